@@ -1,0 +1,38 @@
+"""The common record every reader and the built-in world produce.
+
+Readers turn a dataset's own format into a list of :class:`Example`; loaders, task kinds and
+metrics only ever see these. One example is one (image, text) pair of one task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Example:
+    """One sample of one task.
+
+    ``image`` is what the loader decodes in a worker: an absolute file path (already resolved and
+    checked against the data root by the reader), or a built-in-world scene object with a
+    ``render(size) -> PIL.Image`` method.
+    """
+
+    image: Any
+    image_id: str
+    text: str | None = None            # caption (retrieval, captioning) or question (vqa)
+    captions: tuple[str, ...] = ()     # every reference caption of this image (retrieval eval, captioning refs)
+    answers: tuple[str, ...] = ()      # vqa: the (usually ten) human answers
+    question_type: str | None = None   # vqa: e.g. "color", "count"
+    label: int | None = None           # classification: class index
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass
+class Split:
+    """The examples of one task and split, plus what the task needs to interpret them."""
+
+    examples: list[Example]
+    class_names: list[str] | None = None   # classification
+    skipped: int = 0                        # images that could not be read (missing, corrupt, too large)
