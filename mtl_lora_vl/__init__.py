@@ -1,3 +1,40 @@
-"""mtl-lora-vl: MTL-LoRA adapters for multi-task fine-tuning of vision-language models."""
+"""mtl-lora-vl: MTL-LoRA adapters for multi-task fine-tuning of vision-language models.
+
+The public API (DESIGN §4)::
+
+    cfg = MTLLoRAConfig(tasks=["vqa", "retrieval"], r=8, alpha=16, n_up=3, temperature=0.5)
+    model = attach(model, cfg)
+    with route(model, task_ids):
+        ...
+"""
+
+from .attach import (
+    FAMILIES,
+    AttachError,
+    attach,
+    merge,
+    merged_state_dict,
+    parameter_report,
+    trainable_parameters,
+    unmerge,
+)
+from .config import ConfigError, MTLLoRAConfig
+from .routing import RoutingError, disabled, route
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "FAMILIES",
+    "AttachError",
+    "ConfigError",
+    "MTLLoRAConfig",
+    "RoutingError",
+    "attach",
+    "disabled",
+    "merge",
+    "merged_state_dict",
+    "parameter_report",
+    "route",
+    "trainable_parameters",
+    "unmerge",
+]

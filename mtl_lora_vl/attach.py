@@ -1,0 +1,237 @@
+"""Where adapters go in each model family, how they are put there, and what they cost.
+
+All model-family knowledge lives in :data:`FAMILIES`: which classes belong to a family and which
+module names of each tower hold the attention and MLP projections. Everything else is generic.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import TOWERS, MTLLoRAConfig
+from .layers import ADAPTER_PARAM_NAMES, AdapterBank, LoRALinear, LoRAMultiheadAttention
+from .routing import Router, find_router
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: its classes (matched anywhere in the MRO) and default targets per tower."""
+
+    name: str
+    classes: tuple[str, ...]
+    targets: dict[str, tuple[str, ...]]
+    packed_qkv: str | None = None  # regex of Linear layers whose output is [q; k; v]
+
+
+_OC_BLOCK = r"\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"
+_HF_CLIP_BLOCK = r"\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$"
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        "open_clip",
+        ("CLIP", "CustomTextCLIP", "CoCa"),
+        {
+            "image": (r"^visual\.transformer" + _OC_BLOCK,),
+            "text": (r"^(text\.)?transformer" + _OC_BLOCK, r"^text_decoder\.(resblocks|cross_attn)\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"),
+        },
+    ),
+    Family(
+        "hf_clip",
+        ("CLIPModel",),
+        {"image": (r"^vision_model" + _HF_CLIP_BLOCK,), "text": (r"^text_model" + _HF_CLIP_BLOCK,)},
+    ),
+    Family(
+        "llava",
+        ("LlavaForConditionalGeneration",),
+        {
+            "image": (r"(^|\.)vision_tower\..*" + _HF_CLIP_BLOCK,),
+            "text": (r"(^|\.)language_model\.(.*\.)?layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$",),
+        },
+    ),
+    Family(
+        "timm_vit",
+        ("VisionTransformer",),
+        {"image": (r"^blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)$",)},
+        packed_qkv=r"(^|\.)qkv$",
+    ),
+)
+
+
+class AttachError(ValueError):
+    """The model or the targets cannot take adapters as asked."""
+
+
+@dataclass
+class AttachInfo:
+    """What ``attach`` records on the model (as ``model._mtl_lora``)."""
+
+    config: MTLLoRAConfig
+    router: Router
+    family: str
+    layers: dict[str, AdapterBank]  # adapted projection name -> its adapter bank
+    towers: dict[str, str]          # adapted projection name -> "image" | "text"
+
+
+def find_family(model: nn.Module) -> Family | None:
+    """The first family one of whose class names appears in ``type(model)``'s MRO."""
+    mro = [c.__name__ for c in type(model).__mro__]
+    for fam in FAMILIES:
+        if any(c in mro for c in fam.classes):
+            return fam
+    return None
+
+
+def _batch_dim(model: nn.Module, name: str) -> int:
+    """1 when the nearest enclosing module says ``batch_first=False`` (sequence-first layout), else 0."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, -1, -1):
+        owner = model.get_submodule(".".join(parts[:i])) if i else model
+        bf = getattr(owner, "batch_first", None)
+        if isinstance(bf, bool):
+            return 0 if bf else 1
+    return 0
+
+
+def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
+    """Put adapters on both towers of ``model`` in place, freeze every base parameter, return it."""
+    if getattr(model, "_mtl_lora", None) is not None:
+        raise AttachError(
+            f"{type(model).__name__} already has MTL-LoRA adapters; build a fresh base model to attach again, "
+            "or use mtl_lora_vl.add_task to add a task to these adapters"
+        )
+    fam = find_family(model)
+    if cfg.targets == "default":
+        if fam is None:
+            supported = ", ".join(f"{f.name} ({'/'.join(f.classes)})" for f in FAMILIES)
+            raise AttachError(
+                f"{type(model).__name__} is not a supported model class; supported: {supported}. For any other "
+                "model pass explicit targets, e.g. MTLLoRAConfig(..., targets={'image': [r'blocks\\.\\d+\\.mlp\\.fc1$'], "
+                "'text': [...]})"
+            )
+        targets = fam.targets
+    else:
+        targets = {t: tuple(p) for t, p in cfg.targets.items()}
+    packed = re.compile(fam.packed_qkv) if fam is not None and fam.packed_qkv else None
+
+    chosen: list[tuple[str, nn.Module, str]] = []
+    covered: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(c + ".") for c in covered):
+            continue  # inside a MultiheadAttention already taken whole
+        if not isinstance(module, (nn.Linear, nn.MultiheadAttention)):
+            continue
+        tower = next((t for t in TOWERS for p in targets.get(t, ()) if re.search(p, name)), None)
+        if tower is None:
+            continue
+        chosen.append((name, module, tower))
+        if isinstance(module, nn.MultiheadAttention):
+            covered.append(name)
+    if not chosen:
+        names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.MultiheadAttention))][:8]
+        raise AttachError(
+            f"targets {targets} matched no nn.Linear or nn.MultiheadAttention in {type(model).__name__}; "
+            f"some candidate names: {names}"
+        )
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    router = Router(cfg.tasks)
+    layers: dict[str, AdapterBank] = {}
+    towers: dict[str, str] = {}
+    for name, module, tower in chosen:
+        if isinstance(module, nn.MultiheadAttention):
+            new: nn.Module = LoRAMultiheadAttention(module, cfg)
+            banks = {name + ".in_proj": new.in_proj, name + ".out_proj": new.out_proj}
+            bdim = 0  # the replacement attends batch-first internally
+        else:
+            slices = tuple(c in cfg.qkv_slices for c in "qkv") if packed and packed.search(name) else None
+            new = LoRALinear(module, cfg, slices)
+            banks = {name: new}
+            bdim = _batch_dim(model, name)
+        for bname, bank in banks.items():
+            bank.router, bank.layer_name, bank.batch_dim = router, bname, bdim
+            layers[bname], towers[bname] = bank, tower
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    model._mtl_lora = AttachInfo(cfg, router, fam.name if fam else "custom", layers, towers)
+    return model
+
+
+def attach_info(model: nn.Module) -> AttachInfo:
+    """The AttachInfo of ``model`` (or of the adapted module inside a wrapper such as DDP)."""
+    find_router(model)  # raises the standard message when there are no adapters
+    return next(m._mtl_lora for m in model.modules() if getattr(m, "_mtl_lora", None) is not None)
+
+
+def _adapter_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if n.rpartition(".")[2] in ADAPTER_PARAM_NAMES]
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    """Number of adapter parameters of ``model`` (what MTL-LoRA trains, heads excluded)."""
+    return sum(p.numel() for _, p in _adapter_params(model))
+
+
+def parameter_report(model: nn.Module) -> dict[str, int]:
+    """Adapter parameter counts per tower and in total, and the frozen base count, for logs."""
+    info = attach_info(model)
+    per = {t: 0 for t in TOWERS}
+    for name, bank in info.layers.items():
+        per[info.towers[name]] += sum(p.numel() for n, p in bank.named_parameters(recurse=False) if n in ADAPTER_PARAM_NAMES)
+    total = trainable_parameters(model)
+    base = sum(p.numel() for p in model.parameters()) - total
+    return {"image": per["image"], "text": per["text"], "adapter_total": total, "base_frozen": base,
+            "adapted_projections": len(info.layers)}
+
+
+# Merging ---------------------------------------------------------------------------------------
+def _weight_pairs(model: nn.Module) -> list[tuple[AdapterBank, nn.Parameter]]:
+    pairs = []
+    for m in model.modules():
+        if isinstance(m, (LoRALinear, LoRAMultiheadAttention)):
+            pairs.extend(m.adapted_weights())
+    return pairs
+
+
+@torch.no_grad()
+def merge(model: nn.Module, task: str) -> nn.Module:
+    """Fold task ``task``'s update into the base weights (zero inference overhead); see unmerge."""
+    info = attach_info(model)
+    t = info.config.task_index(task)
+    if info.router.merged_task is not None:
+        unmerge(model)
+    for bank, weight in _weight_pairs(model):
+        bank._merge_backup = weight.detach().clone()
+        weight.copy_((weight.float() + bank.delta_weight(t)).to(weight.dtype))
+    info.router.merged_task = t
+    return model
+
+
+@torch.no_grad()
+def unmerge(model: nn.Module) -> nn.Module:
+    """Restore the exact base weights saved by merge."""
+    info = attach_info(model)
+    if info.router.merged_task is None:
+        return model
+    for bank, weight in _weight_pairs(model):
+        weight.copy_(bank._merge_backup)
+        del bank._merge_backup
+    info.router.merged_task = None
+    return model
+
+
+@torch.no_grad()
+def merged_state_dict(model: nn.Module, task: str) -> dict[str, torch.Tensor]:
+    """The base model class's plain state dict with task ``task`` merged in (adapter tensors dropped)."""
+    info = attach_info(model)
+    t = info.config.task_index(task)
+    sd = {k: v for k, v in model.state_dict().items() if k.rpartition(".")[2] not in ADAPTER_PARAM_NAMES}
+    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    for bank, weight in _weight_pairs(model):
+        base = getattr(bank, "_merge_backup", weight)
+        sd[names[id(weight)]] = (base.float() + bank.delta_weight(t)).to(weight.dtype)
+    return sd

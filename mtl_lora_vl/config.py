@@ -1,0 +1,142 @@
+"""MTLLoRAConfig: every choice that shapes the adapters, validated, with a JSON round-trip."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+METHODS = ("mtl_lora", "lora", "task_lora", "multi_lora", "moe_lora")
+LAMBDA_TYPES = ("full", "diagonal", "none")
+TOWERS = ("image", "text")
+
+
+class ConfigError(ValueError):
+    """A field of MTLLoRAConfig has a value that cannot work."""
+
+
+@dataclass
+class MTLLoRAConfig:
+    """Hyper-parameters of the adapters (DESIGN §2, §4).
+
+    ``targets`` is ``"default"`` (the attention and MLP projections of both towers, from the model
+    family table in ``attach.py``) or ``{"image": [regex, ...], "text": [regex, ...]}`` matched with
+    ``re.search`` against full module names. ``qkv_slices`` restricts which slices of packed q/k/v
+    projections adapt (``"qkv"``, ``"qv"``, ...). For ``moe_lora`` and ``multi_lora`` ``n_up`` is the
+    number of experts / parallel LoRAs.
+    """
+
+    tasks: list[str]
+    r: int = 8
+    alpha: float = 16.0
+    n_up: int = 3
+    temperature: float = 0.5
+    dropout: float = 0.0
+    lambda_type: str = "full"
+    method: str = "mtl_lora"
+    targets: str | dict[str, list[str]] = "default"
+    qkv_slices: str = "qkv"
+
+    def __post_init__(self) -> None:
+        self.tasks = list(self.tasks) if not isinstance(self.tasks, str) else [self.tasks]
+        self.validate()
+
+    @property
+    def scaling(self) -> float:
+        """s = alpha / r."""
+        return self.alpha / self.r
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    def task_index(self, name: str) -> int:
+        """Index of task ``name``; a clear error for an unknown one."""
+        try:
+            return self.tasks.index(name)
+        except ValueError:
+            raise KeyError(f"unknown task {name!r}; this adapter knows {self.tasks}") from None
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first field whose value cannot work."""
+        if not self.tasks:
+            raise ConfigError("tasks: must name at least one task, e.g. tasks=['vqa', 'retrieval']")
+        for t in self.tasks:
+            if not isinstance(t, str) or not t.strip():
+                raise ConfigError(f"tasks: every task name must be a non-empty string, got {t!r}")
+        dup = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
+        if dup:
+            raise ConfigError(f"tasks: names must be unique, repeated: {dup}")
+        for name in ("r", "n_up"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name}: must be an integer >= 1, got {v!r}")
+        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+            raise ConfigError(f"alpha: must be a number > 0, got {self.alpha!r}")
+        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
+            raise ConfigError(f"temperature: must be > 0, got {self.temperature!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout!r}")
+        if self.method not in METHODS:
+            raise ConfigError(f"method: unknown {self.method!r}; choose one of {list(METHODS)}")
+        if self.lambda_type not in LAMBDA_TYPES:
+            raise ConfigError(f"lambda_type: unknown {self.lambda_type!r}; choose one of {list(LAMBDA_TYPES)}")
+        if not self.qkv_slices or any(c not in "qkv" for c in self.qkv_slices) or len(set(self.qkv_slices)) != len(
+            self.qkv_slices
+        ):
+            raise ConfigError(f"qkv_slices: must be a non-empty subset of 'qkv' such as 'qv', got {self.qkv_slices!r}")
+        self._validate_targets()
+
+    def _validate_targets(self) -> None:
+        t = self.targets
+        if isinstance(t, str):
+            if t != "default":
+                raise ConfigError(
+                    f"targets: must be 'default' or a dict like {{'image': [regex], 'text': [regex]}}, got {t!r}"
+                )
+            return
+        if not isinstance(t, dict) or not t:
+            raise ConfigError(f"targets: must be 'default' or a non-empty dict of tower -> regex list, got {t!r}")
+        for tower, patterns in t.items():
+            if tower not in TOWERS:
+                raise ConfigError(f"targets: unknown tower {tower!r}; use {list(TOWERS)}")
+            if isinstance(patterns, str) or not isinstance(patterns, (list, tuple)):
+                raise ConfigError(f"targets[{tower!r}]: must be a list of regular expressions, got {patterns!r}")
+            for p in patterns:
+                try:
+                    re.compile(p)
+                except (re.error, TypeError) as e:
+                    raise ConfigError(f"targets[{tower!r}]: {p!r} is not a valid regular expression ({e})") from None
+
+    # JSON round-trip -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MTLLoRAConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}; known fields are {sorted(known)}")
+        if "tasks" not in d:
+            raise ConfigError("tasks: missing from the config")
+        return cls(**d)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> MTLLoRAConfig:
+        p = Path(text_or_path) if not str(text_or_path).lstrip().startswith("{") else None
+        text = p.read_text() if p is not None else str(text_or_path)
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            where = f"{p}: " if p else ""
+            raise ConfigError(f"{where}not valid JSON ({e})") from None
+        return cls.from_dict(d)

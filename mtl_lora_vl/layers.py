@@ -1,0 +1,332 @@
+"""The adapter math (DESIGN §2), in this one module.
+
+For a frozen projection ``y = W x + b`` and tasks t = 1..T, MTL-LoRA adds
+
+    ΔW_t = s · (Σ_i softmax(w_t / τ)_i · B_i) · Λ_t · A          s = α / r
+
+Every method is computed the same way: ``z = A x`` once for the whole batch, a small matrix
+``M_t`` (d_out × R) per task formed once per forward, and ``y += M_t z`` per sample. A batch of one
+task is therefore one LoRA's cost; a mixed batch spreads ``z`` over the tasks present with a one-hot
+mask and applies all their ``M_t`` in one matmul, never copying a weight per sample.
+
+=============  ===================  ==================  =================  ========
+method         lora_A               lora_B              lora_lambda        lora_w
+=============  ===================  ==================  =================  ========
+mtl_lora       r × d_in             n × d_out × r       T × r × r (or T×r)  T × n
+lora           r × d_in             1 × d_out × r       –                  –
+multi_lora     n × r × d_in         n × d_out × r       –                  –
+moe_lora       n × r × d_in         n × d_out × r       –                  T × n (gate)
+task_lora      T × r × d_in         T × d_out × r       –                  –
+=============  ===================  ==================  =================  ========
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import MTLLoRAConfig
+from .routing import Route, Router, RoutingError
+
+ADAPTER_PARAM_NAMES = ("lora_A", "lora_B", "lora_lambda", "lora_w")
+
+
+def _kaiming(rows: int, cols: int, device: torch.device | None) -> torch.Tensor:
+    w = torch.empty(rows, cols, device=device)
+    nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # nn.Linear's init
+    return w
+
+
+class AdapterBank(nn.Module):
+    """The adapter tensors of one projection ``d_in -> d_out`` and how they act on activations.
+
+    ``out_slices`` (for packed q/k/v projections) marks which of the equal slices of the base
+    output adapt; the adapter's own output covers only those, and zero rows fill the others.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        cfg: MTLLoRAConfig,
+        out_slices: tuple[bool, ...] | None = None,
+        device: torch.device | None = None,
+    ):
+        super().__init__()
+        if out_slices is not None:
+            if d_out % len(out_slices):
+                raise ValueError(f"d_out={d_out} does not split into {len(out_slices)} equal slices")
+            if not any(out_slices):
+                raise ValueError("out_slices: at least one slice must adapt")
+        self.out_slices = out_slices
+        self.d_in, self.d_out_full = d_in, d_out
+        d_ad = d_out if out_slices is None else d_out // len(out_slices) * sum(out_slices)
+        self.method, self.lambda_type = cfg.method, cfg.lambda_type
+        self.r, self.scaling, self.temperature = cfg.r, cfg.scaling, cfg.temperature
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        T, r, n = cfg.num_tasks, cfg.r, cfg.n_up
+        n_a = {"mtl_lora": 0, "lora": 0, "multi_lora": n, "moe_lora": n, "task_lora": T}[self.method]
+        n_b = {"mtl_lora": n, "lora": 1, "multi_lora": n, "moe_lora": n, "task_lora": T}[self.method]
+        if n_a:
+            self.lora_A = nn.Parameter(torch.stack([_kaiming(r, d_in, device) for _ in range(n_a)]))
+        else:
+            self.lora_A = nn.Parameter(_kaiming(r, d_in, device))
+        self.lora_B = nn.Parameter(torch.zeros(n_b, d_ad, r, device=device))
+        if self.method == "mtl_lora" and self.lambda_type == "full":
+            self.lora_lambda = nn.Parameter(torch.eye(r, device=device).repeat(T, 1, 1))
+        elif self.method == "mtl_lora" and self.lambda_type == "diagonal":
+            self.lora_lambda = nn.Parameter(torch.ones(T, r, device=device))
+        if self.method in ("mtl_lora", "moe_lora"):
+            bound = 1.0 / math.sqrt(n)
+            self.lora_w = nn.Parameter(torch.empty(T, n, device=device).uniform_(-bound, bound))
+        self.router: Router | None = None
+        self.layer_name = ""
+        self.batch_dim = 0
+
+    @property
+    def task_dependent(self) -> bool:
+        return self.method in ("mtl_lora", "moe_lora", "task_lora")
+
+    @property
+    def num_tasks(self) -> int:
+        for name in ("lora_w", "lora_lambda"):
+            if hasattr(self, name):
+                return getattr(self, name).shape[0]
+        return self.lora_A.shape[0] if self.method == "task_lora" else 1
+
+    # The small per-task matrices ------------------------------------------------------------
+    def mixing_weights(self, tasks: torch.Tensor | None = None) -> torch.Tensor:
+        """softmax(w_t / τ) for the given task indices (all tasks by default): (len, n)."""
+        w = self.lora_w if tasks is None else self.lora_w[tasks]
+        return torch.softmax(w / self.temperature, dim=-1)
+
+    def a_matrix(self, task: int | None = None) -> torch.Tensor:
+        """The down-projection as one (R, d_in) matrix; ``task`` only matters for task_lora."""
+        A = self.lora_A
+        if self.method == "task_lora":
+            return A[task]
+        return A if A.dim() == 2 else A.reshape(-1, self.d_in)
+
+    def task_matrices(self, tasks: tuple[int, ...]) -> torch.Tensor:
+        """M_t for each task in ``tasks``: (len(tasks), d_out_adapted, R), scaling included."""
+        B, s = self.lora_B, self.scaling
+        idx = torch.tensor(tasks, device=B.device)
+        if self.method == "mtl_lora":
+            Bbar = torch.einsum("pn,nor->por", self.mixing_weights(idx), B)
+            if self.lambda_type == "full":
+                Bbar = torch.bmm(Bbar, self.lora_lambda[idx])
+            elif self.lambda_type == "diagonal":
+                Bbar = Bbar * self.lora_lambda[idx][:, None, :]
+            return s * Bbar
+        if self.method == "moe_lora":
+            g = self.mixing_weights(idx)  # (P, n)
+            M = g[:, :, None, None] * B[None]  # (P, n, d_out, r)
+            return s * M.permute(0, 2, 1, 3).reshape(len(tasks), B.shape[1], -1)
+        if self.method == "task_lora":
+            return s * B[idx]
+        # lora / multi_lora: one matrix for every task, the B_i side by side.
+        M = s * B.permute(1, 0, 2).reshape(B.shape[1], -1)
+        return M.expand(len(tasks), *M.shape)
+
+    def _full_rows(self, M: torch.Tensor) -> torch.Tensor:
+        """Zero rows for the output slices that do not adapt: (..., d_ad, R) -> (..., d_out, R)."""
+        if self.out_slices is None or all(self.out_slices):
+            return M
+        chunks = M.chunk(sum(self.out_slices), dim=-2)
+        zero = torch.zeros_like(chunks[0])
+        it = iter(chunks)
+        return torch.cat([next(it) if on else zero for on in self.out_slices], dim=-2)
+
+    @torch.no_grad()
+    def delta_weight(self, task: int) -> torch.Tensor:
+        """ΔW_t = M_t A_t as a dense (d_out, d_in) fp32 matrix, for merging and export."""
+        M = self._full_rows(self.task_matrices((task,))[0]).float()
+        return M @ self.a_matrix(task).float()
+
+    # Acting on activations ------------------------------------------------------------------
+    def add_delta(self, x: torch.Tensor, out: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        """``out + ΔW x`` for the routed task(s); ``rows`` selects part of the output (cross-attention)."""
+        router = self.router
+        if router is None or not router.active:
+            return out
+        route = router.resolve(self.layer_name)
+        if route.batch_size is not None:
+            got = x.shape[self.batch_dim] if x.dim() > 1 else 1
+            if got != route.batch_size:
+                raise RoutingError(
+                    f"{self.layer_name}: routed {route.batch_size} task ids but the batch here has {got} "
+                    f"samples (dim {self.batch_dim} of input shape {tuple(x.shape)}); route one id per sample"
+                )
+        xd = self.dropout(x)
+        if route.task is not None or not self.task_dependent:
+            t = route.task if route.task is not None else 0
+            z = F.linear(xd, self.a_matrix(t).to(x.dtype))
+            M = self._full_rows(self.task_matrices((t,))[0])
+        else:
+            z, M = self._mixed(xd, route)
+        if rows is not None:
+            M = M[rows]
+        return _add_matmul(out, z, M.to(z.dtype))
+
+    def _mixed(self, xd: torch.Tensor, route: Route) -> tuple[torch.Tensor, torch.Tensor]:
+        """z spread over the present tasks' column blocks, and [M_1 ... M_P] to match."""
+        P = len(route.present)
+        shape = [1] * (xd.dim() - 1)
+        shape[self.batch_dim] = route.batch_size
+        mask = route.mask(xd.device, xd.dtype).view(*shape, P, 1)
+        if self.method == "task_lora":
+            A = self.lora_A[list(route.present)].reshape(-1, self.d_in)
+            z = F.linear(xd, A.to(xd.dtype)).unflatten(-1, (P, -1))
+        else:
+            z = F.linear(xd, self.a_matrix().to(xd.dtype)).unsqueeze(-2)
+        z = (z * mask).flatten(-2)
+        Ms = self._full_rows(self.task_matrices(route.present))  # (P, d_out, R)
+        return z, Ms.permute(1, 0, 2).reshape(Ms.shape[1], -1)
+
+
+def _add_matmul(out: torch.Tensor, z: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """out + z Mᵀ as one fused GEMM (addmm), keeping out's shape."""
+    d_out = out.shape[-1]
+    return torch.addmm(out.reshape(-1, d_out), z.reshape(-1, z.shape[-1]), M.t()).view(out.shape)
+
+
+class LoRALinear(AdapterBank):
+    """An ``nn.Linear`` plus adapters. Keeps the base ``weight``/``bias`` under their original names."""
+
+    def __init__(self, base: nn.Linear, cfg: MTLLoRAConfig, out_slices: tuple[bool, ...] | None = None):
+        super().__init__(base.in_features, base.out_features, cfg, out_slices, device=base.weight.device)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight
+        self.bias = base.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.add_delta(x, F.linear(x, self.weight, self.bias))
+
+    def adapted_weights(self) -> list[tuple[AdapterBank, nn.Parameter]]:
+        return [(self, self.weight)]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, method={self.method}, r={self.r}"
+
+
+class LoRAMultiheadAttention(nn.Module):
+    """Drop-in replacement for ``nn.MultiheadAttention`` with adapters on the packed in-projection
+    (``in_proj``) and on ``out_proj``. Attention runs through ``F.scaled_dot_product_attention`` and
+    the adapters act on activations, so no full weight is rebuilt per step. State-dict keys of the
+    base module (``in_proj_weight``, ``in_proj_bias``, ``out_proj.weight``, ``out_proj.bias``) stay.
+    """
+
+    def __init__(self, base: nn.MultiheadAttention, cfg: MTLLoRAConfig):
+        super().__init__()
+        if not base._qkv_same_embed_dim:
+            raise ValueError(
+                "nn.MultiheadAttention with kdim/vdim different from embed_dim (separate q/k/v weights) is "
+                "not supported; leave it out of targets"
+            )
+        if base.bias_k is not None or base.add_zero_attn:
+            raise ValueError("nn.MultiheadAttention with add_bias_kv or add_zero_attn is not supported")
+        self.embed_dim, self.num_heads = base.embed_dim, base.num_heads
+        self.head_dim = base.head_dim
+        self.kdim, self.vdim, self._qkv_same_embed_dim = base.kdim, base.vdim, True
+        self.batch_first, self.dropout = base.batch_first, base.dropout
+        self.in_proj_weight = base.in_proj_weight
+        self.in_proj_bias = base.in_proj_bias
+        slices = tuple(c in cfg.qkv_slices for c in "qkv")
+        self.in_proj = AdapterBank(self.embed_dim, 3 * self.embed_dim, cfg, slices, device=base.in_proj_weight.device)
+        self.out_proj = LoRALinear(base.out_proj, cfg)
+
+    def adapted_weights(self) -> list[tuple[AdapterBank, nn.Parameter]]:
+        return [(self.in_proj, self.in_proj_weight)]
+
+    def _project(self, x: torch.Tensor, part: slice) -> torch.Tensor:
+        b = self.in_proj_bias[part] if self.in_proj_bias is not None else None
+        return self.in_proj.add_delta(x, F.linear(x, self.in_proj_weight[part], b), rows=part)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        E, H, hd = self.embed_dim, self.num_heads, self.head_dim
+        batched = query.dim() == 3
+        if not batched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        Bsz, L, S = query.shape[0], query.shape[1], key.shape[1]
+        if query is key and key is value:
+            q, k, v = self._project(query, slice(0, 3 * E)).chunk(3, dim=-1)
+        elif key is value:
+            q = self._project(query, slice(0, E))
+            k, v = self._project(key, slice(E, 3 * E)).chunk(2, dim=-1)
+        else:
+            q, k, v = (self._project(t, slice(i * E, (i + 1) * E)) for i, t in enumerate((query, key, value)))
+        q, k, v = (t.unflatten(-1, (H, hd)).transpose(1, 2) for t in (q, k, v))  # (B, H, len, hd)
+        mask = _merge_masks(attn_mask, key_padding_mask, Bsz, H, L, S, q.dtype)
+        p = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
+            if mask is not None:
+                scores = scores + mask
+            elif is_causal:
+                scores = scores.masked_fill(torch.ones(L, S, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+            attn = torch.softmax(scores, dim=-1)
+            weights = attn.mean(dim=1) if average_attn_weights else attn
+            out = F.dropout(attn, p) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal and mask is None)
+        out = self.out_proj(out.transpose(1, 2).reshape(Bsz, L, E))
+        if not batched:
+            out = out.squeeze(0)
+            weights = weights.squeeze(0) if weights is not None else None
+        elif not self.batch_first:
+            out = out.transpose(0, 1)
+        return out, weights
+
+
+def _merge_masks(
+    attn_mask: torch.Tensor | None,
+    key_padding_mask: torch.Tensor | None,
+    B: int,
+    H: int,
+    L: int,
+    S: int,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """nn.MultiheadAttention's masks (bool: True = blocked; float: added) as one additive float mask."""
+
+    def additive(m: torch.Tensor) -> torch.Tensor:
+        if m.dtype == torch.bool:
+            return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(m, float("-inf"))
+        return m.to(dtype)
+
+    mask = None
+    if attn_mask is not None:
+        if attn_mask.dim() == 2:
+            if tuple(attn_mask.shape) != (L, S):
+                raise ValueError(f"attn_mask: 2-D shape must be {(L, S)}, got {tuple(attn_mask.shape)}")
+            mask = additive(attn_mask)
+        elif attn_mask.dim() == 3:
+            if tuple(attn_mask.shape) != (B * H, L, S):
+                raise ValueError(f"attn_mask: 3-D shape must be {(B * H, L, S)}, got {tuple(attn_mask.shape)}")
+            mask = additive(attn_mask).view(B, H, L, S)
+        else:
+            raise ValueError(f"attn_mask: must be 2-D or 3-D, got shape {tuple(attn_mask.shape)}")
+    if key_padding_mask is not None:
+        if tuple(key_padding_mask.shape) != (B, S):
+            raise ValueError(f"key_padding_mask: shape must be {(B, S)}, got {tuple(key_padding_mask.shape)}")
+        kpm = additive(key_padding_mask).view(B, 1, 1, S)
+        mask = kpm if mask is None else mask + kpm
+    return mask
