@@ -48,7 +48,7 @@ FAMILIES: tuple[Family, ...] = (
         "llava",
         ("LlavaForConditionalGeneration",),
         {
-            "image": (r"(^|\.)vision_tower\..*" + _HF_CLIP_BLOCK,),
+            "image": (r"(^|\.)vision_tower(\.\w+)*" + _HF_CLIP_BLOCK,),
             "text": (r"(^|\.)language_model\.(.*\.)?layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$",),
         },
     ),

@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny models of every supported family, built from configs (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def tiny_open_clip(kind: str = "clip"):
+    import open_clip
+
+    vision = dict(image_size=32, layers=2, width=32, patch_size=8, head_width=16)
+    text = dict(context_length=12, vocab_size=64, width=32, heads=2, layers=2)
+    if kind == "clip":
+        return open_clip.CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text)
+    if kind == "custom":
+        return open_clip.CustomTextCLIP(embed_dim=32, vision_cfg=vision, text_cfg=text)
+    if kind == "coca":
+        from open_clip.coca_model import CoCa
+
+        mm = dict(context_length=12, vocab_size=64, width=32, heads=2, layers=2)
+        vision = dict(vision, output_tokens=True, attentional_pool=True, attn_pooler_queries=4, attn_pooler_heads=2)
+        model = CoCa(embed_dim=32, multimodal_cfg=mm, text_cfg=dict(text, embed_cls=True, output_tokens=True),
+                     vision_cfg=vision)
+        torch.nn.init.normal_(model.text_decoder.text_projection, std=32**-0.5)  # open_clip leaves it torch.empty
+        return model
+    raise ValueError(kind)
+
+
+def tiny_hf_clip():
+    from transformers import CLIPConfig, CLIPModel
+
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    return CLIPModel(cfg)
+
+
+def tiny_llava():
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8)
+    text = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=95, vision_feature_layer=-1,
+                      vision_feature_select_strategy="default")
+    return LlavaForConditionalGeneration(cfg)
+
+
+def llava_inputs(batch: int = 3, seq: int = 24):
+    """Inputs for tiny_llava: each sample has 16 image tokens (32/8)^2 then text."""
+    ids = torch.randint(0, 90, (batch, seq))
+    ids[:, :16] = 95
+    return dict(input_ids=ids, pixel_values=torch.randn(batch, 3, 32, 32), attention_mask=torch.ones_like(ids))
+
+
+def tiny_timm_vit():
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)

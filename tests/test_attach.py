@@ -1,0 +1,337 @@
+"""attach / route / merge on tiny models of every supported family."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import llava_inputs, tiny_hf_clip, tiny_llava, tiny_open_clip, tiny_timm_vit
+from torch import nn
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.layers import ADAPTER_PARAM_NAMES
+
+TASKS = ["vqa", "retrieval", "cls"]
+
+
+def _randomize_adapters(model):
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.rpartition(".")[2] in ADAPTER_PARAM_NAMES:
+                p.add_(torch.randn_like(p) * 0.2)
+
+
+# Each family: build, inputs, and a function giving (image-tower output, text-tower output).
+def _oc_io(kind):
+    def run(m, inp):
+        img, txt = inp
+        return m.encode_image(img), m.encode_text(txt)
+
+    return (lambda: tiny_open_clip(kind)), (lambda b=3: (torch.randn(b, 3, 32, 32), torch.randint(1, 60, (b, 12)))), run
+
+
+def _coca_io():
+    build, inputs, _ = _oc_io("coca")
+
+    def run(m, inp):
+        img, txt = inp
+        out = m(img, txt)
+        return out["image_features"], out["logits"]  # logits come from the text decoder (cross-attention)
+
+    return build, inputs, run
+
+
+def _hf_io():
+    def run(m, inp):
+        img, txt = inp
+        return m.get_image_features(pixel_values=img), m.get_text_features(input_ids=txt)
+
+    return tiny_hf_clip, (lambda b=3: (torch.randn(b, 3, 32, 32), torch.randint(0, 60, (b, 10)))), run
+
+
+def _feat(x):
+    return x if isinstance(x, torch.Tensor) else x.pooler_output
+
+
+def _llava_io():
+    def run(m, inp):
+        tower = m.model.vision_tower if hasattr(m, "model") else m.vision_tower
+        return tower(pixel_values=inp["pixel_values"]).last_hidden_state, m(**inp).logits
+
+    return tiny_llava, (lambda b=3: llava_inputs(b)), run
+
+
+def _timm_io():
+    def run(m, inp):
+        return m(inp), None
+
+    return tiny_timm_vit, (lambda b=3: torch.randn(b, 3, 32, 32)), run
+
+
+FAMILIES = {
+    "open_clip": _oc_io("clip"),
+    "open_clip_custom": _oc_io("custom"),
+    "coca": _coca_io(),
+    "hf_clip": _hf_io(),
+    "llava": _llava_io(),
+    "timm": _timm_io(),
+}
+
+
+def _outputs(run, m, inp):
+    with torch.no_grad():
+        return [None if o is None else _feat(o) for o in run(m, inp)]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_identical_outputs_at_init_both_towers(family):
+    build, inputs, run = FAMILIES[family]
+    model = build().eval()
+    inp = inputs()
+    ref = _outputs(run, model, inp)
+    mlv.attach(model, mlv.MTLLoRAConfig(tasks=TASKS))
+    towers = set(model._mtl_lora.towers.values())
+    assert towers == ({"image"} if family == "timm" else {"image", "text"})
+    with mlv.route(model, torch.tensor([0, 1, 2])):
+        got = _outputs(run, model, inp)
+    for r, g in zip(ref, got):
+        if r is not None:
+            torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+    # ... and the adapters really act on both towers once they are non-zero.
+    _randomize_adapters(model)
+    with mlv.route(model, torch.tensor([0, 1, 2])):
+        moved = _outputs(run, model, inp)
+    for r, g in zip(ref, moved):
+        if r is not None:
+            assert (g - r).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_mixed_batch_equals_per_task_runs(family):
+    build, inputs, run = FAMILIES[family]
+    model = mlv.attach(build().eval(), mlv.MTLLoRAConfig(tasks=TASKS))
+    _randomize_adapters(model)
+    inp = inputs(3)
+    ids = torch.tensor([2, 0, 1])
+    with mlv.route(model, ids):
+        mixed = _outputs(run, model, inp)
+    for t in range(3):
+        with mlv.route(model, TASKS[t]):
+            alone = _outputs(run, model, inp)
+        for m, a in zip(mixed, alone):
+            if m is not None:
+                torch.testing.assert_close(m[ids == t], a[ids == t], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_merge_equals_routed_and_unmerge_restores_exactly(family):
+    build, inputs, run = FAMILIES[family]
+    model = mlv.attach(build().eval(), mlv.MTLLoRAConfig(tasks=TASKS))
+    _randomize_adapters(model)
+    inp = inputs()
+    base_sd = {k: v.clone() for k, v in model.state_dict().items()}
+    with mlv.route(model, "retrieval"):
+        routed = _outputs(run, model, inp)
+    for _ in range(3):  # repeated merge/unmerge must not drift
+        mlv.merge(model, "retrieval")
+        merged = _outputs(run, model, inp)
+        for r, m in zip(routed, merged):
+            if r is not None:
+                torch.testing.assert_close(m, r, atol=1e-5, rtol=1e-5)
+        mlv.unmerge(model)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, base_sd[k]), k
+    # merged_state_dict loads strictly into a fresh base model and reproduces the routed outputs.
+    fresh = build().eval()
+    fresh.load_state_dict(mlv.merged_state_dict(model, "retrieval"), strict=True)
+    for r, f in zip(routed, _outputs(run, fresh, inp)):
+        if r is not None:
+            torch.testing.assert_close(f, r, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_base_state_dict_keys_are_preserved_and_checkpoints_load(family):
+    build = FAMILIES[family][0]
+    model = build()
+    before = model.state_dict()
+    mlv.attach(model, mlv.MTLLoRAConfig(tasks=TASKS))
+    after = model.state_dict()
+    base_keys = {k for k in after if k.rpartition(".")[2] not in ADAPTER_PARAM_NAMES}
+    assert base_keys == set(before)
+    missing, unexpected = model.load_state_dict(before, strict=False)
+    assert unexpected == [] and all(k.rpartition(".")[2] in ADAPTER_PARAM_NAMES for k in missing)
+
+
+def test_freezes_base_and_counts_adapter_parameters():
+    model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.rpartition(".")[2] in ADAPTER_PARAM_NAMES for n in trainable)
+    expected = 0
+    for bank in model._mtl_lora.layers.values():
+        d_in, d_out = bank.d_in, bank.lora_B.shape[1]
+        expected += 4 * d_in + 2 * d_out * 4 + 3 * 16 + 3 * 2
+    assert mlv.trainable_parameters(model) == expected
+    rep = mlv.parameter_report(model)
+    assert rep["image"] + rep["text"] == expected and rep["image"] > 0 and rep["text"] > 0
+
+
+def test_open_clip_attention_and_mlp_names_are_adapted_in_both_towers():
+    model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS))
+    names = set(model._mtl_lora.layers)
+    for prefix in ("visual.transformer.resblocks.0.", "transformer.resblocks.1."):
+        for leaf in ("attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj"):
+            assert prefix + leaf in names
+    # open_clip reads mlp.c_fc.weight.dtype to pick its cast dtype
+    assert model.transformer.resblocks[0].mlp.c_fc.weight.dtype == torch.float32
+    assert model.transformer.resblocks[0].mlp.c_fc.in_features == 32
+
+
+def test_coca_decoder_cross_attention_is_adapted():
+    model = mlv.attach(tiny_open_clip("coca"), mlv.MTLLoRAConfig(tasks=TASKS))
+    names = set(model._mtl_lora.layers)
+    assert "text_decoder.cross_attn.0.attn.in_proj" in names
+    assert "text_decoder.resblocks.1.mlp.c_fc" in names
+
+
+def test_timm_packed_qkv_respects_qkv_slices():
+    model = mlv.attach(tiny_timm_vit(), mlv.MTLLoRAConfig(tasks=TASKS, qkv_slices="qv"))
+    qkv = model.blocks[0].attn.qkv
+    assert qkv.out_slices == (True, False, True) and qkv.lora_B.shape[1] == 64
+
+
+def test_custom_targets_and_sequence_first_open_clip():
+    import open_clip
+
+    model = open_clip.CLIP(embed_dim=32, vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=8,
+                                                          head_width=16),
+                           text_cfg=dict(context_length=12, vocab_size=64, width=32, heads=2, layers=1))
+    model.transformer.batch_first = False  # sequence-first text stack (older open_clip layout)
+    model.transformer.resblocks[0].attn.batch_first = False
+    txt = torch.randint(1, 60, (4, 12))
+    ref = model.encode_text(txt).detach()
+    cfg = mlv.MTLLoRAConfig(tasks=TASKS, targets={"text": [r"^transformer\.resblocks\.\d+\.(attn|mlp\.c_fc)$"]})
+    mlv.attach(model, cfg)
+    assert set(model._mtl_lora.towers.values()) == {"text"}
+    assert model._mtl_lora.layers["transformer.resblocks.0.mlp.c_fc"].batch_dim == 1
+    with mlv.route(model, torch.tensor([0, 1, 2, 0])):
+        torch.testing.assert_close(model.encode_text(txt), ref, atol=1e-5, rtol=1e-5)
+        _randomize_adapters(model)
+        mixed = model.encode_text(txt)
+    with mlv.route(model, "retrieval"):
+        alone = model.encode_text(txt)
+    torch.testing.assert_close(mixed[1], alone[1], atol=1e-5, rtol=1e-5)
+    assert (mixed[0] - alone[0]).abs().max() > 1e-4
+
+
+def test_gradients_reach_every_tower_and_task_present():
+    model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS))
+    _randomize_adapters(model)
+    img, txt = torch.randn(4, 3, 32, 32), torch.randint(1, 60, (4, 12))
+    with mlv.route(model, torch.tensor([0, 2, 0, 2])):
+        loss = (model.encode_image(img) @ model.encode_text(txt).T).sum()
+    loss.backward()
+    for name, bank in model._mtl_lora.layers.items():
+        assert bank.lora_A.grad.abs().sum() > 0, name
+        assert all(bank.lora_B.grad[i].abs().sum() > 0 for i in range(3)), name
+        assert bank.lora_lambda.grad[1].abs().sum() == 0 and bank.lora_w.grad[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", ["lora", "task_lora", "multi_lora", "moe_lora"])
+def test_baselines_attach_and_merge(method):
+    model = mlv.attach(tiny_open_clip().eval(), mlv.MTLLoRAConfig(tasks=TASKS, method=method))
+    _randomize_adapters(model)
+    img = torch.randn(3, 3, 32, 32)
+    with torch.no_grad(), mlv.route(model, torch.tensor([0, 1, 2])):
+        mixed = model.encode_image(img)
+    with torch.no_grad(), mlv.route(model, "cls"):
+        alone = model.encode_image(img)
+    torch.testing.assert_close(mixed[2], alone[2], atol=1e-5, rtol=1e-5)
+    mlv.merge(model, "cls")
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(img), alone, atol=1e-5, rtol=1e-5)
+
+
+def test_disabled_gives_base_model():
+    model = tiny_open_clip().eval()
+    img = torch.randn(2, 3, 32, 32)
+    ref = model.encode_image(img).detach()
+    mlv.attach(model, mlv.MTLLoRAConfig(tasks=TASKS))
+    _randomize_adapters(model)
+    with torch.no_grad(), mlv.disabled(model):
+        torch.testing.assert_close(model.encode_image(img), ref)
+
+
+# Errors -------------------------------------------------------------------------------------
+def test_second_attach_is_refused():
+    model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS))
+    with pytest.raises(mlv.AttachError, match="already has MTL-LoRA adapters"):
+        mlv.attach(model, mlv.MTLLoRAConfig(tasks=TASKS))
+
+
+def test_unknown_model_class_says_what_is_supported_and_how_to_target():
+    model = nn.Sequential(nn.Linear(4, 4))
+    with pytest.raises(mlv.AttachError, match=r"not a supported model class.*open_clip.*hf_clip.*llava.*timm.*targets="):
+        mlv.attach(model, mlv.MTLLoRAConfig(tasks=TASKS))
+    mlv.attach(model, mlv.MTLLoRAConfig(tasks=TASKS, targets={"image": [r"^0$"]}))
+    assert mlv.trainable_parameters(model) > 0
+
+
+def test_targets_that_match_nothing_are_refused():
+    with pytest.raises(mlv.AttachError, match="matched no nn.Linear"):
+        mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS, targets={"text": ["nothing_here"]}))
+
+
+def test_routing_errors():
+    model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS))
+    img = torch.randn(3, 3, 32, 32)
+    with pytest.raises(mlv.RoutingError, match="unknown task 'caption'.*'vqa', 'retrieval', 'cls'"):
+        with mlv.route(model, "caption"):
+            pass
+    with pytest.raises(mlv.RoutingError, match=r"task id 3 is out of range; ids must be in \[0, 2\]"):
+        with mlv.route(model, torch.tensor([0, 3, 1])):
+            pass
+    with pytest.raises(mlv.RoutingError, match=r"visual\.transformer\.resblocks\.0\.attn\.in_proj: routed 2 task ids but the batch here has 3"):
+        with mlv.route(model, torch.tensor([0, 1])):
+            model.encode_image(img)
+    with pytest.raises(mlv.RoutingError, match=r"serve 3 tasks .* no task was given; wrap the forward pass"):
+        model.encode_image(img)
+    with pytest.raises(mlv.RoutingError, match="integer tensor"):
+        with mlv.route(model, torch.tensor([0.0, 1.0])):
+            pass
+
+
+def test_nested_scopes_restore_the_outer_one():
+    model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS))
+    router = model._mtl_lora.router
+    with mlv.route(model, "vqa") as outer:
+        with mlv.route(model, ["cls", "retrieval"]):
+            assert router.current.present == (1, 2)
+        assert router.current is outer and outer.task == 0
+    assert router.current is None
+
+
+def test_single_task_adapter_needs_no_scope_and_route_works_through_wrappers():
+    model = mlv.attach(tiny_open_clip().eval(), mlv.MTLLoRAConfig(tasks=["only"]))
+    model.encode_image(torch.randn(2, 3, 32, 32))
+    wrapper = nn.ModuleDict({"inner": model})
+    with mlv.route(wrapper, "only"):
+        assert model._mtl_lora.router.current.task == 0
+
+
+def test_routing_to_another_task_while_merged_is_refused():
+    model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS))
+    mlv.merge(model, "vqa")
+    with pytest.raises(mlv.RoutingError, match="merged into the weights for task 'vqa'"):
+        with mlv.route(model, "cls"):
+            pass
+    with mlv.route(model, "vqa"):
+        pass
+
+
+def test_attached_model_deepcopies_with_its_own_router():
+    model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS))
+    clone = copy.deepcopy(model)
+    assert clone._mtl_lora.router is not model._mtl_lora.router
+    bank = next(iter(clone._mtl_lora.layers.values()))
+    assert bank.router is clone._mtl_lora.router

@@ -1,0 +1,48 @@
+"""MTLLoRAConfig validation and JSON round-trip."""
+
+from __future__ import annotations
+
+import pytest
+
+import mtl_lora_vl as mlv
+
+
+def test_json_round_trip(tmp_path):
+    cfg = mlv.MTLLoRAConfig(tasks=["vqa", "retrieval"], r=4, alpha=8, n_up=2, temperature=0.7,
+                            lambda_type="diagonal", method="mtl_lora", targets={"image": [r"fc1$"]}, qkv_slices="qv")
+    assert mlv.MTLLoRAConfig.from_json(cfg.to_json()) == cfg
+    cfg.to_json(tmp_path / "c.json")
+    assert mlv.MTLLoRAConfig.from_json(tmp_path / "c.json") == cfg
+    assert cfg.scaling == 2.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(tasks=[]), "tasks"),
+        (dict(tasks=["a", "a"]), "tasks"),
+        (dict(tasks=["a", ""]), "tasks"),
+        (dict(tasks=["a"], r=0), "r"),
+        (dict(tasks=["a"], n_up=0), "n_up"),
+        (dict(tasks=["a"], temperature=0), "temperature"),
+        (dict(tasks=["a"], alpha=-1), "alpha"),
+        (dict(tasks=["a"], dropout=1.5), "dropout"),
+        (dict(tasks=["a"], method="adalora"), "method"),
+        (dict(tasks=["a"], lambda_type="block"), "lambda_type"),
+        (dict(tasks=["a"], targets="everything"), "targets"),
+        (dict(tasks=["a"], targets={"audio": ["x"]}), "targets"),
+        (dict(tasks=["a"], targets={"image": "fc1"}), r"targets\['image'\]"),
+        (dict(tasks=["a"], targets={"image": ["(unclosed"]}), r"targets\['image'\]"),
+        (dict(tasks=["a"], qkv_slices="qx"), "qkv_slices"),
+    ],
+)
+def test_validation_names_the_field(kwargs, field):
+    with pytest.raises(mlv.ConfigError, match=rf"^{field}"):
+        mlv.MTLLoRAConfig(**kwargs)
+
+
+def test_from_dict_rejects_unknown_fields_and_bad_json():
+    with pytest.raises(mlv.ConfigError, match=r"unknown config field\(s\) \['rank'\]"):
+        mlv.MTLLoRAConfig.from_dict({"tasks": ["a"], "rank": 4})
+    with pytest.raises(mlv.ConfigError, match="not valid JSON"):
+        mlv.MTLLoRAConfig.from_json("{not json")

@@ -1,0 +1,271 @@
+"""Adapter layers against a dense reference built from the formula of DESIGN §2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.layers import LoRALinear, LoRAMultiheadAttention
+from mtl_lora_vl.routing import Router
+
+METHODS = ["mtl_lora", "lora", "task_lora", "multi_lora", "moe_lora"]
+TASKS = ["a", "b", "c"]
+
+
+def _randomize(bank) -> None:
+    """Give every adapter tensor non-trivial values (B starts at zero)."""
+    with torch.no_grad():
+        for name, p in bank.named_parameters(recurse=False):
+            if name.startswith("lora_"):
+                p.copy_(torch.randn_like(p) * 0.3)
+
+
+def reference_delta(bank, t: int) -> torch.Tensor:
+    """ΔW_t straight from the paper's formula, independent of the layer code."""
+    s, tau, A, B = bank.scaling, bank.temperature, bank.lora_A, bank.lora_B
+    if bank.method == "mtl_lora":
+        pi = torch.softmax(bank.lora_w[t] / tau, dim=0)
+        Bbar = sum(pi[i] * B[i] for i in range(B.shape[0]))
+        lam = torch.eye(bank.r)
+        if bank.lambda_type == "full":
+            lam = bank.lora_lambda[t]
+        elif bank.lambda_type == "diagonal":
+            lam = torch.diag(bank.lora_lambda[t])
+        d = s * Bbar @ lam @ A
+    elif bank.method == "lora":
+        d = s * B[0] @ A
+    elif bank.method == "multi_lora":
+        d = s * sum(B[i] @ A[i] for i in range(B.shape[0]))
+    elif bank.method == "moe_lora":
+        g = torch.softmax(bank.lora_w[t] / tau, dim=0)
+        d = s * sum(g[i] * B[i] @ A[i] for i in range(B.shape[0]))
+    else:
+        d = s * B[t] @ A[t]
+    if bank.out_slices is not None:
+        k = d.shape[0] // sum(bank.out_slices)
+        parts, it = [], iter(d.split(k))
+        for on in bank.out_slices:
+            parts.append(next(it) if on else torch.zeros(k, d.shape[1]))
+        d = torch.cat(parts)
+    return d
+
+
+def make_linear(method: str, lambda_type: str = "full", d_in=12, d_out=10, slices=None, n_up=3):
+    cfg = mlv.MTLLoRAConfig(tasks=TASKS, r=4, alpha=8, n_up=n_up, method=method, lambda_type=lambda_type)
+    layer = LoRALinear(nn.Linear(d_in, d_out * (len(slices) if slices else 1)), cfg, slices)
+    layer.router, layer.layer_name = Router(TASKS), "test.layer"
+    _randomize(layer)
+    return layer
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("lambda_type", ["full", "diagonal", "none"])
+def test_linear_matches_dense_reference_per_sample(method, lambda_type):
+    if method != "mtl_lora" and lambda_type != "full":
+        pytest.skip("lambda_type only shapes mtl_lora")
+    layer = make_linear(method, lambda_type)
+    x = torch.randn(6, 5, 12)
+    ids = torch.tensor([0, 1, 2, 2, 0, 1])
+    with _scope(layer, ids):
+        y = layer(x)
+    for b in range(6):
+        W = layer.weight + reference_delta(layer, int(ids[b]))
+        torch.testing.assert_close(y[b], x[b] @ W.T + layer.bias, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(layer.delta_weight(int(ids[b])), reference_delta(layer, int(ids[b])), atol=1e-5, rtol=1e-5)
+
+
+class _scope:
+    """route() for a bare layer: set the router's route directly."""
+
+    def __init__(self, layer, tasks):
+        self.router, self.tasks = layer.router, tasks
+
+    def __enter__(self):
+        self.router.current = self.router.make_route(self.tasks)
+
+    def __exit__(self, *exc):
+        self.router.current = None
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_mixed_batch_equals_per_task_runs_row_by_row(method):
+    layer = make_linear(method)
+    x = torch.randn(7, 3, 12)
+    ids = torch.tensor([2, 0, 0, 1, 2, 1, 0])
+    with _scope(layer, ids):
+        mixed = layer(x)
+    for t in range(3):
+        with _scope(layer, TASKS[t]):
+            alone = layer(x[ids == t])
+        torch.testing.assert_close(mixed[ids == t], alone, atol=1e-6, rtol=1e-6)
+
+
+def test_single_task_mtl_lora_with_n1_identity_lambda_is_plain_lora():
+    cfg = mlv.MTLLoRAConfig(tasks=["a"], r=4, alpha=8, n_up=1, method="mtl_lora", lambda_type="full")
+    base = nn.Linear(12, 10)
+    mtl = LoRALinear(base, cfg)
+    lora = LoRALinear(base, mlv.MTLLoRAConfig(tasks=["a"], r=4, alpha=8, method="lora"))
+    for layer in (mtl, lora):
+        layer.router, layer.layer_name = Router(["a"]), "x"
+    with torch.no_grad():
+        B = torch.randn(1, 10, 4)
+        mtl.lora_B.copy_(B)
+        lora.lora_B.copy_(B)
+        lora.lora_A.copy_(mtl.lora_A)
+    x = torch.randn(5, 12)
+    # softmax over one up-projection is 1 and Λ = I: exactly LoRA's s·B·A.
+    torch.testing.assert_close(mtl(x), lora(x), atol=0, rtol=0)
+    torch.testing.assert_close(mtl(x), x @ (base.weight + 2.0 * B[0] @ mtl.lora_A).T + base.bias)
+
+
+def test_packed_qkv_slices_only_adapt_chosen_parts():
+    cfg = mlv.MTLLoRAConfig(tasks=TASKS, r=4, qkv_slices="qv")
+    layer = LoRALinear(nn.Linear(8, 24), cfg, out_slices=(True, False, True))
+    layer.router, layer.layer_name = Router(TASKS), "qkv"
+    _randomize(layer)
+    assert layer.lora_B.shape == (3, 16, 4)
+    x = torch.randn(4, 8)
+    with _scope(layer, "b"):
+        y = layer(x)
+    base = x @ layer.weight.T + layer.bias
+    torch.testing.assert_close(y[:, 8:16], base[:, 8:16])  # k untouched
+    assert (y[:, :8] - base[:, :8]).abs().max() > 1e-3
+    torch.testing.assert_close(y, x @ (layer.weight + reference_delta(layer, 1)).T + layer.bias, atol=1e-5, rtol=1e-5)
+
+
+def test_initial_parameters_follow_design():
+    layer = LoRALinear(nn.Linear(16, 8), mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=3))
+    assert layer.lora_A.shape == (4, 16) and layer.lora_B.shape == (3, 8, 4)
+    assert layer.lora_lambda.shape == (3, 4, 4) and layer.lora_w.shape == (3, 3)
+    assert torch.equal(layer.lora_B, torch.zeros_like(layer.lora_B))
+    assert torch.equal(layer.lora_lambda, torch.eye(4).repeat(3, 1, 1))
+    assert layer.lora_w.abs().max() <= 1 / 3**0.5
+    bound = 1 / 16**0.5  # kaiming_uniform(a=√5) on fan_in 16
+    assert layer.lora_A.abs().max() <= bound and layer.lora_A.std() > bound / 4
+    diag = LoRALinear(nn.Linear(16, 8), mlv.MTLLoRAConfig(tasks=TASKS, r=4, lambda_type="diagonal"))
+    assert torch.equal(diag.lora_lambda, torch.ones(3, 4))
+    none = LoRALinear(nn.Linear(16, 8), mlv.MTLLoRAConfig(tasks=TASKS, r=4, lambda_type="none"))
+    assert not hasattr(none, "lora_lambda")
+
+
+def test_gradients_reach_shared_and_present_task_tensors_only():
+    layer = make_linear("mtl_lora")
+    ids = torch.tensor([0, 2, 0, 2])
+    with _scope(layer, ids):
+        layer(torch.randn(4, 3, 12)).pow(2).sum().backward()
+    assert layer.lora_A.grad.abs().sum() > 0
+    for i in range(3):
+        assert layer.lora_B.grad[i].abs().sum() > 0, f"B_{i} got no gradient"
+    for t in (0, 2):
+        assert layer.lora_lambda.grad[t].abs().sum() > 0 and layer.lora_w.grad[t].abs().sum() > 0
+    assert layer.lora_lambda.grad[1].abs().sum() == 0 and layer.lora_w.grad[1].abs().sum() == 0
+
+
+def _mha_pair(batch_first: bool, cfg=None):
+    base = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    new = LoRAMultiheadAttention(base, cfg or mlv.MTLLoRAConfig(tasks=TASKS, r=4))
+    for bank, n in ((new.in_proj, "in"), (new.out_proj, "out")):
+        bank.router, bank.layer_name = Router(TASKS), n
+    new.out_proj.router = new.in_proj.router
+    return base, new.eval()
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize(
+    "mask_kind", ["none", "float2d", "bool2d", "float3d", "bool3d", "kpm_bool", "kpm_float", "both"]
+)
+@pytest.mark.parametrize("cross", [False, True])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_mha_equals_torch_module_with_zero_adapters(batch_first, mask_kind, cross, need_weights):
+    base, new = _mha_pair(batch_first)
+    B, L, S, H = 3, 5, 7 if cross else 5, 4
+    q = torch.randn(B, L, 16)
+    kv = torch.randn(B, S, 16) if cross else q
+    attn_mask = kpm = None
+    if mask_kind in ("float2d", "both"):
+        attn_mask = torch.randn(L, S)
+    if mask_kind == "bool2d":
+        attn_mask = torch.rand(L, S) > 0.7
+        attn_mask[:, 0] = False
+    if mask_kind == "float3d":
+        attn_mask = torch.randn(B * H, L, S)
+    if mask_kind == "bool3d":
+        attn_mask = torch.rand(B * H, L, S) > 0.7
+        attn_mask[..., 0] = False
+    if mask_kind in ("kpm_bool", "both"):
+        kpm = torch.zeros(B, S, dtype=torch.bool)
+        kpm[0, -2:] = True
+    if mask_kind == "kpm_float":
+        kpm = torch.randn(B, S)
+    if not batch_first:
+        q, kv = q.transpose(0, 1), kv.transpose(0, 1)
+    with _scope(new.in_proj, "a"):
+        out, w = new(q, kv, kv, key_padding_mask=kpm, need_weights=need_weights, attn_mask=attn_mask)
+    ref, rw = base(q, kv, kv, key_padding_mask=kpm, need_weights=need_weights, attn_mask=attn_mask)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    if need_weights:
+        torch.testing.assert_close(w, rw, atol=1e-5, rtol=1e-5)
+
+
+def test_mha_with_adapters_matches_dense_reference_mixed_batch():
+    base, new = _mha_pair(True)
+    _randomize(new.in_proj)
+    _randomize(new.out_proj)
+    x = torch.randn(4, 6, 16)
+    ids = torch.tensor([0, 1, 2, 1])
+    with _scope(new.in_proj, ids):
+        out, _ = new(x, x, x, need_weights=False)
+    for b in range(4):
+        t = int(ids[b])
+        ref = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+        with torch.no_grad():
+            ref.in_proj_weight.copy_(base.in_proj_weight + reference_delta(new.in_proj, t))
+            ref.in_proj_bias.copy_(base.in_proj_bias)
+            ref.out_proj.weight.copy_(base.out_proj.weight + reference_delta(new.out_proj, t))
+            ref.out_proj.bias.copy_(base.out_proj.bias)
+        expect, _ = ref(x[b : b + 1], x[b : b + 1], x[b : b + 1], need_weights=False)
+        torch.testing.assert_close(out[b : b + 1], expect, atol=1e-5, rtol=1e-5)
+
+
+def test_mha_cross_attention_adapters_match_reference():
+    base, new = _mha_pair(True, mlv.MTLLoRAConfig(tasks=TASKS, r=4, qkv_slices="qv"))
+    _randomize(new.in_proj)
+    q, kv = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
+    with _scope(new.in_proj, "c"):
+        out, _ = new(q, kv, kv, need_weights=False)
+    ref = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    with torch.no_grad():
+        ref.load_state_dict(base.state_dict())
+        ref.in_proj_weight.add_(reference_delta(new.in_proj, 2))
+    torch.testing.assert_close(out, ref(q, kv, kv, need_weights=False)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_mha_bad_mask_shape_is_named():
+    _, new = _mha_pair(True)
+    x = torch.randn(2, 5, 16)
+    with _scope(new.in_proj, "a"), pytest.raises(ValueError, match="attn_mask: 3-D shape must be"):
+        new(x, x, x, attn_mask=torch.zeros(3, 5, 5))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_runs_and_adapter_params_stay_fp32(dtype):
+    layer = make_linear("mtl_lora")
+    x = torch.randn(4, 12)
+    with torch.autocast("cpu", dtype=dtype), _scope(layer, torch.tensor([0, 1, 1, 2])):
+        y = layer(x)
+    assert y.dtype == dtype
+    assert layer.lora_A.dtype == torch.float32
+    with _scope(layer, torch.tensor([0, 1, 1, 2])):
+        ref = layer(x)
+    torch.testing.assert_close(y.float(), ref, atol=0.1, rtol=0.05)
+
+
+def test_half_base_without_autocast():
+    layer = make_linear("mtl_lora")
+    layer.weight.data = layer.weight.data.bfloat16()
+    layer.bias.data = layer.bias.data.bfloat16()
+    with _scope(layer, "a"):
+        y = layer(torch.randn(3, 12, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16
