@@ -1,0 +1,340 @@
+"""Image decoding and the dataset readers, on tiny fixture files written into tmp_path."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mtl_lora_vl.data import images as images_mod
+from mtl_lora_vl.data.images import ImageError, load_image, to_uint8_tensor, verify_image
+from mtl_lora_vl.data.readers import PathEscapeError, read_split
+from mtl_lora_vl.data.world import build_split
+
+# ------------------------------------------------------------------------------------ fixtures
+
+
+def _rgb(path: Path, color=(200, 30, 30), size=(24, 16)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def _huge_png_header(path: Path, w: int, h: int) -> Path:
+    """A PNG whose IHDR claims w x h pixels (no pixel data): enough for Image.open to read the size."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture()
+def root(tmp_path: Path) -> Path:
+    r = tmp_path / "data"
+    imgs = r / "images"
+    _rgb(imgs / "good.jpg")
+    _rgb(imgs / "good2.png", (10, 200, 10))
+    Image.new("L", (20, 20), 128).save(imgs / "gray.png")
+    pal = Image.new("P", (20, 20), 0)
+    pal.putpalette([0, 0, 255] + [255, 0, 0] * 255)
+    pal.save(imgs / "palette.png")
+    rgba = Image.new("RGBA", (20, 20), (255, 0, 0, 0))          # fully transparent red
+    rgba.putpixel((0, 0), (0, 0, 255, 255))                      # one opaque blue pixel
+    rgba.save(imgs / "rgba.png")
+    Image.new("CMYK", (20, 20), (0, 255, 255, 0)).save(imgs / "cmyk.jpg")   # CMYK red
+    Image.fromarray(np.full((20, 20), 65535, dtype=np.uint16)).save(imgs / "sixteen.png")
+    (imgs / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" + os.urandom(64))
+    (imgs / "empty.jpg").write_bytes(b"")
+    full = (imgs / "good.jpg").read_bytes()
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    big.save(imgs / "to_truncate.jpg", quality=95)
+    data = (imgs / "to_truncate.jpg").read_bytes()
+    (imgs / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (imgs / "to_truncate.jpg").unlink()
+    assert full
+    outside = _rgb(tmp_path / "outside" / "secret.jpg")
+    (imgs / "link_out.jpg").symlink_to(outside)
+    (imgs / "link_in.jpg").symlink_to(imgs / "good.jpg")
+    return r
+
+
+# ------------------------------------------------------------------------------------ images.py
+
+@pytest.mark.parametrize("name", ["good.jpg", "gray.png", "palette.png", "rgba.png", "cmyk.jpg", "sixteen.png"])
+def test_load_image_converts_to_rgb(root, name):
+    img = load_image(root / "images" / name)
+    assert img.mode == "RGB"
+
+
+def test_conversions_are_faithful(root):
+    imgs = root / "images"
+    rgba = load_image(imgs / "rgba.png")
+    assert rgba.getpixel((5, 5)) == (255, 255, 255)            # transparent -> white, not black or red
+    assert rgba.getpixel((0, 0)) == (0, 0, 255)
+    r, g, b = load_image(imgs / "cmyk.jpg").getpixel((10, 10))
+    assert r > 200 and g < 60 and b < 60                        # CMYK red stays red
+    assert load_image(imgs / "sixteen.png").getpixel((3, 3)) == (255, 255, 255)   # scaled, not clipped
+    assert load_image(imgs / "palette.png").getpixel((0, 0)) == (0, 0, 255)
+
+
+def test_load_image_size_and_tensor(root):
+    img = load_image(root / "images" / "good.jpg", 8)              # 24 x 16 -> shorter side 8
+    assert img.size == (12, 8)
+    t = to_uint8_tensor(root / "images" / "good.jpg", 8)
+    assert t.shape == (3, 8, 8) and t.dtype == torch.uint8
+    assert abs(int(t[0, 4, 4]) - 200) < 20 and int(t[1, 4, 4]) < 60
+    t = to_uint8_tensor(Image.new("RGB", (40, 20), (1, 2, 3)), 16)
+    assert t.shape == (3, 16, 16) and t[:, 8, 8].tolist() == [1, 2, 3]
+    scene = build_split("vqa", "val", n=1).examples[0].image
+    t = to_uint8_tensor(scene, 32)
+    assert t.shape == (3, 32, 32)
+    assert torch.equal(t, to_uint8_tensor(load_image(scene, 32), 32))
+
+
+@pytest.mark.parametrize("name, cause", [
+    ("corrupt.jpg", "not a readable image"),
+    ("empty.jpg", "empty"),
+    ("missing.jpg", "not found"),
+    ("truncated.jpg", "cannot be decoded"),
+])
+def test_load_image_errors_name_the_file(root, name, cause):
+    with pytest.raises(ImageError, match=cause) as err:
+        load_image(root / "images" / name)
+    assert name in str(err.value)
+
+
+def test_huge_images_are_refused_before_decoding(root, tmp_path, monkeypatch):
+    huge = _huge_png_header(tmp_path / "huge.png", 30_000, 30_000)
+    with pytest.raises(ImageError, match="huge.png.*too large"):
+        load_image(huge)
+    with pytest.raises(ImageError, match="too large"):
+        verify_image(huge)
+    # Our own limit, below PIL's bomb threshold: refused from the header, load() is never reached.
+    monkeypatch.setattr(images_mod, "MAX_PIXELS", 100)
+
+    def no_decode(self):
+        raise AssertionError("decoded an image that should have been refused")
+
+    monkeypatch.setattr(Image.Image, "load", no_decode)
+    with pytest.raises(ImageError, match="good.jpg.*exceeds the limit"):
+        load_image(root / "images" / "good.jpg")
+
+
+# ------------------------------------------------------------------------------------ readers
+
+def _write_json(path: Path, obj) -> str:
+    path.write_text(json.dumps(obj))
+    return path.name
+
+
+def _one_warning(record) -> str:
+    msgs = [str(w.message) for w in record if "skipped" in str(w.message)]
+    assert len(msgs) == 1, msgs
+    return msgs[0]
+
+
+def _vqa_files(root: Path, image_ids: list[int]) -> None:
+    vdir = root / "val2014"
+    for iid in image_ids:
+        _rgb(vdir / f"COCO_val2014_{iid:012d}.jpg")
+    qs = [{"image_id": iid, "question": f"what is {iid}?", "question_id": iid * 10} for iid in image_ids + [99]]
+    anns = [{"question_id": iid * 10, "image_id": iid, "question_type": "what is", "answer_type": "other",
+             "multiple_choice_answer": "cat",
+             "answers": [{"answer": "cat", "answer_confidence": "yes", "answer_id": k + 1} for k in range(10)]}
+            for iid in image_ids + [99]]
+    _write_json(root / "q.json", {"data_subtype": "val2014", "questions": qs})
+    _write_json(root / "a.json", {"annotations": anns})
+
+
+def test_vqav2(root):
+    _vqa_files(root, [1, 42])       # question 990 refers to image 99, which is missing
+    with pytest.warns(UserWarning) as rec:
+        s = read_split("vqav2", root, questions="q.json", annotations="a.json", images="val2014")
+    assert "skipped 1" in _one_warning(rec) and "COCO_val2014_000000000099.jpg" in _one_warning(rec)
+    assert s.skipped == 1 and len(s.examples) == 2
+    e = s.examples[1]
+    assert e.image.endswith("COCO_val2014_000000000042.jpg") and os.path.isabs(e.image)
+    assert e.text == "what is 42?" and e.answers == ("cat",) * 10 and e.question_type == "other"
+    assert e.meta["question_id"] == 420 and e.image_id == "42"
+    # test-dev style: questions only
+    with pytest.warns(UserWarning):
+        s = read_split("vqav2", root, questions="q.json", images="val2014")
+    assert s.examples[0].answers == ()
+    with pytest.raises(ImageError, match="000000000099"):
+        read_split("vqav2", root, questions="q.json", annotations="a.json", images="val2014", strict=True)
+
+
+def test_coco_captions(root):
+    imgs = [{"id": 1, "file_name": "good.jpg"}, {"id": 2, "file_name": "corrupt.jpg"},
+            {"id": 3, "file_name": "good2.png"}, {"id": 4, "file_name": "empty.jpg"}]
+    anns = [{"image_id": 1, "caption": f"cap {k}"} for k in range(5)] + \
+           [{"image_id": 2, "caption": "x"}, {"image_id": 3, "caption": "a green"}, {"image_id": 4, "caption": "y"}]
+    _write_json(root / "captions.json", {"images": imgs, "annotations": anns})
+    with pytest.warns(UserWarning) as rec:
+        s = read_split("coco_captions", root, annotations="captions.json", images="images")
+    msg = _one_warning(rec)
+    assert "skipped 2" in msg and "corrupt.jpg" in msg and "empty.jpg" in msg
+    assert s.skipped == 2 and len(s.examples) == 6          # five + one pairs
+    assert s.examples[0].captions == tuple(f"cap {k}" for k in range(5))
+    with pytest.warns(UserWarning):
+        s = read_split("coco_captions", root, annotations="captions.json", images="images", one_per_image=True)
+    assert [e.text for e in s.examples] == ["cap 0", "a green"]
+    with pytest.raises(ImageError, match="corrupt.jpg"):
+        read_split("coco_captions", root, annotations="captions.json", images="images", strict=True)
+
+
+def test_karpathy(root):
+    def entry(fn, split, n=5):
+        return {"filepath": "images", "filename": fn, "split": split, "cocoid": hash(fn) % 1000,
+                "sentences": [{"raw": f"{fn} caption {k}", "tokens": []} for k in range(n)]}
+
+    _write_json(root / "dataset_coco.json", {"images": [
+        entry("good.jpg", "train"), entry("good2.png", "restval"), entry("gray.png", "val"),
+        entry("cmyk.jpg", "test"), entry("truncated.jpg", "test"), entry("missing.jpg", "val")]})
+    train = read_split("karpathy", root, annotations="dataset_coco.json", split="train")
+    assert len(train.examples) == 10 and train.skipped == 0     # train + restval, one example per caption
+    only = read_split("karpathy", root, annotations="dataset_coco.json", split="train", include_restval=False)
+    assert len(only.examples) == 5
+    with pytest.warns(UserWarning) as rec:
+        val = read_split("karpathy", root, annotations="dataset_coco.json", split="val")
+    assert "missing.jpg" in _one_warning(rec) and val.skipped == 1
+    assert len(val.examples) == 1 and len(val.examples[0].captions) == 5    # one per image for val/test
+    # a truncated JPEG passes the cheap header check; it fails later, in load_image
+    test = read_split("karpathy", root, annotations="dataset_coco.json", split="test")
+    assert len(test.examples) == 2
+    with pytest.raises(ValueError, match="split must be"):
+        read_split("karpathy", root, annotations="dataset_coco.json", split="dev")
+
+
+def test_imagefolder(root):
+    base = root / "folder"
+    _rgb(base / "dog" / "a.jpg")
+    _rgb(base / "cat" / "b.png")
+    _rgb(base / "cat" / "sub" / "c.png")
+    (base / "cat" / "notes.txt").write_text("not an image")
+    (base / "bird").mkdir()
+    (base / "bird" / "broken.jpg").write_bytes(b"garbage")
+    with pytest.warns(UserWarning) as rec:
+        s = read_split("imagefolder", root, folder="folder")
+    assert "broken.jpg" in _one_warning(rec)
+    assert s.class_names == ["bird", "cat", "dog"] and s.skipped == 1
+    assert sorted((Path(e.image).name, e.label) for e in s.examples) == [("a.jpg", 2), ("b.png", 1), ("c.png", 1)]
+    (base / "bird" / "broken.jpg").unlink()
+    (base / "dog" / "escape.jpg").symlink_to(root.parent / "outside" / "secret.jpg")
+    for strict in (False, True):
+        with pytest.raises(PathEscapeError, match="outside the data root"):
+            read_split("imagefolder", root, folder="folder", strict=strict)
+
+
+def test_jsonl_all_row_kinds(root):
+    rows = [{"image": "images/good.jpg", "caption": "a red box"}, {"image": "images/good.jpg", "text": "red"},
+            {"image": "images/good2.png", "caption": "green"}, {"image": "images/empty.jpg", "caption": "none"}]
+    (root / "caps.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    with pytest.warns(UserWarning):
+        s = read_split("jsonl", root, file="caps.jsonl")
+    assert [e.text for e in s.examples] == ["a red box", "red", "green"] and s.skipped == 1
+    assert s.examples[0].captions == ("a red box", "red")
+
+    rows = [{"image": "good.jpg", "question": "color?", "answers": ["red"] * 10, "question_type": "color"},
+            {"image": "palette.png", "question": "what?", "answers": [{"answer": "blue"}]}]
+    (root / "vqa.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    s = read_split("jsonl", root, file="vqa.jsonl", images="images")
+    assert s.examples[0].answers == ("red",) * 10 and s.examples[0].question_type == "color"
+    assert s.examples[1].answers == ("blue",) and s.examples[1].question_type is None
+
+    rows = [{"image": "images/good.jpg", "label": "red"}, {"image": "images/good2.png", "label": "green"}]
+    (root / "cls.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    s = read_split("jsonl", root, file="cls.jsonl")
+    assert s.class_names == ["green", "red"] and [e.label for e in s.examples] == [1, 0]
+    s = read_split("jsonl", root, file="cls.jsonl", class_names=["red", "green", "blue"])
+    assert [e.label for e in s.examples] == [0, 1]
+
+
+def test_csv_all_row_kinds(root):
+    def write(name, header, rows):
+        with open(root / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(rows)
+        return name
+
+    f = write("vqa.csv", ["image", "question", "answers"],
+              [["images/good.jpg", "what color?", "red|red|Red|red|red|red|red|red|red|dark red"],
+               ["images/cmyk.jpg", "how many?", "1"]])
+    s = read_split("csv", root, file=f)
+    assert s.examples[0].answers[-1] == "dark red" and len(s.examples[0].answers) == 10
+    assert s.examples[1].answers == ("1",)
+    f = write("cls.csv", ["image", "label"], [["images/good.jpg", "2"], ["images/gray.png", "0"],
+                                              ["images/corrupt.jpg", "1"]])
+    with pytest.warns(UserWarning):
+        s = read_split("csv", root, file=f)
+    assert s.class_names == ["0", "1", "2"] and [e.label for e in s.examples] == [2, 0] and s.skipped == 1
+    f = write("caps.csv", ["image", "text"], [["images/good.jpg", "red, bright"]])
+    assert read_split("csv", root, file=f).examples[0].text == "red, bright"
+    f = write("bad.csv", ["image", "label"], [["images/good.jpg", "9"]])
+    with pytest.raises(ValueError, match="bad.csv:2: label index 9"):
+        read_split("csv", root, file=f, class_names=["a", "b"])
+    f = write("mixed.csv", ["image", "text", "label"], [["images/good.jpg", "x", ""], ["images/good.jpg", "", "a"]])
+    with pytest.raises(ValueError, match="mix task kinds"):
+        read_split("csv", root, file=f)
+
+
+@pytest.mark.parametrize("bad", ["../outside/secret.jpg", "images/../../outside/secret.jpg", "ABSOLUTE",
+                                 "images/link_out.jpg"])
+@pytest.mark.parametrize("strict", [False, True])
+def test_paths_escaping_the_root_are_refused(root, bad, strict):
+    if bad == "ABSOLUTE":
+        bad = str(root.parent / "outside" / "secret.jpg")
+    (root / "esc.jsonl").write_text(json.dumps({"image": "images/good.jpg", "text": "ok"}) + "\n"
+                                    + json.dumps({"image": bad, "text": "sneaky"}) + "\n")
+    with pytest.raises(PathEscapeError) as err:
+        read_split("jsonl", root, file="esc.jsonl", strict=strict)
+    assert bad in str(err.value) and str(root) in str(err.value)
+
+
+def test_symlink_inside_root_is_fine(root):
+    (root / "in.jsonl").write_text(json.dumps({"image": "images/link_in.jpg", "text": "ok"}))
+    s = read_split("jsonl", root, file="in.jsonl")
+    assert Path(s.examples[0].image).name == "good.jpg"
+
+
+def test_verify_switch(root):
+    (root / "v.jsonl").write_text(json.dumps({"image": "images/corrupt.jpg", "text": "x"}) + "\n"
+                                  + json.dumps({"image": "images/missing.jpg", "text": "y"}))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        s = read_split("jsonl", root, file="v.jsonl", verify=False)
+    assert len(s.examples) == 1 and s.skipped == 1          # existence is still checked
+    assert "missing.jpg" in _one_warning(rec)
+    with pytest.raises(ValueError, match="no usable examples"), pytest.warns(UserWarning):
+        read_split("jsonl", root, file="v.jsonl")
+
+
+def test_dispatcher_errors(root):
+    with pytest.raises(ValueError, match="unknown data format 'parquet'.*vqav2.*coco_captions.*karpathy.*imagefolder"):
+        read_split("parquet", root)
+    with pytest.raises(TypeError, match="does not take option.*'colour'.*options are"):
+        read_split("jsonl", root, file="x.jsonl", colour=1)
+    with pytest.raises(TypeError, match="needs option.*'file'"):
+        read_split("csv", root)
+    with pytest.raises(FileNotFoundError, match="data root"):
+        read_split("jsonl", root / "nope", file="x.jsonl")
+    with pytest.raises(FileNotFoundError, match="x.jsonl"):
+        read_split("jsonl", root, file="x.jsonl")
+    (root / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json: not valid JSON"):
+        read_split("coco_captions", root, annotations="broken.json")
+    _write_json(root / "wrong.json", {"images": []})
+    with pytest.raises(ValueError, match="no 'annotations' field"):
+        read_split("coco_captions", root, annotations="wrong.json")
