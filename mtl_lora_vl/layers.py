@@ -141,10 +141,19 @@ class AdapterBank(nn.Module):
         return torch.cat([next(it) if on else zero for on in self.out_slices], dim=-2)
 
     @torch.no_grad()
+    def lora_pair(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Task ``task``'s update as a plain LoRA ``(B, A)`` with ΔW_t = B @ A, scaling folded into B.
+
+        B is (d_out, R) over the full base output (zero rows for slices that do not adapt), A is
+        (R, d_in); R = r for mtl_lora, lora and task_lora, n·r for multi_lora and moe_lora. fp32.
+        """
+        return self._full_rows(self.task_matrices((task,))[0]).float(), self.a_matrix(task).float()
+
+    @torch.no_grad()
     def delta_weight(self, task: int) -> torch.Tensor:
-        """ΔW_t = M_t A_t as a dense (d_out, d_in) fp32 matrix, for merging and export."""
-        M = self._full_rows(self.task_matrices((task,))[0]).float()
-        return M @ self.a_matrix(task).float()
+        """ΔW_t = M_t A_t as a dense (d_out, d_in) fp32 matrix, for merging."""
+        B, A = self.lora_pair(task)
+        return B @ A
 
     # Acting on activations ------------------------------------------------------------------
     def add_delta(self, x: torch.Tensor, out: torch.Tensor, rows: slice | None = None) -> torch.Tensor:

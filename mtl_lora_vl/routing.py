@@ -61,7 +61,6 @@ class Router:
 
     def make_route(self, tasks: str | int | torch.Tensor | Sequence[str] | Sequence[int]) -> Route:
         """Turn a task name, index, name list or id tensor into a validated Route."""
-        T = len(self.tasks)
         if isinstance(tasks, str):
             return Route(task=self._index(tasks))
         if isinstance(tasks, int) and not isinstance(tasks, bool):
@@ -93,7 +92,6 @@ class Router:
         present = tuple(int(t) for t in torch.unique(ids.cpu()).tolist())
         if len(present) == 1:
             return Route(task=present[0], batch_size=ids.numel())
-        assert T > 1
         return Route(task=None, ids=ids, present=present, batch_size=ids.numel())
 
     def resolve(self, layer_name: str) -> Route:
