@@ -1,0 +1,252 @@
+"""Multi-task loaders: uint8 images and tokens made in workers, normalised on the device.
+
+Workers decode each image to a ``(3, S, S)`` uint8 tensor (``S = backbone.image_size``), ask the task
+kind for the row's text and fields, and collate: the text of a batch is tokenised there, in one
+tokenizer call. On the main process :func:`to_device` copies the batch non-blocking (from pinned
+memory when CUDA is available) and converts the images to normalised floats **on the device** in the
+autocast dtype (``backbone.preprocess_uint8``).
+
+Batch layout (what :class:`MultiTaskLoader` yields; B rows, grouped by task in task order)::
+
+    batch["task_ids"]   LongTensor (B,)       position of each row's task in the loader's task list
+                                              (= the order of MTLLoRAConfig.tasks; feed to route())
+    batch["indices"]    LongTensor (B,)       example index within its task's split
+    batch["images"]     uint8 (B, 3, S, S)    -> float (B, 3, S, S) in ``dtype`` after to_device()
+    batch["tokens"]     LongTensor (B, L)     each row's text tokenised (a row without text holds
+                                              the tokens of "")
+    batch["text_rows"]  LongTensor (N_text,)  rows whose task ``uses_text``: the text-tower rows
+    batch["tasks"]      {task_name: {         only the tasks present in this batch
+        "rows":       LongTensor (n_t,)       this task's rows of the batch (contiguous)
+        "text_index": LongTensor (n_t,)       its rows' positions among ``text_rows`` (uses_text only)
+        <fields>:     Tensor (n_t, ...)       the kind's own per-row tensors, stacked
+                                              (vqa "targets", classification "labels",
+                                               retrieval "image_key")
+    }}
+
+One training step then runs each tower once::
+
+    batch = to_device(batch, device, dtype, backbone)
+    with route(model, batch["task_ids"]):
+        image_emb = backbone.encode_image(batch["images"])
+    text_emb = None
+    if batch["text_rows"].numel():
+        with route(model, batch["task_ids"][batch["text_rows"]]):
+            text_emb = backbone.encode_text(batch["tokens"][batch["text_rows"]])
+    for name, rows in task_views(batch):                      # rows: this task's images/tokens/fields
+        kind = kinds[name]
+        t = text_emb[rows["text_index"]] if kind.uses_text else None
+        with route(model, name):                              # for kinds that run the model themselves
+            loss = loss + spec.loss_weight * kind.loss(heads[name], backbone, rows,
+                                                       image_emb[rows["rows"]], t)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from mtl_lora_vl.data.images import ImageError, to_uint8_tensor
+from mtl_lora_vl.data.records import Example, Split
+from mtl_lora_vl.data.sampler import MultiTaskBatchSampler
+
+
+class _Kind(Protocol):
+    """What the loader needs of a task kind (see :class:`mtl_lora_vl.tasks.base.TaskKind`)."""
+
+    name: str
+    uses_text: bool
+
+    def sample_text(self, example: Example) -> str | None: ...
+
+    def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]: ...
+
+
+def decode_image(example: Example, size: int) -> Tensor:
+    """``(3, size, size)`` uint8 pixels of an example's image; a clear error names the example."""
+    try:
+        return to_uint8_tensor(example.image, size)
+    except ImageError as err:
+        raise ImageError(f"example {example.image_id!r}: {err}") from err
+
+
+class TaskDataset(Dataset):
+    """One task's examples as rows ``{"image", "text", "index", **fields}`` (made in a worker)."""
+
+    def __init__(self, kind: _Kind, split: Split, image_size: int) -> None:
+        if not split.examples:
+            raise ValueError(f"task {kind.name!r} has no examples to load")
+        self.kind = kind
+        self.examples = split.examples
+        self.image_size = int(image_size)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ex = self.examples[index]
+        return {"image": decode_image(ex, self.image_size), "text": self.kind.sample_text(ex),
+                "index": index, "fields": self.kind.sample_fields(ex, index)}
+
+
+class MultiTaskDataset(Dataset):
+    """Several :class:`TaskDataset` addressed by ``(task_id, index)`` (what the batch sampler yields)."""
+
+    def __init__(self, datasets: Sequence[TaskDataset]) -> None:
+        self.datasets = list(datasets)
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.datasets)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        task, index = key
+        row = self.datasets[task][index]
+        row["task_id"] = task
+        return row
+
+
+class MultiTaskCollate:
+    """Collate rows of several tasks into the batch layout of the module docstring (runs in workers)."""
+
+    def __init__(self, task_names: Sequence[str], uses_text: Sequence[bool], tokenizer: Any) -> None:
+        self.task_names = list(task_names)
+        self.uses_text = list(uses_text)
+        self.tokenizer = tokenizer
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        rows = sorted(rows, key=lambda r: r["task_id"])   # stable: keeps the sampler's order within a task
+        task_ids = torch.tensor([r["task_id"] for r in rows], dtype=torch.long)
+        tokens = self.tokenizer([r["text"] if r["text"] is not None else "" for r in rows])
+        batch: dict[str, Any] = {
+            "task_ids": task_ids,
+            "indices": torch.tensor([r["index"] for r in rows], dtype=torch.long),
+            "images": torch.stack([r["image"] for r in rows]),
+            "tokens": tokens,
+        }
+        text_rows: list[int] = []
+        tasks: dict[str, dict[str, Tensor]] = {}
+        for t, name in enumerate(self.task_names):
+            idx = [i for i, r in enumerate(rows) if r["task_id"] == t]
+            if not idx:
+                continue
+            view: dict[str, Tensor] = {"rows": torch.tensor(idx, dtype=torch.long)}
+            if self.uses_text[t]:
+                view["text_index"] = torch.arange(len(text_rows), len(text_rows) + len(idx))
+                text_rows.extend(idx)
+            for key in rows[idx[0]]["fields"]:
+                view[key] = torch.stack([rows[i]["fields"][key] for i in idx])
+            tasks[name] = view
+        batch["text_rows"] = torch.tensor(text_rows, dtype=torch.long)
+        batch["tasks"] = tasks
+        return batch
+
+
+def _move(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: _move(v, device) for k, v in obj.items()}
+    return obj
+
+
+def to_device(batch: dict[str, Any], device: torch.device | str, dtype: torch.dtype, backbone: Any) -> dict[str, Any]:
+    """Copy a batch to ``device`` (non-blocking) and turn its uint8 images into normalised ``dtype`` floats there."""
+    device = torch.device(device)
+    out = _move(batch, device)
+    out["images"] = backbone.preprocess_uint8(out["images"], dtype)
+    return out
+
+
+def task_views(batch: dict[str, Any]) -> Iterator[tuple[str, dict[str, Tensor]]]:
+    """``(task_name, rows)`` per task of a batch: its images, tokens and indices, plus its fields and row indices."""
+    for name, view in batch["tasks"].items():
+        rows = view["rows"]
+        sub = {"images": batch["images"][rows], "tokens": batch["tokens"][rows],
+               "indices": batch["indices"][rows]}
+        sub.update(view)
+        yield name, sub
+
+
+class MultiTaskLoader:
+    """Training loader over several tasks: a :class:`MultiTaskBatchSampler` feeding a ``DataLoader``.
+
+    ``kinds[i]`` and ``splits[i]`` are task i (task id i). Iterating yields batches in the layout of
+    the module docstring. ``state_dict()`` is the sampler state after the batches the caller has
+    consumed (not those the workers prefetched), so a resumed loader yields exactly the next batches;
+    starting a new iteration also continues from the consumed position.
+    """
+
+    def __init__(self, kinds: Sequence[_Kind], splits: Sequence[Split], backbone: Any, *, batch_size: int,
+                 strategy: str = "proportional", temperature: float = 2.0, mode: str = "mixed", seed: int = 0,
+                 steps: int | None = None, num_workers: int = 0, rank: int = 0, world_size: int = 1,
+                 prefetch_factor: int | None = None, pin_memory: bool | None = None) -> None:
+        if len(kinds) != len(splits):
+            raise ValueError(f"MultiTaskLoader got {len(kinds)} task kinds but {len(splits)} splits")
+        names = [k.name for k in kinds]
+        if len(set(names)) != len(names):
+            raise ValueError(f"MultiTaskLoader got duplicate task names {names}")
+        self.task_names = names
+        self.datasets = [TaskDataset(k, s, backbone.image_size) for k, s in zip(kinds, splits)]
+        self.sampler = MultiTaskBatchSampler([len(d) for d in self.datasets], batch_size, strategy=strategy,
+                                             temperature=temperature, mode=mode, seed=seed, steps=steps,
+                                             rank=rank, world_size=world_size)
+        self.collate = MultiTaskCollate(names, [k.uses_text for k in kinds], backbone.tokenizer)
+        extra: dict[str, Any] = {}
+        if num_workers > 0:
+            extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor or 2}
+        self.loader = DataLoader(MultiTaskDataset(self.datasets), batch_sampler=self.sampler,
+                                 collate_fn=self.collate, num_workers=num_workers,
+                                 pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+                                 **extra)
+        self.consumed = self.sampler.step
+
+    def __len__(self) -> int:
+        return len(self.sampler) if self.sampler.steps is None else max(0, self.sampler.steps - self.consumed)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        # Rewind the sampler past batches a previous iterator prefetched but nobody consumed.
+        if self.sampler.step != self.consumed:
+            self.sampler.load_state_dict(self.sampler.state_dict(self.consumed))
+        for batch in self.loader:
+            self.consumed += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Sampler state after the consumed batches (JSON-able)."""
+        return self.sampler.state_dict(self.consumed)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a state saved by :meth:`state_dict`."""
+        self.sampler.load_state_dict(state)
+        self.consumed = self.sampler.step
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+class _ImageDataset(Dataset):
+    def __init__(self, examples: Sequence[Example], size: int) -> None:
+        self.examples = examples
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return decode_image(self.examples[index], self.size)
+
+
+def iter_image_batches(backbone: Any, examples: Sequence[Example], *, batch_size: int,
+                       device: torch.device | str, dtype: torch.dtype = torch.float32,
+                       num_workers: int = 0) -> Iterator[Tensor]:
+    """Normalised ``dtype`` image batches on ``device``, in order, ``batch_size`` examples each (evaluation)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    loader = DataLoader(_ImageDataset(examples, backbone.image_size), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, pin_memory=torch.cuda.is_available())
+    for images in loader:
+        yield backbone.preprocess_uint8(images.to(device, non_blocking=True), dtype)

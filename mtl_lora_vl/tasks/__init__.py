@@ -1,0 +1,15 @@
+"""Task kinds (vqa, retrieval, classification, captioning), their registry and the TOML task specs."""
+
+# Importing the kind modules registers them.
+from mtl_lora_vl.tasks import captioning, classification, retrieval, vqa  # noqa: F401
+from mtl_lora_vl.tasks.base import TaskKind
+from mtl_lora_vl.tasks.registry import available_kinds, get_kind, register_kind
+from mtl_lora_vl.tasks.spec import SpecError, TaskSpec, available_specs, load_spec, resolve_tasks
+
+__all__ = ["SpecError", "TaskKind", "TaskSpec", "available_kinds", "available_specs", "get_kind",
+           "load_spec", "register_kind", "resolve_tasks", "build_kind"]
+
+
+def build_kind(spec: TaskSpec, train, backbone) -> TaskKind:
+    """Instantiate the kind of ``spec`` on its training split and backbone."""
+    return get_kind(spec.kind)(spec, train, backbone)

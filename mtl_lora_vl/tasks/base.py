@@ -1,0 +1,196 @@
+"""The :class:`TaskKind` base class: what every task kind provides to the loader, trainer and evaluator.
+
+A kind is built once per task with ``kind = KindClass(spec, train_split, backbone)`` (the VQA kind
+builds its answer vocabulary there, classification takes its class names). Then:
+
+* **Loader side** (runs in data workers, CPU only): ``sample_text(example)`` is the string the
+  backbone's tokenizer turns into ``tokens`` for that row (or ``None``), and
+  ``sample_fields(example, index)`` returns the row's own tensors (labels, soft targets, ...), which
+  the loader stacks per task. See :mod:`mtl_lora_vl.data.loader` for the batch layout.
+* **Training**: ``head = kind.build_head(backbone)`` once; then per step, after the towers ran on the
+  whole batch, ``kind.loss(head, backbone, rows, image_emb, text_emb)`` with only this task's rows:
+  ``rows`` is the task's view of the batch (``images``, ``tokens`` and its fields), ``image_emb`` the
+  image-tower output of those rows, ``text_emb`` the text-tower output of those rows when the kind
+  ``uses_text`` (else ``None``). Returns a scalar loss (not yet multiplied by ``spec.loss_weight``).
+* **Evaluation**: ``kind.evaluate(backbone, head, split, batch_size=..., device=..., dtype=...)``
+  returns a flat ``dict[str, float]`` holding ``headline_metric`` (in [0, 1], higher is better) plus
+  extras. ``head=None`` applies the kind's **zero-shot rule** to the backbone's embeddings. It runs
+  without gradients, under autocast in ``dtype``, with the model and head in eval mode (their
+  training flags are restored afterwards).
+
+The caller owns adapter routing: it opens ``route(model, task)`` around ``build_head``, ``loss`` and
+adapted ``evaluate`` calls, and ``disabled(model)`` (or uses an unadapted backbone) for zero-shot; at
+initialisation both give the base model's outputs, so ``build_head`` may run under either. Heads
+whose kind says so reproduce the zero-shot predictions exactly at initialisation.
+
+Class attributes every kind sets: ``kind`` (registry key, set by ``@register_kind``),
+``headline_metric``, ``metric_names`` (metric keys ``evaluate`` may return; a spec's ``metrics`` must
+name some of them), ``uses_text`` (each training row carries a text for the text tower),
+``needs_templates`` / ``default_templates`` (zero-shot prompts), ``head_defaults`` /
+``option_defaults`` (the keys a spec's ``[head]`` / ``[options]`` tables may set, with their types).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtl_lora_vl.data.loader import iter_image_batches
+from mtl_lora_vl.data.records import Example, Split
+from mtl_lora_vl.tasks.spec import SpecError, TaskSpec
+
+if TYPE_CHECKING:
+    from mtl_lora_vl.backbones import Backbone
+
+
+class TaskKind(ABC):
+    """Base class of task kinds; subclasses register with ``@register_kind(name)``."""
+
+    kind: ClassVar[str] = ""
+    headline_metric: ClassVar[str] = ""
+    metric_names: ClassVar[tuple[str, ...]] = ()
+    uses_text: ClassVar[bool] = False
+    needs_templates: ClassVar[bool] = False
+    default_templates: ClassVar[tuple[str, ...]] = ()
+    head_defaults: ClassVar[dict[str, Any]] = {}
+    option_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, spec: TaskSpec, train: Split, backbone: Backbone) -> None:
+        if spec.kind != self.kind:
+            raise ValueError(f"task {spec.name!r} is of kind {spec.kind!r}, not {self.kind!r}")
+        if not train.examples:
+            raise ValueError(f"task {spec.name!r}: the training split is empty; check its [data] section"
+                             + (f" in {spec.source_file}" if spec.source_file else ""))
+        self.spec = spec
+        self.name = spec.name
+
+    # ------------------------------------------------------------------ spec checks
+
+    @classmethod
+    def check_spec(cls, spec: TaskSpec) -> None:
+        """Check option values beyond their types (ranges, combinations); raise :func:`spec_error`.
+
+        Subclasses extend this (calling ``super().check_spec(spec)``); the base checks the templates.
+        """
+        if cls.needs_templates and not spec.templates:
+            raise spec_error(spec, "templates", f"at least one prompt template for a {cls.kind} task",
+                             list(spec.templates))
+
+    # ------------------------------------------------------------------ loader side
+
+    def sample_text(self, example: Example) -> str | None:
+        """The text of this row that the loader tokenises (``None``: the row carries no text)."""
+        return None
+
+    def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]:
+        """This row's own CPU tensors (labels, targets, ...); the loader stacks them per task."""
+        return {}
+
+    # ------------------------------------------------------------------ training and evaluation
+
+    @abstractmethod
+    def build_head(self, backbone: Backbone) -> nn.Module:
+        """The task's trainable head (on the backbone's device, float32)."""
+
+    @abstractmethod
+    def loss(self, head: nn.Module, backbone: Backbone, batch: dict[str, Tensor], image_emb: Tensor,
+             text_emb: Tensor | None) -> Tensor:
+        """Scalar training loss of this task's rows (unweighted)."""
+
+    @abstractmethod
+    def evaluate(self, backbone: Backbone, head: nn.Module | None, split: Split, *, batch_size: int,
+                 device: torch.device | str, dtype: torch.dtype = torch.float32,
+                 num_workers: int = 0) -> dict[str, float]:
+        """Metrics on ``split`` (run under ``torch.no_grad``); ``head=None`` applies the zero-shot rule."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def spec_error(spec: TaskSpec, fld: str, expected: str, got: Any) -> SpecError:
+    """A :class:`SpecError` naming the spec's file and field, for ``check_spec`` implementations."""
+    return SpecError(f"{spec.source_file or spec.name}: field '{fld}': expected {expected}, got {got!r}")
+
+
+def model_device(backbone: Backbone) -> torch.device:
+    """The device of the backbone's weights (where heads are put)."""
+    return next(backbone.model.parameters()).device
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module | None) -> Iterator[None]:
+    """Put ``modules`` in eval mode for the block and restore each submodule's training flag afterwards."""
+    saved = [(m, m.training) for mod in modules if mod is not None for m in mod.modules()]
+    for mod in modules:
+        if mod is not None:
+            mod.eval()
+    try:
+        yield
+    finally:
+        for m, flag in saved:
+            m.training = flag
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype):
+    """Autocast context for ``dtype`` on ``device`` (a no-op for float32)."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+@torch.no_grad()
+def encode_texts(backbone: Backbone, texts: Sequence[str], *, device: torch.device | str,
+                 dtype: torch.dtype = torch.float32, batch_size: int = 256) -> Tensor:
+    """L2-normalised float32 text embeddings ``(N, D)`` of ``texts``, in chunks of ``batch_size``."""
+    out = []
+    for start in range(0, len(texts), batch_size):
+        tokens = backbone.tokenizer(list(texts[start:start + batch_size])).to(device)
+        with autocast(device, dtype):
+            out.append(backbone.encode_text(tokens).float())
+    if not out:
+        raise ValueError("encode_texts got no texts")
+    return F.normalize(torch.cat(out), dim=-1)
+
+
+@torch.no_grad()
+def image_embeddings(backbone: Backbone, examples: Sequence[Example], *, batch_size: int,
+                     device: torch.device | str, dtype: torch.dtype = torch.float32,
+                     num_workers: int = 0) -> Tensor:
+    """L2-normalised float32 image embeddings ``(len(examples), D)``, decoded by the eval loader."""
+    out = []
+    for images in iter_image_batches(backbone, examples, batch_size=batch_size, device=device, dtype=dtype,
+                                     num_workers=num_workers):
+        with autocast(device, dtype):
+            out.append(backbone.encode_image(images).float())
+    return F.normalize(torch.cat(out), dim=-1)
+
+
+@torch.no_grad()
+def prompt_embeddings(backbone: Backbone, names: Sequence[str], templates: Sequence[str], *,
+                      device: torch.device | str, dtype: torch.dtype = torch.float32,
+                      batch_size: int = 256) -> Tensor:
+    """Template-averaged prompt embeddings ``(len(names), D)``: mean over templates, re-normalised.
+
+    This is CLIP's zero-shot classifier: ``template.format(name)`` for every template, embedded,
+    normalised, averaged, normalised again.
+    """
+    if not templates:
+        raise ValueError("prompt_embeddings needs at least one template")
+    texts = [t.format(n) for n in names for t in templates]
+    emb = encode_texts(backbone, texts, device=device, dtype=dtype, batch_size=batch_size)
+    emb = emb.view(len(names), len(templates), -1).mean(dim=1)
+    return F.normalize(emb, dim=-1)
+
+
+def logit_scale_of(backbone: Backbone) -> float:
+    """The backbone's (exponentiated) logit scale as a float."""
+    scale = backbone.logit_scale
+    return float(scale.detach().float().item()) if isinstance(scale, Tensor) else float(scale)

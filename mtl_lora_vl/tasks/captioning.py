@@ -1,0 +1,140 @@
+"""Image captioning with a generative decoder (open_clip CoCa).
+
+* **Loss**: teacher-forced token cross-entropy on ``backbone.caption_logits(images, tokens)``; targets
+  are the caption tokens after the start token, up to and including the first end token.
+* **Decoding**: ``backbone.generate`` -- greedy (``options.beam_size = 1``) or beam search.
+* **Metrics**: ``bleu4`` (the headline: BLEU-4 is a fraction in [0, 1]) and ``cider`` (CIDEr-D scale,
+  unbounded above, reported as an extra) from :func:`mtl_lora_vl.metrics.caption_scores`, one
+  generated caption per distinct image against all of its reference captions.
+* **Zero-shot rule**: the base decoder, unadapted. The head has no parameters (the decoder lives in the
+  backbone, where the adapters go); it only carries the decoding settings.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtl_lora_vl.data.loader import iter_image_batches
+from mtl_lora_vl.data.records import Example, Split
+from mtl_lora_vl.metrics import caption_scores
+from mtl_lora_vl.tasks.base import TaskKind, autocast, eval_mode, spec_error
+from mtl_lora_vl.tasks.registry import register_kind
+from mtl_lora_vl.tasks.spec import TaskSpec
+
+
+class CaptionHead(nn.Module):
+    """No parameters: the decoding settings of the adapted model (the decoder itself is the backbone's)."""
+
+    def __init__(self, max_len: int, beam_size: int) -> None:
+        super().__init__()
+        self.max_len = int(max_len)
+        self.beam_size = int(beam_size)
+
+    def extra_repr(self) -> str:
+        return f"max_len={self.max_len}, beam_size={self.beam_size}"
+
+
+def caption_token_loss(logits: Tensor, tokens: Tensor, eos_id: int, pad_id: int) -> Tensor:
+    """Mean token CE of ``logits`` (B, L-1, V) against ``tokens[:, 1:]``, up to and including the first eos."""
+    target = tokens[:, 1:]
+    is_eos = target == eos_id
+    after_eos = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0
+    valid = ~after_eos
+    if pad_id != eos_id:
+        valid &= target != pad_id
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float()[valid], target[valid])
+
+
+def caption_references(split: Split) -> tuple[list[Example], dict[str, list[str]]]:
+    """Distinct images of ``split`` (first example of each) and their reference captions."""
+    images: list[Example] = []
+    refs: dict[str, list[str]] = {}
+    for ex in split.examples:
+        if ex.image_id not in refs:
+            images.append(ex)
+            refs[ex.image_id] = []
+        for c in (*ex.captions, *((ex.text,) if ex.text else ())):
+            if c not in refs[ex.image_id]:
+                refs[ex.image_id].append(c)
+    return images, refs
+
+
+@register_kind("captioning")
+class CaptioningKind(TaskKind):
+    """Generative captioning (needs a backbone with a text decoder: open_clip CoCa)."""
+
+    headline_metric = "bleu4"
+    metric_names = ("bleu4", "cider")
+    uses_text = False      # captions go to the decoder (inside ``loss``), not through the text tower
+    option_defaults = {"max_len": 20, "beam_size": 1}
+
+    @classmethod
+    def check_spec(cls, spec: TaskSpec) -> None:
+        super().check_spec(spec)
+        for key in ("max_len", "beam_size"):
+            if spec.options[key] < 1:
+                raise spec_error(spec, f"options.{key}", "an integer >= 1", spec.options[key])
+
+    def __init__(self, spec: TaskSpec, train: Split, backbone) -> None:
+        super().__init__(spec, train, backbone)
+        if not backbone.has_decoder:
+            raise ValueError(
+                f"task {spec.name!r} (captioning) needs a backbone with a text decoder, but backbone "
+                f"{backbone.name!r} ({type(backbone.model).__name__}) has none; use an open_clip CoCa, e.g. "
+                f"--backbone open_clip:coca_ViT-B-32 --pretrained /path/to/coca_weights.bin")
+        if not any(ex.text or ex.captions for ex in train.examples):
+            raise ValueError(f"task {spec.name!r}: captioning needs captions, but no training example has text")
+
+    def sample_text(self, example: Example) -> str:
+        if example.text:
+            return example.text
+        if example.captions:
+            return example.captions[0]
+        raise ValueError(f"task {self.name!r}: example {example.image_id!r} has no caption to train on")
+
+    def build_head(self, backbone) -> CaptionHead:
+        return CaptionHead(self.spec.options["max_len"], self.spec.options["beam_size"])
+
+    def loss(self, head: nn.Module, backbone, batch: dict[str, Tensor], image_emb: Tensor,
+             text_emb: Tensor | None) -> Tensor:
+        logits = backbone.caption_logits(batch["images"], batch["tokens"])
+        return caption_token_loss(logits, batch["tokens"], backbone.eos_id, backbone.pad_id)
+
+    @torch.no_grad()
+    def generate(self, backbone, head: nn.Module | None, examples: list[Example], *, batch_size: int,
+                 device: torch.device | str, dtype: torch.dtype = torch.float32,
+                 num_workers: int = 0) -> list[str]:
+        """One generated caption per example's image."""
+        max_len = getattr(head, "max_len", self.spec.options["max_len"])
+        beam_size = getattr(head, "beam_size", self.spec.options["beam_size"])
+        out: list[str] = []
+        for images in iter_image_batches(backbone, examples, batch_size=batch_size, device=device, dtype=dtype,
+                                         num_workers=num_workers):
+            with autocast(device, dtype):
+                out.extend(backbone.generate(images, max_len=max_len, beam_size=beam_size))
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
+                 device: torch.device | str, dtype: torch.dtype = torch.float32,
+                 num_workers: int = 0) -> dict[str, float]:
+        with eval_mode(backbone.model, head):
+            return self._evaluate(backbone, head, split, batch_size=batch_size, device=device, dtype=dtype,
+                                  num_workers=num_workers)
+
+    def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
+                  device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
+        images, refs = caption_references(split)
+        images = [ex for ex in images if refs[ex.image_id]]
+        if not images:
+            raise ValueError(f"task {self.name!r}: the evaluation split has no reference captions")
+        captions = self.generate(backbone, head, images, batch_size=batch_size, device=device, dtype=dtype,
+                                 num_workers=num_workers)
+        preds = {ex.image_id: c for ex, c in zip(images, captions)}
+        out = caption_scores(preds, {k: refs[k] for k in preds})
+        out["n_images"] = float(len(images))
+        return out

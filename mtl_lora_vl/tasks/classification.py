@@ -1,0 +1,163 @@
+"""Caption classification (spec ``caption_cls``): classes given by names and caption templates.
+
+* **Zero-shot rule**: CLIP's classifier -- each class's prompts (``"a photo of a {}."`` ...) embedded,
+  averaged over the templates and normalised; the logits are ``logit_scale * image @ W.T``.
+* **Head**: a linear layer whose weight starts as that classifier and whose bias starts at zero, so
+  it reproduces the zero-shot predictions exactly at initialisation; trained with cross-entropy.
+* **Metrics**: ``top1``, ``top5`` (clipped to the number of classes), ``mean_per_class`` and
+  ``per_class/<name>`` accuracies.
+
+Class names come from the training split (``Split.class_names``, e.g. ImageFolder folder names) unless
+the spec's ``options.class_names`` gives readable ones (same count, same order).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtl_lora_vl.data.loader import iter_image_batches
+from mtl_lora_vl.data.records import Example, Split
+from mtl_lora_vl.metrics import per_class_accuracy, topk_accuracy
+from mtl_lora_vl.tasks.base import (
+    TaskKind,
+    autocast,
+    eval_mode,
+    logit_scale_of,
+    model_device,
+    prompt_embeddings,
+    spec_error,
+)
+from mtl_lora_vl.tasks.registry import register_kind
+from mtl_lora_vl.tasks.spec import TaskSpec
+
+
+def class_scores(image_emb: Tensor, weight: Tensor, scale: float | Tensor) -> Tensor:
+    """``scale * normalize(image) @ weight.T`` (shared by the zero-shot rule and the head)."""
+    return scale * (F.normalize(image_emb.float(), dim=-1) @ weight.t())
+
+
+class ClassifierHead(nn.Module):
+    """Linear classifier over image embeddings, initialised from class-prompt embeddings."""
+
+    def __init__(self, class_emb: Tensor, logit_scale: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(class_emb.detach().float().clone())
+        self.bias = nn.Parameter(torch.zeros(class_emb.shape[0]))
+        self.logit_scale = float(logit_scale)
+
+    def forward(self, image_emb: Tensor) -> Tensor:
+        return class_scores(image_emb, self.weight, self.logit_scale) + self.bias
+
+
+@register_kind("classification")
+class ClassificationKind(TaskKind):
+    """Image classification by class names and prompt templates (zero-shot CLIP classifier, linear probe)."""
+
+    headline_metric = "top1"
+    metric_names = ("top1", "top5", "mean_per_class", "per_class")
+    uses_text = False
+    needs_templates = True
+    default_templates = ("a photo of a {}.",)
+    head_defaults = {"label_smoothing": 0.0}
+    option_defaults = {"class_names": []}
+
+    @classmethod
+    def check_spec(cls, spec: TaskSpec) -> None:
+        super().check_spec(spec)
+        names = spec.options["class_names"]
+        if not all(isinstance(n, str) and n for n in names):
+            raise spec_error(spec, "options.class_names", "a list of non-empty class names", names)
+        if not 0.0 <= spec.head["label_smoothing"] < 1.0:
+            raise spec_error(spec, "head.label_smoothing", "a number in [0, 1)", spec.head["label_smoothing"])
+
+    def __init__(self, spec: TaskSpec, train: Split, backbone) -> None:
+        super().__init__(spec, train, backbone)
+        names = spec.options["class_names"]
+        if not names:
+            if not train.class_names:
+                raise ValueError(f"task {spec.name!r}: the training split has no class names; give them in the "
+                                 f"spec as options.class_names = [...]")
+            names = list(train.class_names)
+        elif train.class_names and len(names) != len(train.class_names):
+            raise ValueError(f"task {spec.name!r}: options.class_names has {len(names)} names but the data has "
+                             f"{len(train.class_names)} classes ({train.class_names[:5]}...)")
+        self.class_names: list[str] = list(names)
+        self._check_labels(train.examples, "training")
+
+    def _check_labels(self, examples: list[Example], what: str) -> None:
+        n = len(self.class_names)
+        for ex in examples:
+            if ex.label is None or not 0 <= ex.label < n:
+                raise ValueError(f"task {self.name!r}: {what} example {ex.image_id!r} has label {ex.label!r}; "
+                                 f"expected a class index in [0, {n - 1}]")
+
+    # ------------------------------------------------------------------ loader side
+
+    def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]:
+        return {"labels": torch.tensor(example.label, dtype=torch.long)}
+
+    # ------------------------------------------------------------------ head, loss, evaluation
+
+    def class_embeddings(self, backbone, *, device: torch.device | str, dtype: torch.dtype = torch.float32,
+                         batch_size: int = 256) -> Tensor:
+        """The zero-shot classifier ``(C, D)``: template-averaged class-prompt embeddings."""
+        return prompt_embeddings(backbone, self.class_names, self.spec.templates, device=device, dtype=dtype,
+                                 batch_size=batch_size)
+
+    def build_head(self, backbone) -> ClassifierHead:
+        device = model_device(backbone)
+        return ClassifierHead(self.class_embeddings(backbone, device=device), logit_scale_of(backbone)).to(device)
+
+    def loss(self, head: ClassifierHead, backbone, batch: dict[str, Tensor], image_emb: Tensor,
+             text_emb: Tensor | None) -> Tensor:
+        return F.cross_entropy(head(image_emb), batch["labels"], label_smoothing=self.spec.head["label_smoothing"])
+
+    @torch.no_grad()
+    def logits(self, backbone, head: nn.Module | None, examples: list[Example], *, batch_size: int,
+               device: torch.device | str, dtype: torch.dtype = torch.float32, num_workers: int = 0) -> Tensor:
+        """Class logits ``(N, C)`` on CPU; ``head=None`` uses the zero-shot classifier."""
+        weight = None
+        if head is None:
+            weight = self.class_embeddings(backbone, device=device, dtype=dtype, batch_size=batch_size)
+        out = []
+        for images in iter_image_batches(backbone, examples, batch_size=batch_size, device=device, dtype=dtype,
+                                         num_workers=num_workers):
+            with autocast(device, dtype):
+                img = backbone.encode_image(images).float()
+            scores = class_scores(img, weight, logit_scale_of(backbone)) if head is None else head(img)
+            out.append(scores.float().cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
+                 device: torch.device | str, dtype: torch.dtype = torch.float32,
+                 num_workers: int = 0) -> dict[str, float]:
+        with eval_mode(backbone.model, head):
+            return self._evaluate(backbone, head, split, batch_size=batch_size, device=device, dtype=dtype,
+                                  num_workers=num_workers)
+
+    def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
+                  device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
+        examples = split.examples
+        if not examples:
+            raise ValueError(f"task {self.name!r}: the evaluation split is empty")
+        if split.class_names and len(split.class_names) != len(self.class_names):
+            raise ValueError(f"task {self.name!r}: the evaluation split has {len(split.class_names)} classes but "
+                             f"training has {len(self.class_names)}")
+        self._check_labels(examples, "evaluation")
+        logits = self.logits(backbone, head, examples, batch_size=batch_size, device=device, dtype=dtype,
+                             num_workers=num_workers)
+        labels = torch.tensor([ex.label for ex in examples])
+        out = topk_accuracy(logits, labels, ks=(1, 5))
+        per_class = per_class_accuracy(logits.argmax(dim=1), labels, len(self.class_names))
+        present = [a for a in per_class if not math.isnan(a)]
+        out["mean_per_class"] = sum(present) / len(present)
+        for name, acc in zip(self.class_names, per_class):
+            if not math.isnan(acc):
+                out[f"per_class/{name}"] = acc
+        out["n"] = float(len(examples))
+        return out

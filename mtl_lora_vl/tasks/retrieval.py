@@ -1,0 +1,162 @@
+"""Image-text retrieval with dual encoders: symmetric InfoNCE, recall@1/5/10 both ways.
+
+Training rows are (image, caption) pairs. Rows of the same image (COCO has five captions per image)
+are all positives of each other, so a batch holding two captions of one image does not push them
+apart. Evaluation embeds each distinct image once and every caption of it (``Example.captions``
+when given, else the ``text`` of every example of that image) and scores with
+:func:`mtl_lora_vl.metrics.retrieval_recall`. The zero-shot rule is the same cosine similarity on the
+unadapted towers; the head only holds the learnable temperature.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtl_lora_vl.data.records import Example, Split
+from mtl_lora_vl.metrics import retrieval_recall
+from mtl_lora_vl.tasks.base import (
+    TaskKind,
+    encode_texts,
+    eval_mode,
+    image_embeddings,
+    logit_scale_of,
+    model_device,
+    spec_error,
+)
+from mtl_lora_vl.tasks.registry import register_kind
+from mtl_lora_vl.tasks.spec import TaskSpec
+
+
+class RetrievalHead(nn.Module):
+    """The learnable contrastive temperature: ``logits = exp(log_scale) * image @ text.T``."""
+
+    def __init__(self, logit_scale: float, max_scale: float = 100.0) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(logit_scale), dtype=torch.float32))
+        self.max_log_scale = math.log(max_scale)
+
+    @property
+    def scale(self) -> Tensor:
+        return self.log_scale.clamp(max=self.max_log_scale).exp()
+
+    def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
+        return self.scale * image_emb.float() @ text_emb.float().t()
+
+
+def _image_key(image_id: str) -> int:
+    """A stable integer for an image id (same image -> same key in every worker and run)."""
+    return zlib.crc32(image_id.encode("utf-8")) & 0x7FFFFFFF
+
+
+def multi_positive_infonce(logits: Tensor, keys: Tensor) -> Tensor:
+    """Symmetric InfoNCE where every pair with the same image key is a positive.
+
+    ``logits`` is (n, n) image-by-text, ``keys`` (n,) the image key of each row. Each direction's loss
+    is ``-log(sum of exp over positives / sum of exp over all)``; with distinct keys this is CLIP's loss.
+    """
+    pos = keys[:, None] == keys[None, :]
+    neg_inf = torch.finfo(logits.dtype).min
+
+    def one_side(lg: Tensor) -> Tensor:
+        return (torch.logsumexp(lg, dim=1) - torch.logsumexp(lg.masked_fill(~pos, neg_inf), dim=1)).mean()
+    return 0.5 * (one_side(logits) + one_side(logits.t()))
+
+
+def retrieval_texts(split: Split) -> tuple[list[Example], list[str], list[int]]:
+    """Distinct images of ``split`` (first example of each), their captions, and text -> image index.
+
+    An image's texts are the union of its examples' ``captions`` when any are given (reference
+    captions), else the distinct ``text`` of its examples (one example per pair).
+    """
+    images: list[Example] = []
+    refs: dict[str, list[str]] = {}
+    pair_texts: dict[str, list[str]] = {}
+    for ex in split.examples:
+        if ex.image_id not in refs:
+            images.append(ex)
+            refs[ex.image_id], pair_texts[ex.image_id] = [], []
+        refs[ex.image_id] += [c for c in ex.captions if c not in refs[ex.image_id]]
+        if ex.text and ex.text not in pair_texts[ex.image_id]:
+            pair_texts[ex.image_id].append(ex.text)
+    texts: list[str] = []
+    text_to_image: list[int] = []
+    for i, ex in enumerate(images):
+        for t in refs[ex.image_id] or pair_texts[ex.image_id]:
+            texts.append(t)
+            text_to_image.append(i)
+    return images, texts, text_to_image
+
+
+@register_kind("retrieval")
+class RetrievalKind(TaskKind):
+    """Dual-encoder image-text retrieval (COCO/Flickr style)."""
+
+    headline_metric = "mean_recall"
+    metric_names = ("mean_recall", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
+    uses_text = True
+    head_defaults = {"max_logit_scale": 100.0, "learn_temperature": True}
+    option_defaults = {"ks": [1, 5, 10]}
+
+    @classmethod
+    def check_spec(cls, spec: TaskSpec) -> None:
+        super().check_spec(spec)
+        ks = spec.options["ks"]
+        if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in ks):
+            raise spec_error(spec, "options.ks", "a non-empty list of positive integers", ks)
+        if spec.head["max_logit_scale"] <= 1.0:
+            raise spec_error(spec, "head.max_logit_scale", "a number > 1", spec.head["max_logit_scale"])
+
+    def __init__(self, spec: TaskSpec, train: Split, backbone) -> None:
+        super().__init__(spec, train, backbone)
+        if not any(ex.text or ex.captions for ex in train.examples):
+            raise ValueError(f"task {spec.name!r}: retrieval needs captions, but no training example has text")
+
+    def sample_text(self, example: Example) -> str:
+        if example.text:
+            return example.text
+        if example.captions:
+            return example.captions[0]
+        raise ValueError(f"task {self.name!r}: example {example.image_id!r} has no caption to train on")
+
+    def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]:
+        return {"image_key": torch.tensor(_image_key(example.image_id), dtype=torch.long)}
+
+    def build_head(self, backbone) -> RetrievalHead:
+        head = RetrievalHead(min(logit_scale_of(backbone), self.spec.head["max_logit_scale"]),
+                             self.spec.head["max_logit_scale"])
+        head.log_scale.requires_grad_(self.spec.head["learn_temperature"])
+        return head.to(model_device(backbone))
+
+    def loss(self, head: RetrievalHead, backbone, batch: dict[str, Tensor], image_emb: Tensor,
+             text_emb: Tensor | None) -> Tensor:
+        if text_emb is None:
+            raise ValueError(f"task {self.name!r}: the retrieval loss needs the text embeddings of its rows")
+        logits = head(F.normalize(image_emb.float(), dim=-1), F.normalize(text_emb.float(), dim=-1))
+        return multi_positive_infonce(logits, batch["image_key"])
+
+    @torch.no_grad()
+    def evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
+                 device: torch.device | str, dtype: torch.dtype = torch.float32,
+                 num_workers: int = 0) -> dict[str, float]:
+        with eval_mode(backbone.model, head):
+            return self._evaluate(backbone, head, split, batch_size=batch_size, device=device, dtype=dtype,
+                                  num_workers=num_workers)
+
+    def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
+                  device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
+        images, texts, text_to_image = retrieval_texts(split)
+        if not texts:
+            raise ValueError(f"task {self.name!r}: the evaluation split has no captions")
+        img = image_embeddings(backbone, images, batch_size=batch_size, device=device, dtype=dtype,
+                               num_workers=num_workers)
+        txt = encode_texts(backbone, texts, device=device, dtype=dtype, batch_size=batch_size)
+        sim = F.normalize(img.float(), dim=-1) @ txt.t()
+        out = retrieval_recall(sim.cpu(), torch.tensor(text_to_image), ks=tuple(self.spec.options["ks"]))
+        out["n_images"] = float(len(images))
+        out["n_texts"] = float(len(texts))
+        return out

@@ -1,0 +1,349 @@
+"""Task specs: one TOML file per task, parsed and checked into a :class:`TaskSpec`.
+
+A spec names a task, its kind, where its data comes from, its head options, its loss weight,
+the metrics to report and the prompt templates of its zero-shot rule::
+
+    name = "vqa"                      # optional; defaults to the file name without .toml
+    kind = "vqa"                      # vqa | retrieval | classification | captioning
+    description = "..."               # optional
+    loss_weight = 1.0                 # weight of this task's loss in the joint objective
+    metrics = ["vqa_accuracy"]        # which of the kind's metrics the report shows
+    templates = ["the answer is {}."] # zero-shot prompts; "{}" is replaced by the answer/class name
+
+    [data]                            # either the built-in world ...
+    source = "builtin"
+    seed = 0
+    [data.train]
+    n = 2000                          # optional; the world's default size otherwise
+
+    [data]                            # ... or files in a standard format under --data-root
+    format = "vqav2"                  # vqav2 | coco_captions (or coco) | karpathy | imagefolder | jsonl | csv
+    strict = false                    # any other key is a reader option shared by every split
+    [data.train]                      # reader options of one split; paths are relative to --data-root
+    questions = "v2_OpenEnded_mscoco_train2014_questions.json"
+
+    [head]                            # head options of the kind (checked against the kind's defaults)
+    [options]                         # other options of the kind, e.g. answer_vocab_size for vqa
+
+Every malformed spec fails with :class:`SpecError` naming the file, the field and what was
+expected. Bare names (``"vqa"``) resolve to the built-in specs, found in the installed package
+(``mtl_lora_vl/builtin_tasks``) or, from a checkout, in the top-level ``tasks/`` folder.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with the tomli backport
+    import tomli as tomllib
+
+from mtl_lora_vl.data.readers import READERS
+from mtl_lora_vl.data.records import Split
+
+#: Standard dataset formats a spec may name (the readers of :func:`mtl_lora_vl.data.readers.read_split`).
+DATA_FORMATS = tuple(READERS)
+#: Other accepted spellings of a format.
+FORMAT_ALIASES = {"coco": "coco_captions"}
+#: Split tables a ``[data]`` section may hold.
+SPLITS = ("train", "val", "test")
+
+_TOP_KEYS = ("name", "kind", "description", "loss_weight", "metrics", "templates", "data", "head", "options")
+_BUILTIN_DATA_KEYS = ("source", "seed", "world_kind", *SPLITS)
+_BUILTIN_SPLIT_KEYS = ("n",)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+
+
+class SpecError(ValueError):
+    """A task spec that cannot be used; the message names the file, the field and what was expected."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where a task's examples come from.
+
+    ``source`` is ``"builtin"`` (the built-in world) or ``"files"`` (``format`` names the reader).
+    ``options`` are shared by every split (builtin: ``seed``, ``world_kind``; files: reader options),
+    ``splits`` maps a split name to its own options (builtin: ``n``; files: reader options, paths
+    relative to the data root).
+    """
+
+    source: str
+    format: str | None
+    options: dict[str, Any]
+    splits: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: its name, kind, data, head and kind options, loss weight, metrics and templates."""
+
+    name: str
+    kind: str
+    data: DataSpec
+    head: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    loss_weight: float = 1.0
+    metrics: tuple[str, ...] = ()
+    templates: tuple[str, ...] = ()
+    description: str = ""
+    source_file: Path | None = None
+
+    @property
+    def eval_split(self) -> str:
+        """The split evaluation uses: ``val`` when the spec has one, else ``test``."""
+        return "val" if "val" in self.data.splits else "test"
+
+    def load_split(self, split: str, data_root: str | Path | None = None) -> Split:
+        """Read one split of this task (``train``, ``val`` or ``test``) from the world or from files."""
+        where = self.source_file or f"task {self.name!r}"
+        if split not in self.data.splits:
+            raise SpecError(f"{where}: field 'data.{split}': this task has no {split!r} split "
+                            f"(it has {sorted(self.data.splits)}); add a [data.{split}] table")
+        opts = self.data.splits[split]
+        if self.data.source == "builtin":
+            from mtl_lora_vl.data.world import build_split
+
+            world_kind = self.data.options.get("world_kind", self.kind)
+            return build_split(world_kind, split, n=opts.get("n"), seed=self.data.options.get("seed", 0))
+        if data_root is None:
+            raise SpecError(f"{where}: task {self.name!r} reads {self.data.format} files; pass the folder "
+                            f"that holds them with --data-root DIR (data_root=...)")
+        from mtl_lora_vl.data.readers import read_split
+
+        root = Path(data_root)
+        if not root.is_dir():
+            raise SpecError(f"{where}: data root {str(root)!r} is not a folder; pass --data-root DIR")
+        try:
+            return read_split(self.data.format, root, **{**self.data.options, **opts})
+        except TypeError as err:
+            raise SpecError(f"{where}: field 'data.{split}': the {self.data.format} reader rejected "
+                            f"the options {sorted({**self.data.options, **opts})}: {err}") from err
+
+
+# ---------------------------------------------------------------------------------------------- finding
+
+
+def builtin_spec_dirs() -> list[Path]:
+    """Folders searched for built-in specs: the installed package's ``builtin_tasks``, then ``<repo>/tasks``."""
+    dirs: list[Path] = []
+    try:
+        packaged = importlib.resources.files("mtl_lora_vl") / "builtin_tasks"
+        if packaged.is_dir():
+            dirs.append(Path(str(packaged)))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    repo_tasks = Path(__file__).resolve().parents[2] / "tasks"
+    if repo_tasks.is_dir():
+        dirs.append(repo_tasks)
+    return dirs
+
+
+def available_specs() -> list[str]:
+    """Names of the built-in task specs."""
+    names: set[str] = set()
+    for d in builtin_spec_dirs():
+        names.update(p.stem for p in d.glob("*.toml"))
+    return sorted(names)
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.endswith(".toml") or "/" in text or "\\" in text
+
+
+def load_spec(name_or_path: str | Path) -> TaskSpec:
+    """Load a built-in spec by name (``"vqa"``) or a user's spec by path (``"my/task.toml"``)."""
+    if isinstance(name_or_path, Path) or _looks_like_path(str(name_or_path)):
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise SpecError(f"{path}: task spec file not found; give an existing .toml file or one of "
+                            f"the built-in task names {available_specs()}")
+        return _parse(path)
+    name = str(name_or_path).strip()
+    for d in builtin_spec_dirs():
+        candidate = d / f"{name}.toml"
+        if candidate.is_file():
+            return _parse(candidate)
+    raise SpecError(f"unknown task {name!r}: the built-in tasks are {available_specs()}; "
+                    f"or give the path to your own task spec (.toml)")
+
+
+def resolve_tasks(tasks: str | Sequence[str | Path]) -> list[TaskSpec]:
+    """Turn ``"vqa,retrieval"`` (or a list of names and paths) into specs, refusing duplicate task names."""
+    items = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
+    items = [t for t in items if str(t).strip()]
+    if not items:
+        raise SpecError(f"no tasks given; name at least one, e.g. --tasks vqa,retrieval "
+                        f"(built-in: {available_specs()})")
+    specs = [load_spec(t) for t in items]
+    seen: dict[str, TaskSpec] = {}
+    for spec in specs:
+        if spec.name in seen:
+            a, b = seen[spec.name].source_file, spec.source_file
+            raise SpecError(f"task name {spec.name!r} is given twice ({a} and {b}); each task needs its own "
+                            f"name: set `name = ...` in one of the spec files")
+        seen[spec.name] = spec
+    return specs
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def _fail(path: Path, fld: str, expected: str, got: Any = None, *, show_got: bool = True) -> SpecError:
+    tail = f", got {got!r}" if show_got else ""
+    return SpecError(f"{path}: field '{fld}': expected {expected}{tail}")
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _check_value(path: Path, fld: str, value: Any, default: Any) -> Any:
+    """Check ``value`` against the type of ``default`` (ints are accepted for floats, bools are not ints)."""
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise _fail(path, fld, _type_name(default), value)
+    return value
+
+
+def _check_table(path: Path, fld: str, given: Any, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Merge a ``[head]``/``[options]`` table over the kind's defaults, refusing unknown keys and wrong types."""
+    if not isinstance(given, dict):
+        raise _fail(path, fld, "a table", given)
+    out = dict(defaults)
+    for key, value in given.items():
+        if key not in defaults:
+            known = ", ".join(sorted(defaults)) or "none"
+            raise _fail(path, f"{fld}.{key}", f"one of the known keys ({known})", key)
+        out[key] = _check_value(path, f"{fld}.{key}", value, defaults[key])
+    return out
+
+
+def _parse_data(path: Path, raw: Any) -> DataSpec:
+    if not isinstance(raw, dict):
+        raise _fail(path, "data", "a [data] table with source = \"builtin\" or a format", raw)
+    has_source, has_format = "source" in raw, "format" in raw
+    if has_source and has_format:
+        raise _fail(path, "data", "either source = \"builtin\" or format = ..., not both", show_got=False)
+    if not has_source and not has_format:
+        raise _fail(path, "data", f"source = \"builtin\" or format = one of {list(DATA_FORMATS)}",
+                    show_got=False)
+    splits: dict[str, dict[str, Any]] = {}
+    for split in SPLITS:
+        if split in raw:
+            if not isinstance(raw[split], dict):
+                raise _fail(path, f"data.{split}", "a table of this split's options", raw[split])
+            splits[split] = dict(raw[split])
+    if has_source:
+        if raw["source"] != "builtin":
+            raise _fail(path, "data.source", "\"builtin\" (or use format = ... for files)", raw["source"])
+        for key in raw:
+            if key not in _BUILTIN_DATA_KEYS:
+                raise _fail(path, f"data.{key}", f"one of the built-in data keys {list(_BUILTIN_DATA_KEYS)}",
+                            key)
+        seed = raw.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise _fail(path, "data.seed", "an integer", seed)
+        options: dict[str, Any] = {"seed": seed}
+        if "world_kind" in raw:
+            if not isinstance(raw["world_kind"], str):
+                raise _fail(path, "data.world_kind", "a string", raw["world_kind"])
+            options["world_kind"] = raw["world_kind"]
+        for split in SPLITS:  # the built-in world always has all three splits
+            opts = splits.setdefault(split, {})
+            for key, value in opts.items():
+                if key not in _BUILTIN_SPLIT_KEYS:
+                    raise _fail(path, f"data.{split}.{key}", f"one of {list(_BUILTIN_SPLIT_KEYS)}", key)
+                if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                    raise _fail(path, f"data.{split}.{key}", "a positive integer", value)
+        return DataSpec(source="builtin", format=None, options=options, splits=splits)
+    fmt = FORMAT_ALIASES.get(raw["format"], raw["format"]) if isinstance(raw["format"], str) else raw["format"]
+    if fmt not in DATA_FORMATS:
+        raise _fail(path, "data.format", f"one of {list(DATA_FORMATS)}", raw["format"])
+    if "train" not in splits:
+        raise _fail(path, "data.train", "a [data.train] table with the reader options of the training split",
+                    show_got=False)
+    if "val" not in splits and "test" not in splits:
+        raise _fail(path, "data.val", "a [data.val] or [data.test] table for evaluation", show_got=False)
+    options = {k: v for k, v in raw.items() if k not in ("format", *SPLITS)}
+    return DataSpec(source="files", format=fmt, options=options, splits=splits)
+
+
+def _parse(path: Path) -> TaskSpec:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"{path}: not valid TOML: {err}") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(f"{path}: cannot read the task spec: {err}") from err
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise _fail(path, key, f"one of the known fields {list(_TOP_KEYS)}", key)
+
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise _fail(path, "name", "a task name of letters, digits, '_' or '-'", name)
+    if "kind" not in raw:
+        from mtl_lora_vl.tasks.registry import available_kinds
+
+        raise _fail(path, "kind", f"one of {available_kinds()} (the field is missing)", show_got=False)
+    kind_name = raw["kind"]
+    if not isinstance(kind_name, str):
+        raise _fail(path, "kind", "a string", kind_name)
+    from mtl_lora_vl.tasks.registry import available_kinds, get_kind
+
+    if kind_name not in available_kinds():
+        raise _fail(path, "kind", f"one of {available_kinds()}", kind_name)
+    kind_cls = get_kind(kind_name)
+
+    if "data" not in raw:
+        raise _fail(path, "data", "a [data] table with source = \"builtin\" or a format (it is missing)",
+                    show_got=False)
+    data = _parse_data(path, raw["data"])
+
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise _fail(path, "description", "a string", description)
+
+    loss_weight = raw.get("loss_weight", 1.0)
+    if not isinstance(loss_weight, int | float) or isinstance(loss_weight, bool) or loss_weight <= 0:
+        raise _fail(path, "loss_weight", "a positive number", loss_weight)
+
+    metrics = raw.get("metrics", list(kind_cls.metric_names))
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        raise _fail(path, "metrics", "a list of metric names", metrics)
+    for i, m in enumerate(metrics):
+        if m not in kind_cls.metric_names:
+            raise _fail(path, f"metrics[{i}]", f"one of the {kind_name} metrics {list(kind_cls.metric_names)}", m)
+
+    templates = raw.get("templates", list(kind_cls.default_templates))
+    if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
+        raise _fail(path, "templates", "a list of strings, each with one '{}'", templates)
+    for i, t in enumerate(templates):
+        if t.count("{}") != 1:
+            raise _fail(path, f"templates[{i}]", "a string with exactly one '{}' placeholder", t)
+
+    head = _check_table(path, "head", raw.get("head", {}), kind_cls.head_defaults)
+    options = _check_table(path, "options", raw.get("options", {}), kind_cls.option_defaults)
+    spec = TaskSpec(name=name, kind=kind_name, data=data, head=head, options=options,
+                    loss_weight=float(loss_weight), metrics=tuple(metrics), templates=tuple(templates),
+                    description=description, source_file=path.resolve())
+    kind_cls.check_spec(spec)
+    return spec

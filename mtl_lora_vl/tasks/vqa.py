@@ -1,0 +1,202 @@
+"""Visual question answering as classification over an answer vocabulary.
+
+* **Vocabulary**: the ``answer_vocab_size`` most frequent training answers, each normalised with
+  :func:`mtl_lora_vl.metrics.normalize_answer` (ties broken alphabetically, so it is deterministic).
+* **Zero-shot rule** (prompt matching): the query ``q = normalize(image_emb + w * question_emb)``
+  (``w`` = ``head.question_weight``) is matched against the template-averaged embeddings of the answer
+  prompts (``templates``, e.g. ``"the answer is {}."``); the prediction is the best-scoring answer.
+  The question term steers the match to answers of the right type (colours for "what colour ...").
+* **Head**: the same rule with learnable parts -- a fusion MLP over ``[image, question, image*question]``
+  whose last layer starts at zero, added to ``image + w * question``; answer weights initialised to the
+  answer-prompt embeddings; a zero bias. At initialisation it reproduces the zero-shot predictions
+  exactly.
+* **Loss**: cross-entropy against the VQA soft scores (``min(#humans / 3, 1)`` per answer, via
+  :func:`mtl_lora_vl.metrics.vqa_accuracy`) normalised to a distribution; rows whose answers are all
+  outside the vocabulary are left out.
+* **Metrics**: ``vqa_accuracy`` overall and ``vqa_accuracy/<question type>`` per type.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtl_lora_vl.data.loader import iter_image_batches
+from mtl_lora_vl.data.records import Example, Split
+from mtl_lora_vl.metrics import normalize_answer, vqa_accuracy
+from mtl_lora_vl.tasks.base import (
+    TaskKind,
+    autocast,
+    encode_texts,
+    eval_mode,
+    logit_scale_of,
+    model_device,
+    prompt_embeddings,
+    spec_error,
+)
+from mtl_lora_vl.tasks.registry import register_kind
+from mtl_lora_vl.tasks.spec import TaskSpec
+
+
+def answer_scores(query: Tensor, answer_weight: Tensor, scale: float | Tensor) -> Tensor:
+    """Logits of answers: ``scale * normalize(query) @ answer_weight.T`` (shared by the rule and the head)."""
+    return scale * (F.normalize(query.float(), dim=-1) @ answer_weight.t())
+
+
+class VQAHead(nn.Module):
+    """Fusion of image and question embeddings scored against learnable answer weights."""
+
+    def __init__(self, answer_emb: Tensor, logit_scale: float, question_weight: float = 1.0,
+                 hidden: int = 0) -> None:
+        super().__init__()
+        dim = answer_emb.shape[1]
+        hidden = hidden or 2 * dim
+        self.question_weight = float(question_weight)
+        self.logit_scale = float(logit_scale)
+        self.fusion = nn.Sequential(nn.Linear(3 * dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        nn.init.zeros_(self.fusion[2].weight)
+        nn.init.zeros_(self.fusion[2].bias)
+        self.answer_weight = nn.Parameter(answer_emb.detach().float().clone())
+        self.bias = nn.Parameter(torch.zeros(answer_emb.shape[0]))
+
+    def forward(self, image_emb: Tensor, question_emb: Tensor) -> Tensor:
+        img, q = image_emb.float(), question_emb.float()
+        query = (img + self.question_weight * q) + self.fusion(torch.cat([img, q, img * q], dim=-1))
+        return answer_scores(query, self.answer_weight, self.logit_scale) + self.bias
+
+
+@register_kind("vqa")
+class VQAKind(TaskKind):
+    """Open-ended VQA (VQAv2 style): answer vocabulary, soft-score loss, VQA accuracy per question type."""
+
+    headline_metric = "vqa_accuracy"
+    metric_names = ("vqa_accuracy", "per_type")
+    uses_text = True
+    needs_templates = True
+    default_templates = ("the answer is {}.",)
+    head_defaults = {"question_weight": 1.0, "hidden": 0}
+    option_defaults = {"answer_vocab_size": 1000}
+
+    @classmethod
+    def check_spec(cls, spec: TaskSpec) -> None:
+        super().check_spec(spec)
+        if spec.options["answer_vocab_size"] < 2:
+            raise spec_error(spec, "options.answer_vocab_size", "an integer >= 2", spec.options["answer_vocab_size"])
+        if spec.head["hidden"] < 0:
+            raise spec_error(spec, "head.hidden", "an integer >= 0 (0 = twice the embedding size)",
+                             spec.head["hidden"])
+
+    def __init__(self, spec: TaskSpec, train: Split, backbone) -> None:
+        super().__init__(spec, train, backbone)
+        counts: Counter[str] = Counter()
+        for ex in train.examples:
+            counts.update(normalize_answer(a) for a in ex.answers)
+        counts.pop("", None)
+        if not counts:
+            raise ValueError(f"task {spec.name!r}: no training example has answers; a VQA split needs "
+                             f"Example.answers (check its [data] section)")
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        self.answers: list[str] = [a for a, _ in ranked[: spec.options["answer_vocab_size"]]]
+        self.answer_index: dict[str, int] = {a: i for i, a in enumerate(self.answers)}
+
+    # ------------------------------------------------------------------ loader side
+
+    def sample_text(self, example: Example) -> str:
+        if not example.text:
+            raise ValueError(f"task {self.name!r}: example {example.image_id!r} has no question text")
+        return example.text
+
+    def soft_targets(self, answers: tuple[str, ...] | list[str]) -> Tensor:
+        """VQA soft scores ``(V,)`` of the vocabulary answers among ``answers``."""
+        target = torch.zeros(len(self.answers))
+        for a in {normalize_answer(a) for a in answers}:
+            i = self.answer_index.get(a)
+            if i is not None:
+                target[i] = vqa_accuracy(a, answers)
+        return target
+
+    def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]:
+        return {"targets": self.soft_targets(example.answers)}
+
+    # ------------------------------------------------------------------ head, loss, evaluation
+
+    def answer_embeddings(self, backbone, *, device: torch.device | str, dtype: torch.dtype = torch.float32,
+                          batch_size: int = 256) -> Tensor:
+        """Template-averaged embeddings of the answer prompts ``(V, D)``."""
+        return prompt_embeddings(backbone, self.answers, self.spec.templates, device=device, dtype=dtype,
+                                 batch_size=batch_size)
+
+    def build_head(self, backbone) -> VQAHead:
+        device = model_device(backbone)
+        head = VQAHead(self.answer_embeddings(backbone, device=device), logit_scale_of(backbone),
+                       self.spec.head["question_weight"], self.spec.head["hidden"])
+        return head.to(device)
+
+    def loss(self, head: VQAHead, backbone, batch: dict[str, Tensor], image_emb: Tensor,
+             text_emb: Tensor | None) -> Tensor:
+        if text_emb is None:
+            raise ValueError(f"task {self.name!r}: the VQA loss needs the question embeddings of its rows")
+        logits = head(image_emb, text_emb)
+        targets = batch["targets"].float()
+        mass = targets.sum(dim=1)
+        keep = mass > 0
+        if not bool(keep.any()):
+            return logits.sum() * 0.0
+        dist = targets[keep] / mass[keep, None]
+        return -(dist * logits[keep].log_softmax(dim=-1)).sum(dim=1).mean()
+
+    @torch.no_grad()
+    def evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
+                 device: torch.device | str, dtype: torch.dtype = torch.float32,
+                 num_workers: int = 0) -> dict[str, float]:
+        with eval_mode(backbone.model, head):
+            return self._evaluate(backbone, head, split, batch_size=batch_size, device=device, dtype=dtype,
+                                  num_workers=num_workers)
+
+    def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
+                  device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
+        examples = split.examples
+        if not examples:
+            raise ValueError(f"task {self.name!r}: the evaluation split is empty")
+        missing = [ex.image_id for ex in examples if not ex.answers]
+        if missing:
+            raise ValueError(f"task {self.name!r}: {len(missing)} evaluation questions have no answers "
+                             f"(e.g. image {missing[0]!r}); evaluate on a split with annotations")
+        preds = self.predict(backbone, head, examples, batch_size=batch_size, device=device, dtype=dtype,
+                             num_workers=num_workers)
+        by_type: dict[str, list[float]] = defaultdict(list)
+        scores = []
+        for ex, pred in zip(examples, preds):
+            acc = vqa_accuracy(pred, ex.answers)
+            scores.append(acc)
+            by_type[ex.question_type or "other"].append(acc)
+        out = {"vqa_accuracy": sum(scores) / len(scores), "n": float(len(scores))}
+        for qtype in sorted(by_type):
+            out[f"vqa_accuracy/{qtype}"] = sum(by_type[qtype]) / len(by_type[qtype])
+        return out
+
+    @torch.no_grad()
+    def predict(self, backbone, head: nn.Module | None, examples: list[Example], *, batch_size: int,
+                device: torch.device | str, dtype: torch.dtype = torch.float32, num_workers: int = 0) -> list[str]:
+        """Predicted answer strings; ``head=None`` uses the zero-shot prompt-matching rule."""
+        answer_emb = None
+        if head is None:
+            answer_emb = self.answer_embeddings(backbone, device=device, dtype=dtype, batch_size=batch_size)
+        preds: list[str] = []
+        batches = iter_image_batches(backbone, examples, batch_size=batch_size, device=device, dtype=dtype,
+                                     num_workers=num_workers)
+        for start, images in zip(range(0, len(examples), batch_size), batches):
+            questions = [self.sample_text(ex) for ex in examples[start:start + batch_size]]
+            with autocast(device, dtype):
+                img = backbone.encode_image(images).float()
+            q = encode_texts(backbone, questions, device=device, dtype=dtype, batch_size=batch_size)
+            if head is None:
+                query = img + self.spec.head["question_weight"] * q
+                logits = answer_scores(query, answer_emb, logit_scale_of(backbone))
+            else:
+                logits = head(img, q)
+            preds.extend(self.answers[i] for i in logits.argmax(dim=-1).tolist())
+        return preds

@@ -1,0 +1,140 @@
+"""Multi-task batch sampler: proportions, round robin, epochs, determinism, resume, DDP shards."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from mtl_lora_vl.data.sampler import MultiTaskBatchSampler, task_probabilities
+
+
+def _task_counts(batches) -> Counter:
+    return Counter(t for b in batches for t, _ in b)
+
+
+def _take(sampler, n):
+    return [sampler.next_batch() for _ in range(n)]
+
+
+@pytest.mark.parametrize("strategy,temperature", [("proportional", 1.0), ("temperature", 2.0), ("temperature", 4.0)])
+def test_mixed_frequencies_match_target(strategy, temperature):
+    sizes = [100, 400, 1500]
+    s = MultiTaskBatchSampler(sizes, 20, strategy=strategy, temperature=temperature, mode="mixed", seed=1)
+    p = task_probabilities(sizes, strategy, temperature)
+    counts = _task_counts(_take(s, 400))
+    total = sum(counts.values())
+    assert total == 400 * 20
+    for t, pt in enumerate(p):
+        assert abs(counts[t] / total - pt) < 0.005
+
+
+def test_temperature_probabilities():
+    p = task_probabilities([100, 400], "temperature", 2.0)   # sqrt: 10 : 20
+    assert p == pytest.approx([1 / 3, 2 / 3])
+    assert task_probabilities([100, 400], "temperature", 1.0) == pytest.approx([0.2, 0.8])
+    assert task_probabilities([100, 400], "round_robin") == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("strategy", ["proportional", "temperature"])
+def test_homogeneous_frequencies_match_target(strategy):
+    sizes = [200, 300, 500]
+    s = MultiTaskBatchSampler(sizes, 4, strategy=strategy, temperature=2.0, mode="homogeneous", seed=3)
+    batches = _take(s, 4000)
+    assert all(len({t for t, _ in b}) == 1 and len(b) == 4 for b in batches)
+    steps = Counter(b[0][0] for b in batches)
+    for t, pt in enumerate(task_probabilities(sizes, strategy, 2.0)):
+        assert abs(steps[t] / 4000 - pt) < 0.03
+
+
+def test_round_robin_cycles_exactly():
+    s = MultiTaskBatchSampler([5, 50, 500], 6, strategy="round_robin", mode="homogeneous")
+    assert [b[0][0] for b in _take(s, 9)] == [0, 1, 2] * 3
+    m = MultiTaskBatchSampler([5, 50, 500], 10, strategy="round_robin", mode="mixed")
+    per_step = [Counter(t for t, _ in b) for b in _take(m, 6)]
+    assert all(sorted(c.values()) == [3, 3, 4] for c in per_step)
+    # the extra slot rotates over the tasks
+    assert [max(c, key=c.get) for c in per_step[:3]] == [0, 1, 2]
+
+
+def test_mixed_batches_hold_every_task_and_are_grouped():
+    s = MultiTaskBatchSampler([5000, 3, 40], 8, strategy="proportional", mode="mixed", seed=0)
+    for b in _take(s, 50):
+        tasks = [t for t, _ in b]
+        assert set(tasks) == {0, 1, 2} and len(b) == 8
+        assert tasks == sorted(tasks)
+
+
+def test_each_task_walks_epochs_without_replacement():
+    s = MultiTaskBatchSampler([10, 7], 5, strategy="round_robin", mode="homogeneous", seed=0)
+    batches = _take(s, 8)
+    task0 = [i for b in batches for t, i in b if t == 0]      # 4 batches of 5 = two epochs of 10
+    assert sorted(task0[:10]) == list(range(10)) and sorted(task0[10:20]) == list(range(10))
+    assert task0[:10] != task0[10:20]                           # reshuffled per epoch
+    task1 = [i for b in batches for t, i in b if t == 1]      # 20 draws over epochs of 7
+    assert sorted(task1[:7]) == list(range(7)) and sorted(task1[7:14]) == list(range(7))
+
+
+def test_deterministic_from_seed():
+    a = _take(MultiTaskBatchSampler([30, 60], 8, seed=5), 20)
+    b = _take(MultiTaskBatchSampler([30, 60], 8, seed=5), 20)
+    c = _take(MultiTaskBatchSampler([30, 60], 8, seed=6), 20)
+    assert a == b and a != c
+    h1 = _take(MultiTaskBatchSampler([30, 60], 8, mode="homogeneous", seed=5), 20)
+    h2 = _take(MultiTaskBatchSampler([30, 60], 8, mode="homogeneous", seed=5), 20)
+    assert h1 == h2
+
+
+@pytest.mark.parametrize("mode", ["mixed", "homogeneous"])
+def test_state_restore_gives_identical_batches(mode):
+    ref = MultiTaskBatchSampler([13, 29, 50], 7, strategy="temperature", mode=mode, seed=2, steps=30)
+    _take(ref, 11)
+    state = json.loads(json.dumps(ref.state_dict()))           # JSON-able
+    expected = list(ref)
+    resumed = MultiTaskBatchSampler([13, 29, 50], 7, strategy="temperature", mode=mode, seed=2, steps=30)
+    resumed.load_state_dict(state)
+    assert len(resumed) == 19
+    assert list(resumed) == expected
+
+
+def test_state_at_an_earlier_step():
+    s = MultiTaskBatchSampler([20, 20], 6, seed=0)
+    batches = _take(s, 10)
+    r = MultiTaskBatchSampler([20, 20], 6, seed=0)
+    r.load_state_dict(s.state_dict(step=4))
+    assert _take(r, 6) == batches[4:]
+
+
+def test_state_from_another_configuration_is_refused():
+    s = MultiTaskBatchSampler([20, 20], 6, seed=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        MultiTaskBatchSampler([20, 20], 8, seed=0).load_state_dict(s.state_dict())
+    with pytest.raises(ValueError, match="sizes"):
+        MultiTaskBatchSampler([20, 21], 6, seed=0).load_state_dict(s.state_dict())
+
+
+@pytest.mark.parametrize("mode", ["mixed", "homogeneous"])
+def test_ddp_shards_are_disjoint_with_equal_composition(mode):
+    world = 3
+    ranks = [MultiTaskBatchSampler([90, 150, 300], 6, mode=mode, seed=4, rank=r, world_size=world)
+             for r in range(world)]
+    for _ in range(10):   # ten steps stay within every task's first epoch
+        batches = [s.next_batch() for s in ranks]
+        comps = [Counter(t for t, _ in b) for b in batches]
+        assert all(c == comps[0] for c in comps)
+        rows = [x for b in batches for x in b]
+        assert len(rows) == len(set(rows)) == 6 * world
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="no examples"):
+        MultiTaskBatchSampler([10, 0], 4)
+    with pytest.raises(ValueError, match="batch mode"):
+        MultiTaskBatchSampler([10], 4, mode="fancy")
+    with pytest.raises(ValueError, match="sampling strategy"):
+        MultiTaskBatchSampler([10], 4, strategy="fancy")
+    with pytest.raises(ValueError, match="rank"):
+        MultiTaskBatchSampler([10], 4, rank=2, world_size=2)
+    with pytest.raises(TypeError, match="endless"):
+        len(MultiTaskBatchSampler([10], 4))

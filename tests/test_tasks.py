@@ -1,0 +1,387 @@
+"""Task specs, the kind registry, and each kind's head, loss and evaluation on tiny backbones."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from vl_tiny import tiny_backbone
+
+from mtl_lora_vl.data import world
+from mtl_lora_vl.data.loader import MultiTaskCollate, TaskDataset, to_device
+from mtl_lora_vl.data.records import Example, Split
+from mtl_lora_vl.metrics import normalize_answer
+from mtl_lora_vl.tasks import (
+    SpecError,
+    TaskKind,
+    available_kinds,
+    available_specs,
+    build_kind,
+    get_kind,
+    load_spec,
+    register_kind,
+    resolve_tasks,
+)
+from mtl_lora_vl.tasks import registry as registry_mod
+from mtl_lora_vl.tasks.captioning import caption_token_loss
+from mtl_lora_vl.tasks.retrieval import multi_positive_infonce, retrieval_texts
+
+BUILTIN = ("vqa", "retrieval", "caption_cls", "captioning")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return tiny_backbone(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="module")
+def coca(tmp_path_factory):
+    return tiny_backbone(tmp_path_factory.mktemp("coca"), coca=True)
+
+
+def _world(spec, split, n):
+    return world.build_split(spec.data.options.get("world_kind", spec.kind), split, n=n, seed=0)
+
+
+def _batch(kind, split, backbone, n):
+    """A collated, device-ready batch of the first ``n`` rows of ``split`` for one task."""
+    ds = TaskDataset(kind, split, backbone.image_size)
+    rows = [dict(ds[i], task_id=0) for i in range(n)]
+    batch = MultiTaskCollate([kind.name], [kind.uses_text], backbone.tokenizer)(rows)
+    batch = to_device(batch, "cpu", torch.float32, backbone)
+    view = dict(batch["tasks"][kind.name])
+    view.update(images=batch["images"], tokens=batch["tokens"])
+    return view
+
+
+def _train_steps(kind, head, backbone, view, steps=6, lr=3e-3):
+    params = [p for p in [*backbone.model.parameters(), *head.parameters()] if p.requires_grad]
+    saved = [p.detach().clone() for p in backbone.model.parameters()]
+    opt = torch.optim.Adam(params, lr=lr)
+    losses = []
+    backbone.model.train()
+    for _ in range(steps):
+        img = backbone.encode_image(view["images"])
+        txt = backbone.encode_text(view["tokens"]) if kind.uses_text else None
+        loss = kind.loss(head, backbone, view, img, txt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    backbone.model.eval()
+    with torch.no_grad():   # leave the shared module-scoped backbone as it was
+        for p, s in zip(backbone.model.parameters(), saved):
+            p.copy_(s)
+    return losses
+
+
+# ---------------------------------------------------------------------------------------------- specs
+
+
+def test_builtin_specs_resolve_by_name():
+    assert set(BUILTIN) <= set(available_specs())
+    specs = resolve_tasks(",".join(BUILTIN))
+    assert [s.name for s in specs] == list(BUILTIN)
+    assert [s.kind for s in specs] == ["vqa", "retrieval", "classification", "captioning"]
+    vqa = specs[0]
+    assert vqa.data.source == "builtin" and set(vqa.data.splits) == {"train", "val", "test"}
+    assert vqa.options["answer_vocab_size"] >= 2 and vqa.templates and vqa.eval_split == "val"
+    assert resolve_tasks(["vqa", " retrieval "])[1].name == "retrieval"
+
+
+def test_user_spec_by_path(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('kind = "classification"\ntemplates = ["a {} thing"]\n[data]\nsource = "builtin"\n'
+                    '[data.train]\nn = 5\n')
+    spec = load_spec(str(path))
+    assert spec.name == "mine" and spec.kind == "classification" and spec.source_file == path.resolve()
+    assert spec.templates == ("a {} thing",) and spec.data.splits["train"] == {"n": 5}
+    assert spec.head == {"label_smoothing": 0.0}          # kind defaults filled in
+    both = resolve_tasks(f"vqa,{path}")
+    assert [s.name for s in both] == ["vqa", "mine"]
+    assert len(spec.load_split("train").examples) == 5
+
+
+def test_unknown_and_duplicate_tasks(tmp_path):
+    with pytest.raises(SpecError, match="unknown task 'nope'.*caption_cls"):
+        resolve_tasks("vqa,nope")
+    with pytest.raises(SpecError, match="given twice"):
+        resolve_tasks("vqa,vqa")
+    copy = tmp_path / "other.toml"
+    copy.write_text(Path(load_spec("vqa").source_file).read_text())   # declares name = "vqa"
+    with pytest.raises(SpecError, match="'vqa' is given twice"):
+        resolve_tasks(["vqa", copy])
+    with pytest.raises(SpecError, match="not found"):
+        load_spec(tmp_path / "missing.toml")
+    with pytest.raises(SpecError, match="no tasks"):
+        resolve_tasks(" , ")
+
+
+def test_packaged_specs_come_first(tmp_path, monkeypatch):
+    pkg = tmp_path / "pkg"
+    (pkg / "builtin_tasks").mkdir(parents=True)
+    (pkg / "builtin_tasks" / "vqa.toml").write_text(
+        'kind = "vqa"\ndescription = "from the wheel"\n[data]\nsource = "builtin"\n')
+    monkeypatch.setattr(importlib.resources, "files", lambda name: pkg)
+    assert load_spec("vqa").description == "from the wheel"
+    assert "retrieval" in available_specs()                # the checkout's tasks/ still count
+
+
+GOOD = '[data]\nsource = "builtin"\n'
+
+MALFORMED = [
+    # (spec text, field named in the error, what the error says was expected)
+    ('kind = "vqa"\ncolour = 1\n' + GOOD, "'colour'", "one of the known fields"),
+    (GOOD, "'kind'", "the field is missing"),
+    ('kind = "segmentation"\n' + GOOD, "'kind'", "one of ['captioning', 'classification'"),
+    ('kind = 3\n' + GOOD, "'kind'", "a string"),
+    ('kind = "vqa"\nloss_weight = "big"\n' + GOOD, "'loss_weight'", "a positive number"),
+    ('kind = "vqa"\nloss_weight = -1\n' + GOOD, "'loss_weight'", "a positive number"),
+    ('kind = "vqa"\nname = "a b"\n' + GOOD, "'name'", "a task name"),
+    ('kind = "vqa"\ntemplates = ["no placeholder"]\n' + GOOD, "'templates[0]'", "exactly one '{}'"),
+    ('kind = "vqa"\ntemplates = []\n' + GOOD, "'templates'", "at least one prompt template"),
+    ('kind = "vqa"\nmetrics = ["bleu4"]\n' + GOOD, "'metrics[0]'", "one of the vqa metrics"),
+    ('kind = "vqa"\nmetrics = "vqa_accuracy"\n' + GOOD, "'metrics'", "a list of metric names"),
+    ('kind = "vqa"\n', "'data'", "it is missing"),
+    ('kind = "vqa"\n[data]\nformat = "parquet"\n', "'data.format'", "one of ['vqav2'"),
+    ('kind = "vqa"\n[data]\nsource = "builtin"\nformat = "jsonl"\n', "'data'", "not both"),
+    ('kind = "vqa"\n[data]\nsource = "web"\n', "'data.source'", '"builtin"'),
+    ('kind = "vqa"\n[data]\nsource = "builtin"\nfile = "x"\n', "'data.file'", "built-in data keys"),
+    ('kind = "vqa"\n[data]\nsource = "builtin"\n[data.train]\nn = 0\n', "'data.train.n'", "a positive integer"),
+    ('kind = "vqa"\n[data]\nsource = "builtin"\n[data.val]\nsize = 3\n', "'data.val.size'", "one of ['n']"),
+    ('kind = "vqa"\n[data]\nformat = "jsonl"\n[data.val]\nfile = "v.jsonl"\n', "'data.train'",
+     "the training split"),
+    ('kind = "vqa"\n[data]\nformat = "jsonl"\n[data.train]\nfile = "t.jsonl"\n', "'data.val'",
+     "for evaluation"),
+    ('kind = "vqa"\n' + GOOD + '[head]\nwidth = 3\n', "'head.width'", "one of the known keys"),
+    ('kind = "vqa"\n' + GOOD + '[head]\nquestion_weight = "x"\n', "'head.question_weight'", "a number"),
+    ('kind = "vqa"\n' + GOOD + '[options]\nanswer_vocab_size = 2.5\n', "'options.answer_vocab_size'",
+     "an integer"),
+    ('kind = "vqa"\n' + GOOD + '[options]\nanswer_vocab_size = 1\n', "'options.answer_vocab_size'",
+     "an integer >= 2"),
+    ('kind = "retrieval"\n' + GOOD + '[options]\nks = [0]\n', "'options.ks'", "positive integers"),
+    ('kind = "retrieval"\n' + GOOD + '[head]\nlearn_temperature = 1\n', "'head.learn_temperature'",
+     "a boolean"),
+    ('kind = "captioning"\n' + GOOD + '[options]\nbeam_size = 0\n', "'options.beam_size'", "an integer >= 1"),
+    ('kind = "classification"\n' + GOOD + '[head]\nlabel_smoothing = 1.5\n', "'head.label_smoothing'",
+     "in [0, 1)"),
+]
+
+
+@pytest.mark.parametrize("text,fld,expected", MALFORMED, ids=[m[1] + ":" + m[2][:20] for m in MALFORMED])
+def test_malformed_spec_names_file_field_and_expectation(tmp_path, text, fld, expected):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    msg = str(err.value)
+    assert str(path) in msg and f"field {fld}" in msg and "expected" in msg and expected in msg
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text('kind = "vqa\n')
+    with pytest.raises(SpecError, match=r"broken\.toml: not valid TOML"):
+        load_spec(path)
+
+
+def test_file_spec_reads_under_the_data_root(tmp_path):
+    root = tmp_path / "data"
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for i, label in enumerate(["cat", "dog", "cat"]):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / "img" / f"{i}.png")
+        rows.append(json.dumps({"image": f"img/{i}.png", "label": label}))
+    (root / "train.jsonl").write_text("\n".join(rows) + "\n")
+    spec_path = tmp_path / "pets.toml"
+    spec_path.write_text('kind = "classification"\n[data]\nformat = "jsonl"\n'
+                         '[data.train]\nfile = "train.jsonl"\n[data.test]\nfile = "train.jsonl"\n')
+    spec = load_spec(spec_path)
+    assert spec.data.format == "jsonl" and spec.eval_split == "test"
+    with pytest.raises(SpecError, match="--data-root"):
+        spec.load_split("train")
+    with pytest.raises(SpecError, match=r"no 'val' split"):
+        spec.load_split("val", root)
+    split = spec.load_split("train", root)
+    assert split.class_names == ["cat", "dog"] and [e.label for e in split.examples] == [0, 1, 0]
+    bad = dataclasses.replace(spec, data=dataclasses.replace(spec.data, options={"colour": 1}))
+    with pytest.raises(SpecError, match="rejected the options"):
+        bad.load_split("train", root)
+
+
+def test_coco_alias(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('kind = "retrieval"\n[data]\nformat = "coco"\n[data.train]\nannotations = "a.json"\n'
+                 '[data.val]\nannotations = "b.json"\n')
+    assert load_spec(p).data.format == "coco_captions"
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+
+def test_registry_lists_kinds_and_refuses_unknown_or_clashing():
+    assert available_kinds() == ["captioning", "classification", "retrieval", "vqa"]
+    with pytest.raises(KeyError, match="unknown task kind 'nope'.*'vqa'"):
+        get_kind("nope")
+    vqa_cls = get_kind("vqa")
+    with pytest.raises(ValueError, match="already registered"):
+        register_kind("vqa")(type("Other", (vqa_cls,), {}))
+
+
+def test_a_new_kind_is_one_decorated_class():
+    try:
+        @register_kind("toy_kind")
+        class Toy(get_kind("classification")):
+            headline_metric = "top1"
+
+        assert get_kind("toy_kind") is Toy and Toy.kind == "toy_kind" and "toy_kind" in available_kinds()
+        assert issubclass(Toy, TaskKind)
+    finally:
+        registry_mod._KINDS.pop("toy_kind", None)
+
+
+# ---------------------------------------------------------------------------------------------- kinds
+
+
+def test_vqa_vocab_targets_head_and_zero_shot(clip):
+    spec = load_spec("vqa")
+    train, val = _world(spec, "train", 12), _world(spec, "val", 6)
+    kind = build_kind(spec, train, clip)
+    counts = Counter(normalize_answer(a) for e in train.examples for a in e.answers)
+    assert kind.answers == sorted(counts, key=lambda a: (-counts[a], a))     # most frequent first
+    ex = train.examples[0]
+    target = kind.soft_targets(ex.answers)
+    canon = kind.answer_index[ex.meta["answer"]]
+    assert target[canon] > 0 and float(target.max()) <= 1.0
+    head = kind.build_head(clip)
+    zs = kind.predict(clip, None, val.examples, batch_size=4, device="cpu")
+    ad = kind.predict(clip, head, val.examples, batch_size=4, device="cpu")
+    assert zs == ad                                          # the head at init is the zero-shot rule
+    metrics = kind.evaluate(clip, None, val, batch_size=4, device="cpu")
+    assert 0.0 <= metrics["vqa_accuracy"] <= 1.0 and metrics["n"] == len(val.examples)
+    types = {e.question_type for e in val.examples}
+    assert {f"vqa_accuracy/{t}" for t in types} <= set(metrics)
+    losses = _train_steps(kind, head, clip, _batch(kind, train, clip, 8))
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+
+
+def test_vqa_loss_ignores_rows_without_vocab_answers(clip):
+    spec = dataclasses.replace(load_spec("vqa"), options={"answer_vocab_size": 2})
+    kind = build_kind(spec, _world(spec, "train", 10), clip)
+    head = kind.build_head(clip)
+    img, q = torch.nn.functional.normalize(torch.randn(3, 32), dim=-1), torch.randn(3, 32)
+    zero = kind.loss(head, clip, {"targets": torch.zeros(3, 2)}, img, q)
+    assert float(zero.detach()) == 0.0 and zero.requires_grad
+    with pytest.raises(ValueError, match="question embeddings"):
+        kind.loss(head, clip, {"targets": torch.zeros(3, 2)}, img, None)
+
+
+def test_vqa_needs_answers(clip):
+    spec = load_spec("vqa")
+    with pytest.raises(ValueError, match="no training example has answers"):
+        build_kind(spec, Split([Example(None, "x", text="q?")]), clip)
+    with pytest.raises(ValueError, match="training split is empty"):
+        build_kind(spec, Split([]), clip)
+
+
+def test_classification_head_reproduces_zero_shot(clip):
+    spec = load_spec("caption_cls")
+    train, val = _world(spec, "train", 12), _world(spec, "val", 8)
+    kind = build_kind(spec, train, clip)
+    assert kind.class_names == world.class_names()
+    head = kind.build_head(clip)
+    zs = kind.logits(clip, None, val.examples, batch_size=4, device="cpu")
+    ad = kind.logits(clip, head, val.examples, batch_size=4, device="cpu")
+    assert torch.equal(zs.argmax(1), ad.argmax(1)) and torch.allclose(zs, ad)
+    m = kind.evaluate(clip, None, val, batch_size=4, device="cpu")
+    assert all(0.0 <= m[k] <= 1.0 for k in ("top1", "top5", "mean_per_class")) and m["top5"] >= m["top1"]
+    assert any(k.startswith("per_class/") for k in m)
+    clip.model.train()
+    try:   # evaluate switches to eval mode and restores the training flags afterwards
+        assert kind.evaluate(clip, head, val, batch_size=4, device="cpu") == m and clip.model.training
+    finally:
+        clip.model.eval()
+    losses = _train_steps(kind, head, clip, _batch(kind, train, clip, 8))
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+
+
+def test_classification_bad_labels_and_names(clip):
+    spec = load_spec("caption_cls")
+    with pytest.raises(ValueError, match="expected a class index"):
+        build_kind(spec, Split([Example(None, "x", label=99)], class_names=["a", "b"]), clip)
+    with pytest.raises(ValueError, match="options.class_names"):
+        build_kind(spec, Split([Example(None, "x", label=0)]), clip)
+    named = dataclasses.replace(spec, options={"class_names": ["tabby cat", "puppy"]})
+    assert build_kind(named, Split([Example(None, "x", label=1)], class_names=["c", "d"]), clip).class_names == [
+        "tabby cat", "puppy"]
+
+
+def test_retrieval_loss_eval_and_captions_per_image(clip):
+    spec = load_spec("retrieval")
+    train, val = _world(spec, "train", 4), _world(spec, "val", 6)
+    kind = build_kind(spec, train, clip)
+    images, texts, t2i = retrieval_texts(train)                       # 5 examples (captions) per image
+    assert len(images) == 4 and len(texts) == len(train.examples)
+    assert t2i == [i for i, im in enumerate(images) for _ in im.captions]
+    images_v, texts_v, t2i_v = retrieval_texts(val)                   # one example per image + refs
+    n_refs = [len(e.captions) for e in val.examples]
+    assert len(images_v) == 6 and len(texts_v) == sum(n_refs) and t2i_v.count(0) == n_refs[0] > 1
+    head = kind.build_head(clip)
+    assert float(head.scale.detach()) == pytest.approx(float(clip.logit_scale.detach()), rel=1e-5)
+    m = kind.evaluate(clip, None, val, batch_size=4, device="cpu")
+    assert m["n_texts"] == sum(n_refs) and all(0.0 <= m[k] <= 1.0 for k in spec.metrics)
+    assert m == kind.evaluate(clip, head, val, batch_size=4, device="cpu")   # same towers, same ranking
+    losses = _train_steps(kind, head, clip, _batch(kind, train, clip, 10))
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+
+
+def test_multi_positive_infonce():
+    logits = torch.randn(4, 4)
+    distinct = multi_positive_infonce(logits, torch.arange(4))
+    eye = torch.arange(4)
+    clip_loss = 0.5 * (torch.nn.functional.cross_entropy(logits, eye) +
+                       torch.nn.functional.cross_entropy(logits.t(), eye))
+    assert torch.allclose(distinct, clip_loss)
+    # two captions of one image: both are positives, so a perfect score on either is no loss
+    big = torch.tensor([[9.0, 9.0, -9.0], [9.0, 9.0, -9.0], [-9.0, -9.0, 9.0]]) * 5
+    assert float(multi_positive_infonce(big, torch.tensor([7, 7, 3]))) < 1e-6
+
+
+def test_captioning_needs_a_decoder(clip):
+    spec = load_spec("captioning")
+    with pytest.raises(ValueError, match=r"'tiny-clip'.*CoCa"):
+        build_kind(spec, _world(spec, "train", 2), clip)
+
+
+def test_captioning_loss_and_decoding(coca):
+    spec = load_spec("captioning")
+    train, val = _world(spec, "train", 3), _world(spec, "val", 3)
+    kind = build_kind(spec, train, coca)
+    head = kind.build_head(coca)
+    assert list(head.parameters()) == [] and head.beam_size == 1
+    m = kind.evaluate(coca, None, val, batch_size=2, device="cpu")
+    assert 0.0 <= m["bleu4"] <= 1.0 and m["cider"] >= 0.0 and m["n_images"] == 3
+    beam = build_kind(dataclasses.replace(spec, options={"max_len": 6, "beam_size": 2}), train, coca)
+    caps = beam.generate(coca, beam.build_head(coca), val.examples, batch_size=3, device="cpu")
+    assert len(caps) == 3 and all(isinstance(c, str) for c in caps)
+    losses = _train_steps(kind, head, coca, _batch(kind, train, coca, 4))
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+
+
+def test_caption_token_loss_stops_at_the_end_token():
+    vocab, eos, pad = 6, 2, 0
+    tokens = torch.tensor([[1, 4, 5, eos, pad, pad]])
+    logits = torch.zeros(1, 5, vocab)
+    logits[0, torch.arange(3), torch.tensor([4, 5, eos])] = 50.0   # right up to and including eos
+    logits[0, 3:, 3] = 50.0                                        # garbage after eos: ignored
+    assert float(caption_token_loss(logits, tokens, eos, pad)) < 1e-6
+    # pad == eos (some HF tokenizers): the first eos still counts, the padding after it does not
+    tokens2 = torch.tensor([[1, 4, 5, eos, eos, eos]])
+    assert float(caption_token_loss(logits, tokens2, eos, eos)) < 1e-6

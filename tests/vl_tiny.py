@@ -1,0 +1,55 @@
+"""Tiny backbones and built-in-world splits for the task, sampler and loader tests (CPU, no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mtl_lora_vl.backbones import Backbone, build_open_clip, build_word_tokenizer
+from mtl_lora_vl.data import world
+
+CONTEXT = 20
+IMAGE = 32
+
+
+def world_words() -> list[str]:
+    """Every word the built-in world and the built-in task templates use."""
+    words = ["a", "an", "the", "answer", "is", "photo", "of", "large", "small", "object", "objects"]
+    words += [*world.SHAPES, *world.COLOR_NAMES, *world.NUMBER_WORDS, *world.vqa_answers()]
+    for kind in ("retrieval", "vqa", "classification"):
+        for ex in world.build_split(kind, "train", n=40, seed=0).examples:
+            words += [ex.text or "", *ex.captions, *ex.answers]
+    return words
+
+
+def _vision(coca: bool) -> dict:
+    cfg = {"image_size": IMAGE, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16}
+    if coca:
+        cfg.update(attentional_pool=True, attn_pooler_heads=2, output_tokens=True)
+    return cfg
+
+
+def tiny_backbone(tmp: Path, coca: bool = False) -> Backbone:
+    """A freshly initialised 1-layer open_clip CLIP (or CoCa) with a word-level tokenizer."""
+    tok_dir = Path(tmp) / "tok"
+    if not (tok_dir / "tokenizer.json").is_file():
+        build_word_tokenizer(world_words(), tok_dir, context_length=CONTEXT)
+    import json
+
+    vocab = len(json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"])
+    text = {"context_length": CONTEXT, "vocab_size": vocab, "width": 32, "heads": 2, "layers": 1}
+    if coca:
+        text.update(embed_cls=True, output_tokens=True)
+        cfg = {"embed_dim": 32, "vision_cfg": _vision(True), "text_cfg": text,
+               "multimodal_cfg": {"context_length": CONTEXT, "vocab_size": vocab, "width": 32, "heads": 2,
+                                  "layers": 1}}
+    else:
+        text.update(pool_type="eos", eos_id=2)
+        cfg = {"embed_dim": 32, "vision_cfg": _vision(False), "text_cfg": text}
+    bb = build_open_clip(cfg, tokenizer_dir=tok_dir, name="tiny-coca" if coca else "tiny-clip")
+    if coca and hasattr(bb.model.text_decoder, "text_projection"):
+        # open_clip leaves the decoder's output projection uninitialised (torch.empty) in a fresh CoCa.
+        torch.nn.init.normal_(bb.model.text_decoder.text_projection, std=32 ** -0.5)
+    bb.model.eval()
+    return bb
