@@ -34,15 +34,11 @@ from __future__ import annotations
 
 import importlib.resources
 import re
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-try:  # Python >= 3.11
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with the tomli backport
-    import tomli as tomllib
 
 from mtl_lora_vl.data.readers import READERS
 from mtl_lora_vl.data.records import Split
