@@ -385,3 +385,19 @@ def test_caption_token_loss_stops_at_the_end_token():
     # pad == eos (some HF tokenizers): the first eos still counts, the padding after it does not
     tokens2 = torch.tensor([[1, 4, 5, eos, eos, eos]])
     assert float(caption_token_loss(logits, tokens2, eos, eos)) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["vqa", "caption_cls", "retrieval"])
+def test_kind_rebuilt_from_saved_state_needs_no_training_data(clip, name):
+    spec = load_spec(name)
+    kind = build_kind(spec, _world(spec, "train", 12), clip)
+    state = json.loads(json.dumps(kind.state()))  # what an adapter file keeps
+    again = build_kind(spec, None, clip, state=state)
+    assert again.state() == kind.state()
+    val = _world(spec, "val", 6)
+    torch.manual_seed(0)
+    a = kind.evaluate(clip, kind.build_head(clip), val, batch_size=4, device="cpu")
+    b = again.evaluate(clip, again.build_head(clip), val, batch_size=4, device="cpu")
+    assert a == b
+    with pytest.raises(ValueError, match="needs the training split or the state"):
+        build_kind(spec, None, clip)

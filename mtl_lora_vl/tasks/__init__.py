@@ -10,6 +10,6 @@ __all__ = ["SpecError", "TaskKind", "TaskSpec", "available_kinds", "available_sp
            "load_spec", "register_kind", "resolve_tasks", "build_kind"]
 
 
-def build_kind(spec: TaskSpec, train, backbone) -> TaskKind:
-    """Instantiate the kind of ``spec`` on its training split and backbone."""
-    return get_kind(spec.kind)(spec, train, backbone)
+def build_kind(spec: TaskSpec, train, backbone, state: dict | None = None) -> TaskKind:
+    """Instantiate the kind of ``spec`` on its training split (or a saved ``kind.state()``) and backbone."""
+    return get_kind(spec.kind)(spec, train, backbone, state)

@@ -1,7 +1,8 @@
 """The :class:`TaskKind` base class: what every task kind provides to the loader, trainer and evaluator.
 
 A kind is built once per task with ``kind = KindClass(spec, train_split, backbone)`` (the VQA kind
-builds its answer vocabulary there, classification takes its class names). Then:
+builds its answer vocabulary there, classification takes its class names), or, for a trained adapter,
+from what it saved: ``KindClass(spec, None, backbone, state=kind.state())``. Then:
 
 * **Loader side** (runs in data workers, CPU only): ``sample_text(example)`` is the string the
   backbone's tokenizer turns into ``tokens`` for that row (or ``None``), and
@@ -61,10 +62,15 @@ class TaskKind(ABC):
     head_defaults: ClassVar[dict[str, Any]] = {}
     option_defaults: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, spec: TaskSpec, train: Split, backbone: Backbone) -> None:
+    def __init__(self, spec: TaskSpec, train: Split | None, backbone: Backbone,
+                 state: dict[str, Any] | None = None) -> None:
         if spec.kind != self.kind:
             raise ValueError(f"task {spec.name!r} is of kind {spec.kind!r}, not {self.kind!r}")
-        if not train.examples:
+        if train is None:
+            if state is None:
+                raise ValueError(f"task {spec.name!r}: building its kind needs the training split or the "
+                                 "state saved with a trained adapter (kind.state())")
+        elif not train.examples:
             raise ValueError(f"task {spec.name!r}: the training split is empty; check its [data] section"
                              + (f" in {spec.source_file}" if spec.source_file else ""))
         self.spec = spec
@@ -81,6 +87,11 @@ class TaskKind(ABC):
         if cls.needs_templates and not spec.templates:
             raise spec_error(spec, "templates", f"at least one prompt template for a {cls.kind} task",
                              list(spec.templates))
+
+    def state(self) -> dict[str, Any]:
+        """What this kind learned from its training split (JSON-able), saved with adapters so a
+        trained task can be rebuilt without its training data: ``Kind(spec, None, backbone, state)``."""
+        return {}
 
     # ------------------------------------------------------------------ loader side
 

@@ -79,8 +79,8 @@ class CaptioningKind(TaskKind):
             if spec.options[key] < 1:
                 raise spec_error(spec, f"options.{key}", "an integer >= 1", spec.options[key])
 
-    def __init__(self, spec: TaskSpec, train: Split, backbone) -> None:
-        super().__init__(spec, train, backbone)
+    def __init__(self, spec: TaskSpec, train: Split | None, backbone, state: dict | None = None) -> None:
+        super().__init__(spec, train, backbone, state)
         if not backbone.has_decoder:
             raise ValueError(
                 f"task {spec.name!r} (captioning) needs a backbone with a text decoder, but backbone "

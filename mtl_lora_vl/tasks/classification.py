@@ -74,8 +74,11 @@ class ClassificationKind(TaskKind):
         if not 0.0 <= spec.head["label_smoothing"] < 1.0:
             raise spec_error(spec, "head.label_smoothing", "a number in [0, 1)", spec.head["label_smoothing"])
 
-    def __init__(self, spec: TaskSpec, train: Split, backbone) -> None:
-        super().__init__(spec, train, backbone)
+    def __init__(self, spec: TaskSpec, train: Split | None, backbone, state: dict | None = None) -> None:
+        super().__init__(spec, train, backbone, state)
+        if state is not None:
+            self.class_names = [str(n) for n in state["class_names"]]
+            return
         names = spec.options["class_names"]
         if not names:
             if not train.class_names:
@@ -87,6 +90,9 @@ class ClassificationKind(TaskKind):
                              f"{len(train.class_names)} classes ({train.class_names[:5]}...)")
         self.class_names: list[str] = list(names)
         self._check_labels(train.examples, "training")
+
+    def state(self) -> dict:
+        return {"class_names": list(self.class_names)}
 
     def _check_labels(self, examples: list[Example], what: str) -> None:
         n = len(self.class_names)

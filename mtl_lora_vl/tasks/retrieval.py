@@ -111,9 +111,9 @@ class RetrievalKind(TaskKind):
         if spec.head["max_logit_scale"] <= 1.0:
             raise spec_error(spec, "head.max_logit_scale", "a number > 1", spec.head["max_logit_scale"])
 
-    def __init__(self, spec: TaskSpec, train: Split, backbone) -> None:
-        super().__init__(spec, train, backbone)
-        if not any(ex.text or ex.captions for ex in train.examples):
+    def __init__(self, spec: TaskSpec, train: Split | None, backbone, state: dict | None = None) -> None:
+        super().__init__(spec, train, backbone, state)
+        if train is not None and not any(ex.text or ex.captions for ex in train.examples):
             raise ValueError(f"task {spec.name!r}: retrieval needs captions, but no training example has text")
 
     def sample_text(self, example: Example) -> str:

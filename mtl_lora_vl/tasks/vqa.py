@@ -89,8 +89,12 @@ class VQAKind(TaskKind):
             raise spec_error(spec, "head.hidden", "an integer >= 0 (0 = twice the embedding size)",
                              spec.head["hidden"])
 
-    def __init__(self, spec: TaskSpec, train: Split, backbone) -> None:
-        super().__init__(spec, train, backbone)
+    def __init__(self, spec: TaskSpec, train: Split | None, backbone, state: dict | None = None) -> None:
+        super().__init__(spec, train, backbone, state)
+        if state is not None:
+            self.answers = [str(a) for a in state["answers"]]
+            self.answer_index = {a: i for i, a in enumerate(self.answers)}
+            return
         counts: Counter[str] = Counter()
         for ex in train.examples:
             counts.update(normalize_answer(a) for a in ex.answers)
@@ -101,6 +105,9 @@ class VQAKind(TaskKind):
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         self.answers: list[str] = [a for a, _ in ranked[: spec.options["answer_vocab_size"]]]
         self.answer_index: dict[str, int] = {a: i for i, a in enumerate(self.answers)}
+
+    def state(self) -> dict:
+        return {"answers": list(self.answers)}
 
     # ------------------------------------------------------------------ loader side
 
