@@ -8,6 +8,16 @@ The public API (DESIGN §4)::
         ...
 """
 
+from .adapter_io import (
+    AdapterFileError,
+    add_task,
+    export_lora,
+    load_adapter,
+    load_pretrained,
+    read_adapter_config,
+    save_adapter,
+    save_merged,
+)
 from .attach import (
     FAMILIES,
     AttachError,
@@ -25,6 +35,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FAMILIES",
+    "AdapterFileError",
+    "add_task",
+    "export_lora",
+    "load_adapter",
+    "load_pretrained",
+    "read_adapter_config",
+    "save_adapter",
+    "save_merged",
     "AttachError",
     "ConfigError",
     "MTLLoRAConfig",

@@ -96,13 +96,12 @@ def _batch_dim(model: nn.Module, name: str) -> int:
     return 0
 
 
-def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
-    """Put adapters on both towers of ``model`` in place, freeze every base parameter, return it."""
-    if getattr(model, "_mtl_lora", None) is not None:
-        raise AttachError(
-            f"{type(model).__name__} already has MTL-LoRA adapters; build a fresh base model to attach again, "
-            "or use mtl_lora_vl.add_task to add a task to these adapters"
-        )
+def select_targets(model: nn.Module, cfg: MTLLoRAConfig) -> list[tuple[str, nn.Module, str, tuple[bool, ...] | None]]:
+    """The projections ``attach`` would adapt, as ``(name, module, tower, out_slices)``; touches nothing.
+
+    ``out_slices`` is set for packed q/k/v ``nn.Linear`` layers (from ``cfg.qkv_slices``), else None.
+    Raises AttachError like ``attach`` for an unsupported class or targets that match nothing.
+    """
     fam = find_family(model)
     if cfg.targets == "default":
         if fam is None:
@@ -117,7 +116,7 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
         targets = {t: tuple(p) for t, p in cfg.targets.items()}
     packed = re.compile(fam.packed_qkv) if fam is not None and fam.packed_qkv else None
 
-    chosen: list[tuple[str, nn.Module, str]] = []
+    chosen: list[tuple[str, nn.Module, str, tuple[bool, ...] | None]] = []
     covered: list[str] = []
     for name, module in model.named_modules():
         if any(name.startswith(c + ".") for c in covered):
@@ -127,7 +126,10 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
         tower = next((t for t in TOWERS for p in targets.get(t, ()) if re.search(p, name)), None)
         if tower is None:
             continue
-        chosen.append((name, module, tower))
+        slices = None
+        if isinstance(module, nn.Linear) and packed and packed.search(name):
+            slices = tuple(c in cfg.qkv_slices for c in "qkv")
+        chosen.append((name, module, tower, slices))
         if isinstance(module, nn.MultiheadAttention):
             covered.append(name)
     if not chosen:
@@ -136,19 +138,30 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
             f"targets {targets} matched no nn.Linear or nn.MultiheadAttention in {type(model).__name__}; "
             f"some candidate names: {names}"
         )
+    return chosen
+
+
+def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
+    """Put adapters on both towers of ``model`` in place, freeze every base parameter, return it."""
+    if getattr(model, "_mtl_lora", None) is not None:
+        raise AttachError(
+            f"{type(model).__name__} already has MTL-LoRA adapters; build a fresh base model to attach again, "
+            "or use mtl_lora_vl.add_task to add a task to these adapters"
+        )
+    fam = find_family(model)
+    chosen = select_targets(model, cfg)
 
     for p in model.parameters():
         p.requires_grad_(False)
     router = Router(cfg.tasks)
     layers: dict[str, AdapterBank] = {}
     towers: dict[str, str] = {}
-    for name, module, tower in chosen:
+    for name, module, tower, slices in chosen:
         if isinstance(module, nn.MultiheadAttention):
             new: nn.Module = LoRAMultiheadAttention(module, cfg)
             banks = {name + ".in_proj": new.in_proj, name + ".out_proj": new.out_proj}
             bdim = 0  # the replacement attends batch-first internally
         else:
-            slices = tuple(c in cfg.qkv_slices for c in "qkv") if packed and packed.search(name) else None
             new = LoRALinear(module, cfg, slices)
             banks = {name: new}
             bdim = _batch_dim(model, name)

@@ -23,6 +23,7 @@ task_lora      T × r × d_in         T × d_out × r       –                 
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +98,63 @@ class AdapterBank(nn.Module):
                 return getattr(self, name).shape[0]
         return self.lora_A.shape[0] if self.method == "task_lora" else 1
 
+    # Growing the task dimension (add_task) ------------------------------------------------------
+    def task_tensor_names(self) -> tuple[str, ...]:
+        """Names of the tensors that hold one row per task (empty for lora / multi_lora)."""
+        if self.method == "task_lora":
+            return ("lora_A", "lora_B")
+        return tuple(n for n in ("lora_lambda", "lora_w") if hasattr(self, n))
+
+    @torch.no_grad()
+    def grow_tasks(self, n_new: int = 1) -> int:
+        """Append ``n_new`` tasks, initialised as at construction (Λ = I, w ~ U(±1/√n), task_lora: new A, B = 0).
+
+        Afterwards only the new rows train: every other adapter tensor is frozen, a gradient hook zeroes
+        the old rows' gradients (so Adam-type moments stay zero and, with weight_decay=0, the update is
+        exactly zero), and the old rows are copied back from a snapshot (non-persistent buffers) after
+        every optimizer step and before every merge/export, so weight decay cannot move them either.
+        The grown tensors are new ``nn.Parameter`` objects: build the optimizer after growing.
+        Returns the number of elements that will train.
+        """
+        if n_new < 1:
+            raise ValueError(f"grow_tasks: n_new must be >= 1, got {n_new}")
+        self.restore_frozen_rows()
+        dev = self.lora_A.device
+        r = self.r
+        trainable = 0
+        names = self.task_tensor_names()
+        for name in ADAPTER_PARAM_NAMES:
+            if hasattr(self, name) and name not in names:
+                getattr(self, name).requires_grad_(False)
+        for name in names:
+            old = getattr(self, name).detach()
+            if name == "lora_lambda":
+                row = torch.eye(r, device=dev) if self.lambda_type == "full" else torch.ones(r, device=dev)
+                rows = row.expand(n_new, *row.shape)
+            elif name == "lora_w":
+                bound = 1.0 / math.sqrt(old.shape[1])
+                rows = torch.empty(n_new, old.shape[1], device=dev).uniform_(-bound, bound)
+            elif name == "lora_A":
+                rows = torch.stack([_kaiming(r, self.d_in, dev) for _ in range(n_new)])
+            else:  # task_lora's lora_B
+                rows = torch.zeros(n_new, *old.shape[1:], device=dev)
+            n_old = old.shape[0]
+            param = nn.Parameter(torch.cat([old, rows.to(old.dtype)]))
+            param.register_hook(_zero_rows_hook(n_old))
+            setattr(self, name, param)
+            self.register_buffer("_frozen_" + name, old.clone(), persistent=False)
+            trainable += rows.numel()
+        self._frozen_names = names
+        _watch_grown(self)
+        return trainable
+
+    @torch.no_grad()
+    def restore_frozen_rows(self) -> None:
+        """Put back the snapshot of the rows that ``grow_tasks`` froze (a no-op otherwise)."""
+        for name in getattr(self, "_frozen_names", ()):
+            snap = getattr(self, "_frozen_" + name)
+            getattr(self, name)[: snap.shape[0]].copy_(snap)
+
     # The small per-task matrices ------------------------------------------------------------
     def mixing_weights(self, tasks: torch.Tensor | None = None) -> torch.Tensor:
         """softmax(w_t / τ) for the given task indices (all tasks by default): (len, n)."""
@@ -147,6 +205,7 @@ class AdapterBank(nn.Module):
         B is (d_out, R) over the full base output (zero rows for slices that do not adapt), A is
         (R, d_in); R = r for mtl_lora, lora and task_lora, n·r for multi_lora and moe_lora. fp32.
         """
+        self.restore_frozen_rows()
         return self._full_rows(self.task_matrices((task,))[0]).float(), self.a_matrix(task).float()
 
     @torch.no_grad()
@@ -194,6 +253,36 @@ class AdapterBank(nn.Module):
         z = (z * mask).flatten(-2)
         Ms = self._full_rows(self.task_matrices(route.present))  # (P, d_out, R)
         return z, Ms.permute(1, 0, 2).reshape(Ms.shape[1], -1)
+
+
+_GROWN: weakref.WeakSet = weakref.WeakSet()  # banks with frozen task rows (see AdapterBank.grow_tasks)
+_STEP_HOOK = None
+
+
+def _restore_after_step(optimizer, args, kwargs) -> None:
+    for bank in list(_GROWN):
+        bank.restore_frozen_rows()
+
+
+def _watch_grown(bank: AdapterBank) -> None:
+    """Restore ``bank``'s frozen rows after every optimizer step (one global post-step hook, weak refs)."""
+    global _STEP_HOOK
+    _GROWN.add(bank)
+    if _STEP_HOOK is None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        _STEP_HOOK = register_optimizer_step_post_hook(_restore_after_step)
+
+
+def _zero_rows_hook(n_old: int):
+    """A gradient hook that zeroes the first ``n_old`` rows (the frozen tasks) of a task tensor."""
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[:n_old] = 0
+        return grad
+
+    return hook
 
 
 def _add_matmul(out: torch.Tensor, z: torch.Tensor, M: torch.Tensor) -> torch.Tensor:

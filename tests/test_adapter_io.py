@@ -1,0 +1,428 @@
+"""Adapter files: save -> load onto a fresh base model, every load error, overwrite safety, add_task."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+from conftest import llava_inputs, tiny_hf_clip, tiny_llava, tiny_open_clip, tiny_timm_vit
+from torch import nn
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.adapter_io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEADS_WEIGHTS, AdapterFileError, _sha256
+from mtl_lora_vl.layers import ADAPTER_PARAM_NAMES
+
+TASKS = ["vqa", "retrieval", "cls"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and spin badly when other jobs hold the cores."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _randomize(model, scale=0.2):
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.rpartition(".")[2] in ADAPTER_PARAM_NAMES:
+                p.add_(torch.randn_like(p) * scale)
+
+
+def _fresh(build, seed=0):
+    """The same base model every time (same seed), built from its config like on another machine."""
+    torch.manual_seed(seed)
+    return build().eval()
+
+
+def _oc_run(m, inp):
+    return torch.cat([m.encode_image(inp[0]), m.encode_text(inp[1])], dim=1)
+
+
+def _hf_run(m, inp):
+    def feat(x):
+        return x if isinstance(x, torch.Tensor) else x.pooler_output
+
+    return torch.cat([feat(m.get_image_features(pixel_values=inp[0])), feat(m.get_text_features(input_ids=inp[1]))], 1)
+
+
+def _llava_run(m, inp):
+    return m(**inp).logits
+
+
+FAMILIES = {
+    "open_clip": (tiny_open_clip, lambda: (torch.randn(2, 3, 32, 32), torch.randint(1, 60, (2, 12))), _oc_run),
+    "hf_clip": (tiny_hf_clip, lambda: (torch.randn(2, 3, 32, 32), torch.randint(0, 60, (2, 10))), _hf_run),
+    "llava": (tiny_llava, lambda: llava_inputs(2), _llava_run),
+    "timm": (tiny_timm_vit, lambda: torch.randn(2, 3, 32, 32), lambda m, x: m(x)),
+}
+
+
+def _outputs(model, run, inp, tasks):
+    out = {}
+    with torch.no_grad():
+        for t in tasks:
+            with mlv.route(model, t):
+                out[t] = run(model, inp)
+    return out
+
+
+def _trained(build, cfg=None):
+    model = mlv.attach(_fresh(build), cfg or mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2))
+    _randomize(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def oc_adapter(tmp_path_factory):
+    """A saved open_clip adapter (with heads and a task spec), reused by the error tests."""
+    torch.manual_seed(0)
+    model = _trained(tiny_open_clip)
+    heads = {"vqa": nn.Linear(32, 5), "retrieval": nn.Identity()}
+    spec = tmp_path_factory.mktemp("spec") / "vqa.toml"
+    spec.write_text('kind = "vqa"\n[data]\nsource = "builtin"\n')
+    path = mlv.save_adapter(model, tmp_path_factory.mktemp("ad") / "adapter", heads=heads,
+                            task_specs={"vqa": spec}, base={"backbone": "builtin", "pretrained": None})
+    return path, model, heads
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _rewrite(path, tensors, fix_sha=True, name=ADAPTER_WEIGHTS):
+    """Replace a safetensors file of an adapter directory, optionally updating its recorded sha256."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path / name))
+    if fix_sha:
+        _fix_sha(path, name)
+
+
+def _fix_sha(path, name=ADAPTER_WEIGHTS):
+    doc = json.loads((path / ADAPTER_CONFIG).read_text())
+    doc["files"][name] = _sha256(path / name)
+    (path / ADAPTER_CONFIG).write_text(json.dumps(doc))
+
+
+# ---------------------------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_save_load_on_fresh_base_gives_identical_outputs_for_every_task(family, tmp_path):
+    build, inputs, run = FAMILIES[family]
+    model = _trained(build)
+    heads = {"vqa": nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)), "cls": nn.Identity()}
+    _randomize(heads["vqa"])
+    with torch.no_grad():
+        heads["vqa"][0].weight.add_(1.0)
+    inp = inputs()
+    ref = _outputs(model, run, inp, TASKS)
+    path = mlv.save_adapter(model, tmp_path / "adapter", heads=heads)
+    assert sorted(p.name for p in path.iterdir()) == [ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEADS_WEIGHTS]
+
+    fresh = _fresh(build)
+    new_heads = {"vqa": nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)), "cls": nn.Identity()}
+    loaded = mlv.load_adapter(fresh, path, heads=new_heads)
+    assert loaded is fresh and loaded._mtl_lora.config.tasks == TASKS
+    got = _outputs(loaded, run, inp, TASKS)
+    for t in TASKS:
+        assert torch.equal(got[t], ref[t]), t
+    for k, v in heads["vqa"].state_dict().items():
+        assert torch.equal(new_heads["vqa"].state_dict()[k], v)
+    doc = mlv.read_adapter_config(path)
+    assert doc["base_model"]["family"] == loaded._mtl_lora.family
+    assert doc["heads"] == {"vqa": ["0.bias", "0.weight", "1.bias", "1.weight"], "cls": []}
+
+
+def test_adapter_file_layout_and_names(oc_adapter):
+    from safetensors import safe_open
+
+    path, model, _ = oc_adapter
+    doc = json.loads((path / ADAPTER_CONFIG).read_text())
+    assert doc["format"] == "mtl-lora-vl-adapter" and doc["package_version"] == mlv.__version__
+    assert doc["base_model"]["class"] == "open_clip.model.CLIP"
+    assert doc["base_model"]["projections"]["visual.transformer.resblocks.0.attn.in_proj"] == [96, 32]
+    assert doc["base"] == {"backbone": "builtin", "pretrained": None}
+    assert set(doc["files"]) == {ADAPTER_WEIGHTS, HEADS_WEIGHTS, "tasks/vqa.toml"}
+    assert (path / "tasks" / "vqa.toml").read_text().startswith('kind = "vqa"')
+    with safe_open(str(path / ADAPTER_WEIGHTS), "pt") as f:
+        keys = set(f.keys())
+        assert tuple(f.get_slice("transformer.resblocks.1.mlp.c_fc.lora_B").get_shape()) == (2, 128, 4)
+    assert keys == {n for n, _ in model.named_parameters() if n.rpartition(".")[2] in ADAPTER_PARAM_NAMES}
+    with safe_open(str(path / HEADS_WEIGHTS), "pt") as f:
+        assert set(f.keys()) == {"vqa.weight", "vqa.bias"}
+    assert all(p.suffix in (".json", ".toml", ".safetensors") for p in path.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("method", ["task_lora", "moe_lora", "multi_lora", "lora"])
+def test_baseline_methods_round_trip(method, tmp_path):
+    model = _trained(tiny_open_clip, mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2, method=method,
+                                                       lambda_type="diagonal"))
+    inp = (torch.randn(2, 3, 32, 32), torch.randint(1, 60, (2, 12)))
+    ref = _outputs(model, _oc_run, inp, TASKS)
+    loaded = mlv.load_adapter(_fresh(tiny_open_clip), mlv.save_adapter(model, tmp_path / "a"))
+    got = _outputs(loaded, _oc_run, inp, TASKS)
+    assert all(torch.equal(got[t], ref[t]) for t in TASKS)
+
+
+# ---------------------------------------------------------------------------------------------- load errors
+
+
+def _untouched(model):
+    return getattr(model, "_mtl_lora", None) is None and not any(p.requires_grad is False for p in model.parameters())
+
+
+def test_another_family_or_class_is_refused(oc_adapter):
+    path = oc_adapter[0]
+    hf = tiny_hf_clip()
+    with pytest.raises(AdapterFileError, match=r"made for a open_clip model \(open_clip.model.CLIP\).*hf_clip"):
+        mlv.load_adapter(hf, path)
+    assert _untouched(hf)
+    custom = tiny_open_clip("custom")
+    with pytest.raises(AdapterFileError, match=r"made for class open_clip.model.CLIP.*CustomTextCLIP"):
+        mlv.load_adapter(custom, path)
+    assert _untouched(custom)
+
+
+def test_fingerprint_mismatch_names_the_projections(oc_adapter):
+    import open_clip
+
+    path = oc_adapter[0]
+    vision = dict(image_size=32, layers=3, width=32, patch_size=8, head_width=16)
+    text = dict(context_length=12, vocab_size=64, width=48, heads=2, layers=2)
+    other = open_clip.CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text)
+    with pytest.raises(AdapterFileError) as e:
+        mlv.load_adapter(other, path)
+    msg = str(e.value)
+    assert "fingerprint mismatch" in msg
+    assert "only in this model: visual.transformer.resblocks.2.attn.in_proj" in msg
+    assert "transformer.resblocks.0.attn.in_proj: (96, 32) in the file vs (144, 48) here" in msg
+    assert _untouched(other)
+
+
+def test_already_adapted_model_is_refused(oc_adapter):
+    model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS))
+    with pytest.raises(AdapterFileError, match="already has MTL-LoRA adapters; pass a freshly built base model"):
+        mlv.load_adapter(model, oc_adapter[0])
+
+    class Holder:
+        model = tiny_open_clip()
+
+    with pytest.raises(TypeError, match=r"must be an nn.Module, got Holder \(a Backbone: pass backbone.model\)"):
+        mlv.load_adapter(Holder(), oc_adapter[0])
+
+
+def test_missing_unexpected_and_misshapen_tensors_are_named(oc_adapter, tmp_path):
+    from safetensors.torch import load_file
+
+    src = oc_adapter[0]
+    tensors = load_file(str(src / ADAPTER_WEIGHTS))
+    name = "visual.transformer.resblocks.1.mlp.c_proj.lora_A"
+
+    p = _copy(src, tmp_path / "missing")
+    _rewrite(p, {k: v for k, v in tensors.items() if k != name})
+    with pytest.raises(AdapterFileError, match=rf"missing adapter tensor\(s\) {name}"):
+        mlv.load_adapter(tiny_open_clip(), p)
+
+    p = _copy(src, tmp_path / "unexpected")
+    _rewrite(p, {**tensors, "visual.extra.lora_A": torch.zeros(2, 2)})
+    with pytest.raises(AdapterFileError, match=r"unexpected adapter tensor\(s\) visual.extra.lora_A"):
+        mlv.load_adapter(tiny_open_clip(), p)
+
+    p = _copy(src, tmp_path / "shape")
+    _rewrite(p, {**tensors, name: torch.zeros(4, 64)})
+    fresh = tiny_open_clip()
+    with pytest.raises(AdapterFileError, match=r"shape mismatch in module visual.transformer.resblocks.1.mlp.c_proj: "
+                                               rf"{name} is \(4, 64\) in the file but the model expects \(4, 128\)"):
+        mlv.load_adapter(fresh, p)
+    assert _untouched(fresh)
+
+
+def test_truncated_file_is_refused(oc_adapter, tmp_path):
+    p = _copy(oc_adapter[0], tmp_path / "cut")
+    data = (p / ADAPTER_WEIGHTS).read_bytes()
+    (p / ADAPTER_WEIGHTS).write_bytes(data[: len(data) // 2])
+    fresh = tiny_open_clip()
+    with pytest.raises(AdapterFileError, match=r"adapter_model.safetensors: sha256 does not match .* truncated"):
+        mlv.load_adapter(fresh, p)
+    assert _untouched(fresh)
+    _fix_sha(p)  # even with a matching checksum the cut file is refused, by its header
+    with pytest.raises(AdapterFileError, match="unreadable safetensors"):
+        mlv.load_adapter(tiny_open_clip(), p)
+
+
+def test_header_edited_by_hand_is_refused(oc_adapter, tmp_path):
+    p = _copy(oc_adapter[0], tmp_path / "edited")
+    data = bytearray((p / ADAPTER_WEIGHTS).read_bytes())
+    n = struct.unpack("<Q", bytes(data[:8]))[0]
+    header = json.loads(bytes(data[8:8 + n]))
+    key = "transformer.resblocks.0.mlp.c_fc.lora_A"
+    header[key]["shape"] = [8, 32]  # claims twice the data its offsets hold
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (n - len(text))
+    assert len(text) == n
+    data[8:8 + n] = text
+    (p / ADAPTER_WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(AdapterFileError, match="sha256 does not match"):
+        mlv.load_adapter(tiny_open_clip(), p)
+    _fix_sha(p)
+    with pytest.raises(AdapterFileError, match=r"adapter_model.safetensors: unreadable safetensors header"):
+        mlv.load_adapter(tiny_open_clip(), p)
+
+
+def test_tampered_task_spec_and_missing_files(oc_adapter, tmp_path):
+    p = _copy(oc_adapter[0], tmp_path / "spec")
+    (p / "tasks" / "vqa.toml").write_text('kind = "vqa"\n[data]\nsource = "builtin"\nseed = 3\n')
+    with pytest.raises(AdapterFileError, match=r"tasks/vqa.toml: sha256 does not match"):
+        mlv.load_adapter(tiny_open_clip(), p)
+    (p / "tasks" / "vqa.toml").unlink()
+    with pytest.raises(AdapterFileError, match=r"tasks/vqa.toml: missing"):
+        mlv.load_adapter(tiny_open_clip(), p)
+    with pytest.raises(AdapterFileError, match="no adapter_config.json"):
+        mlv.load_adapter(tiny_open_clip(), tmp_path)
+    with pytest.raises(AdapterFileError, match="not an adapter directory"):
+        mlv.load_adapter(tiny_open_clip(), tmp_path / "nothing")
+    bad = _copy(oc_adapter[0], tmp_path / "badjson")
+    (bad / ADAPTER_CONFIG).write_text("{not json")
+    with pytest.raises(AdapterFileError, match="not valid JSON"):
+        mlv.load_adapter(tiny_open_clip(), bad)
+
+
+def test_head_mismatch_is_named(oc_adapter):
+    path = oc_adapter[0]
+    with pytest.raises(AdapterFileError, match=r"shape mismatch in the head of task 'vqa': vqa.weight is \(5, 32\)"):
+        mlv.load_adapter(tiny_open_clip(), path, heads={"vqa": nn.Linear(32, 7)})
+    with pytest.raises(AdapterFileError, match=r"has no head for task 'cls'"):
+        mlv.load_adapter(tiny_open_clip(), path, heads={"cls": nn.Linear(32, 5)})
+    with pytest.raises(AdapterFileError, match=r"missing \['bias'\]|unexpected \['vqa.bias'\]"):
+        mlv.load_adapter(tiny_open_clip(), path, heads={"vqa": nn.Linear(32, 5, bias=False)})
+
+
+# ---------------------------------------------------------------------------------------------- writing safely
+
+
+def test_refuses_to_overwrite_and_keeps_the_old_directory(oc_adapter, tmp_path, monkeypatch):
+    import mtl_lora_vl.adapter_io as aio
+
+    model = oc_adapter[1]
+    path = mlv.save_adapter(model, tmp_path / "adapter")
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    with pytest.raises(FileExistsError, match="already exists and is not empty; pass overwrite=True"):
+        mlv.save_adapter(model, path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="is a file"):
+        mlv.save_adapter(model, tmp_path / "file", overwrite=True)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(aio, "_save_tensors", boom)
+    with pytest.raises(OSError, match="disk full"):
+        mlv.save_adapter(model, path, overwrite=True)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "file"]  # no temporary left behind
+    (tmp_path / "empty").mkdir()
+    mlv.save_adapter(model, tmp_path / "empty")  # an empty directory is fine
+    mlv.save_adapter(model, path, overwrite=True, heads={"vqa": nn.Linear(2, 2)})
+    assert mlv.read_adapter_config(path)["heads"] == {"vqa": ["bias", "weight"]}
+
+
+def test_save_argument_errors(tmp_path):
+    model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS))
+    spec = tmp_path / "x.toml"
+    spec.write_text('name = "other"\nkind = "vqa"\n')
+    with pytest.raises(ValueError, match="names its task 'other', but it is given for task 'vqa'"):
+        mlv.save_adapter(model, tmp_path / "a", task_specs={"vqa": spec})
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(ValueError, match=r"heads names task\(s\) \['caption'\]"):
+        mlv.save_adapter(model, "/nonexistent/never", heads={"caption": nn.Identity()})
+    with pytest.raises(FileNotFoundError, match="task spec of 'vqa' not found"):
+        mlv.save_adapter(model, "/nonexistent/never", task_specs={"vqa": "/no/such.toml"})
+    with pytest.raises(mlv.RoutingError, match="has no MTL-LoRA adapters"):
+        mlv.save_adapter(tiny_open_clip(), "/nonexistent/never")
+
+
+# ---------------------------------------------------------------------------------------------- add_task
+
+
+def _train_steps(model, head, steps=3, ids=None):
+    params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=0.05)  # default weight_decay=0.01: old rows must survive it too
+    img, txt = torch.randn(4, 3, 32, 32), torch.randint(1, 60, (4, 12))
+    for _ in range(steps):
+        with mlv.route(model, ids):
+            emb = model.encode_image(img)
+            loss = (emb @ model.encode_text(txt).T).square().mean() + head(emb).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("method,lambda_type", [("mtl_lora", "full"), ("mtl_lora", "diagonal"),
+                                                ("task_lora", "full"), ("moe_lora", "full"), ("lora", "full")])
+def test_add_task_trains_only_the_new_task_and_keeps_the_others_bit_identical(method, lambda_type, tmp_path):
+    cfg = mlv.MTLLoRAConfig(tasks=["vqa", "retrieval"], r=4, n_up=3, method=method, lambda_type=lambda_type)
+    model = _trained(tiny_open_clip, cfg)
+    inp = (torch.randn(3, 3, 32, 32), torch.randint(1, 60, (3, 12)))
+    ref = _outputs(model, _oc_run, inp, ["vqa", "retrieval"])
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if n.rpartition(".")[2] in ADAPTER_PARAM_NAMES}
+
+    n_train = mlv.add_task(model, "count")
+    assert model._mtl_lora.config.tasks == ["vqa", "retrieval", "count"]
+    banks = model._mtl_lora.layers.values()
+    per_bank = {("mtl_lora", "full"): lambda b: 4 * 4 + 3, ("mtl_lora", "diagonal"): lambda b: 4 + 3,
+                ("task_lora", "full"): lambda b: 4 * b.d_in + b.lora_B.shape[1] * 4,
+                ("moe_lora", "full"): lambda b: 3, ("lora", "full"): lambda b: 0}[(method, lambda_type)]
+    assert n_train == sum(per_bank(b) for b in banks)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert all(n.rpartition(".")[2] in {"lora_lambda", "lora_w", "lora_A", "lora_B"} for n in trainable)
+    if method == "mtl_lora":
+        assert not any(n.endswith(("lora_A", "lora_B")) for n in trainable)
+    new_start = _outputs(model, _oc_run, inp, ["count"])["count"]
+
+    head = nn.Linear(32, 2)
+    _train_steps(model, head, ids=torch.tensor([0, 1, 2, 2]))  # old tasks in the batch too
+    got = _outputs(model, _oc_run, inp, ["vqa", "retrieval"])
+    for t in ("vqa", "retrieval"):
+        assert torch.equal(got[t], ref[t]), t
+    if n_train:
+        assert not torch.equal(_outputs(model, _oc_run, inp, ["count"])["count"], new_start)
+    path = mlv.save_adapter(model, tmp_path / "extended")
+    from safetensors.torch import load_file
+
+    saved = load_file(str(path / ADAPTER_WEIGHTS))
+    for n, old in before.items():
+        k = old.shape[0] if n.rpartition(".")[2] in {"lora_lambda", "lora_w"} or method == "task_lora" else None
+        assert torch.equal(saved[n][:k] if k else saved[n], old), n
+    loaded = mlv.load_adapter(_fresh(tiny_open_clip), path)
+    again = _outputs(loaded, _oc_run, inp, ["vqa", "retrieval", "count"])
+    assert torch.equal(again["vqa"], ref["vqa"]) and torch.equal(again["count"],
+                                                                 _outputs(model, _oc_run, inp, ["count"])["count"])
+
+
+def test_add_task_errors_and_merge_after_training():
+    model = _trained(tiny_open_clip, mlv.MTLLoRAConfig(tasks=["vqa", "retrieval"], r=4))
+    with pytest.raises(ValueError, match="already has a task 'vqa'"):
+        mlv.add_task(model, "vqa")
+    img = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), mlv.route(model, "vqa"):
+        ref = model.encode_image(img)
+    mlv.add_task(model, "new")
+    bank = model._mtl_lora.layers["visual.transformer.resblocks.0.mlp.c_fc"]
+    with torch.no_grad():
+        bank.lora_lambda.mul_(0.5)  # what weight decay does to every row; the frozen rows come back
+    mlv.merge(model, "vqa")
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(img), ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="merged into the weights; call mtl_lora_vl.unmerge"):
+        mlv.add_task(model, "third")
+    mlv.unmerge(model)

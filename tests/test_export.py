@@ -1,0 +1,287 @@
+"""Exports: one task as a real PEFT LoRA, the plain LoRA layout, merged checkpoints that the base
+libraries load themselves, export_merged.py, and load_pretrained (base model + heads in one call)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import llava_inputs, tiny_hf_clip, tiny_llava, tiny_open_clip, tiny_timm_vit
+from test_adapter_io import _fresh, _hf_run, _llava_run, _oc_run, _one_thread, _outputs, _trained  # noqa: F401
+from torch import nn
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.adapter_io import AdapterFileError, apply_plain_lora
+
+TASKS = ["vqa", "retrieval", "cls"]
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------------------------- PEFT
+
+
+@pytest.mark.parametrize("family", ["hf_clip", "llava"])
+@pytest.mark.parametrize("method", ["mtl_lora", "multi_lora"])
+def test_peft_round_trip_matches_the_routed_task(family, method, tmp_path):
+    from peft import PeftModel
+
+    build, inputs, run = {"hf_clip": (tiny_hf_clip, lambda: (torch.randn(2, 3, 32, 32), torch.randint(0, 60, (2, 10))),
+                                      _hf_run),
+                          "llava": (tiny_llava, lambda: llava_inputs(2), _llava_run)}[family]
+    model = _trained(build, mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2, alpha=6, method=method))
+    inp = inputs()
+    ref = _outputs(model, run, inp, ["retrieval"])["retrieval"]
+    path = mlv.export_lora(model, "retrieval", tmp_path / "peft")
+    cfg = json.loads((path / "adapter_config.json").read_text())
+    R = 4 if method == "mtl_lora" else 8
+    assert cfg["peft_type"] == "LORA" and cfg["r"] == cfg["lora_alpha"] == R
+    assert sorted(cfg["target_modules"]) == sorted(model._mtl_lora.layers)
+
+    base = _fresh(build)
+    with torch.no_grad():
+        zero_shot = run(base, inp)
+    peft_model = PeftModel.from_pretrained(base, str(path)).eval()
+    with torch.no_grad():
+        got = run(peft_model, inp)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    assert (ref - zero_shot).abs().max() > 1e-3  # the task's update really is in there
+
+
+def test_peft_format_refuses_multihead_attention(tmp_path):
+    model = _trained(tiny_open_clip)
+    with pytest.raises(ValueError, match="PEFT LoRA cannot express adapters on the packed in-projection"):
+        mlv.export_lora(model, "vqa", tmp_path / "x", format="peft")
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_refuses_to_overwrite(tmp_path):
+    model = _trained(tiny_hf_clip)
+    path = mlv.export_lora(model, "vqa", tmp_path / "peft")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        mlv.export_lora(model, "cls", path)
+    mlv.export_lora(model, "cls", path, overwrite=True)
+    with pytest.raises(KeyError, match="unknown task 'caption'"):
+        mlv.export_lora(model, "caption", tmp_path / "other")
+
+
+# ---------------------------------------------------------------------------------------------- plain layout
+
+
+@pytest.mark.parametrize("build,qkv", [(tiny_open_clip, "qkv"), (tiny_timm_vit, "qv")])
+def test_plain_lora_layout_reproduces_the_task(build, qkv, tmp_path):
+    from safetensors import safe_open
+
+    model = _trained(build, mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2, qkv_slices=qkv))
+    run = _oc_run if build is tiny_open_clip else (lambda m, x: m(x[0]))
+    inp = (torch.randn(2, 3, 32, 32), torch.randint(1, 60, (2, 12)))
+    ref = _outputs(model, run, inp, ["cls"])["cls"]
+    path = mlv.export_lora(model, "cls", tmp_path / "plain")
+    doc = json.loads((path / "lora_config.json").read_text())
+    assert doc["format"] == "mtl-lora-vl-plain-lora" and doc["task"] == "cls" and doc["scaling"] == 1.0
+    name = "visual.transformer.resblocks.0.attn.in_proj" if build is tiny_open_clip else "blocks.0.attn.qkv"
+    entry = doc["modules"][name]
+    assert entry["shape"] == [96, 32] and entry["base_weight"] in (name + "_weight", name + ".weight")
+    with safe_open(str(path / "lora_model.safetensors"), "pt") as f:
+        assert tuple(f.get_slice(name + ".lora_A").get_shape()) == (4, 32)
+        B = f.get_tensor(name + ".lora_B")
+    assert B.shape == (96, 4)
+    if qkv == "qv":
+        assert B[32:64].abs().max() == 0  # k rows are not adapted
+    fresh = apply_plain_lora(_fresh(build), path)
+    with torch.no_grad():
+        torch.testing.assert_close(run(fresh, inp), ref, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- merged checkpoints
+
+
+def test_merged_open_clip_file_loads_with_create_model(tmp_path):
+    import open_clip
+
+    cfg_dir = tmp_path / "configs"
+    cfg_dir.mkdir()
+    (cfg_dir / "mtl-tiny-clip.json").write_text(json.dumps({
+        "embed_dim": 32,
+        "vision_cfg": dict(image_size=32, layers=2, width=32, patch_size=8, head_width=16),
+        "text_cfg": dict(context_length=12, vocab_size=64, width=32, heads=2, layers=2),
+    }))
+    open_clip.add_model_config(cfg_dir)
+    model = _trained(tiny_open_clip)
+    inp = (torch.randn(2, 3, 32, 32), torch.randint(1, 60, (2, 12)))
+    ref = _outputs(model, _oc_run, inp, ["retrieval"])["retrieval"]
+    out = mlv.save_merged(model, "retrieval", tmp_path / "merged.safetensors")
+    plain = open_clip.create_model("mtl-tiny-clip", pretrained=str(out)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(_oc_run(plain, inp), ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        mlv.save_merged(model, "retrieval", out)
+
+
+@pytest.mark.parametrize("family", ["hf_clip", "llava"])
+def test_merged_hugging_face_directory_loads_with_from_pretrained(family, tmp_path):
+    from transformers import CLIPModel, LlavaForConditionalGeneration
+
+    build, cls, inp, run = {
+        "hf_clip": (tiny_hf_clip, CLIPModel, (torch.randn(2, 3, 32, 32), torch.randint(0, 60, (2, 10))), _hf_run),
+        "llava": (tiny_llava, LlavaForConditionalGeneration, llava_inputs(2), _llava_run),
+    }[family]
+    model = _trained(build)
+    ref = _outputs(model, run, inp, ["cls"])["cls"]
+    out = mlv.save_merged(model, "cls", tmp_path / "merged")
+    plain = cls.from_pretrained(str(out)).eval()
+    assert getattr(plain, "_mtl_lora", None) is None
+    with torch.no_grad():
+        torch.testing.assert_close(run(plain, inp), ref, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- one-call loading
+
+
+def _world_words() -> list[str]:
+    from vl_tiny import world_words
+
+    return world_words()
+
+
+@pytest.fixture(scope="module")
+def oc_dir(tmp_path_factory) -> Path:
+    """A tiny open_clip local directory (config, weights, word tokenizer) that load_backbone reads."""
+    from safetensors.torch import save_file
+
+    from mtl_lora_vl.backbones import build_open_clip, build_word_tokenizer
+
+    d = tmp_path_factory.mktemp("oc_base")
+    build_word_tokenizer(_world_words(), d, context_length=20)
+    vocab = len(json.loads((d / "tokenizer.json").read_text())["model"]["vocab"])
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
+                                           "head_width": 16},
+           "text_cfg": {"context_length": 20, "vocab_size": vocab, "width": 32, "heads": 2, "layers": 1,
+                        "pool_type": "eos", "eos_id": 2}}
+    (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    torch.manual_seed(0)
+    bb = build_open_clip(cfg, tokenizer_dir=d)
+    save_file({k: v.contiguous() for k, v in bb.model.state_dict().items()}, str(d / "model.safetensors"))
+    return d
+
+
+def _specs(tmp: Path) -> dict[str, Path]:
+    vqa = tmp / "vqa.toml"
+    vqa.write_text('kind = "vqa"\ntemplates = ["{}"]\n[data]\nsource = "builtin"\n[data.train]\nn = 30\n'
+                   '[data.val]\nn = 10\n[options]\nanswer_vocab_size = 12\n')
+    ret = tmp / "retrieval.toml"
+    ret.write_text('kind = "retrieval"\n[data]\nsource = "builtin"\n[data.train]\nn = 20\n[data.val]\nn = 10\n')
+    return {"vqa": vqa, "retrieval": ret}
+
+
+@pytest.fixture(scope="module")
+def trained_run(oc_dir, tmp_path_factory):
+    """A 'trained' adapter with real task kinds and heads, saved as train_vl.py would."""
+    from mtl_lora_vl.backbones import load_backbone
+    from mtl_lora_vl.tasks import build_kind, load_spec
+
+    tmp = tmp_path_factory.mktemp("run")
+    spec_files = _specs(tmp)
+    bb = load_backbone(f"open_clip:{oc_dir}")
+    kinds, heads = {}, {}
+    for name, f in spec_files.items():
+        spec = load_spec(f)
+        kinds[name] = build_kind(spec, spec.load_split("train"), bb)
+        heads[name] = kinds[name].build_head(bb)
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=list(spec_files), r=4, n_up=2))
+    from test_adapter_io import _randomize
+
+    _randomize(bb.model)
+    _randomize(heads["vqa"])
+    with torch.no_grad():
+        for p in heads["vqa"].parameters():
+            p.add_(0.1)
+    path = mlv.save_adapter(bb.model, tmp / "adapter", heads=heads, task_specs=spec_files, kinds=kinds,
+                            base={"backbone": f"open_clip:{oc_dir}", "pretrained": None})
+    return path, bb, heads, kinds
+
+
+def test_load_pretrained_rebuilds_backbone_and_heads(trained_run):
+    path, bb, heads, kinds = trained_run
+    loaded = mlv.load_pretrained(path)
+    backbone, new_heads, config = loaded
+    assert config.tasks == ["vqa", "retrieval"] and set(new_heads) == {"vqa", "retrieval"}
+    assert loaded.kinds["vqa"].answers == kinds["vqa"].answers
+    for t in new_heads:
+        for k, v in heads[t].state_dict().items():
+            assert torch.equal(new_heads[t].state_dict()[k], v), (t, k)
+    img = torch.randn(2, 3, 32, 32)
+    tokens = backbone.tokenizer(["a red circle", "two blue squares"])
+    for t in config.tasks:
+        with torch.no_grad(), mlv.route(bb.model, t):
+            ref = bb.encode_image(img), bb.encode_text(tokens)
+        with torch.no_grad(), mlv.route(backbone.model, t):
+            got = backbone.encode_image(img), backbone.encode_text(tokens)
+        assert all(torch.equal(a, b) for a, b in zip(ref, got))
+    bare = mlv.load_pretrained(path, heads=False)
+    assert bare.heads == {} and bare.kinds == {} and bare.config.tasks == config.tasks
+    assert bare.specs["vqa"].kind == "vqa" and bare.specs["retrieval"].name == "retrieval"
+
+
+def test_load_pretrained_needs_a_base_model_name(trained_run, tmp_path):
+    import shutil
+
+    p = Path(shutil.copytree(trained_run[0], tmp_path / "a"))
+    doc = json.loads((p / "adapter_config.json").read_text())
+    doc["base"] = {}
+    (p / "adapter_config.json").write_text(json.dumps(doc))
+    with pytest.raises(AdapterFileError, match=r"does not say which base model.*backbone="):
+        mlv.load_pretrained(p)
+    # A training split that now gives another answer vocabulary: the saved one (the head's) wins.
+    from mtl_lora_vl.adapter_io import _sha256
+
+    state_file = p / "tasks" / "vqa.state.json"
+    state = json.loads(state_file.read_text())
+    state["state"]["answers"] = list(reversed(state["state"]["answers"]))
+    state["state"]["answer_index"] = {a: i for i, a in enumerate(state["state"]["answers"])}
+    state_file.write_text(json.dumps(state))
+    doc["files"]["tasks/vqa.state.json"] = _sha256(state_file)
+    (p / "adapter_config.json").write_text(json.dumps(doc))
+    with pytest.warns(UserWarning, match=r"task 'vqa': \['answer_index', 'answers'\].*using the saved ones"):
+        loaded = mlv.load_pretrained(p, backbone=trained_run[1].name)
+    assert loaded.kinds["vqa"].answers == state["state"]["answers"]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("export_merged", REPO / "scripts" / "export_merged.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_export_merged_script_writes_a_directory_the_base_loader_reads(trained_run, tmp_path, capsys):
+    from mtl_lora_vl.backbones import load_backbone
+
+    path, bb, _, _ = trained_run
+    out = _script().main(["--adapter", str(path), "--task", "vqa", "--out", str(tmp_path / "merged")])
+    assert "wrote" in capsys.readouterr().out
+    assert {"open_clip_model.safetensors", "open_clip_config.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    plain = load_backbone(f"open_clip:{out}")
+    img = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), mlv.route(bb.model, "vqa"):
+        ref = bb.encode_image(img)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.encode_image(img), ref, atol=1e-5, rtol=1e-5)
+    f = _script().main(["--adapter", str(path), "--task", "retrieval", "--out", str(tmp_path / "r.safetensors")])
+    assert f.is_file()
+    with pytest.raises(SystemExit) as e:
+        _script().main(["--adapter", str(path), "--task", "nope", "--out", str(tmp_path / "x.safetensors")])
+    assert e.value.code == 2 and "the adapter has no such task" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _script().main(["--adapter", str(path), "--task", "vqa", "--out", str(tmp_path / "merged")])
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_heads_are_plain_modules_not_pickles(trained_run):
+    path = trained_run[0]
+    assert all(p.suffix in (".json", ".toml", ".safetensors") for p in path.rglob("*") if p.is_file())
+    state = json.loads((path / "tasks" / "vqa.state.json").read_text())
+    assert state["kind"] == "vqa" and state["state"]["answers"] == trained_run[3]["vqa"].answers
+    assert isinstance(trained_run[2]["retrieval"], nn.Module)
