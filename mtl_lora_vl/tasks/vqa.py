@@ -78,7 +78,7 @@ class VQAKind(TaskKind):
     needs_templates = True
     default_templates = ("the answer is {}.",)
     head_defaults = {"question_weight": 1.0, "hidden": 0}
-    option_defaults = {"answer_vocab_size": 1000}
+    option_defaults = {"answer_vocab_size": 1000, "filter_by_type": True}
 
     @classmethod
     def check_spec(cls, spec: TaskSpec) -> None:
@@ -94,6 +94,7 @@ class VQAKind(TaskKind):
         if state is not None:
             self.answers = [str(a) for a in state["answers"]]
             self.answer_index = {a: i for i, a in enumerate(self.answers)}
+            self.type_answers = {t: [int(i) for i in ids] for t, ids in state.get("type_answers", {}).items()}
             return
         counts: Counter[str] = Counter()
         for ex in train.examples:
@@ -105,9 +106,18 @@ class VQAKind(TaskKind):
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         self.answers: list[str] = [a for a, _ in ranked[: spec.options["answer_vocab_size"]]]
         self.answer_index: dict[str, int] = {a: i for i, a in enumerate(self.answers)}
+        # Answer filtering by question type (standard in zero-shot VQA): a "what colour" question is
+        # only scored against answers that training gave to its type.
+        by_type: dict[str, set[int]] = defaultdict(set)
+        if spec.options.get("filter_by_type", True):
+            for ex in train.examples:
+                if ex.question_type:
+                    by_type[ex.question_type].update(
+                        i for i in (self.answer_index.get(normalize_answer(a)) for a in ex.answers) if i is not None)
+        self.type_answers: dict[str, list[int]] = {t: sorted(ids) for t, ids in sorted(by_type.items())}
 
     def state(self) -> dict:
-        return {"answers": list(self.answers)}
+        return {"answers": list(self.answers), "type_answers": self.type_answers}
 
     # ------------------------------------------------------------------ loader side
 
@@ -125,8 +135,17 @@ class VQAKind(TaskKind):
                 target[i] = vqa_accuracy(a, answers)
         return target
 
+    def answer_mask(self, question_type: str | None) -> Tensor:
+        """(V,) bool: the answers a question of this type may get (all, for an unseen or missing type)."""
+        ids = self.type_answers.get(question_type or "")
+        if not ids:
+            return torch.ones(len(self.answers), dtype=torch.bool)
+        mask = torch.zeros(len(self.answers), dtype=torch.bool)
+        mask[ids] = True
+        return mask
+
     def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]:
-        return {"targets": self.soft_targets(example.answers)}
+        return {"targets": self.soft_targets(example.answers), "answer_mask": self.answer_mask(example.question_type)}
 
     # ------------------------------------------------------------------ head, loss, evaluation
 
@@ -147,6 +166,8 @@ class VQAKind(TaskKind):
         if text_emb is None:
             raise ValueError(f"task {self.name!r}: the VQA loss needs the question embeddings of its rows")
         logits = head(image_emb, text_emb)
+        if "answer_mask" in batch:
+            logits = logits.masked_fill(~batch["answer_mask"], torch.finfo(logits.dtype).min)
         targets = batch["targets"].float()
         mass = targets.sum(dim=1)
         keep = mass > 0
@@ -196,7 +217,8 @@ class VQAKind(TaskKind):
         batches = iter_image_batches(backbone, examples, batch_size=batch_size, device=device, dtype=dtype,
                                      num_workers=num_workers)
         for start, images in zip(range(0, len(examples), batch_size), batches):
-            questions = [self.sample_text(ex) for ex in examples[start:start + batch_size]]
+            rows = examples[start:start + batch_size]
+            questions = [self.sample_text(ex) for ex in rows]
             with autocast(device, dtype):
                 img = backbone.encode_image(images).float()
             q = encode_texts(backbone, questions, device=device, dtype=dtype, batch_size=batch_size)
@@ -205,5 +227,7 @@ class VQAKind(TaskKind):
                 logits = answer_scores(query, answer_emb, logit_scale_of(backbone))
             else:
                 logits = head(img, q)
+            allowed = torch.stack([self.answer_mask(ex.question_type) for ex in rows]).to(logits.device)
+            logits = logits.masked_fill(~allowed, float("-inf"))
             preds.extend(self.answers[i] for i in logits.argmax(dim=-1).tolist())
         return preds
