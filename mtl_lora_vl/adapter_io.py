@@ -51,7 +51,6 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,20 +271,6 @@ def _absolute_base(base: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
-def _json_state(kind: Any) -> dict[str, Any]:
-    """The JSON-serialisable public attributes of a task kind (its vocabulary), for ``tasks/<t>.state.json``."""
-    out = {}
-    for k, v in vars(kind).items():
-        if k.startswith("_") or k in ("spec", "name"):
-            continue
-        try:
-            json.dumps(v)
-        except (TypeError, ValueError):
-            continue
-        out[k] = v
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- saving
 
 
@@ -352,7 +337,7 @@ def save_adapter(
             spec_files[task] = rel
         for task, kind in kinds.items():
             (tmp / TASKS_DIR / f"{task}.state.json").write_text(
-                json.dumps({"kind": getattr(kind, "kind", ""), "state": _json_state(kind)}, indent=1) + "\n")
+                json.dumps({"kind": getattr(kind, "kind", ""), "state": kind.state()}, indent=1) + "\n")
         files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         doc = {
             "format": FORMAT,
@@ -603,8 +588,9 @@ def load_pretrained(
     The base model comes from ``mtl_lora_vl.backbones.load_backbone(base.backbone, base.pretrained)``
     as recorded by ``save_adapter``; ``backbone`` / ``pretrained`` override those (e.g. the checkpoint
     lives elsewhere on this machine). With ``heads=True`` each task whose spec was saved gets its kind
-    rebuilt through the task registry from its training split (``data_root`` for file-based specs; the
-    saved vocabulary replaces a rebuilt one that differs, with a warning) and its head built by the
+    rebuilt through the task registry from what it learned in training (``tasks/<t>.state.json``: answer
+    vocabulary, class names), so no training data is needed; an adapter saved without that state
+    rebuilds it from the training split (``data_root`` for file-based specs). Each head is built by its
     kind, then filled from ``heads.safetensors``.
     """
     from .backbones import load_backbone
@@ -636,12 +622,13 @@ def load_pretrained(
             try:
                 specs[task] = load_spec(path / rel)
                 if heads:
-                    kinds[task] = build_kind(specs[task], specs[task].load_split("train", data_root), bb)
+                    state = _saved_kind_state(path / TASKS_DIR / f"{task}.state.json")
+                    train = None if state is not None else specs[task].load_split("train", data_root)
+                    kinds[task] = build_kind(specs[task], train, bb, state=state)
             except (ValueError, FileNotFoundError, OSError) as e:
                 raise AdapterFileError(f"{path}: cannot rebuild task {task!r} from {rel}: {e}. Pass data_root=... "
                                        "for file-based tasks, or heads=False") from e
             if heads:
-                _restore_kind_state(kinds[task], path / TASKS_DIR / f"{task}.state.json", task)
                 if task in (doc.get("heads") or {}):
                     with torch.no_grad():  # on the base model: head shapes do not depend on adapters
                         built[task] = kinds[task].build_head(bb)
@@ -651,21 +638,14 @@ def load_pretrained(
     return Pretrained(bb, built, cfg, kinds, specs, doc)
 
 
-def _restore_kind_state(kind: Any, state_file: Path, task: str) -> None:
-    """Make the rebuilt kind's vocabulary the one the head was trained with."""
+def _saved_kind_state(state_file: Path) -> dict[str, Any] | None:
+    """What the task kind learned from its training data (``kind.state()``), if the adapter kept it."""
     if not state_file.is_file():
-        return
+        return None
     try:
-        saved = json.loads(state_file.read_text()).get("state", {})
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise AdapterFileError(f"{state_file}: not valid JSON ({e})") from e
-    now = _json_state(kind)
-    differ = sorted(k for k in saved if k in now and now[k] != saved[k])
-    if differ:
-        warnings.warn(f"task {task!r}: {differ} rebuilt from this training data differ from the adapter's; "
-                      f"using the saved ones from {state_file}", stacklevel=3)
-        for k in differ:
-            setattr(kind, k, saved[k])
+        return json.loads(state_file.read_text())["state"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise AdapterFileError(f"{state_file}: not a task-state file ({e}); save the adapter again") from e
 
 
 # ---------------------------------------------------------------------------------------------- exports

@@ -234,18 +234,16 @@ def test_load_pretrained_needs_a_base_model_name(trained_run, tmp_path):
     (p / "adapter_config.json").write_text(json.dumps(doc))
     with pytest.raises(AdapterFileError, match=r"does not say which base model.*backbone="):
         mlv.load_pretrained(p)
-    # A training split that now gives another answer vocabulary: the saved one (the head's) wins.
+    # The kind is rebuilt from the vocabulary saved with the adapter (the head's), not from training data.
     from mtl_lora_vl.adapter_io import _sha256
 
     state_file = p / "tasks" / "vqa.state.json"
     state = json.loads(state_file.read_text())
     state["state"]["answers"] = list(reversed(state["state"]["answers"]))
-    state["state"]["answer_index"] = {a: i for i, a in enumerate(state["state"]["answers"])}
     state_file.write_text(json.dumps(state))
     doc["files"]["tasks/vqa.state.json"] = _sha256(state_file)
     (p / "adapter_config.json").write_text(json.dumps(doc))
-    with pytest.warns(UserWarning, match=r"task 'vqa': \['answer_index', 'answers'\].*using the saved ones"):
-        loaded = mlv.load_pretrained(p, backbone=trained_run[1].name)
+    loaded = mlv.load_pretrained(p, backbone=trained_run[1].name)
     assert loaded.kinds["vqa"].answers == state["state"]["answers"]
 
 
