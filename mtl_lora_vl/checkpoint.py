@@ -1,0 +1,53 @@
+"""Training checkpoints: written atomically, read back without unpickling arbitrary objects.
+
+A checkpoint holds only what training changes (adapter tensors, heads, optimizer, scheduler, grad
+scaler, sampler and RNG state), not the frozen base model. It is one ``torch.save`` file of tensors
+and plain Python values, loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or does not fit this run."""
+
+
+def save_checkpoint(state: dict[str, Any], run_dir: str | Path) -> Path:
+    """Write ``state`` to ``run_dir/checkpoint.pt`` via a temporary file and an atomic rename."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / CHECKPOINT_NAME
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=run_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return final
+
+
+def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
+    """Read ``run_dir/checkpoint.pt`` (tensors and plain values only)."""
+    path = Path(run_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: no checkpoint to resume from; the run saves one every --save-every steps and on Ctrl-C"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({e}); it may be truncated") from None

@@ -1,0 +1,112 @@
+"""Zero-shot vs adapted: score every task twice and write eval.json, report.md and plots/.
+
+The zero-shot score is the task's zero-shot rule on the base model (adapters switched off with
+``disabled``); the adapted score is the task's head on the model routed to that task.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .routing import disabled, route
+
+
+def _split_for(spec, wanted: str) -> str:
+    if wanted in spec.data.splits:
+        return wanted
+    return spec.eval_split
+
+
+def _score(setup, name: str, data, *, adapted: bool, device, dtype, batch_size: int, workers: int) -> dict:
+    kind, model = setup.kinds[name], setup.model
+    scope = route(model.model, name) if adapted else disabled(model.model)
+    with scope:
+        return kind.evaluate(setup.backbone, model.heads[name] if adapted else None, data, batch_size=batch_size,
+                             device=device, dtype=dtype, num_workers=workers)
+
+
+def evaluate_adapted(setup, *, split: str, data_root: str | None, device, dtype, batch_size: int,
+                     workers: int = 0) -> dict[str, dict[str, float]]:
+    """The adapted model's metrics per task on ``split`` (used for evaluation during training)."""
+    out = {}
+    for spec in setup.specs:
+        data = spec.load_split(_split_for(spec, split), data_root)
+        out[spec.name] = _score(setup, spec.name, data, adapted=True, device=device, dtype=dtype,
+                                batch_size=batch_size, workers=workers)
+    return out
+
+
+def evaluate_setup(setup, *, split: str, data_root: str | None, device, dtype: torch.dtype, batch_size: int,
+                   workers: int = 0) -> dict[str, Any]:
+    """``{"tasks": {name: {"metric", "zero_shot", "adapted", "change", "split", "n", "details"}}}``."""
+    tasks: dict[str, Any] = {}
+    for spec in setup.specs:
+        name, kind = spec.name, setup.kinds[spec.name]
+        split_name = _split_for(spec, split)
+        data = spec.load_split(split_name, data_root)
+        zs = _score(setup, name, data, adapted=False, device=device, dtype=dtype, batch_size=batch_size,
+                    workers=workers)
+        ad = _score(setup, name, data, adapted=True, device=device, dtype=dtype, batch_size=batch_size,
+                    workers=workers)
+        metric = kind.headline_metric
+        tasks[name] = {"metric": metric, "zero_shot": zs[metric], "adapted": ad[metric],
+                       "change": ad[metric] - zs[metric], "kind": spec.kind, "split": split_name,
+                       "n": len(data.examples), "details": {"zero_shot": zs, "adapted": ad}}
+    return {"tasks": tasks, "config": setup.config.to_dict()}
+
+
+def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model) -> str:
+    """eval.json, report.md and plots/ in ``run_dir``; returns the printed table."""
+    from .report import markdown_table, write_plots
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown_table(result)
+    plots = write_plots(run_dir, result, adapted_model)
+    lines = ["# Zero-shot vs adapted", "", table, ""]
+    lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
+    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+    return table
+
+
+def evaluate_adapter(adapter: str | Path, tasks: str | None = None, backbone: str | None = None,
+                     pretrained: str | None = None, data_root: str | None = None, split: str = "test",
+                     device: str = "auto", precision: str = "auto", batch_size: int = 256, workers: int = 0,
+                     out: str | Path | None = None, overwrite: bool = False) -> str:
+    """``evaluate_vl.py``: load an adapter directory onto a fresh base model, score zero-shot vs adapted,
+    write the outputs to ``out``; returns the table. Needs nothing but the adapter directory (and
+    ``data_root`` for file-based tasks)."""
+    from torch import nn
+
+    from .adapter_io import load_pretrained
+    from .distributed import pick_device
+    from .multitask import MultiTaskModel
+    from .train import RunDirError, Setup, resolve_precision
+
+    adapter = Path(adapter)
+    out = Path(out) if out else adapter.resolve().parent / f"eval-{split}"
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise RunDirError(f"--out {out}: exists and is not empty; pass --overwrite to replace its results "
+                          "or choose another --out")
+    dev = pick_device(device)
+    lp = load_pretrained(adapter, dev, backbone=backbone, pretrained=pretrained, data_root=data_root)
+    names = list(lp.config.tasks) if not tasks else [t.strip() for t in tasks.split(",") if t.strip()]
+    unknown = [t for t in names if t not in lp.config.tasks]
+    if unknown:
+        raise ValueError(f"--tasks: {unknown} are not tasks of the adapter {adapter} (it has {lp.config.tasks})")
+    missing = [t for t in names if t not in lp.kinds or t not in lp.heads]
+    if missing:
+        raise ValueError(f"{adapter}: no saved task spec or head for {missing}; save the adapter with "
+                         "task_specs= and heads= to evaluate it")
+    kinds = {t: lp.kinds[t] for t in names}
+    model = MultiTaskModel(lp.backbone, kinds, nn.ModuleDict({t: lp.heads[t] for t in names}))
+    setup = Setup(lp.backbone, [lp.specs[t] for t in names], kinds, model, lp.config)
+    result = evaluate_setup(setup, split=split, data_root=data_root, device=dev,
+                            dtype=resolve_precision(precision, dev), batch_size=batch_size, workers=workers)
+    result["adapter"] = str(adapter)
+    return write_outputs(out, result, lp.backbone.model)

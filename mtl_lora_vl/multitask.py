@@ -1,0 +1,77 @@
+"""MultiTaskModel: the adapted backbone plus one head per task; one forward serves a mixed batch.
+
+The towers run once per step: the image tower on every row, routed by the rows' task ids, and the
+text tower on the rows whose task carries text. Each task's loss then sees only its own rows
+(see :mod:`mtl_lora_vl.data.loader` for the batch layout).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from .data.loader import task_views
+from .routing import route
+
+if TYPE_CHECKING:
+    from .backbones import Backbone
+    from .tasks.base import TaskKind
+
+
+class MultiTaskModel(nn.Module):
+    """Backbone (with adapters) + heads; ``forward(batch)`` returns (weighted total loss, per-task losses)."""
+
+    def __init__(self, backbone: Backbone, kinds: dict[str, TaskKind], heads: nn.ModuleDict):
+        super().__init__()
+        self.model = backbone.model  # registered, so DDP and the optimizer see the adapters
+        self.heads = heads
+        self.backbone = backbone
+        self.kinds = kinds
+        self.register_buffer("task_lut", torch.arange(len(kinds)), persistent=False)
+
+    def set_trained_tasks(self, trained: list[str], adapter_tasks: list[str]) -> None:
+        """Map the loader's task ids (positions in ``trained``) to the adapter's task ids."""
+        lut = torch.tensor([adapter_tasks.index(t) for t in trained], device=self.task_lut.device)
+        self.task_lut = lut
+
+    def forward(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        bb = self.backbone
+        ids = self.task_lut[batch["task_ids"]]
+        with route(self.model, ids):
+            image_emb = bb.encode_image(batch["images"])
+        text_emb = None
+        text_rows = batch["text_rows"]
+        if text_rows.numel():
+            with route(self.model, ids[text_rows]):
+                text_emb = bb.encode_text(batch["tokens"][text_rows])
+        losses: dict[str, Tensor] = {}
+        total = image_emb.new_zeros((), dtype=torch.float32)
+        for name, rows in task_views(batch):
+            kind = self.kinds[name]
+            t = text_emb[rows["text_index"]] if kind.uses_text else None
+            with route(self.model, name):  # for kinds that run the model again (captioning's decoder)
+                loss = kind.loss(self.heads[name], bb, rows, image_emb[rows["rows"]], t).float()
+            losses[name] = loss
+            total = total + kind.spec.loss_weight * loss
+        return total, losses
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        """Every tensor training changes (adapters and heads), for checkpoints."""
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        mine = dict(self.named_parameters())
+        wanted = {n for n, p in mine.items() if p.requires_grad}
+        missing, unexpected = sorted(wanted - set(state)), sorted(set(state) - wanted)
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint does not fit this run: missing {missing[:5]}, unexpected {unexpected[:5]}; "
+                "resume with the same tasks, method and rank"
+            )
+        with torch.no_grad():
+            for n, t in state.items():
+                if mine[n].shape != t.shape:
+                    raise ValueError(f"checkpoint tensor {n} has shape {tuple(t.shape)}, this run {tuple(mine[n].shape)}")
+                mine[n].copy_(t)

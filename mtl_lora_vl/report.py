@@ -1,0 +1,98 @@
+"""The zero-shot vs adapted table and the plots of a run (training curves, scores, task mixing)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """| task | metric | zero-shot | adapted | change | as Markdown (also readable printed)."""
+    rows = ["| task | metric | zero-shot | adapted | change |", "|---|---|---:|---:|---:|"]
+    for name, r in result["tasks"].items():
+        rows.append(f"| {name} | {r['metric']} | {r['zero_shot']:.4f} | {r['adapted']:.4f} | {r['change']:+.4f} |")
+    return "\n".join(rows)
+
+
+def mixing_matrices(model) -> dict[str, torch.Tensor]:
+    """softmax(w_t / τ) averaged over the adapted projections of each tower: {tower: (T, n)}."""
+    from .attach import attach_info
+
+    info = attach_info(model)
+    per: dict[str, list[torch.Tensor]] = {}
+    for name, bank in info.layers.items():
+        if hasattr(bank, "lora_w"):
+            per.setdefault(info.towers[name], []).append(bank.mixing_weights().detach().float().cpu())
+    return {tower: torch.stack(ms).mean(0) for tower, ms in per.items()}
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_plots(run_dir: Path, result: dict[str, Any], model) -> list[Path]:
+    """plots/training_curves.png, plots/zero_shot_vs_adapted.png, plots/task_mixing.png (when it applies)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    written: list[Path] = []
+    rows = [r for r in _read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+    if rows:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        keys = sorted({k for r in rows for k in r if k.startswith("loss/")})
+        for k in keys:
+            pts = [(r["step"], r[k]) for r in rows if k in r]
+            ax.plot(*zip(*pts), label=k.removeprefix("loss/"))
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], "k--", lw=1, label="total (weighted)")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_title("Training loss per task")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(out / "training_curves.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+
+    tasks = list(result["tasks"])
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(tasks), 3.5))
+    x = torch.arange(len(tasks)).float()
+    zs = [result["tasks"][t]["zero_shot"] for t in tasks]
+    ad = [result["tasks"][t]["adapted"] for t in tasks]
+    ax.bar(x - 0.2, zs, 0.4, label="zero-shot", color="#9aa5b1")
+    ax.bar(x + 0.2, ad, 0.4, label="adapted", color="#2f6fba")
+    ax.set_xticks(x.tolist(), [f"{t}\n({result['tasks'][t]['metric']})" for t in tasks], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title("Zero-shot vs adapted")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(out / "zero_shot_vs_adapted.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    mix = mixing_matrices(model)
+    if mix:
+        names = model._mtl_lora.config.tasks if hasattr(model, "_mtl_lora") else [str(i) for i in range(len(tasks))]
+        fig, axes = plt.subplots(1, len(mix), figsize=(3.2 * len(mix) + 0.6, 0.5 * len(names) + 1.6), squeeze=False)
+        for ax, (tower, m) in zip(axes[0], sorted(mix.items())):
+            im = ax.imshow(m.numpy(), vmin=0, vmax=1, cmap="viridis")
+            ax.set_title(f"{tower} tower")
+            ax.set_xticks(range(m.shape[1]), [f"B{i + 1}" for i in range(m.shape[1])])
+            ax.set_yticks(range(m.shape[0]), names)
+            for (i, j), v in zip(torch.cartesian_prod(torch.arange(m.shape[0]), torch.arange(m.shape[1])).tolist(),
+                                 m.flatten().tolist()):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k", fontsize=8)
+        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+        fig.suptitle("softmax(w_t / τ): how tasks share the up-projections", fontsize=9)
+        written.append(out / "task_mixing.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
