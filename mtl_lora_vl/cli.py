@@ -89,7 +89,7 @@ def _run(fn, *args) -> int:
         fn(*args)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, RuntimeError, OSError, KeyError) as e:
+    except (ValueError, RuntimeError, OSError, KeyError, ArithmeticError) as e:
         if _debug():
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -301,6 +301,7 @@ def train(opts: TrainOptions) -> Path:
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     step = 0
+    window: dict[str, list[float]] = {}  # per-step losses since the last log line
     if opts.resume:
         state = load_checkpoint(run_dir)
         model.load_trainable_state(state["trainable"])
@@ -310,6 +311,7 @@ def train(opts: TrainOptions) -> Path:
         loader.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng"])
         step = int(state["step"])
+        window = state.get("log_window", {})
         _truncate_metrics(run_dir / "metrics.jsonl", step)
         if info.is_main:
             print(f"[mtl-lora-vl] resumed {run_dir} at step {step}/{total_steps}")
@@ -326,7 +328,8 @@ def train(opts: TrainOptions) -> Path:
         if info.is_main:
             save_checkpoint({"step": step, "trainable": model.trainable_state(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                             "sampler": loader.state_dict(), "rng": torch.get_rng_state()}, run_dir)
+                             "sampler": loader.state_dict(), "rng": torch.get_rng_state(),
+                             "log_window": window}, run_dir)
 
     def on_sigterm(signum, frame):  # noqa: ARG001
         raise _Stop()
@@ -336,7 +339,6 @@ def train(opts: TrainOptions) -> Path:
     progress = _progress(info.is_main, step, total_steps)
     batches = iter(loader)
     bad = 0
-    window: dict[str, list[float]] = {}
     t_window, n_window = time.perf_counter(), 0
     stopped = False
     try:
@@ -368,8 +370,7 @@ def train(opts: TrainOptions) -> Path:
                         f"bf16, or check the data. The last good checkpoint is in {run_dir}"
                     )
                 optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                step += 1
+                step += 1  # the batch is used up; the learning-rate schedule does not advance
                 continue
             bad = 0
             if opts.grad_clip > 0:
