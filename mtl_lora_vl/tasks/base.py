@@ -114,11 +114,20 @@ class TaskKind(ABC):
              text_emb: Tensor | None) -> Tensor:
         """Scalar training loss of this task's rows (unweighted)."""
 
-    @abstractmethod
+    @torch.no_grad()
     def evaluate(self, backbone: Backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                  device: torch.device | str, dtype: torch.dtype = torch.float32,
                  num_workers: int = 0) -> dict[str, float]:
-        """Metrics on ``split`` (run under ``torch.no_grad``); ``head=None`` applies the zero-shot rule."""
+        """Metrics on ``split``; ``head=None`` applies the zero-shot rule. Runs without gradients, with
+        the model and head in eval mode (their training flags are restored afterwards)."""
+        with eval_mode(backbone.model, head):
+            return self._evaluate(backbone, head, split, batch_size=batch_size, device=device, dtype=dtype,
+                                  num_workers=num_workers)
+
+    @abstractmethod
+    def _evaluate(self, backbone: Backbone, head: nn.Module | None, split: Split, *, batch_size: int,
+                  device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
+        """What ``evaluate`` computes; each kind implements this."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.metrics import caption_scores
-from mtl_lora_vl.tasks.base import TaskKind, autocast, eval_mode, spec_error
+from mtl_lora_vl.tasks.base import TaskKind, autocast, spec_error
 from mtl_lora_vl.tasks.registry import register_kind
 from mtl_lora_vl.tasks.spec import TaskSpec
 
@@ -117,14 +117,6 @@ class CaptioningKind(TaskKind):
             with autocast(device, dtype):
                 out.extend(backbone.generate(images, max_len=max_len, beam_size=beam_size))
         return out
-
-    @torch.no_grad()
-    def evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
-                 device: torch.device | str, dtype: torch.dtype = torch.float32,
-                 num_workers: int = 0) -> dict[str, float]:
-        with eval_mode(backbone.model, head):
-            return self._evaluate(backbone, head, split, batch_size=batch_size, device=device, dtype=dtype,
-                                  num_workers=num_workers)
 
     def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:

@@ -25,7 +25,6 @@ from mtl_lora_vl.metrics import per_class_accuracy, topk_accuracy
 from mtl_lora_vl.tasks.base import (
     TaskKind,
     autocast,
-    eval_mode,
     logit_scale_of,
     model_device,
     prompt_embeddings,
@@ -137,14 +136,6 @@ class ClassificationKind(TaskKind):
             scores = class_scores(img, weight, logit_scale_of(backbone)) if head is None else head(img)
             out.append(scores.float().cpu())
         return torch.cat(out)
-
-    @torch.no_grad()
-    def evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
-                 device: torch.device | str, dtype: torch.dtype = torch.float32,
-                 num_workers: int = 0) -> dict[str, float]:
-        with eval_mode(backbone.model, head):
-            return self._evaluate(backbone, head, split, batch_size=batch_size, device=device, dtype=dtype,
-                                  num_workers=num_workers)
 
     def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:

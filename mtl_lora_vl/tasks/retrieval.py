@@ -22,7 +22,6 @@ from mtl_lora_vl.metrics import retrieval_recall
 from mtl_lora_vl.tasks.base import (
     TaskKind,
     encode_texts,
-    eval_mode,
     image_embeddings,
     logit_scale_of,
     model_device,
@@ -138,14 +137,6 @@ class RetrievalKind(TaskKind):
             raise ValueError(f"task {self.name!r}: the retrieval loss needs the text embeddings of its rows")
         logits = head(F.normalize(image_emb.float(), dim=-1), F.normalize(text_emb.float(), dim=-1))
         return multi_positive_infonce(logits, batch["image_key"])
-
-    @torch.no_grad()
-    def evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
-                 device: torch.device | str, dtype: torch.dtype = torch.float32,
-                 num_workers: int = 0) -> dict[str, float]:
-        with eval_mode(backbone.model, head):
-            return self._evaluate(backbone, head, split, batch_size=batch_size, device=device, dtype=dtype,
-                                  num_workers=num_workers)
 
     def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:

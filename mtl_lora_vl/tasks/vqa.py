@@ -31,7 +31,6 @@ from mtl_lora_vl.tasks.base import (
     TaskKind,
     autocast,
     encode_texts,
-    eval_mode,
     logit_scale_of,
     model_device,
     prompt_embeddings,
@@ -175,14 +174,6 @@ class VQAKind(TaskKind):
             return logits.sum() * 0.0
         dist = targets[keep] / mass[keep, None]
         return -(dist * logits[keep].log_softmax(dim=-1)).sum(dim=1).mean()
-
-    @torch.no_grad()
-    def evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
-                 device: torch.device | str, dtype: torch.dtype = torch.float32,
-                 num_workers: int = 0) -> dict[str, float]:
-        with eval_mode(backbone.model, head):
-            return self._evaluate(backbone, head, split, batch_size=batch_size, device=device, dtype=dtype,
-                                  num_workers=num_workers)
 
     def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
