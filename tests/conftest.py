@@ -7,8 +7,14 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
+    """Same random init in every test; one intra-op thread (tiny models gain nothing from more, and
+    spin badly when other jobs hold the cores)."""
     torch.manual_seed(0)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def tiny_open_clip(kind: str = "clip"):

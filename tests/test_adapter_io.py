@@ -17,15 +17,6 @@ from mtl_lora_vl.layers import ADAPTER_PARAM_NAMES
 TASKS = ["vqa", "retrieval", "cls"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and spin badly when other jobs hold the cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _randomize(model, scale=0.2):
     with torch.no_grad():
         for n, p in model.named_parameters():

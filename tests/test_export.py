@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import llava_inputs, tiny_hf_clip, tiny_llava, tiny_open_clip, tiny_timm_vit
-from test_adapter_io import _fresh, _hf_run, _llava_run, _oc_run, _one_thread, _outputs, _trained  # noqa: F401
+from test_adapter_io import _fresh, _hf_run, _llava_run, _oc_run, _outputs, _trained  # noqa: F401
 from torch import nn
 
 import mtl_lora_vl as mlv
