@@ -1,0 +1,221 @@
+"""train_vl / evaluate_vl end to end on the built-in backbone, with small splits of the built-in world."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mtl_lora_vl.backbones import builtin_dir
+from mtl_lora_vl.cli import build_train_parser, eval_main, parse_train_args, train_main
+from mtl_lora_vl.tasks.spec import builtin_spec_dirs
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
+                                reason="built-in backbone not built (python scripts/pretrain_backbone.py)")
+
+
+def small_spec(tmp: Path, name: str, n_train: int = 48, n_eval: int = 16) -> Path:
+    """A copy of a built-in spec whose splits are small."""
+    src = next(d / f"{name}.toml" for d in builtin_spec_dirs() if (d / f"{name}.toml").is_file())
+    text = src.read_text()
+    for split, n in (("train", n_train), ("val", n_eval), ("test", n_eval)):
+        text = re.sub(rf"^\[data\.{split}\]$", f"[data.{split}]\nn = {n}", text, flags=re.M)
+    path = tmp / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def small_specs(tmp: Path) -> str:
+    """Small vqa and retrieval specs, as a --tasks value."""
+    return ",".join(str(small_spec(tmp, n)) for n in ("vqa", "retrieval"))
+
+
+def base_args(tmp: Path, out: Path, steps: int = 6) -> list[str]:
+    return ["--tasks", small_specs(tmp), "--steps", str(steps), "--batch-size", "8", "--workers", "0",
+            "--log-every", "2", "--save-every", "3", "--eval-batch-size", "32", "--warmup", "2", "--out", str(out)]
+
+
+def adapter_tensors(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
+def test_train_adapter_files_evaluate_report(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(base_args(tmp_path, run, steps=6) + ["--eval-every", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "| vqa | vqa_accuracy |" in printed and "| retrieval | mean_recall |" in printed
+    for f in ("config.json", "metrics.jsonl", "eval.json", "report.md", "checkpoint.pt",
+              "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/heads.safetensors",
+              "plots/training_curves.png", "plots/zero_shot_vs_adapted.png", "plots/task_mixing.png"):
+        assert (run / f).is_file(), f
+    result = json.loads((run / "eval.json").read_text())
+    assert set(result["tasks"]) == {"vqa", "retrieval"}
+    for r in result["tasks"].values():
+        assert 0.0 <= r["zero_shot"] <= 1.0 and 0.0 <= r["adapted"] <= 1.0
+        assert r["change"] == pytest.approx(r["adapted"] - r["zero_shot"])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6]
+    assert any("eval/vqa/vqa_accuracy" in r for r in rows)
+    assert all(k in rows[0] for k in ("loss/vqa", "loss/retrieval", "lr", "samples_per_s"))
+
+    # evaluate_vl on the adapter directory alone, copied elsewhere: same scores.
+    import shutil
+
+    moved = Path(shutil.copytree(run / "adapter", tmp_path / "elsewhere" / "adapter"))
+    assert eval_main(["--adapter", str(moved), "--batch-size", "32", "--out", str(tmp_path / "ev")]) == 0
+    again = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    for t in ("vqa", "retrieval"):
+        assert again["tasks"][t]["adapted"] == pytest.approx(result["tasks"][t]["adapted"], abs=1e-6)
+        assert again["tasks"][t]["zero_shot"] == pytest.approx(result["tasks"][t]["zero_shot"], abs=1e-6)
+    assert (tmp_path / "ev" / "report.md").read_text().startswith("# Zero-shot vs adapted")
+    assert eval_main(["--adapter", str(moved), "--out", str(tmp_path / "ev")]) == 2  # exists, no --overwrite
+
+
+def test_extend_trains_only_the_new_task(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(base_args(tmp_path, run, steps=3)) == 0
+    before = json.loads((run / "eval.json").read_text())
+    cls = small_spec(tmp_path, "caption_cls")
+    ext = tmp_path / "ext"
+    capsys.readouterr()
+    assert train_main(["--extend", str(run), "--tasks", str(cls), "--steps", "3", "--batch-size", "8",
+                       "--workers", "0", "--eval-batch-size", "32", "--out", str(ext)]) == 0
+    assert "training" in capsys.readouterr().out
+    after = json.loads((ext / "eval.json").read_text())
+    assert set(after["tasks"]) == {"vqa", "retrieval", "caption_cls"}
+    for t in ("vqa", "retrieval"):  # the old tasks are bit-identical, so are their scores
+        assert after["tasks"][t]["adapted"] == before["tasks"][t]["adapted"]
+    assert after["extended_from"]["trained_adapter_values"] > 0
+    old, new = adapter_tensors(run), adapter_tensors(ext)
+    for name, t in old.items():
+        if name.endswith(("lora_A", "lora_B")):
+            assert torch.equal(new[name], t), name
+        else:  # task rows grew by one; the old rows are unchanged
+            assert torch.equal(new[name][: t.shape[0]], t), name
+
+
+def _checkpoint_step(run: Path) -> int:
+    try:
+        return int(torch.load(run / "checkpoint.pt", weights_only=True)["step"])
+    except Exception:  # noqa: BLE001 - not written yet
+        return 0
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    steps = 30
+    straight = tmp_path / "straight"
+    assert train_main(base_args(tmp_path, straight, steps=steps)) == 0
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, str(REPO / "scripts" / "train_vl.py"), *base_args(tmp_path, killed, steps=steps)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 240
+    while _checkpoint_step(killed) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed; raise steps"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    at = _checkpoint_step(killed)
+    assert 3 <= at < steps and not (killed / "eval.json").exists()
+
+    assert train_main(["--resume", str(killed)]) == 0
+    a, b = adapter_tensors(straight), adapter_tensors(killed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=0, rtol=0, msg=k)
+    ea, eb = (json.loads((d / "eval.json").read_text())["tasks"] for d in (straight, killed))
+    assert {t: r["adapted"] for t, r in ea.items()} == {t: r["adapted"] for t, r in eb.items()}
+    la = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in la] == [r["step"] for r in lb]
+    assert [round(r["loss"], 5) for r in la] == [round(r["loss"], 5) for r in lb]
+
+
+def test_two_process_ddp_with_gloo(tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(REPO / "scripts" / "train_vl.py"), *base_args(tmp_path, run, steps=4), "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "world size 2" in done.stdout
+    assert done.stdout.count("| vqa | vqa_accuracy |") == 1  # only rank 0 reports
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert (run / "eval.json").is_file()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_paths_on_cpu(tmp_path, precision):
+    run = tmp_path / precision
+    assert train_main(base_args(tmp_path, run, steps=2) + ["--precision", precision]) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert json.loads((run / "config.json").read_text())["precision"] == precision
+
+
+def test_existing_run_dir_is_never_overwritten(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "precious.txt").write_text("keep me")
+    assert train_main(base_args(tmp_path, run, steps=1)) == 2
+    assert "exists and is not empty; pass --overwrite" in capsys.readouterr().err
+    assert (run / "precious.txt").read_text() == "keep me"
+    assert train_main(base_args(tmp_path, run, steps=1) + ["--overwrite"]) == 0
+    assert not (run / "precious.txt").exists()
+
+
+def test_clear_errors(tmp_path, capsys):
+    assert train_main(["--tasks", "no_such_task", "--out", str(tmp_path / "a")]) == 2
+    assert "no_such_task" in capsys.readouterr().err
+    assert train_main(["--resume", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert train_main(["--backbone", "open_clip:ViT-B-32", "--out", str(tmp_path / "b")]) == 2
+    assert "--pretrained" in capsys.readouterr().err
+    assert train_main(["--batch-size", "0", "--out", str(tmp_path / "c")]) == 2
+    assert "--batch-size: must be >= 1" in capsys.readouterr().err
+
+
+def test_non_finite_losses_skip_then_stop(tmp_path, monkeypatch, capsys):
+    from mtl_lora_vl.tasks.retrieval import RetrievalKind
+
+    monkeypatch.setattr(RetrievalKind, "loss", lambda self, *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.warns(UserWarning, match="non-finite loss, step skipped"):
+        code = train_main(base_args(tmp_path, tmp_path / "nan", steps=5) + ["--max-bad-steps", "2"])
+    assert code == 2
+    assert "2 non-finite losses in a row" in capsys.readouterr().err
+
+
+def test_config_file_sets_options_and_flags_win(tmp_path):
+    cfg = tmp_path / "opts.json"
+    cfg.write_text(json.dumps({"rank": 4, "n-up": 2, "steps": 7, "method": "lora"}))
+    opts = parse_train_args(["--config", str(cfg), "--steps", "9"])
+    assert (opts.rank, opts.n_up, opts.steps, opts.method) == (4, 2, 9, "lora")
+    toml = tmp_path / "opts.toml"
+    toml.write_text('temperature = 0.8\nbatch_mode = "homogeneous"\n')
+    opts = parse_train_args(["--config", str(toml)])
+    assert opts.temperature == 0.8 and opts.batch_mode == "homogeneous"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rnak": 4}))
+    with pytest.raises(SystemExit, match="unknown option 'rnak'"):
+        parse_train_args(["--config", str(bad)])
+
+
+def test_help_lists_the_fixed_flags():
+    text = build_train_parser().format_help()
+    for flag in ("--tasks", "--backbone", "--pretrained", "--data-root", "--method", "--rank", "--alpha", "--n-up",
+                 "--temperature", "--steps", "--batch-size", "--lr", "--precision", "--device", "--workers",
+                 "--batch-mode", "--seed", "--out", "--resume", "--overwrite", "--save-every", "--eval-every",
+                 "--config", "--extend", "--compile"):
+        assert flag in text, flag
