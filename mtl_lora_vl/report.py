@@ -81,7 +81,8 @@ def write_plots(run_dir: Path, result: dict[str, Any], model) -> list[Path]:
     mix = mixing_matrices(model)
     if mix:
         names = model._mtl_lora.config.tasks if hasattr(model, "_mtl_lora") else [str(i) for i in range(len(tasks))]
-        fig, axes = plt.subplots(1, len(mix), figsize=(3.2 * len(mix) + 0.6, 0.5 * len(names) + 1.6), squeeze=False)
+        fig, axes = plt.subplots(1, len(mix), figsize=(4.2 * len(mix) + 0.8, 0.5 * len(names) + 1.8), squeeze=False,
+                                 layout="constrained")
         for ax, (tower, m) in zip(axes[0], sorted(mix.items())):
             im = ax.imshow(m.numpy(), vmin=0, vmax=1, cmap="viridis")
             ax.set_title(f"{tower} tower")

@@ -75,7 +75,7 @@ class TrainOptions:
                               "training only their Lambda_t, w_t and heads; the other tasks stay bit-identical")
     overwrite: bool = _opt(False, "replace an existing run directory")
     seed: int = _opt(0, "random seed")
-    compile: bool = _opt(False, "torch.compile the backbone")
+    compile: bool = _opt(False, "torch.compile the training forward pass (towers, adapters and heads)")
     max_bad_steps: int = _opt(5, "stop after this many non-finite losses in a row")
     config: str | None = _opt(None, "JSON or TOML file with any of these options (flags given on the command line win)")
 
@@ -317,12 +317,12 @@ def train(opts: TrainOptions) -> Path:
             print(f"[mtl-lora-vl] resumed {run_dir} at step {step}/{total_steps}")
 
     net: nn.Module = model
-    if opts.compile:
-        model.model.compile()
     if info.enabled:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=opts.batch_mode == "homogeneous" or len(kinds) > opts.batch_size)
+    if opts.compile:
+        net = torch.compile(net)
 
     def checkpoint() -> None:
         if info.is_main:
