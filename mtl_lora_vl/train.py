@@ -376,9 +376,11 @@ def train(opts: TrainOptions) -> Path:
             if opts.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(adapter_params + head_params, opts.grad_clip)
+            scale = scaler.get_scale() if scaler.is_enabled() else None
             scaler.step(optimizer)
             scaler.update()
-            scheduler.step()
+            if scale is None or scaler.get_scale() >= scale:  # fp16: the scaler skipped no step
+                scheduler.step()
             step += 1
             for k, v in step_losses.items():
                 window.setdefault(k, []).append(v)
