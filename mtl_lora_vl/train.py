@@ -497,6 +497,10 @@ def _main_thread() -> bool:
 
 
 def _progress(enabled: bool, start: int, total: int):
+    import sys
+
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=start, disable=not enabled, desc="train", unit="step", dynamic_ncols=True)
+    interval = 0.1 if sys.stderr.isatty() else 15.0  # a log file gets a line every 15 s, not every step
+    return tqdm(total=total, initial=start, disable=not enabled, desc="train", unit="step", dynamic_ncols=True,
+                mininterval=interval)
