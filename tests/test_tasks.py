@@ -401,3 +401,25 @@ def test_kind_rebuilt_from_saved_state_needs_no_training_data(clip, name):
     assert a == b
     with pytest.raises(ValueError, match="needs the training split or the state"):
         build_kind(spec, None, clip)
+
+
+def test_vqa_answers_are_filtered_by_question_type(clip):
+    spec = load_spec("vqa")
+    train, val = _world(spec, "train", 60), _world(spec, "val", 30)
+    kind = build_kind(spec, train, clip)
+    majority = {}
+    for ex in train.examples:
+        top = Counter(normalize_answer(a) for a in ex.answers).most_common(1)[0][0]
+        majority.setdefault(ex.question_type, set()).add(top)
+    assert {t: {kind.answers[i] for i in ids} for t, ids in kind.type_answers.items()} == majority
+    assert "yep" not in majority.get("existence", set())  # synonyms never win a question, so never compete
+    preds = kind.predict(clip, None, val.examples, batch_size=8, device="cpu")
+    for ex, pred in zip(val.examples, preds):
+        assert pred in majority[ex.question_type], (ex.question_type, pred)
+    # The loss only spreads probability over the allowed answers.
+    batch = _batch(kind, train, clip, 8)
+    assert batch["answer_mask"].shape == batch["targets"].shape
+    assert (batch["targets"][~batch["answer_mask"]] >= 0).all()
+    head = kind.build_head(clip)
+    loss = kind.loss(head, clip, batch, clip.encode_image(batch["images"]), clip.encode_text(batch["tokens"]))
+    assert torch.isfinite(loss)

@@ -106,13 +106,14 @@ class VQAKind(TaskKind):
         self.answers: list[str] = [a for a, _ in ranked[: spec.options["answer_vocab_size"]]]
         self.answer_index: dict[str, int] = {a: i for i, a in enumerate(self.answers)}
         # Answer filtering by question type (standard in zero-shot VQA): a "what colour" question is
-        # only scored against answers that training gave to its type.
+        # only scored against the answers that won a training question of its type (the majority
+        # answer), so rare synonyms ("yep") do not split the vote.
         by_type: dict[str, set[int]] = defaultdict(set)
         if spec.options.get("filter_by_type", True):
             for ex in train.examples:
-                if ex.question_type:
-                    by_type[ex.question_type].update(
-                        i for i in (self.answer_index.get(normalize_answer(a)) for a in ex.answers) if i is not None)
+                top = Counter(normalize_answer(a) for a in ex.answers).most_common(1)
+                if ex.question_type and top and top[0][0] in self.answer_index:
+                    by_type[ex.question_type].add(self.answer_index[top[0][0]])
         self.type_answers: dict[str, list[int]] = {t: sorted(ids) for t, ids in sorted(by_type.items())}
 
     def state(self) -> dict:
@@ -165,9 +166,10 @@ class VQAKind(TaskKind):
         if text_emb is None:
             raise ValueError(f"task {self.name!r}: the VQA loss needs the question embeddings of its rows")
         logits = head(image_emb, text_emb)
+        targets = batch["targets"].float()
         if "answer_mask" in batch:
             logits = logits.masked_fill(~batch["answer_mask"], torch.finfo(logits.dtype).min)
-        targets = batch["targets"].float()
+            targets = targets * batch["answer_mask"]
         mass = targets.sum(dim=1)
         keep = mass > 0
         if not bool(keep.any()):
