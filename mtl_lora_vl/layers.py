@@ -156,7 +156,7 @@ class AdapterBank(nn.Module):
             getattr(self, name)[: snap.shape[0]].copy_(snap)
 
     # The small per-task matrices ------------------------------------------------------------
-    def mixing_weights(self, tasks: torch.Tensor | None = None) -> torch.Tensor:
+    def mixing_weights(self, tasks: torch.Tensor | slice | None = None) -> torch.Tensor:
         """softmax(w_t / τ) for the given task indices (all tasks by default): (len, n)."""
         w = self.lora_w if tasks is None else self.lora_w[tasks]
         return torch.softmax(w / self.temperature, dim=-1)
@@ -171,7 +171,7 @@ class AdapterBank(nn.Module):
     def task_matrices(self, tasks: tuple[int, ...]) -> torch.Tensor:
         """M_t for each task in ``tasks``: (len(tasks), d_out_adapted, R), scaling included."""
         B, s = self.lora_B, self.scaling
-        idx = torch.tensor(tasks, device=B.device)
+        idx = _task_index(tasks, B.device)
         if self.method == "mtl_lora":
             Bbar = torch.einsum("pn,nor->por", self.mixing_weights(idx), B)
             if self.lambda_type == "full":
@@ -246,7 +246,7 @@ class AdapterBank(nn.Module):
         shape[self.batch_dim] = route.batch_size
         mask = route.mask(xd.device, xd.dtype).view(*shape, P, 1)
         if self.method == "task_lora":
-            A = self.lora_A[list(route.present)].reshape(-1, self.d_in)
+            A = self.lora_A[_task_index(route.present, xd.device)].reshape(-1, self.d_in)
             z = F.linear(xd, A.to(xd.dtype)).unflatten(-1, (P, -1))
         else:
             z = F.linear(xd, self.a_matrix().to(xd.dtype)).unsqueeze(-2)
@@ -283,6 +283,14 @@ def _zero_rows_hook(n_old: int):
         return grad
 
     return hook
+
+
+def _task_index(tasks: tuple[int, ...], device: torch.device) -> slice | torch.Tensor:
+    """Index of the task rows: a slice when they are consecutive (the usual case: no host-to-device
+    copy in the forward pass), else an index tensor."""
+    if all(b == a + 1 for a, b in zip(tasks, tasks[1:])):
+        return slice(tasks[0], tasks[-1] + 1)
+    return torch.tensor(tasks, device=device)
 
 
 def _add_matmul(out: torch.Tensor, z: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
