@@ -423,3 +423,14 @@ def test_vqa_answers_are_filtered_by_question_type(clip):
     head = kind.build_head(clip)
     loss = kind.loss(head, clip, batch, clip.encode_image(batch["images"]), clip.encode_text(batch["tokens"]))
     assert torch.isfinite(loss)
+
+
+def test_captioning_kind_rebuilds_from_state_and_needs_captions(coca):
+    spec = load_spec("captioning")
+    kind = build_kind(spec, _world(spec, "train", 6), coca)
+    again = build_kind(spec, None, coca, state=kind.state())
+    ex = _world(spec, "val", 2).examples[0]
+    assert again.sample_text(ex) == kind.sample_text(ex)
+    no_text = Split([Example(image=ex.image, image_id="x")])
+    with pytest.raises(ValueError, match="captioning needs captions"):
+        build_kind(spec, no_text, coca)

@@ -136,6 +136,21 @@ class TaskKind(ABC):
 # ---------------------------------------------------------------------------------------------- helpers
 
 
+def require_captions(spec: TaskSpec, train: Split | None) -> None:
+    """Caption-based kinds (retrieval, captioning) need text in their training split (when given)."""
+    if train is not None and not any(ex.text or ex.captions for ex in train.examples):
+        raise ValueError(f"task {spec.name!r}: {spec.kind} needs captions, but no training example has text")
+
+
+def caption_of(task: str, example: Example) -> str:
+    """The caption a caption-based kind trains on: the example's text, else its first reference."""
+    if example.text:
+        return example.text
+    if example.captions:
+        return example.captions[0]
+    raise ValueError(f"task {task!r}: example {example.image_id!r} has no caption to train on")
+
+
 def spec_error(spec: TaskSpec, fld: str, expected: str, got: Any) -> SpecError:
     """A :class:`SpecError` naming the spec's file and field, for ``check_spec`` implementations."""
     return SpecError(f"{spec.source_file or spec.name}: field '{fld}': expected {expected}, got {got!r}")

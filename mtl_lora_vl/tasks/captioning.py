@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.metrics import caption_scores
-from mtl_lora_vl.tasks.base import TaskKind, autocast, spec_error
+from mtl_lora_vl.tasks.base import TaskKind, autocast, caption_of, require_captions, spec_error
 from mtl_lora_vl.tasks.registry import register_kind
 from mtl_lora_vl.tasks.spec import TaskSpec
 
@@ -86,15 +86,10 @@ class CaptioningKind(TaskKind):
                 f"task {spec.name!r} (captioning) needs a backbone with a text decoder, but backbone "
                 f"{backbone.name!r} ({type(backbone.model).__name__}) has none; use an open_clip CoCa, e.g. "
                 f"--backbone open_clip:coca_ViT-B-32 --pretrained /path/to/coca_weights.bin")
-        if not any(ex.text or ex.captions for ex in train.examples):
-            raise ValueError(f"task {spec.name!r}: captioning needs captions, but no training example has text")
+        require_captions(spec, train)
 
     def sample_text(self, example: Example) -> str:
-        if example.text:
-            return example.text
-        if example.captions:
-            return example.captions[0]
-        raise ValueError(f"task {self.name!r}: example {example.image_id!r} has no caption to train on")
+        return caption_of(self.name, example)
 
     def build_head(self, backbone) -> CaptionHead:
         return CaptionHead(self.spec.options["max_len"], self.spec.options["beam_size"])

@@ -21,10 +21,12 @@ from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.metrics import retrieval_recall
 from mtl_lora_vl.tasks.base import (
     TaskKind,
+    caption_of,
     encode_texts,
     image_embeddings,
     logit_scale_of,
     model_device,
+    require_captions,
     spec_error,
 )
 from mtl_lora_vl.tasks.registry import register_kind
@@ -112,15 +114,10 @@ class RetrievalKind(TaskKind):
 
     def __init__(self, spec: TaskSpec, train: Split | None, backbone, state: dict | None = None) -> None:
         super().__init__(spec, train, backbone, state)
-        if train is not None and not any(ex.text or ex.captions for ex in train.examples):
-            raise ValueError(f"task {spec.name!r}: retrieval needs captions, but no training example has text")
+        require_captions(spec, train)
 
     def sample_text(self, example: Example) -> str:
-        if example.text:
-            return example.text
-        if example.captions:
-            return example.captions[0]
-        raise ValueError(f"task {self.name!r}: example {example.image_id!r} has no caption to train on")
+        return caption_of(self.name, example)
 
     def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]:
         return {"image_key": torch.tensor(_image_key(example.image_id), dtype=torch.long)}
