@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from .attach import attach_info
+
 
 def markdown_table(result: dict[str, Any]) -> str:
     """| task | metric | zero-shot | adapted | change | as Markdown (also readable printed)."""
@@ -19,14 +21,22 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 def mixing_matrices(model) -> dict[str, torch.Tensor]:
     """softmax(w_t / τ) averaged over the adapted projections of each tower: {tower: (T, n)}."""
-    from .attach import attach_info
-
     info = attach_info(model)
     per: dict[str, list[torch.Tensor]] = {}
     for name, bank in info.layers.items():
         if hasattr(bank, "lora_w"):
             per.setdefault(info.towers[name], []).append(bank.mixing_weights().detach().float().cpu())
     return {tower: torch.stack(ms).mean(0) for tower, ms in per.items()}
+
+
+def _save(fig, path: Path, tight: bool = True) -> Path:
+    import matplotlib.pyplot as plt
+
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -57,10 +67,7 @@ def write_plots(run_dir: Path, result: dict[str, Any], model) -> list[Path]:
         ax.set_ylabel("training loss")
         ax.set_title("Training loss per task")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(out / "training_curves.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(_save(fig, out / "training_curves.png"))
 
     tasks = list(result["tasks"])
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(tasks), 3.5))
@@ -73,14 +80,11 @@ def write_plots(run_dir: Path, result: dict[str, Any], model) -> list[Path]:
     ax.set_ylim(0, 1)
     ax.set_title("Zero-shot vs adapted")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    written.append(out / "zero_shot_vs_adapted.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written.append(_save(fig, out / "zero_shot_vs_adapted.png"))
 
     mix = mixing_matrices(model)
     if mix:
-        names = model._mtl_lora.config.tasks if hasattr(model, "_mtl_lora") else [str(i) for i in range(len(tasks))]
+        names = attach_info(model).config.tasks
         fig, axes = plt.subplots(1, len(mix), figsize=(4.2 * len(mix) + 0.8, 0.5 * len(names) + 1.8), squeeze=False,
                                  layout="constrained")
         for ax, (tower, m) in zip(axes[0], sorted(mix.items())):
@@ -93,7 +97,5 @@ def write_plots(run_dir: Path, result: dict[str, Any], model) -> list[Path]:
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k", fontsize=8)
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
         fig.suptitle("softmax(w_t / τ): how tasks share the up-projections", fontsize=9)
-        written.append(out / "task_mixing.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(_save(fig, out / "task_mixing.png", tight=False))
     return written
