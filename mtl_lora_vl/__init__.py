@@ -8,7 +8,19 @@ The public API (DESIGN §4)::
         ...
 """
 
-from .adapter_io import (
+from .adapters.attach import (
+    AttachError,
+    attach,
+    merge,
+    merged_state_dict,
+    parameter_report,
+    trainable_parameters,
+    unmerge,
+)
+from .adapters.routing import RoutingError, disabled, route
+from .config import ConfigError, MTLLoRAConfig
+from .families import FAMILIES
+from .io.adapter_io import (
     AdapterFileError,
     add_task,
     export_lora,
@@ -18,18 +30,6 @@ from .adapter_io import (
     save_adapter,
     save_merged,
 )
-from .attach import (
-    FAMILIES,
-    AttachError,
-    attach,
-    merge,
-    merged_state_dict,
-    parameter_report,
-    trainable_parameters,
-    unmerge,
-)
-from .config import ConfigError, MTLLoRAConfig
-from .routing import RoutingError, disabled, route
 
 __version__ = "0.1.0"
 

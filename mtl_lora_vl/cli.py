@@ -14,7 +14,9 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from .train import TrainOptions, option_names
+from .evaluation.evaluate import evaluate_adapter
+from .options import TrainOptions, option_names
+from .training.train import train
 
 
 def _type_of(f) -> Any:
@@ -100,8 +102,6 @@ def _run(fn, *args) -> int:
 
 def train_main(argv: list[str] | None = None) -> int:
     """Entry point of ``mtl-lora-vl-train`` and ``scripts/train_vl.py``."""
-    from .train import train
-
     return _run(train, parse_train_args(argv))
 
 
@@ -129,8 +129,6 @@ def build_eval_parser() -> argparse.ArgumentParser:
 
 def eval_main(argv: list[str] | None = None) -> int:
     """Entry point of ``mtl-lora-vl-eval`` and ``scripts/evaluate_vl.py``."""
-    from .evaluate import evaluate_adapter
-
     args = build_eval_parser().parse_args(argv)
     return _run(lambda: print(evaluate_adapter(**vars(args))))
 

@@ -11,8 +11,14 @@ from conftest import llava_inputs, tiny_hf_clip, tiny_llava, tiny_open_clip, tin
 from torch import nn
 
 import mtl_lora_vl as mlv
-from mtl_lora_vl.adapter_io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEADS_WEIGHTS, AdapterFileError, _sha256
-from mtl_lora_vl.layers import ADAPTER_PARAM_NAMES
+from mtl_lora_vl.adapters.layers import ADAPTER_PARAM_NAMES
+from mtl_lora_vl.io.adapter_io import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    HEADS_WEIGHTS,
+    AdapterFileError,
+    _sha256,
+)
 
 TASKS = ["vqa", "retrieval", "cls"]
 
@@ -301,7 +307,7 @@ def test_head_mismatch_is_named(oc_adapter):
 
 
 def test_refuses_to_overwrite_and_keeps_the_old_directory(oc_adapter, tmp_path, monkeypatch):
-    import mtl_lora_vl.adapter_io as aio
+    import mtl_lora_vl.io.adapter_io as aio
 
     model = oc_adapter[1]
     path = mlv.save_adapter(model, tmp_path / "adapter")

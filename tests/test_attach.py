@@ -10,7 +10,7 @@ from conftest import llava_inputs, tiny_hf_clip, tiny_llava, tiny_open_clip, tin
 from torch import nn
 
 import mtl_lora_vl as mlv
-from mtl_lora_vl.layers import ADAPTER_PARAM_NAMES
+from mtl_lora_vl.adapters.layers import ADAPTER_PARAM_NAMES
 
 TASKS = ["vqa", "retrieval", "cls"]
 

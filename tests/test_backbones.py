@@ -227,7 +227,7 @@ def test_hf_clip_directory(tok_dir, tmp_path):
 
 
 def test_builtin_missing_weights_message(monkeypatch, tmp_path):
-    import mtl_lora_vl.backbones as backbones
+    import mtl_lora_vl.backbones.core as backbones
 
     monkeypatch.setattr(backbones, "builtin_dir", lambda: tmp_path / "builtin_clip")
     with pytest.raises(FileNotFoundError, match="scripts/pretrain_backbone.py"):

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import mtl_lora_vl as mlv
-from mtl_lora_vl.layers import LoRALinear, LoRAMultiheadAttention
-from mtl_lora_vl.routing import Router
+from mtl_lora_vl.adapters.layers import LoRALinear, LoRAMultiheadAttention
+from mtl_lora_vl.adapters.routing import Router
 
 METHODS = ["mtl_lora", "lora", "task_lora", "multi_lora", "moe_lora"]
 TASKS = ["a", "b", "c"]

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from .data.loader import task_views
-from .routing import route
+from ..adapters.routing import route
+from ..data.loader import task_views
 
 if TYPE_CHECKING:
-    from .backbones import Backbone
-    from .tasks.base import TaskKind
+    from ..backbones import Backbone
+    from ..tasks.base import TaskKind
 
 
 class MultiTaskModel(nn.Module):

@@ -59,9 +59,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .attach import AttachError, attach, attach_info, find_family, merged_state_dict, select_targets
-from .config import ConfigError, MTLLoRAConfig
-from .layers import ADAPTER_PARAM_NAMES, AdapterBank, LoRALinear
+from ..adapters.attach import AttachError, attach, attach_info, find_family, merged_state_dict, select_targets
+from ..adapters.layers import ADAPTER_PARAM_NAMES, AdapterBank, LoRALinear
+from ..config import ConfigError, MTLLoRAConfig
 
 try:  # Python >= 3.11
     import tomllib
@@ -69,7 +69,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with the tomli bac
     import tomli as tomllib
 
 if TYPE_CHECKING:
-    from .backbones import Backbone
+    from ..backbones import Backbone
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -108,7 +108,7 @@ class AdapterFileError(ValueError):
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
@@ -593,7 +593,7 @@ def load_pretrained(
     rebuilds it from the training split (``data_root`` for file-based specs). Each head is built by its
     kind, then filled from ``heads.safetensors``.
     """
-    from .backbones import load_backbone
+    from ..backbones import load_backbone
 
     path = Path(path)
     doc = read_adapter_config(path)
@@ -616,7 +616,7 @@ def load_pretrained(
     kinds: dict[str, Any] = {}
     specs: dict[str, Any] = {}
     if doc.get("task_specs"):
-        from .tasks import build_kind, load_spec
+        from ..tasks import build_kind, load_spec
 
         for task, rel in doc["task_specs"].items():
             try:

@@ -11,8 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from .routing import disabled, route
+from ..adapters.routing import disabled, route
+from ..distributed import pick_device
+from ..io.adapter_io import load_pretrained
+from ..multitask import MultiTaskModel, Setup
+from ..precision import resolve_precision
+from ..rundir import RunDirError
+from .report import markdown_table, write_plots
 
 
 def _split_for(spec, wanted: str) -> str:
@@ -61,8 +68,6 @@ def evaluate_setup(setup, *, split: str, data_root: str | None, device, dtype: t
 
 def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model) -> str:
     """eval.json, report.md and plots/ in ``run_dir``; returns the printed table."""
-    from .report import markdown_table, write_plots
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -81,13 +86,6 @@ def evaluate_adapter(adapter: str | Path, tasks: str | None = None, backbone: st
     """``evaluate_vl.py``: load an adapter directory onto a fresh base model, score zero-shot vs adapted,
     write the outputs to ``out``; returns the table. Needs nothing but the adapter directory (and
     ``data_root`` for file-based tasks)."""
-    from torch import nn
-
-    from .adapter_io import load_pretrained
-    from .distributed import pick_device
-    from .multitask import MultiTaskModel
-    from .train import RunDirError, Setup, resolve_precision
-
     adapter = Path(adapter)
     out = Path(out) if out else adapter.resolve().parent / f"eval-{split}"
     if out.exists() and any(out.iterdir()) and not overwrite:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import MTLLoRAConfig
+from ..config import MTLLoRAConfig
 from .routing import Route, Router, RoutingError
 
 ADAPTER_PARAM_NAMES = ("lora_A", "lora_B", "lora_lambda", "lora_w")

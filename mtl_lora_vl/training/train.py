@@ -11,135 +11,26 @@ import contextlib
 import json
 import math
 import random
-import shutil
 import signal
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .attach import attach, attach_info, parameter_report
+from ..adapters.attach import parameter_report
+from ..data.loader import MultiTaskLoader, to_device
+from ..distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, write_outputs
+from ..io.adapter_io import save_adapter
+from ..multitask import Setup, build_setup, extend_setup
+from ..options import TrainOptions
+from ..precision import autocast, resolve_precision
+from ..rundir import prepare_run_dir
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import MTLLoRAConfig
-from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
-from .multitask import MultiTaskModel
-
-
-def _opt(default: Any, help: str, **kw: Any) -> Any:
-    return field(default=default, metadata={"help": help, **kw})
-
-
-@dataclass
-class TrainOptions:
-    """Every option of a training run; the command line and ``--config FILE`` set the same names."""
-
-    tasks: str = _opt("vqa,retrieval", "comma-separated task names (built-in specs) or paths to task TOML files")
-    backbone: str = _opt("builtin", "builtin | open_clip:NAME (with --pretrained FILE) | hf:DIR (local Hugging Face CLIP)")
-    pretrained: str | None = _opt(None, "local checkpoint file for open_clip:NAME")
-    data_root: str | None = _opt(None, "folder that task specs' data paths are relative to")
-    method: str = _opt("mtl_lora", "adapter method", choices=["mtl_lora", "lora", "task_lora", "multi_lora", "moe_lora"])
-    rank: int = _opt(8, "adapter rank r")
-    alpha: float = _opt(16.0, "adapter scaling numerator (s = alpha / r)")
-    n_up: int = _opt(3, "number of shared up-projections B_i (experts for moe_lora / multi_lora)")
-    temperature: float = _opt(0.5, "temperature tau of softmax(w_t / tau)")
-    lambda_type: str = _opt("full", "task-specific Lambda_t", choices=["full", "diagonal", "none"])
-    dropout: float = _opt(0.0, "dropout on adapter inputs")
-    targets: str = _opt("default", "'default' or a JSON dict {\"image\": [regex], \"text\": [regex]}")
-    steps: int = _opt(400, "optimizer steps (ignored when --epochs is given)")
-    epochs: float | None = _opt(None, "train for this many passes over all tasks' training data instead of --steps")
-    batch_size: int = _opt(64, "samples per step and per process (before accumulation)")
-    lr: float = _opt(2e-3, "learning rate of the adapters")
-    head_lr: float = _opt(3e-3, "learning rate of the task heads")
-    weight_decay: float = _opt(0.01, "AdamW weight decay")
-    warmup: int = _opt(20, "linear warm-up steps before the cosine schedule")
-    grad_clip: float = _opt(1.0, "clip the gradient norm to this (0 = off)")
-    accumulate: int = _opt(1, "gradient accumulation: micro-batches per optimizer step")
-    precision: str = _opt("auto", "auto = bf16 on a GPU that supports it, else fp32", choices=["auto", "fp32", "bf16", "fp16"])
-    device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
-    workers: int = _opt(-1, "data loader workers (-1 = choose from the CPU count)")
-    batch_mode: str = _opt("mixed", "mixed: several tasks per batch; homogeneous: one task per step", choices=["mixed", "homogeneous"])
-    sampling: str = _opt("temperature", "how tasks are drawn", choices=["proportional", "temperature", "round_robin"])
-    sampling_temperature: float = _opt(2.0, "T of temperature sampling, p ~ n^(1/T)")
-    eval_every: int = _opt(0, "evaluate the adapted model on the validation split every N steps (0 = only at the end)")
-    save_every: int = _opt(100, "write a checkpoint every N steps (and on Ctrl-C)")
-    log_every: int = _opt(10, "log training metrics every N steps")
-    eval_batch_size: int = _opt(256, "batch size of evaluation")
-    eval_split: str = _opt("test", "split scored at the end (falls back to val when a task has no test split)")
-    out: str | None = _opt(None, "run directory (default runs/<tasks>-<method>-<time>)")
-    resume: str | None = _opt(None, "continue the killed or stopped run in this directory")
-    extend: str | None = _opt(None, "add --tasks to the trained adapter of this run directory (or adapter directory), "
-                              "training only their Lambda_t, w_t and heads; the other tasks stay bit-identical")
-    overwrite: bool = _opt(False, "replace an existing run directory")
-    seed: int = _opt(0, "random seed")
-    compile: bool = _opt(False, "torch.compile the training forward pass (towers, adapters and heads)")
-    max_bad_steps: int = _opt(5, "stop after this many non-finite losses in a row")
-    config: str | None = _opt(None, "JSON or TOML file with any of these options (flags given on the command line win)")
-
-    def validate(self) -> None:
-        for name in ("batch_size", "accumulate", "save_every", "log_every", "eval_batch_size", "max_bad_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
-        if self.steps < 1 and not self.epochs:
-            raise ValueError(f"--steps: must be >= 1, got {self.steps}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ValueError(f"--epochs: must be > 0, got {self.epochs}")
-        for name in ("lr", "head_lr"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')}: must be > 0, got {getattr(self, name)}")
-
-
-def option_names() -> list[str]:
-    return [f.name for f in fields(TrainOptions)]
-
-
-# Run directory ----------------------------------------------------------------------------------
-class RunDirError(RuntimeError):
-    """The run directory cannot be used as asked (it exists, or there is nothing to resume)."""
-
-
-def prepare_run_dir(opts: TrainOptions, info: DistInfo) -> Path:
-    """The run directory: new, resumed, or replaced with --overwrite; never silently reused."""
-    if opts.resume:
-        run = Path(opts.resume)
-        if not (run / "config.json").is_file():
-            raise RunDirError(f"--resume {run}: not a run directory (no config.json); give the --out folder of a run")
-        return run
-    if opts.out:
-        run = Path(opts.out)
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run = Path("runs") / f"{opts.tasks.replace(',', '+').replace('/', '_')}-{opts.method}-{stamp}"
-    if run.exists() and any(run.iterdir()):
-        if not opts.overwrite:
-            raise RunDirError(
-                f"--out {run}: the directory exists and is not empty; pass --overwrite to replace it, "
-                f"--resume {run} to continue it, or choose another --out"
-            )
-        if info.is_main:
-            shutil.rmtree(run)
-    barrier(info)
-    if info.is_main:
-        run.mkdir(parents=True, exist_ok=True)
-    barrier(info)
-    return run
-
-
-# Precision --------------------------------------------------------------------------------------
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype: bf16 / fp16 / fp32 (``auto`` = bf16 on a capable GPU, else fp32)."""
-    if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype):
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 # Schedule ---------------------------------------------------------------------------------------
@@ -170,85 +61,8 @@ class _Stop(Exception):
     """Raised inside the loop by SIGTERM so that the run saves a checkpoint and exits."""
 
 
-# The run ----------------------------------------------------------------------------------------
-@dataclass
-class Setup:
-    """Everything built before the loop; also used by evaluation of a finished run.
-
-    ``specs``/``kinds`` cover every task of the adapter (all are evaluated); ``train_splits`` only the
-    tasks this run trains (all of them, or the new ones of an ``--extend`` run).
-    """
-
-    backbone: Any
-    specs: list
-    kinds: dict
-    model: MultiTaskModel
-    config: MTLLoRAConfig
-    train_splits: dict = field(default_factory=dict)
-    extended_from: list[str] = field(default_factory=list)
-    new_adapter_values: int | None = None
-
-
-def build_setup(opts: TrainOptions, device: torch.device, extend_from: str | None = None) -> Setup:
-    """Backbone, task specs and kinds, heads (initialised to the zero-shot rule), adapters."""
-    from .backbones import load_backbone
-    from .tasks import build_kind, resolve_tasks
-
-    backbone = load_backbone(opts.backbone, opts.pretrained, device)
-    specs = resolve_tasks(opts.tasks)
-    train_splits = {s.name: s.load_split("train", opts.data_root) for s in specs}
-    kinds = {s.name: build_kind(s, train_splits[s.name], backbone) for s in specs}
-    heads = nn.ModuleDict({name: kind.build_head(backbone) for name, kind in kinds.items()})
-    targets: Any = opts.targets if opts.targets == "default" else json.loads(opts.targets)
-    cfg = MTLLoRAConfig(tasks=list(kinds), r=opts.rank, alpha=opts.alpha, n_up=opts.n_up,
-                        temperature=opts.temperature, dropout=opts.dropout, lambda_type=opts.lambda_type,
-                        method=opts.method, targets=targets)
-    attach(backbone.model, cfg)
-    model = MultiTaskModel(backbone, kinds, heads).to(device)
-    return Setup(backbone, specs, kinds, model, cfg, train_splits)
-
-
-def extend_setup(opts: TrainOptions, device: torch.device) -> Setup:
-    """A trained adapter plus new tasks: only the new Λ_t, w_t and heads will train (see add_task)."""
-    from .adapter_io import add_task, load_pretrained
-    from .routing import disabled
-    from .tasks import build_kind, resolve_tasks
-
-    src = Path(opts.extend)
-    adapter_dir = src / "adapter" if (src / "adapter" / "adapter_config.json").is_file() else src
-    lp = load_pretrained(adapter_dir, device, backbone=None if opts.backbone == "builtin" else opts.backbone,
-                         pretrained=opts.pretrained, data_root=opts.data_root)
-    old = list(lp.config.tasks)
-    missing = [t for t in old if t not in lp.kinds or t not in lp.heads]
-    if missing:
-        raise ValueError(f"--extend {src}: the adapter has no saved spec or head for task(s) {missing}; "
-                         "it cannot be evaluated or re-saved whole")
-    new_specs = resolve_tasks(opts.tasks)
-    clash = [s.name for s in new_specs if s.name in old]
-    if clash:
-        raise ValueError(f"--extend {src}: task(s) {clash} are already in the adapter {old}; --tasks must name new tasks")
-    bb = lp.backbone
-    train_splits = {s.name: s.load_split("train", opts.data_root) for s in new_specs}
-    kinds = dict(lp.kinds)
-    heads = nn.ModuleDict(lp.heads)
-    for head in heads.values():
-        head.requires_grad_(False)
-    added = 0
-    for spec in new_specs:
-        kinds[spec.name] = build_kind(spec, train_splits[spec.name], bb)
-        added += add_task(bb.model, spec.name)
-        with disabled(bb.model):  # the new head starts from the base model's zero-shot rule
-            heads[spec.name] = kinds[spec.name].build_head(bb)
-    specs = [lp.specs[t] for t in old] + new_specs
-    model = MultiTaskModel(bb, kinds, heads).to(device)
-    return Setup(bb, specs, kinds, model, attach_info(bb.model).config, train_splits, extended_from=old,
-                 new_adapter_values=added)
-
-
 def train(opts: TrainOptions) -> Path:
     """Run (or resume) one training run and its final evaluation; returns the run directory."""
-    from .data.loader import MultiTaskLoader, to_device
-
     opts.validate()
     info = init_distributed(opts.device)
     device = info.device
@@ -416,9 +230,6 @@ def train(opts: TrainOptions) -> Path:
     checkpoint()
     result = None
     if info.is_main:
-        from .adapter_io import save_adapter
-        from .evaluate import evaluate_setup, write_outputs
-
         save_adapter(model.model, run_dir / "adapter", heads=dict(model.heads.items()),
                      task_specs={s.name: s.source_file for s in setup.specs if s.source_file},
                      base={"backbone": opts.backbone, "pretrained": opts.pretrained},
@@ -440,8 +251,6 @@ def _eval_during_training(setup: Setup, opts: TrainOptions, device, dtype, step:
     if not info.is_main:
         barrier(info)
         return
-    from .evaluate import evaluate_adapted
-
     scores = evaluate_adapted(setup, split="val", data_root=opts.data_root, device=device, dtype=dtype,
                               batch_size=opts.eval_batch_size)
     logger.log({"step": step, **{f"eval/{t}/{m}": v for t, r in scores.items() for m, v in r.items()}})

@@ -661,7 +661,7 @@ def builtin_dir() -> Path:
         candidates.append(Path(str(files("mtl_lora_vl") / "assets" / _BUILTIN_SUBDIR)))
     except (ModuleNotFoundError, TypeError):
         pass
-    candidates.append(Path(__file__).resolve().parent.parent / "assets" / _BUILTIN_SUBDIR)
+    candidates.append(Path(__file__).resolve().parents[2] / "assets" / _BUILTIN_SUBDIR)
     for c in candidates:
         if (c / _BUILTIN_CONFIG).is_file():
             return c

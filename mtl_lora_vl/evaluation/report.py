@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .attach import attach_info
+from ..adapters.attach import attach_info
 
 
 def markdown_table(result: dict[str, Any]) -> str:

@@ -1,0 +1,1 @@
+"""Zero-shot vs adapted evaluation, reports and plots."""

@@ -1,0 +1,1 @@
+"""Adapter files, exports (PEFT, plain LoRA, merged) and one-call loading."""

@@ -1,0 +1,88 @@
+"""Setup: the backbone, tasks, heads and adapters of a run, built once; used by training and evaluation."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..adapters.attach import attach, attach_info
+from ..adapters.routing import disabled
+from ..backbones import load_backbone
+from ..config import MTLLoRAConfig
+from ..io.adapter_io import add_task, load_pretrained
+from ..options import TrainOptions
+from ..tasks import build_kind, resolve_tasks
+from .model import MultiTaskModel
+
+
+@dataclass
+class Setup:
+    """Everything built before the loop; also used by evaluation of a finished run.
+
+    ``specs``/``kinds`` cover every task of the adapter (all are evaluated); ``train_splits`` only the
+    tasks this run trains (all of them, or the new ones of an ``--extend`` run).
+    """
+
+    backbone: Any
+    specs: list
+    kinds: dict
+    model: MultiTaskModel
+    config: MTLLoRAConfig
+    train_splits: dict = field(default_factory=dict)
+    extended_from: list[str] = field(default_factory=list)
+    new_adapter_values: int | None = None
+
+
+def build_setup(opts: TrainOptions, device: torch.device, extend_from: str | None = None) -> Setup:
+    """Backbone, task specs and kinds, heads (initialised to the zero-shot rule), adapters."""
+    backbone = load_backbone(opts.backbone, opts.pretrained, device)
+    specs = resolve_tasks(opts.tasks)
+    train_splits = {s.name: s.load_split("train", opts.data_root) for s in specs}
+    kinds = {s.name: build_kind(s, train_splits[s.name], backbone) for s in specs}
+    heads = nn.ModuleDict({name: kind.build_head(backbone) for name, kind in kinds.items()})
+    targets: Any = opts.targets if opts.targets == "default" else json.loads(opts.targets)
+    cfg = MTLLoRAConfig(tasks=list(kinds), r=opts.rank, alpha=opts.alpha, n_up=opts.n_up,
+                        temperature=opts.temperature, dropout=opts.dropout, lambda_type=opts.lambda_type,
+                        method=opts.method, targets=targets)
+    attach(backbone.model, cfg)
+    model = MultiTaskModel(backbone, kinds, heads).to(device)
+    return Setup(backbone, specs, kinds, model, cfg, train_splits)
+
+
+def extend_setup(opts: TrainOptions, device: torch.device) -> Setup:
+    """A trained adapter plus new tasks: only the new Λ_t, w_t and heads will train (see add_task)."""
+    src = Path(opts.extend)
+    adapter_dir = src / "adapter" if (src / "adapter" / "adapter_config.json").is_file() else src
+    lp = load_pretrained(adapter_dir, device, backbone=None if opts.backbone == "builtin" else opts.backbone,
+                         pretrained=opts.pretrained, data_root=opts.data_root)
+    old = list(lp.config.tasks)
+    missing = [t for t in old if t not in lp.kinds or t not in lp.heads]
+    if missing:
+        raise ValueError(f"--extend {src}: the adapter has no saved spec or head for task(s) {missing}; "
+                         "it cannot be evaluated or re-saved whole")
+    new_specs = resolve_tasks(opts.tasks)
+    clash = [s.name for s in new_specs if s.name in old]
+    if clash:
+        raise ValueError(f"--extend {src}: task(s) {clash} are already in the adapter {old}; --tasks must name new tasks")
+    bb = lp.backbone
+    train_splits = {s.name: s.load_split("train", opts.data_root) for s in new_specs}
+    kinds = dict(lp.kinds)
+    heads = nn.ModuleDict(lp.heads)
+    for head in heads.values():
+        head.requires_grad_(False)
+    added = 0
+    for spec in new_specs:
+        kinds[spec.name] = build_kind(spec, train_splits[spec.name], bb)
+        added += add_task(bb.model, spec.name)
+        with disabled(bb.model):  # the new head starts from the base model's zero-shot rule
+            heads[spec.name] = kinds[spec.name].build_head(bb)
+    specs = [lp.specs[t] for t in old] + new_specs
+    model = MultiTaskModel(bb, kinds, heads).to(device)
+    return Setup(bb, specs, kinds, model, attach_info(bb.model).config, train_splits, extended_from=old,
+                 new_adapter_values=added)
+

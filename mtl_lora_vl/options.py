@@ -1,0 +1,74 @@
+"""TrainOptions: every option of a training run, one typed source for the command line and config files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainOptions:
+    """Every option of a training run; the command line and ``--config FILE`` set the same names."""
+
+    tasks: str = _opt("vqa,retrieval", "comma-separated task names (built-in specs) or paths to task TOML files")
+    backbone: str = _opt("builtin", "builtin | open_clip:NAME (with --pretrained FILE) | hf:DIR (local Hugging Face CLIP)")
+    pretrained: str | None = _opt(None, "local checkpoint file for open_clip:NAME")
+    data_root: str | None = _opt(None, "folder that task specs' data paths are relative to")
+    method: str = _opt("mtl_lora", "adapter method", choices=["mtl_lora", "lora", "task_lora", "multi_lora", "moe_lora"])
+    rank: int = _opt(8, "adapter rank r")
+    alpha: float = _opt(16.0, "adapter scaling numerator (s = alpha / r)")
+    n_up: int = _opt(3, "number of shared up-projections B_i (experts for moe_lora / multi_lora)")
+    temperature: float = _opt(0.5, "temperature tau of softmax(w_t / tau)")
+    lambda_type: str = _opt("full", "task-specific Lambda_t", choices=["full", "diagonal", "none"])
+    dropout: float = _opt(0.0, "dropout on adapter inputs")
+    targets: str = _opt("default", "'default' or a JSON dict {\"image\": [regex], \"text\": [regex]}")
+    steps: int = _opt(400, "optimizer steps (ignored when --epochs is given)")
+    epochs: float | None = _opt(None, "train for this many passes over all tasks' training data instead of --steps")
+    batch_size: int = _opt(64, "samples per step and per process (before accumulation)")
+    lr: float = _opt(2e-3, "learning rate of the adapters")
+    head_lr: float = _opt(3e-3, "learning rate of the task heads")
+    weight_decay: float = _opt(0.01, "AdamW weight decay")
+    warmup: int = _opt(20, "linear warm-up steps before the cosine schedule")
+    grad_clip: float = _opt(1.0, "clip the gradient norm to this (0 = off)")
+    accumulate: int = _opt(1, "gradient accumulation: micro-batches per optimizer step")
+    precision: str = _opt("auto", "auto = bf16 on a GPU that supports it, else fp32", choices=["auto", "fp32", "bf16", "fp16"])
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
+    workers: int = _opt(-1, "data loader workers (-1 = choose from the CPU count)")
+    batch_mode: str = _opt("mixed", "mixed: several tasks per batch; homogeneous: one task per step", choices=["mixed", "homogeneous"])
+    sampling: str = _opt("temperature", "how tasks are drawn", choices=["proportional", "temperature", "round_robin"])
+    sampling_temperature: float = _opt(2.0, "T of temperature sampling, p ~ n^(1/T)")
+    eval_every: int = _opt(0, "evaluate the adapted model on the validation split every N steps (0 = only at the end)")
+    save_every: int = _opt(100, "write a checkpoint every N steps (and on Ctrl-C)")
+    log_every: int = _opt(10, "log training metrics every N steps")
+    eval_batch_size: int = _opt(256, "batch size of evaluation")
+    eval_split: str = _opt("test", "split scored at the end (falls back to val when a task has no test split)")
+    out: str | None = _opt(None, "run directory (default runs/<tasks>-<method>-<time>)")
+    resume: str | None = _opt(None, "continue the killed or stopped run in this directory")
+    extend: str | None = _opt(None, "add --tasks to the trained adapter of this run directory (or adapter directory), "
+                              "training only their Lambda_t, w_t and heads; the other tasks stay bit-identical")
+    overwrite: bool = _opt(False, "replace an existing run directory")
+    seed: int = _opt(0, "random seed")
+    compile: bool = _opt(False, "torch.compile the training forward pass (towers, adapters and heads)")
+    max_bad_steps: int = _opt(5, "stop after this many non-finite losses in a row")
+    config: str | None = _opt(None, "JSON or TOML file with any of these options (flags given on the command line win)")
+
+    def validate(self) -> None:
+        for name in ("batch_size", "accumulate", "save_every", "log_every", "eval_batch_size", "max_bad_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
+        if self.steps < 1 and not self.epochs:
+            raise ValueError(f"--steps: must be >= 1, got {self.steps}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ValueError(f"--epochs: must be > 0, got {self.epochs}")
+        for name in ("lr", "head_lr"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')}: must be > 0, got {getattr(self, name)}")
+
+
+def option_names() -> list[str]:
+    return [f.name for f in fields(TrainOptions)]
+

@@ -1,0 +1,19 @@
+"""Mixed precision: which autocast dtype a run uses, and the one autocast context."""
+
+from __future__ import annotations
+
+import torch
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype: bf16 / fp16 / fp32 (``auto`` = bf16 on a capable GPU, else fp32)."""
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+

@@ -1,0 +1,1 @@
+"""Joint multi-task training: the loop, checkpoints."""
