@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
 
-    from mtl_lora_vl.io.adapter_io import AdapterFileError, load_pretrained, save_merged
+    from mtl_lora_vl.io import AdapterFileError, load_pretrained, save_merged
 
     try:
         loaded = load_pretrained(args.adapter, backbone=args.backbone, pretrained=args.pretrained, heads=False)

@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from ..adapters.attach import attach, attach_info
+from ..adapters.grow import add_task
 from ..adapters.routing import disabled
 from ..backbones import load_backbone
 from ..config import MTLLoRAConfig
-from ..io.adapter_io import add_task, load_pretrained
+from ..io import load_pretrained
 from ..options import TrainOptions
 from ..tasks import build_kind, resolve_tasks
 from .model import MultiTaskModel
