@@ -227,9 +227,9 @@ def test_hf_clip_directory(tok_dir, tmp_path):
 
 
 def test_builtin_missing_weights_message(monkeypatch, tmp_path):
-    import mtl_lora_vl.backbones.core as backbones
+    import mtl_lora_vl.backbones.builtin as builtin
 
-    monkeypatch.setattr(backbones, "builtin_dir", lambda: tmp_path / "builtin_clip")
+    monkeypatch.setattr(builtin, "builtin_dir", lambda: tmp_path / "builtin_clip")
     with pytest.raises(FileNotFoundError, match="scripts/pretrain_backbone.py"):
         load_backbone("builtin")
 
