@@ -22,17 +22,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..families import FAMILIES, find_family
+from .spec import BackboneSpec
 from .tokenizers import Tokenizer
-
-if TYPE_CHECKING:
-    from .spec import BackboneSpec
 
 __all__ = [
     "CAPABILITIES",

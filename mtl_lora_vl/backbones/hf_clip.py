@@ -41,11 +41,19 @@ class HFClipBackbone(Backbone):
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """transformers' switch, non-reentrant (frozen inputs need no ``requires_grad`` trick); it acts
-        in training mode only, as in transformers."""
-        if enabled:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        in training mode only, as in transformers. Uses ``activation_checkpointing_*`` (transformers >= 5.x)
+        or the older ``gradient_checkpointing_*`` names."""
+        model = self.model
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            if enabled:
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.activation_checkpointing_disable()
+        elif enabled:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         else:
-            self.model.gradient_checkpointing_disable()
+            model.gradient_checkpointing_disable()
 
     @classmethod
     def load(cls, spec: BackboneSpec, device: str | torch.device = "cpu") -> HFClipBackbone:

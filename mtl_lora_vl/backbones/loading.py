@@ -31,7 +31,6 @@ def load_backbone(spec: str = "builtin", pretrained: str | None = None,
     built-in architecture.
     """
     parsed = parse_spec(spec, pretrained)
-    if parsed.library == "open_clip":
-        return OpenClipBackbone.load(parsed, device)
-    cls = backbone_class_for(hf_model_class(hf_dir(parsed)))
-    return cls.load(parsed, device)
+    if parsed.kind == "hf":
+        return backbone_class_for(hf_model_class(hf_dir(parsed))).load(parsed, device)
+    return OpenClipBackbone.load(parsed, device)  # builtin, open_clip:NAME, open_clip:DIR

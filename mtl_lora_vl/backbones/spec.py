@@ -42,11 +42,6 @@ class BackboneSpec:
     pretrained: str | None = None
 
     @property
-    def library(self) -> Literal["open_clip", "hf"]:
-        """Which library builds the model: open_clip (``builtin`` and both ``open_clip:`` forms) or hf."""
-        return "hf" if self.kind == "hf" else "open_clip"
-
-    @property
     def label(self) -> str:
         """The name a loaded backbone carries: ``builtin``, ``open_clip:NAME`` / ``open_clip:DIR``, ``hf:DIR``."""
         if self.kind == "hf":

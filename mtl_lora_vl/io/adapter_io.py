@@ -62,7 +62,9 @@ from torch import nn
 from ..adapters.attach import AttachError, attach, attach_info, find_family, merged_state_dict, select_targets
 from ..adapters.grow import add_task
 from ..adapters.layers import ADAPTER_PARAM_NAMES, AdapterBank, LoRALinear
+from ..backbones.spec import parse_spec
 from ..config import ConfigError, MTLLoRAConfig
+from ..families import MERGED_WEIGHTS, merged_format, peft_export
 
 try:  # Python >= 3.11
     import tomllib
@@ -98,7 +100,6 @@ HEADS_WEIGHTS = "heads.safetensors"
 PLAIN_CONFIG = "lora_config.json"
 PLAIN_WEIGHTS = "lora_model.safetensors"
 TASKS_DIR = "tasks"
-_PEFT_FAMILIES = ("hf_clip", "llava")
 
 
 class AdapterFileError(ValueError):
@@ -265,10 +266,10 @@ def _absolute_base(base: dict[str, Any]) -> dict[str, Any]:
         base["pretrained"] = str(Path(pre).expanduser().resolve())
     spec = base.get("backbone")
     if isinstance(spec, str):
-        for prefix in ("open_clip:", "hf:"):
-            rest = spec[len(prefix):]
-            if spec.startswith(prefix) and rest and Path(rest).expanduser().is_dir():
-                base["backbone"] = prefix + str(Path(rest).expanduser().resolve())
+        try:
+            base["backbone"] = parse_spec(spec).absolute()
+        except ValueError:
+            pass  # not a backbone string this package loads: keep it as given
     return base
 
 
@@ -670,7 +671,7 @@ def export_lora(model: nn.Module, task: str, path: str | Path, format: str = "au
     inner = _adapted_module(model)
     info = inner._mtl_lora
     if format == "auto":
-        format = "peft" if info.family in _PEFT_FAMILIES else "plain"
+        format = "peft" if peft_export(info.family) else "plain"
     if format not in ("peft", "plain"):
         raise ValueError(f"export_lora: format must be 'auto', 'peft' or 'plain', got {format!r}")
     plan, pairs = _pairs(inner, task)
@@ -756,7 +757,7 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     models: a ``save_pretrained`` directory (plus ``source_dir``'s tokenizer/preprocessor files).
     """
     inner = _adapted_module(model)
-    fam = inner._mtl_lora.family
+    fmt = merged_format(inner._mtl_lora.family, inner)
     sd = merged_state_dict(inner, task)
     out = Path(out)
     if out.suffix == ".safetensors":
@@ -775,11 +776,10 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
             raise
         return out
     with _TmpDir(out, overwrite, "save_merged") as tmp:
-        if hasattr(inner, "save_pretrained") and fam != "open_clip":
+        if fmt == "hf":
             inner.save_pretrained(str(tmp), state_dict=sd)
         else:
-            name = "open_clip_model.safetensors" if fam == "open_clip" else "model.safetensors"
-            _save_tensors(sd, tmp / name, {"format": "pt", "mtl_lora_vl_task": task})
+            _save_tensors(sd, tmp / MERGED_WEIGHTS[fmt], {"format": "pt", "mtl_lora_vl_task": task})
         if source_dir is not None:
             for f in Path(source_dir).iterdir():
                 weights = f.suffix in (".safetensors", ".bin", ".pth", ".pt") or f.name.endswith(".index.json")
