@@ -205,14 +205,15 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
             while step < run.total_steps:
                 result = forward_backward(net, batches, optim, accumulate=opts.accumulate,
                                           backbone=run.setup.backbone, amp_dtype=run.amp_dtype, info=info)
-                step += 1  # a skipped step uses up its batch too; only the schedule stays
                 window.count(result.samples)
                 if not result.finite:
                     bad += 1
-                    skip_bad_step(optim, bad, step, opts.max_bad_steps, run.dir)
+                    skip_bad_step(optim, bad, step + 1, opts.max_bad_steps, run.dir)
+                    step += 1  # the batch is used up; the learning-rate schedule does not advance
                     continue
                 bad = 0
                 optimizer_step(optim, opts.grad_clip)
+                step += 1
                 window.add(result.losses)
                 progress.update(1)
 
