@@ -154,7 +154,7 @@ def test_graph_sees_the_package():
 def test_no_import_cycles():
     graph, _ = import_graph()
     for module, target in KNOWN_CYCLE_EDGES:
-        graph[module].discard(target)
+        graph.get(module, set()).discard(target)
     cycles = find_cycles(graph)
     assert not cycles, "import cycles in the package:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
