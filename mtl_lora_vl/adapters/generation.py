@@ -1,7 +1,7 @@
 """Routing through generation: one task id per input row, k language-model rows per input row.
 
 Hugging Face ``generate`` runs the vision encoder on the B input rows, then repeats every tensor
-(``repeat_interleave``) by ``num_beams * num_return_sequences`` = k, so the language model sees B·k rows at
+(``repeat_interleave``) by k = ``max(num_beams, num_return_sequences)``, so the language model sees B·k rows at
 every decoding step (rows i·k .. i·k + k - 1 belong to input i, and beam reordering of the KV cache stays
 inside those groups). Scoring candidates after a prompt (``sequence_scores``) does the same with k = C.
 
@@ -44,15 +44,15 @@ def expanded_rows(model: nn.Module, k: int) -> Iterator[None]:
 
 
 def generation_rows(model: nn.Module, kwargs: dict[str, Any]) -> int:
-    """Language-model rows per input row of a Hugging Face ``generate(**kwargs)`` call: num_beams times
-    num_return_sequences, from the call, its ``generation_config`` or the model's."""
+    """Language-model rows per input row of a Hugging Face ``generate(**kwargs)`` call, as ``generate`` expands
+    them: ``max(num_beams, num_return_sequences)``, from the call, its ``generation_config`` or the model's."""
     cfg = kwargs.get("generation_config") or getattr(model, "generation_config", None)
 
     def get(name: str) -> int:
         value = kwargs.get(name, getattr(cfg, name, None))
         return max(1, int(value or 1))
 
-    return get("num_beams") * get("num_return_sequences")
+    return max(get("num_beams"), get("num_return_sequences"))
 
 
 def _routed_generate(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
