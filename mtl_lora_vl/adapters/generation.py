@@ -15,14 +15,14 @@ a plain forward) ever accepts a mismatched batch.
 
 from __future__ import annotations
 
-import types
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
 
-__all__ = ["expanded_rows", "generation_rows", "install_routed_generate"]
+__all__ = ["RoutedGenerate", "expanded_rows", "generation_rows", "install_routed_generate"]
 
 
 @contextmanager
@@ -55,14 +55,32 @@ def generation_rows(model: nn.Module, kwargs: dict[str, Any]) -> int:
     return max(get("num_beams"), get("num_return_sequences"))
 
 
-def _routed_generate(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """``generate`` of an adapted model: the class's own, inside :func:`expanded_rows` for this call's k."""
-    with expanded_rows(self, generation_rows(self, kwargs)):
-        return type(self).generate(self, *args, **kwargs)
+class RoutedGenerate:
+    """The ``generate`` of an adapted model: the class's own, inside :func:`expanded_rows` for the call's k.
+
+    Stored as an instance attribute (the class, its name and ``save_pretrained``'s ``architectures`` are
+    untouched); deep copies and pickles re-create it for the copy, so a copy routes through its own router.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.__wrapped__ = type(model).generate
+        self.__doc__ = type(model).generate.__doc__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        model = self.model
+        with expanded_rows(model, generation_rows(model, kwargs)):
+            return type(model).generate(model, *args, **kwargs)
+
+    def __reduce__(self) -> tuple:
+        return RoutedGenerate, (self.model,)
+
+    def __deepcopy__(self, memo: dict) -> RoutedGenerate:
+        return RoutedGenerate(copy.deepcopy(self.model, memo))
 
 
 def install_routed_generate(model: nn.Module) -> None:
-    """Give a model with a Hugging Face ``generate`` (a ``generation_config``) the routed ``generate`` above, as
-    an instance attribute (deep copies re-bind it to the copy; the class and its name are untouched)."""
+    """Give a model with a Hugging Face ``generate`` (one with a ``generation_config``) a
+    :class:`RoutedGenerate` as its ``generate``."""
     if callable(getattr(type(model), "generate", None)) and hasattr(model, "generation_config"):
-        model.generate = types.MethodType(_routed_generate, model)
+        model.generate = RoutedGenerate(model)
