@@ -123,7 +123,7 @@ def test_save_load_on_fresh_base_gives_identical_outputs_for_every_task(family, 
     inp = inputs()
     ref = _outputs(model, run, inp, TASKS)
     path = mlv.save_adapter(model, tmp_path / "adapter", heads=heads)
-    assert sorted(p.name for p in path.iterdir()) == [ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEADS_WEIGHTS]
+    assert sorted(p.name for p in path.iterdir()) == sorted([ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEADS_WEIGHTS])
 
     fresh = _fresh(build)
     new_heads = {"vqa": nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)), "cls": nn.Identity()}
@@ -248,7 +248,7 @@ def test_truncated_file_is_refused(oc_adapter, tmp_path):
     data = (p / ADAPTER_WEIGHTS).read_bytes()
     (p / ADAPTER_WEIGHTS).write_bytes(data[: len(data) // 2])
     fresh = tiny_open_clip()
-    with pytest.raises(AdapterFileError, match=r"adapter_model.safetensors: sha256 does not match .* truncated"):
+    with pytest.raises(AdapterFileError, match=r"mtl_lora_model.safetensors: sha256 does not match .* truncated"):
         mlv.load_adapter(fresh, p)
     assert _untouched(fresh)
     _fix_sha(p)  # even with a matching checksum the cut file is refused, by its header
@@ -271,7 +271,7 @@ def test_header_edited_by_hand_is_refused(oc_adapter, tmp_path):
     with pytest.raises(AdapterFileError, match="sha256 does not match"):
         mlv.load_adapter(tiny_open_clip(), p)
     _fix_sha(p)
-    with pytest.raises(AdapterFileError, match=r"adapter_model.safetensors: unreadable safetensors header"):
+    with pytest.raises(AdapterFileError, match=r"mtl_lora_model.safetensors: unreadable safetensors header"):
         mlv.load_adapter(tiny_open_clip(), p)
 
 
@@ -283,7 +283,7 @@ def test_tampered_task_spec_and_missing_files(oc_adapter, tmp_path):
     (p / "tasks" / "vqa.toml").unlink()
     with pytest.raises(AdapterFileError, match=r"tasks/vqa.toml: missing"):
         mlv.load_adapter(tiny_open_clip(), p)
-    with pytest.raises(AdapterFileError, match="no adapter_config.json"):
+    with pytest.raises(AdapterFileError, match="no mtl_lora_config.json"):
         mlv.load_adapter(tiny_open_clip(), tmp_path)
     with pytest.raises(AdapterFileError, match="not an adapter directory"):
         mlv.load_adapter(tiny_open_clip(), tmp_path / "nothing")

@@ -14,7 +14,7 @@ from test_adapter_io import _fresh, _hf_run, _llava_run, _oc_run, _outputs, _tra
 from torch import nn
 
 import mtl_lora_vl as mlv
-from mtl_lora_vl.io import AdapterFileError, apply_plain_lora
+from mtl_lora_vl.io import ADAPTER_CONFIG, AdapterFileError, apply_plain_lora
 
 TASKS = ["vqa", "retrieval", "cls"]
 REPO = Path(__file__).resolve().parent.parent
@@ -229,9 +229,9 @@ def test_load_pretrained_needs_a_base_model_name(trained_run, tmp_path):
     import shutil
 
     p = Path(shutil.copytree(trained_run[0], tmp_path / "a"))
-    doc = json.loads((p / "adapter_config.json").read_text())
+    doc = json.loads((p / ADAPTER_CONFIG).read_text())
     doc["base"] = {}
-    (p / "adapter_config.json").write_text(json.dumps(doc))
+    (p / ADAPTER_CONFIG).write_text(json.dumps(doc))
     with pytest.raises(AdapterFileError, match=r"does not say which base model.*backbone="):
         mlv.load_pretrained(p)
     # The kind is rebuilt from the vocabulary saved with the adapter (the head's), not from training data.
@@ -242,7 +242,7 @@ def test_load_pretrained_needs_a_base_model_name(trained_run, tmp_path):
     state["state"]["answers"] = list(reversed(state["state"]["answers"]))
     state_file.write_text(json.dumps(state))
     doc["files"]["tasks/vqa.state.json"] = _sha256(state_file)
-    (p / "adapter_config.json").write_text(json.dumps(doc))
+    (p / ADAPTER_CONFIG).write_text(json.dumps(doc))
     loaded = mlv.load_pretrained(p, backbone=trained_run[1].name)
     assert loaded.kinds["vqa"].answers == state["state"]["answers"]
 

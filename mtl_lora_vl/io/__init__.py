@@ -3,7 +3,7 @@
 - :mod:`.atomic`: atomic writes of a file or a directory (checkpoints, adapters, exports);
 - :mod:`.identity`: which base model an adapter fits (projections, shapes, fingerprint);
 - :mod:`.adapter_files`: the native adapter directory (``save_adapter``, ``load_adapter``);
-- :mod:`.exports`: one task as a PEFT or plain LoRA, or a merged base-model checkpoint;
+- :mod:`.exports`: tasks as PEFT or plain LoRAs (one, or several named), or a merged base-model checkpoint;
 - :mod:`.pretrained`: ``load_pretrained``, base model + task heads + adapter in one call.
 """
 
@@ -11,7 +11,11 @@ from .adapter_files import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     HEADS_WEIGHTS,
+    LEGACY_ADAPTER_CONFIG,
+    LEGACY_ADAPTER_WEIGHTS,
     AdapterFileError,
+    find_adapter_dir,
+    is_adapter_dir,
     load_adapter,
     read_adapter_config,
     save_adapter,
@@ -25,12 +29,16 @@ __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_WEIGHTS",
     "HEADS_WEIGHTS",
+    "LEGACY_ADAPTER_CONFIG",
+    "LEGACY_ADAPTER_WEIGHTS",
     "AdapterFileError",
     "Pretrained",
     "apply_plain_lora",
     "atomic_dir",
     "atomic_file",
     "export_lora",
+    "find_adapter_dir",
+    "is_adapter_dir",
     "load_adapter",
     "load_pretrained",
     "model_identity",

@@ -3,14 +3,21 @@
 Layout (every name is a constant of this module, below; nothing else spells them)::
 
     adapter/
-      adapter_config.json        what the files are (below)
-      adapter_model.safetensors  the adapter tensors, under their model names, e.g.
-                                 ``visual.transformer.resblocks.0.attn.in_proj.lora_A``
-      heads.safetensors          each task head's state dict, keys ``<task>.<param>``
-      tasks/<task>.toml          copies of the task specs used for training
-      tasks/<task>.state.json    the task kind's vocabulary (VQA answers, class names), when given
+      mtl_lora_config.json         what the files are (below)
+      mtl_lora_model.safetensors   the adapter tensors, under their model names, e.g.
+                                   ``visual.transformer.resblocks.0.attn.in_proj.lora_A``
+      heads.safetensors            each task head's state dict, keys ``<task>.<param>``
+      tasks/<task>.toml            copies of the task specs used for training
+      tasks/<task>.state.json      the task kind's vocabulary (VQA answers, class names), when given
 
-``adapter_config.json`` holds ``format`` (``"mtl-lora-vl-adapter"``) and ``format_version``, the
+The two main files have names of their own (format version 2), so that no tool takes the directory for
+a PEFT adapter: PEFT looks for ``adapter_config.json`` / ``adapter_model.safetensors``, and those names
+mean PEFT LoRA in this package too (``export_lora``). Directories of format version 1 (mtl-lora-vl
+0.1.0, see ``tests/fixtures/compat_v0_1_0``) used exactly those PEFT names for the native files; they
+are still read (:func:`adapter_layout` tells the two apart by content, so a real PEFT directory given
+to ``load_adapter`` is refused with a message that says what it is).
+
+``mtl_lora_config.json`` holds ``format`` (``"mtl-lora-vl-adapter"``) and ``format_version``, the
 ``package_version``, the ``config`` (an :class:`MTLLoRAConfig`), the ``base_model`` identity (see
 :mod:`mtl_lora_vl.io.identity`), ``base`` (how to rebuild the base model, e.g. ``{"backbone": "builtin",
 "pretrained": null}``), ``towers``, ``heads`` (the parameter names of each task head), ``task_specs`` and
@@ -24,6 +31,7 @@ import hashlib
 import json
 import shutil
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +61,13 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "HEADS_WEIGHTS",
+    "LEGACY_ADAPTER_CONFIG",
+    "LEGACY_ADAPTER_WEIGHTS",
     "AdapterFileError",
+    "AdapterLayout",
+    "adapter_layout",
+    "find_adapter_dir",
+    "is_adapter_dir",
     "load_adapter",
     "read_adapter_config",
     "read_kind_state",
@@ -61,16 +75,18 @@ __all__ = [
 ]
 
 # ---------------------------------------------------------------------------------------------- file names
-# The one place that names the files of an adapter directory. A later format version may give the native
-# files names of their own (so that PEFT does not mistake them for its adapter_config.json); readers then
-# look for both spellings here.
+# The one place that names the files of an adapter directory. Format version 2 gives the native files
+# names of their own; version 1 (0.1.0) used PEFT's names, which readers still accept (adapter_layout).
 
 FORMAT = "mtl-lora-vl-adapter"
-FORMAT_VERSION = 1
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
+FORMAT_VERSION = 2
+ADAPTER_CONFIG = "mtl_lora_config.json"
+ADAPTER_WEIGHTS = "mtl_lora_model.safetensors"
+LEGACY_ADAPTER_CONFIG = "adapter_config.json"        # format version 1; PEFT's name
+LEGACY_ADAPTER_WEIGHTS = "adapter_model.safetensors"  # format version 1; PEFT's name
 HEADS_WEIGHTS = "heads.safetensors"
 TASKS_DIR = "tasks"
+RUN_ADAPTER_DIR = "adapter"  # where a training run keeps its adapter (RUN_DIR/adapter)
 
 
 def spec_file(task: str) -> str:
@@ -246,32 +262,127 @@ def save_adapter(
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def read_adapter_config(path: str | Path, verify: bool = True) -> dict[str, Any]:
-    """The parsed ``adapter_config.json`` of an adapter directory; ``verify`` checks every file's sha256."""
+@dataclass(frozen=True)
+class AdapterLayout:
+    """The file names of a native adapter directory: ``config`` (JSON) and ``weights`` (the adapter tensors)."""
+
+    config: str
+    weights: str
+    format_version: int
+
+
+NATIVE_LAYOUT = AdapterLayout(ADAPTER_CONFIG, ADAPTER_WEIGHTS, FORMAT_VERSION)
+LEGACY_LAYOUT = AdapterLayout(LEGACY_ADAPTER_CONFIG, LEGACY_ADAPTER_WEIGHTS, 1)
+
+
+def _peft_dirs(path: Path) -> list[str]:
+    """Names of the subfolders of ``path`` that hold a PEFT adapter (a multi-task ``export_lora``)."""
+    out = []
+    for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+        try:
+            if "peft_type" in json.loads((sub / LEGACY_ADAPTER_CONFIG).read_text()):
+                out.append(sub.name)
+        except (OSError, ValueError, TypeError):
+            continue
+    return out
+
+
+def _not_native(path: Path, peft_type: str | None = None) -> str:
+    """Why ``path`` is not a native adapter directory, and what it is instead (PEFT export, run directory)."""
+    native = (f"mtl_lora_vl.load_adapter reads the native directory that save_adapter / "
+              f"MTLLoRAModel.save_pretrained write ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}), which keeps every "
+              "task's adapters and heads; a PEFT LoRA holds one task with its mixture folded into lora_B")
+    if peft_type is not None:
+        return (f"{path}: this is a PEFT adapter directory ({LEGACY_ADAPTER_CONFIG} with peft_type "
+                f"{peft_type!r}), e.g. one task written by mtl_lora_vl.export_lora; load it with "
+                f"peft.PeftModel.from_pretrained(base_model, {str(path)!r}). " + native)
+    if is_adapter_dir(path / RUN_ADAPTER_DIR):
+        return (f"{path}: no {ADAPTER_CONFIG}; this looks like a training run directory, its adapter is "
+                f"{path / RUN_ADAPTER_DIR}")
+    peft = _peft_dirs(path)
+    if peft:
+        return (f"{path}: no {ADAPTER_CONFIG}; it holds PEFT adapters in subfolders ({few(peft)}), as "
+                f"mtl_lora_vl.export_lora(model, [tasks], path) writes them; load one with "
+                "peft.PeftModel.from_pretrained(base_model, path/<task>, adapter_name=<task>). " + native)
+    return (f"{path}: no {ADAPTER_CONFIG} (nor a format-1 {LEGACY_ADAPTER_CONFIG}); this is not an adapter "
+            "directory written by mtl_lora_vl.save_adapter")
+
+
+def _detect(path: Path) -> AdapterLayout | str | None:
+    """The layout of a native adapter directory, the ``peft_type`` of a PEFT one, or None."""
+    if (path / ADAPTER_CONFIG).is_file():
+        return NATIVE_LAYOUT
+    legacy = path / LEGACY_ADAPTER_CONFIG
+    if not legacy.is_file():
+        return None
+    try:
+        doc = json.loads(legacy.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return LEGACY_LAYOUT  # damaged: reading it says so
+    if isinstance(doc, dict) and "peft_type" in doc and doc.get("format") != FORMAT:
+        return str(doc["peft_type"])
+    return LEGACY_LAYOUT
+
+
+def adapter_layout(path: str | Path) -> AdapterLayout:
+    """Which file names the native adapter directory ``path`` uses (format 2, or format 1 of 0.1.0).
+
+    Raises :class:`AdapterFileError` saying what ``path`` is instead: missing, a PEFT adapter directory
+    (``adapter_config.json`` with a ``peft_type``), a multi-task PEFT export, a training run directory.
+    """
     path = Path(path)
-    cfg_file = path / ADAPTER_CONFIG
     if not path.is_dir():
         raise AdapterFileError(f"{path}: not an adapter directory (save one with mtl_lora_vl.save_adapter)")
-    if not cfg_file.is_file():
-        raise AdapterFileError(f"{path}: no {ADAPTER_CONFIG}; this is not an adapter directory written by "
-                               "mtl_lora_vl.save_adapter")
+    found = _detect(path)
+    if isinstance(found, AdapterLayout):
+        return found
+    raise AdapterFileError(_not_native(path, found))
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    """True when ``path`` is a native adapter directory (either format version); reads only the config."""
+    return Path(path).is_dir() and isinstance(_detect(Path(path)), AdapterLayout)
+
+
+def find_adapter_dir(path: str | Path) -> Path:
+    """``path`` itself when it is an adapter directory, else its ``adapter/`` (a run directory), else ``path``."""
+    path = Path(path)
+    if not is_adapter_dir(path) and is_adapter_dir(path / RUN_ADAPTER_DIR):
+        return path / RUN_ADAPTER_DIR
+    return path
+
+
+def config_path(path: str | Path) -> Path:
+    """The config file of adapter directory ``path`` (for messages; the format-2 name when neither exists)."""
+    path = Path(path)
+    legacy = path / LEGACY_ADAPTER_CONFIG
+    return legacy if legacy.is_file() and not (path / ADAPTER_CONFIG).is_file() else path / ADAPTER_CONFIG
+
+
+def read_adapter_config(path: str | Path, verify: bool = True) -> dict[str, Any]:
+    """The parsed config (``mtl_lora_config.json``; format 1: ``adapter_config.json``) of an adapter
+    directory; ``verify`` checks every file's sha256."""
+    return _read(Path(path), verify)[0]
+
+
+def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
+    layout = adapter_layout(path)
+    cfg_file = path / layout.config
     try:
         doc = json.loads(cfg_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AdapterFileError(f"{cfg_file}: not valid JSON ({e}); the file is damaged, save the adapter again") from e
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-        hint = " (that is a PEFT adapter: load it with peft.PeftModel.from_pretrained)" if isinstance(doc, dict) \
-            and "peft_type" in doc else ""
-        raise AdapterFileError(f"{cfg_file}: format is {got!r}, expected {FORMAT!r}{hint}")
+        raise AdapterFileError(f"{cfg_file}: format is {got!r}, expected {FORMAT!r}")
     if int(doc.get("format_version", 0)) > FORMAT_VERSION:
         raise AdapterFileError(f"{cfg_file}: format_version {doc['format_version']} is newer than this package "
                                f"reads ({FORMAT_VERSION}); upgrade mtl-lora-vl")
     for key in ("config", "base_model", "files"):
         if not isinstance(doc.get(key), dict):
             raise AdapterFileError(f"{cfg_file}: the field {key!r} is missing or not an object")
-    if ADAPTER_WEIGHTS not in doc["files"]:
-        raise AdapterFileError(f"{cfg_file}: 'files' does not list {ADAPTER_WEIGHTS}")
+    if layout.weights not in doc["files"]:
+        raise AdapterFileError(f"{cfg_file}: 'files' does not list {layout.weights}")
     for rel in [*doc["files"], *(doc.get("task_specs") or {}).values()]:
         if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise AdapterFileError(f"{cfg_file}: file entry {rel!r} must be a path inside the adapter directory")
@@ -282,9 +393,9 @@ def read_adapter_config(path: str | Path, verify: bool = True) -> dict[str, Any]
                 raise AdapterFileError(f"{f}: missing; the adapter directory is incomplete, copy it again")
             if sha256_file(f) != digest:
                 raise AdapterFileError(
-                    f"{f}: sha256 does not match {ADAPTER_CONFIG} (size now {f.stat().st_size} bytes); the file "
+                    f"{f}: sha256 does not match {layout.config} (size now {f.stat().st_size} bytes); the file "
                     "is truncated or was modified after saving. Copy the adapter directory again")
-    return doc
+    return doc, layout
 
 
 def config_of(doc: dict[str, Any], path: Path) -> MTLLoRAConfig:
@@ -292,7 +403,7 @@ def config_of(doc: dict[str, Any], path: Path) -> MTLLoRAConfig:
     try:
         return MTLLoRAConfig.from_dict(doc["config"])
     except (ConfigError, TypeError) as e:
-        raise AdapterFileError(f"{path / ADAPTER_CONFIG}: the 'config' is not a valid MTLLoRAConfig: {e}") from e
+        raise AdapterFileError(f"{config_path(path)}: the 'config' is not a valid MTLLoRAConfig: {e}") from e
 
 
 def read_kind_state(path: str | Path, task: str) -> dict[str, Any] | None:
@@ -355,7 +466,7 @@ def _check_tensors(header: dict[str, tuple[tuple[int, ...], str]], expected: dic
     missing = sorted(set(expected) - set(header))
     if missing:
         raise AdapterFileError(f"{file}: missing adapter tensor(s) {few(missing)}; the file does not match its "
-                               f"{ADAPTER_CONFIG}")
+                               f"{config_path(file.parent).name}")
     unexpected = sorted(set(header) - set(expected))
     if unexpected:
         raise AdapterFileError(f"{file}: unexpected adapter tensor(s) {few(unexpected)}, which the adapter's "
@@ -394,28 +505,37 @@ def _check_heads(heads: dict[str, nn.Module], doc: dict[str, Any], header: dict[
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Module] | None = None) -> nn.Module:
+def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Module] | None = None, *,
+                 is_trainable: bool = False) -> nn.Module:
     """Attach the adapter saved in ``path`` to a fresh ``base_model`` and load its tensors; return the model.
 
     Everything is checked before the model is touched: the files' sha256 and safetensors headers, the
     family, class and projection fingerprint of the base model, every tensor name and shape. ``heads``
-    (task -> module) are loaded strictly from ``heads.safetensors``.
+    (task -> module) are loaded strictly from ``heads.safetensors``. Reads both format versions (see the
+    module docstring); a PEFT directory (e.g. an ``export_lora`` output) is refused with a message that
+    says how to load it instead.
+
+    As PEFT's ``load_adapter``: with ``is_trainable=False`` (the default) the model is for inference, its
+    adapter tensors and the heads get ``requires_grad=False`` and model and heads are put in eval mode;
+    ``is_trainable=True`` leaves the adapters trainable (as ``attach`` made them) and the modes alone,
+    to continue training.
     """
     if not isinstance(base_model, nn.Module):
         hint = " (a Backbone: pass backbone.model)" if isinstance(getattr(base_model, "model", None), nn.Module) else ""
         raise TypeError(f"load_adapter: base_model must be an nn.Module, got {type(base_model).__name__}{hint}")
     path = Path(path)
-    doc = read_adapter_config(path)
+    doc, layout = _read(path, verify=True)
     cfg = config_of(doc, path)
     heads = dict(heads or {})
-    header = read_header(path / ADAPTER_WEIGHTS)
+    weights = path / layout.weights
+    header = read_header(weights)
     head_file = path / HEADS_WEIGHTS
     head_header = read_header(head_file) if head_file.is_file() else {}
     plan = _check_base(base_model, doc, cfg, path)
-    _check_tensors(header, expected_tensors(plan, cfg), path / ADAPTER_WEIGHTS)
+    _check_tensors(header, expected_tensors(plan, cfg), weights)
     if heads:
         _check_heads(heads, doc, head_header, head_file)
-    tensors = load_tensors(path / ADAPTER_WEIGHTS)
+    tensors = load_tensors(weights)
     head_tensors = load_tensors(head_file) if heads else {}
 
     attach(base_model, cfg)
@@ -426,4 +546,11 @@ def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Mo
         for task, head in heads.items():
             n = len(task) + 1
             head.load_state_dict({k[n:]: v for k, v in head_tensors.items() if k.startswith(task + ".")}, strict=True)
+    if not is_trainable:
+        for name in tensors:
+            params[name].requires_grad_(False)
+        base_model.eval()
+        for head in heads.values():
+            head.requires_grad_(False)
+            head.eval()
     return base_model
