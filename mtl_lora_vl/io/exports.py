@@ -48,9 +48,10 @@ from torch import nn
 from .._version import __version__
 from ..adapters.attach import merged_state_dict
 from ..adapters.layers import LoRALinear
-from .adapter_files import AdapterFileError, few, load_tensors, save_tensors
+from .adapter_files import load_tensors, save_tensors
 from .atomic import atomic_dir, atomic_file
 from .identity import adapted_module, model_identity, plan_attached
+from .layout import AdapterFileError, few
 
 __all__ = ["PLAIN_CONFIG", "PLAIN_FORMAT", "PLAIN_WEIGHTS", "apply_plain_lora", "export_lora", "save_merged"]
 

@@ -17,14 +17,8 @@ from torch import nn
 from ..backbones import Backbone, load_backbone
 from ..config import MTLLoRAConfig
 from ..tasks import build_kind, load_spec
-from .adapter_files import (
-    AdapterFileError,
-    config_of,
-    config_path,
-    load_adapter,
-    read_adapter_config,
-    read_kind_state,
-)
+from .adapter_files import config_of, load_adapter, read_adapter_config, read_kind_state
+from .layout import AdapterFileError, config_path
 
 __all__ = ["Pretrained", "load_pretrained"]
 
