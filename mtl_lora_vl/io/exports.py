@@ -120,11 +120,11 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
         for t in tasks:
             out = tmp / t if several else tmp
             out.mkdir(exist_ok=True)
-            write(inner, t, {name: bank.lora_pair(index[t]) for name, bank in info.layers.items()}, out)
+            rank = write(inner, t, {name: bank.lora_pair(index[t]) for name, bank in info.layers.items()}, out)
         if several:
             (tmp / "README.md").write_text(_multi_readme(inner, tasks, format))
         elif format == "peft":
-            (tmp / "README.md").write_text(_peft_readme(inner, task))
+            (tmp / "README.md").write_text(_peft_readme(inner, task, rank))
     return Path(path)
 
 
@@ -146,9 +146,8 @@ def _task_list(tasks: Sequence[str], format: str) -> list[str]:
     return list(tasks)
 
 
-def _peft_readme(inner: nn.Module, task: str) -> str:
+def _peft_readme(inner: nn.Module, task: str, R: int) -> str:
     cfg = inner._mtl_lora.config
-    R = max(bank.lora_pair(0)[0].shape[1] for bank in inner._mtl_lora.layers.values())
     return (f"PEFT LoRA for task {task!r}, exported by mtl-lora-vl {__version__} from an MTL-LoRA adapter "
             f"({cfg.method}, r={cfg.r}). r = lora_alpha = {R}: the scaling is folded into "
             "lora_B.\n\n    model = peft.PeftModel.from_pretrained(base_model, this_directory)\n")
@@ -172,8 +171,8 @@ def _multi_readme(inner: nn.Module, tasks: list[str], format: str) -> str:
 
 
 def _write_peft(inner: nn.Module, task: str, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                out: Path) -> None:
-    """PEFT's adapter_config.json and adapter_model.safetensors (its key names) into ``out``."""
+                out: Path) -> int:
+    """PEFT's adapter_config.json and adapter_model.safetensors (its key names) into ``out``; returns the rank."""
     ranks = {b.shape[1] for b, _ in pairs.values()}
     R = max(ranks)
     tensors = {}
@@ -192,11 +191,12 @@ def _write_peft(inner: nn.Module, task: str, pairs: dict[str, tuple[torch.Tensor
         peft_cfg["rank_pattern"] = {n: b.shape[1] for n, (b, _) in pairs.items() if b.shape[1] != R}
         peft_cfg["alpha_pattern"] = dict(peft_cfg["rank_pattern"])
     (out / PEFT_CONFIG).write_text(json.dumps(peft_cfg, indent=2) + "\n")
+    return R
 
 
 def _write_plain(inner: nn.Module, task: str, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 out: Path) -> None:
-    """The plain LoRA layout of the module docstring into ``out``."""
+                 out: Path) -> int:
+    """The plain LoRA layout of the module docstring into ``out``; returns the rank."""
     plan = plan_attached(inner)
     tensors = {}
     modules = {}
@@ -205,11 +205,13 @@ def _write_plain(inner: nn.Module, task: str, pairs: dict[str, tuple[torch.Tenso
         modules[name] = {"base_weight": plan[name].base_weight, "shape": [plan[name].d_out, plan[name].d_in],
                          "tower": plan[name].tower, "rank": int(B.shape[1])}
     save_tensors(tensors, out / PLAIN_WEIGHTS, {"format": PLAIN_FORMAT})
+    rank = max(b.shape[1] for b, _ in pairs.values())
     doc = {"format": PLAIN_FORMAT, "format_version": PLAIN_FORMAT_VERSION, "package_version": __version__,
-           "task": task, "method": inner._mtl_lora.config.method, "rank": max(b.shape[1] for b, _ in pairs.values()),
+           "task": task, "method": inner._mtl_lora.config.method, "rank": rank,
            "scaling": 1.0, "update": "W[base_weight] += lora_B @ lora_A", "base_model": model_identity(inner),
            "modules": modules}
     (out / PLAIN_CONFIG).write_text(json.dumps(doc, indent=2) + "\n")
+    return rank
 
 
 def apply_plain_lora(base_model: nn.Module, path: str | Path) -> nn.Module:
