@@ -38,6 +38,7 @@ from torch import nn
 from .._version import __version__
 from ..adapters.attach import AttachError, attach
 from ..adapters.layers import ADAPTER_PARAM_NAMES
+from ..backbones.spec import parse_spec
 from ..config import ConfigError, MTLLoRAConfig
 from ..families import find_family
 from .atomic import atomic_dir
@@ -140,10 +141,10 @@ def _absolute_base(base: dict[str, Any]) -> dict[str, Any]:
         base["pretrained"] = str(Path(pre).expanduser().resolve())
     spec = base.get("backbone")
     if isinstance(spec, str):
-        for prefix in ("open_clip:", "hf:"):
-            rest = spec[len(prefix):]
-            if spec.startswith(prefix) and rest and Path(rest).expanduser().is_dir():
-                base["backbone"] = prefix + str(Path(rest).expanduser().resolve())
+        try:
+            base["backbone"] = parse_spec(spec).absolute()
+        except ValueError:
+            pass  # not a backbone string this package parses: keep it as the caller wrote it
     return base
 
 

@@ -48,6 +48,7 @@ from torch import nn
 from .._version import __version__
 from ..adapters.attach import merged_state_dict
 from ..adapters.layers import LoRALinear
+from ..families import MERGED_WEIGHTS, merged_format, peft_export
 from .adapter_files import load_tensors, save_tensors
 from .atomic import atomic_dir, atomic_file
 from .identity import adapted_module, model_identity, plan_attached
@@ -61,23 +62,16 @@ PLAIN_CONFIG = "lora_config.json"
 PLAIN_WEIGHTS = "lora_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
-_PEFT_FAMILIES = ("hf_clip", "llava")
-
-
-# ---------------------------------------------------------------------------------------------- family rules
-
-
 def _export_format(family: str) -> str:
     """The default ``export_lora`` format of a model family: ``"peft"`` where PEFT loads the base model."""
-    return "peft" if family in _PEFT_FAMILIES else "plain"
+    return "peft" if peft_export(family) else "plain"
 
 
 def _merged_weights_name(model: nn.Module, family: str) -> str | None:
     """How ``save_merged`` writes a directory: ``None`` = the model's own ``save_pretrained``, else the
     name of the one safetensors file (open_clip's local-dir name for open_clip)."""
-    if hasattr(model, "save_pretrained") and family != "open_clip":
-        return None
-    return "open_clip_model.safetensors" if family == "open_clip" else "model.safetensors"
+    fmt = merged_format(family, model)
+    return None if fmt == "hf" else MERGED_WEIGHTS[fmt]
 
 
 # ---------------------------------------------------------------------------------------------- LoRA exports

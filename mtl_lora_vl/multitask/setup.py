@@ -42,6 +42,8 @@ class Setup:
 def build_setup(opts: TrainOptions, device: torch.device, extend_from: str | None = None) -> Setup:
     """Backbone, task specs and kinds, heads (initialised to the zero-shot rule), adapters."""
     backbone = load_backbone(opts.backbone, opts.pretrained, device)
+    if opts.grad_checkpointing:
+        backbone.set_grad_checkpointing(True)
     specs = resolve_tasks(opts.tasks)
     train_splits = {s.name: s.load_split("train", opts.data_root) for s in specs}
     kinds = {s.name: build_kind(s, train_splits[s.name], backbone) for s in specs}
@@ -70,6 +72,8 @@ def extend_setup(opts: TrainOptions, device: torch.device) -> Setup:
     if clash:
         raise ValueError(f"--extend {src}: task(s) {clash} are already in the adapter {old}; --tasks must name new tasks")
     bb = lp.backbone
+    if opts.grad_checkpointing:
+        bb.set_grad_checkpointing(True)
     train_splits = {s.name: s.load_split("train", opts.data_root) for s in new_specs}
     kinds = dict(lp.kinds)
     heads = nn.ModuleDict(lp.heads)
