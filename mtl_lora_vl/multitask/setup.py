@@ -60,7 +60,8 @@ def build_setup(opts: TrainOptions, device: torch.device, extend_from: str | Non
 def extend_setup(opts: TrainOptions, device: torch.device) -> Setup:
     """A trained adapter plus new tasks: only the new Λ_t, w_t and heads will train (see add_task)."""
     src = Path(opts.extend)
-    lp = load_pretrained(find_adapter_dir(src), device, backbone=None if opts.backbone == "builtin" else opts.backbone,
+    lp = load_pretrained(find_adapter_dir(src), device,
+                         backbone=None if opts.backbone == "builtin" else opts.backbone,
                          pretrained=opts.pretrained, data_root=opts.data_root, is_trainable=True)
     old = list(lp.config.tasks)
     missing = [t for t in old if t not in lp.kinds or t not in lp.heads]
