@@ -107,7 +107,7 @@ def describe_allowed(f: Field, tp: Any) -> str:
 
 def build_parser(cls: type, prog: str, description: str) -> ArgumentParser:
     """The parser of an options dataclass, plus ``-v`` / ``-q`` / ``--log-level``."""
-    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False, default_meta=False)
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
     hints = field_types(cls)
     for f in fields(cls):
         tp = _field_type(f, hints)
@@ -205,7 +205,7 @@ def parse_options(cls: type, argv: list[str] | None, prog: str, description: str
     for f in fields(cls):
         value = values[f.name]
         if out_of_range(f.metadata, value):
-            _fail(parser, f"{flag(f.name)} {value}: must be {range_text(f.metadata)}")
+            _fail(parser, f"{flag(f.name)}: must be {range_text(f.metadata)}, got {value}")
         if f.metadata.get("required") and value in (None, ""):
             _fail(parser, f"{flag(f.name)} is required (on the command line or in the --config file)")
     level = ns.log_level or ("debug" if ns.verbose else "warning" if ns.quiet else "info")
