@@ -11,6 +11,7 @@ import types
 from pathlib import Path
 
 import pytest
+from test_export import oc_dir, trained_run  # noqa: F401 - fixtures of a saved adapter
 
 from mtl_lora_vl.cli import COMMANDS, main, parse_eval_args, parse_train_args, train_main
 from mtl_lora_vl.cli.commands import run_command
@@ -236,3 +237,19 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_export_subcommand_writes_several_tasks(trained_run, tmp_path, capsys):  # noqa: F811
+    path = trained_run[0]
+    out = tmp_path / "loras"
+    assert main(["export", "--adapter", str(path), "--task", "vqa,retrieval", "--format", "plain", "--out",
+                 str(out)], prog="mtl-lora-vl") == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out / 'vqa'}" in printed and f"wrote {out / 'retrieval'}" in printed
+    assert (out / "vqa").is_dir() and (out / "retrieval").is_dir()
+    assert main(["export", "--adapter", str(path), "--task", "vqa,nope", "--out", str(tmp_path / "m")],
+                prog="mtl-lora-vl") == 2
+    assert "'nope': the adapter has no such task" in capsys.readouterr().err
+    assert main(["export", "--adapter", str(path), "--task", "vqa,retrieval", "--out", str(tmp_path / "m.safetensors")],
+                prog="mtl-lora-vl") == 2
+    assert "give a directory" in capsys.readouterr().err
