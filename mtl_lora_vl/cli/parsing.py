@@ -11,7 +11,7 @@ already here).
 
 What this module adds on top:
 
-- flags come from the dataclass fields: ``--n-up`` for ``n_up`` (``--n_up`` also works), help from
+- flags come from the dataclass fields: ``--n-up`` for ``n_up`` (``--n_up`` is read as ``--n-up``), help from
   ``metadata["help"]``, the allowed range from ``metadata`` (``ge``/``gt``/``le``/``lt``), choices from a
   ``Literal`` annotation (or ``metadata["choices"]``);
 - a boolean is ``--compile`` / ``--compile false`` / ``--no-compile``, so a ``true`` from a config file
@@ -111,7 +111,7 @@ def build_parser(cls: type, prog: str, description: str) -> ArgumentParser:
     hints = field_types(cls)
     for f in fields(cls):
         tp = _field_type(f, hints)
-        names = [flag(f.name)] + ([f"--{f.name}"] if "_" in f.name else [])
+        names = [flag(f.name)]
         text = f.metadata.get("help", "")
         rng = range_text(f.metadata)
         if rng:
@@ -131,6 +131,19 @@ def build_parser(cls: type, prog: str, description: str) -> ArgumentParser:
     group.add_argument("--log-level", type=Literal[tuple(LEVELS)] | None, default=None,
                        help="explicit log level (overrides -v / -q)")
     return parser
+
+
+def _dashes(cls: type, argv: list[str]) -> list[str]:
+    """``--n_up`` -> ``--n-up`` (and ``--no-grad_checkpointing``) for the options of ``cls``, so both spellings
+    work without listing each flag twice in ``--help``."""
+    known = {flag(f.name) for f in fields(cls)} | {"--no-" + f.name.replace("_", "-") for f in fields(cls)}
+    out = []
+    for token in argv:
+        name, sep, value = token.partition("=")
+        if name.startswith("--") and "_" in name and name.replace("_", "-") in known:
+            token = name.replace("_", "-") + sep + value
+        out.append(token)
+    return out
 
 
 def _parse(parser: ArgumentParser, cls: type, argv: list[str]) -> Any:
@@ -196,7 +209,7 @@ def parse_options(cls: type, argv: list[str] | None, prog: str, description: str
     Exits with status 2 and a message on stderr for a bad value, status 0 after ``--help``.
     """
     parser = build_parser(cls, prog, description)
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _dashes(cls, list(sys.argv[1:] if argv is None else argv))
     ns = _parse(parser, cls, argv)
     if getattr(ns, "config", None):
         parser.set_defaults(**read_config(parser, cls, ns.config))
