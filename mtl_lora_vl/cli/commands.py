@@ -39,8 +39,8 @@ EXPECTED = (ValueError, RuntimeError, OSError, KeyError, ArithmeticError)
 
 def program_name() -> str:
     """The name this process was started as, for ``--help`` (``python -m mtl_lora_vl`` for the module)."""
-    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "mtl-lora-vl"
-    return "python -m mtl_lora_vl" if name == "__main__.py" else name
+    path = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("mtl-lora-vl")
+    return f"python -m {path.parent.name}" if path.name == "__main__.py" else path.name
 
 
 def _debug() -> bool:
