@@ -82,16 +82,17 @@ def make_train_case(model, route_arg, batch, amp_dtype, device, loss_fn=contrast
 
     def step(measure: SavedBytes | None = None):
         ctx = mlv.route(model, route_arg) if route_arg is not None else _null()
-        with ctx, torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            if measure is not None:
-                hooks = [m.register_forward_pre_hook(measure.hold) for m in held]
-                with torch.autograd.graph.saved_tensors_hooks(measure.pack, lambda t: t):
+        with ctx:  # backward inside the route too: checkpointed layers recompute under it
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                if measure is not None:
+                    hooks = [m.register_forward_pre_hook(measure.hold) for m in held]
+                    with torch.autograd.graph.saved_tensors_hooks(measure.pack, lambda t: t):
+                        loss = loss_fn(model, *batch)
+                    for h in hooks:
+                        h.remove()
+                else:
                     loss = loss_fn(model, *batch)
-                for h in hooks:
-                    h.remove()
-            else:
-                loss = loss_fn(model, *batch)
-        loss.backward()
+            loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
