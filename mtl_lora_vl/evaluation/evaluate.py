@@ -48,20 +48,21 @@ def evaluate_adapted(setup, *, split: str, data_root: str | None, device, dtype,
 
 
 def evaluate_setup(setup, *, split: str, data_root: str | None, device, dtype: torch.dtype, batch_size: int,
-                   workers: int = 0) -> dict[str, Any]:
-    """``{"tasks": {name: {"metric", "zero_shot", "adapted", "change", "split", "n", "details"}}}``."""
+                   workers: int = 0, zero_shot: bool = True) -> dict[str, Any]:
+    """``{"tasks": {name: {"metric", "zero_shot", "adapted", "change", "split", "n", "details"}}}``;
+    with ``zero_shot=False`` the base model is not scored and ``zero_shot`` / ``change`` are None."""
     tasks: dict[str, Any] = {}
     for spec in setup.specs:
         name, kind = spec.name, setup.kinds[spec.name]
         split_name = _split_for(spec, split)
         data = spec.load_split(split_name, data_root)
         zs = _score(setup, name, data, adapted=False, device=device, dtype=dtype, batch_size=batch_size,
-                    workers=workers)
+                    workers=workers) if zero_shot else None
         ad = _score(setup, name, data, adapted=True, device=device, dtype=dtype, batch_size=batch_size,
                     workers=workers)
         metric = kind.headline_metric
-        tasks[name] = {"metric": metric, "zero_shot": zs[metric], "adapted": ad[metric],
-                       "change": ad[metric] - zs[metric], "kind": spec.kind, "split": split_name,
+        tasks[name] = {"metric": metric, "zero_shot": zs[metric] if zs else None, "adapted": ad[metric],
+                       "change": ad[metric] - zs[metric] if zs else None, "kind": spec.kind, "split": split_name,
                        "n": len(data.examples), "details": {"zero_shot": zs, "adapted": ad}}
     return {"tasks": tasks, "config": setup.config.to_dict()}
 

@@ -109,8 +109,15 @@ def train(opts: TrainOptions) -> Path:
     head_params = [p for p in model.heads.parameters() if p.requires_grad]
     # An --extend run keeps the old tasks' rows of the grown tensors fixed: no weight decay on them.
     adapter_wd = 0.0 if opts.extend else opts.weight_decay
-    optimizer = torch.optim.AdamW([{"params": adapter_params, "lr": opts.lr, "weight_decay": adapter_wd},
-                                   {"params": head_params, "lr": opts.head_lr}], weight_decay=opts.weight_decay)
+    groups = [{"params": adapter_params, "lr": opts.lr, "weight_decay": adapter_wd}]
+    if opts.task_lr_mult != 1.0:  # Lambda_t and w_t in a group of their own (only then: old checkpoints resume)
+        task_specific = {id(p) for n, p in model.model.named_parameters() if n.endswith(("lora_lambda", "lora_w"))}
+        groups = [{"params": [p for p in adapter_params if id(p) not in task_specific], "lr": opts.lr,
+                   "weight_decay": adapter_wd},
+                  {"params": [p for p in adapter_params if id(p) in task_specific], "lr": opts.lr * opts.task_lr_mult,
+                   "weight_decay": adapter_wd}]
+    optimizer = torch.optim.AdamW([*groups, {"params": head_params, "lr": opts.head_lr}],
+                                  weight_decay=opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(opts.warmup, total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
@@ -235,7 +242,11 @@ def train(opts: TrainOptions) -> Path:
                      base={"backbone": opts.backbone, "pretrained": opts.pretrained},
                      kinds=setup.kinds, overwrite=True)
         result = evaluate_setup(setup, split=opts.eval_split, data_root=opts.data_root, device=device,
-                                dtype=amp_dtype, batch_size=opts.eval_batch_size, workers=workers)
+                                dtype=amp_dtype, batch_size=opts.eval_batch_size, workers=workers,
+                                zero_shot=not opts.skip_zero_shot)
+        if opts.eval_val:
+            result["val"] = evaluate_adapted(setup, split="val", data_root=opts.data_root, device=device,
+                                             dtype=amp_dtype, batch_size=opts.eval_batch_size, workers=workers)
         result["trained_tasks"] = trained
         if opts.extend:
             result["extended_from"] = {"run": str(opts.extend), "tasks": setup.extended_from,
