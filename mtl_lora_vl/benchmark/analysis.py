@@ -66,6 +66,7 @@ def analyse(tasks: list[str], configs: list[Config], reference: Config | None, f
             "per_seed": {str(s): v for s, v in sorted(seeds.items())},
             "step_s": statistics.fmean(steps) if steps else None,
             "wall_s": statistics.fmean(r["wall_s"] for r in final[c.cid]),
+            "cpu_s": statistics.fmean(r.get("cpu_s", r["wall_s"]) for r in final[c.cid]),
         }
     singles = {c.tasks[0]: per_seed[c.cid] for c in configs if c.group == "single" and per_seed[c.cid]}
     single_ref = _single_reference(singles, tasks)

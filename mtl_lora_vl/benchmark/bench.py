@@ -126,6 +126,8 @@ def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer 
         eval={"test": zs["eval_n"], "val_scenes": settings.val_n},
         wall_s=time.perf_counter() - started,
         mean_run_s=statistics.fmean(r["wall_s"] for r in unique.values() if r["group"] != "zero_shot"),
+        mean_run_cpu_s=statistics.fmean(r.get("cpu_s", r["wall_s"]) for r in unique.values()
+                                        if r["group"] != "zero_shot"),
         task_mixing=_mixing(out, reference, final) if reference else None,
     )
     results["plots"] = [p.name for p in write_all(results, out / "plots")]

@@ -49,9 +49,9 @@ class BenchSettings:
     ablations: dict[str, list[Any]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_ABLATIONS.items()})
     seeds: int = 3
     lr_grid: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
-    steps: int = 150
+    steps: int = 120
     batch_size: int = 32
-    warmup: int = 15
+    warmup: int = 12
     val_n: int | None = 150
     test_n: int | None = 300
     eval_batch_size: int = 256

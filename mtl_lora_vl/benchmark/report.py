@@ -158,8 +158,10 @@ def render(r: dict[str, Any]) -> str:
               "same for every run); the zero-shot score is computed once.",
               f"- Seeds {', '.join(str(x) for x in range(s['seeds']))}; a seed fixes the data order and the "
               "adapter initialisation, so the paired differences compare methods on identical batches.",
-              f"- Measured: {r['mean_run_s']:.0f} s per run on average (training, evaluation and setup); "
-              f"{r['wall_s'] / 60:.1f} min for the runs executed in the last session." if r.get("mean_run_s") else "",
+              f"- Measured: {r['mean_run_s']:.0f} s wall and {r['mean_run_cpu_s']:.0f} s CPU per run on average "
+              f"(setup, training, evaluation; wall > CPU when other jobs share the cores); {r['wall_s'] / 60:.1f} min "
+              "for the runs executed in the last session. Step time in the methods table: seconds per optimizer "
+              "step from the trainer's throughput." if r.get("mean_run_s") else "",
               "- Each run's folder is `runs/<configuration>/lr<lr>-seed<seed>/` (trainer output in `train/`, "
               "log in `train.log`, `result.json` = done).", ""]
     lines += ["## Plots", "", *(f"![{p}](plots/{p})" for p in r["plots"]), ""]

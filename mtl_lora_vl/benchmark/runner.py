@@ -77,13 +77,14 @@ class Runner:
             shutil.rmtree(folder)  # a killed run: start it again
         folder.mkdir(parents=True)
         opts = self.options(spec, folder / "train")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with (folder / "train.log").open("w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             run_dir = Path(self.trainer(opts))
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         if not (run_dir / "eval.json").is_file():
             raise GridStopped(f"{spec.key}: the trainer stopped before evaluating (see {folder / 'train.log'})")
         record = make_record(spec, run_dir, wall, folder.relative_to(self.root))
+        record["cpu_s"] = cpu  # process CPU time: the run's cost on a shared machine
         write_json_atomic(done, record)
         self.ran += 1
         self.ran_seconds += wall
