@@ -149,6 +149,7 @@ def test_tiny_grid_resumes_and_reports(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["configs"]) == {"lora-r8", "mtl_lora-r8", "single-vqa", "single-retrieval",
                                      "ablation-task_lr_mult=10"}
+    assert saved["configs"]["single-vqa"]["batch_size"] == 2  # equal train sizes: half of the joint batch of 4
     mtl = saved["configs"]["mtl_lora-r8"]
     assert mtl["scores"]["average"]["n"] == 2 and mtl["params"] > saved["configs"]["lora-r8"]["params"] > 0
     assert set(saved["zero_shot"]) == {"vqa", "retrieval"}

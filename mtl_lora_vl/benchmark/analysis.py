@@ -60,7 +60,7 @@ def analyse(tasks: list[str], configs: list[Config], reference: Config | None, f
         steps = [r["step_s"] for r in final[c.cid] if r.get("step_s")]
         out_configs[c.cid] = {
             "group": c.group, "label": c.label, "tasks": ctasks, "options": c.options, "axis": c.axis,
-            "value": c.value, "params": params.get(c.cid), "lr": picked.get(c.cid),
+            "value": c.value, "params": params.get(c.cid), "lr": picked.get(c.cid), "batch_size": c.batch_size,
             "lr_val": {f"{r['lr']:g}": statistics.fmean(r["val"].values()) for r in tuning.get(c.cid, [])},
             "scores": {k: summarize([s[k] for s in seeds.values()]).to_dict() for k in ck},
             "per_seed": {str(s): v for s, v in sorted(seeds.items())},

@@ -41,7 +41,7 @@ from .params import ParameterCounter
 from .plots import write_all
 from .report import write_report
 from .runner import Runner, Trainer, write_json_atomic
-from .specs import eval_subset_specs
+from .specs import eval_subset_specs, joint_shares
 
 
 class BenchDirError(RuntimeError):
@@ -92,7 +92,8 @@ def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer 
     ranks = plan_ranks(settings, counter, len(tasks))
     methods = method_configs(settings, tasks, {m: v["matched"] for m, v in ranks.items() if "matched" in v})
     reference = reference_config(methods)
-    singles = single_task_configs(tasks) if settings.single_task and len(tasks) > 1 else []
+    singles = (single_task_configs(tasks, settings.batch_size, joint_shares(task_args, settings.data_root))
+               if settings.single_task and len(tasks) > 1 else [])
     ablations = ablation_configs(settings, tasks) if reference else []
     tuned = methods + singles
     configs = tuned + ablations

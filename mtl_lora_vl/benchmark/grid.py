@@ -98,6 +98,7 @@ class Config:
     adapter: tuple[tuple[str, Any], ...]
     axis: str | None = None
     value: Any = None
+    batch_size: int | None = None  # None: the grid's batch size
 
     @property
     def options(self) -> dict[str, Any]:
@@ -153,9 +154,16 @@ def reference_config(configs: list[Config]) -> Config | None:
     return next((c for c in configs if c.group == "method" and c.options == ref), None)
 
 
-def single_task_configs(tasks: list[str]) -> list[Config]:
-    """The single-task reference: one ``lora`` per task, trained alone."""
-    return [_config(f"single-{t}", "single", f"lora, {t} alone", [t], method="lora") for t in tasks]
+def single_task_configs(tasks: list[str], batch_size: int, shares: dict[str, float]) -> list[Config]:
+    """The single-task reference: one ``lora`` per task, trained alone for the same steps at batch
+    ``round(batch_size * share)``, i.e. on as many examples of its task as a joint run sees -- so joint
+    minus single measures sharing the adapter, not seeing more data."""
+    out = []
+    for t in tasks:
+        c = _config(f"single-{t}", "single", f"lora, {t} alone", [t], method="lora")
+        b = max(1, round(batch_size * shares[t]))
+        out.append(Config(c.cid, c.group, c.label, c.tasks, c.adapter, batch_size=b))
+    return out
 
 
 def ablation_configs(settings: BenchSettings, tasks: list[str]) -> list[Config]:

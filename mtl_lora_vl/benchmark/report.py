@@ -96,11 +96,17 @@ def render(r: dict[str, Any]) -> str:
         st = r["single_task"]["scores"]
         singles = [c for c in cfgs.values() if c["group"] == "single"]
         lrs = ", ".join(f"{c['tasks'][0]} {c['lr']:g}" for c in singles)
+        batches = ", ".join(f"{c['tasks'][0]} {c['batch_size']}" for c in singles)
         params = ", ".join(f"{c['params']:,}" for c in singles[:1])
         rows.append(["single-task lora (each task alone)", singles[0]["options"]["rank"], f"{params} per task",
                      lrs, *(_ms(st[t]) for t in tasks), _ms(st[AVERAGE]), "–",
                      f"{sum(c['step_s'] or 0 for c in singles) / len(singles):.3f}"])
     lines += [f"## Methods (test split, {s['seeds']} seeds)", "", *_table(head, rows)]
+    if r["single_task"]:
+        lines += [f"The single-task reference trains `lora` on one task alone for the same {s['steps']} steps at "
+                  f"batch {batches} -- its task's share of a joint batch of {s['batch_size']} -- so it sees as many "
+                  "examples of its task as a joint run; joint minus single-task then measures what sharing the "
+                  "adapter costs, not the extra data a full batch of one task would give.", ""]
 
     if r["paired_vs_reference"]:
         rows = [[cfgs[cid]["label"], *(_diff(d[k]) for k in [*tasks, AVERAGE])]

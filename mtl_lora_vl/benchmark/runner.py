@@ -59,7 +59,7 @@ class Runner:
         steps = 1 if zero_shot else s.steps
         return TrainOptions(
             tasks=",".join(self.task_args[t] for t in cfg.tasks), backbone=s.backbone, pretrained=s.pretrained,
-            data_root=s.data_root, **cfg.options, steps=steps, batch_size=s.batch_size,
+            data_root=s.data_root, **cfg.options, steps=steps, batch_size=cfg.batch_size or s.batch_size,
             warmup=min(s.warmup, steps), lr=spec.lr, seed=spec.seed, eval_val=spec.tune,
             skip_zero_shot=not zero_shot, eval_batch_size=s.eval_batch_size, device=s.device, precision=s.precision,
             workers=s.workers, out=str(out), overwrite=True, save_every=steps, log_every=min(10, steps))

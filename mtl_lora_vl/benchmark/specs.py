@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..data.sampler import task_probabilities
+from ..options import TrainOptions
 from ..tasks import load_spec
 
 
@@ -37,3 +39,11 @@ def eval_subset_specs(tasks: list[str], out_dir: Path, sizes: dict[str, int | No
             path.write_text(text)
         result[spec.name] = str(path)
     return result
+
+
+def joint_shares(task_args: dict[str, str], data_root: str | None = None) -> dict[str, float]:
+    """Each task's share of the samples of a joint run (the trainer's default sampling over the training
+    split sizes); a single-task reference with batch ``B * share`` sees as many examples of its task."""
+    d = TrainOptions()
+    sizes = [len(load_spec(arg).load_split("train", data_root).examples) for arg in task_args.values()]
+    return dict(zip(task_args, task_probabilities(sizes, d.sampling, d.sampling_temperature)))
