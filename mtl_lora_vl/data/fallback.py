@@ -6,7 +6,9 @@ changed after it was read, or ``verify = false``). :class:`ImageFallback` decode
 the loader workers; when an image fails, the row is replaced by another row of the same task (chosen
 deterministically from the row index, so a resumed run sees the same data), the failure is counted,
 and a warning is logged once per file -- across all workers, since the record of failed files lives
-in shared memory. A file once failed is not decoded again. With ``strict=True`` the first failure
+in shared memory (lock-free: each worker counts in its own slot, so it works with every start
+method; two workers failing on the same file at the same instant may both warn). A file once failed
+is not decoded again. With ``strict=True`` the first failure
 raises an :class:`~mtl_lora_vl.data.images.ImageError` that names the example and the file.
 
 In evaluation a replaced row is scored on the substitute image (the rows stay aligned with the split);
@@ -24,11 +26,13 @@ from multiprocessing.context import get_spawning_popen
 from typing import Any
 
 from torch import Tensor
+from torch.utils.data import get_worker_info
 
 from .images import ImageError, image_key, to_uint8_tensor
 from .records import Example
 
 logger = logging.getLogger(__name__)
+_COUNT_SLOTS = 257
 
 
 class ImageFallback:
@@ -54,9 +58,10 @@ class ImageFallback:
         self._new_shared()
 
     def _new_shared(self) -> None:
-        # One byte per shared file and one per row with its own image: 1 = failed. One lock for both.
-        self._failed = mp.Array("b", self._n_files + len(self.examples))
-        self._replaced = mp.Value("q", 0, lock=False)
+        # One byte per shared file and one per row with its own image: 1 = failed. Replaced rows are
+        # counted per process (slot 0: the main process, k + 1: worker k), so no lock is needed.
+        self._failed = mp.RawArray("b", self._n_files + len(self.examples))
+        self._replaced = mp.RawArray("q", _COUNT_SLOTS)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -77,13 +82,11 @@ class ImageFallback:
     @property
     def replaced(self) -> int:
         """Rows replaced so far (all workers)."""
-        with self._failed.get_lock():
-            return int(self._replaced.value)
+        return int(sum(self._replaced))
 
     def failed_files(self) -> list[str]:
         """The files (or rows) whose image failed to decode, as named in the warnings."""
-        with self._failed.get_lock():
-            flags = bytes(self._failed.get_obj())
+        flags = bytes(self._failed)
         seen, out = set(), []
         for i, ex in enumerate(self.examples):
             s = self._slot(i)
@@ -102,9 +105,8 @@ class ImageFallback:
     def _mark(self, index: int, err: ImageError) -> None:
         """Record a failed file; warn if this is its first failure anywhere."""
         slot = self._slot(index)
-        with self._failed.get_lock():
-            first = not self._failed.get_obj()[slot]
-            self._failed.get_obj()[slot] = 1
+        first = not self._failed[slot]
+        self._failed[slot] = 1
         if first:
             logger.warning("task %r: %s; its rows are replaced by other rows of the task (set strict = true in "
                            "the task spec to stop instead; mtl_lora_vl.data.images.verify_image(path, "
@@ -136,8 +138,8 @@ class ImageFallback:
                 self._mark(j, err)
                 last = err
                 continue
-            with self._failed.get_lock():
-                self._replaced.value += 1
+            info = get_worker_info()
+            self._replaced[0 if info is None else 1 + info.id % (_COUNT_SLOTS - 1)] += 1
             return j, pixels
         ex = self.examples[index]
         raise ImageError(f"task {self.task!r}: no image of its {n} example(s) can be decoded (example "
