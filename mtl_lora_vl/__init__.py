@@ -8,6 +8,7 @@ The public API (DESIGN §4)::
         ...
 """
 
+from ._version import __version__
 from .adapters.attach import (
     AttachError,
     attach,
@@ -17,12 +18,12 @@ from .adapters.attach import (
     trainable_parameters,
     unmerge,
 )
+from .adapters.grow import add_task
 from .adapters.routing import RoutingError, disabled, route
 from .config import ConfigError, MTLLoRAConfig
 from .families import FAMILIES
-from .io.adapter_io import (
+from .io import (
     AdapterFileError,
-    add_task,
     export_lora,
     load_adapter,
     load_pretrained,
@@ -31,9 +32,8 @@ from .io.adapter_io import (
     save_merged,
 )
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "FAMILIES",
     "AdapterFileError",
     "add_task",

@@ -1,24 +1,57 @@
 """The family table: the one place that names model families and what the package knows of each.
 
-A leaf module (it imports nothing from the package), so adapters, backbones and exports can all
-read it without import cycles.
+A leaf module (it imports nothing from the package), so adapters, backbones and exports can all read
+it without import cycles. Everything else asks the table (``find_family``, ``family_named``,
+``peft_export``, ``merged_format``) instead of comparing family names.
+
+A family's classes are written ``"package.prefix.ClassName"``: a model belongs to the family when a
+class in its MRO has that name **and** lives in that module or below it. So ``open_clip.CLIP`` matches
+``open_clip.model.CLIP`` (and would survive a move to ``open_clip.models.clip``), while a
+``VisionTransformer`` from open_clip or torchvision is not taken for timm's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
+__all__ = ["FAMILIES", "MERGED_WEIGHTS", "Family", "family_named", "find_family", "merged_format", "peft_export"]
+
+# Weights file of a merged checkpoint per non-Hugging-Face format ("hf" is a save_pretrained directory).
+MERGED_WEIGHTS = {"open_clip": "open_clip_model.safetensors", "safetensors": "model.safetensors"}
 
 
 @dataclass(frozen=True)
 class Family:
-    """A model family: its classes (matched anywhere in the MRO) and default targets per tower."""
+    """A model family and what the package knows of it.
+
+    * ``classes``: ``"module.prefix.ClassName"`` entries, matched anywhere in the MRO (see the module doc);
+    * ``targets``: default adapter targets per tower (regexes over ``named_modules`` names);
+    * ``packed_qkv``: regex of ``nn.Linear`` layers whose output is ``[q; k; v]``;
+    * ``backbone``: registry key of the :class:`mtl_lora_vl.backbones.Backbone` class that wraps it, or
+      None when no backbone class exists yet; ``no_backbone`` then says why and what to do instead;
+    * ``peft_export``: ``export_lora`` writes PEFT LoRA by default (else the plain layout);
+    * ``merged_format``: ``"hf"`` (``save_pretrained`` directory), ``"open_clip"`` or ``"safetensors"``
+      (one state-dict file, named by :data:`MERGED_WEIGHTS`, in a merged export directory).
+    """
 
     name: str
     classes: tuple[str, ...]
     targets: dict[str, tuple[str, ...]]
-    packed_qkv: str | None = None  # regex of Linear layers whose output is [q; k; v]
+    packed_qkv: str | None = None
+    backbone: str | None = None
+    no_backbone: str = ""
+    peft_export: bool = False
+    merged_format: str = "safetensors"
+
+    def matches(self, cls: type) -> bool:
+        """True when a class in ``cls``'s MRO is one of this family's (qualified) classes."""
+        return any(_is_class(c, ref) for c in cls.__mro__ for ref in self.classes)
+
+
+def _is_class(c: type, ref: str) -> bool:
+    prefix, _, name = ref.rpartition(".")
+    module = getattr(c, "__module__", "") or ""
+    return c.__name__ == name and (module == prefix or module.startswith(prefix + "."))
 
 
 _OC_BLOCK = r"\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"
@@ -27,40 +60,69 @@ _HF_CLIP_BLOCK = r"\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[
 FAMILIES: tuple[Family, ...] = (
     Family(
         "open_clip",
-        ("CLIP", "CustomTextCLIP", "CoCa"),
+        ("open_clip.CLIP", "open_clip.CustomTextCLIP", "open_clip.CoCa"),
         {
             "image": (r"^visual\.transformer" + _OC_BLOCK,),
-            "text": (r"^(text\.)?transformer" + _OC_BLOCK, r"^text_decoder\.(resblocks|cross_attn)\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"),
+            "text": (r"^(text\.)?transformer" + _OC_BLOCK,
+                     r"^text_decoder\.(resblocks|cross_attn)\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"),
         },
+        backbone="open_clip",
+        merged_format="open_clip",
     ),
     Family(
         "hf_clip",
-        ("CLIPModel",),
+        ("transformers.models.clip.CLIPModel",),
         {"image": (r"^vision_model" + _HF_CLIP_BLOCK,), "text": (r"^text_model" + _HF_CLIP_BLOCK,)},
+        backbone="hf_clip",
+        peft_export=True,
+        merged_format="hf",
     ),
     Family(
         "llava",
-        ("LlavaForConditionalGeneration",),
+        ("transformers.models.llava.LlavaForConditionalGeneration",),
         {
             "image": (r"(^|\.)vision_tower(\.\w+)*" + _HF_CLIP_BLOCK,),
             "text": (r"(^|\.)language_model\.(.*\.)?layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$",),
         },
+        no_backbone="LLaVA models have no backbone class yet, so the task kinds and the training command "
+                    "cannot use them; build the LlavaForConditionalGeneration yourself, mtl_lora_vl.attach(model, "
+                    "cfg) it and call model(...) / model.generate(...) under mtl_lora_vl.route(model, task_ids)",
+        peft_export=True,
+        merged_format="hf",
     ),
     Family(
         "timm_vit",
-        ("VisionTransformer",),
+        ("timm.models.VisionTransformer",),
         {"image": (r"^blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)$",)},
         packed_qkv=r"(^|\.)qkv$",
+        no_backbone="a timm VisionTransformer is image-only (it has no text tower), so it cannot serve the "
+                    "package's image-text task kinds; attach adapters to it directly with mtl_lora_vl.attach(model, "
+                    "cfg) (image tower only) and train it in your own loop under mtl_lora_vl.route(model, task_ids)",
     ),
 )
 
 
-def find_family(model: nn.Module) -> Family | None:
-    """The first family one of whose class names appears in ``type(model)``'s MRO."""
-    mro = [c.__name__ for c in type(model).__mro__]
-    for fam in FAMILIES:
-        if any(c in mro for c in fam.classes):
-            return fam
-    return None
+def find_family(model: object) -> Family | None:
+    """The first family of the table that ``model`` (an instance or a class) belongs to, else None."""
+    cls = model if isinstance(model, type) else type(model)
+    return next((fam for fam in FAMILIES if fam.matches(cls)), None)
 
 
+def family_named(name: str) -> Family | None:
+    """The family called ``name`` (as recorded in adapter files), else None (e.g. ``"custom"``)."""
+    return next((fam for fam in FAMILIES if fam.name == name), None)
+
+
+def peft_export(name: str) -> bool:
+    """Whether ``export_lora(format="auto")`` writes PEFT LoRA for family ``name``."""
+    fam = family_named(name)
+    return fam is not None and fam.peft_export
+
+
+def merged_format(name: str, model: object) -> str:
+    """Merged-checkpoint format of family ``name``; for a model of no known family, ``"hf"`` when it can
+    ``save_pretrained``, else ``"safetensors"``."""
+    fam = family_named(name)
+    if fam is not None:
+        return fam.merged_format
+    return "hf" if hasattr(model, "save_pretrained") else "safetensors"

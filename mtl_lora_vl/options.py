@@ -53,6 +53,8 @@ class TrainOptions:
     overwrite: bool = _opt(False, "replace an existing run directory")
     seed: int = _opt(0, "random seed")
     compile: bool = _opt(False, "torch.compile the training forward pass (towers, adapters and heads)")
+    grad_checkpointing: bool = _opt(False, "activation (gradient) checkpointing in the backbone's towers: less memory, "
+                                    "about a third more compute; refused by backbones that cannot")
     max_bad_steps: int = _opt(5, "stop after this many non-finite losses in a row")
     config: str | None = _opt(None, "JSON or TOML file with any of these options (flags given on the command line win)")
 

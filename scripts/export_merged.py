@@ -29,14 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 def _source_dir(spec: str) -> Path | None:
     """The directory whose non-weight files (config, tokenizer) belong beside a merged export."""
-    from mtl_lora_vl.backbones import builtin_dir
+    from mtl_lora_vl.backbones import parse_spec
 
-    if spec == "builtin":
-        return builtin_dir()
-    for prefix in ("open_clip:", "hf:"):
-        if spec.startswith(prefix) and Path(spec[len(prefix):]).expanduser().is_dir():
-            return Path(spec[len(prefix):]).expanduser()
-    return None
+    try:
+        source = parse_spec(spec).source_dir
+    except ValueError:  # no (or no loadable) backbone string: nothing to copy
+        return None
+    return source if source is not None and source.is_dir() else None
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
 
-    from mtl_lora_vl.io.adapter_io import AdapterFileError, load_pretrained, save_merged
+    from mtl_lora_vl.io import AdapterFileError, load_pretrained, save_merged
 
     try:
         loaded = load_pretrained(args.adapter, backbone=args.backbone, pretrained=args.pretrained, heads=False)

@@ -31,6 +31,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from mtl_lora_vl.backbones import Backbone, build_open_clip, build_word_tokenizer  # noqa: E402
+from mtl_lora_vl.io.atomic import atomic_file  # noqa: E402
 
 IMAGE_SIZE = 64
 TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a {}.")
@@ -313,16 +314,14 @@ def save_assets(bb: Backbone, config: dict, tokenizer_dir: Path, out: Path, meta
     state = {k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.contiguous()
              for k, v in bb.model.state_dict().items()}
     files: dict[str, bytes | None] = {}
-    tmp = out / ".model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt", "dtype": "float16"})
-    os.replace(tmp, out / "model.safetensors")
+    with atomic_file(out / "model.safetensors", overwrite=True, what="save_assets") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "dtype": "float16"})
     files["open_clip_config.json"] = (json.dumps({**config, "pretrain": meta}, indent=2) + "\n").encode()
     for name in ("tokenizer.json", "tokenizer_config.json"):
         files[name] = (tokenizer_dir / name).read_bytes()
     for name, data in files.items():
-        tmp = out / f".{name}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, out / name)
+        with atomic_file(out / name, overwrite=True, what="save_assets") as tmp:
+            tmp.write_bytes(data)
     for name in ("model.safetensors", *files):
         os.chmod(out / name, 0o644)
     return {p.name: p.stat().st_size for p in sorted(out.iterdir()) if not p.name.startswith(".")}

@@ -12,13 +12,13 @@ from torch import nn
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.adapters.layers import ADAPTER_PARAM_NAMES
-from mtl_lora_vl.io.adapter_io import (
+from mtl_lora_vl.io.adapter_files import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     HEADS_WEIGHTS,
     AdapterFileError,
-    _sha256,
 )
+from mtl_lora_vl.io.adapter_files import sha256_file as _sha256
 
 TASKS = ["vqa", "retrieval", "cls"]
 
@@ -307,7 +307,7 @@ def test_head_mismatch_is_named(oc_adapter):
 
 
 def test_refuses_to_overwrite_and_keeps_the_old_directory(oc_adapter, tmp_path, monkeypatch):
-    import mtl_lora_vl.io.adapter_io as aio
+    import mtl_lora_vl.io.adapter_files as aio
 
     model = oc_adapter[1]
     path = mlv.save_adapter(model, tmp_path / "adapter")
@@ -321,7 +321,7 @@ def test_refuses_to_overwrite_and_keeps_the_old_directory(oc_adapter, tmp_path, 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(aio, "_save_tensors", boom)
+    monkeypatch.setattr(aio, "save_tensors", boom)
     with pytest.raises(OSError, match="disk full"):
         mlv.save_adapter(model, path, overwrite=True)
     monkeypatch.undo()

@@ -193,24 +193,15 @@ def test_open_clip_local_dir_round_trip(tok_dir, tmp_path):
     assert torch.allclose(again.encode_text(tokens), bb.encode_text(tokens), atol=1e-6)
 
 
-def test_hf_clip_directory(tok_dir, tmp_path):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+def test_hf_clip_directory(tok_dir, tmp_path, monkeypatch):
+    from transformers import CLIPImageProcessor
 
     tok = WordTokenizer(tok_dir, CTX)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=CTX, pad_token_id=tok.pad_id,
-                         bos_token_id=tok.bos_id, eos_token_id=tok.eos_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16,
-    )
-    CLIPModel(cfg).save_pretrained(tmp_path)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        (tmp_path / name).write_bytes((tok_dir / name).read_bytes())
+    _save_tiny_hf_clip(tok_dir, tmp_path)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
                        image_mean=[0.4, 0.4, 0.4], image_std=[0.2, 0.2, 0.2]).save_pretrained(tmp_path)
 
+    monkeypatch.setattr(socket.socket, "connect", lambda *a, **k: (_ for _ in ()).throw(AssertionError("network")))
     bb = load_backbone(f"hf:{tmp_path}")
     assert bb.family == "hf_clip" and bb.image_size == 32 and bb.embed_dim == 16
     assert bb.mean == (0.4, 0.4, 0.4) and bb.std == (0.2, 0.2, 0.2) and bb.eos_id == tok.eos_id
@@ -227,9 +218,9 @@ def test_hf_clip_directory(tok_dir, tmp_path):
 
 
 def test_builtin_missing_weights_message(monkeypatch, tmp_path):
-    import mtl_lora_vl.backbones.core as backbones
+    import mtl_lora_vl.backbones.builtin as builtin
 
-    monkeypatch.setattr(backbones, "builtin_dir", lambda: tmp_path / "builtin_clip")
+    monkeypatch.setattr(builtin, "builtin_dir", lambda: tmp_path / "builtin_clip")
     with pytest.raises(FileNotFoundError, match="scripts/pretrain_backbone.py"):
         load_backbone("builtin")
 
@@ -290,3 +281,203 @@ def test_pretrain_loop_learns_a_toy_world(tok_dir):
     assert pb.chance_recall(torch.tensor([0, 0, 1, 1]), 2, 1) == pytest.approx(0.5)
     r = pb.image_to_text_recall(torch.eye(2), torch.eye(2)[[0, 0, 1, 1]], torch.tensor([0, 0, 1, 1]))
     assert r["r@1"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------- the interface
+
+
+def test_capabilities_state_what_each_backbone_can_do(tok_dir):
+    from mtl_lora_vl.backbones import CAPABILITIES, BackboneError, CoCaBackbone, OpenClipBackbone
+
+    vocab = WordTokenizer(tok_dir, CTX).vocab_size
+    clip = build_open_clip(_clip_cfg(vocab), tokenizer_dir=tok_dir, name="tiny")
+    coca = build_open_clip(_coca_cfg(vocab), tokenizer_dir=tok_dir, name="tiny-coca")
+    assert type(clip) is OpenClipBackbone and type(coca) is CoCaBackbone
+    assert set(CAPABILITIES) == {"image_embeddings", "text_embeddings", "lm_logits", "generate", "grad_checkpointing"}
+    assert clip.supports("text_embeddings") and not clip.supports("generate") and not clip.has_decoder
+    assert all(coca.supports(c) for c in CAPABILITIES) and coca.has_decoder
+    assert clip.family == coca.family == "open_clip"
+    with pytest.raises(ValueError, match="unknown backbone capability 'generation'"):
+        clip.supports("generation")
+    with pytest.raises(BackboneError, match=r"caption_logits needs a caption decoder, but backbone 'tiny' \(CLIP, "
+                                            r"family open_clip\) has none.*CoCa"):
+        clip.caption_logits(_images(clip, 1), clip.tokenizer(["a red circle"]))
+    with pytest.raises(ValueError, match="without prompts"):
+        coca.generate(_images(coca, 1), prompts=["what is this?"])
+
+
+def test_a_new_family_plugs_in_by_subclassing(tok_dir):
+    """A backbone with only image embeddings: its text methods refuse with the capability message."""
+    from mtl_lora_vl.backbones import Backbone, BackboneError
+
+    class ImageOnly(Backbone):
+        capabilities = frozenset({"image_embeddings"})
+
+        def _image_features(self, images):
+            return images.flatten(1)[:, :8]
+
+    bb = ImageOnly(model=torch.nn.Linear(1, 1), name="toy", tokenizer=WordTokenizer(tok_dir, CTX), image_size=4,
+                   mean=(0.5,) * 3, std=(0.5,) * 3, embed_dim=8, pad_id=0, bos_id=1, eos_id=2, context_length=CTX)
+    assert bb.encode_image(torch.randn(2, 3, 4, 4)).shape == (2, 8) and bb.family == "custom"
+    for call in (lambda: bb.encode_text(torch.zeros(1, CTX, dtype=torch.long)), lambda: bb.logit_scale,
+                 lambda: bb.generate(torch.randn(1, 3, 4, 4)), lambda: bb.set_grad_checkpointing(True)):
+        with pytest.raises(BackboneError, match=r"backbone 'toy' \(Linear, family custom\) has none \(it supports "
+                                                r"image_embeddings\)"):
+            call()
+
+
+def test_grad_checkpointing_switches_open_clip_towers(tok_dir):
+    vocab = WordTokenizer(tok_dir, CTX).vocab_size
+    clip = build_open_clip(_clip_cfg(vocab), tokenizer_dir=tok_dir)
+    coca = build_open_clip(_coca_cfg(vocab), tokenizer_dir=tok_dir)
+    clip.set_grad_checkpointing(True)
+    assert clip.model.visual.transformer.grad_checkpointing and clip.model.transformer.grad_checkpointing
+    coca.set_grad_checkpointing(True)
+    assert coca.model.visual.transformer.grad_checkpointing and coca.model.text.transformer.grad_checkpointing
+    assert coca.model.text_decoder.grad_checkpointing
+    clip.set_grad_checkpointing(False)
+    assert not clip.model.visual.transformer.grad_checkpointing and not clip.model.transformer.grad_checkpointing
+
+
+def test_grad_checkpointing_gives_the_same_adapter_gradients(tok_dir):
+    """One task, backward inside the routing scope: checkpointed and plain runs agree."""
+    import mtl_lora_vl as mlv
+
+    vocab = WordTokenizer(tok_dir, CTX).vocab_size
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        bb = build_open_clip(_clip_cfg(vocab), tokenizer_dir=tok_dir)
+        mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=4))
+        for n, p in bb.model.named_parameters():
+            if n.endswith("lora_B"):
+                torch.nn.init.normal_(p, std=0.02)
+        bb.set_grad_checkpointing(ckpt)
+        bb.model.train()
+        torch.manual_seed(1)
+        images, tokens = _images(bb, 2), bb.tokenizer(["a red circle", "a blue square"])
+        with mlv.route(bb.model, "b"):
+            (bb.encode_image(images) * bb.encode_text(tokens)).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in bb.model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], msg=n)
+
+
+def _save_tiny_hf_clip(tok_dir: Path, folder: Path) -> None:
+    from transformers import CLIPConfig, CLIPModel
+
+    tok = WordTokenizer(tok_dir, CTX)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=CTX, pad_token_id=tok.pad_id,
+                         bos_token_id=tok.bos_id, eos_token_id=tok.eos_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    CLIPModel(cfg).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((tok_dir / name).read_bytes())
+
+
+def test_grad_checkpointing_switches_hf_clip_non_reentrant(tok_dir, tmp_path):
+    _save_tiny_hf_clip(tok_dir, tmp_path)
+    bb = load_backbone(f"hf:{tmp_path}")
+    bb.set_grad_checkpointing(True)
+    for enc in (bb.model.vision_model.encoder, bb.model.text_model.encoder):
+        assert enc.gradient_checkpointing
+        assert enc._gradient_checkpointing_func.keywords["use_reentrant"] is False
+    bb.set_grad_checkpointing(False)
+    assert not bb.model.vision_model.encoder.gradient_checkpointing
+
+
+def test_hf_directories_of_families_without_a_backbone_are_refused_by_the_table(tmp_path, monkeypatch):
+    from conftest import tiny_llava
+
+    from mtl_lora_vl.backbones import BackboneError
+
+    monkeypatch.setattr(socket.socket, "connect", lambda *a, **k: (_ for _ in ()).throw(AssertionError("network")))
+    tiny_llava().save_pretrained(tmp_path / "llava")
+    with pytest.raises(BackboneError, match="LlavaForConditionalGeneration \\(llava\\) cannot be used as a backbone: "
+                                            "LLaVA models have no backbone class yet"):
+        load_backbone(f"hf:{tmp_path / 'llava'}")
+    timm_dir = tmp_path / "timm"
+    timm_dir.mkdir()
+    (timm_dir / "config.json").write_text(json.dumps({"architecture": "vit_tiny_patch16_224", "num_classes": 10,
+                                                      "pretrained_cfg": {"input_size": [3, 224, 224]}}))
+    with pytest.raises(BackboneError, match="VisionTransformer \\(timm_vit\\) cannot be used as a backbone: .*image-only"):
+        load_backbone(f"hf:{timm_dir}")
+
+
+def test_build_setup_turns_grad_checkpointing_on(monkeypatch, tok_dir):
+    """--grad-checkpointing reaches the backbone that build_setup loads."""
+    import mtl_lora_vl.multitask.setup as setup
+    from mtl_lora_vl.cli import parse_train_args
+
+    opts = parse_train_args(["--grad-checkpointing", "--tasks", "retrieval"])
+    assert opts.grad_checkpointing and not parse_train_args([]).grad_checkpointing
+    seen = []
+
+    def fake_load(spec, pretrained, device):
+        bb = build_open_clip(_clip_cfg(WordTokenizer(tok_dir, CTX).vocab_size), tokenizer_dir=tok_dir)
+        seen.append(bb)
+        return bb
+
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Stop
+
+    monkeypatch.setattr(setup, "load_backbone", fake_load)
+    monkeypatch.setattr(setup, "resolve_tasks", stop)
+    with pytest.raises(Stop):
+        setup.build_setup(opts, torch.device("cpu"))
+    assert seen[0].model.visual.transformer.grad_checkpointing and seen[0].model.transformer.grad_checkpointing
+
+
+# ---------------------------------------------------------------------------------------- specs and offline
+
+
+def test_backbone_strings_parse_once_into_a_typed_spec(tmp_path):
+    from mtl_lora_vl.backbones import parse_spec
+
+    b = parse_spec(" builtin ", pretrained="/w.safetensors")
+    assert (b.kind, b.label, b.pretrained, b.source_dir) == ("builtin", "builtin", "/w.safetensors", builtin_dir())
+    n = parse_spec("open_clip:ViT-B-32", "/x.bin")
+    assert (n.kind, n.name, n.pretrained, n.path, n.source_dir) == ("open_clip", "ViT-B-32", "/x.bin", None, None)
+    d = parse_spec(f"open_clip:{tmp_path}")
+    assert d.kind == "open_clip_dir" and d.path == tmp_path and d.source_dir == tmp_path
+    h = parse_spec(f"hf:{tmp_path}")
+    assert h.kind == "hf" and h.label == f"hf:{tmp_path}" and h.absolute() == f"hf:{tmp_path.resolve()}"
+    assert parse_spec("hf:no/such/dir").absolute() == "hf:no/such/dir"      # left as given
+    with pytest.raises(ValueError, match="drop --pretrained"):
+        parse_spec(f"open_clip:{tmp_path}", "/x.bin")
+    with pytest.raises(ValueError, match="only for open_clip:NAME"):
+        parse_spec(f"hf:{tmp_path}", "/x.bin")
+    for bad in ("", "open_clip:", "hf:", "resnet50"):
+        with pytest.raises(ValueError, match="accepted forms"):
+            parse_spec(bad)
+
+
+def test_offline_scope_restores_exactly_and_sets_no_environment(monkeypatch):
+    import os
+
+    import huggingface_hub.constants as constants
+
+    from mtl_lora_vl.backbones.offline import offline
+
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    env = dict(os.environ)
+    with offline():
+        assert constants.HF_HUB_OFFLINE is True and dict(os.environ) == env
+        with offline():
+            assert constants.is_offline_mode()
+        assert constants.HF_HUB_OFFLINE is True
+    assert constants.HF_HUB_OFFLINE is False and dict(os.environ) == env
+    with pytest.raises(RuntimeError), offline():
+        raise RuntimeError("boom")
+    assert constants.HF_HUB_OFFLINE is False

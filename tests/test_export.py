@@ -14,7 +14,7 @@ from test_adapter_io import _fresh, _hf_run, _llava_run, _oc_run, _outputs, _tra
 from torch import nn
 
 import mtl_lora_vl as mlv
-from mtl_lora_vl.io.adapter_io import AdapterFileError, apply_plain_lora
+from mtl_lora_vl.io import AdapterFileError, apply_plain_lora
 
 TASKS = ["vqa", "retrieval", "cls"]
 REPO = Path(__file__).resolve().parent.parent
@@ -235,7 +235,7 @@ def test_load_pretrained_needs_a_base_model_name(trained_run, tmp_path):
     with pytest.raises(AdapterFileError, match=r"does not say which base model.*backbone="):
         mlv.load_pretrained(p)
     # The kind is rebuilt from the vocabulary saved with the adapter (the head's), not from training data.
-    from mtl_lora_vl.io.adapter_io import _sha256
+    from mtl_lora_vl.io.adapter_files import sha256_file as _sha256
 
     state_file = p / "tasks" / "vqa.state.json"
     state = json.loads(state_file.read_text())

@@ -1,14 +1,34 @@
-"""Base vision-language models behind one interface, loaded from local files."""
+"""Base vision-language models behind one interface (:class:`Backbone`), loaded from local files.
 
-from .core import (
-           SPEC_FORMS,
-           Backbone,
-           WordTokenizer,
-           build_open_clip,
-           build_word_tokenizer,
-           builtin_dir,
-           load_backbone,
-)
+One module per concept: ``base`` (the interface, capabilities, registry), ``spec`` (backbone strings),
+``tokenizers``, ``offline`` (the no-download scope), ``builtin`` (where the built-in backbone lives),
+``open_clip`` (CLIP and CoCa), ``hf_clip`` (Hugging Face CLIP), ``hf`` (Hugging Face directories),
+``beam`` (beam search) and ``loading`` (:func:`load_backbone`).
+"""
 
-__all__ = ["SPEC_FORMS", "Backbone", "WordTokenizer", "build_open_clip", "build_word_tokenizer", "builtin_dir",
-           "load_backbone"]
+from .base import CAPABILITIES, Backbone, BackboneError, backbone_class, backbone_class_for
+from .builtin import builtin_dir
+from .hf_clip import HFClipBackbone
+from .loading import load_backbone
+from .open_clip import CoCaBackbone, OpenClipBackbone, build_open_clip
+from .spec import SPEC_FORMS, BackboneSpec, parse_spec
+from .tokenizers import WordTokenizer, build_word_tokenizer
+
+__all__ = [
+    "CAPABILITIES",
+    "SPEC_FORMS",
+    "Backbone",
+    "BackboneError",
+    "BackboneSpec",
+    "CoCaBackbone",
+    "HFClipBackbone",
+    "OpenClipBackbone",
+    "WordTokenizer",
+    "backbone_class",
+    "backbone_class_for",
+    "build_open_clip",
+    "build_word_tokenizer",
+    "builtin_dir",
+    "load_backbone",
+    "parse_spec",
+]

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..adapters.routing import disabled, route
 from ..distributed import pick_device
-from ..io.adapter_io import load_pretrained
+from ..io import load_pretrained
 from ..multitask import MultiTaskModel, Setup
 from ..precision import resolve_precision
 from ..rundir import RunDirError

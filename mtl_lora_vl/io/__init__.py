@@ -1,1 +1,40 @@
-"""Adapter files, exports (PEFT, plain LoRA, merged) and one-call loading."""
+"""Reading and writing what training produces, one concept per module.
+
+- :mod:`.atomic`: atomic writes of a file or a directory (checkpoints, adapters, exports);
+- :mod:`.identity`: which base model an adapter fits (projections, shapes, fingerprint);
+- :mod:`.adapter_files`: the native adapter directory (``save_adapter``, ``load_adapter``);
+- :mod:`.exports`: one task as a PEFT or plain LoRA, or a merged base-model checkpoint;
+- :mod:`.pretrained`: ``load_pretrained``, base model + task heads + adapter in one call.
+"""
+
+from .adapter_files import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    HEADS_WEIGHTS,
+    AdapterFileError,
+    load_adapter,
+    read_adapter_config,
+    save_adapter,
+)
+from .atomic import atomic_dir, atomic_file
+from .exports import apply_plain_lora, export_lora, save_merged
+from .identity import model_identity
+from .pretrained import Pretrained, load_pretrained
+
+__all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
+    "HEADS_WEIGHTS",
+    "AdapterFileError",
+    "Pretrained",
+    "apply_plain_lora",
+    "atomic_dir",
+    "atomic_file",
+    "export_lora",
+    "load_adapter",
+    "load_pretrained",
+    "model_identity",
+    "read_adapter_config",
+    "save_adapter",
+    "save_merged",
+]

@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from ..adapters.attach import attach, attach_info
+from ..adapters.grow import add_task
 from ..adapters.routing import disabled
 from ..backbones import load_backbone
 from ..config import MTLLoRAConfig
-from ..io.adapter_io import add_task, load_pretrained
+from ..io import load_pretrained
 from ..options import TrainOptions
 from ..tasks import build_kind, resolve_tasks
 from .model import MultiTaskModel
@@ -41,6 +42,8 @@ class Setup:
 def build_setup(opts: TrainOptions, device: torch.device, extend_from: str | None = None) -> Setup:
     """Backbone, task specs and kinds, heads (initialised to the zero-shot rule), adapters."""
     backbone = load_backbone(opts.backbone, opts.pretrained, device)
+    if opts.grad_checkpointing:
+        backbone.set_grad_checkpointing(True)
     specs = resolve_tasks(opts.tasks)
     train_splits = {s.name: s.load_split("train", opts.data_root) for s in specs}
     kinds = {s.name: build_kind(s, train_splits[s.name], backbone) for s in specs}
@@ -70,6 +73,8 @@ def extend_setup(opts: TrainOptions, device: torch.device) -> Setup:
     if clash:
         raise ValueError(f"--extend {src}: task(s) {clash} are already in the adapter {old}; --tasks must name new tasks")
     bb = lp.backbone
+    if opts.grad_checkpointing:
+        bb.set_grad_checkpointing(True)
     train_splits = {s.name: s.load_split("train", opts.data_root) for s in new_specs}
     kinds = dict(lp.kinds)
     heads = nn.ModuleDict(lp.heads)

@@ -7,12 +7,12 @@ and plain Python values, loaded with ``weights_only=True``.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..io.atomic import atomic_file
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -23,20 +23,9 @@ class CheckpointError(RuntimeError):
 
 def save_checkpoint(state: dict[str, Any], run_dir: str | Path) -> Path:
     """Write ``state`` to ``run_dir/checkpoint.pt`` via a temporary file and an atomic rename."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    final = run_dir / CHECKPOINT_NAME
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=run_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    final = Path(run_dir) / CHECKPOINT_NAME
+    with atomic_file(final, overwrite=True, what="save_checkpoint") as tmp:
+        torch.save(state, tmp)
     return final
 
 

@@ -25,7 +25,7 @@ from ..adapters.attach import parameter_report
 from ..data.loader import MultiTaskLoader, to_device
 from ..distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, write_outputs
-from ..io.adapter_io import save_adapter
+from ..io import save_adapter
 from ..multitask import Setup, build_setup, extend_setup
 from ..options import TrainOptions
 from ..precision import autocast, resolve_precision

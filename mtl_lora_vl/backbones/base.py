@@ -1,0 +1,277 @@
+"""The backbone interface: a base VL model, its tokenizer and image normalisation, and what it can do.
+
+A :class:`Backbone` wraps one model of a family in the family table (:mod:`mtl_lora_vl.families`).
+Task kinds, loaders and the trainer call its methods and never ask which family it is; what a backbone
+can do is stated by its :attr:`Backbone.capabilities`:
+
+* ``image_embeddings`` / ``text_embeddings``: :meth:`encode_image` / :meth:`encode_text` and
+  :attr:`logit_scale` (contrastive families: open_clip CLIP and CoCa, Hugging Face CLIP);
+* ``lm_logits``: :meth:`caption_logits`, teacher-forced next-token logits of a language model or caption
+  decoder (CoCa; LLaVA-style models next);
+* ``generate``: :meth:`generate`, text from images (CoCa; LLaVA-style models next);
+* ``grad_checkpointing``: :meth:`set_grad_checkpointing`.
+
+A method outside a backbone's capabilities raises :class:`BackboneError` naming the backbone, what it
+can do and what to use instead. A new family is a subclass registered under the key its family-table
+entry names (``@register_backbone("key")``) that implements ``load`` and the methods of its
+capabilities; nothing else changes. Adapters are attached to ``Backbone.model`` in place, so the
+methods see the adapters and the routing scope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..families import FAMILIES, find_family
+from .spec import BackboneSpec
+from .tokenizers import Tokenizer
+
+__all__ = [
+    "CAPABILITIES",
+    "GENERATE",
+    "GRAD_CHECKPOINTING",
+    "IMAGE_EMBEDDINGS",
+    "LM_LOGITS",
+    "OPENAI_MEAN",
+    "OPENAI_STD",
+    "TEXT_EMBEDDINGS",
+    "Backbone",
+    "BackboneError",
+    "as_rgb",
+    "backbone_class",
+    "backbone_class_for",
+    "register_backbone",
+]
+
+IMAGE_EMBEDDINGS = "image_embeddings"
+TEXT_EMBEDDINGS = "text_embeddings"
+LM_LOGITS = "lm_logits"
+GENERATE = "generate"
+GRAD_CHECKPOINTING = "grad_checkpointing"
+CAPABILITIES = (IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS, LM_LOGITS, GENERATE, GRAD_CHECKPOINTING)
+
+_COCA = ("use an open_clip CoCa model (e.g. --backbone open_clip:coca_ViT-B-32 --pretrained /path/to/coca.bin), "
+         "or score captions by retrieval instead")
+# capability -> (what is missing, what to do instead), for BackboneError messages
+_NEEDS = {
+    IMAGE_EMBEDDINGS: ("an image tower", "use a backbone with one (any contrastive family)"),
+    TEXT_EMBEDDINGS: ("a contrastive text tower",
+                      "use a contrastive backbone (open_clip CLIP/CoCa or a Hugging Face CLIP directory)"),
+    LM_LOGITS: ("a caption decoder", _COCA),
+    GENERATE: ("a caption decoder", _COCA),
+    GRAD_CHECKPOINTING: ("activation checkpointing", "train without --grad-checkpointing (grad_checkpointing=False)"),
+}
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class BackboneError(ValueError):
+    """A backbone cannot do what was asked, or cannot be built; the message says which and what instead."""
+
+
+def as_rgb(v: Any, what: str) -> tuple[float, float, float]:
+    """One value or three (RGB) as a float triple; ``what`` names the setting in the error."""
+    vals = tuple(float(x) for x in (v if isinstance(v, (list, tuple)) else [v] * 3))
+    if len(vals) != 3:
+        raise ValueError(f"{what} must have 3 values (RGB), got {v!r}")
+    return vals  # type: ignore[return-value]
+
+
+@dataclass(eq=False)
+class Backbone:
+    """A base VL model with its tokenizer and image normalisation; subclasses add what their family can do."""
+
+    model: nn.Module
+    name: str                        # "builtin", "open_clip:ViT-B-32", "hf:/path/to/dir"
+    tokenizer: Tokenizer
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    embed_dim: int
+    pad_id: int
+    bos_id: int | None
+    eos_id: int
+    context_length: int = 77
+    vocab_size: int = 0
+    _norm_cache: dict = field(default_factory=dict, init=False, repr=False)
+
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    pads_to_context: ClassVar[bool] = False  # text must be exactly context_length tokens long
+
+    # ---------------------------------------------------------------------------------- capabilities
+    @classmethod
+    def load(cls, spec: BackboneSpec, device: str | torch.device = "cpu") -> Backbone:
+        """Build this backbone from a parsed backbone string, local files only."""
+        raise BackboneError(f"{cls.__name__} cannot be loaded from a backbone string ({spec.text!r})")
+
+    @property
+    def family(self) -> str:
+        """The model's family in the family table (``"custom"`` for a model of none)."""
+        fam = find_family(self.model)
+        return fam.name if fam else "custom"
+
+    def supports(self, capability: str) -> bool:
+        """Whether this backbone has ``capability`` (one of :data:`CAPABILITIES`)."""
+        if capability not in CAPABILITIES:
+            raise ValueError(f"unknown backbone capability {capability!r}; known: {list(CAPABILITIES)}")
+        return capability in self.capabilities
+
+    def require(self, capability: str, what: str) -> None:
+        """Raise BackboneError unless this backbone has ``capability``; ``what`` names the caller."""
+        if self.supports(capability):
+            return
+        need, fix = _NEEDS[capability]
+        raise BackboneError(
+            f"{what} needs {need}, but backbone {self.name!r} ({type(self.model).__name__}, family {self.family}) "
+            f"has none (it supports {', '.join(sorted(self.capabilities)) or 'nothing'}); {fix}"
+        )
+
+    @property
+    def has_decoder(self) -> bool:
+        """True when the model has a language model / caption decoder (``lm_logits``)."""
+        return self.supports(LM_LOGITS)
+
+    # ---------------------------------------------------------------------------------- embeddings
+    def encode_image(self, images: Tensor) -> Tensor:
+        """Normalised float images ``(B, 3, H, W)`` -> L2-normalised image embeddings ``(B, D)``."""
+        self.require(IMAGE_EMBEDDINGS, "encode_image")
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"encode_image expects float images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        return F.normalize(self._image_features(images), dim=-1)
+
+    def encode_text(self, tokens: Tensor) -> Tensor:
+        """Token ids ``(N, L)`` (L <= context_length; shorter is padded) -> L2-normalised ``(N, D)``."""
+        self.require(TEXT_EMBEDDINGS, "encode_text")
+        return F.normalize(self._text_features(self.fit_tokens(tokens)), dim=-1)
+
+    def _image_features(self, images: Tensor) -> Tensor:
+        """Unnormalised image embeddings; subclasses with ``image_embeddings`` implement it."""
+        raise NotImplementedError
+
+    def _text_features(self, tokens: Tensor) -> Tensor:
+        """Unnormalised text embeddings; subclasses with ``text_embeddings`` implement it."""
+        raise NotImplementedError
+
+    @property
+    def logit_scale(self) -> Tensor:
+        """The model's contrastive temperature, exponentiated (a scalar tensor)."""
+        self.require(TEXT_EMBEDDINGS, "logit_scale")
+        return self.model.logit_scale.exp().reshape(())
+
+    def fit_tokens(self, tokens: Tensor) -> Tensor:
+        """Check ``(N, L)`` token ids against the context length; pad when the model needs full length."""
+        if tokens.dim() != 2:
+            raise ValueError(f"text tokens must be a (N, L) LongTensor, got shape {tuple(tokens.shape)}")
+        if tokens.dtype != torch.long:
+            tokens = tokens.long()
+        length = tokens.shape[1]
+        if length > self.context_length:
+            raise ValueError(
+                f"text tokens have length {length} but {self.name} has context length {self.context_length}; "
+                "tokenize with backbone.tokenizer, which truncates to the context length"
+            )
+        if length < self.context_length and self.pads_to_context:
+            tokens = F.pad(tokens, (0, self.context_length - length), value=self.pad_id)
+        return tokens
+
+    # ---------------------------------------------------------------------------------- language model
+    def caption_logits(self, images: Tensor, tokens: Tensor) -> Tensor:
+        """Teacher-forced logits ``(B, L-1, vocab)``; position i predicts ``tokens[:, i + 1]`` (``lm_logits``)."""
+        self.require(LM_LOGITS, "caption_logits")
+        raise NotImplementedError
+
+    def generate(self, images: Tensor, max_len: int = 20, beam_size: int = 1,
+                 prompts: Sequence[str] | None = None) -> list[str]:
+        """One text per image: greedy (``beam_size=1``) or beam search (``generate``). ``prompts`` (one per
+        image) is for backbones that condition on a prompt (LLaVA-style); others refuse it."""
+        self.require(GENERATE, "generate")
+        raise NotImplementedError
+
+    def decode(self, token_ids: Sequence[int] | Tensor) -> str:
+        """Token ids -> text (start token dropped, cut at the end token, padding removed)."""
+        decode = getattr(self.tokenizer, "decode", None)
+        if decode is None:
+            raise ValueError(f"the tokenizer of backbone {self.name!r} cannot decode token ids")
+        return decode(token_ids)
+
+    # ---------------------------------------------------------------------------------- training
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Turn activation checkpointing of the towers on or off (``grad_checkpointing``)."""
+        self.require(GRAD_CHECKPOINTING, "set_grad_checkpointing")
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------------------- images
+    def preprocess_uint8(self, images_uint8: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """uint8 images ``(B, 3, H, W)`` -> normalised ``dtype`` tensor on the same device.
+
+        Conversion runs on the images' device (do it after the host-to-device copy); images whose size
+        differs from ``image_size`` are resized there with antialiasing.
+        """
+        if images_uint8.dtype != torch.uint8:
+            raise ValueError(f"preprocess_uint8 expects uint8 images, got dtype {images_uint8.dtype}")
+        if images_uint8.dim() == 3:
+            images_uint8 = images_uint8.unsqueeze(0)
+        if images_uint8.dim() != 4 or images_uint8.shape[1] != 3:
+            raise ValueError(f"preprocess_uint8 expects images of shape (B, 3, H, W), got {tuple(images_uint8.shape)}")
+        device = images_uint8.device
+        key = str(device)
+        if key not in self._norm_cache:
+            mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+            self._norm_cache[key] = (mean, std)
+        mean, std = self._norm_cache[key]
+        x = images_uint8.float().div_(255.0)
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              align_corners=False, antialias=True)
+        return ((x - mean) / std).to(dtype)
+
+    def to(self, device: str | torch.device) -> Backbone:
+        """Move the model to ``device`` (in place) and return self."""
+        self.model.to(device)
+        return self
+
+
+# -------------------------------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, type[Backbone]] = {}
+B = TypeVar("B", bound=type[Backbone])
+
+
+def register_backbone(key: str) -> Callable[[B], B]:
+    """Class decorator: the Backbone class that the family table's ``backbone=key`` entries load with."""
+    def deco(cls: B) -> B:
+        if key in _REGISTRY and _REGISTRY[key] is not cls:
+            raise ValueError(f"backbone key {key!r} is already registered to {_REGISTRY[key].__name__}")
+        _REGISTRY[key] = cls
+        return cls
+    return deco
+
+
+def backbone_class(key: str) -> type[Backbone]:
+    """The Backbone class registered under ``key``."""
+    try:
+        return _REGISTRY[key]
+    except KeyError:
+        raise BackboneError(f"no backbone class is registered as {key!r}; registered: {sorted(_REGISTRY)}") from None
+
+
+def backbone_class_for(model: object) -> type[Backbone]:
+    """The Backbone class for a model (instance or class), from the family table; refuses with the
+    table's reason when the family has no backbone class, or lists the supported families."""
+    fam = find_family(model)
+    cls = model if isinstance(model, type) else type(model)
+    if fam is None:
+        known = ", ".join(f"{f.name} ({'/'.join(f.classes)})" for f in FAMILIES if f.backbone)
+        raise BackboneError(f"{cls.__module__}.{cls.__qualname__} is not a model family with a backbone class; "
+                            f"supported: {known}")
+    if fam.backbone is None:
+        raise BackboneError(f"{cls.__name__} ({fam.name}) cannot be used as a backbone: {fam.no_backbone}")
+    return backbone_class(fam.backbone)

@@ -1,0 +1,55 @@
+"""Where the built-in backbone lives (DESIGN §6) and what it takes to load it.
+
+The built-in backbone is a small open_clip CLIP in an open_clip local directory
+(``open_clip_config.json``, ``model.safetensors``, ``tokenizer.json``, ``tokenizer_config.json``),
+written by ``scripts/pretrain_backbone.py``. The open_clip loader builds it; this module only finds
+the files and says how to make them when they are missing.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from pathlib import Path
+
+__all__ = ["BUILTIN_CONFIG", "BUILTIN_NAME", "BUILTIN_WEIGHTS", "builtin_dir", "builtin_files"]
+
+BUILTIN_NAME = "builtin"
+BUILTIN_CONFIG = "open_clip_config.json"
+BUILTIN_WEIGHTS = "model.safetensors"
+_SUBDIR = "builtin_clip"
+
+
+def builtin_dir() -> Path:
+    """Folder of the built-in backbone: ``mtl_lora_vl/assets/builtin_clip`` (installed wheel) if it has a
+    config, else ``<repo>/assets/builtin_clip`` (checkout)."""
+    candidates = []
+    try:
+        candidates.append(Path(str(files("mtl_lora_vl") / "assets" / _SUBDIR)))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    candidates.append(Path(__file__).resolve().parents[2] / "assets" / _SUBDIR)
+    for c in candidates:
+        if (c / BUILTIN_CONFIG).is_file():
+            return c
+    return candidates[-1]
+
+
+def builtin_files(pretrained: str | None = None) -> tuple[Path, dict, Path]:
+    """``(folder, open_clip config, weights file)`` of the built-in backbone; ``pretrained`` replaces the
+    weights. Missing files raise FileNotFoundError saying how to build them."""
+    folder = builtin_dir()
+    config_path = folder / BUILTIN_CONFIG
+    weights = Path(pretrained).expanduser() if pretrained else folder / BUILTIN_WEIGHTS
+    if not config_path.is_file() or not weights.is_file():
+        missing = config_path if not config_path.is_file() else weights
+        raise FileNotFoundError(
+            f"the built-in backbone is missing {missing}. Build it once with "
+            "`python scripts/pretrain_backbone.py` (about 10 minutes on 2 CPU cores), which writes "
+            f"{folder}/{{open_clip_config.json,model.safetensors,tokenizer.json,tokenizer_config.json}}"
+        )
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_path} is not valid JSON ({e}); re-run python scripts/pretrain_backbone.py") from e
+    return folder, config, weights

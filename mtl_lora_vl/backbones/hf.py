@@ -1,0 +1,71 @@
+"""Local Hugging Face model directories (``hf:DIR``): the folder, and which model class it holds.
+
+The class (read from ``config.json``, never by loading weights) is what the family table matches, so
+``load_backbone("hf:DIR")`` picks the Backbone class of the directory's family, or refuses with the
+table's reason. Besides ``transformers`` directories, timm's hub layout (``config.json`` with
+``architecture``) is recognised, so that a timm model gets the table's answer too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .base import BackboneError
+from .spec import BackboneSpec
+
+__all__ = ["hf_dir", "hf_model_class"]
+
+
+def hf_dir(spec: BackboneSpec) -> Path:
+    """The local directory of an ``hf:DIR`` spec, checked to hold a ``config.json``."""
+    folder = spec.path
+    if folder is None or not folder.is_dir():
+        raise FileNotFoundError(
+            f"{spec.text} is not a local directory; hf: takes a folder written by save_pretrained "
+            "(config.json + model.safetensors + tokenizer files). Hub model ids would need a download, "
+            "which this package never does"
+        )
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no config.json; save the model there with save_pretrained")
+    return folder
+
+
+def hf_model_class(folder: Path) -> type:
+    """The model class a Hugging Face (or timm hub) directory was saved from, from its ``config.json``."""
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is unreadable or not JSON ({e}); save the model again with save_pretrained") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is not a model config (a JSON object)")
+    if isinstance(config.get("architecture"), str) and "pretrained_cfg" in config:
+        return _timm_class(config["architecture"], path)
+    import transformers
+
+    names = list(config.get("architectures") or [])
+    if not names and config.get("model_type"):
+        from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+        names = [MODEL_MAPPING_NAMES.get(config["model_type"], "")]
+    for name in names:
+        cls = getattr(transformers, name, None) if name else None
+        if isinstance(cls, type):
+            return cls
+    raise BackboneError(f"{path} names no model class this transformers version knows (architectures={names}, "
+                        f"model_type={config.get('model_type')!r}); save the model with save_pretrained")
+
+
+def _timm_class(arch: str, path: Path) -> type:
+    """The class of timm architecture ``arch``, built on the meta device (no memory, no weights)."""
+    try:
+        import timm
+    except ImportError as e:
+        raise BackboneError(f"{path} is a timm model ({arch}) but timm is not installed") from e
+    if not timm.is_model(arch):
+        raise BackboneError(f"{path} names timm architecture {arch!r}, which this timm version does not have")
+    with torch.device("meta"):
+        return type(timm.create_model(arch, pretrained=False))

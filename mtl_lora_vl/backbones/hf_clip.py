@@ -1,0 +1,105 @@
+"""Hugging Face ``CLIPModel`` from a local ``save_pretrained`` directory (``hf:DIR``): image and text embeddings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .base import (
+    GRAD_CHECKPOINTING,
+    IMAGE_EMBEDDINGS,
+    OPENAI_MEAN,
+    OPENAI_STD,
+    TEXT_EMBEDDINGS,
+    Backbone,
+    as_rgb,
+    register_backbone,
+)
+from .hf import hf_dir
+from .spec import BackboneSpec
+from .tokenizers import load_hf_tokenizer
+
+__all__ = ["HFClipBackbone"]
+
+
+@register_backbone("hf_clip")
+class HFClipBackbone(Backbone):
+    """A Hugging Face ``CLIPModel``: pooled tower outputs through the projections."""
+
+    capabilities = frozenset({IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS, GRAD_CHECKPOINTING})
+
+    def _image_features(self, images: Tensor) -> Tensor:
+        pooled = self.model.vision_model(pixel_values=images).pooler_output
+        return self.model.visual_projection(pooled)
+
+    def _text_features(self, tokens: Tensor) -> Tensor:
+        pooled = self.model.text_model(input_ids=tokens).pooler_output
+        return self.model.text_projection(pooled)
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """transformers' switch, non-reentrant (frozen inputs need no ``requires_grad`` trick); it acts
+        in training mode only, as in transformers. Uses ``activation_checkpointing_*`` (transformers >= 5.x)
+        or the older ``gradient_checkpointing_*`` names."""
+        model = self.model
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            if enabled:
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.activation_checkpointing_disable()
+        elif enabled:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_disable()
+
+    @classmethod
+    def load(cls, spec: BackboneSpec, device: str | torch.device = "cpu") -> HFClipBackbone:
+        """A local ``CLIPModel.save_pretrained`` directory with its tokenizer (and preprocessor config)."""
+        from transformers import CLIPConfig, CLIPModel
+
+        folder = hf_dir(spec)
+        try:
+            config = CLIPConfig.from_pretrained(str(folder), local_files_only=True)
+        except Exception as e:  # wrong model type, malformed json, ...
+            raise ValueError(f"{folder}/config.json is not a Hugging Face CLIP config: {e}") from e
+        model = CLIPModel.from_pretrained(str(folder), local_files_only=True)
+        context_length = int(config.text_config.max_position_embeddings)
+        tokenizer = load_hf_tokenizer(folder, context_length, spec.label)
+        if tokenizer.vocab_size > config.text_config.vocab_size:
+            raise ValueError(
+                f"tokenizer in {folder} has {tokenizer.vocab_size} tokens but the text model embeds only "
+                f"{config.text_config.vocab_size}; save the matching tokenizer into {folder}"
+            )
+        mean, std = _image_stats(folder)
+        model.eval().to(device)
+        return cls(
+            model=model,
+            name=spec.label,
+            tokenizer=tokenizer,
+            image_size=int(config.vision_config.image_size),
+            mean=mean,
+            std=std,
+            embed_dim=int(config.projection_dim),
+            pad_id=tokenizer.pad_id,
+            bos_id=tokenizer.bos_id,
+            eos_id=tokenizer.eos_id,
+            context_length=context_length,
+            vocab_size=int(config.text_config.vocab_size),
+        )
+
+
+def _image_stats(folder: Path) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Image mean and std from ``preprocessor_config.json``, else CLIP's."""
+    mean, std = OPENAI_MEAN, OPENAI_STD
+    pp = folder / "preprocessor_config.json"
+    if pp.is_file():
+        try:
+            data = json.loads(pp.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{pp} is not valid JSON: {e}") from e
+        mean = as_rgb(data.get("image_mean", mean), f"{pp}: image_mean")
+        std = as_rgb(data.get("image_std", std), f"{pp}: image_std")
+    return mean, std

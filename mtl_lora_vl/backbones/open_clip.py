@@ -1,0 +1,345 @@
+"""open_clip CLIP / CustomTextCLIP (contrastive) and CoCa (contrastive plus a caption decoder).
+
+Builds from an in-memory config (:func:`build_open_clip`, tiny test models and the built-in backbone),
+from an open_clip local directory (``open_clip:DIR``), from an architecture name plus a local checkpoint
+(``open_clip:NAME --pretrained FILE``) and the built-in backbone (``builtin``). Nothing downloads: a
+name or tokenizer that would need the hub fails with a message saying how to point at local files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .base import (
+    GENERATE,
+    GRAD_CHECKPOINTING,
+    IMAGE_EMBEDDINGS,
+    LM_LOGITS,
+    OPENAI_MEAN,
+    OPENAI_STD,
+    TEXT_EMBEDDINGS,
+    Backbone,
+    as_rgb,
+    register_backbone,
+)
+from .beam import beam_search
+from .builtin import BUILTIN_NAME, builtin_files
+from .offline import offline
+from .spec import SPEC_FORMS, BackboneSpec
+from .tokenizers import OpenClipBPETokenizer, Tokenizer, WordTokenizer, is_word_tokenizer, load_hf_tokenizer
+
+__all__ = ["CoCaBackbone", "OpenClipBackbone", "build_open_clip"]
+
+_CONFIG = "open_clip_config.json"
+_BPE_VOCAB = 49408
+
+
+@register_backbone("open_clip")
+class OpenClipBackbone(Backbone):
+    """An open_clip ``CLIP`` / ``CustomTextCLIP``: image and text embeddings."""
+
+    capabilities = frozenset({IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS, GRAD_CHECKPOINTING})
+    pads_to_context = True  # open_clip's CLIP adds its full positional table: exactly context_length tokens
+
+    def _image_features(self, images: Tensor) -> Tensor:
+        feats = self.model.encode_image(images)
+        return feats[0] if isinstance(feats, tuple) else feats
+
+    def _text_features(self, tokens: Tensor) -> Tensor:
+        feats = self.model.encode_text(tokens)
+        return feats[0] if isinstance(feats, tuple) else feats
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """open_clip's own switch: every tower (and CoCa's decoder) recomputes its blocks in backward."""
+        self.model.set_grad_checkpointing(bool(enabled))
+
+    @classmethod
+    def load(cls, spec: BackboneSpec, device: str | torch.device = "cpu") -> Backbone:
+        """``builtin``, ``open_clip:DIR`` or ``open_clip:NAME`` (with ``spec.pretrained``)."""
+        if spec.kind == "builtin":
+            folder, config, weights = builtin_files(spec.pretrained)
+            return _from_files(config, folder, weights, BUILTIN_NAME, "built-in backbone", device)
+        if spec.kind == "open_clip_dir":
+            return _load_dir(spec, device)
+        return _load_named(spec, device)
+
+
+class CoCaBackbone(OpenClipBackbone):
+    """An open_clip ``CoCa``: embeddings plus a caption decoder (teacher-forced logits, generation)."""
+
+    capabilities = OpenClipBackbone.capabilities | {LM_LOGITS, GENERATE}
+    pads_to_context = False
+
+    def caption_logits(self, images: Tensor, tokens: Tensor) -> Tensor:
+        """Teacher-forced decoder logits ``(B, L-1, vocab)``; position i predicts ``tokens[:, i + 1]``."""
+        if tokens.dim() != 2 or tokens.shape[1] < 2:
+            raise ValueError(f"caption tokens must be (B, L) with L >= 2, got shape {tuple(tokens.shape)}")
+        if tokens.shape[0] != images.shape[0]:
+            raise ValueError(f"caption_logits got {images.shape[0]} images but {tokens.shape[0]} token rows")
+        tokens = self.fit_tokens(tokens)
+        _, image_embs = self.model._encode_image(images)
+        _, token_embs = self.model._encode_text(tokens)
+        return self.model.text_decoder(image_embs, token_embs[:, :-1])
+
+    @torch.no_grad()
+    def generate(self, images: Tensor, max_len: int = 20, beam_size: int = 1,
+                 prompts: Sequence[str] | None = None) -> list[str]:
+        """One caption per image: greedy (``beam_size=1``) or beam search with length normalisation."""
+        if prompts is not None:
+            raise ValueError(f"backbone {self.name!r} (CoCa) captions images without prompts; pass prompts=None")
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        if self.bos_id is None:
+            raise ValueError(f"backbone {self.name!r} has no start token; cannot generate")
+        _, image_embs = self.model._encode_image(images)
+        image_embs = image_embs.repeat_interleave(beam_size, dim=0)
+
+        def step(seqs: Tensor) -> Tensor:
+            _, token_embs = self.model._encode_text(seqs)
+            return self.model.text_decoder(image_embs, token_embs)[:, -1]
+
+        unk = getattr(self.tokenizer, "unk_id", None)
+        best = beam_search(step, images.shape[0], beam_size, max(1, min(int(max_len), self.context_length - 1)),
+                           self.bos_id, self.eos_id, self.pad_id,
+                           banned={self.pad_id, self.bos_id, *(() if unk is None else (unk,))},
+                           device=image_embs.device)
+        return [self.decode(row) for row in best]
+
+
+# -------------------------------------------------------------------------------------------------- building
+
+
+def _split_config(config: dict) -> tuple[dict, dict]:
+    if not isinstance(config, dict):
+        raise TypeError(f"open_clip config must be a dict, got {type(config).__name__}")
+    if "model_cfg" in config:
+        return dict(config["model_cfg"]), dict(config.get("preprocess_cfg", {}))
+    if "embed_dim" not in config or "vision_cfg" not in config or "text_cfg" not in config:
+        raise ValueError(
+            "open_clip config needs embed_dim, vision_cfg and text_cfg (a model config), or the "
+            "{'model_cfg': ..., 'preprocess_cfg': ...} shape of open_clip_config.json"
+        )
+    return dict(config), {}
+
+
+def _model_class(model_cfg: dict) -> type[nn.Module]:
+    import open_clip
+
+    text_cfg = model_cfg.get("text_cfg", {})
+    if "multimodal_cfg" in model_cfg:
+        return open_clip.CoCa
+    custom = bool(model_cfg.get("custom_text", False)) or bool(text_cfg.get("hf_model_name"))
+    return open_clip.CustomTextCLIP if custom else open_clip.CLIP
+
+
+def _tokenizer(model_cfg: dict, tokenizer_dir: str | os.PathLike | None, name: str) -> Tokenizer:
+    """Pick the tokenizer an open_clip model config implies, from local files only."""
+    text_cfg = model_cfg.get("text_cfg", {})
+    context_length = int(text_cfg.get("context_length", 77))
+    vocab_size = int(text_cfg.get("vocab_size", _BPE_VOCAB))
+    hf_name = text_cfg.get("hf_tokenizer_name")
+    if tokenizer_dir is None and hf_name and Path(str(hf_name)).is_dir():
+        tokenizer_dir = hf_name
+    if tokenizer_dir is not None:
+        tdir = Path(tokenizer_dir)
+        if (tdir / "tokenizer.json").is_file() and is_word_tokenizer(tdir):
+            tok: Tokenizer = WordTokenizer(tdir, context_length)
+        else:
+            tok = load_hf_tokenizer(tdir, context_length, name)
+        if tok.vocab_size > vocab_size:
+            raise ValueError(
+                f"tokenizer in {tdir} has {tok.vocab_size} tokens but model {name} embeds only {vocab_size}; "
+                "use the tokenizer the model was trained with, or set text_cfg.vocab_size to at least "
+                f"{tok.vocab_size}"
+            )
+        return tok
+    if hf_name or text_cfg.get("hf_model_name"):
+        raise ValueError(
+            f"open_clip model {name} uses the Hugging Face tokenizer/text model "
+            f"{hf_name or text_cfg.get('hf_model_name')!r}, which would need a download; this package loads "
+            "local files only. Save that model as an open_clip local directory (open_clip_config.json, weights "
+            "and tokenizer files) and pass --backbone open_clip:/path/to/dir"
+        )
+    if vocab_size != _BPE_VOCAB:
+        raise ValueError(
+            f"open_clip model {name} has a {vocab_size}-token vocabulary but no tokenizer was given; pass "
+            "tokenizer_dir (a Hugging Face tokenizer directory) or set text_cfg.hf_tokenizer_name to one"
+        )
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return OpenClipBPETokenizer(SimpleTokenizer(context_length=context_length), context_length)
+
+
+def _check_pooling(model_cfg: dict, tokenizer: Tokenizer, name: str) -> None:
+    """open_clip pools text at the highest token id by default; that is the end token only in its BPE."""
+    text_cfg = model_cfg.get("text_cfg", {})
+    if "multimodal_cfg" in model_cfg or text_cfg.get("embed_cls") or text_cfg.get("hf_model_name"):
+        return
+    pool = text_cfg.get("pool_type", "argmax")
+    if pool == "eos" and int(text_cfg.get("eos_id", 2)) != int(tokenizer.eos_id):
+        raise ValueError(
+            f"model {name} pools text at eos_id={text_cfg.get('eos_id', 2)} but its tokenizer's end token is "
+            f"{tokenizer.eos_id}; set text_cfg.eos_id to {tokenizer.eos_id}"
+        )
+    if pool == "argmax" and int(tokenizer.eos_id) != int(tokenizer.vocab_size) - 1:
+        raise ValueError(
+            f"model {name} pools text at the highest token id (pool_type='argmax'), but its tokenizer's end "
+            f"token {tokenizer.eos_id} is not the highest id; set text_cfg.pool_type='eos' and "
+            f"text_cfg.eos_id={tokenizer.eos_id}"
+        )
+
+
+def _image_size(visual: nn.Module, fallback: Any) -> int:
+    size = getattr(visual, "image_size", fallback)
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise ValueError(f"non-square image size {size} is not supported")
+        size = size[0]
+    return int(size)
+
+
+def _wrap(model: nn.Module, model_cfg: dict, preprocess_cfg: dict, tokenizer: Tokenizer, name: str) -> OpenClipBackbone:
+    """The Backbone of a built open_clip model: CoCaBackbone when it has a caption decoder."""
+    text_cfg = model_cfg.get("text_cfg", {})
+    vision_cfg = model_cfg.get("vision_cfg", {})
+    has_decoder = hasattr(model, "text_decoder") and hasattr(model, "_encode_image")
+    cls = CoCaBackbone if has_decoder else OpenClipBackbone
+    return cls(
+        model=model,
+        name=name,
+        tokenizer=tokenizer,
+        image_size=_image_size(model.visual, vision_cfg.get("image_size", 224)),
+        mean=as_rgb(preprocess_cfg.get("mean", OPENAI_MEAN), "preprocess_cfg.mean"),
+        std=as_rgb(preprocess_cfg.get("std", OPENAI_STD), "preprocess_cfg.std"),
+        embed_dim=int(model_cfg["embed_dim"]),
+        pad_id=int(tokenizer.pad_id),
+        bos_id=tokenizer.bos_id,
+        eos_id=int(tokenizer.eos_id),
+        context_length=int(text_cfg.get("context_length", getattr(tokenizer, "context_length", 77))),
+        vocab_size=int(text_cfg.get("vocab_size", tokenizer.vocab_size)),
+    )
+
+
+def build_open_clip(config: dict, tokenizer_dir: str | os.PathLike | None = None, name: str = "open_clip:custom",
+                    device: str | torch.device = "cpu") -> OpenClipBackbone:
+    """Build a freshly initialised open_clip model from an in-memory config dict.
+
+    ``config`` is an open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg`` and, for CoCa,
+    ``multimodal_cfg``) or the ``{"model_cfg": ..., "preprocess_cfg": ...}`` shape of
+    ``open_clip_config.json``. ``tokenizer_dir`` is a Hugging Face tokenizer directory (e.g. from
+    :func:`build_word_tokenizer`); without it the config's local ``hf_tokenizer_name`` or open_clip's
+    bundled BPE tokenizer is used. Used for tiny test models and by the built-in loader.
+    """
+    model_cfg, preprocess_cfg = _split_config(config)
+    tokenizer = _tokenizer(model_cfg, tokenizer_dir, name)
+    _check_pooling(model_cfg, tokenizer, name)
+    cls = _model_class(model_cfg)
+    kwargs = {k: v for k, v in model_cfg.items() if k != "custom_text"}
+    with offline():
+        model = cls(**kwargs)
+    decoder = getattr(model, "text_decoder", None)
+    if isinstance(getattr(decoder, "text_projection", None), nn.Parameter):
+        # open_clip's CoCa leaves its decoder's output projection as torch.empty (its init_parameters is
+        # never called); give a fresh model a proper init so its logits are finite and reproducible.
+        nn.init.normal_(decoder.text_projection, std=int(decoder.width) ** -0.5)
+    model.to(device)
+    return _wrap(model, model_cfg, preprocess_cfg, tokenizer, name)
+
+
+# -------------------------------------------------------------------------------------------------- loading
+
+
+def _load_state(model: nn.Module, path: Path, what: str) -> None:
+    """Load a safetensors (or weights-only torch) state dict into ``model``, casting to its dtypes."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+            raise ValueError(f"{what} weights {path} are unreadable ({e}); re-create or re-download them") from e
+    else:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{what} weights {path} do not fit the model architecture: {e}") from e
+
+
+def _from_files(config: dict, tokenizer_dir: Path | None, weights: Path, name: str, what: str,
+                device: str | torch.device) -> OpenClipBackbone:
+    bb = build_open_clip(config, tokenizer_dir=tokenizer_dir, name=name)
+    _load_state(bb.model, weights, what)
+    bb.model.float().eval()
+    return bb.to(device)
+
+
+def _load_dir(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackbone:
+    """An open_clip local directory: open_clip_config.json, weights and (optionally) tokenizer files."""
+    from open_clip.factory import _find_checkpoint_in_dir
+
+    local = spec.path
+    assert local is not None
+    config_path = local / _CONFIG
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{local} has no open_clip_config.json; an open_clip model directory needs open_clip_config.json "
+            "({'model_cfg': ..., 'preprocess_cfg': ...}) plus weights (open_clip_model.safetensors or "
+            "model.safetensors) and, for a non-BPE vocabulary, the tokenizer files"
+        )
+    config = json.loads(config_path.read_text())
+    tokenizer_dir = local if (local / "tokenizer.json").is_file() or (local / "vocab.json").is_file() else None
+    ckpt = _find_checkpoint_in_dir(local)
+    if ckpt is None:
+        raise FileNotFoundError(f"no weights (*.safetensors, *.bin, *.pth) found in {local}")
+    return _from_files(config, tokenizer_dir, Path(ckpt), spec.label, spec.label, device)
+
+
+def _load_named(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackbone:
+    """An open_clip architecture by name with a local checkpoint file."""
+    import open_clip
+    from open_clip.factory import get_model_config
+
+    name, label, pretrained = spec.name, spec.label, spec.pretrained
+    model_cfg = get_model_config(name)
+    if model_cfg is None:
+        known = ", ".join(open_clip.list_models()[:12])
+        raise ValueError(
+            f"unknown open_clip model {name!r}; use a name from open_clip.list_models() (e.g. {known}, ...) "
+            f"or a local directory. Accepted backbone forms: {SPEC_FORMS}"
+        )
+    if not pretrained:
+        raise ValueError(
+            f"backbone {label} needs local weights: this package never downloads. Pass the checkpoint file, e.g. "
+            f"`--backbone {label} --pretrained /path/to/open_clip_pytorch_model.bin` "
+            "(load_backbone(spec, pretrained=PATH)), or use a local Hugging Face directory with "
+            "`--backbone hf:/path/to/dir`"
+        )
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--pretrained {pretrained!r} for {label} is not a local file; pretrained tags such as 'openai' or "
+            "'laion2b_s34b_b79k' would need a download, which this package never does. Download the checkpoint "
+            "elsewhere and pass its path: --pretrained /path/to/open_clip_pytorch_model.bin"
+        )
+    tokenizer = _tokenizer(model_cfg, None, label)
+    with offline():
+        try:
+            model = open_clip.create_model(name, pretrained=str(path), device=device, weights_only=True)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise ValueError(
+                f"could not load {path} as open_clip {name} weights: {e}. Check that the checkpoint was "
+                f"made for {name} (open_clip.list_pretrained() shows which names go with which checkpoints)"
+            ) from e
+    model.eval()
+    pp = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
+    return _wrap(model, model_cfg, pp, tokenizer, label)

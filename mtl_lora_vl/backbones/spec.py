@@ -1,0 +1,95 @@
+"""Backbone strings (``--backbone``), parsed once into a typed :class:`BackboneSpec`.
+
+Forms: ``builtin``; ``open_clip:NAME`` (an architecture name, weights from ``--pretrained FILE``);
+``open_clip:DIR`` (an open_clip local directory with its own weights); ``hf:DIR`` (a local Hugging Face
+model directory). Loaders, adapter files and the export script all read the same parse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .builtin import BUILTIN_NAME, builtin_dir
+
+__all__ = ["SPEC_FORMS", "BackboneSpec", "SpecKind", "parse_spec"]
+
+SPEC_FORMS = (
+    "'builtin' (the package's small pretrained CLIP), "
+    "'open_clip:NAME' with --pretrained /path/to/checkpoint (e.g. open_clip:ViT-B-32 --pretrained "
+    "/models/vit_b_32.bin), 'open_clip:/path/to/dir' (a folder with open_clip_config.json and weights), "
+    "or 'hf:/path/to/dir' (a local Hugging Face CLIPModel directory)"
+)
+
+SpecKind = Literal["builtin", "open_clip", "open_clip_dir", "hf"]
+_OPEN_CLIP, _HF = "open_clip:", "hf:"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One parsed backbone string.
+
+    ``kind`` is ``builtin``, ``open_clip`` (by architecture ``name``), ``open_clip_dir`` or ``hf`` (both
+    with a local ``path``); ``pretrained`` is the weights file given beside it (``open_clip`` and
+    ``builtin`` only); ``text`` is the string as given (stripped).
+    """
+
+    kind: SpecKind
+    text: str
+    name: str = ""
+    path: Path | None = None
+    pretrained: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The name a loaded backbone carries: ``builtin``, ``open_clip:NAME`` / ``open_clip:DIR``, ``hf:DIR``."""
+        if self.kind == "hf":
+            return f"{_HF}{self.path}"
+        return self.text
+
+    @property
+    def source_dir(self) -> Path | None:
+        """The directory whose non-weight files (config, tokenizer) belong beside a merged export."""
+        if self.kind == "builtin":
+            return builtin_dir()
+        return self.path
+
+    def absolute(self) -> str:
+        """The spec string with a local directory made absolute (for adapter files read elsewhere)."""
+        if self.path is None or not self.path.is_dir():
+            return self.text
+        prefix = _HF if self.kind == "hf" else _OPEN_CLIP
+        return prefix + str(self.path.resolve())
+
+
+def parse_spec(spec: str, pretrained: str | None = None) -> BackboneSpec:
+    """Parse a backbone string (and its ``--pretrained``) into a :class:`BackboneSpec`.
+
+    ``open_clip:X`` is a directory when ``X`` is an existing local folder, else an architecture name.
+    Raises ValueError (listing :data:`SPEC_FORMS`) for anything else, and for ``--pretrained`` beside a
+    directory that carries its own weights.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"backbone spec must be a non-empty string; accepted forms: {SPEC_FORMS}")
+    text = spec.strip()
+    if text == BUILTIN_NAME:
+        return BackboneSpec("builtin", text, pretrained=pretrained)
+    if text.startswith(_OPEN_CLIP):
+        rest = text[len(_OPEN_CLIP):]
+        if not rest:
+            raise ValueError(f"'open_clip:' needs a model name or directory; accepted forms: {SPEC_FORMS}")
+        local = Path(rest).expanduser()
+        if not local.is_dir():
+            return BackboneSpec("open_clip", text, name=rest, pretrained=pretrained)
+        if pretrained:
+            raise ValueError(f"{text} is a local directory with its own weights; drop --pretrained {pretrained}")
+        return BackboneSpec("open_clip_dir", text, path=local)
+    if text.startswith(_HF):
+        rest = text[len(_HF):]
+        if not rest:
+            raise ValueError(f"'hf:' needs a local directory; accepted forms: {SPEC_FORMS}")
+        if pretrained:
+            raise ValueError(f"--pretrained is only for open_clip:NAME; {text} loads its own weights")
+        return BackboneSpec("hf", text, path=Path(rest).expanduser())
+    raise ValueError(f"unknown backbone spec {spec!r}; accepted forms: {SPEC_FORMS}")

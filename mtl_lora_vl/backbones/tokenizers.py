@@ -1,0 +1,250 @@
+"""Tokenizers as CLIP-style callables: texts -> fixed-length ``(N, L)`` LongTensor, plus ``decode``.
+
+Three kinds, one shape (:class:`Tokenizer`): the package's small word-level tokenizer
+(:class:`WordTokenizer`, built by :func:`build_word_tokenizer`), open_clip's bundled BPE
+(:class:`OpenClipBPETokenizer`) and any local ``transformers`` tokenizer (:class:`HFTokenizer`).
+Every one carries ``pad_id``, ``bos_id``, ``eos_id``, ``vocab_size`` and ``context_length``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "EOT",
+    "PAD",
+    "SOT",
+    "SPECIAL_TOKENS",
+    "UNK",
+    "HFTokenizer",
+    "OpenClipBPETokenizer",
+    "Tokenizer",
+    "WordTokenizer",
+    "build_word_tokenizer",
+    "is_word_tokenizer",
+    "load_hf_tokenizer",
+]
+
+# Special tokens of the word-level tokenizer, in id order (pad=0, sot=1, eot=2, unk=3).
+PAD, SOT, EOT, UNK = "<pad>", "<sot>", "<eot>", "<unk>"
+SPECIAL_TOKENS = (PAD, SOT, EOT, UNK)
+
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,!?;:'])")
+
+
+class Tokenizer(Protocol):
+    """What a backbone's tokenizer offers: ``tok(texts)`` -> ``(N, context_length)`` ids, and ``decode``."""
+
+    context_length: int
+    pad_id: int
+    bos_id: int | None
+    eos_id: int
+    vocab_size: int
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> Tensor: ...
+
+    def decode(self, token_ids: Sequence[int] | Tensor) -> str: ...
+
+
+def _tidy(text: str) -> str:
+    """Join word-level tokens back into a readable sentence ("a red cube ." -> "a red cube.")."""
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", text).strip()
+
+
+def _strip_ids(token_ids: Sequence[int] | Tensor, bos_id: int | None, eos_id: int, pad_id: int) -> list[int]:
+    """Drop a leading start token, cut at the first end token, drop padding."""
+    ids = token_ids.tolist() if isinstance(token_ids, Tensor) else [int(i) for i in token_ids]
+    if ids and bos_id is not None and ids[0] == bos_id:
+        ids = ids[1:]
+    if eos_id in ids:
+        ids = ids[: ids.index(eos_id)]
+    return [i for i in ids if i != pad_id and i != bos_id]
+
+
+class WordTokenizer:
+    """A Hugging Face ``tokenizers`` tokenizer (``tokenizer.json``) as a CLIP-style callable.
+
+    ``tok(["a red circle."])`` gives a LongTensor ``(N, context_length)``: ``<sot> words <eot>`` then
+    ``<pad>``; text longer than the context is truncated but always keeps its ``<eot>``, which the
+    text tower pools at.
+    """
+
+    def __init__(self, tokenizer_dir: str | os.PathLike, context_length: int) -> None:
+        from tokenizers import Tokenizer as _HFTok
+
+        path = Path(tokenizer_dir) / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"tokenizer file {path} not found; a word-level tokenizer directory needs tokenizer.json "
+                "(build one with mtl_lora_vl.backbones.build_word_tokenizer)"
+            )
+        if context_length < 2:
+            raise ValueError(f"context_length must be at least 2 (<sot> and <eot>), got {context_length}")
+        self.dir = Path(tokenizer_dir)
+        self.context_length = int(context_length)
+        self._tok = _HFTok.from_file(str(path))
+        ids = {t: self._tok.token_to_id(t) for t in SPECIAL_TOKENS}
+        missing = [t for t, i in ids.items() if i is None]
+        if missing:
+            raise ValueError(f"tokenizer {path} lacks the special tokens {missing}; expected {list(SPECIAL_TOKENS)}")
+        self.pad_id: int = ids[PAD]
+        self.bos_id: int | None = ids[SOT]
+        self.eos_id: int = ids[EOT]
+        self.unk_id: int = ids[UNK]
+        self.vocab_size: int = self._tok.get_vocab_size()
+        self._tok.no_padding()
+        self._tok.no_truncation()
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        length = int(context_length or self.context_length)
+        out = torch.full((len(texts), length), self.pad_id, dtype=torch.long)
+        encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        for row, enc in enumerate(encodings):
+            ids = [self.bos_id, *enc.ids[: length - 2], self.eos_id]
+            out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
+
+    def encode_words(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens (for vocabulary checks)."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, token_ids: Sequence[int] | Tensor) -> str:
+        ids = _strip_ids(token_ids, self.bos_id, self.eos_id, self.pad_id)
+        words = [self._tok.id_to_token(i) or UNK for i in ids]
+        return _tidy(" ".join(words))
+
+
+def build_word_tokenizer(words: Iterable[str], out_dir: str | os.PathLike, context_length: int = 32) -> Path:
+    """Build a small word-level tokenizer over ``words`` and save it as a Hugging Face tokenizer directory.
+
+    The vocabulary is pad/sot/eot/unk (ids 0-3) followed by the sorted distinct lower-cased words;
+    input text is NFD-normalised, accent-stripped, lower-cased and split at whitespace and punctuation.
+    Writes ``tokenizer.json`` and ``tokenizer_config.json`` (loadable by ``transformers.AutoTokenizer``
+    and by open_clip's local-dir tokenizer). Returns ``out_dir``.
+    """
+    from tokenizers import Tokenizer as _HFTok
+    from tokenizers import normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from tokenizers.processors import TemplateProcessing
+
+    normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.StripAccents(), normalizers.Lowercase()])
+    pre = pre_tokenizers.Whitespace()
+    vocab_words: set[str] = set()
+    for w in words:
+        for piece, _ in pre.pre_tokenize_str(normalizer.normalize_str(str(w))):
+            if piece:
+                vocab_words.add(piece)
+    vocab_words -= set(SPECIAL_TOKENS)
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    for w in sorted(vocab_words):
+        vocab[w] = len(vocab)
+
+    tok = _HFTok(WordLevel(vocab, unk_token=UNK))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
+    tok.post_processor = TemplateProcessing(
+        single=f"{SOT} $A {EOT}", pair=f"{SOT} $A {EOT} $B {EOT}",
+        special_tokens=[(SOT, vocab[SOT]), (EOT, vocab[EOT])],
+    )
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "pad_token": PAD,
+        "bos_token": SOT,
+        "eos_token": EOT,
+        "unk_token": UNK,
+        "model_max_length": int(context_length),
+        "clean_up_tokenization_spaces": False,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def is_word_tokenizer(tdir: Path) -> bool:
+    """True when ``tdir/tokenizer.json`` is a word-level tokenizer with this package's special tokens."""
+    try:
+        data = json.loads((tdir / "tokenizer.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"tokenizer file {tdir / 'tokenizer.json'} is unreadable or not JSON: {e}") from e
+    vocab = data.get("model", {}).get("vocab", {})
+    return data.get("model", {}).get("type") == "WordLevel" and all(t in vocab for t in SPECIAL_TOKENS)
+
+
+class OpenClipBPETokenizer:
+    """open_clip's bundled BPE ``SimpleTokenizer`` with the id fields a Backbone needs."""
+
+    def __init__(self, tok: Any, context_length: int) -> None:
+        self._tok = tok
+        self.context_length = int(context_length)
+        self.pad_id = 0
+        self.bos_id: int | None = int(tok.sot_token_id)
+        self.eos_id = int(tok.eot_token_id)
+        self.vocab_size = int(tok.vocab_size)
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        return self._tok(list(texts), context_length=context_length or self.context_length)
+
+    def decode(self, token_ids: Sequence[int] | Tensor) -> str:
+        ids = _strip_ids(token_ids, self.bos_id, self.eos_id, self.pad_id)
+        return self._tok.decode(ids).strip()
+
+
+class HFTokenizer:
+    """A ``transformers`` tokenizer (local directory) as a fixed-length CLIP-style callable."""
+
+    def __init__(self, tok: Any, context_length: int) -> None:
+        self._tok = tok
+        self.context_length = int(context_length)
+        self.eos_id = int(tok.eos_token_id) if tok.eos_token_id is not None else int(tok.sep_token_id)
+        self.pad_id = int(tok.pad_token_id) if tok.pad_token_id is not None else self.eos_id
+        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+        self.bos_id: int | None = None if bos is None else int(bos)
+        self.vocab_size = len(tok)
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        length = int(context_length or self.context_length)
+        enc = self._tok(list(texts), padding="max_length", truncation=True, max_length=length,
+                        return_tensors="pt")
+        ids = enc["input_ids"].long()
+        # Truncation may cut the end token off long texts; pooling needs it, so put it back.
+        has_eos = (ids == self.eos_id).any(dim=1)
+        ids[~has_eos, -1] = self.eos_id
+        return ids
+
+    def decode(self, token_ids: Sequence[int] | Tensor) -> str:
+        ids = _strip_ids(token_ids, self.bos_id, self.eos_id, self.pad_id)
+        return self._tok.decode(ids, skip_special_tokens=True).strip()
+
+
+def load_hf_tokenizer(tdir: Path, context_length: int, name: str) -> HFTokenizer:
+    """A local ``transformers`` tokenizer directory as an :class:`HFTokenizer` (``local_files_only``)."""
+    if not tdir.is_dir():
+        raise FileNotFoundError(f"tokenizer directory {tdir} for {name} does not exist")
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(tdir), local_files_only=True)
+    except Exception as e:  # transformers raises many types here; name the folder and the fix
+        raise ValueError(
+            f"could not load a tokenizer from {tdir} for {name}: {e}. The folder needs the tokenizer "
+            "files saved by tokenizer.save_pretrained (tokenizer.json or vocab.json + merges.txt)"
+        ) from e
+    return HFTokenizer(tok, context_length)

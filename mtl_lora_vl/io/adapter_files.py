@@ -1,0 +1,430 @@
+"""The native adapter directory: write it (``save_adapter``), check it and read it back (``load_adapter``).
+
+Layout (every name is a constant of this module, below; nothing else spells them)::
+
+    adapter/
+      adapter_config.json        what the files are (below)
+      adapter_model.safetensors  the adapter tensors, under their model names, e.g.
+                                 ``visual.transformer.resblocks.0.attn.in_proj.lora_A``
+      heads.safetensors          each task head's state dict, keys ``<task>.<param>``
+      tasks/<task>.toml          copies of the task specs used for training
+      tasks/<task>.state.json    the task kind's vocabulary (VQA answers, class names), when given
+
+``adapter_config.json`` holds ``format`` (``"mtl-lora-vl-adapter"``) and ``format_version``, the
+``package_version``, the ``config`` (an :class:`MTLLoRAConfig`), the ``base_model`` identity (see
+:mod:`mtl_lora_vl.io.identity`), ``base`` (how to rebuild the base model, e.g. ``{"backbone": "builtin",
+"pretrained": null}``), ``towers``, ``heads`` (the parameter names of each task head), ``task_specs`` and
+``files``: the sha256 of every file, so a truncated or edited file is refused. Nothing is unpickled:
+tensors are safetensors, the rest is JSON and TOML.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._version import __version__
+from ..adapters.attach import AttachError, attach
+from ..adapters.layers import ADAPTER_PARAM_NAMES
+from ..backbones.spec import parse_spec
+from ..config import ConfigError, MTLLoRAConfig
+from ..families import find_family
+from .atomic import atomic_dir
+from .identity import (
+    BankPlan,
+    adapted_module,
+    class_name,
+    expected_tensors,
+    fingerprint,
+    model_identity,
+    plan_targets,
+    projections_of,
+)
+
+__all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "HEADS_WEIGHTS",
+    "AdapterFileError",
+    "load_adapter",
+    "read_adapter_config",
+    "read_kind_state",
+    "save_adapter",
+]
+
+# ---------------------------------------------------------------------------------------------- file names
+# The one place that names the files of an adapter directory. A later format version may give the native
+# files names of their own (so that PEFT does not mistake them for its adapter_config.json); readers then
+# look for both spellings here.
+
+FORMAT = "mtl-lora-vl-adapter"
+FORMAT_VERSION = 1
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+HEADS_WEIGHTS = "heads.safetensors"
+TASKS_DIR = "tasks"
+
+
+def spec_file(task: str) -> str:
+    """Path of a task's spec copy, relative to the adapter directory."""
+    return f"{TASKS_DIR}/{task}.toml"
+
+
+def state_file(task: str) -> str:
+    """Path of a task kind's saved state (its vocabulary), relative to the adapter directory."""
+    return f"{TASKS_DIR}/{task}.state.json"
+
+
+class AdapterFileError(ValueError):
+    """An adapter directory is missing, corrupt, or made for another base model; the message says which."""
+
+
+# ---------------------------------------------------------------------------------------------- tensor files
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes (recorded per file in ``adapter_config.json``)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` as a safetensors file (own contiguous CPU copies: tied weights cannot share storage)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}, str(path),
+              metadata=metadata)
+
+
+def load_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a damaged one raises :class:`AdapterFileError` naming it."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except Exception as e:
+        raise AdapterFileError(f"{file}: unreadable safetensors file ({e}); copy the adapter directory again") from e
+
+
+def read_header(file: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Name -> (shape, dtype) from a safetensors header, reading no tensor data and unpickling nothing."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            out = {}
+            for k in f.keys():
+                sl = f.get_slice(k)
+                out[k] = (tuple(sl.get_shape()), str(sl.get_dtype()))
+            return out
+    except Exception as e:  # safetensors raises SafetensorError / OSError types for damaged headers
+        raise AdapterFileError(f"{file}: unreadable safetensors header ({e}); the file is damaged or was edited. "
+                               "Copy the adapter directory again") from e
+
+
+def few(items: list[str], n: int = 6) -> str:
+    """The first ``n`` names of a list for an error message, and how many more there are."""
+    return ", ".join(items[:n]) + (f" (and {len(items) - n} more)" if len(items) > n else "")
+
+
+# ---------------------------------------------------------------------------------------------- saving
+
+
+def _absolute_base(base: dict[str, Any]) -> dict[str, Any]:
+    """Make local paths in ``base`` (a pretrained file, an ``open_clip:DIR`` / ``hf:DIR``) absolute.
+
+    The one place here that parses backbone spec strings (see ``mtl_lora_vl.backbones.load_backbone``).
+    """
+    pre = base.get("pretrained")
+    if isinstance(pre, str) and Path(pre).expanduser().exists():
+        base["pretrained"] = str(Path(pre).expanduser().resolve())
+    spec = base.get("backbone")
+    if isinstance(spec, str):
+        try:
+            base["backbone"] = parse_spec(spec).absolute()
+        except ValueError:
+            pass  # not a backbone string this package parses: keep it as the caller wrote it
+    return base
+
+
+def _check_save_arguments(cfg: MTLLoRAConfig, heads: dict[str, Any], task_specs: dict[str, Any],
+                          kinds: dict[str, Any]) -> None:
+    for what, d in (("heads", heads), ("task_specs", task_specs), ("kinds", kinds)):
+        unknown = sorted(set(d) - set(cfg.tasks))
+        if unknown:
+            raise ValueError(f"save_adapter: {what} names task(s) {unknown} that the adapter does not have; "
+                             f"its tasks are {cfg.tasks}")
+    for task, spec in task_specs.items():
+        if not Path(spec).is_file():
+            raise FileNotFoundError(f"save_adapter: task spec of {task!r} not found: {spec}")
+        try:
+            named = tomllib.loads(Path(spec).read_text(encoding="utf-8")).get("name", task)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"save_adapter: task spec of {task!r} ({spec}) is not valid TOML: {e}") from e
+        if named != task:
+            raise ValueError(f"save_adapter: task spec {spec} names its task {named!r}, but it is given for "
+                             f"task {task!r}; pass it under its own name")
+
+
+def save_adapter(
+    model: nn.Module,
+    path: str | Path,
+    heads: dict[str, nn.Module] | None = None,
+    task_specs: dict[str, str | Path] | None = None,
+    base: dict[str, Any] | None = None,
+    kinds: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the adapter directory of ``model`` (layout in the module docstring) atomically; return it.
+
+    ``heads`` maps task -> head module, ``task_specs`` task -> spec TOML file (copied), ``base`` says how
+    to rebuild the base model (``{"backbone": spec, "pretrained": file}``, see ``load_pretrained``),
+    ``kinds`` task -> task kind whose vocabulary is kept beside the spec. An existing non-empty ``path``
+    is replaced only with ``overwrite=True``, and only once the new directory is complete.
+    """
+    inner = adapted_module(model)
+    info = inner._mtl_lora
+    cfg = info.config
+    heads, task_specs, kinds = dict(heads or {}), dict(task_specs or {}), dict(kinds or {})
+    _check_save_arguments(cfg, heads, task_specs, kinds)
+    base = _absolute_base(dict(base or {}))
+    try:
+        json.dumps(base)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"save_adapter: base must be JSON-serialisable, e.g. {{'backbone': 'builtin'}}: {e}") from e
+
+    for bank in info.layers.values():
+        bank.restore_frozen_rows()
+    tensors = {n: p for n, p in inner.named_parameters() if n.rpartition(".")[2] in ADAPTER_PARAM_NAMES}
+    head_tensors: dict[str, torch.Tensor] = {}
+    head_keys: dict[str, list[str]] = {}
+    for task, head in heads.items():
+        sd = head.state_dict()
+        head_keys[task] = sorted(sd)
+        head_tensors.update({f"{task}.{k}": v for k, v in sd.items()})
+
+    with atomic_dir(path, overwrite=overwrite, what="save_adapter") as tmp:
+        save_tensors(tensors, tmp / ADAPTER_WEIGHTS, {"format": FORMAT})
+        save_tensors(head_tensors, tmp / HEADS_WEIGHTS, {"format": FORMAT})
+        spec_files = {}
+        if task_specs or kinds:
+            (tmp / TASKS_DIR).mkdir()
+        for task, spec in task_specs.items():
+            shutil.copyfile(spec, tmp / spec_file(task))
+            spec_files[task] = spec_file(task)
+        for task, kind in kinds.items():
+            (tmp / state_file(task)).write_text(
+                json.dumps({"kind": getattr(kind, "kind", ""), "state": kind.state()}, indent=1) + "\n")
+        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        doc = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "package_version": __version__,
+            "config": cfg.to_dict(),
+            "base_model": model_identity(inner),
+            "base": base,
+            "towers": dict(sorted(info.towers.items())),
+            "heads": head_keys,
+            "task_specs": spec_files,
+            "files": files,
+        }
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(doc, indent=2) + "\n")
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_adapter_config(path: str | Path, verify: bool = True) -> dict[str, Any]:
+    """The parsed ``adapter_config.json`` of an adapter directory; ``verify`` checks every file's sha256."""
+    path = Path(path)
+    cfg_file = path / ADAPTER_CONFIG
+    if not path.is_dir():
+        raise AdapterFileError(f"{path}: not an adapter directory (save one with mtl_lora_vl.save_adapter)")
+    if not cfg_file.is_file():
+        raise AdapterFileError(f"{path}: no {ADAPTER_CONFIG}; this is not an adapter directory written by "
+                               "mtl_lora_vl.save_adapter")
+    try:
+        doc = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterFileError(f"{cfg_file}: not valid JSON ({e}); the file is damaged, save the adapter again") from e
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        hint = " (that is a PEFT adapter: load it with peft.PeftModel.from_pretrained)" if isinstance(doc, dict) \
+            and "peft_type" in doc else ""
+        raise AdapterFileError(f"{cfg_file}: format is {got!r}, expected {FORMAT!r}{hint}")
+    if int(doc.get("format_version", 0)) > FORMAT_VERSION:
+        raise AdapterFileError(f"{cfg_file}: format_version {doc['format_version']} is newer than this package "
+                               f"reads ({FORMAT_VERSION}); upgrade mtl-lora-vl")
+    for key in ("config", "base_model", "files"):
+        if not isinstance(doc.get(key), dict):
+            raise AdapterFileError(f"{cfg_file}: the field {key!r} is missing or not an object")
+    if ADAPTER_WEIGHTS not in doc["files"]:
+        raise AdapterFileError(f"{cfg_file}: 'files' does not list {ADAPTER_WEIGHTS}")
+    for rel in [*doc["files"], *(doc.get("task_specs") or {}).values()]:
+        if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise AdapterFileError(f"{cfg_file}: file entry {rel!r} must be a path inside the adapter directory")
+    if verify:
+        for rel, digest in doc["files"].items():
+            f = path / rel
+            if not f.is_file():
+                raise AdapterFileError(f"{f}: missing; the adapter directory is incomplete, copy it again")
+            if sha256_file(f) != digest:
+                raise AdapterFileError(
+                    f"{f}: sha256 does not match {ADAPTER_CONFIG} (size now {f.stat().st_size} bytes); the file "
+                    "is truncated or was modified after saving. Copy the adapter directory again")
+    return doc
+
+
+def config_of(doc: dict[str, Any], path: Path) -> MTLLoRAConfig:
+    """The :class:`MTLLoRAConfig` recorded in a parsed ``adapter_config.json``."""
+    try:
+        return MTLLoRAConfig.from_dict(doc["config"])
+    except (ConfigError, TypeError) as e:
+        raise AdapterFileError(f"{path / ADAPTER_CONFIG}: the 'config' is not a valid MTLLoRAConfig: {e}") from e
+
+
+def read_kind_state(path: str | Path, task: str) -> dict[str, Any] | None:
+    """What task ``task``'s kind learned from its training data (``kind.state()``), if the adapter kept it."""
+    file = Path(path) / state_file(task)
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())["state"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise AdapterFileError(f"{file}: not a task-state file ({e}); save the adapter again") from e
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+def _check_base(base_model: nn.Module, doc: dict[str, Any], cfg: MTLLoRAConfig, path: Path) -> dict[str, BankPlan]:
+    """Family, class and fingerprint of ``base_model`` against the file; returns the bank plan."""
+    if getattr(base_model, "_mtl_lora", None) is not None or any(
+            getattr(m, "_mtl_lora", None) is not None for m in base_model.modules()):
+        raise AdapterFileError(f"load_adapter: this {type(base_model).__name__} already has MTL-LoRA adapters; "
+                               "pass a freshly built base model (or use the adapted model as it is)")
+    ident = doc["base_model"]
+    fam = find_family(base_model)
+    fam_name = fam.name if fam else "custom"
+    if ident.get("family") != fam_name:
+        raise AdapterFileError(f"{path}: the adapter was made for a {ident.get('family')} model "
+                               f"({ident.get('class')}), but this base model is a {fam_name} model "
+                               f"({class_name(base_model)}); load it onto the base model it was trained on")
+    if ident.get("class") != class_name(base_model):
+        raise AdapterFileError(f"{path}: the adapter was made for class {ident.get('class')}, but this base model "
+                               f"is {class_name(base_model)}; load it onto the base model it was trained on")
+    try:
+        plan = plan_targets(base_model, cfg)
+    except AttachError as e:
+        raise AdapterFileError(f"{path}: the adapter's targets do not fit this base model: {e}") from e
+    mine = projections_of(plan)
+    theirs = {n: list(v) for n, v in (ident.get("projections") or {}).items()}
+    if fingerprint(mine) != ident.get("fingerprint") or mine != theirs:
+        only_file = sorted(set(theirs) - set(mine))
+        only_model = sorted(set(mine) - set(theirs))
+        differ = [f"{n}: {tuple(theirs[n])} in the file vs {tuple(mine[n])} here"
+                  for n in sorted(set(mine) & set(theirs)) if mine[n] != theirs[n]]
+        parts = []
+        if only_file:
+            parts.append(f"projections only in the file: {few(only_file)}")
+        if only_model:
+            parts.append(f"projections only in this model: {few(only_model)}")
+        if differ:
+            parts.append(f"base weight shapes (d_out, d_in) differ: {few(differ, 4)}")
+        if not parts:
+            parts.append("the recorded fingerprint does not match the recorded projections (edited config)")
+        raise AdapterFileError(f"{path}: base model fingerprint mismatch, the adapter was made for another "
+                               f"architecture or size of {ident.get('class')}; " + "; ".join(parts))
+    return plan
+
+
+def _check_tensors(header: dict[str, tuple[tuple[int, ...], str]], expected: dict[str, tuple[int, ...]],
+                   file: Path) -> None:
+    missing = sorted(set(expected) - set(header))
+    if missing:
+        raise AdapterFileError(f"{file}: missing adapter tensor(s) {few(missing)}; the file does not match its "
+                               f"{ADAPTER_CONFIG}")
+    unexpected = sorted(set(header) - set(expected))
+    if unexpected:
+        raise AdapterFileError(f"{file}: unexpected adapter tensor(s) {few(unexpected)}, which the adapter's "
+                               "config does not create on this model")
+    for name, shape in expected.items():
+        got, dtype = header[name]
+        if got != shape:
+            module = name.rpartition(".")[0]
+            raise AdapterFileError(f"{file}: shape mismatch in module {module}: {name} is {got} in the file but "
+                                   f"the model expects {shape}")
+        if dtype not in ("F32", "F16", "BF16", "F64"):
+            raise AdapterFileError(f"{file}: {name} has dtype {dtype}; adapter tensors are floating point")
+
+
+def _check_heads(heads: dict[str, nn.Module], doc: dict[str, Any], header: dict[str, tuple[tuple[int, ...], str]],
+                 file: Path) -> None:
+    saved = doc.get("heads") or {}
+    for task, head in heads.items():
+        if task not in saved:
+            raise AdapterFileError(f"{file}: has no head for task {task!r} (heads saved: {sorted(saved)})")
+        sd = head.state_dict()
+        want = {f"{task}.{k}": tuple(v.shape) for k, v in sd.items()}
+        have = {f"{task}.{k}" for k in saved[task]}
+        missing, unexpected = sorted(set(want) - have), sorted(have - set(want))
+        if missing or unexpected:
+            raise AdapterFileError(f"{file}: head of task {task!r} does not match the given module: missing "
+                                   f"{missing or 'none'}, unexpected {unexpected or 'none'}")
+        for k, shape in want.items():
+            if k not in header:
+                raise AdapterFileError(f"{file}: missing head tensor {k}")
+            if header[k][0] != shape:
+                raise AdapterFileError(f"{file}: shape mismatch in the head of task {task!r}: {k} is "
+                                       f"{header[k][0]} in the file but the head module has {shape}")
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Module] | None = None) -> nn.Module:
+    """Attach the adapter saved in ``path`` to a fresh ``base_model`` and load its tensors; return the model.
+
+    Everything is checked before the model is touched: the files' sha256 and safetensors headers, the
+    family, class and projection fingerprint of the base model, every tensor name and shape. ``heads``
+    (task -> module) are loaded strictly from ``heads.safetensors``.
+    """
+    if not isinstance(base_model, nn.Module):
+        hint = " (a Backbone: pass backbone.model)" if isinstance(getattr(base_model, "model", None), nn.Module) else ""
+        raise TypeError(f"load_adapter: base_model must be an nn.Module, got {type(base_model).__name__}{hint}")
+    path = Path(path)
+    doc = read_adapter_config(path)
+    cfg = config_of(doc, path)
+    heads = dict(heads or {})
+    header = read_header(path / ADAPTER_WEIGHTS)
+    head_file = path / HEADS_WEIGHTS
+    head_header = read_header(head_file) if head_file.is_file() else {}
+    plan = _check_base(base_model, doc, cfg, path)
+    _check_tensors(header, expected_tensors(plan, cfg), path / ADAPTER_WEIGHTS)
+    if heads:
+        _check_heads(heads, doc, head_header, head_file)
+    tensors = load_tensors(path / ADAPTER_WEIGHTS)
+    head_tensors = load_tensors(head_file) if heads else {}
+
+    attach(base_model, cfg)
+    params = dict(base_model.named_parameters())
+    with torch.no_grad():
+        for name, t in tensors.items():
+            params[name].copy_(t)
+        for task, head in heads.items():
+            n = len(task) + 1
+            head.load_state_dict({k[n:]: v for k, v in head_tensors.items() if k.startswith(task + ".")}, strict=True)
+    return base_model

@@ -1,0 +1,127 @@
+"""Atomic writes: a file or a directory appears under its final name complete, or not at all.
+
+Everything that persists results (training checkpoints, adapter directories, exports, merged
+checkpoints) writes through :func:`atomic_file` or :func:`atomic_dir`: the content goes to a temporary
+entry beside the target (same filesystem), is flushed to disk, gets the usual umask-based permissions
+(``mkstemp`` / ``mkdtemp`` create private 0600 / 0700 entries) and is then renamed into place. A crash
+or an exception leaves the old target as it was and no temporary behind. An existing target is
+replaced only with ``overwrite=True``; an old directory is removed only once the new one is in place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["atomic_dir", "atomic_file"]
+
+
+@contextmanager
+def atomic_file(path: str | Path, *, overwrite: bool = False, what: str = "write") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; write it in the ``with`` body; it becomes ``path`` on success.
+
+    ``what`` names the caller in error messages. An existing ``path`` is refused unless ``overwrite``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what}: {path} is a directory; choose a file path")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{what}: {path} already exists; pass overwrite=True (--overwrite) or "
+                              "choose another path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        _fsync(tmp)
+        _normal_permissions(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_dir(path: str | Path, *, overwrite: bool = False, what: str = "write") -> Iterator[Path]:
+    """Yield a fresh temporary directory beside ``path``; fill it in the ``with`` body; it becomes ``path``.
+
+    A non-empty ``path`` is refused unless ``overwrite``; then the old directory is moved aside and
+    deleted only after the new one is in place. On an exception the temporary directory is removed.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{what}: {path} exists and is a file; choose a directory path")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{what}: {path} already exists and is not empty; pass overwrite=True "
+                              "(--overwrite) to replace it, or choose another path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                _fsync(f)
+        _normal_permissions(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _replace_dir(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    """Move the finished ``tmp`` to ``path``; an old ``path`` is removed only once the new one is there."""
+    old = None
+    if path.is_dir():
+        if any(path.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / "dir")
+        else:
+            path.rmdir()
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None:  # put the old directory back
+            os.replace(old / "dir", path)
+            old.rmdir()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _normal_permissions(root: Path) -> None:
+    """Give ``root`` (and everything under it) the modes a plain ``open`` / ``mkdir`` would have."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for p in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+def _fsync(file: Path) -> None:
+    """Flush ``file``'s data to disk, so that the rename never publishes an empty or partial file."""
+    fd = os.open(file, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (best effort: not every platform can fsync a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,112 @@
+"""One-call loading: rebuild the base model, the task kinds and their heads named in an adapter directory.
+
+This is the only part of ``io/`` that reaches into backbones and tasks: ``load_adapter`` needs a base
+model the caller built; ``load_pretrained`` builds it from what ``save_adapter`` recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..backbones import Backbone, load_backbone
+from ..config import MTLLoRAConfig
+from ..tasks import build_kind, load_spec
+from .adapter_files import (
+    ADAPTER_CONFIG,
+    AdapterFileError,
+    config_of,
+    load_adapter,
+    read_adapter_config,
+    read_kind_state,
+)
+
+__all__ = ["Pretrained", "load_pretrained"]
+
+
+@dataclass
+class Pretrained:
+    """What ``load_pretrained`` returns; unpacks as ``backbone, heads, config``.
+
+    ``specs`` holds the saved task specs (parsed), ``kinds`` the task kinds rebuilt from them (only with
+    ``heads=True``), ``doc`` the parsed ``adapter_config.json``.
+    """
+
+    backbone: Backbone
+    heads: dict[str, nn.Module]
+    config: MTLLoRAConfig
+    kinds: dict[str, Any] = field(default_factory=dict)
+    specs: dict[str, Any] = field(default_factory=dict)
+    doc: dict[str, Any] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.backbone, self.heads, self.config))
+
+
+def load_pretrained(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    backbone: str | None = None,
+    pretrained: str | None = None,
+    data_root: str | Path | None = None,
+    heads: bool = True,
+) -> Pretrained:
+    """Build the base model named in the adapter file, rebuild the task heads, attach and load, in one call.
+
+    The base model comes from ``mtl_lora_vl.backbones.load_backbone(base.backbone, base.pretrained)``
+    as recorded by ``save_adapter``; ``backbone`` / ``pretrained`` override those (e.g. the checkpoint
+    lives elsewhere on this machine). With ``heads=True`` each task whose spec was saved gets its kind
+    rebuilt through the task registry from what it learned in training (``tasks/<t>.state.json``: answer
+    vocabulary, class names), so no training data is needed; an adapter saved without that state
+    rebuilds it from the training split (``data_root`` for file-based specs). Each head is built by its
+    kind, then filled from ``heads.safetensors``.
+    """
+    path = Path(path)
+    doc = read_adapter_config(path)
+    cfg = config_of(doc, path)
+    bb = _base_backbone(path, doc, backbone, pretrained, device)
+
+    built: dict[str, nn.Module] = {}
+    kinds: dict[str, Any] = {}
+    specs: dict[str, Any] = {}
+    for task, rel in (doc.get("task_specs") or {}).items():
+        try:
+            specs[task] = load_spec(path / rel)
+            if heads:
+                state = read_kind_state(path, task)
+                train = None if state is not None else specs[task].load_split("train", data_root)
+                kinds[task] = build_kind(specs[task], train, bb, state=state)
+        except (ValueError, FileNotFoundError, OSError) as e:
+            raise AdapterFileError(f"{path}: cannot rebuild task {task!r} from {rel}: {e}. Pass data_root=... "
+                                   "for file-based tasks, or heads=False") from e
+        if heads and task in (doc.get("heads") or {}):
+            with torch.no_grad():  # on the base model: head shapes do not depend on adapters
+                built[task] = kinds[task].build_head(bb)
+    load_adapter(bb.model, path, heads=built)
+    for head in built.values():
+        head.to(device).eval()
+    return Pretrained(bb, built, cfg, kinds, specs, doc)
+
+
+def _base_backbone(path: Path, doc: dict[str, Any], backbone: str | None, pretrained: str | None,
+                   device: str | torch.device) -> Backbone:
+    """The base model recorded in ``doc['base']`` (or the overrides), built by ``load_backbone``."""
+    base = doc.get("base") or {}
+    spec = backbone or base.get("backbone")
+    if not spec:
+        raise AdapterFileError(f"{path / ADAPTER_CONFIG}: does not say which base model it was trained on "
+                               "('base.backbone'); pass backbone='builtin' | 'open_clip:...' | 'hf:DIR', or build "
+                               "the base model yourself and call mtl_lora_vl.load_adapter(model, path)")
+    weights = pretrained if pretrained is not None else base.get("pretrained")
+    try:
+        return load_backbone(spec, weights, device=device)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        raise AdapterFileError(f"{path}: cannot build the base model {spec!r} (pretrained={weights!r}) that the "
+                               f"adapter was trained on: {e}. Point at it on this machine with backbone=... / "
+                               "pretrained=... (--backbone / --pretrained)") from e

@@ -1,0 +1,114 @@
+"""The family table: module+class matching, one place naming families, table-driven refusals."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+from conftest import tiny_hf_clip, tiny_llava, tiny_open_clip, tiny_timm_vit
+from torch import nn
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.backbones import BackboneError, backbone_class, backbone_class_for
+from mtl_lora_vl.families import FAMILIES, family_named, find_family, merged_format, peft_export
+
+PACKAGE = Path(mlv.__file__).resolve().parent
+
+
+@pytest.mark.parametrize("build, family", [
+    (lambda: tiny_open_clip("clip"), "open_clip"),
+    (lambda: tiny_open_clip("custom"), "open_clip"),
+    (lambda: tiny_open_clip("coca"), "open_clip"),
+    (tiny_hf_clip, "hf_clip"),
+    (tiny_llava, "llava"),
+    (tiny_timm_vit, "timm_vit"),
+])
+def test_every_supported_class_is_found(build, family):
+    model = build()
+    assert find_family(model).name == family
+    assert find_family(type(model)).name == family          # a class works as well as an instance
+
+
+def test_other_vision_transformers_are_not_taken_for_timm():
+    import open_clip.transformer
+    import torchvision.models.vision_transformer as tv
+
+    assert find_family(open_clip.transformer.VisionTransformer) is None
+    assert find_family(tv.VisionTransformer) is None
+    oc_vit = open_clip.transformer.VisionTransformer(image_size=32, patch_size=8, width=32, layers=1, heads=2,
+                                                     mlp_ratio=2.0, output_dim=16)
+    assert find_family(oc_vit) is None
+    with pytest.raises(mlv.AttachError, match="not a supported model class"):
+        mlv.attach(oc_vit, mlv.MTLLoRAConfig(tasks=["a", "b"]))
+
+
+def test_matching_is_by_module_and_class_anywhere_in_the_mro():
+    import open_clip
+    from timm.models.vision_transformer import VisionTransformer
+
+    class CLIPModel(nn.Module):  # the right name in the wrong module
+        pass
+
+    class MyCLIP(open_clip.CLIP):  # a user subclass of a family class
+        pass
+
+    class MyViT(VisionTransformer):
+        pass
+
+    assert find_family(CLIPModel) is None
+    assert find_family(MyCLIP).name == "open_clip"
+    assert find_family(MyViT).name == "timm_vit"
+
+
+def test_table_is_complete_and_consistent():
+    names = [f.name for f in FAMILIES]
+    assert len(set(names)) == len(names)
+    for fam in FAMILIES:
+        assert all("." in c for c in fam.classes), fam.classes       # qualified: module prefix + class
+        assert fam.merged_format in ("hf", "open_clip", "safetensors")
+        assert family_named(fam.name) is fam
+        if fam.backbone is None:
+            assert fam.no_backbone, f"{fam.name} needs a reason why it has no backbone class"
+        else:
+            assert backbone_class(fam.backbone).__name__.endswith("Backbone")
+    assert [f.name for f in FAMILIES if f.peft_export] == ["hf_clip", "llava"]
+    assert peft_export("hf_clip") and not peft_export("open_clip") and not peft_export("custom")
+    assert merged_format("open_clip", object()) == "open_clip" and merged_format("llava", object()) == "hf"
+    assert merged_format("custom", tiny_hf_clip()) == "hf" and merged_format("custom", nn.Linear(2, 2)) == "safetensors"
+
+
+def test_backbone_classes_come_from_the_table():
+    from mtl_lora_vl.backbones import HFClipBackbone, OpenClipBackbone
+
+    assert backbone_class_for(tiny_open_clip("coca")) is OpenClipBackbone
+    assert backbone_class_for(tiny_hf_clip()) is HFClipBackbone
+    with pytest.raises(BackboneError, match="LLaVA models have no backbone class yet.*mtl_lora_vl.attach"):
+        backbone_class_for(tiny_llava())
+    with pytest.raises(BackboneError, match="image-only"):
+        backbone_class_for(tiny_timm_vit())
+    with pytest.raises(BackboneError, match="not a model family with a backbone class; supported: open_clip"):
+        backbone_class_for(nn.Linear(2, 2))
+
+
+def test_families_module_is_a_leaf():
+    tree = ast.parse((PACKAGE / "families.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0 and not (node.module or "").startswith("mtl_lora_vl"), ast.dump(node)
+        if isinstance(node, ast.Import):
+            assert not any(a.name.startswith("mtl_lora_vl") for a in node.names)
+
+
+def test_no_family_name_branches_outside_the_table():
+    names = "|".join(re.escape(f.name) for f in FAMILIES)
+    branch = re.compile(rf"""(==|!=|\bin)\s*\(?\s*["']({names})["']|["']({names})["']\s*(==|!=)""")
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "families.py":
+            continue
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if branch.search(line):
+                offenders.append(f"{path.relative_to(PACKAGE)}:{i}: {line.strip()}")
+    assert not offenders, "family names compared outside families.py:\n" + "\n".join(offenders)
