@@ -28,7 +28,9 @@ COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
 @pytest.fixture(autouse=True)
 def _quiet_and_fresh(monkeypatch):
     monkeypatch.setattr(hf_datasets, "_OPEN", {})
-    datasets.disable_progress_bars()
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
 
 
 def _pil(i: int) -> Image.Image:

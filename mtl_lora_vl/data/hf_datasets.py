@@ -54,13 +54,16 @@ def _datasets() -> Any:
 
 @contextlib.contextmanager
 def _quiet(datasets: Any) -> Iterator[None]:
-    was = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
+    """No progress bars while opening (the names below exist from datasets 2.x to 5.x)."""
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+
+    was = is_progress_bar_enabled()
+    disable_progress_bar()
     try:
         yield
     finally:
         if was:
-            datasets.enable_progress_bars()
+            enable_progress_bar()
 
 
 @dataclass(frozen=True)
