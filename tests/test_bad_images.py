@@ -243,3 +243,27 @@ def test_no_file_handle_is_left_open(images, tmp_path):
         gc.collect()
     leaks = [str(w.message) for w in rec if issubclass(w.category, ResourceWarning)]
     assert not leaks, leaks
+
+
+def test_task_evaluation_goes_on_or_stops_with_strict(images, tmp_path, caplog):
+    """Through a task kind's evaluate(): the split's strict flag and the task name reach the loader."""
+    from vl_tiny import tiny_backbone
+
+    from mtl_lora_vl.tasks import build_kind
+
+    root = images["good0"].parent.parent
+    _write_rows(root, images, NAMES)
+    spec_file = tmp_path / "pets.toml"
+    spec_file.write_text('kind = "classification"\n[data]\nformat = "jsonl"\nverify = false\n'
+                         '[data.train]\nfile = "rows.jsonl"\n[data.val]\nfile = "rows.jsonl"\n')
+    spec = load_spec(spec_file)
+    backbone = tiny_backbone(tmp_path / "bb")
+    split = spec.load_split("val", root)
+    kind = build_kind(spec, split, backbone)
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl.data.fallback"):
+        out = kind.evaluate(backbone, None, split, batch_size=4, device="cpu")
+    assert out["n"] == len(NAMES)
+    assert any("task 'pets': 2 row(s) used a substitute image" in r.getMessage() for r in caplog.records)
+    strict = Split(split.examples, class_names=split.class_names, strict=True)
+    with pytest.raises(ImageError, match=r"task 'pets'.*truncated\.jpg: cannot be decoded.*strict = true"):
+        kind.evaluate(backbone, None, strict, batch_size=4, device="cpu")

@@ -12,16 +12,20 @@ is not decoded again. With ``strict=True`` the first failure
 raises an :class:`~mtl_lora_vl.data.images.ImageError` that names the example and the file.
 
 In evaluation a replaced row is scored on the substitute image (the rows stay aligned with the split);
-the count of replaced rows is logged when the pass ends.
+the count of replaced rows is logged when the pass ends. A task kind's ``evaluate`` opens
+:func:`decode_policy` with its name and its split's ``strict``, so the evaluation loaders it runs
+(:func:`mtl_lora_vl.data.loader.iter_image_batches`) name the task and honour ``strict = true``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import random
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from multiprocessing.context import get_spawning_popen
 from typing import Any
 
@@ -33,6 +37,22 @@ from .records import Example
 
 logger = logging.getLogger(__name__)
 _COUNT_SLOTS = 257
+_POLICY: ContextVar[tuple[str, bool] | None] = ContextVar("mtl_lora_vl_decode_policy", default=None)
+
+
+@contextlib.contextmanager
+def decode_policy(task: str, strict: bool) -> Iterator[None]:
+    """Inside the scope, evaluation loaders that are not told otherwise name ``task`` and use ``strict``."""
+    token = _POLICY.set((task, bool(strict)))
+    try:
+        yield
+    finally:
+        _POLICY.reset(token)
+
+
+def current_policy() -> tuple[str, bool] | None:
+    """``(task, strict)`` of the innermost :func:`decode_policy` scope, else None."""
+    return _POLICY.get()
 
 
 class ImageFallback:

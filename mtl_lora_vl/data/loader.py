@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from mtl_lora_vl.data.fallback import ImageFallback
+from mtl_lora_vl.data.fallback import ImageFallback, current_policy
 from mtl_lora_vl.data.images import ImageError, to_uint8_tensor
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.data.sampler import MultiTaskBatchSampler
@@ -249,16 +249,21 @@ class _ImageDataset(Dataset):
 
 def iter_image_batches(backbone: Any, examples: Sequence[Example], *, batch_size: int,
                        device: torch.device | str, dtype: torch.dtype = torch.float32,
-                       num_workers: int = 0, strict: bool = False, task: str = "evaluation") -> Iterator[Tensor]:
+                       num_workers: int = 0, strict: bool | None = None,
+                       task: str | None = None) -> Iterator[Tensor]:
     """Normalised ``dtype`` image batches on ``device``, in order, ``batch_size`` examples each (evaluation).
 
     An image that cannot be decoded is replaced by another example's image (reported once per file, and
     counted when the pass ends); ``strict=True`` raises an :class:`ImageError` naming the file instead.
+    ``task`` and ``strict`` default to those of the enclosing :func:`~mtl_lora_vl.data.fallback.decode_policy`
+    (a task kind's ``evaluate`` opens one), else ``"evaluation"`` and False.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
-    images = ImageFallback(task, examples, backbone.image_size, strict=strict)
+    policy_task, policy_strict = current_policy() or ("evaluation", False)
+    images = ImageFallback(policy_task if task is None else task, examples, backbone.image_size,
+                           strict=policy_strict if strict is None else strict)
     loader = DataLoader(_ImageDataset(images), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=torch.cuda.is_available())
     for batch in loader:
