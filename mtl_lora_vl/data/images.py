@@ -16,7 +16,8 @@ The read-time check (:func:`verify_image`) has two levels:
   ``verify()`` (for PNG a walk over every chunk with its CRC), and a look at the file's last bytes
   for the format's end marker (JPEG ``FF D9``, GIF ``;``, WebP's RIFF length). A file whose end does
   not look right -- truncated, or carrying trailing data -- and any other format (BMP, TIFF, ...) is
-  then fully decoded to decide. About 0.1 ms for a 640x480 JPEG; it catches truncated files.
+  then fully decoded to decide. About 0.2 ms for a 640x480 JPEG, as much as the header check alone;
+  it catches truncated files.
 * ``decode=True`` (``verify = "decode"``): every image is decoded (JPEGs at 1/8 scale, which still
   reads all of the compressed data). About 3 ms for a 640x480 JPEG (``scripts/bench_image_check.py``);
   it also catches corruption inside the file that breaks the decoder.
