@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtl_lora_vl.caption_metrics import bleu, cider_d
+
 # ----------------------------------------------------------------------------------------------
 # VQA answer normalisation
 # ----------------------------------------------------------------------------------------------
@@ -231,8 +233,6 @@ def caption_scores(predictions: Mapping[Any, str], references: Mapping[Any, Sequ
     without references is an error. Both sides go through :func:`tokenize_caption`; the scores come
     from :mod:`mtl_lora_vl.caption_metrics` (pure Python; the tests check them against pycocoevalcap).
     """
-    from mtl_lora_vl.caption_metrics import bleu, cider_d
-
     if not predictions:
         raise ValueError("caption_scores: no predictions given")
     missing = [k for k in predictions if k not in references]

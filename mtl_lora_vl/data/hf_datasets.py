@@ -35,8 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .common import DataFormatError, ImageChecker, data_root_dir, resolve_under
 from .images import ImageError
 from .records import Split
+from .rows import examples_from_rows
 
 FIELDS = ("image", "text", "caption", "captions", "question", "answers", "label", "image_id", "question_type",
           "question_id")
@@ -228,9 +230,6 @@ def read_hf_datasets(
     verify: bool | str = True,
 ) -> Split:
     """A Hugging Face dataset (``save_to_disk`` folder or parquet files) as a split; see the module doc."""
-    from .common import DataFormatError, ImageChecker, data_root_dir, resolve_under
-    from .rows import examples_from_rows
-
     root = data_root_dir(data_root)
     table, ds = _open_table(root, path, split, cache_dir)
     source = f"datasets {table}"
