@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import logging
 import pickle
+import re
 import sys
 from pathlib import Path
 
@@ -104,7 +106,7 @@ def test_parquet_captions_from_file_paths_and_class_labels(tmp_path):
     assert to_uint8_tensor(s.examples[2].image, 8).shape == (3, 8, 8)
 
 
-def test_bytes_column_bad_images_and_strict(tmp_path):
+def test_bytes_column_bad_images_and_strict(tmp_path, caplog):
     root = tmp_path / "data"
     good = _jpeg_bytes(0)
     blobs = [good, good[: len(good) // 2], _jpeg_bytes(2)]
@@ -112,8 +114,10 @@ def test_bytes_column_bad_images_and_strict(tmp_path):
                                     features=datasets.Features({"png": datasets.Value("binary"),
                                                                 "label": datasets.Value("string")}))
     ds.save_to_disk(root / "b")
-    with pytest.warns(UserWarning, match=r"skipped 1 unreadable.*row 1 column 'png': not a readable image"):
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl.data"):
         s = read_split("hf_datasets", root, path="b", columns={"image": "png", "label": "label"})
+    assert any(re.search(r"skipped 1 unreadable.*row 1 column 'png': not a readable image", r.getMessage())
+               for r in caplog.records)
     assert [e.image.row for e in s.examples] == [0, 2] and s.class_names == ["a", "b"]
     with pytest.raises(ImageError, match=r"row 1 column 'png'"):
         read_split("hf_datasets", root, path="b", columns={"image": "png", "label": "label"}, strict=True)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..log import progress
 from .images import ImageError, verify_image
 from .records import Example, Split
 
@@ -90,6 +90,7 @@ class ImageChecker:
         self.verify, self.strict = verify, bool(strict)
         self._ok: dict[Any, bool] = {}
         self.failures: list[tuple[Any, str]] = []
+        self._bar = progress(desc="checking images", unit="img") if verify else None
 
     def __call__(self, path: Any) -> bool:
         """Whether the image is usable; ``path`` is a file path, or another source with ``verify=False``
@@ -104,19 +105,25 @@ class ImageChecker:
             ok = True
         except ImageError as e:
             if self.strict:
+                if self._bar is not None:
+                    self._bar.close()
                 raise
             self.failures.append((path, str(e)))
             ok = False
         self._ok[path] = ok
+        if self._bar is not None:
+            self._bar.update(1)
         return ok
 
     def finish(self, examples: list[Example], source: str, class_names: list[str] | None = None) -> Split:
+        if self._bar is not None:
+            self._bar.close()
         skipped = len(self.failures)
         if skipped:
             shown = "; ".join(msg for _, msg in self.failures[:_SKIP_EXAMPLES_SHOWN])
             more = f" (and {skipped - _SKIP_EXAMPLES_SHOWN} more)" if skipped > _SKIP_EXAMPLES_SHOWN else ""
-            warnings.warn(f"{source}: skipped {skipped} unreadable image(s): {shown}{more}. Pass strict=True to "
-                          "fail instead.", stacklevel=3)
+            logger.warning("%s: skipped %d unreadable image(s): %s%s. Pass strict=True to fail instead.",
+                           source, skipped, shown, more)
         logger.info("%s: %d examples, %d image(s) skipped", source, len(examples), skipped)
         if not examples:
             raise DataFormatError(f"{source}: no usable examples (skipped {skipped} unreadable image(s))")

@@ -53,6 +53,7 @@ from mtl_lora_vl.data.fallback import ImageFallback, current_policy
 from mtl_lora_vl.data.images import ImageError, to_uint8_tensor
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.data.sampler import MultiTaskBatchSampler
+from mtl_lora_vl.log import progress
 
 
 class _Kind(Protocol):
@@ -266,6 +267,6 @@ def iter_image_batches(backbone: Any, examples: Sequence[Example], *, batch_size
                            strict=policy_strict if strict is None else strict)
     loader = DataLoader(_ImageDataset(images), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=torch.cuda.is_available())
-    for batch in loader:
+    for batch in progress(loader, desc="images", unit="batch"):
         yield backbone.preprocess_uint8(batch.to(device, non_blocking=True), dtype)
     images.report()
