@@ -261,11 +261,19 @@ def test_builtin_llava_spec_loads_like_hf_dir(tmp_path, monkeypatch):
     bb = load_backbone("builtin-llava")
     assert isinstance(bb, HFVLMBackbone) and bb.name == "builtin-llava" and bb.family == "llava"
     monkeypatch.setattr(spec, "builtin_llava_dir", lambda: tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match="built-in tiny LLaVA .* is missing"):
+    with pytest.raises(FileNotFoundError, match="built-in tiny LLaVA .* is missing.*pretrain_llava.py"):
         load_backbone("builtin-llava")
     with pytest.raises(ValueError, match="--pretrained is only for"):
         parse_spec("builtin-llava", "w.bin")
     assert builtin.builtin_llava_dir().name == "builtin_llava"
+
+
+def test_the_shipped_builtin_llava():
+    bb = load_backbone("builtin-llava")
+    assert isinstance(bb, HFVLMBackbone) and bb.family == "llava" and bb.name == "builtin-llava"
+    images = bb.preprocess_uint8(torch.zeros(2, 3, bb.image_size, bb.image_size, dtype=torch.uint8))
+    out = bb.generate(images, max_len=4, prompts=[f"{bb.image_token} caption:"] * 2)
+    assert len(out) == 2 and out[0] == out[1]
 
 
 def test_base_dtype_flag_reaches_load_backbone(monkeypatch):

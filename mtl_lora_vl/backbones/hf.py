@@ -27,7 +27,8 @@ def hf_dir(spec: BackboneSpec) -> Path:
         raise FileNotFoundError(
             f"the built-in tiny LLaVA ({spec.text}) is missing: {folder} has no config.json. It ships with the "
             "package as a save_pretrained directory (LlavaForConditionalGeneration + LlavaProcessor); reinstall the "
-            "package or rebuild the asset, or pass a local LLaVA directory with --backbone hf:/path/to/dir"
+            "package, rebuild it with `python scripts/pretrain_llava.py`, or pass a local LLaVA directory with "
+            "--backbone hf:/path/to/dir"
         )
     if folder is None or not folder.is_dir():
         raise FileNotFoundError(
