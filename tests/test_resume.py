@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rng_kind
 import torch
 from safetensors.torch import load_file
+from vl_tiny import tiny_backbone
 
 import mtl_lora_vl.data.seeding as seeding
 import mtl_lora_vl.training.checkpoint as checkpoint
-import rng_kind
 from mtl_lora_vl.backbones import builtin_dir
 from mtl_lora_vl.cli import train_main
 from mtl_lora_vl.data.loader import MultiTaskLoader
@@ -30,7 +31,6 @@ from mtl_lora_vl.data.world import build_split
 from mtl_lora_vl.distributed import DistInfo, map_shards, shard_bounds, sharded_evaluation
 from mtl_lora_vl.io import ADAPTER_WEIGHTS
 from mtl_lora_vl.training.rng import preserved_rng, rng_state, seed_everything, set_rng_state
-from vl_tiny import tiny_backbone
 
 SNAP_AT, STEPS = 4, 8
 builtin_only = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
@@ -200,15 +200,16 @@ def test_preserved_rng_puts_every_generator_back():
 def test_rank_file_keeps_the_last_two_steps_and_restores_by_step(tmp_path):
     for step in (3, 6, 9):
         torch.manual_seed(step)
-        checkpoint.save_rank_state(tmp_path, 1, step)
+        checkpoint.save_rank_state(tmp_path, 1, step, {"loss": [float(step)]})
     doc = torch.load(checkpoint.rank_file(tmp_path, 1), weights_only=True)
     assert sorted(doc["states"]) == [6, 9] and doc["rank"] == 1
     torch.manual_seed(6)
     expected = torch.rand(2)
-    assert torch.equal(checkpoint._rank_rng(tmp_path, 1, 6)["torch"], doc["states"][6]["torch"])
-    set_rng_state(checkpoint._rank_rng(tmp_path, 1, 6))
+    mine = checkpoint._rank_state(tmp_path, 1, 6)
+    assert mine["log_window"] == {"loss": [6.0]}
+    set_rng_state(mine["rng_state"])
     assert torch.equal(torch.rand(2), expected)
-    assert checkpoint._rank_rng(tmp_path, 1, 3) is None and checkpoint._rank_rng(tmp_path, 2, 6) is None
+    assert checkpoint._rank_state(tmp_path, 1, 3) is None and checkpoint._rank_state(tmp_path, 2, 6) is None
 
 
 def test_map_shards_without_ddp_is_the_plain_call():

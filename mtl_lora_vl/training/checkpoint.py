@@ -13,8 +13,10 @@ rank 0) is one ``torch.save`` file of tensors and plain values, loaded with ``we
     rng_state           rank 0's generators: python, numpy, torch (CPU), cuda (every device); see .rng
     rng                 rank 0's torch CPU generator alone (what version 1 saved and reads)
 
-Every other rank r writes its own generators to ``checkpoint-rank{r}.pt`` beside it (atomically too):
-``{"checkpoint_version", "rank", "states": {step: rng_state}}``, holding its last two checkpoints. A
+Every other rank r writes what is its own -- its generators and its loss window (each rank averages its
+own losses; the log row is their mean) -- to ``checkpoint-rank{r}.pt`` beside it, atomically too:
+``{"checkpoint_version", "rank", "states": {step: {"rng_state", "log_window"}}}``, holding its last two
+checkpoints. A
 periodic checkpoint is written after the rank files (behind a barrier), so a ``checkpoint.pt`` of step s
 always finds step s in every rank file, whichever process was killed first. The loader needs no
 state of its own beyond the sampler: its rows and workers are seeded from (seed, rank, step)
@@ -83,8 +85,8 @@ def training_state(step: int, model: MultiTaskModel, optim: Optimization, loader
             "world_size": world_size, "rng_state": rng_state(), "rng": torch.get_rng_state()}
 
 
-def save_rank_state(run_dir: str | Path, rank: int, step: int) -> Path:
-    """Add this process's generator states at ``step`` to its rank file (keeping the last two steps)."""
+def save_rank_state(run_dir: str | Path, rank: int, step: int, log_window: dict[str, list[float]]) -> Path:
+    """Add this process's generators and loss window at ``step`` to its rank file (keeping the last two steps)."""
     path = rank_file(run_dir, rank)
     states: dict[int, Any] = {}
     if path.is_file():
@@ -92,7 +94,7 @@ def save_rank_state(run_dir: str | Path, rank: int, step: int) -> Path:
             states = {int(s): v for s, v in _read(path)["states"].items() if int(s) < step}
         except (CheckpointError, KeyError, TypeError, ValueError, AttributeError):
             states = {}
-    states[step] = rng_state()
+    states[step] = {"rng_state": rng_state(), "log_window": log_window}
     keep = sorted(states)[-_KEEP:]
     doc = {"checkpoint_version": CHECKPOINT_VERSION, "rank": rank, "states": {s: states[s] for s in keep}}
     with atomic_file(path, overwrite=True, what="save_checkpoint") as tmp:
@@ -103,21 +105,21 @@ def save_rank_state(run_dir: str | Path, rank: int, step: int) -> Path:
 def save_training_checkpoint(run_dir: str | Path, step: int, model: MultiTaskModel, optim: Optimization,
                              loader: MultiTaskLoader, log_window: dict[str, list[float]], info: DistInfo, *,
                              sync: bool = True) -> None:
-    """Every rank's part of a checkpoint: rank r > 0 its generators, rank 0 ``checkpoint.pt``.
+    """Every rank's part of a checkpoint: rank r > 0 its rank file, rank 0 ``checkpoint.pt``.
 
     ``sync`` (every rank is at the same step, e.g. a periodic save): rank 0 writes after a barrier, once
     every rank file holds ``step``. Without it (Ctrl-C, SIGTERM: ranks may be anywhere) nobody waits.
     """
     if not info.is_main:
-        save_rank_state(run_dir, info.rank, step)
+        save_rank_state(run_dir, info.rank, step, log_window)
     if sync:
         barrier(info)
     if info.is_main:
         save_checkpoint(training_state(step, model, optim, loader, log_window, info.world_size), run_dir)
 
 
-def _rank_rng(run_dir: str | Path | None, rank: int, step: int) -> dict[str, Any] | None:
-    """Rank ``rank``'s generator states at ``step`` from its rank file, or None when it has none."""
+def _rank_state(run_dir: str | Path | None, rank: int, step: int) -> dict[str, Any] | None:
+    """Rank ``rank``'s ``{"rng_state", "log_window"}`` at ``step`` from its rank file, or None when it has none."""
     if run_dir is None or not rank_file(run_dir, rank).is_file():
         return None
     try:
@@ -130,29 +132,33 @@ def _rank_rng(run_dir: str | Path | None, rank: int, step: int) -> dict[str, Any
 def restore_training_state(state: dict[str, Any], model: MultiTaskModel, optim: Optimization,
                            loader: MultiTaskLoader, *, run_dir: str | Path | None = None, rank: int = 0,
                            seed: int = 0) -> tuple[int, dict[str, list[float]]]:
-    """Put a :func:`training_state` back (and this rank's generators); returns the step and the log window.
+    """Put a :func:`training_state` back, and this rank's generators; returns the step and this rank's
+    log window.
 
     A version-1 checkpoint restores the torch CPU generator alone (what it saved), on every rank. A rank
-    whose states for the checkpoint's step are missing (the run was killed between the rank files and
-    ``checkpoint.pt`` of an unsynchronised save) continues with streams seeded from (seed, rank, step),
-    with a warning: the run then no longer matches an uninterrupted one bit for bit.
+    whose state for the checkpoint's step is missing (the run was killed between the rank files and
+    ``checkpoint.pt`` of an unsynchronised save) continues with streams seeded from (seed, rank, step)
+    and rank 0's loss window, with a warning: the run then no longer matches an uninterrupted one bit
+    for bit.
     """
     model.load_trainable_state(state["trainable"])
     optim.load_state_dict(state)
     loader.load_state_dict(state["sampler"])
     step = int(state["step"])
+    log_window = state.get("log_window", {})
     if "rng_state" not in state:          # version 1
         torch.set_rng_state(state["rng"])
     elif rank == 0:
         set_rng_state(state["rng_state"])
     else:
-        mine = _rank_rng(run_dir, rank, step)
+        mine = _rank_state(run_dir, rank, step)
         if mine is None:
-            warnings.warn(f"rank {rank}: no generator state for step {step} in {rank_file(run_dir or '.', rank)} "
-                          f"(the run stopped between writing it and {CHECKPOINT_NAME}); this rank continues "
-                          "with fresh streams, so the resumed run will not repeat an uninterrupted one exactly",
+            warnings.warn(f"rank {rank}: no state for step {step} in {rank_file(run_dir or '.', rank)} (the run "
+                          f"stopped between writing it and {CHECKPOINT_NAME}); this rank continues with fresh "
+                          "generators, so the resumed run will not repeat an uninterrupted one exactly",
                           stacklevel=2)
             seed_rank(seed, rank, step)
         else:
-            set_rng_state(mine)
-    return step, state.get("log_window", {})
+            set_rng_state(mine["rng_state"])
+            log_window = mine["log_window"]
+    return step, log_window
