@@ -96,9 +96,7 @@ def _rows(run: Path) -> list[dict]:
 
 def test_ddp_resume_repeats_the_run_and_its_sharded_scores_match_one_process(tmp_path, procs):
     steps = 8
-    tasks = ",".join([str(rng_kind.small_spec(tmp_path, "vqa")),
-                      str(rng_kind.small_spec(tmp_path, "retrieval", kind=rng_kind.KIND)),
-                      str(rng_kind.small_spec(tmp_path, "caption_cls"))])
+    tasks = f"{rng_kind.small_spec(tmp_path, 'vqa')},{rng_kind.small_spec(tmp_path, 'retrieval', kind=rng_kind.KIND)}"
     args = ["--tasks", tasks, "--steps", str(steps), "--batch-size", "6", "--workers", "1", "--dropout", "0.1",
             "--log-every", "2", "--save-every", "3", "--eval-every", "4", "--eval-batch-size", "32",
             "--warmup", "2", "--device", "cpu"]
@@ -116,7 +114,7 @@ def test_ddp_resume_repeats_the_run_and_its_sharded_scores_match_one_process(tmp
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=0, rtol=0, msg=k)
     assert _rows(killed) == _rows(straight)
-    assert any("eval/caption_cls/top1" in r for r in _rows(straight))   # periodic evaluation, sharded
+    assert any("eval/sampled/mean_recall" in r for r in _rows(straight))   # periodic evaluation, sharded
 
     # The run's final evaluation (sharded over two processes) equals one process scoring its adapter.
     ddp = json.loads((straight / "eval.json").read_text())["tasks"]
@@ -124,7 +122,7 @@ def test_ddp_resume_repeats_the_run_and_its_sharded_scores_match_one_process(tmp
         assert eval_main(["--adapter", str(straight / "adapter"), "--batch-size", "32", "--out",
                           str(tmp_path / "one")]) == 0
     one = json.loads((tmp_path / "one" / "eval.json").read_text())["tasks"]
-    assert set(ddp) == {"vqa", "sampled", "caption_cls"}
+    assert set(ddp) == {"vqa", "sampled"}
     for task in ddp:
         assert (ddp[task]["zero_shot"], ddp[task]["adapted"]) == (one[task]["zero_shot"], one[task]["adapted"])
         assert ddp[task]["details"] == one[task]["details"]
