@@ -9,7 +9,6 @@ main test can fail.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import shutil
@@ -119,7 +118,7 @@ def test_resume_without_each_piece_of_state_differs(straight, tmp_path, monkeypa
     elif dropped == "torch_state":
         monkeypatch.setattr(checkpoint, "set_rng_state", lambda s: set_rng_state({**s, "torch": torch.get_rng_state()}))
     else:  # rows drawn from the workers' running streams, as a plain DataLoader does
-        monkeypatch.setattr(seeding, "row_randomness", lambda key: contextlib.nullcontext())
+        monkeypatch.setattr(seeding, "seed_global_rngs", lambda key: None)
     assert not same_run(full, resume_copy(snapshot, tmp_path))
 
 

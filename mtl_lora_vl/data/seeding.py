@@ -8,7 +8,7 @@ prefetched, or whether the run was resumed: ``--workers 0``, ``--workers 4`` and
 same batches. (A kind that keeps its own unseeded generator, e.g. ``numpy.random.default_rng()``, opts
 out of this.)
 
-In the main process (``--workers 0``) the scope restores the three generators afterwards, so making a
+In the main process (``--workers 0``) the three generators are put back after each batch, so making a
 batch never moves the training stream (dropout). The ``DataLoader`` gets a generator of its own
 (:func:`loader_generator`), reseeded from ``(seed, rank, step)`` whenever an iterator starts: PyTorch
 draws each iterator's worker base seed from it (workers seed ``random``, ``torch`` and NumPy with
@@ -39,20 +39,18 @@ def row_seed(seed: int, rank: int, step: int, position: int) -> int:
 def seed_global_rngs(key: int) -> None:
     """Seed Python's ``random``, NumPy's global generator and torch's CPU generator (not CUDA) from ``key``."""
     random.seed(key)
-    np.random.seed([key & 0xFFFFFFFF, key >> 32])
+    np.random.seed(key & 0xFFFFFFFF)
     torch.default_generator.manual_seed(key)
 
 
 @contextlib.contextmanager
-def row_randomness(key: int) -> Iterator[None]:
-    """Run the block with the global CPU generators seeded from ``key``; in the main process they are
-    put back afterwards (a worker's own streams need no restoring)."""
+def kept_global_rngs() -> Iterator[None]:
+    """In the main process, put ``random``, NumPy's and torch's CPU generators back after the block
+    (a worker's own streams need no restoring)."""
     if get_worker_info() is not None:
-        seed_global_rngs(key)
         yield
         return
     saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    seed_global_rngs(key)
     try:
         yield
     finally:
@@ -86,10 +84,18 @@ class SeededDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
+    def __getitems__(self, keys: list[tuple[int, int, int]]) -> list[Any]:
+        """A batch of rows, each made with the global generators seeded from its own seed (the
+        ``DataLoader`` fetches a batch through this)."""
+        rows = []
+        with kept_global_rngs():
+            for task, index, seed in keys:
+                seed_global_rngs(seed)
+                rows.append(self.dataset[(task, index)])
+        return rows
+
     def __getitem__(self, key: tuple[int, int, int]) -> Any:
-        task, index, seed = key
-        with row_randomness(seed):
-            return self.dataset[(task, index)]
+        return self.__getitems__([key])[0]
 
 
 def loader_generator() -> torch.Generator:
