@@ -16,11 +16,10 @@ rank 0) is one ``torch.save`` file of tensors and plain values, loaded with ``we
 Every other rank r writes what is its own -- its generators and its loss window (each rank averages its
 own losses; the log row is their mean) -- to ``checkpoint-rank{r}.pt`` beside it, atomically too:
 ``{"checkpoint_version", "rank", "states": {step: {"rng_state", "log_window"}}}``, holding its last two
-checkpoints. A
-periodic checkpoint is written after the rank files (behind a barrier), so a ``checkpoint.pt`` of step s
-always finds step s in every rank file, whichever process was killed first. The loader needs no
-state of its own beyond the sampler: its rows and workers are seeded from (seed, rank, step)
-(:mod:`mtl_lora_vl.data.seeding`).
+checkpoints. A periodic checkpoint is written after the rank files (behind a barrier), so a
+``checkpoint.pt`` of step s always finds step s in every rank file, whichever process was killed first.
+The loader needs no state of its own beyond the sampler: its rows and workers are seeded from (seed,
+rank, step) (:mod:`mtl_lora_vl.data.seeding`).
 """
 
 from __future__ import annotations
