@@ -32,10 +32,10 @@ def torchrun(port: int, *args: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 
 
-def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
+def finish(proc: subprocess.Popen, timeout: float = 400) -> tuple[str, str]:
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err[-4000:]
-    return out
+    return out, err
 
 
 @pytest.fixture
@@ -104,8 +104,8 @@ def test_ddp_resume_repeats_the_run_and_its_sharded_scores_match_one_process(tmp
     proc = torchrun(29532, str(TESTS / "rng_kind.py"), *args, "--out", str(straight))
     procs.append(proc)
     at = _copy_at_checkpoint(straight, killed, proc)
-    out = finish(proc)
-    assert "world size 2" in out and out.count("| vqa | vqa_accuracy |") == 1
+    out, err = finish(proc)
+    assert "world size 2" in err and out.count("| vqa | vqa_accuracy |") == 1   # rank 0 logs and reports
     assert 0 < at < steps
 
     finish(torchrun(29532, str(TESTS / "rng_kind.py"), "--resume", str(killed), "--workers", "1", "--device", "cpu"))
