@@ -53,6 +53,7 @@ from mtl_lora_vl.data.fallback import ImageFallback, current_policy
 from mtl_lora_vl.data.images import ImageError, to_uint8_tensor
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.data.sampler import MultiTaskBatchSampler
+from mtl_lora_vl.data.seeding import SeededBatches, SeededDataset, loader_generator, reseed_loader
 from mtl_lora_vl.log import progress
 
 
@@ -205,8 +206,12 @@ class MultiTaskLoader:
         extra: dict[str, Any] = {}
         if num_workers > 0:
             extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor or 2}
-        self.loader = DataLoader(MultiTaskDataset(self.datasets), batch_sampler=self.sampler,
-                                 collate_fn=self.collate, num_workers=num_workers,
+        # Rows are made under their own seeds and the workers' seeds come from the loader's generator
+        # (mtl_lora_vl.data.seeding), so batches do not depend on workers or resumption.
+        self.generator = loader_generator()
+        self.loader = DataLoader(SeededDataset(MultiTaskDataset(self.datasets)),
+                                 batch_sampler=SeededBatches(self.sampler), collate_fn=self.collate,
+                                 num_workers=num_workers, generator=self.generator,
                                  pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
                                  **extra)
         self.consumed = self.sampler.step
@@ -218,6 +223,7 @@ class MultiTaskLoader:
         # Rewind the sampler past batches a previous iterator prefetched but nobody consumed.
         if self.sampler.step != self.consumed:
             self.sampler.load_state_dict(self.sampler.state_dict(self.consumed))
+        reseed_loader(self.generator, self.sampler.seed, self.sampler.rank, self.consumed)
         for batch in self.loader:
             self.consumed += 1
             yield batch

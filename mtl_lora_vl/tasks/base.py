@@ -17,7 +17,11 @@ from what it saved: ``KindClass(spec, None, backbone, state=kind.state())``. The
   returns a flat ``dict[str, float]`` holding ``headline_metric`` (in [0, 1], higher is better) plus
   extras. ``head=None`` applies the kind's **zero-shot rule** to the backbone's embeddings. It runs
   without gradients, under autocast in ``dtype``, with the model and head in eval mode (their
-  training flags are restored afterwards).
+  training flags are restored afterwards). **Under DDP** evaluation is sharded: a kind wraps its
+  per-example work (one result per item: a list, or a tensor with one row per item) as
+  ``map_shards(lambda part: self.predict(..., part, ...), examples)`` (:mod:`mtl_lora_vl.distributed`);
+  each rank computes its shard, every rank gets the full results in order, and the metrics are computed
+  from them as in one process. Work left unwrapped runs whole on every rank (same scores, no speed-up).
 
 The caller owns adapter routing: it opens ``route(model, task)`` around ``build_head``, ``loss`` and
 adapted ``evaluate`` calls, and ``disabled(model)`` (or uses an unadapted backbone) for zero-shot; at

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
+from mtl_lora_vl.distributed import map_shards
 from mtl_lora_vl.metrics import normalize_answer, vqa_accuracy
 from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.base import (
@@ -181,8 +182,8 @@ class VQAKind(TaskKind):
         if missing:
             raise ValueError(f"task {self.name!r}: {len(missing)} evaluation questions have no answers "
                              f"(e.g. image {missing[0]!r}); evaluate on a split with annotations")
-        preds = self.predict(backbone, head, examples, batch_size=batch_size, device=device, dtype=dtype,
-                             num_workers=num_workers)
+        preds = map_shards(lambda part: self.predict(backbone, head, part, batch_size=batch_size, device=device,
+                                                     dtype=dtype, num_workers=num_workers), examples)
         by_type: dict[str, list[float]] = defaultdict(list)
         scores = []
         for ex, pred in zip(examples, preds):
