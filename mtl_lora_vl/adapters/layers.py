@@ -6,8 +6,11 @@ For a frozen projection ``y = W x + b`` and tasks t = 1..T, MTL-LoRA adds
 
 Every method is computed the same way: ``z = A x`` once for the whole batch, a small matrix
 ``M_t`` (d_out × R) per task formed once per forward, and ``y += M_t z`` per sample. A batch of one
-task is therefore one LoRA's cost; a mixed batch spreads ``z`` over the tasks present with a one-hot
-mask and applies all their ``M_t`` in one matmul, never copying a weight per sample.
+task is therefore one LoRA's cost (one fused addmm). A mixed batch adds each present task's ``M_t z``
+to that task's rows in place -- one matrix product per run of rows when the rows are grouped by task
+(what the loader makes), one gathered index set per task when they are finely interleaved (see
+:meth:`Route.plan`) -- so its cost is also one LoRA's: no one-hot mask, no spread of ``z`` over tasks,
+no weight copied per sample.
 
 =============  ===================  ==================  =================  ========
 method         lora_A               lora_B              lora_lambda        lora_w
@@ -23,7 +26,6 @@ task_lora      T × r × d_in         T × d_out × r       –                 
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +88,11 @@ class AdapterBank(nn.Module):
         self.router: Router | None = None
         self.layer_name = ""
         self.batch_dim = 0
+        self._n_frozen = 0
+        self._frozen_names: tuple[str, ...] = ()
+        # The exact base weight while a task is merged into it (see attach.merge); None otherwise.
+        # A non-persistent buffer: it moves with .to(), stays out of state_dict, shows in named_buffers.
+        self.register_buffer("merge_backup", None, persistent=False)
 
     @property
     def task_dependent(self) -> bool:
@@ -105,16 +112,23 @@ class AdapterBank(nn.Module):
             return ("lora_A", "lora_B")
         return tuple(n for n in ("lora_lambda", "lora_w") if hasattr(self, n))
 
+    @property
+    def frozen_task_rows(self) -> int:
+        """How many leading task rows ``grow_tasks`` froze (0 when the bank never grew)."""
+        return self._n_frozen
+
     @torch.no_grad()
     def grow_tasks(self, n_new: int = 1) -> int:
         """Append ``n_new`` tasks, initialised as at construction (Λ = I, w ~ U(±1/√n), task_lora: new A, B = 0).
 
-        Afterwards only the new rows train: every other adapter tensor is frozen, a gradient hook zeroes
-        the old rows' gradients (so Adam-type moments stay zero and, with weight_decay=0, the update is
-        exactly zero), and the old rows are copied back from a snapshot (non-persistent buffers) after
-        every optimizer step and before every merge/export, so weight decay cannot move them either.
-        The grown tensors are new ``nn.Parameter`` objects: build the optimizer after growing.
-        Returns the number of elements that will train.
+        Afterwards only the grown rows train: every other adapter tensor is frozen, and a gradient hook
+        zeroes the frozen rows' gradients (so Adam-type moments stay zero and, with weight_decay=0, the
+        update is exactly zero). The frozen rows -- the tasks the bank had before its first growth -- are
+        kept in a snapshot (non-persistent ``_frozen_<name>`` buffers); :meth:`restore_frozen_rows` puts
+        them back, which merge/export do first and which ``mtl_lora_vl.adapters.grow.freeze_old_rows``
+        does after every step of the optimizer it is given, so weight decay cannot move them either.
+        Growing again keeps the first snapshot: every task added since trains. The grown tensors are new
+        ``nn.Parameter`` objects: build the optimizer after growing. Returns the number of new elements.
         """
         if n_new < 1:
             raise ValueError(f"grow_tasks: n_new must be >= 1, got {n_new}")
@@ -126,6 +140,7 @@ class AdapterBank(nn.Module):
         for name in ADAPTER_PARAM_NAMES:
             if hasattr(self, name) and name not in names:
                 getattr(self, name).requires_grad_(False)
+        first = not self._n_frozen
         for name in names:
             old = getattr(self, name).detach()
             if name == "lora_lambda":
@@ -138,20 +153,21 @@ class AdapterBank(nn.Module):
                 rows = torch.stack([_kaiming(r, self.d_in, dev) for _ in range(n_new)])
             else:  # task_lora's lora_B
                 rows = torch.zeros(n_new, *old.shape[1:], device=dev)
-            n_old = old.shape[0]
+            if first:
+                self.register_buffer("_frozen_" + name, old.clone(), persistent=False)
             param = nn.Parameter(torch.cat([old, rows.to(old.dtype)]))
-            param.register_hook(_zero_rows_hook(n_old))
+            param.register_hook(_zero_rows_hook(getattr(self, "_frozen_" + name).shape[0]))
             setattr(self, name, param)
-            self.register_buffer("_frozen_" + name, old.clone(), persistent=False)
             trainable += rows.numel()
+        if first and names:
+            self._n_frozen = getattr(self, "_frozen_" + names[0]).shape[0]
         self._frozen_names = names
-        _watch_grown(self)
         return trainable
 
     @torch.no_grad()
     def restore_frozen_rows(self) -> None:
         """Put back the snapshot of the rows that ``grow_tasks`` froze (a no-op otherwise)."""
-        for name in getattr(self, "_frozen_names", ()):
+        for name in self._frozen_names:
             snap = getattr(self, "_frozen_" + name)
             getattr(self, name)[: snap.shape[0]].copy_(snap)
 
@@ -218,9 +234,11 @@ class AdapterBank(nn.Module):
     def add_delta(self, x: torch.Tensor, out: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         """``out + ΔW x`` for the routed task(s); ``rows`` selects part of the output (cross-attention)."""
         router = self.router
-        if router is None or not router.active:
+        if router is None:
             return out
         route = router.resolve(self.layer_name)
+        if route is None:
+            return out
         if route.batch_size is not None:
             got = x.shape[self.batch_dim] if x.dim() > 1 else 1
             if got != route.batch_size:
@@ -233,45 +251,109 @@ class AdapterBank(nn.Module):
             t = route.task if route.task is not None else 0
             z = F.linear(xd, self.a_matrix(t).to(x.dtype))
             M = self._full_rows(self.task_matrices((t,))[0])
-        else:
-            z, M = self._mixed(xd, route)
+            if rows is not None:
+                M = M[rows]
+            return _add_matmul(out, z, M.to(z.dtype))
+        return self._mixed(xd, out, route, rows)
+
+    def _mixed(self, xd: torch.Tensor, out: torch.Tensor, route: Route, rows: slice | None) -> torch.Tensor:
+        """A batch of several tasks: z = A x once for all rows, then each task's M_t on its own rows."""
+        present = route.present
+        Ms = self._full_rows(self.task_matrices(present))  # (P, d_out, R)
         if rows is not None:
-            M = M[rows]
-        return _add_matmul(out, z, M.to(z.dtype))
-
-    def _mixed(self, xd: torch.Tensor, route: Route) -> tuple[torch.Tensor, torch.Tensor]:
-        """z spread over the present tasks' column blocks, and [M_1 ... M_P] to match."""
-        P = len(route.present)
-        shape = [1] * (xd.dim() - 1)
-        shape[self.batch_dim] = route.batch_size
-        mask = route.mask(xd.device, xd.dtype).view(*shape, P, 1)
-        if self.method == "task_lora":
-            A = self.lora_A[_task_index(route.present, xd.device)].reshape(-1, self.d_in)
-            z = F.linear(xd, A.to(xd.dtype)).unflatten(-1, (P, -1))
+            Ms = Ms[:, rows]
+        if self.method == "task_lora":  # one A_t per task: z holds every present task's block of columns
+            z = F.linear(xd, self.lora_A[_task_index(present, xd.device)].reshape(-1, self.d_in).to(xd.dtype))
+            cols = self.r
         else:
-            z = F.linear(xd, self.a_matrix().to(xd.dtype)).unsqueeze(-2)
-        z = (z * mask).flatten(-2)
-        Ms = self._full_rows(self.task_matrices(route.present))  # (P, d_out, R)
-        return z, Ms.permute(1, 0, 2).reshape(Ms.shape[1], -1)
+            z = F.linear(xd, self.a_matrix().to(xd.dtype))
+            cols = 0
+        bd = self.batch_dim
+        if bd:  # sequence-first layout: work batch-first (a copy of the output only in this layout)
+            out, z = out.movedim(bd, 0).contiguous(), z.movedim(bd, 0)
+        elif not out.is_contiguous() or out._is_view():
+            out = out.contiguous() if not out.is_contiguous() else out.clone()
+        if torch.compiler.is_compiling():
+            res = _task_rows_out_of_place(out, z, Ms.to(z.dtype), route.plan(out.device), cols)
+        else:
+            res = _TaskRowsUpdate.apply(out, z, Ms.to(z.dtype), route.plan(out.device), cols)
+        return res.movedim(0, bd) if bd else res
 
 
-_GROWN: weakref.WeakSet = weakref.WeakSet()  # banks with frozen task rows (see AdapterBank.grow_tasks)
-_STEP_HOOK = None
+def _rows3(t: torch.Tensor) -> torch.Tensor:
+    """(B, ..., C) as (B, S, C): a view when the layout allows (always for the base output)."""
+    return t.reshape(t.shape[0], -1, t.shape[-1])
 
 
-def _restore_after_step(optimizer, args, kwargs) -> None:
-    for bank in list(_GROWN):
-        bank.restore_frozen_rows()
+def _take(t3: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
+    return t3[rows] if isinstance(rows, slice) else t3.index_select(0, rows)
 
 
-def _watch_grown(bank: AdapterBank) -> None:
-    """Restore ``bank``'s frozen rows after every optimizer step (one global post-step hook, weak refs)."""
-    global _STEP_HOOK
-    _GROWN.add(bank)
-    if _STEP_HOOK is None:
-        from torch.optim.optimizer import register_optimizer_step_post_hook
+def _zcols(z: torch.Tensor, p: int, cols: int) -> torch.Tensor:
+    """The columns of z that task position ``p`` uses: all of them, or its own block (task_lora)."""
+    return z if not cols else z[..., p * cols:(p + 1) * cols]
 
-        _STEP_HOOK = register_optimizer_step_post_hook(_restore_after_step)
+
+class _TaskRowsUpdate(torch.autograd.Function):
+    """``out[rows_p] += z[rows_p] M_pᵀ`` for every plan entry, in place on the fresh base output.
+
+    The cost is one LoRA's: no mask, no spread of z over tasks, no copy of the output. Backward passes
+    out's gradient through untouched and forms z's and each M_p's gradient from its own rows only.
+    """
+
+    @staticmethod
+    def forward(ctx, out, z, M, plan, cols):
+        o3, z3 = _rows3(out), _rows3(z)
+        d = o3.shape[-1]
+        for p, rows in plan:
+            zs = _zcols(_take(z3, rows), p, cols)
+            if isinstance(rows, slice):
+                o3[rows].view(-1, d).addmm_(zs.reshape(-1, zs.shape[-1]), M[p].t())
+            else:
+                o3.index_add_(0, rows, torch.matmul(zs, M[p].t()))
+        ctx.mark_dirty(out)
+        ctx.save_for_backward(z, M)
+        ctx.plan, ctx.cols = plan, cols
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        z, M = ctx.saved_tensors
+        plan, cols = ctx.plan, ctx.cols
+        g3, z3 = _rows3(g), _rows3(z)
+        d = g3.shape[-1]
+        gz = gM = None
+        if ctx.needs_input_grad[1]:
+            gz = torch.zeros(z3.shape, dtype=z.dtype, device=z.device) if cols else torch.empty(
+                z3.shape, dtype=z.dtype, device=z.device)
+        if ctx.needs_input_grad[2]:
+            gM = torch.zeros_like(M)
+        for p, rows in plan:
+            gs = _take(g3, rows).reshape(-1, d)
+            if gz is not None:
+                part = torch.mm(gs, M[p])
+                if isinstance(rows, slice):
+                    _zcols(gz[rows], p, cols).copy_(part.view(-1, gz.shape[1], part.shape[-1]))
+                else:
+                    _zcols(gz, p, cols).index_copy_(0, rows, part.view(-1, gz.shape[1], part.shape[-1]))
+            if gM is not None:
+                zs = _zcols(_take(z3, rows), p, cols)
+                gM[p].addmm_(gs.t(), zs.reshape(-1, zs.shape[-1]))
+        return g, (gz.view(z.shape) if gz is not None else None), gM, None, None
+
+
+def _task_rows_out_of_place(out, z, M, plan, cols) -> torch.Tensor:
+    """What :class:`_TaskRowsUpdate` computes, out of place (for torch.compile, which fuses it anyway)."""
+    o3, z3 = _rows3(out), _rows3(z)
+    for p, rows in plan:
+        zs = _zcols(_take(z3, rows), p, cols)
+        delta = torch.matmul(zs, M[p].t())
+        if isinstance(rows, slice):
+            idx = torch.arange(rows.start, rows.stop, device=out.device)
+        else:
+            idx = rows
+        o3 = o3.index_add(0, idx, delta)
+    return o3.view(out.shape)
 
 
 def _zero_rows_hook(n_old: int):

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..adapters.attach import parameter_report
+from ..adapters.grow import freeze_old_rows
 from ..data.loader import MultiTaskLoader, to_device
 from ..distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, write_outputs
@@ -80,7 +81,6 @@ def train(opts: TrainOptions) -> Path:
     model = setup.model
     trained = list(setup.train_splits)  # the tasks this run trains, in adapter order
     kinds = {n: setup.kinds[n] for n in trained}
-    model.set_trained_tasks(trained, setup.config.tasks)
     if info.is_main:
         report = parameter_report(model.model)
         heads_n = sum(p.numel() for p in model.heads.parameters() if p.requires_grad)
@@ -103,7 +103,7 @@ def train(opts: TrainOptions) -> Path:
                              batch_size=opts.batch_size, strategy=opts.sampling,
                              temperature=opts.sampling_temperature, mode=opts.batch_mode, seed=opts.seed,
                              steps=total_steps * opts.accumulate, num_workers=workers, rank=info.rank,
-                             world_size=info.world_size)
+                             world_size=info.world_size, adapter_tasks=setup.config.tasks)
 
     adapter_params = [p for p in model.model.parameters() if p.requires_grad]
     head_params = [p for p in model.heads.parameters() if p.requires_grad]
@@ -111,6 +111,7 @@ def train(opts: TrainOptions) -> Path:
     adapter_wd = 0.0 if opts.extend else opts.weight_decay
     optimizer = torch.optim.AdamW([{"params": adapter_params, "lr": opts.lr, "weight_decay": adapter_wd},
                                    {"params": head_params, "lr": opts.head_lr}], weight_decay=opts.weight_decay)
+    freeze_old_rows(model.model, optimizer)  # an --extend run: the old tasks' rows stay exact (else a no-op)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(opts.warmup, total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
