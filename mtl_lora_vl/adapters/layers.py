@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MTLLoRAConfig
-from .routing import Route, Router, RoutingError
+from .routing import Router, RoutingError
 
 ADAPTER_PARAM_NAMES = ("lora_A", "lora_B", "lora_lambda", "lora_w")
 
@@ -184,10 +184,13 @@ class AdapterBank(nn.Module):
             return A[task]
         return A if A.dim() == 2 else A.reshape(-1, self.d_in)
 
-    def task_matrices(self, tasks: tuple[int, ...]) -> torch.Tensor:
-        """M_t for each task in ``tasks``: (len(tasks), d_out_adapted, R), scaling included."""
+    def task_matrices(self, tasks: tuple[int, ...], index: slice | torch.Tensor | None = None) -> torch.Tensor:
+        """M_t for each task in ``tasks``: (len(tasks), d_out_adapted, R), scaling included.
+
+        ``index`` indexes the task rows (a slice, or a LongTensor a Route keeps on the device).
+        """
         B, s = self.lora_B, self.scaling
-        idx = _task_index(tasks, B.device)
+        idx = _task_index(tasks, B.device) if index is None else index
         if self.method == "mtl_lora":
             Bbar = torch.einsum("pn,nor->por", self.mixing_weights(idx), B)
             if self.lambda_type == "full":
@@ -231,58 +234,86 @@ class AdapterBank(nn.Module):
         return B @ A
 
     # Acting on activations ------------------------------------------------------------------
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+               rows: slice | None = None) -> torch.Tensor:
+        """``F.linear(x, weight, bias) + ΔW x`` for the routed task(s); ``rows`` selects part of ΔW's
+        output (one part of a packed q/k/v projection). The base product is taken over 2-D rows so that
+        its output is a fresh tensor the adapter term is added to in place."""
+        out = F.linear(x.reshape(-1, x.shape[-1]), weight, bias)
+        return self.add_delta(x, out, rows).view(*x.shape[:-1], out.shape[-1])
+
     def add_delta(self, x: torch.Tensor, out: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
-        """``out + ΔW x`` for the routed task(s); ``rows`` selects part of the output (cross-attention)."""
+        """``out + ΔW x`` for the routed task(s), ``out`` being the base output as (rows of x, d_out).
+
+        Updates ``out`` in place when it is a fresh tensor (see :meth:`linear`), else works on a copy.
+        """
         router = self.router
         if router is None:
             return out
         route = router.resolve(self.layer_name)
         if route is None:
             return out
+        bd = self.batch_dim
         if route.batch_size is not None:
-            got = x.shape[self.batch_dim] if x.dim() > 1 else 1
+            got = x.shape[bd] if x.dim() > 1 else 1
             if got != route.batch_size:
                 raise RoutingError(
                     f"{self.layer_name}: routed {route.batch_size} task ids but the batch here has {got} "
-                    f"samples (dim {self.batch_dim} of input shape {tuple(x.shape)}); route one id per sample"
+                    f"samples (dim {bd} of input shape {tuple(x.shape)}); route one id per sample"
                 )
-        xd = self.dropout(x)
-        if route.task is not None or not self.task_dependent:
+        xd = self.dropout(x.reshape(-1, x.shape[-1]))
+        if route.task is not None or not self.task_dependent:  # one matrix for every row: one LoRA
             t = route.task if route.task is not None else 0
             z = F.linear(xd, self.a_matrix(t).to(x.dtype))
-            M = self._full_rows(self.task_matrices((t,))[0])
-            if rows is not None:
-                M = M[rows]
-            return _add_matmul(out, z, M.to(z.dtype))
-        return self._mixed(xd, out, route, rows)
-
-    def _mixed(self, xd: torch.Tensor, out: torch.Tensor, route: Route, rows: slice | None) -> torch.Tensor:
-        """A batch of several tasks: z = A x once for all rows, then each task's M_t on its own rows."""
-        present = route.present
-        Ms = self._full_rows(self.task_matrices(present))  # (P, d_out, R)
+            M = self._full_rows(self.task_matrices((t,)))
+            plan, cols, n_batch = _WHOLE_BATCH, 0, 1  # the rows' layout does not matter here
+        else:
+            index = route.present_index(x.device)
+            M = self._full_rows(self.task_matrices(route.present, index))  # (P, d_out, R): each M_t once
+            if self.method == "task_lora":  # one A_t per task: z holds each present task's block of columns
+                z = F.linear(xd, self.lora_A[index].reshape(-1, self.d_in).to(xd.dtype))
+                cols = self.r
+            else:
+                z = F.linear(xd, self.a_matrix().to(xd.dtype))
+                cols = 0
+            plan, n_batch = route.plan(x.device), route.batch_size
         if rows is not None:
-            Ms = Ms[:, rows]
-        if self.method == "task_lora":  # one A_t per task: z holds every present task's block of columns
-            z = F.linear(xd, self.lora_A[_task_index(present, xd.device)].reshape(-1, self.d_in).to(xd.dtype))
-            cols = self.r
-        else:
-            z = F.linear(xd, self.a_matrix().to(xd.dtype))
-            cols = 0
-        bd = self.batch_dim
-        if bd:  # sequence-first layout: work batch-first (a copy of the output only in this layout)
-            out, z = out.movedim(bd, 0).contiguous(), z.movedim(bd, 0)
-        elif not out.is_contiguous() or out._is_view():
-            out = out.contiguous() if not out.is_contiguous() else out.clone()
-        if torch.compiler.is_compiling():
-            res = _task_rows_out_of_place(out, z, Ms.to(z.dtype), route.plan(out.device), cols)
-        else:
-            res = _TaskRowsUpdate.apply(out, z, Ms.to(z.dtype), route.plan(out.device), cols)
-        return res.movedim(0, bd) if bd else res
+            M = M[:, rows]
+        M = M.to(z.dtype)
+        if n_batch > 1 and bd and x.dim() > 2:  # sequence-first rows: work batch-first on a copy
+            lead = x.shape[:-1]
+            out3 = out.view(*lead, -1).movedim(bd, 0).contiguous()
+            res = _update_rows(out3, z.view(*lead, -1).movedim(bd, 0), M, plan, cols, n_batch)
+            return res.movedim(0, bd).reshape(out.shape)
+        return _update_rows(out, z, M, plan, cols, n_batch)
 
 
-def _rows3(t: torch.Tensor) -> torch.Tensor:
-    """(B, ..., C) as (B, S, C): a view when the layout allows (always for the base output)."""
-    return t.reshape(t.shape[0], -1, t.shape[-1])
+#: The plan of a batch whose rows all use the same matrix.
+_WHOLE_BATCH = ((0, slice(None)),)
+
+
+def _update_rows(out: torch.Tensor, z: torch.Tensor, M: torch.Tensor, plan: tuple, cols: int,
+                 n_batch: int) -> torch.Tensor:
+    """``out + z M_pᵀ`` on each plan entry's rows of the ``n_batch`` samples (batch-first), in place.
+
+    In place it is one LoRA's fused addmm without the copy of ``out`` that an out-of-place addmm makes.
+    ``out`` must be batch-first and a fresh tensor (not a view), else a copy is updated. Under
+    torch.compile the out-of-place form is traced instead (the compiler fuses it).
+    """
+    if torch.compiler.is_compiling():
+        if plan is _WHOLE_BATCH:
+            return _add_matmul(out, z, M[0])
+        return _rows_out_of_place(out, z, M, plan, cols, n_batch)
+    if not out.is_contiguous() or out._is_view():
+        out = out.clone(memory_format=torch.contiguous_format)
+    if torch.is_grad_enabled() and (out.requires_grad or z.requires_grad or M.requires_grad):
+        return _TaskRowsUpdate.apply(out, z, M, plan, cols, n_batch)
+    return _rows_add_(out, z, M, plan, cols, n_batch)
+
+
+def _rows3(t: torch.Tensor, n_batch: int) -> torch.Tensor:
+    """A batch-first tensor as (n_batch, rows per sample, C): a view when the layout allows."""
+    return t.reshape(n_batch, -1, t.shape[-1])
 
 
 def _take(t3: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
@@ -294,38 +325,42 @@ def _zcols(z: torch.Tensor, p: int, cols: int) -> torch.Tensor:
     return z if not cols else z[..., p * cols:(p + 1) * cols]
 
 
-class _TaskRowsUpdate(torch.autograd.Function):
-    """``out[rows_p] += z[rows_p] M_pᵀ`` for every plan entry, in place on the fresh base output.
+def _rows_add_(out: torch.Tensor, z: torch.Tensor, M: torch.Tensor, plan: tuple, cols: int,
+               n_batch: int) -> torch.Tensor:
+    """``out[rows_p] += z[rows_p] M_pᵀ`` for every plan entry, in place (``out`` contiguous)."""
+    o3, z3 = _rows3(out, n_batch), _rows3(z, n_batch)
+    d = o3.shape[-1]
+    for p, rows in plan:
+        zs = _zcols(_take(z3, rows), p, cols)
+        if isinstance(rows, slice):
+            o3[rows].view(-1, d).addmm_(zs.reshape(-1, zs.shape[-1]), M[p].t())
+        else:
+            o3.index_add_(0, rows, torch.matmul(zs, M[p].t()))
+    return out
 
-    The cost is one LoRA's: no mask, no spread of z over tasks, no copy of the output. Backward passes
-    out's gradient through untouched and forms z's and each M_p's gradient from its own rows only.
-    """
+
+class _TaskRowsUpdate(torch.autograd.Function):
+    """:func:`_rows_add_` with autograd: out's gradient passes through untouched (no copy), and z's and
+    each M_p's gradients come from that task's own rows only. The cost is one LoRA's."""
 
     @staticmethod
-    def forward(ctx, out, z, M, plan, cols):
-        o3, z3 = _rows3(out), _rows3(z)
-        d = o3.shape[-1]
-        for p, rows in plan:
-            zs = _zcols(_take(z3, rows), p, cols)
-            if isinstance(rows, slice):
-                o3[rows].view(-1, d).addmm_(zs.reshape(-1, zs.shape[-1]), M[p].t())
-            else:
-                o3.index_add_(0, rows, torch.matmul(zs, M[p].t()))
+    def forward(ctx, out, z, M, plan, cols, n_batch):
+        _rows_add_(out, z, M, plan, cols, n_batch)
         ctx.mark_dirty(out)
         ctx.save_for_backward(z, M)
-        ctx.plan, ctx.cols = plan, cols
+        ctx.plan, ctx.cols, ctx.n_batch = plan, cols, n_batch
         return out
 
     @staticmethod
     def backward(ctx, g):
         z, M = ctx.saved_tensors
-        plan, cols = ctx.plan, ctx.cols
-        g3, z3 = _rows3(g), _rows3(z)
+        plan, cols, n_batch = ctx.plan, ctx.cols, ctx.n_batch
+        g3, z3 = _rows3(g, n_batch), _rows3(z, n_batch)
         d = g3.shape[-1]
         gz = gM = None
         if ctx.needs_input_grad[1]:
-            gz = torch.zeros(z3.shape, dtype=z.dtype, device=z.device) if cols else torch.empty(
-                z3.shape, dtype=z.dtype, device=z.device)
+            make = torch.zeros if cols else torch.empty  # task_lora: other tasks' columns get no gradient
+            gz = make(z3.shape, dtype=z.dtype, device=z.device)
         if ctx.needs_input_grad[2]:
             gM = torch.zeros_like(M)
         for p, rows in plan:
@@ -339,21 +374,17 @@ class _TaskRowsUpdate(torch.autograd.Function):
             if gM is not None:
                 zs = _zcols(_take(z3, rows), p, cols)
                 gM[p].addmm_(gs.t(), zs.reshape(-1, zs.shape[-1]))
-        return g, (gz.view(z.shape) if gz is not None else None), gM, None, None
+        return g, (gz.view(z.shape) if gz is not None else None), gM, None, None, None
 
 
-def _task_rows_out_of_place(out, z, M, plan, cols) -> torch.Tensor:
-    """What :class:`_TaskRowsUpdate` computes, out of place (for torch.compile, which fuses it anyway)."""
-    o3, z3 = _rows3(out), _rows3(z)
+def _rows_out_of_place(out, z, M, plan, cols, n_batch) -> torch.Tensor:
+    """What :func:`_rows_add_` computes, out of place (for torch.compile, which fuses it anyway)."""
+    o3, z3 = _rows3(out, n_batch), _rows3(z, n_batch)
     for p, rows in plan:
         zs = _zcols(_take(z3, rows), p, cols)
-        delta = torch.matmul(zs, M[p].t())
-        if isinstance(rows, slice):
-            idx = torch.arange(rows.start, rows.stop, device=out.device)
-        else:
-            idx = rows
-        o3 = o3.index_add(0, idx, delta)
-    return o3.view(out.shape)
+        idx = torch.arange(rows.start, rows.stop, device=out.device) if isinstance(rows, slice) else rows
+        o3 = o3.index_add(0, idx, torch.matmul(zs, M[p].t()))
+    return o3.reshape(out.shape)
 
 
 def _zero_rows_hook(n_old: int):
@@ -391,7 +422,7 @@ class LoRALinear(AdapterBank):
         self.bias = base.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.add_delta(x, F.linear(x, self.weight, self.bias))
+        return self.linear(x, self.weight, self.bias)
 
     def adapted_weights(self) -> list[tuple[AdapterBank, nn.Parameter]]:
         return [(self, self.weight)]
@@ -431,7 +462,7 @@ class LoRAMultiheadAttention(nn.Module):
 
     def _project(self, x: torch.Tensor, part: slice) -> torch.Tensor:
         b = self.in_proj_bias[part] if self.in_proj_bias is not None else None
-        return self.in_proj.add_delta(x, F.linear(x, self.in_proj_weight[part], b), rows=part)
+        return self.in_proj.linear(x, self.in_proj_weight[part], b, rows=part)
 
     def forward(
         self,

@@ -77,7 +77,7 @@ class Route:
     per-row id tensor when the caller gave one (kept for callers; layers only read the segments).
     """
 
-    __slots__ = ("task", "segments", "batch_size", "ids", "present", "_plans")
+    __slots__ = ("task", "segments", "batch_size", "ids", "present", "_plans", "_index")
 
     def __init__(self, task: int | None = None, segments: Sequence[Segment] = (), batch_size: int | None = None,
                  ids: torch.Tensor | None = None):
@@ -87,6 +87,7 @@ class Route:
         self.ids = ids
         self.present: tuple[int, ...] = (task,) if task is not None else tuple(sorted({s[0] for s in self.segments}))
         self._plans: dict[torch.device, tuple[PlanEntry, ...]] = {}
+        self._index: dict[torch.device, slice | torch.Tensor] = {}
 
     @classmethod
     def from_segments(cls, segments: Sequence[Segment], ids: torch.Tensor | None = None) -> Route:
@@ -144,6 +145,19 @@ class Route:
                 plan = tuple((pos[t], torch.tensor(rows[t]).to(device, non_blocking=True)) for t in self.present)
             self._plans[device] = plan
         return plan
+
+    def present_index(self, device: torch.device) -> slice | torch.Tensor:
+        """Index of the present tasks' rows in per-task tensors: a slice when they are consecutive, else a
+        LongTensor on ``device`` made once per route (no host-to-device copy per layer)."""
+        index = self._index.get(device)
+        if index is None:
+            p = self.present
+            if p == tuple(range(p[0], p[0] + len(p))):
+                index = slice(p[0], p[0] + len(p))
+            else:
+                index = torch.tensor(p).to(device, non_blocking=True)
+            self._index[device] = index
+        return index
 
     def expand(self, k: int) -> Route:
         """Each row repeated ``k`` times in place (Hugging Face's ``repeat_interleave`` convention for beams
