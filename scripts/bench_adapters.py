@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--n-up", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds per case (median reported)")
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=2,
+                    help="untimed steps per case before the (also untimed) step that measures memory")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = torch default)")
