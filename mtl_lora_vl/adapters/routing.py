@@ -34,11 +34,14 @@ and transformers own theirs) and is non-reentrant only; a per-bank log of forwar
 recomputations has to guess which forward a recomputation repeats (the autograd engine orders them, not
 the user), must bound itself against inference forwards, and cannot tell a reentrant checkpoint's
 no-grad forward from inference. The costs here: one C-level ``detach`` per saved tensor in a scope (a
-few hundred per step) and one small Python call per unpack in backward. Limits: a route scope opened
-*inside* a checkpointed function does not install hooks (the recomputation re-enters that scope
+few hundred per step) and one small Python call per unpack in backward. A user's own saved-tensor hooks
+active when the scope opens (``save_on_cpu``, ...) are composed, found the way torch's checkpoint finds
+them (``torch._C._autograd._top_saved_tensors_default_hooks``). Limits: torch allows one pair of hooks,
+so hooks a user opens *inside* a route scope shadow the route's (open them outside it); a route scope
+opened inside a checkpointed function installs no hooks (the recomputation re-enters that scope
 itself); the replay slot is per router, so two backward passes of one model running concurrently on
-different threads are not supported; under ``torch.compile`` the hooks are skipped inside compiled code
-(the compiled backward recomputes from traced values and does not ask the router).
+different threads are not supported; inside ``torch.compile``d code the hooks are skipped (the compiled
+backward recomputes from traced values and does not ask the router).
 """
 
 from __future__ import annotations
@@ -123,8 +126,8 @@ class Route:
 
     @property
     def grouped(self) -> bool:
-        """True when each present task's rows are contiguous (one segment per task)."""
-        return len(self.segments) == len(self.present)
+        """True when each present task's rows are contiguous (at most one segment per task)."""
+        return len(self.segments) <= len(self.present)
 
     def plan(self, device: torch.device) -> tuple[PlanEntry, ...]:
         """How a layer applies the present tasks' matrices: ``(position in present, rows)`` entries.
@@ -332,7 +335,7 @@ def _replay_hooks(router: Router, r: Route) -> _ReplayHooks | None:
     top = top_fn(False) if top_fn is not None else None
     if top is None:
         return _ReplayHooks(((router, r),), None)
-    if getattr(top[0], "_checkpoint_internal", False):
+    if getattr(top[0], "_checkpoint_internal", False) or "_checkpoint" in getattr(top[0], "__qualname__", ""):
         return None  # inside a checkpointed region: its recomputation re-enters this scope itself
     owner = getattr(top[1], "__self__", None)
     if isinstance(owner, _ReplayHooks):
