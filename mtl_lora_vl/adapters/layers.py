@@ -9,8 +9,8 @@ Every method is computed the same way: ``z = A x`` once for the whole batch, a s
 task is therefore one LoRA's cost (one fused addmm). A mixed batch adds each present task's ``M_t z``
 to that task's rows in place -- one matrix product per run of rows when the rows are grouped by task
 (what the loader makes), one gathered index set per task when they are finely interleaved (see
-:meth:`Route.plan`) -- so its cost is also one LoRA's: no one-hot mask, no spread of ``z`` over tasks,
-no weight copied per sample.
+:meth:`Route.plan` and :mod:`.rows`) -- so its cost is also one LoRA's: no one-hot mask, no spread
+of ``z`` over tasks, no weight copied per sample.
 
 =============  ===================  ==================  =================  ========
 method         lora_A               lora_B              lora_lambda        lora_w
@@ -33,6 +33,7 @@ from torch import nn
 
 from ..config import MTLLoRAConfig
 from .routing import Router, RoutingError
+from .rows import WHOLE_BATCH, update_rows
 
 ADAPTER_PARAM_NAMES = ("lora_A", "lora_B", "lora_lambda", "lora_w")
 
@@ -266,7 +267,7 @@ class AdapterBank(nn.Module):
             t = route.task if route.task is not None else 0
             z = F.linear(xd, self.a_matrix(t).to(x.dtype))
             M = self._full_rows(self.task_matrices((t,)))
-            plan, cols, n_batch = _WHOLE_BATCH, 0, 1  # the rows' layout does not matter here
+            plan, cols, n_batch = WHOLE_BATCH, 0, 1  # the rows' layout does not matter here
         else:
             index = route.present_index(x.device)
             M = self._full_rows(self.task_matrices(route.present, index))  # (P, d_out, R): each M_t once
@@ -283,108 +284,9 @@ class AdapterBank(nn.Module):
         if n_batch > 1 and bd and x.dim() > 2:  # sequence-first rows: work batch-first on a copy
             lead = x.shape[:-1]
             out3 = out.view(*lead, -1).movedim(bd, 0).contiguous()
-            res = _update_rows(out3, z.view(*lead, -1).movedim(bd, 0), M, plan, cols, n_batch)
+            res = update_rows(out3, z.view(*lead, -1).movedim(bd, 0), M, plan, cols, n_batch)
             return res.movedim(0, bd).reshape(out.shape)
-        return _update_rows(out, z, M, plan, cols, n_batch)
-
-
-#: The plan of a batch whose rows all use the same matrix.
-_WHOLE_BATCH = ((0, slice(None)),)
-
-
-def _update_rows(out: torch.Tensor, z: torch.Tensor, M: torch.Tensor, plan: tuple, cols: int,
-                 n_batch: int) -> torch.Tensor:
-    """``out + z M_pᵀ`` on each plan entry's rows of the ``n_batch`` samples (batch-first), in place.
-
-    In place it is one LoRA's fused addmm without the copy of ``out`` that an out-of-place addmm makes.
-    ``out`` must be batch-first and a fresh tensor (not a view), else a copy is updated. Under
-    torch.compile the out-of-place form is traced instead (the compiler fuses it).
-    """
-    if torch.compiler.is_compiling():
-        if plan is _WHOLE_BATCH:
-            return _add_matmul(out, z, M[0])
-        return _rows_out_of_place(out, z, M, plan, cols, n_batch)
-    if not out.is_contiguous() or out._is_view():
-        out = out.clone(memory_format=torch.contiguous_format)
-    if torch.is_grad_enabled() and (out.requires_grad or z.requires_grad or M.requires_grad):
-        return _TaskRowsUpdate.apply(out, z, M, plan, cols, n_batch)
-    return _rows_add_(out, z, M, plan, cols, n_batch)
-
-
-def _rows3(t: torch.Tensor, n_batch: int) -> torch.Tensor:
-    """A batch-first tensor as (n_batch, rows per sample, C): a view when the layout allows."""
-    return t.reshape(n_batch, -1, t.shape[-1])
-
-
-def _take(t3: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
-    return t3[rows] if isinstance(rows, slice) else t3.index_select(0, rows)
-
-
-def _zcols(z: torch.Tensor, p: int, cols: int) -> torch.Tensor:
-    """The columns of z that task position ``p`` uses: all of them, or its own block (task_lora)."""
-    return z if not cols else z[..., p * cols:(p + 1) * cols]
-
-
-def _rows_add_(out: torch.Tensor, z: torch.Tensor, M: torch.Tensor, plan: tuple, cols: int,
-               n_batch: int) -> torch.Tensor:
-    """``out[rows_p] += z[rows_p] M_pᵀ`` for every plan entry, in place (``out`` contiguous)."""
-    o3, z3 = _rows3(out, n_batch), _rows3(z, n_batch)
-    d = o3.shape[-1]
-    for p, rows in plan:
-        zs = _zcols(_take(z3, rows), p, cols)
-        if isinstance(rows, slice):
-            o3[rows].view(-1, d).addmm_(zs.reshape(-1, zs.shape[-1]), M[p].t())
-        else:
-            o3.index_add_(0, rows, torch.matmul(zs, M[p].t()))
-    return out
-
-
-class _TaskRowsUpdate(torch.autograd.Function):
-    """:func:`_rows_add_` with autograd: out's gradient passes through untouched (no copy), and z's and
-    each M_p's gradients come from that task's own rows only. The cost is one LoRA's."""
-
-    @staticmethod
-    def forward(ctx, out, z, M, plan, cols, n_batch):
-        _rows_add_(out, z, M, plan, cols, n_batch)
-        ctx.mark_dirty(out)
-        ctx.save_for_backward(z, M)
-        ctx.plan, ctx.cols, ctx.n_batch = plan, cols, n_batch
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        z, M = ctx.saved_tensors
-        plan, cols, n_batch = ctx.plan, ctx.cols, ctx.n_batch
-        g3, z3 = _rows3(g, n_batch), _rows3(z, n_batch)
-        d = g3.shape[-1]
-        gz = gM = None
-        if ctx.needs_input_grad[1]:
-            make = torch.zeros if cols else torch.empty  # task_lora: other tasks' columns get no gradient
-            gz = make(z3.shape, dtype=z.dtype, device=z.device)
-        if ctx.needs_input_grad[2]:
-            gM = torch.zeros_like(M)
-        for p, rows in plan:
-            gs = _take(g3, rows).reshape(-1, d)
-            if gz is not None:
-                part = torch.mm(gs, M[p])
-                if isinstance(rows, slice):
-                    _zcols(gz[rows], p, cols).copy_(part.view(-1, gz.shape[1], part.shape[-1]))
-                else:
-                    _zcols(gz, p, cols).index_copy_(0, rows, part.view(-1, gz.shape[1], part.shape[-1]))
-            if gM is not None:
-                zs = _zcols(_take(z3, rows), p, cols)
-                gM[p].addmm_(gs.t(), zs.reshape(-1, zs.shape[-1]))
-        return g, (gz.view(z.shape) if gz is not None else None), gM, None, None, None
-
-
-def _rows_out_of_place(out, z, M, plan, cols, n_batch) -> torch.Tensor:
-    """What :func:`_rows_add_` computes, out of place (for torch.compile, which fuses it anyway)."""
-    o3, z3 = _rows3(out, n_batch), _rows3(z, n_batch)
-    for p, rows in plan:
-        zs = _zcols(_take(z3, rows), p, cols)
-        idx = torch.arange(rows.start, rows.stop, device=out.device) if isinstance(rows, slice) else rows
-        o3 = o3.index_add(0, idx, torch.matmul(zs, M[p].t()))
-    return o3.reshape(out.shape)
+        return update_rows(out, z, M, plan, cols, n_batch)
 
 
 def _zero_rows_hook(n_old: int):
@@ -404,12 +306,6 @@ def _task_index(tasks: tuple[int, ...], device: torch.device) -> slice | torch.T
     if all(b == a + 1 for a, b in zip(tasks, tasks[1:])):
         return slice(tasks[0], tasks[-1] + 1)
     return torch.tensor(tasks, device=device)
-
-
-def _add_matmul(out: torch.Tensor, z: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    """out + z Mᵀ as one fused GEMM (addmm), keeping out's shape."""
-    d_out = out.shape[-1]
-    return torch.addmm(out.reshape(-1, d_out), z.reshape(-1, z.shape[-1]), M.t()).view(out.shape)
 
 
 class LoRALinear(AdapterBank):
