@@ -193,12 +193,8 @@ class AdapterBank(nn.Module):
         B, s = self.lora_B, self.scaling
         idx = _task_index(tasks, B.device) if index is None else index
         if self.method == "mtl_lora":
-            Bbar = torch.einsum("pn,nor->por", self.mixing_weights(idx), B)
-            if self.lambda_type == "full":
-                Bbar = torch.bmm(Bbar, self.lora_lambda[idx])
-            elif self.lambda_type == "diagonal":
-                Bbar = Bbar * self.lora_lambda[idx][:, None, :]
-            return s * Bbar
+            lam = self.lora_lambda[idx] if self.lambda_type != "none" else None
+            return _MTLMatrices.apply(self.mixing_weights(idx), B, lam, s)
         if self.method == "moe_lora":
             g = self.mixing_weights(idx)  # (P, n)
             M = g[:, :, None, None] * B[None]  # (P, n, d_out, r)
@@ -287,6 +283,46 @@ class AdapterBank(nn.Module):
             res = update_rows(out3, z.view(*lead, -1).movedim(bd, 0), M, plan, cols, n_batch)
             return res.movedim(0, bd).reshape(out.shape)
         return update_rows(out, z, M, plan, cols, n_batch)
+
+
+class _MTLMatrices(torch.autograd.Function):
+    """M_t = s · (Σ_i π_ti B_i) · Λ_t for the given tasks: (P, d_out, r) from π (P, n), B (n, d_out, r)
+    and Λ (P, r, r), (P, r) diagonal, or None.
+
+    One autograd node that saves only its inputs (π, the B parameter, Λ) and recomputes the mixture
+    B̄_t = Σ_i π_ti B_i in backward (P·n·d_out·r multiply-adds), so a forward keeps no d_out-sized
+    intermediate per task besides M_t itself.
+    """
+
+    @staticmethod
+    def forward(ctx, pi, B, lam, s):
+        Bbar = torch.mm(pi, B.reshape(B.shape[0], -1)).view(pi.shape[0], *B.shape[1:])
+        ctx.save_for_backward(pi, B, lam)
+        ctx.s = s
+        if lam is None:
+            return Bbar.mul_(s)
+        M = torch.bmm(Bbar, lam) if lam.dim() == 3 else Bbar.mul_(lam[:, None, :])
+        return M.mul_(s)
+
+    @staticmethod
+    def backward(ctx, gM):
+        pi, B, lam = ctx.saved_tensors
+        g = gM * ctx.s
+        glam = None
+        if lam is None:
+            gBbar = g
+        else:
+            Bbar = torch.mm(pi, B.reshape(B.shape[0], -1)).view(pi.shape[0], *B.shape[1:])
+            if lam.dim() == 3:
+                gBbar = torch.bmm(g, lam.transpose(1, 2))
+                glam = torch.bmm(Bbar.transpose(1, 2), g) if ctx.needs_input_grad[2] else None
+            else:
+                gBbar = g * lam[:, None, :]
+                glam = (g * Bbar).sum(1) if ctx.needs_input_grad[2] else None
+        gflat = gBbar.reshape(gBbar.shape[0], -1)
+        gpi = torch.mm(gflat, B.reshape(B.shape[0], -1).t()) if ctx.needs_input_grad[0] else None
+        gB = torch.mm(pi.t(), gflat).view(B.shape) if ctx.needs_input_grad[1] else None
+        return gpi, gB, glam, None
 
 
 def _zero_rows_hook(n_old: int):
