@@ -18,7 +18,7 @@ from torch import nn
 
 from .adapters.attach import attach, attach_info, merge, unmerge
 from .adapters.generation import uninstall_routed_generate
-from .adapters.grow import add_task
+from .adapters.grow import AddedTask, add_task
 from .adapters.layers import LoRALinear, LoRAMultiheadAttention
 from .adapters.routing import disabled, route
 from .config import MTLLoRAConfig
@@ -139,8 +139,10 @@ class MTLLoRAModel(nn.Module):
 
     disable_adapter = disable_adapters  # PEFT's spelling
 
-    def add_task(self, name: str) -> int:
-        """Grow the adapter by task ``name`` (only its own tensors train); see ``mlv.add_task``."""
+    def add_task(self, name: str) -> AddedTask:
+        """Grow the adapter by task ``name`` (only its own tensors train); see ``mlv.add_task``. Returns the
+        handle whose ``trainable`` counts the new values and whose ``freeze_old_rows(optimizer)`` keeps the
+        old tasks exact through that optimizer's steps."""
         return add_task(self.base_model, name)
 
     def merge_adapter(self, task: str) -> None:

@@ -1,19 +1,24 @@
-"""Benchmark: one training step with adapters on both towers -- open_clip ViT-B-32 (contrastive) or a
+"""Benchmark: one training step with adapters on both towers -- open_clip ViT-B-32 (contrastive loss) or a
 LLaVA-style model (language-model loss).
 
 Cases run interleaved (A B C ... A B C ...) in one process so that machine noise hits them alike;
-the script prints medians and ratios, activation memory saved for backward (and CUDA peak memory
-on a GPU), and writes them as JSON with ``--json PATH``.
+the script prints medians (wall clock, and process CPU time, which a loaded machine disturbs less)
+and the ratios issues 8 and 9 target, activation memory saved for backward (and CUDA peak memory on a
+GPU), and writes them as JSON with ``--json PATH``.
+
+Mixed MTL-LoRA batches run in two row orders: ``grouped`` (rows sorted by task, as the loader makes
+them; the route comes from segments, as in training) and ``interleaved`` (task of row i = i mod 3, the
+worst order an API user can pass).
 
     python scripts/bench_adapters.py --repeats 7 --json bench.json
-    python scripts/bench_adapters.py --case llava --repeats 3              # CPU: saved-for-backward bytes
+    python scripts/bench_adapters.py --case llava --repeats 3                      # CPU
     python scripts/bench_adapters.py --case llava --device cuda --precision bf16   # bf16 base + autocast
 
 The LLaVA case (random init, no download: a CLIP vision tower of ViT-B/32 width, 224 px and patch 32, with
 ``--vision-layers`` layers, and a Llama language model of ``--lm-layers`` x ``--lm-width``; the defaults are
 sized so that a step takes seconds on a small CPU -- on a GPU use e.g. ``--vision-layers 12 --lm-layers 8
---lm-width 1024 --vocab 32000 --batch-size 16``) compares a mixed-task MTL-LoRA step with our ``lora`` and PEFT LoRA on one
-adapter (same rank and targets), each with and without activation checkpointing. With a non-fp32
+--lm-width 1024 --vocab 32000 --batch-size 16``) compares mixed-task MTL-LoRA steps with our ``lora`` and
+PEFT LoRA on one adapter (same rank and targets), each also with activation checkpointing. With a non-fp32
 ``--precision`` its base weights are in that dtype (adapters stay fp32) and the step runs under autocast.
 On a CPU, memory is what autograd saves for backward plus the inputs that checkpointed layers keep for
 their recomputation; on CUDA, ``torch.cuda.max_memory_allocated``.
@@ -32,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 import mtl_lora_vl as mlv
+from mtl_lora_vl.adapters.routing import Route
 
 TARGETS = {"image": [r"^visual\.transformer\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"],
            "text": [r"^transformer\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"]}
@@ -119,13 +125,19 @@ def make_infer_case(model, batch, amp_dtype, device):
     return step
 
 
+def _target(value: float, target: float | None) -> str:
+    if target is None:
+        return ""
+    return f"{'<= ' + format(target, '.2f'):>9}{' ok' if value <= target else ' MISS'}"
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def clip_cases(args, device, amp) -> tuple[dict, dict, str]:
-    """The open_clip cases: our lora, MTL-LoRA one task and mixed, PEFT LoRA, merged vs base inference."""
+def clip_cases(args, device, amp) -> tuple[dict, dict]:
+    """open_clip: our lora, MTL-LoRA one task / grouped / interleaved, PEFT LoRA, merged vs base inference."""
     probe = build(args.model, device)
     size = probe.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
@@ -135,7 +147,8 @@ def clip_cases(args, device, amp) -> tuple[dict, dict, str]:
     B = args.batch_size
     batch = (torch.randn(B, 3, size, size, generator=g).to(device),
              torch.randint(1, 49000, (B, ctx), generator=g).to(device))
-    mixed_ids = torch.arange(B) % len(TASKS)
+    interleaved_ids = torch.arange(B) % len(TASKS)
+    grouped = Route.from_ids(sorted(interleaved_ids.tolist()))  # what the loader's segments give
 
     def ours(method: str, n_up: int = 1) -> torch.nn.Module:
         cfg = mlv.MTLLoRAConfig(tasks=TASKS if method == "mtl_lora" else ["all"], r=args.rank, alpha=2 * args.rank,
@@ -145,7 +158,9 @@ def clip_cases(args, device, amp) -> tuple[dict, dict, str]:
     cases: dict[str, object] = {}
     cases["lora"] = make_train_case(ours("lora"), None, batch, amp, device)
     cases["mtl_lora_single"] = make_train_case(ours("mtl_lora", args.n_up), "vqa", batch, amp, device)
-    cases["mtl_lora_mixed"] = make_train_case(ours("mtl_lora", args.n_up), mixed_ids.to(device), batch, amp, device)
+    cases["mtl_lora_grouped"] = make_train_case(ours("mtl_lora", args.n_up), grouped, batch, amp, device)
+    cases["mtl_lora_interleaved"] = make_train_case(ours("mtl_lora", args.n_up), interleaved_ids.to(device), batch,
+                                                    amp, device)
     peft_note = None
     if not args.no_peft:
         try:
@@ -168,10 +183,19 @@ def clip_cases(args, device, amp) -> tuple[dict, dict, str]:
     mlv.merge(merged, "retrieval")
     cases["infer_base"] = make_infer_case(base, batch, amp, device)
     cases["infer_merged"] = make_infer_case(merged, batch, amp, device)
-    ratios = [("mtl_lora_mixed", "lora"), ("mtl_lora_single", "lora"), ("infer_merged", "infer_base"),
-              ("mtl_lora_mixed", "peft_lora"), ("mtl_lora_single", "peft_lora"), ("lora", "peft_lora")]
-    info = {"model": args.model, "batch_size": B, "peft": peft_note}
-    return cases, {"pairs": ratios, "info": info}, f"{args.model}, batch {B}+{B}"
+    # (name, numerator, denominator, target): step-time ratios the issue asks for; then memory ratios.
+    checks = [("mixed grouped / lora", "mtl_lora_grouped", "lora", 1.03),
+              ("mixed interleaved / lora", "mtl_lora_interleaved", "lora", 1.05),
+              ("one task / lora", "mtl_lora_single", "lora", 1.02),
+              ("mixed grouped / peft_lora", "mtl_lora_grouped", "peft_lora", 0.80),
+              ("mixed interleaved / peft_lora", "mtl_lora_interleaved", "peft_lora", 0.80),
+              ("lora / peft_lora", "lora", "peft_lora", None),
+              ("infer merged / base", "infer_merged", "infer_base", None)]
+    memory_checks = [(f"saved MB {k} / lora", k, "lora", None if "single" in k else 1.02)
+                     for k in ("mtl_lora_grouped", "mtl_lora_interleaved", "mtl_lora_single")]
+    return cases, {"checks": checks, "memory_checks": memory_checks,
+                   "info": {"model": args.model, "batch_size": B, "peft": peft_note},
+                   "title": f"{args.model}, batch {B}+{B}"}
 
 
 # ---------------------------------------------------------------------------------------------- LLaVA case
@@ -212,35 +236,26 @@ def llava_loss(model, pixel_values, input_ids, labels) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten())
 
 
-def llava_cases(args, device, amp) -> tuple[dict, dict, str]:
-    """Mixed MTL-LoRA vs our lora vs PEFT LoRA (one adapter), each with and without checkpointing."""
+def llava_cases(args, device, amp) -> tuple[dict, dict]:
+    """Mixed MTL-LoRA (grouped and interleaved rows) vs our lora vs PEFT LoRA on one adapter, each also with
+    activation checkpointing (mixed: grouped rows, as the loader gives them)."""
     base_dtype = amp or torch.float32  # bf16/fp16 runs keep the base weights in that dtype, adapters in fp32
     g = torch.Generator().manual_seed(0)
     B, n_img, n_text, n_ans = args.batch_size, (224 // 32) ** 2, args.text_len, 8
     ids = torch.randint(10, args.vocab, (B, n_img + n_text), generator=g)
     ids[:, :n_img] = IMAGE_TOKEN
     batch = (torch.randn(B, 3, 224, 224, generator=g).to(device), ids.to(device), ids[:, -n_ans:].to(device))
-    mixed_ids = (torch.arange(B) % len(TASKS)).to(device)
+    interleaved_ids = torch.arange(B) % len(TASKS)
+    grouped = Route.from_ids(sorted(interleaved_ids.tolist()))
 
     def ours(method: str, ckpt: bool) -> torch.nn.Module:
         cfg = mlv.MTLLoRAConfig(tasks=TASKS if method == "mtl_lora" else ["all"], r=args.rank, alpha=2 * args.rank,
                                 n_up=args.n_up if method == "mtl_lora" else 1, method=method, targets=LLAVA_TARGETS)
         return mlv.attach(build_llava(args, device, base_dtype, ckpt), cfg)
 
-    cases: dict[str, object] = {}
-    peft_note = None
-    for ckpt in (False, True):
-        tag = "_ckpt" if ckpt else ""
-        cases["lora" + tag] = make_train_case(ours("lora", ckpt), None, batch, amp, device, llava_loss)
-        cases["mtl_lora_mixed" + tag] = make_train_case(ours("mtl_lora", ckpt), mixed_ids, batch, amp, device,
-                                                        llava_loss)
-        if args.no_peft:
-            continue
-        try:
-            import peft
-        except ImportError:
-            peft_note = "peft not installed"
-            continue
+    def peft_lora(ckpt: bool) -> torch.nn.Module:
+        import peft
+
         pcfg = peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0,
                                target_modules=LLAVA_PEFT_TARGETS)
         pm = peft.inject_adapter_in_model(pcfg, build_llava(args, device, base_dtype, ckpt))
@@ -248,15 +263,40 @@ def llava_cases(args, device, amp) -> tuple[dict, dict, str]:
             p.requires_grad_("lora_" in n)
             if "lora_" in n:
                 p.data = p.data.float()  # adapters in fp32, as ours (peft's autocast_adapter_dtype)
-        cases["peft_lora" + tag] = make_train_case(pm, None, batch, amp, device, llava_loss)
-        peft_note = f"peft {peft.__version__}"
-    pairs = [("mtl_lora_mixed", "lora"), ("mtl_lora_mixed", "peft_lora"), ("lora", "peft_lora"),
-             ("mtl_lora_mixed_ckpt", "lora_ckpt"), ("mtl_lora_mixed_ckpt", "peft_lora_ckpt"),
-             ("mtl_lora_mixed_ckpt", "mtl_lora_mixed")]
-    info = {"model": f"llava(vit-b/32 x{args.vision_layers}, llama {args.lm_layers}x{args.lm_width}, "
-                     f"vocab {args.vocab})", "batch_size": B, "tokens": n_img + n_text, "base_dtype": str(base_dtype),
-            "peft": peft_note}
-    return cases, {"pairs": pairs, "info": info}, f"{info['model']}, batch {B} x {n_img + n_text} tokens"
+        return pm
+
+    try:
+        import peft
+        peft_note = None if args.no_peft else f"peft {peft.__version__}"
+    except ImportError:
+        peft_note = "peft not installed"
+    cases: dict[str, object] = {}
+    for ckpt in (False, True):
+        tag = "_ckpt" if ckpt else ""
+        cases["lora" + tag] = make_train_case(ours("lora", ckpt), None, batch, amp, device, llava_loss)
+        cases["mtl_lora_grouped" + tag] = make_train_case(ours("mtl_lora", ckpt), grouped, batch, amp, device,
+                                                          llava_loss)
+        if not ckpt:
+            cases["mtl_lora_interleaved"] = make_train_case(ours("mtl_lora", ckpt), interleaved_ids.to(device),
+                                                            batch, amp, device, llava_loss)
+        if peft_note and peft_note.startswith("peft "):
+            cases["peft_lora" + tag] = make_train_case(peft_lora(ckpt), None, batch, amp, device, llava_loss)
+    checks = [("mixed grouped / lora", "mtl_lora_grouped", "lora", 1.05),
+              ("mixed interleaved / lora", "mtl_lora_interleaved", "lora", 1.05),
+              ("mixed grouped / peft_lora", "mtl_lora_grouped", "peft_lora", 0.85),
+              ("mixed interleaved / peft_lora", "mtl_lora_interleaved", "peft_lora", 0.85),
+              ("lora / peft_lora", "lora", "peft_lora", None),
+              ("ckpt: mixed grouped / lora", "mtl_lora_grouped_ckpt", "lora_ckpt", 1.05),
+              ("ckpt: mixed grouped / peft_lora", "mtl_lora_grouped_ckpt", "peft_lora_ckpt", 0.85),
+              ("ckpt / no ckpt: mixed grouped", "mtl_lora_grouped_ckpt", "mtl_lora_grouped", None)]
+    memory_checks = [(f"saved MB {k}_ckpt / {k}", f"{k}_ckpt", k, 1.0) for k in ("lora", "mtl_lora_grouped", "peft_lora")]
+    memory_checks.append(("saved MB mtl_lora_grouped / lora", "mtl_lora_grouped", "lora", 1.02))
+    model = (f"llava(vit-b/32 width x{args.vision_layers} layers, llama {args.lm_layers}x{args.lm_width}, "
+             f"vocab {args.vocab})")
+    return cases, {"checks": checks, "memory_checks": memory_checks,
+                   "info": {"model": model, "batch_size": B, "tokens": n_img + n_text,
+                            "base_dtype": str(base_dtype), "peft": peft_note},
+                   "title": f"{model}, batch {B} x {n_img + n_text} tokens"}
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -275,7 +315,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--vocab", type=int, default=8000, help="llava: vocabulary size")
     ap.add_argument("--text-len", type=int, default=32, help="llava: text tokens per row (after 49 image tokens)")
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds per case (median reported)")
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=2,
+                    help="untimed steps per case before the (also untimed) step that measures memory")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = torch default)")
@@ -288,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-    cases, plan, title = (clip_cases if args.case == "clip" else llava_cases)(args, device, amp)
+    cases, plan = (clip_cases if args.case == "clip" else llava_cases)(args, device, amp)
 
     memory = {}
     for name, step in cases.items():
@@ -304,32 +345,56 @@ def main(argv: list[str] | None = None) -> dict:
             memory[name]["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
     times: dict[str, list[float]] = {k: [] for k in cases}
+    cpu: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(args.repeats):
         for name, step in cases.items():
             sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step()
             sync(device)
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    ratios = {f"{a} / {b}": med[a] / med[b] for a, b in plan["pairs"] if a in med and b in med}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+
+    ratios, ratios_cpu = {}, {}
+    for label, a, b, _ in plan["checks"]:
+        if a in med and b in med:
+            ratios[label] = med[a] / med[b]
+            ratios_cpu[label] = med_cpu[a] / med_cpu[b]
+    mem_key = "cuda_peak_mb" if device.type == "cuda" else "saved_for_backward_mb"
+    mem_ratios = {label.replace("saved MB", "peak MB") if device.type == "cuda" else label:
+                  memory[a][mem_key] / memory[b][mem_key]
+                  for label, a, b, _ in plan["memory_checks"] if a in memory and b in memory}
+    targets = {label: t for label, _, _, t in plan["checks"] if t is not None}
+    targets.update({(label.replace("saved MB", "peak MB") if device.type == "cuda" else label): t
+                    for label, _, _, t in plan["memory_checks"] if t is not None})
     result = {
         "case": args.case, **plan["info"], "device": str(device), "precision": args.precision,
         "rank": args.rank, "n_up": args.n_up, "repeats": args.repeats, "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "median_s": {k: round(v, 4) for k, v in med.items()},
+        "median_cpu_s": {k: round(v, 4) for k, v in med_cpu.items()},
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        "ratios_cpu_time": {k: round(v, 3) for k, v in ratios_cpu.items()},
         "memory": memory,
+        "memory_ratios": {k: round(v, 3) for k, v in mem_ratios.items()},
+        "targets": targets,
     }
-    print(f"{title} on {device} ({args.precision}), r={args.rank}, n_up={args.n_up}, {args.repeats} interleaved rounds")
-    print(f"{'case':<22}{'median s':>10}{'saved MB':>10}" + ("{:>10}".format("peak MB") if device.type == "cuda" else ""))
+    print(f"{plan['title']} on {device} ({args.precision}), r={args.rank}, n_up={args.n_up}, "
+          f"{args.repeats} interleaved rounds, {torch.get_num_threads()} threads")
+    print(f"{'case':<24}{'median s':>10}{'cpu s':>10}{'saved MB':>10}"
+          + ("{:>10}".format("peak MB") if device.type == "cuda" else ""))
     for k, v in med.items():
-        line = f"{k:<22}{v:>10.4f}{memory[k]['saved_for_backward_mb']:>10.1f}"
+        line = f"{k:<24}{v:>10.4f}{med_cpu[k]:>10.4f}{memory[k]['saved_for_backward_mb']:>10.1f}"
         if device.type == "cuda":
             line += f"{memory[k]['cuda_peak_mb']:>10.1f}"
         print(line)
+    print(f"{'ratio':<40}{'wall':>8}{'cpu':>8}{'target':>9}")
     for k, v in ratios.items():
-        print(f"{k:<40}{v:>8.3f}")
+        print(f"{k:<40}{v:>8.3f}{ratios_cpu[k]:>8.3f}{_target(v, targets.get(k))}")
+    for k, v in mem_ratios.items():
+        print(f"{k:<40}{v:>8.3f}{'':>8}{_target(v, targets.get(k))}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

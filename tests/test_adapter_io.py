@@ -11,6 +11,7 @@ from conftest import llava_inputs, tiny_hf_clip, tiny_llava, tiny_open_clip, tin
 from torch import nn
 
 import mtl_lora_vl as mlv
+from mtl_lora_vl.adapters.grow import freeze_old_rows
 from mtl_lora_vl.adapters.layers import ADAPTER_PARAM_NAMES
 from mtl_lora_vl.io.adapter_files import (
     ADAPTER_CONFIG,
@@ -354,6 +355,7 @@ def test_save_argument_errors(tmp_path):
 def _train_steps(model, head, steps=3, ids=None):
     params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=0.05)  # default weight_decay=0.01: old rows must survive it too
+    freeze_old_rows(model, opt)  # a no-op for a model that never grew
     img, txt = torch.randn(4, 3, 32, 32), torch.randint(1, 60, (4, 12))
     for _ in range(steps):
         with mlv.route(model, ids):
@@ -373,7 +375,7 @@ def test_add_task_trains_only_the_new_task_and_keeps_the_others_bit_identical(me
     ref = _outputs(model, _oc_run, inp, ["vqa", "retrieval"])
     before = {n: p.detach().clone() for n, p in model.named_parameters() if n.rpartition(".")[2] in ADAPTER_PARAM_NAMES}
 
-    n_train = mlv.add_task(model, "count")
+    n_train = mlv.add_task(model, "count").trainable
     assert model._mtl_lora.config.tasks == ["vqa", "retrieval", "count"]
     banks = model._mtl_lora.layers.values()
     per_bank = {("mtl_lora", "full"): lambda b: 4 * 4 + 3, ("mtl_lora", "diagonal"): lambda b: 4 + 3,

@@ -63,7 +63,7 @@ def test_mixed_generation_equals_each_task_alone(dirs, family, beams):
     with mlv.disabled(bb.model):
         base = bb.generate(images, max_len=6, beam_size=beams, prompts=prompts)
     assert base != mixed  # the adapters change what is generated
-    assert bb.model._mtl_lora.router.expansion == 1  # the scope closed with the call
+    assert bb.model._mtl_lora.router.current is None  # every scope closed, the expansion with its call
 
 
 @pytest.mark.parametrize("family", ["llava", "paligemma"])
@@ -175,3 +175,25 @@ def test_coca_mixed_generation_equals_each_task_alone(tmp_path, beams):
         rows = (ids == t).nonzero().flatten().tolist()
         with mlv.route(bb.model, TASKS[t]):
             assert [mixed[r] for r in rows] == bb.generate(images[rows], max_len=5, beam_size=beams)
+
+
+def test_candidate_scores_train_under_checkpointing_with_backward_outside_the_route(dirs):
+    """The B·C rows of sequence_scores' no-cache path are recomputed in backward with the expanded route."""
+    bb = adapted(dirs, "llava")
+    images, prompts = inputs(bb, 3)
+    cands = ["red", "a blue square"]
+    ids = torch.tensor([1, 0, 2])
+    with mlv.route(bb.model, ids):
+        want = bb.sequence_scores(images, prompts, cands)
+    bb.set_grad_checkpointing(True)
+    bb.model.train()
+    try:
+        with mlv.route(bb.model, ids):
+            got = bb.sequence_scores(images, prompts, cands)
+        got.logsumexp(1).sum().backward()  # outside the scope: recomputation replays the B·C route
+    finally:
+        bb.model.eval()
+        bb.set_grad_checkpointing(False)
+    torch.testing.assert_close(got.detach(), want, rtol=1e-4, atol=1e-4)
+    grads = [b.lora_B.grad for b in bb.model._mtl_lora.layers.values()]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)

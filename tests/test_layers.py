@@ -269,3 +269,16 @@ def test_half_base_without_autocast():
     with _scope(layer, "a"):
         y = layer(torch.randn(3, 12, dtype=torch.bfloat16))
     assert y.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("lambda_type", ["full", "diagonal", "none"])
+def test_mtl_task_matrices_gradients(lambda_type):
+    """M_t's own autograd node (it recomputes the B mixture in backward) against finite differences."""
+    from mtl_lora_vl.adapters.layers import _MTLMatrices
+
+    pi = torch.softmax(torch.randn(2, 3, dtype=torch.double), -1).requires_grad_()
+    B = torch.randn(3, 5, 4, dtype=torch.double, requires_grad=True)
+    lam = {"full": torch.randn(2, 4, 4, dtype=torch.double, requires_grad=True),
+           "diagonal": torch.randn(2, 4, dtype=torch.double, requires_grad=True), "none": None}[lambda_type]
+    inputs = (pi, B, lam, 1.5)
+    assert torch.autograd.gradcheck(lambda *a: _MTLMatrices.apply(*a), inputs)

@@ -64,7 +64,7 @@ def test_trainable_loading_and_peft_style_counts(tmp_path, capsys):
                                                f"trainable%: {100 * trainable / total:.4f}")
     assert wrapped.config is wrapped.get_base_model().config  # the Hugging Face config passes through
     n = wrapped.add_task("new")
-    assert wrapped.tasks == [*TASKS, "new"] and n > 0
+    assert wrapped.tasks == [*TASKS, "new"] and n.trainable > 0
 
 
 def test_wrapping_a_base_model_attaches_and_forward_routes():

@@ -10,7 +10,9 @@ from .attach import (
     trainable_parameters,
     unmerge,
 )
-from .routing import RoutingError, disabled, route
+from .grow import AddedTask, add_task, freeze_old_rows
+from .routing import Route, Router, RoutingError, disabled, route
 
-__all__ = ["AttachError", "RoutingError", "attach", "attach_info", "disabled", "merge", "merged_state_dict",
-           "parameter_report", "route", "trainable_parameters", "unmerge"]
+__all__ = ["AddedTask", "AttachError", "Route", "Router", "RoutingError", "add_task", "attach", "attach_info",
+           "disabled", "freeze_old_rows", "merge", "merged_state_dict", "parameter_report", "route",
+           "trainable_parameters", "unmerge"]

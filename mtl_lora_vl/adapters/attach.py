@@ -25,7 +25,11 @@ class AttachError(ValueError):
 
 @dataclass
 class AttachInfo:
-    """What ``attach`` records on the model (as ``model._mtl_lora``)."""
+    """What ``attach`` records on the model (as ``model._mtl_lora``).
+
+    While a task is merged (``router.merged_task``), every bank in ``layers`` holds the exact base
+    weight in its ``merge_backup`` buffer.
+    """
 
     config: MTLLoRAConfig
     router: Router
@@ -162,13 +166,17 @@ def _weight_pairs(model: nn.Module) -> list[tuple[AdapterBank, nn.Parameter]]:
 
 @torch.no_grad()
 def merge(model: nn.Module, task: str) -> nn.Module:
-    """Fold task ``task``'s update into the base weights (zero inference overhead); see unmerge."""
+    """Fold task ``task``'s update into the base weights (zero inference overhead); see unmerge.
+
+    Each adapted bank keeps the exact base weight in its ``merge_backup`` buffer (non-persistent, so it
+    follows ``.to()`` and stays out of ``state_dict``) until :func:`unmerge` puts it back.
+    """
     info = attach_info(model)
     t = info.config.task_index(task)
     if info.router.merged_task is not None:
         unmerge(model)
     for bank, weight in _weight_pairs(model):
-        bank._merge_backup = weight.detach().clone()
+        bank.merge_backup = weight.detach().clone()
         weight.copy_((weight.float() + bank.delta_weight(t)).to(weight.dtype))
     info.router.merged_task = t
     return model
@@ -176,13 +184,15 @@ def merge(model: nn.Module, task: str) -> nn.Module:
 
 @torch.no_grad()
 def unmerge(model: nn.Module) -> nn.Module:
-    """Restore the exact base weights saved by merge."""
+    """Restore the exact base weights saved by merge (bit for bit) and drop the backups."""
     info = attach_info(model)
     if info.router.merged_task is None:
         return model
     for bank, weight in _weight_pairs(model):
-        weight.copy_(bank._merge_backup)
-        del bank._merge_backup
+        if bank.merge_backup is None:
+            raise RuntimeError(f"unmerge: {bank.layer_name} has no merge backup; the model was merged by other means")
+        weight.copy_(bank.merge_backup)
+        bank.merge_backup = None
     info.router.merged_task = None
     return model
 
@@ -195,6 +205,6 @@ def merged_state_dict(model: nn.Module, task: str) -> dict[str, torch.Tensor]:
     sd = {k: v for k, v in model.state_dict().items() if k.rpartition(".")[2] not in ADAPTER_PARAM_NAMES}
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     for bank, weight in _weight_pairs(model):
-        base = getattr(bank, "_merge_backup", weight)
+        base = bank.merge_backup if bank.merge_backup is not None else weight
         sd[names[id(weight)]] = (base.float() + bank.delta_weight(t)).to(weight.dtype)
     return sd

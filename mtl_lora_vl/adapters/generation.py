@@ -6,8 +6,9 @@ every decoding step (rows i·k .. i·k + k - 1 belong to input i, and beam reord
 inside those groups). Scoring candidates after a prompt (``sequence_scores``) does the same with k = C.
 
 The adapted layers stay strict: a batch whose size differs from the routed ids is an error, except inside
-:func:`expanded_rows` of *that* model, where a batch of exactly k times the routed rows is routed with the
-ids repeated k times (``Route.expand(k)``). ``attach`` gives a model with a Hugging Face ``generate`` an
+:func:`expanded_rows` of *that* model, which re-opens the model's route as ``route.allowing(k)``: a batch of
+exactly k times the routed rows is then routed with the ids repeated k times (``Route.expand(k)``), and
+activation recomputation replays that route like any other. ``attach`` gives a model with a Hugging Face ``generate`` an
 instance-level ``generate`` that opens that scope for the k of the call, so
 ``with mtl_lora_vl.route(model, ids): model.generate(...)`` just works; nothing else (training,
 a plain forward) ever accepts a mismatched batch.
@@ -22,26 +23,27 @@ from typing import Any
 
 from torch import nn
 
+from .routing import route
+
 __all__ = ["RoutedGenerate", "expanded_rows", "generation_rows", "install_routed_generate",
            "uninstall_routed_generate"]
 
 
 @contextmanager
 def expanded_rows(model: nn.Module, k: int) -> Iterator[None]:
-    """Inside this scope the adapted layers of ``model`` also accept k rows per routed id (row i·k + j routed
-    like id i). A no-op for a model without adapters or for k = 1; scopes nest and restore on exit."""
-    router = next((m._mtl_lora.router for m in model.modules() if getattr(m, "_mtl_lora", None) is not None), None)
-    if router is None or k == 1:
-        yield
-        return
+    """Inside this scope the adapted layers of ``model`` also accept exactly k rows per routed id (row
+    i·k + j routed like id i): the current route of the model, re-opened as ``route.allowing(k)``, so
+    activation recomputation replays it too. A no-op for a model without adapters, for k = 1 and for a
+    route that fits any batch (one task by name or index, or none on a one-task adapter)."""
     if k < 1:
         raise ValueError(f"expanded_rows: k must be >= 1, got {k}")
-    saved = router.expansion
-    router.expansion = int(k)
-    try:
+    router = next((m._mtl_lora.router for m in model.modules() if getattr(m, "_mtl_lora", None) is not None), None)
+    current = None if router is None else router.current
+    if current is None or k == 1 or current.batch_size is None:
         yield
-    finally:
-        router.expansion = saved
+        return
+    with route(router, current.allowing(k)):
+        yield
 
 
 def generation_rows(model: nn.Module, kwargs: dict[str, Any]) -> int:

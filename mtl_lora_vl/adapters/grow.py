@@ -1,22 +1,68 @@
-"""add_task: grow a trained adapter by one task, training only that task's own tensors."""
+"""add_task: grow a trained adapter by one task, training only that task's own tensors.
+
+Keeping the existing tasks bit-identical needs two things: a gradient hook on each grown tensor
+(installed by ``AdapterBank.grow_tasks``; it lives on the model's own parameters) and, because weight
+decay moves parameters whatever their gradient, restoring the frozen rows after every optimizer step.
+The latter is scoped to the optimizer the caller hands in (:func:`freeze_old_rows`, or
+``AddedTask.freeze_old_rows``): nothing process-wide, no hook on any other optimizer.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from .attach import attach_info
+from .layers import AdapterBank
 
 
-def add_task(model: nn.Module, name: str) -> int:
-    """Add task ``name`` to a trained adapter and make only its own tensors trainable; return their count.
+@dataclass(frozen=True)
+class AddedTask:
+    """What :func:`add_task` did: the new task's name and id, and how many adapter values will train."""
+
+    model: nn.Module
+    name: str
+    task_id: int
+    trainable: int
+
+    def freeze_old_rows(self, optimizer: torch.optim.Optimizer) -> RemovableHandle:
+        """Keep the existing tasks' rows exact through ``optimizer``'s steps (see :func:`freeze_old_rows`)."""
+        return freeze_old_rows(self.model, optimizer)
+
+
+def _grown_banks(model: nn.Module) -> list[AdapterBank]:
+    return [b for b in attach_info(model).layers.values() if b.frozen_task_rows]
+
+
+def freeze_old_rows(model: nn.Module, optimizer: torch.optim.Optimizer) -> RemovableHandle:
+    """After every step of ``optimizer`` (and of no other), put back the rows ``add_task`` froze.
+
+    Register it on the optimizer that trains a grown adapter; a no-op hook when nothing was grown.
+    Returns the hook's handle (``handle.remove()`` to stop).
+    """
+    banks = _grown_banks(model)
+
+    def restore(opt: torch.optim.Optimizer, args, kwargs) -> None:  # noqa: ARG001
+        for bank in banks:
+            bank.restore_frozen_rows()
+
+    return optimizer.register_step_post_hook(restore)
+
+
+def add_task(model: nn.Module, name: str) -> AddedTask:
+    """Add task ``name`` to a trained adapter and make only its own tensors trainable.
 
     Every bank grows by one task (MTL-LoRA: Λ_t = I, w_t ~ U(−1/√n, 1/√n); moe_lora: a gate row;
     task_lora: a new A_t (kaiming) and B_t = 0; lora / multi_lora share everything, so nothing new
-    trains and 0 is returned: train the new head only). A and every B_i are frozen, gradients of the
-    existing tasks' rows are zeroed, and those rows are restored from a snapshot after every optimizer
-    step, so the existing tasks' outputs stay bit-identical whatever the optimizer. Build the optimizer
-    after this call (the grown tensors are new parameters); weight_decay=0 for them is still advised so
-    the optimizer's own view of those tensors matches. Save with ``save_adapter`` as usual.
+    trains and ``trainable`` is 0: train the new head only). A and every B_i are frozen and the existing
+    tasks' rows get zero gradients. Build the optimizer after this call (the grown tensors are new
+    parameters), then ``added.freeze_old_rows(optimizer)`` so those rows are restored after each of its
+    steps and stay bit-identical whatever the optimizer (weight_decay=0 for them is still advised, so the
+    optimizer's own view of those tensors matches). Several tasks may be added in turn; all of them
+    train. Save with ``save_adapter`` as usual.
     """
     info = attach_info(model)
     if not isinstance(name, str) or not name.strip():
@@ -29,4 +75,4 @@ def add_task(model: nn.Module, name: str) -> int:
     trainable = sum(bank.grow_tasks(1) for bank in info.layers.values())
     info.config.tasks.append(name)
     info.router.tasks.append(name)
-    return trainable
+    return AddedTask(model, name, len(info.config.tasks) - 1, trainable)

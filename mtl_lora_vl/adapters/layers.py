@@ -6,8 +6,11 @@ For a frozen projection ``y = W x + b`` and tasks t = 1..T, MTL-LoRA adds
 
 Every method is computed the same way: ``z = A x`` once for the whole batch, a small matrix
 ``M_t`` (d_out × R) per task formed once per forward, and ``y += M_t z`` per sample. A batch of one
-task is therefore one LoRA's cost; a mixed batch spreads ``z`` over the tasks present with a one-hot
-mask and applies all their ``M_t`` in one matmul, never copying a weight per sample.
+task is therefore one LoRA's cost (one fused addmm). A mixed batch adds each present task's ``M_t z``
+to that task's rows in place -- one matrix product per run of rows when the rows are grouped by task
+(what the loader makes), one gathered index set per task when they are finely interleaved (see
+:meth:`Route.plan` and :mod:`.rows`) -- so its cost is also one LoRA's: no one-hot mask, no spread
+of ``z`` over tasks, no weight copied per sample.
 
 =============  ===================  ==================  =================  ========
 method         lora_A               lora_B              lora_lambda        lora_w
@@ -23,14 +26,14 @@ task_lora      T × r × d_in         T × d_out × r       –                 
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import MTLLoRAConfig
-from .routing import Route, Router, RoutingError
+from .routing import Router, RoutingError
+from .rows import WHOLE_BATCH, update_rows
 
 ADAPTER_PARAM_NAMES = ("lora_A", "lora_B", "lora_lambda", "lora_w")
 
@@ -86,6 +89,11 @@ class AdapterBank(nn.Module):
         self.router: Router | None = None
         self.layer_name = ""
         self.batch_dim = 0
+        self._n_frozen = 0
+        self._frozen_names: tuple[str, ...] = ()
+        # The exact base weight while a task is merged into it (see attach.merge); None otherwise.
+        # A non-persistent buffer: it moves with .to(), stays out of state_dict, shows in named_buffers.
+        self.register_buffer("merge_backup", None, persistent=False)
 
     @property
     def task_dependent(self) -> bool:
@@ -105,16 +113,23 @@ class AdapterBank(nn.Module):
             return ("lora_A", "lora_B")
         return tuple(n for n in ("lora_lambda", "lora_w") if hasattr(self, n))
 
+    @property
+    def frozen_task_rows(self) -> int:
+        """How many leading task rows ``grow_tasks`` froze (0 when the bank never grew)."""
+        return self._n_frozen
+
     @torch.no_grad()
     def grow_tasks(self, n_new: int = 1) -> int:
         """Append ``n_new`` tasks, initialised as at construction (Λ = I, w ~ U(±1/√n), task_lora: new A, B = 0).
 
-        Afterwards only the new rows train: every other adapter tensor is frozen, a gradient hook zeroes
-        the old rows' gradients (so Adam-type moments stay zero and, with weight_decay=0, the update is
-        exactly zero), and the old rows are copied back from a snapshot (non-persistent buffers) after
-        every optimizer step and before every merge/export, so weight decay cannot move them either.
-        The grown tensors are new ``nn.Parameter`` objects: build the optimizer after growing.
-        Returns the number of elements that will train.
+        Afterwards only the grown rows train: every other adapter tensor is frozen, and a gradient hook
+        zeroes the frozen rows' gradients (so Adam-type moments stay zero and, with weight_decay=0, the
+        update is exactly zero). The frozen rows -- the tasks the bank had before its first growth -- are
+        kept in a snapshot (non-persistent ``_frozen_<name>`` buffers); :meth:`restore_frozen_rows` puts
+        them back, which merge/export do first and which ``mtl_lora_vl.adapters.grow.freeze_old_rows``
+        does after every step of the optimizer it is given, so weight decay cannot move them either.
+        Growing again keeps the first snapshot: every task added since trains. The grown tensors are new
+        ``nn.Parameter`` objects: build the optimizer after growing. Returns the number of new elements.
         """
         if n_new < 1:
             raise ValueError(f"grow_tasks: n_new must be >= 1, got {n_new}")
@@ -126,6 +141,7 @@ class AdapterBank(nn.Module):
         for name in ADAPTER_PARAM_NAMES:
             if hasattr(self, name) and name not in names:
                 getattr(self, name).requires_grad_(False)
+        first = not self._n_frozen
         for name in names:
             old = getattr(self, name).detach()
             if name == "lora_lambda":
@@ -138,20 +154,21 @@ class AdapterBank(nn.Module):
                 rows = torch.stack([_kaiming(r, self.d_in, dev) for _ in range(n_new)])
             else:  # task_lora's lora_B
                 rows = torch.zeros(n_new, *old.shape[1:], device=dev)
-            n_old = old.shape[0]
+            if first:
+                self.register_buffer("_frozen_" + name, old.clone(), persistent=False)
             param = nn.Parameter(torch.cat([old, rows.to(old.dtype)]))
-            param.register_hook(_zero_rows_hook(n_old))
+            param.register_hook(_zero_rows_hook(getattr(self, "_frozen_" + name).shape[0]))
             setattr(self, name, param)
-            self.register_buffer("_frozen_" + name, old.clone(), persistent=False)
             trainable += rows.numel()
+        if first and names:
+            self._n_frozen = getattr(self, "_frozen_" + names[0]).shape[0]
         self._frozen_names = names
-        _watch_grown(self)
         return trainable
 
     @torch.no_grad()
     def restore_frozen_rows(self) -> None:
         """Put back the snapshot of the rows that ``grow_tasks`` froze (a no-op otherwise)."""
-        for name in getattr(self, "_frozen_names", ()):
+        for name in self._frozen_names:
             snap = getattr(self, "_frozen_" + name)
             getattr(self, name)[: snap.shape[0]].copy_(snap)
 
@@ -168,17 +185,16 @@ class AdapterBank(nn.Module):
             return A[task]
         return A if A.dim() == 2 else A.reshape(-1, self.d_in)
 
-    def task_matrices(self, tasks: tuple[int, ...]) -> torch.Tensor:
-        """M_t for each task in ``tasks``: (len(tasks), d_out_adapted, R), scaling included."""
+    def task_matrices(self, tasks: tuple[int, ...], index: slice | torch.Tensor | None = None) -> torch.Tensor:
+        """M_t for each task in ``tasks``: (len(tasks), d_out_adapted, R), scaling included.
+
+        ``index`` indexes the task rows (a slice, or a LongTensor a Route keeps on the device).
+        """
         B, s = self.lora_B, self.scaling
-        idx = _task_index(tasks, B.device)
+        idx = _task_index(tasks, B.device) if index is None else index
         if self.method == "mtl_lora":
-            Bbar = torch.einsum("pn,nor->por", self.mixing_weights(idx), B)
-            if self.lambda_type == "full":
-                Bbar = torch.bmm(Bbar, self.lora_lambda[idx])
-            elif self.lambda_type == "diagonal":
-                Bbar = Bbar * self.lora_lambda[idx][:, None, :]
-            return s * Bbar
+            lam = self.lora_lambda[idx] if self.lambda_type != "none" else None
+            return _MTLMatrices.apply(self.mixing_weights(idx), B, lam, s)
         if self.method == "moe_lora":
             g = self.mixing_weights(idx)  # (P, n)
             M = g[:, :, None, None] * B[None]  # (P, n, d_out, r)
@@ -215,65 +231,101 @@ class AdapterBank(nn.Module):
         return B @ A
 
     # Acting on activations ------------------------------------------------------------------
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+               rows: slice | None = None) -> torch.Tensor:
+        """``F.linear(x, weight, bias) + ΔW x`` for the routed task(s); ``rows`` selects part of ΔW's
+        output (one part of a packed q/k/v projection). The base product is taken over 2-D rows so that
+        its output is a fresh tensor the adapter term is added to in place."""
+        out = F.linear(x.reshape(-1, x.shape[-1]), weight, bias)
+        return self.add_delta(x, out, rows).view(*x.shape[:-1], out.shape[-1])
+
     def add_delta(self, x: torch.Tensor, out: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
-        """``out + ΔW x`` for the routed task(s); ``rows`` selects part of the output (cross-attention)."""
+        """``out + ΔW x`` for the routed task(s), ``out`` being the base output as (rows of x, d_out).
+
+        Updates ``out`` in place when it is a fresh tensor (see :meth:`linear`), else works on a copy.
+        """
         router = self.router
-        if router is None or not router.active:
+        if router is None:
             return out
         route = router.resolve(self.layer_name)
+        if route is None:
+            return out
+        bd = self.batch_dim
         if route.batch_size is not None:
-            got = x.shape[self.batch_dim] if x.dim() > 1 else 1
-            if got != route.batch_size and got == route.batch_size * router.expansion:
-                route = route.expand(router.expansion)  # generation: k rows per routed row
+            got = x.shape[bd] if x.dim() > 1 else 1
+            if got != route.batch_size and route.wide is not None and got == route.wide.batch_size:
+                route = route.wide  # generation: k rows per routed row (adapters/generation.py)
             elif got != route.batch_size:
                 raise RoutingError(
                     f"{self.layer_name}: routed {route.batch_size} task ids but the batch here has {got} "
-                    f"samples (dim {self.batch_dim} of input shape {tuple(x.shape)}); route one id per sample"
+                    f"samples (dim {bd} of input shape {tuple(x.shape)}); route one id per sample"
                 )
-        xd = self.dropout(x)
-        if route.task is not None or not self.task_dependent:
+        xd = self.dropout(x.reshape(-1, x.shape[-1]))
+        if route.task is not None or not self.task_dependent:  # one matrix for every row: one LoRA
             t = route.task if route.task is not None else 0
             z = F.linear(xd, self.a_matrix(t).to(x.dtype))
-            M = self._full_rows(self.task_matrices((t,))[0])
+            M = self._full_rows(self.task_matrices((t,)))
+            plan, cols, n_batch = WHOLE_BATCH, 0, 1  # the rows' layout does not matter here
         else:
-            z, M = self._mixed(xd, route)
+            index = route.present_index(x.device)
+            M = self._full_rows(self.task_matrices(route.present, index))  # (P, d_out, R): each M_t once
+            if self.method == "task_lora":  # one A_t per task: z holds each present task's block of columns
+                z = F.linear(xd, self.lora_A[index].reshape(-1, self.d_in).to(xd.dtype))
+                cols = self.r
+            else:
+                z = F.linear(xd, self.a_matrix().to(xd.dtype))
+                cols = 0
+            plan, n_batch = route.plan(x.device), route.batch_size
         if rows is not None:
-            M = M[rows]
-        return _add_matmul(out, z, M.to(z.dtype))
+            M = M[:, rows]
+        M = M.to(z.dtype)
+        if n_batch > 1 and bd and x.dim() > 2:  # sequence-first rows: work batch-first on a copy
+            lead = x.shape[:-1]
+            out3 = out.view(*lead, -1).movedim(bd, 0).contiguous()
+            res = update_rows(out3, z.view(*lead, -1).movedim(bd, 0), M, plan, cols, n_batch)
+            return res.movedim(0, bd).reshape(out.shape)
+        return update_rows(out, z, M, plan, cols, n_batch)
 
-    def _mixed(self, xd: torch.Tensor, route: Route) -> tuple[torch.Tensor, torch.Tensor]:
-        """z spread over the present tasks' column blocks, and [M_1 ... M_P] to match."""
-        P = len(route.present)
-        shape = [1] * (xd.dim() - 1)
-        shape[self.batch_dim] = route.batch_size
-        mask = route.mask(xd.device, xd.dtype).view(*shape, P, 1)
-        if self.method == "task_lora":
-            A = self.lora_A[_task_index(route.present, xd.device)].reshape(-1, self.d_in)
-            z = F.linear(xd, A.to(xd.dtype)).unflatten(-1, (P, -1))
+
+class _MTLMatrices(torch.autograd.Function):
+    """M_t = s · (Σ_i π_ti B_i) · Λ_t for the given tasks: (P, d_out, r) from π (P, n), B (n, d_out, r)
+    and Λ (P, r, r), (P, r) diagonal, or None.
+
+    One autograd node that saves only its inputs (π, the B parameter, Λ) and recomputes the mixture
+    B̄_t = Σ_i π_ti B_i in backward (P·n·d_out·r multiply-adds), so a forward keeps no d_out-sized
+    intermediate per task besides M_t itself.
+    """
+
+    @staticmethod
+    def forward(ctx, pi, B, lam, s):
+        ctx.save_for_backward(pi, B, lam)
+        ctx.s = s
+        with torch.autocast(B.device.type, enabled=False):  # the small matrices stay in the adapters' dtype
+            Bbar = torch.mm(pi, B.reshape(B.shape[0], -1)).view(pi.shape[0], *B.shape[1:])
+            if lam is None:
+                return Bbar.mul_(s)
+            M = torch.bmm(Bbar, lam) if lam.dim() == 3 else Bbar.mul_(lam[:, None, :])
+            return M.mul_(s)
+
+    @staticmethod
+    def backward(ctx, gM):
+        pi, B, lam = ctx.saved_tensors
+        g = gM.to(B.dtype) * ctx.s
+        glam = None
+        if lam is None:
+            gBbar = g
         else:
-            z = F.linear(xd, self.a_matrix().to(xd.dtype)).unsqueeze(-2)
-        z = (z * mask).flatten(-2)
-        Ms = self._full_rows(self.task_matrices(route.present))  # (P, d_out, R)
-        return z, Ms.permute(1, 0, 2).reshape(Ms.shape[1], -1)
-
-
-_GROWN: weakref.WeakSet = weakref.WeakSet()  # banks with frozen task rows (see AdapterBank.grow_tasks)
-_STEP_HOOK = None
-
-
-def _restore_after_step(optimizer, args, kwargs) -> None:
-    for bank in list(_GROWN):
-        bank.restore_frozen_rows()
-
-
-def _watch_grown(bank: AdapterBank) -> None:
-    """Restore ``bank``'s frozen rows after every optimizer step (one global post-step hook, weak refs)."""
-    global _STEP_HOOK
-    _GROWN.add(bank)
-    if _STEP_HOOK is None:
-        from torch.optim.optimizer import register_optimizer_step_post_hook
-
-        _STEP_HOOK = register_optimizer_step_post_hook(_restore_after_step)
+            Bbar = torch.mm(pi, B.reshape(B.shape[0], -1)).view(pi.shape[0], *B.shape[1:])
+            if lam.dim() == 3:
+                gBbar = torch.bmm(g, lam.transpose(1, 2))
+                glam = torch.bmm(Bbar.transpose(1, 2), g) if ctx.needs_input_grad[2] else None
+            else:
+                gBbar = g * lam[:, None, :]
+                glam = (g * Bbar).sum(1) if ctx.needs_input_grad[2] else None
+        gflat = gBbar.reshape(gBbar.shape[0], -1)
+        gpi = torch.mm(gflat, B.reshape(B.shape[0], -1).t()) if ctx.needs_input_grad[0] else None
+        gB = torch.mm(pi.t(), gflat).view(B.shape) if ctx.needs_input_grad[1] else None
+        return gpi, gB, glam, None
 
 
 def _zero_rows_hook(n_old: int):
@@ -295,12 +347,6 @@ def _task_index(tasks: tuple[int, ...], device: torch.device) -> slice | torch.T
     return torch.tensor(tasks, device=device)
 
 
-def _add_matmul(out: torch.Tensor, z: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    """out + z Mᵀ as one fused GEMM (addmm), keeping out's shape."""
-    d_out = out.shape[-1]
-    return torch.addmm(out.reshape(-1, d_out), z.reshape(-1, z.shape[-1]), M.t()).view(out.shape)
-
-
 class LoRALinear(AdapterBank):
     """An ``nn.Linear`` plus adapters. Keeps the base ``weight``/``bias`` under their original names."""
 
@@ -311,7 +357,7 @@ class LoRALinear(AdapterBank):
         self.bias = base.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.add_delta(x, F.linear(x, self.weight, self.bias))
+        return self.linear(x, self.weight, self.bias)
 
     def adapted_weights(self) -> list[tuple[AdapterBank, nn.Parameter]]:
         return [(self, self.weight)]
@@ -351,7 +397,7 @@ class LoRAMultiheadAttention(nn.Module):
 
     def _project(self, x: torch.Tensor, part: slice) -> torch.Tensor:
         b = self.in_proj_bias[part] if self.in_proj_bias is not None else None
-        return self.in_proj.add_delta(x, F.linear(x, self.in_proj_weight[part], b), rows=part)
+        return self.in_proj.linear(x, self.in_proj_weight[part], b, rows=part)
 
     def forward(
         self,

@@ -1,15 +1,53 @@
-"""The per-sample task-id scope that carries a batch's tasks from the loader to every adapted layer.
+"""Routing: which task's adapters each row of a batch uses, from the loader to every adapted layer.
 
 ``attach`` gives the model one :class:`Router`; every adapted layer holds a reference to it. A
-``route(model, ...)`` scope sets the router's current :class:`Route`, both towers read it, and the
-scope restores the outer route on exit, so scopes nest.
+``route(model_or_router, tasks)`` scope sets the router's current :class:`Route`; both towers read it,
+and the scope restores the outer route on exit, so scopes nest.
+
+A :class:`Route` is host-side data: the tasks of the batch as *segments* ``(task, start, stop)`` of
+consecutive rows, computed once per scope (by the loader's collate for training batches, so nothing
+syncs with the device). Layers apply each present task's matrix to its own rows: a slice per segment
+when the rows are grouped by task (what the loader makes), one gathered index set per task when an API
+user's rows are finely interleaved (see :meth:`Route.plan`). Nothing is done per layer that walks
+modules or reads device memory.
+
+Routes and activation recomputation
+-----------------------------------
+Activation checkpointing runs a region's forward a second time inside ``loss.backward()``, which users
+(and the training loop) call *after* the ``route`` scope has closed. The recomputation must see the
+route of the forward it repeats. Both kinds of ``torch.utils.checkpoint`` save the region's inputs for
+backward when the region is first run (reentrant: ``ctx.save_for_backward`` in
+``CheckpointFunction.forward``; non-reentrant: ``_CheckpointFrame.save_inputs``) and unpack them in
+backward immediately before recomputing (``ctx.saved_tensors``; ``frame.get_inputs()``). Saving and
+unpacking go through the saved-tensor hooks active at the time (``torch.autograd.graph.saved_tensors_hooks``,
+thread-local), so a route scope installs a pair: pack is ``Tensor.detach`` (or the user's own outer pack
+hook, composed), and its unpack hook re-arms the router's *replay* route -- the route of the scope that
+saved the tensor -- before returning it. The recomputation that follows reads the replay route when it
+runs inside backward (``torch._C._current_graph_task_id() != -1``). The route thus travels with the
+autograd graph itself: it lives exactly as long as the graph's saved tensors, nothing is stored per
+forward, inference forwards store nothing, and it holds for nested or interleaved forwards, reentrant
+and non-reentrant checkpointing alike, open_clip's ``set_grad_checkpointing`` and Hugging Face's
+``gradient_checkpointing_enable``.
+
+Why this and not the alternatives: ``checkpoint(context_fn=...)`` would need every call site (open_clip
+and transformers own theirs) and is non-reentrant only; a per-bank log of forwards consumed by
+recomputations has to guess which forward a recomputation repeats (the autograd engine orders them, not
+the user), must bound itself against inference forwards, and cannot tell a reentrant checkpoint's
+no-grad forward from inference. The costs here: one C-level ``detach`` per saved tensor in a scope (a
+few hundred per step) and one small Python call per unpack in backward. A user's own saved-tensor hooks
+active when the scope opens (``save_on_cpu``, ...) are composed, found the way torch's checkpoint finds
+them (``torch._C._autograd._top_saved_tensors_default_hooks``). Limits: torch allows one pair of hooks,
+so hooks a user opens *inside* a route scope shadow the route's (open them outside it); a route scope
+opened inside a checkpointed function installs no hooks (the recomputation re-enters that scope
+itself); the replay slot is per router, so two backward passes of one model running concurrently on
+different threads are not supported; inside ``torch.compile``d code the hooks are skipped (the compiled
+backward recomputes from traced values and does not ask the router).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -19,47 +57,140 @@ class RoutingError(RuntimeError):
     """A forward pass could not tell which task's adapters to use, or was told inconsistently."""
 
 
-@dataclass
-class Route:
-    """What one forward pass is routed to.
+Segment = tuple[int, int, int]  # (task id, first row, one past the last row)
+# A plan entry: (position of the task in Route.present, its rows as a slice or a LongTensor index).
+PlanEntry = tuple[int, slice | torch.Tensor]
 
-    ``task`` is set when the whole batch is one task (one LoRA's cost). Otherwise ``present`` lists
-    the task indices in the batch and ``ids`` gives each sample's task; layers use ``mask(...)``,
-    a (batch, len(present)) one-hot matrix, to apply each task's matrix to its own rows.
+#: Up to this many runs of rows per present task, layers apply M_t with one in-place matrix product
+#: per run; past it, with one gathered index set per task (one extra pass over the output's rows).
+#: Chosen by measurement on CPU (scripts/bench_adapters.py and a single-layer timing, ViT-B-32 sizes):
+#: row-by-row interleaving of 16 rows (16 runs, 3 tasks) cost +4% over one LoRA's layer with runs and
+#: +18% with the gather, so on CPU runs are used up to a generous cap. On an accelerator each run is a
+#: kernel launch, so the gather takes over past 2 runs per task (reasoned, not measured here: no GPU).
+MAX_RUNS_PER_TASK = {"cpu": 64}
+MAX_RUNS_PER_TASK_DEFAULT = 2
+
+
+class Route:
+    """What one forward pass is routed to (immutable; host-side ints, plus an optional ids tensor).
+
+    ``task`` is set when every row has the same task (one LoRA's cost); ``batch_size`` is None for a
+    route given by task name or index, which fits any batch. ``segments`` are the maximal runs of
+    consecutive rows with the same task, in row order, covering ``[0, batch_size)``. ``ids`` is the
+    per-row id tensor when the caller gave one (kept for callers; layers only read the segments).
     """
 
-    task: int | None
-    ids: torch.Tensor | None = None
-    present: tuple[int, ...] = ()
-    batch_size: int | None = None
-    _masks: dict = field(default_factory=dict, repr=False)
+    __slots__ = ("task", "segments", "batch_size", "ids", "present", "_plans", "_index", "wide")
 
-    def mask(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        key = (device, dtype)
-        m = self._masks.get(key)
-        if m is None:
-            ids = self.ids.to(device)
-            present = torch.tensor(self.present, device=device)
-            m = (ids[:, None] == present[None, :]).to(dtype)
-            self._masks[key] = m
-        return m
+    def __init__(self, task: int | None = None, segments: Sequence[Segment] = (), batch_size: int | None = None,
+                 ids: torch.Tensor | None = None):
+        self.task = task
+        self.segments = tuple(segments)
+        self.batch_size = batch_size
+        self.ids = ids
+        self.present: tuple[int, ...] = (task,) if task is not None else tuple(sorted({s[0] for s in self.segments}))
+        self._plans: dict[torch.device, tuple[PlanEntry, ...]] = {}
+        self._index: dict[torch.device, slice | torch.Tensor] = {}
+        self.wide: Route | None = None  # see allowing()
 
+    @classmethod
+    def from_segments(cls, segments: Sequence[Segment], ids: torch.Tensor | None = None) -> Route:
+        """A route from ``(task, start, stop)`` row runs that tile ``[0, B)`` (adjacent equal tasks are merged)."""
+        merged: list[list[int]] = []
+        pos = 0
+        for t, a, b in segments:
+            t, a, b = int(t), int(a), int(b)
+            if a != pos or b <= a:
+                raise RoutingError(f"route: segments must tile the batch in order without gaps or empty runs; "
+                                   f"got {tuple(segments)}")
+            if merged and merged[-1][0] == t:
+                merged[-1][2] = b
+            else:
+                merged.append([t, a, b])
+            pos = b
+        if not merged:
+            raise RoutingError("route: a batch needs at least one sample (no segments given)")
+        segs = tuple((t, a, b) for t, a, b in merged)
+        task = segs[0][0] if len(segs) == 1 else None
+        return cls(task=task, segments=segs, batch_size=pos, ids=ids)
+
+    @classmethod
+    def from_ids(cls, ids: Sequence[int], tensor: torch.Tensor | None = None) -> Route:
+        """A route from per-row task ids given on the host (a list of ints)."""
+        segs: list[Segment] = []
+        for i, t in enumerate(ids):
+            if segs and segs[-1][0] == t:
+                segs[-1] = (t, segs[-1][1], i + 1)
+            else:
+                segs.append((t, i, i + 1))
+        return cls.from_segments(segs, tensor)
+
+    @property
+    def grouped(self) -> bool:
+        """True when each present task's rows are contiguous (at most one segment per task)."""
+        return len(self.segments) <= len(self.present)
+
+    def plan(self, device: torch.device) -> tuple[PlanEntry, ...]:
+        """How a layer applies the present tasks' matrices: ``(position in present, rows)`` entries.
+
+        Rows are slices (one matrix product per run; no copy) unless the runs are many per task, then
+        one LongTensor index per task on ``device`` (gather / index_add). Built once per route and device.
+        """
+        plan = self._plans.get(device)
+        if plan is None:
+            pos = {t: p for p, t in enumerate(self.present)}
+            per_task = MAX_RUNS_PER_TASK.get(device.type, MAX_RUNS_PER_TASK_DEFAULT)
+            if len(self.segments) <= per_task * len(self.present):
+                plan = tuple((pos[t], slice(a, b)) for t, a, b in self.segments)
+            else:
+                rows: dict[int, list[int]] = {t: [] for t in self.present}
+                for t, a, b in self.segments:
+                    rows[t].extend(range(a, b))
+                plan = tuple((pos[t], torch.tensor(rows[t]).to(device, non_blocking=True)) for t in self.present)
+            self._plans[device] = plan
+        return plan
+
+    def present_index(self, device: torch.device) -> slice | torch.Tensor:
+        """Index of the present tasks' rows in per-task tensors: a slice when they are consecutive, else a
+        LongTensor on ``device`` made once per route (no host-to-device copy per layer)."""
+        index = self._index.get(device)
+        if index is None:
+            p = self.present
+            if p == tuple(range(p[0], p[0] + len(p))):
+                index = slice(p[0], p[0] + len(p))
+            else:
+                index = torch.tensor(p).to(device, non_blocking=True)
+            self._index[device] = index
+        return index
 
     def expand(self, k: int) -> Route:
-        """This route for a batch of k consecutive rows per routed row (beams, candidates): ids repeated k times
-        (``repeat_interleave``), cached on the route."""
-        if k == 1:
+        """Each row repeated ``k`` times in place (Hugging Face's ``repeat_interleave`` convention for beams
+        and ``num_return_sequences``): host arithmetic on the segments; the ids tensor, if any, repeated."""
+        if k < 1:
+            raise ValueError(f"Route.expand: k must be >= 1, got {k}")
+        if k == 1 or self.batch_size is None:
             return self
-        key = ("expand", k)
-        got = self._masks.get(key)
-        if got is None:
-            size = None if self.batch_size is None else self.batch_size * k
-            if self.task is not None:
-                got = Route(task=self.task, batch_size=size)
-            else:
-                got = Route(task=None, ids=self.ids.repeat_interleave(k), present=self.present, batch_size=size)
-            self._masks[key] = got
-        return got
+        ids = self.ids.repeat_interleave(k) if self.ids is not None else None
+        return Route.from_segments([(t, a * k, b * k) for t, a, b in self.segments], ids)
+
+    def allowing(self, k: int) -> Route:
+        """This route, whose layers also take a batch of exactly k rows per routed row (generation: beams,
+        returned sequences, scored candidates), routed as :meth:`expand` ``(k)`` (kept in ``wide``)."""
+        if k == 1 or self.batch_size is None:
+            return self
+        r = Route(self.task, self.segments, self.batch_size, self.ids)
+        r._plans, r._index = self._plans, self._index
+        r.wide = self.expand(k)
+        return r
+
+    def __repr__(self) -> str:
+        if self.batch_size is None:
+            return f"Route(task={self.task})"
+        return f"Route(segments={self.segments}, batch_size={self.batch_size})"
+
+
+#: The replay route of a forward that ran with adapters switched off (``disabled``).
+ADAPTERS_OFF = Route()
 
 
 class Router:
@@ -68,56 +199,79 @@ class Router:
     def __init__(self, tasks: Sequence[str]):
         self.tasks = list(tasks)
         self.current: Route | None = None
+        self.replay: Route | None = None  # set by backward's unpack hooks; read by recomputation
         self.merged_task: int | None = None
         self.disabled = 0
-        self.expansion = 1  # > 1 only inside adapters.generation.expanded_rows (generate, candidate scoring)
+        self._one: dict[int, Route] = {}
 
     @property
     def active(self) -> bool:
         """False while adapters are switched off: disabled, or already merged into the weights."""
         return self.disabled == 0 and self.merged_task is None
 
-    def make_route(self, tasks: str | int | torch.Tensor | Sequence[str] | Sequence[int]) -> Route:
-        """Turn a task name, index, name list or id tensor into a validated Route."""
+    def task_route(self, task: int) -> Route:
+        """The (cached) route of task index ``task`` for a whole batch of any size."""
+        r = self._one.get(task)
+        if r is None:
+            self._check_host([task])
+            r = self._one[task] = Route(task=task)
+        return r
+
+    def make_route(self, tasks: str | int | torch.Tensor | Sequence[str] | Sequence[int] | Route) -> Route:
+        """Turn a task name, index, name list, id tensor or Route into a validated Route.
+
+        A device id tensor is copied to the host once here (one sync per scope, not per layer); the
+        training loop avoids even that by passing the loader's segments (``Route.from_segments``).
+        """
+        if isinstance(tasks, Route):
+            if tasks is not ADAPTERS_OFF:
+                self._check_host(tasks.present)
+            return tasks
         if isinstance(tasks, str):
-            return Route(task=self._index(tasks))
+            return self.task_route(self._index(tasks))
         if isinstance(tasks, int) and not isinstance(tasks, bool):
-            self._check_range(torch.tensor([tasks]))
-            return Route(task=tasks)
+            return self.task_route(tasks)
         if isinstance(tasks, torch.Tensor):
             if tasks.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
                 raise RoutingError(f"route: task ids must be an integer tensor, got dtype {tasks.dtype}")
             if tasks.dim() == 0:
-                self._check_range(tasks.view(1))
-                return Route(task=int(tasks))
+                return self.task_route(int(tasks))
             if tasks.dim() != 1:
                 raise RoutingError(f"route: task ids must have shape (batch,), got {tuple(tasks.shape)}")
-            ids = tasks.long()
+            host = tasks.tolist()
+            tensor: torch.Tensor | None = tasks
         elif isinstance(tasks, Sequence) and len(tasks) > 0:
             if all(isinstance(t, str) for t in tasks):
-                ids = torch.tensor([self._index(t) for t in tasks])
+                host = [self._index(t) for t in tasks]
             elif all(isinstance(t, int) and not isinstance(t, bool) for t in tasks):
-                ids = torch.tensor(list(tasks))
+                host = list(tasks)
             else:
                 raise RoutingError("route: a list of tasks must hold only task names or only integer ids")
+            tensor = None
         else:
             raise RoutingError(
                 f"route: expected a task name, an id, a list of names or a LongTensor of ids, got {tasks!r}"
             )
-        if ids.numel() == 0:
+        if not host:
             raise RoutingError("route: the task id tensor is empty; a batch needs at least one sample")
-        self._check_range(ids)
-        present = tuple(int(t) for t in torch.unique(ids.cpu()).tolist())
-        if len(present) == 1:
-            return Route(task=present[0], batch_size=ids.numel())
-        return Route(task=None, ids=ids, present=present, batch_size=ids.numel())
+        self._check_host(host)
+        return Route.from_ids(host, tensor)
 
-    def resolve(self, layer_name: str) -> Route:
-        """The route for a forward pass through ``layer_name``; errors say what to do instead."""
+    def resolve(self, layer_name: str) -> Route | None:
+        """The route for a forward pass through ``layer_name``; None when the adapters are off.
+
+        Inside backward (activation recomputation) the replay route armed by the unpack hooks wins.
+        """
+        if self.merged_task is not None:
+            return None
+        if self.replay is not None and not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1:
+            return None if self.replay is ADAPTERS_OFF else self.replay
+        if self.disabled:
+            return None
         route = self.current
         if route is None:
             if len(self.tasks) == 1:
-                return Route(task=0)
+                return self.task_route(0)
             raise RoutingError(
                 f"{layer_name}: the adapters serve {len(self.tasks)} tasks {self.tasks} but no task was "
                 "given; wrap the forward pass in `with mtl_lora_vl.route(model, task_or_ids):`"
@@ -130,8 +284,8 @@ class Router:
         except ValueError:
             raise RoutingError(f"route: unknown task {name!r}; this model's adapters know {self.tasks}") from None
 
-    def _check_range(self, ids: torch.Tensor) -> None:
-        lo, hi = int(ids.min()), int(ids.max())
+    def _check_host(self, ids: Sequence[int]) -> None:
+        lo, hi = min(ids), max(ids)
         if lo < 0 or hi >= len(self.tasks):
             bad = lo if lo < 0 else hi
             raise RoutingError(
@@ -140,23 +294,96 @@ class Router:
             )
 
 
-def find_router(model: nn.Module) -> Router:
-    """The Router that ``attach`` gave ``model`` (also found through DDP or any wrapping module)."""
+def find_router(model: nn.Module | Router) -> Router:
+    """The Router that ``attach`` gave ``model`` (also found through DDP or any wrapping module).
+
+    O(1) for the attached model or a Router; a wrapper is searched once and remembers the answer.
+    """
+    if isinstance(model, Router):
+        return model
+    info = getattr(model, "_mtl_lora", None)
+    if info is not None:
+        return info.router
+    cached = model.__dict__.get("_mtl_lora_router")
+    if cached is not None:
+        return cached
     for m in model.modules():
         info = getattr(m, "_mtl_lora", None)
         if info is not None:
+            model.__dict__["_mtl_lora_router"] = info.router
             return info.router
     raise RoutingError(
         f"{type(model).__name__} has no MTL-LoRA adapters; call mtl_lora_vl.attach(model, config) first"
     )
 
 
+class _ReplayHooks(torch.autograd.graph.saved_tensors_hooks):
+    """Saved-tensor hooks of a route scope: unpacking re-arms each router's replay route (module docstring)."""
+
+    def __init__(self, routes: tuple[tuple[Router, Route], ...], outer: tuple | None):
+        self.routes, self.outer = routes, outer
+        if outer is None:
+            super().__init__(torch.Tensor.detach, self._unpack)
+        else:
+            super().__init__(outer[0], self._unpack_outer)
+
+    def _unpack(self, t: torch.Tensor) -> torch.Tensor:
+        for router, r in self.routes:
+            router.replay = r
+        return t
+
+    def _unpack_outer(self, packed):
+        for router, r in self.routes:
+            router.replay = r
+        return self.outer[1](packed)
+
+
+def _replay_hooks(router: Router, r: Route) -> _ReplayHooks | None:
+    """The hooks to install for a scope routing ``router`` to ``r``, or None where none are needed."""
+    if torch.compiler.is_compiling() or not torch._C._autograd._saved_tensors_hooks_is_enabled():
+        return None
+    top_fn = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    top = top_fn(False) if top_fn is not None else None
+    if top is None:
+        return _ReplayHooks(((router, r),), None)
+    if getattr(top[0], "_checkpoint_internal", False) or "_checkpoint" in getattr(top[0], "__qualname__", ""):
+        return None  # inside a checkpointed region: its recomputation re-enters this scope itself
+    owner = getattr(top[1], "__self__", None)
+    if isinstance(owner, _ReplayHooks):
+        routes = tuple((ro, rr) for ro, rr in owner.routes if ro is not router) + ((router, r),)
+        return _ReplayHooks(routes, owner.outer)
+    return _ReplayHooks(((router, r),), top)
+
+
 @contextmanager
-def route(model: nn.Module, tasks: str | int | torch.Tensor | Sequence[str] | Sequence[int]) -> Iterator[Route]:
+def _scope(router: Router, r: Route) -> Iterator[None]:
+    """Arm ``router``'s replay hooks for this scope; a scope opened inside backward (a recomputation
+    that re-enters a route) hides the replay route so that its own route counts."""
+    hooks = _replay_hooks(router, r)
+    in_backward = not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
+    replay = router.replay
+    if in_backward:
+        router.replay = None
+    try:
+        if hooks is None:
+            yield
+        else:
+            with hooks:
+                yield
+    finally:
+        if in_backward:
+            router.replay = replay
+
+
+@contextmanager
+def route(model: nn.Module | Router,
+          tasks: str | int | torch.Tensor | Sequence[str] | Sequence[int] | Route) -> Iterator[Route]:
     """Route every adapted layer of ``model`` to one task, or each sample to its own task.
 
-    ``tasks`` is a task name, a task index, a list of names, or a LongTensor of per-sample ids of
-    batch size. The outer scope is restored on exit.
+    ``model`` is the adapted model, any module wrapping it, or its Router. ``tasks`` is a task name, a
+    task index, a list of names, a LongTensor of per-sample ids of batch size, or a :class:`Route`
+    (e.g. ``Route.from_segments`` from the loader). Rows may come in any order. The outer scope is
+    restored on exit; backward may run after the scope closes (also with activation checkpointing).
     """
     router = find_router(model)
     new = router.make_route(tasks)
@@ -169,17 +396,19 @@ def route(model: nn.Module, tasks: str | int | torch.Tensor | Sequence[str] | Se
     outer = router.current
     router.current = new
     try:
-        yield new
+        with _scope(router, new):
+            yield new
     finally:
         router.current = outer
 
 
 @contextmanager
-def disabled(model: nn.Module) -> Iterator[None]:
+def disabled(model: nn.Module | Router) -> Iterator[None]:
     """Run ``model`` as the unadapted base model (zero-shot) inside this scope."""
     router = find_router(model)
     router.disabled += 1
     try:
-        yield
+        with _scope(router, ADAPTERS_OFF):
+            yield
     finally:
         router.disabled -= 1

@@ -6,10 +6,14 @@ tokenizer call. On the main process :func:`to_device` copies the batch non-block
 memory when CUDA is available) and converts the images to normalised floats **on the device** in the
 autocast dtype (``backbone.preprocess_uint8``).
 
-Batch layout (what :class:`MultiTaskLoader` yields; B rows, grouped by task in task order)::
+Batch layout (what :class:`MultiTaskLoader` yields; B rows, grouped by task in adapter-id order)::
 
-    batch["task_ids"]   LongTensor (B,)       position of each row's task in the loader's task list
-                                              (= the order of MTLLoRAConfig.tasks; feed to route())
+    batch["task_ids"]   LongTensor (B,)       each row's task as the adapter's task id (the index in
+                                              MTLLoRAConfig.tasks; also when the loader trains only
+                                              some of the adapter's tasks: see ``adapter_tasks``)
+    batch["segments"]   tuple of (task_id, start, stop)   the rows of each task present, in row
+                                              order (host ints, made here: routing needs no device sync)
+    batch["text_segments"]  same, over the positions of ``text_rows``
     batch["indices"]    LongTensor (B,)       example index within its task's split
     batch["images"]     uint8 (B, 3, S, S)    -> float (B, 3, S, S) in ``dtype`` after to_device()
     batch["tokens"]     LongTensor (B, L)     each row's text tokenised (a row without text holds
@@ -23,19 +27,20 @@ Batch layout (what :class:`MultiTaskLoader` yields; B rows, grouped by task in t
                                                retrieval "image_key")
     }}
 
-One training step then runs each tower once::
+One training step then runs each tower once, one route per tower pass (what
+:class:`mtl_lora_vl.multitask.model.MultiTaskModel` does)::
 
     batch = to_device(batch, device, dtype, backbone)
-    with route(model, batch["task_ids"]):
+    with route(router, Route.from_segments(batch["segments"])):
         image_emb = backbone.encode_image(batch["images"])
     text_emb = None
     if batch["text_rows"].numel():
-        with route(model, batch["task_ids"][batch["text_rows"]]):
+        with route(router, Route.from_segments(batch["text_segments"])):
             text_emb = backbone.encode_text(batch["tokens"][batch["text_rows"]])
     for name, rows in task_views(batch):                      # rows: this task's images/tokens/fields
         kind = kinds[name]
         t = text_emb[rows["text_index"]] if kind.uses_text else None
-        with route(model, name):                              # for kinds that run the model themselves
+        with route(router, name):                             # for kinds that run the model themselves
             loss = loss + spec.loss_weight * kind.loss(heads[name], backbone, rows,
                                                        image_emb[rows["rows"]], t)
 """
@@ -117,27 +122,49 @@ class MultiTaskDataset(Dataset):
         return row
 
 
-class MultiTaskCollate:
-    """Collate rows of several tasks into the batch layout of the module docstring (runs in workers)."""
+def _segments(ids: list[int]) -> tuple[tuple[int, int, int], ...]:
+    """Runs of equal consecutive ids as ``(id, start, stop)``."""
+    segs: list[tuple[int, int, int]] = []
+    for i, t in enumerate(ids):
+        if segs and segs[-1][0] == t:
+            segs[-1] = (t, segs[-1][1], i + 1)
+        else:
+            segs.append((t, i, i + 1))
+    return tuple(segs)
 
-    def __init__(self, task_names: Sequence[str], uses_text: Sequence[bool], tokenizer: Any) -> None:
+
+class MultiTaskCollate:
+    """Collate rows of several tasks into the batch layout of the module docstring (runs in workers).
+
+    ``task_ids[i]`` is the adapter's task id of task i of this loader (default: i, when the loader's
+    tasks are the adapter's tasks in order).
+    """
+
+    def __init__(self, task_names: Sequence[str], uses_text: Sequence[bool], tokenizer: Any,
+                 task_ids: Sequence[int] | None = None) -> None:
         self.task_names = list(task_names)
         self.uses_text = list(uses_text)
         self.tokenizer = tokenizer
+        self.task_ids = list(range(len(self.task_names))) if task_ids is None else [int(t) for t in task_ids]
+        if len(self.task_ids) != len(self.task_names) or len(set(self.task_ids)) != len(self.task_ids):
+            raise ValueError(f"MultiTaskCollate: task_ids {self.task_ids} must give one distinct id per task "
+                             f"{self.task_names}")
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        rows = sorted(rows, key=lambda r: r["task_id"])   # stable: keeps the sampler's order within a task
-        task_ids = torch.tensor([r["task_id"] for r in rows], dtype=torch.long)
+        aid = self.task_ids
+        rows = sorted(rows, key=lambda r: aid[r["task_id"]])   # stable: keeps the sampler's order within a task
+        ids = [aid[r["task_id"]] for r in rows]
         tokens = self.tokenizer([r["text"] if r["text"] is not None else "" for r in rows])
         batch: dict[str, Any] = {
-            "task_ids": task_ids,
+            "task_ids": torch.tensor(ids, dtype=torch.long),
+            "segments": _segments(ids),
             "indices": torch.tensor([r["index"] for r in rows], dtype=torch.long),
             "images": torch.stack([r["image"] for r in rows]),
             "tokens": tokens,
         }
         text_rows: list[int] = []
         tasks: dict[str, dict[str, Tensor]] = {}
-        for t, name in enumerate(self.task_names):
+        for t in sorted(range(len(self.task_names)), key=lambda i: aid[i]):
             idx = [i for i, r in enumerate(rows) if r["task_id"] == t]
             if not idx:
                 continue
@@ -147,8 +174,9 @@ class MultiTaskCollate:
                 text_rows.extend(idx)
             for key in rows[idx[0]]["fields"]:
                 view[key] = torch.stack([rows[i]["fields"][key] for i in idx])
-            tasks[name] = view
+            tasks[self.task_names[t]] = view
         batch["text_rows"] = torch.tensor(text_rows, dtype=torch.long)
+        batch["text_segments"] = _segments([ids[i] for i in text_rows])
         batch["tasks"] = tasks
         return batch
 
@@ -182,7 +210,10 @@ def task_views(batch: dict[str, Any]) -> Iterator[tuple[str, dict[str, Tensor]]]
 class MultiTaskLoader:
     """Training loader over several tasks: a :class:`MultiTaskBatchSampler` feeding a ``DataLoader``.
 
-    ``kinds[i]`` and ``splits[i]`` are task i (task id i). Iterating yields batches in the layout of
+    ``kinds[i]`` and ``splits[i]`` are the loader's task i. Rows carry the adapter's task ids:
+    ``adapter_tasks`` is the adapter's task list (``MTLLoRAConfig.tasks``) when the loader trains only some
+    of its tasks (an ``--extend`` run), else the loader's tasks are taken to be the adapter's, in order.
+    Iterating yields batches in the layout of
     the module docstring. ``state_dict()`` is the sampler state after the batches the caller has
     consumed (not those the workers prefetched), so a resumed loader yields exactly the next batches;
     starting a new iteration also continues from the consumed position.
@@ -191,18 +222,25 @@ class MultiTaskLoader:
     def __init__(self, kinds: Sequence[_Kind], splits: Sequence[Split], backbone: Any, *, batch_size: int,
                  strategy: str = "proportional", temperature: float = 2.0, mode: str = "mixed", seed: int = 0,
                  steps: int | None = None, num_workers: int = 0, rank: int = 0, world_size: int = 1,
-                 prefetch_factor: int | None = None, pin_memory: bool | None = None) -> None:
+                 prefetch_factor: int | None = None, pin_memory: bool | None = None,
+                 adapter_tasks: Sequence[str] | None = None) -> None:
         if len(kinds) != len(splits):
             raise ValueError(f"MultiTaskLoader got {len(kinds)} task kinds but {len(splits)} splits")
         names = [k.name for k in kinds]
         if len(set(names)) != len(names):
             raise ValueError(f"MultiTaskLoader got duplicate task names {names}")
+        task_ids = None
+        if adapter_tasks is not None:
+            unknown = [n for n in names if n not in adapter_tasks]
+            if unknown:
+                raise ValueError(f"MultiTaskLoader: task(s) {unknown} are not in the adapter's tasks {list(adapter_tasks)}")
+            task_ids = [list(adapter_tasks).index(n) for n in names]
         self.task_names = names
         self.datasets = [TaskDataset(k, s, backbone.image_size) for k, s in zip(kinds, splits)]
         self.sampler = MultiTaskBatchSampler([len(d) for d in self.datasets], batch_size, strategy=strategy,
                                              temperature=temperature, mode=mode, seed=seed, steps=steps,
                                              rank=rank, world_size=world_size)
-        self.collate = MultiTaskCollate(names, [k.uses_text for k in kinds], backbone.tokenizer)
+        self.collate = MultiTaskCollate(names, [k.uses_text for k in kinds], backbone.tokenizer, task_ids)
         extra: dict[str, Any] = {}
         if num_workers > 0:
             extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor or 2}

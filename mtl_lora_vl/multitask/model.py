@@ -1,8 +1,9 @@
 """MultiTaskModel: the adapted backbone plus one head per task; one forward serves a mixed batch.
 
-The towers run once per step: the image tower on every row, routed by the rows' task ids, and the
-text tower on the rows whose task carries text. Each task's loss then sees only its own rows
-(see :mod:`mtl_lora_vl.data.loader` for the batch layout).
+The towers run once per step: the image tower on every row and the text tower on the rows whose task
+carries text, each pass under one route built from the loader's segments (adapter task ids, rows grouped
+by task, boundaries computed on the host: no device sync, no id translation). Each task's loss then sees
+only its own rows (see :mod:`mtl_lora_vl.data.loader` for the batch layout).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from ..adapters.routing import route
+from ..adapters.attach import attach_info
+from ..adapters.routing import Route, Router, route
 from ..data.loader import task_views
 
 if TYPE_CHECKING:
@@ -29,29 +31,31 @@ class MultiTaskModel(nn.Module):
         self.heads = heads
         self.backbone = backbone
         self.kinds = kinds
-        self.register_buffer("task_lut", torch.arange(len(kinds)), persistent=False)
+        self.router: Router = attach_info(backbone.model).router  # routes go straight to it: no module walk
 
-    def set_trained_tasks(self, trained: list[str], adapter_tasks: list[str]) -> None:
-        """Map the loader's task ids (positions in ``trained``) to the adapter's task ids."""
-        lut = torch.tensor([adapter_tasks.index(t) for t in trained], device=self.task_lut.device)
-        self.task_lut = lut
+    def _route(self, batch: dict, segments_key: str, rows: Tensor | None = None) -> Route:
+        """The route of one tower pass: the loader's segments, or (hand-made batches) the ids themselves."""
+        segs = batch.get(segments_key)
+        if segs is not None:
+            return Route.from_segments(segs)
+        ids = batch["task_ids"] if rows is None else batch["task_ids"][rows]
+        return self.router.make_route(ids)
 
     def forward(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         bb = self.backbone
-        ids = self.task_lut[batch["task_ids"]]
-        with route(self.model, ids):
+        with route(self.router, self._route(batch, "segments")):
             image_emb = bb.encode_image(batch["images"])
         text_emb = None
         text_rows = batch["text_rows"]
         if text_rows.numel():
-            with route(self.model, ids[text_rows]):
+            with route(self.router, self._route(batch, "text_segments", text_rows)):
                 text_emb = bb.encode_text(batch["tokens"][text_rows])
         losses: dict[str, Tensor] = {}
         total = image_emb.new_zeros((), dtype=torch.float32)
         for name, rows in task_views(batch):
             kind = self.kinds[name]
             t = text_emb[rows["text_index"]] if kind.uses_text else None
-            with route(self.model, name):  # for kinds that run the model again (captioning's decoder)
+            with route(self.router, name):  # for kinds that run the model again (captioning's decoder)
                 loss = kind.loss(self.heads[name], bb, rows, image_emb[rows["rows"]], t).float()
             losses[name] = loss
             total = total + kind.spec.loss_weight * loss

@@ -83,7 +83,7 @@ def extend_setup(opts: TrainOptions, device: torch.device) -> Setup:
     added = 0
     for spec in new_specs:
         kinds[spec.name] = build_kind(spec, train_splits[spec.name], bb)
-        added += add_task(bb.model, spec.name)
+        added += add_task(bb.model, spec.name).trainable
         with disabled(bb.model):  # the new head starts from the base model's zero-shot rule
             heads[spec.name] = kinds[spec.name].build_head(bb)
     specs = [lp.specs[t] for t in old] + new_specs

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..adapters.attach import parameter_report
+from ..adapters.grow import freeze_old_rows
 from ..data.loader import MultiTaskLoader
 from ..distributed import DistInfo, barrier, cleanup, init_distributed, sharded_evaluation
 from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, write_outputs
@@ -62,6 +63,7 @@ def train(opts: TrainOptions) -> Path:
     run = start(opts)
     loader = build_loader(run)
     optim = build_optimization(run.setup.model, run.opts, run.total_steps, run.info.device, run.amp_dtype)
+    freeze_old_rows(run.setup.model.model, optim.optimizer)  # an --extend run: the old tasks' rows stay exact
     step, log_window = resume(run, optim, loader) if run.opts.resume else (0, {})
     net = wrap_model(run)
     finished = loop(run, net, loader, optim, step, log_window)
@@ -89,7 +91,6 @@ def start(opts: TrainOptions) -> Run:
     seed_rank(opts.seed, info.rank)  # every rank builds the same model, then draws its own dropout masks
     if info.is_main and not opts.resume:
         (run_dir / "config.json").write_text(json.dumps(asdict(opts), indent=2) + "\n")
-    setup.model.set_trained_tasks(list(setup.train_splits), setup.config.tasks)
     per_step = opts.batch_size * opts.accumulate * info.world_size
     n_train = sum(len(split.examples) for split in setup.train_splits.values())
     total_steps = math.ceil(opts.epochs * n_train / per_step) if opts.epochs else opts.steps
@@ -130,7 +131,7 @@ def build_loader(run: Run) -> MultiTaskLoader:
                            setup.backbone, batch_size=opts.batch_size, strategy=opts.sampling,
                            temperature=opts.sampling_temperature, mode=opts.batch_mode, seed=opts.seed,
                            steps=run.total_steps * opts.accumulate, num_workers=run.workers, rank=info.rank,
-                           world_size=info.world_size)
+                           world_size=info.world_size, adapter_tasks=setup.config.tasks)
 
 
 def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> tuple[int, dict[str, list[float]]]:

@@ -1,0 +1,457 @@
+"""Routing (issue 8): routes that hold through activation recomputation, any row order, Route.expand,
+one id space from the loader to the layers, add_task's freezing scoped to one optimizer, merge backups."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from conftest import tiny_hf_clip, tiny_open_clip
+from torch import nn
+from torch.optim import optimizer as optim_module
+from torch.utils.checkpoint import checkpoint
+from vl_tiny import tiny_backbone
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.adapters import routing
+from mtl_lora_vl.adapters.grow import freeze_old_rows
+from mtl_lora_vl.adapters.layers import ADAPTER_PARAM_NAMES, LoRALinear
+from mtl_lora_vl.adapters.routing import Route, Router
+from mtl_lora_vl.data import world
+from mtl_lora_vl.data.loader import MultiTaskLoader, to_device
+from mtl_lora_vl.multitask import MultiTaskModel
+from mtl_lora_vl.tasks import build_kind, resolve_tasks
+
+TASKS = ["vqa", "retrieval", "cls"]
+IDS = torch.tensor([2, 0, 1, 0])  # a mixed batch whose rows are not grouped by task
+
+
+def _randomize(model: nn.Module) -> None:
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.rpartition(".")[2] in ADAPTER_PARAM_NAMES:
+                p.add_(torch.randn_like(p) * 0.2)
+
+
+def _grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same_grads(a: dict, b: dict) -> None:
+    assert a and set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+
+
+# ---------------------------------------------------------------------------------- activation checkpointing
+
+
+def _features(x):
+    return x if isinstance(x, torch.Tensor) else x.pooler_output
+
+
+def _family(name: str):
+    """(model, loss function, a switch that turns checkpointing on) for a tiny model of each family."""
+    if name == "open_clip":
+        model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS))
+        img, txt = torch.randn(4, 3, 32, 32), torch.randint(1, 60, (4, 12))
+
+        def loss(m):
+            return (m.encode_image(img) @ m.encode_text(txt).T).square().sum()
+
+        return model, loss, lambda m: m.set_grad_checkpointing(True)
+    model = mlv.attach(tiny_hf_clip().train(), mlv.MTLLoRAConfig(tasks=TASKS))
+    pix, tok = torch.randn(4, 3, 32, 32), torch.randint(0, 60, (4, 10))
+
+    def loss(m):
+        a = _features(m.get_image_features(pixel_values=pix))
+        return (a @ _features(m.get_text_features(input_ids=tok)).T).square().sum()
+
+    def enable(m):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # deprecated alias, still the common spelling
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": name == "hf_reentrant"})
+
+    return model, loss, enable
+
+
+def _count_calls(model: nn.Module) -> list[int]:
+    """Count forward calls of the adapted layers (recomputation calls them again)."""
+    calls = [0]
+    for m in model.modules():
+        if isinstance(m, LoRALinear):
+            m.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("family", ["open_clip", "hf_reentrant", "hf_non_reentrant"])
+def test_checkpointed_gradients_equal_plain_ones_with_backward_outside_the_scope(family):
+    model, loss_fn, enable = _family(family)
+    _randomize(model)
+    plain, ck = copy.deepcopy(model), copy.deepcopy(model)
+    with mlv.route(plain, IDS):
+        loss = loss_fn(plain)
+    loss.backward()
+    enable(ck)
+    calls = _count_calls(ck)
+    with mlv.route(ck, IDS):
+        loss_ck = loss_fn(ck)
+    forward_calls = calls[0]
+    loss_ck.backward()  # recomputation runs here, after the scope closed
+    assert calls[0] > forward_calls, "checkpointing did not recompute; the test would prove nothing"
+    torch.testing.assert_close(loss_ck, loss)
+    _assert_same_grads(_grads(plain), _grads(ck))
+
+
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 8)
+
+    def forward(self, x):
+        return x + self.fc2(torch.tanh(self.fc1(x)))
+
+
+class _Net(nn.Module):
+    """Two residual blocks, each optionally under torch.utils.checkpoint (reentrant or not)."""
+
+    def __init__(self, reentrant: bool | None = None):
+        super().__init__()
+        self.blocks = nn.ModuleList([_Block(), _Block()])
+        self.reentrant = reentrant
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x) if self.reentrant is None else checkpoint(b, x, use_reentrant=self.reentrant)
+        return x
+
+
+def _net(reentrant=None, tasks=TASKS) -> _Net:
+    net = mlv.attach(_Net(reentrant), mlv.MTLLoRAConfig(tasks=tasks, r=2, targets={"image": [r"fc\d$"]}))
+    _randomize(net)
+    return net
+
+
+def _net_grads(net: _Net, x: torch.Tensor, ids, reentrant=None) -> dict[str, torch.Tensor]:
+    net = copy.deepcopy(net)
+    net.reentrant = reentrant
+    with mlv.route(net, ids):
+        loss = net(x).square().sum()
+    loss.backward()
+    return _grads(net)
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_torch_checkpoint_recomputation_sees_the_route_of_its_forward(reentrant):
+    net = _net()
+    x = torch.randn(5, 3, 8, requires_grad=True)  # a reentrant checkpoint needs an input that requires grad
+    ids = torch.tensor([2, 0, 0, 1, 2])
+    ref = _net_grads(net, x, ids)
+    _assert_same_grads(ref, _net_grads(net, x, ids, reentrant))
+
+    # Two forwards with different routes before one backward, the backward inside a third scope:
+    # each recomputation still uses its own forward's route.
+    def two(net):
+        with mlv.route(net, ids):
+            a = net(x)
+        with mlv.route(net, "cls"):
+            b = net(x)
+        with mlv.route(net, "vqa"):
+            (a.square().sum() + b.pow(3).sum()).backward()
+        return _grads(net)
+
+    plain, ck = copy.deepcopy(net), copy.deepcopy(net)
+    ck.reentrant = reentrant
+    _assert_same_grads(two(plain), two(ck))
+
+
+def test_without_replay_hooks_recomputation_has_no_route(monkeypatch):
+    """What the hooks fix: a recomputation outside the scope cannot know its task."""
+    monkeypatch.setattr(routing, "_replay_hooks", lambda router, r: None)
+    net = _net(reentrant=False)
+    with mlv.route(net, IDS[:3]):
+        loss = net(torch.randn(3, 8)).sum()
+    with pytest.raises(mlv.RoutingError, match="no task was given"):
+        loss.backward()
+
+
+def test_route_opened_inside_a_checkpointed_function_and_nested_models():
+    a, b = _net(), _net(tasks=["x", "y"])
+    x = torch.randn(4, 8, requires_grad=True)
+
+    def run(ck: bool):
+        ma, mb = copy.deepcopy(a), copy.deepcopy(b)
+        ma.reentrant = False if ck else None  # model a checkpoints its blocks itself
+
+        def inner(h):
+            with mlv.route(mb, ["y", "x", "x", "y"]):  # a scope inside the checkpointed region
+                return mb(h)
+
+        with mlv.route(ma, IDS):  # scopes of two models, nested; backward after both closed
+            h = ma(x)
+            out = checkpoint(inner, h, use_reentrant=False) if ck else inner(h)
+        with mlv.route(mb, "x"), mlv.route(ma, "cls"):
+            out.square().sum().backward()
+        return {**_grads(ma), **{"b." + k: v for k, v in _grads(mb).items()}}
+
+    _assert_same_grads(run(False), run(True))
+
+
+def test_user_saved_tensor_hooks_still_apply_inside_a_route():
+    net = _net(reentrant=False)
+    x = torch.randn(4, 8)
+    ref = _net_grads(net, x, IDS)
+    packed = []
+
+    def pack(t):
+        packed.append(1)
+        return t.detach()
+
+    net = copy.deepcopy(net)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with mlv.route(net, IDS):
+            loss = net(x).square().sum()
+    loss.backward()
+    assert packed, "the user's pack hook was shadowed by the route's"
+    _assert_same_grads(ref, _grads(net))
+
+
+def test_inference_forwards_store_nothing():
+    net = _net()
+    router = net._mtl_lora.router
+    with torch.no_grad():
+        for _ in range(5):
+            with mlv.route(net, IDS):
+                net(torch.randn(4, 8))
+    assert router.replay is None and router.current is None
+
+
+def test_torch_compile_mixed_route_and_checkpoint_match_eager():
+    net = _net()
+    x = torch.randn(5, 3, 8, requires_grad=True)
+    ids = torch.tensor([2, 0, 0, 1, 2])
+    ref = _net_grads(net, x, ids)
+    for reentrant in (None, False):
+        compiled = copy.deepcopy(net)
+        compiled.reentrant = reentrant
+        with mlv.route(compiled, ids):
+            loss = torch.compile(compiled, backend="aot_eager")(x).square().sum()
+        loss.backward()
+        _assert_same_grads(ref, _grads(compiled))
+
+
+# ---------------------------------------------------------------------------------- row order
+
+
+def _layer(method: str, batch_dim: int = 0) -> LoRALinear:
+    cfg = mlv.MTLLoRAConfig(tasks=TASKS, r=4, alpha=8, n_up=3, method=method)
+    layer = LoRALinear(nn.Linear(12, 10), cfg)
+    layer.router, layer.layer_name, layer.batch_dim = Router(TASKS), "test.layer", batch_dim
+    _randomize(layer)
+    return layer
+
+
+def _layer_run(layer: LoRALinear, x: torch.Tensor, ids) -> tuple[torch.Tensor, dict]:
+    layer = copy.deepcopy(layer)
+    with mlv.route(layer.router, ids):
+        y = layer(x)
+    (y * torch.arange(y.numel()).view(y.shape).sin()).sum().backward()  # a non-uniform upstream gradient
+    return y.detach(), _grads(layer)
+
+
+@pytest.mark.parametrize("path", ["runs", "index"])
+@pytest.mark.parametrize("method", ["mtl_lora", "task_lora", "moe_lora"])
+@pytest.mark.parametrize("batch_dim", [0, 1])
+def test_any_row_order_gives_the_grouped_outputs_and_gradients(path, method, batch_dim, monkeypatch):
+    if path == "index":
+        monkeypatch.setitem(routing.MAX_RUNS_PER_TASK, "cpu", 1)  # force the gathered-index path
+    layer = _layer(method, batch_dim)
+    grouped = torch.tensor([0, 0, 0, 1, 1, 2, 2])
+    perm = torch.tensor([5, 0, 3, 1, 6, 4, 2])  # interleaved: 7 runs for 3 tasks
+    x = torch.randn(7, 5, 12)
+    if batch_dim:
+        x = x.transpose(0, 1).contiguous()  # (seq, batch, features)
+    xp = x.index_select(batch_dim, perm)
+    y, g = _layer_run(layer, x, grouped)
+    yp, gp = _layer_run(layer, xp, grouped[perm])
+    torch.testing.assert_close(yp, y.index_select(batch_dim, perm), atol=1e-6, rtol=1e-6)
+    # The upstream gradient differs with the row order, so compare against the grouped run of the same rows.
+    ys, gs = _layer_run(layer, xp, Route.from_ids(grouped[perm].tolist()))
+    torch.testing.assert_close(ys, yp)
+    _assert_same_grads(gs, gp)
+    for t in range(3):  # and each row equals a one-task run of that row
+        rows = (grouped[perm] == t).nonzero().flatten()
+        with mlv.route(layer.router, TASKS[t]):
+            alone = layer(xp.index_select(batch_dim, rows))
+        torch.testing.assert_close(yp.index_select(batch_dim, rows), alone, atol=1e-6, rtol=1e-6)
+    del g
+
+
+@pytest.mark.parametrize("path", ["runs", "index"])
+def test_open_clip_shuffled_rows_match_grouped_rows_both_towers(path, monkeypatch):
+    if path == "index":
+        monkeypatch.setitem(routing.MAX_RUNS_PER_TASK, "cpu", 1)
+    model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS))
+    _randomize(model)
+    ids = torch.tensor([0, 0, 1, 1, 2, 2])
+    perm = torch.tensor([4, 2, 0, 5, 3, 1])
+    img, txt = torch.randn(6, 3, 32, 32), torch.randint(1, 60, (6, 12))
+
+    def run(order):
+        m = copy.deepcopy(model)
+        with mlv.route(m, ids[order]):
+            a, b = m.encode_image(img[order]), m.encode_text(txt[order])
+        (a @ b.T).square().sum().backward()  # invariant under a common permutation of the rows
+        return a.detach(), b.detach(), _grads(m)
+
+    a, b, g = run(torch.arange(6))
+    ap, bp, gp = run(perm)
+    torch.testing.assert_close(ap, a[perm], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bp, b[perm], atol=1e-5, rtol=1e-5)
+    for k in g:
+        torch.testing.assert_close(gp[k], g[k], atol=1e-4, rtol=1e-3, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_route_segments_plans_and_errors():
+    r = Route.from_ids([1, 1, 0, 2, 2, 0])
+    assert r.segments == ((1, 0, 2), (0, 2, 3), (2, 3, 5), (0, 5, 6)) and r.present == (0, 1, 2)
+    assert r.batch_size == 6 and r.task is None and not r.grouped
+    plan = r.plan(torch.device("cpu"))
+    assert [p for p, _ in plan] == [1, 0, 2, 0] and all(isinstance(rows, slice) for _, rows in plan)
+    g = Route.from_segments([(0, 0, 2), (0, 2, 3), (2, 3, 4)])  # adjacent runs of one task merge
+    assert g.segments == ((0, 0, 3), (2, 3, 4)) and g.grouped
+    assert Route.from_segments([(1, 0, 4)]).task == 1
+    with pytest.raises(mlv.RoutingError, match="tile the batch"):
+        Route.from_segments([(0, 0, 2), (1, 3, 4)])
+    router = Router(TASKS)
+    with pytest.raises(mlv.RoutingError, match=r"task id 5 is out of range"):
+        router.make_route(Route.from_segments([(5, 0, 2)]))
+    assert router.make_route("cls") is router.make_route(2)  # one cached route per task
+
+
+def test_route_expand_repeats_each_row_like_repeat_interleave():
+    r = Route.from_ids([2, 0, 0, 1], torch.tensor([2, 0, 0, 1]))
+    e = r.expand(3)
+    assert e.batch_size == 12 and e.segments == ((2, 0, 3), (0, 3, 9), (1, 9, 12))
+    assert torch.equal(e.ids, torch.tensor([2, 0, 0, 1]).repeat_interleave(3))
+    assert r.expand(1) is r and Route(task=1).expand(4).task == 1
+    layer = _layer("mtl_lora")
+    x = torch.randn(4, 2, 12)
+    with torch.no_grad(), mlv.route(layer.router, r):
+        y = layer(x)
+    with torch.no_grad(), mlv.route(layer.router, e):
+        ye = layer(x.repeat_interleave(3, dim=0))
+    torch.testing.assert_close(ye, y.repeat_interleave(3, dim=0))
+
+
+# ---------------------------------------------------------------------------------- loader -> model
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return tiny_backbone(tmp_path_factory.mktemp("clip"))
+
+
+def test_loader_emits_adapter_ids_and_the_model_routes_once_per_tower_without_ids(clip, monkeypatch):
+    adapter_tasks = ["vqa", "retrieval", "caption_cls"]
+    specs = resolve_tasks(",".join(adapter_tasks))
+    splits = {s.name: world.build_split(s.kind, "train", n=6, seed=0) for s in specs}
+    kinds = {s.name: build_kind(s, splits[s.name], clip) for s in specs}
+    heads = nn.ModuleDict({n: k.build_head(clip) for n, k in kinds.items()})  # zero-shot heads, then adapters
+    mlv.attach(clip.model, mlv.MTLLoRAConfig(tasks=adapter_tasks, r=4))
+    model = MultiTaskModel(clip, kinds, heads)
+    # An --extend-like loader: trains two of the adapter's tasks, listed out of adapter order.
+    trained = ["caption_cls", "retrieval"]
+    loader = MultiTaskLoader([kinds[n] for n in trained], [splits[n] for n in trained], clip, batch_size=8,
+                             steps=1, adapter_tasks=adapter_tasks)
+    batch = next(iter(loader))
+    ids = batch["task_ids"].tolist()
+    assert set(ids) == {1, 2} and ids == sorted(ids)  # adapter ids, rows grouped in adapter order
+    assert batch["segments"] == Route.from_ids(ids).segments
+    assert list(batch["tasks"]) == ["retrieval", "caption_cls"]
+    text_ids = [ids[r] for r in batch["text_rows"].tolist()]
+    assert batch["text_segments"] == (Route.from_ids(text_ids).segments if text_ids else ())
+
+    seen = []
+    real = Router.make_route
+    monkeypatch.setattr(Router, "make_route", lambda self, t: seen.append(t) or real(self, t))
+    total, losses = model(to_device(batch, "cpu", torch.float32, clip))
+    assert torch.isfinite(total) and set(losses) == {"retrieval", "caption_cls"}
+    tower_routes = [t for t in seen if isinstance(t, Route)]
+    assert len(tower_routes) == (2 if text_ids else 1)  # one route per tower pass
+    assert not any(isinstance(t, torch.Tensor) for t in seen)  # no ids -> host round trip
+    with pytest.raises(ValueError, match=r"not in the adapter's tasks"):
+        MultiTaskLoader([kinds["vqa"]], [splits["vqa"]], clip, batch_size=4, adapter_tasks=["other"])
+
+
+# ---------------------------------------------------------------------------------- add_task, merge
+
+
+def test_add_task_freezing_is_scoped_to_the_optimizer_it_is_given():
+    model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=["vqa", "retrieval"], r=4))
+    _randomize(model)
+    global_hooks = dict(optim_module._global_optimizer_post_hooks)
+    added = mlv.add_task(model, "count")
+    assert added.task_id == 2 and added.trainable > 0 and added.name == "count"
+    assert dict(optim_module._global_optimizer_post_hooks) == global_hooks  # nothing process-wide
+    bank = model._mtl_lora.layers["visual.transformer.resblocks.0.mlp.c_fc"]
+    old = bank.lora_lambda.detach()[:2].clone()
+
+    other = torch.optim.SGD([nn.Parameter(torch.zeros(3))], lr=0.1)  # another optimizer in the process
+    trains = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    handle = added.freeze_old_rows(trains)
+    assert not other._optimizer_step_post_hooks and len(trains._optimizer_step_post_hooks) == 1
+
+    with torch.no_grad():
+        bank.lora_lambda.mul_(0.5)  # what weight decay does to every row
+    other.step()
+    assert not torch.equal(bank.lora_lambda[:2], old)  # the other optimizer's step restores nothing
+    trains.step()
+    assert torch.equal(bank.lora_lambda[:2], old)  # the registered one's does
+    handle.remove()
+    assert not trains._optimizer_step_post_hooks
+
+
+def test_adding_two_tasks_trains_both():
+    model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=["vqa"], r=4))
+    _randomize(model)  # B = 0 at init would give Λ no gradient
+    mlv.add_task(model, "a")
+    mlv.add_task(model, "b")
+    bank = model._mtl_lora.layers["visual.transformer.resblocks.0.mlp.c_fc"]
+    assert bank.frozen_task_rows == 1
+    img = torch.randn(3, 3, 32, 32)
+    with mlv.route(model, torch.tensor([0, 1, 2])):
+        model.encode_image(img).square().sum().backward()
+    grad = bank.lora_lambda.grad
+    assert grad[0].abs().sum() == 0 and grad[1].abs().sum() > 0 and grad[2].abs().sum() > 0
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1, weight_decay=0.5)
+    freeze_old_rows(model, opt)
+    before = bank.lora_lambda.detach().clone()
+    opt.step()
+    assert torch.equal(bank.lora_lambda[0], before[0]) and not torch.equal(bank.lora_lambda[1:], before[1:])
+
+
+def test_merge_backup_is_registered_state_and_unmerge_is_bit_exact():
+    model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS))
+    _randomize(model)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()
+               if n.rpartition(".")[2] not in ADAPTER_PARAM_NAMES}
+    keys = set(model.state_dict())
+    mlv.merge(model, "cls")
+    backups = {n: b for n, b in model.named_buffers() if n.endswith("merge_backup")}
+    assert len(backups) == len(model._mtl_lora.layers)
+    assert set(model.state_dict()) == keys  # non-persistent: not in checkpoints
+    bank = model._mtl_lora.layers["transformer.resblocks.0.mlp.c_fc"]
+    assert torch.equal(bank.merge_backup, weights["transformer.resblocks.0.mlp.c_fc.weight"])
+    attn = model._mtl_lora.layers["transformer.resblocks.0.attn.in_proj"]
+    assert torch.equal(attn.merge_backup, weights["transformer.resblocks.0.attn.in_proj_weight"])
+    assert not torch.equal(bank.weight, bank.merge_backup)
+    mlv.merge(model, "vqa")  # merging another task goes back through the exact base first
+    mlv.unmerge(model)
+    for n, p in model.named_parameters():
+        if n in weights:
+            assert torch.equal(p, weights[n]), n
+    assert not any(n.endswith("merge_backup") for n, _ in model.named_buffers())
+    assert bank.merge_backup is None
