@@ -192,6 +192,7 @@ class Router:
         self.merged_task: int | None = None
         self.disabled = 0
         self._one: dict[int, Route] = {}
+        self.expansion = 1  # > 1 only inside adapters.generation.expanded_rows (generate, candidate scoring)
 
     @property
     def active(self) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..adapters.generation import expanded_rows
 from .base import (
     GENERATE,
     GRAD_CHECKPOINTING,
@@ -30,6 +31,7 @@ from .base import (
     Backbone,
     as_rgb,
     register_backbone,
+    resolve_base_dtype,
 )
 from .beam import beam_search
 from .builtin import BUILTIN_NAME, builtin_files
@@ -66,14 +68,20 @@ class OpenClipBackbone(Backbone):
         self.model.set_grad_checkpointing(bool(enabled))
 
     @classmethod
-    def load(cls, spec: BackboneSpec, device: str | torch.device = "cpu") -> Backbone:
-        """``builtin``, ``open_clip:DIR`` or ``open_clip:NAME`` (with ``spec.pretrained``)."""
+    def load(cls, spec: BackboneSpec, device: str | torch.device = "cpu", base_dtype: str = "auto") -> Backbone:
+        """``builtin``, ``open_clip:DIR`` or ``open_clip:NAME`` (with ``spec.pretrained``); fp32 weights unless
+        ``base_dtype`` asks for bf16/fp16 (a small contrastive model: ``auto`` is fp32)."""
+        dtype = resolve_base_dtype(base_dtype, device, large=False)
         if spec.kind == "builtin":
             folder, config, weights = builtin_files(spec.pretrained)
-            return _from_files(config, folder, weights, BUILTIN_NAME, "built-in backbone", device)
-        if spec.kind == "open_clip_dir":
-            return _load_dir(spec, device)
-        return _load_named(spec, device)
+            bb = _from_files(config, folder, weights, BUILTIN_NAME, "built-in backbone", device)
+        elif spec.kind == "open_clip_dir":
+            bb = _load_dir(spec, device)
+        else:
+            bb = _load_named(spec, device)
+        if dtype != torch.float32:
+            bb.model.to(dtype)
+        return bb
 
 
 class CoCaBackbone(OpenClipBackbone):
@@ -96,7 +104,8 @@ class CoCaBackbone(OpenClipBackbone):
     @torch.no_grad()
     def generate(self, images: Tensor, max_len: int = 20, beam_size: int = 1,
                  prompts: Sequence[str] | None = None) -> list[str]:
-        """One caption per image: greedy (``beam_size=1``) or beam search with length normalisation."""
+        """One caption per image: greedy (``beam_size=1``) or beam search with length normalisation. Under a
+        mixed ``route`` each image's beams use its task (no KV cache: each step re-reads the prefix)."""
         if prompts is not None:
             raise ValueError(f"backbone {self.name!r} (CoCa) captions images without prompts; pass prompts=None")
         if beam_size < 1:
@@ -111,10 +120,11 @@ class CoCaBackbone(OpenClipBackbone):
             return self.model.text_decoder(image_embs, token_embs)[:, -1]
 
         unk = getattr(self.tokenizer, "unk_id", None)
-        best = beam_search(step, images.shape[0], beam_size, max(1, min(int(max_len), self.context_length - 1)),
-                           self.bos_id, self.eos_id, self.pad_id,
-                           banned={self.pad_id, self.bos_id, *(() if unk is None else (unk,))},
-                           device=image_embs.device)
+        with expanded_rows(self.model, beam_size):  # the decoder sees beam_size rows per routed image row
+            best = beam_search(step, images.shape[0], beam_size, max(1, min(int(max_len), self.context_length - 1)),
+                               self.bos_id, self.eos_id, self.pad_id,
+                               banned={self.pad_id, self.bos_id, *(() if unk is None else (unk,))},
+                               device=image_embs.device)
         return [self.decode(row) for row in best]
 
 

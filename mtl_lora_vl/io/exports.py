@@ -238,6 +238,12 @@ def apply_plain_lora(base_model: nn.Module, path: str | Path) -> nn.Module:
 # ---------------------------------------------------------------------------------------------- merged
 
 
+def _loaded_from(model: nn.Module) -> Path | None:
+    """The local directory a Hugging Face model was ``from_pretrained`` from, if any."""
+    name = getattr(model, "name_or_path", "") or ""
+    return Path(name) if name and Path(name).is_dir() else None
+
+
 def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | Path | None = None,
                 overwrite: bool = False) -> Path:
     """Write ``model``'s base model with task ``task`` merged in, loadable by the base library itself.
@@ -245,7 +251,8 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     open_clip: ``out`` ending in ``.safetensors`` is one state-dict file for ``open_clip.create_model(NAME,
     pretrained=out)``; any other ``out`` is a local-dir folder (``open_clip_model.safetensors`` plus the
     non-weight files of ``source_dir``, e.g. open_clip_config.json and the tokenizer). Hugging Face
-    models: a ``save_pretrained`` directory (plus ``source_dir``'s tokenizer/preprocessor files).
+    models: a ``save_pretrained`` directory plus the tokenizer/processor files of ``source_dir`` (default: the
+    local directory the model was loaded from), so a merged LLaVA loads with its processor.
     """
     inner = adapted_module(model)
     sd = merged_state_dict(inner, task)
@@ -259,6 +266,8 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
         weights_name = _merged_weights_name(inner, inner._mtl_lora.family)
         if weights_name is None:
             inner.save_pretrained(str(tmp), state_dict=sd)
+            if source_dir is None:  # the directory the model was loaded from (tokenizer, processor files)
+                source_dir = _loaded_from(inner)
         else:
             save_tensors(sd, tmp / weights_name, meta)
         if source_dir is not None:

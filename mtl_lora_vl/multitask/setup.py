@@ -41,7 +41,7 @@ class Setup:
 
 def build_setup(opts: TrainOptions, device: torch.device, extend_from: str | None = None) -> Setup:
     """Backbone, task specs and kinds, heads (initialised to the zero-shot rule), adapters."""
-    backbone = load_backbone(opts.backbone, opts.pretrained, device)
+    backbone = load_backbone(opts.backbone, opts.pretrained, device, base_dtype=opts.base_dtype)
     if opts.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
     specs = resolve_tasks(opts.tasks)
