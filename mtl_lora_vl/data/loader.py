@@ -13,7 +13,16 @@ Batch layout (what :class:`MultiTaskLoader` yields; B rows, grouped by task in t
     batch["indices"]    LongTensor (B,)       example index within its task's split
     batch["images"]     uint8 (B, 3, S, S)    -> float (B, 3, S, S) in ``dtype`` after to_device()
     batch["tokens"]     LongTensor (B, L)     each row's text tokenised (a row without text holds
-                                              the tokens of "")
+                                              the tokens of ""); absent on the generative path
+    batch["lm"]         {                     generative path only (the kinds run through a language
+                                              model): every row's prompt + target, made by
+                                              ``backbone.lm_collator()`` in the workers
+        "input_ids":      LongTensor (B, T)   prompt + target + end token, image placeholder
+                                              expanded, right-padded to the batch's longest row
+        "attention_mask": LongTensor (B, T)
+        "labels":         LongTensor (B, T)   the target's ids and the end token; -100 on the
+                                              prompt and on padding
+    }
     batch["text_rows"]  LongTensor (N_text,)  rows whose task ``uses_text``: the text-tower rows
     batch["tasks"]      {task_name: {         only the tasks present in this batch
         "rows":       LongTensor (n_t,)       this task's rows of the batch (contiguous)
@@ -21,6 +30,8 @@ Batch layout (what :class:`MultiTaskLoader` yields; B rows, grouped by task in t
         <fields>:     Tensor (n_t, ...)       the kind's own per-row tensors, stacked
                                               (vqa "targets", classification "labels",
                                                retrieval "image_key")
+        "lm_weight":  FloatTensor (n_t,)      generative path: the weight the kind gave each row's
+                                              LM loss (VQA: the sampled answer's soft score)
     }}
 
 One training step then runs each tower once::
@@ -38,6 +49,18 @@ One training step then runs each tower once::
         with route(model, name):                              # for kinds that run the model themselves
             loss = loss + spec.loss_weight * kind.loss(heads[name], backbone, rows,
                                                        image_emb[rows["rows"]], t)
+
+On the generative path the step is one language-model pass for every row of every task::
+
+    with route(model, batch["task_ids"]):
+        row_loss = backbone.lm_loss(batch["images"], **batch["lm"])       # (B,) per-row mean token CE
+    for name, rows in task_views(batch):
+        rows["lm_loss"] = row_loss[rows["rows"]]
+        loss = loss + spec.loss_weight * kind.loss(heads[name], backbone, rows, None, None)
+
+Per-example random choices (VQA's answer drawn by soft score) are fixed by
+:func:`mtl_lora_vl.data.sampler.draw_seed` of (seed, task, epoch, index): the same in every worker and
+after a resume.
 """
 
 from __future__ import annotations
@@ -51,7 +74,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mtl_lora_vl.data.images import ImageError, to_uint8_tensor
 from mtl_lora_vl.data.records import Example, Split
-from mtl_lora_vl.data.sampler import MultiTaskBatchSampler
+from mtl_lora_vl.data.sampler import MultiTaskBatchSampler, draw_seed
 
 
 class _Kind(Protocol):
@@ -59,10 +82,13 @@ class _Kind(Protocol):
 
     name: str
     uses_text: bool
+    generative: bool
 
     def sample_text(self, example: Example) -> str | None: ...
 
     def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]: ...
+
+    def sample_lm(self, example: Example, draw: int) -> tuple[str, str, float]: ...
 
 
 def decode_image(example: Example, size: int) -> Tensor:
@@ -74,26 +100,35 @@ def decode_image(example: Example, size: int) -> Tensor:
 
 
 class TaskDataset(Dataset):
-    """One task's examples as rows ``{"image", "text", "index", **fields}`` (made in a worker)."""
+    """One task's examples as rows ``{"image", "text", "index", "fields"}`` (made in a worker); on the
+    generative path also ``"lm"``: the kind's ``(prompt, target, weight)``, drawn with
+    ``draw_seed(seed, task, epoch, index)``."""
 
-    def __init__(self, kind: _Kind, split: Split, image_size: int) -> None:
+    def __init__(self, kind: _Kind, split: Split, image_size: int, *, task: int = 0, seed: int = 0) -> None:
         if not split.examples:
             raise ValueError(f"task {kind.name!r} has no examples to load")
         self.kind = kind
         self.examples = split.examples
         self.image_size = int(image_size)
+        self.task = int(task)
+        self.seed = int(seed)
+        self.generative = bool(getattr(kind, "generative", False))
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int, epoch: int = 0) -> dict[str, Any]:
         ex = self.examples[index]
-        return {"image": decode_image(ex, self.image_size), "text": self.kind.sample_text(ex),
-                "index": index, "fields": self.kind.sample_fields(ex, index)}
+        row = {"image": decode_image(ex, self.image_size), "text": self.kind.sample_text(ex),
+               "index": index, "fields": self.kind.sample_fields(ex, index)}
+        if self.generative:
+            row["lm"] = self.kind.sample_lm(ex, draw_seed(self.seed, self.task, epoch, index))
+        return row
 
 
 class MultiTaskDataset(Dataset):
-    """Several :class:`TaskDataset` addressed by ``(task_id, index)`` (what the batch sampler yields)."""
+    """Several :class:`TaskDataset` addressed by ``(task_id, index)`` or ``(task_id, index, epoch)`` (what
+    the batch sampler yields)."""
 
     def __init__(self, datasets: Sequence[TaskDataset]) -> None:
         self.datasets = list(datasets)
@@ -101,31 +136,47 @@ class MultiTaskDataset(Dataset):
     def __len__(self) -> int:
         return sum(len(d) for d in self.datasets)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        task, index = key
-        row = self.datasets[task][index]
+    def __getitem__(self, key: tuple[int, ...]) -> dict[str, Any]:
+        task, index, *rest = key
+        row = self.datasets[task].__getitem__(index, *rest)
         row["task_id"] = task
         return row
 
 
 class MultiTaskCollate:
-    """Collate rows of several tasks into the batch layout of the module docstring (runs in workers)."""
+    """Collate rows of several tasks into the batch layout of the module docstring (runs in workers).
 
-    def __init__(self, task_names: Sequence[str], uses_text: Sequence[bool], tokenizer: Any) -> None:
+    With ``lm_collator`` (a generative backbone's picklable ``backbone.lm_collator()``), every row's
+    ``(prompt, target)`` is tokenised into ``batch["lm"]`` and ``tokens`` is left out; else ``tokenizer``
+    makes ``tokens``.
+    """
+
+    def __init__(self, task_names: Sequence[str], uses_text: Sequence[bool], tokenizer: Any,
+                 lm_collator: Any = None) -> None:
         self.task_names = list(task_names)
         self.uses_text = list(uses_text)
         self.tokenizer = tokenizer
+        self.lm_collator = lm_collator
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         rows = sorted(rows, key=lambda r: r["task_id"])   # stable: keeps the sampler's order within a task
         task_ids = torch.tensor([r["task_id"] for r in rows], dtype=torch.long)
-        tokens = self.tokenizer([r["text"] if r["text"] is not None else "" for r in rows])
         batch: dict[str, Any] = {
             "task_ids": task_ids,
             "indices": torch.tensor([r["index"] for r in rows], dtype=torch.long),
             "images": torch.stack([r["image"] for r in rows]),
-            "tokens": tokens,
         }
+        lm_weight = None
+        if self.lm_collator is not None:
+            lm = [r.get("lm") for r in rows]
+            if any(x is None for x in lm):
+                bad = self.task_names[rows[lm.index(None)]["task_id"]]
+                raise ValueError(f"task {bad!r} gave no (prompt, target) for the language model; on a generative "
+                                 "backbone every task kind must implement sample_lm")
+            batch["lm"] = dict(self.lm_collator([p for p, _, _ in lm], [t for _, t, _ in lm]))
+            lm_weight = torch.tensor([float(w) for _, _, w in lm], dtype=torch.float32)
+        else:
+            batch["tokens"] = self.tokenizer([r["text"] if r["text"] is not None else "" for r in rows])
         text_rows: list[int] = []
         tasks: dict[str, dict[str, Tensor]] = {}
         for t, name in enumerate(self.task_names):
@@ -138,6 +189,8 @@ class MultiTaskCollate:
                 text_rows.extend(idx)
             for key in rows[idx[0]]["fields"]:
                 view[key] = torch.stack([rows[i]["fields"][key] for i in idx])
+            if lm_weight is not None:
+                view["lm_weight"] = lm_weight[idx]
             tasks[name] = view
         batch["text_rows"] = torch.tensor(text_rows, dtype=torch.long)
         batch["tasks"] = tasks
@@ -161,11 +214,13 @@ def to_device(batch: dict[str, Any], device: torch.device | str, dtype: torch.dt
 
 
 def task_views(batch: dict[str, Any]) -> Iterator[tuple[str, dict[str, Tensor]]]:
-    """``(task_name, rows)`` per task of a batch: its images, tokens and indices, plus its fields and row indices."""
+    """``(task_name, rows)`` per task of a batch: its images, tokens (when the batch has them) and indices,
+    plus its fields and row indices."""
     for name, view in batch["tasks"].items():
         rows = view["rows"]
-        sub = {"images": batch["images"][rows], "tokens": batch["tokens"][rows],
-               "indices": batch["indices"][rows]}
+        sub = {"images": batch["images"][rows], "indices": batch["indices"][rows]}
+        if "tokens" in batch:
+            sub["tokens"] = batch["tokens"][rows]
         sub.update(view)
         yield name, sub
 
@@ -188,12 +243,21 @@ class MultiTaskLoader:
         names = [k.name for k in kinds]
         if len(set(names)) != len(names):
             raise ValueError(f"MultiTaskLoader got duplicate task names {names}")
+        generative = [bool(getattr(k, "generative", False)) for k in kinds]
+        if any(generative) and not all(generative):
+            raise ValueError(f"MultiTaskLoader: tasks {[n for n, g in zip(names, generative) if g]} run through a "
+                             f"language model but {[n for n, g in zip(names, generative) if not g]} do not; build "
+                             "every kind on the same backbone")
         self.task_names = names
-        self.datasets = [TaskDataset(k, s, backbone.image_size) for k, s in zip(kinds, splits)]
+        self.datasets = [TaskDataset(k, s, backbone.image_size, task=t, seed=seed)
+                         for t, (k, s) in enumerate(zip(kinds, splits))]
         self.sampler = MultiTaskBatchSampler([len(d) for d in self.datasets], batch_size, strategy=strategy,
                                              temperature=temperature, mode=mode, seed=seed, steps=steps,
-                                             rank=rank, world_size=world_size)
-        self.collate = MultiTaskCollate(names, [k.uses_text for k in kinds], backbone.tokenizer)
+                                             rank=rank, world_size=world_size, with_epochs=True)
+        if generative and all(generative):
+            self.collate = MultiTaskCollate(names, [False] * len(names), None, backbone.lm_collator())
+        else:
+            self.collate = MultiTaskCollate(names, [k.uses_text for k in kinds], backbone.tokenizer)
         extra: dict[str, Any] = {}
         if num_workers > 0:
             extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor or 2}
