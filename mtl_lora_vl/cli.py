@@ -1,6 +1,6 @@
 """Command lines: ``mtl-lora-vl-train`` (scripts/train_vl.py) and ``mtl-lora-vl-eval`` (scripts/evaluate_vl.py).
 
-Flags are generated from :class:`mtl_lora_vl.train.TrainOptions`, so the command line, ``--config
+Flags are generated from :class:`mtl_lora_vl.options.TrainOptions`, so the command line, ``--config
 FILE`` and the Python API share one list of names (``--n-up`` is ``n_up``).
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tomllib
 from dataclasses import MISSING, fields
@@ -134,6 +135,4 @@ def eval_main(argv: list[str] | None = None) -> int:
 
 
 def _debug() -> bool:
-    import os
-
     return os.environ.get("MTL_LORA_VL_DEBUG", "") not in ("", "0")

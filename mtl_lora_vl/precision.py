@@ -14,6 +14,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def autocast(device: torch.device, dtype: torch.dtype):
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+def autocast(device: torch.device | str, dtype: torch.dtype) -> torch.autocast:
+    """Autocast to ``dtype`` on ``device``; a no-op for float32 (the one autocast of the package)."""
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
 

@@ -6,7 +6,7 @@
 
 It renders the world's pretraining split once into an in-memory uint8 cache, builds a small word-level
 tokenizer over the world's words plus a few hundred common English words, trains both towers with the
-symmetric InfoNCE loss (AdamW, warmup + cosine learning rate, fp32), then writes ``assets/builtin_clip/``:
+symmetric InfoNCE loss of the retrieval task (AdamW, the package's warm-up + cosine schedule, fp32), then writes ``assets/builtin_clip/``:
 ``open_clip_config.json``, ``model.safetensors`` (fp16; loaded back as fp32), ``tokenizer.json`` and
 ``tokenizer_config.json``. It ends by printing zero-shot scores on the world's retrieval and
 classification validation splits next to chance.
@@ -21,17 +21,28 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from mtl_lora_vl.backbones import Backbone, build_open_clip, build_word_tokenizer  # noqa: E402
+from mtl_lora_vl.backbones import (  # noqa: E402
+    Backbone,
+    WordTokenizer,  # noqa: E402
+    build_open_clip,
+    build_word_tokenizer,
+)
+from mtl_lora_vl.data import world  # noqa: E402
+from mtl_lora_vl.data.images import to_uint8_tensor  # noqa: E402
 from mtl_lora_vl.io.atomic import atomic_file  # noqa: E402
+from mtl_lora_vl.metrics import retrieval_recall  # noqa: E402
+from mtl_lora_vl.tasks.retrieval import infonce  # noqa: E402
+from mtl_lora_vl.training.schedule import cosine_with_warmup  # noqa: E402
 
 IMAGE_SIZE = 64
 TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a {}.")
@@ -96,25 +107,6 @@ def clip_config(vocab_size: int, context_length: int, width: int = 128, layers: 
 # --------------------------------------------------------------------------------------------------
 
 
-def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE with several positives: ``pos[i, j]`` is True when caption j is true of image i
-    (the diagonal always is), so a caption shared by two images in a batch is not pushed away from either."""
-    logits = scale * img @ txt.t()
-    pos = pos.float()
-    loss_i = -((pos / pos.sum(dim=1, keepdim=True)) * logits.log_softmax(dim=1)).sum(dim=1).mean()
-    pos_t = pos.t()
-    loss_t = -((pos_t / pos_t.sum(dim=1, keepdim=True)) * logits.t().log_softmax(dim=1)).sum(dim=1).mean()
-    return 0.5 * (loss_i + loss_t)
-
-
-def lr_at(step: int, steps: int, lr: float, warmup: int, floor: float = 0.05) -> float:
-    """Linear warmup, then cosine decay to ``floor * lr``."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    t = (step - warmup) / max(1, steps - warmup)
-    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
-
-
 def train_clip(bb: Backbone, images: torch.Tensor, caption_tokens: torch.Tensor,
                image_captions: Sequence[Sequence[int]], *, steps: int, batch_size: int = 128, lr: float = 1e-3,
                weight_decay: float = 0.1, warmup: int | None = None, seed: int = 0, log_every: int = 25,
@@ -145,13 +137,12 @@ def train_clip(bb: Backbone, images: torch.Tensor, caption_tokens: torch.Tensor,
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
     warmup = max(1, steps // 20) if warmup is None else max(1, warmup)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(warmup, steps, floor=0.05))
     gen = torch.Generator().manual_seed(seed)
     batch_size = min(batch_size, n)
     losses: list[float] = []
     t0 = time.perf_counter()
     for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, warmup)
         idx = torch.randperm(n, generator=gen)[:batch_size]
         pick = (torch.rand(batch_size, generator=gen) * counts[idx]).long()
         text_ids = table[idx, pick]
@@ -160,12 +151,13 @@ def train_clip(bb: Backbone, images: torch.Tensor, caption_tokens: torch.Tensor,
         own = table[idx]                                   # (B, C) caption rows true of each image
         valid = torch.arange(own.shape[1]).unsqueeze(0) < counts[idx].unsqueeze(1)
         pos = ((own.unsqueeze(1) == text_ids.view(1, -1, 1)) & valid.unsqueeze(1)).any(dim=2)
-        pos |= torch.eye(batch_size, dtype=torch.bool)
-        loss = clip_loss(img, txt, bb.logit_scale, pos)
+        pos |= torch.eye(batch_size, dtype=torch.bool)   # caption j is true of image i: several positives
+        loss = infonce(bb.logit_scale * img @ txt.t(), pos)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        schedule.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         losses.append(loss.item())
@@ -197,12 +189,11 @@ def embed_texts(bb: Backbone, texts: Sequence[str], batch: int = 512) -> torch.T
 
 
 def image_to_text_recall(img: torch.Tensor, txt: torch.Tensor, owner: torch.Tensor,
-                         ks: Iterable[int] = (1, 5)) -> dict[str, float]:
-    """Recall@k for image->text: an image scores a hit when one of its own captions is in the top k."""
-    sims = img @ txt.t()
-    order = sims.argsort(dim=1, descending=True)
-    hits = owner[order] == torch.arange(img.shape[0]).unsqueeze(1)
-    return {f"r@{k}": float(hits[:, :k].any(dim=1).float().mean()) for k in ks}
+                         ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Image->text recall@k (:func:`mtl_lora_vl.metrics.retrieval_recall`): an image scores a hit when
+    one of its own captions (``owner[j]`` is caption j's image) is among its top k."""
+    r = retrieval_recall(img @ txt.t(), owner, ks=ks)
+    return {f"r@{k}": r[f"i2t_r{k}"] for k in ks}
 
 
 def chance_recall(owner: torch.Tensor, n_images: int, k: int) -> float:
@@ -225,8 +216,6 @@ def chance_recall(owner: torch.Tensor, n_images: int, k: int) -> float:
 
 def render_cache(examples: Sequence, size: int, log: Callable[[str], None] = print) -> torch.Tensor:
     """Render every example's scene once into a ``(N, 3, size, size)`` uint8 tensor."""
-    from mtl_lora_vl.data.images import to_uint8_tensor
-
     t0 = time.perf_counter()
     out = torch.empty((len(examples), 3, size, size), dtype=torch.uint8)
     for i, ex in enumerate(examples):
@@ -237,8 +226,6 @@ def render_cache(examples: Sequence, size: int, log: Callable[[str], None] = pri
 
 def world_texts(seed: int) -> list[str]:
     """Every word-bearing string of the built-in world's splits (captions, questions, answers, class names)."""
-    from mtl_lora_vl.data import world
-
     texts: list[str] = []
     for kind, split in world_split_names():
         s = world.build_split(kind, split, seed=seed)
@@ -253,8 +240,6 @@ def world_texts(seed: int) -> list[str]:
 
 def world_split_names() -> list[tuple[str, str]]:
     """The (kind, split) pairs of the built-in world that feed the vocabulary."""
-    from mtl_lora_vl.data import world
-
     pairs = [("pretrain", "train")]
     for kind in (k for k in world.KINDS if k != "pretrain"):
         for split in ("train", "val", "test"):
@@ -264,8 +249,6 @@ def world_split_names() -> list[tuple[str, str]]:
 
 def zero_shot_report(bb: Backbone, seed: int, log: Callable[[str], None] = print) -> dict:
     """Zero-shot retrieval (val recall@1/5 image->text) and classification (val accuracy) with chance."""
-    from mtl_lora_vl.data import world
-
     report: dict = {}
     ret = world.build_split("retrieval", "val", seed=seed)
     seen: dict[str, int] = {}
@@ -308,8 +291,6 @@ def zero_shot_report(bb: Backbone, seed: int, log: Callable[[str], None] = print
 
 def save_assets(bb: Backbone, config: dict, tokenizer_dir: Path, out: Path, meta: dict) -> dict[str, int]:
     """Write config, fp16 weights and tokenizer files into ``out`` (each via a temp file + rename)."""
-    from safetensors.torch import save_file
-
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.contiguous()
              for k, v in bb.model.state_dict().items()}
@@ -352,8 +333,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
 
-    from mtl_lora_vl.data import world
-
     pre = world.build_split("pretrain", "train", n=args.n_pretrain, seed=args.seed)
     if not pre.examples or any(not ex.captions for ex in pre.examples):
         raise SystemExit("the world's pretraining split is empty or has examples without captions")
@@ -365,8 +344,6 @@ def main(argv: list[str] | None = None) -> int:
     words = COMMON_WORDS + texts + captions + templates + [str(i) for i in range(21)]
     with tempfile.TemporaryDirectory() as tdir:
         build_word_tokenizer(words, tdir, context_length=77)
-        from mtl_lora_vl.backbones import WordTokenizer
-
         probe = WordTokenizer(tdir, context_length=512)
         longest = max(len(probe.encode_words(t)) for t in texts + captions) + 2
         context_length = max(32, 8 * math.ceil((longest + 8) / 8))

@@ -55,6 +55,7 @@ from torch import Tensor, nn
 
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
+from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.generative import uses_language_model
 from mtl_lora_vl.tasks.spec import SpecError, TaskSpec
 
@@ -200,12 +201,6 @@ def eval_mode(*modules: nn.Module | None) -> Iterator[None]:
             m.training = flag
 
 
-def autocast(device: torch.device | str, dtype: torch.dtype):
-    """Autocast context for ``dtype`` on ``device`` (a no-op for float32)."""
-    device = torch.device(device)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-
 @torch.no_grad()
 def encode_texts(backbone: Backbone, texts: Sequence[str], *, device: torch.device | str,
                  dtype: torch.dtype = torch.float32, batch_size: int = 256) -> Tensor:
@@ -248,6 +243,15 @@ def prompt_embeddings(backbone: Backbone, names: Sequence[str], templates: Seque
     emb = encode_texts(backbone, texts, device=device, dtype=dtype, batch_size=batch_size)
     emb = emb.view(len(names), len(templates), -1).mean(dim=1)
     return F.normalize(emb, dim=-1)
+
+
+def prompt_scores(query: Tensor, prompt_emb: Tensor, scale: float | Tensor) -> Tensor:
+    """Logits of prompt matching: ``scale * normalize(query) @ prompt_emb.T``.
+
+    The one scorer of the prompt-matching kinds (classification, VQA), used alike by their zero-shot
+    rules and their heads, so that a head initialised from the prompts reproduces the rule exactly.
+    """
+    return scale * (F.normalize(query.float(), dim=-1) @ prompt_emb.t())
 
 
 def logit_scale_of(backbone: Backbone) -> float:

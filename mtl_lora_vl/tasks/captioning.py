@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.metrics import caption_scores
-from mtl_lora_vl.tasks.base import TaskKind, autocast, caption_of, require_captions, spec_error
+from mtl_lora_vl.precision import autocast
+from mtl_lora_vl.tasks.base import TaskKind, caption_of, require_captions, spec_error
 from mtl_lora_vl.tasks.generative import (
     GenerationHead,
     check_template,

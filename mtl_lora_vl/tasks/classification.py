@@ -30,12 +30,13 @@ from torch import Tensor, nn
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.metrics import per_class_accuracy, topk_accuracy
+from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.base import (
     TaskKind,
-    autocast,
     logit_scale_of,
     model_device,
     prompt_embeddings,
+    prompt_scores,
     spec_error,
 )
 from mtl_lora_vl.tasks.generative import (
@@ -50,11 +51,6 @@ from mtl_lora_vl.tasks.registry import register_kind
 from mtl_lora_vl.tasks.spec import TaskSpec
 
 
-def class_scores(image_emb: Tensor, weight: Tensor, scale: float | Tensor) -> Tensor:
-    """``scale * normalize(image) @ weight.T`` (shared by the zero-shot rule and the head)."""
-    return scale * (F.normalize(image_emb.float(), dim=-1) @ weight.t())
-
-
 class ClassifierHead(nn.Module):
     """Linear classifier over image embeddings, initialised from class-prompt embeddings."""
 
@@ -65,7 +61,7 @@ class ClassifierHead(nn.Module):
         self.logit_scale = float(logit_scale)
 
     def forward(self, image_emb: Tensor) -> Tensor:
-        return class_scores(image_emb, self.weight, self.logit_scale) + self.bias
+        return prompt_scores(image_emb, self.weight, self.logit_scale) + self.bias
 
 
 @register_kind("classification")
@@ -175,7 +171,7 @@ class ClassificationKind(TaskKind):
                                          num_workers=num_workers):
             with autocast(device, dtype):
                 img = backbone.encode_image(images).float()
-            scores = class_scores(img, weight, logit_scale_of(backbone)) if head is None else head(img)
+            scores = prompt_scores(img, weight, logit_scale_of(backbone)) if head is None else head(img)
             out.append(scores.float().cpu())
         return torch.cat(out)
 

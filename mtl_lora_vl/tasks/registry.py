@@ -3,8 +3,9 @@
     @register_kind("vqa")
     class VQAKind(TaskKind): ...
 
-``get_kind("vqa")`` returns the class; ``available_kinds()`` lists the registered names. The built-in
-kinds register when :mod:`mtl_lora_vl.tasks` is imported.
+``get_kind("vqa")`` returns the class; ``available_kinds()`` lists the registered names. This module is
+a leaf (it imports nothing of the package); the built-in kinds register when :mod:`mtl_lora_vl.tasks`
+is imported, which Python does before it runs this module.
 """
 
 from __future__ import annotations
@@ -17,10 +18,6 @@ if TYPE_CHECKING:
 
 _KINDS: dict[str, type[TaskKind]] = {}
 K = TypeVar("K", bound="type[TaskKind]")
-
-
-def _ensure_builtin() -> None:
-    import mtl_lora_vl.tasks  # noqa: F401  (importing the package registers the built-in kinds)
 
 
 def register_kind(name: str) -> Callable[[K], K]:
@@ -42,7 +39,6 @@ def register_kind(name: str) -> Callable[[K], K]:
 
 def get_kind(name: str) -> type[TaskKind]:
     """The kind class registered under ``name``; an unknown name lists the registered kinds."""
-    _ensure_builtin()
     try:
         return _KINDS[name]
     except KeyError:
@@ -52,5 +48,4 @@ def get_kind(name: str) -> type[TaskKind]:
 
 def available_kinds() -> list[str]:
     """Sorted names of every registered task kind."""
-    _ensure_builtin()
     return sorted(_KINDS)

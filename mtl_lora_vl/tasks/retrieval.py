@@ -58,18 +58,26 @@ def _image_key(image_id: str) -> int:
     return zlib.crc32(image_id.encode("utf-8")) & 0x7FFFFFFF
 
 
-def multi_positive_infonce(logits: Tensor, keys: Tensor) -> Tensor:
-    """Symmetric InfoNCE where every pair with the same image key is a positive.
+def infonce(logits: Tensor, positives: Tensor) -> Tensor:
+    """Symmetric InfoNCE where ``positives[i, j]`` marks text j as true of image i (several may be).
 
-    ``logits`` is (n, n) image-by-text, ``keys`` (n,) the image key of each row. Each direction's loss
-    is ``-log(sum of exp over positives / sum of exp over all)``; with distinct keys this is CLIP's loss.
+    ``logits`` is (n_images, n_texts). Each direction's loss is ``-log(sum of exp over positives / sum
+    of exp over all)``, averaged over rows; with the diagonal as the only positives this is CLIP's loss.
+    Every row and column needs at least one positive.
     """
-    pos = keys[:, None] == keys[None, :]
     neg_inf = torch.finfo(logits.dtype).min
 
-    def one_side(lg: Tensor) -> Tensor:
+    def one_side(lg: Tensor, pos: Tensor) -> Tensor:
         return (torch.logsumexp(lg, dim=1) - torch.logsumexp(lg.masked_fill(~pos, neg_inf), dim=1)).mean()
-    return 0.5 * (one_side(logits) + one_side(logits.t()))
+    return 0.5 * (one_side(logits, positives) + one_side(logits.t(), positives.t()))
+
+
+def multi_positive_infonce(logits: Tensor, keys: Tensor) -> Tensor:
+    """:func:`infonce` on a square batch where every pair with the same image key is a positive.
+
+    ``keys`` (n,) is the image key of each row, so two captions of one image are not pushed apart.
+    """
+    return infonce(logits, keys[:, None] == keys[None, :])
 
 
 def retrieval_texts(split: Split) -> tuple[list[Example], list[str], list[int]]:

@@ -42,8 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtl_lora_vl.data.readers import READERS
+from mtl_lora_vl.data.readers import READERS, read_split
 from mtl_lora_vl.data.records import Split
+from mtl_lora_vl.data.world import build_split
+from mtl_lora_vl.tasks.registry import available_kinds, get_kind
 
 #: Standard dataset formats a spec may name (the readers of :func:`mtl_lora_vl.data.readers.read_split`).
 DATA_FORMATS = tuple(READERS)
@@ -113,15 +115,11 @@ class TaskSpec:
                             f"(it has {sorted(self.data.splits)}); add a [data.{split}] table")
         opts = self.data.splits[split]
         if self.data.source == "builtin":
-            from mtl_lora_vl.data.world import build_split
-
             world_kind = self.data.options.get("world_kind", self.kind)
             return build_split(world_kind, split, n=opts.get("n"), seed=self.data.options.get("seed", 0))
         if data_root is None:
             raise SpecError(f"{where}: task {self.name!r} reads {self.data.format} files; pass the folder "
                             f"that holds them with --data-root DIR (data_root=...)")
-        from mtl_lora_vl.data.readers import read_split
-
         root = Path(data_root)
         if not root.is_dir():
             raise SpecError(f"{where}: data root {str(root)!r} is not a folder; pass --data-root DIR")
@@ -306,14 +304,10 @@ def _parse(path: Path) -> TaskSpec:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise _fail(path, "name", "a task name of letters, digits, '_' or '-'", name)
     if "kind" not in raw:
-        from mtl_lora_vl.tasks.registry import available_kinds
-
         raise _fail(path, "kind", f"one of {available_kinds()} (the field is missing)", show_got=False)
     kind_name = raw["kind"]
     if not isinstance(kind_name, str):
         raise _fail(path, "kind", "a string", kind_name)
-    from mtl_lora_vl.tasks.registry import available_kinds, get_kind
-
     if kind_name not in available_kinds():
         raise _fail(path, "kind", f"one of {available_kinds()}", kind_name)
     kind_cls = get_kind(kind_name)

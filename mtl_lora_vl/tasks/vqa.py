@@ -34,19 +34,19 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.metrics import normalize_answer, vqa_accuracy
+from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.base import (
     TaskKind,
-    autocast,
     encode_texts,
     logit_scale_of,
     model_device,
     prompt_embeddings,
+    prompt_scores,
     spec_error,
 )
 from mtl_lora_vl.tasks.generative import (
@@ -60,11 +60,6 @@ from mtl_lora_vl.tasks.generative import (
 )
 from mtl_lora_vl.tasks.registry import register_kind
 from mtl_lora_vl.tasks.spec import TaskSpec
-
-
-def answer_scores(query: Tensor, answer_weight: Tensor, scale: float | Tensor) -> Tensor:
-    """Logits of answers: ``scale * normalize(query) @ answer_weight.T`` (shared by the rule and the head)."""
-    return scale * (F.normalize(query.float(), dim=-1) @ answer_weight.t())
 
 
 class VQAHead(nn.Module):
@@ -86,7 +81,7 @@ class VQAHead(nn.Module):
     def forward(self, image_emb: Tensor, question_emb: Tensor) -> Tensor:
         img, q = image_emb.float(), question_emb.float()
         query = (img + self.question_weight * q) + self.fusion(torch.cat([img, q, img * q], dim=-1))
-        return answer_scores(query, self.answer_weight, self.logit_scale) + self.bias
+        return prompt_scores(query, self.answer_weight, self.logit_scale) + self.bias
 
 
 @register_kind("vqa")
@@ -277,7 +272,7 @@ class VQAKind(TaskKind):
             q = encode_texts(backbone, questions, device=device, dtype=dtype, batch_size=batch_size)
             if head is None:
                 query = img + self.spec.head["question_weight"] * q
-                logits = answer_scores(query, answer_emb, logit_scale_of(backbone))
+                logits = prompt_scores(query, answer_emb, logit_scale_of(backbone))
             else:
                 logits = head(img, q)
             allowed = torch.stack([self.answer_mask(ex.question_type) for ex in rows]).to(logits.device)

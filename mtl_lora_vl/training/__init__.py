@@ -1,1 +1,1 @@
-"""Joint multi-task training: the loop, checkpoints."""
+"""Joint multi-task training: the loop (train), one step (step), optimizer and schedule (optim), checkpoints, logging."""

@@ -12,7 +12,10 @@ from typing import Any
 
 import torch
 
+from ..data.loader import MultiTaskLoader
 from ..io.atomic import atomic_file
+from ..multitask import MultiTaskModel
+from .optim import Optimization
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -40,3 +43,20 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
         raise CheckpointError(f"{path}: cannot read the checkpoint ({e}); it may be truncated") from None
+
+
+def training_state(step: int, model: MultiTaskModel, optim: Optimization, loader: MultiTaskLoader,
+                   log_window: dict[str, list[float]]) -> dict[str, Any]:
+    """Everything ``--resume`` needs to continue exactly: trained tensors, optimizer side, sampler, RNG."""
+    return {"step": step, "trainable": model.trainable_state(), **optim.state_dict(),
+            "sampler": loader.state_dict(), "rng": torch.get_rng_state(), "log_window": log_window}
+
+
+def restore_training_state(state: dict[str, Any], model: MultiTaskModel, optim: Optimization,
+                           loader: MultiTaskLoader) -> tuple[int, dict[str, list[float]]]:
+    """Put a :func:`training_state` back; returns the step and the log window to continue from."""
+    model.load_trainable_state(state["trainable"])
+    optim.load_state_dict(state)
+    loader.load_state_dict(state["sampler"])
+    torch.set_rng_state(state["rng"])
+    return int(state["step"]), state.get("log_window", {})

@@ -1,8 +1,8 @@
 """Joint multi-task training with MTL-LoRA: the one loop behind ``scripts/train_vl.py``.
 
-Reads top to bottom: options -> run directory -> backbone, tasks and data -> adapters and heads ->
-optimizer -> (resume) -> loop (AMP, accumulation, clipping, logging, eval, checkpoints) -> adapter
-files -> zero-shot vs adapted evaluation and report.
+:func:`train` reads top to bottom: start (options, run directory, backbone, tasks, adapters) -> data
+-> optimizer and schedule -> resume -> the loop (steps, logging, evaluation, checkpoints) -> finish
+(adapter files, zero-shot vs adapted evaluation, report). The step itself is in :mod:`.step`.
 """
 
 from __future__ import annotations
@@ -10,40 +10,107 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import signal
-import time
-import warnings
-from dataclasses import asdict
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..adapters.attach import parameter_report
-from ..data.loader import MultiTaskLoader, to_device
-from ..distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from ..data.loader import MultiTaskLoader
+from ..distributed import DistInfo, barrier, cleanup, init_distributed
 from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, write_outputs
 from ..io import save_adapter
 from ..multitask import Setup, build_setup, extend_setup
 from ..options import TrainOptions
-from ..precision import autocast, resolve_precision
+from ..precision import resolve_precision
 from ..rundir import prepare_run_dir
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
+from .metrics_log import LossWindow, MetricsLog, progress_bar, truncate_metrics
+from .optim import Optimization, build_optimization
+from .step import forward_backward, optimizer_step, skip_bad_step
 
 
-# Schedule ---------------------------------------------------------------------------------------
-def cosine_with_warmup(warmup: int, total: int):
-    """LambdaLR factor: linear warm-up to 1, then cosine decay to 0 at ``total``."""
+@dataclass
+class Run:
+    """What every phase of a run reads: its options, process, directory, precision and built setup."""
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    opts: TrainOptions
+    info: DistInfo
+    dir: Path
+    amp_dtype: torch.dtype
+    setup: Setup
+    total_steps: int
+    workers: int
 
-    return factor
+    @property
+    def trained(self) -> list[str]:
+        """The tasks this run trains, in adapter order (all, or the new ones of an ``--extend`` run)."""
+        return list(self.setup.train_splits)
+
+
+def train(opts: TrainOptions) -> Path:
+    """Run (or resume) one training run and its final evaluation; returns the run directory."""
+    run = start(opts)
+    loader = build_loader(run)
+    optim = build_optimization(run.setup.model, run.opts, run.total_steps, run.info.device, run.amp_dtype)
+    step, log_window = resume(run, optim, loader) if run.opts.resume else (0, {})
+    net = wrap_model(run)
+    finished = loop(run, net, loader, optim, step, log_window)
+    if finished:
+        finish(run)
+        barrier(run.info)
+    cleanup(run.info)
+    return run.dir
+
+
+# Start ------------------------------------------------------------------------------------------
+def start(opts: TrainOptions) -> Run:
+    """Options (a resumed run's own), process group, run directory, precision, seed, and the Setup."""
+    opts.validate()
+    info = init_distributed(opts.device)
+    run_dir = prepare_run_dir(opts, info)
+    if opts.resume:
+        saved = json.loads((run_dir / "config.json").read_text())
+        keep = {"resume", "workers", "device"}  # everything else as the run was started
+        opts = TrainOptions(**{**saved, **{k: getattr(opts, k) for k in keep}, "out": str(run_dir)})
+    amp_dtype = resolve_precision(opts.precision, info.device)
+    seed_everything(opts.seed)
+
+    setup = extend_setup(opts, info.device) if opts.extend else build_setup(opts, info.device)
+    if info.is_main and not opts.resume:
+        (run_dir / "config.json").write_text(json.dumps(asdict(opts), indent=2) + "\n")
+    setup.model.set_trained_tasks(list(setup.train_splits), setup.config.tasks)
+    per_step = opts.batch_size * opts.accumulate * info.world_size
+    n_train = sum(len(split.examples) for split in setup.train_splits.values())
+    total_steps = math.ceil(opts.epochs * n_train / per_step) if opts.epochs else opts.steps
+    workers = default_workers() if opts.workers < 0 else opts.workers
+    run = Run(opts, info, run_dir, amp_dtype, setup, total_steps, workers)
+    if info.is_main:
+        print(describe(run))
+    return run
+
+
+def describe(run: Run) -> str:
+    """The run's opening line: what trains (adapter and head sizes), where, in which precision."""
+    setup, opts, info = run.setup, run.opts, run.info
+    model = setup.model
+    heads_n = sum(p.numel() for p in model.heads.parameters() if p.requires_grad)
+    where = (f"device {info.device}, precision {str(run.amp_dtype).replace('torch.', '')}, "
+             f"world size {info.world_size}")
+    if opts.extend:
+        return (f"[mtl-lora-vl] extending {opts.extend} (tasks {setup.extended_from}, frozen) with {run.trained}: "
+                f"training {setup.new_adapter_values:,} adapter values (their Lambda_t, w_t) and {heads_n:,} "
+                f"head parameters; A and every B_i frozen; {where}")
+    report = parameter_report(model.model)
+    return (f"[mtl-lora-vl] {opts.backbone}: {report['adapter_total']:,} adapter parameters "
+            f"(image {report['image']:,}, text {report['text']:,}) on {report['adapted_projections']} "
+            f"projections, {heads_n:,} head parameters, {report['base_frozen']:,} frozen; {where}")
 
 
 def seed_everything(seed: int) -> None:
@@ -52,264 +119,150 @@ def seed_everything(seed: int) -> None:
 
 
 def default_workers() -> int:
-    import os
-
+    """Loader workers when not given: one per spare core, at most four."""
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
-class _Stop(Exception):
+# Data, resume, model wrapping --------------------------------------------------------------------
+def build_loader(run: Run) -> MultiTaskLoader:
+    """The multi-task loader over the trained tasks, sized for every micro-batch of the run on this rank."""
+    opts, setup, info = run.opts, run.setup, run.info
+    return MultiTaskLoader([setup.kinds[n] for n in run.trained], [setup.train_splits[n] for n in run.trained],
+                           setup.backbone, batch_size=opts.batch_size, strategy=opts.sampling,
+                           temperature=opts.sampling_temperature, mode=opts.batch_mode, seed=opts.seed,
+                           steps=run.total_steps * opts.accumulate, num_workers=run.workers, rank=info.rank,
+                           world_size=info.world_size)
+
+
+def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> tuple[int, dict[str, list[float]]]:
+    """Load the last checkpoint into the model, optimizer and loader; drop log rows written after it.
+    Returns the step and the losses logged since the last log row."""
+    step, log_window = restore_training_state(load_checkpoint(run.dir), run.setup.model, optim, loader)
+    if run.info.is_main:
+        truncate_metrics(run.dir / "metrics.jsonl", step)
+        print(f"[mtl-lora-vl] resumed {run.dir} at step {step}/{run.total_steps}")
+    return step, log_window
+
+
+def wrap_model(run: Run) -> nn.Module:
+    """The module the loop calls: the model, under DDP when distributed, compiled with ``--compile``."""
+    model, opts, info = run.setup.model, run.opts, run.info
+    net: nn.Module = model
+    if info.enabled:
+        # Every adapter parameter gets a gradient each step only when every task is in every batch.
+        unused = opts.batch_mode == "homogeneous" or len(run.trained) > opts.batch_size
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+            find_unused_parameters=unused)
+    if opts.compile:
+        net = torch.compile(net)
+    return net
+
+
+# The loop ---------------------------------------------------------------------------------------
+class Stop(Exception):
     """Raised inside the loop by SIGTERM so that the run saves a checkpoint and exits."""
 
 
-def train(opts: TrainOptions) -> Path:
-    """Run (or resume) one training run and its final evaluation; returns the run directory."""
-    opts.validate()
-    info = init_distributed(opts.device)
-    device = info.device
-    run_dir = prepare_run_dir(opts, info)
-    if opts.resume:
-        saved = json.loads((run_dir / "config.json").read_text())
-        keep = {"resume", "workers", "device"}  # everything else as the run was started
-        opts = TrainOptions(**{**saved, **{k: getattr(opts, k) for k in keep}, "out": str(run_dir)})
-    amp_dtype = resolve_precision(opts.precision, device)
-    seed_everything(opts.seed)
+@contextlib.contextmanager
+def sigterm_stops_the_loop() -> Iterator[None]:
+    """While open, SIGTERM raises :class:`Stop` (signal handlers can only be set from the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-    setup = extend_setup(opts, device) if opts.extend else build_setup(opts, device)
-    if info.is_main and not opts.resume:
-        (run_dir / "config.json").write_text(json.dumps(asdict(opts), indent=2) + "\n")
-    model = setup.model
-    trained = list(setup.train_splits)  # the tasks this run trains, in adapter order
-    kinds = {n: setup.kinds[n] for n in trained}
-    model.set_trained_tasks(trained, setup.config.tasks)
-    if info.is_main:
-        report = parameter_report(model.model)
-        heads_n = sum(p.numel() for p in model.heads.parameters() if p.requires_grad)
-        where = (f"device {device}, precision {str(amp_dtype).replace('torch.', '')}, "
-                 f"world size {info.world_size}")
-        if opts.extend:
-            print(f"[mtl-lora-vl] extending {opts.extend} (tasks {setup.extended_from}, frozen) with {trained}: "
-                  f"training {setup.new_adapter_values:,} adapter values (their Lambda_t, w_t) and {heads_n:,} "
-                  f"head parameters; A and every B_i frozen; {where}")
-        else:
-            print(f"[mtl-lora-vl] {opts.backbone}: {report['adapter_total']:,} adapter parameters "
-                  f"(image {report['image']:,}, text {report['text']:,}) on {report['adapted_projections']} "
-                  f"projections, {heads_n:,} head parameters, {report['base_frozen']:,} frozen; {where}")
+    def on_sigterm(signum, frame):  # noqa: ARG001
+        raise Stop()
 
-    per_step = opts.batch_size * opts.accumulate * info.world_size
-    sizes = [len(setup.train_splits[n].examples) for n in kinds]
-    total_steps = math.ceil(opts.epochs * sum(sizes) / per_step) if opts.epochs else opts.steps
-    workers = default_workers() if opts.workers < 0 else opts.workers
-    loader = MultiTaskLoader(list(kinds.values()), [setup.train_splits[n] for n in kinds], setup.backbone,
-                             batch_size=opts.batch_size, strategy=opts.sampling,
-                             temperature=opts.sampling_temperature, mode=opts.batch_mode, seed=opts.seed,
-                             steps=total_steps * opts.accumulate, num_workers=workers, rank=info.rank,
-                             world_size=info.world_size)
+    old = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
-    adapter_params = [p for p in model.model.parameters() if p.requires_grad]
-    head_params = [p for p in model.heads.parameters() if p.requires_grad]
-    # An --extend run keeps the old tasks' rows of the grown tensors fixed: no weight decay on them.
-    adapter_wd = 0.0 if opts.extend else opts.weight_decay
-    optimizer = torch.optim.AdamW([{"params": adapter_params, "lr": opts.lr, "weight_decay": adapter_wd},
-                                   {"params": head_params, "lr": opts.head_lr}], weight_decay=opts.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(opts.warmup, total_steps))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    step = 0
-    window: dict[str, list[float]] = {}  # per-step losses since the last log line
-    if opts.resume:
-        state = load_checkpoint(run_dir)
-        model.load_trainable_state(state["trainable"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        loader.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["rng"])
-        step = int(state["step"])
-        window = state.get("log_window", {})
-        _truncate_metrics(run_dir / "metrics.jsonl", step)
-        if info.is_main:
-            print(f"[mtl-lora-vl] resumed {run_dir} at step {step}/{total_steps}")
+def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization, step: int,
+         log_window: dict[str, list[float]]) -> bool:
+    """Train from ``step`` to the end, logging, evaluating and checkpointing on the way.
 
-    net: nn.Module = model
-    if info.enabled:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=opts.batch_mode == "homogeneous" or len(kinds) > opts.batch_size)
-    if opts.compile:
-        net = torch.compile(net)
+    Returns True when the run reached its last step (after a final checkpoint), False when Ctrl-C or
+    SIGTERM stopped it (after a checkpoint that ``--resume`` continues from).
+    """
+    opts, info, model = run.opts, run.info, run.setup.model
+    log = MetricsLog(run.dir, info.is_main)
+    progress = progress_bar(info.is_main, step, run.total_steps)
+    batches = iter(loader)
+    window = LossWindow(log_window)
+    bad = 0  # non-finite steps in a row
 
     def checkpoint() -> None:
         if info.is_main:
-            save_checkpoint({"step": step, "trainable": model.trainable_state(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                             "sampler": loader.state_dict(), "rng": torch.get_rng_state(),
-                             "log_window": window}, run_dir)
+            save_checkpoint(training_state(step, model, optim, loader, window.losses), run.dir)
 
-    def on_sigterm(signum, frame):  # noqa: ARG001
-        raise _Stop()
+    with sigterm_stops_the_loop():
+        try:
+            model.train()
+            while step < run.total_steps:
+                result = forward_backward(net, batches, optim, accumulate=opts.accumulate,
+                                          backbone=run.setup.backbone, amp_dtype=run.amp_dtype, info=info)
+                window.count(result.samples)
+                if not result.finite:
+                    bad += 1
+                    skip_bad_step(optim, bad, step + 1, opts.max_bad_steps, run.dir)
+                    step += 1  # the batch is used up; the learning-rate schedule does not advance
+                    continue
+                bad = 0
+                optimizer_step(optim, opts.grad_clip)
+                step += 1
+                window.add(result.losses)
+                progress.update(1)
 
-    old_handler = signal.signal(signal.SIGTERM, on_sigterm) if _main_thread() else None
-    logger = _Logger(run_dir, info.is_main)
-    progress = _progress(info.is_main, step, total_steps)
-    batches = iter(loader)
-    bad = 0
-    t_window, n_window = time.perf_counter(), 0
-    stopped = False
-    try:
-        model.train()
-        while step < total_steps:
-            optimizer.zero_grad(set_to_none=True)
-            step_losses: dict[str, float] = {}
-            finite = True
-            for micro in range(opts.accumulate):
-                batch = to_device(next(batches), device, amp_dtype, setup.backbone)
-                sync = micro == opts.accumulate - 1 or not info.enabled
-                ctx = net.no_sync() if not sync else contextlib.nullcontext()
-                with ctx:
-                    with autocast(device, amp_dtype):
-                        total, losses = net(batch)
-                    finite = finite and _all_finite(total, info)
-                    if finite:
-                        scaler.scale(total / opts.accumulate).backward()
-                n_window += batch["task_ids"].numel() * info.world_size
-                for k, v in losses.items():
-                    step_losses[k] = step_losses.get(k, 0.0) + float(v.detach()) / opts.accumulate
-                step_losses["loss"] = step_losses.get("loss", 0.0) + float(total.detach()) / opts.accumulate
-            if not finite:
-                bad += 1
-                warnings.warn(f"step {step + 1}: non-finite loss, step skipped ({bad} in a row)", stacklevel=1)
-                if bad >= opts.max_bad_steps:
-                    raise FloatingPointError(
-                        f"{bad} non-finite losses in a row at step {step + 1}; lower --lr, use --precision fp32 or "
-                        f"bf16, or check the data. The last good checkpoint is in {run_dir}"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                step += 1  # the batch is used up; the learning-rate schedule does not advance
-                continue
-            bad = 0
-            if opts.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(adapter_params + head_params, opts.grad_clip)
-            scale = scaler.get_scale() if scaler.is_enabled() else None
-            scaler.step(optimizer)
-            scaler.update()
-            if scale is None or scaler.get_scale() >= scale:  # fp16: the scaler skipped no step
-                scheduler.step()
-            step += 1
-            for k, v in step_losses.items():
-                window.setdefault(k, []).append(v)
-            progress.update(1)
-            if step % opts.log_every == 0 or step == total_steps:
-                rate = n_window / max(1e-9, time.perf_counter() - t_window)
-                row = {k: sum(v) / len(v) for k, v in window.items()}
-                row = all_reduce_mean(row, info)
-                row = {("loss" if k == "loss" else f"loss/{k}"): v for k, v in row.items()}
-                row.update(step=step, lr=scheduler.get_last_lr()[0], samples_per_s=rate)
-                logger.log(row)
-                progress.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{rate:.0f}")
-                window, t_window, n_window = {}, time.perf_counter(), 0
-            if opts.eval_every and step % opts.eval_every == 0 and step < total_steps:
-                _eval_during_training(setup, opts, device, amp_dtype, step, logger, info)
-                model.train()
-            if step % opts.save_every == 0 and step < total_steps:
-                checkpoint()
-    except (KeyboardInterrupt, _Stop):
-        stopped = True
-        checkpoint()
-        if info.is_main:
-            print(f"\n[mtl-lora-vl] stopped at step {step}; checkpoint saved. Continue with: "
-                  f"python scripts/train_vl.py --resume {run_dir}")
-    finally:
-        progress.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
-    if stopped:
-        cleanup(info)
-        return run_dir
-
+                if step % opts.log_every == 0 or step == run.total_steps:
+                    row = window.flush(step, optim.lr, info)
+                    log.log(row)
+                    progress.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{row['samples_per_s']:.0f}")
+                if opts.eval_every and step % opts.eval_every == 0 and step < run.total_steps:
+                    evaluate_during_training(run, step, log)
+                    model.train()
+                if step % opts.save_every == 0 and step < run.total_steps:
+                    checkpoint()
+        except (KeyboardInterrupt, Stop):
+            checkpoint()
+            if info.is_main:
+                print(f"\n[mtl-lora-vl] stopped at step {step}; checkpoint saved. Continue with: "
+                      f"python scripts/train_vl.py --resume {run.dir}")
+            return False
+        finally:
+            progress.close()
     checkpoint()
-    result = None
-    if info.is_main:
-        save_adapter(model.model, run_dir / "adapter", heads=dict(model.heads.items()),
-                     task_specs={s.name: s.source_file for s in setup.specs if s.source_file},
-                     base={"backbone": opts.backbone, "pretrained": opts.pretrained},
-                     kinds=setup.kinds, overwrite=True)
-        result = evaluate_setup(setup, split=opts.eval_split, data_root=opts.data_root, device=device,
-                                dtype=amp_dtype, batch_size=opts.eval_batch_size, workers=workers)
-        result["trained_tasks"] = trained
-        if opts.extend:
-            result["extended_from"] = {"run": str(opts.extend), "tasks": setup.extended_from,
-                                       "trained_adapter_values": setup.new_adapter_values}
-        table = write_outputs(run_dir, result, model.model)
-        print(table)
-    barrier(info)
-    cleanup(info)
-    return run_dir
+    return True
 
 
-def _eval_during_training(setup: Setup, opts: TrainOptions, device, dtype, step: int, logger, info) -> None:
-    if not info.is_main:
-        barrier(info)
+def evaluate_during_training(run: Run, step: int, log: MetricsLog) -> None:
+    """Validation scores of the adapted model, logged as ``eval/<task>/<metric>`` (rank 0; the others wait)."""
+    if run.info.is_main:
+        opts = run.opts
+        scores = evaluate_adapted(run.setup, split="val", data_root=opts.data_root, device=run.info.device,
+                                  dtype=run.amp_dtype, batch_size=opts.eval_batch_size)
+        log.log({"step": step, **{f"eval/{t}/{m}": v for t, r in scores.items() for m, v in r.items()}})
+    barrier(run.info)
+
+
+# Finish -----------------------------------------------------------------------------------------
+def finish(run: Run) -> None:
+    """Rank 0: the adapter files, then zero-shot vs adapted on ``--eval-split``: eval.json, report.md, plots."""
+    if not run.info.is_main:
         return
-    scores = evaluate_adapted(setup, split="val", data_root=opts.data_root, device=device, dtype=dtype,
-                              batch_size=opts.eval_batch_size)
-    logger.log({"step": step, **{f"eval/{t}/{m}": v for t, r in scores.items() for m, v in r.items()}})
-    barrier(info)
-
-
-def _all_finite(loss: torch.Tensor, info: DistInfo) -> bool:
-    ok = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
-    if info.enabled:
-        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
-    return bool(ok.item())
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines a killed run wrote after its last checkpoint (they will be written again)."""
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in keep))
-
-
-class _Logger:
-    """metrics.jsonl, plus TensorBoard events when tensorboard is installed; rank 0 only."""
-
-    def __init__(self, run_dir: Path, enabled: bool):
-        self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:
-                self.tb = None
-
-    def log(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, row["step"])
-            self.tb.flush()
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def _progress(enabled: bool, start: int, total: int):
-    import sys
-
-    from tqdm.auto import tqdm
-
-    interval = 0.1 if sys.stderr.isatty() else 15.0  # a log file gets a line every 15 s, not every step
-    return tqdm(total=total, initial=start, disable=not enabled, desc="train", unit="step", dynamic_ncols=True,
-                mininterval=interval)
+    opts, setup = run.opts, run.setup
+    model = setup.model
+    save_adapter(model.model, run.dir / "adapter", heads=dict(model.heads.items()),
+                 task_specs={s.name: s.source_file for s in setup.specs if s.source_file},
+                 base={"backbone": opts.backbone, "pretrained": opts.pretrained},
+                 kinds=setup.kinds, overwrite=True)
+    result = evaluate_setup(setup, split=opts.eval_split, data_root=opts.data_root, device=run.info.device,
+                            dtype=run.amp_dtype, batch_size=opts.eval_batch_size, workers=run.workers)
+    result["trained_tasks"] = run.trained
+    if opts.extend:
+        result["extended_from"] = {"run": str(opts.extend), "tasks": setup.extended_from,
+                                   "trained_adapter_values": setup.new_adapter_values}
+    print(write_outputs(run.dir, result, model.model))

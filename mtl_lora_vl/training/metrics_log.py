@@ -1,0 +1,84 @@
+"""What a run reports while it trains: metrics.jsonl (and TensorBoard), the loss window, the progress bar."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..distributed import DistInfo, all_reduce_mean
+
+
+class MetricsLog:
+    """Rows appended to ``metrics.jsonl``, plus TensorBoard events when tensorboard is installed; rank 0 only."""
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                pass
+            else:
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, row["step"])
+            self.tb.flush()
+
+
+class LossWindow:
+    """Per-step losses and the samples seen since the last log line, averaged into the next row.
+
+    ``losses`` goes into checkpoints, so a resumed run logs the same rows as an uninterrupted one.
+    """
+
+    def __init__(self, losses: dict[str, list[float]] | None = None) -> None:
+        self.losses: dict[str, list[float]] = losses or {}
+        self.samples = 0
+        self.t0 = time.perf_counter()
+
+    def count(self, samples: int) -> None:
+        self.samples += samples
+
+    def add(self, step_losses: dict[str, float]) -> None:
+        for k, v in step_losses.items():
+            self.losses.setdefault(k, []).append(v)
+
+    def flush(self, step: int, lr: float, info: DistInfo) -> dict[str, float]:
+        """The log row (``loss``, ``loss/<task>``, ``step``, ``lr``, ``samples_per_s``), averaged over ranks;
+        then start a new window. Every rank must call it (it all-reduces)."""
+        rate = self.samples / max(1e-9, time.perf_counter() - self.t0)
+        row = all_reduce_mean({k: sum(v) / len(v) for k, v in self.losses.items()}, info)
+        row = {("loss" if k == "loss" else f"loss/{k}"): v for k, v in row.items()}
+        row.update(step=step, lr=lr, samples_per_s=rate)
+        self.losses, self.samples, self.t0 = {}, 0, time.perf_counter()
+        return row
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines a killed run wrote after its last checkpoint (they will be written again)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def progress_bar(enabled: bool, start: int, total: int) -> tqdm:
+    """The step progress bar (rank 0); a log file, not a terminal, gets a line every 15 s, not every step."""
+    interval = 0.1 if sys.stderr.isatty() else 15.0
+    return tqdm(total=total, initial=start, disable=not enabled, desc="train", unit="step", dynamic_ncols=True,
+                mininterval=interval)

@@ -1,0 +1,51 @@
+"""The optimizer side of a run: AdamW over adapters and heads, its learning-rate schedule, the grad scaler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..multitask import MultiTaskModel
+from ..options import TrainOptions
+from .schedule import cosine_with_warmup
+
+
+@dataclass
+class Optimization:
+    """AdamW, its learning-rate schedule and the fp16 grad scaler; ``params`` are every trained tensor."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    params: list[nn.Parameter]
+
+    @property
+    def lr(self) -> float:
+        """The adapters' current learning rate."""
+        return self.scheduler.get_last_lr()[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+def build_optimization(model: MultiTaskModel, opts: TrainOptions, total_steps: int, device: torch.device,
+                       amp_dtype: torch.dtype) -> Optimization:
+    """Two AdamW groups (adapters at ``--lr``, heads at ``--head-lr``), warm-up + cosine, a scaler for fp16."""
+    adapter_params = [p for p in model.model.parameters() if p.requires_grad]
+    head_params = [p for p in model.heads.parameters() if p.requires_grad]
+    # An --extend run keeps the old tasks' rows of the grown tensors fixed: no weight decay on them.
+    adapter_wd = 0.0 if opts.extend else opts.weight_decay
+    optimizer = torch.optim.AdamW([{"params": adapter_params, "lr": opts.lr, "weight_decay": adapter_wd},
+                                   {"params": head_params, "lr": opts.head_lr}], weight_decay=opts.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(opts.warmup, total_steps))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return Optimization(optimizer, scheduler, scaler, adapter_params + head_params)

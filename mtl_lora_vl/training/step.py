@@ -1,0 +1,88 @@
+"""One optimizer step: forward and backward over the micro-batches (AMP, DDP sync), then clip and step."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..backbones import Backbone
+from ..data.loader import to_device
+from ..distributed import DistInfo
+from ..precision import autocast
+from .optim import Optimization
+
+
+@dataclass
+class StepResult:
+    """What one step's forward passes gave: losses averaged over micro-batches, whether all were finite,
+    and the samples seen by all ranks."""
+
+    losses: dict[str, float]
+    finite: bool
+    samples: int
+
+
+def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: Optimization, *,
+                     accumulate: int, backbone: Backbone, amp_dtype: torch.dtype, info: DistInfo) -> StepResult:
+    """Zero the gradients, then forward and backward ``accumulate`` micro-batches under autocast.
+
+    Gradients sync across ranks only on the last micro-batch. Once a loss is non-finite (on any rank),
+    no further backward runs; the caller then skips the step.
+    """
+    optim.optimizer.zero_grad(set_to_none=True)
+    losses: dict[str, float] = {}
+    finite = True
+    samples = 0
+    for micro in range(accumulate):
+        batch = to_device(next(batches), info.device, amp_dtype, backbone)
+        sync = micro == accumulate - 1 or not info.enabled
+        with net.no_sync() if not sync else contextlib.nullcontext():
+            with autocast(info.device, amp_dtype):
+                total, per_task = net(batch)
+            finite = finite and all_finite(total, info)
+            if finite:
+                optim.scaler.scale(total / accumulate).backward()
+        samples += batch["task_ids"].numel() * info.world_size
+        for k, v in per_task.items():
+            losses[k] = losses.get(k, 0.0) + float(v.detach()) / accumulate
+        losses["loss"] = losses.get("loss", 0.0) + float(total.detach()) / accumulate
+    return StepResult(losses, finite, samples)
+
+
+def optimizer_step(optim: Optimization, grad_clip: float) -> None:
+    """Clip (``grad_clip > 0``), step through the scaler, and advance the schedule unless fp16 skipped the step."""
+    scaler = optim.scaler
+    if grad_clip > 0:
+        scaler.unscale_(optim.optimizer)
+        torch.nn.utils.clip_grad_norm_(optim.params, grad_clip)
+    scale = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(optim.optimizer)
+    scaler.update()
+    if scale is None or scaler.get_scale() >= scale:  # a lowered scale means the scaler skipped the step
+        optim.scheduler.step()
+
+
+def skip_bad_step(optim: Optimization, bad: int, step: int, max_bad: int, run_dir: Path) -> None:
+    """A step whose loss was non-finite: warn and drop its gradients; ``max_bad`` in a row stop the run."""
+    warnings.warn(f"step {step}: non-finite loss, step skipped ({bad} in a row)", stacklevel=2)
+    if bad >= max_bad:
+        raise FloatingPointError(
+            f"{bad} non-finite losses in a row at step {step}; lower --lr, use --precision fp32 or "
+            f"bf16, or check the data. The last good checkpoint is in {run_dir}"
+        )
+    optim.optimizer.zero_grad(set_to_none=True)
+
+
+def all_finite(loss: torch.Tensor, info: DistInfo) -> bool:
+    """Whether ``loss`` is finite on every rank (so that all ranks skip a step together)."""
+    ok = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+    if info.enabled:
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    return bool(ok.item())
