@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
+
+#: Options whose default depends on the path the task kinds take on the chosen backbone (DESIGN §3):
+#: ``(contrastive, generative)``. Left unset (None), an option takes its path's value once the backbone is
+#: loaded (:meth:`TrainOptions.with_path_defaults`); the run's ``config.json`` records the value used. The
+#: generative values fit the LLaVA main job (``--backbone builtin-llava --tasks vqa,captioning``) into a few
+#: minutes on 2 CPU cores: a language-model row is ~90 tokens (64 of them image tokens) instead of one
+#: pooled embedding, and evaluation decodes text.
+PATH_DEFAULTS: dict[str, tuple[Any, Any]] = {
+    "steps": (400, 120),
+    "batch_size": (64, 16),
+    "eval_batch_size": (256, 100),
+}
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, **kw})
+
+
+def _path_opt(name: str, help: str) -> Any:
+    contrastive, generative = PATH_DEFAULTS[name]
+    return _opt(None, f"{help} (default {contrastive}; {generative} when the tasks run through a generative "
+                      "backbone's language model, e.g. --backbone builtin-llava)")
 
 
 @dataclass
@@ -26,9 +44,9 @@ class TrainOptions:
     lambda_type: str = _opt("full", "task-specific Lambda_t", choices=["full", "diagonal", "none"])
     dropout: float = _opt(0.0, "dropout on adapter inputs")
     targets: str = _opt("default", "'default' or a JSON dict {\"image\": [regex], \"text\": [regex]}")
-    steps: int = _opt(400, "optimizer steps (ignored when --epochs is given)")
+    steps: int | None = _path_opt("steps", "optimizer steps (ignored when --epochs is given)")
     epochs: float | None = _opt(None, "train for this many passes over all tasks' training data instead of --steps")
-    batch_size: int = _opt(64, "samples per step and per process (before accumulation)")
+    batch_size: int | None = _path_opt("batch_size", "samples per step and per process (before accumulation)")
     lr: float = _opt(2e-3, "learning rate of the adapters")
     head_lr: float = _opt(3e-3, "learning rate of the task heads")
     weight_decay: float = _opt(0.01, "AdamW weight decay")
@@ -44,7 +62,7 @@ class TrainOptions:
     eval_every: int = _opt(0, "evaluate the adapted model on the validation split every N steps (0 = only at the end)")
     save_every: int = _opt(100, "write a checkpoint every N steps (and on Ctrl-C)")
     log_every: int = _opt(10, "log training metrics every N steps")
-    eval_batch_size: int = _opt(256, "batch size of evaluation")
+    eval_batch_size: int | None = _path_opt("eval_batch_size", "batch size of evaluation")
     eval_split: str = _opt("test", "split scored at the end (falls back to val when a task has no test split)")
     out: str | None = _opt(None, "run directory (default runs/<tasks>-<method>-<time>)")
     resume: str | None = _opt(None, "continue the killed or stopped run in this directory")
@@ -60,15 +78,22 @@ class TrainOptions:
 
     def validate(self) -> None:
         for name in ("batch_size", "accumulate", "save_every", "log_every", "eval_batch_size", "max_bad_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
-        if self.steps < 1 and not self.epochs:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
+        if self.steps is not None and self.steps < 1 and not self.epochs:
             raise ValueError(f"--steps: must be >= 1, got {self.steps}")
         if self.epochs is not None and self.epochs <= 0:
             raise ValueError(f"--epochs: must be > 0, got {self.epochs}")
         for name in ("lr", "head_lr"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')}: must be > 0, got {getattr(self, name)}")
+
+
+    def with_path_defaults(self, generative: bool) -> TrainOptions:
+        """A copy whose unset path-dependent options (:data:`PATH_DEFAULTS`) take the value of the run's path:
+        ``generative`` = the task kinds run through the backbone's language model."""
+        return replace(self, **{k: v[int(generative)] for k, v in PATH_DEFAULTS.items() if getattr(self, k) is None})
 
 
 def option_names() -> list[str]:

@@ -83,6 +83,7 @@ def start(opts: TrainOptions) -> Run:
     seed_everything(opts.seed)
 
     setup = extend_setup(opts, info.device) if opts.extend else build_setup(opts, info.device)
+    opts = opts.with_path_defaults(any(kind.generative for kind in setup.kinds.values()))
     if info.is_main and not opts.resume:
         (run_dir / "config.json").write_text(json.dumps(asdict(opts), indent=2) + "\n")
     setup.model.set_trained_tasks(list(setup.train_splits), setup.config.tasks)
