@@ -19,7 +19,7 @@ from ..io import load_pretrained
 from ..multitask import MultiTaskModel, Setup
 from ..precision import resolve_precision
 from ..rundir import RunDirError
-from .report import markdown_table, write_plots
+from .report import details_table, markdown_table, write_plots
 
 
 def _split_for(spec, wanted: str) -> str:
@@ -49,7 +49,8 @@ def evaluate_adapted(setup, *, split: str, data_root: str | None, device, dtype,
 
 def evaluate_setup(setup, *, split: str, data_root: str | None, device, dtype: torch.dtype, batch_size: int,
                    workers: int = 0) -> dict[str, Any]:
-    """``{"tasks": {name: {"metric", "zero_shot", "adapted", "change", "split", "n", "details"}}}``."""
+    """``{"tasks": {name: {"metric", "zero_shot", "adapted", "change", "split", "n", "metrics", "details"}}}``
+    (``metrics``: the spec's metrics, which the report's second table shows beside the headline)."""
     tasks: dict[str, Any] = {}
     for spec in setup.specs:
         name, kind = spec.name, setup.kinds[spec.name]
@@ -60,9 +61,11 @@ def evaluate_setup(setup, *, split: str, data_root: str | None, device, dtype: t
         ad = _score(setup, name, data, adapted=True, device=device, dtype=dtype, batch_size=batch_size,
                     workers=workers)
         metric = kind.headline_metric
+        # n: what was scored (a generative kind may score only the first [generative] eval_limit examples)
+        n = int(ad.get("n", ad.get("n_images", len(data.examples))))
         tasks[name] = {"metric": metric, "zero_shot": zs[metric], "adapted": ad[metric],
                        "change": ad[metric] - zs[metric], "kind": spec.kind, "split": split_name,
-                       "n": len(data.examples), "details": {"zero_shot": zs, "adapted": ad}}
+                       "n": n, "metrics": list(spec.metrics), "details": {"zero_shot": zs, "adapted": ad}}
     return {"tasks": tasks, "config": setup.config.to_dict()}
 
 
@@ -72,6 +75,9 @@ def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model) ->
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown_table(result)
+    details = details_table(result)
+    if details:
+        table += "\n\n" + details
     plots = write_plots(run_dir, result, adapted_model)
     lines = ["# Zero-shot vs adapted", "", table, ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
