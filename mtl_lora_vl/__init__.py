@@ -6,6 +6,8 @@ The public API (DESIGN §4)::
     model = attach(model, cfg)
     with route(model, task_ids):
         ...
+
+or, in PEFT's shape, ``MTLLoRAModel(model, cfg)`` / ``MTLLoRAModel.from_pretrained(base_model, adapter_dir)``.
 """
 
 from ._version import __version__
@@ -31,10 +33,12 @@ from .io import (
     save_adapter,
     save_merged,
 )
+from .mtl_lora_model import MTLLoRAModel
 
 __all__ = [
     "__version__",
     "FAMILIES",
+    "MTLLoRAModel",
     "AdapterFileError",
     "add_task",
     "export_lora",

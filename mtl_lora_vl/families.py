@@ -57,6 +57,13 @@ def _is_class(c: type, ref: str) -> bool:
 _OC_BLOCK = r"\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"
 _HF_CLIP_BLOCK = r"\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$"
 
+# Hugging Face image-text-to-text models (transformers 5 names: model.vision_tower.encoder.layers.N...,
+# model.language_model.layers.N...; the projector, model.multi_modal_projector, only when targets name it).
+_HF_VLM_TARGETS = {
+    "image": (r"(^|\.)vision_tower(\.\w+)*" + _HF_CLIP_BLOCK,),
+    "text": (r"(^|\.)language_model\.(.*\.)?layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$",),
+}
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         "open_clip",
@@ -80,13 +87,16 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "llava",
         ("transformers.models.llava.LlavaForConditionalGeneration",),
-        {
-            "image": (r"(^|\.)vision_tower(\.\w+)*" + _HF_CLIP_BLOCK,),
-            "text": (r"(^|\.)language_model\.(.*\.)?layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$",),
-        },
-        no_backbone="LLaVA models have no backbone class yet, so the task kinds and the training command "
-                    "cannot use them; build the LlavaForConditionalGeneration yourself, mtl_lora_vl.attach(model, "
-                    "cfg) it and call model(...) / model.generate(...) under mtl_lora_vl.route(model, task_ids)",
+        _HF_VLM_TARGETS,
+        backbone="llava",
+        peft_export=True,
+        merged_format="hf",
+    ),
+    Family(
+        "paligemma",
+        ("transformers.models.paligemma.PaliGemmaForConditionalGeneration",),
+        _HF_VLM_TARGETS,  # SigLIP layers are named like CLIP's, Gemma's like Llama's
+        backbone="paligemma",
         peft_export=True,
         merged_format="hf",
     ),

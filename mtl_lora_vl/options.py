@@ -33,8 +33,11 @@ class TrainOptions:
     """Every option of a training run; the command line and ``--config FILE`` set the same names."""
 
     tasks: str = _opt("vqa,retrieval", "comma-separated task names (built-in specs) or paths to task TOML files")
-    backbone: str = _opt("builtin", "builtin | open_clip:NAME (with --pretrained FILE) | hf:DIR (local Hugging Face CLIP)")
+    backbone: str = _opt("builtin", "builtin | builtin-llava | open_clip:NAME (with --pretrained FILE) | hf:DIR (local Hugging Face CLIP, "
+                         "LLaVA or PaliGemma directory)")
     pretrained: str | None = _opt(None, "local checkpoint file for open_clip:NAME")
+    base_dtype: str = _opt("auto", "dtype of the frozen base weights: auto = bf16 for a language model (LLaVA-style) on "
+                           "a GPU, else fp32; adapters stay fp32", choices=["auto", "fp32", "bf16", "fp16"])
     data_root: str | None = _opt(None, "folder that task specs' data paths are relative to")
     method: str = _opt("mtl_lora", "adapter method", choices=["mtl_lora", "lora", "task_lora", "multi_lora", "moe_lora"])
     rank: int = _opt(8, "adapter rank r")

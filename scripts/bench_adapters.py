@@ -1,10 +1,22 @@
-"""Benchmark: one contrastive training step of open_clip ViT-B-32 with adapters on both towers.
+"""Benchmark: one training step with adapters on both towers -- open_clip ViT-B-32 (contrastive) or a
+LLaVA-style model (language-model loss).
 
 Cases run interleaved (A B C ... A B C ...) in one process so that machine noise hits them alike;
 the script prints medians and ratios, activation memory saved for backward (and CUDA peak memory
 on a GPU), and writes them as JSON with ``--json PATH``.
 
     python scripts/bench_adapters.py --repeats 7 --json bench.json
+    python scripts/bench_adapters.py --case llava --repeats 3              # CPU: saved-for-backward bytes
+    python scripts/bench_adapters.py --case llava --device cuda --precision bf16   # bf16 base + autocast
+
+The LLaVA case (random init, no download: a CLIP vision tower of ViT-B/32 width, 224 px and patch 32, with
+``--vision-layers`` layers, and a Llama language model of ``--lm-layers`` x ``--lm-width``; the defaults are
+sized so that a step takes seconds on a small CPU -- on a GPU use e.g. ``--vision-layers 12 --lm-layers 8
+--lm-width 1024 --vocab 32000 --batch-size 16``) compares a mixed-task MTL-LoRA step with our ``lora`` and PEFT LoRA on one
+adapter (same rank and targets), each with and without activation checkpointing. With a non-fp32
+``--precision`` its base weights are in that dtype (adapters stay fp32) and the step runs under autocast.
+On a CPU, memory is what autograd saves for backward plus the inputs that checkpointed layers keep for
+their recomputation; on CUDA, ``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
@@ -40,7 +52,8 @@ def contrastive_loss(model, images, texts) -> torch.Tensor:
 
 
 class SavedBytes:
-    """Bytes of distinct tensors autograd saves for backward during one forward (activation memory)."""
+    """Bytes of distinct tensors autograd saves for backward during one forward (activation memory), plus
+    the inputs that activation-checkpointed layers keep for recomputing (``hold``)."""
 
     def __init__(self):
         self.seen: dict[int, int] = {}
@@ -53,24 +66,31 @@ class SavedBytes:
             pass
         return t
 
+    def hold(self, module, args):
+        if args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+            self.pack(args[0])
+
     @property
     def mb(self) -> float:
         return sum(self.seen.values()) / 2**20
 
 
-def make_train_case(model, route_arg, batch, amp_dtype, device):
+def make_train_case(model, route_arg, batch, amp_dtype, device, loss_fn=contrastive_loss):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
-    images, texts = batch
+    held = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
 
     def step(measure: SavedBytes | None = None):
         ctx = mlv.route(model, route_arg) if route_arg is not None else _null()
         with ctx, torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             if measure is not None:
+                hooks = [m.register_forward_pre_hook(measure.hold) for m in held]
                 with torch.autograd.graph.saved_tensors_hooks(measure.pack, lambda t: t):
-                    loss = contrastive_loss(model, images, texts)
+                    loss = loss_fn(model, *batch)
+                for h in hooks:
+                    h.remove()
             else:
-                loss = contrastive_loss(model, images, texts)
+                loss = loss_fn(model, *batch)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -103,25 +123,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="ViT-B-32", help="open_clip model name (random init, no download)")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--rank", type=int, default=8)
-    ap.add_argument("--n-up", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=7, help="timed rounds per case (median reported)")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = torch default)")
-    ap.add_argument("--json", default=None, help="write results to this JSON file")
-    ap.add_argument("--no-peft", action="store_true", help="skip the PEFT baseline")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-
+def clip_cases(args, device, amp) -> tuple[dict, dict, str]:
+    """The open_clip cases: our lora, MTL-LoRA one task and mixed, PEFT LoRA, merged vs base inference."""
     probe = build(args.model, device)
     size = probe.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
@@ -164,6 +167,127 @@ def main(argv: list[str] | None = None) -> dict:
     mlv.merge(merged, "retrieval")
     cases["infer_base"] = make_infer_case(base, batch, amp, device)
     cases["infer_merged"] = make_infer_case(merged, batch, amp, device)
+    ratios = [("mtl_lora_mixed", "lora"), ("mtl_lora_single", "lora"), ("infer_merged", "infer_base"),
+              ("mtl_lora_mixed", "peft_lora"), ("mtl_lora_single", "peft_lora"), ("lora", "peft_lora")]
+    info = {"model": args.model, "batch_size": B, "peft": peft_note}
+    return cases, {"pairs": ratios, "info": info}, f"{args.model}, batch {B}+{B}"
+
+
+# ---------------------------------------------------------------------------------------------- LLaVA case
+
+LLAVA_TARGETS = {
+    "image": [r"vision_tower\.(\w+\.)*encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$"],
+    "text": [r"language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$"],
+}
+LLAVA_PEFT_TARGETS = (r".*vision_tower\.(\w+\.)*encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])"
+                      r"|.*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)")
+IMAGE_TOKEN = 3
+
+
+def build_llava(args, device: torch.device, dtype: torch.dtype, checkpointing: bool) -> torch.nn.Module:
+    """A random-init LLaVA: ViT-B/32-sized CLIP vision tower (224 px, 49 image tokens) and a Llama LM."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(0)
+    vision = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=args.vision_layers,
+                              num_attention_heads=12, image_size=224, patch_size=32)
+    w = args.lm_width
+    text = LlamaConfig(hidden_size=w, intermediate_size=int(w * 2.75) // 64 * 64, num_hidden_layers=args.lm_layers,
+                       num_attention_heads=w // 64, num_key_value_heads=w // 64, vocab_size=args.vocab,
+                       max_position_embeddings=512)
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, vision_feature_layer=-1,
+                      vision_feature_select_strategy="default")
+    cfg._attn_implementation = "sdpa"
+    model = LlavaForConditionalGeneration(cfg).to(device=device, dtype=dtype).train()  # dropout is 0
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def llava_loss(model, pixel_values, input_ids, labels) -> torch.Tensor:
+    """Next-token cross-entropy on the answer tokens (the last ``labels.shape[1]`` positions)."""
+    n = labels.shape[1]
+    logits = model(input_ids=input_ids, pixel_values=pixel_values, logits_to_keep=n + 1, use_cache=False).logits
+    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten())
+
+
+def llava_cases(args, device, amp) -> tuple[dict, dict, str]:
+    """Mixed MTL-LoRA vs our lora vs PEFT LoRA (one adapter), each with and without checkpointing."""
+    base_dtype = amp or torch.float32  # bf16/fp16 runs keep the base weights in that dtype, adapters in fp32
+    g = torch.Generator().manual_seed(0)
+    B, n_img, n_text, n_ans = args.batch_size, (224 // 32) ** 2, args.text_len, 8
+    ids = torch.randint(10, args.vocab, (B, n_img + n_text), generator=g)
+    ids[:, :n_img] = IMAGE_TOKEN
+    batch = (torch.randn(B, 3, 224, 224, generator=g).to(device), ids.to(device), ids[:, -n_ans:].to(device))
+    mixed_ids = (torch.arange(B) % len(TASKS)).to(device)
+
+    def ours(method: str, ckpt: bool) -> torch.nn.Module:
+        cfg = mlv.MTLLoRAConfig(tasks=TASKS if method == "mtl_lora" else ["all"], r=args.rank, alpha=2 * args.rank,
+                                n_up=args.n_up if method == "mtl_lora" else 1, method=method, targets=LLAVA_TARGETS)
+        return mlv.attach(build_llava(args, device, base_dtype, ckpt), cfg)
+
+    cases: dict[str, object] = {}
+    peft_note = None
+    for ckpt in (False, True):
+        tag = "_ckpt" if ckpt else ""
+        cases["lora" + tag] = make_train_case(ours("lora", ckpt), None, batch, amp, device, llava_loss)
+        cases["mtl_lora_mixed" + tag] = make_train_case(ours("mtl_lora", ckpt), mixed_ids, batch, amp, device,
+                                                        llava_loss)
+        if args.no_peft:
+            continue
+        try:
+            import peft
+        except ImportError:
+            peft_note = "peft not installed"
+            continue
+        pcfg = peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0,
+                               target_modules=LLAVA_PEFT_TARGETS)
+        pm = peft.inject_adapter_in_model(pcfg, build_llava(args, device, base_dtype, ckpt))
+        for n, p in pm.named_parameters():
+            p.requires_grad_("lora_" in n)
+            if "lora_" in n:
+                p.data = p.data.float()  # adapters in fp32, as ours (peft's autocast_adapter_dtype)
+        cases["peft_lora" + tag] = make_train_case(pm, None, batch, amp, device, llava_loss)
+        peft_note = f"peft {peft.__version__}"
+    pairs = [("mtl_lora_mixed", "lora"), ("mtl_lora_mixed", "peft_lora"), ("lora", "peft_lora"),
+             ("mtl_lora_mixed_ckpt", "lora_ckpt"), ("mtl_lora_mixed_ckpt", "peft_lora_ckpt"),
+             ("mtl_lora_mixed_ckpt", "mtl_lora_mixed")]
+    info = {"model": f"llava(vit-b/32 x{args.vision_layers}, llama {args.lm_layers}x{args.lm_width}, "
+                     f"vocab {args.vocab})", "batch_size": B, "tokens": n_img + n_text, "base_dtype": str(base_dtype),
+            "peft": peft_note}
+    return cases, {"pairs": pairs, "info": info}, f"{info['model']}, batch {B} x {n_img + n_text} tokens"
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", choices=["clip", "llava"], default="clip")
+    ap.add_argument("--model", default="ViT-B-32", help="open_clip model name (random init, no download)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default 16 (clip) / 4 (llava)")
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--n-up", type=int, default=3)
+    ap.add_argument("--vision-layers", type=int, default=4, help="llava: CLIP vision layers (width 768)")
+    ap.add_argument("--lm-layers", type=int, default=4, help="llava: language-model layers")
+    ap.add_argument("--lm-width", type=int, default=512, help="llava: language-model width")
+    ap.add_argument("--vocab", type=int, default=8000, help="llava: vocabulary size")
+    ap.add_argument("--text-len", type=int, default=32, help="llava: text tokens per row (after 49 image tokens)")
+    ap.add_argument("--repeats", type=int, default=7, help="timed rounds per case (median reported)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = torch default)")
+    ap.add_argument("--json", default=None, help="write results to this JSON file")
+    ap.add_argument("--no-peft", action="store_true", help="skip the PEFT baseline")
+    args = ap.parse_args(argv)
+    if args.batch_size is None:
+        args.batch_size = 16 if args.case == "clip" else 4
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    cases, plan, title = (clip_cases if args.case == "clip" else llava_cases)(args, device, amp)
 
     memory = {}
     for name, step in cases.items():
@@ -187,34 +311,24 @@ def main(argv: list[str] | None = None) -> dict:
             sync(device)
             times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-
-    ratios = {
-        "mtl_lora_mixed / lora": med["mtl_lora_mixed"] / med["lora"],
-        "mtl_lora_single / lora": med["mtl_lora_single"] / med["lora"],
-        "infer_merged / infer_base": med["infer_merged"] / med["infer_base"],
-    }
-    if "peft_lora" in med:
-        ratios["mtl_lora_mixed / peft_lora"] = med["mtl_lora_mixed"] / med["peft_lora"]
-        ratios["mtl_lora_single / peft_lora"] = med["mtl_lora_single"] / med["peft_lora"]
-        ratios["lora / peft_lora"] = med["lora"] / med["peft_lora"]
+    ratios = {f"{a} / {b}": med[a] / med[b] for a, b in plan["pairs"] if a in med and b in med}
     result = {
-        "model": args.model, "device": str(device), "precision": args.precision, "batch_size": B,
+        "case": args.case, **plan["info"], "device": str(device), "precision": args.precision,
         "rank": args.rank, "n_up": args.n_up, "repeats": args.repeats, "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "peft": peft_note,
+        "torch": torch.__version__,
         "median_s": {k: round(v, 4) for k, v in med.items()},
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
         "memory": memory,
     }
-    print(f"{args.model} on {device} ({args.precision}), batch {B}+{B}, r={args.rank}, n_up={args.n_up}, "
-          f"{args.repeats} interleaved rounds")
-    print(f"{'case':<18}{'median s':>10}{'saved MB':>10}" + ("{:>10}".format("peak MB") if device.type == "cuda" else ""))
+    print(f"{title} on {device} ({args.precision}), r={args.rank}, n_up={args.n_up}, {args.repeats} interleaved rounds")
+    print(f"{'case':<22}{'median s':>10}{'saved MB':>10}" + ("{:>10}".format("peak MB") if device.type == "cuda" else ""))
     for k, v in med.items():
-        line = f"{k:<18}{v:>10.4f}{memory[k]['saved_for_backward_mb']:>10.1f}"
+        line = f"{k:<22}{v:>10.4f}{memory[k]['saved_for_backward_mb']:>10.1f}"
         if device.type == "cuda":
             line += f"{memory[k]['cuda_peak_mb']:>10.1f}"
         print(line)
     for k, v in ratios.items():
-        print(f"{k:<30}{v:>8.3f}")
+        print(f"{k:<40}{v:>8.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -14,7 +14,7 @@ The result loads in the base library alone, with zero adapter overhead:
 * Hugging Face (``hf:DIR``): a ``save_pretrained`` directory, ``CLIPModel.from_pretrained(DIR)``, with the
   base directory's tokenizer and preprocessor files copied beside it.
 
-The base model is rebuilt from the adapter's ``adapter_config.json`` (``--backbone`` / ``--pretrained``
+The base model is rebuilt from the adapter's ``mtl_lora_config.json`` (``--backbone`` / ``--pretrained``
 override it when the base model lives elsewhere on this machine).
 """
 

@@ -63,6 +63,22 @@ def tiny_llava():
     return LlavaForConditionalGeneration(cfg)
 
 
+def tiny_paligemma():
+    from transformers import (
+        GemmaConfig,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        SiglipVisionConfig,
+    )
+
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=32, patch_size=8, projection_dim=32)
+    text = GemmaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=1, head_dim=16, max_position_embeddings=64)
+    cfg = PaliGemmaConfig(vision_config=vision, text_config=text, image_token_id=95, projection_dim=32)
+    return PaliGemmaForConditionalGeneration(cfg)
+
+
 def llava_inputs(batch: int = 3, seq: int = 24):
     """Inputs for tiny_llava: each sample has 16 image tokens (32/8)^2 then text."""
     ids = torch.randint(0, 90, (batch, seq))

@@ -123,7 +123,7 @@ def test_save_load_on_fresh_base_gives_identical_outputs_for_every_task(family, 
     inp = inputs()
     ref = _outputs(model, run, inp, TASKS)
     path = mlv.save_adapter(model, tmp_path / "adapter", heads=heads)
-    assert sorted(p.name for p in path.iterdir()) == [ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEADS_WEIGHTS]
+    assert sorted(p.name for p in path.iterdir()) == sorted([ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEADS_WEIGHTS])
 
     fresh = _fresh(build)
     new_heads = {"vqa": nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)), "cls": nn.Identity()}
@@ -248,7 +248,7 @@ def test_truncated_file_is_refused(oc_adapter, tmp_path):
     data = (p / ADAPTER_WEIGHTS).read_bytes()
     (p / ADAPTER_WEIGHTS).write_bytes(data[: len(data) // 2])
     fresh = tiny_open_clip()
-    with pytest.raises(AdapterFileError, match=r"adapter_model.safetensors: sha256 does not match .* truncated"):
+    with pytest.raises(AdapterFileError, match=r"mtl_lora_model.safetensors: sha256 does not match .* truncated"):
         mlv.load_adapter(fresh, p)
     assert _untouched(fresh)
     _fix_sha(p)  # even with a matching checksum the cut file is refused, by its header
@@ -271,7 +271,7 @@ def test_header_edited_by_hand_is_refused(oc_adapter, tmp_path):
     with pytest.raises(AdapterFileError, match="sha256 does not match"):
         mlv.load_adapter(tiny_open_clip(), p)
     _fix_sha(p)
-    with pytest.raises(AdapterFileError, match=r"adapter_model.safetensors: unreadable safetensors header"):
+    with pytest.raises(AdapterFileError, match=r"mtl_lora_model.safetensors: unreadable safetensors header"):
         mlv.load_adapter(tiny_open_clip(), p)
 
 
@@ -283,7 +283,7 @@ def test_tampered_task_spec_and_missing_files(oc_adapter, tmp_path):
     (p / "tasks" / "vqa.toml").unlink()
     with pytest.raises(AdapterFileError, match=r"tasks/vqa.toml: missing"):
         mlv.load_adapter(tiny_open_clip(), p)
-    with pytest.raises(AdapterFileError, match="no adapter_config.json"):
+    with pytest.raises(AdapterFileError, match="no mtl_lora_config.json"):
         mlv.load_adapter(tiny_open_clip(), tmp_path)
     with pytest.raises(AdapterFileError, match="not an adapter directory"):
         mlv.load_adapter(tiny_open_clip(), tmp_path / "nothing")
@@ -423,3 +423,89 @@ def test_add_task_errors_and_merge_after_training():
     with pytest.raises(ValueError, match="merged into the weights; call mtl_lora_vl.unmerge"):
         mlv.add_task(model, "third")
     mlv.unmerge(model)
+
+
+# ---------------------------------------------------------------------------------------------- names, PEFT, frozen
+
+
+def test_native_directory_cannot_be_taken_for_a_peft_adapter(tmp_path):
+    from peft import PeftConfig, PeftModel
+
+    path = mlv.save_adapter(_trained(tiny_hf_clip), tmp_path / "native")
+    names = {p.name for p in path.iterdir()}
+    assert {"mtl_lora_config.json", "mtl_lora_model.safetensors"} <= names
+    assert not names & {"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"}
+    with pytest.raises(ValueError, match="adapter_config.json"):
+        PeftConfig.from_pretrained(str(path))
+    with pytest.raises(ValueError, match="adapter_config.json"):
+        PeftModel.from_pretrained(_fresh(tiny_hf_clip), str(path))
+    assert mlv.io.is_adapter_dir(path) and mlv.read_adapter_config(path)["format_version"] == 2
+
+
+def test_load_adapter_refuses_a_peft_directory_and_says_what_it_is(tmp_path):
+    model = _trained(tiny_hf_clip)
+    one = mlv.export_lora(model, "vqa", tmp_path / "peft_vqa")
+    fresh = _fresh(tiny_hf_clip)
+    with pytest.raises(AdapterFileError, match=r"PEFT adapter directory \(adapter_config.json with peft_type "
+                                               r"'LORA'\), e.g. one task written by mtl_lora_vl.export_lora; load "
+                                               r"it with peft.PeftModel.from_pretrained") as e:
+        mlv.load_adapter(fresh, one)
+    assert "mtl_lora_config.json" in str(e.value) and "every task" in str(e.value)
+    several = mlv.export_lora(model, ["vqa", "cls"], tmp_path / "peft_all")
+    with pytest.raises(AdapterFileError, match=r"PEFT adapters in subfolders \(cls, vqa\).*adapter_name=<task>"):
+        mlv.load_adapter(fresh, several)
+    with pytest.raises(AdapterFileError, match="PEFT adapter directory"):
+        mlv.read_adapter_config(several / "cls")
+    assert _untouched(fresh) and not mlv.io.is_adapter_dir(one)
+
+
+def test_run_directory_is_named_and_found(tmp_path):
+    run = tmp_path / "run"
+    mlv.save_adapter(_trained(tiny_open_clip), run / "adapter")
+    with pytest.raises(AdapterFileError, match=r"looks like a training run directory, its adapter is .*run/adapter"):
+        mlv.load_adapter(tiny_open_clip(), run)
+    assert mlv.io.find_adapter_dir(run) == run / "adapter"
+    assert mlv.io.find_adapter_dir(run / "adapter") == run / "adapter"
+    assert mlv.io.find_adapter_dir(tmp_path) == tmp_path  # neither: unchanged, loading says why
+
+
+def _as_format_1(path):
+    """Rewrite a saved adapter directory as 0.1.0 wrote it: PEFT's file names, format_version 1."""
+    from mtl_lora_vl.io import LEGACY_ADAPTER_CONFIG, LEGACY_ADAPTER_WEIGHTS
+
+    doc = json.loads((path / ADAPTER_CONFIG).read_text())
+    (path / ADAPTER_WEIGHTS).rename(path / LEGACY_ADAPTER_WEIGHTS)
+    doc["files"][LEGACY_ADAPTER_WEIGHTS] = doc["files"].pop(ADAPTER_WEIGHTS)
+    doc["format_version"] = 1
+    (path / ADAPTER_CONFIG).unlink()
+    (path / LEGACY_ADAPTER_CONFIG).write_text(json.dumps(doc))
+    return path
+
+
+def test_format_1_directory_with_peft_file_names_still_loads(tmp_path):
+    model = _trained(tiny_hf_clip)
+    inp = FAMILIES["hf_clip"][1]()
+    ref = _outputs(model, _hf_run, inp, TASKS)
+    path = _as_format_1(mlv.save_adapter(model, tmp_path / "old", heads={"vqa": nn.Linear(4, 2)}))
+    assert mlv.io.is_adapter_dir(path) and mlv.read_adapter_config(path)["format_version"] == 1
+    head = nn.Linear(4, 2)
+    loaded = mlv.load_adapter(_fresh(tiny_hf_clip), path, heads={"vqa": head})
+    got = _outputs(loaded, _hf_run, inp, TASKS)
+    assert all(torch.equal(got[t], ref[t]) for t in TASKS)
+    (path / "adapter_model.safetensors").write_bytes(b"broken")
+    with pytest.raises(AdapterFileError, match=r"adapter_model.safetensors: sha256 does not match adapter_config.json"):
+        mlv.load_adapter(_fresh(tiny_hf_clip), path)
+
+
+def test_load_adapter_is_frozen_for_inference_unless_trainable(oc_adapter):
+    path = oc_adapter[0]
+    head = nn.Linear(32, 5)
+    frozen = mlv.load_adapter(_fresh(tiny_open_clip).train(), path, heads={"vqa": head})
+    assert not any(p.requires_grad for p in frozen.parameters()) and not frozen.training
+    assert not any(p.requires_grad for p in head.parameters()) and not head.training
+
+    head = nn.Linear(32, 5)
+    model = mlv.load_adapter(_fresh(tiny_open_clip).train(), path, heads={"vqa": head}, is_trainable=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if n.rpartition(".")[2] in ADAPTER_PARAM_NAMES}
+    assert model.training and head.weight.requires_grad

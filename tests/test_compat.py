@@ -74,8 +74,10 @@ def test_checkpoint_of_0_1_0_loads_and_resumes(tmp_path, monkeypatch):
     shutil.rmtree(work / "run" / "adapter")
     monkeypatch.chdir(work)
     assert train_main(["--resume", "run", "--workers", "0"]) == 0
+    # 0.1.0 named its files like PEFT's; this version writes names of its own (same tensors).
+    assert not (work / "run" / "adapter" / "adapter_config.json").exists()
     before = load_file(str(ADAPTER / "adapter_model.safetensors"))
-    after = load_file(str(work / "run" / "adapter" / "adapter_model.safetensors"))
+    after = load_file(str(work / "run" / "adapter" / "mtl_lora_model.safetensors"))
     assert set(before) == set(after) and all(torch.equal(before[k], after[k]) for k in before)
     heads_before = load_file(str(ADAPTER / "heads.safetensors"))
     heads_after = load_file(str(work / "run" / "adapter" / "heads.safetensors"))

@@ -14,7 +14,7 @@ from test_adapter_io import _fresh, _hf_run, _llava_run, _oc_run, _outputs, _tra
 from torch import nn
 
 import mtl_lora_vl as mlv
-from mtl_lora_vl.io import AdapterFileError, apply_plain_lora
+from mtl_lora_vl.io import ADAPTER_CONFIG, AdapterFileError, apply_plain_lora
 
 TASKS = ["vqa", "retrieval", "cls"]
 REPO = Path(__file__).resolve().parent.parent
@@ -65,6 +65,96 @@ def test_export_refuses_to_overwrite(tmp_path):
     mlv.export_lora(model, "cls", path, overwrite=True)
     with pytest.raises(KeyError, match="unknown task 'caption'"):
         mlv.export_lora(model, "caption", tmp_path / "other")
+
+
+# ---------------------------------------------------------------------------------------------- several tasks
+
+
+def _peft_serving(build, path, tasks):
+    """A PEFT model with every task of a multi-task export loaded as a named adapter."""
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(_fresh(build), str(path / tasks[0]), adapter_name=tasks[0])
+    for t in tasks[1:]:
+        peft_model.load_adapter(str(path / t), adapter_name=t)
+    return peft_model.eval()
+
+
+def _files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("family", ["hf_clip", "llava"])
+def test_all_tasks_as_named_peft_adapters_serve_a_mixed_batch(family, tmp_path):
+    build = {"hf_clip": tiny_hf_clip, "llava": tiny_llava}[family]
+    model = _trained(build, mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2, alpha=6))
+    path = mlv.export_lora(model, TASKS, tmp_path / "all")
+    per_task = {"adapter_config.json", "adapter_model.safetensors"}
+    assert _files(path) == {"README.md"} | {f"{t}/{f}" for t in TASKS for f in per_task}
+    assert "adapter_name='vqa'" in (path / "README.md").read_text()
+
+    peft_model = _peft_serving(build, path, TASKS)
+    # The layout is the one PEFT itself writes for these named adapters.
+    peft_model.save_pretrained(str(tmp_path / "by_peft"))
+    assert _files(tmp_path / "by_peft") == _files(path)
+
+    names = ["cls", "vqa", "retrieval", "vqa"]
+    ids = torch.tensor([TASKS.index(n) for n in names])
+    with torch.no_grad():
+        if family == "hf_clip":  # PEFT routes forward (and generate) only: call CLIPModel with both inputs
+            inp = dict(pixel_values=torch.randn(4, 3, 32, 32), input_ids=torch.randint(0, 60, (4, 10)))
+            with mlv.route(model, ids):
+                ref = model(**inp)
+            got = peft_model(**inp, adapter_names=names)
+            keys = ("image_embeds", "text_embeds", "logits_per_image")
+        else:
+            inp = llava_inputs(4)
+            with mlv.route(model, ids):
+                ref = model(**inp)
+                ref_tokens = model.generate(**inp, max_new_tokens=5, do_sample=False)
+            got = peft_model(**inp, adapter_names=names)
+            tokens = peft_model.generate(**inp, adapter_names=names, max_new_tokens=5, do_sample=False)
+            assert torch.equal(tokens, ref_tokens)
+            keys = ("logits",)
+        for k in keys:
+            torch.testing.assert_close(getattr(got, k), getattr(ref, k), atol=1e-5, rtol=1e-5)
+        with mlv.route(model, "vqa"):  # the rows really differ by task
+            one = model(**inp)
+        assert (getattr(one, keys[0])[0] - getattr(ref, keys[0])[0]).abs().max() > 1e-3
+
+
+def test_several_tasks_in_the_plain_layout(tmp_path):
+    model = _trained(tiny_open_clip, mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2))
+    inp = (torch.randn(2, 3, 32, 32), torch.randint(1, 60, (2, 12)))
+    ref = _outputs(model, _oc_run, inp, ["cls", "vqa"])
+    path = mlv.export_lora(model, ("cls", "vqa"), tmp_path / "plain")
+    assert _files(path) == {"README.md", "cls/lora_config.json", "cls/lora_model.safetensors",
+                            "vqa/lora_config.json", "vqa/lora_model.safetensors"}
+    for t in ("cls", "vqa"):
+        assert json.loads((path / t / "lora_config.json").read_text())["task"] == t
+        with torch.no_grad():
+            got = _oc_run(apply_plain_lora(_fresh(tiny_open_clip), path / t), inp)
+        torch.testing.assert_close(got, ref[t], atol=1e-5, rtol=1e-5)
+    one = mlv.export_lora(model, ["cls"], tmp_path / "one")  # a list: subfolders, even for one task
+    assert _files(one) == {"README.md", "cls/lora_config.json", "cls/lora_model.safetensors"}
+
+
+def test_several_tasks_argument_errors(tmp_path):
+    model = _trained(tiny_hf_clip, mlv.MTLLoRAConfig(tasks=["vqa", "v.2", "a/b"], r=2))
+    out = tmp_path / "x"
+    with pytest.raises(ValueError, match=r"task\(s\) \['vqa'\] named more than once"):
+        mlv.export_lora(model, ["vqa", "vqa"], out)
+    with pytest.raises(TypeError, match="non-empty list of task names"):
+        mlv.export_lora(model, [], out)
+    with pytest.raises(KeyError, match="unknown task 'nope'"):
+        mlv.export_lora(model, ["vqa", "nope"], out)
+    with pytest.raises(ValueError, match="'v.2' cannot be a PEFT adapter name"):
+        mlv.export_lora(model, ["vqa", "v.2"], out)
+    with pytest.raises(ValueError, match="'a/b' cannot be a folder name"):
+        mlv.export_lora(model, ["a/b"], out, format="plain")
+    assert not out.exists()
+    mlv.export_lora(model, ["vqa", "v.2"], out, format="plain")  # a folder may have a dot
+    assert (out / "v.2" / "lora_config.json").is_file()
 
 
 # ---------------------------------------------------------------------------------------------- plain layout
@@ -229,9 +319,9 @@ def test_load_pretrained_needs_a_base_model_name(trained_run, tmp_path):
     import shutil
 
     p = Path(shutil.copytree(trained_run[0], tmp_path / "a"))
-    doc = json.loads((p / "adapter_config.json").read_text())
+    doc = json.loads((p / ADAPTER_CONFIG).read_text())
     doc["base"] = {}
-    (p / "adapter_config.json").write_text(json.dumps(doc))
+    (p / ADAPTER_CONFIG).write_text(json.dumps(doc))
     with pytest.raises(AdapterFileError, match=r"does not say which base model.*backbone="):
         mlv.load_pretrained(p)
     # The kind is rebuilt from the vocabulary saved with the adapter (the head's), not from training data.
@@ -242,7 +332,7 @@ def test_load_pretrained_needs_a_base_model_name(trained_run, tmp_path):
     state["state"]["answers"] = list(reversed(state["state"]["answers"]))
     state_file.write_text(json.dumps(state))
     doc["files"]["tasks/vqa.state.json"] = _sha256(state_file)
-    (p / "adapter_config.json").write_text(json.dumps(doc))
+    (p / ADAPTER_CONFIG).write_text(json.dumps(doc))
     loaded = mlv.load_pretrained(p, backbone=trained_run[1].name)
     assert loaded.kinds["vqa"].answers == state["state"]["answers"]
 

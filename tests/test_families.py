@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import tiny_hf_clip, tiny_llava, tiny_open_clip, tiny_timm_vit
+from conftest import tiny_hf_clip, tiny_llava, tiny_open_clip, tiny_paligemma, tiny_timm_vit
 from torch import nn
 
 import mtl_lora_vl as mlv
@@ -23,6 +23,7 @@ PACKAGE = Path(mlv.__file__).resolve().parent
     (lambda: tiny_open_clip("coca"), "open_clip"),
     (tiny_hf_clip, "hf_clip"),
     (tiny_llava, "llava"),
+    (tiny_paligemma, "paligemma"),
     (tiny_timm_vit, "timm_vit"),
 ])
 def test_every_supported_class_is_found(build, family):
@@ -73,19 +74,19 @@ def test_table_is_complete_and_consistent():
             assert fam.no_backbone, f"{fam.name} needs a reason why it has no backbone class"
         else:
             assert backbone_class(fam.backbone).__name__.endswith("Backbone")
-    assert [f.name for f in FAMILIES if f.peft_export] == ["hf_clip", "llava"]
+    assert [f.name for f in FAMILIES if f.peft_export] == ["hf_clip", "llava", "paligemma"]
     assert peft_export("hf_clip") and not peft_export("open_clip") and not peft_export("custom")
     assert merged_format("open_clip", object()) == "open_clip" and merged_format("llava", object()) == "hf"
     assert merged_format("custom", tiny_hf_clip()) == "hf" and merged_format("custom", nn.Linear(2, 2)) == "safetensors"
 
 
 def test_backbone_classes_come_from_the_table():
-    from mtl_lora_vl.backbones import HFClipBackbone, OpenClipBackbone
+    from mtl_lora_vl.backbones import HFClipBackbone, HFVLMBackbone, OpenClipBackbone, PaliGemmaBackbone
 
     assert backbone_class_for(tiny_open_clip("coca")) is OpenClipBackbone
     assert backbone_class_for(tiny_hf_clip()) is HFClipBackbone
-    with pytest.raises(BackboneError, match="LLaVA models have no backbone class yet.*mtl_lora_vl.attach"):
-        backbone_class_for(tiny_llava())
+    assert backbone_class_for(tiny_llava()) is HFVLMBackbone
+    assert backbone_class_for(tiny_paligemma()) is PaliGemmaBackbone
     with pytest.raises(BackboneError, match="image-only"):
         backbone_class_for(tiny_timm_vit())
     with pytest.raises(BackboneError, match="not a model family with a backbone class; supported: open_clip"):

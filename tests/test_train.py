@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from mtl_lora_vl.backbones import builtin_dir
 from mtl_lora_vl.cli import build_train_parser, eval_main, parse_train_args, train_main
+from mtl_lora_vl.io import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from mtl_lora_vl.tasks.spec import builtin_spec_dirs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,7 +47,7 @@ def base_args(tmp: Path, out: Path, steps: int = 6) -> list[str]:
 
 
 def adapter_tensors(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    return load_file(str(run / "adapter" / ADAPTER_WEIGHTS))
 
 
 def test_train_adapter_files_evaluate_report(tmp_path, capsys):
@@ -55,7 +56,7 @@ def test_train_adapter_files_evaluate_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| vqa | vqa_accuracy |" in printed and "| retrieval | mean_recall |" in printed
     for f in ("config.json", "metrics.jsonl", "eval.json", "report.md", "checkpoint.pt",
-              "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/heads.safetensors",
+              f"adapter/{ADAPTER_CONFIG}", f"adapter/{ADAPTER_WEIGHTS}", "adapter/heads.safetensors",
               "plots/training_curves.png", "plots/zero_shot_vs_adapted.png", "plots/task_mixing.png"):
         assert (run / f).is_file(), f
     result = json.loads((run / "eval.json").read_text())

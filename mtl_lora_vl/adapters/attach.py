@@ -14,6 +14,7 @@ from torch import nn
 
 from ..config import TOWERS, MTLLoRAConfig
 from ..families import FAMILIES, find_family
+from .generation import install_routed_generate
 from .layers import ADAPTER_PARAM_NAMES, AdapterBank, LoRALinear, LoRAMultiheadAttention
 from .routing import Router, find_router
 
@@ -119,6 +120,7 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     model._mtl_lora = AttachInfo(cfg, router, fam.name if fam else "custom", layers, towers)
+    install_routed_generate(model)
     return model
 
 

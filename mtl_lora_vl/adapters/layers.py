@@ -223,7 +223,9 @@ class AdapterBank(nn.Module):
         route = router.resolve(self.layer_name)
         if route.batch_size is not None:
             got = x.shape[self.batch_dim] if x.dim() > 1 else 1
-            if got != route.batch_size:
+            if got != route.batch_size and got == route.batch_size * router.expansion:
+                route = route.expand(router.expansion)  # generation: k rows per routed row
+            elif got != route.batch_size:
                 raise RoutingError(
                     f"{self.layer_name}: routed {route.batch_size} task ids but the batch here has {got} "
                     f"samples (dim {self.batch_dim} of input shape {tuple(x.shape)}); route one id per sample"

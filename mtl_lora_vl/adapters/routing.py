@@ -45,6 +45,23 @@ class Route:
         return m
 
 
+    def expand(self, k: int) -> Route:
+        """This route for a batch of k consecutive rows per routed row (beams, candidates): ids repeated k times
+        (``repeat_interleave``), cached on the route."""
+        if k == 1:
+            return self
+        key = ("expand", k)
+        got = self._masks.get(key)
+        if got is None:
+            size = None if self.batch_size is None else self.batch_size * k
+            if self.task is not None:
+                got = Route(task=self.task, batch_size=size)
+            else:
+                got = Route(task=None, ids=self.ids.repeat_interleave(k), present=self.present, batch_size=size)
+            self._masks[key] = got
+        return got
+
+
 class Router:
     """Routing state shared by all adapted layers of one model."""
 
@@ -53,6 +70,7 @@ class Router:
         self.current: Route | None = None
         self.merged_task: int | None = None
         self.disabled = 0
+        self.expansion = 1  # > 1 only inside adapters.generation.expanded_rows (generate, candidate scoring)
 
     @property
     def active(self) -> bool:

@@ -2,13 +2,15 @@
 
 One module per concept: ``base`` (the interface, capabilities, registry), ``spec`` (backbone strings),
 ``tokenizers``, ``offline`` (the no-download scope), ``builtin`` (where the built-in backbone lives),
-``open_clip`` (CLIP and CoCa), ``hf_clip`` (Hugging Face CLIP), ``hf`` (Hugging Face directories),
+``open_clip`` (CLIP and CoCa), ``hf_clip`` (Hugging Face CLIP), ``hf_vlm`` (Hugging Face LLaVA and
+PaliGemma; their prompt collation in ``lm_collate``), ``hf`` (Hugging Face directories),
 ``beam`` (beam search) and ``loading`` (:func:`load_backbone`).
 """
 
 from .base import CAPABILITIES, Backbone, BackboneError, backbone_class, backbone_class_for
 from .builtin import builtin_dir
 from .hf_clip import HFClipBackbone
+from .hf_vlm import HFVLMBackbone, PaliGemmaBackbone
 from .loading import load_backbone
 from .open_clip import CoCaBackbone, OpenClipBackbone, build_open_clip
 from .spec import SPEC_FORMS, BackboneSpec, parse_spec
@@ -22,7 +24,9 @@ __all__ = [
     "BackboneSpec",
     "CoCaBackbone",
     "HFClipBackbone",
+    "HFVLMBackbone",
     "OpenClipBackbone",
+    "PaliGemmaBackbone",
     "WordTokenizer",
     "backbone_class",
     "backbone_class_for",

@@ -7,8 +7,9 @@ can do is stated by its :attr:`Backbone.capabilities`:
 * ``image_embeddings`` / ``text_embeddings``: :meth:`encode_image` / :meth:`encode_text` and
   :attr:`logit_scale` (contrastive families: open_clip CLIP and CoCa, Hugging Face CLIP);
 * ``lm_logits``: :meth:`caption_logits`, teacher-forced next-token logits of a language model or caption
-  decoder (CoCa; LLaVA-style models next);
-* ``generate``: :meth:`generate`, text from images (CoCa; LLaVA-style models next);
+  decoder (CoCa, LLaVA-style models); LLaVA-style models add the prompt-conditioned language-model API:
+  :attr:`image_token`, :attr:`processor`, :meth:`lm_collator`, :meth:`lm_loss`, :meth:`sequence_scores`;
+* ``generate``: :meth:`generate`, text from images (CoCa; LLaVA-style models with prompts);
 * ``grad_checkpointing``: :meth:`set_grad_checkpointing`.
 
 A method outside a backbone's capabilities raises :class:`BackboneError` naming the backbone, what it
@@ -43,10 +44,12 @@ __all__ = [
     "TEXT_EMBEDDINGS",
     "Backbone",
     "BackboneError",
+    "BASE_DTYPES",
     "as_rgb",
     "backbone_class",
     "backbone_class_for",
     "register_backbone",
+    "resolve_base_dtype",
 ]
 
 IMAGE_EMBEDDINGS = "image_embeddings"
@@ -56,17 +59,21 @@ GENERATE = "generate"
 GRAD_CHECKPOINTING = "grad_checkpointing"
 CAPABILITIES = (IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS, LM_LOGITS, GENERATE, GRAD_CHECKPOINTING)
 
-_COCA = ("use an open_clip CoCa model (e.g. --backbone open_clip:coca_ViT-B-32 --pretrained /path/to/coca.bin), "
-         "or score captions by retrieval instead")
+_GENERATIVE = ("use a generative backbone: --backbone builtin-llava, a local LLaVA or PaliGemma directory "
+               "(--backbone hf:/path/to/dir), or an open_clip CoCa (--backbone open_clip:coca_ViT-B-32 --pretrained "
+               "/path/to/coca.bin); or use a contrastive task kind (retrieval, answer classification) on this backbone")
+_CONTRASTIVE = ("use a contrastive backbone (builtin, open_clip CLIP/CoCa or a local Hugging Face CLIP directory); on a "
+                "generative backbone (LLaVA-style) use a generative task kind instead (answers and captions generated "
+                "by the language model, classes scored by their likelihood)")
 # capability -> (what is missing, what to do instead), for BackboneError messages
 _NEEDS = {
-    IMAGE_EMBEDDINGS: ("an image tower", "use a backbone with one (any contrastive family)"),
-    TEXT_EMBEDDINGS: ("a contrastive text tower",
-                      "use a contrastive backbone (open_clip CLIP/CoCa or a Hugging Face CLIP directory)"),
-    LM_LOGITS: ("a caption decoder", _COCA),
-    GENERATE: ("a caption decoder", _COCA),
+    IMAGE_EMBEDDINGS: ("pooled image embeddings (a contrastive image tower)", _CONTRASTIVE),
+    TEXT_EMBEDDINGS: ("text embeddings (a contrastive text tower)", _CONTRASTIVE),
+    LM_LOGITS: ("a language model or caption decoder", _GENERATIVE),
+    GENERATE: ("a language model or caption decoder that generates text", _GENERATIVE),
     GRAD_CHECKPOINTING: ("activation checkpointing", "train without --grad-checkpointing (grad_checkpointing=False)"),
 }
+BASE_DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -82,6 +89,19 @@ def as_rgb(v: Any, what: str) -> tuple[float, float, float]:
     if len(vals) != 3:
         raise ValueError(f"{what} must have 3 values (RGB), got {v!r}")
     return vals  # type: ignore[return-value]
+
+
+def resolve_base_dtype(base_dtype: str, device: str | torch.device, large: bool = True) -> torch.dtype:
+    """The dtype base weights load in: ``fp32`` / ``bf16`` / ``fp16`` as asked; ``auto`` = bf16 on a GPU (fp16
+    where bf16 is unsupported) and fp32 on a CPU. ``large=False`` (small contrastive models) makes ``auto`` fp32
+    everywhere."""
+    if base_dtype not in BASE_DTYPES:
+        raise ValueError(f"--base-dtype: must be one of {list(BASE_DTYPES)}, got {base_dtype!r}")
+    if base_dtype != "auto":
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[base_dtype]
+    if not large or torch.device(device).type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 @dataclass(eq=False)
@@ -107,8 +127,9 @@ class Backbone:
 
     # ---------------------------------------------------------------------------------- capabilities
     @classmethod
-    def load(cls, spec: BackboneSpec, device: str | torch.device = "cpu") -> Backbone:
-        """Build this backbone from a parsed backbone string, local files only."""
+    def load(cls, spec: BackboneSpec, device: str | torch.device = "cpu", base_dtype: str = "auto") -> Backbone:
+        """Build this backbone from a parsed backbone string, local files only; base weights in
+        :func:`resolve_base_dtype` ``(base_dtype, device)``."""
         raise BackboneError(f"{cls.__name__} cannot be loaded from a backbone string ({spec.text!r})")
 
     @property
@@ -192,6 +213,34 @@ class Backbone:
         """One text per image: greedy (``beam_size=1``) or beam search (``generate``). ``prompts`` (one per
         image) is for backbones that condition on a prompt (LLaVA-style); others refuse it."""
         self.require(GENERATE, "generate")
+        raise NotImplementedError
+
+    # The prompt-conditioned language-model API of LLaVA-style backbones (``lm_logits`` / ``generate``).
+    @property
+    def image_token(self) -> str:
+        """The placeholder a prompt carries where the image goes (e.g. ``"<image>"``)."""
+        self.require(LM_LOGITS, "image_token")
+        raise NotImplementedError
+
+    @property
+    def processor(self) -> Any:
+        """The Hugging Face processor (image processor, tokenizer, chat template) of the model."""
+        self.require(LM_LOGITS, "processor")
+        raise NotImplementedError
+
+    def lm_collator(self, max_length: int | None = None) -> Callable[..., dict[str, Tensor]]:
+        """A picklable ``(prompts, targets | None) -> dict of tensors`` for loader workers (see subclasses)."""
+        self.require(LM_LOGITS, "lm_collator")
+        raise NotImplementedError
+
+    def lm_loss(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> Tensor:
+        """Per-row mean token cross-entropy ``(B,)`` over each row's labelled (target) tokens."""
+        self.require(LM_LOGITS, "lm_loss")
+        raise NotImplementedError
+
+    def sequence_scores(self, images: Tensor, prompts: Sequence[str], candidates: Sequence[str]) -> Tensor:
+        """Total log-probability ``(B, C)`` of each candidate continuation after each row's prompt."""
+        self.require(LM_LOGITS, "sequence_scores")
         raise NotImplementedError
 
     def decode(self, token_ids: Sequence[int] | Tensor) -> str:

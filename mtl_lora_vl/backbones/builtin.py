@@ -1,9 +1,10 @@
-"""Where the built-in backbone lives (DESIGN §6) and what it takes to load it.
+"""Where the built-in backbones live (DESIGN §6) and what it takes to load them.
 
-The built-in backbone is a small open_clip CLIP in an open_clip local directory
+The built-in backbone (``builtin``) is a small open_clip CLIP in an open_clip local directory
 (``open_clip_config.json``, ``model.safetensors``, ``tokenizer.json``, ``tokenizer_config.json``),
-written by ``scripts/pretrain_backbone.py``. The open_clip loader builds it; this module only finds
-the files and says how to make them when they are missing.
+written by ``scripts/pretrain_backbone.py``. The built-in tiny LLaVA (``builtin-llava``) is a Hugging
+Face ``LlavaForConditionalGeneration`` + ``LlavaProcessor`` ``save_pretrained`` directory, loaded by the
+same code as any ``hf:DIR``. The loaders build them; this module only finds the folders.
 """
 
 from __future__ import annotations
@@ -12,27 +13,42 @@ import json
 from importlib.resources import files
 from pathlib import Path
 
-__all__ = ["BUILTIN_CONFIG", "BUILTIN_NAME", "BUILTIN_WEIGHTS", "builtin_dir", "builtin_files"]
+__all__ = ["BUILTIN_CONFIG", "BUILTIN_LLAVA_NAME", "BUILTIN_NAME", "BUILTIN_WEIGHTS", "builtin_dir", "builtin_files",
+           "builtin_llava_dir"]
 
 BUILTIN_NAME = "builtin"
+BUILTIN_LLAVA_NAME = "builtin-llava"
 BUILTIN_CONFIG = "open_clip_config.json"
 BUILTIN_WEIGHTS = "model.safetensors"
 _SUBDIR = "builtin_clip"
+_LLAVA_SUBDIR = "builtin_llava"
+
+
+def _asset_dir(subdir: str, marker: str) -> Path:
+    """``mtl_lora_vl/assets/<subdir>`` (installed wheel) if it holds ``marker``, else ``<repo>/assets/<subdir>``
+    (checkout)."""
+    candidates = []
+    try:
+        candidates.append(Path(str(files("mtl_lora_vl") / "assets" / subdir)))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    candidates.append(Path(__file__).resolve().parents[2] / "assets" / subdir)
+    for c in candidates:
+        if (c / marker).is_file():
+            return c
+    return candidates[-1]
 
 
 def builtin_dir() -> Path:
     """Folder of the built-in backbone: ``mtl_lora_vl/assets/builtin_clip`` (installed wheel) if it has a
     config, else ``<repo>/assets/builtin_clip`` (checkout)."""
-    candidates = []
-    try:
-        candidates.append(Path(str(files("mtl_lora_vl") / "assets" / _SUBDIR)))
-    except (ModuleNotFoundError, TypeError):
-        pass
-    candidates.append(Path(__file__).resolve().parents[2] / "assets" / _SUBDIR)
-    for c in candidates:
-        if (c / BUILTIN_CONFIG).is_file():
-            return c
-    return candidates[-1]
+    return _asset_dir(_SUBDIR, BUILTIN_CONFIG)
+
+
+def builtin_llava_dir() -> Path:
+    """Folder of the built-in tiny LLaVA (a ``save_pretrained`` directory): ``mtl_lora_vl/assets/builtin_llava``
+    (installed wheel) if it has a ``config.json``, else ``<repo>/assets/builtin_llava`` (checkout)."""
+    return _asset_dir(_LLAVA_SUBDIR, "config.json")
 
 
 def builtin_files(pretrained: str | None = None) -> tuple[Path, dict, Path]:

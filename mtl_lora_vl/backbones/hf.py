@@ -16,12 +16,18 @@ import torch
 from .base import BackboneError
 from .spec import BackboneSpec
 
-__all__ = ["hf_dir", "hf_model_class"]
+__all__ = ["hf_dir", "hf_grad_checkpointing", "hf_model_class"]
 
 
 def hf_dir(spec: BackboneSpec) -> Path:
-    """The local directory of an ``hf:DIR`` spec, checked to hold a ``config.json``."""
+    """The local directory of an ``hf:DIR`` (or ``builtin-llava``) spec, checked to hold a ``config.json``."""
     folder = spec.path
+    if spec.kind == "builtin_llava" and (folder is None or not (folder / "config.json").is_file()):
+        raise FileNotFoundError(
+            f"the built-in tiny LLaVA ({spec.text}) is missing: {folder} has no config.json. It ships with the "
+            "package as a save_pretrained directory (LlavaForConditionalGeneration + LlavaProcessor); reinstall the "
+            "package or rebuild the asset, or pass a local LLaVA directory with --backbone hf:/path/to/dir"
+        )
     if folder is None or not folder.is_dir():
         raise FileNotFoundError(
             f"{spec.text} is not a local directory; hf: takes a folder written by save_pretrained "
@@ -69,3 +75,19 @@ def _timm_class(arch: str, path: Path) -> type:
         raise BackboneError(f"{path} names timm architecture {arch!r}, which this timm version does not have")
     with torch.device("meta"):
         return type(timm.create_model(arch, pretrained=False))
+
+
+def hf_grad_checkpointing(model: torch.nn.Module, enabled: bool) -> None:
+    """transformers' activation-checkpointing switch, non-reentrant (frozen inputs need no ``requires_grad``
+    trick); it acts in training mode only, as in transformers. Uses ``activation_checkpointing_*``
+    (transformers >= 5.x) or the older ``gradient_checkpointing_*`` names."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        if enabled:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.activation_checkpointing_disable()
+    elif enabled:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_disable()

@@ -17,8 +17,9 @@ from .base import (
     Backbone,
     as_rgb,
     register_backbone,
+    resolve_base_dtype,
 )
-from .hf import hf_dir
+from .hf import hf_dir, hf_grad_checkpointing
 from .spec import BackboneSpec
 from .tokenizers import load_hf_tokenizer
 
@@ -40,24 +41,13 @@ class HFClipBackbone(Backbone):
         return self.model.text_projection(pooled)
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        """transformers' switch, non-reentrant (frozen inputs need no ``requires_grad`` trick); it acts
-        in training mode only, as in transformers. Uses ``activation_checkpointing_*`` (transformers >= 5.x)
-        or the older ``gradient_checkpointing_*`` names."""
-        model = self.model
-        kwargs = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):
-            if enabled:
-                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-            else:
-                model.activation_checkpointing_disable()
-        elif enabled:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_disable()
+        """transformers' switch, non-reentrant; it acts in training mode only, as in transformers."""
+        hf_grad_checkpointing(self.model, enabled)
 
     @classmethod
-    def load(cls, spec: BackboneSpec, device: str | torch.device = "cpu") -> HFClipBackbone:
-        """A local ``CLIPModel.save_pretrained`` directory with its tokenizer (and preprocessor config)."""
+    def load(cls, spec: BackboneSpec, device: str | torch.device = "cpu", base_dtype: str = "auto") -> HFClipBackbone:
+        """A local ``CLIPModel.save_pretrained`` directory with its tokenizer (and preprocessor config); fp32
+        weights unless ``base_dtype`` asks for bf16/fp16 (a small contrastive model: ``auto`` is fp32)."""
         from transformers import CLIPConfig, CLIPModel
 
         folder = hf_dir(spec)
@@ -65,7 +55,8 @@ class HFClipBackbone(Backbone):
             config = CLIPConfig.from_pretrained(str(folder), local_files_only=True)
         except Exception as e:  # wrong model type, malformed json, ...
             raise ValueError(f"{folder}/config.json is not a Hugging Face CLIP config: {e}") from e
-        model = CLIPModel.from_pretrained(str(folder), local_files_only=True)
+        model = CLIPModel.from_pretrained(str(folder), local_files_only=True,
+                                          dtype=resolve_base_dtype(base_dtype, device, large=False))
         context_length = int(config.text_config.max_position_embeddings)
         tokenizer = load_hf_tokenizer(folder, context_length, spec.label)
         if tokenizer.vocab_size > config.text_config.vocab_size:

@@ -1,7 +1,7 @@
 """``load_backbone``: a backbone string -> the Backbone of its family, from local files only.
 
 The string is parsed once (:func:`parse_spec`); ``builtin`` and ``open_clip:`` build with open_clip;
-an ``hf:DIR`` is matched against the family table by the class its ``config.json`` names, and loaded
+an ``hf:DIR`` (and ``builtin-llava``, a directory shipped with the package) is matched against the family table by the class its ``config.json`` names, and loaded
 by the Backbone class the table registers for that family (or refused with the table's reason).
 """
 
@@ -12,25 +12,27 @@ import torch
 from .base import Backbone, backbone_class_for
 from .hf import hf_dir, hf_model_class
 from .hf_clip import HFClipBackbone
+from .hf_vlm import HFVLMBackbone, PaliGemmaBackbone
 from .open_clip import OpenClipBackbone
 from .spec import parse_spec
 
 __all__ = ["BACKBONE_CLASSES", "load_backbone"]
 
 # Importing the family modules registers their classes; listed here so the registry is complete.
-BACKBONE_CLASSES: tuple[type[Backbone], ...] = (OpenClipBackbone, HFClipBackbone)
+BACKBONE_CLASSES: tuple[type[Backbone], ...] = (OpenClipBackbone, HFClipBackbone, HFVLMBackbone, PaliGemmaBackbone)
 
 
 def load_backbone(spec: str = "builtin", pretrained: str | None = None,
-                  device: str | torch.device = "cpu") -> Backbone:
+                  device: str | torch.device = "cpu", base_dtype: str = "auto") -> Backbone:
     """Load a base VL model, its tokenizer and image normalisation from local files.
 
-    ``spec`` is ``builtin``, ``open_clip:NAME`` (with ``pretrained`` = local checkpoint file),
-    ``open_clip:/dir`` or ``hf:/dir``. Anything that would need a download fails at once with a message
+    ``spec`` is ``builtin``, ``builtin-llava``, ``open_clip:NAME`` (with ``pretrained`` = local checkpoint
+    file), ``open_clip:/dir`` or ``hf:/dir``. Anything that would need a download fails at once with a message
     saying how to point at local weights. ``pretrained`` with ``builtin`` loads other weights into the
-    built-in architecture.
+    built-in architecture. ``base_dtype`` (``auto`` | ``fp32`` | ``bf16`` | ``fp16``) is the dtype of the base
+    weights: ``auto`` is bf16 for a language model on a GPU and fp32 otherwise (see ``resolve_base_dtype``).
     """
     parsed = parse_spec(spec, pretrained)
-    if parsed.kind == "hf":
-        return backbone_class_for(hf_model_class(hf_dir(parsed))).load(parsed, device)
-    return OpenClipBackbone.load(parsed, device)  # builtin, open_clip:NAME, open_clip:DIR
+    if parsed.is_hf_dir:
+        return backbone_class_for(hf_model_class(hf_dir(parsed))).load(parsed, device, base_dtype=base_dtype)
+    return OpenClipBackbone.load(parsed, device, base_dtype=base_dtype)  # builtin, open_clip:NAME, open_clip:DIR

@@ -28,6 +28,7 @@ from .base import (
     Backbone,
     as_rgb,
     register_backbone,
+    resolve_base_dtype,
 )
 from .beam import beam_search
 from .builtin import BUILTIN_NAME, builtin_files
@@ -61,14 +62,20 @@ class OpenClipBackbone(Backbone):
         self.model.set_grad_checkpointing(bool(enabled))
 
     @classmethod
-    def load(cls, spec: BackboneSpec, device: str | torch.device = "cpu") -> Backbone:
-        """``builtin``, ``open_clip:DIR`` or ``open_clip:NAME`` (with ``spec.pretrained``)."""
+    def load(cls, spec: BackboneSpec, device: str | torch.device = "cpu", base_dtype: str = "auto") -> Backbone:
+        """``builtin``, ``open_clip:DIR`` or ``open_clip:NAME`` (with ``spec.pretrained``); fp32 weights unless
+        ``base_dtype`` asks for bf16/fp16 (a small contrastive model: ``auto`` is fp32)."""
+        dtype = resolve_base_dtype(base_dtype, device, large=False)
         if spec.kind == "builtin":
             folder, config, weights = builtin_files(spec.pretrained)
-            return _from_files(config, folder, weights, BUILTIN_NAME, "built-in backbone", device)
-        if spec.kind == "open_clip_dir":
-            return _load_dir(spec, device)
-        return _load_named(spec, device)
+            bb = _from_files(config, folder, weights, BUILTIN_NAME, "built-in backbone", device)
+        elif spec.kind == "open_clip_dir":
+            bb = _load_dir(spec, device)
+        else:
+            bb = _load_named(spec, device)
+        if dtype != torch.float32:
+            bb.model.to(dtype)
+        return bb
 
 
 class CoCaBackbone(OpenClipBackbone):

@@ -1,6 +1,6 @@
 """Backbone strings (``--backbone``), parsed once into a typed :class:`BackboneSpec`.
 
-Forms: ``builtin``; ``open_clip:NAME`` (an architecture name, weights from ``--pretrained FILE``);
+Forms: ``builtin``; ``builtin-llava`` (the built-in tiny LLaVA directory, loaded like ``hf:DIR``); ``open_clip:NAME`` (an architecture name, weights from ``--pretrained FILE``);
 ``open_clip:DIR`` (an open_clip local directory with its own weights); ``hf:DIR`` (a local Hugging Face
 model directory). Loaders, adapter files and the export script all read the same parse.
 """
@@ -11,18 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .builtin import BUILTIN_NAME, builtin_dir
+from .builtin import BUILTIN_LLAVA_NAME, BUILTIN_NAME, builtin_dir, builtin_llava_dir
 
 __all__ = ["SPEC_FORMS", "BackboneSpec", "SpecKind", "parse_spec"]
 
 SPEC_FORMS = (
-    "'builtin' (the package's small pretrained CLIP), "
+    "'builtin' (the package's small pretrained CLIP), 'builtin-llava' (the package's tiny LLaVA), "
     "'open_clip:NAME' with --pretrained /path/to/checkpoint (e.g. open_clip:ViT-B-32 --pretrained "
     "/models/vit_b_32.bin), 'open_clip:/path/to/dir' (a folder with open_clip_config.json and weights), "
-    "or 'hf:/path/to/dir' (a local Hugging Face CLIPModel directory)"
+    "or 'hf:/path/to/dir' (a local Hugging Face CLIP, LLaVA or PaliGemma directory)"
 )
 
-SpecKind = Literal["builtin", "open_clip", "open_clip_dir", "hf"]
+SpecKind = Literal["builtin", "builtin_llava", "open_clip", "open_clip_dir", "hf"]
 _OPEN_CLIP, _HF = "open_clip:", "hf:"
 
 
@@ -30,8 +30,9 @@ _OPEN_CLIP, _HF = "open_clip:", "hf:"
 class BackboneSpec:
     """One parsed backbone string.
 
-    ``kind`` is ``builtin``, ``open_clip`` (by architecture ``name``), ``open_clip_dir`` or ``hf`` (both
-    with a local ``path``); ``pretrained`` is the weights file given beside it (``open_clip`` and
+    ``kind`` is ``builtin``, ``open_clip`` (by architecture ``name``), ``open_clip_dir``, ``hf`` or
+    ``builtin_llava`` (all three with a local ``path``; ``builtin_llava`` is a Hugging Face directory that
+    ships with the package, so it loads by the ``hf`` code); ``pretrained`` is the weights file given beside it (``open_clip`` and
     ``builtin`` only); ``text`` is the string as given (stripped).
     """
 
@@ -40,6 +41,11 @@ class BackboneSpec:
     name: str = ""
     path: Path | None = None
     pretrained: str | None = None
+
+    @property
+    def is_hf_dir(self) -> bool:
+        """True when ``path`` is a Hugging Face ``save_pretrained`` directory (``hf:DIR`` and ``builtin-llava``)."""
+        return self.kind in ("hf", "builtin_llava")
 
     @property
     def label(self) -> str:
@@ -57,7 +63,7 @@ class BackboneSpec:
 
     def absolute(self) -> str:
         """The spec string with a local directory made absolute (for adapter files read elsewhere)."""
-        if self.path is None or not self.path.is_dir():
+        if self.kind == "builtin_llava" or self.path is None or not self.path.is_dir():
             return self.text
         prefix = _HF if self.kind == "hf" else _OPEN_CLIP
         return prefix + str(self.path.resolve())
@@ -75,6 +81,10 @@ def parse_spec(spec: str, pretrained: str | None = None) -> BackboneSpec:
     text = spec.strip()
     if text == BUILTIN_NAME:
         return BackboneSpec("builtin", text, pretrained=pretrained)
+    if text == BUILTIN_LLAVA_NAME:
+        if pretrained:
+            raise ValueError(f"--pretrained is only for open_clip:NAME and builtin; {text} loads its own weights")
+        return BackboneSpec("builtin_llava", text, path=builtin_llava_dir())
     if text.startswith(_OPEN_CLIP):
         rest = text[len(_OPEN_CLIP):]
         if not rest:

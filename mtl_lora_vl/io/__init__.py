@@ -2,35 +2,42 @@
 
 - :mod:`.atomic`: atomic writes of a file or a directory (checkpoints, adapters, exports);
 - :mod:`.identity`: which base model an adapter fits (projections, shapes, fingerprint);
+- :mod:`.layout`: the file names of an adapter directory, and telling it from a PEFT or run directory;
 - :mod:`.adapter_files`: the native adapter directory (``save_adapter``, ``load_adapter``);
-- :mod:`.exports`: one task as a PEFT or plain LoRA, or a merged base-model checkpoint;
+- :mod:`.exports`: tasks as PEFT or plain LoRAs (one, or several named), or a merged base-model checkpoint;
 - :mod:`.pretrained`: ``load_pretrained``, base model + task heads + adapter in one call.
 """
 
-from .adapter_files import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    HEADS_WEIGHTS,
-    AdapterFileError,
-    load_adapter,
-    read_adapter_config,
-    save_adapter,
-)
+from .adapter_files import load_adapter, read_adapter_config, save_adapter
 from .atomic import atomic_dir, atomic_file
 from .exports import apply_plain_lora, export_lora, save_merged
 from .identity import model_identity
+from .layout import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    HEADS_WEIGHTS,
+    LEGACY_ADAPTER_CONFIG,
+    LEGACY_ADAPTER_WEIGHTS,
+    AdapterFileError,
+    find_adapter_dir,
+    is_adapter_dir,
+)
 from .pretrained import Pretrained, load_pretrained
 
 __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_WEIGHTS",
     "HEADS_WEIGHTS",
+    "LEGACY_ADAPTER_CONFIG",
+    "LEGACY_ADAPTER_WEIGHTS",
     "AdapterFileError",
     "Pretrained",
     "apply_plain_lora",
     "atomic_dir",
     "atomic_file",
     "export_lora",
+    "find_adapter_dir",
+    "is_adapter_dir",
     "load_adapter",
     "load_pretrained",
     "model_identity",

@@ -1,16 +1,21 @@
 """The native adapter directory: write it (``save_adapter``), check it and read it back (``load_adapter``).
 
-Layout (every name is a constant of this module, below; nothing else spells them)::
+Layout (every name is a constant of :mod:`.layout`; nothing else spells them)::
 
     adapter/
-      adapter_config.json        what the files are (below)
-      adapter_model.safetensors  the adapter tensors, under their model names, e.g.
-                                 ``visual.transformer.resblocks.0.attn.in_proj.lora_A``
-      heads.safetensors          each task head's state dict, keys ``<task>.<param>``
-      tasks/<task>.toml          copies of the task specs used for training
-      tasks/<task>.state.json    the task kind's vocabulary (VQA answers, class names), when given
+      mtl_lora_config.json         what the files are (below)
+      mtl_lora_model.safetensors   the adapter tensors, under their model names, e.g.
+                                   ``visual.transformer.resblocks.0.attn.in_proj.lora_A``
+      heads.safetensors            each task head's state dict, keys ``<task>.<param>``
+      tasks/<task>.toml            copies of the task specs used for training
+      tasks/<task>.state.json      the task kind's vocabulary (VQA answers, class names), when given
 
-``adapter_config.json`` holds ``format`` (``"mtl-lora-vl-adapter"``) and ``format_version``, the
+The two main files have names of their own (format version 2), so that no tool takes the directory for
+a PEFT adapter; directories of format version 1 (0.1.0), which used PEFT's ``adapter_config.json`` /
+``adapter_model.safetensors`` for them, are still read, and a real PEFT directory given to
+``load_adapter`` is refused with a message that says what it is (see :mod:`.layout`).
+
+``mtl_lora_config.json`` holds ``format`` (``"mtl-lora-vl-adapter"``) and ``format_version``, the
 ``package_version``, the ``config`` (an :class:`MTLLoRAConfig`), the ``base_model`` identity (see
 :mod:`mtl_lora_vl.io.identity`), ``base`` (how to rebuild the base model, e.g. ``{"backbone": "builtin",
 "pretrained": null}``), ``towers``, ``heads`` (the parameter names of each task head), ``task_specs`` and
@@ -47,7 +52,23 @@ from .identity import (
     plan_targets,
     projections_of,
 )
+from .layout import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    FORMAT,
+    FORMAT_VERSION,
+    HEADS_WEIGHTS,
+    TASKS_DIR,
+    AdapterFileError,
+    AdapterLayout,
+    adapter_layout,
+    config_path,
+    few,
+    spec_file,
+    state_file,
+)
 
+# The file names and AdapterFileError are defined in .layout and importable from here too.
 __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_WEIGHTS",
@@ -61,38 +82,11 @@ __all__ = [
     "save_adapter",
 ]
 
-# ---------------------------------------------------------------------------------------------- file names
-# The one place that names the files of an adapter directory. A later format version may give the native
-# files names of their own (so that PEFT does not mistake them for its adapter_config.json); readers then
-# look for both spellings here.
-
-FORMAT = "mtl-lora-vl-adapter"
-FORMAT_VERSION = 1
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-HEADS_WEIGHTS = "heads.safetensors"
-TASKS_DIR = "tasks"
-
-
-def spec_file(task: str) -> str:
-    """Path of a task's spec copy, relative to the adapter directory."""
-    return f"{TASKS_DIR}/{task}.toml"
-
-
-def state_file(task: str) -> str:
-    """Path of a task kind's saved state (its vocabulary), relative to the adapter directory."""
-    return f"{TASKS_DIR}/{task}.state.json"
-
-
-class AdapterFileError(ValueError):
-    """An adapter directory is missing, corrupt, or made for another base model; the message says which."""
-
-
 # ---------------------------------------------------------------------------------------------- tensor files
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes (recorded per file in ``adapter_config.json``)."""
+    """Hex sha256 of a file's bytes (recorded per file in the adapter config)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -132,11 +126,6 @@ def read_header(file: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     except Exception as e:  # safetensors raises SafetensorError / OSError types for damaged headers
         raise AdapterFileError(f"{file}: unreadable safetensors header ({e}); the file is damaged or was edited. "
                                "Copy the adapter directory again") from e
-
-
-def few(items: list[str], n: int = 6) -> str:
-    """The first ``n`` names of a list for an error message, and how many more there are."""
-    return ", ".join(items[:n]) + (f" (and {len(items) - n} more)" if len(items) > n else "")
 
 
 # ---------------------------------------------------------------------------------------------- saving
@@ -248,31 +237,29 @@ def save_adapter(
 
 
 def read_adapter_config(path: str | Path, verify: bool = True) -> dict[str, Any]:
-    """The parsed ``adapter_config.json`` of an adapter directory; ``verify`` checks every file's sha256."""
-    path = Path(path)
-    cfg_file = path / ADAPTER_CONFIG
-    if not path.is_dir():
-        raise AdapterFileError(f"{path}: not an adapter directory (save one with mtl_lora_vl.save_adapter)")
-    if not cfg_file.is_file():
-        raise AdapterFileError(f"{path}: no {ADAPTER_CONFIG}; this is not an adapter directory written by "
-                               "mtl_lora_vl.save_adapter")
+    """The parsed config (``mtl_lora_config.json``; format 1: ``adapter_config.json``) of an adapter
+    directory; ``verify`` checks every file's sha256."""
+    return _read(Path(path), verify)[0]
+
+
+def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
+    layout = adapter_layout(path)
+    cfg_file = path / layout.config
     try:
         doc = json.loads(cfg_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AdapterFileError(f"{cfg_file}: not valid JSON ({e}); the file is damaged, save the adapter again") from e
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-        hint = " (that is a PEFT adapter: load it with peft.PeftModel.from_pretrained)" if isinstance(doc, dict) \
-            and "peft_type" in doc else ""
-        raise AdapterFileError(f"{cfg_file}: format is {got!r}, expected {FORMAT!r}{hint}")
+        raise AdapterFileError(f"{cfg_file}: format is {got!r}, expected {FORMAT!r}")
     if int(doc.get("format_version", 0)) > FORMAT_VERSION:
         raise AdapterFileError(f"{cfg_file}: format_version {doc['format_version']} is newer than this package "
                                f"reads ({FORMAT_VERSION}); upgrade mtl-lora-vl")
     for key in ("config", "base_model", "files"):
         if not isinstance(doc.get(key), dict):
             raise AdapterFileError(f"{cfg_file}: the field {key!r} is missing or not an object")
-    if ADAPTER_WEIGHTS not in doc["files"]:
-        raise AdapterFileError(f"{cfg_file}: 'files' does not list {ADAPTER_WEIGHTS}")
+    if layout.weights not in doc["files"]:
+        raise AdapterFileError(f"{cfg_file}: 'files' does not list {layout.weights}")
     for rel in [*doc["files"], *(doc.get("task_specs") or {}).values()]:
         if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise AdapterFileError(f"{cfg_file}: file entry {rel!r} must be a path inside the adapter directory")
@@ -283,17 +270,17 @@ def read_adapter_config(path: str | Path, verify: bool = True) -> dict[str, Any]
                 raise AdapterFileError(f"{f}: missing; the adapter directory is incomplete, copy it again")
             if sha256_file(f) != digest:
                 raise AdapterFileError(
-                    f"{f}: sha256 does not match {ADAPTER_CONFIG} (size now {f.stat().st_size} bytes); the file "
+                    f"{f}: sha256 does not match {layout.config} (size now {f.stat().st_size} bytes); the file "
                     "is truncated or was modified after saving. Copy the adapter directory again")
-    return doc
+    return doc, layout
 
 
 def config_of(doc: dict[str, Any], path: Path) -> MTLLoRAConfig:
-    """The :class:`MTLLoRAConfig` recorded in a parsed ``adapter_config.json``."""
+    """The :class:`MTLLoRAConfig` recorded in a parsed adapter config (``read_adapter_config``)."""
     try:
         return MTLLoRAConfig.from_dict(doc["config"])
     except (ConfigError, TypeError) as e:
-        raise AdapterFileError(f"{path / ADAPTER_CONFIG}: the 'config' is not a valid MTLLoRAConfig: {e}") from e
+        raise AdapterFileError(f"{config_path(path)}: the 'config' is not a valid MTLLoRAConfig: {e}") from e
 
 
 def read_kind_state(path: str | Path, task: str) -> dict[str, Any] | None:
@@ -356,7 +343,7 @@ def _check_tensors(header: dict[str, tuple[tuple[int, ...], str]], expected: dic
     missing = sorted(set(expected) - set(header))
     if missing:
         raise AdapterFileError(f"{file}: missing adapter tensor(s) {few(missing)}; the file does not match its "
-                               f"{ADAPTER_CONFIG}")
+                               f"{config_path(file.parent).name}")
     unexpected = sorted(set(header) - set(expected))
     if unexpected:
         raise AdapterFileError(f"{file}: unexpected adapter tensor(s) {few(unexpected)}, which the adapter's "
@@ -395,28 +382,37 @@ def _check_heads(heads: dict[str, nn.Module], doc: dict[str, Any], header: dict[
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Module] | None = None) -> nn.Module:
+def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Module] | None = None, *,
+                 is_trainable: bool = False) -> nn.Module:
     """Attach the adapter saved in ``path`` to a fresh ``base_model`` and load its tensors; return the model.
 
     Everything is checked before the model is touched: the files' sha256 and safetensors headers, the
     family, class and projection fingerprint of the base model, every tensor name and shape. ``heads``
-    (task -> module) are loaded strictly from ``heads.safetensors``.
+    (task -> module) are loaded strictly from ``heads.safetensors``. Reads both format versions (see the
+    module docstring); a PEFT directory (e.g. an ``export_lora`` output) is refused with a message that
+    says how to load it instead.
+
+    As PEFT's ``load_adapter``: with ``is_trainable=False`` (the default) the model is for inference, its
+    adapter tensors and the heads get ``requires_grad=False`` and model and heads are put in eval mode;
+    ``is_trainable=True`` leaves the adapters trainable (as ``attach`` made them) and the modes alone,
+    to continue training.
     """
     if not isinstance(base_model, nn.Module):
         hint = " (a Backbone: pass backbone.model)" if isinstance(getattr(base_model, "model", None), nn.Module) else ""
         raise TypeError(f"load_adapter: base_model must be an nn.Module, got {type(base_model).__name__}{hint}")
     path = Path(path)
-    doc = read_adapter_config(path)
+    doc, layout = _read(path, verify=True)
     cfg = config_of(doc, path)
     heads = dict(heads or {})
-    header = read_header(path / ADAPTER_WEIGHTS)
+    weights = path / layout.weights
+    header = read_header(weights)
     head_file = path / HEADS_WEIGHTS
     head_header = read_header(head_file) if head_file.is_file() else {}
     plan = _check_base(base_model, doc, cfg, path)
-    _check_tensors(header, expected_tensors(plan, cfg), path / ADAPTER_WEIGHTS)
+    _check_tensors(header, expected_tensors(plan, cfg), weights)
     if heads:
         _check_heads(heads, doc, head_header, head_file)
-    tensors = load_tensors(path / ADAPTER_WEIGHTS)
+    tensors = load_tensors(weights)
     head_tensors = load_tensors(head_file) if heads else {}
 
     attach(base_model, cfg)
@@ -427,4 +423,11 @@ def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Mo
         for task, head in heads.items():
             n = len(task) + 1
             head.load_state_dict({k[n:]: v for k, v in head_tensors.items() if k.startswith(task + ".")}, strict=True)
+    if not is_trainable:
+        for name in tensors:
+            params[name].requires_grad_(False)
+        base_model.eval()
+        for head in heads.values():
+            head.requires_grad_(False)
+            head.eval()
     return base_model

@@ -1,4 +1,4 @@
-"""One task of a trained adapter for other tools: a PEFT or plain LoRA, or a merged base-model checkpoint.
+"""Tasks of a trained adapter for other tools: PEFT or plain LoRAs, or a merged base-model checkpoint.
 
 Plain per-task LoRA (``export_lora(..., format="plain")``, the default for open_clip and timm)::
 
@@ -16,7 +16,19 @@ and one ``<attn>.out_proj`` on ``<attn>.out_proj.weight``. R is r (n·r for mult
 PEFT LoRA (``format="peft"``, the default for Hugging Face ``CLIPModel`` and ``LlavaForConditionalGeneration``):
 a PEFT ``adapter_config.json`` (``r = lora_alpha = R``, so PEFT's scaling is 1, exact ``target_modules``)
 and ``adapter_model.safetensors`` with PEFT's key names, loadable by
-``peft.PeftModel.from_pretrained(fresh_base_model, path)``.
+``peft.PeftModel.from_pretrained(fresh_base_model, path)``. These two file names mean PEFT in this
+package: the native adapter directory names its files ``mtl_lora_config.json`` /
+``mtl_lora_model.safetensors`` (see :mod:`.adapter_files`).
+
+Several tasks (``export_lora(model, ["vqa", "captioning"], OUT)``): one such directory per task in
+``OUT/<task>/`` and a README in ``OUT``, which is what ``PeftModel.save_pretrained(OUT)`` writes for
+adapters named by the tasks (PEFT 0.21 writes the adapter called ``"default"`` into ``OUT`` itself and
+every other one into ``OUT/<adapter_name>/``; here no adapter is ``"default"``, so every task has its
+subfolder and the layout does not depend on the order of the tasks). Load them as named adapters and
+serve a mixed batch with PEFT's ``adapter_names=`` (one name per input row), which PEFT accepts in
+``PeftModel.forward`` and ``PeftModel.generate`` only: for a ``CLIPModel`` call the model with both
+``pixel_values`` and ``input_ids`` (``get_image_features`` passes through without PEFT's routing).
+The plain layout goes per task into ``OUT/<task>/`` the same way.
 
 Merged checkpoint (``save_merged`` and ``scripts/export_merged.py``): the base model's plain state dict
 with one task folded in; open_clip as a ``.safetensors`` file for ``open_clip.create_model(NAME,
@@ -27,6 +39,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -36,9 +49,10 @@ from .._version import __version__
 from ..adapters.attach import merged_state_dict
 from ..adapters.layers import LoRALinear
 from ..families import MERGED_WEIGHTS, merged_format, peft_export
-from .adapter_files import AdapterFileError, few, load_tensors, save_tensors
+from .adapter_files import load_tensors, save_tensors
 from .atomic import atomic_dir, atomic_file
 from .identity import adapted_module, model_identity, plan_attached
+from .layout import AdapterFileError, few
 
 __all__ = ["PLAIN_CONFIG", "PLAIN_FORMAT", "PLAIN_WEIGHTS", "apply_plain_lora", "export_lora", "save_merged"]
 
@@ -63,13 +77,23 @@ def _merged_weights_name(model: nn.Module, family: str) -> str | None:
 # ---------------------------------------------------------------------------------------------- LoRA exports
 
 
-def export_lora(model: nn.Module, task: str, path: str | Path, format: str = "auto",
+def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, format: str = "auto",
                 overwrite: bool = False) -> Path:
-    """Write task ``task`` of ``model`` as one plain LoRA (scaling folded in); return the directory.
+    """Write task(s) of ``model`` as plain LoRAs (scaling and mixture folded in); return the directory.
 
-    ``format="peft"`` writes a PEFT LoRA directory (default for Hugging Face CLIP and LLaVA; needs every
-    adapted projection to be an ``nn.Linear``), ``"plain"`` the layout in the module docstring (default
-    for open_clip and timm). Both give the MTL-LoRA model's outputs for that task.
+    ``task`` is one task name: ``path`` is one LoRA directory. Or a list of task names: ``path/<task>/``
+    holds each task's LoRA, the layout ``peft.PeftModel.save_pretrained`` writes for adapters named by
+    the tasks (PEFT writes a non-"default" adapter to ``path/<name>/``; every task goes in a subfolder,
+    ``path`` itself keeps only a README), so that::
+
+        peft_model = PeftModel.from_pretrained(base_model, path / "vqa", adapter_name="vqa")
+        peft_model.load_adapter(path / "captioning", adapter_name="captioning")
+        peft_model.eval()(**inputs, adapter_names=["vqa", "captioning", ...])   # one task per row
+
+    serves every task, also in one mixed batch, with the MTL-LoRA model's outputs.
+    ``format="peft"`` writes PEFT LoRA (default for Hugging Face CLIP and LLaVA; needs every adapted
+    projection to be an ``nn.Linear``), ``"plain"`` the layout in the module docstring (default for
+    open_clip and timm; per-task subfolders the same way).
     """
     inner = adapted_module(model)
     info = inner._mtl_lora
@@ -77,25 +101,72 @@ def export_lora(model: nn.Module, task: str, path: str | Path, format: str = "au
         format = _export_format(info.family)
     if format not in ("peft", "plain"):
         raise ValueError(f"export_lora: format must be 'auto', 'peft' or 'plain', got {format!r}")
-    t = info.config.task_index(task)
-    pairs = {name: bank.lora_pair(t) for name, bank in info.layers.items()}
+    several = not isinstance(task, str)
+    tasks = _task_list(task, format) if several else [task]
+    index = {t: info.config.task_index(t) for t in tasks}
     if format == "peft":
         mha = sorted(n for n, b in info.layers.items() if not isinstance(b, LoRALinear))
         if mha:
             raise ValueError(f"export_lora: PEFT LoRA cannot express adapters on the packed in-projection of "
                              f"nn.MultiheadAttention ({few(mha, 3)}); use format='plain' or a merged checkpoint")
+    write = _write_peft if format == "peft" else _write_plain
     with atomic_dir(path, overwrite=overwrite, what="export_lora") as tmp:
-        if format == "peft":
-            _write_peft(inner, task, pairs, tmp)
-        else:
-            _write_plain(inner, task, pairs, tmp)
+        for t in tasks:
+            out = tmp / t if several else tmp
+            out.mkdir(exist_ok=True)
+            rank = write(inner, t, {name: bank.lora_pair(index[t]) for name, bank in info.layers.items()}, out)
+        if several:
+            (tmp / "README.md").write_text(_multi_readme(inner, tasks, format))
+        elif format == "peft":
+            (tmp / "README.md").write_text(_peft_readme(inner, task, rank))
     return Path(path)
 
 
-def _write_peft(inner: nn.Module, task: str, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                out: Path) -> None:
-    """PEFT's adapter_config.json, adapter_model.safetensors (its key names) and a README into ``out``."""
+def _task_list(tasks: Sequence[str], format: str) -> list[str]:
+    """The task names of a multi-task export, checked as folder (and, for PEFT, adapter) names."""
+    if not isinstance(tasks, Sequence) or not tasks or not all(isinstance(t, str) for t in tasks):
+        raise TypeError(f"export_lora: task must be a task name or a non-empty list of task names, got {tasks!r}")
+    dup = sorted({t for t in tasks if list(tasks).count(t) > 1})
+    if dup:
+        raise ValueError(f"export_lora: task(s) {dup} named more than once")
+    for t in tasks:
+        if t in ("", ".", "..") or any(c in t for c in "/\\\0") or t != t.strip():
+            raise ValueError(f"export_lora: task {t!r} cannot be a folder name (path/<task>/); export it alone "
+                             "with export_lora(model, task, path)")
+        if format == "peft" and "." in t:
+            raise ValueError(f"export_lora: task {t!r} cannot be a PEFT adapter name (PEFT keeps adapters in "
+                             "torch ModuleDicts, whose keys have no '.'); export it alone with export_lora(model, "
+                             "task, path)")
+    return list(tasks)
+
+
+def _peft_readme(inner: nn.Module, task: str, R: int) -> str:
     cfg = inner._mtl_lora.config
+    return (f"PEFT LoRA for task {task!r}, exported by mtl-lora-vl {__version__} from an MTL-LoRA adapter "
+            f"({cfg.method}, r={cfg.r}). r = lora_alpha = {R}: the scaling is folded into "
+            "lora_B.\n\n    model = peft.PeftModel.from_pretrained(base_model, this_directory)\n")
+
+
+def _multi_readme(inner: nn.Module, tasks: list[str], format: str) -> str:
+    cfg = inner._mtl_lora.config
+    head = (f"Tasks {', '.join(tasks)} of an MTL-LoRA adapter ({cfg.method}, r={cfg.r}), exported by mtl-lora-vl "
+            f"{__version__}: one LoRA per task in <task>/, scaling and task mixture folded into lora_B.\n\n")
+    if format == "plain":
+        return head + ("Each folder is the plain LoRA layout (lora_config.json, lora_model.safetensors):\n\n"
+                       f"    mtl_lora_vl.io.apply_plain_lora(base_model, '{tasks[0]}')\n")
+    a, b = tasks[0], tasks[1] if len(tasks) > 1 else tasks[0]
+    return head + (
+        "This is the layout peft.PeftModel.save_pretrained writes for adapters named by the tasks:\n\n"
+        f"    model = peft.PeftModel.from_pretrained(base_model, '{a}', adapter_name='{a}')\n"
+        + "".join(f"    model.load_adapter('{t}', adapter_name='{t}')\n" for t in tasks[1:])
+        + "    model.eval()\n"
+        f"    out = model(**inputs, adapter_names=['{a}', '{b}', ...])   # one task per input row\n"
+        f"    model.set_adapter('{a}')                                  # or one task for every row\n")
+
+
+def _write_peft(inner: nn.Module, task: str, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                out: Path) -> int:
+    """PEFT's adapter_config.json and adapter_model.safetensors (its key names) into ``out``; returns the rank."""
     ranks = {b.shape[1] for b, _ in pairs.values()}
     R = max(ranks)
     tensors = {}
@@ -114,15 +185,12 @@ def _write_peft(inner: nn.Module, task: str, pairs: dict[str, tuple[torch.Tensor
         peft_cfg["rank_pattern"] = {n: b.shape[1] for n, (b, _) in pairs.items() if b.shape[1] != R}
         peft_cfg["alpha_pattern"] = dict(peft_cfg["rank_pattern"])
     (out / PEFT_CONFIG).write_text(json.dumps(peft_cfg, indent=2) + "\n")
-    (out / "README.md").write_text(
-        f"PEFT LoRA for task {task!r}, exported by mtl-lora-vl {__version__} from an MTL-LoRA adapter "
-        f"({cfg.method}, r={cfg.r}). r = lora_alpha = {R}: the scaling is folded into "
-        "lora_B.\n\n    model = peft.PeftModel.from_pretrained(base_model, this_directory)\n")
+    return R
 
 
 def _write_plain(inner: nn.Module, task: str, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 out: Path) -> None:
-    """The plain LoRA layout of the module docstring into ``out``."""
+                 out: Path) -> int:
+    """The plain LoRA layout of the module docstring into ``out``; returns the rank."""
     plan = plan_attached(inner)
     tensors = {}
     modules = {}
@@ -131,11 +199,13 @@ def _write_plain(inner: nn.Module, task: str, pairs: dict[str, tuple[torch.Tenso
         modules[name] = {"base_weight": plan[name].base_weight, "shape": [plan[name].d_out, plan[name].d_in],
                          "tower": plan[name].tower, "rank": int(B.shape[1])}
     save_tensors(tensors, out / PLAIN_WEIGHTS, {"format": PLAIN_FORMAT})
+    rank = max(b.shape[1] for b, _ in pairs.values())
     doc = {"format": PLAIN_FORMAT, "format_version": PLAIN_FORMAT_VERSION, "package_version": __version__,
-           "task": task, "method": inner._mtl_lora.config.method, "rank": max(b.shape[1] for b, _ in pairs.values()),
+           "task": task, "method": inner._mtl_lora.config.method, "rank": rank,
            "scaling": 1.0, "update": "W[base_weight] += lora_B @ lora_A", "base_model": model_identity(inner),
            "modules": modules}
     (out / PLAIN_CONFIG).write_text(json.dumps(doc, indent=2) + "\n")
+    return rank
 
 
 def apply_plain_lora(base_model: nn.Module, path: str | Path) -> nn.Module:
@@ -168,6 +238,12 @@ def apply_plain_lora(base_model: nn.Module, path: str | Path) -> nn.Module:
 # ---------------------------------------------------------------------------------------------- merged
 
 
+def _loaded_from(model: nn.Module) -> Path | None:
+    """The local directory a Hugging Face model was ``from_pretrained`` from, if any."""
+    name = getattr(model, "name_or_path", "") or ""
+    return Path(name) if name and Path(name).is_dir() else None
+
+
 def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | Path | None = None,
                 overwrite: bool = False) -> Path:
     """Write ``model``'s base model with task ``task`` merged in, loadable by the base library itself.
@@ -175,7 +251,8 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     open_clip: ``out`` ending in ``.safetensors`` is one state-dict file for ``open_clip.create_model(NAME,
     pretrained=out)``; any other ``out`` is a local-dir folder (``open_clip_model.safetensors`` plus the
     non-weight files of ``source_dir``, e.g. open_clip_config.json and the tokenizer). Hugging Face
-    models: a ``save_pretrained`` directory (plus ``source_dir``'s tokenizer/preprocessor files).
+    models: a ``save_pretrained`` directory plus the tokenizer/processor files of ``source_dir`` (default: the
+    local directory the model was loaded from), so a merged LLaVA loads with its processor.
     """
     inner = adapted_module(model)
     sd = merged_state_dict(inner, task)
@@ -189,6 +266,8 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
         weights_name = _merged_weights_name(inner, inner._mtl_lora.family)
         if weights_name is None:
             inner.save_pretrained(str(tmp), state_dict=sd)
+            if source_dir is None:  # the directory the model was loaded from (tokenizer, processor files)
+                source_dir = _loaded_from(inner)
         else:
             save_tensors(sd, tmp / weights_name, meta)
         if source_dir is not None:

@@ -17,14 +17,8 @@ from torch import nn
 from ..backbones import Backbone, load_backbone
 from ..config import MTLLoRAConfig
 from ..tasks import build_kind, load_spec
-from .adapter_files import (
-    ADAPTER_CONFIG,
-    AdapterFileError,
-    config_of,
-    load_adapter,
-    read_adapter_config,
-    read_kind_state,
-)
+from .adapter_files import config_of, load_adapter, read_adapter_config, read_kind_state
+from .layout import AdapterFileError, config_path
 
 __all__ = ["Pretrained", "load_pretrained"]
 
@@ -34,7 +28,7 @@ class Pretrained:
     """What ``load_pretrained`` returns; unpacks as ``backbone, heads, config``.
 
     ``specs`` holds the saved task specs (parsed), ``kinds`` the task kinds rebuilt from them (only with
-    ``heads=True``), ``doc`` the parsed ``adapter_config.json``.
+    ``heads=True``), ``doc`` the parsed adapter config (``mtl_lora_config.json``).
     """
 
     backbone: Backbone
@@ -56,6 +50,7 @@ def load_pretrained(
     pretrained: str | None = None,
     data_root: str | Path | None = None,
     heads: bool = True,
+    is_trainable: bool = False,
 ) -> Pretrained:
     """Build the base model named in the adapter file, rebuild the task heads, attach and load, in one call.
 
@@ -66,6 +61,9 @@ def load_pretrained(
     vocabulary, class names), so no training data is needed; an adapter saved without that state
     rebuilds it from the training split (``data_root`` for file-based specs). Each head is built by its
     kind, then filled from ``heads.safetensors``.
+
+    As with ``load_adapter``, the model is loaded for inference unless ``is_trainable=True``: adapter
+    tensors and heads frozen (``requires_grad=False``), model and heads in eval mode.
     """
     path = Path(path)
     doc = read_adapter_config(path)
@@ -88,9 +86,11 @@ def load_pretrained(
         if heads and task in (doc.get("heads") or {}):
             with torch.no_grad():  # on the base model: head shapes do not depend on adapters
                 built[task] = kinds[task].build_head(bb)
-    load_adapter(bb.model, path, heads=built)
+    load_adapter(bb.model, path, heads=built, is_trainable=is_trainable)
     for head in built.values():
-        head.to(device).eval()
+        head.to(device)
+        if not is_trainable:
+            head.eval()
     return Pretrained(bb, built, cfg, kinds, specs, doc)
 
 
@@ -100,7 +100,7 @@ def _base_backbone(path: Path, doc: dict[str, Any], backbone: str | None, pretra
     base = doc.get("base") or {}
     spec = backbone or base.get("backbone")
     if not spec:
-        raise AdapterFileError(f"{path / ADAPTER_CONFIG}: does not say which base model it was trained on "
+        raise AdapterFileError(f"{config_path(path)}: does not say which base model it was trained on "
                                "('base.backbone'); pass backbone='builtin' | 'open_clip:...' | 'hf:DIR', or build "
                                "the base model yourself and call mtl_lora_vl.load_adapter(model, path)")
     weights = pretrained if pretrained is not None else base.get("pretrained")

@@ -15,7 +15,7 @@ from ..adapters.grow import add_task
 from ..adapters.routing import disabled
 from ..backbones import load_backbone
 from ..config import MTLLoRAConfig
-from ..io import load_pretrained
+from ..io import find_adapter_dir, load_pretrained
 from ..options import TrainOptions
 from ..tasks import build_kind, resolve_tasks
 from .model import MultiTaskModel
@@ -41,7 +41,7 @@ class Setup:
 
 def build_setup(opts: TrainOptions, device: torch.device, extend_from: str | None = None) -> Setup:
     """Backbone, task specs and kinds, heads (initialised to the zero-shot rule), adapters."""
-    backbone = load_backbone(opts.backbone, opts.pretrained, device)
+    backbone = load_backbone(opts.backbone, opts.pretrained, device, base_dtype=opts.base_dtype)
     if opts.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
     specs = resolve_tasks(opts.tasks)
@@ -60,9 +60,9 @@ def build_setup(opts: TrainOptions, device: torch.device, extend_from: str | Non
 def extend_setup(opts: TrainOptions, device: torch.device) -> Setup:
     """A trained adapter plus new tasks: only the new Λ_t, w_t and heads will train (see add_task)."""
     src = Path(opts.extend)
-    adapter_dir = src / "adapter" if (src / "adapter" / "adapter_config.json").is_file() else src
-    lp = load_pretrained(adapter_dir, device, backbone=None if opts.backbone == "builtin" else opts.backbone,
-                         pretrained=opts.pretrained, data_root=opts.data_root)
+    lp = load_pretrained(find_adapter_dir(src), device,
+                         backbone=None if opts.backbone == "builtin" else opts.backbone,
+                         pretrained=opts.pretrained, data_root=opts.data_root, is_trainable=True)
     old = list(lp.config.tasks)
     missing = [t for t in old if t not in lp.kinds or t not in lp.heads]
     if missing:

@@ -1,0 +1,401 @@
+"""Hugging Face vision-language models with a language model (LLaVA, PaliGemma) from a local directory.
+
+``--backbone hf:DIR`` (and ``builtin-llava``) loads a ``save_pretrained`` directory: the model (its class read
+from ``config.json`` and matched against the family table) and its processor (``AutoProcessor``: image
+processor, tokenizer, chat template if present). Base weights load in :func:`resolve_base_dtype` (bf16 on a
+GPU, fp32 on a CPU, unless ``base_dtype`` says otherwise); adapters attached later stay fp32.
+
+The language-model API (what generative task kinds call):
+
+* ``image_token`` (the prompt placeholder), ``processor``, ``num_image_tokens`` (what it expands to);
+* ``lm_collator(max_length)``: a picklable ``(prompts, targets | None) -> tensors`` (:mod:`.lm_collate`);
+* ``lm_loss(pixel_values, input_ids, attention_mask, labels)``: per-row mean target cross-entropy ``(B,)``;
+* ``generate(images, max_len, beam_size, prompts)``: Hugging Face ``generate`` with the KV cache;
+* ``sequence_scores(images, prompts, candidates)``: log-probability ``(B, C)`` of each candidate.
+
+Run them under ``mtl_lora_vl.route(backbone.model, ids)`` with one id per image row; beams and candidates,
+which multiply the language model's rows, are routed by :mod:`mtl_lora_vl.adapters.generation`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..adapters.generation import expanded_rows
+from ..adapters.routing import disabled
+from .base import (
+    GENERATE,
+    GRAD_CHECKPOINTING,
+    LM_LOGITS,
+    OPENAI_MEAN,
+    OPENAI_STD,
+    Backbone,
+    BackboneError,
+    as_rgb,
+    register_backbone,
+    resolve_base_dtype,
+)
+from .hf import hf_dir, hf_grad_checkpointing, hf_model_class
+from .lm_collate import IGNORE_INDEX, LMCollator, PromptLayout, special_prefix
+from .spec import BackboneSpec
+from .tokenizers import HFTokenizer
+
+__all__ = ["HFVLMBackbone", "PaliGemmaBackbone", "load_processor"]
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+_MISMATCH = "image tokens do not match"
+
+
+@register_backbone("llava")
+@dataclass(eq=False)
+class HFVLMBackbone(Backbone):
+    """A Hugging Face image-text-to-text model (``LlavaForConditionalGeneration``; subclasses for others)."""
+
+    hf_processor: Any = None
+    image_token_str: str = "<image>"
+    image_token_id: int = -1
+    num_image_tokens: int = 0
+    prefix_ids: tuple[int, ...] = ()
+    _collators: dict = field(default_factory=dict, init=False, repr=False)
+
+    capabilities = frozenset({LM_LOGITS, GENERATE, GRAD_CHECKPOINTING})
+    # The prompt layout of the family (see lm_collate.PromptLayout) and where its positions start.
+    image_first: ClassVar[bool] = False
+    prompt_end: ClassVar[str] = ""
+    prefix_lm: ClassVar[bool] = False  # prompt tokens attend both ways (token_type_ids 0), targets causally
+    position_offset: ClassVar[int] = 0
+
+    # ------------------------------------------------------------------------------------------ building
+    @classmethod
+    def load(cls, spec: BackboneSpec, device: str | torch.device = "cpu", base_dtype: str = "auto") -> HFVLMBackbone:
+        """A local ``save_pretrained`` directory with the model and its processor files."""
+        folder = hf_dir(spec)
+        model_cls = hf_model_class(folder)
+        processor = load_processor(folder, spec.text)
+        dtype = resolve_base_dtype(base_dtype, device)
+        try:
+            model = model_cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ValueError(f"could not load {model_cls.__name__} weights from {folder}: {e}") from e
+        model.eval().to(device)
+        return cls.from_model(model, processor, spec.label)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, processor: Any, name: str = "hf:custom") -> HFVLMBackbone:
+        """Wrap an in-memory model and its processor (the loader, tests and notebooks)."""
+        tok = getattr(processor, "tokenizer", None)
+        image_processor = getattr(processor, "image_processor", None)
+        if tok is None or image_processor is None:
+            raise BackboneError(f"{name}: the processor ({type(processor).__name__}) needs a tokenizer and an image "
+                                "processor; save both with processor.save_pretrained(DIR)")
+        config = model.config
+        image_token = getattr(processor, "image_token", None) or getattr(tok, "image_token", None) or "<image>"
+        image_id = getattr(config, "image_token_id", None)
+        if image_id is None:
+            image_id = getattr(config, "image_token_index", None)
+        if image_id is None or tok.convert_tokens_to_ids(image_token) != image_id:
+            raise BackboneError(
+                f"{name}: the tokenizer maps the image placeholder {image_token!r} to "
+                f"{tok.convert_tokens_to_ids(image_token)}, but the model's config.image_token_id is {image_id}; save "
+                "the tokenizer the model was trained with (its image token must be that id)"
+            )
+        text_config = config.get_text_config()
+        image_size = _square(config.vision_config.image_size, name)
+        n_image = _count_image_tokens(model, image_size)
+        _check_processor_count(processor, image_size, n_image, name)
+        hf_tok = HFTokenizer(tok, context_length=max(8, min(77, int(text_config.max_position_embeddings) - n_image)))
+        mean = as_rgb(getattr(image_processor, "image_mean", None) or OPENAI_MEAN, f"{name}: image_mean")
+        std = as_rgb(getattr(image_processor, "image_std", None) or OPENAI_STD, f"{name}: image_std")
+        return cls(
+            model=model, name=name, tokenizer=hf_tok, image_size=image_size, mean=mean, std=std,
+            embed_dim=int(text_config.hidden_size), pad_id=hf_tok.pad_id, bos_id=hf_tok.bos_id, eos_id=hf_tok.eos_id,
+            context_length=hf_tok.context_length, vocab_size=int(text_config.vocab_size), hf_processor=processor,
+            image_token_str=image_token, image_token_id=int(image_id), num_image_tokens=n_image,
+            prefix_ids=cls._prefix(tok),
+        )
+
+    @classmethod
+    def _prefix(cls, tokenizer: Any) -> tuple[int, ...]:
+        """Special ids before a prompt's text: those the tokenizer adds itself (a start token, usually)."""
+        return special_prefix(tokenizer)
+
+    # ------------------------------------------------------------------------------------------ the API
+    @property
+    def image_token(self) -> str:
+        """The placeholder each prompt carries once, where the image goes (e.g. ``"<image>"``)."""
+        return self.image_token_str
+
+    @property
+    def processor(self) -> Any:
+        """The Hugging Face processor (image processor, tokenizer, chat template) of the model."""
+        return self.hf_processor
+
+    @property
+    def layout(self) -> PromptLayout:
+        return PromptLayout(self.image_token_str, self.image_token_id, self.num_image_tokens, self.eos_id,
+                            self.pad_id, self.prefix_ids, self.image_first, self.prompt_end)
+
+    def lm_collator(self, max_length: int | None = None) -> LMCollator:
+        """A picklable ``(prompts, targets | None) -> {"input_ids", "attention_mask"[, "labels"]}``: with targets,
+        prompt + target + end token right-padded with labels -100 on the prompt and padding; without, the
+        prompts left-padded for generation. Each prompt holds :attr:`image_token` once (expanded here)."""
+        if max_length not in self._collators:
+            self._collators[max_length] = LMCollator(self.hf_processor.tokenizer, self.layout, max_length)
+        return self._collators[max_length]
+
+    def lm_loss(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> Tensor:
+        """Per-row mean token cross-entropy ``(B,)`` over the row's labelled tokens (target and end token), fp32;
+        one forward for all rows, logits only from the first labelled position on. Rows without labels give 0."""
+        self._check_rows(pixel_values, input_ids, "lm_loss")
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"lm_loss: labels {tuple(labels.shape)} and input_ids {tuple(input_ids.shape)} differ")
+        L = input_ids.shape[1]
+        labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+        first = int(labelled[0]) if labelled.numel() else L - 1
+        keep = L - max(first - 1, 0)
+        out = self._forward(pixel_values, input_ids, attention_mask, labels=labels, logits_to_keep=keep, use_cache=False)
+        sums, counts = _target_logprobs(out.logits[:, :-1], labels[:, L - keep + 1:])
+        return -sums / counts.clamp(min=1)
+
+    @torch.no_grad()
+    def generate(self, images: Tensor, max_len: int = 20, beam_size: int = 1,
+                 prompts: Sequence[str] | None = None) -> list[str]:
+        """One text per image: greedy (``beam_size=1``) or beam search through Hugging Face ``generate`` with the
+        KV cache; only the new tokens are decoded, special tokens stripped. ``prompts`` default to the bare image
+        placeholder (captioning)."""
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        prompts = [self.image_token] * images.shape[0] if prompts is None else list(prompts)
+        batch = self._prompts(images, prompts, "generate")
+        kwargs = self._extra_inputs(batch["input_ids"], None)
+        out = self._hf_call(self.model.generate, pixel_values=images, **batch, **kwargs,
+                            max_new_tokens=int(max_len), num_beams=int(beam_size), do_sample=False,
+                            eos_token_id=self.eos_id, pad_token_id=self.pad_id)
+        new = out[:, batch["input_ids"].shape[1]:]
+        return [t.strip() for t in self.hf_processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    def sequence_scores(self, images: Tensor, prompts: Sequence[str], candidates: Sequence[str]) -> Tensor:
+        """Total log-probability ``(B, C)`` of each candidate (its tokens and the end token, as targets are
+        trained) after each row's prompt. One prefill of the prompts, then every candidate of every row in one
+        batched step from the cache (``B·C`` language-model rows, routed like beams). Under activation
+        checkpointing in training (where transformers drops the cache) the ``B·C`` full sequences run instead."""
+        if isinstance(candidates, str) or not candidates:
+            raise ValueError("sequence_scores: candidates must be a non-empty list of strings")
+        batch = self._prompts(images, list(prompts), "sequence_scores")
+        cands = [[*map(int, ids), self.eos_id]
+                 for ids in self.hf_processor.tokenizer(list(candidates), add_special_tokens=False)["input_ids"]]
+        if self.model.training and torch.is_grad_enabled() and _checkpointing(self.model):
+            return self._scores_full(images, prompts, cands)
+        return self._scores_cached(images, batch, cands)
+
+    def caption_logits(self, images: Tensor, tokens: Tensor) -> Tensor:
+        """Teacher-forced logits ``(B, L-1, vocab)`` of ``tokens`` (from :attr:`tokenizer`) after the image tokens;
+        position i predicts ``tokens[:, i + 1]``."""
+        if tokens.dim() != 2 or tokens.shape[1] < 2 or tokens.shape[0] != images.shape[0]:
+            raise ValueError(f"caption_logits: tokens must be (B, L >= 2) for {images.shape[0]} images, "
+                             f"got {tuple(tokens.shape)}")
+        n = self.num_image_tokens
+        image = tokens.new_full((tokens.shape[0], n), self.image_token_id)
+        ids = torch.cat([image, tokens.long()], dim=1)
+        out = self._forward(images, ids, torch.ones_like(ids), logits_to_keep=tokens.shape[1], use_cache=False)
+        return out.logits[:, :-1]
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """transformers' switch on the vision and language layers, non-reentrant; acts in training mode only."""
+        hf_grad_checkpointing(self.model, enabled)
+
+    # ------------------------------------------------------------------------------------------ internals
+    def _extra_inputs(self, input_ids: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
+        """Family inputs beside the ids: ``token_type_ids`` for a prefix-LM (0 = prompt, 1 = target)."""
+        if not self.prefix_lm:
+            return {}
+        if labels is None:
+            return {"token_type_ids": torch.zeros_like(input_ids)}
+        return {"token_type_ids": (labels != IGNORE_INDEX).long()}
+
+    def _positions(self, mask: Tensor) -> Tensor:
+        """Position ids of a (left-padded) batch, as Hugging Face ``generate`` numbers them."""
+        return (mask.long().cumsum(-1) - 1).clamp(min=0) + self.position_offset
+
+    def _check_rows(self, pixel_values: Tensor, input_ids: Tensor, what: str) -> None:
+        if input_ids.dim() != 2 or pixel_values.dim() != 4 or pixel_values.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"{what}: expected pixel_values (B, 3, H, W) and input_ids (B, L) for the same B, got "
+                             f"{tuple(pixel_values.shape)} and {tuple(input_ids.shape)}")
+        counts = (input_ids == self.image_token_id).sum(dim=1)
+        bad = (counts != self.num_image_tokens).nonzero()
+        if bad.numel():
+            r = int(bad[0])
+            raise BackboneError(
+                f"{what}: row {r} of input_ids has {int(counts[r])} image tokens (id {self.image_token_id}) but each "
+                f"image gives {self.num_image_tokens} features in {self.name}; build the ids with "
+                f"backbone.lm_collator(), whose prompts hold {self.image_token!r} once and expand it"
+            )
+
+    def _prompts(self, images: Tensor, prompts: list[str], what: str) -> dict[str, Tensor]:
+        if len(prompts) != images.shape[0]:
+            raise ValueError(f"{what}: {images.shape[0]} images but {len(prompts)} prompts; give one prompt per image")
+        batch = self.lm_collator()(prompts)
+        return {k: v.to(images.device, non_blocking=True) for k, v in batch.items()}
+
+    def _hf_call(self, fn: Any, **kwargs: Any) -> Any:
+        """Call the model (or its ``generate``); Hugging Face's image-token mismatch gets a message with the fix."""
+        try:
+            return fn(**kwargs)
+        except ValueError as e:
+            if _MISMATCH not in str(e):
+                raise
+            raise BackboneError(
+                f"{self.name}: the prompts' image tokens do not match the image features ({e}). Each image fills "
+                f"{self.num_image_tokens} tokens {self.image_token!r} (id {self.image_token_id}) per row; build "
+                "input_ids with backbone.lm_collator(), or, when using the processor yourself, fix its patch_size, "
+                "num_additional_image_tokens and vision_feature_select_strategy to match the model"
+            ) from e
+
+    def _forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor,
+                 labels: Tensor | None = None, **kwargs: Any) -> Any:
+        extra = self._extra_inputs(input_ids, labels)
+        return self._hf_call(self.model, pixel_values=pixel_values, input_ids=input_ids,
+                             attention_mask=attention_mask, **extra, **kwargs)
+
+    def _scores_cached(self, images: Tensor, batch: dict[str, Tensor], cands: list[list[int]]) -> Tensor:
+        B, C = images.shape[0], len(cands)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        out = self._forward(images, ids, mask, position_ids=self._positions(mask), use_cache=True, logits_to_keep=1)
+        first = out.logits[:, -1].float().log_softmax(-1)[:, [c[0] for c in cands]]  # (B, C)
+        width = max(map(len, cands))
+        if width == 1:
+            return first
+        cand = torch.full((C, width), self.pad_id, dtype=torch.long, device=ids.device)
+        labels = torch.full((C, width), IGNORE_INDEX, dtype=torch.long, device=ids.device)
+        for c, toks in enumerate(cands):
+            cand[c, :len(toks)] = torch.tensor(toks)
+            labels[c, :len(toks)] = torch.tensor(toks)
+        cache = out.cache
+        cache.batch_repeat_interleave(C)
+        step_ids = cand[:, :-1].repeat(B, 1)  # row b*C + c: candidate c of image b
+        step_mask = torch.cat([mask.repeat_interleave(C, 0), (labels[:, :-1] != IGNORE_INDEX).long().repeat(B, 1)], 1)
+        positions = self._positions(step_mask)[:, ids.shape[1]:]
+        kwargs = {"token_type_ids": torch.ones_like(step_ids)} if self.prefix_lm else {}
+        with expanded_rows(self.model, C):
+            logits = self.model(input_ids=step_ids, attention_mask=step_mask, position_ids=positions, cache=cache,
+                                use_cache=True, **kwargs).logits
+        rest, _ = _target_logprobs(logits, labels[:, 1:].repeat(B, 1))
+        return first + rest.view(B, C)
+
+    def _scores_full(self, images: Tensor, prompts: Sequence[str], cands: list[list[int]]) -> Tensor:
+        B, C = images.shape[0], len(cands)
+        collate = self.lm_collator()
+        rows = collate._prompt_ids(list(prompts))
+        full = collate._right_padded([p for p in rows for _ in cands], [c for _ in rows for c in cands])
+        full = {k: v.to(images.device) for k, v in full.items()}
+        with expanded_rows(self.model, C):
+            out = self._forward(images.repeat_interleave(C, 0), full["input_ids"], full["attention_mask"],
+                                labels=full["labels"], use_cache=False)
+        sums, _ = _target_logprobs(out.logits[:, :-1], full["labels"][:, 1:])
+        return sums.view(B, C)
+
+
+@register_backbone("paligemma")
+@dataclass(eq=False)
+class PaliGemmaBackbone(HFVLMBackbone):
+    """``PaliGemmaForConditionalGeneration``: image tokens first, then the start token, the prompt and ``"\\n"``;
+    the prompt attends both ways (prefix-LM), positions count from 1."""
+
+    image_first: ClassVar[bool] = True
+    prompt_end: ClassVar[str] = "\n"
+    prefix_lm: ClassVar[bool] = True
+    position_offset: ClassVar[int] = 1
+
+    @classmethod
+    def _prefix(cls, tokenizer: Any) -> tuple[int, ...]:
+        return () if tokenizer.bos_token_id is None else (int(tokenizer.bos_token_id),)
+
+
+# -------------------------------------------------------------------------------------------------- helpers
+
+
+def _target_logprobs(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-row sum of the log-probabilities of the labelled ``targets`` (``logits[:, i]`` predicts
+    ``targets[:, i]``; -100 is skipped), fp32, and the per-row count of labelled tokens."""
+    valid = targets != IGNORE_INDEX
+    logp = -F.cross_entropy(logits.float().flatten(0, 1), targets.clamp(min=0).flatten(), reduction="none")
+    logp = logp.view(targets.shape) * valid
+    return logp.sum(dim=1), valid.sum(dim=1)
+
+
+def _checkpointing(model: nn.Module) -> bool:
+    """Whether transformers' activation checkpointing is on (it drops the KV cache in training)."""
+    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
+def _square(size: Any, name: str) -> int:
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise BackboneError(f"{name}: non-square image size {size} is not supported")
+        size = size[0]
+    return int(size)
+
+
+@torch.no_grad()
+def _count_image_tokens(model: nn.Module, image_size: int) -> int:
+    """How many language-model tokens one image fills: one vision pass over a blank image (adapters off)."""
+    p = next(model.parameters())
+    blank = torch.zeros(1, 3, image_size, image_size, device=p.device, dtype=p.dtype)
+    with disabled(model) if getattr(model, "_mtl_lora", None) is not None else nullcontext():
+        out = model.get_image_features(pixel_values=blank)
+    feats = getattr(out, "pooler_output", out)
+    if isinstance(feats, (list, tuple)):
+        return int(feats[0].shape[0])
+    return int(feats.shape[-2])
+
+
+def _check_processor_count(processor: Any, image_size: int, n_image: int, name: str) -> None:
+    """Refuse a processor that expands the image placeholder to another count than the model fills."""
+    counter = getattr(processor, "_get_num_multimodal_tokens", None)
+    if counter is None or getattr(processor, "patch_size", 1) is None:
+        return
+    try:
+        data = counter(image_sizes=[[image_size, image_size]])
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return
+    said = data.get("num_image_tokens") if isinstance(data, dict) else getattr(data, "num_image_tokens", None)
+    if said and int(said[0]) != n_image:
+        said = int(said[0])
+        raise BackboneError(
+            f"{name}: the processor expands {getattr(processor, 'image_token', '<image>')!r} to {said} tokens but the "
+            f"vision tower gives {n_image} features per image; fix the processor (patch_size, "
+            "num_additional_image_tokens = 1 for a CLS token, vision_feature_select_strategy as in the model config) "
+            "and save it again with processor.save_pretrained(DIR)"
+        )
+
+
+def load_processor(folder: Path, what: str) -> Any:
+    """The ``AutoProcessor`` of a local model directory; a clear error when its files are missing."""
+    if not any((folder / f).is_file() for f in _PROCESSOR_FILES):
+        raise FileNotFoundError(
+            f"{what}: {folder} has no processor files ({' or '.join(_PROCESSOR_FILES)}); a vision-language model "
+            "directory needs its processor beside the weights: processor.save_pretrained(DIR) (e.g. "
+            "LlavaProcessor(image_processor=CLIPImageProcessor(...), tokenizer=..., patch_size=..., "
+            "vision_feature_select_strategy=...))"
+        )
+    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{what}: {folder} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); save the tokenizer there with "
+            "processor.save_pretrained(DIR) or tokenizer.save_pretrained(DIR)"
+        )
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:  # transformers raises many types here; name the folder and the fix
+        raise ValueError(f"{what}: could not load the processor from {folder} ({e}); save it again with "
+                         "processor.save_pretrained(DIR)") from e

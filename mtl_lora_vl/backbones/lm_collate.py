@@ -1,0 +1,150 @@
+"""Prompts and targets -> token tensors for a vision-language model's language model (LLaVA-style).
+
+:class:`LMCollator` runs in data-loader workers (it is picklable: a Hugging Face tokenizer and a
+:class:`PromptLayout` of plain numbers). Every prompt carries the image placeholder (the backbone's
+``image_token``) exactly once; the collator expands it to the ``num_image_tokens`` ids that the vision tower
+fills, so ``input_ids`` always match the image features.
+
+* With targets (training): ``input_ids`` = prompt + target + end token, right-padded; ``attention_mask``;
+  ``labels`` = the ids on the target and end tokens and -100 on the prompt and padding.
+* Without targets (generation): the prompts left-padded (so every row ends where generation starts),
+  ``input_ids`` and ``attention_mask``.
+
+``max_length`` caps a row: a target is cut to fit (its end token kept); a prompt that does not fit alone
+is an error naming the lengths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["IGNORE_INDEX", "LMCollator", "PromptLayout", "special_prefix"]
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class PromptLayout:
+    """Where the image tokens and special tokens go in a prompt (plain data; a family's facts).
+
+    ``prefix_ids`` are put before the prompt's text (the start token, when the model uses one);
+    ``image_first`` moves the image tokens before ``prefix_ids`` and the text (PaliGemma), and
+    ``prompt_end`` is appended to the prompt's text (PaliGemma's ``"\\n"`` that closes the prefix).
+    """
+
+    image_token: str
+    image_token_id: int
+    num_image_tokens: int
+    eos_id: int
+    pad_id: int
+    prefix_ids: tuple[int, ...] = ()
+    image_first: bool = False
+    prompt_end: str = ""
+
+
+def special_prefix(tokenizer: Any) -> tuple[int, ...]:
+    """The special ids the tokenizer puts before a text on its own (e.g. ``(bos,)``; ``()`` for none), found by
+    encoding a probe with and without special tokens (tokenizers that append an end token keep it out)."""
+    probe = "a"
+    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    full = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return tuple(int(i) for i in full[:start])
+    return ()
+
+
+class LMCollator:
+    """``(prompts, targets | None) -> {"input_ids", "attention_mask"[, "labels"]}`` (see the module doc)."""
+
+    def __init__(self, tokenizer: Any, layout: PromptLayout, max_length: int | None = None) -> None:
+        if max_length is not None and max_length < layout.num_image_tokens + 2:
+            raise ValueError(f"max_length={max_length} cannot hold the {layout.num_image_tokens} image tokens, "
+                             "a prompt and an answer; raise max_length")
+        ids = list(tokenizer(layout.image_token, add_special_tokens=False)["input_ids"])
+        if ids != [layout.image_token_id]:
+            raise ValueError(
+                f"the tokenizer splits the image placeholder {layout.image_token!r} into {ids}, not the model's image "
+                f"token {layout.image_token_id}; add it as one special token "
+                f"(tokenizer.add_special_tokens({{'additional_special_tokens': [{layout.image_token!r}]}})) and save "
+                "the tokenizer again"
+            )
+        self.tokenizer = tokenizer
+        self.layout = layout
+        self.max_length = max_length
+
+    def __call__(self, prompts: Sequence[str], targets: Sequence[str] | None = None) -> dict[str, Tensor]:
+        if isinstance(prompts, str):
+            raise TypeError("lm_collator: prompts must be a list of strings (one per row), not one string")
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("lm_collator: no prompts")
+        rows = self._prompt_ids(prompts)
+        if targets is None:
+            return self._left_padded(rows)
+        targets = list(targets)
+        if len(targets) != len(prompts):
+            raise ValueError(f"lm_collator: {len(prompts)} prompts but {len(targets)} targets; give one target per prompt")
+        enc = self.tokenizer(targets, add_special_tokens=False)["input_ids"] if targets else []
+        return self._right_padded(rows, [[*map(int, t), self.layout.eos_id] for t in enc])
+
+    # ------------------------------------------------------------------------------------------ prompts
+    def _prompt_ids(self, prompts: list[str]) -> list[list[int]]:
+        lay = self.layout
+        texts = []
+        for i, p in enumerate(prompts):
+            n = p.count(lay.image_token)
+            if n != 1:
+                raise ValueError(
+                    f"lm_collator: prompt {i} ({p[:60]!r}) has {n} image placeholders {lay.image_token!r}; every prompt "
+                    f"needs exactly one, e.g. '{lay.image_token} question: ... answer:' (backbone.image_token)"
+                )
+            if lay.image_first:
+                p = p.replace(lay.image_token, "").strip()
+            texts.append(p + lay.prompt_end)
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        image = [lay.image_token_id] * lay.num_image_tokens
+        rows = []
+        for i, ids in enumerate(encoded):
+            if lay.image_first:
+                row = [*image, *lay.prefix_ids, *ids]
+            else:
+                at = list(ids).index(lay.image_token_id)
+                row = [*lay.prefix_ids, *ids[:at], *image, *ids[at + 1:]]
+            if self.max_length is not None and len(row) + 1 > self.max_length:
+                raise ValueError(
+                    f"lm_collator: prompt {i} is {len(row)} tokens ({lay.num_image_tokens} of them image tokens), which "
+                    f"leaves no room for an answer within max_length={self.max_length}; shorten the prompt or raise "
+                    "max_length"
+                )
+            rows.append([int(t) for t in row])
+        return rows
+
+    def _left_padded(self, rows: list[list[int]]) -> dict[str, Tensor]:
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), self.layout.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            mask[r, width - len(row):] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def _right_padded(self, rows: list[list[int]], targets: list[list[int]]) -> dict[str, Tensor]:
+        if self.max_length is not None:
+            targets = [t if len(p) + len(t) <= self.max_length else [*t[:self.max_length - len(p) - 1], t[-1]]
+                       for p, t in zip(rows, targets)]
+        width = max(len(p) + len(t) for p, t in zip(rows, targets))
+        ids = torch.full((len(rows), width), self.layout.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        for r, (p, t) in enumerate(zip(rows, targets)):
+            n = len(p) + len(t)
+            ids[r, :n] = torch.tensor(p + t, dtype=torch.long)
+            mask[r, :n] = 1
+            labels[r, len(p):n] = torch.tensor(t, dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}

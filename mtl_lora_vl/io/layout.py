@@ -1,0 +1,165 @@
+"""What an adapter directory is called and what a directory is: the one place that names the files.
+
+A native adapter directory (written by ``save_adapter``, layout in :mod:`.adapter_files`) has files with
+names of their own since format version 2: ``mtl_lora_config.json`` and ``mtl_lora_model.safetensors``,
+so that no tool takes it for a PEFT adapter (PEFT reads ``adapter_config.json`` /
+``adapter_model.safetensors``; in this package those names mean PEFT files, as ``export_lora`` writes
+them). Format version 1 (mtl-lora-vl 0.1.0, see ``tests/fixtures/compat_v0_1_0``) used PEFT's names for
+the native files; :func:`adapter_layout` tells the two apart by content and says what a directory that
+is not an adapter is instead: a PEFT adapter, a multi-task PEFT export, a training run directory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "HEADS_WEIGHTS",
+    "LEGACY_ADAPTER_CONFIG",
+    "LEGACY_ADAPTER_WEIGHTS",
+    "AdapterFileError",
+    "AdapterLayout",
+    "adapter_layout",
+    "config_path",
+    "few",
+    "find_adapter_dir",
+    "is_adapter_dir",
+    "spec_file",
+    "state_file",
+]
+
+# ---------------------------------------------------------------------------------------------- file names
+# The one place that names the files of an adapter directory. Format version 2 gives the native files
+# names of their own; version 1 (0.1.0) used PEFT's names, which readers still accept (adapter_layout).
+
+FORMAT = "mtl-lora-vl-adapter"
+FORMAT_VERSION = 2
+ADAPTER_CONFIG = "mtl_lora_config.json"
+ADAPTER_WEIGHTS = "mtl_lora_model.safetensors"
+LEGACY_ADAPTER_CONFIG = "adapter_config.json"        # format version 1; PEFT's name
+LEGACY_ADAPTER_WEIGHTS = "adapter_model.safetensors"  # format version 1; PEFT's name
+HEADS_WEIGHTS = "heads.safetensors"
+TASKS_DIR = "tasks"
+RUN_ADAPTER_DIR = "adapter"  # where a training run keeps its adapter (RUN_DIR/adapter)
+
+
+def spec_file(task: str) -> str:
+    """Path of a task's spec copy, relative to the adapter directory."""
+    return f"{TASKS_DIR}/{task}.toml"
+
+
+def state_file(task: str) -> str:
+    """Path of a task kind's saved state (its vocabulary), relative to the adapter directory."""
+    return f"{TASKS_DIR}/{task}.state.json"
+
+
+class AdapterFileError(ValueError):
+    """An adapter directory is missing, corrupt, or made for another base model; the message says which."""
+
+
+def few(items: list[str], n: int = 6) -> str:
+    """The first ``n`` names of a list for an error message, and how many more there are."""
+    return ", ".join(items[:n]) + (f" (and {len(items) - n} more)" if len(items) > n else "")
+
+
+@dataclass(frozen=True)
+class AdapterLayout:
+    """The file names of a native adapter directory: ``config`` (JSON) and ``weights`` (the adapter tensors)."""
+
+    config: str
+    weights: str
+    format_version: int
+
+
+NATIVE_LAYOUT = AdapterLayout(ADAPTER_CONFIG, ADAPTER_WEIGHTS, FORMAT_VERSION)
+LEGACY_LAYOUT = AdapterLayout(LEGACY_ADAPTER_CONFIG, LEGACY_ADAPTER_WEIGHTS, 1)
+
+
+def _peft_dirs(path: Path) -> list[str]:
+    """Names of the subfolders of ``path`` that hold a PEFT adapter (a multi-task ``export_lora``)."""
+    out = []
+    for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+        try:
+            if "peft_type" in json.loads((sub / LEGACY_ADAPTER_CONFIG).read_text()):
+                out.append(sub.name)
+        except (OSError, ValueError, TypeError):
+            continue
+    return out
+
+
+def _not_native(path: Path, peft_type: str | None = None) -> str:
+    """Why ``path`` is not a native adapter directory, and what it is instead (PEFT export, run directory)."""
+    native = (f"mtl_lora_vl.load_adapter reads the native directory that save_adapter / "
+              f"MTLLoRAModel.save_pretrained write ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}), which keeps every "
+              "task's adapters and heads; a PEFT LoRA holds one task with its mixture folded into lora_B")
+    if peft_type is not None:
+        return (f"{path}: this is a PEFT adapter directory ({LEGACY_ADAPTER_CONFIG} with peft_type "
+                f"{peft_type!r}), e.g. one task written by mtl_lora_vl.export_lora; load it with "
+                f"peft.PeftModel.from_pretrained(base_model, {str(path)!r}). " + native)
+    if is_adapter_dir(path / RUN_ADAPTER_DIR):
+        return (f"{path}: no {ADAPTER_CONFIG}; this looks like a training run directory, its adapter is "
+                f"{path / RUN_ADAPTER_DIR}")
+    peft = _peft_dirs(path)
+    if peft:
+        return (f"{path}: no {ADAPTER_CONFIG}; it holds PEFT adapters in subfolders ({few(peft)}), as "
+                f"mtl_lora_vl.export_lora(model, [tasks], path) writes them; load one with "
+                "peft.PeftModel.from_pretrained(base_model, path/<task>, adapter_name=<task>). " + native)
+    return (f"{path}: no {ADAPTER_CONFIG} (nor a format-1 {LEGACY_ADAPTER_CONFIG}); this is not an adapter "
+            "directory written by mtl_lora_vl.save_adapter")
+
+
+def _detect(path: Path) -> AdapterLayout | str | None:
+    """The layout of a native adapter directory, the ``peft_type`` of a PEFT one, or None."""
+    if (path / ADAPTER_CONFIG).is_file():
+        return NATIVE_LAYOUT
+    legacy = path / LEGACY_ADAPTER_CONFIG
+    if not legacy.is_file():
+        return None
+    try:
+        doc = json.loads(legacy.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return LEGACY_LAYOUT  # damaged: reading it says so
+    if isinstance(doc, dict) and "peft_type" in doc and doc.get("format") != FORMAT:
+        return str(doc["peft_type"])
+    return LEGACY_LAYOUT
+
+
+def adapter_layout(path: str | Path) -> AdapterLayout:
+    """Which file names the native adapter directory ``path`` uses (format 2, or format 1 of 0.1.0).
+
+    Raises :class:`AdapterFileError` saying what ``path`` is instead: missing, a PEFT adapter directory
+    (``adapter_config.json`` with a ``peft_type``), a multi-task PEFT export, a training run directory.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise AdapterFileError(f"{path}: not an adapter directory (save one with mtl_lora_vl.save_adapter)")
+    found = _detect(path)
+    if isinstance(found, AdapterLayout):
+        return found
+    raise AdapterFileError(_not_native(path, found))
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    """True when ``path`` is a native adapter directory (either format version); reads only the config."""
+    return Path(path).is_dir() and isinstance(_detect(Path(path)), AdapterLayout)
+
+
+def find_adapter_dir(path: str | Path) -> Path:
+    """``path`` itself when it is an adapter directory, else its ``adapter/`` (a run directory), else ``path``."""
+    path = Path(path)
+    if not is_adapter_dir(path) and is_adapter_dir(path / RUN_ADAPTER_DIR):
+        return path / RUN_ADAPTER_DIR
+    return path
+
+
+def config_path(path: str | Path) -> Path:
+    """The config file of adapter directory ``path`` (for messages; the format-2 name when neither exists)."""
+    path = Path(path)
+    legacy = path / LEGACY_ADAPTER_CONFIG
+    return legacy if legacy.is_file() and not (path / ADAPTER_CONFIG).is_file() else path / ADAPTER_CONFIG

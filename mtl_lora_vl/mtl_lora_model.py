@@ -1,0 +1,252 @@
+"""MTLLoRAModel: an adapted model in the shape of PEFT's ``PeftModel``, built on the package's functions.
+
+Everything here delegates to the functional API (``attach``, ``route``, ``disabled``, ``merge``,
+``save_adapter``, ``load_adapter``), which stays the reference; the class only gives it PEFT's names
+and habits (frozen loading for inference, ``merge_and_unload``, attribute pass-through). :func:`unload`
+takes the adapters out of a model again, with or without one task merged into the weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adapters.attach import attach, attach_info, merge, unmerge
+from .adapters.grow import add_task
+from .adapters.layers import LoRALinear, LoRAMultiheadAttention
+from .adapters.routing import disabled, route
+from .config import MTLLoRAConfig
+from .io.adapter_files import load_adapter, save_adapter
+from .io.identity import adapted_module
+
+__all__ = ["MTLLoRAModel", "unload"]
+
+TaskSpec = str | int | torch.Tensor | Sequence[str] | Sequence[int]
+
+
+class MTLLoRAModel(nn.Module):
+    """A model with MTL-LoRA adapters on both towers, used the way a PEFT ``PeftModel`` is.
+
+    ``MTLLoRAModel(model, config)`` attaches adapters to ``model`` (like ``peft.get_peft_model``);
+    ``MTLLoRAModel(adapted_model)`` wraps a model ``attach`` already adapted. ``heads`` (task -> module)
+    are the task heads that go with the adapter (PEFT's ``modules_to_save``). Load a saved adapter with
+    :meth:`from_pretrained`, frozen for inference unless ``is_trainable=True``::
+
+        model = MTLLoRAModel.from_pretrained(base_model, "run/adapter")      # eval mode, nothing trains
+        with model.route(["vqa", "captioning"]):                             # one task per input row
+            out = model.generate(input_ids=..., pixel_values=..., max_new_tokens=20)
+        out = model(input_ids=..., pixel_values=..., tasks=["vqa", "captioning"])   # the same, one call
+        plain = model.merge_and_unload("vqa")                                # the base class, vqa merged in
+
+    Attributes the wrapper does not have (``generate``'s friends, ``config``, ``encode_image``, ...) come
+    from the base model, as with PEFT.
+
+    PEFT names and ours (the adapter math is DESIGN §2; with ``n_up=1`` and Λ_t = I it is plain LoRA)::
+
+        PEFT                          mtl-lora-vl
+        LoraConfig                    MTLLoRAConfig (one config for all tasks: tasks=[...])
+        r                             r (rank of the shared A)
+        lora_alpha                    alpha (scaling alpha / r in both)
+        target_modules                targets: "default" (the family table) or {"image": [regex], "text": [regex]}
+        lora_dropout                  dropout (on the adapter input, before A)
+        modules_to_save               the task heads (heads=...; heads.safetensors)
+        adapter / adapter_name        task (every task in one adapter directory)
+        adapter_names=[...]           tasks=[...] or route(ids): one task per input row
+        set_adapter(name)             route(name), a context manager
+        disable_adapter()             disable_adapters() (both spellings work)
+        merge_and_unload()            merge_and_unload(task); merge_adapter(task), unmerge_adapter(), unload()
+        get_peft_model(model, cfg)    MTLLoRAModel(model, cfg) or mlv.attach(model, cfg)
+        adapter_config.json           mtl_lora_config.json (names of their own, so PEFT cannot take
+        adapter_model.safetensors     mtl_lora_model.safetensors   the directory for one of its own)
+
+    ``mlv.export_lora(model, tasks, path)`` writes PEFT's own files for some tasks.
+    ``config`` stays the base model's (e.g. a Hugging Face config); the adapter's is :attr:`mtl_lora_config`.
+    """
+
+    def __init__(self, model: nn.Module, config: MTLLoRAConfig | None = None,
+                 heads: dict[str, nn.Module] | None = None):
+        super().__init__()
+        if isinstance(model, MTLLoRAModel):
+            raise TypeError("MTLLoRAModel: the model is already wrapped; use it as it is")
+        if config is not None:
+            attach(model, config)
+        else:
+            attach_info(model)  # a model without adapters gets the standard "call attach first" message
+        self.base_model = model
+        self.heads = nn.ModuleDict(heads or {})
+        unknown = sorted(set(self.heads) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"MTLLoRAModel: heads for {unknown}, which are not tasks of the adapter {self.tasks}")
+
+    # ------------------------------------------------------------------------------------------ loading, saving
+
+    @classmethod
+    def from_pretrained(cls, base_model: nn.Module, adapter_dir: str | Path, is_trainable: bool = False,
+                        heads: dict[str, nn.Module] | None = None) -> MTLLoRAModel:
+        """Load the adapter directory ``adapter_dir`` (``save_pretrained`` / ``save_adapter`` / a run's
+        ``adapter/``) onto a fresh ``base_model``, and ``heads`` from it when given.
+
+        As PEFT: frozen for inference (adapters and heads ``requires_grad=False``, eval mode) unless
+        ``is_trainable=True``. A PEFT directory is refused with a message saying how to load it instead.
+        """
+        load_adapter(base_model, adapter_dir, heads=heads, is_trainable=is_trainable)
+        model = cls(base_model, heads=heads)
+        if not is_trainable:
+            model.eval()
+        return model
+
+    def save_pretrained(self, save_directory: str | Path, *, heads: dict[str, nn.Module] | None = None,
+                        task_specs: dict[str, str | Path] | None = None, base: dict[str, Any] | None = None,
+                        kinds: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+        """Write the native adapter directory (every task, and the heads) with ``save_adapter``; return it.
+
+        ``heads`` defaults to the wrapper's own; ``task_specs``, ``base`` and ``kinds`` are as in
+        ``save_adapter``. Unlike PEFT, an existing non-empty directory is replaced only with
+        ``overwrite=True``. For PEFT LoRA files of some tasks use ``mlv.export_lora``.
+        """
+        return save_adapter(self.base_model, save_directory, heads=dict(self.heads) if heads is None else heads,
+                            task_specs=task_specs, base=base, kinds=kinds, overwrite=overwrite)
+
+    # ------------------------------------------------------------------------------------------ the adapter
+
+    @property
+    def mtl_lora_config(self) -> MTLLoRAConfig:
+        """The adapter's :class:`MTLLoRAConfig` (PEFT's ``peft_config``)."""
+        return attach_info(self.base_model).config
+
+    @property
+    def tasks(self) -> list[str]:
+        """The adapter's task names, in id order (PEFT's adapter names)."""
+        return list(self.mtl_lora_config.tasks)
+
+    def get_base_model(self) -> nn.Module:
+        """The adapted base model itself (adapter layers in place), as PEFT's ``get_base_model``."""
+        return self.base_model
+
+    def route(self, tasks: TaskSpec) -> AbstractContextManager:
+        """Context manager: every forward inside serves ``tasks`` (a name, or one name / id per input row)."""
+        return route(self.base_model, tasks)
+
+    def disable_adapters(self) -> AbstractContextManager:
+        """Context manager: the base model without adapters inside (zero-shot); PEFT's ``disable_adapter``."""
+        return disabled(self.base_model)
+
+    disable_adapter = disable_adapters  # PEFT's spelling
+
+    def add_task(self, name: str) -> int:
+        """Grow the adapter by task ``name`` (only its own tensors train); see ``mlv.add_task``."""
+        return add_task(self.base_model, name)
+
+    def merge_adapter(self, task: str) -> None:
+        """Fold ``task`` into the base weights in place (undo with :meth:`unmerge_adapter`)."""
+        merge(self.base_model, task)
+
+    def unmerge_adapter(self) -> None:
+        """Restore the exact base weights after :meth:`merge_adapter`."""
+        unmerge(self.base_model)
+
+    def merge_and_unload(self, task: str) -> nn.Module:
+        """The plain base model (its own class, no adapter modules left) with ``task`` merged into its
+        weights; modifies the wrapped model in place, so use the returned model afterwards."""
+        return unload(self.base_model, task)
+
+    def unload(self) -> nn.Module:
+        """The plain base model with the adapters taken out and the original weights (nothing merged)."""
+        return unload(self.base_model)
+
+    # ------------------------------------------------------------------------------------------ counting
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """``(trainable, all)`` parameter counts of the base model with adapters, and the heads (as PEFT)."""
+        trainable = total = 0
+        for p in self.parameters():
+            total += p.numel()
+            if p.requires_grad:
+                trainable += p.numel()
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        """Print the counts of :meth:`get_nb_trainable_parameters` in PEFT's format."""
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
+              f"trainable%: {100 * trainable / max(total, 1):.4f}")
+
+    # ------------------------------------------------------------------------------------------ pass-through
+
+    def _routed(self, tasks: TaskSpec | None, adapter_names: Sequence[str] | None) -> AbstractContextManager:
+        if tasks is not None and adapter_names is not None:
+            raise TypeError("MTLLoRAModel: pass tasks= or adapter_names= (PEFT's name for it), not both")
+        chosen = tasks if tasks is not None else adapter_names
+        return nullcontext() if chosen is None else route(self.base_model, chosen)
+
+    def forward(self, *args: Any, tasks: TaskSpec | None = None, adapter_names: Sequence[str] | None = None,
+                **kwargs: Any) -> Any:
+        """The base model's forward; ``tasks`` (or PEFT's ``adapter_names``) routes it like ``route``."""
+        with self._routed(tasks, adapter_names):
+            return self.base_model(*args, **kwargs)
+
+    def generate(self, *args: Any, tasks: TaskSpec | None = None, adapter_names: Sequence[str] | None = None,
+                 **kwargs: Any) -> Any:
+        """The base model's ``generate``; ``tasks`` gives one task per input row, through every step."""
+        with self._routed(tasks, adapter_names):
+            return self.base_model.generate(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("base_model", "heads"):  # not set yet (inside __init__): no recursion
+                raise
+            return getattr(self.base_model, name)
+
+
+# ---------------------------------------------------------------------------------------------- unloading
+
+
+@torch.no_grad()
+def unload(model: nn.Module, task: str | None = None) -> nn.Module:
+    """Take the adapters out of ``model`` in place and return it as a plain instance of its own class.
+
+    With ``task``, that task is merged into the weights first (PEFT's ``merge_and_unload``); without, the
+    exact base weights come back (PEFT's ``unload``). Each adapted ``nn.Linear`` becomes an ``nn.Linear``
+    again and each adapted ``nn.MultiheadAttention`` an ``nn.MultiheadAttention``, holding the same weight
+    tensors; base parameters keep ``requires_grad=False`` as ``attach`` left them.
+    """
+    inner = adapted_module(model)
+    if task is not None:
+        merge(inner, task)
+    else:
+        unmerge(inner)
+    attention = [n for n, m in inner.named_modules() if isinstance(m, LoRAMultiheadAttention)]
+    linear = [n for n, m in inner.named_modules() if isinstance(m, LoRALinear)
+              and not any(n.startswith(a + ".") for a in attention)]
+    for name in attention + linear:
+        old = inner.get_submodule(name)
+        new = _plain_attention(old) if isinstance(old, LoRAMultiheadAttention) else _plain_linear(old)
+        new.train(old.training)
+        parent, _, child = name.rpartition(".")
+        setattr(inner.get_submodule(parent) if parent else inner, child, new)
+    del inner._mtl_lora
+    return model
+
+
+def _plain_linear(m: LoRALinear, cls: type[nn.Linear] = nn.Linear) -> nn.Linear:
+    lin = cls(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+    lin.weight = m.weight
+    lin.bias = m.bias
+    return lin
+
+
+def _plain_attention(m: LoRAMultiheadAttention) -> nn.MultiheadAttention:
+    mha = nn.MultiheadAttention(m.embed_dim, m.num_heads, dropout=m.dropout, bias=m.in_proj_bias is not None,
+                                batch_first=m.batch_first, device="meta")
+    mha.in_proj_weight = m.in_proj_weight
+    mha.in_proj_bias = m.in_proj_bias
+    mha.out_proj = _plain_linear(m.out_proj, type(mha.out_proj))
+    return mha
+

@@ -1,0 +1,156 @@
+"""Mixed-task generation: one task id per input row through every decoding step, with the KV cache and beams.
+
+Tiny LLaVA and PaliGemma from configs with random non-zero adapters: a mixed batch generates, row by row,
+what each task's rows generate alone; a merged single-task model generates what routing gives; the layers
+stay strict outside a generate call.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from llava_tiny import tiny_llava_backbone
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.adapters.generation import expanded_rows, generation_rows
+
+TASKS = ["vqa", "captioning", "classes"]
+PROMPTS = ["question: what colour is the circle? answer:", "caption:", "class:", "how many objects are there? answer:",
+           "caption: a", "question: which shape is left? answer:"]
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    return tmp_path_factory.mktemp("gen")
+
+
+def adapted(dirs, family, method="mtl_lora"):
+    bb = tiny_llava_backbone(dirs, family)
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2, method=method))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for bank in bb.model._mtl_lora.layers.values():
+            bank.lora_B.normal_(std=0.3)
+            if hasattr(bank, "lora_lambda"):
+                bank.lora_lambda.add_(torch.randn_like(bank.lora_lambda) * 0.5)
+            if hasattr(bank, "lora_w"):
+                bank.lora_w.normal_(std=1.0)
+    return bb
+
+
+def inputs(bb, n=6):
+    torch.manual_seed(2)
+    images = torch.randn(n, 3, 32, 32)
+    prompts = [f"{bb.image_token} {PROMPTS[i % len(PROMPTS)]}" for i in range(n)]
+    return images, prompts
+
+
+@pytest.mark.parametrize("family", ["llava", "paligemma"])
+@pytest.mark.parametrize("beams", [1, 3])
+def test_mixed_generation_equals_each_task_alone(dirs, family, beams):
+    bb = adapted(dirs, family)
+    images, prompts = inputs(bb)
+    ids = torch.tensor([0, 1, 2, 1, 0, 2])
+    with mlv.route(bb.model, ids):
+        mixed = bb.generate(images, max_len=6, beam_size=beams, prompts=prompts)
+    for t in range(len(TASKS)):
+        rows = (ids == t).nonzero().flatten().tolist()
+        with mlv.route(bb.model, TASKS[t]):
+            alone = bb.generate(images[rows], max_len=6, beam_size=beams, prompts=[prompts[r] for r in rows])
+        assert [mixed[r] for r in rows] == alone, (TASKS[t], rows)
+    with mlv.disabled(bb.model):
+        base = bb.generate(images, max_len=6, beam_size=beams, prompts=prompts)
+    assert base != mixed  # the adapters change what is generated
+    assert bb.model._mtl_lora.router.expansion == 1  # the scope closed with the call
+
+
+@pytest.mark.parametrize("family", ["llava", "paligemma"])
+def test_direct_hf_generate_under_route(dirs, family):
+    """The user API: ``with route(model, ids): model.generate(input_ids=..., pixel_values=..., ...)``, here with
+    num_beams=3 and num_return_sequences=2 (3 language-model rows per input row, 2 returned)."""
+    bb = adapted(dirs, family)
+    images, prompts = inputs(bb, 4)
+    batch = bb.lm_collator()(prompts)
+    extra = {"token_type_ids": torch.zeros_like(batch["input_ids"])} if bb.prefix_lm else {}
+    kw = dict(max_new_tokens=5, num_beams=3, num_return_sequences=2, do_sample=False, pad_token_id=bb.pad_id)
+    ids = torch.tensor([2, 0, 1, 0])
+    with mlv.route(bb.model, ids):
+        mixed = bb.model.generate(**batch, **extra, pixel_values=images, **kw)
+    assert mixed.shape[0] == 8
+    for r in range(4):
+        one = {k: v[r:r + 1] for k, v in {**batch, **extra}.items()}
+        with mlv.route(bb.model, TASKS[int(ids[r])]):
+            alone = bb.model.generate(**one, pixel_values=images[r:r + 1], **kw)
+        got = mixed[2 * r:2 * r + 2, batch["input_ids"].shape[1]:]
+        want = alone[:, batch["input_ids"].shape[1]:]
+        n = min(got.shape[1], want.shape[1])  # alone may stop earlier; the rest of the mixed rows is padding
+        assert torch.equal(got[:, :n], want[:, :n]) and (got[:, n:] == bb.pad_id).all()
+
+
+@pytest.mark.parametrize("family", ["llava", "paligemma"])
+def test_merged_generation_equals_routed(dirs, family):
+    bb = adapted(dirs, family)
+    images, prompts = inputs(bb, 4)
+    for beams in (1, 2):
+        with mlv.route(bb.model, "captioning"):
+            routed = bb.generate(images, max_len=6, beam_size=beams, prompts=prompts)
+        mlv.merge(bb.model, "captioning")
+        try:
+            merged = bb.generate(images, max_len=6, beam_size=beams, prompts=prompts)
+        finally:
+            mlv.unmerge(bb.model)
+        assert merged == routed
+
+
+def test_candidates_scored_per_row_task(dirs):
+    bb = adapted(dirs, "llava")
+    images, prompts = inputs(bb, 3)
+    cands = ["red", "a blue square", "two"]
+    ids = torch.tensor([1, 0, 2])
+    with mlv.route(bb.model, ids):
+        mixed = bb.sequence_scores(images, prompts, cands)
+    for r in range(3):
+        with mlv.route(bb.model, TASKS[int(ids[r])]):
+            alone = bb.sequence_scores(images[r:r + 1], prompts[r:r + 1], cands)
+        torch.testing.assert_close(mixed[r:r + 1], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_layers_stay_strict_outside_generation(dirs):
+    bb = adapted(dirs, "llava")
+    images, prompts = inputs(bb, 4)
+    b = bb.lm_collator()(prompts[:2] * 2, ["red", "blue"] * 2)
+    bb.model.train()
+    with mlv.route(bb.model, torch.tensor([0, 1])), pytest.raises(mlv.RoutingError, match="routed 2 task ids but the batch"):
+        bb.lm_loss(images, **b)  # 4 rows = 2 x 2 routed ids: refused in training
+    with mlv.route(bb.model, torch.tensor([0, 1])), expanded_rows(bb.model, 2):
+        bb.lm_loss(images, **b)  # the same batch inside an expansion scope of this model is routed
+    other = adapted(dirs, "llava")
+    with mlv.route(bb.model, torch.tensor([0, 1])), expanded_rows(other.model, 2), \
+            pytest.raises(mlv.RoutingError, match="routed 2 task ids"):
+        bb.lm_loss(images, **b)  # another model's scope does not loosen this one
+    with mlv.route(bb.model, torch.tensor([0, 1])), expanded_rows(bb.model, 3), \
+            pytest.raises(mlv.RoutingError, match="routed 2 task ids"):
+        bb.lm_loss(images, **b)  # exactly k times, not any multiple
+    bb.model.eval()
+
+
+def test_generation_rows_and_copies(dirs):
+    bb = adapted(dirs, "llava")
+    m = bb.model
+    assert generation_rows(m, {}) == 1
+    assert generation_rows(m, {"num_beams": 3, "num_return_sequences": 2}) == 3
+    assert generation_rows(m, {"do_sample": True, "num_return_sequences": 2}) == 2
+    from transformers import GenerationConfig
+
+    assert generation_rows(m, {"generation_config": GenerationConfig(num_beams=4)}) == 4
+    assert type(m).__name__ == "LlavaForConditionalGeneration" and "generate" in vars(m)
+    images, prompts = inputs(bb, 2)
+    with mlv.route(m, torch.tensor([0, 2])):
+        want = bb.generate(images, max_len=4, beam_size=2, prompts=prompts)
+    twin = copy.deepcopy(m)
+    assert twin.generate.model is twin  # the copy routes through its own router
+    with mlv.route(twin, torch.tensor([0, 2])):
+        got = type(bb).from_model(twin, bb.processor).generate(images, max_len=4, beam_size=2, prompts=prompts)
+    assert got == want

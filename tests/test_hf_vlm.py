@@ -1,0 +1,268 @@
+"""The generative backbone API on tiny LLaVA and PaliGemma directories (hf:DIR), CPU, from configs."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from llava_tiny import save_tiny_llava, tiny_llava_backbone
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.backbones import BackboneError, HFVLMBackbone, PaliGemmaBackbone, load_backbone
+from mtl_lora_vl.backbones.base import GENERATE, GRAD_CHECKPOINTING, LM_LOGITS
+
+FAMILIES = ["llava", "paligemma"]
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    return tmp_path_factory.mktemp("vlm")
+
+
+@pytest.fixture(params=FAMILIES)
+def bb(request, dirs):
+    return tiny_llava_backbone(dirs, request.param)
+
+
+def prompts(bb, n=3):
+    base = ["question: what colour is the circle? answer:", "caption:", "how many objects are there? answer:"]
+    return [f"{bb.image_token} {base[i % len(base)]}" for i in range(n)]
+
+
+def test_loads_by_family_with_capabilities(bb):
+    assert type(bb) is {"llava": HFVLMBackbone, "paligemma": PaliGemmaBackbone}[bb.family]
+    assert bb.capabilities == {LM_LOGITS, GENERATE, GRAD_CHECKPOINTING}
+    assert bb.num_image_tokens == 16 and bb.image_token == "<image>" and bb.image_size == 32
+    assert bb.processor is not None and bb.model.dtype == torch.float32  # fp32 on a CPU under auto
+    with pytest.raises(BackboneError, match="needs pooled image embeddings.*use a contrastive backbone.*generative task"):
+        bb.encode_image(torch.zeros(1, 3, 32, 32))
+
+
+def test_contrastive_backbone_refuses_lm_api(tmp_path):
+    from vl_tiny import tiny_backbone
+
+    clip = tiny_backbone(tmp_path)
+    for call in (lambda: clip.lm_collator(), lambda: clip.image_token,
+                 lambda: clip.sequence_scores(torch.zeros(1, 3, 32, 32), ["x"], ["y"])):
+        with pytest.raises(BackboneError, match="needs a language model.*builtin-llava.*hf:/path/to/dir"):
+            call()
+
+
+def test_collator_training_and_generation_layout(bb):
+    col = bb.lm_collator()
+    col = pickle.loads(pickle.dumps(col))  # runs in loader workers
+    p = prompts(bb, 2)
+    b = col(p, ["red", "a blue square"])
+    ids, mask, labels = b["input_ids"], b["attention_mask"], b["labels"]
+    assert ids.shape == mask.shape == labels.shape
+    assert ((ids == bb.image_token_id).sum(1) == bb.num_image_tokens).all()
+    tok = bb.processor.tokenizer
+    for r, target in enumerate(["red", "a blue square"]):
+        want = [*tok(target, add_special_tokens=False)["input_ids"], bb.eos_id]
+        got = labels[r][labels[r] != -100].tolist()
+        assert got == want
+        n = int(mask[r].sum())
+        assert ids[r, n - len(want):n].tolist() == want and mask[r, n:].sum() == 0  # right-padded
+    gen = col(p)
+    assert set(gen) == {"input_ids", "attention_mask"}
+    assert (gen["attention_mask"][:, -1] == 1).all()  # left-padded: every row ends at the last column
+    short = int(gen["attention_mask"][1].sum())
+    assert gen["attention_mask"][1, : gen["input_ids"].shape[1] - short].sum() == 0
+
+
+def test_collator_errors(bb):
+    col = bb.lm_collator()
+    with pytest.raises(ValueError, match="has 0 image placeholders.*exactly one"):
+        col(["question: what?"], ["red"])
+    with pytest.raises(ValueError, match="has 2 image placeholders"):
+        col([f"{bb.image_token} {bb.image_token} caption:"])
+    with pytest.raises(ValueError, match="1 prompts but 2 targets"):
+        col(prompts(bb, 1), ["a", "b"])
+    short = bb.lm_collator(max_length=20)
+    with pytest.raises(ValueError, match="leaves no room for an answer within max_length=20"):
+        short([f"{bb.image_token} how many objects are there? answer:"], ["two"])
+    b = bb.lm_collator(max_length=22)(prompts(bb, 2)[1:2], ["a blue square left of a red circle"])
+    assert b["input_ids"].shape[1] == 22 and b["labels"][0, -1] == bb.eos_id  # cut target keeps its end token
+
+
+def test_lm_loss_is_per_row_target_mean(bb):
+    b = bb.lm_collator()(prompts(bb, 3), ["red", "a blue square", "two"])
+    images = torch.randn(3, 3, 32, 32)
+    loss = bb.lm_loss(images, **b)
+    assert loss.shape == (3,)
+    kw = {"token_type_ids": (b["labels"] != -100).long()} if bb.prefix_lm else {}
+    logits = bb.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], pixel_values=images, **kw).logits
+    for r in range(3):
+        ce = F.cross_entropy(logits[r, :-1], b["labels"][r, 1:], ignore_index=-100)
+        torch.testing.assert_close(loss[r], ce, rtol=1e-5, atol=1e-5)
+    loss.sum().backward()  # gradients flow (base unfrozen here; adapters in other tests)
+
+
+def test_lm_loss_refuses_wrong_image_token_count(bb):
+    b = bb.lm_collator()(prompts(bb, 2), ["red", "blue"])
+    ids = b["input_ids"].clone()
+    ids[0, (ids[0] == bb.image_token_id).nonzero()[0]] = 5
+    with pytest.raises(BackboneError, match="row 0 of input_ids has 15 image tokens.*gives 16 features.*lm_collator"):
+        bb.lm_loss(torch.randn(2, 3, 32, 32), ids, b["attention_mask"], b["labels"])
+    # Hugging Face's own check, reached directly, gets the fix too
+    with pytest.raises(BackboneError, match="image tokens do not match the image features.*lm_collator"):
+        bb._forward(torch.randn(2, 3, 32, 32), ids, b["attention_mask"])
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_generate_decodes_new_tokens_only(bb, beams):
+    images = torch.randn(2, 3, 32, 32)
+    p = prompts(bb, 2)
+    out = bb.generate(images, max_len=4, beam_size=beams, prompts=p)
+    assert len(out) == 2 and all(isinstance(t, str) for t in out)
+    batch = bb.lm_collator()(p)
+    kw = {"token_type_ids": torch.zeros_like(batch["input_ids"])} if bb.prefix_lm else {}
+    ids = bb.model.generate(**batch, **kw, pixel_values=images, max_new_tokens=4, num_beams=beams, do_sample=False,
+                            pad_token_id=bb.pad_id, eos_token_id=bb.eos_id)
+    tok = bb.processor.tokenizer
+    assert out == [tok.decode(r, skip_special_tokens=True).strip() for r in ids[:, batch["input_ids"].shape[1]:]]
+    assert all(bb.image_token not in t for t in out)
+
+
+def test_greedy_generation_matches_manual_argmax(bb):
+    images = torch.randn(1, 3, 32, 32)
+    p = prompts(bb, 1)
+    out = bb.generate(images, max_len=3, prompts=p)
+    batch = bb.lm_collator()(p)
+    ids = batch["input_ids"]
+    new = []
+    for _ in range(3):
+        kw = {"token_type_ids": torch.zeros_like(ids)} if bb.prefix_lm else {}
+        with torch.no_grad():
+            nxt = int(bb.model(input_ids=ids, pixel_values=images, attention_mask=torch.ones_like(ids),
+                               **kw).logits[0, -1].argmax())
+        new.append(nxt)
+        if nxt == bb.eos_id:
+            break
+        ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+    assert out == [bb.processor.tokenizer.decode(new, skip_special_tokens=True).strip()]
+
+
+def test_sequence_scores_are_candidate_logprobs(bb):
+    images = torch.randn(2, 3, 32, 32)
+    p = prompts(bb, 2)
+    cands = ["red", "a blue square", "two"]
+    scores = bb.sequence_scores(images, p, cands)
+    assert scores.shape == (2, 3)
+    for r in range(2):
+        for c, cand in enumerate(cands):
+            b = bb.lm_collator()([p[r]], [cand])
+            n = int((b["labels"] != -100).sum())
+            want = -bb.lm_loss(images[r:r + 1], **b)[0] * n
+            torch.testing.assert_close(scores[r, c], want, rtol=1e-4, atol=1e-4)
+
+
+def test_sequence_scores_without_cache_under_checkpointing(bb):
+    images = torch.randn(2, 3, 32, 32)
+    p, cands = prompts(bb, 2), ["red", "a blue square"]
+    want = bb.sequence_scores(images, p, cands)
+    bb.set_grad_checkpointing(True)
+    bb.model.train()
+    try:
+        got = bb.sequence_scores(images, p, cands)
+        got.sum().backward()
+    finally:
+        bb.model.eval()
+        bb.set_grad_checkpointing(False)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_caption_logits_shape(bb):
+    tokens = bb.tokenizer(["a red circle", "two blue squares"])[:, :8]
+    logits = bb.caption_logits(torch.randn(2, 3, 32, 32), tokens)
+    assert logits.shape == (2, 7, bb.vocab_size)
+
+
+def test_attach_targets_both_towers_and_projector_on_request(bb):
+    model = bb.model
+    cfg = mlv.MTLLoRAConfig(tasks=["a", "b"], r=2)
+    names = list(mlv.attach(model, cfg)._mtl_lora.layers)
+    assert any(n.startswith("model.vision_tower.") for n in names)
+    assert any(n.startswith("model.language_model.layers.") for n in names)
+    assert not any("multi_modal_projector" in n or n == "lm_head" for n in names)
+    towers = set(model._mtl_lora.towers.values())
+    assert towers == {"image", "text"}
+    for bank in model._mtl_lora.layers.values():
+        assert bank.lora_A.dtype == torch.float32
+
+
+def test_projector_targets(dirs):
+    bb = tiny_llava_backbone(dirs, "llava")
+    targets = {"image": [r"multi_modal_projector\.linear_[12]$"], "text": [r"language_model\.layers\.0\.mlp\.down_proj$"]}
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a"], r=2, targets=targets))
+    assert sorted(bb.model._mtl_lora.layers) == ["model.language_model.layers.0.mlp.down_proj",
+                                                 "model.multi_modal_projector.linear_1",
+                                                 "model.multi_modal_projector.linear_2"]
+
+
+def test_bf16_base_with_fp32_adapters(dirs):
+    bb = load_backbone(f"hf:{tiny_llava_backbone(dirs, 'llava').name[3:]}", base_dtype="bf16")
+    assert bb.model.dtype == torch.bfloat16
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2))
+    bank = next(iter(bb.model._mtl_lora.layers.values()))
+    assert bank.lora_A.dtype == torch.float32 and bank.weight.dtype == torch.bfloat16
+    b = bb.lm_collator()(prompts(bb, 2), ["red", "blue"])
+    with mlv.route(bb.model, torch.tensor([0, 1])):
+        loss = bb.lm_loss(bb.preprocess_uint8(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)), **b)
+    loss.sum().backward()
+    assert loss.dtype == torch.float32 and bank.lora_A.grad is not None and bank.lora_A.grad.dtype == torch.float32
+
+
+def test_base_dtype_resolution():
+    from mtl_lora_vl.backbones.base import resolve_base_dtype
+
+    assert resolve_base_dtype("auto", "cpu") == torch.float32
+    assert resolve_base_dtype("bf16", "cpu") == torch.bfloat16
+    assert resolve_base_dtype("fp16", "cpu") == torch.float16
+    with pytest.raises(ValueError, match="--base-dtype: must be one of"):
+        resolve_base_dtype("int8", "cpu")
+
+
+def test_directory_without_processor_or_tokenizer(dirs, tmp_path):
+    src = save_tiny_llava(tmp_path / "full")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors", "generation_config.json"):
+        shutil.copy(src / f, bare / f)
+    with pytest.raises(FileNotFoundError, match="no processor files.*processor.save_pretrained"):
+        load_backbone(f"hf:{bare}")
+    shutil.copy(src / "processor_config.json", bare / "processor_config.json")
+    with pytest.raises(FileNotFoundError, match="no tokenizer files.*save_pretrained"):
+        load_backbone(f"hf:{bare}")
+
+
+def test_processor_disagreeing_with_the_model(tmp_path):
+    import json
+
+    src = save_tiny_llava(tmp_path / "m")
+    cfg = json.loads((src / "processor_config.json").read_text())
+    cfg["num_additional_image_tokens"] = 0  # the CLIP tower's CLS token forgotten: 15 tokens for 16 features
+    (src / "processor_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BackboneError, match="expands '<image>' to 15 tokens but the vision tower gives 16.*"
+                                            "num_additional_image_tokens"):
+        load_backbone(f"hf:{src}")
+
+
+def test_builtin_llava_spec_loads_like_hf_dir(tmp_path, monkeypatch):
+    from mtl_lora_vl.backbones import builtin, parse_spec, spec
+
+    folder = save_tiny_llava(tmp_path / "builtin_llava")
+    monkeypatch.setattr(spec, "builtin_llava_dir", lambda: folder)
+    parsed = parse_spec("builtin-llava")
+    assert parsed.kind == "builtin_llava" and parsed.path == folder and parsed.absolute() == "builtin-llava"
+    bb = load_backbone("builtin-llava")
+    assert isinstance(bb, HFVLMBackbone) and bb.name == "builtin-llava" and bb.family == "llava"
+    monkeypatch.setattr(spec, "builtin_llava_dir", lambda: tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="built-in tiny LLaVA .* is missing"):
+        load_backbone("builtin-llava")
+    with pytest.raises(ValueError, match="--pretrained is only for"):
+        parse_spec("builtin-llava", "w.bin")
+    assert builtin.builtin_llava_dir().name == "builtin_llava"

@@ -1,0 +1,147 @@
+"""MTLLoRAModel: the PEFT-shaped API (from_pretrained / save_pretrained / merge_and_unload / route /
+disable_adapters / parameter counts / pass-through) over the functional one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import llava_inputs, tiny_hf_clip, tiny_llava, tiny_open_clip, tiny_timm_vit
+from test_adapter_io import TASKS, _fresh, _hf_run, _oc_run, _outputs, _trained
+from torch import nn
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.adapters.layers import LoRALinear, LoRAMultiheadAttention
+from mtl_lora_vl.io import AdapterFileError
+
+
+def _timm_run(m, x):
+    return m(x)
+
+
+RUNS = {
+    "open_clip": (tiny_open_clip, lambda: (torch.randn(2, 3, 32, 32), torch.randint(1, 60, (2, 12))), _oc_run),
+    "hf_clip": (tiny_hf_clip, lambda: (torch.randn(2, 3, 32, 32), torch.randint(0, 60, (2, 10))), _hf_run),
+    "timm": (tiny_timm_vit, lambda: torch.randn(2, 3, 32, 32), _timm_run),
+}
+
+
+def test_from_pretrained_is_frozen_for_inference_and_matches_the_functional_api(tmp_path):
+    model = _trained(tiny_open_clip)
+    head = nn.Linear(32, 5)
+    path = mlv.MTLLoRAModel(model, heads={"vqa": head}).save_pretrained(tmp_path / "a")
+    assert (path / "mtl_lora_config.json").is_file() and (path / "heads.safetensors").is_file()
+
+    new_head = nn.Linear(32, 5)
+    wrapped = mlv.MTLLoRAModel.from_pretrained(_fresh(tiny_open_clip).train(), path, heads={"vqa": new_head})
+    assert not wrapped.training and not wrapped.get_base_model().training and not new_head.training
+    trainable, total = wrapped.get_nb_trainable_parameters()
+    assert trainable == 0 and total == sum(p.numel() for p in wrapped.parameters())
+    assert torch.equal(new_head.weight, head.weight) and wrapped.heads["vqa"] is new_head
+    assert wrapped.tasks == TASKS and wrapped.mtl_lora_config.r == 4
+
+    inp = RUNS["open_clip"][1]()
+    ref = _outputs(model, _oc_run, inp, TASKS)
+    with torch.no_grad():
+        for t in TASKS:
+            with wrapped.route(t):
+                assert torch.equal(_oc_run(wrapped, inp), ref[t])  # encode_image / encode_text pass through
+        with wrapped.disable_adapters(), mlv.disabled(model):
+            assert torch.equal(_oc_run(wrapped, inp), _oc_run(model, inp))
+        with wrapped.disable_adapter():  # PEFT's spelling; the base model (attention through SDPA here)
+            torch.testing.assert_close(_oc_run(wrapped, inp), _oc_run(_fresh(tiny_open_clip), inp))
+
+
+def test_trainable_loading_and_peft_style_counts(tmp_path, capsys):
+    model = _trained(tiny_hf_clip)
+    path = mlv.save_adapter(model, tmp_path / "a")
+    wrapped = mlv.MTLLoRAModel.from_pretrained(_fresh(tiny_hf_clip).train(), path, is_trainable=True)
+    assert wrapped.training
+    trainable, total = wrapped.get_nb_trainable_parameters()
+    assert trainable == mlv.trainable_parameters(wrapped.get_base_model()) > 0
+    assert total == sum(p.numel() for p in model.parameters())
+    wrapped.print_trainable_parameters()
+    assert capsys.readouterr().out.strip() == (f"trainable params: {trainable:,d} || all params: {total:,d} || "
+                                               f"trainable%: {100 * trainable / total:.4f}")
+    assert wrapped.config is wrapped.get_base_model().config  # the Hugging Face config passes through
+    n = wrapped.add_task("new")
+    assert wrapped.tasks == [*TASKS, "new"] and n > 0
+
+
+def test_wrapping_a_base_model_attaches_and_forward_routes():
+    base = _fresh(tiny_hf_clip)
+    wrapped = mlv.MTLLoRAModel(base, mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2))
+    assert getattr(base, "_mtl_lora", None) is not None and wrapped.get_base_model() is base
+    with torch.no_grad():
+        for p in base.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.2)
+    wrapped.eval()
+    inp = dict(pixel_values=torch.randn(3, 3, 32, 32), input_ids=torch.randint(0, 60, (3, 10)))
+    ids = ["cls", "vqa", "cls"]
+    with torch.no_grad():
+        with mlv.route(base, ids):
+            ref = base(**inp).image_embeds
+        assert torch.equal(wrapped(**inp, tasks=ids).image_embeds, ref)
+        assert torch.equal(wrapped(**inp, adapter_names=ids).image_embeds, ref)  # PEFT's keyword
+        with pytest.raises(TypeError, match="not both"):
+            wrapped(**inp, tasks=ids, adapter_names=ids)
+        with pytest.raises(mlv.RoutingError, match="no task was given"):
+            wrapped(**inp)
+
+
+def test_generate_routes_each_row():
+    model = _trained(tiny_llava)
+    wrapped = mlv.MTLLoRAModel(model)
+    inp = llava_inputs(3)
+    ids = torch.tensor([2, 0, 1])
+    with torch.no_grad():
+        with mlv.route(model, ids):
+            ref = model.generate(**inp, max_new_tokens=4, do_sample=False)
+        assert torch.equal(wrapped.generate(**inp, tasks=ids, max_new_tokens=4, do_sample=False), ref)
+
+
+def test_constructor_errors(tmp_path):
+    with pytest.raises(mlv.RoutingError, match="no MTL-LoRA adapters; call mtl_lora_vl.attach"):
+        mlv.MTLLoRAModel(tiny_timm_vit())
+    model = _trained(tiny_timm_vit)
+    with pytest.raises(ValueError, match=r"heads for \['nope'\], which are not tasks"):
+        mlv.MTLLoRAModel(model, heads={"nope": nn.Identity()})
+    with pytest.raises(TypeError, match="already wrapped"):
+        mlv.MTLLoRAModel(mlv.MTLLoRAModel(model))
+    path = mlv.export_lora(_trained(tiny_hf_clip), "vqa", tmp_path / "peft")
+    with pytest.raises(AdapterFileError, match="PEFT adapter directory"):
+        mlv.MTLLoRAModel.from_pretrained(_fresh(tiny_hf_clip), path)
+
+
+@pytest.mark.parametrize("family", list(RUNS))
+def test_merge_and_unload_gives_the_plain_base_class_with_the_task_merged(family):
+    build, inputs, run = RUNS[family]
+    cfg = mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2, qkv_slices="qv" if family == "timm" else "qkv")
+    model = _trained(build, cfg)
+    inp = inputs()
+    ref = _outputs(model, run, inp, ["retrieval"])["retrieval"]
+    fresh = _fresh(build)
+    plain = mlv.MTLLoRAModel(model).merge_and_unload("retrieval")
+    assert plain is model and type(plain) is type(fresh) and getattr(plain, "_mtl_lora", None) is None
+    assert [(n, type(m)) for n, m in plain.named_modules()] == [(n, type(m)) for n, m in fresh.named_modules()]
+    assert not any(isinstance(m, (LoRALinear, LoRAMultiheadAttention)) for m in plain.modules())
+    assert list(plain.state_dict()) == list(fresh.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(run(plain, inp), ref, atol=1e-5, rtol=1e-5)
+        assert (run(plain, inp) - run(fresh, inp)).abs().max() > 1e-3
+    fresh.load_state_dict(plain.state_dict())  # strict: a checkpoint of the plain class
+
+
+def test_unload_restores_the_exact_base_model():
+    model = _trained(tiny_open_clip)
+    wrapped = mlv.MTLLoRAModel(model)
+    wrapped.merge_adapter("vqa")
+    wrapped.unmerge_adapter()
+    wrapped.merge_adapter("cls")  # unload undoes a merge too
+    plain = wrapped.unload()
+    fresh = _fresh(tiny_open_clip)
+    for (n, a), (m, b) in zip(plain.state_dict().items(), fresh.state_dict().items()):
+        assert n == m and torch.equal(a, b), n
+    with pytest.raises(mlv.RoutingError, match="no MTL-LoRA adapters"):
+        mlv.route(plain, "vqa").__enter__()
+    mlv.attach(plain, mlv.MTLLoRAConfig(tasks=["a"], r=2))  # a plain model again: it can be adapted anew

@@ -1,0 +1,109 @@
+"""A trained LLaVA (and PaliGemma) task outside this package: PEFT LoRA and merged save_pretrained directories
+generate the same tokens as the routed MTL-LoRA model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from llava_tiny import tiny_llava_backbone
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.backbones import HFVLMBackbone
+
+TASKS = ["vqa", "captioning"]
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    return tmp_path_factory.mktemp("interop")
+
+
+def trained(dirs, family):
+    bb = tiny_llava_backbone(dirs, family)
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for bank in bb.model._mtl_lora.layers.values():
+            bank.lora_B.normal_(std=0.3)
+            bank.lora_lambda.add_(torch.randn_like(bank.lora_lambda) * 0.5)
+            bank.lora_w.normal_()
+    return bb
+
+
+def gen_inputs(bb):
+    torch.manual_seed(4)
+    images = torch.randn(3, 3, 32, 32)
+    prompts = [f"{bb.image_token} question: what colour is the circle? answer:", f"{bb.image_token} caption:",
+               f"{bb.image_token} how many objects are there? answer:"]
+    batch = bb.lm_collator()(prompts)
+    if bb.prefix_lm:
+        batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+    return dict(batch, pixel_values=images)
+
+
+def generate(model, inputs, bb, beams=2):
+    with torch.no_grad():
+        return model.generate(**inputs, max_new_tokens=6, num_beams=beams, do_sample=False, pad_token_id=bb.pad_id)
+
+
+def source_dir(bb):
+    return bb.name[len("hf:"):]
+
+
+@pytest.mark.parametrize("family", ["llava", "paligemma"])
+def test_peft_export_generates_the_same_tokens(dirs, family, tmp_path):
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForImageTextToText
+
+    bb = trained(dirs, family)
+    inputs = gen_inputs(bb)
+    with mlv.route(bb.model, "captioning"):
+        want = generate(bb.model, inputs, bb)
+    mlv.export_lora(bb.model, "captioning", tmp_path / "peft")
+    fresh = AutoModelForImageTextToText.from_pretrained(source_dir(bb), local_files_only=True)
+    assert type(fresh) is type(bb.model)
+    pm = peft.PeftModel.from_pretrained(fresh, str(tmp_path / "peft")).eval()
+    got = generate(pm, inputs, bb)
+    assert torch.equal(got, want)
+    with torch.no_grad():
+        base = generate(AutoModelForImageTextToText.from_pretrained(source_dir(bb), local_files_only=True), inputs, bb)
+    assert not torch.equal(base, want)  # the exported task is not the base model
+
+
+@pytest.mark.parametrize("family", ["llava", "paligemma"])
+def test_merged_directory_loads_and_generates_the_same_tokens(dirs, family, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    bb = trained(dirs, family)
+    inputs = gen_inputs(bb)
+    with mlv.route(bb.model, "vqa"):
+        want = generate(bb.model, inputs, bb)
+    out = mlv.save_merged(bb.model, "vqa", tmp_path / "merged")  # processor files found from the model itself
+    cls = type(bb.model)
+    merged = cls.from_pretrained(str(out), local_files_only=True).eval()
+    assert "generate" not in vars(merged)  # a plain model of the base class
+    assert torch.equal(generate(merged, inputs, bb), want)
+    assert type(AutoProcessor.from_pretrained(str(out), local_files_only=True)) is type(bb.processor)
+    assert type(AutoModelForImageTextToText.from_pretrained(str(out), local_files_only=True)) is cls
+    # and it is a backbone directory of its own
+    again = mlv.backbones.load_backbone(f"hf:{out}")
+    assert isinstance(again, HFVLMBackbone) and again.num_image_tokens == bb.num_image_tokens
+
+
+def test_export_merged_script_from_a_saved_adapter(dirs, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import export_merged
+
+    bb = trained(dirs, "llava")
+    inputs = gen_inputs(bb)
+    with mlv.route(bb.model, "captioning"):
+        want = generate(bb.model, inputs, bb, beams=1)
+    mlv.save_adapter(bb.model, tmp_path / "adapter", base={"backbone": bb.name})
+    out = export_merged.main(["--adapter", str(tmp_path / "adapter"), "--task", "captioning",
+                              "--out", str(tmp_path / "merged")])
+    merged = type(bb.model).from_pretrained(str(out), local_files_only=True).eval()
+    assert torch.equal(generate(merged, inputs, bb, beams=1), want)
+    assert (Path(out) / "processor_config.json").is_file() and (Path(out) / "tokenizer.json").is_file()
