@@ -17,7 +17,7 @@ from vl_tiny import tiny_backbone
 import mtl_lora_vl as mlv
 from mtl_lora_vl.adapters.routing import disabled, route
 from mtl_lora_vl.backbones import BackboneError, load_backbone
-from mtl_lora_vl.cli import train_main
+from mtl_lora_vl.cli import eval_main, train_main
 from mtl_lora_vl.data import world
 from mtl_lora_vl.data.loader import MultiTaskCollate, MultiTaskLoader, TaskDataset, to_device
 from mtl_lora_vl.data.records import Split
@@ -321,3 +321,10 @@ def test_train_command_on_a_generative_backbone(llava_dir, tmp_path, capsys):
     assert (out / "report.md").is_file() and (out / "plots" / "zero_shot_vs_adapted.png").is_file()
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"loss/vqa", "loss/captioning"} <= set(logged[-1])
+
+    # The saved adapter alone rebuilds the generative kinds on the recorded backbone: same scores.
+    assert eval_main(["--adapter", str(out / "adapter"), "--out", str(tmp_path / "ev")]) == 0
+    again = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    for name in ("vqa", "captioning"):
+        for which in ("zero_shot", "adapted"):
+            assert again["tasks"][name][which] == pytest.approx(result["tasks"][name][which], abs=1e-6)
