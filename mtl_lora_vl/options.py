@@ -1,9 +1,29 @@
-"""TrainOptions: every option of a training run, one typed source for the command line and config files."""
+"""The options of each command, one typed source for the command line, ``--config`` files and the Python API.
+
+Each command's options are a plain dataclass of typed fields: the annotation is the type
+(``Literal[...]`` lists the allowed choices), and the field's metadata carries the help text and, for
+numbers, the allowed range (``ge``/``gt``/``le``/``lt``, as in annotated-types). The command line
+(:mod:`mtl_lora_vl.cli`) is generated from these dataclasses, and :func:`check_ranges` applies the
+same ranges to an instance built in Python. ``metadata["required"]`` marks an option without which the
+command cannot run (given on the command line or in the config file).
+
+- :class:`TrainOptions`: ``mtl-lora-vl train`` (``scripts/train_vl.py``, ``mtl-lora-vl-train``);
+- :class:`EvalOptions`: ``mtl-lora-vl eval`` (``scripts/evaluate_vl.py``, ``mtl-lora-vl-eval``);
+- :class:`ExportOptions`: ``mtl-lora-vl export`` (``scripts/export_merged.py``).
+"""
 
 from __future__ import annotations
 
+import operator
+import typing
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Literal
+
+__all__ = ["PATH_DEFAULTS", "EvalOptions", "ExportOptions", "TrainOptions", "check_ranges", "field_types",
+           "option_names", "range_text"]
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
 
 #: Options whose default depends on the path the task kinds take on the chosen backbone (DESIGN §3):
 #: ``(contrastive, generative)``. Left unset (None), an option takes its path's value once the backbone is
@@ -19,13 +39,15 @@ PATH_DEFAULTS: dict[str, tuple[Any, Any]] = {
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
+    """A field with a default, its help text and (optional) range: ``ge``, ``gt``, ``le``, ``lt``."""
     return field(default=default, metadata={"help": help, **kw})
 
 
-def _path_opt(name: str, help: str) -> Any:
+def _path_opt(name: str, help: str, **kw: Any) -> Any:
+    """A field of :data:`PATH_DEFAULTS`: unset (None) until the run's path is known."""
     contrastive, generative = PATH_DEFAULTS[name]
     return _opt(None, f"{help} (default {contrastive}; {generative} when the tasks run through a generative "
-                      "backbone's language model, e.g. --backbone builtin-llava)")
+                      "backbone's language model, e.g. --backbone builtin-llava)", **kw)
 
 
 @dataclass
@@ -33,39 +55,44 @@ class TrainOptions:
     """Every option of a training run; the command line and ``--config FILE`` set the same names."""
 
     tasks: str = _opt("vqa,retrieval", "comma-separated task names (built-in specs) or paths to task TOML files")
-    backbone: str = _opt("builtin", "builtin | builtin-llava | open_clip:NAME (with --pretrained FILE) | hf:DIR (local Hugging Face CLIP, "
-                         "LLaVA or PaliGemma directory)")
-    pretrained: str | None = _opt(None, "local checkpoint file for open_clip:NAME")
-    base_dtype: str = _opt("auto", "dtype of the frozen base weights: auto = bf16 for a language model (LLaVA-style) on "
-                           "a GPU, else fp32; adapters stay fp32", choices=["auto", "fp32", "bf16", "fp16"])
+    backbone: str = _opt("builtin", "builtin | builtin-llava | open_clip:NAME (with --pretrained FILE or TAG) | hf:DIR "
+                         "or hf:ORG/NAME (a local Hugging Face CLIP, LLaVA or PaliGemma directory, or a hub id in "
+                         "the local cache)")
+    pretrained: str | None = _opt(None, "local checkpoint file for open_clip:NAME, or a pretrained tag whose "
+                                  "weights are already in open_clip's local cache")
+    base_dtype: Precision = _opt("auto", "dtype of the frozen base weights: auto = bf16 for a language model "
+                                 "(LLaVA-style) on a GPU, else fp32; adapters stay fp32")
     data_root: str | None = _opt(None, "folder that task specs' data paths are relative to")
-    method: str = _opt("mtl_lora", "adapter method", choices=["mtl_lora", "lora", "task_lora", "multi_lora", "moe_lora"])
-    rank: int = _opt(8, "adapter rank r")
-    alpha: float = _opt(16.0, "adapter scaling numerator (s = alpha / r)")
-    n_up: int = _opt(3, "number of shared up-projections B_i (experts for moe_lora / multi_lora)")
-    temperature: float = _opt(0.5, "temperature tau of softmax(w_t / tau)")
-    lambda_type: str = _opt("full", "task-specific Lambda_t", choices=["full", "diagonal", "none"])
-    dropout: float = _opt(0.0, "dropout on adapter inputs")
+    method: Literal["mtl_lora", "lora", "task_lora", "multi_lora", "moe_lora"] = _opt("mtl_lora", "adapter method")
+    rank: int = _opt(8, "adapter rank r", ge=1)
+    alpha: float = _opt(16.0, "adapter scaling numerator (s = alpha / r)", gt=0)
+    n_up: int = _opt(3, "number of shared up-projections B_i (experts for moe_lora / multi_lora)", ge=1)
+    temperature: float = _opt(0.5, "temperature tau of softmax(w_t / tau)", gt=0)
+    lambda_type: Literal["full", "diagonal", "none"] = _opt("full", "task-specific Lambda_t")
+    dropout: float = _opt(0.0, "dropout on adapter inputs", ge=0, lt=1)
     targets: str = _opt("default", "'default' or a JSON dict {\"image\": [regex], \"text\": [regex]}")
-    steps: int | None = _path_opt("steps", "optimizer steps (ignored when --epochs is given)")
-    epochs: float | None = _opt(None, "train for this many passes over all tasks' training data instead of --steps")
-    batch_size: int | None = _path_opt("batch_size", "samples per step and per process (before accumulation)")
-    lr: float = _opt(2e-3, "learning rate of the adapters")
-    head_lr: float = _opt(3e-3, "learning rate of the task heads")
-    weight_decay: float = _opt(0.01, "AdamW weight decay")
-    warmup: int = _opt(20, "linear warm-up steps before the cosine schedule")
-    grad_clip: float = _opt(1.0, "clip the gradient norm to this (0 = off)")
-    accumulate: int = _opt(1, "gradient accumulation: micro-batches per optimizer step")
-    precision: str = _opt("auto", "auto = bf16 on a GPU that supports it, else fp32", choices=["auto", "fp32", "bf16", "fp16"])
+    steps: int | None = _path_opt("steps", "optimizer steps (ignored when --epochs is given)", ge=0)
+    epochs: float | None = _opt(None, "train for this many passes over all tasks' training data instead of --steps",
+                                gt=0)
+    batch_size: int | None = _path_opt("batch_size", "samples per step and per process (before accumulation)", ge=1)
+    lr: float = _opt(2e-3, "learning rate of the adapters", gt=0)
+    head_lr: float = _opt(3e-3, "learning rate of the task heads", gt=0)
+    weight_decay: float = _opt(0.01, "AdamW weight decay", ge=0)
+    warmup: int = _opt(20, "linear warm-up steps before the cosine schedule", ge=0)
+    grad_clip: float = _opt(1.0, "clip the gradient norm to this (0 = off)", ge=0)
+    accumulate: int = _opt(1, "gradient accumulation: micro-batches per optimizer step", ge=1)
+    precision: Precision = _opt("auto", "auto = bf16 on a GPU that supports it, else fp32")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
-    workers: int = _opt(-1, "data loader workers (-1 = choose from the CPU count)")
-    batch_mode: str = _opt("mixed", "mixed: several tasks per batch; homogeneous: one task per step", choices=["mixed", "homogeneous"])
-    sampling: str = _opt("temperature", "how tasks are drawn", choices=["proportional", "temperature", "round_robin"])
-    sampling_temperature: float = _opt(2.0, "T of temperature sampling, p ~ n^(1/T)")
-    eval_every: int = _opt(0, "evaluate the adapted model on the validation split every N steps (0 = only at the end)")
-    save_every: int = _opt(100, "write a checkpoint every N steps (and on Ctrl-C)")
-    log_every: int = _opt(10, "log training metrics every N steps")
-    eval_batch_size: int | None = _path_opt("eval_batch_size", "batch size of evaluation")
+    workers: int = _opt(-1, "data loader workers (-1 = choose from the CPU count)", ge=-1)
+    batch_mode: Literal["mixed", "homogeneous"] = _opt(
+        "mixed", "mixed: several tasks per batch; homogeneous: one task per step")
+    sampling: Literal["proportional", "temperature", "round_robin"] = _opt("temperature", "how tasks are drawn")
+    sampling_temperature: float = _opt(2.0, "T of temperature sampling, p ~ n^(1/T)", gt=0)
+    eval_every: int = _opt(0, "evaluate the adapted model on the validation split every N steps (0 = only at the end)",
+                           ge=0)
+    save_every: int = _opt(100, "write a checkpoint every N steps (and on Ctrl-C)", ge=1)
+    log_every: int = _opt(10, "log training metrics every N steps", ge=1)
+    eval_batch_size: int | None = _path_opt("eval_batch_size", "batch size of evaluation", ge=1)
     eval_split: str = _opt("test", "split scored at the end (falls back to val when a task has no test split)")
     out: str | None = _opt(None, "run directory (default runs/<tasks>-<method>-<time>)")
     resume: str | None = _opt(None, "continue the killed or stopped run in this directory")
@@ -76,22 +103,14 @@ class TrainOptions:
     compile: bool = _opt(False, "torch.compile the training forward pass (towers, adapters and heads)")
     grad_checkpointing: bool = _opt(False, "activation (gradient) checkpointing in the backbone's towers: less memory, "
                                     "about a third more compute; refused by backbones that cannot")
-    max_bad_steps: int = _opt(5, "stop after this many non-finite losses in a row")
+    max_bad_steps: int = _opt(5, "stop after this many non-finite losses in a row", ge=1)
     config: str | None = _opt(None, "JSON or TOML file with any of these options (flags given on the command line win)")
 
     def validate(self) -> None:
-        for name in ("batch_size", "accumulate", "save_every", "log_every", "eval_batch_size", "max_bad_steps"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
+        """Raise ValueError naming the option when a value is out of its range."""
+        check_ranges(self)
         if self.steps is not None and self.steps < 1 and not self.epochs:
-            raise ValueError(f"--steps: must be >= 1, got {self.steps}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ValueError(f"--epochs: must be > 0, got {self.epochs}")
-        for name in ("lr", "head_lr"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')}: must be > 0, got {getattr(self, name)}")
-
+            raise ValueError(f"--steps: must be >= 1 (or give --epochs), got {self.steps}")
 
     def with_path_defaults(self, generative: bool) -> TrainOptions:
         """A copy whose unset path-dependent options (:data:`PATH_DEFAULTS`) take the value of the run's path:
@@ -99,6 +118,72 @@ class TrainOptions:
         return replace(self, **{k: v[int(generative)] for k, v in PATH_DEFAULTS.items() if getattr(self, k) is None})
 
 
-def option_names() -> list[str]:
-    return [f.name for f in fields(TrainOptions)]
+@dataclass
+class EvalOptions:
+    """Options of ``mtl-lora-vl eval``: score a trained adapter against the zero-shot base model."""
 
+    adapter: str | None = _opt(None, "adapter directory (RUN_DIR/adapter, or any save_adapter output)", required=True)
+    tasks: str | None = _opt(None, "comma-separated subset of the adapter's tasks (default: all)")
+    backbone: str | None = _opt(None, "override the base model recorded in the adapter file")
+    pretrained: str | None = _opt(None, "override the base model's local weights file (or cached open_clip tag)")
+    data_root: str | None = _opt(None, "folder that file-based task specs are relative to")
+    split: str = _opt("test", "split to score (falls back to val when a task has no test split)")
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
+    precision: Precision = _opt("auto", "auto = bf16 on a GPU that supports it, else fp32")
+    batch_size: int = _opt(256, "evaluation batch size", ge=1)
+    workers: int = _opt(0, "image-decoding workers", ge=0)
+    out: str | None = _opt(None, "where eval.json, report.md and plots/ go (default: ADAPTER/../eval-<split>)")
+    overwrite: bool = _opt(False, "replace an existing --out directory")
+    config: str | None = _opt(None, "JSON or TOML file with any of these options (flags given on the command line win)")
+
+
+@dataclass
+class ExportOptions:
+    """Options of ``mtl-lora-vl export``: one or more tasks of an adapter as merged weights or plain LoRAs."""
+
+    adapter: str | None = _opt(None, "adapter directory written by save_adapter / train", required=True)
+    task: str | None = _opt(None, "the task to export, or several comma-separated (each to OUT/<task>)",
+                            required=True)
+    out: str | None = _opt(None, "merged: FILE.safetensors (open_clip) or an output directory; lora formats: "
+                           "an output directory", required=True)
+    format: Literal["merged", "auto", "peft", "plain"] = _opt(
+        "merged", "merged: the base model with the task merged into its weights; peft / plain: the task as a "
+        "standard LoRA (auto: PEFT where PEFT loads the base model, else plain)")
+    backbone: str | None = _opt(None, "override the base model recorded in the adapter")
+    pretrained: str | None = _opt(None, "override the base checkpoint recorded in the adapter")
+    overwrite: bool = _opt(False, "replace an existing --out")
+    config: str | None = _opt(None, "JSON or TOML file with any of these options (flags given on the command line win)")
+
+
+# ----------------------------------------------------------------------------------------------- ranges
+
+_BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
+
+
+def range_text(metadata: Any) -> str:
+    """The range of a field as text, e.g. ``>= 1`` or ``>= 0 and < 1`` (empty when unbounded)."""
+    return " and ".join(f"{sym} {metadata[k]}" for k, (_, sym) in _BOUNDS.items() if k in metadata)
+
+
+def out_of_range(metadata: Any, value: Any) -> bool:
+    """Whether a number violates the field's range (``None`` and non-numbers are not range-checked)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return any(k in metadata and not op(value, metadata[k]) for k, (op, _) in _BOUNDS.items())
+
+
+def check_ranges(options: Any) -> None:
+    """Raise ValueError for the first field of a dataclass instance outside its range."""
+    for f in fields(options):
+        value = getattr(options, f.name)
+        if out_of_range(f.metadata, value):
+            raise ValueError(f"--{f.name.replace('_', '-')}: must be {range_text(f.metadata)}, got {value}")
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """The resolved annotation of every field of an options dataclass (the module uses postponed annotations)."""
+    return typing.get_type_hints(cls)
+
+
+def option_names(cls: type = TrainOptions) -> list[str]:
+    return [f.name for f in fields(cls)]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Score a trained adapter against the zero-shot base model; see ``--help`` (same as ``mtl-lora-vl-eval``).
+"""Score a trained adapter against the zero-shot base model; see ``--help`` (same as ``mtl-lora-vl eval``).
 
     python scripts/evaluate_vl.py --adapter RUN_DIR/adapter --tasks vqa,retrieval
 """
@@ -18,4 +18,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from mtl_lora_vl.cli import eval_main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(eval_main())
+    sys.exit(eval_main(prog="evaluate_vl.py"))

@@ -62,15 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.per_row < 1 or args.size < 8:
         ap.error("--per-row must be >= 1 and --size >= 8")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # the object API: no pyplot, no backend switch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     from mtl_lora_vl.data.images import load_image
 
     rows = _panels(args.per_row, args.seed)
-    fig = plt.figure(figsize=(3.9 * args.per_row, 4.6 * len(rows)))
+    fig = Figure(figsize=(3.9 * args.per_row, 4.6 * len(rows)))
+    FigureCanvasAgg(fig)
     grid = fig.add_gridspec(2 * len(rows), args.per_row, height_ratios=[1.0, 0.72] * len(rows),
                             left=0.02, right=0.98, top=0.98, bottom=0.01, wspace=0.08, hspace=0.12)
     for r, (title, panels) in enumerate(rows):
@@ -88,7 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=args.dpi)
-    plt.close(fig)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB)")
     return 0
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train MTL-LoRA jointly on several image-text tasks; see ``--help`` (same as ``mtl-lora-vl-train``).
+"""Train MTL-LoRA jointly on several image-text tasks; see ``--help`` (same as ``mtl-lora-vl train``).
 
     python scripts/train_vl.py --tasks vqa,retrieval
 """
@@ -18,4 +18,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from mtl_lora_vl.cli import train_main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(train_main())
+    sys.exit(train_main(prog="train_vl.py"))

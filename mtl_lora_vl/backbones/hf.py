@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .base import BackboneError
+from .cache import hf_hub_cache
 from .spec import BackboneSpec
 
 __all__ = ["hf_dir", "hf_grad_checkpointing", "hf_model_class"]
@@ -31,8 +32,9 @@ def hf_dir(spec: BackboneSpec) -> Path:
     if folder is None or not folder.is_dir():
         raise FileNotFoundError(
             f"{spec.text} is not a local directory; hf: takes a folder written by save_pretrained "
-            "(config.json + model.safetensors + tokenizer files). Hub model ids would need a download, "
-            "which this package never does"
+            "(config.json + model.safetensors + tokenizer files), or a hub id already in the local Hugging "
+            f"Face cache ({hf_hub_cache()}, set by HF_HUB_CACHE / HF_HOME). Other hub model ids would need a "
+            "download, which this package never does"
         )
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} has no config.json; save the model there with save_pretrained")

@@ -2,13 +2,15 @@
 
 Builds from an in-memory config (:func:`build_open_clip`, tiny test models and the built-in backbone),
 from an open_clip local directory (``open_clip:DIR``), from an architecture name plus a local checkpoint
-(``open_clip:NAME --pretrained FILE``) and the built-in backbone (``builtin``). Nothing downloads: a
-name or tokenizer that would need the hub fails with a message saying how to point at local files.
+(``open_clip:NAME --pretrained FILE``, or ``--pretrained TAG`` when the tag's weights are already in the
+local cache, see :mod:`.cache`) and the built-in backbone (``builtin``). Nothing downloads: a name, tag
+or tokenizer that would need the hub fails with a message saying how to point at local files.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,11 +34,14 @@ from .base import (
 )
 from .beam import beam_search
 from .builtin import BUILTIN_NAME, builtin_files
+from .cache import cached_open_clip_weights, clip_url_cache, hf_hub_cache
 from .offline import offline
 from .spec import SPEC_FORMS, BackboneSpec
 from .tokenizers import OpenClipBPETokenizer, Tokenizer, WordTokenizer, is_word_tokenizer, load_hf_tokenizer
 
 __all__ = ["CoCaBackbone", "OpenClipBackbone", "build_open_clip"]
+
+logger = logging.getLogger(__name__)
 
 _CONFIG = "open_clip_config.json"
 _BPE_VOCAB = 49408
@@ -332,12 +337,21 @@ def _load_named(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackb
             "`--backbone hf:/path/to/dir`"
         )
     path = Path(pretrained).expanduser()
+    tag_cfg: dict[str, Any] = {}
     if not path.is_file():
-        raise FileNotFoundError(
-            f"--pretrained {pretrained!r} for {label} is not a local file; pretrained tags such as 'openai' or "
-            "'laion2b_s34b_b79k' would need a download, which this package never does. Download the checkpoint "
-            "elsewhere and pass its path: --pretrained /path/to/open_clip_pytorch_model.bin"
-        )
+        cached = cached_open_clip_weights(name, pretrained)
+        if cached is None:
+            raise FileNotFoundError(
+                f"--pretrained {pretrained!r} for {label} is not a local file, nor a pretrained tag whose weights "
+                f"are in the local cache ({hf_hub_cache()} or {clip_url_cache()}); downloading them would need "
+                "the network, which this package never does. Download the checkpoint elsewhere and pass its "
+                "path: --pretrained /path/to/open_clip_pytorch_model.bin"
+            )
+        path, tag_cfg = cached
+        if bool(tag_cfg.get("quick_gelu", False)) != bool(model_cfg.get("quick_gelu", False)):
+            logger.warning("open_clip %s: the %r weights were trained with quick_gelu=%s but the architecture has "
+                           "quick_gelu=%s; use the matching name (e.g. %s-quickgelu)", name, pretrained,
+                           tag_cfg.get("quick_gelu", False), model_cfg.get("quick_gelu", False), name)
     tokenizer = _tokenizer(model_cfg, None, label)
     with offline():
         try:
@@ -349,4 +363,5 @@ def _load_named(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackb
             ) from e
     model.eval()
     pp = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
+    pp.update({k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg})
     return _wrap(model, model_cfg, pp, tokenizer, label)

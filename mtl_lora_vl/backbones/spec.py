@@ -1,8 +1,11 @@
 """Backbone strings (``--backbone``), parsed once into a typed :class:`BackboneSpec`.
 
-Forms: ``builtin``; ``builtin-llava`` (the built-in tiny LLaVA directory, loaded like ``hf:DIR``); ``open_clip:NAME`` (an architecture name, weights from ``--pretrained FILE``);
-``open_clip:DIR`` (an open_clip local directory with its own weights); ``hf:DIR`` (a local Hugging Face
-model directory). Loaders, adapter files and the export script all read the same parse.
+Forms: ``builtin``; ``builtin-llava`` (the built-in tiny LLaVA directory, loaded like ``hf:DIR``);
+``open_clip:NAME`` (an architecture name, weights from ``--pretrained FILE``, or ``--pretrained TAG`` when
+the tag's weights are in open_clip's local cache); ``open_clip:DIR`` (an open_clip local directory with its
+own weights); ``hf:DIR`` (a local Hugging Face model directory) or ``hf:ORG/NAME`` (a hub id whose snapshot
+is in the local Hugging Face cache: ``path`` is that snapshot, ``name`` the id; see :mod:`.cache`). Loaders,
+adapter files and the export script all read the same parse.
 """
 
 from __future__ import annotations
@@ -12,14 +15,16 @@ from pathlib import Path
 from typing import Literal
 
 from .builtin import BUILTIN_LLAVA_NAME, BUILTIN_NAME, builtin_dir, builtin_llava_dir
+from .cache import cached_hub_snapshot
 
 __all__ = ["SPEC_FORMS", "BackboneSpec", "SpecKind", "parse_spec"]
 
 SPEC_FORMS = (
     "'builtin' (the package's small pretrained CLIP), 'builtin-llava' (the package's tiny LLaVA), "
     "'open_clip:NAME' with --pretrained /path/to/checkpoint (e.g. open_clip:ViT-B-32 --pretrained "
-    "/models/vit_b_32.bin), 'open_clip:/path/to/dir' (a folder with open_clip_config.json and weights), "
-    "or 'hf:/path/to/dir' (a local Hugging Face CLIP, LLaVA or PaliGemma directory)"
+    "/models/vit_b_32.bin, or a pretrained tag already in open_clip's local cache), 'open_clip:/path/to/dir' "
+    "(a folder with open_clip_config.json and weights), or 'hf:/path/to/dir' (a local Hugging Face CLIP, LLaVA "
+    "or PaliGemma directory; 'hf:ORG/NAME' when that model is in the local Hugging Face cache)"
 )
 
 SpecKind = Literal["builtin", "builtin_llava", "open_clip", "open_clip_dir", "hf"]
@@ -31,8 +36,9 @@ class BackboneSpec:
     """One parsed backbone string.
 
     ``kind`` is ``builtin``, ``open_clip`` (by architecture ``name``), ``open_clip_dir``, ``hf`` or
-    ``builtin_llava`` (all three with a local ``path``; ``builtin_llava`` is a Hugging Face directory that
-    ships with the package, so it loads by the ``hf`` code); ``pretrained`` is the weights file given beside it (``open_clip`` and
+    ``builtin_llava`` (all three with a local ``path``; a cached hub model also has its hub id in ``name``;
+    ``builtin_llava`` is a Hugging Face directory that ships with the package, so it loads by the ``hf``
+    code); ``pretrained`` is the weights file given beside it (``open_clip`` and
     ``builtin`` only); ``text`` is the string as given (stripped).
     """
 
@@ -51,7 +57,7 @@ class BackboneSpec:
     def label(self) -> str:
         """The name a loaded backbone carries: ``builtin``, ``open_clip:NAME`` / ``open_clip:DIR``, ``hf:DIR``."""
         if self.kind == "hf":
-            return f"{_HF}{self.path}"
+            return f"{_HF}{self.name or self.path}"
         return self.text
 
     @property
@@ -65,6 +71,8 @@ class BackboneSpec:
         """The spec string with a local directory made absolute (for adapter files read elsewhere)."""
         if self.kind == "builtin_llava" or self.path is None or not self.path.is_dir():
             return self.text
+        if self.kind == "hf" and self.name:
+            return self.text  # a hub id stays a hub id: it names the same model in any cache
         prefix = _HF if self.kind == "hf" else _OPEN_CLIP
         return prefix + str(self.path.resolve())
 
@@ -98,8 +106,12 @@ def parse_spec(spec: str, pretrained: str | None = None) -> BackboneSpec:
     if text.startswith(_HF):
         rest = text[len(_HF):]
         if not rest:
-            raise ValueError(f"'hf:' needs a local directory; accepted forms: {SPEC_FORMS}")
+            raise ValueError(f"'hf:' needs a local directory or a cached hub id; accepted forms: {SPEC_FORMS}")
         if pretrained:
             raise ValueError(f"--pretrained is only for open_clip:NAME; {text} loads its own weights")
-        return BackboneSpec("hf", text, path=Path(rest).expanduser())
+        local = Path(rest).expanduser()
+        snapshot = None if local.is_dir() else cached_hub_snapshot(rest)
+        if snapshot is not None:
+            return BackboneSpec("hf", text, name=rest, path=snapshot)
+        return BackboneSpec("hf", text, path=local)
     raise ValueError(f"unknown backbone spec {spec!r}; accepted forms: {SPEC_FORMS}")

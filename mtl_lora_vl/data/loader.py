@@ -75,6 +75,7 @@ from torch.utils.data import DataLoader, Dataset
 from mtl_lora_vl.data.images import ImageError, to_uint8_tensor
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.data.sampler import MultiTaskBatchSampler, draw_seed
+from mtl_lora_vl.log import progress
 
 
 class _Kind(Protocol):
@@ -312,5 +313,5 @@ def iter_image_batches(backbone: Any, examples: Sequence[Example], *, batch_size
     device = torch.device(device)
     loader = DataLoader(_ImageDataset(examples, backbone.image_size), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=torch.cuda.is_available())
-    for images in loader:
+    for images in progress(loader, desc="images", unit="batch"):
         yield backbone.preprocess_uint8(images.to(device, non_blocking=True), dtype)

@@ -28,11 +28,11 @@ import inspect
 import json
 import logging
 import os
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from ..log import progress
 from .images import IMAGE_EXTENSIONS, ImageError, verify_image
 from .records import Example, Split
 
@@ -104,6 +104,7 @@ class _ImageChecker:
         self.verify, self.strict = verify, strict
         self._ok: dict[Path, bool] = {}
         self.failures: list[tuple[Path, str]] = []
+        self._bar = progress(desc="checking images", unit="img") if verify else None
 
     def __call__(self, path: Path) -> bool:
         if path in self._ok:
@@ -116,19 +117,25 @@ class _ImageChecker:
             ok = True
         except ImageError as e:
             if self.strict:
+                if self._bar is not None:
+                    self._bar.close()
                 raise
             self.failures.append((path, str(e)))
             ok = False
         self._ok[path] = ok
+        if self._bar is not None:
+            self._bar.update(1)
         return ok
 
     def finish(self, examples: list[Example], source: str, class_names: list[str] | None = None) -> Split:
+        if self._bar is not None:
+            self._bar.close()
         skipped = len(self.failures)
         if skipped:
             shown = "; ".join(msg for _, msg in self.failures[:_SKIP_EXAMPLES_SHOWN])
             more = f" (and {skipped - _SKIP_EXAMPLES_SHOWN} more)" if skipped > _SKIP_EXAMPLES_SHOWN else ""
-            warnings.warn(f"{source}: skipped {skipped} unreadable image(s): {shown}{more}. Pass strict=True to "
-                          "fail instead.", stacklevel=3)
+            logger.warning("%s: skipped %d unreadable image(s): %s%s. Pass strict=True to fail instead.",
+                           source, skipped, shown, more)
         logger.info("%s: %d examples, %d image(s) skipped", source, len(examples), skipped)
         if not examples:
             raise DataFormatError(f"{source}: no usable examples (skipped {skipped} unreadable image(s))")

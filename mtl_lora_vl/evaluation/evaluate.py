@@ -7,6 +7,7 @@ The zero-shot score is the task's zero-shot rule on the base model (adapters swi
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,13 @@ from torch import nn
 from ..adapters.routing import disabled, route
 from ..distributed import pick_device
 from ..io import load_pretrained
+from ..log import progress
 from ..multitask import MultiTaskModel, Setup
 from ..precision import resolve_precision
 from ..rundir import RunDirError
 from .report import details_table, markdown_table, write_plots
+
+logger = logging.getLogger(__name__)
 
 
 def _split_for(spec, wanted: str) -> str:
@@ -40,7 +44,7 @@ def evaluate_adapted(setup, *, split: str, data_root: str | None, device, dtype,
                      workers: int = 0) -> dict[str, dict[str, float]]:
     """The adapted model's metrics per task on ``split`` (used for evaluation during training)."""
     out = {}
-    for spec in setup.specs:
+    for spec in progress(setup.specs, desc="evaluate (adapted)", unit="task"):
         data = spec.load_split(_split_for(spec, split), data_root)
         out[spec.name] = _score(setup, spec.name, data, adapted=True, device=device, dtype=dtype,
                                 batch_size=batch_size, workers=workers)
@@ -52,20 +56,28 @@ def evaluate_setup(setup, *, split: str, data_root: str | None, device, dtype: t
     """``{"tasks": {name: {"metric", "zero_shot", "adapted", "change", "split", "n", "metrics", "details"}}}``
     (``metrics``: the spec's metrics, which the report's second table shows beside the headline)."""
     tasks: dict[str, Any] = {}
+    bar = progress(desc="evaluate", total=2 * len(setup.specs), unit="pass")
     for spec in setup.specs:
         name, kind = spec.name, setup.kinds[spec.name]
         split_name = _split_for(spec, split)
         data = spec.load_split(split_name, data_root)
+        bar.set_postfix_str(f"{name}: zero-shot")
         zs = _score(setup, name, data, adapted=False, device=device, dtype=dtype, batch_size=batch_size,
                     workers=workers)
+        bar.update(1)
+        bar.set_postfix_str(f"{name}: adapted")
         ad = _score(setup, name, data, adapted=True, device=device, dtype=dtype, batch_size=batch_size,
                     workers=workers)
+        bar.update(1)
         metric = kind.headline_metric
         # n: what was scored (a generative kind may score only the first [generative] eval_limit examples)
         n = int(ad.get("n", ad.get("n_images", len(data.examples))))
+        logger.debug("%s (%s, %d examples): %s zero-shot %.4f, adapted %.4f", name, split_name, n, metric,
+                     zs[metric], ad[metric])
         tasks[name] = {"metric": metric, "zero_shot": zs[metric], "adapted": ad[metric],
                        "change": ad[metric] - zs[metric], "kind": spec.kind, "split": split_name,
                        "n": n, "metrics": list(spec.metrics), "details": {"zero_shot": zs, "adapted": ad}}
+    bar.close()
     return {"tasks": tasks, "config": setup.config.to_dict()}
 
 

@@ -1,4 +1,8 @@
-"""The zero-shot vs adapted table and the plots of a run (training curves, scores, task mixing)."""
+"""The zero-shot vs adapted table and the plots of a run (training curves, scores, task mixing).
+
+Plots are drawn with matplotlib's object API (a ``Figure`` on its own Agg canvas): no pyplot, no global
+figure registry, and the user's backend (a notebook's, say) is never switched.
+"""
 
 from __future__ import annotations
 
@@ -55,13 +59,20 @@ def mixing_matrices(model) -> dict[str, torch.Tensor]:
     return {tower: torch.stack(ms).mean(0) for tower, ms in per.items()}
 
 
-def _save(fig, path: Path, tight: bool = True) -> Path:
-    import matplotlib.pyplot as plt
+def _figure(**kwargs: Any):
+    """A matplotlib Figure on its own Agg canvas, outside pyplot (nothing global is touched)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path, tight: bool = True) -> Path:
     if tight:
         fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -73,17 +84,13 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def write_plots(run_dir: Path, result: dict[str, Any], model) -> list[Path]:
     """plots/training_curves.png, plots/zero_shot_vs_adapted.png, plots/task_mixing.png (when it applies)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
     written: list[Path] = []
     rows = [r for r in _read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
     if rows:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig = _figure(figsize=(6, 3.5))
+        ax = fig.subplots()
         keys = sorted({k for r in rows for k in r if k.startswith("loss/")})
         for k in keys:
             pts = [(r["step"], r[k]) for r in rows if k in r]
@@ -96,7 +103,8 @@ def write_plots(run_dir: Path, result: dict[str, Any], model) -> list[Path]:
         written.append(_save(fig, out / "training_curves.png"))
 
     tasks = list(result["tasks"])
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(tasks), 3.5))
+    fig = _figure(figsize=(1.6 + 1.3 * len(tasks), 3.5))
+    ax = fig.subplots()
     x = torch.arange(len(tasks)).float()
     zs = [result["tasks"][t]["zero_shot"] for t in tasks]
     ad = [result["tasks"][t]["adapted"] for t in tasks]
@@ -111,8 +119,8 @@ def write_plots(run_dir: Path, result: dict[str, Any], model) -> list[Path]:
     mix = mixing_matrices(model)
     if mix:
         names = attach_info(model).config.tasks
-        fig, axes = plt.subplots(1, len(mix), figsize=(4.2 * len(mix) + 0.8, 0.5 * len(names) + 1.8), squeeze=False,
-                                 layout="constrained")
+        fig = _figure(figsize=(4.2 * len(mix) + 0.8, 0.5 * len(names) + 1.8), layout="constrained")
+        axes = fig.subplots(1, len(mix), squeeze=False)
         for ax, (tower, m) in zip(axes[0], sorted(mix.items())):
             im = ax.imshow(m.numpy(), vmin=0, vmax=1, cmap="viridis")
             ax.set_title(f"{tower} tower")

@@ -11,6 +11,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..distributed import DistInfo, all_reduce_mean
+from ..log import quiet
 
 
 class MetricsLog:
@@ -78,7 +79,8 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 
 def progress_bar(enabled: bool, start: int, total: int) -> tqdm:
-    """The step progress bar (rank 0); a log file, not a terminal, gets a line every 15 s, not every step."""
+    """The step progress bar (rank 0); a log file, not a terminal, gets a line every 15 s, not every step;
+    off at ``-q``."""
     interval = 0.1 if sys.stderr.isatty() else 15.0
-    return tqdm(total=total, initial=start, disable=not enabled, desc="train", unit="step", dynamic_ncols=True,
+    return tqdm(total=total, initial=start, disable=not enabled or quiet(), desc="train", unit="step", dynamic_ncols=True,
                 mininterval=interval)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,8 @@ from ..data.loader import to_device
 from ..distributed import DistInfo
 from ..precision import autocast
 from .optim import Optimization
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,7 +73,7 @@ def optimizer_step(optim: Optimization, grad_clip: float) -> None:
 
 def skip_bad_step(optim: Optimization, bad: int, step: int, max_bad: int, run_dir: Path) -> None:
     """A step whose loss was non-finite: warn and drop its gradients; ``max_bad`` in a row stop the run."""
-    warnings.warn(f"step {step}: non-finite loss, step skipped ({bad} in a row)", stacklevel=2)
+    logger.warning("step %d: non-finite loss, step skipped (%d in a row)", step, bad)
     if bad >= max_bad:
         raise FloatingPointError(
             f"{bad} non-finite losses in a row at step {step}; lower --lr, use --precision fp32 or "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import random
@@ -34,6 +35,8 @@ from .checkpoint import load_checkpoint, restore_training_state, save_checkpoint
 from .metrics_log import LossWindow, MetricsLog, progress_bar, truncate_metrics
 from .optim import Optimization, build_optimization
 from .step import forward_backward, optimizer_step, skip_bad_step
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,7 +96,7 @@ def start(opts: TrainOptions) -> Run:
     workers = default_workers() if opts.workers < 0 else opts.workers
     run = Run(opts, info, run_dir, amp_dtype, setup, total_steps, workers)
     if info.is_main:
-        print(describe(run))
+        logger.info("%s", describe(run))
     return run
 
 
@@ -105,11 +108,11 @@ def describe(run: Run) -> str:
     where = (f"device {info.device}, precision {str(run.amp_dtype).replace('torch.', '')}, "
              f"world size {info.world_size}")
     if opts.extend:
-        return (f"[mtl-lora-vl] extending {opts.extend} (tasks {setup.extended_from}, frozen) with {run.trained}: "
+        return (f"extending {opts.extend} (tasks {setup.extended_from}, frozen) with {run.trained}: "
                 f"training {setup.new_adapter_values:,} adapter values (their Lambda_t, w_t) and {heads_n:,} "
                 f"head parameters; A and every B_i frozen; {where}")
     report = parameter_report(model.model)
-    return (f"[mtl-lora-vl] {opts.backbone}: {report['adapter_total']:,} adapter parameters "
+    return (f"{opts.backbone}: {report['adapter_total']:,} adapter parameters "
             f"(image {report['image']:,}, text {report['text']:,}) on {report['adapted_projections']} "
             f"projections, {heads_n:,} head parameters, {report['base_frozen']:,} frozen; {where}")
 
@@ -141,7 +144,7 @@ def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> tuple[int,
     step, log_window = restore_training_state(load_checkpoint(run.dir), run.setup.model, optim, loader)
     if run.info.is_main:
         truncate_metrics(run.dir / "metrics.jsonl", step)
-        print(f"[mtl-lora-vl] resumed {run.dir} at step {step}/{run.total_steps}")
+        logger.info("resumed %s at step %d/%d", run.dir, step, run.total_steps)
     return step, log_window
 
 
@@ -230,8 +233,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
         except (KeyboardInterrupt, Stop):
             checkpoint()
             if info.is_main:
-                print(f"\n[mtl-lora-vl] stopped at step {step}; checkpoint saved. Continue with: "
-                      f"python scripts/train_vl.py --resume {run.dir}")
+                logger.warning("stopped at step %d; checkpoint saved. Continue the run with --resume %s", step, run.dir)
             return False
         finally:
             progress.close()
@@ -266,4 +268,4 @@ def finish(run: Run) -> None:
     if opts.extend:
         result["extended_from"] = {"run": str(opts.extend), "tasks": setup.extended_from,
                                    "trained_adapter_values": setup.new_adapter_values}
-    print(write_outputs(run.dir, result, model.model))
+    print(write_outputs(run.dir, result, model.model))  # the finished run's table: the result, on stdout

@@ -1,0 +1,115 @@
+"""Models already in the local Hugging Face or open_clip cache, found without any network access.
+
+- ``hf:ORG/NAME``: the hub id's snapshot in the Hugging Face hub cache, in the layout ``huggingface_hub``
+  writes (``models--ORG--NAME/refs/main`` names the commit of ``snapshots/<commit>/``). The cache is
+  ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub`` (read when asked, so a
+  changed environment counts). The snapshot is then loaded like a local directory, i.e.
+  ``from_pretrained(snapshot, local_files_only=True)``.
+- ``open_clip:NAME --pretrained TAG``: the weights file that open_clip's pretrained table
+  (``open_clip.pretrained.get_pretrained_cfg``) names for (NAME, TAG), where open_clip 3.x downloads it:
+  an ``hf_hub`` entry (``ORG/REPO/`` or ``ORG/REPO/FILE``) goes to the Hugging Face hub cache, with
+  ``open_clip_model.safetensors`` preferred over ``open_clip_pytorch_model.bin`` (its
+  ``download_pretrained_from_hf``); a ``url`` entry to ``~/.cache/clip/<file name>``
+  (``download_pretrained_from_url``). The tag's preprocessing (mean, std, ...) comes back with it.
+
+Nothing here downloads: a name that is not cached gives ``None``, and the loader fails with its message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+__all__ = ["cached_hub_snapshot", "cached_open_clip_weights", "clip_url_cache", "hf_hub_cache"]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_OPEN_CLIP_BIN = "open_clip_pytorch_model.bin"  # open_clip's HF_WEIGHTS_NAME
+_OPEN_CLIP_SAFE = "open_clip_model.safetensors"  # open_clip's HF_SAFE_WEIGHTS_NAME
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache folder, resolved from the environment as ``huggingface_hub`` does."""
+    env = os.environ
+    for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(key):
+            return Path(env[key]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    base = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else Path("~/.cache").expanduser()
+    return base / "huggingface" / "hub"
+
+
+def clip_url_cache() -> Path:
+    """Where open_clip's ``download_pretrained_from_url`` keeps URL downloads (its default ``cache_dir``)."""
+    return Path("~/.cache/clip").expanduser()
+
+
+def is_hub_id(text: str) -> bool:
+    """Whether ``text`` is shaped like a hub id (``NAME`` or ``ORG/NAME``)."""
+    return bool(_HUB_ID.match(text)) and ".." not in text and "--" not in text
+
+
+def cached_hub_snapshot(repo_id: str, revision: str = "main") -> Path | None:
+    """The local snapshot folder of model ``repo_id`` in the hub cache, or None when it is not there."""
+    if not is_hub_id(repo_id):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return None
+    try:
+        path = snapshot_download(repo_id, revision=revision, cache_dir=str(hf_hub_cache()), local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError), or not a valid id: not found
+        return None
+    folder = Path(path)
+    return folder if folder.is_dir() else None
+
+
+def _hub_file(repo_id: str, filename: str) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        hit = try_to_load_from_cache(repo_id, filename, cache_dir=str(hf_hub_cache()))
+    except Exception:  # noqa: BLE001 - an id the hub client refuses is simply not cached
+        return None
+    return Path(hit) if isinstance(hit, str) and Path(hit).is_file() else None
+
+
+def _safe_alternatives(filename: str) -> list[str]:
+    """The safetensors files open_clip looks for before ``filename`` (its ``_get_safe_alternatives``)."""
+    if filename == _OPEN_CLIP_BIN:
+        return [_OPEN_CLIP_SAFE]
+    if filename.endswith((".bin", ".pth")):
+        return [filename[:-4] + ".safetensors"]
+    return []
+
+
+def cached_open_clip_weights(name: str, tag: str) -> tuple[Path, dict[str, Any]] | None:
+    """(weights file, the tag's pretrained config) for open_clip ``name`` + pretrained ``tag`` when cached."""
+    try:
+        from open_clip.pretrained import get_pretrained_cfg
+    except ImportError:
+        return None
+    cfg = dict(get_pretrained_cfg(name, tag) or {})
+    if not cfg:
+        return None
+    if cfg.get("file") and Path(cfg["file"]).is_file():
+        return Path(cfg["file"]), cfg
+    hub = cfg.get("hf_hub") or ""
+    if hub:
+        repo_id, filename = os.path.split(hub)
+        filename = filename or _OPEN_CLIP_BIN
+        for candidate in [*_safe_alternatives(filename), filename]:
+            hit = _hub_file(repo_id, candidate)
+            if hit is not None:
+                return hit, cfg
+    url = cfg.get("url") or ""
+    if url:
+        target = clip_url_cache() / os.path.basename(url)
+        if target.is_file():
+            return target, cfg
+    return None

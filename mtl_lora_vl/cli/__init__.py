@@ -1,0 +1,33 @@
+"""The command line: ``mtl-lora-vl train | eval | export | bench`` (also ``python -m mtl_lora_vl``), and the
+single-command entry points ``mtl-lora-vl-train`` / ``mtl-lora-vl-eval`` and ``scripts/*.py``.
+
+- :mod:`.parsing`: a parser generated from an options dataclass (jsonargparse; why, in its docstring),
+  with ``--config FILE`` held to the same checks as flags;
+- :mod:`.commands`: train and eval, and how every command runs (logging, one-line errors, exit status);
+- :mod:`.export`: export (merged weights, PEFT / plain LoRA);
+- :mod:`.main`: the ``mtl-lora-vl`` command and its subcommand table.
+"""
+
+from .commands import (
+    build_eval_parser,
+    build_train_parser,
+    eval_main,
+    parse_eval_args,
+    parse_train_args,
+    train_main,
+)
+from .export import export_command, export_main
+from .main import COMMANDS, main
+
+__all__ = [
+    "COMMANDS",
+    "build_eval_parser",
+    "build_train_parser",
+    "eval_main",
+    "export_command",
+    "export_main",
+    "main",
+    "parse_eval_args",
+    "parse_train_args",
+    "train_main",
+]

@@ -1,0 +1,116 @@
+"""The train and eval commands, and how every command runs: logging, then one clear line per expected failure.
+
+Each ``*_main(argv, prog)`` returns the exit status: 0 done, 2 a bad option or an expected failure (one
+line on stderr; ``-v`` or ``MTL_LORA_VL_DEBUG=1`` shows the traceback), 130 Ctrl-C. ``prog`` is the name
+``--help`` shows (``mtl-lora-vl train``, ``train_vl.py``, ``mtl-lora-vl-train``, ...); by default the
+name the program was started as.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ..evaluation.evaluate import evaluate_adapter
+from ..log import cli_logging
+from ..options import EvalOptions, TrainOptions
+from ..training.train import train
+from .parsing import build_parser, parse_options
+
+__all__ = ["build_eval_parser", "build_train_parser", "eval_main", "parse_eval_args", "parse_train_args",
+           "program_name", "run_command", "train_main"]
+
+logger = logging.getLogger("mtl_lora_vl.cli")
+
+TRAIN_HELP = ("Train MTL-LoRA adapters on both towers of a vision-language model, jointly on several tasks, "
+              "then compare zero-shot and adapted scores. With no options it trains on the built-in backbone "
+              "and world (offline, CPU).")
+EVAL_HELP = ("Score a trained adapter twice per task -- the unadapted base model by the task's zero-shot rule, "
+             "and the adapted model -- and write eval.json, report.md and plots/.")
+
+# The failures a user can fix from the message alone; anything else is a bug and keeps its traceback.
+EXPECTED = (ValueError, RuntimeError, OSError, KeyError, ArithmeticError)
+
+
+def program_name() -> str:
+    """The name this process was started as, for ``--help`` (``python -m mtl_lora_vl`` for the module)."""
+    path = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("mtl-lora-vl")
+    return f"python -m {path.parent.name}" if path.name == "__main__.py" else path.name
+
+
+def _debug() -> bool:
+    return os.environ.get("MTL_LORA_VL_DEBUG", "") not in ("", "0")
+
+
+def run_command(level: str, fn: Callable[..., Any], *args: Any) -> int:
+    """Run ``fn(*args)`` with the command line's logging; an expected failure is one ``error:`` line."""
+    with cli_logging(level) as log:
+        try:
+            fn(*args)
+        except KeyboardInterrupt:
+            return 130
+        except EXPECTED as e:
+            if _debug():
+                raise
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            logger.error("%s", msg, exc_info=log.isEnabledFor(logging.DEBUG))
+            return 2
+    return 0
+
+
+def _exit_code(e: SystemExit) -> int:
+    return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+
+def build_train_parser(prog: str | None = None):
+    return build_parser(TrainOptions, prog or program_name(), TRAIN_HELP)
+
+
+def parse_train_args(argv: list[str] | None = None, prog: str | None = None) -> TrainOptions:
+    """TrainOptions from a command line (and its ``--config`` file); exits 2 on a bad value."""
+    return parse_options(TrainOptions, argv, prog or program_name(), TRAIN_HELP)[0]
+
+
+def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``mtl-lora-vl train``, ``mtl-lora-vl-train`` and ``scripts/train_vl.py``."""
+    try:
+        opts, level = parse_options(TrainOptions, argv, prog or program_name(), TRAIN_HELP)
+    except SystemExit as e:
+        return _exit_code(e)
+    return run_command(level, train, opts)
+
+
+# ------------------------------------------------------------------------------------------------- eval
+
+
+def build_eval_parser(prog: str | None = None):
+    return build_parser(EvalOptions, prog or program_name(), EVAL_HELP)
+
+
+def parse_eval_args(argv: list[str] | None = None, prog: str | None = None) -> EvalOptions:
+    return parse_options(EvalOptions, argv, prog or program_name(), EVAL_HELP)[0]
+
+
+def evaluate(opts: EvalOptions) -> str:
+    """Run the evaluation; the finished table goes to stdout (the result, not a log line)."""
+    kwargs = {k: v for k, v in asdict(opts).items() if k != "config"}
+    table = evaluate_adapter(**kwargs)
+    print(table)
+    return table
+
+
+def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``mtl-lora-vl eval``, ``mtl-lora-vl-eval`` and ``scripts/evaluate_vl.py``."""
+    try:
+        opts, level = parse_options(EvalOptions, argv, prog or program_name(), EVAL_HELP)
+    except SystemExit as e:
+        return _exit_code(e)
+    return run_command(level, evaluate, opts)

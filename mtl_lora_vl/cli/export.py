@@ -1,0 +1,100 @@
+"""``mtl-lora-vl export``: tasks of a trained adapter as merged base-model weights or as standard LoRAs.
+
+    mtl-lora-vl export --adapter RUN_DIR/adapter --task vqa --out vqa_merged/
+    mtl-lora-vl export --adapter RUN_DIR/adapter --task vqa --out vqa_merged.safetensors
+    mtl-lora-vl export --adapter RUN_DIR/adapter --task vqa,retrieval --format peft --out loras/
+
+``--format merged`` (the default) writes the base model with the task merged into its weights, loadable
+by the base library alone with zero adapter overhead:
+
+* open_clip, ``--out FILE.safetensors``: ``open_clip.create_model(NAME, pretrained=FILE)``;
+* open_clip, ``--out DIR``: an open_clip local directory (weights plus the base directory's
+  ``open_clip_config.json`` and tokenizer when the base came from one, e.g. ``builtin``), loaded by
+  ``open_clip.create_model("local-dir:DIR")`` or ``--backbone open_clip:DIR``;
+* Hugging Face (``hf:``): a ``save_pretrained`` directory with the base directory's tokenizer and
+  preprocessor files beside it.
+
+``--format peft`` / ``plain`` / ``auto`` write the task as one standard LoRA (``export_lora``). Several
+comma-separated tasks go to ``OUT/<task>`` each. The base model is rebuilt from the adapter's
+``mtl_lora_config.json`` (``--backbone`` / ``--pretrained`` override it when it lives elsewhere).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..backbones import parse_spec
+from ..io import AdapterFileError, export_lora, load_pretrained, save_merged
+from ..log import progress
+from ..options import ExportOptions
+from .commands import _exit_code, program_name, run_command
+from .parsing import parse_options
+
+__all__ = ["export", "export_command", "export_main"]
+
+logger = logging.getLogger(__name__)
+
+EXPORT_HELP = ("Write tasks of a trained MTL-LoRA adapter as a base model with the task merged into its weights "
+               "(--format merged), or as a standard PEFT / plain LoRA (--format peft|plain|auto).")
+
+
+def _source_dir(spec: str) -> Path | None:
+    """The directory whose non-weight files (config, tokenizer) belong beside a merged export."""
+    try:
+        source = parse_spec(spec).source_dir
+    except ValueError:  # no (or no loadable) backbone string: nothing to copy
+        return None
+    return source if source is not None and source.is_dir() else None
+
+
+def export(opts: ExportOptions) -> list[Path]:
+    """Export each task of ``opts.task``; returns the written paths (also printed, one per line)."""
+    tasks = [t.strip() for t in (opts.task or "").split(",") if t.strip()]
+    if not tasks:
+        raise ValueError("--task: give a task name (or several, comma-separated)")
+    out = Path(opts.out or "")
+    if len(tasks) > 1 and out.suffix == ".safetensors":
+        raise ValueError(f"--out {out}: several tasks are written to OUT/<task>; give a directory")
+    loaded = load_pretrained(opts.adapter, backbone=opts.backbone, pretrained=opts.pretrained, heads=False)
+    unknown = [t for t in tasks if t not in loaded.config.tasks]
+    if unknown:
+        raise AdapterFileError(f"--task {', '.join(map(repr, unknown))}: the adapter has no such task; its tasks "
+                               f"are {loaded.config.tasks}")
+    model = loaded.backbone.model
+    spec = opts.backbone or (loaded.doc.get("base") or {}).get("backbone") or ""
+    written = []
+    for task in progress(tasks, desc="export", unit="task"):
+        target = out if len(tasks) == 1 else out / task
+        if opts.format == "merged":
+            path = save_merged(model, task, target, source_dir=_source_dir(spec), overwrite=opts.overwrite)
+            what = f"task {task!r} merged into {type(model).__name__}"
+        else:
+            path = export_lora(model, task, target, format=opts.format, overwrite=opts.overwrite)
+            what = f"task {task!r} as a {opts.format} LoRA"
+        logger.debug("exported %s to %s", task, path)
+        print(f"wrote {path} ({what})")
+        written.append(path)
+    return written
+
+
+def export_command(argv: list[str] | None = None, prog: str | None = None) -> list[Path]:
+    """Parse, export, and return the written paths; a bad option or a failed export exits with status 2
+    and one ``PROG: error:`` line (the contract of ``scripts/export_merged.py``'s ``main``)."""
+    prog = prog or program_name()
+    opts, level = parse_options(ExportOptions, argv, prog, EXPORT_HELP)
+    written: list[list[Path]] = []
+    code = run_command(level, lambda: written.append(export(opts)))
+    if code:
+        raise SystemExit(code)
+    return written[0]
+
+
+def export_main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``mtl-lora-vl export`` and ``scripts/export_merged.py``."""
+    try:
+        export_command(argv, prog)
+    except SystemExit as e:
+        return _exit_code(e)
+    return 0
+

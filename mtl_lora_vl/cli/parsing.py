@@ -1,0 +1,225 @@
+"""A command line generated from an options dataclass, with ``--config FILE`` held to the same checks.
+
+The parser library is **jsonargparse**. It was chosen over ``transformers.HfArgumentParser`` and ``tyro``
+because it is the one that validates values from a config file with the same type machinery as flags
+(``Literal`` choices, ``int`` vs ``float``, ``X | None``, booleans), reads JSON and TOML, and parses
+plain ``typing`` annotations without asking the dataclass to change shape. ``HfArgumentParser`` builds
+a dataclass from a JSON/dict with no type checks at all (``rank = 8.5`` would pass), and reads no TOML;
+``tyro`` has no config files (a loaded file would have to be checked by hand). jsonargparse is the
+parser behind LightningCLI, actively maintained, and pure Python (its one dependency, PyYAML, is
+already here).
+
+What this module adds on top:
+
+- flags come from the dataclass fields: ``--n-up`` for ``n_up`` (``--n_up`` is read as ``--n-up``), help from
+  ``metadata["help"]``, the allowed range from ``metadata`` (``ge``/``gt``/``le``/``lt``), choices from a
+  ``Literal`` annotation (or ``metadata["choices"]``);
+- a boolean is ``--compile`` / ``--compile false`` / ``--no-compile``, so a ``true`` from a config file
+  can be turned off;
+- ``--config FILE`` (JSON, or TOML by its ``.toml`` suffix) is read first and its values become the
+  defaults, so flags on the command line win wherever they stand; each key is checked on its own, and a
+  bad one is refused with a message naming the file, the key, the value and what is allowed;
+- ``-v`` / ``-q`` / ``--log-level`` for the command's logging (not options of the run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import functools
+import json
+import operator
+import sys
+import tomllib
+import types
+import typing
+from dataclasses import MISSING, Field, fields
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+from jsonargparse import ArgumentError, ArgumentParser
+
+from ..log import LEVELS
+from ..options import field_types, out_of_range, range_text
+
+__all__ = ["build_parser", "describe_allowed", "parse_options", "read_config"]
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _fail(parser: ArgumentParser, message: str) -> NoReturn:
+    parser.print_usage(sys.stderr)
+    sys.stderr.write(f"{parser.prog}: error: {message}\n")
+    raise SystemExit(2)
+
+
+# --------------------------------------------------------------------------------------------- types
+
+
+def _non_none(tp: Any) -> tuple[Any, bool]:
+    """``X | None`` -> (X, True); anything else -> (tp, False)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) < len(typing.get_args(tp)):
+            return functools.reduce(operator.or_, args), True
+    return tp, False
+
+
+def _field_type(f: Field, hints: dict[str, Any]) -> Any:
+    """The type a flag parses to: the annotation, narrowed to ``Literal[choices]`` when metadata lists choices."""
+    tp = hints[f.name]
+    choices = f.metadata.get("choices")
+    if choices:
+        inner, optional = _non_none(tp)
+        tp = Literal[tuple(choices)]
+        if optional:
+            tp = tp | None
+    return tp
+
+
+def describe_allowed(f: Field, tp: Any) -> str:
+    """What a field accepts, in words: ``one of 'a', 'b'``, ``an integer >= 1``, ``true or false``, ..."""
+    inner, optional = _non_none(tp)
+    rng = range_text(f.metadata)
+    if typing.get_origin(inner) is Literal:
+        text = "one of " + ", ".join(json.dumps(c) for c in typing.get_args(inner))
+    elif inner is bool:
+        text = "true or false"
+    elif inner is int:
+        text = "an integer"
+    elif inner is float:
+        text = "a number"
+    elif inner is str:
+        text = "a string"
+    else:
+        text = f"a value of type {getattr(inner, '__name__', str(inner))}"
+    if rng:
+        text += f" {rng}"
+    if optional:
+        text += " (or leave it out)"
+    return text
+
+
+# --------------------------------------------------------------------------------------------- parser
+
+
+def build_parser(cls: type, prog: str, description: str) -> ArgumentParser:
+    """The parser of an options dataclass, plus ``-v`` / ``-q`` / ``--log-level``."""
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
+    hints = field_types(cls)
+    for f in fields(cls):
+        tp = _field_type(f, hints)
+        names = [flag(f.name)]
+        text = f.metadata.get("help", "")
+        rng = range_text(f.metadata)
+        if rng:
+            text += f" [{rng}]"
+        if f.metadata.get("required"):
+            text += " (required)"
+        default = None if f.default is MISSING else f.default
+        if tp is bool:
+            parser.add_argument(*names, dest=f.name, type=bool, nargs="?", const=True, default=default, help=text)
+            parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_const", const=False,
+                                default=argparse.SUPPRESS, help=f"same as {flag(f.name)} false")
+        else:
+            parser.add_argument(*names, dest=f.name, type=tp, default=default, help=text)
+    group = parser.add_argument_group("logging")
+    group.add_argument("-v", "--verbose", action="store_true", help="debug messages (and tracebacks of errors)")
+    group.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only; no progress bars")
+    group.add_argument("--log-level", type=Literal[tuple(LEVELS)] | None, default=None,
+                       help="explicit log level (overrides -v / -q)")
+    return parser
+
+
+def _dashes(cls: type, argv: list[str]) -> list[str]:
+    """``--n_up`` -> ``--n-up`` (and ``--no-grad_checkpointing``) for the options of ``cls``, so both spellings
+    work without listing each flag twice in ``--help``."""
+    known = {flag(f.name) for f in fields(cls)} | {"--no-" + f.name.replace("_", "-") for f in fields(cls)}
+    out = []
+    for token in argv:
+        name, sep, value = token.partition("=")
+        if name.startswith("--") and "_" in name and name.replace("_", "-") in known:
+            token = name.replace("_", "-") + sep + value
+        out.append(token)
+    return out
+
+
+def _parse(parser: ArgumentParser, cls: type, argv: list[str]) -> Any:
+    """Parse the command line; a bad flag exits with a message naming it and what it accepts."""
+    try:
+        return parser.parse_args(argv)
+    except ArgumentError as e:
+        message = str(e).strip()
+        hints = field_types(cls)
+        for f in fields(cls):
+            if f'key "{f.name}"' in message:
+                detail = " ".join(message.split("\n", 1)[-1].split())
+                _fail(parser, f"{flag(f.name)}: expected {describe_allowed(f, _field_type(f, hints))} ({detail})")
+        _fail(parser, message)
+
+
+def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
+    """The options of a JSON or TOML file, each checked like its flag; exits naming the file on any problem."""
+    p = Path(path)
+    where = f"--config {path}"
+    if not p.is_file():
+        _fail(parser, f"{where}: no such file")
+    is_toml = p.suffix.lower() == ".toml"
+    try:
+        raw = tomllib.loads(p.read_text()) if is_toml else json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        _fail(parser, f"{where}: cannot be read ({e})")
+    except (ValueError, tomllib.TOMLDecodeError) as e:
+        _fail(parser, f"{where}: not valid {'TOML' if is_toml else 'JSON'} ({e}); a config file is "
+                      f"{'TOML (key = value lines)' if is_toml else 'a JSON object'} (JSON, or TOML by a .toml name)")
+    if not isinstance(raw, dict):
+        _fail(parser, f"{where}: expected a table of options (key = value), got {type(raw).__name__}")
+    hints = field_types(cls)
+    by_name = {f.name: f for f in fields(cls) if f.name != "config"}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in by_name:
+            close = difflib.get_close_matches(name, list(by_name), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            _fail(parser, f"{where}: unknown option {key!r}{hint}; the keys are the long flag names without "
+                          f"the dashes (see {parser.prog} --help)")
+        if name in out:
+            _fail(parser, f"{where}: option {name!r} is given twice")
+        f = by_name[name]
+        tp = _field_type(f, hints)
+        if isinstance(value, list) and _non_none(tp)[0] is str and all(isinstance(v, str) for v in value):
+            value = ",".join(value)  # tasks = ["vqa", "retrieval"] means --tasks vqa,retrieval
+        shown = f"{key} = {json.dumps(value)}"
+        try:
+            parsed = getattr(parser.parse_object({name: value}, defaults=False), name)
+        except (ArgumentError, TypeError, ValueError):
+            _fail(parser, f"{where}: {shown} is not allowed; {key} takes {describe_allowed(f, tp)}")
+        if out_of_range(f.metadata, parsed):
+            _fail(parser, f"{where}: {shown} is out of range; {key} must be {range_text(f.metadata)}")
+        out[name] = parsed
+    return out
+
+
+def parse_options(cls: type, argv: list[str] | None, prog: str, description: str) -> tuple[Any, str]:
+    """Options (an instance of ``cls``) and the log level from the command line and its ``--config`` file.
+
+    Exits with status 2 and a message on stderr for a bad value, status 0 after ``--help``.
+    """
+    parser = build_parser(cls, prog, description)
+    argv = _dashes(cls, list(sys.argv[1:] if argv is None else argv))
+    ns = _parse(parser, cls, argv)
+    if getattr(ns, "config", None):
+        parser.set_defaults(**read_config(parser, cls, ns.config))
+        ns = _parse(parser, cls, argv)
+    values = {f.name: getattr(ns, f.name) for f in fields(cls)}
+    for f in fields(cls):
+        value = values[f.name]
+        if out_of_range(f.metadata, value):
+            _fail(parser, f"{flag(f.name)}: must be {range_text(f.metadata)}, got {value}")
+        if f.metadata.get("required") and value in (None, ""):
+            _fail(parser, f"{flag(f.name)} is required (on the command line or in the --config file)")
+    level = ns.log_level or ("debug" if ns.verbose else "warning" if ns.quiet else "info")
+    return cls(**values), level

@@ -1,0 +1,92 @@
+"""Logging and progress bars: the package logger, the command line's handler, and tqdm bars that obey both.
+
+Every module logs to ``logging.getLogger(__name__)``, a child of the package logger ``mtl_lora_vl``. The
+library never configures handlers (no ``basicConfig``): an application decides where records go. The
+command line does, through :func:`cli_logging`: one handler on the package logger that writes
+``[mtl-lora-vl] message`` lines to stderr through ``tqdm.write`` (so they do not break a progress bar),
+at the level of ``-v`` / ``-q`` / ``--log-level``, removed again when the command returns.
+
+:func:`progress` makes the tqdm bar of a pass that takes a while (evaluation, image checks, exports). It
+is shown only on an interactive terminal (or a notebook) and is off when the package logger is set
+quieter than INFO (``-q``). The training bar (``training.metrics_log.progress_bar``) instead writes one
+line every 15 s to a log file, and is off at ``-q`` too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from tqdm.auto import tqdm
+
+__all__ = ["LEVELS", "PACKAGE_LOGGER", "cli_logging", "interactive", "progress", "quiet"]
+
+PACKAGE_LOGGER = "mtl_lora_vl"
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class _Formatter(logging.Formatter):
+    """``[mtl-lora-vl] message``; warnings and errors say so; DEBUG names the module."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.exc_info:
+            text = f"{text}\n{self.formatException(record.exc_info)}"
+        if record.levelno >= logging.WARNING:
+            text = f"{record.levelname.lower()}: {text}"
+        elif record.levelno < logging.INFO:
+            text = f"{record.name}: {text}"
+        return f"[mtl-lora-vl] {text}"
+
+
+class _TqdmHandler(logging.Handler):
+    """Writes each record through ``tqdm.write`` to the current ``sys.stderr`` (read at emit time)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def cli_logging(level: int | str = logging.INFO) -> Iterator[logging.Logger]:
+    """While open, the package logger writes records of ``level`` and above to stderr; restored on exit.
+
+    Only the command line calls this; a library user configures ``logging`` as they like.
+    """
+    if isinstance(level, str):
+        level = LEVELS[level.lower()]
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    handler = _TqdmHandler(level)
+    handler.setFormatter(_Formatter())
+    saved = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved)
+
+
+def quiet() -> bool:
+    """Whether the package logger was set quieter than INFO (``-q``): progress bars stay off."""
+    level = logging.getLogger(PACKAGE_LOGGER).level
+    return level > logging.INFO
+
+
+def interactive() -> bool:
+    """An interactive terminal on stderr, or a Jupyter kernel (where tqdm.auto draws a widget)."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
+def progress(iterable: Iterable[Any] | None = None, *, desc: str, total: int | None = None, unit: str = "it",
+             **kwargs: Any) -> tqdm:
+    """A tqdm bar for a pass that takes a while; disabled off a terminal and at ``-q``; cleared when done."""
+    kwargs.setdefault("leave", False)
+    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=quiet() or not interactive(),
+                dynamic_ncols=True, **kwargs)

@@ -1,0 +1,255 @@
+"""The command line: one mtl-lora-vl command, options from typed dataclasses, --config held to the flags'
+checks, logging and progress, and plots that leave matplotlib's global state alone."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from test_export import oc_dir, trained_run  # noqa: F401 - fixtures of a saved adapter
+
+from mtl_lora_vl.cli import COMMANDS, main, parse_eval_args, parse_train_args, train_main
+from mtl_lora_vl.cli.commands import run_command
+from mtl_lora_vl.cli.export import export_command
+from mtl_lora_vl.log import cli_logging, progress
+from mtl_lora_vl.options import ExportOptions, TrainOptions
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _refused(capsys, argv: list[str]) -> str:
+    """Parse ``argv`` as the train command; it must exit with status 2. Returns the error line."""
+    with pytest.raises(SystemExit) as info:
+        parse_train_args(argv, prog="mtl-lora-vl train")
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    return next(line for line in err.splitlines() if "error:" in line)
+
+
+# ------------------------------------------------------------------------------------------------ config files
+
+
+@pytest.mark.parametrize("text, key, allowed", [
+    ('precision = "fp64"', "precision", 'one of "auto", "fp32", "bf16", "fp16"'),
+    ('batch_mode = "bogus"', "batch_mode", 'one of "mixed", "homogeneous"'),
+    ("rank = 8.5", "rank", "an integer >= 1"),
+    ("rank = -1", "rank", ">= 1"),
+    ("n-up = 0", "n-up", ">= 1"),
+    ("compile = 3", "compile", "true or false"),
+    ("dropout = 1.5", "dropout", ">= 0 and < 1"),
+    ('method = "lora_plus"', "method", '"mtl_lora", "lora"'),
+])
+def test_bad_config_values_are_refused_naming_file_key_and_what_is_allowed(tmp_path, capsys, text, key, allowed):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(text + "\n")
+    line = _refused(capsys, ["--config", str(cfg)])
+    assert f"mtl-lora-vl train: error: --config {cfg}: {text.split(' = ')[0]} = " in line
+    assert key in line and allowed in line, line
+
+
+def test_config_file_errors_name_the_file(tmp_path, capsys):
+    unknown = tmp_path / "typo.toml"
+    unknown.write_text("rnak = 4\n")
+    line = _refused(capsys, ["--config", str(unknown)])
+    assert str(unknown) in line and "unknown option 'rnak'" in line and "did you mean 'rank'" in line
+    broken = tmp_path / "broken.toml"
+    broken.write_text("rank = \n")
+    line = _refused(capsys, ["--config", str(broken)])
+    assert str(broken) in line and "not valid TOML" in line and "line 1" in line
+    bad_json = tmp_path / "broken.json"
+    bad_json.write_text('{"rank": 4,')
+    assert "not valid JSON" in _refused(capsys, ["--config", str(bad_json)])
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    assert "expected a table of options" in _refused(capsys, ["--config", str(listed)])
+    assert "no such file" in _refused(capsys, ["--config", str(tmp_path / "missing.toml")])
+    nested = tmp_path / "nested.json"
+    nested.write_text(json.dumps({"config": "other.json"}))
+    assert "unknown option 'config'" in _refused(capsys, ["--config", str(nested)])
+
+
+def test_config_sets_options_and_flags_win_wherever_they_stand(tmp_path):
+    cfg = tmp_path / "opts.toml"
+    cfg.write_text('tasks = ["vqa", "retrieval"]\nrank = 4\nn-up = 2\ncompile = true\nprecision = "bf16"\n'
+                   "epochs = 2\n")
+    opts = parse_train_args(["--config", str(cfg)])
+    assert (opts.tasks, opts.rank, opts.n_up, opts.compile, opts.precision, opts.epochs) == (
+        "vqa,retrieval", 4, 2, True, "bf16", 2.0)
+    for argv in (["--rank", "6", "--config", str(cfg)], ["--config", str(cfg), "--rank", "6"]):
+        assert parse_train_args(argv).rank == 6
+    assert parse_train_args(["--config", str(cfg), "--no-compile"]).compile is False
+    assert parse_train_args(["--config", str(cfg), "--compile", "false"]).compile is False
+    assert parse_train_args(["--compile"]).compile is True
+    assert parse_train_args(["--n_up", "5"]).n_up == 5  # underscores work too
+
+
+def test_bad_flags_are_refused_with_what_is_allowed(capsys):
+    assert "--rank: expected an integer >= 1" in _refused(capsys, ["--rank", "8.5"])
+    assert "--rank: must be >= 1, got 0" in _refused(capsys, ["--rank", "0"])
+    assert "--precision: expected one of" in _refused(capsys, ["--precision", "fp64"])
+    assert "--compile: expected true or false" in _refused(capsys, ["--compile", "maybe"])
+    assert "unrecognized arguments: --rnak" in _refused(capsys, ["--rnak", "3"])
+
+
+def test_train_main_returns_2_on_a_bad_option(capsys):
+    assert train_main(["--batch-mode", "bogus"], prog="train_vl.py") == 2
+    assert "train_vl.py: error: --batch-mode" in capsys.readouterr().err
+
+
+def test_options_are_one_typed_source():
+    from typing import get_args
+
+    from mtl_lora_vl.options import field_types
+
+    hints = field_types(TrainOptions)
+    assert get_args(hints["precision"]) == ("auto", "fp32", "bf16", "fp16")
+    assert hints["rank"] is int and hints["compile"] is bool
+    with pytest.raises(ValueError, match="--rank: must be >= 1, got 0"):
+        TrainOptions(rank=0).validate()  # the same ranges for Python callers
+
+
+def test_eval_and_export_options(tmp_path, capsys):
+    cfg = tmp_path / "eval.json"
+    cfg.write_text(json.dumps({"adapter": "runs/x/adapter", "batch-size": 32, "precision": "fp32"}))
+    opts = parse_eval_args(["--config", str(cfg), "--split", "val"])
+    assert (opts.adapter, opts.batch_size, opts.precision, opts.split) == ("runs/x/adapter", 32, "fp32", "val")
+    with pytest.raises(SystemExit):
+        parse_eval_args([], prog="mtl-lora-vl eval")
+    assert "--adapter is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        export_command(["--adapter", "a", "--task", "vqa", "--out", "o", "--format", "onnx"], prog="x")
+    assert "--format: expected one of" in capsys.readouterr().err
+    assert ExportOptions().format == "merged"
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+
+def test_help_names_the_real_program(capsys):
+    assert main(["train", "--help"], prog="mtl-lora-vl") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: mtl-lora-vl train ") and "--no-compile" in out and "--log-level" in out
+    assert main(["export", "--help"], prog="mtl-lora-vl") == 0
+    assert "usage: mtl-lora-vl export " in capsys.readouterr().out
+    assert main(["--help"], prog="mtl-lora-vl") == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("train", "eval", "export", "bench"))
+    assert main(["nope"], prog="mtl-lora-vl") == 2
+
+
+def test_scripts_and_module_name_themselves():
+    for cmd, name in (([sys.executable, str(REPO / "scripts" / "train_vl.py"), "--help"], "usage: train_vl.py"),
+                      ([sys.executable, "-m", "mtl_lora_vl", "eval", "--help"], "usage: python -m mtl_lora_vl eval")):
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.startswith(name), done.stdout[:200]
+
+
+def test_subcommands_resolve_lazily_and_bench_may_be_missing(monkeypatch, capsys):
+    monkeypatch.setitem(COMMANDS, "bench", ("mtl_lora_vl.no_such_benchmark:main", "x"))
+    assert main(["bench"], prog="mtl-lora-vl") == 2
+    assert "mtl_lora_vl.no_such_benchmark is not part of this installation" in capsys.readouterr().err
+    calls = []
+    fake = types.ModuleType("fake_bench")
+    fake.main = lambda argv: calls.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "fake_bench", fake)
+    monkeypatch.setitem(COMMANDS, "bench", ("fake_bench:main", "x"))
+    assert main(["bench", "--cases", "lora"], prog="mtl-lora-vl") == 0 and calls == [["--cases", "lora"]]
+
+
+# ------------------------------------------------------------------------------------------------ logging
+
+
+def test_cli_logging_levels_and_restores(capsys):
+    log = logging.getLogger("mtl_lora_vl.some.module")
+    root = logging.getLogger("mtl_lora_vl")
+    before = (list(root.handlers), root.level)
+
+    def work():
+        log.debug("dbg")
+        log.info("info line")
+        log.warning("careful")
+        raise ValueError("a clear problem")
+
+    assert run_command("info", work) == 2
+    err = capsys.readouterr().err
+    assert "[mtl-lora-vl] info line" in err and "[mtl-lora-vl] warning: careful" in err and "dbg" not in err
+    assert "[mtl-lora-vl] error: a clear problem" in err and "Traceback" not in err
+    assert run_command("warning", work) == 2  # -q
+    err = capsys.readouterr().err
+    assert "info line" not in err and "careful" in err
+    assert run_command("debug", work) == 2  # -v: debug lines and the traceback
+    err = capsys.readouterr().err
+    assert "mtl_lora_vl.some.module: dbg" in err and "Traceback" in err
+    assert (list(root.handlers), root.level) == before  # nothing left configured
+
+
+def test_library_log_records_have_the_right_level(caplog):
+    from mtl_lora_vl.training.step import skip_bad_step
+
+    class Opt:
+        def zero_grad(self, set_to_none):
+            pass
+
+    caplog.set_level(logging.INFO, logger="mtl_lora_vl")
+    skip_bad_step(types.SimpleNamespace(optimizer=Opt()), 1, 7, 5, Path("run"))
+    [rec] = [r for r in caplog.records if "non-finite" in r.getMessage()]
+    assert rec.levelno == logging.WARNING and rec.name == "mtl_lora_vl.training.step"
+    assert "step 7: non-finite loss, step skipped (1 in a row)" == rec.getMessage()
+
+
+def test_progress_is_off_when_not_a_terminal_or_quiet(monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert progress(range(3), desc="x").disable
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    bar = progress(range(3), desc="x")
+    assert not bar.disable
+    bar.close()
+    with cli_logging("warning"):
+        assert progress(range(3), desc="x").disable
+
+
+def test_import_configures_nothing_and_plots_leave_matplotlib_alone(tmp_path):
+    """In a fresh interpreter: importing the package adds no handler; writing the plots imports no pyplot
+    and does not switch the backend."""
+    code = f"""
+import logging, sys
+sys.path.insert(0, {str(REPO / "tests")!r})
+import matplotlib
+matplotlib.use("svg")
+import mtl_lora_vl as mlv
+from mtl_lora_vl.evaluation.report import write_plots
+from conftest import tiny_open_clip
+assert not logging.getLogger().handlers and not logging.getLogger("mtl_lora_vl").handlers
+model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=2))
+result = {{"tasks": {{"a": {{"metric": "m", "zero_shot": 0.2, "adapted": 0.5}},
+                      "b": {{"metric": "m", "zero_shot": 0.3, "adapted": 0.4}}}}}}
+paths = write_plots(__import__("pathlib").Path({str(tmp_path)!r}), result, model)
+assert len(paths) == 2 and all(p.stat().st_size > 0 for p in paths), paths
+assert "matplotlib.pyplot" not in sys.modules, "pyplot was imported"
+assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_export_subcommand_writes_several_tasks(trained_run, tmp_path, capsys):  # noqa: F811
+    path = trained_run[0]
+    out = tmp_path / "loras"
+    assert main(["export", "--adapter", str(path), "--task", "vqa,retrieval", "--format", "plain", "--out",
+                 str(out)], prog="mtl-lora-vl") == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out / 'vqa'}" in printed and f"wrote {out / 'retrieval'}" in printed
+    assert (out / "vqa").is_dir() and (out / "retrieval").is_dir()
+    assert main(["export", "--adapter", str(path), "--task", "vqa,nope", "--out", str(tmp_path / "m")],
+                prog="mtl-lora-vl") == 2
+    assert "'nope': the adapter has no such task" in capsys.readouterr().err
+    assert main(["export", "--adapter", str(path), "--task", "vqa,retrieval", "--out", str(tmp_path / "m.safetensors")],
+                prog="mtl-lora-vl") == 2
+    assert "give a directory" in capsys.readouterr().err
