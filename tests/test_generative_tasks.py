@@ -75,7 +75,7 @@ def _rows(kinds, backbone, per_task=3):
 
 
 def _collate(kinds, backbone, rows):
-    collate = MultiTaskCollate(list(kinds), [False] * len(kinds), None, backbone.lm_collator())
+    collate = MultiTaskCollate(list(kinds), [False] * len(kinds), None, lm_collator=backbone.lm_collator())
     return to_device(collate(rows), "cpu", torch.float32, backbone)
 
 

@@ -152,7 +152,7 @@ class MultiTaskCollate:
     makes ``tokens``.
     """
 
-    def __init__(self, task_names: Sequence[str], uses_text: Sequence[bool], tokenizer: Any,
+    def __init__(self, task_names: Sequence[str], uses_text: Sequence[bool], tokenizer: Any, *,
                  lm_collator: Any = None) -> None:
         self.task_names = list(task_names)
         self.uses_text = list(uses_text)
@@ -256,7 +256,7 @@ class MultiTaskLoader:
                                              temperature=temperature, mode=mode, seed=seed, steps=steps,
                                              rank=rank, world_size=world_size, with_epochs=True)
         if generative and all(generative):
-            self.collate = MultiTaskCollate(names, [False] * len(names), None, backbone.lm_collator())
+            self.collate = MultiTaskCollate(names, [False] * len(names), None, lm_collator=backbone.lm_collator())
         else:
             self.collate = MultiTaskCollate(names, [k.uses_text for k in kinds], backbone.tokenizer)
         extra: dict[str, Any] = {}
