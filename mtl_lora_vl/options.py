@@ -77,6 +77,8 @@ class TrainOptions:
     batch_size: int | None = _path_opt("batch_size", "samples per step and per process (before accumulation)", ge=1)
     lr: float = _opt(2e-3, "learning rate of the adapters", gt=0)
     head_lr: float = _opt(3e-3, "learning rate of the task heads", gt=0)
+    task_lr_mult: float = _opt(1.0, "learning-rate multiplier for the task-specific adapter tensors "
+                               "Lambda_t and w_t (lora_lambda, lora_w)", gt=0)
     weight_decay: float = _opt(0.01, "AdamW weight decay", ge=0)
     warmup: int = _opt(20, "linear warm-up steps before the cosine schedule", ge=0)
     grad_clip: float = _opt(1.0, "clip the gradient norm to this (0 = off)", ge=0)
@@ -94,6 +96,8 @@ class TrainOptions:
     log_every: int = _opt(10, "log training metrics every N steps", ge=1)
     eval_batch_size: int | None = _path_opt("eval_batch_size", "batch size of evaluation", ge=1)
     eval_split: str = _opt("test", "split scored at the end (falls back to val when a task has no test split)")
+    eval_val: bool = _opt(False, "also score the adapted model on the validation split at the end (eval.json 'val')")
+    skip_zero_shot: bool = _opt(False, "skip the zero-shot score of the base model at the end (benchmarks compute it once)")
     out: str | None = _opt(None, "run directory (default runs/<tasks>-<method>-<time>)")
     resume: str | None = _opt(None, "continue the killed or stopped run in this directory")
     extend: str | None = _opt(None, "add --tasks to the trained adapter of this run directory (or adapter directory), "

@@ -52,9 +52,10 @@ def evaluate_adapted(setup, *, split: str, data_root: str | None, device, dtype,
 
 
 def evaluate_setup(setup, *, split: str, data_root: str | None, device, dtype: torch.dtype, batch_size: int,
-                   workers: int = 0) -> dict[str, Any]:
+                   workers: int = 0, zero_shot: bool = True) -> dict[str, Any]:
     """``{"tasks": {name: {"metric", "zero_shot", "adapted", "change", "split", "n", "metrics", "details"}}}``
-    (``metrics``: the spec's metrics, which the report's second table shows beside the headline)."""
+    (``n``: the examples scored; ``metrics``: the spec's metrics, which the report's second table shows beside
+    the headline); with ``zero_shot=False`` the base model is not scored and ``zero_shot`` / ``change`` are None."""
     tasks: dict[str, Any] = {}
     bar = progress(desc="evaluate", total=2 * len(setup.specs), unit="pass")
     for spec in setup.specs:
@@ -63,7 +64,7 @@ def evaluate_setup(setup, *, split: str, data_root: str | None, device, dtype: t
         data = spec.load_split(split_name, data_root)
         bar.set_postfix_str(f"{name}: zero-shot")
         zs = _score(setup, name, data, adapted=False, device=device, dtype=dtype, batch_size=batch_size,
-                    workers=workers)
+                    workers=workers) if zero_shot else None
         bar.update(1)
         bar.set_postfix_str(f"{name}: adapted")
         ad = _score(setup, name, data, adapted=True, device=device, dtype=dtype, batch_size=batch_size,
@@ -72,10 +73,10 @@ def evaluate_setup(setup, *, split: str, data_root: str | None, device, dtype: t
         metric = kind.headline_metric
         # n: what was scored (a generative kind may score only the first [generative] eval_limit examples)
         n = int(ad.get("n", ad.get("n_images", len(data.examples))))
-        logger.debug("%s (%s, %d examples): %s zero-shot %.4f, adapted %.4f", name, split_name, n, metric,
-                     zs[metric], ad[metric])
-        tasks[name] = {"metric": metric, "zero_shot": zs[metric], "adapted": ad[metric],
-                       "change": ad[metric] - zs[metric], "kind": spec.kind, "split": split_name,
+        logger.debug("%s (%s, %d examples): %s zero-shot %s, adapted %.4f", name, split_name, n, metric,
+                     "skipped" if zs is None else f"{zs[metric]:.4f}", ad[metric])
+        tasks[name] = {"metric": metric, "zero_shot": zs[metric] if zs else None, "adapted": ad[metric],
+                       "change": ad[metric] - zs[metric] if zs else None, "kind": spec.kind, "split": split_name,
                        "n": n, "metrics": list(spec.metrics), "details": {"zero_shot": zs, "adapted": ad}}
     bar.close()
     return {"tasks": tasks, "config": setup.config.to_dict()}

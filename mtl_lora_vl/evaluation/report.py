@@ -19,7 +19,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     """| task | metric | zero-shot | adapted | change | as Markdown (also readable printed)."""
     rows = ["| task | metric | zero-shot | adapted | change |", "|---|---|---:|---:|---:|"]
     for name, r in result["tasks"].items():
-        rows.append(f"| {name} | {r['metric']} | {r['zero_shot']:.4f} | {r['adapted']:.4f} | {r['change']:+.4f} |")
+        zs, change = ("–", "–") if r["zero_shot"] is None else (f"{r['zero_shot']:.4f}", f"{r['change']:+.4f}")
+        rows.append(f"| {name} | {r['metric']} | {zs} | {r['adapted']:.4f} | {change} |")
     return "\n".join(rows)
 
 
@@ -42,8 +43,8 @@ def details_table(result: dict[str, Any]) -> str:
     for name, r in result["tasks"].items():
         zs, ad = r["details"].get("zero_shot") or {}, r["details"]["adapted"]
         for k in detail_keys(r):
-            if k in zs:
-                rows.append(f"| {name} | {k} | {zs[k]:.4f} | {ad[k]:.4f} | {ad[k] - zs[k]:+.4f} |")
+            z, change = ("–", "–") if k not in zs else (f"{zs[k]:.4f}", f"{ad[k] - zs[k]:+.4f}")
+            rows.append(f"| {name} | {k} | {z} | {ad[k]:.4f} | {change} |")
     if not rows:
         return ""
     return "\n".join(["| task | other metrics | zero-shot | adapted | change |", "|---|---|---:|---:|---:|", *rows])
@@ -108,7 +109,8 @@ def write_plots(run_dir: Path, result: dict[str, Any], model) -> list[Path]:
     x = torch.arange(len(tasks)).float()
     zs = [result["tasks"][t]["zero_shot"] for t in tasks]
     ad = [result["tasks"][t]["adapted"] for t in tasks]
-    ax.bar(x - 0.2, zs, 0.4, label="zero-shot", color="#9aa5b1")
+    if None not in zs:  # None: the zero-shot score was skipped
+        ax.bar(x - 0.2, zs, 0.4, label="zero-shot", color="#9aa5b1")
     ax.bar(x + 0.2, ad, 0.4, label="adapted", color="#2f6fba")
     ax.set_xticks(x.tolist(), [f"{t}\n({result['tasks'][t]['metric']})" for t in tasks], fontsize=8)
     ax.set_ylim(0, 1)

@@ -39,13 +39,21 @@ class Optimization:
 
 def build_optimization(model: MultiTaskModel, opts: TrainOptions, total_steps: int, device: torch.device,
                        amp_dtype: torch.dtype) -> Optimization:
-    """Two AdamW groups (adapters at ``--lr``, heads at ``--head-lr``), warm-up + cosine, a scaler for fp16."""
+    """AdamW groups (adapters at ``--lr``, Λ_t/w_t at ``--lr × --task-lr-mult`` when that is not 1, heads at
+    ``--head-lr``), warm-up + cosine, a scaler for fp16."""
     adapter_params = [p for p in model.model.parameters() if p.requires_grad]
     head_params = [p for p in model.heads.parameters() if p.requires_grad]
     # An --extend run keeps the old tasks' rows of the grown tensors fixed: no weight decay on them.
     adapter_wd = 0.0 if opts.extend else opts.weight_decay
-    optimizer = torch.optim.AdamW([{"params": adapter_params, "lr": opts.lr, "weight_decay": adapter_wd},
-                                   {"params": head_params, "lr": opts.head_lr}], weight_decay=opts.weight_decay)
+    groups = [{"params": adapter_params, "lr": opts.lr, "weight_decay": adapter_wd}]
+    if opts.task_lr_mult != 1.0:  # Lambda_t and w_t in a group of their own (only then: old checkpoints resume)
+        task_specific = {id(p) for n, p in model.model.named_parameters() if n.endswith(("lora_lambda", "lora_w"))}
+        groups = [{"params": [p for p in adapter_params if id(p) not in task_specific], "lr": opts.lr,
+                   "weight_decay": adapter_wd},
+                  {"params": [p for p in adapter_params if id(p) in task_specific], "lr": opts.lr * opts.task_lr_mult,
+                   "weight_decay": adapter_wd}]
+    optimizer = torch.optim.AdamW([*groups, {"params": head_params, "lr": opts.head_lr}],
+                                  weight_decay=opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(opts.warmup, total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return Optimization(optimizer, scheduler, scaler, adapter_params + head_params)

@@ -263,7 +263,11 @@ def finish(run: Run) -> None:
                  base={"backbone": opts.backbone, "pretrained": opts.pretrained},
                  kinds=setup.kinds, overwrite=True)
     result = evaluate_setup(setup, split=opts.eval_split, data_root=opts.data_root, device=run.info.device,
-                            dtype=run.amp_dtype, batch_size=opts.eval_batch_size, workers=run.workers)
+                            dtype=run.amp_dtype, batch_size=opts.eval_batch_size, workers=run.workers,
+                            zero_shot=not opts.skip_zero_shot)
+    if opts.eval_val:
+        result["val"] = evaluate_adapted(setup, split="val", data_root=opts.data_root, device=run.info.device,
+                                         dtype=run.amp_dtype, batch_size=opts.eval_batch_size, workers=run.workers)
     result["trained_tasks"] = run.trained
     if opts.extend:
         result["extended_from"] = {"run": str(opts.extend), "tasks": setup.extended_from,

@@ -1,0 +1,103 @@
+"""From run records to the benchmark's numbers: per-configuration means and stds over seeds, paired
+differences to MTL-LoRA, interference against the single-task reference, ablations, LR tuning."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from .grid import Config
+from .stats import paired_diff, summarize
+
+AVERAGE = "average"
+
+
+def _by_seed(records: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
+    """{seed: {task: test score, "average": mean over tasks}} of one configuration's final runs."""
+    out = {}
+    for r in records:
+        scores = dict(r["tasks"])
+        scores[AVERAGE] = statistics.fmean(r["tasks"].values())
+        out[r["seed"]] = scores
+    return out
+
+
+def _paired(a: dict[int, dict[str, float]], b: dict[int, dict[str, float]], keys: list[str]) -> dict[str, Any]:
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return {}
+    return {k: paired_diff([a[s][k] for s in seeds], [b[s][k] for s in seeds]).to_dict() for k in keys}
+
+
+def _single_reference(singles: dict[str, dict[int, dict[str, float]]], tasks: list[str]) -> dict[int, dict[str, float]]:
+    """Per seed, each task's score when trained alone, and their average (seeds where every task ran)."""
+    seeds = set.intersection(*(set(singles[t]) for t in tasks)) if all(t in singles for t in tasks) else set()
+    out = {}
+    for s in sorted(seeds):
+        row = {t: singles[t][s][t] for t in tasks}
+        row[AVERAGE] = statistics.fmean(row.values())
+        out[s] = row
+    return out
+
+
+def analyse(tasks: list[str], configs: list[Config], reference: Config | None, final: dict[str, list[dict]],
+            tuning: dict[str, list[dict]], picked: dict[str, float], params: dict[str, int],
+            zero_shot: dict[str, Any], ablation_values: dict[str, list[Any]]) -> dict[str, Any]:
+    """Everything the report shows, as plain JSON-ready data.
+
+    ``final`` maps a configuration id to its runs at the picked learning rate (one per seed);
+    ``tuning`` to its first-seed runs at every grid learning rate.
+    """
+    keys = [*tasks, AVERAGE]
+    per_seed = {c.cid: _by_seed(final.get(c.cid, [])) for c in configs}
+    out_configs: dict[str, Any] = {}
+    for c in configs:
+        seeds = per_seed[c.cid]
+        if not seeds:
+            continue
+        ctasks = list(c.tasks)
+        ck = [*ctasks, AVERAGE]
+        steps = [r["step_s"] for r in final[c.cid] if r.get("step_s")]
+        out_configs[c.cid] = {
+            "group": c.group, "label": c.label, "tasks": ctasks, "options": c.options, "axis": c.axis,
+            "value": c.value, "params": params.get(c.cid), "lr": picked.get(c.cid), "batch_size": c.batch_size,
+            "lr_val": {f"{r['lr']:g}": statistics.fmean(r["val"].values()) for r in tuning.get(c.cid, [])},
+            "scores": {k: summarize([s[k] for s in seeds.values()]).to_dict() for k in ck},
+            "per_seed": {str(s): v for s, v in sorted(seeds.items())},
+            "step_s": statistics.fmean(steps) if steps else None,
+            "wall_s": statistics.fmean(r["wall_s"] for r in final[c.cid]),
+            "cpu_s": statistics.fmean(r.get("cpu_s", r["wall_s"]) for r in final[c.cid]),
+        }
+    singles = {c.tasks[0]: per_seed[c.cid] for c in configs if c.group == "single" and per_seed[c.cid]}
+    single_ref = _single_reference(singles, tasks)
+    joint = [c for c in configs if c.group in ("method", "ablation") and c.cid in out_configs]
+    ref_seeds = per_seed.get(reference.cid, {}) if reference else {}
+    result: dict[str, Any] = {
+        "tasks": tasks, "zero_shot": zero_shot, "configs": out_configs,
+        "reference": reference.cid if reference and reference.cid in out_configs else None,
+        "single_task": ({"scores": {k: summarize([s[k] for s in single_ref.values()]).to_dict() for k in keys},
+                         "per_seed": {str(s): v for s, v in single_ref.items()}} if single_ref else None),
+        "paired_vs_reference": {c.cid: _paired(per_seed[c.cid], ref_seeds, keys)
+                                for c in joint if ref_seeds and c.cid != reference.cid},
+        "interference": {c.cid: _paired(per_seed[c.cid], single_ref, keys)
+                         for c in joint if single_ref and c.group == "method"},
+    }
+    result["ablations"] = _ablations(configs, reference if result["reference"] else None, ablation_values,
+                                     set(out_configs))
+    return result
+
+
+def _ablations(configs: list[Config], reference: Config | None, values: dict[str, list[Any]],
+               available: set[str]) -> dict[str, list[dict[str, Any]]]:
+    """{axis: [{"value", "config"}]} in the order of ``values``; the default value is the reference run."""
+    where = {(c.axis, c.value): c.cid for c in configs if c.group == "ablation"}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for axis, vals in values.items():
+        rows = []
+        for v in vals:
+            cid = reference.cid if reference is not None and reference.options[axis] == v else where.get((axis, v))
+            if cid in available:
+                rows.append({"value": v, "config": cid, "default": reference is not None and cid == reference.cid})
+        if rows:
+            out[axis] = rows
+    return out

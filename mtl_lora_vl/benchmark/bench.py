@@ -1,0 +1,147 @@
+"""The method benchmark end to end: plan the grid, run it resumably, analyse, write the report.
+
+Order: the zero-shot scores (once); every method and single-task configuration at each grid learning
+rate on the first seed (scored on val and test); the other seeds at each configuration's picked rate;
+the MTL-LoRA ablations at MTL-LoRA's picked rate, every seed. A killed grid rerun with the same
+``--out`` continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from ..options import TrainOptions
+from ..training.train import train
+from .analysis import analyse
+from .grid import (
+    REFERENCE_METHOD,
+    BenchSettings,
+    Config,
+    RunSpec,
+    ablation_configs,
+    count_runs,
+    default_adapter,
+    method_configs,
+    pick_lr,
+    reference_config,
+    single_task_configs,
+    zero_shot_config,
+)
+from .mixing import mixing_from_adapter
+from .params import ParameterCounter
+from .plots import write_all
+from .report import write_report
+from .runner import Runner, Trainer, write_json_atomic
+from .specs import eval_subset_specs, joint_shares
+
+
+class BenchDirError(RuntimeError):
+    """The output folder holds a grid with other settings."""
+
+
+def _check_settings(out: Path, settings: BenchSettings, overwrite: bool) -> None:
+    path = out / "settings.json"
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        old = json.loads(path.read_text())
+        new = json.loads(json.dumps(settings.identity()))
+        if old != new:
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise BenchDirError(f"--out {out}: holds a grid with other settings ({', '.join(changed)} differ); "
+                                "rerun with the same options to resume it, choose another --out, or pass --overwrite")
+    else:
+        write_json_atomic(path, settings.identity())
+
+
+def plan_ranks(settings: BenchSettings, counter: ParameterCounter, n_tasks: int) -> dict[str, dict[str, int]]:
+    """Default and parameter-matched rank (and counts) of every method, matched to MTL-LoRA's default count."""
+    ref = default_adapter()
+    kw = {"n_up": ref["n_up"], "temperature": ref["temperature"], "lambda_type": ref["lambda_type"]}
+    target = counter.count(n_tasks, method=REFERENCE_METHOD, r=ref["rank"], **kw)
+    out = {}
+    for m in settings.methods:
+        row = {"default": ref["rank"], "default_params": counter.count(n_tasks, method=m, r=ref["rank"], **kw)}
+        if settings.match_params and m != REFERENCE_METHOD:
+            r = counter.matching_rank(target, n_tasks, method=m, **kw)
+            row.update(matched=r, matched_params=counter.count(n_tasks, method=m, r=r, **kw))
+        out[m] = row
+    return out
+
+
+def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer = train, overwrite: bool = False,
+                  threads: int | None = None, stream: TextIO | None = None) -> dict[str, Any]:
+    """Run (or resume) the grid in ``out`` and write report.md, results.json and plots/; returns the results."""
+    settings.validate()
+    out = Path(out)
+    stream = stream if stream is not None else sys.stdout
+    _check_settings(out, settings, overwrite)
+    task_args = eval_subset_specs(settings.tasks, out / "specs", {"val": settings.val_n, "test": settings.test_n})
+    tasks = list(task_args)
+    counter = ParameterCounter(settings.backbone, settings.pretrained)
+    ranks = plan_ranks(settings, counter, len(tasks))
+    methods = method_configs(settings, tasks, {m: v["matched"] for m, v in ranks.items() if "matched" in v})
+    reference = reference_config(methods)
+    singles = (single_task_configs(tasks, settings.batch_size, joint_shares(task_args, settings.data_root))
+               if settings.single_task and len(tasks) > 1 else [])
+    ablations = ablation_configs(settings, tasks) if reference else []
+    tuned = methods + singles
+    configs = tuned + ablations
+    params = {c.cid: counter.count(len(c.tasks), **c.attach_kwargs()) for c in configs}
+    total = count_runs(settings, tuned, ablations)
+    print(f"[bench] {total} runs: {len(methods)} method configurations, {len(singles)} single-task references, "
+          f"{len(ablations)} ablations; {settings.steps} steps at batch {settings.batch_size}; learning rates "
+          f"{settings.lr_grid}; {settings.seeds} seeds; output {out}", file=stream, flush=True)
+    runner = Runner(out, settings, task_args, trainer, total, stream)
+    started = time.perf_counter()
+
+    seeds = list(range(settings.seeds))
+    zs = runner.run(RunSpec(zero_shot_config(tasks), seeds[0], settings.lr_grid[0], tune=False))
+    tuning = {c.cid: [runner.run(RunSpec(c, seeds[0], lr, tune=True)) for lr in settings.lr_grid] for c in tuned}
+    picked = {cid: pick_lr(recs) for cid, recs in tuning.items()}
+    final = {c.cid: [next(r for r in tuning[c.cid] if r["lr"] == picked[c.cid])] for c in tuned}
+    for seed in seeds[1:]:
+        for c in tuned:
+            final[c.cid].append(runner.run(RunSpec(c, seed, picked[c.cid], tune=False)))
+    if reference is not None:
+        picked.update({c.cid: picked[reference.cid] for c in ablations})
+        for c in ablations:
+            final[c.cid] = [runner.run(RunSpec(c, seed, picked[c.cid], tune=False)) for seed in seeds]
+
+    results = analyse(tasks, configs, reference, final, tuning, picked, params, zs["zero_shot"], settings.ablations)
+    all_runs = [zs, *(r for recs in tuning.values() for r in recs), *(r for recs in final.values() for r in recs)]
+    unique = {r["key"]: r for r in all_runs}
+    results.update(
+        settings=asdict(settings), threads=threads or torch.get_num_threads(), head_lr=TrainOptions().head_lr,
+        ranks=ranks, runs_total=total, runs=sorted(unique.values(), key=lambda r: r["key"]),
+        eval={"test": zs["eval_n"], "val_scenes": settings.val_n},
+        wall_s=time.perf_counter() - started,
+        mean_run_s=statistics.fmean(r["wall_s"] for r in unique.values() if r["group"] != "zero_shot"),
+        mean_run_cpu_s=statistics.fmean(r.get("cpu_s", r["wall_s"]) for r in unique.values()
+                                        if r["group"] != "zero_shot"),
+        task_mixing=_mixing(out, reference, final) if reference else None,
+    )
+    results["plots"] = [p.name for p in write_all(results, out / "plots")]
+    path = write_report(out, results)
+    print(f"[bench] done: {path} ({runner.ran} runs trained now, {len(unique) - runner.ran} done earlier, "
+          f"{results['wall_s'] / 60:.1f} min)", file=stream, flush=True)
+    return results
+
+
+def _mixing(out: Path, reference: Config, final: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    seeds = {}
+    for r in final.get(reference.cid, []):
+        m = mixing_from_adapter(out / r["folder"] / "train" / "adapter")
+        if m is not None:
+            seeds[str(r["seed"])] = m
+    return {"config": reference.cid, "label": reference.label, "seeds": seeds} if seeds else None

@@ -1,0 +1,89 @@
+"""``bench_methods``: the command line of the method benchmark (``scripts/bench_methods.py``; a later
+``mtl-lora-vl bench`` subcommand calls :func:`main`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from .bench import BenchDirError, run_benchmark
+from .grid import METHODS, BenchSettings
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = BenchSettings()
+    p = argparse.ArgumentParser(
+        prog="bench_methods.py",
+        description="Which adapter for my tasks? Trains every method (at its default rank and at MTL-LoRA's "
+        "parameter count), a single-task reference and MTL-LoRA ablations through the same trainer, budget and "
+        "data order; tunes each method's learning rate on the validation split; reports test scores over seeds "
+        "with paired 95 %% intervals. Resumable: rerun the same command to continue a killed grid.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="bench-methods", help="output folder (report.md, results.json, plots/, runs/)")
+    p.add_argument("--tasks", default=",".join(d.tasks), help="comma-separated task names or spec paths")
+    p.add_argument("--backbone", default=d.backbone, help="builtin | open_clip:NAME | hf:DIR")
+    p.add_argument("--pretrained", default=None, help="local weights for open_clip:NAME")
+    p.add_argument("--data-root", default=None, help="folder that file-based task specs are relative to")
+    p.add_argument("--methods", default=None, help=f"comma-separated subset of {list(METHODS)} (default all; "
+                   "--quick lora,mtl_lora)")
+    p.add_argument("--no-matched", action="store_true", help="skip the parameter-matched rank of each method")
+    p.add_argument("--no-single", action="store_true", help="skip the single-task reference")
+    p.add_argument("--no-ablations", action="store_true", help="skip the MTL-LoRA ablations")
+    p.add_argument("--seeds", type=int, default=None, help=f"seeds per configuration (default {d.seeds}; --quick 2)")
+    p.add_argument("--lr-grid", default=None, help="comma-separated adapter learning rates to tune over "
+                   f"(default {','.join(f'{x:g}' for x in d.lr_grid)})")
+    p.add_argument("--steps", type=int, default=None, help=f"optimizer steps per run (default {d.steps})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"batch size (default {d.batch_size})")
+    p.add_argument("--warmup", type=int, default=None, help=f"warm-up steps (default {d.warmup})")
+    p.add_argument("--val-n", type=int, default=None, help=f"validation scenes per built-in task (default {d.val_n})")
+    p.add_argument("--test-n", type=int, default=None, help=f"test scenes per built-in task (default {d.test_n})")
+    p.add_argument("--quick", action="store_true", help="a small grid (lora and mtl_lora, 2 seeds, 2 learning rates, "
+                   "30 steps at batch 16, 2 ablations): minutes on two CPU cores")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared machine)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--workers", type=int, default=0, help="data loader workers per run")
+    p.add_argument("--overwrite", action="store_true", help="delete --out and start the grid afresh")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    """BenchSettings from parsed arguments: --quick's small grid or the default one, then explicit flags."""
+    over: dict = {"tasks": [t.strip() for t in args.tasks.split(",") if t.strip()], "backbone": args.backbone,
+                  "pretrained": args.pretrained, "data_root": args.data_root, "device": args.device,
+                  "precision": args.precision, "workers": args.workers}
+    if args.methods:
+        over["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for name in ("seeds", "steps", "batch_size", "warmup", "val_n", "test_n"):
+        if getattr(args, name) is not None:
+            over[name] = getattr(args, name)
+    if args.lr_grid:
+        over["lr_grid"] = _floats(args.lr_grid)
+    settings = BenchSettings.quick(**over) if args.quick else BenchSettings(**over)
+    settings.match_params = not args.no_matched
+    settings.single_task = not args.no_single
+    if args.no_ablations:
+        settings.ablations = {}
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run (or resume) the method benchmark; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        settings = settings_from_args(args)
+        run_benchmark(settings, args.out, overwrite=args.overwrite, threads=args.threads)
+    except KeyboardInterrupt:
+        print(f"[bench] stopped; rerun the same command to continue ({args.out})", file=sys.stderr)
+        return 130
+    except (BenchDirError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,36 @@
+"""Task sharing of a trained MTL-LoRA adapter, read from its files: softmax(w_t / τ) per tower.
+
+Read from the adapter's weights file (the ``*.lora_w`` tensors, T × n each) and its config (τ, the task names and which tower each projection belongs to), so any saved
+adapter can be inspected without building a model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from ..io.layout import adapter_layout
+
+
+def mixing_from_adapter(adapter_dir: str | Path) -> dict[str, Any] | None:
+    """``{"tasks", "temperature", "towers": {tower: T × n nested list}}`` averaged over each tower's
+    projections; None when the adapter has no ``lora_w`` (methods without task mixing)."""
+    adapter_dir = Path(adapter_dir)
+    layout = adapter_layout(adapter_dir)
+    meta = json.loads((adapter_dir / layout.config).read_text())
+    cfg, towers = meta["config"], meta.get("towers", {})
+    tensors = load_file(str(adapter_dir / layout.weights))
+    per: dict[str, list[torch.Tensor]] = {}
+    for key, w in tensors.items():
+        if not key.endswith(".lora_w"):
+            continue
+        proj = key.removesuffix(".lora_w")
+        per.setdefault(towers.get(proj, "all"), []).append(torch.softmax(w.float() / cfg["temperature"], dim=-1))
+    if not per:
+        return None
+    return {"tasks": list(cfg["tasks"]), "temperature": cfg["temperature"],
+            "towers": {t: torch.stack(ms).mean(0).tolist() for t, ms in sorted(per.items())}}

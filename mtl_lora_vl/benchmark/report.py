@@ -1,0 +1,182 @@
+"""The benchmark's report: ``report.md`` (tables and findings) and ``results.json`` (every number)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .analysis import AVERAGE
+from .runner import write_json_atomic
+
+
+def _ms(s: dict[str, float] | None) -> str:
+    if not s:
+        return "–"
+    return f"{s['mean']:.3f} ± {s['std']:.3f}" if s["n"] > 1 else f"{s['mean']:.3f}"
+
+
+def _diff(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "–"
+    if d["low"] is None:
+        return f"{d['mean']:+.3f}"
+    sig = "**" if d["low"] > 0 or d["high"] < 0 else ""
+    return f"{sig}{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{sig}"
+
+
+def _row(cells: list[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _table(header: list[str], rows: list[list[Any]], right_from: int = 1) -> list[str]:
+    align = ["---" if i < right_from else "---:" for i in range(len(header))]
+    return [_row(header), _row(align), *(_row(r) for r in rows), ""]
+
+
+def _findings(r: dict[str, Any]) -> list[str]:
+    cfgs = r["configs"]
+    joint = {cid: c for cid, c in cfgs.items() if c["group"] in ("method", "ablation")}
+    lines = []
+    if joint:
+        best = max(joint.values(), key=lambda c: c["scores"][AVERAGE]["mean"])
+        lines.append(f"- Best average test score: **{best['label']}**, {_ms(best['scores'][AVERAGE])} "
+                     f"({best['params']:,} adapter parameters).")
+    if r["reference"]:
+        ref = cfgs[r["reference"]]["label"]
+        above, below, same = [], [], []
+        for cid, d in r["paired_vs_reference"].items():
+            if cfgs[cid]["group"] != "method" or not d:
+                continue
+            a = d[AVERAGE]
+            text = f"{cfgs[cid]['label']} ({a['mean']:+.3f})"
+            if a["low"] is not None and a["low"] > 0:
+                above.append(text)
+            elif a["high"] is not None and a["high"] < 0:
+                below.append(text)
+            else:
+                same.append(text)
+        lines.append(f"- Against {ref} (average over tasks, paired 95 % interval over seeds): significantly above: "
+                     f"{', '.join(above) or 'none'}; significantly below: {', '.join(below) or 'none'}; "
+                     f"not distinguishable: {', '.join(same) or 'none'}.")
+    if r["interference"]:
+        parts = [f"{cfgs[cid]['label']} {_diff(d[AVERAGE])}" for cid, d in r["interference"].items() if d]
+        lines.append("- Interference (joint score minus each task trained alone with `lora`, averaged over tasks; "
+                     "negative = joint training costs accuracy): " + "; ".join(parts) + ".")
+    return lines
+
+
+def render(r: dict[str, Any]) -> str:
+    """report.md as a string."""
+    s, tasks, cfgs = r["settings"], r["tasks"], r["configs"]
+    lines = [f"# Method benchmark: {', '.join(tasks)} on `{s['backbone']}`", ""]
+    lines += [f"{r['runs_total']} training runs, {s['seeds']} seeds, {s['steps']} steps at batch {s['batch_size']} "
+              f"each ({s['steps'] * s['batch_size']:,} training samples), same trainer, data order and budget for "
+              f"every method. Test scores (headline metric per task, higher is better) are mean ± sample std over "
+              f"seeds; differences are paired over seeds with a 95 % t-interval; **bold** = the interval "
+              f"excludes 0.", ""]
+    lines += ["## Findings", "", *_findings(r), ""]
+
+    ref = r["reference"]
+    head = ["configuration", "r", "adapter params", "lr", *tasks, AVERAGE,
+            f"Δ avg vs {cfgs[ref]['label']}" if ref else "Δ avg", "step (s)"]
+    rows = []
+    if r["zero_shot"]:
+        zs = r["zero_shot"]
+        rows.append(["zero-shot", "–", "–", "–", *(f"{zs[t]:.3f}" for t in tasks),
+                     f"{sum(zs.values()) / len(zs):.3f}", "–", "–"])
+    for cid, c in cfgs.items():
+        if c["group"] != "method":
+            continue
+        d = r["paired_vs_reference"].get(cid)
+        rows.append([c["label"], c["options"]["rank"], f"{c['params']:,}", f"{c['lr']:g}",
+                     *(_ms(c["scores"][t]) for t in tasks), _ms(c["scores"][AVERAGE]),
+                     "(reference)" if cid == ref else _diff(d[AVERAGE] if d else None),
+                     f"{c['step_s']:.3f}" if c["step_s"] else "–"])
+    if r["single_task"]:
+        st = r["single_task"]["scores"]
+        singles = [c for c in cfgs.values() if c["group"] == "single"]
+        lrs = ", ".join(f"{c['tasks'][0]} {c['lr']:g}" for c in singles)
+        batches = ", ".join(f"{c['tasks'][0]} {c['batch_size']}" for c in singles)
+        params = ", ".join(f"{c['params']:,}" for c in singles[:1])
+        rows.append(["single-task lora (each task alone)", singles[0]["options"]["rank"], f"{params} per task",
+                     lrs, *(_ms(st[t]) for t in tasks), _ms(st[AVERAGE]), "–",
+                     f"{sum(c['step_s'] or 0 for c in singles) / len(singles):.3f}"])
+    lines += [f"## Methods (test split, {s['seeds']} seeds)", "", *_table(head, rows)]
+    if r["single_task"]:
+        lines += [f"The single-task reference trains `lora` on one task alone for the same {s['steps']} steps at "
+                  f"batch {batches} -- its task's share of a joint batch of {s['batch_size']} -- so it sees as many "
+                  "examples of its task as a joint run; joint minus single-task then measures what sharing the "
+                  "adapter costs, not the extra data a full batch of one task would give.", ""]
+
+    if r["paired_vs_reference"]:
+        rows = [[cfgs[cid]["label"], *(_diff(d[k]) for k in [*tasks, AVERAGE])]
+                for cid, d in r["paired_vs_reference"].items() if d and cfgs[cid]["group"] == "method"]
+        lines += [f"## Paired difference to {cfgs[ref]['label']} per task", "",
+                  *_table(["configuration", *tasks, AVERAGE], rows)]
+    if r["interference"]:
+        rows = [[cfgs[cid]["label"], *(_diff(d[k]) for k in [*tasks, AVERAGE])]
+                for cid, d in r["interference"].items() if d]
+        lines += ["## Interference: joint training minus the single-task reference", "",
+                  "Each joint method's test score minus `lora` (default rank) trained on that task alone with the "
+                  "same budget and seed; negative means the tasks hurt each other.", "",
+                  *_table(["configuration", *tasks, AVERAGE], rows)]
+    if r["ablations"]:
+        rows = []
+        for axis, entries in r["ablations"].items():
+            for e in entries:
+                c = cfgs[e["config"]]
+                d = r["paired_vs_reference"].get(e["config"])
+                rows.append([axis, e["value"], f"{c['params']:,}", *(_ms(c["scores"][t]) for t in tasks),
+                             _ms(c["scores"][AVERAGE]), "(reference)" if e["config"] == ref else
+                             _diff(d[AVERAGE] if d else None)])
+        lines += [f"## MTL-LoRA ablations (at {cfgs[ref]['label']}'s learning rate {cfgs[ref]['lr']:g})"
+                  if ref else "## MTL-LoRA ablations", "",
+                  *_table(["option", "value", "adapter params", *tasks, AVERAGE, "Δ avg vs reference"], rows, 2)]
+
+    lr_grid = [f"{lr:g}" for lr in s["lr_grid"]]
+    rows = [[c["label"], *(f"**{c['lr_val'][lr]:.3f}**" if float(lr) == c["lr"] else f"{c['lr_val'][lr]:.3f}"
+                           for lr in lr_grid if lr in c["lr_val"])]
+            for c in cfgs.values() if len(c["lr_val"]) == len(lr_grid)]
+    if rows:
+        lines += ["## Learning-rate tuning", "",
+                  f"Adapter learning rate picked per configuration from {{{', '.join(lr_grid)}}} by the validation "
+                  f"average at seed 0 (**bold** = picked); the other seeds ran at the picked rate (tuned on seed 0 "
+                  f"only). Head learning rate {r['head_lr']:g} for all.", "",
+                  *_table(["configuration", *lr_grid], rows)]
+
+    ranks = r.get("ranks") or {}
+    if ranks:
+        rows = [[m, v["default"], f"{v['default_params']:,}", v.get("matched", "–"),
+                 f"{v['matched_params']:,}" if v.get("matched_params") else "–"] for m, v in ranks.items()]
+        lines += ["## Ranks and parameter budgets", "",
+                  f"Matched ranks give each method the adapter parameter count closest to {cfgs[ref]['label']}'s "
+                  f"({cfgs[ref]['params']:,}), counted by attaching it to the backbone "
+                  "(`mlv.trainable_parameters`; task heads excluded, the same for all)." if ref else "", "",
+                  *_table(["method", "default r", "params", "matched r", "params"], rows)]
+
+    ev = r["eval"]
+    lines += ["## Budget and protocol", "",
+              f"- Backbone `{s['backbone']}`; tasks {', '.join(tasks)}; {s['steps']} steps, batch {s['batch_size']}, "
+              f"{s['warmup']} warm-up steps then cosine decay; precision {s['precision']}, device {s['device']}, "
+              f"{r['threads']} thread(s).",
+              f"- Test examples per task: {', '.join(f'{t} {n:,}' for t, n in ev['test'].items())}; validation: "
+              f"{ev['val_scenes'] or 'all'} scenes per built-in task (subsets of the built-in world's splits, the "
+              "same for every run); the zero-shot score is computed once.",
+              f"- Seeds {', '.join(str(x) for x in range(s['seeds']))}; a seed fixes the data order and the "
+              "adapter initialisation, so the paired differences compare methods on identical batches.",
+              f"- Measured: {r['mean_run_s']:.0f} s wall and {r['mean_run_cpu_s']:.0f} s CPU per run on average "
+              f"(setup, training, evaluation; wall > CPU when other jobs share the cores); {r['wall_s'] / 60:.1f} min "
+              "for the runs executed in the last session. Step time in the methods table: seconds per optimizer "
+              "step from the trainer's throughput." if r.get("mean_run_s") else "",
+              "- Each run's folder is `runs/<configuration>/lr<lr>-seed<seed>/` (trainer output in `train/`, "
+              "log in `train.log`, `result.json` = done).", ""]
+    lines += ["## Plots", "", *(f"![{p}](plots/{p})" for p in r["plots"]), ""]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, results: dict[str, Any]) -> Path:
+    """``results.json`` and ``report.md`` in ``out``; returns the report's path."""
+    write_json_atomic(out / "results.json", results)
+    path = out / "report.md"
+    path.write_text(render(results))
+    return path

@@ -1,0 +1,128 @@
+"""Runs one benchmark run through the trainer, resumably and quietly.
+
+Each run lives in ``OUT/runs/<key>/``: the trainer's run directory ``train/``, its output in
+``train.log``, and ``result.json`` -- written last, atomically, so it doubles as the done marker. A run
+with ``result.json`` is never redone; a folder without it (a killed run) is wiped and redone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..options import TrainOptions
+from .grid import BenchSettings, RunSpec
+
+Trainer = Callable[[TrainOptions], Path]
+
+
+class GridStopped(KeyboardInterrupt):
+    """The trainer was interrupted (Ctrl-C or SIGTERM) and saved a checkpoint instead of results."""
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file and rename it into place (a reader never sees half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _fmt_time(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class Runner:
+    """Executes runs in ``root/runs``; prints one progress line per run with an ETA."""
+
+    def __init__(self, root: Path, settings: BenchSettings, task_args: dict[str, str], trainer: Trainer,
+                 total: int, stream: TextIO | None = None):
+        self.root, self.settings, self.task_args = root, settings, task_args
+        self.trainer, self.total = trainer, total
+        self.stream = stream if stream is not None else sys.stdout
+        self.index = 0          # runs handled so far (done earlier or now)
+        self.ran_seconds = 0.0  # wall time of the runs executed in this session
+        self.ran = 0
+
+    def options(self, spec: RunSpec, out: Path) -> TrainOptions:
+        """The trainer options of one run: the grid's budget plus the configuration's adapter options."""
+        s, cfg = self.settings, spec.config
+        zero_shot = cfg.group == "zero_shot"
+        steps = 1 if zero_shot else s.steps
+        return TrainOptions(
+            tasks=",".join(self.task_args[t] for t in cfg.tasks), backbone=s.backbone, pretrained=s.pretrained,
+            data_root=s.data_root, **cfg.options, steps=steps, batch_size=cfg.batch_size or s.batch_size,
+            warmup=min(s.warmup, steps), lr=spec.lr, seed=spec.seed, eval_val=spec.tune,
+            skip_zero_shot=not zero_shot, eval_batch_size=s.eval_batch_size, device=s.device, precision=s.precision,
+            workers=s.workers, out=str(out), overwrite=True, save_every=steps, log_every=min(10, steps))
+
+    def run(self, spec: RunSpec) -> dict[str, Any]:
+        """The run's result record: read from ``result.json`` when it is done, else trained now."""
+        folder = self.root / "runs" / spec.key
+        done = folder / "result.json"
+        self.index += 1
+        if done.is_file():
+            record = json.loads(done.read_text())
+            self._line(spec, record, "done earlier")
+            return record
+        if folder.exists():
+            shutil.rmtree(folder)  # a killed run: start it again
+        folder.mkdir(parents=True)
+        opts = self.options(spec, folder / "train")
+        t0, c0 = time.perf_counter(), time.process_time()
+        with (folder / "train.log").open("w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            run_dir = Path(self.trainer(opts))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if not (run_dir / "eval.json").is_file():
+            raise GridStopped(f"{spec.key}: the trainer stopped before evaluating (see {folder / 'train.log'})")
+        record = make_record(spec, run_dir, wall, folder.relative_to(self.root))
+        record["cpu_s"] = cpu  # process CPU time: the run's cost on a shared machine
+        write_json_atomic(done, record)
+        self.ran += 1
+        self.ran_seconds += wall
+        self._line(spec, record, f"{wall:.0f} s")
+        return record
+
+    def _line(self, spec: RunSpec, record: dict[str, Any], took: str) -> None:
+        left = self.total - self.index
+        eta = f"ETA {_fmt_time(left * self.ran_seconds / self.ran)}" if self.ran else "ETA –"
+        scores = record["zero_shot"] if spec.config.group == "zero_shot" else record["tasks"]
+        avg = sum(scores.values()) / len(scores)
+        val = f", val {sum(record['val'].values()) / len(record['val']):.3f}" if record.get("val") else ""
+        width = len(str(self.total))
+        print(f"[bench {self.index:{width}d}/{self.total}] {spec.config.label}, lr {spec.lr:g}, seed {spec.seed}: "
+              f"test avg {avg:.3f}{val} ({took}); {eta}", file=self.stream, flush=True)
+
+
+def make_record(spec: RunSpec, run_dir: Path, wall: float, folder: Path) -> dict[str, Any]:
+    """Headline scores (test, and val for tuning runs), step time and identity of one finished run."""
+    ev = json.loads((run_dir / "eval.json").read_text())
+    tasks = ev["tasks"]
+    metrics = {t: r["metric"] for t, r in tasks.items()}
+    rates = [row["samples_per_s"] for row in _read_jsonl(run_dir / "metrics.jsonl") if "samples_per_s" in row]
+    rates = rates[1:] or rates  # the first window includes warm-up
+    opts = json.loads((run_dir / "config.json").read_text())
+    return {
+        "key": spec.key, "config": spec.config.cid, "group": spec.config.group, "label": spec.config.label,
+        "seed": spec.seed, "lr": spec.lr, "tune": spec.tune, "metrics": metrics,
+        "tasks": {t: r["adapted"] for t, r in tasks.items()},
+        "zero_shot": {t: r["zero_shot"] for t, r in tasks.items() if r.get("zero_shot") is not None},
+        "val": {t: ev["val"][t][metrics[t]] for t in tasks} if "val" in ev else None,
+        "eval_n": {t: r["n"] for t, r in tasks.items()},
+        "step_s": opts["batch_size"] / statistics.median(rates) if rates else None,
+        "wall_s": wall, "steps": opts["steps"], "batch_size": opts["batch_size"], "folder": str(folder),
+    }
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

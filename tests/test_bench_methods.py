@@ -1,0 +1,172 @@
+"""The method benchmark: statistics on hand-worked numbers, rank matching, and a tiny grid on the built-in
+backbone that is killed, resumed without redoing finished runs, and writes its report."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_open_clip
+
+from mtl_lora_vl.backbones import builtin_dir
+from mtl_lora_vl.benchmark import BenchSettings, run_benchmark
+from mtl_lora_vl.benchmark.cli import build_parser, settings_from_args
+from mtl_lora_vl.benchmark.grid import ablation_configs, count_runs, method_configs, pick_lr
+from mtl_lora_vl.benchmark.params import ParameterCounter
+from mtl_lora_vl.benchmark.stats import paired_diff, summarize, t_quantile_975
+from mtl_lora_vl.options import TrainOptions
+from mtl_lora_vl.tasks.spec import builtin_spec_dirs
+from mtl_lora_vl.training.train import train
+
+
+# Statistics ------------------------------------------------------------------------------------------
+def test_mean_and_sample_std():
+    s = summarize([0.5, 0.6, 0.7])
+    assert s.mean == pytest.approx(0.6) and s.std == pytest.approx(0.1) and s.n == 3  # sqrt((0.01+0+0.01)/2)
+    assert summarize([0.3]).std == 0.0
+
+
+def test_t_quantiles():
+    assert t_quantile_975(1) == 12.706 and t_quantile_975(2) == 4.303 and t_quantile_975(30) == 2.042
+    assert t_quantile_975(60) == pytest.approx(2.000, abs=1e-3)   # Student t, df 60: 2.0003
+    assert t_quantile_975(10_000) == pytest.approx(1.960, abs=1e-3)
+    with pytest.raises(ValueError):
+        t_quantile_975(0)
+
+
+def test_paired_interval_by_hand():
+    # d = [0.1, 0.2, 0.2]: mean 1/6, sd sqrt(0.00667/2) = 0.057735, se = 0.033333, t(2) = 4.303.
+    d = paired_diff([0.6, 0.7, 0.8], [0.5, 0.5, 0.6])
+    half = 4.303 * 0.057735027 / math.sqrt(3)
+    assert d.mean == pytest.approx(1 / 6)
+    assert d.low == pytest.approx(1 / 6 - half) and d.high == pytest.approx(1 / 6 + half)
+    assert d.low == pytest.approx(0.02323, abs=1e-4) and d.significant
+    assert not paired_diff([0.5, 0.7], [0.6, 0.6]).significant   # d = [-0.1, 0.1]: interval spans 0
+    one = paired_diff([0.7], [0.5])
+    assert one.mean == pytest.approx(0.2) and one.low is None and not one.significant
+    with pytest.raises(ValueError):
+        paired_diff([0.1, 0.2], [0.1])
+
+
+# Grid and parameter budgets --------------------------------------------------------------------------
+def test_matching_rank_on_a_tiny_clip():
+    counter = ParameterCounter(base=tiny_open_clip())
+    target = counter.count(3, method="mtl_lora", r=8)
+    for method in ("lora", "moe_lora"):
+        r = counter.matching_rank(target, 3, method=method)
+        gap = {k: abs(counter.count(3, method=method, r=k) - target) for k in (r - 1, r, r + 1)}
+        assert gap[r] < gap[r - 1] and gap[r] <= gap[r + 1], method  # counts grow with r: a local best is the best
+    assert counter.matching_rank(target, 3, method="mtl_lora") == 8
+
+
+def test_grid_plan_and_lr_pick():
+    s = BenchSettings(tasks=["vqa", "retrieval"], lr_grid=[1e-3, 3e-3], seeds=3)
+    methods = method_configs(s, ["vqa", "retrieval"], {"lora": 17, "task_lora": 6, "multi_lora": 6, "moe_lora": 6})
+    assert [c.cid for c in methods] == ["lora-r8", "lora-r17", "task_lora-r8", "task_lora-r6", "multi_lora-r8",
+                                        "multi_lora-r6", "moe_lora-r8", "moe_lora-r6", "mtl_lora-r8"]
+    abl = ablation_configs(s, ["vqa", "retrieval"])
+    assert len(abl) == 2 + 3 + 2 + 2 + 1  # the default value of each option is the reference run itself
+    assert {c.options["task_lr_mult"] for c in abl} == {1.0, 10.0}
+    assert count_runs(s, methods, abl) == 1 + 9 * (2 + 2) + 10 * 3
+    recs = [{"lr": 1e-3, "val": {"a": 0.5, "b": 0.7}}, {"lr": 3e-3, "val": {"a": 0.6, "b": 0.6}},
+            {"lr": 1e-2, "val": {"a": 0.4, "b": 0.4}}]
+    assert pick_lr(recs) == 1e-3  # a tie on the average: the smaller rate
+    quick = settings_from_args(build_parser().parse_args(["--quick", "--seeds", "3"]))
+    assert quick.methods == ["lora", "mtl_lora"] and quick.seeds == 3 and quick.steps == 30
+
+
+# A tiny grid, killed and resumed ---------------------------------------------------------------------
+needs_builtin = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
+                                   reason="built-in backbone not built (python scripts/pretrain_backbone.py)")
+
+
+def _small_spec(tmp: Path, name: str) -> str:
+    src = next(d / f"{name}.toml" for d in builtin_spec_dirs() if (d / f"{name}.toml").is_file())
+    text = src.read_text()
+    for split, n in (("train", 24), ("val", 8), ("test", 8)):
+        text = re.sub(rf"^\[data\.{split}\]$", f"[data.{split}]\nn = {n}", text, flags=re.M)
+    path = tmp / f"{name}.toml"
+    path.write_text(text)
+    return str(path)
+
+
+class Killed(KeyboardInterrupt):
+    pass
+
+
+@needs_builtin
+def test_tiny_grid_resumes_and_reports(tmp_path):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    settings = BenchSettings(tasks=[_small_spec(specs, "vqa"), _small_spec(specs, "retrieval")],
+                             methods=["lora", "mtl_lora"], match_params=False, single_task=True,
+                             ablations={"task_lr_mult": [1.0, 10.0]}, seeds=2, lr_grid=[3e-3], steps=2,
+                             batch_size=4, warmup=1, eval_batch_size=16, device="cpu")
+    out = tmp_path / "bench"
+    calls: list[str] = []
+
+    def killed_at_fourth(opts: TrainOptions) -> Path:
+        calls.append(opts.out)
+        if len(calls) == 4:  # a half-written run: the folder exists, no result
+            Path(opts.out).mkdir(parents=True)
+            (Path(opts.out) / "partial").write_text("x")
+            raise Killed()
+        return train(opts)
+
+    with pytest.raises(Killed):
+        run_benchmark(settings, out, trainer=killed_at_fourth, stream=io.StringIO())
+    done_before = sorted(p.parent for p in (out / "runs").rglob("result.json"))
+    assert len(done_before) == 3
+    stamps = {p: (p / "result.json").stat().st_mtime_ns for p in done_before}
+
+    again: list[str] = []
+
+    def counting(opts: TrainOptions) -> Path:
+        again.append(opts.out)
+        return train(opts)
+
+    log = io.StringIO()
+    results = run_benchmark(settings, out, trainer=counting, stream=log)
+    total = 1 + 4 * (1 + 1) + 1 * 2  # zero-shot, (2 methods + 2 single-task) x (1 lr + 1 seed), 1 ablation x 2
+    assert results["runs_total"] == total and len(results["runs"]) == total
+    assert len(again) == total - 3 and calls[3] in again  # the killed run is redone, the finished ones are not
+    assert not (Path(calls[3]) / "partial").exists()
+    assert all((p / "result.json").stat().st_mtime_ns == stamps[p] for p in done_before)
+    lines = [x for x in log.getvalue().splitlines() if x.startswith("[bench ")]
+    assert len(lines) == total and "ETA" in lines[-1] and sum("done earlier" in x for x in lines) == 3
+
+    # The report, the numbers and the plots.
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Method benchmark: vqa, retrieval")
+    for heading in ("## Findings", "## Methods", "## Paired difference to mtl_lora r=8", "## Interference",
+                    "## MTL-LoRA ablations", "## Learning-rate tuning", "## Budget and protocol"):
+        assert heading in report, heading
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["configs"]) == {"lora-r8", "mtl_lora-r8", "single-vqa", "single-retrieval",
+                                     "ablation-task_lr_mult=10"}
+    assert saved["configs"]["single-vqa"]["batch_size"] == 2  # equal train sizes: half of the joint batch of 4
+    mtl = saved["configs"]["mtl_lora-r8"]
+    assert mtl["scores"]["average"]["n"] == 2 and mtl["params"] > saved["configs"]["lora-r8"]["params"] > 0
+    assert set(saved["zero_shot"]) == {"vqa", "retrieval"}
+    assert saved["paired_vs_reference"]["lora-r8"]["average"]["n"] == 2
+    assert saved["interference"]["mtl_lora-r8"]["average"]["low"] is not None
+    assert [r["value"] for r in saved["ablations"]["task_lr_mult"]] == [1.0, 10.0]
+    assert saved["task_mixing"]["seeds"]["0"]["towers"]["image"]
+    tune = [r for r in saved["runs"] if r["tune"]]
+    assert tune and all(set(r["val"]) == set(r["tasks"]) for r in tune)
+    for name in ("methods.png", "paired_vs_mtl_lora.png", "ablations.png", "task_mixing.png", "params_vs_score.png"):
+        assert (out / "plots" / name).is_file(), name
+    # Grid runs skip the zero-shot score; task_lr_mult puts Λ_t, w_t in a group of their own at 10x.
+    run = out / "runs" / "ablation-task_lr_mult=10" / "lr0.003-seed0" / "train"
+    assert json.loads((run / "eval.json").read_text())["tasks"]["vqa"]["zero_shot"] is None
+    groups = torch.load(run / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [g["initial_lr"] for g in groups[:2]] == pytest.approx([3e-3, 3e-2]) and len(groups) == 3
+
+    # Other settings in the same folder are refused.
+    with pytest.raises(RuntimeError, match="other settings"):
+        run_benchmark(BenchSettings(**{**settings.__dict__, "steps": 3}), out, trainer=counting)
