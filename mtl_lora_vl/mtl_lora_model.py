@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .adapters.attach import attach, attach_info, merge, unmerge
+from .adapters.generation import uninstall_routed_generate
 from .adapters.grow import add_task
 from .adapters.layers import LoRALinear, LoRAMultiheadAttention
 from .adapters.routing import disabled, route
@@ -232,6 +233,7 @@ def unload(model: nn.Module, task: str | None = None) -> nn.Module:
         parent, _, child = name.rpartition(".")
         setattr(inner.get_submodule(parent) if parent else inner, child, new)
     del inner._mtl_lora
+    uninstall_routed_generate(inner)
     return model
 
 

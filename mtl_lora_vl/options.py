@@ -56,12 +56,13 @@ class TrainOptions:
 
     tasks: str = _opt("vqa,retrieval", "comma-separated task names (built-in specs) or paths to task TOML files")
     backbone: str = _opt("builtin", "builtin | builtin-llava | open_clip:NAME (with --pretrained FILE or TAG) | hf:DIR "
-                         "or hf:ORG/NAME (a local Hugging Face CLIP, LLaVA or PaliGemma directory, or a hub id in "
-                         "the local cache)")
+                         "or hf:ORG/NAME (a local Hugging Face CLIP, LLaVA or PaliGemma directory, or a hub id in the "
+                         "local cache)")
     pretrained: str | None = _opt(None, "local checkpoint file for open_clip:NAME, or a pretrained tag whose "
                                   "weights are already in open_clip's local cache")
-    base_dtype: Precision = _opt("auto", "dtype of the frozen base weights: auto = bf16 for a language model "
-                                 "(LLaVA-style) on a GPU, else fp32; adapters stay fp32")
+    base_dtype: Literal["auto", "fp32", "bf16", "fp16"] = _opt(
+        "auto", "dtype of the frozen base weights: auto = bf16 for a language model (LLaVA-style) on a GPU, else "
+        "fp32; adapters stay fp32")
     data_root: str | None = _opt(None, "folder that task specs' data paths are relative to")
     method: Literal["mtl_lora", "lora", "task_lora", "multi_lora", "moe_lora"] = _opt("mtl_lora", "adapter method")
     rank: int = _opt(8, "adapter rank r", ge=1)

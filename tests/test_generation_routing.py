@@ -154,3 +154,24 @@ def test_generation_rows_and_copies(dirs):
     with mlv.route(twin, torch.tensor([0, 2])):
         got = type(bb).from_model(twin, bb.processor).generate(images, max_len=4, beam_size=2, prompts=prompts)
     assert got == want
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_coca_mixed_generation_equals_each_task_alone(tmp_path, beams):
+    from vl_tiny import tiny_backbone
+
+    bb = tiny_backbone(tmp_path, coca=True)
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for bank in bb.model._mtl_lora.layers.values():
+            bank.lora_B.normal_(std=0.3)
+            bank.lora_w.normal_()
+    images = torch.randn(4, 3, 32, 32)
+    ids = torch.tensor([2, 0, 1, 0])
+    with mlv.route(bb.model, ids):
+        mixed = bb.generate(images, max_len=5, beam_size=beams)
+    for t in range(3):
+        rows = (ids == t).nonzero().flatten().tolist()
+        with mlv.route(bb.model, TASKS[t]):
+            assert [mixed[r] for r in rows] == bb.generate(images[rows], max_len=5, beam_size=beams)

@@ -266,3 +266,26 @@ def test_builtin_llava_spec_loads_like_hf_dir(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="--pretrained is only for"):
         parse_spec("builtin-llava", "w.bin")
     assert builtin.builtin_llava_dir().name == "builtin_llava"
+
+
+def test_base_dtype_flag_reaches_load_backbone(monkeypatch):
+    from mtl_lora_vl.cli import parse_train_args
+    from mtl_lora_vl.multitask import setup
+
+    opts = parse_train_args(["--backbone", "builtin-llava", "--base-dtype", "bf16", "--tasks", "vqa"])
+    assert opts.base_dtype == "bf16" and parse_train_args([]).base_dtype == "auto"
+    with pytest.raises(SystemExit):
+        parse_train_args(["--base-dtype", "int8"])
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_load(spec, pretrained, device, base_dtype="auto"):
+        seen.update(spec=spec, base_dtype=base_dtype)
+        raise Stop
+
+    monkeypatch.setattr(setup, "load_backbone", fake_load)
+    with pytest.raises(Stop):
+        setup.build_setup(opts, torch.device("cpu"))
+    assert seen == {"spec": "builtin-llava", "base_dtype": "bf16"}

@@ -107,3 +107,15 @@ def test_export_merged_script_from_a_saved_adapter(dirs, tmp_path):
     merged = type(bb.model).from_pretrained(str(out), local_files_only=True).eval()
     assert torch.equal(generate(merged, inputs, bb, beams=1), want)
     assert (Path(out) / "processor_config.json").is_file() and (Path(out) / "tokenizer.json").is_file()
+
+
+def test_unload_gives_back_a_plain_model(dirs):
+    from mtl_lora_vl.mtl_lora_model import unload
+
+    bb = trained(dirs, "llava")
+    inputs = gen_inputs(bb)
+    with mlv.route(bb.model, "vqa"):
+        want = generate(bb.model, inputs, bb)
+    plain = unload(bb.model, "vqa")
+    assert "generate" not in vars(plain) and getattr(plain, "_mtl_lora", None) is None
+    assert torch.equal(generate(plain, inputs, bb), want)

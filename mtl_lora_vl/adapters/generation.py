@@ -22,7 +22,8 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["RoutedGenerate", "expanded_rows", "generation_rows", "install_routed_generate"]
+__all__ = ["RoutedGenerate", "expanded_rows", "generation_rows", "install_routed_generate",
+           "uninstall_routed_generate"]
 
 
 @contextmanager
@@ -84,3 +85,9 @@ def install_routed_generate(model: nn.Module) -> None:
     :class:`RoutedGenerate` as its ``generate``."""
     if callable(getattr(type(model), "generate", None)) and hasattr(model, "generation_config"):
         model.generate = RoutedGenerate(model)
+
+
+def uninstall_routed_generate(model: nn.Module) -> None:
+    """Take the :class:`RoutedGenerate` off a model whose adapters are removed (its class's ``generate`` again)."""
+    if isinstance(vars(model).get("generate"), RoutedGenerate):
+        del model.generate

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..adapters.generation import expanded_rows
 from .base import (
     GENERATE,
     GRAD_CHECKPOINTING,
@@ -103,7 +104,8 @@ class CoCaBackbone(OpenClipBackbone):
     @torch.no_grad()
     def generate(self, images: Tensor, max_len: int = 20, beam_size: int = 1,
                  prompts: Sequence[str] | None = None) -> list[str]:
-        """One caption per image: greedy (``beam_size=1``) or beam search with length normalisation."""
+        """One caption per image: greedy (``beam_size=1``) or beam search with length normalisation. Under a
+        mixed ``route`` each image's beams use its task (no KV cache: each step re-reads the prefix)."""
         if prompts is not None:
             raise ValueError(f"backbone {self.name!r} (CoCa) captions images without prompts; pass prompts=None")
         if beam_size < 1:
@@ -118,10 +120,11 @@ class CoCaBackbone(OpenClipBackbone):
             return self.model.text_decoder(image_embs, token_embs)[:, -1]
 
         unk = getattr(self.tokenizer, "unk_id", None)
-        best = beam_search(step, images.shape[0], beam_size, max(1, min(int(max_len), self.context_length - 1)),
-                           self.bos_id, self.eos_id, self.pad_id,
-                           banned={self.pad_id, self.bos_id, *(() if unk is None else (unk,))},
-                           device=image_embs.device)
+        with expanded_rows(self.model, beam_size):  # the decoder sees beam_size rows per routed image row
+            best = beam_search(step, images.shape[0], beam_size, max(1, min(int(max_len), self.context_length - 1)),
+                               self.bos_id, self.eos_id, self.pad_id,
+                               banned={self.pad_id, self.bos_id, *(() if unk is None else (unk,))},
+                               device=image_embs.device)
         return [self.decode(row) for row in best]
 
 

@@ -1,11 +1,11 @@
 """Backbone strings (``--backbone``), parsed once into a typed :class:`BackboneSpec`.
 
-Forms: ``builtin``; ``builtin-llava`` (the built-in tiny LLaVA directory, loaded like ``hf:DIR``);
-``open_clip:NAME`` (an architecture name, weights from ``--pretrained FILE``, or ``--pretrained TAG`` when
-the tag's weights are in open_clip's local cache); ``open_clip:DIR`` (an open_clip local directory with its
-own weights); ``hf:DIR`` (a local Hugging Face model directory) or ``hf:ORG/NAME`` (a hub id whose snapshot
-is in the local Hugging Face cache: ``path`` is that snapshot, ``name`` the id; see :mod:`.cache`). Loaders,
-adapter files and the export script all read the same parse.
+Forms: ``builtin``; ``builtin-llava`` (the built-in tiny LLaVA, a Hugging Face directory loaded like
+``hf:DIR``); ``open_clip:NAME`` (an architecture name, weights from ``--pretrained FILE``, or
+``--pretrained TAG`` when the tag's weights are in open_clip's local cache); ``open_clip:DIR`` (an
+open_clip local directory with its own weights); ``hf:DIR`` (a local Hugging Face model directory) or
+``hf:ORG/NAME`` (a hub id whose snapshot is in the local Hugging Face cache: ``path`` is that snapshot,
+``name`` the id; see :mod:`.cache`). Loaders, adapter files and the export script all read the same parse.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ class BackboneSpec:
     """One parsed backbone string.
 
     ``kind`` is ``builtin``, ``open_clip`` (by architecture ``name``), ``open_clip_dir``, ``hf`` or
-    ``builtin_llava`` (all three with a local ``path``; a cached hub model also has its hub id in ``name``;
-    ``builtin_llava`` is a Hugging Face directory that ships with the package, so it loads by the ``hf``
-    code); ``pretrained`` is the weights file given beside it (``open_clip`` and
+    ``builtin_llava`` (the last three with a local ``path``; a cached hub model also has its hub id in
+    ``name``; ``builtin_llava`` is a Hugging Face directory that ships with the package, so it loads by the
+    ``hf`` code); ``pretrained`` is the weights file given beside it (``open_clip`` and
     ``builtin`` only); ``text`` is the string as given (stripped).
     """
 
@@ -69,10 +69,8 @@ class BackboneSpec:
 
     def absolute(self) -> str:
         """The spec string with a local directory made absolute (for adapter files read elsewhere)."""
-        if self.kind == "builtin_llava" or self.path is None or not self.path.is_dir():
-            return self.text
-        if self.kind == "hf" and self.name:
-            return self.text  # a hub id stays a hub id: it names the same model in any cache
+        if self.kind == "builtin_llava" or self.path is None or not self.path.is_dir() or (self.kind == "hf" and self.name):
+            return self.text  # a hub id stays a hub id, builtin-llava the package's own: the same model anywhere
         prefix = _HF if self.kind == "hf" else _OPEN_CLIP
         return prefix + str(self.path.resolve())
 
