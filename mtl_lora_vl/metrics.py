@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtl_lora_vl.caption_metrics import bleu, cider_d
+
 # ----------------------------------------------------------------------------------------------
 # VQA answer normalisation
 # ----------------------------------------------------------------------------------------------
@@ -224,22 +226,20 @@ def tokenize_caption(text: str) -> str:
 
 
 def caption_scores(predictions: Mapping[Any, str], references: Mapping[Any, Sequence[str]]) -> dict[str, float]:
-    """Corpus CIDEr and BLEU-4 of generated captions, with pycocoevalcap's pure-Python scorers.
+    """Corpus CIDEr(-D) and BLEU-4 of generated captions, as pycocoevalcap's scorers compute them.
 
     ``predictions`` maps an image id to one generated caption; ``references`` maps each of those ids
     to its reference captions. Ids of ``references`` without a prediction are ignored; a prediction
-    without references is an error.
+    without references is an error. Both sides go through :func:`tokenize_caption`; the scores come
+    from :mod:`mtl_lora_vl.caption_metrics` (pure Python; the tests check them against pycocoevalcap).
     """
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-
     if not predictions:
         raise ValueError("caption_scores: no predictions given")
     missing = [k for k in predictions if k not in references]
     if missing:
         raise ValueError(f"caption_scores: {len(missing)} prediction id(s) have no references, e.g. "
                          f"{missing[:5]}; pass references for every predicted image")
-    res: dict[Any, list[str]] = {}
+    res: dict[Any, str] = {}
     gts: dict[Any, list[str]] = {}
     for key, pred in predictions.items():
         if not isinstance(pred, str):
@@ -251,11 +251,10 @@ def caption_scores(predictions: Mapping[Any, str], references: Mapping[Any, Sequ
         refs = [r for r in refs if r]
         if not refs:
             raise ValueError(f"caption_scores: image {key!r} has no non-empty reference caption")
-        res[key] = [tokenize_caption(pred)]
+        res[key] = tokenize_caption(pred)
         gts[key] = refs
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    cider, _ = Cider().compute_score(gts, res)
-    return {"cider": float(cider), "bleu4": float(bleu[3])}
+    cider, _ = cider_d(gts, res)
+    return {"cider": float(cider), "bleu4": float(bleu(gts, res, 4)[3])}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -145,7 +145,7 @@ def _warns():
     msgs: list[str] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: msgs.append(record.getMessage())
-    log = logging.getLogger("mtl_lora_vl.data.readers")
+    log = logging.getLogger("mtl_lora_vl.data")   # the readers' image checker logs in mtl_lora_vl.data.common
     log.addHandler(handler)
     try:
         yield msgs
@@ -226,9 +226,11 @@ def test_karpathy(root):
         val = read_split("karpathy", root, annotations="dataset_coco.json", split="val")
     assert "missing.jpg" in _one_warning(rec) and val.skipped == 1
     assert len(val.examples) == 1 and len(val.examples[0].captions) == 5    # one per image for val/test
-    # a truncated JPEG passes the cheap header check; it fails later, in load_image
-    test = read_split("karpathy", root, annotations="dataset_coco.json", split="test")
-    assert len(test.examples) == 2
+    # a truncated JPEG is caught at read time (its end-of-image marker is missing, so it is decoded)
+    with _warns() as rec:
+        test = read_split("karpathy", root, annotations="dataset_coco.json", split="test")
+    assert "truncated.jpg" in _one_warning(rec) and "truncated" in _one_warning(rec)
+    assert len(test.examples) == 1 and test.skipped == 1
     with pytest.raises(ValueError, match="split must be"):
         read_split("karpathy", root, annotations="dataset_coco.json", split="dev")
 

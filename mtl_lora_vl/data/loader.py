@@ -72,6 +72,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from mtl_lora_vl.data.fallback import ImageFallback, current_policy
 from mtl_lora_vl.data.images import ImageError, to_uint8_tensor
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.data.sampler import MultiTaskBatchSampler, draw_seed
@@ -103,7 +104,11 @@ def decode_image(example: Example, size: int) -> Tensor:
 class TaskDataset(Dataset):
     """One task's examples as rows ``{"image", "text", "index", "fields"}`` (made in a worker); on the
     generative path also ``"lm"``: the kind's ``(prompt, target, weight)``, drawn with
-    ``draw_seed(seed, task, epoch, index)``."""
+    ``draw_seed(seed, task, epoch, index)``.
+
+    A row whose image cannot be decoded is replaced by another row of the task, counted and reported
+    once per file (``self.images``, an :class:`ImageFallback`); ``split.strict`` raises instead.
+    """
 
     def __init__(self, kind: _Kind, split: Split, image_size: int, *, task: int = 0, seed: int = 0) -> None:
         if not split.examples:
@@ -114,13 +119,15 @@ class TaskDataset(Dataset):
         self.task = int(task)
         self.seed = int(seed)
         self.generative = bool(getattr(kind, "generative", False))
+        self.images = ImageFallback(kind.name, split.examples, self.image_size, strict=split.strict)
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, index: int, epoch: int = 0) -> dict[str, Any]:
+        index, image = self.images.decode(index)   # another row of the task if this image fails
         ex = self.examples[index]
-        row = {"image": decode_image(ex, self.image_size), "text": self.kind.sample_text(ex),
+        row = {"image": image, "text": self.kind.sample_text(ex),
                "index": index, "fields": self.kind.sample_fields(ex, index)}
         if self.generative:
             row["lm"] = self.kind.sample_lm(ex, draw_seed(self.seed, self.task, epoch, index))
@@ -278,6 +285,8 @@ class MultiTaskLoader:
         for batch in self.loader:
             self.consumed += 1
             yield batch
+        for d in self.datasets:
+            d.images.report()
 
     def state_dict(self) -> dict[str, Any]:
         """Sampler state after the consumed batches (JSON-able)."""
@@ -293,25 +302,35 @@ class MultiTaskLoader:
 
 
 class _ImageDataset(Dataset):
-    def __init__(self, examples: Sequence[Example], size: int) -> None:
-        self.examples = examples
-        self.size = size
+    def __init__(self, images: ImageFallback) -> None:
+        self.images = images
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return len(self.images.examples)
 
     def __getitem__(self, index: int) -> Tensor:
-        return decode_image(self.examples[index], self.size)
+        return self.images.decode(index)[1]   # a row whose image fails gets a substitute image
 
 
 def iter_image_batches(backbone: Any, examples: Sequence[Example], *, batch_size: int,
                        device: torch.device | str, dtype: torch.dtype = torch.float32,
-                       num_workers: int = 0) -> Iterator[Tensor]:
-    """Normalised ``dtype`` image batches on ``device``, in order, ``batch_size`` examples each (evaluation)."""
+                       num_workers: int = 0, strict: bool | None = None,
+                       task: str | None = None) -> Iterator[Tensor]:
+    """Normalised ``dtype`` image batches on ``device``, in order, ``batch_size`` examples each (evaluation).
+
+    An image that cannot be decoded is replaced by another example's image (reported once per file, and
+    counted when the pass ends); ``strict=True`` raises an :class:`ImageError` naming the file instead.
+    ``task`` and ``strict`` default to those of the enclosing :func:`~mtl_lora_vl.data.fallback.decode_policy`
+    (a task kind's ``evaluate`` opens one), else ``"evaluation"`` and False.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
-    loader = DataLoader(_ImageDataset(examples, backbone.image_size), batch_size=batch_size, shuffle=False,
+    policy_task, policy_strict = current_policy() or ("evaluation", False)
+    images = ImageFallback(policy_task if task is None else task, examples, backbone.image_size,
+                           strict=policy_strict if strict is None else strict)
+    loader = DataLoader(_ImageDataset(images), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=torch.cuda.is_available())
-    for images in progress(loader, desc="images", unit="batch"):
-        yield backbone.preprocess_uint8(images.to(device, non_blocking=True), dtype)
+    for batch in progress(loader, desc="images", unit="batch"):
+        yield backbone.preprocess_uint8(batch.to(device, non_blocking=True), dtype)
+    images.report()

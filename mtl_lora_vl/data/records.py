@@ -14,9 +14,12 @@ from typing import Any
 class Example:
     """One sample of one task.
 
-    ``image`` is what the loader decodes in a worker: an absolute file path (already resolved and
-    checked against the data root by the reader), or a built-in-world scene object with a
-    ``render(size) -> PIL.Image`` method.
+    ``image`` is what the loader decodes in a worker (anything
+    :func:`mtl_lora_vl.data.images.load_image` takes): an absolute file path (already resolved and
+    checked against the data root by the reader); a reference to a row of a ``datasets`` table with a
+    ``fetch()`` method returning encoded bytes or such a path (small and picklable: workers read the
+    bytes themselves); encoded image bytes or a PIL image (held in memory: fine for small splits);
+    or a built-in-world scene object with a ``render(size) -> PIL.Image`` method.
     """
 
     image: Any
@@ -36,3 +39,4 @@ class Split:
     examples: list[Example]
     class_names: list[str] | None = None   # classification
     skipped: int = 0                        # images that could not be read (missing, corrupt, too large)
+    strict: bool = False                    # an image that fails to decode later stops the run (no replacement)

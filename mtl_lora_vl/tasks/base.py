@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtl_lora_vl.data.fallback import decode_policy
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.precision import autocast
@@ -145,8 +146,9 @@ class TaskKind(ABC):
                  device: torch.device | str, dtype: torch.dtype = torch.float32,
                  num_workers: int = 0) -> dict[str, float]:
         """Metrics on ``split``; ``head=None`` applies the zero-shot rule. Runs without gradients, with
-        the model and head in eval mode (their training flags are restored afterwards)."""
-        with eval_mode(backbone.model, head):
+        the model and head in eval mode (their training flags are restored afterwards). An image that
+        cannot be decoded is replaced and reported, or stops the evaluation when ``split.strict``."""
+        with eval_mode(backbone.model, head), decode_policy(self.name, getattr(split, "strict", False)):
             return self._evaluate(backbone, head, split, batch_size=batch_size, device=device, dtype=dtype,
                                   num_workers=num_workers)
 

@@ -1,0 +1,145 @@
+"""What every reader shares: data-root and path checks, JSON helpers, and the image checker.
+
+Image paths come from the data files, so they are untrusted: each is resolved under ``data_root`` and
+refused with :class:`PathEscapeError` (in every mode) when it is absolute, climbs out with ``..`` or is
+a symlink pointing outside. Annotation files are named by the user and may be relative to
+``data_root`` or absolute.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..log import progress
+from .images import ImageError, verify_image
+from .records import Example, Split
+
+logger = logging.getLogger(__name__)
+
+_SKIP_EXAMPLES_SHOWN = 5
+
+
+class PathEscapeError(ValueError):
+    """An image path in a data file that points outside the data root."""
+
+
+class DataFormatError(ValueError):
+    """A data file that does not have the expected structure."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Paths and image checks
+# ----------------------------------------------------------------------------------------------
+
+def data_root_dir(data_root: str | os.PathLike) -> Path:
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root} is not a directory; pass --data-root pointing at your data")
+    return root.resolve()
+
+
+def resolve_under(root: Path, relative: str | os.PathLike, what: str = "image path") -> Path:
+    """Resolve ``relative`` inside ``root``; refuse absolute paths, '..' escapes and symlinks out."""
+    rel = str(relative)
+    if not rel:
+        raise PathEscapeError(f"empty {what} in a data file under {root}")
+    if os.path.isabs(rel) or Path(rel).is_absolute() or (len(rel) > 1 and rel[0].isalpha() and rel[1] == ":"):
+        raise PathEscapeError(f"{what} {rel!r} is absolute; paths in data files must be relative to the data "
+                              f"root {root}")
+    resolved = (root / rel).resolve()
+    if not resolved.is_relative_to(root):
+        raise PathEscapeError(f"{what} {rel!r} resolves to {resolved}, outside the data root {root}; move the "
+                              "data under the root (symlinks that point outside it are refused too)")
+    return resolved
+
+
+def annotation_file(root: Path, path: str | os.PathLike, what: str) -> Path:
+    p = Path(path).expanduser()
+    p = p if p.is_absolute() else root / p
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} file {p} not found (relative paths are taken under the data root {root})")
+    return p
+
+
+def load_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataFormatError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+
+
+def require(obj: Any, key: str, where: str, path: Path) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        raise DataFormatError(f"{path}: {where} has no {key!r} field; is this the right file and format?")
+    return obj[key]
+
+
+class ImageChecker:
+    """Checks each distinct image once and collects the failures for a single summary."""
+
+    def __init__(self, verify: bool | str, strict: bool) -> None:
+        if verify not in (True, False, "decode"):
+            raise ValueError(f"verify must be true (header and end-marker checks), \"decode\" (decode every "
+                             f"image) or false (existence only), got {verify!r}")
+        self.verify, self.strict = verify, bool(strict)
+        self._ok: dict[Any, bool] = {}
+        self.failures: list[tuple[Any, str]] = []
+        self._bar = progress(desc="checking images", unit="img") if verify else None
+
+    def __call__(self, path: Any) -> bool:
+        """Whether the image is usable; ``path`` is a file path, or another source with ``verify=False``
+        meaning "do not look at it" (in-memory images have no file to test for existence)."""
+        if path in self._ok:
+            return self._ok[path]
+        try:
+            if self.verify:
+                verify_image(path, decode=self.verify == "decode")
+            elif isinstance(path, Path) and not path.is_file():
+                raise ImageError(f"image {path}: file not found")
+            ok = True
+        except ImageError as e:
+            if self.strict:
+                if self._bar is not None:
+                    self._bar.close()
+                raise
+            self.failures.append((path, str(e)))
+            ok = False
+        self._ok[path] = ok
+        if self._bar is not None:
+            self._bar.update(1)
+        return ok
+
+    def finish(self, examples: list[Example], source: str, class_names: list[str] | None = None) -> Split:
+        if self._bar is not None:
+            self._bar.close()
+        skipped = len(self.failures)
+        if skipped:
+            shown = "; ".join(msg for _, msg in self.failures[:_SKIP_EXAMPLES_SHOWN])
+            more = f" (and {skipped - _SKIP_EXAMPLES_SHOWN} more)" if skipped > _SKIP_EXAMPLES_SHOWN else ""
+            logger.warning("%s: skipped %d unreadable image(s): %s%s. Pass strict=True to fail instead.",
+                           source, skipped, shown, more)
+        logger.info("%s: %d examples, %d image(s) skipped", source, len(examples), skipped)
+        if not examples:
+            raise DataFormatError(f"{source}: no usable examples (skipped {skipped} unreadable image(s))")
+        return Split(examples, class_names=class_names, skipped=skipped, strict=self.strict)
+
+
+def caption_examples(groups: Iterable[tuple[Any, str, list[str]]], one_per_image: bool) -> list[Example]:
+    """Examples from ``(image, image_id, captions)`` groups: one per caption, or one per image with
+    ``text`` its first caption (``one_per_image``); ``captions`` always holds all of them. ``image`` is a
+    path (stored as a string) or another image source (stored as it is)."""
+    out = []
+    for image, image_id, caps in groups:
+        img = str(image) if isinstance(image, Path) else image
+        caps_t = tuple(caps)
+        if one_per_image:
+            out.append(Example(img, image_id, text=caps_t[0], captions=caps_t))
+        else:
+            out.extend(Example(img, image_id, text=c, captions=caps_t) for c in caps_t)
+    return out

@@ -1,0 +1,176 @@
+"""Images that fail to decode in a loader worker never stop a run: their rows are replaced.
+
+The readers check every image when a split is read (:func:`mtl_lora_vl.data.images.verify_image`), but
+some damage only shows when the pixels are decoded (a broken marker in the middle of a JPEG, a file
+changed after it was read, or ``verify = false``). :class:`ImageFallback` decodes one task's images in
+the loader workers; when an image fails, the row is replaced by another row of the same task (chosen
+deterministically from the row index, so a resumed run sees the same data), the failure is counted,
+and a warning is logged once per file -- across all workers, since the record of failed files lives
+in shared memory (lock-free: each worker counts in its own slot, so it works with every start
+method; two workers failing on the same file at the same instant may both warn). A file once failed
+is not decoded again. With ``strict=True`` the first failure
+raises an :class:`~mtl_lora_vl.data.images.ImageError` that names the example and the file.
+
+In evaluation a replaced row is scored on the substitute image (the rows stay aligned with the split);
+the count of replaced rows is logged when the pass ends. A task kind's ``evaluate`` opens
+:func:`decode_policy` with its name and its split's ``strict``, so the evaluation loaders it runs
+(:func:`mtl_lora_vl.data.loader.iter_image_batches`) name the task and honour ``strict = true``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import random
+from array import array
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
+from multiprocessing.context import get_spawning_popen
+from typing import Any
+
+from torch import Tensor
+from torch.utils.data import get_worker_info
+
+from .images import ImageError, image_key, to_uint8_tensor
+from .records import Example
+
+logger = logging.getLogger(__name__)
+_COUNT_SLOTS = 257
+_POLICY: ContextVar[tuple[str, bool] | None] = ContextVar("mtl_lora_vl_decode_policy", default=None)
+
+
+@contextlib.contextmanager
+def decode_policy(task: str, strict: bool) -> Iterator[None]:
+    """Inside the scope, evaluation loaders that are not told otherwise name ``task`` and use ``strict``."""
+    token = _POLICY.set((task, bool(strict)))
+    try:
+        yield
+    finally:
+        _POLICY.reset(token)
+
+
+def current_policy() -> tuple[str, bool] | None:
+    """``(task, strict)`` of the innermost :func:`decode_policy` scope, else None."""
+    return _POLICY.get()
+
+
+class ImageFallback:
+    """Decode the images of one task's examples, replacing rows whose image fails (see the module doc).
+
+    ``task`` names the task in messages; ``examples`` are its rows; ``size`` the side of the square
+    uint8 tensors. ``replaced`` counts replaced rows and ``failed_files()`` lists the files that
+    failed, both over every worker of every loader built on this object.
+    """
+
+    def __init__(self, task: str, examples: Sequence[Example], size: int, *, strict: bool = False) -> None:
+        self.task = task
+        self.examples = examples
+        self.size = int(size)
+        self.strict = bool(strict)
+        keys: dict[str, int] = {}
+        ids = array("q")
+        for i, ex in enumerate(examples):
+            key = image_key(ex.image)
+            ids.append(keys.setdefault(key, len(keys)) if key is not None else -1 - i)
+        self._file_of = ids                 # >= 0: index of a shared file; < 0: this row's own image
+        self._n_files = len(keys)
+        self._new_shared()
+
+    def _new_shared(self) -> None:
+        # One byte per shared file and one per row with its own image: 1 = failed. Replaced rows are
+        # counted per process (slot 0: the main process, k + 1: worker k), so no lock is needed.
+        self._failed = mp.RawArray("b", self._n_files + len(self.examples))
+        self._replaced = mp.RawArray("q", _COUNT_SLOTS)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if get_spawning_popen() is None:    # a plain pickle (not a worker start): shared state stays behind
+            state.pop("_failed")
+            state.pop("_replaced")
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "_failed" not in state:
+            self._new_shared()
+
+    def _slot(self, index: int) -> int:
+        f = self._file_of[index]
+        return f if f >= 0 else self._n_files + (-1 - f)
+
+    @property
+    def replaced(self) -> int:
+        """Rows replaced so far (all workers)."""
+        return int(sum(self._replaced))
+
+    def failed_files(self) -> list[str]:
+        """The files (or rows) whose image failed to decode, as named in the warnings."""
+        flags = bytes(self._failed)
+        seen, out = set(), []
+        for i, ex in enumerate(self.examples):
+            s = self._slot(i)
+            if flags[s] and s not in seen:
+                seen.add(s)
+                out.append(image_key(ex.image) or f"example {ex.image_id!r}")
+        return out
+
+    def _decode(self, index: int) -> Tensor:
+        ex = self.examples[index]
+        try:
+            return to_uint8_tensor(ex.image, self.size)
+        except ImageError as err:
+            raise ImageError(f"example {ex.image_id!r}: {err}") from err
+
+    def _mark(self, index: int, err: ImageError) -> None:
+        """Record a failed file; warn if this is its first failure anywhere."""
+        slot = self._slot(index)
+        first = not self._failed[slot]
+        self._failed[slot] = 1
+        if first:
+            logger.warning("task %r: %s; its rows are replaced by other rows of the task (set strict = true in "
+                           "the task spec to stop instead; mtl_lora_vl.data.images.verify_image(path, "
+                           "decode=True) checks a file)", self.task, err)
+
+    def _known_bad(self, index: int) -> bool:
+        return bool(self._failed[self._slot(index)])
+
+    def decode(self, index: int) -> tuple[int, Tensor]:
+        """``(row, pixels)``: row ``index`` when its image decodes, else a replacement row of the task."""
+        if not self._known_bad(index):
+            try:
+                return index, self._decode(index)
+            except ImageError as err:
+                if self.strict:
+                    raise ImageError(f"task {self.task!r}: {err} (strict = true in the task spec; set it to "
+                                     "false to replace rows whose image cannot be decoded)") from err
+                self._mark(index, err)
+        n = len(self.examples)
+        start = random.Random(index).randrange(n)
+        last: ImageError | None = None
+        for k in range(n):
+            j = (start + k) % n
+            if j == index or self._known_bad(j):
+                continue
+            try:
+                pixels = self._decode(j)
+            except ImageError as err:
+                self._mark(j, err)
+                last = err
+                continue
+            info = get_worker_info()
+            self._replaced[0 if info is None else 1 + info.id % (_COUNT_SLOTS - 1)] += 1
+            return j, pixels
+        ex = self.examples[index]
+        raise ImageError(f"task {self.task!r}: no image of its {n} example(s) can be decoded (example "
+                         f"{ex.image_id!r}: {image_key(ex.image) or 'in-memory image'}"
+                         f"{f'; last error: {last}' if last else ''}); check the data files")
+
+    def report(self) -> None:
+        """Log how many rows were replaced, if any (the main process calls this after a pass)."""
+        n = self.replaced
+        if n:
+            files = self.failed_files()
+            shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+            logger.warning("task %r: %d row(s) used a substitute image because %d image(s) cannot be decoded: %s",
+                           self.task, n, len(files), shown)

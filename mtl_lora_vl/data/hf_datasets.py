@@ -1,0 +1,263 @@
+"""The ``hf_datasets`` format: a Hugging Face dataset saved with ``save_to_disk``, or parquet files.
+
+A task spec points at it and maps its columns to the fields of :mod:`mtl_lora_vl.data.rows`::
+
+    [data]
+    format = "hf_datasets"
+    path = "my_vqa"                   # under --data-root (or absolute): a save_to_disk folder, a
+                                      # .parquet file, or a folder of parquet files
+    columns = {image = "img", question = "q", answers = "answers"}
+    [data.train]
+    split = "train"                   # a split of a saved DatasetDict, or of a parquet folder
+    [data.val]                        #   (files named "<split>-*.parquet" or under "<split>/")
+    split = "validation"
+
+Fields: ``image``, ``text``/``caption``/``captions``, ``question``, ``answers``, ``label``, ``image_id``,
+``question_type``, ``question_id``. Without ``columns`` every column named like a field is used. An
+image column may hold images (the ``datasets.Image`` feature: encoded bytes, or a path), raw bytes, or
+file paths; paths are resolved under the data root (``images`` is a folder prefix) and refused when
+they leave it. A ``ClassLabel`` label column gives the class names.
+
+Images stored in the dataset stay there: each example holds a small :class:`DatasetImage` reference
+(table + row) and loader workers read the bytes themselves from the memory-mapped table, so nothing is
+copied into the example list. Parquet files are converted once into ``datasets``' Arrow cache
+(``cache_dir``, default ``~/.cache/huggingface/datasets``), as ``datasets.load_dataset`` would.
+
+Needs the optional ``datasets`` package (``pip install "mtl-lora-vl[datasets]"``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .common import DataFormatError, ImageChecker, data_root_dir, resolve_under
+from .images import ImageError
+from .records import Split
+from .rows import examples_from_rows
+
+FIELDS = ("image", "text", "caption", "captions", "question", "answers", "label", "image_id", "question_type",
+          "question_id")
+_OPEN: dict[Any, Any] = {}   # per process: table -> its image column, opened once
+
+
+def _datasets() -> Any:
+    try:
+        import datasets
+    except ImportError as e:
+        raise ImportError("data format 'hf_datasets' needs the optional package `datasets` (and pyarrow): "
+                          "pip install \"mtl-lora-vl[datasets]\" (or pip install datasets)") from e
+    return datasets
+
+
+@contextlib.contextmanager
+def _quiet(datasets: Any) -> Iterator[None]:
+    """No progress bars while opening (the names below exist from datasets 2.x to 5.x)."""
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+
+    was = is_progress_bar_enabled()
+    disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            enable_progress_bar()
+
+
+@dataclass(frozen=True)
+class _Table:
+    """Where a dataset lives: how to open it again in a loader worker."""
+
+    kind: str                       # "disk" (save_to_disk) or "parquet"
+    location: tuple[str, ...]       # the saved folder, or the parquet files
+    split: str | None
+    cache_dir: str | None = None
+
+    def open(self) -> Any:
+        datasets = _datasets()
+        with _quiet(datasets):
+            if self.kind == "parquet":
+                return datasets.Dataset.from_parquet(list(self.location), cache_dir=self.cache_dir)
+            ds = datasets.load_from_disk(self.location[0])
+        if isinstance(ds, datasets.DatasetDict):
+            return ds[self.split]
+        return ds
+
+    def __str__(self) -> str:
+        where = self.location[0] if len(self.location) == 1 else f"{Path(self.location[0]).parent} (parquet)"
+        return f"{where} [{self.split}]" if self.split else where
+
+
+@dataclass(frozen=True)
+class DatasetImage:
+    """An image stored in row ``row`` of column ``column`` of a dataset table (read lazily by ``fetch``)."""
+
+    table: _Table
+    column: str
+    row: int
+
+    def fetch(self) -> bytes:
+        """The encoded image bytes (what :func:`mtl_lora_vl.data.images.load_image` decodes)."""
+        key = (self.table, self.column)
+        ds = _OPEN.get(key)
+        if ds is None:
+            ds = _OPEN[key] = self.table.open().select_columns([self.column]).with_format("arrow")
+        value = ds[self.row].column(0)[0].as_py()
+        if isinstance(value, dict):
+            value = value.get("bytes")
+        if not value:
+            raise ImageError(f"image {self}: the dataset holds no image bytes in this row")
+        return value
+
+    def __str__(self) -> str:
+        return f"{self.table} row {self.row} column {self.column!r}"
+
+
+def _find(root: Path, path: str | os.PathLike) -> Path:
+    p = Path(path).expanduser()
+    p = p if p.is_absolute() else root / p
+    if not p.exists():
+        raise FileNotFoundError(f"hf_datasets path {p} not found (relative paths are taken under the data root "
+                                f"{root}); give a save_to_disk folder, a .parquet file or a folder of them")
+    return p
+
+
+def _parquet_files(base: Path, split: str | None) -> list[str]:
+    if base.is_file():
+        return [str(base)]
+    files = sorted(base.rglob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{base} is neither a save_to_disk folder (no dataset_dict.json or state.json) "
+                                "nor a folder of .parquet files")
+    if split is None:
+        return [str(f) for f in files]
+    mine = [f for f in files if f.name.startswith((f"{split}-", f"{split}.", f"{split}_"))
+            or split in f.relative_to(base).parts[:-1]]
+    if not mine:
+        shown = ", ".join(str(f.relative_to(base)) for f in files[:6])
+        raise FileNotFoundError(f"{base}: no parquet file of split {split!r} (named '{split}-*.parquet' or under "
+                                f"'{split}/'); found {shown}{' ...' if len(files) > 6 else ''}")
+    return [str(f) for f in mine]
+
+
+def _open_table(root: Path, path: str | os.PathLike, split: str | None, cache_dir: str | None) -> tuple[_Table, Any]:
+    datasets = _datasets()
+    base = _find(root, path)
+    if base.is_dir() and ((base / "dataset_dict.json").is_file() or (base / "state.json").is_file()):
+        with _quiet(datasets):
+            ds = datasets.load_from_disk(str(base))
+        if isinstance(ds, datasets.DatasetDict):
+            if split is None and len(ds) == 1:
+                split = next(iter(ds))
+            if split not in ds:
+                raise ValueError(f"hf_datasets {base}: split {split!r} not found; the saved dataset has splits "
+                                 f"{list(ds)} (set split = ... in the [data.<split>] table)")
+        elif split is not None and ds.split is not None and str(ds.split) != split:
+            raise ValueError(f"hf_datasets {base}: this saved dataset is the {str(ds.split)!r} split, not {split!r}")
+        table = _Table("disk", (str(base),), split if isinstance(ds, datasets.DatasetDict) else None)
+    else:
+        table = _Table("parquet", tuple(_parquet_files(base, split)), split, cache_dir)
+    return table, table.open()
+
+
+def _column_map(columns: dict | None, names: list[str], where: str) -> dict[str, str]:
+    if columns is None:
+        mapping = {f: f for f in FIELDS if f in names}
+    else:
+        if not isinstance(columns, dict) or not all(isinstance(v, str) for v in columns.values()):
+            raise TypeError(f"columns must map fields to column names, e.g. {{image = \"img\", question = \"q\"}}, "
+                            f"got {columns!r}")
+        unknown = [k for k in columns if k not in FIELDS]
+        if unknown:
+            raise ValueError(f"columns: unknown field(s) {unknown}; the fields are {list(FIELDS)}")
+        mapping = dict(columns)
+    missing = {f: c for f, c in mapping.items() if c not in names}
+    if missing:
+        raise ValueError(f"{where}: column(s) {list(missing.values())} not found (mapped from {list(missing)}); "
+                         f"the dataset has columns {names}")
+    if "image" not in mapping:
+        raise ValueError(f"{where}: no image column; map one with columns = {{image = \"...\"}} (the dataset has "
+                         f"columns {names})")
+    return mapping
+
+
+def _image_kind(feature: Any, where: str, column: str) -> str:
+    datasets = _datasets()
+    if isinstance(feature, datasets.Image):
+        return "struct"
+    if isinstance(feature, dict) and set(feature) >= {"bytes", "path"}:
+        return "struct"
+    dtype = getattr(feature, "dtype", None)
+    if dtype in ("string", "large_string"):
+        return "path"
+    if dtype in ("binary", "large_binary"):
+        return "bytes"
+    raise ValueError(f"{where}: image column {column!r} has type {feature}; expected images (datasets.Image), "
+                     "encoded bytes or file paths")
+
+
+def _images(ds: Any, column: str, kind: str) -> list[tuple[bool, str | None]]:
+    """Per row: (has bytes in the table, path or None), without copying the bytes."""
+    tbl = ds.select_columns([column]).with_format("arrow")[:]
+    out: list[tuple[bool, str | None]] = []
+    for chunk in tbl.column(0).chunks:
+        if kind == "path":
+            out.extend((False, p) for p in chunk.to_pylist())
+        elif kind == "bytes":
+            out.extend((v, None) for v in chunk.is_valid().to_pylist())
+        else:
+            valid = chunk.is_valid().to_pylist()
+            has = chunk.field("bytes").is_valid().to_pylist()
+            paths = chunk.field("path").to_pylist()
+            out.extend((v and h, p if v else None) for v, h, p in zip(valid, has, paths))
+    return out
+
+
+def read_hf_datasets(
+    data_root: str | os.PathLike,
+    path: str | os.PathLike,
+    split: str | None = None,
+    columns: dict[str, str] | None = None,
+    images: str = "",
+    class_names: list[str] | None = None,
+    one_per_image: bool = False,
+    cache_dir: str | None = None,
+    strict: bool = False,
+    verify: bool | str = True,
+) -> Split:
+    """A Hugging Face dataset (``save_to_disk`` folder or parquet files) as a split; see the module doc."""
+    root = data_root_dir(data_root)
+    table, ds = _open_table(root, path, split, cache_dir)
+    source = f"datasets {table}"
+    mapping = _column_map(columns, list(ds.column_names), source)
+    image_col = mapping["image"]
+    kind = _image_kind(ds.features[image_col], source, image_col)
+    label_feature = ds.features.get(mapping["label"]) if "label" in mapping else None
+    if class_names is None and isinstance(label_feature, _datasets().ClassLabel):
+        class_names = list(label_feature.names)
+
+    others = {f: c for f, c in mapping.items() if f != "image"}
+    meta = (ds.select_columns(list(dict.fromkeys(others.values()))).with_format("arrow")[:].to_pylist()
+            if others else [{} for _ in range(len(ds))])
+    by_id: dict[str, Any] = {}
+    rows = []
+    for i, ((has_bytes, img_path), values) in enumerate(zip(_images(ds, image_col, kind), meta)):
+        row = {f: values[c] for f, c in others.items()}
+        if row.get("image_id") in (None, ""):
+            row["image_id"] = img_path if img_path and not has_bytes else str(i)
+        if has_bytes:
+            # Rows of one image_id share one reference: checked once, grouped for captions.
+            ref = DatasetImage(table, image_col, i)
+            row["image"] = by_id.setdefault(str(row["image_id"]), ref) if "image_id" in mapping else ref
+        elif img_path:
+            row["image"] = resolve_under(root, Path(images) / img_path)
+        else:
+            raise DataFormatError(f"{source} row {i}: no image in column {image_col!r}")
+        rows.append((i, row))
+    return examples_from_rows(rows, at=lambda n: f"{source} row {n}", source=source, image_of=lambda r: r["image"],
+                              check=ImageChecker(verify, strict), class_names=class_names,
+                              one_per_image=one_per_image)

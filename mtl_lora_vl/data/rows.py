@@ -1,0 +1,230 @@
+"""One row per example: JSONL and CSV files, and the row-to-example logic the ``datasets`` reader shares.
+
+A row has ``image`` plus the fields of one task kind:
+
+* captions: ``text`` or ``caption`` (one caption), or ``captions`` (a list); rows of the same image are
+  grouped, so ``Example.captions`` holds all of an image's captions;
+* VQA: ``question`` and ``answers`` (a list of strings, VQAv2-style ``{"answer": ...}`` objects, a
+  ``{"answer": [...]}`` table of lists, or a '|'-separated string);
+* classification: ``label`` (a class name, or an index into ``class_names``).
+
+``image_id``, ``question_type`` and ``question_id`` are optional.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .common import (
+    DataFormatError,
+    ImageChecker,
+    annotation_file,
+    caption_examples,
+    data_root_dir,
+    resolve_under,
+)
+from .records import Example, Split
+
+
+def _rows_jsonl(path: Path) -> list[tuple[int, dict]]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+            if not isinstance(row, dict):
+                raise DataFormatError(f"{path}:{lineno}: each line must be a JSON object, got {type(row).__name__}")
+            rows.append((lineno, row))
+    return rows
+
+
+def _rows_csv(path: Path) -> list[tuple[int, dict]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None:
+            raise DataFormatError(f"{path}: empty CSV file; expected a header row with an 'image' column")
+        rows = [(i + 2, row) for i, row in enumerate(reader)]  # line 1 is the header
+    for lineno, row in rows:
+        if None in row:
+            raise DataFormatError(f"{path}:{lineno}: more fields than header columns; quote fields with commas")
+    return rows
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, (str, list, tuple)) and len(value) == 0)
+
+
+def _row_kind(row: dict) -> str:
+    if _present(row.get("question")):
+        return "vqa"
+    if _present(row.get("label")):
+        return "classification"
+    if any(_present(row.get(k)) for k in ("text", "caption", "captions")):
+        return "caption"
+    return "unknown"
+
+
+def _answers(value: Any, where: str) -> tuple[str, ...]:
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        return tuple(a.strip() for a in value.split("|") if a.strip())
+    if isinstance(value, dict) and isinstance(value.get("answer"), (list, tuple)):
+        value = list(value["answer"])   # a Hugging Face Sequence of {"answer", ...}: a table of lists
+    if isinstance(value, (list, tuple)) and all(isinstance(a, (str, int, float)) for a in value):
+        return tuple(str(a) for a in value)
+    if isinstance(value, (list, tuple)) and all(isinstance(a, dict) and "answer" in a for a in value):
+        return tuple(str(a["answer"]) for a in value)   # VQAv2-style answer objects
+    raise DataFormatError(f"{where}: 'answers' must be a list of strings or a '|'-separated string, got {value!r}")
+
+
+def _captions(row: dict, where: str) -> list[str]:
+    caps = row.get("captions")
+    if _present(caps):
+        if isinstance(caps, str):
+            caps = [caps]
+        if not isinstance(caps, (list, tuple)) or not all(isinstance(c, str) for c in caps):
+            raise DataFormatError(f"{where}: 'captions' must be a list of strings, got {caps!r}")
+        return [c.strip() for c in caps if c.strip()]
+    return [str(row["text"] if _present(row.get("text")) else row["caption"]).strip()]
+
+
+def examples_from_rows(
+    rows: list[tuple[int, dict]], *, at: Callable[[int], str], source: str, image_of: Callable[[dict], Any],
+    check: ImageChecker, class_names: list[str] | None, one_per_image: bool,
+) -> Split:
+    """Examples of one task kind from rows ``(number, row)``; ``at(number)`` names a row in messages.
+
+    ``image_of(row)`` gives the row's image (a resolved path, or another source ``load_image`` takes);
+    ``check`` tests it; rows of the same image are grouped for captions.
+    """
+    if not rows:
+        raise DataFormatError(f"{source}: no rows")
+    kinds = {}
+    for n, row in rows:
+        if "image" not in row or row["image"] is None or (isinstance(row["image"], str) and not row["image"]):
+            raise DataFormatError(f"{at(n)}: no 'image' field; every row needs an image")
+        kinds.setdefault(_row_kind(row), n)
+    if "unknown" in kinds:
+        raise DataFormatError(f"{at(kinds['unknown'])}: a row needs 'text', 'caption' or 'captions', 'question' "
+                              "(+ 'answers') or 'label' besides 'image'")
+    if len(kinds) > 1:
+        first = ", ".join(f"{k} ({at(n)})" for k, n in kinds.items())
+        raise DataFormatError(f"{source}: rows mix task kinds: {first}; use one file per task")
+    kind = next(iter(kinds))
+
+    def stored(p: Any) -> Any:
+        return str(p) if isinstance(p, Path) else p
+
+    def image_id(row: dict) -> str:
+        return str(row.get("image_id") or row["image"])
+
+    if kind == "caption":
+        groups: dict[Any, tuple[str, list[str]]] = {}
+        for n, row in rows:
+            p = image_of(row)
+            texts = _captions(row, at(n))
+            if check(p) and texts:
+                groups.setdefault(p, (image_id(row), []))[1].extend(texts)
+        examples = caption_examples(((stored(p), iid, caps) for p, (iid, caps) in groups.items()), one_per_image)
+        return check.finish(examples, source)
+
+    if kind == "vqa":
+        examples = []
+        for n, row in rows:
+            p = image_of(row)
+            answers = _answers(row.get("answers"), at(n))
+            if check(p):
+                meta = {k: row[k] for k in ("question_id",) if k in row}
+                examples.append(Example(stored(p), image_id(row), text=str(row["question"]), answers=answers,
+                                        question_type=row.get("question_type") or None, meta=meta))
+        return check.finish(examples, source)
+
+    # classification
+    labels_raw = [(n, row["label"]) for n, row in rows]
+
+    def is_index(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) or (isinstance(v, str) and v.strip().isdigit())
+
+    names = list(class_names) if class_names is not None else None
+    if names is None:
+        if all(is_index(v) for _, v in labels_raw):
+            names = [str(i) for i in range(max(int(v) for _, v in labels_raw) + 1)]
+        else:
+            names = sorted({str(v) for _, v in labels_raw})
+    index = {n: i for i, n in enumerate(names)}
+    examples = []
+    for n, row in rows:
+        v = row["label"]
+        if isinstance(v, str) and v in index:
+            label = index[v]
+        elif is_index(v):
+            label = int(v)
+            if not 0 <= label < len(names):
+                raise DataFormatError(f"{at(n)}: label index {label} out of range for {len(names)} classes")
+        else:
+            raise DataFormatError(f"{at(n)}: label {v!r} is not one of the class names {names[:10]}"
+                                  f"{'...' if len(names) > 10 else ''}")
+        p = image_of(row)
+        if check(p):
+            examples.append(Example(stored(p), image_id(row), label=label, meta={"class_name": names[label]}))
+    return check.finish(examples, source, class_names=names)
+
+
+def _read_file_rows(fmt: str, rows: list[tuple[int, dict]], path: Path, root: Path, images: str,
+                    class_names: list[str] | None, one_per_image: bool, strict: bool, verify: bool | str) -> Split:
+    if not rows:
+        raise DataFormatError(f"{path}: no rows")
+
+    def image_of(row: dict) -> Path:
+        return resolve_under(root, Path(images) / str(row["image"]))
+
+    return examples_from_rows(rows, at=lambda n: f"{path}:{n}", source=f"{fmt.upper()} {path.name}",
+                              image_of=image_of, check=ImageChecker(verify, strict), class_names=class_names,
+                              one_per_image=one_per_image)
+
+
+def read_jsonl(
+    data_root: str | os.PathLike,
+    file: str | os.PathLike,
+    images: str = "",
+    class_names: list[str] | None = None,
+    one_per_image: bool = False,
+    strict: bool = False,
+    verify: bool | str = True,
+) -> Split:
+    """One JSON object per line with ``image`` and ``text``/``caption``/``captions``, ``question``+``answers``
+    or ``label``.
+
+    Caption rows of the same image are grouped into ``captions``. ``label`` is a class name or an index;
+    ``class_names`` fixes the class order (default: sorted names, or "0".."K-1" for indices).
+    """
+    root = data_root_dir(data_root)
+    path = annotation_file(root, file, "JSONL")
+    return _read_file_rows("jsonl", _rows_jsonl(path), path, root, images, class_names, one_per_image, strict,
+                           verify)
+
+
+def read_csv(
+    data_root: str | os.PathLike,
+    file: str | os.PathLike,
+    images: str = "",
+    class_names: list[str] | None = None,
+    one_per_image: bool = False,
+    strict: bool = False,
+    verify: bool | str = True,
+) -> Split:
+    """CSV with a header: ``image`` plus ``text``/``caption``, ``question``+``answers`` ('|'-separated) or
+    ``label``. Same rules as :func:`read_jsonl`."""
+    root = data_root_dir(data_root)
+    path = annotation_file(root, file, "CSV")
+    return _read_file_rows("csv", _rows_csv(path), path, root, images, class_names, one_per_image, strict, verify)

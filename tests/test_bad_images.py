@@ -1,0 +1,278 @@
+"""Images that fail to decode never stop a run: read-time checks, worker-side replacement, strict mode,
+and no leaked file handles. The broken files are written here from a real (libjpeg-encoded) JPEG."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mtl_lora_vl.data.fallback import ImageFallback
+from mtl_lora_vl.data.images import ImageError, load_image, to_uint8_tensor, verify_image
+from mtl_lora_vl.data.loader import MultiTaskLoader, TaskDataset, iter_image_batches
+from mtl_lora_vl.data.readers import read_split
+from mtl_lora_vl.data.records import Example, Split
+from mtl_lora_vl.tasks.spec import load_spec
+
+SIZE = 16
+
+
+def _real_jpeg(path: Path, seed: int = 0) -> bytes:
+    """A photo-like 96x64 JPEG: smooth gradients plus noise, so the entropy-coded data is substantial."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:64, 0:96]
+    arr = np.stack([x * 255 / 96, y * 255 / 64, (x + y) % 256], -1) + rng.normal(0, 20, (64, 96, 3))
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
+    return path.read_bytes()
+
+
+def _scan_middle(data: bytes) -> int:
+    sos = data.index(b"\xff\xda")
+    return sos + (len(data) - sos) // 2
+
+
+@pytest.fixture()
+def images(tmp_path: Path) -> dict[str, Path]:
+    d = tmp_path / "data" / "img"
+    d.mkdir(parents=True)
+    paths = {}
+    for i in range(4):
+        paths[f"good{i}"] = d / f"good{i}.jpg"
+        _real_jpeg(paths[f"good{i}"], seed=i)
+    data = paths["good0"].read_bytes()
+    paths["truncated"] = d / "truncated.jpg"
+    paths["truncated"].write_bytes(data[: _scan_middle(data)])
+    # A frame marker in the middle of the compressed data: the header and the end marker are intact,
+    # but libjpeg stops with a fatal error when it reaches it.
+    mid = _scan_middle(data)
+    paths["corrupt"] = d / "corrupt.jpg"
+    paths["corrupt"].write_bytes(data[:mid] + b"\xff\xc0\x00\x11" + data[mid + 4:])
+    return paths
+
+
+def test_read_time_check_levels(images):
+    assert verify_image(images["good0"]) == (96, 64)
+    with pytest.raises(ImageError, match=r"truncated\.jpg: cannot be decoded.*truncated"):
+        verify_image(images["truncated"])
+    # Damage inside an otherwise complete file needs a full decode to show.
+    assert verify_image(images["corrupt"]) == (96, 64)
+    with pytest.raises(ImageError, match=r"corrupt\.jpg: cannot be decoded"):
+        verify_image(images["corrupt"], decode=True)
+    with pytest.raises(ImageError, match=r"corrupt\.jpg: cannot be decoded"):
+        load_image(images["corrupt"])
+    # Trailing data after the end marker is not damage: the suspicious end triggers a decode, which passes.
+    trailer = images["good0"].with_name("trailer.jpg")
+    trailer.write_bytes(images["good0"].read_bytes() + b"SEFH" + bytes(100))
+    assert verify_image(trailer) == (96, 64)
+    # In-memory bytes are checked the same way.
+    assert verify_image(images["good1"].read_bytes()) == (96, 64)
+    with pytest.raises(ImageError, match="in-memory image>: cannot be decoded"):
+        verify_image(images["truncated"].read_bytes())
+
+
+def test_truncated_png_and_gif_are_caught(tmp_path):
+    for fmt in ("PNG", "GIF", "WEBP", "BMP"):
+        p = tmp_path / f"x.{fmt.lower()}"
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(p, fmt)
+        verify_image(p)
+        p.write_bytes(p.read_bytes()[:-30])
+        with pytest.raises(ImageError, match=f"x.{fmt.lower()}"):
+            verify_image(p)
+
+
+def _write_rows(root: Path, images: dict[str, Path], names: list[str]) -> None:
+    rows = [{"image": f"img/{images[n].name}", "label": i % 2} for i, n in enumerate(names)]
+    (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _skipped_warning(caplog) -> str:
+    msgs = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(msgs) == 1, msgs
+    caplog.clear()
+    return msgs[0]
+
+
+def test_readers_skip_or_fail_on_bad_images(images, caplog):
+    root = images["good0"].parent.parent
+    _write_rows(root, images, ["good0", "truncated", "corrupt", "good1"])
+    caplog.set_level(logging.WARNING, logger="mtl_lora_vl.data")
+    s = read_split("jsonl", root, file="rows.jsonl")
+    assert re.search(r"skipped 1 unreadable image.*truncated\.jpg", _skipped_warning(caplog))
+    assert [Path(e.image).name for e in s.examples] == ["good0.jpg", "corrupt.jpg", "good1.jpg"]
+    assert s.skipped == 1 and s.strict is False
+    s = read_split("jsonl", root, file="rows.jsonl", verify="decode")
+    assert re.search(r"skipped 2 unreadable image.*truncated\.jpg.*corrupt\.jpg", _skipped_warning(caplog))
+    assert len(s.examples) == 2
+    with pytest.raises(ImageError, match=r"truncated\.jpg: cannot be decoded"):
+        read_split("jsonl", root, file="rows.jsonl", strict=True)
+    with pytest.raises(ValueError, match="verify must be"):
+        read_split("jsonl", root, file="rows.jsonl", verify="full")
+
+
+class _Kind:
+    name = "cls"
+    uses_text = False
+
+    def sample_text(self, example):
+        return None
+
+    def sample_fields(self, example, index):
+        return {"labels": torch.tensor(example.label)}
+
+
+class _Backbone:
+    image_size = SIZE
+
+    def tokenizer(self, texts):
+        return torch.zeros(len(texts), 4, dtype=torch.long)
+
+    def preprocess_uint8(self, images, dtype):
+        return images.to(dtype) / 255
+
+
+def _split(images, names, strict=False) -> Split:
+    return Split([Example(str(images[n]), n, label=i) for i, n in enumerate(names)], strict=strict)
+
+
+NAMES = ["good0", "truncated", "good1", "corrupt", "good2", "good3"]
+BAD = {1, 3}
+
+
+def test_training_rows_with_broken_images_are_replaced(images, caplog):
+    ds = TaskDataset(_Kind(), _split(images, NAMES), SIZE)
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl.data.fallback"):
+        rows = [ds[i] for i in range(len(NAMES))] + [ds[1], ds[3]]      # bad rows asked for twice
+    for asked, row in zip([*range(len(NAMES)), 1, 3], rows):
+        assert row["index"] not in BAD
+        if asked not in BAD:
+            assert row["index"] == asked
+        assert torch.equal(row["image"], to_uint8_tensor(images[NAMES[row["index"]]], SIZE))
+        assert int(row["fields"]["labels"]) == row["index"]             # the whole row is the substitute
+    assert ds[1]["index"] == rows[1]["index"]                            # deterministic replacement
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2                                              # once per file
+    assert "truncated.jpg: cannot be decoded" in warned[0] and "'cls'" in warned[0]
+    assert "corrupt.jpg: cannot be decoded" in warned[1] and "strict = true" in warned[1]
+    assert ds.images.replaced == 5                                       # every replaced row counted
+    assert [Path(f).name for f in ds.images.failed_files()] == ["truncated.jpg", "corrupt.jpg"]
+
+
+def test_training_loader_with_workers_goes_on(images):
+    loader = MultiTaskLoader([_Kind()], [_split(images, NAMES)], _Backbone(), batch_size=3, steps=4,
+                             num_workers=2, pin_memory=False)
+    batches = list(loader)
+    assert len(batches) == 4
+    assert all(b["images"].shape == (3, 3, SIZE, SIZE) for b in batches)
+    assert not BAD & {int(i) for b in batches for i in b["indices"]}
+    fb = loader.datasets[0].images                  # counted across the worker processes
+    assert fb.replaced >= 1 and {Path(f).name for f in fb.failed_files()} <= {"truncated.jpg", "corrupt.jpg"}
+
+
+def test_strict_fails_at_once_naming_the_file(images):
+    ds = TaskDataset(_Kind(), _split(images, NAMES, strict=True), SIZE)
+    assert ds[0]["index"] == 0
+    with pytest.raises(ImageError, match=r"example 'truncated'.*truncated\.jpg: cannot be decoded.*strict = true"):
+        ds[1]
+    with pytest.raises(ImageError, match=r"task 'val'.*corrupt\.jpg: cannot be decoded.*strict = true"):
+        list(iter_image_batches(_Backbone(), _split(images, ["good0", "corrupt"]).examples, batch_size=2,
+                                device="cpu", strict=True, task="val"))
+
+
+def test_no_image_decodes_is_an_error(images):
+    ds = TaskDataset(_Kind(), _split(images, ["truncated", "corrupt"]), SIZE)
+    with pytest.raises(ImageError, match=r"task 'cls': no image of its 2 example\(s\) can be decoded"):
+        ds[0]
+
+
+def test_evaluation_batches_keep_going(images, caplog):
+    examples = _split(images, NAMES).examples
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl.data.fallback"):
+        batches = list(iter_image_batches(_Backbone(), examples, batch_size=4, device="cpu", task="val"))
+    out = torch.cat(batches)
+    assert out.shape == (len(NAMES), 3, SIZE, SIZE)                      # rows stay aligned with the split
+    for i in set(range(len(NAMES))) - BAD:
+        assert torch.equal(out[i], to_uint8_tensor(images[NAMES[i]], SIZE).float() / 255)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum("cannot be decoded" in m and "substitute" not in m for m in msgs) == 2
+    assert any("task 'val': 2 row(s) used a substitute image because 2 image(s)" in m for m in msgs)
+
+
+def test_spec_strict_reaches_the_loader(images, tmp_path):
+    root = images["good0"].parent.parent
+    _write_rows(root, images, NAMES)
+    spec_file = tmp_path / "bad.toml"
+    spec_file.write_text('kind = "classification"\n[data]\nformat = "jsonl"\nstrict = true\nverify = false\n'
+                         '[data.train]\nfile = "rows.jsonl"\n[data.val]\nfile = "rows.jsonl"\n')
+    split = load_spec(spec_file).load_split("train", root)
+    assert split.strict and len(split.examples) == len(NAMES)
+    with pytest.raises(ImageError, match=r"truncated\.jpg"):
+        TaskDataset(_Kind(), split, SIZE)[1]
+    spec_file.write_text(spec_file.read_text().replace("verify = false\n", ""))
+    with pytest.raises(ImageError, match=r"truncated\.jpg"):             # caught when the split is read
+        load_spec(spec_file).load_split("train", root)
+
+
+def test_fallback_pickles_without_shared_state():
+    import pickle
+
+    fb = ImageFallback("t", [Example("/nonexistent.png", "a")], SIZE)
+    back = pickle.loads(pickle.dumps(fb))
+    assert back.replaced == 0 and back.task == "t"
+
+
+def test_no_file_handle_is_left_open(images, tmp_path):
+    gif = tmp_path / "one.gif"
+    Image.new("RGB", (20, 10), (1, 2, 3)).save(gif)
+    anim = tmp_path / "anim.gif"
+    frames = [Image.new("P", (20, 10), i) for i in range(3)]
+    frames[0].save(anim, save_all=True, append_images=frames[1:])
+    png = tmp_path / "a.png"
+    Image.new("RGBA", (20, 10)).save(png)
+    sources = [gif, anim, png, images["good0"], images["truncated"], images["corrupt"]]
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always", ResourceWarning)
+        for src in sources:
+            for call in (lambda s: load_image(s), lambda s: load_image(s, 8), verify_image,
+                         lambda s: verify_image(s, decode=True), lambda s: to_uint8_tensor(s, 8)):
+                try:
+                    call(src)
+                except ImageError:
+                    pass
+        ds = TaskDataset(_Kind(), Split([Example(str(s), str(i), label=0) for i, s in enumerate(sources)]), 8)
+        for i in range(len(sources)):
+            ds[i]
+        gc.collect()
+    leaks = [str(w.message) for w in rec if issubclass(w.category, ResourceWarning)]
+    assert not leaks, leaks
+
+
+def test_task_evaluation_goes_on_or_stops_with_strict(images, tmp_path, caplog):
+    """Through a task kind's evaluate(): the split's strict flag and the task name reach the loader."""
+    from vl_tiny import tiny_backbone
+
+    from mtl_lora_vl.tasks import build_kind
+
+    root = images["good0"].parent.parent
+    _write_rows(root, images, NAMES)
+    spec_file = tmp_path / "pets.toml"
+    spec_file.write_text('kind = "classification"\n[data]\nformat = "jsonl"\nverify = false\n'
+                         '[data.train]\nfile = "rows.jsonl"\n[data.val]\nfile = "rows.jsonl"\n')
+    spec = load_spec(spec_file)
+    backbone = tiny_backbone(tmp_path / "bb")
+    split = spec.load_split("val", root)
+    kind = build_kind(spec, split, backbone)
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl.data.fallback"):
+        out = kind.evaluate(backbone, None, split, batch_size=4, device="cpu")
+    assert out["n"] == len(NAMES)
+    assert any("task 'pets': 2 row(s) used a substitute image" in r.getMessage() for r in caplog.records)
+    strict = Split(split.examples, class_names=split.class_names, strict=True)
+    with pytest.raises(ImageError, match=r"task 'pets'.*truncated\.jpg: cannot be decoded.*strict = true"):
+        kind.evaluate(backbone, None, strict, batch_size=4, device="cpu")

@@ -1,0 +1,143 @@
+"""The committed built-in tiny LLaVA (assets/builtin_llava): loads with plain transformers, the processor's
+<image> expansion fits the model, greedy generation answers in the word vocabulary, and it stays small."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtl_lora_vl.data import world
+
+REPO = Path(__file__).resolve().parent.parent
+ASSET = REPO / "assets" / "builtin_llava"
+MAX_BYTES = 6 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def llava():
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(ASSET)
+    processor = AutoProcessor.from_pretrained(ASSET)
+    model.eval()
+    return model, processor
+
+
+@pytest.fixture(scope="module")
+def meta() -> dict:
+    return json.loads((ASSET / "pretrain.json").read_text())
+
+
+def _scene_and_question():
+    ex = next(e for e in world.build_split("vqa", "val", n=20).examples if e.question_type == "color")
+    return ex.image.render(64), ex.text
+
+
+def test_asset_is_small_and_complete():
+    files = {p.name: p.stat().st_size for p in ASSET.iterdir() if p.is_file()}
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "processor_config.json", "generation_config.json", "pretrain.json"):
+        assert name in files, f"{name} missing from {ASSET}"
+    assert sum(files.values()) <= MAX_BYTES, f"{ASSET} holds {sum(files.values())} bytes, over {MAX_BYTES}"
+
+
+def test_wheel_ships_the_asset():
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "mtl_lora_vl.assets.builtin_llava" in cfg["packages"]
+    data = cfg["package-data"]["mtl_lora_vl.assets.builtin_llava"]
+    assert {"*.json", "*.safetensors"} <= set(data)
+
+
+def test_loads_as_plain_transformers(llava, meta):
+    from transformers import CLIPImageProcessor, LlavaForConditionalGeneration, LlavaProcessor
+
+    model, processor = llava
+    assert isinstance(model, LlavaForConditionalGeneration)
+    assert isinstance(processor, LlavaProcessor)
+    assert isinstance(processor.image_processor, CLIPImageProcessor)
+    assert next(model.parameters()).dtype == torch.float32            # fp16 on disk, fp32 in memory
+    tok = processor.tokenizer
+    assert model.config.image_token_id == tok.convert_tokens_to_ids("<image>") == processor.image_token_id
+    assert model.config.text_config.vocab_size == len(tok)
+    for name in ("pad", "bos", "eos", "unk"):
+        assert getattr(tok, f"{name}_token_id") is not None
+    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    assert set(meta["prompts"]) == {"vqa", "captioning"}
+    assert {"accuracy", "per_type"} <= set(meta["zero_shot_val"]["vqa"])
+
+
+def test_processor_expansion_matches_image_features(llava, meta):
+    model, processor = llava
+    image, question = _scene_and_question()
+    prompt = meta["prompts"]["vqa"].format(question=question)
+    enc = processor(images=[image], text=[prompt], return_tensors="pt")
+    n_tokens = int((enc["input_ids"] == model.config.image_token_id).sum())
+    with torch.no_grad():
+        feats = model.get_image_features(pixel_values=enc["pixel_values"]).pooler_output
+        n_feats = sum(f.shape[0] for f in feats)
+        out = model(**enc)
+    assert n_tokens == n_feats == 64
+    assert out.logits.shape == (1, enc["input_ids"].shape[1], len(processor.tokenizer))
+    assert torch.isfinite(out.logits).all()
+
+
+def test_greedy_generation_uses_the_vocabulary(llava, meta):
+    model, processor = llava
+    tok = processor.tokenizer
+    image, question = _scene_and_question()
+    prompts = [meta["prompts"]["vqa"].format(question=question), meta["prompts"]["captioning"]]
+    enc = processor(images=[image, image], text=prompts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        gen = model.generate(**enc, max_new_tokens=24, do_sample=False)
+    texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    vocab = set(tok.get_vocab())
+    for text in texts:
+        words = text.split()
+        assert words, f"empty generation for {prompts}"
+        assert all(w in vocab and not re.fullmatch(r"<.*>", w) for w in words), text
+    assert texts[0].strip() in world.COLOR_NAMES, f"a colour question got {texts[0]!r}"
+
+
+def _script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pretrain_llava", REPO / "scripts" / "pretrain_llava.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_packed_turns_train_like_single_prompts(llava, meta):
+    """The pretraining script packs several turns behind one image prefix; each packed turn must get exactly
+    the logits of its own single-turn prompt, as the processor builds it for inference."""
+    model, processor = llava
+    script = _script()
+    tok = processor.tokenizer
+    ex = world.build_split("pretrain", "train", n=3).examples[2]
+    turns = [(script.TURNS["vqa"].format(question="what color is the circle?"), "red"),
+             (script.TURNS["captioning"], "a red circle left of a blue square")]
+    ids, mask, positions, labels = script.collate([script.encode_turns(tok, turns)], tok.pad_token_id)
+    image = ex.image.render(64)
+    pixels = processor(images=[image], text=["<image>"], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        feats = torch.cat(list(model.get_image_features(pixel_values=pixels).pooler_output))
+        embeds = model.get_input_embeddings()(ids).masked_scatter((ids == model.config.image_token_id).unsqueeze(-1), feats)
+        packed = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits[0]
+        start = 65
+        for prompt, answer in turns:
+            enc = processor(images=[image], text=["<image> " + prompt], return_tensors="pt")
+            target = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            full = torch.cat([enc["input_ids"], torch.tensor([target])], dim=1)
+            single = model(input_ids=full, pixel_values=enc["pixel_values"]).logits[0, 65:]
+            torch.testing.assert_close(packed[start:start + single.shape[0]], single, atol=1e-4, rtol=1e-4)
+            n_prompt = enc["input_ids"].shape[1] - 65
+            assert (labels[0, start:start + n_prompt] == -100).all()
+            assert labels[0, start + n_prompt:start + single.shape[0]].tolist() == target
+            start += single.shape[0]
+    assert start == ids.shape[1]
+    assert meta["prompts"]["vqa"] == "<image> " + script.TURNS["vqa"]

@@ -1,0 +1,106 @@
+"""BLEU and CIDEr-D (mtl_lora_vl.caption_metrics) against their definitions and pycocoevalcap's numbers."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from mtl_lora_vl.caption_metrics import bleu, cider_d, ngram_counts
+from mtl_lora_vl.data.world import build_split
+from mtl_lora_vl.metrics import caption_scores, tokenize_caption
+
+
+def test_bleu_by_hand():
+    # Every n-gram of the prediction is in the reference: precisions 1, only the brevity penalty remains.
+    assert bleu({0: ["a b c d e f"]}, {0: "a b c d"}) == pytest.approx([math.exp(1 - 6 / 4)] * 4)
+    # Clipping: "the the the" against a reference with one "the" -> unigram precision 1/3.
+    b1 = bleu({0: ["the cat"]}, {0: "the the the"}, n=1)[0]
+    assert b1 == pytest.approx(1 / 3)
+    # "closest" reference length: 4 words is closer to the 4-word reference than to the 9-word one.
+    assert bleu({0: ["w x y z", "a b c d e f g h i"]}, {0: "w x y z"}) == pytest.approx([1.0] * 4)
+    # no 4-gram in a 3-word corpus: BLEU-4 is (1e-15 / 1e-9) ** (1/4), as in pycocoevalcap
+    assert bleu({0: ["x y z"]}, {0: "x y z"})[3] == pytest.approx(1e-6 ** 0.25)
+
+
+def test_cider_by_hand():
+    refs = {0: ["a red circle"], 1: ["a blue square"]}
+    # "red circle" occurs in one of two images: idf log(2); "a" in both: weight 0.
+    score, per = cider_d(refs, {0: "a red circle", 1: "a blue square"})
+    assert per[0] == pytest.approx(10.0 * 3 / 4)   # orders 1-3 match exactly (cosine 1), no 4-gram: 0
+    assert score == pytest.approx(per[1]) and per[0] == pytest.approx(per[1])
+    wrong, _ = cider_d(refs, {0: "a blue square", 1: "a red circle"})
+    assert wrong == 0.0
+    assert ngram_counts("a a", 2) == {("a",): 2, ("a", "a"): 1}
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="same image ids"):
+        bleu({0: ["a"]}, {1: "a"})
+    with pytest.raises(ValueError, match="non-empty list"):
+        cider_d({0: []}, {0: "a"})
+    with pytest.raises(ValueError, match="no predictions"):
+        cider_d({}, {})
+
+
+def _corpus(seed: int = 0):
+    """Built-in-world reference captions and predictions of every shape: exact, perturbed, shortened,
+    lengthened, repeated words, one word, empty, and images with one to five references."""
+    rng = random.Random(seed)
+    split = build_split("captioning", "val", n=60, seed=seed)
+    vocab = sorted({w for ex in split.examples for c in ex.captions for w in tokenize_caption(c).split()})
+    gts, res = {}, {}
+    for i, ex in enumerate(split.examples):
+        refs = [tokenize_caption(c) for c in ex.captions][: 1 + i % 5]
+        words = rng.choice(refs).split()
+        shape = i % 8
+        if shape == 1:
+            words = [w if rng.random() > 0.3 else rng.choice(vocab) for w in words]
+        elif shape == 2:
+            words = words[: max(1, len(words) // 2)]
+        elif shape == 3:
+            words = words + rng.sample(vocab, 4)
+        elif shape == 4:
+            words = [words[0]] * 5 + words
+        elif shape == 5:
+            words = [rng.choice(vocab)]
+        elif shape == 6:
+            words = []
+        elif shape == 7:
+            words = rng.sample(vocab, 6)
+        gts[i], res[i] = refs, " ".join(words)
+    return gts, res
+
+
+def test_agreement_with_pycocoevalcap():
+    pytest.importorskip("pycocoevalcap", reason="the agreement test needs pycocoevalcap (the test extra: "
+                                                "pip install \"mtl-lora-vl[test]\")")
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    for seed in (0, 1):
+        gts, res = _corpus(seed)
+        ref_bleu, _ = Bleu(4).compute_score(gts, {k: [v] for k, v in res.items()}, verbose=0)
+        ref_cider, ref_per = Cider().compute_score(gts, {k: [v] for k, v in res.items()})
+        ours_bleu = bleu(gts, res)
+        ours_cider, ours_per = cider_d(gts, res)
+        assert ours_bleu == pytest.approx(ref_bleu, rel=1e-12, abs=1e-15)
+        assert ours_cider == pytest.approx(float(ref_cider), rel=1e-12)
+        assert [ours_per[k] for k in gts] == pytest.approx([float(x) for x in ref_per], rel=1e-12, abs=1e-15)
+        assert 0.05 < ours_bleu[3] < 0.95 and 0.5 < ours_cider < 5   # a corpus that exercises both
+
+
+def test_caption_scores_matches_pycocoevalcap_on_raw_text():
+    pytest.importorskip("pycocoevalcap", reason="needs pycocoevalcap (the test extra)")
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    preds = {1: "A red circle.", 2: "a BLUE square, left of a circle", 3: "green triangles!"}
+    refs = {1: ["a red circle", "A small red circle."], 2: ["a blue square left of a red circle"],
+            3: ["two green triangles", "green triangles, two of them"]}
+    out = caption_scores(preds, refs)
+    gts = {k: [tokenize_caption(r) for r in v] for k, v in refs.items()}
+    res = {k: [tokenize_caption(v)] for k, v in preds.items()}
+    assert out["bleu4"] == pytest.approx(Bleu(4).compute_score(gts, res, verbose=0)[0][3], rel=1e-12)
+    assert out["cider"] == pytest.approx(float(Cider().compute_score(gts, res)[0]), rel=1e-12)

@@ -1,0 +1,180 @@
+"""The hf_datasets reader: save_to_disk folders and parquet files built here, columns mapped in the spec."""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+datasets = pytest.importorskip("datasets", reason="the hf_datasets reader needs the optional `datasets` package "
+                                                   "(pip install \"mtl-lora-vl[datasets]\")")
+
+from mtl_lora_vl.data import hf_datasets  # noqa: E402
+from mtl_lora_vl.data.hf_datasets import DatasetImage  # noqa: E402
+from mtl_lora_vl.data.images import ImageError, load_image, to_uint8_tensor  # noqa: E402
+from mtl_lora_vl.data.loader import TaskDataset  # noqa: E402
+from mtl_lora_vl.data.readers import PathEscapeError, read_split  # noqa: E402
+from mtl_lora_vl.tasks.spec import load_spec  # noqa: E402
+
+COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_and_fresh(monkeypatch):
+    monkeypatch.setattr(hf_datasets, "_OPEN", {})
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+
+
+def _pil(i: int) -> Image.Image:
+    return Image.new("RGB", (24, 16), COLORS[i % len(COLORS)])
+
+
+def _jpeg_bytes(i: int) -> bytes:
+    buf = io.BytesIO()
+    _pil(i).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _vqa_dict(n: int, offset: int = 0) -> datasets.Dataset:
+    return datasets.Dataset.from_dict({
+        "img": [_pil(i + offset) for i in range(n)],
+        "q": [f"what colour is picture {i + offset}?" for i in range(n)],
+        "ans": [["red", "red", "dark red"] for _ in range(n)],
+        "qid": list(range(offset, offset + n)),
+    })
+
+
+def test_save_to_disk_vqa_with_mapped_columns(tmp_path):
+    root = tmp_path / "data"
+    datasets.DatasetDict({"train": _vqa_dict(3), "validation": _vqa_dict(2, 3)}).save_to_disk(root / "vqa_ds")
+    cols = {"image": "img", "question": "q", "answers": "ans", "question_id": "qid"}
+    train = read_split("hf_datasets", root, path="vqa_ds", split="train", columns=cols)
+    assert len(train.examples) == 3 and train.skipped == 0
+    ex = train.examples[1]
+    assert isinstance(ex.image, DatasetImage) and ex.image.row == 1
+    assert ex.text == "what colour is picture 1?" and ex.answers == ("red", "red", "dark red")
+    assert ex.meta == {"question_id": 1} and ex.image_id == "1"
+    assert load_image(ex.image).getpixel((3, 3)) == COLORS[1]
+    val = read_split("hf_datasets", root, path=str(root / "vqa_ds"), split="validation", columns=cols)
+    assert [e.text for e in val.examples] == ["what colour is picture 3?", "what colour is picture 4?"]
+    # The reference is small and reopens the table in a fresh process (here: an emptied cache).
+    blob = pickle.dumps(val.examples[0])
+    assert len(blob) < 1000
+    hf_datasets._OPEN.clear()
+    assert load_image(pickle.loads(blob).image).getpixel((0, 0)) == COLORS[3]
+    with pytest.raises(ValueError, match=r"split 'test' not found.*\['train', 'validation'\]"):
+        read_split("hf_datasets", root, path="vqa_ds", split="test", columns=cols)
+
+
+def test_parquet_captions_from_file_paths_and_class_labels(tmp_path):
+    root = tmp_path / "data"
+    (root / "pics").mkdir(parents=True)
+    for i in range(3):
+        _pil(i).save(root / "pics" / f"{i}.png")
+    caps = datasets.Dataset.from_dict({"file": [f"{i}.png" for i in range(3)],
+                                       "sentences": [[f"picture {i}", f"image number {i}"] for i in range(3)]})
+    (root / "caps" / "data").mkdir(parents=True)
+    caps.to_parquet(root / "caps" / "data" / "train-00000-of-00001.parquet")
+    caps.select([0]).to_parquet(root / "caps" / "data" / "test-00000-of-00001.parquet")
+    kw = {"path": "caps", "columns": {"image": "file", "captions": "sentences"}, "images": "pics",
+          "cache_dir": str(tmp_path / "cache")}
+    train = read_split("hf_datasets", root, split="train", **kw)
+    assert [(Path(e.image).name, e.text) for e in train.examples][:3] == [
+        ("0.png", "picture 0"), ("0.png", "image number 0"), ("1.png", "picture 1")]
+    assert train.examples[0].captions == ("picture 0", "image number 0") and train.examples[0].image_id == "0.png"
+    test = read_split("hf_datasets", root, split="test", one_per_image=True, **kw)
+    assert len(test.examples) == 1 and test.examples[0].text == "picture 0"
+    with pytest.raises(FileNotFoundError, match=r"no parquet file of split 'val'.*train-00000"):
+        read_split("hf_datasets", root, split="val", **kw)
+
+    labels = datasets.Dataset.from_dict(
+        {"image": [_pil(i) for i in range(4)], "label": [0, 1, 1, 0]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])}))
+    labels.to_parquet(root / "labels.parquet")
+    s = read_split("hf_datasets", root, path="labels.parquet", cache_dir=str(tmp_path / "cache"))
+    assert s.class_names == ["cat", "dog"] and [e.label for e in s.examples] == [0, 1, 1, 0]
+    assert to_uint8_tensor(s.examples[2].image, 8).shape == (3, 8, 8)
+
+
+def test_bytes_column_bad_images_and_strict(tmp_path, caplog):
+    root = tmp_path / "data"
+    good = _jpeg_bytes(0)
+    blobs = [good, good[: len(good) // 2], _jpeg_bytes(2)]
+    ds = datasets.Dataset.from_dict({"png": blobs, "label": ["a", "b", "a"]},
+                                    features=datasets.Features({"png": datasets.Value("binary"),
+                                                                "label": datasets.Value("string")}))
+    ds.save_to_disk(root / "b")
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl.data"):
+        s = read_split("hf_datasets", root, path="b", columns={"image": "png", "label": "label"})
+    assert any(re.search(r"skipped 1 unreadable.*row 1 column 'png': not a readable image", r.getMessage())
+               for r in caplog.records)
+    assert [e.image.row for e in s.examples] == [0, 2] and s.class_names == ["a", "b"]
+    with pytest.raises(ImageError, match=r"row 1 column 'png'"):
+        read_split("hf_datasets", root, path="b", columns={"image": "png", "label": "label"}, strict=True)
+    # With the check off, the loader replaces the row whose bytes fail.
+    s = read_split("hf_datasets", root, path="b", columns={"image": "png", "label": "label"}, verify=False)
+
+    class Kind:
+        name, uses_text = "cls", False
+
+        def sample_text(self, ex):
+            return None
+
+        def sample_fields(self, ex, i):
+            return {"labels": torch.tensor(ex.label)}
+
+    ds_ = TaskDataset(Kind(), s, 8)
+    assert ds_[1]["index"] in (0, 2) and ds_.images.replaced == 1
+
+
+def test_paths_in_a_dataset_stay_under_the_root(tmp_path):
+    root = tmp_path / "data"
+    _pil(0).save(tmp_path / "outside.png")
+    datasets.Dataset.from_dict({"image": ["../outside.png"], "text": ["x"]}).save_to_disk(root / "esc")
+    with pytest.raises(PathEscapeError, match="outside the data root"):
+        read_split("hf_datasets", root, path="esc")
+
+
+def test_clear_errors(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    _vqa_dict(2).save_to_disk(root / "one")
+    with pytest.raises(ValueError, match=r"column\(s\) \['question'\] not found.*columns \['img', 'q', 'ans', 'qid'\]"):
+        read_split("hf_datasets", root, path="one", columns={"image": "img", "question": "question"})
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['picture'\]"):
+        read_split("hf_datasets", root, path="one", columns={"picture": "img"})
+    with pytest.raises(ValueError, match="no image column"):
+        read_split("hf_datasets", root, path="one")
+    with pytest.raises(ValueError, match=r"image column 'qid' has type .*int64.*expected images"):
+        read_split("hf_datasets", root, path="one", columns={"image": "qid", "question": "q"})
+    with pytest.raises(FileNotFoundError, match="hf_datasets path .*nowhere not found"):
+        read_split("hf_datasets", root, path="nowhere")
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(ImportError, match=r"needs the optional package `datasets`.*mtl-lora-vl\[datasets\]"):
+        read_split("hf_datasets", root, path="one", columns={"image": "img", "question": "q"})
+
+
+def test_task_spec_points_at_a_dataset(tmp_path):
+    root = tmp_path / "data"
+    datasets.DatasetDict({"train": _vqa_dict(4), "validation": _vqa_dict(2, 4)}).save_to_disk(root / "vqa_ds")
+    spec_file = tmp_path / "my_vqa.toml"
+    spec_file.write_text(
+        'kind = "vqa"\n'
+        '[data]\nformat = "hf_datasets"\npath = "vqa_ds"\n'
+        'columns = {image = "img", question = "q", answers = "ans"}\n'
+        '[data.train]\nsplit = "train"\n[data.val]\nsplit = "validation"\n')
+    spec = load_spec(spec_file)
+    assert spec.data.format == "hf_datasets"
+    val = spec.load_split("val", root)
+    assert len(val.examples) == 2 and val.examples[0].answers == ("red", "red", "dark red")
+    img = load_image(val.examples[1].image)
+    assert np.asarray(img)[0, 0].tolist() == list(COLORS[5 % len(COLORS)])
