@@ -4,6 +4,7 @@ retrieval refused at start-up, and the training command end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -21,7 +22,7 @@ from mtl_lora_vl.cli import eval_main, train_main
 from mtl_lora_vl.data import world
 from mtl_lora_vl.data.loader import MultiTaskCollate, MultiTaskLoader, TaskDataset, to_device
 from mtl_lora_vl.data.records import Split
-from mtl_lora_vl.metrics import normalize_answer, vqa_accuracy
+from mtl_lora_vl.metrics import vqa_accuracy
 from mtl_lora_vl.multitask import MultiTaskModel
 from mtl_lora_vl.options import PATH_DEFAULTS, TrainOptions
 from mtl_lora_vl.tasks import SpecError, build_kind, load_spec
@@ -134,18 +135,30 @@ def test_generative_spec_table_is_checked(tmp_path):
 
 
 def test_vqa_answer_is_drawn_by_soft_score_and_deterministic(llava):
-    kind = _kinds(llava, ("vqa",))["vqa"]
-    ex = next(e for e in _split(kind.spec, "train", 40).examples if len({normalize_answer(a) for a in e.answers}) > 1)
+    kind = _kinds(llava, ("vqa",), n=40)["vqa"]
+    assert {"yes", "no", "red", "blue"} <= kind.consensus and not {"yep", "yeah", "nope"} & kind.consensus
+    base = _split(kind.spec, "train", 4).examples[0]
+    # Humans disagree between two consensus answers (and one typed a rare spelling): red 6, blue 3, grey 1.
+    ex = dataclasses.replace(base, answers=("red",) * 6 + ("blue",) * 3 + ("grey",))
     prompt, _, _ = kind.sample_lm(ex, 0)
     assert prompt == f"{llava.image_token} question: {ex.text} answer:"
     draws = [kind.sample_lm(ex, d) for d in range(2000)]
     assert draws[:50] == [kind.sample_lm(ex, d) for d in range(50)]          # same draw, same answer
     counts = Counter(a for _, a, _ in draws)
-    scores = {a: vqa_accuracy(a, ex.answers) for a in {normalize_answer(x) for x in ex.answers}}
-    total = sum(scores.values())
+    scores = {a: vqa_accuracy(a, ex.answers) for a in ("red", "blue")}
+    assert set(counts) == {"red", "blue"}                                    # "grey" is no consensus answer
     for answer, score in scores.items():
-        assert abs(counts[answer] / len(draws) - score / total) < 0.04, (answer, counts, scores)
+        assert abs(counts[answer] / len(draws) - score / sum(scores.values())) < 0.04, (answer, counts, scores)
     assert all(w == pytest.approx(scores[a]) for _, a, w in draws)           # loss weight = the answer's score
+    # A rare spelling beside the consensus answer is never a target: "yes" with weight 1.
+    yes = dataclasses.replace(base, answers=("yes",) * 8 + ("yep", "yeah"))
+    assert {kind.sample_lm(yes, d)[1:] for d in range(200)} == {("yes", 1.0)}
+    # No consensus answer at all: draw among what the humans said.
+    odd = dataclasses.replace(base, answers=("yep",) * 10)
+    assert kind.sample_lm(odd, 0)[1:] == ("yep", 1.0)
+    # The consensus set survives the adapter's saved state.
+    again = build_kind(kind.spec, None, llava, state=json.loads(json.dumps(kind.state())))
+    assert again.consensus == kind.consensus
 
 
 def test_loader_draws_answers_per_epoch_and_tokenises_in_workers(llava):

@@ -21,7 +21,11 @@ generation, as in VL-T5:
 * **Target**: each training row's answer is *sampled* among its distinct normalised human answers with
   probability proportional to their VQA soft scores, deterministically from (seed, epoch, example index),
   so a question whose humans disagree teaches every answer they gave, in proportion; the row's LM loss is
-  weighted by the sampled answer's soft score (VL-T5's ``loss * score``). The loss covers only the answer
+  weighted by the sampled answer's soft score (VL-T5's ``loss * score``). As VL-T5 samples only answers of
+  its frequent-answer vocabulary, only *consensus answers* are drawn: answers that are the majority answer
+  of some training question (a rare spelling such as "yep" beside "yes" is never one); a question with no
+  consensus answer among its answers draws from all of them. (Drawing "yep" cost the built-in LLaVA its
+  yes/no accuracy: a word it never produced gets a loss of ~16 nats, and its gradient swamps the rest.) The loss covers only the answer
   tokens and the end token (the prompt ``[generative] prompt``, default
   ``"{image} question: {question} answer:"``, is masked).
 * **Evaluation**: greedy generation of at most ``[generative] max_len`` tokens, scored with the official
@@ -84,6 +88,13 @@ class VQAHead(nn.Module):
         return prompt_scores(query, self.answer_weight, self.logit_scale) + self.bias
 
 
+def majority_answer(answers: tuple[str, ...] | list[str]) -> str:
+    """The most common normalised answer of one question (ties: the alphabetically first), "" for none."""
+    counts = Counter(normalize_answer(a) for a in answers)
+    counts.pop("", None)
+    return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0] if counts else ""
+
+
 @register_kind("vqa")
 class VQAKind(TaskKind):
     """Open-ended VQA (VQAv2 style): answer vocabulary, soft-score loss, VQA accuracy per question type."""
@@ -118,6 +129,7 @@ class VQAKind(TaskKind):
             self.answers = [str(a) for a in state["answers"]]
             self.answer_index = {a: i for i, a in enumerate(self.answers)}
             self.type_answers = {t: [int(i) for i in ids] for t, ids in state.get("type_answers", {}).items()}
+            self.consensus = frozenset(state.get("consensus", self.answers))
             return
         counts: Counter[str] = Counter()
         for ex in train.examples:
@@ -139,9 +151,11 @@ class VQAKind(TaskKind):
                 if ex.question_type and top and top[0][0] in self.answer_index:
                     by_type[ex.question_type].add(self.answer_index[top[0][0]])
         self.type_answers: dict[str, list[int]] = {t: sorted(ids) for t, ids in sorted(by_type.items())}
+        #: Answers that are the majority answer of at least one training question (generative targets).
+        self.consensus: frozenset[str] = frozenset(majority_answer(ex.answers) for ex in train.examples) - {""}
 
     def state(self) -> dict:
-        return {"answers": list(self.answers), "type_answers": self.type_answers}
+        return {"answers": list(self.answers), "type_answers": self.type_answers, "consensus": sorted(self.consensus)}
 
     # ------------------------------------------------------------------ loader side
 
@@ -158,11 +172,13 @@ class VQAKind(TaskKind):
         return format_prompt(self.spec.generative["prompt"], self.image_token, question=self.question(example))
 
     def sample_lm(self, example: Example, draw: int) -> tuple[str, str, float]:
-        """Prompt, an answer drawn by soft score (``draw`` fixes the choice), and that answer's soft score."""
+        """Prompt, a consensus answer drawn by soft score (``draw`` fixes the choice), and that answer's soft
+        score (see the module docstring)."""
         answers = sorted({normalize_answer(a) for a in example.answers} - {""})
         if not answers:
             raise ValueError(f"task {self.name!r}: training question {example.text!r} (image {example.image_id!r}) "
                              "has no answers")
+        answers = [a for a in answers if a in self.consensus] or answers
         scores = [vqa_accuracy(a, example.answers) for a in answers]
         i = weighted_index(draw, scores)
         return self.prompt(example), answers[i], scores[i]
