@@ -32,7 +32,7 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 #: minutes on 2 CPU cores: a language-model row is ~90 tokens (64 of them image tokens) instead of one
 #: pooled embedding, and evaluation decodes text.
 PATH_DEFAULTS: dict[str, tuple[Any, Any]] = {
-    "steps": (400, 120),
+    "steps": (400, 200),
     "batch_size": (64, 16),
     "eval_batch_size": (256, 100),
 }
