@@ -1,13 +1,24 @@
-"""torchrun / DDP plumbing: who am I, which device, and averaging numbers across ranks.
+"""torchrun / DDP plumbing: who am I, which device, averaging numbers across ranks, sharded evaluation.
 
 ``torchrun --nproc_per_node N scripts/train_vl.py ...`` sets RANK, WORLD_SIZE and LOCAL_RANK; we
 then use NCCL on CUDA and gloo on the CPU. Without those variables everything is a no-op.
+
+**Sharded evaluation.** Inside ``with sharded_evaluation(info):`` (every rank enters it), each call
+``map_shards(fn, items)`` that a task kind makes around its per-example work (predicting answers,
+embedding images or texts, generating captions) runs ``fn`` on this rank's contiguous shard of
+``items`` only, then gathers the shards' results in order, so every rank gets what ``fn(items)`` gives
+in one process: a list (concatenated) or a tensor (concatenated along dim 0, back on the device ``fn``
+returned it on). The kind then computes its metrics from the full results as it always does. Outside
+the scope, or without DDP, ``map_shards(fn, items)`` is ``fn(items)``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -74,3 +85,55 @@ def barrier(info: DistInfo) -> None:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# Sharded evaluation ---------------------------------------------------------------------------------
+T = TypeVar("T")
+R = TypeVar("R")
+_sharding: list[DistInfo] = []     # the open sharded_evaluation scopes (innermost last)
+
+
+@contextlib.contextmanager
+def sharded_evaluation(info: DistInfo) -> Iterator[None]:
+    """While open (on every rank), :func:`map_shards` splits per-example work across the ranks of ``info``."""
+    _sharding.append(info)
+    try:
+        yield
+    finally:
+        _sharding.pop()
+
+
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``[start, stop)`` of rank ``rank``'s contiguous shard of ``n`` items (sizes differ by at most one)."""
+    return rank * n // world_size, (rank + 1) * n // world_size
+
+
+def map_shards(fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> R:
+    """``fn(items)``, computed shard by shard across the ranks inside :func:`sharded_evaluation`.
+
+    ``fn`` maps a sequence of items to one result per item, as a list or a tensor with one row per item.
+    With fewer items than ranks every rank computes all of them (no rank gets an empty shard).
+    """
+    info = _sharding[-1] if _sharding else None
+    if info is None or not info.enabled or len(items) < info.world_size:
+        return fn(items)
+    start, stop = shard_bounds(len(items), info.rank, info.world_size)
+    part = fn(items[start:stop])
+    if isinstance(part, torch.Tensor):
+        return _all_gather_rows(part, info)  # type: ignore[return-value]
+    parts: list[Any] = [None] * info.world_size
+    dist.all_gather_object(parts, list(part))
+    return [x for p in parts for x in p]  # type: ignore[return-value]
+
+
+def _all_gather_rows(part: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The ranks' tensors concatenated along dim 0, in rank order (shapes may differ in dim 0 only)."""
+    comm = info.device if info.device.type == "cuda" else torch.device("cpu")   # NCCL: CUDA; gloo: CPU
+    sizes = [torch.zeros(1, dtype=torch.int64, device=comm) for _ in range(info.world_size)]
+    dist.all_gather(sizes, torch.tensor([part.shape[0]], dtype=torch.int64, device=comm))
+    rows = [int(s.item()) for s in sizes]
+    padded = torch.zeros((max(rows), *part.shape[1:]), dtype=part.dtype, device=comm)
+    padded[: part.shape[0]] = part.to(comm)
+    out = [torch.empty_like(padded) for _ in rows]
+    dist.all_gather(out, padded)
+    return torch.cat([o[:n] for o, n in zip(out, rows)]).to(part.device)

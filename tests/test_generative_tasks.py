@@ -70,7 +70,7 @@ def _rows(kinds, backbone, per_task=3):
     """Loader rows (as the workers make them) of the first ``per_task`` examples of each task."""
     rows = []
     for t, kind in enumerate(kinds.values()):
-        ds = TaskDataset(kind, _split(kind.spec, "train", 6), backbone.image_size, task=t, seed=0)
+        ds = TaskDataset(kind, _split(kind.spec, "train", 6), backbone.image_size)
         rows += [dict(ds[i], task_id=t) for i in range(per_task)]
     return rows
 
@@ -161,7 +161,7 @@ def test_vqa_answer_is_drawn_by_soft_score_and_deterministic(llava):
     assert again.consensus == kind.consensus
 
 
-def test_loader_draws_answers_per_epoch_and_tokenises_in_workers(llava):
+def test_loader_rows_are_the_same_in_workers_and_tokenised_there(llava):
     kinds = _kinds(llava, ("vqa", "captioning"), n=4)
     splits = [_split(k.spec, "train", 4) for k in kinds.values()]
     loader = MultiTaskLoader(list(kinds.values()), splits, llava, batch_size=6, steps=3, num_workers=1, seed=0)

@@ -58,13 +58,14 @@ On the generative path the step is one language-model pass for every row of ever
         rows["lm_loss"] = row_loss[rows["rows"]]
         loss = loss + spec.loss_weight * kind.loss(heads[name], backbone, rows, None, None)
 
-Per-example random choices (VQA's answer drawn by soft score) are fixed by
-:func:`mtl_lora_vl.data.sampler.draw_seed` of (seed, task, epoch, index): the same in every worker and
-after a resume.
+Per-row random choices (VQA's answer drawn by soft score: the ``draw`` passed to ``sample_lm``) come
+from the row's own seed (:mod:`mtl_lora_vl.data.seeding`: a function of seed, rank, step and position), so
+they are the same with any number of workers and after a resume, and differ from epoch to epoch.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -75,7 +76,8 @@ from torch.utils.data import DataLoader, Dataset
 from mtl_lora_vl.data.fallback import ImageFallback, current_policy
 from mtl_lora_vl.data.images import ImageError, to_uint8_tensor
 from mtl_lora_vl.data.records import Example, Split
-from mtl_lora_vl.data.sampler import MultiTaskBatchSampler, draw_seed
+from mtl_lora_vl.data.sampler import MultiTaskBatchSampler
+from mtl_lora_vl.data.seeding import SeededBatches, SeededDataset, loader_generator, reseed_loader
 from mtl_lora_vl.log import progress
 
 
@@ -103,40 +105,37 @@ def decode_image(example: Example, size: int) -> Tensor:
 
 class TaskDataset(Dataset):
     """One task's examples as rows ``{"image", "text", "index", "fields"}`` (made in a worker); on the
-    generative path also ``"lm"``: the kind's ``(prompt, target, weight)``, drawn with
-    ``draw_seed(seed, task, epoch, index)``.
+    generative path also ``"lm"``: the kind's ``(prompt, target, weight)``, its random choices fixed by a
+    ``draw`` taken from Python's ``random`` (seeded for every row by :class:`SeededDataset`).
 
     A row whose image cannot be decoded is replaced by another row of the task, counted and reported
     once per file (``self.images``, an :class:`ImageFallback`); ``split.strict`` raises instead.
     """
 
-    def __init__(self, kind: _Kind, split: Split, image_size: int, *, task: int = 0, seed: int = 0) -> None:
+    def __init__(self, kind: _Kind, split: Split, image_size: int) -> None:
         if not split.examples:
             raise ValueError(f"task {kind.name!r} has no examples to load")
         self.kind = kind
         self.examples = split.examples
         self.image_size = int(image_size)
-        self.task = int(task)
-        self.seed = int(seed)
         self.generative = bool(getattr(kind, "generative", False))
         self.images = ImageFallback(kind.name, split.examples, self.image_size, strict=split.strict)
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, index: int, epoch: int = 0) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         index, image = self.images.decode(index)   # another row of the task if this image fails
         ex = self.examples[index]
         row = {"image": image, "text": self.kind.sample_text(ex),
                "index": index, "fields": self.kind.sample_fields(ex, index)}
         if self.generative:
-            row["lm"] = self.kind.sample_lm(ex, draw_seed(self.seed, self.task, epoch, index))
+            row["lm"] = self.kind.sample_lm(ex, random.getrandbits(63))
         return row
 
 
 class MultiTaskDataset(Dataset):
-    """Several :class:`TaskDataset` addressed by ``(task_id, index)`` or ``(task_id, index, epoch)`` (what
-    the batch sampler yields)."""
+    """Several :class:`TaskDataset` addressed by ``(task_id, index)`` (what the batch sampler yields)."""
 
     def __init__(self, datasets: Sequence[TaskDataset]) -> None:
         self.datasets = list(datasets)
@@ -144,9 +143,9 @@ class MultiTaskDataset(Dataset):
     def __len__(self) -> int:
         return sum(len(d) for d in self.datasets)
 
-    def __getitem__(self, key: tuple[int, ...]) -> dict[str, Any]:
-        task, index, *rest = key
-        row = self.datasets[task].__getitem__(index, *rest)
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        task, index = key
+        row = self.datasets[task][index]
         row["task_id"] = task
         return row
 
@@ -257,11 +256,10 @@ class MultiTaskLoader:
                              f"language model but {[n for n, g in zip(names, generative) if not g]} do not; build "
                              "every kind on the same backbone")
         self.task_names = names
-        self.datasets = [TaskDataset(k, s, backbone.image_size, task=t, seed=seed)
-                         for t, (k, s) in enumerate(zip(kinds, splits))]
+        self.datasets = [TaskDataset(k, s, backbone.image_size) for k, s in zip(kinds, splits)]
         self.sampler = MultiTaskBatchSampler([len(d) for d in self.datasets], batch_size, strategy=strategy,
                                              temperature=temperature, mode=mode, seed=seed, steps=steps,
-                                             rank=rank, world_size=world_size, with_epochs=True)
+                                             rank=rank, world_size=world_size)
         if generative and all(generative):
             self.collate = MultiTaskCollate(names, [False] * len(names), None, lm_collator=backbone.lm_collator())
         else:
@@ -269,8 +267,12 @@ class MultiTaskLoader:
         extra: dict[str, Any] = {}
         if num_workers > 0:
             extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor or 2}
-        self.loader = DataLoader(MultiTaskDataset(self.datasets), batch_sampler=self.sampler,
-                                 collate_fn=self.collate, num_workers=num_workers,
+        # Rows are made under their own seeds and the workers' seeds come from the loader's generator
+        # (mtl_lora_vl.data.seeding), so batches do not depend on workers or resumption.
+        self.generator = loader_generator()
+        self.loader = DataLoader(SeededDataset(MultiTaskDataset(self.datasets)),
+                                 batch_sampler=SeededBatches(self.sampler), collate_fn=self.collate,
+                                 num_workers=num_workers, generator=self.generator,
                                  pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
                                  **extra)
         self.consumed = self.sampler.step
@@ -282,6 +284,7 @@ class MultiTaskLoader:
         # Rewind the sampler past batches a previous iterator prefetched but nobody consumed.
         if self.sampler.step != self.consumed:
             self.sampler.load_state_dict(self.sampler.state_dict(self.consumed))
+        reseed_loader(self.generator, self.sampler.seed, self.sampler.rank, self.consumed)
         for batch in self.loader:
             self.consumed += 1
             yield batch

@@ -1,10 +1,7 @@
 """Multi-task batch sampling: which task's samples make up each training batch.
 
 :class:`MultiTaskBatchSampler` yields batches as lists of ``(task_id, index)`` pairs, where
-``task_id`` is the task's position in the list of sizes given and ``index`` an example of that task
-(``with_epochs=True``: ``(task_id, index, epoch)``, the epoch of that task the draw belongs to, so that
-per-example randomness in the loader -- e.g. VQA's sampled answer -- can be a function of
-:func:`draw_seed` ``(seed, task, epoch, index)``).
+``task_id`` is the task's position in the list of sizes given and ``index`` an example of that task.
 
 * **Task probabilities** (``strategy``): ``proportional`` (p ∝ n), ``temperature`` (p ∝ n^(1/T); T = 1
   is proportional, large T tends to uniform) and ``round_robin`` (equal shares, cycled exactly).
@@ -50,11 +47,6 @@ def _mix(*parts: int) -> int:
     return h & 0x7FFFFFFFFFFFFFFF
 
 
-def draw_seed(seed: int, task: int, epoch: int, index: int) -> int:
-    """The integer that fixes per-example random choices of one draw (same in every worker, run and resume)."""
-    return _mix(seed, 3, task, epoch, index)
-
-
 def task_probabilities(sizes: Sequence[int], strategy: str = "proportional",
                        temperature: float = 2.0) -> list[float]:
     """Per-task sampling probabilities for ``strategy`` (see the module docstring)."""
@@ -72,12 +64,12 @@ def task_probabilities(sizes: Sequence[int], strategy: str = "proportional",
     return [w / total for w in weights]
 
 
-class MultiTaskBatchSampler(Sampler[list[tuple[int, ...]]]):
+class MultiTaskBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches of ``(task_id, index)`` over several tasks; see the module docstring."""
 
     def __init__(self, sizes: Sequence[int], batch_size: int, *, strategy: str = "proportional",
                  temperature: float = 2.0, mode: str = "mixed", seed: int = 0, steps: int | None = None,
-                 rank: int = 0, world_size: int = 1, every_task: bool = True, with_epochs: bool = False) -> None:
+                 rank: int = 0, world_size: int = 1, every_task: bool = True) -> None:
         sizes = [int(n) for n in sizes]
         if not sizes:
             raise ValueError("MultiTaskBatchSampler needs at least one task")
@@ -103,7 +95,6 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, ...]]]):
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.every_task = bool(every_task)
-        self.with_epochs = bool(with_epochs)
         self.probabilities = task_probabilities(sizes, strategy, temperature)
         self._probs = torch.tensor(self.probabilities, dtype=torch.float64)
         self.step = 0
@@ -139,14 +130,14 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, ...]]]):
             self._perms[task] = cached
         return cached[1]
 
-    def _take(self, task: int, k: int) -> list[tuple[int, int]]:
-        """The next ``k`` ``(index, epoch)`` draws of ``task``'s stream (starting new epochs as needed)."""
-        out: list[tuple[int, int]] = []
+    def _take(self, task: int, k: int) -> list[int]:
+        """The next ``k`` indices of ``task``'s stream (starting new epochs as needed)."""
+        out: list[int] = []
         while len(out) < k:
             perm = self._perm(task)
             pos = self._positions[task]
             chunk = perm[pos:pos + (k - len(out))].tolist()
-            out.extend((i, self._epochs[task]) for i in chunk)
+            out.extend(chunk)
             self._positions[task] = pos + len(chunk)
             if self._positions[task] >= self.sizes[task]:
                 self._epochs[task] += 1
@@ -186,7 +177,7 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, ...]]]):
         g = torch.Generator().manual_seed(_mix(self.seed, 2, self.step))
         return int(torch.multinomial(self._probs, 1, generator=g).item())
 
-    def next_batch(self) -> list[tuple[int, ...]]:
+    def next_batch(self) -> list[tuple[int, int]]:
         """This rank's next batch (advances the state by one step)."""
         self._remember()
         if self.mode == "homogeneous":
@@ -194,15 +185,15 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, ...]]]):
             counts[self._homogeneous_task()] = self.batch_size
         else:
             counts = self._mixed_counts()
-        batch: list[tuple[int, ...]] = []
+        batch: list[tuple[int, int]] = []
         for task, c in enumerate(counts):
             if c:
-                drawn = self._take(task, c * self.world_size)[self.rank * c:(self.rank + 1) * c]
-                batch.extend((task, i, e) if self.with_epochs else (task, i) for i, e in drawn)
+                drawn = self._take(task, c * self.world_size)
+                batch.extend((task, i) for i in drawn[self.rank * c:(self.rank + 1) * c])
         self.step += 1
         return batch
 
-    def __iter__(self) -> Iterator[list[tuple[int, ...]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         while self.steps is None or self.step < self.steps:
             yield self.next_batch()
 

@@ -17,7 +17,11 @@ from what it saved: ``KindClass(spec, None, backbone, state=kind.state())``. The
   returns a flat ``dict[str, float]`` holding ``headline_metric`` (in [0, 1], higher is better) plus
   extras. ``head=None`` applies the kind's **zero-shot rule** to the backbone's embeddings. It runs
   without gradients, under autocast in ``dtype``, with the model and head in eval mode (their
-  training flags are restored afterwards).
+  training flags are restored afterwards). **Under DDP** evaluation is sharded: a kind wraps its
+  per-example work (one result per item: a list, or a tensor with one row per item) as
+  ``map_shards(lambda part: self.predict(..., part, ...), examples)`` (:mod:`mtl_lora_vl.distributed`);
+  each rank computes its shard, every rank gets the full results in order, and the metrics are computed
+  from them as in one process. Work left unwrapped runs whole on every rank (same scores, no speed-up).
 
 **Two paths** (DESIGN §3): a kind picks its path from the backbone's capabilities when it is built, and
 stores it as ``kind.generative`` (:func:`mtl_lora_vl.tasks.generative.uses_language_model`). On a
@@ -126,7 +130,8 @@ class TaskKind(ABC):
 
     def sample_lm(self, example: Example, draw: int) -> tuple[str, str, float]:
         """Generative path: this row's ``(prompt, target, weight)``; the LM loss covers only the target (and
-        its end token). ``draw`` is an integer fixed by (seed, epoch, example index), for kinds that choose
+        its end token). ``draw`` is an integer fixed by the row's seed (seed, rank, step, position in the batch: the
+        same with any number of workers and after a resume), for kinds that choose
         a target at random (VQA)."""
         raise NotImplementedError(f"task kind {self.kind!r} has no generative path (sample_lm)")
 

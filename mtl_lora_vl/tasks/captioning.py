@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
+from mtl_lora_vl.distributed import map_shards
 from mtl_lora_vl.metrics import caption_scores
 from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.base import TaskKind, caption_of, require_captions, spec_error
@@ -149,8 +150,8 @@ class CaptioningKind(TaskKind):
             images = eval_subset(images, self.spec.generative["eval_limit"])
         if not images:
             raise ValueError(f"task {self.name!r}: the evaluation split has no reference captions")
-        captions = self.generate(backbone, head, images, batch_size=batch_size, device=device, dtype=dtype,
-                                 num_workers=num_workers)
+        captions = map_shards(lambda part: self.generate(backbone, head, part, batch_size=batch_size, device=device,
+                                                         dtype=dtype, num_workers=num_workers), images)
         preds = {ex.image_id: c for ex, c in zip(images, captions)}
         out = caption_scores(preds, {k: refs[k] for k in preds})
         out["n_images"] = float(len(images))

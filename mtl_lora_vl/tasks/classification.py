@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
+from mtl_lora_vl.distributed import map_shards
 from mtl_lora_vl.metrics import per_class_accuracy, topk_accuracy
 from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.base import (
@@ -186,8 +187,8 @@ class ClassificationKind(TaskKind):
             raise ValueError(f"task {self.name!r}: the evaluation split has {len(split.class_names)} classes but "
                              f"training has {len(self.class_names)}")
         self._check_labels(examples, "evaluation")
-        logits = self.logits(backbone, head, examples, batch_size=batch_size, device=device, dtype=dtype,
-                             num_workers=num_workers)
+        logits = map_shards(lambda part: self.logits(backbone, head, part, batch_size=batch_size, device=device,
+                                                     dtype=dtype, num_workers=num_workers), examples)
         labels = torch.tensor([ex.label for ex in examples])
         out = topk_accuracy(logits, labels, ks=(1, 5))
         per_class = per_class_accuracy(logits.argmax(dim=1), labels, len(self.class_names))

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from mtl_lora_vl.backbones.base import TEXT_EMBEDDINGS, BackboneError
 from mtl_lora_vl.data.records import Example, Split
+from mtl_lora_vl.distributed import map_shards
 from mtl_lora_vl.metrics import retrieval_recall
 from mtl_lora_vl.tasks.base import (
     TaskKind,
@@ -167,9 +168,10 @@ class RetrievalKind(TaskKind):
         images, texts, text_to_image = retrieval_texts(split)
         if not texts:
             raise ValueError(f"task {self.name!r}: the evaluation split has no captions")
-        img = image_embeddings(backbone, images, batch_size=batch_size, device=device, dtype=dtype,
-                               num_workers=num_workers)
-        txt = encode_texts(backbone, texts, device=device, dtype=dtype, batch_size=batch_size)
+        img = map_shards(lambda part: image_embeddings(backbone, part, batch_size=batch_size, device=device,
+                                                       dtype=dtype, num_workers=num_workers), images)
+        txt = map_shards(lambda part: encode_texts(backbone, part, device=device, dtype=dtype,
+                                                   batch_size=batch_size), texts)
         sim = F.normalize(img.float(), dim=-1) @ txt.t()
         out = retrieval_recall(sim.cpu(), torch.tensor(text_to_image), ks=tuple(self.spec.options["ks"]))
         out["n_images"] = float(len(images))

@@ -19,14 +19,15 @@
 generation, as in VL-T5:
 
 * **Target**: each training row's answer is *sampled* among its distinct normalised human answers with
-  probability proportional to their VQA soft scores, deterministically from (seed, epoch, example index),
-  so a question whose humans disagree teaches every answer they gave, in proportion; the row's LM loss is
-  weighted by the sampled answer's soft score (VL-T5's ``loss * score``). As VL-T5 samples only answers of
-  its frequent-answer vocabulary, only *consensus answers* are drawn: answers that are the majority answer
-  of some training question (a rare spelling such as "yep" beside "yes" is never one); a question with no
-  consensus answer among its answers draws from all of them. (Drawing "yep" cost the built-in LLaVA its
-  yes/no accuracy: a word it never produced gets a loss of ~16 nats, and its gradient swamps the rest.) The loss covers only the answer
-  tokens and the end token (the prompt ``[generative] prompt``, default
+  probability proportional to their VQA soft scores, and the row's LM loss is weighted by the sampled
+  answer's soft score (VL-T5's ``loss * score``), so a question whose humans disagree teaches every answer
+  they gave, in proportion. The draw is fixed by the row's seed (the loader's seed, rank, step and
+  position: the same with any number of workers and after a resume; each epoch draws anew). As VL-T5
+  samples only answers of its frequent-answer vocabulary, only *consensus answers* are drawn: answers that
+  are the majority answer of some training question (a rare spelling such as "yep" beside "yes" is never
+  one); a question with no consensus answer among its answers draws from all of them. (The built-in LLaVA
+  never says "yep": its loss there is ~16 nats, so a drawn "yep" would swamp the batch's gradient.) The
+  loss covers only the answer tokens and the end token (the prompt ``[generative] prompt``, default
   ``"{image} question: {question} answer:"``, is masked).
 * **Evaluation**: greedy generation of at most ``[generative] max_len`` tokens, scored with the official
   normalisation and VQA accuracy, overall and per question type, on the first ``[generative] eval_limit``
@@ -42,6 +43,7 @@ from torch import Tensor, nn
 
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
+from mtl_lora_vl.distributed import map_shards
 from mtl_lora_vl.metrics import normalize_answer, vqa_accuracy
 from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.base import (
@@ -251,8 +253,8 @@ class VQAKind(TaskKind):
         if missing:
             raise ValueError(f"task {self.name!r}: {len(missing)} evaluation questions have no answers "
                              f"(e.g. image {missing[0]!r}); evaluate on a split with annotations")
-        preds = self.predict(backbone, head, examples, batch_size=batch_size, device=device, dtype=dtype,
-                             num_workers=num_workers)
+        preds = map_shards(lambda part: self.predict(backbone, head, part, batch_size=batch_size, device=device,
+                                                     dtype=dtype, num_workers=num_workers), examples)
         by_type: dict[str, list[float]] = defaultdict(list)
         scores = []
         for ex, pred in zip(examples, preds):

@@ -1,27 +1,54 @@
 """Training checkpoints: written atomically, read back without unpickling arbitrary objects.
 
-A checkpoint holds only what training changes (adapter tensors, heads, optimizer, scheduler, grad
-scaler, sampler and RNG state), not the frozen base model. It is one ``torch.save`` file of tensors
-and plain Python values, loaded with ``weights_only=True``.
+A checkpoint holds only what training changes, not the frozen base model. ``checkpoint.pt`` (written by
+rank 0) is one ``torch.save`` file of tensors and plain values, loaded with ``weights_only=True``:
+
+    checkpoint_version  2 (files of 0.1.x have no version: 1)
+    step                optimizer steps done
+    trainable           adapter tensors and heads (MultiTaskModel.trainable_state)
+    optimizer, scheduler, scaler      (Optimization.state_dict)
+    sampler             the multi-task sampler after the consumed batches (the same on every rank)
+    log_window          losses logged since the last metrics row
+    world_size          processes of the run
+    rng_state           rank 0's generators: python, numpy, torch (CPU), cuda (every device); see .rng
+    rng                 rank 0's torch CPU generator alone (what version 1 saved and reads)
+
+Every other rank r writes what is its own -- its generators and its loss window (each rank averages its
+own losses; the log row is their mean) -- to ``checkpoint-rank{r}.pt`` beside it, atomically too:
+``{"checkpoint_version", "rank", "states": {step: {"rng_state", "log_window"}}}``, holding its last two
+checkpoints. A periodic checkpoint is written after the rank files (behind a barrier), so a
+``checkpoint.pt`` of step s always finds step s in every rank file, whichever process was killed first.
+The loader needs no state of its own beyond the sampler: its rows and workers are seeded from (seed,
+rank, step) (:mod:`mtl_lora_vl.data.seeding`).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..data.loader import MultiTaskLoader
+from ..distributed import DistInfo, barrier
 from ..io.atomic import atomic_file
 from ..multitask import MultiTaskModel
 from .optim import Optimization
+from .rng import rng_state, seed_rank, set_rng_state
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_VERSION = 2
+_KEEP = 2     # checkpoints whose generator states a rank file keeps
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not fit this run."""
+
+
+def rank_file(run_dir: str | Path, rank: int) -> Path:
+    """Where rank ``rank`` (> 0) keeps its generator states."""
+    return Path(run_dir) / f"checkpoint-rank{rank}.pt"
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: str | Path) -> Path:
@@ -32,6 +59,13 @@ def save_checkpoint(state: dict[str, Any], run_dir: str | Path) -> Path:
     return final
 
 
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({e}); it may be truncated") from None
+
+
 def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
     """Read ``run_dir/checkpoint.pt`` (tensors and plain values only)."""
     path = Path(run_dir) / CHECKPOINT_NAME
@@ -39,24 +73,91 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: no checkpoint to resume from; the run saves one every --save-every steps and on Ctrl-C"
         )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({e}); it may be truncated") from None
+    return _read(path)
 
 
 def training_state(step: int, model: MultiTaskModel, optim: Optimization, loader: MultiTaskLoader,
-                   log_window: dict[str, list[float]]) -> dict[str, Any]:
-    """Everything ``--resume`` needs to continue exactly: trained tensors, optimizer side, sampler, RNG."""
-    return {"step": step, "trainable": model.trainable_state(), **optim.state_dict(),
-            "sampler": loader.state_dict(), "rng": torch.get_rng_state(), "log_window": log_window}
+                   log_window: dict[str, list[float]], world_size: int = 1) -> dict[str, Any]:
+    """Everything ``--resume`` needs to continue exactly (rank 0's part; see the module docstring)."""
+    return {"checkpoint_version": CHECKPOINT_VERSION, "step": step, "trainable": model.trainable_state(),
+            **optim.state_dict(), "sampler": loader.state_dict(), "log_window": log_window,
+            "world_size": world_size, "rng_state": rng_state(), "rng": torch.get_rng_state()}
+
+
+def save_rank_state(run_dir: str | Path, rank: int, step: int, log_window: dict[str, list[float]]) -> Path:
+    """Add this process's generators and loss window at ``step`` to its rank file (keeping the last two steps)."""
+    path = rank_file(run_dir, rank)
+    states: dict[int, Any] = {}
+    if path.is_file():
+        try:
+            states = {int(s): v for s, v in _read(path)["states"].items() if int(s) < step}
+        except (CheckpointError, KeyError, TypeError, ValueError, AttributeError):
+            states = {}
+    states[step] = {"rng_state": rng_state(), "log_window": log_window}
+    keep = sorted(states)[-_KEEP:]
+    doc = {"checkpoint_version": CHECKPOINT_VERSION, "rank": rank, "states": {s: states[s] for s in keep}}
+    with atomic_file(path, overwrite=True, what="save_checkpoint") as tmp:
+        torch.save(doc, tmp)
+    return path
+
+
+def save_training_checkpoint(run_dir: str | Path, step: int, model: MultiTaskModel, optim: Optimization,
+                             loader: MultiTaskLoader, log_window: dict[str, list[float]], info: DistInfo, *,
+                             sync: bool = True) -> None:
+    """Every rank's part of a checkpoint: rank r > 0 its rank file, rank 0 ``checkpoint.pt``.
+
+    ``sync`` (every rank is at the same step, e.g. a periodic save): rank 0 writes after a barrier, once
+    every rank file holds ``step``. Without it (Ctrl-C, SIGTERM: ranks may be anywhere) nobody waits.
+    """
+    if not info.is_main:
+        save_rank_state(run_dir, info.rank, step, log_window)
+    if sync:
+        barrier(info)
+    if info.is_main:
+        save_checkpoint(training_state(step, model, optim, loader, log_window, info.world_size), run_dir)
+
+
+def _rank_state(run_dir: str | Path | None, rank: int, step: int) -> dict[str, Any] | None:
+    """Rank ``rank``'s ``{"rng_state", "log_window"}`` at ``step`` from its rank file, or None when it has none."""
+    if run_dir is None or not rank_file(run_dir, rank).is_file():
+        return None
+    try:
+        states = {int(s): v for s, v in _read(rank_file(run_dir, rank))["states"].items()}
+    except (CheckpointError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return states.get(step)
 
 
 def restore_training_state(state: dict[str, Any], model: MultiTaskModel, optim: Optimization,
-                           loader: MultiTaskLoader) -> tuple[int, dict[str, list[float]]]:
-    """Put a :func:`training_state` back; returns the step and the log window to continue from."""
+                           loader: MultiTaskLoader, *, run_dir: str | Path | None = None, rank: int = 0,
+                           seed: int = 0) -> tuple[int, dict[str, list[float]]]:
+    """Put a :func:`training_state` back, and this rank's generators; returns the step and this rank's
+    log window.
+
+    A version-1 checkpoint restores the torch CPU generator alone (what it saved), on every rank. A rank
+    whose state for the checkpoint's step is missing (the run was killed between the rank files and
+    ``checkpoint.pt`` of an unsynchronised save) continues with streams seeded from (seed, rank, step)
+    and rank 0's loss window, with a warning: the run then no longer matches an uninterrupted one bit
+    for bit.
+    """
     model.load_trainable_state(state["trainable"])
     optim.load_state_dict(state)
     loader.load_state_dict(state["sampler"])
-    torch.set_rng_state(state["rng"])
-    return int(state["step"]), state.get("log_window", {})
+    step = int(state["step"])
+    log_window = state.get("log_window", {})
+    if "rng_state" not in state:          # version 1
+        torch.set_rng_state(state["rng"])
+    elif rank == 0:
+        set_rng_state(state["rng_state"])
+    else:
+        mine = _rank_state(run_dir, rank, step)
+        if mine is None:
+            warnings.warn(f"rank {rank}: no state for step {step} in {rank_file(run_dir or '.', rank)} (the run "
+                          f"stopped between writing it and {CHECKPOINT_NAME}); this rank continues with fresh "
+                          "generators, so the resumed run will not repeat an uninterrupted one exactly",
+                          stacklevel=2)
+            seed_rank(seed, rank, step)
+        else:
+            set_rng_state(mine["rng_state"])
+            log_window = mine["log_window"]
+    return step, log_window

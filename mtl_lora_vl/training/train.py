@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import random
 import signal
 import threading
 from collections.abc import Iterator
@@ -24,16 +23,17 @@ from torch import nn
 
 from ..adapters.attach import parameter_report
 from ..data.loader import MultiTaskLoader
-from ..distributed import DistInfo, barrier, cleanup, init_distributed
+from ..distributed import DistInfo, barrier, cleanup, init_distributed, sharded_evaluation
 from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, write_outputs
 from ..io import save_adapter
 from ..multitask import Setup, build_setup, extend_setup
 from ..options import TrainOptions
 from ..precision import resolve_precision
 from ..rundir import prepare_run_dir
-from .checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
+from .checkpoint import load_checkpoint, restore_training_state, save_training_checkpoint
 from .metrics_log import LossWindow, MetricsLog, progress_bar, truncate_metrics
 from .optim import Optimization, build_optimization
+from .rng import preserved_rng, seed_everything, seed_rank
 from .step import forward_backward, optimizer_step, skip_bad_step
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ def start(opts: TrainOptions) -> Run:
 
     setup = extend_setup(opts, info.device) if opts.extend else build_setup(opts, info.device)
     opts = opts.with_path_defaults(any(kind.generative for kind in setup.kinds.values()))
+    seed_rank(opts.seed, info.rank)  # every rank builds the same model, then draws its own dropout masks
     if info.is_main and not opts.resume:
         (run_dir / "config.json").write_text(json.dumps(asdict(opts), indent=2) + "\n")
     setup.model.set_trained_tasks(list(setup.train_splits), setup.config.tasks)
@@ -117,11 +118,6 @@ def describe(run: Run) -> str:
             f"projections, {heads_n:,} head parameters, {report['base_frozen']:,} frozen; {where}")
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def default_workers() -> int:
     """Loader workers when not given: one per spare core, at most four."""
     return max(0, min(4, (os.cpu_count() or 1) - 1))
@@ -141,7 +137,8 @@ def build_loader(run: Run) -> MultiTaskLoader:
 def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> tuple[int, dict[str, list[float]]]:
     """Load the last checkpoint into the model, optimizer and loader; drop log rows written after it.
     Returns the step and the losses logged since the last log row."""
-    step, log_window = restore_training_state(load_checkpoint(run.dir), run.setup.model, optim, loader)
+    step, log_window = restore_training_state(load_checkpoint(run.dir), run.setup.model, optim, loader,
+                                              run_dir=run.dir, rank=run.info.rank, seed=run.opts.seed)
     if run.info.is_main:
         truncate_metrics(run.dir / "metrics.jsonl", step)
         logger.info("resumed %s at step %d/%d", run.dir, step, run.total_steps)
@@ -199,9 +196,8 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
     window = LossWindow(log_window)
     bad = 0  # non-finite steps in a row
 
-    def checkpoint() -> None:
-        if info.is_main:
-            save_checkpoint(training_state(step, model, optim, loader, window.losses), run.dir)
+    def checkpoint(sync: bool = True) -> None:  # sync: every rank is at this point of the same step
+        save_training_checkpoint(run.dir, step, model, optim, loader, window.losses, info, sync=sync)
 
     with sigterm_stops_the_loop():
         try:
@@ -231,7 +227,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
                 if step % opts.save_every == 0 and step < run.total_steps:
                     checkpoint()
         except (KeyboardInterrupt, Stop):
-            checkpoint()
+            checkpoint(sync=False)
             if info.is_main:
                 logger.warning("stopped at step %d; checkpoint saved. Continue the run with --resume %s", step, run.dir)
             return False
@@ -242,32 +238,36 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
 
 
 def evaluate_during_training(run: Run, step: int, log: MetricsLog) -> None:
-    """Validation scores of the adapted model, logged as ``eval/<task>/<metric>`` (rank 0; the others wait)."""
-    if run.info.is_main:
-        opts = run.opts
+    """Validation scores of the adapted model, logged as ``eval/<task>/<metric>`` by rank 0. Every rank
+    scores its shard of each split; the generators are put back, so evaluating does not change training."""
+    opts = run.opts
+    with preserved_rng(), sharded_evaluation(run.info):
         scores = evaluate_adapted(run.setup, split="val", data_root=opts.data_root, device=run.info.device,
                                   dtype=run.amp_dtype, batch_size=opts.eval_batch_size)
-        log.log({"step": step, **{f"eval/{t}/{m}": v for t, r in scores.items() for m, v in r.items()}})
-    barrier(run.info)
+    log.log({"step": step, **{f"eval/{t}/{m}": v for t, r in scores.items() for m, v in r.items()}})
 
 
 # Finish -----------------------------------------------------------------------------------------
 def finish(run: Run) -> None:
-    """Rank 0: the adapter files, then zero-shot vs adapted on ``--eval-split``: eval.json, report.md, plots."""
-    if not run.info.is_main:
-        return
+    """Rank 0 writes the adapter files; every rank scores its shard of zero-shot vs adapted on
+    ``--eval-split``; rank 0 writes eval.json, report.md and plots."""
     opts, setup = run.opts, run.setup
     model = setup.model
-    save_adapter(model.model, run.dir / "adapter", heads=dict(model.heads.items()),
-                 task_specs={s.name: s.source_file for s in setup.specs if s.source_file},
-                 base={"backbone": opts.backbone, "pretrained": opts.pretrained},
-                 kinds=setup.kinds, overwrite=True)
-    result = evaluate_setup(setup, split=opts.eval_split, data_root=opts.data_root, device=run.info.device,
-                            dtype=run.amp_dtype, batch_size=opts.eval_batch_size, workers=run.workers,
-                            zero_shot=not opts.skip_zero_shot)
-    if opts.eval_val:
-        result["val"] = evaluate_adapted(setup, split="val", data_root=opts.data_root, device=run.info.device,
-                                         dtype=run.amp_dtype, batch_size=opts.eval_batch_size, workers=run.workers)
+    if run.info.is_main:
+        save_adapter(model.model, run.dir / "adapter", heads=dict(model.heads.items()),
+                     task_specs={s.name: s.source_file for s in setup.specs if s.source_file},
+                     base={"backbone": opts.backbone, "pretrained": opts.pretrained},
+                     kinds=setup.kinds, overwrite=True)
+    with sharded_evaluation(run.info):
+        result = evaluate_setup(setup, split=opts.eval_split, data_root=opts.data_root, device=run.info.device,
+                                dtype=run.amp_dtype, batch_size=opts.eval_batch_size, workers=run.workers,
+                                zero_shot=not opts.skip_zero_shot)
+        if opts.eval_val:
+            result["val"] = evaluate_adapted(setup, split="val", data_root=opts.data_root, device=run.info.device,
+                                             dtype=run.amp_dtype, batch_size=opts.eval_batch_size,
+                                             workers=run.workers)
+    if not run.info.is_main:
+        return
     result["trained_tasks"] = run.trained
     if opts.extend:
         result["extended_from"] = {"run": str(opts.extend), "tasks": setup.extended_from,

@@ -1,0 +1,128 @@
+"""Two gloo processes: sharded evaluation scores what one process scores, and a resumed DDP run (every
+rank's generators restored from its own state) repeats the uninterrupted one bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import rng_kind
+import sharded_eval
+import torch
+from safetensors.torch import load_file
+
+from mtl_lora_vl.backbones import builtin_dir
+from mtl_lora_vl.cli import eval_main
+from mtl_lora_vl.io import ADAPTER_WEIGHTS
+
+TESTS = Path(__file__).resolve().parent
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+pytestmark = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
+                                reason="built-in backbone not built (python scripts/pretrain_backbone.py)")
+
+
+def torchrun(port: int, *args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 400) -> tuple[str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-4000:]
+    return out, err
+
+
+@pytest.fixture
+def procs():
+    """Started torchrun processes; any still running when the test ends (it failed) are killed."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+
+
+def test_sharded_evaluation_equals_one_process(tmp_path, procs):
+    proc = torchrun(29531, str(TESTS / "sharded_eval.py"), str(tmp_path / "ddp"), str(tmp_path / "ddp.json"))
+    procs.append(proc)
+    one = json.loads(json.dumps(sharded_eval.scores(tmp_path / "one"), sort_keys=True))  # while it runs
+    finish(proc)
+    two = json.loads((tmp_path / "ddp.json").read_text())
+    shards = two.pop("shards")
+    assert two == one
+    # rank 0 scored only its half of every sharded list: vqa, caption_cls, retrieval
+    # images and texts, captioning images, for zero-shot and adapted
+    assert shards and all(start == 0 and stop == n // 2 for n, start, stop in shards)
+    assert {n for n, _, _ in shards} >= {13, 5}
+    assert set(one["test"]) == {"vqa", "retrieval", "caption_cls"}
+    assert any(r["adapted"] != r["zero_shot"] for r in one["test"].values())
+    assert set(one["val_adapted"]) == {"vqa", "retrieval", "caption_cls"}
+
+
+def _step(path: Path) -> int:
+    try:
+        return int(torch.load(path, weights_only=True)["step"])
+    except Exception:  # noqa: BLE001 - not there yet, or being replaced
+        return 0
+
+
+def _copy_at_checkpoint(run: Path, dest: Path, proc: subprocess.Popen) -> int:
+    """Copy ``run``'s checkpoint files as soon as it has a checkpoint (what a kill would leave); its step."""
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "checkpoint.pt").is_file() and _step(run / "checkpoint.pt") > 0:
+            dest.mkdir()
+            shutil.copy(run / "checkpoint.pt", dest)
+            shutil.copy(run / "checkpoint-rank1.pt", dest)
+            shutil.copy(run / "config.json", dest)
+            lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+            (dest / "metrics.jsonl").write_text("".join(x for x in lines if x.endswith("\n")))
+            return _step(dest / "checkpoint.pt")
+        time.sleep(0.02)
+    raise AssertionError("the run ended before a checkpoint could be copied")
+
+
+def _rows(run: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rows]
+
+
+def test_ddp_resume_repeats_the_run_and_its_sharded_scores_match_one_process(tmp_path, procs):
+    steps = 8
+    tasks = f"{rng_kind.small_spec(tmp_path, 'vqa')},{rng_kind.small_spec(tmp_path, 'retrieval', kind=rng_kind.KIND)}"
+    args = ["--tasks", tasks, "--steps", str(steps), "--batch-size", "6", "--workers", "1", "--dropout", "0.1",
+            "--log-every", "2", "--save-every", "3", "--eval-every", "4", "--eval-batch-size", "32",
+            "--warmup", "2", "--device", "cpu"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    proc = torchrun(29532, str(TESTS / "rng_kind.py"), *args, "--out", str(straight))
+    procs.append(proc)
+    at = _copy_at_checkpoint(straight, killed, proc)
+    out, err = finish(proc)
+    assert "world size 2" in err and out.count("| vqa | vqa_accuracy |") == 1   # rank 0 logs and reports
+    assert 0 < at < steps
+
+    finish(torchrun(29532, str(TESTS / "rng_kind.py"), "--resume", str(killed), "--workers", "1", "--device", "cpu"))
+    a, b = (load_file(str(d / "adapter" / ADAPTER_WEIGHTS)) for d in (straight, killed))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=0, rtol=0, msg=k)
+    assert _rows(killed) == _rows(straight)
+    assert any("eval/sampled/mean_recall" in r for r in _rows(straight))   # periodic evaluation, sharded
+
+    # The run's final evaluation (sharded over two processes) equals one process scoring its adapter.
+    ddp = json.loads((straight / "eval.json").read_text())["tasks"]
+    with rng_kind.registered():
+        assert eval_main(["--adapter", str(straight / "adapter"), "--batch-size", "32", "--out",
+                          str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "eval.json").read_text())["tasks"]
+    assert set(ddp) == {"vqa", "sampled"}
+    for task in ddp:
+        assert (ddp[task]["zero_shot"], ddp[task]["adapted"]) == (one[task]["zero_shot"], one[task]["adapted"])
+        assert ddp[task]["details"] == one[task]["details"]

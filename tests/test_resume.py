@@ -1,0 +1,218 @@
+"""Resume repeats the uninterrupted run bit for bit: every generator, per rank, and the loader's rows.
+
+The runs use adapter dropout (torch's generator in the training process), temperature task sampling,
+``--workers 2``, and a task kind (``rng_kind.SampledRetrievalKind``) that draws from Python's ``random``,
+NumPy and torch in the loader's rows and from ``random`` and NumPy in its loss. Each ablation test drops
+one piece of the saved or seeded state on resume and checks that the run then no longer matches, so the
+main test can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rng_kind
+import torch
+from safetensors.torch import load_file
+from vl_tiny import tiny_backbone
+
+import mtl_lora_vl.data.seeding as seeding
+import mtl_lora_vl.training.checkpoint as checkpoint
+from mtl_lora_vl.backbones import builtin_dir
+from mtl_lora_vl.cli import train_main
+from mtl_lora_vl.data.loader import MultiTaskLoader
+from mtl_lora_vl.data.world import build_split
+from mtl_lora_vl.distributed import DistInfo, map_shards, shard_bounds, sharded_evaluation
+from mtl_lora_vl.io import ADAPTER_WEIGHTS
+from mtl_lora_vl.training.rng import preserved_rng, rng_state, seed_everything, set_rng_state
+
+SNAP_AT, STEPS = 4, 8
+builtin_only = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
+                                  reason="built-in backbone not built (python scripts/pretrain_backbone.py)")
+
+
+def run_args(tmp: Path) -> list[str]:
+    tasks = f"{rng_kind.small_spec(tmp, 'vqa')},{rng_kind.small_spec(tmp, 'retrieval', kind=rng_kind.KIND)}"
+    return ["--tasks", tasks, "--steps", str(STEPS), "--batch-size", "8", "--workers", "2", "--dropout", "0.1",
+            "--sampling", "temperature", "--log-every", "2", "--save-every", str(SNAP_AT), "--eval-batch-size", "32",
+            "--warmup", "2"]
+
+
+def adapter_tensors(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "adapter" / ADAPTER_WEIGHTS))
+
+
+def losses(run: Path) -> list[dict[str, float]]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k.startswith("loss") or k == "step"} for r in rows]
+
+
+def same_run(a: Path, b: Path) -> bool:
+    ta, tb = adapter_tensors(a), adapter_tensors(b)
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta) and losses(a) == losses(b)
+
+
+@pytest.fixture(scope="module")
+def sampled_kind():
+    with rng_kind.registered():
+        yield
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, sampled_kind):
+    """An uninterrupted run, and a copy of its run directory as it was right after the step-4 checkpoint."""
+    tmp = tmp_path_factory.mktemp("resume")
+    save = checkpoint.save_checkpoint
+
+    def save_and_snapshot(state, run_dir):
+        path = save(state, run_dir)
+        if state["step"] == SNAP_AT:
+            shutil.copytree(run_dir, tmp / "snapshot")
+        return path
+
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checkpoint, "save_checkpoint", save_and_snapshot)
+        assert train_main(run_args(tmp) + ["--out", str(tmp / "straight")]) == 0
+    return tmp / "straight", tmp / "snapshot"
+
+
+def resume_copy(snapshot: Path, tmp: Path) -> Path:
+    run = Path(shutil.copytree(snapshot, tmp / "resumed"))
+    assert int(torch.load(run / "checkpoint.pt", weights_only=True)["step"]) == SNAP_AT
+    assert train_main(["--resume", str(run), "--workers", "2"]) == 0
+    return run
+
+
+@builtin_only
+def test_resumed_run_with_workers_equals_the_uninterrupted_one(straight, tmp_path):
+    full, snapshot = straight
+    state = checkpoint.load_checkpoint(snapshot)
+    assert state["checkpoint_version"] == 2 and state["world_size"] == 1
+    assert set(state["rng_state"]) == {"python", "numpy", "torch", "cuda"}
+    resumed = resume_copy(snapshot, tmp_path)
+    a, b = adapter_tensors(full), adapter_tensors(resumed)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=0, rtol=0, msg=k)
+    assert losses(resumed) == losses(full)
+    assert [r["step"] for r in losses(full)] == [2, 4, 6, 8]
+
+
+def _torch_state_only(state):
+    torch.set_rng_state(state["torch"])
+
+
+@builtin_only
+@pytest.mark.parametrize("dropped", ["python_numpy_state", "torch_state", "row_seeds"])
+def test_resume_without_each_piece_of_state_differs(straight, tmp_path, monkeypatch, dropped):
+    """Without the python/numpy generators, the torch one, or the rows' own seeds the resumed run
+    differs: the equality above is not an accident of nothing drawing from them."""
+    full, snapshot = straight
+    if dropped == "python_numpy_state":
+        monkeypatch.setattr(checkpoint, "set_rng_state", _torch_state_only)
+    elif dropped == "torch_state":
+        monkeypatch.setattr(checkpoint, "set_rng_state", lambda s: set_rng_state({**s, "torch": torch.get_rng_state()}))
+    else:  # rows drawn from the workers' running streams, as a plain DataLoader does
+        monkeypatch.setattr(seeding, "seed_global_rngs", lambda key: None)
+    assert not same_run(full, resume_copy(snapshot, tmp_path))
+
+
+# ------------------------------------------------------------------------------------------- loader
+
+
+class _Drawing:
+    """A loader-side kind stub whose rows carry what the three global generators gave."""
+
+    name, uses_text = "drawing", False
+
+    def sample_text(self, example):
+        return None
+
+    def sample_fields(self, example, index):
+        draws = [random.random(), float(np.random.rand()), float(torch.rand(()))]
+        return {"draws": torch.tensor(draws, dtype=torch.float64)}
+
+
+def _draws(loader, n=None):
+    out = []
+    for batch in loader:
+        out.append(batch["tasks"]["drawing"]["draws"])
+        if n is not None and len(out) == n:
+            break
+    return out
+
+
+def test_rows_are_seeded_by_position_not_by_worker(tmp_path):
+    bb = tiny_backbone(tmp_path)
+    split = build_split("classification", "train", n=24, seed=0)
+
+    def loader(workers, seed=0):
+        return MultiTaskLoader([_Drawing()], [split], bb, batch_size=4, seed=seed, steps=6, num_workers=workers,
+                               pin_memory=False)
+
+    before = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    plain = _draws(loader(0))
+    # making batches in the training process leaves its generators where they were
+    after = torch.get_rng_state(), random.getstate(), np.random.get_state()[1]
+    assert torch.equal(before[0], after[0]) and before[1] == after[1] and (before[2] == after[2]).all()
+    workers = _draws(loader(2))
+    assert all(torch.equal(a, b) for a, b in zip(plain, workers)) and len(plain) == 6
+    assert len({float(x) for batch in plain for x in batch[:, 0]}) == 24     # rows draw different numbers
+    # a loader resumed after three consumed batches (its workers prefetched more) continues identically
+    first = loader(2)
+    _draws(first, 3)
+    again = loader(2)
+    again.load_state_dict(first.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(plain[3:], _draws(again)))
+    assert not torch.equal(_draws(loader(0, seed=1))[0], plain[0])
+
+
+# ------------------------------------------------------------------------------------------- units
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    seed_everything(3)
+    random.random(), np.random.rand(), np.random.randn(), torch.rand(2)
+    torch.save({"rng_state": rng_state()}, tmp_path / "c.pt")
+    expected = random.random(), float(np.random.randn()), torch.rand(3)
+    seed_everything(99)
+    set_rng_state(torch.load(tmp_path / "c.pt", weights_only=True)["rng_state"])
+    got = random.random(), float(np.random.randn()), torch.rand(3)
+    assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
+
+
+def test_preserved_rng_puts_every_generator_back():
+    seed_everything(5)
+    expected = random.random(), float(np.random.rand()), torch.rand(2)
+    seed_everything(5)
+    with preserved_rng():
+        random.random(), np.random.rand(), torch.rand(7)
+    got = random.random(), float(np.random.rand()), torch.rand(2)
+    assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
+
+
+def test_rank_file_keeps_the_last_two_steps_and_restores_by_step(tmp_path):
+    for step in (3, 6, 9):
+        torch.manual_seed(step)
+        checkpoint.save_rank_state(tmp_path, 1, step, {"loss": [float(step)]})
+    doc = torch.load(checkpoint.rank_file(tmp_path, 1), weights_only=True)
+    assert sorted(doc["states"]) == [6, 9] and doc["rank"] == 1
+    torch.manual_seed(6)
+    expected = torch.rand(2)
+    mine = checkpoint._rank_state(tmp_path, 1, 6)
+    assert mine["log_window"] == {"loss": [6.0]}
+    set_rng_state(mine["rng_state"])
+    assert torch.equal(torch.rand(2), expected)
+    assert checkpoint._rank_state(tmp_path, 1, 3) is None and checkpoint._rank_state(tmp_path, 2, 6) is None
+
+
+def test_map_shards_without_ddp_is_the_plain_call():
+    assert shard_bounds(10, 0, 3) == (0, 3) and shard_bounds(10, 2, 3) == (6, 10)
+    assert [shard_bounds(5, r, 2) for r in range(2)] == [(0, 2), (2, 5)]
+    with sharded_evaluation(DistInfo()):
+        assert map_shards(lambda xs: [x * 2 for x in xs], [1, 2, 3]) == [2, 4, 6]
