@@ -16,18 +16,38 @@ from __future__ import annotations
 
 import operator
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
-__all__ = ["EvalOptions", "ExportOptions", "TrainOptions", "check_ranges", "field_types", "option_names",
-           "range_text"]
+__all__ = ["PATH_DEFAULTS", "EvalOptions", "ExportOptions", "TrainOptions", "check_ranges", "field_types",
+           "option_names", "range_text"]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+#: Options whose default depends on the path the task kinds take on the chosen backbone (DESIGN §3):
+#: ``(contrastive, generative)``. Left unset (None), an option takes its path's value once the backbone is
+#: loaded (:meth:`TrainOptions.with_path_defaults`); the run's ``config.json`` records the value used. The
+#: generative values fit the LLaVA main job (``--backbone builtin-llava --tasks vqa,captioning``) into a few
+#: minutes on 2 CPU cores: a language-model row is ~90 tokens (64 of them image tokens) instead of one
+#: pooled embedding, and evaluation decodes text.
+PATH_DEFAULTS: dict[str, tuple[Any, Any]] = {
+    "steps": (400, 200),
+    "batch_size": (64, 16),
+    "eval_batch_size": (256, 100),
+}
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
     """A field with a default, its help text and (optional) range: ``ge``, ``gt``, ``le``, ``lt``."""
     return field(default=default, metadata={"help": help, **kw})
+
+
+def _path_opt(name: str, help: str, **kw: Any) -> Any:
+    """A field of :data:`PATH_DEFAULTS`: unset (None) until the run's path is known."""
+    contrastive, generative = PATH_DEFAULTS[name]
+    return _opt(None, f"{help} (default {contrastive}; {generative} when the tasks run through a generative "
+                      "backbone's language model, e.g. --backbone builtin-llava)", **kw)
 
 
 @dataclass
@@ -52,10 +72,10 @@ class TrainOptions:
     lambda_type: Literal["full", "diagonal", "none"] = _opt("full", "task-specific Lambda_t")
     dropout: float = _opt(0.0, "dropout on adapter inputs", ge=0, lt=1)
     targets: str = _opt("default", "'default' or a JSON dict {\"image\": [regex], \"text\": [regex]}")
-    steps: int = _opt(400, "optimizer steps (ignored when --epochs is given)", ge=0)
+    steps: int | None = _path_opt("steps", "optimizer steps (ignored when --epochs is given)", ge=0)
     epochs: float | None = _opt(None, "train for this many passes over all tasks' training data instead of --steps",
                                 gt=0)
-    batch_size: int = _opt(64, "samples per step and per process (before accumulation)", ge=1)
+    batch_size: int | None = _path_opt("batch_size", "samples per step and per process (before accumulation)", ge=1)
     lr: float = _opt(2e-3, "learning rate of the adapters", gt=0)
     head_lr: float = _opt(3e-3, "learning rate of the task heads", gt=0)
     task_lr_mult: float = _opt(1.0, "learning-rate multiplier for the task-specific adapter tensors "
@@ -75,7 +95,7 @@ class TrainOptions:
                            ge=0)
     save_every: int = _opt(100, "write a checkpoint every N steps (and on Ctrl-C)", ge=1)
     log_every: int = _opt(10, "log training metrics every N steps", ge=1)
-    eval_batch_size: int = _opt(256, "batch size of evaluation", ge=1)
+    eval_batch_size: int | None = _path_opt("eval_batch_size", "batch size of evaluation", ge=1)
     eval_split: str = _opt("test", "split scored at the end (falls back to val when a task has no test split)")
     eval_val: bool = _opt(False, "also score the adapted model on the validation split at the end (eval.json 'val')")
     skip_zero_shot: bool = _opt(False, "skip the zero-shot score of the base model at the end (benchmarks compute it once)")
@@ -94,8 +114,13 @@ class TrainOptions:
     def validate(self) -> None:
         """Raise ValueError naming the option when a value is out of its range."""
         check_ranges(self)
-        if self.steps < 1 and not self.epochs:
+        if self.steps is not None and self.steps < 1 and not self.epochs:
             raise ValueError(f"--steps: must be >= 1 (or give --epochs), got {self.steps}")
+
+    def with_path_defaults(self, generative: bool) -> TrainOptions:
+        """A copy whose unset path-dependent options (:data:`PATH_DEFAULTS`) take the value of the run's path:
+        ``generative`` = the task kinds run through the backbone's language model."""
+        return replace(self, **{k: v[int(generative)] for k, v in PATH_DEFAULTS.items() if getattr(self, k) is None})
 
 
 @dataclass

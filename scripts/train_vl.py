@@ -4,8 +4,14 @@
     python scripts/train_vl.py --tasks vqa,retrieval
 """
 
+import os
 import sys
 from pathlib import Path
+
+# On a busy or shared CPU, OpenMP threads that spin while they wait for work starve each other: a training step
+# of the built-in LLaVA took 10x longer with other jobs on the cores. Sleeping threads cost little; set before
+# torch loads its OpenMP runtime (OMP_WAIT_POLICY=ACTIVE in the environment restores spinning).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 

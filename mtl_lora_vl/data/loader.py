@@ -17,7 +17,16 @@ Batch layout (what :class:`MultiTaskLoader` yields; B rows, grouped by task in a
     batch["indices"]    LongTensor (B,)       example index within its task's split
     batch["images"]     uint8 (B, 3, S, S)    -> float (B, 3, S, S) in ``dtype`` after to_device()
     batch["tokens"]     LongTensor (B, L)     each row's text tokenised (a row without text holds
-                                              the tokens of "")
+                                              the tokens of ""); absent on the generative path
+    batch["lm"]         {                     generative path only (the kinds run through a language
+                                              model): every row's prompt + target, made by
+                                              ``backbone.lm_collator()`` in the workers
+        "input_ids":      LongTensor (B, T)   prompt + target + end token, image placeholder
+                                              expanded, right-padded to the batch's longest row
+        "attention_mask": LongTensor (B, T)
+        "labels":         LongTensor (B, T)   the target's ids and the end token; -100 on the
+                                              prompt and on padding
+    }
     batch["text_rows"]  LongTensor (N_text,)  rows whose task ``uses_text``: the text-tower rows
     batch["tasks"]      {task_name: {         only the tasks present in this batch
         "rows":       LongTensor (n_t,)       this task's rows of the batch (contiguous)
@@ -25,6 +34,8 @@ Batch layout (what :class:`MultiTaskLoader` yields; B rows, grouped by task in a
         <fields>:     Tensor (n_t, ...)       the kind's own per-row tensors, stacked
                                               (vqa "targets", classification "labels",
                                                retrieval "image_key")
+        "lm_weight":  FloatTensor (n_t,)      generative path: the weight the kind gave each row's
+                                              LM loss (VQA: the sampled answer's soft score)
     }}
 
 One training step then runs each tower once, one route per tower pass (what
@@ -43,10 +54,23 @@ One training step then runs each tower once, one route per tower pass (what
         with route(router, name):                             # for kinds that run the model themselves
             loss = loss + spec.loss_weight * kind.loss(heads[name], backbone, rows,
                                                        image_emb[rows["rows"]], t)
+
+On the generative path the step is one language-model pass for every row of every task::
+
+    with route(model, batch["task_ids"]):
+        row_loss = backbone.lm_loss(batch["images"], **batch["lm"])       # (B,) per-row mean token CE
+    for name, rows in task_views(batch):
+        rows["lm_loss"] = row_loss[rows["rows"]]
+        loss = loss + spec.loss_weight * kind.loss(heads[name], backbone, rows, None, None)
+
+Per-row random choices (VQA's answer drawn by soft score: the ``draw`` passed to ``sample_lm``) come
+from the row's own seed (:mod:`mtl_lora_vl.data.seeding`: a function of seed, rank, step and position), so
+they are the same with any number of workers and after a resume, and differ from epoch to epoch.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -67,10 +91,13 @@ class _Kind(Protocol):
 
     name: str
     uses_text: bool
+    generative: bool
 
     def sample_text(self, example: Example) -> str | None: ...
 
     def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]: ...
+
+    def sample_lm(self, example: Example, draw: int) -> tuple[str, str, float]: ...
 
 
 def decode_image(example: Example, size: int) -> Tensor:
@@ -82,7 +109,9 @@ def decode_image(example: Example, size: int) -> Tensor:
 
 
 class TaskDataset(Dataset):
-    """One task's examples as rows ``{"image", "text", "index", **fields}`` (made in a worker).
+    """One task's examples as rows ``{"image", "text", "index", "fields"}`` (made in a worker); on the
+    generative path also ``"lm"``: the kind's ``(prompt, target, weight)``, its random choices fixed by a
+    ``draw`` taken from Python's ``random`` (seeded for every row by :class:`SeededDataset`).
 
     A row whose image cannot be decoded is replaced by another row of the task, counted and reported
     once per file (``self.images``, an :class:`ImageFallback`); ``split.strict`` raises instead.
@@ -94,6 +123,7 @@ class TaskDataset(Dataset):
         self.kind = kind
         self.examples = split.examples
         self.image_size = int(image_size)
+        self.generative = bool(getattr(kind, "generative", False))
         self.images = ImageFallback(kind.name, split.examples, self.image_size, strict=split.strict)
 
     def __len__(self) -> int:
@@ -102,8 +132,11 @@ class TaskDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         index, image = self.images.decode(index)   # another row of the task if this image fails
         ex = self.examples[index]
-        return {"image": image, "text": self.kind.sample_text(ex),
-                "index": index, "fields": self.kind.sample_fields(ex, index)}
+        row = {"image": image, "text": self.kind.sample_text(ex),
+               "index": index, "fields": self.kind.sample_fields(ex, index)}
+        if self.generative:
+            row["lm"] = self.kind.sample_lm(ex, random.getrandbits(63))
+        return row
 
 
 class MultiTaskDataset(Dataset):
@@ -137,14 +170,17 @@ class MultiTaskCollate:
     """Collate rows of several tasks into the batch layout of the module docstring (runs in workers).
 
     ``task_ids[i]`` is the adapter's task id of task i of this loader (default: i, when the loader's
-    tasks are the adapter's tasks in order).
+    tasks are the adapter's tasks in order). With ``lm_collator`` (a generative backbone's picklable
+    ``backbone.lm_collator()``), every row's ``(prompt, target)`` is tokenised into ``batch["lm"]`` and
+    ``tokens`` is left out; else ``tokenizer`` makes ``tokens``.
     """
 
     def __init__(self, task_names: Sequence[str], uses_text: Sequence[bool], tokenizer: Any,
-                 task_ids: Sequence[int] | None = None) -> None:
+                 task_ids: Sequence[int] | None = None, *, lm_collator: Any = None) -> None:
         self.task_names = list(task_names)
         self.uses_text = list(uses_text)
         self.tokenizer = tokenizer
+        self.lm_collator = lm_collator
         self.task_ids = list(range(len(self.task_names))) if task_ids is None else [int(t) for t in task_ids]
         if len(self.task_ids) != len(self.task_names) or len(set(self.task_ids)) != len(self.task_ids):
             raise ValueError(f"MultiTaskCollate: task_ids {self.task_ids} must give one distinct id per task "
@@ -154,14 +190,23 @@ class MultiTaskCollate:
         aid = self.task_ids
         rows = sorted(rows, key=lambda r: aid[r["task_id"]])   # stable: keeps the sampler's order within a task
         ids = [aid[r["task_id"]] for r in rows]
-        tokens = self.tokenizer([r["text"] if r["text"] is not None else "" for r in rows])
         batch: dict[str, Any] = {
             "task_ids": torch.tensor(ids, dtype=torch.long),
             "segments": _segments(ids),
             "indices": torch.tensor([r["index"] for r in rows], dtype=torch.long),
             "images": torch.stack([r["image"] for r in rows]),
-            "tokens": tokens,
         }
+        lm_weight = None
+        if self.lm_collator is not None:
+            lm = [r.get("lm") for r in rows]
+            if any(x is None for x in lm):
+                bad = self.task_names[rows[lm.index(None)]["task_id"]]
+                raise ValueError(f"task {bad!r} gave no (prompt, target) for the language model; on a generative "
+                                 "backbone every task kind must implement sample_lm")
+            batch["lm"] = dict(self.lm_collator([p for p, _, _ in lm], [t for _, t, _ in lm]))
+            lm_weight = torch.tensor([float(w) for _, _, w in lm], dtype=torch.float32)
+        else:
+            batch["tokens"] = self.tokenizer([r["text"] if r["text"] is not None else "" for r in rows])
         text_rows: list[int] = []
         tasks: dict[str, dict[str, Tensor]] = {}
         for t in sorted(range(len(self.task_names)), key=lambda i: aid[i]):
@@ -174,6 +219,8 @@ class MultiTaskCollate:
                 text_rows.extend(idx)
             for key in rows[idx[0]]["fields"]:
                 view[key] = torch.stack([rows[i]["fields"][key] for i in idx])
+            if lm_weight is not None:
+                view["lm_weight"] = lm_weight[idx]
             tasks[self.task_names[t]] = view
         batch["text_rows"] = torch.tensor(text_rows, dtype=torch.long)
         batch["text_segments"] = _segments([ids[i] for i in text_rows])
@@ -198,11 +245,13 @@ def to_device(batch: dict[str, Any], device: torch.device | str, dtype: torch.dt
 
 
 def task_views(batch: dict[str, Any]) -> Iterator[tuple[str, dict[str, Tensor]]]:
-    """``(task_name, rows)`` per task of a batch: its images, tokens and indices, plus its fields and row indices."""
+    """``(task_name, rows)`` per task of a batch: its images, tokens (when the batch has them) and indices,
+    plus its fields and row indices."""
     for name, view in batch["tasks"].items():
         rows = view["rows"]
-        sub = {"images": batch["images"][rows], "tokens": batch["tokens"][rows],
-               "indices": batch["indices"][rows]}
+        sub = {"images": batch["images"][rows], "indices": batch["indices"][rows]}
+        if "tokens" in batch:
+            sub["tokens"] = batch["tokens"][rows]
         sub.update(view)
         yield name, sub
 
@@ -235,12 +284,21 @@ class MultiTaskLoader:
             if unknown:
                 raise ValueError(f"MultiTaskLoader: task(s) {unknown} are not in the adapter's tasks {list(adapter_tasks)}")
             task_ids = [list(adapter_tasks).index(n) for n in names]
+        generative = [bool(getattr(k, "generative", False)) for k in kinds]
+        if any(generative) and not all(generative):
+            raise ValueError(f"MultiTaskLoader: tasks {[n for n, g in zip(names, generative) if g]} run through a "
+                             f"language model but {[n for n, g in zip(names, generative) if not g]} do not; build "
+                             "every kind on the same backbone")
         self.task_names = names
         self.datasets = [TaskDataset(k, s, backbone.image_size) for k, s in zip(kinds, splits)]
         self.sampler = MultiTaskBatchSampler([len(d) for d in self.datasets], batch_size, strategy=strategy,
                                              temperature=temperature, mode=mode, seed=seed, steps=steps,
                                              rank=rank, world_size=world_size)
-        self.collate = MultiTaskCollate(names, [k.uses_text for k in kinds], backbone.tokenizer, task_ids)
+        if generative and all(generative):
+            self.collate = MultiTaskCollate(names, [False] * len(names), None, task_ids,
+                                            lm_collator=backbone.lm_collator())
+        else:
+            self.collate = MultiTaskCollate(names, [k.uses_text for k in kinds], backbone.tokenizer, task_ids)
         extra: dict[str, Any] = {}
         if num_workers > 0:
             extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor or 2}

@@ -21,7 +21,7 @@ from ..log import progress
 from ..multitask import MultiTaskModel, Setup
 from ..precision import resolve_precision
 from ..rundir import RunDirError
-from .report import markdown_table, write_plots
+from .report import details_table, markdown_table, write_plots
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,9 @@ def evaluate_adapted(setup, *, split: str, data_root: str | None, device, dtype,
 
 def evaluate_setup(setup, *, split: str, data_root: str | None, device, dtype: torch.dtype, batch_size: int,
                    workers: int = 0, zero_shot: bool = True) -> dict[str, Any]:
-    """``{"tasks": {name: {"metric", "zero_shot", "adapted", "change", "split", "n", "details"}}}``;
-    with ``zero_shot=False`` the base model is not scored and ``zero_shot`` / ``change`` are None."""
+    """``{"tasks": {name: {"metric", "zero_shot", "adapted", "change", "split", "n", "metrics", "details"}}}``
+    (``n``: the examples scored; ``metrics``: the spec's metrics, which the report's second table shows beside
+    the headline); with ``zero_shot=False`` the base model is not scored and ``zero_shot`` / ``change`` are None."""
     tasks: dict[str, Any] = {}
     bar = progress(desc="evaluate", total=2 * len(setup.specs), unit="pass")
     for spec in setup.specs:
@@ -70,11 +71,13 @@ def evaluate_setup(setup, *, split: str, data_root: str | None, device, dtype: t
                     workers=workers)
         bar.update(1)
         metric = kind.headline_metric
-        logger.debug("%s (%s, %d examples): %s zero-shot %s, adapted %.4f", name, split_name,
-                     len(data.examples), metric, "skipped" if zs is None else f"{zs[metric]:.4f}", ad[metric])
+        # n: what was scored (a generative kind may score only the first [generative] eval_limit examples)
+        n = int(ad.get("n", ad.get("n_images", len(data.examples))))
+        logger.debug("%s (%s, %d examples): %s zero-shot %s, adapted %.4f", name, split_name, n, metric,
+                     "skipped" if zs is None else f"{zs[metric]:.4f}", ad[metric])
         tasks[name] = {"metric": metric, "zero_shot": zs[metric] if zs else None, "adapted": ad[metric],
                        "change": ad[metric] - zs[metric] if zs else None, "kind": spec.kind, "split": split_name,
-                       "n": len(data.examples), "details": {"zero_shot": zs, "adapted": ad}}
+                       "n": n, "metrics": list(spec.metrics), "details": {"zero_shot": zs, "adapted": ad}}
     bar.close()
     return {"tasks": tasks, "config": setup.config.to_dict()}
 
@@ -85,6 +88,9 @@ def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model) ->
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown_table(result)
+    details = details_table(result)
+    if details:
+        table += "\n\n" + details
     plots = write_plots(run_dir, result, adapted_model)
     lines = ["# Zero-shot vs adapted", "", table, ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]

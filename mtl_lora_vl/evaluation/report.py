@@ -24,6 +24,32 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def detail_keys(r: dict[str, Any]) -> list[str]:
+    """A task's metrics beside its headline, in the order the report shows them: the headline's breakdown
+    (``vqa_accuracy/<question type>``), then each other metric its spec lists (``per_x`` names a breakdown
+    ``per_x/<...>``); keys the adapted scores lack are left out."""
+    scores = (r.get("details") or {}).get("adapted") or {}
+    head = r["metric"]
+    keys = [k for k in scores if k.startswith(head + "/")]
+    for m in r.get("metrics", []):
+        if m != head:
+            keys += [k for k in scores if k == m or k.startswith(m + "/")]
+    return list(dict.fromkeys(keys))
+
+
+def details_table(result: dict[str, Any]) -> str:
+    """The other metrics of each task (``detail_keys``) as a second Markdown table; "" when there are none."""
+    rows = []
+    for name, r in result["tasks"].items():
+        zs, ad = r["details"].get("zero_shot") or {}, r["details"]["adapted"]
+        for k in detail_keys(r):
+            z, change = ("–", "–") if k not in zs else (f"{zs[k]:.4f}", f"{ad[k] - zs[k]:+.4f}")
+            rows.append(f"| {name} | {k} | {z} | {ad[k]:.4f} | {change} |")
+    if not rows:
+        return ""
+    return "\n".join(["| task | other metrics | zero-shot | adapted | change |", "|---|---|---:|---:|---:|", *rows])
+
+
 def mixing_matrices(model) -> dict[str, torch.Tensor]:
     """softmax(w_t / τ) averaged over the adapted projections of each tower: {tower: (T, n)}."""
     info = attach_info(model)

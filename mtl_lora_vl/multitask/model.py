@@ -4,6 +4,11 @@ The towers run once per step: the image tower on every row and the text tower on
 carries text, each pass under one route built from the loader's segments (adapter task ids, rows grouped
 by task, boundaries computed on the host: no device sync, no id translation). Each task's loss then sees
 only its own rows (see :mod:`mtl_lora_vl.data.loader` for the batch layout).
+
+On a generative backbone (the batch carries ``"lm"``) the step is **one** language-model pass for every
+row of every task -- prompts of different lengths padded, labels masked on prompts and padding -- routed per
+row in the vision tower and the language model; ``backbone.lm_loss`` returns each row's loss and each task's
+loss is computed from its own rows' losses.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class MultiTaskModel(nn.Module):
         return self.router.make_route(ids)
 
     def forward(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        if "lm" in batch:
+            return self._forward_lm(batch)
         bb = self.backbone
         with route(self.router, self._route(batch, "segments")):
             image_emb = bb.encode_image(batch["images"])
@@ -57,6 +64,21 @@ class MultiTaskModel(nn.Module):
             t = text_emb[rows["text_index"]] if kind.uses_text else None
             with route(self.router, name):  # for kinds that run the model again (captioning's decoder)
                 loss = kind.loss(self.heads[name], bb, rows, image_emb[rows["rows"]], t).float()
+            losses[name] = loss
+            total = total + kind.spec.loss_weight * loss
+        return total, losses
+
+    def _forward_lm(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        """Generative path: one routed ``lm_loss`` call for all rows, then each task's loss on its rows."""
+        bb, lm = self.backbone, batch["lm"]
+        with route(self.router, self._route(batch, "segments")):
+            row_loss = bb.lm_loss(batch["images"], lm["input_ids"], lm["attention_mask"], lm["labels"])
+        losses: dict[str, Tensor] = {}
+        total = row_loss.new_zeros((), dtype=torch.float32)
+        for name, rows in task_views(batch):
+            kind = self.kinds[name]
+            rows["lm_loss"] = row_loss[rows["rows"]]
+            loss = kind.loss(self.heads[name], bb, rows, None, None).float()
             losses[name] = loss
             total = total + kind.spec.loss_weight * loss
         return total, losses

@@ -23,6 +23,16 @@ from what it saved: ``KindClass(spec, None, backbone, state=kind.state())``. The
   each rank computes its shard, every rank gets the full results in order, and the metrics are computed
   from them as in one process. Work left unwrapped runs whole on every rank (same scores, no speed-up).
 
+**Two paths** (DESIGN §3): a kind picks its path from the backbone's capabilities when it is built, and
+stores it as ``kind.generative`` (:func:`mtl_lora_vl.tasks.generative.uses_language_model`). On a
+contrastive backbone it works on embeddings as above. On a generative backbone (LLaVA-style) every row goes
+through the language model: ``sample_lm(example, draw)`` gives the row's ``(prompt, target, weight)``, the
+model wrapper computes every row's LM loss in one call and ``loss`` receives them as ``rows["lm_loss"]``
+(with ``image_emb``/``text_emb`` ``None``); evaluation generates or scores candidate texts. Such a kind
+has ``uses_text = False`` (no text tower); kinds that cannot run on a generative backbone (retrieval)
+refuse it when they are built, before any training. Its settings there are the spec's ``[generative]``
+table (``generative_defaults``: the prompt template, decoding length, evaluation subset).
+
 The caller owns adapter routing: it opens ``route(model, task)`` around ``build_head``, ``loss`` and
 adapted ``evaluate`` calls, and ``disabled(model)`` (or uses an unadapted backbone) for zero-shot; at
 initialisation both give the base model's outputs, so ``build_head`` may run under either. Heads
@@ -32,7 +42,8 @@ Class attributes every kind sets: ``kind`` (registry key, set by ``@register_kin
 ``headline_metric``, ``metric_names`` (metric keys ``evaluate`` may return; a spec's ``metrics`` must
 name some of them), ``uses_text`` (each training row carries a text for the text tower),
 ``needs_templates`` / ``default_templates`` (zero-shot prompts), ``head_defaults`` /
-``option_defaults`` (the keys a spec's ``[head]`` / ``[options]`` tables may set, with their types).
+``option_defaults`` / ``generative_defaults`` (the keys a spec's ``[head]`` / ``[options]`` /
+``[generative]`` tables may set, with their types).
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ from mtl_lora_vl.data.fallback import decode_policy
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.precision import autocast
+from mtl_lora_vl.tasks.generative import uses_language_model
 from mtl_lora_vl.tasks.spec import SpecError, TaskSpec
 
 if TYPE_CHECKING:
@@ -67,6 +79,7 @@ class TaskKind(ABC):
     default_templates: ClassVar[tuple[str, ...]] = ()
     head_defaults: ClassVar[dict[str, Any]] = {}
     option_defaults: ClassVar[dict[str, Any]] = {}
+    generative_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, spec: TaskSpec, train: Split | None, backbone: Backbone,
                  state: dict[str, Any] | None = None) -> None:
@@ -81,6 +94,12 @@ class TaskKind(ABC):
                              + (f" in {spec.source_file}" if spec.source_file else ""))
         self.spec = spec
         self.name = spec.name
+        #: The path of this kind on this backbone: True = through the language model (see the module doc).
+        self.generative: bool = uses_language_model(backbone)
+        #: Whether training rows carry a text for the text tower (never on the generative path).
+        self.uses_text: bool = type(self).uses_text and not self.generative
+        #: The backbone's image placeholder for prompts (generative path; picklable, used in loader workers).
+        self.image_token: str = str(backbone.image_token) if self.generative else ""
 
     # ------------------------------------------------------------------ spec checks
 
@@ -108,6 +127,13 @@ class TaskKind(ABC):
     def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]:
         """This row's own CPU tensors (labels, targets, ...); the loader stacks them per task."""
         return {}
+
+    def sample_lm(self, example: Example, draw: int) -> tuple[str, str, float]:
+        """Generative path: this row's ``(prompt, target, weight)``; the LM loss covers only the target (and
+        its end token). ``draw`` is an integer fixed by the row's seed (seed, rank, step, position in the batch: the
+        same with any number of workers and after a resume), for kinds that choose
+        a target at random (VQA)."""
+        raise NotImplementedError(f"task kind {self.kind!r} has no generative path (sample_lm)")
 
     # ------------------------------------------------------------------ training and evaluation
 

@@ -1,4 +1,13 @@
-"""Image captioning with a generative decoder (open_clip CoCa).
+"""Image captioning with a generative decoder: open_clip CoCa, or a LLaVA-style language model.
+
+The path comes from the backbone's capabilities (:func:`mtl_lora_vl.tasks.generative.uses_language_model`):
+a backbone with a contrastive text tower and a caption decoder (CoCa) uses the decoder directly; a
+generative backbone without one (LLaVA-style) is prompted with ``[generative] prompt`` (default
+``"{image} caption:"``), trained with the LM loss on the caption tokens only (prompt masked) and decodes
+with ``backbone.generate(..., prompts=...)``; evaluation runs on the first ``[generative] eval_limit``
+images (0 = all).
+
+CoCa path:
 
 * **Loss**: teacher-forced token cross-entropy on ``backbone.caption_logits(images, tokens)``; targets
   are the caption tokens after the start token, up to and including the first end token.
@@ -22,20 +31,19 @@ from mtl_lora_vl.distributed import map_shards
 from mtl_lora_vl.metrics import caption_scores
 from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.base import TaskKind, caption_of, require_captions, spec_error
+from mtl_lora_vl.tasks.generative import (
+    GenerationHead,
+    check_template,
+    eval_subset,
+    format_prompt,
+    generate_texts,
+    lm_task_loss,
+)
 from mtl_lora_vl.tasks.registry import register_kind
 from mtl_lora_vl.tasks.spec import TaskSpec
 
-
-class CaptionHead(nn.Module):
-    """No parameters: the decoding settings of the adapted model (the decoder itself is the backbone's)."""
-
-    def __init__(self, max_len: int, beam_size: int) -> None:
-        super().__init__()
-        self.max_len = int(max_len)
-        self.beam_size = int(beam_size)
-
-    def extra_repr(self) -> str:
-        return f"max_len={self.max_len}, beam_size={self.beam_size}"
+#: No parameters: the decoding settings of the adapted model (the decoder itself is the backbone's).
+CaptionHead = GenerationHead
 
 
 def caption_token_loss(logits: Tensor, tokens: Tensor, eos_id: int, pad_id: int) -> Tensor:
@@ -73,6 +81,7 @@ class CaptioningKind(TaskKind):
     metric_names = ("bleu4", "cider")
     uses_text = False      # captions go to the decoder (inside ``loss``), not through the text tower
     option_defaults = {"max_len": 20, "beam_size": 1}
+    generative_defaults = {"prompt": "{image} caption:", "eval_limit": 0}
 
     @classmethod
     def check_spec(cls, spec: TaskSpec) -> None:
@@ -80,24 +89,38 @@ class CaptioningKind(TaskKind):
         for key in ("max_len", "beam_size"):
             if spec.options[key] < 1:
                 raise spec_error(spec, f"options.{key}", "an integer >= 1", spec.options[key])
+        check_template(spec, "generative.prompt", spec.generative["prompt"], ("image",))
+        if spec.generative["eval_limit"] < 0:
+            raise spec_error(spec, "generative.eval_limit", "an integer >= 0 (0 = every image)",
+                             spec.generative["eval_limit"])
 
     def __init__(self, spec: TaskSpec, train: Split | None, backbone, state: dict | None = None) -> None:
         super().__init__(spec, train, backbone, state)
         if not backbone.has_decoder:
             raise ValueError(
                 f"task {spec.name!r} (captioning) needs a backbone with a text decoder, but backbone "
-                f"{backbone.name!r} ({type(backbone.model).__name__}) has none; use an open_clip CoCa, e.g. "
+                f"{backbone.name!r} ({type(backbone.model).__name__}) has none; use a generative backbone "
+                f"(--backbone builtin-llava, or hf:DIR of a LLaVA model) or an open_clip CoCa, e.g. "
                 f"--backbone open_clip:coca_ViT-B-32 --pretrained /path/to/coca_weights.bin")
         require_captions(spec, train)
 
-    def sample_text(self, example: Example) -> str:
-        return caption_of(self.name, example)
+    def sample_text(self, example: Example) -> str | None:
+        return None if self.generative else caption_of(self.name, example)
+
+    def prompt(self) -> str:
+        """Generative path: the captioning prompt."""
+        return format_prompt(self.spec.generative["prompt"], self.image_token)
+
+    def sample_lm(self, example: Example, draw: int) -> tuple[str, str, float]:
+        return self.prompt(), caption_of(self.name, example), 1.0
 
     def build_head(self, backbone) -> CaptionHead:
         return CaptionHead(self.spec.options["max_len"], self.spec.options["beam_size"])
 
     def loss(self, head: nn.Module, backbone, batch: dict[str, Tensor], image_emb: Tensor,
              text_emb: Tensor | None) -> Tensor:
+        if self.generative:
+            return lm_task_loss(batch)
         logits = backbone.caption_logits(batch["images"], batch["tokens"])
         return caption_token_loss(logits, batch["tokens"], backbone.eos_id, backbone.pad_id)
 
@@ -108,6 +131,10 @@ class CaptioningKind(TaskKind):
         """One generated caption per example's image."""
         max_len = getattr(head, "max_len", self.spec.options["max_len"])
         beam_size = getattr(head, "beam_size", self.spec.options["beam_size"])
+        if self.generative:
+            return generate_texts(backbone, examples, [self.prompt()] * len(examples), max_len=max_len,
+                                  beam_size=beam_size, batch_size=batch_size, device=device, dtype=dtype,
+                                  num_workers=num_workers)
         out: list[str] = []
         for images in iter_image_batches(backbone, examples, batch_size=batch_size, device=device, dtype=dtype,
                                          num_workers=num_workers):
@@ -119,6 +146,8 @@ class CaptioningKind(TaskKind):
                   device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
         images, refs = caption_references(split)
         images = [ex for ex in images if refs[ex.image_id]]
+        if self.generative:
+            images = eval_subset(images, self.spec.generative["eval_limit"])
         if not images:
             raise ValueError(f"task {self.name!r}: the evaluation split has no reference captions")
         captions = map_shards(lambda part: self.generate(backbone, head, part, batch_size=batch_size, device=device,

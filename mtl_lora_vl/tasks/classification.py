@@ -7,6 +7,14 @@
 * **Metrics**: ``top1``, ``top5`` (clipped to the number of classes), ``mean_per_class`` and
   ``per_class/<name>`` accuracies.
 
+**On a generative backbone** (LLaVA-style) classes are scored by likelihood: each class name, written as
+``[generative] target`` (default ``"{}"``; the built-in spec writes ``"a large {}"`` as its pretraining
+captions do), is a candidate continuation of ``[generative] prompt`` (default ``"{image} caption:"``), and
+the prediction is the candidate with the highest total log-probability (``backbone.sequence_scores``).
+Zero-shot is the base language model (adapters off), adapted the routed one; training is the LM loss on the
+class's target text (the prompt masked). Evaluation runs on the first ``[generative] eval_limit`` images
+(0 = all).
+
 Class names come from the training split (``Split.class_names``, e.g. ImageFolder folder names) unless
 the spec's ``options.class_names`` gives readable ones (same count, same order).
 """
@@ -31,6 +39,14 @@ from mtl_lora_vl.tasks.base import (
     prompt_embeddings,
     prompt_scores,
     spec_error,
+)
+from mtl_lora_vl.tasks.generative import (
+    GenerationHead,
+    candidate_scores,
+    check_template,
+    eval_subset,
+    format_prompt,
+    lm_task_loss,
 )
 from mtl_lora_vl.tasks.registry import register_kind
 from mtl_lora_vl.tasks.spec import TaskSpec
@@ -60,6 +76,7 @@ class ClassificationKind(TaskKind):
     default_templates = ("a photo of a {}.",)
     head_defaults = {"label_smoothing": 0.0}
     option_defaults = {"class_names": []}
+    generative_defaults = {"prompt": "{image} caption:", "target": "{}", "eval_limit": 0}
 
     @classmethod
     def check_spec(cls, spec: TaskSpec) -> None:
@@ -69,6 +86,11 @@ class ClassificationKind(TaskKind):
             raise spec_error(spec, "options.class_names", "a list of non-empty class names", names)
         if not 0.0 <= spec.head["label_smoothing"] < 1.0:
             raise spec_error(spec, "head.label_smoothing", "a number in [0, 1)", spec.head["label_smoothing"])
+        check_template(spec, "generative.prompt", spec.generative["prompt"], ("image",))
+        check_template(spec, "generative.target", spec.generative["target"], ("",))
+        if spec.generative["eval_limit"] < 0:
+            raise spec_error(spec, "generative.eval_limit", "an integer >= 0 (0 = every image)",
+                             spec.generative["eval_limit"])
 
     def __init__(self, spec: TaskSpec, train: Split | None, backbone, state: dict | None = None) -> None:
         super().__init__(spec, train, backbone, state)
@@ -102,6 +124,17 @@ class ClassificationKind(TaskKind):
     def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]:
         return {"labels": torch.tensor(example.label, dtype=torch.long)}
 
+    def prompt(self) -> str:
+        """Generative path: the prompt every class name continues."""
+        return format_prompt(self.spec.generative["prompt"], self.image_token)
+
+    def candidates(self) -> list[str]:
+        """Generative path: each class written as its target text, in class order."""
+        return [self.spec.generative["target"].format(name) for name in self.class_names]
+
+    def sample_lm(self, example: Example, draw: int) -> tuple[str, str, float]:
+        return self.prompt(), self.spec.generative["target"].format(self.class_names[example.label]), 1.0
+
     # ------------------------------------------------------------------ head, loss, evaluation
 
     def class_embeddings(self, backbone, *, device: torch.device | str, dtype: torch.dtype = torch.float32,
@@ -110,18 +143,27 @@ class ClassificationKind(TaskKind):
         return prompt_embeddings(backbone, self.class_names, self.spec.templates, device=device, dtype=dtype,
                                  batch_size=batch_size)
 
-    def build_head(self, backbone) -> ClassifierHead:
+    def build_head(self, backbone) -> ClassifierHead | GenerationHead:
+        if self.generative:
+            return GenerationHead(max_len=1)  # nothing is generated: candidates are scored
         device = model_device(backbone)
         return ClassifierHead(self.class_embeddings(backbone, device=device), logit_scale_of(backbone)).to(device)
 
     def loss(self, head: ClassifierHead, backbone, batch: dict[str, Tensor], image_emb: Tensor,
              text_emb: Tensor | None) -> Tensor:
+        if self.generative:
+            return lm_task_loss(batch)
         return F.cross_entropy(head(image_emb), batch["labels"], label_smoothing=self.spec.head["label_smoothing"])
 
     @torch.no_grad()
     def logits(self, backbone, head: nn.Module | None, examples: list[Example], *, batch_size: int,
                device: torch.device | str, dtype: torch.dtype = torch.float32, num_workers: int = 0) -> Tensor:
-        """Class logits ``(N, C)`` on CPU; ``head=None`` uses the zero-shot classifier."""
+        """Class logits ``(N, C)`` on CPU; ``head=None`` uses the zero-shot classifier. On a generative backbone:
+        each class's total log-probability as a continuation of the prompt (the caller's scope decides between
+        the base model and the routed one)."""
+        if self.generative:
+            return candidate_scores(backbone, examples, [self.prompt()] * len(examples), self.candidates(),
+                                    batch_size=batch_size, device=device, dtype=dtype, num_workers=num_workers)
         weight = None
         if head is None:
             weight = self.class_embeddings(backbone, device=device, dtype=dtype, batch_size=batch_size)
@@ -137,6 +179,8 @@ class ClassificationKind(TaskKind):
     def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
         examples = split.examples
+        if self.generative:
+            examples = eval_subset(examples, self.spec.generative["eval_limit"])
         if not examples:
             raise ValueError(f"task {self.name!r}: the evaluation split is empty")
         if split.class_names and len(split.class_names) != len(self.class_names):

@@ -6,6 +6,9 @@ apart. Evaluation embeds each distinct image once and every caption of it (``Exa
 when given, else the ``text`` of every example of that image) and scores with
 :func:`mtl_lora_vl.metrics.retrieval_recall`. The zero-shot rule is the same cosine similarity on the
 unadapted towers; the head only holds the learnable temperature.
+
+Retrieval needs a contrastive text tower (``text_embeddings``): on a generative backbone (LLaVA-style) the
+kind refuses when it is built, before any training, and says what to use instead.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtl_lora_vl.backbones.base import TEXT_EMBEDDINGS, BackboneError
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.distributed import map_shards
 from mtl_lora_vl.metrics import retrieval_recall
@@ -102,6 +106,20 @@ def retrieval_texts(split: Split) -> tuple[list[Example], list[str], list[int]]:
     return images, texts, text_to_image
 
 
+def refuse_without_text_tower(spec: TaskSpec, backbone) -> None:
+    """Raise :class:`BackboneError` (at start-up) when ``backbone`` has no contrastive text tower."""
+    if backbone.supports(TEXT_EMBEDDINGS):
+        return
+    can = ", ".join(sorted(backbone.capabilities)) or "nothing"
+    raise BackboneError(
+        f"task {spec.name!r} (kind retrieval) ranks images and captions by the similarity of their embeddings, "
+        f"which needs a contrastive text tower, but backbone {backbone.name!r} ({type(backbone.model).__name__}) "
+        f"has none: it is a generative model (it supports {can}). Train retrieval on a contrastive backbone "
+        "(--backbone builtin, open_clip:NAME --pretrained FILE, or hf:DIR of a CLIP model), or give this backbone "
+        "tasks it can do: captioning (caption generation), caption_cls (classification by caption likelihood) "
+        "or vqa (answer generation)")
+
+
 @register_kind("retrieval")
 class RetrievalKind(TaskKind):
     """Dual-encoder image-text retrieval (COCO/Flickr style)."""
@@ -122,6 +140,7 @@ class RetrievalKind(TaskKind):
             raise spec_error(spec, "head.max_logit_scale", "a number > 1", spec.head["max_logit_scale"])
 
     def __init__(self, spec: TaskSpec, train: Split | None, backbone, state: dict | None = None) -> None:
+        refuse_without_text_tower(spec, backbone)
         super().__init__(spec, train, backbone, state)
         require_captions(spec, train)
 

@@ -24,6 +24,8 @@ the metrics to report and the prompt templates of its zero-shot rule::
 
     [head]                            # head options of the kind (checked against the kind's defaults)
     [options]                         # other options of the kind, e.g. answer_vocab_size for vqa
+    [generative]                      # the kind's settings on a generative backbone (LLaVA-style), e.g.
+    prompt = "{image} question: {question} answer:"   # the prompt template ({image}: the image placeholder)
 
 Every malformed spec fails with :class:`SpecError` naming the file, the field and what was
 expected. Bare names (``"vqa"``) resolve to the built-in specs, found in the installed package
@@ -52,7 +54,8 @@ FORMAT_ALIASES = {"coco": "coco_captions"}
 #: Split tables a ``[data]`` section may hold.
 SPLITS = ("train", "val", "test")
 
-_TOP_KEYS = ("name", "kind", "description", "loss_weight", "metrics", "templates", "data", "head", "options")
+_TOP_KEYS = ("name", "kind", "description", "loss_weight", "metrics", "templates", "data", "head", "options",
+             "generative")
 _BUILTIN_DATA_KEYS = ("source", "seed", "world_kind", *SPLITS)
 _BUILTIN_SPLIT_KEYS = ("n",)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
@@ -80,7 +83,12 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task: its name, kind, data, head and kind options, loss weight, metrics and templates."""
+    """One task: its name, kind, data, head and kind options, loss weight, metrics and templates.
+
+    ``generative`` holds the kind's settings for a generative backbone (prompt template, decoding length,
+    evaluation subset; see the kind's ``generative_defaults``), used when the kind runs through a
+    language model.
+    """
 
     name: str
     kind: str
@@ -92,6 +100,7 @@ class TaskSpec:
     templates: tuple[str, ...] = ()
     description: str = ""
     source_file: Path | None = None
+    generative: dict[str, Any] = field(default_factory=dict)
 
     @property
     def eval_split(self) -> str:
@@ -332,8 +341,9 @@ def _parse(path: Path) -> TaskSpec:
 
     head = _check_table(path, "head", raw.get("head", {}), kind_cls.head_defaults)
     options = _check_table(path, "options", raw.get("options", {}), kind_cls.option_defaults)
+    generative = _check_table(path, "generative", raw.get("generative", {}), kind_cls.generative_defaults)
     spec = TaskSpec(name=name, kind=kind_name, data=data, head=head, options=options,
                     loss_weight=float(loss_weight), metrics=tuple(metrics), templates=tuple(templates),
-                    description=description, source_file=path.resolve())
+                    description=description, source_file=path.resolve(), generative=generative)
     kind_cls.check_spec(spec)
     return spec

@@ -14,6 +14,24 @@
   :func:`mtl_lora_vl.metrics.vqa_accuracy`) normalised to a distribution; rows whose answers are all
   outside the vocabulary are left out.
 * **Metrics**: ``vqa_accuracy`` overall and ``vqa_accuracy/<question type>`` per type.
+
+**On a generative backbone** (LLaVA-style; see :mod:`mtl_lora_vl.tasks.generative`) VQA is answer
+generation, as in VL-T5:
+
+* **Target**: each training row's answer is *sampled* among its distinct normalised human answers with
+  probability proportional to their VQA soft scores, and the row's LM loss is weighted by the sampled
+  answer's soft score (VL-T5's ``loss * score``), so a question whose humans disagree teaches every answer
+  they gave, in proportion. The draw is fixed by the row's seed (the loader's seed, rank, step and
+  position: the same with any number of workers and after a resume; each epoch draws anew). As VL-T5
+  samples only answers of its frequent-answer vocabulary, only *consensus answers* are drawn: answers that
+  are the majority answer of some training question (a rare spelling such as "yep" beside "yes" is never
+  one); a question with no consensus answer among its answers draws from all of them. (The built-in LLaVA
+  never says "yep": its loss there is ~16 nats, so a drawn "yep" would swamp the batch's gradient.) The
+  loss covers only the answer tokens and the end token (the prompt ``[generative] prompt``, default
+  ``"{image} question: {question} answer:"``, is masked).
+* **Evaluation**: greedy generation of at most ``[generative] max_len`` tokens, scored with the official
+  normalisation and VQA accuracy, overall and per question type, on the first ``[generative] eval_limit``
+  questions (0 = all). Zero-shot is the base language model (adapters off), adapted the routed one.
 """
 
 from __future__ import annotations
@@ -36,6 +54,15 @@ from mtl_lora_vl.tasks.base import (
     prompt_embeddings,
     prompt_scores,
     spec_error,
+)
+from mtl_lora_vl.tasks.generative import (
+    GenerationHead,
+    check_template,
+    eval_subset,
+    format_prompt,
+    generate_texts,
+    lm_task_loss,
+    weighted_index,
 )
 from mtl_lora_vl.tasks.registry import register_kind
 from mtl_lora_vl.tasks.spec import TaskSpec
@@ -63,6 +90,13 @@ class VQAHead(nn.Module):
         return prompt_scores(query, self.answer_weight, self.logit_scale) + self.bias
 
 
+def majority_answer(answers: tuple[str, ...] | list[str]) -> str:
+    """The most common normalised answer of one question (ties: the alphabetically first), "" for none."""
+    counts = Counter(normalize_answer(a) for a in answers)
+    counts.pop("", None)
+    return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0] if counts else ""
+
+
 @register_kind("vqa")
 class VQAKind(TaskKind):
     """Open-ended VQA (VQAv2 style): answer vocabulary, soft-score loss, VQA accuracy per question type."""
@@ -74,6 +108,7 @@ class VQAKind(TaskKind):
     default_templates = ("the answer is {}.",)
     head_defaults = {"question_weight": 1.0, "hidden": 0}
     option_defaults = {"answer_vocab_size": 1000, "filter_by_type": True}
+    generative_defaults = {"prompt": "{image} question: {question} answer:", "max_len": 8, "eval_limit": 0}
 
     @classmethod
     def check_spec(cls, spec: TaskSpec) -> None:
@@ -83,6 +118,12 @@ class VQAKind(TaskKind):
         if spec.head["hidden"] < 0:
             raise spec_error(spec, "head.hidden", "an integer >= 0 (0 = twice the embedding size)",
                              spec.head["hidden"])
+        check_template(spec, "generative.prompt", spec.generative["prompt"], ("image", "question"))
+        if spec.generative["max_len"] < 1:
+            raise spec_error(spec, "generative.max_len", "an integer >= 1", spec.generative["max_len"])
+        if spec.generative["eval_limit"] < 0:
+            raise spec_error(spec, "generative.eval_limit", "an integer >= 0 (0 = every question)",
+                             spec.generative["eval_limit"])
 
     def __init__(self, spec: TaskSpec, train: Split | None, backbone, state: dict | None = None) -> None:
         super().__init__(spec, train, backbone, state)
@@ -90,6 +131,7 @@ class VQAKind(TaskKind):
             self.answers = [str(a) for a in state["answers"]]
             self.answer_index = {a: i for i, a in enumerate(self.answers)}
             self.type_answers = {t: [int(i) for i in ids] for t, ids in state.get("type_answers", {}).items()}
+            self.consensus = frozenset(state.get("consensus", self.answers))
             return
         counts: Counter[str] = Counter()
         for ex in train.examples:
@@ -111,16 +153,37 @@ class VQAKind(TaskKind):
                 if ex.question_type and top and top[0][0] in self.answer_index:
                     by_type[ex.question_type].add(self.answer_index[top[0][0]])
         self.type_answers: dict[str, list[int]] = {t: sorted(ids) for t, ids in sorted(by_type.items())}
+        #: Answers that are the majority answer of at least one training question (generative targets).
+        self.consensus: frozenset[str] = frozenset(majority_answer(ex.answers) for ex in train.examples) - {""}
 
     def state(self) -> dict:
-        return {"answers": list(self.answers), "type_answers": self.type_answers}
+        return {"answers": list(self.answers), "type_answers": self.type_answers, "consensus": sorted(self.consensus)}
 
     # ------------------------------------------------------------------ loader side
 
-    def sample_text(self, example: Example) -> str:
+    def sample_text(self, example: Example) -> str | None:
+        return None if self.generative else self.question(example)
+
+    def question(self, example: Example) -> str:
         if not example.text:
             raise ValueError(f"task {self.name!r}: example {example.image_id!r} has no question text")
         return example.text
+
+    def prompt(self, example: Example) -> str:
+        """Generative path: the prompt of one question."""
+        return format_prompt(self.spec.generative["prompt"], self.image_token, question=self.question(example))
+
+    def sample_lm(self, example: Example, draw: int) -> tuple[str, str, float]:
+        """Prompt, a consensus answer drawn by soft score (``draw`` fixes the choice), and that answer's soft
+        score (see the module docstring)."""
+        answers = sorted({normalize_answer(a) for a in example.answers} - {""})
+        if not answers:
+            raise ValueError(f"task {self.name!r}: training question {example.text!r} (image {example.image_id!r}) "
+                             "has no answers")
+        answers = [a for a in answers if a in self.consensus] or answers
+        scores = [vqa_accuracy(a, example.answers) for a in answers]
+        i = weighted_index(draw, scores)
+        return self.prompt(example), answers[i], scores[i]
 
     def soft_targets(self, answers: tuple[str, ...] | list[str]) -> Tensor:
         """VQA soft scores ``(V,)`` of the vocabulary answers among ``answers``."""
@@ -141,6 +204,8 @@ class VQAKind(TaskKind):
         return mask
 
     def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]:
+        if self.generative:
+            return {}
         return {"targets": self.soft_targets(example.answers), "answer_mask": self.answer_mask(example.question_type)}
 
     # ------------------------------------------------------------------ head, loss, evaluation
@@ -151,7 +216,9 @@ class VQAKind(TaskKind):
         return prompt_embeddings(backbone, self.answers, self.spec.templates, device=device, dtype=dtype,
                                  batch_size=batch_size)
 
-    def build_head(self, backbone) -> VQAHead:
+    def build_head(self, backbone) -> VQAHead | GenerationHead:
+        if self.generative:
+            return GenerationHead(self.spec.generative["max_len"])
         device = model_device(backbone)
         head = VQAHead(self.answer_embeddings(backbone, device=device), logit_scale_of(backbone),
                        self.spec.head["question_weight"], self.spec.head["hidden"])
@@ -159,6 +226,8 @@ class VQAKind(TaskKind):
 
     def loss(self, head: VQAHead, backbone, batch: dict[str, Tensor], image_emb: Tensor,
              text_emb: Tensor | None) -> Tensor:
+        if self.generative:
+            return lm_task_loss(batch)
         if text_emb is None:
             raise ValueError(f"task {self.name!r}: the VQA loss needs the question embeddings of its rows")
         logits = head(image_emb, text_emb)
@@ -176,6 +245,8 @@ class VQAKind(TaskKind):
     def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
         examples = split.examples
+        if self.generative:
+            examples = eval_subset(examples, self.spec.generative["eval_limit"])
         if not examples:
             raise ValueError(f"task {self.name!r}: the evaluation split is empty")
         missing = [ex.image_id for ex in examples if not ex.answers]
@@ -198,7 +269,13 @@ class VQAKind(TaskKind):
     @torch.no_grad()
     def predict(self, backbone, head: nn.Module | None, examples: list[Example], *, batch_size: int,
                 device: torch.device | str, dtype: torch.dtype = torch.float32, num_workers: int = 0) -> list[str]:
-        """Predicted answer strings; ``head=None`` uses the zero-shot prompt-matching rule."""
+        """Predicted answer strings; ``head=None`` uses the zero-shot prompt-matching rule. On a generative
+        backbone: greedy generation from each question's prompt (the caller's scope decides between the base
+        model and the routed one)."""
+        if self.generative:
+            max_len = getattr(head, "max_len", self.spec.generative["max_len"])
+            return generate_texts(backbone, examples, [self.prompt(ex) for ex in examples], max_len=max_len,
+                                  batch_size=batch_size, device=device, dtype=dtype, num_workers=num_workers)
         answer_emb = None
         if head is None:
             answer_emb = self.answer_embeddings(backbone, device=device, dtype=dtype, batch_size=batch_size)
@@ -207,7 +284,7 @@ class VQAKind(TaskKind):
                                      num_workers=num_workers)
         for start, images in zip(range(0, len(examples), batch_size), batches):
             rows = examples[start:start + batch_size]
-            questions = [self.sample_text(ex) for ex in rows]
+            questions = [self.question(ex) for ex in rows]
             with autocast(device, dtype):
                 img = backbone.encode_image(images).float()
             q = encode_texts(backbone, questions, device=device, dtype=dtype, batch_size=batch_size)

@@ -88,6 +88,7 @@ def start(opts: TrainOptions) -> Run:
     seed_everything(opts.seed)
 
     setup = extend_setup(opts, info.device) if opts.extend else build_setup(opts, info.device)
+    opts = opts.with_path_defaults(any(kind.generative for kind in setup.kinds.values()))
     seed_rank(opts.seed, info.rank)  # every rank builds the same model, then draws its own dropout masks
     if info.is_main and not opts.resume:
         (run_dir / "config.json").write_text(json.dumps(asdict(opts), indent=2) + "\n")

@@ -1,0 +1,172 @@
+"""The generative path of the task kinds: prompts, targets and scores through a backbone's language model.
+
+A kind picks its path from the backbone's capabilities when it is built (:func:`uses_language_model`): a
+backbone that can ``generate`` and has no contrastive text tower (LLaVA-style) runs every task through its
+language model; a contrastive backbone (CLIP, CoCa) keeps the embedding paths (VQA as answer
+classification, CoCa captioning through its own decoder). On the generative path a kind
+
+* turns a training example into ``(prompt, target, weight)`` (``TaskKind.sample_lm``); the loader
+  tokenises prompts and targets in its workers with the picklable ``backbone.lm_collator()``;
+* gets the per-row losses of its rows from the step's one ``backbone.lm_loss`` call (all tasks' rows, one
+  route) and reduces them with :func:`lm_task_loss` (a weighted mean);
+* evaluates by greedy generation (:func:`generate_texts`) or by candidate likelihoods
+  (:func:`candidate_scores`), on the first ``[generative] eval_limit`` examples when the spec sets one.
+
+Its head has no parameters (:class:`GenerationHead`): the language model lives in the backbone, where the
+adapters go, so the zero-shot model is the backbone with adapters disabled and the adapted model the
+backbone routed to the task.
+
+Prompt templates are ``str.format`` templates with named fields: ``{image}`` (the backbone's image
+placeholder, ``backbone.image_token``; required) plus the kind's own (VQA: ``{question}``).
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mtl_lora_vl.backbones.base import GENERATE, LM_LOGITS, TEXT_EMBEDDINGS
+from mtl_lora_vl.data.loader import iter_image_batches
+from mtl_lora_vl.data.records import Example
+from mtl_lora_vl.precision import autocast
+from mtl_lora_vl.tasks.spec import SpecError, TaskSpec
+
+__all__ = [
+    "GenerationHead",
+    "candidate_scores",
+    "check_template",
+    "eval_subset",
+    "format_prompt",
+    "generate_texts",
+    "lm_task_loss",
+    "uses_language_model",
+    "weighted_index",
+]
+
+
+def uses_language_model(backbone: Any) -> bool:
+    """True when task kinds run through the backbone's language model: it can generate and score text
+    (``generate``, ``lm_logits``) and has no contrastive text tower (``text_embeddings``). A backbone with
+    both (CoCa) keeps the contrastive paths."""
+    return (backbone.supports(GENERATE) and backbone.supports(LM_LOGITS)
+            and not backbone.supports(TEXT_EMBEDDINGS))
+
+
+class GenerationHead(nn.Module):
+    """No parameters: the decoding settings of a task on a generative backbone (the language model itself is
+    the backbone's, where the adapters go)."""
+
+    def __init__(self, max_len: int, beam_size: int = 1) -> None:
+        super().__init__()
+        self.max_len = int(max_len)
+        self.beam_size = int(beam_size)
+
+    def extra_repr(self) -> str:
+        return f"max_len={self.max_len}, beam_size={self.beam_size}"
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+
+
+def template_fields(template: str) -> list[str | None]:
+    """The replacement fields of a ``str.format`` template (``""`` for a positional ``{}``)."""
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+
+
+def check_template(spec: TaskSpec, fld: str, template: Any, fields: Sequence[str]) -> None:
+    """Raise :class:`SpecError` unless ``template`` is a string whose fields are exactly ``fields``, each once
+    (``""`` stands for one positional ``{}``)."""
+    where = spec.source_file or spec.name
+    wanted = " and ".join("'{}'" if f == "" else "'{" + f + "}'" for f in fields)
+    expected = f"a template with {wanted}, each once (and no other {{...}} field; write {{{{ for a brace)"
+    if not isinstance(template, str):
+        raise SpecError(f"{where}: field '{fld}': expected {expected}, got {template!r}")
+    try:
+        found = template_fields(template)
+    except ValueError:
+        found = None
+    if found is None or sorted(found) != sorted(fields):
+        raise SpecError(f"{where}: field '{fld}': expected {expected}, got {template!r}")
+
+
+def format_prompt(template: str, image_token: str, **values: str) -> str:
+    """``template`` with ``{image}`` replaced by the backbone's image placeholder and the kind's fields."""
+    return template.format(image=image_token, **values)
+
+
+def weighted_index(draw: int, weights: Sequence[float]) -> int:
+    """An index drawn with probability proportional to ``weights``, determined by the integer ``draw``."""
+    if not weights or sum(weights) <= 0:
+        raise ValueError(f"weighted_index needs positive weights, got {list(weights)}")
+    return random.Random(draw).choices(range(len(weights)), weights=weights)[0]
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def lm_task_loss(rows: dict[str, Tensor]) -> Tensor:
+    """A task's loss from its rows' language-model losses: ``mean(lm_weight * lm_loss)`` over its rows.
+
+    ``rows["lm_loss"]`` is each row's mean token cross-entropy on its target (prompt and padding masked),
+    ``rows["lm_weight"]`` the weight the kind gave the row (VQA: the sampled answer's soft score; else 1).
+    """
+    if "lm_loss" not in rows:
+        raise ValueError("a generative task's loss needs its rows' language-model losses (rows['lm_loss']); "
+                         "run the batch through MultiTaskModel, which computes them in one lm_loss call")
+    losses = rows["lm_loss"].float()
+    weight = rows.get("lm_weight")
+    if weight is None:
+        return losses.mean()
+    return (losses * weight.to(losses)).mean()
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def eval_subset(examples: list[Example], limit: int) -> list[Example]:
+    """The first ``limit`` examples (all of them when ``limit`` is 0): generation is costly on a CPU."""
+    return examples[:limit] if limit > 0 else examples
+
+
+@torch.no_grad()
+def generate_texts(backbone: Any, examples: Sequence[Example], prompts: Sequence[str], *, max_len: int,
+                   beam_size: int = 1, batch_size: int, device: torch.device | str,
+                   dtype: torch.dtype = torch.float32, num_workers: int = 0) -> list[str]:
+    """One generated text per example: ``backbone.generate`` on its image and prompt, in batches."""
+    if len(prompts) != len(examples):
+        raise ValueError(f"generate_texts got {len(examples)} examples but {len(prompts)} prompts")
+    out: list[str] = []
+    batches = iter_image_batches(backbone, examples, batch_size=batch_size, device=device, dtype=dtype,
+                                 num_workers=num_workers)
+    for start, images in zip(range(0, len(examples), batch_size), batches):
+        with autocast(torch.device(device), dtype):
+            out.extend(backbone.generate(images, max_len=max_len, beam_size=beam_size,
+                                         prompts=list(prompts[start:start + batch_size])))
+    return out
+
+
+@torch.no_grad()
+def candidate_scores(backbone: Any, examples: Sequence[Example], prompts: Sequence[str],
+                     candidates: Sequence[str], *, batch_size: int, device: torch.device | str,
+                     dtype: torch.dtype = torch.float32, num_workers: int = 0) -> Tensor:
+    """``(N, C)`` float32 on the CPU: total log-probability of each candidate continuation of each example's
+    prompt (``backbone.sequence_scores``). Images go in chunks of ``batch_size // C`` (at least one), so that
+    one call scores about ``batch_size`` sequences."""
+    if len(prompts) != len(examples):
+        raise ValueError(f"candidate_scores got {len(examples)} examples but {len(prompts)} prompts")
+    if not candidates:
+        raise ValueError("candidate_scores needs at least one candidate")
+    chunk = max(1, batch_size // len(candidates))
+    out: list[Tensor] = []
+    batches = iter_image_batches(backbone, examples, batch_size=chunk, device=device, dtype=dtype,
+                                 num_workers=num_workers)
+    for start, images in zip(range(0, len(examples), chunk), batches):
+        with autocast(torch.device(device), dtype):
+            scores = backbone.sequence_scores(images, list(prompts[start:start + chunk]), list(candidates))
+        out.append(scores.float().cpu())
+    return torch.cat(out)

@@ -1,0 +1,343 @@
+"""The generative path of the task kinds on a tiny LLaVA built from a config through the real backbone class:
+path choice, VQA answers drawn by soft score, mixed-task batches through the language model, evaluation,
+retrieval refused at start-up, and the training command end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from llava_tiny import save_tiny_llava
+from vl_tiny import tiny_backbone
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.adapters.routing import disabled, route
+from mtl_lora_vl.backbones import BackboneError, load_backbone
+from mtl_lora_vl.cli import eval_main, train_main
+from mtl_lora_vl.data import world
+from mtl_lora_vl.data.loader import MultiTaskCollate, MultiTaskLoader, TaskDataset, to_device
+from mtl_lora_vl.data.records import Split
+from mtl_lora_vl.metrics import vqa_accuracy
+from mtl_lora_vl.multitask import MultiTaskModel
+from mtl_lora_vl.options import PATH_DEFAULTS, TrainOptions
+from mtl_lora_vl.tasks import SpecError, build_kind, load_spec
+from mtl_lora_vl.tasks.generative import GenerationHead, lm_task_loss
+from mtl_lora_vl.tasks.spec import builtin_spec_dirs
+
+GEN_TASKS = ("vqa", "captioning", "caption_cls")
+
+
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory):
+    return save_tiny_llava(tmp_path_factory.mktemp("llava"))
+
+
+@pytest.fixture
+def llava(llava_dir):
+    return load_backbone(f"hf:{llava_dir}", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return tiny_backbone(tmp_path_factory.mktemp("clip"))
+
+
+def _split(spec, split: str, n: int) -> Split:
+    return world.build_split(spec.data.options.get("world_kind", spec.kind), split, n=n, seed=0)
+
+
+def _kinds(backbone, names=GEN_TASKS, n=6):
+    specs = [load_spec(t) for t in names]
+    return {s.name: build_kind(s, _split(s, "train", n), backbone) for s in specs}
+
+
+def _attach(backbone, tasks):
+    """MTL-LoRA on both towers, with B_i and Lambda_t randomised so that every task's model differs."""
+    mlv.attach(backbone.model, mlv.MTLLoRAConfig(tasks=list(tasks), r=4, alpha=8, n_up=2))
+    with torch.no_grad():
+        for name, p in backbone.model.named_parameters():
+            if "lora_B" in name or "lora_lambda" in name:
+                p.normal_(0, 0.2)
+    return backbone
+
+
+def _rows(kinds, backbone, per_task=3):
+    """Loader rows (as the workers make them) of the first ``per_task`` examples of each task."""
+    rows = []
+    for t, kind in enumerate(kinds.values()):
+        ds = TaskDataset(kind, _split(kind.spec, "train", 6), backbone.image_size)
+        rows += [dict(ds[i], task_id=t) for i in range(per_task)]
+    return rows
+
+
+def _collate(kinds, backbone, rows):
+    collate = MultiTaskCollate(list(kinds), [False] * len(kinds), None, lm_collator=backbone.lm_collator())
+    return to_device(collate(rows), "cpu", torch.float32, backbone)
+
+
+def _model(backbone, kinds):
+    heads = torch.nn.ModuleDict({n: k.build_head(backbone) for n, k in kinds.items()})
+    return MultiTaskModel(backbone, kinds, heads).eval()
+
+
+# ---------------------------------------------------------------------------------------------- paths
+
+
+def test_kinds_pick_their_path_from_the_backbone_capabilities(llava, clip):
+    for name, kind in _kinds(llava).items():
+        assert kind.generative and not kind.uses_text, name
+        assert isinstance(kind.build_head(llava), GenerationHead)
+        assert kind.image_token == llava.image_token
+    for name, kind in _kinds(clip, ("vqa", "caption_cls")).items():
+        assert not kind.generative, name
+        assert sum(p.numel() for p in kind.build_head(clip).parameters()) > 0
+    assert _kinds(clip, ("vqa",))["vqa"].uses_text
+
+
+def test_retrieval_is_refused_when_built_on_a_generative_backbone(llava):
+    spec = load_spec("retrieval")
+    with pytest.raises(BackboneError, match="contrastive text tower") as err:
+        build_kind(spec, _split(spec, "train", 4), llava)
+    msg = str(err.value)
+    assert "generative" in msg and "--backbone builtin" in msg and "captioning" in msg
+
+
+def test_retrieval_refused_at_start_up_before_training(llava_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = train_main(["--backbone", f"hf:{llava_dir}", "--tasks", "vqa,retrieval", "--steps", "1",
+                       "--workers", "0", "--out", str(out)])
+    assert code == 2
+    assert "contrastive text tower" in capsys.readouterr().err
+    assert not (out / "checkpoint.pt").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_generative_spec_table_is_checked(tmp_path):
+    spec = load_spec("vqa")
+    assert spec.generative["prompt"] == "{image} question: {question} answer:"
+    text = next(d / "vqa.toml" for d in builtin_spec_dirs() if (d / "vqa.toml").is_file()).read_text()
+    for line, bad, fld in (("prompt", 'prompt = "question: {question} answer:"', "generative.prompt"),
+                           ("prompt", 'prompt = "{image} {image} {question}"', "generative.prompt"),
+                           ("prompt", 'prompt = "{image} {questoin}"', "generative.prompt"),
+                           ("max_len", "max_len = 0", "generative.max_len"),
+                           ("prompt", "colour = 1", "generative.colour")):
+        path = tmp_path / "vqa.toml"
+        path.write_text(re.sub(rf"^{line} = .*$", bad, text, count=1, flags=re.M))
+        with pytest.raises(SpecError, match=re.escape(fld)):
+            load_spec(path)
+
+
+# ---------------------------------------------------------------------------------------------- VQA target
+
+
+def test_vqa_answer_is_drawn_by_soft_score_and_deterministic(llava):
+    kind = _kinds(llava, ("vqa",), n=40)["vqa"]
+    assert {"yes", "no", "red", "blue"} <= kind.consensus and not {"yep", "yeah", "nope"} & kind.consensus
+    base = _split(kind.spec, "train", 4).examples[0]
+    # Humans disagree between two consensus answers (and one typed a rare spelling): red 6, blue 3, grey 1.
+    ex = dataclasses.replace(base, answers=("red",) * 6 + ("blue",) * 3 + ("grey",))
+    prompt, _, _ = kind.sample_lm(ex, 0)
+    assert prompt == f"{llava.image_token} question: {ex.text} answer:"
+    draws = [kind.sample_lm(ex, d) for d in range(2000)]
+    assert draws[:50] == [kind.sample_lm(ex, d) for d in range(50)]          # same draw, same answer
+    counts = Counter(a for _, a, _ in draws)
+    scores = {a: vqa_accuracy(a, ex.answers) for a in ("red", "blue")}
+    assert set(counts) == {"red", "blue"}                                    # "grey" is no consensus answer
+    for answer, score in scores.items():
+        assert abs(counts[answer] / len(draws) - score / sum(scores.values())) < 0.04, (answer, counts, scores)
+    assert all(w == pytest.approx(scores[a]) for _, a, w in draws)           # loss weight = the answer's score
+    # A rare spelling beside the consensus answer is never a target: "yes" with weight 1.
+    yes = dataclasses.replace(base, answers=("yes",) * 8 + ("yep", "yeah"))
+    assert {kind.sample_lm(yes, d)[1:] for d in range(200)} == {("yes", 1.0)}
+    # No consensus answer at all: draw among what the humans said.
+    odd = dataclasses.replace(base, answers=("yep",) * 10)
+    assert kind.sample_lm(odd, 0)[1:] == ("yep", 1.0)
+    # The consensus set survives the adapter's saved state.
+    again = build_kind(kind.spec, None, llava, state=json.loads(json.dumps(kind.state())))
+    assert again.consensus == kind.consensus
+
+
+def test_loader_rows_are_the_same_in_workers_and_tokenised_there(llava):
+    kinds = _kinds(llava, ("vqa", "captioning"), n=4)
+    splits = [_split(k.spec, "train", 4) for k in kinds.values()]
+    loader = MultiTaskLoader(list(kinds.values()), splits, llava, batch_size=6, steps=3, num_workers=1, seed=0)
+    batches = list(loader)
+    again = list(MultiTaskLoader(list(kinds.values()), splits, llava, batch_size=6, steps=3, num_workers=0, seed=0))
+    for a, b in zip(batches, again):                                         # workers and main process agree
+        assert torch.equal(a["lm"]["input_ids"], b["lm"]["input_ids"])
+        assert torch.equal(a["lm"]["labels"], b["lm"]["labels"])
+    batch = batches[0]
+    assert "tokens" not in batch and set(batch["lm"]) == {"input_ids", "attention_mask", "labels"}
+    assert set(batch["tasks"]) == {"vqa", "captioning"}
+    assert batch["tasks"]["captioning"]["lm_weight"].eq(1).all()
+
+
+# ---------------------------------------------------------------------------------------------- the LM batch
+
+
+def test_labels_cover_only_the_target_and_its_end_token(llava):
+    kinds = _kinds(llava)
+    rows = _rows(kinds, llava)
+    batch = _collate(kinds, llava, rows)
+    lm, tok = batch["lm"], llava.processor.tokenizer
+    for r, row in enumerate(rows):
+        prompt, target, _ = row["lm"]
+        labelled = lm["labels"][r][lm["labels"][r] != -100].tolist()
+        assert labelled == [*tok(target, add_special_tokens=False)["input_ids"], llava.eos_id]
+        n = int(lm["attention_mask"][r].sum())
+        assert lm["labels"][r, n - len(labelled):n].tolist() == labelled          # right after the prompt
+        assert (lm["labels"][r, :n - len(labelled)] == -100).all()                # prompt masked
+        assert (lm["labels"][r, n:] == -100).all() and (lm["attention_mask"][r, n:] == 0).all()
+
+
+def test_task_losses_count_only_target_tokens(llava):
+    """Each task's loss equals the mean over its rows of the target-only token CE computed by hand from
+    the model's logits; counting prompt tokens too gives another number."""
+    kinds = _kinds(llava)
+    _attach(llava, kinds)
+    batch = _collate(kinds, llava, _rows(kinds, llava))
+    model = _model(llava, kinds)
+    with torch.no_grad():
+        _, losses = model(batch)
+        lm = batch["lm"]
+        with route(llava.model, batch["task_ids"]):
+            logits = llava.model(pixel_values=batch["images"], input_ids=lm["input_ids"],
+                                 attention_mask=lm["attention_mask"]).logits.float()
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), lm["input_ids"][:, 1:].flatten(),
+                                           reduction="none").view(logits.shape[0], -1)
+    target = (lm["labels"][:, 1:] != -100).float()
+    real = lm["attention_mask"][:, 1:].float()
+    target_only = (ce * target).sum(1) / target.sum(1)
+    with_prompt = (ce * real).sum(1) / real.sum(1)
+    for name, view in batch["tasks"].items():
+        rows, w = view["rows"], view["lm_weight"]
+        assert losses[name].item() == pytest.approx((target_only[rows] * w).mean().item(), rel=1e-4, abs=1e-5)
+        assert abs(losses[name].item() - (with_prompt[rows] * w).mean().item()) > 1e-3
+
+
+def test_mixed_batch_task_losses_equal_each_task_alone(llava):
+    kinds = _kinds(llava)
+    _attach(llava, kinds)
+    rows = _rows(kinds, llava)
+    model = _model(llava, kinds)
+    with torch.no_grad():
+        _, mixed = model(_collate(kinds, llava, rows))
+        for t, name in enumerate(kinds):
+            own = [r for r in rows if r["task_id"] == t]
+            _, alone = model(_collate(kinds, llava, own))
+            assert set(alone) == {name}
+            assert mixed[name].item() == pytest.approx(alone[name].item(), rel=1e-4, abs=1e-5), name
+        # Routing matters: the same rows under another task's adapters give another loss.
+        vqa_rows = [dict(r, task_id=1) for r in rows if r["task_id"] == 0]
+        _, other = model(_collate(kinds, llava, vqa_rows))
+    assert abs(other["captioning"].item() - mixed["vqa"].item()) > 1e-4
+
+
+def test_one_language_model_pass_per_step(llava, monkeypatch):
+    kinds = _kinds(llava)
+    _attach(llava, kinds)
+    batch = _collate(kinds, llava, _rows(kinds, llava))
+    calls = []
+    real = llava.lm_loss
+    monkeypatch.setattr(llava, "lm_loss", lambda *a: calls.append(a[1].shape[0]) or real(*a))
+    total, losses = _model(llava, kinds).train()(batch)
+    total.backward()
+    assert calls == [9]
+    assert set(losses) == set(GEN_TASKS)
+    grads = [p.grad for n, p in llava.model.named_parameters() if "lora_lambda" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_lm_task_loss_weights_rows():
+    rows = {"lm_loss": torch.tensor([1.0, 3.0]), "lm_weight": torch.tensor([1.0, 0.5])}
+    assert lm_task_loss(rows).item() == pytest.approx(1.25)
+    assert lm_task_loss({"lm_loss": torch.tensor([1.0, 3.0])}).item() == pytest.approx(2.0)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+@pytest.mark.parametrize("name,metric,extra", [("vqa", "vqa_accuracy", "vqa_accuracy/"),
+                                               ("captioning", "bleu4", "cider"),
+                                               ("caption_cls", "top1", "mean_per_class")])
+def test_generative_evaluation_zero_shot_and_adapted(llava, name, metric, extra):
+    kind = _kinds(llava, (name,))[name]
+    _attach(llava, [name])
+    head = kind.build_head(llava)
+    test = _split(kind.spec, "test", 4)
+    with disabled(llava.model):
+        zs = kind.evaluate(llava, None, test, batch_size=5, device="cpu")
+    with route(llava.model, name):
+        ad = kind.evaluate(llava, head, test, batch_size=5, device="cpu")
+    for out in (zs, ad):
+        assert 0.0 <= out[metric] <= 1.0
+        assert any(k.startswith(extra) for k in out)
+
+
+def test_eval_limit_takes_the_first_examples(llava, monkeypatch):
+    kind = _kinds(llava, ("vqa",))["vqa"]
+    kind.spec.generative["eval_limit"] = 5
+    seen = []
+    monkeypatch.setattr(llava, "generate", lambda images, max_len, beam_size, prompts: seen.extend(prompts)
+                        or ["yes"] * len(prompts))
+    test = _split(kind.spec, "test", 4)
+    out = kind.evaluate(llava, None, test, batch_size=2, device="cpu")
+    assert out["n"] == 5 and seen == [kind.prompt(ex) for ex in test.examples[:5]]
+    assert seen[0].endswith("answer:") and llava.image_token in seen[0]
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+
+def test_path_defaults_keep_the_clip_job_and_fit_the_llava_job():
+    opts = TrainOptions()
+    assert opts.with_path_defaults(False).steps == 400 and opts.with_path_defaults(False).batch_size == 64
+    gen = opts.with_path_defaults(True)
+    assert (gen.steps, gen.batch_size, gen.eval_batch_size) == tuple(PATH_DEFAULTS[k][1] for k in
+                                                                     ("steps", "batch_size", "eval_batch_size"))
+    assert TrainOptions(steps=7).with_path_defaults(True).steps == 7
+
+
+def _small_spec(tmp: Path, name: str, n: int = 6, limit: int = 4) -> str:
+    src = next(d / f"{name}.toml" for d in builtin_spec_dirs() if (d / f"{name}.toml").is_file())
+    text = src.read_text()
+    for split in ("train", "val", "test"):
+        text = re.sub(rf"^\[data\.{split}\]$", f"[data.{split}]\nn = {n}", text, flags=re.M)
+    text = re.sub(r"^eval_limit = \d+", f"eval_limit = {limit}", text, flags=re.M)
+    path = tmp / f"{name}.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_train_command_on_a_generative_backbone(llava_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    tasks = ",".join(_small_spec(tmp_path, t) for t in ("vqa", "captioning"))
+    code = train_main(["--backbone", f"hf:{llava_dir}", "--tasks", tasks, "--steps", "2", "--workers", "0",
+                       "--log-every", "1", "--warmup", "1", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    table = capsys.readouterr().out
+    assert "| vqa | vqa_accuracy |" in table and "| captioning | bleu4 |" in table
+    assert "| vqa | vqa_accuracy/" in table and "| captioning | cider |" in table      # the second table
+    result = json.loads((out / "eval.json").read_text())
+    for name, metric in (("vqa", "vqa_accuracy"), ("captioning", "bleu4")):
+        r = result["tasks"][name]
+        assert r["metric"] == metric and 0 <= r["zero_shot"] <= 1 and 0 <= r["adapted"] <= 1
+    assert any(k.startswith("vqa_accuracy/") for k in result["tasks"]["vqa"]["details"]["adapted"])
+    assert "cider" in result["tasks"]["captioning"]["details"]["zero_shot"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["batch_size"] == PATH_DEFAULTS["batch_size"][1] and config["steps"] == 2
+    assert result["tasks"]["vqa"]["n"] == 4 and result["tasks"]["captioning"]["n"] == 4   # eval_limit
+    assert (out / "report.md").is_file() and (out / "plots" / "zero_shot_vs_adapted.png").is_file()
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss/vqa", "loss/captioning"} <= set(logged[-1])
+
+    # The saved adapter alone rebuilds the generative kinds on the recorded backbone: same scores.
+    assert eval_main(["--adapter", str(out / "adapter"), "--out", str(tmp_path / "ev")]) == 0
+    again = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    for name in ("vqa", "captioning"):
+        for which in ("zero_shot", "adapted"):
+            assert again["tasks"][name][which] == pytest.approx(result["tasks"][name][which], abs=1e-6)
