@@ -175,7 +175,7 @@ class AdapterBank(nn.Module):
     # The small per-task matrices ------------------------------------------------------------
     def mixing_weights(self, tasks: torch.Tensor | slice | None = None) -> torch.Tensor:
         """softmax(w_t / τ) for the given task indices (all tasks by default): (len, n)."""
-        w = self.lora_w if tasks is None else self.lora_w[tasks]
+        w = self.lora_w if tasks is None else _task_rows(self.lora_w, tasks)
         return torch.softmax(w / self.temperature, dim=-1)
 
     def a_matrix(self, task: int | None = None) -> torch.Tensor:
@@ -185,24 +185,29 @@ class AdapterBank(nn.Module):
             return A[task]
         return A if A.dim() == 2 else A.reshape(-1, self.d_in)
 
-    def task_matrices(self, tasks: tuple[int, ...], index: slice | torch.Tensor | None = None) -> torch.Tensor:
-        """M_t for each task in ``tasks``: (len(tasks), d_out_adapted, R), scaling included.
+    def task_matrices(self, tasks: tuple[int, ...], index: slice | torch.Tensor | None = None,
+                      scaled: bool = True) -> torch.Tensor:
+        """M_t for each task in ``tasks``: (len(tasks), d_out_adapted, R), the scaling s included unless
+        ``scaled=False`` (the forward pass lets the GEMM apply it).
 
         ``index`` indexes the task rows (a slice, or a LongTensor a Route keeps on the device).
         """
-        B, s = self.lora_B, self.scaling
+        B = self.lora_B
+        s = self.scaling if scaled else 1.0
         idx = _task_index(tasks, B.device) if index is None else index
         if self.method == "mtl_lora":
-            lam = self.lora_lambda[idx] if self.lambda_type != "none" else None
+            lam = _task_rows(self.lora_lambda, idx) if self.lambda_type != "none" else None
             return _MTLMatrices.apply(self.mixing_weights(idx), B, lam, s)
         if self.method == "moe_lora":
             g = self.mixing_weights(idx)  # (P, n)
-            M = g[:, :, None, None] * B[None]  # (P, n, d_out, r)
-            return s * M.permute(0, 2, 1, 3).reshape(len(tasks), B.shape[1], -1)
+            M = (g[:, :, None, None] * B[None]).permute(0, 2, 1, 3).reshape(len(tasks), B.shape[1], -1)
+            return M if s == 1.0 else s * M
         if self.method == "task_lora":
-            return s * B[idx]
+            M = _task_rows(B, idx)
+            return M if s == 1.0 else s * M
         # lora / multi_lora: one matrix for every task, the B_i side by side.
-        M = s * B.permute(1, 0, 2).reshape(B.shape[1], -1)
+        M = B.permute(1, 0, 2).reshape(B.shape[1], -1)
+        M = M if s == 1.0 else s * M
         return M.expand(len(tasks), *M.shape)
 
     def _full_rows(self, M: torch.Tensor) -> torch.Tensor:
@@ -264,13 +269,13 @@ class AdapterBank(nn.Module):
         if route.task is not None or not self.task_dependent:  # one matrix for every row: one LoRA
             t = route.task if route.task is not None else 0
             z = F.linear(xd, self.a_matrix(t).to(x.dtype))
-            M = self._full_rows(self.task_matrices((t,)))
+            M = self._full_rows(self.task_matrices((t,), scaled=False))
             plan, cols, n_batch = WHOLE_BATCH, 0, 1  # the rows' layout does not matter here
         else:
             index = route.present_index(x.device)
-            M = self._full_rows(self.task_matrices(route.present, index))  # (P, d_out, R): each M_t once
+            M = self._full_rows(self.task_matrices(route.present, index, scaled=False))  # (P, d_out, R): once
             if self.method == "task_lora":  # one A_t per task: z holds each present task's block of columns
-                z = F.linear(xd, self.lora_A[index].reshape(-1, self.d_in).to(xd.dtype))
+                z = F.linear(xd, _task_rows(self.lora_A, index).reshape(-1, self.d_in).to(xd.dtype))
                 cols = self.r
             else:
                 z = F.linear(xd, self.a_matrix().to(xd.dtype))
@@ -282,9 +287,9 @@ class AdapterBank(nn.Module):
         if n_batch > 1 and bd and x.dim() > 2:  # sequence-first rows: work batch-first on a copy
             lead = x.shape[:-1]
             out3 = out.view(*lead, -1).movedim(bd, 0).contiguous()
-            res = update_rows(out3, z.view(*lead, -1).movedim(bd, 0), M, plan, cols, n_batch)
+            res = update_rows(out3, z.view(*lead, -1).movedim(bd, 0), M, plan, cols, n_batch, self.scaling)
             return res.movedim(0, bd).reshape(out.shape)
-        return update_rows(out, z, M, plan, cols, n_batch)
+        return update_rows(out, z, M, plan, cols, n_batch, self.scaling)
 
 
 class _MTLMatrices(torch.autograd.Function):
@@ -301,16 +306,19 @@ class _MTLMatrices(torch.autograd.Function):
         ctx.save_for_backward(pi, B, lam)
         ctx.s = s
         with torch.autocast(B.device.type, enabled=False):  # the small matrices stay in the adapters' dtype
-            Bbar = torch.mm(pi, B.reshape(B.shape[0], -1)).view(pi.shape[0], *B.shape[1:])
-            if lam is None:
-                return Bbar.mul_(s)
-            M = torch.bmm(Bbar, lam) if lam.dim() == 3 else Bbar.mul_(lam[:, None, :])
-            return M.mul_(s)
+            P, flat = pi.shape[0], B.reshape(B.shape[0], -1)
+            if lam is None or lam.dim() == 2:
+                Bbar = torch.addmm(flat.new_empty(P, flat.shape[1]), pi, flat, beta=0, alpha=s).view(P, *B.shape[1:])
+                return Bbar if lam is None else Bbar.mul_(lam[:, None, :])
+            Bbar = torch.mm(pi, flat).view(P, *B.shape[1:])
+            return torch.baddbmm(Bbar.new_empty(P, B.shape[1], lam.shape[2]), Bbar, lam, beta=0, alpha=s)
 
     @staticmethod
     def backward(ctx, gM):
         pi, B, lam = ctx.saved_tensors
-        g = gM.to(B.dtype) * ctx.s
+        g = gM.to(B.dtype)
+        if ctx.s != 1.0:
+            g = g * ctx.s
         glam = None
         if lam is None:
             gBbar = g
@@ -337,6 +345,14 @@ def _zero_rows_hook(n_old: int):
         return grad
 
     return hook
+
+
+def _task_rows(t: torch.Tensor, index: slice | torch.Tensor) -> torch.Tensor:
+    """``t[index]``, or ``t`` itself when the index covers every row (no index op in the graph)."""
+    if isinstance(index, slice) and index.start in (0, None) and index.stop in (t.shape[0], None) \
+            and index.step in (1, None):
+        return t
+    return t[index]
 
 
 def _task_index(tasks: tuple[int, ...], device: torch.device) -> slice | torch.Tensor:
