@@ -4,7 +4,9 @@ LLaVA-style model (language-model loss).
 Cases run interleaved (A B C ... A B C ...) in one process so that machine noise hits them alike;
 the script prints medians (wall clock, and process CPU time, which a loaded machine disturbs less)
 and the ratios issues 8 and 9 target, activation memory saved for backward (and CUDA peak memory on a
-GPU), and writes them as JSON with ``--json PATH``.
+GPU), and the number of aten operators each step dispatches (kernels launched: the cost a loaded CPU
+or a launch-bound GPU pays per op, which timing noise cannot blur), and writes them as JSON with
+``--json PATH``.
 
 Mixed MTL-LoRA batches run in two row orders: ``grouped`` (rows sorted by task, as the loader makes
 them; the route comes from segments, as in training) and ``interleaved`` (task of row i = i mod 3, the
@@ -35,6 +37,7 @@ import time
 import open_clip
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.adapters.routing import Route
@@ -81,14 +84,27 @@ class SavedBytes:
         return sum(self.seen.values()) / 2**20
 
 
+class OpCount(TorchDispatchMode):
+    """aten operators dispatched during one step (forward, backward, optimizer step): a count of the
+    kernels each case launches, which a loaded machine cannot disturb (views included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
 def make_train_case(model, route_arg, batch, amp_dtype, device, loss_fn=contrastive_loss):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     held = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
 
-    def step(measure: SavedBytes | None = None):
+    def step(measure: SavedBytes | None = None, ops: OpCount | None = None):
         ctx = mlv.route(model, route_arg) if route_arg is not None else _null()
-        with ctx:  # backward inside the route too: checkpointed layers recompute under it
+        with ops or _null(), ctx:  # backward inside the route too: checkpointed layers recompute under it
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 if measure is not None:
                     hooks = [m.register_forward_pre_hook(measure.hold) for m in held]
@@ -99,8 +115,8 @@ def make_train_case(model, route_arg, batch, amp_dtype, device, loss_fn=contrast
                 else:
                     loss = loss_fn(model, *batch)
             loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
     return step
 
@@ -117,8 +133,8 @@ def make_infer_case(model, batch, amp_dtype, device):
     images, texts = batch
 
     @torch.no_grad()
-    def step(measure=None):
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+    def step(measure=None, ops: OpCount | None = None):
+        with ops or _null(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             model.encode_image(images)
             model.encode_text(texts)
 
@@ -335,12 +351,12 @@ def main(argv: list[str] | None = None) -> dict:
     for name, step in cases.items():
         for _ in range(args.warmup):
             step()
-        m = SavedBytes()
+        m, ops = SavedBytes(), OpCount()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        step(m)
+        step(m, ops)
         sync(device)
-        memory[name] = {"saved_for_backward_mb": round(m.mb, 1)}
+        memory[name] = {"saved_for_backward_mb": round(m.mb, 1), "aten_ops_per_step": ops.n}
         if device.type == "cuda":
             memory[name]["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
@@ -383,10 +399,11 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"{plan['title']} on {device} ({args.precision}), r={args.rank}, n_up={args.n_up}, "
           f"{args.repeats} interleaved rounds, {torch.get_num_threads()} threads")
-    print(f"{'case':<24}{'median s':>10}{'cpu s':>10}{'saved MB':>10}"
+    print(f"{'case':<24}{'median s':>10}{'cpu s':>10}{'saved MB':>10}{'aten ops':>10}"
           + ("{:>10}".format("peak MB") if device.type == "cuda" else ""))
     for k, v in med.items():
-        line = f"{k:<24}{v:>10.4f}{med_cpu[k]:>10.4f}{memory[k]['saved_for_backward_mb']:>10.1f}"
+        line = (f"{k:<24}{v:>10.4f}{med_cpu[k]:>10.4f}{memory[k]['saved_for_backward_mb']:>10.1f}"
+                f"{memory[k]['aten_ops_per_step']:>10}")
         if device.type == "cuda":
             line += f"{memory[k]['cuda_peak_mb']:>10.1f}"
         print(line)
