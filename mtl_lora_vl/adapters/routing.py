@@ -63,10 +63,11 @@ PlanEntry = tuple[int, slice | torch.Tensor]
 
 #: Up to this many runs of rows per present task, layers apply M_t with one in-place matrix product
 #: per run; past it, with one gathered index set per task (one extra pass over the output's rows).
-#: Chosen by measurement on CPU (scripts/bench_adapters.py and a single-layer timing, ViT-B-32 sizes):
-#: row-by-row interleaving of 16 rows (16 runs, 3 tasks) cost +4% over one LoRA's layer with runs and
-#: +18% with the gather, so on CPU runs are used up to a generous cap. On an accelerator each run is a
-#: kernel launch, so the gather takes over past 2 runs per task (reasoned, not measured here: no GPU).
+#: Chosen by measurement on CPU (one ViT-B-32-sized projection, 16 rows interleaved row by row over 3
+#: tasks, forward + backward, one thread): +3-4% over one LoRA's layer with runs, +16-18% with the
+#: gather; the whole bench step with runs is 1.04x ``lora``'s. So on CPU runs are used up to a generous
+#: cap. On an accelerator each run is a kernel launch, so the gather takes over past 2 runs per task
+#: (reasoned, not measured here: no GPU was available).
 MAX_RUNS_PER_TASK = {"cpu": 64}
 MAX_RUNS_PER_TASK_DEFAULT = 2
 
