@@ -455,3 +455,14 @@ def test_merge_backup_is_registered_state_and_unmerge_is_bit_exact():
             assert torch.equal(p, weights[n]), n
     assert not any(n.endswith("merge_backup") for n, _ in model.named_buffers())
     assert bank.merge_backup is None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("ids", [IDS, "cls"])
+def test_autocast_backward_through_mixed_and_one_task_routes(dtype, ids):
+    net = _net()
+    with torch.autocast("cpu", dtype=dtype), mlv.route(net, ids):
+        loss = net(torch.randn(4, 8)).float().square().sum()
+    loss.backward()
+    grads = _grads(net)
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads.values())

@@ -298,11 +298,17 @@ class _MTLMatrices(torch.autograd.Function):
 
     One autograd node that saves only its inputs (π, the B parameter, Λ) and recomputes the mixture
     B̄_t = Σ_i π_ti B_i in backward (P·n·d_out·r multiply-adds), so a forward keeps no d_out-sized
-    intermediate per task besides M_t itself.
+    intermediate per task besides M_t itself. Computed in the parameters' dtype, outside autocast (the
+    layer casts M_t to the activations' dtype), so backward sees the dtypes forward used.
     """
 
     @staticmethod
     def forward(ctx, pi, B, lam, s):
+        with torch.autocast(B.device.type, enabled=False):
+            return _MTLMatrices._forward(ctx, pi.to(B.dtype), B, lam, s)
+
+    @staticmethod
+    def _forward(ctx, pi, B, lam, s):
         ctx.save_for_backward(pi, B, lam)
         ctx.s = s
         with torch.autocast(B.device.type, enabled=False):  # the small matrices stay in the adapters' dtype
