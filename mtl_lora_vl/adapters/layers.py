@@ -311,13 +311,12 @@ class _MTLMatrices(torch.autograd.Function):
     def _forward(ctx, pi, B, lam, s):
         ctx.save_for_backward(pi, B, lam)
         ctx.s = s
-        with torch.autocast(B.device.type, enabled=False):  # the small matrices stay in the adapters' dtype
-            P, flat = pi.shape[0], B.reshape(B.shape[0], -1)
-            if lam is None or lam.dim() == 2:
-                Bbar = torch.addmm(flat.new_empty(P, flat.shape[1]), pi, flat, beta=0, alpha=s).view(P, *B.shape[1:])
-                return Bbar if lam is None else Bbar.mul_(lam[:, None, :])
-            Bbar = torch.mm(pi, flat).view(P, *B.shape[1:])
-            return torch.baddbmm(Bbar.new_empty(P, B.shape[1], lam.shape[2]), Bbar, lam, beta=0, alpha=s)
+        P, flat = pi.shape[0], B.reshape(B.shape[0], -1)
+        if lam is None or lam.dim() == 2:
+            Bbar = torch.addmm(flat.new_empty(P, flat.shape[1]), pi, flat, beta=0, alpha=s).view(P, *B.shape[1:])
+            return Bbar if lam is None else Bbar.mul_(lam[:, None, :])
+        Bbar = torch.mm(pi, flat).view(P, *B.shape[1:])
+        return torch.baddbmm(Bbar.new_empty(P, B.shape[1], lam.shape[2]), Bbar, lam, beta=0, alpha=s)
 
     @staticmethod
     def backward(ctx, gM):
