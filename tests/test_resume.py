@@ -216,3 +216,35 @@ def test_map_shards_without_ddp_is_the_plain_call():
     assert [shard_bounds(5, r, 2) for r in range(2)] == [(0, 2), (2, 5)]
     with sharded_evaluation(DistInfo()):
         assert map_shards(lambda xs: [x * 2 for x in xs], [1, 2, 3]) == [2, 4, 6]
+
+
+@builtin_only
+@pytest.mark.parametrize("at_step", [6, STEPS])
+def test_sigterm_during_a_step_finishes_it_saves_and_resumes_exactly(straight, tmp_path, monkeypatch, at_step):
+    """SIGTERM arrives after the step's batch is drawn: the step completes before the checkpoint, so the
+    saved loader is not a batch ahead of the saved step (which made --resume run out of batches)."""
+    import os
+    import signal
+
+    import mtl_lora_vl.training.train as train_module
+
+    full, _ = straight
+    real = train_module.forward_backward
+    calls = []
+
+    def signalled(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    run = tmp_path / "stopped"
+    with monkeypatch.context() as mp:
+        mp.setattr(train_module, "forward_backward", signalled)
+        assert train_main(run_args(tmp_path) + ["--out", str(run)]) == 0
+    assert int(torch.load(run / "checkpoint.pt", weights_only=True)["step"]) == at_step
+    if at_step < STEPS:
+        assert not (run / "adapter").exists()  # stopped: no final adapter yet
+        assert train_main(["--resume", str(run), "--workers", "2"]) == 0
+    assert same_run(run, full)

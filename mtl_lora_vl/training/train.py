@@ -162,25 +162,38 @@ def wrap_model(run: Run) -> nn.Module:
 
 
 # The loop ---------------------------------------------------------------------------------------
-class Stop(Exception):
-    """Raised inside the loop by SIGTERM so that the run saves a checkpoint and exits."""
+class StopRequest:
+    """Ctrl-C or SIGTERM asks the loop to stop at the next step boundary (the first signal only).
+
+    A signal that interrupted a step half-way (a batch drawn, the weights not yet updated) would leave a
+    checkpoint whose loader is one batch ahead of its step; so the first signal only sets ``signal``
+    and the loop saves once the step is complete. A second Ctrl-C raises ``KeyboardInterrupt`` at once.
+    """
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:  # noqa: ARG002
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        logger.warning("%s: stopping after this step (Ctrl-C again to stop at once, without saving)", self.signal)
 
 
 @contextlib.contextmanager
-def sigterm_stops_the_loop() -> Iterator[None]:
-    """While open, SIGTERM raises :class:`Stop` (signal handlers can only be set from the main thread)."""
+def stop_at_step_boundary() -> Iterator[StopRequest]:
+    """While open, SIGINT and SIGTERM set the yielded request instead of interrupting (main thread only:
+    Python delivers signals there, and only there can handlers be set)."""
+    request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield request
         return
-
-    def on_sigterm(signum, frame):  # noqa: ARG001
-        raise Stop()
-
-    old = signal.signal(signal.SIGTERM, on_sigterm)
+    old = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield request
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization, step: int,
@@ -188,7 +201,8 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
     """Train from ``step`` to the end, logging, evaluating and checkpointing on the way.
 
     Returns True when the run reached its last step (after a final checkpoint), False when Ctrl-C or
-    SIGTERM stopped it (after a checkpoint that ``--resume`` continues from).
+    SIGTERM stopped it: after the step in progress and a checkpoint that ``--resume`` continues from,
+    or, on a second Ctrl-C, at once with the last periodic checkpoint kept.
     """
     opts, info, model = run.opts, run.info, run.setup.model
     log = MetricsLog(run.dir, info.is_main)
@@ -200,10 +214,16 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
     def checkpoint(sync: bool = True) -> None:  # sync: every rank is at this point of the same step
         save_training_checkpoint(run.dir, step, model, optim, loader, window.losses, info, sync=sync)
 
-    with sigterm_stops_the_loop():
+    with stop_at_step_boundary() as stop:
         try:
             model.train()
             while step < run.total_steps:
+                if stop.signal is not None:
+                    checkpoint(sync=False)  # ranks may stop at different steps: nobody waits
+                    if info.is_main:
+                        logger.warning("stopped at step %d; checkpoint saved. Continue the run with --resume %s",
+                                       step, run.dir)
+                    return False
                 result = forward_backward(net, batches, optim, accumulate=opts.accumulate,
                                           backbone=run.setup.backbone, amp_dtype=run.amp_dtype, info=info)
                 window.count(result.samples)
@@ -227,10 +247,10 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
                     model.train()
                 if step % opts.save_every == 0 and step < run.total_steps:
                     checkpoint()
-        except (KeyboardInterrupt, Stop):
-            checkpoint(sync=False)
+        except KeyboardInterrupt:  # a second Ctrl-C: the step in progress is half done, so nothing is saved
             if info.is_main:
-                logger.warning("stopped at step %d; checkpoint saved. Continue the run with --resume %s", step, run.dir)
+                logger.warning("interrupted during step %d, not saved; --resume %s continues from the last "
+                               "periodic checkpoint, if there is one", step + 1, run.dir)
             return False
         finally:
             progress.close()
