@@ -55,9 +55,10 @@ One training step then runs each tower once, one route per tower pass (what
             loss = loss + spec.loss_weight * kind.loss(heads[name], backbone, rows,
                                                        image_emb[rows["rows"]], t)
 
-On the generative path the step is one language-model pass for every row of every task::
+On the generative path the step is one language-model pass for every row of every task, under one
+route (the vision tower and the language model both read it)::
 
-    with route(model, batch["task_ids"]):
+    with route(router, Route.from_segments(batch["segments"])):
         row_loss = backbone.lm_loss(batch["images"], **batch["lm"])       # (B,) per-row mean token CE
     for name, rows in task_views(batch):
         rows["lm_loss"] = row_loss[rows["rows"]]
