@@ -177,6 +177,60 @@ def test_coca_mixed_generation_equals_each_task_alone(tmp_path, beams):
             assert [mixed[r] for r in rows] == bb.generate(images[rows], max_len=5, beam_size=beams)
 
 
+def _adapted_coca(tmp_path):
+    from vl_tiny import tiny_backbone
+
+    bb = tiny_backbone(tmp_path, coca=True)
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for bank in bb.model._mtl_lora.layers.values():
+            bank.lora_B.normal_(std=0.3)
+            bank.lora_w.normal_()
+    bb.model.eval()
+    return bb
+
+
+def test_coca_kv_cache_steps_equal_the_full_forward_under_a_mixed_route(tmp_path):
+    """Feeding a prefix in pieces (3 tokens, then one at a time, then a beam reorder) through the cached
+    stepper gives the full forward's last-position logits at every length, adapters routed per row."""
+    from mtl_lora_vl.backbones.coca_decoding import CoCaStepper, supports_kv_cache
+
+    bb = _adapted_coca(tmp_path)
+    assert supports_kv_cache(bb.model)
+    # two images x two beams: rows (0, 1) are image 0 under task 2, rows (2, 3) image 1 under task 0
+    images, ids = torch.randn(2, 3, 32, 32).repeat_interleave(2, 0), torch.tensor([2, 2, 0, 0])
+    seqs = torch.randint(5, bb.tokenizer.vocab_size, (4, 7))
+
+    def full(seqs):
+        return bb.model.text_decoder(image_embs, bb.model._encode_text(seqs)[1])[:, -1]
+
+    with torch.no_grad(), mlv.route(bb.model, ids):
+        _, image_embs = bb.model._encode_image(images)
+        stepper = CoCaStepper(bb.model, image_embs)
+        for stop in (3, 4, 5, 6):
+            torch.testing.assert_close(stepper(seqs[:, :stop]), full(seqs[:, :stop]), rtol=1e-5, atol=1e-5)
+        keep = torch.tensor([1, 1, 3, 2])  # each new beam continues a beam of its own image
+        stepper.reorder(keep)
+        seqs = torch.cat([seqs[keep, :6], seqs[:, 6:7]], dim=1)
+        torch.testing.assert_close(stepper(seqs), full(seqs), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_coca_generation_with_the_cache_equals_without_and_skips_the_prefix(tmp_path, beams, monkeypatch):
+    bb = _adapted_coca(tmp_path)
+    images, ids = torch.randn(4, 3, 32, 32), torch.tensor([2, 0, 1, 0])
+    with mlv.route(bb.model, ids):
+        plain = bb.generate(images, max_len=6, beam_size=beams, use_cache=False)
+    calls = []
+    real = type(bb.model.text).forward
+    monkeypatch.setattr(type(bb.model.text), "forward", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    with mlv.route(bb.model, ids):
+        cached = bb.generate(images, max_len=6, beam_size=beams)
+    assert cached == plain
+    assert calls == []  # the text tower never re-ran a prefix
+
+
 def test_candidate_scores_train_under_checkpointing_with_backward_outside_the_route(dirs):
     """The B·C rows of sequence_scores' no-cache path are recomputed in backward with the expanded route."""
     bb = adapted(dirs, "llava")

@@ -416,7 +416,8 @@ class LoRAMultiheadAttention(nn.Module):
     def adapted_weights(self) -> list[tuple[AdapterBank, nn.Parameter]]:
         return [(self.in_proj, self.in_proj_weight)]
 
-    def _project(self, x: torch.Tensor, part: slice) -> torch.Tensor:
+    def project(self, x: torch.Tensor, part: slice) -> torch.Tensor:
+        """Rows ``part`` of the packed ``[q; k; v]`` in-projection applied to ``x``, adapters included."""
         b = self.in_proj_bias[part] if self.in_proj_bias is not None else None
         return self.in_proj.linear(x, self.in_proj_weight[part], b, rows=part)
 
@@ -441,12 +442,12 @@ class LoRAMultiheadAttention(nn.Module):
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         Bsz, L, S = query.shape[0], query.shape[1], key.shape[1]
         if query is key and key is value:
-            q, k, v = self._project(query, slice(0, 3 * E)).chunk(3, dim=-1)
+            q, k, v = self.project(query, slice(0, 3 * E)).chunk(3, dim=-1)
         elif key is value:
-            q = self._project(query, slice(0, E))
-            k, v = self._project(key, slice(E, 3 * E)).chunk(2, dim=-1)
+            q = self.project(query, slice(0, E))
+            k, v = self.project(key, slice(E, 3 * E)).chunk(2, dim=-1)
         else:
-            q, k, v = (self._project(t, slice(i * E, (i + 1) * E)) for i, t in enumerate((query, key, value)))
+            q, k, v = (self.project(t, slice(i * E, (i + 1) * E)) for i, t in enumerate((query, key, value)))
         q, k, v = (t.unflatten(-1, (H, hd)).transpose(1, 2) for t in (q, k, v))  # (B, H, len, hd)
         mask = _merge_masks(attn_mask, key_padding_mask, Bsz, H, L, S, q.dtype)
         p = self.dropout if self.training else 0.0
@@ -505,3 +506,13 @@ def _merge_masks(
         kpm = additive(key_padding_mask).view(B, 1, 1, S)
         mask = kpm if mask is None else mask + kpm
     return mask
+
+
+def packed_projection(attn: nn.Module, x: torch.Tensor, part: slice) -> torch.Tensor:
+    """Rows ``part`` of an attention module's packed ``[q; k; v]`` in-projection applied to ``x``: with the
+    adapters for a :class:`LoRAMultiheadAttention`, the plain weights for an ``nn.MultiheadAttention``
+    (incremental decoding projects one new token at a time, outside the module's ``forward``)."""
+    if isinstance(attn, LoRAMultiheadAttention):
+        return attn.project(x, part)
+    bias = attn.in_proj_bias[part] if attn.in_proj_bias is not None else None
+    return F.linear(x, attn.in_proj_weight[part], bias)

@@ -17,12 +17,15 @@ __all__ = ["beam_search"]
 
 @torch.no_grad()
 def beam_search(step: Callable[[Tensor], Tensor], batch: int, beam_size: int, max_len: int, bos_id: int,
-                eos_id: int, pad_id: int, banned: Iterable[int] = (), device: str | torch.device = "cpu") -> Tensor:
+                eos_id: int, pad_id: int, banned: Iterable[int] = (), device: str | torch.device = "cpu",
+                reorder: Callable[[Tensor], None] | None = None) -> Tensor:
     """The best sequence per input row, ``(batch, 1 + steps)`` starting with ``bos_id``.
 
     ``step(seqs)`` gets ``(batch * beam_size, t)`` token ids (rows of one input are consecutive) and
     returns ``(batch * beam_size, vocab)`` logits for the next token. Tokens in ``banned`` are never
     chosen; a finished beam (one that produced ``eos_id``) only appends ``pad_id``, at no cost.
+    ``reorder(beam)``, when given, is called with the ``(batch * beam_size,)`` indices of the sequences each
+    new beam continues (a KV cache reorders its rows with it) before the next ``step``.
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
@@ -44,6 +47,8 @@ def beam_search(step: Callable[[Tensor], Tensor], batch: int, beam_size: int, ma
         beam = (idx // vocab + offsets).reshape(-1)
         token = (idx % vocab).reshape(-1)
         seqs = torch.cat([seqs[beam], token.unsqueeze(1)], dim=1)
+        if reorder is not None:
+            reorder(beam)
         was_done = done[beam]
         lengths = lengths[beam] + (~was_done).float()
         done = was_done | (token == eos_id)

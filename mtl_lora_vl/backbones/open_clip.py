@@ -36,6 +36,7 @@ from .base import (
 from .beam import beam_search
 from .builtin import BUILTIN_NAME, builtin_files
 from .cache import cached_open_clip_weights, clip_url_cache, hf_hub_cache
+from .coca_decoding import CoCaStepper, supports_kv_cache
 from .offline import offline
 from .spec import SPEC_FORMS, BackboneSpec
 from .tokenizers import OpenClipBPETokenizer, Tokenizer, WordTokenizer, is_word_tokenizer, load_hf_tokenizer
@@ -103,9 +104,11 @@ class CoCaBackbone(OpenClipBackbone):
 
     @torch.no_grad()
     def generate(self, images: Tensor, max_len: int = 20, beam_size: int = 1,
-                 prompts: Sequence[str] | None = None) -> list[str]:
+                 prompts: Sequence[str] | None = None, use_cache: bool = True) -> list[str]:
         """One caption per image: greedy (``beam_size=1``) or beam search with length normalisation. Under a
-        mixed ``route`` each image's beams use its task (no KV cache: each step re-reads the prefix)."""
+        mixed ``route`` each image's beams use its task. With ``use_cache`` (and a model layout that allows
+        it, :func:`.coca_decoding.supports_kv_cache`) each step runs only the new token over cached keys and
+        values; without, each step re-runs the whole prefix."""
         if prompts is not None:
             raise ValueError(f"backbone {self.name!r} (CoCa) captions images without prompts; pass prompts=None")
         if beam_size < 1:
@@ -115,16 +118,18 @@ class CoCaBackbone(OpenClipBackbone):
         _, image_embs = self.model._encode_image(images)
         image_embs = image_embs.repeat_interleave(beam_size, dim=0)
 
-        def step(seqs: Tensor) -> Tensor:
+        def full_step(seqs: Tensor) -> Tensor:
             _, token_embs = self.model._encode_text(seqs)
             return self.model.text_decoder(image_embs, token_embs)[:, -1]
 
         unk = getattr(self.tokenizer, "unk_id", None)
         with expanded_rows(self.model, beam_size):  # the decoder sees beam_size rows per routed image row
-            best = beam_search(step, images.shape[0], beam_size, max(1, min(int(max_len), self.context_length - 1)),
+            stepper = CoCaStepper(self.model, image_embs) if use_cache and supports_kv_cache(self.model) else None
+            best = beam_search(stepper or full_step, images.shape[0], beam_size,
+                               max(1, min(int(max_len), self.context_length - 1)),
                                self.bos_id, self.eos_id, self.pad_id,
                                banned={self.pad_id, self.bos_id, *(() if unk is None else (unk,))},
-                               device=image_embs.device)
+                               device=image_embs.device, reorder=stepper.reorder if stepper else None)
         return [self.decode(row) for row in best]
 
 
