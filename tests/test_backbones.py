@@ -480,3 +480,26 @@ def test_offline_scope_restores_exactly_and_sets_no_environment(monkeypatch):
     with pytest.raises(RuntimeError), offline():
         raise RuntimeError("boom")
     assert constants.HF_HUB_OFFLINE is False
+
+
+def test_a_backbone_class_that_declares_a_capability_must_implement_it():
+    from dataclasses import dataclass
+
+    from mtl_lora_vl.backbones import Backbone
+    from mtl_lora_vl.backbones.base import GENERATE, IMAGE_EMBEDDINGS
+
+    with pytest.raises(TypeError, match=r"NoGenerate declares capabilities it does not implement: generate \(generate\)"):
+        @dataclass
+        class NoGenerate(Backbone):
+            capabilities = frozenset({GENERATE})
+
+    with pytest.raises(TypeError, match="teleport"):
+        class Unknown(Backbone):
+            capabilities = frozenset({"teleport"})
+
+    @dataclass
+    class Images(Backbone):  # declares what it implements: accepted
+        capabilities = frozenset({IMAGE_EMBEDDINGS})
+
+        def _image_features(self, images):
+            return images

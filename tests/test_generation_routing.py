@@ -156,27 +156,6 @@ def test_generation_rows_and_copies(dirs):
     assert got == want
 
 
-@pytest.mark.parametrize("beams", [1, 3])
-def test_coca_mixed_generation_equals_each_task_alone(tmp_path, beams):
-    from vl_tiny import tiny_backbone
-
-    bb = tiny_backbone(tmp_path, coca=True)
-    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for bank in bb.model._mtl_lora.layers.values():
-            bank.lora_B.normal_(std=0.3)
-            bank.lora_w.normal_()
-    images = torch.randn(4, 3, 32, 32)
-    ids = torch.tensor([2, 0, 1, 0])
-    with mlv.route(bb.model, ids):
-        mixed = bb.generate(images, max_len=5, beam_size=beams)
-    for t in range(3):
-        rows = (ids == t).nonzero().flatten().tolist()
-        with mlv.route(bb.model, TASKS[t]):
-            assert [mixed[r] for r in rows] == bb.generate(images[rows], max_len=5, beam_size=beams)
-
-
 def _adapted_coca(tmp_path):
     from vl_tiny import tiny_backbone
 
@@ -189,6 +168,19 @@ def _adapted_coca(tmp_path):
             bank.lora_w.normal_()
     bb.model.eval()
     return bb
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_coca_mixed_generation_equals_each_task_alone(tmp_path, beams):
+    bb = _adapted_coca(tmp_path)
+    images = torch.randn(4, 3, 32, 32)
+    ids = torch.tensor([2, 0, 1, 0])
+    with mlv.route(bb.model, ids):
+        mixed = bb.generate(images, max_len=5, beam_size=beams)
+    for t in range(3):
+        rows = (ids == t).nonzero().flatten().tolist()
+        with mlv.route(bb.model, TASKS[t]):
+            assert [mixed[r] for r in rows] == bb.generate(images[rows], max_len=5, beam_size=beams)
 
 
 def test_coca_kv_cache_steps_equal_the_full_forward_under_a_mixed_route(tmp_path):

@@ -73,6 +73,14 @@ _NEEDS = {
     GENERATE: ("a language model or caption decoder that generates text", _GENERATIVE),
     GRAD_CHECKPOINTING: ("activation checkpointing", "train without --grad-checkpointing (grad_checkpointing=False)"),
 }
+# capability -> the methods a class that declares it must override (checked when the class is defined)
+_IMPLEMENTS = {
+    IMAGE_EMBEDDINGS: ("_image_features",),
+    TEXT_EMBEDDINGS: ("_text_features",),
+    LM_LOGITS: ("caption_logits",),
+    GENERATE: ("generate",),
+    GRAD_CHECKPOINTING: ("set_grad_checkpointing",),
+}
 BASE_DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -126,6 +134,18 @@ class Backbone:
     pads_to_context: ClassVar[bool] = False  # text must be exactly context_length tokens long
 
     # ---------------------------------------------------------------------------------- capabilities
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A class that declares a capability must implement it: refused here, when the class is defined,
+        rather than with a ``NotImplementedError`` at the first call."""
+        super().__init_subclass__(**kwargs)
+        unknown = set(cls.capabilities) - set(CAPABILITIES)
+        missing = [f"{m} ({cap})" for cap in sorted(cls.capabilities) if cap in _IMPLEMENTS
+                   for m in _IMPLEMENTS[cap] if getattr(cls, m) is getattr(Backbone, m)]
+        if unknown or missing:
+            raise TypeError(f"backbone class {cls.__name__} declares capabilities it does not implement: "
+                            f"{', '.join(missing + [f'{u} (unknown; known: {list(CAPABILITIES)})' for u in sorted(unknown)])}; "
+                            "override those methods or drop the capability")
+
     @classmethod
     def load(cls, spec: BackboneSpec, device: str | torch.device = "cpu", base_dtype: str = "auto") -> Backbone:
         """Build this backbone from a parsed backbone string, local files only; base weights in
