@@ -14,6 +14,7 @@ import torch
 from conftest import tiny_open_clip
 
 from mtl_lora_vl.backbones import builtin_dir
+from mtl_lora_vl.backbones.builtin import builtin_llava_dir
 from mtl_lora_vl.benchmark import BenchSettings, run_benchmark
 from mtl_lora_vl.benchmark.cli import build_parser, settings_from_args
 from mtl_lora_vl.benchmark.grid import ablation_configs, count_runs, method_configs, pick_lr
@@ -170,3 +171,25 @@ def test_tiny_grid_resumes_and_reports(tmp_path):
     # Other settings in the same folder are refused.
     with pytest.raises(RuntimeError, match="other settings"):
         run_benchmark(BenchSettings(**{**settings.__dict__, "steps": 3}), out, trainer=counting)
+
+
+@pytest.mark.skipif(not (builtin_llava_dir() / "model.safetensors").is_file(), reason="built-in LLaVA not built")
+def test_the_same_grid_runs_on_the_built_in_llava(tmp_path):
+    """Issue 10's generative path: the built-in specs take their LM path on builtin-llava (answers and
+    captions generated, classes scored by likelihood) and the report comes out the same way."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    settings = BenchSettings(tasks=[_small_spec(specs, t) for t in ("vqa", "captioning", "caption_cls")],
+                             backbone="builtin-llava", methods=["lora", "mtl_lora"], match_params=False,
+                             single_task=False, ablations={}, seeds=1, lr_grid=[3e-3], steps=2, batch_size=6,
+                             warmup=1, eval_batch_size=16, device="cpu")
+    results = run_benchmark(settings, tmp_path / "bench", stream=io.StringIO())
+    assert results["runs_total"] == 3
+    report = (tmp_path / "bench" / "report.md").read_text()
+    assert report.startswith("# Method benchmark: vqa, captioning, caption_cls on `builtin-llava`")
+    saved = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert set(saved["zero_shot"]) == {"vqa", "captioning", "caption_cls"}
+    run = tmp_path / "bench" / "runs" / "mtl_lora-r8" / "lr0.003-seed0" / "train"
+    scores = json.loads((run / "eval.json").read_text())["tasks"]
+    assert [scores[t]["metric"] for t in ("vqa", "captioning", "caption_cls")] == ["vqa_accuracy", "bleu4", "top1"]
+    assert "cider" in scores["captioning"]["details"]["adapted"]  # generated captions were scored
