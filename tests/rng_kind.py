@@ -71,8 +71,10 @@ def small_spec(tmp: Path, name: str, n_train: int = 48, n_eval: int = 16, kind: 
     return path
 
 
-if __name__ == "__main__":
-    from mtl_lora_vl.cli import train_main
+if __name__ == "__main__":  # train with the sampled kind registered; "eval ARGS" evaluates instead
+    from mtl_lora_vl.cli import eval_main, train_main
 
     register()
+    if sys.argv[1:2] == ["eval"]:
+        sys.exit(eval_main(sys.argv[2:]))
     sys.exit(train_main(sys.argv[1:]))

@@ -126,3 +126,12 @@ def test_ddp_resume_repeats_the_run_and_its_sharded_scores_match_one_process(tmp
     for task in ddp:
         assert (ddp[task]["zero_shot"], ddp[task]["adapted"]) == (one[task]["zero_shot"], one[task]["adapted"])
         assert ddp[task]["details"] == one[task]["details"]
+
+    # evaluate_vl under torchrun: each rank scores its shard, rank 0 alone prints and writes; same scores.
+    out, err = finish(torchrun(29533, str(TESTS / "rng_kind.py"), "eval", "--adapter", str(straight / "adapter"),
+                               "--batch-size", "32", "--device", "cpu", "--out", str(tmp_path / "two")))
+    assert out.count("| vqa | vqa_accuracy |") == 1
+    two = json.loads((tmp_path / "two" / "eval.json").read_text())["tasks"]
+    for task in one:
+        assert (two[task]["zero_shot"], two[task]["adapted"], two[task]["details"]) == \
+            (one[task]["zero_shot"], one[task]["adapted"], one[task]["details"])

@@ -103,7 +103,8 @@ def evaluate(opts: EvalOptions) -> str:
     """Run the evaluation; the finished table goes to stdout (the result, not a log line)."""
     kwargs = {k: v for k, v in asdict(opts).items() if k != "config"}
     table = evaluate_adapter(**kwargs)
-    print(table)
+    if table:  # empty on ranks other than 0 under torchrun
+        print(table)
     return table
 
 

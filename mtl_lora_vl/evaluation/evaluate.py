@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..adapters.routing import disabled, route
-from ..distributed import pick_device
+from ..distributed import DistInfo, barrier, cleanup, init_distributed, sharded_evaluation
 from ..io import load_pretrained
 from ..log import progress
 from ..multitask import MultiTaskModel, Setup
@@ -104,13 +104,25 @@ def evaluate_adapter(adapter: str | Path, tasks: str | None = None, backbone: st
                      out: str | Path | None = None, overwrite: bool = False) -> str:
     """``evaluate_vl.py``: load an adapter directory onto a fresh base model, score zero-shot vs adapted,
     write the outputs to ``out``; returns the table. Needs nothing but the adapter directory (and
-    ``data_root`` for file-based tasks)."""
+    ``data_root`` for file-based tasks). Under torchrun every rank scores its shard of each split and
+    rank 0 writes the outputs (the other ranks return an empty string); the scores equal one process's."""
     adapter = Path(adapter)
     out = Path(out) if out else adapter.resolve().parent / f"eval-{split}"
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and any(out.iterdir()) and not overwrite:  # every rank checks before anyone writes
         raise RunDirError(f"--out {out}: exists and is not empty; pass --overwrite to replace its results "
                           "or choose another --out")
-    dev = pick_device(device)
+    info = init_distributed(device)
+    try:
+        return _evaluate_adapter(adapter, tasks, backbone, pretrained, data_root, split, info, precision,
+                                 batch_size, workers, out)
+    finally:
+        cleanup(info)
+
+
+def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pretrained: str | None,
+                      data_root: str | None, split: str, info: DistInfo, precision: str, batch_size: int,
+                      workers: int, out: Path) -> str:
+    dev = info.device
     lp = load_pretrained(adapter, dev, backbone=backbone, pretrained=pretrained, data_root=data_root)
     names = list(lp.config.tasks) if not tasks else [t.strip() for t in tasks.split(",") if t.strip()]
     unknown = [t for t in names if t not in lp.config.tasks]
@@ -123,7 +135,10 @@ def evaluate_adapter(adapter: str | Path, tasks: str | None = None, backbone: st
     kinds = {t: lp.kinds[t] for t in names}
     model = MultiTaskModel(lp.backbone, kinds, nn.ModuleDict({t: lp.heads[t] for t in names}))
     setup = Setup(lp.backbone, [lp.specs[t] for t in names], kinds, model, lp.config)
-    result = evaluate_setup(setup, split=split, data_root=data_root, device=dev,
-                            dtype=resolve_precision(precision, dev), batch_size=batch_size, workers=workers)
+    with sharded_evaluation(info):
+        result = evaluate_setup(setup, split=split, data_root=data_root, device=dev,
+                                dtype=resolve_precision(precision, dev), batch_size=batch_size, workers=workers)
     result["adapter"] = str(adapter)
-    return write_outputs(out, result, lp.backbone.model)
+    table = write_outputs(out, result, lp.backbone.model) if info.is_main else ""
+    barrier(info)
+    return table
