@@ -5,9 +5,12 @@
     python scripts/pretrain_llava.py --steps 20 --n-pretrain 200 --eval-scenes 20 --out /tmp/llava   # a quick try
     python scripts/pretrain_llava.py --evaluate assets/builtin_llava     # re-score a saved model
 
-The model is a CLIP vision tower (64 px, patch 8, 4 x 128, started from the built-in CLIP's image tower in
-``assets/builtin_clip``), LLaVA's two-layer projector and a small Llama language model over a word-level
-vocabulary (the built-in CLIP's words plus every word of the world's splits and of the prompts below).
+The model is a CLIP vision tower (64 px, patch 8, 4 x 128: the built-in CLIP's image tower from
+``assets/builtin_clip``, mapped into ``CLIPVisionModel`` and kept frozen unless ``--vision-lr`` > 0; its
+last layer's 64 patch features feed the projector), LLaVA's two-layer projector and a small Llama language
+model (3 x 160, tied embeddings) over a word-level vocabulary (the built-in CLIP's words plus every word of
+the world's splits and of the prompts below). With the tower frozen its features are computed once, and a
+step trains only the projector and the language model.
 
 Training data come from the world's **pretraining split only**: each scene's simple captions and generic
 questions about the same scene whose answers those captions state (colour, shape, count, existence,
