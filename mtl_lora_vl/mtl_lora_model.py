@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from .adapters.attach import attach, attach_info, merge, unmerge
+from .adapters.attention import LoRAMultiheadAttention
 from .adapters.generation import uninstall_routed_generate
 from .adapters.grow import AddedTask, add_task
-from .adapters.layers import LoRALinear, LoRAMultiheadAttention
+from .adapters.layers import LoRALinear
 from .adapters.routing import disabled, route
 from .config import MTLLoRAConfig
 from .io.adapter_files import load_adapter, save_adapter

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 import mtl_lora_vl as mlv
-from mtl_lora_vl.adapters.layers import LoRALinear, LoRAMultiheadAttention
+from mtl_lora_vl.adapters.attention import LoRAMultiheadAttention
+from mtl_lora_vl.adapters.layers import LoRALinear
 from mtl_lora_vl.adapters.routing import Router
 
 METHODS = ["mtl_lora", "lora", "task_lora", "multi_lora", "moe_lora"]

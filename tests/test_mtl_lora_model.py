@@ -10,7 +10,8 @@ from test_adapter_io import TASKS, _fresh, _hf_run, _oc_run, _outputs, _trained
 from torch import nn
 
 import mtl_lora_vl as mlv
-from mtl_lora_vl.adapters.layers import LoRALinear, LoRAMultiheadAttention
+from mtl_lora_vl.adapters.attention import LoRAMultiheadAttention
+from mtl_lora_vl.adapters.layers import LoRALinear
 from mtl_lora_vl.io import AdapterFileError
 
 

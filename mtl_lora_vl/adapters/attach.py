@@ -14,8 +14,9 @@ from torch import nn
 
 from ..config import TOWERS, MTLLoRAConfig
 from ..families import FAMILIES, find_family
+from .attention import LoRAMultiheadAttention
 from .generation import install_routed_generate
-from .layers import ADAPTER_PARAM_NAMES, AdapterBank, LoRALinear, LoRAMultiheadAttention
+from .layers import ADAPTER_PARAM_NAMES, AdapterBank, LoRALinear
 from .routing import Router, find_router
 
 

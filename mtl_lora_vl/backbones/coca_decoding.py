@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..adapters.layers import LoRAMultiheadAttention, packed_projection
+from ..adapters.attention import LoRAMultiheadAttention, packed_projection
 
 __all__ = ["CoCaStepper", "supports_kv_cache"]
 
