@@ -71,10 +71,36 @@ def small_spec(tmp: Path, name: str, n_train: int = 48, n_eval: int = 16, kind: 
     return path
 
 
+def sigterm_at(rank: int, step: int) -> None:
+    """Make this process send itself SIGTERM inside step ``step`` (after its forward and backward) when it
+    is rank ``rank``: a preemption notice that reaches one rank mid-step."""
+    import os
+    import signal
+
+    import mtl_lora_vl.training.train as train_module
+
+    if int(os.environ.get("RANK", "0")) != rank:
+        return
+    real, calls = train_module.forward_backward, []
+
+    def signalled(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    train_module.forward_backward = signalled
+
+
 if __name__ == "__main__":  # train with the sampled kind registered; "eval ARGS" evaluates instead
+    import os
+
     from mtl_lora_vl.cli import eval_main, train_main
 
     register()
+    if os.environ.get("SIGTERM_RANK_STEP"):
+        sigterm_at(*(int(x) for x in os.environ["SIGTERM_RANK_STEP"].split(":")))
     if sys.argv[1:2] == ["eval"]:
         sys.exit(eval_main(sys.argv[2:]))
     sys.exit(train_main(sys.argv[1:]))

@@ -27,9 +27,9 @@ pytestmark = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_fil
                                 reason="built-in backbone not built (python scripts/pretrain_backbone.py)")
 
 
-def torchrun(port: int, *args: str) -> subprocess.Popen:
+def torchrun(port: int, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**ENV, **(env or {})})
 
 
 def finish(proc: subprocess.Popen, timeout: float = 400) -> tuple[str, str]:
@@ -115,6 +115,17 @@ def test_ddp_resume_repeats_the_run_and_its_sharded_scores_match_one_process(tmp
         torch.testing.assert_close(b[k], a[k], atol=0, rtol=0, msg=k)
     assert _rows(killed) == _rows(straight)
     assert any("eval/sampled/mean_recall" in r for r in _rows(straight))   # periodic evaluation, sharded
+
+    # SIGTERM reaching rank 1 alone inside step 3: both ranks finish step 3, agree to stop, save step 3
+    # (rank 1's file too), and the resumed run is the uninterrupted one.
+    stopped = tmp_path / "stopped"
+    out, err = finish(torchrun(29534, str(TESTS / "rng_kind.py"), *args, "--out", str(stopped),
+                               env={"SIGTERM_RANK_STEP": "1:3"}))
+    assert _step(stopped / "checkpoint.pt") == 3 and not (stopped / "adapter").exists()
+    assert "stopped at step 3" in err
+    finish(torchrun(29534, str(TESTS / "rng_kind.py"), "--resume", str(stopped), "--workers", "1", "--device", "cpu"))
+    c = load_file(str(stopped / "adapter" / ADAPTER_WEIGHTS))
+    assert all(torch.equal(c[k], a[k]) for k in a) and _rows(stopped) == _rows(straight)
 
     # The run's final evaluation (sharded over two processes) equals one process scoring its adapter.
     ddp = json.loads((straight / "eval.json").read_text())["tasks"]

@@ -102,17 +102,13 @@ def save_rank_state(run_dir: str | Path, rank: int, step: int, log_window: dict[
 
 
 def save_training_checkpoint(run_dir: str | Path, step: int, model: MultiTaskModel, optim: Optimization,
-                             loader: MultiTaskLoader, log_window: dict[str, list[float]], info: DistInfo, *,
-                             sync: bool = True) -> None:
-    """Every rank's part of a checkpoint: rank r > 0 its rank file, rank 0 ``checkpoint.pt``.
-
-    ``sync`` (every rank is at the same step, e.g. a periodic save): rank 0 writes after a barrier, once
-    every rank file holds ``step``. Without it (Ctrl-C, SIGTERM: ranks may be anywhere) nobody waits.
-    """
+                             loader: MultiTaskLoader, log_window: dict[str, list[float]], info: DistInfo) -> None:
+    """Every rank's part of a checkpoint: rank r > 0 its rank file, rank 0 ``checkpoint.pt`` after a barrier,
+    once every rank file holds ``step``. Every rank calls it at the same step (periodic saves, the end, and a
+    stop: the loop agrees on stopping across ranks before it saves)."""
     if not info.is_main:
         save_rank_state(run_dir, info.rank, step, log_window)
-    if sync:
-        barrier(info)
+    barrier(info)
     if info.is_main:
         save_checkpoint(training_state(step, model, optim, loader, log_window, info.world_size), run_dir)
 

@@ -24,7 +24,7 @@ from torch import nn
 from ..adapters.attach import parameter_report
 from ..adapters.grow import freeze_old_rows
 from ..data.loader import MultiTaskLoader
-from ..distributed import DistInfo, barrier, cleanup, init_distributed, sharded_evaluation
+from ..distributed import DistInfo, any_rank, barrier, cleanup, init_distributed, sharded_evaluation
 from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, write_outputs
 from ..io import save_adapter
 from ..multitask import Setup, build_setup, extend_setup
@@ -167,7 +167,8 @@ class StopRequest:
 
     A signal that interrupted a step half-way (a batch drawn, the weights not yet updated) would leave a
     checkpoint whose loader is one batch ahead of its step; so the first signal only sets ``signal``
-    and the loop saves once the step is complete. A second Ctrl-C raises ``KeyboardInterrupt`` at once.
+    and the loop saves once the step is complete (under DDP every rank stops at the first boundary where
+    any rank has a signal). A second Ctrl-C raises ``KeyboardInterrupt`` at once.
     """
 
     def __init__(self) -> None:
@@ -211,15 +212,15 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
     window = LossWindow(log_window)
     bad = 0  # non-finite steps in a row
 
-    def checkpoint(sync: bool = True) -> None:  # sync: every rank is at this point of the same step
-        save_training_checkpoint(run.dir, step, model, optim, loader, window.losses, info, sync=sync)
+    def checkpoint() -> None:  # every rank is at this point of the same step
+        save_training_checkpoint(run.dir, step, model, optim, loader, window.losses, info)
 
     with stop_at_step_boundary() as stop:
         try:
             model.train()
             while step < run.total_steps:
-                if stop.signal is not None:
-                    checkpoint(sync=False)  # ranks may stop at different steps: nobody waits
+                if any_rank(stop.signal is not None, info):  # a signal to one rank stops all at this step
+                    checkpoint()
                     if info.is_main:
                         logger.warning("stopped at step %d; checkpoint saved. Continue the run with --resume %s",
                                        step, run.dir)
