@@ -503,3 +503,18 @@ def test_a_backbone_class_that_declares_a_capability_must_implement_it():
 
         def _image_features(self, images):
             return images
+
+
+def test_coca_refuses_the_prompt_conditioned_lm_methods_with_what_to_use(tok_dir):
+    """CoCa has a caption decoder (lm_logits, generate) but no prompt-conditioned language model."""
+    from mtl_lora_vl.backbones import BackboneError
+
+    tok = WordTokenizer(tok_dir, CTX)
+    coca = build_open_clip(_coca_cfg(tok.vocab_size), tokenizer_dir=tok_dir, name="tiny-coca")
+    images = _images(coca, 1)
+    calls = {"image_token": lambda: coca.image_token, "processor": lambda: coca.processor,
+             "lm_collator": lambda: coca.lm_collator(), "sequence_scores": lambda: coca.sequence_scores(images, ["q"], ["a"]),
+             "lm_loss": lambda: coca.lm_loss(images, *(torch.zeros(1, 2, dtype=torch.long),) * 3)}
+    for what, call in calls.items():
+        with pytest.raises(BackboneError, match=rf"{what} needs a language model that reads a text prompt.*builtin-llava"):
+            call()

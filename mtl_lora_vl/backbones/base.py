@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -136,7 +136,7 @@ class Backbone:
     # ---------------------------------------------------------------------------------- capabilities
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A class that declares a capability must implement it: refused here, when the class is defined,
-        rather than with a ``NotImplementedError`` at the first call."""
+        rather than with an error at the first call."""
         super().__init_subclass__(**kwargs)
         unknown = set(cls.capabilities) - set(CAPABILITIES)
         missing = [f"{m} ({cap})" for cap in sorted(cls.capabilities) if cap in _IMPLEMENTS
@@ -174,6 +174,21 @@ class Backbone:
             f"has none (it supports {', '.join(sorted(self.capabilities)) or 'nothing'}); {fix}"
         )
 
+    def _unavailable(self, capability: str, what: str) -> NoReturn:
+        """The base body of a capability method, reached only when this backbone cannot serve ``what``.
+
+        Without ``capability``: :meth:`require`'s BackboneError. With it, the method is one of the
+        prompt-conditioned language-model methods (a class that declares a capability overrides the methods
+        :data:`_IMPLEMENTS` lists, checked when the class is defined) and the backbone's decoder takes no
+        prompt (CoCa captions images only): a BackboneError that says so.
+        """
+        self.require(capability, what)
+        raise BackboneError(
+            f"{what} needs a language model that reads a text prompt beside the image, but backbone {self.name!r} "
+            f"({type(self.model).__name__}) only captions images; use a LLaVA-style backbone (--backbone "
+            "builtin-llava, or hf:DIR of a local LLaVA or PaliGemma) for prompts, or generate(images) for captions"
+        )
+
     @property
     def has_decoder(self) -> bool:
         """True when the model has a language model / caption decoder (``lm_logits``)."""
@@ -194,11 +209,11 @@ class Backbone:
 
     def _image_features(self, images: Tensor) -> Tensor:
         """Unnormalised image embeddings; subclasses with ``image_embeddings`` implement it."""
-        raise NotImplementedError
+        self._unavailable(IMAGE_EMBEDDINGS, "_image_features")
 
     def _text_features(self, tokens: Tensor) -> Tensor:
         """Unnormalised text embeddings; subclasses with ``text_embeddings`` implement it."""
-        raise NotImplementedError
+        self._unavailable(TEXT_EMBEDDINGS, "_text_features")
 
     @property
     def logit_scale(self) -> Tensor:
@@ -225,43 +240,36 @@ class Backbone:
     # ---------------------------------------------------------------------------------- language model
     def caption_logits(self, images: Tensor, tokens: Tensor) -> Tensor:
         """Teacher-forced logits ``(B, L-1, vocab)``; position i predicts ``tokens[:, i + 1]`` (``lm_logits``)."""
-        self.require(LM_LOGITS, "caption_logits")
-        raise NotImplementedError
+        self._unavailable(LM_LOGITS, "caption_logits")
 
     def generate(self, images: Tensor, max_len: int = 20, beam_size: int = 1,
                  prompts: Sequence[str] | None = None) -> list[str]:
         """One text per image: greedy (``beam_size=1``) or beam search (``generate``). ``prompts`` (one per
         image) is for backbones that condition on a prompt (LLaVA-style); others refuse it."""
-        self.require(GENERATE, "generate")
-        raise NotImplementedError
+        self._unavailable(GENERATE, "generate")
 
     # The prompt-conditioned language-model API of LLaVA-style backbones (``lm_logits`` / ``generate``).
     @property
     def image_token(self) -> str:
         """The placeholder a prompt carries where the image goes (e.g. ``"<image>"``)."""
-        self.require(LM_LOGITS, "image_token")
-        raise NotImplementedError
+        self._unavailable(LM_LOGITS, "image_token")
 
     @property
     def processor(self) -> Any:
         """The Hugging Face processor (image processor, tokenizer, chat template) of the model."""
-        self.require(LM_LOGITS, "processor")
-        raise NotImplementedError
+        self._unavailable(LM_LOGITS, "processor")
 
     def lm_collator(self, max_length: int | None = None) -> Callable[..., dict[str, Tensor]]:
         """A picklable ``(prompts, targets | None) -> dict of tensors`` for loader workers (see subclasses)."""
-        self.require(LM_LOGITS, "lm_collator")
-        raise NotImplementedError
+        self._unavailable(LM_LOGITS, "lm_collator")
 
     def lm_loss(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> Tensor:
         """Per-row mean token cross-entropy ``(B,)`` over each row's labelled (target) tokens."""
-        self.require(LM_LOGITS, "lm_loss")
-        raise NotImplementedError
+        self._unavailable(LM_LOGITS, "lm_loss")
 
     def sequence_scores(self, images: Tensor, prompts: Sequence[str], candidates: Sequence[str]) -> Tensor:
         """Total log-probability ``(B, C)`` of each candidate continuation after each row's prompt."""
-        self.require(LM_LOGITS, "sequence_scores")
-        raise NotImplementedError
+        self._unavailable(LM_LOGITS, "sequence_scores")
 
     def decode(self, token_ids: Sequence[int] | Tensor) -> str:
         """Token ids -> text (start token dropped, cut at the end token, padding removed)."""
@@ -273,8 +281,7 @@ class Backbone:
     # ---------------------------------------------------------------------------------- training
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Turn activation checkpointing of the towers on or off (``grad_checkpointing``)."""
-        self.require(GRAD_CHECKPOINTING, "set_grad_checkpointing")
-        raise NotImplementedError
+        self._unavailable(GRAD_CHECKPOINTING, "set_grad_checkpointing")
 
     # ---------------------------------------------------------------------------------- images
     def preprocess_uint8(self, images_uint8: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
