@@ -71,16 +71,14 @@ def small_spec(tmp: Path, name: str, n_train: int = 48, n_eval: int = 16, kind: 
     return path
 
 
-def sigterm_at(rank: int, step: int) -> None:
-    """Make this process send itself SIGTERM inside step ``step`` (after its forward and backward) when it
-    is rank ``rank``: a preemption notice that reaches one rank mid-step."""
+def sigterm_in_step(step: int):
+    """``forward_backward`` of the trainer that sends this process SIGTERM inside step ``step`` (after its
+    forward and backward, before the optimizer step): a preemption notice that arrives mid-step."""
     import os
     import signal
 
     import mtl_lora_vl.training.train as train_module
 
-    if int(os.environ.get("RANK", "0")) != rank:
-        return
     real, calls = train_module.forward_backward, []
 
     def signalled(*args, **kwargs):
@@ -90,7 +88,7 @@ def sigterm_at(rank: int, step: int) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
         return result
 
-    train_module.forward_backward = signalled
+    return signalled
 
 
 if __name__ == "__main__":  # train with the sampled kind registered; "eval ARGS" evaluates instead
@@ -99,8 +97,12 @@ if __name__ == "__main__":  # train with the sampled kind registered; "eval ARGS
     from mtl_lora_vl.cli import eval_main, train_main
 
     register()
-    if os.environ.get("SIGTERM_RANK_STEP"):
-        sigterm_at(*(int(x) for x in os.environ["SIGTERM_RANK_STEP"].split(":")))
+    if os.environ.get("SIGTERM_RANK_STEP"):  # "rank:step": only that rank gets the signal
+        import mtl_lora_vl.training.train as train_module
+
+        rank, step = (int(x) for x in os.environ["SIGTERM_RANK_STEP"].split(":"))
+        if int(os.environ.get("RANK", "0")) == rank:
+            train_module.forward_backward = sigterm_in_step(step)
     if sys.argv[1:2] == ["eval"]:
         sys.exit(eval_main(sys.argv[2:]))
     sys.exit(train_main(sys.argv[1:]))

@@ -223,25 +223,12 @@ def test_map_shards_without_ddp_is_the_plain_call():
 def test_sigterm_during_a_step_finishes_it_saves_and_resumes_exactly(straight, tmp_path, monkeypatch, at_step):
     """SIGTERM arrives after the step's batch is drawn: the step completes before the checkpoint, so the
     saved loader is not a batch ahead of the saved step (which made --resume run out of batches)."""
-    import os
-    import signal
-
     import mtl_lora_vl.training.train as train_module
 
     full, _ = straight
-    real = train_module.forward_backward
-    calls = []
-
-    def signalled(*args, **kwargs):
-        result = real(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == at_step:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return result
-
     run = tmp_path / "stopped"
     with monkeypatch.context() as mp:
-        mp.setattr(train_module, "forward_backward", signalled)
+        mp.setattr(train_module, "forward_backward", rng_kind.sigterm_in_step(at_step))
         assert train_main(run_args(tmp_path) + ["--out", str(run)]) == 0
     assert int(torch.load(run / "checkpoint.pt", weights_only=True)["step"]) == at_step
     if at_step < STEPS:
