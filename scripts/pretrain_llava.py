@@ -164,10 +164,11 @@ def instruction_words() -> list[str]:
     return out
 
 
-def turns_about(ex, rng: random.Random, turns: int) -> list[tuple[str, str]]:
+def turns_about(ex, rng: random.Random, turns: int,
+                kinds: Sequence[str] = INSTRUCTION_TYPES) -> list[tuple[str, str]]:
     """``turns`` (prompt, answer) turns about one pretraining example, in random order: one caption and
-    distinct generic questions, of distinct kinds as far as the scene allows."""
-    kinds = list(INSTRUCTION_TYPES)
+    distinct generic questions of ``kinds``, of distinct kinds as far as the scene allows."""
+    kinds = list(kinds)
     rng.shuffle(kinds)
     out = [(TURNS["captioning"], rng.choice(ex.captions))]
     asked: set[str] = set()
@@ -422,8 +423,8 @@ def lr_at(step: int, steps: int, warmup: int, floor: float = 0.05) -> float:
 
 def train(model, tokenizer, examples: Sequence, images: torch.Tensor, mean, std, *, steps: int,
           batch_size: int, turns: int, lr: float, vision_lr: float, weight_decay: float, seed: int,
-          log_every: int = 25, eval_every: int = 0, eval_fn: Callable[[], None] | None = None,
-          log: Callable[[str], None] = print) -> list[float]:
+          kinds: Sequence[str] = INSTRUCTION_TYPES, log_every: int = 25, eval_every: int = 0,
+          eval_fn: Callable[[], None] | None = None, log: Callable[[str], None] = print) -> list[float]:
     """Train ``model`` on packed turns about the pretraining images: projector and language model at ``lr``,
     the vision tower at ``vision_lr``, or frozen when ``vision_lr`` is 0 (its features are then computed once
     for every image, which makes a step much cheaper)."""
@@ -466,7 +467,7 @@ def train(model, tokenizer, examples: Sequence, images: torch.Tensor, mean, std,
             order, pos = torch.randperm(n, generator=gen).tolist(), 0
         idx = order[pos: pos + batch_size]
         pos += batch_size
-        rows = [encode_turns(tokenizer, turns_about(examples[i], rng, turns)) for i in idx]
+        rows = [encode_turns(tokenizer, turns_about(examples[i], rng, turns, kinds)) for i in idx]
         ids, mask, positions, labels = collate(rows, pad_id)
         if frozen:
             feats = model.model.multi_modal_projector(cache[idx]).flatten(0, 1)
@@ -675,6 +676,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of projector and LM (default 2e-3)")
     ap.add_argument("--vision-lr", type=float, default=0.0,
                     help="peak learning rate of the vision tower; 0 (the default) keeps the built-in CLIP's tower frozen")
+    ap.add_argument("--instruction-types", default=",".join(INSTRUCTION_TYPES),
+                    help="comma-separated kinds of generic question to pretrain on "
+                         f"(default: all of {','.join(INSTRUCTION_TYPES)})")
     ap.add_argument("--feature-layer", type=int, default=-1,
                     help="vision tower layer whose patch features feed the projector (default -1, the last)")
     ap.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on matrices (default 0.05)")
@@ -698,6 +702,10 @@ def main(argv: list[str] | None = None) -> int:
         return evaluate_saved(args.evaluate, args.seed, args.eval_scenes, args.threads)
     if args.steps < 1 or args.batch_size < 1 or args.turns < 1:
         ap.error("--steps, --batch-size and --turns must be >= 1")
+    kinds = tuple(k.strip() for k in args.instruction_types.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in INSTRUCTION_TYPES]
+    if unknown or not kinds:
+        ap.error(f"--instruction-types: unknown or no kinds {unknown}; choose from {','.join(INSTRUCTION_TYPES)}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
@@ -726,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
     t_train, cpu_train = time.perf_counter(), time.process_time()
     losses = train(model, tokenizer, pre, images, mean, std, steps=args.steps, batch_size=args.batch_size,
                    turns=args.turns, lr=args.lr, vision_lr=args.vision_lr, weight_decay=args.weight_decay,
-                   seed=args.seed, eval_every=args.eval_every,
+                   seed=args.seed, kinds=kinds, eval_every=args.eval_every,
                    eval_fn=lambda: print_report(evaluate(model, processor, args.seed, args.eval_scenes), brief=True))
     train_s, train_cpu = time.perf_counter() - t_train, time.process_time() - cpu_train
     print(f"trained {args.steps} steps in {train_s:.0f}s ({train_s / args.steps:.2f} s/step; {train_cpu:.0f} CPU-seconds)")
@@ -742,7 +750,8 @@ def main(argv: list[str] | None = None) -> int:
         "notes": ("Prompts are single turns; the processor expands <image> to 64 image tokens and prepends <s>; "
                   "greedy generation stops at </s>. Decoded text has words and punctuation separated by spaces."),
         "settings": {"steps": args.steps, "batch_size": args.batch_size, "turns": args.turns, "lr": args.lr,
-                     "vision_lr": args.vision_lr, "weight_decay": args.weight_decay, "seed": args.seed,
+                     "vision_lr": args.vision_lr, "instruction_types": list(kinds),
+                     "weight_decay": args.weight_decay, "seed": args.seed,
                      "feature_layer": args.feature_layer,
                      "threads": args.threads, "clip_init": clip_init, "pretrain_images": len(pre),
                      "hidden": args.hidden, "layers": args.layers, "heads": args.heads,
