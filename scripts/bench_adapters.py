@@ -41,6 +41,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.adapters.routing import Route
+from mtl_lora_vl.training.optim import adamw
 
 TARGETS = {"image": [r"^visual\.transformer\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"],
            "text": [r"^transformer\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"]}
@@ -99,7 +100,7 @@ class OpCount(TorchDispatchMode):
 
 def make_train_case(model, route_arg, batch, amp_dtype, device, loss_fn=contrastive_loss):
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    opt = adamw(params, lr=1e-4)  # the trainer's optimizer (fused where torch has it), the same for every case
     held = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
 
     def step(measure: SavedBytes | None = None, ops: OpCount | None = None):

@@ -57,3 +57,24 @@ def test_one_autocast():
     assert y.dtype == torch.bfloat16
     with autocast(torch.device("cpu"), torch.float32):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_adamw_is_fused_where_torch_has_the_kernel():
+    """The trainer's AdamW runs one fused kernel for all tensors on CPU/CUDA, and the same update as the
+    per-tensor loop; on a device without the fused kernel (meta here) it falls back to torch's default."""
+    from mtl_lora_vl.training.optim import adamw
+
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(4))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    fused, plain = adamw([{"params": a}], lr=0.1, weight_decay=0.01), torch.optim.AdamW(b, lr=0.1, weight_decay=0.01)
+    assert fused.defaults["fused"] is True and not plain.defaults["fused"]
+    for _ in range(3):
+        for p, q in zip(a, b):
+            p.grad = torch.ones_like(p) * p.detach().sum()
+            q.grad = torch.ones_like(q) * q.detach().sum()
+        fused.step()
+        plain.step()
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q)
+    assert not adamw([torch.nn.Parameter(torch.empty(2, device="meta"))]).defaults["fused"]

@@ -39,8 +39,15 @@ def _rows3(t: torch.Tensor, n_batch: int) -> torch.Tensor:
     return t.reshape(n_batch, -1, t.shape[-1])
 
 
-def _take(t3: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
-    return t3[rows] if isinstance(rows, slice) else t3.index_select(0, rows)
+def _span(rows: slice, per: int, total: int) -> slice | None:
+    """A run of samples as a run of 2-D rows (``per`` rows per sample); None when it is every row."""
+    a = 0 if rows.start is None else rows.start * per
+    b = total if rows.stop is None else rows.stop * per
+    return None if a == 0 and b == total else slice(a, b)
+
+
+def _part(t2: torch.Tensor, span: slice | None) -> torch.Tensor:
+    return t2 if span is None else t2[span]
 
 
 def _zcols(z: torch.Tensor, p: int, cols: int) -> torch.Tensor:
@@ -50,15 +57,20 @@ def _zcols(z: torch.Tensor, p: int, cols: int) -> torch.Tensor:
 
 def _rows_add_(out: torch.Tensor, z: torch.Tensor, M: torch.Tensor, plan: tuple, cols: int, n_batch: int,
                scale: float) -> torch.Tensor:
-    """``out[rows_p] += scale · z[rows_p] M_pᵀ`` for every plan entry, in place (``out`` contiguous)."""
-    o3, z3 = _rows3(out, n_batch), _rows3(z, n_batch)
-    d = o3.shape[-1]
+    """``out[rows_p] += scale · z[rows_p] M_pᵀ`` for every plan entry, in place (``out`` contiguous).
+
+    A run of samples is a run of rows of the 2-D ``out`` and ``z``: one slice of each and one addmm_."""
+    d = out.shape[-1]
+    o2, z2 = out.view(-1, d), z.reshape(-1, z.shape[-1])
+    per = o2.shape[0] // n_batch
+    Mt = M.transpose(1, 2)  # (P, R, d_out): one view for every run
     for p, rows in plan:
-        zs = _zcols(_take(z3, rows), p, cols)
         if isinstance(rows, slice):
-            o3[rows].view(-1, d).addmm_(zs.reshape(-1, zs.shape[-1]), M[p].t(), alpha=scale)
+            span = _span(rows, per, o2.shape[0])
+            _part(o2, span).addmm_(_zcols(_part(z2, span), p, cols), Mt[p], alpha=scale)
         else:
-            o3.index_add_(0, rows, torch.matmul(zs, M[p].t()), alpha=scale)
+            zs = _zcols(z2.view(n_batch, per, -1).index_select(0, rows), p, cols)
+            o2.view(n_batch, per, d).index_add_(0, rows, torch.matmul(zs, Mt[p]), alpha=scale)
     return out
 
 
@@ -79,28 +91,31 @@ class _TaskRowsUpdate(torch.autograd.Function):
     def backward(ctx, g):
         z, M = ctx.saved_tensors
         plan, cols, n_batch, scale = ctx.plan, ctx.cols, ctx.n_batch, ctx.scale
-        g3, z3 = _rows3(g, n_batch), _rows3(z, n_batch)
-        d = g3.shape[-1]
+        d = g.shape[-1]
+        g2, z2 = g.reshape(-1, d), z.reshape(-1, z.shape[-1])
+        per = g2.shape[0] // n_batch
         gz = gM = None
         if ctx.needs_input_grad[1]:  # task_lora: other tasks' columns get no gradient, so start at zero
-            gz = (torch.zeros if cols else torch.empty)(z3.shape, dtype=z.dtype, device=z.device)
+            gz = (torch.zeros if cols else torch.empty)(z2.shape, dtype=z.dtype, device=z.device)
         if ctx.needs_input_grad[2]:
             gM = torch.empty_like(M, memory_format=torch.contiguous_format)
         started: set[int] = set()
         for p, rows in plan:
-            gs = _take(g3, rows).reshape(-1, d)
-            zs = _zcols(_take(z3, rows), p, cols)
-            if gz is not None:
-                if isinstance(rows, slice) and not cols:
-                    gz[rows].view(-1, gz.shape[-1]).addmm_(gs, M[p], beta=0, alpha=scale)
-                else:
-                    part = torch.mm(gs, M[p]).mul_(scale).view(-1, gz.shape[1], zs.shape[-1])
-                    if isinstance(rows, slice):
-                        _zcols(gz[rows], p, cols).copy_(part)
-                    else:
-                        _zcols(gz, p, cols).index_copy_(0, rows, part)
+            if isinstance(rows, slice):
+                span = _span(rows, per, g2.shape[0])
+                gs, zs = _part(g2, span), _zcols(_part(z2, span), p, cols)
+                if gz is not None and not cols:
+                    _part(gz, span).addmm_(gs, M[p], beta=0, alpha=scale)
+                elif gz is not None:
+                    _zcols(_part(gz, span), p, cols).copy_(torch.mm(gs, M[p]).mul_(scale))
+            else:
+                gs = g2.view(n_batch, per, d).index_select(0, rows).view(-1, d)
+                zs = _zcols(z2.view(n_batch, per, -1).index_select(0, rows), p, cols).reshape(-1, M.shape[-1])
+                if gz is not None:
+                    part = torch.mm(gs, M[p]).mul_(scale).view(-1, per, zs.shape[-1])
+                    _zcols(gz.view(n_batch, per, -1), p, cols).index_copy_(0, rows, part)
             if gM is not None:  # beta=0 the first time: the empty memory is ignored, not added
-                gM[p].addmm_(gs.t(), zs.reshape(-1, zs.shape[-1]), beta=1 if p in started else 0, alpha=scale)
+                gM[p].addmm_(gs.t(), zs, beta=1 if p in started else 0, alpha=scale)
                 started.add(p)
         return g, (gz.view(z.shape) if gz is not None else None), gM, None, None, None, None
 
@@ -112,7 +127,7 @@ def _rows_out_of_place(out, z, M, plan, cols, n_batch, scale) -> torch.Tensor:
         return torch.addmm(out.reshape(-1, d_out), z.reshape(-1, z.shape[-1]), M[0].t(), alpha=scale).view(out.shape)
     o3, z3 = _rows3(out, n_batch), _rows3(z, n_batch)
     for p, rows in plan:
-        zs = _zcols(_take(z3, rows), p, cols)
+        zs = _zcols(z3[rows] if isinstance(rows, slice) else z3.index_select(0, rows), p, cols)
         idx = torch.arange(rows.start, rows.stop, device=out.device) if isinstance(rows, slice) else rows
         o3 = o3.index_add(0, idx, torch.matmul(zs, M[p].t()), alpha=scale)
     return o3.reshape(out.shape)
