@@ -141,3 +141,26 @@ def test_packed_turns_train_like_single_prompts(llava, meta):
             start += single.shape[0]
     assert start == ids.shape[1]
     assert meta["prompts"]["vqa"] == "<image> " + script.TURNS["vqa"]
+
+
+def test_pretraining_asks_only_the_chosen_kinds(meta):
+    """--instruction-types restricts the generic questions of the packed rows (the committed asset leaves
+    relation questions to the VQA task); count_total asks only for the total; unknown kinds are refused."""
+    import random
+
+    script = _script()
+    examples = world.build_split("pretrain", "train", n=60).examples
+    rng = random.Random(0)
+    kinds = ("color", "count_total", "existence")
+    questions = [p for ex in examples for p, _ in script.turns_about(ex, rng, 6, kinds) if p != script.TURNS["captioning"]]
+    assert questions
+    allowed = [re.compile(re.escape(script.TURNS["vqa"].format(question=t)).replace(r"\{", "{")
+                          .replace(r"\}", "}").replace("{shape}", ".+").replace("{obj}", ".+") + "$")
+               for k in ("color", "existence", "count_all") for t in script.PHRASINGS[k]]
+    for q in questions:
+        assert any(a.match(q) for a in allowed), q
+    assert not any(rel in q for q in questions for rel in world.RELATIONS)
+    assert "relation" not in meta["settings"]["instruction_types"]
+    assert meta["settings"]["instruction_types"] == list(script.DEFAULT_KINDS)
+    with pytest.raises(SystemExit):
+        script.main(["--instruction-types", "color,colour", "--out", "/nonexistent/never-written"])

@@ -304,6 +304,8 @@ class _MTLMatrices(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pi, B, lam, s):
+        if not torch.is_autocast_enabled(B.device.type):  # entering autocast costs more than the math here
+            return _MTLMatrices._forward(ctx, pi.to(B.dtype), B, lam, s)
         with torch.autocast(B.device.type, enabled=False):
             return _MTLMatrices._forward(ctx, pi.to(B.dtype), B, lam, s)
 
@@ -316,6 +318,8 @@ class _MTLMatrices(torch.autograd.Function):
             Bbar = torch.addmm(flat.new_empty(P, flat.shape[1]), pi, flat, beta=0, alpha=s).view(P, *B.shape[1:])
             return Bbar if lam is None else Bbar.mul_(lam[:, None, :])
         Bbar = torch.mm(pi, flat).view(P, *B.shape[1:])
+        if s == 1.0:
+            return torch.bmm(Bbar, lam)
         return torch.baddbmm(Bbar.new_empty(P, B.shape[1], lam.shape[2]), Bbar, lam, beta=0, alpha=s)
 
     @staticmethod
