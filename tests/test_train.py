@@ -223,3 +223,26 @@ def test_help_lists_the_fixed_flags():
                  "--config", "--extend", "--compile", "--no-compile", "--grad-checkpointing", "-v", "-q", "--log-level"):
         assert flag in text, flag
     assert build_train_parser(prog="mtl-lora-vl train").format_usage().startswith("usage: mtl-lora-vl train")
+
+
+def test_replaced_images_are_counted_in_metrics(tmp_path, monkeypatch, capsys):
+    """Rows whose image cannot be decoded are replaced (a warning) and counted per task in metrics.jsonl;
+    a task without bad images gets no key."""
+    from mtl_lora_vl.data.fallback import ImageFallback
+    from mtl_lora_vl.data.images import ImageError
+
+    decode = ImageFallback._decode
+
+    def broken(self, index):
+        if self.task == "vqa" and index % 4 == 0:
+            raise ImageError(f"example {index}: cannot be decoded (test)")
+        return decode(self, index)
+
+    monkeypatch.setattr(ImageFallback, "_decode", broken)
+    run = tmp_path / "bad"
+    assert train_main(base_args(tmp_path, run, steps=6)) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    counts = [r.get("replaced_images/vqa", 0) for r in rows]
+    assert counts[-1] > 0 and counts == sorted(counts), counts
+    assert not any("replaced_images/retrieval" in r for r in rows)
+    assert "its rows are replaced by other rows of the task" in capsys.readouterr().err

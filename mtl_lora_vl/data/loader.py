@@ -327,6 +327,11 @@ class MultiTaskLoader:
         for d in self.datasets:
             d.images.report()
 
+    def replaced_images(self) -> dict[str, int]:
+        """Rows replaced so far because their image cannot be decoded, per task: counted in this process and
+        its workers since the loader was built (a resumed run counts from 0 again)."""
+        return {d.images.task: d.images.replaced for d in self.datasets}
+
     def state_dict(self) -> dict[str, Any]:
         """Sampler state after the consumed batches (JSON-able)."""
         return self.sampler.state_dict(self.consumed)

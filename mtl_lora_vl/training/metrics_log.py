@@ -70,6 +70,13 @@ class LossWindow:
         return row
 
 
+def replaced_rows(counts: dict[str, int], info: DistInfo) -> dict[str, int]:
+    """``replaced_images/<task>``: training rows that used a substitute image so far, summed over ranks, for
+    the tasks that had any (a clean run's rows do not change). Every rank must call it (it all-reduces)."""
+    total = all_reduce_mean(counts, info)
+    return {f"replaced_images/{t}": round(v * info.world_size) for t, v in sorted(total.items()) if v}
+
+
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop log lines a killed run wrote after its last checkpoint (they will be written again)."""
     if not path.is_file():

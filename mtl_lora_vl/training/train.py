@@ -32,7 +32,7 @@ from ..options import TrainOptions
 from ..precision import resolve_precision
 from ..rundir import prepare_run_dir
 from .checkpoint import load_checkpoint, restore_training_state, save_training_checkpoint
-from .metrics_log import LossWindow, MetricsLog, progress_bar, truncate_metrics
+from .metrics_log import LossWindow, MetricsLog, progress_bar, replaced_rows, truncate_metrics
 from .optim import Optimization, build_optimization
 from .rng import preserved_rng, seed_everything, seed_rank
 from .step import forward_backward, optimizer_step, skip_bad_step
@@ -241,6 +241,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
 
                 if step % opts.log_every == 0 or step == run.total_steps:
                     row = window.flush(step, optim.lr, info)
+                    row.update(replaced_rows(loader.replaced_images(), info))
                     log.log(row)
                     progress.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{row['samples_per_s']:.0f}")
                 if opts.eval_every and step % opts.eval_every == 0 and step < run.total_steps:
