@@ -341,3 +341,13 @@ def test_train_command_on_a_generative_backbone(llava_dir, tmp_path, capsys):
     for name in ("vqa", "captioning"):
         for which in ("zero_shot", "adapted"):
             assert again["tasks"][name][which] == pytest.approx(result["tasks"][name][which], abs=1e-6)
+
+
+def test_a_kind_without_a_generative_path_says_what_to_use():
+    """The base ``sample_lm`` (retrieval has no generative path) refuses with what to use, not a bare stub."""
+    from types import SimpleNamespace
+
+    from mtl_lora_vl.tasks.retrieval import RetrievalKind
+
+    with pytest.raises(BackboneError, match="'retrieval' has no generative path.*contrastive backbone"):
+        RetrievalKind.sample_lm(SimpleNamespace(kind="retrieval"), None, 0)

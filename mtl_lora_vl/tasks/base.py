@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtl_lora_vl.backbones.base import BackboneError
 from mtl_lora_vl.data.fallback import decode_policy
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
@@ -133,7 +134,10 @@ class TaskKind(ABC):
         its end token). ``draw`` is an integer fixed by the row's seed (seed, rank, step, position in the batch: the
         same with any number of workers and after a resume), for kinds that choose
         a target at random (VQA)."""
-        raise NotImplementedError(f"task kind {self.kind!r} has no generative path (sample_lm)")
+        raise BackboneError(
+            f"task kind {self.kind!r} has no generative path: its rows cannot be trained through a language model. "
+            "Train it on a contrastive backbone (--backbone builtin, open_clip:NAME or hf:DIR of a CLIP model), or "
+            "give the generative backbone kinds it can do (vqa, captioning, classification)")
 
     # ------------------------------------------------------------------ training and evaluation
 
