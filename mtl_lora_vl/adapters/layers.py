@@ -33,7 +33,7 @@ from torch import nn
 
 from ..config import MTLLoRAConfig
 from .routing import Router, RoutingError
-from .rows import WHOLE_BATCH, update_rows
+from .rows import WHOLE_BATCH, update_mixed_rows, update_rows
 
 ADAPTER_PARAM_NAMES = ("lora_A", "lora_B", "lora_lambda", "lora_w")
 
@@ -210,6 +210,21 @@ class AdapterBank(nn.Module):
         M = M if s == 1.0 else s * M
         return M.expand(len(tasks), *M.shape)
 
+    def mixed_factors(self) -> torch.Tensor:
+        """K_t = [π_t1 Λ_tᵀ | … | π_tn Λ_tᵀ] for every task: (T, r, n·r), so that M_t z = [B_1 | … | B_n] (K_tᵀ z).
+
+        The mixed-batch form of :meth:`task_matrices` (mtl_lora only): r × n·r numbers per task instead of
+        d_out × r, applied by :func:`~mtl_lora_vl.adapters.rows.update_mixed_rows`."""
+        pi = self.mixing_weights()  # (T, n)
+        T, r = pi.shape[0], self.r
+        if self.lambda_type == "full":
+            lam_t = self.lora_lambda.transpose(1, 2)
+        elif self.lambda_type == "diagonal":
+            lam_t = torch.diag_embed(self.lora_lambda)
+        else:
+            lam_t = torch.eye(r, device=pi.device, dtype=pi.dtype).expand(T, r, r)
+        return (lam_t[:, :, None, :] * pi[:, None, :, None]).reshape(T, r, -1)
+
     def _full_rows(self, M: torch.Tensor) -> torch.Tensor:
         """Zero rows for the output slices that do not adapt: (..., d_ad, R) -> (..., d_out, R)."""
         if self.out_slices is None or all(self.out_slices):
@@ -266,6 +281,20 @@ class AdapterBank(nn.Module):
                     f"samples (dim {bd} of input shape {tuple(x.shape)}); route one id per sample"
                 )
         xd = self.dropout(x.reshape(-1, x.shape[-1]))
+        if route.task is None and self.method == "mtl_lora":  # several tasks' rows: see update_mixed_rows
+            z = F.linear(xd, self.a_matrix().to(xd.dtype))
+            Bc = self._full_rows(self.lora_B.permute(1, 0, 2).reshape(self.lora_B.shape[1], -1))
+            if rows is not None:
+                Bc = Bc[rows]
+            K, Bc = self.mixed_factors().to(z.dtype), Bc.to(z.dtype)
+            tasks, n_batch = route.sample_tasks(x.device), route.batch_size
+            if n_batch > 1 and bd and x.dim() > 2:  # sequence-first rows: work batch-first on a copy
+                lead = x.shape[:-1]
+                out3 = out.view(*lead, -1).movedim(bd, 0).contiguous()
+                res = update_mixed_rows(out3, z.view(*lead, -1).movedim(bd, 0).contiguous(), K, Bc, tasks, n_batch,
+                                        self.scaling)
+                return res.movedim(0, bd).reshape(out.shape)
+            return update_mixed_rows(out, z, K, Bc, tasks, n_batch, self.scaling)
         if route.task is not None or not self.task_dependent:  # one matrix for every row: one LoRA
             t = route.task if route.task is not None else 0
             z = F.linear(xd, self.a_matrix(t).to(x.dtype))

@@ -81,7 +81,7 @@ class Route:
     per-row id tensor when the caller gave one (kept for callers; layers only read the segments).
     """
 
-    __slots__ = ("task", "segments", "batch_size", "ids", "present", "_plans", "_index", "wide")
+    __slots__ = ("task", "segments", "batch_size", "ids", "present", "_plans", "_index", "_tasks", "wide")
 
     def __init__(self, task: int | None = None, segments: Sequence[Segment] = (), batch_size: int | None = None,
                  ids: torch.Tensor | None = None):
@@ -92,6 +92,7 @@ class Route:
         self.present: tuple[int, ...] = (task,) if task is not None else tuple(sorted({s[0] for s in self.segments}))
         self._plans: dict[torch.device, tuple[PlanEntry, ...]] = {}
         self._index: dict[torch.device, slice | torch.Tensor] = {}
+        self._tasks: dict[torch.device, torch.Tensor] = {}
         self.wide: Route | None = None  # see allowing()
 
     @classmethod
@@ -164,6 +165,14 @@ class Route:
             self._index[device] = index
         return index
 
+    def sample_tasks(self, device: torch.device) -> torch.Tensor:
+        """Each row's task index as a LongTensor on ``device`` (from the segments; made once per route and device)."""
+        tasks = self._tasks.get(device)
+        if tasks is None:
+            tasks = torch.tensor([t for t, a, b in self.segments for _ in range(a, b)]).to(device, non_blocking=True)
+            self._tasks[device] = tasks
+        return tasks
+
     def expand(self, k: int) -> Route:
         """Each row repeated ``k`` times in place (Hugging Face's ``repeat_interleave`` convention for beams
         and ``num_return_sequences``): host arithmetic on the segments; the ids tensor, if any, repeated."""
@@ -180,7 +189,7 @@ class Route:
         if k == 1 or self.batch_size is None:
             return self
         r = Route(self.task, self.segments, self.batch_size, self.ids)
-        r._plans, r._index = self._plans, self._index
+        r._plans, r._index, r._tasks = self._plans, self._index, self._tasks
         r.wide = self.expand(k)
         return r
 
