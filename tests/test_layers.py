@@ -291,7 +291,7 @@ def test_mixed_rows_update_gradients():
 
     g = torch.Generator().manual_seed(0)
     z = torch.randn(4 * 3, 2, dtype=torch.double, generator=g, requires_grad=True)  # 4 samples x 3 rows, r = 2
-    K = torch.randn(3, 2, 6, dtype=torch.double, generator=g, requires_grad=True)  # 3 tasks, n = 3
+    K = torch.randn(3, 6, 2, dtype=torch.double, generator=g, requires_grad=True)  # 3 tasks, n = 3
     Bc = torch.randn(5, 6, dtype=torch.double, generator=g, requires_grad=True)
     out = torch.randn(12, 5, dtype=torch.double, generator=g, requires_grad=True)
     tasks = torch.tensor([2, 0, 2, 1])

@@ -6,11 +6,14 @@ For a frozen projection ``y = W x + b`` and tasks t = 1..T, MTL-LoRA adds
 
 Every method is computed the same way: ``z = A x`` once for the whole batch, a small matrix
 ``M_t`` (d_out × R) per task formed once per forward, and ``y += M_t z`` per sample. A batch of one
-task is therefore one LoRA's cost (one fused addmm). A mixed batch adds each present task's ``M_t z``
-to that task's rows in place -- one matrix product per run of rows when the rows are grouped by task
-(what the loader makes), one gathered index set per task when they are finely interleaved (see
-:meth:`Route.plan` and :mod:`.rows`) -- so its cost is also one LoRA's: no one-hot mask, no spread
-of ``z`` over tasks, no weight copied per sample.
+task is therefore one LoRA's cost (one fused addmm). A mixed batch of ``mtl_lora`` splits ``M_t``
+the other way: ``y += [B_1 | … | B_n] (K_tᵀ z)`` with ``K_t = [π_t1 Λ_tᵀ | … | π_tn Λ_tᵀ]`` (r × n·r,
+:meth:`AdapterBank.mixed_factors`), one batched product over the samples and one GEMM into the whole
+output, whatever the order of the rows (:func:`.rows.update_mixed_rows`). The other task-dependent
+methods add each present task's ``M_t z`` to that task's rows in place -- one matrix product per run
+of rows when the rows are grouped by task, one gathered index set per task when they are finely
+interleaved (see :meth:`Route.plan` and :func:`.rows.update_rows`). Neither copies a weight per
+sample or masks the output.
 
 =============  ===================  ==================  =================  ========
 method         lora_A               lora_B              lora_lambda        lora_w
@@ -211,19 +214,20 @@ class AdapterBank(nn.Module):
         return M.expand(len(tasks), *M.shape)
 
     def mixed_factors(self) -> torch.Tensor:
-        """K_t = [π_t1 Λ_tᵀ | … | π_tn Λ_tᵀ] for every task: (T, r, n·r), so that M_t z = [B_1 | … | B_n] (K_tᵀ z).
+        """K_t = [π_t1 Λ_t; …; π_tn Λ_t] (the n blocks stacked) for every task: (T, n·r, r), so that
+        M_t = [B_1 | … | B_n] K_t.
 
-        The mixed-batch form of :meth:`task_matrices` (mtl_lora only): r × n·r numbers per task instead of
+        The mixed-batch form of :meth:`task_matrices` (mtl_lora only): n·r × r numbers per task instead of
         d_out × r, applied by :func:`~mtl_lora_vl.adapters.rows.update_mixed_rows`."""
         pi = self.mixing_weights()  # (T, n)
         T, r = pi.shape[0], self.r
         if self.lambda_type == "full":
-            lam_t = self.lora_lambda.transpose(1, 2)
+            lam = self.lora_lambda
         elif self.lambda_type == "diagonal":
-            lam_t = torch.diag_embed(self.lora_lambda)
+            lam = torch.diag_embed(self.lora_lambda)
         else:
-            lam_t = torch.eye(r, device=pi.device, dtype=pi.dtype).expand(T, r, r)
-        return (lam_t[:, :, None, :] * pi[:, None, :, None]).reshape(T, r, -1)
+            lam = torch.eye(r, device=pi.device, dtype=pi.dtype).expand(T, r, r)
+        return (pi[:, :, None, None] * lam[:, None]).view(T, -1, r)
 
     def _full_rows(self, M: torch.Tensor) -> torch.Tensor:
         """Zero rows for the output slices that do not adapt: (..., d_ad, R) -> (..., d_out, R)."""

@@ -61,8 +61,8 @@ Segment = tuple[int, int, int]  # (task id, first row, one past the last row)
 # A plan entry: (position of the task in Route.present, its rows as a slice or a LongTensor index).
 PlanEntry = tuple[int, slice | torch.Tensor]
 
-#: Up to this many runs of rows per present task, layers apply M_t with one in-place matrix product
-#: per run; past it, with one gathered index set per task (one extra pass over the output's rows).
+#: Up to this many runs of rows per present task, task_lora and moe_lora layers apply M_t with one in-place
+#: matrix product per run (a mixed mtl_lora batch needs no plan: see rows.update_mixed_rows); past it, with one gathered index set per task (one extra pass over the output's rows).
 #: Chosen by measurement on CPU (one ViT-B-32-sized projection, 16 rows interleaved row by row over 3
 #: tasks, forward + backward, one thread): +3-4% over one LoRA's layer with runs, +16-18% with the
 #: gather; the whole bench step with runs is 1.04x ``lora``'s. So on CPU runs are used up to a generous

@@ -137,10 +137,10 @@ def _rows_out_of_place(out, z, M, plan, cols, n_batch, scale) -> torch.Tensor:
 
 def update_mixed_rows(out: torch.Tensor, z: torch.Tensor, K: torch.Tensor, Bc: torch.Tensor, tasks: torch.Tensor,
                       n_batch: int, scale: float = 1.0) -> torch.Tensor:
-    """``out + scale · (z K_{t(i)}) Bcᵀ`` for the samples i of a batch of several tasks, in place.
+    """``out + scale · (z K_{t(i)}ᵀ) Bcᵀ`` for the samples i of a batch of several tasks, in place.
 
     MTL-LoRA's update ``Σ_k π_tk B_k Λ_t z`` split so that nothing d_out-sized is formed per task:
-    ``K_t = [π_t1 Λ_tᵀ | … | π_tn Λ_tᵀ]`` (T, r, n·r) is tiny, ``v = z K_t`` (n·r columns per row) is one
+    ``K_t = [π_t1 Λ_t; …; π_tn Λ_t]`` (T, n·r, r) is tiny, ``v = z K_tᵀ`` (n·r columns per row) is one
     batched product over the samples, and ``v Bcᵀ`` with ``Bc = [B_1 | … | B_n]`` (d_out, n·r) is one
     GEMM into the whole output. So a mixed batch in any row order costs a fixed handful of operators per
     layer (no loop over runs of rows, no gather of the output), which matters where each operator's
@@ -148,14 +148,14 @@ def update_mixed_rows(out: torch.Tensor, z: torch.Tensor, K: torch.Tensor, Bc: t
     the task index of each of the ``n_batch`` samples (a LongTensor on out's device).
     """
     if torch.compiler.is_compiling():
-        v = torch.bmm(z.reshape(n_batch, -1, z.shape[-1]), K.index_select(0, tasks))
+        v = torch.bmm(z.reshape(n_batch, -1, z.shape[-1]), K.index_select(0, tasks).transpose(1, 2))
         return torch.addmm(out.reshape(-1, out.shape[-1]), v.reshape(-1, v.shape[-1]), Bc.t(),
                            alpha=scale).view(out.shape)
     if not out.is_contiguous() or out._is_view():
         out = out.clone(memory_format=torch.contiguous_format)
     if torch.is_grad_enabled() and (out.requires_grad or z.requires_grad or K.requires_grad or Bc.requires_grad):
         return _MixedRowsUpdate.apply(out, z, K, Bc, tasks, n_batch, scale)
-    v = torch.bmm(z.reshape(n_batch, -1, z.shape[-1]), K.index_select(0, tasks))
+    v = torch.bmm(z.reshape(n_batch, -1, z.shape[-1]), K.index_select(0, tasks).transpose(1, 2))
     out.view(-1, out.shape[-1]).addmm_(v.view(-1, v.shape[-1]), Bc.t(), alpha=scale)
     return out
 
@@ -167,8 +167,8 @@ class _MixedRowsUpdate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, out, z, K, Bc, tasks, n_batch, scale):
         z3 = z.reshape(n_batch, -1, z.shape[-1])
-        Ks = K.index_select(0, tasks)  # (n_batch, r, n·r)
-        v = torch.bmm(z3, Ks)
+        Ks = K.index_select(0, tasks)  # (n_batch, n·r, r)
+        v = torch.bmm(z3, Ks.transpose(1, 2))
         out.view(-1, out.shape[-1]).addmm_(v.view(-1, v.shape[-1]), Bc.t(), alpha=scale)
         ctx.mark_dirty(out)
         ctx.save_for_backward(z, Ks, Bc, tasks)
@@ -186,12 +186,12 @@ class _MixedRowsUpdate(torch.autograd.Function):
             gv = torch.addmm(g2.new_empty(g2.shape[0], Bc.shape[1]), g2, Bc, beta=0, alpha=scale)
             gv3 = gv.view(n_batch, -1, gv.shape[-1])
             if ctx.needs_input_grad[1]:
-                gz = torch.bmm(gv3, Ks.transpose(1, 2)).view(z.shape)
+                gz = torch.bmm(gv3, Ks).view(z.shape)
             if ctx.needs_input_grad[2]:
-                gKs = torch.bmm(z3.transpose(1, 2), gv3)
+                gKs = torch.bmm(gv3.transpose(1, 2), z3)
                 gK = gKs.new_zeros(ctx.n_tasks, *gKs.shape[1:]).index_add_(0, tasks, gKs)
         if ctx.needs_input_grad[3]:
-            v = torch.bmm(z3, Ks)
+            v = torch.bmm(z3, Ks.transpose(1, 2))
             gBc = torch.addmm(g2.new_empty(g2.shape[1], v.shape[-1]), g2.t(), v.view(-1, v.shape[-1]),
                               beta=0, alpha=scale)
         return g, gz, gK, gBc, None, None, None
