@@ -286,22 +286,25 @@ def test_mtl_task_matrices_gradients(lambda_type):
 
 
 def test_mixed_rows_update_gradients():
-    """The mixed-batch node (out += s·(z K_t) Bcᵀ per sample, in place) against finite differences."""
+    """The mixed-batch node (out += s·Bc K_t z per sample, in place, π and K formed inside) against finite
+    differences, and its no-grad path against its autograd path."""
     from mtl_lora_vl.adapters.rows import update_mixed_rows
 
     g = torch.Generator().manual_seed(0)
     z = torch.randn(4 * 3, 2, dtype=torch.double, generator=g, requires_grad=True)  # 4 samples x 3 rows, r = 2
-    K = torch.randn(3, 6, 2, dtype=torch.double, generator=g, requires_grad=True)  # 3 tasks, n = 3
+    w = torch.randn(3, 3, dtype=torch.double, generator=g, requires_grad=True)  # 3 tasks, n = 3
+    lam = torch.randn(3, 2, 2, dtype=torch.double, generator=g, requires_grad=True)
     Bc = torch.randn(5, 6, dtype=torch.double, generator=g, requires_grad=True)
     out = torch.randn(12, 5, dtype=torch.double, generator=g, requires_grad=True)
     tasks = torch.tensor([2, 0, 2, 1])
 
-    def f(out, z, K, Bc):
-        return update_mixed_rows(out * 1.0, z, K, Bc, tasks, 4, 0.7)  # out * 1.0: a fresh tensor, updated in place
+    def f(out, z, w, lam, Bc):
+        return update_mixed_rows(out * 1.0, z, w, lam, Bc, tasks, 4, 0.7, 0.5)  # out * 1.0: fresh, updated in place
 
-    assert torch.autograd.gradcheck(f, (out, z, K, Bc))
-    with torch.no_grad():  # the inference path computes the same
-        torch.testing.assert_close(f(out, z, K, Bc), f(out, z, K, Bc).clone())
+    assert torch.autograd.gradcheck(f, (out, z, w, lam, Bc))
+    with torch.no_grad():
+        plain = f(out, z, w, lam, Bc)
+    torch.testing.assert_close(plain, f(out, z, w, lam, Bc).detach())
 
 
 @pytest.mark.parametrize("lambda_type", ["full", "diagonal", "none"])

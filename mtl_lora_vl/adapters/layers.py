@@ -7,9 +7,9 @@ For a frozen projection ``y = W x + b`` and tasks t = 1..T, MTL-LoRA adds
 Every method is computed the same way: ``z = A x`` once for the whole batch, a small matrix
 ``M_t`` (d_out × R) per task formed once per forward, and ``y += M_t z`` per sample. A batch of one
 task is therefore one LoRA's cost (one fused addmm). A mixed batch of ``mtl_lora`` splits ``M_t``
-the other way: ``y += [B_1 | … | B_n] (K_tᵀ z)`` with ``K_t = [π_t1 Λ_tᵀ | … | π_tn Λ_tᵀ]`` (r × n·r,
-:meth:`AdapterBank.mixed_factors`), one batched product over the samples and one GEMM into the whole
-output, whatever the order of the rows (:func:`.rows.update_mixed_rows`). The other task-dependent
+the other way: ``y += [B_1 | … | B_n] K_t z`` with ``K_t = [π_t1 Λ_t; …; π_tn Λ_t]`` (n·r × r): one
+batched product over the samples and one GEMM into the whole output, whatever the order of the rows
+(:func:`.rows.update_mixed_rows`). The other task-dependent
 methods add each present task's ``M_t z`` to that task's rows in place -- one matrix product per run
 of rows when the rows are grouped by task, one gathered index set per task when they are finely
 interleaved (see :meth:`Route.plan` and :func:`.rows.update_rows`). Neither copies a weight per
@@ -213,21 +213,14 @@ class AdapterBank(nn.Module):
         M = M if s == 1.0 else s * M
         return M.expand(len(tasks), *M.shape)
 
-    def mixed_factors(self) -> torch.Tensor:
-        """K_t = [π_t1 Λ_t; …; π_tn Λ_t] (the n blocks stacked) for every task: (T, n·r, r), so that
-        M_t = [B_1 | … | B_n] K_t.
-
-        The mixed-batch form of :meth:`task_matrices` (mtl_lora only): n·r × r numbers per task instead of
-        d_out × r, applied by :func:`~mtl_lora_vl.adapters.rows.update_mixed_rows`."""
-        pi = self.mixing_weights()  # (T, n)
-        T, r = pi.shape[0], self.r
+    def full_lambda(self) -> torch.Tensor:
+        """Λ_t as (T, r, r) matrices whatever ``lambda_type`` stores (diagonal: diag(λ_t); none: I)."""
         if self.lambda_type == "full":
-            lam = self.lora_lambda
-        elif self.lambda_type == "diagonal":
-            lam = torch.diag_embed(self.lora_lambda)
-        else:
-            lam = torch.eye(r, device=pi.device, dtype=pi.dtype).expand(T, r, r)
-        return (pi[:, :, None, None] * lam[:, None]).view(T, -1, r)
+            return self.lora_lambda
+        if self.lambda_type == "diagonal":
+            return torch.diag_embed(self.lora_lambda)
+        w = self.lora_w
+        return torch.eye(self.r, device=w.device, dtype=w.dtype).expand(w.shape[0], self.r, self.r)
 
     def _full_rows(self, M: torch.Tensor) -> torch.Tensor:
         """Zero rows for the output slices that do not adapt: (..., d_ad, R) -> (..., d_out, R)."""
@@ -290,15 +283,15 @@ class AdapterBank(nn.Module):
             Bc = self._full_rows(self.lora_B.permute(1, 0, 2).reshape(self.lora_B.shape[1], -1))
             if rows is not None:
                 Bc = Bc[rows]
-            K, Bc = self.mixed_factors().to(z.dtype), Bc.to(z.dtype)
-            tasks, n_batch = route.sample_tasks(x.device), route.batch_size
+            Bc, lam = Bc.to(z.dtype), self.full_lambda()
+            tasks, n_batch, s, tau = route.sample_tasks(x.device), route.batch_size, self.scaling, self.temperature
             if n_batch > 1 and bd and x.dim() > 2:  # sequence-first rows: work batch-first on a copy
                 lead = x.shape[:-1]
                 out3 = out.view(*lead, -1).movedim(bd, 0).contiguous()
-                res = update_mixed_rows(out3, z.view(*lead, -1).movedim(bd, 0).contiguous(), K, Bc, tasks, n_batch,
-                                        self.scaling)
+                z3 = z.view(*lead, -1).movedim(bd, 0).contiguous()
+                res = update_mixed_rows(out3, z3, self.lora_w, lam, Bc, tasks, n_batch, s, tau)
                 return res.movedim(0, bd).reshape(out.shape)
-            return update_mixed_rows(out, z, K, Bc, tasks, n_batch, self.scaling)
+            return update_mixed_rows(out, z, self.lora_w, lam, Bc, tasks, n_batch, s, tau)
         if route.task is not None or not self.task_dependent:  # one matrix for every row: one LoRA
             t = route.task if route.task is not None else 0
             z = F.linear(xd, self.a_matrix(t).to(x.dtype))

@@ -10,6 +10,8 @@ forward or backward. A plan is ``((p, rows), ...)``: ``p`` indexes M, ``rows`` i
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 #: The plan of a batch whose rows all use the same matrix.
@@ -135,63 +137,85 @@ def _rows_out_of_place(out, z, M, plan, cols, n_batch, scale) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------- mixed MTL-LoRA rows
 
-def update_mixed_rows(out: torch.Tensor, z: torch.Tensor, K: torch.Tensor, Bc: torch.Tensor, tasks: torch.Tensor,
-                      n_batch: int, scale: float = 1.0) -> torch.Tensor:
-    """``out + scale · (z K_{t(i)}ᵀ) Bcᵀ`` for the samples i of a batch of several tasks, in place.
+def update_mixed_rows(out: torch.Tensor, z: torch.Tensor, w: torch.Tensor, lam: torch.Tensor, Bc: torch.Tensor,
+                      tasks: torch.Tensor, n_batch: int, scale: float, tau: float) -> torch.Tensor:
+    """``out + scale · Bc K_{t(i)} z_i`` for each sample i of a batch of several tasks, in place.
 
-    MTL-LoRA's update ``Σ_k π_tk B_k Λ_t z`` split so that nothing d_out-sized is formed per task:
-    ``K_t = [π_t1 Λ_t; …; π_tn Λ_t]`` (T, n·r, r) is tiny, ``v = z K_tᵀ`` (n·r columns per row) is one
-    batched product over the samples, and ``v Bcᵀ`` with ``Bc = [B_1 | … | B_n]`` (d_out, n·r) is one
-    GEMM into the whole output. So a mixed batch in any row order costs a fixed handful of operators per
-    layer (no loop over runs of rows, no gather of the output), which matters where each operator's
-    dispatch costs more than its arithmetic (a CPU, small batches: LLaVA's few long rows). ``tasks`` is
-    the task index of each of the ``n_batch`` samples (a LongTensor on out's device).
+    MTL-LoRA's update ``Σ_k π_tk B_k Λ_t z`` (π_t = softmax(w_t / τ)) split so that nothing d_out-sized is
+    formed per task: ``K_t = [π_t1 Λ_t; …; π_tn Λ_t]`` (n·r × r) is tiny, ``v = z K_tᵀ`` (n·r columns per
+    row) is one batched product over the samples, and ``v Bcᵀ`` with ``Bc = [B_1 | … | B_n]`` (d_out × n·r)
+    is one GEMM into the whole output. A mixed batch in any row order thus costs a fixed handful of
+    operators per layer (no loop over runs of rows, no gather of the output), and π, K and their gradients
+    are formed inside one autograd node: this matters where each operator's dispatch costs more than its
+    arithmetic (a CPU; LLaVA's few long rows). ``w`` (T, n) and ``lam`` (T, r, r) are in the parameters'
+    dtype, ``Bc`` in the activations'; ``tasks`` is each of the ``n_batch`` samples' task index (a
+    LongTensor on out's device).
     """
     if torch.compiler.is_compiling():
-        v = torch.bmm(z.reshape(n_batch, -1, z.shape[-1]), K.index_select(0, tasks).transpose(1, 2))
+        v = torch.bmm(z.reshape(n_batch, -1, z.shape[-1]), _mix(w, lam, tau).index_select(0, tasks).to(z.dtype).mT)
         return torch.addmm(out.reshape(-1, out.shape[-1]), v.reshape(-1, v.shape[-1]), Bc.t(),
                            alpha=scale).view(out.shape)
     if not out.is_contiguous() or out._is_view():
         out = out.clone(memory_format=torch.contiguous_format)
-    if torch.is_grad_enabled() and (out.requires_grad or z.requires_grad or K.requires_grad or Bc.requires_grad):
-        return _MixedRowsUpdate.apply(out, z, K, Bc, tasks, n_batch, scale)
-    v = torch.bmm(z.reshape(n_batch, -1, z.shape[-1]), K.index_select(0, tasks).transpose(1, 2))
-    out.view(-1, out.shape[-1]).addmm_(v.view(-1, v.shape[-1]), Bc.t(), alpha=scale)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (out, z, w, lam, Bc)):
+        return _MixedRowsUpdate.apply(out, z, w, lam, Bc, tasks, n_batch, scale, tau)
+    _mixed_add_(out, z, _mix(w, lam, tau).index_select(0, tasks).to(z.dtype), Bc, n_batch, scale)
     return out
 
 
+def _mix(w: torch.Tensor, lam: torch.Tensor, tau: float, pi: torch.Tensor | None = None) -> torch.Tensor:
+    """K_t = [π_t1 Λ_t; …; π_tn Λ_t] for every task: (T, n·r, r)."""
+    pi = torch.softmax(w / tau, dim=-1) if pi is None else pi
+    return (pi[:, :, None, None] * lam[:, None]).view(w.shape[0], -1, lam.shape[-1])
+
+
+def _mixed_add_(out, z, Ks, Bc, n_batch, scale) -> None:
+    v = torch.bmm(z.reshape(n_batch, -1, z.shape[-1]), Ks.mT)  # (n_batch, rows per sample, n·r)
+    out.view(-1, out.shape[-1]).addmm_(v.view(-1, v.shape[-1]), Bc.t(), alpha=scale)
+
+
 class _MixedRowsUpdate(torch.autograd.Function):
-    """:func:`update_mixed_rows` with autograd: out's gradient passes through untouched (no copy); saves z,
-    the samples' K rows and Bc (no n·r-wide activation: v is recomputed in backward, one batched product)."""
+    """:func:`update_mixed_rows` as one autograd node: out's gradient passes through untouched (no copy);
+    saves z, π, Λ, the samples' K rows and Bc (no n·r-wide activation: v is recomputed in backward, one
+    batched product). Computed outside autocast in the dtypes given (the layer casts Bc), so backward
+    sees the dtypes forward used."""
 
     @staticmethod
-    def forward(ctx, out, z, K, Bc, tasks, n_batch, scale):
-        z3 = z.reshape(n_batch, -1, z.shape[-1])
-        Ks = K.index_select(0, tasks)  # (n_batch, n·r, r)
-        v = torch.bmm(z3, Ks.transpose(1, 2))
-        out.view(-1, out.shape[-1]).addmm_(v.view(-1, v.shape[-1]), Bc.t(), alpha=scale)
+    def forward(ctx, out, z, w, lam, Bc, tasks, n_batch, scale, tau):
+        with torch.autocast(out.device.type, enabled=False) if torch.is_autocast_enabled(out.device.type) \
+                else contextlib.nullcontext():
+            pi = torch.softmax(w / tau, dim=-1)
+            Ks = _mix(w, lam, tau, pi).index_select(0, tasks).to(z.dtype)  # (n_batch, n·r, r)
+            _mixed_add_(out, z, Ks, Bc, n_batch, scale)
         ctx.mark_dirty(out)
-        ctx.save_for_backward(z, Ks, Bc, tasks)
-        ctx.n_batch, ctx.scale, ctx.n_tasks = n_batch, scale, K.shape[0]
+        ctx.save_for_backward(z, pi, lam, Ks, Bc, tasks)
+        ctx.n_batch, ctx.scale, ctx.tau = n_batch, scale, tau
         return out
 
     @staticmethod
     def backward(ctx, g):
-        z, Ks, Bc, tasks = ctx.saved_tensors
+        z, pi, lam, Ks, Bc, tasks = ctx.saved_tensors
         n_batch, scale = ctx.n_batch, ctx.scale
+        need_z, need_w, need_lam, need_b = (ctx.needs_input_grad[i] for i in (1, 2, 3, 4))
         g2 = g.reshape(-1, g.shape[-1])
         z3 = z.reshape(n_batch, -1, z.shape[-1])
-        gz = gK = gBc = None
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        gz = gw = glam = gBc = None
+        if need_z or need_w or need_lam:
             gv = torch.addmm(g2.new_empty(g2.shape[0], Bc.shape[1]), g2, Bc, beta=0, alpha=scale)
             gv3 = gv.view(n_batch, -1, gv.shape[-1])
-            if ctx.needs_input_grad[1]:
+            if need_z:
                 gz = torch.bmm(gv3, Ks).view(z.shape)
-            if ctx.needs_input_grad[2]:
-                gKs = torch.bmm(gv3.transpose(1, 2), z3)
-                gK = gKs.new_zeros(ctx.n_tasks, *gKs.shape[1:]).index_add_(0, tasks, gKs)
-        if ctx.needs_input_grad[3]:
-            v = torch.bmm(z3, Ks.transpose(1, 2))
+            if need_w or need_lam:
+                T, n, r = pi.shape[0], pi.shape[1], lam.shape[-1]
+                gKs = torch.bmm(gv3.mT, z3).to(pi.dtype)  # (n_batch, n·r, r)
+                gK = gKs.new_zeros(T, n, r * r).index_add_(0, tasks, gKs.view(n_batch, n, r * r))
+                if need_lam:  # Σ_i π_ti gK_ti
+                    glam = torch.bmm(pi[:, None, :], gK).view(lam.shape)
+                if need_w:  # gπ_ti = <gK_ti, Λ_t>, then softmax(w / τ)'s backward
+                    gpi = torch.bmm(gK, lam.reshape(T, r * r, 1)).view(T, n)
+                    gw = torch._softmax_backward_data(gpi, pi, -1, pi.dtype).div_(ctx.tau)
+        if need_b:
+            v = torch.bmm(z3, Ks.mT)
             gBc = torch.addmm(g2.new_empty(g2.shape[1], v.shape[-1]), g2.t(), v.view(-1, v.shape[-1]),
                               beta=0, alpha=scale)
-        return g, gz, gK, gBc, None, None, None
+        return g, gz, gw, glam, gBc, None, None, None, None
