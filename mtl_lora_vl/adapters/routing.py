@@ -6,10 +6,11 @@ and the scope restores the outer route on exit, so scopes nest.
 
 A :class:`Route` is host-side data: the tasks of the batch as *segments* ``(task, start, stop)`` of
 consecutive rows, computed once per scope (by the loader's collate for training batches, so nothing
-syncs with the device). Layers apply each present task's matrix to its own rows: a slice per segment
-when the rows are grouped by task (what the loader makes), one gathered index set per task when an API
-user's rows are finely interleaved (see :meth:`Route.plan`). Nothing is done per layer that walks
-modules or reads device memory.
+syncs with the device). ``mtl_lora`` layers take each sample's task index from it (one small LongTensor
+per route and device, :meth:`Route.sample_tasks`), whatever the order of the rows; the other methods apply
+each present task's matrix to its own rows: a slice per segment when the rows are grouped by task (what
+the loader makes), one gathered index set per task when an API user's rows are finely interleaved (see
+:meth:`Route.plan`). Nothing is done per layer that walks modules or reads device memory.
 
 Routes and activation recomputation
 -----------------------------------
