@@ -30,6 +30,7 @@ def test_llava_case_reports_ratios_memory_and_ops(tmp_path):
              "mtl_lora_grouped_ckpt", "peft_lora_ckpt"}
     assert set(result["median_s"]) == cases and all(v > 0 for v in result["median_s"].values())
     ops = {k: v["aten_ops_per_step"] for k, v in result["memory"].items()}
-    assert ops["lora"] < ops["mtl_lora_grouped"] < ops["mtl_lora_interleaved"]  # runs of rows cost operators
+    assert ops["lora"] < ops["mtl_lora_grouped"]
+    assert abs(ops["mtl_lora_interleaved"] - ops["mtl_lora_grouped"]) <= 1  # any row order: the same operators
     assert result["memory_ratios"]["saved MB lora_ckpt / lora"] < 0.5             # checkpointing keeps less
     assert "mixed grouped / lora" in result["ratios"] and result["targets"]["mixed grouped / lora"] == 1.05
