@@ -93,6 +93,7 @@ INSTRUCTION_TYPES = ("color", "shape", "count", "existence", "relation", "positi
 # Also accepted by --instruction-types: only "how many objects are there?" (no count of a shape or a colour).
 EXTRA_KINDS = ("count_total",)
 DEFAULT_KINDS = ("color", "shape", "count", "existence", "position")   # what the committed asset was trained on
+KNOWN_KINDS = INSTRUCTION_TYPES + EXTRA_KINDS
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
@@ -161,7 +162,7 @@ def instruction(kind: str, scene, rng: random.Random) -> tuple[str, str] | None:
             return None
         o = rng.choice(cands)
         return rng.choice(PHRASINGS["position"]).format(obj=o.name()), world.region(o)
-    raise ValueError(f"unknown instruction kind {kind!r}; known: {', '.join(INSTRUCTION_TYPES + EXTRA_KINDS)}")
+    raise ValueError(f"unknown instruction kind {kind!r}; known: {', '.join(KNOWN_KINDS)}")
 
 
 def instruction_words() -> list[str]:
@@ -686,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="peak learning rate of the vision tower; 0 (the default) keeps the built-in CLIP's tower frozen")
     ap.add_argument("--instruction-types", default=",".join(DEFAULT_KINDS),
                     help=f"comma-separated kinds of generic question to pretrain on (default {','.join(DEFAULT_KINDS)}; "
-                         f"known: {','.join(INSTRUCTION_TYPES + EXTRA_KINDS)})")
+                         f"known: {','.join(KNOWN_KINDS)})")
     ap.add_argument("--feature-layer", type=int, default=-1,
                     help="vision tower layer whose patch features feed the projector (default -1, the last)")
     ap.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on matrices (default 0.05)")
@@ -711,10 +712,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.batch_size < 1 or args.turns < 1:
         ap.error("--steps, --batch-size and --turns must be >= 1")
     kinds = tuple(k.strip() for k in args.instruction_types.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in INSTRUCTION_TYPES + EXTRA_KINDS]
+    unknown = [k for k in kinds if k not in KNOWN_KINDS]
     if unknown or not kinds:
         ap.error(f"--instruction-types: unknown or no kinds {unknown}; "
-                 f"choose from {','.join(INSTRUCTION_TYPES + EXTRA_KINDS)}")
+                 f"choose from {','.join(KNOWN_KINDS)}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()

@@ -29,6 +29,7 @@ task_lora      T × r × d_in         T × d_out × r       –                 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ from torch import nn
 
 from ..config import MTLLoRAConfig
 from .routing import Router, RoutingError
-from .rows import WHOLE_BATCH, update_mixed_rows, update_rows
+from .rows import WHOLE_BATCH, autocast_off, update_mixed_rows, update_rows
 
 ADAPTER_PARAM_NAMES = ("lora_A", "lora_B", "lora_lambda", "lora_w")
 
@@ -283,39 +284,35 @@ class AdapterBank(nn.Module):
             Bc = self._full_rows(self.lora_B.permute(1, 0, 2).reshape(self.lora_B.shape[1], -1))
             if rows is not None:
                 Bc = Bc[rows]
-            Bc, lam = Bc.to(z.dtype), self.full_lambda()
-            tasks, n_batch, s, tau = route.sample_tasks(x.device), route.batch_size, self.scaling, self.temperature
-            if n_batch > 1 and bd and x.dim() > 2:  # sequence-first rows: work batch-first on a copy
-                lead = x.shape[:-1]
-                out3 = out.view(*lead, -1).movedim(bd, 0).contiguous()
-                z3 = z.view(*lead, -1).movedim(bd, 0).contiguous()
-                res = update_mixed_rows(out3, z3, self.lora_w, lam, Bc, tasks, n_batch, s, tau)
-                return res.movedim(0, bd).reshape(out.shape)
-            return update_mixed_rows(out, z, self.lora_w, lam, Bc, tasks, n_batch, s, tau)
-        if route.task is not None or not self.task_dependent:  # one matrix for every row: one LoRA
-            t = route.task if route.task is not None else 0
-            z = F.linear(xd, self.a_matrix(t).to(x.dtype))
-            M = self._full_rows(self.task_matrices((t,), scaled=False))
-            plan, cols, n_batch = WHOLE_BATCH, 0, 1  # the rows' layout does not matter here
+            n_batch = route.batch_size
+            update = partial(update_mixed_rows, w=self.lora_w, lam=self.full_lambda(), Bc=Bc.to(z.dtype),
+                             tasks=route.sample_tasks(x.device), n_batch=n_batch, scale=self.scaling,
+                             tau=self.temperature)
         else:
-            index = route.present_index(x.device)
-            M = self._full_rows(self.task_matrices(route.present, index, scaled=False))  # (P, d_out, R): once
-            if self.method == "task_lora":  # one A_t per task: z holds each present task's block of columns
-                z = F.linear(xd, _task_rows(self.lora_A, index).reshape(-1, self.d_in).to(xd.dtype))
-                cols = self.r
+            if route.task is not None or not self.task_dependent:  # one matrix for every row: one LoRA
+                t = route.task if route.task is not None else 0
+                z = F.linear(xd, self.a_matrix(t).to(x.dtype))
+                M = self._full_rows(self.task_matrices((t,), scaled=False))
+                plan, cols, n_batch = WHOLE_BATCH, 0, 1  # the rows' layout does not matter here
             else:
-                z = F.linear(xd, self.a_matrix().to(xd.dtype))
-                cols = 0
-            plan, n_batch = route.plan(x.device), route.batch_size
-        if rows is not None:
-            M = M[:, rows]
-        M = M.to(z.dtype)
+                index = route.present_index(x.device)
+                M = self._full_rows(self.task_matrices(route.present, index, scaled=False))  # (P, d_out, R): once
+                if self.method == "task_lora":  # one A_t per task: z holds each present task's block of columns
+                    z = F.linear(xd, _task_rows(self.lora_A, index).reshape(-1, self.d_in).to(xd.dtype))
+                    cols = self.r
+                else:
+                    z = F.linear(xd, self.a_matrix().to(xd.dtype))
+                    cols = 0
+                plan, n_batch = route.plan(x.device), route.batch_size
+            if rows is not None:
+                M = M[:, rows]
+            update = partial(update_rows, M=M.to(z.dtype), plan=plan, cols=cols, n_batch=n_batch, scale=self.scaling)
         if n_batch > 1 and bd and x.dim() > 2:  # sequence-first rows: work batch-first on a copy
             lead = x.shape[:-1]
             out3 = out.view(*lead, -1).movedim(bd, 0).contiguous()
-            res = update_rows(out3, z.view(*lead, -1).movedim(bd, 0), M, plan, cols, n_batch, self.scaling)
+            res = update(out3, z.view(*lead, -1).movedim(bd, 0))
             return res.movedim(0, bd).reshape(out.shape)
-        return update_rows(out, z, M, plan, cols, n_batch, self.scaling)
+        return update(out, z)
 
 
 class _MTLMatrices(torch.autograd.Function):
@@ -330,9 +327,7 @@ class _MTLMatrices(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pi, B, lam, s):
-        if not torch.is_autocast_enabled(B.device.type):  # entering autocast costs more than the math here
-            return _MTLMatrices._forward(ctx, pi.to(B.dtype), B, lam, s)
-        with torch.autocast(B.device.type, enabled=False):
+        with autocast_off(B.device.type):
             return _MTLMatrices._forward(ctx, pi.to(B.dtype), B, lam, s)
 
     @staticmethod

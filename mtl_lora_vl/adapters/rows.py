@@ -5,7 +5,8 @@ The layers (:mod:`.layers`) form z = A x and the per-task M_t; this module appli
 batch of one task costs one LoRA's fused addmm (without the copy of the output an out-of-place addmm
 makes) and a mixed batch costs the same: no mask, no spread of z over tasks, no copy of the output in
 forward or backward. A plan is ``((p, rows), ...)``: ``p`` indexes M, ``rows`` is a slice of samples
-(one run of rows) or a LongTensor of sample indices (gathered).
+(one run of rows) or a LongTensor of sample indices (gathered). A mixed batch of ``mtl_lora`` takes no
+plan: :func:`update_mixed_rows` applies every sample's task in one batched product and one GEMM.
 """
 
 from __future__ import annotations
@@ -137,6 +138,14 @@ def _rows_out_of_place(out, z, M, plan, cols, n_batch, scale) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------- mixed MTL-LoRA rows
 
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast switched off for a small computation in explicit dtypes; no context at all when it is off
+    already (entering one costs more than the math of a per-layer adapter matrix)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def update_mixed_rows(out: torch.Tensor, z: torch.Tensor, w: torch.Tensor, lam: torch.Tensor, Bc: torch.Tensor,
                       tasks: torch.Tensor, n_batch: int, scale: float, tau: float) -> torch.Tensor:
     """``out + scale · Bc K_{t(i)} z_i`` for each sample i of a batch of several tasks, in place.
@@ -182,8 +191,7 @@ class _MixedRowsUpdate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, out, z, w, lam, Bc, tasks, n_batch, scale, tau):
-        with torch.autocast(out.device.type, enabled=False) if torch.is_autocast_enabled(out.device.type) \
-                else contextlib.nullcontext():
+        with autocast_off(out.device.type):
             pi = torch.softmax(w / tau, dim=-1)
             Ks = _mix(w, lam, tau, pi).index_select(0, tasks).to(z.dtype)  # (n_batch, n·r, r)
             _mixed_add_(out, z, Ks, Bc, n_batch, scale)
