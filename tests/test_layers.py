@@ -273,38 +273,43 @@ def test_half_base_without_autocast():
 
 
 @pytest.mark.parametrize("lambda_type", ["full", "diagonal", "none"])
-def test_mtl_task_matrices_gradients(lambda_type):
-    """M_t's own autograd node (it recomputes the B mixture in backward) against finite differences."""
-    from mtl_lora_vl.adapters.layers import _MTLMatrices
-
-    pi = torch.softmax(torch.randn(2, 3, dtype=torch.double), -1).requires_grad_()
-    B = torch.randn(3, 5, 4, dtype=torch.double, requires_grad=True)
-    lam = {"full": torch.randn(2, 4, 4, dtype=torch.double, requires_grad=True),
-           "diagonal": torch.randn(2, 4, dtype=torch.double, requires_grad=True), "none": None}[lambda_type]
-    inputs = (pi, B, lam, 1.5)
-    assert torch.autograd.gradcheck(lambda *a: _MTLMatrices.apply(*a), inputs)
-
-
-def test_mixed_rows_update_gradients():
-    """The mixed-batch node (out += s·Bc K_t z per sample, in place, π and K formed inside) against finite
-    differences, and its no-grad path against its autograd path."""
-    from mtl_lora_vl.adapters.rows import update_mixed_rows
+@pytest.mark.parametrize("tasks", [1, "mixed"])
+def test_mtl_rows_update_gradients(lambda_type, tasks):
+    """MTL-LoRA's row-update node (π and M_t formed inside, recomputed in backward; one task's rows or each
+    sample its own task, in place) against finite differences and against the formula, and its no-grad
+    path against its autograd path. The mixed batch leaves task 3 out: its w and Λ rows get zero gradient."""
+    from mtl_lora_vl.adapters.rows import update_mtl_rows
 
     g = torch.Generator().manual_seed(0)
     z = torch.randn(4 * 3, 2, dtype=torch.double, generator=g, requires_grad=True)  # 4 samples x 3 rows, r = 2
-    w = torch.randn(3, 3, dtype=torch.double, generator=g, requires_grad=True)  # 3 tasks, n = 3
-    lam = torch.randn(3, 2, 2, dtype=torch.double, generator=g, requires_grad=True)
-    Bc = torch.randn(5, 6, dtype=torch.double, generator=g, requires_grad=True)
+    w = torch.randn(4, 3, dtype=torch.double, generator=g, requires_grad=True)  # 4 tasks, n = 3
+    lam = {"full": torch.randn(4, 2, 2, dtype=torch.double, generator=g),
+           "diagonal": torch.randn(4, 2, dtype=torch.double, generator=g), "none": None}[lambda_type]
+    lam = lam.requires_grad_() if lam is not None else None
+    B = torch.randn(3, 5, 2, dtype=torch.double, generator=g, requires_grad=True)  # d_out = 5
     out = torch.randn(12, 5, dtype=torch.double, generator=g, requires_grad=True)
-    tasks = torch.tensor([2, 0, 2, 1])
+    ids = torch.tensor([2, 0, 2, 1]) if tasks == "mixed" else 1
+    inputs = tuple(t for t in (out, z, w, lam, B) if t is not None)
 
-    def f(out, z, w, lam, Bc):
-        return update_mixed_rows(out * 1.0, z, w, lam, Bc, tasks, 4, 0.7, 0.5)  # out * 1.0: fresh, updated in place
+    def f(out, z, w, *rest):
+        lam_, B_ = rest if len(rest) == 2 else (None, rest[0])
+        return update_mtl_rows(out * 1.0, z, w, lam_, B_, ids, 4, 0.7, 0.5)  # out * 1.0: fresh, updated in place
 
-    assert torch.autograd.gradcheck(f, (out, z, w, lam, Bc))
+    assert torch.autograd.gradcheck(f, inputs)
+    want = out.clone()
+    for i, t in enumerate(ids.tolist() if tasks == "mixed" else [ids] * 4):
+        Lt = torch.eye(2, dtype=torch.double) if lam is None else (torch.diag(lam[t]) if lam.dim() == 2 else lam[t])
+        Mt = torch.einsum("i,idr->dr", torch.softmax(w[t] / 0.5, -1), B) @ Lt
+        want[3 * i:3 * i + 3] += 0.7 * z[3 * i:3 * i + 3] @ Mt.T
+    torch.testing.assert_close(f(*inputs), want)
+    f(*inputs).sum().backward()
+    unused = [3] if tasks == "mixed" else [0, 2, 3]
+    assert w.grad[unused].abs().max() == 0 and w.grad[2 if tasks == "mixed" else 1].abs().min() > 0
+    if lam is not None:
+        assert lam.grad[unused].abs().max() == 0
     with torch.no_grad():
-        plain = f(out, z, w, lam, Bc)
-    torch.testing.assert_close(plain, f(out, z, w, lam, Bc).detach())
+        plain = f(*inputs)
+    torch.testing.assert_close(plain, f(*inputs).detach())
 
 
 @pytest.mark.parametrize("lambda_type", ["full", "diagonal", "none"])

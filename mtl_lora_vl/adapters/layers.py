@@ -6,14 +6,13 @@ For a frozen projection ``y = W x + b`` and tasks t = 1..T, MTL-LoRA adds
 
 Every method is computed the same way: ``z = A x`` once for the whole batch, a small matrix
 ``M_t`` (d_out × R) per task formed once per forward, and ``y += M_t z`` per sample. A batch of one
-task is therefore one LoRA's cost (one fused addmm). A mixed batch of ``mtl_lora`` splits ``M_t``
-the other way: ``y += [B_1 | … | B_n] K_t z`` with ``K_t = [π_t1 Λ_t; …; π_tn Λ_t]`` (n·r × r): one
-batched product over the samples and one GEMM into the whole output, whatever the order of the rows
-(:func:`.rows.update_mixed_rows`). The other task-dependent
-methods add each present task's ``M_t z`` to that task's rows in place -- one matrix product per run
-of rows when the rows are grouped by task, one gathered index set per task when they are finely
-interleaved (see :meth:`Route.plan` and :func:`.rows.update_rows`). Neither copies a weight per
-sample or masks the output.
+task is therefore one LoRA's cost (one fused addmm). ``mtl_lora`` forms its M_t (the formula above:
+:func:`.rows.mtl_matrices`) inside one autograd node with the row update (:func:`.rows.update_mtl_rows`):
+a mixed batch gathers each sample's M_t and adds every sample's update in one batched product, whatever
+the order of the rows. The other task-dependent methods add each present task's ``M_t z`` to that task's
+rows in place -- one matrix product per run of rows when the rows are grouped by task, one gathered index
+set per task when they are finely interleaved (see :meth:`Route.plan` and :func:`.rows.update_rows`).
+No path masks the output; the only per-sample copy is the mixed ``mtl_lora`` batch's gathered M_t.
 
 =============  ===================  ==================  =================  ========
 method         lora_A               lora_B              lora_lambda        lora_w
@@ -37,7 +36,7 @@ from torch import nn
 
 from ..config import MTLLoRAConfig
 from .routing import Router, RoutingError
-from .rows import WHOLE_BATCH, autocast_off, update_mixed_rows, update_rows
+from .rows import WHOLE_BATCH, mtl_matrices, update_mtl_rows, update_rows
 
 ADAPTER_PARAM_NAMES = ("lora_A", "lora_B", "lora_lambda", "lora_w")
 
@@ -201,7 +200,8 @@ class AdapterBank(nn.Module):
         idx = _task_index(tasks, B.device) if index is None else index
         if self.method == "mtl_lora":
             lam = _task_rows(self.lora_lambda, idx) if self.lambda_type != "none" else None
-            return _MTLMatrices.apply(self.mixing_weights(idx), B, lam, s)
+            M = mtl_matrices(self.mixing_weights(idx).to(B.dtype), B, lam)
+            return M if s == 1.0 else s * M
         if self.method == "moe_lora":
             g = self.mixing_weights(idx)  # (P, n)
             M = (g[:, :, None, None] * B[None]).permute(0, 2, 1, 3).reshape(len(tasks), B.shape[1], -1)
@@ -213,15 +213,6 @@ class AdapterBank(nn.Module):
         M = B.permute(1, 0, 2).reshape(B.shape[1], -1)
         M = M if s == 1.0 else s * M
         return M.expand(len(tasks), *M.shape)
-
-    def full_lambda(self) -> torch.Tensor:
-        """Λ_t as (T, r, r) matrices whatever ``lambda_type`` stores (diagonal: diag(λ_t); none: I)."""
-        if self.lambda_type == "full":
-            return self.lora_lambda
-        if self.lambda_type == "diagonal":
-            return torch.diag_embed(self.lora_lambda)
-        w = self.lora_w
-        return torch.eye(self.r, device=w.device, dtype=w.dtype).expand(w.shape[0], self.r, self.r)
 
     def _full_rows(self, M: torch.Tensor) -> torch.Tensor:
         """Zero rows for the output slices that do not adapt: (..., d_ad, R) -> (..., d_out, R)."""
@@ -279,15 +270,18 @@ class AdapterBank(nn.Module):
                     f"samples (dim {bd} of input shape {tuple(x.shape)}); route one id per sample"
                 )
         xd = self.dropout(x.reshape(-1, x.shape[-1]))
-        if route.task is None and self.method == "mtl_lora":  # several tasks' rows: see update_mixed_rows
+        if self.method == "mtl_lora":  # one task or several: see update_mtl_rows
             z = F.linear(xd, self.a_matrix().to(xd.dtype))
-            Bc = self._full_rows(self.lora_B.permute(1, 0, 2).reshape(self.lora_B.shape[1], -1))
+            B = self._full_rows(self.lora_B)
             if rows is not None:
-                Bc = Bc[rows]
-            n_batch = route.batch_size
-            update = partial(update_mixed_rows, w=self.lora_w, lam=self.full_lambda(), Bc=Bc.to(z.dtype),
-                             tasks=route.sample_tasks(x.device), n_batch=n_batch, scale=self.scaling,
-                             tau=self.temperature)
+                B = B[:, rows]
+            lam = self.lora_lambda if self.lambda_type != "none" else None
+            if route.task is not None:
+                tasks, n_batch = route.task, 1
+            else:
+                tasks, n_batch = route.sample_tasks(x.device), route.batch_size
+            update = partial(update_mtl_rows, w=self.lora_w, lam=lam, B=B, tasks=tasks, n_batch=n_batch,
+                             scale=self.scaling, tau=self.temperature)
         else:
             if route.task is not None or not self.task_dependent:  # one matrix for every row: one LoRA
                 t = route.task if route.task is not None else 0
@@ -313,57 +307,6 @@ class AdapterBank(nn.Module):
             res = update(out3, z.view(*lead, -1).movedim(bd, 0))
             return res.movedim(0, bd).reshape(out.shape)
         return update(out, z)
-
-
-class _MTLMatrices(torch.autograd.Function):
-    """M_t = s · (Σ_i π_ti B_i) · Λ_t for the given tasks: (P, d_out, r) from π (P, n), B (n, d_out, r)
-    and Λ (P, r, r), (P, r) diagonal, or None.
-
-    One autograd node that saves only its inputs (π, the B parameter, Λ) and recomputes the mixture
-    B̄_t = Σ_i π_ti B_i in backward (P·n·d_out·r multiply-adds), so a forward keeps no d_out-sized
-    intermediate per task besides M_t itself. Computed in the parameters' dtype, outside autocast (the
-    layer casts M_t to the activations' dtype), so backward sees the dtypes forward used.
-    """
-
-    @staticmethod
-    def forward(ctx, pi, B, lam, s):
-        with autocast_off(B.device.type):
-            return _MTLMatrices._forward(ctx, pi.to(B.dtype), B, lam, s)
-
-    @staticmethod
-    def _forward(ctx, pi, B, lam, s):
-        ctx.save_for_backward(pi, B, lam)
-        ctx.s = s
-        P, flat = pi.shape[0], B.reshape(B.shape[0], -1)
-        if lam is None or lam.dim() == 2:
-            Bbar = torch.addmm(flat.new_empty(P, flat.shape[1]), pi, flat, beta=0, alpha=s).view(P, *B.shape[1:])
-            return Bbar if lam is None else Bbar.mul_(lam[:, None, :])
-        Bbar = torch.mm(pi, flat).view(P, *B.shape[1:])
-        if s == 1.0:
-            return torch.bmm(Bbar, lam)
-        return torch.baddbmm(Bbar.new_empty(P, B.shape[1], lam.shape[2]), Bbar, lam, beta=0, alpha=s)
-
-    @staticmethod
-    def backward(ctx, gM):
-        pi, B, lam = ctx.saved_tensors
-        g = gM.to(B.dtype)
-        if ctx.s != 1.0:
-            g = g * ctx.s
-        glam = None
-        if lam is None:
-            gBbar = g
-        else:
-            Bbar = torch.mm(pi, B.reshape(B.shape[0], -1)).view(pi.shape[0], *B.shape[1:])
-            if lam.dim() == 3:
-                gBbar = torch.bmm(g, lam.transpose(1, 2))
-                glam = torch.bmm(Bbar.transpose(1, 2), g) if ctx.needs_input_grad[2] else None
-            else:
-                gBbar = g * lam[:, None, :]
-                glam = (g * Bbar).sum(1) if ctx.needs_input_grad[2] else None
-        gflat = gBbar.reshape(gBbar.shape[0], -1)
-        gpi = torch.mm(gflat, B.reshape(B.shape[0], -1).t()) if ctx.needs_input_grad[0] else None
-        gB = torch.mm(pi.t(), gflat).view(B.shape) if ctx.needs_input_grad[1] else None
-        return gpi, gB, glam, None
 
 
 def _zero_rows_hook(n_old: int):

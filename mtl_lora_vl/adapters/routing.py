@@ -64,7 +64,7 @@ PlanEntry = tuple[int, slice | torch.Tensor]
 
 #: Up to this many runs of rows per present task, task_lora and moe_lora layers apply M_t with one in-place
 #: matrix product per run; past it, with one gathered index set per task (one extra pass over the output's
-#: rows). A mixed mtl_lora batch needs no plan (see rows.update_mixed_rows). The cap was chosen when mtl_lora
+#: rows). An mtl_lora batch needs no plan (see rows.update_mtl_rows). The cap was chosen when mtl_lora
 #: still used plans, by measurement on CPU (one ViT-B-32-sized projection, 16 rows interleaved row by row over 3
 #: tasks, forward + backward, one thread): +3-4% over one LoRA's layer with runs, +16-18% with the
 #: gather; the whole bench step with runs is 1.04x ``lora``'s. So on CPU runs are used up to a generous

@@ -5,8 +5,9 @@ The layers (:mod:`.layers`) form z = A x and the per-task M_t; this module appli
 batch of one task costs one LoRA's fused addmm (without the copy of the output an out-of-place addmm
 makes) and a mixed batch costs the same: no mask, no spread of z over tasks, no copy of the output in
 forward or backward. A plan is ``((p, rows), ...)``: ``p`` indexes M, ``rows`` is a slice of samples
-(one run of rows) or a LongTensor of sample indices (gathered). A mixed batch of ``mtl_lora`` takes no
-plan: :func:`update_mixed_rows` applies every sample's task in one batched product and one GEMM.
+(one run of rows) or a LongTensor of sample indices (gathered). ``mtl_lora`` takes no plan:
+:func:`update_mtl_rows` forms its M_t with the update in one autograd node, and a mixed batch applies
+every sample's own M_t in one batched product.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def _rows_out_of_place(out, z, M, plan, cols, n_batch, scale) -> torch.Tensor:
     return o3.reshape(out.shape)
 
 
-# ---------------------------------------------------------------------------------------- mixed MTL-LoRA rows
+# ---------------------------------------------------------------------------------------- MTL-LoRA rows
 
 def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
     """Autocast switched off for a small computation in explicit dtypes; no context at all when it is off
@@ -146,84 +147,129 @@ def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def update_mixed_rows(out: torch.Tensor, z: torch.Tensor, w: torch.Tensor, lam: torch.Tensor, Bc: torch.Tensor,
-                      tasks: torch.Tensor, n_batch: int, scale: float, tau: float) -> torch.Tensor:
-    """``out + scale · Bc K_{t(i)} z_i`` for each sample i of a batch of several tasks, in place.
+def mtl_matrices(pi: torch.Tensor, B: torch.Tensor, lam: torch.Tensor | None) -> torch.Tensor:
+    """M_t = (Σ_i π_ti B_i) Λ_t for each row t of π, unscaled: (P, d_out, r) from π (P, n), B (n, d_out, r) and
+    Λ (P, r, r), (P, r) for a diagonal Λ_t, or None for Λ_t = I."""
+    return _mtl_parts(pi, B, lam)[1]
 
-    MTL-LoRA's update ``Σ_k π_tk B_k Λ_t z`` (π_t = softmax(w_t / τ)) split so that nothing d_out-sized is
-    formed per task: ``K_t = [π_t1 Λ_t; …; π_tn Λ_t]`` (n·r × r) is tiny, ``v = z K_tᵀ`` (n·r columns per
-    row) is one batched product over the samples, and ``v Bcᵀ`` with ``Bc = [B_1 | … | B_n]`` (d_out × n·r)
-    is one GEMM into the whole output. A mixed batch in any row order thus costs a fixed handful of
-    operators per layer (no loop over runs of rows, no gather of the output), and π, K and their gradients
-    are formed inside one autograd node: this matters where each operator's dispatch costs more than its
-    arithmetic (a CPU; LLaVA's few long rows). ``w`` (T, n) and ``lam`` (T, r, r) are in the parameters'
-    dtype, ``Bc`` in the activations'; ``tasks`` is each of the ``n_batch`` samples' task index (a
-    LongTensor on out's device).
+
+def _mtl_parts(pi, B, lam) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B̄_t = Σ_i π_ti B_i, M_t = B̄_t Λ_t) for each row t of π."""
+    Bbar = torch.mm(pi, B.reshape(B.shape[0], -1)).view(pi.shape[0], *B.shape[1:])
+    if lam is None:
+        return Bbar, Bbar
+    return Bbar, (Bbar * lam[:, None, :] if lam.dim() == 2 else torch.bmm(Bbar, lam))
+
+
+def update_mtl_rows(out: torch.Tensor, z: torch.Tensor, w: torch.Tensor, lam: torch.Tensor | None, B: torch.Tensor,
+                    tasks: int | torch.Tensor, n_batch: int, scale: float, tau: float) -> torch.Tensor:
+    """``out + scale · z M_tᵀ`` with MTL-LoRA's ``M_t = (Σ_i softmax(w_t / τ)_i B_i) Λ_t``, in place.
+
+    ``tasks`` is one task index (every row is that task's: one LoRA's addmm_) or each of the ``n_batch``
+    samples' task index as a LongTensor on out's device (batch-first rows; each sample gathers its task's
+    M_t and one batched product adds every sample's update: the arithmetic of one LoRA whatever the order
+    of the rows). The small matrices (π, M_t) and their gradients are formed inside one autograd node, in
+    the parameters' dtype and outside autocast, and recomputed in backward rather than saved: where each
+    operator's dispatch costs more than its arithmetic (a CPU; small layers) this is what keeps an
+    ``mtl_lora`` layer at a ``lora`` layer's cost. ``w`` (T, n), ``lam`` (T, r, r), (T, r) or None and
+    ``B`` (n, d_out, r) are the parameters (B with zero or selected rows for packed projections).
     """
     if torch.compiler.is_compiling():
-        v = torch.bmm(z.reshape(n_batch, -1, z.shape[-1]), _mix(w, lam, tau).index_select(0, tasks).to(z.dtype).mT)
-        return torch.addmm(out.reshape(-1, out.shape[-1]), v.reshape(-1, v.shape[-1]), Bc.t(),
-                           alpha=scale).view(out.shape)
+        w_, lam_ = _task_params(w, lam, tasks)
+        M = mtl_matrices(torch.softmax(w_ / tau, dim=-1), B, lam_).to(z.dtype)
+        if isinstance(tasks, int):
+            return torch.addmm(out.reshape(-1, out.shape[-1]), z.reshape(-1, z.shape[-1]), M[0].t(),
+                               alpha=scale).view(out.shape)
+        return torch.baddbmm(_rows3(out, n_batch), _rows3(z, n_batch), M.index_select(0, tasks).mT,
+                             alpha=scale).view(out.shape)
     if not out.is_contiguous() or out._is_view():
         out = out.clone(memory_format=torch.contiguous_format)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (out, z, w, lam, Bc)):
-        return _MixedRowsUpdate.apply(out, z, w, lam, Bc, tasks, n_batch, scale, tau)
-    _mixed_add_(out, z, _mix(w, lam, tau).index_select(0, tasks).to(z.dtype), Bc, n_batch, scale)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (out, z, w, lam, B)):
+        return _MTLRowsUpdate.apply(out, z, w, lam, B, tasks, n_batch, scale, tau)
+    with autocast_off(out.device.type):
+        w_, lam_ = _task_params(w, lam, tasks)
+        _mtl_add_(out, z, mtl_matrices(torch.softmax(w_ / tau, dim=-1), B, lam_).to(z.dtype), tasks, n_batch, scale)
     return out
 
 
-def _mix(w: torch.Tensor, lam: torch.Tensor, tau: float, pi: torch.Tensor | None = None) -> torch.Tensor:
-    """K_t = [π_t1 Λ_t; …; π_tn Λ_t] for every task: (T, n·r, r)."""
-    pi = torch.softmax(w / tau, dim=-1) if pi is None else pi
-    return (pi[:, :, None, None] * lam[:, None]).view(w.shape[0], -1, lam.shape[-1])
+def _task_params(w: torch.Tensor, lam: torch.Tensor | None, tasks: int | torch.Tensor):
+    """The rows of w and Λ that M is formed for: the one task's, or every task's (a sample picks its own)."""
+    if isinstance(tasks, int):
+        return w[tasks:tasks + 1], (None if lam is None else lam[tasks:tasks + 1])
+    return w, lam
 
 
-def _mixed_add_(out, z, Ks, Bc, n_batch, scale) -> None:
-    v = torch.bmm(z.reshape(n_batch, -1, z.shape[-1]), Ks.mT)  # (n_batch, rows per sample, n·r)
-    out.view(-1, out.shape[-1]).addmm_(v.view(-1, v.shape[-1]), Bc.t(), alpha=scale)
+def _mtl_add_(out, z, M, tasks, n_batch, scale) -> None:
+    if isinstance(tasks, int):
+        out.view(-1, out.shape[-1]).addmm_(z.reshape(-1, z.shape[-1]), M[0].t(), alpha=scale)
+    else:
+        _rows3(out, n_batch).baddbmm_(_rows3(z, n_batch), M.index_select(0, tasks).mT, alpha=scale)
 
 
-class _MixedRowsUpdate(torch.autograd.Function):
-    """:func:`update_mixed_rows` as one autograd node: out's gradient passes through untouched (no copy);
-    saves z, π, Λ, the samples' K rows and Bc (no n·r-wide activation: v is recomputed in backward, one
-    batched product). Computed outside autocast in the dtypes given (the layer casts Bc), so backward
-    sees the dtypes forward used."""
+class _MTLRowsUpdate(torch.autograd.Function):
+    """:func:`update_mtl_rows` as one autograd node: out's gradient passes through untouched (no copy);
+    saves z, π and the parameters (M_t is recomputed in backward: one mm and one bmm of tiny matrices)."""
 
     @staticmethod
-    def forward(ctx, out, z, w, lam, Bc, tasks, n_batch, scale, tau):
+    def forward(ctx, out, z, w, lam, B, tasks, n_batch, scale, tau):
+        one = isinstance(tasks, int)
         with autocast_off(out.device.type):
-            pi = torch.softmax(w / tau, dim=-1)
-            Ks = _mix(w, lam, tau, pi).index_select(0, tasks).to(z.dtype)  # (n_batch, n·r, r)
-            _mixed_add_(out, z, Ks, Bc, n_batch, scale)
+            w_, lam_ = _task_params(w, lam, tasks)
+            pi = torch.softmax(w_ / tau, dim=-1)
+            _mtl_add_(out, z, mtl_matrices(pi, B, lam_).to(z.dtype), tasks, n_batch, scale)
         ctx.mark_dirty(out)
-        ctx.save_for_backward(z, pi, lam, Ks, Bc, tasks)
+        ctx.save_for_backward(z, pi, lam_, B, None if one else tasks)
+        ctx.task = tasks if one else None
         ctx.n_batch, ctx.scale, ctx.tau = n_batch, scale, tau
+        ctx.full_shapes = w.shape, None if lam is None else lam.shape
         return out
 
     @staticmethod
     def backward(ctx, g):
-        z, pi, lam, Ks, Bc, tasks = ctx.saved_tensors
-        n_batch, scale = ctx.n_batch, ctx.scale
+        z, pi, lam, B, tasks = ctx.saved_tensors
+        t, n_batch, scale = ctx.task, ctx.n_batch, ctx.scale
         need_z, need_w, need_lam, need_b = (ctx.needs_input_grad[i] for i in (1, 2, 3, 4))
-        g2 = g.reshape(-1, g.shape[-1])
-        z3 = z.reshape(n_batch, -1, z.shape[-1])
-        gz = gw = glam = gBc = None
-        if need_z or need_w or need_lam:
-            gv = torch.addmm(g2.new_empty(g2.shape[0], Bc.shape[1]), g2, Bc, beta=0, alpha=scale)
-            gv3 = gv.view(n_batch, -1, gv.shape[-1])
+        Bbar, M = _mtl_parts(pi, B, lam)
+        M = M.to(z.dtype)
+        gz = None
+        g2, z2 = g.reshape(-1, g.shape[-1]), z.reshape(-1, z.shape[-1])
+        if t is not None:
             if need_z:
-                gz = torch.bmm(gv3, Ks).view(z.shape)
-            if need_w or need_lam:
-                T, n, r = pi.shape[0], pi.shape[1], lam.shape[-1]
-                gKs = torch.bmm(gv3.mT, z3).to(pi.dtype)  # (n_batch, n·r, r)
-                gK = gKs.new_zeros(T, n, r * r).index_add_(0, tasks, gKs.view(n_batch, n, r * r))
-                if need_lam:  # Σ_i π_ti gK_ti
-                    glam = torch.bmm(pi[:, None, :], gK).view(lam.shape)
-                if need_w:  # gπ_ti = <gK_ti, Λ_t>, then softmax(w / τ)'s backward
-                    gpi = torch.bmm(gK, lam.reshape(T, r * r, 1)).view(T, n)
-                    gw = torch._softmax_backward_data(gpi, pi, -1, pi.dtype).div_(ctx.tau)
-        if need_b:
-            v = torch.bmm(z3, Ks.mT)
-            gBc = torch.addmm(g2.new_empty(g2.shape[1], v.shape[-1]), g2.t(), v.view(-1, v.shape[-1]),
-                              beta=0, alpha=scale)
-        return g, gz, gw, glam, gBc, None, None, None, None
+                gz = torch.addmm(z2.new_empty(z2.shape), g2, M[0], beta=0, alpha=scale).view(z.shape)
+            gM = torch.addmm(M.new_empty(M.shape[1:]), g2.t(), z2, beta=0, alpha=scale)[None]
+        else:
+            g3, z3 = _rows3(g, n_batch), _rows3(z, n_batch)
+            if need_z:
+                Ms = M.index_select(0, tasks)
+                gz = torch.baddbmm(z3.new_empty(z3.shape), g3, Ms, beta=0, alpha=scale).view(z.shape)
+            gM = torch.zeros_like(M).index_add_(0, tasks, torch.bmm(g3.mT, z3), alpha=scale)
+        gM = gM.to(B.dtype)
+        glam = None
+        if lam is None:
+            gBbar = gM
+        elif lam.dim() == 2:
+            gBbar = gM * lam[:, None, :]
+            glam = (gM * Bbar).sum(1) if need_lam else None
+        else:
+            gBbar = torch.bmm(gM, lam.mT)
+            glam = torch.bmm(Bbar.mT, gM) if need_lam else None
+        gflat = gBbar.reshape(pi.shape[0], -1)
+        gB = torch.mm(pi.t(), gflat).view(B.shape) if need_b else None
+        gw = None
+        if need_w:  # gπ_ti = <gB̄_t, B_i>, then softmax(w / τ)'s backward
+            gpi = torch.mm(gflat, B.reshape(B.shape[0], -1).t())
+            gw = torch._softmax_backward_data(gpi, pi, -1, pi.dtype).div_(ctx.tau)
+        if t is not None:  # one task's rows of w and Λ were used: the others get zero gradient
+            w_shape, lam_shape = ctx.full_shapes
+            gw = _one_row(gw, w_shape, t)
+            glam = _one_row(glam, lam_shape, t)
+        return g, gz, gw, glam, gB, None, None, None, None
+
+
+def _one_row(grad: torch.Tensor | None, shape, t: int) -> torch.Tensor | None:
+    """A gradient for row ``t`` only, as a full-size gradient (zeros elsewhere)."""
+    if grad is None:
+        return None
+    full = grad.new_zeros(shape)
+    full[t] = grad[0]
+    return full
