@@ -4,7 +4,9 @@ LLaVA-style model (language-model loss).
 Cases run interleaved (A B C ..., then B C ... A, ...: each round starts one case later, so that no case is
 always the first after another case's allocations) in one process so that machine noise hits them alike;
 the script prints medians (wall clock, and process CPU time, which a loaded machine disturbs less)
-and the ratios issues 8 and 9 target, activation memory saved for backward (and CUDA peak memory on a
+and the ratios issues 8 and 9 target -- as ratios of the medians and as the median of the round-by-round
+ratios with its quartiles ("paired": two cases of one round ran seconds apart, so a slow spell of the
+machine touches both; the verdict against a target uses it) -- activation memory saved for backward (and CUDA peak memory on a
 GPU), and the number of aten operators each step dispatches (kernels launched: the cost a loaded CPU
 or a launch-bound GPU pays per op, which timing noise cannot blur), and writes them as JSON with
 ``--json PATH``.
@@ -14,7 +16,7 @@ them; the route comes from segments, as in training) and ``interleaved`` (task o
 worst order an API user can pass).
 
     python scripts/bench_adapters.py --repeats 7 --json bench.json
-    python scripts/bench_adapters.py --case llava --repeats 3                      # CPU
+    python scripts/bench_adapters.py --case llava --repeats 15 --steps-per-round 3   # CPU: short steps
     python scripts/bench_adapters.py --case llava --device cuda --precision bf16   # bf16 base + autocast
 
 The LLaVA case (random init, no download: a CLIP vision tower of ViT-B/32 width, 224 px and patch 32, with
@@ -147,6 +149,14 @@ def _target(value: float, target: float | None) -> str:
     if target is None:
         return ""
     return f"{'<= ' + format(target, '.2f'):>9}{' ok' if value <= target else ' MISS'}"
+
+
+def paired_ratio(a: list[float], b: list[float]) -> dict[str, float]:
+    """Round-by-round ratios a/b (the two cases ran within one round of each other, so a slow spell of the
+    machine touches both): their median and quartiles."""
+    r = sorted(x / y for x, y in zip(a, b))
+    q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
+    return {"median": statistics.median(r), "q1": q[0], "q3": q[2]}
 
 
 def sync(device):
@@ -333,6 +343,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--vocab", type=int, default=8000, help="llava: vocabulary size")
     ap.add_argument("--text-len", type=int, default=32, help="llava: text tokens per row (after 49 image tokens)")
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds per case (median reported)")
+    ap.add_argument("--steps-per-round", type=int, default=1,
+                    help="steps per case and round, timed together (more smooths short steps' jitter)")
     ap.add_argument("--warmup", type=int, default=2,
                     help="untimed steps per case before the (also untimed) step that measures memory")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -370,18 +382,20 @@ def main(argv: list[str] | None = None) -> dict:
             step = cases[name]
             sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
-            step()
+            for _ in range(args.steps_per_round):
+                step()
             sync(device)
-            times[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
+            times[name].append((time.perf_counter() - t0) / args.steps_per_round)
+            cpu[name].append((time.process_time() - c0) / args.steps_per_round)
     med = {k: statistics.median(v) for k, v in times.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
 
-    ratios, ratios_cpu = {}, {}
+    ratios, ratios_cpu, paired = {}, {}, {}
     for label, a, b, _ in plan["checks"]:
         if a in med and b in med:
             ratios[label] = med[a] / med[b]
             ratios_cpu[label] = med_cpu[a] / med_cpu[b]
+            paired[label] = paired_ratio(times[a], times[b])
     mem_key = "cuda_peak_mb" if device.type == "cuda" else "saved_for_backward_mb"
     mem_ratios = {label.replace("saved MB", "peak MB") if device.type == "cuda" else label:
                   memory[a][mem_key] / memory[b][mem_key]
@@ -397,6 +411,7 @@ def main(argv: list[str] | None = None) -> dict:
         "median_cpu_s": {k: round(v, 4) for k, v in med_cpu.items()},
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
         "ratios_cpu_time": {k: round(v, 3) for k, v in ratios_cpu.items()},
+        "paired_ratios": {k: {q: round(x, 3) for q, x in v.items()} for k, v in paired.items()},
         "memory": memory,
         "memory_ratios": {k: round(v, 3) for k, v in mem_ratios.items()},
         "targets": targets,
@@ -411,9 +426,11 @@ def main(argv: list[str] | None = None) -> dict:
         if device.type == "cuda":
             line += f"{memory[k]['cuda_peak_mb']:>10.1f}"
         print(line)
-    print(f"{'ratio':<40}{'wall':>8}{'cpu':>8}{'target':>9}")
+    print(f"{'ratio':<40}{'wall':>8}{'cpu':>8}{'paired':>8}{'IQR':>14}{'target':>9}")
     for k, v in ratios.items():
-        print(f"{k:<40}{v:>8.3f}{ratios_cpu[k]:>8.3f}{_target(v, targets.get(k))}")
+        p = paired[k]
+        print(f"{k:<40}{v:>8.3f}{ratios_cpu[k]:>8.3f}{p['median']:>8.3f}{p['q1']:>7.3f}-{p['q3']:.3f}"
+              f"{_target(p['median'], targets.get(k))}")
     for k, v in mem_ratios.items():
         print(f"{k:<40}{v:>8.3f}{'':>8}{_target(v, targets.get(k))}")
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def test_llava_case_reports_ratios_memory_and_ops(tmp_path):
     out = tmp_path / "bench.json"
     result = _bench().main(["--case", "llava", "--vision-layers", "1", "--lm-layers", "1", "--lm-width", "128",
                             "--vocab", "300", "--text-len", "8", "--batch-size", "4", "--repeats", "2",
-                            "--warmup", "0", "--threads", "1", "--json", str(out)])
+                            "--steps-per-round", "2", "--warmup", "0", "--threads", "1", "--json", str(out)])
     assert json.loads(out.read_text()) == result
     cases = {"lora", "mtl_lora_grouped", "mtl_lora_interleaved", "peft_lora", "lora_ckpt",
              "mtl_lora_grouped_ckpt", "peft_lora_ckpt"}
@@ -34,3 +35,15 @@ def test_llava_case_reports_ratios_memory_and_ops(tmp_path):
     assert abs(ops["mtl_lora_interleaved"] - ops["mtl_lora_grouped"]) <= 1  # any row order: the same operators
     assert result["memory_ratios"]["saved MB lora_ckpt / lora"] < 0.5             # checkpointing keeps less
     assert "mixed grouped / lora" in result["ratios"] and result["targets"]["mixed grouped / lora"] == 1.05
+    p = result["paired_ratios"]["mixed grouped / lora"]
+    assert p["q1"] <= p["median"] <= p["q3"]
+
+
+def test_paired_ratio_pairs_rounds():
+    """The paired ratio divides within a round: a slow spell that hits both cases of a round cancels, which the
+    ratio of the two medians does not do."""
+    a = [1.0, 2.0, 1.0, 2.0, 1.0]      # case A, rounds 2 and 4 slow (machine busy)
+    b = [1.0, 2.0, 1.0, 2.0, 2.0]      # case B, the same rounds slow, plus round 5
+    p = _bench().paired_ratio(a, b)
+    assert p["median"] == 1.0 and p["q1"] <= 1.0 <= p["q3"]
+    assert 1.0 / 2.0 == pytest.approx(statistics.median(a) / statistics.median(b))  # medians mislead: 0.5
