@@ -165,20 +165,20 @@ def update_mtl_rows(out: torch.Tensor, z: torch.Tensor, w: torch.Tensor, lam: to
                     tasks: int | torch.Tensor, n_batch: int, scale: float, tau: float) -> torch.Tensor:
     """``out + scale · z M_tᵀ`` with MTL-LoRA's ``M_t = (Σ_i softmax(w_t / τ)_i B_i) Λ_t``, in place.
 
-    ``tasks`` is one task index (every row is that task's: one LoRA's addmm_) or each of the ``n_batch``
-    samples' task index as a LongTensor on out's device (batch-first rows; each sample gathers its task's
-    M_t and one batched product adds every sample's update: the arithmetic of one LoRA whatever the order
-    of the rows). The small matrices (π, M_t) and their gradients are formed inside one autograd node, in
+    M_t is formed for every task (T tiny matrices). ``tasks`` is one task index (every row is that task's:
+    one LoRA's addmm_) or each of the ``n_batch`` samples' task index as a LongTensor on out's device
+    (batch-first rows; each sample gathers its task's M_t and one batched product adds every sample's
+    update: the arithmetic of one LoRA whatever the order of the rows). The small matrices (π, M_t) and
+    their gradients are formed inside one autograd node, in
     the parameters' dtype and outside autocast, and recomputed in backward rather than saved: where each
     operator's dispatch costs more than its arithmetic (a CPU; small layers) this is what keeps an
     ``mtl_lora`` layer at a ``lora`` layer's cost. ``w`` (T, n), ``lam`` (T, r, r), (T, r) or None and
     ``B`` (n, d_out, r) are the parameters (B with zero or selected rows for packed projections).
     """
     if torch.compiler.is_compiling():
-        w_, lam_ = _task_params(w, lam, tasks)
-        M = mtl_matrices(torch.softmax(w_ / tau, dim=-1), B, lam_).to(z.dtype)
+        M = mtl_matrices(torch.softmax(w / tau, dim=-1), B, lam).to(z.dtype)
         if isinstance(tasks, int):
-            return torch.addmm(out.reshape(-1, out.shape[-1]), z.reshape(-1, z.shape[-1]), M[0].t(),
+            return torch.addmm(out.reshape(-1, out.shape[-1]), z.reshape(-1, z.shape[-1]), M[tasks].t(),
                                alpha=scale).view(out.shape)
         return torch.baddbmm(_rows3(out, n_batch), _rows3(z, n_batch), M.index_select(0, tasks).mT,
                              alpha=scale).view(out.shape)
@@ -187,21 +187,13 @@ def update_mtl_rows(out: torch.Tensor, z: torch.Tensor, w: torch.Tensor, lam: to
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (out, z, w, lam, B)):
         return _MTLRowsUpdate.apply(out, z, w, lam, B, tasks, n_batch, scale, tau)
     with autocast_off(out.device.type):
-        w_, lam_ = _task_params(w, lam, tasks)
-        _mtl_add_(out, z, mtl_matrices(torch.softmax(w_ / tau, dim=-1), B, lam_).to(z.dtype), tasks, n_batch, scale)
+        _mtl_add_(out, z, mtl_matrices(torch.softmax(w / tau, dim=-1), B, lam).to(z.dtype), tasks, n_batch, scale)
     return out
-
-
-def _task_params(w: torch.Tensor, lam: torch.Tensor | None, tasks: int | torch.Tensor):
-    """The rows of w and Λ that M is formed for: the one task's, or every task's (a sample picks its own)."""
-    if isinstance(tasks, int):
-        return w[tasks:tasks + 1], (None if lam is None else lam[tasks:tasks + 1])
-    return w, lam
 
 
 def _mtl_add_(out, z, M, tasks, n_batch, scale) -> None:
     if isinstance(tasks, int):
-        out.view(-1, out.shape[-1]).addmm_(z.reshape(-1, z.shape[-1]), M[0].t(), alpha=scale)
+        out.view(-1, out.shape[-1]).addmm_(z.reshape(-1, z.shape[-1]), M[tasks].t(), alpha=scale)
     else:
         _rows3(out, n_batch).baddbmm_(_rows3(z, n_batch), M.index_select(0, tasks).mT, alpha=scale)
 
@@ -214,14 +206,12 @@ class _MTLRowsUpdate(torch.autograd.Function):
     def forward(ctx, out, z, w, lam, B, tasks, n_batch, scale, tau):
         one = isinstance(tasks, int)
         with autocast_off(out.device.type):
-            w_, lam_ = _task_params(w, lam, tasks)
-            pi = torch.softmax(w_ / tau, dim=-1)
-            _mtl_add_(out, z, mtl_matrices(pi, B, lam_).to(z.dtype), tasks, n_batch, scale)
+            pi = torch.softmax(w / tau, dim=-1)
+            _mtl_add_(out, z, mtl_matrices(pi, B, lam).to(z.dtype), tasks, n_batch, scale)
         ctx.mark_dirty(out)
-        ctx.save_for_backward(z, pi, lam_, B, None if one else tasks)
+        ctx.save_for_backward(z, pi, lam, B, None if one else tasks)
         ctx.task = tasks if one else None
         ctx.n_batch, ctx.scale, ctx.tau = n_batch, scale, tau
-        ctx.full_shapes = w.shape, None if lam is None else lam.shape
         return out
 
     @staticmethod
@@ -233,10 +223,11 @@ class _MTLRowsUpdate(torch.autograd.Function):
         M = M.to(z.dtype)
         gz = None
         g2, z2 = g.reshape(-1, g.shape[-1]), z.reshape(-1, z.shape[-1])
-        if t is not None:
+        if t is not None:  # the other tasks' rows of gM stay zero, and so do their w and Λ gradients
             if need_z:
-                gz = torch.addmm(z2.new_empty(z2.shape), g2, M[0], beta=0, alpha=scale).view(z.shape)
-            gM = torch.addmm(M.new_empty(M.shape[1:]), g2.t(), z2, beta=0, alpha=scale)[None]
+                gz = torch.addmm(z2.new_empty(z2.shape), g2, M[t], beta=0, alpha=scale).view(z.shape)
+            gM = torch.zeros_like(M)
+            gM[t].addmm_(g2.t(), z2, beta=0, alpha=scale)
         else:
             g3, z3 = _rows3(g, n_batch), _rows3(z, n_batch)
             if need_z:
@@ -259,17 +250,5 @@ class _MTLRowsUpdate(torch.autograd.Function):
         if need_w:  # gπ_ti = <gB̄_t, B_i>, then softmax(w / τ)'s backward
             gpi = torch.mm(gflat, B.reshape(B.shape[0], -1).t())
             gw = torch._softmax_backward_data(gpi, pi, -1, pi.dtype).div_(ctx.tau)
-        if t is not None:  # one task's rows of w and Λ were used: the others get zero gradient
-            w_shape, lam_shape = ctx.full_shapes
-            gw = _one_row(gw, w_shape, t)
-            glam = _one_row(glam, lam_shape, t)
         return g, gz, gw, glam, gB, None, None, None, None
 
-
-def _one_row(grad: torch.Tensor | None, shape, t: int) -> torch.Tensor | None:
-    """A gradient for row ``t`` only, as a full-size gradient (zeros elsewhere)."""
-    if grad is None:
-        return None
-    full = grad.new_zeros(shape)
-    full[t] = grad[0]
-    return full
