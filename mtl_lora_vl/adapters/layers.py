@@ -1,4 +1,4 @@
-"""The adapter math (DESIGN §2), in this one module.
+"""The adapter math (DESIGN §2): here, and in :mod:`.rows` (the in-place row updates; MTL-LoRA's M_t with its gradient).
 
 For a frozen projection ``y = W x + b`` and tasks t = 1..T, MTL-LoRA adds
 
