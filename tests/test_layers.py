@@ -263,6 +263,24 @@ def test_autocast_runs_and_adapter_params_stay_fp32(dtype):
     torch.testing.assert_close(y.float(), ref, atol=0.1, rtol=0.05)
 
 
+@pytest.mark.parametrize("tasks", ["b", "mixed"])
+def test_autocast_backward_gives_fp32_adapter_gradients(tasks):
+    """The backward of an autocast step (the GPU's bf16 path, here on the CPU): the adapter gradients are fp32
+    and close to the fp32 step's, for a one-task and a mixed batch."""
+    layer = make_linear("mtl_lora")
+    x, gy = torch.randn(4, 12), torch.randn(4, 10)
+    route = torch.tensor([0, 1, 1, 2]) if tasks == "mixed" else tasks
+    params = [p for n, p in layer.named_parameters() if n.startswith("lora_")]
+    grads = {}
+    for dtype in (torch.bfloat16, None):
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None), _scope(layer, route):
+            y = layer(x)
+        grads[dtype] = torch.autograd.grad((y.float() * gy).sum(), params)
+    for g_half, g_full in zip(grads[torch.bfloat16], grads[None]):
+        assert g_half.dtype == torch.float32
+        torch.testing.assert_close(g_half, g_full, atol=0.05 * g_full.abs().max().item(), rtol=0.05)
+
+
 def test_half_base_without_autocast():
     layer = make_linear("mtl_lora")
     layer.weight.data = layer.weight.data.bfloat16()
