@@ -169,10 +169,9 @@ def update_mtl_rows(out: torch.Tensor, z: torch.Tensor, w: torch.Tensor, lam: to
     one LoRA's addmm_) or each of the ``n_batch`` samples' task index as a LongTensor on out's device
     (batch-first rows; each sample gathers its task's M_t and one batched product adds every sample's
     update: the arithmetic of one LoRA whatever the order of the rows). The small matrices (π, M_t) and
-    their gradients are formed inside one autograd node, in
-    the parameters' dtype and outside autocast, and recomputed in backward rather than saved: where each
-    operator's dispatch costs more than its arithmetic (a CPU; small layers) this is what keeps an
-    ``mtl_lora`` layer at a ``lora`` layer's cost. ``w`` (T, n), ``lam`` (T, r, r), (T, r) or None and
+    their gradients are formed inside one autograd node, in the parameters' dtype and outside autocast,
+    and recomputed in backward rather than saved: where each operator's dispatch costs more than its
+    arithmetic (a CPU; small layers) this is what keeps an ``mtl_lora`` layer at a ``lora`` layer's cost. ``w`` (T, n), ``lam`` (T, r, r), (T, r) or None and
     ``B`` (n, d_out, r) are the parameters (B with zero or selected rows for packed projections).
     """
     if torch.compiler.is_compiling():
@@ -251,4 +250,3 @@ class _MTLRowsUpdate(torch.autograd.Function):
             gpi = torch.mm(gflat, B.reshape(B.shape[0], -1).t())
             gw = torch._softmax_backward_data(gpi, pi, -1, pi.dtype).div_(ctx.tau)
         return g, gz, gw, glam, gB, None, None, None, None
-
