@@ -16,13 +16,15 @@ them; the route comes from segments, as in training) and ``interleaved`` (task o
 worst order an API user can pass).
 
     python scripts/bench_adapters.py --repeats 7 --json bench.json
-    python scripts/bench_adapters.py --case llava --repeats 15 --steps-per-round 3   # CPU: short steps
+    python scripts/bench_adapters.py --case llava --repeats 20        # ~1.5 s steps on 2 CPU cores
+    python scripts/bench_adapters.py --case llava --vision-layers 4 --lm-layers 4 --lm-width 512 \
+        --repeats 30 --steps-per-round 3                                # a smaller model: short steps
     python scripts/bench_adapters.py --case llava --device cuda --precision bf16   # bf16 base + autocast
 
 The LLaVA case (random init, no download: a CLIP vision tower of ViT-B/32 width, 224 px and patch 32, with
-``--vision-layers`` layers, and a Llama language model of ``--lm-layers`` x ``--lm-width``; the defaults are
-sized so that a step takes seconds on a small CPU -- on a GPU use e.g. ``--vision-layers 12 --lm-layers 8
---lm-width 1024 --vocab 32000 --batch-size 16``) compares mixed-task MTL-LoRA steps with our ``lora`` and
+``--vision-layers`` layers, and a Llama language model of ``--lm-layers`` x ``--lm-width``; the defaults, a
+ViT-B/32-sized tower and an 8 x 1024 Llama, step in 1.5 s on two CPU cores -- on a GPU add e.g. ``--vocab 32000
+--batch-size 16``) compares mixed-task MTL-LoRA steps with our ``lora`` and
 PEFT LoRA on one adapter (same rank and targets), each also with activation checkpointing. With a non-fp32
 ``--precision`` its base weights are in that dtype (adapters stay fp32) and the step runs under autocast.
 On a CPU, memory is what autograd saves for backward plus the inputs that checkpointed layers keep for
@@ -337,9 +339,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=None, help="default 16 (clip) / 4 (llava)")
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--n-up", type=int, default=3)
-    ap.add_argument("--vision-layers", type=int, default=4, help="llava: CLIP vision layers (width 768)")
-    ap.add_argument("--lm-layers", type=int, default=4, help="llava: language-model layers")
-    ap.add_argument("--lm-width", type=int, default=512, help="llava: language-model width")
+    ap.add_argument("--vision-layers", type=int, default=12,
+                    help="llava: CLIP vision layers (width 768; 12 = ViT-B/32)")
+    ap.add_argument("--lm-layers", type=int, default=8, help="llava: language-model layers")
+    ap.add_argument("--lm-width", type=int, default=1024, help="llava: language-model width")
     ap.add_argument("--vocab", type=int, default=8000, help="llava: vocabulary size")
     ap.add_argument("--text-len", type=int, default=32, help="llava: text tokens per row (after 49 image tokens)")
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds per case (median reported)")
