@@ -291,11 +291,13 @@ def test_half_base_without_autocast():
 
 
 @pytest.mark.parametrize("lambda_type", ["full", "diagonal", "none"])
-@pytest.mark.parametrize("tasks", [1, "mixed"])
+@pytest.mark.parametrize("tasks", [1, "mixed", "present", "present_slice"])
 def test_mtl_rows_update_gradients(lambda_type, tasks):
     """MTL-LoRA's row-update node (π and M_t formed inside, recomputed in backward; one task's rows or each
     sample its own task, in place) against finite differences and against the formula, and its no-grad
-    path against its autograd path. The mixed batch leaves task 3 out: its w and Λ rows get zero gradient."""
+    path against its autograd path. The mixed batch leaves task 3 out: its w and Λ rows get zero gradient,
+    whether every task's M_t is formed or only the present ones' (given as an index or a slice of task
+    rows, the samples' tasks as positions among them)."""
     from mtl_lora_vl.adapters.rows import update_mtl_rows
 
     g = torch.Generator().manual_seed(0)
@@ -306,28 +308,54 @@ def test_mtl_rows_update_gradients(lambda_type, tasks):
     lam = lam.requires_grad_() if lam is not None else None
     B = torch.randn(3, 5, 2, dtype=torch.double, generator=g, requires_grad=True)  # d_out = 5
     out = torch.randn(12, 5, dtype=torch.double, generator=g, requires_grad=True)
-    ids = torch.tensor([2, 0, 2, 1]) if tasks == "mixed" else 1
+    ids = 1 if tasks == 1 else torch.tensor([2, 0, 2, 1])  # the samples' tasks; task 3 has none
+    present, arg = None, ids
+    if tasks == "present":  # the present tasks' rows as an index, in another order; samples as positions in it
+        present, arg = torch.tensor([2, 0, 1]), torch.tensor([0, 1, 0, 2])
+    elif tasks == "present_slice":
+        present = slice(0, 3)
     inputs = tuple(t for t in (out, z, w, lam, B) if t is not None)
 
     def f(out, z, w, *rest):
         lam_, B_ = rest if len(rest) == 2 else (None, rest[0])
-        return update_mtl_rows(out * 1.0, z, w, lam_, B_, ids, 4, 0.7, 0.5)  # out * 1.0: fresh, updated in place
+        return update_mtl_rows(out * 1.0, z, w, lam_, B_, arg, 4, 0.7, 0.5, present)  # out * 1.0: fresh, in place
 
     assert torch.autograd.gradcheck(f, inputs)
     want = out.clone()
-    for i, t in enumerate(ids.tolist() if tasks == "mixed" else [ids] * 4):
+    for i, t in enumerate([ids] * 4 if tasks == 1 else ids.tolist()):
         Lt = torch.eye(2, dtype=torch.double) if lam is None else (torch.diag(lam[t]) if lam.dim() == 2 else lam[t])
         Mt = torch.einsum("i,idr->dr", torch.softmax(w[t] / 0.5, -1), B) @ Lt
         want[3 * i:3 * i + 3] += 0.7 * z[3 * i:3 * i + 3] @ Mt.T
     torch.testing.assert_close(f(*inputs), want)
     f(*inputs).sum().backward()
-    unused = [3] if tasks == "mixed" else [0, 2, 3]
-    assert w.grad[unused].abs().max() == 0 and w.grad[2 if tasks == "mixed" else 1].abs().min() > 0
+    unused = [0, 2, 3] if tasks == 1 else [3]
+    assert w.grad[unused].abs().max() == 0 and w.grad[1 if tasks == 1 else 2].abs().min() > 0
     if lam is not None:
         assert lam.grad[unused].abs().max() == 0
     with torch.no_grad():
         plain = f(*inputs)
     torch.testing.assert_close(plain, f(*inputs).detach())
+
+
+@pytest.mark.parametrize("lambda_type", ["full", "diagonal", "none"])
+def test_one_task_batch_forms_only_its_own_matrix(monkeypatch, lambda_type):
+    """A batch of one task forms that task's M_t alone (forward, backward and no-grad: the cost of the small
+    matrices does not grow with the number of tasks); a mixed batch forms those of the tasks it has. Counted
+    by the number of mixing rows π that reach M_t's formula."""
+    from mtl_lora_vl.adapters import rows
+
+    seen = []
+    real = rows._mtl_parts
+    monkeypatch.setattr(rows, "_mtl_parts", lambda pi, B, lam: seen.append(pi.shape[0]) or real(pi, B, lam))
+    layer = make_linear("mtl_lora", lambda_type)
+    x = torch.randn(4, 12)
+    for tasks, want in (("b", 1), (torch.tensor([0, 2, 2, 1]), 3), (torch.tensor([2, 0, 0, 2]), 2)):
+        seen.clear()
+        with _scope(layer, tasks):
+            layer(x).sum().backward()
+            with torch.no_grad():
+                layer(x)
+        assert seen == [want] * 3, (tasks, seen)
 
 
 @pytest.mark.parametrize("lambda_type", ["full", "diagonal", "none"])

@@ -320,9 +320,10 @@ def test_route_segments_plans_and_errors():
     assert r.batch_size == 6 and r.task is None and not r.grouped
     plan = r.plan(torch.device("cpu"))
     assert [p for p, _ in plan] == [1, 0, 2, 0] and all(isinstance(rows, slice) for _, rows in plan)
-    tasks = r.sample_tasks(torch.device("cpu"))
-    assert tasks.tolist() == [1, 1, 0, 2, 2, 0] and r.sample_tasks(torch.device("cpu")) is tasks  # made once
-    assert r.expand(2).sample_tasks(torch.device("cpu")).tolist() == [1, 1, 1, 1, 0, 0, 2, 2, 2, 2, 0, 0]
+    pos = r.sample_positions(torch.device("cpu"))
+    assert pos.tolist() == [1, 1, 0, 2, 2, 0] and r.sample_positions(torch.device("cpu")) is pos  # made once
+    assert r.expand(2).sample_positions(torch.device("cpu")).tolist() == [1, 1, 1, 1, 0, 0, 2, 2, 2, 2, 0, 0]
+    assert Route.from_ids([3, 3, 1]).sample_positions(torch.device("cpu")).tolist() == [1, 1, 0]  # among (1, 3)
     g = Route.from_segments([(0, 0, 2), (0, 2, 3), (2, 3, 4)])  # adjacent runs of one task merge
     assert g.segments == ((0, 0, 3), (2, 3, 4)) and g.grouped
     assert Route.from_segments([(1, 0, 4)]).task == 1

@@ -277,11 +277,12 @@ class AdapterBank(nn.Module):
                 B = B[:, rows]
             lam = self.lora_lambda if self.lambda_type != "none" else None
             if route.task is not None:
-                tasks, n_batch = route.task, 1
-            else:
-                tasks, n_batch = route.sample_tasks(x.device), route.batch_size
+                tasks, n_batch, present = route.task, 1, None
+            else:  # the present tasks' M_t only; each sample's position among them
+                tasks, n_batch = route.sample_positions(x.device), route.batch_size
+                present = route.present_index(x.device)
             update = partial(update_mtl_rows, w=self.lora_w, lam=lam, B=B, tasks=tasks, n_batch=n_batch,
-                             scale=self.scaling, tau=self.temperature)
+                             scale=self.scaling, tau=self.temperature, present=present)
         else:
             if route.task is not None or not self.task_dependent:  # one matrix for every row: one LoRA
                 t = route.task if route.task is not None else 0

@@ -6,8 +6,9 @@ and the scope restores the outer route on exit, so scopes nest.
 
 A :class:`Route` is host-side data: the tasks of the batch as *segments* ``(task, start, stop)`` of
 consecutive rows, computed once per scope (by the loader's collate for training batches, so nothing
-syncs with the device). ``mtl_lora`` layers take each sample's task index from it (one small LongTensor
-per route and device, :meth:`Route.sample_tasks`), whatever the order of the rows; the other methods apply
+syncs with the device). ``mtl_lora`` layers take each sample's task from it (its position among the
+present tasks: one small LongTensor per route and device, :meth:`Route.sample_positions`), whatever the
+order of the rows; the other methods apply
 each present task's matrix to its own rows: a slice per segment when the rows are grouped by task (what
 the loader makes), one gathered index set per task when an API user's rows are finely interleaved (see
 :meth:`Route.plan`). Nothing is done per layer that walks modules or reads device memory.
@@ -167,13 +168,16 @@ class Route:
             self._index[device] = index
         return index
 
-    def sample_tasks(self, device: torch.device) -> torch.Tensor:
-        """Each row's task index as a LongTensor on ``device`` (from the segments; made once per route and device)."""
-        tasks = self._tasks.get(device)
-        if tasks is None:
-            tasks = torch.tensor([t for t, a, b in self.segments for _ in range(a, b)]).to(device, non_blocking=True)
-            self._tasks[device] = tasks
-        return tasks
+    def sample_positions(self, device: torch.device) -> torch.Tensor:
+        """Each row's task as its position in :attr:`present` (the row of the present tasks' matrices it uses),
+        a LongTensor on ``device``; from the segments, made once per route and device."""
+        positions = self._tasks.get(device)
+        if positions is None:
+            pos = {t: p for p, t in enumerate(self.present)}
+            positions = torch.tensor([pos[t] for t, a, b in self.segments for _ in range(a, b)])
+            positions = positions.to(device, non_blocking=True)
+            self._tasks[device] = positions
+        return positions
 
     def expand(self, k: int) -> Route:
         """Each row repeated ``k`` times in place (Hugging Face's ``repeat_interleave`` convention for beams

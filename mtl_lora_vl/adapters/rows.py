@@ -162,19 +162,23 @@ def _mtl_parts(pi, B, lam) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def update_mtl_rows(out: torch.Tensor, z: torch.Tensor, w: torch.Tensor, lam: torch.Tensor | None, B: torch.Tensor,
-                    tasks: int | torch.Tensor, n_batch: int, scale: float, tau: float) -> torch.Tensor:
+                    tasks: int | torch.Tensor, n_batch: int, scale: float, tau: float,
+                    present: slice | torch.Tensor | None = None) -> torch.Tensor:
     """``out + scale · z M_tᵀ`` with MTL-LoRA's ``M_t = (Σ_i softmax(w_t / τ)_i B_i) Λ_t``, in place.
 
-    M_t is formed for every task (T tiny matrices). ``tasks`` is one task index (every row is that task's:
-    one LoRA's addmm_) or each of the ``n_batch`` samples' task index as a LongTensor on out's device
-    (batch-first rows; each sample gathers its task's M_t and one batched product adds every sample's
-    update: the arithmetic of one LoRA whatever the order of the rows). The small matrices (π, M_t) and
-    their gradients are formed inside one autograd node, in the parameters' dtype and outside autocast,
-    and recomputed in backward rather than saved: where each operator's dispatch costs more than its
-    arithmetic (a CPU; small layers) this is what keeps an ``mtl_lora`` layer at a ``lora`` layer's cost. ``w`` (T, n), ``lam`` (T, r, r), (T, r) or None and
-    ``B`` (n, d_out, r) are the parameters (B with zero or selected rows for packed projections).
+    ``tasks`` is one task index (every row is that task's: its M_t alone is formed, and one LoRA's addmm_
+    adds it) or each of the ``n_batch`` samples' task as a LongTensor on out's device (batch-first rows; the
+    M_t of the tasks in ``present`` -- a slice or LongTensor of task rows, None for all -- are formed, each
+    sample gathers its own by its position in ``present``, and one batched product adds every sample's
+    update: the arithmetic of one LoRA whatever the order of the rows). The small matrices (π, M_t) and their
+    gradients are formed inside one autograd node, in the parameters' dtype and outside autocast, and
+    recomputed in backward rather than saved: where each operator's dispatch costs more than its arithmetic
+    (a CPU; small layers) this is what keeps an ``mtl_lora`` layer near a ``lora`` layer's cost. ``w`` (T, n),
+    ``lam`` (T, r, r), (T, r) or None and ``B`` (n, d_out, r) are the parameters (B with zero or selected
+    rows for packed projections); tasks without rows in the batch get zero gradients.
     """
     if torch.compiler.is_compiling():
+        w, lam, tasks, _ = _formed(w, lam, tasks, present)
         M = mtl_matrices(torch.softmax(w / tau, dim=-1), B, lam).to(z.dtype)
         if isinstance(tasks, int):
             return torch.addmm(out.reshape(-1, out.shape[-1]), z.reshape(-1, z.shape[-1]), M[tasks].t(),
@@ -184,10 +188,33 @@ def update_mtl_rows(out: torch.Tensor, z: torch.Tensor, w: torch.Tensor, lam: to
     if not out.is_contiguous() or out._is_view():
         out = out.clone(memory_format=torch.contiguous_format)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (out, z, w, lam, B)):
-        return _MTLRowsUpdate.apply(out, z, w, lam, B, tasks, n_batch, scale, tau)
+        return _MTLRowsUpdate.apply(out, z, w, lam, B, tasks, n_batch, scale, tau, present)
+    w, lam, tasks, _ = _formed(w, lam, tasks, present)
     with autocast_off(out.device.type):
         _mtl_add_(out, z, mtl_matrices(torch.softmax(w / tau, dim=-1), B, lam).to(z.dtype), tasks, n_batch, scale)
     return out
+
+
+def _formed(w, lam, tasks, present):
+    """The task rows of w and Λ whose M_t the batch needs, the rows' tasks as positions among them, and the
+    index of those rows (None: all of them). One task: its own row alone."""
+    if isinstance(tasks, int):
+        present, tasks = slice(tasks, tasks + 1), 0
+    elif isinstance(present, slice) and present.start in (0, None) and present.stop in (w.shape[0], None):
+        present = None
+    if present is None:
+        return w, lam, tasks, None
+    pick = (lambda x: x[present]) if isinstance(present, slice) else (lambda x: x.index_select(0, present))
+    return pick(w), (None if lam is None else pick(lam)), tasks, present
+
+
+def _unformed(x: torch.Tensor, shape: torch.Size, present: slice | torch.Tensor) -> torch.Tensor:
+    """A gradient of ``shape`` that holds ``x`` in the ``present`` task rows and zeros elsewhere."""
+    full = x.new_zeros(shape)
+    if isinstance(present, slice):
+        full[present] = x
+        return full
+    return full.index_copy_(0, present, x)
 
 
 def _mtl_add_(out, z, M, tasks, n_batch, scale) -> None:
@@ -202,31 +229,34 @@ class _MTLRowsUpdate(torch.autograd.Function):
     saves z, π and the parameters (M_t is recomputed in backward: one mm and one bmm of tiny matrices)."""
 
     @staticmethod
-    def forward(ctx, out, z, w, lam, B, tasks, n_batch, scale, tau):
-        one = isinstance(tasks, int)
+    def forward(ctx, out, z, w, lam, B, tasks, n_batch, scale, tau, present):
+        shapes = w.shape, (None if lam is None else lam.shape)
+        w, lam, tasks, present = _formed(w, lam, tasks, present)
         with autocast_off(out.device.type):
             pi = torch.softmax(w / tau, dim=-1)
             _mtl_add_(out, z, mtl_matrices(pi, B, lam).to(z.dtype), tasks, n_batch, scale)
         ctx.mark_dirty(out)
-        ctx.save_for_backward(z, pi, lam, B, None if one else tasks)
+        one = isinstance(tasks, int)
+        ctx.save_for_backward(z, pi, lam, B, None if one else tasks, present if torch.is_tensor(present) else None)
         ctx.task = tasks if one else None
-        ctx.n_batch, ctx.scale, ctx.tau = n_batch, scale, tau
+        ctx.present = present if isinstance(present, slice) else None
+        ctx.n_batch, ctx.scale, ctx.tau, ctx.shapes = n_batch, scale, tau, shapes
         return out
 
     @staticmethod
     def backward(ctx, g):
-        z, pi, lam, B, tasks = ctx.saved_tensors
+        z, pi, lam, B, tasks, present = ctx.saved_tensors
+        present = ctx.present if present is None else present
         t, n_batch, scale = ctx.task, ctx.n_batch, ctx.scale
         need_z, need_w, need_lam, need_b = (ctx.needs_input_grad[i] for i in (1, 2, 3, 4))
         Bbar, M = _mtl_parts(pi, B, lam)
         M = M.to(z.dtype)
         gz = None
         g2, z2 = g.reshape(-1, g.shape[-1]), z.reshape(-1, z.shape[-1])
-        if t is not None:  # the other tasks' rows of gM stay zero, and so do their w and Λ gradients
+        if t is not None:  # every row is the task of M's row t (its only row)
             if need_z:
                 gz = torch.addmm(z2.new_empty(z2.shape), g2, M[t], beta=0, alpha=scale).view(z.shape)
-            gM = torch.zeros_like(M)
-            gM[t].addmm_(g2.t(), z2, beta=0, alpha=scale)
+            gM = torch.addmm(M[t].new_empty(M[t].shape), g2.t(), z2, beta=0, alpha=scale)[None]
         else:
             g3, z3 = _rows3(g, n_batch), _rows3(z, n_batch)
             if need_z:
@@ -249,4 +279,6 @@ class _MTLRowsUpdate(torch.autograd.Function):
         if need_w:  # gπ_ti = <gB̄_t, B_i>, then softmax(w / τ)'s backward
             gpi = torch.mm(gflat, B.reshape(B.shape[0], -1).t())
             gw = torch._softmax_backward_data(gpi, pi, -1, pi.dtype).div_(ctx.tau)
-        return g, gz, gw, glam, gB, None, None, None, None
+        if present is not None:  # tasks without rows in the batch get zero gradients
+            gw, glam = (None if x is None else _unformed(x, shape, present) for x, shape in zip((gw, glam), ctx.shapes))
+        return g, gz, gw, glam, gB, None, None, None, None, None
