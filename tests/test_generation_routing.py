@@ -145,6 +145,20 @@ def test_generation_rows_and_copies(dirs):
     from transformers import GenerationConfig
 
     assert generation_rows(m, {"generation_config": GenerationConfig(num_beams=4)}) == 4
+    # A GenerationConfig leaves num_beams None and generate takes the model's: so must the adapters.
+    beams, m.generation_config.num_beams = m.generation_config.num_beams, 3
+    try:
+        assert generation_rows(m, {"generation_config": GenerationConfig(max_new_tokens=3)}) == 3
+        assert generation_rows(m, {"generation_config": GenerationConfig(num_beams=2)}) == 2
+        images, prompts = inputs(bb, 2)
+        batch = bb.lm_collator()(prompts)
+        with mlv.route(m, torch.tensor([0, 2])):
+            got = m.generate(**batch, pixel_values=images,
+                             generation_config=GenerationConfig(max_new_tokens=3, pad_token_id=bb.pad_id))
+            want = m.generate(**batch, pixel_values=images, max_new_tokens=3, num_beams=3, pad_token_id=bb.pad_id)
+        assert torch.equal(got, want)
+    finally:
+        m.generation_config.num_beams = beams
     assert type(m).__name__ == "LlavaForConditionalGeneration" and "generate" in vars(m)
     images, prompts = inputs(bb, 2)
     with mlv.route(m, torch.tensor([0, 2])):

@@ -48,11 +48,15 @@ def expanded_rows(model: nn.Module, k: int) -> Iterator[None]:
 
 def generation_rows(model: nn.Module, kwargs: dict[str, Any]) -> int:
     """Language-model rows per input row of a Hugging Face ``generate(**kwargs)`` call, as ``generate`` expands
-    them: ``max(num_beams, num_return_sequences)``, from the call, its ``generation_config`` or the model's."""
-    cfg = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    them: ``max(num_beams, num_return_sequences)``, each the first that is set of the call's keyword, its
+    ``generation_config``'s value and the model's (a ``GenerationConfig`` may leave them None, and
+    ``generate`` then takes the model's)."""
+    configs = (kwargs.get("generation_config"), getattr(model, "generation_config", None))
 
     def get(name: str) -> int:
-        value = kwargs.get(name, getattr(cfg, name, None))
+        value = kwargs.get(name)
+        for cfg in configs:
+            value = getattr(cfg, name, None) if value is None else value
         return max(1, int(value or 1))
 
     return max(get("num_beams"), get("num_return_sequences"))
