@@ -319,13 +319,19 @@ def test_single_task_adapter_needs_no_scope_and_route_works_through_wrappers():
         assert model._mtl_lora.router.current.task == 0
 
 
-def test_routing_to_another_task_while_merged_is_refused():
+def test_routing_to_another_task_or_disabling_while_merged_is_refused():
     model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS))
     mlv.merge(model, "vqa")
     with pytest.raises(mlv.RoutingError, match="merged into the weights for task 'vqa'"):
         with mlv.route(model, "cls"):
             pass
     with mlv.route(model, "vqa"):
+        pass
+    with pytest.raises(mlv.RoutingError, match="merged into the weights for task 'vqa'.*unmerge"):
+        with mlv.disabled(model):  # would silently run the merged task, not the base model
+            pass
+    mlv.unmerge(model)
+    with mlv.disabled(model):
         pass
 
 

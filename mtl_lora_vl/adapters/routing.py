@@ -420,8 +420,14 @@ def route(model: nn.Module | Router,
 
 @contextmanager
 def disabled(model: nn.Module | Router) -> Iterator[None]:
-    """Run ``model`` as the unadapted base model (zero-shot) inside this scope."""
+    """Run ``model`` as the unadapted base model (zero-shot) inside this scope. Refused while a task is merged
+    into the weights (the base model is not what would run)."""
     router = find_router(model)
+    if router.merged_task is not None:
+        raise RoutingError(
+            f"disabled: the adapters are merged into the weights for task {router.tasks[router.merged_task]!r}, so "
+            "the model cannot run as its base model; call mtl_lora_vl.unmerge(model) first (and merge again after)"
+        )
     router.disabled += 1
     try:
         with _scope(router, ADAPTERS_OFF):

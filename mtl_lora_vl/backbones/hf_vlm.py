@@ -350,7 +350,8 @@ def _count_image_tokens(model: nn.Module, image_size: int) -> int:
     """How many language-model tokens one image fills: one vision pass over a blank image (adapters off)."""
     p = next(model.parameters())
     blank = torch.zeros(1, 3, image_size, image_size, device=p.device, dtype=p.dtype)
-    with disabled(model) if getattr(model, "_mtl_lora", None) is not None else nullcontext():
+    info = getattr(model, "_mtl_lora", None)
+    with disabled(model) if info is not None and info.router.merged_task is None else nullcontext():
         out = model.get_image_features(pixel_values=blank)
     feats = getattr(out, "pooler_output", out)
     if isinstance(feats, (list, tuple)):
