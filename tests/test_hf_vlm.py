@@ -175,10 +175,16 @@ def test_sequence_scores_without_cache_under_checkpointing(bb):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_caption_logits_shape(bb):
+def test_caption_logits_shape_and_causal(bb):
+    """Teacher-forced logits see only the tokens before them (for PaliGemma too, whose prompt attends both
+    ways: the caption must be marked as its target part)."""
     tokens = bb.tokenizer(["a red circle", "two blue squares"])[:, :8]
-    logits = bb.caption_logits(torch.randn(2, 3, 32, 32), tokens)
+    images = torch.randn(2, 3, 32, 32)
+    logits = bb.caption_logits(images, tokens)
     assert logits.shape == (2, 7, bb.vocab_size)
+    later = tokens.clone()
+    later[:, 4:] = (later[:, 4:] + 1) % bb.vocab_size
+    torch.testing.assert_close(bb.caption_logits(images, later)[:, :4], logits[:, :4])
 
 
 def test_attach_targets_both_towers_and_projector_on_request(bb):

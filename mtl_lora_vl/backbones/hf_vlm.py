@@ -206,7 +206,8 @@ class HFVLMBackbone(Backbone):
         n = self.num_image_tokens
         image = tokens.new_full((tokens.shape[0], n), self.image_token_id)
         ids = torch.cat([image, tokens.long()], dim=1)
-        out = self._forward(images, ids, torch.ones_like(ids), logits_to_keep=tokens.shape[1], use_cache=False)
+        targets = torch.cat([torch.full_like(image, IGNORE_INDEX), tokens.long()], dim=1)  # a prefix LM: causal here
+        out = self._forward(images, ids, torch.ones_like(ids), targets, logits_to_keep=tokens.shape[1], use_cache=False)
         return out.logits[:, :-1]
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
