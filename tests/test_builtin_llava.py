@@ -103,6 +103,21 @@ def test_greedy_generation_uses_the_vocabulary(llava, meta):
     assert texts[0].strip() in world.COLOR_NAMES, f"a colour question got {texts[0]!r}"
 
 
+def test_fixed_length_tokenizer_keeps_every_word_of_a_left_padding_lm_tokenizer(llava):
+    """The backbone's CLIP-style ``tokenizer`` over the asset's tokenizer (pads on the left, adds no end token):
+    each row is its words, then the end token, then padding on the right; a truncated row keeps the end token."""
+    from mtl_lora_vl.backbones.tokenizers import HFTokenizer
+
+    hf = llava[1].tokenizer
+    assert hf.padding_side == "left" and hf("a red circle")["input_ids"][-1] != hf.eos_token_id
+    tok = HFTokenizer(hf, 8)
+    ids = tok(["a red circle", "a red circle left of a blue square"])
+    words = hf("a red circle")["input_ids"]
+    assert ids[0].tolist() == [*words, tok.eos_id] + [tok.pad_id] * (7 - len(words))
+    assert tok.decode(ids[0]) == "a red circle"
+    assert ids[1, -1] == tok.eos_id and (ids[1, :-1] != tok.pad_id).all()
+
+
 def _script():
     import importlib.util
 

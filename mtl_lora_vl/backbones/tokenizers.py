@@ -221,13 +221,15 @@ class HFTokenizer:
         if isinstance(texts, str):
             texts = [texts]
         length = int(context_length or self.context_length)
-        enc = self._tok(list(texts), padding="max_length", truncation=True, max_length=length,
-                        return_tensors="pt")
-        ids = enc["input_ids"].long()
-        # Truncation may cut the end token off long texts; pooling needs it, so put it back.
-        has_eos = (ids == self.eos_id).any(dim=1)
-        ids[~has_eos, -1] = self.eos_id
-        return ids
+        rows = self._tok(list(texts), truncation=True, max_length=length)["input_ids"]
+        out = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        for i, ids in enumerate(rows):
+            # Every row ends in the end token (pooling and teacher forcing read it), right after its last
+            # token: put back the one truncation cut off, add the one a language model's tokenizer leaves
+            # out; padding on the right, whichever side the tokenizer pads.
+            body = list(ids[:-1] if ids and ids[-1] == self.eos_id else ids)[:length - 1]
+            out[i, :len(body) + 1] = torch.tensor([*body, self.eos_id])
+        return out
 
     def decode(self, token_ids: Sequence[int] | Tensor) -> str:
         ids = _strip_ids(token_ids, self.bos_id, self.eos_id, self.pad_id)
