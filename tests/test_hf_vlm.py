@@ -127,6 +127,16 @@ def test_generate_decodes_new_tokens_only(bb, beams):
     assert all(bb.image_token not in t for t in out)
 
 
+def test_generate_and_scores_refuse_a_bare_string_and_no_tokens(bb):
+    images = torch.randn(2, 3, 32, 32)
+    for call in (lambda: bb.generate(images, prompts=prompts(bb, 1)[0]),
+                 lambda: bb.sequence_scores(images, prompts(bb, 1)[0], ["red", "blue"])):
+        with pytest.raises(ValueError, match="prompts must be a list of strings, one per image"):
+            call()
+    with pytest.raises(ValueError, match="max_len must be >= 1"):
+        bb.generate(images, max_len=0, prompts=prompts(bb, 2))
+
+
 def test_greedy_generation_matches_manual_argmax(bb):
     images = torch.randn(1, 3, 32, 32)
     p = prompts(bb, 1)

@@ -172,9 +172,9 @@ class HFVLMBackbone(Backbone):
         """One text per image: greedy (``beam_size=1``) or beam search through Hugging Face ``generate`` with the
         KV cache; only the new tokens are decoded, special tokens stripped. ``prompts`` default to the bare image
         placeholder (captioning)."""
-        if beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
-        prompts = [self.image_token] * images.shape[0] if prompts is None else list(prompts)
+        if beam_size < 1 or max_len < 1:
+            raise ValueError(f"generate: beam_size and max_len must be >= 1, got {beam_size} and {max_len}")
+        prompts = [self.image_token] * images.shape[0] if prompts is None else prompts
         batch = self._prompts(images, prompts, "generate")
         kwargs = self._extra_inputs(batch["input_ids"], None)
         out = self._hf_call(self.model.generate, pixel_values=images, **batch, **kwargs,
@@ -190,7 +190,8 @@ class HFVLMBackbone(Backbone):
         checkpointing in training (where transformers drops the cache) the ``B·C`` full sequences run instead."""
         if isinstance(candidates, str) or not candidates:
             raise ValueError("sequence_scores: candidates must be a non-empty list of strings")
-        batch = self._prompts(images, list(prompts), "sequence_scores")
+        batch = self._prompts(images, prompts, "sequence_scores")
+        prompts = list(prompts)
         cands = [[*map(int, ids), self.eos_id]
                  for ids in self.hf_processor.tokenizer(list(candidates), add_special_tokens=False)["input_ids"]]
         if self.model.training and torch.is_grad_enabled() and _checkpointing(self.model):
@@ -241,7 +242,10 @@ class HFVLMBackbone(Backbone):
                 f"backbone.lm_collator(), whose prompts hold {self.image_token!r} once and expand it"
             )
 
-    def _prompts(self, images: Tensor, prompts: list[str], what: str) -> dict[str, Tensor]:
+    def _prompts(self, images: Tensor, prompts: Sequence[str], what: str) -> dict[str, Tensor]:
+        if isinstance(prompts, str):
+            raise ValueError(f"{what}: prompts must be a list of strings, one per image, got one string {prompts!r}")
+        prompts = list(prompts)
         if len(prompts) != images.shape[0]:
             raise ValueError(f"{what}: {images.shape[0]} images but {len(prompts)} prompts; give one prompt per image")
         batch = self.lm_collator()(prompts)
