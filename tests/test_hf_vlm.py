@@ -127,6 +127,25 @@ def test_generate_decodes_new_tokens_only(bb, beams):
     assert all(bb.image_token not in t for t in out)
 
 
+def test_generate_stops_at_the_models_other_stop_ids(bb):
+    """A stop id the model's generation_config lists (a chat model's end of turn) ends generation too."""
+    images = torch.randn(1, 3, 32, 32)
+    p = prompts(bb, 1)
+    batch = bb.lm_collator()(p)
+    kw = {"token_type_ids": torch.zeros_like(batch["input_ids"])} if bb.prefix_lm else {}
+    ids = bb.model.generate(**batch, **kw, pixel_values=images, max_new_tokens=4, do_sample=False,
+                            pad_token_id=bb.pad_id, eos_token_id=bb.eos_id)[0, batch["input_ids"].shape[1]:]
+    assert ids.numel() >= 2 and bb.eos_id not in ids[:2].tolist()
+    full = bb.generate(images, max_len=4, prompts=p)[0]
+    cfg = bb.model.generation_config
+    saved, cfg.eos_token_id = cfg.eos_token_id, [bb.eos_id, int(ids[0])]  # the first word now stops it
+    try:
+        cut = bb.generate(images, max_len=4, prompts=p)[0]
+    finally:
+        cfg.eos_token_id = saved
+    assert cut == bb.processor.tokenizer.decode(ids[:1], skip_special_tokens=True).strip() != full
+
+
 def test_generate_and_scores_refuse_a_bare_string_and_no_tokens(bb):
     images = torch.randn(2, 3, 32, 32)
     for call in (lambda: bb.generate(images, prompts=prompts(bb, 1)[0]),

@@ -179,7 +179,7 @@ class HFVLMBackbone(Backbone):
         kwargs = self._extra_inputs(batch["input_ids"], None)
         out = self._hf_call(self.model.generate, pixel_values=images, **batch, **kwargs,
                             max_new_tokens=int(max_len), num_beams=int(beam_size), do_sample=False,
-                            eos_token_id=self.eos_id, pad_token_id=self.pad_id)
+                            eos_token_id=self._stop_ids(), pad_token_id=self.pad_id)
         new = out[:, batch["input_ids"].shape[1]:]
         return [t.strip() for t in self.hf_processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
@@ -241,6 +241,13 @@ class HFVLMBackbone(Backbone):
                 f"image gives {self.num_image_tokens} features in {self.name}; build the ids with "
                 f"backbone.lm_collator(), whose prompts hold {self.image_token!r} once and expand it"
             )
+
+    def _stop_ids(self) -> list[int]:
+        """The end token, and any other stop ids the model's ``generation_config`` lists (a chat model's end of
+        turn, e.g.)."""
+        ids = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+        return list(dict.fromkeys([self.eos_id, *map(int, ids)]))
 
     def _prompts(self, images: Tensor, prompts: Sequence[str], what: str) -> dict[str, Tensor]:
         if isinstance(prompts, str):
