@@ -14,6 +14,7 @@ command cannot run (given on the command line or in the config file).
 
 from __future__ import annotations
 
+import json
 import operator
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -23,6 +24,10 @@ __all__ = ["PATH_DEFAULTS", "EvalOptions", "ExportOptions", "TrainOptions", "che
            "option_names", "range_text"]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Split = Literal["train", "val", "test"]
+
+#: The adapter's shape: an --extend run takes it from the adapter it extends.
+ADAPTER_SHAPE = ("rank", "alpha", "n_up", "temperature", "lambda_type", "dropout", "method", "targets")
 
 
 #: Options whose default depends on the path the task kinds take on the chosen backbone (DESIGN §3):
@@ -96,7 +101,7 @@ class TrainOptions:
     save_every: int = _opt(100, "write a checkpoint every N steps (and on Ctrl-C)", ge=1)
     log_every: int = _opt(10, "log training metrics every N steps", ge=1)
     eval_batch_size: int | None = _path_opt("eval_batch_size", "batch size of evaluation", ge=1)
-    eval_split: str = _opt("test", "split scored at the end (falls back to val when a task has no test split)")
+    eval_split: Split = _opt("test", "split scored at the end (falls back to val when a task has no test split)")
     eval_val: bool = _opt(False, "also score the adapted model on the validation split at the end (eval.json 'val')")
     skip_zero_shot: bool = _opt(False, "skip the zero-shot score of the base model at the end (benchmarks compute it once)")
     out: str | None = _opt(None, "run directory (default runs/<tasks>-<method>-<time>)")
@@ -116,6 +121,21 @@ class TrainOptions:
         check_ranges(self)
         if self.steps is not None and self.steps < 1 and not self.epochs:
             raise ValueError(f"--steps: must be >= 1 (or give --epochs), got {self.steps}")
+        if self.targets != "default":
+            try:
+                targets = json.loads(self.targets)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--targets: not valid JSON ({e}); give 'default' or a JSON dict such as "
+                                 '\'{"image": ["regex"], "text": ["regex"]}\'') from None
+            if not isinstance(targets, dict):
+                raise ValueError(f"--targets: must be 'default' or a JSON dict of tower -> regex list, got {targets!r}")
+        if self.extend:
+            default = TrainOptions()
+            given = [f"--{k.replace('_', '-')}" for k in ADAPTER_SHAPE if getattr(self, k) != getattr(default, k)]
+            if given:
+                raise ValueError(f"--extend {self.extend}: the new tasks take the adapter's own shape (rank, alpha, "
+                                 f"n_up, temperature, Lambda type, dropout, method, targets), so {', '.join(given)} "
+                                 "would be ignored; drop them")
 
     def with_path_defaults(self, generative: bool) -> TrainOptions:
         """A copy whose unset path-dependent options (:data:`PATH_DEFAULTS`) take the value of the run's path:
@@ -132,7 +152,7 @@ class EvalOptions:
     backbone: str | None = _opt(None, "override the base model recorded in the adapter file")
     pretrained: str | None = _opt(None, "override the base model's local weights file (or cached open_clip tag)")
     data_root: str | None = _opt(None, "folder that file-based task specs are relative to")
-    split: str = _opt("test", "split to score (falls back to val when a task has no test split)")
+    split: Split = _opt("test", "split to score (falls back to val when a task has no test split)")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
     precision: Precision = _opt("auto", "auto = bf16 on a GPU that supports it, else fp32")
     batch_size: int = _opt(256, "evaluation batch size", ge=1)

@@ -1,21 +1,32 @@
-"""Run directories: new, resumed, or replaced with --overwrite; never silently reused."""
+"""Run directories: new, resumed, or replaced with --overwrite; never silently reused.
+
+A run directory is chosen (and checked) before anything is built, and claimed -- an old one replaced --
+only after the run's setup was built: a run that fails at start-up (an unknown task, a bad backbone or
+spec) leaves an existing directory as it was. ``config.json`` records the run's options with paths made
+absolute, so ``--resume`` works from any working directory.
+"""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from .distributed import DistInfo, barrier
 from .options import TrainOptions
+
+#: Options a resumed run takes from the command line; every other one comes from the run's config.json.
+RESUME_OWN = ("resume", "workers", "device")
 
 
 class RunDirError(RuntimeError):
     """The run directory cannot be used as asked (it exists, or there is nothing to resume)."""
 
 
-def prepare_run_dir(opts: TrainOptions, info: DistInfo) -> Path:
-    """The run directory: new, resumed, or replaced with --overwrite; never silently reused."""
+def choose_run_dir(opts: TrainOptions) -> Path:
+    """The run directory of a new run (checked, not yet touched) or of a resumed one."""
     if opts.resume:
         run = Path(opts.resume)
         if not (run / "config.json").is_file():
@@ -26,17 +37,73 @@ def prepare_run_dir(opts: TrainOptions, info: DistInfo) -> Path:
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run = Path("runs") / f"{opts.tasks.replace(',', '+').replace('/', '_')}-{opts.method}-{stamp}"
-    if run.exists() and any(run.iterdir()):
-        if not opts.overwrite:
-            raise RunDirError(
-                f"--out {run}: the directory exists and is not empty; pass --overwrite to replace it, "
-                f"--resume {run} to continue it, or choose another --out"
-            )
-        if info.is_main:
-            shutil.rmtree(run)
-    barrier(info)
-    if info.is_main:
-        run.mkdir(parents=True, exist_ok=True)
-    barrier(info)
+    if run.exists() and not run.is_dir():
+        raise RunDirError(f"--out {run}: is a file, not a directory; choose another --out")
+    if opts.extend and _contains(run, Path(opts.extend)):
+        raise RunDirError(f"--out {run}: holds the adapter that --extend {opts.extend} extends; choose another --out")
+    if run.exists() and any(run.iterdir()) and not opts.overwrite:
+        raise RunDirError(
+            f"--out {run}: the directory exists and is not empty; pass --overwrite to replace it, "
+            f"--resume {run} to continue it, or choose another --out"
+        )
     return run
 
+
+def claim_run_dir(run: Path, opts: TrainOptions, info: DistInfo) -> None:
+    """Make ``run`` the run's empty directory, replacing an old one (--overwrite); a resumed run keeps its own."""
+    if not opts.resume and info.is_main:
+        if run.exists() and any(run.iterdir()):
+            shutil.rmtree(run)
+        run.mkdir(parents=True, exist_ok=True)
+    barrier(info)
+
+
+def resumed_options(run: Path, given: TrainOptions) -> TrainOptions:
+    """The options a run was started with (``run/config.json``), with :data:`RESUME_OWN` from ``given``.
+
+    Any other option given now that differs from both its default and the run's value would be ignored, so it
+    is refused; so are an unreadable config.json and options this version does not know."""
+    path = run / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunDirError(f"--resume {run}: cannot read {path} ({e}); it must be the config.json the run wrote") from e
+    known = {f.name for f in fields(TrainOptions)}
+    if not isinstance(saved, dict) or set(saved) - known:
+        extra = sorted(set(saved) - known) if isinstance(saved, dict) else "not a JSON object"
+        raise RunDirError(f"--resume {run}: {path} holds options this version does not know ({extra}); resume it "
+                          "with the version that wrote it, or start a new run")
+    default = TrainOptions()
+    ignored = [f"--{k.replace('_', '-')} {getattr(given, k)!r} (the run has {saved.get(k)!r})"
+               for k in sorted(known - set(RESUME_OWN) - {"out", "config", "overwrite"})
+               if getattr(given, k) != getattr(default, k) and getattr(given, k) != saved.get(k, getattr(default, k))]
+    if ignored:
+        raise RunDirError(f"--resume {run} continues the run with the options it was started with, so these would "
+                          f"be ignored: {'; '.join(ignored)}. Drop them, or start a new run with --out")
+    return TrainOptions(**{**saved, **{k: getattr(given, k) for k in RESUME_OWN}, "out": str(run)})
+
+
+def write_config(run: Path, opts: TrainOptions) -> None:
+    """``run/config.json``: the options, with local paths (task spec files, data root, weights, the extended
+    adapter, a backbone directory) made absolute."""
+    doc = asdict(opts)
+    doc["tasks"] = ",".join(_absolute(t.strip()) for t in opts.tasks.split(","))
+    for key in ("data_root", "pretrained", "extend", "out"):
+        doc[key] = _absolute(doc[key])
+    prefix, sep, rest = opts.backbone.partition(":")
+    if sep:
+        doc["backbone"] = f"{prefix}:{_absolute(rest)}"
+    (run / "config.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def _absolute(value: str | None) -> str | None:
+    """``value`` as an absolute path when it names an existing file or folder, else unchanged (a task or model
+    name, a tag)."""
+    if value and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
+
+
+def _contains(folder: Path, path: Path) -> bool:
+    folder, path = folder.resolve(), path.resolve()
+    return path == folder or folder in path.parents

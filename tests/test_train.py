@@ -84,14 +84,18 @@ def test_train_adapter_files_evaluate_report(tmp_path, capsys):
 
 def test_extend_trains_only_the_new_task(tmp_path, capsys):
     run = tmp_path / "run"
-    assert train_main(base_args(tmp_path, run, steps=3)) == 0
+    assert train_main(base_args(tmp_path, run, steps=3) + ["--rank", "4"]) == 0
     before = json.loads((run / "eval.json").read_text())
     cls = small_spec(tmp_path, "caption_cls")
     ext = tmp_path / "ext"
     capsys.readouterr()
-    assert train_main(["--extend", str(run), "--tasks", str(cls), "--steps", "3", "--batch-size", "8",
-                       "--workers", "0", "--eval-batch-size", "32", "--out", str(ext)]) == 0
+    ext_args = ["--extend", str(run), "--tasks", str(cls), "--steps", "3", "--batch-size", "8",
+                "--workers", "0", "--eval-batch-size", "32", "--out", str(ext)]
+    assert train_main(ext_args + ["--rank", "16"]) == 2  # the adapter's shape is its own
+    assert "--rank would be ignored; drop them" in capsys.readouterr().err and not ext.exists()
+    assert train_main(ext_args) == 0
     assert "training" in capsys.readouterr().err  # the opening line is logged (stderr), the table printed
+    assert json.loads((ext / "config.json").read_text())["rank"] == 4  # recorded as the adapter has it
     after = json.loads((ext / "eval.json").read_text())
     assert set(after["tasks"]) == {"vqa", "retrieval", "caption_cls"}
     for t in ("vqa", "retrieval"):  # the old tasks are bit-identical, so are their scores
@@ -173,8 +177,43 @@ def test_existing_run_dir_is_never_overwritten(tmp_path, capsys):
     assert train_main(base_args(tmp_path, run, steps=1)) == 2
     assert "exists and is not empty; pass --overwrite" in capsys.readouterr().err
     assert (run / "precious.txt").read_text() == "keep me"
+    bad = base_args(tmp_path, run, steps=1) + ["--overwrite"]
+    bad[1] += ",no_such_task"
+    assert train_main(bad) == 2  # fails at start-up: the old run is still there
+    assert "no_such_task" in capsys.readouterr().err and (run / "precious.txt").read_text() == "keep me"
     assert train_main(base_args(tmp_path, run, steps=1) + ["--overwrite"]) == 0
     assert not (run / "precious.txt").exists()
+    (tmp_path / "afile").write_text("")
+    assert train_main(base_args(tmp_path, tmp_path / "afile", steps=1)) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+
+
+def test_resume_refuses_what_it_would_ignore_and_bad_config(tmp_path, capsys, monkeypatch):
+    from mtl_lora_vl.options import TrainOptions
+    from mtl_lora_vl.rundir import RunDirError, choose_run_dir, resumed_options
+
+    monkeypatch.chdir(tmp_path)
+    small_spec(tmp_path, "vqa")
+    run = tmp_path / "run"
+    args = base_args(tmp_path, run, steps=1)
+    args[1] = "vqa.toml"  # a spec path relative to the working directory
+    assert train_main(args) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["tasks"] == str(tmp_path / "vqa.toml") and saved["out"] == str(run)  # absolute: resumable anywhere
+    capsys.readouterr()
+    assert train_main(["--resume", str(run), "--steps", "5", "--rank", "16", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--steps 5 (the run has 1)" in err and "--rank 16 (the run has 8)" in err and "--workers" not in err
+    same = resumed_options(run, TrainOptions(resume=str(run), steps=1, rank=8, workers=3))  # equal values pass
+    assert same.steps == 1 and same.workers == 3 and same.tasks == saved["tasks"]
+    (run / "config.json").write_text(json.dumps({**saved, "old_option": 1}))
+    with pytest.raises(RunDirError, match=r"config.json holds options this version does not know \(\['old_option'\]\)"):
+        resumed_options(run, TrainOptions(resume=str(run)))
+    (run / "config.json").write_text('{"tasks": ')
+    assert train_main(["--resume", str(run)]) == 2
+    assert f"cannot read {run / 'config.json'}" in capsys.readouterr().err
+    with pytest.raises(RunDirError, match="holds the adapter that --extend"):
+        choose_run_dir(TrainOptions(extend=str(run / "adapter"), out=str(run), overwrite=True))
 
 
 def test_clear_errors(tmp_path, capsys):
@@ -186,6 +225,10 @@ def test_clear_errors(tmp_path, capsys):
     assert "--pretrained" in capsys.readouterr().err
     assert train_main(["--batch-size", "0", "--out", str(tmp_path / "c")]) == 2
     assert "--batch-size: must be >= 1" in capsys.readouterr().err
+    assert train_main(["--targets", "{image: [1]}", "--out", str(tmp_path / "d")]) == 2
+    assert "--targets: not valid JSON" in capsys.readouterr().err
+    assert train_main(["--eval-split", "tset", "--out", str(tmp_path / "e")]) == 2  # was scored on val, silently
+    assert "tset" in capsys.readouterr().err and not (tmp_path / "e").exists()
 
 
 def test_non_finite_losses_skip_then_stop(tmp_path, monkeypatch, capsys):

@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,7 +30,7 @@ from ..io import save_adapter
 from ..multitask import Setup, build_setup, extend_setup
 from ..options import TrainOptions
 from ..precision import resolve_precision
-from ..rundir import prepare_run_dir
+from ..rundir import choose_run_dir, claim_run_dir, resumed_options, write_config
 from .checkpoint import load_checkpoint, restore_training_state, save_training_checkpoint
 from .metrics_log import LossWindow, MetricsLog, progress_bar, replaced_rows, truncate_metrics
 from .optim import Optimization, build_optimization
@@ -78,20 +78,24 @@ def train(opts: TrainOptions) -> Path:
 def start(opts: TrainOptions) -> Run:
     """Options (a resumed run's own), process group, run directory, precision, seed, and the Setup."""
     opts.validate()
-    info = init_distributed(opts.device)
-    run_dir = prepare_run_dir(opts, info)
+    run_dir = choose_run_dir(opts)  # checked; an old one is replaced only once the setup below is built
     if opts.resume:
-        saved = json.loads((run_dir / "config.json").read_text())
-        keep = {"resume", "workers", "device"}  # everything else as the run was started
-        opts = TrainOptions(**{**saved, **{k: getattr(opts, k) for k in keep}, "out": str(run_dir)})
+        opts = resumed_options(run_dir, opts)
+    info = init_distributed(opts.device)
     amp_dtype = resolve_precision(opts.precision, info.device)
     seed_everything(opts.seed)
 
     setup = extend_setup(opts, info.device) if opts.extend else build_setup(opts, info.device)
+    if opts.extend:  # config.json records the adapter's own shape, which the new tasks take
+        c = setup.config
+        opts = replace(opts, rank=c.r, alpha=c.alpha, n_up=c.n_up, temperature=c.temperature, dropout=c.dropout,
+                       lambda_type=c.lambda_type, method=c.method,
+                       targets=c.targets if isinstance(c.targets, str) else json.dumps(c.targets))
     opts = opts.with_path_defaults(any(kind.generative for kind in setup.kinds.values()))
     seed_rank(opts.seed, info.rank)  # every rank builds the same model, then draws its own dropout masks
+    claim_run_dir(run_dir, opts, info)
     if info.is_main and not opts.resume:
-        (run_dir / "config.json").write_text(json.dumps(asdict(opts), indent=2) + "\n")
+        write_config(run_dir, opts)
     per_step = opts.batch_size * opts.accumulate * info.world_size
     n_train = sum(len(split.examples) for split in setup.train_splits.values())
     total_steps = math.ceil(opts.epochs * n_train / per_step) if opts.epochs else opts.steps
