@@ -41,15 +41,26 @@ class DistInfo:
 
 
 def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto``: this rank's GPU when CUDA is there, else the CPU; otherwise the device asked for."""
+    """``auto``: this rank's GPU when CUDA is there, else the CPU; otherwise the device asked for
+    (``cpu``, ``cuda`` or ``cuda:N``; anything else is refused with a RuntimeError naming ``--device``)."""
     if requested == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise RuntimeError(f"--device {requested!r}: not a device this package runs on; use auto | cpu | cuda | "
+                           "cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError(f"--device {requested}: CUDA is not available on this machine; use --device cpu")
         if device.index is None:
-            device = torch.device("cuda", local_rank)
+            return torch.device("cuda", local_rank)
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise RuntimeError(f"--device {requested}: this machine has {count} CUDA device(s), numbered 0 to "
+                               f"{count - 1}; use auto | cpu | cuda | cuda:N with N < {count}")
     return device
 
 

@@ -4,7 +4,8 @@ Every module logs to ``logging.getLogger(__name__)``, a child of the package log
 library never configures handlers (no ``basicConfig``): an application decides where records go. The
 command line does, through :func:`cli_logging`: one handler on the package logger that writes
 ``[mtl-lora-vl] message`` lines to stderr through ``tqdm.write`` (so they do not break a progress bar),
-at the level of ``-v`` / ``-q`` / ``--log-level``, removed again when the command returns.
+at the level of ``-v`` / ``-q`` / ``--log-level``, removed again when the command returns (meanwhile the
+package logger does not propagate, so a root handler does not print each line twice).
 
 :func:`progress` makes the tqdm bar of a pass that takes a while (evaluation, image checks, exports). It
 is shown only on an interactive terminal (or a notebook) and is off when the package logger is set
@@ -56,21 +57,26 @@ class _TqdmHandler(logging.Handler):
 def cli_logging(level: int | str = logging.INFO) -> Iterator[logging.Logger]:
     """While open, the package logger writes records of ``level`` and above to stderr; restored on exit.
 
-    Only the command line calls this; a library user configures ``logging`` as they like.
+    Only the command line calls this; a library user configures ``logging`` as they like. While open, the
+    package logger does not propagate to the root logger, so a root handler that a third-party library
+    installs (``logging.basicConfig``, e.g. through a module-level ``logging.info`` call) does not print
+    each line a second time.
     """
     if isinstance(level, str):
         level = LEVELS[level.lower()]
     logger = logging.getLogger(PACKAGE_LOGGER)
     handler = _TqdmHandler(level)
     handler.setFormatter(_Formatter())
-    saved = logger.level
+    saved, saved_propagate = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(level)
+    logger.propagate = False
     try:
         yield logger
     finally:
         logger.removeHandler(handler)
         logger.setLevel(saved)
+        logger.propagate = saved_propagate
 
 
 def quiet() -> bool:

@@ -1,13 +1,15 @@
-"""``bench_methods``: the command line of the method benchmark (``scripts/bench_methods.py``; a later
-``mtl-lora-vl bench`` subcommand calls :func:`main`)."""
+"""``bench_methods``: the command line of the method benchmark (``scripts/bench_methods.py`` and
+``mtl-lora-vl bench``, which both call :func:`main`)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 import torch
 
+from ..log import cli_logging
 from .bench import BenchDirError, run_benchmark
 from .grid import METHODS, BenchSettings
 
@@ -16,10 +18,12 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The benchmark's options; ``prog`` names the command in ``--help`` (default: how this process was
+    started, e.g. ``bench_methods.py``)."""
     d = BenchSettings()
     p = argparse.ArgumentParser(
-        prog="bench_methods.py",
+        prog=prog,
         description="Which adapter for my tasks? Trains every method (at its default rank and at MTL-LoRA's "
         "parameter count), a single-task reference and MTL-LoRA ablations through the same trainer, budget and "
         "data order; tunes each method's learning rate on the validation split; reports test scores over seeds "
@@ -73,10 +77,17 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     return settings
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run (or resume) the method benchmark; returns the exit status."""
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run (or resume) the method benchmark; returns the exit status. ``prog`` (``mtl-lora-vl bench`` from
+    the ``mtl-lora-vl`` command, which then leaves the logging to this function) names it in ``--help``."""
+    args = build_parser(prog).parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
+    # Given a prog, we were started by `mtl-lora-vl bench`: log INFO lines to stderr as its other commands do.
+    with cli_logging("info") if prog is not None else contextlib.nullcontext():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
         run_benchmark(settings, args.out, overwrite=args.overwrite, threads=args.threads)

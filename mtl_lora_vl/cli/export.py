@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..backbones import parse_spec
 from ..io import AdapterFileError, export_lora, load_pretrained, save_merged
+from ..io.atomic import check_target
 from ..log import progress
 from ..options import ExportOptions
 from .commands import _exit_code, program_name, run_command
@@ -56,6 +57,16 @@ def export(opts: ExportOptions) -> list[Path]:
     out = Path(opts.out or "")
     if len(tasks) > 1 and out.suffix == ".safetensors":
         raise ValueError(f"--out {out}: several tasks are written to OUT/<task>; give a directory")
+    repeated = sorted({t for t in tasks if tasks.count(t) > 1})
+    if repeated:
+        raise ValueError(f"--task: {', '.join(map(repr, repeated))} given more than once; name each task once")
+    targets = {task: out if len(tasks) == 1 else out / task for task in tasks}
+    if len(tasks) > 1 and out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out}: exists and is a file; several tasks are written to OUT/<task>, "
+                              "give a directory")
+    for target in targets.values():  # every target before anything is written: no partial export
+        file = opts.format == "merged" and target.suffix == ".safetensors"
+        check_target(target, directory=not file, overwrite=opts.overwrite, what=f"--out {out}")
     loaded = load_pretrained(opts.adapter, backbone=opts.backbone, pretrained=opts.pretrained, heads=False)
     unknown = [t for t in tasks if t not in loaded.config.tasks]
     if unknown:
@@ -65,7 +76,7 @@ def export(opts: ExportOptions) -> list[Path]:
     spec = opts.backbone or (loaded.doc.get("base") or {}).get("backbone") or ""
     written = []
     for task in progress(tasks, desc="export", unit="task"):
-        target = out if len(tasks) == 1 else out / task
+        target = targets[task]
         if opts.format == "merged":
             path = save_merged(model, task, target, source_dir=_source_dir(spec), overwrite=opts.overwrite)
             what = f"task {task!r} merged into {type(model).__name__}"

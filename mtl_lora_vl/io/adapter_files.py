@@ -252,7 +252,12 @@ def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise AdapterFileError(f"{cfg_file}: format is {got!r}, expected {FORMAT!r}")
-    if int(doc.get("format_version", 0)) > FORMAT_VERSION:
+    version = _format_version(doc.get("format_version", 0))
+    if version is None:
+        raise AdapterFileError(f"{cfg_file}: format_version is {doc['format_version']!r}, expected a whole number "
+                               f"such as {FORMAT_VERSION}; the file is damaged or was edited by hand, fix the field "
+                               "or save the adapter again")
+    if version > FORMAT_VERSION:
         raise AdapterFileError(f"{cfg_file}: format_version {doc['format_version']} is newer than this package "
                                f"reads ({FORMAT_VERSION}); upgrade mtl-lora-vl")
     for key in ("config", "base_model", "files"):
@@ -273,6 +278,19 @@ def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
                     f"{f}: sha256 does not match {layout.config} (size now {f.stat().st_size} bytes); the file "
                     "is truncated or was modified after saving. Copy the adapter directory again")
     return doc, layout
+
+
+def _format_version(value: Any) -> int | None:
+    """``format_version`` as an integer (an int, a whole float or a string of digits); None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
 
 
 def config_of(doc: dict[str, Any], path: Path) -> MTLLoRAConfig:

@@ -17,7 +17,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_file"]
+__all__ = ["atomic_dir", "atomic_file", "check_target"]
+
+
+def check_target(path: str | Path, *, directory: bool, overwrite: bool = False, what: str = "write") -> None:
+    """Raise what :func:`atomic_dir` (``directory``) or :func:`atomic_file` would raise for ``path`` before
+    writing anything: a caller that writes several targets checks them all first."""
+    path = Path(path)
+    if directory:
+        if path.exists() and not path.is_dir():
+            raise FileExistsError(f"{what}: {path} exists and is a file; choose a directory path")
+        if path.is_dir() and any(path.iterdir()) and not overwrite:
+            raise FileExistsError(f"{what}: {path} already exists and is not empty; pass overwrite=True "
+                                  "(--overwrite) to replace it, or choose another path")
+        return
+    if path.is_dir():
+        raise IsADirectoryError(f"{what}: {path} is a directory; choose a file path")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{what}: {path} already exists; pass overwrite=True (--overwrite) or "
+                              "choose another path")
 
 
 @contextmanager
@@ -27,11 +45,7 @@ def atomic_file(path: str | Path, *, overwrite: bool = False, what: str = "write
     ``what`` names the caller in error messages. An existing ``path`` is refused unless ``overwrite``.
     """
     path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{what}: {path} is a directory; choose a file path")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{what}: {path} already exists; pass overwrite=True (--overwrite) or "
-                              "choose another path")
+    check_target(path, directory=False, overwrite=overwrite, what=what)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -55,11 +69,7 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, what: str = "write"
     deleted only after the new one is in place. On an exception the temporary directory is removed.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{what}: {path} exists and is a file; choose a directory path")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{what}: {path} already exists and is not empty; pass overwrite=True "
-                              "(--overwrite) to replace it, or choose another path")
+    check_target(path, directory=True, overwrite=overwrite, what=what)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:

@@ -23,7 +23,6 @@ placeholder, ``backbone.image_token``; required) plus the kind's own (VQA: ``{qu
 from __future__ import annotations
 
 import random
-import string
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +33,7 @@ from mtl_lora_vl.backbones.base import GENERATE, LM_LOGITS, TEXT_EMBEDDINGS
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example
 from mtl_lora_vl.precision import autocast
-from mtl_lora_vl.tasks.spec import SpecError, TaskSpec
+from mtl_lora_vl.tasks.spec import SpecError, TaskSpec, template_fields
 
 __all__ = [
     "GenerationHead",
@@ -71,11 +70,6 @@ class GenerationHead(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- prompts
-
-
-def template_fields(template: str) -> list[str | None]:
-    """The replacement fields of a ``str.format`` template (``""`` for a positional ``{}``)."""
-    return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
 
 
 def check_template(spec: TaskSpec, fld: str, template: Any, fields: Sequence[str]) -> None:

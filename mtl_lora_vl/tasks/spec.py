@@ -35,7 +35,9 @@ expected. Bare names (``"vqa"``) resolve to the built-in specs, found in the ins
 from __future__ import annotations
 
 import importlib.resources
+import math
 import re
+import string
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,6 +46,7 @@ from typing import Any
 
 from mtl_lora_vl.data.readers import READERS, read_split
 from mtl_lora_vl.data.records import Split
+from mtl_lora_vl.data.world import KINDS as WORLD_KINDS
 from mtl_lora_vl.data.world import build_split
 from mtl_lora_vl.tasks.registry import available_kinds, get_kind
 
@@ -198,6 +201,12 @@ def resolve_tasks(tasks: str | Sequence[str | Path]) -> list[TaskSpec]:
 # ---------------------------------------------------------------------------------------------- parsing
 
 
+def template_fields(template: str) -> list[str | None]:
+    """The replacement fields of a ``str.format`` template (``""`` for a positional ``{}``); ValueError when
+    the template is malformed (e.g. a lone ``{`` or ``}``)."""
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+
+
 def _fail(path: Path, fld: str, expected: str, got: Any = None, *, show_got: bool = True) -> SpecError:
     tail = f", got {got!r}" if show_got else ""
     return SpecError(f"{path}: field '{fld}': expected {expected}{tail}")
@@ -268,6 +277,10 @@ def _parse_data(path: Path, raw: Any) -> DataSpec:
         if "world_kind" in raw:
             if not isinstance(raw["world_kind"], str):
                 raise _fail(path, "data.world_kind", "a string", raw["world_kind"])
+            if raw["world_kind"] not in WORLD_KINDS:
+                raise _fail(path, "data.world_kind",
+                            f"one of the built-in world's kinds ({', '.join(WORLD_KINDS)}), or leave it out to "
+                            "use the task's kind", raw["world_kind"])
             options["world_kind"] = raw["world_kind"]
         for split in SPLITS:  # the built-in world always has all three splits
             opts = splits.setdefault(split, {})
@@ -322,8 +335,9 @@ def _parse(path: Path) -> TaskSpec:
         raise _fail(path, "description", "a string", description)
 
     loss_weight = raw.get("loss_weight", 1.0)
-    if not isinstance(loss_weight, int | float) or isinstance(loss_weight, bool) or loss_weight <= 0:
-        raise _fail(path, "loss_weight", "a positive number", loss_weight)
+    if (not isinstance(loss_weight, int | float) or isinstance(loss_weight, bool) or not math.isfinite(loss_weight)
+            or loss_weight <= 0):
+        raise _fail(path, "loss_weight", "a positive number (finite, e.g. 1.0)", loss_weight)
 
     metrics = raw.get("metrics", list(kind_cls.metric_names))
     if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
@@ -336,8 +350,13 @@ def _parse(path: Path) -> TaskSpec:
     if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
         raise _fail(path, "templates", "a list of strings, each with one '{}'", templates)
     for i, t in enumerate(templates):
-        if t.count("{}") != 1:
-            raise _fail(path, f"templates[{i}]", "a string with exactly one '{}' placeholder", t)
+        try:
+            fields = template_fields(t)
+        except ValueError:  # a lone '{' or '}'
+            fields = None
+        if fields != [""]:
+            raise _fail(path, f"templates[{i}]", "a string with exactly one '{}' placeholder and no other {...} "
+                        "field (each template needs exactly one '{}'; write {{ or }} for a literal brace)", t)
 
     head = _check_table(path, "head", raw.get("head", {}), kind_cls.head_defaults)
     options = _check_table(path, "options", raw.get("options", {}), kind_cls.option_defaults)

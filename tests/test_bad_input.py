@@ -1,0 +1,159 @@
+"""Bad input gets a clear message naming the thing and the fix: task spec fields (``loss_weight``,
+``templates``, ``data.world_kind``), ``format_version`` of an adapter's config, ``--device``, an export that
+would overwrite one of several targets, log lines printed once when a library adds a root handler, and the
+program name in ``mtl-lora-vl bench --help``."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_open_clip
+from test_export import oc_dir, trained_run  # noqa: F401 - fixtures of a saved adapter
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.cli import main
+from mtl_lora_vl.data.world import KINDS as WORLD_KINDS
+from mtl_lora_vl.distributed import pick_device
+from mtl_lora_vl.io.adapter_files import ADAPTER_CONFIG, AdapterFileError, read_adapter_config
+from mtl_lora_vl.log import PACKAGE_LOGGER, cli_logging
+from mtl_lora_vl.tasks import SpecError, load_spec
+
+# ---------------------------------------------------------------------------------------------- task specs
+
+
+def _spec(tmp_path: Path, top: str = "", data: str = "") -> Path:
+    path = tmp_path / "task.toml"
+    path.write_text(f'kind = "vqa"\n{top}\n[data]\nsource = "builtin"\n{data}\n')
+    return path
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "+inf", "-inf", "0.0"])
+def test_loss_weight_must_be_a_finite_positive_number(tmp_path, value):
+    path = _spec(tmp_path, f"loss_weight = {value}")
+    with pytest.raises(SpecError, match=rf"{re.escape(str(path))}: field 'loss_weight': expected a positive "
+                                        rf"number \(finite, e.g. 1.0\), got {value.lstrip('+')}"):
+        load_spec(path)
+
+
+@pytest.mark.parametrize("template", ["the {x} is {}.", "a {0} {}", "{} and {}", "no placeholder", "a {} {",
+                                      "a {} }"])
+def test_templates_with_other_fields_are_refused_when_the_spec_is_read(tmp_path, template):
+    path = _spec(tmp_path, f"templates = {json.dumps(['{}', template])}")
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: field 'templates[1]'") and "exactly one '{}'" in msg and repr(template) in msg
+
+
+def test_templates_may_hold_literal_braces(tmp_path):
+    spec = load_spec(_spec(tmp_path, 'templates = ["{{a}} {}", "the answer is {}."]'))
+    assert [t.format("red") for t in spec.templates] == ["{a} red", "the answer is red."]
+
+
+def test_world_kind_is_checked_when_the_spec_is_read(tmp_path):
+    path = _spec(tmp_path, data='world_kind = "nonsense"')
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: field 'data.world_kind'") and "'nonsense'" in msg
+    assert all(kind in msg for kind in WORLD_KINDS)
+    assert load_spec(_spec(tmp_path, data='world_kind = "captioning"')).data.options["world_kind"] == "captioning"
+
+
+# ---------------------------------------------------------------------------------------------- logging
+
+
+def test_cli_lines_are_printed_once_when_a_library_added_a_root_handler(capsys):
+    root, package = logging.getLogger(), logging.getLogger(PACKAGE_LOGGER)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)  # what logging.basicConfig() installs, e.g. via open_clip
+    root.addHandler(handler)
+    try:
+        with cli_logging("info"):
+            assert not package.propagate
+            logging.getLogger(f"{PACKAGE_LOGGER}.some.module").warning("only once")
+        assert package.propagate  # restored
+    finally:
+        root.removeHandler(handler)
+    assert capsys.readouterr().err.count("only once") == 1
+    assert "only once" not in stream.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- adapter files
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory):
+    model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=2))
+    return mlv.save_adapter(model, tmp_path_factory.mktemp("ad") / "adapter")
+
+
+@pytest.mark.parametrize("value", [None, "two", [2], 1.5, True])
+def test_format_version_that_is_not_a_number_is_named(adapter_dir, tmp_path, value):
+    import shutil
+
+    path = shutil.copytree(adapter_dir, tmp_path / "adapter")
+    doc = json.loads((path / ADAPTER_CONFIG).read_text())
+    doc["format_version"] = value
+    (path / ADAPTER_CONFIG).write_text(json.dumps(doc))
+    with pytest.raises(AdapterFileError) as err:
+        read_adapter_config(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path / ADAPTER_CONFIG}: format_version is {value!r}") and "whole number" in msg
+    doc["format_version"] = "2"  # a string of digits is read as before
+    (path / ADAPTER_CONFIG).write_text(json.dumps(doc))
+    assert read_adapter_config(path)["format_version"] == "2"
+
+
+# ---------------------------------------------------------------------------------------------- --device
+
+
+@pytest.mark.parametrize("device", ["gpu", "mps", "meta", "cuda:-1", ""])
+def test_device_that_is_not_cpu_or_cuda_names_the_option(device):
+    with pytest.raises(RuntimeError, match=r"--device .*use auto \| cpu \| cuda \| cuda:N"):
+        pick_device(device)
+
+
+def test_cuda_index_beyond_the_devices_is_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(RuntimeError, match=r"--device cuda:2: this machine has 2 CUDA device\(s\)"):
+        pick_device("cuda:2")
+    assert pick_device("cuda:1") == torch.device("cuda", 1)
+    assert pick_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    assert pick_device("cpu") == torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def test_export_of_several_tasks_checks_every_target_before_writing(trained_run, tmp_path, capsys):  # noqa: F811
+    path = trained_run[0]
+    out = tmp_path / "loras"
+    (out / "retrieval").mkdir(parents=True)
+    (out / "retrieval" / "keep.txt").write_text("old")
+    argv = ["export", "--adapter", str(path), "--task", "vqa,retrieval", "--format", "plain", "--out", str(out)]
+    assert main(argv, prog="mtl-lora-vl") == 2
+    assert not (out / "vqa").exists()  # nothing written
+    err = capsys.readouterr().err
+    assert f"--out {out}: {out / 'retrieval'} already exists" in err and "--overwrite" in err
+    assert (out / "retrieval" / "keep.txt").read_text() == "old"
+    assert main(["export", "--adapter", str(path), "--task", "vqa,vqa", "--out", str(tmp_path / "m")],
+                prog="mtl-lora-vl") == 2
+    assert "'vqa' given more than once" in capsys.readouterr().err and not (tmp_path / "m").exists()
+    assert main([*argv, "--overwrite"], prog="mtl-lora-vl") == 0
+    assert (out / "vqa").is_dir() and not (out / "retrieval" / "keep.txt").exists()
+
+
+# ---------------------------------------------------------------------------------------------- bench
+
+
+def test_bench_help_names_the_real_program(capsys):
+    assert main(["bench", "--help"], prog="mtl-lora-vl") == 0
+    assert capsys.readouterr().out.startswith("usage: mtl-lora-vl bench ")
