@@ -80,6 +80,11 @@ def test_train_adapter_files_evaluate_report(tmp_path, capsys):
         assert again["tasks"][t]["zero_shot"] == pytest.approx(result["tasks"][t]["zero_shot"], abs=1e-6)
     assert (tmp_path / "ev" / "report.md").read_text().startswith("# Zero-shot vs adapted")
     assert eval_main(["--adapter", str(moved), "--out", str(tmp_path / "ev")]) == 2  # exists, no --overwrite
+    capsys.readouterr()
+    assert eval_main(["--adapter", str(moved), "--backbone", "builtin-llava", "--tasks", "vqa",
+                      "--out", str(tmp_path / "ev2")]) == 2  # the wrong base model is what the message names
+    err = capsys.readouterr().err
+    assert "the adapter was made for a open_clip model" in err and "llava" in err and "retrieval" not in err
 
 
 def test_extend_trains_only_the_new_task(tmp_path, capsys):

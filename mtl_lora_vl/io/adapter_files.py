@@ -315,12 +315,8 @@ def read_kind_state(path: str | Path, task: str) -> dict[str, Any] | None:
 # ---------------------------------------------------------------------------------------------- validation
 
 
-def _check_base(base_model: nn.Module, doc: dict[str, Any], cfg: MTLLoRAConfig, path: Path) -> dict[str, BankPlan]:
-    """Family, class and fingerprint of ``base_model`` against the file; returns the bank plan."""
-    if getattr(base_model, "_mtl_lora", None) is not None or any(
-            getattr(m, "_mtl_lora", None) is not None for m in base_model.modules()):
-        raise AdapterFileError(f"load_adapter: this {type(base_model).__name__} already has MTL-LoRA adapters; "
-                               "pass a freshly built base model (or use the adapted model as it is)")
+def check_base_class(base_model: nn.Module, doc: dict[str, Any], path: Path) -> None:
+    """The family and class of ``base_model`` against the adapter file's (before anything is built on it)."""
     ident = doc["base_model"]
     fam = find_family(base_model)
     fam_name = fam.name if fam else "custom"
@@ -331,6 +327,16 @@ def _check_base(base_model: nn.Module, doc: dict[str, Any], cfg: MTLLoRAConfig, 
     if ident.get("class") != class_name(base_model):
         raise AdapterFileError(f"{path}: the adapter was made for class {ident.get('class')}, but this base model "
                                f"is {class_name(base_model)}; load it onto the base model it was trained on")
+
+
+def _check_base(base_model: nn.Module, doc: dict[str, Any], cfg: MTLLoRAConfig, path: Path) -> dict[str, BankPlan]:
+    """Family, class and fingerprint of ``base_model`` against the file; returns the bank plan."""
+    if getattr(base_model, "_mtl_lora", None) is not None or any(
+            getattr(m, "_mtl_lora", None) is not None for m in base_model.modules()):
+        raise AdapterFileError(f"load_adapter: this {type(base_model).__name__} already has MTL-LoRA adapters; "
+                               "pass a freshly built base model (or use the adapted model as it is)")
+    check_base_class(base_model, doc, path)
+    ident = doc["base_model"]
     try:
         plan = plan_targets(base_model, cfg)
     except AttachError as e:

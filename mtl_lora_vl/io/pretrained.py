@@ -17,7 +17,7 @@ from torch import nn
 from ..backbones import Backbone, load_backbone
 from ..config import MTLLoRAConfig
 from ..tasks import build_kind, load_spec
-from .adapter_files import config_of, load_adapter, read_adapter_config, read_kind_state
+from .adapter_files import check_base_class, config_of, load_adapter, read_adapter_config, read_kind_state
 from .layout import AdapterFileError, config_path
 
 __all__ = ["Pretrained", "load_pretrained"]
@@ -69,6 +69,7 @@ def load_pretrained(
     doc = read_adapter_config(path)
     cfg = config_of(doc, path)
     bb = _base_backbone(path, doc, backbone, pretrained, device)
+    check_base_class(bb.model, doc, path)  # a wrong --backbone is named as such, before the tasks are rebuilt
 
     built: dict[str, nn.Module] = {}
     kinds: dict[str, Any] = {}
@@ -81,8 +82,9 @@ def load_pretrained(
                 train = None if state is not None else specs[task].load_split("train", data_root)
                 kinds[task] = build_kind(specs[task], train, bb, state=state)
         except (ValueError, FileNotFoundError, OSError) as e:
-            raise AdapterFileError(f"{path}: cannot rebuild task {task!r} from {rel}: {e}. Pass data_root=... "
-                                   "for file-based tasks, or heads=False") from e
+            raise AdapterFileError(f"{path}: cannot rebuild task {task!r} from {rel}: {e}. For file-based tasks "
+                                   "give the data folder (--data-root, data_root=...), or load without heads "
+                                   "(heads=False)") from e
         if heads and task in (doc.get("heads") or {}):
             with torch.no_grad():  # on the base model: head shapes do not depend on adapters
                 built[task] = kinds[task].build_head(bb)
