@@ -85,6 +85,12 @@ def test_train_adapter_files_evaluate_report(tmp_path, capsys):
                       "--out", str(tmp_path / "ev2")]) == 2  # the wrong base model is what the message names
     err = capsys.readouterr().err
     assert "the adapter was made for a open_clip model" in err and "llava" in err and "retrieval" not in err
+    from mtl_lora_vl.io import load_pretrained
+
+    lp = load_pretrained(moved, "cpu", base_dtype="bf16")  # as --extend --base-dtype bf16 loads it
+    params = list(lp.backbone.model.named_parameters())
+    assert {p.dtype for n, p in params if ".lora_" not in n} == {torch.bfloat16}
+    assert {p.dtype for n, p in params if ".lora_" in n} == {torch.float32}
 
 
 def test_extend_trains_only_the_new_task(tmp_path, capsys):
@@ -253,9 +259,10 @@ def test_config_file_sets_options_and_flags_win(tmp_path, capsys):
     opts = parse_train_args(["--config", str(cfg), "--steps", "9"])
     assert (opts.rank, opts.n_up, opts.steps, opts.method) == (4, 2, 9, "lora")
     toml = tmp_path / "opts.toml"
-    toml.write_text('temperature = 0.8\nbatch_mode = "homogeneous"\n')
+    toml.write_text('temperature = 0.8\nbatch_mode = "homogeneous"\n[targets]\nimage = ["attn$"]\n')
     opts = parse_train_args(["--config", str(toml)])
     assert opts.temperature == 0.8 and opts.batch_mode == "homogeneous"
+    assert json.loads(opts.targets) == {"image": ["attn$"]}  # a table, as the README writes targets
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"rnak": 4}))
     with pytest.raises(SystemExit):

@@ -192,6 +192,8 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
         tp = _field_type(f, hints)
         if isinstance(value, list) and _non_none(tp)[0] is str and all(isinstance(v, str) for v in value):
             value = ",".join(value)  # tasks = ["vqa", "retrieval"] means --tasks vqa,retrieval
+        if name == "targets" and isinstance(value, dict):
+            value = json.dumps(value)  # a table of tower -> regexes, as --targets takes it in JSON
         shown = f"{key} = {json.dumps(value)}"
         try:
             parsed = getattr(parser.parse_object({name: value}, defaults=False), name)

@@ -51,6 +51,7 @@ def load_pretrained(
     data_root: str | Path | None = None,
     heads: bool = True,
     is_trainable: bool = False,
+    base_dtype: str = "auto",
 ) -> Pretrained:
     """Build the base model named in the adapter file, rebuild the task heads, attach and load, in one call.
 
@@ -62,13 +63,14 @@ def load_pretrained(
     rebuilds it from the training split (``data_root`` for file-based specs). Each head is built by its
     kind, then filled from ``heads.safetensors``.
 
+    ``base_dtype`` is the base weights' dtype, as ``load_backbone`` takes it (adapters stay fp32).
     As with ``load_adapter``, the model is loaded for inference unless ``is_trainable=True``: adapter
     tensors and heads frozen (``requires_grad=False``), model and heads in eval mode.
     """
     path = Path(path)
     doc = read_adapter_config(path)
     cfg = config_of(doc, path)
-    bb = _base_backbone(path, doc, backbone, pretrained, device)
+    bb = _base_backbone(path, doc, backbone, pretrained, device, base_dtype)
     check_base_class(bb.model, doc, path)  # a wrong --backbone is named as such, before the tasks are rebuilt
 
     built: dict[str, nn.Module] = {}
@@ -97,7 +99,7 @@ def load_pretrained(
 
 
 def _base_backbone(path: Path, doc: dict[str, Any], backbone: str | None, pretrained: str | None,
-                   device: str | torch.device) -> Backbone:
+                   device: str | torch.device, base_dtype: str = "auto") -> Backbone:
     """The base model recorded in ``doc['base']`` (or the overrides), built by ``load_backbone``."""
     base = doc.get("base") or {}
     spec = backbone or base.get("backbone")
@@ -107,7 +109,7 @@ def _base_backbone(path: Path, doc: dict[str, Any], backbone: str | None, pretra
                                "the base model yourself and call mtl_lora_vl.load_adapter(model, path)")
     weights = pretrained if pretrained is not None else base.get("pretrained")
     try:
-        return load_backbone(spec, weights, device=device)
+        return load_backbone(spec, weights, device=device, base_dtype=base_dtype)
     except (ValueError, FileNotFoundError, OSError) as e:
         raise AdapterFileError(f"{path}: cannot build the base model {spec!r} (pretrained={weights!r}) that the "
                                f"adapter was trained on: {e}. Point at it on this machine with backbone=... / "

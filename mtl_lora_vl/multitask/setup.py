@@ -62,7 +62,8 @@ def extend_setup(opts: TrainOptions, device: torch.device) -> Setup:
     src = Path(opts.extend)
     lp = load_pretrained(find_adapter_dir(src), device,
                          backbone=None if opts.backbone == "builtin" else opts.backbone,
-                         pretrained=opts.pretrained, data_root=opts.data_root, is_trainable=True)
+                         pretrained=opts.pretrained, data_root=opts.data_root, is_trainable=True,
+                         base_dtype=opts.base_dtype)
     old = list(lp.config.tasks)
     missing = [t for t in old if t not in lp.kinds or t not in lp.heads]
     if missing:

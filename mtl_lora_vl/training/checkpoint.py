@@ -71,7 +71,8 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / CHECKPOINT_NAME
     if not path.is_file():
         raise CheckpointError(
-            f"{path}: no checkpoint to resume from; the run saves one every --save-every steps and on Ctrl-C"
+            f"{path}: no checkpoint to resume from (the run saves one every --save-every steps and on Ctrl-C, and "
+            f"stopped before its first); start it again with --out {Path(run_dir)} --overwrite"
         )
     return _read(path)
 
