@@ -89,7 +89,7 @@ class TrainOptions:
     warmup: int = _opt(20, "linear warm-up steps before the cosine schedule", ge=0)
     grad_clip: float = _opt(1.0, "clip the gradient norm to this (0 = off)", ge=0)
     accumulate: int = _opt(1, "gradient accumulation: micro-batches per optimizer step", ge=1)
-    precision: Precision = _opt("auto", "auto = bf16 on a GPU that supports it, else fp32")
+    precision: Precision = _opt("auto", "auto = bf16 on a GPU that supports it, else fp32; with --base-dtype bf16 or fp16, that dtype")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
     workers: int = _opt(-1, "data loader workers (-1 = choose from the CPU count)", ge=-1)
     batch_mode: Literal["mixed", "homogeneous"] = _opt(
@@ -153,8 +153,11 @@ class EvalOptions:
     pretrained: str | None = _opt(None, "override the base model's local weights file (or cached open_clip tag)")
     data_root: str | None = _opt(None, "folder that file-based task specs are relative to")
     split: Split = _opt("test", "split to score (falls back to val when a task has no test split)")
+    base_dtype: Literal["auto", "fp32", "bf16", "fp16"] = _opt(
+        "auto", "dtype of the frozen base weights: auto = bf16 for a language model (LLaVA-style) on a GPU, else fp32; "
+        "adapters stay fp32")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
-    precision: Precision = _opt("auto", "auto = bf16 on a GPU that supports it, else fp32")
+    precision: Precision = _opt("auto", "auto = bf16 on a GPU that supports it, else fp32; with --base-dtype bf16 or fp16, that dtype")
     batch_size: int = _opt(256, "evaluation batch size", ge=1)
     workers: int = _opt(0, "image-decoding workers", ge=0)
     out: str | None = _opt(None, "where eval.json, report.md and plots/ go (default: ADAPTER/../eval-<split>)")

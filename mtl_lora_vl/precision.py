@@ -5,9 +5,12 @@ from __future__ import annotations
 import torch
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype: bf16 / fp16 / fp32 (``auto`` = bf16 on a capable GPU, else fp32)."""
+def resolve_precision(precision: str, device: torch.device, base_dtype: str = "auto") -> torch.dtype:
+    """The autocast dtype: bf16 / fp16 / fp32. ``auto`` = the base weights' dtype when ``base_dtype`` asks for
+    bf16 or fp16 (fp32 activations would not meet them), else bf16 on a capable GPU, else fp32."""
     if precision == "auto":
+        if base_dtype in ("bf16", "fp16"):
+            return torch.bfloat16 if base_dtype == "bf16" else torch.float16
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32

@@ -253,6 +253,12 @@ def test_bf16_base_with_fp32_adapters(dirs):
 
 def test_base_dtype_resolution():
     from mtl_lora_vl.backbones.base import resolve_base_dtype
+    from mtl_lora_vl.precision import resolve_precision
+
+    cpu = torch.device("cpu")  # autocast follows a half-precision base (fp32 activations would not meet it)
+    assert resolve_precision("auto", cpu) == resolve_precision("auto", cpu, "fp32") == torch.float32
+    assert resolve_precision("auto", cpu, "bf16") == torch.bfloat16 and resolve_precision("auto", cpu, "fp16") == torch.float16
+    assert resolve_precision("fp32", cpu, "bf16") == torch.float32  # asked for: as given
 
     assert resolve_base_dtype("auto", "cpu") == torch.float32
     assert resolve_base_dtype("bf16", "cpu") == torch.bfloat16

@@ -50,7 +50,7 @@ def adapter_tensors(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "adapter" / ADAPTER_WEIGHTS))
 
 
-def test_train_adapter_files_evaluate_report(tmp_path, capsys):
+def test_train_adapter_files_evaluate_report(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     assert train_main(base_args(tmp_path, run, steps=6) + ["--eval-every", "4"]) == 0
     printed = capsys.readouterr().out
@@ -85,9 +85,15 @@ def test_train_adapter_files_evaluate_report(tmp_path, capsys):
                       "--out", str(tmp_path / "ev2")]) == 2  # the wrong base model is what the message names
     err = capsys.readouterr().err
     assert "the adapter was made for a open_clip model" in err and "llava" in err and "retrieval" not in err
+    import mtl_lora_vl.evaluation.evaluate as evaluate_module
     from mtl_lora_vl.io import load_pretrained
 
-    lp = load_pretrained(moved, "cpu", base_dtype="bf16")  # as --extend --base-dtype bf16 loads it
+    seen = []
+    monkeypatch.setattr(evaluate_module, "load_pretrained", lambda *a, **k: seen.append(k["base_dtype"]) or
+                        load_pretrained(*a, **k))
+    assert eval_main(["--adapter", str(moved), "--tasks", "vqa", "--base-dtype", "bf16", "--batch-size", "32",
+                      "--out", str(tmp_path / "ev3")]) == 0 and seen == ["bf16"]  # autocast follows the base
+    lp = load_pretrained(moved, "cpu", base_dtype="bf16")  # as evaluate_vl / --extend --base-dtype bf16 load it
     params = list(lp.backbone.model.named_parameters())
     assert {p.dtype for n, p in params if ".lora_" not in n} == {torch.bfloat16}
     assert {p.dtype for n, p in params if ".lora_" in n} == {torch.float32}

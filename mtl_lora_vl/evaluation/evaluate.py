@@ -101,10 +101,10 @@ def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model) ->
 def evaluate_adapter(adapter: str | Path, tasks: str | None = None, backbone: str | None = None,
                      pretrained: str | None = None, data_root: str | None = None, split: str = "test",
                      device: str = "auto", precision: str = "auto", batch_size: int = 256, workers: int = 0,
-                     out: str | Path | None = None, overwrite: bool = False) -> str:
+                     out: str | Path | None = None, overwrite: bool = False, base_dtype: str = "auto") -> str:
     """``evaluate_vl.py``: load an adapter directory onto a fresh base model, score zero-shot vs adapted,
     write the outputs to ``out``; returns the table. Needs nothing but the adapter directory (and
-    ``data_root`` for file-based tasks). Under torchrun every rank scores its shard of each split and
+    ``data_root`` for file-based tasks); ``base_dtype`` as ``load_backbone`` takes it. Under torchrun every rank scores its shard of each split and
     rank 0 writes the outputs (the other ranks return an empty string); the scores equal one process's."""
     adapter = Path(adapter)
     out = Path(out) if out else adapter.resolve().parent / f"eval-{split}"
@@ -114,16 +114,17 @@ def evaluate_adapter(adapter: str | Path, tasks: str | None = None, backbone: st
     info = init_distributed(device)
     try:
         return _evaluate_adapter(adapter, tasks, backbone, pretrained, data_root, split, info, precision,
-                                 batch_size, workers, out)
+                                 batch_size, workers, out, base_dtype)
     finally:
         cleanup(info)
 
 
 def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pretrained: str | None,
                       data_root: str | None, split: str, info: DistInfo, precision: str, batch_size: int,
-                      workers: int, out: Path) -> str:
+                      workers: int, out: Path, base_dtype: str = "auto") -> str:
     dev = info.device
-    lp = load_pretrained(adapter, dev, backbone=backbone, pretrained=pretrained, data_root=data_root)
+    lp = load_pretrained(adapter, dev, backbone=backbone, pretrained=pretrained, data_root=data_root,
+                         base_dtype=base_dtype)
     names = list(lp.config.tasks) if not tasks else [t.strip() for t in tasks.split(",") if t.strip()]
     unknown = [t for t in names if t not in lp.config.tasks]
     if unknown:
@@ -137,7 +138,8 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
     setup = Setup(lp.backbone, [lp.specs[t] for t in names], kinds, model, lp.config)
     with sharded_evaluation(info):
         result = evaluate_setup(setup, split=split, data_root=data_root, device=dev,
-                                dtype=resolve_precision(precision, dev), batch_size=batch_size, workers=workers)
+                                dtype=resolve_precision(precision, dev, base_dtype), batch_size=batch_size,
+                                workers=workers)
     result["adapter"] = str(adapter)
     table = write_outputs(out, result, lp.backbone.model) if info.is_main else ""
     barrier(info)

@@ -82,7 +82,7 @@ def start(opts: TrainOptions) -> Run:
     if opts.resume:
         opts = resumed_options(run_dir, opts)
     info = init_distributed(opts.device)
-    amp_dtype = resolve_precision(opts.precision, info.device)
+    amp_dtype = resolve_precision(opts.precision, info.device, opts.base_dtype)
     seed_everything(opts.seed)
 
     setup = extend_setup(opts, info.device) if opts.extend else build_setup(opts, info.device)
