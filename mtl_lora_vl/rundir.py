@@ -50,11 +50,18 @@ def choose_run_dir(opts: TrainOptions) -> Path:
 
 
 def claim_run_dir(run: Path, opts: TrainOptions, info: DistInfo) -> None:
-    """Make ``run`` the run's empty directory, replacing an old one (--overwrite); a resumed run keeps its own."""
+    """Make ``run`` the run's empty directory, replacing an old one (--overwrite); a resumed run keeps its own.
+
+    Without --overwrite, a directory that another run wrote to (or created) since :func:`choose_run_dir` is
+    refused, not shared."""
     if not opts.resume and info.is_main:
-        if run.exists() and any(run.iterdir()):
+        if opts.overwrite and run.exists() and any(run.iterdir()):
             shutil.rmtree(run)
-        run.mkdir(parents=True, exist_ok=True)
+        try:
+            run.mkdir(parents=True, exist_ok=run.is_dir() and not any(run.iterdir()))
+        except FileExistsError:
+            raise RunDirError(f"--out {run}: another run created or wrote to it while this one was starting; "
+                              "choose another --out") from None
     barrier(info)
 
 

@@ -233,6 +233,25 @@ def test_resume_refuses_what_it_would_ignore_and_bad_config(tmp_path, capsys, mo
         choose_run_dir(TrainOptions(extend=str(run / "adapter"), out=str(run), overwrite=True))
 
 
+def test_a_run_dir_taken_while_starting_is_refused_not_shared(tmp_path):
+    """Two runs that chose the same (default) directory: the one that claims it second stops, and the
+    first one's files stay."""
+    from mtl_lora_vl.distributed import DistInfo
+    from mtl_lora_vl.options import TrainOptions
+    from mtl_lora_vl.rundir import RunDirError, choose_run_dir, claim_run_dir
+
+    opts = TrainOptions(out=str(tmp_path / "run"))
+    run = choose_run_dir(opts)
+    other = choose_run_dir(opts)
+    claim_run_dir(other, opts, DistInfo())
+    (other / "config.json").write_text("{}")  # the other run has started writing
+    with pytest.raises(RunDirError, match="another run created or wrote to it"):
+        claim_run_dir(run, opts, DistInfo())
+    assert (other / "config.json").read_text() == "{}"
+    claim_run_dir(run, TrainOptions(out=str(run), overwrite=True), DistInfo())  # asked for: replaced
+    assert not any(run.iterdir())
+
+
 def test_clear_errors(tmp_path, capsys):
     assert train_main(["--tasks", "no_such_task", "--out", str(tmp_path / "a")]) == 2
     assert "no_such_task" in capsys.readouterr().err
