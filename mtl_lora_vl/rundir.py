@@ -15,7 +15,9 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from .distributed import DistInfo, barrier
+from .io.adapter_files import absolute_base
 from .options import TrainOptions
+from .tasks.spec import looks_like_path
 
 #: Options a resumed run takes from the command line; every other one comes from the run's config.json.
 RESUME_OWN = ("resume", "workers", "device")
@@ -94,18 +96,15 @@ def write_config(run: Path, opts: TrainOptions) -> None:
     """``run/config.json``: the options, with local paths (task spec files, data root, weights, the extended
     adapter, a backbone directory) made absolute."""
     doc = asdict(opts)
-    doc["tasks"] = ",".join(_absolute(t.strip()) for t in opts.tasks.split(","))
-    for key in ("data_root", "pretrained", "extend", "out"):
+    doc["tasks"] = ",".join(_absolute(t) if looks_like_path(t) else t for t in (x.strip() for x in opts.tasks.split(",")))
+    for key in ("data_root", "extend", "out"):
         doc[key] = _absolute(doc[key])
-    prefix, sep, rest = opts.backbone.partition(":")
-    if sep:
-        doc["backbone"] = f"{prefix}:{_absolute(rest)}"
+    doc.update(absolute_base({"backbone": opts.backbone, "pretrained": opts.pretrained}))
     (run / "config.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def _absolute(value: str | None) -> str | None:
-    """``value`` as an absolute path when it names an existing file or folder, else unchanged (a task or model
-    name, a tag)."""
+    """``value`` (a path) made absolute when it exists."""
     if value and Path(value).exists():
         return str(Path(value).resolve())
     return value

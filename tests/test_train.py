@@ -233,6 +233,20 @@ def test_resume_refuses_what_it_would_ignore_and_bad_config(tmp_path, capsys, mo
         choose_run_dir(TrainOptions(extend=str(run / "adapter"), out=str(run), overwrite=True))
 
 
+def test_config_json_makes_spec_paths_absolute_but_keeps_task_names(tmp_path, monkeypatch):
+    """A built-in task name stays a name even when a folder of that name is in the working directory."""
+    from mtl_lora_vl.options import TrainOptions
+    from mtl_lora_vl.rundir import write_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vqa").mkdir()
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "mine.toml").write_text("")
+    write_config(tmp_path, TrainOptions(tasks="vqa,specs/mine.toml", data_root="specs"))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["tasks"] == f"vqa,{tmp_path / 'specs' / 'mine.toml'}" and saved["data_root"] == str(tmp_path / "specs")
+
+
 def test_a_run_dir_taken_while_starting_is_refused_not_shared(tmp_path):
     """Two runs that chose the same (default) directory: the one that claims it second stops, and the
     first one's files stay."""

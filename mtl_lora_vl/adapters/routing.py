@@ -84,7 +84,7 @@ class Route:
     per-row id tensor when the caller gave one (kept for callers; layers only read the segments).
     """
 
-    __slots__ = ("task", "segments", "batch_size", "ids", "present", "_plans", "_index", "_tasks", "wide")
+    __slots__ = ("task", "segments", "batch_size", "ids", "present", "_plans", "_index", "_positions", "wide")
 
     def __init__(self, task: int | None = None, segments: Sequence[Segment] = (), batch_size: int | None = None,
                  ids: torch.Tensor | None = None):
@@ -95,7 +95,7 @@ class Route:
         self.present: tuple[int, ...] = (task,) if task is not None else tuple(sorted({s[0] for s in self.segments}))
         self._plans: dict[torch.device, tuple[PlanEntry, ...]] = {}
         self._index: dict[torch.device, slice | torch.Tensor] = {}
-        self._tasks: dict[torch.device, torch.Tensor] = {}
+        self._positions: dict[torch.device, torch.Tensor] = {}
         self.wide: Route | None = None  # see allowing()
 
     @classmethod
@@ -171,12 +171,12 @@ class Route:
     def sample_positions(self, device: torch.device) -> torch.Tensor:
         """Each row's task as its position in :attr:`present` (the row of the present tasks' matrices it uses),
         a LongTensor on ``device``; from the segments, made once per route and device."""
-        positions = self._tasks.get(device)
+        positions = self._positions.get(device)
         if positions is None:
             pos = {t: p for p, t in enumerate(self.present)}
             positions = torch.tensor([pos[t] for t, a, b in self.segments for _ in range(a, b)])
             positions = positions.to(device, non_blocking=True)
-            self._tasks[device] = positions
+            self._positions[device] = positions
         return positions
 
     def expand(self, k: int) -> Route:
@@ -195,7 +195,7 @@ class Route:
         if k == 1 or self.batch_size is None:
             return self
         r = Route(self.task, self.segments, self.batch_size, self.ids)
-        r._plans, r._index, r._tasks = self._plans, self._index, self._tasks
+        r._plans, r._index, r._positions = self._plans, self._index, self._positions
         r.wide = self.expand(k)
         return r
 

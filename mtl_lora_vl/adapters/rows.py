@@ -237,17 +237,16 @@ class _MTLRowsUpdate(torch.autograd.Function):
             _mtl_add_(out, z, mtl_matrices(pi, B, lam).to(z.dtype), tasks, n_batch, scale)
         ctx.mark_dirty(out)
         one = isinstance(tasks, int)
-        ctx.save_for_backward(z, pi, lam, B, None if one else tasks, present if torch.is_tensor(present) else None)
+        ctx.save_for_backward(z, pi, lam, B, None if one else tasks)
         ctx.task = tasks if one else None
-        ctx.present = present if isinstance(present, slice) else None
+        ctx.present = present  # None, a slice or an index tensor of task rows (never written to)
         ctx.n_batch, ctx.scale, ctx.tau, ctx.shapes = n_batch, scale, tau, shapes
         return out
 
     @staticmethod
     def backward(ctx, g):
-        z, pi, lam, B, tasks, present = ctx.saved_tensors
-        present = ctx.present if present is None else present
-        t, n_batch, scale = ctx.task, ctx.n_batch, ctx.scale
+        z, pi, lam, B, tasks = ctx.saved_tensors
+        t, n_batch, scale, present = ctx.task, ctx.n_batch, ctx.scale, ctx.present
         need_z, need_w, need_lam, need_b = (ctx.needs_input_grad[i] for i in (1, 2, 3, 4))
         Bbar, M = _mtl_parts(pi, B, lam)
         M = M.to(z.dtype)

@@ -131,7 +131,7 @@ def read_header(file: Path) -> dict[str, tuple[tuple[int, ...], str]]:
 # ---------------------------------------------------------------------------------------------- saving
 
 
-def _absolute_base(base: dict[str, Any]) -> dict[str, Any]:
+def absolute_base(base: dict[str, Any]) -> dict[str, Any]:
     """Make local paths in ``base`` (a pretrained file, an ``open_clip:DIR`` / ``hf:DIR``) absolute.
 
     The one place here that parses backbone spec strings (see ``mtl_lora_vl.backbones.load_backbone``).
@@ -188,7 +188,7 @@ def save_adapter(
     cfg = info.config
     heads, task_specs, kinds = dict(heads or {}), dict(task_specs or {}), dict(kinds or {})
     _check_save_arguments(cfg, heads, task_specs, kinds)
-    base = _absolute_base(dict(base or {}))
+    base = absolute_base(dict(base or {}))
     try:
         json.dumps(base)
     except (TypeError, ValueError) as e:

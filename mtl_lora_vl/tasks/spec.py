@@ -159,13 +159,14 @@ def available_specs() -> list[str]:
     return sorted(names)
 
 
-def _looks_like_path(text: str) -> bool:
+def looks_like_path(text: str) -> bool:
+    """Whether a ``--tasks`` entry names a spec file (else a built-in task)."""
     return text.endswith(".toml") or "/" in text or "\\" in text
 
 
 def load_spec(name_or_path: str | Path) -> TaskSpec:
     """Load a built-in spec by name (``"vqa"``) or a user's spec by path (``"my/task.toml"``)."""
-    if isinstance(name_or_path, Path) or _looks_like_path(str(name_or_path)):
+    if isinstance(name_or_path, Path) or looks_like_path(str(name_or_path)):
         path = Path(name_or_path)
         if not path.is_file():
             raise SpecError(f"{path}: task spec file not found; give an existing .toml file or one of "
