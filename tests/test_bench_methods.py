@@ -81,6 +81,27 @@ def test_grid_plan_and_lr_pick():
     assert quick.methods == ["lora", "mtl_lora"] and quick.seeds == 3 and quick.steps == 30
 
 
+def test_ablate_flag_chooses_the_ablations_and_names_bad_values(capsys):
+    args = build_parser().parse_args(["--ablate", "lambda_type=none,diagonal", "--ablate", "n_up=1",
+                                      "--ablate", "temperature=0.25,0.5"])
+    s = settings_from_args(args)
+    assert s.ablations == {"lambda_type": ["none", "diagonal"], "n_up": [1], "temperature": [0.25, 0.5]}
+    labels = [c.label for c in ablation_configs(s, ["vqa"])]  # τ = 0.5 is the reference run itself
+    assert labels == ["mtl_lora lambda_type=none", "mtl_lora lambda_type=diagonal", "mtl_lora n_up=1",
+                      "mtl_lora temperature=0.25"]
+    assert settings_from_args(build_parser().parse_args([])).ablations.keys() == {
+        "lambda_type", "n_up", "rank", "temperature", "task_lr_mult"}
+    for bad, says in (("n_up=0", "'0' is not an integer >= 1"), ("rank=x", "'x' is not an integer >= 1"),
+                      ("lambda_type=diag", "'diag' is not one of"), ("tau=1", "OPTION one of"),
+                      ("temperature=-1", "not a number > 0")):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--ablate", bad])
+        assert says in capsys.readouterr().err
+    with pytest.raises(ValueError, match="contradict"):
+        settings_from_args(build_parser().parse_args(["--ablate", "n_up=1", "--no-ablations"]))
+    assert "95 % intervals" in build_parser().format_help().replace("\n", " ")
+
+
 # A tiny grid, killed and resumed ---------------------------------------------------------------------
 needs_builtin = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
                                    reason="built-in backbone not built (python scripts/pretrain_backbone.py)")

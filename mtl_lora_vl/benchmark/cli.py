@@ -9,13 +9,43 @@ import sys
 
 import torch
 
+from ..config import LAMBDA_TYPES
 from ..log import cli_logging
 from .bench import BenchDirError, run_benchmark
-from .grid import METHODS, BenchSettings
+from .grid import DEFAULT_ABLATIONS, METHODS, BenchSettings
+
+#: How each ablatable option's values are read from ``--ablate``, and what a value must satisfy.
+_ABLATE_TYPES = {"lambda_type": (str, lambda v: v in LAMBDA_TYPES, f"one of {list(LAMBDA_TYPES)}"),
+                 "n_up": (int, lambda v: v >= 1, "an integer >= 1"),
+                 "rank": (int, lambda v: v >= 1, "an integer >= 1"),
+                 "temperature": (float, lambda v: v > 0, "a number > 0"),
+                 "task_lr_mult": (float, lambda v: v > 0, "a number > 0")}
 
 
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
+
+
+def parse_ablation(text: str) -> tuple[str, list]:
+    """``OPTION=V1,V2`` (one ``--ablate``) as ``(option, [values])``, each value checked and typed."""
+    name, sep, values = text.partition("=")
+    name = name.strip()
+    if not sep or name not in _ABLATE_TYPES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: write OPTION=V1,V2 with OPTION one of {list(_ABLATE_TYPES)} (e.g. lambda_type=none,diagonal)")
+    kind, ok, what = _ABLATE_TYPES[name]
+    out = []
+    for raw in (v.strip() for v in values.split(",")):
+        try:
+            v = kind(raw)
+        except ValueError:
+            v = None
+        if v is None or not ok(v):
+            raise argparse.ArgumentTypeError(f"{name}={values}: {raw!r} is not {what}")
+        out.append(v)
+    if not out:
+        raise argparse.ArgumentTypeError(f"{name}=: give at least one value")
+    return name, out
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -27,11 +57,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         description="Which adapter for my tasks? Trains every method (at its default rank and at MTL-LoRA's "
         "parameter count), a single-task reference and MTL-LoRA ablations through the same trainer, budget and "
         "data order; tunes each method's learning rate on the validation split; reports test scores over seeds "
-        "with paired 95 %% intervals. Resumable: rerun the same command to continue a killed grid.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="bench-methods", help="output folder (report.md, results.json, plots/, runs/)")
-    p.add_argument("--tasks", default=",".join(d.tasks), help="comma-separated task names or spec paths")
-    p.add_argument("--backbone", default=d.backbone, help="builtin | open_clip:NAME | hf:DIR")
+        "with paired 95 % intervals. Resumable: rerun the same command to continue a killed grid.")
+    p.add_argument("--out", default="bench-methods", help="output folder (report.md, results.json, plots/, runs/; default bench-methods)")
+    p.add_argument("--tasks", default=",".join(d.tasks), help=f"comma-separated task names or spec paths (default {','.join(d.tasks)})")
+    p.add_argument("--backbone", default=d.backbone, help="builtin | builtin-llava | open_clip:NAME | hf:DIR (default builtin)")
     p.add_argument("--pretrained", default=None, help="local weights for open_clip:NAME")
     p.add_argument("--data-root", default=None, help="folder that file-based task specs are relative to")
     p.add_argument("--methods", default=None, help=f"comma-separated subset of {list(METHODS)} (default all; "
@@ -39,6 +68,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-matched", action="store_true", help="skip the parameter-matched rank of each method")
     p.add_argument("--no-single", action="store_true", help="skip the single-task reference")
     p.add_argument("--no-ablations", action="store_true", help="skip the MTL-LoRA ablations")
+    default_abl = " ".join(f"{k}={','.join(map(str, v))}" for k, v in DEFAULT_ABLATIONS.items())
+    p.add_argument("--ablate", action="append", type=parse_ablation, metavar="OPTION=V1,V2",
+                   help="ablate only these MTL-LoRA options at these values (repeat the flag for several options; "
+                   f"a value equal to the default is the reference run itself). Default: {default_abl}")
     p.add_argument("--seeds", type=int, default=None, help=f"seeds per configuration (default {d.seeds}; --quick 2)")
     p.add_argument("--lr-grid", default=None, help="comma-separated adapter learning rates to tune over "
                    f"(default {','.join(f'{x:g}' for x in d.lr_grid)})")
@@ -49,10 +82,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--test-n", type=int, default=None, help=f"test scenes per built-in task (default {d.test_n})")
     p.add_argument("--quick", action="store_true", help="a small grid (lora and mtl_lora, 2 seeds, 2 learning rates, "
                    "30 steps at batch 16, 2 ablations): minutes on two CPU cores")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared machine)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--workers", type=int, default=0, help="data loader workers per run")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: a shared machine)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="default auto")
+    p.add_argument("--workers", type=int, default=0, help="data loader workers per run (default 0)")
     p.add_argument("--overwrite", action="store_true", help="delete --out and start the grid afresh")
     return p
 
@@ -72,8 +105,14 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     settings = BenchSettings.quick(**over) if args.quick else BenchSettings(**over)
     settings.match_params = not args.no_matched
     settings.single_task = not args.no_single
+    if args.no_ablations and args.ablate:
+        raise ValueError("--no-ablations and --ablate contradict each other: keep one")
     if args.no_ablations:
         settings.ablations = {}
+    elif args.ablate:
+        settings.ablations = {}
+        for name, values in args.ablate:
+            settings.ablations.setdefault(name, []).extend(v for v in values if v not in settings.ablations.get(name, []))
     return settings
 
 
