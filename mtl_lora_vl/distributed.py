@@ -23,6 +23,9 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+T = TypeVar("T")
+R = TypeVar("R")
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -97,6 +100,15 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     return bool(t.item())
 
 
+def broadcast_from_main(obj: T, info: DistInfo) -> T:
+    """Rank 0's ``obj`` (picklable) on every rank; ``obj`` itself without DDP. Every rank must call it."""
+    if not info.enabled:
+        return obj
+    box = [obj if info.is_main else None]
+    dist.broadcast_object_list(box, src=0, device=info.device if info.device.type == "cuda" else None)
+    return box[0]
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
@@ -108,8 +120,6 @@ def cleanup(info: DistInfo) -> None:
 
 
 # Sharded evaluation ---------------------------------------------------------------------------------
-T = TypeVar("T")
-R = TypeVar("R")
 _sharding: list[DistInfo] = []     # the open sharded_evaluation scopes (innermost last)
 
 

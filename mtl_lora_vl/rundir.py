@@ -2,19 +2,22 @@
 
 A run directory is chosen (and checked) before anything is built, and claimed -- an old one replaced --
 only after the run's setup was built: a run that fails at start-up (an unknown task, a bad backbone or
-spec) leaves an existing directory as it was. ``config.json`` records the run's options with paths made
+spec) leaves an existing directory as it was. Without ``--out`` the run takes the first free name of
+``runs/TASKS-METHOD-STAMP``, ``...-2``, ``...-3``: two runs started in the same second get one each. Under
+torchrun, rank 0 claims the directory and every rank takes its answer (the directory, or the error). ``config.json`` records the run's options with paths made
 absolute, so ``--resume`` works from any working directory.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from .distributed import DistInfo, barrier
+from .distributed import DistInfo, broadcast_from_main
 from .io.adapter_files import absolute_base
 from .options import TrainOptions
 from .tasks.spec import looks_like_path
@@ -34,11 +37,10 @@ def choose_run_dir(opts: TrainOptions) -> Path:
         if not (run / "config.json").is_file():
             raise RunDirError(f"--resume {run}: not a run directory (no config.json); give the --out folder of a run")
         return run
-    if opts.out:
-        run = Path(opts.out)
-    else:
+    if not opts.out:  # a new name: claim_run_dir takes the first free one of NAME, NAME-2, ...
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        run = Path("runs") / f"{opts.tasks.replace(',', '+').replace('/', '_')}-{opts.method}-{stamp}"
+        return Path("runs") / f"{opts.tasks.replace(',', '+').replace('/', '_')}-{opts.method}-{stamp}"
+    run = Path(opts.out)
     if run.exists() and not run.is_dir():
         raise RunDirError(f"--out {run}: is a file, not a directory; choose another --out")
     if opts.extend and _contains(run, Path(opts.extend)):
@@ -51,20 +53,40 @@ def choose_run_dir(opts: TrainOptions) -> Path:
     return run
 
 
-def claim_run_dir(run: Path, opts: TrainOptions, info: DistInfo) -> None:
-    """Make ``run`` the run's empty directory, replacing an old one (--overwrite); a resumed run keeps its own.
-
-    Without --overwrite, a directory that another run wrote to (or created) since :func:`choose_run_dir` is
-    refused, not shared."""
+def claim_run_dir(run: Path, opts: TrainOptions, info: DistInfo) -> Path:
+    """Make ``run`` the run's empty directory, replacing an old one (--overwrite); returns the directory
+    claimed. A resumed run keeps its own; a default name (no --out) taken meanwhile moves on to the next
+    free ``NAME-k``. Without --overwrite, an --out directory that another run wrote to (or created) since
+    :func:`choose_run_dir` is refused, not shared. Every rank returns (or raises) what rank 0 got."""
+    claimed, error = run, None
     if not opts.resume and info.is_main:
-        if opts.overwrite and run.exists() and any(run.iterdir()):
-            shutil.rmtree(run)
         try:
-            run.mkdir(parents=True, exist_ok=run.is_dir() and not any(run.iterdir()))
-        except FileExistsError:
-            raise RunDirError(f"--out {run}: another run created or wrote to it while this one was starting; "
-                              "choose another --out") from None
-    barrier(info)
+            claimed = _claim(run, opts)
+        except RunDirError as e:
+            error = str(e)
+    claimed, error = broadcast_from_main((str(claimed), error), info)
+    if error is not None:
+        raise RunDirError(error)
+    return Path(claimed)
+
+
+def _claim(run: Path, opts: TrainOptions) -> Path:
+    if not opts.out:
+        for k in itertools.count(1):
+            name = run if k == 1 else run.with_name(f"{run.name}-{k}")
+            try:
+                name.mkdir(parents=True)
+                return name
+            except FileExistsError:
+                continue
+    if opts.overwrite and run.exists() and any(run.iterdir()):
+        shutil.rmtree(run)
+    try:
+        run.mkdir(parents=True, exist_ok=run.is_dir() and not any(run.iterdir()))
+    except FileExistsError:
+        raise RunDirError(f"--out {run}: another run created or wrote to it while this one was starting; "
+                          "choose another --out") from None
+    return run
 
 
 def resumed_options(run: Path, given: TrainOptions) -> TrainOptions:
@@ -97,8 +119,9 @@ def write_config(run: Path, opts: TrainOptions) -> None:
     adapter, a backbone directory) made absolute."""
     doc = asdict(opts)
     doc["tasks"] = ",".join(_absolute(t) if looks_like_path(t) else t for t in (x.strip() for x in opts.tasks.split(",")))
-    for key in ("data_root", "extend", "out"):
+    for key in ("data_root", "extend"):
         doc[key] = _absolute(doc[key])
+    doc["out"] = str(run.resolve())  # the directory claimed (a default name may have gained a -k)
     doc.update(absolute_base({"backbone": opts.backbone, "pretrained": opts.pretrained}))
     (run / "config.json").write_text(json.dumps(doc, indent=2) + "\n")
 

@@ -66,6 +66,22 @@ def test_sharded_evaluation_equals_one_process(tmp_path, procs):
     assert set(one["val_adapted"]) == {"vqa", "retrieval", "caption_cls"}
 
 
+def test_every_rank_takes_rank_0s_run_dir_or_its_error(tmp_path, procs):
+    """A default run name spelled differently on two ranks (started in different seconds): both get rank 0's.
+    An --out another run holds: rank 0's claim fails and rank 1 stops with the same message (it waited at a
+    barrier for a rank that had stopped)."""
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "config.json").write_text("{}")
+    proc = torchrun(29535, str(TESTS / "claim_ranks.py"), str(tmp_path))
+    procs.append(proc)
+    finish(proc, timeout=120)
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert got[0]["default"] == got[1]["default"] == str(tmp_path / "default-rank0")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("default")) == ["default-rank0"]
+    assert got[0]["taken"] == got[1]["taken"] and "another run created or wrote to it" in got[0]["taken"]
+    assert (tmp_path / "taken" / "config.json").read_text() == "{}"
+
+
 def _step(path: Path) -> int:
     try:
         return int(torch.load(path, weights_only=True)["step"])

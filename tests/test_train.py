@@ -266,6 +266,25 @@ def test_a_run_dir_taken_while_starting_is_refused_not_shared(tmp_path):
     assert not any(run.iterdir())
 
 
+def test_a_default_run_name_taken_moves_on_to_the_next_free_one(tmp_path, monkeypatch):
+    """Without --out, two runs started in the same second each get a directory; --overwrite never empties
+    another run's default-named directory."""
+    from mtl_lora_vl.distributed import DistInfo
+    from mtl_lora_vl.options import TrainOptions
+    from mtl_lora_vl.rundir import choose_run_dir, claim_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    opts = TrainOptions(tasks="vqa,retrieval")
+    name = choose_run_dir(opts)
+    assert name.parent == Path("runs") and name.name.startswith("vqa+retrieval-mtl_lora-")
+    first = claim_run_dir(name, opts, DistInfo())
+    (first / "config.json").write_text("{}")
+    second = claim_run_dir(name, opts, DistInfo())
+    third = claim_run_dir(name, TrainOptions(tasks="vqa,retrieval", overwrite=True), DistInfo())
+    assert (first, second, third) == (name, name.with_name(name.name + "-2"), name.with_name(name.name + "-3"))
+    assert (first / "config.json").read_text() == "{}" and not any(second.iterdir())
+
+
 def test_clear_errors(tmp_path, capsys):
     assert train_main(["--tasks", "no_such_task", "--out", str(tmp_path / "a")]) == 2
     assert "no_such_task" in capsys.readouterr().err

@@ -93,7 +93,7 @@ def start(opts: TrainOptions) -> Run:
                        targets=c.targets if isinstance(c.targets, str) else json.dumps(c.targets))
     opts = opts.with_path_defaults(any(kind.generative for kind in setup.kinds.values()))
     seed_rank(opts.seed, info.rank)  # every rank builds the same model, then draws its own dropout masks
-    claim_run_dir(run_dir, opts, info)
+    run_dir = claim_run_dir(run_dir, opts, info)  # a default name taken meanwhile: the next free one
     if info.is_main and not opts.resume:
         write_config(run_dir, opts)
     per_step = opts.batch_size * opts.accumulate * info.world_size
