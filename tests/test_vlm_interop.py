@@ -90,6 +90,31 @@ def test_merged_directory_loads_and_generates_the_same_tokens(dirs, family, tmp_
     assert isinstance(again, HFVLMBackbone) and again.num_image_tokens == bb.num_image_tokens
 
 
+def test_merged_directory_leaves_out_an_adapter_config_of_the_source(dirs, tmp_path):
+    """A source directory that also holds an adapter (PEFT's adapter_config.json, or ours): copied into the
+    merged directory, it made from_pretrained load the merged model as a PEFT adapter and fail."""
+    import shutil
+
+    from transformers import AutoModelForImageTextToText
+
+    bb = trained(dirs, "llava")
+    inputs = gen_inputs(bb)
+    with mlv.route(bb.model, "vqa"):
+        want = generate(bb.model, inputs, bb)
+    src = tmp_path / "src"
+    shutil.copytree(source_dir(bb), src)
+    mlv.export_lora(bb.model, "captioning", src / "peft")
+    mlv.save_adapter(bb.model, src / "ours")
+    for f in [*(src / "peft").iterdir(), *(src / "ours").iterdir()]:
+        if f.is_file():
+            shutil.copy(f, src)
+    out = mlv.save_merged(bb.model, "vqa", tmp_path / "merged", source_dir=src)
+    names = {f.name for f in out.iterdir()}
+    assert {"adapter_config.json", "mtl_lora_config.json"}.isdisjoint(names) and "tokenizer.json" in names
+    merged = AutoModelForImageTextToText.from_pretrained(str(out), local_files_only=True).eval()
+    assert torch.equal(generate(merged, inputs, bb), want)
+
+
 def test_export_merged_script_from_a_saved_adapter(dirs, tmp_path):
     import sys
     from pathlib import Path

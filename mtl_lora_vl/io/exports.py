@@ -52,7 +52,7 @@ from ..families import MERGED_WEIGHTS, merged_format, peft_export
 from .adapter_files import load_tensors, save_tensors
 from .atomic import atomic_dir, atomic_file
 from .identity import adapted_module, model_identity, plan_attached
-from .layout import AdapterFileError, few
+from .layout import ADAPTER_CONFIG, LEGACY_ADAPTER_CONFIG, AdapterFileError, few
 
 __all__ = ["PLAIN_CONFIG", "PLAIN_FORMAT", "PLAIN_WEIGHTS", "apply_plain_lora", "export_lora", "save_merged"]
 
@@ -272,7 +272,13 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
             save_tensors(sd, tmp / weights_name, meta)
         if source_dir is not None:
             for f in Path(source_dir).iterdir():
-                weights = f.suffix in (".safetensors", ".bin", ".pth", ".pt") or f.name.endswith(".index.json")
-                if f.is_file() and not weights and not (tmp / f.name).exists():
+                if f.is_file() and not _weights_or_adapter(f) and not (tmp / f.name).exists():
                     shutil.copyfile(f, tmp / f.name)
     return out
+
+
+def _weights_or_adapter(f: Path) -> bool:
+    """A weights file, or an adapter's config: not copied into a merged directory (an adapter_config.json
+    there makes ``from_pretrained`` load it as a PEFT adapter, whose weights are not there)."""
+    weights = f.suffix in (".safetensors", ".bin", ".pth", ".pt") or f.name.endswith(".index.json")
+    return weights or f.name in (LEGACY_ADAPTER_CONFIG, ADAPTER_CONFIG)
