@@ -278,6 +278,32 @@ def test_generative_evaluation_zero_shot_and_adapted(llava, name, metric, extra)
         assert any(k.startswith(extra) for k in out)
 
 
+def test_classification_score_mean_ranks_classes_per_token(llava, monkeypatch, tmp_path):
+    """``[generative] score = "mean"``: the class with the highest log-probability per token wins (the total
+    favours short names); "sum" is the default; any other value is named."""
+    kind = _kinds(llava, ("caption_cls",))["caption_cls"]
+    kind.class_names = ["red", "blue square"]
+    asked = []
+
+    def scores(images, prompts, candidates, per_token=False):
+        asked.append(per_token)
+        total = torch.tensor([[-2.0, -2.4]]).expand(len(prompts), 2)  # candidate tokens: 2 and 3 (with the end)
+        return total / torch.tensor([2.0, 3.0]) if per_token else total
+
+    monkeypatch.setattr(llava, "sequence_scores", scores)
+    test = _split(kind.spec, "test", 3)
+    assert kind.spec.generative["score"] == "sum" and len(test.examples) >= 3
+    assert kind.logits(llava, None, test.examples[:3], batch_size=4, device="cpu").argmax(1).tolist() == [0] * 3
+    kind.spec.generative["score"] = "mean"
+    assert kind.logits(llava, None, test.examples[:3], batch_size=4, device="cpu").argmax(1).tolist() == [1] * 3
+    assert set(asked) == {False, True}
+    text = next(d / "caption_cls.toml" for d in builtin_spec_dirs() if (d / "caption_cls.toml").is_file()).read_text()
+    path = tmp_path / "caption_cls.toml"
+    path.write_text(text.replace("[generative]\n", '[generative]\nscore = "max"\n'))
+    with pytest.raises(SpecError, match=re.escape("generative.score")):
+        load_spec(path)
+
+
 def test_eval_limit_takes_the_first_examples(llava, monkeypatch):
     kind = _kinds(llava, ("vqa",))["vqa"]
     kind.spec.generative["eval_limit"] = 5

@@ -180,6 +180,7 @@ def test_sequence_scores_are_candidate_logprobs(bb):
     p = prompts(bb, 2)
     cands = ["red", "a blue square", "two"]
     scores = bb.sequence_scores(images, p, cands)
+    per_token = bb.sequence_scores(images, p, cands, per_token=True)
     assert scores.shape == (2, 3)
     for r in range(2):
         for c, cand in enumerate(cands):
@@ -187,6 +188,7 @@ def test_sequence_scores_are_candidate_logprobs(bb):
             n = int((b["labels"] != -100).sum())
             want = -bb.lm_loss(images[r:r + 1], **b)[0] * n
             torch.testing.assert_close(scores[r, c], want, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(per_token[r, c], want / n, rtol=1e-4, atol=1e-4)
 
 
 def test_sequence_scores_without_cache_under_checkpointing(bb):

@@ -267,8 +267,10 @@ class Backbone:
         """Per-row mean token cross-entropy ``(B,)`` over each row's labelled (target) tokens."""
         self._unavailable(LM_LOGITS, "lm_loss")
 
-    def sequence_scores(self, images: Tensor, prompts: Sequence[str], candidates: Sequence[str]) -> Tensor:
-        """Total log-probability ``(B, C)`` of each candidate continuation after each row's prompt."""
+    def sequence_scores(self, images: Tensor, prompts: Sequence[str], candidates: Sequence[str],
+                        per_token: bool = False) -> Tensor:
+        """Total log-probability ``(B, C)`` of each candidate continuation after each row's prompt; with
+        ``per_token``, divided by the candidate's number of target tokens (its mean log-probability)."""
         self._unavailable(LM_LOGITS, "sequence_scores")
 
     def decode(self, token_ids: Sequence[int] | Tensor) -> str:

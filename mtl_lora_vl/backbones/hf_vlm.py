@@ -11,7 +11,8 @@ The language-model API (what generative task kinds call):
 * ``lm_collator(max_length)``: a picklable ``(prompts, targets | None) -> tensors`` (:mod:`.lm_collate`);
 * ``lm_loss(pixel_values, input_ids, attention_mask, labels)``: per-row mean target cross-entropy ``(B,)``;
 * ``generate(images, max_len, beam_size, prompts)``: Hugging Face ``generate`` with the KV cache;
-* ``sequence_scores(images, prompts, candidates)``: log-probability ``(B, C)`` of each candidate.
+* ``sequence_scores(images, prompts, candidates, per_token=False)``: log-probability ``(B, C)`` of each
+  candidate (total, or per target token).
 
 Run them under ``mtl_lora_vl.route(backbone.model, ids)`` with one id per image row; beams and candidates,
 which multiply the language model's rows, are routed by :mod:`mtl_lora_vl.adapters.generation`.
@@ -183,9 +184,10 @@ class HFVLMBackbone(Backbone):
         new = out[:, batch["input_ids"].shape[1]:]
         return [t.strip() for t in self.hf_processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
-    def sequence_scores(self, images: Tensor, prompts: Sequence[str], candidates: Sequence[str]) -> Tensor:
+    def sequence_scores(self, images: Tensor, prompts: Sequence[str], candidates: Sequence[str],
+                        per_token: bool = False) -> Tensor:
         """Total log-probability ``(B, C)`` of each candidate (its tokens and the end token, as targets are
-        trained) after each row's prompt. One prefill of the prompts, then every candidate of every row in one
+        trained) after each row's prompt; ``per_token``: divided by that number of tokens. One prefill of the prompts, then every candidate of every row in one
         batched step from the cache (``B·C`` language-model rows, routed like beams). Under activation
         checkpointing in training (where transformers drops the cache) the ``B·C`` full sequences run instead."""
         if isinstance(candidates, str) or not candidates:
@@ -195,8 +197,12 @@ class HFVLMBackbone(Backbone):
         cands = [[*map(int, ids), self.eos_id]
                  for ids in self.hf_processor.tokenizer(list(candidates), add_special_tokens=False)["input_ids"]]
         if self.model.training and torch.is_grad_enabled() and _checkpointing(self.model):
-            return self._scores_full(images, prompts, cands)
-        return self._scores_cached(images, batch, cands)
+            scores = self._scores_full(images, prompts, cands)
+        else:
+            scores = self._scores_cached(images, batch, cands)
+        if per_token:
+            scores = scores / torch.tensor([len(c) for c in cands], dtype=scores.dtype, device=scores.device)
+        return scores
 
     def caption_logits(self, images: Tensor, tokens: Tensor) -> Tensor:
         """Teacher-forced logits ``(B, L-1, vocab)`` of ``tokens`` (from :attr:`tokenizer`) after the image tokens;

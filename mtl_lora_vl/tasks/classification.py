@@ -10,7 +10,8 @@
 **On a generative backbone** (LLaVA-style) classes are scored by likelihood: each class name, written as
 ``[generative] target`` (default ``"{}"``; the built-in spec writes ``"a large {}"`` as its pretraining
 captions do), is a candidate continuation of ``[generative] prompt`` (default ``"{image} caption:"``), and
-the prediction is the candidate with the highest total log-probability (``backbone.sequence_scores``).
+the prediction is the candidate with the highest total log-probability (``backbone.sequence_scores``), or
+with ``[generative] score = "mean"`` the highest log-probability per token (the total favours short names).
 Zero-shot is the base language model (adapters off), adapted the routed one; training is the LM loss on the
 class's target text (the prompt masked). Evaluation runs on the first ``[generative] eval_limit`` images
 (0 = all).
@@ -76,7 +77,7 @@ class ClassificationKind(TaskKind):
     default_templates = ("a photo of a {}.",)
     head_defaults = {"label_smoothing": 0.0}
     option_defaults = {"class_names": []}
-    generative_defaults = {"prompt": "{image} caption:", "target": "{}", "eval_limit": 0}
+    generative_defaults = {"prompt": "{image} caption:", "target": "{}", "eval_limit": 0, "score": "sum"}
 
     @classmethod
     def check_spec(cls, spec: TaskSpec) -> None:
@@ -88,6 +89,9 @@ class ClassificationKind(TaskKind):
             raise spec_error(spec, "head.label_smoothing", "a number in [0, 1)", spec.head["label_smoothing"])
         check_template(spec, "generative.prompt", spec.generative["prompt"], ("image",))
         check_template(spec, "generative.target", spec.generative["target"], ("",))
+        if spec.generative["score"] not in ("sum", "mean"):
+            raise spec_error(spec, "generative.score", '"sum" (total log-probability) or "mean" (per token)',
+                             spec.generative["score"])
         if spec.generative["eval_limit"] < 0:
             raise spec_error(spec, "generative.eval_limit", "an integer >= 0 (0 = every image)",
                              spec.generative["eval_limit"])
@@ -159,11 +163,12 @@ class ClassificationKind(TaskKind):
     def logits(self, backbone, head: nn.Module | None, examples: list[Example], *, batch_size: int,
                device: torch.device | str, dtype: torch.dtype = torch.float32, num_workers: int = 0) -> Tensor:
         """Class logits ``(N, C)`` on CPU; ``head=None`` uses the zero-shot classifier. On a generative backbone:
-        each class's total log-probability as a continuation of the prompt (the caller's scope decides between
+        each class's total (or per-token) log-probability as a continuation of the prompt (the caller's scope decides between
         the base model and the routed one)."""
         if self.generative:
             return candidate_scores(backbone, examples, [self.prompt()] * len(examples), self.candidates(),
-                                    batch_size=batch_size, device=device, dtype=dtype, num_workers=num_workers)
+                                    batch_size=batch_size, device=device, dtype=dtype, num_workers=num_workers,
+                                    per_token=self.spec.generative["score"] == "mean")
         weight = None
         if head is None:
             weight = self.class_embeddings(backbone, device=device, dtype=dtype, batch_size=batch_size)

@@ -147,9 +147,9 @@ def generate_texts(backbone: Any, examples: Sequence[Example], prompts: Sequence
 @torch.no_grad()
 def candidate_scores(backbone: Any, examples: Sequence[Example], prompts: Sequence[str],
                      candidates: Sequence[str], *, batch_size: int, device: torch.device | str,
-                     dtype: torch.dtype = torch.float32, num_workers: int = 0) -> Tensor:
-    """``(N, C)`` float32 on the CPU: total log-probability of each candidate continuation of each example's
-    prompt (``backbone.sequence_scores``). Images go in chunks of ``batch_size // C`` (at least one), so that
+                     dtype: torch.dtype = torch.float32, num_workers: int = 0, per_token: bool = False) -> Tensor:
+    """``(N, C)`` float32 on the CPU: total log-probability (``per_token``: per target token) of each candidate
+    continuation of each example's prompt (``backbone.sequence_scores``). Images go in chunks of ``batch_size // C`` (at least one), so that
     one call scores about ``batch_size`` sequences."""
     if len(prompts) != len(examples):
         raise ValueError(f"candidate_scores got {len(examples)} examples but {len(prompts)} prompts")
@@ -161,6 +161,7 @@ def candidate_scores(backbone: Any, examples: Sequence[Example], prompts: Sequen
                                  num_workers=num_workers)
     for start, images in zip(range(0, len(examples), chunk), batches):
         with autocast(torch.device(device), dtype):
-            scores = backbone.sequence_scores(images, list(prompts[start:start + chunk]), list(candidates))
+            scores = backbone.sequence_scores(images, list(prompts[start:start + chunk]), list(candidates),
+                                              per_token=per_token)
         out.append(scores.float().cpu())
     return torch.cat(out)
