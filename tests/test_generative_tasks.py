@@ -299,7 +299,7 @@ def test_classification_score_mean_ranks_classes_per_token(llava, monkeypatch, t
     assert set(asked) == {False, True}
     text = next(d / "caption_cls.toml" for d in builtin_spec_dirs() if (d / "caption_cls.toml").is_file()).read_text()
     path = tmp_path / "caption_cls.toml"
-    path.write_text(text.replace("[generative]\n", '[generative]\nscore = "max"\n'))
+    path.write_text(re.sub(r"^score = .*$", 'score = "max"', text, count=1, flags=re.M))
     with pytest.raises(SpecError, match=re.escape("generative.score")):
         load_spec(path)
 
