@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from mtl_lora_vl.data.sampler import MultiTaskBatchSampler, task_probabilities
+from mtl_lora_vl.data.sampler import MultiTaskBatchSampler, floored_shares, task_probabilities
 
 
 def _task_counts(batches) -> Counter:
@@ -64,6 +64,36 @@ def test_mixed_batches_hold_every_task_and_are_grouped():
         tasks = [t for t, _ in b]
         assert set(tasks) == {0, 1, 2} and len(b) == 8
         assert tasks == sorted(tasks)
+
+
+@pytest.mark.parametrize("sizes,b", [([1000, 1000, 10], 4), ([500, 450, 50], 4), ([4000, 3000, 3000, 100], 8),
+                                     ([100, 1, 1, 1], 4), ([10, 10, 9000], 8)])
+def test_every_task_floor_keeps_the_other_tasks_shares_in_proportion(sizes, b):
+    """A task below 1/b gets 1/b of every batch; the others share the rest in proportion to p (two tasks of
+    one size get the same share: the lowest-index one used to give up the floor's sample, 0.25 against 0.50)."""
+    s = MultiTaskBatchSampler(sizes, b, strategy="proportional", mode="mixed", seed=0)
+    p, floor = s.probabilities, 1 / b
+    low = [i for i, x in enumerate(s.shares) if x == floor]
+    assert sum(s.shares) == pytest.approx(1) and all(x >= floor for x in s.shares)
+    hi = [i for i in range(len(sizes)) if i not in low]
+    if hi:  # ([100, 1, 1, 1], 4): every task at the floor
+        assert [s.shares[i] / p[i] for i in hi] == pytest.approx([s.shares[hi[0]] / p[hi[0]]] * len(hi))
+    steps = 2000
+    counts = Counter()
+    for batch in _take(s, steps):
+        c = Counter(t for t, _ in batch)
+        assert set(c) == set(range(len(sizes))) and sum(c.values()) == b
+        counts.update(c)
+    for i, share in enumerate(s.shares):
+        assert counts[i] / (steps * b) == pytest.approx(share, abs=1e-3)
+    assert max(abs(x) for x in s._credits) < 2  # the loans are paid back: no drift
+
+
+def test_shares_are_the_probabilities_when_no_task_is_below_the_floor():
+    s = MultiTaskBatchSampler([6000, 7314, 3000], 16, strategy="proportional", mode="mixed", seed=0)
+    assert s.shares == s.probabilities  # bit for bit: the built-in jobs' batches are unchanged
+    assert floored_shares([0.5, 0.45, 0.05], 4) == pytest.approx([0.75 * 0.5 / 0.95, 0.75 * 0.45 / 0.95, 0.25])
+    assert floored_shares([0.8, 0.13, 0.07], 8) == pytest.approx([0.75, 0.125, 0.125])  # 0.13 falls below on the 2nd pass
 
 
 def test_each_task_walks_epochs_without_replacement():

@@ -10,7 +10,9 @@
   task t, allocated by carrying the fractional remainders from batch to batch (so long-run shares are
   exactly p), and -- when ``batch_size >= number of tasks`` and ``every_task`` -- at least one sample
   of every task, so every task's adapter gets a gradient each step (DDP-friendly, DESIGN §7). That
-  floor raises a task whose share is below 1/batch_size to 1/batch_size. Rows are grouped by task.
+  floor raises a task whose share is below 1/batch_size to 1/batch_size and scales the other tasks' shares
+  down in proportion (:func:`floored_shares`); those shares are what the remainders carry, so the long-run
+  shares are exactly the floored ones. Rows are grouped by task.
 * **Epochs per task**: each task walks a fresh random permutation of its examples (without
   replacement) and starts a new one when it runs out, independently of the other tasks.
 * **Determinism**: everything derives from ``seed`` through generators this class owns (never the
@@ -64,6 +66,22 @@ def task_probabilities(sizes: Sequence[int], strategy: str = "proportional",
     return [w / total for w in weights]
 
 
+def floored_shares(probabilities: Sequence[float], batch_size: int) -> list[float]:
+    """``probabilities`` with each share below ``1 / batch_size`` raised to it and the others scaled down in
+    proportion (repeated until no share is below the floor): a mixed batch's per-task shares under
+    ``every_task``. Needs ``batch_size >= len(probabilities)``."""
+    floor = 1.0 / batch_size
+    low: set[int] = set()
+    while True:
+        mass = sum(x for i, x in enumerate(probabilities) if i not in low)
+        rest = 1.0 - floor * len(low)
+        shares = [floor if i in low else (x * rest / mass if mass > 0 else 0.0) for i, x in enumerate(probabilities)]
+        below = {i for i, x in enumerate(shares) if i not in low and x < floor}
+        if not below:
+            return shares if low else list(probabilities)
+        low |= below
+
+
 class MultiTaskBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches of ``(task_id, index)`` over several tasks; see the module docstring."""
 
@@ -97,6 +115,9 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, int]]]):
         self.every_task = bool(every_task)
         self.probabilities = task_probabilities(sizes, strategy, temperature)
         self._probs = torch.tensor(self.probabilities, dtype=torch.float64)
+        #: Each task's long-run share of a mixed batch: the probabilities, floored under every_task.
+        self.shares = (floored_shares(self.probabilities, self.batch_size)
+                       if self.every_task and self.batch_size >= len(sizes) else list(self.probabilities))
         self.step = 0
         self._epochs = [0] * len(sizes)
         self._positions = [0] * len(sizes)
@@ -152,7 +173,7 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, int]]]):
             for j in range(rem):
                 counts[(self.step * rem + j) % t] += 1
             return counts
-        for i, p in enumerate(self.probabilities):
+        for i, p in enumerate(self.shares):
             self._credits[i] += b * p
         counts = [math.floor(c + 1e-9) for c in self._credits]
         left = b - sum(counts)
@@ -162,13 +183,15 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, int]]]):
         for i in range(t):
             self._credits[i] -= counts[i]
         if self.every_task and b >= t:
-            # The floor of one sample per task is not charged to the credits, so long-run shares of the
-            # other tasks stay at p; a task below 1/b gets 1/b.
+            # The shares are floored at 1/b, but a task whose remainder was spent last step can still get
+            # none: it borrows a sample from the task with the most, and the credits record the loan.
             for i in range(t):
                 if counts[i] == 0:
-                    donor = max(range(t), key=lambda j: (counts[j], -j))
+                    donor = max(range(t), key=lambda j: (counts[j], self._credits[j], -j))
                     counts[donor] -= 1
                     counts[i] += 1
+                    self._credits[donor] += 1
+                    self._credits[i] -= 1
         return counts
 
     def _homogeneous_task(self) -> int:
