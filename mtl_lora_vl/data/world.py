@@ -208,8 +208,8 @@ def _join(items: Sequence[str]) -> str:
 # Scene sampling
 # ----------------------------------------------------------------------------------------------
 
-def _place(rng: random.Random, specs: Sequence[tuple[str, str, str]]) -> tuple[Obj, ...]:
-    """Put non-overlapping objects (shape, colour, size) at random positions."""
+def _place(rng: random.Random, specs: Sequence[tuple[str, str, str]]) -> tuple[Obj, ...] | None:
+    """Put non-overlapping objects (shape, colour, size) at random positions; None when 50 tries fail."""
     for _ in range(50):
         objs: list[Obj] = []
         for shape, color, size in specs:
@@ -224,7 +224,7 @@ def _place(rng: random.Random, specs: Sequence[tuple[str, str, str]]) -> tuple[O
                 break
         if len(objs) == len(specs):
             return tuple(objs)
-    raise RuntimeError(f"could not place {len(specs)} objects without overlap; lower the object count")
+    return None
 
 
 def _random_spec(rng: random.Random, size: str | None = None) -> tuple[str, str, str]:
@@ -232,18 +232,23 @@ def _random_spec(rng: random.Random, size: str | None = None) -> tuple[str, str,
 
 
 def _sample_scene(kind: str, rng: random.Random) -> Scene:
-    lo, hi = _OBJECT_RANGE[kind]
-    n = rng.randint(lo, hi)
-    if kind == "classification":
-        specs = [_random_spec(rng, "large")] + [_random_spec(rng, "small") for _ in range(n - 1)]
-    else:
-        specs = []
-        while len(specs) < n:
-            spec = _random_spec(rng)
-            # Captions name objects by size, colour and shape: two identical objects would leave nothing to say.
-            if kind not in ("retrieval", "captioning") or spec not in specs:
-                specs.append(spec)
-    return Scene(_place(rng, specs), rng.choice(BACKGROUNDS))
+    """A random scene of ``kind``; objects that do not fit without overlap (say five large ones) are drawn
+    again from the same generator, so every seed gives a split (and a scene that fits is what it was)."""
+    while True:
+        lo, hi = _OBJECT_RANGE[kind]
+        n = rng.randint(lo, hi)
+        if kind == "classification":
+            specs = [_random_spec(rng, "large")] + [_random_spec(rng, "small") for _ in range(n - 1)]
+        else:
+            specs = []
+            while len(specs) < n:
+                spec = _random_spec(rng)
+                # Captions name objects by size, colour and shape: two identical objects would leave nothing to say.
+                if kind not in ("retrieval", "captioning") or spec not in specs:
+                    specs.append(spec)
+        objects = _place(rng, specs)
+        if objects is not None:
+            return Scene(objects, rng.choice(BACKGROUNDS))
 
 
 # ----------------------------------------------------------------------------------------------
