@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,7 +102,9 @@ def test_train_adapter_files_evaluate_report(tmp_path, capsys, monkeypatch):
 
 def test_extend_trains_only_the_new_task(tmp_path, capsys):
     run = tmp_path / "run"
-    assert train_main(base_args(tmp_path, run, steps=3) + ["--rank", "4"]) == 0
+    weights = tmp_path / "my_weights.safetensors"  # the base weights from a path of the user's own
+    shutil.copy(builtin_dir() / "model.safetensors", weights)
+    assert train_main(base_args(tmp_path, run, steps=3) + ["--rank", "4", "--pretrained", str(weights)]) == 0
     before = json.loads((run / "eval.json").read_text())
     cls = small_spec(tmp_path, "caption_cls")
     ext = tmp_path / "ext"
@@ -113,6 +116,11 @@ def test_extend_trains_only_the_new_task(tmp_path, capsys):
     assert train_main(ext_args) == 0
     assert "training" in capsys.readouterr().err  # the opening line is logged (stderr), the table printed
     assert json.loads((ext / "config.json").read_text())["rank"] == 4  # recorded as the adapter has it
+    # the base model it loaded (the adapter's, not the default built-in weights) is the one it records
+    base = json.loads((run / "adapter" / "mtl_lora_config.json").read_text())["base"]
+    assert base["pretrained"] == str(weights)
+    assert json.loads((ext / "adapter" / "mtl_lora_config.json").read_text())["base"] == base
+    assert json.loads((ext / "config.json").read_text())["pretrained"] == str(weights)
     after = json.loads((ext / "eval.json").read_text())
     assert set(after["tasks"]) == {"vqa", "retrieval", "caption_cls"}
     for t in ("vqa", "retrieval"):  # the old tasks are bit-identical, so are their scores

@@ -36,6 +36,8 @@ class Setup:
     config: MTLLoRAConfig
     train_splits: dict = field(default_factory=dict)
     extended_from: list[str] = field(default_factory=list)
+    #: The base model an --extend run loaded: the adapter's recorded one unless --backbone/--pretrained say.
+    base: dict[str, Any] | None = None
     new_adapter_values: int | None = None
 
 
@@ -89,6 +91,9 @@ def extend_setup(opts: TrainOptions, device: torch.device) -> Setup:
             heads[spec.name] = kinds[spec.name].build_head(bb)
     specs = [lp.specs[t] for t in old] + new_specs
     model = MultiTaskModel(bb, kinds, heads).to(device)
+    recorded = lp.doc.get("base") or {}
+    base = {"backbone": recorded.get("backbone") if opts.backbone == "builtin" else opts.backbone,
+            "pretrained": recorded.get("pretrained") if opts.pretrained is None else opts.pretrained}
     return Setup(bb, specs, kinds, model, attach_info(bb.model).config, train_splits, extended_from=old,
-                 new_adapter_values=added)
+                 new_adapter_values=added, base=base)
 

@@ -86,9 +86,10 @@ def start(opts: TrainOptions) -> Run:
     seed_everything(opts.seed)
 
     setup = extend_setup(opts, info.device) if opts.extend else build_setup(opts, info.device)
-    if opts.extend:  # config.json records the adapter's own shape, which the new tasks take
+    if opts.extend:  # config.json and the adapter record its own shape and base model, which the new tasks take
         c = setup.config
-        opts = replace(opts, rank=c.r, alpha=c.alpha, n_up=c.n_up, temperature=c.temperature, dropout=c.dropout,
+        opts = replace(opts, backbone=setup.base["backbone"], pretrained=setup.base["pretrained"], rank=c.r,
+                       alpha=c.alpha, n_up=c.n_up, temperature=c.temperature, dropout=c.dropout,
                        lambda_type=c.lambda_type, method=c.method,
                        targets=c.targets if isinstance(c.targets, str) else json.dumps(c.targets))
     opts = opts.with_path_defaults(any(kind.generative for kind in setup.kinds.values()))
