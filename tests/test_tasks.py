@@ -323,6 +323,35 @@ def test_classification_bad_labels_and_names(clip):
         "tabby cat", "puppy"]
 
 
+def test_classification_eval_split_missing_a_class_is_mapped_by_name(clip, tmp_path):
+    """Readers number the classes each split has: a val split without "dog" numbers fox 1, training 2. Its
+    labels are mapped by class name (it raised, or with as many classes scored against the wrong ones)."""
+    colours = {"cat": (255, 0, 0), "dog": (0, 255, 0), "fox": (0, 0, 255), "wolf": (9, 9, 9)}
+    for name, c in colours.items():
+        Image.new("RGB", (16, 16), c).save(tmp_path / f"{name}.png")
+    rows = lambda names: "".join(json.dumps({"image": f"{n}.png", "label": n}) + "\n" for n in names)  # noqa: E731
+    (tmp_path / "train.jsonl").write_text(rows(["cat", "dog", "fox"] * 2))
+    (tmp_path / "val.jsonl").write_text(rows(["cat", "fox"]))
+    (tmp_path / "other.jsonl").write_text(rows(["cat", "wolf"]))
+    (tmp_path / "cls.toml").write_text('name = "cls"\nkind = "classification"\ntemplates = ["a {}."]\n[data]\n'
+                                       'format = "jsonl"\n[data.train]\nfile = "train.jsonl"\n[data.val]\n'
+                                       'file = "val.jsonl"\n[data.test]\nfile = "other.jsonl"\n')
+    spec = load_spec(tmp_path / "cls.toml")
+    train, val = spec.load_split("train", tmp_path), spec.load_split("val", tmp_path)
+    assert val.class_names == ["cat", "fox"] and [e.label for e in val.examples] == [0, 1]
+    kind = build_kind(spec, train, clip)
+    seen = []
+    real = kind.logits
+    kind.logits = lambda bb, head, examples, **kw: seen.extend(e.label for e in examples) or real(bb, head, examples, **kw)
+    out = kind.evaluate(clip, None, val, batch_size=4, device="cpu")
+    assert seen == [0, 2] and set(k for k in out if k.startswith("per_class/")) == {"per_class/cat", "per_class/fox"}
+    restored = build_kind(spec, None, clip, state=json.loads(json.dumps(kind.state())))  # as a saved adapter has it
+    assert restored.data_class_names == ["cat", "dog", "fox"]
+    assert restored.evaluate(clip, None, val, batch_size=4, device="cpu") == out
+    with pytest.raises(ValueError, match=r"class\(es\) \['wolf'\] that training did not have"):
+        kind.evaluate(clip, None, spec.load_split("test", tmp_path), batch_size=4, device="cpu")
+
+
 def test_retrieval_loss_eval_and_captions_per_image(clip):
     spec = load_spec("retrieval")
     train, val = _world(spec, "train", 4), _world(spec, "val", 6)

@@ -17,11 +17,13 @@ class's target text (the prompt masked). Evaluation runs on the first ``[generat
 (0 = all).
 
 Class names come from the training split (``Split.class_names``, e.g. ImageFolder folder names) unless
-the spec's ``options.class_names`` gives readable ones (same count, same order).
+the spec's ``options.class_names`` gives readable ones (same count, same order). An evaluation split's labels
+are mapped to the training split's classes by name (a split that lacks a class numbers the rest differently).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -100,6 +102,8 @@ class ClassificationKind(TaskKind):
         super().__init__(spec, train, backbone, state)
         if state is not None:
             self.class_names = [str(n) for n in state["class_names"]]
+            data_names = state.get("data_class_names")  # absent in adapters saved before it was recorded
+            self.data_class_names = None if data_names is None else [str(n) for n in data_names]
             return
         names = spec.options["class_names"]
         if not names:
@@ -111,10 +115,34 @@ class ClassificationKind(TaskKind):
             raise ValueError(f"task {spec.name!r}: options.class_names has {len(names)} names but the data has "
                              f"{len(train.class_names)} classes ({train.class_names[:5]}...)")
         self.class_names: list[str] = list(names)
+        #: The data's own class names in training label order: another split's labels are mapped by name.
+        self.data_class_names: list[str] | None = list(train.class_names) if train.class_names else None
         self._check_labels(train.examples, "training")
 
     def state(self) -> dict:
-        return {"class_names": list(self.class_names)}
+        return {"class_names": list(self.class_names), "data_class_names": self.data_class_names}
+
+    def _in_training_order(self, split: Split, examples: list[Example]) -> list[Example]:
+        """``examples`` with labels in the training split's class order. A reader numbers the classes it finds
+        in each split (an ImageFolder's folders, sorted label names, integer labels up to the largest), so a
+        split that lacks a class numbers the others differently; labels are mapped by class name."""
+        if not split.class_names or split.class_names == self.data_class_names:
+            return examples
+        if self.data_class_names is None:  # nothing to map by: the classes must at least be as many
+            if len(split.class_names) != len(self.class_names):
+                raise ValueError(f"task {self.name!r}: the evaluation split has {len(split.class_names)} classes but "
+                                 f"training has {len(self.class_names)}")
+            return examples
+        index = {n: i for i, n in enumerate(self.data_class_names)}
+        unknown = sorted({n for n in split.class_names if n not in index})
+        used = {split.class_names[ex.label] for ex in examples if ex.label is not None and
+                0 <= ex.label < len(split.class_names)}
+        if unknown and used & set(unknown):
+            raise ValueError(f"task {self.name!r}: the evaluation split has class(es) {unknown[:10]} that training "
+                             f"did not have (training classes: {self.data_class_names[:10]}...); evaluate on data "
+                             "of the trained classes, or list every class in the spec's [data] class_names")
+        return [ex if ex.label is None or not 0 <= ex.label < len(split.class_names) else
+                dataclasses.replace(ex, label=index[split.class_names[ex.label]]) for ex in examples]
 
     def _check_labels(self, examples: list[Example], what: str) -> None:
         n = len(self.class_names)
@@ -188,9 +216,7 @@ class ClassificationKind(TaskKind):
             examples = eval_subset(examples, self.spec.generative["eval_limit"])
         if not examples:
             raise ValueError(f"task {self.name!r}: the evaluation split is empty")
-        if split.class_names and len(split.class_names) != len(self.class_names):
-            raise ValueError(f"task {self.name!r}: the evaluation split has {len(split.class_names)} classes but "
-                             f"training has {len(self.class_names)}")
+        examples = self._in_training_order(split, examples)
         self._check_labels(examples, "evaluation")
         logits = map_shards(lambda part: self.logits(backbone, head, part, batch_size=batch_size, device=device,
                                                      dtype=dtype, num_workers=num_workers), examples)
