@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from mtl_lora_vl.data import images as images_mod
+from mtl_lora_vl.data.common import DataFormatError
 from mtl_lora_vl.data.images import ImageError, load_image, to_uint8_tensor, verify_image
 from mtl_lora_vl.data.readers import PathEscapeError, read_split
 from mtl_lora_vl.data.world import build_split
@@ -130,6 +131,17 @@ def test_huge_images_are_refused_before_decoding(root, tmp_path, monkeypatch):
     monkeypatch.setattr(Image.Image, "load", no_decode)
     with pytest.raises(ImageError, match="good.jpg.*exceeds the limit"):
         load_image(root / "images" / "good.jpg")
+
+
+def test_pil_own_size_limit_does_not_override_ours(tmp_path, monkeypatch):
+    """Between PIL's limit (89.5 MP, here 100 px) and MAX_PIXELS an image is read: PIL's warning refused
+    every image from 89.5 MP up, whatever MAX_PIXELS said."""
+    Image.new("RGB", (12, 12), (1, 2, 3)).save(tmp_path / "mid.png")  # 144 px
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    assert load_image(tmp_path / "mid.png").size == (12, 12)
+    monkeypatch.setattr(images_mod, "MAX_PIXELS", 120)
+    with pytest.raises(ImageError, match="mid.png.*exceeds the limit"):
+        load_image(tmp_path / "mid.png")
 
 
 # ------------------------------------------------------------------------------------ readers
@@ -277,6 +289,17 @@ def test_jsonl_all_row_kinds(root):
     assert s.class_names == ["green", "red"] and [e.label for e in s.examples] == [1, 0]
     s = read_split("jsonl", root, file="cls.jsonl", class_names=["red", "green", "blue"])
     assert [e.label for e in s.examples] == [0, 1]
+
+
+def test_byte_order_mark_is_skipped_and_other_encodings_named(root):
+    """Excel's "CSV UTF-8" starts with a byte-order mark: its header's first column read as '\\ufeffimage'."""
+    (root / "bom.csv").write_bytes("image,label\nimages/good.jpg,cat\n".encode("utf-8-sig"))
+    assert read_split("csv", root, file="bom.csv").class_names == ["cat"]
+    (root / "bom.jsonl").write_bytes('{"image": "images/good.jpg", "label": "cat"}\n'.encode("utf-8-sig"))
+    assert read_split("jsonl", root, file="bom.jsonl").class_names == ["cat"]
+    (root / "latin.jsonl").write_bytes('{"image": "images/good.jpg", "label": "café"}\n'.encode("latin-1"))
+    with pytest.raises(DataFormatError, match=r"latin.jsonl: not UTF-8 text .*save the file as UTF-8"):
+        read_split("jsonl", root, file="latin.jsonl")
 
 
 def test_csv_all_row_kinds(root):

@@ -8,12 +8,13 @@ a symlink pointing outside. Annotation files are named by the user and may be re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..log import progress
 from .images import ImageError, verify_image
@@ -66,9 +67,20 @@ def annotation_file(root: Path, path: str | os.PathLike, what: str) -> Path:
     return p
 
 
+@contextlib.contextmanager
+def open_text(path: Path, newline: str | None = None) -> Iterator[TextIO]:
+    """An annotation file opened as UTF-8 text; a leading byte-order mark (Excel's "CSV UTF-8", Notepad) is
+    skipped, and bytes that are not UTF-8 are named as a DataFormatError rather than a bare decode error."""
+    try:
+        with open(path, encoding="utf-8-sig", newline=newline) as f:
+            yield f
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the file as UTF-8") from e
+
+
 def load_json(path: Path) -> Any:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_text(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise DataFormatError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e

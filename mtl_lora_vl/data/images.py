@@ -116,11 +116,12 @@ def _opened(target: Path | bytes, name: str) -> Iterator[Image.Image]:
             raise ImageError(f"image {name}: is empty (0 bytes)")
         fp = io.BytesIO(target)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with warnings.catch_warnings():  # PIL's own limit (89.5 MP) warns: MAX_PIXELS below decides instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(fp)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"image {name}: refused, too large to decode safely ({e})") from e
+    except Image.DecompressionBombError as e:  # beyond twice PIL's limit, PIL refuses whatever MAX_PIXELS says
+        raise ImageError(f"image {name}: refused, too large to decode safely ({e}); raise PIL.Image.MAX_IMAGE_PIXELS "
+                         "too to read it") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"image {name}: not a readable image ({type(e).__name__}: {e})") from e
     with img:

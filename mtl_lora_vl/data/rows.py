@@ -26,6 +26,7 @@ from .common import (
     annotation_file,
     caption_examples,
     data_root_dir,
+    open_text,
     resolve_under,
 )
 from .records import Example, Split
@@ -33,7 +34,7 @@ from .records import Example, Split
 
 def _rows_jsonl(path: Path) -> list[tuple[int, dict]]:
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -48,7 +49,7 @@ def _rows_jsonl(path: Path) -> list[tuple[int, dict]]:
 
 
 def _rows_csv(path: Path) -> list[tuple[int, dict]]:
-    with open(path, encoding="utf-8", newline="") as f:
+    with open_text(path, newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
             raise DataFormatError(f"{path}: empty CSV file; expected a header row with an 'image' column")
