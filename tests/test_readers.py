@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -21,6 +22,7 @@ from mtl_lora_vl.data.common import DataFormatError
 from mtl_lora_vl.data.images import ImageError, load_image, to_uint8_tensor, verify_image
 from mtl_lora_vl.data.readers import PathEscapeError, read_split
 from mtl_lora_vl.data.world import build_split
+from mtl_lora_vl.tasks import load_spec
 
 # ------------------------------------------------------------------------------------ fixtures
 
@@ -359,6 +361,28 @@ def test_verify_switch(root):
     assert "missing.jpg" in _one_warning(rec)
     with pytest.raises(ValueError, match="no usable examples"), _warns():
         read_split("jsonl", root, file="v.jsonl")
+
+
+def test_malformed_annotation_fields_are_named(root, tmp_path):
+    """A field of the wrong type or an answer without its text: the file and field are named (they were a bare
+    TypeError or KeyError, and through a spec a TypeError was blamed on the spec's options)."""
+    _write_json(root / "q.json", {"data_subtype": "x", "questions": [{"question_id": 1, "image_id": 1, "question": "q"}]})
+    _write_json(root / "q_null.json", {"questions": None})
+    _write_json(root / "a_bad.json", {"annotations": [{"question_id": 1, "answers": [{"ans": "red"}]}]})
+    _write_json(root / "coco_int.json", {"images": [], "annotations": 5})
+    for fmt, kw, says in (("vqav2", {"questions": "q_null.json"}, "q_null.json: the top level's 'questions' field must "
+                           "be a list, got NoneType"),
+                          ("vqav2", {"questions": "q.json", "annotations": "a_bad.json", "images": "images",
+                                     "image_pattern": "good.jpg"},
+                           "a_bad.json: an answer of annotation 1 has no 'answer' field"),
+                          ("coco_captions", {"annotations": "coco_int.json"}, "'annotations' field must be a list, got int")):
+        with pytest.raises(DataFormatError, match=re.escape(says)):
+            read_split(fmt, root, **kw)
+    spec = tmp_path / "v.toml"
+    spec.write_text('name = "v"\nkind = "vqa"\n[data]\nformat = "vqav2"\n[data.train]\nquestions = "q_null.json"\n'
+                    '[data.val]\nquestions = "q.json"\n')
+    with pytest.raises(DataFormatError, match="q_null.json: the top level's 'questions'"):
+        load_spec(spec).load_split("train", root)  # not "the vqav2 reader rejected the options"
 
 
 def test_dispatcher_errors(root):

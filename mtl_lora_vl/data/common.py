@@ -29,6 +29,10 @@ class PathEscapeError(ValueError):
     """An image path in a data file that points outside the data root."""
 
 
+class ReaderOptionError(TypeError):
+    """The options given to a reader do not fit its signature (unknown or missing ones)."""
+
+
 class DataFormatError(ValueError):
     """A data file that does not have the expected structure."""
 
@@ -90,6 +94,15 @@ def require(obj: Any, key: str, where: str, path: Path) -> Any:
     if not isinstance(obj, dict) or key not in obj:
         raise DataFormatError(f"{path}: {where} has no {key!r} field; is this the right file and format?")
     return obj[key]
+
+
+def require_list(obj: Any, key: str, where: str, path: Path) -> list:
+    """``obj[key]``, which must be a JSON list (of questions, annotations, images, answers...)."""
+    value = require(obj, key, where, path)
+    if not isinstance(value, list):
+        raise DataFormatError(f"{path}: {where}'s {key!r} field must be a list, got {type(value).__name__}; is this "
+                              "the right file and format?")
+    return value
 
 
 class ImageChecker:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import DataFormatError, ImageChecker, data_root_dir, resolve_under
+from .common import DataFormatError, ImageChecker, ReaderOptionError, data_root_dir, resolve_under
 from .images import ImageError
 from .records import Split
 from .rows import examples_from_rows
@@ -169,7 +169,7 @@ def _column_map(columns: dict | None, names: list[str], where: str) -> dict[str,
         mapping = {f: f for f in FIELDS if f in names}
     else:
         if not isinstance(columns, dict) or not all(isinstance(v, str) for v in columns.values()):
-            raise TypeError(f"columns must map fields to column names, e.g. {{image = \"img\", question = \"q\"}}, "
+            raise ReaderOptionError(f"columns must map fields to column names, e.g. {{image = \"img\", question = \"q\"}}, "
                             f"got {columns!r}")
         unknown = [k for k in columns if k not in FIELDS]
         if unknown:

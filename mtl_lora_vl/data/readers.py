@@ -41,11 +41,13 @@ from .common import (
     DataFormatError,
     ImageChecker,
     PathEscapeError,
+    ReaderOptionError,
     annotation_file,
     caption_examples,
     data_root_dir,
     load_json,
     require,
+    require_list,
     resolve_under,
 )
 from .hf_datasets import read_hf_datasets
@@ -81,7 +83,7 @@ def read_vqav2(
     root = data_root_dir(data_root)
     qpath = annotation_file(root, questions, "VQAv2 questions")
     qdata = load_json(qpath)
-    qs = require(qdata, "questions", "the top level", qpath)
+    qs = require_list(qdata, "questions", "the top level", qpath)
     subtype = data_subtype or (qdata.get("data_subtype") if isinstance(qdata, dict) else None) or ""
     if "{data_subtype" in image_pattern and not subtype:
         raise DataFormatError(f"{qpath}: no 'data_subtype' field to build image names from {image_pattern!r}; "
@@ -89,7 +91,7 @@ def read_vqav2(
     ann_by_qid: dict[Any, dict] = {}
     if annotations is not None:
         apath = annotation_file(root, annotations, "VQAv2 annotations")
-        anns = require(load_json(apath), "annotations", "the top level", apath)
+        anns = require_list(load_json(apath), "annotations", "the top level", apath)
         for a in anns:
             ann_by_qid[require(a, "question_id", "an annotation", apath)] = a
     if images:
@@ -116,7 +118,8 @@ def read_vqav2(
             if ann is None:
                 raise DataFormatError(f"question {qid} of {qpath} has no annotation in {annotations}; are the two "
                                       "files of the same subset?")
-            answers = tuple(str(a["answer"]) for a in require(ann, "answers", f"annotation {qid}", qpath))
+            answers = tuple(str(require(a, "answer", f"an answer of annotation {qid}", apath))
+                            for a in require_list(ann, "answers", f"annotation {qid}", apath))
             qtype = ann.get(question_type_field)
             meta.update({k: ann[k] for k in ("question_type", "answer_type", "multiple_choice_answer") if k in ann})
         examples.append(Example(str(path), str(image_id), text=str(text), answers=answers,
@@ -142,8 +145,8 @@ def read_coco_captions(
     root = data_root_dir(data_root)
     apath = annotation_file(root, annotations, "COCO captions")
     data = load_json(apath)
-    imgs = require(data, "images", "the top level", apath)
-    anns = require(data, "annotations", "the top level", apath)
+    imgs = require_list(data, "images", "the top level", apath)
+    anns = require_list(data, "annotations", "the top level", apath)
     caps: dict[Any, list[str]] = {}
     for a in anns:
         caps.setdefault(require(a, "image_id", "an annotation", apath), []).append(
@@ -179,7 +182,7 @@ def read_karpathy(
         raise ValueError(f"read_karpathy: split must be 'train', 'val', 'test' or 'restval', got {split!r}")
     root = data_root_dir(data_root)
     apath = annotation_file(root, annotations, "Karpathy split")
-    imgs = require(load_json(apath), "images", "the top level", apath)
+    imgs = require_list(load_json(apath), "images", "the top level", apath)
     wanted = {split} | ({"restval"} if split == "train" and include_restval else set())
     if one_per_image is None:
         one_per_image = split in ("val", "test")
@@ -191,7 +194,7 @@ def read_karpathy(
         fname = require(im, "filename", "an image entry", apath)
         rel = Path(images) / str(im.get("filepath", "")) / str(fname)
         sents = [str(require(s, "raw", f"a sentence of {fname}", apath)).strip()
-                 for s in require(im, "sentences", f"image {fname}", apath)]
+                 for s in require_list(im, "sentences", f"image {fname}", apath)]
         if not sents:
             continue
         path = resolve_under(root, rel)
@@ -258,10 +261,10 @@ def read_split(format: str, data_root: str | os.PathLike, **paths_and_options: A
     unknown = [k for k in paths_and_options if k not in params or k == "data_root"]
     if unknown:
         allowed = [p for p in params if p != "data_root"]
-        raise TypeError(f"format {format!r} does not take option(s) {', '.join(map(repr, unknown))}; its options "
+        raise ReaderOptionError(f"format {format!r} does not take option(s) {', '.join(map(repr, unknown))}; its options "
                         f"are: {', '.join(allowed)}")
     missing = [p.name for p in params.values()
                if p.default is inspect.Parameter.empty and p.name != "data_root" and p.name not in paths_and_options]
     if missing:
-        raise TypeError(f"format {format!r} needs option(s) {', '.join(map(repr, missing))}")
+        raise ReaderOptionError(f"format {format!r} needs option(s) {', '.join(map(repr, missing))}")
     return reader(data_root, **paths_and_options)

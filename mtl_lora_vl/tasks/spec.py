@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtl_lora_vl.data.common import ReaderOptionError
 from mtl_lora_vl.data.readers import READERS, read_split
 from mtl_lora_vl.data.records import Split
 from mtl_lora_vl.data.world import KINDS as WORLD_KINDS
@@ -128,7 +129,7 @@ class TaskSpec:
             raise SpecError(f"{where}: data root {str(root)!r} is not a folder; pass --data-root DIR")
         try:
             return read_split(self.data.format, root, **{**self.data.options, **opts})
-        except TypeError as err:
+        except ReaderOptionError as err:
             raise SpecError(f"{where}: field 'data.{split}': the {self.data.format} reader rejected "
                             f"the options {sorted({**self.data.options, **opts})}: {err}") from err
 
