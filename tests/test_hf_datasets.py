@@ -145,6 +145,42 @@ def test_paths_in_a_dataset_stay_under_the_root(tmp_path):
         read_split("hf_datasets", root, path="esc")
 
 
+def _caption_parquet(path: Path, colour: int, n: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_dict({"image": [_pil(colour) for _ in range(n)],
+                                "caption": [f"picture {colour} {i}" for i in range(n)]}).to_parquet(str(path))
+
+
+def test_parquet_folder_of_several_splits_needs_a_split(tmp_path):
+    """Without split = ..., a folder with train-*.parquet and test-*.parquet was read as one split (the
+    test images trained on)."""
+    root = tmp_path / "data"
+    _caption_parquet(root / "ds" / "train-0.parquet", 0, 3)
+    _caption_parquet(root / "ds" / "test-0.parquet", 1, 2)
+    with pytest.raises(ValueError, match=r"the parquet files hold the splits \['test', 'train'\]; set split"):
+        read_split("hf_datasets", root, path="ds")
+    assert len(read_split("hf_datasets", root, path="ds", split="train").examples) == 3
+    _caption_parquet(root / "one" / "data-0.parquet", 0, 3)  # no split in the names: the folder is the split
+    assert len(read_split("hf_datasets", root, path="one").examples) == 3
+
+
+def test_a_dataset_rewritten_in_place_is_read_anew(tmp_path):
+    """Images stay open per process; a dataset rewritten at the same path (a notebook, a loop) paired the new
+    captions with the old table's images."""
+    root = tmp_path / "data"
+    _caption_parquet(root / "ds" / "train-0.parquet", 0, 2)
+    first = read_split("hf_datasets", root, path="ds", split="train")
+    assert load_image(first.examples[0].image).getpixel((0, 0)) == _pil(0).getpixel((0, 0))
+    import os
+    import time
+    time.sleep(0.01)
+    _caption_parquet(root / "ds" / "train-0.parquet", 2, 4)
+    os.utime(root / "ds" / "train-0.parquet", ns=(time.time_ns(), time.time_ns() + 10**9))
+    second = read_split("hf_datasets", root, path="ds", split="train")
+    assert len(second.examples) == 4 and second.skipped == 0
+    assert load_image(second.examples[3].image).getpixel((0, 0)) == _pil(2).getpixel((0, 0))
+
+
 def test_clear_errors(tmp_path, monkeypatch):
     root = tmp_path / "data"
     _vqa_dict(2).save_to_disk(root / "one")

@@ -29,8 +29,9 @@ Needs the optional ``datasets`` package (``pip install "mtl-lora-vl[datasets]"``
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ class _Table:
     location: tuple[str, ...]       # the saved folder, or the parquet files
     split: str | None
     cache_dir: str | None = None
+    stamp: str = ""                 # of the files' sizes and times when read: a rewritten dataset is another table
 
     def open(self) -> Any:
         datasets = _datasets()
@@ -126,6 +128,19 @@ def _find(root: Path, path: str | os.PathLike) -> Path:
     return p
 
 
+_SPLIT_NAMES = ("train", "validation", "valid", "val", "dev", "test")
+
+
+def _in_split(f: Path, base: Path, split: str) -> bool:
+    """Whether parquet file ``f`` under ``base`` belongs to ``split`` (``split-*.parquet`` or ``split/``)."""
+    return f.name.startswith((f"{split}-", f"{split}.", f"{split}_")) or split in f.relative_to(base).parts[:-1]
+
+
+def _split_of(f: Path, base: Path) -> str | None:
+    """The usual split name a parquet file's name or folder gives, if any."""
+    return next((s for s in _SPLIT_NAMES if _in_split(f, base, s)), None)
+
+
 def _parquet_files(base: Path, split: str | None) -> list[str]:
     if base.is_file():
         return [str(base)]
@@ -134,9 +149,12 @@ def _parquet_files(base: Path, split: str | None) -> list[str]:
         raise FileNotFoundError(f"{base} is neither a save_to_disk folder (no dataset_dict.json or state.json) "
                                 "nor a folder of .parquet files")
     if split is None:
+        found = sorted({s for s in (_split_of(f, base) for f in files) if s is not None})
+        if len(found) > 1:
+            raise ValueError(f"hf_datasets {base}: the parquet files hold the splits {found}; set split = ... in the "
+                             "[data.<split>] table (every file was read as one split)")
         return [str(f) for f in files]
-    mine = [f for f in files if f.name.startswith((f"{split}-", f"{split}.", f"{split}_"))
-            or split in f.relative_to(base).parts[:-1]]
+    mine = [f for f in files if _in_split(f, base, split)]
     if not mine:
         shown = ", ".join(str(f.relative_to(base)) for f in files[:6])
         raise FileNotFoundError(f"{base}: no parquet file of split {split!r} (named '{split}-*.parquet' or under "
@@ -158,10 +176,19 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None, cache_di
                                  f"{list(ds)} (set split = ... in the [data.<split>] table)")
         elif split is not None and ds.split is not None and str(ds.split) != split:
             raise ValueError(f"hf_datasets {base}: this saved dataset is the {str(ds.split)!r} split, not {split!r}")
-        table = _Table("disk", (str(base),), split if isinstance(ds, datasets.DatasetDict) else None)
+        table = _Table("disk", (str(base),), split if isinstance(ds, datasets.DatasetDict) else None,
+                       stamp=_stamp(sorted(base.rglob("*"))))
     else:
-        table = _Table("parquet", tuple(_parquet_files(base, split)), split, cache_dir)
+        files = _parquet_files(base, split)
+        table = _Table("parquet", tuple(files), split, cache_dir, stamp=_stamp(map(Path, files)))
     return table, table.open()
+
+
+def _stamp(files: Iterable[Path]) -> str:
+    """A short hash of each file's name, size and time: what tells a rewritten dataset from the one read before
+    (the images of a table stay open per process, see DatasetImage.fetch)."""
+    seen = [(str(f), st.st_size, st.st_mtime_ns) for f in files if f.is_file() for st in (f.stat(),)]
+    return hashlib.sha1(repr(seen).encode()).hexdigest()[:16]
 
 
 def _column_map(columns: dict | None, names: list[str], where: str) -> dict[str, str]:
