@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
 
+from mtl_lora_vl.io import atomic as atomic_mod
 from mtl_lora_vl.io.atomic import atomic_dir, atomic_file
 from mtl_lora_vl.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -91,3 +93,38 @@ def test_checkpoint_goes_through_the_helper(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(tmp_path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_the_current_directory_is_refused_and_nothing_is_left(tmp_path, monkeypatch):
+    """``--out .`` (or a folder holding the working directory): it cannot be renamed into place; it left a
+    temporary and an .old folder inside the target that blocked every later write."""
+    here = tmp_path / "work"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for target in (".", str(here), str(tmp_path)):
+        with pytest.raises(IsADirectoryError, match="is the current directory or holds it"):
+            with atomic_dir(target, overwrite=True) as d:
+                (d / "x").write_text("x")
+    assert not any(here.iterdir()) and sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+    with atomic_dir("out") as d:  # a new folder inside it is fine
+        (d / "x").write_text("x")
+    assert (here / "out" / "x").read_text() == "x"
+
+
+def test_a_failed_move_of_the_old_directory_leaves_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "old").write_text("old")
+    real = os.replace
+
+    def refuse_first(src, dst):
+        if Path(src) == target:
+            raise OSError("busy")
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic_mod.os, "replace", refuse_first)
+    with pytest.raises(OSError, match="busy"):
+        with atomic_dir(target, overwrite=True) as d:
+            (d / "new").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"] and (target / "old").read_text() == "old"
+

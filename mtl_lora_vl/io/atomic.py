@@ -25,6 +25,11 @@ def check_target(path: str | Path, *, directory: bool, overwrite: bool = False, 
     writing anything: a caller that writes several targets checks them all first."""
     path = Path(path)
     if directory:
+        here = Path.cwd().resolve()
+        if path.resolve() == here or path.resolve() in here.parents:
+            raise IsADirectoryError(f"{what}: {path} is the current directory or holds it; a directory is written "
+                                    "beside its target and renamed into place, which cannot be done to the one you "
+                                    f"are in: choose a new folder (e.g. {path / 'out'})")
         if path.exists() and not path.is_dir():
             raise FileExistsError(f"{what}: {path} exists and is a file; choose a directory path")
         if path.is_dir() and any(path.iterdir()) and not overwrite:
@@ -78,10 +83,10 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, what: str = "write"
             if f.is_file():
                 _fsync(f)
         _normal_permissions(tmp)
+        _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _replace_dir(tmp, path)
     _fsync_dir(path.parent)
 
 
@@ -91,7 +96,11 @@ def _replace_dir(tmp: Path, path: Path) -> None:
     if path.is_dir():
         if any(path.iterdir()):
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / "dir")
+            try:
+                os.replace(path, old / "dir")
+            except BaseException:
+                old.rmdir()
+                raise
         else:
             path.rmdir()
     try:
