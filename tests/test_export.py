@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,16 @@ def test_plain_lora_layout_reproduces_the_task(build, qkv, tmp_path):
     fresh = apply_plain_lora(_fresh(build), path)
     with torch.no_grad():
         torch.testing.assert_close(run(fresh, inp), ref, atol=1e-5, rtol=1e-5)
+    # an incomplete directory is named before any weight changes (a bare KeyError came out mid-way)
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(str(path / "lora_model.safetensors"))
+    del tensors[name + ".lora_A"]
+    save_file(tensors, str(path / "lora_model.safetensors"))
+    untouched = _fresh(build)
+    before = {k: v.clone() for k, v in untouched.state_dict().items()}
+    with pytest.raises(AdapterFileError, match=re.escape(f"lacks tensor(s) {name}.lora_A")):
+        apply_plain_lora(untouched, path)
+    assert all(torch.equal(v, before[k]) for k, v in untouched.state_dict().items())
 
 
 # ---------------------------------------------------------------------------------------------- merged checkpoints

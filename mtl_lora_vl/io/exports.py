@@ -218,9 +218,17 @@ def apply_plain_lora(base_model: nn.Module, path: str | Path) -> nn.Module:
     if doc.get("format") != PLAIN_FORMAT:
         raise AdapterFileError(f"{path / PLAIN_CONFIG}: format is {doc.get('format')!r}, expected {PLAIN_FORMAT!r}")
     tensors = load_tensors(path / PLAIN_WEIGHTS)
+    modules = doc.get("modules")
+    if not isinstance(modules, dict) or not all(isinstance(m, dict) and "base_weight" in m for m in modules.values()):
+        raise AdapterFileError(f"{path / PLAIN_CONFIG}: 'modules' must map each module to {{'base_weight': ...}}; "
+                               "export the adapter again with export_lora(format='plain')")
+    missing = [f"{name}.{t}" for name in modules for t in ("lora_A", "lora_B") if f"{name}.{t}" not in tensors]
+    if missing:
+        raise AdapterFileError(f"{path / PLAIN_WEIGHTS}: lacks tensor(s) {few(missing)} that {PLAIN_CONFIG} lists; the "
+                               "directory is incomplete: export the adapter again")
     params = dict(base_model.named_parameters())
     updates = []
-    for name, m in doc["modules"].items():
+    for name, m in modules.items():
         key = m["base_weight"]
         if key not in params:
             raise AdapterFileError(f"{path}: base weight {key} (for {name}) is not in this {type(base_model).__name__}")
