@@ -66,6 +66,8 @@ class MTLLoRAConfig:
         for t in self.tasks:
             if not isinstance(t, str) or not t.strip():
                 raise ConfigError(f"tasks: every task name must be a non-empty string, got {t!r}")
+            if "." in t:  # heads are stored under "<task>.<parameter>" keys
+                raise ConfigError(f"tasks: {t!r}: a task name may not contain '.'; use '_' or '-' instead")
         dup = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
         if dup:
             raise ConfigError(f"tasks: names must be unique, repeated: {dup}")

@@ -409,9 +409,15 @@ def test_add_task_trains_only_the_new_task_and_keeps_the_others_bit_identical(me
 
 
 def test_add_task_errors_and_merge_after_training():
-    model = _trained(tiny_open_clip, mlv.MTLLoRAConfig(tasks=["vqa", "retrieval"], r=4))
+    cfg = mlv.MTLLoRAConfig(tasks=["vqa", "retrieval"], r=4)
+    model = _trained(tiny_open_clip, cfg)
     with pytest.raises(ValueError, match="already has a task 'vqa'"):
         mlv.add_task(model, "vqa")
+    with pytest.raises(ValueError, match="may not contain '.'"):  # heads are stored under "<task>.<param>"
+        mlv.add_task(model, "vqa.hard")
+    mlv.add_task(model, "extra")
+    assert cfg.tasks == ["vqa", "retrieval"]  # the caller's config is not the model's: reusable for a fresh attach
+    assert model._mtl_lora.config.tasks == ["vqa", "retrieval", "extra"]
     img = torch.randn(2, 3, 32, 32)
     with torch.no_grad(), mlv.route(model, "vqa"):
         ref = model.encode_image(img)

@@ -22,6 +22,7 @@ def test_json_round_trip(tmp_path):
         (dict(tasks=[]), "tasks"),
         (dict(tasks=["a", "a"]), "tasks"),
         (dict(tasks=["a", ""]), "tasks"),
+        (dict(tasks=["a", "b.hard"]), "tasks"),
         (dict(tasks=["a"], r=0), "r"),
         (dict(tasks=["a"], n_up=0), "n_up"),
         (dict(tasks=["a"], temperature=0), "temperature"),

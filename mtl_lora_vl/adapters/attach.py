@@ -6,6 +6,7 @@ Model-family knowledge (which classes, which module names of each tower) lives i
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 
@@ -102,6 +103,7 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
             f"{type(model).__name__} already has MTL-LoRA adapters; build a fresh base model to attach again, "
             "or use mtl_lora_vl.add_task to add a task to these adapters"
         )
+    cfg = copy.deepcopy(cfg)  # the model's own: add_task grows its task list, never the caller's object
     fam = find_family(model)
     chosen = select_targets(model, cfg)
 

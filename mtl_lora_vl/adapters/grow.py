@@ -67,6 +67,8 @@ def add_task(model: nn.Module, name: str) -> AddedTask:
     info = attach_info(model)
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"add_task: the task name must be a non-empty string, got {name!r}")
+    if "." in name:  # heads are stored under "<task>.<parameter>" keys
+        raise ValueError(f"add_task: {name!r}: a task name may not contain '.'; use '_' or '-' instead")
     if name in info.config.tasks:
         raise ValueError(f"add_task: the adapter already has a task {name!r} (tasks: {info.config.tasks}); "
                          "choose a new name")
