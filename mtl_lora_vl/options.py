@@ -179,6 +179,9 @@ class ExportOptions:
         "standard LoRA (auto: PEFT where PEFT loads the base model, else plain)")
     backbone: str | None = _opt(None, "override the base model recorded in the adapter")
     pretrained: str | None = _opt(None, "override the base checkpoint recorded in the adapter")
+    base_dtype: Literal["source", "fp32", "bf16", "fp16"] = _opt(
+        "source", "dtype the base model loads in and merged weights are written in (the merge itself is fp32): "
+        "source = the base checkpoint's own (a Hugging Face directory's config.json dtype), fp32 otherwise")
     overwrite: bool = _opt(False, "replace an existing --out")
     config: str | None = _opt(None, "JSON or TOML file with any of these options (flags given on the command line win)")
 

@@ -144,3 +144,29 @@ def test_unload_gives_back_a_plain_model(dirs):
     plain = unload(bb.model, "vqa")
     assert "generate" not in vars(plain) and getattr(plain, "_mtl_lora", None) is None
     assert torch.equal(generate(plain, inputs, bb), want)
+
+
+def test_export_keeps_a_bf16_checkpoint_bf16(dirs, tmp_path):
+    """A bf16 base directory: the merged export is bf16 (merged in fp32), as the base was; it was written as
+    fp32 (twice the size; a 7B base needed fp32 memory). --base-dtype fp32 still asks for fp32."""
+    import json
+    import shutil
+
+    from safetensors import safe_open
+
+    from mtl_lora_vl.cli import export_main
+
+    bb = trained(dirs, "llava")
+    src = tmp_path / "bf16"
+    type(bb.model).from_pretrained(source_dir(bb), dtype=torch.bfloat16).save_pretrained(str(src))
+    for f in __import__("pathlib").Path(source_dir(bb)).iterdir():
+        if f.is_file() and not (src / f.name).exists():
+            shutil.copyfile(f, src / f.name)
+    mlv.save_adapter(bb.model, tmp_path / "adapter", base={"backbone": f"hf:{src}"})
+    for flags, want, name in (([], "BF16", "bfloat16"), (["--base-dtype", "fp32"], "F32", "float32")):
+        out = tmp_path / f"merged{len(flags)}"
+        assert export_main(["--adapter", str(tmp_path / "adapter"), "--task", "vqa", "--out", str(out), *flags]) == 0
+        with safe_open(str(out / "model.safetensors"), "pt") as f:
+            assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {want}
+        assert json.loads((out / "config.json").read_text()).get("dtype") == name
+

@@ -21,11 +21,13 @@ comma-separated tasks go to ``OUT/<task>`` each. The base model is rebuilt from 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from ..backbones import parse_spec
 from ..io import AdapterFileError, export_lora, load_pretrained, save_merged
+from ..io.adapter_files import read_adapter_config
 from ..io.atomic import check_target
 from ..log import progress
 from ..options import ExportOptions
@@ -49,6 +51,17 @@ def _source_dir(spec: str) -> Path | None:
     return source if source is not None and source.is_dir() else None
 
 
+def _source_dtype(source: Path | None) -> str:
+    """The dtype a base directory's weights are stored in, as --base-dtype names it (its config.json's
+    ``dtype`` / ``torch_dtype``); fp32 when it does not say."""
+    try:
+        doc = json.loads((source / "config.json").read_text()) if source is not None else {}
+    except (OSError, ValueError):
+        doc = {}
+    named = doc.get("dtype") or doc.get("torch_dtype") if isinstance(doc, dict) else None
+    return {"bfloat16": "bf16", "float16": "fp16"}.get(str(named), "fp32")
+
+
 def export(opts: ExportOptions) -> list[Path]:
     """Export each task of ``opts.task``; returns the written paths (also printed, one per line)."""
     tasks = [t.strip() for t in (opts.task or "").split(",") if t.strip()]
@@ -67,13 +80,16 @@ def export(opts: ExportOptions) -> list[Path]:
     for target in targets.values():  # every target before anything is written: no partial export
         file = opts.format == "merged" and target.suffix == ".safetensors"
         check_target(target, directory=not file, overwrite=opts.overwrite, what=f"--out {out}")
-    loaded = load_pretrained(opts.adapter, backbone=opts.backbone, pretrained=opts.pretrained, heads=False)
+    recorded = (read_adapter_config(opts.adapter).get("base") or {}).get("backbone") or ""
+    spec = opts.backbone or recorded
+    dtype = _source_dtype(_source_dir(spec)) if opts.base_dtype == "source" else opts.base_dtype
+    loaded = load_pretrained(opts.adapter, backbone=opts.backbone, pretrained=opts.pretrained, heads=False,
+                             base_dtype=dtype)
     unknown = [t for t in tasks if t not in loaded.config.tasks]
     if unknown:
         raise AdapterFileError(f"--task {', '.join(map(repr, unknown))}: the adapter has no such task; its tasks "
                                f"are {loaded.config.tasks}")
     model = loaded.backbone.model
-    spec = opts.backbone or (loaded.doc.get("base") or {}).get("backbone") or ""
     written = []
     for task in progress(tasks, desc="export", unit="task"):
         target = targets[task]
