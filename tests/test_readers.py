@@ -89,6 +89,10 @@ def test_conversions_are_faithful(root):
     r, g, b = load_image(imgs / "cmyk.jpg").getpixel((10, 10))
     assert r > 200 and g < 60 and b < 60                        # CMYK red stays red
     assert load_image(imgs / "sixteen.png").getpixel((3, 3)) == (255, 255, 255)   # scaled, not clipped
+    # a 16-bit image is scaled by its depth: a maximum of 255 (of 65535) is dark, as it was one value above
+    dark = Image.new("I;16", (4, 4), 255)
+    one_above = Image.new("I;16", (4, 4), 256)
+    assert images_mod.to_rgb(dark).getpixel((0, 0)) == images_mod.to_rgb(one_above).getpixel((0, 0)) == (0, 0, 0)
     assert load_image(imgs / "palette.png").getpixel((0, 0)) == (0, 0, 255)
 
 

@@ -204,7 +204,7 @@ def _to_8bit_gray(img: Image.Image) -> Image.Image:
     else:
         arr = arr.astype(np.int64)
         hi = int(arr.max()) if arr.size else 0
-        if hi > 255:
+        if img.mode.startswith("I;16") or hi > 255:  # a 16-bit file is scaled by its depth, however dark it is
             arr = arr * 255 // (65535 if hi <= 65535 else hi)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
 
