@@ -389,6 +389,13 @@ def test_malformed_annotation_fields_are_named(root, tmp_path):
         load_spec(spec).load_split("train", root)  # not "the vqav2 reader rejected the options"
 
 
+def test_strict_must_be_a_boolean(root):
+    """A spec's strict = "false" (a string) turned strict on."""
+    (root / "s.jsonl").write_text('{"image": "images/good.jpg", "label": "cat"}\n')
+    with pytest.raises(ValueError, match="strict must be true or false, got 'false'"):
+        read_split("jsonl", root, file="s.jsonl", strict="false")
+
+
 def test_dispatcher_errors(root):
     with pytest.raises(ValueError, match="unknown data format 'parquet'.*vqav2.*coco_captions.*karpathy.*imagefolder"):
         read_split("parquet", root)

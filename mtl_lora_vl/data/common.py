@@ -112,7 +112,9 @@ class ImageChecker:
         if verify not in (True, False, "decode"):
             raise ValueError(f"verify must be true (header and end-marker checks), \"decode\" (decode every "
                              f"image) or false (existence only), got {verify!r}")
-        self.verify, self.strict = verify, bool(strict)
+        if not isinstance(strict, bool):  # a spec's strict = "false" is a string, and would be true
+            raise ValueError(f"strict must be true or false, got {strict!r}")
+        self.verify, self.strict = verify, strict
         self._ok: dict[Any, bool] = {}
         self.failures: list[tuple[Any, str]] = []
         self._bar = progress(desc="checking images", unit="img") if verify else None
