@@ -101,7 +101,8 @@ class TrainOptions:
     save_every: int = _opt(100, "write a checkpoint every N steps (and on Ctrl-C)", ge=1)
     log_every: int = _opt(10, "log training metrics every N steps", ge=1)
     eval_batch_size: int | None = _path_opt("eval_batch_size", "batch size of evaluation", ge=1)
-    eval_split: Split = _opt("test", "split scored at the end (falls back to val when a task has no test split)")
+    eval_split: Split = _opt("test", "split scored at the end (test falls back to val when a task has no test "
+                             "split; a task without a val split is not scored on val)")
     eval_val: bool = _opt(False, "also score the adapted model on the validation split at the end (eval.json 'val')")
     skip_zero_shot: bool = _opt(False, "skip the zero-shot score of the base model at the end (benchmarks compute it once)")
     out: str | None = _opt(None, "run directory (default runs/<tasks>-<method>-<time>)")
@@ -152,7 +153,8 @@ class EvalOptions:
     backbone: str | None = _opt(None, "override the base model recorded in the adapter file")
     pretrained: str | None = _opt(None, "override the base model's local weights file (or cached open_clip tag)")
     data_root: str | None = _opt(None, "folder that file-based task specs are relative to")
-    split: Split = _opt("test", "split to score (falls back to val when a task has no test split)")
+    split: Split = _opt("test", "split to score (test falls back to val when a task has no test split; a task "
+                        "without a val split is not scored on val)")
     base_dtype: Literal["auto", "fp32", "bf16", "fp16"] = _opt(
         "auto", "dtype of the frozen base weights: auto = bf16 for a language model (LLaVA-style) on a GPU, else fp32; "
         "adapters stay fp32")

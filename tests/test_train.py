@@ -293,6 +293,35 @@ def test_a_default_run_name_taken_moves_on_to_the_next_free_one(tmp_path, monkey
     assert (first / "config.json").read_text() == "{}" and not any(second.iterdir())
 
 
+def test_a_task_without_val_split_is_not_scored_on_test_as_val(tmp_path, caplog):
+    """Validation scores choose checkpoints and settings: a task whose spec has no val split was scored on its
+    test split under the val name (--eval-every, --eval-val, eval --split val)."""
+    from PIL import Image
+
+    from mtl_lora_vl.evaluation.evaluate import evaluate_adapted, evaluate_setup
+    from mtl_lora_vl.multitask import build_setup
+    from mtl_lora_vl.options import TrainOptions
+
+    for colour in ("red", "blue"):
+        Image.new("RGB", (16, 16), colour).save(tmp_path / f"{colour}.png")
+    rows = "".join(json.dumps({"image": f"{c}.png", "label": c}) + "\n" for c in ("red", "blue") * 3)
+    (tmp_path / "rows.jsonl").write_text(rows)
+    no_val = tmp_path / "colours.toml"  # a file-based spec with train and test only
+    no_val.write_text('name = "colours"\nkind = "classification"\ntemplates = ["a {} square."]\n[data]\n'
+                      'format = "jsonl"\n[data.train]\nfile = "rows.jsonl"\n[data.test]\nfile = "rows.jsonl"\n')
+    cls = small_spec(tmp_path, "caption_cls", n_train=8, n_eval=6)
+    setup = build_setup(TrainOptions(tasks=f"{no_val},{cls}", rank=2, data_root=str(tmp_path)), torch.device("cpu"))
+    assert "val" not in setup.specs[0].data.splits
+    kw = dict(data_root=str(tmp_path), device="cpu", dtype=torch.float32, batch_size=16)
+    assert set(evaluate_adapted(setup, split="val", **kw)) == {"caption_cls"}
+    assert "task colours has no val split: not scored on val" in caplog.text
+    assert set(evaluate_setup(setup, split="val", **kw)["tasks"]) == {"caption_cls"}
+    assert evaluate_setup(setup, split="test", **kw)["tasks"]["colours"]["split"] == "test"
+    only = build_setup(TrainOptions(tasks=str(no_val), rank=2, data_root=str(tmp_path)), torch.device("cpu"))
+    with pytest.raises(ValueError, match="no task has a val split to score"):
+        evaluate_setup(only, split="val", **kw)
+
+
 def test_clear_errors(tmp_path, capsys):
     assert train_main(["--tasks", "no_such_task", "--out", str(tmp_path / "a")]) == 2
     assert "no_such_task" in capsys.readouterr().err

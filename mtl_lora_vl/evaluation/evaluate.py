@@ -26,9 +26,14 @@ from .report import details_table, markdown_table, write_plots
 logger = logging.getLogger(__name__)
 
 
-def _split_for(spec, wanted: str) -> str:
+def _split_for(spec, wanted: str) -> str | None:
+    """The split of ``spec`` to score for ``wanted``: itself, else (test wanted) val. None for val wanted and
+    missing: validation scores choose checkpoints and settings, so they never come from the test split."""
     if wanted in spec.data.splits:
         return wanted
+    if wanted == "val":
+        logger.warning("task %s has no val split: not scored on val (add a [data.val] table to its spec)", spec.name)
+        return None
     return spec.eval_split
 
 
@@ -45,7 +50,10 @@ def evaluate_adapted(setup, *, split: str, data_root: str | None, device, dtype,
     """The adapted model's metrics per task on ``split`` (used for evaluation during training)."""
     out = {}
     for spec in progress(setup.specs, desc="evaluate (adapted)", unit="task"):
-        data = spec.load_split(_split_for(spec, split), data_root)
+        split_name = _split_for(spec, split)
+        if split_name is None:
+            continue
+        data = spec.load_split(split_name, data_root)
         out[spec.name] = _score(setup, spec.name, data, adapted=True, device=device, dtype=dtype,
                                 batch_size=batch_size, workers=workers)
     return out
@@ -61,6 +69,9 @@ def evaluate_setup(setup, *, split: str, data_root: str | None, device, dtype: t
     for spec in setup.specs:
         name, kind = spec.name, setup.kinds[spec.name]
         split_name = _split_for(spec, split)
+        if split_name is None:
+            bar.update(2)
+            continue
         data = spec.load_split(split_name, data_root)
         bar.set_postfix_str(f"{name}: zero-shot")
         zs = _score(setup, name, data, adapted=False, device=device, dtype=dtype, batch_size=batch_size,
@@ -79,6 +90,9 @@ def evaluate_setup(setup, *, split: str, data_root: str | None, device, dtype: t
                        "change": ad[metric] - zs[metric] if zs else None, "kind": spec.kind, "split": split_name,
                        "n": n, "metrics": list(spec.metrics), "details": {"zero_shot": zs, "adapted": ad}}
     bar.close()
+    if not tasks:
+        raise ValueError(f"no task has a {split} split to score; give each spec a [data.{split}] table or score "
+                         "another split")
     return {"tasks": tasks, "config": setup.config.to_dict()}
 
 
