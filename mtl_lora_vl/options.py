@@ -130,6 +130,10 @@ class TrainOptions:
                                  '\'{"image": ["regex"], "text": ["regex"]}\'') from None
             if not isinstance(targets, dict):
                 raise ValueError(f"--targets: must be 'default' or a JSON dict of tower -> regex list, got {targets!r}")
+        if self.task_lr_mult != 1.0 and not self.extend and self.method not in ("mtl_lora", "moe_lora"):
+            raise ValueError(f"--task-lr-mult {self.task_lr_mult:g}: method {self.method} has no task-specific "
+                             "Lambda_t / w_t tensors (only mtl_lora and moe_lora do), so it would change nothing; drop "
+                             "it (or raise --lr)")
         if self.extend:
             default = TrainOptions()
             given = [f"--{k.replace('_', '-')}" for k in ADAPTER_SHAPE if getattr(self, k) != getattr(default, k)]

@@ -348,6 +348,33 @@ def test_non_finite_losses_skip_then_stop(tmp_path, monkeypatch, capsys):
     assert "[mtl-lora-vl] error: 2 non-finite losses in a row" in err
 
 
+def test_the_logged_rate_is_the_one_the_step_trained_at(tmp_path):
+    """metrics.jsonl's lr under step s is the rate step s used: with warm-up 2 the first step trains at half the
+    peak (it logged the peak, and the last step logged 0)."""
+    from mtl_lora_vl.training.schedule import cosine_with_warmup
+
+    run = tmp_path / "run"
+    assert train_main(base_args(tmp_path, run, steps=4) + ["--log-every", "1", "--lr", "0.002"]) == 0
+    rows = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "lr" in r]
+    factor = cosine_with_warmup(2, 4)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["lr"] for r in rows] == pytest.approx([0.002 * factor(s) for s in range(4)])
+    assert rows[0]["lr"] == pytest.approx(0.001) and rows[-1]["lr"] > 0
+
+
+def test_skipped_steps_still_log(tmp_path, monkeypatch):
+    """A step skipped for a non-finite loss still reaches its log row, evaluation and periodic checkpoint (it
+    went straight to the next step: a skipped last step dropped the final row)."""
+    from mtl_lora_vl.tasks.retrieval import RetrievalKind
+
+    monkeypatch.setattr(RetrievalKind, "loss", lambda self, *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    run = tmp_path / "nan"
+    assert train_main(base_args(tmp_path, run, steps=4) + ["--log-every", "1", "--max-bad-steps", "9",
+                                                           "--save-every", "3", "--skip-zero-shot"]) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "lr" in r] == [1, 2, 3, 4] and not any("loss" in r for r in rows)
+
+
 def test_config_file_sets_options_and_flags_win(tmp_path, capsys):
     cfg = tmp_path / "opts.json"
     cfg.write_text(json.dumps({"rank": 4, "n-up": 2, "steps": 7, "method": "lora"}))

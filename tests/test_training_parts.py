@@ -42,6 +42,20 @@ def test_loss_window_rows():
     assert row["samples_per_s"] > 0 and w.losses == {} and w.samples == 0
 
 
+def test_loss_window_rate_leaves_out_paused_time(monkeypatch):
+    """Evaluation and checkpoints run paused: the next row's samples_per_s was ~20x low after an evaluation."""
+    import mtl_lora_vl.training.metrics_log as metrics_log
+
+    now = [100.0]
+    monkeypatch.setattr(metrics_log.time, "perf_counter", lambda: now[0])
+    w = LossWindow()
+    w.count(40)
+    now[0] += 2.0  # training
+    with w.paused():
+        now[0] += 30.0  # an evaluation
+    assert w.flush(1, 0.1, DistInfo())["samples_per_s"] == pytest.approx(20.0)
+
+
 def test_truncate_metrics(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "loss": s / 10}) + "\n" for s in (2, 4, 6)))
@@ -78,3 +92,61 @@ def test_adamw_is_fused_where_torch_has_the_kernel():
     for p, q in zip(a, b):
         torch.testing.assert_close(p, q)
     assert not adamw([torch.nn.Parameter(torch.empty(2, device="meta"))]).defaults["fused"]
+
+
+# Accumulation, the logged learning rate, --task-lr-mult --------------------------------------------------
+class _ConstantLosses(torch.nn.Module):
+    """Each batch is one task's; its loss is a constant times one parameter (vqa 2, retrieval 4)."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, batch):
+        name = batch["task"]
+        v = self.p * (2.0 if name == "vqa" else 4.0)
+        return v, {name: v}
+
+
+def test_each_task_loss_is_its_mean_over_the_micro_batches_it_was_in(monkeypatch):
+    """Homogeneous batches under --accumulate 4: a task in two of the four micro-batches logged half its loss."""
+    import itertools
+
+    import mtl_lora_vl.training.step as step_mod
+    from mtl_lora_vl.training.optim import Optimization
+
+    monkeypatch.setattr(step_mod, "to_device", lambda batch, *a: batch)
+    net = _ConstantLosses()
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(2, 3))
+    optim = Optimization(opt, sched, torch.amp.GradScaler("cpu", enabled=False), list(net.parameters()))
+    batches = itertools.cycle([{"task": "vqa", "task_ids": torch.zeros(4)}, {"task": "retrieval", "task_ids": torch.ones(4)}])
+    r = step_mod.forward_backward(net, batches, optim, accumulate=4, backbone=None, amp_dtype=torch.float32,
+                                  info=DistInfo())
+    assert r.losses == pytest.approx({"vqa": 2.0, "retrieval": 4.0, "loss": 3.0}) and r.samples == 16
+
+
+def test_task_lr_mult_reaches_only_methods_with_task_tensors_and_the_logged_rate_trains():
+    import types
+
+    from conftest import tiny_open_clip
+
+    import mtl_lora_vl as mlv
+    from mtl_lora_vl.options import TrainOptions
+    from mtl_lora_vl.training.optim import build_optimization
+
+    def optimization(model, **opts):
+        mm = types.SimpleNamespace(model=model, heads=torch.nn.ModuleDict({"a": torch.nn.Linear(2, 2)}))
+        return build_optimization(mm, TrainOptions(steps=10, batch_size=1, warmup=0, **opts), 10,
+                                  torch.device("cpu"), torch.float32)
+
+    with pytest.raises(ValueError, match="--task-lr-mult 10: method task_lora has no task-specific"):
+        TrainOptions(task_lr_mult=10.0, method="task_lora").validate()
+    lora = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, method="lora"))
+    with pytest.raises(ValueError, match="train no task-specific Lambda_t / w_t"):  # e.g. an --extend of a lora
+        optimization(lora, task_lr_mult=10.0, extend="x")
+    grown = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=["a"], r=4, n_up=2))
+    mlv.add_task(grown, "c")  # an --extend run: only the new task's Λ_t and w_t train, all at lr × 10
+    o = optimization(grown, task_lr_mult=10.0, extend="x", lr=1e-3)
+    assert [len(g["params"]) for g in o.optimizer.param_groups][:2] == [0, 32]
+    assert o.lr == pytest.approx(1e-2)  # the rate that trains, not the empty group's 1e-3

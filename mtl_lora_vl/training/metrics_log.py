@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,15 @@ class LossWindow:
 
     def count(self, samples: int) -> None:
         self.samples += samples
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The time spent inside (evaluation, a checkpoint) does not count against ``samples_per_s``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.t0 += time.perf_counter() - start
 
     def add(self, step_losses: dict[str, float]) -> None:
         for k, v in step_losses.items():

@@ -25,8 +25,10 @@ class Optimization:
 
     @property
     def lr(self) -> float:
-        """The adapters' current learning rate."""
-        return self.scheduler.get_last_lr()[0]
+        """The adapters' current learning rate: that of the first group that trains something (an --extend run
+        with --task-lr-mult trains only Λ_t / w_t, in the second group)."""
+        rates = self.scheduler.get_last_lr()
+        return next((lr for g, lr in zip(self.optimizer.param_groups, rates) if g["params"]), rates[0])
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -59,6 +61,10 @@ def build_optimization(model: MultiTaskModel, opts: TrainOptions, total_steps: i
     groups = [{"params": adapter_params, "lr": opts.lr, "weight_decay": adapter_wd}]
     if opts.task_lr_mult != 1.0:  # Lambda_t and w_t in a group of their own (only then: old checkpoints resume)
         task_specific = {id(p) for n, p in model.model.named_parameters() if n.endswith(("lora_lambda", "lora_w"))}
+        if not any(id(p) in task_specific for p in adapter_params):
+            raise ValueError(f"--task-lr-mult {opts.task_lr_mult:g}: these adapters train no task-specific Lambda_t / "
+                             "w_t tensors (only mtl_lora and moe_lora have them), so it would change nothing; drop it "
+                             "(or raise --lr)")
         groups = [{"params": [p for p in adapter_params if id(p) not in task_specific], "lr": opts.lr,
                    "weight_decay": adapter_wd},
                   {"params": [p for p in adapter_params if id(p) in task_specific], "lr": opts.lr * opts.task_lr_mult,

@@ -23,8 +23,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class StepResult:
-    """What one step's forward passes gave: losses averaged over micro-batches, whether all were finite,
-    and the samples seen by all ranks."""
+    """What one step's forward passes gave: the loss averaged over micro-batches and each task's loss over the
+    micro-batches it was in, whether all were finite, and the samples seen by all ranks."""
 
     losses: dict[str, float]
     finite: bool
@@ -40,6 +40,7 @@ def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: O
     """
     optim.optimizer.zero_grad(set_to_none=True)
     losses: dict[str, float] = {}
+    micro_batches: dict[str, int] = {}  # per task: the micro-batches it was in (each task's mean is over those)
     finite = True
     samples = 0
     for micro in range(accumulate):
@@ -53,8 +54,11 @@ def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: O
                 optim.scaler.scale(total / accumulate).backward()
         samples += batch["task_ids"].numel() * info.world_size
         for k, v in per_task.items():
-            losses[k] = losses.get(k, 0.0) + float(v.detach()) / accumulate
+            losses[k] = losses.get(k, 0.0) + float(v.detach())
+            micro_batches[k] = micro_batches.get(k, 0) + 1
         losses["loss"] = losses.get("loss", 0.0) + float(total.detach()) / accumulate
+    for k, n in micro_batches.items():
+        losses[k] /= n
     return StepResult(losses, finite, samples)
 
 

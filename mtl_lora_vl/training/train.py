@@ -233,27 +233,29 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
                 result = forward_backward(net, batches, optim, accumulate=opts.accumulate,
                                           backbone=run.setup.backbone, amp_dtype=run.amp_dtype, info=info)
                 window.count(result.samples)
-                if not result.finite:
+                lr = optim.lr  # the rate this step trains at (the scheduler moves on in optimizer_step)
+                if result.finite:
+                    bad = 0
+                    optimizer_step(optim, opts.grad_clip)
+                    window.add(result.losses)
+                else:  # the batch is used up; the learning-rate schedule does not advance
                     bad += 1
                     skip_bad_step(optim, bad, step + 1, opts.max_bad_steps, run.dir)
-                    step += 1  # the batch is used up; the learning-rate schedule does not advance
-                    continue
-                bad = 0
-                optimizer_step(optim, opts.grad_clip)
                 step += 1
-                window.add(result.losses)
                 progress.update(1)
 
                 if step % opts.log_every == 0 or step == run.total_steps:
-                    row = window.flush(step, optim.lr, info)
+                    row = window.flush(step, lr, info)
                     row.update(replaced_rows(loader.replaced_images(), info))
                     log.log(row)
-                    progress.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{row['samples_per_s']:.0f}")
-                if opts.eval_every and step % opts.eval_every == 0 and step < run.total_steps:
-                    evaluate_during_training(run, step, log)
-                    model.train()
-                if step % opts.save_every == 0 and step < run.total_steps:
-                    checkpoint()
+                    if "loss" in row:  # not when every step of the window was skipped
+                        progress.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{row['samples_per_s']:.0f}")
+                with window.paused():  # evaluation and checkpoints are not training throughput
+                    if opts.eval_every and step % opts.eval_every == 0 and step < run.total_steps:
+                        evaluate_during_training(run, step, log)
+                        model.train()
+                    if step % opts.save_every == 0 and step < run.total_steps:
+                        checkpoint()
         except KeyboardInterrupt:  # a second Ctrl-C: the step in progress is half done, so nothing is saved
             if info.is_main:
                 logger.warning("interrupted during step %d, not saved; --resume %s continues from the last "
