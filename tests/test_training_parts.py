@@ -64,6 +64,23 @@ def test_truncate_metrics(tmp_path):
     truncate_metrics(tmp_path / "missing.jsonl", 4)  # nothing to do
 
 
+def test_a_resumed_run_purges_the_tensorboard_events_after_its_checkpoint(tmp_path, monkeypatch):
+    """Without purge_step, the points a killed run logged after its checkpoint showed twice in TensorBoard."""
+    import sys
+    import types
+
+    from mtl_lora_vl.training.metrics_log import MetricsLog
+
+    made = []
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = lambda logdir, **kw: made.append(kw) or types.SimpleNamespace()
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    MetricsLog(tmp_path, True)
+    MetricsLog(tmp_path, True, resumed_at=4)
+    MetricsLog(tmp_path, False, resumed_at=4)  # not rank 0: no writer
+    assert made == [{}, {"purge_step": 5}]
+
+
 def test_one_autocast():
     with autocast("cpu", torch.bfloat16):
         assert torch.is_autocast_enabled("cpu")

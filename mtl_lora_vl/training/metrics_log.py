@@ -19,7 +19,9 @@ from ..log import quiet
 class MetricsLog:
     """Rows appended to ``metrics.jsonl``, plus TensorBoard events when tensorboard is installed; rank 0 only."""
 
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
+    def __init__(self, run_dir: Path, enabled: bool, resumed_at: int | None = None) -> None:
+        """``resumed_at``: the step a resumed run continues from; TensorBoard drops the events the killed run
+        wrote after it (as :func:`truncate_metrics` does for metrics.jsonl), so they are not shown twice."""
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
@@ -29,7 +31,8 @@ class MetricsLog:
             except ImportError:
                 pass
             else:
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+                purge = {} if resumed_at is None else {"purge_step": resumed_at + 1}
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"), **purge)
 
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:

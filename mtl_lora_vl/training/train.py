@@ -211,7 +211,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
     or, on a second Ctrl-C, at once with the last periodic checkpoint kept.
     """
     opts, info, model = run.opts, run.info, run.setup.model
-    log = MetricsLog(run.dir, info.is_main)
+    log = MetricsLog(run.dir, info.is_main, resumed_at=step if run.opts.resume else None)
     progress = progress_bar(info.is_main, step, run.total_steps)
     batches = iter(loader)
     window = LossWindow(log_window)
