@@ -81,6 +81,11 @@ def test_train_adapter_files_evaluate_report(tmp_path, capsys, monkeypatch):
         assert again["tasks"][t]["zero_shot"] == pytest.approx(result["tasks"][t]["zero_shot"], abs=1e-6)
     assert (tmp_path / "ev" / "report.md").read_text().startswith("# Zero-shot vs adapted")
     assert eval_main(["--adapter", str(moved), "--out", str(tmp_path / "ev")]) == 2  # exists, no --overwrite
+    (tmp_path / "ev" / "plots" / "stale.png").write_text("from an earlier evaluation")
+    assert eval_main(["--adapter", str(moved), "--tasks", "vqa", "--batch-size", "32", "--overwrite",
+                      "--out", str(tmp_path / "ev")]) == 0  # replaced whole: nothing of the old results stays
+    assert not (tmp_path / "ev" / "plots" / "stale.png").exists()
+    assert set(json.loads((tmp_path / "ev" / "eval.json").read_text())["tasks"]) == {"vqa"}
     capsys.readouterr()
     assert eval_main(["--adapter", str(moved), "--backbone", "builtin-llava", "--tasks", "vqa",
                       "--out", str(tmp_path / "ev2")]) == 2  # the wrong base model is what the message names

@@ -17,6 +17,7 @@ from torch import nn
 from ..adapters.routing import disabled, route
 from ..distributed import DistInfo, barrier, cleanup, init_distributed, sharded_evaluation
 from ..io import load_pretrained
+from ..io.atomic import atomic_dir
 from ..log import progress
 from ..multitask import MultiTaskModel, Setup
 from ..precision import resolve_precision
@@ -155,6 +156,9 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
                                 dtype=resolve_precision(precision, dev, base_dtype), batch_size=batch_size,
                                 workers=workers)
     result["adapter"] = str(adapter)
-    table = write_outputs(out, result, lp.backbone.model) if info.is_main else ""
+    table = ""
+    if info.is_main:  # a new directory replaces an old one whole (--overwrite): no stale plot stays behind
+        with atomic_dir(out, overwrite=True, what="--out") as tmp:
+            table = write_outputs(tmp, result, lp.backbone.model)
     barrier(info)
     return table
