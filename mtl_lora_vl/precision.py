@@ -7,12 +7,17 @@ import torch
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_precision(precision: str, device: torch.device, base_dtype: str = "auto") -> torch.dtype:
-    """The autocast dtype: bf16 / fp16 / fp32. ``auto`` = the base weights' dtype when ``base_dtype`` asks for
-    bf16 or fp16 (fp32 activations would not meet them), else bf16 on a capable GPU, else fp32."""
+def resolve_precision(precision: str, device: torch.device, base_dtype: str = "auto",
+                      loaded: torch.dtype | None = None) -> torch.dtype:
+    """The autocast dtype: bf16 / fp16 / fp32. ``auto`` = the base weights' dtype when they are bf16 or fp16 --
+    as ``base_dtype`` asks, or as ``loaded`` (the dtype they were loaded in) says: ``--base-dtype auto`` loads a
+    language model in fp16 on a GPU without bf16 -- since fp32 activations would not meet them; else bf16 on a
+    capable GPU, else fp32."""
     if precision == "auto":
         if base_dtype in ("bf16", "fp16"):
             return _DTYPES[base_dtype]
+        if loaded in (torch.bfloat16, torch.float16):
+            return loaded
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
@@ -23,3 +28,8 @@ def autocast(device: torch.device | str, dtype: torch.dtype) -> torch.autocast:
     """Autocast to ``dtype`` on ``device``; a no-op for float32 (the one autocast of the package)."""
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
 
+
+
+def base_weights_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of ``model``'s frozen floating-point weights (the base model under the adapters); None if none."""
+    return next((p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()), None)

@@ -261,6 +261,15 @@ def test_base_dtype_resolution():
     assert resolve_precision("auto", cpu) == resolve_precision("auto", cpu, "fp32") == torch.float32
     assert resolve_precision("auto", cpu, "bf16") == torch.bfloat16 and resolve_precision("auto", cpu, "fp16") == torch.float16
     assert resolve_precision("fp32", cpu, "bf16") == torch.float32  # asked for: as given
+    # --base-dtype auto loads a language model in fp16 on a GPU without bf16: autocast follows what was loaded
+    assert resolve_precision("auto", cpu, "auto", torch.float16) == torch.float16
+    assert resolve_precision("auto", cpu, "auto", torch.float32) == torch.float32
+    from mtl_lora_vl.precision import base_weights_dtype
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2).half(), torch.nn.Linear(2, 2))
+    model[1].requires_grad_(True)
+    model[0].requires_grad_(False)
+    assert base_weights_dtype(model) == torch.float16 and base_weights_dtype(torch.nn.Linear(2, 2)) is None
 
     assert resolve_base_dtype("auto", "cpu") == torch.float32
     assert resolve_base_dtype("bf16", "cpu") == torch.bfloat16

@@ -20,7 +20,7 @@ from ..io import load_pretrained
 from ..io.atomic import atomic_dir
 from ..log import progress
 from ..multitask import MultiTaskModel, Setup
-from ..precision import resolve_precision
+from ..precision import base_weights_dtype, resolve_precision
 from ..rundir import RunDirError
 from .report import details_table, markdown_table, write_plots
 
@@ -153,7 +153,8 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
     setup = Setup(lp.backbone, [lp.specs[t] for t in names], kinds, model, lp.config)
     with sharded_evaluation(info):
         result = evaluate_setup(setup, split=split, data_root=data_root, device=dev,
-                                dtype=resolve_precision(precision, dev, base_dtype), batch_size=batch_size,
+                                dtype=resolve_precision(precision, dev, base_dtype,
+                                                        base_weights_dtype(lp.backbone.model)), batch_size=batch_size,
                                 workers=workers)
     result["adapter"] = str(adapter)
     table = ""

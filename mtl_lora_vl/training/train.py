@@ -29,7 +29,7 @@ from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, write_output
 from ..io import save_adapter
 from ..multitask import Setup, build_setup, extend_setup
 from ..options import TrainOptions
-from ..precision import resolve_precision
+from ..precision import base_weights_dtype, resolve_precision
 from ..rundir import choose_run_dir, claim_run_dir, resumed_options, write_config
 from .checkpoint import load_checkpoint, restore_training_state, save_training_checkpoint
 from .metrics_log import LossWindow, MetricsLog, progress_bar, replaced_rows, truncate_metrics
@@ -82,10 +82,10 @@ def start(opts: TrainOptions) -> Run:
     if opts.resume:
         opts = resumed_options(run_dir, opts)
     info = init_distributed(opts.device)
-    amp_dtype = resolve_precision(opts.precision, info.device, opts.base_dtype)
     seed_everything(opts.seed)
 
     setup = extend_setup(opts, info.device) if opts.extend else build_setup(opts, info.device)
+    amp_dtype = resolve_precision(opts.precision, info.device, opts.base_dtype, base_weights_dtype(setup.model.model))
     if opts.extend:  # config.json and the adapter record its own shape and base model, which the new tasks take
         c = setup.config
         opts = replace(opts, backbone=setup.base["backbone"], pretrained=setup.base["pretrained"], rank=c.r,
