@@ -133,10 +133,6 @@ def _task_list(tasks: Sequence[str], format: str) -> list[str]:
         if t in ("", ".", "..") or any(c in t for c in "/\\\0") or t != t.strip():
             raise ValueError(f"export_lora: task {t!r} cannot be a folder name (path/<task>/); export it alone "
                              "with export_lora(model, task, path)")
-        if format == "peft" and "." in t:
-            raise ValueError(f"export_lora: task {t!r} cannot be a PEFT adapter name (PEFT keeps adapters in "
-                             "torch ModuleDicts, whose keys have no '.'); export it alone with export_lora(model, "
-                             "task, path)")
     return list(tasks)
 
 
