@@ -228,16 +228,16 @@ def test_missing_unexpected_and_misshapen_tensors_are_named(oc_adapter, tmp_path
     p = _copy(src, tmp_path / "missing")
     _rewrite(p, {k: v for k, v in tensors.items() if k != name})
     with pytest.raises(AdapterFileError, match=rf"missing adapter tensor\(s\) {name}"):
-        mlv.load_adapter(tiny_open_clip(), p)
+        mlv.load_adapter(_fresh(tiny_open_clip), p)
 
     p = _copy(src, tmp_path / "unexpected")
     _rewrite(p, {**tensors, "visual.extra.lora_A": torch.zeros(2, 2)})
     with pytest.raises(AdapterFileError, match=r"unexpected adapter tensor\(s\) visual.extra.lora_A"):
-        mlv.load_adapter(tiny_open_clip(), p)
+        mlv.load_adapter(_fresh(tiny_open_clip), p)
 
     p = _copy(src, tmp_path / "shape")
     _rewrite(p, {**tensors, name: torch.zeros(4, 64)})
-    fresh = tiny_open_clip()
+    fresh = _fresh(tiny_open_clip)
     with pytest.raises(AdapterFileError, match=r"shape mismatch in module visual.transformer.resblocks.1.mlp.c_proj: "
                                                rf"{name} is \(4, 64\) in the file but the model expects \(4, 128\)"):
         mlv.load_adapter(fresh, p)
@@ -294,14 +294,45 @@ def test_tampered_task_spec_and_missing_files(oc_adapter, tmp_path):
         mlv.load_adapter(tiny_open_clip(), bad)
 
 
+def test_other_weights_of_the_same_architecture_are_refused(oc_adapter, tmp_path):
+    """Names and shapes match, the weights do not (another seed, a re-run pretraining, another checkpoint at the
+    recorded path): it loaded silently and gave other outputs. bf16 storage of the right weights still loads."""
+    path = oc_adapter[0]
+    samples = json.loads((path / ADAPTER_CONFIG).read_text())["base_model"]["weight_samples"]
+    assert "visual.transformer.resblocks.0.attn.in_proj_weight" in samples and len(samples) == 16
+    from mtl_lora_vl.io.identity import model_identity
+
+    model = oc_adapter[1]
+    mlv.merge(model, "vqa")  # a merged model records the weights under the merge
+    try:
+        assert model_identity(model)["weight_samples"] == samples
+    finally:
+        mlv.unmerge(model)
+    with pytest.raises(AdapterFileError, match=r"trained on other weights of this architecture: 16 of 16 adapted base "
+                                               r"weights differ .*check_base_weights=False"):
+        mlv.load_adapter(_fresh(tiny_open_clip, seed=1), path)
+    mlv.load_adapter(_fresh(tiny_open_clip, seed=1), path, check_base_weights=False)  # asked for
+    mlv.load_adapter(_fresh(tiny_open_clip).to(torch.bfloat16), path)  # the same weights, rounded: fine
+    nudged = _fresh(tiny_open_clip)
+    with torch.no_grad():  # one weight of sixteen changed
+        nudged.visual.transformer.resblocks[0].attn.in_proj_weight.mul_(1.1)
+    with pytest.raises(AdapterFileError, match="1 of 16 adapted base weights differ"):
+        mlv.load_adapter(nudged, path)
+    old = _copy(path, tmp_path / "old")  # a file written before samples were recorded: not checked
+    doc = json.loads((old / ADAPTER_CONFIG).read_text())
+    del doc["base_model"]["weight_samples"]
+    (old / ADAPTER_CONFIG).write_text(json.dumps(doc))
+    mlv.load_adapter(_fresh(tiny_open_clip, seed=1), old)
+
+
 def test_head_mismatch_is_named(oc_adapter):
     path = oc_adapter[0]
     with pytest.raises(AdapterFileError, match=r"shape mismatch in the head of task 'vqa': vqa.weight is \(5, 32\)"):
-        mlv.load_adapter(tiny_open_clip(), path, heads={"vqa": nn.Linear(32, 7)})
+        mlv.load_adapter(_fresh(tiny_open_clip), path, heads={"vqa": nn.Linear(32, 7)})
     with pytest.raises(AdapterFileError, match=r"has no head for task 'cls'"):
-        mlv.load_adapter(tiny_open_clip(), path, heads={"cls": nn.Linear(32, 5)})
+        mlv.load_adapter(_fresh(tiny_open_clip), path, heads={"cls": nn.Linear(32, 5)})
     with pytest.raises(AdapterFileError, match=r"missing \['bias'\]|unexpected \['vqa.bias'\]"):
-        mlv.load_adapter(tiny_open_clip(), path, heads={"vqa": nn.Linear(32, 5, bias=False)})
+        mlv.load_adapter(_fresh(tiny_open_clip), path, heads={"vqa": nn.Linear(32, 5, bias=False)})
 
 
 # ---------------------------------------------------------------------------------------------- writing safely

@@ -167,6 +167,13 @@ def _weight_pairs(model: nn.Module) -> list[tuple[AdapterBank, nn.Parameter]]:
     return pairs
 
 
+def base_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State-dict name -> the base weight each adapter bank updates, as it was before any merge."""
+    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    return {names[id(w)]: (bank.merge_backup if bank.merge_backup is not None else w).detach()
+            for bank, w in _weight_pairs(model)}
+
+
 @torch.no_grad()
 def merge(model: nn.Module, task: str) -> nn.Module:
     """Fold task ``task``'s update into the base weights (zero inference overhead); see unmerge.

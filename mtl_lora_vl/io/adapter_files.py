@@ -51,6 +51,8 @@ from .identity import (
     model_identity,
     plan_targets,
     projections_of,
+    same_weights,
+    weight_sample,
 )
 from .layout import (
     ADAPTER_CONFIG,
@@ -329,8 +331,10 @@ def check_base_class(base_model: nn.Module, doc: dict[str, Any], path: Path) -> 
                                f"is {class_name(base_model)}; load it onto the base model it was trained on")
 
 
-def _check_base(base_model: nn.Module, doc: dict[str, Any], cfg: MTLLoRAConfig, path: Path) -> dict[str, BankPlan]:
-    """Family, class and fingerprint of ``base_model`` against the file; returns the bank plan."""
+def _check_base(base_model: nn.Module, doc: dict[str, Any], cfg: MTLLoRAConfig, path: Path,
+                check_weights: bool = True) -> dict[str, BankPlan]:
+    """Family, class, fingerprint and (``check_weights``) sampled weights of ``base_model`` against the file;
+    returns the bank plan."""
     if getattr(base_model, "_mtl_lora", None) is not None or any(
             getattr(m, "_mtl_lora", None) is not None for m in base_model.modules()):
         raise AdapterFileError(f"load_adapter: this {type(base_model).__name__} already has MTL-LoRA adapters; "
@@ -359,6 +363,19 @@ def _check_base(base_model: nn.Module, doc: dict[str, Any], cfg: MTLLoRAConfig, 
             parts.append("the recorded fingerprint does not match the recorded projections (edited config)")
         raise AdapterFileError(f"{path}: base model fingerprint mismatch, the adapter was made for another "
                                f"architecture or size of {ident.get('class')}; " + "; ".join(parts))
+    recorded = ident.get("weight_samples") or {}  # absent in files written before it was recorded
+    if check_weights and recorded:
+        params = dict(base_model.named_parameters(remove_duplicate=False))
+        off = [(k, weight_sample(params[k]), v) for k, v in sorted(recorded.items()) if k in params]
+        off = [(k, mine, theirs) for k, mine, theirs in off if not same_weights(mine, theirs)]
+        if off:
+            k, mine, theirs = off[0]
+            base = doc.get("base") or {}
+            raise AdapterFileError(
+                f"{path}: the adapter was trained on other weights of this architecture: {len(off)} of "
+                f"{len(recorded)} adapted base weights differ (e.g. {k}: {mine[:2]} here, {theirs[:2]} when it was "
+                f"saved). Load it onto the checkpoint it was trained on (recorded: backbone={base.get('backbone')!r}, "
+                f"pretrained={base.get('pretrained')!r}), or pass check_base_weights=False to load it anyway")
     return plan
 
 
@@ -407,11 +424,13 @@ def _check_heads(heads: dict[str, nn.Module], doc: dict[str, Any], header: dict[
 
 
 def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Module] | None = None, *,
-                 is_trainable: bool = False) -> nn.Module:
+                 is_trainable: bool = False, check_base_weights: bool = True) -> nn.Module:
     """Attach the adapter saved in ``path`` to a fresh ``base_model`` and load its tensors; return the model.
 
     Everything is checked before the model is touched: the files' sha256 and safetensors headers, the
-    family, class and projection fingerprint of the base model, every tensor name and shape. ``heads``
+    family, class and projection fingerprint of the base model, a few values of each adapted base weight
+    (``check_base_weights=False`` skips only that: for a base deliberately other than the one trained on, e.g.
+    a fine-tuned copy), every tensor name and shape. ``heads``
     (task -> module) are loaded strictly from ``heads.safetensors``. Reads both format versions (see the
     module docstring); a PEFT directory (e.g. an ``export_lora`` output) is refused with a message that
     says how to load it instead.
@@ -432,7 +451,7 @@ def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Mo
     header = read_header(weights)
     head_file = path / HEADS_WEIGHTS
     head_header = read_header(head_file) if head_file.is_file() else {}
-    plan = _check_base(base_model, doc, cfg, path)
+    plan = _check_base(base_model, doc, cfg, path, check_base_weights)
     _check_tensors(header, expected_tensors(plan, cfg), weights)
     if heads:
         _check_heads(heads, doc, head_header, head_file)

@@ -1,8 +1,9 @@
 """What base model an adapter fits: its adapted projections, their shapes, and a fingerprint over them.
 
 Adapter files and exports record :func:`model_identity` (family, class as ``module.qualname``, the
-adapted projection names with their base weight shapes ``[d_out, d_in]``, and a sha256 ``fingerprint``
-over them), so that loading can refuse a base model of another architecture or size by name. A
+adapted projection names with their base weight shapes ``[d_out, d_in]``, a sha256 ``fingerprint``
+over them, and a few values of each adapted base weight), so that loading can refuse a base model of another
+architecture or size by name, and other weights of the same architecture by value. A
 :class:`BankPlan` says, for one adapter bank, what ``attach`` creates and which base weight it updates;
 :func:`plan_targets` computes that for a model not yet adapted, :func:`plan_attached` for an adapted one.
 """
@@ -17,12 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapters.attach import attach_info, select_targets
+from ..adapters.attach import attach_info, base_weights, select_targets
 from ..adapters.layers import AdapterBank, LoRALinear
 from ..config import MTLLoRAConfig
 
 __all__ = ["BankPlan", "adapted_module", "class_name", "expected_tensors", "fingerprint", "model_identity",
-           "plan_attached", "plan_targets", "projections_of"]
+           "plan_attached", "plan_targets", "projections_of", "same_weights", "weight_sample"]
 
 
 @dataclass
@@ -99,8 +100,28 @@ def projections_of(plan: dict[str, BankPlan]) -> dict[str, list[int]]:
 
 
 def model_identity(model: nn.Module) -> dict[str, Any]:
-    """The base-model identity recorded in adapter files: family, class, fingerprint, projections."""
+    """The base-model identity recorded in adapter files: family, class, fingerprint, projections, and a few
+    values of each adapted base weight (``weight_samples``: other weights of the same architecture differ)."""
     inner = adapted_module(model)
     projections = projections_of(plan_attached(inner))
     return {"family": inner._mtl_lora.family, "class": class_name(inner),
-            "fingerprint": fingerprint(projections), "projections": projections}
+            "fingerprint": fingerprint(projections), "projections": projections,
+            "weight_samples": {k: weight_sample(w) for k, w in sorted(base_weights(inner).items())}}
+
+
+#: Values read from each adapted base weight (evenly spaced through it) for ``weight_samples``.
+SAMPLES = 4
+
+
+def weight_sample(weight: torch.Tensor) -> list[float]:
+    """:data:`SAMPLES` values evenly spaced through ``weight`` (flattened), as floats of 6 significant digits."""
+    flat = weight.detach().reshape(-1)
+    n = flat.numel()
+    idx = torch.tensor([n * (2 * j + 1) // (2 * SAMPLES) for j in range(SAMPLES)], device=flat.device)
+    return [float(f"{v:.6g}") for v in flat[idx].float().tolist()]
+
+
+def same_weights(mine: list[float], recorded: list[float]) -> bool:
+    """Whether two samples come from one weight, up to the rounding of bf16 / fp16 storage (~0.4 %)."""
+    return len(mine) == len(recorded) and all(abs(a - b) <= 1e-2 * max(abs(a), abs(b)) + 1e-6
+                                              for a, b in zip(mine, recorded))

@@ -52,6 +52,7 @@ def load_pretrained(
     heads: bool = True,
     is_trainable: bool = False,
     base_dtype: str = "auto",
+    check_base_weights: bool = True,
 ) -> Pretrained:
     """Build the base model named in the adapter file, rebuild the task heads, attach and load, in one call.
 
@@ -63,7 +64,8 @@ def load_pretrained(
     rebuilds it from the training split (``data_root`` for file-based specs). Each head is built by its
     kind, then filled from ``heads.safetensors``.
 
-    ``base_dtype`` is the base weights' dtype, as ``load_backbone`` takes it (adapters stay fp32).
+    ``base_dtype`` is the base weights' dtype, as ``load_backbone`` takes it (adapters stay fp32);
+    ``check_base_weights`` as in ``load_adapter``.
     As with ``load_adapter``, the model is loaded for inference unless ``is_trainable=True``: adapter
     tensors and heads frozen (``requires_grad=False``), model and heads in eval mode.
     """
@@ -90,7 +92,7 @@ def load_pretrained(
         if heads and task in (doc.get("heads") or {}):
             with torch.no_grad():  # on the base model: head shapes do not depend on adapters
                 built[task] = kinds[task].build_head(bb)
-    load_adapter(bb.model, path, heads=built, is_trainable=is_trainable)
+    load_adapter(bb.model, path, heads=built, is_trainable=is_trainable, check_base_weights=check_base_weights)
     for head in built.values():
         head.to(device)
         if not is_trainable:
