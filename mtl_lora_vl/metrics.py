@@ -264,7 +264,9 @@ def caption_scores(predictions: Mapping[Any, str], references: Mapping[Any, Sequ
 def topk_accuracy(logits: Any, labels: Any, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     """Top-K accuracy for each K, as ``{"top1": .., "top5": ..}``.
 
-    A K larger than the number of classes is clipped to it (then every sample counts as correct).
+    A K larger than the number of classes is clipped to it (then every sample counts as correct). A class
+    tied with the true one counts as ranked above it (constant logits score 0, not chance); NaN logits are an
+    error, as in :func:`retrieval_recall`.
     """
     logits = _as_tensor(logits, "logits")
     labels = _as_tensor(labels, "labels").long().to(logits.device)
@@ -282,9 +284,12 @@ def topk_accuracy(logits: Any, labels: Any, ks: Sequence[int] = (1, 5)) -> dict[
     ks = tuple(int(k) for k in ks)
     if any(k < 1 for k in ks):
         raise ValueError(f"topk_accuracy: ks must be positive, got {ks}")
-    top = logits.float().topk(min(max(ks), c), dim=1).indices          # (n, kmax)
-    hit = top == labels[:, None]
-    return {f"top{k}": float(hit[:, : min(k, c)].any(1).float().mean()) for k in ks}
+    scores = logits.float()
+    if torch.isnan(scores).any():
+        raise ValueError("topk_accuracy: logits contain NaN (an overflow in half precision?); nothing can be ranked")
+    true = scores.gather(1, labels[:, None])
+    rank = (scores >= true).sum(1)  # classes scoring at least the true one, itself included: ties count against
+    return {f"top{k}": float((rank <= min(k, c)).float().mean()) for k in ks}
 
 
 def per_class_accuracy(pred: Any, labels: Any, num_classes: int) -> list[float]:

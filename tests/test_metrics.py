@@ -197,3 +197,9 @@ def test_topk_and_per_class():
     assert pc[0] == 1.0 and pc[1] == 0.0 and pc[2] == 0.5 and math.isnan(pc[3])
     with pytest.raises(ValueError, match="labels must lie"):
         topk_accuracy(logits, torch.tensor([0, 1, 2, 3]))
+    # ties count against the true class (constant logits scored chance, 0.1 / 0.4 of ten classes); NaN is an error
+    flat = torch.zeros(10, 10)
+    assert topk_accuracy(flat, torch.arange(10), ks=(1, 5)) == {"top1": 0.0, "top5": 0.0}
+    assert topk_accuracy(flat, torch.arange(10), ks=(10,)) == {"top10": 1.0}
+    with pytest.raises(ValueError, match="logits contain NaN"):
+        topk_accuracy(torch.full((2, 3), float("nan")), torch.tensor([0, 1]))

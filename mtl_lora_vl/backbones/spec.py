@@ -97,6 +97,10 @@ def parse_spec(spec: str, pretrained: str | None = None) -> BackboneSpec:
             raise ValueError(f"'open_clip:' needs a model name or directory; accepted forms: {SPEC_FORMS}")
         local = Path(rest).expanduser()
         if not local.is_dir():
+            meant_dir = ("/" in rest or "\\" in rest or rest.startswith((".", "~"))) and not rest.startswith("hf-hub:")
+            if meant_dir:  # a path that is not there, not a model name
+                raise FileNotFoundError(f"{text}: the directory {local} does not exist (open_clip:DIR takes a folder "
+                                        "with open_clip_config.json and weights; open_clip:NAME a model name)")
             return BackboneSpec("open_clip", text, name=rest, pretrained=pretrained)
         if pretrained:
             raise ValueError(f"{text} is a local directory with its own weights; drop --pretrained {pretrained}")
