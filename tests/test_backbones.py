@@ -381,6 +381,21 @@ def _save_tiny_hf_clip(tok_dir: Path, folder: Path) -> None:
         (folder / name).write_bytes((tok_dir / name).read_bytes())
 
 
+def test_hf_clip_pools_text_at_the_end_token(tok_dir, tmp_path):
+    """The word tokenizer's end token is id 2, which transformers' CLIP takes for its legacy rule (pool at the
+    highest token id: a word here, cosine 0.26 to the end token's embedding)."""
+    _save_tiny_hf_clip(tok_dir, tmp_path)
+    bb = load_backbone(f"hf:{tmp_path}")
+    tokens = bb.tokenizer(["a red cube", "two blue spheres"])
+    end = (tokens == bb.eos_id).int().argmax(1)
+    assert bb.eos_id == bb.model.config.text_config.eos_token_id == 2
+    assert (tokens.argmax(1) != end).all()  # the highest id is a word, not the end token
+    with torch.no_grad():
+        hidden = bb.model.text_model(input_ids=tokens).last_hidden_state
+        want = torch.nn.functional.normalize(bb.model.text_projection(hidden[torch.arange(2), end]), dim=-1)
+        torch.testing.assert_close(bb.encode_text(tokens), want)
+
+
 def test_grad_checkpointing_switches_hf_clip_non_reentrant(tok_dir, tmp_path):
     _save_tiny_hf_clip(tok_dir, tmp_path)
     bb = load_backbone(f"hf:{tmp_path}")

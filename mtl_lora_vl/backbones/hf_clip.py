@@ -37,7 +37,13 @@ class HFClipBackbone(Backbone):
         return self.model.visual_projection(pooled)
 
     def _text_features(self, tokens: Tensor) -> Tensor:
-        pooled = self.model.text_model(input_ids=tokens).pooler_output
+        # Pooled at each row's first end token. transformers' own pooler_output takes the highest token id when
+        # the config's eos_token_id is 2 (its legacy rule): right for CLIP's BPE, whose end token is the highest
+        # id, wrong for a tokenizer whose end token is not (e.g. id 2 itself, or added tokens above it).
+        hidden = self.model.text_model(input_ids=tokens).last_hidden_state  # after the final layer norm
+        is_end = tokens == self.eos_id
+        first_end = torch.where(is_end.any(1), is_end.int().argmax(1), tokens.argmax(1))
+        pooled = hidden[torch.arange(tokens.shape[0], device=tokens.device), first_end]
         return self.model.text_projection(pooled)
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
