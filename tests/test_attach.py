@@ -341,3 +341,17 @@ def test_attached_model_deepcopies_with_its_own_router():
     assert clone._mtl_lora.router is not model._mtl_lora.router
     bank = next(iter(clone._mtl_lora.layers.values()))
     assert bank.router is clone._mtl_lora.router
+
+
+def test_default_targets_that_miss_a_tower_are_refused():
+    """An open_clip CLIP whose image tower is a ResNet (RN50-style): the family's default targets match only the
+    text tower, and the image tower silently got no adapters. Explicit targets still work."""
+    import open_clip
+
+    model = open_clip.CLIP(embed_dim=32, vision_cfg=dict(image_size=32, layers=[1, 1, 1, 1], width=16, head_width=16),
+                           text_cfg=dict(context_length=12, vocab_size=64, width=32, heads=2, layers=1))
+    with pytest.raises(mlv.AttachError, match=r"match nothing in the image tower .*pass targets for both towers"):
+        mlv.attach(copy.deepcopy(model), mlv.MTLLoRAConfig(tasks=["a"]))
+    explicit = {"image": [r"visual\.attnpool\.(q|k|v|c)_proj$"], "text": [r"transformer\.resblocks\.\d+\.mlp\.c_fc$"]}
+    info = mlv.attach(model, mlv.MTLLoRAConfig(tasks=["a"], targets=explicit))._mtl_lora
+    assert set(info.towers.values()) == {"image", "text"}

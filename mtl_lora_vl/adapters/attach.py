@@ -93,6 +93,16 @@ def select_targets(model: nn.Module, cfg: MTLLoRAConfig) -> list[tuple[str, nn.M
             f"targets {targets} matched no nn.Linear or nn.MultiheadAttention in {type(model).__name__}; "
             f"some candidate names: {names}"
         )
+    bare = [t for t in targets if targets[t] and not any(tower == t for _, _, tower, _ in chosen)]
+    if cfg.targets == "default" and bare:  # e.g. an open_clip ResNet or timm-trunk image tower: a silent half
+        taken = {n for n, *_ in chosen}
+        names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.MultiheadAttention))
+                 and n not in taken and not any(n.startswith(c + ".") for c in covered)][:6]
+        raise AttachError(
+            f"the default targets of the {fam.name} family match nothing in the {' and '.join(bare)} tower of this "
+            f"{type(model).__name__} (a tower built differently from the family's usual one); pass targets for both "
+            f"towers, e.g. targets={{'image': [r'...'], 'text': [...]}} (--targets JSON), naming its layers "
+            f"(unadapted ones include {names})")
     return chosen
 
 
