@@ -142,6 +142,8 @@ def test_tiny_coca_caption_logits_and_generate(tok_dir):
     assert _unit(bb.encode_image(images)) and bb.encode_image(images).shape == (2, 32)
     tokens = bb.tokenizer(["a red circle", "a blue square above a green triangle"])
     assert bb.encode_text(tokens).shape == (2, 32)
+    # a shorter row is padded as the docstring says (CoCa's CLS token took the last column's position: cos 0.5-0.8)
+    torch.testing.assert_close(bb.encode_text(tokens[:, :10]), bb.encode_text(tokens))
     logits = bb.caption_logits(images, tokens)
     assert logits.shape == (2, CTX - 1, tok.vocab_size) and torch.isfinite(logits).all()
     greedy = bb.generate(images, max_len=6)
