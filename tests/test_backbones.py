@@ -539,3 +539,19 @@ def test_coca_refuses_the_prompt_conditioned_lm_methods_with_what_to_use(tok_dir
     for what, call in calls.items():
         with pytest.raises(BackboneError, match=rf"{what} needs a language model that reads a text prompt.*builtin-llava"):
             call()
+
+
+def test_open_clip_training_checkpoint_with_ddp_prefix_loads(tmp_path):
+    """open_clip's own training checkpoints hold {"state_dict": {"module.<name>": ...}} (a DDP-wrapped model)."""
+    from conftest import tiny_open_clip
+
+    from mtl_lora_vl.backbones.open_clip import _load_state
+
+    torch.manual_seed(0)
+    src = tiny_open_clip()
+    torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in src.state_dict().items()}}, tmp_path / "e3.pt")
+    torch.manual_seed(1)
+    dst = tiny_open_clip()
+    _load_state(dst, tmp_path / "e3.pt", "test")
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+

@@ -297,6 +297,8 @@ def _load_state(model: nn.Module, path: Path, what: str) -> None:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
+    if isinstance(state, dict) and state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}  # saved from a DDP-wrapped model (open_clip's training)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
