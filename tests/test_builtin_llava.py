@@ -116,6 +116,13 @@ def test_fixed_length_tokenizer_keeps_every_word_of_a_left_padding_lm_tokenizer(
     assert ids[0].tolist() == [*words, tok.eos_id] + [tok.pad_id] * (7 - len(words))
     assert tok.decode(ids[0]) == "a red circle"
     assert ids[1, -1] == tok.eos_id and (ids[1, :-1] != tok.pad_id).all()
+    import copy
+
+    bare = copy.deepcopy(hf)
+    bare.eos_token = None  # neither an end nor a separator token: named, not a bare int(None) TypeError
+    assert bare.eos_token_id is None and bare.sep_token_id is None
+    with pytest.raises(ValueError, match="neither an end-of-sequence nor a separator token"):
+        HFTokenizer(bare, 8)
 
 
 def _script():

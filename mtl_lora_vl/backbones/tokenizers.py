@@ -211,7 +211,11 @@ class HFTokenizer:
     def __init__(self, tok: Any, context_length: int) -> None:
         self._tok = tok
         self.context_length = int(context_length)
-        self.eos_id = int(tok.eos_token_id) if tok.eos_token_id is not None else int(tok.sep_token_id)
+        end = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+        if end is None:  # text embeddings pool at the end token and captions stop at it
+            raise ValueError(f"the tokenizer {getattr(tok, 'name_or_path', '') or type(tok).__name__} has neither an "
+                             "end-of-sequence nor a separator token; set eos_token in its tokenizer_config.json")
+        self.eos_id = int(end)
         self.pad_id = int(tok.pad_token_id) if tok.pad_token_id is not None else self.eos_id
         bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
         self.bos_id: int | None = None if bos is None else int(bos)
