@@ -78,8 +78,9 @@ class TrainOptions:
     dropout: float = _opt(0.0, "dropout on adapter inputs", ge=0, lt=1)
     targets: str = _opt("default", "'default' or a JSON dict {\"image\": [regex], \"text\": [regex]}")
     steps: int | None = _path_opt("steps", "optimizer steps (ignored when --epochs is given)", ge=0)
-    epochs: float | None = _opt(None, "train for this many passes over all tasks' training data instead of --steps",
-                                gt=0)
+    epochs: float | None = _opt(None, "train for this many passes over all tasks' training data instead of --steps "
+                                "(one pass = as many samples as the training splits hold together; under temperature "
+                                "or round-robin sampling a large task sees less than a pass of its own)", gt=0)
     batch_size: int | None = _path_opt("batch_size", "samples per step and per process (before accumulation)", ge=1)
     lr: float = _opt(2e-3, "learning rate of the adapters", gt=0)
     head_lr: float = _opt(3e-3, "learning rate of the task heads", gt=0)
