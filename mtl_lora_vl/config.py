@@ -17,6 +17,15 @@ class ConfigError(ValueError):
     """A field of MTLLoRAConfig has a value that cannot work."""
 
 
+def task_name_problem(name: object) -> str | None:
+    """What is wrong with ``name`` as a task name (None when nothing is): the one rule for configs and add_task."""
+    if not isinstance(name, str) or not name.strip():
+        return f"every task name must be a non-empty string, got {name!r}"
+    if "." in name:  # heads are stored under "<task>.<parameter>" keys
+        return f"{name!r}: a task name may not contain '.'; use '_' or '-' instead"
+    return None
+
+
 @dataclass
 class MTLLoRAConfig:
     """Hyper-parameters of the adapters (DESIGN §2, §4).
@@ -64,10 +73,9 @@ class MTLLoRAConfig:
         if not self.tasks:
             raise ConfigError("tasks: must name at least one task, e.g. tasks=['vqa', 'retrieval']")
         for t in self.tasks:
-            if not isinstance(t, str) or not t.strip():
-                raise ConfigError(f"tasks: every task name must be a non-empty string, got {t!r}")
-            if "." in t:  # heads are stored under "<task>.<parameter>" keys
-                raise ConfigError(f"tasks: {t!r}: a task name may not contain '.'; use '_' or '-' instead")
+            problem = task_name_problem(t)
+            if problem:
+                raise ConfigError(f"tasks: {problem}")
         dup = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
         if dup:
             raise ConfigError(f"tasks: names must be unique, repeated: {dup}")

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from ..config import task_name_problem
 from .attach import attach_info
 from .layers import AdapterBank
 
@@ -65,10 +66,9 @@ def add_task(model: nn.Module, name: str) -> AddedTask:
     train. Save with ``save_adapter`` as usual.
     """
     info = attach_info(model)
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"add_task: the task name must be a non-empty string, got {name!r}")
-    if "." in name:  # heads are stored under "<task>.<parameter>" keys
-        raise ValueError(f"add_task: {name!r}: a task name may not contain '.'; use '_' or '-' instead")
+    problem = task_name_problem(name)
+    if problem:
+        raise ValueError(f"add_task: {problem}")
     if name in info.config.tasks:
         raise ValueError(f"add_task: the adapter already has a task {name!r} (tasks: {info.config.tasks}); "
                          "choose a new name")

@@ -233,9 +233,12 @@ class Backbone:
                 f"text tokens have length {length} but {self.name} has context length {self.context_length}; "
                 "tokenize with backbone.tokenizer, which truncates to the context length"
             )
-        if length < self.context_length and self.pads_to_context:
-            tokens = F.pad(tokens, (0, self.context_length - length), value=self.pad_id)
-        return tokens
+        return self.pad_to_context(tokens) if self.pads_to_context else tokens
+
+    def pad_to_context(self, tokens: Tensor) -> Tensor:
+        """``tokens`` with ``pad_id`` columns appended up to the context length (as given when already full)."""
+        short = self.context_length - tokens.shape[1]
+        return F.pad(tokens, (0, short), value=self.pad_id) if short > 0 else tokens
 
     # ---------------------------------------------------------------------------------- language model
     def caption_logits(self, images: Tensor, tokens: Tensor) -> Tensor:

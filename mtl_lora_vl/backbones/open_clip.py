@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from ..adapters.generation import expanded_rows
 from .base import (
@@ -95,9 +94,7 @@ class CoCaBackbone(OpenClipBackbone):
     def _text_features(self, tokens: Tensor) -> Tensor:
         # The text tower appends its CLS token after the last column, whose position it takes: a row's embedding
         # depends on the width unless every row is the full context (as open_clip's tokenizer gives them).
-        if tokens.shape[1] < self.context_length:
-            tokens = F.pad(tokens, (0, self.context_length - tokens.shape[1]), value=self.pad_id)
-        return super()._text_features(tokens)
+        return super()._text_features(self.pad_to_context(tokens))
 
     def caption_logits(self, images: Tensor, tokens: Tensor) -> Tensor:
         """Teacher-forced decoder logits ``(B, L-1, vocab)``; position i predicts ``tokens[:, i + 1]``."""

@@ -109,10 +109,11 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         raise ValueError("--no-ablations and --ablate contradict each other: keep one")
     if args.no_ablations:
         settings.ablations = {}
-    elif args.ablate:
+    elif args.ablate:  # repeated options and values merge, in the order given
         settings.ablations = {}
         for name, values in args.ablate:
-            settings.ablations.setdefault(name, []).extend(v for v in values if v not in settings.ablations.get(name, []))
+            kept = settings.ablations.setdefault(name, [])
+            kept.extend(v for v in dict.fromkeys(values) if v not in kept)
     return settings
 
 

@@ -80,7 +80,8 @@ def export(opts: ExportOptions) -> list[Path]:
     for target in targets.values():  # every target before anything is written: no partial export
         file = opts.format == "merged" and target.suffix == ".safetensors"
         check_target(target, directory=not file, overwrite=opts.overwrite, what=f"--out {out}")
-    recorded = (read_adapter_config(opts.adapter).get("base") or {}).get("backbone") or ""
+    # the base it names, to read its dtype (load_pretrained below checks the files' sha256 once)
+    recorded = (read_adapter_config(opts.adapter, verify=False).get("base") or {}).get("backbone") or ""
     spec = opts.backbone or recorded
     dtype = _source_dtype(_source_dir(spec)) if opts.base_dtype == "source" else opts.base_dtype
     loaded = load_pretrained(opts.adapter, backbone=opts.backbone, pretrained=opts.pretrained, heads=False,

@@ -234,8 +234,8 @@ def _random_spec(rng: random.Random, size: str | None = None) -> tuple[str, str,
 def _sample_scene(kind: str, rng: random.Random) -> Scene:
     """A random scene of ``kind``; objects that do not fit without overlap (say five large ones) are drawn
     again from the same generator, so every seed gives a split (and a scene that fits is what it was)."""
+    lo, hi = _OBJECT_RANGE[kind]
     while True:
-        lo, hi = _OBJECT_RANGE[kind]
         n = rng.randint(lo, hi)
         if kind == "classification":
             specs = [_random_spec(rng, "large")] + [_random_spec(rng, "small") for _ in range(n - 1)]

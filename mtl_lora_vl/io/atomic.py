@@ -25,8 +25,8 @@ def check_target(path: str | Path, *, directory: bool, overwrite: bool = False, 
     writing anything: a caller that writes several targets checks them all first."""
     path = Path(path)
     if directory:
-        here = Path.cwd().resolve()
-        if path.resolve() == here or path.resolve() in here.parents:
+        here, target = Path.cwd().resolve(), path.resolve()
+        if target == here or target in here.parents:
             raise IsADirectoryError(f"{what}: {path} is the current directory or holds it; a directory is written "
                                     "beside its target and renamed into place, which cannot be done to the one you "
                                     f"are in: choose a new folder (e.g. {path / 'out'})")
