@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.resize import ImageResize
 from ..families import FAMILIES, find_family
 from .spec import BackboneSpec
 from .tokenizers import Tokenizer
@@ -128,10 +129,18 @@ class Backbone:
     eos_id: int
     context_length: int = 77
     vocab_size: int = 0
+    resize: ImageResize | None = None  # how images become image_size squares; None: shorter side, crop, bicubic
     _norm_cache: dict = field(default_factory=dict, init=False, repr=False)
 
     capabilities: ClassVar[frozenset[str]] = frozenset()
     pads_to_context: ClassVar[bool] = False  # text must be exactly context_length tokens long
+
+    def __post_init__(self) -> None:
+        if self.resize is None:
+            self.resize = ImageResize(int(self.image_size))
+        elif self.resize.size != self.image_size:
+            raise ValueError(f"backbone {self.name!r}: its image resize makes {self.resize.size}-pixel squares but "
+                             f"the model takes {self.image_size}")
 
     # ---------------------------------------------------------------------------------- capabilities
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..data.resize import ImageResize
 from .base import (
     GRAD_CHECKPOINTING,
     IMAGE_EMBEDDINGS,
@@ -70,15 +71,17 @@ class HFClipBackbone(Backbone):
                 f"tokenizer in {folder} has {tokenizer.vocab_size} tokens but the text model embeds only "
                 f"{config.text_config.vocab_size}; save the matching tokenizer into {folder}"
             )
-        mean, std = _image_stats(folder)
+        image_size = int(config.vision_config.image_size)
+        mean, std, resize = _image_preprocessing(folder, image_size)
         model.eval().to(device)
         return cls(
             model=model,
             name=spec.label,
             tokenizer=tokenizer,
-            image_size=int(config.vision_config.image_size),
+            image_size=image_size,
             mean=mean,
             std=std,
+            resize=resize,
             embed_dim=int(config.projection_dim),
             pad_id=tokenizer.pad_id,
             bos_id=tokenizer.bos_id,
@@ -88,15 +91,18 @@ class HFClipBackbone(Backbone):
         )
 
 
-def _image_stats(folder: Path) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """Image mean and std from ``preprocessor_config.json``, else CLIP's."""
-    mean, std = OPENAI_MEAN, OPENAI_STD
+def _image_preprocessing(folder: Path, image_size: int) -> tuple[tuple[float, float, float],
+                                                                  tuple[float, float, float], ImageResize]:
+    """Image mean, std and resize from ``preprocessor_config.json``, else CLIP's."""
     pp = folder / "preprocessor_config.json"
-    if pp.is_file():
-        try:
-            data = json.loads(pp.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{pp} is not valid JSON: {e}") from e
-        mean = as_rgb(data.get("image_mean", mean), f"{pp}: image_mean")
-        std = as_rgb(data.get("image_std", std), f"{pp}: image_std")
-    return mean, std
+    if not pp.is_file():
+        return OPENAI_MEAN, OPENAI_STD, ImageResize(image_size)
+    try:
+        data = json.loads(pp.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{pp} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{pp} must hold a JSON object, got {type(data).__name__}")
+    mean = as_rgb(data.get("image_mean", OPENAI_MEAN), f"{pp}: image_mean")
+    std = as_rgb(data.get("image_std", OPENAI_STD), f"{pp}: image_std")
+    return mean, std, ImageResize.from_hf(image_size, data, str(pp))

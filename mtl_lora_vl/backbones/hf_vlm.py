@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..adapters.generation import expanded_rows
 from ..adapters.routing import disabled
+from ..data.resize import ImageResize
 from .base import (
     GENERATE,
     GRAD_CHECKPOINTING,
@@ -116,8 +117,9 @@ class HFVLMBackbone(Backbone):
         hf_tok = HFTokenizer(tok, context_length=max(8, min(77, int(text_config.max_position_embeddings) - n_image)))
         mean = as_rgb(getattr(image_processor, "image_mean", None) or OPENAI_MEAN, f"{name}: image_mean")
         std = as_rgb(getattr(image_processor, "image_std", None) or OPENAI_STD, f"{name}: image_std")
+        resize = ImageResize.from_hf(image_size, image_processor, f"{name}: {type(image_processor).__name__}")
         return cls(
-            model=model, name=name, tokenizer=hf_tok, image_size=image_size, mean=mean, std=std,
+            model=model, name=name, tokenizer=hf_tok, image_size=image_size, mean=mean, std=std, resize=resize,
             embed_dim=int(text_config.hidden_size), pad_id=hf_tok.pad_id, bos_id=hf_tok.bos_id, eos_id=hf_tok.eos_id,
             context_length=hf_tok.context_length, vocab_size=int(text_config.vocab_size), hf_processor=processor,
             image_token_str=image_token, image_token_id=int(image_id), num_image_tokens=n_image,

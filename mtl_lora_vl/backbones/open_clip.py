@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters.generation import expanded_rows
+from ..data.resize import ImageResize
 from .base import (
     GENERATE,
     GRAD_CHECKPOINTING,
@@ -236,11 +237,17 @@ def _wrap(model: nn.Module, model_cfg: dict, preprocess_cfg: dict, tokenizer: To
     vision_cfg = model_cfg.get("vision_cfg", {})
     has_decoder = hasattr(model, "text_decoder") and hasattr(model, "_encode_image")
     cls = CoCaBackbone if has_decoder else OpenClipBackbone
+    image_size = _image_size(model.visual, vision_cfg.get("image_size", 224))
+    try:
+        resize = ImageResize.from_open_clip(image_size, preprocess_cfg)
+    except ValueError as e:
+        raise ValueError(f"{name}: preprocess_cfg: {e}") from None
     return cls(
         model=model,
         name=name,
         tokenizer=tokenizer,
-        image_size=_image_size(model.visual, vision_cfg.get("image_size", 224)),
+        image_size=image_size,
+        resize=resize,
         mean=as_rgb(preprocess_cfg.get("mean", OPENAI_MEAN), "preprocess_cfg.mean"),
         std=as_rgb(preprocess_cfg.get("std", OPENAI_STD), "preprocess_cfg.std"),
         embed_dim=int(model_cfg["embed_dim"]),

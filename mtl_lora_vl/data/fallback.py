@@ -34,6 +34,7 @@ from torch.utils.data import get_worker_info
 
 from .images import ImageError, image_key, to_uint8_tensor
 from .records import Example
+from .resize import ImageResize
 
 logger = logging.getLogger(__name__)
 _COUNT_SLOTS = 257
@@ -58,15 +59,16 @@ def current_policy() -> tuple[str, bool] | None:
 class ImageFallback:
     """Decode the images of one task's examples, replacing rows whose image fails (see the module doc).
 
-    ``task`` names the task in messages; ``examples`` are its rows; ``size`` the side of the square
-    uint8 tensors. ``replaced`` counts replaced rows and ``failed_files()`` lists the files that
+    ``task`` names the task in messages; ``examples`` are its rows; ``size`` how images become the square
+    uint8 tensors (an :class:`~mtl_lora_vl.data.resize.ImageResize`, or the side: shorter side, crop). ``replaced`` counts replaced rows and ``failed_files()`` lists the files that
     failed, both over every worker of every loader built on this object.
     """
 
-    def __init__(self, task: str, examples: Sequence[Example], size: int, *, strict: bool = False) -> None:
+    def __init__(self, task: str, examples: Sequence[Example], size: ImageResize | int, *,
+                 strict: bool = False) -> None:
         self.task = task
         self.examples = examples
-        self.size = int(size)
+        self.size = size if isinstance(size, ImageResize) else ImageResize(int(size))
         self.strict = bool(strict)
         keys: dict[str, int] = {}
         ids = array("q")

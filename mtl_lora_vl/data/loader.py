@@ -1,6 +1,7 @@
 """Multi-task loaders: uint8 images and tokens made in workers, normalised on the device.
 
-Workers decode each image to a ``(3, S, S)`` uint8 tensor (``S = backbone.image_size``), ask the task
+Workers decode each image to a ``(3, S, S)`` uint8 tensor (``S = backbone.image_size``, resized the way
+the backbone's checkpoint declares: ``backbone.resize``), ask the task
 kind for the row's text and fields, and collate: the text of a batch is tokenised there, in one
 tokenizer call. On the main process :func:`to_device` copies the batch non-blocking (from pinned
 memory when CUDA is available) and converts the images to normalised floats **on the device** in the
@@ -82,6 +83,7 @@ from torch.utils.data import DataLoader, Dataset
 from mtl_lora_vl.data.fallback import ImageFallback, current_policy
 from mtl_lora_vl.data.images import ImageError, to_uint8_tensor
 from mtl_lora_vl.data.records import Example, Split
+from mtl_lora_vl.data.resize import ImageResize
 from mtl_lora_vl.data.sampler import MultiTaskBatchSampler
 from mtl_lora_vl.data.seeding import SeededBatches, SeededDataset, loader_generator, reseed_loader
 from mtl_lora_vl.log import progress
@@ -101,8 +103,15 @@ class _Kind(Protocol):
     def sample_lm(self, example: Example, draw: int) -> tuple[str, str, float]: ...
 
 
-def decode_image(example: Example, size: int) -> Tensor:
-    """``(3, size, size)`` uint8 pixels of an example's image; a clear error names the example."""
+def _resize_of(backbone: Any) -> ImageResize:
+    """The backbone's image resize (an object with only ``image_size`` gets the shorter-side default)."""
+    resize = getattr(backbone, "resize", None)
+    return resize if isinstance(resize, ImageResize) else ImageResize(int(backbone.image_size))
+
+
+def decode_image(example: Example, size: ImageResize | int) -> Tensor:
+    """``(3, S, S)`` uint8 pixels of an example's image, resized as ``size`` says; a clear error names
+    the example."""
     try:
         return to_uint8_tensor(example.image, size)
     except ImageError as err:
@@ -118,14 +127,15 @@ class TaskDataset(Dataset):
     once per file (``self.images``, an :class:`ImageFallback`); ``split.strict`` raises instead.
     """
 
-    def __init__(self, kind: _Kind, split: Split, image_size: int) -> None:
+    def __init__(self, kind: _Kind, split: Split, image_size: ImageResize | int) -> None:
         if not split.examples:
             raise ValueError(f"task {kind.name!r} has no examples to load")
         self.kind = kind
         self.examples = split.examples
-        self.image_size = int(image_size)
+        self.resize = image_size if isinstance(image_size, ImageResize) else ImageResize(int(image_size))
+        self.image_size = self.resize.size
         self.generative = bool(getattr(kind, "generative", False))
-        self.images = ImageFallback(kind.name, split.examples, self.image_size, strict=split.strict)
+        self.images = ImageFallback(kind.name, split.examples, self.resize, strict=split.strict)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -291,7 +301,7 @@ class MultiTaskLoader:
                              f"language model but {[n for n, g in zip(names, generative) if not g]} do not; build "
                              "every kind on the same backbone")
         self.task_names = names
-        self.datasets = [TaskDataset(k, s, backbone.image_size) for k, s in zip(kinds, splits)]
+        self.datasets = [TaskDataset(k, s, _resize_of(backbone)) for k, s in zip(kinds, splits)]
         self.sampler = MultiTaskBatchSampler([len(d) for d in self.datasets], batch_size, strategy=strategy,
                                              temperature=temperature, mode=mode, seed=seed, steps=steps,
                                              rank=rank, world_size=world_size)
@@ -371,7 +381,7 @@ def iter_image_batches(backbone: Any, examples: Sequence[Example], *, batch_size
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
     policy_task, policy_strict = current_policy() or ("evaluation", False)
-    images = ImageFallback(policy_task if task is None else task, examples, backbone.image_size,
+    images = ImageFallback(policy_task if task is None else task, examples, _resize_of(backbone),
                            strict=policy_strict if strict is None else strict)
     loader = DataLoader(_ImageDataset(images), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=torch.cuda.is_available())

@@ -1,0 +1,136 @@
+"""How an image of any shape becomes a model's square input: the resize modes of open_clip and of
+Hugging Face image processors, done on PIL images in the loader workers.
+
+A model is only right on the pixels it was trained on: CLIP and LLaVA resize the shorter side and crop
+the centre, SigLIP and PaliGemma squash the whole image to the square, open_clip's ``longest`` mode
+fits the longer side and pads. :class:`ImageResize` names one of these; a backbone carries the one its
+checkpoint declares (open_clip's ``preprocess_cfg``, a Hugging Face ``preprocessor_config.json``), and
+:func:`resize_to_square` applies it with the same arithmetic as ``open_clip.image_transform`` (sizes
+floored, crops and pads centred as torchvision does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+RESIZE_MODES = ("shortest", "longest", "squash")
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+_PIL_NAMES = {int(v): k for k, v in INTERPOLATIONS.items()}  # Hugging Face's `resample` is PIL's number
+
+
+@dataclass(frozen=True)
+class ImageResize:
+    """``size``: the square side the model takes. ``mode``: ``"shortest"`` resizes the shorter side to
+    ``resize_to`` (default ``size``) and crops the centre; ``"longest"`` resizes the longer side to
+    ``size`` and pads the rest with black; ``"squash"`` resizes both sides to ``size``, aspect not kept.
+    ``interpolation``: one of :data:`INTERPOLATIONS`."""
+
+    size: int
+    mode: str = "shortest"
+    interpolation: str = "bicubic"
+    resize_to: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("size", "resize_to"):
+            value = getattr(self, name)
+            if value is None and name == "resize_to":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ImageResize: {name} must be a positive int, got {value!r}")
+        if self.mode not in RESIZE_MODES:
+            raise ValueError(f"ImageResize: unknown resize mode {self.mode!r}; known: {list(RESIZE_MODES)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"ImageResize: unknown interpolation {self.interpolation!r}; "
+                             f"known: {list(INTERPOLATIONS)}")
+        if self.resize_to is not None and self.mode != "shortest":
+            raise ValueError(f"ImageResize: resize_to applies to mode 'shortest' only, not {self.mode!r}")
+
+    @property
+    def draft_side(self) -> int:
+        """A JPEG may be decoded at reduced scale as long as both sides stay at least this long."""
+        return max(self.size, self.resize_to or 0)
+
+    @classmethod
+    def from_open_clip(cls, size: int, preprocess_cfg: Mapping[str, Any]) -> ImageResize:
+        """From an open_clip ``preprocess_cfg`` (``resize_mode``, ``interpolation``; open_clip's defaults
+        ``shortest`` and ``bicubic``). Its ``random`` interpolation is a training augmentation; evaluation
+        uses bicubic, and so does this."""
+        interp = str(preprocess_cfg.get("interpolation", "bicubic"))
+        return cls(size, mode=str(preprocess_cfg.get("resize_mode", "shortest")),
+                   interpolation="bicubic" if interp == "random" else interp)
+
+    @classmethod
+    def from_hf(cls, size: int, processor: Any, label: str = "image processor") -> ImageResize:
+        """From a Hugging Face image processor (an object, or its ``preprocessor_config.json`` as a dict):
+        ``size: {"shortest_edge": S}`` plus a centre crop is CLIP's, ``{"height": H, "width": W}`` without a
+        crop is SigLIP's squash; ``resample`` picks the interpolation."""
+        get = processor.get if isinstance(processor, Mapping) else lambda k, d=None: getattr(processor, k, d)
+        interp = _interpolation_name(get("resample", None), label)
+        side = _size_fields(get("size", None))
+        crop = bool(get("do_center_crop", False))
+        if get("do_resize", True) is False:
+            return cls(size, interpolation=interp)
+        if "shortest_edge" in side:
+            return cls(size, mode="shortest", interpolation=interp, resize_to=int(side["shortest_edge"]))
+        if "height" in side and "width" in side and not crop:
+            if int(side["height"]) != int(side["width"]):
+                raise ValueError(f"{label}: resizes to {side['height']}x{side['width']}; only square inputs are "
+                                 "supported")
+            return cls(size, mode="squash", interpolation=interp)
+        return cls(size, interpolation=interp)
+
+
+def _interpolation_name(resample: Any, label: str) -> str:
+    """A Hugging Face ``resample`` (PIL's number, or an enum of either kind) as a key of INTERPOLATIONS."""
+    if resample is None:
+        return "bicubic"
+    if isinstance(resample, int) and int(resample) in _PIL_NAMES:   # int, PIL.Image.Resampling
+        return _PIL_NAMES[int(resample)]
+    value = getattr(resample, "value", resample)   # torchvision's InterpolationMode("bicubic")
+    if isinstance(value, str) and value.lower() in INTERPOLATIONS:
+        return value.lower()
+    raise ValueError(f"{label}: resample={resample!r} is not a resampling filter this package knows "
+                     f"({', '.join(f'{v}={k}' for v, k in sorted(_PIL_NAMES.items()))})")
+
+
+def _size_fields(side: Any) -> dict[str, Any]:
+    """A processor's ``size`` (a dict, transformers 5's ``SizeDict`` dataclass, or an int) as a dict of
+    its set fields."""
+    if isinstance(side, Mapping):
+        return {k: v for k, v in side.items() if v is not None}
+    if dataclasses.is_dataclass(side) and not isinstance(side, type):
+        return {k: v for k, v in dataclasses.asdict(side).items() if v is not None}
+    if isinstance(side, int) and not isinstance(side, bool):
+        return {"shortest_edge": side}
+    return {}
+
+
+def resize_to_square(img: Image.Image, resize: ImageResize) -> Image.Image:
+    """``img`` (PIL) resized by ``resize`` to ``resize.size`` square."""
+    import torchvision.transforms.v2.functional as TF
+
+    s, (w, h) = resize.size, img.size
+    resample = INTERPOLATIONS[resize.interpolation]
+    if resize.mode == "squash":
+        return img if (w, h) == (s, s) else img.resize((s, s), resample)
+    if resize.mode == "shortest":
+        short = resize.resize_to or s
+        if min(w, h) != short:  # the longer side floored, as torchvision's Resize(int) and transformers do
+            new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+            img = img.resize(new, resample)
+    elif max(w, h) != s:  # longest: open_clip's ResizeKeepRatio(longest=1) rounds
+        ratio = max(w / s, h / s)
+        img = img.resize((max(1, round(w / ratio)), max(1, round(h / ratio))), resample)
+    return img if img.size == (s, s) else TF.center_crop(img, [s, s])   # pads with black where smaller

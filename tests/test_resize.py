@@ -1,0 +1,98 @@
+"""Images of any shape reach a model the way its checkpoint declares (open_clip's resize modes, Hugging Face
+image processors), with the same pixels as those libraries' own pipelines."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mtl_lora_vl.backbones import load_backbone
+from mtl_lora_vl.data.images import to_uint8_tensor
+from mtl_lora_vl.data.loader import iter_image_batches
+from mtl_lora_vl.data.records import Example
+from mtl_lora_vl.data.resize import ImageResize
+
+
+def _image(w: int, h: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("mode", ["shortest", "longest", "squash"])
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("wh", [(97, 61), (61, 97), (20, 30)])
+def test_matches_open_clip_transform(mode, interpolation, wh):
+    from open_clip.transform import image_transform
+
+    img = _image(*wh)
+    ref = image_transform(32, is_train=False, mean=(0.0,) * 3, std=(1.0,) * 3, resize_mode=mode,
+                          interpolation=interpolation)(img)
+    ours = to_uint8_tensor(img, ImageResize(32, mode, interpolation)).float() / 255
+    assert ours.shape == ref.shape == (3, 32, 32)
+    assert torch.equal(ours, ref)
+
+
+def test_matches_hf_image_processors():
+    from transformers import CLIPImageProcessor, SiglipImageProcessor
+
+    img = _image(96, 64, seed=1)   # even size differences: the crops' centring rules agree
+    clip = CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}, resample=3,
+                              do_normalize=False)
+    siglip = SiglipImageProcessor(size={"height": 32, "width": 32}, resample=2, do_normalize=False)
+    for proc, expect in ((clip, ImageResize(32, "shortest", "bicubic", resize_to=40)),
+                         (siglip, ImageResize(32, "squash", "bilinear"))):
+        resize = ImageResize.from_hf(32, proc)
+        assert resize == expect
+        assert ImageResize.from_hf(32, json.loads(proc.to_json_string())) == expect   # the saved config
+        ref = proc(images=img, return_tensors="pt")["pixel_values"][0]
+        ours = to_uint8_tensor(img, resize).float() / 255
+        assert (ours - ref).abs().max() <= 1.5 / 255, type(proc).__name__
+
+
+def test_modes_give_different_pixels_on_a_wide_image():
+    img = Image.new("RGB", (128, 64), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 32, 64))           # the left quarter is red
+    squash = to_uint8_tensor(img, ImageResize(32, "squash", "bilinear"))
+    crop = to_uint8_tensor(img, 32)
+    longest = to_uint8_tensor(img, ImageResize(32, "longest"))
+    assert squash[0, :, 0].min() > 200 and crop[0, :, 0].max() < 50           # cropped away
+    assert longest[:, 0].sum() == 0 and longest[0, 16, 0] > 200               # padded rows are black
+
+
+def test_backbones_carry_their_declared_resize(tmp_path):
+    from llava_tiny import IMAGE, save_tiny_llava, save_tiny_paligemma
+
+    assert load_backbone("builtin").resize == ImageResize(64, "squash", "bilinear")   # its open_clip config
+    assert load_backbone("builtin-llava").resize == ImageResize(64, "shortest", "bicubic", resize_to=64)
+    pali = load_backbone(f"hf:{save_tiny_paligemma(tmp_path / 'pali')}")
+    assert pali.resize == ImageResize(IMAGE, "squash", "bicubic")     # SiglipImageProcessor: resample 3
+    llava = load_backbone(f"hf:{save_tiny_llava(tmp_path / 'llava')}")
+    assert llava.resize.mode == "shortest"
+
+
+def test_evaluation_images_follow_the_backbone():
+    """The loader resizes by the backbone's declaration: the built-in CLIP squashes a wide image."""
+    bb = load_backbone("builtin")
+    img = Image.new("RGB", (128, 64), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 32, 64))
+    batch = next(iter_image_batches(bb, [Example(image=img, image_id="wide")], batch_size=1, device="cpu"))
+    mean, std = torch.tensor(bb.mean).view(3, 1), torch.tensor(bb.std).view(3, 1)
+    left = batch[0, :, :, 0] * std + mean
+    assert left[0].min() > 0.8 and left[2].max() < 0.2    # red: the left quarter is still there
+
+
+def test_bad_declarations_are_named():
+    with pytest.raises(ValueError, match="unknown resize mode 'pad'"):
+        ImageResize.from_open_clip(32, {"resize_mode": "pad"})
+    with pytest.raises(ValueError, match="unknown interpolation 'cubic'"):
+        ImageResize(32, interpolation="cubic")
+    with pytest.raises(ValueError, match="only square"):
+        ImageResize.from_hf(32, {"size": {"height": 32, "width": 48}, "do_center_crop": False}, "pp.json")
+    with pytest.raises(ValueError, match="pp.json: resample=9"):
+        ImageResize.from_hf(32, {"resample": 9}, "pp.json")
+    with pytest.raises(ValueError, match="resize_to applies to mode 'shortest' only"):
+        ImageResize(32, "squash", resize_to=40)
