@@ -68,15 +68,20 @@ def contrastive_loss(model, images, texts) -> torch.Tensor:
 
 class SavedBytes:
     """Bytes of distinct tensors autograd saves for backward during one forward (activation memory), plus
-    the inputs that activation-checkpointed layers keep for recomputing (``hold``)."""
+    the inputs that activation-checkpointed layers keep for recomputing (``hold``). Tensors that share
+    storage with a parameter or buffer of the model (``skip``: the frozen weights matmuls save to compute
+    input gradients) are counted apart, in ``weights_mb``: they are resident anyway, not activations."""
 
     def __init__(self):
+        self.skip: set[int] = set()
         self.seen: dict[int, int] = {}
+        self.weights: dict[int, int] = {}
 
     def pack(self, t: torch.Tensor):
         try:
             key = t.untyped_storage().data_ptr()
-            self.seen[key] = max(self.seen.get(key, 0), t.untyped_storage().nbytes())
+            into = self.weights if key in self.skip else self.seen
+            into[key] = max(into.get(key, 0), t.untyped_storage().nbytes())
         except RuntimeError:
             pass
         return t
@@ -88,6 +93,10 @@ class SavedBytes:
     @property
     def mb(self) -> float:
         return sum(self.seen.values()) / 2**20
+
+    @property
+    def weights_mb(self) -> float:
+        return sum(self.weights.values()) / 2**20
 
 
 class OpCount(TorchDispatchMode):
@@ -113,6 +122,8 @@ def make_train_case(model, route_arg, batch, amp_dtype, device, loss_fn=contrast
         with ops or _null(), ctx:  # backward inside the route too: checkpointed layers recompute under it
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 if measure is not None:
+                    measure.skip |= {t.untyped_storage().data_ptr() for t in [*model.parameters(),
+                                                                              *model.buffers()]}
                     hooks = [m.register_forward_pre_hook(measure.hold) for m in held]
                     with torch.autograd.graph.saved_tensors_hooks(measure.pack, lambda t: t):
                         loss = loss_fn(model, *batch)
@@ -369,13 +380,16 @@ def main(argv: list[str] | None = None) -> dict:
         for _ in range(args.warmup):
             step()
         m, ops = SavedBytes(), OpCount()
-        if device.type == "cuda":
+        if device.type == "cuda":   # every case's model is resident: count what this step adds on top
+            sync(device)
             torch.cuda.reset_peak_memory_stats()
+            resident = torch.cuda.memory_allocated()
         step(m, ops)
         sync(device)
-        memory[name] = {"saved_for_backward_mb": round(m.mb, 1), "aten_ops_per_step": ops.n}
+        memory[name] = {"saved_for_backward_mb": round(m.mb, 1), "saved_weights_mb": round(m.weights_mb, 1),
+                        "aten_ops_per_step": ops.n}
         if device.type == "cuda":
-            memory[name]["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            memory[name]["cuda_step_peak_mb"] = round((torch.cuda.max_memory_allocated() - resident) / 2**20, 1)
 
     times: dict[str, list[float]] = {k: [] for k in cases}
     cpu: dict[str, list[float]] = {k: [] for k in cases}
@@ -399,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict:
             ratios[label] = med[a] / med[b]
             ratios_cpu[label] = med_cpu[a] / med_cpu[b]
             paired[label] = paired_ratio(times[a], times[b])
-    mem_key = "cuda_peak_mb" if device.type == "cuda" else "saved_for_backward_mb"
+    mem_key = "cuda_step_peak_mb" if device.type == "cuda" else "saved_for_backward_mb"
     mem_ratios = {label.replace("saved MB", "peak MB") if device.type == "cuda" else label:
                   memory[a][mem_key] / memory[b][mem_key]
                   for label, a, b, _ in plan["memory_checks"] if a in memory and b in memory}
@@ -427,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict:
         line = (f"{k:<24}{v:>10.4f}{med_cpu[k]:>10.4f}{memory[k]['saved_for_backward_mb']:>10.1f}"
                 f"{memory[k]['aten_ops_per_step']:>10}")
         if device.type == "cuda":
-            line += f"{memory[k]['cuda_peak_mb']:>10.1f}"
+            line += f"{memory[k]['cuda_step_peak_mb']:>10.1f}"
         print(line)
     print(f"{'ratio':<40}{'wall':>8}{'cpu':>8}{'paired':>8}{'IQR':>14}{'target':>9}")
     for k, v in ratios.items():

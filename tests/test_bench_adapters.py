@@ -47,3 +47,19 @@ def test_paired_ratio_pairs_rounds():
     p = _bench().paired_ratio(a, b)
     assert p["median"] == 1.0 and p["q1"] <= 1.0 <= p["q3"]
     assert 1.0 / 2.0 == pytest.approx(statistics.median(a) / statistics.median(b))  # medians mislead: 0.5
+
+
+def test_saved_bytes_counts_activations_not_weights():
+    """A frozen Linear saves its weight (for the input's gradient), the GELU after it its input: only the
+    GELU's input is activation memory; the weight is counted apart."""
+    import torch
+
+    bench = _bench()
+    lin = torch.nn.Linear(256, 512).requires_grad_(False)
+    x = torch.randn(8, 256, requires_grad=True)
+    m = bench.SavedBytes()
+    m.skip |= {t.untyped_storage().data_ptr() for t in lin.parameters()}
+    with torch.autograd.graph.saved_tensors_hooks(m.pack, lambda t: t):
+        torch.nn.functional.gelu(lin(x)).sum().backward()
+    assert m.mb == 8 * 512 * 4 / 2**20
+    assert m.weights_mb == lin.weight.numel() * 4 / 2**20
