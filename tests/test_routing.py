@@ -173,8 +173,39 @@ def test_without_replay_hooks_recomputation_has_no_route(monkeypatch):
     net = _net(reentrant=False)
     with mlv.route(net, IDS[:3]):
         loss = net(torch.randn(3, 8)).sum()
-    with pytest.raises(mlv.RoutingError, match="no task was given"):
+    with pytest.raises(mlv.RoutingError, match="no route scope saw that forward"):
         loss.backward()
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_a_replay_route_is_never_reused_by_a_later_backward(reentrant):
+    """The route armed by one backward pass is not read by the next one's recomputation: a one-task
+    adapter after a backward under ``disabled`` still trains, and a forward whose tensors no route scope
+    saw (hooks opened inside the scope shadow the route's) is refused, not trained on the previous task."""
+    from torch.autograd.graph import save_on_cpu
+
+    one = _net(tasks=["only"])
+    x = torch.randn(4, 8, requires_grad=True)
+    with mlv.disabled(one):
+        one(x).sum().backward()                     # arms the replay route "adapters off"
+    _assert_same_grads(_net_grads(one, x, "only"), _net_grads_unscoped(one, x, reentrant))
+
+    net = _net()
+    ck = copy.deepcopy(net)
+    ck.reentrant = reentrant
+    with mlv.route(ck, "cls"):
+        ck(x).sum().backward()                      # recomputes under "cls": arms it
+    with mlv.route(ck, "vqa"), save_on_cpu():
+        loss = ck(x).square().sum()
+    with pytest.raises(mlv.RoutingError, match="no route scope saw that forward"):
+        loss.backward()
+
+
+def _net_grads_unscoped(net: _Net, x: torch.Tensor, reentrant: bool) -> dict[str, torch.Tensor]:
+    net = copy.deepcopy(net)
+    net.reentrant = reentrant
+    net(x).square().sum().backward()
+    return _grads(net)
 
 
 def test_route_opened_inside_a_checkpointed_function_and_nested_models():

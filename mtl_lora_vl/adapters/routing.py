@@ -25,7 +25,8 @@ unpacking go through the saved-tensor hooks active at the time (``torch.autograd
 thread-local), so a route scope installs a pair: pack is ``Tensor.detach`` (or the user's own outer pack
 hook, composed), and its unpack hook re-arms the router's *replay* route -- the route of the scope that
 saved the tensor -- before returning it. The recomputation that follows reads the replay route when it
-runs inside backward (``torch._C._current_graph_task_id() != -1``). The route thus travels with the
+runs inside the backward pass that armed it (``torch._C._current_graph_task_id()``, recorded with the
+route: a route armed by an earlier backward is never reused). The route thus travels with the
 autograd graph itself: it lives exactly as long as the graph's saved tensors, nothing is stored per
 forward, inference forwards store nothing, and it holds for nested or interleaved forwards, reentrant
 and non-reentrant checkpointing alike, open_clip's ``set_grad_checkpointing`` and Hugging Face's
@@ -216,6 +217,7 @@ class Router:
         self.tasks = list(tasks)
         self.current: Route | None = None
         self.replay: Route | None = None  # set by backward's unpack hooks; read by recomputation
+        self.replay_graph = -1            # the backward pass (autograd graph task) that set it
         self.merged_task: int | None = None
         self.disabled = 0
         self._one: dict[int, Route] = {}
@@ -280,7 +282,8 @@ class Router:
         """
         if self.merged_task is not None:
             return None
-        if self.replay is not None and not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1:
+        in_backward = not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
+        if in_backward and self.replay is not None and self.replay_graph == torch._C._current_graph_task_id():
             return None if self.replay is ADAPTERS_OFF else self.replay
         if self.disabled:
             return None
@@ -288,6 +291,13 @@ class Router:
         if route is None:
             if len(self.tasks) == 1:
                 return self.task_route(0)
+            if in_backward:
+                raise RoutingError(
+                    f"{layer_name}: backward is recomputing a checkpointed forward, but no route scope saw that "
+                    f"forward's tensors, so the task of its rows is unknown (the adapters serve {self.tasks}). "
+                    "Saved-tensor hooks opened inside a `with mtl_lora_vl.route(...)` block (save_on_cpu, ...) "
+                    "hide the route's: open them outside it, or run the checkpointed forward inside a route scope"
+                )
             raise RoutingError(
                 f"{layer_name}: the adapters serve {len(self.tasks)} tasks {self.tasks} but no task was "
                 "given; wrap the forward pass in `with mtl_lora_vl.route(model, task_or_ids):`"
@@ -343,14 +353,17 @@ class _ReplayHooks(torch.autograd.graph.saved_tensors_hooks):
         else:
             super().__init__(outer[0], self._unpack_outer)
 
-    def _unpack(self, t: torch.Tensor) -> torch.Tensor:
+    def _arm(self) -> None:
+        graph = torch._C._current_graph_task_id()
         for router, r in self.routes:
-            router.replay = r
+            router.replay, router.replay_graph = r, graph
+
+    def _unpack(self, t: torch.Tensor) -> torch.Tensor:
+        self._arm()
         return t
 
     def _unpack_outer(self, packed):
-        for router, r in self.routes:
-            router.replay = r
+        self._arm()
         return self.outer[1](packed)
 
 
@@ -377,7 +390,7 @@ def _scope(router: Router, r: Route) -> Iterator[None]:
     that re-enters a route) hides the replay route so that its own route counts."""
     hooks = _replay_hooks(router, r)
     in_backward = not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
-    replay = router.replay
+    replay = router.replay, router.replay_graph
     if in_backward:
         router.replay = None
     try:
@@ -388,7 +401,7 @@ def _scope(router: Router, r: Route) -> Iterator[None]:
                 yield
     finally:
         if in_backward:
-            router.replay = replay
+            router.replay, router.replay_graph = replay
 
 
 @contextmanager
