@@ -162,3 +162,14 @@ def test_ddp_resume_repeats_the_run_and_its_sharded_scores_match_one_process(tmp
     for task in one:
         assert (two[task]["zero_shot"], two[task]["adapted"], two[task]["details"]) == \
             (one[task]["zero_shot"], one[task]["adapted"], one[task]["details"])
+
+
+def test_ddp_trains_a_task_that_never_runs_the_text_tower(tmp_path, procs):
+    """Classification alone leaves the text tower's adapters without gradients: DDP must be told, or it
+    stops at step 2 waiting for their reduction."""
+    spec = rng_kind.small_spec(tmp_path, "caption_cls")
+    proc = torchrun(29536, str(TESTS / "rng_kind.py"), "--tasks", str(spec), "--steps", "3", "--batch-size", "4",
+                    "--skip-zero-shot", "--eval-batch-size", "32", "--device", "cpu", "--out", str(tmp_path / "run"))
+    procs.append(proc)
+    finish(proc)
+    assert (tmp_path / "run" / "adapter").is_dir()

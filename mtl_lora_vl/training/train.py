@@ -156,8 +156,11 @@ def wrap_model(run: Run) -> nn.Module:
     model, opts, info = run.setup.model, run.opts, run.info
     net: nn.Module = model
     if info.enabled:
-        # Every adapter parameter gets a gradient each step only when every task is in every batch.
-        unused = opts.batch_mode == "homogeneous" or len(run.trained) > opts.batch_size
+        # Every adapter parameter gets a gradient each step only when every task is in every batch and
+        # some task uses the text tower (classification alone never runs it: its adapters get none).
+        kinds = [run.setup.kinds[n] for n in run.trained]
+        text_unused = not any(k.uses_text or k.generative for k in kinds)
+        unused = opts.batch_mode == "homogeneous" or len(run.trained) > opts.batch_size or text_unused
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
             find_unused_parameters=unused)
