@@ -75,15 +75,15 @@ class MTLLoRAModel(nn.Module):
         super().__init__()
         if isinstance(model, MTLLoRAModel):
             raise TypeError("MTLLoRAModel: the model is already wrapped; use it as it is")
+        # attach_info raises the standard "call attach first" message for a model without adapters
+        tasks = list(config.tasks) if config is not None else attach_info(model).config.tasks
+        unknown = sorted(set(heads or {}) - set(tasks))
+        if unknown:  # checked before attaching: a corrected retry can still attach to the same model
+            raise ValueError(f"MTLLoRAModel: heads for {unknown}, which are not tasks of the adapter {tasks}")
         if config is not None:
             attach(model, config)
-        else:
-            attach_info(model)  # a model without adapters gets the standard "call attach first" message
         self.base_model = model
         self.heads = nn.ModuleDict(heads or {})
-        unknown = sorted(set(self.heads) - set(self.tasks))
-        if unknown:
-            raise ValueError(f"MTLLoRAModel: heads for {unknown}, which are not tasks of the adapter {self.tasks}")
 
     # ------------------------------------------------------------------------------------------ loading, saving
 

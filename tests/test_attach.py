@@ -10,6 +10,7 @@ from conftest import llava_inputs, tiny_hf_clip, tiny_llava, tiny_open_clip, tin
 from torch import nn
 
 import mtl_lora_vl as mlv
+from mtl_lora_vl.adapters.attach import attach_info
 from mtl_lora_vl.adapters.layers import ADAPTER_PARAM_NAMES
 
 TASKS = ["vqa", "retrieval", "cls"]
@@ -355,3 +356,99 @@ def test_default_targets_that_miss_a_tower_are_refused():
     explicit = {"image": [r"visual\.attnpool\.(q|k|v|c)_proj$"], "text": [r"transformer\.resblocks\.\d+\.mlp\.c_fc$"]}
     info = mlv.attach(model, mlv.MTLLoRAConfig(tasks=["a"], targets=explicit))._mtl_lora
     assert set(info.towers.values()) == {"image", "text"}
+
+
+class _WithMHA(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.cross = nn.MultiheadAttention(8, 2, kdim=4, vdim=4, batch_first=True)   # not supported
+
+    def forward(self, x):
+        h = self.fc(x)
+        return self.attn(h, h, h, need_weights=False)[0]
+
+
+def test_layers_their_owner_does_not_call_are_refused():
+    """nn.MultiheadAttention reads out_proj.weight itself, nn.TransformerEncoderLayer's fast path reads its
+    layers' weights: adapters there would never run, and a merge would still fold them in."""
+    with pytest.raises(mlv.AttachError, match="reads its weight directly.*target the attention module itself"):
+        mlv.attach(_WithMHA(), mlv.MTLLoRAConfig(tasks=["a"], targets={"image": [r"^attn\.out_proj$"]}))
+    enc = nn.Sequential(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True))
+    with pytest.raises(mlv.AttachError, match="fast path reads"):
+        mlv.attach(enc, mlv.MTLLoRAConfig(tasks=["a"], targets={"image": [r"linear1$"]}))
+
+
+def test_a_failed_attach_leaves_the_model_as_it_was():
+    model = _WithMHA()
+    types = {n: type(m) for n, m in model.named_modules()}
+    with pytest.raises(ValueError, match="kdim/vdim"):
+        mlv.attach(model, mlv.MTLLoRAConfig(tasks=["a"], targets={"image": [r"^fc$", r"^cross$"]}))
+    assert {n: type(m) for n, m in model.named_modules()} == types
+    assert all(p.requires_grad for p in model.parameters())
+    mlv.attach(model, mlv.MTLLoRAConfig(tasks=["a"], targets={"image": [r"^fc$", r"^attn$"]}))   # corrected
+
+
+def test_a_failed_merge_puts_back_the_layers_it_had_merged(monkeypatch):
+    model = mlv.attach(_WithMHA(), mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^fc$", r"^attn$"]}))
+    _randomize_adapters(model)
+    x = torch.randn(2, 3, 8)
+    with torch.no_grad(), mlv.disabled(model):
+        base = model(x)
+    with torch.no_grad(), mlv.route(model, "a"):
+        routed = model(x)
+    info = attach_info(model)
+    monkeypatch.setattr(info.layers["attn.in_proj"], "delta_weight", lambda t: 1 / 0)   # after fc was merged
+    with pytest.raises(ZeroDivisionError):
+        mlv.merge(model, "a")
+    assert info.router.merged_task is None and all(b.merge_backup is None for b in info.layers.values())
+    with torch.no_grad(), mlv.disabled(model):
+        assert torch.equal(model(x), base)
+    with torch.no_grad(), mlv.route(model, "a"):
+        assert torch.equal(model(x), routed)
+
+
+def test_merged_weights_are_fp32_sums_under_autocast():
+    model = mlv.attach(_WithMHA(), mlv.MTLLoRAConfig(tasks=["a"], targets={"image": [r"^fc$"]}))
+    _randomize_adapters(model)
+    bank = attach_info(model).layers["fc"]
+    plain = bank.delta_weight(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = bank.delta_weight(0)
+    assert under.dtype == torch.float32 and torch.equal(under, plain)
+
+
+def test_wrapper_checks_head_names_before_attaching():
+    from mtl_lora_vl import MTLLoRAModel
+
+    model, cfg = _WithMHA(), mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^fc$"]})
+    with pytest.raises(ValueError, match=r"heads for \['c'\]"):
+        MTLLoRAModel(model, cfg, heads={"c": nn.Linear(2, 2)})
+    assert getattr(model, "_mtl_lora", None) is None
+    MTLLoRAModel(model, cfg, heads={"b": nn.Linear(2, 2)})   # the corrected call attaches
+
+
+def test_sequence_first_self_attention_projects_once():
+    """Self-attention in sequence-first layout takes the one fused in-projection (z = A x once), not
+    three: the identity of query, key and value is read before the layout transpose."""
+    m = nn.Module()
+    m.attn = nn.MultiheadAttention(8, 2, batch_first=False)
+    mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^attn$"]}))
+    calls, linear = [], m.attn.in_proj.linear
+    m.attn.in_proj.linear = lambda x, w, b=None, rows=None: calls.append(rows) or linear(x, w, b, rows)
+    x = torch.randn(5, 3, 8)
+    with torch.no_grad(), mlv.route(m, "a"):
+        m.attn(x, x, x, need_weights=False)
+    assert calls == [slice(0, 24)]
+
+
+def test_numpy_integer_ids_route():
+    np = pytest.importorskip("numpy")
+    model = mlv.attach(_WithMHA(), mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^fc$"]}))
+    _randomize_adapters(model)
+    x = torch.randn(2, 3, 8)
+    with torch.no_grad(), mlv.route(model, list(np.array([1, 0]))):
+        got = model(x)
+    with torch.no_grad(), mlv.route(model, [1, 0]):
+        assert torch.equal(got, model(x))

@@ -81,6 +81,7 @@ def select_targets(model: nn.Module, cfg: MTLLoRAConfig) -> list[tuple[str, nn.M
         tower = next((t for t in TOWERS for p in targets.get(t, ()) if re.search(p, name)), None)
         if tower is None:
             continue
+        _check_called(model, name, module)
         slices = None
         if isinstance(module, nn.Linear) and packed and packed.search(name):
             slices = tuple(c in cfg.qkv_slices for c in "qkv")
@@ -106,6 +107,30 @@ def select_targets(model: nn.Module, cfg: MTLLoRAConfig) -> list[tuple[str, nn.M
     return chosen
 
 
+def _check_called(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Refuse a target whose owner uses its weights without calling it: an adapter there would never run
+    (and a merge would still fold its update in)."""
+    parts = name.split(".")
+    owners = [(".".join(parts[:i]), model.get_submodule(".".join(parts[:i]))) for i in range(len(parts))]
+    parent_name, parent = owners[-1]
+    if isinstance(parent, nn.MultiheadAttention) and isinstance(module, nn.Linear):
+        raise AttachError(
+            f"target {name!r} is the output projection of nn.MultiheadAttention {parent_name or '(the model)'!r}, "
+            "which reads its weight directly instead of calling it, so an adapter there would never run; target "
+            f"the attention module itself (a pattern matching {parent_name!r}: adapters on its in- and output "
+            "projections)"
+        )
+    layer = next(((n, m) for n, m in owners if isinstance(m, (nn.TransformerEncoderLayer,
+                                                            nn.TransformerDecoderLayer))), None)
+    if layer is not None and torch.backends.mha.get_fastpath_enabled():
+        raise AttachError(
+            f"target {name!r} is inside {type(layer[1]).__name__} {layer[0] or '(the model)'!r}, whose inference "
+            "fast path reads its layers' weights directly, so adapters there would be skipped in eval mode; "
+            "build the block from nn.MultiheadAttention and nn.Linear modules your forward calls, or turn "
+            "PyTorch's fast path off first (torch.backends.mha.set_fastpath_enabled(False))"
+        )
+
+
 def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
     """Put adapters on both towers of ``model`` in place, freeze every base parameter, return it."""
     if getattr(model, "_mtl_lora", None) is not None:
@@ -117,12 +142,9 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
     fam = find_family(model)
     chosen = select_targets(model, cfg)
 
-    for p in model.parameters():
-        p.requires_grad_(False)
     router = Router(cfg.tasks)
-    layers: dict[str, AdapterBank] = {}
-    towers: dict[str, str] = {}
-    for name, module, tower, slices in chosen:
+    built: list[tuple[str, nn.Module, dict[str, AdapterBank], str, int]] = []
+    for name, module, tower, slices in chosen:   # every replacement first: one that fails changes nothing
         if isinstance(module, nn.MultiheadAttention):
             new: nn.Module = LoRAMultiheadAttention(module, cfg)
             banks = {name + ".in_proj": new.in_proj, name + ".out_proj": new.out_proj}
@@ -131,6 +153,12 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
             new = LoRALinear(module, cfg, slices)
             banks = {name: new}
             bdim = _batch_dim(model, name)
+        built.append((name, new, banks, tower, bdim))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layers: dict[str, AdapterBank] = {}
+    towers: dict[str, str] = {}
+    for name, new, banks, tower, bdim in built:
         for bname, bank in banks.items():
             bank.router, bank.layer_name, bank.batch_dim = router, bname, bdim
             layers[bname], towers[bname] = bank, tower
@@ -195,9 +223,17 @@ def merge(model: nn.Module, task: str) -> nn.Module:
     t = info.config.task_index(task)
     if info.router.merged_task is not None:
         unmerge(model)
-    for bank, weight in _weight_pairs(model):
-        bank.merge_backup = weight.detach().clone()
-        weight.copy_((weight.float() + bank.delta_weight(t)).to(weight.dtype))
+    pairs = _weight_pairs(model)
+    try:
+        for bank, weight in pairs:
+            bank.merge_backup = weight.detach().clone()
+            weight.copy_((weight.float() + bank.delta_weight(t)).to(weight.dtype))
+    except BaseException:  # e.g. out of memory half-way: put back the layers already merged
+        for bank, weight in pairs:
+            if bank.merge_backup is not None:
+                weight.copy_(bank.merge_backup)
+                bank.merge_backup = None
+        raise
     info.router.merged_task = t
     return model
 

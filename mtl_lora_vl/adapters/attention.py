@@ -64,6 +64,7 @@ class LoRAMultiheadAttention(nn.Module):
         is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         E, H, hd = self.embed_dim, self.num_heads, self.head_dim
+        same_kv, same_qkv = key is value, query is key and key is value  # before any transpose makes copies
         batched = query.dim() == 3
         if not batched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
@@ -72,9 +73,9 @@ class LoRAMultiheadAttention(nn.Module):
         elif not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         Bsz, L, S = query.shape[0], query.shape[1], key.shape[1]
-        if query is key and key is value:
+        if same_qkv:
             q, k, v = self.project(query, slice(0, 3 * E)).chunk(3, dim=-1)
-        elif key is value:
+        elif same_kv:
             q = self.project(query, slice(0, E))
             k, v = self.project(key, slice(E, 3 * E)).chunk(2, dim=-1)
         else:

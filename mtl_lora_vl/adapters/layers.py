@@ -36,7 +36,7 @@ from torch import nn
 
 from ..config import MTLLoRAConfig
 from .routing import Router, RoutingError
-from .rows import WHOLE_BATCH, mtl_matrices, update_mtl_rows, update_rows
+from .rows import WHOLE_BATCH, autocast_off, mtl_matrices, update_mtl_rows, update_rows
 
 ADAPTER_PARAM_NAMES = ("lora_A", "lora_B", "lora_lambda", "lora_w")
 
@@ -231,13 +231,15 @@ class AdapterBank(nn.Module):
         (R, d_in); R = r for mtl_lora, lora and task_lora, n·r for multi_lora and moe_lora. fp32.
         """
         self.restore_frozen_rows()
-        return self._full_rows(self.task_matrices((task,))[0]).float(), self.a_matrix(task).float()
+        with autocast_off(self.lora_B.device.type):   # fp32 under an active autocast too
+            return self._full_rows(self.task_matrices((task,))[0]).float(), self.a_matrix(task).float()
 
     @torch.no_grad()
     def delta_weight(self, task: int) -> torch.Tensor:
         """ΔW_t = M_t A_t as a dense (d_out, d_in) fp32 matrix, for merging."""
         B, A = self.lora_pair(task)
-        return B @ A
+        with autocast_off(B.device.type):
+            return B @ A
 
     # Acting on activations ------------------------------------------------------------------
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

@@ -49,6 +49,7 @@ backward recomputes from traced values and does not ask the router).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -261,8 +262,8 @@ class Router:
         elif isinstance(tasks, Sequence) and len(tasks) > 0:
             if all(isinstance(t, str) for t in tasks):
                 host = [self._index(t) for t in tasks]
-            elif all(isinstance(t, int) and not isinstance(t, bool) for t in tasks):
-                host = list(tasks)
+            elif all(hasattr(t, "__index__") and not isinstance(t, bool) for t in tasks):
+                host = [operator.index(t) for t in tasks]   # ints, NumPy integers
             else:
                 raise RoutingError("route: a list of tasks must hold only task names or only integer ids")
             tensor = None
