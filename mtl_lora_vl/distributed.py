@@ -43,9 +43,10 @@ class DistInfo:
         return self.rank == 0
 
 
-def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
+def pick_device(requested: str = "auto", local_rank: int = 0, world_size: int = 1) -> torch.device:
     """``auto``: this rank's GPU when CUDA is there, else the CPU; otherwise the device asked for
-    (``cpu``, ``cuda`` or ``cuda:N``; anything else is refused with a RuntimeError naming ``--device``)."""
+    (``cpu``, ``cuda`` or ``cuda:N``; anything else is refused with a RuntimeError naming ``--device``).
+    Under torchrun (``world_size`` > 1) each rank takes its own GPU, so ``cuda:N`` is refused."""
     if requested == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     try:
@@ -60,6 +61,10 @@ def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
             raise RuntimeError(f"--device {requested}: CUDA is not available on this machine; use --device cpu")
         if device.index is None:
             return torch.device("cuda", local_rank)
+        if world_size > 1:
+            raise RuntimeError(f"--device {requested}: under torchrun every rank would use that one GPU (NCCL "
+                               "refuses duplicate GPUs); use --device cuda (or auto): rank r takes cuda:LOCAL_RANK, "
+                               "and CUDA_VISIBLE_DEVICES chooses which GPUs the ranks see")
         count = torch.cuda.device_count()
         if device.index >= count:
             raise RuntimeError(f"--device {requested}: this machine has {count} CUDA device(s), numbered 0 to "
@@ -72,12 +77,11 @@ def init_distributed(requested_device: str = "auto") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(requested_device, local)
+    device = pick_device(requested_device, local, world)
+    if device.type == "cuda":  # the current device: kernels, pinned-memory copies and NCCL all use it
+        torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(rank, world, local, device)
 
 

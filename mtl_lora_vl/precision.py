@@ -18,10 +18,18 @@ def resolve_precision(precision: str, device: torch.device, base_dtype: str = "a
             return _DTYPES[base_dtype]
         if loaded in (torch.bfloat16, torch.float16):
             return loaded
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if device.type == "cuda" and cuda_has_bf16(device):
             return torch.bfloat16
         return torch.float32
     return _DTYPES[precision]
+
+
+def cuda_has_bf16(device: torch.device | str | int | None = None) -> bool:
+    """Whether the CUDA ``device`` computes bf16 natively (compute capability 8.0 and later, or ROCm's).
+    ``torch.cuda.is_bf16_supported()`` alone also says yes for a V100 or T4, which only emulate it (slowly,
+    where fp16 with loss scaling runs on tensor cores), and asks the current device, not ``device``."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def autocast(device: torch.device | str, dtype: torch.dtype) -> torch.autocast:

@@ -128,6 +128,58 @@ def test_cuda_index_beyond_the_devices_is_named(monkeypatch):
     assert pick_device("cuda:1") == torch.device("cuda", 1)
     assert pick_device("cuda", local_rank=1) == torch.device("cuda", 1)
     assert pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match=r"--device cuda:0: under torchrun every rank would use that one GPU"):
+        pick_device("cuda:0", local_rank=1, world_size=2)
+    assert pick_device("cuda", local_rank=1, world_size=2) == torch.device("cuda", 1)
+
+
+def test_a_gpu_that_only_emulates_bf16_gets_fp16(monkeypatch):
+    """A V100/T4 (compute capability 7.x) 'supports' bf16 only by emulation: auto picks fp16 there, bf16 on an
+    A100, and asks the device it was given, not the current one."""
+    from mtl_lora_vl.backbones.base import resolve_base_dtype
+    from mtl_lora_vl.precision import resolve_precision
+
+    class _Dev:   # torch.cuda.device(d) without a GPU: records which device was asked
+        def __init__(self, d):
+            asked.append(d)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    asked: list = []
+    native = {"v100": False, "a100": True}
+    for gpu, want in (("v100", torch.float16), ("a100", torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "device", _Dev)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, g=gpu:
+                            including_emulation or native[g])
+        cuda1 = torch.device("cuda", 1)
+        assert resolve_base_dtype("auto", cuda1) == want
+        assert resolve_precision("auto", cuda1) == (torch.bfloat16 if native[gpu] else torch.float32)
+    assert asked and all(torch.device(d) == torch.device("cuda", 1) for d in asked)
+
+
+def test_a_cpu_run_on_a_gpu_machine_does_not_pin_memory(monkeypatch):
+    from PIL import Image
+
+    from mtl_lora_vl.backbones import load_backbone
+    from mtl_lora_vl.data.loader import iter_image_batches
+    from mtl_lora_vl.data.records import Example
+
+    pinned = []
+    real = torch.utils.data.DataLoader.__init__
+
+    def spy(self, *a, **k):
+        pinned.append(k.get("pin_memory", False))
+        real(self, *a, **{**k, "pin_memory": False})
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__init__", spy)
+    examples = [Example(image=Image.new("RGB", (8, 8)), image_id="a")]
+    list(iter_image_batches(load_backbone("builtin"), examples, batch_size=1, device="cpu"))
+    assert pinned == [False]
 
 
 # ---------------------------------------------------------------------------------------------- export

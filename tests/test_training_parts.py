@@ -167,3 +167,21 @@ def test_task_lr_mult_reaches_only_methods_with_task_tensors_and_the_logged_rate
     o = optimization(grown, task_lr_mult=10.0, extend="x", lr=1e-3)
     assert [len(g["params"]) for g in o.optimizer.param_groups][:2] == [0, 32]
     assert o.lr == pytest.approx(1e-2)  # the rate that trains, not the empty group's 1e-3
+
+
+def test_an_fp32_checkpoint_resumes_under_fp16_loss_scaling():
+    """A run saved without loss scaling (fp32 or bf16: the scaler's state is empty) resumed where fp16 is
+    picked (--device cuda on a V100) starts the scale afresh instead of refusing the empty state."""
+    from mtl_lora_vl.training.optim import Optimization
+
+    def optimization(scaling: bool) -> Optimization:
+        p = torch.nn.Parameter(torch.zeros(2))
+        opt = torch.optim.SGD([p], lr=1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        return Optimization(opt, sched, torch.amp.GradScaler("cpu", enabled=scaling), [p])
+
+    saved = optimization(False).state_dict()
+    assert saved["scaler"] == {}
+    resumed = optimization(True)
+    resumed.load_state_dict(saved)
+    assert resumed.scaler.is_enabled()

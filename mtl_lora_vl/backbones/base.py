@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ..data.resize import ImageResize
 from ..families import FAMILIES, find_family
+from ..precision import cuda_has_bf16
 from .spec import BackboneSpec
 from .tokenizers import Tokenizer
 
@@ -110,7 +111,7 @@ def resolve_base_dtype(base_dtype: str, device: str | torch.device, large: bool 
         return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[base_dtype]
     if not large or torch.device(device).type != "cuda":
         return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cuda_has_bf16(device) else torch.float16
 
 
 @dataclass(eq=False)

@@ -384,7 +384,7 @@ def iter_image_batches(backbone: Any, examples: Sequence[Example], *, batch_size
     images = ImageFallback(policy_task if task is None else task, examples, _resize_of(backbone),
                            strict=policy_strict if strict is None else strict)
     loader = DataLoader(_ImageDataset(images), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, pin_memory=torch.cuda.is_available())
+                        num_workers=num_workers, pin_memory=device.type == "cuda")
     for batch in progress(loader, desc="images", unit="batch"):
         yield backbone.preprocess_uint8(batch.to(device, non_blocking=True), dtype)
     images.report()

@@ -37,7 +37,8 @@ class Optimization:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] or not self.scaler.is_enabled():  # a run saved without loss scaling (fp32, bf16)
+            self.scaler.load_state_dict(state["scaler"])     # resumed in fp16 starts its scale afresh
 
 
 def adamw(params: Iterable[Any], **kwargs: Any) -> torch.optim.AdamW:

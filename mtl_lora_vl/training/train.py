@@ -137,7 +137,8 @@ def build_loader(run: Run) -> MultiTaskLoader:
                            setup.backbone, batch_size=opts.batch_size, strategy=opts.sampling,
                            temperature=opts.sampling_temperature, mode=opts.batch_mode, seed=opts.seed,
                            steps=run.total_steps * opts.accumulate, num_workers=run.workers, rank=info.rank,
-                           world_size=info.world_size, adapter_tasks=setup.config.tasks)
+                           world_size=info.world_size, adapter_tasks=setup.config.tasks,
+                           pin_memory=info.device.type == "cuda")
 
 
 def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> tuple[int, dict[str, list[float]]]:
