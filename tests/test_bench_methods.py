@@ -19,8 +19,10 @@ from mtl_lora_vl.benchmark import BenchSettings, run_benchmark
 from mtl_lora_vl.benchmark.cli import build_parser, settings_from_args
 from mtl_lora_vl.benchmark.grid import ablation_configs, count_runs, method_configs, pick_lr
 from mtl_lora_vl.benchmark.params import ParameterCounter
+from mtl_lora_vl.benchmark.specs import eval_subset_specs
 from mtl_lora_vl.benchmark.stats import paired_diff, summarize, t_quantile_975
 from mtl_lora_vl.options import TrainOptions
+from mtl_lora_vl.tasks import load_spec
 from mtl_lora_vl.tasks.spec import builtin_spec_dirs
 from mtl_lora_vl.training.train import train
 
@@ -189,9 +191,31 @@ def test_tiny_grid_resumes_and_reports(tmp_path):
     groups = torch.load(run / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
     assert [g["initial_lr"] for g in groups[:2]] == pytest.approx([3e-3, 3e-2]) and len(groups) == 3
 
-    # Other settings in the same folder are refused.
+    # Other settings in the same folder are refused: the budget, an edited spec, another device or dtype.
     with pytest.raises(RuntimeError, match="other settings"):
         run_benchmark(BenchSettings(**{**settings.__dict__, "steps": 3}), out, trainer=counting)
+    spec = Path(settings.tasks[0])
+    spec.write_text(spec.read_text().replace("[data.train]\nn = 24", "[data.train]\nn = 20"))
+    with pytest.raises(RuntimeError, match=r"other settings \(spec_sha256 differ"):
+        run_benchmark(settings, out, trainer=counting)
+    spec.write_text(spec.read_text().replace("[data.train]\nn = 20", "[data.train]\nn = 24"))
+    import mtl_lora_vl.benchmark.bench as bench_mod
+
+    with pytest.MonkeyPatch.context() as mp:   # as if resumed on a GPU, where auto precision is bf16
+        mp.setattr(bench_mod, "resolve_precision", lambda *a, **k: torch.bfloat16)
+        with pytest.raises(RuntimeError, match=r"other settings \(runtime differ"):
+            run_benchmark(settings, out, trainer=counting)
+    assert len(again) == total - 3   # nothing was trained by the refused calls
+
+
+def test_a_task_without_a_test_split_is_refused(tmp_path):
+    """Learning rates are chosen on val; a spec without test would be 'tested' on val too."""
+    spec = tmp_path / "folder.toml"
+    spec.write_text('name = "cls"\nkind = "classification"\n[data]\nformat = "imagefolder"\n'
+                    '[data.train]\nroot = "train"\n[data.val]\nroot = "val"\n')
+    with pytest.raises(ValueError, match=r"folder.toml: the benchmark needs .* no test split; add a \[data.test\]"):
+        run_benchmark(BenchSettings(tasks=[str(spec)], device="cpu"), tmp_path / "out", trainer=None)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(not (builtin_llava_dir() / "model.safetensors").is_file(), reason="built-in LLaVA not built")
@@ -214,3 +238,19 @@ def test_the_same_grid_runs_on_the_built_in_llava(tmp_path):
     scores = json.loads((run / "eval.json").read_text())["tasks"]
     assert [scores[t]["metric"] for t in ("vqa", "captioning", "caption_cls")] == ["vqa_accuracy", "bleu4", "top1"]
     assert "cider" in scores["captioning"]["details"]["adapted"]  # generated captions were scored
+
+
+def test_eval_subsets_reach_a_commented_header_and_a_default_split(tmp_path):
+    """A [data.val] header with a comment, and a test split the built-in defaults supply without a table,
+    both get their evaluation size (both raised before)."""
+    src = Path(load_spec("vqa").source_file).read_text()
+    text = re.sub(r"^\[data\.test\]\n(?:(?!\[).*\n)*", "", src.replace("[data.val]", "[data.val]  # val"), flags=re.M)
+    assert "[data.test]" not in text and "test" in load_spec(_write(tmp_path / "vqa.toml", text)).data.splits
+    args = eval_subset_specs([str(tmp_path / "vqa.toml")], tmp_path / "out", {"val": 7, "test": 9})
+    splits = load_spec(args["vqa"]).data.splits
+    assert splits["val"]["n"] == 7 and splits["test"]["n"] == 9
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)

@@ -8,6 +8,7 @@ the MTL-LoRA ablations at MTL-LoRA's picked rate, every seed. A killed grid reru
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import statistics
@@ -19,7 +20,10 @@ from typing import Any, TextIO
 
 import torch
 
+from ..distributed import pick_device
 from ..options import TrainOptions
+from ..precision import resolve_precision
+from ..tasks import load_spec
 from ..training.train import train
 from .analysis import analyse
 from .grid import (
@@ -48,20 +52,48 @@ class BenchDirError(RuntimeError):
     """The output folder holds a grid with other settings."""
 
 
-def _check_settings(out: Path, settings: BenchSettings, overwrite: bool) -> None:
+def grid_identity(settings: BenchSettings) -> dict[str, Any]:
+    """What decides a grid's results, for resuming: the settings, each task spec's text (an edited spec
+    changes the data or the loss), and the device type and autocast dtype the runs resolve to (a grid
+    begun on a CPU in fp32 must not be finished on a GPU in bf16)."""
+    device = pick_device(settings.device)
+    specs = {}
+    for task in settings.tasks:
+        spec = load_spec(task)
+        text = Path(spec.source_file).read_bytes() if spec.source_file else task.encode()
+        specs[spec.name] = hashlib.sha256(text).hexdigest()[:16]
+    return {**settings.identity(), "spec_sha256": specs,
+            "runtime": {"device": device.type, "autocast": str(resolve_precision(settings.precision, device))}}
+
+
+def check_splits(tasks: list[str]) -> None:
+    """Refuse tasks without both a val and a test split: learning rates are chosen on val and results
+    reported on test, and a missing test split would be scored on val -- the split the choice was made on."""
+    for task in tasks:
+        spec = load_spec(task)
+        missing = [s for s in ("val", "test") if s not in spec.data.splits]
+        if missing:
+            where = spec.source_file or f"task {spec.name!r}"
+            raise ValueError(
+                f"{where}: the benchmark needs a val split (to choose learning rates) and a test split (to report "
+                f"on), but this spec has no {' and no '.join(missing)} split; add a [data.{missing[0]}] table "
+                "(e.g. hold out part of the training files) so that no split both tunes and reports")
+
+
+def _check_settings(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
     path = out / "settings.json"
     if overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     if path.is_file():
         old = json.loads(path.read_text())
-        new = json.loads(json.dumps(settings.identity()))
+        new = json.loads(json.dumps(identity))
         if old != new:
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise BenchDirError(f"--out {out}: holds a grid with other settings ({', '.join(changed)} differ); "
                                 "rerun with the same options to resume it, choose another --out, or pass --overwrite")
     else:
-        write_json_atomic(path, settings.identity())
+        write_json_atomic(path, identity)
 
 
 def plan_ranks(settings: BenchSettings, counter: ParameterCounter, n_tasks: int) -> dict[str, dict[str, int]]:
@@ -85,7 +117,8 @@ def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer 
     settings.validate()
     out = Path(out)
     stream = stream if stream is not None else sys.stdout
-    _check_settings(out, settings, overwrite)
+    check_splits(settings.tasks)
+    _check_settings(out, grid_identity(settings), overwrite)
     task_args = eval_subset_specs(settings.tasks, out / "specs", {"val": settings.val_n, "test": settings.test_n})
     tasks = list(task_args)
     counter = ParameterCounter(settings.backbone, settings.pretrained)

@@ -30,13 +30,19 @@ def eval_subset_specs(tasks: list[str], out_dir: Path, sizes: dict[str, int | No
         for split, n in sizes.items():
             if n is None or split not in spec.data.splits or "n" in spec.data.splits[split]:
                 continue
-            text, found = re.subn(rf"^\[data\.{split}\][ \t]*$", f"[data.{split}]\nn = {int(n)}", text, count=1,
+            text, found = re.subn(rf"^(\[data\.{split}\][ \t]*(#.*)?)$", rf"\1\nn = {int(n)}", text, count=1,
                                   flags=re.M)
-            if not found:
-                raise ValueError(f"{spec.source_file}: cannot find the [data.{split}] table to set its size")
+            if not found:  # the split comes from the defaults: give it a table of its own
+                text = f"{text.rstrip()}\n\n[data.{split}]\nn = {int(n)}\n"
         path = out_dir / f"{spec.name}.toml"
         if not path.is_file() or path.read_text() != text:
             path.write_text(text)
+        copy = load_spec(str(path))
+        wrong = [s for s, n in sizes.items() if n is not None and s in copy.data.splits
+                 and "n" not in spec.data.splits[s] and copy.data.splits[s].get("n") != int(n)]
+        if wrong:
+            raise ValueError(f"{spec.source_file}: could not set the size of split(s) {wrong} in its copy {path}; "
+                             "give the spec a [data.<split>] table per split")
         result[spec.name] = str(path)
     return result
 
