@@ -185,3 +185,68 @@ def test_an_fp32_checkpoint_resumes_under_fp16_loss_scaling():
     resumed = optimization(True)
     resumed.load_state_dict(saved)
     assert resumed.scaler.is_enabled()
+
+
+class _HostReads:
+    """Counts the operators that make a GPU wait for the host: scalar reads and data-dependent shapes."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        reads = self.reads = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func.__name__.split(".")[0] in ("_local_scalar_dense", "nonzero", "item"):
+                    reads.append(func.__name__)
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
+
+
+def test_a_step_reads_its_losses_from_the_device_once(monkeypatch):
+    """The losses stay on the device until the step's end (a float() per task and micro-batch, and a
+    finite check before each backward, each made a GPU wait); the values are those of the old path."""
+    import itertools
+
+    import mtl_lora_vl.training.step as step_mod
+    from mtl_lora_vl.training.optim import Optimization
+
+    monkeypatch.setattr(step_mod, "to_device", lambda batch, *a: batch)
+    net = _ConstantLosses()
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    optim = Optimization(opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                         torch.amp.GradScaler("cpu", enabled=False), list(net.parameters()))
+    batches = itertools.cycle([{"task": "vqa", "task_ids": torch.zeros(4)}, {"task": "retrieval", "task_ids": torch.ones(4)}])
+    with _HostReads() as h:
+        r = step_mod.forward_backward(net, batches, optim, accumulate=4, backbone=None, amp_dtype=torch.float32,
+                                      info=DistInfo())
+    assert h.reads == [] and r.finite   # the one read is a tolist(), below the dispatcher
+    assert r.losses == pytest.approx({"vqa": 2.0, "retrieval": 4.0, "loss": 3.0})
+    net.p.data.fill_(float("nan"))
+    assert not step_mod.forward_backward(net, batches, optim, accumulate=2, backbone=None,
+                                         amp_dtype=torch.float32, info=DistInfo()).finite
+
+
+def test_vqa_loss_has_no_host_reads_and_equals_the_mean_over_answered_rows():
+    from mtl_lora_vl.tasks.vqa import VQAKind
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 5, generator=g, requires_grad=True)
+    targets = torch.rand(6, 5, generator=g) * (torch.rand(6, 5, generator=g) > 0.5)
+    targets[[1, 4]] = 0.0                       # rows whose answers are all outside the vocabulary
+    kind = object.__new__(VQAKind)
+    kind.generative = False
+    with _HostReads() as h:
+        loss = kind.loss(lambda img, txt: logits, None, {"targets": targets}, None, torch.zeros(6, 1))
+    keep = targets.sum(1) > 0
+    ref = -(targets[keep] / targets[keep].sum(1, keepdim=True) * logits[keep].log_softmax(-1)).sum(1).mean()
+    assert h.reads == [] and torch.allclose(loss, ref)
+    with _HostReads():
+        none = kind.loss(lambda img, txt: logits, None, {"targets": torch.zeros(6, 5)}, None, torch.zeros(6, 1))
+    assert none.item() == 0.0 and none.requires_grad

@@ -236,11 +236,10 @@ class VQAKind(TaskKind):
             logits = logits.masked_fill(~batch["answer_mask"], torch.finfo(logits.dtype).min)
             targets = targets * batch["answer_mask"]
         mass = targets.sum(dim=1)
-        keep = mass > 0
-        if not bool(keep.any()):
-            return logits.sum() * 0.0
-        dist = targets[keep] / mass[keep, None]
-        return -(dist * logits[keep].log_softmax(dim=-1)).sum(dim=1).mean()
+        kept = (mass > 0).to(logits.dtype)  # rows with an answer in the vocabulary; no branch, no host read
+        dist = targets / mass.clamp_min(torch.finfo(mass.dtype).tiny)[:, None]
+        per_row = -(dist * logits.log_softmax(dim=-1)).sum(dim=1)
+        return per_row.sum() / kept.sum().clamp_min(1.0)
 
     def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:

@@ -35,13 +35,15 @@ def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: O
                      accumulate: int, backbone: Backbone, amp_dtype: torch.dtype, info: DistInfo) -> StepResult:
     """Zero the gradients, then forward and backward ``accumulate`` micro-batches under autocast.
 
-    Gradients sync across ranks only on the last micro-batch. Once a loss is non-finite (on any rank),
-    no further backward runs; the caller then skips the step.
+    Gradients sync across ranks only on the last micro-batch. The losses stay on the device until the
+    step's end, where one host read (after one all-reduce of the finite flag under DDP) gives them all: a
+    GPU is never made to wait mid-step. A non-finite loss on any rank makes the caller skip the step
+    (its gradients are discarded, so the backward passes after it did no harm).
     """
     optim.optimizer.zero_grad(set_to_none=True)
-    losses: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
     micro_batches: dict[str, int] = {}  # per task: the micro-batches it was in (each task's mean is over those)
-    finite = True
+    total_sum: torch.Tensor | None = None
     samples = 0
     for micro in range(accumulate):
         batch = to_device(next(batches), info.device, amp_dtype, backbone)
@@ -49,17 +51,21 @@ def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: O
         with net.no_sync() if not sync else contextlib.nullcontext():
             with autocast(info.device, amp_dtype):
                 total, per_task = net(batch)
-            finite = finite and all_finite(total, info)
-            if finite:
-                optim.scaler.scale(total / accumulate).backward()
+            optim.scaler.scale(total / accumulate).backward()
         samples += batch["task_ids"].numel() * info.world_size
         for k, v in per_task.items():
-            losses[k] = losses.get(k, 0.0) + float(v.detach())
+            sums[k] = v.detach().float() + sums[k] if k in sums else v.detach().float()
             micro_batches[k] = micro_batches.get(k, 0) + 1
-        losses["loss"] = losses.get("loss", 0.0) + float(total.detach()) / accumulate
-    for k, n in micro_batches.items():
-        losses[k] /= n
-    return StepResult(losses, finite, samples)
+        part = total.detach().float() / accumulate
+        total_sum = part if total_sum is None else total_sum + part
+    keys = list(sums)
+    ok = torch.isfinite(total_sum).to(torch.float32).reshape(1)
+    if info.enabled:
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    values = torch.cat([ok, total_sum.reshape(1), *(sums[k].reshape(1) for k in keys)]).tolist()
+    losses = {k: v / micro_batches[k] for k, v in zip(keys, values[2:])}
+    losses["loss"] = values[1]
+    return StepResult(losses, values[0] == 1.0, samples)
 
 
 def optimizer_step(optim: Optimization, grad_clip: float) -> None:
@@ -84,11 +90,3 @@ def skip_bad_step(optim: Optimization, bad: int, step: int, max_bad: int, run_di
             f"bf16, or check the data. The last good checkpoint is in {run_dir}"
         )
     optim.optimizer.zero_grad(set_to_none=True)
-
-
-def all_finite(loss: torch.Tensor, info: DistInfo) -> bool:
-    """Whether ``loss`` is finite on every rank (so that all ranks skip a step together)."""
-    ok = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
-    if info.enabled:
-        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
-    return bool(ok.item())
