@@ -250,3 +250,25 @@ def test_vqa_loss_has_no_host_reads_and_equals_the_mean_over_answered_rows():
     with _HostReads():
         none = kind.loss(lambda img, txt: logits, None, {"targets": torch.zeros(6, 5)}, None, torch.zeros(6, 1))
     assert none.item() == 0.0 and none.requires_grad
+
+
+def test_training_leaves_the_frozen_base_batch_norm_statistics_alone():
+    """A ResNet tower's BatchNorm in train mode would update its running statistics, which no adapter file
+    carries; the base stays as loaded."""
+    import open_clip
+    from torch import nn
+
+    import mtl_lora_vl as mlv
+    from mtl_lora_vl.multitask import MultiTaskModel
+
+    net = open_clip.CLIP(embed_dim=16, vision_cfg=dict(image_size=64, layers=(1, 1, 1, 1), width=8, head_width=8),
+                         text_cfg=dict(context_length=8, vocab_size=32, width=16, heads=2, layers=1))
+    mlv.attach(net, mlv.MTLLoRAConfig(tasks=["a"], targets={"text": [r"^transformer\.resblocks\.\d+\.attn$"]}))
+    mm = MultiTaskModel.__new__(MultiTaskModel)
+    nn.Module.__init__(mm)
+    mm.model, mm.heads = net, nn.ModuleDict({"a": nn.Linear(2, 2)})
+    stats = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    mm.train()
+    assert mm.heads.training and net.transformer.training and not net.visual.bn1.training
+    net.encode_image(torch.randn(2, 3, 64, 64))
+    assert stats and all(torch.equal(v, net.state_dict()[k]) for k, v in stats.items())

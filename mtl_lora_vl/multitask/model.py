@@ -83,6 +83,18 @@ class MultiTaskModel(nn.Module):
             total = total + kind.spec.loss_weight * loss
         return total, losses
 
+    def train(self, mode: bool = True) -> MultiTaskModel:
+        """Train mode, except normalization layers of the frozen base that keep running statistics
+        (BatchNorm in a ResNet tower): in train mode they would update those statistics -- base weights
+        an adapter file does not carry -- so a fresh base loading the adapter would not be the trained model."""
+        super().train(mode)
+        if mode:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats \
+                        and not any(p.requires_grad for p in m.parameters(recurse=False)):
+                    m.eval()
+        return self
+
     def trainable_state(self) -> dict[str, Tensor]:
         """Every tensor training changes (adapters and heads), for checkpoints."""
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
