@@ -14,8 +14,10 @@ import itertools
 import json
 import shutil
 import time
+from collections.abc import Collection
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Any
 
 from .distributed import DistInfo, broadcast_from_main
 from .io.adapter_files import absolute_base
@@ -89,11 +91,13 @@ def _claim(run: Path, opts: TrainOptions) -> Path:
     return run
 
 
-def resumed_options(run: Path, given: TrainOptions) -> TrainOptions:
+def resumed_options(run: Path, given: TrainOptions, explicit: Collection[str] | None = None) -> TrainOptions:
     """The options a run was started with (``run/config.json``), with :data:`RESUME_OWN` from ``given``.
 
-    Any other option given now that differs from both its default and the run's value would be ignored, so it
-    is refused; so are an unreadable config.json and options this version does not know."""
+    An option given now that the resumed run would not use is refused: with ``explicit`` (the names the user
+    set, from the command line) any of them whose value differs from the run's -- a default value and
+    ``--out`` included; without it (an API call) any that differs from both its default and the run's
+    value. So are an unreadable config.json and options this version does not know."""
     path = run / "config.json"
     try:
         saved = json.loads(path.read_text())
@@ -105,25 +109,45 @@ def resumed_options(run: Path, given: TrainOptions) -> TrainOptions:
         raise RunDirError(f"--resume {run}: {path} holds options this version does not know ({extra}); resume it "
                           "with the version that wrote it, or start a new run")
     default = TrainOptions()
+    now = config_doc(run, given)  # paths made absolute as the run's own config.json has them
+    if explicit is None:
+        candidates = [k for k in known - set(RESUME_OWN) - {"out", "config", "overwrite"}
+                      if getattr(given, k) != getattr(default, k)]
+    else:
+        candidates = [k for k in set(explicit) - set(RESUME_OWN) - {"config", "out"}]
+        if given.out and Path(given.out).resolve() != run.resolve():
+            candidates.append("out")
+    def ignored_now(k: str) -> bool:
+        if k == "out":
+            return True  # a candidate only when it names another directory
+        if k == "overwrite":
+            return given.overwrite
+        return now[k] != saved.get(k, getattr(default, k))
+
     ignored = [f"--{k.replace('_', '-')} {getattr(given, k)!r} (the run has {saved.get(k)!r})"
-               for k in sorted(known - set(RESUME_OWN) - {"out", "config", "overwrite"})
-               if getattr(given, k) != getattr(default, k) and getattr(given, k) != saved.get(k, getattr(default, k))]
+               for k in sorted(set(candidates)) if ignored_now(k)]
     if ignored:
-        raise RunDirError(f"--resume {run} continues the run with the options it was started with, so these would "
-                          f"be ignored: {'; '.join(ignored)}. Drop them, or start a new run with --out")
+        raise RunDirError(f"--resume {run} continues the run with the options it was started with, in its own "
+                          f"directory, so these would be ignored: {'; '.join(ignored)}. Drop them, or start a new "
+                          "run with --out")
     return TrainOptions(**{**saved, **{k: getattr(given, k) for k in RESUME_OWN}, "out": str(run)})
 
 
-def write_config(run: Path, opts: TrainOptions) -> None:
-    """``run/config.json``: the options, with local paths (task spec files, data root, weights, the extended
-    adapter, a backbone directory) made absolute."""
+def config_doc(run: Path, opts: TrainOptions) -> dict[str, Any]:
+    """The options as ``run/config.json`` records them: local paths (task spec files, data root, weights, the
+    extended adapter, a backbone directory) made absolute, ``out`` the directory claimed."""
     doc = asdict(opts)
     doc["tasks"] = ",".join(_absolute(t) if looks_like_path(t) else t for t in (x.strip() for x in opts.tasks.split(",")))
     for key in ("data_root", "extend"):
         doc[key] = _absolute(doc[key])
     doc["out"] = str(run.resolve())  # the directory claimed (a default name may have gained a -k)
     doc.update(absolute_base({"backbone": opts.backbone, "pretrained": opts.pretrained}))
-    (run / "config.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+def write_config(run: Path, opts: TrainOptions) -> None:
+    """``run/config.json`` (:func:`config_doc`)."""
+    (run / "config.json").write_text(json.dumps(config_doc(run, opts), indent=2) + "\n")
 
 
 def _absolute(value: str | None) -> str | None:

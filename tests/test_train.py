@@ -236,6 +236,22 @@ def test_resume_refuses_what_it_would_ignore_and_bad_config(tmp_path, capsys, mo
     assert "--steps 5 (the run has 1)" in err and "--rank 16 (the run has 8)" in err and "--workers" not in err
     same = resumed_options(run, TrainOptions(resume=str(run), steps=1, rank=8, workers=3))  # equal values pass
     assert same.steps == 1 and same.workers == 3 and same.tasks == saved["tasks"]
+    # From the command line: a flag set back to its default, --out elsewhere and --overwrite are refused too;
+    # a relative spec path naming the run's own spec is its value.
+    default_log = TrainOptions().log_every
+    assert train_main(["--resume", str(run), "--log-every", str(default_log), "--out", str(tmp_path / "elsewhere")]) == 2
+    err = capsys.readouterr().err
+    assert f"--log-every {default_log} (the run has 2)" in err and "--out" in err
+    assert not (tmp_path / "elsewhere").exists()
+    explicit = {"resume", "tasks", "steps", "out"}
+    same = resumed_options(run, TrainOptions(resume=str(run), tasks="vqa.toml", steps=1, out=str(run)), explicit)
+    assert same.tasks == saved["tasks"]
+    with pytest.raises(RunDirError, match="--overwrite True"):
+        resumed_options(run, TrainOptions(resume=str(run), overwrite=True), {"resume", "overwrite"})
+    from mtl_lora_vl.cli import parse_train_args
+
+    again = parse_train_args(["--config", str(run / "config.json"), "--out", str(tmp_path / "again")])  # a run's
+    assert again.steps == 1 and again.tasks == saved["tasks"]                                           # own config
     (run / "config.json").write_text(json.dumps({**saved, "old_option": 1}))
     with pytest.raises(RunDirError, match=r"config.json holds options this version does not know \(\['old_option'\]\)"):
         resumed_options(run, TrainOptions(resume=str(run)))

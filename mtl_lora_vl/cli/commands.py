@@ -20,7 +20,7 @@ from ..evaluation.evaluate import evaluate_adapter
 from ..log import cli_logging
 from ..options import EvalOptions, TrainOptions
 from ..training.train import train
-from .parsing import build_parser, parse_options
+from .parsing import build_parser, parse_options, parse_options_given
 
 __all__ = ["build_eval_parser", "build_train_parser", "eval_main", "parse_eval_args", "parse_train_args",
            "program_name", "run_command", "train_main"]
@@ -82,10 +82,10 @@ def parse_train_args(argv: list[str] | None = None, prog: str | None = None) -> 
 def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``mtl-lora-vl train``, ``mtl-lora-vl-train`` and ``scripts/train_vl.py``."""
     try:
-        opts, level = parse_options(TrainOptions, argv, prog or program_name(), TRAIN_HELP)
+        opts, level, given = parse_options_given(TrainOptions, argv, prog or program_name(), TRAIN_HELP)
     except SystemExit as e:
         return _exit_code(e)
-    return run_command(level, train, opts)
+    return run_command(level, train, opts, given)
 
 
 # ------------------------------------------------------------------------------------------------- eval

@@ -42,7 +42,7 @@ from jsonargparse import ArgumentError, ArgumentParser
 from ..log import LEVELS
 from ..options import field_types, out_of_range, range_text
 
-__all__ = ["build_parser", "describe_allowed", "parse_options", "read_config"]
+__all__ = ["build_parser", "describe_allowed", "parse_options", "parse_options_given", "read_config"]
 
 
 def flag(name: str) -> str:
@@ -181,6 +181,11 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
+        if name == "config" and name in {f.name for f in fields(cls)}:
+            if value in (None, ""):
+                continue  # a run's own config.json records its (absent) --config
+            _fail(parser, f"{where}: config = {json.dumps(value)}: a config file cannot name another one; "
+                          "merge the two files")
         if name not in by_name:
             close = difflib.get_close_matches(name, list(by_name), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -210,11 +215,22 @@ def parse_options(cls: type, argv: list[str] | None, prog: str, description: str
 
     Exits with status 2 and a message on stderr for a bad value, status 0 after ``--help``.
     """
+    opts, level, _ = parse_options_given(cls, argv, prog, description)
+    return opts, level
+
+
+def parse_options_given(cls: type, argv: list[str] | None, prog: str,
+                        description: str) -> tuple[Any, str, frozenset[str]]:
+    """:func:`parse_options` plus the names of the options given (on the command line or in the
+    ``--config`` file) rather than left at their defaults -- ``--resume`` refuses those it would ignore."""
     parser = build_parser(cls, prog, description)
     argv = _dashes(cls, list(sys.argv[1:] if argv is None else argv))
     ns = _parse(parser, cls, argv)
+    given = set(_given_on_command_line(cls, argv))
     if getattr(ns, "config", None):
-        parser.set_defaults(**read_config(parser, cls, ns.config))
+        from_file = read_config(parser, cls, ns.config)
+        given |= set(from_file)
+        parser.set_defaults(**from_file)
         ns = _parse(parser, cls, argv)
     values = {f.name: getattr(ns, f.name) for f in fields(cls)}
     for f in fields(cls):
@@ -224,4 +240,20 @@ def parse_options(cls: type, argv: list[str] | None, prog: str, description: str
         if f.metadata.get("required") and value in (None, ""):
             _fail(parser, f"{flag(f.name)} is required (on the command line or in the --config file)")
     level = ns.log_level or ("debug" if ns.verbose else "warning" if ns.quiet else "info")
-    return cls(**values), level
+    return cls(**values), level, frozenset(given)
+
+
+def _given_on_command_line(cls: type, argv: list[str]) -> list[str]:
+    """The options ``argv`` sets (``--name``, ``--name=value``, ``--no-name``, or a unique prefix of one,
+    which argparse accepts too)."""
+    flags = {flag(f.name): f.name for f in fields(cls)}
+    flags |= {"--no-" + f.name.replace("_", "-"): f.name for f in fields(cls)}
+    given = []
+    for token in argv:
+        name = token.partition("=")[0]
+        if not name.startswith("--"):
+            continue
+        hits = {flags[name]} if name in flags else {v for k, v in flags.items() if k.startswith(name)}
+        if len(hits) == 1:
+            given.extend(hits)
+    return given

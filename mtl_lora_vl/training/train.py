@@ -14,7 +14,7 @@ import math
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -58,9 +58,10 @@ class Run:
         return list(self.setup.train_splits)
 
 
-def train(opts: TrainOptions) -> Path:
-    """Run (or resume) one training run and its final evaluation; returns the run directory."""
-    run = start(opts)
+def train(opts: TrainOptions, given: Collection[str] | None = None) -> Path:
+    """Run (or resume) one training run and its final evaluation; returns the run directory. ``given``: the
+    options the user set (the command line's); ``--resume`` refuses any of them it would ignore."""
+    run = start(opts, given)
     loader = build_loader(run)
     optim = build_optimization(run.setup.model, run.opts, run.total_steps, run.info.device, run.amp_dtype)
     freeze_old_rows(run.setup.model.model, optim.optimizer)  # an --extend run: the old tasks' rows stay exact
@@ -75,12 +76,12 @@ def train(opts: TrainOptions) -> Path:
 
 
 # Start ------------------------------------------------------------------------------------------
-def start(opts: TrainOptions) -> Run:
+def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     """Options (a resumed run's own), process group, run directory, precision, seed, and the Setup."""
     opts.validate()
     run_dir = choose_run_dir(opts)  # checked; an old one is replaced only once the setup below is built
     if opts.resume:
-        opts = resumed_options(run_dir, opts)
+        opts = resumed_options(run_dir, opts, given)
     info = init_distributed(opts.device)
     seed_everything(opts.seed)
 
