@@ -21,6 +21,7 @@ from typing import Any
 
 from .distributed import DistInfo, broadcast_from_main
 from .io.adapter_files import absolute_base
+from .io.atomic import holds
 from .options import TrainOptions
 from .tasks.spec import looks_like_path
 
@@ -45,8 +46,11 @@ def choose_run_dir(opts: TrainOptions) -> Path:
     run = Path(opts.out)
     if run.exists() and not run.is_dir():
         raise RunDirError(f"--out {run}: is a file, not a directory; choose another --out")
-    if opts.extend and _contains(run, Path(opts.extend)):
+    if opts.extend and holds(run, opts.extend):
         raise RunDirError(f"--out {run}: holds the adapter that --extend {opts.extend} extends; choose another --out")
+    if opts.overwrite and holds(run, Path.cwd()) and run.is_dir() and any(run.iterdir()):
+        raise RunDirError(f"--out {run}: is the current directory or holds it, and --overwrite would delete it "
+                          "with everything in it; choose another --out (e.g. a new folder)")
     if run.exists() and any(run.iterdir()) and not opts.overwrite:
         raise RunDirError(
             f"--out {run}: the directory exists and is not empty; pass --overwrite to replace it, "
@@ -155,8 +159,3 @@ def _absolute(value: str | None) -> str | None:
     if value and Path(value).exists():
         return str(Path(value).resolve())
     return value
-
-
-def _contains(folder: Path, path: Path) -> bool:
-    folder, path = folder.resolve(), path.resolve()
-    return path == folder or folder in path.parents

@@ -253,3 +253,35 @@ def test_export_subcommand_writes_several_tasks(trained_run, tmp_path, capsys): 
     assert main(["export", "--adapter", str(path), "--task", "vqa,retrieval", "--out", str(tmp_path / "m.safetensors")],
                 prog="mtl-lora-vl") == 2
     assert "give a directory" in capsys.readouterr().err
+
+
+def test_overwrite_never_deletes_the_adapter_it_reads_or_the_working_directory(trained_run, tmp_path, capsys,  # noqa: F811
+                                                                              monkeypatch):
+    """--out naming the folder that holds --adapter (eval, export) or the working directory (train) with
+    --overwrite replaced it whole: the adapter, the run's checkpoint, the user's files."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run / "adapter")
+    (run / "checkpoint.pt").write_text("x")
+    before = sorted(p.name for p in run.rglob("*"))
+    assert main(["eval", "--adapter", str(run / "adapter"), "--out", str(run), "--overwrite"], prog="mtl-lora-vl") == 2
+    assert "holds the adapter" in capsys.readouterr().err
+    assert main(["export", "--adapter", str(run / "adapter"), "--task", "vqa", "--out", str(run), "--overwrite"],
+                prog="mtl-lora-vl") == 2
+    assert "holds the adapter" in capsys.readouterr().err
+    assert sorted(p.name for p in run.rglob("*")) == before
+
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "keep.txt").write_text("mine")
+    monkeypatch.chdir(here)
+    assert main(["train", "--tasks", "vqa", "--out", ".", "--overwrite", "--steps", "1"], prog="mtl-lora-vl") == 2
+    assert "current directory" in capsys.readouterr().err and (here / "keep.txt").read_text() == "mine"
+
+
+def test_export_says_which_format_auto_wrote(trained_run, tmp_path, capsys):  # noqa: F811
+    assert main(["export", "--adapter", str(trained_run[0]), "--task", "vqa", "--format", "auto", "--out",
+                 str(tmp_path / "x")],
+                prog="mtl-lora-vl") == 0
+    assert "as a plain LoRA (--format auto)" in capsys.readouterr().out   # open_clip: plain

@@ -413,3 +413,24 @@ def test_dispatcher_errors(root):
     _write_json(root / "wrong.json", {"images": []})
     with pytest.raises(ValueError, match="no 'annotations' field"):
         read_split("coco_captions", root, annotations="wrong.json")
+
+
+def test_the_readme_example_specs_load(tmp_path):
+    """The task specs the README shows for real data parse, and their readers take every option they set."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```toml\n# (\w+)\.toml[^\n]*\n(.*?)```", readme, flags=re.S)
+    assert {name for name, _ in blocks} >= {"vqav2", "coco", "folder"}
+    for name, text in blocks:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(text)
+        spec = load_spec(str(path))
+        assert spec.data.format and "train" in spec.data.splits, name
+
+
+def test_a_reader_option_it_does_not_take_is_named_when_the_spec_loads(tmp_path):
+    path = tmp_path / "folder.toml"
+    path.write_text('name = "cls"\nkind = "classification"\n[data]\nformat = "imagefolder"\n'
+                    '[data.train]\nroot = "train"\n[data.val]\nfolder = "val"\n')
+    with pytest.raises(ValueError, match=r"folder.toml: field 'data.train': format 'imagefolder' does not take "
+                                         r"option\(s\) 'root'; its options are: folder"):
+        load_spec(str(path))

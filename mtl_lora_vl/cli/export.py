@@ -28,7 +28,8 @@ from pathlib import Path
 from ..backbones import parse_spec
 from ..io import AdapterFileError, export_lora, load_pretrained, save_merged
 from ..io.adapter_files import read_adapter_config
-from ..io.atomic import check_target
+from ..io.atomic import check_target, holds
+from ..io.exports import export_format
 from ..log import progress
 from ..options import ExportOptions
 from .commands import _exit_code, program_name, run_command
@@ -78,6 +79,9 @@ def export(opts: ExportOptions) -> list[Path]:
         raise FileExistsError(f"--out {out}: exists and is a file; several tasks are written to OUT/<task>, "
                               "give a directory")
     for target in targets.values():  # every target before anything is written: no partial export
+        if holds(target, opts.adapter):
+            raise FileExistsError(f"--out {out}: holds the adapter {opts.adapter} being exported, which writing "
+                                  "there would delete; choose another --out")
         file = opts.format == "merged" and target.suffix == ".safetensors"
         check_target(target, directory=not file, overwrite=opts.overwrite, what=f"--out {out}")
     # the base it names, to read its dtype (load_pretrained below checks the files' sha256 once)
@@ -99,7 +103,8 @@ def export(opts: ExportOptions) -> list[Path]:
             what = f"task {task!r} merged into {type(model).__name__}"
         else:
             path = export_lora(model, task, target, format=opts.format, overwrite=opts.overwrite)
-            what = f"task {task!r} as a {opts.format} LoRA"
+            chosen = export_format(model) if opts.format == "auto" else opts.format
+            what = f"task {task!r} as a {chosen} LoRA" + (" (--format auto)" if opts.format == "auto" else "")
         logger.debug("exported %s to %s", task, path)
         print(f"wrote {path} ({what})")
         written.append(path)

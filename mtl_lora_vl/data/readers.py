@@ -254,17 +254,23 @@ READERS: dict[str, Callable[..., Split]] = {
 
 def read_split(format: str, data_root: str | os.PathLike, **paths_and_options: Any) -> Split:
     """Read a dataset in one of the :data:`READERS` formats; options are the reader's keyword arguments."""
+    check_reader_options(format, paths_and_options)
+    return READERS[str(format).lower()](data_root, **paths_and_options)
+
+
+def check_reader_options(format: str, options: dict[str, Any]) -> None:
+    """Raise :class:`ReaderOptionError` unless the reader of ``format`` takes exactly these options (its
+    required ones included); task specs are checked this way when they load, before any file is read."""
     reader = READERS.get(str(format).lower())
     if reader is None:
         raise ValueError(f"unknown data format {format!r}; known formats: {', '.join(READERS)}")
     params = inspect.signature(reader).parameters
-    unknown = [k for k in paths_and_options if k not in params or k == "data_root"]
+    unknown = [k for k in options if k not in params or k == "data_root"]
     if unknown:
         allowed = [p for p in params if p != "data_root"]
         raise ReaderOptionError(f"format {format!r} does not take option(s) {', '.join(map(repr, unknown))}; its options "
                         f"are: {', '.join(allowed)}")
     missing = [p.name for p in params.values()
-               if p.default is inspect.Parameter.empty and p.name != "data_root" and p.name not in paths_and_options]
+               if p.default is inspect.Parameter.empty and p.name != "data_root" and p.name not in options]
     if missing:
         raise ReaderOptionError(f"format {format!r} needs option(s) {', '.join(map(repr, missing))}")
-    return reader(data_root, **paths_and_options)

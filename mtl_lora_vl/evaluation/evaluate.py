@@ -17,7 +17,7 @@ from torch import nn
 from ..adapters.routing import disabled, route
 from ..distributed import DistInfo, barrier, cleanup, init_distributed, sharded_evaluation
 from ..io import load_pretrained
-from ..io.atomic import atomic_dir
+from ..io.atomic import atomic_dir, holds
 from ..log import progress
 from ..multitask import MultiTaskModel, Setup
 from ..precision import base_weights_dtype, resolve_precision
@@ -123,9 +123,12 @@ def evaluate_adapter(adapter: str | Path, tasks: str | None = None, backbone: st
     rank 0 writes the outputs (the other ranks return an empty string); the scores equal one process's."""
     adapter = Path(adapter)
     out = Path(out) if out else adapter.resolve().parent / f"eval-{split}"
-    if out.exists() and any(out.iterdir()) and not overwrite:  # every rank checks before anyone writes
-        raise RunDirError(f"--out {out}: exists and is not empty; pass --overwrite to replace its results "
-                          "or choose another --out")
+    if holds(out, adapter):  # every rank checks before anyone writes
+        raise RunDirError(f"--out {out}: holds the adapter {adapter} being evaluated, which writing the results "
+                          "there would delete; choose another --out")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise RunDirError(f"--out {out}: exists and is not empty; pass --overwrite to replace that directory "
+                          "(all of it) with the results, or choose another --out")
     info = init_distributed(device)
     try:
         return _evaluate_adapter(adapter, tasks, backbone, pretrained, data_root, split, info, precision,

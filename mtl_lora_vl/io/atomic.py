@@ -17,7 +17,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_file", "check_target"]
+__all__ = ["atomic_dir", "atomic_file", "check_target", "holds"]
+
+
+def holds(folder: str | Path, path: str | Path) -> bool:
+    """Whether ``path`` is ``folder`` or inside it (both resolved): replacing ``folder`` would remove it."""
+    folder, path = Path(folder).resolve(), Path(path).resolve()
+    return path == folder or folder in path.parents
 
 
 def check_target(path: str | Path, *, directory: bool, overwrite: bool = False, what: str = "write") -> None:
@@ -25,8 +31,7 @@ def check_target(path: str | Path, *, directory: bool, overwrite: bool = False, 
     writing anything: a caller that writes several targets checks them all first."""
     path = Path(path)
     if directory:
-        here, target = Path.cwd().resolve(), path.resolve()
-        if target == here or target in here.parents:
+        if holds(path, Path.cwd()):
             raise IsADirectoryError(f"{what}: {path} is the current directory or holds it; a directory is written "
                                     "beside its target and renamed into place, which cannot be done to the one you "
                                     f"are in: choose a new folder (e.g. {path / 'out'})")

@@ -67,6 +67,11 @@ def _export_format(family: str) -> str:
     return "peft" if peft_export(family) else "plain"
 
 
+def export_format(model: nn.Module) -> str:
+    """The format ``export_lora(..., format="auto")`` writes for ``model``: ``"peft"`` or ``"plain"``."""
+    return _export_format(adapted_module(model)._mtl_lora.family)
+
+
 def _merged_weights_name(model: nn.Module, family: str) -> str | None:
     """How ``save_merged`` writes a directory: ``None`` = the model's own ``save_pretrained``, else the
     name of the one safetensors file (open_clip's local-dir name for open_clip)."""

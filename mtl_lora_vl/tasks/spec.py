@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from mtl_lora_vl.data.common import ReaderOptionError
-from mtl_lora_vl.data.readers import READERS, read_split
+from mtl_lora_vl.data.readers import READERS, check_reader_options, read_split
 from mtl_lora_vl.data.records import Split
 from mtl_lora_vl.data.world import KINDS as WORLD_KINDS
 from mtl_lora_vl.data.world import build_split
@@ -301,6 +301,11 @@ def _parse_data(path: Path, raw: Any) -> DataSpec:
     if "val" not in splits and "test" not in splits:
         raise _fail(path, "data.val", "a [data.val] or [data.test] table for evaluation", show_got=False)
     options = {k: v for k, v in raw.items() if k not in ("format", *SPLITS)}
+    for split, opts in splits.items():  # a misspelt option is named now, not after a model has loaded
+        try:
+            check_reader_options(fmt, {**options, **opts})
+        except ReaderOptionError as err:
+            raise SpecError(f"{path}: field 'data.{split}': {err}") from None
     return DataSpec(source="files", format=fmt, options=options, splits=splits)
 
 
