@@ -209,3 +209,10 @@ def test_export_of_several_tasks_checks_every_target_before_writing(trained_run,
 def test_bench_help_names_the_real_program(capsys):
     assert main(["bench", "--help"], prog="mtl-lora-vl") == 0
     assert capsys.readouterr().out.startswith("usage: mtl-lora-vl bench ")
+
+
+def test_a_missing_pretrained_file_for_the_built_in_backbone_is_named():
+    from mtl_lora_vl.backbones import load_backbone
+
+    with pytest.raises(FileNotFoundError, match=r"--pretrained /nonexistent/w.bin: no such file"):
+        load_backbone("builtin", pretrained="/nonexistent/w.bin")

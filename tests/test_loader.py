@@ -152,3 +152,21 @@ def test_loader_argument_errors(clip, tasks):
         MultiTaskLoader(kinds[:2], splits[:1], clip, batch_size=4)
     with pytest.raises(ValueError, match="duplicate task names"):
         MultiTaskLoader([kinds[0], kinds[0]], [splits[0], splits[0]], clip, batch_size=4)
+
+
+def test_workers_survive_a_stop_signal_sent_to_the_process_group(clip, tasks):
+    """SIGTERM to every process (``kill -- -PGID``, ``timeout``, a scheduler) reaches the workers too; they
+    ignore it, so the main process can finish its step and save (before: 'DataLoader worker is killed')."""
+    import os
+    import signal
+    import time
+
+    want = [b["indices"].tolist() for b in _loader(clip, tasks, steps=4)]
+    wl = _loader(clip, tasks, steps=4, num_workers=1)
+    it = iter(wl)
+    got = [next(it)["indices"].tolist()]
+    for w in wl.loader._iterator._workers:   # persistent workers: the loader keeps its iterator
+        os.kill(w.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    got += [b["indices"].tolist() for b in it]
+    assert got == want

@@ -57,6 +57,10 @@ def builtin_files(pretrained: str | None = None) -> tuple[Path, dict, Path]:
     folder = builtin_dir()
     config_path = folder / BUILTIN_CONFIG
     weights = Path(pretrained).expanduser() if pretrained else folder / BUILTIN_WEIGHTS
+    if pretrained and not weights.is_file():
+        raise FileNotFoundError(f"--pretrained {pretrained}: no such file; give the path of a weights file for the "
+                                "built-in backbone (a model.safetensors it wrote), or leave --pretrained out to "
+                                "use its own weights")
     if not config_path.is_file() or not weights.is_file():
         missing = config_path if not config_path.is_file() else weights
         raise FileNotFoundError(

@@ -73,6 +73,7 @@ they are the same with any number of workers and after a resume, and differ from
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -101,6 +102,15 @@ class _Kind(Protocol):
     def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]: ...
 
     def sample_lm(self, example: Example, draw: int) -> tuple[str, str, float]: ...
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers ignore SIGINT and SIGTERM. A signal sent to the whole process group (Ctrl-C in a
+    terminal, ``timeout``, ``kill -- -PGID``, a batch scheduler) then stops only the main process, which
+    finishes its step and saves a checkpoint; before, the workers died with it and the step failed ("DataLoader
+    worker is killed by signal"). The workers still end with the loader, or when the main process is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _resize_of(backbone: Any) -> ImageResize:
@@ -320,7 +330,7 @@ class MultiTaskLoader:
                                  batch_sampler=SeededBatches(self.sampler), collate_fn=self.collate,
                                  num_workers=num_workers, generator=self.generator,
                                  pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-                                 **extra)
+                                 worker_init_fn=ignore_stop_signals, **extra)
         self.consumed = self.sampler.step
 
     def __len__(self) -> int:
@@ -384,7 +394,7 @@ def iter_image_batches(backbone: Any, examples: Sequence[Example], *, batch_size
     images = ImageFallback(policy_task if task is None else task, examples, _resize_of(backbone),
                            strict=policy_strict if strict is None else strict)
     loader = DataLoader(_ImageDataset(images), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, pin_memory=device.type == "cuda")
+                        num_workers=num_workers, pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
     for batch in progress(loader, desc="images", unit="batch"):
         yield backbone.preprocess_uint8(batch.to(device, non_blocking=True), dtype)
     images.report()
