@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from mtl_lora_vl.distributed import cleanup, init_distributed
+from mtl_lora_vl.distributed import barrier, cleanup, init_distributed
 from mtl_lora_vl.options import TrainOptions
 from mtl_lora_vl.rundir import RunDirError, claim_run_dir
 
@@ -26,4 +26,5 @@ if __name__ == "__main__":
     except RunDirError as e:
         got["taken"] = str(e)
     (root / f"rank{info.rank}.json").write_text(json.dumps(got))
+    barrier(info)  # no rank tears gloo down while another still talks to it
     cleanup(info)

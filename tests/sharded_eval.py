@@ -18,7 +18,7 @@ import torch
 from mtl_lora_vl import distributed
 from mtl_lora_vl.adapters.routing import route
 from mtl_lora_vl.data import world
-from mtl_lora_vl.distributed import cleanup, init_distributed, map_shards, sharded_evaluation
+from mtl_lora_vl.distributed import barrier, cleanup, init_distributed, map_shards, sharded_evaluation
 from mtl_lora_vl.evaluation.evaluate import evaluate_adapted, evaluate_setup
 from mtl_lora_vl.multitask import build_setup
 from mtl_lora_vl.options import TrainOptions
@@ -75,6 +75,7 @@ def main(tmp: str, out: str) -> None:
     result["shards"] = shards
     if info.is_main:
         Path(out).write_text(json.dumps(result, indent=1, sort_keys=True))
+    barrier(info)  # no rank tears gloo down while another still talks to it (an abort at exit under load)
     cleanup(info)
 
 
