@@ -316,6 +316,18 @@ def test_eval_limit_takes_the_first_examples(llava, monkeypatch):
     assert seen[0].endswith("answer:") and llava.image_token in seen[0]
 
 
+def test_an_eval_limit_that_leaves_classes_out_is_warned_about(llava, monkeypatch, caplog):
+    """A split sorted by label (a JSONL written class by class): the first eval_limit rows hold few classes."""
+    kind = _kinds(llava, ("caption_cls",))["caption_cls"]
+    test = _split(kind.spec, "test", 6)
+    ordered = dataclasses.replace(test, examples=sorted(test.examples, key=lambda ex: ex.label))
+    kind.spec.generative["eval_limit"] = 2
+    monkeypatch.setattr(kind, "logits", lambda bb, head, part, **kw: torch.zeros(len(part), len(kind.class_names)))
+    with caplog.at_level("WARNING"):
+        kind.evaluate(llava, None, ordered, batch_size=2, device="cpu")
+    assert "hold no example of" in caplog.text and "shuffle the split's rows or raise eval_limit" in caplog.text
+
+
 # ---------------------------------------------------------------------------------------------- the command
 
 

@@ -266,6 +266,8 @@ def test_imagefolder(root):
     assert "broken.jpg" in _one_warning(rec)
     assert s.class_names == ["bird", "cat", "dog"] and s.skipped == 1
     assert sorted((Path(e.image).name, e.label) for e in s.examples) == [("a.jpg", 2), ("b.png", 1), ("c.png", 1)]
+    # classes interleaved (the first image of each class, then the second...): a prefix spans the classes
+    assert [(Path(e.image).name, e.label) for e in s.examples] == [("b.png", 1), ("a.jpg", 2), ("c.png", 1)]
     (base / "bird" / "broken.jpg").unlink()
     (base / "dog" / "escape.jpg").symlink_to(root.parent / "outside" / "secret.jpg")
     for strict in (False, True):

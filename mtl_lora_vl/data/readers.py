@@ -32,6 +32,7 @@ decode in a worker (otherwise its row is replaced by another row of the task; se
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -214,7 +215,11 @@ def read_imagefolder(
     strict: bool = False,
     verify: bool | str = True,
 ) -> Split:
-    """``folder/<class>/<image>``: label = index of the class in the sorted subfolder names."""
+    """``folder/<class>/<image>``: label = index of the class in the sorted subfolder names.
+
+    Examples come interleaved across classes (the first image of every class, then the second, ...), not
+    class by class, so that the first N of a split -- what ``[generative] eval_limit`` scores -- span the
+    classes."""
     root = data_root_dir(data_root)
     base = resolve_under(root, folder, "image folder") if folder else root
     if not base.is_dir():
@@ -223,8 +228,9 @@ def read_imagefolder(
     if not classes:
         raise DataFormatError(f"image folder {base} has no class subfolders; expected {base}/<class>/<image>")
     check = ImageChecker(verify, strict)
-    examples = []
+    per_class: list[list[Example]] = []
     for label, cls in enumerate(classes):
+        found = []
         for dirpath, dirnames, filenames in os.walk(base / cls):
             dirnames.sort()
             for fn in sorted(filenames):
@@ -233,7 +239,9 @@ def read_imagefolder(
                 rel = (Path(dirpath) / fn).relative_to(root)
                 path = resolve_under(root, rel)
                 if check(path):
-                    examples.append(Example(str(path), str(rel.as_posix()), label=label, meta={"class_name": cls}))
+                    found.append(Example(str(path), str(rel.as_posix()), label=label, meta={"class_name": cls}))
+        per_class.append(found)
+    examples = [ex for row in itertools.zip_longest(*per_class) for ex in row if ex is not None]
     return check.finish(examples, f"ImageFolder {base}", class_names=classes)
 
 

@@ -24,6 +24,7 @@ are mapped to the training split's classes by name (a split that lacks a class n
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import torch
@@ -53,6 +54,8 @@ from mtl_lora_vl.tasks.generative import (
 )
 from mtl_lora_vl.tasks.registry import register_kind
 from mtl_lora_vl.tasks.spec import TaskSpec
+
+logger = logging.getLogger(__name__)
 
 
 class ClassifierHead(nn.Module):
@@ -214,6 +217,11 @@ class ClassificationKind(TaskKind):
         examples = split.examples
         if self.generative:
             examples = eval_subset(examples, self.spec.generative["eval_limit"])
+            left_out = sorted({ex.label for ex in split.examples} - {ex.label for ex in examples})
+            if left_out:  # e.g. a JSONL sorted by label: the first eval_limit rows hold few classes
+                logger.warning("task %r: the first %d evaluation examples ([generative] eval_limit) hold no example "
+                               "of %d of the split's classes, so its scores describe the others only; shuffle "
+                               "the split's rows or raise eval_limit", self.name, len(examples), len(left_out))
         if not examples:
             raise ValueError(f"task {self.name!r}: the evaluation split is empty")
         examples = self._in_training_order(split, examples)
