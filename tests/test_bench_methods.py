@@ -212,7 +212,7 @@ def test_a_task_without_a_test_split_is_refused(tmp_path):
     """Learning rates are chosen on val; a spec without test would be 'tested' on val too."""
     spec = tmp_path / "folder.toml"
     spec.write_text('name = "cls"\nkind = "classification"\n[data]\nformat = "imagefolder"\n'
-                    '[data.train]\nroot = "train"\n[data.val]\nroot = "val"\n')
+                    '[data.train]\nfolder = "train"\n[data.val]\nfolder = "val"\n')
     with pytest.raises(ValueError, match=r"folder.toml: the benchmark needs .* no test split; add a \[data.test\]"):
         run_benchmark(BenchSettings(tasks=[str(spec)], device="cpu"), tmp_path / "out", trainer=None)
     assert not (tmp_path / "out").exists()
