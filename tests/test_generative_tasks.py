@@ -107,12 +107,18 @@ def test_retrieval_is_refused_when_built_on_a_generative_backbone(llava):
     assert "generative" in msg and "--backbone builtin" in msg and "captioning" in msg
 
 
-def test_retrieval_refused_at_start_up_before_training(llava_dir, tmp_path, capsys):
+def test_retrieval_refused_at_start_up_before_training(llava_dir, tmp_path, capsys, monkeypatch):
+    """Refused before any training split is read (reading and checking COCO's images takes minutes)."""
+    from mtl_lora_vl.tasks.spec import TaskSpec
+
+    loaded = []
+    real = TaskSpec.load_split
+    monkeypatch.setattr(TaskSpec, "load_split", lambda self, *a, **k: loaded.append(self.name) or real(self, *a, **k))
     out = tmp_path / "run"
     code = train_main(["--backbone", f"hf:{llava_dir}", "--tasks", "vqa,retrieval", "--steps", "1",
                        "--workers", "0", "--out", str(out)])
     assert code == 2
-    assert "contrastive text tower" in capsys.readouterr().err
+    assert "contrastive text tower" in capsys.readouterr().err and loaded == []
     assert not (out / "checkpoint.pt").exists() and not (out / "metrics.jsonl").exists()
 
 

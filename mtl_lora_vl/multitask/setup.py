@@ -18,6 +18,7 @@ from ..config import MTLLoRAConfig
 from ..io import find_adapter_dir, load_pretrained
 from ..options import TrainOptions
 from ..tasks import build_kind, resolve_tasks
+from ..tasks.registry import get_kind
 from .model import MultiTaskModel
 
 
@@ -47,6 +48,8 @@ def build_setup(opts: TrainOptions, device: torch.device, extend_from: str | Non
     if opts.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
     specs = resolve_tasks(opts.tasks)
+    for s in specs:  # a task the backbone cannot serve is refused before any data is read
+        get_kind(s.kind).check_backbone(s, backbone)
     train_splits = {s.name: s.load_split("train", opts.data_root) for s in specs}
     kinds = {s.name: build_kind(s, train_splits[s.name], backbone) for s in specs}
     heads = nn.ModuleDict({name: kind.build_head(backbone) for name, kind in kinds.items()})
@@ -76,6 +79,8 @@ def extend_setup(opts: TrainOptions, device: torch.device) -> Setup:
     if clash:
         raise ValueError(f"--extend {src}: task(s) {clash} are already in the adapter {old}; --tasks must name new tasks")
     bb = lp.backbone
+    for s in new_specs:
+        get_kind(s.kind).check_backbone(s, bb)
     if opts.grad_checkpointing:
         bb.set_grad_checkpointing(True)
     train_splits = {s.name: s.load_split("train", opts.data_root) for s in new_specs}

@@ -86,6 +86,7 @@ class TaskKind(ABC):
                  state: dict[str, Any] | None = None) -> None:
         if spec.kind != self.kind:
             raise ValueError(f"task {spec.name!r} is of kind {spec.kind!r}, not {self.kind!r}")
+        type(self).check_backbone(spec, backbone)
         if train is None:
             if state is None:
                 raise ValueError(f"task {spec.name!r}: building its kind needs the training split or the "
@@ -103,6 +104,13 @@ class TaskKind(ABC):
         self.image_token: str = str(backbone.image_token) if self.generative else ""
 
     # ------------------------------------------------------------------ spec checks
+
+    @classmethod
+    def check_backbone(cls, spec: TaskSpec, backbone: Backbone) -> None:
+        """Raise when ``backbone`` cannot serve this kind at all (retrieval without a contrastive text
+        tower, captioning without a decoder). Called at start-up before any data is read, and again when
+        the kind is built; the base accepts every backbone."""
+        return None
 
     @classmethod
     def check_spec(cls, spec: TaskSpec) -> None:

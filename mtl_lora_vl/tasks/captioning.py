@@ -94,14 +94,17 @@ class CaptioningKind(TaskKind):
             raise spec_error(spec, "generative.eval_limit", "an integer >= 0 (0 = every image)",
                              spec.generative["eval_limit"])
 
-    def __init__(self, spec: TaskSpec, train: Split | None, backbone, state: dict | None = None) -> None:
-        super().__init__(spec, train, backbone, state)
+    @classmethod
+    def check_backbone(cls, spec: TaskSpec, backbone) -> None:
         if not backbone.has_decoder:
             raise ValueError(
                 f"task {spec.name!r} (captioning) needs a backbone with a text decoder, but backbone "
                 f"{backbone.name!r} ({type(backbone.model).__name__}) has none; use a generative backbone "
                 f"(--backbone builtin-llava, or hf:DIR of a LLaVA model) or an open_clip CoCa, e.g. "
                 f"--backbone open_clip:coca_ViT-B-32 --pretrained /path/to/coca_weights.bin")
+
+    def __init__(self, spec: TaskSpec, train: Split | None, backbone, state: dict | None = None) -> None:
+        super().__init__(spec, train, backbone, state)
         require_captions(spec, train)
 
     def sample_text(self, example: Example) -> str | None:

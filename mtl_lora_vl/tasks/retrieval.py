@@ -139,8 +139,11 @@ class RetrievalKind(TaskKind):
         if spec.head["max_logit_scale"] <= 1.0:
             raise spec_error(spec, "head.max_logit_scale", "a number > 1", spec.head["max_logit_scale"])
 
-    def __init__(self, spec: TaskSpec, train: Split | None, backbone, state: dict | None = None) -> None:
+    @classmethod
+    def check_backbone(cls, spec: TaskSpec, backbone) -> None:
         refuse_without_text_tower(spec, backbone)
+
+    def __init__(self, spec: TaskSpec, train: Split | None, backbone, state: dict | None = None) -> None:
         super().__init__(spec, train, backbone, state)
         require_captions(spec, train)
 
