@@ -349,3 +349,38 @@ def test_base_dtype_flag_reaches_load_backbone(monkeypatch):
     with pytest.raises(Stop):
         setup.build_setup(opts, torch.device("cpu"))
     assert seen == {"spec": "builtin-llava", "base_dtype": "bf16"}
+
+
+def _byte_level_tokenizer():
+    """A GPT-2-style byte-level BPE (a space is part of the next token: 'Ġred'), trained here on a few lines."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    lines = ["question: what colour is it? answer: red", "answer: blue", "answer: red circle"] * 20
+    tok.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=300, special_tokens=["<image>", "</s>", "<pad>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>",
+                                   additional_special_tokens=["<image>"])
+
+
+def test_targets_are_tokenised_as_they_continue_the_prompt():
+    """A byte-level BPE reads "answer: red" with 'Ġred'; tokenised alone the target would be 'red', a token the
+    model never sees after "answer:". Training rows and candidate scores both use the continuation."""
+    from mtl_lora_vl.backbones.lm_collate import LMCollator, PromptLayout
+
+    tok = _byte_level_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<image>", "</s>", "<pad>")}
+    col = LMCollator(tok, PromptLayout("<image>", ids["<image>"], 4, ids["</s>"], ids["<pad>"]))
+    natural = tok("question: what colour is it? answer: red", add_special_tokens=False)["input_ids"]
+    batch = col(["<image> question: what colour is it? answer:"], ["red"])
+    target = [int(t) for t, lab in zip(batch["input_ids"][0], batch["labels"][0]) if lab != -100][:-1]
+    assert tok.convert_ids_to_tokens(target) == ["Ġred"] and target == natural[-1:]
+    assert tok("red", add_special_tokens=False)["input_ids"] != target      # what the target alone would give
+    assert col.continuation_ids(["question:\n"], ["red"]) == [tok("red", add_special_tokens=False)["input_ids"]]
+    from mtl_lora_vl.backbones.hf_vlm import _common_suffix
+
+    assert _common_suffix(["<image> is it red? answer:", "<image> how many? answer:"]) == "? answer:"
+    assert _common_suffix(["a", "b"]) == ""

@@ -196,8 +196,9 @@ class HFVLMBackbone(Backbone):
             raise ValueError("sequence_scores: candidates must be a non-empty list of strings")
         batch = self._prompts(images, prompts, "sequence_scores")
         prompts = list(prompts)
-        cands = [[*map(int, ids), self.eos_id]
-                 for ids in self.hf_processor.tokenizer(list(candidates), add_special_tokens=False)["input_ids"]]
+        collator = self.lm_collator()   # candidates read as they continue the prompts' shared ending
+        ending = _common_suffix(collator.prompt_texts(prompts))
+        cands = [[*ids, self.eos_id] for ids in collator.continuation_ids([ending] * len(candidates), candidates)]
         if self.model.training and torch.is_grad_enabled() and _checkpointing(self.model):
             scores = self._scores_full(images, prompts, cands)
         else:
@@ -366,6 +367,15 @@ def _square(size: Any, name: str) -> int:
 
 
 @torch.no_grad()
+def _common_suffix(texts: Sequence[str]) -> str:
+    """The longest string every one of ``texts`` ends with (what candidates continue in every row)."""
+    rev = [t[::-1] for t in texts]
+    n = 0
+    while all(len(r) > n for r in rev) and len({r[n] for r in rev}) == 1:
+        n += 1
+    return texts[0][len(texts[0]) - n:] if n else ""
+
+
 def _count_image_tokens(model: nn.Module, image_size: int) -> int:
     """How many language-model tokens one image fills: one vision pass over a blank image (adapters off)."""
     p = next(model.parameters())

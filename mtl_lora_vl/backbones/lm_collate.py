@@ -90,11 +90,28 @@ class LMCollator:
         targets = list(targets)
         if len(targets) != len(prompts):
             raise ValueError(f"lm_collator: {len(prompts)} prompts but {len(targets)} targets; give one target per prompt")
-        enc = self.tokenizer(targets, add_special_tokens=False)["input_ids"] if targets else []
-        return self._right_padded(rows, [[*map(int, t), self.layout.eos_id] for t in enc])
+        enc = self.continuation_ids(self.prompt_texts(prompts), targets)
+        return self._right_padded(rows, [[*t, self.layout.eos_id] for t in enc])
+
+    def continuation_ids(self, prompt_texts: Sequence[str], texts: Sequence[str]) -> list[list[int]]:
+        """Each of ``texts`` tokenised as it continues its prompt text (after a space unless the prompt ends in
+        whitespace): the ids the model reads in running text -- a byte-level BPE (GPT-2, Qwen) writes
+        "answer: red" with 'Ġred', while "red" alone is 'red'. A text whose ids do not simply extend the
+        prompt's (a token merged across the boundary) keeps its own tokenisation. Three tokenizer calls."""
+        prompt_texts, texts = list(prompt_texts), list(texts)
+        joined = [p + ("" if not p or p[-1].isspace() else " ") + t for p, t in zip(prompt_texts, texts)]
+        tok = self.tokenizer
+        base, full, alone = (tok(x, add_special_tokens=False)["input_ids"] for x in (prompt_texts, joined, texts))
+        out = []
+        for b, f, a in zip(base, full, alone):
+            b, f = [int(t) for t in b], [int(t) for t in f]
+            out.append(f[len(b):] if len(f) > len(b) and f[:len(b)] == b else [int(t) for t in a])
+        return out
 
     # ------------------------------------------------------------------------------------------ prompts
-    def _prompt_ids(self, prompts: list[str]) -> list[list[int]]:
+    def prompt_texts(self, prompts: Sequence[str]) -> list[str]:
+        """The text each prompt is tokenised as (image placeholder moved out where the model puts the image
+        first, ``prompt_end`` appended)."""
         lay = self.layout
         texts = []
         for i, p in enumerate(prompts):
@@ -107,6 +124,11 @@ class LMCollator:
             if lay.image_first:
                 p = p.replace(lay.image_token, "").strip()
             texts.append(p + lay.prompt_end)
+        return texts
+
+    def _prompt_ids(self, prompts: list[str]) -> list[list[int]]:
+        lay = self.layout
+        texts = self.prompt_texts(prompts)
         encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         image = [lay.image_token_id] * lay.num_image_tokens
         rows = []
