@@ -31,7 +31,7 @@ class MTLLoRAConfig:
     """Hyper-parameters of the adapters (DESIGN §2, §4).
 
     ``targets`` is ``"default"`` (the attention and MLP projections of both towers, from the model
-    family table in ``attach.py``) or ``{"image": [regex, ...], "text": [regex, ...]}`` matched with
+    family table in ``families.py``) or ``{"image": [regex, ...], "text": [regex, ...]}`` matched with
     ``re.search`` against full module names. ``qkv_slices`` restricts which slices of packed q/k/v
     projections adapt (``"qkv"``, ``"qv"``, ...). For ``moe_lora`` and ``multi_lora`` ``n_up`` is the
     number of experts / parallel LoRAs.
