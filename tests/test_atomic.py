@@ -123,8 +123,29 @@ def test_a_failed_move_of_the_old_directory_leaves_no_temporary(tmp_path, monkey
         return real(src, dst)
 
     monkeypatch.setattr(atomic_mod.os, "replace", refuse_first)
+    monkeypatch.setattr(atomic_mod, "_exchange", lambda a, b: False)  # the two-rename path (no atomic swap)
     with pytest.raises(OSError, match="busy"):
         with atomic_dir(target, overwrite=True) as d:
             (d / "new").write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t"] and (target / "old").read_text() == "old"
 
+
+
+def test_a_directory_is_replaced_without_a_moment_when_it_is_missing(tmp_path, monkeypatch):
+    """Where the system swaps two directories atomically (Linux renameat2), the old target is exchanged with
+    the new one, never moved aside first: a crash cannot leave the target missing."""
+    probe_a, probe_b = tmp_path / "a", tmp_path / "b"
+    probe_a.mkdir()
+    probe_b.mkdir()
+    if not atomic_mod._exchange(probe_a, probe_b):
+        pytest.skip("no atomic directory exchange on this system")
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "old").write_text("old")
+    moved = []
+    real = os.replace
+    monkeypatch.setattr(atomic_mod.os, "replace", lambda src, dst: moved.append(Path(src)) or real(src, dst))
+    with atomic_dir(target, overwrite=True) as d:
+        (d / "new").write_text("new")
+    assert target not in moved and [p.name for p in target.iterdir()] == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "t"]

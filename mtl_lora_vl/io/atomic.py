@@ -10,14 +10,20 @@ replaced only with ``overwrite=True``; an old directory is removed only once the
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["atomic_dir", "atomic_file", "check_target", "holds"]
+
+_AT_FDCWD = -100        # renameat2: paths relative to the working directory
+_RENAME_EXCHANGE = 2    # renameat2: swap the two entries
 
 
 def holds(folder: str | Path, path: str | Path) -> bool:
@@ -95,8 +101,34 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, what: str = "write"
     _fsync_dir(path.parent)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or filesystem cannot, so the caller falls back to two renames."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move the finished ``tmp`` to ``path``; an old ``path`` is removed only once the new one is there."""
+    """Move the finished ``tmp`` to ``path``; an old ``path`` is removed only once the new one is there.
+
+    Where the system can swap two directories atomically the old one is exchanged with ``tmp`` and then
+    deleted, so there is no moment without ``path``; elsewhere it is moved aside first, and a crash between
+    the two renames leaves it in a hidden ``.<name>.*.old`` folder beside the target."""
+    if path.is_dir() and any(path.iterdir()) and _exchange(tmp, path):
+        shutil.rmtree(tmp, ignore_errors=True)   # now the old directory
+        return
     old = None
     if path.is_dir():
         if any(path.iterdir()):
