@@ -43,10 +43,11 @@ class DistInfo:
         return self.rank == 0
 
 
-def pick_device(requested: str = "auto", local_rank: int = 0, world_size: int = 1) -> torch.device:
+def pick_device(requested: str = "auto", local_rank: int = 0, local_world_size: int = 1) -> torch.device:
     """``auto``: this rank's GPU when CUDA is there, else the CPU; otherwise the device asked for
     (``cpu``, ``cuda`` or ``cuda:N``; anything else is refused with a RuntimeError naming ``--device``).
-    Under torchrun (``world_size`` > 1) each rank takes its own GPU, so ``cuda:N`` is refused."""
+    With several processes on this machine (``local_world_size`` > 1, torchrun's ``LOCAL_WORLD_SIZE``) each
+    takes its own GPU, so ``cuda:N`` is refused; one process per node may name its GPU."""
     if requested == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     try:
@@ -61,7 +62,7 @@ def pick_device(requested: str = "auto", local_rank: int = 0, world_size: int = 
             raise RuntimeError(f"--device {requested}: CUDA is not available on this machine; use --device cpu")
         if device.index is None:
             return torch.device("cuda", local_rank)
-        if world_size > 1:
+        if local_world_size > 1:
             raise RuntimeError(f"--device {requested}: under torchrun every rank would use that one GPU (NCCL "
                                "refuses duplicate GPUs); use --device cuda (or auto): rank r takes cuda:LOCAL_RANK, "
                                "and CUDA_VISIBLE_DEVICES chooses which GPUs the ranks see")
@@ -77,7 +78,7 @@ def init_distributed(requested_device: str = "auto") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(requested_device, local, world)
+    device = pick_device(requested_device, local, int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
     if device.type == "cuda":  # the current device: kernels, pinned-memory copies and NCCL all use it
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():

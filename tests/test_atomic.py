@@ -149,3 +149,14 @@ def test_a_directory_is_replaced_without_a_moment_when_it_is_missing(tmp_path, m
         (d / "new").write_text("new")
     assert target not in moved and [p.name for p in target.iterdir()] == ["new"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "t"]
+
+
+def test_a_target_that_is_a_symlink_to_a_directory_leaves_nothing_behind(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "old").write_text("old")
+    (tmp_path / "out").symlink_to(real)
+    with atomic_dir(tmp_path / "out", overwrite=True) as d:
+        (d / "new").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "real"]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["new"]

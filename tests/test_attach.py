@@ -378,6 +378,8 @@ def test_layers_their_owner_does_not_call_are_refused():
     enc = nn.Sequential(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True))
     with pytest.raises(mlv.AttachError, match="fast path reads"):
         mlv.attach(enc, mlv.MTLLoRAConfig(tasks=["a"], targets={"image": [r"linear1$"]}))
+    dec = nn.Sequential(nn.TransformerDecoderLayer(8, 2, 16, batch_first=True))   # no fast path: it calls them
+    mlv.attach(dec, mlv.MTLLoRAConfig(tasks=["a"], targets={"image": [r"linear1$", r"self_attn$"]}))
 
 
 def test_a_failed_attach_leaves_the_model_as_it_was():

@@ -129,8 +129,9 @@ def test_cuda_index_beyond_the_devices_is_named(monkeypatch):
     assert pick_device("cuda", local_rank=1) == torch.device("cuda", 1)
     assert pick_device("cpu") == torch.device("cpu")
     with pytest.raises(RuntimeError, match=r"--device cuda:0: under torchrun every rank would use that one GPU"):
-        pick_device("cuda:0", local_rank=1, world_size=2)
-    assert pick_device("cuda", local_rank=1, world_size=2) == torch.device("cuda", 1)
+        pick_device("cuda:0", local_rank=1, local_world_size=2)
+    assert pick_device("cuda", local_rank=1, local_world_size=2) == torch.device("cuda", 1)
+    assert pick_device("cuda:1", local_rank=0, local_world_size=1) == torch.device("cuda", 1)  # one process per node
 
 
 def test_a_gpu_that_only_emulates_bf16_gets_fp16(monkeypatch):

@@ -252,6 +252,9 @@ def test_resume_refuses_what_it_would_ignore_and_bad_config(tmp_path, capsys, mo
 
     again = parse_train_args(["--config", str(run / "config.json"), "--out", str(tmp_path / "again")])  # a run's
     assert again.steps == 1 and again.tasks == saved["tasks"]                                           # own config
+    (run / "config.json").write_text(json.dumps({**saved, "overwrite": True}))
+    again = parse_train_args(["--config", str(run / "config.json")])   # never the old run's --out, --overwrite
+    assert again.out is None and not again.overwrite and again.resume is None
     (run / "config.json").write_text(json.dumps({**saved, "old_option": 1}))
     with pytest.raises(RunDirError, match=r"config.json holds options this version does not know \(\['old_option'\]\)"):
         resumed_options(run, TrainOptions(resume=str(run)))

@@ -120,8 +120,7 @@ def _check_called(model: nn.Module, name: str, module: nn.Module) -> None:
             f"the attention module itself (a pattern matching {parent_name!r}: adapters on its in- and output "
             "projections)"
         )
-    layer = next(((n, m) for n, m in owners if isinstance(m, (nn.TransformerEncoderLayer,
-                                                            nn.TransformerDecoderLayer))), None)
+    layer = next(((n, m) for n, m in owners if isinstance(m, nn.TransformerEncoderLayer)), None)
     if layer is not None and torch.backends.mha.get_fastpath_enabled():
         raise AttachError(
             f"target {name!r} is inside {type(layer[1]).__name__} {layer[0] or '(the model)'!r}, whose inference "

@@ -366,7 +366,6 @@ def _square(size: Any, name: str) -> int:
     return int(size)
 
 
-@torch.no_grad()
 def _common_suffix(texts: Sequence[str]) -> str:
     """The longest string every one of ``texts`` ends with (what candidates continue in every row)."""
     rev = [t[::-1] for t in texts]
@@ -376,6 +375,7 @@ def _common_suffix(texts: Sequence[str]) -> str:
     return texts[0][len(texts[0]) - n:] if n else ""
 
 
+@torch.no_grad()
 def _count_image_tokens(model: nn.Module, image_size: int) -> int:
     """How many language-model tokens one image fills: one vision pass over a blank image (adapters off)."""
     p = next(model.parameters())

@@ -179,11 +179,12 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
     hints = field_types(cls)
     by_name = {f.name: f for f in fields(cls) if f.name != "config"}
     out: dict[str, Any] = {}
+    run_config = "config" in raw and raw["config"] in (None, "")  # a run's own config.json
     for key, value in raw.items():
         name = key.replace("-", "_")
+        if run_config and name in ("config", "out", "resume", "overwrite"):
+            continue  # where that run went and how: a new run takes its own --out (never the old run's)
         if name == "config" and name in {f.name for f in fields(cls)}:
-            if value in (None, ""):
-                continue  # a run's own config.json records its (absent) --config
             _fail(parser, f"{where}: config = {json.dumps(value)}: a config file cannot name another one; "
                           "merge the two files")
         if name not in by_name:

@@ -126,7 +126,7 @@ def _replace_dir(tmp: Path, path: Path) -> None:
     Where the system can swap two directories atomically the old one is exchanged with ``tmp`` and then
     deleted, so there is no moment without ``path``; elsewhere it is moved aside first, and a crash between
     the two renames leaves it in a hidden ``.<name>.*.old`` folder beside the target."""
-    if path.is_dir() and any(path.iterdir()) and _exchange(tmp, path):
+    if path.is_dir() and not path.is_symlink() and any(path.iterdir()) and _exchange(tmp, path):
         shutil.rmtree(tmp, ignore_errors=True)   # now the old directory
         return
     old = None
