@@ -115,21 +115,17 @@ def resumed_options(run: Path, given: TrainOptions, explicit: Collection[str] | 
     default = TrainOptions()
     now = config_doc(run, given)  # paths made absolute as the run's own config.json has them
     if explicit is None:
-        candidates = [k for k in known - set(RESUME_OWN) - {"out", "config", "overwrite"}
-                      if getattr(given, k) != getattr(default, k)]
+        names = [k for k in known - set(RESUME_OWN) - {"out", "config", "overwrite"}
+                 if getattr(given, k) != getattr(default, k)]
     else:
-        candidates = [k for k in set(explicit) - set(RESUME_OWN) - {"config", "out"}]
+        names = list(set(explicit) - set(RESUME_OWN) - {"config", "out", "overwrite"})
+    wrong = [k for k in names if now[k] != saved.get(k, getattr(default, k))]
+    if explicit is not None:
         if given.out and Path(given.out).resolve() != run.resolve():
-            candidates.append("out")
-    def ignored_now(k: str) -> bool:
-        if k == "out":
-            return True  # a candidate only when it names another directory
-        if k == "overwrite":
-            return given.overwrite
-        return now[k] != saved.get(k, getattr(default, k))
-
-    ignored = [f"--{k.replace('_', '-')} {getattr(given, k)!r} (the run has {saved.get(k)!r})"
-               for k in sorted(set(candidates)) if ignored_now(k)]
+            wrong.append("out")
+        if "overwrite" in explicit and given.overwrite:
+            wrong.append("overwrite")
+    ignored = [f"--{k.replace('_', '-')} {getattr(given, k)!r} (the run has {saved.get(k)!r})" for k in sorted(wrong)]
     if ignored:
         raise RunDirError(f"--resume {run} continues the run with the options it was started with, in its own "
                           f"directory, so these would be ignored: {'; '.join(ignored)}. Drop them, or start a new "

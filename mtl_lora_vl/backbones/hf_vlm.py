@@ -315,7 +315,7 @@ class HFVLMBackbone(Backbone):
     def _scores_full(self, images: Tensor, prompts: Sequence[str], cands: list[list[int]]) -> Tensor:
         B, C = images.shape[0], len(cands)
         collate = self.lm_collator()
-        rows = collate._prompt_ids(list(prompts))
+        rows = collate.prompt_rows(collate.prompt_texts(prompts))[0]
         full = collate._right_padded([p for p in rows for _ in cands], [c for _ in rows for c in cands])
         full = {k: v.to(images.device) for k, v in full.items()}
         with expanded_rows(self.model, C):

@@ -84,13 +84,14 @@ class LMCollator:
         prompts = list(prompts)
         if not prompts:
             raise ValueError("lm_collator: no prompts")
-        rows, prompt_ids = self._prompt_rows(prompts)
+        texts = self.prompt_texts(prompts)
+        rows, prompt_ids = self.prompt_rows(texts)
         if targets is None:
             return self._left_padded(rows)
         targets = list(targets)
         if len(targets) != len(prompts):
             raise ValueError(f"lm_collator: {len(prompts)} prompts but {len(targets)} targets; give one target per prompt")
-        enc = self.continuation_ids(self.prompt_texts(prompts), targets, prompt_ids)
+        enc = self.continuation_ids(texts, targets, prompt_ids)
         return self._right_padded(rows, [[*t, self.layout.eos_id] for t in enc])
 
     def continuation_ids(self, prompt_texts: Sequence[str], texts: Sequence[str],
@@ -129,13 +130,10 @@ class LMCollator:
             texts.append(p + lay.prompt_end)
         return texts
 
-    def _prompt_ids(self, prompts: list[str]) -> list[list[int]]:
-        return self._prompt_rows(prompts)[0]
-
-    def _prompt_rows(self, prompts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
-        """Each prompt's row (prefix, text and expanded image tokens) and its text's own ids."""
+    def prompt_rows(self, texts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+        """For prompt texts (:meth:`prompt_texts`): each row (prefix, text, image tokens expanded) and the
+        text's own ids."""
         lay = self.layout
-        texts = self.prompt_texts(prompts)
         encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         image = [lay.image_token_id] * lay.num_image_tokens
         rows = []

@@ -23,7 +23,7 @@ import torch
 from ..distributed import pick_device
 from ..options import TrainOptions
 from ..precision import resolve_precision
-from ..tasks import load_spec
+from ..tasks import TaskSpec, load_spec
 from ..training.train import train
 from .analysis import analyse
 from .grid import (
@@ -52,25 +52,23 @@ class BenchDirError(RuntimeError):
     """The output folder holds a grid with other settings."""
 
 
-def grid_identity(settings: BenchSettings) -> dict[str, Any]:
+def grid_identity(settings: BenchSettings, specs: list[TaskSpec]) -> dict[str, Any]:
     """What decides a grid's results, for resuming: the settings, each task spec's text (an edited spec
     changes the data or the loss), and the device type and autocast dtype the runs resolve to (a grid
     begun on a CPU in fp32 must not be finished on a GPU in bf16)."""
     device = pick_device(settings.device)
-    specs = {}
-    for task in settings.tasks:
-        spec = load_spec(task)
+    texts = {}
+    for task, spec in zip(settings.tasks, specs):
         text = Path(spec.source_file).read_bytes() if spec.source_file else task.encode()
-        specs[spec.name] = hashlib.sha256(text).hexdigest()[:16]
-    return {**settings.identity(), "spec_sha256": specs,
+        texts[spec.name] = hashlib.sha256(text).hexdigest()[:16]
+    return {**settings.identity(), "spec_sha256": texts,
             "runtime": {"device": device.type, "autocast": str(resolve_precision(settings.precision, device))}}
 
 
-def check_splits(tasks: list[str]) -> None:
+def check_splits(specs: list[TaskSpec]) -> None:
     """Refuse tasks without both a val and a test split: learning rates are chosen on val and results
     reported on test, and a missing test split would be scored on val -- the split the choice was made on."""
-    for task in tasks:
-        spec = load_spec(task)
+    for spec in specs:
         missing = [s for s in ("val", "test") if s not in spec.data.splits]
         if missing:
             where = spec.source_file or f"task {spec.name!r}"
@@ -117,8 +115,9 @@ def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer 
     settings.validate()
     out = Path(out)
     stream = stream if stream is not None else sys.stdout
-    check_splits(settings.tasks)
-    _check_settings(out, grid_identity(settings), overwrite)
+    specs = [load_spec(task) for task in settings.tasks]
+    check_splits(specs)
+    _check_settings(out, grid_identity(settings, specs), overwrite)
     task_args = eval_subset_specs(settings.tasks, out / "specs", {"val": settings.val_n, "test": settings.test_n})
     tasks = list(task_args)
     counter = ParameterCounter(settings.backbone, settings.pretrained)

@@ -68,7 +68,7 @@ class ImageFallback:
                  strict: bool = False) -> None:
         self.task = task
         self.examples = examples
-        self.size = size if isinstance(size, ImageResize) else ImageResize(int(size))
+        self.size = ImageResize.of(size)
         self.strict = bool(strict)
         keys: dict[str, int] = {}
         ids = array("q")

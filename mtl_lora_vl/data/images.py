@@ -279,10 +279,7 @@ def to_uint8_tensor(img: Any, resize: ImageResize | int) -> torch.Tensor:
     """
     import torchvision.transforms.v2.functional as TF
 
-    if not isinstance(resize, ImageResize):
-        if not isinstance(resize, int) or isinstance(resize, bool) or resize < 1:
-            raise ValueError(f"to_uint8_tensor: size must be a positive int or an ImageResize, got {resize!r}")
-        resize = ImageResize(resize)
+    resize = ImageResize.of(resize)
     if is_scene(img):
         img = load_image(img, resize.size)
     elif not isinstance(img, Image.Image):

@@ -115,8 +115,7 @@ def ignore_stop_signals(worker_id: int) -> None:
 
 def _resize_of(backbone: Any) -> ImageResize:
     """The backbone's image resize (an object with only ``image_size`` gets the shorter-side default)."""
-    resize = getattr(backbone, "resize", None)
-    return resize if isinstance(resize, ImageResize) else ImageResize(int(backbone.image_size))
+    return ImageResize.of(getattr(backbone, "resize", None) or int(backbone.image_size))
 
 
 def decode_image(example: Example, size: ImageResize | int) -> Tensor:
@@ -142,7 +141,7 @@ class TaskDataset(Dataset):
             raise ValueError(f"task {kind.name!r} has no examples to load")
         self.kind = kind
         self.examples = split.examples
-        self.resize = image_size if isinstance(image_size, ImageResize) else ImageResize(int(image_size))
+        self.resize = ImageResize.of(image_size)
         self.image_size = self.resize.size
         self.generative = bool(getattr(kind, "generative", False))
         self.images = ImageFallback(kind.name, split.examples, self.resize, strict=split.strict)

@@ -57,6 +57,11 @@ class ImageResize:
         if self.resize_to is not None and self.mode != "shortest":
             raise ValueError(f"ImageResize: resize_to applies to mode 'shortest' only, not {self.mode!r}")
 
+    @classmethod
+    def of(cls, value: ImageResize | int) -> ImageResize:
+        """``value`` itself, or for a side ``S`` the default: shorter side to ``S``, centre crop, bicubic."""
+        return value if isinstance(value, ImageResize) else cls(value)
+
     @property
     def draft_side(self) -> int:
         """A JPEG may be decoded at reduced scale as long as both sides stay at least this long."""

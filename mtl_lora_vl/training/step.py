@@ -43,7 +43,7 @@ def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: O
     optim.optimizer.zero_grad(set_to_none=True)
     sums: dict[str, torch.Tensor] = {}
     micro_batches: dict[str, int] = {}  # per task: the micro-batches it was in (each task's mean is over those)
-    total_sum: torch.Tensor | None = None
+    total_sum: Any = 0.0
     samples = 0
     for micro in range(accumulate):
         batch = to_device(next(batches), info.device, amp_dtype, backbone)
@@ -54,10 +54,9 @@ def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: O
             optim.scaler.scale(total / accumulate).backward()
         samples += batch["task_ids"].numel() * info.world_size
         for k, v in per_task.items():
-            sums[k] = v.detach().float() + sums[k] if k in sums else v.detach().float()
+            sums[k] = sums.get(k, 0.0) + v.detach().float()
             micro_batches[k] = micro_batches.get(k, 0) + 1
-        part = total.detach().float() / accumulate
-        total_sum = part if total_sum is None else total_sum + part
+        total_sum = total_sum + total.detach().float() / accumulate
     keys = list(sums)
     ok = torch.isfinite(total_sum).to(torch.float32).reshape(1)
     if info.enabled:
