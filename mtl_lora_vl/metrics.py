@@ -10,8 +10,12 @@ VQA follows the official VQA evaluation (``vqaEval.py`` of the VQA API, GT-Visio
   a period is deleted unless a digit follows it ("3.5" stays, "yes." -> "yes");
 * lowercase; number words "none", "zero" .. "ten" become digits; the articles "a", "an", "the" go;
   apostrophe-less contractions get their apostrophes back ("dont" -> "don't");
-* accuracy of a prediction is ``min(#humans who gave it / 3, 1)``, averaged over the ten subsets of
-  nine humans when ten answers are present.
+* accuracy of a prediction is ``min(#humans who gave it / 3, 1)`` averaged over the subsets that leave
+  one human out (ten subsets of nine for VQAv2's ten answers; the official script does this for any
+  number of answers).
+
+With fewer than three answers that formula cannot reach 1 (one answer always scores 0), so such
+questions (GQA-style single-answer data) are scored by exact match after normalisation instead.
 
 Two deliberate, documented departures: the ground-truth answers go through the full normalisation
 too (the official script only strips their punctuation, and only when the humans disagree), and the
@@ -117,8 +121,9 @@ def normalize_answer(text: str) -> str:
 def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     """Standard VQA accuracy of one prediction against the human answers of one question.
 
-    ``min(#matching humans / 3, 1)`` after normalising both sides; with ten answers (VQAv2), the
-    official average over the ten leave-one-out subsets of nine humans.
+    ``min(#matching humans / 3, 1)`` after normalising both sides, averaged over the leave-one-out subsets
+    of the humans as the official script does (for VQAv2's ten answers: the ten subsets of nine). With one
+    or two answers, where that formula cannot reach 1, exact match: 1.0 when any answer matches.
     """
     if isinstance(answers, str):
         raise TypeError("vqa_accuracy: `answers` must be a sequence of answer strings, not one str "
@@ -127,12 +132,11 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
         raise ValueError("vqa_accuracy: `answers` is empty; a question needs at least one human answer")
     pred = normalize_answer(prediction)
     gts = [normalize_answer(a) for a in answers]
-    if len(gts) == 10:
-        matches = sum(g == pred for g in gts)
-        # Leaving out a matching human leaves matches-1 among the nine, any other leaves matches.
-        total = sum(min(1.0, (matches - (g == pred)) / 3.0) for g in gts)
-        return total / len(gts)
-    return min(1.0, sum(g == pred for g in gts) / 3.0)
+    matches = sum(g == pred for g in gts)
+    if len(gts) < 3:
+        return float(matches > 0)
+    # Leaving out a matching human leaves matches-1 among the others, any other leaves matches.
+    return sum(min(1.0, (matches - (g == pred)) / 3.0) for g in gts) / len(gts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,15 +218,33 @@ def retrieval_recall(similarity: Any, text_to_image: Any, ks: Sequence[int] = (1
 # Captioning
 # ----------------------------------------------------------------------------------------------
 
-_NON_WORD = re.compile(r"[^\w\s]", re.UNICODE)
+# Tokens as pycocoevalcap's PTB tokenizer (Stanford CoreNLP, lowercased) leaves them once it has dropped its
+# punctuation tokens: clitics split off ("do n't", "man 's"), hyphens, slashes and apostrophes inside a word and
+# [.:,] between digits kept ("black-and-white", "and/or", "o'clock", "3.5", "10:30", "1,000"; "5:00pm" is
+# "5:00 pm"), dotted abbreviations kept ("u.s."), other symbols kept as tokens ("&", "%", "$"), brackets
+# spelled as PTB spells them (lowercased, they escape pycocoevalcap's filter: "-lrb-"); the PTB punctuation
+# tokens (. , : ; ? ! - -- ... and quotes) dropped, runs such as "!!" kept.
+_CLITIC = re.compile(r"(?<=\w)(n't|'s|'re|'ve|'ll|'d|'m)(?!\w)")
+_PTB_TOKEN = re.compile(
+    r"n't|'(?:s|re|ve|ll|d|m)(?!\w)"                      # a clitic split off above
+    r"|(?:[^\W\d_]\.){2,}"                               # u.s. e.g.
+    r"|\w+(?:[-/&']\w+|(?<=\d)[.:,]\d+)*"                  # words, with their inner hyphens and numbers' marks
+    r"|[!?]{2,}"                                            # PTB's filter drops "!" and "?" alone, not "!!"
+    r"|[^\w\s.,:;?!'\"`-]"                                  # a symbol PTB keeps as a token (& % $ # @ + = brackets)
+)
+_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
 
 
 def tokenize_caption(text: str) -> str:
-    """Lowercase, drop punctuation and collapse spaces: a light stand-in for the PTB tokenizer.
+    """Lowercase and tokenise a caption as pycocoevalcap's PTB tokenizer does, punctuation tokens dropped.
 
-    (pycocoevalcap's PTB tokenizer needs Java; CIDEr and BLEU only need whitespace-separated words.)
+    A pure-Python approximation of the Stanford PTB tokenizer that pycocoevalcap runs through Java,
+    written for captions (the rules are listed above; the tests compare with the Java tokenizer's
+    output on captions that exercise each rule; URLs and e-mail addresses are split where it keeps them).
+    Returns the tokens joined by single spaces.
     """
-    return " ".join(_NON_WORD.sub(" ", text.lower()).split())
+    tokens = _PTB_TOKEN.findall(_CLITIC.sub(r" \1", text.lower()))
+    return " ".join(_BRACKETS.get(tok, tok) for tok in tokens)
 
 
 def caption_scores(predictions: Mapping[Any, str], references: Mapping[Any, Sequence[str]]) -> dict[str, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 
 import pytest
 
@@ -104,3 +105,62 @@ def test_caption_scores_matches_pycocoevalcap_on_raw_text():
     res = {k: [tokenize_caption(v)] for k, v in preds.items()}
     assert out["bleu4"] == pytest.approx(Bleu(4).compute_score(gts, res, verbose=0)[0][3], rel=1e-12)
     assert out["cider"] == pytest.approx(float(Cider().compute_score(gts, res)[0]), rel=1e-12)
+
+
+# Captions and what pycocoevalcap's PTBTokenizer (the Java Stanford tokenizer, pycocoevalcap 1.2) made of
+# them, punctuation tokens dropped: recorded once, so the test needs neither Java nor pycocoevalcap.
+PTB_CASES = [
+    ('A black-and-white photo of a dog.', 'a black-and-white photo of a dog'),
+    ("I don't know, can't won't", "i do n't know ca n't wo n't"),
+    ('The man\'s hat (red) costs $5 & 10% "off"...', "the man 's hat -lrb- red -rrb- costs $ 5 & 10 % off"),
+    ('At 10:30, 3.5 and 1,000 u.s. cats -- yes!', 'at 10:30 3.5 and 1,000 u.s. cats yes'),
+    ("dogs' toys; and/or o'clock", "dogs toys and/or o'clock"),
+    ('a red circle, left of: shapes', 'a red circle left of shapes'),
+    ('A T-shirt on a hot-dog stand.', 'a t-shirt on a hot-dog stand'),
+    ('Two people; one is sitting?', 'two people one is sitting'),
+    ("A man's dog isn't here.", "a man 's dog is n't here"),
+    ('The U.S. flag and an e.g. example.', 'the u.s. flag and an e.g. example'),
+    ("she'll they're we've I'm he'd", "she 'll they 're we 've i 'm he 'd"),
+    ('A 2-year-old child', 'a 2-year-old child'),
+    ('A cat @ home #1 + more = fun', 'a cat @ home # 1 + more = fun'),
+    ("A sign reads 'STOP'.", 'a sign reads stop'),
+    ('Café crème au lait', 'café crème au lait'),
+    ('a,b test', 'a b test'),
+    ('3.5-inch screen', '3.5-inch screen'),
+    ('5:00pm', '5:00 pm'),
+    ("A dog's", "a dog 's"),
+    ("mother-in-law's house", "mother-in-law 's house"),
+    ('A hat (red) and [blue] {x}', 'a hat -lrb- red -rrb- and -lsb- blue -rsb- -lcb- x -rcb-'),
+    ('10am 3rd 2nd 4x4 1990s', '10am 3rd 2nd 4x4 1990s'),
+    ('5.00pm', '5.00 pm'),
+    ('100%', '100 %'),
+    ('a dog...', 'a dog'),
+    ("it's 5 o'clock", "it 's 5 o'clock"),
+    ("Tom's and James' cats", "tom 's and james cats"),
+    ('a--b', 'a b'),
+    ('well-known \'quoted\' "double"', 'well-known quoted double'),
+    ("New York's Central Park.", "new york 's central park"),
+    ('an 18-wheeler', 'an 18-wheeler'),
+    ('10,000-foot view', '10,000-foot view'),
+    ('A man riding a wave on top of a surfboard.', 'a man riding a wave on top of a surfboard'),
+    ('Two giraffes standing next to each other in a field .', 'two giraffes standing next to each other in a field'),
+    ('A PERSON ON A MOTORCYCLE!!', 'a person on a motorcycle !!'),
+    ('  a   dog  \n on a\tbed ', 'a dog on a bed'),
+    ("Kids' toys at 7-Eleven, 1.5x zoom", 'kids toys at 7-eleven 1.5 x zoom'),
+    ('A plate w/ food', 'a plate w / food'),
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), PTB_CASES)
+def test_tokenize_caption_as_pycocoevalcap_ptb_tokenizer(caption, ptb):
+    assert tokenize_caption(caption) == ptb
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's PTB tokenizer needs Java")
+def test_tokenize_caption_against_the_live_ptb_tokenizer():
+    pytest.importorskip("pycocoevalcap", reason="needs pycocoevalcap (the test extra)")
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    caps = [c for c, _ in PTB_CASES]
+    out = PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(caps)})
+    assert [tokenize_caption(c) for c in caps] == [out[i][0] for i in range(len(caps))]

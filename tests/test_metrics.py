@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import pytest
@@ -81,10 +82,32 @@ def test_vqa_accuracy_normalises_both_sides():
     assert vqa_accuracy("grey", grey) == pytest.approx(0.3)
 
 
-def test_vqa_accuracy_without_ten_answers_is_plain_min():
-    assert vqa_accuracy("red", ["red"]) == pytest.approx(1 / 3)
-    assert vqa_accuracy("red", ["red", "red", "blue"]) == pytest.approx(2 / 3)
-    assert vqa_accuracy("red", ["red"] * 3) == pytest.approx(1.0)
+def _official_vqa_accuracy(pred: str, answers: list[str]) -> float:
+    """vqaEval.py's loop (GT-Vision-Lab/VQA), answers already normalised: each human left out in turn."""
+    accs = []
+    for i in range(len(answers)):
+        others = answers[:i] + answers[i + 1:]
+        accs.append(min(1.0, sum(a == pred for a in others) / 3))
+    return sum(accs) / len(accs)
+
+
+def test_vqa_accuracy_leaves_one_out_for_any_number_of_answers():
+    assert vqa_accuracy("red", ["red"] * 3) == pytest.approx(2 / 3)           # not 1: as the official script
+    assert vqa_accuracy("red", ["red", "red", "blue"]) == pytest.approx(4 / 9)
+    assert vqa_accuracy("2", ["2", "2", "2", "3", "3"]) == pytest.approx(0.8)
+    rng = random.Random(0)
+    for _ in range(300):
+        answers = [rng.choice(["red", "blue", "2"]) for _ in range(rng.randint(3, 12))]
+        pred = rng.choice(["red", "blue", "2", "green"])
+        assert vqa_accuracy(pred, answers) == pytest.approx(_official_vqa_accuracy(pred, answers))
+
+
+def test_vqa_accuracy_with_one_or_two_answers_is_exact_match():
+    # The official formula cannot reach 1 there (one answer always scores 0): single-answer data (GQA-style)
+    # is scored by exact match after normalisation.
+    assert vqa_accuracy("Red.", ["red"]) == 1.0
+    assert vqa_accuracy("blue", ["red"]) == 0.0
+    assert vqa_accuracy("two", ["2", "3"]) == 1.0
 
 
 def test_vqa_accuracy_bad_input():

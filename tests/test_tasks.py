@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from vl_tiny import tiny_backbone
 
@@ -30,7 +31,7 @@ from mtl_lora_vl.tasks import (
     resolve_tasks,
 )
 from mtl_lora_vl.tasks import registry as registry_mod
-from mtl_lora_vl.tasks.captioning import caption_token_loss
+from mtl_lora_vl.tasks.captioning import caption_references, caption_token_loss
 from mtl_lora_vl.tasks.retrieval import multi_positive_infonce, retrieval_texts
 
 BUILTIN = ("vqa", "retrieval", "caption_cls", "captioning")
@@ -281,6 +282,32 @@ def test_vqa_loss_ignores_rows_without_vocab_answers(clip):
     assert float(zero.detach()) == 0.0 and zero.requires_grad
     with pytest.raises(ValueError, match="question embeddings"):
         kind.loss(head, clip, {"targets": torch.zeros(3, 2)}, img, None)
+
+
+def test_classification_counts_ties_against_the_true_class_in_every_metric(clip, monkeypatch):
+    spec = load_spec("caption_cls")
+    train, val = _world(spec, "train", 12), _world(spec, "val", 8)
+    kind = build_kind(spec, train, clip)
+    n_cls = len(kind.class_names)
+    tied = torch.zeros(len(val.examples), n_cls)   # every class ties: no sample is ranked first
+    monkeypatch.setattr(kind, "logits", lambda *a, **k: tied)
+    m = kind.evaluate(clip, None, val, batch_size=4, device="cpu")
+    assert m["top1"] == 0.0 and m["mean_per_class"] == 0.0   # argmax gave ties to class 0: per-class 1.0 there
+    labels = torch.tensor([ex.label for ex in val.examples])
+    clear = F.one_hot(labels, n_cls).float()               # the true class alone on top
+    monkeypatch.setattr(kind, "logits", lambda *a, **k: clear)
+    m = kind.evaluate(clip, None, val, batch_size=4, device="cpu")
+    assert m["top1"] == 1.0 and m["mean_per_class"] == 1.0
+
+
+def test_caption_references_keep_repeated_captions():
+    # pycocoevalcap keeps two annotators' identical captions; they weigh twice in CIDEr's average.
+    a = Example(None, "a", text="a dog runs", captions=("a dog runs", "a dog runs", "a cat sleeps"))
+    rows = [Example(None, "b", text="a red car"), Example(None, "b", text="a red car"),
+            Example(None, "b", text="a blue car")]
+    images, refs = caption_references(Split([a, dataclasses.replace(a, text="a cat sleeps"), *rows]))
+    assert [ex.image_id for ex in images] == ["a", "b"]
+    assert refs == {"a": ["a dog runs", "a dog runs", "a cat sleeps"], "b": ["a red car", "a red car", "a blue car"]}
 
 
 def test_vqa_needs_answers(clip):

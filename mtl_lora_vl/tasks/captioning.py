@@ -60,16 +60,23 @@ def caption_token_loss(logits: Tensor, tokens: Tensor, eos_id: int, pad_id: int)
 
 
 def caption_references(split: Split) -> tuple[list[Example], dict[str, list[str]]]:
-    """Distinct images of ``split`` (first example of each) and their reference captions."""
+    """Distinct images of ``split`` (first example of each) and their reference captions.
+
+    An image's references are its first example's ``captions`` when it has them, else the ``text`` of each
+    of its rows (one row per caption). Repeated captions stay repeated, as pycocoevalcap keeps them: two
+    annotators who wrote the same words weigh twice in CIDEr's average over references.
+    """
     images: list[Example] = []
     refs: dict[str, list[str]] = {}
+    from_rows: set[str] = set()
     for ex in split.examples:
         if ex.image_id not in refs:
             images.append(ex)
-            refs[ex.image_id] = []
-        for c in (*ex.captions, *((ex.text,) if ex.text else ())):
-            if c not in refs[ex.image_id]:
-                refs[ex.image_id].append(c)
+            refs[ex.image_id] = list(ex.captions)
+            if not ex.captions:
+                from_rows.add(ex.image_id)
+        if ex.image_id in from_rows and ex.text:
+            refs[ex.image_id].append(ex.text)
     return images, refs
 
 

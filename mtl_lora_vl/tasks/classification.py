@@ -230,7 +230,13 @@ class ClassificationKind(TaskKind):
                                                      dtype=dtype, num_workers=num_workers), examples)
         labels = torch.tensor([ex.label for ex in examples])
         out = topk_accuracy(logits, labels, ks=(1, 5))
-        per_class = per_class_accuracy(logits.argmax(dim=1), labels, len(self.class_names))
+        # A class tied with the true one counts as predicted, as in topk_accuracy (argmax would give ties to the
+        # lowest index, so mean_per_class could read 1.0 where top1 reads 0.0).
+        scores = logits.float()
+        true = scores.gather(1, labels[:, None])
+        rival = scores.masked_fill(F.one_hot(labels, scores.shape[1]).bool(), float("-inf"))
+        pred = torch.where((rival >= true).any(1), rival.argmax(1), labels)
+        per_class = per_class_accuracy(pred, labels, len(self.class_names))
         present = [a for a in per_class if not math.isnan(a)]
         out["mean_per_class"] = sum(present) / len(present)
         for name, acc in zip(self.class_names, per_class):
