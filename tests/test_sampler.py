@@ -89,6 +89,18 @@ def test_every_task_floor_keeps_the_other_tasks_shares_in_proportion(sizes, b):
     assert max(abs(x) for x in s._credits) < 2  # the loans are paid back: no drift
 
 
+@pytest.mark.parametrize(("sizes", "b"), [([1000, 1000, 10], 1), ([100, 1000, 10000], 2), ([5, 7, 9, 11], 3)])
+def test_batches_smaller_than_the_task_count_keep_their_size_and_shares(sizes, b):
+    # Fewer rows than tasks: a task's credit could stay negative after a row taken ahead of it, and was
+    # floored to -1 rows, which made b + 1-row batches and gave the small task up to 29x its share.
+    batches = list(MultiTaskBatchSampler(sizes, b, strategy="proportional", steps=3000))
+    assert {len(batch) for batch in batches} == {b}
+    counts = Counter(task for batch in batches for task, _ in batch)
+    total = sum(sizes)
+    for task, size in enumerate(sizes):
+        assert counts[task] / (3000 * b) == pytest.approx(size / total, abs=2e-3)
+
+
 def test_shares_are_the_probabilities_when_no_task_is_below_the_floor():
     s = MultiTaskBatchSampler([6000, 7314, 3000], 16, strategy="proportional", mode="mixed", seed=0)
     assert s.shares == s.probabilities  # bit for bit: the built-in jobs' batches are unchanged

@@ -175,11 +175,19 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, int]]]):
             return counts
         for i, p in enumerate(self.shares):
             self._credits[i] += b * p
-        counts = [math.floor(c + 1e-9) for c in self._credits]
+        # A credit below zero (a share under 1/b: a row was taken ahead of it) takes no row; the rows the
+        # floors leave over go to the largest remainders, and rows over b come back from the smallest.
+        counts = [max(0, math.floor(c + 1e-9)) for c in self._credits]
         left = b - sum(counts)
         order = sorted(range(t), key=lambda i: (-(self._credits[i] - counts[i]), i))
-        for i in order[:left]:
+        for i in order[:max(0, left)]:
             counts[i] += 1
+        for i in reversed(order):
+            if left >= 0:
+                break
+            if counts[i]:
+                counts[i] -= 1
+                left += 1
         for i in range(t):
             self._credits[i] -= counts[i]
         if self.every_task and b >= t:
