@@ -276,3 +276,23 @@ def test_task_evaluation_goes_on_or_stops_with_strict(images, tmp_path, caplog):
     strict = Split(split.examples, class_names=split.class_names, strict=True)
     with pytest.raises(ImageError, match=r"task 'pets'.*truncated\.jpg: cannot be decoded.*strict = true"):
         kind.evaluate(backbone, None, strict, batch_size=4, device="cpu")
+
+
+def test_a_thin_image_is_refused_before_its_resize_allocates(tmp_path):
+    # 1 x 30,000 px is 60 KB decoded, but scaled to a short side of 224 it is 224 x 6.7 million pixels
+    # (4.5 GB) before the crop: the worker died of memory, which no fallback catches. Now an ImageError.
+    path = tmp_path / "thin.png"
+    Image.new("RGB", (1, 30_000), (10, 20, 30)).save(path)
+    with pytest.raises(ImageError, match=r"thin\.png: 1x30000 pixels would be resized to 224x6720000.*crop it"):
+        to_uint8_tensor(str(path), 224)
+    with pytest.raises(ImageError, match=r"thin\.png: .* aspect ratio is too extreme"):
+        load_image(str(path), 224)
+    assert to_uint8_tensor(str(path), 8).shape == (3, 8, 8)   # 8 x 240,000 px: allowed
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "P"])
+def test_png_transparency_is_composited_on_white_in_every_mode(mode, tmp_path):
+    path = tmp_path / f"{mode}.png"
+    img = Image.new(mode, (8, 8), 0)
+    img.save(path, transparency=(0, 0, 0) if mode == "RGB" else 0)   # a tRNS chunk: colour 0 is transparent
+    assert to_uint8_tensor(str(path), 8)[:, 0, 0].tolist() == [255, 255, 255]

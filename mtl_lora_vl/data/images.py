@@ -94,6 +94,15 @@ def _resolve(source: Any) -> tuple[Path | bytes, str]:
                     f"image or a scene with render(size), got {type(source).__name__}")
 
 
+def _source_name(source: Any) -> str:
+    """A name for messages, without reading the source (a ``fetch()`` reference is not fetched again)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)}-byte in-memory image>"
+    if isinstance(source, dict):
+        return str(source.get("path") or f"<{len(source.get('bytes') or b'')}-byte in-memory image>")
+    return str(source)
+
+
 def _check_file(path: Path) -> None:
     try:
         st = path.stat()
@@ -214,10 +223,10 @@ def _to_8bit_gray(img: Image.Image) -> Image.Image:
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB: transparency composited on white, CMYK and palettes converted,
     16-bit and float grayscale rescaled to 8 bits."""
+    if "transparency" in img.info and img.mode in ("P", "L", "RGB", "1"):   # a tRNS chunk: one colour is transparent
+        img = img.convert("RGBA")
     if img.mode == "RGB":
         return img
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -227,14 +236,25 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _resize_short_side(img: Image.Image, size: int | None) -> Image.Image:
+def _resize_short_side(img: Image.Image, size: int | None, name: str) -> Image.Image:
     if size is None:
         return img
     w, h = img.size
     scale = size / min(w, h)
     if scale == 1.0:
         return img
-    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    _check_resized(name, img.size, new)
+    return img.resize(new, Image.Resampling.BICUBIC)
+
+
+def _check_resized(name: str, size: tuple[int, int], new: tuple[int, int]) -> None:
+    """Refuse a resize whose result exceeds MAX_PIXELS: a very thin image's short side scaled up to the
+    model's side makes the long side huge (1 x 30,000 px at 224: 1.5 gigapixels) before the crop."""
+    if new[0] * new[1] > MAX_PIXELS:
+        raise ImageError(f"image {name}: {size[0]}x{size[1]} pixels would be resized to {new[0]}x{new[1]} before "
+                         f"the centre crop, over {MAX_PIXELS:,} (mtl_lora_vl.data.images.MAX_PIXELS): its aspect "
+                         f"ratio is too extreme; crop it first")
 
 
 def _decoded(source: Any, draft: int | None) -> Image.Image:
@@ -267,8 +287,8 @@ def load_image(source: Any, size: int | None = None) -> Image.Image:
     if is_scene(source):
         return to_rgb(source.render(size) if size is not None else source.render())
     if isinstance(source, Image.Image):
-        return _resize_short_side(to_rgb(source), size)
-    return _resize_short_side(_decoded(source, size), size)
+        return _resize_short_side(to_rgb(source), size, "<PIL image>")
+    return _resize_short_side(_decoded(source, size), size, _source_name(source))
 
 
 def to_uint8_tensor(img: Any, resize: ImageResize | int) -> torch.Tensor:
@@ -280,8 +300,11 @@ def to_uint8_tensor(img: Any, resize: ImageResize | int) -> torch.Tensor:
     import torchvision.transforms.v2.functional as TF
 
     resize = ImageResize.of(resize)
+    name = "<PIL image>"
     if is_scene(img):
         img = load_image(img, resize.size)
     elif not isinstance(img, Image.Image):
+        name = _source_name(img)
         img = _decoded(img, resize.draft_side)
+    _check_resized(name, img.size, resize.resized_size(*img.size))
     return TF.pil_to_tensor(resize_to_square(to_rgb(img), resize)).contiguous()

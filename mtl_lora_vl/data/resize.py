@@ -67,6 +67,22 @@ class ImageResize:
         """A JPEG may be decoded at reduced scale as long as both sides stay at least this long."""
         return max(self.size, self.resize_to or 0)
 
+    def resized_size(self, w: int, h: int) -> tuple[int, int]:
+        """(width, height) of a ``w`` x ``h`` image after the resize, before the centre crop to ``size``."""
+        s = self.size
+        if self.mode == "squash":
+            return s, s
+        if self.mode == "shortest":
+            short = self.resize_to or s
+            if min(w, h) == short:
+                return w, h
+            # the longer side floored, as torchvision's Resize(int) and transformers do
+            return (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+        if max(w, h) == s:
+            return w, h
+        ratio = max(w / s, h / s)   # longest: open_clip's ResizeKeepRatio(longest=1) rounds
+        return max(1, round(w / ratio)), max(1, round(h / ratio))
+
     @classmethod
     def from_open_clip(cls, size: int, preprocess_cfg: Mapping[str, Any]) -> ImageResize:
         """From an open_clip ``preprocess_cfg`` (``resize_mode``, ``interpolation``; open_clip's defaults
@@ -126,16 +142,8 @@ def resize_to_square(img: Image.Image, resize: ImageResize) -> Image.Image:
     """``img`` (PIL) resized by ``resize`` to ``resize.size`` square."""
     import torchvision.transforms.v2.functional as TF
 
-    s, (w, h) = resize.size, img.size
-    resample = INTERPOLATIONS[resize.interpolation]
-    if resize.mode == "squash":
-        return img if (w, h) == (s, s) else img.resize((s, s), resample)
-    if resize.mode == "shortest":
-        short = resize.resize_to or s
-        if min(w, h) != short:  # the longer side floored, as torchvision's Resize(int) and transformers do
-            new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
-            img = img.resize(new, resample)
-    elif max(w, h) != s:  # longest: open_clip's ResizeKeepRatio(longest=1) rounds
-        ratio = max(w / s, h / s)
-        img = img.resize((max(1, round(w / ratio)), max(1, round(h / ratio))), resample)
+    s = resize.size
+    new = resize.resized_size(*img.size)
+    if new != img.size:
+        img = img.resize(new, INTERPOLATIONS[resize.interpolation])
     return img if img.size == (s, s) else TF.center_crop(img, [s, s])   # pads with black where smaller
