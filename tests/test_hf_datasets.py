@@ -76,6 +76,15 @@ def test_save_to_disk_vqa_with_mapped_columns(tmp_path):
         read_split("hf_datasets", root, path="vqa_ds", split="test", columns=cols)
 
 
+def test_a_missing_image_id_does_not_borrow_another_rows_image(tmp_path):
+    root = tmp_path / "data"
+    datasets.Dataset.from_dict({"image": [_pil(0), _pil(1), _pil(2)], "caption": ["c0", "c1", "c2"],
+                                "image_id": [None, None, "1"]}).save_to_disk(root / "ids")
+    s = read_split("hf_datasets", root, path="ids")
+    assert [e.captions for e in s.examples] == [("c0",), ("c1",), ("c2",)]
+    assert [load_image(e.image).getpixel((0, 0)) for e in s.examples] == [COLORS[0], COLORS[1], COLORS[2]]
+
+
 def test_parquet_captions_from_file_paths_and_class_labels(tmp_path):
     root = tmp_path / "data"
     (root / "pics").mkdir(parents=True)

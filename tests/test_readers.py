@@ -299,6 +299,35 @@ def test_jsonl_all_row_kinds(root):
     assert [e.label for e in s.examples] == [0, 1]
 
 
+def test_image_ids_zero_blank_captions_and_ids_shared_by_two_images(root):
+    rows = [{"image": "images/good.jpg", "image_id": 0, "caption": "red"},
+            {"image": "images/good2.png", "image_id": "", "caption": "green"},
+            {"image": "images/gray.png", "caption": "   "}]          # a blank caption is no caption
+    (root / "ids.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    s = read_split("jsonl", root, file="ids.jsonl")
+    assert [(e.image_id, e.text) for e in s.examples] == [("0", "red"), ("images/good2.png", "green")]
+    # One id on two images: evaluation kept one of them and retrieval treated both as one image.
+    rows = [{"image": "images/good.jpg", "image_id": "7", "caption": "red"},
+            {"image": "images/good.jpg", "image_id": "7", "caption": "a red box"},
+            {"image": "images/good2.png", "image_id": "7", "caption": "green"}]
+    (root / "dup.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(DataFormatError, match=r"dup.jsonl:3: image_id '7' was given to another image at "
+                                              r".*dup.jsonl:1 .*give each image its own id"):
+        read_split("jsonl", root, file="dup.jsonl")
+    rows = [{"image": "good.jpg", "image_id": "7", "question": "q?", "answers": ["a"]},
+            {"image": "good2.png", "image_id": "7", "question": "q?", "answers": ["a"]}]
+    (root / "dupq.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(DataFormatError, match=r"dupq.jsonl:2: image_id '7'"):
+        read_split("jsonl", root, file="dupq.jsonl", images="images")
+
+
+def test_csv_errors_name_the_physical_line(root):
+    text = 'image,text\n\n\nimages/good.jpg,"two\nlines"\n\nimages/good2.png,x\nimages/gray.png,x,extra\n'
+    (root / "lines.csv").write_text(text)
+    with pytest.raises(DataFormatError, match=r"lines.csv:8: more fields than header columns"):
+        read_split("csv", root, file="lines.csv")
+
+
 def test_byte_order_mark_is_skipped_and_other_encodings_named(root):
     """Excel's "CSV UTF-8" starts with a byte-order mark: its header's first column read as '\\ufeffimage'."""
     (root / "bom.csv").write_bytes("image,label\nimages/good.jpg,cat\n".encode("utf-8-sig"))

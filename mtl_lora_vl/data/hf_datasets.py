@@ -274,12 +274,13 @@ def read_hf_datasets(
     rows = []
     for i, ((has_bytes, img_path), values) in enumerate(zip(_images(ds, image_col, kind), meta)):
         row = {f: values[c] for f, c in others.items()}
-        if row.get("image_id") in (None, ""):
-            row["image_id"] = img_path if img_path and not has_bytes else str(i)
+        given_id = row.get("image_id") not in (None, "")
+        if not given_id:   # a made-up id must not collide with the column's real ones ("1"): it would share that image
+            row["image_id"] = img_path if img_path and not has_bytes else f"row {i}" if "image_id" in mapping else str(i)
         if has_bytes:
-            # Rows of one image_id share one reference: checked once, grouped for captions.
+            # Rows of one given image_id share one reference: checked once, grouped for captions.
             ref = DatasetImage(table, image_col, i)
-            row["image"] = by_id.setdefault(str(row["image_id"]), ref) if "image_id" in mapping else ref
+            row["image"] = by_id.setdefault(str(row["image_id"]), ref) if given_id else ref
         elif img_path:
             row["image"] = resolve_under(root, Path(images) / img_path)
         else:

@@ -53,7 +53,7 @@ def _rows_csv(path: Path) -> list[tuple[int, dict]]:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
             raise DataFormatError(f"{path}: empty CSV file; expected a header row with an 'image' column")
-        rows = [(i + 2, row) for i, row in enumerate(reader)]  # line 1 is the header
+        rows = [(reader.line_num, row) for row in reader]  # the record's last line (blank lines and quoted newlines counted)
     for lineno, row in rows:
         if None in row:
             raise DataFormatError(f"{path}:{lineno}: more fields than header columns; quote fields with commas")
@@ -96,7 +96,8 @@ def _captions(row: dict, where: str) -> list[str]:
         if not isinstance(caps, (list, tuple)) or not all(isinstance(c, str) for c in caps):
             raise DataFormatError(f"{where}: 'captions' must be a list of strings, got {caps!r}")
         return [c.strip() for c in caps if c.strip()]
-    return [str(row["text"] if _present(row.get("text")) else row["caption"]).strip()]
+    text = str(row["text"] if _present(row.get("text")) else row["caption"]).strip()
+    return [text] if text else []   # a blank caption is no caption (the row is left out, as an empty list is)
 
 
 def examples_from_rows(
@@ -126,16 +127,27 @@ def examples_from_rows(
     def stored(p: Any) -> Any:
         return str(p) if isinstance(p, Path) else p
 
-    def image_id(row: dict) -> str:
-        return str(row.get("image_id") or row["image"])
+    first_of: dict[str, tuple[Any, int]] = {}
+
+    def image_id(row: dict, n: int, p: Any) -> str:
+        """The row's image id (its image's path when none is given), refused if it names another image."""
+        iid = row.get("image_id")
+        iid = str(row["image"] if iid is None or iid == "" else iid)
+        seen = first_of.setdefault(iid, (p, n))
+        if seen[0] != p:
+            raise DataFormatError(f"{at(n)}: image_id {iid!r} was given to another image at {at(seen[1])} "
+                                  f"({stored(seen[0])} there, {stored(p)} here); give each image its own id, or "
+                                  "leave image_id out and the image's path is used")
+        return iid
 
     if kind == "caption":
         groups: dict[Any, tuple[str, list[str]]] = {}
         for n, row in rows:
             p = image_of(row)
             texts = _captions(row, at(n))
+            iid = image_id(row, n, p)
             if check(p) and texts:
-                groups.setdefault(p, (image_id(row), []))[1].extend(texts)
+                groups.setdefault(p, (iid, []))[1].extend(texts)
         examples = caption_examples(((stored(p), iid, caps) for p, (iid, caps) in groups.items()), one_per_image)
         return check.finish(examples, source)
 
@@ -146,7 +158,7 @@ def examples_from_rows(
             answers = _answers(row.get("answers"), at(n))
             if check(p):
                 meta = {k: row[k] for k in ("question_id",) if k in row}
-                examples.append(Example(stored(p), image_id(row), text=str(row["question"]), answers=answers,
+                examples.append(Example(stored(p), image_id(row, n, p), text=str(row["question"]), answers=answers,
                                         question_type=row.get("question_type") or None, meta=meta))
         return check.finish(examples, source)
 
@@ -177,7 +189,7 @@ def examples_from_rows(
                                   f"{'...' if len(names) > 10 else ''}")
         p = image_of(row)
         if check(p):
-            examples.append(Example(stored(p), image_id(row), label=label, meta={"class_name": names[label]}))
+            examples.append(Example(stored(p), image_id(row, n, p), label=label, meta={"class_name": names[label]}))
     return check.finish(examples, source, class_names=names)
 
 
