@@ -454,3 +454,31 @@ def test_numpy_integer_ids_route():
         got = model(x)
     with torch.no_grad(), mlv.route(model, [1, 0]):
         assert torch.equal(got, model(x))
+
+
+class _Tied(nn.Module):
+    """A language model's tied input embeddings and output layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 8)
+        self.head = nn.Linear(8, 10, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.head(self.embed(ids))
+
+
+def test_merging_into_a_tied_weight_is_refused_before_anything_changes():
+    model = mlv.attach(_Tied(), mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^head$"]}))
+    _randomize_adapters(model)
+    emb = model.embed.weight.detach().clone()
+    with pytest.raises(RuntimeError, match=r"weight of head is shared with embed.weight, head.weight .*route"):
+        mlv.merge(model, "a")
+    assert torch.equal(model.embed.weight, emb) and attach_info(model).router.merged_task is None
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad(), mlv.route(model, "a"):   # routed, the adapter acts at the output layer only
+        routed = model(ids)
+    with torch.no_grad(), mlv.disabled(model):
+        base = model(ids)
+    assert not torch.equal(routed, base) and torch.equal(model.embed.weight, emb)

@@ -223,6 +223,7 @@ def merge(model: nn.Module, task: str) -> nn.Module:
     if info.router.merged_task is not None:
         unmerge(model)
     pairs = _weight_pairs(model)
+    _refuse_shared_weights(model, pairs)
     try:
         for bank, weight in pairs:
             bank.merge_backup = weight.detach().clone()
@@ -235,6 +236,21 @@ def merge(model: nn.Module, task: str) -> nn.Module:
         raise
     info.router.merged_task = t
     return model
+
+
+def _refuse_shared_weights(model: nn.Module, pairs: list[tuple[AdapterBank, nn.Parameter]]) -> None:
+    """Merging in place into a weight that another layer also uses (tied input embeddings and output layer)
+    would change that layer too: refused before anything is written."""
+    names: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(n)
+    for bank, weight in pairs:
+        shared = names.get(id(weight), [])
+        if len(shared) > 1:
+            raise RuntimeError(
+                f"merge: the weight of {bank.layer_name} is shared with {', '.join(shared)} (tied weights), so merging "
+                f"it in place would change the other layer too; run the adapters routed (mlv.route) instead of merged, "
+                f"or leave {bank.layer_name} out of the targets")
 
 
 @torch.no_grad()
