@@ -380,10 +380,32 @@ def test_targets_are_tokenised_as_they_continue_the_prompt():
     assert tok.convert_ids_to_tokens(target) == ["Ġred"] and target == natural[-1:]
     assert tok("red", add_special_tokens=False)["input_ids"] != target      # what the target alone would give
     assert col.continuation_ids(["question:\n"], ["red"]) == [tok("red", add_special_tokens=False)["input_ids"]]
-    from mtl_lora_vl.backbones.hf_vlm import _common_suffix
 
-    assert _common_suffix(["<image> is it red? answer:", "<image> how many? answer:"]) == "? answer:"
-    assert _common_suffix(["a", "b"]) == ""
+
+def test_candidates_are_scored_as_they_continue_each_rows_own_prompt():
+    """Candidates were tokenised after the text every prompt of the batch ends with; with no shared ending a
+    byte-level BPE read 'bl' 'ue' instead of 'Ġblue', so a row's scores depended on the other rows of its batch
+    and differed from what training reads (the loss of the trained target)."""
+    from llava_tiny import IMAGE, PATCH, tiny_llava_model
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    tok = _byte_level_tokenizer()
+    torch.manual_seed(0)
+    proc = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": IMAGE},
+                                                             crop_size={"height": IMAGE, "width": IMAGE}),
+                          tokenizer=tok, patch_size=PATCH, vision_feature_select_strategy="default",
+                          num_additional_image_tokens=1)
+    bb = HFVLMBackbone.from_model(tiny_llava_model(tok).eval(), proc, "bpe-llava")
+    images = torch.randn(2, 3, IMAGE, IMAGE)
+    prompts = ["<image> question: what colour is it? answer:", "<image> question: what colour is it?"]
+    cands = ["red", "blue"]
+    with torch.no_grad():
+        together = bb.sequence_scores(images, prompts, cands)
+        alone = torch.cat([bb.sequence_scores(images[i:i + 1], prompts[i:i + 1], cands) for i in range(2)])
+        torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+        batch = bb.lm_collator()(prompts[:1], ["blue"])
+        trained = -bb.lm_loss(images[:1], **batch)[0] * (batch["labels"] != -100).sum()   # mean over its tokens
+    torch.testing.assert_close(together[0, 1], trained, atol=1e-5, rtol=1e-5)
 
 
 def test_counting_image_tokens_at_load_keeps_no_graph(bb):

@@ -196,15 +196,18 @@ class HFVLMBackbone(Backbone):
             raise ValueError("sequence_scores: candidates must be a non-empty list of strings")
         batch = self._prompts(images, prompts, "sequence_scores")
         prompts = list(prompts)
-        collator = self.lm_collator()   # candidates read as they continue the prompts' shared ending
-        ending = _common_suffix(collator.prompt_texts(prompts))
-        cands = [[*ids, self.eos_id] for ids in collator.continuation_ids([ending] * len(candidates), candidates)]
+        collator = self.lm_collator()   # candidates read as they continue each row's own prompt
+        texts = collator.prompt_texts(prompts)
+        per_text = {t: [[*ids, self.eos_id] for ids in collator.continuation_ids([t] * len(candidates), candidates)]
+                    for t in dict.fromkeys(texts)}
+        cands = [per_text[t] for t in texts]   # (B, C) id lists: rows with one prompt text share them
         if self.model.training and torch.is_grad_enabled() and _checkpointing(self.model):
             scores = self._scores_full(images, prompts, cands)
         else:
             scores = self._scores_cached(images, batch, cands)
         if per_token:
-            scores = scores / torch.tensor([len(c) for c in cands], dtype=scores.dtype, device=scores.device)
+            scores = scores / torch.tensor([[len(c) for c in row] for row in cands], dtype=scores.dtype,
+                                           device=scores.device)
         return scores
 
     def caption_logits(self, images: Tensor, tokens: Tensor) -> Tensor:
@@ -287,36 +290,36 @@ class HFVLMBackbone(Backbone):
         return self._hf_call(self.model, pixel_values=pixel_values, input_ids=input_ids,
                              attention_mask=attention_mask, **extra, **kwargs)
 
-    def _scores_cached(self, images: Tensor, batch: dict[str, Tensor], cands: list[list[int]]) -> Tensor:
-        B, C = images.shape[0], len(cands)
+    def _scores_cached(self, images: Tensor, batch: dict[str, Tensor], cands: list[list[list[int]]]) -> Tensor:
+        B, C = images.shape[0], len(cands[0])
         ids, mask = batch["input_ids"], batch["attention_mask"]
         out = self._forward(images, ids, mask, position_ids=self._positions(mask), use_cache=True, logits_to_keep=1)
-        first = out.logits[:, -1].float().log_softmax(-1)[:, [c[0] for c in cands]]  # (B, C)
-        width = max(map(len, cands))
+        first_ids = torch.tensor([[c[0] for c in row] for row in cands], device=ids.device)
+        first = out.logits[:, -1].float().log_softmax(-1).gather(1, first_ids)  # (B, C)
+        width = max(len(c) for row in cands for c in row)
         if width == 1:
             return first
-        cand = torch.full((C, width), self.pad_id, dtype=torch.long, device=ids.device)
-        labels = torch.full((C, width), IGNORE_INDEX, dtype=torch.long, device=ids.device)
-        for c, toks in enumerate(cands):
-            cand[c, :len(toks)] = torch.tensor(toks)
-            labels[c, :len(toks)] = torch.tensor(toks)
+        labels = torch.full((B * C, width), IGNORE_INDEX, dtype=torch.long)
+        for i, toks in enumerate(c for row in cands for c in row):   # row b*C + c: candidate c of image b
+            labels[i, :len(toks)] = torch.tensor(toks)
+        labels = labels.to(ids.device)
+        step_ids = labels[:, :-1].masked_fill(labels[:, :-1] == IGNORE_INDEX, self.pad_id)
         cache = out.cache
         cache.batch_repeat_interleave(C)
-        step_ids = cand[:, :-1].repeat(B, 1)  # row b*C + c: candidate c of image b
-        step_mask = torch.cat([mask.repeat_interleave(C, 0), (labels[:, :-1] != IGNORE_INDEX).long().repeat(B, 1)], 1)
+        step_mask = torch.cat([mask.repeat_interleave(C, 0), (labels[:, :-1] != IGNORE_INDEX).long()], 1)
         positions = self._positions(step_mask)[:, ids.shape[1]:]
         kwargs = {"token_type_ids": torch.ones_like(step_ids)} if self.prefix_lm else {}
         with expanded_rows(self.model, C):
             logits = self.model(input_ids=step_ids, attention_mask=step_mask, position_ids=positions, cache=cache,
                                 use_cache=True, **kwargs).logits
-        rest, _ = _target_logprobs(logits, labels[:, 1:].repeat(B, 1))
+        rest, _ = _target_logprobs(logits, labels[:, 1:])
         return first + rest.view(B, C)
 
-    def _scores_full(self, images: Tensor, prompts: Sequence[str], cands: list[list[int]]) -> Tensor:
-        B, C = images.shape[0], len(cands)
+    def _scores_full(self, images: Tensor, prompts: Sequence[str], cands: list[list[list[int]]]) -> Tensor:
+        B, C = images.shape[0], len(cands[0])
         collate = self.lm_collator()
         rows = collate.prompt_rows(collate.prompt_texts(prompts))[0]
-        full = collate._right_padded([p for p in rows for _ in cands], [c for _ in rows for c in cands])
+        full = collate._right_padded([p for p in rows for _ in range(C)], [c for row in cands for c in row])
         full = {k: v.to(images.device) for k, v in full.items()}
         with expanded_rows(self.model, C):
             out = self._forward(images.repeat_interleave(C, 0), full["input_ids"], full["attention_mask"],
@@ -364,15 +367,6 @@ def _square(size: Any, name: str) -> int:
             raise BackboneError(f"{name}: non-square image size {size} is not supported")
         size = size[0]
     return int(size)
-
-
-def _common_suffix(texts: Sequence[str]) -> str:
-    """The longest string every one of ``texts`` ends with (what candidates continue in every row)."""
-    rev = [t[::-1] for t in texts]
-    n = 0
-    while all(len(r) > n for r in rev) and len({r[n] for r in rev}) == 1:
-        n += 1
-    return texts[0][len(texts[0]) - n:] if n else ""
 
 
 @torch.no_grad()
