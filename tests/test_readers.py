@@ -423,7 +423,7 @@ def test_malformed_annotation_fields_are_named(root, tmp_path):
 def test_strict_must_be_a_boolean(root):
     """A spec's strict = "false" (a string) turned strict on."""
     (root / "s.jsonl").write_text('{"image": "images/good.jpg", "label": "cat"}\n')
-    with pytest.raises(ValueError, match="strict must be true or false, got 'false'"):
+    with pytest.raises(TypeError, match="option 'strict' of format 'jsonl' must be true or false, got 'false'"):
         read_split("jsonl", root, file="s.jsonl", strict="false")
 
 

@@ -193,6 +193,32 @@ def test_invalid_toml_names_the_file(tmp_path):
         load_spec(path)
 
 
+@pytest.mark.parametrize(("option", "value", "expected"), [
+    ("strict", '"false"', "option 'strict' of format 'jsonl' must be true or false, got 'false'"),
+    ("verify", '"full"', "option 'verify' must be true, false or \"decode\", got 'full'"),
+    ("class_names", '"cat,dog"', "option 'class_names' of format 'jsonl' must be a list of strings, got 'cat,dog'"),
+])
+def test_reader_option_values_are_checked_when_the_spec_loads(tmp_path, option, value, expected):
+    # They reached the reader only after the model had loaded, as a bare ValueError or not at all ("cat,dog"
+    # became the class names 'c', 'a', 't', ...; one_per_image = "false" read as true).
+    path = tmp_path / "bad.toml"
+    path.write_text(f'kind = "classification"\n[data]\nformat = "jsonl"\n[data.train]\nfile = "t.jsonl"\n'
+                    f'{option} = {value}\n[data.val]\nfile = "v.jsonl"\n')
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert str(err.value).startswith(f"{path}: field 'data.train': ") and expected in str(err.value)
+
+
+def test_a_task_name_taken_from_the_file_name_says_so(tmp_path):
+    path = tmp_path / "vqa.v2.toml"
+    path.write_text('kind = "vqa"\n' + GOOD)
+    with pytest.raises(SpecError, match=r"vqa\.v2\.toml: the task name is taken from the file name .*'vqa\.v2' is "
+                                        r"not a task name.*add name = \"\.\.\.\" to the spec or rename the file"):
+        load_spec(path)
+    path.write_text('kind = "vqa"\nname = "vqa_v2"\n' + GOOD)
+    assert load_spec(path).name == "vqa_v2"
+
+
 def test_file_spec_reads_under_the_data_root(tmp_path):
     root = tmp_path / "data"
     (root / "img").mkdir(parents=True)

@@ -34,6 +34,8 @@ from __future__ import annotations
 import inspect
 import itertools
 import os
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -282,3 +284,42 @@ def check_reader_options(format: str, options: dict[str, Any]) -> None:
                if p.default is inspect.Parameter.empty and p.name != "data_root" and p.name not in options]
     if missing:
         raise ReaderOptionError(f"format {format!r} needs option(s) {', '.join(map(repr, missing))}")
+    hints = typing.get_type_hints(reader)
+    for key, value in options.items():   # "false" for a bool, "cat,dog" for a list: named now, not at read time
+        expected = hints.get(key)
+        if expected is not None and not _matches(value, expected):
+            raise ReaderOptionError(f"option {key!r} of format {format!r} must be {_describe(expected)}, got {value!r}")
+        if key == "verify" and value not in (True, False, "decode"):
+            raise ReaderOptionError(f"option 'verify' must be true, false or \"decode\", got {value!r}")
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    """Whether a spec value fits a reader parameter's annotation (the types TOML gives; others pass)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp in (int, float):
+        return isinstance(value, (int, float) if tp is float else int) and not isinstance(value, bool)
+    if tp is str or tp is os.PathLike:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+    return True
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        parts = dict.fromkeys(_describe(a) for a in args if a is not type(None) and a is not os.PathLike)
+        return " or ".join(parts)
+    if origin is list:
+        return f"a list of {_describe(args[0]).removeprefix('a ')}s"
+    if origin is dict:
+        return f"a table of {_describe(args[1]).removeprefix('a ')}s"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))

@@ -321,6 +321,10 @@ def _parse(path: Path) -> TaskSpec:
             raise _fail(path, key, f"one of the known fields {list(_TOP_KEYS)}", key)
 
     name = raw.get("name", path.stem)
+    if "name" not in raw and not _NAME_RE.match(name):
+        raise SpecError(f"{path}: the task name is taken from the file name when the spec has no 'name' field, and "
+                        f"{name!r} is not a task name of letters, digits, '_' or '-'; add name = \"...\" to the spec "
+                        "or rename the file")
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise _fail(path, "name", "a task name of letters, digits, '_' or '-'", name)
     if "kind" not in raw:
