@@ -194,6 +194,60 @@ def test_plain_lora_layout_reproduces_the_task(build, qkv, tmp_path):
     assert all(torch.equal(v, before[k]) for k, v in untouched.state_dict().items())
 
 
+def test_plain_lora_checks_the_base_and_writes_all_or_nothing(tmp_path):
+    model = _trained(tiny_open_clip, mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2))
+    path = mlv.export_lora(model, "cls", tmp_path / "plain", format="plain")
+    other = _fresh(tiny_open_clip, seed=7)   # same architecture, other weights: was applied silently
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(AdapterFileError, match="trained on other weights.*check_base_weights=False"):
+        apply_plain_lora(other, path)
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
+    apply_plain_lora(other, path, check_base_weights=False)
+    with pytest.raises(AdapterFileError, match="adapter was made for .*CLIP.*load it onto the base model"):
+        apply_plain_lora(tiny_hf_clip(), path)
+    doc = json.loads((path / "lora_config.json").read_text())
+    (path / "lora_config.json").write_text(json.dumps({**doc, "format_version": 99, "package_version": "99.0"}))
+    with pytest.raises(AdapterFileError, match="format_version 99 .*written by mtl-lora-vl 99.0, newer .*upgrade"):
+        apply_plain_lora(_fresh(tiny_open_clip), path)
+    # a rank that does not match in a later module: refused before the earlier modules are written
+    (path / "lora_config.json").write_text(json.dumps(doc))
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(str(path / "lora_model.safetensors"))
+    last = sorted(k for k in tensors if k.endswith(".lora_A"))[-1]
+    tensors[last] = tensors[last][:2]
+    save_file(tensors, str(path / "lora_model.safetensors"))
+    fresh = _fresh(tiny_open_clip)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(AdapterFileError, match="shape mismatch in module .*lora_B .*@ lora_A"):
+        apply_plain_lora(fresh, path, check_base_weights=False)
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())
+
+
+def test_plain_lora_finds_and_refuses_a_tied_weight(tmp_path):
+    from test_attach import _randomize_adapters, _Tied
+
+    model = mlv.attach(_Tied(), mlv.MTLLoRAConfig(tasks=["a"], targets={"image": [r"^head$"]}))
+    _randomize_adapters(model)
+    path = mlv.export_lora(model, "a", tmp_path / "plain", format="plain")
+    fresh = _Tied()
+    fresh.load_state_dict({k: v for k, v in model.state_dict().items() if "lora_" not in k})
+    with pytest.raises(AdapterFileError, match=r"base weight head.weight \(for head\) is shared with embed.weight"):
+        apply_plain_lora(fresh, path)
+
+
+def test_a_config_from_a_newer_package_says_to_upgrade(tmp_path):
+    model = _trained(tiny_open_clip, mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2))
+    path = mlv.save_adapter(model, tmp_path / "ad")
+    cfg_file = path / ADAPTER_CONFIG
+    doc = json.loads(cfg_file.read_text())
+    doc["package_version"] = "9.0.0"
+    doc["config"]["use_dora"] = True
+    cfg_file.write_text(json.dumps(doc))
+    with pytest.raises(AdapterFileError, match="unknown config field.*use_dora.*written by mtl-lora-vl 9.0.0, newer "
+                                               "than this .*: upgrade mtl-lora-vl"):
+        mlv.load_adapter(_fresh(tiny_open_clip), path)
+
+
 # ---------------------------------------------------------------------------------------------- merged checkpoints
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from packaging.version import InvalidVersion, Version
 from torch import nn
 
 from .._version import __version__
@@ -300,7 +301,8 @@ def config_of(doc: dict[str, Any], path: Path) -> MTLLoRAConfig:
     try:
         return MTLLoRAConfig.from_dict(doc["config"])
     except (ConfigError, TypeError) as e:
-        raise AdapterFileError(f"{config_path(path)}: the 'config' is not a valid MTLLoRAConfig: {e}") from e
+        raise AdapterFileError(f"{config_path(path)}: the 'config' is not a valid MTLLoRAConfig: {e}"
+                               f"{newer_package_hint(doc)}") from e
 
 
 def read_kind_state(path: str | Path, task: str) -> dict[str, Any] | None:
@@ -363,20 +365,36 @@ def _check_base(base_model: nn.Module, doc: dict[str, Any], cfg: MTLLoRAConfig, 
             parts.append("the recorded fingerprint does not match the recorded projections (edited config)")
         raise AdapterFileError(f"{path}: base model fingerprint mismatch, the adapter was made for another "
                                f"architecture or size of {ident.get('class')}; " + "; ".join(parts))
-    recorded = ident.get("weight_samples") or {}  # absent in files written before it was recorded
-    if check_weights and recorded:
-        params = dict(base_model.named_parameters(remove_duplicate=False))
-        off = [(k, weight_sample(params[k]), v) for k, v in sorted(recorded.items()) if k in params]
-        off = [(k, mine, theirs) for k, mine, theirs in off if not same_weights(mine, theirs)]
-        if off:
-            k, mine, theirs = off[0]
-            base = doc.get("base") or {}
-            raise AdapterFileError(
-                f"{path}: the adapter was trained on other weights of this architecture: {len(off)} of "
-                f"{len(recorded)} adapted base weights differ (e.g. {k}: {mine[:2]} here, {theirs[:2]} when it was "
-                f"saved). Load it onto the checkpoint it was trained on (recorded: backbone={base.get('backbone')!r}, "
-                f"pretrained={base.get('pretrained')!r}), or pass check_base_weights=False to load it anyway")
+    if check_weights:
+        check_weight_samples(base_model, doc, path)
     return plan
+
+
+def check_weight_samples(base_model: nn.Module, doc: dict[str, Any], path: Path) -> None:
+    """The sampled base weights recorded in an adapter (or plain LoRA) file against ``base_model``'s."""
+    recorded = doc["base_model"].get("weight_samples") or {}  # absent in files written before it was recorded
+    params = dict(base_model.named_parameters(remove_duplicate=False))
+    off = [(k, weight_sample(params[k]), v) for k, v in sorted(recorded.items()) if k in params]
+    off = [(k, mine, theirs) for k, mine, theirs in off if not same_weights(mine, theirs)]
+    if off:
+        k, mine, theirs = off[0]
+        base = doc.get("base") or {}
+        raise AdapterFileError(
+            f"{path}: the adapter was trained on other weights of this architecture: {len(off)} of "
+            f"{len(recorded)} adapted base weights differ (e.g. {k}: {mine[:2]} here, {theirs[:2]} when it was "
+            f"saved). Load it onto the checkpoint it was trained on (recorded: backbone={base.get('backbone')!r}, "
+            f"pretrained={base.get('pretrained')!r}), or pass check_base_weights=False to load it anyway")
+
+
+def newer_package_hint(doc: dict[str, Any]) -> str:
+    """"; written by mtl-lora-vl X, newer than this Y: upgrade mtl-lora-vl" when the file says so, else ""."""
+    written = str(doc.get("package_version") or "")
+    try:
+        newer = Version(written) > Version(__version__)
+    except InvalidVersion:
+        return ""
+    return f"; the file was written by mtl-lora-vl {written}, newer than this {__version__}: upgrade mtl-lora-vl" \
+        if newer else ""
 
 
 def _check_tensors(header: dict[str, tuple[tuple[int, ...], str]], expected: dict[str, tuple[int, ...]],

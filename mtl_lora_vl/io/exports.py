@@ -49,7 +49,13 @@ from .._version import __version__
 from ..adapters.attach import merged_state_dict
 from ..adapters.layers import LoRALinear
 from ..families import MERGED_WEIGHTS, merged_format, peft_export
-from .adapter_files import load_tensors, save_tensors
+from .adapter_files import (
+    check_base_class,
+    check_weight_samples,
+    load_tensors,
+    newer_package_hint,
+    save_tensors,
+)
 from .atomic import atomic_dir, atomic_file
 from .identity import adapted_module, model_identity, plan_attached
 from .layout import ADAPTER_CONFIG, LEGACY_ADAPTER_CONFIG, AdapterFileError, few
@@ -209,38 +215,62 @@ def _write_plain(inner: nn.Module, task: str, pairs: dict[str, tuple[torch.Tenso
     return rank
 
 
-def apply_plain_lora(base_model: nn.Module, path: str | Path) -> nn.Module:
-    """Fold a plain LoRA directory written by ``export_lora(format="plain")`` into ``base_model``'s weights."""
+def apply_plain_lora(base_model: nn.Module, path: str | Path, check_base_weights: bool = True) -> nn.Module:
+    """Fold a plain LoRA directory written by ``export_lora(format="plain")`` into ``base_model``'s weights.
+
+    The base model's class and (``check_base_weights``) the sampled weights the file records are checked
+    first, and every update is computed before any weight is written, so a refused file changes nothing.
+    """
     path = Path(path)
+    cfg_file = path / PLAIN_CONFIG
     try:
-        doc = json.loads((path / PLAIN_CONFIG).read_text())
+        doc = json.loads(cfg_file.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise AdapterFileError(f"{path / PLAIN_CONFIG}: unreadable ({e})") from e
-    if doc.get("format") != PLAIN_FORMAT:
-        raise AdapterFileError(f"{path / PLAIN_CONFIG}: format is {doc.get('format')!r}, expected {PLAIN_FORMAT!r}")
-    tensors = load_tensors(path / PLAIN_WEIGHTS)
+        raise AdapterFileError(f"{cfg_file}: unreadable ({e})") from e
+    if not isinstance(doc, dict) or doc.get("format") != PLAIN_FORMAT:
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise AdapterFileError(f"{cfg_file}: format is {got!r}, expected {PLAIN_FORMAT!r}")
+    version = doc.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version > PLAIN_FORMAT_VERSION:
+        raise AdapterFileError(f"{cfg_file}: format_version {version!r} is not one this package reads "
+                               f"({PLAIN_FORMAT_VERSION}){newer_package_hint(doc) or '; export the adapter again'}")
     modules = doc.get("modules")
     if not isinstance(modules, dict) or not all(isinstance(m, dict) and "base_weight" in m for m in modules.values()):
-        raise AdapterFileError(f"{path / PLAIN_CONFIG}: 'modules' must map each module to {{'base_weight': ...}}; "
+        raise AdapterFileError(f"{cfg_file}: 'modules' must map each module to {{'base_weight': ...}}; "
                                "export the adapter again with export_lora(format='plain')")
+    if isinstance(doc.get("base_model"), dict):   # files record the base they were exported from
+        check_base_class(base_model, doc, cfg_file)
+        if check_base_weights:
+            check_weight_samples(base_model, doc, cfg_file)
+    tensors = load_tensors(path / PLAIN_WEIGHTS)
     missing = [f"{name}.{t}" for name in modules for t in ("lora_A", "lora_B") if f"{name}.{t}" not in tensors]
     if missing:
         raise AdapterFileError(f"{path / PLAIN_WEIGHTS}: lacks tensor(s) {few(missing)} that {PLAIN_CONFIG} lists; the "
                                "directory is incomplete: export the adapter again")
-    params = dict(base_model.named_parameters())
+    names: dict[int, list[str]] = {}
+    params: dict[str, nn.Parameter] = {}
+    for n, p in base_model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(n)
+        params[n] = p
     updates = []
     for name, m in modules.items():
         key = m["base_weight"]
         if key not in params:
             raise AdapterFileError(f"{path}: base weight {key} (for {name}) is not in this {type(base_model).__name__}")
+        w = params[key]
+        if len(names[id(w)]) > 1:
+            raise AdapterFileError(f"{path}: base weight {key} (for {name}) is shared with "
+                                   f"{', '.join(n for n in names[id(w)] if n != key)} (tied weights): folding the "
+                                   "update in would change that layer too; load the adapter routed instead")
         B, A = tensors[f"{name}.lora_B"], tensors[f"{name}.lora_A"]
-        if tuple(params[key].shape) != (B.shape[0], A.shape[1]):
-            raise AdapterFileError(f"{path}: shape mismatch in module {name}: {key} is {tuple(params[key].shape)} "
-                                   f"here but the LoRA gives {(B.shape[0], A.shape[1])}")
-        updates.append((params[key], B, A))
+        if B.dim() != 2 or A.dim() != 2 or B.shape[1] != A.shape[0] or tuple(w.shape) != (B.shape[0], A.shape[1]):
+            raise AdapterFileError(f"{path}: shape mismatch in module {name}: {key} is {tuple(w.shape)} here but "
+                                   f"lora_B {tuple(B.shape)} @ lora_A {tuple(A.shape)} does not give it")
+        updates.append((w, B, A))
     with torch.no_grad():
-        for w, B, A in updates:
-            w.copy_((w.float() + B.to(w.device) @ A.to(w.device)).to(w.dtype))
+        new = [(w.float() + B.to(w.device).float() @ A.to(w.device).float()).to(w.dtype) for w, B, A in updates]
+        for (w, _, _), value in zip(updates, new):
+            w.copy_(value)
     return base_model
 
 
