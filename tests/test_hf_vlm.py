@@ -146,6 +146,18 @@ def test_generate_stops_at_the_models_other_stop_ids(bb):
     assert cut == bb.processor.tokenizer.decode(ids[:1], skip_special_tokens=True).strip() != full
 
 
+def test_generate_gives_one_text_per_image_whatever_the_generation_config_says(bb):
+    images = torch.randn(2, 3, 32, 32)
+    cfg = bb.model.generation_config
+    saved = cfg.num_beams, cfg.num_return_sequences
+    cfg.num_beams, cfg.num_return_sequences = 3, 3   # a checkpoint that returns its 3 best beams: 6 texts for 2 images
+    try:
+        out = bb.generate(images, max_len=3, beam_size=3, prompts=prompts(bb, 2))
+    finally:
+        cfg.num_beams, cfg.num_return_sequences = saved
+    assert len(out) == 2
+
+
 def test_generate_and_scores_refuse_a_bare_string_and_no_tokens(bb):
     images = torch.randn(2, 3, 32, 32)
     for call in (lambda: bb.generate(images, prompts=prompts(bb, 1)[0]),

@@ -3,6 +3,8 @@ generate the same tokens as the routed MTL-LoRA model."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from llava_tiny import tiny_llava_backbone
@@ -60,6 +62,8 @@ def test_peft_export_generates_the_same_tokens(dirs, family, tmp_path):
     with mlv.route(bb.model, "captioning"):
         want = generate(bb.model, inputs, bb)
     mlv.export_lora(bb.model, "captioning", tmp_path / "peft")
+    recorded = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str(source_dir(bb))   # where PEFT's AutoPeftModel finds the base (it was None)
     fresh = AutoModelForImageTextToText.from_pretrained(source_dir(bb), local_files_only=True)
     assert type(fresh) is type(bb.model)
     pm = peft.PeftModel.from_pretrained(fresh, str(tmp_path / "peft")).eval()

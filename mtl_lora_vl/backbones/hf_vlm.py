@@ -182,6 +182,7 @@ class HFVLMBackbone(Backbone):
         kwargs = self._extra_inputs(batch["input_ids"], None)
         out = self._hf_call(self.model.generate, pixel_values=images, **batch, **kwargs,
                             max_new_tokens=int(max_len), num_beams=int(beam_size), do_sample=False,
+                            num_return_sequences=1,   # one text per image, whatever the model's generation_config says
                             eos_token_id=self._stop_ids(), pad_token_id=self.pad_id)
         new = out[:, batch["input_ids"].shape[1]:]
         return [t.strip() for t in self.hf_processor.tokenizer.batch_decode(new, skip_special_tokens=True)]

@@ -182,7 +182,8 @@ def _write_peft(inner: nn.Module, task: str, pairs: dict[str, tuple[torch.Tensor
         tensors[f"base_model.model.{name}.lora_B.weight"] = B
     save_tensors(tensors, out / PEFT_WEIGHTS, {"format": "pt"})
     peft_cfg = {
-        "peft_type": "LORA", "task_type": None, "base_model_name_or_path": None, "revision": None,
+        # where the base came from, as PEFT records it (AutoPeftModel loads the base from there)
+        "peft_type": "LORA", "task_type": None, "base_model_name_or_path": _name_or_path(inner), "revision": None,
         "inference_mode": True, "r": R, "lora_alpha": R, "lora_dropout": 0.0, "bias": "none",
         "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "init_lora_weights": True,
         "target_modules": sorted(pairs), "modules_to_save": None, "layers_to_transform": None,
@@ -275,6 +276,12 @@ def apply_plain_lora(base_model: nn.Module, path: str | Path, check_base_weights
 
 
 # ---------------------------------------------------------------------------------------------- merged
+
+
+def _name_or_path(model: nn.Module) -> str | None:
+    """A Hugging Face model's ``name_or_path`` (hub id or directory it was loaded from); None for others."""
+    name = getattr(model, "name_or_path", None)
+    return name if isinstance(name, str) and name else None
 
 
 def _loaded_from(model: nn.Module) -> Path | None:
