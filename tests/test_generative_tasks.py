@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from llava_tiny import save_tiny_llava
+from test_training_parts import _HostReads
 from vl_tiny import tiny_backbone
 
 import mtl_lora_vl as mlv
@@ -249,13 +250,26 @@ def test_one_language_model_pass_per_step(llava, monkeypatch):
     batch = _collate(kinds, llava, _rows(kinds, llava))
     calls = []
     real = llava.lm_loss
-    monkeypatch.setattr(llava, "lm_loss", lambda *a: calls.append(a[1].shape[0]) or real(*a))
-    total, losses = _model(llava, kinds).train()(batch)
+    monkeypatch.setattr(llava, "lm_loss", lambda *a, **k: calls.append(a[1].shape[0]) or real(*a, **k))
+    assert isinstance(batch["lm_first_label"], int)   # made by the loader on the host
+    with _HostReads() as h:   # the first labelled position and the image-token counts were read on the device
+        total, losses = _model(llava, kinds).train()(batch)
+    assert h.ours == []       # (transformers' LLaVA makes a few reads of its own: its checks and masks)
     total.backward()
     assert calls == [9]
     assert set(losses) == set(GEN_TASKS)
     grads = [p.grad for n, p in llava.model.named_parameters() if "lora_lambda" in n]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_lm_loss_reads_the_first_labelled_position_itself_when_not_given(llava):
+    kinds = _kinds(llava)
+    batch = _collate(kinds, llava, _rows(kinds, llava))
+    lm = batch["lm"]
+    with torch.no_grad():
+        given = llava.lm_loss(batch["images"], **lm, first_label=batch["lm_first_label"])
+        read = llava.lm_loss(batch["images"], **lm)
+    assert torch.equal(given, read) and batch["lm_first_label"] > 0
 
 
 def test_lm_task_loss_weights_rows():

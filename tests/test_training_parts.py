@@ -188,17 +188,25 @@ def test_an_fp32_checkpoint_resumes_under_fp16_loss_scaling():
 
 
 class _HostReads:
-    """Counts the operators that make a GPU wait for the host: scalar reads and data-dependent shapes."""
+    """Counts the operators that make a GPU wait for the host: scalar reads and data-dependent shapes
+    (``reads``), and ``ours``: those made by this package's own code (the nearest caller outside torch is in
+    mtl_lora_vl; transformers' models make some of their own)."""
 
     def __enter__(self):
+        import traceback
+
         from torch.utils._python_dispatch import TorchDispatchMode
 
-        reads = self.reads = []
+        reads, ours = self.reads, self.ours = [], []
 
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 if func.__name__.split(".")[0] in ("_local_scalar_dense", "nonzero", "item"):
                     reads.append(func.__name__)
+                    caller = next((f for f in reversed(traceback.extract_stack()[:-1])
+                                   if "/torch/" not in f.filename), None)
+                    if caller is not None and "/mtl_lora_vl/" in caller.filename:
+                        ours.append(f"{func.__name__} at {caller.filename}:{caller.lineno}")
                 return func(*args, **(kwargs or {}))
 
         self.mode = Mode()

@@ -155,15 +155,21 @@ class HFVLMBackbone(Backbone):
             self._collators[max_length] = LMCollator(self.hf_processor.tokenizer, self.layout, max_length)
         return self._collators[max_length]
 
-    def lm_loss(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> Tensor:
+    def lm_loss(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor,
+                first_label: int | None = None) -> Tensor:
         """Per-row mean token cross-entropy ``(B,)`` over the row's labelled tokens (target and end token), fp32;
-        one forward for all rows, logits only from the first labelled position on. Rows without labels give 0."""
-        self._check_rows(pixel_values, input_ids, "lm_loss")
+        one forward for all rows, logits only from the first labelled position on. Rows without labels give 0.
+
+        ``first_label``: that position, from a caller that made the batch with :meth:`lm_collator` and read it
+        on the host (the training loader: :meth:`~.lm_collate.LMCollator.first_labelled`); the image-token count
+        of each row is then not checked either (the collator's rows hold them by construction, and Hugging Face's
+        own check still runs), so the call makes no GPU wait. Without it both are read from the tensors."""
+        if first_label is None:
+            self._check_rows(pixel_values, input_ids, "lm_loss")
         if labels.shape != input_ids.shape:
             raise ValueError(f"lm_loss: labels {tuple(labels.shape)} and input_ids {tuple(input_ids.shape)} differ")
         L = input_ids.shape[1]
-        labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero()
-        first = int(labelled[0]) if labelled.numel() else L - 1
+        first = LMCollator.first_labelled(labels) if first_label is None else int(first_label)
         keep = L - max(first - 1, 0)
         out = self._forward(pixel_values, input_ids, attention_mask, labels=labels, logits_to_keep=keep, use_cache=False)
         sums, counts = _target_logprobs(out.logits[:, :-1], labels[:, L - keep + 1:])

@@ -112,6 +112,13 @@ class LMCollator:
             out.append(f[len(b):] if len(f) > len(b) and f[:len(b)] == b else [int(t) for t in a])
         return out
 
+    @staticmethod
+    def first_labelled(labels: Tensor) -> int:
+        """The first position that any row labels (the last position when none does): where a language model's
+        loss needs logits from. Read on the host; on a GPU tensor it waits for the device."""
+        labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+        return int(labelled[0]) if labelled.numel() else labels.shape[1] - 1
+
     # ------------------------------------------------------------------------------------------ prompts
     def prompt_texts(self, prompts: Sequence[str]) -> list[str]:
         """The text each prompt is tokenised as (image placeholder moved out where the model puts the image

@@ -28,6 +28,8 @@ Batch layout (what :class:`MultiTaskLoader` yields; B rows, grouped by task in a
         "labels":         LongTensor (B, T)   the target's ids and the end token; -100 on the
                                               prompt and on padding
     }
+    batch["lm_first_label"]  int              generative path: the first labelled position (host int:
+                                              lm_loss needs it and would otherwise read the labels on the device)
     batch["text_rows"]  LongTensor (N_text,)  rows whose task ``uses_text``: the text-tower rows
     batch["tasks"]      {task_name: {         only the tasks present in this batch
         "rows":       LongTensor (n_t,)       this task's rows of the batch (contiguous)
@@ -60,7 +62,7 @@ On the generative path the step is one language-model pass for every row of ever
 route (the vision tower and the language model both read it)::
 
     with route(router, Route.from_segments(batch["segments"])):
-        row_loss = backbone.lm_loss(batch["images"], **batch["lm"])       # (B,) per-row mean token CE
+        row_loss = backbone.lm_loss(batch["images"], **batch["lm"], first_label=batch["lm_first_label"])  # (B,)
     for name, rows in task_views(batch):
         rows["lm_loss"] = row_loss[rows["rows"]]
         loss = loss + spec.loss_weight * kind.loss(heads[name], backbone, rows, None, None)
@@ -224,6 +226,7 @@ class MultiTaskCollate:
                 raise ValueError(f"task {bad!r} gave no (prompt, target) for the language model; on a generative "
                                  "backbone every task kind must implement sample_lm")
             batch["lm"] = dict(self.lm_collator([p for p, _, _ in lm], [t for _, t, _ in lm]))
+            batch["lm_first_label"] = self.lm_collator.first_labelled(batch["lm"]["labels"])   # here, not on the device
             lm_weight = torch.tensor([float(w) for _, _, w in lm], dtype=torch.float32)
         else:
             batch["tokens"] = self.tokenizer([r["text"] if r["text"] is not None else "" for r in rows])

@@ -72,7 +72,8 @@ class MultiTaskModel(nn.Module):
         """Generative path: one routed ``lm_loss`` call for all rows, then each task's loss on its rows."""
         bb, lm = self.backbone, batch["lm"]
         with route(self.router, self._route(batch, "segments")):
-            row_loss = bb.lm_loss(batch["images"], lm["input_ids"], lm["attention_mask"], lm["labels"])
+            row_loss = bb.lm_loss(batch["images"], lm["input_ids"], lm["attention_mask"], lm["labels"],
+                                  first_label=batch.get("lm_first_label"))
         losses: dict[str, Tensor] = {}
         total = row_loss.new_zeros((), dtype=torch.float32)
         for name, rows in task_views(batch):
