@@ -143,6 +143,16 @@ def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return rank * n // world_size, (rank + 1) * n // world_size
 
 
+class Shard(list):
+    """One rank's part of a sequence, ``whole[start:stop]``, that remembers the whole and where it starts: an
+    evaluation image that cannot be decoded gets the substitute one process would give it
+    (:class:`~mtl_lora_vl.data.fallback.ImageFallback` chooses from ``whole``)."""
+
+    def __init__(self, whole: Sequence[Any], start: int, stop: int) -> None:
+        super().__init__(whole[start:stop])
+        self.whole, self.start = whole, start
+
+
 def map_shards(fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> R:
     """``fn(items)``, computed shard by shard across the ranks inside :func:`sharded_evaluation`.
 
@@ -153,7 +163,7 @@ def map_shards(fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> R:
     if info is None or not info.enabled or len(items) < info.world_size:
         return fn(items)
     start, stop = shard_bounds(len(items), info.rank, info.world_size)
-    part = fn(items[start:stop])
+    part = fn(Shard(items, start, stop))
     if isinstance(part, torch.Tensor):
         return _all_gather_rows(part, info)  # type: ignore[return-value]
     parts: list[Any] = [None] * info.world_size

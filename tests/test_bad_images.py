@@ -113,7 +113,7 @@ def test_readers_skip_or_fail_on_bad_images(images, caplog):
     assert len(s.examples) == 2
     with pytest.raises(ImageError, match=r"truncated\.jpg: cannot be decoded"):
         read_split("jsonl", root, file="rows.jsonl", strict=True)
-    with pytest.raises(ValueError, match="verify must be"):
+    with pytest.raises(ValueError, match="'verify' must be true, false or \"decode\""):
         read_split("jsonl", root, file="rows.jsonl", verify="full")
 
 
@@ -203,6 +203,35 @@ def test_evaluation_batches_keep_going(images, caplog):
     msgs = [r.getMessage() for r in caplog.records]
     assert sum("cannot be decoded" in m and "substitute" not in m for m in msgs) == 2
     assert any("task 'val': 2 row(s) used a substitute image because 2 image(s)" in m for m in msgs)
+
+
+def test_a_shard_replaces_a_broken_image_as_one_process_does(images):
+    from mtl_lora_vl.distributed import Shard
+
+    examples = _split(images, NAMES).examples
+    whole = torch.cat(list(iter_image_batches(_Backbone(), examples, batch_size=4, device="cpu", task="val")))
+    for start, stop in ((0, 3), (3, len(examples))):   # two ranks' shards (map_shards passes a Shard)
+        part = torch.cat(list(iter_image_batches(_Backbone(), Shard(examples, start, stop), batch_size=2,
+                                                 device="cpu", task="val")))
+        assert torch.equal(part, whole[start:stop])
+        alone = torch.cat(list(iter_image_batches(_Backbone(), examples[start:stop], batch_size=2, device="cpu",
+                                                  task="val")))
+        assert not torch.equal(alone, whole[start:stop])   # as a plain list, its own rows held the substitutes
+
+
+def test_task_evaluation_reports_substitutes_at_the_end_of_the_pass(images, tmp_path, caplog):
+    """The per-pass summary of replaced rows comes from the image generator's end, which VQA's and the
+    generative path's loops never reached (a zip with a range stops first)."""
+    from mtl_lora_vl.tasks.generative import generate_texts
+
+    class Gen(_Backbone):
+        def generate(self, imgs, max_len, beam_size, prompts):
+            return ["x"] * imgs.shape[0]
+
+    examples = _split(images, NAMES).examples
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl.data.fallback"):
+        generate_texts(Gen(), examples, ["p"] * len(examples), max_len=2, batch_size=4, device="cpu")
+    assert any("2 row(s) used a substitute image" in r.getMessage() for r in caplog.records)
 
 
 def test_spec_strict_reaches_the_loader(images, tmp_path):

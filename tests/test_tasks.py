@@ -326,6 +326,26 @@ def test_classification_counts_ties_against_the_true_class_in_every_metric(clip,
     assert m["top1"] == 1.0 and m["mean_per_class"] == 1.0
 
 
+def test_retrieval_temperature_learns_from_a_pretrained_clips_cap():
+    from mtl_lora_vl.tasks.retrieval import RetrievalHead
+
+    head = RetrievalHead(min(100.003, 100.0))   # a pretrained CLIP's logit scale: at the cap (above it in fp32)
+    head.scale.backward()                       # a loss that wants a lower scale: the gradient passes
+    assert head.log_scale.grad.item() == pytest.approx(100.0, rel=1e-5)   # (a clamp gave 0: it never learned)
+    head.log_scale.grad = None
+    (-head.scale).backward()                    # one that wants it higher: nothing pushes it past the cap
+    assert head.log_scale.grad.item() == 0.0
+    low = RetrievalHead(50.0)
+    (-low.scale).backward()
+    assert low.log_scale.grad.item() == pytest.approx(-50.0, rel=1e-5)
+    with torch.no_grad():
+        head.log_scale.fill_(5.0)               # pushed above the cap: capped, and it can come back down
+    assert head.scale.item() == pytest.approx(100.0, rel=1e-5)
+    head.log_scale.grad = None
+    head.scale.backward()
+    assert head.log_scale.grad.item() > 0
+
+
 def test_caption_references_keep_repeated_captions():
     # pycocoevalcap keeps two annotators' identical captions; they weigh twice in CIDEr's average.
     a = Example(None, "a", text="a dog runs", captions=("a dog runs", "a dog runs", "a cat sleeps"))

@@ -29,8 +29,9 @@ class PathEscapeError(ValueError):
     """An image path in a data file that points outside the data root."""
 
 
-class ReaderOptionError(TypeError):
-    """The options given to a reader do not fit its signature (unknown or missing ones)."""
+class ReaderOptionError(TypeError, ValueError):
+    """The options given to a reader do not fit its signature: unknown or missing ones (a TypeError, as Python
+    says of a call), or a value of the wrong type or not among the allowed ones (also a ValueError)."""
 
 
 class DataFormatError(ValueError):

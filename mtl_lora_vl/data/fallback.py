@@ -67,12 +67,17 @@ class ImageFallback:
     def __init__(self, task: str, examples: Sequence[Example], size: ImageResize | int, *,
                  strict: bool = False) -> None:
         self.task = task
-        self.examples = examples
+        # A shard of a sequence (distributed.Shard) serves its own rows but takes substitutes from the whole,
+        # so every rank replaces a broken image as one process would.
+        whole = getattr(examples, "whole", None)
+        self.offset = examples.start if whole is not None else 0
+        self.count = len(examples)          # rows served: decode(0 .. count - 1)
+        self.examples = whole if whole is not None else examples
         self.size = ImageResize.of(size)
         self.strict = bool(strict)
         keys: dict[str, int] = {}
         ids = array("q")
-        for i, ex in enumerate(examples):
+        for i, ex in enumerate(self.examples):
             key = image_key(ex.image)
             ids.append(keys.setdefault(key, len(keys)) if key is not None else -1 - i)
         self._file_of = ids                 # >= 0: index of a shared file; < 0: this row's own image
@@ -138,7 +143,9 @@ class ImageFallback:
         return bool(self._failed[self._slot(index)])
 
     def decode(self, index: int) -> tuple[int, Tensor]:
-        """``(row, pixels)``: row ``index`` when its image decodes, else a replacement row of the task."""
+        """``(row, pixels)``: row ``index`` when its image decodes, else a replacement row of the task (rows
+        count in the whole sequence when ``examples`` was a shard of it)."""
+        index += self.offset
         if not self._known_bad(index):
             try:
                 return index, self._decode(index)

@@ -372,7 +372,7 @@ class _ImageDataset(Dataset):
         self.images = images
 
     def __len__(self) -> int:
-        return len(self.images.examples)
+        return self.images.count
 
     def __getitem__(self, index: int) -> Tensor:
         return self.images.decode(index)[1]   # a row whose image fails gets a substitute image

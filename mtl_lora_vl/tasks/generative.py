@@ -137,7 +137,8 @@ def generate_texts(backbone: Any, examples: Sequence[Example], prompts: Sequence
     out: list[str] = []
     batches = iter_image_batches(backbone, examples, batch_size=batch_size, device=device, dtype=dtype,
                                  num_workers=num_workers)
-    for start, images in zip(range(0, len(examples), batch_size), batches):
+    for i, images in enumerate(batches):   # to the generator's end: it reports replaced images there
+        start = i * batch_size
         with autocast(torch.device(device), dtype):
             out.extend(backbone.generate(images, max_len=max_len, beam_size=beam_size,
                                          prompts=list(prompts[start:start + batch_size])))
@@ -159,7 +160,8 @@ def candidate_scores(backbone: Any, examples: Sequence[Example], prompts: Sequen
     out: list[Tensor] = []
     batches = iter_image_batches(backbone, examples, batch_size=chunk, device=device, dtype=dtype,
                                  num_workers=num_workers)
-    for start, images in zip(range(0, len(examples), chunk), batches):
+    for i, images in enumerate(batches):
+        start = i * chunk
         with autocast(torch.device(device), dtype):
             scores = backbone.sequence_scores(images, list(prompts[start:start + chunk]), list(candidates),
                                               per_token=per_token)

@@ -38,8 +38,29 @@ from mtl_lora_vl.tasks.registry import register_kind
 from mtl_lora_vl.tasks.spec import TaskSpec
 
 
+class _Capped(torch.autograd.Function):
+    """``min(x, cap)`` whose gradient, at or above the cap, still passes when descent would lower ``x``.
+
+    A plain clamp passes none there, and a pretrained CLIP starts there: its stored scale is 100.003 (and
+    log 100 in float32 lies above the float64 cap), so the temperature never learned; nor could it come
+    back down once a step had pushed it past the cap. Gradients that would raise it further are dropped.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, cap: float) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.cap = cap
+        return x.clamp(max=cap)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None]:
+        (x,) = ctx.saved_tensors
+        return g * ((x < ctx.cap) | (g > 0)), None
+
+
 class RetrievalHead(nn.Module):
-    """The learnable contrastive temperature: ``logits = exp(log_scale) * image @ text.T``."""
+    """The learnable contrastive temperature: ``logits = exp(log_scale) * image @ text.T``, the scale capped
+    at ``max_scale`` (CLIP's 100)."""
 
     def __init__(self, logit_scale: float, max_scale: float = 100.0) -> None:
         super().__init__()
@@ -48,7 +69,7 @@ class RetrievalHead(nn.Module):
 
     @property
     def scale(self) -> Tensor:
-        return self.log_scale.clamp(max=self.max_log_scale).exp()
+        return _Capped.apply(self.log_scale, self.max_log_scale).exp()
 
     def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
         return self.scale * image_emb.float() @ text_emb.float().t()

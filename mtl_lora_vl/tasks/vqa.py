@@ -281,7 +281,8 @@ class VQAKind(TaskKind):
         preds: list[str] = []
         batches = iter_image_batches(backbone, examples, batch_size=batch_size, device=device, dtype=dtype,
                                      num_workers=num_workers)
-        for start, images in zip(range(0, len(examples), batch_size), batches):
+        for i, images in enumerate(batches):   # (a zip with a range stopped before the generator's end-of-pass report)
+            start = i * batch_size
             rows = examples[start:start + batch_size]
             questions = [self.question(ex) for ex in rows]
             with autocast(device, dtype):
