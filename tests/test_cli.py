@@ -200,7 +200,7 @@ def test_library_log_records_have_the_right_level(caplog):
     skip_bad_step(types.SimpleNamespace(optimizer=Opt()), 1, 7, 5, Path("run"))
     [rec] = [r for r in caplog.records if "non-finite" in r.getMessage()]
     assert rec.levelno == logging.WARNING and rec.name == "mtl_lora_vl.training.step"
-    assert "step 7: non-finite loss, step skipped (1 in a row)" == rec.getMessage()
+    assert "step 7: non-finite loss or gradients, step skipped (1 in a row)" == rec.getMessage()
 
 
 def test_progress_is_off_when_not_a_terminal_or_quiet(monkeypatch):

@@ -368,8 +368,39 @@ def test_non_finite_losses_skip_then_stop(tmp_path, monkeypatch, capsys):
     code = train_main(base_args(tmp_path, tmp_path / "nan", steps=5) + ["--max-bad-steps", "2"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "[mtl-lora-vl] warning: step 1: non-finite loss, step skipped (1 in a row)" in err
-    assert "[mtl-lora-vl] error: 2 non-finite losses in a row" in err
+    assert "[mtl-lora-vl] warning: step 1: non-finite loss or gradients, step skipped (1 in a row)" in err
+    assert "[mtl-lora-vl] error: 2 non-finite steps in a row" in err
+
+
+def test_the_bad_step_streak_survives_a_resume(tmp_path, monkeypatch, capsys):
+    """--max-bad-steps counts skipped steps in a row across a resume: the counter was not in the checkpoint,
+    so a run resumed after two bad steps stopped two steps later than the uninterrupted one."""
+    from mtl_lora_vl.tasks.retrieval import RetrievalKind
+
+    monkeypatch.setattr(RetrievalKind, "loss", lambda self, *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    run = tmp_path / "nan"
+    args = base_args(tmp_path, run, steps=8) + ["--max-bad-steps", "3", "--save-every", "2"]
+    assert train_main(args) == 2
+    assert "3 non-finite steps in a row at step 3" in capsys.readouterr().err
+    assert train_main(["--resume", str(run)]) == 2   # from the checkpoint of step 2, two bad steps in
+    assert "3 non-finite steps in a row at step 3" in capsys.readouterr().err
+
+
+def test_a_second_ctrl_c_exits_130(tmp_path, monkeypatch, capsys):
+    import mtl_lora_vl.training.train as train_mod
+
+    calls = []
+    real = train_mod.forward_backward
+
+    def interrupted(*a, **k):   # what the signal handler raises on a second Ctrl-C, inside step 2
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "forward_backward", interrupted)
+    assert train_main(base_args(tmp_path, tmp_path / "run", steps=4)) == 130   # was 0: `train && eval` went on
+    assert "interrupted during step 2, not saved" in capsys.readouterr().err
 
 
 def test_the_logged_rate_is_the_one_the_step_trained_at(tmp_path):

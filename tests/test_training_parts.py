@@ -62,6 +62,16 @@ def test_truncate_metrics(tmp_path):
     truncate_metrics(path, 4)
     assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [2, 4]
     truncate_metrics(tmp_path / "missing.jsonl", 4)  # nothing to do
+    path.write_text(json.dumps({"step": 2, "loss": 1.0}) + "\n" + '{"step": 4, "lo')   # killed mid-write
+    truncate_metrics(path, 4)   # the resume failed with a bare JSONDecodeError
+    assert path.read_text() == json.dumps({"step": 2, "loss": 1.0}) + "\n"
+
+
+def test_epochs_count_steps_in_exact_decimals():
+    from mtl_lora_vl.training.train import steps_for_epochs
+
+    assert steps_for_epochs(1.1, 90, 1) == 99 and steps_for_epochs(2.2, 90, 2) == 99   # floats gave 100
+    assert steps_for_epochs(1, 90, 4) == 23 and steps_for_epochs(0.5, 10, 3) == 2
 
 
 def test_a_resumed_run_purges_the_tensorboard_events_after_its_checkpoint(tmp_path, monkeypatch):
@@ -239,6 +249,35 @@ def test_a_step_reads_its_losses_from_the_device_once(monkeypatch):
     net.p.data.fill_(float("nan"))
     assert not step_mod.forward_backward(net, batches, optim, accumulate=2, backbone=None,
                                          amp_dtype=torch.float32, info=DistInfo()).finite
+
+
+def test_a_finite_loss_with_non_finite_gradients_skips_the_step(monkeypatch):
+    """sqrt at 0 times 0: the loss is 0 but its gradient NaN. Only the loss was checked, so the optimizer
+    applied NaN and the next checkpoint held NaN weights."""
+    import itertools
+
+    import mtl_lora_vl.training.step as step_mod
+    from mtl_lora_vl.training.optim import Optimization
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, batch):
+            v = 0 * torch.sqrt(self.p - self.p.detach())
+            return v, {"vqa": v}
+
+    monkeypatch.setattr(step_mod, "to_device", lambda batch, *a: batch)
+    net = Net()
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    optim = Optimization(opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                         torch.amp.GradScaler("cpu", enabled=False), list(net.parameters()))
+    batches = itertools.repeat({"task_ids": torch.zeros(2)})
+    with _HostReads() as h:
+        r = step_mod.forward_backward(net, batches, optim, accumulate=1, backbone=None, amp_dtype=torch.float32,
+                                      info=DistInfo())
+    assert r.losses["loss"] == 0.0 and not r.finite and h.reads == []
 
 
 def test_vqa_loss_has_no_host_reads_and_equals_the_mean_over_answered_rows():

@@ -78,11 +78,13 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
 
 
 def training_state(step: int, model: MultiTaskModel, optim: Optimization, loader: MultiTaskLoader,
-                   log_window: dict[str, list[float]], world_size: int = 1) -> dict[str, Any]:
-    """Everything ``--resume`` needs to continue exactly (rank 0's part; see the module docstring)."""
+                   log_window: dict[str, list[float]], world_size: int = 1, bad_streak: int = 0) -> dict[str, Any]:
+    """Everything ``--resume`` needs to continue exactly (rank 0's part; see the module docstring).
+    ``bad_streak``: the skipped (non-finite) steps in a row up to ``step``, which ``--max-bad-steps`` counts."""
     return {"checkpoint_version": CHECKPOINT_VERSION, "step": step, "trainable": model.trainable_state(),
             **optim.state_dict(), "sampler": loader.state_dict(), "log_window": log_window,
-            "world_size": world_size, "rng_state": rng_state(), "rng": torch.get_rng_state()}
+            "world_size": world_size, "rng_state": rng_state(), "rng": torch.get_rng_state(),
+            "bad_streak": bad_streak}
 
 
 def save_rank_state(run_dir: str | Path, rank: int, step: int, log_window: dict[str, list[float]]) -> Path:
@@ -103,7 +105,8 @@ def save_rank_state(run_dir: str | Path, rank: int, step: int, log_window: dict[
 
 
 def save_training_checkpoint(run_dir: str | Path, step: int, model: MultiTaskModel, optim: Optimization,
-                             loader: MultiTaskLoader, log_window: dict[str, list[float]], info: DistInfo) -> None:
+                             loader: MultiTaskLoader, log_window: dict[str, list[float]], info: DistInfo,
+                             bad_streak: int = 0) -> None:
     """Every rank's part of a checkpoint: rank r > 0 its rank file, rank 0 ``checkpoint.pt`` after a barrier,
     once every rank file holds ``step``. Every rank calls it at the same step (periodic saves, the end, and a
     stop: the loop agrees on stopping across ranks before it saves)."""
@@ -111,7 +114,7 @@ def save_training_checkpoint(run_dir: str | Path, step: int, model: MultiTaskMod
         save_rank_state(run_dir, info.rank, step, log_window)
     barrier(info)
     if info.is_main:
-        save_checkpoint(training_state(step, model, optim, loader, log_window, info.world_size), run_dir)
+        save_checkpoint(training_state(step, model, optim, loader, log_window, info.world_size, bad_streak), run_dir)
 
 
 def _rank_state(run_dir: str | Path | None, rank: int, step: int) -> dict[str, Any] | None:
@@ -127,9 +130,9 @@ def _rank_state(run_dir: str | Path | None, rank: int, step: int) -> dict[str, A
 
 def restore_training_state(state: dict[str, Any], model: MultiTaskModel, optim: Optimization,
                            loader: MultiTaskLoader, *, run_dir: str | Path | None = None, rank: int = 0,
-                           seed: int = 0) -> tuple[int, dict[str, list[float]]]:
-    """Put a :func:`training_state` back, and this rank's generators; returns the step and this rank's
-    log window.
+                           seed: int = 0) -> tuple[int, dict[str, list[float]], int]:
+    """Put a :func:`training_state` back, and this rank's generators; returns the step, this rank's log
+    window and the skipped steps in a row up to the step (0 in checkpoints written before it was saved).
 
     A version-1 checkpoint restores the torch CPU generator alone (what it saved), on every rank. A rank
     whose state for the checkpoint's step is missing (the run was killed between the rank files and
@@ -157,4 +160,4 @@ def restore_training_state(state: dict[str, Any], model: MultiTaskModel, optim: 
         else:
             set_rng_state(mine["rng_state"])
             log_window = mine["log_window"]
-    return step, log_window
+    return step, log_window, int(state.get("bad_streak", 0))

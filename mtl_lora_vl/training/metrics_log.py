@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -13,7 +14,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..distributed import DistInfo, all_reduce_mean
+from ..io.atomic import atomic_file
 from ..log import quiet
+
+logger = logging.getLogger(__name__)
 
 
 class MetricsLog:
@@ -92,11 +96,23 @@ def replaced_rows(counts: dict[str, int], info: DistInfo) -> dict[str, int]:
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines a killed run wrote after its last checkpoint (they will be written again)."""
+    """Drop log lines a killed run wrote after its last checkpoint (they will be written again), and a line
+    it left half-written (a kill in the middle of a write); the file is replaced atomically."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    keep = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            logger.warning("%s:%d: a damaged log line (the run was killed while writing it) is dropped", path, n)
+            continue
+        if row.get("step", 0) <= step:
+            keep.append(line)
+    with atomic_file(path, overwrite=True, what="resume") as tmp:
+        tmp.write_text("".join(line + "\n" for line in keep))
 
 
 def progress_bar(enabled: bool, start: int, total: int) -> tqdm:

@@ -37,8 +37,9 @@ def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: O
 
     Gradients sync across ranks only on the last micro-batch. The losses stay on the device until the
     step's end, where one host read (after one all-reduce of the finite flag under DDP) gives them all: a
-    GPU is never made to wait mid-step. A non-finite loss on any rank makes the caller skip the step
-    (its gradients are discarded, so the backward passes after it did no harm).
+    GPU is never made to wait mid-step. A non-finite loss on any rank, or (without fp16's loss scaling, which
+    finds them itself) non-finite gradients after a finite loss, make the caller skip the step (its
+    gradients are discarded, so the backward passes after it did no harm).
     """
     optim.optimizer.zero_grad(set_to_none=True)
     sums: dict[str, torch.Tensor] = {}
@@ -58,7 +59,11 @@ def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: O
             micro_batches[k] = micro_batches.get(k, 0) + 1
         total_sum = total_sum + total.detach().float() / accumulate
     keys = list(sums)
-    ok = torch.isfinite(total_sum).to(torch.float32).reshape(1)
+    ok = torch.isfinite(torch.as_tensor(total_sum))
+    grads = [p.grad for p in optim.params if p.grad is not None]
+    if grads and not optim.scaler.is_enabled():   # a finite loss can still give NaN gradients (sqrt at 0, ...)
+        ok = ok & torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
+    ok = ok.to(torch.float32).reshape(1)
     if info.enabled:
         torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
     values = torch.cat([ok, total_sum.reshape(1), *(sums[k].reshape(1) for k in keys)]).tolist()
@@ -81,11 +86,12 @@ def optimizer_step(optim: Optimization, grad_clip: float) -> None:
 
 
 def skip_bad_step(optim: Optimization, bad: int, step: int, max_bad: int, run_dir: Path) -> None:
-    """A step whose loss was non-finite: warn and drop its gradients; ``max_bad`` in a row stop the run."""
-    logger.warning("step %d: non-finite loss, step skipped (%d in a row)", step, bad)
+    """A step whose loss or gradients were non-finite: warn and drop its gradients; ``max_bad`` in a row stop
+    the run."""
+    logger.warning("step %d: non-finite loss or gradients, step skipped (%d in a row)", step, bad)
     if bad >= max_bad:
         raise FloatingPointError(
-            f"{bad} non-finite losses in a row at step {step}; lower --lr, use --precision fp32 or "
+            f"{bad} non-finite steps in a row at step {step}; lower --lr, use --precision fp32 or "
             f"bf16, or check the data. The last good checkpoint is in {run_dir}"
         )
     optim.optimizer.zero_grad(set_to_none=True)

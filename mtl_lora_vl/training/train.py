@@ -16,6 +16,7 @@ import signal
 import threading
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -65,17 +66,25 @@ def train(opts: TrainOptions, given: Collection[str] | None = None) -> Path:
     loader = build_loader(run)
     optim = build_optimization(run.setup.model, run.opts, run.total_steps, run.info.device, run.amp_dtype)
     freeze_old_rows(run.setup.model.model, optim.optimizer)  # an --extend run: the old tasks' rows stay exact
-    step, log_window = resume(run, optim, loader) if run.opts.resume else (0, {})
+    step, log_window, bad = resume(run, optim, loader) if run.opts.resume else (0, {}, 0)
     net = wrap_model(run)
-    finished = loop(run, net, loader, optim, step, log_window)
-    if finished:
-        finish(run)
-        barrier(run.info)
-    cleanup(run.info)
+    try:
+        if loop(run, net, loader, optim, step, log_window, bad):
+            finish(run)
+            barrier(run.info)
+    finally:
+        cleanup(run.info)
     return run.dir
 
 
 # Start ------------------------------------------------------------------------------------------
+def steps_for_epochs(epochs: float, n_train: int, per_step: int) -> int:
+    """Steps for ``epochs`` passes over ``n_train`` rows at ``per_step`` rows a step (the last one partial),
+    in exact decimal arithmetic: 1.1 epochs of 90 rows at 1 a step is 99 steps, where 1.1 * 90 in floats
+    is 99.00000000000001 and gave 100."""
+    return math.ceil(Fraction(str(epochs)) * n_train / per_step)
+
+
 def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     """Options (a resumed run's own), process group, run directory, precision, seed, and the Setup."""
     opts.validate()
@@ -100,7 +109,7 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
         write_config(run_dir, opts)
     per_step = opts.batch_size * opts.accumulate * info.world_size
     n_train = sum(len(split.examples) for split in setup.train_splits.values())
-    total_steps = math.ceil(opts.epochs * n_train / per_step) if opts.epochs else opts.steps
+    total_steps = steps_for_epochs(opts.epochs, n_train, per_step) if opts.epochs else opts.steps
     workers = default_workers() if opts.workers < 0 else opts.workers
     run = Run(opts, info, run_dir, amp_dtype, setup, total_steps, workers)
     if info.is_main:
@@ -142,15 +151,15 @@ def build_loader(run: Run) -> MultiTaskLoader:
                            pin_memory=info.device.type == "cuda")
 
 
-def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> tuple[int, dict[str, list[float]]]:
+def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> tuple[int, dict[str, list[float]], int]:
     """Load the last checkpoint into the model, optimizer and loader; drop log rows written after it.
-    Returns the step and the losses logged since the last log row."""
-    step, log_window = restore_training_state(load_checkpoint(run.dir), run.setup.model, optim, loader,
-                                              run_dir=run.dir, rank=run.info.rank, seed=run.opts.seed)
+    Returns the step, the losses logged since the last log row and the skipped steps in a row."""
+    step, log_window, bad = restore_training_state(load_checkpoint(run.dir), run.setup.model, optim, loader,
+                                                   run_dir=run.dir, rank=run.info.rank, seed=run.opts.seed)
     if run.info.is_main:
         truncate_metrics(run.dir / "metrics.jsonl", step)
         logger.info("resumed %s at step %d/%d", run.dir, step, run.total_steps)
-    return step, log_window
+    return step, log_window, bad
 
 
 def wrap_model(run: Run) -> nn.Module:
@@ -208,22 +217,22 @@ def stop_at_step_boundary() -> Iterator[StopRequest]:
 
 
 def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization, step: int,
-         log_window: dict[str, list[float]]) -> bool:
+         log_window: dict[str, list[float]], bad: int = 0) -> bool:
     """Train from ``step`` to the end, logging, evaluating and checkpointing on the way.
 
     Returns True when the run reached its last step (after a final checkpoint), False when Ctrl-C or
-    SIGTERM stopped it: after the step in progress and a checkpoint that ``--resume`` continues from,
-    or, on a second Ctrl-C, at once with the last periodic checkpoint kept.
+    SIGTERM stopped it after the step in progress and a checkpoint that ``--resume`` continues from. A
+    second Ctrl-C raises ``KeyboardInterrupt`` at once (the last periodic checkpoint is kept).
     """
     opts, info, model = run.opts, run.info, run.setup.model
     log = MetricsLog(run.dir, info.is_main, resumed_at=step if run.opts.resume else None)
     progress = progress_bar(info.is_main, step, run.total_steps)
     batches = iter(loader)
     window = LossWindow(log_window)
-    bad = 0  # non-finite steps in a row
+    # bad: the non-finite steps in a row (carried over a resume)
 
     def checkpoint() -> None:  # every rank is at this point of the same step
-        save_training_checkpoint(run.dir, step, model, optim, loader, window.losses, info)
+        save_training_checkpoint(run.dir, step, model, optim, loader, window.losses, info, bad)
 
     with stop_at_step_boundary() as stop:
         try:
@@ -265,7 +274,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
             if info.is_main:
                 logger.warning("interrupted during step %d, not saved; --resume %s continues from the last "
                                "periodic checkpoint, if there is one", step + 1, run.dir)
-            return False
+            raise   # the command exits 130, so `train && evaluate` stops
         finally:
             progress.close()
     checkpoint()
