@@ -21,7 +21,7 @@ from typing import Any
 
 from .distributed import DistInfo, broadcast_from_main
 from .io.adapter_files import absolute_base
-from .io.atomic import holds
+from .io.atomic import atomic_file, holds
 from .options import TrainOptions
 from .tasks.spec import looks_like_path
 
@@ -147,7 +147,8 @@ def config_doc(run: Path, opts: TrainOptions) -> dict[str, Any]:
 
 def write_config(run: Path, opts: TrainOptions) -> None:
     """``run/config.json`` (:func:`config_doc`)."""
-    (run / "config.json").write_text(json.dumps(config_doc(run, opts), indent=2) + "\n")
+    with atomic_file(run / "config.json", overwrite=True, what="train") as tmp:   # a run needs it whole to resume
+        tmp.write_text(json.dumps(config_doc(run, opts), indent=2) + "\n")
 
 
 def _absolute(value: str | None) -> str | None:

@@ -346,6 +346,17 @@ def test_retrieval_temperature_learns_from_a_pretrained_clips_cap():
     assert head.log_scale.grad.item() > 0
 
 
+def test_vqa_questions_without_a_type_are_not_mixed_into_vqav2s_other(clip, monkeypatch):
+    spec = load_spec("vqa")
+    kind = build_kind(spec, _world(spec, "train", 12), clip)
+    val = _world(spec, "val", 4)
+    examples = [dataclasses.replace(ex, question_type=qt) for ex, qt in zip(val.examples, ["other", None, None, "color"])]
+    monkeypatch.setattr(kind, "predict", lambda *a, **k: [ex.answers[0] for ex in examples])
+    m = kind.evaluate(clip, None, Split(examples), batch_size=4, device="cpu")
+    assert {k for k in m if k.startswith("vqa_accuracy/")} == {"vqa_accuracy/other", "vqa_accuracy/untyped",
+                                                               "vqa_accuracy/color"}
+
+
 def test_caption_references_keep_repeated_captions():
     # pycocoevalcap keeps two annotators' identical captions; they weigh twice in CIDEr's average.
     a = Example(None, "a", text="a dog runs", captions=("a dog runs", "a dog runs", "a cat sleeps"))

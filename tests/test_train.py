@@ -386,6 +386,11 @@ def test_the_bad_step_streak_survives_a_resume(tmp_path, monkeypatch, capsys):
     assert "3 non-finite steps in a row at step 3" in capsys.readouterr().err
 
 
+def test_a_warmup_as_long_as_the_run_is_warned_about(tmp_path, capsys):
+    assert train_main(base_args(tmp_path, tmp_path / "run", steps=2) + ["--skip-zero-shot"]) == 0
+    assert "--warmup 2 is not shorter than the run's 2 steps" in capsys.readouterr().err
+
+
 def test_a_second_ctrl_c_exits_130(tmp_path, monkeypatch, capsys):
     import mtl_lora_vl.training.train as train_mod
 

@@ -259,7 +259,7 @@ class VQAKind(TaskKind):
         for ex, pred in zip(examples, preds):
             acc = vqa_accuracy(pred, ex.answers)
             scores.append(acc)
-            by_type[ex.question_type or "other"].append(acc)
+            by_type[ex.question_type or "untyped"].append(acc)   # ("other" is one of VQAv2's own types)
         out = {"vqa_accuracy": sum(scores) / len(scores), "n": float(len(scores))}
         for qtype in sorted(by_type):
             out[f"vqa_accuracy/{qtype}"] = sum(by_type[qtype]) / len(by_type[qtype])

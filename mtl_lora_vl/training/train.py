@@ -110,6 +110,9 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     per_step = opts.batch_size * opts.accumulate * info.world_size
     n_train = sum(len(split.examples) for split in setup.train_splits.values())
     total_steps = steps_for_epochs(opts.epochs, n_train, per_step) if opts.epochs else opts.steps
+    if info.is_main and 0 < total_steps <= opts.warmup:
+        logger.warning("--warmup %d is not shorter than the run's %d steps: the learning rate never reaches --lr "
+                       "and the cosine decay never starts; lower --warmup", opts.warmup, total_steps)
     workers = default_workers() if opts.workers < 0 else opts.workers
     run = Run(opts, info, run_dir, amp_dtype, setup, total_steps, workers)
     if info.is_main:
