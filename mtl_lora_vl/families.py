@@ -12,7 +12,9 @@ class in its MRO has that name **and** lives in that module or below it. So ``op
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["FAMILIES", "MERGED_WEIGHTS", "Family", "family_named", "find_family", "merged_format", "peft_export"]
 
@@ -31,7 +33,10 @@ class Family:
       None when no backbone class exists yet; ``no_backbone`` then says why and what to do instead;
     * ``peft_export``: ``export_lora`` writes PEFT LoRA by default (else the plain layout);
     * ``merged_format``: ``"hf"`` (``save_pretrained`` directory), ``"open_clip"`` or ``"safetensors"``
-      (one state-dict file, named by :data:`MERGED_WEIGHTS`, in a merged export directory).
+      (one state-dict file, named by :data:`MERGED_WEIGHTS`, in a merged export directory);
+    * ``unused``: given a model, regexes of projections it computes but whose output it discards (LLaVA's
+      vision layers after ``vision_feature_layer``): default targets leave them out, since their adapters
+      would never get a gradient (which also stops DDP at its second step).
     """
 
     name: str
@@ -42,6 +47,7 @@ class Family:
     no_backbone: str = ""
     peft_export: bool = False
     merged_format: str = "safetensors"
+    unused: Callable[[Any], tuple[str, ...]] | None = None
 
     def matches(self, cls: type) -> bool:
         """True when a class in ``cls``'s MRO is one of this family's (qualified) classes."""
@@ -63,6 +69,19 @@ _HF_VLM_TARGETS = {
     "image": (r"(^|\.)vision_tower(\.\w+)*" + _HF_CLIP_BLOCK,),
     "text": (r"(^|\.)language_model\.(.*\.)?layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$",),
 }
+
+def _llava_unused_vision_layers(model: Any) -> tuple[str, ...]:
+    """The vision layers after the deepest one LLaVA reads (``vision_feature_layer``, -2 in LLaVA-1.5:
+    hidden_states[v] is the output of layer v - 1, hidden_states[0] the embeddings)."""
+    cfg = getattr(model, "config", None)
+    layers = getattr(getattr(cfg, "vision_config", None), "num_hidden_layers", None)
+    chosen = getattr(cfg, "vision_feature_layer", -1)
+    if not isinstance(layers, int):
+        return ()
+    picks = chosen if isinstance(chosen, (list, tuple)) else [chosen]
+    first_unused = max(v + layers + 1 if v < 0 else v for v in picks)
+    return tuple(rf"(^|\.)vision_tower(\.\w+)*\.encoder\.layers\.{i}\." for i in range(first_unused, layers))
+
 
 FAMILIES: tuple[Family, ...] = (
     Family(
@@ -91,6 +110,7 @@ FAMILIES: tuple[Family, ...] = (
         backbone="llava",
         peft_export=True,
         merged_format="hf",
+        unused=_llava_unused_vision_layers,
     ),
     Family(
         "paligemma",

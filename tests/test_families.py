@@ -113,3 +113,26 @@ def test_no_family_name_branches_outside_the_table():
             if branch.search(line):
                 offenders.append(f"{path.relative_to(PACKAGE)}:{i}: {line.strip()}")
     assert not offenders, "family names compared outside families.py:\n" + "\n".join(offenders)
+
+
+def test_llava_default_targets_leave_out_vision_layers_it_never_reads():
+    """LLaVA-1.5 reads the vision tower's second-to-last layer (vision_feature_layer=-2): adapters on the last
+    layer got no gradient, and DDP stopped at its second step."""
+    from conftest import llava_inputs
+
+    model = tiny_llava()   # 2 vision layers
+    model.config.vision_feature_layer = -2
+    mlv.attach(model, mlv.MTLLoRAConfig(tasks=["a"], r=2))
+    adapted = {n.split(".layers.")[1].split(".")[0] for n, m in model.named_modules()
+               if "vision_tower" in n and n.endswith("q_proj") and hasattr(m, "lora_A")}
+    assert adapted == {"0"}
+    with mlv.route(model, "a"):
+        model(**llava_inputs(2)).logits.sum().backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    from mtl_lora_vl.families import _llava_unused_vision_layers
+
+    fresh = tiny_llava()
+    assert _llava_unused_vision_layers(fresh) == ()                     # -1: every layer is read
+    fresh.config.vision_feature_layer = [-4, -3]                        # several layers (LLaVA-NeXT style)
+    fresh.config.vision_config.num_hidden_layers = 6
+    assert len(_llava_unused_vision_layers(fresh)) == 2                 # layers 4 and 5

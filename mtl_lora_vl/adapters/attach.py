@@ -70,6 +70,7 @@ def select_targets(model: nn.Module, cfg: MTLLoRAConfig) -> list[tuple[str, nn.M
     else:
         targets = {t: tuple(p) for t, p in cfg.targets.items()}
     packed = re.compile(fam.packed_qkv) if fam is not None and fam.packed_qkv else None
+    unused = fam.unused(model) if cfg.targets == "default" and fam is not None and fam.unused else ()
 
     chosen: list[tuple[str, nn.Module, str, tuple[bool, ...] | None]] = []
     covered: list[str] = []
@@ -79,7 +80,7 @@ def select_targets(model: nn.Module, cfg: MTLLoRAConfig) -> list[tuple[str, nn.M
         if not isinstance(module, (nn.Linear, nn.MultiheadAttention)):
             continue
         tower = next((t for t in TOWERS for p in targets.get(t, ()) if re.search(p, name)), None)
-        if tower is None:
+        if tower is None or any(re.search(p, name) for p in unused):
             continue
         _check_called(model, name, module)
         slices = None
