@@ -216,6 +216,22 @@ def test_hf_clip_directory(tok_dir, tmp_path, monkeypatch):
         load_backbone(f"hf:{tmp_path}", pretrained="/x.bin")
 
 
+def test_hf_clip_reads_the_image_processor_inside_processor_config(tok_dir, tmp_path):
+    """transformers 5's CLIPProcessor.save_pretrained writes processor_config.json (the image processor nested)
+    and no preprocessor_config.json: mean and std fell back to OpenAI's."""
+    from transformers import CLIPImageProcessor, CLIPProcessor, PreTrainedTokenizerFast
+
+    _save_tiny_hf_clip(tok_dir, tmp_path)
+    image = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                               image_mean=[0.5] * 3, image_std=[0.25] * 3)
+    CLIPProcessor(image_processor=image, tokenizer=PreTrainedTokenizerFast.from_pretrained(str(tok_dir))) \
+        .save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").unlink(missing_ok=True)
+    assert (tmp_path / "processor_config.json").is_file()
+    bb = load_backbone(f"hf:{tmp_path}")
+    assert bb.mean == (0.5, 0.5, 0.5) and bb.std == (0.25, 0.25, 0.25)
+
+
 # ---------------------------------------------------------------------------------------- built-in
 
 

@@ -93,16 +93,28 @@ class HFClipBackbone(Backbone):
 
 def _image_preprocessing(folder: Path, image_size: int) -> tuple[tuple[float, float, float],
                                                                   tuple[float, float, float], ImageResize]:
-    """Image mean, std and resize from ``preprocessor_config.json``, else CLIP's."""
+    """Image mean, std and resize from the image processor's config, else CLIP's: ``preprocessor_config.json``,
+    or the ``image_processor`` of ``processor_config.json`` (what transformers 5's ``CLIPProcessor.save_pretrained``
+    writes instead); ``do_normalize: false`` means no normalisation."""
     pp = folder / "preprocessor_config.json"
+    key = None
     if not pp.is_file():
-        return OPENAI_MEAN, OPENAI_STD, ImageResize(image_size)
+        pp, key = folder / "processor_config.json", "image_processor"
+        if not pp.is_file():
+            return OPENAI_MEAN, OPENAI_STD, ImageResize(image_size)
     try:
         data = json.loads(pp.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{pp} is not valid JSON: {e}") from e
+    if isinstance(data, dict) and key is not None:
+        if not isinstance(data.get(key), dict):
+            return OPENAI_MEAN, OPENAI_STD, ImageResize(image_size)
+        data = data[key]
     if not isinstance(data, dict):
         raise ValueError(f"{pp} must hold a JSON object, got {type(data).__name__}")
-    mean = as_rgb(data.get("image_mean", OPENAI_MEAN), f"{pp}: image_mean")
-    std = as_rgb(data.get("image_std", OPENAI_STD), f"{pp}: image_std")
+    if data.get("do_normalize", True) is False:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    else:
+        mean = as_rgb(data.get("image_mean", OPENAI_MEAN), f"{pp}: image_mean")
+        std = as_rgb(data.get("image_std", OPENAI_STD), f"{pp}: image_std")
     return mean, std, ImageResize.from_hf(image_size, data, str(pp))
