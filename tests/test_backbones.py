@@ -494,7 +494,8 @@ def test_backbone_strings_parse_once_into_a_typed_spec(tmp_path):
     # a mistyped directory is named as a directory (it was "unknown open_clip model '/models/x'")
     with pytest.raises(FileNotFoundError, match=r"the directory .*no_such_dir does not exist"):
         parse_spec(f"open_clip:{tmp_path / 'no_such_dir'}")
-    assert parse_spec("open_clip:hf-hub:org/model").name == "hf-hub:org/model"  # a hub name is still a name
+    with pytest.raises(FileNotFoundError, match="org/model is not in the local Hugging Face cache"):
+        parse_spec("open_clip:hf-hub:org/model")   # open_clip's hub schema: its cached folder, or this message
 
 
 def test_offline_scope_restores_exactly_and_sets_no_environment(monkeypatch):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_backbones import CTX, _save_tiny_hf_clip, tok_dir  # noqa: F401 - tok_dir is a fixture
+from test_backbones import CTX, _clip_cfg, _save_tiny_hf_clip, tok_dir  # noqa: F401 - tok_dir is a fixture
 
 from mtl_lora_vl.backbones import load_backbone, parse_spec
 from mtl_lora_vl.backbones.cache import cached_hub_snapshot, cached_open_clip_weights, hf_hub_cache
@@ -150,3 +150,33 @@ def test_open_clip_tag_not_cached_fails_at_once(tiny_open_clip_name, tmp_path, m
     assert "local cache" in str(info.value)
     with pytest.raises(FileNotFoundError, match="never does"):
         load_backbone(f"open_clip:{TINY}", pretrained="no-such-tag")
+
+
+def test_open_clip_hub_schema_loads_the_cached_folder_offline(tok_dir, tmp_path, monkeypatch, no_network):  # noqa: F811
+    """open_clip:hf-hub:ORG/NAME went to open_clip, which looked its config up online and, given --pretrained,
+    ignored the file and could return a randomly initialised model. It is the cached folder now."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from mtl_lora_vl.backbones import WordTokenizer, build_open_clip
+
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    tok = WordTokenizer(tok_dir, CTX)
+    bb = build_open_clip(_clip_cfg(tok.vocab_size), tokenizer_dir=tok_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((tok_dir / name).read_bytes())
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": _clip_cfg(tok.vocab_size)}))
+    save_file({k: v.contiguous() for k, v in bb.model.state_dict().items()}, str(folder / "model.safetensors"))
+    cache = tmp_path / "hub"
+    hub_layout(cache, "acme/tiny-oc", folder)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    again = load_backbone("open_clip:hf-hub:acme/tiny-oc")
+    tokens = again.tokenizer(["a red circle"])
+    assert torch.allclose(again.encode_text(tokens), bb.encode_text(tokens), atol=1e-6)
+    with pytest.raises(ValueError, match="carries its own weights; drop --pretrained"):
+        load_backbone("open_clip:hf-hub:acme/tiny-oc", pretrained=str(folder / "model.safetensors"))
+    with pytest.raises(FileNotFoundError, match="acme/other is not in the local Hugging Face cache .*huggingface-cli "
+                                                "download acme/other"):
+        load_backbone("open_clip:hf-hub:acme/other")

@@ -95,9 +95,11 @@ def parse_spec(spec: str, pretrained: str | None = None) -> BackboneSpec:
         rest = text[len(_OPEN_CLIP):]
         if not rest:
             raise ValueError(f"'open_clip:' needs a model name or directory; accepted forms: {SPEC_FORMS}")
+        if rest.startswith(("hf-hub:", "local-dir:")):   # open_clip's own schemas: a folder, found here, offline
+            rest = _open_clip_schema_dir(text, rest, pretrained)
         local = Path(rest).expanduser()
         if not local.is_dir():
-            meant_dir = ("/" in rest or "\\" in rest or rest.startswith((".", "~"))) and not rest.startswith("hf-hub:")
+            meant_dir = "/" in rest or "\\" in rest or rest.startswith((".", "~"))
             if meant_dir:  # a path that is not there, not a model name
                 raise FileNotFoundError(f"{text}: the directory {local} does not exist (open_clip:DIR takes a folder "
                                         "with open_clip_config.json and weights; open_clip:NAME a model name)")
@@ -117,3 +119,19 @@ def parse_spec(spec: str, pretrained: str | None = None) -> BackboneSpec:
             return BackboneSpec("hf", text, name=rest, path=snapshot)
         return BackboneSpec("hf", text, path=local)
     raise ValueError(f"unknown backbone spec {spec!r}; accepted forms: {SPEC_FORMS}")
+
+
+def _open_clip_schema_dir(text: str, rest: str, pretrained: str | None) -> str:
+    """The folder behind open_clip's ``hf-hub:ORG/NAME`` (its snapshot in the local hub cache) or
+    ``local-dir:PATH``: open_clip itself would look the hub up online, and would ignore ``--pretrained``."""
+    schema, _, name = rest.partition(":")
+    if pretrained:
+        raise ValueError(f"{text} carries its own weights; drop --pretrained {pretrained}")
+    folder = cached_hub_snapshot(name) if schema == "hf-hub" else Path(name).expanduser()
+    if folder is None or not (Path(folder) / "open_clip_config.json").is_file():
+        where = ("is not in the local Hugging Face cache (this package never downloads; fetch it where there is "
+                 f"a network: huggingface-cli download {name})" if schema == "hf-hub"
+                 else "is not a folder with open_clip_config.json")
+        raise FileNotFoundError(f"{text}: {name} {where}; open_clip:DIR takes a folder with open_clip_config.json "
+                                "and its weights")
+    return str(folder)
