@@ -23,7 +23,8 @@ SPEC_FORMS = (
     "'builtin' (the package's small pretrained CLIP), 'builtin-llava' (the package's tiny LLaVA), "
     "'open_clip:NAME' with --pretrained /path/to/checkpoint (e.g. open_clip:ViT-B-32 --pretrained "
     "/models/vit_b_32.bin, or a pretrained tag already in open_clip's local cache), 'open_clip:/path/to/dir' "
-    "(a folder with open_clip_config.json and weights), or 'hf:/path/to/dir' (a local Hugging Face CLIP, LLaVA "
+    "(a folder with open_clip_config.json and weights; 'open_clip:hf-hub:ORG/NAME' when that folder is in the local "
+    "Hugging Face cache), or 'hf:/path/to/dir' (a local Hugging Face CLIP, LLaVA "
     "or PaliGemma directory; 'hf:ORG/NAME' when that model is in the local Hugging Face cache)"
 )
 
