@@ -67,7 +67,8 @@ _HF_CLIP_BLOCK = r"\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[
 # model.language_model.layers.N...; the projector, model.multi_modal_projector, only when targets name it).
 _HF_VLM_TARGETS = {
     "image": (r"(^|\.)vision_tower(\.\w+)*" + _HF_CLIP_BLOCK,),
-    "text": (r"(^|\.)language_model\.(.*\.)?layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$",),
+    # (qkv_proj and gate_up_proj: language models that pack them, e.g. Phi-3; each adapts as one projection)
+    "text": (r"(^|\.)language_model\.(.*\.)?layers\.\d+\.(self_attn\.(q|k|v|o|qkv)_proj|mlp\.(gate|up|down|gate_up)_proj)$",),
 }
 
 def _llava_unused_vision_layers(model: Any) -> tuple[str, ...]:

@@ -136,3 +136,22 @@ def test_llava_default_targets_leave_out_vision_layers_it_never_reads():
     fresh.config.vision_feature_layer = [-4, -3]                        # several layers (LLaVA-NeXT style)
     fresh.config.vision_config.num_hidden_layers = 6
     assert len(_llava_unused_vision_layers(fresh)) == 2                 # layers 4 and 5
+
+
+def test_llava_default_targets_take_a_language_models_packed_projections():
+    """A Phi-3 language model packs q/k/v into qkv_proj and gate/up into gate_up_proj: only o_proj and
+    down_proj were adapted, silently."""
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, Phi3Config
+
+    from mtl_lora_vl.adapters.attach import select_targets
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=32, patch_size=8)
+    text = Phi3Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, eos_token_id=1,
+                      bos_token_id=2)
+    model = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_index=95,
+                                                      vision_feature_layer=-1))
+    text_targets = {n.rsplit(".", 1)[1] for n, *_ in select_targets(model, mlv.MTLLoRAConfig(tasks=["a"]))
+                    if "language_model" in n}
+    assert text_targets == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
