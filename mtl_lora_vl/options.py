@@ -77,7 +77,7 @@ class TrainOptions:
     lambda_type: Literal["full", "diagonal", "none"] = _opt("full", "task-specific Lambda_t")
     dropout: float = _opt(0.0, "dropout on adapter inputs", ge=0, lt=1)
     targets: str = _opt("default", "'default' or a JSON dict {\"image\": [regex], \"text\": [regex]}")
-    steps: int | None = _path_opt("steps", "optimizer steps (ignored when --epochs is given)", ge=0)
+    steps: int | None = _path_opt("steps", "optimizer steps (ignored when --epochs is given)", ge=1)
     epochs: float | None = _opt(None, "train for this many passes over all tasks' training data instead of --steps "
                                 "(one pass = as many samples as the training splits hold together; under temperature "
                                 "or round-robin sampling a large task sees less than a pass of its own)", gt=0)
@@ -121,8 +121,6 @@ class TrainOptions:
     def validate(self) -> None:
         """Raise ValueError naming the option when a value is out of its range."""
         check_ranges(self)
-        if self.steps is not None and self.steps < 1 and not self.epochs:
-            raise ValueError(f"--steps: must be >= 1 (or give --epochs), got {self.steps}")
         if self.targets != "default":
             try:
                 targets = json.loads(self.targets)

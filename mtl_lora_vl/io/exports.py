@@ -119,7 +119,7 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
         mha = sorted(n for n, b in info.layers.items() if not isinstance(b, LoRALinear))
         if mha:
             raise ValueError(f"export_lora: PEFT LoRA cannot express adapters on the packed in-projection of "
-                             f"nn.MultiheadAttention ({few(mha, 3)}); use format='plain' or a merged checkpoint")
+                             f"nn.MultiheadAttention ({few(mha, 3)}); use format='plain' (--format plain) or a merged checkpoint")
     write = _write_peft if format == "peft" else _write_plain
     with atomic_dir(path, overwrite=overwrite, what="export_lora") as tmp:
         for t in tasks:
