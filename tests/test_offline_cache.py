@@ -180,3 +180,20 @@ def test_open_clip_hub_schema_loads_the_cached_folder_offline(tok_dir, tmp_path,
     with pytest.raises(FileNotFoundError, match="acme/other is not in the local Hugging Face cache .*huggingface-cli "
                                                 "download acme/other"):
         load_backbone("open_clip:hf-hub:acme/other")
+
+
+def test_an_openai_torchscript_archive_is_named_as_such(tiny_open_clip_name, tmp_path, no_network):
+    """OpenAI's clip.load files (~/.cache/clip/ViT-B-32.pt) are TorchScript: the message said to check that
+    the checkpoint was made for the architecture, which it was."""
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = torch.nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.l(x)
+
+    path = tmp_path / "ViT-B-32.pt"
+    torch.jit.save(torch.jit.script(M()), str(path))
+    with pytest.raises(ValueError, match=r"ViT-B-32\.pt is a TorchScript archive .*load_openai_model"):
+        load_backbone(f"open_clip:{TINY}", pretrained=str(path))

@@ -379,6 +379,12 @@ def _load_named(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackb
         try:
             model = open_clip.create_model(name, pretrained=str(path), device=device, weights_only=True)
         except (RuntimeError, KeyError, ValueError) as e:
+            if "TorchScript" in str(e):   # OpenAI's own archives (what clip.load writes to ~/.cache/clip)
+                raise ValueError(
+                    f"{path} is a TorchScript archive (OpenAI's clip.load format), which this package does not "
+                    f"execute; pass a state-dict checkpoint: the {name} weights from open_clip's Hugging Face "
+                    "cache, or save the state_dict of open_clip.load_openai_model(path, jit=False)"
+                ) from e
             raise ValueError(
                 f"could not load {path} as open_clip {name} weights: {e}. Check that the checkpoint was "
                 f"made for {name} (open_clip.list_pretrained() shows which names go with which checkpoints)"
