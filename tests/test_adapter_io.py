@@ -548,3 +548,41 @@ def test_load_adapter_is_frozen_for_inference_unless_trainable(oc_adapter):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in model.named_parameters() if n.rpartition(".")[2] in ADAPTER_PARAM_NAMES}
     assert model.training and head.weight.requires_grad
+
+
+def test_an_adapter_saved_under_older_default_targets_loads_on_its_own_projections(tmp_path, monkeypatch):
+    """Default targets are resolved when an adapter loads. Those of the llava family changed (the vision layers
+    after vision_feature_layer left out): an adapter saved before, on a LLaVA-1.5-style model, was refused as
+    made for another architecture. It loads on the projections it was saved with, and computes as saved."""
+    import dataclasses
+
+    from mtl_lora_vl import families
+
+    def llava15():
+        torch.manual_seed(0)
+        m = tiny_llava().eval()
+        m.config.vision_feature_layer = -2
+        return m
+
+    old = tuple(dataclasses.replace(f, unused=None) if f.name == "llava" else f for f in families.FAMILIES)
+    with monkeypatch.context() as m:
+        m.setattr(families, "FAMILIES", old)   # the defaults as they were
+        model = mlv.attach(llava15(), mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2))
+        _randomize(model)
+        path = mlv.save_adapter(model, tmp_path / "ad")
+    inp = llava_inputs(2)
+    want = _outputs(model, _llava_run, inp, TASKS)
+    loaded = mlv.load_adapter(llava15(), path)
+    got = _outputs(loaded, _llava_run, inp, TASKS)
+    for t in TASKS:
+        torch.testing.assert_close(got[t], want[t], atol=1e-5, rtol=1e-5)
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    other = LlavaForConditionalGeneration(LlavaConfig(   # another size of the same class is still refused
+        vision_config=CLIPVisionConfig(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                       image_size=32, patch_size=8),
+        text_config=LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64),
+        image_token_index=95, vision_feature_layer=-2))
+    with pytest.raises(AdapterFileError, match="fingerprint mismatch"):
+        mlv.load_adapter(other, path)

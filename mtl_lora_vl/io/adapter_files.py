@@ -25,8 +25,11 @@ tensors are safetensors, the rest is JSON and TOML.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
+import re
 import shutil
 import tomllib
 from pathlib import Path
@@ -40,7 +43,7 @@ from .._version import __version__
 from ..adapters.attach import AttachError, attach
 from ..adapters.layers import ADAPTER_PARAM_NAMES
 from ..backbones.spec import parse_spec
-from ..config import ConfigError, MTLLoRAConfig
+from ..config import TOWERS, ConfigError, MTLLoRAConfig
 from ..families import find_family
 from .atomic import atomic_dir
 from .identity import (
@@ -70,6 +73,8 @@ from .layout import (
     spec_file,
     state_file,
 )
+
+logger = logging.getLogger(__name__)
 
 # The file names and AdapterFileError are defined in .layout and importable from here too.
 __all__ = [
@@ -334,9 +339,9 @@ def check_base_class(base_model: nn.Module, doc: dict[str, Any], path: Path) -> 
 
 
 def _check_base(base_model: nn.Module, doc: dict[str, Any], cfg: MTLLoRAConfig, path: Path,
-                check_weights: bool = True) -> dict[str, BankPlan]:
+                check_weights: bool = True) -> tuple[dict[str, BankPlan], MTLLoRAConfig]:
     """Family, class, fingerprint and (``check_weights``) sampled weights of ``base_model`` against the file;
-    returns the bank plan."""
+    returns the bank plan and the config to attach with (see :func:`_saved_projections`)."""
     if getattr(base_model, "_mtl_lora", None) is not None or any(
             getattr(m, "_mtl_lora", None) is not None for m in base_model.modules()):
         raise AdapterFileError(f"load_adapter: this {type(base_model).__name__} already has MTL-LoRA adapters; "
@@ -349,6 +354,10 @@ def _check_base(base_model: nn.Module, doc: dict[str, Any], cfg: MTLLoRAConfig, 
         raise AdapterFileError(f"{path}: the adapter's targets do not fit this base model: {e}") from e
     mine = projections_of(plan)
     theirs = {n: list(v) for n, v in (ident.get("projections") or {}).items()}
+    if mine != theirs and fingerprint(theirs) == ident.get("fingerprint"):
+        saved = _saved_projections(base_model, cfg, theirs)
+        if saved is not None:
+            cfg, plan, mine = saved
     if fingerprint(mine) != ident.get("fingerprint") or mine != theirs:
         only_file = sorted(set(theirs) - set(mine))
         only_model = sorted(set(mine) - set(theirs))
@@ -367,7 +376,33 @@ def _check_base(base_model: nn.Module, doc: dict[str, Any], cfg: MTLLoRAConfig, 
                                f"architecture or size of {ident.get('class')}; " + "; ".join(parts))
     if check_weights:
         check_weight_samples(base_model, doc, path)
-    return plan
+    return plan, cfg
+
+
+def _saved_projections(base_model: nn.Module, cfg: MTLLoRAConfig, theirs: dict[str, list[int]]
+                       ) -> tuple[MTLLoRAConfig, dict[str, BankPlan], dict[str, list[int]]] | None:
+    """An adapter saved under ``targets="default"`` whose projections this version's defaults resolve
+    differently on the same model (a family's defaults changed: LLaVA's unread vision layers left out, Phi-3's
+    packed projections taken in): its own projections as explicit targets, when each is an ``nn.Linear`` of
+    the model that the family's defaults place in a tower; None otherwise (the mismatch is then reported)."""
+    fam = find_family(base_model)
+    if cfg.targets != "default" or fam is None or fam.packed_qkv:
+        return None
+    modules = dict(base_model.named_modules())
+    targets: dict[str, list[str]] = {}
+    for name in theirs:
+        tower = next((t for t in TOWERS for p in fam.targets.get(t, ()) if re.search(p, name)), None)
+        if not isinstance(modules.get(name), nn.Linear) or tower is None:
+            return None
+        targets.setdefault(tower, []).append(f"^{re.escape(name)}$")
+    explicit = dataclasses.replace(cfg, targets=targets)
+    plan = plan_targets(base_model, explicit)
+    mine = projections_of(plan)
+    if mine != theirs:
+        return None
+    logger.info("the adapter was saved when the %s family's default targets chose other projections; it is "
+                "loaded on the %d projections it was saved with", fam.name, len(mine))
+    return explicit, plan, mine
 
 
 def check_weight_samples(base_model: nn.Module, doc: dict[str, Any], path: Path) -> None:
@@ -469,7 +504,7 @@ def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Mo
     header = read_header(weights)
     head_file = path / HEADS_WEIGHTS
     head_header = read_header(head_file) if head_file.is_file() else {}
-    plan = _check_base(base_model, doc, cfg, path, check_base_weights)
+    plan, cfg = _check_base(base_model, doc, cfg, path, check_base_weights)
     _check_tensors(header, expected_tensors(plan, cfg), weights)
     if heads:
         _check_heads(heads, doc, head_header, head_file)
