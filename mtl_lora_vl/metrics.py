@@ -233,6 +233,9 @@ _PTB_TOKEN = re.compile(
     r"|[^\w\s.,:;?!'\"`-]"                                  # a symbol PTB keeps as a token (& % $ # @ + = brackets)
 )
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
+# Typographic quotes and dashes read as PTB reads them: ’ as an apostrophe ("man’s" -> "man 's"), the others
+# as its quote and dash tokens, which its filter drops.
+_TYPOGRAPHIC = str.maketrans({"‘": "'", "’": "'", "“": '"', "”": '"', "–": " - ", "—": " - "})
 
 
 def tokenize_caption(text: str) -> str:
@@ -243,7 +246,7 @@ def tokenize_caption(text: str) -> str:
     output on captions that exercise each rule; URLs and e-mail addresses are split where it keeps them).
     Returns the tokens joined by single spaces.
     """
-    tokens = _PTB_TOKEN.findall(_CLITIC.sub(r" \1", text.lower()))
+    tokens = _PTB_TOKEN.findall(_CLITIC.sub(r" \1", text.lower().translate(_TYPOGRAPHIC)))
     return " ".join(_BRACKETS.get(tok, tok) for tok in tokens)
 
 

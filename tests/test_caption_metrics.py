@@ -148,6 +148,12 @@ PTB_CASES = [
     ('  a   dog  \n on a\tbed ', 'a dog on a bed'),
     ("Kids' toys at 7-Eleven, 1.5x zoom", 'kids toys at 7-eleven 1.5 x zoom'),
     ('A plate w/ food', 'a plate w / food'),
+    ('“Stop” sign', 'stop sign'),
+    ('a dog — running', 'a dog running'),
+    ('man’s hat', "man 's hat"),
+    ('don’t go', "do n't go"),
+    ('a 1990–2000 car', 'a 1990 2000 car'),
+    ('‘quoted’ word', 'quoted word'),
 ]
 
 

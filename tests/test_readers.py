@@ -321,6 +321,11 @@ def test_image_ids_zero_blank_captions_and_ids_shared_by_two_images(root):
         read_split("jsonl", root, file="dupq.jsonl", images="images")
 
 
+def test_reader_options_take_paths_as_python_gives_them(root):
+    (root / "p.jsonl").write_text('{"image": "images/good.jpg", "label": "cat"}\n')
+    assert read_split("jsonl", root, file=root / "p.jsonl").class_names == ["cat"]   # a Path, not only a str
+
+
 def test_csv_errors_name_the_physical_line(root):
     text = 'image,text\n\n\nimages/good.jpg,"two\nlines"\n\nimages/good2.png,x\nimages/gray.png,x,extra\n'
     (root / "lines.csv").write_text(text)

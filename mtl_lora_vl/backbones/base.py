@@ -276,8 +276,10 @@ class Backbone:
         """A picklable ``(prompts, targets | None) -> dict of tensors`` for loader workers (see subclasses)."""
         self._unavailable(LM_LOGITS, "lm_collator")
 
-    def lm_loss(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> Tensor:
-        """Per-row mean token cross-entropy ``(B,)`` over each row's labelled (target) tokens."""
+    def lm_loss(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor,
+                first_label: int | None = None) -> Tensor:
+        """Per-row mean token cross-entropy ``(B,)`` over each row's labelled (target) tokens. ``first_label``:
+        the first labelled position when the caller read it on the host (the training loader does), else None."""
         self._unavailable(LM_LOGITS, "lm_loss")
 
     def sequence_scores(self, images: Tensor, prompts: Sequence[str], candidates: Sequence[str],

@@ -7,8 +7,8 @@ block's keys and values, and each cross-attention block's image keys and values,
 apply as in a full forward (the packed in-projection through :func:`packed_projection`, ``out_proj`` and
 the MLP as modules), each row under the route that is active (``expanded_rows`` for beams).
 
-Finished beams (which only append padding, and whose logits the search ignores) are not masked as
-open_clip's padding mask would; every unfinished beam gets exactly the logits of the full forward.
+Every sequence the search steps is a live beam (finished hypotheses leave for the search's pool), so no
+padding mask is needed: each gets exactly the logits of the full forward.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ class BackboneSpec:
 
     def absolute(self) -> str:
         """The spec string with a local directory made absolute (for adapter files read elsewhere)."""
-        if self.kind == "builtin_llava" or self.path is None or not self.path.is_dir() or (self.kind == "hf" and self.name):
+        if self.kind == "builtin_llava" or self.path is None or not self.path.is_dir() or self.name:
             return self.text  # a hub id stays a hub id, builtin-llava the package's own: the same model anywhere
         prefix = _HF if self.kind == "hf" else _OPEN_CLIP
         return prefix + str(self.path.resolve())
@@ -96,6 +96,7 @@ def parse_spec(spec: str, pretrained: str | None = None) -> BackboneSpec:
         rest = text[len(_OPEN_CLIP):]
         if not rest:
             raise ValueError(f"'open_clip:' needs a model name or directory; accepted forms: {SPEC_FORMS}")
+        hub = rest if rest.startswith("hf-hub:") else ""   # recorded as given: the same model on any machine
         if rest.startswith(("hf-hub:", "local-dir:")):   # open_clip's own schemas: a folder, found here, offline
             rest = _open_clip_schema_dir(text, rest, pretrained)
         local = Path(rest).expanduser()
@@ -107,7 +108,7 @@ def parse_spec(spec: str, pretrained: str | None = None) -> BackboneSpec:
             return BackboneSpec("open_clip", text, name=rest, pretrained=pretrained)
         if pretrained:
             raise ValueError(f"{text} is a local directory with its own weights; drop --pretrained {pretrained}")
-        return BackboneSpec("open_clip_dir", text, path=local)
+        return BackboneSpec("open_clip_dir", text, name=hub, path=local)
     if text.startswith(_HF):
         rest = text[len(_HF):]
         if not rest:

@@ -304,8 +304,10 @@ def _matches(value: Any, tp: Any) -> bool:
         return isinstance(value, bool)
     if tp in (int, float):
         return isinstance(value, (int, float) if tp is float else int) and not isinstance(value, bool)
-    if tp is str or tp is os.PathLike:
+    if tp is str:
         return isinstance(value, str)
+    if tp is os.PathLike:
+        return isinstance(value, (str, os.PathLike))
     if origin is list:
         return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
     if origin is dict:
