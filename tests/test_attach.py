@@ -482,3 +482,33 @@ def test_merging_into_a_tied_weight_is_refused_before_anything_changes():
     with torch.no_grad(), mlv.disabled(model):
         base = model(ids)
     assert not torch.equal(routed, base) and torch.equal(model.embed.weight, emb)
+
+
+def test_linears_inside_a_sequence_first_torch_transformer_layer_route_by_sample():
+    """nn.TransformerDecoderLayer keeps batch_first on its self_attn only: its linear1 was taken as batch-first,
+    so a mixed route went by sequence position when length == batch (max error 1.6), or raised otherwise."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dec = nn.TransformerDecoderLayer(8, 2, 16, dropout=0.0)   # batch_first=False: (L, B, d)
+
+        def forward(self, tgt, mem):
+            return self.dec(tgt, mem)
+
+    torch.manual_seed(0)
+    net = mlv.attach(Net().eval(), mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, alpha=4, n_up=2,
+                                                      targets={"image": [r"dec\.linear1$"], "text": []}))
+    _randomize_adapters(net)
+    assert attach_info(net).layers["dec.linear1"].batch_dim == 1
+    for length in (3, 4):
+        tgt, mem = torch.randn(length, 3, 8), torch.randn(5, 3, 8)
+        with torch.no_grad():
+            with mlv.route(net, [0, 1, 1]):
+                mixed = net(tgt, mem)
+            alone = torch.cat([_run_one(net, tgt[:, b:b + 1], mem[:, b:b + 1], t) for b, t in enumerate("abb")], 1)
+        torch.testing.assert_close(mixed, alone, atol=1e-5, rtol=1e-5)
+
+
+def _run_one(net, tgt, mem, task):
+    with mlv.route(net, task):
+        return net(tgt, mem)

@@ -263,6 +263,27 @@ def test_autocast_runs_and_adapter_params_stay_fp32(dtype):
     torch.testing.assert_close(y.float(), ref, atol=0.1, rtol=0.05)
 
 
+@pytest.mark.parametrize("method", ["mtl_lora", "task_lora"])
+@pytest.mark.parametrize("tasks", ["b", "mixed"])
+def test_backward_called_inside_autocast_equals_backward_outside(method, tasks):
+    """`with autocast(): loss = model(x); loss.backward()` -- the backward inherits autocast, which the
+    mtl_lora node's backward did not turn off: its softmax backward met a bf16 gradient and fp32 π and raised."""
+    layer = make_linear(method)
+    x, gy = torch.randn(4, 12), torch.randn(4, 10)
+    route = torch.tensor([0, 1, 1, 2]) if tasks == "mixed" else tasks
+    params = [p for n, p in layer.named_parameters() if n.startswith("lora_")]
+    grads = []
+    for inside in (True, False):
+        with torch.autocast("cpu", dtype=torch.bfloat16), _scope(layer, route):
+            y = layer(x)
+            if inside:
+                grads.append(torch.autograd.grad((y.float() * gy).sum(), params))
+        if not inside:
+            grads.append(torch.autograd.grad((y.float() * gy).sum(), params))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("tasks", ["b", "mixed"])
 def test_autocast_backward_gives_fp32_adapter_gradients(tasks):
     """The backward of an autocast step (the GPU's bf16 path, here on the CPU): the adapter gradients are fp32
@@ -388,3 +409,15 @@ def test_mixed_batch_gradients_equal_the_per_task_ones(lambda_type, batch_dim):
         gp_sum = [a + b for a, b in zip(gp_sum, gp)]
     for p, a, b in zip(params, gp_mixed, gp_sum):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda m, p=p: f"{p.shape}: {m}")
+
+
+def test_attention_weights_are_returned_after_dropout_as_torch_returns_them():
+    cfg = mlv.MTLLoRAConfig(tasks=TASKS, r=2, alpha=4, n_up=2)
+    mha = LoRAMultiheadAttention(nn.MultiheadAttention(8, 2, dropout=0.5, batch_first=True), cfg)
+    mha.router, mha.layer_name = Router(TASKS), "test.mha"
+    mha.train()
+    x = torch.randn(2, 5, 8)
+    torch.manual_seed(0)
+    with mlv.route(mha.router, "a"):
+        _, w = mha(x, x, x, need_weights=True, average_attn_weights=False)
+    assert not torch.allclose(w.sum(-1), torch.ones(2, 2, 5))   # rows of dropped weights (they summed to 1)

@@ -41,11 +41,14 @@ class AttachInfo:
 
 
 def _batch_dim(model: nn.Module, name: str) -> int:
-    """1 when the nearest enclosing module says ``batch_first=False`` (sequence-first layout), else 0."""
+    """1 when the nearest enclosing module says ``batch_first=False`` (sequence-first layout), else 0. torch's
+    ``nn.Transformer*Layer`` keep the flag on their ``self_attn`` only."""
     parts = name.split(".")
     for i in range(len(parts) - 1, -1, -1):
         owner = model.get_submodule(".".join(parts[:i])) if i else model
         bf = getattr(owner, "batch_first", None)
+        if not isinstance(bf, bool) and isinstance(getattr(owner, "self_attn", None), nn.MultiheadAttention):
+            bf = owner.self_attn.batch_first
         if isinstance(bf, bool):
             return 0 if bf else 1
     return 0

@@ -90,9 +90,9 @@ class LoRAMultiheadAttention(nn.Module):
                 scores = scores + mask
             elif is_causal:
                 scores = scores.masked_fill(torch.ones(L, S, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
-            attn = torch.softmax(scores, dim=-1)
+            attn = F.dropout(torch.softmax(scores, dim=-1), p)   # torch returns the weights after dropout too
             weights = attn.mean(dim=1) if average_attn_weights else attn
-            out = F.dropout(attn, p) @ v
+            out = attn @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal and mask is None)
         out = self.out_proj(out.transpose(1, 2).reshape(Bsz, L, E))

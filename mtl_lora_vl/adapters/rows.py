@@ -93,6 +93,11 @@ class _TaskRowsUpdate(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        with autocast_off(g.device.type):   # the same GEMMs as forward's, in the same dtypes
+            return _TaskRowsUpdate._backward(ctx, g)
+
+    @staticmethod
+    def _backward(ctx, g):
         z, M = ctx.saved_tensors
         plan, cols, n_batch, scale = ctx.plan, ctx.cols, ctx.n_batch, ctx.scale
         d = g.shape[-1]
@@ -245,6 +250,11 @@ class _MTLRowsUpdate(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        with autocast_off(g.device.type):   # a backward called inside autocast inherits it (forward turned it off)
+            return _MTLRowsUpdate._backward(ctx, g)
+
+    @staticmethod
+    def _backward(ctx, g):
         z, pi, lam, B, tasks = ctx.saved_tensors
         t, n_batch, scale, present = ctx.task, ctx.n_batch, ctx.scale, ctx.present
         need_z, need_w, need_lam, need_b = (ctx.needs_input_grad[i] for i in (1, 2, 3, 4))
