@@ -501,3 +501,20 @@ def test_autocast_backward_through_mixed_and_one_task_routes(dtype, ids):
     loss.backward()
     grads = _grads(net)
     assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads.values())
+
+
+def test_a_wrapper_routes_to_the_adapters_attached_now():
+    """A wrapper remembered the router it found first: after unload and a new attach on the inner model it
+    kept routing the old router, which no layer reads any more."""
+    from mtl_lora_vl.mtl_lora_model import unload
+
+    inner = nn.Sequential(nn.Linear(6, 6))
+    wrapper = nn.Sequential(inner)
+    mlv.attach(inner, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, targets={"image": [r"^0$"]}))
+    x = torch.randn(2, 6)
+    with torch.no_grad(), mlv.route(wrapper, "a"):
+        wrapper(x)
+    unload(inner)
+    mlv.attach(inner, mlv.MTLLoRAConfig(tasks=["c"], r=2, targets={"image": [r"^0$"]}))
+    with torch.no_grad(), mlv.route(wrapper, "c"):   # was: unknown task 'c' (the old router's tasks a, b)
+        wrapper(x)

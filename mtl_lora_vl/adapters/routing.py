@@ -324,20 +324,22 @@ class Router:
 def find_router(model: nn.Module | Router) -> Router:
     """The Router that ``attach`` gave ``model`` (also found through DDP or any wrapping module).
 
-    O(1) for the attached model or a Router; a wrapper is searched once and remembers the answer.
+    O(1) for the attached model or a Router; a wrapper is searched once and remembers the adapted module (whose
+    router it then reads each time: an unload and a new attach give it a new one).
     """
     if isinstance(model, Router):
         return model
     info = getattr(model, "_mtl_lora", None)
     if info is not None:
         return info.router
-    cached = model.__dict__.get("_mtl_lora_router")
-    if cached is not None:
-        return cached
+    owner = model.__dict__.get("_mtl_lora_owner")
+    info = getattr(owner, "_mtl_lora", None) if owner is not None else None
+    if info is not None:
+        return info.router
     for m in model.modules():
         info = getattr(m, "_mtl_lora", None)
         if info is not None:
-            model.__dict__["_mtl_lora_router"] = info.router
+            model.__dict__["_mtl_lora_owner"] = m
             return info.router
     raise RoutingError(
         f"{type(model).__name__} has no MTL-LoRA adapters; call mtl_lora_vl.attach(model, config) first"
