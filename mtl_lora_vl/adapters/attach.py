@@ -242,12 +242,18 @@ def merge(model: nn.Module, task: str) -> nn.Module:
     return model
 
 
-def _refuse_shared_weights(model: nn.Module, pairs: list[tuple[AdapterBank, nn.Parameter]]) -> None:
-    """Merging in place into a weight that another layer also uses (tied input embeddings and output layer)
-    would change that layer too: refused before anything is written."""
+def parameter_names(model: nn.Module) -> dict[int, list[str]]:
+    """Every name of each parameter, by ``id`` (a tied weight has several)."""
     names: dict[int, list[str]] = {}
     for n, p in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(p), []).append(n)
+    return names
+
+
+def _refuse_shared_weights(model: nn.Module, pairs: list[tuple[AdapterBank, nn.Parameter]]) -> None:
+    """Merging in place into a weight that another layer also uses (tied input embeddings and output layer)
+    would change that layer too: refused before anything is written."""
+    names = parameter_names(model)
     for bank, weight in pairs:
         shared = names.get(id(weight), [])
         if len(shared) > 1:

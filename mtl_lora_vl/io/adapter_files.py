@@ -25,38 +25,32 @@ tensors are safetensors, the rest is JSON and TOML.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import logging
-import re
 import shutil
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import torch
-from packaging.version import InvalidVersion, Version
 from torch import nn
 
 from .._version import __version__
-from ..adapters.attach import AttachError, attach
+from ..adapters.attach import attach
 from ..adapters.layers import ADAPTER_PARAM_NAMES
 from ..backbones.spec import parse_spec
-from ..config import TOWERS, ConfigError, MTLLoRAConfig
-from ..families import find_family
+from ..config import ConfigError, MTLLoRAConfig
 from .atomic import atomic_dir
+from .base_check import (
+    check_base,
+    check_heads,
+    check_tensors,
+    newer_package_hint,
+)
 from .identity import (
-    BankPlan,
     adapted_module,
-    class_name,
     expected_tensors,
-    fingerprint,
     model_identity,
-    plan_targets,
-    projections_of,
-    same_weights,
-    weight_sample,
 )
 from .layout import (
     ADAPTER_CONFIG,
@@ -69,12 +63,9 @@ from .layout import (
     AdapterLayout,
     adapter_layout,
     config_path,
-    few,
     spec_file,
     state_file,
 )
-
-logger = logging.getLogger(__name__)
 
 # The file names and AdapterFileError are defined in .layout and importable from here too.
 __all__ = [
@@ -321,158 +312,6 @@ def read_kind_state(path: str | Path, task: str) -> dict[str, Any] | None:
         raise AdapterFileError(f"{file}: not a task-state file ({e}); save the adapter again") from e
 
 
-# ---------------------------------------------------------------------------------------------- validation
-
-
-def check_base_class(base_model: nn.Module, doc: dict[str, Any], path: Path) -> None:
-    """The family and class of ``base_model`` against the adapter file's (before anything is built on it)."""
-    ident = doc["base_model"]
-    fam = find_family(base_model)
-    fam_name = fam.name if fam else "custom"
-    if ident.get("family") != fam_name:
-        raise AdapterFileError(f"{path}: the adapter was made for a {ident.get('family')} model "
-                               f"({ident.get('class')}), but this base model is a {fam_name} model "
-                               f"({class_name(base_model)}); load it onto the base model it was trained on")
-    if ident.get("class") != class_name(base_model):
-        raise AdapterFileError(f"{path}: the adapter was made for class {ident.get('class')}, but this base model "
-                               f"is {class_name(base_model)}; load it onto the base model it was trained on")
-
-
-def _check_base(base_model: nn.Module, doc: dict[str, Any], cfg: MTLLoRAConfig, path: Path,
-                check_weights: bool = True) -> tuple[dict[str, BankPlan], MTLLoRAConfig]:
-    """Family, class, fingerprint and (``check_weights``) sampled weights of ``base_model`` against the file;
-    returns the bank plan and the config to attach with (see :func:`_saved_projections`)."""
-    if getattr(base_model, "_mtl_lora", None) is not None or any(
-            getattr(m, "_mtl_lora", None) is not None for m in base_model.modules()):
-        raise AdapterFileError(f"load_adapter: this {type(base_model).__name__} already has MTL-LoRA adapters; "
-                               "pass a freshly built base model (or use the adapted model as it is)")
-    check_base_class(base_model, doc, path)
-    ident = doc["base_model"]
-    try:
-        plan = plan_targets(base_model, cfg)
-    except AttachError as e:
-        raise AdapterFileError(f"{path}: the adapter's targets do not fit this base model: {e}") from e
-    mine = projections_of(plan)
-    theirs = {n: list(v) for n, v in (ident.get("projections") or {}).items()}
-    if mine != theirs and fingerprint(theirs) == ident.get("fingerprint"):
-        saved = _saved_projections(base_model, cfg, theirs)
-        if saved is not None:
-            cfg, plan, mine = saved
-    if fingerprint(mine) != ident.get("fingerprint") or mine != theirs:
-        only_file = sorted(set(theirs) - set(mine))
-        only_model = sorted(set(mine) - set(theirs))
-        differ = [f"{n}: {tuple(theirs[n])} in the file vs {tuple(mine[n])} here"
-                  for n in sorted(set(mine) & set(theirs)) if mine[n] != theirs[n]]
-        parts = []
-        if only_file:
-            parts.append(f"projections only in the file: {few(only_file)}")
-        if only_model:
-            parts.append(f"projections only in this model: {few(only_model)}")
-        if differ:
-            parts.append(f"base weight shapes (d_out, d_in) differ: {few(differ, 4)}")
-        if not parts:
-            parts.append("the recorded fingerprint does not match the recorded projections (edited config)")
-        raise AdapterFileError(f"{path}: base model fingerprint mismatch, the adapter was made for another "
-                               f"architecture or size of {ident.get('class')}; " + "; ".join(parts))
-    if check_weights:
-        check_weight_samples(base_model, doc, path)
-    return plan, cfg
-
-
-def _saved_projections(base_model: nn.Module, cfg: MTLLoRAConfig, theirs: dict[str, list[int]]
-                       ) -> tuple[MTLLoRAConfig, dict[str, BankPlan], dict[str, list[int]]] | None:
-    """An adapter saved under ``targets="default"`` whose projections this version's defaults resolve
-    differently on the same model (a family's defaults changed: LLaVA's unread vision layers left out, Phi-3's
-    packed projections taken in): its own projections as explicit targets, when each is an ``nn.Linear`` of
-    the model that the family's defaults place in a tower; None otherwise (the mismatch is then reported)."""
-    fam = find_family(base_model)
-    if cfg.targets != "default" or fam is None or fam.packed_qkv:
-        return None
-    modules = dict(base_model.named_modules())
-    targets: dict[str, list[str]] = {}
-    for name in theirs:
-        tower = next((t for t in TOWERS for p in fam.targets.get(t, ()) if re.search(p, name)), None)
-        if not isinstance(modules.get(name), nn.Linear) or tower is None:
-            return None
-        targets.setdefault(tower, []).append(f"^{re.escape(name)}$")
-    explicit = dataclasses.replace(cfg, targets=targets)
-    plan = plan_targets(base_model, explicit)
-    mine = projections_of(plan)
-    if mine != theirs:
-        return None
-    logger.info("the adapter was saved when the %s family's default targets chose other projections; it is "
-                "loaded on the %d projections it was saved with", fam.name, len(mine))
-    return explicit, plan, mine
-
-
-def check_weight_samples(base_model: nn.Module, doc: dict[str, Any], path: Path) -> None:
-    """The sampled base weights recorded in an adapter (or plain LoRA) file against ``base_model``'s."""
-    recorded = doc["base_model"].get("weight_samples") or {}  # absent in files written before it was recorded
-    params = dict(base_model.named_parameters(remove_duplicate=False))
-    off = [(k, weight_sample(params[k]), v) for k, v in sorted(recorded.items()) if k in params]
-    off = [(k, mine, theirs) for k, mine, theirs in off if not same_weights(mine, theirs)]
-    if off:
-        k, mine, theirs = off[0]
-        base = doc.get("base") or {}
-        raise AdapterFileError(
-            f"{path}: the adapter was trained on other weights of this architecture: {len(off)} of "
-            f"{len(recorded)} adapted base weights differ (e.g. {k}: {mine[:2]} here, {theirs[:2]} when it was "
-            f"saved). Load it onto the checkpoint it was trained on (recorded: backbone={base.get('backbone')!r}, "
-            f"pretrained={base.get('pretrained')!r}), or pass check_base_weights=False to load it anyway")
-
-
-def newer_package_hint(doc: dict[str, Any]) -> str:
-    """"; written by mtl-lora-vl X, newer than this Y: upgrade mtl-lora-vl" when the file says so, else ""."""
-    written = str(doc.get("package_version") or "")
-    try:
-        newer = Version(written) > Version(__version__)
-    except InvalidVersion:
-        return ""
-    return f"; the file was written by mtl-lora-vl {written}, newer than this {__version__}: upgrade mtl-lora-vl" \
-        if newer else ""
-
-
-def _check_tensors(header: dict[str, tuple[tuple[int, ...], str]], expected: dict[str, tuple[int, ...]],
-                   file: Path) -> None:
-    missing = sorted(set(expected) - set(header))
-    if missing:
-        raise AdapterFileError(f"{file}: missing adapter tensor(s) {few(missing)}; the file does not match its "
-                               f"{config_path(file.parent).name}")
-    unexpected = sorted(set(header) - set(expected))
-    if unexpected:
-        raise AdapterFileError(f"{file}: unexpected adapter tensor(s) {few(unexpected)}, which the adapter's "
-                               "config does not create on this model")
-    for name, shape in expected.items():
-        got, dtype = header[name]
-        if got != shape:
-            module = name.rpartition(".")[0]
-            raise AdapterFileError(f"{file}: shape mismatch in module {module}: {name} is {got} in the file but "
-                                   f"the model expects {shape}")
-        if dtype not in ("F32", "F16", "BF16", "F64"):
-            raise AdapterFileError(f"{file}: {name} has dtype {dtype}; adapter tensors are floating point")
-
-
-def _check_heads(heads: dict[str, nn.Module], doc: dict[str, Any], header: dict[str, tuple[tuple[int, ...], str]],
-                 file: Path) -> None:
-    saved = doc.get("heads") or {}
-    for task, head in heads.items():
-        if task not in saved:
-            raise AdapterFileError(f"{file}: has no head for task {task!r} (heads saved: {sorted(saved)})")
-        sd = head.state_dict()
-        want = {f"{task}.{k}": tuple(v.shape) for k, v in sd.items()}
-        have = {f"{task}.{k}" for k in saved[task]}
-        missing, unexpected = sorted(set(want) - have), sorted(have - set(want))
-        if missing or unexpected:
-            raise AdapterFileError(f"{file}: head of task {task!r} does not match the given module: missing "
-                                   f"{missing or 'none'}, unexpected {unexpected or 'none'}")
-        for k, shape in want.items():
-            if k not in header:
-                raise AdapterFileError(f"{file}: missing head tensor {k}")
-            if header[k][0] != shape:
-                raise AdapterFileError(f"{file}: shape mismatch in the head of task {task!r}: {k} is "
-                                       f"{header[k][0]} in the file but the head module has {shape}")
-
-
 # ---------------------------------------------------------------------------------------------- loading
 
 
@@ -504,10 +343,10 @@ def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Mo
     header = read_header(weights)
     head_file = path / HEADS_WEIGHTS
     head_header = read_header(head_file) if head_file.is_file() else {}
-    plan, cfg = _check_base(base_model, doc, cfg, path, check_base_weights)
-    _check_tensors(header, expected_tensors(plan, cfg), weights)
+    plan, cfg = check_base(base_model, doc, cfg, path, check_base_weights)
+    check_tensors(header, expected_tensors(plan, cfg), weights)
     if heads:
-        _check_heads(heads, doc, head_header, head_file)
+        check_heads(heads, doc, head_header, head_file)
     tensors = load_tensors(weights)
     head_tensors = load_tensors(head_file) if heads else {}
 

@@ -46,17 +46,12 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..adapters.attach import merged_state_dict
+from ..adapters.attach import merged_state_dict, parameter_names
 from ..adapters.layers import LoRALinear
 from ..families import MERGED_WEIGHTS, merged_format, peft_export
-from .adapter_files import (
-    check_base_class,
-    check_weight_samples,
-    load_tensors,
-    newer_package_hint,
-    save_tensors,
-)
+from .adapter_files import load_tensors, save_tensors
 from .atomic import atomic_dir, atomic_file
+from .base_check import check_base_class, check_weight_samples, newer_package_hint
 from .identity import adapted_module, model_identity, plan_attached
 from .layout import ADAPTER_CONFIG, LEGACY_ADAPTER_CONFIG, AdapterFileError, few
 
@@ -248,11 +243,8 @@ def apply_plain_lora(base_model: nn.Module, path: str | Path, check_base_weights
     if missing:
         raise AdapterFileError(f"{path / PLAIN_WEIGHTS}: lacks tensor(s) {few(missing)} that {PLAIN_CONFIG} lists; the "
                                "directory is incomplete: export the adapter again")
-    names: dict[int, list[str]] = {}
-    params: dict[str, nn.Parameter] = {}
-    for n, p in base_model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), []).append(n)
-        params[n] = p
+    names = parameter_names(base_model)
+    params = dict(base_model.named_parameters(remove_duplicate=False))
     updates = []
     for name, m in modules.items():
         key = m["base_weight"]

@@ -17,7 +17,8 @@ from torch import nn
 from ..backbones import Backbone, load_backbone
 from ..config import MTLLoRAConfig
 from ..tasks import build_kind, load_spec
-from .adapter_files import check_base_class, config_of, load_adapter, read_adapter_config, read_kind_state
+from .adapter_files import config_of, load_adapter, read_adapter_config, read_kind_state
+from .base_check import check_base_class
 from .layout import AdapterFileError, config_path
 
 __all__ = ["Pretrained", "load_pretrained"]
