@@ -96,13 +96,13 @@ def all_reduce_mean(values: dict[str, float], info: DistInfo) -> dict[str, float
     return {k: float(v) / info.world_size for k, v in zip(keys, t.tolist())}
 
 
-def any_rank(flag: bool, info: DistInfo) -> bool:
-    """True when ``flag`` is true on any rank (every rank must call it; ``flag`` itself without DDP)."""
+def max_over_ranks(value: int, info: DistInfo) -> int:
+    """The largest of every rank's ``value`` (every rank must call it; ``value`` itself without DDP)."""
     if not info.enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=info.device)
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return int(t.item())
 
 
 def broadcast_from_main(obj: T, info: DistInfo) -> T:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters.attach import attach, attach_info, merge, unmerge
+from .adapters.attach import adapted_module, attach, attach_info, merge, unmerge
 from .adapters.attention import LoRAMultiheadAttention
 from .adapters.generation import uninstall_routed_generate
 from .adapters.grow import AddedTask, add_task
@@ -24,7 +24,6 @@ from .adapters.layers import LoRALinear
 from .adapters.routing import disabled, route
 from .config import MTLLoRAConfig
 from .io.adapter_files import load_adapter, save_adapter
-from .io.identity import adapted_module
 
 __all__ = ["MTLLoRAModel", "unload"]
 
@@ -205,6 +204,8 @@ class MTLLoRAModel(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             if name in ("base_model", "heads"):  # not set yet (inside __init__): no recursion
+                raise
+            if name.startswith("_mtl_lora"):  # the base model's adapter marker: this wrapper is not what attach adapted
                 raise
             return getattr(self.base_model, name)
 

@@ -482,6 +482,9 @@ def test_merging_into_a_tied_weight_is_refused_before_anything_changes():
     with torch.no_grad(), mlv.disabled(model):
         base = model(ids)
     assert not torch.equal(routed, base) and torch.equal(model.embed.weight, emb)
+    # A merged state dict too: loaded into a tied model, its merged head.weight became the embeddings as well
+    with pytest.raises(RuntimeError, match=r"merged_state_dict: the weight of head is shared with embed.weight"):
+        mlv.merged_state_dict(model, "a")
 
 
 def test_linears_inside_a_sequence_first_torch_transformer_layer_route_by_sample():

@@ -42,7 +42,8 @@ def test_loss_weight_must_be_a_finite_positive_number(tmp_path, value):
 
 
 @pytest.mark.parametrize("template", ["the {x} is {}.", "a {0} {}", "{} and {}", "no placeholder", "a {} {",
-                                      "a {} }"])
+                                      "a {} }", "a large {:d}.", "a {!x}", "a {!r}"])   # format spec / conversion:
+# accepted, then "Unknown format code 'd'" once the model had loaded
 def test_templates_with_other_fields_are_refused_when_the_spec_is_read(tmp_path, template):
     path = _spec(tmp_path, f"templates = {json.dumps(['{}', template])}")
     with pytest.raises(SpecError) as err:

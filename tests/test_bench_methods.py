@@ -254,3 +254,79 @@ def test_eval_subsets_reach_a_commented_header_and_a_default_split(tmp_path):
 def _write(path: Path, text: str) -> str:
     path.write_text(text)
     return str(path)
+
+
+def test_out_must_be_a_benchmark_folder_before_anything_is_deleted_or_written(tmp_path, monkeypatch):
+    """--overwrite deleted whatever --out named (the current directory too), and without it the report was
+    written over a folder of the user's own files."""
+    from mtl_lora_vl.benchmark.bench import BenchDirError
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    settings = BenchSettings(tasks=[_small_spec(specs, "vqa")], methods=["mtl_lora"], device="cpu")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes")
+    for overwrite in (False, True):
+        with pytest.raises(BenchDirError, match="holds no benchmark .no settings.json"):
+            run_benchmark(settings, mine, trainer=None, overwrite=overwrite)
+    assert (mine / "report.md").read_text() == "my notes"
+    grid = tmp_path / "grid"
+    grid.mkdir()
+    (grid / "settings.json").write_text("{}")
+    monkeypatch.chdir(grid)
+    with pytest.raises(BenchDirError, match="is the current directory or holds it"):
+        run_benchmark(settings, Path("."), trainer=None, overwrite=True)
+    assert (grid / "settings.json").is_file()
+
+
+def test_a_diverging_learning_rate_is_a_result_not_a_stop(tmp_path):
+    """The trainer stops a run after --max-bad-steps non-finite steps (FloatingPointError): that stopped the
+    whole grid with a traceback, and every rerun diverged again at the same run."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    settings = BenchSettings(tasks=[_small_spec(specs, "vqa"), _small_spec(specs, "retrieval")],
+                             methods=["mtl_lora"], match_params=False, single_task=False, ablations={}, seeds=1,
+                             lr_grid=[3e-3, 10.0], steps=2, batch_size=4, warmup=1, eval_batch_size=16, device="cpu")
+
+    def diverging_at(bad: float, seed: int | None = None):
+        def trainer(opts: TrainOptions) -> Path:
+            if opts.lr == bad and (seed is None or opts.seed == seed):
+                raise FloatingPointError("5 non-finite steps in a row at step 2; lower --lr")
+            return train(opts)
+        return trainer
+
+    log = io.StringIO()
+    results = run_benchmark(settings, tmp_path / "a", trainer=diverging_at(10.0), stream=log)
+    cfg = results["configs"]["mtl_lora-r8"]
+    assert cfg["lr"] == 3e-3 and cfg["lr_val"]["10"] is None and cfg["lr_val"]["0.003"] is not None
+    assert "lr 10, seed 0: diverged" in log.getvalue()
+    assert re.search(r"\| mtl_lora r=8 \| \*\*\d\.\d{3}\*\* \| diverged \|", (tmp_path / "a" / "report.md").read_text())
+    # Every rate diverges; or the picked rate diverges at another seed: a clear error, the runs kept.
+    every = BenchSettings(**{**settings.__dict__, "lr_grid": [10.0]})
+    with pytest.raises(ValueError, match=r"mtl_lora r=8: training diverged at every learning rate .*\(10;"):
+        run_benchmark(every, tmp_path / "b", trainer=diverging_at(10.0), stream=io.StringIO())
+    two = BenchSettings(**{**settings.__dict__, "lr_grid": [3e-3], "seeds": 2})
+    with pytest.raises(ValueError, match=r"mtl_lora r=8, seed 1: training diverged at learning rate 0.003, the "
+                                         r"rate picked on seed 0"):
+        run_benchmark(two, tmp_path / "c", trainer=diverging_at(3e-3, seed=1), stream=io.StringIO())
+    assert (tmp_path / "c" / "runs" / "mtl_lora-r8" / "lr0.003-seed1" / "result.json").is_file()
+
+
+def test_a_stopped_run_stops_the_grid_resumably(tmp_path):
+    """Ctrl-C / SIGTERM in a run: the trainer raises RunStopped; the grid stops as interrupted (rerun continues)."""
+    import signal
+
+    from mtl_lora_vl.benchmark.runner import GridStopped
+    from mtl_lora_vl.training.train import RunStopped
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    settings = BenchSettings(tasks=[_small_spec(specs, "vqa")], methods=["mtl_lora"], device="cpu")
+
+    def stopped(opts: TrainOptions) -> Path:
+        raise RunStopped(Path(opts.out), 1, signal.SIGTERM)
+
+    with pytest.raises(GridStopped, match="stopped by SIGTERM at step 1"):
+        run_benchmark(settings, tmp_path / "out", trainer=stopped, stream=io.StringIO())
+    assert not list((tmp_path / "out" / "runs").rglob("result.json"))

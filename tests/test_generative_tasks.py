@@ -130,6 +130,8 @@ def test_generative_spec_table_is_checked(tmp_path):
     for line, bad, fld in (("prompt", 'prompt = "question: {question} answer:"', "generative.prompt"),
                            ("prompt", 'prompt = "{image} {image} {question}"', "generative.prompt"),
                            ("prompt", 'prompt = "{image} {questoin}"', "generative.prompt"),
+                           ("prompt", 'prompt = "{image!x} {question}"', "generative.prompt"),   # raised in a worker
+                           ("prompt", 'prompt = "{image} {question:>5}"', "generative.prompt"),
                            ("max_len", "max_len = 0", "generative.max_len"),
                            ("prompt", "colour = 1", "generative.colour")):
         path = tmp_path / "vqa.toml"
@@ -163,6 +165,9 @@ def test_vqa_answer_is_drawn_by_soft_score_and_deterministic(llava):
     # No consensus answer at all: draw among what the humans said.
     odd = dataclasses.replace(base, answers=("yep",) * 10)
     assert kind.sample_lm(odd, 0)[1:] == ("yep", 1.0)
+    # Only answers the normalisation empties ("what letter ...?" "a"): weight 0 (it raised in a worker, mid-run)
+    article = dataclasses.replace(base, answers=("a",) * 7 + ("A", "the", ""))
+    assert kind.sample_lm(article, 0)[1:] == ("a", 0.0)
     # The consensus set survives the adapter's saved state.
     again = build_kind(kind.spec, None, llava, state=json.loads(json.dumps(kind.state())))
     assert again.consensus == kind.consensus

@@ -146,3 +146,18 @@ def test_unload_restores_the_exact_base_model():
     with pytest.raises(mlv.RoutingError, match="no MTL-LoRA adapters"):
         mlv.route(plain, "vqa").__enter__()
     mlv.attach(plain, mlv.MTLLoRAConfig(tasks=["a"], r=2))  # a plain model again: it can be adapted anew
+
+
+def test_the_functional_api_given_the_wrapper_works_on_the_model_inside(tmp_path):
+    """The wrapper forwarded attach's marker to its base model, so save_adapter(wrapper) recorded the wrapper's
+    class and `base_model.`-prefixed keys (refused when loaded), merged_state_dict(wrapper) gave keys no base
+    model loads, and parameter_report counted the heads as frozen base weights."""
+    model = _trained(tiny_open_clip)
+    wrapped = mlv.MTLLoRAModel(model, heads={"vqa": nn.Linear(32, 5)})
+    assert mlv.merged_state_dict(wrapped, "vqa").keys() == mlv.merged_state_dict(model, "vqa").keys()
+    assert mlv.parameter_report(wrapped) == mlv.parameter_report(model)
+    path = mlv.save_adapter(wrapped, tmp_path / "a")
+    fresh = mlv.load_adapter(_fresh(tiny_open_clip), path)
+    inp = RUNS["open_clip"][1]()
+    assert all(torch.equal(a, b) for a, b in zip(_outputs(fresh, _oc_run, inp, TASKS).values(),
+                                                 _outputs(model, _oc_run, inp, TASKS).values()))

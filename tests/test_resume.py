@@ -229,9 +229,8 @@ def test_sigterm_during_a_step_finishes_it_saves_and_resumes_exactly(straight, t
     run = tmp_path / "stopped"
     with monkeypatch.context() as mp:
         mp.setattr(train_module, "forward_backward", rng_kind.sigterm_in_step(at_step))
-        assert train_main(run_args(tmp_path) + ["--out", str(run)]) == 0
+        assert train_main(run_args(tmp_path) + ["--out", str(run)]) == 143  # stopped, not finished (was 0)
     assert int(torch.load(run / "checkpoint.pt", weights_only=True)["step"]) == at_step
-    if at_step < STEPS:
-        assert not (run / "adapter").exists()  # stopped: no final adapter yet
-        assert train_main(["--resume", str(run), "--workers", "2"]) == 0
+    assert not (run / "adapter").exists()  # stopped: no final adapter (nor evaluation) yet, even after the last step
+    assert train_main(["--resume", str(run), "--workers", "2"]) == 0
     assert same_run(run, full)

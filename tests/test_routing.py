@@ -363,6 +363,8 @@ def test_route_segments_plans_and_errors():
     router = Router(TASKS)
     with pytest.raises(mlv.RoutingError, match=r"task id 5 is out of range"):
         router.make_route(Route.from_segments([(5, 0, 2)]))
+    with pytest.raises(mlv.RoutingError, match=r"names no task.*Route.from_ids.*disabled"):
+        router.make_route(Route())  # an empty Route is not the package's own adapters-off sentinel
     assert router.make_route("cls") is router.make_route(2)  # one cached route per task
 
 

@@ -173,7 +173,16 @@ MALFORMED = [
     ('kind = "captioning"\n' + GOOD + '[options]\nbeam_size = 0\n', "'options.beam_size'", "an integer >= 1"),
     ('kind = "classification"\n' + GOOD + '[head]\nlabel_smoothing = 1.5\n', "'head.label_smoothing'",
      "in [0, 1)"),
+    ('kind = "classification"\n' + GOOD + '[options]\nclass_names = ["red", "blue", "red"]\n',
+     "'options.class_names'", "distinct class names (['red'] repeated)"),   # both scored 0 (ties count against)
 ]
+
+
+def test_a_spec_saved_with_a_byte_order_mark_reads(tmp_path):
+    """Windows editors save UTF-8 with a BOM: 'not valid TOML: Invalid statement (at line 1, column 1)'."""
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + ('kind = "vqa"\n' + GOOD).encode())
+    assert load_spec(path).kind == "vqa"
 
 
 @pytest.mark.parametrize("text,fld,expected", MALFORMED, ids=[m[1] + ":" + m[2][:20] for m in MALFORMED])
@@ -536,6 +545,31 @@ def test_vqa_answers_are_filtered_by_question_type(clip):
     head = kind.build_head(clip)
     loss = kind.loss(head, clip, batch, clip.encode_image(batch["images"]), clip.encode_text(batch["tokens"]))
     assert torch.isfinite(loss)
+
+
+def test_vqav2_candidates_come_from_the_question_not_from_its_answers(clip):
+    """VQAv2's default question_type is the annotation's answer_type, which VQAv2 derives from the human
+    answers; filtering the candidates by it let the label choose them (the same image and question, annotated
+    'yes', 'red' or '3', got three different predictions). The filter now uses the question-prefix type the
+    reader keeps (meta["filter_type"]), and a question without annotations the longest known prefix."""
+    spec = load_spec("vqa")
+    train, val = _world(spec, "train", 60), _world(spec, "val", 12)
+
+    def vqav2(ex: Example, answers=None, annotated: bool = True) -> Example:  # as read_vqav2 makes it
+        answers = ex.answers if answers is None else answers
+        top = Counter(answers).most_common(1)[0][0]
+        answer_type = "yes/no" if top in ("yes", "no") else "number" if top.isdigit() else "other"
+        prefix = " ".join(ex.text.lower().split()[:2])   # VQAv2's question types: the question's opening words
+        return dataclasses.replace(ex, answers=answers if annotated else (), question_type=answer_type if annotated
+                                   else None, meta={**ex.meta, "filter_type": prefix if annotated else ""})
+
+    kind = build_kind(spec, Split([vqav2(ex) for ex in train.examples]), clip)
+    assert set(kind.type_answers) == {" ".join(ex.text.lower().split()[:2]) for ex in train.examples}
+    for ex in val.examples:
+        preds = {kind.predict(clip, None, [vqav2(ex, (a,) * 10)], batch_size=1, device="cpu")[0]
+                 for a in ("yes", "red", "3")}
+        assert len(preds) == 1, (ex.text, preds)   # whatever the humans answered
+        assert preds == set(kind.predict(clip, None, [vqav2(ex, annotated=False)], batch_size=1, device="cpu"))
 
 
 def test_captioning_kind_rebuilds_from_state_and_needs_captions(coca):

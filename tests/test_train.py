@@ -139,6 +139,22 @@ def test_extend_trains_only_the_new_task(tmp_path, capsys):
             assert torch.equal(new[name][: t.shape[0]], t), name
 
 
+def test_extend_with_nothing_to_train_is_refused_at_start(tmp_path, capsys):
+    """A `lora` adapter shares every tensor across tasks, and a retrieval head with a fixed temperature has no
+    parameters: the run started and failed at its first backward with autograd's raw message."""
+    run = tmp_path / "run"
+    args = ["--tasks", str(small_spec(tmp_path, "vqa")), "--steps", "1", "--batch-size", "4", "--workers", "0",
+            "--eval-batch-size", "32", "--skip-zero-shot", "--method", "lora"]
+    assert train_main(args + ["--out", str(run)]) == 0
+    fixed = small_spec(tmp_path, "retrieval")
+    fixed.write_text(fixed.read_text().replace("learn_temperature = true", "learn_temperature = false"))
+    capsys.readouterr()
+    assert train_main(["--extend", str(run), "--tasks", str(fixed), "--steps", "1", "--batch-size", "4",
+                       "--workers", "0", "--out", str(tmp_path / "ext")]) == 2
+    assert "method 'lora' shares every adapter tensor across tasks and the new task(s) ['retrieval'] have no head " \
+           "parameters, so nothing would train" in capsys.readouterr().err
+
+
 def _checkpoint_step(run: Path) -> int:
     try:
         return int(torch.load(run / "checkpoint.pt", weights_only=True)["step"])
@@ -346,6 +362,35 @@ def test_a_task_without_val_split_is_not_scored_on_test_as_val(tmp_path, caplog)
         evaluate_setup(only, split="val", **kw)
 
 
+def test_a_task_scored_on_val_for_test_says_so_in_the_table(tmp_path, caplog):
+    """A task without a test split is scored on val when test is asked for: the table had no way to say it
+    (only eval.json did), so its figures read as test figures beside the other tasks'."""
+    from PIL import Image
+
+    from mtl_lora_vl.evaluation.evaluate import evaluate_setup
+    from mtl_lora_vl.evaluation.report import markdown_table
+    from mtl_lora_vl.multitask import build_setup
+    from mtl_lora_vl.options import TrainOptions
+
+    for colour in ("red", "blue"):
+        Image.new("RGB", (16, 16), colour).save(tmp_path / f"{colour}.png")
+    rows = "".join(json.dumps({"image": f"{c}.png", "label": c}) + "\n" for c in ("red", "blue") * 3)
+    (tmp_path / "rows.jsonl").write_text(rows)
+    no_test = tmp_path / "colours.toml"
+    no_test.write_text('name = "colours"\nkind = "classification"\ntemplates = ["a {} square."]\n[data]\n'
+                       'format = "jsonl"\n[data.train]\nfile = "rows.jsonl"\n[data.val]\nfile = "rows.jsonl"\n')
+    cls = small_spec(tmp_path, "caption_cls", n_train=8, n_eval=6)
+    kw = dict(data_root=str(tmp_path), device="cpu", dtype=torch.float32, batch_size=16)
+    both = build_setup(TrainOptions(tasks=f"{no_test},{cls}", rank=2, data_root=str(tmp_path)), torch.device("cpu"))
+    result = evaluate_setup(both, split="test", **kw)
+    assert "task colours has no test split: scored on val instead" in caplog.text
+    table = markdown_table(result).splitlines()
+    assert table[0].startswith("| task | split | metric |")
+    assert table[2].startswith("| colours | val | top1 |") and table[3].startswith("| caption_cls | test |")
+    same = evaluate_setup(both, split="val", **kw)   # every task on the split asked for: no split column
+    assert markdown_table(same).splitlines()[0] == "| task | metric | zero-shot | adapted | change |"
+
+
 def test_clear_errors(tmp_path, capsys):
     assert train_main(["--tasks", "no_such_task", "--out", str(tmp_path / "a")]) == 2
     assert "no_such_task" in capsys.readouterr().err
@@ -445,6 +490,9 @@ def test_config_file_sets_options_and_flags_win(tmp_path, capsys):
     opts = parse_train_args(["--config", str(toml)])
     assert opts.temperature == 0.8 and opts.batch_mode == "homogeneous"
     assert json.loads(opts.targets) == {"image": ["attn$"]}  # a table, as the README writes targets
+    bom = tmp_path / "bom.toml"   # UTF-8 with a byte order mark (Windows editors): was "Invalid statement"
+    bom.write_bytes(b"\xef\xbb\xbf" + b"rank = 2\n")
+    assert parse_train_args(["--config", str(bom)]).rank == 2
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"rnak": 4}))
     with pytest.raises(SystemExit):
@@ -483,3 +531,16 @@ def test_replaced_images_are_counted_in_metrics(tmp_path, monkeypatch, capsys):
     assert counts[-1] > 0 and counts == sorted(counts), counts
     assert not any("replaced_images/retrieval" in r for r in rows)
     assert "its rows are replaced by other rows of the task" in capsys.readouterr().err
+
+    # Stopped after step 3 and resumed: the counts go on from the checkpoint's (they restarted at 0)
+    import rng_kind
+
+    import mtl_lora_vl.training.train as train_module
+
+    stopped = tmp_path / "stopped"
+    with monkeypatch.context() as mp:
+        mp.setattr(train_module, "forward_backward", rng_kind.sigterm_in_step(3))
+        assert train_main(base_args(tmp_path, stopped, steps=6)) == 143
+    assert train_main(["--resume", str(stopped), "--workers", "0"]) == 0   # workers would count prefetched rows
+    again = [json.loads(x) for x in (stopped / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert [r.get("replaced_images/vqa", 0) for r in again] == counts

@@ -174,8 +174,13 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
 
 def attach_info(model: nn.Module) -> AttachInfo:
     """The AttachInfo of ``model`` (or of the adapted module inside a wrapper such as DDP)."""
+    return adapted_module(model)._mtl_lora
+
+
+def adapted_module(model: nn.Module) -> nn.Module:
+    """The module that ``attach`` adapted: ``model`` itself, or the one inside a wrapper (DDP, MTLLoRAModel)."""
     find_router(model)  # raises the standard message when there are no adapters
-    return next(m._mtl_lora for m in model.modules() if getattr(m, "_mtl_lora", None) is not None)
+    return next(m for m in model.modules() if getattr(m, "_mtl_lora", None) is not None)
 
 
 def _adapter_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -189,7 +194,8 @@ def trainable_parameters(model: nn.Module) -> int:
 
 def parameter_report(model: nn.Module) -> dict[str, int]:
     """Adapter parameter counts per tower and in total, and the frozen base count, for logs."""
-    info = attach_info(model)
+    model = adapted_module(model)  # a wrapper's own modules (an MTLLoRAModel's heads) are not the base
+    info = model._mtl_lora
     per = {t: 0 for t in TOWERS}
     for name, bank in info.layers.items():
         per[info.towers[name]] += sum(p.numel() for n, p in bank.named_parameters(recurse=False) if n in ADAPTER_PARAM_NAMES)
@@ -250,16 +256,18 @@ def parameter_names(model: nn.Module) -> dict[int, list[str]]:
     return names
 
 
-def _refuse_shared_weights(model: nn.Module, pairs: list[tuple[AdapterBank, nn.Parameter]]) -> None:
-    """Merging in place into a weight that another layer also uses (tied input embeddings and output layer)
-    would change that layer too: refused before anything is written."""
+def _refuse_shared_weights(model: nn.Module, pairs: list[tuple[AdapterBank, nn.Parameter]],
+                           what: str = "merge") -> None:
+    """Merging into a weight that another layer also uses (tied input embeddings and output layer) would
+    change that layer too (in place, or when a merged state dict loads into a tied model): refused before
+    anything is written."""
     names = parameter_names(model)
     for bank, weight in pairs:
         shared = names.get(id(weight), [])
         if len(shared) > 1:
             raise RuntimeError(
-                f"merge: the weight of {bank.layer_name} is shared with {', '.join(shared)} (tied weights), so merging "
-                f"it in place would change the other layer too; run the adapters routed (mlv.route) instead of merged, "
+                f"{what}: the weight of {bank.layer_name} is shared with {', '.join(shared)} (tied weights), so merging "
+                f"into it would change the other layer too; run the adapters routed (mlv.route) instead of merged, "
                 f"or leave {bank.layer_name} out of the targets")
 
 
@@ -280,9 +288,12 @@ def unmerge(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def merged_state_dict(model: nn.Module, task: str) -> dict[str, torch.Tensor]:
-    """The base model class's plain state dict with task ``task`` merged in (adapter tensors dropped)."""
-    info = attach_info(model)
+    """The base model class's plain state dict with task ``task`` merged in (adapter tensors dropped).
+    Refused for a weight tied to another (loaded into a tied model, the merged value would reach both)."""
+    model = adapted_module(model)  # the base model's keys, not a wrapper's
+    info = model._mtl_lora
     t = info.config.task_index(task)
+    _refuse_shared_weights(model, _weight_pairs(model), "merged_state_dict")
     sd = {k: v for k, v in model.state_dict().items() if k.rpartition(".")[2] not in ADAPTER_PARAM_NAMES}
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     for bank, weight in _weight_pairs(model):

@@ -243,8 +243,15 @@ class Router:
         training loop avoids even that by passing the loader's segments (``Route.from_segments``).
         """
         if isinstance(tasks, Route):
-            if tasks is not ADAPTERS_OFF:
-                self._check_host(tasks.present)
+            if tasks is ADAPTERS_OFF:
+                return tasks
+            if not tasks.present:
+                raise RoutingError(
+                    "route: this Route names no task (Route() with no arguments); build one with "
+                    "Route.from_ids(ids) or Route.from_segments(segments), or pass the ids themselves. To run "
+                    "the base model without adapters, use `with mtl_lora_vl.disabled(model):`"
+                )
+            self._check_host(tasks.present)
             return tasks
         if isinstance(tasks, str):
             return self.task_route(self._index(tasks))

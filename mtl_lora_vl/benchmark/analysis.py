@@ -61,7 +61,8 @@ def analyse(tasks: list[str], configs: list[Config], reference: Config | None, f
         out_configs[c.cid] = {
             "group": c.group, "label": c.label, "tasks": ctasks, "options": c.options, "axis": c.axis,
             "value": c.value, "params": params.get(c.cid), "lr": picked.get(c.cid), "batch_size": c.batch_size,
-            "lr_val": {f"{r['lr']:g}": statistics.fmean(r["val"].values()) for r in tuning.get(c.cid, [])},
+            "lr_val": {f"{r['lr']:g}": None if r.get("diverged") else statistics.fmean(r["val"].values())
+                       for r in tuning.get(c.cid, [])},   # None: the run diverged
             "scores": {k: summarize([s[k] for s in seeds.values()]).to_dict() for k in ck},
             "per_seed": {str(s): v for s, v in sorted(seeds.items())},
             "step_s": statistics.fmean(steps) if steps else None,

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 import torch
 
 from ..distributed import pick_device
+from ..io.atomic import holds
 from ..options import TrainOptions
 from ..precision import resolve_precision
 from ..tasks import TaskSpec, load_spec
@@ -37,6 +38,7 @@ from .grid import (
     method_configs,
     pick_lr,
     reference_config,
+    refuse_diverged,
     single_task_configs,
     zero_shot_config,
 )
@@ -79,7 +81,18 @@ def check_splits(specs: list[TaskSpec]) -> None:
 
 
 def _check_settings(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
+    """Make ``out`` this grid's folder: a new or empty one, or one holding a grid (``settings.json``) that is
+    resumed when its settings are these, or replaced with ``--overwrite``. Anything else is refused before a
+    file is touched (``--overwrite`` deleted whatever ``--out`` named, the current directory included)."""
     path = out / "settings.json"
+    if out.exists() and not out.is_dir():
+        raise BenchDirError(f"--out {out}: is a file, not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not path.is_file():
+        raise BenchDirError(f"--out {out}: is not empty and holds no benchmark (no settings.json), so it is "
+                            "neither resumed nor replaced; choose another --out (a new or empty folder)")
+    if overwrite and holds(out, Path.cwd()):
+        raise BenchDirError(f"--out {out}: is the current directory or holds it, and --overwrite would delete it; "
+                            "choose another --out")
     if overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,6 +163,7 @@ def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer 
         for c in ablations:
             final[c.cid] = [runner.run(RunSpec(c, seed, picked[c.cid], tune=False)) for seed in seeds]
 
+    refuse_diverged([r for recs in final.values() for r in recs])
     results = analyse(tasks, configs, reference, final, tuning, picked, params, zs["zero_shot"], settings.ablations)
     all_runs = [zs, *(r for recs in tuning.values() for r in recs), *(r for recs in final.values() for r in recs)]
     unique = {r["key"]: r for r in all_runs}

@@ -186,6 +186,23 @@ def count_runs(settings: BenchSettings, tuned: list[Config], ablations: list[Con
 
 
 def pick_lr(records: list[dict[str, Any]]) -> float:
-    """The learning rate with the best validation average (the smaller one on a tie)."""
-    scored = [(-sum(r["val"].values()) / len(r["val"]), r["lr"]) for r in records]
+    """The learning rate with the best validation average (the smaller one on a tie); a rate whose run
+    diverged is not a candidate."""
+    scored = [(-sum(r["val"].values()) / len(r["val"]), r["lr"]) for r in records if not r.get("diverged")]
+    if not scored:
+        rates = ", ".join(f"{x['lr']:g}" for x in records)
+        raise ValueError(f"{records[0]['label']}: training diverged at every learning rate of the grid "
+                         f"({rates}; see runs/*/train.log); "
+                         "give --lr-grid smaller rates (and --overwrite)")
     return min(scored)[1]
+
+
+def refuse_diverged(records: list[dict[str, Any]]) -> None:
+    """A run at a configuration's picked learning rate diverged (another seed, or an ablation): its scores
+    are missing, so the comparison cannot be made fairly; say which and what to do."""
+    bad = [r for r in records if r.get("diverged")]
+    if bad:
+        r = bad[0]
+        raise ValueError(f"{r['label']}, seed {r['seed']}: training diverged at learning rate {r['lr']:g}, the "
+                         f"rate picked on seed 0 ({r['diverged']}; see {r['folder']}/train.log), so this "
+                         "configuration has no score for that seed; give --lr-grid smaller rates (and --overwrite)")

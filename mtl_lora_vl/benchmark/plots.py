@@ -130,7 +130,7 @@ def lr_curves(results: dict[str, Any], path: Path) -> Path | None:
     fig = Figure(figsize=(6.5, 4), layout="constrained")
     ax = fig.subplots()
     for i, c in enumerate(tuned):
-        pts = sorted((float(lr), v) for lr, v in c["lr_val"].items())
+        pts = sorted((float(lr), v) for lr, v in c["lr_val"].items() if v is not None)  # None: diverged
         ax.plot(*zip(*pts), "o-", label=c["label"], color=COLORS[i % len(COLORS)], lw=1)
     ax.set_xscale("log")
     ax.set_xlabel("adapter learning rate")

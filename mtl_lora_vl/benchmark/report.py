@@ -134,8 +134,11 @@ def render(r: dict[str, Any]) -> str:
                   *_table(["option", "value", "adapter params", *tasks, AVERAGE, "Δ avg vs reference"], rows, 2)]
 
     lr_grid = [f"{lr:g}" for lr in s["lr_grid"]]
-    rows = [[c["label"], *(f"**{c['lr_val'][lr]:.3f}**" if float(lr) == c["lr"] else f"{c['lr_val'][lr]:.3f}"
-                           for lr in lr_grid if lr in c["lr_val"])]
+    def val(c: dict[str, Any], lr: str) -> str:
+        v = c["lr_val"][lr]
+        return "diverged" if v is None else f"**{v:.3f}**" if float(lr) == c["lr"] else f"{v:.3f}"
+
+    rows = [[c["label"], *(val(c, lr) for lr in lr_grid if lr in c["lr_val"])]
             for c in cfgs.values() if len(c["lr_val"]) == len(lr_grid)]
     if rows:
         lines += ["## Learning-rate tuning", "",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..options import TrainOptions
+from ..training.train import RunStopped
 from .grid import BenchSettings, RunSpec
 
 Trainer = Callable[[TrainOptions], Path]
@@ -78,12 +79,24 @@ class Runner:
         folder.mkdir(parents=True)
         opts = self.options(spec, folder / "train")
         t0, c0 = time.perf_counter(), time.process_time()
+        diverged = None
         with (folder / "train.log").open("w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            run_dir = Path(self.trainer(opts))
+            try:
+                run_dir = Path(self.trainer(opts))
+            except RunStopped as e:
+                raise GridStopped(f"{spec.key}: {e}") from None
+            except FloatingPointError as e:  # --max-bad-steps non-finite steps in a row: this rate diverges
+                diverged = str(e)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        if not (run_dir / "eval.json").is_file():
-            raise GridStopped(f"{spec.key}: the trainer stopped before evaluating (see {folder / 'train.log'})")
-        record = make_record(spec, run_dir, wall, folder.relative_to(self.root))
+        if diverged is not None:  # a result too (runs are deterministic: rerunning would diverge again)
+            record = {"key": spec.key, "config": spec.config.cid, "group": spec.config.group,
+                      "label": spec.config.label, "seed": spec.seed, "lr": spec.lr, "tune": spec.tune,
+                      "diverged": diverged, "tasks": None, "val": None, "wall_s": wall,
+                      "folder": str(folder.relative_to(self.root))}
+        else:
+            if not (run_dir / "eval.json").is_file():
+                raise GridStopped(f"{spec.key}: the trainer stopped before evaluating (see {folder / 'train.log'})")
+            record = make_record(spec, run_dir, wall, folder.relative_to(self.root))
         record["cpu_s"] = cpu  # process CPU time: the run's cost on a shared machine
         write_json_atomic(done, record)
         self.ran += 1
@@ -94,12 +107,15 @@ class Runner:
     def _line(self, spec: RunSpec, record: dict[str, Any], took: str) -> None:
         left = self.total - self.index
         eta = f"ETA {_fmt_time(left * self.ran_seconds / self.ran)}" if self.ran else "ETA –"
-        scores = record["zero_shot"] if spec.config.group == "zero_shot" else record["tasks"]
-        avg = sum(scores.values()) / len(scores)
-        val = f", val {sum(record['val'].values()) / len(record['val']):.3f}" if record.get("val") else ""
+        if record.get("diverged"):
+            what = "diverged"
+        else:
+            scores = record["zero_shot"] if spec.config.group == "zero_shot" else record["tasks"]
+            val = f", val {sum(record['val'].values()) / len(record['val']):.3f}" if record.get("val") else ""
+            what = f"test avg {sum(scores.values()) / len(scores):.3f}{val}"
         width = len(str(self.total))
         print(f"[bench {self.index:{width}d}/{self.total}] {spec.config.label}, lr {spec.lr:g}, seed {spec.seed}: "
-              f"test avg {avg:.3f}{val} ({took}); {eta}", file=self.stream, flush=True)
+              f"{what} ({took}); {eta}", file=self.stream, flush=True)
 
 
 def make_record(spec: RunSpec, run_dir: Path, wall: float, folder: Path) -> dict[str, Any]:

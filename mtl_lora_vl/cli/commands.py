@@ -1,7 +1,8 @@
 """The train and eval commands, and how every command runs: logging, then one clear line per expected failure.
 
 Each ``*_main(argv, prog)`` returns the exit status: 0 done, 2 a bad option or an expected failure (one
-line on stderr; ``-v`` or ``MTL_LORA_VL_DEBUG=1`` shows the traceback), 130 Ctrl-C. ``prog`` is the name
+line on stderr; ``-v`` or ``MTL_LORA_VL_DEBUG=1`` shows the traceback), 130 Ctrl-C; a training run stopped
+by Ctrl-C or SIGTERM after its checkpoint exits 130 or 143 (``--resume`` continues it). ``prog`` is the name
 ``--help`` shows (``mtl-lora-vl train``, ``train_vl.py``, ``mtl-lora-vl-train``, ...); by default the
 name the program was started as.
 """
@@ -19,7 +20,7 @@ from typing import Any
 from ..evaluation.evaluate import evaluate_adapter
 from ..log import cli_logging
 from ..options import EvalOptions, TrainOptions
-from ..training.train import train
+from ..training.train import RunStopped, train
 from .parsing import build_parser, parse_options, parse_options_given
 
 __all__ = ["build_eval_parser", "build_train_parser", "eval_main", "parse_eval_args", "parse_train_args",
@@ -54,6 +55,8 @@ def run_command(level: str, fn: Callable[..., Any], *args: Any) -> int:
             fn(*args)
         except KeyboardInterrupt:
             return 130
+        except RunStopped as e:  # the loop logged it; not 0, so `train && evaluate` does not go on
+            return e.exit_code
         except EXPECTED as e:
             if _debug():
                 raise

@@ -168,7 +168,7 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
         _fail(parser, f"{where}: no such file")
     is_toml = p.suffix.lower() == ".toml"
     try:
-        raw = tomllib.loads(p.read_text()) if is_toml else json.loads(p.read_text())
+        raw = tomllib.loads(p.read_text(encoding="utf-8-sig")) if is_toml else json.loads(p.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError) as e:
         _fail(parser, f"{where}: cannot be read ({e})")
     except (ValueError, tomllib.TOMLDecodeError) as e:

@@ -351,7 +351,8 @@ class MultiTaskLoader:
 
     def replaced_images(self) -> dict[str, int]:
         """Rows replaced so far because their image cannot be decoded, per task: counted in this process and
-        its workers since the loader was built (a resumed run counts from 0 again)."""
+        its workers since the loader was built (rows its workers prefetched included; the training loop adds
+        the counts a resumed run's checkpoint carries)."""
         return {d.images.task: d.images.replaced for d in self.datasets}
 
     def state_dict(self) -> dict[str, Any]:

@@ -82,6 +82,9 @@ def read_vqav2(
     from the question file, e.g. "val2014", unless given). ``question_type`` of each example is the
     annotation's ``answer_type`` ("yes/no", "number", "other") by default, the usual VQAv2 breakdown;
     ``question_type_field="question_type"`` gives the finer official types ("what color is the").
+    ``answer_type`` is derived from the human answers, so it only groups the scores: the answers a question
+    may get (the VQA kind's ``filter_by_type``) go by ``meta["filter_type"]``, the annotation's
+    ``question_type`` -- the question's opening words -- or "" (no annotations: see ``VQAKind.filter_type``).
     """
     root = data_root_dir(data_root)
     qpath = annotation_file(root, questions, "VQAv2 questions")
@@ -115,7 +118,7 @@ def read_vqav2(
             continue
         answers: tuple[str, ...] = ()
         qtype = None
-        meta: dict[str, Any] = {"question_id": qid}
+        meta: dict[str, Any] = {"question_id": qid, "filter_type": ""}
         if annotations is not None:
             ann = ann_by_qid.get(qid)
             if ann is None:
@@ -125,6 +128,7 @@ def read_vqav2(
                             for a in require_list(ann, "answers", f"annotation {qid}", apath))
             qtype = ann.get(question_type_field)
             meta.update({k: ann[k] for k in ("question_type", "answer_type", "multiple_choice_answer") if k in ann})
+            meta["filter_type"] = str(ann.get("question_type") or "")
         examples.append(Example(str(path), str(image_id), text=str(text), answers=answers,
                                 question_type=qtype, meta=meta))
     return check.finish(examples, f"VQAv2 {qpath.name}")

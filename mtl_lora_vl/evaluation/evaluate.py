@@ -35,6 +35,9 @@ def _split_for(spec, wanted: str) -> str | None:
     if wanted == "val":
         logger.warning("task %s has no val split: not scored on val (add a [data.val] table to its spec)", spec.name)
         return None
+    if spec.eval_split in spec.data.splits:
+        logger.warning("task %s has no %s split: scored on %s instead (the report's split column says so)",
+                       spec.name, wanted, spec.eval_split)
     return spec.eval_split
 
 
@@ -62,7 +65,8 @@ def evaluate_adapted(setup, *, split: str, data_root: str | None, device, dtype,
 
 def evaluate_setup(setup, *, split: str, data_root: str | None, device, dtype: torch.dtype, batch_size: int,
                    workers: int = 0, zero_shot: bool = True) -> dict[str, Any]:
-    """``{"tasks": {name: {"metric", "zero_shot", "adapted", "change", "split", "n", "metrics", "details"}}}``
+    """``{"tasks": {name: {"metric", "zero_shot", "adapted", "change", "split", "n", "metrics", "details"}},
+    "split": split, "config": ...}`` (a task's own ``split`` differs when it has no ``split``: see ``_split_for``)
     (``n``: the examples scored; ``metrics``: the spec's metrics, which the report's second table shows beside
     the headline); with ``zero_shot=False`` the base model is not scored and ``zero_shot`` / ``change`` are None."""
     tasks: dict[str, Any] = {}
@@ -94,7 +98,7 @@ def evaluate_setup(setup, *, split: str, data_root: str | None, device, dtype: t
     if not tasks:
         raise ValueError(f"no task has a {split} split to score; give each spec a [data.{split}] table or score "
                          "another split")
-    return {"tasks": tasks, "config": setup.config.to_dict()}
+    return {"tasks": tasks, "split": split, "config": setup.config.to_dict()}
 
 
 def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model) -> str:

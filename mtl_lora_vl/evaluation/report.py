@@ -16,11 +16,17 @@ from ..adapters.attach import attach_info
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-    """| task | metric | zero-shot | adapted | change | as Markdown (also readable printed)."""
-    rows = ["| task | metric | zero-shot | adapted | change |", "|---|---|---:|---:|---:|"]
+    """| task | metric | zero-shot | adapted | change | as Markdown (also readable printed), with a split
+    column after the task when some task was scored on another split than the one asked for (a task
+    without a test split is scored on val)."""
+    asked = result.get("split")
+    split_col = any(r.get("split", asked) != asked for r in result["tasks"].values())
+    head = "| task | split | metric |" if split_col else "| task | metric |"
+    rows = [head + " zero-shot | adapted | change |", "|---|---|---|---:|---:|---:|" if split_col else "|---|---|---:|---:|---:|"]
     for name, r in result["tasks"].items():
         zs, change = ("–", "–") if r["zero_shot"] is None else (f"{r['zero_shot']:.4f}", f"{r['change']:+.4f}")
-        rows.append(f"| {name} | {r['metric']} | {zs} | {r['adapted']:.4f} | {change} |")
+        split = f" {r.get('split', asked)} |" if split_col else ""
+        rows.append(f"| {name} |{split} {r['metric']} | {zs} | {r['adapted']:.4f} | {change} |")
     return "\n".join(rows)
 
 

@@ -46,13 +46,13 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..adapters.attach import merged_state_dict, parameter_names
+from ..adapters.attach import adapted_module, merged_state_dict, parameter_names
 from ..adapters.layers import LoRALinear
 from ..families import MERGED_WEIGHTS, merged_format, peft_export
 from .adapter_files import load_tensors, save_tensors
 from .atomic import atomic_dir, atomic_file
 from .base_check import check_base_class, check_weight_samples, newer_package_hint
-from .identity import adapted_module, model_identity, plan_attached
+from .identity import model_identity, plan_attached
 from .layout import ADAPTER_CONFIG, LEGACY_ADAPTER_CONFIG, AdapterFileError, few
 
 __all__ = ["PLAIN_CONFIG", "PLAIN_FORMAT", "PLAIN_WEIGHTS", "apply_plain_lora", "export_lora", "save_merged"]

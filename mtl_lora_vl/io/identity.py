@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapters.attach import attach_info, base_weights, select_targets
+from ..adapters.attach import adapted_module, base_weights, select_targets
 from ..adapters.layers import AdapterBank, LoRALinear
 from ..config import MTLLoRAConfig
 
@@ -35,12 +35,6 @@ class BankPlan:
     d_out: int
     out_slices: tuple[bool, ...] | None
     base_weight: str
-
-
-def adapted_module(model: nn.Module) -> nn.Module:
-    """The module that ``attach`` adapted (``model`` itself, or the one inside a wrapper such as DDP)."""
-    attach_info(model)  # the standard "no adapters" message
-    return next(m for m in model.modules() if getattr(m, "_mtl_lora", None) is not None)
 
 
 def class_name(model: nn.Module) -> str:

@@ -94,6 +94,11 @@ def extend_setup(opts: TrainOptions, device: torch.device) -> Setup:
         added += add_task(bb.model, spec.name).trainable
         with disabled(bb.model):  # the new head starts from the base model's zero-shot rule
             heads[spec.name] = kinds[spec.name].build_head(bb)
+    head_values = sum(p.numel() for s in new_specs for p in heads[s.name].parameters() if p.requires_grad)
+    if not added and not head_values:
+        raise ValueError(f"--extend {src}: method {lp.config.method!r} shares every adapter tensor across tasks and "
+                         f"the new task(s) {[s.name for s in new_specs]} have no head parameters, so nothing would "
+                         "train; extend an mtl_lora, moe_lora or task_lora adapter, or train a new run with all tasks")
     specs = [lp.specs[t] for t in old] + new_specs
     model = MultiTaskModel(bb, kinds, heads).to(device)
     recorded = lp.doc.get("base") or {}

@@ -90,6 +90,9 @@ class ClassificationKind(TaskKind):
         names = spec.options["class_names"]
         if not all(isinstance(n, str) and n for n in names):
             raise spec_error(spec, "options.class_names", "a list of non-empty class names", names)
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:  # their prompts tie, and ties count against the true class: both would score 0
+            raise spec_error(spec, "options.class_names", f"distinct class names ({repeated} repeated)", names)
         if not 0.0 <= spec.head["label_smoothing"] < 1.0:
             raise spec_error(spec, "head.label_smoothing", "a number in [0, 1)", spec.head["label_smoothing"])
         check_template(spec, "generative.prompt", spec.generative["prompt"], ("image",))

@@ -77,7 +77,8 @@ def check_template(spec: TaskSpec, fld: str, template: Any, fields: Sequence[str
     (``""`` stands for one positional ``{}``)."""
     where = spec.source_file or spec.name
     wanted = " and ".join("'{}'" if f == "" else "'{" + f + "}'" for f in fields)
-    expected = f"a template with {wanted}, each once (and no other {{...}} field; write {{{{ for a brace)"
+    expected = (f"a template with {wanted}, each once and plain (no format spec or conversion), and no other "
+                "{...} field; write {{ for a brace")
     if not isinstance(template, str):
         raise SpecError(f"{where}: field '{fld}': expected {expected}, got {template!r}")
     try:

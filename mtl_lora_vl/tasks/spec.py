@@ -205,8 +205,17 @@ def resolve_tasks(tasks: str | Sequence[str | Path]) -> list[TaskSpec]:
 
 def template_fields(template: str) -> list[str | None]:
     """The replacement fields of a ``str.format`` template (``""`` for a positional ``{}``); ValueError when
-    the template is malformed (e.g. a lone ``{`` or ``}``)."""
-    return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    the template is malformed (e.g. a lone ``{`` or ``}``) or a field has a format spec or conversion
+    (``{:d}``, ``{!x}``: the values are text, and such a field failed only once the model had loaded)."""
+    fields = []
+    for _, f, spec, conversion in string.Formatter().parse(template):
+        if f is None:
+            continue
+        if spec or conversion:
+            raise ValueError(f"field {{{f}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}} has a "
+                             "format spec or conversion")
+        fields.append(f)
+    return fields
 
 
 def _fail(path: Path, fld: str, expected: str, got: Any = None, *, show_got: bool = True) -> SpecError:
@@ -311,7 +320,7 @@ def _parse_data(path: Path, raw: Any) -> DataSpec:
 
 def _parse(path: Path) -> TaskSpec:
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"{path}: not valid TOML: {err}") from err
     except (OSError, UnicodeDecodeError) as err:
@@ -366,8 +375,8 @@ def _parse(path: Path) -> TaskSpec:
         except ValueError:  # a lone '{' or '}'
             fields = None
         if fields != [""]:
-            raise _fail(path, f"templates[{i}]", "a string with exactly one '{}' placeholder and no other {...} "
-                        "field (each template needs exactly one '{}'; write {{ or }} for a literal brace)", t)
+            raise _fail(path, f"templates[{i}]", "a string with exactly one '{}' placeholder, plain (no format spec "
+                        "or conversion), and no other {...} field (write {{ or }} for a literal brace)", t)
 
     head = _check_table(path, "head", raw.get("head", {}), kind_cls.head_defaults)
     options = _check_table(path, "options", raw.get("options", {}), kind_cls.option_defaults)

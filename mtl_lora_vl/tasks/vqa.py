@@ -36,6 +36,7 @@ generation, as in VL-T5:
 
 from __future__ import annotations
 
+import logging
 from collections import Counter, defaultdict
 
 import torch
@@ -66,6 +67,8 @@ from mtl_lora_vl.tasks.generative import (
 )
 from mtl_lora_vl.tasks.registry import register_kind
 from mtl_lora_vl.tasks.spec import TaskSpec
+
+logger = logging.getLogger(__name__)
 
 
 class VQAHead(nn.Module):
@@ -140,6 +143,10 @@ class VQAKind(TaskKind):
         if not counts:
             raise ValueError(f"task {spec.name!r}: no training example has answers; a VQA split needs "
                              f"Example.answers (check its [data] section)")
+        empty = sum(1 for ex in train.examples if not any(normalize_answer(a) for a in ex.answers))
+        if empty:
+            logger.warning("task %r: %d training question(s) have no answer, or only answers the VQA normalisation "
+                           "empties (articles such as 'a'); they train with weight 0", spec.name, empty)
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         self.answers: list[str] = [a for a, _ in ranked[: spec.options["answer_vocab_size"]]]
         self.answer_index: dict[str, int] = {a: i for i, a in enumerate(self.answers)}
@@ -150,8 +157,9 @@ class VQAKind(TaskKind):
         if spec.options.get("filter_by_type", True):
             for ex in train.examples:
                 top = Counter(normalize_answer(a) for a in ex.answers).most_common(1)
-                if ex.question_type and top and top[0][0] in self.answer_index:
-                    by_type[ex.question_type].add(self.answer_index[top[0][0]])
+                qtype = self.filter_type(ex)
+                if qtype and top and top[0][0] in self.answer_index:
+                    by_type[qtype].add(self.answer_index[top[0][0]])
         self.type_answers: dict[str, list[int]] = {t: sorted(ids) for t, ids in sorted(by_type.items())}
         #: Answers that are the majority answer of at least one training question (generative targets).
         self.consensus: frozenset[str] = frozenset(majority_answer(ex.answers) for ex in train.examples) - {""}
@@ -177,9 +185,9 @@ class VQAKind(TaskKind):
         """Prompt, a consensus answer drawn by soft score (``draw`` fixes the choice), and that answer's soft
         score (see the module docstring)."""
         answers = sorted({normalize_answer(a) for a in example.answers} - {""})
-        if not answers:
-            raise ValueError(f"task {self.name!r}: training question {example.text!r} (image {example.image_id!r}) "
-                             "has no answers")
+        if not answers:  # none, or only answers the normalisation empties ("a", "the"): nothing scores them,
+            raw = next((a.strip() for a in example.answers if a.strip()), "")   # so the row weighs 0, as on
+            return self.prompt(example), raw or "?", 0.0                        # the contrastive path
         answers = [a for a in answers if a in self.consensus] or answers
         scores = [vqa_accuracy(a, example.answers) for a in answers]
         i = weighted_index(draw, scores)
@@ -194,6 +202,19 @@ class VQAKind(TaskKind):
                 target[i] = vqa_accuracy(a, answers)
         return target
 
+    def filter_type(self, example: Example) -> str | None:
+        """The type that chooses the answers a question may get; it must come from the question alone.
+        ``question_type`` unless the reader kept a separate ``meta["filter_type"]`` (VQAv2, whose default
+        ``question_type`` is the answer type, derived from the human answers: filtering by it let the label
+        choose the candidates). An empty ``filter_type`` (questions without annotations) is the longest
+        known type the question starts with, as VQAv2's question types are a question's opening words."""
+        if "filter_type" not in example.meta:
+            return example.question_type
+        if example.meta["filter_type"]:
+            return str(example.meta["filter_type"])
+        q = " ".join((example.text or "").lower().split())
+        return max((t for t in getattr(self, "type_answers", {}) if q.startswith(t)), key=len, default=None)
+
     def answer_mask(self, question_type: str | None) -> Tensor:
         """(V,) bool: the answers a question of this type may get (all, for an unseen or missing type)."""
         ids = self.type_answers.get(question_type or "")
@@ -206,7 +227,7 @@ class VQAKind(TaskKind):
     def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]:
         if self.generative:
             return {}
-        return {"targets": self.soft_targets(example.answers), "answer_mask": self.answer_mask(example.question_type)}
+        return {"targets": self.soft_targets(example.answers), "answer_mask": self.answer_mask(self.filter_type(example))}
 
     # ------------------------------------------------------------------ head, loss, evaluation
 
@@ -293,7 +314,7 @@ class VQAKind(TaskKind):
                 logits = prompt_scores(query, answer_emb, logit_scale_of(backbone))
             else:
                 logits = head(img, q)
-            allowed = torch.stack([self.answer_mask(ex.question_type) for ex in rows]).to(logits.device)
+            allowed = torch.stack([self.answer_mask(self.filter_type(ex)) for ex in rows]).to(logits.device)
             logits = logits.masked_fill(~allowed, float("-inf"))
             preds.extend(self.answers[i] for i in logits.argmax(dim=-1).tolist())
         return preds

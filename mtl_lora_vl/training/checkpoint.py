@@ -12,6 +12,8 @@ rank 0) is one ``torch.save`` file of tensors and plain values, loaded with ``we
     world_size          processes of the run
     rng_state           rank 0's generators: python, numpy, torch (CPU), cuda (every device); see .rng
     rng                 rank 0's torch CPU generator alone (what version 1 saved and reads)
+    bad_streak          skipped (non-finite) steps in a row up to ``step``
+    replaced_images     training rows given a substitute image so far, per task, summed over ranks
 
 Every other rank r writes what is its own -- its generators and its loss window (each rank averages its
 own losses; the log row is their mean) -- to ``checkpoint-rank{r}.pt`` beside it, atomically too:
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -44,6 +46,15 @@ _KEEP = 2     # checkpoints whose generator states a rank file keeps
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not fit this run."""
+
+
+class Progress(NamedTuple):
+    """Where a run stands at a checkpoint, besides the model, optimizer and loader (which restore in place)."""
+
+    step: int = 0
+    log_window: dict[str, list[float]] = {}   # this rank's losses logged since the last metrics row
+    bad_streak: int = 0                        # skipped (non-finite) steps in a row up to ``step``
+    replaced: dict[str, int] = {}              # replaced training rows per task so far, all ranks
 
 
 def rank_file(run_dir: str | Path, rank: int) -> Path:
@@ -77,14 +88,13 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
     return _read(path)
 
 
-def training_state(step: int, model: MultiTaskModel, optim: Optimization, loader: MultiTaskLoader,
-                   log_window: dict[str, list[float]], world_size: int = 1, bad_streak: int = 0) -> dict[str, Any]:
-    """Everything ``--resume`` needs to continue exactly (rank 0's part; see the module docstring).
-    ``bad_streak``: the skipped (non-finite) steps in a row up to ``step``, which ``--max-bad-steps`` counts."""
-    return {"checkpoint_version": CHECKPOINT_VERSION, "step": step, "trainable": model.trainable_state(),
-            **optim.state_dict(), "sampler": loader.state_dict(), "log_window": log_window,
+def training_state(model: MultiTaskModel, optim: Optimization, loader: MultiTaskLoader, progress: Progress,
+                   world_size: int = 1) -> dict[str, Any]:
+    """Everything ``--resume`` needs to continue exactly (rank 0's part; see the module docstring)."""
+    return {"checkpoint_version": CHECKPOINT_VERSION, "step": progress.step, "trainable": model.trainable_state(),
+            **optim.state_dict(), "sampler": loader.state_dict(), "log_window": progress.log_window,
             "world_size": world_size, "rng_state": rng_state(), "rng": torch.get_rng_state(),
-            "bad_streak": bad_streak}
+            "bad_streak": progress.bad_streak, "replaced_images": dict(progress.replaced)}
 
 
 def save_rank_state(run_dir: str | Path, rank: int, step: int, log_window: dict[str, list[float]]) -> Path:
@@ -104,17 +114,16 @@ def save_rank_state(run_dir: str | Path, rank: int, step: int, log_window: dict[
     return path
 
 
-def save_training_checkpoint(run_dir: str | Path, step: int, model: MultiTaskModel, optim: Optimization,
-                             loader: MultiTaskLoader, log_window: dict[str, list[float]], info: DistInfo,
-                             bad_streak: int = 0) -> None:
+def save_training_checkpoint(run_dir: str | Path, model: MultiTaskModel, optim: Optimization,
+                             loader: MultiTaskLoader, progress: Progress, info: DistInfo) -> None:
     """Every rank's part of a checkpoint: rank r > 0 its rank file, rank 0 ``checkpoint.pt`` after a barrier,
     once every rank file holds ``step``. Every rank calls it at the same step (periodic saves, the end, and a
     stop: the loop agrees on stopping across ranks before it saves)."""
     if not info.is_main:
-        save_rank_state(run_dir, info.rank, step, log_window)
+        save_rank_state(run_dir, info.rank, progress.step, progress.log_window)
     barrier(info)
     if info.is_main:
-        save_checkpoint(training_state(step, model, optim, loader, log_window, info.world_size, bad_streak), run_dir)
+        save_checkpoint(training_state(model, optim, loader, progress, info.world_size), run_dir)
 
 
 def _rank_state(run_dir: str | Path | None, rank: int, step: int) -> dict[str, Any] | None:
@@ -130,9 +139,9 @@ def _rank_state(run_dir: str | Path | None, rank: int, step: int) -> dict[str, A
 
 def restore_training_state(state: dict[str, Any], model: MultiTaskModel, optim: Optimization,
                            loader: MultiTaskLoader, *, run_dir: str | Path | None = None, rank: int = 0,
-                           seed: int = 0) -> tuple[int, dict[str, list[float]], int]:
-    """Put a :func:`training_state` back, and this rank's generators; returns the step, this rank's log
-    window and the skipped steps in a row up to the step (0 in checkpoints written before it was saved).
+                           seed: int = 0) -> Progress:
+    """Put a :func:`training_state` back, and this rank's generators; returns the run's :class:`Progress`
+    with this rank's log window (a checkpoint written before a field was saved gives its default).
 
     A version-1 checkpoint restores the torch CPU generator alone (what it saved), on every rank. A rank
     whose state for the checkpoint's step is missing (the run was killed between the rank files and
@@ -160,4 +169,5 @@ def restore_training_state(state: dict[str, Any], model: MultiTaskModel, optim: 
         else:
             set_rng_state(mine["rng_state"])
             log_window = mine["log_window"]
-    return step, log_window, int(state.get("bad_streak", 0))
+    replaced = {str(t): int(n) for t, n in state.get("replaced_images", {}).items()}
+    return Progress(step, log_window, int(state.get("bad_streak", 0)), replaced)

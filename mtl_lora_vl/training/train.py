@@ -25,14 +25,14 @@ from torch import nn
 from ..adapters.attach import parameter_report
 from ..adapters.grow import freeze_old_rows
 from ..data.loader import MultiTaskLoader
-from ..distributed import DistInfo, any_rank, barrier, cleanup, init_distributed, sharded_evaluation
+from ..distributed import DistInfo, barrier, cleanup, init_distributed, max_over_ranks, sharded_evaluation
 from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, write_outputs
 from ..io import save_adapter
 from ..multitask import Setup, build_setup, extend_setup
 from ..options import TrainOptions
 from ..precision import base_weights_dtype, resolve_precision
 from ..rundir import choose_run_dir, claim_run_dir, resumed_options, write_config
-from .checkpoint import load_checkpoint, restore_training_state, save_training_checkpoint
+from .checkpoint import Progress, load_checkpoint, restore_training_state, save_training_checkpoint
 from .metrics_log import LossWindow, MetricsLog, progress_bar, replaced_rows, truncate_metrics
 from .optim import Optimization, build_optimization
 from .rng import preserved_rng, seed_everything, seed_rank
@@ -66,15 +66,32 @@ def train(opts: TrainOptions, given: Collection[str] | None = None) -> Path:
     loader = build_loader(run)
     optim = build_optimization(run.setup.model, run.opts, run.total_steps, run.info.device, run.amp_dtype)
     freeze_old_rows(run.setup.model.model, optim.optimizer)  # an --extend run: the old tasks' rows stay exact
-    step, log_window, bad = resume(run, optim, loader) if run.opts.resume else (0, {}, 0)
+    start_at = resume(run, optim, loader) if run.opts.resume else Progress()
     net = wrap_model(run)
     try:
-        if loop(run, net, loader, optim, step, log_window, bad):
-            finish(run)
-            barrier(run.info)
+        loop(run, net, loader, optim, start_at)
+        finish(run)
+        barrier(run.info)
     finally:
         cleanup(run.info)
     return run.dir
+
+
+class RunStopped(Exception):
+    """Ctrl-C or SIGTERM stopped the run after a step and a checkpoint; ``--resume`` continues it.
+
+    Raised by :func:`train` so that a stopped run is never mistaken for a finished one: the command exits
+    ``128 + signal number`` (130 for Ctrl-C, 143 for SIGTERM), as a process the signal had killed would.
+    """
+
+    def __init__(self, run_dir: Path, step: int, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved. "
+                         f"Continue the run with --resume {run_dir}")
+        self.run_dir, self.step, self.signum = run_dir, step, signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 # Start ------------------------------------------------------------------------------------------
@@ -154,15 +171,15 @@ def build_loader(run: Run) -> MultiTaskLoader:
                            pin_memory=info.device.type == "cuda")
 
 
-def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> tuple[int, dict[str, list[float]], int]:
+def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> Progress:
     """Load the last checkpoint into the model, optimizer and loader; drop log rows written after it.
-    Returns the step, the losses logged since the last log row and the skipped steps in a row."""
-    step, log_window, bad = restore_training_state(load_checkpoint(run.dir), run.setup.model, optim, loader,
-                                                   run_dir=run.dir, rank=run.info.rank, seed=run.opts.seed)
+    Returns where the run stands (step, loss window, bad-step streak, replaced-image counts)."""
+    at = restore_training_state(load_checkpoint(run.dir), run.setup.model, optim, loader,
+                                run_dir=run.dir, rank=run.info.rank, seed=run.opts.seed)
     if run.info.is_main:
-        truncate_metrics(run.dir / "metrics.jsonl", step)
-        logger.info("resumed %s at step %d/%d", run.dir, step, run.total_steps)
-    return step, log_window, bad
+        truncate_metrics(run.dir / "metrics.jsonl", at.step)
+        logger.info("resumed %s at step %d/%d", run.dir, at.step, run.total_steps)
+    return at
 
 
 def wrap_model(run: Run) -> nn.Module:
@@ -188,19 +205,20 @@ class StopRequest:
     """Ctrl-C or SIGTERM asks the loop to stop at the next step boundary (the first signal only).
 
     A signal that interrupted a step half-way (a batch drawn, the weights not yet updated) would leave a
-    checkpoint whose loader is one batch ahead of its step; so the first signal only sets ``signal``
+    checkpoint whose loader is one batch ahead of its step; so the first signal only sets ``signum``
     and the loop saves once the step is complete (under DDP every rank stops at the first boundary where
     any rank has a signal). A second Ctrl-C raises ``KeyboardInterrupt`` at once.
     """
 
     def __init__(self) -> None:
-        self.signal: str | None = None
+        self.signum = 0  # 0: no signal yet
 
     def __call__(self, signum: int, frame: object) -> None:  # noqa: ARG002
-        if self.signal is not None and signum == signal.SIGINT:
+        if self.signum and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-        logger.warning("%s: stopping after this step (Ctrl-C again to stop at once, without saving)", self.signal)
+        self.signum = signum
+        logger.warning("%s: stopping after this step (Ctrl-C again to stop at once, without saving)",
+                       signal.Signals(signum).name)
 
 
 @contextlib.contextmanager
@@ -219,34 +237,40 @@ def stop_at_step_boundary() -> Iterator[StopRequest]:
             signal.signal(s, handler)
 
 
-def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization, step: int,
-         log_window: dict[str, list[float]], bad: int = 0) -> bool:
-    """Train from ``step`` to the end, logging, evaluating and checkpointing on the way.
+def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization, start_at: Progress) -> None:
+    """Train from ``start_at.step`` to the end, logging, evaluating and checkpointing on the way (a final
+    checkpoint at the last step).
 
-    Returns True when the run reached its last step (after a final checkpoint), False when Ctrl-C or
-    SIGTERM stopped it after the step in progress and a checkpoint that ``--resume`` continues from. A
+    Ctrl-C or SIGTERM stops it after the step in progress and a checkpoint that ``--resume`` continues
+    from, raising :class:`RunStopped` (also after the last step: the final evaluation does not start). A
     second Ctrl-C raises ``KeyboardInterrupt`` at once (the last periodic checkpoint is kept).
     """
     opts, info, model = run.opts, run.info, run.setup.model
+    step, bad = start_at.step, start_at.bad_streak  # bad: the non-finite steps in a row
     log = MetricsLog(run.dir, info.is_main, resumed_at=step if run.opts.resume else None)
     progress = progress_bar(info.is_main, step, run.total_steps)
     batches = iter(loader)
-    window = LossWindow(log_window)
-    # bad: the non-finite steps in a row (carried over a resume)
+    window = LossWindow(start_at.log_window)
+
+    def replaced() -> dict[str, int]:  # so far, this run's processes and those before a resume; all-reduces
+        now = replaced_rows(loader.replaced_images(), info)
+        return {k: now.get(k, 0) + start_at.replaced.get(k, 0) for k in sorted({*now, *start_at.replaced})}
 
     def checkpoint() -> None:  # every rank is at this point of the same step
-        save_training_checkpoint(run.dir, step, model, optim, loader, window.losses, info, bad)
+        save_training_checkpoint(run.dir, model, optim, loader, Progress(step, window.losses, bad, replaced()), info)
 
     with stop_at_step_boundary() as stop:
         try:
             model.train()
             while step < run.total_steps:
-                if any_rank(stop.signal is not None, info):  # a signal to one rank stops all at this step
+                signum = max_over_ranks(stop.signum, info)  # a signal to one rank stops all at this step
+                if signum:
                     checkpoint()
+                    barrier(info)  # rank 0 has written it before any rank exits (torchrun stops the rest then)
                     if info.is_main:
                         logger.warning("stopped at step %d; checkpoint saved. Continue the run with --resume %s",
                                        step, run.dir)
-                    return False
+                    raise RunStopped(run.dir, step, signum)
                 result = forward_backward(net, batches, optim, accumulate=opts.accumulate,
                                           backbone=run.setup.backbone, amp_dtype=run.amp_dtype, info=info)
                 window.count(result.samples)
@@ -263,7 +287,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
 
                 if step % opts.log_every == 0 or step == run.total_steps:
                     row = window.flush(step, lr, info)
-                    row.update(replaced_rows(loader.replaced_images(), info))
+                    row.update(replaced())
                     log.log(row)
                     if "loss" in row:  # not when every step of the window was skipped
                         progress.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{row['samples_per_s']:.0f}")
@@ -281,7 +305,9 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
         finally:
             progress.close()
     checkpoint()
-    return True
+    signum = max_over_ranks(stop.signum, info)  # a signal in the last step: stopped before the evaluation
+    if signum:
+        raise RunStopped(run.dir, step, signum)
 
 
 def evaluate_during_training(run: Run, step: int, log: MetricsLog) -> None:
