@@ -43,13 +43,26 @@ class DistInfo:
         return self.rank == 0
 
 
+def _local_gpu(local_rank: int) -> torch.device:
+    """``cuda:LOCAL_RANK``; ``cuda:0`` when this process sees a single GPU (a launcher that gives each process
+    its own through CUDA_VISIBLE_DEVICES, as ``srun --gpus-per-task=1`` does, while LOCAL_RANK counts on)."""
+    count = torch.cuda.device_count()
+    if local_rank < count:
+        return torch.device("cuda", local_rank)
+    if count == 1:
+        return torch.device("cuda", 0)
+    raise RuntimeError(f"LOCAL_RANK {local_rank} has no GPU of its own: this process sees {count} CUDA devices "
+                       f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); start at most "
+                       f"{count} processes per node, or give each process one GPU")
+
+
 def pick_device(requested: str = "auto", local_rank: int = 0, local_world_size: int = 1) -> torch.device:
     """``auto``: this rank's GPU when CUDA is there, else the CPU; otherwise the device asked for
     (``cpu``, ``cuda`` or ``cuda:N``; anything else is refused with a RuntimeError naming ``--device``).
     With several processes on this machine (``local_world_size`` > 1, torchrun's ``LOCAL_WORLD_SIZE``) each
     takes its own GPU, so ``cuda:N`` is refused; one process per node may name its GPU."""
     if requested == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        return _local_gpu(local_rank) if torch.cuda.is_available() else torch.device("cpu")
     try:
         device = torch.device(requested)
     except (RuntimeError, TypeError, ValueError):
@@ -61,7 +74,7 @@ def pick_device(requested: str = "auto", local_rank: int = 0, local_world_size: 
         if not torch.cuda.is_available():
             raise RuntimeError(f"--device {requested}: CUDA is not available on this machine; use --device cpu")
         if device.index is None:
-            return torch.device("cuda", local_rank)
+            return _local_gpu(local_rank)
         if local_world_size > 1:
             raise RuntimeError(f"--device {requested}: under torchrun every rank would use that one GPU (NCCL "
                                "refuses duplicate GPUs); use --device cuda (or auto): rank r takes cuda:LOCAL_RANK, "

@@ -174,7 +174,7 @@ def paired_ratio(a: list[float], b: list[float]) -> dict[str, float]:
 
 def sync(device):
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def clip_cases(args, device, amp) -> tuple[dict, dict]:
@@ -382,14 +382,14 @@ def main(argv: list[str] | None = None) -> dict:
         m, ops = SavedBytes(), OpCount()
         if device.type == "cuda":   # every case's model is resident: count what this step adds on top
             sync(device)
-            torch.cuda.reset_peak_memory_stats()
-            resident = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats(device)
+            resident = torch.cuda.memory_allocated(device)
         step(m, ops)
         sync(device)
         memory[name] = {"saved_for_backward_mb": round(m.mb, 1), "saved_weights_mb": round(m.weights_mb, 1),
                         "aten_ops_per_step": ops.n}
         if device.type == "cuda":
-            memory[name]["cuda_step_peak_mb"] = round((torch.cuda.max_memory_allocated() - resident) / 2**20, 1)
+            memory[name]["cuda_step_peak_mb"] = round((torch.cuda.max_memory_allocated(device) - resident) / 2**20, 1)
 
     times: dict[str, list[float]] = {k: [] for k in cases}
     cpu: dict[str, list[float]] = {k: [] for k in cases}

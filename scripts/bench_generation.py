@@ -72,11 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.repeats):  # each round starts one case later, so no case always runs first
         for beams, cache in cases[r % len(cases):] + cases[:r % len(cases)]:
             if device.type == "cuda":
-                torch.cuda.synchronize()
+                torch.cuda.synchronize(device)
             t = time.perf_counter()
             captions[(beams, cache)] = decode(beams, cache)
             if device.type == "cuda":
-                torch.cuda.synchronize()
+                torch.cuda.synchronize(device)
             times[(beams, cache)].append(time.perf_counter() - t)
     print(f"CoCa (text 6 x 512) on {device}, {args.images} images under 3 tasks, {args.max_len} tokens, "
           f"{args.repeats} rotated rounds after a warm-up, {torch.get_num_threads()} threads")

@@ -39,7 +39,7 @@ from mtl_lora_vl.backbones import (  # noqa: E402
 )
 from mtl_lora_vl.data import world  # noqa: E402
 from mtl_lora_vl.data.images import to_uint8_tensor  # noqa: E402
-from mtl_lora_vl.io.atomic import atomic_file  # noqa: E402
+from mtl_lora_vl.io.atomic import atomic_dir, check_asset_dir  # noqa: E402
 from mtl_lora_vl.metrics import retrieval_recall  # noqa: E402
 from mtl_lora_vl.tasks.retrieval import infonce  # noqa: E402
 from mtl_lora_vl.training.schedule import cosine_with_warmup  # noqa: E402
@@ -290,21 +290,18 @@ def zero_shot_report(bb: Backbone, seed: int, log: Callable[[str], None] = print
 
 
 def save_assets(bb: Backbone, config: dict, tokenizer_dir: Path, out: Path, meta: dict) -> dict[str, int]:
-    """Write config, fp16 weights and tokenizer files into ``out`` (each via a temp file + rename)."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write config, fp16 weights and tokenizer files as the folder ``out``, all at once (a temporary folder
+    renamed into place: an interrupted save never leaves new weights beside an old config and tokenizer)."""
+    check_asset_dir(out, "open_clip_config.json", "--out")
     state = {k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.contiguous()
              for k, v in bb.model.state_dict().items()}
-    files: dict[str, bytes | None] = {}
-    with atomic_file(out / "model.safetensors", overwrite=True, what="save_assets") as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "dtype": "float16"})
-    files["open_clip_config.json"] = (json.dumps({**config, "pretrain": meta}, indent=2) + "\n").encode()
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        files[name] = (tokenizer_dir / name).read_bytes()
-    for name, data in files.items():
-        with atomic_file(out / name, overwrite=True, what="save_assets") as tmp:
-            tmp.write_bytes(data)
-    for name in ("model.safetensors", *files):
-        os.chmod(out / name, 0o644)
+    with atomic_dir(out, overwrite=True, what="--out") as tmp:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "dtype": "float16"})
+        (tmp / "open_clip_config.json").write_text(json.dumps({**config, "pretrain": meta}, indent=2) + "\n")
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (tmp / name).write_bytes((tokenizer_dir / name).read_bytes())
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
     return {p.name: p.stat().st_size for p in sorted(out.iterdir()) if not p.name.startswith(".")}
 
 
@@ -328,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.steps < 1 or args.batch_size < 2:
         ap.error("--steps must be >= 1 and --batch-size >= 2")
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads must be >= 1, got {args.threads}")
+    try:  # before training (minutes), not at the save
+        check_asset_dir(args.out, "open_clip_config.json", "--out")
+    except OSError as e:
+        ap.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

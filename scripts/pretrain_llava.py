@@ -67,6 +67,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from mtl_lora_vl.data import world  # noqa: E402
+from mtl_lora_vl.io.atomic import check_asset_dir  # noqa: E402
 
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
@@ -622,8 +623,9 @@ def print_report(report: dict, log: Callable[[str], None] = print, brief: bool =
 
 def save_asset(model, processor, out: Path, meta: dict) -> dict[str, int]:
     """Write the model (fp16 weights; config dtype float32), the processor and ``pretrain.json`` into a
-    temporary sibling folder, then swap it into ``out``."""
+    temporary sibling folder, then swap it into ``out`` (only a new or empty folder or an earlier asset)."""
     out = out.resolve()
+    check_asset_dir(out, "pretrain.json", "--out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -695,7 +697,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=3, help="language model layers (default 3)")
     ap.add_argument("--heads", type=int, default=4, help="language model attention heads (default 4)")
     ap.add_argument("--intermediate", type=int, default=448, help="language model MLP width (default 448)")
-    ap.add_argument("--no-clip-init", action="store_true", help="train the vision tower from scratch")
+    ap.add_argument("--no-clip-init", action="store_true",
+                    help="start the vision tower from random weights (needs --vision-lr > 0 to train it)")
     ap.add_argument("--n-pretrain", type=int, default=None, help="pretraining scenes (default: the world's split)")
     ap.add_argument("--eval-scenes", type=int, default=None, help="val scenes to evaluate (default: all)")
     ap.add_argument("--eval-every", type=int, default=0,
@@ -711,6 +714,22 @@ def main(argv: list[str] | None = None) -> int:
         return evaluate_saved(args.evaluate, args.seed, args.eval_scenes, args.threads)
     if args.steps < 1 or args.batch_size < 1 or args.turns < 1:
         ap.error("--steps, --batch-size and --turns must be >= 1")
+    for flag, value in (("--threads", args.threads), ("--n-pretrain", args.n_pretrain), ("--eval-scenes", args.eval_scenes)):
+        if value is not None and value < 1:   # found after training (minutes) otherwise, or a raw error
+            ap.error(f"{flag} must be >= 1, got {value}")
+    for flag, value in (("--lr", args.lr), ("--vision-lr", args.vision_lr), ("--weight-decay", args.weight_decay)):
+        if not value >= 0:   # a negative rate trains by gradient ascent
+            ap.error(f"{flag} must be >= 0, got {value}")
+    if args.no_clip_init and args.vision_lr == 0:
+        ap.error("--no-clip-init with --vision-lr 0 ships a random, frozen vision tower; give --vision-lr > 0")
+    if not args.no_clip_init and not all((CLIP_DIR / f).is_file() for f in ("model.safetensors", "tokenizer.json",
+                                                                             "open_clip_config.json")):
+        ap.error(f"the vision tower starts from the built-in CLIP, which is not built ({CLIP_DIR}); build it first: "
+                 "python scripts/pretrain_backbone.py (or pass --no-clip-init with --vision-lr > 0)")
+    try:  # before training, not at the save
+        check_asset_dir(args.out, "pretrain.json", "--out")
+    except OSError as e:
+        ap.error(str(e))
     kinds = tuple(k.strip() for k in args.instruction_types.split(",") if k.strip())
     unknown = [k for k in kinds if k not in KNOWN_KINDS]
     if unknown or not kinds:
@@ -730,7 +749,11 @@ def main(argv: list[str] | None = None) -> int:
     processor = build_processor(tokenizer, mean, std)
     model = build_model(len(tokenizer), hidden=args.hidden, layers=args.layers, heads=args.heads,
                         intermediate=args.intermediate, max_positions=256, feature_layer=args.feature_layer)
-    clip_init = not args.no_clip_init and (CLIP_DIR / "model.safetensors").is_file()
+    n_vision = model.config.vision_config.num_hidden_layers   # hidden states: the embeddings, then each layer
+    if not -(n_vision + 1) <= args.feature_layer <= n_vision:
+        ap.error(f"--feature-layer must be in [{-(n_vision + 1)}, {n_vision}] for a {n_vision}-layer vision tower, "
+                 f"got {args.feature_layer}")
+    clip_init = not args.no_clip_init
     if clip_init:
         print(f"vision tower from the built-in CLIP: {load_clip_vision(model, CLIP_DIR)} tensors")
     n_params = sum(p.numel() for p in model.parameters())

@@ -301,6 +301,34 @@ def test_pretrain_loop_learns_a_toy_world(tok_dir):
     assert r["r@1"] == 1.0
 
 
+def test_asset_scripts_never_replace_a_folder_of_the_users_and_save_all_at_once(tok_dir, tmp_path, capsys,
+                                                                               monkeypatch):
+    """--out DIR replaced whatever DIR held (pretrain_llava: deleted it); the CLIP asset's four files were
+    replaced one by one, so an interrupted save left new weights beside the old config."""
+    pb = _load_script()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit) as e:
+        pb.main(["--out", str(mine), "--steps", "1"])
+    assert e.value.code == 2 and "holds no open_clip_config.json" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep me"
+    bb = build_open_clip(pb.clip_config(WordTokenizer(tok_dir, CTX).vocab_size, CTX, width=32, layers=2, embed_dim=32,
+                                        image_size=32), tokenizer_dir=tok_dir)
+    out = tmp_path / "asset"
+    pb.save_assets(bb, {"model_cfg": {}}, tok_dir, out, {"steps": 1})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {"model.safetensors", "open_clip_config.json", "tokenizer.json", "tokenizer_config.json"}
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pb, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pb.save_assets(bb, {"model_cfg": {"changed": 1}}, tok_dir, out, {"steps": 2})
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and sorted(tmp_path.iterdir()) == [out, mine]
+
+
 # ---------------------------------------------------------------------------------------- the interface
 
 

@@ -133,6 +133,14 @@ def test_cuda_index_beyond_the_devices_is_named(monkeypatch):
         pick_device("cuda:0", local_rank=1, local_world_size=2)
     assert pick_device("cuda", local_rank=1, local_world_size=2) == torch.device("cuda", 1)
     assert pick_device("cuda:1", local_rank=0, local_world_size=1) == torch.device("cuda", 1)  # one process per node
+    # A launcher that gives each process one GPU (CUDA_VISIBLE_DEVICES) while LOCAL_RANK counts on: cuda:3 was
+    # taken and failed with CUDA's "invalid device ordinal"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pick_device("auto", local_rank=3, local_world_size=4) == pick_device("cuda", local_rank=3) \
+        == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(RuntimeError, match=r"LOCAL_RANK 3 has no GPU of its own: this process sees 2 CUDA devices"):
+        pick_device("auto", local_rank=3, local_world_size=4)
 
 
 def test_a_gpu_that_only_emulates_bf16_gets_fp16(monkeypatch):

@@ -134,6 +134,26 @@ def _script():
     return mod
 
 
+@pytest.mark.parametrize("args,says", [
+    (["--eval-scenes", "0"], "--eval-scenes must be >= 1"),          # failed after training
+    (["--threads", "0"], "--threads must be >= 1"),
+    (["--vision-lr", "-1"], "--vision-lr must be >= 0"),             # trained by gradient ascent, silently
+    (["--no-clip-init"], "ships a random, frozen vision tower"),
+    (["--feature-layer", "9"], "--feature-layer must be in"),        # IndexError in the first step
+    (["--out", "MINE"], "holds no pretrain.json"),                   # deleted the folder's files
+])
+def test_pretrain_llava_refuses_bad_options_before_training(tmp_path, capsys, args, says):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    args = [str(mine) if a == "MINE" else a for a in args]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "new")]
+    with pytest.raises(SystemExit) as e:
+        _script().main(["--steps", "1", *out, *args])
+    assert e.value.code == 2 and says in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep me" and not (tmp_path / "new").exists()
+
+
 def test_packed_turns_train_like_single_prompts(llava, meta):
     """The pretraining script packs several turns behind one image prefix; each packed turn must get exactly
     the logits of its own single-turn prompt, as the processor builds it for inference."""

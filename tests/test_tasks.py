@@ -173,6 +173,8 @@ MALFORMED = [
     ('kind = "captioning"\n' + GOOD + '[options]\nbeam_size = 0\n', "'options.beam_size'", "an integer >= 1"),
     ('kind = "classification"\n' + GOOD + '[head]\nlabel_smoothing = 1.5\n', "'head.label_smoothing'",
      "in [0, 1)"),
+    ('kind = "vqa"\n[data]\nsource = "builtin"\nworld_kind = "pretrain"\n', "'data.world_kind'",
+     "task kinds (retrieval, vqa"),   # pretrain has no val/test: it failed after training
     ('kind = "classification"\n' + GOOD + '[options]\nclass_names = ["red", "blue", "red"]\n',
      "'options.class_names'", "distinct class names (['red'] repeated)"),   # both scored 0 (ties count against)
 ]
@@ -507,6 +509,25 @@ def test_caption_token_loss_stops_at_the_end_token():
     # pad == eos (some HF tokenizers): the first eos still counts, the padding after it does not
     tokens2 = torch.tensor([[1, 4, 5, eos, eos, eos]])
     assert float(caption_token_loss(logits, tokens2, eos, eos)) < 1e-6
+
+
+def test_caption_token_loss_is_the_mean_over_valid_tokens_without_waiting_for_the_host():
+    """It read the mask back (`bool(valid.any())`) and indexed by it (a nonzero): GPU waits inside the step."""
+    from test_training_parts import _HostReads
+
+    torch.manual_seed(0)
+    vocab, eos, pad = 7, 2, 0
+    tokens = torch.tensor([[1, 4, 5, eos, pad, pad], [1, 3, 3, 6, 4, eos], [1, eos, pad, pad, pad, pad]])
+    logits = torch.randn(3, 5, vocab, requires_grad=True)
+    target = tokens[:, 1:]
+    valid = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    with _HostReads() as host:
+        loss = caption_token_loss(logits, tokens, eos, pad)
+    assert host.reads == []
+    torch.testing.assert_close(loss, F.cross_entropy(logits[valid], target[valid]))
+    none = caption_token_loss(logits, torch.full((3, 6), pad), eos, pad)   # nothing to score: 0, with a gradient
+    none.backward()
+    assert float(none) == 0.0 and logits.grad is not None and not logits.grad.any()
 
 
 @pytest.mark.parametrize("name", ["vqa", "caption_cls", "retrieval"])

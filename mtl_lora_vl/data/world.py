@@ -6,7 +6,7 @@ a colour, a size and a position; it is rendered with PIL only when a loader work
 
 The task kinds need different visual facts, so that they compete for a shared low-rank space:
 
-* ``retrieval`` / ``captioning`` — binding colour+shape with **relations and positions**: five
+* ``retrieval`` / ``captioning`` — binding colour+shape with **relations and positions**: up to five
   captions per image such as "a red circle left of a blue square", "a small gray diamond at the top
   right" and a listing caption "three shapes: a large red circle, a small blue square and ...".
 * ``vqa`` — **colour, shape, count, existence, relation** questions, three per scene, ten human-like
@@ -65,7 +65,8 @@ KINDS: tuple[str, ...] = ("pretrain", "retrieval", "vqa", "classification", "cap
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 #: Default number of scenes per (kind, split). Examples per scene: retrieval/captioning train: one per
-#: caption (five), val/test: one per image; vqa: three questions; classification and pretrain: one.
+#: caption (up to five; 7.5 % of images have three or four), val/test: one per image; vqa: three questions;
+#: classification and pretrain: one.
 DEFAULT_SCENES: dict[tuple[str, str], int] = {
     ("pretrain", "train"): 8000,
     ("retrieval", "train"): 1500, ("retrieval", "val"): 250, ("retrieval", "test"): 500,

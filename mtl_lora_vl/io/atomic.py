@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_file", "check_target", "holds"]
+__all__ = ["atomic_dir", "atomic_file", "check_asset_dir", "check_target", "holds"]
 
 _AT_FDCWD = -100        # renameat2: paths relative to the working directory
 _RENAME_EXCHANGE = 2    # renameat2: swap the two entries
@@ -52,6 +52,17 @@ def check_target(path: str | Path, *, directory: bool, overwrite: bool = False, 
     if path.exists() and not overwrite:
         raise FileExistsError(f"{what}: {path} already exists; pass overwrite=True (--overwrite) or "
                               "choose another path")
+
+
+def check_asset_dir(path: str | Path, marker: str, what: str) -> None:
+    """Raise unless ``path`` is new, empty, or a folder holding ``marker`` -- one the same writer made, which
+    ``atomic_dir(path, overwrite=True)`` may then replace. For writers with a default output folder (the
+    asset scripts): they replace their own output, never a folder of the user's."""
+    path = Path(path)
+    check_target(path, directory=True, overwrite=True, what=what)
+    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+        raise FileExistsError(f"{what}: {path} is not empty and holds no {marker}, so it is not an earlier output "
+                              "of this script and is not replaced; choose a new or empty folder")
 
 
 @contextmanager

@@ -54,9 +54,10 @@ def caption_token_loss(logits: Tensor, tokens: Tensor, eos_id: int, pad_id: int)
     valid = ~after_eos
     if pad_id != eos_id:
         valid &= target != pad_id
-    if not bool(valid.any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.float()[valid], target[valid])
+    # No mask indexing and no branch on the mask: either would make a GPU wait for the host mid-step
+    losses = F.cross_entropy(logits.float().flatten(0, 1), target.masked_fill(~valid, 0).flatten(),
+                             reduction="none")
+    return (losses * valid.flatten()).sum() / valid.sum().clamp(min=1)   # no valid token: 0, with a gradient
 
 
 def caption_references(split: Split) -> tuple[list[Example], dict[str, list[str]]]:

@@ -288,9 +288,10 @@ def _parse_data(path: Path, raw: Any) -> DataSpec:
         if "world_kind" in raw:
             if not isinstance(raw["world_kind"], str):
                 raise _fail(path, "data.world_kind", "a string", raw["world_kind"])
-            if raw["world_kind"] not in WORLD_KINDS:
+            task_kinds = [k for k in WORLD_KINDS if k != "pretrain"]  # pretrain has no val or test split
+            if raw["world_kind"] not in task_kinds:
                 raise _fail(path, "data.world_kind",
-                            f"one of the built-in world's kinds ({', '.join(WORLD_KINDS)}), or leave it out to "
+                            f"one of the built-in world's task kinds ({', '.join(task_kinds)}), or leave it out to "
                             "use the task's kind", raw["world_kind"])
             options["world_kind"] = raw["world_kind"]
         for split in SPLITS:  # the built-in world always has all three splits
