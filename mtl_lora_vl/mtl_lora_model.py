@@ -8,6 +8,7 @@ takes the adapters out of a model again, with or without one task merged into th
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -16,12 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters.attach import adapted_module, attach, attach_info, merge, unmerge
+from .adapters.attach import adapted_module, attach, attach_info, check_config, merge, unmerge
 from .adapters.attention import LoRAMultiheadAttention
 from .adapters.generation import uninstall_routed_generate
 from .adapters.grow import AddedTask, add_task
-from .adapters.layers import LoRALinear
-from .adapters.routing import disabled, route
+from .adapters.layers import AdapterBank, LoRALinear
+from .adapters.routing import check_module, disabled, route
 from .config import MTLLoRAConfig
 from .io.adapter_files import load_adapter, save_adapter
 
@@ -74,6 +75,12 @@ class MTLLoRAModel(nn.Module):
         super().__init__()
         if isinstance(model, MTLLoRAModel):
             raise TypeError("MTLLoRAModel: the model is already wrapped; use it as it is")
+        check_module(model, "MTLLoRAModel")
+        if config is not None:
+            check_config(config, "MTLLoRAModel")
+        bad = sorted(k for k, h in (heads or {}).items() if not isinstance(h, nn.Module))
+        if bad:
+            raise TypeError(f"MTLLoRAModel: heads must be nn.Modules (task -> module); not for {bad}")
         # attach_info raises the standard "call attach first" message for a model without adapters
         tasks = list(config.tasks) if config is not None else attach_info(model).config.tasks
         unknown = sorted(set(heads or {}) - set(tasks))
@@ -134,10 +141,34 @@ class MTLLoRAModel(nn.Module):
         return route(self.base_model, tasks)
 
     def disable_adapters(self) -> AbstractContextManager:
-        """Context manager: the base model without adapters inside (zero-shot); PEFT's ``disable_adapter``."""
-        return disabled(self.base_model)
+        """Context manager: the base model without adapters inside (zero-shot); PEFT's ``disable_adapter``.
+        Called as a statement (transformers' in-place ``disable_adapters()``) it would do nothing: a warning
+        says so when the returned scope is dropped without being entered."""
+        return _MustEnter(disabled(self.base_model), "disable_adapters()")
 
     disable_adapter = disable_adapters  # PEFT's spelling
+
+    # PEFT / transformers adapter methods with other shapes here: a clear error, not transformers' own
+    # (reached through attribute pass-through, it asked for another PEFT version or a PEFT adapter file).
+    def set_adapter(self, *args: Any, **kwargs: Any) -> None:
+        raise _no_such("set_adapter(name)", "a route scope: `with model.route(name):` (or tasks=... per call)")
+
+    def enable_adapters(self, *args: Any, **kwargs: Any) -> None:
+        raise _no_such("enable_adapters()", "adapters are on unless inside `with model.disable_adapters():`")
+
+    def load_adapter(self, *args: Any, **kwargs: Any) -> None:
+        raise _no_such("load_adapter(path)", "MTLLoRAModel.from_pretrained(base_model, path), or "
+                       "mlv.load_adapter(model, path) on a model without adapters")
+
+    def add_adapter(self, *args: Any, **kwargs: Any) -> None:
+        raise _no_such("add_adapter(name, config)", "model.add_task(name): one adapter serves every task")
+
+    @property
+    def active_adapters(self) -> list[str]:
+        raise _no_such("active_adapters", "every task is served; a route scope chooses each row's task "
+                       "(model.tasks lists them)")
+
+    active_adapter = active_adapters
 
     def add_task(self, name: str) -> AddedTask:
         """Grow the adapter by task ``name`` (only its own tensors train); see ``mlv.add_task``. Returns the
@@ -165,12 +196,14 @@ class MTLLoRAModel(nn.Module):
     # ------------------------------------------------------------------------------------------ counting
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        """``(trainable, all)`` parameter counts of the base model with adapters, and the heads (as PEFT)."""
+        """``(trainable, all)`` parameter counts of the base model with adapters, and the heads (as PEFT);
+        after ``add_task``, the old tasks' rows of a grown tensor are not trainable (they stay exact)."""
         trainable = total = 0
         for p in self.parameters():
             total += p.numel()
             if p.requires_grad:
                 trainable += p.numel()
+        trainable -= sum(m.frozen_values() for m in self.modules() if isinstance(m, AdapterBank))
         return trainable, total
 
     def print_trainable_parameters(self) -> None:
@@ -208,6 +241,31 @@ class MTLLoRAModel(nn.Module):
             if name.startswith("_mtl_lora"):  # the base model's adapter marker: this wrapper is not what attach adapted
                 raise
             return getattr(self.base_model, name)
+
+
+def _no_such(peft_name: str, instead: str) -> RuntimeError:
+    # Not an AttributeError: from a property that would send the lookup on to the base model's own.
+    return RuntimeError(f"MTLLoRAModel has no PEFT-style {peft_name}: {instead}")
+
+
+class _MustEnter(AbstractContextManager):
+    """A scope that warns when it is dropped without being entered (a call meant to act in place)."""
+
+    def __init__(self, scope: AbstractContextManager, call: str):
+        self._scope, self._call, self._entered = scope, call, False
+
+    def __enter__(self) -> Any:
+        self._entered = True
+        return self._scope.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self._scope.__exit__(*exc)
+
+    def __del__(self) -> None:
+        if not self._entered and warnings is not None:   # (None at interpreter shutdown)
+            warnings.warn(f"MTLLoRAModel.{self._call} returns a context manager and did nothing: use "
+                          f"`with model.{self._call}:` around the calls that should run without adapters",
+                          stacklevel=2)
 
 
 # ---------------------------------------------------------------------------------------------- unloading

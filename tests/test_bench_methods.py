@@ -102,6 +102,15 @@ def test_ablate_flag_chooses_the_ablations_and_names_bad_values(capsys):
     with pytest.raises(ValueError, match="contradict"):
         settings_from_args(build_parser().parse_args(["--ablate", "n_up=1", "--no-ablations"]))
     assert "95 % intervals" in build_parser().format_help().replace("\n", " ")
+    # Checked before settings.json is written (the trainer refused them after set-up, naming --lr, and the
+    # corrected command then met "a grid with other settings")
+    with pytest.raises(ValueError, match=r"--lr-grid: '3e-3,1e-2x' is not a comma-separated list of numbers"):
+        settings_from_args(build_parser().parse_args(["--lr-grid", "3e-3,1e-2x"]))
+    for over, says in (({"lr_grid": [0.0, 1e-3]}, r"--lr-grid: every learning rate must be a finite number > 0, "
+                                                  r"got \[0.0\]"),
+                       ({"warmup": -1}, "--warmup must be >= 0"), ({"val_n": 0}, "--val-n must be >= 1")):
+        with pytest.raises(ValueError, match=says):
+            BenchSettings(**over).validate()
 
 
 # A tiny grid, killed and resumed ---------------------------------------------------------------------

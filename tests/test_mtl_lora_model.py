@@ -66,6 +66,7 @@ def test_trainable_loading_and_peft_style_counts(tmp_path, capsys):
     assert wrapped.config is wrapped.get_base_model().config  # the Hugging Face config passes through
     n = wrapped.add_task("new")
     assert wrapped.tasks == [*TASKS, "new"] and n.trainable > 0
+    assert wrapped.get_nb_trainable_parameters()[0] == n.trainable   # the old tasks' rows do not train (was 3x)
 
 
 def test_wrapping_a_base_model_attaches_and_forward_routes():
@@ -161,3 +162,52 @@ def test_the_functional_api_given_the_wrapper_works_on_the_model_inside(tmp_path
     inp = RUNS["open_clip"][1]()
     assert all(torch.equal(a, b) for a, b in zip(_outputs(fresh, _oc_run, inp, TASKS).values(),
                                                  _outputs(model, _oc_run, inp, TASKS).values()))
+
+
+def test_peft_adapter_methods_say_what_to_use_here():
+    """Through attribute pass-through they reached transformers' PEFT mixin ("use PEFT >= 0.22", "adapter
+    model file not found"); disable_adapters() called as a statement (transformers' in-place method) did
+    nothing, silently."""
+    wrapped = mlv.MTLLoRAModel(_trained(tiny_hf_clip))
+    for call, says in ((lambda: wrapped.set_adapter("vqa"), "with model.route"),
+                       (lambda: wrapped.load_adapter("x"), "from_pretrained"),
+                       (lambda: wrapped.add_adapter("x", None), "add_task"),
+                       (lambda: wrapped.enable_adapters(), "disable_adapters"),
+                       (lambda: wrapped.active_adapters, "route scope")):
+        with pytest.raises(RuntimeError, match=f"MTLLoRAModel has no PEFT-style .*{says}"):
+            call()
+    with pytest.warns(UserWarning, match=r"disable_adapters\(\) returns a context manager and did nothing"):
+        wrapped.disable_adapters()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with wrapped.disable_adapters():   # entered: no warning
+            pass
+
+
+def test_common_misuse_gets_a_message_with_the_fix(tmp_path):
+    """A dict or a PEFT LoraConfig as the config, a Backbone instead of its model, a tensor as a head: Python's
+    AttributeErrors ('dict' object has no attribute 'targets'), or "not a supported model class" for a Backbone."""
+    from peft import LoraConfig
+
+    from mtl_lora_vl.backbones import load_backbone
+
+    cfg = mlv.MTLLoRAConfig(tasks=TASKS, r=2)
+    for bad, says in (({"tasks": TASKS}, r"the config is a dict; pass MTLLoRAConfig.from_dict"),
+                      (LoraConfig(r=4), r"a PEFT LoraConfig is not an MTLLoRAConfig; .*alpha=cfg.lora_alpha")):
+        with pytest.raises(TypeError, match=f"attach: {says}"):
+            mlv.attach(_fresh(tiny_open_clip), bad)
+        with pytest.raises(TypeError, match=f"MTLLoRAModel: {says}"):
+            mlv.MTLLoRAModel(_fresh(tiny_open_clip), bad)
+    bb = load_backbone("builtin")
+    for call in (lambda: mlv.attach(bb, cfg), lambda: mlv.route(bb, "vqa").__enter__(),
+                 lambda: mlv.save_adapter(bb, tmp_path / "x")):
+        with pytest.raises(TypeError, match=r"got a OpenClipBackbone, which holds the model; pass its .model"):
+            call()
+    model = _trained(tiny_open_clip)
+    for call in (lambda: mlv.MTLLoRAModel(model, heads={"vqa": torch.zeros(2)}),
+                 lambda: mlv.save_adapter(model, tmp_path / "y", heads={"vqa": torch.zeros(2)})):
+        with pytest.raises(TypeError, match=r"heads must be nn.Modules .*not for \['vqa'\]"):
+            call()
+    assert not (tmp_path / "y").exists()

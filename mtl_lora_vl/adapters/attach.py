@@ -18,7 +18,7 @@ from ..families import FAMILIES, find_family
 from .attention import LoRAMultiheadAttention
 from .generation import install_routed_generate
 from .layers import ADAPTER_PARAM_NAMES, AdapterBank, LoRALinear
-from .routing import Router, find_router
+from .routing import Router, check_module, find_router
 
 
 class AttachError(ValueError):
@@ -136,6 +136,8 @@ def _check_called(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
     """Put adapters on both towers of ``model`` in place, freeze every base parameter, return it."""
+    check_module(model, "attach")
+    check_config(cfg, "attach")
     if getattr(model, "_mtl_lora", None) is not None:
         raise AttachError(
             f"{type(model).__name__} already has MTL-LoRA adapters; build a fresh base model to attach again, "
@@ -170,6 +172,19 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
     model._mtl_lora = AttachInfo(cfg, router, fam.name if fam else "custom", layers, towers)
     install_routed_generate(model)
     return model
+
+
+def check_config(cfg: object, what: str) -> None:
+    """TypeError unless ``cfg`` is an :class:`MTLLoRAConfig`, saying how to make one from what was given."""
+    if isinstance(cfg, MTLLoRAConfig):
+        return
+    if isinstance(cfg, dict):
+        raise TypeError(f"{what}: the config is a dict; pass MTLLoRAConfig.from_dict(d) (or MTLLoRAConfig(**d))")
+    if type(cfg).__name__ == "LoraConfig":
+        raise TypeError(f"{what}: a PEFT LoraConfig is not an MTLLoRAConfig; build one with the task names: "
+                        "MTLLoRAConfig(tasks=[...], r=cfg.r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout) "
+                        "(targets: 'default', or {'image': [regex], 'text': [regex]})")
+    raise TypeError(f"{what}: expected an MTLLoRAConfig, got {type(cfg).__name__}")
 
 
 def attach_info(model: nn.Module) -> AttachInfo:

@@ -168,6 +168,11 @@ class AdapterBank(nn.Module):
         self._frozen_names = names
         return trainable
 
+    def frozen_values(self) -> int:
+        """Values of this bank's ``requires_grad`` tensors that ``grow_tasks`` froze (rows kept exact by a
+        gradient hook, not by ``requires_grad``): what a count of trainable parameters must leave out."""
+        return sum(getattr(self, "_frozen_" + n).numel() for n in self._frozen_names if getattr(self, n).requires_grad)
+
     @torch.no_grad()
     def restore_frozen_rows(self) -> None:
         """Put back the snapshot of the rows that ``grow_tasks`` froze (a no-op otherwise)."""

@@ -328,6 +328,16 @@ class Router:
             )
 
 
+def check_module(model: object, what: str = "the model") -> None:
+    """TypeError unless ``model`` is an ``nn.Module``; a package Backbone is named with its fix (``.model``)."""
+    if isinstance(model, nn.Module):
+        return
+    if isinstance(getattr(model, "model", None), nn.Module):
+        raise TypeError(f"{what}: got a {type(model).__name__}, which holds the model; pass its .model "
+                        f"(e.g. backbone.model)")
+    raise TypeError(f"{what}: expected a torch nn.Module, got {type(model).__name__}")
+
+
 def find_router(model: nn.Module | Router) -> Router:
     """The Router that ``attach`` gave ``model`` (also found through DDP or any wrapping module).
 
@@ -339,6 +349,7 @@ def find_router(model: nn.Module | Router) -> Router:
     info = getattr(model, "_mtl_lora", None)
     if info is not None:
         return info.router
+    check_module(model)
     owner = model.__dict__.get("_mtl_lora_owner")
     info = getattr(owner, "_mtl_lora", None) if owner is not None else None
     if info is not None:

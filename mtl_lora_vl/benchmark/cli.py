@@ -23,7 +23,10 @@ _ABLATE_TYPES = {"lambda_type": (str, lambda v: v in LAMBDA_TYPES, f"one of {lis
 
 
 def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--lr-grid: {text!r} is not a comma-separated list of numbers (e.g. 1e-3,3e-3)") from None
 
 
 def parse_ablation(text: str) -> tuple[str, list]:

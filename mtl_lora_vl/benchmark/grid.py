@@ -78,6 +78,14 @@ class BenchSettings:
                              "--methods or turn ablations off")
         if self.seeds < 1 or self.steps < 1 or self.batch_size < 1 or not self.lr_grid:
             raise ValueError("seeds, steps and batch size must be >= 1 and the learning-rate grid non-empty")
+        bad_lr = [lr for lr in self.lr_grid if not (isinstance(lr, (int, float)) and 0 < lr < float("inf"))]
+        if bad_lr:   # the trainer refused them only after the first runs' set-up, with --lr in the message
+            raise ValueError(f"--lr-grid: every learning rate must be a finite number > 0, got {bad_lr}")
+        if self.warmup < 0:
+            raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
+        for flag, n in (("--val-n", self.val_n), ("--test-n", self.test_n)):
+            if n is not None and n < 1:
+                raise ValueError(f"{flag} must be >= 1 (or left out for the spec's own size), got {n}")
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide the runs' results (a resumed grid must not mix budgets)."""

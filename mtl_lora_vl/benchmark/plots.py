@@ -46,7 +46,7 @@ def methods_bars(results: dict[str, Any], path: Path) -> Path:
     ax.set_xticks(range(len(keys)), keys)
     ax.set_ylabel("test score (headline metric)")
     ax.set_title("Methods: mean ± std over seeds")
-    ax.legend(fontsize=7, ncols=2, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))   # outside: it covered the average bars
     return _save(fig, path)
 
 
@@ -66,7 +66,7 @@ def paired_forest(results: dict[str, Any], path: Path) -> Path | None:
     ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
     ax.invert_yaxis()
     ref = results["configs"][results["reference"]]["label"]
-    ax.set_xlabel(f"average test score minus {ref} (paired over seeds, 95 % t-interval)")
+    ax.set_xlabel(f"average test score minus {ref}\n(paired over seeds, 95 % t-interval)")
     return _save(fig, path)
 
 

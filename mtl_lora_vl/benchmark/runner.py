@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..io.atomic import atomic_file
 from ..options import TrainOptions
 from ..training.train import RunStopped
 from .grid import BenchSettings, RunSpec
@@ -30,10 +30,9 @@ class GridStopped(KeyboardInterrupt):
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file and rename it into place (a reader never sees half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write JSON through a temporary file renamed into place (a reader never sees half a file)."""
+    with atomic_file(path, overwrite=True, what="bench") as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _fmt_time(seconds: float) -> str:

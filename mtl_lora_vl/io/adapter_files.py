@@ -154,11 +154,14 @@ def _check_save_arguments(cfg: MTLLoRAConfig, heads: dict[str, Any], task_specs:
         if unknown:
             raise ValueError(f"save_adapter: {what} names task(s) {unknown} that the adapter does not have; "
                              f"its tasks are {cfg.tasks}")
+    bad = sorted(k for k, h in heads.items() if not isinstance(h, nn.Module))
+    if bad:
+        raise TypeError(f"save_adapter: heads must be nn.Modules (task -> module); not for {bad}")
     for task, spec in task_specs.items():
         if not Path(spec).is_file():
             raise FileNotFoundError(f"save_adapter: task spec of {task!r} not found: {spec}")
         try:
-            named = tomllib.loads(Path(spec).read_text(encoding="utf-8")).get("name", task)
+            named = tomllib.loads(Path(spec).read_text(encoding="utf-8-sig")).get("name", task)
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"save_adapter: task spec of {task!r} ({spec}) is not valid TOML: {e}") from e
         if named != task:
