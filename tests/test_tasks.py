@@ -173,11 +173,22 @@ MALFORMED = [
     ('kind = "captioning"\n' + GOOD + '[options]\nbeam_size = 0\n', "'options.beam_size'", "an integer >= 1"),
     ('kind = "classification"\n' + GOOD + '[head]\nlabel_smoothing = 1.5\n', "'head.label_smoothing'",
      "in [0, 1)"),
+    ('kind = "retrieval"\nmetrics = ["i2t_r5"]\n' + GOOD + '[options]\nks = [1, 2]\n', "'metrics[0]'",
+     "'i2t_r2', 't2i_r1'"),   # the metrics a spec may list follow its ks (r5 is not computed with ks = [1, 2])
     ('kind = "vqa"\n[data]\nsource = "builtin"\nworld_kind = "pretrain"\n', "'data.world_kind'",
      "task kinds (retrieval, vqa"),   # pretrain has no val/test: it failed after training
     ('kind = "classification"\n' + GOOD + '[options]\nclass_names = ["red", "blue", "red"]\n',
      "'options.class_names'", "distinct class names (['red'] repeated)"),   # both scored 0 (ties count against)
 ]
+
+
+def test_retrieval_metrics_follow_its_ks(tmp_path):
+    """With ks = [1, 2] the spec could not list i2t_r2, and the default metrics named r5/r10, never computed."""
+    path = tmp_path / "r.toml"
+    path.write_text('kind = "retrieval"\n' + GOOD + '[options]\nks = [1, 2]\n')
+    assert load_spec(path).metrics == ("mean_recall", "i2t_r1", "i2t_r2", "t2i_r1", "t2i_r2")
+    path.write_text('kind = "retrieval"\nmetrics = ["mean_recall", "t2i_r2"]\n' + GOOD + '[options]\nks = [1, 2]\n')
+    assert load_spec(path).metrics == ("mean_recall", "t2i_r2")
 
 
 def test_a_spec_saved_with_a_byte_order_mark_reads(tmp_path):

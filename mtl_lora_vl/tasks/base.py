@@ -113,6 +113,11 @@ class TaskKind(ABC):
         return None
 
     @classmethod
+    def metrics_for(cls, options: dict[str, Any]) -> tuple[str, ...]:
+        """The metric names a spec with these ``options`` may list (``metric_names`` unless options change them)."""
+        return cls.metric_names
+
+    @classmethod
     def check_spec(cls, spec: TaskSpec) -> None:
         """Check option values beyond their types (ranges, combinations); raise :func:`spec_error`.
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -150,6 +151,14 @@ class RetrievalKind(TaskKind):
     uses_text = True
     head_defaults = {"max_logit_scale": 100.0, "learn_temperature": True}
     option_defaults = {"ks": [1, 5, 10]}
+
+    @classmethod
+    def metrics_for(cls, options: dict[str, Any]) -> tuple[str, ...]:
+        """The recalls ``options.ks`` gives (i2t_r{k}, t2i_r{k}) and their mean (a bad ``ks`` is refused later)."""
+        ks = options.get("ks")
+        if not isinstance(ks, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in ks):
+            return cls.metric_names
+        return ("mean_recall", *(f"i2t_r{k}" for k in ks), *(f"t2i_r{k}" for k in ks))
 
     @classmethod
     def check_spec(cls, spec: TaskSpec) -> None:

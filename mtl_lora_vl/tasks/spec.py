@@ -360,12 +360,14 @@ def _parse(path: Path) -> TaskSpec:
             or loss_weight <= 0):
         raise _fail(path, "loss_weight", "a positive number (finite, e.g. 1.0)", loss_weight)
 
-    metrics = raw.get("metrics", list(kind_cls.metric_names))
+    options = _check_table(path, "options", raw.get("options", {}), kind_cls.option_defaults)
+    known = kind_cls.metrics_for(options)   # retrieval: the recalls its options.ks give
+    metrics = raw.get("metrics", list(known))
     if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
         raise _fail(path, "metrics", "a list of metric names", metrics)
     for i, m in enumerate(metrics):
-        if m not in kind_cls.metric_names:
-            raise _fail(path, f"metrics[{i}]", f"one of the {kind_name} metrics {list(kind_cls.metric_names)}", m)
+        if m not in known:
+            raise _fail(path, f"metrics[{i}]", f"one of the {kind_name} metrics {list(known)}", m)
 
     templates = raw.get("templates", list(kind_cls.default_templates))
     if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
@@ -380,7 +382,6 @@ def _parse(path: Path) -> TaskSpec:
                         "or conversion), and no other {...} field (write {{ or }} for a literal brace)", t)
 
     head = _check_table(path, "head", raw.get("head", {}), kind_cls.head_defaults)
-    options = _check_table(path, "options", raw.get("options", {}), kind_cls.option_defaults)
     generative = _check_table(path, "generative", raw.get("generative", {}), kind_cls.generative_defaults)
     spec = TaskSpec(name=name, kind=kind_name, data=data, head=head, options=options,
                     loss_weight=float(loss_weight), metrics=tuple(metrics), templates=tuple(templates),
