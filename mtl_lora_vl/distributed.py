@@ -44,12 +44,14 @@ class DistInfo:
 
 
 def _local_gpu(local_rank: int) -> torch.device:
-    """``cuda:LOCAL_RANK``; ``cuda:0`` when this process sees a single GPU (a launcher that gives each process
-    its own through CUDA_VISIBLE_DEVICES, as ``srun --gpus-per-task=1`` does, while LOCAL_RANK counts on)."""
+    """``cuda:LOCAL_RANK``; ``cuda:0`` when CUDA_VISIBLE_DEVICES gives this process a single GPU of its own
+    (as ``srun --gpus-per-task=1`` does, while LOCAL_RANK counts on). Several processes on one visible GPU
+    are refused here (NCCL would stop with "Duplicate GPU detected")."""
     count = torch.cuda.device_count()
     if local_rank < count:
         return torch.device("cuda", local_rank)
-    if count == 1:
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if count == 1 and len(visible) == 1:
         return torch.device("cuda", 0)
     raise RuntimeError(f"LOCAL_RANK {local_rank} has no GPU of its own: this process sees {count} CUDA devices "
                        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); start at most "

@@ -8,6 +8,7 @@ takes the adapters out of a model again, with or without one task merged into th
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -24,7 +25,8 @@ from .adapters.grow import AddedTask, add_task
 from .adapters.layers import AdapterBank, LoRALinear
 from .adapters.routing import check_module, disabled, route
 from .config import MTLLoRAConfig
-from .io.adapter_files import load_adapter, save_adapter
+from .io.adapter_files import load_adapter, read_adapter_config, save_adapter
+from .io.layout import state_file
 
 __all__ = ["MTLLoRAModel", "unload"]
 
@@ -104,6 +106,7 @@ class MTLLoRAModel(nn.Module):
         """
         load_adapter(base_model, adapter_dir, heads=heads, is_trainable=is_trainable)
         model = cls(base_model, heads=heads)
+        model._source = Path(adapter_dir)   # save_pretrained keeps what it recorded (base, specs, vocabularies)
         if not is_trainable:
             model.eval()
         return model
@@ -114,11 +117,36 @@ class MTLLoRAModel(nn.Module):
         """Write the native adapter directory (every task, and the heads) with ``save_adapter``; return it.
 
         ``heads`` defaults to the wrapper's own; ``task_specs``, ``base`` and ``kinds`` are as in
-        ``save_adapter``. Unlike PEFT, an existing non-empty directory is replaced only with
-        ``overwrite=True``. For PEFT LoRA files of some tasks use ``mlv.export_lora``.
+        ``save_adapter``, and for a model :meth:`from_pretrained` loaded default to what its directory
+        recorded (base model, task specs, answer / class vocabularies), so a round trip keeps them. Unlike
+        PEFT, an existing non-empty directory is replaced only with ``overwrite=True``. For PEFT LoRA files
+        of some tasks use ``mlv.export_lora``.
         """
-        return save_adapter(self.base_model, save_directory, heads=dict(self.heads) if heads is None else heads,
-                            task_specs=task_specs, base=base, kinds=kinds, overwrite=overwrite)
+        heads = dict(self.heads) if heads is None else heads
+        source = getattr(self, "_source", None)
+        if source is not None:
+            base, task_specs, kinds = self._recorded(source, heads, base, task_specs, kinds)
+        return save_adapter(self.base_model, save_directory, heads=heads, task_specs=task_specs, base=base,
+                            kinds=kinds, overwrite=overwrite)
+
+    def _recorded(self, source: Path, heads: dict[str, nn.Module], base: dict[str, Any] | None,
+                  task_specs: dict[str, str | Path] | None, kinds: dict[str, Any] | None) -> tuple:
+        """``base``, ``task_specs`` and ``kinds`` where not given: those the loaded directory recorded."""
+        doc = read_adapter_config(source, verify=False)
+        tasks = set(self.tasks)
+        dropped = sorted(set(doc.get("heads") or {}) - set(heads))
+        if dropped:
+            warnings.warn(f"save_pretrained: {source} holds heads for {dropped}, which are not saved (load them with "
+                          "from_pretrained(..., heads={task: module}) or pass heads=...)", stacklevel=3)
+        if base is None:
+            base = doc.get("base") or None
+        if task_specs is None:
+            task_specs = {t: source / f for t, f in (doc.get("task_specs") or {}).items()
+                          if t in tasks and (source / f).is_file()}
+        if kinds is None:
+            kinds = {t: _SavedState(json.loads((source / state_file(t)).read_text()))
+                     for t in tasks if (source / state_file(t)).is_file()}
+        return base, task_specs, kinds
 
     # ------------------------------------------------------------------------------------------ the adapter
 
@@ -241,6 +269,16 @@ class MTLLoRAModel(nn.Module):
             if name.startswith("_mtl_lora"):  # the base model's adapter marker: this wrapper is not what attach adapted
                 raise
             return getattr(self.base_model, name)
+
+
+class _SavedState:
+    """A task kind's saved vocabulary (``tasks/<task>.state.json``) in the shape ``save_adapter`` writes."""
+
+    def __init__(self, doc: dict[str, Any]):
+        self.kind, self._state = doc.get("kind", ""), doc.get("state", {})
+
+    def state(self) -> dict[str, Any]:
+        return self._state
 
 
 def _no_such(peft_name: str, instead: str) -> RuntimeError:

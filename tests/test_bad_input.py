@@ -136,8 +136,12 @@ def test_cuda_index_beyond_the_devices_is_named(monkeypatch):
     # A launcher that gives each process one GPU (CUDA_VISIBLE_DEVICES) while LOCAL_RANK counts on: cuda:3 was
     # taken and failed with CUDA's "invalid device ordinal"
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     assert pick_device("auto", local_rank=3, local_world_size=4) == pick_device("cuda", local_rank=3) \
         == torch.device("cuda", 0)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")   # two processes on a machine's one GPU: not both on cuda:0
+    with pytest.raises(RuntimeError, match=r"LOCAL_RANK 1 has no GPU of its own: this process sees 1 CUDA devices"):
+        pick_device("auto", local_rank=1, local_world_size=2)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(RuntimeError, match=r"LOCAL_RANK 3 has no GPU of its own: this process sees 2 CUDA devices"):
         pick_device("auto", local_rank=3, local_world_size=4)

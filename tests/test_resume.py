@@ -234,3 +234,17 @@ def test_sigterm_during_a_step_finishes_it_saves_and_resumes_exactly(straight, t
     assert not (run / "adapter").exists()  # stopped: no final adapter (nor evaluation) yet, even after the last step
     assert train_main(["--resume", str(run), "--workers", "2"]) == 0
     assert same_run(run, full)
+
+
+@builtin_only
+def test_resuming_with_another_number_of_processes_says_so_before_the_setup(straight, tmp_path, capsys):
+    """It failed after the whole set-up with the sampler's "resume with the same tasks and sampling options"."""
+    full, _ = straight
+    run = tmp_path / "copy"
+    shutil.copytree(full, run)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["world_size"] = 2
+    torch.save(state, run / "checkpoint.pt")
+    assert train_main(["--resume", str(run)]) == 2
+    assert ("the run was trained by 2 process(es) and this is 1; resume it with the same number (torchrun "
+            "--nproc_per_node 2 ...)") in capsys.readouterr().err

@@ -155,6 +155,28 @@ def test_extend_with_nothing_to_train_is_refused_at_start(tmp_path, capsys):
            "parameters, so nothing would train" in capsys.readouterr().err
 
 
+def test_the_peft_shaped_round_trip_keeps_what_the_adapter_recorded(tmp_path):
+    """from_pretrained then save_pretrained wrote no base model, no task specs and no vocabularies, so the
+    saved directory no longer loaded with load_pretrained ("does not say which base model")."""
+    import mtl_lora_vl as mlv
+    from mtl_lora_vl.backbones import load_backbone
+
+    run = tmp_path / "run"
+    assert train_main(["--tasks", small_specs(tmp_path), "--steps", "1", "--batch-size", "4", "--workers", "0",
+                       "--eval-batch-size", "32", "--skip-zero-shot", "--out", str(run)]) == 0
+    src = run / "adapter"
+    wrapped = mlv.MTLLoRAModel.from_pretrained(load_backbone("builtin").model, src)
+    with pytest.warns(UserWarning, match=r"holds heads for \['retrieval', 'vqa'\], which are not saved"):
+        out = wrapped.save_pretrained(tmp_path / "again")
+    a, b = (json.loads((d / ADAPTER_CONFIG).read_text()) for d in (src, out))
+    assert b["base"] == a["base"] and b["task_specs"] == a["task_specs"]
+    for rel in (*a["task_specs"].values(), "tasks/vqa.state.json"):
+        assert (out / rel).read_bytes() == (src / rel).read_bytes(), rel
+    lp = mlv.load_pretrained(out)   # the kinds come back from the saved vocabularies (no training data read)
+    assert set(lp.kinds) == {"vqa", "retrieval"} and lp.kinds["vqa"].answers == mlv.load_pretrained(src).kinds[
+        "vqa"].answers
+
+
 def _checkpoint_step(run: Path) -> int:
     try:
         return int(torch.load(run / "checkpoint.pt", weights_only=True)["step"])
@@ -417,6 +439,18 @@ def test_non_finite_losses_skip_then_stop(tmp_path, monkeypatch, capsys):
     assert "[mtl-lora-vl] error: 2 non-finite steps in a row" in err
 
 
+def test_a_failed_run_stops_its_loader_workers(tmp_path, monkeypatch):
+    """Persistent workers ignore SIGTERM; after a failure the exception's traceback kept the loader alive, and
+    the process waited for its workers forever at exit (a torchrun job hung with it)."""
+    import multiprocessing
+
+    from mtl_lora_vl.tasks.retrieval import RetrievalKind
+
+    monkeypatch.setattr(RetrievalKind, "loss", lambda self, *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    assert train_main(base_args(tmp_path, tmp_path / "nan", steps=5) + ["--max-bad-steps", "2", "--workers", "1"]) == 2
+    assert multiprocessing.active_children() == []
+
+
 def test_the_bad_step_streak_survives_a_resume(tmp_path, monkeypatch, capsys):
     """--max-bad-steps counts skipped steps in a row across a resume: the counter was not in the checkpoint,
     so a run resumed after two bad steps stopped two steps later than the uninterrupted one."""
@@ -541,6 +575,6 @@ def test_replaced_images_are_counted_in_metrics(tmp_path, monkeypatch, capsys):
     with monkeypatch.context() as mp:
         mp.setattr(train_module, "forward_backward", rng_kind.sigterm_in_step(3))
         assert train_main(base_args(tmp_path, stopped, steps=6)) == 143
-    assert train_main(["--resume", str(stopped), "--workers", "0"]) == 0   # workers would count prefetched rows
+    assert train_main(["--resume", str(stopped), "--workers", "2"]) == 0   # counted as consumed, not as prefetched
     again = [json.loads(x) for x in (stopped / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert [r.get("replaced_images/vqa", 0) for r in again] == counts

@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import random
 import signal
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -152,9 +153,10 @@ class TaskDataset(Dataset):
         return len(self.examples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        asked = index
         index, image = self.images.decode(index)   # another row of the task if this image fails
         ex = self.examples[index]
-        row = {"image": image, "text": self.kind.sample_text(ex),
+        row = {"image": image, "text": self.kind.sample_text(ex), "replaced": index != asked,
                "index": index, "fields": self.kind.sample_fields(ex, index)}
         if self.generative:
             row["lm"] = self.kind.sample_lm(ex, random.getrandbits(63))
@@ -217,6 +219,8 @@ class MultiTaskCollate:
             "segments": _segments(ids),
             "indices": torch.tensor([r["index"] for r in rows], dtype=torch.long),
             "images": torch.stack([r["image"] for r in rows]),
+            # rows given another row's image, per task: counted by the training loop as batches are consumed
+            "replaced": dict(Counter(self.task_names[r["task_id"]] for r in rows if r.get("replaced"))),
         }
         lm_weight = None
         if self.lm_collator is not None:
@@ -349,11 +353,14 @@ class MultiTaskLoader:
         for d in self.datasets:
             d.images.report()
 
-    def replaced_images(self) -> dict[str, int]:
-        """Rows replaced so far because their image cannot be decoded, per task: counted in this process and
-        its workers since the loader was built (rows its workers prefetched included; the training loop adds
-        the counts a resumed run's checkpoint carries)."""
-        return {d.images.task: d.images.replaced for d in self.datasets}
+    def close(self) -> None:
+        """Stop the workers now. Persistent workers ignore SIGTERM (see :func:`ignore_stop_signals`), so after
+        a failure, with the iterator kept alive by the exception's traceback, the process waited for them
+        forever at exit (and under torchrun the other ranks with it)."""
+        iterator = getattr(self.loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self.loader._iterator = None
 
     def state_dict(self) -> dict[str, Any]:
         """Sampler state after the consumed batches (JSON-able)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,13 @@ logger = logging.getLogger(__name__)
 @dataclass
 class StepResult:
     """What one step's forward passes gave: the loss averaged over micro-batches and each task's loss over the
-    micro-batches it was in, whether all were finite, and the samples seen by all ranks."""
+    micro-batches it was in, whether all were finite, the samples seen by all ranks, and this rank's rows
+    that were given a substitute image, per task."""
 
     losses: dict[str, float]
     finite: bool
     samples: int
+    replaced: dict[str, int] = field(default_factory=dict)
 
 
 def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: Optimization, *,
@@ -46,8 +48,11 @@ def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: O
     micro_batches: dict[str, int] = {}  # per task: the micro-batches it was in (each task's mean is over those)
     total_sum: Any = 0.0
     samples = 0
+    replaced: dict[str, int] = {}
     for micro in range(accumulate):
         batch = to_device(next(batches), info.device, amp_dtype, backbone)
+        for task, n in batch.get("replaced", {}).items():
+            replaced[task] = replaced.get(task, 0) + n
         sync = micro == accumulate - 1 or not info.enabled
         with net.no_sync() if not sync else contextlib.nullcontext():
             with autocast(info.device, amp_dtype):
@@ -69,7 +74,7 @@ def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: O
     values = torch.cat([ok, total_sum.reshape(1), *(sums[k].reshape(1) for k in keys)]).tolist()
     losses = {k: v / micro_batches[k] for k, v in zip(keys, values[2:])}
     losses["loss"] = values[1]
-    return StepResult(losses, values[0] == 1.0, samples)
+    return StepResult(losses, values[0] == 1.0, samples, replaced)
 
 
 def optimizer_step(optim: Optimization, grad_clip: float) -> None:

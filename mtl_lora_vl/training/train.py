@@ -32,7 +32,13 @@ from ..multitask import Setup, build_setup, extend_setup
 from ..options import TrainOptions
 from ..precision import base_weights_dtype, resolve_precision
 from ..rundir import choose_run_dir, claim_run_dir, resumed_options, write_config
-from .checkpoint import Progress, load_checkpoint, restore_training_state, save_training_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    Progress,
+    load_checkpoint,
+    restore_training_state,
+    save_training_checkpoint,
+)
 from .metrics_log import LossWindow, MetricsLog, progress_bar, replaced_rows, truncate_metrics
 from .optim import Optimization, build_optimization
 from .rng import preserved_rng, seed_everything, seed_rank
@@ -73,6 +79,7 @@ def train(opts: TrainOptions, given: Collection[str] | None = None) -> Path:
         finish(run)
         barrier(run.info)
     finally:
+        loader.close()   # its workers ignore SIGTERM: left to exit, a failed run never ended
         cleanup(run.info)
     return run.dir
 
@@ -109,6 +116,13 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     if opts.resume:
         opts = resumed_options(run_dir, opts, given)
     info = init_distributed(opts.device)
+    if opts.resume:   # before the set-up (the sampler refused it after, asking for the same tasks and options)
+        saved_world = int(load_checkpoint(run_dir).get("world_size", 1))
+        if saved_world != info.world_size:
+            how = f"torchrun --nproc_per_node {saved_world} ..." if saved_world > 1 else "one process, without torchrun"
+            raise CheckpointError(
+                f"--resume {run_dir}: the run was trained by {saved_world} process(es) and this is {info.world_size}; "
+                f"resume it with the same number ({how}): --batch-size is per process, so the batches would differ")
     seed_everything(opts.seed)
 
     setup = extend_setup(opts, info.device) if opts.extend else build_setup(opts, info.device)
@@ -252,8 +266,10 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
     batches = iter(loader)
     window = LossWindow(start_at.log_window)
 
-    def replaced() -> dict[str, int]:  # so far, this run's processes and those before a resume; all-reduces
-        now = replaced_rows(loader.replaced_images(), info)
+    replaced_here = dict.fromkeys(loader.task_names, 0)   # this rank's consumed rows given a substitute image
+
+    def replaced() -> dict[str, int]:  # so far, every rank and the runs before a resume; all-reduces
+        now = replaced_rows(replaced_here, info)
         return {k: now.get(k, 0) + start_at.replaced.get(k, 0) for k in sorted({*now, *start_at.replaced})}
 
     def checkpoint() -> None:  # every rank is at this point of the same step
@@ -274,6 +290,8 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
                 result = forward_backward(net, batches, optim, accumulate=opts.accumulate,
                                           backbone=run.setup.backbone, amp_dtype=run.amp_dtype, info=info)
                 window.count(result.samples)
+                for task, n in result.replaced.items():
+                    replaced_here[task] = replaced_here.get(task, 0) + n
                 lr = optim.lr  # the rate this step trains at (the scheduler moves on in optimizer_step)
                 if result.finite:
                     bad = 0
