@@ -24,6 +24,18 @@ def resolve_precision(precision: str, device: torch.device, base_dtype: str = "a
     return _DTYPES[precision]
 
 
+def check_base_precision(precision: str, autocast_dtype: torch.dtype, loaded: torch.dtype | None,
+                         casts_inputs: bool) -> None:
+    """Refuse an explicit ``--precision`` the half-precision base weights cannot run in, on a model that does not
+    cast its inputs to its weights' dtype (open_clip): it failed at the first step with torch's dtype error."""
+    if precision == "auto" or casts_inputs or loaded not in (torch.bfloat16, torch.float16) or autocast_dtype == loaded:
+        return
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[loaded]
+    raise ValueError(f"--precision {precision} with {name} base weights (--base-dtype): this model does not cast its "
+                     f"inputs to its weights' dtype, so every step would fail; use --precision {name} (or auto), or "
+                     "--base-dtype fp32")
+
+
 def cuda_has_bf16(device: torch.device | str | int | None = None) -> bool:
     """Whether the CUDA ``device`` computes bf16 natively (compute capability 8.0 and later, or ROCm's).
     ``torch.cuda.is_bf16_supported()`` alone also says yes for a V100 or T4, which only emulate it (slowly,

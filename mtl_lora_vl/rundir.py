@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
 import time
 from collections.abc import Collection
@@ -51,12 +52,30 @@ def choose_run_dir(opts: TrainOptions) -> Path:
     if opts.overwrite and holds(run, Path.cwd()) and run.is_dir() and any(run.iterdir()):
         raise RunDirError(f"--out {run}: is the current directory or holds it, and --overwrite would delete it "
                           "with everything in it; choose another --out (e.g. a new folder)")
+    if opts.overwrite and run.is_dir() and any(run.iterdir()):
+        if not (run / "config.json").is_file():
+            raise RunDirError(f"--out {run}: is not empty and is not a run directory (no config.json), so --overwrite "
+                              "does not replace it; choose another --out (a new or empty folder)")
+        inside = [f"--{k.replace('_', '-')} {v}" for k, v in _inputs(opts) if holds(run, v)]
+        if inside:
+            raise RunDirError(f"--out {run}: --overwrite would replace the folder that holds {', '.join(inside)}, "
+                              "which this run reads; move it out or choose another --out")
     if run.exists() and any(run.iterdir()) and not opts.overwrite:
         raise RunDirError(
             f"--out {run}: the directory exists and is not empty; pass --overwrite to replace it, "
             f"--resume {run} to continue it, or choose another --out"
         )
     return run
+
+
+def _inputs(opts: TrainOptions) -> list[tuple[str, str]]:
+    """The local files and folders a run reads: (option name, path) for those that exist."""
+    found = [("tasks", t) for t in (x.strip() for x in opts.tasks.split(",")) if looks_like_path(t)]
+    found += [(k, getattr(opts, k)) for k in ("pretrained", "data_root", "extend") if getattr(opts, k)]
+    backbone_dir = opts.backbone.partition(":")[2]
+    if backbone_dir:
+        found.append(("backbone", backbone_dir))
+    return [(k, v) for k, v in found if Path(v).exists()]
 
 
 def claim_run_dir(run: Path, opts: TrainOptions, info: DistInfo) -> Path:
@@ -86,13 +105,36 @@ def _claim(run: Path, opts: TrainOptions) -> Path:
             except FileExistsError:
                 continue
     if opts.overwrite and run.exists() and any(run.iterdir()):
-        shutil.rmtree(run)
+        aside = replaced_dir(run)
+        if aside.exists():
+            raise RunDirError(f"--out {run}: an earlier --overwrite of it did not finish, and {aside} holds the run it "
+                              "was replacing; move that back (or delete it), then run again")
+        os.replace(run, aside)   # kept until the new run's first step: a start-up error puts it back
     try:
         run.mkdir(parents=True, exist_ok=run.is_dir() and not any(run.iterdir()))
     except FileExistsError:
         raise RunDirError(f"--out {run}: another run created or wrote to it while this one was starting; "
                           "choose another --out") from None
     return run
+
+
+def replaced_dir(run: Path) -> Path:
+    """Where ``--overwrite`` keeps the run it replaces until the new one has trained a step."""
+    return run.with_name(f".{run.name}.replaced")
+
+
+def finish_overwrite(run: Path) -> None:
+    """The new run has started: delete the run ``--overwrite`` replaced (rank 0)."""
+    shutil.rmtree(replaced_dir(run), ignore_errors=True)
+
+
+def undo_overwrite(run: Path) -> None:
+    """The new run failed before its first step: put back the run ``--overwrite`` replaced (rank 0; a no-op
+    once :func:`finish_overwrite` ran, or without ``--overwrite``)."""
+    aside = replaced_dir(run)
+    if aside.is_dir():
+        shutil.rmtree(run, ignore_errors=True)
+        os.replace(aside, run)
 
 
 def resumed_options(run: Path, given: TrainOptions, explicit: Collection[str] | None = None) -> TrainOptions:

@@ -322,6 +322,13 @@ def test_a_diverging_learning_rate_is_a_result_not_a_stop(tmp_path):
     assert (tmp_path / "c" / "runs" / "mtl_lora-r8" / "lr0.003-seed1" / "result.json").is_file()
 
 
+def test_a_bad_device_is_one_line(tmp_path, capsys):
+    from mtl_lora_vl.benchmark.cli import main
+
+    assert main(["--device", "gpu", "--out", str(tmp_path / "b")]) == 2   # was a traceback, exit status 1
+    assert "error: --device 'gpu': not a device this package runs on" in capsys.readouterr().err
+
+
 def test_a_stopped_run_stops_the_grid_resumably(tmp_path):
     """Ctrl-C / SIGTERM in a run: the trainer raises RunStopped; the grid stops as interrupted (rerun continues)."""
     import signal

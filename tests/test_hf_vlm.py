@@ -303,6 +303,20 @@ def test_directory_without_processor_or_tokenizer(dirs, tmp_path):
         load_backbone(f"hf:{bare}")
 
 
+def test_a_checkpoint_missing_weights_is_refused_not_filled_at_random(tmp_path):
+    """transformers initialises missing weights at random and only reports them: a directory saved by a version
+    that names the modules otherwise (the built-in LLaVA under transformers < 5.10.2) loaded a random tower."""
+    from safetensors.torch import load_file, save_file
+
+    src = save_tiny_llava(tmp_path / "m")
+    weights = load_file(str(src / "model.safetensors"))
+    renamed = {k.replace("vision_tower.", "vision_tower.old_name."): v for k, v in weights.items()}
+    save_file(renamed, str(src / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(BackboneError, match=r"weight\(s\) of LlavaForConditionalGeneration are not in the "
+                                            r"checkpoint .*saved by another transformers version"):
+        load_backbone(f"hf:{src}")
+
+
 def test_processor_disagreeing_with_the_model(tmp_path):
     import json
 

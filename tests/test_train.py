@@ -118,6 +118,8 @@ def test_extend_trains_only_the_new_task(tmp_path, capsys):
                 "--workers", "0", "--eval-batch-size", "32", "--out", str(ext)]
     assert train_main(ext_args + ["--rank", "16"]) == 2  # the adapter's shape is its own
     assert "--rank would be ignored; drop them" in capsys.readouterr().err and not ext.exists()
+    assert train_main(ext_args + ["--rank", "8"]) == 2   # the default, given: it was silently ignored
+    assert "--rank would be ignored; drop them" in capsys.readouterr().err and not ext.exists()
     assert train_main(ext_args) == 0
     assert "training" in capsys.readouterr().err  # the opening line is logged (stderr), the table printed
     assert json.loads((ext / "config.json").read_text())["rank"] == 4  # recorded as the adapter has it
@@ -238,19 +240,49 @@ def test_mixed_precision_paths_on_cpu(tmp_path, precision):
     assert json.loads((run / "config.json").read_text())["precision"] == precision
 
 
-def test_existing_run_dir_is_never_overwritten(tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "precious.txt").write_text("keep me")
-    assert train_main(base_args(tmp_path, run, steps=1)) == 2
+def test_existing_run_dir_is_never_overwritten(tmp_path, capsys, monkeypatch):
+    """--overwrite replaces only a run directory, and only once the new run has trained a step: it deleted any
+    folder, and deleted the old run before checks that could still fail (the optimizer's, a first step's)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("keep me")
+    assert train_main(base_args(tmp_path, mine, steps=1)) == 2
     assert "exists and is not empty; pass --overwrite" in capsys.readouterr().err
-    assert (run / "precious.txt").read_text() == "keep me"
+    assert train_main(base_args(tmp_path, mine, steps=1) + ["--overwrite"]) == 2
+    assert "is not a run directory (no config.json)" in capsys.readouterr().err
+    assert (mine / "precious.txt").read_text() == "keep me"
+
+    run = tmp_path / "run"
+    assert train_main(base_args(tmp_path, run, steps=1) + ["--skip-zero-shot"]) == 0
+
+    def files(d: Path) -> dict:
+        return {p.relative_to(d): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+    before = files(run)
     bad = base_args(tmp_path, run, steps=1) + ["--overwrite"]
     bad[1] += ",no_such_task"
     assert train_main(bad) == 2  # fails at start-up: the old run is still there
-    assert "no_such_task" in capsys.readouterr().err and (run / "precious.txt").read_text() == "keep me"
-    assert train_main(base_args(tmp_path, run, steps=1) + ["--overwrite"]) == 0
-    assert not (run / "precious.txt").exists()
+    assert "no_such_task" in capsys.readouterr().err and files(run) == before
+    # fails after the directory was claimed, in the first step (a dtype clash, an OOM): the old run comes back
+    import mtl_lora_vl.training.train as train_module
+
+    def fails(*a, **k):
+        assert (tmp_path / ".run.replaced").is_dir()   # the old run waits beside the new one meanwhile
+        raise RuntimeError("out of memory (test)")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(train_module, "forward_backward", fails)
+        assert train_main(base_args(tmp_path, run, steps=1) + ["--overwrite"]) == 2
+    assert "out of memory (test)" in capsys.readouterr().err
+    assert files(run) == before and not (tmp_path / ".run.replaced").exists()
+    shutil.copy(tmp_path / "vqa.toml", run / "vqa.toml")   # an input inside --out
+    inside = base_args(tmp_path, run, steps=1) + ["--overwrite"]
+    inside[1] = str(run / "vqa.toml")
+    assert train_main(inside) == 2
+    assert "would replace the folder that holds --tasks" in capsys.readouterr().err
+    (run / "vqa.toml").unlink()
+    assert train_main(base_args(tmp_path, run, steps=1) + ["--overwrite", "--skip-zero-shot"]) == 0
+    assert files(run) != before and not (tmp_path / ".run.replaced").exists()
     (tmp_path / "afile").write_text("")
     assert train_main(base_args(tmp_path, tmp_path / "afile", steps=1)) == 2
     assert "is a file, not a directory" in capsys.readouterr().err
@@ -293,6 +325,12 @@ def test_resume_refuses_what_it_would_ignore_and_bad_config(tmp_path, capsys, mo
     (run / "config.json").write_text(json.dumps({**saved, "overwrite": True}))
     again = parse_train_args(["--config", str(run / "config.json")])   # never the old run's --out, --overwrite
     assert again.out is None and not again.overwrite and again.resume is None
+    # a run started from a --config file records that file's name: still its own config (it was refused)
+    (run / "config.json").write_text(json.dumps({**saved, "config": str(tmp_path / "mine.json")}))
+    assert parse_train_args(["--config", str(run / "config.json")]).steps == 1
+    # an --extend run records the adapter's shape, which --extend takes by itself (it was refused as ignored)
+    (run / "config.json").write_text(json.dumps({**saved, "extend": str(tmp_path / "x"), "rank": 4}))
+    assert parse_train_args(["--config", str(run / "config.json")]).rank == TrainOptions().rank
     (run / "config.json").write_text(json.dumps({**saved, "old_option": 1}))
     with pytest.raises(RunDirError, match=r"config.json holds options this version does not know \(\['old_option'\]\)"):
         resumed_options(run, TrainOptions(resume=str(run)))
@@ -439,6 +477,25 @@ def test_non_finite_losses_skip_then_stop(tmp_path, monkeypatch, capsys):
     assert "[mtl-lora-vl] error: 2 non-finite steps in a row" in err
 
 
+def test_a_precision_the_half_precision_base_cannot_run_is_refused_at_start(tmp_path, capsys):
+    """open_clip does not cast its inputs: --precision fp32 with --base-dtype bf16 failed at the first step with
+    torch's "Input type (torch.FloatTensor) and weight type (CPUBFloat16Type) should be the same"."""
+    out = tmp_path / "run"
+    assert train_main(base_args(tmp_path, out, steps=1) + ["--precision", "fp32", "--base-dtype", "bf16"]) == 2
+    assert "--precision fp32 with bf16 base weights (--base-dtype): this model does not cast" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_missing_optional_package_is_one_line(tmp_path, monkeypatch, capsys):
+    """The hf_datasets reader's ImportError (with its pip command) came out as a traceback, exit status 1."""
+    spec = tmp_path / "hf.toml"
+    spec.write_text('kind = "vqa"\n[data]\nformat = "hf_datasets"\n[data.train]\npath = "x"\n[data.val]\npath = "x"\n')
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    assert train_main(["--tasks", str(spec), "--steps", "1", "--data-root", str(tmp_path),
+                       "--out", str(tmp_path / "run")]) == 2
+    assert "needs the optional package `datasets`" in capsys.readouterr().err
+
+
 def test_a_failed_run_stops_its_loader_workers(tmp_path, monkeypatch):
     """Persistent workers ignore SIGTERM; after a failure the exception's traceback kept the loader alive, and
     the process waited for its workers forever at exit (a torchrun job hung with it)."""
@@ -524,6 +581,13 @@ def test_config_file_sets_options_and_flags_win(tmp_path, capsys):
     opts = parse_train_args(["--config", str(toml)])
     assert opts.temperature == 0.8 and opts.batch_mode == "homogeneous"
     assert json.loads(opts.targets) == {"image": ["attn$"]}  # a table, as the README writes targets
+    for text, says in (('{"seed": null}', "seed = null is not allowed; seed takes"),   # was a TypeError at start
+                       ("out = 2024-01-05\n", "out = \"2024-01-05\" is not allowed")):   # a TOML date: a TypeError
+        bad = tmp_path / ("n.json" if text.startswith("{") else "d.toml")
+        bad.write_text(text)
+        with pytest.raises(SystemExit):
+            parse_train_args(["--config", str(bad)])
+        assert says in capsys.readouterr().err
     bom = tmp_path / "bom.toml"   # UTF-8 with a byte order mark (Windows editors): was "Invalid statement"
     bom.write_bytes(b"\xef\xbb\xbf" + b"rank = 2\n")
     assert parse_train_args(["--config", str(bom)]).rank == 2

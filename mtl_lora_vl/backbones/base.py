@@ -135,6 +135,7 @@ class Backbone:
 
     capabilities: ClassVar[frozenset[str]] = frozenset()
     pads_to_context: ClassVar[bool] = False  # text must be exactly context_length tokens long
+    casts_inputs: ClassVar[bool] = True      # the model casts its inputs to its weights' dtype (HF models do)
 
     def __post_init__(self) -> None:
         if self.resize is None:

@@ -68,6 +68,24 @@ def hf_model_class(folder: Path) -> type:
                         f"model_type={config.get('model_type')!r}); save the model with save_pretrained")
 
 
+def load_hf_weights(model_cls: type, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
+    """``model_cls.from_pretrained(folder)`` that refuses a checkpoint whose weights do not all load. transformers
+    only reports missing weights and initialises them randomly: a directory written by a transformers version
+    that names the modules otherwise (the built-in LLaVA with transformers < 5.10.2: its vision tower) loaded
+    as a model with a random part, silently."""
+    model, info = model_cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype, output_loading_info=True)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        import transformers
+
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise BackboneError(f"{folder}: {len(missing)} weight(s) of {model_cls.__name__} are not in the checkpoint "
+                            f"({shown}); it was probably saved by another transformers version than this "
+                            f"{transformers.__version__} (which names the modules differently): upgrade transformers, "
+                            "or save the model again with this one")
+    return model
+
+
 def _timm_class(arch: str, path: Path) -> type:
     """The class of timm architecture ``arch``, built on the meta device (no memory, no weights)."""
     try:

@@ -20,6 +20,7 @@ which multiply the language model's rows, are routed by :mod:`mtl_lora_vl.adapte
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from .base import (
     register_backbone,
     resolve_base_dtype,
 )
-from .hf import hf_dir, hf_grad_checkpointing, hf_model_class
+from .hf import hf_dir, hf_grad_checkpointing, hf_model_class, load_hf_weights
 from .lm_collate import IGNORE_INDEX, LMCollator, PromptLayout, special_prefix
 from .spec import BackboneSpec
 from .tokenizers import HFTokenizer
@@ -85,7 +86,9 @@ class HFVLMBackbone(Backbone):
         processor = load_processor(folder, spec.text)
         dtype = resolve_base_dtype(base_dtype, device)
         try:
-            model = model_cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
+            model = load_hf_weights(model_cls, folder, dtype)
+        except BackboneError:
+            raise
         except (OSError, ValueError, RuntimeError) as e:
             raise ValueError(f"could not load {model_cls.__name__} weights from {folder}: {e}") from e
         model.eval().to(device)
@@ -297,6 +300,10 @@ class HFVLMBackbone(Backbone):
         return self._hf_call(self.model, pixel_values=pixel_values, input_ids=input_ids,
                              attention_mask=attention_mask, **extra, **kwargs)
 
+    def _cache_kwarg(self) -> str:
+        """The forward's name for the KV cache: ``cache`` from transformers 5.24, ``past_key_values`` before."""
+        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+
     def _scores_cached(self, images: Tensor, batch: dict[str, Tensor], cands: list[list[list[int]]]) -> Tensor:
         B, C = images.shape[0], len(cands[0])
         ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -311,13 +318,14 @@ class HFVLMBackbone(Backbone):
             labels[i, :len(toks)] = torch.tensor(toks)
         labels = labels.to(ids.device)
         step_ids = labels[:, :-1].masked_fill(labels[:, :-1] == IGNORE_INDEX, self.pad_id)
-        cache = out.cache
+        cache = out.cache if hasattr(out, "cache") else out.past_key_values   # named cache from transformers 5.24
         cache.batch_repeat_interleave(C)
         step_mask = torch.cat([mask.repeat_interleave(C, 0), (labels[:, :-1] != IGNORE_INDEX).long()], 1)
         positions = self._positions(step_mask)[:, ids.shape[1]:]
         kwargs = {"token_type_ids": torch.ones_like(step_ids)} if self.prefix_lm else {}
         with expanded_rows(self.model, C):
-            logits = self.model(input_ids=step_ids, attention_mask=step_mask, position_ids=positions, cache=cache,
+            kwargs[self._cache_kwarg()] = cache
+            logits = self.model(input_ids=step_ids, attention_mask=step_mask, position_ids=positions,
                                 use_cache=True, **kwargs).logits
         rest, _ = _target_logprobs(logits, labels[:, 1:])
         return first + rest.view(B, C)

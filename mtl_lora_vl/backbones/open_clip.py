@@ -56,6 +56,7 @@ class OpenClipBackbone(Backbone):
 
     capabilities = frozenset({IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS, GRAD_CHECKPOINTING})
     pads_to_context = True  # open_clip's CLIP adds its full positional table: exactly context_length tokens
+    casts_inputs = False    # fp32 images meet bf16 weights as they are, outside autocast
 
     def _image_features(self, images: Tensor) -> Tensor:
         feats = self.model.encode_image(images)

@@ -137,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"[bench] stopped; rerun the same command to continue ({args.out})", file=sys.stderr)
         return 130
-    except (BenchDirError, ValueError) as e:
+    except (BenchDirError, ValueError, RuntimeError, OSError, ImportError) as e:   # (a bad --device: RuntimeError)
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

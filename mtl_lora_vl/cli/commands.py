@@ -35,7 +35,8 @@ EVAL_HELP = ("Score a trained adapter twice per task -- the unadapted base model
              "and the adapted model -- and write eval.json, report.md and plots/.")
 
 # The failures a user can fix from the message alone; anything else is a bug and keeps its traceback.
-EXPECTED = (ValueError, RuntimeError, OSError, KeyError, ArithmeticError)
+EXPECTED = (ValueError, RuntimeError, OSError, KeyError, ArithmeticError, ImportError)  # ImportError: an optional
+# package a data format or backbone needs, named with its pip command
 
 
 def program_name() -> str:

@@ -40,7 +40,7 @@ from typing import Any, Literal, NoReturn
 from jsonargparse import ArgumentError, ArgumentParser
 
 from ..log import LEVELS
-from ..options import field_types, out_of_range, range_text
+from ..options import ADAPTER_SHAPE, field_types, out_of_range, range_text
 
 __all__ = ["build_parser", "describe_allowed", "parse_options", "parse_options_given", "read_config"]
 
@@ -179,11 +179,14 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
     hints = field_types(cls)
     by_name = {f.name: f for f in fields(cls) if f.name != "config"}
     out: dict[str, Any] = {}
-    run_config = "config" in raw and raw["config"] in (None, "")  # a run's own config.json
+    # a run's own config.json: it records the --config file it merged (or none)
+    run_config = "config" in raw and "out" in raw and (raw["config"] in (None, "") or isinstance(raw["config"], str))
     for key, value in raw.items():
         name = key.replace("-", "_")
         if run_config and name in ("config", "out", "resume", "overwrite"):
             continue  # where that run went and how: a new run takes its own --out (never the old run's)
+        if run_config and raw.get("extend") and name in ADAPTER_SHAPE:
+            continue  # an --extend run recorded the adapter's shape, which --extend takes again by itself
         if name == "config" and name in {f.name for f in fields(cls)}:
             _fail(parser, f"{where}: config = {json.dumps(value)}: a config file cannot name another one; "
                           "merge the two files")
@@ -200,7 +203,9 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
             value = ",".join(value)  # tasks = ["vqa", "retrieval"] means --tasks vqa,retrieval
         if name == "targets" and isinstance(value, dict):
             value = json.dumps(value)  # a table of tower -> regexes, as --targets takes it in JSON
-        shown = f"{key} = {json.dumps(value)}"
+        shown = f"{key} = {json.dumps(value, default=str)}"   # (TOML dates and times are no JSON)
+        if value is None and not _non_none(tp)[1]:   # parse_object lets null through for any type
+            _fail(parser, f"{where}: {key} = null is not allowed; {key} takes {describe_allowed(f, tp)}")
         try:
             parsed = getattr(parser.parse_object({name: value}, defaults=False), name)
         except (ArgumentError, TypeError, ValueError):

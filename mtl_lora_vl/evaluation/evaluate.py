@@ -20,7 +20,7 @@ from ..io import load_pretrained
 from ..io.atomic import atomic_dir, holds
 from ..log import progress
 from ..multitask import MultiTaskModel, Setup
-from ..precision import base_weights_dtype, resolve_precision
+from ..precision import base_weights_dtype, check_base_precision, resolve_precision
 from ..rundir import RunDirError
 from .report import details_table, markdown_table, write_plots
 
@@ -158,11 +158,12 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
     kinds = {t: lp.kinds[t] for t in names}
     model = MultiTaskModel(lp.backbone, kinds, nn.ModuleDict({t: lp.heads[t] for t in names}))
     setup = Setup(lp.backbone, [lp.specs[t] for t in names], kinds, model, lp.config)
+    loaded = base_weights_dtype(lp.backbone.model)
+    dtype = resolve_precision(precision, dev, base_dtype, loaded)
+    check_base_precision(precision, dtype, loaded, lp.backbone.casts_inputs)
     with sharded_evaluation(info):
-        result = evaluate_setup(setup, split=split, data_root=data_root, device=dev,
-                                dtype=resolve_precision(precision, dev, base_dtype,
-                                                        base_weights_dtype(lp.backbone.model)), batch_size=batch_size,
-                                workers=workers)
+        result = evaluate_setup(setup, split=split, data_root=data_root, device=dev, dtype=dtype,
+                                batch_size=batch_size, workers=workers)
     result["adapter"] = str(adapter)
     table = ""
     if info.is_main:  # a new directory replaces an old one whole (--overwrite): no stale plot stays behind

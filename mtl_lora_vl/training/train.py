@@ -29,9 +29,16 @@ from ..distributed import DistInfo, barrier, cleanup, init_distributed, max_over
 from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, write_outputs
 from ..io import save_adapter
 from ..multitask import Setup, build_setup, extend_setup
-from ..options import TrainOptions
-from ..precision import base_weights_dtype, resolve_precision
-from ..rundir import choose_run_dir, claim_run_dir, resumed_options, write_config
+from ..options import ADAPTER_SHAPE, TrainOptions
+from ..precision import base_weights_dtype, check_base_precision, resolve_precision
+from ..rundir import (
+    choose_run_dir,
+    claim_run_dir,
+    finish_overwrite,
+    resumed_options,
+    undo_overwrite,
+    write_config,
+)
 from .checkpoint import (
     CheckpointError,
     Progress,
@@ -69,17 +76,25 @@ def train(opts: TrainOptions, given: Collection[str] | None = None) -> Path:
     """Run (or resume) one training run and its final evaluation; returns the run directory. ``given``: the
     options the user set (the command line's); ``--resume`` refuses any of them it would ignore."""
     run = start(opts, given)
-    loader = build_loader(run)
-    optim = build_optimization(run.setup.model, run.opts, run.total_steps, run.info.device, run.amp_dtype)
-    freeze_old_rows(run.setup.model.model, optim.optimizer)  # an --extend run: the old tasks' rows stay exact
-    start_at = resume(run, optim, loader) if run.opts.resume else Progress()
-    net = wrap_model(run)
+    loader = None
     try:
+        loader = build_loader(run)
+        optim = build_optimization(run.setup.model, run.opts, run.total_steps, run.info.device, run.amp_dtype)
+        freeze_old_rows(run.setup.model.model, optim.optimizer)  # an --extend run: the old tasks' rows stay exact
+        start_at = resume(run, optim, loader) if run.opts.resume else Progress()
+        net = wrap_model(run)
         loop(run, net, loader, optim, start_at)
         finish(run)
         barrier(run.info)
+        if run.info.is_main:
+            finish_overwrite(run.dir)   # (a run of no steps: done here)
+    except BaseException:
+        if run.info.is_main:
+            undo_overwrite(run.dir)   # failed before its first step: the run --overwrite replaced comes back
+        raise
     finally:
-        loader.close()   # its workers ignore SIGTERM: left to exit, a failed run never ended
+        if loader is not None:
+            loader.close()   # its workers ignore SIGTERM: left to exit, a failed run never ended
         cleanup(run.info)
     return run.dir
 
@@ -112,6 +127,10 @@ def steps_for_epochs(epochs: float, n_train: int, per_step: int) -> int:
 def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     """Options (a resumed run's own), process group, run directory, precision, seed, and the Setup."""
     opts.validate()
+    shape = [f"--{k.replace('_', '-')}" for k in ADAPTER_SHAPE if k in (given or ())] if opts.extend else []
+    if shape:   # validate() sees only values that differ from the defaults; a default given explicitly is ignored too
+        raise ValueError(f"--extend {opts.extend}: the new tasks take the adapter's own shape, so {', '.join(shape)} "
+                         "would be ignored; drop them")
     run_dir = choose_run_dir(opts)  # checked; an old one is replaced only once the setup below is built
     if opts.resume:
         opts = resumed_options(run_dir, opts, given)
@@ -126,7 +145,9 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     seed_everything(opts.seed)
 
     setup = extend_setup(opts, info.device) if opts.extend else build_setup(opts, info.device)
-    amp_dtype = resolve_precision(opts.precision, info.device, opts.base_dtype, base_weights_dtype(setup.model.model))
+    loaded = base_weights_dtype(setup.model.model)
+    amp_dtype = resolve_precision(opts.precision, info.device, opts.base_dtype, loaded)
+    check_base_precision(opts.precision, amp_dtype, loaded, setup.backbone.casts_inputs)
     if opts.extend:  # config.json and the adapter record its own shape and base model, which the new tasks take
         c = setup.config
         opts = replace(opts, backbone=setup.base["backbone"], pretrained=setup.base["pretrained"], rank=c.r,
@@ -137,7 +158,11 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     seed_rank(opts.seed, info.rank)  # every rank builds the same model, then draws its own dropout masks
     run_dir = claim_run_dir(run_dir, opts, info)  # a default name taken meanwhile: the next free one
     if info.is_main and not opts.resume:
-        write_config(run_dir, opts)
+        try:
+            write_config(run_dir, opts)
+        except BaseException:
+            undo_overwrite(run_dir)
+            raise
     per_step = opts.batch_size * opts.accumulate * info.world_size
     n_train = sum(len(split.examples) for split in setup.train_splits.values())
     total_steps = steps_for_epochs(opts.epochs, n_train, per_step) if opts.epochs else opts.steps
@@ -302,6 +327,8 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
                     skip_bad_step(optim, bad, step + 1, opts.max_bad_steps, run.dir)
                 step += 1
                 progress.update(1)
+                if info.is_main and step == start_at.step + 1 and opts.overwrite:
+                    finish_overwrite(run.dir)   # the new run trains: the one it replaces goes now
 
                 if step % opts.log_every == 0 or step == run.total_steps:
                     row = window.flush(step, lr, info)
