@@ -586,3 +586,15 @@ def test_an_adapter_saved_under_older_default_targets_loads_on_its_own_projectio
         image_token_index=95, vision_feature_layer=-2))
     with pytest.raises(AdapterFileError, match="fingerprint mismatch"):
         mlv.load_adapter(other, path)
+
+
+def test_load_pretrained_says_which_saved_heads_it_cannot_rebuild(tmp_path):
+    """A head is rebuilt by its task kind from the saved spec; saved without specs, the heads were dropped silently."""
+    from mtl_lora_vl.backbones import load_backbone
+
+    bb = load_backbone("builtin")
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["vqa", "retrieval"], r=2))
+    path = mlv.save_adapter(bb.model, tmp_path / "a", heads={"vqa": nn.Linear(4, 2)}, base={"backbone": "builtin"})
+    with pytest.warns(UserWarning, match=r"heads of \['vqa'\] are saved but their task specs are not"):
+        lp = mlv.load_pretrained(path)
+    assert lp.heads == {}

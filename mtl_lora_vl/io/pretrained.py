@@ -6,6 +6,7 @@ model the caller built; ``load_pretrained`` builds it from what ``save_adapter``
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,10 @@ def load_pretrained(
         if heads and task in (doc.get("heads") or {}):
             with torch.no_grad():  # on the base model: head shapes do not depend on adapters
                 built[task] = kinds[task].build_head(bb)
+    unbuilt = sorted(set(doc.get("heads") or {}) - set(built)) if heads else []
+    if unbuilt:   # a head is built by its kind, from its saved spec
+        warnings.warn(f"{path}: heads of {unbuilt} are saved but their task specs are not (save_adapter(..., "
+                      "task_specs=...)), so they are not rebuilt: those tasks have no head here", stacklevel=2)
     load_adapter(bb.model, path, heads=built, is_trainable=is_trainable, check_base_weights=check_base_weights)
     for head in built.values():
         head.to(device)
