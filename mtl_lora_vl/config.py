@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -83,10 +84,10 @@ class MTLLoRAConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name}: must be an integer >= 1, got {v!r}")
-        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
-            raise ConfigError(f"alpha: must be a number > 0, got {self.alpha!r}")
-        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
-            raise ConfigError(f"temperature: must be > 0, got {self.temperature!r}")
+        for name in ("alpha", "temperature"):   # nan or inf: every output NaN (0 * inf), or uniform mixing
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ConfigError(f"{name}: must be a finite number > 0, got {v!r}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout!r}")
         if self.method not in METHODS:

@@ -323,13 +323,17 @@ def unload(model: nn.Module, task: str | None = None) -> nn.Module:
         merge(inner, task)
     else:
         unmerge(inner)
-    attention = [n for n, m in inner.named_modules() if isinstance(m, LoRAMultiheadAttention)]
-    linear = [n for n, m in inner.named_modules() if isinstance(m, LoRALinear)
-              and not any(n.startswith(a + ".") for a in attention)]
+    every = list(inner.named_modules(remove_duplicate=False))   # a module reachable under several names: each
+    attention = [n for n, m in every if isinstance(m, LoRAMultiheadAttention)]
+    linear = [n for n, m in every if isinstance(m, LoRALinear) and not any(n.startswith(a + ".") for a in attention)]
+    plain: dict[int, nn.Module] = {}   # one plain module per adapted one, set under each of its names
     for name in attention + linear:
         old = inner.get_submodule(name)
-        new = _plain_attention(old) if isinstance(old, LoRAMultiheadAttention) else _plain_linear(old)
-        new.train(old.training)
+        new = plain.get(id(old))
+        if new is None:
+            new = _plain_attention(old) if isinstance(old, LoRAMultiheadAttention) else _plain_linear(old)
+            new.train(old.training)
+            plain[id(old)] = new
         parent, _, child = name.rpartition(".")
         setattr(inner.get_submodule(parent) if parent else inner, child, new)
     del inner._mtl_lora

@@ -515,3 +515,70 @@ def test_linears_inside_a_sequence_first_torch_transformer_layer_route_by_sample
 def _run_one(net, tgt, mem, task):
     with mlv.route(net, task):
         return net(tgt, mem)
+
+
+class _SharedProj(nn.Module):
+    """One nn.Linear reachable under two names (a projection reused by two paths)."""
+
+    def __init__(self):
+        super().__init__()
+        self.img_proj = nn.Linear(8, 8)
+        self.txt_proj = self.img_proj
+
+    def forward(self, x):
+        return self.img_proj(x), self.txt_proj(x)
+
+
+def test_a_module_under_two_names_is_adapted_under_both():
+    """named_modules() drops duplicates, so only img_proj was adapted: txt_proj ran the base model silently, and
+    merge refused it as a tied weight while telling the user to run routed -- the path that was wrong."""
+    torch.manual_seed(0)
+    model = mlv.attach(_SharedProj(), mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, targets={"image": [r"img_proj$"]}))
+    _randomize_adapters(model)
+    assert model.txt_proj is model.img_proj and list(attach_info(model).layers) == ["img_proj"]
+    x = torch.randn(3, 8)
+    with torch.no_grad(), mlv.route(model, "a"):
+        yi, yt = model(x)
+    assert torch.equal(yi, yt)
+    sd = mlv.merged_state_dict(model, "a")
+    assert torch.equal(sd["img_proj.weight"], sd["txt_proj.weight"])
+    with torch.no_grad():
+        mlv.merge(model, "a")
+        mi, mt = model(x)
+    torch.testing.assert_close(mi, yi, atol=1e-5, rtol=1e-5)
+    mlv.unmerge(model)
+    plain = mlv.MTLLoRAModel(model).unload()
+    assert type(plain.img_proj) is nn.Linear and plain.txt_proj is plain.img_proj
+
+
+def test_merging_inside_an_open_scope_is_refused():
+    """The merged weights silently overrode the open route() or disabled() scope."""
+    lin = mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^0$"]}))
+    with mlv.route(lin, ["b", "b"]):
+        with pytest.raises(RuntimeError, match=r"merge: a route\(\) scope for \['b'\] is open on this model"):
+            mlv.merge(lin, "a")
+    with mlv.disabled(lin):
+        with pytest.raises(RuntimeError, match=r"merge: a disabled\(\) scope is open"):
+            mlv.merge(lin, "a")
+    with mlv.route(lin, "a"):   # the task being merged: what runs is the same
+        mlv.merge(lin, "a")
+    mlv.unmerge(lin)
+
+
+def test_grown_rows_stay_frozen_in_a_copy():
+    """add_task's gradient hooks live on the tensors; deepcopy and pickle dropped them, so a copy trained the
+    old tasks' rows."""
+    import pickle
+
+    model = mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^0$"]}))
+    _randomize_adapters(model)
+    mlv.add_task(model, "c")
+    for copy_of in (copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))):
+        twin = copy_of(model)
+        w = twin[0].lora_w
+        old = w.detach()[:2].clone()
+        opt = torch.optim.SGD([p for p in twin.parameters() if p.requires_grad], lr=1.0)
+        with mlv.route(twin, ["a", "c"]):
+            twin(torch.randn(2, 4)).square().sum().backward()
+        opt.step()
+        assert torch.equal(w.detach()[:2], old) and not torch.equal(w.detach()[2], model[0].lora_w.detach()[2])

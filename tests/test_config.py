@@ -27,6 +27,9 @@ def test_json_round_trip(tmp_path):
         (dict(tasks=["a"], n_up=0), "n_up"),
         (dict(tasks=["a"], temperature=0), "temperature"),
         (dict(tasks=["a"], alpha=-1), "alpha"),
+        (dict(tasks=["a"], alpha=float("nan")), "alpha"),          # every output NaN, even at init (0 * nan)
+        (dict(tasks=["a"], alpha=float("inf")), "alpha"),
+        (dict(tasks=["a"], temperature=float("inf")), "temperature"),   # silently uniform mixing
         (dict(tasks=["a"], dropout=1.5), "dropout"),
         (dict(tasks=["a"], method="adalora"), "method"),
         (dict(tasks=["a"], lambda_type="block"), "lambda_type"),

@@ -520,3 +520,46 @@ def test_a_wrapper_routes_to_the_adapters_attached_now():
     mlv.attach(inner, mlv.MTLLoRAConfig(tasks=["c"], r=2, targets={"image": [r"^0$"]}))
     with torch.no_grad(), mlv.route(wrapper, "c"):   # was: unknown task 'c' (the old router's tasks a, b)
         wrapper(x)
+
+
+def test_scopes_closed_out_of_order_are_refused_not_leaked():
+    """Two interleaved generators (or threads) routing one model: the first to close restored the other's
+    outer route, so a later forward without a route ran as a task instead of raising."""
+    model = mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^0$"]}))
+
+    def stream(task):
+        with mlv.route(model, task):
+            yield 1
+            yield 2
+
+    a, b = stream("a"), stream("b")
+    next(a), next(b), next(a), next(b)
+    for stream_ in (a, b):
+        with pytest.raises(mlv.RoutingError, match="scopes on one model closed out of order"):
+            next(stream_)
+    with pytest.raises(mlv.RoutingError, match="no task was given"):   # nothing left behind
+        model(torch.randn(1, 4))
+
+
+def test_a_2d_input_of_a_sequence_first_layer_is_batch_first():
+    """A pooled (B, C) input in a sequence-first block was checked on its feature size (dim 1)."""
+    layer = _layer("mtl_lora", batch_dim=1)
+    x = torch.randn(3, 12)
+    with torch.no_grad(), mlv.route(layer.router, [0, 1, 2]):
+        y = layer(x)
+    with torch.no_grad():
+        rows = []
+        for i in range(3):
+            with mlv.route(layer.router, [i]):
+                rows.append(layer(x[i:i + 1]))
+    torch.testing.assert_close(y, torch.cat(rows))
+
+
+def test_a_wrapper_follows_its_inner_model_when_replaced():
+    cfg = mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^0$"]})
+    wrapper = nn.Sequential(mlv.attach(nn.Sequential(nn.Linear(4, 4)), cfg))
+    with mlv.route(wrapper, "a"):
+        wrapper(torch.randn(1, 4))
+    wrapper[0] = mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["x", "y"], targets={"image": [r"^0$"]}))
+    with mlv.route(wrapper, "y"):   # it routed the old model's router ("unknown task 'y'")
+        wrapper(torch.randn(1, 4))

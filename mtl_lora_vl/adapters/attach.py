@@ -147,6 +147,10 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
     fam = find_family(model)
     chosen = select_targets(model, cfg)
 
+    aliases: dict[int, list[str]] = {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(m), []).append(n)
+    originals = {name: module for name, module, _, _ in chosen}
     router = Router(cfg.tasks)
     built: list[tuple[str, nn.Module, dict[str, AdapterBank], str, int]] = []
     for name, module, tower, slices in chosen:   # every replacement first: one that fails changes nothing
@@ -167,8 +171,9 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
         for bname, bank in banks.items():
             bank.router, bank.layer_name, bank.batch_dim = router, bname, bdim
             layers[bname], towers[bname] = bank, tower
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        for alias in aliases.get(id(originals[name]), [name]):   # a module reachable under several names
+            parent_name, _, child = alias.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     model._mtl_lora = AttachInfo(cfg, router, fam.name if fam else "custom", layers, towers)
     install_routed_generate(model)
     return model
@@ -245,7 +250,14 @@ def merge(model: nn.Module, task: str) -> nn.Module:
     """
     info = attach_info(model)
     t = info.config.task_index(task)
-    if info.router.merged_task is not None:
+    router = info.router
+    open_scope = ("a disabled() scope" if router.disabled else
+                  f"a route() scope for {[router.tasks[i] for i in router.current.present]}"
+                  if router.current is not None and router.current.present != (t,) else None)
+    if open_scope:   # the merged weights would silently override what that scope asked for
+        raise RuntimeError(f"merge: {open_scope} is open on this model, and merged weights would override it; "
+                           f"merge outside the scope (or route to {task!r} only)")
+    if router.merged_task is not None:
         unmerge(model)
     pairs = _weight_pairs(model)
     _refuse_shared_weights(model, pairs)
@@ -279,7 +291,8 @@ def _refuse_shared_weights(model: nn.Module, pairs: list[tuple[AdapterBank, nn.P
     names = parameter_names(model)
     for bank, weight in pairs:
         shared = names.get(id(weight), [])
-        if len(shared) > 1:
+        owners = {id(model.get_submodule(n.rpartition(".")[0])) for n in shared}   # one module under two names:
+        if len(owners) > 1:                                                        # the same adapted layer
             raise RuntimeError(
                 f"{what}: the weight of {bank.layer_name} is shared with {', '.join(shared)} (tied weights), so merging "
                 f"into it would change the other layer too; run the adapters routed (mlv.route) instead of merged, "
@@ -310,8 +323,10 @@ def merged_state_dict(model: nn.Module, task: str) -> dict[str, torch.Tensor]:
     t = info.config.task_index(task)
     _refuse_shared_weights(model, _weight_pairs(model), "merged_state_dict")
     sd = {k: v for k, v in model.state_dict().items() if k.rpartition(".")[2] not in ADAPTER_PARAM_NAMES}
-    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    names = parameter_names(model)
     for bank, weight in _weight_pairs(model):
         base = bank.merge_backup if bank.merge_backup is not None else weight
-        sd[names[id(weight)]] = (base.float() + bank.delta_weight(t)).to(weight.dtype)
+        merged = (base.float() + bank.delta_weight(t)).to(weight.dtype)
+        for name in names[id(weight)]:   # every name of a module reachable under several
+            sd[name] = merged
     return sd

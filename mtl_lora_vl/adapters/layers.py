@@ -173,6 +173,12 @@ class AdapterBank(nn.Module):
         gradient hook, not by ``requires_grad``): what a count of trainable parameters must leave out."""
         return sum(getattr(self, "_frozen_" + n).numel() for n in self._frozen_names if getattr(self, n).requires_grad)
 
+    def __setstate__(self, state: dict) -> None:
+        """deepcopy and pickle drop tensor hooks: re-register the ones that keep grown tensors' old rows frozen."""
+        super().__setstate__(state)
+        for name in self._frozen_names:
+            getattr(self, name).register_hook(_zero_rows_hook(self._n_frozen))
+
     @torch.no_grad()
     def restore_frozen_rows(self) -> None:
         """Put back the snapshot of the rows that ``grow_tasks`` froze (a no-op otherwise)."""
@@ -266,7 +272,7 @@ class AdapterBank(nn.Module):
         route = router.resolve(self.layer_name)
         if route is None:
             return out
-        bd = self.batch_dim
+        bd = self.batch_dim if x.dim() > 2 else 0   # 2-D rows (pooled, or unbatched tokens) are batch-first
         if route.batch_size is not None:
             got = x.shape[bd] if x.dim() > 1 else 1
             if got != route.batch_size and route.wide is not None and got == route.wide.batch_size:

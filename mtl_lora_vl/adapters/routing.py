@@ -341,8 +341,9 @@ def check_module(model: object, what: str = "the model") -> None:
 def find_router(model: nn.Module | Router) -> Router:
     """The Router that ``attach`` gave ``model`` (also found through DDP or any wrapping module).
 
-    O(1) for the attached model or a Router; a wrapper is searched once and remembers the adapted module (whose
-    router it then reads each time: an unload and a new attach give it a new one).
+    O(1) for the attached model or a Router; a wrapper is searched once and remembers the adapted module and its
+    path (whose router it then reads each time: an unload and a new attach give it a new one; a module replaced
+    at that path is searched for again).
     """
     if isinstance(model, Router):
         return model
@@ -350,14 +351,17 @@ def find_router(model: nn.Module | Router) -> Router:
     if info is not None:
         return info.router
     check_module(model)
-    owner = model.__dict__.get("_mtl_lora_owner")
-    info = getattr(owner, "_mtl_lora", None) if owner is not None else None
-    if info is not None:
-        return info.router
-    for m in model.modules():
+    path, owner = model.__dict__.get("_mtl_lora_owner", ("", None))
+    if owner is not None and getattr(owner, "_mtl_lora", None) is not None:
+        try:   # still the module at that path (a wrapper whose inner model was replaced routes the new one)
+            if model.get_submodule(path) is owner:
+                return owner._mtl_lora.router
+        except AttributeError:
+            pass
+    for name, m in model.named_modules():
         info = getattr(m, "_mtl_lora", None)
         if info is not None:
-            model.__dict__["_mtl_lora_owner"] = m
+            model.__dict__["_mtl_lora_owner"] = (name, m)
             return info.router
     raise RoutingError(
         f"{type(model).__name__} has no MTL-LoRA adapters; call mtl_lora_vl.attach(model, config) first"
@@ -449,6 +453,12 @@ def route(model: nn.Module | Router,
         with _scope(router, new):
             yield new
     finally:
+        if router.current is not new:   # another scope opened inside this one is still open
+            router.current = None
+            raise RoutingError(
+                "route: scopes on one model closed out of order (two threads, or interleaved generators, routing "
+                "the same model); a model's route is one per model, not per thread: give each thread its own copy "
+                "(copy.deepcopy(model)), or nest the scopes")
         router.current = outer
 
 
