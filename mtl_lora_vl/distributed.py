@@ -44,9 +44,10 @@ class DistInfo:
 
 
 def _local_gpu(local_rank: int) -> torch.device:
-    """``cuda:LOCAL_RANK``; ``cuda:0`` when CUDA_VISIBLE_DEVICES gives this process a single GPU of its own
-    (as ``srun --gpus-per-task=1`` does, while LOCAL_RANK counts on). Several processes on one visible GPU
-    are refused here (NCCL would stop with "Duplicate GPU detected")."""
+    """``cuda:LOCAL_RANK``; ``cuda:0`` when CUDA_VISIBLE_DEVICES gives this process a single GPU (as
+    ``srun --gpus-per-task=1`` does, while LOCAL_RANK counts on). A LOCAL_RANK with no GPU of its own is
+    refused; processes that all set CUDA_VISIBLE_DEVICES to the same single GPU cannot be told apart from
+    that case here, and NCCL refuses them ("Duplicate GPU detected")."""
     count = torch.cuda.device_count()
     if local_rank < count:
         return torch.device("cuda", local_rank)

@@ -26,7 +26,7 @@ from .adapters.layers import AdapterBank, LoRALinear
 from .adapters.routing import check_module, disabled, route
 from .config import MTLLoRAConfig
 from .io.adapter_files import load_adapter, read_adapter_config, save_adapter
-from .io.layout import state_file
+from .io.layout import AdapterFileError, state_file
 
 __all__ = ["MTLLoRAModel", "unload"]
 
@@ -132,7 +132,13 @@ class MTLLoRAModel(nn.Module):
     def _recorded(self, source: Path, heads: dict[str, nn.Module], base: dict[str, Any] | None,
                   task_specs: dict[str, str | Path] | None, kinds: dict[str, Any] | None) -> tuple:
         """``base``, ``task_specs`` and ``kinds`` where not given: those the loaded directory recorded."""
-        doc = read_adapter_config(source, verify=False)
+        try:
+            doc = read_adapter_config(source, verify=False)
+        except AdapterFileError as e:   # e.g. a temporary download folder, removed since
+            warnings.warn(f"save_pretrained: the directory this model was loaded from cannot be read any more ({e}); "
+                          "its base model, task specs and vocabularies are not saved (pass base=, task_specs=, kinds=)",
+                          stacklevel=3)
+            return base, task_specs, kinds
         tasks = set(self.tasks)
         dropped = sorted(set(doc.get("heads") or {}) - set(heads))
         if dropped:

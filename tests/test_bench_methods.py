@@ -343,6 +343,17 @@ def test_a_stopped_run_stops_the_grid_resumably(tmp_path):
     def stopped(opts: TrainOptions) -> Path:
         raise RunStopped(Path(opts.out), 1, signal.SIGTERM)
 
-    with pytest.raises(GridStopped, match="stopped by SIGTERM at step 1"):
+    with pytest.raises(GridStopped, match="stopped by SIGTERM at step 1") as info:
         run_benchmark(settings, tmp_path / "out", trainer=stopped, stream=io.StringIO())
+    assert info.value.exit_code == 143   # the CLI exits with it (it said 130, Ctrl-C's, for a SIGTERM)
     assert not list((tmp_path / "out" / "runs").rglob("result.json"))
+
+    def broken(opts: TrainOptions) -> Path:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (test)")
+
+    with pytest.raises(RuntimeError, match="mat1") as info:   # the run is named and its log holds the traceback
+        run_benchmark(settings, tmp_path / "out", trainer=broken, stream=io.StringIO())
+    note = info.value.__notes__[0]
+    assert note.startswith("in bench run zero_shot") and "train.log" in note
+    log = next((tmp_path / "out" / "runs").rglob("train.log")).read_text()
+    assert "Traceback" in log and "mat1 and mat2" in log

@@ -201,10 +201,11 @@ def test_vqav2(root):
     assert e.image.endswith("COCO_val2014_000000000042.jpg") and os.path.isabs(e.image)
     assert e.text == "what is 42?" and e.answers == ("cat",) * 10 and e.question_type == "other"
     assert e.meta["question_id"] == 420 and e.image_id == "42"
+    assert e.meta["filter_type"] == "what is"   # the candidates' type: the question's words, not answer_type
     # test-dev style: questions only
     with _warns():
         s = read_split("vqav2", root, questions="q.json", images="val2014")
-    assert s.examples[0].answers == ()
+    assert s.examples[0].answers == () and s.examples[0].meta["filter_type"] == ""
     with pytest.raises(ImageError, match="000000000099"):
         read_split("vqav2", root, questions="q.json", annotations="a.json", images="val2014", strict=True)
 

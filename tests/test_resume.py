@@ -246,5 +246,5 @@ def test_resuming_with_another_number_of_processes_says_so_before_the_setup(stra
     state["world_size"] = 2
     torch.save(state, run / "checkpoint.pt")
     assert train_main(["--resume", str(run)]) == 2
-    assert ("the run was trained by 2 process(es) and this is 1; resume it with the same number (torchrun "
-            "--nproc_per_node 2 ...)") in capsys.readouterr().err
+    assert ("the run was trained by 2 process(es) and this is 1; resume it with the same number (2 processes in "
+            "all: torchrun --nnodes N --nproc_per_node M with N x M = 2)") in capsys.readouterr().err

@@ -579,7 +579,7 @@ def test_vqa_answers_are_filtered_by_question_type(clip):
     assert torch.isfinite(loss)
 
 
-def test_vqav2_candidates_come_from_the_question_not_from_its_answers(clip):
+def test_vqav2_candidates_come_from_the_question_not_from_its_answers(clip, caplog):
     """VQAv2's default question_type is the annotation's answer_type, which VQAv2 derives from the human
     answers; filtering the candidates by it let the label choose them (the same image and question, annotated
     'yes', 'red' or '3', got three different predictions). The filter now uses the question-prefix type the
@@ -602,6 +602,12 @@ def test_vqav2_candidates_come_from_the_question_not_from_its_answers(clip):
                  for a in ("yes", "red", "3")}
         assert len(preds) == 1, (ex.text, preds)   # whatever the humans answered
         assert preds == set(kind.predict(clip, None, [vqav2(ex, annotated=False)], batch_size=1, device="cpu"))
+    # An adapter saved before keyed its filter by answer type: no match any more, said once (not silently)
+    state = {**kind.state(), "type_answers": {"yes/no": [0], "other": [1, 2]}}
+    old = build_kind(spec, None, clip, state=state)
+    with caplog.at_level("WARNING"):
+        old.predict(clip, None, [vqav2(ex) for ex in val.examples[:2]], batch_size=2, device="cpu")
+    assert caplog.text.count("answer filter was saved by answer type") == 1
 
 
 def test_captioning_kind_rebuilds_from_state_and_needs_captions(coca):

@@ -118,8 +118,6 @@ def test_extend_trains_only_the_new_task(tmp_path, capsys):
                 "--workers", "0", "--eval-batch-size", "32", "--out", str(ext)]
     assert train_main(ext_args + ["--rank", "16"]) == 2  # the adapter's shape is its own
     assert "--rank would be ignored; drop them" in capsys.readouterr().err and not ext.exists()
-    assert train_main(ext_args + ["--rank", "8"]) == 2   # the default, given: it was silently ignored
-    assert "--rank would be ignored; drop them" in capsys.readouterr().err and not ext.exists()
     assert train_main(ext_args) == 0
     assert "training" in capsys.readouterr().err  # the opening line is logged (stderr), the table printed
     assert json.loads((ext / "config.json").read_text())["rank"] == 4  # recorded as the adapter has it
@@ -174,6 +172,12 @@ def test_the_peft_shaped_round_trip_keeps_what_the_adapter_recorded(tmp_path):
     assert b["base"] == a["base"] and b["task_specs"] == a["task_specs"]
     for rel in (*a["task_specs"].values(), "tasks/vqa.state.json"):
         assert (out / rel).read_bytes() == (src / rel).read_bytes(), rel
+    gone = tmp_path / "gone"   # loaded from a folder removed since: saved without those records, with a warning
+    shutil.copytree(src, gone)
+    temp = mlv.MTLLoRAModel.from_pretrained(load_backbone("builtin").model, gone)
+    shutil.rmtree(gone)
+    with pytest.warns(UserWarning, match="cannot be read any more"):
+        temp.save_pretrained(tmp_path / "third")
     lp = mlv.load_pretrained(out)   # the kinds come back from the saved vocabularies (no training data read)
     assert set(lp.kinds) == {"vqa", "retrieval"} and lp.kinds["vqa"].answers == mlv.load_pretrained(src).kinds[
         "vqa"].answers

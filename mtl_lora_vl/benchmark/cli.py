@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 
 import torch
@@ -134,10 +135,13 @@ def _run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
         run_benchmark(settings, args.out, overwrite=args.overwrite, threads=args.threads)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"[bench] stopped; rerun the same command to continue ({args.out})", file=sys.stderr)
-        return 130
+        return getattr(e, "exit_code", 130)   # 143 when SIGTERM stopped a run
     except (BenchDirError, ValueError, RuntimeError, OSError, ImportError) as e:   # (a bad --device: RuntimeError)
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("MTL_LORA_VL_DEBUG", "") not in ("", "0"):
+            raise
+        notes = "".join(f" ({n})" for n in getattr(e, "__notes__", ()))
+        print(f"error: {e}{notes}", file=sys.stderr)
         return 2
     return 0

@@ -13,6 +13,7 @@ import shutil
 import statistics
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,7 +27,12 @@ Trainer = Callable[[TrainOptions], Path]
 
 
 class GridStopped(KeyboardInterrupt):
-    """The trainer was interrupted (Ctrl-C or SIGTERM) and saved a checkpoint instead of results."""
+    """The trainer was interrupted (Ctrl-C or SIGTERM) and saved a checkpoint instead of results; ``exit_code``
+    is the trainer's (130 Ctrl-C, 143 SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -83,9 +89,13 @@ class Runner:
             try:
                 run_dir = Path(self.trainer(opts))
             except RunStopped as e:
-                raise GridStopped(f"{spec.key}: {e}") from None
+                raise GridStopped(f"{spec.key}: {e}", e.exit_code) from None
             except FloatingPointError as e:  # --max-bad-steps non-finite steps in a row: this rate diverges
                 diverged = str(e)
+            except Exception as e:   # its traceback into the run's log; the message names the run
+                traceback.print_exc()
+                e.add_note(f"in bench run {spec.key} (traceback in {folder / 'train.log'})")
+                raise
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         if diverged is not None:  # a result too (runs are deterministic: rerunning would diverge again)
             record = {"key": spec.key, "config": spec.config.cid, "group": spec.config.group,

@@ -69,6 +69,7 @@ from mtl_lora_vl.tasks.registry import register_kind
 from mtl_lora_vl.tasks.spec import TaskSpec
 
 logger = logging.getLogger(__name__)
+_ANSWER_TYPES = frozenset({"yes/no", "number", "other"})   # VQAv2's answer_type values
 
 
 class VQAHead(nn.Module):
@@ -210,6 +211,12 @@ class VQAKind(TaskKind):
         known type the question starts with, as VQAv2's question types are a question's opening words."""
         if "filter_type" not in example.meta:
             return example.question_type
+        known = getattr(self, "type_answers", {})   # (not yet while __init__ builds it)
+        if known and set(known) <= _ANSWER_TYPES and not getattr(self, "_warned", False):
+            self._warned = True   # an adapter saved before: its filter is keyed by answer type, which VQAv2 derives
+            logger.warning("task %r: this adapter's answer filter was saved by answer type (%s), which VQAv2 derives "
+                           "from the human answers; candidates now go by question type, so they are not filtered "
+                           "(retrain the task to filter them again)", self.name, sorted(known))
         if example.meta["filter_type"]:
             return str(example.meta["filter_type"])
         q = " ".join((example.text or "").lower().split())

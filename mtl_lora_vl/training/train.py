@@ -29,7 +29,7 @@ from ..distributed import DistInfo, barrier, cleanup, init_distributed, max_over
 from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, write_outputs
 from ..io import save_adapter
 from ..multitask import Setup, build_setup, extend_setup
-from ..options import ADAPTER_SHAPE, TrainOptions
+from ..options import TrainOptions
 from ..precision import base_weights_dtype, check_base_precision, resolve_precision
 from ..rundir import (
     choose_run_dir,
@@ -127,10 +127,6 @@ def steps_for_epochs(epochs: float, n_train: int, per_step: int) -> int:
 def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     """Options (a resumed run's own), process group, run directory, precision, seed, and the Setup."""
     opts.validate()
-    shape = [f"--{k.replace('_', '-')}" for k in ADAPTER_SHAPE if k in (given or ())] if opts.extend else []
-    if shape:   # validate() sees only values that differ from the defaults; a default given explicitly is ignored too
-        raise ValueError(f"--extend {opts.extend}: the new tasks take the adapter's own shape, so {', '.join(shape)} "
-                         "would be ignored; drop them")
     run_dir = choose_run_dir(opts)  # checked; an old one is replaced only once the setup below is built
     if opts.resume:
         opts = resumed_options(run_dir, opts, given)
@@ -138,7 +134,8 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     if opts.resume:   # before the set-up (the sampler refused it after, asking for the same tasks and options)
         saved_world = int(load_checkpoint(run_dir).get("world_size", 1))
         if saved_world != info.world_size:
-            how = f"torchrun --nproc_per_node {saved_world} ..." if saved_world > 1 else "one process, without torchrun"
+            how = (f"{saved_world} processes in all: torchrun --nnodes N --nproc_per_node M with N x M = {saved_world}"
+                   if saved_world > 1 else "one process, without torchrun")
             raise CheckpointError(
                 f"--resume {run_dir}: the run was trained by {saved_world} process(es) and this is {info.world_size}; "
                 f"resume it with the same number ({how}): --batch-size is per process, so the batches would differ")
