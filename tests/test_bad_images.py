@@ -325,3 +325,55 @@ def test_png_transparency_is_composited_on_white_in_every_mode(mode, tmp_path):
     img = Image.new(mode, (8, 8), 0)
     img.save(path, transparency=(0, 0, 0) if mode == "RGB" else 0)   # a tRNS chunk: colour 0 is transparent
     assert to_uint8_tensor(str(path), 8)[:, 0, 0].tolist() == [255, 255, 255]
+
+
+def test_only_image_formats_are_decoded_whatever_the_name(tmp_path, monkeypatch):
+    """Pillow picks a decoder from the content: a PostScript file named .jpg reached Ghostscript (untrusted data)."""
+    from PIL import EpsImagePlugin
+
+    calls = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: calls.append(1))
+    path = tmp_path / "not_really.jpg"
+    path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n")
+    for check in (verify_image, lambda p: to_uint8_tensor(p, 8)):
+        with pytest.raises(ImageError, match="not a readable image"):
+            check(path)
+    assert calls == []
+
+
+def test_a_photo_with_a_malformed_exif_tag_decodes_upright(tmp_path):
+    """ImageOps.exif_transpose rewrites the EXIF block and raised on a malformed tag: the row was replaced (or a
+    strict run stopped) though the pixels and the orientation read fine."""
+    import io
+
+    base = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 48, 3), np.uint8))
+    exif = base.getexif()
+    exif[0x0112] = 6   # rotate 90° clockwise to display
+    exif[0x010F] = "Canon"
+    exif[0x8769] = {0x9003: "2020:01:01 00:00:00"}
+    raw = exif.tobytes()
+    buf = io.BytesIO()
+    base.save(buf, "JPEG", exif=raw)
+    good = buf.getvalue()
+    start = good.index(b"Exif\x00\x00") + 6
+    bad = bytearray(good)
+    bad[start + 11] = 0   # one byte of the tag table (found by mutation: exif_transpose then raises)
+    path = tmp_path / "bad_exif.jpg"
+    path.write_bytes(bytes(bad))
+    from PIL import ImageOps
+
+    with pytest.raises(Exception):   # noqa: B017 - whatever Pillow raises: what the package no longer calls
+        ImageOps.exif_transpose(Image.open(path))
+    assert to_uint8_tensor(path, 16).shape == (3, 16, 16)
+    assert load_image(path).size == (32, 48)   # turned upright by the orientation tag (48 x 32 stored)
+
+
+def test_a_dark_16_bit_pgm_is_scaled_by_its_depth(tmp_path):
+    """A 16-bit PGM opens in mode "I": a dark one (max <= 255) was taken for 8-bit, 256x too bright."""
+    path = tmp_path / "dark16.pgm"
+    path.write_bytes(b"P5\n2 2\n65535\n" + (40000).to_bytes(2, "big") * 1 + (200).to_bytes(2, "big") * 3)
+    px = np.asarray(load_image(path))
+    assert px[0, 0, 0] == 40000 * 255 // 65535 and px[1, 1, 0] == 0
+    dark = tmp_path / "dark_only.pgm"
+    dark.write_bytes(b"P5\n2 2\n65535\n" + (200).to_bytes(2, "big") * 4)
+    assert np.asarray(load_image(dark)).max() == 0   # 200 / 65535 of white, not 200 / 255

@@ -471,3 +471,15 @@ def test_a_reader_option_it_does_not_take_is_named_when_the_spec_loads(tmp_path)
     with pytest.raises(ValueError, match=r"folder.toml: field 'data.train': format 'imagefolder' does not take "
                                          r"option\(s\) 'root'; its options are: folder"):
         load_spec(str(path))
+
+
+def test_a_symlink_loop_is_a_skipped_image_not_a_failed_read(tmp_path):
+    """One self-referencing link (a broken copy) stopped the whole read with pathlib's RuntimeError."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    os.symlink(tmp_path / "loop.png", tmp_path / "loop.png")
+    (tmp_path / "x.jsonl").write_text('{"image": "ok.png", "caption": "a"}\n{"image": "loop.png", "caption": "b"}\n')
+    with _warns():
+        s = read_split("jsonl", tmp_path, file="x.jsonl")
+    assert len(s.examples) == 1 and s.skipped == 1

@@ -39,18 +39,24 @@ def test_matches_open_clip_transform(mode, interpolation, wh):
 def test_matches_hf_image_processors():
     from transformers import CLIPImageProcessor, SiglipImageProcessor
 
-    img = _image(96, 64, seed=1)   # even size differences: the crops' centring rules agree
     clip = CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}, resample=3,
                               do_normalize=False)
     siglip = SiglipImageProcessor(size={"height": 32, "width": 32}, resample=2, do_normalize=False)
-    for proc, expect in ((clip, ImageResize(32, "shortest", "bicubic", resize_to=40)),
+    for proc, expect in ((clip, ImageResize(32, "shortest", "bicubic", resize_to=40, floor_crop=True)),
                          (siglip, ImageResize(32, "squash", "bilinear"))):
         resize = ImageResize.from_hf(32, proc)
         assert resize == expect
         assert ImageResize.from_hf(32, json.loads(proc.to_json_string())) == expect   # the saved config
-        ref = proc(images=img, return_tensors="pt")["pixel_values"][0]
-        ours = to_uint8_tensor(img, resize).float() / 255
-        assert (ours - ref).abs().max() <= 1.5 / 255, type(proc).__name__
+        # 96 x 64 -> 60 x 40: an even difference; 64 x 46 -> 55 x 40: 23 = 3 mod 4, where a rounded crop (open_clip's,
+        # torchvision's) starts one pixel later than Hugging Face's floored one (COCO's 640 x 427 at 336 is such a size)
+        for wh in ((96, 64), (64, 46)):
+            img = _image(*wh, seed=1)
+            ref = proc(images=img, return_tensors="pt")["pixel_values"][0]
+            ours = to_uint8_tensor(img, resize).float() / 255
+            assert (ours - ref).abs().max() <= 1.5 / 255, (type(proc).__name__, wh)
+    with pytest.raises(ValueError, match=r"squashes images to 40x40 and then crops 32x32"):
+        ImageResize.from_hf(32, {"size": {"height": 40, "width": 40}, "do_center_crop": True})
+    assert ImageResize.from_hf(32, {"size": {"height": 32, "width": 32}, "do_center_crop": True}).mode == "squash"
 
 
 def test_modes_give_different_pixels_on_a_wide_image():
@@ -67,7 +73,7 @@ def test_backbones_carry_their_declared_resize(tmp_path):
     from llava_tiny import IMAGE, save_tiny_llava, save_tiny_paligemma
 
     assert load_backbone("builtin").resize == ImageResize(64, "squash", "bilinear")   # its open_clip config
-    assert load_backbone("builtin-llava").resize == ImageResize(64, "shortest", "bicubic", resize_to=64)
+    assert load_backbone("builtin-llava").resize == ImageResize(64, "shortest", "bicubic", resize_to=64, floor_crop=True)
     pali = load_backbone(f"hf:{save_tiny_paligemma(tmp_path / 'pali')}")
     assert pali.resize == ImageResize(IMAGE, "squash", "bicubic")     # SiglipImageProcessor: resample 3
     llava = load_backbone(f"hf:{save_tiny_llava(tmp_path / 'llava')}")

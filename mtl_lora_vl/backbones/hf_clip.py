@@ -100,14 +100,14 @@ def _image_preprocessing(folder: Path, image_size: int) -> tuple[tuple[float, fl
     if not pp.is_file():
         pp, key = folder / "processor_config.json", "image_processor"
         if not pp.is_file():
-            return OPENAI_MEAN, OPENAI_STD, ImageResize(image_size)
+            return OPENAI_MEAN, OPENAI_STD, ImageResize(image_size, floor_crop=True)   # as CLIPImageProcessor crops
     try:
         data = json.loads(pp.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{pp} is not valid JSON: {e}") from e
     if isinstance(data, dict) and key is not None:
         if not isinstance(data.get(key), dict):
-            return OPENAI_MEAN, OPENAI_STD, ImageResize(image_size)
+            return OPENAI_MEAN, OPENAI_STD, ImageResize(image_size, floor_crop=True)   # as CLIPImageProcessor crops
         data = data[key]
     if not isinstance(data, dict):
         raise ValueError(f"{pp} must hold a JSON object, got {type(data).__name__}")

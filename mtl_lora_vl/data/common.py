@@ -57,7 +57,10 @@ def resolve_under(root: Path, relative: str | os.PathLike, what: str = "image pa
     if os.path.isabs(rel) or Path(rel).is_absolute() or (len(rel) > 1 and rel[0].isalpha() and rel[1] == ":"):
         raise PathEscapeError(f"{what} {rel!r} is absolute; paths in data files must be relative to the data "
                               f"root {root}")
-    resolved = (root / rel).resolve()
+    try:
+        resolved = (root / rel).resolve()
+    except (RuntimeError, OSError):   # a symlink loop: no file to read, inside the root; the image check skips it
+        return root / rel
     if not resolved.is_relative_to(root):
         raise PathEscapeError(f"{what} {rel!r} resolves to {resolved}, outside the data root {root}; move the "
                               "data under the root (symlinks that point outside it are refused too)")

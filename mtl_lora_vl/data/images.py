@@ -38,12 +38,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .resize import ImageResize, resize_to_square
 
 MAX_PIXELS = 10_000 * 10_000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+#: The formats Pillow may decode, whatever a file's name: the image formats above. Pillow picks a decoder
+#: from the content, and some (EPS, PDF) hand untrusted data to Ghostscript.
+DECODED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "PPM")   # (MPO opens as JPEG)
 _TAIL_BYTES = 64
 
 
@@ -129,7 +132,7 @@ def _opened(target: Path | bytes, name: str) -> Iterator[Image.Image]:
     try:
         with warnings.catch_warnings():  # PIL's own limit (89.5 MP) warns: MAX_PIXELS below decides instead
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fp)
+            img = Image.open(fp, formats=DECODED_FORMATS)
     except Image.DecompressionBombError as e:  # beyond twice PIL's limit, PIL refuses whatever MAX_PIXELS says
         raise ImageError(f"image {name}: refused, too large to decode safely ({e}); raise PIL.Image.MAX_IMAGE_PIXELS "
                          "too to read it") from e
@@ -205,6 +208,23 @@ def verify_image(source: Any, *, decode: bool = False) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------- decoding
 
 
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The image turned by its EXIF orientation (as ``ImageOps.exif_transpose``, which also rewrites the EXIF
+    block and so failed on valid photos with a slightly malformed tag); as stored when the tag cannot be read."""
+    try:
+        turn = _ORIENTATION.get(int(img.getexif().get(0x0112, 1)))
+    except Exception:  # noqa: BLE001 - unreadable EXIF: the pixels are still good
+        turn = None
+    out = img.transpose(turn) if turn is not None else img.copy()
+    out.format = img.format   # (16-bit grayscale is scaled by what the format stores)
+    return out
+
+
 def _to_8bit_gray(img: Image.Image) -> Image.Image:
     """Integer/float single-channel modes (16-bit PNGs, 32-bit TIFFs) scaled to 8 bits, not clipped."""
     arr = np.asarray(img)
@@ -215,7 +235,8 @@ def _to_8bit_gray(img: Image.Image) -> Image.Image:
     else:
         arr = arr.astype(np.int64)
         hi = int(arr.max()) if arr.size else 0
-        if img.mode.startswith("I;16") or hi > 255:  # a 16-bit file is scaled by its depth, however dark it is
+        sixteen = img.mode.startswith("I;16") or (img.mode == "I" and img.format in ("PNG", "PPM"))  # 16-bit
+        if sixteen or hi > 255:  # a 16-bit file is scaled by its depth, however dark it is
             arr = arr * 255 // (65535 if hi <= 65535 else hi)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
 
@@ -269,7 +290,7 @@ def _decoded(source: Any, draft: int | None) -> Image.Image:
             if draft is not None and img.format == "JPEG":
                 img.draft("RGB", (draft, draft))
             img.load()
-            return to_rgb(ImageOps.exif_transpose(img))   # a new image: independent of the closed file
+            return to_rgb(_upright(img))   # a new image: independent of the closed file
         except Exception as e:  # truncated or corrupt data surfaces as OSError, SyntaxError, ValueError, ...
             raise ImageError(f"image {name}: cannot be decoded ({type(e).__name__}: {e})") from e
 

@@ -35,12 +35,15 @@ class ImageResize:
     """``size``: the square side the model takes. ``mode``: ``"shortest"`` resizes the shorter side to
     ``resize_to`` (default ``size``) and crops the centre; ``"longest"`` resizes the longer side to
     ``size`` and pads the rest with black; ``"squash"`` resizes both sides to ``size``, aspect not kept.
-    ``interpolation``: one of :data:`INTERPOLATIONS`."""
+    ``interpolation``: one of :data:`INTERPOLATIONS`. ``floor_crop``: the centre crop starts at
+    ``(side - size) // 2``, as Hugging Face image processors crop; otherwise rounded, as torchvision's
+    ``center_crop`` (open_clip) does -- the two differ by one pixel when the difference is 3 mod 4."""
 
     size: int
     mode: str = "shortest"
     interpolation: str = "bicubic"
     resize_to: int | None = None
+    floor_crop: bool = False
 
     def __post_init__(self) -> None:
         for name in ("size", "resize_to"):
@@ -102,15 +105,19 @@ class ImageResize:
         side = _size_fields(get("size", None))
         crop = bool(get("do_center_crop", False))
         if get("do_resize", True) is False:
-            return cls(size, interpolation=interp)
+            return cls(size, interpolation=interp, floor_crop=True)
         if "shortest_edge" in side:
-            return cls(size, mode="shortest", interpolation=interp, resize_to=int(side["shortest_edge"]))
-        if "height" in side and "width" in side and not crop:
+            return cls(size, mode="shortest", interpolation=interp, resize_to=int(side["shortest_edge"]),
+                       floor_crop=True)
+        if "height" in side and "width" in side:   # resized to exactly H x W (aspect not kept), cropped or not
             if int(side["height"]) != int(side["width"]):
                 raise ValueError(f"{label}: resizes to {side['height']}x{side['width']}; only square inputs are "
                                  "supported")
+            if crop and int(side["height"]) != size:
+                raise ValueError(f"{label}: squashes images to {side['height']}x{side['width']} and then crops "
+                                 f"{size}x{size}; only a squash to the model's own size is supported")
             return cls(size, mode="squash", interpolation=interp)
-        return cls(size, interpolation=interp)
+        return cls(size, interpolation=interp, floor_crop=True)
 
 
 def _interpolation_name(resample: Any, label: str) -> str:
@@ -146,4 +153,10 @@ def resize_to_square(img: Image.Image, resize: ImageResize) -> Image.Image:
     new = resize.resized_size(*img.size)
     if new != img.size:
         img = img.resize(new, INTERPOLATIONS[resize.interpolation])
-    return img if img.size == (s, s) else TF.center_crop(img, [s, s])   # pads with black where smaller
+    if img.size == (s, s):
+        return img
+    w, h = img.size
+    if resize.floor_crop and w >= s and h >= s:
+        left, top = (w - s) // 2, (h - s) // 2
+        return img.crop((left, top, left + s, top + s))
+    return TF.center_crop(img, [s, s])   # pads with black where smaller
