@@ -161,7 +161,7 @@ def retrieval_recall(similarity: Any, text_to_image: Any, ks: Sequence[int] = (1
     texts is among their top K texts; ``t2i_rK`` the fraction of texts whose image is among their top K
     images; ``mean_recall`` the mean of all those numbers. Images that own no text are left out of the
     i2t average (they still compete as distractors in t2i). Ties count against the query: an item
-    scored equal to the correct one is ranked ahead of it, so a constant matrix scores at chance, not 1.
+    scored equal to the correct one is ranked ahead of it, so a constant matrix scores the worst possible (0 where K is below the candidates), not 1.
     """
     sim = _as_tensor(similarity, "similarity")
     t2i = _as_tensor(text_to_image, "text_to_image")
@@ -272,10 +272,9 @@ def caption_scores(predictions: Mapping[Any, str], references: Mapping[Any, Sequ
         refs = references[key]
         if isinstance(refs, str):
             refs = [refs]
-        refs = [tokenize_caption(r) for r in refs]
-        refs = [r for r in refs if r]
-        if not refs:
+        if not any(str(r).strip() for r in refs):
             raise ValueError(f"caption_scores: image {key!r} has no non-empty reference caption")
+        refs = [tokenize_caption(r) for r in refs]   # one that tokenises to nothing ("...") still counts, as there
         res[key] = tokenize_caption(pred)
         gts[key] = refs
     cider, _ = cider_d(gts, res)

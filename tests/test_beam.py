@@ -57,3 +57,11 @@ def test_a_finished_hypothesis_is_not_evicted_by_live_beams():
 
     out = beam_search(step, 2, 3, 3, BOS, EOS, PAD, banned={PAD, BOS})
     assert out.tolist() == [[BOS, EOS], [BOS, EOS]]
+
+
+def test_max_len_below_one_is_refused():
+    """beam_search(max_len=0) divided by zero; CoCa's generate took max_len <= 0 as 1 (a one-word caption)."""
+    import pytest
+
+    with pytest.raises(ValueError, match="max_len must be >= 1, got 0"):
+        beam_search(lambda s: torch.zeros(s.shape[0], 5), 1, 2, 0, 1, 2, 0)

@@ -170,3 +170,13 @@ def test_tokenize_caption_against_the_live_ptb_tokenizer():
     caps = [c for c, _ in PTB_CASES]
     out = PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(caps)})
     assert [tokenize_caption(c) for c in caps] == [out[i][0] for i in range(len(caps))]
+
+
+def test_a_reference_that_tokenises_to_nothing_still_counts():
+    """pycocoevalcap keeps a punctuation-only reference ("...") as an empty one; it was dropped, which changed that
+    image's CIDEr (5.87 against 4.00). Reference figures: pycocoevalcap 1.2 on the tokenised captions."""
+    from mtl_lora_vl.metrics import caption_scores
+
+    got = caption_scores({1: "a dog runs", 2: "a cat"}, {1: ["a dog runs", "..."], 2: ["a cat", "a cat sits"]})
+    assert got["cider"] == pytest.approx(3.996692174880071, abs=1e-9)
+    assert got["bleu4"] == pytest.approx(0.031622776583237186, abs=1e-12)

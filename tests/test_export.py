@@ -205,6 +205,8 @@ def test_plain_lora_checks_the_base_and_writes_all_or_nothing(tmp_path):
     apply_plain_lora(other, path, check_base_weights=False)
     with pytest.raises(AdapterFileError, match="adapter was made for .*CLIP.*load it onto the base model"):
         apply_plain_lora(tiny_hf_clip(), path)
+    with pytest.raises(AdapterFileError, match="already has MTL-LoRA adapters, and the update would be counted twice"):
+        apply_plain_lora(model, path)   # it folded the update under the live adapters (routed: twice)
     doc = json.loads((path / "lora_config.json").read_text())
     (path / "lora_config.json").write_text(json.dumps({**doc, "format_version": 99, "package_version": "99.0"}))
     with pytest.raises(AdapterFileError, match="format_version 99 .*written by mtl-lora-vl 99.0, newer .*upgrade"):

@@ -33,6 +33,8 @@ def beam_search(step: Callable[[Tensor], Tensor], batch: int, beam_size: int, ma
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
     k = beam_size
     seqs = torch.full((batch * k, 1), bos_id, dtype=torch.long, device=device)
     scores = torch.full((batch, k), float("-inf"), device=device)

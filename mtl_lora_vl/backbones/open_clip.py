@@ -118,6 +118,8 @@ class CoCaBackbone(OpenClipBackbone):
         values; without, each step re-runs the whole prefix."""
         if prompts is not None:
             raise ValueError(f"backbone {self.name!r} (CoCa) captions images without prompts; pass prompts=None")
+        if int(max_len) < 1:   # (it was taken as 1: a one-word caption)
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         if self.bos_id is None:

@@ -48,6 +48,7 @@ from torch import nn
 from .._version import __version__
 from ..adapters.attach import adapted_module, merged_state_dict, parameter_names
 from ..adapters.layers import LoRALinear
+from ..adapters.routing import check_module
 from ..families import MERGED_WEIGHTS, merged_format, peft_export
 from .adapter_files import load_tensors, save_tensors
 from .atomic import atomic_dir, atomic_file
@@ -218,6 +219,11 @@ def apply_plain_lora(base_model: nn.Module, path: str | Path, check_base_weights
     first, and every update is computed before any weight is written, so a refused file changes nothing.
     """
     path = Path(path)
+    check_module(base_model, "apply_plain_lora")
+    if any(getattr(m, "_mtl_lora", None) is not None for m in base_model.modules()):
+        raise AdapterFileError(f"apply_plain_lora: this model already has MTL-LoRA adapters, and the update would be "
+                               f"counted twice when routed to its task; fold {path} into a fresh base model (or use "
+                               "mtl_lora_vl.merge on this one)")
     cfg_file = path / PLAIN_CONFIG
     try:
         doc = json.loads(cfg_file.read_text())
