@@ -223,3 +223,26 @@ def test_task_spec_points_at_a_dataset(tmp_path):
     assert len(val.examples) == 2 and val.examples[0].answers == ("red", "red", "dark red")
     img = load_image(val.examples[1].image)
     assert np.asarray(img)[0, 0].tolist() == list(COLORS[5 % len(COLORS)])
+
+
+def test_an_image_id_given_to_two_images_is_refused_and_shared_by_one(tmp_path):
+    """Rows sharing an image_id shared the first row's image reference even when their bytes differed: the
+    blue row decoded red (JSONL and CSV refuse the same data)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def png(colour: str) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), colour).save(buf, "PNG")
+        return buf.getvalue()
+
+    (tmp_path / "same").mkdir()
+    pq.write_table(pa.table({"image": [png("red"), png("red"), png("blue")], "caption": ["a", "b", "c"],
+                             "image_id": ["1", "1", "2"]}), tmp_path / "same" / "train-0.parquet")
+    s = read_split("hf_datasets", tmp_path, path="same", split="train", cache_dir=str(tmp_path / "c1"))
+    assert s.examples[0].image is s.examples[1].image   # one image, two captions: one reference
+    (tmp_path / "clash").mkdir()
+    pq.write_table(pa.table({"image": [png("red"), png("blue")], "label": ["a", "b"], "image_id": ["1", "1"]}),
+                   tmp_path / "clash" / "train-0.parquet")
+    with pytest.raises(Exception, match=r"row 1: image_id '1' was given to another image at row 0"):
+        read_split("hf_datasets", tmp_path, path="clash", split="train", cache_dir=str(tmp_path / "c2"))

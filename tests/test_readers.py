@@ -483,3 +483,17 @@ def test_a_symlink_loop_is_a_skipped_image_not_a_failed_read(tmp_path):
     with _warns():
         s = read_split("jsonl", tmp_path, file="x.jsonl")
     assert len(s.examples) == 1 and s.skipped == 1
+
+
+def test_float_labels_and_a_wrong_csv_delimiter_say_what_is_wrong(tmp_path):
+    """'label 0.0 is not one of the class names ['0.0', '1.0']' contradicted itself; a ';' CSV said only
+    "no 'image' field"."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "f.jsonl").write_text('{"image": "a.png", "label": 0.0}\n{"image": "a.png", "label": 1.0}\n')
+    with pytest.raises(DataFormatError, match=r"label 0.0 is a float; labels are class-name strings or integer"):
+        read_split("jsonl", tmp_path, file="f.jsonl")
+    (tmp_path / "semi.csv").write_text("image;caption\na.png;a dog\n")
+    with pytest.raises(DataFormatError, match=r"no 'image' field.*\['image;caption'\].*check the delimiter"):
+        read_split("csv", tmp_path, file="semi.csv")

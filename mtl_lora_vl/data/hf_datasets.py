@@ -270,7 +270,17 @@ def read_hf_datasets(
     others = {f: c for f, c in mapping.items() if f != "image"}
     meta = (ds.select_columns(list(dict.fromkeys(others.values()))).with_format("arrow")[:].to_pylist()
             if others else [{} for _ in range(len(ds))])
-    by_id: dict[str, Any] = {}
+    by_id: dict[str, tuple[Any, int]] = {}   # image_id -> (the image reference its rows share, its first row)
+    digests: dict[int, str] = {}
+    column = ds.select_columns([image_col]).with_format("arrow")[:].column(0)
+
+    def digest(row: int) -> str:   # the row's encoded image, hashed once (only rows whose image_id repeats)
+        if row not in digests:
+            value = column[row]
+            data = (value["bytes"] if kind == "struct" else value).as_py()
+            digests[row] = hashlib.sha256(data or b"").hexdigest()
+        return digests[row]
+
     rows = []
     for i, ((has_bytes, img_path), values) in enumerate(zip(_images(ds, image_col, kind), meta)):
         row = {f: values[c] for f, c in others.items()}
@@ -280,7 +290,14 @@ def read_hf_datasets(
         if has_bytes:
             # Rows of one given image_id share one reference: checked once, grouped for captions.
             ref = DatasetImage(table, image_col, i)
-            row["image"] = by_id.setdefault(str(row["image_id"]), ref) if given_id else ref
+            if given_id:
+                first_ref, first = by_id.setdefault(str(row["image_id"]), (ref, i))
+                if first != i and digest(first) != digest(i):   # (rows would silently share the first one's image)
+                    raise DataFormatError(f"{source} row {i}: image_id {row['image_id']!r} was given to another image "
+                                          f"at row {first}; image ids must name one image (fix the column, or map "
+                                          "image_id to another one with columns=...)")
+                ref = first_ref
+            row["image"] = ref
         elif img_path:
             row["image"] = resolve_under(root, Path(images) / img_path)
         else:

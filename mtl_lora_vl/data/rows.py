@@ -114,7 +114,8 @@ def examples_from_rows(
     kinds = {}
     for n, row in rows:
         if "image" not in row or row["image"] is None or (isinstance(row["image"], str) and not row["image"]):
-            raise DataFormatError(f"{at(n)}: no 'image' field; every row needs an image")
+            raise DataFormatError(f"{at(n)}: no 'image' field; every row needs an image (the row's fields: "
+                                  f"{sorted(row)[:8]}; in a CSV, check the delimiter and spaces in the header)")
         kinds.setdefault(_row_kind(row), n)
     if "unknown" in kinds:
         raise DataFormatError(f"{at(kinds['unknown'])}: a row needs 'text', 'caption' or 'captions', 'question' "
@@ -184,6 +185,9 @@ def examples_from_rows(
             label = int(v)
             if not 0 <= label < len(names):
                 raise DataFormatError(f"{at(n)}: label index {label} out of range for {len(names)} classes")
+        elif not isinstance(v, str):   # 0.0 (pandas writes an int column holding NaN as floats), True, ...
+            raise DataFormatError(f"{at(n)}: label {v!r} is a {type(v).__name__}; labels are class-name strings or "
+                                  "integer class indices (write 0, not 0.0)")
         else:
             raise DataFormatError(f"{at(n)}: label {v!r} is not one of the class names {names[:10]}"
                                   f"{'...' if len(names) > 10 else ''}")
