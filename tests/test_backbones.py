@@ -195,6 +195,20 @@ def test_open_clip_local_dir_round_trip(tok_dir, tmp_path):
     assert torch.allclose(again.encode_text(tokens), bb.encode_text(tokens), atol=1e-6)
 
 
+def test_an_open_clip_dir_with_a_hub_text_tower_is_refused_with_what_works(tok_dir, tmp_path):
+    """With tokenizer files beside it (as the old message advised) open_clip went for the text model's config on
+    the hub, and failed with transformers' raw "couldn't connect"."""
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((tok_dir / name).read_bytes())
+    cfg = _clip_cfg(WordTokenizer(tok_dir, CTX).vocab_size)
+    cfg["text_cfg"] = {**cfg["text_cfg"], "hf_model_name": "xlm-roberta-base", "hf_tokenizer_name": "xlm-roberta-base"}
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"'xlm-roberta-base', which would need a download.*set text_cfg.hf_model_name "
+                                         r"and text_cfg.hf_tokenizer_name"):
+        load_backbone(f"open_clip:{tmp_path}")
+
+
 def test_hf_clip_directory(tok_dir, tmp_path, monkeypatch):
     from transformers import CLIPImageProcessor
 

@@ -190,12 +190,7 @@ def _tokenizer(model_cfg: dict, tokenizer_dir: str | os.PathLike | None, name: s
             )
         return tok
     if hf_name or text_cfg.get("hf_model_name"):
-        raise ValueError(
-            f"open_clip model {name} uses the Hugging Face tokenizer/text model "
-            f"{hf_name or text_cfg.get('hf_model_name')!r}, which would need a download; this package loads "
-            "local files only. Save that model as an open_clip local directory (open_clip_config.json, weights "
-            "and tokenizer files) and pass --backbone open_clip:/path/to/dir"
-        )
+        raise ValueError(_hf_text_tower_message(name, hf_name or text_cfg.get("hf_model_name")))
     if vocab_size != _BPE_VOCAB:
         raise ValueError(
             f"open_clip model {name} has a {vocab_size}-token vocabulary but no tokenizer was given; pass "
@@ -273,6 +268,9 @@ def build_open_clip(config: dict, tokenizer_dir: str | os.PathLike | None = None
     bundled BPE tokenizer is used. Used for tiny test models and by the built-in loader.
     """
     model_cfg, preprocess_cfg = _split_config(config)
+    hf_model = (model_cfg.get("text_cfg") or {}).get("hf_model_name")
+    if hf_model and not Path(str(hf_model)).is_dir():   # open_clip would fetch its config (and weights) from the hub
+        raise ValueError(_hf_text_tower_message(name, hf_model))
     tokenizer = _tokenizer(model_cfg, tokenizer_dir, name)
     _check_pooling(model_cfg, tokenizer, name)
     cls = _model_class(model_cfg)
@@ -286,6 +284,13 @@ def build_open_clip(config: dict, tokenizer_dir: str | os.PathLike | None = None
         nn.init.normal_(decoder.text_projection, std=int(decoder.width) ** -0.5)
     model.to(device)
     return _wrap(model, model_cfg, preprocess_cfg, tokenizer, name)
+
+
+def _hf_text_tower_message(name: str, hf_name: str) -> str:
+    return (f"open_clip model {name} uses the Hugging Face tokenizer/text model {hf_name!r}, which would need a "
+            "download; this package loads local files only. Save that model and its tokenizer with "
+            "save_pretrained into local folders and set text_cfg.hf_model_name and text_cfg.hf_tokenizer_name in "
+            "open_clip_config.json to those folders' paths")
 
 
 # -------------------------------------------------------------------------------------------------- loading
