@@ -573,6 +573,9 @@ def test_grown_rows_stay_frozen_in_a_copy():
     model = mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^0$"]}))
     _randomize_adapters(model)
     mlv.add_task(model, "c")
+    frozen = copy.deepcopy(model).requires_grad_(False)   # frozen for inference: copying it raised (a hook needs
+    copy.deepcopy(frozen)                                 # requires_grad)
+    pickle.loads(pickle.dumps(frozen))
     for copy_of in (copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))):
         twin = copy_of(model)
         w = twin[0].lora_w

@@ -49,11 +49,17 @@ def test_matches_hf_image_processors():
         assert ImageResize.from_hf(32, json.loads(proc.to_json_string())) == expect   # the saved config
         # 96 x 64 -> 60 x 40: an even difference; 64 x 46 -> 55 x 40: 23 = 3 mod 4, where a rounded crop (open_clip's,
         # torchvision's) starts one pixel later than Hugging Face's floored one (COCO's 640 x 427 at 336 is such a size)
-        for wh in ((96, 64), (64, 46)):
+        for wh in ((96, 64), (64, 46), (41, 30)):   # 41 x 30 -> 32 x 40 ... and, below, a side shorter than the crop
             img = _image(*wh, seed=1)
             ref = proc(images=img, return_tensors="pt")["pixel_values"][0]
             ours = to_uint8_tensor(img, resize).float() / 255
             assert (ours - ref).abs().max() <= 1.5 / 255, (type(proc).__name__, wh)
+    short = CLIPImageProcessor(size={"shortest_edge": 20}, crop_size={"height": 24, "width": 24}, resample=3,
+                               do_normalize=False)   # the short side padded, the long one cropped at a floored offset
+    img = _image(41, 30, seed=2)
+    ref = short(images=img, return_tensors="pt")["pixel_values"][0]
+    ours = to_uint8_tensor(img, ImageResize.from_hf(24, short)).float() / 255
+    assert (ours - ref).abs().max() <= 1.5 / 255
     with pytest.raises(ValueError, match=r"squashes images to 40x40 and then crops 32x32"):
         ImageResize.from_hf(32, {"size": {"height": 40, "width": 40}, "do_center_crop": True})
     assert ImageResize.from_hf(32, {"size": {"height": 32, "width": 32}, "do_center_crop": True}).mode == "squash"

@@ -176,8 +176,12 @@ class AdapterBank(nn.Module):
     def __setstate__(self, state: dict) -> None:
         """deepcopy and pickle drop tensor hooks: re-register the ones that keep grown tensors' old rows frozen."""
         super().__setstate__(state)
-        for name in self._frozen_names:
-            getattr(self, name).register_hook(_zero_rows_hook(self._n_frozen))
+        for name in self._frozen_names:   # (a hook needs requires_grad; it stays when that is switched off again)
+            p = getattr(self, name)
+            wanted = p.requires_grad
+            p.requires_grad_(True)
+            p.register_hook(_zero_rows_hook(self._n_frozen))
+            p.requires_grad_(wanted)
 
     @torch.no_grad()
     def restore_frozen_rows(self) -> None:
@@ -272,7 +276,7 @@ class AdapterBank(nn.Module):
         route = router.resolve(self.layer_name)
         if route is None:
             return out
-        bd = self.batch_dim if x.dim() > 2 else 0   # 2-D rows (pooled, or unbatched tokens) are batch-first
+        bd = self.batch_dim if x.dim() > 2 else 0   # 2-D rows (pooled features) are batch-first
         if route.batch_size is not None:
             got = x.shape[bd] if x.dim() > 1 else 1
             if got != route.batch_size and route.wide is not None and got == route.wide.batch_size:

@@ -155,8 +155,12 @@ def resize_to_square(img: Image.Image, resize: ImageResize) -> Image.Image:
         img = img.resize(new, INTERPOLATIONS[resize.interpolation])
     if img.size == (s, s):
         return img
-    w, h = img.size
-    if resize.floor_crop and w >= s and h >= s:
+    if resize.floor_crop:   # Hugging Face: pad a short side (more after than before), then crop at (side - s) // 2
+        w, h = img.size
+        if w < s or h < s:
+            pw, ph = max(s - w, 0), max(s - h, 0)
+            img = TF.pad(img, [pw // 2, ph // 2, pw - pw // 2, ph - ph // 2])
+            w, h = img.size
         left, top = (w - s) // 2, (h - s) // 2
         return img.crop((left, top, left + s, top + s))
     return TF.center_crop(img, [s, s])   # pads with black where smaller
