@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -77,6 +78,11 @@ def cli_logging(level: int | str = logging.INFO) -> Iterator[logging.Logger]:
         logger.removeHandler(handler)
         logger.setLevel(saved)
         logger.propagate = saved_propagate
+
+
+def debug_tracebacks() -> bool:
+    """``MTL_LORA_VL_DEBUG=1``: commands re-raise an expected failure (its traceback) instead of one line."""
+    return os.environ.get("MTL_LORA_VL_DEBUG", "") not in ("", "0")
 
 
 def quiet() -> bool:

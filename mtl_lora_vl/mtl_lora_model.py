@@ -25,7 +25,7 @@ from .adapters.grow import AddedTask, add_task
 from .adapters.layers import AdapterBank, LoRALinear
 from .adapters.routing import check_module, disabled, route
 from .config import MTLLoRAConfig
-from .io.adapter_files import load_adapter, read_adapter_config, save_adapter
+from .io.adapter_files import load_adapter, read_adapter_config, require_head_modules, save_adapter
 from .io.layout import AdapterFileError, state_file
 
 __all__ = ["MTLLoRAModel", "unload"]
@@ -80,9 +80,7 @@ class MTLLoRAModel(nn.Module):
         check_module(model, "MTLLoRAModel")
         if config is not None:
             check_config(config, "MTLLoRAModel")
-        bad = sorted(k for k, h in (heads or {}).items() if not isinstance(h, nn.Module))
-        if bad:
-            raise TypeError(f"MTLLoRAModel: heads must be nn.Modules (task -> module); not for {bad}")
+        require_head_modules(heads or {}, "MTLLoRAModel")
         # attach_info raises the standard "call attach first" message for a model without adapters
         tasks = list(config.tasks) if config is not None else attach_info(model).config.tasks
         unknown = sorted(set(heads or {}) - set(tasks))

@@ -147,12 +147,11 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
     fam = find_family(model)
     chosen = select_targets(model, cfg)
 
-    aliases: dict[int, list[str]] = {}
+    names: dict[int, list[str]] = {}   # every name of each module (one reachable under several is adapted under all)
     for n, m in model.named_modules(remove_duplicate=False):
-        aliases.setdefault(id(m), []).append(n)
-    originals = {name: module for name, module, _, _ in chosen}
+        names.setdefault(id(m), []).append(n)
     router = Router(cfg.tasks)
-    built: list[tuple[str, nn.Module, dict[str, AdapterBank], str, int]] = []
+    built: list[tuple[list[str], nn.Module, dict[str, AdapterBank], str, int]] = []
     for name, module, tower, slices in chosen:   # every replacement first: one that fails changes nothing
         if isinstance(module, nn.MultiheadAttention):
             new: nn.Module = LoRAMultiheadAttention(module, cfg)
@@ -162,16 +161,16 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
             new = LoRALinear(module, cfg, slices)
             banks = {name: new}
             bdim = _batch_dim(model, name)
-        built.append((name, new, banks, tower, bdim))
+        built.append((names[id(module)], new, banks, tower, bdim))
     for p in model.parameters():
         p.requires_grad_(False)
     layers: dict[str, AdapterBank] = {}
     towers: dict[str, str] = {}
-    for name, new, banks, tower, bdim in built:
+    for aliases, new, banks, tower, bdim in built:
         for bname, bank in banks.items():
             bank.router, bank.layer_name, bank.batch_dim = router, bname, bdim
             layers[bname], towers[bname] = bank, tower
-        for alias in aliases.get(id(originals[name]), [name]):   # a module reachable under several names
+        for alias in aliases:
             parent_name, _, child = alias.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     model._mtl_lora = AttachInfo(cfg, router, fam.name if fam else "custom", layers, towers)

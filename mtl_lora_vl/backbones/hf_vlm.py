@@ -20,6 +20,7 @@ which multiply the language model's rows, are routed by :mod:`mtl_lora_vl.adapte
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -56,6 +57,12 @@ __all__ = ["HFVLMBackbone", "PaliGemmaBackbone", "load_processor"]
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 _MISMATCH = "image tokens do not match"
+
+
+@functools.cache
+def _cache_kwarg(model_cls: type) -> str:
+    """The forward's name for the KV cache: ``cache`` from transformers 5.24, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "past_key_values"
 
 
 @register_backbone("llava")
@@ -300,10 +307,6 @@ class HFVLMBackbone(Backbone):
         return self._hf_call(self.model, pixel_values=pixel_values, input_ids=input_ids,
                              attention_mask=attention_mask, **extra, **kwargs)
 
-    def _cache_kwarg(self) -> str:
-        """The forward's name for the KV cache: ``cache`` from transformers 5.24, ``past_key_values`` before."""
-        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
-
     def _scores_cached(self, images: Tensor, batch: dict[str, Tensor], cands: list[list[list[int]]]) -> Tensor:
         B, C = images.shape[0], len(cands[0])
         ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -324,7 +327,7 @@ class HFVLMBackbone(Backbone):
         positions = self._positions(step_mask)[:, ids.shape[1]:]
         kwargs = {"token_type_ids": torch.ones_like(step_ids)} if self.prefix_lm else {}
         with expanded_rows(self.model, C):
-            kwargs[self._cache_kwarg()] = cache
+            kwargs[_cache_kwarg(type(self.model))] = cache
             logits = self.model(input_ids=step_ids, attention_mask=step_mask, position_ids=positions,
                                 use_cache=True, **kwargs).logits
         rest, _ = _target_logprobs(logits, labels[:, 1:])

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 
 import torch
 
 from ..config import LAMBDA_TYPES
-from ..log import cli_logging
+from ..log import cli_logging, debug_tracebacks
 from .bench import BenchDirError, run_benchmark
 from .grid import DEFAULT_ABLATIONS, METHODS, BenchSettings
 
@@ -139,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"[bench] stopped; rerun the same command to continue ({args.out})", file=sys.stderr)
         return getattr(e, "exit_code", 130)   # 143 when SIGTERM stopped a run
     except (BenchDirError, ValueError, RuntimeError, OSError, ImportError) as e:   # (a bad --device: RuntimeError)
-        if os.environ.get("MTL_LORA_VL_DEBUG", "") not in ("", "0"):
+        if debug_tracebacks():
             raise
         notes = "".join(f" ({n})" for n in getattr(e, "__notes__", ()))
         print(f"error: {e}{notes}", file=sys.stderr)

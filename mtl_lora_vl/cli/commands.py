@@ -10,7 +10,6 @@ name the program was started as.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluation.evaluate import evaluate_adapter
-from ..log import cli_logging
+from ..log import cli_logging, debug_tracebacks
 from ..options import EvalOptions, TrainOptions
 from ..training.train import RunStopped, train
 from .parsing import build_parser, parse_options, parse_options_given
@@ -45,10 +44,6 @@ def program_name() -> str:
     return f"python -m {path.parent.name}" if path.name == "__main__.py" else path.name
 
 
-def _debug() -> bool:
-    return os.environ.get("MTL_LORA_VL_DEBUG", "") not in ("", "0")
-
-
 def run_command(level: str, fn: Callable[..., Any], *args: Any) -> int:
     """Run ``fn(*args)`` with the command line's logging; an expected failure is one ``error:`` line."""
     with cli_logging(level) as log:
@@ -59,7 +54,7 @@ def run_command(level: str, fn: Callable[..., Any], *args: Any) -> int:
         except RunStopped as e:  # the loop logged it; not 0, so `train && evaluate` does not go on
             return e.exit_code
         except EXPECTED as e:
-            if _debug():
+            if debug_tracebacks():
                 raise
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e
             logger.error("%s", msg, exc_info=log.isEnabledFor(logging.DEBUG))

@@ -180,7 +180,7 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
     by_name = {f.name: f for f in fields(cls) if f.name != "config"}
     out: dict[str, Any] = {}
     # a run's own config.json: it records the --config file it merged (or none)
-    run_config = "config" in raw and "out" in raw and (raw["config"] in (None, "") or isinstance(raw["config"], str))
+    run_config = "config" in raw and "out" in raw and (raw["config"] is None or isinstance(raw["config"], str))
     for key, value in raw.items():
         name = key.replace("-", "_")
         if run_config and name in ("config", "out", "resume", "overwrite"):

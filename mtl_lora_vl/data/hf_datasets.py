@@ -227,11 +227,11 @@ def _image_kind(feature: Any, where: str, column: str) -> str:
                      "encoded bytes or file paths")
 
 
-def _images(ds: Any, column: str, kind: str) -> list[tuple[bool, str | None]]:
-    """Per row: (has bytes in the table, path or None), without copying the bytes."""
-    tbl = ds.select_columns([column]).with_format("arrow")[:]
+def _images(column: Any, kind: str) -> list[tuple[bool, str | None]]:
+    """Per row of the image ``column`` (an Arrow chunked array): (has bytes in the table, path or None), without
+    copying the bytes."""
     out: list[tuple[bool, str | None]] = []
-    for chunk in tbl.column(0).chunks:
+    for chunk in column.chunks:
         if kind == "path":
             out.extend((False, p) for p in chunk.to_pylist())
         elif kind == "bytes":
@@ -267,12 +267,12 @@ def read_hf_datasets(
     if class_names is None and isinstance(label_feature, _datasets().ClassLabel):
         class_names = list(label_feature.names)
 
+    column = ds.select_columns([image_col]).with_format("arrow")[:].column(0)
     others = {f: c for f, c in mapping.items() if f != "image"}
     meta = (ds.select_columns(list(dict.fromkeys(others.values()))).with_format("arrow")[:].to_pylist()
             if others else [{} for _ in range(len(ds))])
     by_id: dict[str, tuple[Any, int]] = {}   # image_id -> (the image reference its rows share, its first row)
     digests: dict[int, str] = {}
-    column = ds.select_columns([image_col]).with_format("arrow")[:].column(0)
 
     def digest(row: int) -> str:   # the row's encoded image, hashed once (only rows whose image_id repeats)
         if row not in digests:
@@ -282,7 +282,7 @@ def read_hf_datasets(
         return digests[row]
 
     rows = []
-    for i, ((has_bytes, img_path), values) in enumerate(zip(_images(ds, image_col, kind), meta)):
+    for i, ((has_bytes, img_path), values) in enumerate(zip(_images(column, kind), meta)):
         row = {f: values[c] for f, c in others.items()}
         given_id = row.get("image_id") not in (None, "")
         if not given_id:   # a made-up id must not collide with the column's real ones ("1"): it would share that image

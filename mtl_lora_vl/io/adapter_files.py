@@ -147,6 +147,13 @@ def absolute_base(base: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
+def require_head_modules(heads: dict[str, Any], what: str) -> None:
+    """TypeError unless every head is an ``nn.Module`` (task -> module)."""
+    bad = sorted(k for k, h in heads.items() if not isinstance(h, nn.Module))
+    if bad:
+        raise TypeError(f"{what}: heads must be nn.Modules (task -> module); not for {bad}")
+
+
 def _check_save_arguments(cfg: MTLLoRAConfig, heads: dict[str, Any], task_specs: dict[str, Any],
                           kinds: dict[str, Any]) -> None:
     for what, d in (("heads", heads), ("task_specs", task_specs), ("kinds", kinds)):
@@ -154,9 +161,7 @@ def _check_save_arguments(cfg: MTLLoRAConfig, heads: dict[str, Any], task_specs:
         if unknown:
             raise ValueError(f"save_adapter: {what} names task(s) {unknown} that the adapter does not have; "
                              f"its tasks are {cfg.tasks}")
-    bad = sorted(k for k, h in heads.items() if not isinstance(h, nn.Module))
-    if bad:
-        raise TypeError(f"save_adapter: heads must be nn.Modules (task -> module); not for {bad}")
+    require_head_modules(heads, "save_adapter")
     for task, spec in task_specs.items():
         if not Path(spec).is_file():
             raise FileNotFoundError(f"save_adapter: task spec of {task!r} not found: {spec}")

@@ -50,13 +50,17 @@ def check_base_class(base_model: nn.Module, doc: dict[str, Any], path: Path) -> 
                                f"is {class_name(base_model)}; load it onto the base model it was trained on")
 
 
+def refuse_adapted(model: nn.Module, message: str) -> None:
+    """AdapterFileError(``message``) when ``model`` (or a module inside it) already has MTL-LoRA adapters."""
+    if any(getattr(m, "_mtl_lora", None) is not None for m in model.modules()):
+        raise AdapterFileError(message)
+
+
 def check_base(base_model: nn.Module, doc: dict[str, Any], cfg: MTLLoRAConfig, path: Path,
                 check_weights: bool = True) -> tuple[dict[str, BankPlan], MTLLoRAConfig]:
     """Family, class, fingerprint and (``check_weights``) sampled weights of ``base_model`` against the file;
     returns the bank plan and the config to attach with (see :func:`_saved_projections`)."""
-    if getattr(base_model, "_mtl_lora", None) is not None or any(
-            getattr(m, "_mtl_lora", None) is not None for m in base_model.modules()):
-        raise AdapterFileError(f"load_adapter: this {type(base_model).__name__} already has MTL-LoRA adapters; "
+    refuse_adapted(base_model, f"load_adapter: this {type(base_model).__name__} already has MTL-LoRA adapters; "
                                "pass a freshly built base model (or use the adapted model as it is)")
     check_base_class(base_model, doc, path)
     ident = doc["base_model"]

@@ -52,7 +52,7 @@ from ..adapters.routing import check_module
 from ..families import MERGED_WEIGHTS, merged_format, peft_export
 from .adapter_files import load_tensors, save_tensors
 from .atomic import atomic_dir, atomic_file
-from .base_check import check_base_class, check_weight_samples, newer_package_hint
+from .base_check import check_base_class, check_weight_samples, newer_package_hint, refuse_adapted
 from .identity import model_identity, plan_attached
 from .layout import ADAPTER_CONFIG, LEGACY_ADAPTER_CONFIG, AdapterFileError, few
 
@@ -220,8 +220,7 @@ def apply_plain_lora(base_model: nn.Module, path: str | Path, check_base_weights
     """
     path = Path(path)
     check_module(base_model, "apply_plain_lora")
-    if any(getattr(m, "_mtl_lora", None) is not None for m in base_model.modules()):
-        raise AdapterFileError(f"apply_plain_lora: this model already has MTL-LoRA adapters, and the update would be "
+    refuse_adapted(base_model, f"apply_plain_lora: this model already has MTL-LoRA adapters, and the update would be "
                                f"counted twice when routed to its task; fold {path} into a fresh base model (or use "
                                "mtl_lora_vl.merge on this one)")
     cfg_file = path / PLAIN_CONFIG

@@ -106,6 +106,7 @@ class VQAKind(TaskKind):
     """Open-ended VQA (VQAv2 style): answer vocabulary, soft-score loss, VQA accuracy per question type."""
 
     headline_metric = "vqa_accuracy"
+    _stale_filter = False   # a saved filter keyed by VQAv2's answer types (see filter_type)
     metric_names = ("vqa_accuracy", "per_type")
     uses_text = True
     needs_templates = True
@@ -135,6 +136,7 @@ class VQAKind(TaskKind):
             self.answers = [str(a) for a in state["answers"]]
             self.answer_index = {a: i for i, a in enumerate(self.answers)}
             self.type_answers = {t: [int(i) for i in ids] for t, ids in state.get("type_answers", {}).items()}
+            self._stale_filter = bool(self.type_answers) and set(self.type_answers) <= _ANSWER_TYPES
             self.consensus = frozenset(state.get("consensus", self.answers))
             return
         counts: Counter[str] = Counter()
@@ -211,16 +213,16 @@ class VQAKind(TaskKind):
         known type the question starts with, as VQAv2's question types are a question's opening words."""
         if "filter_type" not in example.meta:
             return example.question_type
-        known = getattr(self, "type_answers", {})   # (not yet while __init__ builds it)
-        if known and set(known) <= _ANSWER_TYPES and not getattr(self, "_warned", False):
-            self._warned = True   # an adapter saved before: its filter is keyed by answer type, which VQAv2 derives
+        if self._stale_filter:   # an adapter saved before: its filter is keyed by answer type (said once)
+            self._stale_filter = False
             logger.warning("task %r: this adapter's answer filter was saved by answer type (%s), which VQAv2 derives "
                            "from the human answers; candidates now go by question type, so they are not filtered "
-                           "(retrain the task to filter them again)", self.name, sorted(known))
+                           "(retrain the task to filter them again)", self.name, sorted(self.type_answers))
         if example.meta["filter_type"]:
             return str(example.meta["filter_type"])
         q = " ".join((example.text or "").lower().split())
-        return max((t for t in getattr(self, "type_answers", {}) if q.startswith(t)), key=len, default=None)
+        known = getattr(self, "type_answers", {})   # (not yet while __init__ builds it)
+        return max((t for t in known if q.startswith(t)), key=len, default=None)
 
     def answer_mask(self, question_type: str | None) -> Tensor:
         """(V,) bool: the answers a question of this type may get (all, for an unseen or missing type)."""

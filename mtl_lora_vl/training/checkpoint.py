@@ -27,8 +27,9 @@ rank, step) (:mod:`mtl_lora_vl.data.seeding`).
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
@@ -48,13 +49,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not fit this run."""
 
 
-class Progress(NamedTuple):
+@dataclass(frozen=True)
+class Progress:
     """Where a run stands at a checkpoint, besides the model, optimizer and loader (which restore in place)."""
 
     step: int = 0
-    log_window: dict[str, list[float]] = {}   # this rank's losses logged since the last metrics row
-    bad_streak: int = 0                        # skipped (non-finite) steps in a row up to ``step``
-    replaced: dict[str, int] = {}              # replaced training rows per task so far, all ranks
+    log_window: dict[str, list[float]] = field(default_factory=dict)  # this rank's losses since the last log row
+    bad_streak: int = 0                                               # skipped (non-finite) steps in a row
+    replaced: dict[str, int] = field(default_factory=dict)            # replaced training rows per task, all ranks
 
 
 def rank_file(run_dir: str | Path, rank: int) -> Path:

@@ -313,7 +313,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
                                           backbone=run.setup.backbone, amp_dtype=run.amp_dtype, info=info)
                 window.count(result.samples)
                 for task, n in result.replaced.items():
-                    replaced_here[task] = replaced_here.get(task, 0) + n
+                    replaced_here[task] += n
                 lr = optim.lr  # the rate this step trains at (the scheduler moves on in optimizer_step)
                 if result.finite:
                     bad = 0
