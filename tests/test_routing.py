@@ -563,3 +563,31 @@ def test_a_wrapper_follows_its_inner_model_when_replaced():
     wrapper[0] = mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["x", "y"], targets={"image": [r"^0$"]}))
     with mlv.route(wrapper, "y"):   # it routed the old model's router ("unknown task 'y'")
         wrapper(torch.randn(1, 4))
+
+
+def test_an_error_in_flight_is_not_replaced_by_the_scope_order_error():
+    """A scope left by an exception while an inner scope is still open raised RoutingError instead, hiding the
+    error (a KeyboardInterrupt or a shape error) that actually stopped the code."""
+    model = mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^0$"]}))
+    outer, inner = mlv.route(model, "a"), mlv.route(model, "b")
+    outer.__enter__()
+    inner.__enter__()
+    err = ValueError("the real error")
+    assert outer.__exit__(ValueError, err, None) is False   # re-raised as itself, not as a RoutingError
+    with pytest.raises(mlv.RoutingError, match="no task was given"):   # nothing left behind
+        model(torch.randn(1, 4))
+
+
+def test_a_closed_generator_still_reports_scopes_closed_out_of_order():
+    model = mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^0$"]}))
+
+    def stream(task):
+        with mlv.route(model, task):
+            yield 1
+            yield 2
+
+    a, b = stream("a"), stream("b")
+    next(a), next(b)
+    for stream_ in (a, b):
+        with pytest.raises(mlv.RoutingError, match="closed out of order"):
+            stream_.close()

@@ -452,14 +452,24 @@ def route(model: nn.Module | Router,
     try:
         with _scope(router, new):
             yield new
-    finally:
-        if router.current is not new:   # another scope opened inside this one is still open
-            router.current = None
-            raise RoutingError(
-                "route: scopes on one model closed out of order (two threads, or interleaved generators, routing "
-                "the same model); a model's route is one per model, not per thread: give each thread its own copy "
-                "(copy.deepcopy(model)), or nest the scopes")
-        router.current = outer
+    except GeneratorExit:   # a generator holding the scope was closed: an exit like any other
+        _close(router, new, outer)
+        raise
+    except BaseException:   # the error in flight is the one to see, not the scope order it may have caused
+        router.current = outer if router.current is new else None
+        raise
+    _close(router, new, outer)
+
+
+def _close(router: Router, new: Route, outer: Route | None) -> None:
+    """Restore the route outside the closing scope ``new``, refusing scopes closed out of order."""
+    if router.current is not new:   # another scope opened inside this one is still open
+        router.current = None
+        raise RoutingError(
+            "route: scopes on one model closed out of order (two threads, or interleaved generators, routing "
+            "the same model); a model's route is one per model, not per thread: give each thread its own copy "
+            "(copy.deepcopy(model)), or nest the scopes")
+    router.current = outer
 
 
 @contextmanager
