@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import operator
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -28,6 +29,13 @@ Split = Literal["train", "val", "test"]
 
 #: The adapter's shape: an --extend run takes it from the adapter it extends.
 ADAPTER_SHAPE = ("rank", "alpha", "n_up", "temperature", "lambda_type", "dropout", "method", "targets")
+
+
+def _same_value(name: str, mine: Any, theirs: Any) -> bool:
+    """An option's value against the adapter's; targets compare as parsed JSON (key order and spacing aside)."""
+    if name == "targets" and mine != "default" and theirs != "default":
+        return json.loads(mine) == (json.loads(theirs) if isinstance(theirs, str) else theirs)
+    return mine == theirs
 
 
 #: Options whose default depends on the path the task kinds take on the chosen backbone (DESIGN §3):
@@ -133,13 +141,20 @@ class TrainOptions:
             raise ValueError(f"--task-lr-mult {self.task_lr_mult:g}: method {self.method} has no task-specific "
                              "Lambda_t / w_t tensors (only mtl_lora and moe_lora do), so it would change nothing; drop "
                              "it (or raise --lr)")
-        if self.extend:
-            default = TrainOptions()
-            given = [f"--{k.replace('_', '-')}" for k in ADAPTER_SHAPE if getattr(self, k) != getattr(default, k)]
-            if given:
-                raise ValueError(f"--extend {self.extend}: the new tasks take the adapter's own shape (rank, alpha, "
-                                 f"n_up, temperature, Lambda type, dropout, method, targets), so {', '.join(given)} "
-                                 "would be ignored; drop them")
+
+    def check_extend_shape(self, shape: dict[str, Any], given: Collection[str] | None = None) -> None:
+        """Refuse adapter-shape options an ``--extend`` run was asked for that differ from the adapter's own
+        ``shape`` (option name -> value), which the new tasks take. ``given``: the options named on the command
+        line or in the config file (None: those not at their default) -- ``--rank 8`` given explicitly against a
+        rank-16 adapter counts even though 8 is the default."""
+        default = TrainOptions()
+        asked = (lambda k: k in given) if given is not None else (lambda k: getattr(self, k) != getattr(default, k))
+        off = [f"--{k.replace('_', '-')} {getattr(self, k)} (the adapter's: {shape[k]})" for k in ADAPTER_SHAPE
+               if asked(k) and not _same_value(k, getattr(self, k), shape[k])]
+        if off:
+            raise ValueError(f"--extend {self.extend}: the new tasks take the adapter's own shape (rank, alpha, n_up, "
+                             f"temperature, Lambda type, dropout, method, targets), so {', '.join(off)} would be "
+                             "ignored; drop them (from the command line or the --config file)")
 
     def with_path_defaults(self, generative: bool) -> TrainOptions:
         """A copy whose unset path-dependent options (:data:`PATH_DEFAULTS`) take the value of the run's path:

@@ -117,7 +117,15 @@ def test_extend_trains_only_the_new_task(tmp_path, capsys):
     ext_args = ["--extend", str(run), "--tasks", str(cls), "--steps", "3", "--batch-size", "8",
                 "--workers", "0", "--eval-batch-size", "32", "--out", str(ext)]
     assert train_main(ext_args + ["--rank", "16"]) == 2  # the adapter's shape is its own
-    assert "--rank would be ignored; drop them" in capsys.readouterr().err and not ext.exists()
+    assert "--rank 16 (the adapter's: 4) would be ignored; drop them" in capsys.readouterr().err and not ext.exists()
+    # the default value given explicitly was taken for "not given" and silently ignored
+    assert train_main(ext_args + ["--rank", "8", "--method", "mtl_lora"]) == 2
+    assert "--rank 8 (the adapter's: 4) would be ignored" in capsys.readouterr().err and not ext.exists()
+    shaped = tmp_path / "shape.toml"   # so in a config file
+    shaped.write_text('rank = 8\nalpha = 16.0\n')   # alpha is the adapter's own: not refused
+    assert train_main(ext_args + ["--config", str(shaped)]) == 2
+    err = capsys.readouterr().err
+    assert "--rank 8 (the adapter's: 4) would be ignored" in err and "--alpha" not in err and not ext.exists()
     assert train_main(ext_args) == 0
     assert "training" in capsys.readouterr().err  # the opening line is logged (stderr), the table printed
     assert json.loads((ext / "config.json").read_text())["rank"] == 4  # recorded as the adapter has it

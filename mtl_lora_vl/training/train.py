@@ -147,10 +147,11 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     check_base_precision(opts.precision, amp_dtype, loaded, setup.backbone.casts_inputs)
     if opts.extend:  # config.json and the adapter record its own shape and base model, which the new tasks take
         c = setup.config
-        opts = replace(opts, backbone=setup.base["backbone"], pretrained=setup.base["pretrained"], rank=c.r,
-                       alpha=c.alpha, n_up=c.n_up, temperature=c.temperature, dropout=c.dropout,
-                       lambda_type=c.lambda_type, method=c.method,
-                       targets=c.targets if isinstance(c.targets, str) else json.dumps(c.targets))
+        shape = dict(rank=c.r, alpha=c.alpha, n_up=c.n_up, temperature=c.temperature, dropout=c.dropout,
+                     lambda_type=c.lambda_type, method=c.method,
+                     targets=c.targets if isinstance(c.targets, str) else json.dumps(c.targets))
+        opts.check_extend_shape(shape, given)
+        opts = replace(opts, backbone=setup.base["backbone"], pretrained=setup.base["pretrained"], **shape)
     opts = opts.with_path_defaults(any(kind.generative for kind in setup.kinds.values()))
     seed_rank(opts.seed, info.rank)  # every rank builds the same model, then draws its own dropout masks
     run_dir = claim_run_dir(run_dir, opts, info)  # a default name taken meanwhile: the next free one
