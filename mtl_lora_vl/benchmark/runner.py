@@ -98,10 +98,8 @@ class Runner:
                 raise
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         if diverged is not None:  # a result too (runs are deterministic: rerunning would diverge again)
-            record = {"key": spec.key, "config": spec.config.cid, "group": spec.config.group,
-                      "label": spec.config.label, "seed": spec.seed, "lr": spec.lr, "tune": spec.tune,
-                      "diverged": diverged, "tasks": None, "val": None, "wall_s": wall,
-                      "folder": str(folder.relative_to(self.root))}
+            record = {**run_identity(spec, folder.relative_to(self.root)), "diverged": diverged, "tasks": None,
+                      "val": None, "wall_s": wall}
         else:
             if not (run_dir / "eval.json").is_file():
                 raise GridStopped(f"{spec.key}: the trainer stopped before evaluating (see {folder / 'train.log'})")
@@ -136,15 +134,20 @@ def make_record(spec: RunSpec, run_dir: Path, wall: float, folder: Path) -> dict
     rates = rates[1:] or rates  # the first window includes warm-up
     opts = json.loads((run_dir / "config.json").read_text())
     return {
-        "key": spec.key, "config": spec.config.cid, "group": spec.config.group, "label": spec.config.label,
-        "seed": spec.seed, "lr": spec.lr, "tune": spec.tune, "metrics": metrics,
+        **run_identity(spec, folder), "metrics": metrics,
         "tasks": {t: r["adapted"] for t, r in tasks.items()},
         "zero_shot": {t: r["zero_shot"] for t, r in tasks.items() if r.get("zero_shot") is not None},
         "val": {t: ev["val"][t][metrics[t]] for t in tasks} if "val" in ev else None,
         "eval_n": {t: r["n"] for t, r in tasks.items()},
         "step_s": opts["batch_size"] / statistics.median(rates) if rates else None,
-        "wall_s": wall, "steps": opts["steps"], "batch_size": opts["batch_size"], "folder": str(folder),
+        "wall_s": wall, "steps": opts["steps"], "batch_size": opts["batch_size"],
     }
+
+
+def run_identity(spec: RunSpec, folder: Path) -> dict[str, Any]:
+    """What names a run in its record, finished or diverged: configuration, seed, learning rate, folder."""
+    return {"key": spec.key, "config": spec.config.cid, "group": spec.config.group, "label": spec.config.label,
+            "seed": spec.seed, "lr": spec.lr, "tune": spec.tune, "folder": str(folder)}
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
