@@ -497,3 +497,19 @@ def test_float_labels_and_a_wrong_csv_delimiter_say_what_is_wrong(tmp_path):
     (tmp_path / "semi.csv").write_text("image;caption\na.png;a dog\n")
     with pytest.raises(DataFormatError, match=r"no 'image' field.*\['image;caption'\].*check the delimiter"):
         read_split("csv", tmp_path, file="semi.csv")
+
+
+def test_a_caption_field_holding_a_list_is_a_list_of_captions(root):
+    """A JSONL "caption": [...] (and a Hugging Face Sequence(string) column such as Flickr30k's) became one
+    caption, the Python repr of the list ("['a red thing', 'a red square']"), with no warning."""
+    rows = [{"image": "images/good.jpg", "caption": ["a red thing", "a red square"]},
+            {"image": "images/good2.png", "text": ["a green thing"]},
+            {"image": "images/gray.png", "caption": 7}]     # a number is a caption as written (as before)
+    (root / "lists.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    s = read_split("jsonl", root, file="lists.jsonl")
+    assert [(e.text, e.captions) for e in s.examples] == [  # one training example per caption
+        ("a red thing", ("a red thing", "a red square")), ("a red square", ("a red thing", "a red square")),
+        ("a green thing", ("a green thing",)), ("7", ("7",))]
+    (root / "bad.jsonl").write_text(json.dumps({"image": "images/good.jpg", "caption": {"en": "red"}}))
+    with pytest.raises(DataFormatError, match=r"bad.jsonl:1: 'caption' must be a string or a list of strings"):
+        read_split("jsonl", root, file="bad.jsonl")

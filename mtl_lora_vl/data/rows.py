@@ -89,15 +89,17 @@ def _answers(value: Any, where: str) -> tuple[str, ...]:
 
 
 def _captions(row: dict, where: str) -> list[str]:
-    caps = row.get("captions")
-    if _present(caps):
-        if isinstance(caps, str):
-            caps = [caps]
-        if not isinstance(caps, (list, tuple)) or not all(isinstance(c, str) for c in caps):
-            raise DataFormatError(f"{where}: 'captions' must be a list of strings, got {caps!r}")
-        return [c.strip() for c in caps if c.strip()]
-    text = str(row["text"] if _present(row.get("text")) else row["caption"]).strip()
-    return [text] if text else []   # a blank caption is no caption (the row is left out, as an empty list is)
+    """A row's captions: ``captions``, else ``text``, else ``caption`` -- each a string or a list of strings (a
+    Hugging Face ``Sequence(string)`` column such as Flickr30k's ``caption`` is a list)."""
+    key = next((k for k in ("captions", "text", "caption") if _present(row.get(k))), None)
+    if key is None:
+        return []
+    caps = row[key]
+    if isinstance(caps, str) or (key != "captions" and isinstance(caps, (int, float)) and not isinstance(caps, bool)):
+        caps = [str(caps)]
+    if not isinstance(caps, (list, tuple)) or not all(isinstance(c, str) for c in caps):
+        raise DataFormatError(f"{where}: {key!r} must be a string or a list of strings, got {caps!r}")
+    return [c.strip() for c in caps if c.strip()]   # a blank caption is no caption (as an empty list is)
 
 
 def examples_from_rows(
