@@ -610,6 +610,32 @@ def test_vqav2_candidates_come_from_the_question_not_from_its_answers(clip, capl
     assert caplog.text.count("answer filter was saved by answer type") == 1
 
 
+def test_answer_typed_question_types_from_row_files_do_not_choose_the_candidates(clip, caplog, tmp_path):
+    """VQAv2 converted to JSONL (or a datasets column mapped to question_type) carries VQAv2's answer_type as
+    question_type: the filter then let each question's label choose its candidates. Now it is not used (said
+    once); a 'filter_type' field, the question's own type, is."""
+    from mtl_lora_vl.data.readers import read_split
+
+    spec = load_spec("vqa")
+    world = _world(spec, "train", 60)
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "a.png")
+    rows = []
+    for ex in world.examples:
+        top = Counter(ex.answers).most_common(1)[0][0]
+        answer_type = "yes/no" if top in ("yes", "no") else "number" if top.isdigit() else "other"
+        rows.append({"image": "a.png", "question": ex.text, "answers": list(ex.answers),
+                     "question_type": answer_type, "prefix": " ".join(ex.text.lower().split()[:2])})
+    (tmp_path / "plain.jsonl").write_text("\n".join(json.dumps({k: v for k, v in r.items() if k != "prefix"})
+                                                    for r in rows))
+    (tmp_path / "typed.jsonl").write_text("\n".join(json.dumps({**r, "filter_type": r.pop("prefix")}) for r in rows))
+    with caplog.at_level("WARNING"):
+        plain = build_kind(spec, read_split("jsonl", tmp_path, file="plain.jsonl"), clip)
+    assert plain.type_answers == {} and "question types are VQAv2's answer types" in caplog.text
+    typed = build_kind(spec, read_split("jsonl", tmp_path, file="typed.jsonl"), clip)
+    assert set(typed.type_answers) == {r["filter_type"] for r in map(json.loads, (tmp_path / "typed.jsonl")
+                                                                      .read_text().splitlines())}
+
+
 def test_captioning_kind_rebuilds_from_state_and_needs_captions(coca):
     spec = load_spec("captioning")
     kind = build_kind(spec, _world(spec, "train", 6), coca)

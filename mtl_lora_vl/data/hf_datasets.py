@@ -13,7 +13,7 @@ A task spec points at it and maps its columns to the fields of :mod:`mtl_lora_vl
     split = "validation"
 
 Fields: ``image``, ``text``/``caption``/``captions``, ``question``, ``answers``, ``label``, ``image_id``,
-``question_type``, ``question_id``. Without ``columns`` every column named like a field is used. An
+``question_type``, ``question_id``, ``filter_type``. Without ``columns`` every column named like a field is used. An
 image column may hold images (the ``datasets.Image`` feature: encoded bytes, or a path), raw bytes, or
 file paths; paths are resolved under the data root (``images`` is a folder prefix) and refused when
 they leave it. A ``ClassLabel`` label column gives the class names.
@@ -42,7 +42,7 @@ from .records import Split
 from .rows import examples_from_rows
 
 FIELDS = ("image", "text", "caption", "captions", "question", "answers", "label", "image_id", "question_type",
-          "question_id")
+          "question_id", "filter_type")
 _OPEN: dict[Any, Any] = {}   # per process: table -> its image column, opened once
 
 

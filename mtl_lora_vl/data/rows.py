@@ -8,7 +8,9 @@ A row has ``image`` plus the fields of one task kind:
   ``{"answer": [...]}`` table of lists, or a '|'-separated string);
 * classification: ``label`` (a class name, or an index into ``class_names``).
 
-``image_id``, ``question_type`` and ``question_id`` are optional.
+``image_id``, ``question_type`` and ``question_id`` are optional; so is ``filter_type`` (VQA), the type that
+chooses a question's candidate answers when ``question_type`` holds VQAv2's answer type, which comes from the
+human answers (see :meth:`mtl_lora_vl.tasks.vqa.VQAKind.filter_type`).
 """
 
 from __future__ import annotations
@@ -161,6 +163,8 @@ def examples_from_rows(
             answers = _answers(row.get("answers"), at(n))
             if check(p):
                 meta = {k: row[k] for k in ("question_id",) if k in row}
+                if "filter_type" in row:
+                    meta["filter_type"] = str(row["filter_type"] or "")
                 examples.append(Example(stored(p), image_id(row, n, p), text=str(row["question"]), answers=answers,
                                         question_type=row.get("question_type") or None, meta=meta))
         return check.finish(examples, source)

@@ -163,6 +163,13 @@ class VQAKind(TaskKind):
                 qtype = self.filter_type(ex)
                 if qtype and top and top[0][0] in self.answer_index:
                     by_type[qtype].add(self.answer_index[top[0][0]])
+        if by_type and set(by_type) <= _ANSWER_TYPES and not any("filter_type" in ex.meta for ex in train.examples):
+            logger.warning("task %r: the question types are VQAv2's answer types (%s), which come from the human "
+                           "answers: filtering a question's candidate answers by them would let its label choose "
+                           "them, so answers are not filtered. Give each row the question's own type in a "
+                           "'filter_type' field (VQAv2's question_type, its opening words), or set "
+                           "options.filter_by_type = false", spec.name, ", ".join(sorted(by_type)))
+            by_type.clear()
         self.type_answers: dict[str, list[int]] = {t: sorted(ids) for t, ids in sorted(by_type.items())}
         #: Answers that are the majority answer of at least one training question (generative targets).
         self.consensus: frozenset[str] = frozenset(majority_answer(ex.answers) for ex in train.examples) - {""}
