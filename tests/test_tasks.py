@@ -161,6 +161,8 @@ MALFORMED = [
      "the training split"),
     ('kind = "vqa"\n[data]\nformat = "jsonl"\n[data.train]\nfile = "t.jsonl"\n', "'data.val'",
      "for evaluation"),
+    ('kind = "vqa"\n[data]\nformat = "jsonl"\n[data.train]\nfile = "t.jsonl"\n[data.validation]\nfile = "v.jsonl"\n',
+     "'data.validation'", "(did you mean [data.val]?)"),   # it blamed data.train: "does not take 'validation'"
     ('kind = "vqa"\n' + GOOD + '[head]\nwidth = 3\n', "'head.width'", "one of the known keys"),
     ('kind = "vqa"\n' + GOOD + '[head]\nquestion_weight = "x"\n', "'head.question_weight'", "a number"),
     ('kind = "vqa"\n' + GOOD + '[options]\nanswer_vocab_size = 2.5\n', "'options.answer_vocab_size'",
@@ -241,7 +243,7 @@ def test_a_task_name_taken_from_the_file_name_says_so(tmp_path):
     assert load_spec(path).name == "vqa_v2"
 
 
-def test_file_spec_reads_under_the_data_root(tmp_path):
+def test_file_spec_reads_under_the_data_root(tmp_path, caplog):
     root = tmp_path / "data"
     (root / "img").mkdir(parents=True)
     rows = []
@@ -252,8 +254,11 @@ def test_file_spec_reads_under_the_data_root(tmp_path):
     spec_path = tmp_path / "pets.toml"
     spec_path.write_text('kind = "classification"\n[data]\nformat = "jsonl"\n'
                          '[data.train]\nfile = "train.jsonl"\n[data.test]\nfile = "train.jsonl"\n')
-    spec = load_spec(spec_path)
+    with caplog.at_level("WARNING"):
+        spec = load_spec(spec_path)
     assert spec.data.format == "jsonl" and spec.eval_split == "test"
+    # a one-split dataset read by both (or a copied file name): trained and scored on the same rows, silently
+    assert "[data.test] has the same options as [data.train], so it reads the training rows again" in caplog.text
     with pytest.raises(SpecError, match="--data-root"):
         spec.load_split("train")
     with pytest.raises(SpecError, match=r"no 'val' split"):

@@ -272,6 +272,12 @@ def read_split(format: str, data_root: str | os.PathLike, **paths_and_options: A
     return READERS[str(format).lower()](data_root, **paths_and_options)
 
 
+def reader_option_names(format: str) -> frozenset[str]:
+    """The options the reader of ``format`` takes (none for an unknown format)."""
+    reader = READERS.get(str(format).lower())
+    return frozenset(inspect.signature(reader).parameters) - {"data_root"} if reader else frozenset()
+
+
 def check_reader_options(format: str, options: dict[str, Any]) -> None:
     """Raise :class:`ReaderOptionError` unless the reader of ``format`` takes exactly these options (its
     required ones included); task specs are checked this way when they load, before any file is read."""

@@ -34,7 +34,9 @@ expected. Bare names (``"vqa"``) resolve to the built-in specs, found in the ins
 
 from __future__ import annotations
 
+import difflib
 import importlib.resources
+import logging
 import math
 import re
 import string
@@ -45,11 +47,13 @@ from pathlib import Path
 from typing import Any
 
 from mtl_lora_vl.data.common import ReaderOptionError
-from mtl_lora_vl.data.readers import READERS, check_reader_options, read_split
+from mtl_lora_vl.data.readers import READERS, check_reader_options, read_split, reader_option_names
 from mtl_lora_vl.data.records import Split
 from mtl_lora_vl.data.world import KINDS as WORLD_KINDS
 from mtl_lora_vl.data.world import build_split
 from mtl_lora_vl.tasks.registry import available_kinds, get_kind
+
+logger = logging.getLogger(__name__)
 
 #: Standard dataset formats a spec may name (the readers of :func:`mtl_lora_vl.data.readers.read_split`).
 DATA_FORMATS = tuple(READERS)
@@ -305,12 +309,23 @@ def _parse_data(path: Path, raw: Any) -> DataSpec:
     fmt = FORMAT_ALIASES.get(raw["format"], raw["format"]) if isinstance(raw["format"], str) else raw["format"]
     if fmt not in DATA_FORMATS:
         raise _fail(path, "data.format", f"one of {list(DATA_FORMATS)}", raw["format"])
+    options = {k: v for k, v in raw.items() if k not in ("format", *SPLITS)}
+    taken = reader_option_names(fmt)
+    for key, value in options.items():
+        if isinstance(value, dict) and key not in taken:   # e.g. [data.validation]: a split under another name
+            close = difflib.get_close_matches(key, SPLITS, n=1, cutoff=0.3)
+            raise _fail(path, f"data.{key}", f"a split table named {', '.join(SPLITS)}"
+                        + (f" (did you mean [data.{close[0]}]?)" if close else ""), show_got=False)
     if "train" not in splits:
         raise _fail(path, "data.train", "a [data.train] table with the reader options of the training split",
                     show_got=False)
     if "val" not in splits and "test" not in splits:
         raise _fail(path, "data.val", "a [data.val] or [data.test] table for evaluation", show_got=False)
-    options = {k: v for k, v in raw.items() if k not in ("format", *SPLITS)}
+    for split in ("val", "test"):
+        if split in splits and splits[split] == splits["train"]:
+            logger.warning("%s: [data.%s] has the same options as [data.train], so it reads the training rows "
+                           "again and the %s scores are training scores; give it a file, folder or split name of "
+                           "its own", path, split, split)
     for split, opts in splits.items():  # a misspelt option is named now, not after a model has loaded
         try:
             check_reader_options(fmt, {**options, **opts})
