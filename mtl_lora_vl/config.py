@@ -33,8 +33,9 @@ class MTLLoRAConfig:
 
     ``targets`` is ``"default"`` (the attention and MLP projections of both towers, from the model
     family table in ``families.py``) or ``{"image": [regex, ...], "text": [regex, ...]}`` matched with
-    ``re.search`` against full module names. ``qkv_slices`` restricts which slices of packed q/k/v
-    projections adapt (``"qkv"``, ``"qv"``, ...). For ``moe_lora`` and ``multi_lora`` ``n_up`` is the
+    ``re.search`` against full module names. ``qkv_slices`` restricts which of the q, k and v projections
+    adapt (``"qkv"``, ``"qv"``, ...): slices of a packed projection (timm's ``qkv``, ``nn.MultiheadAttention``),
+    or whole ``q_proj`` / ``k_proj`` / ``v_proj`` layers (Hugging Face models). For ``moe_lora`` and ``multi_lora`` ``n_up`` is the
     number of experts / parallel LoRAs.
     """
 
@@ -67,7 +68,10 @@ class MTLLoRAConfig:
         try:
             return self.tasks.index(name)
         except ValueError:
-            raise KeyError(f"unknown task {name!r}; this adapter knows {self.tasks}") from None
+            hint = ""
+            if isinstance(name, int) and not isinstance(name, bool) and 0 <= name < len(self.tasks):
+                hint = f" (pass the task's name: id {name} is {self.tasks[name]!r})"
+            raise KeyError(f"unknown task {name!r}; this adapter knows {self.tasks}{hint}") from None
 
     def validate(self) -> None:
         """Raise ConfigError naming the first field whose value cannot work."""

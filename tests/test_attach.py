@@ -10,7 +10,7 @@ from conftest import llava_inputs, tiny_hf_clip, tiny_llava, tiny_open_clip, tin
 from torch import nn
 
 import mtl_lora_vl as mlv
-from mtl_lora_vl.adapters.attach import attach_info
+from mtl_lora_vl.adapters.attach import attach_info, select_targets
 from mtl_lora_vl.adapters.layers import ADAPTER_PARAM_NAMES
 
 TASKS = ["vqa", "retrieval", "cls"]
@@ -585,3 +585,35 @@ def test_grown_rows_stay_frozen_in_a_copy():
             twin(torch.randn(2, 4)).square().sum().backward()
         opt.step()
         assert torch.equal(w.detach()[:2], old) and not torch.equal(w.detach()[2], model[0].lora_w.detach()[2])
+
+
+def test_attach_keeps_the_replaced_modules_mode():
+    """New adapter modules start in train mode: an eval() model had adapter dropout on, and a replaced
+    nn.MultiheadAttention's own attention dropout came back on (zero-initialised adapters then differed from
+    the base), also after unload."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.0))
+    base.attn = nn.MultiheadAttention(8, 2, dropout=0.5, batch_first=True)
+    base.eval()
+    x = torch.randn(2, 3, 8)
+    with torch.no_grad():
+        want = base.attn(x, x, x, need_weights=False)[0]
+    cfg = mlv.MTLLoRAConfig(tasks=["a"], dropout=0.5, targets={"image": [r"^0$", r"^attn$"]})
+    model = mlv.attach(base, cfg)
+    assert not any(m.training for m in model.modules())
+    with torch.no_grad(), mlv.route(model, "a"):
+        torch.testing.assert_close(model.attn(x, x, x, need_weights=False)[0], want)
+        assert torch.equal(model[0](x), model[0](x))   # no adapter dropout in eval
+
+
+def test_qkv_slices_select_separate_q_k_v_layers():
+    """qkv_slices="qv" (PEFT's ["q_proj", "v_proj"]) was silently ignored where q, k and v are layers of their
+    own: k_proj was adapted too."""
+    block = nn.Module()
+    for n in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        setattr(block, n, nn.Linear(4, 4))
+    block.forward = lambda x: block.out_proj(block.q_proj(x) + block.k_proj(x) + block.v_proj(x))
+    model = nn.Sequential(block)
+    cfg = mlv.MTLLoRAConfig(tasks=["a"], qkv_slices="qv", targets={"image": [r"_proj$"]})
+    chosen = [name for name, *_ in select_targets(model, cfg)]
+    assert chosen == ["0.q_proj", "0.v_proj", "0.out_proj"]

@@ -591,3 +591,39 @@ def test_a_closed_generator_still_reports_scopes_closed_out_of_order():
     for stream_ in (a, b):
         with pytest.raises(mlv.RoutingError, match="closed out of order"):
             stream_.close()
+
+
+def test_a_copy_made_inside_a_scope_holds_no_open_scope():
+    """deepcopy / pickle copied the router's live state: a copy made inside disabled() ran as the base model for
+    good (route() on it was silently ignored), one made inside route(ids) stayed routed with no scope open."""
+    import pickle
+
+    model = mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^0$"]}))
+    with torch.no_grad():
+        model[0].lora_B.normal_()
+    x = torch.randn(3, 4)
+    with torch.no_grad(), mlv.route(model, "a"):
+        want = model(x)
+    with mlv.disabled(model):
+        copies = [copy.deepcopy(model), pickle.loads(pickle.dumps(model))]
+    with mlv.route(model, [0, 1, 0]):
+        copies.append(copy.deepcopy(model))
+    for c in copies:
+        with torch.no_grad(), mlv.route(c, "a"):
+            torch.testing.assert_close(c(x), want)
+        with pytest.raises(mlv.RoutingError, match="no task was given"):
+            c(x)
+
+
+def test_numpy_ids_route_and_a_task_id_where_a_name_is_needed_says_so():
+    import numpy as np
+
+    model = mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^0$"]}))
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        with mlv.route(model, [0, 1, 0]):
+            want = model(x)
+        with mlv.route(model, np.array([0, 1, 0])):   # was: "expected a task name, an id, ... got array([0, 1, 0])"
+            torch.testing.assert_close(model(x), want)
+    with pytest.raises(KeyError, match="pass the task's name: id 1 is 'b'"):
+        mlv.merge(model, 1)

@@ -54,6 +54,10 @@ def _batch_dim(model: nn.Module, name: str) -> int:
     return 0
 
 
+#: A q, k or v projection that is a layer of its own (Hugging Face naming), which ``qkv_slices`` selects whole.
+_SEPARATE_QKV = re.compile(r"(?:^|\.)([qkv])_proj$")
+
+
 def select_targets(model: nn.Module, cfg: MTLLoRAConfig) -> list[tuple[str, nn.Module, str, tuple[bool, ...] | None]]:
     """The projections ``attach`` would adapt, as ``(name, module, tower, out_slices)``; touches nothing.
 
@@ -84,6 +88,9 @@ def select_targets(model: nn.Module, cfg: MTLLoRAConfig) -> list[tuple[str, nn.M
             continue
         tower = next((t for t in TOWERS for p in targets.get(t, ()) if re.search(p, name)), None)
         if tower is None or any(re.search(p, name) for p in unused):
+            continue
+        own = _SEPARATE_QKV.search(name) if isinstance(module, nn.Linear) else None
+        if own and own.group(1) not in cfg.qkv_slices:   # q_proj / k_proj / v_proj as their own layers
             continue
         _check_called(model, name, module)
         slices = None
@@ -161,6 +168,7 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
             new = LoRALinear(module, cfg, slices)
             banks = {name: new}
             bdim = _batch_dim(model, name)
+        new.train(module.training)   # a new module starts in train mode: an eval() model stays in eval
         built.append((names[id(module)], new, banks, tower, bdim))
     for p in model.parameters():
         p.requires_grad_(False)

@@ -9,7 +9,7 @@ The latter is scoped to the optimizer the caller hands in (:func:`freeze_old_row
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -24,7 +24,7 @@ from .layers import AdapterBank
 class AddedTask:
     """What :func:`add_task` did: the new task's name and id, and how many adapter values will train."""
 
-    model: nn.Module
+    model: nn.Module = field(repr=False)   # (printing it printed the whole model)
     name: str
     task_id: int
     trainable: int

@@ -223,6 +223,11 @@ class Router:
         self.disabled = 0
         self._one: dict[int, Route] = {}
 
+    def __getstate__(self) -> dict:
+        """A copy (deepcopy, pickle) holds no open scope: the scopes are the caller's, around the original. The
+        merged task stays (the copied weights are merged)."""
+        return {**self.__dict__, "current": None, "replay": None, "replay_graph": -1, "disabled": 0}
+
     @property
     def active(self) -> bool:
         """False while adapters are switched off: disabled, or already merged into the weights."""
@@ -242,6 +247,8 @@ class Router:
         A device id tensor is copied to the host once here (one sync per scope, not per layer); the
         training loop avoids even that by passing the loader's segments (``Route.from_segments``).
         """
+        if type(tasks).__module__ == "numpy":   # an array or scalar of ids or names: as the Python values
+            tasks = tasks.tolist()
         if isinstance(tasks, Route):
             if tasks is ADAPTERS_OFF:
                 return tasks
