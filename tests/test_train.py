@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from mtl_lora_vl.backbones import builtin_dir
 from mtl_lora_vl.cli import build_train_parser, eval_main, parse_train_args, train_main
 from mtl_lora_vl.io import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from mtl_lora_vl.tasks import TaskSpec
 from mtl_lora_vl.tasks.spec import builtin_spec_dirs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -654,3 +655,32 @@ def test_replaced_images_are_counted_in_metrics(tmp_path, monkeypatch, capsys):
     assert train_main(["--resume", str(stopped), "--workers", "2"]) == 0   # counted as consumed, not as prefetched
     again = [json.loads(x) for x in (stopped / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert [r.get("replaced_images/vqa", 0) for r in again] == counts
+
+
+def test_a_bad_evaluation_split_stops_the_run_before_it_trains(tmp_path, capsys, monkeypatch):
+    """Evaluation splits were first read after training: a missing val/test file (or a bad option in it) was
+    reported at the end of the run -- hours later on real data. They are read once, at start-up, and kept."""
+    from PIL import Image
+
+    root = tmp_path / "data"
+    root.mkdir()
+    for i, colour in enumerate(("red", "blue")):
+        Image.new("RGB", (16, 16), colour).save(root / f"{i}.png")
+    (root / "train.jsonl").write_text("\n".join(json.dumps({"image": f"{i % 2}.png", "label": ("red", "blue")[i % 2]})
+                                                for i in range(8)))
+    spec = tmp_path / "colours.toml"
+    spec.write_text('kind = "classification"\n[data]\nformat = "jsonl"\n[data.train]\nfile = "train.jsonl"\n'
+                    '[data.test]\nfile = "test.jsonl"\n')
+    out = tmp_path / "run"
+    args = ["--tasks", str(spec), "--data-root", str(root), "--steps", "2", "--batch-size", "4", "--workers", "0",
+            "--eval-batch-size", "8", "--out", str(out)]
+    assert train_main(args) == 2
+    err = capsys.readouterr().err
+    assert "test.jsonl" in err and "train:" not in err and not out.exists()   # no step, no run directory
+    # read once per run: the final evaluation takes the split read at start-up
+    (root / "test.jsonl").write_text((root / "train.jsonl").read_text())
+    reads = []
+    real = TaskSpec.load_split
+    monkeypatch.setattr(TaskSpec, "load_split", lambda self, split, root=None: reads.append(split) or real(self, split, root))
+    assert train_main(args + ["--skip-zero-shot"]) == 0
+    assert sorted(reads) == ["test", "train"]

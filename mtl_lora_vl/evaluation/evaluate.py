@@ -27,18 +27,30 @@ from .report import details_table, markdown_table, write_plots
 logger = logging.getLogger(__name__)
 
 
-def _split_for(spec, wanted: str) -> str | None:
+def _split_for(spec, wanted: str, warn: bool = True) -> str | None:
     """The split of ``spec`` to score for ``wanted``: itself, else (test wanted) val. None for val wanted and
     missing: validation scores choose checkpoints and settings, so they never come from the test split."""
     if wanted in spec.data.splits:
         return wanted
     if wanted == "val":
-        logger.warning("task %s has no val split: not scored on val (add a [data.val] table to its spec)", spec.name)
+        if warn:
+            logger.warning("task %s has no val split: not scored on val (add a [data.val] table to its spec)",
+                           spec.name)
         return None
-    if spec.eval_split in spec.data.splits:
+    if warn and spec.eval_split in spec.data.splits:
         logger.warning("task %s has no %s split: scored on %s instead (the report's split column says so)",
                        spec.name, wanted, spec.eval_split)
     return spec.eval_split
+
+
+def read_eval_splits(setup, splits: list[str], data_root: str | None) -> None:
+    """Read (and keep in ``setup``) every split the run will score, before it trains: a missing file or a bad
+    option in a val or test split is reported at start-up, not after hours of training."""
+    for spec in setup.specs:
+        for wanted in splits:
+            name = _split_for(spec, wanted, warn=False)
+            if name is not None:
+                setup.split_data(spec, name, data_root)
 
 
 def _score(setup, name: str, data, *, adapted: bool, device, dtype, batch_size: int, workers: int) -> dict:
@@ -57,7 +69,7 @@ def evaluate_adapted(setup, *, split: str, data_root: str | None, device, dtype,
         split_name = _split_for(spec, split)
         if split_name is None:
             continue
-        data = spec.load_split(split_name, data_root)
+        data = setup.split_data(spec, split_name, data_root)
         out[spec.name] = _score(setup, spec.name, data, adapted=True, device=device, dtype=dtype,
                                 batch_size=batch_size, workers=workers)
     return out
@@ -77,7 +89,7 @@ def evaluate_setup(setup, *, split: str, data_root: str | None, device, dtype: t
         if split_name is None:
             bar.update(2)
             continue
-        data = spec.load_split(split_name, data_root)
+        data = setup.split_data(spec, split_name, data_root)
         bar.set_postfix_str(f"{name}: zero-shot")
         zs = _score(setup, name, data, adapted=False, device=device, dtype=dtype, batch_size=batch_size,
                     workers=workers) if zero_shot else None

@@ -15,9 +15,10 @@ from ..adapters.grow import add_task
 from ..adapters.routing import disabled
 from ..backbones import load_backbone
 from ..config import MTLLoRAConfig
+from ..data.records import Split
 from ..io import find_adapter_dir, load_pretrained
 from ..options import TrainOptions
-from ..tasks import build_kind, resolve_tasks
+from ..tasks import TaskSpec, build_kind, resolve_tasks
 from ..tasks.registry import get_kind
 from .model import MultiTaskModel
 
@@ -40,6 +41,15 @@ class Setup:
     #: The base model an --extend run loaded: the adapter's recorded one unless --backbone/--pretrained say.
     base: dict[str, Any] | None = None
     new_adapter_values: int | None = None
+    #: Evaluation splits read so far, by (task, split): read once per run, not at every evaluation.
+    eval_data: dict[tuple[str, str], Split] = field(default_factory=dict, repr=False)
+
+    def split_data(self, spec: TaskSpec, split: str, data_root: str | None) -> Split:
+        """Split ``split`` of task ``spec`` for scoring, read on first use and kept."""
+        key = (spec.name, split)
+        if key not in self.eval_data:
+            self.eval_data[key] = spec.load_split(split, data_root)
+        return self.eval_data[key]
 
 
 def build_setup(opts: TrainOptions, device: torch.device, extend_from: str | None = None) -> Setup:

@@ -26,7 +26,7 @@ from ..adapters.attach import parameter_report
 from ..adapters.grow import freeze_old_rows
 from ..data.loader import MultiTaskLoader
 from ..distributed import DistInfo, barrier, cleanup, init_distributed, max_over_ranks, sharded_evaluation
-from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, write_outputs
+from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, read_eval_splits, write_outputs
 from ..io import save_adapter
 from ..multitask import Setup, build_setup, extend_setup
 from ..options import TrainOptions
@@ -153,6 +153,7 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
         opts.check_extend_shape(shape, given)
         opts = replace(opts, backbone=setup.base["backbone"], pretrained=setup.base["pretrained"], **shape)
     opts = opts.with_path_defaults(any(kind.generative for kind in setup.kinds.values()))
+    read_eval_splits(setup, [opts.eval_split, *(["val"] if opts.eval_every or opts.eval_val else [])], opts.data_root)
     seed_rank(opts.seed, info.rank)  # every rank builds the same model, then draws its own dropout masks
     run_dir = claim_run_dir(run_dir, opts, info)  # a default name taken meanwhile: the next free one
     if info.is_main and not opts.resume:
