@@ -598,3 +598,13 @@ def test_load_pretrained_says_which_saved_heads_it_cannot_rebuild(tmp_path):
     with pytest.warns(UserWarning, match=r"heads of \['vqa'\] are saved but their task specs are not"):
         lp = mlv.load_pretrained(path)
     assert lp.heads == {}
+
+
+def test_a_run_directory_that_has_not_finished_says_so(tmp_path):
+    """--extend (or evaluation) of a stopped run said only "not an adapter directory written by save_adapter"."""
+    from mtl_lora_vl.io.layout import adapter_layout
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(AdapterFileError, match=r"a training run directory without its adapter/.*--resume"):
+        adapter_layout(tmp_path)

@@ -684,3 +684,12 @@ def test_a_bad_evaluation_split_stops_the_run_before_it_trains(tmp_path, capsys,
     monkeypatch.setattr(TaskSpec, "load_split", lambda self, split, root=None: reads.append(split) or real(self, split, root))
     assert train_main(args + ["--skip-zero-shot"]) == 0
     assert sorted(reads) == ["test", "train"]
+
+
+def test_an_epochs_run_records_the_steps_it_trained(tmp_path):
+    """config.json recorded the --steps default (400) for a run that trained ceil(epochs x rows / batch) steps."""
+    run = tmp_path / "run"
+    args = base_args(tmp_path, run) + ["--epochs", "0.1", "--skip-zero-shot", "--eval-split", "val"]
+    assert train_main(args) == 0
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert json.loads((run / "config.json").read_text())["steps"] == steps[-1] < 400   # 400: the --steps default

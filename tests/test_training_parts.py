@@ -319,3 +319,18 @@ def test_training_leaves_the_frozen_base_batch_norm_statistics_alone():
     assert mm.heads.training and net.transformer.training and not net.visual.bn1.training
     net.encode_image(torch.randn(2, 3, 64, 64))
     assert stats and all(torch.equal(v, net.state_dict()[k]) for k, v in stats.items())
+
+
+@pytest.mark.parametrize(("dtype", "advice"), [(torch.float32, None), (torch.bfloat16, "use --precision fp32,"),
+                                               (torch.float16, "use --precision bf16 or fp32,")])
+def test_the_non_finite_stop_names_a_wider_precision_only_where_there_is_one(tmp_path, dtype, advice):
+    """An fp32 run that diverged was told to "use --precision fp32 or bf16"."""
+    from types import SimpleNamespace
+
+    from mtl_lora_vl.training.step import skip_bad_step
+
+    with pytest.raises(FloatingPointError) as err:
+        skip_bad_step(SimpleNamespace(), 3, 7, 3, tmp_path, dtype)
+    msg = str(err.value)
+    assert "lower --lr" in msg and str(tmp_path) in msg
+    assert ("--precision" not in msg) if advice is None else (advice in msg)

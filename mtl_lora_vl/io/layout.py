@@ -105,6 +105,9 @@ def _not_native(path: Path, peft_type: str | None = None) -> str:
     if is_adapter_dir(path / RUN_ADAPTER_DIR):
         return (f"{path}: no {ADAPTER_CONFIG}; this looks like a training run directory, its adapter is "
                 f"{path / RUN_ADAPTER_DIR}")
+    if (path / "config.json").is_file() and (path / "checkpoint.pt").is_file():   # a run that has not finished
+        return (f"{path}: a training run directory without its {RUN_ADAPTER_DIR}/, which a run writes when it "
+                f"finishes; finish it first with `train_vl.py --resume {path}`, then use it (or {path / RUN_ADAPTER_DIR})")
     peft = _peft_dirs(path)
     if peft:
         return (f"{path}: no {ADAPTER_CONFIG}; it holds PEFT adapters in subfolders ({few(peft)}), as "

@@ -90,13 +90,15 @@ def optimizer_step(optim: Optimization, grad_clip: float) -> None:
         optim.scheduler.step()
 
 
-def skip_bad_step(optim: Optimization, bad: int, step: int, max_bad: int, run_dir: Path) -> None:
+def skip_bad_step(optim: Optimization, bad: int, step: int, max_bad: int, run_dir: Path,
+                  amp_dtype: torch.dtype = torch.float32) -> None:
     """A step whose loss or gradients were non-finite: warn and drop its gradients; ``max_bad`` in a row stop
-    the run."""
+    the run. ``amp_dtype``: the run's autocast dtype (the advice names a wider precision only where there is one)."""
     logger.warning("step %d: non-finite loss or gradients, step skipped (%d in a row)", step, bad)
     if bad >= max_bad:
+        wider = {torch.float16: "use --precision bf16 or fp32, ", torch.bfloat16: "use --precision fp32, "}
         raise FloatingPointError(
-            f"{bad} non-finite steps in a row at step {step}; lower --lr, use --precision fp32 or "
-            f"bf16, or check the data. The last good checkpoint is in {run_dir}"
+            f"{bad} non-finite steps in a row at step {step}; lower --lr, {wider.get(amp_dtype, '')}or check the "
+            f"data. The last checkpoint (it may hold steps skipped before this stop) is in {run_dir}"
         )
     optim.optimizer.zero_grad(set_to_none=True)

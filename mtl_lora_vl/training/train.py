@@ -155,6 +155,11 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     opts = opts.with_path_defaults(any(kind.generative for kind in setup.kinds.values()))
     read_eval_splits(setup, [opts.eval_split, *(["val"] if opts.eval_every or opts.eval_val else [])], opts.data_root)
     seed_rank(opts.seed, info.rank)  # every rank builds the same model, then draws its own dropout masks
+    if opts.epochs:   # config.json records the steps the epochs come to
+        n_train = sum(len(split.examples) for split in setup.train_splits.values())
+        opts = replace(opts, steps=steps_for_epochs(opts.epochs, n_train,
+                                                    opts.batch_size * opts.accumulate * info.world_size))
+    total_steps = opts.steps
     run_dir = claim_run_dir(run_dir, opts, info)  # a default name taken meanwhile: the next free one
     if info.is_main and not opts.resume:
         try:
@@ -162,12 +167,9 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
         except BaseException:
             undo_overwrite(run_dir)
             raise
-    per_step = opts.batch_size * opts.accumulate * info.world_size
-    n_train = sum(len(split.examples) for split in setup.train_splits.values())
-    total_steps = steps_for_epochs(opts.epochs, n_train, per_step) if opts.epochs else opts.steps
     if info.is_main and 0 < total_steps <= opts.warmup:
-        logger.warning("--warmup %d is not shorter than the run's %d steps: the learning rate never reaches --lr "
-                       "and the cosine decay never starts; lower --warmup", opts.warmup, total_steps)
+        logger.warning("--warmup %d is not shorter than the run's %d steps: the learning rate reaches --lr at the "
+                       "last step at best and the cosine decay never starts; lower --warmup", opts.warmup, total_steps)
     workers = default_workers() if opts.workers < 0 else opts.workers
     run = Run(opts, info, run_dir, amp_dtype, setup, total_steps, workers)
     if info.is_main:
@@ -323,7 +325,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
                     window.add(result.losses)
                 else:  # the batch is used up; the learning-rate schedule does not advance
                     bad += 1
-                    skip_bad_step(optim, bad, step + 1, opts.max_bad_steps, run.dir)
+                    skip_bad_step(optim, bad, step + 1, opts.max_bad_steps, run.dir, run.amp_dtype)
                 step += 1
                 progress.update(1)
                 if info.is_main and step == start_at.step + 1 and opts.overwrite:
