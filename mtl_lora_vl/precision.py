@@ -26,14 +26,20 @@ def resolve_precision(precision: str, device: torch.device, base_dtype: str = "a
 
 def check_base_precision(precision: str, autocast_dtype: torch.dtype, loaded: torch.dtype | None,
                          casts_inputs: bool) -> None:
-    """Refuse an explicit ``--precision`` the half-precision base weights cannot run in, on a model that does not
-    cast its inputs to its weights' dtype (open_clip): it failed at the first step with torch's dtype error."""
-    if precision == "auto" or casts_inputs or loaded not in (torch.bfloat16, torch.float16) or autocast_dtype == loaded:
+    """Refuse an explicit ``--precision`` the half-precision base weights cannot run in: any other autocast dtype on
+    a model that does not cast its inputs to its weights' dtype (open_clip), and the other half dtype on any model
+    (bf16 weights under fp16 autocast meet in ops such as ``torch.cat`` that autocast does not reconcile). Both
+    failed at the first step with torch's dtype error."""
+    halves = (torch.bfloat16, torch.float16)
+    if precision == "auto" or loaded not in halves or autocast_dtype == loaded:
+        return
+    if casts_inputs and autocast_dtype not in halves:
         return
     name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[loaded]
-    raise ValueError(f"--precision {precision} with {name} base weights (--base-dtype): this model does not cast its "
-                     f"inputs to its weights' dtype, so every step would fail; use --precision {name} (or auto), or "
-                     "--base-dtype fp32")
+    why = ("this model does not cast its inputs to its weights' dtype" if not casts_inputs else
+           f"{name} weights and {precision} autocast meet in operations that take one dtype")
+    raise ValueError(f"--precision {precision} with {name} base weights (--base-dtype): {why}, so every step would "
+                     f"fail; use --precision {name} (or auto), or --base-dtype fp32")
 
 
 def cuda_has_bf16(device: torch.device | str | int | None = None) -> bool:

@@ -327,6 +327,23 @@ def test_processor_disagreeing_with_the_model(tmp_path):
     with pytest.raises(BackboneError, match="expands '<image>' to 15 tokens but the vision tower gives 16.*"
                                             "num_additional_image_tokens"):
         load_backbone(f"hf:{src}")
+    # a crop the tower does not take was blamed on patch_size / num_additional_image_tokens
+    from llava_tiny import IMAGE
+
+    cfg["num_additional_image_tokens"] = 1
+    cfg["image_processor"]["crop_size"] = {"height": 2 * IMAGE, "width": 2 * IMAGE}
+    (src / "processor_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BackboneError, match=rf"makes {2 * IMAGE}x{2 * IMAGE} images where the vision tower takes "
+                                            rf"{IMAGE}x{IMAGE}"):
+        load_backbone(f"hf:{src}")
+    from llava_tiny import save_tiny_paligemma
+
+    pg = save_tiny_paligemma(tmp_path / "pg")
+    cfg = json.loads((pg / "processor_config.json").read_text())
+    cfg["image_seq_length"] = cfg["image_processor"]["image_seq_length"] = 9
+    (pg / "processor_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BackboneError, match=r"to 9 tokens but the vision tower gives 16.*set its image_seq_length to 16"):
+        load_backbone(f"hf:{pg}")
 
 
 def test_builtin_llava_spec_loads_like_hf_dir(tmp_path, monkeypatch):
@@ -446,3 +463,17 @@ def test_counting_image_tokens_at_load_keeps_no_graph(bb):
     finally:
         handle.remove()
     assert seen == [False]
+
+
+def test_a_processor_that_does_not_normalise_gives_pixels_in_0_1(tmp_path):
+    """hf_vlm normalised with image_mean / image_std even when the image processor says do_normalize = false
+    (hf_clip honoured it): the model saw [-1, 1] where its processor gives [0, 1]."""
+    import json as json_
+
+    folder = save_tiny_llava(tmp_path / "m")
+    cfg_path = folder / "processor_config.json"   # transformers 5 keeps the image processor's settings here
+    cfg = json_.loads(cfg_path.read_text())
+    cfg["image_processor"]["do_normalize"] = False
+    cfg_path.write_text(json_.dumps(cfg))
+    bb = load_backbone(f"hf:{folder}")
+    assert (bb.mean, bb.std) == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))

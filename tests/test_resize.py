@@ -108,3 +108,24 @@ def test_bad_declarations_are_named():
         ImageResize.from_hf(32, {"resample": 9}, "pp.json")
     with pytest.raises(ValueError, match="resize_to applies to mode 'shortest' only"):
         ImageResize(32, "squash", resize_to=40)
+
+
+def test_llava_pad_to_square_matches_its_image_processor():
+    """LlavaImageProcessor(do_pad=True) pads a non-square image to a square of the image mean (LLaVA-1.5's "pad"
+    aspect mode) before resizing; the package cropped the centre instead (max difference 2.7 after
+    normalisation, the edges of a wide image lost). Other processors' do_pad (a batch padded to its largest
+    image) is not this."""
+    from transformers import LlavaImageProcessor, SiglipImageProcessor
+
+    proc = LlavaImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, resample=3,
+                               do_pad=True, do_normalize=False)
+    resize = ImageResize.from_hf(32, proc)
+    assert resize.pad_square == tuple(int(x * 255) for x in proc.image_mean)
+    assert ImageResize.from_hf(32, json.loads(proc.to_json_string())) == resize   # the saved config
+    for wh in ((64, 24), (30, 41), (33, 33)):
+        img = _image(*wh, seed=3)
+        ref = proc(images=img, return_tensors="pt")["pixel_values"][0]
+        ours = to_uint8_tensor(img, resize).float() / 255
+        assert (ours - ref).abs().max() <= 1.5 / 255, wh
+    assert ImageResize.from_hf(32, {"do_pad": True, "size": {"shortest_edge": 32}}).pad_square is None
+    assert ImageResize.from_hf(32, SiglipImageProcessor(size={"height": 32, "width": 32})).pad_square is None

@@ -334,3 +334,17 @@ def test_the_non_finite_stop_names_a_wider_precision_only_where_there_is_one(tmp
     msg = str(err.value)
     assert "lower --lr" in msg and str(tmp_path) in msg
     assert ("--precision" not in msg) if advice is None else (advice in msg)
+
+
+def test_the_other_half_precision_is_refused_even_where_the_model_casts_its_inputs():
+    """--base-dtype bf16 --precision fp16 on a Hugging Face LLaVA (which casts its inputs) failed at the first
+    step with torch's "Unexpected floating ScalarType in at::autocast::prioritize"."""
+    from mtl_lora_vl.precision import check_base_precision
+
+    for loaded, autocast_dtype, name in ((torch.bfloat16, torch.float16, "fp16"), (torch.float16, torch.bfloat16, "bf16")):
+        with pytest.raises(ValueError, match=rf"--precision {name} with .* meet in operations that take one dtype"):
+            check_base_precision(name, autocast_dtype, loaded, casts_inputs=True)
+    check_base_precision("fp32", torch.float32, torch.bfloat16, casts_inputs=True)   # it casts: fine
+    check_base_precision("bf16", torch.bfloat16, torch.bfloat16, casts_inputs=True)
+    with pytest.raises(ValueError, match="does not cast its inputs"):
+        check_base_precision("fp32", torch.float32, torch.bfloat16, casts_inputs=False)

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from ..adapters.generation import expanded_rows
 from ..adapters.routing import disabled
-from ..data.resize import ImageResize
+from ..data.resize import ImageResize, size_fields
 from .base import (
     GENERATE,
     GRAD_CHECKPOINTING,
@@ -125,8 +125,11 @@ class HFVLMBackbone(Backbone):
         n_image = _count_image_tokens(model, image_size)
         _check_processor_count(processor, image_size, n_image, name)
         hf_tok = HFTokenizer(tok, context_length=max(8, min(77, int(text_config.max_position_embeddings) - n_image)))
-        mean = as_rgb(getattr(image_processor, "image_mean", None) or OPENAI_MEAN, f"{name}: image_mean")
-        std = as_rgb(getattr(image_processor, "image_std", None) or OPENAI_STD, f"{name}: image_std")
+        if getattr(image_processor, "do_normalize", True) is False:   # pixels in [0, 1], as the processor gives
+            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        else:
+            mean = as_rgb(getattr(image_processor, "image_mean", None) or OPENAI_MEAN, f"{name}: image_mean")
+            std = as_rgb(getattr(image_processor, "image_std", None) or OPENAI_STD, f"{name}: image_std")
         resize = ImageResize.from_hf(image_size, image_processor, f"{name}: {type(image_processor).__name__}")
         return cls(
             model=model, name=name, tokenizer=hf_tok, image_size=image_size, mean=mean, std=std, resize=resize,
@@ -413,12 +416,33 @@ def _check_processor_count(processor: Any, image_size: int, n_image: int, name: 
     said = data.get("num_image_tokens") if isinstance(data, dict) else getattr(data, "num_image_tokens", None)
     if said and int(said[0]) != n_image:
         said = int(said[0])
+        made = _processor_side(getattr(processor, "image_processor", None))
+        if made is not None and made != image_size:
+            fix = (f"its image processor makes {made}x{made} images where the vision tower takes {image_size}x"
+                   f"{image_size} (config.vision_config.image_size); set its size / crop_size to {image_size}")
+        elif getattr(processor, "image_seq_length", None) is not None:
+            fix = f"set its image_seq_length to {n_image}"
+        else:
+            fix = ("set patch_size, num_additional_image_tokens (1 for a CLS token) and vision_feature_select_strategy "
+                   "as in the model config")
         raise BackboneError(
             f"{name}: the processor expands {getattr(processor, 'image_token', '<image>')!r} to {said} tokens but the "
-            f"vision tower gives {n_image} features per image; fix the processor (patch_size, "
-            "num_additional_image_tokens = 1 for a CLS token, vision_feature_select_strategy as in the model config) "
-            "and save it again with processor.save_pretrained(DIR)"
+            f"vision tower gives {n_image} features per image; fix the processor ({fix}) and save it again with "
+            "processor.save_pretrained(DIR)"
         )
+
+
+def _processor_side(image_processor: Any) -> int | None:
+    """The square side an image processor's output has (its crop, else its exact size), when it says."""
+    if image_processor is None:
+        return None
+    fields = [size_fields(getattr(image_processor, "size", None))]
+    if getattr(image_processor, "do_center_crop", False):
+        fields.insert(0, size_fields(getattr(image_processor, "crop_size", None)))
+    for f in fields:
+        if "height" in f and f.get("height") == f.get("width"):
+            return int(f["height"])
+    return None
 
 
 def load_processor(folder: Path, what: str) -> Any:

@@ -37,13 +37,16 @@ class ImageResize:
     ``size`` and pads the rest with black; ``"squash"`` resizes both sides to ``size``, aspect not kept.
     ``interpolation``: one of :data:`INTERPOLATIONS`. ``floor_crop``: the centre crop starts at
     ``(side - size) // 2``, as Hugging Face image processors crop; otherwise rounded, as torchvision's
-    ``center_crop`` (open_clip) does -- the two differ by one pixel when the difference is 3 mod 4."""
+    ``center_crop`` (open_clip) does -- the two differ by one pixel when the difference is 3 mod 4.
+    ``pad_square``: an RGB fill; the image is first padded to a square of its longer side with it, centred
+    (LLaVA-1.5's "pad" aspect mode: ``LlavaImageProcessor(do_pad=True)`` fills with the image mean)."""
 
     size: int
     mode: str = "shortest"
     interpolation: str = "bicubic"
     resize_to: int | None = None
     floor_crop: bool = False
+    pad_square: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         for name in ("size", "resize_to"):
@@ -73,6 +76,8 @@ class ImageResize:
     def resized_size(self, w: int, h: int) -> tuple[int, int]:
         """(width, height) of a ``w`` x ``h`` image after the resize, before the centre crop to ``size``."""
         s = self.size
+        if self.pad_square is not None:
+            w = h = max(w, h)
         if self.mode == "squash":
             return s, s
         if self.mode == "shortest":
@@ -102,13 +107,17 @@ class ImageResize:
         crop is SigLIP's squash; ``resample`` picks the interpolation."""
         get = processor.get if isinstance(processor, Mapping) else lambda k, d=None: getattr(processor, k, d)
         interp = _interpolation_name(get("resample", None), label)
-        side = _size_fields(get("size", None))
+        side = size_fields(get("size", None))
         crop = bool(get("do_center_crop", False))
+        kind = str(get("image_processor_type", None) or type(processor).__name__)
+        pad = None   # LLaVA's pad-to-square (other processors' do_pad pads a batch to its largest image)
+        if kind.startswith("LlavaImageProcessor") and get("do_pad", False):
+            pad = tuple(int(x * 255) for x in (get("image_mean", None) or (0.0, 0.0, 0.0)))
         if get("do_resize", True) is False:
-            return cls(size, interpolation=interp, floor_crop=True)
+            return cls(size, interpolation=interp, floor_crop=True, pad_square=pad)
         if "shortest_edge" in side:
             return cls(size, mode="shortest", interpolation=interp, resize_to=int(side["shortest_edge"]),
-                       floor_crop=True)
+                       floor_crop=True, pad_square=pad)
         if "height" in side and "width" in side:   # resized to exactly H x W (aspect not kept), cropped or not
             if int(side["height"]) != int(side["width"]):
                 raise ValueError(f"{label}: resizes to {side['height']}x{side['width']}; only square inputs are "
@@ -117,7 +126,7 @@ class ImageResize:
                 raise ValueError(f"{label}: squashes images to {side['height']}x{side['width']} and then crops "
                                  f"{size}x{size}; only a squash to the model's own size is supported")
             return cls(size, mode="squash", interpolation=interp)
-        return cls(size, interpolation=interp, floor_crop=True)
+        return cls(size, interpolation=interp, floor_crop=True, pad_square=pad)
 
 
 def _interpolation_name(resample: Any, label: str) -> str:
@@ -133,7 +142,7 @@ def _interpolation_name(resample: Any, label: str) -> str:
                      f"({', '.join(f'{v}={k}' for v, k in sorted(_PIL_NAMES.items()))})")
 
 
-def _size_fields(side: Any) -> dict[str, Any]:
+def size_fields(side: Any) -> dict[str, Any]:
     """A processor's ``size`` (a dict, transformers 5's ``SizeDict`` dataclass, or an int) as a dict of
     its set fields."""
     if isinstance(side, Mapping):
@@ -150,6 +159,12 @@ def resize_to_square(img: Image.Image, resize: ImageResize) -> Image.Image:
     import torchvision.transforms.v2.functional as TF
 
     s = resize.size
+    if resize.pad_square is not None and img.size[0] != img.size[1]:
+        w, h = img.size
+        side = max(w, h)
+        square = Image.new(img.mode, (side, side), resize.pad_square)
+        square.paste(img, ((side - w) // 2, (side - h) // 2))
+        img = square
     new = resize.resized_size(*img.size)
     if new != img.size:
         img = img.resize(new, INTERPOLATIONS[resize.interpolation])
