@@ -218,19 +218,38 @@ def retrieval_recall(similarity: Any, text_to_image: Any, ks: Sequence[int] = (1
 # Captioning
 # ----------------------------------------------------------------------------------------------
 
-# Tokens as pycocoevalcap's PTB tokenizer (Stanford CoreNLP, lowercased) leaves them once it has dropped its
-# punctuation tokens: clitics split off ("do n't", "man 's"), hyphens, slashes and apostrophes inside a word and
-# [.:,] between digits kept ("black-and-white", "and/or", "o'clock", "3.5", "10:30", "1,000"; "5:00pm" is
-# "5:00 pm"), dotted abbreviations kept ("u.s."), other symbols kept as tokens ("&", "%", "$"), brackets
-# spelled as PTB spells them (lowercased, they escape pycocoevalcap's filter: "-lrb-"); the PTB punctuation
-# tokens (. , : ; ? ! - -- ... and quotes) dropped, runs such as "!!" kept.
-_CLITIC = re.compile(r"(?<=\w)(n't|'s|'re|'ve|'ll|'d|'m)(?!\w)")
+# Tokens as pycocoevalcap's PTB tokenizer (Stanford CoreNLP 3.4.1, lowercased) leaves them once it has dropped its
+# punctuation tokens: clitics split off ("do n't", "man 's"), as are "cannot" and the like ("can not", "gon na");
+# hyphens, slashes and apostrophes inside a word and [.:,] between digits kept ("black-and-white", "and/or",
+# "o'clock", "3.5", "10:30", "1,000"; "5:00pm" is "5:00 pm"); words that begin with an apostrophe kept ("'80s",
+# "rock 'n' roll", "'cause"); dotted abbreviations ("u.s.", "ph.d.") and CoreNLP's abbreviations with their
+# period ("st.", "dr.", "etc.", a single letter; "No." only before a number; "Wash." only capitalised -- the
+# lists below are what the Java tokenizer keeps, probed word by word); other symbols kept as tokens ("&", "%",
+# "$"), brackets spelled as PTB spells them (lowercased, they escape pycocoevalcap's filter: "-lrb-"); the PTB
+# punctuation tokens (. , : ; ? ! - -- ... and quotes) dropped, runs such as "!!" kept.
+_ABBREVIATIONS = (
+    "jan|feb|mar|apr|jun|jul|aug|sept?|oct|nov|dec|mon|tues?|wed|thu(?:rs)?|fri"        # months, days
+    "|ala|ariz|calif|colo|conn|ct|dak|fla|ga|ind|kans?|ky|md|mich|minn|mo|mont|neb|nev|okla|penn|tenn|va|vt"
+    "|wisc?|wyo"                                                                          # states
+    "|mrs?|ms|drs?|profs?|sens?|reps?|attys?|lt|col|gen|messrs|govs?|adm|rev|maj|sgt|cpl|pvt|mt|capt|ste?|ave"
+    "|pres|lieut|hon|brig|co?mdr|pfc|spc|supts?|det|jr|sr|bros|blvd|rd|esq"             # titles, addresses
+    "|inc|cos?|corp|pt(?-i:y)s?|ltd|plc|rt|bancorp|dept|bhd|assn|univ|intl|sys|invt|elec|natl|m(?-i:[ft])g"
+    "|ph|tel|est|ext|sq|ft|etc|al|seq|vs|alex|wm|jos|cie|cf|treas|[^\\W\\d_]"          # and a single letter
+)
+_CAPITALISED_ABBREVIATIONS = "A(?i:rk)|D(?i:el)|I(?i:ll)|L(?i:a)|M(?i:ass|iss)|O(?i:re)|P(?i:a)|T(?i:ex)|W(?i:ash)"
+_NUMBER_ABBREVIATIONS = "nos?|prop|figs?|pp|op|ca"   # kept only before a number ("no. 5"; "says no." is "no")
+_CLITIC = re.compile(r"(?<=\w)(n't|'s|'re|'ve|'ll|'d|'m)(?!\w)", re.I)
+_ASSIMILATION = re.compile(r"\b(can(?=not\b)|gon(?=na\b)|got(?=ta\b)|wan(?=na\b)|lem(?=me\b)|gim(?=me\b))", re.I)
 _PTB_TOKEN = re.compile(
     r"n't|'(?:s|re|ve|ll|d|m)(?!\w)"                      # a clitic split off above
-    r"|(?:[^\W\d_]\.){2,}"                               # u.s. e.g.
+    r"|(?:ed|ph)\.d\.|(?:[^\W\d_]\.){2,}"                # ph.d., u.s., e.g.
+    rf"|(?<![\w'.-])(?:(?:{_ABBREVIATIONS})|(?-i:{_CAPITALISED_ABBREVIATIONS}))\.(?!\w)"
+    rf"|(?<![\w'.-])(?:{_NUMBER_ABBREVIATIONS})\.(?=\s*\d)"
+    r"|'(?:em|till?|cause|n'?|[2-9]0s)(?![\w'])|'t(?=(?:is|was)\b)"   # words that begin with an apostrophe
     r"|\w+(?:[-/&']\w+|(?<=\d)[.:,]\d+)*"                  # words, with their inner hyphens and numbers' marks
     r"|[!?]{2,}"                                            # PTB's filter drops "!" and "?" alone, not "!!"
-    r"|[^\w\s.,:;?!'\"`-]"                                  # a symbol PTB keeps as a token (& % $ # @ + = brackets)
+    r"|[^\w\s.,:;?!'\"`-]",                                 # a symbol PTB keeps as a token (& % $ # @ + = brackets)
+    re.I,
 )
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
 # Typographic quotes and dashes read as PTB reads them: ’ as an apostrophe ("man’s" -> "man 's"), the others
@@ -246,8 +265,8 @@ def tokenize_caption(text: str) -> str:
     output on captions that exercise each rule; URLs and e-mail addresses are split where it keeps them).
     Returns the tokens joined by single spaces.
     """
-    tokens = _PTB_TOKEN.findall(_CLITIC.sub(r" \1", text.lower().translate(_TYPOGRAPHIC)))
-    return " ".join(_BRACKETS.get(tok, tok) for tok in tokens)
+    text = _ASSIMILATION.sub(r"\1 ", _CLITIC.sub(r" \1", text.translate(_TYPOGRAPHIC)))
+    return " ".join(_BRACKETS.get(tok, tok) for tok in (t.lower() for t in _PTB_TOKEN.findall(text)))
 
 
 def caption_scores(predictions: Mapping[Any, str], references: Mapping[Any, Sequence[str]]) -> dict[str, float]:
