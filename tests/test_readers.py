@@ -402,6 +402,10 @@ def test_verify_switch(root):
     assert "missing.jpg" in _one_warning(rec)
     with pytest.raises(ValueError, match="no usable examples"), _warns():
         read_split("jsonl", root, file="v.jsonl")
+    # the error itself names a failure (a wrong images folder was "skipped 2 unreadable image(s)" and nothing more)
+    with pytest.raises(ValueError, match=r"no usable examples \(skipped 2 unreadable image\(s\), e\.g\. .*nowhere"), \
+            _warns():
+        read_split("jsonl", root, file="v.jsonl", images="nowhere")
 
 
 def test_malformed_annotation_fields_are_named(root, tmp_path):

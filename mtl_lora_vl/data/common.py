@@ -157,7 +157,9 @@ class ImageChecker:
                            source, skipped, shown, more)
         logger.info("%s: %d examples, %d image(s) skipped", source, len(examples), skipped)
         if not examples:
-            raise DataFormatError(f"{source}: no usable examples (skipped {skipped} unreadable image(s))")
+            why = (f"skipped {skipped} unreadable image(s), e.g. {self.failures[0][1]}" if skipped else
+                   "its options select no entries: check the split name or the file")
+            raise DataFormatError(f"{source}: no usable examples ({why})")
         return Split(examples, class_names=class_names, skipped=skipped, strict=self.strict)
 
 
