@@ -239,7 +239,8 @@ _ABBREVIATIONS = (
 _CAPITALISED_ABBREVIATIONS = "A(?i:rk)|D(?i:el)|I(?i:ll)|L(?i:a)|M(?i:ass|iss)|O(?i:re)|P(?i:a)|T(?i:ex)|W(?i:ash)"
 _NUMBER_ABBREVIATIONS = "nos?|prop|figs?|pp|op|ca"   # kept only before a number ("no. 5"; "says no." is "no")
 _CLITIC = re.compile(r"(?<=\w)(n't|'s|'re|'ve|'ll|'d|'m)(?!\w)", re.I)
-_ASSIMILATION = re.compile(r"\b(can(?=not\b)|gon(?=na\b)|got(?=ta\b)|wan(?=na\b)|lem(?=me\b)|gim(?=me\b))", re.I)
+_ASSIMILATION = re.compile(r"(?<![\w-])(can(?=not(?![\w-]))|gon(?=na(?![\w-]))|got(?=ta(?![\w-]))|wan(?=na(?![\w-]))"
+                           r"|lem(?=me(?![\w-]))|gim(?=me(?![\w-])))", re.I)   # whole words ("wanna-be" stays)
 _PTB_TOKEN = re.compile(
     r"n't|'(?:s|re|ve|ll|d|m)(?!\w)"                      # a clitic split off above
     r"|(?:ed|ph)\.d\.|(?:[^\W\d_]\.){2,}"                # ph.d., u.s., e.g.

@@ -608,3 +608,22 @@ def test_a_run_directory_that_has_not_finished_says_so(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"")
     with pytest.raises(AdapterFileError, match=r"a training run directory without its adapter/.*--resume"):
         adapter_layout(tmp_path)
+
+
+def test_an_adapter_saved_before_qkv_slices_chose_separate_q_k_v_layers_still_loads(tmp_path, caplog):
+    """qkv_slices="qv" used to adapt k_proj too on Hugging Face models (it selected slices of packed projections
+    only); such a file then failed to load as "made for another architecture"."""
+    import json
+
+    model = _trained(tiny_hf_clip)   # qkv_slices="qkv": what a "qv" file of the time holds
+    path = mlv.save_adapter(model, tmp_path / "old")
+    doc = json.loads((path / ADAPTER_CONFIG).read_text())
+    doc["config"]["qkv_slices"] = "qv"
+    (path / ADAPTER_CONFIG).write_text(json.dumps(doc))
+    inp = FAMILIES["hf_clip"][1]()
+    with caplog.at_level("WARNING"):
+        loaded = mlv.load_adapter(_fresh(tiny_hf_clip), path)
+    assert "saved before that setting applied to separate q/k/v layers" in caplog.text
+    want, got = _outputs(model, _hf_run, inp, TASKS), _outputs(loaded, _hf_run, inp, TASKS)
+    for t in TASKS:
+        torch.testing.assert_close(got[t], want[t])

@@ -167,6 +167,7 @@ PTB_CASES = [
     ('gonna gotta wanna lemme gimme', 'gon na got ta wan na lem me gim me'),
     ("music of the '80s, rock 'n' roll 'cause 'em", "music of the '80s rock 'n' roll 'cause 'em"),
     ("'tis 'twas", "'t is 't was"),
+    ('A wanna-be rock star, a cannot-miss event', 'a wanna-be rock star a cannot-miss event'),
 ]
 
 

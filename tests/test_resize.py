@@ -127,5 +127,10 @@ def test_llava_pad_to_square_matches_its_image_processor():
         ref = proc(images=img, return_tensors="pt")["pixel_values"][0]
         ours = to_uint8_tensor(img, resize).float() / 255
         assert (ours - ref).abs().max() <= 1.5 / 255, wh
+    squash = LlavaImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False, resample=3, do_pad=True,
+                                 do_normalize=False)   # padded, then squashed to the square
+    img = _image(64, 24, seed=4)
+    ours = to_uint8_tensor(img, ImageResize.from_hf(32, squash)).float() / 255
+    assert (ours - squash(images=img, return_tensors="pt")["pixel_values"][0]).abs().max() <= 1.5 / 255
     assert ImageResize.from_hf(32, {"do_pad": True, "size": {"shortest_edge": 32}}).pad_square is None
     assert ImageResize.from_hf(32, SiglipImageProcessor(size={"height": 32, "width": 32})).pad_square is None

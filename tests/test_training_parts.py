@@ -321,8 +321,8 @@ def test_training_leaves_the_frozen_base_batch_norm_statistics_alone():
     assert stats and all(torch.equal(v, net.state_dict()[k]) for k, v in stats.items())
 
 
-@pytest.mark.parametrize(("dtype", "advice"), [(torch.float32, None), (torch.bfloat16, "use --precision fp32,"),
-                                               (torch.float16, "use --precision bf16 or fp32,")])
+@pytest.mark.parametrize(("dtype", "advice"), [(torch.float32, None), (torch.bfloat16, "use --precision fp32 (with"),
+                                               (torch.float16, "use --precision bf16 or fp32 (with")])
 def test_the_non_finite_stop_names_a_wider_precision_only_where_there_is_one(tmp_path, dtype, advice):
     """An fp32 run that diverged was told to "use --precision fp32 or bf16"."""
     from types import SimpleNamespace

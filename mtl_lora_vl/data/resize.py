@@ -125,7 +125,7 @@ class ImageResize:
             if crop and int(side["height"]) != size:
                 raise ValueError(f"{label}: squashes images to {side['height']}x{side['width']} and then crops "
                                  f"{size}x{size}; only a squash to the model's own size is supported")
-            return cls(size, mode="squash", interpolation=interp)
+            return cls(size, mode="squash", interpolation=interp, pad_square=pad)
         return cls(size, interpolation=interp, floor_crop=True, pad_square=pad)
 
 

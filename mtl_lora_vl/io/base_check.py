@@ -70,10 +70,11 @@ def check_base(base_model: nn.Module, doc: dict[str, Any], cfg: MTLLoRAConfig, p
         raise AdapterFileError(f"{path}: the adapter's targets do not fit this base model: {e}") from e
     mine = projections_of(plan)
     theirs = {n: list(v) for n, v in (ident.get("projections") or {}).items()}
-    if mine != theirs and fingerprint(theirs) == ident.get("fingerprint"):
-        saved = _saved_projections(base_model, cfg, theirs)
-        if saved is not None:
-            cfg, plan, mine = saved
+    for fallback in (_saved_projections, _saved_before_separate_qkv):
+        if mine != theirs and fingerprint(theirs) == ident.get("fingerprint"):
+            saved = fallback(base_model, cfg, theirs)
+            if saved is not None:
+                cfg, plan, mine = saved
     if fingerprint(mine) != ident.get("fingerprint") or mine != theirs:
         only_file = sorted(set(theirs) - set(mine))
         only_model = sorted(set(mine) - set(theirs))
@@ -119,6 +120,23 @@ def _saved_projections(base_model: nn.Module, cfg: MTLLoRAConfig, theirs: dict[s
     logger.info("the adapter was saved when the %s family's default targets chose other projections; it is "
                 "loaded on the %d projections it was saved with", fam.name, len(mine))
     return explicit, plan, mine
+
+
+def _saved_before_separate_qkv(base_model: nn.Module, cfg: MTLLoRAConfig, theirs: dict[str, list[int]]
+                               ) -> tuple[MTLLoRAConfig, dict[str, BankPlan], dict[str, list[int]]] | None:
+    """An adapter saved before ``qkv_slices`` selected separate ``q_proj`` / ``k_proj`` / ``v_proj`` layers (it
+    adapted all three whatever it said): loaded on the projections it was saved with, as ``qkv_slices="qkv"``,
+    when no projection of the model is packed (there the setting still selects slices)."""
+    if cfg.qkv_slices == "qkv":
+        return None
+    old = dataclasses.replace(cfg, qkv_slices="qkv")
+    plan = plan_targets(base_model, old)
+    mine = projections_of(plan)
+    if mine != theirs or any(p.out_slices is not None for p in plan.values()):
+        return None
+    logger.warning("the adapter says qkv_slices=%r but was saved before that setting applied to separate q/k/v "
+                   "layers, so all three are adapted; it is loaded as saved (qkv_slices='qkv')", cfg.qkv_slices)
+    return old, plan, mine
 
 
 def check_weight_samples(base_model: nn.Module, doc: dict[str, Any], path: Path) -> None:

@@ -107,6 +107,7 @@ class VQAKind(TaskKind):
 
     headline_metric = "vqa_accuracy"
     _stale_filter = False   # a saved filter keyed by VQAv2's answer types (see filter_type)
+    _answer_typed_said = False   # the warning for rows typed by answer type, once per task
     metric_names = ("vqa_accuracy", "per_type")
     uses_text = True
     needs_templates = True
@@ -163,13 +164,6 @@ class VQAKind(TaskKind):
                 qtype = self.filter_type(ex)
                 if qtype and top and top[0][0] in self.answer_index:
                     by_type[qtype].add(self.answer_index[top[0][0]])
-        if by_type and set(by_type) <= _ANSWER_TYPES and not any("filter_type" in ex.meta for ex in train.examples):
-            logger.warning("task %r: the question types are VQAv2's answer types (%s), which come from the human "
-                           "answers: filtering a question's candidate answers by them would let its label choose "
-                           "them, so answers are not filtered. Give each row the question's own type in a "
-                           "'filter_type' field (VQAv2's question_type, its opening words), or set "
-                           "options.filter_by_type = false", spec.name, ", ".join(sorted(by_type)))
-            by_type.clear()
         self.type_answers: dict[str, list[int]] = {t: sorted(ids) for t, ids in sorted(by_type.items())}
         #: Answers that are the majority answer of at least one training question (generative targets).
         self.consensus: frozenset[str] = frozenset(majority_answer(ex.answers) for ex in train.examples) - {""}
@@ -216,9 +210,20 @@ class VQAKind(TaskKind):
         """The type that chooses the answers a question may get; it must come from the question alone.
         ``question_type`` unless the reader kept a separate ``meta["filter_type"]`` (VQAv2, whose default
         ``question_type`` is the answer type, derived from the human answers: filtering by it let the label
-        choose the candidates). An empty ``filter_type`` (questions without annotations) is the longest
-        known type the question starts with, as VQAv2's question types are a question's opening words."""
+        choose the candidates); for the same reason a ``question_type`` that is one of VQAv2's answer types
+        (rows of a JSONL or ``datasets`` copy of VQAv2) chooses nothing. An empty ``filter_type`` (questions
+        without annotations) is the longest known type the question starts with, as VQAv2's question types
+        are a question's opening words."""
         if "filter_type" not in example.meta:
+            if example.question_type in _ANSWER_TYPES:   # VQAv2's answer type: the answers chose it
+                if not self._answer_typed_said:
+                    self._answer_typed_said = True
+                    logger.warning("task %r: questions whose question_type is one of VQAv2's answer types (%s) come "
+                                   "from the human answers, so their candidate answers are not filtered by it (the "
+                                   "label would choose them); give such rows the question's own type in a "
+                                   "'filter_type' field (VQAv2's question_type, its opening words)", self.name,
+                                   ", ".join(sorted(_ANSWER_TYPES)))
+                return None
             return example.question_type
         if self._stale_filter:   # an adapter saved before: its filter is keyed by answer type (said once)
             self._stale_filter = False

@@ -96,7 +96,8 @@ def skip_bad_step(optim: Optimization, bad: int, step: int, max_bad: int, run_di
     the run. ``amp_dtype``: the run's autocast dtype (the advice names a wider precision only where there is one)."""
     logger.warning("step %d: non-finite loss or gradients, step skipped (%d in a row)", step, bad)
     if bad >= max_bad:
-        wider = {torch.float16: "use --precision bf16 or fp32, ", torch.bfloat16: "use --precision fp32, "}
+        wider = {torch.float16: "use --precision bf16 or fp32 (with --base-dtype fp32 if the base loads in fp16), ",
+                 torch.bfloat16: "use --precision fp32 (with --base-dtype fp32 if the base loads in bf16), "}
         raise FloatingPointError(
             f"{bad} non-finite steps in a row at step {step}; lower --lr, {wider.get(amp_dtype, '')}or check the "
             f"data. The last checkpoint (it may hold steps skipped before this stop) is in {run_dir}"
