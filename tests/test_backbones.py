@@ -615,4 +615,70 @@ def test_open_clip_training_checkpoint_with_ddp_prefix_loads(tmp_path):
     dst = tiny_open_clip()
     _load_state(dst, tmp_path / "e3.pt", "test")
     assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+    # a truncated archive, a config that is not JSON, a checkpoint open_clip asserts on: each names the file
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "e3.pt").read_bytes()[:300])
+    with pytest.raises(ValueError, match=r"test weights .*cut.pt are unreadable"):
+        _load_state(dst, tmp_path / "cut.pt", "test")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "open_clip_config.json").write_text("{model_cfg: 1}")
+    with pytest.raises(ValueError, match=r"open_clip_config.json is not valid JSON"):
+        load_backbone(f"open_clip:{tmp_path / 'd'}")
 
+
+def test_a_checkpoint_open_clip_asserts_on_gets_the_package_message(tmp_path, monkeypatch):
+    """open_clip's resize_text_pos_embed asserts ("text pos_embed width changed!") on another architecture's
+    checkpoint: the command printed a traceback (exit 1)."""
+    import open_clip
+
+    def refuse(*a, **k):
+        raise AssertionError("text pos_embed width changed!")
+
+    monkeypatch.setattr(open_clip, "create_model", refuse)
+    ckpt = tmp_path / "w.bin"
+    ckpt.write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"could not load .*w.bin as open_clip ViT-B-32 weights: text pos_embed"):
+        load_backbone("open_clip:ViT-B-32", pretrained=str(ckpt))
+
+
+
+def _hf_word_tokenizer(out: Path, pad: str) -> Path:
+    """A Hugging Face tokenizer folder (not this package's word-tokenizer layout) whose pad token is ``pad``."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<s>", "</s>", "<unk>", "<pad>", "a", "red", "circle", "photo", "of"]
+    tok = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token=pad)
+    fast.save_pretrained(str(out))
+    return out
+
+
+def test_an_open_clip_text_tower_pads_with_its_own_pad_id(tmp_path):
+    """A CoCa whose folder holds a Hugging Face tokenizer padded with that tokenizer's pad token (CLIP's: its end
+    token) while the text tower masks padding by text_cfg.pad_id (0): its CLS token attended to every pad
+    position, and text embeddings differed from open_clip's (0.56 on unit embeddings)."""
+    tdir = _hf_word_tokenizer(tmp_path / "tok", pad="</s>")   # pad = end token (id 1), as CLIP's tokenizer
+    text = {"context_length": 8, "vocab_size": 16, "width": 32, "heads": 2, "layers": 1, "embed_cls": True,
+            "output_tokens": True}
+    cfg = {"embed_dim": 32, "text_cfg": text,
+           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16,
+                          "attentional_pool": True, "attn_pooler_heads": 2, "output_tokens": True},
+           "multimodal_cfg": {"context_length": 8, "vocab_size": 16, "width": 32, "heads": 2, "layers": 1}}
+    bb = build_open_clip(cfg, tokenizer_dir=tdir, name="coca-hf-tok")
+    assert bb.model.text.pad_id == 0 and bb.tokenizer.pad_id == 0 and bb.pad_id == 0
+    row = bb.tokenizer(["a red circle"])[0].tolist()
+    assert row == [4, 5, 6, bb.eos_id, 0, 0, 0, 0]   # padded with the tower's pad id, not the end token (1)
+
+
+def test_a_tokenizer_folder_without_tokenizer_files_is_refused(tmp_path):
+    """transformers 5 builds an empty 2-token tokenizer from config.json alone: an HF CLIP folder without its
+    tokenizer files trained on "<unk>" for every text, exit code 0."""
+    from mtl_lora_vl.backbones.tokenizers import load_hf_tokenizer
+
+    (tmp_path / "config.json").write_text('{"model_type": "clip"}')
+    with pytest.raises(ValueError, match=r"has no tokenizer files for m \(tokenizer.json"):
+        load_hf_tokenizer(tmp_path, 77, "m")

@@ -40,7 +40,14 @@ from .cache import cached_open_clip_weights, clip_url_cache, hf_hub_cache
 from .coca_decoding import CoCaStepper, supports_kv_cache
 from .offline import offline
 from .spec import SPEC_FORMS, BackboneSpec
-from .tokenizers import OpenClipBPETokenizer, Tokenizer, WordTokenizer, is_word_tokenizer, load_hf_tokenizer
+from .tokenizers import (
+    HFTokenizer,
+    OpenClipBPETokenizer,
+    Tokenizer,
+    WordTokenizer,
+    is_word_tokenizer,
+    load_hf_tokenizer,
+)
 
 __all__ = ["CoCaBackbone", "OpenClipBackbone", "build_open_clip"]
 
@@ -232,6 +239,11 @@ def _image_size(visual: nn.Module, fallback: Any) -> int:
 def _wrap(model: nn.Module, model_cfg: dict, preprocess_cfg: dict, tokenizer: Tokenizer, name: str) -> OpenClipBackbone:
     """The Backbone of a built open_clip model: CoCaBackbone when it has a caption decoder."""
     text_cfg = model_cfg.get("text_cfg", {})
+    tower_pad = getattr(getattr(model, "text", None), "pad_id", None)
+    if isinstance(tokenizer, HFTokenizer) and isinstance(tower_pad, int) and tokenizer.pad_id != tower_pad:
+        # The text tower masks padding (and CoCa's CLS token's view) by its own pad id (text_cfg.pad_id), as
+        # open_clip pads; a tokenizer folder's own pad token (CLIP's: its end token) would be attended to.
+        tokenizer.pad_id = tower_pad
     vision_cfg = model_cfg.get("vision_cfg", {})
     has_decoder = hasattr(model, "text_decoder") and hasattr(model, "_encode_image")
     cls = CoCaBackbone if has_decoder else OpenClipBackbone
@@ -306,7 +318,10 @@ def _load_state(model: nn.Module, path: Path, what: str) -> None:
         except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
             raise ValueError(f"{what} weights {path} are unreadable ({e}); re-create or re-download them") from e
     else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError) as e:   # a truncated or corrupt archive
+            raise ValueError(f"{what} weights {path} are unreadable ({e}); re-create or re-download them") from e
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
     if isinstance(state, dict) and state and all(k.startswith("module.") for k in state):
@@ -338,7 +353,10 @@ def _load_dir(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackbon
             "({'model_cfg': ..., 'preprocess_cfg': ...}) plus weights (open_clip_model.safetensors or "
             "model.safetensors) and, for a non-BPE vocabulary, the tokenizer files"
         )
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_path} is not valid JSON ({e}); fix or re-create the file") from None
     tokenizer_dir = local if (local / "tokenizer.json").is_file() or (local / "vocab.json").is_file() else None
     ckpt = _find_checkpoint_in_dir(local)
     if ckpt is None:
@@ -386,7 +404,7 @@ def _load_named(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackb
     with offline():
         try:
             model = open_clip.create_model(name, pretrained=str(path), device=device, weights_only=True)
-        except (RuntimeError, KeyError, ValueError) as e:
+        except (RuntimeError, KeyError, ValueError, AssertionError) as e:   # (open_clip asserts on some shapes)
             if "TorchScript" in str(e):   # OpenAI's own archives (what clip.load writes to ~/.cache/clip)
                 raise ValueError(
                     f"{path} is a TorchScript archive (OpenAI's clip.load format), which this package does not "

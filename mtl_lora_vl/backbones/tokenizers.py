@@ -240,10 +240,19 @@ class HFTokenizer:
         return self._tok.decode(ids, skip_special_tokens=True).strip()
 
 
+#: Files one of which a ``transformers`` tokenizer folder holds (fast, BPE, WordPiece, SentencePiece vocabularies).
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model",
+                    "sentencepiece.bpe.model")
+
+
 def load_hf_tokenizer(tdir: Path, context_length: int, name: str) -> HFTokenizer:
     """A local ``transformers`` tokenizer directory as an :class:`HFTokenizer` (``local_files_only``)."""
     if not tdir.is_dir():
         raise FileNotFoundError(f"tokenizer directory {tdir} for {name} does not exist")
+    if not any((tdir / f).is_file() for f in _TOKENIZER_FILES):
+        # transformers 5 builds an empty tokenizer (2 tokens) from config.json alone: every text would be "<unk>"
+        raise ValueError(f"{tdir} has no tokenizer files for {name} ({', '.join(_TOKENIZER_FILES)}); save them beside "
+                         "the model with tokenizer.save_pretrained(DIR)")
     from transformers import AutoTokenizer
 
     try:
