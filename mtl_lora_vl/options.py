@@ -74,8 +74,8 @@ class TrainOptions:
     pretrained: str | None = _opt(None, "local checkpoint file for open_clip:NAME, or a pretrained tag whose "
                                   "weights are already in open_clip's local cache")
     base_dtype: Literal["auto", "fp32", "bf16", "fp16"] = _opt(
-        "auto", "dtype of the frozen base weights: auto = bf16 for a language model (LLaVA-style) on a GPU, else "
-        "fp32; adapters stay fp32")
+        "auto", "dtype of the frozen base weights: auto = bf16 for a language model (LLaVA-style) on a GPU (fp16 on "
+        "one without native bf16), else fp32; adapters stay fp32")
     data_root: str | None = _opt(None, "folder that task specs' data paths are relative to")
     method: Literal["mtl_lora", "lora", "task_lora", "multi_lora", "moe_lora"] = _opt("mtl_lora", "adapter method")
     rank: int = _opt(8, "adapter rank r", ge=1)
@@ -98,7 +98,8 @@ class TrainOptions:
     warmup: int = _opt(20, "linear warm-up steps before the cosine schedule", ge=0)
     grad_clip: float = _opt(1.0, "clip the gradient norm to this (0 = off)", ge=0)
     accumulate: int = _opt(1, "gradient accumulation: micro-batches per optimizer step", ge=1)
-    precision: Precision = _opt("auto", "auto = bf16 on a GPU that supports it, else fp32; with --base-dtype bf16 or fp16, that dtype")
+    precision: Precision = _opt("auto", "auto = bf16 on a GPU that supports it, else fp32; with half-precision base weights "
+                                      "(--base-dtype, or auto on a GPU), their dtype")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
     workers: int = _opt(-1, "data loader workers (-1 = choose from the CPU count)", ge=-1)
     batch_mode: Literal["mixed", "homogeneous"] = _opt(
@@ -174,10 +175,11 @@ class EvalOptions:
     split: Split = _opt("test", "split to score (test falls back to val when a task has no test split; a task "
                         "without a val split is not scored on val)")
     base_dtype: Literal["auto", "fp32", "bf16", "fp16"] = _opt(
-        "auto", "dtype of the frozen base weights: auto = bf16 for a language model (LLaVA-style) on a GPU, else fp32; "
-        "adapters stay fp32")
+        "auto", "dtype of the frozen base weights: auto = bf16 for a language model (LLaVA-style) on a GPU (fp16 on "
+        "one without native bf16), else fp32; adapters stay fp32")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
-    precision: Precision = _opt("auto", "auto = bf16 on a GPU that supports it, else fp32; with --base-dtype bf16 or fp16, that dtype")
+    precision: Precision = _opt("auto", "auto = bf16 on a GPU that supports it, else fp32; with half-precision base weights "
+                                      "(--base-dtype, or auto on a GPU), their dtype")
     batch_size: int = _opt(256, "evaluation batch size", ge=1)
     workers: int = _opt(0, "image-decoding workers", ge=0)
     out: str | None = _opt(None, "where eval.json, report.md and plots/ go (default: ADAPTER/../eval-<split>)")
