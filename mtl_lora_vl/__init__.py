@@ -21,7 +21,8 @@ from .adapters.attach import (
     unmerge,
 )
 from .adapters.grow import add_task
-from .adapters.routing import RoutingError, disabled, route
+from .adapters.routing import RoutingError
+from .adapters.scopes import disabled, route
 from .config import ConfigError, MTLLoRAConfig
 from .families import FAMILIES
 from .io import (

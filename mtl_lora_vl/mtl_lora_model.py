@@ -23,7 +23,8 @@ from .adapters.attention import LoRAMultiheadAttention
 from .adapters.generation import uninstall_routed_generate
 from .adapters.grow import AddedTask, add_task
 from .adapters.layers import AdapterBank, LoRALinear
-from .adapters.routing import check_module, disabled, route
+from .adapters.routing import check_module
+from .adapters.scopes import disabled, route
 from .config import MTLLoRAConfig
 from .io.adapter_files import load_adapter, read_adapter_config, require_head_modules, save_adapter
 from .io.layout import AdapterFileError, state_file

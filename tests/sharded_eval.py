@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from mtl_lora_vl import distributed
-from mtl_lora_vl.adapters.routing import route
+from mtl_lora_vl.adapters.scopes import route
 from mtl_lora_vl.data import world
 from mtl_lora_vl.distributed import barrier, cleanup, init_distributed, map_shards, sharded_evaluation
 from mtl_lora_vl.evaluation.evaluate import evaluate_adapted, evaluate_setup

@@ -17,7 +17,7 @@ from test_training_parts import _HostReads
 from vl_tiny import tiny_backbone
 
 import mtl_lora_vl as mlv
-from mtl_lora_vl.adapters.routing import disabled, route
+from mtl_lora_vl.adapters.scopes import disabled, route
 from mtl_lora_vl.backbones import BackboneError, load_backbone
 from mtl_lora_vl.cli import eval_main, train_main
 from mtl_lora_vl.data import world

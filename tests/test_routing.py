@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from vl_tiny import tiny_backbone
 
 import mtl_lora_vl as mlv
-from mtl_lora_vl.adapters import routing
+from mtl_lora_vl.adapters import routing, scopes
 from mtl_lora_vl.adapters.grow import freeze_old_rows
 from mtl_lora_vl.adapters.layers import ADAPTER_PARAM_NAMES, LoRALinear
 from mtl_lora_vl.adapters.routing import Route, Router
@@ -169,7 +169,7 @@ def test_torch_checkpoint_recomputation_sees_the_route_of_its_forward(reentrant)
 
 def test_without_replay_hooks_recomputation_has_no_route(monkeypatch):
     """What the hooks fix: a recomputation outside the scope cannot know its task."""
-    monkeypatch.setattr(routing, "_replay_hooks", lambda router, r: None)
+    monkeypatch.setattr(scopes, "_replay_hooks", lambda router, r: None)
     net = _net(reentrant=False)
     with mlv.route(net, IDS[:3]):
         loss = net(torch.randn(3, 8)).sum()

@@ -11,7 +11,8 @@ from .attach import (
     unmerge,
 )
 from .grow import AddedTask, add_task, freeze_old_rows
-from .routing import Route, Router, RoutingError, disabled, route
+from .routing import Route, Router, RoutingError
+from .scopes import disabled, route
 
 __all__ = ["AddedTask", "AttachError", "Route", "Router", "RoutingError", "add_task", "attach", "attach_info",
            "disabled", "freeze_old_rows", "merge", "merged_state_dict", "parameter_report", "route",

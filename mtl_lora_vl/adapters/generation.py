@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from .routing import route
+from .scopes import route
 
 __all__ = ["RoutedGenerate", "expanded_rows", "generation_rows", "install_routed_generate",
            "uninstall_routed_generate"]

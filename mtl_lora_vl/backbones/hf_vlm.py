@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..adapters.generation import expanded_rows
-from ..adapters.routing import disabled
+from ..adapters.scopes import disabled
 from ..data.resize import ImageResize, size_fields
 from .base import (
     GENERATE,

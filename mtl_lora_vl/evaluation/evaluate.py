@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapters.routing import disabled, route
+from ..adapters.scopes import disabled, route
 from ..distributed import DistInfo, barrier, cleanup, init_distributed, sharded_evaluation
 from ..io import load_pretrained
 from ..io.atomic import atomic_dir, holds

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters.attach import attach_info
-from ..adapters.routing import Route, Router, route
+from ..adapters.routing import Route, Router
+from ..adapters.scopes import route
 from ..data.loader import task_views
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..adapters.attach import attach, attach_info
 from ..adapters.grow import add_task
-from ..adapters.routing import disabled
+from ..adapters.scopes import disabled
 from ..backbones import load_backbone
 from ..config import MTLLoRAConfig
 from ..data.records import Split

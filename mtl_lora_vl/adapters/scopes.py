@@ -1,0 +1,168 @@
+"""Route scopes: ``route`` and ``disabled`` set a model's current :class:`~.routing.Route` for a block of code,
+and the route travels with the autograd graph into activation recomputation.
+
+Routes and activation recomputation
+-----------------------------------
+Activation checkpointing runs a region's forward a second time inside ``loss.backward()``, which users
+(and the training loop) call *after* the ``route`` scope has closed. The recomputation must see the
+route of the forward it repeats. Both kinds of ``torch.utils.checkpoint`` save the region's inputs for
+backward when the region is first run (reentrant: ``ctx.save_for_backward`` in
+``CheckpointFunction.forward``; non-reentrant: ``_CheckpointFrame.save_inputs``) and unpack them in
+backward immediately before recomputing (``ctx.saved_tensors``; ``frame.get_inputs()``). Saving and
+unpacking go through the saved-tensor hooks active at the time (``torch.autograd.graph.saved_tensors_hooks``,
+thread-local), so a route scope installs a pair: pack is ``Tensor.detach`` (or the user's own outer pack
+hook, composed), and its unpack hook re-arms the router's *replay* route -- the route of the scope that
+saved the tensor -- before returning it. The recomputation that follows reads the replay route when it
+runs inside the backward pass that armed it (``torch._C._current_graph_task_id()``, recorded with the
+route: a route armed by an earlier backward is never reused). The route thus travels with the
+autograd graph itself: it lives exactly as long as the graph's saved tensors, nothing is stored per
+forward, inference forwards store nothing, and it holds for nested or interleaved forwards, reentrant
+and non-reentrant checkpointing alike, open_clip's ``set_grad_checkpointing`` and Hugging Face's
+``gradient_checkpointing_enable``.
+
+Why this and not the alternatives: ``checkpoint(context_fn=...)`` would need every call site (open_clip
+and transformers own theirs) and is non-reentrant only; a per-bank log of forwards consumed by
+recomputations has to guess which forward a recomputation repeats (the autograd engine orders them, not
+the user), must bound itself against inference forwards, and cannot tell a reentrant checkpoint's
+no-grad forward from inference. The costs here: one C-level ``detach`` per saved tensor in a scope (a
+few hundred per step) and one small Python call per unpack in backward. A user's own saved-tensor hooks
+active when the scope opens (``save_on_cpu``, ...) are composed, found the way torch's checkpoint finds
+them (``torch._C._autograd._top_saved_tensors_default_hooks``). Limits: torch allows one pair of hooks,
+so hooks a user opens *inside* a route scope shadow the route's (open them outside it); a route scope
+opened inside a checkpointed function installs no hooks (the recomputation re-enters that scope
+itself); the replay slot is per router, so two backward passes of one model running concurrently on
+different threads are not supported; inside ``torch.compile``d code the hooks are skipped (the compiled
+backward recomputes from traced values and does not ask the router).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .routing import ADAPTERS_OFF, Route, Router, RoutingError, find_router
+
+
+class _ReplayHooks(torch.autograd.graph.saved_tensors_hooks):
+    """Saved-tensor hooks of a route scope: unpacking re-arms each router's replay route (module docstring)."""
+
+    def __init__(self, routes: tuple[tuple[Router, Route], ...], outer: tuple | None):
+        self.routes, self.outer = routes, outer
+        if outer is None:
+            super().__init__(torch.Tensor.detach, self._unpack)
+        else:
+            super().__init__(outer[0], self._unpack_outer)
+
+    def _arm(self) -> None:
+        graph = torch._C._current_graph_task_id()
+        for router, r in self.routes:
+            router.replay, router.replay_graph = r, graph
+
+    def _unpack(self, t: torch.Tensor) -> torch.Tensor:
+        self._arm()
+        return t
+
+    def _unpack_outer(self, packed):
+        self._arm()
+        return self.outer[1](packed)
+
+
+def _replay_hooks(router: Router, r: Route) -> _ReplayHooks | None:
+    """The hooks to install for a scope routing ``router`` to ``r``, or None where none are needed."""
+    if torch.compiler.is_compiling() or not torch._C._autograd._saved_tensors_hooks_is_enabled():
+        return None
+    top_fn = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    top = top_fn(False) if top_fn is not None else None
+    if top is None:
+        return _ReplayHooks(((router, r),), None)
+    if getattr(top[0], "_checkpoint_internal", False) or "_checkpoint" in getattr(top[0], "__qualname__", ""):
+        return None  # inside a checkpointed region: its recomputation re-enters this scope itself
+    owner = getattr(top[1], "__self__", None)
+    if isinstance(owner, _ReplayHooks):
+        routes = tuple((ro, rr) for ro, rr in owner.routes if ro is not router) + ((router, r),)
+        return _ReplayHooks(routes, owner.outer)
+    return _ReplayHooks(((router, r),), top)
+
+
+@contextmanager
+def _scope(router: Router, r: Route) -> Iterator[None]:
+    """Arm ``router``'s replay hooks for this scope; a scope opened inside backward (a recomputation
+    that re-enters a route) hides the replay route so that its own route counts."""
+    hooks = _replay_hooks(router, r)
+    in_backward = not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
+    replay = router.replay, router.replay_graph
+    if in_backward:
+        router.replay = None
+    try:
+        if hooks is None:
+            yield
+        else:
+            with hooks:
+                yield
+    finally:
+        if in_backward:
+            router.replay, router.replay_graph = replay
+
+
+@contextmanager
+def route(model: nn.Module | Router,
+          tasks: str | int | torch.Tensor | Sequence[str] | Sequence[int] | Route) -> Iterator[Route]:
+    """Route every adapted layer of ``model`` to one task, or each sample to its own task.
+
+    ``model`` is the adapted model, any module wrapping it, or its Router. ``tasks`` is a task name, a
+    task index, a list of names, a LongTensor of per-sample ids of batch size, or a :class:`Route`
+    (e.g. ``Route.from_segments`` from the loader). Rows may come in any order. The outer scope is
+    restored on exit; backward may run after the scope closes (also with activation checkpointing).
+    """
+    router = find_router(model)
+    new = router.make_route(tasks)
+    if router.merged_task is not None and new.task != router.merged_task:
+        merged = router.tasks[router.merged_task]
+        raise RoutingError(
+            f"route: the adapters are merged into the weights for task {merged!r}; call "
+            "mtl_lora_vl.unmerge(model) before routing to another task"
+        )
+    outer = router.current
+    router.current = new
+    try:
+        with _scope(router, new):
+            yield new
+    except GeneratorExit:   # a generator holding the scope was closed: an exit like any other
+        _close(router, new, outer)
+        raise
+    except BaseException:   # the error in flight is the one to see, not the scope order it may have caused
+        router.current = outer if router.current is new else None
+        raise
+    _close(router, new, outer)
+
+
+def _close(router: Router, new: Route, outer: Route | None) -> None:
+    """Restore the route outside the closing scope ``new``, refusing scopes closed out of order."""
+    if router.current is not new:   # another scope opened inside this one is still open
+        router.current = None
+        raise RoutingError(
+            "route: scopes on one model closed out of order (two threads, or interleaved generators, routing "
+            "the same model); a model's route is one per model, not per thread: give each thread its own copy "
+            "(copy.deepcopy(model)), or nest the scopes")
+    router.current = outer
+
+
+@contextmanager
+def disabled(model: nn.Module | Router) -> Iterator[None]:
+    """Run ``model`` as the unadapted base model (zero-shot) inside this scope. Refused while a task is merged
+    into the weights (the base model is not what would run)."""
+    router = find_router(model)
+    if router.merged_task is not None:
+        raise RoutingError(
+            f"disabled: the adapters are merged into the weights for task {router.tasks[router.merged_task]!r}, so "
+            "the model cannot run as its base model; call mtl_lora_vl.unmerge(model) first (and merge again after)"
+        )
+    router.disabled += 1
+    try:
+        with _scope(router, ADAPTERS_OFF):
+            yield
+    finally:
+        router.disabled -= 1
