@@ -477,3 +477,11 @@ def test_a_processor_that_does_not_normalise_gives_pixels_in_0_1(tmp_path):
     cfg_path.write_text(json_.dumps(cfg))
     bb = load_backbone(f"hf:{folder}")
     assert (bb.mean, bb.std) == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+
+def test_loading_shows_no_transformers_progress_bar_off_a_terminal(tmp_path, capfd):
+    """transformers 5 prints a "Loading weights" bar on every load, also at -q and into log files."""
+    folder = save_tiny_llava(tmp_path / "m")
+    capfd.readouterr()
+    load_backbone(f"hf:{folder}")
+    assert "Loading weights" not in capfd.readouterr().err

@@ -8,11 +8,14 @@ table's reason. Besides ``transformers`` directories, timm's hub layout (``confi
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from ..log import interactive, quiet
 from .base import BackboneError
 from .cache import hf_hub_cache
 from .spec import BackboneSpec
@@ -68,12 +71,29 @@ def hf_model_class(folder: Path) -> type:
                         f"model_type={config.get('model_type')!r}); save the model with save_pretrained")
 
 
+@contextlib.contextmanager
+def _loading_bars(show: bool) -> Iterator[None]:
+    """transformers' own progress bars ("Loading weights") as the package's: off at ``-q`` and off a terminal."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not show:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was and not show:
+            hf_logging.enable_progress_bar()
+
+
 def load_hf_weights(model_cls: type, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
     """``model_cls.from_pretrained(folder)`` that refuses a checkpoint whose weights do not all load. transformers
     only reports missing weights and initialises them randomly: a directory written by a transformers version
     that names the modules otherwise (the built-in LLaVA with transformers < 5.10.2: its vision tower) loaded
     as a model with a random part, silently."""
-    model, info = model_cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype, output_loading_info=True)
+    with _loading_bars(not quiet() and interactive()):
+        model, info = model_cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype,
+                                                output_loading_info=True)
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         import transformers
