@@ -10,6 +10,7 @@ absolute, so ``--resume`` works from any working directory.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -43,10 +44,13 @@ def choose_run_dir(opts: TrainOptions) -> Path:
         return run
     if not opts.out:  # a new name: claim_run_dir takes the first free one of NAME, NAME-2, ...
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        return Path("runs") / f"{opts.tasks.replace(',', '+').replace('/', '_')}-{opts.method}-{stamp}"
+        return Path("runs") / f"{_tasks_label(opts.tasks)}-{opts.method}-{stamp}"
     run = Path(opts.out)
     if run.exists() and not run.is_dir():
         raise RunDirError(f"--out {run}: is a file, not a directory; choose another --out")
+    if opts.overwrite and run.is_symlink():   # renaming it aside would move the link, and the run would land beside it
+        raise RunDirError(f"--out {run}: is a symbolic link (to {run.resolve()}); --overwrite replaces a directory, not "
+                          f"a link: give its target, --out {run.resolve()}")
     if opts.extend and holds(run, opts.extend):
         raise RunDirError(f"--out {run}: holds the adapter that --extend {opts.extend} extends; choose another --out")
     if opts.overwrite and holds(run, Path.cwd()) and run.is_dir() and any(run.iterdir()):
@@ -116,6 +120,17 @@ def _claim(run: Path, opts: TrainOptions) -> Path:
         raise RunDirError(f"--out {run}: another run created or wrote to it while this one was starting; "
                           "choose another --out") from None
     return run
+
+
+def _tasks_label(tasks: str, limit: int = 120) -> str:
+    """``--tasks`` as a folder name: each spec by its name (a spec file by its stem), joined by ``+``; a long
+    list is cut and given a short hash, so the name stays under the file system's 255 bytes."""
+    label = "+".join(Path(t.strip()).stem if looks_like_path(t.strip()) else t.strip()
+                     for t in tasks.split(",") if t.strip())
+    if len(label.encode()) <= limit:
+        return label
+    digest = hashlib.sha256(tasks.encode()).hexdigest()[:8]
+    return label.encode()[:limit - 9].decode(errors="ignore") + "-" + digest
 
 
 def replaced_dir(run: Path) -> Path:

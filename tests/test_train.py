@@ -106,7 +106,7 @@ def test_train_adapter_files_evaluate_report(tmp_path, capsys, monkeypatch):
     assert {p.dtype for n, p in params if ".lora_" in n} == {torch.float32}
 
 
-def test_extend_trains_only_the_new_task(tmp_path, capsys):
+def test_extend_trains_only_the_new_task(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     weights = tmp_path / "my_weights.safetensors"  # the base weights from a path of the user's own
     shutil.copy(builtin_dir() / "model.safetensors", weights)
@@ -127,7 +127,8 @@ def test_extend_trains_only_the_new_task(tmp_path, capsys):
     assert train_main(ext_args + ["--config", str(shaped)]) == 2
     err = capsys.readouterr().err
     assert "--rank 8 (the adapter's: 4) would be ignored" in err and "--alpha" not in err and not ext.exists()
-    assert train_main(ext_args) == 0
+    monkeypatch.chdir(tmp_path)   # --extend by a relative path: eval.json records where it is, not "run"
+    assert train_main([*ext_args[:1], "run", *ext_args[2:]]) == 0
     assert "training" in capsys.readouterr().err  # the opening line is logged (stderr), the table printed
     assert json.loads((ext / "config.json").read_text())["rank"] == 4  # recorded as the adapter has it
     # the base model it loaded (the adapter's, not the default built-in weights) is the one it records
@@ -140,6 +141,7 @@ def test_extend_trains_only_the_new_task(tmp_path, capsys):
     for t in ("vqa", "retrieval"):  # the old tasks are bit-identical, so are their scores
         assert after["tasks"][t]["adapted"] == before["tasks"][t]["adapted"]
     assert after["extended_from"]["trained_adapter_values"] > 0
+    assert after["extended_from"]["run"] == str(run.resolve())
     old, new = adapter_tensors(run), adapter_tensors(ext)
     for name, t in old.items():
         if name.endswith(("lora_A", "lora_B")):
@@ -693,3 +695,38 @@ def test_an_epochs_run_records_the_steps_it_trained(tmp_path):
     assert train_main(args) == 0
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert json.loads((run / "config.json").read_text())["steps"] == steps[-1] < 400   # 400: the --steps default
+
+
+def test_run_directory_names_links_and_missing_paths(tmp_path, capsys, monkeypatch):
+    """A default run name built from whole spec paths passed the file system's 255 bytes (it failed after the
+    set-up); --overwrite through a symlink moved the link aside and blocked the next --overwrite; a missing
+    adapter folder was "not an adapter directory"; Ctrl-C during the final evaluation exited 130 without a word."""
+    from mtl_lora_vl.io.layout import AdapterFileError, adapter_layout
+    from mtl_lora_vl.options import TrainOptions
+    from mtl_lora_vl.rundir import RunDirError, choose_run_dir
+
+    deep = "/".join(["a-rather-long-folder-name"] * 6)
+    name = choose_run_dir(TrainOptions(tasks=f"{deep}/vqa.toml,{deep}/retrieval.toml,{deep}/caption_cls.toml,vqa")).name
+    assert name.startswith("vqa+retrieval+caption_cls+vqa-mtl_lora-") and len(name.encode()) < 255
+    long = choose_run_dir(TrainOptions(tasks=",".join(f"task_number_{i}" for i in range(40)))).name
+    assert len(long.encode()) < 200 and re.search(r"-[0-9a-f]{8}-mtl_lora-", long)
+    target = tmp_path / "real"
+    target.mkdir()
+    (target / "config.json").write_text("{}")
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(RunDirError, match=r"is a symbolic link .*give its target"):
+        choose_run_dir(TrainOptions(out=str(tmp_path / "link"), overwrite=True))
+    with pytest.raises(AdapterFileError, match="does not exist"):
+        adapter_layout(tmp_path / "gone")
+
+    import mtl_lora_vl.training.train as train_mod
+
+    def interrupted(run):
+        (run.dir / "adapter").mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "finish", interrupted)
+    out = tmp_path / "run"
+    assert train_main(base_args(tmp_path, out, steps=1)) == 130
+    assert f"interrupted during the final evaluation; the adapter is saved in {out / 'adapter'}" in \
+        capsys.readouterr().err

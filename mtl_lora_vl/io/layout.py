@@ -140,6 +140,8 @@ def adapter_layout(path: str | Path) -> AdapterLayout:
     (``adapter_config.json`` with a ``peft_type``), a multi-task PEFT export, a training run directory.
     """
     path = Path(path)
+    if not path.exists():
+        raise AdapterFileError(f"{path}: does not exist (moved or renamed?); give the adapter directory's path")
     if not path.is_dir():
         raise AdapterFileError(f"{path}: not an adapter directory (save one with mtl_lora_vl.save_adapter)")
     found = _detect(path)

@@ -84,7 +84,14 @@ def train(opts: TrainOptions, given: Collection[str] | None = None) -> Path:
         start_at = resume(run, optim, loader) if run.opts.resume else Progress()
         net = wrap_model(run)
         loop(run, net, loader, optim, start_at)
-        finish(run)
+        try:
+            finish(run)
+        except KeyboardInterrupt:
+            if run.info.is_main and (run.dir / "adapter").is_dir():
+                logger.warning("interrupted during the final evaluation; the adapter is saved in %s; --resume %s "
+                               "scores it (or mtl-lora-vl eval --adapter %s)", run.dir / "adapter", run.dir,
+                               run.dir / "adapter")
+            raise
         barrier(run.info)
         if run.info.is_main:
             finish_overwrite(run.dir)   # (a run of no steps: done here)
@@ -389,6 +396,6 @@ def finish(run: Run) -> None:
         return
     result["trained_tasks"] = run.trained
     if opts.extend:
-        result["extended_from"] = {"run": str(opts.extend), "tasks": setup.extended_from,
+        result["extended_from"] = {"run": str(Path(opts.extend).resolve()), "tasks": setup.extended_from,
                                    "trained_adapter_values": setup.new_adapter_values}
     print(write_outputs(run.dir, result, model.model))  # the finished run's table: the result, on stdout
