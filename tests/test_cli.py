@@ -280,6 +280,30 @@ def test_overwrite_never_deletes_the_adapter_it_reads_or_the_working_directory(t
     assert "current directory" in capsys.readouterr().err and (here / "keep.txt").read_text() == "mine"
 
 
+def test_eval_refuses_an_out_it_cannot_write_before_it_scores(trained_run, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """evaluate_vl found out only after scoring every task that --out could not be written (the current
+    directory, a read-only parent: a raw "Read-only file system" on a temporary name), and printed no scores;
+    --out naming a file was a raw "Not a directory"."""
+    import mtl_lora_vl.evaluation.evaluate as ev
+
+    def no_scoring(*a, **k):
+        raise AssertionError("scored before refusing --out")
+
+    monkeypatch.setattr(ev, "evaluate_setup", no_scoring)
+    adapter = str(trained_run[0])
+    (tmp_path / "afile.txt").write_text("x")
+    assert main(["eval", "--adapter", adapter, "--out", str(tmp_path / "afile.txt")], prog="mtl-lora-vl") == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    assert main(["eval", "--adapter", adapter, "--out", "."], prog="mtl-lora-vl") == 2
+    assert "is the current directory or holds it" in capsys.readouterr().err
+    monkeypatch.setattr(ev.os, "access", lambda path, mode: False)   # (root passes any permission bits)
+    assert main(["eval", "--adapter", adapter, "--out", str(tmp_path / "ro" / "out")], prog="mtl-lora-vl") == 2
+    assert f"{tmp_path} cannot be written" in capsys.readouterr().err
+
+
 def test_export_says_which_format_auto_wrote(trained_run, tmp_path, capsys):  # noqa: F811
     assert main(["export", "--adapter", str(trained_run[0]), "--task", "vqa", "--format", "auto", "--out",
                  str(tmp_path / "x")],

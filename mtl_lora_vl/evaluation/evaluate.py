@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch import nn
 from ..adapters.scopes import disabled, route
 from ..distributed import DistInfo, barrier, cleanup, init_distributed, sharded_evaluation
 from ..io import load_pretrained
-from ..io.atomic import atomic_dir, holds
+from ..io.atomic import atomic_dir, check_target, holds
 from ..log import progress
 from ..multitask import MultiTaskModel, Setup
 from ..precision import base_weights_dtype, check_base_precision, resolve_precision
@@ -142,9 +143,19 @@ def evaluate_adapter(adapter: str | Path, tasks: str | None = None, backbone: st
     if holds(out, adapter):  # every rank checks before anyone writes
         raise RunDirError(f"--out {out}: holds the adapter {adapter} being evaluated, which writing the results "
                           "there would delete; choose another --out")
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out}: is a file, not a directory; choose another --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RunDirError(f"--out {out}: exists and is not empty; pass --overwrite to replace that directory "
                           "(all of it) with the results, or choose another --out")
+    try:   # the rest of what writing the results would refuse, checked before the scoring, not after it
+        check_target(out, directory=True, overwrite=True, what="--out")
+    except OSError as e:
+        raise RunDirError(str(e)) from None
+    parent = next(p for p in (out.absolute().parent, *out.absolute().parents) if p.exists())
+    if not os.access(parent, os.W_OK):
+        raise RunDirError(f"--out {out}: {parent} cannot be written (read-only, or not yours), and the results are "
+                          "written beside --out and renamed into place; choose another --out")
     info = init_distributed(device)
     try:
         return _evaluate_adapter(adapter, tasks, backbone, pretrained, data_root, split, info, precision,
@@ -179,7 +190,11 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
     result["adapter"] = str(adapter)
     table = ""
     if info.is_main:  # a new directory replaces an old one whole (--overwrite): no stale plot stays behind
-        with atomic_dir(out, overwrite=True, what="--out") as tmp:
-            table = write_outputs(tmp, result, lp.backbone.model)
+        try:
+            with atomic_dir(out, overwrite=True, what="--out") as tmp:
+                table = write_outputs(tmp, result, lp.backbone.model)
+        except OSError:
+            logger.warning("the results could not be written to %s; the scores were:\n%s", out, markdown_table(result))
+            raise
     barrier(info)
     return table
