@@ -309,3 +309,16 @@ def test_export_says_which_format_auto_wrote(trained_run, tmp_path, capsys):  # 
                  str(tmp_path / "x")],
                 prog="mtl-lora-vl") == 0
     assert "as a plain LoRA (--format auto)" in capsys.readouterr().out   # open_clip: plain
+
+
+def test_a_tilde_in_path_options_means_home(tmp_path, monkeypatch):
+    """The shell leaves ~ alone in --out=~/x, in quotes and in config files: --out=~/runs/t1 made a folder named
+    "~" in the working directory (where `rm -rf ~` is the natural clean-up), and --tasks "~/x.toml" or
+    --data-root "~/data" were not found."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('data-root = "~/data"\n')
+    opts = parse_train_args(["--out=~/runs/t1", "--tasks", "vqa,~/specs/x.toml", "--config", "~/c.toml",
+                             "--extend", "~/old", "--seed", "3"])
+    assert opts.out == str(tmp_path / "runs" / "t1") and opts.extend == str(tmp_path / "old")
+    assert opts.tasks == f"vqa,{tmp_path / 'specs' / 'x.toml'}" and opts.data_root == str(tmp_path / "data")

@@ -29,6 +29,7 @@ import difflib
 import functools
 import json
 import operator
+import os
 import sys
 import tomllib
 import types
@@ -234,11 +235,11 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
     ns = _parse(parser, cls, argv)
     given = set(_given_on_command_line(cls, argv))
     if getattr(ns, "config", None):
-        from_file = read_config(parser, cls, ns.config)
+        from_file = read_config(parser, cls, os.path.expanduser(ns.config))
         given |= set(from_file)
         parser.set_defaults(**from_file)
         ns = _parse(parser, cls, argv)
-    values = {f.name: getattr(ns, f.name) for f in fields(cls)}
+    values = {f.name: _expand_home(f.name, getattr(ns, f.name)) for f in fields(cls)}
     for f in fields(cls):
         value = values[f.name]
         if out_of_range(f.metadata, value):
@@ -247,6 +248,22 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
             _fail(parser, f"{flag(f.name)} is required (on the command line or in the --config file)")
     level = ns.log_level or ("debug" if ns.verbose else "warning" if ns.quiet else "info")
     return cls(**values), level, frozenset(given)
+
+
+#: Options that name files or folders; the shell leaves ``~`` alone in ``--out=~/x``, in quotes and in config files.
+_PATH_OPTIONS = frozenset({"out", "resume", "extend", "data_root", "pretrained", "adapter", "config"})
+
+
+def _expand_home(name: str, value: Any) -> Any:
+    """``~`` in a path option expanded (each spec path of ``--tasks``), as the shell would: never a folder named
+    ``~`` in the working directory."""
+    if not isinstance(value, str) or "~" not in value:
+        return value
+    if name in _PATH_OPTIONS:
+        return os.path.expanduser(value)
+    if name == "tasks":
+        return ",".join(os.path.expanduser(t.strip()) if t.strip().startswith("~") else t for t in value.split(","))
+    return value
 
 
 def _given_on_command_line(cls: type, argv: list[str]) -> list[str]:
