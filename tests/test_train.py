@@ -328,6 +328,14 @@ def test_resume_refuses_what_it_would_ignore_and_bad_config(tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert f"--log-every {default_log} (the run has 2)" in err and "--out" in err
     assert not (tmp_path / "elsewhere").exists()
+    # a spec file edited since the checkpoint: the rest of the run would train on other settings, silently
+    spec = tmp_path / "vqa.toml"
+    spec.write_text("# a comment alone changes nothing\n" + spec.read_text())
+    assert train_main(["--resume", str(run)]) == 0
+    capsys.readouterr()
+    spec.write_text(re.sub(r"(?m)^loss_weight = .*$", "loss_weight = 5.0", spec.read_text()))
+    assert train_main(["--resume", str(run)]) == 2
+    assert f"the task spec file(s) {spec} changed since the run's checkpoint" in capsys.readouterr().err
     explicit = {"resume", "tasks", "steps", "out"}
     same = resumed_options(run, TrainOptions(resume=str(run), tasks="vqa.toml", steps=1, out=str(run)), explicit)
     assert same.tasks == saved["tasks"]

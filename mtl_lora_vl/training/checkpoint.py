@@ -14,6 +14,7 @@ rank 0) is one ``torch.save`` file of tensors and plain values, loaded with ``we
     rng                 rank 0's torch CPU generator alone (what version 1 saved and reads)
     bad_streak          skipped (non-finite) steps in a row up to ``step``
     replaced_images     training rows given a substitute image so far, per task, summed over ranks
+    spec_sha256         each task's spec file (SHA-256): a resume refuses specs edited since the checkpoint
 
 Every other rank r writes what is its own -- its generators and its loss window (each rank averages its
 own losses; the log row is their mean) -- to ``checkpoint-rank{r}.pt`` beside it, atomically too:
@@ -26,6 +27,9 @@ rank, step) (:mod:`mtl_lora_vl.data.seeding`).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import tomllib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +100,33 @@ def training_state(model: MultiTaskModel, optim: Optimization, loader: MultiTask
     return {"checkpoint_version": CHECKPOINT_VERSION, "step": progress.step, "trainable": model.trainable_state(),
             **optim.state_dict(), "sampler": loader.state_dict(), "log_window": progress.log_window,
             "world_size": world_size, "rng_state": rng_state(), "rng": torch.get_rng_state(),
-            "bad_streak": progress.bad_streak, "replaced_images": dict(progress.replaced)}
+            "bad_streak": progress.bad_streak, "replaced_images": dict(progress.replaced),
+            "spec_sha256": spec_digests(model)}
+
+
+def spec_digests(model: MultiTaskModel) -> dict[str, str]:
+    """Each task's spec file (tasks with one) as a SHA-256 of its settings (the parsed TOML: comments and layout
+    aside), because a resumed run reads the specs again."""
+    out = {}
+    for name, kind in model.kinds.items():
+        path = kind.spec.source_file
+        if path is not None and path.is_file():
+            doc = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+            out[name] = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+    return out
+
+
+def check_specs_unchanged(saved: dict[str, Any], model: MultiTaskModel, run_dir: str | Path) -> None:
+    """Refuse to resume a run whose task spec files changed since its checkpoint (a checkpoint written before
+    the digests were recorded is not checked): the rest of the run would train on other settings, and the
+    finished adapter would record the edited specs as if the whole run had used them."""
+    recorded = saved.get("spec_sha256") or {}
+    now = spec_digests(model)
+    changed = sorted(n for n, d in recorded.items() if n in now and now[n] != d)
+    if changed:
+        files = ", ".join(str(model.kinds[n].spec.source_file) for n in changed)
+        raise CheckpointError(f"--resume {run_dir}: the task spec file(s) {files} changed since the run's checkpoint; "
+                              "put them back as they were to continue it, or start a new run with the edited specs")
 
 
 def save_rank_state(run_dir: str | Path, rank: int, step: int, log_window: dict[str, list[float]]) -> Path:

@@ -42,6 +42,7 @@ from ..rundir import (
 from .checkpoint import (
     CheckpointError,
     Progress,
+    check_specs_unchanged,
     load_checkpoint,
     restore_training_state,
     save_training_checkpoint,
@@ -138,8 +139,9 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     if opts.resume:
         opts = resumed_options(run_dir, opts, given)
     info = init_distributed(opts.device)
-    if opts.resume:   # before the set-up (the sampler refused it after, asking for the same tasks and options)
-        saved_world = int(load_checkpoint(run_dir).get("world_size", 1))
+    saved = load_checkpoint(run_dir) if opts.resume else None
+    if saved is not None:   # before the set-up (the sampler refused it after, asking for the same tasks and options)
+        saved_world = int(saved.get("world_size", 1))
         if saved_world != info.world_size:
             how = (f"{saved_world} processes in all: torchrun --nnodes N --nproc_per_node M with N x M = {saved_world}"
                    if saved_world > 1 else "one process, without torchrun")
@@ -149,6 +151,8 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     seed_everything(opts.seed)
 
     setup = extend_setup(opts, info.device) if opts.extend else build_setup(opts, info.device)
+    if saved is not None:
+        check_specs_unchanged(saved, setup.model, run_dir)
     loaded = base_weights_dtype(setup.model.model)
     amp_dtype = resolve_precision(opts.precision, info.device, opts.base_dtype, loaded)
     check_base_precision(opts.precision, amp_dtype, loaded, setup.backbone.casts_inputs)
