@@ -286,7 +286,7 @@ def test_tampered_task_spec_and_missing_files(oc_adapter, tmp_path):
         mlv.load_adapter(tiny_open_clip(), p)
     with pytest.raises(AdapterFileError, match="no mtl_lora_config.json"):
         mlv.load_adapter(tiny_open_clip(), tmp_path)
-    with pytest.raises(AdapterFileError, match="not an adapter directory"):
+    with pytest.raises(AdapterFileError, match="does not exist"):
         mlv.load_adapter(tiny_open_clip(), tmp_path / "nothing")
     bad = _copy(oc_adapter[0], tmp_path / "badjson")
     (bad / ADAPTER_CONFIG).write_text("{not json")

@@ -738,3 +738,26 @@ def test_run_directory_names_links_and_missing_paths(tmp_path, capsys, monkeypat
     assert train_main(base_args(tmp_path, out, steps=1)) == 130
     assert f"interrupted during the final evaluation; the adapter is saved in {out / 'adapter'}" in \
         capsys.readouterr().err
+
+
+def test_a_spec_edited_while_the_run_trains_is_not_recorded_as_what_it_trained_on(tmp_path, monkeypatch):
+    """The checkpoint re-read every spec file at each save: an edit made while the run trained became its
+    record, and a resume then accepted the edited spec."""
+    import mtl_lora_vl.training.train as train_mod
+    from mtl_lora_vl.training.checkpoint import load_checkpoint
+
+    spec = small_spec(tmp_path, "vqa")
+    real = train_mod.build_loader
+    before = {}
+
+    def edit_then_load(run):
+        before.update(run.setup.model.spec_sha256)
+        spec.write_text(re.sub(r"(?m)^loss_weight = .*$", "loss_weight = 5.0", spec.read_text()))
+        return real(run)
+
+    monkeypatch.setattr(train_mod, "build_loader", edit_then_load)
+    run = tmp_path / "run"
+    args = base_args(tmp_path, run, steps=3)
+    args[1] = str(spec)
+    assert train_main(args + ["--skip-zero-shot"]) == 0
+    assert load_checkpoint(run)["spec_sha256"] == before and before["vqa"]

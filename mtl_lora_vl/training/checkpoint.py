@@ -101,7 +101,7 @@ def training_state(model: MultiTaskModel, optim: Optimization, loader: MultiTask
             **optim.state_dict(), "sampler": loader.state_dict(), "log_window": progress.log_window,
             "world_size": world_size, "rng_state": rng_state(), "rng": torch.get_rng_state(),
             "bad_streak": progress.bad_streak, "replaced_images": dict(progress.replaced),
-            "spec_sha256": spec_digests(model)}
+            "spec_sha256": getattr(model, "spec_sha256", None) or {}}
 
 
 def spec_digests(model: MultiTaskModel) -> dict[str, str]:
@@ -121,7 +121,7 @@ def check_specs_unchanged(saved: dict[str, Any], model: MultiTaskModel, run_dir:
     the digests were recorded is not checked): the rest of the run would train on other settings, and the
     finished adapter would record the edited specs as if the whole run had used them."""
     recorded = saved.get("spec_sha256") or {}
-    now = spec_digests(model)
+    now = getattr(model, "spec_sha256", None) or spec_digests(model)
     changed = sorted(n for n, d in recorded.items() if n in now and now[n] != d)
     if changed:
         files = ", ".join(str(model.kinds[n].spec.source_file) for n in changed)

@@ -46,6 +46,7 @@ from .checkpoint import (
     load_checkpoint,
     restore_training_state,
     save_training_checkpoint,
+    spec_digests,
 )
 from .metrics_log import LossWindow, MetricsLog, progress_bar, replaced_rows, truncate_metrics
 from .optim import Optimization, build_optimization
@@ -151,6 +152,8 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     seed_everything(opts.seed)
 
     setup = extend_setup(opts, info.device) if opts.extend else build_setup(opts, info.device)
+    # the specs as this run read them, recorded in every checkpoint (the files are not read again while it trains)
+    setup.model.spec_sha256 = spec_digests(setup.model)
     if saved is not None:
         check_specs_unchanged(saved, setup.model, run_dir)
     loaded = base_weights_dtype(setup.model.model)
