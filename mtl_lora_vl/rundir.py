@@ -46,6 +46,9 @@ def choose_run_dir(opts: TrainOptions) -> Path:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         return Path("runs") / f"{_tasks_label(opts.tasks)}-{opts.method}-{stamp}"
     run = Path(opts.out)
+    if run.is_symlink() and not run.exists():
+        raise RunDirError(f"--out {run}: is a symbolic link to {os.readlink(run)}, which does not exist (or is a "
+                          "loop of links); remove the link, or create its target, or choose another --out")
     if run.exists() and not run.is_dir():
         raise RunDirError(f"--out {run}: is a file, not a directory; choose another --out")
     if opts.overwrite and run.is_symlink():   # renaming it aside would move the link, and the run would land beside it

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mtl_lora_vl.io import atomic as atomic_mod
-from mtl_lora_vl.io.atomic import atomic_dir, atomic_file
+from mtl_lora_vl.io.atomic import atomic_dir, atomic_file, check_target
 from mtl_lora_vl.training.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -160,3 +160,32 @@ def test_a_target_that_is_a_symlink_to_a_directory_leaves_nothing_behind(tmp_pat
         (d / "new").write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "real"]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["new"]
+    assert (tmp_path / "out").is_symlink() and [p.name for p in real.iterdir()] == ["new"]   # written through
+
+
+def test_writes_go_through_links_to_empty_folders_and_files(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "d").symlink_to(tmp_path / "empty")   # rmdir of the link failed with NotADirectoryError
+    with atomic_dir(tmp_path / "d") as d:
+        (d / "x").write_text("x")
+    assert (tmp_path / "d").is_symlink() and (tmp_path / "empty" / "x").read_text() == "x"
+    (tmp_path / "f.txt").write_text("old")
+    (tmp_path / "f").symlink_to(tmp_path / "f.txt")
+    with atomic_file(tmp_path / "f", overwrite=True) as f:
+        f.write_text("new")
+    assert (tmp_path / "f").is_symlink() and (tmp_path / "f.txt").read_text() == "new"
+
+
+def test_a_dangling_link_or_a_file_on_the_way_is_refused_before_writing(tmp_path):
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for name in ("gone", "loop"):
+        with pytest.raises(FileNotFoundError, match=rf"{name} is a symbolic link to .*which does not exist"):
+            check_target(tmp_path / name, directory=True, overwrite=True, what="--out")
+        with pytest.raises(FileNotFoundError, match="remove the link"):
+            with atomic_file(tmp_path / name, overwrite=True):
+                pass
+    (tmp_path / "a.txt").write_text("a")
+    with pytest.raises(NotADirectoryError, match=r"a\.txt is a file, so .*a\.txt/out/x cannot be made inside it"):
+        check_target(tmp_path / "a.txt" / "out" / "x", directory=True, what="--out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "gone", "loop"]

@@ -293,7 +293,12 @@ def test_eval_refuses_an_out_it_cannot_write_before_it_scores(trained_run, tmp_p
     adapter = str(trained_run[0])
     (tmp_path / "afile.txt").write_text("x")
     assert main(["eval", "--adapter", adapter, "--out", str(tmp_path / "afile.txt")], prog="mtl-lora-vl") == 2
-    assert "is a file, not a directory" in capsys.readouterr().err
+    assert "afile.txt exists and is a file; choose a directory path" in capsys.readouterr().err
+    assert main(["eval", "--adapter", adapter, "--out", str(tmp_path / "afile.txt" / "out")], prog="mtl-lora-vl") == 2
+    assert "afile.txt is a file, so" in capsys.readouterr().err
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    assert main(["eval", "--adapter", adapter, "--out", str(tmp_path / "gone")], prog="mtl-lora-vl") == 2
+    assert "gone is a symbolic link to" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     monkeypatch.chdir(empty)

@@ -724,6 +724,9 @@ def test_run_directory_names_links_and_missing_paths(tmp_path, capsys, monkeypat
     (tmp_path / "link").symlink_to(target)
     with pytest.raises(RunDirError, match=r"is a symbolic link .*give its target"):
         choose_run_dir(TrainOptions(out=str(tmp_path / "link"), overwrite=True))
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")   # was "another run created or wrote to it" at the claim
+    with pytest.raises(RunDirError, match=r"gone: is a symbolic link to .*nowhere, which does not exist"):
+        choose_run_dir(TrainOptions(out=str(tmp_path / "gone")))
     with pytest.raises(AdapterFileError, match="does not exist"):
         adapter_layout(tmp_path / "gone")
 

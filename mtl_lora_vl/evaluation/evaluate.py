@@ -140,18 +140,16 @@ def evaluate_adapter(adapter: str | Path, tasks: str | None = None, backbone: st
     rank 0 writes the outputs (the other ranks return an empty string); the scores equal one process's."""
     adapter = Path(adapter)
     out = Path(out) if out else adapter.resolve().parent / f"eval-{split}"
-    if holds(out, adapter):  # every rank checks before anyone writes
-        raise RunDirError(f"--out {out}: holds the adapter {adapter} being evaluated, which writing the results "
-                          "there would delete; choose another --out")
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {out}: is a file, not a directory; choose another --out")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise RunDirError(f"--out {out}: exists and is not empty; pass --overwrite to replace that directory "
-                          "(all of it) with the results, or choose another --out")
-    try:   # the rest of what writing the results would refuse, checked before the scoring, not after it
+    try:   # what writing the results would refuse, checked before the scoring, not after it
         check_target(out, directory=True, overwrite=True, what="--out")
     except OSError as e:
         raise RunDirError(str(e)) from None
+    if holds(out, adapter):  # every rank checks before anyone writes
+        raise RunDirError(f"--out {out}: holds the adapter {adapter} being evaluated, which writing the results "
+                          "there would delete; choose another --out")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise RunDirError(f"--out {out}: exists and is not empty; pass --overwrite to replace that directory "
+                          "(all of it) with the results, or choose another --out")
     parent = next(p for p in (out.absolute().parent, *out.absolute().parents) if p.exists())
     if not os.access(parent, os.W_OK):
         raise RunDirError(f"--out {out}: {parent} cannot be written (read-only, or not yours), and the results are "

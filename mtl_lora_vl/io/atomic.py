@@ -6,6 +6,7 @@ entry beside the target (same filesystem), is flushed to disk, gets the usual um
 (``mkstemp`` / ``mkdtemp`` create private 0600 / 0700 entries) and is then renamed into place. A crash
 or an exception leaves the old target as it was and no temporary behind. An existing target is
 replaced only with ``overwrite=True``; an old directory is removed only once the new one is in place.
+A target that is a symbolic link is written through it: its target gets the new content, the link stays.
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ def holds(folder: str | Path, path: str | Path) -> bool:
 def check_target(path: str | Path, *, directory: bool, overwrite: bool = False, what: str = "write") -> None:
     """Raise what :func:`atomic_dir` (``directory``) or :func:`atomic_file` would raise for ``path`` before
     writing anything: a caller that writes several targets checks them all first."""
-    path = Path(path)
+    path = _through_link(Path(path), what)
+    existing = next(p for p in path.absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{what}: {existing} is a file, so {path} cannot be made inside it; choose "
+                                 "another path")
     if directory:
         if holds(path, Path.cwd()):
             raise IsADirectoryError(f"{what}: {path} is the current directory or holds it; a directory is written "
@@ -52,6 +57,17 @@ def check_target(path: str | Path, *, directory: bool, overwrite: bool = False, 
     if path.exists() and not overwrite:
         raise FileExistsError(f"{what}: {path} already exists; pass overwrite=True (--overwrite) or "
                               "choose another path")
+
+
+def _through_link(path: Path, what: str) -> Path:
+    """What a symbolic link ``path`` points to, else ``path``: a write goes through a link to its target (the
+    temporary beside the target, on its filesystem) rather than replacing the link with a copy."""
+    if not path.is_symlink():
+        return path
+    if not path.exists():
+        raise FileNotFoundError(f"{what}: {path} is a symbolic link to {os.readlink(path)}, which does not exist "
+                                "(or is a loop of links); remove the link or choose another path")
+    return path.resolve()
 
 
 def check_asset_dir(path: str | Path, marker: str, what: str) -> None:
@@ -71,7 +87,7 @@ def atomic_file(path: str | Path, *, overwrite: bool = False, what: str = "write
 
     ``what`` names the caller in error messages. An existing ``path`` is refused unless ``overwrite``.
     """
-    path = Path(path)
+    path = _through_link(Path(path), what)
     check_target(path, directory=False, overwrite=overwrite, what=what)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -95,7 +111,7 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, what: str = "write"
     A non-empty ``path`` is refused unless ``overwrite``; then the old directory is moved aside and
     deleted only after the new one is in place. On an exception the temporary directory is removed.
     """
-    path = Path(path)
+    path = _through_link(Path(path), what)
     check_target(path, directory=True, overwrite=overwrite, what=what)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
