@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 
@@ -378,6 +379,14 @@ def test_save_argument_errors(tmp_path):
         mlv.save_adapter(model, "/nonexistent/never", task_specs={"vqa": "/no/such.toml"})
     with pytest.raises(mlv.RoutingError, match="has no MTL-LoRA adapters"):
         mlv.save_adapter(tiny_open_clip(), "/nonexistent/never")
+    from mtl_lora_vl.tasks import load_spec
+    vqa = load_spec("vqa")   # a TaskSpec saves its text as read
+    with pytest.raises(ValueError, match="names its task 'vqa', but it is given for task 'cls'"):
+        mlv.save_adapter(model, tmp_path / "a", task_specs={"cls": vqa})
+    with pytest.raises(ValueError, match="was not read from a file"):
+        mlv.save_adapter(model, tmp_path / "a", task_specs={"vqa": dataclasses.replace(vqa, source_text=None)})
+    mlv.save_adapter(model, tmp_path / "a", task_specs={"vqa": vqa})
+    assert (tmp_path / "a" / "tasks" / "vqa.toml").read_text() == vqa.source_file.read_text()
 
 
 # ---------------------------------------------------------------------------------------------- add_task

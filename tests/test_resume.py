@@ -90,12 +90,15 @@ def resume_copy(snapshot: Path, tmp: Path) -> Path:
 
 
 @builtin_only
-def test_resumed_run_with_workers_equals_the_uninterrupted_one(straight, tmp_path):
+def test_resumed_run_with_workers_equals_the_uninterrupted_one(straight, tmp_path, monkeypatch):
     full, snapshot = straight
     state = checkpoint.load_checkpoint(snapshot)
     assert state["checkpoint_version"] == 2 and state["world_size"] == 1
     assert set(state["rng_state"]) == {"python", "numpy", "torch", "cuda"}
+    read, reads = checkpoint._read, []
+    monkeypatch.setattr(checkpoint, "_read", lambda path: reads.append(path.name) or read(path))
     resumed = resume_copy(snapshot, tmp_path)
+    assert reads.count(checkpoint.CHECKPOINT_NAME) == 1   # read once at start-up (it was read twice)
     a, b = adapter_tensors(full), adapter_tensors(resumed)
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=0, rtol=0, msg=k)

@@ -334,7 +334,14 @@ def test_resume_refuses_what_it_would_ignore_and_bad_config(tmp_path, capsys, mo
     assert train_main(["--resume", str(run)]) == 0
     capsys.readouterr()
     spec.write_text(re.sub(r"(?m)^loss_weight = .*$", "loss_weight = 5.0", spec.read_text()))
-    assert train_main(["--resume", str(run)]) == 2
+    import mtl_lora_vl.multitask.setup as setup_mod
+
+    def no_backbone(*a, **k):
+        raise AssertionError("the backbone loaded before the spec check")
+
+    with monkeypatch.context() as m:
+        m.setattr(setup_mod, "load_backbone", no_backbone)
+        assert train_main(["--resume", str(run)]) == 2
     assert f"the task spec file(s) {spec} changed since the run's checkpoint" in capsys.readouterr().err
     explicit = {"resume", "tasks", "steps", "out"}
     same = resumed_options(run, TrainOptions(resume=str(run), tasks="vqa.toml", steps=1, out=str(run)), explicit)
@@ -753,9 +760,11 @@ def test_a_spec_edited_while_the_run_trains_is_not_recorded_as_what_it_trained_o
     real = train_mod.build_loader
     before = {}
 
+    original = spec.read_text()
+
     def edit_then_load(run):
-        before.update(run.setup.model.spec_sha256)
-        spec.write_text(re.sub(r"(?m)^loss_weight = .*$", "loss_weight = 5.0", spec.read_text()))
+        before.update(run.setup.spec_sha256)
+        spec.write_text(re.sub(r"(?m)^loss_weight = .*$", "loss_weight = 5.0", original) + "\n[broken")
         return real(run)
 
     monkeypatch.setattr(train_mod, "build_loader", edit_then_load)
@@ -764,3 +773,5 @@ def test_a_spec_edited_while_the_run_trains_is_not_recorded_as_what_it_trained_o
     args[1] = str(spec)
     assert train_main(args + ["--skip-zero-shot"]) == 0
     assert load_checkpoint(run)["spec_sha256"] == before and before["vqa"]
+    # the adapter saves the spec the run trained on: it copied the file as edited (and an invalid one failed the save)
+    assert (run / "adapter" / "tasks" / "vqa.toml").read_text() == original

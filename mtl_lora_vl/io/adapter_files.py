@@ -40,6 +40,7 @@ from ..adapters.attach import attach
 from ..adapters.layers import ADAPTER_PARAM_NAMES
 from ..backbones.spec import parse_spec
 from ..config import ConfigError, MTLLoRAConfig
+from ..tasks.spec import TaskSpec
 from .atomic import atomic_dir
 from .base_check import (
     check_base,
@@ -163,6 +164,14 @@ def _check_save_arguments(cfg: MTLLoRAConfig, heads: dict[str, Any], task_specs:
                              f"its tasks are {cfg.tasks}")
     require_head_modules(heads, "save_adapter")
     for task, spec in task_specs.items():
+        if isinstance(spec, TaskSpec):
+            if spec.source_text is None:
+                raise ValueError(f"save_adapter: task spec of {task!r} was not read from a file, so there is no "
+                                 "text to save; pass the spec file's path")
+            if spec.name != task:
+                raise ValueError(f"save_adapter: task spec {spec.source_file} names its task {spec.name!r}, but it "
+                                 f"is given for task {task!r}; pass it under its own name")
+            continue
         if not Path(spec).is_file():
             raise FileNotFoundError(f"save_adapter: task spec of {task!r} not found: {spec}")
         try:
@@ -178,14 +187,15 @@ def save_adapter(
     model: nn.Module,
     path: str | Path,
     heads: dict[str, nn.Module] | None = None,
-    task_specs: dict[str, str | Path] | None = None,
+    task_specs: dict[str, str | Path | TaskSpec] | None = None,
     base: dict[str, Any] | None = None,
     kinds: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write the adapter directory of ``model`` (layout in the module docstring) atomically; return it.
 
-    ``heads`` maps task -> head module, ``task_specs`` task -> spec TOML file (copied), ``base`` says how
+    ``heads`` maps task -> head module, ``task_specs`` task -> spec TOML file (copied) or a ``TaskSpec`` read
+    from one (its text as read is written, whatever the file holds now), ``base`` says how
     to rebuild the base model (``{"backbone": spec, "pretrained": file}``, see ``load_pretrained``),
     ``kinds`` task -> task kind whose vocabulary is kept beside the spec. An existing non-empty ``path``
     is replaced only with ``overwrite=True``, and only once the new directory is complete.
@@ -218,7 +228,10 @@ def save_adapter(
         if task_specs or kinds:
             (tmp / TASKS_DIR).mkdir()
         for task, spec in task_specs.items():
-            shutil.copyfile(spec, tmp / spec_file(task))
+            if isinstance(spec, TaskSpec):
+                (tmp / spec_file(task)).write_text(spec.source_text, encoding="utf-8")
+            else:
+                shutil.copyfile(spec, tmp / spec_file(task))
             spec_files[task] = spec_file(task)
         for task, kind in kinds.items():
             (tmp / state_file(task)).write_text(

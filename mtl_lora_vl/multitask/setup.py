@@ -20,6 +20,7 @@ from ..io import find_adapter_dir, load_pretrained
 from ..options import TrainOptions
 from ..tasks import TaskSpec, build_kind, resolve_tasks
 from ..tasks.registry import get_kind
+from ..tasks.spec import spec_digests
 from .model import MultiTaskModel
 
 
@@ -44,6 +45,11 @@ class Setup:
     #: Evaluation splits read so far, by (task, split): read once per run, not at every evaluation.
     eval_data: dict[tuple[str, str], Split] = field(default_factory=dict, repr=False)
 
+    @property
+    def spec_sha256(self) -> dict[str, str]:
+        """Each task's spec file settings as this run read them (tasks with a file): checkpoints record them."""
+        return spec_digests(self.specs)
+
     def split_data(self, spec: TaskSpec, split: str, data_root: str | None) -> Split:
         """Split ``split`` of task ``spec`` for scoring, read on first use and kept."""
         key = (spec.name, split)
@@ -52,12 +58,13 @@ class Setup:
         return self.eval_data[key]
 
 
-def build_setup(opts: TrainOptions, device: torch.device, extend_from: str | None = None) -> Setup:
-    """Backbone, task specs and kinds, heads (initialised to the zero-shot rule), adapters."""
+def build_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec] | None = None) -> Setup:
+    """Backbone, task specs and kinds, heads (initialised to the zero-shot rule), adapters. ``specs``: the
+    ``--tasks`` specs if already read (else they are read here)."""
+    specs = resolve_tasks(opts.tasks) if specs is None else specs
     backbone = load_backbone(opts.backbone, opts.pretrained, device, base_dtype=opts.base_dtype)
     if opts.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
-    specs = resolve_tasks(opts.tasks)
     for s in specs:  # a task the backbone cannot serve is refused before any data is read
         get_kind(s.kind).check_backbone(s, backbone)
     train_splits = {s.name: s.load_split("train", opts.data_root) for s in specs}
@@ -72,8 +79,10 @@ def build_setup(opts: TrainOptions, device: torch.device, extend_from: str | Non
     return Setup(backbone, specs, kinds, model, cfg, train_splits)
 
 
-def extend_setup(opts: TrainOptions, device: torch.device) -> Setup:
-    """A trained adapter plus new tasks: only the new Λ_t, w_t and heads will train (see add_task)."""
+def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec] | None = None) -> Setup:
+    """A trained adapter plus new tasks: only the new Λ_t, w_t and heads will train (see add_task).
+    ``specs``: the new tasks' specs (``--tasks``) if already read."""
+    new_specs = resolve_tasks(opts.tasks) if specs is None else specs
     src = Path(opts.extend)
     lp = load_pretrained(find_adapter_dir(src), device,
                          backbone=None if opts.backbone == "builtin" else opts.backbone,
@@ -84,7 +93,6 @@ def extend_setup(opts: TrainOptions, device: torch.device) -> Setup:
     if missing:
         raise ValueError(f"--extend {src}: the adapter has no saved spec or head for task(s) {missing}; "
                          "it cannot be evaluated or re-saved whole")
-    new_specs = resolve_tasks(opts.tasks)
     clash = [s.name for s in new_specs if s.name in old]
     if clash:
         raise ValueError(f"--extend {src}: task(s) {clash} are already in the adapter {old}; --tasks must name new tasks")

@@ -35,7 +35,9 @@ expected. Bare names (``"vqa"``) resolve to the built-in specs, found in the ins
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib.resources
+import json
 import logging
 import math
 import re
@@ -109,6 +111,16 @@ class TaskSpec:
     description: str = ""
     source_file: Path | None = None
     generative: dict[str, Any] = field(default_factory=dict)
+    #: The spec file's text as it was read: what an adapter saves, even if the file is edited meanwhile.
+    source_text: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def settings_sha256(self) -> str | None:
+        """SHA-256 of the spec file's settings (its parsed TOML: comments and layout aside), if it has one."""
+        if self.source_text is None:
+            return None
+        doc = tomllib.loads(self.source_text)
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
     @property
     def eval_split(self) -> str:
@@ -202,6 +214,12 @@ def resolve_tasks(tasks: str | Sequence[str | Path]) -> list[TaskSpec]:
                             f"name: set `name = ...` in one of the spec files")
         seen[spec.name] = spec
     return specs
+
+
+def spec_digests(specs: Sequence[TaskSpec]) -> dict[str, str]:
+    """Task name -> ``settings_sha256`` of each spec read from a file, as read: what a checkpoint records, so
+    that ``--resume`` can refuse specs edited since."""
+    return {s.name: s.settings_sha256 for s in specs if s.settings_sha256 is not None}
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -336,7 +354,8 @@ def _parse_data(path: Path, raw: Any) -> DataSpec:
 
 def _parse(path: Path) -> TaskSpec:
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        text = path.read_text(encoding="utf-8-sig")
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"{path}: not valid TOML: {err}") from err
     except (OSError, UnicodeDecodeError) as err:
@@ -400,6 +419,6 @@ def _parse(path: Path) -> TaskSpec:
     generative = _check_table(path, "generative", raw.get("generative", {}), kind_cls.generative_defaults)
     spec = TaskSpec(name=name, kind=kind_name, data=data, head=head, options=options,
                     loss_weight=float(loss_weight), metrics=tuple(metrics), templates=tuple(templates),
-                    description=description, source_file=path.resolve(), generative=generative)
+                    description=description, source_file=path.resolve(), generative=generative, source_text=text)
     kind_cls.check_spec(spec)
     return spec

@@ -27,10 +27,8 @@ rank, step) (:mod:`mtl_lora_vl.data.seeding`).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import tomllib
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from ..data.loader import MultiTaskLoader
 from ..distributed import DistInfo, barrier
 from ..io.atomic import atomic_file
 from ..multitask import MultiTaskModel
+from ..tasks.spec import TaskSpec, spec_digests
 from .optim import Optimization
 from .rng import rng_state, seed_rank, set_rng_state
 
@@ -95,36 +94,24 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
 
 
 def training_state(model: MultiTaskModel, optim: Optimization, loader: MultiTaskLoader, progress: Progress,
-                   world_size: int = 1) -> dict[str, Any]:
+                   world_size: int = 1, spec_sha256: dict[str, str] | None = None) -> dict[str, Any]:
     """Everything ``--resume`` needs to continue exactly (rank 0's part; see the module docstring)."""
     return {"checkpoint_version": CHECKPOINT_VERSION, "step": progress.step, "trainable": model.trainable_state(),
             **optim.state_dict(), "sampler": loader.state_dict(), "log_window": progress.log_window,
             "world_size": world_size, "rng_state": rng_state(), "rng": torch.get_rng_state(),
             "bad_streak": progress.bad_streak, "replaced_images": dict(progress.replaced),
-            "spec_sha256": getattr(model, "spec_sha256", None) or {}}
+            "spec_sha256": dict(spec_sha256 or {})}
 
 
-def spec_digests(model: MultiTaskModel) -> dict[str, str]:
-    """Each task's spec file (tasks with one) as a SHA-256 of its settings (the parsed TOML: comments and layout
-    aside), because a resumed run reads the specs again."""
-    out = {}
-    for name, kind in model.kinds.items():
-        path = kind.spec.source_file
-        if path is not None and path.is_file():
-            doc = tomllib.loads(path.read_text(encoding="utf-8-sig"))
-            out[name] = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
-    return out
-
-
-def check_specs_unchanged(saved: dict[str, Any], model: MultiTaskModel, run_dir: str | Path) -> None:
+def check_specs_unchanged(saved: dict[str, Any], specs: Iterable[TaskSpec], run_dir: str | Path) -> None:
     """Refuse to resume a run whose task spec files changed since its checkpoint (a checkpoint written before
     the digests were recorded is not checked): the rest of the run would train on other settings, and the
     finished adapter would record the edited specs as if the whole run had used them."""
-    recorded = saved.get("spec_sha256") or {}
-    now = getattr(model, "spec_sha256", None) or spec_digests(model)
-    changed = sorted(n for n, d in recorded.items() if n in now and now[n] != d)
+    specs = list(specs)
+    recorded, now = saved.get("spec_sha256") or {}, spec_digests(specs)
+    changed = [s for s in specs if s.name in recorded and s.name in now and now[s.name] != recorded[s.name]]
     if changed:
-        files = ", ".join(str(model.kinds[n].spec.source_file) for n in changed)
+        files = ", ".join(str(s.source_file) for s in changed)
         raise CheckpointError(f"--resume {run_dir}: the task spec file(s) {files} changed since the run's checkpoint; "
                               "put them back as they were to continue it, or start a new run with the edited specs")
 
@@ -147,7 +134,8 @@ def save_rank_state(run_dir: str | Path, rank: int, step: int, log_window: dict[
 
 
 def save_training_checkpoint(run_dir: str | Path, model: MultiTaskModel, optim: Optimization,
-                             loader: MultiTaskLoader, progress: Progress, info: DistInfo) -> None:
+                             loader: MultiTaskLoader, progress: Progress, info: DistInfo,
+                             spec_sha256: dict[str, str] | None = None) -> None:
     """Every rank's part of a checkpoint: rank r > 0 its rank file, rank 0 ``checkpoint.pt`` after a barrier,
     once every rank file holds ``step``. Every rank calls it at the same step (periodic saves, the end, and a
     stop: the loop agrees on stopping across ranks before it saves)."""
@@ -155,7 +143,7 @@ def save_training_checkpoint(run_dir: str | Path, model: MultiTaskModel, optim: 
         save_rank_state(run_dir, info.rank, progress.step, progress.log_window)
     barrier(info)
     if info.is_main:
-        save_checkpoint(training_state(model, optim, loader, progress, info.world_size), run_dir)
+        save_checkpoint(training_state(model, optim, loader, progress, info.world_size, spec_sha256), run_dir)
 
 
 def _rank_state(run_dir: str | Path | None, rank: int, step: int) -> dict[str, Any] | None:

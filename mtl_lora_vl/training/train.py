@@ -39,6 +39,7 @@ from ..rundir import (
     undo_overwrite,
     write_config,
 )
+from ..tasks import resolve_tasks
 from .checkpoint import (
     CheckpointError,
     Progress,
@@ -46,7 +47,6 @@ from .checkpoint import (
     load_checkpoint,
     restore_training_state,
     save_training_checkpoint,
-    spec_digests,
 )
 from .metrics_log import LossWindow, MetricsLog, progress_bar, replaced_rows, truncate_metrics
 from .optim import Optimization, build_optimization
@@ -67,6 +67,8 @@ class Run:
     setup: Setup
     total_steps: int
     workers: int
+    #: The checkpoint a resumed run read at start-up (dropped once restored).
+    saved: dict | None = None
 
     @property
     def trained(self) -> list[str]:
@@ -149,13 +151,12 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
             raise CheckpointError(
                 f"--resume {run_dir}: the run was trained by {saved_world} process(es) and this is {info.world_size}; "
                 f"resume it with the same number ({how}): --batch-size is per process, so the batches would differ")
+    specs = resolve_tasks(opts.tasks)   # read once: checkpoints record them, the adapter saves their text
+    if saved is not None:   # before the backbone loads
+        check_specs_unchanged(saved, specs, run_dir)
     seed_everything(opts.seed)
 
-    setup = extend_setup(opts, info.device) if opts.extend else build_setup(opts, info.device)
-    # the specs as this run read them, recorded in every checkpoint (the files are not read again while it trains)
-    setup.model.spec_sha256 = spec_digests(setup.model)
-    if saved is not None:
-        check_specs_unchanged(saved, setup.model, run_dir)
+    setup = extend_setup(opts, info.device, specs) if opts.extend else build_setup(opts, info.device, specs)
     loaded = base_weights_dtype(setup.model.model)
     amp_dtype = resolve_precision(opts.precision, info.device, opts.base_dtype, loaded)
     check_base_precision(opts.precision, amp_dtype, loaded, setup.backbone.casts_inputs)
@@ -185,7 +186,7 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
         logger.warning("--warmup %d is not shorter than the run's %d steps: the learning rate reaches --lr at the "
                        "last step at best and the cosine decay never starts; lower --warmup", opts.warmup, total_steps)
     workers = default_workers() if opts.workers < 0 else opts.workers
-    run = Run(opts, info, run_dir, amp_dtype, setup, total_steps, workers)
+    run = Run(opts, info, run_dir, amp_dtype, setup, total_steps, workers, saved)
     if info.is_main:
         logger.info("%s", describe(run))
     return run
@@ -228,7 +229,8 @@ def build_loader(run: Run) -> MultiTaskLoader:
 def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> Progress:
     """Load the last checkpoint into the model, optimizer and loader; drop log rows written after it.
     Returns where the run stands (step, loss window, bad-step streak, replaced-image counts)."""
-    at = restore_training_state(load_checkpoint(run.dir), run.setup.model, optim, loader,
+    saved, run.saved = run.saved or load_checkpoint(run.dir), None
+    at = restore_training_state(saved, run.setup.model, optim, loader,
                                 run_dir=run.dir, rank=run.info.rank, seed=run.opts.seed)
     if run.info.is_main:
         truncate_metrics(run.dir / "metrics.jsonl", at.step)
@@ -313,7 +315,8 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
         return {k: now.get(k, 0) + start_at.replaced.get(k, 0) for k in sorted({*now, *start_at.replaced})}
 
     def checkpoint() -> None:  # every rank is at this point of the same step
-        save_training_checkpoint(run.dir, model, optim, loader, Progress(step, window.losses, bad, replaced()), info)
+        save_training_checkpoint(run.dir, model, optim, loader, Progress(step, window.losses, bad, replaced()), info,
+                                 run.setup.spec_sha256)
 
     with stop_at_step_boundary() as stop:
         try:
@@ -388,7 +391,7 @@ def finish(run: Run) -> None:
     model = setup.model
     if run.info.is_main:
         save_adapter(model.model, run.dir / "adapter", heads=dict(model.heads.items()),
-                     task_specs={s.name: s.source_file for s in setup.specs if s.source_file},
+                     task_specs={s.name: s for s in setup.specs if s.source_file},
                      base={"backbone": opts.backbone, "pretrained": opts.pretrained},
                      kinds=setup.kinds, overwrite=True)
     with sharded_evaluation(run.info):
