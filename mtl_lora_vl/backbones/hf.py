@@ -9,7 +9,9 @@ table's reason. Besides ``transformers`` directories, timm's hub layout (``confi
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,17 +75,24 @@ def hf_model_class(folder: Path) -> type:
 
 @contextlib.contextmanager
 def _loading_bars(show: bool) -> Iterator[None]:
-    """transformers' own progress bars ("Loading weights") as the package's: off at ``-q`` and off a terminal."""
+    """transformers' own progress bars ("Loading weights") as the package's: off at ``-q`` and off a terminal.
+    Both switches are put back as they were: transformers' turns huggingface_hub's on and off with it, and
+    turning it back on cleared the hub's per-group settings (and warned under ``HF_HUB_DISABLE_PROGRESS_BARS``)."""
     from transformers.utils import logging as hf_logging
 
-    was = hf_logging.is_progress_bar_enabled()
+    hub = importlib.import_module("huggingface_hub.utils.tqdm")
+    was, hub_was = hf_logging.is_progress_bar_enabled(), dict(hub.progress_bar_states)
     if not show:
         hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         if was and not show:
-            hf_logging.enable_progress_bar()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                hf_logging.enable_progress_bar()
+        hub.progress_bar_states.clear()
+        hub.progress_bar_states.update(hub_was)
 
 
 def load_hf_weights(model_cls: type, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
