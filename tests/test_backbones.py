@@ -507,7 +507,7 @@ def test_build_setup_turns_grad_checkpointing_on(monkeypatch, tok_dir):
         raise Stop
 
     monkeypatch.setattr(setup, "load_backbone", fake_load)
-    monkeypatch.setattr(setup, "resolve_tasks", stop)
+    monkeypatch.setattr(setup, "get_kind", stop)  # the first step after the backbone loads
     with pytest.raises(Stop):
         setup.build_setup(opts, torch.device("cpu"))
     assert seen[0].model.visual.transformer.grad_checkpointing and seen[0].model.transformer.grad_checkpointing
