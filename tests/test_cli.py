@@ -280,6 +280,50 @@ def test_overwrite_never_deletes_the_adapter_it_reads_or_the_working_directory(t
     assert "current directory" in capsys.readouterr().err and (here / "keep.txt").read_text() == "mine"
 
 
+def test_overwrite_replaces_only_an_earlier_output_of_the_same_command(trained_run, oc_dir, tmp_path, capsys):  # noqa: F811
+    """eval / export --overwrite replaced any non-empty --out: the data being scored, the base model's folder,
+    another training run, a folder of the user's. Now only an earlier output of the same command (eval.json,
+    mtl_lora_export.json) is replaced; the rest is refused before anything is read or written."""
+    adapter = str(trained_run[0])
+    data = tmp_path / "data"
+    (data / "vqa").mkdir(parents=True)
+    (data / "vqa" / "train.jsonl").write_text("{}\n")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    other = tmp_path / "other_run"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    (other / "checkpoint.pt").write_text("x")
+    (other / "eval.json").write_text("{}")
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    oc_before = sorted(str(p) for p in oc_dir.rglob("*"))
+    cases = [
+        (["eval", "--adapter", adapter, "--data-root", str(data), "--out", str(data)], "holds the data"),
+        (["eval", "--adapter", adapter, "--out", str(mine)], "holds no eval.json"),
+        (["eval", "--adapter", adapter, "--out", str(other)], "is a training run directory"),
+        (["eval", "--adapter", adapter, "--out", str(oc_dir)], "holds the base model's folder"),
+        (["export", "--adapter", adapter, "--task", "vqa", "--out", str(oc_dir)], "holds the base model's folder"),
+        (["export", "--adapter", adapter, "--task", "vqa", "--out", str(mine)], "holds no mtl_lora_export.json"),
+        (["export", "--adapter", adapter, "--task", "vqa", "--out", str(trained_run[0].parent)],
+         "holds the adapter being exported"),
+        (["export", "--adapter", adapter, "--task", "vqa", "--format", "plain", "--out", str(other)],
+         "is a training run directory"),
+    ]
+    for argv, message in cases:
+        assert main([*argv, "--overwrite"], prog="mtl-lora-vl") == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    assert sorted(str(p) for p in oc_dir.rglob("*")) == oc_before
+
+    for argv in (["eval", "--adapter", adapter], ["export", "--adapter", adapter, "--task", "vqa", "--format", "plain"]):
+        out = tmp_path / argv[0]
+        assert main([*argv, "--out", str(out)], prog="mtl-lora-vl") == 0
+        assert main([*argv, "--out", str(out)], prog="mtl-lora-vl") == 2
+        assert "--overwrite" in capsys.readouterr().err
+        assert main([*argv, "--out", str(out), "--overwrite"], prog="mtl-lora-vl") == 0, argv
+
+
 def test_eval_refuses_an_out_it_cannot_write_before_it_scores(trained_run, tmp_path, capsys, monkeypatch):  # noqa: F811
     """evaluate_vl found out only after scoring every task that --out could not be written (the current
     directory, a read-only parent: a raw "Read-only file system" on a temporary name), and printed no scores;

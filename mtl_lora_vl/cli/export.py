@@ -27,9 +27,10 @@ from pathlib import Path
 
 from ..backbones import parse_spec
 from ..io import AdapterFileError, export_lora, load_pretrained, save_merged
-from ..io.adapter_files import read_adapter_config
-from ..io.atomic import check_target, holds
+from ..io.adapter_files import base_paths, read_adapter_config
+from ..io.atomic import check_target
 from ..io.exports import export_format
+from ..io.layout import EXPORT_RECORD, check_output_dir
 from ..log import progress
 from ..options import ExportOptions
 from .commands import _exit_code, program_name, run_command
@@ -78,12 +79,11 @@ def export(opts: ExportOptions) -> list[Path]:
     if len(tasks) > 1 and out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out}: exists and is a file; several tasks are written to OUT/<task>, "
                               "give a directory")
+    keep = [("the adapter being exported", opts.adapter), *base_paths(opts.adapter, opts.backbone, opts.pretrained)]
     for target in targets.values():  # every target before anything is written: no partial export
-        if holds(target, opts.adapter):
-            raise FileExistsError(f"--out {out}: holds the adapter {opts.adapter} being exported, which writing "
-                                  "there would delete; choose another --out")
         file = opts.format == "merged" and target.suffix == ".safetensors"
         check_target(target, directory=not file, overwrite=opts.overwrite, what=f"--out {out}")
+        check_output_dir(target, marker=EXPORT_RECORD, command="export", overwrite=opts.overwrite, keep=keep)
     # the base it names, to read its dtype (load_pretrained below checks the files' sha256 once)
     recorded = (read_adapter_config(opts.adapter, verify=False).get("base") or {}).get("backbone") or ""
     spec = opts.backbone or recorded

@@ -18,7 +18,9 @@ from torch import nn
 from ..adapters.scopes import disabled, route
 from ..distributed import DistInfo, barrier, cleanup, init_distributed, sharded_evaluation
 from ..io import load_pretrained
-from ..io.atomic import atomic_dir, check_target, holds
+from ..io.adapter_files import base_paths
+from ..io.atomic import atomic_dir, check_target
+from ..io.layout import check_output_dir
 from ..log import progress
 from ..multitask import MultiTaskModel, Setup
 from ..precision import base_weights_dtype, check_base_precision, resolve_precision
@@ -144,12 +146,12 @@ def evaluate_adapter(adapter: str | Path, tasks: str | None = None, backbone: st
         check_target(out, directory=True, overwrite=True, what="--out")
     except OSError as e:
         raise RunDirError(str(e)) from None
-    if holds(out, adapter):  # every rank checks before anyone writes
-        raise RunDirError(f"--out {out}: holds the adapter {adapter} being evaluated, which writing the results "
-                          "there would delete; choose another --out")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise RunDirError(f"--out {out}: exists and is not empty; pass --overwrite to replace that directory "
-                          "(all of it) with the results, or choose another --out")
+    keep = [("the adapter being evaluated", adapter), ("the data (--data-root)", data_root),
+            *base_paths(adapter, backbone, pretrained)]
+    try:  # every rank checks before anyone writes
+        check_output_dir(out, marker="eval.json", command="evaluate_vl", overwrite=overwrite, keep=keep)
+    except FileExistsError as e:
+        raise RunDirError(str(e)) from None
     parent = next(p for p in (out.absolute().parent, *out.absolute().parents) if p.exists())
     if not os.access(parent, os.W_OK):
         raise RunDirError(f"--out {out}: {parent} cannot be written (read-only, or not yours), and the results are "

@@ -148,6 +148,28 @@ def absolute_base(base: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
+def base_paths(adapter: str | Path, backbone: str | None = None,
+               pretrained: str | None = None) -> list[tuple[str, Path]]:
+    """The local files the base model of ``adapter`` is read from (``backbone`` / ``pretrained`` override what
+    the adapter recorded), as (what, path) pairs: what writing an output must not replace."""
+    try:
+        base = read_adapter_config(adapter, verify=False).get("base") or {}
+    except (AdapterFileError, OSError):
+        base = {}
+    out = []
+    spec, pre = backbone or base.get("backbone"), pretrained or base.get("pretrained")
+    if isinstance(spec, str):
+        try:
+            source = parse_spec(spec).source_dir
+        except ValueError:
+            source = None
+        if source is not None:
+            out.append(("the base model's folder", Path(source)))
+    if isinstance(pre, str) and Path(pre).expanduser().exists():
+        out.append(("the base weights", Path(pre).expanduser()))
+    return out
+
+
 def require_head_modules(heads: dict[str, Any], what: str) -> None:
     """TypeError unless every head is an ``nn.Module`` (task -> module)."""
     bad = sorted(k for k, h in heads.items() if not isinstance(h, nn.Module))

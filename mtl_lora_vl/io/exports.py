@@ -54,7 +54,7 @@ from .adapter_files import load_tensors, save_tensors
 from .atomic import atomic_dir, atomic_file
 from .base_check import check_base_class, check_weight_samples, newer_package_hint, refuse_adapted
 from .identity import model_identity, plan_attached
-from .layout import ADAPTER_CONFIG, LEGACY_ADAPTER_CONFIG, AdapterFileError, few
+from .layout import ADAPTER_CONFIG, EXPORT_RECORD, LEGACY_ADAPTER_CONFIG, AdapterFileError, few
 
 __all__ = ["PLAIN_CONFIG", "PLAIN_FORMAT", "PLAIN_WEIGHTS", "apply_plain_lora", "export_lora", "save_merged"]
 
@@ -122,11 +122,19 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
             out = tmp / t if several else tmp
             out.mkdir(exist_ok=True)
             rank = write(inner, t, {name: bank.lora_pair(index[t]) for name, bank in info.layers.items()}, out)
+        _write_record(tmp, tasks if several else task, format)
         if several:
             (tmp / "README.md").write_text(_multi_readme(inner, tasks, format))
         elif format == "peft":
             (tmp / "README.md").write_text(_peft_readme(inner, task, rank))
     return Path(path)
+
+
+def _write_record(folder: Path, task: str | Sequence[str], format: str) -> None:
+    """The export record: what the folder holds, and the mark that lets ``--overwrite`` replace it."""
+    doc = {"written_by": f"mtl-lora-vl {__version__}", "format": format,
+           "tasks": [task] if isinstance(task, str) else list(task)}
+    (folder / EXPORT_RECORD).write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def _task_list(tasks: Sequence[str], format: str) -> list[str]:
@@ -306,6 +314,7 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
             save_tensors(sd, tmp, meta)
         return out
     with atomic_dir(out, overwrite=overwrite, what="save_merged") as tmp:
+        _write_record(tmp, task, "merged")
         weights_name = _merged_weights_name(inner, inner._mtl_lora.family)
         if weights_name is None:
             inner.save_pretrained(str(tmp), state_dict=sd)

@@ -12,8 +12,11 @@ is not an adapter is instead: a PEFT adapter, a multi-task PEFT export, a traini
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from .atomic import holds
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -25,7 +28,9 @@ __all__ = [
     "LEGACY_ADAPTER_WEIGHTS",
     "AdapterFileError",
     "AdapterLayout",
+    "EXPORT_RECORD",
     "adapter_layout",
+    "check_output_dir",
     "config_path",
     "few",
     "find_adapter_dir",
@@ -47,6 +52,7 @@ LEGACY_ADAPTER_WEIGHTS = "adapter_model.safetensors"  # format version 1; PEFT's
 HEADS_WEIGHTS = "heads.safetensors"
 TASKS_DIR = "tasks"
 RUN_ADAPTER_DIR = "adapter"  # where a training run keeps its adapter (RUN_DIR/adapter)
+EXPORT_RECORD = "mtl_lora_export.json"  # in every exported folder: what it holds; marks it as an export
 
 
 def spec_file(task: str) -> str:
@@ -168,3 +174,42 @@ def config_path(path: str | Path) -> Path:
     path = Path(path)
     legacy = path / LEGACY_ADAPTER_CONFIG
     return legacy if legacy.is_file() and not (path / ADAPTER_CONFIG).is_file() else path / ADAPTER_CONFIG
+
+
+def _kept_kind(path: Path) -> str | None:
+    """What ``path`` is when it is a folder no command's ``--overwrite`` replaces: an adapter or a run."""
+    if is_adapter_dir(path):
+        return "an MTL-LoRA adapter directory"
+    if is_adapter_dir(path / RUN_ADAPTER_DIR) or ((path / "config.json").is_file()
+                                                  and (path / "checkpoint.pt").is_file()):
+        return "a training run directory"
+    return None
+
+
+def check_output_dir(out: str | Path, *, marker: str, command: str, overwrite: bool,
+                     keep: Iterable[tuple[str, str | Path | None]] = ()) -> None:
+    """Refuse an output path that writing ``command``'s results would replace but must not.
+
+    ``keep`` names (what, path) pairs the output may not hold: the adapter being read, the data, the base
+    model's files. A non-empty folder is replaced only with ``overwrite`` and only when it holds ``marker``,
+    i.e. is an earlier output of ``command``; an adapter or a training run directory never is. Raises
+    ``FileExistsError`` naming the folder and the fix.
+    """
+    out = Path(out)
+    for name, path in keep:
+        if path and Path(path).exists() and holds(out, path):
+            raise FileExistsError(f"--out {out}: holds {name} {path}, which writing the results there would "
+                                  "delete; choose another --out")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    kind = _kept_kind(out)
+    if kind:
+        raise FileExistsError(f"--out {out}: is {kind}, which {command} never replaces (--overwrite replaces only "
+                              f"an earlier output of {command}, a folder holding {marker}); choose another --out")
+    if not overwrite:
+        raise FileExistsError(f"--out {out}: exists and is not empty; pass --overwrite to replace it (all of it) "
+                              "with the results, or choose another --out")
+    if not (out / marker).is_file():
+        raise FileExistsError(f"--out {out}: is not empty and holds no {marker}, so it is not an earlier output of "
+                              f"{command} and --overwrite does not replace it; choose a new or empty folder (or "
+                              "delete this one yourself if you meant to)")
