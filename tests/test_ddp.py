@@ -174,3 +174,19 @@ def test_ddp_trains_a_task_that_never_runs_the_text_tower(tmp_path, procs):
     procs.append(proc)
     finish(proc)
     assert (tmp_path / "run" / "adapter").is_dir()
+
+
+def test_ddp_trains_a_coca_whose_decoder_no_task_runs(tmp_path, procs):
+    """A CoCa's default targets include its caption decoder; retrieval alone never runs it, so its adapters get
+    no gradient and DDP stopped at step 2 waiting for their reduction (one process trained fine)."""
+    from vl_tiny import tiny_backbone_dir
+
+    coca = tiny_backbone_dir(tmp_path / "coca", coca=True)
+    spec = rng_kind.small_spec(tmp_path, "retrieval")
+    proc = torchrun(29537, str(TESTS.parent / "scripts" / "train_vl.py"), "--backbone", f"open_clip:{coca}",
+                    "--tasks", str(spec),
+                    "--steps", "3", "--batch-size", "4", "--skip-zero-shot", "--eval-batch-size", "32",
+                    "--device", "cpu", "--out", str(tmp_path / "run"))
+    procs.append(proc)
+    finish(proc)
+    assert (tmp_path / "run" / "adapter").is_dir()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -35,21 +36,38 @@ def tiny_backbone(tmp: Path, coca: bool = False) -> Backbone:
     tok_dir = Path(tmp) / "tok"
     if not (tok_dir / "tokenizer.json").is_file():
         build_word_tokenizer(world_words(), tok_dir, context_length=CONTEXT)
-    import json
-
-    vocab = len(json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"])
-    text = {"context_length": CONTEXT, "vocab_size": vocab, "width": 32, "heads": 2, "layers": 1}
-    if coca:
-        text.update(embed_cls=True, output_tokens=True)
-        cfg = {"embed_dim": 32, "vision_cfg": _vision(True), "text_cfg": text,
-               "multimodal_cfg": {"context_length": CONTEXT, "vocab_size": vocab, "width": 32, "heads": 2,
-                                  "layers": 1}}
-    else:
-        text.update(pool_type="eos", eos_id=2)
-        cfg = {"embed_dim": 32, "vision_cfg": _vision(False), "text_cfg": text}
+    cfg = _config(tok_dir, coca)
     bb = build_open_clip(cfg, tokenizer_dir=tok_dir, name="tiny-coca" if coca else "tiny-clip")
     if coca and hasattr(bb.model.text_decoder, "text_projection"):
         # open_clip leaves the decoder's output projection uninitialised (torch.empty) in a fresh CoCa.
         torch.nn.init.normal_(bb.model.text_decoder.text_projection, std=32 ** -0.5)
     bb.model.eval()
     return bb
+
+
+def tiny_backbone_dir(folder: Path, coca: bool = False) -> Path:
+    """:func:`tiny_backbone` as an open_clip local directory (config, weights, tokenizer) for
+    ``--backbone open_clip:DIR`` in a subprocess."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    torch.manual_seed(0)
+    bb = tiny_backbone(folder, coca=coca)
+    for f in (folder / "tok").iterdir():
+        f.replace(folder / f.name)
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": _config(folder, coca), "preprocess_cfg": {}}))
+    save_file({k: v.contiguous() for k, v in bb.model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+def _config(tok_dir: Path, coca: bool) -> dict:
+    vocab = len(json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"])
+    text = {"context_length": CONTEXT, "vocab_size": vocab, "width": 32, "heads": 2, "layers": 1}
+    if coca:
+        text.update(embed_cls=True, output_tokens=True)
+        return {"embed_dim": 32, "vision_cfg": _vision(True), "text_cfg": text,
+                "multimodal_cfg": {"context_length": CONTEXT, "vocab_size": vocab, "width": 32, "heads": 2,
+                                   "layers": 1}}
+    text.update(pool_type="eos", eos_id=2)
+    return {"embed_dim": 32, "vision_cfg": _vision(False), "text_cfg": text}

@@ -40,7 +40,8 @@ whose kind says so reproduce the zero-shot predictions exactly at initialisation
 
 Class attributes every kind sets: ``kind`` (registry key, set by ``@register_kind``),
 ``headline_metric``, ``metric_names`` (metric keys ``evaluate`` may return; a spec's ``metrics`` must
-name some of them), ``uses_text`` (each training row carries a text for the text tower),
+name some of them), ``uses_text`` (each training row carries a text for the text tower), ``uses_decoder``
+(training runs the backbone's caption decoder or language model),
 ``needs_templates`` / ``default_templates`` (zero-shot prompts), ``head_defaults`` /
 ``option_defaults`` / ``generative_defaults`` (the keys a spec's ``[head]`` / ``[options]`` /
 ``[generative]`` tables may set, with their types).
@@ -76,6 +77,7 @@ class TaskKind(ABC):
     headline_metric: ClassVar[str] = ""
     metric_names: ClassVar[tuple[str, ...]] = ()
     uses_text: ClassVar[bool] = False
+    uses_decoder: ClassVar[bool] = False
     needs_templates: ClassVar[bool] = False
     default_templates: ClassVar[tuple[str, ...]] = ()
     head_defaults: ClassVar[dict[str, Any]] = {}
@@ -100,6 +102,8 @@ class TaskKind(ABC):
         self.generative: bool = uses_language_model(backbone)
         #: Whether training rows carry a text for the text tower (never on the generative path).
         self.uses_text: bool = type(self).uses_text and not self.generative
+        #: Whether training runs the decoder / language model (every kind on the generative path does).
+        self.uses_decoder: bool = type(self).uses_decoder or self.generative
         #: The backbone's image placeholder for prompts (generative path; picklable, used in loader workers).
         self.image_token: str = str(backbone.image_token) if self.generative else ""
 

@@ -88,6 +88,7 @@ class CaptioningKind(TaskKind):
     headline_metric = "bleu4"
     metric_names = ("bleu4", "cider")
     uses_text = False      # captions go to the decoder (inside ``loss``), not through the text tower
+    uses_decoder = True
     option_defaults = {"max_len": 20, "beam_size": 1}
     generative_defaults = {"prompt": "{image} caption:", "eval_limit": 0}
 

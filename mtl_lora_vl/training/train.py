@@ -243,11 +243,16 @@ def wrap_model(run: Run) -> nn.Module:
     model, opts, info = run.setup.model, run.opts, run.info
     net: nn.Module = model
     if info.enabled:
-        # Every adapter parameter gets a gradient each step only when every task is in every batch and
-        # some task uses the text tower (classification alone never runs it: its adapters get none).
+        # Every adapter parameter gets a gradient each step only when every task is in every batch, some
+        # task uses the text tower (classification alone never runs it), some task runs the decoder when
+        # there is one (a CoCa's default targets include it; retrieval never runs it), and the targets are
+        # the family's defaults (others may name modules no forward reaches, e.g. LLaVA vision layers past
+        # vision_feature_layer). Otherwise DDP must look for unused parameters or it waits at step 2.
         kinds = [run.setup.kinds[n] for n in run.trained]
         text_unused = not any(k.uses_text or k.generative for k in kinds)
-        unused = opts.batch_mode == "homogeneous" or len(run.trained) > opts.batch_size or text_unused
+        decoder_unused = run.setup.backbone.has_decoder and not any(k.uses_decoder for k in kinds)
+        unused = (opts.batch_mode == "homogeneous" or len(run.trained) > opts.batch_size or text_unused
+                  or decoder_unused or opts.targets != "default")
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
             find_unused_parameters=unused)
