@@ -15,11 +15,12 @@ command cannot run (given on the command line or in the config file).
 from __future__ import annotations
 
 import json
+import math
 import operator
 import typing
 from collections.abc import Collection
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 __all__ = ["PATH_DEFAULTS", "EvalOptions", "ExportOptions", "TrainOptions", "check_ranges", "field_types",
            "option_names", "range_text"]
@@ -67,6 +68,11 @@ def _path_opt(name: str, help: str, **kw: Any) -> Any:
 class TrainOptions:
     """Every option of a training run; the command line and ``--config FILE`` set the same names."""
 
+    #: An option given on the command line clears these when they come from the ``--config`` file: the
+    #: command line wins, and ``epochs`` (a file's, or the one a reused config.json records) would win over
+    #: ``--steps``.
+    command_line_clears: ClassVar[dict[str, tuple[str, ...]]] = {"steps": ("epochs",)}
+
     tasks: str = _opt("vqa,retrieval", "comma-separated task names (built-in specs) or paths to task TOML files")
     backbone: str = _opt("builtin", "builtin | builtin-llava | open_clip:NAME (with --pretrained FILE or TAG) | hf:DIR "
                          "or hf:ORG/NAME (a local Hugging Face CLIP, LLaVA or PaliGemma directory, or a hub id in the "
@@ -85,7 +91,8 @@ class TrainOptions:
     lambda_type: Literal["full", "diagonal", "none"] = _opt("full", "task-specific Lambda_t")
     dropout: float = _opt(0.0, "dropout on adapter inputs", ge=0, lt=1)
     targets: str = _opt("default", "'default' or a JSON dict {\"image\": [regex], \"text\": [regex]}")
-    steps: int | None = _path_opt("steps", "optimizer steps (ignored when --epochs is given)", ge=1)
+    steps: int | None = _path_opt("steps", "optimizer steps (ignored when --epochs is given; --steps on the command "
+                                   "line clears epochs set in the --config file)", ge=1)
     epochs: float | None = _opt(None, "train for this many passes over all tasks' training data instead of --steps "
                                 "(one pass = as many samples as the training splits hold together; under temperature "
                                 "or round-robin sampling a large task sees less than a pass of its own)", gt=0)
@@ -213,16 +220,23 @@ class ExportOptions:
 _BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
 
 
-def range_text(metadata: Any) -> str:
-    """The range of a field as text, e.g. ``>= 1`` or ``>= 0 and < 1`` (empty when unbounded)."""
-    return " and ".join(f"{sym} {metadata[k]}" for k, (_, sym) in _BOUNDS.items() if k in metadata)
+def range_text(metadata: Any, value: Any = None) -> str:
+    """The range of a field as text, e.g. ``>= 1`` or ``>= 0 and < 1`` (empty when unbounded); ``a finite
+    number > 0`` when ``value`` is infinite or NaN."""
+    text = " and ".join(f"{sym} {metadata[k]}" for k, (_, sym) in _BOUNDS.items() if k in metadata)
+    return f"a finite number {text}".strip() if _non_finite(value) else text
+
+
+def _non_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def out_of_range(metadata: Any, value: Any) -> bool:
-    """Whether a number violates the field's range (``None`` and non-numbers are not range-checked)."""
+    """Whether a number violates the field's range or is infinite or NaN (``None`` and non-numbers are not
+    range-checked): ``lr = inf`` trained to a non-finite stop, ``epochs = inf`` failed deep in the set-up."""
     if value is None or isinstance(value, bool) or not isinstance(value, int | float):
         return False
-    return any(k in metadata and not op(value, metadata[k]) for k, (op, _) in _BOUNDS.items())
+    return _non_finite(value) or any(k in metadata and not op(value, metadata[k]) for k, (op, _) in _BOUNDS.items())
 
 
 def check_ranges(options: Any) -> None:
@@ -230,7 +244,7 @@ def check_ranges(options: Any) -> None:
     for f in fields(options):
         value = getattr(options, f.name)
         if out_of_range(f.metadata, value):
-            raise ValueError(f"--{f.name.replace('_', '-')}: must be {range_text(f.metadata)}, got {value}")
+            raise ValueError(f"--{f.name.replace('_', '-')}: must be {range_text(f.metadata, value)}, got {value}")
 
 
 def field_types(cls: type) -> dict[str, Any]:

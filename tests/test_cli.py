@@ -43,6 +43,9 @@ def _refused(capsys, argv: list[str]) -> str:
     ("compile = 3", "compile", "true or false"),
     ("dropout = 1.5", "dropout", ">= 0 and < 1"),
     ('method = "lora_plus"', "method", '"mtl_lora", "lora"'),
+    ("epochs = inf", "epochs", "a finite number > 0"),       # failed deep in the set-up (Fraction('inf'))
+    ("lr = nan", "lr", "a finite number > 0"),              # trained to a non-finite stop
+    ("sampling_temperature = inf", "sampling_temperature", "a finite number > 0"),
 ])
 def test_bad_config_values_are_refused_naming_file_key_and_what_is_allowed(tmp_path, capsys, text, key, allowed):
     cfg = tmp_path / "run.toml"
@@ -86,14 +89,33 @@ def test_config_sets_options_and_flags_win_wherever_they_stand(tmp_path):
     assert parse_train_args(["--config", str(cfg), "--compile", "false"]).compile is False
     assert parse_train_args(["--compile"]).compile is True
     assert parse_train_args(["--n_up", "5"]).n_up == 5  # underscores work too
+    # --steps on the command line wins over the file's epochs, which would otherwise decide the length
+    opts = parse_train_args(["--config", str(cfg), "--steps", "7"])
+    assert (opts.steps, opts.epochs) == (7, None)
+    assert parse_train_args(["--config", str(cfg), "--steps", "7", "--epochs", "3"]).epochs == 3.0
+    run_config = tmp_path / "config.json"   # a run's own config.json records both
+    run_config.write_text(json.dumps({"config": None, "out": "runs/x", "steps": 40, "epochs": 2}))
+    assert parse_train_args(["--config", str(run_config)]).epochs == 2.0
+    assert (lambda o: (o.steps, o.epochs))(parse_train_args(["--config", str(run_config), "--steps", "5"])) == (5, None)
 
 
 def test_bad_flags_are_refused_with_what_is_allowed(capsys):
     assert "--rank: expected an integer >= 1" in _refused(capsys, ["--rank", "8.5"])
     assert "--rank: must be >= 1, got 0" in _refused(capsys, ["--rank", "0"])
+    assert "--lr: expected a number > 0" in _refused(capsys, ["--lr", "inf"])
     assert "--precision: expected one of" in _refused(capsys, ["--precision", "fp64"])
     assert "--compile: expected true or false" in _refused(capsys, ["--compile", "maybe"])
     assert "unrecognized arguments: --rnak" in _refused(capsys, ["--rnak", "3"])
+
+
+def test_log_level_takes_any_case_and_names_the_levels(capsys):
+    """--log-level DEBUG (the logging module's spelling) was a multi-line jsonargparse internal error."""
+    from mtl_lora_vl.cli.parsing import parse_options_given
+
+    for given, level in (("DEBUG", "debug"), ("Warning", "warning"), ("error", "error")):
+        assert parse_options_given(TrainOptions, ["--log-level", given], "train", "")[1] == level
+    line = _refused(capsys, ["--log-level", "loud"])
+    assert "--log-level: expected one of debug, info, warning, error (any case), got 'loud'" in line
 
 
 def test_train_main_returns_2_on_a_bad_option(capsys):

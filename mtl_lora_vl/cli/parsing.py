@@ -129,9 +129,16 @@ def build_parser(cls: type, prog: str, description: str) -> ArgumentParser:
     group = parser.add_argument_group("logging")
     group.add_argument("-v", "--verbose", action="store_true", help="debug messages (and tracebacks of errors)")
     group.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only; no progress bars")
-    group.add_argument("--log-level", type=Literal[tuple(LEVELS)] | None, default=None,
-                       help="explicit log level (overrides -v / -q)")
+    group.add_argument("--log-level", type=_log_level, default=None,
+                       help=f"explicit log level, one of {', '.join(LEVELS)} in any case (overrides -v / -q)")
     return parser
+
+
+def _log_level(text: str) -> str:
+    """``--log-level`` in any case (``DEBUG`` is how the logging module spells it)."""
+    if not isinstance(text, str) or text.lower() not in LEVELS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(LEVELS)} (any case), got {text!r}")
+    return text.lower()
 
 
 def _dashes(cls: type, argv: list[str]) -> list[str]:
@@ -212,7 +219,7 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
         except (ArgumentError, TypeError, ValueError):
             _fail(parser, f"{where}: {shown} is not allowed; {key} takes {describe_allowed(f, tp)}")
         if out_of_range(f.metadata, parsed):
-            _fail(parser, f"{where}: {shown} is out of range; {key} must be {range_text(f.metadata)}")
+            _fail(parser, f"{where}: {shown} is out of range; {key} must be {range_text(f.metadata, parsed)}")
         out[name] = parsed
     return out
 
@@ -233,9 +240,14 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
     parser = build_parser(cls, prog, description)
     argv = _dashes(cls, list(sys.argv[1:] if argv is None else argv))
     ns = _parse(parser, cls, argv)
-    given = set(_given_on_command_line(cls, argv))
+    on_command_line = set(_given_on_command_line(cls, argv))
+    given = set(on_command_line)
     if getattr(ns, "config", None):
         from_file = read_config(parser, cls, os.path.expanduser(ns.config))
+        for name, cleared in getattr(cls, "command_line_clears", {}).items():
+            if name in on_command_line:
+                for other in set(cleared) - on_command_line:
+                    from_file.pop(other, None)
         given |= set(from_file)
         parser.set_defaults(**from_file)
         ns = _parse(parser, cls, argv)
@@ -243,7 +255,7 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
     for f in fields(cls):
         value = values[f.name]
         if out_of_range(f.metadata, value):
-            _fail(parser, f"{flag(f.name)}: must be {range_text(f.metadata)}, got {value}")
+            _fail(parser, f"{flag(f.name)}: must be {range_text(f.metadata, value)}, got {value}")
         if f.metadata.get("required") and value in (None, ""):
             _fail(parser, f"{flag(f.name)} is required (on the command line or in the --config file)")
     level = ns.log_level or ("debug" if ns.verbose else "warning" if ns.quiet else "info")
