@@ -130,6 +130,21 @@ def broadcast_from_main(obj: T, info: DistInfo) -> T:
     return box[0]
 
 
+def all_ready(info: DistInfo, error: BaseException | None = None) -> None:
+    """Every rank says whether its start-up failed (``error``) before any of them writes: a rank re-raises its
+    own error, and the others raise too when any rank failed (rank 0 would otherwise go on to replace an
+    ``--overwrite`` run and then wait for a rank that had stopped). Every rank must call it."""
+    failed = max_over_ranks(int(error is not None), info)
+    if error is not None:
+        raise error
+    if failed:
+        raise StartupError("the start-up failed on another process (its error is above); nothing was written")
+
+
+class StartupError(RuntimeError):
+    """Another rank's start-up failed; that rank's error says why."""
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -103,6 +103,16 @@ if __name__ == "__main__":  # train with the sampled kind registered; "eval ARGS
         rank, step = (int(x) for x in os.environ["SIGTERM_RANK_STEP"].split(":"))
         if int(os.environ.get("RANK", "0")) == rank:
             train_module.forward_backward = sigterm_in_step(step)
+    if os.environ.get("FAIL_SETUP_RANK") == os.environ.get("RANK", "0"):  # that rank's set-up fails
+        import mtl_lora_vl.training.train as train_module
+
+        def failing_setup(*args, **kwargs):
+            import time
+
+            time.sleep(3)   # the other ranks are past their set-up by now
+            raise ValueError("this rank's set-up failed (FAIL_SETUP_RANK)")
+
+        train_module.build_setup = failing_setup
     if sys.argv[1:2] == ["eval"]:
         sys.exit(eval_main(sys.argv[2:]))
     sys.exit(train_main(sys.argv[1:]))

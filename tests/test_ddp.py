@@ -190,3 +190,22 @@ def test_ddp_trains_a_coca_whose_decoder_no_task_runs(tmp_path, procs):
     procs.append(proc)
     finish(proc)
     assert (tmp_path / "run" / "adapter").is_dir()
+
+
+def test_a_rank_failing_its_set_up_leaves_the_run_overwrite_would_replace(tmp_path, procs):
+    """Rank 1's set-up fails: rank 0 (whose set-up went fine) moved the --overwrite run aside, then waited for
+    rank 1 and was killed by torchrun, leaving the old run in .run.replaced. Now every rank learns of the
+    failure before rank 0 claims the directory."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "metrics.jsonl").write_text("old\n")
+    spec = rng_kind.small_spec(tmp_path, "caption_cls")
+    proc = torchrun(29538, str(TESTS / "rng_kind.py"), "--tasks", str(spec), "--steps", "2", "--batch-size", "4",
+                    "--device", "cpu", "--out", str(run), "--overwrite", env={"FAIL_SETUP_RANK": "1"})
+    procs.append(proc)
+    _, err = finish(proc, timeout=120, ok=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["caption_cls.toml", "run"]
+    assert (run / "metrics.jsonl").read_text() == "old\n" and sorted(p.name for p in run.iterdir()) == [
+        "config.json", "metrics.jsonl"]
+    assert "this rank's set-up failed" in err and "the start-up failed on another process" in err

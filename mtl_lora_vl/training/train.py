@@ -18,6 +18,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,7 +26,15 @@ from torch import nn
 from ..adapters.attach import parameter_report
 from ..adapters.grow import freeze_old_rows
 from ..data.loader import MultiTaskLoader
-from ..distributed import DistInfo, barrier, cleanup, init_distributed, max_over_ranks, sharded_evaluation
+from ..distributed import (
+    DistInfo,
+    all_ready,
+    barrier,
+    cleanup,
+    init_distributed,
+    max_over_ranks,
+    sharded_evaluation,
+)
 from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, read_eval_splits, write_outputs
 from ..io import save_adapter
 from ..multitask import Setup, build_setup, extend_setup
@@ -142,6 +151,35 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     if opts.resume:
         opts = resumed_options(run_dir, opts, given)
     info = init_distributed(opts.device)
+    try:   # every rank's set-up, before rank 0 claims (and may --overwrite) the run directory
+        opts, saved, setup, amp_dtype = set_up(opts, run_dir, info, given)
+    except Exception as e:
+        all_ready(info, e)
+    all_ready(info)
+    total_steps = opts.steps
+    run_dir = claim_run_dir(run_dir, opts, info)  # a default name taken meanwhile: the next free one
+    try:
+        if info.is_main and not opts.resume:
+            write_config(run_dir, opts)
+        if info.is_main and 0 < total_steps <= opts.warmup:
+            logger.warning("--warmup %d is not shorter than the run's %d steps: the learning rate reaches --lr at "
+                           "the last step at best and the cosine decay never starts; lower --warmup", opts.warmup,
+                           total_steps)
+        workers = default_workers() if opts.workers < 0 else opts.workers
+        run = Run(opts, info, run_dir, amp_dtype, setup, total_steps, workers, saved)
+        if info.is_main:
+            logger.info("%s", describe(run))
+    except BaseException:
+        if info.is_main:
+            undo_overwrite(run_dir)
+        raise
+    return run
+
+
+def set_up(opts: TrainOptions, run_dir: Path, info: DistInfo,
+           given: Collection[str] | None) -> tuple[TrainOptions, dict[str, Any] | None, Setup, torch.dtype]:
+    """One rank's set-up, nothing written: the checkpoint to resume (checked), the specs, the Setup, the
+    precision; the options completed (an --extend run's shape and base, path defaults, steps for --epochs)."""
     saved = load_checkpoint(run_dir) if opts.resume else None
     if saved is not None:   # before the set-up (the sampler refused it after, asking for the same tasks and options)
         saved_world = int(saved.get("world_size", 1))
@@ -174,22 +212,7 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
         n_train = sum(len(split.examples) for split in setup.train_splits.values())
         opts = replace(opts, steps=steps_for_epochs(opts.epochs, n_train,
                                                     opts.batch_size * opts.accumulate * info.world_size))
-    total_steps = opts.steps
-    run_dir = claim_run_dir(run_dir, opts, info)  # a default name taken meanwhile: the next free one
-    if info.is_main and not opts.resume:
-        try:
-            write_config(run_dir, opts)
-        except BaseException:
-            undo_overwrite(run_dir)
-            raise
-    if info.is_main and 0 < total_steps <= opts.warmup:
-        logger.warning("--warmup %d is not shorter than the run's %d steps: the learning rate reaches --lr at the "
-                       "last step at best and the cosine decay never starts; lower --warmup", opts.warmup, total_steps)
-    workers = default_workers() if opts.workers < 0 else opts.workers
-    run = Run(opts, info, run_dir, amp_dtype, setup, total_steps, workers, saved)
-    if info.is_main:
-        logger.info("%s", describe(run))
-    return run
+    return opts, saved, setup, amp_dtype
 
 
 def describe(run: Run) -> str:
