@@ -287,6 +287,14 @@ def test_out_must_be_a_benchmark_folder_before_anything_is_deleted_or_written(tm
     with pytest.raises(BenchDirError, match="is the current directory or holds it"):
         run_benchmark(settings, Path("."), trainer=None, overwrite=True)
     assert (grid / "settings.json").is_file()
+    link = tmp_path / "link"   # --overwrite through a link was "Cannot call rmtree on a symbolic link"
+    link.symlink_to(grid)
+    with pytest.raises(BenchDirError, match=f"is a symbolic link .to {grid}.; --overwrite replaces a folder"):
+        run_benchmark(settings, link, trainer=None, overwrite=True)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(BenchDirError, match="which does not exist"):
+        run_benchmark(settings, tmp_path / "dangling", trainer=None)
+    assert link.is_symlink() and (grid / "settings.json").is_file()
 
 
 def test_a_diverging_learning_rate_is_a_result_not_a_stop(tmp_path):

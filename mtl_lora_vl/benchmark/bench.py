@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -85,6 +86,12 @@ def _check_settings(out: Path, identity: dict[str, Any], overwrite: bool) -> Non
     resumed when its settings are these, or replaced with ``--overwrite``. Anything else is refused before a
     file is touched (``--overwrite`` deleted whatever ``--out`` named, the current directory included)."""
     path = out / "settings.json"
+    if out.is_symlink() and not out.exists():
+        raise BenchDirError(f"--out {out}: is a symbolic link to {os.readlink(out)}, which does not exist (or is a "
+                            "loop of links); remove the link or choose another --out")
+    if out.is_symlink() and overwrite:
+        raise BenchDirError(f"--out {out}: is a symbolic link (to {out.resolve()}); --overwrite replaces a folder, "
+                            "not a link: give its target as --out")
     if out.exists() and not out.is_dir():
         raise BenchDirError(f"--out {out}: is a file, not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()) and not path.is_file():
