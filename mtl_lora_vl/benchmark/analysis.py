@@ -13,9 +13,12 @@ AVERAGE = "average"
 
 
 def _by_seed(records: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
-    """{seed: {task: test score, "average": mean over tasks}} of one configuration's final runs."""
+    """{seed: {task: test score, "average": mean over tasks}} of one configuration's final runs (a run that
+    diverged has no scores: its seed is left out, and the report says so)."""
     out = {}
     for r in records:
+        if r.get("diverged"):
+            continue
         scores = dict(r["tasks"])
         scores[AVERAGE] = statistics.fmean(r["tasks"].values())
         out[r["seed"]] = scores
@@ -68,12 +71,15 @@ def analyse(tasks: list[str], configs: list[Config], reference: Config | None, f
             "step_s": statistics.fmean(steps) if steps else None,
             "wall_s": statistics.fmean(r["wall_s"] for r in final[c.cid]),
             "cpu_s": statistics.fmean(r.get("cpu_s", r["wall_s"]) for r in final[c.cid]),
+            "diverged_seeds": sorted(r["seed"] for r in final[c.cid] if r.get("diverged")),
         }
     singles = {c.tasks[0]: per_seed[c.cid] for c in configs if c.group == "single" and per_seed[c.cid]}
     single_ref = _single_reference(singles, tasks)
     joint = [c for c in configs if c.group in ("method", "ablation") and c.cid in out_configs]
     ref_seeds = per_seed.get(reference.cid, {}) if reference else {}
     result: dict[str, Any] = {
+        "diverged": [{k: r[k] for k in ("label", "seed", "lr", "diverged", "folder")}
+                     for c in configs for r in final.get(c.cid, []) if r.get("diverged")],
         "tasks": tasks, "zero_shot": zero_shot, "configs": out_configs,
         "reference": reference.cid if reference and reference.cid in out_configs else None,
         "single_task": ({"scores": {k: summarize([s[k] for s in single_ref.values()]).to_dict() for k in keys},

@@ -39,7 +39,6 @@ from .grid import (
     method_configs,
     pick_lr,
     reference_config,
-    refuse_diverged,
     single_task_configs,
     zero_shot_config,
 )
@@ -170,7 +169,9 @@ def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer 
         for c in ablations:
             final[c.cid] = [runner.run(RunSpec(c, seed, picked[c.cid], tune=False)) for seed in seeds]
 
-    refuse_diverged([r for recs in final.values() for r in recs])
+    for r in (r for recs in final.values() for r in recs if r.get("diverged")):   # a result: reported, marked
+        print(f"[bench] {r['label']}, seed {r['seed']}: diverged at learning rate {r['lr']:g}, the rate picked on "
+              f"seed 0 ({r['diverged']}); its scores are over the other seeds", file=stream, flush=True)
     results = analyse(tasks, configs, reference, final, tuning, picked, params, zs["zero_shot"], settings.ablations)
     all_runs = [zs, *(r for recs in tuning.values() for r in recs), *(r for recs in final.values() for r in recs)]
     unique = {r["key"]: r for r in all_runs}
@@ -193,7 +194,7 @@ def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer 
 
 def _mixing(out: Path, reference: Config, final: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
     seeds = {}
-    for r in final.get(reference.cid, []):
+    for r in (r for r in final.get(reference.cid, []) if not r.get("diverged")):
         m = mixing_from_adapter(out / r["folder"] / "train" / "adapter")
         if m is not None:
             seeds[str(r["seed"])] = m

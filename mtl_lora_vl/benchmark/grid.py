@@ -204,13 +204,3 @@ def pick_lr(records: list[dict[str, Any]]) -> float:
                          "give --lr-grid smaller rates (and --overwrite)")
     return min(scored)[1]
 
-
-def refuse_diverged(records: list[dict[str, Any]]) -> None:
-    """A run at a configuration's picked learning rate diverged (another seed, or an ablation): its scores
-    are missing, so the comparison cannot be made fairly; say which and what to do."""
-    bad = [r for r in records if r.get("diverged")]
-    if bad:
-        r = bad[0]
-        raise ValueError(f"{r['label']}, seed {r['seed']}: training diverged at learning rate {r['lr']:g}, the "
-                         f"rate picked on seed 0 ({r['diverged']}; see {r['folder']}/train.log), so this "
-                         "configuration has no score for that seed; give --lr-grid smaller rates (and --overwrite)")

@@ -24,6 +24,12 @@ def _diff(d: dict[str, Any] | None) -> str:
     return f"{sig}{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{sig}"
 
 
+def _label(c: dict[str, Any]) -> str:
+    """A configuration's label, marked when a seed diverged (its scores are over the other seeds)."""
+    bad = c.get("diverged_seeds") or []
+    return c["label"] + (f" (seed {', '.join(map(str, bad))} diverged)" if bad else "")
+
+
 def _row(cells: list[Any]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -58,6 +64,10 @@ def _findings(r: dict[str, Any]) -> list[str]:
         lines.append(f"- Against {ref} (average over tasks, paired 95 % interval over seeds): significantly above: "
                      f"{', '.join(above) or 'none'}; significantly below: {', '.join(below) or 'none'}; "
                      f"not distinguishable: {', '.join(same) or 'none'}.")
+    for d in r.get("diverged", []):
+        lines.append(f"- **{d['label']}, seed {d['seed']}: diverged** at learning rate {d['lr']:g}, the rate picked on "
+                     f"seed 0 ({d['diverged']}); its scores are over the other seeds, and paired differences "
+                     "use the seeds both sides have.")
     if r["interference"]:
         parts = [f"{cfgs[cid]['label']} {_diff(d[AVERAGE])}" for cid, d in r["interference"].items() if d]
         lines.append("- Interference (joint score minus each task trained alone with `lora`, averaged over tasks; "
@@ -88,7 +98,7 @@ def render(r: dict[str, Any]) -> str:
         if c["group"] != "method":
             continue
         d = r["paired_vs_reference"].get(cid)
-        rows.append([c["label"], c["options"]["rank"], f"{c['params']:,}", f"{c['lr']:g}",
+        rows.append([_label(c), c["options"]["rank"], f"{c['params']:,}", f"{c['lr']:g}",
                      *(_ms(c["scores"][t]) for t in tasks), _ms(c["scores"][AVERAGE]),
                      "(reference)" if cid == ref else _diff(d[AVERAGE] if d else None),
                      f"{c['step_s']:.3f}" if c["step_s"] else "–"])
@@ -126,7 +136,7 @@ def render(r: dict[str, Any]) -> str:
             for e in entries:
                 c = cfgs[e["config"]]
                 d = r["paired_vs_reference"].get(e["config"])
-                rows.append([axis, e["value"], f"{c['params']:,}", *(_ms(c["scores"][t]) for t in tasks),
+                rows.append([axis, f"{e['value']}" + _label(c).removeprefix(c["label"]), f"{c['params']:,}", *(_ms(c["scores"][t]) for t in tasks),
                              _ms(c["scores"][AVERAGE]), "(reference)" if e["config"] == ref else
                              _diff(d[AVERAGE] if d else None)])
         lines += [f"## MTL-LoRA ablations (at {cfgs[ref]['label']}'s learning rate {cfgs[ref]['lr']:g})"
