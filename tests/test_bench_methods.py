@@ -190,6 +190,9 @@ def test_tiny_grid_resumes_and_reports(tmp_path):
     assert saved["interference"]["mtl_lora-r8"]["average"]["low"] is not None
     assert [r["value"] for r in saved["ablations"]["task_lr_mult"]] == [1.0, 10.0]
     assert saved["task_mixing"]["seeds"]["0"]["towers"]["image"]
+    spread = saved["task_mixing"]["seeds"]["0"]["spread"]["image"]
+    assert 0 <= spread["weight_min"] <= spread["weight_max"] <= 1 and 0 <= spread["tv_median"] <= spread["tv_max"] <= 1
+    assert "## Task mixing per projection" in report
     tune = [r for r in saved["runs"] if r["tune"]]
     assert tune and all(set(r["val"]) == set(r["tasks"]) for r in tune)
     for name in ("methods.png", "paired_vs_mtl_lora.png", "ablations.png", "task_mixing.png", "params_vs_score.png"):
@@ -372,3 +375,18 @@ def test_a_stopped_run_stops_the_grid_resumably(tmp_path):
     assert note.startswith("in bench run zero_shot") and "train.log" in note
     log = next((tmp_path / "out" / "runs").rglob("train.log")).read_text()
     assert "Traceback" in log and "mat1 and mat2" in log
+
+
+def test_mixing_spread_sees_choices_that_the_average_over_projections_hides():
+    """Two tasks choosing opposite up-projections in two projections average to the same uniform mixture:
+    the heatmap (and the README's old reading of it) said the tasks barely choose differently."""
+    from mtl_lora_vl.benchmark.mixing import _spread
+
+    m = torch.tensor([[[0.9, 0.1], [0.1, 0.9]],     # projection 1: task 0 takes B1, task 1 takes B2
+                      [[0.1, 0.9], [0.9, 0.1]]])    # projection 2: the other way round
+    assert torch.allclose(m.mean(0), torch.full((2, 2), 0.5))
+    got = _spread(m)
+    assert got["tv_median"] == pytest.approx(0.8) and got["tv_max"] == pytest.approx(0.8)
+    assert (got["weight_min"], got["weight_max"], got["projections"]) == (pytest.approx(0.1), pytest.approx(0.9), 2)
+    same = _spread(torch.full((3, 2, 3), 1 / 3))
+    assert same["tv_median"] == 0 and same["weight_max"] == pytest.approx(1 / 3)

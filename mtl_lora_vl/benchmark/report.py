@@ -183,8 +183,25 @@ def render(r: dict[str, Any]) -> str:
               "step from the trainer's throughput." if r.get("mean_run_s") else "",
               "- Each run's folder is `runs/<configuration>/lr<lr>-seed<seed>/` (trainer output in `train/`, "
               "log in `train.log`, `result.json` = done).", ""]
+    lines += _mixing_lines(r.get("task_mixing"))
     lines += ["## Plots", "", *(f"![{p}](plots/{p})" for p in r["plots"]), ""]
     return "\n".join(lines)
+
+
+def _mixing_lines(mixing: dict[str, Any] | None) -> list[str]:
+    """How the reference's tasks mix the B_i per projection (the heatmap shows the mean over projections)."""
+    rows = [[seed, tower, f"{v['weight_min']:.3f}–{v['weight_max']:.3f}", f"{v['tv_median']:.3f}",
+             f"{v['tv_max']:.3f}", v["projections"]]
+            for seed, m in sorted((mixing or {}).get("seeds", {}).items(), key=lambda kv: int(kv[0]))
+            for tower, v in m.get("spread", {}).items()]
+    if not rows:
+        return []
+    return ["## Task mixing per projection", "",
+            f"softmax(w_t / τ) of {mixing['label']}, projection by projection: the range of its weights, and the "
+            "total-variation distance between two tasks' mixtures (mean over task pairs; median and largest over "
+            "projections; 0 = same mixture, 1 = disjoint). The heatmap averages over a tower's projections, which "
+            "pulls every weight towards 1/n.", "",
+            *_table(["seed", "tower", "weights", "TV median", "TV max", "projections"], rows, 2)]
 
 
 def write_report(out: Path, results: dict[str, Any]) -> Path:
