@@ -89,9 +89,33 @@ def analyse(tasks: list[str], configs: list[Config], reference: Config | None, f
         "interference": {c.cid: _paired(per_seed[c.cid], single_ref, keys)
                          for c in joint if single_ref and c.group == "method"},
     }
+    result["interference_same_lr"] = _same_lr_interference(tasks, configs, final, tuning, picked)
     result["ablations"] = _ablations(configs, reference if result["reference"] else None, ablation_values,
                                      set(out_configs))
     return result
+
+
+def _same_lr_interference(tasks: list[str], configs: list[Config], final: dict[str, list[dict]],
+                          tuning: dict[str, list[dict]], picked: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Seed 0: each joint method's test score minus each task trained alone *at the method's learning rate*
+    (from the single-task tuning runs). The single-task reference tunes its rate per task and a joint method
+    has one for all, so the tuned interference also holds the rate's effect; this one does not (one seed)."""
+    singles = {c.tasks[0]: c.cid for c in configs if c.group == "single"}
+    if not singles or set(tasks) - set(singles):
+        return {}
+    out = {}
+    for c in configs:
+        if c.group != "method" or c.cid not in picked:
+            continue
+        joint = next((r for r in final.get(c.cid, []) if r["seed"] == 0 and not r.get("diverged")), None)
+        alone = {t: next((r for r in tuning.get(singles[t], []) if r["lr"] == picked[c.cid]
+                          and not r.get("diverged")), None) for t in tasks}
+        if joint is None or any(r is None for r in alone.values()):
+            continue
+        row = {t: joint["tasks"][t] - alone[t]["tasks"][t] for t in tasks}   # type: ignore[index]
+        row[AVERAGE] = statistics.fmean(row.values())
+        out[c.cid] = row
+    return out
 
 
 def _ablations(configs: list[Config], reference: Config | None, values: dict[str, list[Any]],

@@ -128,8 +128,17 @@ def render(r: dict[str, Any]) -> str:
                 for cid, d in r["interference"].items() if d]
         lines += ["## Interference: joint training minus the single-task reference", "",
                   "Each joint method's test score minus `lora` (default rank) trained on that task alone with the "
-                  "same budget and seed; negative means the tasks hurt each other.", "",
+                  "same budget and seed; negative means the tasks hurt each other. The single-task runs tune their "
+                  "learning rate per task, a joint method one rate for all its tasks, so these differences also "
+                  "hold the cost of sharing a rate, not only an adapter.", "",
                   *_table(["configuration", *tasks, AVERAGE], rows)]
+        same = r.get("interference_same_lr") or {}
+        if same:
+            rows = [[cfgs[cid]["label"], f"{cfgs[cid]['lr']:g}", *(f"{d[k]:+.3f}" for k in [*tasks, AVERAGE])]
+                    for cid, d in same.items()]
+            lines += ["The same at one learning rate: seed 0, each task alone at the joint method's rate (from the "
+                      "single-task tuning runs; one seed, no interval):", "",
+                      *_table(["configuration", "lr", *tasks, AVERAGE], rows)]
     if r["ablations"]:
         rows = []
         for axis, entries in r["ablations"].items():
