@@ -133,7 +133,7 @@ class Killed(KeyboardInterrupt):
 
 
 @needs_builtin
-def test_tiny_grid_resumes_and_reports(tmp_path):
+def test_tiny_grid_resumes_and_reports(tmp_path, monkeypatch):
     specs = tmp_path / "specs"
     specs.mkdir()
     settings = BenchSettings(tasks=[_small_spec(specs, "vqa"), _small_spec(specs, "retrieval")],
@@ -163,6 +163,9 @@ def test_tiny_grid_resumes_and_reports(tmp_path):
         again.append(opts.out)
         return train(opts)
 
+    import mtl_lora_vl.benchmark.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "code_version", lambda: "9.9.9+gother")  # resumed on other code
     log = io.StringIO()
     results = run_benchmark(settings, out, trainer=counting, stream=log)
     total = 1 + 4 * (1 + 1) + 1 * 2  # zero-shot, (2 methods + 2 single-task) x (1 lr + 1 seed), 1 ablation x 2
@@ -194,6 +197,8 @@ def test_tiny_grid_resumes_and_reports(tmp_path):
     got = saved["interference_same_lr"]["mtl_lora-r8"]
     assert [got["vqa"], got["retrieval"]] == pytest.approx(want) and got["average"] == pytest.approx(sum(want) / 2)
     assert "The same at one learning rate" in report and "cost of sharing a rate" in report
+    assert "**Code: the runs come from 2 versions** (a grid resumed on other code): 3 run(s) with 0.1.0" in report
+    assert f"{total - 3} run(s) with 9.9.9+gother." in report
     assert [r["value"] for r in saved["ablations"]["task_lr_mult"]] == [1.0, 10.0]
     assert saved["task_mixing"]["seeds"]["0"]["towers"]["image"]
     spread = saved["task_mixing"]["seeds"]["0"]["spread"]["image"]

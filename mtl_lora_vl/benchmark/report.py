@@ -191,10 +191,21 @@ def render(r: dict[str, Any]) -> str:
               "for the runs executed in the last session. Step time in the methods table: seconds per optimizer "
               "step from the trainer's throughput." if r.get("mean_run_s") else "",
               "- Each run's folder is `runs/<configuration>/lr<lr>-seed<seed>/` (trainer output in `train/`, "
-              "log in `train.log`, `result.json` = done).", ""]
+              "log in `train.log`, `result.json` = done).", _code_line(r.get("runs", [])), ""]
     lines += _mixing_lines(r.get("task_mixing"))
     lines += ["## Plots", "", *(f"![{p}](plots/{p})" for p in r["plots"]), ""]
     return "\n".join(lines)
+
+
+def _code_line(runs: list[dict[str, Any]]) -> str:
+    """Which code trained the runs (a resumed grid may mix versions: then the report says so)."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r.get("code", "not recorded")] = counts.get(r.get("code", "not recorded"), 0) + 1
+    if len(counts) == 1:
+        return f"- Code: mtl-lora-vl {next(iter(counts))}."
+    return ("- **Code: the runs come from " + str(len(counts)) + " versions** (a grid resumed on other code): "
+            + ", ".join(f"{n} run(s) with {v}" for v, n in sorted(counts.items())) + ".")
 
 
 def _mixing_lines(mixing: dict[str, Any] | None) -> list[str]:

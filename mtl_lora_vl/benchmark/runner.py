@@ -11,6 +11,7 @@ import contextlib
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 import traceback
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from .._version import __version__
 from ..io.atomic import atomic_file
 from ..options import TrainOptions
 from ..training.train import RunStopped
@@ -46,6 +48,22 @@ def _fmt_time(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+def code_version() -> str:
+    """The package version, plus the git commit (``+g<sha>``, ``.dirty`` with uncommitted changes to tracked
+    files) when it runs from a checkout: every run records it, so a grid resumed on other code says so."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return __version__
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{sha}{'.dirty' if dirty else ''}" if sha else __version__
+
+
 class Runner:
     """Executes runs in ``root/runs``; prints one progress line per run with an ETA."""
 
@@ -57,6 +75,7 @@ class Runner:
         self.index = 0          # runs handled so far (done earlier or now)
         self.ran_seconds = 0.0  # wall time of the runs executed in this session
         self.ran = 0
+        self.code = code_version()
 
     def options(self, spec: RunSpec, out: Path) -> TrainOptions:
         """The trainer options of one run: the grid's budget plus the configuration's adapter options."""
@@ -105,6 +124,7 @@ class Runner:
                 raise GridStopped(f"{spec.key}: the trainer stopped before evaluating (see {folder / 'train.log'})")
             record = make_record(spec, run_dir, wall, folder.relative_to(self.root))
         record["cpu_s"] = cpu  # process CPU time: the run's cost on a shared machine
+        record["code"] = self.code
         write_json_atomic(done, record)
         self.ran += 1
         self.ran_seconds += wall
