@@ -43,6 +43,7 @@ def _refused(capsys, argv: list[str]) -> str:
     ("compile = 3", "compile", "true or false"),
     ("dropout = 1.5", "dropout", ">= 0 and < 1"),
     ('method = "lora_plus"', "method", '"mtl_lora", "lora"'),
+    ('targets = ["attn"]', "targets", "a table of tower -> regexes"),   # joined to "attn", refused later
     ("epochs = inf", "epochs", "a finite number > 0"),       # failed deep in the set-up (Fraction('inf'))
     ("lr = nan", "lr", "a finite number > 0"),              # trained to a non-finite stop
     ("sampling_temperature = inf", "sampling_temperature", "a finite number > 0"),
@@ -106,6 +107,18 @@ def test_bad_flags_are_refused_with_what_is_allowed(capsys):
     assert "--precision: expected one of" in _refused(capsys, ["--precision", "fp64"])
     assert "--compile: expected true or false" in _refused(capsys, ["--compile", "maybe"])
     assert "unrecognized arguments: --rnak" in _refused(capsys, ["--rnak", "3"])
+
+
+def test_no_command_and_a_bad_thread_count_say_what_to_give(capsys):
+    """`mtl-lora-vl` alone said "required: COMMAND, args" (an internal argument); bench --threads 0 ran on 1."""
+    from mtl_lora_vl.benchmark.cli import main as bench_main
+
+    assert main([], prog="mtl-lora-vl") == 2
+    err = capsys.readouterr().err
+    assert "error: give a command, one of: train, eval, export, bench" in err and "args" not in err.split("error:")[1]
+    with pytest.raises(SystemExit) as info:
+        bench_main(["--threads", "0"], prog="mtl-lora-vl bench")
+    assert info.value.code == 2 and "--threads: must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_log_level_takes_any_case_and_names_the_levels(capsys):

@@ -775,3 +775,26 @@ def test_a_spec_edited_while_the_run_trains_is_not_recorded_as_what_it_trained_o
     assert load_checkpoint(run)["spec_sha256"] == before and before["vqa"]
     # the adapter saves the spec the run trained on: it copied the file as edited (and an invalid one failed the save)
     assert (run / "adapter" / "tasks" / "vqa.toml").read_text() == original
+
+
+def test_a_batch_too_small_for_the_tasks_is_named_at_start(tmp_path, caplog):
+    """--batch-size 2 with three tasks: a mixed batch holds two of them, and retrieval gets < 1 row a batch,
+    whose contrastive loss (no negatives) is 0 -- it trained nothing, without a word."""
+    import logging
+
+    from mtl_lora_vl.distributed import cleanup
+    from mtl_lora_vl.training.train import build_loader, start
+
+    tasks = ",".join(str(small_spec(tmp_path, n)) for n in ("vqa", "retrieval", "caption_cls"))
+    for batch, warned in (("2", True), ("8", False)):
+        opts = parse_train_args(["--tasks", tasks, "--steps", "1", "--batch-size", batch, "--workers", "0",
+                                 "--device", "cpu", "--out", str(tmp_path / f"run{batch}")])
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+            run = start(opts)
+            build_loader(run).close()
+            cleanup(run.info)
+        text = caplog.text
+        assert ("--batch-size 2 is smaller than the 3 tasks" in text) == warned, text
+        assert bool(re.search(r"task retrieval gets 0\.\d+ rows a batch on average; its loss needs 2", text)) == warned
+        assert "task vqa gets" not in text

@@ -123,8 +123,11 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run (or resume) the method benchmark; returns the exit status. ``prog`` (``mtl-lora-vl bench`` from
     the ``mtl-lora-vl`` command, which then leaves the logging to this function) names it in ``--help``."""
-    args = build_parser(prog).parse_args(argv)
-    torch.set_num_threads(max(1, args.threads))
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.threads < 1:   # was silently 1
+        parser.error(f"--threads: must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     # Given a prog, we were started by `mtl-lora-vl bench`: log INFO lines to stderr as its other commands do.
     with cli_logging("info") if prog is not None else contextlib.nullcontext():
         return _run(args)

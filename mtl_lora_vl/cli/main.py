@@ -64,8 +64,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Entry point of ``mtl-lora-vl`` and ``python -m mtl_lora_vl``; returns the exit status."""
     prog = prog or program_name()
     parser = _parser(prog)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:   # argparse's "required: COMMAND, args" named an internal argument
+        parser.print_usage(sys.stderr)
+        sys.stderr.write(f"{prog}: error: give a command, one of: {', '.join(COMMANDS)} "
+                         f"(`{prog} --help` says what each does)\n")
+        return 2
     try:
-        ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        ns = parser.parse_args(argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
     try:

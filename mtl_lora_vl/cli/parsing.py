@@ -207,6 +207,9 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
             _fail(parser, f"{where}: option {name!r} is given twice")
         f = by_name[name]
         tp = _field_type(f, hints)
+        if name == "targets" and isinstance(value, list):   # joined by commas it was an invalid regex string
+            _fail(parser, f"{where}: targets = {json.dumps(value)} is not allowed; targets takes \"default\" or a "
+                          'table of tower -> regexes, e.g. targets = {image = ["attn"], text = ["attn"]}')
         if isinstance(value, list) and _non_none(tp)[0] is str and all(isinstance(v, str) for v in value):
             value = ",".join(value)  # tasks = ["vqa", "retrieval"] means --tasks vqa,retrieval
         if name == "targets" and isinstance(value, dict):

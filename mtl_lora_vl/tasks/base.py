@@ -41,7 +41,8 @@ whose kind says so reproduce the zero-shot predictions exactly at initialisation
 Class attributes every kind sets: ``kind`` (registry key, set by ``@register_kind``),
 ``headline_metric``, ``metric_names`` (metric keys ``evaluate`` may return; a spec's ``metrics`` must
 name some of them), ``uses_text`` (each training row carries a text for the text tower), ``uses_decoder``
-(training runs the backbone's caption decoder or language model),
+(training runs the backbone's caption decoder or language model), ``min_batch_rows`` (rows a batch needs
+for a useful loss: 2 for an in-batch contrastive loss),
 ``needs_templates`` / ``default_templates`` (zero-shot prompts), ``head_defaults`` /
 ``option_defaults`` / ``generative_defaults`` (the keys a spec's ``[head]`` / ``[options]`` /
 ``[generative]`` tables may set, with their types).
@@ -78,6 +79,8 @@ class TaskKind(ABC):
     metric_names: ClassVar[tuple[str, ...]] = ()
     uses_text: ClassVar[bool] = False
     uses_decoder: ClassVar[bool] = False
+    #: Rows of this task a batch needs for a useful loss (a contrastive loss has no negatives in one row).
+    min_batch_rows: ClassVar[int] = 1
     needs_templates: ClassVar[bool] = False
     default_templates: ClassVar[tuple[str, ...]] = ()
     head_defaults: ClassVar[dict[str, Any]] = {}

@@ -149,6 +149,7 @@ class RetrievalKind(TaskKind):
     headline_metric = "mean_recall"
     metric_names = ("mean_recall", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
     uses_text = True
+    min_batch_rows = 2     # in-batch negatives: one row alone has a loss of 0
     head_defaults = {"max_logit_scale": 100.0, "learn_temperature": True}
     option_defaults = {"ks": [1, 5, 10]}
 

@@ -241,12 +241,32 @@ def default_workers() -> int:
 def build_loader(run: Run) -> MultiTaskLoader:
     """The multi-task loader over the trained tasks, sized for every micro-batch of the run on this rank."""
     opts, setup, info = run.opts, run.setup, run.info
-    return MultiTaskLoader([setup.kinds[n] for n in run.trained], [setup.train_splits[n] for n in run.trained],
+    loader = MultiTaskLoader([setup.kinds[n] for n in run.trained], [setup.train_splits[n] for n in run.trained],
                            setup.backbone, batch_size=opts.batch_size, strategy=opts.sampling,
                            temperature=opts.sampling_temperature, mode=opts.batch_mode, seed=opts.seed,
                            steps=run.total_steps * opts.accumulate, num_workers=run.workers, rank=info.rank,
                            world_size=info.world_size, adapter_tasks=setup.config.tasks,
                            pin_memory=info.device.type == "cuda")
+    if info.is_main:
+        warn_small_batches(run, loader)
+    return loader
+
+
+def warn_small_batches(run: Run, loader: MultiTaskLoader) -> None:
+    """Say when --batch-size is too small for the tasks: a mixed batch then leaves tasks out of most steps,
+    and a contrastive task with fewer than two rows in a batch has no negatives (its loss is 0)."""
+    opts, b = run.opts, run.opts.batch_size
+    if opts.batch_mode == "mixed" and b < len(run.trained):
+        logger.warning("--batch-size %d is smaller than the %d tasks: a mixed batch cannot hold every task, so each "
+                       "step trains only some of them; give --batch-size %d or more", b, len(run.trained),
+                       len(run.trained))
+    per_batch = b if opts.batch_mode == "homogeneous" else None
+    for name, share in zip(run.trained, loader.sampler.shares):
+        rows = per_batch if per_batch is not None else b * share
+        need = run.setup.kinds[name].min_batch_rows
+        if need > 1 and rows < need:
+            logger.warning("task %s gets %.2g rows a batch on average; its loss needs %d (in-batch negatives: a "
+                           "row alone scores 0 and trains nothing); raise --batch-size", name, rows, need)
 
 
 def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> Progress:
