@@ -98,7 +98,9 @@ def interactive() -> bool:
 
 def progress(iterable: Iterable[Any] | None = None, *, desc: str, total: int | None = None, unit: str = "it",
              **kwargs: Any) -> tqdm:
-    """A tqdm bar for a pass that takes a while; disabled off a terminal and at ``-q``; cleared when done."""
+    """A tqdm bar for a pass that takes a while; disabled off a terminal, at ``-q`` and on every torchrun rank
+    but rank 0 (they share one terminal: N bars overwrote each other); cleared when done."""
     kwargs.setdefault("leave", False)
-    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=quiet() or not interactive(),
+    other_rank = os.environ.get("RANK", "0") != "0"
+    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=quiet() or not interactive() or other_rank,
                 dynamic_ncols=True, **kwargs)

@@ -247,6 +247,12 @@ def test_progress_is_off_when_not_a_terminal_or_quiet(monkeypatch):
     bar.close()
     with cli_logging("warning"):
         assert progress(range(3), desc="x").disable
+    monkeypatch.setenv("RANK", "1")   # torchrun's other ranks share the terminal: only rank 0 draws
+    assert progress(range(3), desc="x").disable
+    monkeypatch.setenv("RANK", "0")
+    bar = progress(range(3), desc="x")
+    assert not bar.disable
+    bar.close()
 
 
 def test_import_configures_nothing_and_plots_leave_matplotlib_alone(tmp_path):
