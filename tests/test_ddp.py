@@ -209,3 +209,17 @@ def test_a_rank_failing_its_set_up_leaves_the_run_overwrite_would_replace(tmp_pa
     assert (run / "metrics.jsonl").read_text() == "old\n" and sorted(p.name for p in run.iterdir()) == [
         "config.json", "metrics.jsonl"]
     assert "this rank's set-up failed" in err and "the start-up failed on another process" in err
+
+
+def test_ddp_homogeneous_batches_on_the_generative_path_find_no_unused_parameters(tmp_path, procs):
+    """One task per batch on builtin-llava: every task runs the same modules and no head has parameters, so
+    DDP need not search for unused ones (it did, and warned each run that it found none, at a cost per step).
+    A wrong 'no' would stop the run at step 2 instead."""
+    specs = ",".join(str(rng_kind.small_spec(tmp_path, n, n_train=16, n_eval=4)) for n in ("vqa", "captioning"))
+    proc = torchrun(29539, str(TESTS.parent / "scripts" / "train_vl.py"), "--backbone", "builtin-llava",
+                    "--tasks", specs, "--batch-mode", "homogeneous", "--steps", "3", "--batch-size", "2",
+                    "--skip-zero-shot", "--eval-batch-size", "8", "--device", "cpu", "--out", str(tmp_path / "run"))
+    procs.append(proc)
+    _, err = finish(proc)
+    assert "find_unused_parameters=True was specified" not in err
+    assert (tmp_path / "run" / "adapter").is_dir()

@@ -294,8 +294,13 @@ def wrap_model(run: Run) -> nn.Module:
         kinds = [run.setup.kinds[n] for n in run.trained]
         text_unused = not any(k.uses_text or k.generative for k in kinds)
         decoder_unused = run.setup.backbone.has_decoder and not any(k.uses_decoder for k in kinds)
-        unused = (opts.batch_mode == "homogeneous" or len(run.trained) > opts.batch_size or text_unused
-                  or decoder_unused or opts.targets != "default")
+        # One task per batch leaves the other tasks' heads (and towers they alone run) idle -- except on the
+        # generative path, where every task runs the same modules and no head has parameters (the adapter
+        # tensors hold every task's rows, so they always get a gradient).
+        head_params = any(p.requires_grad for n in run.trained for p in model.heads[n].parameters())
+        same_modules = all(k.generative for k in kinds) and not head_params
+        unused = ((opts.batch_mode == "homogeneous" and not same_modules) or len(run.trained) > opts.batch_size
+                  or text_unused or decoder_unused or opts.targets != "default")
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
             find_unused_parameters=unused)
