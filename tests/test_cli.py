@@ -412,3 +412,6 @@ def test_a_tilde_in_path_options_means_home(tmp_path, monkeypatch):
                              "--extend", "~/old", "--seed", "3"])
     assert opts.out == str(tmp_path / "runs" / "t1") and opts.extend == str(tmp_path / "old")
     assert opts.tasks == f"vqa,{tmp_path / 'specs' / 'x.toml'}" and opts.data_root == str(tmp_path / "data")
+    # a bare "~" was YAML's null to the parser: the option silently kept its default
+    opts = parse_train_args(["--out", "~", "--data-root=~", "--pretrained", "~"])
+    assert (opts.out, opts.data_root, opts.pretrained) == (str(tmp_path),) * 3

@@ -241,7 +241,7 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
     """:func:`parse_options` plus the names of the options given (on the command line or in the
     ``--config`` file) rather than left at their defaults -- ``--resume`` refuses those it would ignore."""
     parser = build_parser(cls, prog, description)
-    argv = _dashes(cls, list(sys.argv[1:] if argv is None else argv))
+    argv = _bare_home(_dashes(cls, list(sys.argv[1:] if argv is None else argv)))
     ns = _parse(parser, cls, argv)
     on_command_line = set(_given_on_command_line(cls, argv))
     given = set(on_command_line)
@@ -279,6 +279,21 @@ def _expand_home(name: str, value: Any) -> Any:
     if name == "tasks":
         return ",".join(os.path.expanduser(t.strip()) if t.strip().startswith("~") else t for t in value.split(","))
     return value
+
+
+def _bare_home(argv: list[str]) -> list[str]:
+    """A path option's value ``~`` alone (quoted, or after ``=``, so the shell left it) as the home folder:
+    the parser reads a bare ``~`` as YAML's null, which silently meant the option's default."""
+    flags = {flag(name) for name in _PATH_OPTIONS}
+    out = []
+    for i, token in enumerate(argv):
+        name, sep, value = token.partition("=")
+        if sep and name in flags and value == "~":
+            token = f"{name}={os.path.expanduser('~')}"
+        elif token == "~" and i > 0 and argv[i - 1] in flags:
+            token = os.path.expanduser("~")
+        out.append(token)
+    return out
 
 
 def _given_on_command_line(cls: type, argv: list[str]) -> list[str]:
