@@ -190,7 +190,8 @@ class EvalOptions:
     batch_size: int = _opt(256, "evaluation batch size", ge=1)
     workers: int = _opt(0, "image-decoding workers", ge=0)
     out: str | None = _opt(None, "where eval.json, report.md and plots/ go (default: ADAPTER/../eval-<split>)")
-    overwrite: bool = _opt(False, "replace an existing --out directory")
+    overwrite: bool = _opt(False, "replace an earlier evaluation in --out (a folder holding eval.json; never an "
+                                     "adapter, a run directory or a folder of other files)")
     config: str | None = _opt(None, "JSON or TOML file with any of these options (flags given on the command line win)")
 
 
@@ -211,7 +212,8 @@ class ExportOptions:
     base_dtype: Literal["source", "fp32", "bf16", "fp16"] = _opt(
         "source", "dtype the base model loads in and merged weights are written in (the merge itself is fp32): "
         "source = the base checkpoint's own (a Hugging Face directory's config.json dtype), fp32 otherwise")
-    overwrite: bool = _opt(False, "replace an existing --out")
+    overwrite: bool = _opt(False, "replace an earlier export in --out (a folder holding mtl_lora_export.json, or a "
+                                     "merged .safetensors that export wrote)")
     config: str | None = _opt(None, "JSON or TOML file with any of these options (flags given on the command line win)")
 
 

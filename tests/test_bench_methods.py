@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import tiny_open_clip
 
+from mtl_lora_vl import __version__
 from mtl_lora_vl.backbones import builtin_dir
 from mtl_lora_vl.backbones.builtin import builtin_llava_dir
 from mtl_lora_vl.benchmark import BenchSettings, run_benchmark
@@ -197,7 +198,7 @@ def test_tiny_grid_resumes_and_reports(tmp_path, monkeypatch):
     got = saved["interference_same_lr"]["mtl_lora-r8"]
     assert [got["vqa"], got["retrieval"]] == pytest.approx(want) and got["average"] == pytest.approx(sum(want) / 2)
     assert "The same at one learning rate" in report and "cost of sharing a rate" in report
-    assert "**Code: the runs come from 2 versions** (a grid resumed on other code): 3 run(s) with 0.1.0" in report
+    assert f"**Code: the runs come from 2 versions** (a grid resumed on other code): 3 run(s) with {__version__}" in report
     assert f"{total - 3} run(s) with 9.9.9+gother." in report
     assert [r["value"] for r in saved["ablations"]["task_lr_mult"]] == [1.0, 10.0]
     assert saved["task_mixing"]["seeds"]["0"]["towers"]["image"]

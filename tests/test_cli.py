@@ -337,7 +337,6 @@ def test_overwrite_replaces_only_an_earlier_output_of_the_same_command(trained_r
     (other / "config.json").write_text("{}")
     (other / "checkpoint.pt").write_text("x")
     (other / "eval.json").write_text("{}")
-    before = sorted(str(p) for p in tmp_path.rglob("*"))
     oc_before = sorted(str(p) for p in oc_dir.rglob("*"))
     cases = [
         (["eval", "--adapter", adapter, "--data-root", str(data), "--out", str(data)], "holds the data"),
@@ -350,13 +349,31 @@ def test_overwrite_replaces_only_an_earlier_output_of_the_same_command(trained_r
          "holds the adapter being exported"),
         (["export", "--adapter", adapter, "--task", "vqa", "--format", "plain", "--out", str(other)],
          "is a training run directory"),
+        (["export", "--adapter", adapter, "--task", "vqa", "--out", str(trained_run[0] / "mtl_lora_model.safetensors")],
+         "is a file of the adapter being exported"),     # a merged file written over the adapter's weights
+        (["export", "--adapter", adapter, "--task", "vqa", "--out", str(oc_dir / "model.safetensors")],
+         "is a file of the base model's folder"),
+        (["export", "--adapter", adapter, "--task", "vqa", "--out", str(mine / "weights.safetensors")],
+         "is not a merged checkpoint written by export"),
     ]
+    (mine / "weights.safetensors").write_bytes((oc_dir / "model.safetensors").read_bytes())
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    adapter_bytes = (trained_run[0] / "mtl_lora_model.safetensors").read_bytes()
     for argv, message in cases:
         assert main([*argv, "--overwrite"], prog="mtl-lora-vl") == 2, argv
         assert message in capsys.readouterr().err, argv
+    assert (trained_run[0] / "mtl_lora_model.safetensors").read_bytes() == adapter_bytes
+    # without --overwrite, a folder that is no earlier output is not offered --overwrite as the fix
+    assert main(["eval", "--adapter", adapter, "--out", str(mine)], prog="mtl-lora-vl") == 2
+    err = capsys.readouterr().err
+    assert "holds no eval.json" in err and "pass --overwrite" not in err
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
     assert sorted(str(p) for p in oc_dir.rglob("*")) == oc_before
 
+    merged = tmp_path / "vqa.safetensors"   # a merged file export wrote is replaced
+    for _ in range(2):
+        assert main(["export", "--adapter", adapter, "--task", "vqa", "--out", str(merged), "--overwrite"],
+                    prog="mtl-lora-vl") == 0
     for argv in (["eval", "--adapter", adapter], ["export", "--adapter", adapter, "--task", "vqa", "--format", "plain"]):
         out = tmp_path / argv[0]
         assert main([*argv, "--out", str(out)], prog="mtl-lora-vl") == 0
@@ -413,5 +430,9 @@ def test_a_tilde_in_path_options_means_home(tmp_path, monkeypatch):
     assert opts.out == str(tmp_path / "runs" / "t1") and opts.extend == str(tmp_path / "old")
     assert opts.tasks == f"vqa,{tmp_path / 'specs' / 'x.toml'}" and opts.data_root == str(tmp_path / "data")
     # a bare "~" was YAML's null to the parser: the option silently kept its default
-    opts = parse_train_args(["--out", "~", "--data-root=~", "--pretrained", "~"])
+    opts = parse_train_args(["--out", "~", "--data-root=~", "--pretrain", "~"])   # (a unique prefix too)
     assert (opts.out, opts.data_root, opts.pretrained) == (str(tmp_path),) * 3
+    bare = tmp_path / "bare.toml"
+    bare.write_text('out = "~"\ndata-root = "~"\n')
+    opts = parse_train_args(["--config", str(bare)])
+    assert (opts.out, opts.data_root) == (str(tmp_path),) * 2

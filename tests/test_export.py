@@ -430,7 +430,7 @@ def test_export_merged_script_writes_a_directory_the_base_loader_reads(trained_r
     assert e.value.code == 2 and "the adapter has no such task" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _script().main(["--adapter", str(path), "--task", "vqa", "--out", str(tmp_path / "merged")])
-    assert "already exists" in capsys.readouterr().err
+    assert "holds an earlier output of export; pass --overwrite" in capsys.readouterr().err
 
 
 def test_heads_are_plain_modules_not_pickles(trained_run):

@@ -20,7 +20,8 @@ def mixing_from_adapter(adapter_dir: str | Path) -> dict[str, Any] | None:
     """``{"tasks", "temperature", "towers": {tower: T × n nested list}, "spread": {tower: {...}}}``: the mixing
     averaged over each tower's projections, and what that average hides -- the smallest and largest weight of
     any one projection, and how far apart the tasks' choices are per projection (``tv_median``: the median over
-    projections of the mean pairwise total-variation distance between tasks, 0 = the same mixture, 1 =
+    projections (the lower middle one for an even count) of the mean pairwise total-variation distance between
+    tasks, 0 = the same mixture, 1 =
     disjoint). Averaging over projections pulls every entry towards 1/n even where each projection's tasks
     choose differently. None when the adapter has no ``lora_w`` (methods without task mixing)."""
     adapter_dir = Path(adapter_dir)

@@ -24,10 +24,10 @@ def _diff(d: dict[str, Any] | None) -> str:
     return f"{sig}{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{sig}"
 
 
-def _label(c: dict[str, Any]) -> str:
-    """A configuration's label, marked when a seed diverged (its scores are over the other seeds)."""
+def _diverged_note(c: dict[str, Any]) -> str:
+    """`` (seed k diverged)`` when a seed of the configuration diverged (its scores are over the other seeds)."""
     bad = c.get("diverged_seeds") or []
-    return c["label"] + (f" (seed {', '.join(map(str, bad))} diverged)" if bad else "")
+    return f" (seed {', '.join(map(str, bad))} diverged)" if bad else ""
 
 
 def _row(cells: list[Any]) -> str:
@@ -98,7 +98,7 @@ def render(r: dict[str, Any]) -> str:
         if c["group"] != "method":
             continue
         d = r["paired_vs_reference"].get(cid)
-        rows.append([_label(c), c["options"]["rank"], f"{c['params']:,}", f"{c['lr']:g}",
+        rows.append([c["label"] + _diverged_note(c), c["options"]["rank"], f"{c['params']:,}", f"{c['lr']:g}",
                      *(_ms(c["scores"][t]) for t in tasks), _ms(c["scores"][AVERAGE]),
                      "(reference)" if cid == ref else _diff(d[AVERAGE] if d else None),
                      f"{c['step_s']:.3f}" if c["step_s"] else "–"])
@@ -145,7 +145,7 @@ def render(r: dict[str, Any]) -> str:
             for e in entries:
                 c = cfgs[e["config"]]
                 d = r["paired_vs_reference"].get(e["config"])
-                rows.append([axis, f"{e['value']}" + _label(c).removeprefix(c["label"]), f"{c['params']:,}", *(_ms(c["scores"][t]) for t in tasks),
+                rows.append([axis, f"{e['value']}{_diverged_note(c)}", f"{c['params']:,}", *(_ms(c["scores"][t]) for t in tasks),
                              _ms(c["scores"][AVERAGE]), "(reference)" if e["config"] == ref else
                              _diff(d[AVERAGE] if d else None)])
         lines += [f"## MTL-LoRA ablations (at {cfgs[ref]['label']}'s learning rate {cfgs[ref]['lr']:g})"

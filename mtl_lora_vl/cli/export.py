@@ -30,7 +30,7 @@ from ..io import AdapterFileError, export_lora, load_pretrained, save_merged
 from ..io.adapter_files import base_paths, read_adapter_config
 from ..io.atomic import check_target
 from ..io.exports import export_format
-from ..io.layout import EXPORT_RECORD, check_output_dir
+from ..io.layout import EXPORT_RECORD, check_output
 from ..log import progress
 from ..options import ExportOptions
 from .commands import _exit_code, program_name, run_command
@@ -64,6 +64,17 @@ def _source_dtype(source: Path | None) -> str:
     return {"bfloat16": "bf16", "float16": "fp16"}.get(str(named), "fp32")
 
 
+def _merged_export(path: Path) -> bool:
+    """Whether ``path`` is a merged checkpoint file that export wrote (its metadata names the task)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return "mtl_lora_vl_task" in (f.metadata() or {})
+    except (OSError, SafetensorError):   # not a safetensors file at all
+        return False
+
+
 def export(opts: ExportOptions) -> list[Path]:
     """Export each task of ``opts.task``; returns the written paths (also printed, one per line)."""
     tasks = [t.strip() for t in (opts.task or "").split(",") if t.strip()]
@@ -82,8 +93,12 @@ def export(opts: ExportOptions) -> list[Path]:
     keep = [("the adapter being exported", opts.adapter), *base_paths(opts.adapter, opts.backbone, opts.pretrained)]
     for target in targets.values():  # every target before anything is written: no partial export
         file = opts.format == "merged" and target.suffix == ".safetensors"
+        check_output(target, marker=EXPORT_RECORD, command="export", overwrite=opts.overwrite, keep=keep)
+        if file and target.is_file() and opts.overwrite and not _merged_export(target):
+            raise FileExistsError(f"--out {target}: is not a merged checkpoint written by export (its safetensors "
+                                  "metadata has no mtl_lora_vl_task), so --overwrite does not replace it; choose "
+                                  "another --out")
         check_target(target, directory=not file, overwrite=opts.overwrite, what=f"--out {out}")
-        check_output_dir(target, marker=EXPORT_RECORD, command="export", overwrite=opts.overwrite, keep=keep)
     # the base it names, to read its dtype (load_pretrained below checks the files' sha256 once)
     recorded = (read_adapter_config(opts.adapter, verify=False).get("base") or {}).get("backbone") or ""
     spec = opts.backbone or recorded

@@ -214,6 +214,8 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
             value = ",".join(value)  # tasks = ["vqa", "retrieval"] means --tasks vqa,retrieval
         if name == "targets" and isinstance(value, dict):
             value = json.dumps(value)  # a table of tower -> regexes, as --targets takes it in JSON
+        if name in _PATH_OPTIONS and value == "~":   # the parser reads a bare ~ as YAML's null
+            value = os.path.expanduser("~")
         shown = f"{key} = {json.dumps(value, default=str)}"   # (TOML dates and times are no JSON)
         if value is None and not _non_none(tp)[1]:   # parse_object lets null through for any type
             _fail(parser, f"{where}: {key} = null is not allowed; {key} takes {describe_allowed(f, tp)}")
@@ -241,7 +243,7 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
     """:func:`parse_options` plus the names of the options given (on the command line or in the
     ``--config`` file) rather than left at their defaults -- ``--resume`` refuses those it would ignore."""
     parser = build_parser(cls, prog, description)
-    argv = _bare_home(_dashes(cls, list(sys.argv[1:] if argv is None else argv)))
+    argv = _bare_home(cls, _dashes(cls, list(sys.argv[1:] if argv is None else argv)))
     ns = _parse(parser, cls, argv)
     on_command_line = set(_given_on_command_line(cls, argv))
     given = set(on_command_line)
@@ -281,32 +283,39 @@ def _expand_home(name: str, value: Any) -> Any:
     return value
 
 
-def _bare_home(argv: list[str]) -> list[str]:
+def _bare_home(cls: type, argv: list[str]) -> list[str]:
     """A path option's value ``~`` alone (quoted, or after ``=``, so the shell left it) as the home folder:
     the parser reads a bare ``~`` as YAML's null, which silently meant the option's default."""
-    flags = {flag(name) for name in _PATH_OPTIONS}
+    def path_flag(token: str) -> bool:
+        return token.startswith("--") and _flag_name(cls, token) in _PATH_OPTIONS
+
     out = []
     for i, token in enumerate(argv):
         name, sep, value = token.partition("=")
-        if sep and name in flags and value == "~":
+        if sep and value == "~" and path_flag(name):
             token = f"{name}={os.path.expanduser('~')}"
-        elif token == "~" and i > 0 and argv[i - 1] in flags:
+        elif token == "~" and i > 0 and path_flag(argv[i - 1]):
             token = os.path.expanduser("~")
         out.append(token)
     return out
 
 
+def _flag_name(cls: type, token: str) -> str | None:
+    """The option a flag names: ``--name``, ``--no-name``, or a unique prefix of one (argparse accepts those)."""
+    flags = {flag(f.name): f.name for f in fields(cls)}
+    flags |= {"--no-" + f.name.replace("_", "-"): f.name for f in fields(cls)}
+    if token in flags:
+        return flags[token]
+    hits = {v for k, v in flags.items() if k.startswith(token)}
+    return hits.pop() if len(hits) == 1 else None
+
+
 def _given_on_command_line(cls: type, argv: list[str]) -> list[str]:
     """The options ``argv`` sets (``--name``, ``--name=value``, ``--no-name``, or a unique prefix of one,
     which argparse accepts too)."""
-    flags = {flag(f.name): f.name for f in fields(cls)}
-    flags |= {"--no-" + f.name.replace("_", "-"): f.name for f in fields(cls)}
     given = []
     for token in argv:
-        name = token.partition("=")[0]
-        if not name.startswith("--"):
-            continue
-        hits = {flags[name]} if name in flags else {v for k, v in flags.items() if k.startswith(name)}
-        if len(hits) == 1:
-            given.extend(hits)
+        name = _flag_name(cls, token.partition("=")[0]) if token.startswith("--") else None
+        if name is not None:
+            given.append(name)
     return given

@@ -20,7 +20,7 @@ from ..distributed import DistInfo, barrier, cleanup, init_distributed, sharded_
 from ..io import load_pretrained
 from ..io.adapter_files import base_paths
 from ..io.atomic import atomic_dir, check_target
-from ..io.layout import check_output_dir
+from ..io.layout import check_output
 from ..log import progress
 from ..multitask import MultiTaskModel, Setup
 from ..precision import base_weights_dtype, check_base_precision, resolve_precision
@@ -149,7 +149,7 @@ def evaluate_adapter(adapter: str | Path, tasks: str | None = None, backbone: st
     keep = [("the adapter being evaluated", adapter), ("the data (--data-root)", data_root),
             *base_paths(adapter, backbone, pretrained)]
     try:  # every rank checks before anyone writes
-        check_output_dir(out, marker="eval.json", command="evaluate_vl", overwrite=overwrite, keep=keep)
+        check_output(out, marker="eval.json", command="eval", overwrite=overwrite, keep=keep)
     except FileExistsError as e:
         raise RunDirError(str(e)) from None
     parent = next(p for p in (out.absolute().parent, *out.absolute().parents) if p.exists())

@@ -134,7 +134,8 @@ def read_header(file: Path) -> dict[str, tuple[tuple[int, ...], str]]:
 def absolute_base(base: dict[str, Any]) -> dict[str, Any]:
     """Make local paths in ``base`` (a pretrained file, an ``open_clip:DIR`` / ``hf:DIR``) absolute.
 
-    The one place here that parses backbone spec strings (see ``mtl_lora_vl.backbones.load_backbone``).
+    With :func:`base_paths`, the places here that parse backbone spec strings (see
+    ``mtl_lora_vl.backbones.load_backbone``).
     """
     pre = base.get("pretrained")
     if isinstance(pre, str) and Path(pre).expanduser().exists():
@@ -161,7 +162,7 @@ def base_paths(adapter: str | Path, backbone: str | None = None,
     if isinstance(spec, str):
         try:
             source = parse_spec(spec).source_dir
-        except ValueError:
+        except (ValueError, OSError):   # not a spec this package parses, or its folder is gone: nothing to keep
             source = None
         if source is not None:
             out.append(("the base model's folder", Path(source)))

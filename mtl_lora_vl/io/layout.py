@@ -6,7 +6,8 @@ so that no tool takes it for a PEFT adapter (PEFT reads ``adapter_config.json`` 
 ``adapter_model.safetensors``; in this package those names mean PEFT files, as ``export_lora`` writes
 them). Format version 1 (mtl-lora-vl 0.1.0, see ``tests/fixtures/compat_v0_1_0``) used PEFT's names for
 the native files; :func:`adapter_layout` tells the two apart by content and says what a directory that
-is not an adapter is instead: a PEFT adapter, a multi-task PEFT export, a training run directory.
+is not an adapter is instead: a PEFT adapter, a multi-task PEFT export, a training run directory. From
+what a directory is follows which ones a command's ``--out`` may replace (:func:`check_output`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ __all__ = [
     "AdapterLayout",
     "EXPORT_RECORD",
     "adapter_layout",
-    "check_output_dir",
+    "check_output",
+    "is_run_dir",
     "config_path",
     "few",
     "find_adapter_dir",
@@ -111,7 +113,7 @@ def _not_native(path: Path, peft_type: str | None = None) -> str:
     if is_adapter_dir(path / RUN_ADAPTER_DIR):
         return (f"{path}: no {ADAPTER_CONFIG}; this looks like a training run directory, its adapter is "
                 f"{path / RUN_ADAPTER_DIR}")
-    if (path / "config.json").is_file() and (path / "checkpoint.pt").is_file():   # a run that has not finished
+    if is_run_dir(path):   # a run that has not finished
         return (f"{path}: a training run directory without its {RUN_ADAPTER_DIR}/, which a run writes when it "
                 f"finishes; finish it first with `train_vl.py --resume {path}`, then use it (or {path / RUN_ADAPTER_DIR})")
     peft = _peft_dirs(path)
@@ -176,40 +178,52 @@ def config_path(path: str | Path) -> Path:
     return legacy if legacy.is_file() and not (path / ADAPTER_CONFIG).is_file() else path / ADAPTER_CONFIG
 
 
+def is_run_dir(path: str | Path) -> bool:
+    """A training run directory: its ``adapter/``, or (a run not finished) ``config.json`` + ``checkpoint.pt``."""
+    path = Path(path)
+    return is_adapter_dir(path / RUN_ADAPTER_DIR) or ((path / "config.json").is_file()
+                                                      and (path / "checkpoint.pt").is_file())
+
+
 def _kept_kind(path: Path) -> str | None:
     """What ``path`` is when it is a folder no command's ``--overwrite`` replaces: an adapter or a run."""
     if is_adapter_dir(path):
         return "an MTL-LoRA adapter directory"
-    if is_adapter_dir(path / RUN_ADAPTER_DIR) or ((path / "config.json").is_file()
-                                                  and (path / "checkpoint.pt").is_file()):
+    if is_run_dir(path):
         return "a training run directory"
     return None
 
 
-def check_output_dir(out: str | Path, *, marker: str, command: str, overwrite: bool,
-                     keep: Iterable[tuple[str, str | Path | None]] = ()) -> None:
+def check_output(out: str | Path, *, marker: str, command: str, overwrite: bool,
+                 keep: Iterable[tuple[str, str | Path | None]] = ()) -> None:
     """Refuse an output path that writing ``command``'s results would replace but must not.
 
-    ``keep`` names (what, path) pairs the output may not hold: the adapter being read, the data, the base
-    model's files. A non-empty folder is replaced only with ``overwrite`` and only when it holds ``marker``,
-    i.e. is an earlier output of ``command``; an adapter or a training run directory never is. Raises
-    ``FileExistsError`` naming the folder and the fix.
+    ``keep`` names (what, path) pairs the output may neither hold nor be a file inside: the adapter being
+    read, the data, the base model's files. A non-empty folder is replaced only when it holds ``marker``
+    (an earlier output of ``command``; an adapter or a training run directory never is), and then only with
+    ``overwrite``. An existing file is left to the caller, which knows its format. Raises
+    ``FileExistsError`` naming the path and the fix.
     """
     out = Path(out)
     for name, path in keep:
-        if path and Path(path).exists() and holds(out, path):
+        if not path or not Path(path).exists():
+            continue
+        if holds(out, path):
             raise FileExistsError(f"--out {out}: holds {name} {path}, which writing the results there would "
                                   "delete; choose another --out")
+        if out.is_file() and holds(path, out):
+            raise FileExistsError(f"--out {out}: is a file of {name} {path}, which writing the results would "
+                                  "replace; choose another --out")
     if not out.is_dir() or not any(out.iterdir()):
         return
     kind = _kept_kind(out)
     if kind:
         raise FileExistsError(f"--out {out}: is {kind}, which {command} never replaces (--overwrite replaces only "
                               f"an earlier output of {command}, a folder holding {marker}); choose another --out")
-    if not overwrite:
-        raise FileExistsError(f"--out {out}: exists and is not empty; pass --overwrite to replace it (all of it) "
-                              "with the results, or choose another --out")
     if not (out / marker).is_file():
         raise FileExistsError(f"--out {out}: is not empty and holds no {marker}, so it is not an earlier output of "
                               f"{command} and --overwrite does not replace it; choose a new or empty folder (or "
                               "delete this one yourself if you meant to)")
+    if not overwrite:
+        raise FileExistsError(f"--out {out}: holds an earlier output of {command}; pass --overwrite to replace it "
+                              "(all of it) with the results, or choose another --out")

@@ -152,7 +152,7 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
         opts = resumed_options(run_dir, opts, given)
     info = init_distributed(opts.device)
     try:   # every rank's set-up, before rank 0 claims (and may --overwrite) the run directory
-        opts, saved, setup, amp_dtype = set_up(opts, run_dir, info, given)
+        opts, saved, setup, amp_dtype = prepare_rank(opts, run_dir, info, given)
     except Exception as e:
         all_ready(info, e)
     all_ready(info)
@@ -176,8 +176,8 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     return run
 
 
-def set_up(opts: TrainOptions, run_dir: Path, info: DistInfo,
-           given: Collection[str] | None) -> tuple[TrainOptions, dict[str, Any] | None, Setup, torch.dtype]:
+def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
+                 given: Collection[str] | None) -> tuple[TrainOptions, dict[str, Any] | None, Setup, torch.dtype]:
     """One rank's set-up, nothing written: the checkpoint to resume (checked), the specs, the Setup, the
     precision; the options completed (an --extend run's shape and base, path defaults, steps for --epochs)."""
     saved = load_checkpoint(run_dir) if opts.resume else None
