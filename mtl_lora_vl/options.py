@@ -112,7 +112,8 @@ class TrainOptions:
     batch_mode: Literal["mixed", "homogeneous"] = _opt(
         "mixed", "mixed: several tasks per batch; homogeneous: one task per step")
     sampling: Literal["proportional", "temperature", "round_robin"] = _opt("temperature", "how tasks are drawn")
-    sampling_temperature: float = _opt(2.0, "T of temperature sampling, p ~ n^(1/T)", gt=0)
+    sampling_temperature: float = _opt(2.0, "T of temperature sampling, p ~ n^(1/T) (a large T tends to equal "
+                                       "shares; --sampling round_robin gives them exactly)", gt=0)
     eval_every: int = _opt(0, "score the adapted model on the validation split every N steps during training (0 = "
                            "never; the end scores --eval-split, and val too with --eval-val)", ge=0)
     save_every: int = _opt(100, "write a checkpoint every N steps (and on Ctrl-C)", ge=1)
