@@ -208,7 +208,7 @@ def test_export_of_several_tasks_checks_every_target_before_writing(trained_run,
     assert main(argv, prog="mtl-lora-vl") == 2
     assert not (out / "vqa").exists()  # nothing written
     err = capsys.readouterr().err
-    assert f"--out {out}: {out / 'retrieval'} already exists" in err and "--overwrite" in err
+    assert f"--out {out / 'retrieval'}: is not empty and holds no mtl_lora_export.json" in err
     assert (out / "retrieval" / "keep.txt").read_text() == "old"
     assert main(["export", "--adapter", str(path), "--task", "vqa,vqa", "--out", str(tmp_path / "m")],
                 prog="mtl-lora-vl") == 2
