@@ -213,6 +213,9 @@ def test_export_of_several_tasks_checks_every_target_before_writing(trained_run,
     assert main(["export", "--adapter", str(path), "--task", "vqa,vqa", "--out", str(tmp_path / "m")],
                 prog="mtl-lora-vl") == 2
     assert "'vqa' given more than once" in capsys.readouterr().err and not (tmp_path / "m").exists()
+    assert main([*argv, "--overwrite"], prog="mtl-lora-vl") == 2   # a folder of other files: not replaced
+    assert (out / "retrieval" / "keep.txt").read_text() == "old" and not (out / "vqa").exists()
+    (out / "retrieval" / "mtl_lora_export.json").write_text("{}")   # an earlier export: replaced
     assert main([*argv, "--overwrite"], prog="mtl-lora-vl") == 0
     assert (out / "vqa").is_dir() and not (out / "retrieval" / "keep.txt").exists()
 
