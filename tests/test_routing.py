@@ -617,3 +617,24 @@ def test_numpy_ids_route_and_a_task_id_where_a_name_is_needed_says_so():
             torch.testing.assert_close(model(x), want)
     with pytest.raises(KeyError, match="pass the task's name: id 1 is 'b'"):
         mlv.merge(model, 1)
+
+
+def test_data_parallel_replicas_refuse_routes_they_would_mix():
+    """nn.DataParallel copies modules shallowly: its replicas (one thread each) share one Router, so routes
+    opened in them mixed -- rows silently got another replica's task. A replica now refuses to route; a
+    per-sample route opened outside, which a replica sees a chunk of, says why the sizes differ."""
+    import mtl_lora_vl as mlv
+
+    model = tiny_hf_clip()
+    mlv.attach(model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2))
+    replica = mlv.MTLLoRAModel(model)._replicate_for_data_parallel()   # what nn.parallel.replicate makes per GPU
+    with pytest.raises(mlv.RoutingError, match="nn.DataParallel replica; the replicas share one router"):
+        with mlv.route(replica, ["a", "b"]):
+            pass
+    layer = next(m for m in model.modules() if type(m).__name__ == "LoRALinear")
+    layer_replica = layer._replicate_for_data_parallel()
+    layer_replica._parameters = dict(layer._parameters)   # replicate() then fills in the parameters
+    x = torch.randn(2, layer.in_features)
+    with mlv.route(model, ["a", "b", "a", "b"]):
+        with pytest.raises(mlv.RoutingError, match="is an nn.DataParallel replica, which sees its chunk"):
+            layer_replica(x)

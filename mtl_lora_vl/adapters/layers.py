@@ -282,9 +282,12 @@ class AdapterBank(nn.Module):
             if got != route.batch_size and route.wide is not None and got == route.wide.batch_size:
                 route = route.wide  # generation: k rows per routed row (adapters/generation.py)
             elif got != route.batch_size:
+                replica = (" -- this layer is an nn.DataParallel replica, which sees its chunk of the batch: "
+                           "per-sample routes need DistributedDataParallel (torchrun)"
+                           if getattr(self, "_is_replica", False) else "")
                 raise RoutingError(
                     f"{self.layer_name}: routed {route.batch_size} task ids but the batch here has {got} "
-                    f"samples (dim {bd} of input shape {tuple(x.shape)}); route one id per sample"
+                    f"samples (dim {bd} of input shape {tuple(x.shape)}); route one id per sample{replica}"
                 )
         xd = self.dropout(x.reshape(-1, x.shape[-1]))
         if self.method == "mtl_lora":  # one task or several: see update_mtl_rows

@@ -107,6 +107,12 @@ def _scope(router: Router, r: Route) -> Iterator[None]:
             router.replay, router.replay_graph = replay
 
 
+#: nn.DataParallel copies modules shallowly, so its replicas (one thread each) share one Router.
+_REPLICA = ("route: this is an nn.DataParallel replica; the replicas share one router and run in threads, so "
+            "routes opened in them mix (rows got another task's adapters); train with DistributedDataParallel "
+            "(torchrun, one process per GPU), or route one task for the whole batch around the DataParallel call")
+
+
 @contextmanager
 def route(model: nn.Module | Router,
           tasks: str | int | torch.Tensor | Sequence[str] | Sequence[int] | Route) -> Iterator[Route]:
@@ -117,6 +123,8 @@ def route(model: nn.Module | Router,
     (e.g. ``Route.from_segments`` from the loader). Rows may come in any order. The outer scope is
     restored on exit; backward may run after the scope closes (also with activation checkpointing).
     """
+    if getattr(model, "_is_replica", False):
+        raise RoutingError(_REPLICA)
     router = find_router(model)
     new = router.make_route(tasks)
     if router.merged_task is not None and new.task != router.merged_task:
