@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,13 @@ def task_name_problem(name: object) -> str | None:
     if "." in name:  # heads are stored under "<task>.<parameter>" keys
         return f"{name!r}: a task name may not contain '.'; use '_' or '-' instead"
     return None
+
+
+class UnknownTaskError(KeyError):
+    """A task name the adapter does not have (a ``KeyError`` whose message prints without KeyError's quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass
@@ -71,7 +79,7 @@ class MTLLoRAConfig:
             hint = ""
             if isinstance(name, int) and not isinstance(name, bool) and 0 <= name < len(self.tasks):
                 hint = f" (pass the task's name: id {name} is {self.tasks[name]!r})"
-            raise KeyError(f"unknown task {name!r}; this adapter knows {self.tasks}{hint}") from None
+            raise UnknownTaskError(f"unknown task {name!r}; this adapter knows {self.tasks}{hint}") from None
 
     def validate(self) -> None:
         """Raise ConfigError naming the first field whose value cannot work."""
@@ -103,6 +111,12 @@ class MTLLoRAConfig:
         ):
             raise ConfigError(f"qkv_slices: must be a non-empty subset of 'qkv' such as 'qv', got {self.qkv_slices!r}")
         self._validate_targets()
+        same = ((self.method == "mtl_lora" and self.lambda_type == "none" and self.n_up == 1)
+                or (self.method == "moe_lora" and self.n_up == 1))
+        if same and len(self.tasks) > 1:
+            warnings.warn(f"method={self.method!r} with n_up=1{' and lambda_type=none' if self.method == 'mtl_lora' else ''} "
+                          "has no task-specific part left: every task gets the same update (lora with extra "
+                          "parameters); raise n_up, or use method='lora' or 'task_lora'", UserWarning, stacklevel=3)
 
     def _validate_targets(self) -> None:
         t = self.targets

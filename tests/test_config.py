@@ -50,3 +50,20 @@ def test_from_dict_rejects_unknown_fields_and_bad_json():
         mlv.MTLLoRAConfig.from_dict({"tasks": ["a"], "rank": 4})
     with pytest.raises(mlv.ConfigError, match="not valid JSON"):
         mlv.MTLLoRAConfig.from_json("{not json")
+
+
+@pytest.mark.parametrize("kwargs, degenerate", [
+    (dict(method="mtl_lora", lambda_type="none", n_up=1), True),
+    (dict(method="moe_lora", n_up=1), True),
+    (dict(method="mtl_lora", lambda_type="full", n_up=1), False),   # Λ_t is still per task
+    (dict(method="mtl_lora", lambda_type="none", n_up=2), False),
+])
+def test_a_config_with_no_task_specific_part_is_warned_about(kwargs, degenerate):
+    """mtl_lora with n_up=1 and no Λ, or moe_lora with one expert, gives every task the same update (w_t's
+    gradient is exactly 0), silently."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        mlv.MTLLoRAConfig(tasks=["a", "b"], **kwargs)
+    assert any("no task-specific part left" in str(w.message) for w in seen) == degenerate

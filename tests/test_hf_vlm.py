@@ -159,6 +159,26 @@ def test_generate_gives_one_text_per_image_whatever_the_generation_config_says(b
     assert len(out) == 2
 
 
+@pytest.mark.parametrize("beams", [1, 3])
+def test_generate_ignores_the_models_saved_decoding_settings(bb, beams):
+    """A model's generation_config.json filled every setting generate was not given: a saved min_new_tokens,
+    repetition_penalty, no_repeat_ngram_size or length_penalty changed the zero-shot and adapted scores (VQA
+    went to 0 with min_new_tokens 6). Evaluation decodes plainly, as the README says; the config is kept."""
+    images = torch.randn(2, 3, 32, 32)
+    plain = bb.generate(images, max_len=6, beam_size=beams, prompts=prompts(bb, 2))
+    cfg = bb.model.generation_config
+    changed = dict(min_new_tokens=6, repetition_penalty=5.0, no_repeat_ngram_size=1, length_penalty=-3.0)
+    saved = {k: getattr(cfg, k) for k in changed}
+    for k, v in changed.items():
+        setattr(cfg, k, v)
+    try:
+        assert bb.generate(images, max_len=6, beam_size=beams, prompts=prompts(bb, 2)) == plain
+        assert bb.model.generation_config is cfg and cfg.min_new_tokens == 6
+    finally:
+        for k, v in saved.items():
+            setattr(cfg, k, v)
+
+
 def test_generate_and_scores_refuse_a_bare_string_and_no_tokens(bb):
     images = torch.randn(2, 3, 32, 32)
     for call in (lambda: bb.generate(images, prompts=prompts(bb, 1)[0]),

@@ -615,8 +615,9 @@ def test_numpy_ids_route_and_a_task_id_where_a_name_is_needed_says_so():
             want = model(x)
         with mlv.route(model, np.array([0, 1, 0])):   # was: "expected a task name, an id, ... got array([0, 1, 0])"
             torch.testing.assert_close(model(x), want)
-    with pytest.raises(KeyError, match="pass the task's name: id 1 is 'b'"):
+    with pytest.raises(KeyError, match="pass the task's name: id 1 is 'b'") as info:
         mlv.merge(model, 1)
+    assert str(info.value).startswith("unknown task 1;")   # KeyError's own str() wrapped it in quotes
 
 
 def test_data_parallel_replicas_refuse_routes_they_would_mix():

@@ -215,7 +215,9 @@ def _adapter_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 def trainable_parameters(model: nn.Module) -> int:
-    """Number of adapter parameters of ``model`` (what MTL-LoRA trains, heads excluded)."""
+    """Number of adapter parameter values of ``model`` (heads excluded): the adapters' size, whether they train
+    or not -- after ``load_adapter`` (frozen) or ``add_task`` (old rows fixed) count what trains with
+    ``requires_grad`` or ``added.trainable``."""
     return sum(p.numel() for _, p in _adapter_params(model))
 
 

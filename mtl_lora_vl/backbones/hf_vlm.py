@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -199,10 +199,10 @@ class HFVLMBackbone(Backbone):
         prompts = [self.image_token] * images.shape[0] if prompts is None else prompts
         batch = self._prompts(images, prompts, "generate")
         kwargs = self._extra_inputs(batch["input_ids"], None)
-        out = self._hf_call(self.model.generate, pixel_values=images, **batch, **kwargs,
-                            max_new_tokens=int(max_len), num_beams=int(beam_size), do_sample=False,
-                            num_return_sequences=1,   # one text per image, whatever the model's generation_config says
-                            eos_token_id=self._stop_ids(), pad_token_id=self.pad_id)
+        with _plain_decoding(self.model):
+            out = self._hf_call(self.model.generate, pixel_values=images, **batch, **kwargs,
+                                max_new_tokens=int(max_len), num_beams=int(beam_size), do_sample=False,
+                                num_return_sequences=1, eos_token_id=self._stop_ids(), pad_token_id=self.pad_id)
         new = out[:, batch["input_ids"].shape[1]:]
         return [t.strip() for t in self.hf_processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
@@ -375,6 +375,28 @@ def _target_logprobs(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     logp = -F.cross_entropy(logits.float().flatten(0, 1), targets.clamp(min=0).flatten(), reduction="none")
     logp = logp.view(targets.shape) * valid
     return logp.sum(dim=1), valid.sum(dim=1)
+
+
+@contextmanager
+def _plain_decoding(model: nn.Module) -> Iterator[None]:
+    """Decode greedily or by plain beam search, as the scores say: Hugging Face fills every setting ``generate``
+    is not given from the model's own ``generation_config.json``, so a saved ``repetition_penalty``,
+    ``no_repeat_ngram_size``, ``min_new_tokens`` or ``length_penalty`` changed both the zero-shot and the
+    adapted scores (``min_new_tokens: 6`` took VQA to 0). Only the special-token ids are kept."""
+    from transformers import GenerationConfig
+
+    saved = getattr(model, "generation_config", None)
+    if saved is None:
+        yield
+        return
+    model.generation_config = GenerationConfig(**{k: getattr(saved, k, None) for k in _TOKEN_IDS})
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 
 
 def _checkpointing(model: nn.Module) -> bool:
