@@ -517,3 +517,25 @@ def test_a_caption_field_holding_a_list_is_a_list_of_captions(root):
     (root / "bad.jsonl").write_text(json.dumps({"image": "images/good.jpg", "caption": {"en": "red"}}))
     with pytest.raises(DataFormatError, match=r"bad.jsonl:1: 'caption' must be a string or a list of strings"):
         read_split("jsonl", root, file="bad.jsonl")
+
+
+def test_integer_labels_with_empty_classes_and_padded_names_are_named(tmp_path, caplog):
+    """Labels 1..4 (1-based) made a class '0' the model could predict, years made a class per integer, both
+    silently; ' red circle' and 'red circle' were two classes."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "one.jsonl").write_text("".join(json.dumps({"image": "a.png", "label": i}) + "\n" for i in (1, 2, 3, 4)))
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+        s = read_split("jsonl", tmp_path, file="one.jsonl")
+    assert s.class_names == ["0", "1", "2", "3", "4"]   # still indices: a split may lack a class
+    assert "read as class indices 0..4, and 1 of those classes have no example here (0)" in caplog.text
+    caplog.clear()
+    (tmp_path / "zero.jsonl").write_text("".join(json.dumps({"image": "a.png", "label": i}) + "\n" for i in (0, 1)))
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+        read_split("jsonl", tmp_path, file="zero.jsonl")
+    assert "class indices" not in caplog.text
+    (tmp_path / "pad.jsonl").write_text("".join(json.dumps({"image": "a.png", "label": v}) + "\n"
+                                                for v in ("red circle", " red circle", "red circle ", "blue")))
+    s = read_split("jsonl", tmp_path, file="pad.jsonl")
+    assert s.class_names == ["blue", "red circle"] and [e.label for e in s.examples] == [1, 1, 1, 0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,8 @@ from .common import (
     resolve_under,
 )
 from .records import Example, Split
+
+logger = logging.getLogger(__name__)
 
 
 def _rows_jsonl(path: Path) -> list[tuple[int, dict]]:
@@ -178,13 +181,23 @@ def examples_from_rows(
     names = list(class_names) if class_names is not None else None
     if names is None:
         if all(is_index(v) for _, v in labels_raw):
-            names = [str(i) for i in range(max(int(v) for _, v in labels_raw) + 1)]
+            seen = {int(v) for _, v in labels_raw}
+            names = [str(i) for i in range(max(seen) + 1)]
+            empty = [i for i in range(len(names)) if i not in seen]
+            if empty:
+                logger.warning("%s: the labels are integers, read as class indices 0..%d, and %d of those classes "
+                               "have no example here (%s%s): 1-based labels add a class 0, and numbers that are "
+                               "names (years, codes) make a class per integer; give the class names in order "
+                               "(the reader's class_names) if they are not indices", source, len(names) - 1,
+                               len(empty), ", ".join(map(str, empty[:5])), " ..." if len(empty) > 5 else "")
         else:
-            names = sorted({str(v) for _, v in labels_raw})
+            names = sorted({str(v).strip() for _, v in labels_raw})
     index = {n: i for i, n in enumerate(names)}
     examples = []
     for n, row in rows:
         v = row["label"]
+        if isinstance(v, str):   # "red circle " is the class "red circle", not a class of its own
+            v = v.strip()
         if isinstance(v, str) and v in index:
             label = index[v]
         elif is_index(v):
