@@ -51,6 +51,7 @@ for a useful loss: 2 for an in-batch contrastive loss),
 from __future__ import annotations
 
 import contextlib
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -69,6 +70,33 @@ from mtl_lora_vl.tasks.spec import SpecError, TaskSpec
 
 if TYPE_CHECKING:
     from mtl_lora_vl.backbones import Backbone
+
+logger = logging.getLogger(__name__)
+
+
+def warn_text_coverage(spec: TaskSpec, train: Split, backbone: Backbone) -> None:
+    """Say when a word-level tokenizer (the built-in backbones', 450 words) cannot read a task's texts: words it
+    does not know become ``<unk>``, and texts longer than its context are cut, so captions in another language
+    or long ones collapse into the same tokens and the task trains nothing -- silently until now."""
+    tok = getattr(backbone, "tokenizer", None)
+    if not (hasattr(tok, "encode_words") and hasattr(tok, "unk_id") and hasattr(tok, "context_length")):
+        return   # a subword tokenizer reads any text
+    texts = sorted({t for ex in train.examples for t in (ex.text, *ex.captions, *ex.answers) if t})
+    if not texts:
+        return
+    ids = [tok.encode_words(t) for t in texts]
+    unknown = sum(tok.unk_id in row for row in ids)
+    cut = sum(len(row) > tok.context_length - 2 for row in ids)
+    where = f"task {spec.name!r}" + (f" ({spec.source_file})" if spec.source_file else "")
+    if unknown:
+        logger.warning("%s: %d of its %d distinct training texts hold words the %s tokenizer does not know (they "
+                       "become <unk>, e.g. %r); texts that differ only there look the same to the model: use a "
+                       "backbone with a subword tokenizer (open_clip:NAME, hf:DIR) for this data",
+                       where, unknown, len(texts), backbone.name, next(t for t, r in zip(texts, ids) if tok.unk_id in r))
+    if cut:
+        logger.warning("%s: %d of its %d distinct training texts are longer than the tokenizer's context of %d "
+                       "tokens and are cut; texts that differ only after the cut look the same to the model",
+                       where, cut, len(texts), tok.context_length)
 
 
 class TaskKind(ABC):
@@ -109,6 +137,8 @@ class TaskKind(ABC):
         self.uses_decoder: bool = type(self).uses_decoder or self.generative
         #: The backbone's image placeholder for prompts (generative path; picklable, used in loader workers).
         self.image_token: str = str(backbone.image_token) if self.generative else ""
+        if train is not None:
+            warn_text_coverage(spec, train, backbone)
 
     # ------------------------------------------------------------------ spec checks
 
