@@ -798,3 +798,26 @@ def test_a_batch_too_small_for_the_tasks_is_named_at_start(tmp_path, caplog):
         assert ("--batch-size 2 is smaller than the 3 tasks" in text) == warned, text
         assert bool(re.search(r"task retrieval gets 0\.\d+ rows a batch on average; its loss needs 2", text)) == warned
         assert "task vqa gets" not in text
+
+
+def test_evaluation_data_that_cannot_be_scored_is_refused_before_training(tmp_path, capsys):
+    """A val question without answers (or a val class training never saw) failed only after the last step,
+    and again on --resume; the checks now run when the evaluation splits are read, at start-up."""
+    import json as _json
+
+    from PIL import Image
+
+    root = tmp_path / "data"
+    root.mkdir()
+    Image.new("RGB", (16, 16), "red").save(root / "a.png")
+    rows = [{"image": "a.png", "question": "what color is it", "answers": ["red"]}] * 4
+    (root / "train.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    (root / "val.jsonl").write_text(_json.dumps({"image": "a.png", "question": "what color", "answers": []}) + "\n")
+    spec = tmp_path / "myvqa.toml"
+    spec.write_text('kind = "vqa"\n[data]\nformat = "jsonl"\n[data.train]\nfile = "train.jsonl"\n'
+                    '[data.val]\nfile = "val.jsonl"\n[data.test]\nfile = "val.jsonl"\n')
+    code = train_main(["--tasks", str(spec), "--data-root", str(root), "--steps", "2", "--batch-size", "2",
+                       "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert "task 'myvqa': 1 evaluation questions have no answers" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()   # refused before the run directory was made

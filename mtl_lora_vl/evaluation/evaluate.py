@@ -53,7 +53,7 @@ def read_eval_splits(setup, splits: list[str], data_root: str | None) -> None:
         for wanted in splits:
             name = _split_for(spec, wanted, warn=False)
             if name is not None:
-                setup.split_data(spec, name, data_root)
+                setup.kinds[spec.name].check_eval_split(setup.split_data(spec, name, data_root))
 
 
 def _score(setup, name: str, data, *, adapted: bool, device, dtype, batch_size: int, workers: int) -> dict:

@@ -164,6 +164,11 @@ class TaskKind(ABC):
             raise spec_error(spec, "templates", f"at least one prompt template for a {cls.kind} task",
                              list(spec.templates))
 
+    def check_eval_split(self, split: Split) -> None:
+        """Raise for what would make scoring ``split`` fail (questions without answers, classes training never
+        saw). ``read_eval_splits`` calls it at start-up, so that it fails before training, not after it."""
+        return None
+
     def state(self) -> dict[str, Any]:
         """What this kind learned from its training split (JSON-able), saved with adapters so a
         trained task can be rebuilt without its training data: ``Kind(spec, None, backbone, state)``."""

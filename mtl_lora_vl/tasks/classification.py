@@ -150,6 +150,12 @@ class ClassificationKind(TaskKind):
         return [ex if ex.label is None or not 0 <= ex.label < len(split.class_names) else
                 dataclasses.replace(ex, label=index[split.class_names[ex.label]]) for ex in examples]
 
+    def check_eval_split(self, split: Split) -> None:
+        examples = list(split.examples)
+        if self.generative:
+            examples = eval_subset(examples, self.spec.generative["eval_limit"])
+        self._check_labels(self._in_training_order(split, examples), "evaluation")
+
     def _check_labels(self, examples: list[Example], what: str) -> None:
         n = len(self.class_names)
         for ex in examples:

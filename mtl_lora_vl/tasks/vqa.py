@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -283,6 +284,16 @@ class VQAKind(TaskKind):
         per_row = -(dist * logits.log_softmax(dim=-1)).sum(dim=1)
         return per_row.sum() / kept.sum().clamp_min(1.0)
 
+    def check_eval_split(self, split: Split) -> None:
+        examples = split.examples
+        self._check_answers(eval_subset(examples, self.spec.generative["eval_limit"]) if self.generative else examples)
+
+    def _check_answers(self, examples: Sequence[Example]) -> None:
+        missing = [ex.image_id for ex in examples if not ex.answers]
+        if missing:
+            raise ValueError(f"task {self.name!r}: {len(missing)} evaluation questions have no answers "
+                             f"(e.g. image {missing[0]!r}); evaluate on a split with annotations")
+
     def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
         examples = split.examples
@@ -290,10 +301,7 @@ class VQAKind(TaskKind):
             examples = eval_subset(examples, self.spec.generative["eval_limit"])
         if not examples:
             raise ValueError(f"task {self.name!r}: the evaluation split is empty")
-        missing = [ex.image_id for ex in examples if not ex.answers]
-        if missing:
-            raise ValueError(f"task {self.name!r}: {len(missing)} evaluation questions have no answers "
-                             f"(e.g. image {missing[0]!r}); evaluate on a split with annotations")
+        self._check_answers(examples)
         preds = map_shards(lambda part: self.predict(backbone, head, part, batch_size=batch_size, device=device,
                                                      dtype=dtype, num_workers=num_workers), examples)
         by_type: dict[str, list[float]] = defaultdict(list)
