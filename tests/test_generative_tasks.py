@@ -414,3 +414,25 @@ def test_a_kind_without_a_generative_path_says_what_to_use():
 
     with pytest.raises(BackboneError, match="'retrieval' has no generative path.*contrastive backbone"):
         RetrievalKind.sample_lm(SimpleNamespace(kind="retrieval"), None, 0)
+
+
+def test_special_token_text_in_rows_is_refused_naming_the_task_and_row(llava):
+    """A caption holding '</s>' trained with an end token mid-target, silently; a question or caption holding
+    '<image>' failed with a message about the processor's image tokens. Both are refused when the split is
+    read (training) or checked at start-up (evaluation), naming the task, the row and the token."""
+    spec = load_spec("captioning")
+    train = _split(spec, "train", 6)
+    eos = llava.hf_processor.tokenizer.eos_token   # '</s>' on LLaVA-1.5, '<eot>' on the tiny one
+    bad = [dataclasses.replace(train.examples[0], text=f"a red {eos} square", captions=(f"a red {eos} square",)),
+           *train.examples[1:]]
+    with pytest.raises(ValueError, match=rf"task 'captioning': training example .* holds '{eos}', a special token"):
+        build_kind(spec, Split(bad), llava)
+    kind = build_kind(spec, train, llava)
+    vqa_spec = load_spec("vqa")
+    vqa = build_kind(vqa_spec, _split(vqa_spec, "train", 6), llava)
+    val = _split(vqa_spec, "val", 4)
+    odd = Split([dataclasses.replace(val.examples[0], text="what is <image> here"), *val.examples[1:]])
+    with pytest.raises(ValueError, match=r"task 'vqa': evaluation example .* holds '<image>'"):
+        vqa.check_eval_split(odd)
+    vqa.check_eval_split(val)
+    kind.check_eval_split(_split(spec, "val", 4))

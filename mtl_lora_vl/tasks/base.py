@@ -74,6 +74,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def special_texts(backbone: Backbone) -> tuple[str, ...]:
+    """The special tokens of a language model's tokenizer, and its image placeholder."""
+    tok = getattr(getattr(backbone, "hf_processor", None), "tokenizer", None)
+    found = {str(t) for t in (getattr(tok, "all_special_tokens", None) or []) if t}
+    found.add(str(backbone.image_token))
+    return tuple(sorted(found))
+
+
 def warn_text_coverage(spec: TaskSpec, train: Split, backbone: Backbone) -> None:
     """Say when a word-level tokenizer (the built-in backbones', 450 words) cannot read a task's texts: words it
     does not know become ``<unk>``, and texts longer than its context are cut, so captions in another language
@@ -137,8 +145,12 @@ class TaskKind(ABC):
         self.uses_decoder: bool = type(self).uses_decoder or self.generative
         #: The backbone's image placeholder for prompts (generative path; picklable, used in loader workers).
         self.image_token: str = str(backbone.image_token) if self.generative else ""
+        #: Text a row may not hold on the generative path: the tokenizer's special tokens, which it would read as
+        #: such (a second image placeholder, an end of text in the middle of a target).
+        self.special_texts: tuple[str, ...] = special_texts(backbone) if self.generative else ()
         if train is not None:
             warn_text_coverage(spec, train, backbone)
+            self.check_texts(train.examples, "training")
 
     # ------------------------------------------------------------------ spec checks
 
@@ -165,9 +177,23 @@ class TaskKind(ABC):
                              list(spec.templates))
 
     def check_eval_split(self, split: Split) -> None:
-        """Raise for what would make scoring ``split`` fail (questions without answers, classes training never
-        saw). ``read_eval_splits`` calls it at start-up, so that it fails before training, not after it."""
-        return None
+        """Raise for what would make scoring ``split`` fail or score the wrong text (questions without answers,
+        classes training never saw, special-token text). ``read_eval_splits`` calls it at start-up, so that it
+        fails before training, not after it; subclasses extend it."""
+        self.check_texts(split.examples, "evaluation")
+
+    def check_texts(self, examples: Sequence[Example], what: str) -> None:
+        """Refuse a row whose text holds one of :attr:`special_texts`, naming the task, the row and the token."""
+        if not self.special_texts:
+            return
+        for ex in examples:
+            for text in (ex.text, *ex.captions, *ex.answers):
+                hit = next((t for t in self.special_texts if text and t in text), None)
+                if hit:
+                    raise ValueError(
+                        f"task {self.name!r}: {what} example {ex.image_id!r} has the text {text!r}, which holds "
+                        f"{hit!r}, a special token of the model's tokenizer: it would be read as that token (an "
+                        "image placeholder, or an end of text inside a target), not as text; remove it from the data")
 
     def state(self) -> dict[str, Any]:
         """What this kind learned from its training split (JSON-able), saved with adapters so a

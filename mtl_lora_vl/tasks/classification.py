@@ -151,6 +151,7 @@ class ClassificationKind(TaskKind):
                 dataclasses.replace(ex, label=index[split.class_names[ex.label]]) for ex in examples]
 
     def check_eval_split(self, split: Split) -> None:
+        super().check_eval_split(split)
         examples = list(split.examples)
         if self.generative:
             examples = eval_subset(examples, self.spec.generative["eval_limit"])

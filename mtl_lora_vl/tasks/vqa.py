@@ -285,6 +285,7 @@ class VQAKind(TaskKind):
         return per_row.sum() / kept.sum().clamp_min(1.0)
 
     def check_eval_split(self, split: Split) -> None:
+        super().check_eval_split(split)
         examples = split.examples
         self._check_answers(eval_subset(examples, self.spec.generative["eval_limit"]) if self.generative else examples)
 
