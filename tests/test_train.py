@@ -479,6 +479,8 @@ def test_a_task_scored_on_val_for_test_says_so_in_the_table(tmp_path, caplog):
     assert table[2].startswith("| colours | val | top1 |") and table[3].startswith("| caption_cls | test |")
     same = evaluate_setup(both, split="val", **kw)   # every task on the split asked for: no split column
     assert markdown_table(same).splitlines()[0] == "| task | metric | zero-shot | adapted | change |"
+    tiny = {"tasks": {"t": {"metric": "m", "zero_shot": 0.1, "adapted": 0.1 - 1e-14, "change": -1e-14}}}
+    assert markdown_table(tiny).splitlines()[2] == "| t | m | 0.1000 | 0.1000 | +0.0000 |"   # was -0.0000
 
 
 def test_clear_errors(tmp_path, capsys):

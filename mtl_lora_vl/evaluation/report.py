@@ -15,6 +15,11 @@ import torch
 from ..adapters.attach import attach_info
 
 
+def _change(d: float) -> str:
+    """A score change to 4 places; one that rounds to zero is +0.0000 (not -0.0000 from a 1e-14 difference)."""
+    return f"{(d if round(d, 4) != 0 else 0.0):+.4f}"
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     """| task | metric | zero-shot | adapted | change | as Markdown (also readable printed), with a split
     column after the task when some task was scored on another split than the one asked for (a task
@@ -24,7 +29,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     head = "| task | split | metric |" if split_col else "| task | metric |"
     rows = [head + " zero-shot | adapted | change |", "|---|---|---|---:|---:|---:|" if split_col else "|---|---|---:|---:|---:|"]
     for name, r in result["tasks"].items():
-        zs, change = ("–", "–") if r["zero_shot"] is None else (f"{r['zero_shot']:.4f}", f"{r['change']:+.4f}")
+        zs, change = ("–", "–") if r["zero_shot"] is None else (f"{r['zero_shot']:.4f}", _change(r["change"]))
         split = f" {r.get('split', asked)} |" if split_col else ""
         rows.append(f"| {name} |{split} {r['metric']} | {zs} | {r['adapted']:.4f} | {change} |")
     return "\n".join(rows)
@@ -49,7 +54,7 @@ def details_table(result: dict[str, Any]) -> str:
     for name, r in result["tasks"].items():
         zs, ad = r["details"].get("zero_shot") or {}, r["details"]["adapted"]
         for k in detail_keys(r):
-            z, change = ("–", "–") if k not in zs else (f"{zs[k]:.4f}", f"{ad[k] - zs[k]:+.4f}")
+            z, change = ("–", "–") if k not in zs else (f"{zs[k]:.4f}", _change(ad[k] - zs[k]))
             rows.append(f"| {name} | {k} | {z} | {ad[k]:.4f} | {change} |")
     if not rows:
         return ""
