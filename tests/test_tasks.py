@@ -258,7 +258,15 @@ def test_file_spec_reads_under_the_data_root(tmp_path, caplog):
         spec = load_spec(spec_path)
     assert spec.data.format == "jsonl" and spec.eval_split == "test"
     # a one-split dataset read by both (or a copied file name): trained and scored on the same rows, silently
-    assert "[data.test] has the same options as [data.train], so it reads the training rows again" in caplog.text
+    assert "[data.test] reads the same rows as [data.train]" in caplog.text
+    for test_table in ('file = "./train.jsonl"\none_per_image = true', 'file = "train.jsonl"\nstrict = true'):
+        caplog.clear()   # the same file spelt otherwise, or with options that do not choose rows, was not caught
+        other = tmp_path / "pets2.toml"
+        other.write_text('kind = "classification"\n[data]\nformat = "jsonl"\n[data.train]\nfile = "train.jsonl"\n'
+                         f'[data.test]\n{test_table}\n')
+        with caplog.at_level("WARNING"):
+            load_spec(other)
+        assert "[data.test] reads the same rows as [data.train]" in caplog.text, test_table
     with pytest.raises(SpecError, match="--data-root"):
         spec.load_split("train")
     with pytest.raises(SpecError, match=r"no 'val' split"):

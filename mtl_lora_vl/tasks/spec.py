@@ -40,6 +40,7 @@ import importlib.resources
 import json
 import logging
 import math
+import os
 import re
 import string
 import tomllib
@@ -340,16 +341,29 @@ def _parse_data(path: Path, raw: Any) -> DataSpec:
     if "val" not in splits and "test" not in splits:
         raise _fail(path, "data.val", "a [data.val] or [data.test] table for evaluation", show_got=False)
     for split in ("val", "test"):
-        if split in splits and splits[split] == splits["train"]:
-            logger.warning("%s: [data.%s] has the same options as [data.train], so it reads the training rows "
-                           "again and the %s scores are training scores; give it a file, folder or split name of "
-                           "its own", path, split, split)
+        if split in splits and _rows_chosen(options, splits[split]) == _rows_chosen(options, splits["train"]):
+            logger.warning("%s: [data.%s] reads the same rows as [data.train] (the same files and split names), "
+                           "so the %s scores are training scores; give it a file, folder or split name of its own",
+                           path, split, split)
     for split, opts in splits.items():  # a misspelt option is named now, not after a model has loaded
         try:
             check_reader_options(fmt, {**options, **opts})
         except ReaderOptionError as err:
             raise SpecError(f"{path}: field 'data.{split}': {err}") from None
     return DataSpec(source="files", format=fmt, options=options, splits=splits)
+
+
+#: Reader options that change how rows are read or checked, not which rows: left out when two splits are
+#: compared for reading the same rows.
+_NOT_ROW_CHOICE = frozenset({"strict", "verify", "one_per_image", "class_names", "cache_dir", "columns",
+                             "question_type_field"})
+
+
+def _rows_chosen(shared: dict[str, Any], split: dict[str, Any]) -> dict[str, Any]:
+    """The options of a split that choose its rows, paths normalised (``./a.csv`` is ``a.csv``)."""
+    merged = {**shared, **split}
+    return {k: os.path.normpath(v) if isinstance(v, str) and k != "split" else v
+            for k, v in merged.items() if k not in _NOT_ROW_CHOICE}
 
 
 def _parse(path: Path) -> TaskSpec:
