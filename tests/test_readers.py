@@ -539,3 +539,13 @@ def test_integer_labels_with_empty_classes_and_padded_names_are_named(tmp_path, 
                                                 for v in ("red circle", " red circle", "red circle ", "blue")))
     s = read_split("jsonl", tmp_path, file="pad.jsonl")
     assert s.class_names == ["blue", "red circle"] and [e.label for e in s.examples] == [1, 1, 1, 0]
+
+
+def test_a_csv_with_spaces_after_its_commas_reads(tmp_path):
+    """'image, caption' as the header said "no 'image' field" without naming the space."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "s.csv").write_text('image, caption\na.png, a red dog\na.png, "a dog, red"\n')
+    s = read_split("csv", tmp_path, file="s.csv")
+    assert sorted(s.examples[0].captions) == ["a dog, red", "a red dog"]

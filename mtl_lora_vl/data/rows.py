@@ -55,9 +55,10 @@ def _rows_jsonl(path: Path) -> list[tuple[int, dict]]:
 
 def _rows_csv(path: Path) -> list[tuple[int, dict]]:
     with open_text(path, newline="") as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, skipinitialspace=True)   # "image, caption": a space after the comma
         if reader.fieldnames is None:
             raise DataFormatError(f"{path}: empty CSV file; expected a header row with an 'image' column")
+        reader.fieldnames = [name.strip() for name in reader.fieldnames]
         rows = [(reader.line_num, row) for row in reader]  # the record's last line (blank lines and quoted newlines counted)
     for lineno, row in rows:
         if None in row:
