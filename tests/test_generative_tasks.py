@@ -351,6 +351,8 @@ def test_an_eval_limit_that_leaves_classes_out_is_warned_about(llava, monkeypatc
     with caplog.at_level("WARNING"):
         kind.evaluate(llava, None, ordered, batch_size=2, device="cpu")
     assert "hold no example of" in caplog.text and "shuffle the split's rows or raise eval_limit" in caplog.text
+    kind.evaluate(llava, None, ordered, batch_size=2, device="cpu")   # the adapted pass: said once, not twice
+    assert caplog.text.count("hold no example of") == 1
 
 
 # ---------------------------------------------------------------------------------------------- the command

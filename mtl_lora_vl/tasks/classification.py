@@ -228,7 +228,9 @@ class ClassificationKind(TaskKind):
         if self.generative:
             examples = eval_subset(examples, self.spec.generative["eval_limit"])
             left_out = sorted({ex.label for ex in split.examples} - {ex.label for ex in examples})
-            if left_out:  # e.g. a JSONL sorted by label: the first eval_limit rows hold few classes
+            warned = self.__dict__.setdefault("_warned_subsets", set())   # once per split, not per pass
+            if left_out and id(split) not in warned:  # e.g. a JSONL sorted by label: the first rows hold few classes
+                warned.add(id(split))
                 logger.warning("task %r: the first %d evaluation examples ([generative] eval_limit) hold no example "
                                "of %d of the split's classes, so its scores describe the others only; shuffle "
                                "the split's rows or raise eval_limit", self.name, len(examples), len(left_out))
