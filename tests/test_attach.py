@@ -617,3 +617,29 @@ def test_qkv_slices_select_separate_q_k_v_layers():
     cfg = mlv.MTLLoRAConfig(tasks=["a"], qkv_slices="qv", targets={"image": [r"_proj$"]})
     chosen = [name for name, *_ in select_targets(model, cfg)]
     assert chosen == ["0.q_proj", "0.v_proj", "0.out_proj"]
+
+
+def test_a_custom_target_of_unknown_layout_in_a_sequence_first_model_is_warned_about():
+    """An nn.Linear after a sequence-first nn.MultiheadAttention, given as a custom target, was routed along
+    dim 0 -- the sequence -- and with as many positions as samples a mixed route silently mixed positions."""
+    import warnings
+
+    class SeqFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn, self.fc = nn.MultiheadAttention(16, 2), nn.Linear(16, 16)
+
+    class BatchFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn, self.fc = nn.MultiheadAttention(16, 2, batch_first=True), nn.Linear(16, 16)
+
+    targets = {"image": ["^attn$", "^fc$"]}
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        mlv.attach(SeqFirst(), mlv.MTLLoRAConfig(tasks=["a", "b"], targets=targets))
+    assert any("no module around target 'fc' says whether its input is batch-first" in str(w.message) for w in seen)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        mlv.attach(BatchFirst(), mlv.MTLLoRAConfig(tasks=["a", "b"], targets=targets))
+    assert not any("batch-first" in str(w.message) for w in seen)

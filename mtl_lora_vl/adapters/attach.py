@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -40,9 +41,10 @@ class AttachInfo:
     towers: dict[str, str]          # adapted projection name -> "image" | "text"
 
 
-def _batch_dim(model: nn.Module, name: str) -> int:
-    """1 when the nearest enclosing module says ``batch_first=False`` (sequence-first layout), else 0. torch's
-    ``nn.Transformer*Layer`` keep the flag on their ``self_attn`` only."""
+def _batch_dim(model: nn.Module, name: str) -> int | None:
+    """1 when the nearest enclosing module says ``batch_first=False`` (sequence-first layout), 0 when it says
+    True, None when none says (the caller takes 0). torch's ``nn.Transformer*Layer`` keep the flag on their
+    ``self_attn`` only."""
     parts = name.split(".")
     for i in range(len(parts) - 1, -1, -1):
         owner = model.get_submodule(".".join(parts[:i])) if i else model
@@ -51,7 +53,11 @@ def _batch_dim(model: nn.Module, name: str) -> int:
             bf = owner.self_attn.batch_first
         if isinstance(bf, bool):
             return 0 if bf else 1
-    return 0
+    return None
+
+
+def _has_sequence_first(model: nn.Module) -> bool:
+    return any(getattr(m, "batch_first", None) is False for m in model.modules())
 
 
 #: A q, k or v projection that is a layer of its own (Hugging Face naming), which ``qkv_slices`` selects whole.
@@ -167,7 +173,14 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
         else:
             new = LoRALinear(module, cfg, slices)
             banks = {name: new}
-            bdim = _batch_dim(model, name)
+            found = _batch_dim(model, name)
+            if found is None and cfg.targets != "default" and _has_sequence_first(model):
+                warnings.warn(f"attach: no module around target {name!r} says whether its input is batch-first, so "
+                              "per-sample routes take dim 0 as the batch; this model has sequence-first attention "
+                              "(batch_first=False), and if this layer's input is (seq, batch, ...) too, mixed-task "
+                              "routes would pick rows along the sequence: route one task per batch there, or wrap "
+                              "the layer in a module with batch_first = False", UserWarning, stacklevel=2)
+            bdim = found or 0
         new.train(module.training)   # a new module starts in train mode: an eval() model stays in eval
         built.append((names[id(module)], new, banks, tower, bdim))
     for p in model.parameters():
