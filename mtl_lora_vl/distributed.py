@@ -202,6 +202,17 @@ def map_shards(fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> R:
     return [x for p in parts for x in p]  # type: ignore[return-value]
 
 
+def union_over_shards(values: set[str]) -> set[str]:
+    """The union of every rank's ``values`` inside :func:`sharded_evaluation` (``values`` itself elsewhere);
+    every rank must call it."""
+    info = _sharding[-1] if _sharding else None
+    if info is None or not info.enabled:
+        return values
+    parts: list[Any] = [None] * info.world_size
+    dist.all_gather_object(parts, sorted(values))
+    return {v for p in parts for v in p}
+
+
 def _all_gather_rows(part: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """The ranks' tensors concatenated along dim 0, in rank order (shapes may differ in dim 0 only)."""
     comm = info.device if info.device.type == "cuda" else torch.device("cpu")   # NCCL: CUDA; gloo: CPU

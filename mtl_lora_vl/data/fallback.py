@@ -38,22 +38,30 @@ from .resize import ImageResize
 
 logger = logging.getLogger(__name__)
 _COUNT_SLOTS = 257
-_POLICY: ContextVar[tuple[str, bool] | None] = ContextVar("mtl_lora_vl_decode_policy", default=None)
+_POLICY: ContextVar[tuple[str, bool, set[str]] | None] = ContextVar("mtl_lora_vl_decode_policy", default=None)
 
 
 @contextlib.contextmanager
-def decode_policy(task: str, strict: bool) -> Iterator[None]:
-    """Inside the scope, evaluation loaders that are not told otherwise name ``task`` and use ``strict``."""
-    token = _POLICY.set((task, bool(strict)))
+def decode_policy(task: str, strict: bool) -> Iterator[set[str]]:
+    """Inside the scope, evaluation loaders that are not told otherwise name ``task`` and use ``strict``; the
+    set it yields collects the :func:`failure_key` of every row whose image failed to decode in the scope."""
+    failed: set[str] = set()
+    token = _POLICY.set((task, bool(strict), failed))
     try:
-        yield
+        yield failed
     finally:
         _POLICY.reset(token)
 
 
 def current_policy() -> tuple[str, bool] | None:
     """``(task, strict)`` of the innermost :func:`decode_policy` scope, else None."""
-    return _POLICY.get()
+    policy = _POLICY.get()
+    return None if policy is None else policy[:2]
+
+
+def failure_key(ex: Example) -> str:
+    """How a row whose image failed is named (in warnings, and in the :func:`decode_policy` set): its file."""
+    return image_key(ex.image) or f"example {ex.image_id!r}"
 
 
 class ImageFallback:
@@ -119,7 +127,7 @@ class ImageFallback:
             s = self._slot(i)
             if flags[s] and s not in seen:
                 seen.add(s)
-                out.append(image_key(ex.image) or f"example {ex.image_id!r}")
+                out.append(failure_key(ex))
         return out
 
     def _decode(self, index: int) -> Tensor:
@@ -180,6 +188,9 @@ class ImageFallback:
         n = self.replaced
         if n:
             files = self.failed_files()
+            policy = _POLICY.get()
+            if policy is not None:
+                policy[2].update(files)
             shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
             logger.warning("task %r: %d row(s) used a substitute image because %d image(s) cannot be decoded: %s",
                            self.task, n, len(files), shown)

@@ -51,6 +51,7 @@ for a useful loss: 2 for an in-batch contrastive loss),
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -61,9 +62,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtl_lora_vl.backbones.base import BackboneError
-from mtl_lora_vl.data.fallback import decode_policy
+from mtl_lora_vl.data.fallback import decode_policy, failure_key
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
+from mtl_lora_vl.distributed import union_over_shards
 from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.generative import uses_language_model
 from mtl_lora_vl.tasks.spec import SpecError, TaskSpec
@@ -236,11 +238,22 @@ class TaskKind(ABC):
                  device: torch.device | str, dtype: torch.dtype = torch.float32,
                  num_workers: int = 0) -> dict[str, float]:
         """Metrics on ``split``; ``head=None`` applies the zero-shot rule. Runs without gradients, with
-        the model and head in eval mode (their training flags are restored afterwards). An image that
-        cannot be decoded is replaced and reported, or stops the evaluation when ``split.strict``."""
-        with eval_mode(backbone.model, head), decode_policy(self.name, getattr(split, "strict", False)):
-            return self._evaluate(backbone, head, split, batch_size=batch_size, device=device, dtype=dtype,
-                                  num_workers=num_workers)
+        the model and head in eval mode (their training flags are restored afterwards). Rows whose image
+        cannot be decoded are left out of the scores (the pass that found them ran with substitute images,
+        which kept the rows' labels: it is run again without them), or stop the evaluation when
+        ``split.strict``."""
+        with eval_mode(backbone.model, head), decode_policy(self.name, getattr(split, "strict", False)) as failed:
+            out = self._evaluate(backbone, head, split, batch_size=batch_size, device=device, dtype=dtype,
+                                 num_workers=num_workers)
+            bad = union_over_shards(failed)
+            if not bad:
+                return out
+            kept = [ex for ex in split.examples if failure_key(ex) not in bad]
+            logger.warning("task %r: %d evaluation row(s) whose image cannot be decoded are left out of its scores "
+                           "(%d of %d rows kept)", self.name, len(split.examples) - len(kept), len(kept),
+                           len(split.examples))
+            return self._evaluate(backbone, head, dataclasses.replace(split, examples=kept), batch_size=batch_size,
+                                  device=device, dtype=dtype, num_workers=num_workers)
 
     @abstractmethod
     def _evaluate(self, backbone: Backbone, head: nn.Module | None, split: Split, *, batch_size: int,
