@@ -549,3 +549,17 @@ def test_a_csv_with_spaces_after_its_commas_reads(tmp_path):
     (tmp_path / "s.csv").write_text('image, caption\na.png, a red dog\na.png, "a dog, red"\n')
     s = read_split("csv", tmp_path, file="s.csv")
     assert sorted(s.examples[0].captions) == ["a dog, red", "a red dog"]
+
+
+def test_rows_with_blank_captions_are_counted(tmp_path, caplog):
+    """A caption of spaces dropped its row without a word."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
+    rows = [{"image": "a.png", "caption": "a red dog"}, {"image": "b.png", "caption": "   "}]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+        s = read_split("jsonl", tmp_path, file="c.jsonl")
+    assert len(s.examples) == 1 and "1 row(s) have no caption text (blank or only spaces) and are left out" in caplog.text
+    assert "c.jsonl:2" in caplog.text

@@ -151,12 +151,18 @@ def examples_from_rows(
 
     if kind == "caption":
         groups: dict[Any, tuple[str, list[str]]] = {}
+        blank = []
         for n, row in rows:
             p = image_of(row)
             texts = _captions(row, at(n))
             iid = image_id(row, n, p)
-            if check(p) and texts:
+            if not texts:
+                blank.append(n)
+            elif check(p):
                 groups.setdefault(p, (iid, []))[1].extend(texts)
+        if blank:
+            logger.warning("%s: %d row(s) have no caption text (blank or only spaces) and are left out, e.g. %s",
+                           source, len(blank), at(blank[0]))
         examples = caption_examples(((stored(p), iid, caps) for p, (iid, caps) in groups.items()), one_per_image)
         return check.finish(examples, source)
 
