@@ -37,9 +37,10 @@ def mixing_from_adapter(adapter_dir: str | Path) -> dict[str, Any] | None:
         per.setdefault(towers.get(proj, "all"), []).append(torch.softmax(w.float() / cfg["temperature"], dim=-1))
     if not per:
         return None
+    stacked = {t: torch.stack(ms) for t, ms in sorted(per.items())}
     return {"tasks": list(cfg["tasks"]), "temperature": cfg["temperature"],
-            "towers": {t: torch.stack(ms).mean(0).tolist() for t, ms in sorted(per.items())},
-            "spread": {t: _spread(torch.stack(ms)) for t, ms in sorted(per.items())}}
+            "towers": {t: m.mean(0).tolist() for t, m in stacked.items()},
+            "spread": {t: _spread(m) for t, m in stacked.items()}}
 
 
 def _spread(m: torch.Tensor) -> dict[str, float]:

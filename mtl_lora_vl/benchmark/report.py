@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -199,9 +200,7 @@ def render(r: dict[str, Any]) -> str:
 
 def _code_line(runs: list[dict[str, Any]]) -> str:
     """Which code trained the runs (a resumed grid may mix versions: then the report says so)."""
-    counts: dict[str, int] = {}
-    for r in runs:
-        counts[r.get("code", "not recorded")] = counts.get(r.get("code", "not recorded"), 0) + 1
+    counts = Counter(r.get("code", "not recorded") for r in runs)
     if len(counts) == 1:
         return f"- Code: mtl-lora-vl {next(iter(counts))}."
     return ("- **Code: the runs come from " + str(len(counts)) + " versions** (a grid resumed on other code): "

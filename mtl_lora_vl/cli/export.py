@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..backbones import parse_spec
 from ..io import AdapterFileError, export_lora, load_pretrained, save_merged
-from ..io.adapter_files import base_paths, read_adapter_config
+from ..io.adapter_files import base_paths, recorded_base
 from ..io.atomic import check_target
 from ..io.exports import export_format
 from ..io.layout import EXPORT_RECORD, check_output
@@ -90,7 +90,8 @@ def export(opts: ExportOptions) -> list[Path]:
     if len(tasks) > 1 and out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out}: exists and is a file; several tasks are written to OUT/<task>, "
                               "give a directory")
-    keep = [("the adapter being exported", opts.adapter), *base_paths(opts.adapter, opts.backbone, opts.pretrained)]
+    base = recorded_base(opts.adapter)
+    keep = [("the adapter being exported", opts.adapter), *base_paths(base, opts.backbone, opts.pretrained)]
     for target in targets.values():  # every target before anything is written: no partial export
         file = opts.format == "merged" and target.suffix == ".safetensors"
         check_output(target, marker=EXPORT_RECORD, command="export", overwrite=opts.overwrite, keep=keep)
@@ -100,8 +101,7 @@ def export(opts: ExportOptions) -> list[Path]:
                                   "another --out")
         check_target(target, directory=not file, overwrite=opts.overwrite, what=f"--out {out}")
     # the base it names, to read its dtype (load_pretrained below checks the files' sha256 once)
-    recorded = (read_adapter_config(opts.adapter, verify=False).get("base") or {}).get("backbone") or ""
-    spec = opts.backbone or recorded
+    spec = opts.backbone or base.get("backbone") or ""
     dtype = _source_dtype(_source_dir(spec)) if opts.base_dtype == "source" else opts.base_dtype
     loaded = load_pretrained(opts.adapter, backbone=opts.backbone, pretrained=opts.pretrained, heads=False,
                              base_dtype=dtype)

@@ -300,10 +300,16 @@ def _bare_home(cls: type, argv: list[str]) -> list[str]:
     return out
 
 
+@functools.cache
+def _flags(cls: type) -> dict[str, str]:
+    """Every flag of an options class (``--name``, ``--no-name``) -> the option it sets."""
+    flags = {flag(f.name): f.name for f in fields(cls)}
+    return flags | {"--no-" + f.name.replace("_", "-"): f.name for f in fields(cls)}
+
+
 def _flag_name(cls: type, token: str) -> str | None:
     """The option a flag names: ``--name``, ``--no-name``, or a unique prefix of one (argparse accepts those)."""
-    flags = {flag(f.name): f.name for f in fields(cls)}
-    flags |= {"--no-" + f.name.replace("_", "-"): f.name for f in fields(cls)}
+    flags = _flags(cls)
     if token in flags:
         return flags[token]
     hits = {v for k, v in flags.items() if k.startswith(token)}

@@ -18,7 +18,7 @@ from torch import nn
 from ..adapters.scopes import disabled, route
 from ..distributed import DistInfo, barrier, cleanup, init_distributed, sharded_evaluation
 from ..io import load_pretrained
-from ..io.adapter_files import base_paths
+from ..io.adapter_files import base_paths, recorded_base
 from ..io.atomic import atomic_dir, check_target
 from ..io.layout import check_output
 from ..log import progress
@@ -147,7 +147,7 @@ def evaluate_adapter(adapter: str | Path, tasks: str | None = None, backbone: st
     except OSError as e:
         raise RunDirError(str(e)) from None
     keep = [("the adapter being evaluated", adapter), ("the data (--data-root)", data_root),
-            *base_paths(adapter, backbone, pretrained)]
+            *base_paths(recorded_base(adapter), backbone, pretrained)]
     try:  # every rank checks before anyone writes
         check_output(out, marker="eval.json", command="eval", overwrite=overwrite, keep=keep)
     except FileExistsError as e:

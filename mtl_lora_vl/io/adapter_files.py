@@ -149,14 +149,19 @@ def absolute_base(base: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
-def base_paths(adapter: str | Path, backbone: str | None = None,
-               pretrained: str | None = None) -> list[tuple[str, Path]]:
-    """The local files the base model of ``adapter`` is read from (``backbone`` / ``pretrained`` override what
-    the adapter recorded), as (what, path) pairs: what writing an output must not replace."""
+def recorded_base(adapter: str | Path) -> dict[str, Any]:
+    """The base model an adapter directory records (``{"backbone", "pretrained"}``); ``{}`` when it cannot be
+    read (the load that follows says why)."""
     try:
-        base = read_adapter_config(adapter, verify=False).get("base") or {}
+        return read_adapter_config(adapter, verify=False).get("base") or {}
     except (AdapterFileError, OSError):
-        base = {}
+        return {}
+
+
+def base_paths(base: dict[str, Any], backbone: str | None = None,
+               pretrained: str | None = None) -> list[tuple[str, Path]]:
+    """The local files the base model ``base`` (see :func:`recorded_base`) is read from (``backbone`` /
+    ``pretrained`` override it), as (what, path) pairs: what writing an output must not replace."""
     out = []
     spec, pre = backbone or base.get("backbone"), pretrained or base.get("pretrained")
     if isinstance(spec, str):

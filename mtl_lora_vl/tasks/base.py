@@ -67,7 +67,7 @@ from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.distributed import union_over_shards
 from mtl_lora_vl.precision import autocast
-from mtl_lora_vl.tasks.generative import uses_language_model
+from mtl_lora_vl.tasks.generative import eval_subset, uses_language_model
 from mtl_lora_vl.tasks.spec import SpecError, TaskSpec
 
 if TYPE_CHECKING:
@@ -183,6 +183,11 @@ class TaskKind(ABC):
         classes training never saw, special-token text). ``read_eval_splits`` calls it at start-up, so that it
         fails before training, not after it; subclasses extend it."""
         self.check_texts(split.examples, "evaluation")
+
+    def scored(self, examples: list[Example]) -> list[Example]:
+        """The examples an evaluation scores: all of them, or the first ``[generative] eval_limit`` on the
+        generative path (decoding on a CPU costs far more than an embedding)."""
+        return eval_subset(examples, self.spec.generative["eval_limit"]) if self.generative else examples
 
     def check_texts(self, examples: Sequence[Example], what: str) -> None:
         """Refuse a row whose text holds one of :attr:`special_texts`, naming the task, the row and the token."""

@@ -34,7 +34,6 @@ from mtl_lora_vl.tasks.base import TaskKind, caption_of, require_captions, spec_
 from mtl_lora_vl.tasks.generative import (
     GenerationHead,
     check_template,
-    eval_subset,
     format_prompt,
     generate_texts,
     lm_task_loss,
@@ -157,9 +156,7 @@ class CaptioningKind(TaskKind):
     def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
         images, refs = caption_references(split)
-        images = [ex for ex in images if refs[ex.image_id]]
-        if self.generative:
-            images = eval_subset(images, self.spec.generative["eval_limit"])
+        images = self.scored([ex for ex in images if refs[ex.image_id]])
         if not images:
             raise ValueError(f"task {self.name!r}: the evaluation split has no reference captions")
         captions = map_shards(lambda part: self.generate(backbone, head, part, batch_size=batch_size, device=device,

@@ -48,7 +48,6 @@ from mtl_lora_vl.tasks.generative import (
     GenerationHead,
     candidate_scores,
     check_template,
-    eval_subset,
     format_prompt,
     lm_task_loss,
 )
@@ -106,6 +105,7 @@ class ClassificationKind(TaskKind):
 
     def __init__(self, spec: TaskSpec, train: Split | None, backbone, state: dict | None = None) -> None:
         super().__init__(spec, train, backbone, state)
+        self._warned_subsets: set[int] = set()   # splits whose eval_limit class coverage was warned about
         if state is not None:
             self.class_names = [str(n) for n in state["class_names"]]
             data_names = state.get("data_class_names")  # absent in adapters saved before it was recorded
@@ -152,10 +152,7 @@ class ClassificationKind(TaskKind):
 
     def check_eval_split(self, split: Split) -> None:
         super().check_eval_split(split)
-        examples = list(split.examples)
-        if self.generative:
-            examples = eval_subset(examples, self.spec.generative["eval_limit"])
-        self._check_labels(self._in_training_order(split, examples), "evaluation")
+        self._check_labels(self._in_training_order(split, self.scored(split.examples)), "evaluation")
 
     def _check_labels(self, examples: list[Example], what: str) -> None:
         n = len(self.class_names)
@@ -224,13 +221,11 @@ class ClassificationKind(TaskKind):
 
     def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
-        examples = split.examples
+        examples = self.scored(split.examples)
         if self.generative:
-            examples = eval_subset(examples, self.spec.generative["eval_limit"])
             left_out = sorted({ex.label for ex in split.examples} - {ex.label for ex in examples})
-            warned = self.__dict__.setdefault("_warned_subsets", set())   # once per split, not per pass
-            if left_out and id(split) not in warned:  # e.g. a JSONL sorted by label: the first rows hold few classes
-                warned.add(id(split))
+            if left_out and id(split) not in self._warned_subsets:  # e.g. a JSONL sorted by label
+                self._warned_subsets.add(id(split))   # once per split, not once per pass (zero-shot, adapted)
                 logger.warning("task %r: the first %d evaluation examples ([generative] eval_limit) hold no example "
                                "of %d of the split's classes, so its scores describe the others only; shuffle "
                                "the split's rows or raise eval_limit", self.name, len(examples), len(left_out))

@@ -60,7 +60,6 @@ from mtl_lora_vl.tasks.base import (
 from mtl_lora_vl.tasks.generative import (
     GenerationHead,
     check_template,
-    eval_subset,
     format_prompt,
     generate_texts,
     lm_task_loss,
@@ -286,8 +285,7 @@ class VQAKind(TaskKind):
 
     def check_eval_split(self, split: Split) -> None:
         super().check_eval_split(split)
-        examples = split.examples
-        self._check_answers(eval_subset(examples, self.spec.generative["eval_limit"]) if self.generative else examples)
+        self._check_answers(self.scored(split.examples))
 
     def _check_answers(self, examples: Sequence[Example]) -> None:
         missing = [ex.image_id for ex in examples if not ex.answers]
@@ -297,9 +295,7 @@ class VQAKind(TaskKind):
 
     def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
-        examples = split.examples
-        if self.generative:
-            examples = eval_subset(examples, self.spec.generative["eval_limit"])
+        examples = self.scored(split.examples)
         if not examples:
             raise ValueError(f"task {self.name!r}: the evaluation split is empty")
         self._check_answers(examples)
