@@ -149,7 +149,8 @@ MALFORMED = [
     ('kind = "vqa"\ntemplates = ["no placeholder"]\n' + GOOD, "'templates[0]'", "exactly one '{}'"),
     ('kind = "vqa"\ntemplates = []\n' + GOOD, "'templates'", "at least one prompt template"),
     ('kind = "vqa"\nmetrics = ["bleu4"]\n' + GOOD, "'metrics[0]'", "one of the vqa metrics"),
-    ('kind = "vqa"\nmetrics = "vqa_accuracy"\n' + GOOD, "'metrics'", "a list of metric names"),
+    ('kind = "vqa"\nmetrics = "vqa_accuracy"\n' + GOOD, "'metrics'", "a non-empty list of metric names"),
+    ('kind = "vqa"\nmetrics = []\n' + GOOD, "'metrics'", "leave `metrics` out"),   # accepted: headline anyway
     ('kind = "vqa"\n', "'data'", "it is missing"),
     ('kind = "vqa"\n[data]\nformat = "parquet"\n', "'data.format'", "one of ['vqav2'"),
     ('kind = "vqa"\n[data]\nsource = "builtin"\nformat = "jsonl"\n', "'data'", "not both"),
@@ -191,6 +192,27 @@ def test_retrieval_metrics_follow_its_ks(tmp_path):
     assert load_spec(path).metrics == ("mean_recall", "i2t_r1", "i2t_r2", "t2i_r1", "t2i_r2")
     path.write_text('kind = "retrieval"\nmetrics = ["mean_recall", "t2i_r2"]\n' + GOOD + '[options]\nks = [1, 2]\n')
     assert load_spec(path).metrics == ("mean_recall", "t2i_r2")
+
+
+def test_the_first_metric_a_spec_lists_that_can_head_the_report_is_its_headline(tmp_path):
+    """metrics = ["t2i_r1"] still headed the report (and the benchmark's averages) with mean_recall. A breakdown
+    (per_type, per_class) or CIDEr (not a fraction in [0, 1]) cannot head it: the next listed metric, else the
+    kind's default, does."""
+    from mtl_lora_vl.tasks import get_kind
+
+    def headline(kind: str, metrics: str) -> str:
+        path = tmp_path / f"{kind}.toml"
+        path.write_text(f'kind = "{kind}"\nmetrics = {metrics}\n' + GOOD)
+        return get_kind(kind).headline(load_spec(path))
+
+    assert headline("retrieval", '["t2i_r1", "mean_recall"]') == "t2i_r1"
+    assert headline("classification", '["per_class", "mean_per_class", "top1"]') == "mean_per_class"
+    assert headline("captioning", '["cider"]') == "bleu4"
+    assert headline("captioning", '["cider", "bleu4"]') == "bleu4"
+    assert headline("vqa", '["per_type"]') == "vqa_accuracy"
+    path = tmp_path / "default.toml"
+    path.write_text('kind = "retrieval"\n' + GOOD)
+    assert get_kind("retrieval").headline(load_spec(path)) == "mean_recall"
 
 
 def test_a_spec_saved_with_a_byte_order_mark_reads(tmp_path):

@@ -483,6 +483,27 @@ def test_a_task_scored_on_val_for_test_says_so_in_the_table(tmp_path, caplog):
     assert markdown_table(tiny).splitlines()[2] == "| t | m | 0.1000 | 0.1000 | +0.0000 |"   # was -0.0000
 
 
+def test_the_spec_s_first_metric_heads_the_evaluation(tmp_path):
+    """A spec listing metrics = ["mean_per_class", "top1"] was headed by top1 in eval.json, the table and the
+    benchmark's records (they read the result's "metric")."""
+    from mtl_lora_vl.evaluation.evaluate import evaluate_setup
+    from mtl_lora_vl.evaluation.report import markdown_table
+    from mtl_lora_vl.multitask import build_setup
+    from mtl_lora_vl.options import TrainOptions
+
+    spec = small_spec(tmp_path, "caption_cls", n_train=8, n_eval=6)
+    spec.write_text(spec.read_text().replace('metrics = ["top1", "top5", "mean_per_class"]',
+                                             'metrics = ["mean_per_class", "top1"]'))
+    setup = build_setup(TrainOptions(tasks=str(spec), rank=2), torch.device("cpu"))
+    r = evaluate_setup(setup, split="val", data_root=None, device="cpu", dtype=torch.float32,
+                       batch_size=16)["tasks"]["caption_cls"]
+    assert r["metric"] == "mean_per_class"
+    assert r["adapted"] == r["details"]["adapted"]["mean_per_class"]
+    assert r["zero_shot"] == r["details"]["zero_shot"]["mean_per_class"]
+    row = markdown_table({"tasks": {"caption_cls": r}, "split": "val"}).splitlines()[2]
+    assert row.startswith("| caption_cls | mean_per_class |")
+
+
 def test_clear_errors(tmp_path, capsys):
     assert train_main(["--tasks", "no_such_task", "--out", str(tmp_path / "a")]) == 2
     assert "no_such_task" in capsys.readouterr().err

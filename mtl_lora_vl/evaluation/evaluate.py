@@ -101,7 +101,7 @@ def evaluate_setup(setup, *, split: str, data_root: str | None, device, dtype: t
         ad = _score(setup, name, data, adapted=True, device=device, dtype=dtype, batch_size=batch_size,
                     workers=workers)
         bar.update(1)
-        metric = kind.headline_metric
+        metric = kind.headline(spec)
         # n: what was scored (a generative kind may score only the first [generative] eval_limit examples)
         n = int(ad.get("n", ad.get("n_images", len(data.examples))))
         logger.debug("%s (%s, %d examples): %s zero-shot %s, adapted %.4f", name, split_name, n, metric,

@@ -39,10 +39,12 @@ initialisation both give the base model's outputs, so ``build_head`` may run und
 whose kind says so reproduce the zero-shot predictions exactly at initialisation.
 
 Class attributes every kind sets: ``kind`` (registry key, set by ``@register_kind``),
-``headline_metric``, ``metric_names`` (metric keys ``evaluate`` may return; a spec's ``metrics`` must
-name some of them), ``uses_text`` (each training row carries a text for the text tower), ``uses_decoder``
-(training runs the backbone's caption decoder or language model), ``min_batch_rows`` (rows a batch needs
-for a useful loss: 2 for an in-batch contrastive loss),
+``headline_metric`` (the default headline), ``metric_names`` (metric keys ``evaluate`` may return; a spec's
+``metrics`` must name some of them, and the first it names that is a fraction heads the report: see
+:meth:`TaskKind.headline`), ``not_headline`` (metric names that cannot head it: breakdowns, CIDEr),
+``uses_text`` (each training row carries a text for the text tower), ``uses_decoder`` (training runs the
+backbone's caption decoder or language model), ``min_batch_rows`` (rows a batch needs for a useful loss: 2
+for an in-batch contrastive loss),
 ``needs_templates`` / ``default_templates`` (zero-shot prompts), ``head_defaults`` /
 ``option_defaults`` / ``generative_defaults`` (the keys a spec's ``[head]`` / ``[options]`` /
 ``[generative]`` tables may set, with their types).
@@ -115,6 +117,8 @@ class TaskKind(ABC):
     kind: ClassVar[str] = ""
     headline_metric: ClassVar[str] = ""
     metric_names: ClassVar[tuple[str, ...]] = ()
+    #: Metric names a spec may list that cannot be a headline (a fraction in [0, 1], higher is better).
+    not_headline: ClassVar[tuple[str, ...]] = ()
     uses_text: ClassVar[bool] = False
     uses_decoder: ClassVar[bool] = False
     #: Rows of this task a batch needs for a useful loss (a contrastive loss has no negatives in one row).
@@ -167,6 +171,12 @@ class TaskKind(ABC):
     def metrics_for(cls, options: dict[str, Any]) -> tuple[str, ...]:
         """The metric names a spec with these ``options`` may list (``metric_names`` unless options change them)."""
         return cls.metric_names
+
+    @classmethod
+    def headline(cls, spec: TaskSpec) -> str:
+        """The metric that heads ``spec``'s report row and that benchmarks average: the first metric the spec
+        lists that can (a fraction in [0, 1]), else the kind's ``headline_metric``."""
+        return next((m for m in spec.metrics if m not in cls.not_headline), cls.headline_metric)
 
     @classmethod
     def check_spec(cls, spec: TaskSpec) -> None:

@@ -86,6 +86,7 @@ class CaptioningKind(TaskKind):
 
     headline_metric = "bleu4"
     metric_names = ("bleu4", "cider")
+    not_headline = ("cider",)
     uses_text = False      # captions go to the decoder (inside ``loss``), not through the text tower
     uses_decoder = True
     option_defaults = {"max_len": 20, "beam_size": 1}

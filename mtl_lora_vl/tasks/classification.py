@@ -76,6 +76,7 @@ class ClassificationKind(TaskKind):
 
     headline_metric = "top1"
     metric_names = ("top1", "top5", "mean_per_class", "per_class")
+    not_headline = ("per_class",)
     uses_text = False
     needs_templates = True
     default_templates = ("a photo of a {}.",)

@@ -109,6 +109,7 @@ class VQAKind(TaskKind):
     _stale_filter = False   # a saved filter keyed by VQAv2's answer types (see filter_type)
     _answer_typed_said = False   # the warning for rows typed by answer type, once per task
     metric_names = ("vqa_accuracy", "per_type")
+    not_headline = ("per_type",)
     uses_text = True
     needs_templates = True
     default_templates = ("the answer is {}.",)
