@@ -356,6 +356,20 @@ def test_vqa_vocab_targets_head_and_zero_shot(clip):
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
 
 
+def test_vqa_warns_that_three_answer_questions_score_at_most_two_thirds(clip, caplog):
+    """With exactly three human answers the official leave-one-out formula tops out at 0.667 even for a
+    prediction every human gave: a user's 3-answer data read as a model scoring 2/3 of what it does."""
+    spec = load_spec("vqa")
+    kind = build_kind(spec, _world(spec, "train", 12), clip)
+    val = _world(spec, "val", 4)
+    kind.check_eval_split(val)     # the built-in world's ten answers: nothing to say
+    assert "three answers" not in caplog.text
+    three = [dataclasses.replace(e, answers=e.answers[:3]) for e in val.examples[:2]]
+    kind.check_eval_split(Split(three + val.examples[2:]))
+    assert f"2 of its {len(val.examples)} evaluation questions have exactly three answers" in caplog.text
+    assert "at most 0.667" in caplog.text
+
+
 def test_vqa_loss_ignores_rows_without_vocab_answers(clip):
     spec = dataclasses.replace(load_spec("vqa"), options={"answer_vocab_size": 2})
     kind = build_kind(spec, _world(spec, "train", 10), clip)

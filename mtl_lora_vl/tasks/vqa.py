@@ -286,7 +286,14 @@ class VQAKind(TaskKind):
 
     def check_eval_split(self, split: Split) -> None:
         super().check_eval_split(split)
-        self._check_answers(self.scored(split.examples))
+        examples = self.scored(split.examples)
+        self._check_answers(examples)
+        three = sum(len(ex.answers) == 3 for ex in examples)
+        if three:  # leaving one of 3 out leaves 2 humans, and min(2 / 3, 1) is the best a question can score
+            logger.warning("task %r: %d of its %d evaluation questions have exactly three answers: the official VQA "
+                           "accuracy (leave-one-out over the humans) scores them at most 0.667, even when the "
+                           "prediction matches all three; compare such scores only with scores of the same formula",
+                           self.name, three, len(examples))
 
     def _check_answers(self, examples: Sequence[Example]) -> None:
         missing = [ex.image_id for ex in examples if not ex.answers]
