@@ -176,7 +176,8 @@ class EvalOptions:
     """Options of ``mtl-lora-vl eval``: score a trained adapter against the zero-shot base model."""
 
     adapter: str | None = _opt(None, "adapter directory (RUN_DIR/adapter, or any save_adapter output)", required=True)
-    tasks: str | None = _opt(None, "comma-separated subset of the adapter's tasks (default: all)")
+    tasks: str | None = _opt(None, "comma-separated subset of the adapter's tasks (default: all); a spec file "
+                             "(.toml) named as one of them scores that task on the spec's data")
     backbone: str | None = _opt(None, "override the base model recorded in the adapter file")
     pretrained: str | None = _opt(None, "override the base model's local weights file (or cached open_clip tag)")
     data_root: str | None = _opt(None, "folder that file-based task specs are relative to")

@@ -504,6 +504,73 @@ def test_the_spec_s_first_metric_heads_the_evaluation(tmp_path):
     assert row.startswith("| caption_cls | mean_per_class |")
 
 
+def test_resume_refuses_training_rows_that_changed_since_the_checkpoint(tmp_path, capsys):
+    """Data edited between a stop and --resume, row count unchanged: the sampler's saved state indexes the old
+    rows, and the run went on silently on the new ones."""
+    from PIL import Image
+
+    for colour in ("red", "blue"):
+        Image.new("RGB", (16, 16), colour).save(tmp_path / f"{colour}.png")
+    rows = [{"image": f"{c}.png", "label": c} for c in ("red", "blue") * 3]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = tmp_path / "colours.toml"
+    spec.write_text('name = "colours"\nkind = "classification"\ntemplates = ["a {} square."]\n[data]\n'
+                    'format = "jsonl"\n[data.train]\nfile = "rows.jsonl"\n[data.val]\nfile = "rows.jsonl"\n')
+    run = tmp_path / "run"
+    assert train_main(["--tasks", str(spec), "--data-root", str(tmp_path), "--steps", "1", "--batch-size", "2",
+                       "--device", "cpu", "--workers", "0", "--out", str(run)]) == 0
+    assert train_main(["--resume", str(run)]) == 0            # the same rows: it resumes
+    rows[0]["label"], rows[1]["label"] = "blue", "red"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    capsys.readouterr()
+    assert train_main(["--resume", str(run)]) == 2
+    assert "the training rows of task(s) ['colours'] changed since the run's checkpoint" in capsys.readouterr().err
+
+
+def test_eval_scores_a_trained_task_on_the_data_of_another_spec_file(tmp_path, caplog):
+    """eval --tasks took only the adapter's task names: an adapter could not be scored on data added later."""
+    from PIL import Image
+
+    from mtl_lora_vl.evaluation.evaluate import evaluate_adapter
+
+    for colour in ("red", "blue"):
+        Image.new("RGB", (16, 16), colour).save(tmp_path / f"{colour}.png")
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"image": f"{c}.png", "label": c}) + "\n"
+                                                 for c in ("red", "blue") * 3))
+    (tmp_path / "later.jsonl").write_text("".join(json.dumps({"image": "red.png", "label": "red"}) + "\n"
+                                                  for _ in range(5)))
+    head = 'name = "colours"\nkind = "classification"\ntemplates = ["a {} square."]\n[data]\nformat = "jsonl"\n'
+    spec = tmp_path / "colours.toml"
+    spec.write_text(head + '[data.train]\nfile = "rows.jsonl"\n[data.test]\nfile = "rows.jsonl"\n')
+    run = tmp_path / "run"
+    assert train_main(["--tasks", str(spec), "--data-root", str(tmp_path), "--steps", "1", "--batch-size", "2",
+                       "--device", "cpu", "--workers", "0", "--out", str(run)]) == 0
+    later = tmp_path / "later.toml"
+    later.write_text('metrics = ["mean_per_class"]\n' + head + '[data.train]\nfile = "rows.jsonl"\n'
+                     '[data.test]\nfile = "later.jsonl"\n')
+    evaluate_adapter(run / "adapter", tasks=str(later), data_root=str(tmp_path), out=tmp_path / "ev", device="cpu")
+    r = json.loads((tmp_path / "ev" / "eval.json").read_text())["tasks"]["colours"]
+    assert r["n"] == 5 and r["metric"] == "mean_per_class" and r["data_spec"] == str(later.resolve())
+    evaluate_adapter(run / "adapter", tasks="colours", data_root=str(tmp_path), out=tmp_path / "ev2", device="cpu")
+    r = json.loads((tmp_path / "ev2" / "eval.json").read_text())["tasks"]["colours"]
+    assert r["n"] == 6 and "data_spec" not in r
+    later.write_text(later.read_text().replace('templates = ["a {} square."]', 'templates = ["a {} box."]'))
+    evaluate_adapter(run / "adapter", tasks=str(later), data_root=str(tmp_path), out=tmp_path / "ev3", device="cpu")
+    assert "its templates differ from the adapter's" in caplog.text
+    other = tmp_path / "other.toml"
+    other.write_text(head.replace('"colours"', '"shapes"') + '[data.train]\nfile = "rows.jsonl"\n'
+                     '[data.test]\nfile = "rows.jsonl"\n')
+    with pytest.raises(ValueError, match="the spec's task 'shapes' is not a task of the adapter"):
+        evaluate_adapter(run / "adapter", tasks=str(other), data_root=str(tmp_path), out=tmp_path / "x", device="cpu")
+    other.write_text(head.replace('"classification"', '"retrieval"').replace('templates = ["a {} square."]\n', '')
+                     + '[data.train]\nfile = "rows.jsonl"\n[data.test]\nfile = "rows.jsonl"\n')
+    with pytest.raises(ValueError, match="trained it as 'classification'; give a classification spec"):
+        evaluate_adapter(run / "adapter", tasks=str(other), data_root=str(tmp_path), out=tmp_path / "x", device="cpu")
+    with pytest.raises(ValueError, match="'nope' is not a task of the adapter"):
+        evaluate_adapter(run / "adapter", tasks="nope", data_root=str(tmp_path), out=tmp_path / "x", device="cpu")
+
+
 def test_clear_errors(tmp_path, capsys):
     assert train_main(["--tasks", "no_such_task", "--out", str(tmp_path / "a")]) == 2
     assert "no_such_task" in capsys.readouterr().err

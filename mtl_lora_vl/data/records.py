@@ -6,6 +6,8 @@ metrics only ever see these. One example is one (image, text) pair of one task.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,3 +42,13 @@ class Split:
     class_names: list[str] | None = None   # classification
     skipped: int = 0                        # images that could not be read (missing, corrupt, too large)
     strict: bool = False                    # an image that fails to decode later stops the run (no replacement)
+
+    @property
+    def rows_sha256(self) -> str:
+        """SHA-256 of the rows in order -- image ids, texts, answers, question types, labels, class names -- not of
+        the image bytes: what a checkpoint records, so that a resume can tell that the data changed."""
+        h = hashlib.sha256(json.dumps(self.class_names).encode())
+        for ex in self.examples:
+            h.update(json.dumps([str(ex.image_id), ex.text, list(ex.captions), list(ex.answers), ex.question_type,
+                                 ex.label], default=str).encode())
+        return h.hexdigest()

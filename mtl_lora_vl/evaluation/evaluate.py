@@ -25,6 +25,7 @@ from ..log import progress
 from ..multitask import MultiTaskModel, Setup
 from ..precision import base_weights_dtype, check_base_precision, resolve_precision
 from ..rundir import RunDirError
+from ..tasks.spec import TaskSpec, load_spec
 from .report import details_table, markdown_table, write_plots
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,37 @@ def evaluate_setup(setup, *, split: str, data_root: str | None, device, dtype: t
     return {"tasks": tasks, "split": split, "config": setup.config.to_dict()}
 
 
+def _scoring_spec(item: str, lp, adapter: Path) -> TaskSpec:
+    """An ``eval --tasks`` entry: a task of the adapter, scored on its saved spec's data; or a spec file whose
+    ``name`` is a task of the adapter, for its ``[data]`` (and ``metrics``): the adapter's task, on other data.
+    The adapter's own settings (head, options, templates, ``[generative]``) still score it."""
+    if item in lp.config.tasks:
+        if item not in lp.specs or item not in lp.heads:
+            raise ValueError(f"{adapter}: no saved task spec or head for {item!r}; save the adapter with "
+                             "task_specs= and heads= to evaluate it")
+        return lp.specs[item]
+    path = Path(item).expanduser()
+    if not (path.suffix == ".toml" or path.is_file()):
+        raise ValueError(f"--tasks: {item!r} is not a task of the adapter {adapter} (it has {list(lp.config.tasks)}) "
+                         "nor a spec file; name its tasks, or give a spec file (.toml) whose name is one of them to "
+                         "score that task on the spec's data")
+    spec = load_spec(path)
+    if spec.name not in lp.config.tasks:
+        raise ValueError(f"--tasks {item}: the spec's task {spec.name!r} is not a task of the adapter {adapter} (it "
+                         f"has {list(lp.config.tasks)}); set `name = ...` in the spec to the task whose adapter should "
+                         "score its data")
+    saved = lp.specs.get(spec.name)
+    if saved is not None and saved.kind != spec.kind:
+        raise ValueError(f"--tasks {item}: the spec's task {spec.name!r} is of kind {spec.kind!r}, but the adapter "
+                         f"trained it as {saved.kind!r}; give a {saved.kind} spec")
+    if saved is not None:
+        ignored = [f for f in ("head", "options", "templates", "generative") if getattr(spec, f) != getattr(saved, f)]
+        if ignored:
+            logger.warning("--tasks %s: scoring task %r on this spec's [data]; its %s differ from the adapter's, "
+                           "which score the task (what it was trained with)", item, spec.name, ", ".join(ignored))
+    return spec
+
+
 def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model) -> str:
     """eval.json, report.md and plots/ in ``run_dir``; returns the printed table."""
     run_dir = Path(run_dir)
@@ -170,17 +202,14 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
     dev = info.device
     lp = load_pretrained(adapter, dev, backbone=backbone, pretrained=pretrained, data_root=data_root,
                          base_dtype=base_dtype)
-    names = list(lp.config.tasks) if not tasks else [t.strip() for t in tasks.split(",") if t.strip()]
-    unknown = [t for t in names if t not in lp.config.tasks]
-    if unknown:
-        raise ValueError(f"--tasks: {unknown} are not tasks of the adapter {adapter} (it has {lp.config.tasks})")
-    missing = [t for t in names if t not in lp.kinds or t not in lp.heads]
-    if missing:
-        raise ValueError(f"{adapter}: no saved task spec or head for {missing}; save the adapter with "
-                         "task_specs= and heads= to evaluate it")
+    items = list(lp.config.tasks) if not tasks else [t.strip() for t in tasks.split(",") if t.strip()]
+    specs = [_scoring_spec(item, lp, adapter) for item in items]
+    names = [s.name for s in specs]
+    if len(set(names)) < len(names):
+        raise ValueError(f"--tasks {tasks}: a task is named twice ({names}); name each once")
     kinds = {t: lp.kinds[t] for t in names}
     model = MultiTaskModel(lp.backbone, kinds, nn.ModuleDict({t: lp.heads[t] for t in names}))
-    setup = Setup(lp.backbone, [lp.specs[t] for t in names], kinds, model, lp.config)
+    setup = Setup(lp.backbone, specs, kinds, model, lp.config)
     loaded = base_weights_dtype(lp.backbone.model)
     dtype = resolve_precision(precision, dev, base_dtype, loaded)
     check_base_precision(precision, dtype, loaded, lp.backbone.casts_inputs)
@@ -188,6 +217,9 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
         result = evaluate_setup(setup, split=split, data_root=data_root, device=dev, dtype=dtype,
                                 batch_size=batch_size, workers=workers)
     result["adapter"] = str(adapter)
+    for spec in specs:   # a task scored on the data of another spec file says which
+        if spec is not lp.specs.get(spec.name) and spec.name in result["tasks"]:
+            result["tasks"][spec.name]["data_spec"] = str(spec.source_file)
     table = ""
     if info.is_main:  # a new directory replaces an old one whole (--overwrite): no stale plot stays behind
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,11 @@ class Setup:
     def spec_sha256(self) -> dict[str, str]:
         """Each task's spec file settings as this run read them (tasks with a file): checkpoints record them."""
         return spec_digests(self.specs)
+
+    @cached_property
+    def data_sha256(self) -> dict[str, str]:
+        """Each trained task's training rows (``Split.rows_sha256``): checkpoints record them."""
+        return {name: split.rows_sha256 for name, split in self.train_splits.items()}
 
     def split_data(self, spec: TaskSpec, split: str, data_root: str | None) -> Split:
         """Split ``split`` of task ``spec`` for scoring, read on first use and kept."""

@@ -15,6 +15,8 @@ rank 0) is one ``torch.save`` file of tensors and plain values, loaded with ``we
     bad_streak          skipped (non-finite) steps in a row up to ``step``
     replaced_images     training rows given a substitute image so far, per task, summed over ranks
     spec_sha256         each task's spec file (SHA-256): a resume refuses specs edited since the checkpoint
+    data_sha256         each trained task's training rows (SHA-256, ``Split.rows_sha256``): a resume refuses
+                        data that changed since the checkpoint (the sampler's state indexes those rows)
 
 Every other rank r writes what is its own -- its generators and its loss window (each rank averages its
 own losses; the log row is their mean) -- to ``checkpoint-rank{r}.pt`` beside it, atomically too:
@@ -94,13 +96,14 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
 
 
 def training_state(model: MultiTaskModel, optim: Optimization, loader: MultiTaskLoader, progress: Progress,
-                   world_size: int = 1, spec_sha256: dict[str, str] | None = None) -> dict[str, Any]:
+                   world_size: int = 1, spec_sha256: dict[str, str] | None = None,
+                   data_sha256: dict[str, str] | None = None) -> dict[str, Any]:
     """Everything ``--resume`` needs to continue exactly (rank 0's part; see the module docstring)."""
     return {"checkpoint_version": CHECKPOINT_VERSION, "step": progress.step, "trainable": model.trainable_state(),
             **optim.state_dict(), "sampler": loader.state_dict(), "log_window": progress.log_window,
             "world_size": world_size, "rng_state": rng_state(), "rng": torch.get_rng_state(),
             "bad_streak": progress.bad_streak, "replaced_images": dict(progress.replaced),
-            "spec_sha256": dict(spec_sha256 or {})}
+            "spec_sha256": dict(spec_sha256 or {}), "data_sha256": dict(data_sha256 or {})}
 
 
 def check_specs_unchanged(saved: dict[str, Any], specs: Iterable[TaskSpec], run_dir: str | Path) -> None:
@@ -114,6 +117,19 @@ def check_specs_unchanged(saved: dict[str, Any], specs: Iterable[TaskSpec], run_
         files = ", ".join(str(s.source_file) for s in changed)
         raise CheckpointError(f"--resume {run_dir}: the task spec file(s) {files} changed since the run's checkpoint; "
                               "put them back as they were to continue it, or start a new run with the edited specs")
+
+
+def check_data_unchanged(saved: dict[str, Any], data_sha256: dict[str, str], run_dir: str | Path) -> None:
+    """Refuse to resume a run whose training rows changed since its checkpoint (a checkpoint written before the
+    digests were recorded is not checked): the sampler's state indexes the rows it was saved with, so the rest of
+    the run would draw other rows -- silently when their number is the same."""
+    recorded = saved.get("data_sha256") or {}
+    changed = sorted(t for t, d in data_sha256.items() if t in recorded and recorded[t] != d)
+    if changed:
+        raise CheckpointError(
+            f"--resume {run_dir}: the training rows of task(s) {changed} changed since the run's checkpoint (other "
+            "data files, another --data-root, or data edited meanwhile); resume with the data it trained on, or "
+            "start a new run")
 
 
 def save_rank_state(run_dir: str | Path, rank: int, step: int, log_window: dict[str, list[float]]) -> Path:
@@ -135,7 +151,8 @@ def save_rank_state(run_dir: str | Path, rank: int, step: int, log_window: dict[
 
 def save_training_checkpoint(run_dir: str | Path, model: MultiTaskModel, optim: Optimization,
                              loader: MultiTaskLoader, progress: Progress, info: DistInfo,
-                             spec_sha256: dict[str, str] | None = None) -> None:
+                             spec_sha256: dict[str, str] | None = None,
+                             data_sha256: dict[str, str] | None = None) -> None:
     """Every rank's part of a checkpoint: rank r > 0 its rank file, rank 0 ``checkpoint.pt`` after a barrier,
     once every rank file holds ``step``. Every rank calls it at the same step (periodic saves, the end, and a
     stop: the loop agrees on stopping across ranks before it saves)."""
@@ -143,7 +160,8 @@ def save_training_checkpoint(run_dir: str | Path, model: MultiTaskModel, optim: 
         save_rank_state(run_dir, info.rank, progress.step, progress.log_window)
     barrier(info)
     if info.is_main:
-        save_checkpoint(training_state(model, optim, loader, progress, info.world_size, spec_sha256), run_dir)
+        save_checkpoint(training_state(model, optim, loader, progress, info.world_size, spec_sha256, data_sha256),
+                        run_dir)
 
 
 def _rank_state(run_dir: str | Path | None, rank: int, step: int) -> dict[str, Any] | None:

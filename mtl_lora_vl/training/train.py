@@ -52,6 +52,7 @@ from ..tasks import resolve_tasks
 from .checkpoint import (
     CheckpointError,
     Progress,
+    check_data_unchanged,
     check_specs_unchanged,
     load_checkpoint,
     restore_training_state,
@@ -195,6 +196,8 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
     seed_everything(opts.seed)
 
     setup = extend_setup(opts, info.device, specs) if opts.extend else build_setup(opts, info.device, specs)
+    if saved is not None:
+        check_data_unchanged(saved, setup.data_sha256, run_dir)
     loaded = base_weights_dtype(setup.model.model)
     amp_dtype = resolve_precision(opts.precision, info.device, opts.base_dtype, loaded)
     check_base_precision(opts.precision, amp_dtype, loaded, setup.backbone.casts_inputs)
@@ -369,7 +372,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
 
     def checkpoint() -> None:  # every rank is at this point of the same step
         save_training_checkpoint(run.dir, model, optim, loader, Progress(step, window.losses, bad, replaced()), info,
-                                 run.setup.spec_sha256)
+                                 run.setup.spec_sha256, run.setup.data_sha256)
 
     with stop_at_step_boundary() as stop:
         try:
