@@ -418,6 +418,21 @@ def test_a_kind_without_a_generative_path_says_what_to_use():
         RetrievalKind.sample_lm(SimpleNamespace(kind="retrieval"), None, 0)
 
 
+def test_training_rows_longer_than_the_language_model_s_context_are_named(llava, caplog):
+    """Captions past the LM's positions gave no warning of ours: a model with learned positions fails mid-run,
+    one with rotary positions (the tiny Llama here) trains on positions it never saw; the loader cuts nothing."""
+    spec = load_spec("captioning")
+    train = _split(spec, "train", 6)
+    build_kind(spec, train, llava)
+    assert "longer than the language model's context" not in caplog.text
+    long = " ".join(["red square"] * 100)
+    rows = [dataclasses.replace(train.examples[0], text=long, captions=(long,)), *train.examples[1:]]
+    build_kind(spec, Split(rows), llava)
+    assert (f"task 'captioning': 1 of its {len(rows)} training rows are longer than the language model's context "
+            f"of {llava.lm_context} tokens") in caplog.text
+    assert llava.lm_context == 128
+
+
 def test_special_token_text_in_rows_is_refused_naming_the_task_and_row(llava):
     """A caption holding '</s>' trained with an end token mid-target, silently; a question or caption holding
     '<image>' failed with a message about the processor's image tokens. Both are refused when the split is

@@ -156,6 +156,13 @@ class HFVLMBackbone(Backbone):
         return self.hf_processor
 
     @property
+    def lm_context(self) -> int | None:
+        """The language model's positions (``max_position_embeddings``): the longest row, image tokens included,
+        it was built for."""
+        n = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        return int(n) if n else None
+
+    @property
     def layout(self) -> PromptLayout:
         return PromptLayout(self.image_token_str, self.image_token_id, self.num_image_tokens, self.eos_id,
                             self.pad_id, self.prefix_ids, self.image_first, self.prompt_end)

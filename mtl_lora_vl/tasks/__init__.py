@@ -12,4 +12,7 @@ __all__ = ["SpecError", "TaskKind", "TaskSpec", "available_kinds", "available_sp
 
 def build_kind(spec: TaskSpec, train, backbone, state: dict | None = None) -> TaskKind:
     """Instantiate the kind of ``spec`` on its training split (or a saved ``kind.state()``) and backbone."""
-    return get_kind(spec.kind)(spec, train, backbone, state)
+    kind = get_kind(spec.kind)(spec, train, backbone, state)
+    if train is not None and kind.generative:
+        kind.warn_lm_context(train.examples, backbone)
+    return kind

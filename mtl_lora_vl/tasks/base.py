@@ -212,6 +212,28 @@ class TaskKind(ABC):
                         f"{hit!r}, a special token of the model's tokenizer: it would be read as that token (an "
                         "image placeholder, or an end of text inside a target), not as text; remove it from the data")
 
+    def warn_lm_context(self, examples: Sequence[Example], backbone: Backbone, limit: int = 1000) -> None:
+        """Generative path: say when training rows (prompt with its image tokens, target, end token) are longer
+        than the language model's context -- past it a model with learned positions fails mid-run and one with
+        rotary positions trains on positions it never saw; the loader cuts nothing. The first ``limit`` rows
+        are measured (start-up time). :func:`build_kind` calls it once the kind is built."""
+        context = getattr(backbone, "lm_context", None)
+        if not context or not examples:
+            return
+        rows = list(examples[:limit])
+        collate = backbone.lm_collator()
+        prompts, targets = zip(*(self.sample_lm(ex, 0)[:2] for ex in rows))
+        texts = collate.prompt_texts(prompts)
+        ids, prompt_ids = collate.prompt_rows(texts)
+        lengths = [len(p) + len(t) + 1 for p, t in zip(ids, collate.continuation_ids(texts, targets, prompt_ids))]
+        over = sum(n > context for n in lengths)
+        if over:
+            some = "" if len(rows) == len(examples) else f"the first {len(rows)} of "
+            logger.warning("task %r: %d of %sits %d training rows are longer than the language model's context of %d "
+                           "tokens (prompt with its %d image tokens, target and end token; the longest is %d): shorten "
+                           "the targets or the prompt, or use a model with a longer context", self.name, over, some,
+                           len(examples), context, backbone.num_image_tokens, max(lengths))
+
     def state(self) -> dict[str, Any]:
         """What this kind learned from its training split (JSON-able), saved with adapters so a
         trained task can be rebuilt without its training data: ``Kind(spec, None, backbone, state)``."""
