@@ -552,6 +552,7 @@ def test_eval_scores_a_trained_task_on_the_data_of_another_spec_file(tmp_path, c
     evaluate_adapter(run / "adapter", tasks=str(later), data_root=str(tmp_path), out=tmp_path / "ev", device="cpu")
     r = json.loads((tmp_path / "ev" / "eval.json").read_text())["tasks"]["colours"]
     assert r["n"] == 5 and r["metric"] == "mean_per_class" and r["data_spec"] == str(later.resolve())
+    assert "\n\nScored: colours 5 images.\n" in (tmp_path / "ev" / "report.md").read_text()   # was in eval.json only
     evaluate_adapter(run / "adapter", tasks="colours", data_root=str(tmp_path), out=tmp_path / "ev2", device="cpu")
     r = json.loads((tmp_path / "ev2" / "eval.json").read_text())["tasks"]["colours"]
     assert r["n"] == 6 and "data_spec" not in r

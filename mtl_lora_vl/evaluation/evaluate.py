@@ -26,7 +26,7 @@ from ..multitask import MultiTaskModel, Setup
 from ..precision import base_weights_dtype, check_base_precision, resolve_precision
 from ..rundir import RunDirError
 from ..tasks.spec import TaskSpec, load_spec
-from .report import details_table, markdown_table, write_plots
+from .report import details_table, markdown_table, scored_line, write_plots
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +157,9 @@ def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model) ->
     details = details_table(result)
     if details:
         table += "\n\n" + details
+    scored = scored_line(result)
+    if scored:
+        table += "\n\n" + scored
     plots = write_plots(run_dir, result, adapted_model)
     lines = ["# Zero-shot vs adapted", "", table, ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]

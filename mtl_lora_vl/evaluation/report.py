@@ -35,6 +35,17 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+_UNITS = {"vqa": "questions", "retrieval": "images", "classification": "images", "captioning": "images"}
+
+
+def scored_line(result: dict[str, Any]) -> str:
+    """How many examples each task's scores cover (a generative kind may score only its first ``eval_limit``),
+    e.g. ``Scored: vqa 600 questions, retrieval 1000 images.``; "" when the result records none."""
+    parts = [f"{name} {int(r['n'])} {_UNITS.get(r.get('kind', ''), 'examples')}"
+             for name, r in result["tasks"].items() if r.get("n") is not None]
+    return f"Scored: {', '.join(parts)}." if parts else ""
+
+
 def detail_keys(r: dict[str, Any]) -> list[str]:
     """A task's metrics beside its headline, in the order the report shows them: the headline's breakdown
     (``vqa_accuracy/<question type>``), then each other metric its spec lists (``per_x`` names a breakdown
