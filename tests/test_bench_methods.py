@@ -402,3 +402,27 @@ def test_mixing_spread_sees_choices_that_the_average_over_projections_hides():
     assert (got["weight_min"], got["weight_max"], got["projections"]) == (pytest.approx(0.1), pytest.approx(0.9), 2)
     same = _spread(torch.full((3, 2, 3), 1 / 3))
     assert same["tv_median"] == 0 and same["weight_max"] == pytest.approx(1 / 3)
+
+
+def test_code_version_names_the_commit_and_uncommitted_changes(tmp_path):
+    """Each run records the code that trained it: version, +g<commit>, .dirty with uncommitted changes to
+    tracked files (untracked files do not count); outside a checkout the version alone."""
+    import shutil
+    import subprocess
+
+    from mtl_lora_vl.benchmark.runner import code_version
+
+    assert code_version(tmp_path) == __version__
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    sha = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert code_version(tmp_path) == f"{__version__}+g{sha}"
+    (tmp_path / "new.py").write_text("")
+    assert code_version(tmp_path) == f"{__version__}+g{sha}"
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert code_version(tmp_path) == f"{__version__}+g{sha}.dirty"

@@ -48,10 +48,11 @@ def _fmt_time(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-def code_version() -> str:
+def code_version(root: Path | None = None) -> str:
     """The package version, plus the git commit (``+g<sha>``, ``.dirty`` with uncommitted changes to tracked
-    files) when it runs from a checkout: every run records it, so a grid resumed on other code says so."""
-    root = Path(__file__).resolve().parents[2]
+    files) when it runs from a checkout: every run records it, so a grid resumed on other code says so.
+    ``root``: the checkout (by default the one this package runs from)."""
+    root = Path(__file__).resolve().parents[2] if root is None else root
     if not (root / ".git").exists():
         return __version__
     try:
