@@ -61,11 +61,9 @@ def make_linear(method: str, lambda_type: str = "full", d_in=12, d_out=10, slice
     return layer
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("lambda_type", ["full", "diagonal", "none"])
+@pytest.mark.parametrize(("method", "lambda_type"),   # lambda_type only shapes mtl_lora
+                         [(m, "full") for m in METHODS] + [("mtl_lora", "diagonal"), ("mtl_lora", "none")])
 def test_linear_matches_dense_reference_per_sample(method, lambda_type):
-    if method != "mtl_lora" and lambda_type != "full":
-        pytest.skip("lambda_type only shapes mtl_lora")
     layer = make_linear(method, lambda_type)
     x = torch.randn(6, 5, 12)
     ids = torch.tensor([0, 1, 2, 2, 0, 1])
@@ -409,6 +407,44 @@ def test_mixed_batch_gradients_equal_the_per_task_ones(lambda_type, batch_dim):
         gp_sum = [a + b for a, b in zip(gp_sum, gp)]
     for p, a, b in zip(params, gp_mixed, gp_sum):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda m, p=p: f"{p.shape}: {m}")
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("layout", ["one_task", "runs", "index"])
+@pytest.mark.parametrize("batch_dim", [0, 1])
+def test_every_method_s_gradients_equal_autograd_of_the_dense_reference(method, layout, batch_dim, monkeypatch):
+    """Each method's own backward (rows.py) against autograd through x @ (W + ΔW_t).T with ΔW_t from the
+    paper's formula, on every row layout: one task, grouped runs (a product per run) and interleaved rows
+    (one gathered index per task). Only mtl_lora had a reference for its gradients; the others were compared
+    with themselves."""
+    import mtl_lora_vl.adapters.routing as routing_mod
+
+    if layout == "index":   # interleaved rows take the gather / index_add path (on a CPU only past 64 runs)
+        monkeypatch.setitem(routing_mod.MAX_RUNS_PER_TASK, "cpu", 1)
+    layer = make_linear(method)
+    ids = {"one_task": [1] * 6, "runs": [0, 0, 2, 2, 2, 1], "index": [1, 0, 2, 0, 1, 2]}[layout]
+    layer.batch_dim = batch_dim
+    x = torch.randn(6, 4, 12, dtype=torch.float64)
+    w = torch.randn(6, 4, 10, dtype=torch.float64)
+    layer.double()
+    params = [p for n, p in layer.named_parameters() if n.startswith("lora_")]
+
+    xs = (x if batch_dim == 0 else x.transpose(0, 1)).clone().requires_grad_()
+    with _scope(layer, TASKS[1] if layout == "one_task" else torch.tensor(ids)):
+        y = layer(xs)
+    y = y if batch_dim == 0 else y.transpose(0, 1)
+    got = torch.autograd.grad((y * w).sum(), [xs, *params], allow_unused=True)
+
+    xr = x.clone().requires_grad_()
+    ref = torch.stack([xr[b] @ (layer.weight + reference_delta(layer, t)).T + layer.bias for b, t in enumerate(ids)])
+    want = torch.autograd.grad((ref * w).sum(), [xr, *params], allow_unused=True)
+    torch.testing.assert_close(y, ref)
+    gx = got[0] if batch_dim == 0 else got[0].transpose(0, 1)
+    torch.testing.assert_close(gx, want[0])
+    for p, a, b in zip(params, got[1:], want[1:]):
+        a = torch.zeros_like(p) if a is None else a
+        b = torch.zeros_like(p) if b is None else b
+        torch.testing.assert_close(a, b, msg=lambda m, p=p: f"{tuple(p.shape)}: {m}")
 
 
 def test_attention_weights_are_returned_after_dropout_as_torch_returns_them():
