@@ -348,6 +348,14 @@ def test_vqa_vocab_targets_head_and_zero_shot(clip):
     zs = kind.predict(clip, None, val.examples, batch_size=4, device="cpu")
     ad = kind.predict(clip, head, val.examples, batch_size=4, device="cpu")
     assert zs == ad                                          # the head at init is the zero-shot rule
+
+    class Ramp(torch.nn.Module):   # logits rising with the answer index: the last allowed answer must win
+        def forward(self, img, q):
+            return torch.arange(len(kind.answers), dtype=torch.float32).expand(img.shape[0], -1)
+
+    ramp = kind.predict(clip, Ramp(), val.examples, batch_size=4, device="cpu")
+    want = [kind.answers[int(kind.answer_mask(kind.filter_type(e)).nonzero().max())] for e in val.examples]
+    assert ramp == want and ramp != zs                       # the head's logits, masked by question type
     metrics = kind.evaluate(clip, None, val, batch_size=4, device="cpu")
     assert 0.0 <= metrics["vqa_accuracy"] <= 1.0 and metrics["n"] == len(val.examples)
     types = {e.question_type for e in val.examples}
@@ -619,13 +627,23 @@ def test_vqa_answers_are_filtered_by_question_type(clip):
     preds = kind.predict(clip, None, val.examples, batch_size=8, device="cpu")
     for ex, pred in zip(val.examples, preds):
         assert pred in majority[ex.question_type], (ex.question_type, pred)
-    # The loss only spreads probability over the allowed answers.
+    # The loss is a softmax over each row's allowed answers only (a hand-written one; not the unmasked one).
     batch = _batch(kind, train, clip, 8)
-    assert batch["answer_mask"].shape == batch["targets"].shape
-    assert (batch["targets"][~batch["answer_mask"]] >= 0).all()
+    mask = batch["answer_mask"]
+    assert mask.shape == batch["targets"].shape and not mask.all()
     head = kind.build_head(clip)
-    loss = kind.loss(head, clip, batch, clip.encode_image(batch["images"]), clip.encode_text(batch["tokens"]))
-    assert torch.isfinite(loss)
+    with torch.no_grad():
+        img, txt = clip.encode_image(batch["images"]), clip.encode_text(batch["tokens"])
+        loss = kind.loss(head, clip, batch, img, txt)
+        logits = head(img, txt)
+    t = batch["targets"].float() * mask
+    keep = t.sum(1) > 0
+    dist = t[keep] / t[keep].sum(1, keepdim=True)
+    allowed_logp = logits[keep].masked_fill(~mask[keep], float("-inf")).log_softmax(-1)
+    want = -torch.where(mask[keep], dist * allowed_logp, torch.zeros(())).sum(1).mean()
+    unmasked = -(dist * logits[keep].log_softmax(-1)).sum(1).mean()
+    torch.testing.assert_close(loss, want)
+    assert not torch.isclose(loss, unmasked)
 
 
 def test_vqav2_candidates_come_from_the_question_not_from_its_answers(clip, caplog):

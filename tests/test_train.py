@@ -504,6 +504,31 @@ def test_the_spec_s_first_metric_heads_the_evaluation(tmp_path):
     assert row.startswith("| caption_cls | mean_per_class |")
 
 
+def test_zero_shot_scores_are_the_base_model_s_with_the_adapters_attached_and_trained(tmp_path):
+    """The zero-shot column must be the base model's: with trained (here random, non-zero) adapters attached it
+    equals scoring a fresh backbone that has none; the adapted column differs. Scoring zero-shot through the
+    routed adapters passed every test."""
+    from mtl_lora_vl.backbones import load_backbone
+    from mtl_lora_vl.evaluation.evaluate import evaluate_setup
+    from mtl_lora_vl.multitask import build_setup
+    from mtl_lora_vl.options import TrainOptions
+
+    spec = small_spec(tmp_path, "caption_cls", n_train=8, n_eval=24)
+    setup = build_setup(TrainOptions(tasks=str(spec), rank=4), torch.device("cpu"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in setup.model.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    kw = dict(device="cpu", dtype=torch.float32, batch_size=16)
+    r = evaluate_setup(setup, split="val", data_root=None, **kw)["tasks"]["caption_cls"]
+    kind = setup.kinds["caption_cls"]
+    base = kind.evaluate(load_backbone("builtin", None, torch.device("cpu")), None,
+                         setup.split_data(setup.specs[0], "val", None), num_workers=0, **kw)
+    assert r["details"]["zero_shot"] == base
+    assert r["details"]["adapted"] != base
+
+
 def test_resume_refuses_training_rows_that_changed_since_the_checkpoint(tmp_path, capsys):
     """Data edited between a stop and --resume, row count unchanged: the sampler's saved state indexes the old
     rows, and the run went on silently on the new ones."""
