@@ -236,8 +236,11 @@ def test_mixed_batch_task_losses_equal_each_task_alone(llava):
     _attach(llava, kinds)
     rows = _rows(kinds, llava)
     model = _model(llava, kinds)
+    for name, w in zip(kinds, (2.0, 0.5, 1.0)):   # the joint objective weighs each task's loss
+        kinds[name].spec = dataclasses.replace(kinds[name].spec, loss_weight=w)
     with torch.no_grad():
-        _, mixed = model(_collate(kinds, llava, rows))
+        total, mixed = model(_collate(kinds, llava, rows))
+        torch.testing.assert_close(total, sum(k.spec.loss_weight * mixed[n] for n, k in kinds.items()))
         for t, name in enumerate(kinds):
             own = [r for r in rows if r["task_id"] == t]
             _, alone = model(_collate(kinds, llava, own))

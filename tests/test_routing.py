@@ -4,6 +4,7 @@ one id space from the loader to the layers, add_task's freezing scoped to one op
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 
 import pytest
@@ -413,8 +414,11 @@ def test_loader_emits_adapter_ids_and_the_model_routes_once_per_tower_without_id
     seen = []
     real = Router.make_route
     monkeypatch.setattr(Router, "make_route", lambda self, t: seen.append(t) or real(self, t))
+    for name, w in (("retrieval", 3.0), ("caption_cls", 0.5)):   # the joint objective weighs each task's loss
+        kinds[name].spec = dataclasses.replace(kinds[name].spec, loss_weight=w)
     total, losses = model(to_device(batch, "cpu", torch.float32, clip))
     assert torch.isfinite(total) and set(losses) == {"retrieval", "caption_cls"}
+    torch.testing.assert_close(total, 3.0 * losses["retrieval"] + 0.5 * losses["caption_cls"])
     tower_routes = [t for t in seen if isinstance(t, Route)]
     assert len(tower_routes) == (2 if text_ids else 1)  # one route per tower pass
     assert not any(isinstance(t, torch.Tensor) for t in seen)  # no ids -> host round trip

@@ -151,6 +151,7 @@ def test_each_task_loss_is_its_mean_over_the_micro_batches_it_was_in(monkeypatch
     r = step_mod.forward_backward(net, batches, optim, accumulate=4, backbone=None, amp_dtype=torch.float32,
                                   info=DistInfo())
     assert r.losses == pytest.approx({"vqa": 2.0, "retrieval": 4.0, "loss": 3.0}) and r.samples == 16
+    assert float(net.p.grad) == pytest.approx((2 + 4 + 2 + 4) / 4)   # the step's gradient: the micro-batches' mean
 
 
 def test_task_lr_mult_reaches_only_methods_with_task_tensors_and_the_logged_rate_trains():
