@@ -552,7 +552,7 @@ def test_captioning_needs_a_decoder(clip):
         build_kind(spec, _world(spec, "train", 2), clip)
 
 
-def test_captioning_loss_and_decoding(coca):
+def test_captioning_loss_and_decoding(coca, monkeypatch):
     spec = load_spec("captioning")
     train, val = _world(spec, "train", 3), _world(spec, "val", 3)
     kind = build_kind(spec, train, coca)
@@ -561,8 +561,11 @@ def test_captioning_loss_and_decoding(coca):
     m = kind.evaluate(coca, None, val, batch_size=2, device="cpu")
     assert 0.0 <= m["bleu4"] <= 1.0 and m["cider"] >= 0.0 and m["n_images"] == 3
     beam = build_kind(dataclasses.replace(spec, options={"max_len": 6, "beam_size": 2}), train, coca)
+    seen, real = [], coca.generate
+    monkeypatch.setattr(coca, "generate", lambda images, **kw: seen.append(kw) or real(images, **kw))
     caps = beam.generate(coca, beam.build_head(coca), val.examples, batch_size=3, device="cpu")
     assert len(caps) == 3 and all(isinstance(c, str) for c in caps)
+    assert seen == [{"max_len": 6, "beam_size": 2}]   # the spec's decoding reaches the backbone
     losses = _train_steps(kind, head, coca, _batch(kind, train, coca, 4))
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
 
