@@ -551,6 +551,12 @@ def test_resume_refuses_training_rows_that_changed_since_the_checkpoint(tmp_path
     capsys.readouterr()
     assert train_main(["--resume", str(run)]) == 2
     assert "the training rows of task(s) ['colours'] changed since the run's checkpoint" in capsys.readouterr().err
+    # A finished run whose checkpoint was deleted (a common clean-up): the advice was --overwrite, which
+    # replaces the finished run.
+    (run / "checkpoint.pt").unlink()
+    assert train_main(["--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "the run finished: its adapter is in" in err and "--overwrite" not in err
 
 
 def test_eval_scores_a_trained_task_on_the_data_of_another_spec_file(tmp_path, caplog):

@@ -40,6 +40,7 @@ import torch
 from ..data.loader import MultiTaskLoader
 from ..distributed import DistInfo, barrier
 from ..io.atomic import atomic_file
+from ..io.layout import RUN_ADAPTER_DIR, is_adapter_dir
 from ..multitask import MultiTaskModel
 from ..tasks.spec import TaskSpec, spec_digests
 from .optim import Optimization
@@ -87,6 +88,12 @@ def _read(path: Path) -> dict[str, Any]:
 def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
     """Read ``run_dir/checkpoint.pt`` (tensors and plain values only)."""
     path = Path(run_dir) / CHECKPOINT_NAME
+    if not path.is_file() and is_adapter_dir(Path(run_dir) / RUN_ADAPTER_DIR):
+        raise CheckpointError(
+            f"{path}: no checkpoint to resume from, but the run finished: its adapter is in "
+            f"{Path(run_dir) / RUN_ADAPTER_DIR} (the checkpoint was deleted after it). There is nothing to resume: "
+            f"score it with `mtl-lora-vl eval --adapter {Path(run_dir) / RUN_ADAPTER_DIR}`, teach it more tasks with "
+            f"--extend {Path(run_dir)}, or train longer in a new run (another --out)")
     if not path.is_file():
         raise CheckpointError(
             f"{path}: no checkpoint to resume from (the run saves one every --save-every steps and on Ctrl-C, and "
