@@ -148,6 +148,14 @@ def test_extend_trains_only_the_new_task(tmp_path, capsys, monkeypatch):
             assert torch.equal(new[name], t), name
         else:  # task rows grew by one; the old rows are unchanged
             assert torch.equal(new[name][: t.shape[0]], t), name
+    # The extend run's checkpoint holds what trains; the frozen rest comes from the source on --resume, which
+    # mixed a retrained source's A and B with the new task's rows trained against the old ones, silently.
+    assert train_main(["--resume", "ext", "--workers", "0"]) == 0
+    assert train_main(base_args(tmp_path, run, steps=3) + ["--rank", "4", "--pretrained", str(weights), "--seed", "5",
+                                                            "--overwrite"]) == 0
+    capsys.readouterr()
+    assert train_main(["--resume", "ext", "--workers", "0"]) == 2
+    assert "the adapter this run extends changed since the run's checkpoint" in capsys.readouterr().err
 
 
 def test_extend_with_nothing_to_train_is_refused_at_start(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -43,6 +44,8 @@ class Setup:
     #: The base model an --extend run loaded: the adapter's recorded one unless --backbone/--pretrained say.
     base: dict[str, Any] | None = None
     new_adapter_values: int | None = None
+    #: An --extend run's source adapter: SHA-256 of its record (file digests, config); checkpoints record it.
+    source_sha256: str | None = None
     #: Evaluation splits read so far, by (task, split): read once per run, not at every evaluation.
     eval_data: dict[tuple[str, str], Split] = field(default_factory=dict, repr=False)
 
@@ -55,6 +58,13 @@ class Setup:
     def data_sha256(self) -> dict[str, str]:
         """Each trained task's training rows (``Split.rows_sha256``): checkpoints record them."""
         return {name: split.rows_sha256 for name, split in self.train_splits.items()}
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """Digests of what the run reads -- spec files, training rows, an --extend source -- that a checkpoint
+        records and a resume checks."""
+        return {"spec_sha256": self.spec_sha256, "data_sha256": self.data_sha256,
+                **({"source_sha256": self.source_sha256} if self.source_sha256 else {})}
 
     def split_data(self, spec: TaskSpec, split: str, data_root: str | None) -> Split:
         """Split ``split`` of task ``spec`` for scoring, read on first use and kept."""
@@ -128,6 +138,8 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
     recorded = lp.doc.get("base") or {}
     base = {"backbone": recorded.get("backbone") if opts.backbone == "builtin" else opts.backbone,
             "pretrained": recorded.get("pretrained") if opts.pretrained is None else opts.pretrained}
+    record = {"files": lp.doc.get("files") or {}, "config": lp.doc.get("config")}
+    source = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
     return Setup(bb, specs, kinds, model, attach_info(bb.model).config, train_splits, extended_from=old,
-                 new_adapter_values=added, base=base)
+                 new_adapter_values=added, base=base, source_sha256=source)
 

@@ -17,6 +17,8 @@ rank 0) is one ``torch.save`` file of tensors and plain values, loaded with ``we
     spec_sha256         each task's spec file (SHA-256): a resume refuses specs edited since the checkpoint
     data_sha256         each trained task's training rows (SHA-256, ``Split.rows_sha256``): a resume refuses
                         data that changed since the checkpoint (the sampler's state indexes those rows)
+    source_sha256       an --extend run's source adapter (its record of file digests): a resume refuses
+                        another one (the checkpoint holds only what trains; the frozen rest comes from it)
 
 Every other rank r writes what is its own -- its generators and its loss window (each rank averages its
 own losses; the log row is their mean) -- to ``checkpoint-rank{r}.pt`` beside it, atomically too:
@@ -103,14 +105,14 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
 
 
 def training_state(model: MultiTaskModel, optim: Optimization, loader: MultiTaskLoader, progress: Progress,
-                   world_size: int = 1, spec_sha256: dict[str, str] | None = None,
-                   data_sha256: dict[str, str] | None = None) -> dict[str, Any]:
-    """Everything ``--resume`` needs to continue exactly (rank 0's part; see the module docstring)."""
+                   world_size: int = 1, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything ``--resume`` needs to continue exactly (rank 0's part; see the module docstring).
+    ``inputs``: the digests of what the run reads (``Setup.inputs``), which a resume checks."""
     return {"checkpoint_version": CHECKPOINT_VERSION, "step": progress.step, "trainable": model.trainable_state(),
             **optim.state_dict(), "sampler": loader.state_dict(), "log_window": progress.log_window,
             "world_size": world_size, "rng_state": rng_state(), "rng": torch.get_rng_state(),
             "bad_streak": progress.bad_streak, "replaced_images": dict(progress.replaced),
-            "spec_sha256": dict(spec_sha256 or {}), "data_sha256": dict(data_sha256 or {})}
+            **(inputs or {})}
 
 
 def check_specs_unchanged(saved: dict[str, Any], specs: Iterable[TaskSpec], run_dir: str | Path) -> None:
@@ -126,17 +128,25 @@ def check_specs_unchanged(saved: dict[str, Any], specs: Iterable[TaskSpec], run_
                               "put them back as they were to continue it, or start a new run with the edited specs")
 
 
-def check_data_unchanged(saved: dict[str, Any], data_sha256: dict[str, str], run_dir: str | Path) -> None:
-    """Refuse to resume a run whose training rows changed since its checkpoint (a checkpoint written before the
-    digests were recorded is not checked): the sampler's state indexes the rows it was saved with, so the rest of
-    the run would draw other rows -- silently when their number is the same."""
+def check_inputs_unchanged(saved: dict[str, Any], inputs: dict[str, Any], run_dir: str | Path) -> None:
+    """Refuse to resume a run whose training rows, or whose ``--extend`` source adapter, changed since its
+    checkpoint (a checkpoint written before these digests were recorded is not checked). The sampler's state
+    indexes the rows it was saved with, so the rest of the run would draw other rows -- silently when their
+    number is the same; and an extend run's checkpoint holds only what trains, so the frozen A, B_i and old
+    tasks would come from the changed source."""
     recorded = saved.get("data_sha256") or {}
-    changed = sorted(t for t, d in data_sha256.items() if t in recorded and recorded[t] != d)
+    changed = sorted(t for t, d in (inputs.get("data_sha256") or {}).items() if t in recorded and recorded[t] != d)
     if changed:
         raise CheckpointError(
             f"--resume {run_dir}: the training rows of task(s) {changed} changed since the run's checkpoint (other "
             "data files, another --data-root, or data edited meanwhile); resume with the data it trained on, or "
             "start a new run")
+    was, now = saved.get("source_sha256"), inputs.get("source_sha256")
+    if was and now and was != now:
+        raise CheckpointError(
+            f"--resume {run_dir}: the adapter this run extends changed since the run's checkpoint (retrained, or "
+            "replaced); its frozen tensors and old tasks would come from the new one while the new tasks trained "
+            "against the old. Put the adapter back to continue, or start the --extend run again")
 
 
 def save_rank_state(run_dir: str | Path, rank: int, step: int, log_window: dict[str, list[float]]) -> Path:
@@ -158,8 +168,7 @@ def save_rank_state(run_dir: str | Path, rank: int, step: int, log_window: dict[
 
 def save_training_checkpoint(run_dir: str | Path, model: MultiTaskModel, optim: Optimization,
                              loader: MultiTaskLoader, progress: Progress, info: DistInfo,
-                             spec_sha256: dict[str, str] | None = None,
-                             data_sha256: dict[str, str] | None = None) -> None:
+                             inputs: dict[str, Any] | None = None) -> None:
     """Every rank's part of a checkpoint: rank r > 0 its rank file, rank 0 ``checkpoint.pt`` after a barrier,
     once every rank file holds ``step``. Every rank calls it at the same step (periodic saves, the end, and a
     stop: the loop agrees on stopping across ranks before it saves)."""
@@ -167,8 +176,7 @@ def save_training_checkpoint(run_dir: str | Path, model: MultiTaskModel, optim: 
         save_rank_state(run_dir, info.rank, progress.step, progress.log_window)
     barrier(info)
     if info.is_main:
-        save_checkpoint(training_state(model, optim, loader, progress, info.world_size, spec_sha256, data_sha256),
-                        run_dir)
+        save_checkpoint(training_state(model, optim, loader, progress, info.world_size, inputs), run_dir)
 
 
 def _rank_state(run_dir: str | Path | None, rank: int, step: int) -> dict[str, Any] | None:

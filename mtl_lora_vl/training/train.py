@@ -52,7 +52,7 @@ from ..tasks import resolve_tasks
 from .checkpoint import (
     CheckpointError,
     Progress,
-    check_data_unchanged,
+    check_inputs_unchanged,
     check_specs_unchanged,
     load_checkpoint,
     restore_training_state,
@@ -197,7 +197,7 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
 
     setup = extend_setup(opts, info.device, specs) if opts.extend else build_setup(opts, info.device, specs)
     if saved is not None:
-        check_data_unchanged(saved, setup.data_sha256, run_dir)
+        check_inputs_unchanged(saved, setup.inputs, run_dir)
     loaded = base_weights_dtype(setup.model.model)
     amp_dtype = resolve_precision(opts.precision, info.device, opts.base_dtype, loaded)
     check_base_precision(opts.precision, amp_dtype, loaded, setup.backbone.casts_inputs)
@@ -372,7 +372,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
 
     def checkpoint() -> None:  # every rank is at this point of the same step
         save_training_checkpoint(run.dir, model, optim, loader, Progress(step, window.losses, bad, replaced()), info,
-                                 run.setup.spec_sha256, run.setup.data_sha256)
+                                 run.setup.inputs)
 
     with stop_at_step_boundary() as stop:
         try:
