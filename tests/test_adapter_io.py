@@ -277,6 +277,22 @@ def test_header_edited_by_hand_is_refused(oc_adapter, tmp_path):
         mlv.load_adapter(tiny_open_clip(), p)
 
 
+def test_config_record_edited_by_hand_is_refused(oc_adapter, tmp_path):
+    """Every file of an adapter is checked against mtl_lora_config.json, except that file itself: swapping the
+    order of its tasks made one task load the other's Lambda_t / w_t rows, silently (alpha, temperature too)."""
+    p = _copy(oc_adapter[0], tmp_path / "config")
+    doc = json.loads((p / ADAPTER_CONFIG).read_text())
+    (p / ADAPTER_CONFIG).write_text(json.dumps(doc))   # re-formatted, the same record: it loads
+    mlv.load_adapter(tiny_open_clip(), p)
+    for key, value in (("tasks", doc["config"]["tasks"][::-1]), ("alpha", doc["config"]["alpha"] * 2)):
+        edited = {**doc, "config": {**doc["config"], key: value}}
+        (p / ADAPTER_CONFIG).write_text(json.dumps(edited, indent=2))
+        fresh = tiny_open_clip()
+        with pytest.raises(AdapterFileError, match=r"mtl_lora_config.json: its 'config' .* was edited after saving"):
+            mlv.load_adapter(fresh, p)
+        assert _untouched(fresh)
+
+
 def test_tampered_task_spec_and_missing_files(oc_adapter, tmp_path):
     p = _copy(oc_adapter[0], tmp_path / "spec")
     (p / "tasks" / "vqa.toml").write_text('kind = "vqa"\n[data]\nsource = "builtin"\nseed = 3\n')
@@ -629,6 +645,8 @@ def test_an_adapter_saved_before_qkv_slices_chose_separate_q_k_v_layers_still_lo
     doc = json.loads((path / ADAPTER_CONFIG).read_text())
     doc["config"]["qkv_slices"] = "qv"
     (path / ADAPTER_CONFIG).write_text(json.dumps(doc))
+    from safetensors.torch import load_file  # a file of the time: its weights carry no config digest
+    _rewrite(path, load_file(str(path / ADAPTER_WEIGHTS)))
     inp = FAMILIES["hf_clip"][1]()
     with caplog.at_level("WARNING"):
         loaded = mlv.load_adapter(_fresh(tiny_hf_clip), path)

@@ -128,6 +128,23 @@ def read_header(file: Path) -> dict[str, tuple[tuple[int, ...], str]]:
                                "Copy the adapter directory again") from e
 
 
+def config_sha256(config: dict[str, Any]) -> str:
+    """SHA-256 of an adapter's ``config`` record (tasks in order, shape, scaling): the weights file carries it,
+    so that a hand edit of ``mtl_lora_config.json`` -- the one file its own digests cannot cover -- is refused."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def read_metadata(file: Path) -> dict[str, str]:
+    """A safetensors file's metadata (``{}`` when it has none)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for damaged headers
+        raise AdapterFileError(f"{file}: unreadable safetensors header ({e}); copy the adapter directory again") from e
+
+
 # ---------------------------------------------------------------------------------------------- saving
 
 
@@ -250,7 +267,7 @@ def save_adapter(
         head_tensors.update({f"{task}.{k}": v for k, v in sd.items()})
 
     with atomic_dir(path, overwrite=overwrite, what="save_adapter") as tmp:
-        save_tensors(tensors, tmp / ADAPTER_WEIGHTS, {"format": FORMAT})
+        save_tensors(tensors, tmp / ADAPTER_WEIGHTS, {"format": FORMAT, "config_sha256": config_sha256(cfg.to_dict())})
         save_tensors(head_tensors, tmp / HEADS_WEIGHTS, {"format": FORMAT})
         spec_files = {}
         if task_specs or kinds:
@@ -325,6 +342,12 @@ def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
                 raise AdapterFileError(
                     f"{f}: sha256 does not match {layout.config} (size now {f.stat().st_size} bytes); the file "
                     "is truncated or was modified after saving. Copy the adapter directory again")
+        recorded = read_metadata(path / layout.weights).get("config_sha256")
+        if recorded is not None and recorded != config_sha256(doc["config"]):
+            raise AdapterFileError(
+                f"{cfg_file}: its 'config' (tasks and their order, rank, alpha, temperature, ...) is not the one the "
+                f"adapter was saved with ({layout.weights} records another); it was edited after saving. Put the "
+                "file back as it was, or copy the adapter directory again")
     return doc, layout
 
 
