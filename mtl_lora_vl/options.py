@@ -82,7 +82,8 @@ class TrainOptions:
     base_dtype: Literal["auto", "fp32", "bf16", "fp16"] = _opt(
         "auto", "dtype of the frozen base weights: auto = bf16 for a language model (LLaVA-style) on a GPU (fp16 on "
         "one without native bf16), else fp32; adapters stay fp32")
-    data_root: str | None = _opt(None, "folder that task specs' data paths are relative to")
+    data_root: str | None = _opt(None, "folder that task specs' data paths are relative to (--extend: the new "
+                                 "tasks'; the adapter's tasks are read from the folders it records)")
     method: Literal["mtl_lora", "lora", "task_lora", "multi_lora", "moe_lora"] = _opt("mtl_lora", "adapter method")
     rank: int = _opt(8, "adapter rank r", ge=1)
     alpha: float = _opt(16.0, "adapter scaling numerator (s = alpha / r)", gt=0)
@@ -180,7 +181,8 @@ class EvalOptions:
                              "(.toml) named as one of them scores that task on the spec's data")
     backbone: str | None = _opt(None, "override the base model recorded in the adapter file")
     pretrained: str | None = _opt(None, "override the base model's local weights file (or cached open_clip tag)")
-    data_root: str | None = _opt(None, "folder that file-based task specs are relative to")
+    data_root: str | None = _opt(None, "folder that file-based task specs are relative to (default: the folder "
+                                 "each task was trained on, as the adapter records it)")
     split: Split = _opt("test", "split to score (test falls back to val when a task has no test split; a task "
                         "without a val split is not scored on val)")
     base_dtype: Literal["auto", "fp32", "bf16", "fp16"] = _opt(

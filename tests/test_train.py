@@ -158,6 +158,50 @@ def test_extend_trains_only_the_new_task(tmp_path, capsys, monkeypatch):
     assert "the adapter this run extends changed since the run's checkpoint" in capsys.readouterr().err
 
 
+def test_extend_reads_the_adapter_s_tasks_from_their_own_data_folders(tmp_path, capsys):
+    """--extend with the new task's --data-root scored the old file-based task on the new folder's files (the
+    same names, other rows): its score dropped with its adapter rows bit-identical. Each task's folder is now
+    recorded in the adapter; extend and eval read the old tasks from theirs."""
+    from PIL import Image
+
+    from mtl_lora_vl.evaluation.evaluate import evaluate_adapter
+
+    def data(folder: Path, name: str, colours: tuple[str, ...]) -> Path:
+        folder.mkdir()
+        for c in ("red", "blue"):
+            Image.new("RGB", (16, 16), c).save(folder / f"{c}.png")
+        rows = [{"image": f"{c}.png", "label": lab} for c, lab in zip(("red", "blue") * 3, colours * 3)]
+        (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        spec = folder / f"{name}.toml"
+        spec.write_text(f'name = "{name}"\nkind = "classification"\ntemplates = ["a {{}} square."]\n[data]\n'
+                        'format = "jsonl"\n[data.train]\nfile = "rows.jsonl"\n[data.test]\nfile = "rows.jsonl"\n')
+        return spec
+
+    d, d2 = tmp_path / "d", tmp_path / "d2"
+    color, swapped = data(d, "color", ("red", "blue")), data(d2, "color2", ("blue", "red"))
+    common = ["--steps", "2", "--batch-size", "4", "--device", "cpu", "--workers", "0"]
+    assert train_main(["--tasks", str(color), "--data-root", str(d), *common, "--out", str(tmp_path / "a")]) == 0
+    assert train_main(["--extend", str(tmp_path / "a"), "--tasks", str(swapped), "--data-root", str(d2), *common,
+                       "--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / r / "eval.json").read_text())["tasks"] for r in ("a", "b"))
+    assert b["color"]["adapted"] == a["color"]["adapted"] and b["color"]["zero_shot"] == a["color"]["zero_shot"]
+    doc = json.loads((tmp_path / "b" / "adapter" / "mtl_lora_config.json").read_text())
+    assert doc["data_roots"] == {"color": str(d), "color2": str(d2)}
+    evaluate_adapter(tmp_path / "b" / "adapter", out=tmp_path / "ev", device="cpu")   # no --data-root needed
+    ev = json.loads((tmp_path / "ev" / "eval.json").read_text())["tasks"]
+    assert ev["color"]["adapted"] == a["color"]["adapted"] and ev["color2"]["adapted"] == b["color2"]["adapted"]
+    d.rename(tmp_path / "moved")    # the data moved: an explicit --data-root wins; --extend says what it reads
+    evaluate_adapter(tmp_path / "b" / "adapter", tasks="color", data_root=str(tmp_path / "moved"),
+                     out=tmp_path / "ev2", device="cpu")
+    assert json.loads((tmp_path / "ev2" / "eval.json").read_text())["tasks"]["color"]["adapted"] == a["color"]["adapted"]
+    third = data(tmp_path / "d3", "color3", ("red", "blue"))   # (its rows read from --data-root d2)
+    capsys.readouterr()
+    assert train_main(["--extend", str(tmp_path / "b"), "--tasks", str(third), "--data-root", str(d2), *common,
+                       "--skip-zero-shot", "--out", str(tmp_path / "c")]) == 0
+    assert f"task 'color' was trained on files under {d}, which is no longer a folder; it is scored on --data-root" \
+        in capsys.readouterr().err
+
+
 def test_extend_with_nothing_to_train_is_refused_at_start(tmp_path, capsys):
     """A `lora` adapter shares every tensor across tasks, and a retrieval head with a fixed temperature has no
     parameters: the run started and failed at its first backward with autograd's raw message."""

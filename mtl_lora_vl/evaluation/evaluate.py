@@ -212,7 +212,9 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
         raise ValueError(f"--tasks {tasks}: a task is named twice ({names}); name each once")
     kinds = {t: lp.kinds[t] for t in names}
     model = MultiTaskModel(lp.backbone, kinds, nn.ModuleDict({t: lp.heads[t] for t in names}))
-    setup = Setup(lp.backbone, specs, kinds, model, lp.config)
+    recorded = lp.doc.get("data_roots") or {} if data_root is None else {}   # each saved task's own folder
+    roots = {t: r for t, r in recorded.items() if t in names and lp.specs.get(t) is specs[names.index(t)]}
+    setup = Setup(lp.backbone, specs, kinds, model, lp.config, data_roots=roots)
     loaded = base_weights_dtype(lp.backbone.model)
     dtype = resolve_precision(precision, dev, base_dtype, loaded)
     check_base_precision(precision, dtype, loaded, lp.backbone.casts_inputs)

@@ -236,20 +236,28 @@ def save_adapter(
     base: dict[str, Any] | None = None,
     kinds: dict[str, Any] | None = None,
     overwrite: bool = False,
+    data_roots: dict[str, str | Path] | None = None,
 ) -> Path:
     """Write the adapter directory of ``model`` (layout in the module docstring) atomically; return it.
 
     ``heads`` maps task -> head module, ``task_specs`` task -> spec TOML file (copied) or a ``TaskSpec`` read
     from one (its text as read is written, whatever the file holds now), ``base`` says how
     to rebuild the base model (``{"backbone": spec, "pretrained": file}``, see ``load_pretrained``),
-    ``kinds`` task -> task kind whose vocabulary is kept beside the spec. An existing non-empty ``path``
-    is replaced only with ``overwrite=True``, and only once the new directory is complete.
+    ``kinds`` task -> task kind whose vocabulary is kept beside the spec, ``data_roots`` task -> the folder its
+    file-based data was read from (recorded absolute: evaluation and ``--extend`` read each task's data from
+    its own). An existing non-empty ``path`` is replaced only with ``overwrite=True``, and only once the new
+    directory is complete.
     """
     inner = adapted_module(model)
     info = inner._mtl_lora
     cfg = info.config
     heads, task_specs, kinds = dict(heads or {}), dict(task_specs or {}), dict(kinds or {})
     _check_save_arguments(cfg, heads, task_specs, kinds)
+    unknown = sorted(set(data_roots or {}) - set(cfg.tasks))
+    if unknown:
+        raise ValueError(f"save_adapter: data_roots names task(s) {unknown} that the adapter does not have; its "
+                         f"tasks are {cfg.tasks}")
+    roots = {t: str(Path(r).expanduser().absolute()) for t, r in (data_roots or {}).items() if r is not None}
     base = absolute_base(dict(base or {}))
     try:
         json.dumps(base)
@@ -292,6 +300,7 @@ def save_adapter(
             "towers": dict(sorted(info.towers.items())),
             "heads": head_keys,
             "task_specs": spec_files,
+            **({"data_roots": roots} if roots else {}),
             "files": files,
         }
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(doc, indent=2) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +25,8 @@ from ..tasks import TaskSpec, build_kind, resolve_tasks
 from ..tasks.registry import get_kind
 from ..tasks.spec import spec_digests
 from .model import MultiTaskModel
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,6 +51,9 @@ class Setup:
     source_sha256: str | None = None
     #: Evaluation splits read so far, by (task, split): read once per run, not at every evaluation.
     eval_data: dict[tuple[str, str], Split] = field(default_factory=dict, repr=False)
+    #: Tasks whose files are read from another folder than the run's --data-root: an --extend run's old tasks
+    #: (the folder their adapter recorded), an evaluation's tasks when no --data-root is given.
+    data_roots: dict[str, str] = field(default_factory=dict)
 
     @property
     def spec_sha256(self) -> dict[str, str]:
@@ -66,11 +72,16 @@ class Setup:
         return {"spec_sha256": self.spec_sha256, "data_sha256": self.data_sha256,
                 **({"source_sha256": self.source_sha256} if self.source_sha256 else {})}
 
+    def data_root(self, task: str, default: str | None) -> str | None:
+        """The folder task ``task``'s files are read from: its own (``data_roots``), else ``default``."""
+        return self.data_roots.get(task, default)
+
     def split_data(self, spec: TaskSpec, split: str, data_root: str | None) -> Split:
-        """Split ``split`` of task ``spec`` for scoring, read on first use and kept."""
+        """Split ``split`` of task ``spec`` for scoring (from ``data_root`` unless the task has its own folder),
+        read on first use and kept."""
         key = (spec.name, split)
         if key not in self.eval_data:
-            self.eval_data[key] = spec.load_split(split, data_root)
+            self.eval_data[key] = spec.load_split(split, self.data_root(spec.name, data_root))
         return self.eval_data[key]
 
 
@@ -134,6 +145,7 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
                          f"the new task(s) {[s.name for s in new_specs]} have no head parameters, so nothing would "
                          "train; extend an mtl_lora, moe_lora or task_lora adapter, or train a new run with all tasks")
     specs = [lp.specs[t] for t in old] + new_specs
+    roots = _old_task_roots(lp, old, opts.data_root, src)
     model = MultiTaskModel(bb, kinds, heads).to(device)
     recorded = lp.doc.get("base") or {}
     base = {"backbone": recorded.get("backbone") if opts.backbone == "builtin" else opts.backbone,
@@ -141,5 +153,23 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
     record = {"files": lp.doc.get("files") or {}, "config": lp.doc.get("config")}
     source = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
     return Setup(bb, specs, kinds, model, attach_info(bb.model).config, train_splits, extended_from=old,
-                 new_adapter_values=added, base=base, source_sha256=source)
+                 new_adapter_values=added, base=base, source_sha256=source, data_roots=roots)
+
+
+def _old_task_roots(lp, old: list[str], data_root: str | None, src: Path) -> dict[str, str]:
+    """The folders an --extend run reads its old file-based tasks from: the ones their adapter recorded (the
+    run's --data-root is the new tasks'), when they differ from --data-root and still exist."""
+    recorded = lp.doc.get("data_roots") or {}
+    here = None if data_root is None else str(Path(data_root).expanduser().absolute())
+    roots = {}
+    for task in old:
+        root = recorded.get(task)
+        if not root or root == here or lp.specs[task].data.source != "files":
+            continue
+        if Path(root).is_dir():
+            roots[task] = root
+        else:
+            logger.warning("--extend %s: task %r was trained on files under %s, which is no longer a folder; it is "
+                           "scored on --data-root %s instead", src, task, root, data_root)
+    return roots
 

@@ -449,7 +449,9 @@ def finish(run: Run) -> None:
         save_adapter(model.model, run.dir / "adapter", heads=dict(model.heads.items()),
                      task_specs={s.name: s for s in setup.specs if s.source_file},
                      base={"backbone": opts.backbone, "pretrained": opts.pretrained},
-                     kinds=setup.kinds, overwrite=True)
+                     kinds=setup.kinds, overwrite=True,
+                     data_roots={s.name: setup.data_root(s.name, opts.data_root) for s in setup.specs
+                                 if s.data.source == "files"})
     with sharded_evaluation(run.info):
         result = evaluate_setup(setup, split=opts.eval_split, data_root=opts.data_root, device=run.info.device,
                                 dtype=run.amp_dtype, batch_size=opts.eval_batch_size, workers=run.workers,
