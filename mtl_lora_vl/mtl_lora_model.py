@@ -112,32 +112,35 @@ class MTLLoRAModel(nn.Module):
 
     def save_pretrained(self, save_directory: str | Path, *, heads: dict[str, nn.Module] | None = None,
                         task_specs: dict[str, str | Path] | None = None, base: dict[str, Any] | None = None,
-                        kinds: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+                        kinds: dict[str, Any] | None = None, overwrite: bool = False,
+                        data_roots: dict[str, str | Path] | None = None) -> Path:
         """Write the native adapter directory (every task, and the heads) with ``save_adapter``; return it.
 
-        ``heads`` defaults to the wrapper's own; ``task_specs``, ``base`` and ``kinds`` are as in
+        ``heads`` defaults to the wrapper's own; ``task_specs``, ``base``, ``kinds`` and ``data_roots`` are as in
         ``save_adapter``, and for a model :meth:`from_pretrained` loaded default to what its directory
-        recorded (base model, task specs, answer / class vocabularies), so a round trip keeps them. Unlike
+        recorded (base model, task specs, answer / class vocabularies, data folders), so a round trip keeps them. Unlike
         PEFT, an existing non-empty directory is replaced only with ``overwrite=True``. For PEFT LoRA files
         of some tasks use ``mlv.export_lora``.
         """
         heads = dict(self.heads) if heads is None else heads
         source = getattr(self, "_source", None)
         if source is not None:
-            base, task_specs, kinds = self._recorded(source, heads, base, task_specs, kinds)
+            base, task_specs, kinds, data_roots = self._recorded(source, heads, base, task_specs, kinds, data_roots)
         return save_adapter(self.base_model, save_directory, heads=heads, task_specs=task_specs, base=base,
-                            kinds=kinds, overwrite=overwrite)
+                            kinds=kinds, overwrite=overwrite, data_roots=data_roots)
 
     def _recorded(self, source: Path, heads: dict[str, nn.Module], base: dict[str, Any] | None,
-                  task_specs: dict[str, str | Path] | None, kinds: dict[str, Any] | None) -> tuple:
-        """``base``, ``task_specs`` and ``kinds`` where not given: those the loaded directory recorded."""
+                  task_specs: dict[str, str | Path] | None, kinds: dict[str, Any] | None,
+                  data_roots: dict[str, str | Path] | None) -> tuple:
+        """``base``, ``task_specs``, ``kinds`` and ``data_roots`` where not given: those the loaded directory
+        recorded."""
         try:
             doc = read_adapter_config(source, verify=False)
         except AdapterFileError as e:   # e.g. a temporary download folder, removed since
             warnings.warn(f"save_pretrained: the directory this model was loaded from cannot be read any more ({e}); "
                           "its base model, task specs and vocabularies are not saved (pass base=, task_specs=, kinds=)",
                           stacklevel=3)
-            return base, task_specs, kinds
+            return base, task_specs, kinds, data_roots
         tasks = set(self.tasks)
         dropped = sorted(set(doc.get("heads") or {}) - set(heads))
         if dropped:
@@ -151,7 +154,9 @@ class MTLLoRAModel(nn.Module):
         if kinds is None:
             kinds = {t: _SavedState(json.loads((source / state_file(t)).read_text()))
                      for t in tasks if (source / state_file(t)).is_file()}
-        return base, task_specs, kinds
+        if data_roots is None:
+            data_roots = {t: r for t, r in (doc.get("data_roots") or {}).items() if t in tasks}
+        return base, task_specs, kinds, data_roots
 
     # ------------------------------------------------------------------------------------------ the adapter
 

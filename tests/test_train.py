@@ -190,6 +190,13 @@ def test_extend_reads_the_adapter_s_tasks_from_their_own_data_folders(tmp_path, 
     evaluate_adapter(tmp_path / "b" / "adapter", out=tmp_path / "ev", device="cpu")   # no --data-root needed
     ev = json.loads((tmp_path / "ev" / "eval.json").read_text())["tasks"]
     assert ev["color"]["adapted"] == a["color"]["adapted"] and ev["color2"]["adapted"] == b["color2"]["adapted"]
+    import mtl_lora_vl as mlv
+    from mtl_lora_vl.backbones import load_backbone
+
+    wrapped = mlv.MTLLoRAModel.from_pretrained(load_backbone("builtin").model, tmp_path / "b" / "adapter")
+    with pytest.warns(UserWarning, match="which are not saved"):   # (heads: not given to from_pretrained)
+        again = wrapped.save_pretrained(tmp_path / "again")   # a round trip keeps the folders
+    assert json.loads((again / "mtl_lora_config.json").read_text())["data_roots"] == doc["data_roots"]
     d.rename(tmp_path / "moved")    # the data moved: an explicit --data-root wins; --extend says what it reads
     evaluate_adapter(tmp_path / "b" / "adapter", tasks="color", data_root=str(tmp_path / "moved"),
                      out=tmp_path / "ev2", device="cpu")
