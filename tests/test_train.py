@@ -605,6 +605,11 @@ def test_resume_refuses_training_rows_that_changed_since_the_checkpoint(tmp_path
     assert train_main(["--tasks", str(spec), "--data-root", str(tmp_path), "--steps", "1", "--batch-size", "2",
                        "--device", "cpu", "--workers", "0", "--out", str(run)]) == 0
     assert train_main(["--resume", str(run)]) == 0            # the same rows: it resumes
+    spec.rename(tmp_path / "moved.toml")   # the advice was "give an existing .toml file", which --resume refuses
+    capsys.readouterr()
+    assert train_main(["--resume", str(run)]) == 2
+    assert "A resumed run reads its spec files where it recorded them: put the file back" in capsys.readouterr().err
+    (tmp_path / "moved.toml").rename(spec)
     rows[0]["label"], rows[1]["label"] = "blue", "red"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     capsys.readouterr()

@@ -48,7 +48,7 @@ from ..rundir import (
     undo_overwrite,
     write_config,
 )
-from ..tasks import resolve_tasks
+from ..tasks import SpecError, resolve_tasks
 from .checkpoint import (
     CheckpointError,
     Progress,
@@ -190,7 +190,14 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
             raise CheckpointError(
                 f"--resume {run_dir}: the run was trained by {saved_world} process(es) and this is {info.world_size}; "
                 f"resume it with the same number ({how}): --batch-size is per process, so the batches would differ")
-    specs = resolve_tasks(opts.tasks)   # read once: checkpoints record them, the adapter saves their text
+    try:
+        specs = resolve_tasks(opts.tasks)   # read once: checkpoints record them, the adapter saves their text
+    except SpecError as e:
+        if not opts.resume:
+            raise
+        raise SpecError(f"--resume {run_dir}: the run's config.json names the tasks {opts.tasks!r}, and one cannot "
+                        f"be read: {e}. A resumed run reads its spec files where it recorded them: put the file "
+                        "back there (unchanged), or start a new run") from None
     if saved is not None:   # before the backbone loads
         check_specs_unchanged(saved, specs, run_dir)
     seed_everything(opts.seed)
