@@ -292,6 +292,9 @@ def test_routing_errors():
     with pytest.raises(mlv.RoutingError, match=r"task id 3 is out of range; ids must be in \[0, 2\]"):
         with mlv.route(model, torch.tensor([0, 3, 1])):
             pass
+    with pytest.raises(mlv.RoutingError, match=r"task id -1 is out of range"):   # would index the last task
+        with mlv.route(model, [0, -1, 1]):
+            pass
     with pytest.raises(mlv.RoutingError, match=r"visual\.transformer\.resblocks\.0\.attn\.in_proj: routed 2 task ids but the batch here has 3"):
         with mlv.route(model, torch.tensor([0, 1])):
             model.encode_image(img)
