@@ -349,13 +349,19 @@ def test_vqa_vocab_targets_head_and_zero_shot(clip):
     ad = kind.predict(clip, head, val.examples, batch_size=4, device="cpu")
     assert zs == ad                                          # the head at init is the zero-shot rule
 
-    class Ramp(torch.nn.Module):   # logits rising with the answer index: the last allowed answer must win
-        def forward(self, img, q):
-            return torch.arange(len(kind.answers), dtype=torch.float32).expand(img.shape[0], -1)
+    class Ramp(torch.nn.Module):   # logits rising (or falling) with the answer index
+        def __init__(self, sign: float):
+            super().__init__()
+            self.sign = sign
 
-    ramp = kind.predict(clip, Ramp(), val.examples, batch_size=4, device="cpu")
-    want = [kind.answers[int(kind.answer_mask(kind.filter_type(e)).nonzero().max())] for e in val.examples]
-    assert ramp == want and ramp != zs                       # the head's logits, masked by question type
+        def forward(self, img, q):
+            return self.sign * torch.arange(len(kind.answers), dtype=torch.float32).expand(img.shape[0], -1)
+
+    allowed = [kind.answer_mask(kind.filter_type(e)).nonzero().flatten() for e in val.examples]
+    last, first = ([kind.answers[int(f(a))] for a in allowed] for f in (torch.max, torch.min))
+    assert last != first                                      # some question allows several answers
+    assert kind.predict(clip, Ramp(1.0), val.examples, batch_size=4, device="cpu") == last    # the head's logits,
+    assert kind.predict(clip, Ramp(-1.0), val.examples, batch_size=4, device="cpu") == first  # masked by type
     metrics = kind.evaluate(clip, None, val, batch_size=4, device="cpu")
     assert 0.0 <= metrics["vqa_accuracy"] <= 1.0 and metrics["n"] == len(val.examples)
     types = {e.question_type for e in val.examples}
