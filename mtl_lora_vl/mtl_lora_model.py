@@ -138,7 +138,8 @@ class MTLLoRAModel(nn.Module):
             doc = read_adapter_config(source, verify=False)
         except AdapterFileError as e:   # e.g. a temporary download folder, removed since
             warnings.warn(f"save_pretrained: the directory this model was loaded from cannot be read any more ({e}); "
-                          "its base model, task specs and vocabularies are not saved (pass base=, task_specs=, kinds=)",
+                          "its base model, task specs, vocabularies and data folders are not saved (pass base=, task_specs=, "
+                          "kinds=, data_roots=)",
                           stacklevel=3)
             return base, task_specs, kinds, data_roots
         tasks = set(self.tasks)

@@ -283,11 +283,15 @@ def test_config_record_edited_by_hand_is_refused(oc_adapter, tmp_path):
     p = _copy(oc_adapter[0], tmp_path / "config")
     doc = json.loads((p / ADAPTER_CONFIG).read_text())
     (p / ADAPTER_CONFIG).write_text(json.dumps(doc))   # re-formatted, the same record: it loads
-    mlv.load_adapter(tiny_open_clip(), p)
+    mlv.load_adapter(_fresh(tiny_open_clip), p)
+    assert isinstance(doc["config"]["alpha"], float) and doc["config"]["alpha"].is_integer()
+    same = {**doc, "config": {**doc["config"], "alpha": int(doc["config"]["alpha"])}}   # 16.0 -> 16, as jq writes
+    (p / ADAPTER_CONFIG).write_text(json.dumps(same))
+    mlv.load_adapter(_fresh(tiny_open_clip), p)
     for key, value in (("tasks", doc["config"]["tasks"][::-1]), ("alpha", doc["config"]["alpha"] * 2)):
         edited = {**doc, "config": {**doc["config"], key: value}}
         (p / ADAPTER_CONFIG).write_text(json.dumps(edited, indent=2))
-        fresh = tiny_open_clip()
+        fresh = _fresh(tiny_open_clip)
         with pytest.raises(AdapterFileError, match=r"mtl_lora_config.json: its 'config' .* was edited after saving"):
             mlv.load_adapter(fresh, p)
         assert _untouched(fresh)

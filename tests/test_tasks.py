@@ -149,8 +149,7 @@ MALFORMED = [
     ('kind = "vqa"\ntemplates = ["no placeholder"]\n' + GOOD, "'templates[0]'", "exactly one '{}'"),
     ('kind = "vqa"\ntemplates = []\n' + GOOD, "'templates'", "at least one prompt template"),
     ('kind = "vqa"\nmetrics = ["bleu4"]\n' + GOOD, "'metrics[0]'", "one of the vqa metrics"),
-    ('kind = "vqa"\nmetrics = "vqa_accuracy"\n' + GOOD, "'metrics'", "a non-empty list of metric names"),
-    ('kind = "vqa"\nmetrics = []\n' + GOOD, "'metrics'", "leave `metrics` out"),   # accepted: headline anyway
+    ('kind = "vqa"\nmetrics = "vqa_accuracy"\n' + GOOD, "'metrics'", "a list of metric names"),
     ('kind = "vqa"\n', "'data'", "it is missing"),
     ('kind = "vqa"\n[data]\nformat = "parquet"\n', "'data.format'", "one of ['vqav2'"),
     ('kind = "vqa"\n[data]\nsource = "builtin"\nformat = "jsonl"\n', "'data'", "not both"),
@@ -210,6 +209,7 @@ def test_the_first_metric_a_spec_lists_that_can_head_the_report_is_its_headline(
     assert headline("captioning", '["cider"]') == "bleu4"
     assert headline("captioning", '["cider", "bleu4"]') == "bleu4"
     assert headline("vqa", '["per_type"]') == "vqa_accuracy"
+    assert headline("retrieval", '[]') == "mean_recall"    # the headline alone (adapters saved so still load)
     path = tmp_path / "default.toml"
     path.write_text('kind = "retrieval"\n' + GOOD)
     assert get_kind("retrieval").headline(load_spec(path)) == "mean_recall"

@@ -190,6 +190,18 @@ def test_extend_reads_the_adapter_s_tasks_from_their_own_data_folders(tmp_path, 
     evaluate_adapter(tmp_path / "b" / "adapter", out=tmp_path / "ev", device="cpu")   # no --data-root needed
     ev = json.loads((tmp_path / "ev" / "eval.json").read_text())["tasks"]
     assert ev["color"]["adapted"] == a["color"]["adapted"] and ev["color2"]["adapted"] == b["color2"]["adapted"]
+    old = tmp_path / "old"   # an adapter saved before adapters recorded folders: said, and not recorded as fact
+    shutil.copytree(tmp_path / "a" / "adapter", old)
+    rec = json.loads((old / "mtl_lora_config.json").read_text())
+    del rec["data_roots"]
+    (old / "mtl_lora_config.json").write_text(json.dumps(rec))
+    capsys.readouterr()
+    assert train_main(["--extend", str(old), "--tasks", str(swapped), "--data-root", str(d2), *common,
+                       "--skip-zero-shot", "--out", str(tmp_path / "b_old")]) == 0
+    assert "the adapter does not record the folder task 'color' was trained on" in capsys.readouterr().err
+    assert json.loads((tmp_path / "b_old" / "adapter" / "mtl_lora_config.json").read_text())["data_roots"] == {
+        "color2": str(d2)}
+
     import mtl_lora_vl as mlv
     from mtl_lora_vl.backbones import load_backbone
 
@@ -198,8 +210,12 @@ def test_extend_reads_the_adapter_s_tasks_from_their_own_data_folders(tmp_path, 
         again = wrapped.save_pretrained(tmp_path / "again")   # a round trip keeps the folders
     assert json.loads((again / "mtl_lora_config.json").read_text())["data_roots"] == doc["data_roots"]
     d.rename(tmp_path / "moved")    # the data moved: an explicit --data-root wins; --extend says what it reads
-    evaluate_adapter(tmp_path / "b" / "adapter", tasks="color", data_root=str(tmp_path / "moved"),
-                     out=tmp_path / "ev2", device="cpu")
+    capsys.readouterr()
+    from mtl_lora_vl.cli import eval_main
+
+    assert eval_main(["--adapter", str(tmp_path / "b" / "adapter"), "--tasks", "color", "--data-root",
+                      str(tmp_path / "moved"), "--out", str(tmp_path / "ev2"), "--device", "cpu"]) == 0
+    assert f"task 'color' was trained on files under {d}; it is scored on --data-root" in capsys.readouterr().err
     assert json.loads((tmp_path / "ev2" / "eval.json").read_text())["tasks"]["color"]["adapted"] == a["color"]["adapted"]
     third = data(tmp_path / "d3", "color3", ("red", "blue"))   # (its rows read from --data-root d2)
     capsys.readouterr()
@@ -207,6 +223,8 @@ def test_extend_reads_the_adapter_s_tasks_from_their_own_data_folders(tmp_path, 
                        "--skip-zero-shot", "--out", str(tmp_path / "c")]) == 0
     assert f"task 'color' was trained on files under {d}, which is no longer a folder; it is scored on --data-root" \
         in capsys.readouterr().err
+    assert json.loads((tmp_path / "c" / "adapter" / "mtl_lora_config.json").read_text())["data_roots"] == {
+        "color": str(d), "color2": str(d2), "color3": str(d2)}   # what the source recorded, not a guess
 
 
 def test_extend_with_nothing_to_train_is_refused_at_start(tmp_path, capsys):
@@ -537,6 +555,12 @@ def test_a_task_scored_on_val_for_test_says_so_in_the_table(tmp_path, caplog):
     assert table[0].startswith("| task | split | metric |")
     assert table[2].startswith("| colours | val | top1 |") and table[3].startswith("| caption_cls | test |")
     same = evaluate_setup(both, split="val", **kw)   # every task on the split asked for: no split column
+    from mtl_lora_vl.evaluation.evaluate import read_eval_splits
+    checked = []
+    kind = both.kinds["colours"]
+    kind.check_eval_split = lambda split: checked.append(split)
+    read_eval_splits(both, ["test", "val"], str(tmp_path))   # test falls back to val: one check (a warning once)
+    assert len(checked) == 1
     assert markdown_table(same).splitlines()[0] == "| task | metric | zero-shot | adapted | change |"
     tiny = {"tasks": {"t": {"metric": "m", "zero_shot": 0.1, "adapted": 0.1 - 1e-14, "change": -1e-14}}}
     assert markdown_table(tiny).splitlines()[2] == "| t | m | 0.1000 | 0.1000 | +0.0000 |"   # was -0.0000
@@ -623,7 +647,7 @@ def test_resume_refuses_training_rows_that_changed_since_the_checkpoint(tmp_path
     assert "the run finished: its adapter is in" in err and "--overwrite" not in err
 
 
-def test_eval_scores_a_trained_task_on_the_data_of_another_spec_file(tmp_path, caplog):
+def test_eval_scores_a_trained_task_on_the_data_of_another_spec_file(tmp_path, caplog, monkeypatch):
     """eval --tasks took only the adapter's task names: an adapter could not be scored on data added later."""
     from PIL import Image
 
@@ -665,6 +689,27 @@ def test_eval_scores_a_trained_task_on_the_data_of_another_spec_file(tmp_path, c
         evaluate_adapter(run / "adapter", tasks=str(other), data_root=str(tmp_path), out=tmp_path / "x", device="cpu")
     with pytest.raises(ValueError, match="'nope' is not a task of the adapter"):
         evaluate_adapter(run / "adapter", tasks="nope", data_root=str(tmp_path), out=tmp_path / "x", device="cpu")
+    # The kinds' checks of the data to score run in eval too (they ran in training only): a class never trained
+    (tmp_path / "green.jsonl").write_text(json.dumps({"image": "red.png", "label": "green"}) + "\n")
+    green = tmp_path / "green.toml"
+    green.write_text(later.read_text().replace('file = "later.jsonl"', 'file = "green.jsonl"'))
+    import mtl_lora_vl.evaluation.evaluate as evaluate_mod
+
+    def no_scoring(*a, **k):
+        raise AssertionError("scored before the data was checked")
+
+    with monkeypatch.context() as m, pytest.raises(ValueError, match="task 'colours'.*green"):
+        m.setattr(evaluate_mod, "_score", no_scoring)
+        evaluate_adapter(run / "adapter", tasks=str(green), data_root=str(tmp_path), out=tmp_path / "x", device="cpu")
+    # An adapter saved without the task's head: the clear message for a spec file too (was a bare KeyError)
+    headless = tmp_path / "headless"
+    shutil.copytree(run / "adapter", headless)
+    rec = json.loads((headless / "mtl_lora_config.json").read_text())
+    rec["heads"] = {}
+    (headless / "mtl_lora_config.json").write_text(json.dumps(rec))
+    for tasks in ("colours", str(later)):
+        with pytest.raises(ValueError, match=r"no saved task spec or head for \[?'colours'"):
+            evaluate_adapter(headless, tasks=tasks, data_root=str(tmp_path), out=tmp_path / "x", device="cpu")
 
 
 def test_clear_errors(tmp_path, capsys):

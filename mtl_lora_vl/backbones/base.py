@@ -273,6 +273,12 @@ class Backbone:
         """The Hugging Face processor (image processor, tokenizer, chat template) of the model."""
         self._unavailable(LM_LOGITS, "processor")
 
+    @property
+    def lm_context(self) -> int | None:
+        """The language model's positions: the longest row, image tokens included, it was built for (None: no
+        language model, or no such limit known)."""
+        return None
+
     def lm_collator(self, max_length: int | None = None) -> Callable[..., dict[str, Tensor]]:
         """A picklable ``(prompts, targets | None) -> dict of tensors`` for loader workers (see subclasses)."""
         self._unavailable(LM_LOGITS, "lm_collator")

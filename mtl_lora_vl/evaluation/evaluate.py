@@ -17,7 +17,7 @@ from torch import nn
 
 from ..adapters.scopes import disabled, route
 from ..distributed import DistInfo, barrier, cleanup, init_distributed, sharded_evaluation
-from ..io import load_pretrained
+from ..io import Pretrained, load_pretrained
 from ..io.adapter_files import base_paths, recorded_base
 from ..io.atomic import atomic_dir, check_target
 from ..io.layout import check_output
@@ -51,10 +51,9 @@ def read_eval_splits(setup, splits: list[str], data_root: str | None) -> None:
     """Read (and keep in ``setup``) every split the run will score, before it trains: a missing file or a bad
     option in a val or test split is reported at start-up, not after hours of training."""
     for spec in setup.specs:
-        for wanted in splits:
-            name = _split_for(spec, wanted, warn=False)
-            if name is not None:
-                setup.kinds[spec.name].check_eval_split(setup.split_data(spec, name, data_root))
+        names = {_split_for(spec, wanted, warn=False) for wanted in splits} - {None}
+        for name in sorted(names):   # (test falls back to val: each split checked once)
+            setup.kinds[spec.name].check_eval_split(setup.split_data(spec, name, data_root))
 
 
 def _score(setup, name: str, data, *, adapted: bool, device, dtype, batch_size: int, workers: int) -> dict:
@@ -117,7 +116,7 @@ def evaluate_setup(setup, *, split: str, data_root: str | None, device, dtype: t
     return {"tasks": tasks, "split": split, "config": setup.config.to_dict()}
 
 
-def _scoring_spec(item: str, lp, adapter: Path) -> TaskSpec:
+def _scoring_spec(item: str, lp: Pretrained, adapter: Path) -> TaskSpec:
     """An ``eval --tasks`` entry: a task of the adapter, scored on its saved spec's data; or a spec file whose
     ``name`` is a task of the adapter, for its ``[data]`` (and ``metrics``): the adapter's task, on other data.
     The adapter's own settings (head, options, templates, ``[generative]``) still score it."""
@@ -146,6 +145,21 @@ def _scoring_spec(item: str, lp, adapter: Path) -> TaskSpec:
             logger.warning("--tasks %s: scoring task %r on this spec's [data]; its %s differ from the adapter's, "
                            "which score the task (what it was trained with)", item, spec.name, ", ".join(ignored))
     return spec
+
+
+def _saved_task_roots(lp: Pretrained, specs: list[TaskSpec], data_root: str | None) -> dict[str, str]:
+    """Where an evaluation reads each task the adapter saved: the folder it recorded, unless ``--data-root``
+    is given (the data moved), which is said when it is not the recorded folder."""
+    recorded = lp.doc.get("data_roots") or {}
+    saved = [s for s in specs if lp.specs.get(s.name) is s and s.data.source == "files" and s.name in recorded]
+    if data_root is None:
+        return {s.name: recorded[s.name] for s in saved}
+    here = str(Path(data_root).expanduser().absolute())
+    for s in saved:
+        if recorded[s.name] != here:
+            logger.warning("task %r was trained on files under %s; it is scored on --data-root %s (leave --data-root "
+                           "out to read each task from its own folder)", s.name, recorded[s.name], data_root)
+    return {}
 
 
 def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model) -> str:
@@ -210,11 +224,15 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
     names = [s.name for s in specs]
     if len(set(names)) < len(names):
         raise ValueError(f"--tasks {tasks}: a task is named twice ({names}); name each once")
+    missing = [t for t in names if t not in lp.kinds or t not in lp.heads]
+    if missing:
+        raise ValueError(f"{adapter}: no saved task spec or head for {missing}; save the adapter with "
+                         "task_specs= and heads= to evaluate it")
     kinds = {t: lp.kinds[t] for t in names}
     model = MultiTaskModel(lp.backbone, kinds, nn.ModuleDict({t: lp.heads[t] for t in names}))
-    recorded = lp.doc.get("data_roots") or {} if data_root is None else {}   # each saved task's own folder
-    roots = {t: r for t, r in recorded.items() if t in names and lp.specs.get(t) is specs[names.index(t)]}
-    setup = Setup(lp.backbone, specs, kinds, model, lp.config, data_roots=roots)
+    setup = Setup(lp.backbone, specs, kinds, model, lp.config,
+                  data_roots=_saved_task_roots(lp, specs, data_root))
+    read_eval_splits(setup, [split], data_root)   # the kinds' checks of the data they will score
     loaded = base_weights_dtype(lp.backbone.model)
     dtype = resolve_precision(precision, dev, base_dtype, loaded)
     check_base_precision(precision, dtype, loaded, lp.backbone.casts_inputs)

@@ -128,10 +128,21 @@ def read_header(file: Path) -> dict[str, tuple[tuple[int, ...], str]]:
                                "Copy the adapter directory again") from e
 
 
-def config_sha256(config: dict[str, Any]) -> str:
-    """SHA-256 of an adapter's ``config`` record (tasks in order, shape, scaling): the weights file carries it,
-    so that a hand edit of ``mtl_lora_config.json`` -- the one file its own digests cannot cover -- is refused."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+def record_sha256(record: Any) -> str:
+    """SHA-256 of a JSON record in a canonical form -- keys sorted, a whole float written as an integer (16.0 and
+    16 are one value: JSON tools rewrite one as the other) -- so that a record read back compares by meaning.
+    The adapter's weights carry the digest of its ``config`` record (task order, shape, scaling: the part of
+    ``mtl_lora_config.json`` that its own file digests cannot cover), so that a hand edit of it is refused."""
+    def canonical(v: Any) -> Any:
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, dict):
+            return {str(k): canonical(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [canonical(x) for x in v]
+        return v
+
+    return hashlib.sha256(json.dumps(canonical(record), sort_keys=True, default=str).encode()).hexdigest()
 
 
 def read_metadata(file: Path) -> dict[str, str]:
@@ -275,7 +286,7 @@ def save_adapter(
         head_tensors.update({f"{task}.{k}": v for k, v in sd.items()})
 
     with atomic_dir(path, overwrite=overwrite, what="save_adapter") as tmp:
-        save_tensors(tensors, tmp / ADAPTER_WEIGHTS, {"format": FORMAT, "config_sha256": config_sha256(cfg.to_dict())})
+        save_tensors(tensors, tmp / ADAPTER_WEIGHTS, {"format": FORMAT, "config_sha256": record_sha256(cfg.to_dict())})
         save_tensors(head_tensors, tmp / HEADS_WEIGHTS, {"format": FORMAT})
         spec_files = {}
         if task_specs or kinds:
@@ -352,7 +363,7 @@ def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
                     f"{f}: sha256 does not match {layout.config} (size now {f.stat().st_size} bytes); the file "
                     "is truncated or was modified after saving. Copy the adapter directory again")
         recorded = read_metadata(path / layout.weights).get("config_sha256")
-        if recorded is not None and recorded != config_sha256(doc["config"]):
+        if recorded is not None and recorded != record_sha256(doc["config"]):
             raise AdapterFileError(
                 f"{cfg_file}: its 'config' (tasks and their order, rank, alpha, temperature, ...) is not the one the "
                 f"adapter was saved with ({layout.weights} records another); it was edited after saving. Put the "

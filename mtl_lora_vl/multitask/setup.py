@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ from ..adapters.scopes import disabled
 from ..backbones import load_backbone
 from ..config import MTLLoRAConfig
 from ..data.records import Split
-from ..io import find_adapter_dir, load_pretrained
+from ..io import Pretrained, find_adapter_dir, load_pretrained
+from ..io.adapter_files import record_sha256
 from ..options import TrainOptions
 from ..tasks import TaskSpec, build_kind, resolve_tasks
 from ..tasks.registry import get_kind
@@ -54,6 +54,8 @@ class Setup:
     #: Tasks whose files are read from another folder than the run's --data-root: an --extend run's old tasks
     #: (the folder their adapter recorded), an evaluation's tasks when no --data-root is given.
     data_roots: dict[str, str] = field(default_factory=dict)
+    #: The folders the --extend source recorded for its tasks: what the extended adapter records for them.
+    source_data_roots: dict[str, str] = field(default_factory=dict)
 
     @property
     def spec_sha256(self) -> dict[str, str]:
@@ -75,6 +77,12 @@ class Setup:
     def data_root(self, task: str, default: str | None) -> str | None:
         """The folder task ``task``'s files are read from: its own (``data_roots``), else ``default``."""
         return self.data_roots.get(task, default)
+
+    def recorded_roots(self, data_root: str | None) -> dict[str, str | None]:
+        """The folder of each file-based task for the adapter to record: the new tasks' ``data_root``; an
+        --extend source's tasks keep what the source recorded (nothing when it recorded nothing)."""
+        return {s.name: self.source_data_roots.get(s.name) if s.name in self.extended_from else data_root
+                for s in self.specs if s.data.source == "files"}
 
     def split_data(self, spec: TaskSpec, split: str, data_root: str | None) -> Split:
         """Split ``split`` of task ``spec`` for scoring (from ``data_root`` unless the task has its own folder),
@@ -150,13 +158,13 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
     recorded = lp.doc.get("base") or {}
     base = {"backbone": recorded.get("backbone") if opts.backbone == "builtin" else opts.backbone,
             "pretrained": recorded.get("pretrained") if opts.pretrained is None else opts.pretrained}
-    record = {"files": lp.doc.get("files") or {}, "config": lp.doc.get("config")}
-    source = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+    source = record_sha256({"files": lp.doc.get("files") or {}, "config": lp.doc.get("config")})
     return Setup(bb, specs, kinds, model, attach_info(bb.model).config, train_splits, extended_from=old,
-                 new_adapter_values=added, base=base, source_sha256=source, data_roots=roots)
+                 new_adapter_values=added, base=base, source_sha256=source, data_roots=roots,
+                 source_data_roots={t: r for t, r in (lp.doc.get("data_roots") or {}).items() if t in old})
 
 
-def _old_task_roots(lp, old: list[str], data_root: str | None, src: Path) -> dict[str, str]:
+def _old_task_roots(lp: Pretrained, old: list[str], data_root: str | None, src: Path) -> dict[str, str]:
     """The folders an --extend run reads its old file-based tasks from: the ones their adapter recorded (the
     run's --data-root is the new tasks'), when they differ from --data-root and still exist."""
     recorded = lp.doc.get("data_roots") or {}
@@ -164,7 +172,12 @@ def _old_task_roots(lp, old: list[str], data_root: str | None, src: Path) -> dic
     roots = {}
     for task in old:
         root = recorded.get(task)
-        if not root or root == here or lp.specs[task].data.source != "files":
+        if lp.specs[task].data.source != "files" or root == here:
+            continue
+        if not root:
+            logger.warning("--extend %s: the adapter does not record the folder task %r was trained on (saved before "
+                           "adapters recorded it); it is read from --data-root %s: if that folder holds other files "
+                           "under the same names, its scores are on other data", src, task, data_root)
             continue
         if Path(root).is_dir():
             roots[task] = root

@@ -217,7 +217,7 @@ class TaskKind(ABC):
         than the language model's context -- past it a model with learned positions fails mid-run and one with
         rotary positions trains on positions it never saw; the loader cuts nothing. The first ``limit`` rows
         are measured (start-up time). :func:`build_kind` calls it once the kind is built."""
-        context = getattr(backbone, "lm_context", None)
+        context = backbone.lm_context
         if not context or not examples:
             return
         rows = list(examples[:limit])

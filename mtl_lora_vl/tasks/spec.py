@@ -9,6 +9,7 @@ the metrics to report and the prompt templates of its zero-shot rule::
     loss_weight = 1.0                 # weight of this task's loss in the joint objective
     metrics = ["vqa_accuracy"]        # which of the kind's metrics the report shows; the first that is a
                                       # fraction (not a breakdown such as per_type, not CIDEr) is the headline
+                                      # ([]: the kind's headline alone)
     templates = ["the answer is {}."] # zero-shot prompts; "{}" is replaced by the answer/class name
 
     [data]                            # either the built-in world ...
@@ -412,9 +413,8 @@ def _parse(path: Path) -> TaskSpec:
     options = _check_table(path, "options", raw.get("options", {}), kind_cls.option_defaults)
     known = kind_cls.metrics_for(options)   # retrieval: the recalls its options.ks give
     metrics = raw.get("metrics", list(known))
-    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics) or not metrics:
-        raise _fail(path, "metrics", "a non-empty list of metric names (leave `metrics` out for all of the kind's "
-                    f"metrics {list(known)})", metrics)
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        raise _fail(path, "metrics", "a list of metric names", metrics)
     for i, m in enumerate(metrics):
         if m not in known:
             raise _fail(path, f"metrics[{i}]", f"one of the {kind_name} metrics {list(known)}", m)

@@ -95,7 +95,7 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
             f"{path}: no checkpoint to resume from, but the run finished: its adapter is in "
             f"{Path(run_dir) / RUN_ADAPTER_DIR} (the checkpoint was deleted after it). There is nothing to resume: "
             f"score it with `mtl-lora-vl eval --adapter {Path(run_dir) / RUN_ADAPTER_DIR}`, teach it more tasks with "
-            f"--extend {Path(run_dir)}, or train longer in a new run (another --out)")
+            f"--extend {Path(run_dir)}, or train a new run from scratch with more --steps (another --out)")
     if not path.is_file():
         raise CheckpointError(
             f"{path}: no checkpoint to resume from (the run saves one every --save-every steps and on Ctrl-C, and "

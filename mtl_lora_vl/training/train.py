@@ -49,6 +49,7 @@ from ..rundir import (
     write_config,
 )
 from ..tasks import SpecError, resolve_tasks
+from ..tasks.spec import looks_like_path
 from .checkpoint import (
     CheckpointError,
     Progress,
@@ -193,11 +194,12 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
     try:
         specs = resolve_tasks(opts.tasks)   # read once: checkpoints record them, the adapter saves their text
     except SpecError as e:
-        if not opts.resume:
+        gone = [t for t in opts.tasks.split(",") if looks_like_path(t.strip()) and not Path(t.strip()).is_file()]
+        if not (opts.resume and gone):
             raise
-        raise SpecError(f"--resume {run_dir}: the run's config.json names the tasks {opts.tasks!r}, and one cannot "
-                        f"be read: {e}. A resumed run reads its spec files where it recorded them: put the file "
-                        "back there (unchanged), or start a new run") from None
+        raise SpecError(f"--resume {run_dir}: the run's config.json names the spec file(s) {gone}, which are not "
+                        f"there any more ({e}). A resumed run reads its spec files where it recorded them: put the "
+                        "file back there (unchanged), or start a new run") from None
     if saved is not None:   # before the backbone loads
         check_specs_unchanged(saved, specs, run_dir)
     seed_everything(opts.seed)
@@ -457,8 +459,7 @@ def finish(run: Run) -> None:
                      task_specs={s.name: s for s in setup.specs if s.source_file},
                      base={"backbone": opts.backbone, "pretrained": opts.pretrained},
                      kinds=setup.kinds, overwrite=True,
-                     data_roots={s.name: setup.data_root(s.name, opts.data_root) for s in setup.specs
-                                 if s.data.source == "files"})
+                     data_roots=setup.recorded_roots(opts.data_root))
     with sharded_evaluation(run.info):
         result = evaluate_setup(setup, split=opts.eval_split, data_root=opts.data_root, device=run.info.device,
                                 dtype=run.amp_dtype, batch_size=opts.eval_batch_size, workers=run.workers,
