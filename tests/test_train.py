@@ -612,6 +612,22 @@ def test_zero_shot_scores_are_the_base_model_s_with_the_adapters_attached_and_tr
     assert r["details"]["adapted"] != base
 
 
+def test_a_split_s_rows_digest_follows_its_rows_not_their_folder():
+    from mtl_lora_vl.data.records import Example, Split
+
+    def digest(*rows, names=None):
+        return Split([Example(*r[:2], text=r[2], label=r[3]) for r in rows], class_names=names).rows_sha256
+
+    one = ("/data/a.png", "1", "a red square", 0)
+    assert digest(one) == digest(("/moved/a.png", "1", "a red square", 0))      # the data moved: the same rows
+    for other in (("/data/b.png", "1", "a red square", 0), ("/data/a.png", "2", "a red square", 0),
+                  ("/data/a.png", "1", "a blue square", 0), ("/data/a.png", "1", "a red square", 1)):
+        assert digest(other) != digest(one), other
+    two = ("/data/b.png", "2", "a blue square", 1)
+    assert digest(one, two) != digest(two, one)                                   # the sampler indexes the order
+    assert digest(one, names=["red", "blue"]) != digest(one, names=["blue", "red"])
+
+
 def test_resume_refuses_training_rows_that_changed_since_the_checkpoint(tmp_path, capsys):
     """Data edited between a stop and --resume, row count unchanged: the sampler's saved state indexes the old
     rows, and the run went on silently on the new ones."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -45,10 +46,12 @@ class Split:
 
     @property
     def rows_sha256(self) -> str:
-        """SHA-256 of the rows in order -- image ids, texts, answers, question types, labels, class names -- not of
-        the image bytes: what a checkpoint records, so that a resume can tell that the data changed."""
+        """SHA-256 of the rows in order -- image ids and file names, texts, answers, question types, labels, class
+        names -- not of the image bytes nor of the folder they are in (data may move): what a checkpoint records,
+        so that a resume can tell that the data changed."""
         h = hashlib.sha256(json.dumps(self.class_names).encode())
         for ex in self.examples:
-            h.update(json.dumps([str(ex.image_id), ex.text, list(ex.captions), list(ex.answers), ex.question_type,
-                                 ex.label], default=str).encode())
+            file = Path(ex.image).name if isinstance(ex.image, str | Path) else None
+            h.update(json.dumps([str(ex.image_id), file, ex.text, list(ex.captions), list(ex.answers),
+                                 ex.question_type, ex.label], default=str).encode())
         return h.hexdigest()
