@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Pretrain the built-in backbone: a ~1.7 M-parameter open_clip CLIP on the built-in world.
 
-    python scripts/pretrain_backbone.py                 # ~10 minutes on 2 CPU cores
+    python scripts/pretrain_backbone.py                 # 8-25 minutes on 2 CPU cores (the committed asset: 24)
     python scripts/pretrain_backbone.py --steps 50 --out /tmp/clip   # a quick try
 
 It renders the world's pretraining split once into an in-memory uint8 cache, builds a small word-level
@@ -313,7 +313,7 @@ def image_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=700, help="optimizer steps (default 700, ~8 minutes on 2 idle cores)")
+    ap.add_argument("--steps", type=int, default=700, help="optimizer steps (default 700: 8-25 minutes on 2 CPU cores; the committed asset took 24)")
     ap.add_argument("--batch-size", type=int, default=128, help="pairs per step (default 128)")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     ap.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices (default 0.1)")

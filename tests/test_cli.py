@@ -131,6 +131,16 @@ def test_log_level_takes_any_case_and_names_the_levels(capsys):
     assert "--log-level: expected one of debug, info, warning, error (any case), got 'loud'" in line
 
 
+def test_help_names_every_type_in_words():
+    """--help showed --log-level's type as '<function _log_level at 0x...>'."""
+    from mtl_lora_vl.cli.parsing import build_parser
+    from mtl_lora_vl.options import EvalOptions, ExportOptions
+
+    for cls in (TrainOptions, EvalOptions, ExportOptions):
+        text = build_parser(cls, "prog", "").format_help()
+        assert "<function" not in text and "<class" not in text and " at 0x" not in text, cls.__name__
+
+
 def test_train_main_returns_2_on_a_bad_option(capsys):
     assert train_main(["--batch-mode", "bogus"], prog="train_vl.py") == 2
     assert "train_vl.py: error: --batch-mode" in capsys.readouterr().err

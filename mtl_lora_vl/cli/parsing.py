@@ -129,16 +129,9 @@ def build_parser(cls: type, prog: str, description: str) -> ArgumentParser:
     group = parser.add_argument_group("logging")
     group.add_argument("-v", "--verbose", action="store_true", help="debug messages (and tracebacks of errors)")
     group.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only; no progress bars")
-    group.add_argument("--log-level", type=_log_level, default=None,
+    group.add_argument("--log-level", type=str, default=None,  # checked in parse_options_given: any case
                        help=f"explicit log level, one of {', '.join(LEVELS)} in any case (overrides -v / -q)")
     return parser
-
-
-def _log_level(text: str) -> str:
-    """``--log-level`` in any case (``DEBUG`` is how the logging module spells it)."""
-    if not isinstance(text, str) or text.lower() not in LEVELS:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(LEVELS)} (any case), got {text!r}")
-    return text.lower()
 
 
 def _dashes(cls: type, argv: list[str]) -> list[str]:
@@ -256,6 +249,8 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
         given |= set(from_file)
         parser.set_defaults(**from_file)
         ns = _parse(parser, cls, argv)
+    if ns.log_level is not None and ns.log_level.lower() not in LEVELS:  # DEBUG is the logging module's spelling
+        _fail(parser, f"--log-level: expected one of {', '.join(LEVELS)} (any case), got {ns.log_level!r}")
     values = {f.name: _expand_home(f.name, getattr(ns, f.name)) for f in fields(cls)}
     for f in fields(cls):
         value = values[f.name]
@@ -263,7 +258,7 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
             _fail(parser, f"{flag(f.name)}: must be {range_text(f.metadata, value)}, got {value}")
         if f.metadata.get("required") and value in (None, ""):
             _fail(parser, f"{flag(f.name)} is required (on the command line or in the --config file)")
-    level = ns.log_level or ("debug" if ns.verbose else "warning" if ns.quiet else "info")
+    level = (ns.log_level or "").lower() or ("debug" if ns.verbose else "warning" if ns.quiet else "info")
     return cls(**values), level, frozenset(given)
 
 
