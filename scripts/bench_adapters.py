@@ -46,6 +46,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.adapters.routing import Route
+from mtl_lora_vl.backbones.hf import hf_grad_checkpointing
 from mtl_lora_vl.training.optim import adamw
 
 TARGETS = {"image": [r"^visual\.transformer\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"],
@@ -266,7 +267,7 @@ def build_llava(args, device: torch.device, dtype: torch.dtype, checkpointing: b
     cfg._attn_implementation = "sdpa"
     model = LlavaForConditionalGeneration(cfg).to(device=device, dtype=dtype).train()  # dropout is 0
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        hf_grad_checkpointing(model, True)  # non-reentrant, as the trainer's --grad-checkpointing
     return model
 
 
