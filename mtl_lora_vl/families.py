@@ -124,7 +124,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "timm_vit",
         ("timm.models.VisionTransformer",),
-        {"image": (r"^blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)$",)},
+        {"image": (r"^blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc1_g|mlp\.fc1_x|mlp\.fc2)$",)},  # fc1_g/x: SwiGLU
         packed_qkv=r"(^|\.)qkv$",
         no_backbone="a timm VisionTransformer is image-only (it has no text tower), so it cannot serve the "
                     "package's image-text task kinds; attach adapters to it directly with mtl_lora_vl.attach(model, "

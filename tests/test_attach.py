@@ -201,6 +201,19 @@ def test_timm_packed_qkv_respects_qkv_slices():
     assert qkv.out_slices == (True, False, True) and qkv.lora_B.shape[1] == 64
 
 
+def test_timm_swiglu_mlp_is_adapted_like_the_plain_one():
+    import timm
+
+    # AIMv2 (and other SwiGLU ViTs) split fc1 into a gate and a value layer: both are the MLP's first layer
+    model = timm.create_model("aimv2_large_patch14_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
+                              depth=1, num_heads=2)
+    mlv.attach(model, mlv.MTLLoRAConfig(tasks=TASKS))
+    linears = {n for n, m in model.named_modules() if n.startswith("blocks.") and hasattr(m, "lora_A")}
+    assert linears == {"blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1_g", "blocks.0.mlp.fc1_x",
+                       "blocks.0.mlp.fc2"}
+    assert set(model._mtl_lora.layers) == linears
+
+
 def test_custom_targets_and_sequence_first_open_clip():
     import open_clip
 
