@@ -274,6 +274,25 @@ def test_torch_compile_mixed_route_and_checkpoint_match_eager():
         _assert_same_grads(ref, _grads(compiled))
 
 
+@pytest.mark.parametrize("path", ["runs", "index"])
+@pytest.mark.parametrize("method", ["mtl_lora", "task_lora"])
+def test_a_route_first_used_under_inference_mode_still_trains(path, method, monkeypatch):
+    """A Route caches its device tensors (plan, present index, positions); made under inference_mode they were
+    inference tensors, which a later training forward with the same Route cannot save for backward."""
+    if path == "index":
+        monkeypatch.setitem(routing.MAX_RUNS_PER_TASK, "cpu", 1)
+    layer = _layer(method)
+    route = Route.from_ids([2, 0, 2, 0, 2])  # tasks 0 and 2: the present index is a tensor, not a slice
+    x = torch.randn(5, 12)
+    with torch.inference_mode(), mlv.route(layer.router, route):
+        evaluated = layer(x)
+    with mlv.route(layer.router, route):
+        y = layer(x)
+    y.sum().backward()
+    torch.testing.assert_close(y.detach(), evaluated)
+    assert layer.lora_B.grad is not None
+
+
 # ---------------------------------------------------------------------------------- row order
 
 

@@ -123,7 +123,8 @@ class Route:
                 rows: dict[int, list[int]] = {t: [] for t in self.present}
                 for t, a, b in self.segments:
                     rows[t].extend(range(a, b))
-                plan = tuple((pos[t], torch.tensor(rows[t]).to(device, non_blocking=True)) for t in self.present)
+                with torch.inference_mode(False):  # cached: a later training forward may reuse it
+                    plan = tuple((pos[t], torch.tensor(rows[t]).to(device, non_blocking=True)) for t in self.present)
             self._plans[device] = plan
         return plan
 
@@ -136,7 +137,8 @@ class Route:
             if p == tuple(range(p[0], p[0] + len(p))):
                 index = slice(p[0], p[0] + len(p))
             else:
-                index = torch.tensor(p).to(device, non_blocking=True)
+                with torch.inference_mode(False):
+                    index = torch.tensor(p).to(device, non_blocking=True)
             self._index[device] = index
         return index
 
@@ -146,8 +148,9 @@ class Route:
         positions = self._positions.get(device)
         if positions is None:
             pos = {t: p for p, t in enumerate(self.present)}
-            positions = torch.tensor([pos[t] for t, a, b in self.segments for _ in range(a, b)])
-            positions = positions.to(device, non_blocking=True)
+            with torch.inference_mode(False):
+                positions = torch.tensor([pos[t] for t, a, b in self.segments for _ in range(a, b)])
+                positions = positions.to(device, non_blocking=True)
             self._positions[device] = positions
         return positions
 
