@@ -340,6 +340,7 @@ def test_mtl_rows_update_gradients(lambda_type, tasks):
         return update_mtl_rows(out * 1.0, z, w, lam_, B_, arg, 4, 0.7, 0.5, present)  # out * 1.0: fresh, in place
 
     assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)  # create_graph reaches w and Λ through π and M_t
     want = out.clone()
     for i, t in enumerate([ids] * 4 if tasks == 1 else ids.tolist()):
         Lt = torch.eye(2, dtype=torch.double) if lam is None else (torch.diag(lam[t]) if lam.dim() == 2 else lam[t])
@@ -442,6 +443,39 @@ def test_every_method_s_gradients_equal_autograd_of_the_dense_reference(method, 
     gx = got[0] if batch_dim == 0 else got[0].transpose(0, 1)
     torch.testing.assert_close(gx, want[0])
     for p, a, b in zip(params, got[1:], want[1:]):
+        a = torch.zeros_like(p) if a is None else a
+        b = torch.zeros_like(p) if b is None else b
+        torch.testing.assert_close(a, b, msg=lambda m, p=p: f"{tuple(p.shape)}: {m}")
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("layout", ["one_task", "runs", "index"])
+def test_second_derivatives_equal_the_dense_reference_s(method, layout, monkeypatch):
+    """A gradient penalty (create_graph=True, then a gradient of the input gradient's norm): mtl_lora's node
+    formed π and Λ_t without their graph, so w and Λ got wrong second-order gradients, silently."""
+    import mtl_lora_vl.adapters.routing as routing_mod
+
+    if layout == "index":
+        monkeypatch.setitem(routing_mod.MAX_RUNS_PER_TASK, "cpu", 1)
+    layer = make_linear(method).double()
+    ids = {"one_task": [1] * 6, "runs": [0, 0, 2, 2, 2, 1], "index": [1, 0, 2, 0, 1, 2]}[layout]
+    x = torch.randn(6, 4, 12, dtype=torch.float64)
+    params = [p for n, p in layer.named_parameters() if n.startswith("lora_")]
+
+    def penalty_grads(forward):
+        xs = x.clone().requires_grad_()
+        gx, = torch.autograd.grad(forward(xs).square().sum(), xs, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), params, allow_unused=True)
+
+    def ours(xs):
+        with _scope(layer, TASKS[1] if layout == "one_task" else torch.tensor(ids)):
+            return layer(xs)
+
+    def dense(xs):
+        return torch.stack([xs[b] @ (layer.weight + reference_delta(layer, t)).T + layer.bias
+                            for b, t in enumerate(ids)])
+
+    for p, a, b in zip(params, penalty_grads(ours), penalty_grads(dense)):
         a = torch.zeros_like(p) if a is None else a
         b = torch.zeros_like(p) if b is None else b
         torch.testing.assert_close(a, b, msg=lambda m, p=p: f"{tuple(p.shape)}: {m}")

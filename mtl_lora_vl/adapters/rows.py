@@ -209,8 +209,13 @@ def _formed(w, lam, tasks, present):
         present = None
     if present is None:
         return w, lam, tasks, None
-    pick = (lambda x: x[present]) if isinstance(present, slice) else (lambda x: x.index_select(0, present))
-    return pick(w), (None if lam is None else pick(lam)), tasks, present
+    return _pick(w, present), (None if lam is None else _pick(lam, present)), tasks, present
+
+
+def _pick(x: torch.Tensor, present: slice | torch.Tensor | None) -> torch.Tensor:
+    if present is None:
+        return x
+    return x[present] if isinstance(present, slice) else x.index_select(0, present)
 
 
 def _unformed(x: torch.Tensor, shape: torch.Size, present: slice | torch.Tensor) -> torch.Tensor:
@@ -236,13 +241,14 @@ class _MTLRowsUpdate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, out, z, w, lam, B, tasks, n_batch, scale, tau, present):
         shapes = w.shape, (None if lam is None else lam.shape)
+        w_all, lam_all = w, lam
         w, lam, tasks, present = _formed(w, lam, tasks, present)
         with autocast_off(out.device.type):
             pi = torch.softmax(w / tau, dim=-1)
             _mtl_add_(out, z, mtl_matrices(pi, B, lam).to(z.dtype), tasks, n_batch, scale)
         ctx.mark_dirty(out)
         one = isinstance(tasks, int)
-        ctx.save_for_backward(z, pi, lam, B, None if one else tasks)
+        ctx.save_for_backward(z, pi, lam, B, None if one else tasks, w_all, lam_all)
         ctx.task = tasks if one else None
         ctx.present = present  # None, a slice or an index tensor of task rows (never written to)
         ctx.n_batch, ctx.scale, ctx.tau, ctx.shapes = n_batch, scale, tau, shapes
@@ -255,8 +261,11 @@ class _MTLRowsUpdate(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, g):
-        z, pi, lam, B, tasks = ctx.saved_tensors
+        z, pi, lam, B, tasks, w_all, lam_all = ctx.saved_tensors
         t, n_batch, scale, present = ctx.task, ctx.n_batch, ctx.scale, ctx.present
+        if torch.is_grad_enabled():  # create_graph: π and Λ formed again from the parameters, so that a second
+            lam = None if lam is None else _pick(lam_all, present)  # derivative reaches w and Λ through them
+            pi = torch.softmax(_pick(w_all, present) / ctx.tau, dim=-1)
         need_z, need_w, need_lam, need_b = (ctx.needs_input_grad[i] for i in (1, 2, 3, 4))
         Bbar, M = _mtl_parts(pi, B, lam)
         M = M.to(z.dtype)
