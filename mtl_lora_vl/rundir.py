@@ -29,6 +29,9 @@ from .tasks.spec import looks_like_path
 
 #: Options a resumed run takes from the command line; every other one comes from the run's config.json.
 RESUME_OWN = ("resume", "workers", "device")
+#: Folders a resumed run takes from the command line when the one config.json records is gone (moved data or
+#: adapter); the checkpoint's digests of the training rows and the extended adapter refuse other contents.
+RESUME_RELOCATABLE = ("data_root", "extend")
 
 
 class RunDirError(RuntimeError):
@@ -180,6 +183,8 @@ def resumed_options(run: Path, given: TrainOptions, explicit: Collection[str] | 
     else:
         names = list(set(explicit) - set(RESUME_OWN) - {"config", "out", "overwrite"})
     wrong = [k for k in names if now[k] != saved.get(k, getattr(default, k))]
+    moved = [k for k in wrong if k in RESUME_RELOCATABLE and _gone(saved.get(k)) and now[k] and Path(now[k]).exists()]
+    wrong = [k for k in wrong if k not in moved]
     if explicit is not None:
         if given.out and Path(given.out).resolve() != run.resolve():
             wrong.append("out")
@@ -187,10 +192,34 @@ def resumed_options(run: Path, given: TrainOptions, explicit: Collection[str] | 
             wrong.append("overwrite")
     ignored = [f"--{k.replace('_', '-')} {getattr(given, k)!r} (the run has {saved.get(k)!r})" for k in sorted(wrong)]
     if ignored:
+        folders = ("; --data-root and --extend are taken only in place of a recorded folder that is gone"
+                   if set(wrong) & set(RESUME_RELOCATABLE) else "")
         raise RunDirError(f"--resume {run} continues the run with the options it was started with, in its own "
                           f"directory, so these would be ignored: {'; '.join(ignored)}. Drop them, or start a new "
-                          "run with --out")
-    return TrainOptions(**{**saved, **{k: getattr(given, k) for k in RESUME_OWN}, "out": str(run)})
+                          f"run with --out{folders}")
+    resumed = TrainOptions(**{**saved, **{k: now[k] for k in moved}, **{k: getattr(given, k) for k in RESUME_OWN},
+                              "out": str(run)})
+    if _gone(resumed.extend):
+        raise RunDirError(f"--resume {run}: the adapter this run extends, {resumed.extend}, is not there any more; "
+                          "give the place it moved to with --extend DIR (it must hold the same adapter)")
+    return resumed
+
+
+def _gone(path: Any) -> bool:
+    return isinstance(path, str) and bool(path) and not Path(path).exists()
+
+
+def record_moved_folders(run: Path, opts: TrainOptions) -> dict[str, str]:
+    """Write into ``run/config.json`` the folders (:data:`RESUME_RELOCATABLE`) a resumed run was given in place
+    of recorded ones that are gone, so that the next ``--resume`` finds them; returns those changed."""
+    path = run / "config.json"
+    saved = json.loads(path.read_text())
+    now = config_doc(run, opts)
+    moved = {k: now[k] for k in RESUME_RELOCATABLE if saved.get(k) != now[k]}
+    if moved:
+        with atomic_file(path, overwrite=True, what="train") as tmp:
+            tmp.write_text(json.dumps({**saved, **moved}, indent=2) + "\n")
+    return moved
 
 
 def config_doc(run: Path, opts: TrainOptions) -> dict[str, Any]:

@@ -151,6 +151,14 @@ def test_extend_trains_only_the_new_task(tmp_path, capsys, monkeypatch):
     # The extend run's checkpoint holds what trains; the frozen rest comes from the source on --resume, which
     # mixed a retrained source's A and B with the new task's rows trained against the old ones, silently.
     assert train_main(["--resume", "ext", "--workers", "0"]) == 0
+    run.rename(tmp_path / "moved")   # the source moved: --resume takes --extend in place of the gone folder
+    capsys.readouterr()
+    assert train_main(["--resume", "ext", "--workers", "0"]) == 2
+    assert "is not there any more; give the place it moved to with --extend DIR" in capsys.readouterr().err
+    assert train_main(["--resume", "ext", "--workers", "0", "--extend", "moved"]) == 0
+    assert json.loads((ext / "config.json").read_text())["extend"] == str(tmp_path / "moved")
+    (tmp_path / "moved").rename(run)
+    assert train_main(["--resume", "ext", "--workers", "0", "--extend", "run"]) == 0
     assert train_main(base_args(tmp_path, run, steps=3) + ["--rank", "4", "--pretrained", str(weights), "--seed", "5",
                                                             "--overwrite"]) == 0
     capsys.readouterr()
@@ -626,6 +634,11 @@ def test_a_split_s_rows_digest_follows_its_rows_not_their_folder():
     two = ("/data/b.png", "2", "a blue square", 1)
     assert digest(one, two) != digest(two, one)                                   # the sampler indexes the order
     assert digest(one, names=["red", "blue"]) != digest(one, names=["blue", "red"])
+    vqa = Split([Example("/data/a.png", "1", text="how many dogs?", answers=("2",), question_type="number",
+                         meta={"filter_type": "how many"})])
+    before = vqa.rows_sha256
+    vqa.examples[0].meta["filter_type"] = "how"   # it picks the candidate answers a question may get
+    assert vqa.rows_sha256 != before
 
 
 def test_resume_refuses_training_rows_that_changed_since_the_checkpoint(tmp_path, capsys):
@@ -661,6 +674,43 @@ def test_resume_refuses_training_rows_that_changed_since_the_checkpoint(tmp_path
     assert train_main(["--resume", str(run)]) == 2
     err = capsys.readouterr().err
     assert "the run finished: its adapter is in" in err and "--overwrite" not in err
+
+
+def test_resume_takes_a_new_data_root_in_place_of_a_moved_one(tmp_path, capsys):
+    """The data folder moved between a stop and --resume: the error said to pass --data-root, which --resume
+    refused as an option it would ignore. It is taken when the recorded folder is gone (the rows' digest still
+    refuses other data) and config.json records it for the next resume."""
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for colour in ("red", "blue"):
+        Image.new("RGB", (16, 16), colour).save(data / f"{colour}.png")
+    rows = [{"image": f"{c}.png", "label": c} for c in ("red", "blue") * 3]
+    (data / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = tmp_path / "colours.toml"
+    spec.write_text('name = "colours"\nkind = "classification"\ntemplates = ["a {} square."]\n[data]\n'
+                    'format = "jsonl"\n[data.train]\nfile = "rows.jsonl"\n[data.val]\nfile = "rows.jsonl"\n')
+    run = tmp_path / "run"
+    assert train_main(["--tasks", str(spec), "--data-root", str(data), "--steps", "1", "--batch-size", "2",
+                       "--device", "cpu", "--workers", "0", "--out", str(run)]) == 0
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    capsys.readouterr()
+    assert train_main(["--resume", str(run), "--data-root", str(other)]) == 2   # the recorded folder is there
+    assert "taken only in place of a recorded folder that is gone" in capsys.readouterr().err
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    assert train_main(["--resume", str(run)]) == 2
+    assert "pass --data-root DIR" in capsys.readouterr().err
+    rows[0]["label"], rows[1]["label"] = "blue", "red"
+    (other / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert train_main(["--resume", str(run), "--data-root", str(other)]) == 2   # other rows: refused
+    assert "the training rows of task(s) ['colours'] changed" in capsys.readouterr().err
+    assert json.loads((run / "config.json").read_text())["data_root"] == str(data)
+    assert train_main(["--resume", str(run), "--data-root", str(moved)]) == 0
+    assert json.loads((run / "config.json").read_text())["data_root"] == str(moved.resolve())
+    assert train_main(["--resume", str(run)]) == 0   # the next resume finds it without the flag
 
 
 def test_eval_scores_a_trained_task_on_the_data_of_another_spec_file(tmp_path, caplog, monkeypatch):

@@ -46,12 +46,15 @@ class Split:
 
     @property
     def rows_sha256(self) -> str:
-        """SHA-256 of the rows in order -- image ids and file names, texts, answers, question types, labels, class
-        names -- not of the image bytes nor of the folder they are in (data may move): what a checkpoint records,
-        so that a resume can tell that the data changed."""
+        """SHA-256 of the rows in order -- image ids and file names, texts, answers, question types (and VQA's
+        ``filter_type``, which picks a question's candidate answers), labels, class names -- not of the image bytes
+        nor of the folder they are in (data may move): what a checkpoint records, so that a resume can tell that
+        the data changed."""
         h = hashlib.sha256(json.dumps(self.class_names).encode())
         for ex in self.examples:
             file = Path(ex.image).name if isinstance(ex.image, str | Path) else None
-            h.update(json.dumps([str(ex.image_id), file, ex.text, list(ex.captions), list(ex.answers),
-                                 ex.question_type, ex.label], default=str).encode())
+            row = [str(ex.image_id), file, ex.text, list(ex.captions), list(ex.answers), ex.question_type, ex.label]
+            if "filter_type" in ex.meta:   # only where a reader keeps it: other rows' digests stay as they were
+                row.append(ex.meta["filter_type"])
+            h.update(json.dumps(row, default=str).encode())
         return h.hexdigest()

@@ -44,6 +44,7 @@ from ..rundir import (
     choose_run_dir,
     claim_run_dir,
     finish_overwrite,
+    record_moved_folders,
     resumed_options,
     undo_overwrite,
     write_config,
@@ -163,6 +164,10 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     try:
         if info.is_main and not opts.resume:
             write_config(run_dir, opts)
+        elif info.is_main:
+            for key, folder in record_moved_folders(run_dir, opts).items():
+                logger.info("--resume: the run's --%s moved; %s now records %s", key.replace("_", "-"),
+                            run_dir / "config.json", folder)
         if info.is_main and 0 < total_steps <= opts.warmup:
             logger.warning("--warmup %d is not shorter than the run's %d steps: the learning rate reaches --lr at "
                            "the last step at best and the cosine decay never starts; lower --warmup", opts.warmup,
