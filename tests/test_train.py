@@ -198,6 +198,17 @@ def test_extend_reads_the_adapter_s_tasks_from_their_own_data_folders(tmp_path, 
     evaluate_adapter(tmp_path / "b" / "adapter", out=tmp_path / "ev", device="cpu")   # no --data-root needed
     ev = json.loads((tmp_path / "ev" / "eval.json").read_text())["tasks"]
     assert ev["color"]["adapted"] == a["color"]["adapted"] and ev["color2"]["adapted"] == b["color2"]["adapted"]
+    (tmp_path / "link").symlink_to(d)   # the recorded folder by another name: not "another folder" (text compare)
+    capsys.readouterr()
+    from mtl_lora_vl.cli import eval_main
+
+    assert eval_main(["--adapter", str(tmp_path / "b" / "adapter"), "--tasks", "color", "--data-root",
+                      str(tmp_path / "link"), "--out", str(tmp_path / "ev_link"), "--device", "cpu"]) == 0
+    assert "was trained on files under" not in capsys.readouterr().err
+    linked = json.loads((tmp_path / "ev_link" / "eval.json").read_text())
+    assert linked["tasks"]["color"]["data_root"] == str(tmp_path / "link") and linked["adapter"] == str(
+        tmp_path / "b" / "adapter")
+    assert ev["color"]["data_root"] == str(d) and ev["color2"]["data_root"] == str(d2)   # each from its own folder
     old = tmp_path / "old"   # an adapter saved before adapters recorded folders: said, and not recorded as fact
     shutil.copytree(tmp_path / "a" / "adapter", old)
     rec = json.loads((old / "mtl_lora_config.json").read_text())
@@ -219,8 +230,6 @@ def test_extend_reads_the_adapter_s_tasks_from_their_own_data_folders(tmp_path, 
     assert json.loads((again / "mtl_lora_config.json").read_text())["data_roots"] == doc["data_roots"]
     d.rename(tmp_path / "moved")    # the data moved: an explicit --data-root wins; --extend says what it reads
     capsys.readouterr()
-    from mtl_lora_vl.cli import eval_main
-
     assert eval_main(["--adapter", str(tmp_path / "b" / "adapter"), "--tasks", "color", "--data-root",
                       str(tmp_path / "moved"), "--out", str(tmp_path / "ev2"), "--device", "cpu"]) == 0
     assert f"task 'color' was trained on files under {d}; it is scored on --data-root" in capsys.readouterr().err
@@ -233,6 +242,11 @@ def test_extend_reads_the_adapter_s_tasks_from_their_own_data_folders(tmp_path, 
         in capsys.readouterr().err
     assert json.loads((tmp_path / "c" / "adapter" / "mtl_lora_config.json").read_text())["data_roots"] == {
         "color": str(d), "color2": str(d2), "color3": str(d2)}   # what the source recorded, not a guess
+    assert train_main(["--extend", str(tmp_path / "b"), "--tasks", "caption_cls", *common, "--skip-zero-shot",
+                       "--out", str(tmp_path / "e")]) == 2   # no --data-root: the advice named "--data-root None"
+    err = capsys.readouterr().err
+    assert "which is no longer a folder; give the folder it moved to with --data-root DIR" in err
+    assert "--data-root None" not in err
 
 
 def test_extend_with_nothing_to_train_is_refused_at_start(tmp_path, capsys):
@@ -618,6 +632,19 @@ def test_zero_shot_scores_are_the_base_model_s_with_the_adapters_attached_and_tr
                          setup.split_data(setup.specs[0], "val", None), num_workers=0, **kw)
     assert r["details"]["zero_shot"] == base
     assert r["details"]["adapted"] != base
+
+
+def test_same_folder_sees_through_links_and_dot_dot(tmp_path):
+    from mtl_lora_vl.data.common import same_folder
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "e").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "d")
+    assert same_folder(tmp_path / "d", tmp_path / "link")
+    assert same_folder(str(tmp_path / "d"), str(tmp_path / "e" / ".." / "d"))
+    assert not same_folder(tmp_path / "d", tmp_path / "e")
+    assert same_folder(tmp_path / "gone", tmp_path / "e" / ".." / "gone") and not same_folder(tmp_path / "gone", None)
+    assert same_folder(None, None)
 
 
 def test_a_split_s_rows_digest_follows_its_rows_not_their_folder():

@@ -49,6 +49,19 @@ def data_root_dir(data_root: str | os.PathLike) -> Path:
     return root.resolve()
 
 
+def same_folder(a: str | os.PathLike | None, b: str | os.PathLike | None) -> bool:
+    """Whether two data-root paths name one folder: the same folder through a symlink or ``..`` too (recorded
+    paths are compared with the one given now, which may be spelt another way); by resolved path when either
+    is gone."""
+    if a is None or b is None:
+        return a is b
+    a, b = Path(a).expanduser(), Path(b).expanduser()
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
 def resolve_under(root: Path, relative: str | os.PathLike, what: str = "image path") -> Path:
     """Resolve ``relative`` inside ``root``; refuse absolute paths, '..' escapes and symlinks out."""
     rel = str(relative)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..adapters.scopes import disabled, route
+from ..data.common import same_folder
 from ..distributed import DistInfo, barrier, cleanup, init_distributed, sharded_evaluation
 from ..io import Pretrained, load_pretrained
 from ..io.adapter_files import base_paths, recorded_base
@@ -154,9 +155,8 @@ def _saved_task_roots(lp: Pretrained, specs: list[TaskSpec], data_root: str | No
     saved = [s for s in specs if lp.specs.get(s.name) is s and s.data.source == "files" and s.name in recorded]
     if data_root is None:
         return {s.name: recorded[s.name] for s in saved}
-    here = str(Path(data_root).expanduser().absolute())
     for s in saved:
-        if recorded[s.name] != here:
+        if not same_folder(recorded[s.name], data_root):
             logger.warning("task %r was trained on files under %s; it is scored on --data-root %s (leave --data-root "
                            "out to read each task from its own folder)", s.name, recorded[s.name], data_root)
     return {}
@@ -239,10 +239,15 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
     with sharded_evaluation(info):
         result = evaluate_setup(setup, split=split, data_root=data_root, device=dev, dtype=dtype,
                                 batch_size=batch_size, workers=workers)
-    result["adapter"] = str(adapter)
-    for spec in specs:   # a task scored on the data of another spec file says which
-        if spec is not lp.specs.get(spec.name) and spec.name in result["tasks"]:
+    result["adapter"] = str(Path(adapter).absolute())
+    for spec in specs:
+        if spec.name not in result["tasks"]:
+            continue
+        if spec is not lp.specs.get(spec.name):   # a task scored on the data of another spec file says which
             result["tasks"][spec.name]["data_spec"] = str(spec.source_file)
+        root = setup.data_root(spec.name, data_root) if spec.data.source == "files" else None
+        if root is not None:   # the folder its files were read from (its own recorded one, or --data-root)
+            result["tasks"][spec.name]["data_root"] = str(Path(root).expanduser().absolute())
     table = ""
     if info.is_main:  # a new directory replaces an old one whole (--overwrite): no stale plot stays behind
         try:

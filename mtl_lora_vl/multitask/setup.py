@@ -17,6 +17,7 @@ from ..adapters.grow import add_task
 from ..adapters.scopes import disabled
 from ..backbones import load_backbone
 from ..config import MTLLoRAConfig
+from ..data.common import same_folder
 from ..data.records import Split
 from ..io import Pretrained, find_adapter_dir, load_pretrained
 from ..io.adapter_files import record_sha256
@@ -168,11 +169,10 @@ def _old_task_roots(lp: Pretrained, old: list[str], data_root: str | None, src: 
     """The folders an --extend run reads its old file-based tasks from: the ones their adapter recorded (the
     run's --data-root is the new tasks'), when they differ from --data-root and still exist."""
     recorded = lp.doc.get("data_roots") or {}
-    here = None if data_root is None else str(Path(data_root).expanduser().absolute())
     roots = {}
     for task in old:
         root = recorded.get(task)
-        if lp.specs[task].data.source != "files" or root == here:
+        if lp.specs[task].data.source != "files" or same_folder(root, data_root):
             continue
         if not root:
             logger.warning("--extend %s: the adapter does not record the folder task %r was trained on (saved before "
@@ -181,6 +181,9 @@ def _old_task_roots(lp: Pretrained, old: list[str], data_root: str | None, src: 
             continue
         if Path(root).is_dir():
             roots[task] = root
+        elif data_root is None:
+            logger.warning("--extend %s: task %r was trained on files under %s, which is no longer a folder; give "
+                           "the folder it moved to with --data-root DIR", src, task, root)
         else:
             logger.warning("--extend %s: task %r was trained on files under %s, which is no longer a folder; it is "
                            "scored on --data-root %s instead", src, task, root, data_root)
