@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,11 @@ def test_bad_flags_are_refused_with_what_is_allowed(capsys):
     assert "--precision: expected one of" in _refused(capsys, ["--precision", "fp64"])
     assert "--compile: expected true or false" in _refused(capsys, ["--compile", "maybe"])
     assert "unrecognized arguments: --rnak" in _refused(capsys, ["--rnak", "3"])
+    # an abbreviation was taken with a deprecation warning (jsonargparse 5 refuses them): refused, with the flag
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        err = _refused(capsys, ["--step", "3", "--batch=4"])
+    assert "--step (did you mean --steps?)" in err and "--batch (did you mean --batch-size?)" in err
 
 
 def test_no_command_and_a_bad_thread_count_say_what_to_give(capsys):
@@ -440,7 +446,7 @@ def test_a_tilde_in_path_options_means_home(tmp_path, monkeypatch):
     assert opts.out == str(tmp_path / "runs" / "t1") and opts.extend == str(tmp_path / "old")
     assert opts.tasks == f"vqa,{tmp_path / 'specs' / 'x.toml'}" and opts.data_root == str(tmp_path / "data")
     # a bare "~" was YAML's null to the parser: the option silently kept its default
-    opts = parse_train_args(["--out", "~", "--data-root=~", "--pretrain", "~"])   # (a unique prefix too)
+    opts = parse_train_args(["--out", "~", "--data-root=~", "--pretrained", "~"])
     assert (opts.out, opts.data_root, opts.pretrained) == (str(tmp_path),) * 3
     bare = tmp_path / "bare.toml"
     bare.write_text('out = "~"\ndata-root = "~"\n')

@@ -108,7 +108,7 @@ def describe_allowed(f: Field, tp: Any) -> str:
 
 def build_parser(cls: type, prog: str, description: str) -> ArgumentParser:
     """The parser of an options dataclass, plus ``-v`` / ``-q`` / ``--log-level``."""
-    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False, allow_abbrev=False)
     hints = field_types(cls)
     for f in fields(cls):
         tp = _field_type(f, hints)
@@ -158,6 +158,12 @@ def _parse(parser: ArgumentParser, cls: type, argv: list[str]) -> Any:
             if f'key "{f.name}"' in message:
                 detail = " ".join(message.split("\n", 1)[-1].split())
                 _fail(parser, f"{flag(f.name)}: expected {describe_allowed(f, _field_type(f, hints))} ({detail})")
+        if message.startswith("unrecognized arguments:"):   # abbreviations are refused (jsonargparse 5 drops them)
+            flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+            hints = [f"{tok.partition('=')[0]} (did you mean {close[0]}?)" for tok in message.split(":", 1)[1].split()
+                     if tok.startswith("--") and (close := difflib.get_close_matches(tok.partition("=")[0], flags, n=1))]
+            if hints:
+                message += "; " + "; ".join(hints) + "; options are spelt in full"
         _fail(parser, message)
 
 
@@ -303,17 +309,12 @@ def _flags(cls: type) -> dict[str, str]:
 
 
 def _flag_name(cls: type, token: str) -> str | None:
-    """The option a flag names: ``--name``, ``--no-name``, or a unique prefix of one (argparse accepts those)."""
-    flags = _flags(cls)
-    if token in flags:
-        return flags[token]
-    hits = {v for k, v in flags.items() if k.startswith(token)}
-    return hits.pop() if len(hits) == 1 else None
+    """The option a flag names (``--name`` or ``--no-name``; the parser refuses abbreviations)."""
+    return _flags(cls).get(token)
 
 
 def _given_on_command_line(cls: type, argv: list[str]) -> list[str]:
-    """The options ``argv`` sets (``--name``, ``--name=value``, ``--no-name``, or a unique prefix of one,
-    which argparse accepts too)."""
+    """The options ``argv`` sets (``--name``, ``--name=value``, ``--no-name``)."""
     given = []
     for token in argv:
         name = _flag_name(cls, token.partition("=")[0]) if token.startswith("--") else None
