@@ -603,6 +603,8 @@ def test_an_error_in_flight_is_not_replaced_by_the_scope_order_error():
     assert outer.__exit__(ValueError, err, None) is False   # re-raised as itself, not as a RoutingError
     with pytest.raises(mlv.RoutingError, match="no task was given"):   # nothing left behind
         model(torch.randn(1, 4))
+    with pytest.raises(mlv.RoutingError, match="closed out of order"):   # the inner scope, closed last (else its
+        inner.__exit__(None, None, None)                                # generator raised this when collected)
 
 
 def test_a_copy_made_inside_a_scope_holds_no_open_scope():
