@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -212,6 +213,18 @@ def test_timm_swiglu_mlp_is_adapted_like_the_plain_one():
     assert linears == {"blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1_g", "blocks.0.mlp.fc1_x",
                        "blocks.0.mlp.fc2"}
     assert set(model._mtl_lora.layers) == linears
+
+
+def test_custom_targets_matching_both_towers_are_warned_about():
+    """The regexes are searched in full module names: {"image": ["attn"], "text": ["attn"]} took the text tower's
+    attention as "image" layers (counts, heatmap and the recorded towers said image 16, text 0), silently."""
+    with pytest.warns(UserWarning, match=r"4 module\(s\) match the target regexes of more than one tower"):
+        mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS, targets={"image": ["attn"], "text": ["attn"]}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS, targets={
+            "image": [r"^visual\..*attn"], "text": [r"^transformer\..*attn"]}))
+    assert set(model._mtl_lora.towers.values()) == {"image", "text"}
 
 
 def test_custom_targets_and_sequence_first_open_clip():

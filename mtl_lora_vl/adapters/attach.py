@@ -87,14 +87,18 @@ def select_targets(model: nn.Module, cfg: MTLLoRAConfig) -> list[tuple[str, nn.M
 
     chosen: list[tuple[str, nn.Module, str, tuple[bool, ...] | None]] = []
     covered: list[str] = []
+    both: list[str] = []   # custom targets: modules that more than one tower's regexes match
     for name, module in model.named_modules():
         if any(name.startswith(c + ".") for c in covered):
             continue  # inside a MultiheadAttention already taken whole
         if not isinstance(module, (nn.Linear, nn.MultiheadAttention)):
             continue
-        tower = next((t for t in TOWERS for p in targets.get(t, ()) if re.search(p, name)), None)
+        towers = [t for t in TOWERS if any(re.search(p, name) for p in targets.get(t, ()))]
+        tower = towers[0] if towers else None
         if tower is None or any(re.search(p, name) for p in unused):
             continue
+        if len(towers) > 1:
+            both.append(name)
         own = _SEPARATE_QKV.search(name) if isinstance(module, nn.Linear) else None
         if own and own.group(1) not in cfg.qkv_slices:   # q_proj / k_proj / v_proj as their own layers
             continue
@@ -105,6 +109,11 @@ def select_targets(model: nn.Module, cfg: MTLLoRAConfig) -> list[tuple[str, nn.M
         chosen.append((name, module, tower, slices))
         if isinstance(module, nn.MultiheadAttention):
             covered.append(name)
+    if both:
+        warnings.warn(f"attach: {len(both)} module(s) match the target regexes of more than one tower (e.g. "
+                      f"{both[0]!r}); each is counted in the first tower, {TOWERS[0]!r}. The regexes are searched in "
+                      "the full module names: anchor each to its tower's prefix (e.g. '^visual\\.' and "
+                      "'^transformer\\.' on open_clip)", stacklevel=3)
     if not chosen:
         names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.MultiheadAttention))][:8]
         raise AttachError(
