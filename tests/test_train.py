@@ -668,19 +668,24 @@ def test_a_split_s_rows_digest_follows_its_rows_not_their_folder():
     assert vqa.rows_sha256 != before
 
 
-def test_resume_refuses_training_rows_that_changed_since_the_checkpoint(tmp_path, capsys):
-    """Data edited between a stop and --resume, row count unchanged: the sampler's saved state indexes the old
-    rows, and the run went on silently on the new ones."""
+def _colour_rows(folder: Path, spec: Path) -> tuple[list[dict], Path]:
+    """Two 16-px images and six labelled rows (rows.jsonl) in ``folder``, and a classification spec reading them."""
     from PIL import Image
 
     for colour in ("red", "blue"):
-        Image.new("RGB", (16, 16), colour).save(tmp_path / f"{colour}.png")
+        Image.new("RGB", (16, 16), colour).save(folder / f"{colour}.png")
     rows = [{"image": f"{c}.png", "label": c} for c in ("red", "blue") * 3]
-    data = tmp_path / "rows.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    spec = tmp_path / "colours.toml"
+    (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     spec.write_text('name = "colours"\nkind = "classification"\ntemplates = ["a {} square."]\n[data]\n'
                     'format = "jsonl"\n[data.train]\nfile = "rows.jsonl"\n[data.val]\nfile = "rows.jsonl"\n')
+    return rows, spec
+
+
+def test_resume_refuses_training_rows_that_changed_since_the_checkpoint(tmp_path, capsys):
+    """Data edited between a stop and --resume, row count unchanged: the sampler's saved state indexes the old
+    rows, and the run went on silently on the new ones."""
+    rows, spec = _colour_rows(tmp_path, tmp_path / "colours.toml")
+    data = tmp_path / "rows.jsonl"
     run = tmp_path / "run"
     assert train_main(["--tasks", str(spec), "--data-root", str(tmp_path), "--steps", "1", "--batch-size", "2",
                        "--device", "cpu", "--workers", "0", "--out", str(run)]) == 0
@@ -707,17 +712,9 @@ def test_resume_takes_a_new_data_root_in_place_of_a_moved_one(tmp_path, capsys):
     """The data folder moved between a stop and --resume: the error said to pass --data-root, which --resume
     refused as an option it would ignore. It is taken when the recorded folder is gone (the rows' digest still
     refuses other data) and config.json records it for the next resume."""
-    from PIL import Image
-
     data = tmp_path / "data"
     data.mkdir()
-    for colour in ("red", "blue"):
-        Image.new("RGB", (16, 16), colour).save(data / f"{colour}.png")
-    rows = [{"image": f"{c}.png", "label": c} for c in ("red", "blue") * 3]
-    (data / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    spec = tmp_path / "colours.toml"
-    spec.write_text('name = "colours"\nkind = "classification"\ntemplates = ["a {} square."]\n[data]\n'
-                    'format = "jsonl"\n[data.train]\nfile = "rows.jsonl"\n[data.val]\nfile = "rows.jsonl"\n')
+    rows, spec = _colour_rows(data, tmp_path / "colours.toml")
     run = tmp_path / "run"
     assert train_main(["--tasks", str(spec), "--data-root", str(data), "--steps", "1", "--batch-size", "2",
                        "--device", "cpu", "--workers", "0", "--out", str(run)]) == 0

@@ -159,7 +159,7 @@ def _parse(parser: ArgumentParser, cls: type, argv: list[str]) -> Any:
                 detail = " ".join(message.split("\n", 1)[-1].split())
                 _fail(parser, f"{flag(f.name)}: expected {describe_allowed(f, _field_type(f, hints))} ({detail})")
         if message.startswith("unrecognized arguments:"):   # abbreviations are refused (jsonargparse 5 drops them)
-            flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+            flags = [*_flags(cls), "--log-level"]
             hints = [f"{tok.partition('=')[0]} (did you mean {close[0]}?)" for tok in message.split(":", 1)[1].split()
                      if tok.startswith("--") and (close := difflib.get_close_matches(tok.partition("=")[0], flags, n=1))]
             if hints:
