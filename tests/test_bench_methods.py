@@ -426,3 +426,14 @@ def test_code_version_names_the_commit_and_uncommitted_changes(tmp_path):
     assert code_version(tmp_path) == f"{__version__}+g{sha}"
     (tmp_path / "a.py").write_text("x = 2\n")
     assert code_version(tmp_path) == f"{__version__}+g{sha}.dirty"
+
+
+def test_abbreviated_flags_are_refused_with_the_option_they_are_close_to(tmp_path, capsys):
+    """'--seed 3' was taken as '--seeds 3' (three seeds) and '--lr 1e-3' as a one-value --lr-grid, silently."""
+    from mtl_lora_vl.benchmark.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--seed", "3", "--lr", "1e-3", "--quick", "--out", str(tmp_path / "b")])
+    assert e.value.code == 2 and not (tmp_path / "b").exists()
+    assert ("unrecognized arguments: --seed (did you mean --seeds?) 3 --lr (did you mean --lr-grid?) 1e-3"
+            in capsys.readouterr().err)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import sys
 
 import torch
@@ -56,7 +57,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     started, e.g. ``bench_methods.py``)."""
     d = BenchSettings()
     p = argparse.ArgumentParser(
-        prog=prog,
+        prog=prog, allow_abbrev=False,   # '--seed 3' would be '--seeds 3', '--lr 1e-3' a one-value --lr-grid
         description="Which adapter for my tasks? Trains every method (at its default rank and at MTL-LoRA's "
         "parameter count), a single-task reference and MTL-LoRA ablations through the same trainer, budget and "
         "data order; tunes each method's learning rate on the validation split; reports test scores over seeds "
@@ -120,11 +121,23 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     return settings
 
 
+def _with_hints(tokens: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """Unknown command-line tokens, each flag followed by the closest option's name when one is close."""
+    flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+    out = []
+    for tok in tokens:
+        close = difflib.get_close_matches(tok.partition("=")[0], flags, n=1) if tok.startswith("--") else []
+        out.append(f"{tok} (did you mean {close[0]}?)" if close else tok)
+    return out
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run (or resume) the method benchmark; returns the exit status. ``prog`` (``mtl-lora-vl bench`` from
     the ``mtl-lora-vl`` command, which then leaves the logging to this function) names it in ``--help``."""
     parser = build_parser(prog)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error("unrecognized arguments: " + " ".join(_with_hints(unknown, parser)))
     if args.threads < 1:   # was silently 1
         parser.error(f"--threads: must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
