@@ -177,6 +177,7 @@ def _mha_pair(batch_first: bool, cfg=None):
 )
 @pytest.mark.parametrize("cross", [False, True])
 @pytest.mark.parametrize("need_weights", [False, True])
+@pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask:UserWarning")   # "both": on purpose
 def test_mha_equals_torch_module_with_zero_adapters(batch_first, mask_kind, cross, need_weights):
     base, new = _mha_pair(batch_first)
     B, L, S, H = 3, 5, 7 if cross else 5, 4

@@ -183,6 +183,8 @@ def test_open_clip_hub_schema_loads_the_cached_folder_offline(tok_dir, tmp_path,
         load_backbone("open_clip:hf-hub:acme/other")
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning:torch.jit")   # the test writes a TorchScript archive on purpose
+@pytest.mark.filterwarnings("ignore:.*looks like a TorchScript archive:UserWarning")
 def test_an_openai_torchscript_archive_is_named_as_such(tiny_open_clip_name, tmp_path, no_network):
     """OpenAI's clip.load files (~/.cache/clip/ViT-B-32.pt) are TorchScript: the message said to check that
     the checkpoint was made for the architecture, which it was."""
