@@ -25,7 +25,10 @@ The LLaVA case (random init, no download: a CLIP vision tower of ViT-B/32 width,
 ``--vision-layers`` layers, and a Llama language model of ``--lm-layers`` x ``--lm-width``; the defaults, a
 ViT-B/32-sized tower and an 8 x 1024 Llama, step in 1.5 s on two CPU cores -- on a GPU add e.g. ``--vocab 32000
 --batch-size 16``) compares mixed-task MTL-LoRA steps with our ``lora`` and
-PEFT LoRA on one adapter (same rank and targets), each also with activation checkpointing. With a non-fp32
+PEFT LoRA on one adapter (same rank and targets), each also with activation checkpointing, and two controls:
+the mixed case's own model stepped on one task's rows (mixed / one task: what routing a mixed batch costs,
+whichever model copy is faster) and a second copy of the ``lora`` model (lora copy / lora: the spread between two
+copies of one computation, a floor under every other ratio). With a non-fp32
 ``--precision`` its base weights are in that dtype (adapters stay fp32) and the step runs under autocast.
 On a CPU, memory is what autograd saves for backward plus the inputs that checkpointed layers keep for
 their recomputation; on CUDA, ``torch.cuda.max_memory_allocated``.
@@ -289,6 +292,7 @@ def llava_cases(args, device, amp) -> tuple[dict, dict]:
     batch = (torch.randn(B, 3, 224, 224, generator=g).to(device), ids.to(device), ids[:, -n_ans:].to(device))
     interleaved_ids = torch.arange(B) % len(TASKS)
     grouped = Route.from_ids(sorted(interleaved_ids.tolist()))
+    one_task = Route.from_ids([0] * B)
 
     def ours(method: str, ckpt: bool) -> torch.nn.Module:
         cfg = mlv.MTLLoRAConfig(tasks=TASKS if method == "mtl_lora" else ["all"], r=args.rank, alpha=2 * args.rank,
@@ -316,9 +320,14 @@ def llava_cases(args, device, amp) -> tuple[dict, dict]:
     for ckpt in (False, True):
         tag = "_ckpt" if ckpt else ""
         cases["lora" + tag] = make_train_case(ours("lora", ckpt), None, batch, amp, device, llava_loss)
-        cases["mtl_lora_grouped" + tag] = make_train_case(ours("mtl_lora", ckpt), grouped, batch, amp, device,
-                                                          llava_loss)
+        mixed = ours("mtl_lora", ckpt)
+        cases["mtl_lora_grouped" + tag] = make_train_case(mixed, grouped, batch, amp, device, llava_loss)
         if not ckpt:
+            # Controls: the grouped case's own model with every row one task's (what mixing costs, free of
+            # which model copy runs), and a second, identical lora model (how far two copies of one
+            # computation differ: memory placement moves a CPU step by a few per cent).
+            cases["mtl_lora_one_task"] = make_train_case(mixed, one_task, batch, amp, device, llava_loss)
+            cases["lora_copy"] = make_train_case(ours("lora", ckpt), None, batch, amp, device, llava_loss)
             cases["mtl_lora_interleaved"] = make_train_case(ours("mtl_lora", ckpt), interleaved_ids.to(device),
                                                             batch, amp, device, llava_loss)
         if peft_note and peft_note.startswith("peft "):
@@ -328,6 +337,8 @@ def llava_cases(args, device, amp) -> tuple[dict, dict]:
               ("mixed grouped / peft_lora", "mtl_lora_grouped", "peft_lora", 0.85),
               ("mixed interleaved / peft_lora", "mtl_lora_interleaved", "peft_lora", 0.85),
               ("lora / peft_lora", "lora", "peft_lora", None),
+              ("same model: mixed grouped / one task", "mtl_lora_grouped", "mtl_lora_one_task", None),
+              ("noise floor: lora copy / lora", "lora_copy", "lora", None),
               ("ckpt: mixed grouped / lora", "mtl_lora_grouped_ckpt", "lora_ckpt", 1.05),
               ("ckpt: mixed grouped / peft_lora", "mtl_lora_grouped_ckpt", "peft_lora_ckpt", 0.85),
               ("ckpt / no ckpt: mixed grouped", "mtl_lora_grouped_ckpt", "mtl_lora_grouped", None)]

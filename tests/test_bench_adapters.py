@@ -26,12 +26,14 @@ def test_llava_case_reports_ratios_memory_and_ops(tmp_path):
                             "--vocab", "300", "--text-len", "8", "--batch-size", "4", "--repeats", "2",
                             "--steps-per-round", "2", "--warmup", "0", "--threads", "1", "--json", str(out)])
     assert json.loads(out.read_text()) == result
-    cases = {"lora", "mtl_lora_grouped", "mtl_lora_interleaved", "peft_lora", "lora_ckpt",
-             "mtl_lora_grouped_ckpt", "peft_lora_ckpt"}
+    cases = {"lora", "lora_copy", "mtl_lora_grouped", "mtl_lora_one_task", "mtl_lora_interleaved", "peft_lora",
+             "lora_ckpt", "mtl_lora_grouped_ckpt", "peft_lora_ckpt"}
     assert set(result["median_s"]) == cases and all(v > 0 for v in result["median_s"].values())
     ops = {k: v["aten_ops_per_step"] for k, v in result["memory"].items()}
     assert ops["lora"] < ops["mtl_lora_grouped"]
     assert abs(ops["mtl_lora_interleaved"] - ops["mtl_lora_grouped"]) <= 1  # any row order: the same operators
+    assert ops["lora_copy"] == ops["lora"]   # the noise floor: one computation twice
+    assert {"same model: mixed grouped / one task", "noise floor: lora copy / lora"} <= set(result["paired_ratios"])
     assert result["memory_ratios"]["saved MB lora_ckpt / lora"] < 0.5             # checkpointing keeps less
     assert "mixed grouped / lora" in result["ratios"] and result["targets"]["mixed grouped / lora"] == 1.05
     p = result["paired_ratios"]["mixed grouped / lora"]
