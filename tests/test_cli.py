@@ -113,6 +113,11 @@ def test_bad_flags_are_refused_with_what_is_allowed(capsys):
         warnings.simplefilter("error")
         err = _refused(capsys, ["--step", "3", "--batch=4"])
     assert "--step (did you mean --steps?)" in err and "--batch (did you mean --batch-size?)" in err
+    # hints name flags that exist, never the refused flag itself (--no-X exists for booleans only)
+    assert "(did you mean --verbose?)" in _refused(capsys, ["--verbos"])
+    for bad in ("--no-steps", "--no-data"):
+        err = _refused(capsys, [bad])
+        assert f"(did you mean {bad}?)" not in err and "--no-data-root" not in err
 
 
 def test_no_command_and_a_bad_thread_count_say_what_to_give(capsys):

@@ -159,9 +159,10 @@ def _parse(parser: ArgumentParser, cls: type, argv: list[str]) -> Any:
                 detail = " ".join(message.split("\n", 1)[-1].split())
                 _fail(parser, f"{flag(f.name)}: expected {describe_allowed(f, _field_type(f, hints))} ({detail})")
         if message.startswith("unrecognized arguments:"):   # abbreviations are refused (jsonargparse 5 drops them)
-            flags = [*_flags(cls), "--log-level"]
-            hints = [f"{tok.partition('=')[0]} (did you mean {close[0]}?)" for tok in message.split(":", 1)[1].split()
-                     if tok.startswith("--") and (close := difflib.get_close_matches(tok.partition("=")[0], flags, n=1))]
+            flags = [*_flags(cls), "--log-level", "--verbose", "--quiet", "--help"]
+            hints = [f"{name} (did you mean {close[0]}?)" for tok in message.split(":", 1)[1].split()
+                     if tok.startswith("--") and (name := tok.partition("=")[0]) not in flags
+                     and (close := difflib.get_close_matches(name, flags, n=1))]
             if hints:
                 message += "; " + "; ".join(hints) + "; options are spelt in full"
         _fail(parser, message)
@@ -303,9 +304,10 @@ def _bare_home(cls: type, argv: list[str]) -> list[str]:
 
 @functools.cache
 def _flags(cls: type) -> dict[str, str]:
-    """Every flag of an options class (``--name``, ``--no-name``) -> the option it sets."""
+    """Every flag of an options class (``--name``; ``--no-name`` for a boolean) -> the option it sets."""
+    types_ = field_types(cls)
     flags = {flag(f.name): f.name for f in fields(cls)}
-    return flags | {"--no-" + f.name.replace("_", "-"): f.name for f in fields(cls)}
+    return flags | {"--no-" + f.name.replace("_", "-"): f.name for f in fields(cls) if _non_none(types_[f.name])[0] is bool}
 
 
 def _flag_name(cls: type, token: str) -> str | None:
