@@ -1142,3 +1142,29 @@ def test_evaluation_data_that_cannot_be_scored_is_refused_before_training(tmp_pa
     assert code == 2
     assert "task 'myvqa': 1 evaluation questions have no answers" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()   # refused before the run directory was made
+
+
+def test_eval_refuses_a_spec_file_whose_metrics_the_adapter_does_not_compute(tmp_path, monkeypatch):
+    """A spec file's metrics were checked against its own options.ks, but the adapter's options score the task:
+    eval scored both passes and then died with a bare KeyError ('error: i2t_r2')."""
+    import mtl_lora_vl.evaluation.evaluate as evaluate_mod
+    from mtl_lora_vl.evaluation.evaluate import evaluate_adapter
+
+    run = tmp_path / "run"
+    assert train_main(["--tasks", "retrieval", "--steps", "1", "--batch-size", "4", "--device", "cpu",
+                       "--workers", "0", "--out", str(run)]) == 0
+    spec = tmp_path / "r2.toml"
+    spec.write_text((REPO / "tasks" / "retrieval.toml").read_text()
+                    .replace('metrics = ["mean_recall", "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5"]', 'metrics = ["i2t_r2"]')
+                    .replace("ks = [1, 5, 10]", "ks = [1, 2]"))
+
+    def no_scoring(*a, **k):
+        raise AssertionError("scored before the spec was checked")
+
+    monkeypatch.setattr(evaluate_mod, "_score", no_scoring)
+    with pytest.raises(ValueError, match=r"lists \['i2t_r2'\], which the adapter's task 'retrieval' does not compute"):
+        evaluate_adapter(run / "adapter", tasks=str(spec), out=tmp_path / "x", device="cpu")
+    with pytest.raises(ValueError, match=r"--tasks ',' names no task; give some of the adapter's tasks \['retrieval'\]"):
+        evaluate_adapter(run / "adapter", tasks=",", out=tmp_path / "x", device="cpu")
+    with pytest.raises(ValueError, match=r"gone.toml: spec file not found; .* adapter's tasks \['retrieval'\]"):
+        evaluate_adapter(run / "adapter", tasks=str(tmp_path / "gone.toml"), out=tmp_path / "x", device="cpu")

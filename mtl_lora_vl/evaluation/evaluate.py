@@ -26,6 +26,7 @@ from ..log import progress
 from ..multitask import MultiTaskModel, Setup
 from ..precision import base_weights_dtype, check_base_precision, resolve_precision
 from ..rundir import RunDirError
+from ..tasks.registry import get_kind
 from ..tasks.spec import TaskSpec, load_spec
 from .report import details_table, markdown_table, scored_line, write_plots
 
@@ -131,6 +132,9 @@ def _scoring_spec(item: str, lp: Pretrained, adapter: Path) -> TaskSpec:
         raise ValueError(f"--tasks: {item!r} is not a task of the adapter {adapter} (it has {list(lp.config.tasks)}) "
                          "nor a spec file; name its tasks, or give a spec file (.toml) whose name is one of them to "
                          "score that task on the spec's data")
+    if not path.is_file():
+        raise ValueError(f"--tasks: {item}: spec file not found; give an existing spec file, or one of the adapter's "
+                         f"tasks {list(lp.config.tasks)}")
     spec = load_spec(path)
     if spec.name not in lp.config.tasks:
         raise ValueError(f"--tasks {item}: the spec's task {spec.name!r} is not a task of the adapter {adapter} (it "
@@ -141,6 +145,11 @@ def _scoring_spec(item: str, lp: Pretrained, adapter: Path) -> TaskSpec:
         raise ValueError(f"--tasks {item}: the spec's task {spec.name!r} is of kind {spec.kind!r}, but the adapter "
                          f"trained it as {saved.kind!r}; give a {saved.kind} spec")
     if saved is not None:
+        computed = get_kind(saved.kind).metrics_for(saved.options)
+        extra = [m for m in spec.metrics if m not in computed]
+        if extra:
+            raise ValueError(f"--tasks {item}: `metrics` lists {extra}, which the adapter's task {spec.name!r} does not "
+                             f"compute (its options, which score the task, give {list(computed)}); list some of those")
         ignored = [f for f in ("head", "options", "templates", "generative") if getattr(spec, f) != getattr(saved, f)]
         if ignored:
             logger.warning("--tasks %s: scoring task %r on this spec's [data]; its %s differ from the adapter's, "
@@ -220,6 +229,8 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
     lp = load_pretrained(adapter, dev, backbone=backbone, pretrained=pretrained, data_root=data_root,
                          base_dtype=base_dtype)
     items = list(lp.config.tasks) if not tasks else [t.strip() for t in tasks.split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"--tasks {tasks!r} names no task; give some of the adapter's tasks {list(lp.config.tasks)}")
     specs = [_scoring_spec(item, lp, adapter) for item in items]
     names = [s.name for s in specs]
     if len(set(names)) < len(names):
