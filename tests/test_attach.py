@@ -227,6 +227,18 @@ def test_custom_targets_matching_both_towers_are_warned_about():
     assert set(model._mtl_lora.towers.values()) == {"image", "text"}
 
 
+def test_the_both_towers_warning_is_given_once_when_loading(tmp_path):
+    """load_adapter checks the base (which plans the targets) and then attaches: the warning came twice."""
+    cfg = mlv.MTLLoRAConfig(tasks=TASKS, targets={"image": ["attn"], "text": ["attn"]})
+    with pytest.warns(UserWarning, match="more than one tower"):
+        model = mlv.attach(tiny_open_clip(), cfg)
+    mlv.save_adapter(model, tmp_path / "a")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        mlv.load_adapter(tiny_open_clip(), tmp_path / "a", check_base_weights=False)
+    assert sum("more than one tower" in str(w.message) for w in rec) == 1
+
+
 def test_custom_targets_and_sequence_first_open_clip():
     import open_clip
 

@@ -64,7 +64,8 @@ def _has_sequence_first(model: nn.Module) -> bool:
 _SEPARATE_QKV = re.compile(r"(?:^|\.)([qkv])_proj$")
 
 
-def select_targets(model: nn.Module, cfg: MTLLoRAConfig) -> list[tuple[str, nn.Module, str, tuple[bool, ...] | None]]:
+def select_targets(model: nn.Module, cfg: MTLLoRAConfig,
+                   warn_overlap: bool = True) -> list[tuple[str, nn.Module, str, tuple[bool, ...] | None]]:
     """The projections ``attach`` would adapt, as ``(name, module, tower, out_slices)``; touches nothing.
 
     ``out_slices`` is set for packed q/k/v ``nn.Linear`` layers (from ``cfg.qkv_slices``), else None.
@@ -109,7 +110,7 @@ def select_targets(model: nn.Module, cfg: MTLLoRAConfig) -> list[tuple[str, nn.M
         chosen.append((name, module, tower, slices))
         if isinstance(module, nn.MultiheadAttention):
             covered.append(name)
-    if both:
+    if both and warn_overlap:
         warnings.warn(f"attach: {len(both)} module(s) match the target regexes of more than one tower (e.g. "
                       f"{both[0]!r}); each is counted in the first tower, {TOWERS[0]!r}. The regexes are searched in "
                       "the full module names: anchor each to its tower's prefix (e.g. '^visual\\.' and "

@@ -51,7 +51,7 @@ def fingerprint(projections: dict[str, list[int]]) -> str:
 def plan_targets(model: nn.Module, cfg: MTLLoRAConfig) -> dict[str, BankPlan]:
     """What ``attach(model, cfg)`` would create, per adapter bank, without touching ``model``."""
     plan: dict[str, BankPlan] = {}
-    for name, module, tower, slices in select_targets(model, cfg):
+    for name, module, tower, slices in select_targets(model, cfg, warn_overlap=False):   # attach warns
         if isinstance(module, nn.MultiheadAttention):
             E = module.embed_dim
             qkv = tuple(c in cfg.qkv_slices for c in "qkv")
