@@ -183,7 +183,12 @@ def resumed_options(run: Path, given: TrainOptions, explicit: Collection[str] | 
     else:
         names = list(set(explicit) - set(RESUME_OWN) - {"config", "out", "overwrite"})
     wrong = [k for k in names if now[k] != saved.get(k, getattr(default, k))]
-    moved = [k for k in wrong if k in RESUME_RELOCATABLE and _gone(saved.get(k)) and now[k] and Path(now[k]).exists()]
+    relocated = [k for k in wrong if k in RESUME_RELOCATABLE and _gone(saved.get(k)) and now[k]]
+    missing = [f"--{k.replace('_', '-')} {now[k]}: no such folder (the run's {saved[k]} is gone too)"
+               for k in relocated if not Path(now[k]).exists()]
+    if missing:
+        raise RunDirError(f"--resume {run}: {'; '.join(missing)}; give the folder it moved to")
+    moved = relocated
     wrong = [k for k in wrong if k not in moved]
     if explicit is not None:
         if given.out and Path(given.out).resolve() != run.resolve():
@@ -209,13 +214,21 @@ def _gone(path: Any) -> bool:
     return isinstance(path, str) and bool(path) and not Path(path).exists()
 
 
+def moved_folders(run: Path, opts: TrainOptions) -> dict[str, str]:
+    """The folders (:data:`RESUME_RELOCATABLE`) a resumed run was given in place of ones ``run/config.json``
+    records, by option name."""
+    saved = json.loads((run / "config.json").read_text())
+    now = config_doc(run, opts)
+    return {k: now[k] for k in RESUME_RELOCATABLE if saved.get(k) != now[k]}
+
+
 def record_moved_folders(run: Path, opts: TrainOptions) -> dict[str, str]:
-    """Write into ``run/config.json`` the folders (:data:`RESUME_RELOCATABLE`) a resumed run was given in place
-    of recorded ones that are gone, so that the next ``--resume`` finds them; returns those changed."""
+    """Write into ``run/config.json`` the folders (:func:`moved_folders`) a resumed run was given in place of
+    recorded ones that are gone, so that the next ``--resume`` finds them; returns those changed. Called once
+    the checkpoint is restored: a move that fails a later check leaves config.json as it was."""
     path = run / "config.json"
     saved = json.loads(path.read_text())
-    now = config_doc(run, opts)
-    moved = {k: now[k] for k in RESUME_RELOCATABLE if saved.get(k) != now[k]}
+    moved = moved_folders(run, opts)
     if moved:
         with atomic_file(path, overwrite=True, what="train") as tmp:
             tmp.write_text(json.dumps({**saved, **moved}, indent=2) + "\n")

@@ -228,11 +228,23 @@ def test_extend_reads_the_adapter_s_tasks_from_their_own_data_folders(tmp_path, 
     with pytest.warns(UserWarning, match="which are not saved"):   # (heads: not given to from_pretrained)
         again = wrapped.save_pretrained(tmp_path / "again")   # a round trip keeps the folders
     assert json.loads((again / "mtl_lora_config.json").read_text())["data_roots"] == doc["data_roots"]
+    no_state = Path(shutil.copytree(tmp_path / "b" / "adapter", tmp_path / "no_state"))   # saved without the
+    (no_state / "tasks" / "color.state.json").unlink()          # kind's state: rebuilt from its recorded folder
+    rec = json.loads((no_state / "mtl_lora_config.json").read_text())
+    del rec["files"]["tasks/color.state.json"]
+    (no_state / "mtl_lora_config.json").write_text(json.dumps(rec))
+    assert mlv.load_pretrained(no_state).kinds["color"].class_names == ["blue", "red"]
     d.rename(tmp_path / "moved")    # the data moved: an explicit --data-root wins; --extend says what it reads
     capsys.readouterr()
     assert eval_main(["--adapter", str(tmp_path / "b" / "adapter"), "--tasks", "color", "--data-root",
                       str(tmp_path / "moved"), "--out", str(tmp_path / "ev2"), "--device", "cpu"]) == 0
-    assert f"task 'color' was trained on files under {d}; it is scored on --data-root" in capsys.readouterr().err
+    assert f"task 'color' was trained on files under {d}, which is no longer a folder; it is scored on --data-root" \
+        in capsys.readouterr().err   # (it advised leaving --data-root out, which reads the folder that is gone)
+    assert eval_main(["--adapter", str(tmp_path / "b" / "adapter"), "--out", str(tmp_path / "ev_gone"),
+                      "--device", "cpu"]) == 2   # tasks from two folders, one gone: score that one alone elsewhere
+    err = capsys.readouterr().err
+    assert f"task(s) ['color'] were trained on files under {d}, which is no longer a folder; put it back, or score " \
+           "it on the folder it moved to with --tasks color --data-root DIR" in err, err
     assert json.loads((tmp_path / "ev2" / "eval.json").read_text())["tasks"]["color"]["adapted"] == a["color"]["adapted"]
     third = data(tmp_path / "d3", "color3", ("red", "blue"))   # (its rows read from --data-root d2)
     capsys.readouterr()
@@ -727,6 +739,9 @@ def test_resume_takes_a_new_data_root_in_place_of_a_moved_one(tmp_path, capsys):
     data.rename(moved)
     assert train_main(["--resume", str(run)]) == 2
     assert "pass --data-root DIR" in capsys.readouterr().err
+    assert train_main(["--resume", str(run), "--data-root", str(tmp_path / "typo")]) == 2   # was "would be ignored"
+    assert f"--data-root {tmp_path / 'typo'}: no such folder (the run's {data} is gone too); give the folder it " \
+           "moved to" in capsys.readouterr().err
     rows[0]["label"], rows[1]["label"] = "blue", "red"
     (other / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert train_main(["--resume", str(run), "--data-root", str(other)]) == 2   # other rows: refused
@@ -735,6 +750,121 @@ def test_resume_takes_a_new_data_root_in_place_of_a_moved_one(tmp_path, capsys):
     assert train_main(["--resume", str(run), "--data-root", str(moved)]) == 0
     assert json.loads((run / "config.json").read_text())["data_root"] == str(moved.resolve())
     assert train_main(["--resume", str(run)]) == 0   # the next resume finds it without the flag
+
+
+def _strip_checkpoint(run: Path, *keys: str) -> None:
+    """``run``'s checkpoint without ``keys``: what a version from before they were recorded wrote."""
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    torch.save({k: v for k, v in state.items() if k not in keys}, run / "checkpoint.pt")
+
+
+def test_resume_refuses_a_moved_folder_it_cannot_check_and_records_one_only_once_restored(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """A folder given in place of a gone one was taken unchecked when the checkpoint had no digest of it, and
+    config.json recorded the move before the checkpoint was restored: a move that then failed left the run
+    pointing at the wrong folder (an --extend run at another adapter), and it could not be resumed as it was."""
+    data = tmp_path / "data"
+    data.mkdir()
+    _, spec = _colour_rows(data, tmp_path / "colours.toml")
+    run = tmp_path / "run"
+    common = ["--steps", "1", "--batch-size", "2", "--device", "cpu", "--workers", "0", "--skip-zero-shot"]
+    assert train_main(["--tasks", str(spec), "--data-root", str(data), *common, "--out", str(run)]) == 0
+    ext = tmp_path / "ext"
+    assert train_main(["--extend", str(run), "--tasks", "caption_cls", *common, "--out", str(ext)]) == 0
+    config, ext_config = (r / "config.json" for r in (run, ext))
+    before, ext_before = config.read_text(), ext_config.read_text()
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    import mtl_lora_vl.training.train as train_mod
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("restore failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "restore_training_state", broken)   # a move that passed its checks, then failed
+        assert train_main(["--resume", str(run), "--data-root", str(moved)]) != 0
+    assert "restore failed" in capsys.readouterr().err and config.read_text() == before
+    _strip_checkpoint(run, "data_sha256")
+    capsys.readouterr()
+    assert train_main(["--resume", str(run), "--data-root", str(moved)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot show that --data-root" in err and "put the recorded folder(s) back" in err
+    assert config.read_text() == before
+    moved.rename(data)
+    assert train_main(["--resume", str(run)]) == 0            # the recorded folder back: it resumes unchecked
+    assert config.read_text() == before
+    # The source adapter of an --extend run moved, and another adapter was given in its place
+    shutil.move(str(run), str(tmp_path / "run_moved"))
+    other = tmp_path / "other"
+    assert train_main(["--tasks", str(spec), "--data-root", str(data), *common, "--rank", "4",
+                       "--out", str(other)]) == 0
+    _strip_checkpoint(ext, "source_sha256")
+    capsys.readouterr()
+    assert train_main(["--resume", str(ext), "--extend", str(other)]) == 2
+    assert f"cannot show that --extend {other}" in capsys.readouterr().err
+    assert ext_config.read_text() == ext_before
+    assert train_main(["--resume", str(ext), "--extend", str(tmp_path / "run_moved")]) == 2   # the same: unchecked
+    shutil.move(str(tmp_path / "run_moved"), str(run))
+    assert train_main(["--resume", str(ext)]) == 0
+    assert ext_config.read_text() == ext_before
+
+
+def test_resume_of_an_extend_run_refuses_to_score_an_old_task_whose_folder_is_gone(tmp_path, capsys):
+    """An --extend run's old task reads its adapter's recorded folder. Resumed after that folder moved, the run
+    advised --data-root (which --resume refuses) or, with a file-based new task, scored the old task on the new
+    task's folder (same file names, other rows: its top-1 went 1.0 -> 0.0 in the rewritten eval.json)."""
+    d, d2 = tmp_path / "d", tmp_path / "d2"
+    d.mkdir()
+    d2.mkdir()
+    _, spec = _colour_rows(d, tmp_path / "colours.toml")
+    _, spec2 = _colour_rows(d2, tmp_path / "colours2.toml")
+    spec2.write_text(spec2.read_text().replace('"colours"', '"colours2"'))
+    rows = [{"image": f"{c}.png", "label": lab} for c, lab in (("red", "blue"), ("blue", "red")) * 3]
+    (d2 / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))   # the same names, other rows
+    common = ["--steps", "1", "--batch-size", "2", "--device", "cpu", "--workers", "0", "--skip-zero-shot"]
+    src = tmp_path / "src"
+    assert train_main(["--tasks", str(spec), "--data-root", str(d), *common, "--out", str(src)]) == 0
+    builtin_new, file_new = tmp_path / "ext", tmp_path / "ext2"
+    assert train_main(["--extend", str(src), "--tasks", "caption_cls", *common, "--out", str(builtin_new)]) == 0
+    assert train_main(["--extend", str(src), "--tasks", str(spec2), "--data-root", str(d2), *common,
+                       "--out", str(file_new)]) == 0
+    scores = json.loads((file_new / "eval.json").read_text())["tasks"]["colours"]["adapted"]
+    moved = tmp_path / "moved"
+    d.rename(moved)
+    capsys.readouterr()
+    for run in (builtin_new, file_new):
+        assert train_main(["--resume", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert "the run scores the extended adapter's task(s) ['colours'] on the files under" in err, err
+        assert "under \"data_roots\" in the extended adapter's mtl_lora_config.json" in err
+        assert "with --data-root DIR" not in err and "it is scored on --data-root" not in err
+    assert json.loads((file_new / "eval.json").read_text())["tasks"]["colours"]["adapted"] == scores
+    config = src / "adapter" / "mtl_lora_config.json"   # the advised relocation: the source's record
+    doc = json.loads(config.read_text())
+    doc["data_roots"]["colours"] = str(moved)
+    config.write_text(json.dumps(doc))
+    for run in (builtin_new, file_new):
+        assert train_main(["--resume", str(run)]) == 0
+    assert json.loads((file_new / "eval.json").read_text())["tasks"]["colours"]["adapted"] == scores
+
+
+def test_resume_says_to_put_moved_base_weights_back(tmp_path, capsys):
+    """The run's --pretrained file moved: the error advised giving a weights file, which --resume refuses."""
+    from mtl_lora_vl.backbones.builtin import builtin_files
+
+    weights = tmp_path / "weights.safetensors"
+    shutil.copy(builtin_files()[2], weights)
+    run = tmp_path / "run"
+    assert train_main(["--tasks", "caption_cls", "--pretrained", str(weights), "--steps", "1", "--batch-size", "2",
+                       "--device", "cpu", "--workers", "0", "--skip-zero-shot", "--out", str(run)]) == 0
+    weights.rename(tmp_path / "moved.safetensors")
+    capsys.readouterr()
+    assert train_main(["--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"config.json names the base weights {weights}, which are not there any more" in err
+    assert "put the file back there (unchanged)" in err and "give the path of a weights file" not in err
+    (tmp_path / "moved.safetensors").rename(weights)
+    assert train_main(["--resume", str(run)]) == 0
 
 
 def test_eval_scores_a_trained_task_on_the_data_of_another_spec_file(tmp_path, caplog, monkeypatch):
@@ -1164,7 +1294,12 @@ def test_eval_refuses_a_spec_file_whose_metrics_the_adapter_does_not_compute(tmp
     monkeypatch.setattr(evaluate_mod, "_score", no_scoring)
     with pytest.raises(ValueError, match=r"lists \['i2t_r2'\], which the adapter's task 'retrieval' does not compute"):
         evaluate_adapter(run / "adapter", tasks=str(spec), out=tmp_path / "x", device="cpu")
-    with pytest.raises(ValueError, match=r"--tasks ',' names no task; give some of the adapter's tasks \['retrieval'\]"):
+    def no_load(*a, **k):
+        raise AssertionError("loaded the base model before refusing '--tasks ,'")
+
+    with monkeypatch.context() as m, pytest.raises(ValueError, match=r"--tasks ',' names no task; give some of the "
+                                                                     r"adapter's tasks \['retrieval'\]"):
+        m.setattr(evaluate_mod, "load_pretrained", no_load)
         evaluate_adapter(run / "adapter", tasks=",", out=tmp_path / "x", device="cpu")
     with pytest.raises(ValueError, match=r"gone.toml: spec file not found; .* adapter's tasks \['retrieval'\]"):
         evaluate_adapter(run / "adapter", tasks=str(tmp_path / "gone.toml"), out=tmp_path / "x", device="cpu")

@@ -19,7 +19,7 @@ from ..adapters.scopes import disabled, route
 from ..data.common import same_folder
 from ..distributed import DistInfo, barrier, cleanup, init_distributed, sharded_evaluation
 from ..io import Pretrained, load_pretrained
-from ..io.adapter_files import base_paths, recorded_base
+from ..io.adapter_files import base_paths, config_of, read_adapter_config, recorded_base
 from ..io.atomic import atomic_dir, check_target
 from ..io.layout import check_output
 from ..log import progress
@@ -162,10 +162,19 @@ def _saved_task_roots(lp: Pretrained, specs: list[TaskSpec], data_root: str | No
     is given (the data moved), which is said when it is not the recorded folder."""
     recorded = lp.doc.get("data_roots") or {}
     saved = [s for s in specs if lp.specs.get(s.name) is s and s.data.source == "files" and s.name in recorded]
+    gone = [s.name for s in saved if not Path(recorded[s.name]).is_dir()]
     if data_root is None:
+        if gone:
+            folders = ", ".join(sorted({recorded[t] for t in gone}))
+            raise ValueError(f"task(s) {gone} were trained on files under {folders}, which is no longer a folder; put "
+                             f"it back, or score {'them' if len(gone) > 1 else 'it'} on the folder it moved to with "
+                             f"--tasks {','.join(gone)} --data-root DIR (--data-root is read by every task scored)")
         return {s.name: recorded[s.name] for s in saved}
     for s in saved:
-        if not same_folder(recorded[s.name], data_root):
+        if s.name in gone:
+            logger.warning("task %r was trained on files under %s, which is no longer a folder; it is scored on "
+                           "--data-root %s", s.name, recorded[s.name], data_root)
+        elif not same_folder(recorded[s.name], data_root):
             logger.warning("task %r was trained on files under %s; it is scored on --data-root %s (leave --data-root "
                            "out to read each task from its own folder)", s.name, recorded[s.name], data_root)
     return {}
@@ -226,11 +235,13 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
                       data_root: str | None, split: str, info: DistInfo, precision: str, batch_size: int,
                       workers: int, out: Path, base_dtype: str = "auto") -> str:
     dev = info.device
+    items = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else []
+    if tasks and not items:   # said before the base model loads
+        adapter_tasks = config_of(read_adapter_config(adapter, verify=False), adapter).tasks
+        raise ValueError(f"--tasks {tasks!r} names no task; give some of the adapter's tasks {list(adapter_tasks)}")
     lp = load_pretrained(adapter, dev, backbone=backbone, pretrained=pretrained, data_root=data_root,
                          base_dtype=base_dtype)
-    items = list(lp.config.tasks) if not tasks else [t.strip() for t in tasks.split(",") if t.strip()]
-    if not items:
-        raise ValueError(f"--tasks {tasks!r} names no task; give some of the adapter's tasks {list(lp.config.tasks)}")
+    items = items or list(lp.config.tasks)
     specs = [_scoring_spec(item, lp, adapter) for item in items]
     names = [s.name for s in specs]
     if len(set(names)) < len(names):

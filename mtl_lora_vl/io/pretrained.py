@@ -63,7 +63,8 @@ def load_pretrained(
     lives elsewhere on this machine). With ``heads=True`` each task whose spec was saved gets its kind
     rebuilt through the task registry from what it learned in training (``tasks/<t>.state.json``: answer
     vocabulary, class names), so no training data is needed; an adapter saved without that state
-    rebuilds it from the training split (``data_root`` for file-based specs). Each head is built by its
+    rebuilds it from the training split (of ``data_root`` for file-based specs, else of the folder the adapter
+    records for the task). Each head is built by its
     kind, then filled from ``heads.safetensors``.
 
     ``base_dtype`` is the base weights' dtype, as ``load_backbone`` takes it (adapters stay fp32);
@@ -85,7 +86,8 @@ def load_pretrained(
             specs[task] = load_spec(path / rel)
             if heads:
                 state = read_kind_state(path, task)
-                train = None if state is not None else specs[task].load_split("train", data_root)
+                root = data_root if data_root is not None else (doc.get("data_roots") or {}).get(task)
+                train = None if state is not None else specs[task].load_split("train", root)
                 kinds[task] = build_kind(specs[task], train, bb, state=state)
         except (ValueError, FileNotFoundError, OSError) as e:
             raise AdapterFileError(f"{path}: cannot rebuild task {task!r} from {rel}: {e}. For file-based tasks "

@@ -19,7 +19,7 @@ from ..backbones import load_backbone
 from ..config import MTLLoRAConfig
 from ..data.common import same_folder
 from ..data.records import Split
-from ..io import Pretrained, find_adapter_dir, load_pretrained
+from ..io import ADAPTER_CONFIG, Pretrained, find_adapter_dir, load_pretrained
 from ..io.adapter_files import record_sha256
 from ..options import TrainOptions
 from ..tasks import TaskSpec, build_kind, resolve_tasks
@@ -71,9 +71,10 @@ class Setup:
     @property
     def inputs(self) -> dict[str, Any]:
         """Digests of what the run reads -- spec files, training rows, an --extend source -- that a checkpoint
-        records and a resume checks."""
+        records and a resume checks; and the folders an --extend run reads old tasks from (``data_roots``)."""
         return {"spec_sha256": self.spec_sha256, "data_sha256": self.data_sha256,
-                **({"source_sha256": self.source_sha256} if self.source_sha256 else {})}
+                **({"source_sha256": self.source_sha256} if self.source_sha256 else {}),
+                **({"extend_task_roots": dict(self.data_roots)} if self.extended_from else {})}
 
     def data_root(self, task: str, default: str | None) -> str | None:
         """The folder task ``task``'s files are read from: its own (``data_roots``), else ``default``."""
@@ -154,7 +155,7 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
                          f"the new task(s) {[s.name for s in new_specs]} have no head parameters, so nothing would "
                          "train; extend an mtl_lora, moe_lora or task_lora adapter, or train a new run with all tasks")
     specs = [lp.specs[t] for t in old] + new_specs
-    roots = _old_task_roots(lp, old, opts.data_root, src)
+    roots = _old_task_roots(lp, old, opts.data_root, src, resuming=bool(opts.resume))
     model = MultiTaskModel(bb, kinds, heads).to(device)
     recorded = lp.doc.get("base") or {}
     base = {"backbone": recorded.get("backbone") if opts.backbone == "builtin" else opts.backbone,
@@ -165,9 +166,11 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
                  source_data_roots={t: r for t, r in (lp.doc.get("data_roots") or {}).items() if t in old})
 
 
-def _old_task_roots(lp: Pretrained, old: list[str], data_root: str | None, src: Path) -> dict[str, str]:
+def _old_task_roots(lp: Pretrained, old: list[str], data_root: str | None, src: Path,
+                    resuming: bool = False) -> dict[str, str]:
     """The folders an --extend run reads its old file-based tasks from: the ones their adapter recorded (the
-    run's --data-root is the new tasks'), when they differ from --data-root and still exist."""
+    run's --data-root is the new tasks'), when they differ from --data-root and still exist. ``resuming``: a
+    ``--resume`` (which takes no per-task folder; its checkpoint check refuses a task that loses its own)."""
     recorded = lp.doc.get("data_roots") or {}
     roots = {}
     for task in old:
@@ -181,6 +184,10 @@ def _old_task_roots(lp: Pretrained, old: list[str], data_root: str | None, src: 
             continue
         if Path(root).is_dir():
             roots[task] = root
+        elif resuming:
+            logger.warning("--extend %s: task %r was trained on files under %s, which is no longer a folder; put it "
+                           "back, or write the folder it moved to as data_roots[%r] in %s", src, task, root, task,
+                           find_adapter_dir(src) / ADAPTER_CONFIG)
         elif data_root is None:
             logger.warning("--extend %s: task %r was trained on files under %s, which is no longer a folder; give "
                            "the folder it moved to with --data-root DIR", src, task, root)

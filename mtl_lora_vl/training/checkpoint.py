@@ -42,8 +42,8 @@ import torch
 from ..data.loader import MultiTaskLoader
 from ..distributed import DistInfo, barrier
 from ..io.atomic import atomic_file
-from ..io.layout import RUN_ADAPTER_DIR, is_adapter_dir
-from ..multitask import MultiTaskModel
+from ..io.layout import ADAPTER_CONFIG, RUN_ADAPTER_DIR, is_adapter_dir
+from ..multitask import MultiTaskModel, Setup
 from ..tasks.spec import TaskSpec, spec_digests
 from .optim import Optimization
 from .rng import rng_state, seed_rank, set_rng_state
@@ -133,7 +133,8 @@ def check_inputs_unchanged(saved: dict[str, Any], inputs: dict[str, Any], run_di
     checkpoint (a checkpoint written before these digests were recorded is not checked). The sampler's state
     indexes the rows it was saved with, so the rest of the run would draw other rows -- silently when their
     number is the same; and an extend run's checkpoint holds only what trains, so the frozen A, B_i and old
-    tasks would come from the changed source."""
+    tasks would come from the changed source. An --extend run's old task whose own folder is gone would be
+    scored on --data-root's files, other data than the run's: refused too."""
     recorded = saved.get("data_sha256") or {}
     changed = sorted(t for t, d in (inputs.get("data_sha256") or {}).items() if t in recorded and recorded[t] != d)
     if changed:
@@ -141,12 +142,39 @@ def check_inputs_unchanged(saved: dict[str, Any], inputs: dict[str, Any], run_di
             f"--resume {run_dir}: the training rows of task(s) {changed} changed since the run's checkpoint (other "
             "data files, another --data-root, or data edited meanwhile); resume with the data it trained on, or "
             "start a new run")
+    lost = {t: r for t, r in (saved.get("extend_task_roots") or {}).items()
+            if t not in (inputs.get("extend_task_roots") or {})}
+    if lost:
+        raise CheckpointError(
+            f"--resume {run_dir}: the run scores the extended adapter's task(s) {sorted(lost)} on the files under "
+            f"{sorted(set(lost.values()))}, which are gone; resumed, it would score them on other files (those of "
+            "--data-root). Put the folder(s) back, or write where they moved to under \"data_roots\" in the "
+            f"extended adapter's {ADAPTER_CONFIG}")
     was, now = saved.get("source_sha256"), inputs.get("source_sha256")
     if was and now and was != now:
         raise CheckpointError(
             f"--resume {run_dir}: the adapter this run extends changed since the run's checkpoint (retrained, or "
             "replaced); its frozen tensors and old tasks would come from the new one while the new tasks trained "
             "against the old. Put the adapter back to continue, or start the --extend run again")
+
+
+def check_moves_checkable(saved: dict[str, Any], moved: dict[str, str], setup: Setup, run_dir: str | Path) -> None:
+    """Refuse a folder given in place of a recorded one that is gone (``moved``: option -> folder) when the
+    checkpoint has no digest to show that it holds the same inputs (a checkpoint written before runs recorded
+    them): the training rows of every file-based task for ``--data-root``, the source adapter for ``--extend``."""
+    unchecked = []
+    if "data_root" in moved:
+        digests = saved.get("data_sha256") or {}
+        files = [s.name for s in setup.specs if s.name in setup.train_splits and s.data.source == "files"]
+        if any(t not in digests for t in files):
+            unchecked.append(f"--data-root {moved['data_root']} (task(s) {files}' training rows)")
+    if "extend" in moved and not saved.get("source_sha256"):
+        unchecked.append(f"--extend {moved['extend']} (the source adapter)")
+    if unchecked:
+        raise CheckpointError(
+            f"--resume {run_dir}: the run's checkpoint was written before runs recorded what they read, so it "
+            f"cannot show that {' and '.join(unchecked)} hold(s) what the run trained on; put the recorded "
+            "folder(s) back where config.json names them to continue, or start a new run")
 
 
 def save_rank_state(run_dir: str | Path, rank: int, step: int, log_window: dict[str, list[float]]) -> Path:

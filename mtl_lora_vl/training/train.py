@@ -44,6 +44,7 @@ from ..rundir import (
     choose_run_dir,
     claim_run_dir,
     finish_overwrite,
+    moved_folders,
     record_moved_folders,
     resumed_options,
     undo_overwrite,
@@ -55,6 +56,7 @@ from .checkpoint import (
     CheckpointError,
     Progress,
     check_inputs_unchanged,
+    check_moves_checkable,
     check_specs_unchanged,
     load_checkpoint,
     restore_training_state,
@@ -164,10 +166,6 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     try:
         if info.is_main and not opts.resume:
             write_config(run_dir, opts)
-        elif info.is_main:
-            for key, folder in record_moved_folders(run_dir, opts).items():
-                logger.info("--resume: the run's --%s moved; %s now records %s", key.replace("_", "-"),
-                            run_dir / "config.json", folder)
         if info.is_main and 0 < total_steps <= opts.warmup:
             logger.warning("--warmup %d is not shorter than the run's %d steps: the learning rate reaches --lr at "
                            "the last step at best and the cosine decay never starts; lower --warmup", opts.warmup,
@@ -207,11 +205,16 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
                         "file back there (unchanged), or start a new run") from None
     if saved is not None:   # before the backbone loads
         check_specs_unchanged(saved, specs, run_dir)
+    if opts.resume and opts.pretrained and Path(opts.pretrained).is_absolute() and not Path(opts.pretrained).exists():
+        raise FileNotFoundError(f"--resume {run_dir}: the run's config.json names the base weights {opts.pretrained}, "
+                                "which are not there any more. A resumed run reads them where it recorded them: put "
+                                "the file back there (unchanged), or start a new run")
     seed_everything(opts.seed)
 
     setup = extend_setup(opts, info.device, specs) if opts.extend else build_setup(opts, info.device, specs)
     if saved is not None:
         check_inputs_unchanged(saved, setup.inputs, run_dir)
+        check_moves_checkable(saved, moved_folders(run_dir, opts), setup, run_dir)
     loaded = base_weights_dtype(setup.model.model)
     amp_dtype = resolve_precision(opts.precision, info.device, opts.base_dtype, loaded)
     check_base_precision(opts.precision, amp_dtype, loaded, setup.backbone.casts_inputs)
@@ -294,6 +297,9 @@ def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> Progress:
                                 run_dir=run.dir, rank=run.info.rank, seed=run.opts.seed)
     if run.info.is_main:
         truncate_metrics(run.dir / "metrics.jsonl", at.step)
+        for key, folder in record_moved_folders(run.dir, run.opts).items():   # checked and restored: recorded
+            logger.info("--resume: the run's --%s moved; %s now records %s", key.replace("_", "-"),
+                        run.dir / "config.json", folder)
         logger.info("resumed %s at step %d/%d", run.dir, at.step, run.total_steps)
     return at
 
