@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import sys
 
 import torch
 
+from ..cli.parsing import closest_flag
 from ..config import LAMBDA_TYPES
 from ..log import cli_logging, debug_tracebacks
 from .bench import BenchDirError, run_benchmark
@@ -123,12 +123,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
 
 def _with_hints(tokens: list[str], parser: argparse.ArgumentParser) -> list[str]:
     """Unknown command-line tokens, each flag followed by the closest option's name when one is close."""
-    flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
-    out = []
-    for tok in tokens:
-        close = difflib.get_close_matches(tok.partition("=")[0], flags, n=1) if tok.startswith("--") else []
-        out.append(f"{tok} (did you mean {close[0]}?)" if close else tok)
-    return out
+    flags = [*("--" + name.replace("_", "-") for name in vars(parser.parse_args([]))), "--help"]
+    return [f"{tok} (did you mean {close}?)" if (close := closest_flag(tok, flags)) else tok for tok in tokens]
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -34,6 +34,7 @@ import sys
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import MISSING, Field, fields
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -43,7 +44,7 @@ from jsonargparse import ArgumentError, ArgumentParser
 from ..log import LEVELS
 from ..options import ADAPTER_SHAPE, field_types, out_of_range, range_text
 
-__all__ = ["build_parser", "describe_allowed", "parse_options", "parse_options_given", "read_config"]
+__all__ = ["build_parser", "closest_flag", "describe_allowed", "parse_options", "parse_options_given", "read_config"]
 
 
 def flag(name: str) -> str:
@@ -147,6 +148,16 @@ def _dashes(cls: type, argv: list[str]) -> list[str]:
     return out
 
 
+def closest_flag(token: str, flags: Sequence[str]) -> str | None:
+    """The flag of ``flags`` closest to an unknown command-line ``token`` (``--name`` or ``--name=value``),
+    or None when none is close or the token is not an unknown flag: the did-you-mean of every command."""
+    name = token.partition("=")[0]
+    if not name.startswith("--") or name in flags:
+        return None
+    close = difflib.get_close_matches(name, flags, n=1)
+    return close[0] if close else None
+
+
 def _parse(parser: ArgumentParser, cls: type, argv: list[str]) -> Any:
     """Parse the command line; a bad flag exits with a message naming it and what it accepts."""
     try:
@@ -160,9 +171,8 @@ def _parse(parser: ArgumentParser, cls: type, argv: list[str]) -> Any:
                 _fail(parser, f"{flag(f.name)}: expected {describe_allowed(f, _field_type(f, hints))} ({detail})")
         if message.startswith("unrecognized arguments:"):   # abbreviations are refused (jsonargparse 5 drops them)
             flags = [*_flags(cls), "--log-level", "--verbose", "--quiet", "--help"]
-            hints = [f"{name} (did you mean {close[0]}?)" for tok in message.split(":", 1)[1].split()
-                     if tok.startswith("--") and (name := tok.partition("=")[0]) not in flags
-                     and (close := difflib.get_close_matches(name, flags, n=1))]
+            hints = [f"{tok.partition('=')[0]} (did you mean {close}?)" for tok in message.split(":", 1)[1].split()
+                     if (close := closest_flag(tok, flags))]
             if hints:
                 message += "; " + "; ".join(hints) + "; options are spelt in full"
         _fail(parser, message)
