@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["LEVELS", "PACKAGE_LOGGER", "cli_logging", "interactive", "progress", "quiet"]
+__all__ = ["LEVELS", "PACKAGE_LOGGER", "cli_logging", "interactive", "main_rank_logging", "progress", "quiet"]
 
 PACKAGE_LOGGER = "mtl_lora_vl"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -78,6 +78,23 @@ def cli_logging(level: int | str = logging.INFO) -> Iterator[logging.Logger]:
         logger.removeHandler(handler)
         logger.setLevel(saved)
         logger.propagate = saved_propagate
+
+
+@contextlib.contextmanager
+def main_rank_logging(is_main: bool) -> Iterator[None]:
+    """While open in a process that is not the main one (rank > 0 under torchrun), the package's loggers drop
+    records below ERROR. For set-up, where every rank reads the same specs and data: their warnings and
+    counts would print once per rank. Errors still print; restored on exit."""
+    if is_main:
+        yield
+        return
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    saved = logger.level
+    logger.setLevel(max(logging.ERROR, logger.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
 
 
 def debug_tracebacks() -> bool:

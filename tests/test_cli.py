@@ -245,6 +245,23 @@ def test_cli_logging_levels_and_restores(capsys):
     assert (list(root.handlers), root.level) == before  # nothing left configured
 
 
+def test_ranks_other_than_the_main_one_log_only_errors_while_setting_up(capsys):
+    """Under torchrun every rank read the same specs and data and printed each set-up warning once per rank."""
+    from mtl_lora_vl.log import cli_logging, main_rank_logging
+
+    log = logging.getLogger("mtl_lora_vl.data.rows")
+    with cli_logging("info") as root:
+        for main in (True, False):
+            with main_rank_logging(main):
+                log.info(f"read main={main}")
+                log.warning(f"odd rows main={main}")
+                log.error(f"bad main={main}")
+            assert root.level == logging.INFO
+    err = capsys.readouterr().err
+    assert "read main=True" in err and "odd rows main=True" in err and "bad main=True" in err
+    assert "read main=False" not in err and "odd rows main=False" not in err and "bad main=False" in err
+
+
 def test_library_log_records_have_the_right_level(caplog):
     from mtl_lora_vl.training.step import skip_bad_step
 

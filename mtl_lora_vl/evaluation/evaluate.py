@@ -22,7 +22,7 @@ from ..io import Pretrained, load_pretrained
 from ..io.adapter_files import base_paths, config_of, read_adapter_config, recorded_base
 from ..io.atomic import atomic_dir, check_target
 from ..io.layout import check_output
-from ..log import progress
+from ..log import main_rank_logging, progress
 from ..multitask import MultiTaskModel, Setup
 from ..precision import base_weights_dtype, check_base_precision, resolve_precision
 from ..rundir import RunDirError
@@ -239,25 +239,26 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
     if tasks and not items:   # said before the base model loads
         adapter_tasks = config_of(read_adapter_config(adapter, verify=False), adapter).tasks
         raise ValueError(f"--tasks {tasks!r} names no task; give some of the adapter's tasks {list(adapter_tasks)}")
-    lp = load_pretrained(adapter, dev, backbone=backbone, pretrained=pretrained, data_root=data_root,
-                         base_dtype=base_dtype)
-    items = items or list(lp.config.tasks)
-    specs = [_scoring_spec(item, lp, adapter) for item in items]
-    names = [s.name for s in specs]
-    if len(set(names)) < len(names):
-        raise ValueError(f"--tasks {tasks}: a task is named twice ({names}); name each once")
-    missing = [t for t in names if t not in lp.kinds or t not in lp.heads]
-    if missing:
-        raise ValueError(f"{adapter}: no saved task spec or head for {missing}; save the adapter with "
-                         "task_specs= and heads= to evaluate it")
-    kinds = {t: lp.kinds[t] for t in names}
-    model = MultiTaskModel(lp.backbone, kinds, nn.ModuleDict({t: lp.heads[t] for t in names}))
-    setup = Setup(lp.backbone, specs, kinds, model, lp.config,
-                  data_roots=_saved_task_roots(lp, specs, data_root))
-    read_eval_splits(setup, [split], data_root)   # the kinds' checks of the data they will score
-    loaded = base_weights_dtype(lp.backbone.model)
-    dtype = resolve_precision(precision, dev, base_dtype, loaded)
-    check_base_precision(precision, dtype, loaded, lp.backbone.casts_inputs)
+    with main_rank_logging(info.is_main):   # every rank reads the same adapter and data: said once
+        lp = load_pretrained(adapter, dev, backbone=backbone, pretrained=pretrained, data_root=data_root,
+                             base_dtype=base_dtype)
+        items = items or list(lp.config.tasks)
+        specs = [_scoring_spec(item, lp, adapter) for item in items]
+        names = [s.name for s in specs]
+        if len(set(names)) < len(names):
+            raise ValueError(f"--tasks {tasks}: a task is named twice ({names}); name each once")
+        missing = [t for t in names if t not in lp.kinds or t not in lp.heads]
+        if missing:
+            raise ValueError(f"{adapter}: no saved task spec or head for {missing}; save the adapter with "
+                             "task_specs= and heads= to evaluate it")
+        kinds = {t: lp.kinds[t] for t in names}
+        model = MultiTaskModel(lp.backbone, kinds, nn.ModuleDict({t: lp.heads[t] for t in names}))
+        setup = Setup(lp.backbone, specs, kinds, model, lp.config,
+                      data_roots=_saved_task_roots(lp, specs, data_root))
+        read_eval_splits(setup, [split], data_root)   # the kinds' checks of the data they will score
+        loaded = base_weights_dtype(lp.backbone.model)
+        dtype = resolve_precision(precision, dev, base_dtype, loaded)
+        check_base_precision(precision, dtype, loaded, lp.backbone.casts_inputs)
     with sharded_evaluation(info):
         result = evaluate_setup(setup, split=split, data_root=data_root, device=dev, dtype=dtype,
                                 batch_size=batch_size, workers=workers)

@@ -37,6 +37,7 @@ from ..distributed import (
 )
 from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, read_eval_splits, write_outputs
 from ..io import save_adapter
+from ..log import main_rank_logging
 from ..multitask import Setup, build_setup, extend_setup
 from ..options import TrainOptions
 from ..precision import base_weights_dtype, check_base_precision, resolve_precision
@@ -157,7 +158,8 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
         opts = resumed_options(run_dir, opts, given)
     info = init_distributed(opts.device)
     try:   # every rank's set-up, before rank 0 claims (and may --overwrite) the run directory
-        opts, saved, setup, amp_dtype = prepare_rank(opts, run_dir, info, given)
+        with main_rank_logging(info.is_main):   # the same data on every rank: its warnings once
+            opts, saved, setup, amp_dtype = prepare_rank(opts, run_dir, info, given)
     except Exception as e:
         all_ready(info, e)
     all_ready(info)
