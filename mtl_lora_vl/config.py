@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import math
 import re
-import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from .log import warn_user
 
 METHODS = ("mtl_lora", "lora", "task_lora", "multi_lora", "moe_lora")
 LAMBDA_TYPES = ("full", "diagonal", "none")
@@ -114,9 +115,9 @@ class MTLLoRAConfig:
         same = ((self.method == "mtl_lora" and self.lambda_type == "none" and self.n_up == 1)
                 or (self.method == "moe_lora" and self.n_up == 1))
         if same and len(self.tasks) > 1:
-            warnings.warn(f"method={self.method!r} with n_up=1{' and lambda_type=none' if self.method == 'mtl_lora' else ''} "
+            warn_user(f"method={self.method!r} with n_up=1{' and lambda_type=none' if self.method == 'mtl_lora' else ''} "
                           "has no task-specific part left: every task gets the same update (lora with extra "
-                          "parameters); raise n_up, or use method='lora' or 'task_lora'", UserWarning, stacklevel=3)
+                          "parameters); raise n_up, or use method='lora' or 'task_lora'")
 
     def _validate_targets(self) -> None:
         t = self.targets

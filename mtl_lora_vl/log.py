@@ -16,15 +16,18 @@ line every 15 s to a log file, and is off at ``-q`` too.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["LEVELS", "PACKAGE_LOGGER", "cli_logging", "interactive", "main_rank_logging", "progress", "quiet"]
+__all__ = ["LEVELS", "PACKAGE_LOGGER", "cli_logging", "interactive", "main_rank_logging", "progress", "quiet",
+           "warn_user"]
 
 PACKAGE_LOGGER = "mtl_lora_vl"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -95,6 +98,19 @@ def main_rank_logging(is_main: bool) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(saved)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__)) + os.sep
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first caller outside this package -- the user's line, however deep
+    in the package the warning is raised (what Python 3.12's ``skip_file_prefixes`` does)."""
+    frame, level = inspect.currentframe(), 1
+    frame = frame.f_back if frame is not None else None
+    while frame is not None and os.path.realpath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level + 1)
 
 
 def debug_tracebacks() -> bool:

@@ -28,6 +28,7 @@ from .adapters.scopes import disabled, route
 from .config import MTLLoRAConfig
 from .io.adapter_files import load_adapter, read_adapter_config, require_head_modules, save_adapter
 from .io.layout import AdapterFileError, state_file
+from .log import warn_user
 
 __all__ = ["MTLLoRAModel", "unload"]
 
@@ -137,16 +138,15 @@ class MTLLoRAModel(nn.Module):
         try:
             doc = read_adapter_config(source, verify=False)
         except AdapterFileError as e:   # e.g. a temporary download folder, removed since
-            warnings.warn(f"save_pretrained: the directory this model was loaded from cannot be read any more ({e}); "
+            warn_user(f"save_pretrained: the directory this model was loaded from cannot be read any more ({e}); "
                           "its base model, task specs, vocabularies and data folders are not saved (pass base=, task_specs=, "
-                          "kinds=, data_roots=)",
-                          stacklevel=3)
+                          "kinds=, data_roots=)")
             return base, task_specs, kinds, data_roots
         tasks = set(self.tasks)
         dropped = sorted(set(doc.get("heads") or {}) - set(heads))
         if dropped:
-            warnings.warn(f"save_pretrained: {source} holds heads for {dropped}, which are not saved (load them with "
-                          "from_pretrained(..., heads={task: module}) or pass heads=...)", stacklevel=3)
+            warn_user(f"save_pretrained: {source} holds heads for {dropped}, which are not saved (load them with "
+                          "from_pretrained(..., heads={task: module}) or pass heads=...)")
         if base is None:
             base = doc.get("base") or None
         if task_specs is None:
@@ -312,9 +312,8 @@ class _MustEnter(AbstractContextManager):
 
     def __del__(self) -> None:
         if not self._entered and warnings is not None:   # (None at interpreter shutdown)
-            warnings.warn(f"MTLLoRAModel.{self._call} returns a context manager and did nothing: use "
-                          f"`with model.{self._call}:` around the calls that should run without adapters",
-                          stacklevel=2)
+            warn_user(f"MTLLoRAModel.{self._call} returns a context manager and did nothing: use "
+                          f"`with model.{self._call}:` around the calls that should run without adapters")
 
 
 # ---------------------------------------------------------------------------------------------- unloading

@@ -237,6 +237,12 @@ def test_the_both_towers_warning_is_given_once_when_loading(tmp_path):
         warnings.simplefilter("always")
         mlv.load_adapter(tiny_open_clip(), tmp_path / "a", check_base_weights=False)
     assert sum("more than one tower" in str(w.message) for w in rec) == 1
+    # attributed to the caller's line, not to the package's own (it named io/identity.py or mtl_lora_model.py)
+    assert [w.filename for w in rec if "more than one tower" in str(w.message)] == [__file__]
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        mlv.MTLLoRAModel(tiny_open_clip(), cfg)
+    assert [w.filename for w in rec if "more than one tower" in str(w.message)] == [__file__]
 
 
 def test_custom_targets_and_sequence_first_open_clip():

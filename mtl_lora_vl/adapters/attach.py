@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import re
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +15,7 @@ from torch import nn
 
 from ..config import TOWERS, MTLLoRAConfig
 from ..families import FAMILIES, find_family
+from ..log import warn_user
 from .attention import LoRAMultiheadAttention
 from .generation import install_routed_generate
 from .layers import ADAPTER_PARAM_NAMES, AdapterBank, LoRALinear
@@ -111,10 +111,10 @@ def select_targets(model: nn.Module, cfg: MTLLoRAConfig,
         if isinstance(module, nn.MultiheadAttention):
             covered.append(name)
     if both and warn_overlap:
-        warnings.warn(f"attach: {len(both)} module(s) match the target regexes of more than one tower (e.g. "
+        warn_user(f"attach: {len(both)} module(s) match the target regexes of more than one tower (e.g. "
                       f"{both[0]!r}); each is counted in the first tower, {TOWERS[0]!r}. The regexes are searched in "
                       "the full module names: anchor each to its tower's prefix (e.g. '^visual\\.' and "
-                      "'^transformer\\.' on open_clip)", stacklevel=3)
+                      "'^transformer\\.' on open_clip)")
     if not chosen:
         names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.MultiheadAttention))][:8]
         raise AttachError(
@@ -185,11 +185,11 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
             banks = {name: new}
             found = _batch_dim(model, name)
             if found is None and cfg.targets != "default" and _has_sequence_first(model):
-                warnings.warn(f"attach: no module around target {name!r} says whether its input is batch-first, so "
+                warn_user(f"attach: no module around target {name!r} says whether its input is batch-first, so "
                               "per-sample routes take dim 0 as the batch; this model has sequence-first attention "
                               "(batch_first=False), and if this layer's input is (seq, batch, ...) too, mixed-task "
                               "routes would pick rows along the sequence: route one task per batch there, or wrap "
-                              "the layer in a module with batch_first = False", UserWarning, stacklevel=2)
+                              "the layer in a module with batch_first = False")
             bdim = found or 0
         new.train(module.training)   # a new module starts in train mode: an eval() model stays in eval
         built.append((names[id(module)], new, banks, tower, bdim))

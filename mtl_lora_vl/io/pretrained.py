@@ -6,7 +6,6 @@ model the caller built; ``load_pretrained`` builds it from what ``save_adapter``
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from torch import nn
 
 from ..backbones import Backbone, load_backbone
 from ..config import MTLLoRAConfig
+from ..log import warn_user
 from ..tasks import build_kind, load_spec
 from .adapter_files import config_of, load_adapter, read_adapter_config, read_kind_state
 from .base_check import check_base_class
@@ -98,8 +98,8 @@ def load_pretrained(
                 built[task] = kinds[task].build_head(bb)
     unbuilt = sorted(set(doc.get("heads") or {}) - set(built)) if heads else []
     if unbuilt:   # a head is built by its kind, from its saved spec
-        warnings.warn(f"{path}: heads of {unbuilt} are saved but their task specs are not (save_adapter(..., "
-                      "task_specs=...)), so they are not rebuilt: those tasks have no head here", stacklevel=2)
+        warn_user(f"{path}: heads of {unbuilt} are saved but their task specs are not (save_adapter(..., "
+                      "task_specs=...)), so they are not rebuilt: those tasks have no head here")
     load_adapter(bb.model, path, heads=built, is_trainable=is_trainable, check_base_weights=check_base_weights)
     for head in built.values():
         head.to(device)

@@ -31,7 +31,6 @@ rank, step) (:mod:`mtl_lora_vl.data.seeding`).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from ..data.loader import MultiTaskLoader
 from ..distributed import DistInfo, barrier
 from ..io.atomic import atomic_file
 from ..io.layout import ADAPTER_CONFIG, RUN_ADAPTER_DIR, is_adapter_dir
+from ..log import warn_user
 from ..multitask import MultiTaskModel, Setup
 from ..tasks.spec import TaskSpec, spec_digests
 from .optim import Optimization
@@ -242,10 +242,9 @@ def restore_training_state(state: dict[str, Any], model: MultiTaskModel, optim: 
     else:
         mine = _rank_state(run_dir, rank, step)
         if mine is None:
-            warnings.warn(f"rank {rank}: no state for step {step} in {rank_file(run_dir or '.', rank)} (the run "
+            warn_user(f"rank {rank}: no state for step {step} in {rank_file(run_dir or '.', rank)} (the run "
                           f"stopped between writing it and {CHECKPOINT_NAME}); this rank continues with fresh "
-                          "generators, so the resumed run will not repeat an uninterrupted one exactly",
-                          stacklevel=2)
+                          "generators, so the resumed run will not repeat an uninterrupted one exactly")
             seed_rank(seed, rank, step)
         else:
             set_rng_state(mine["rng_state"])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from ..data.sampler import _mix
+from ..log import warn_user
 
 _RANK = 6      # stream tag for _mix (the loader uses 1, 2, 4 and 5)
 
@@ -74,8 +74,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if cuda and torch.cuda.is_available():
         present = torch.cuda.device_count()
         if present != len(cuda):
-            warnings.warn(f"the checkpoint holds CUDA generator states of {len(cuda)} devices, this machine has "
-                          f"{present}; restoring the first {min(present, len(cuda))}", stacklevel=2)
+            warn_user(f"the checkpoint holds CUDA generator states of {len(cuda)} devices, this machine has "
+                          f"{present}; restoring the first {min(present, len(cuda))}")
         for i, s in enumerate(cuda[:present]):
             torch.cuda.set_rng_state(s, i)
 
