@@ -246,3 +246,21 @@ def test_an_image_id_given_to_two_images_is_refused_and_shared_by_one(tmp_path):
                    tmp_path / "clash" / "train-0.parquet")
     with pytest.raises(Exception, match=r"row 1: image_id '1' was given to another image at row 0"):
         read_split("hf_datasets", tmp_path, path="clash", split="train", cache_dir=str(tmp_path / "c2"))
+
+
+def test_a_split_name_that_selects_nothing_is_refused(tmp_path):
+    """One saved Dataset (no split name) or one parquet file read the same rows for split = "train", "validation"
+    or a typo: the val split scored the training rows, and the spec's same-rows check (by split name) was silent."""
+    root = tmp_path / "data"
+    datasets.Dataset.from_dict({"image": [_pil(i) for i in range(3)],
+                                "caption": [f"picture {i}" for i in range(3)]}).save_to_disk(root / "one_ds")
+    for split in ("train", "validation"):
+        with pytest.raises(ValueError, match=rf"has no split name, so split = '{split}' selects nothing"):
+            read_split("hf_datasets", root, path="one_ds", split=split)
+    assert len(read_split("hf_datasets", root, path="one_ds").examples) == 3
+    _caption_parquet(root / "labels.parquet", 0, 3)
+    with pytest.raises(ValueError, match=r"its name does not say split 'validation'"):
+        read_split("hf_datasets", root, path="labels.parquet", split="validation")
+    assert len(read_split("hf_datasets", root, path="labels.parquet").examples) == 3
+    _caption_parquet(root / "train-0.parquet", 0, 2)   # the name says the split: taken
+    assert len(read_split("hf_datasets", root, path="train-0.parquet", split="train").examples) == 2

@@ -143,6 +143,11 @@ def _split_of(f: Path, base: Path) -> str | None:
 
 def _parquet_files(base: Path, split: str | None) -> list[str]:
     if base.is_file():
+        if split is not None and not _in_split(base, base.parent, split):
+            raise ValueError(f"hf_datasets {base}: one parquet file is one table, and its name does not say split "
+                             f"{split!r} ('{split}-*.parquet'), so split = {split!r} selects nothing (every split would "
+                             "read the same rows); leave split out where the file is that split's data, or give the "
+                             "folder that holds every split's files")
         return [str(base)]
     files = sorted(base.rglob("*.parquet"))
     if not files:
@@ -174,7 +179,11 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None, cache_di
             if split not in ds:
                 raise ValueError(f"hf_datasets {base}: split {split!r} not found; the saved dataset has splits "
                                  f"{list(ds)} (set split = ... in the [data.<split>] table)")
-        elif split is not None and ds.split is not None and str(ds.split) != split:
+        elif split is not None and ds.split is None:
+            raise ValueError(f"hf_datasets {base}: this saved dataset has no split name, so split = {split!r} "
+                             "selects nothing (every split would read the same rows); leave split out where the "
+                             "folder is that split's data, or save the splits together (DatasetDict.save_to_disk)")
+        elif split is not None and str(ds.split) != split:
             raise ValueError(f"hf_datasets {base}: this saved dataset is the {str(ds.split)!r} split, not {split!r}")
         table = _Table("disk", (str(base),), split if isinstance(ds, datasets.DatasetDict) else None,
                        stamp=_stamp(sorted(base.rglob("*"))))
