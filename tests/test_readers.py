@@ -563,3 +563,63 @@ def test_rows_with_blank_captions_are_counted(tmp_path, caplog):
         s = read_split("jsonl", tmp_path, file="c.jsonl")
     assert len(s.examples) == 1 and "1 row(s) have no caption text (blank or only spaces) and are left out" in caplog.text
     assert "c.jsonl:2" in caplog.text
+
+
+def test_csv_values_padded_before_a_comma_and_open_quotes(tmp_path, caplog):
+    """'img/0.jpg , cat' kept the space in the image path (every row "file not found", dropped); a quote left
+    open took the rows after it into one caption, without a word."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "pad.csv").write_text("image    , label\na.png , cat\na.png , dog\n")
+    s = read_split("csv", tmp_path, file="pad.csv")
+    assert [e.label for e in s.examples] == [0, 1] and s.class_names == ["cat", "dog"] and s.skipped == 0
+    (tmp_path / "open.csv").write_text('image,caption\na.png,"a dog\na.png,a cat\na.png,a cow\n')
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+        read_split("csv", tmp_path, file="open.csv")
+    assert "1 quoted field(s) run over several lines (lines 2-4): a quote left open" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+        read_split("csv", tmp_path, file="pad.csv")
+    assert "run over several lines" not in caplog.text
+
+
+def test_row_fields_that_read_as_something_else(tmp_path):
+    """A misspelt 'answer' field gave rows without answers (the error came later, naming neither file nor
+    field); a label '²' passed str.isdigit and failed int() with a bare ValueError."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "v.jsonl").write_text(json.dumps({"image": "a.png", "question": "q?", "answer": "yes"}) + "\n")
+    with pytest.raises(DataFormatError, match=r"v.jsonl:1: no row has 'answers', but rows have 'answer'"):
+        read_split("jsonl", tmp_path, file="v.jsonl")
+    (tmp_path / "l.jsonl").write_text(json.dumps({"image": "a.png", "label": "²"}) + "\n")
+    assert read_split("jsonl", tmp_path, file="l.jsonl").class_names == ["²"]   # a name, not an index
+
+
+def test_coco_and_karpathy_blank_captions_duplicate_entries_and_id_types(tmp_path, caplog):
+    """Blank captions became examples of empty text (and reference captions); an image entry listed twice gave
+    each caption twice; annotations with image_id "1" for image 1 were dropped as if uncaptioned."""
+    from PIL import Image
+
+    for n in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / n)
+    _write_json(tmp_path / "c.json", {
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+        "annotations": [{"image_id": "1", "caption": " a "}, {"image_id": 1, "caption": "  "},
+                        {"image_id": 1, "caption": "b"}, {"image_id": 2, "caption": "c"},
+                        {"image_id": 9, "caption": "d"}]})
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+        s = read_split("coco_captions", tmp_path, annotations="c.json")
+    assert [(e.image_id, e.text) for e in s.examples] == [("1", "a"), ("1", "b"), ("2", "c")]
+    assert "1 caption(s) are blank" in caplog.text and "1 annotation image id(s) have no image entry" in caplog.text
+    _write_json(tmp_path / "c2.json", {"images": [{"id": 1, "file_name": "a.png"}, {"id": 1, "file_name": "b.png"}],
+                                      "annotations": [{"image_id": 1, "caption": "a"}]})
+    with pytest.raises(DataFormatError, match="image id 1 is given to two files, 'a.png' and 'b.png'"):
+        read_split("coco_captions", tmp_path, annotations="c2.json")
+    _write_json(tmp_path / "k.json", {"images": [{"filename": "a.png", "split": "val",
+                                                  "sentences": [{"raw": "a red"}, {"raw": " "}]}]})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+        s = read_split("karpathy", tmp_path, annotations="k.json", split="val")
+    assert s.examples[0].captions == ("a red",) and "1 caption(s) are blank" in caplog.text

@@ -6,6 +6,7 @@ import dataclasses
 import importlib.resources
 import json
 import math
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -253,6 +254,12 @@ def test_reader_option_values_are_checked_when_the_spec_loads(tmp_path, option, 
     with pytest.raises(SpecError) as err:
         load_spec(path)
     assert str(err.value).startswith(f"{path}: field 'data.train': ") and expected in str(err.value)
+    # the same option in the shared [data] table is that table's (it was reported under data.train)
+    path.write_text(f'kind = "classification"\n[data]\nformat = "jsonl"\n{option} = {value}\n[data.train]\n'
+                    'file = "t.jsonl"\n[data.val]\nfile = "v.jsonl"\n')
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert str(err.value).startswith(f"{path}: field 'data': ") and expected in str(err.value)
 
 
 def test_a_task_name_taken_from_the_file_name_says_so(tmp_path):
@@ -295,6 +302,9 @@ def test_file_spec_reads_under_the_data_root(tmp_path, caplog):
         spec.load_split("val", root)
     split = spec.load_split("train", root)
     assert split.class_names == ["cat", "dog"] and [e.label for e in split.examples] == [0, 1, 0]
+    home = Path.home()   # a data root under ~ (the readers expand it; the spec refused it as "not a folder")
+    rel = os.path.relpath(root, home)
+    assert len(spec.load_split("train", f"~/{rel}").examples) == 3
     bad = dataclasses.replace(spec, data=dataclasses.replace(spec.data, options={"colour": 1}))
     with pytest.raises(SpecError, match="rejected the options"):
         bad.load_split("train", root)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import logging
 import os
 import types
 import typing
@@ -57,6 +58,8 @@ from .hf_datasets import read_hf_datasets
 from .images import IMAGE_EXTENSIONS
 from .records import Example, Split
 from .rows import read_csv, read_jsonl
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["READERS", "DataFormatError", "PathEscapeError", "read_coco_captions", "read_csv", "read_hf_datasets",
            "read_imagefolder", "read_jsonl", "read_karpathy", "read_split", "read_vqav2", "resolve_under"]
@@ -154,20 +157,42 @@ def read_coco_captions(
     data = load_json(apath)
     imgs = require_list(data, "images", "the top level", apath)
     anns = require_list(data, "annotations", "the top level", apath)
-    caps: dict[Any, list[str]] = {}
+    caps: dict[str, list[str]] = {}   # ids as text: an annotation's "1" is image 1
+    blank = 0
     for a in anns:
-        caps.setdefault(require(a, "image_id", "an annotation", apath), []).append(
-            str(require(a, "caption", "an annotation", apath)).strip())
+        text = str(require(a, "caption", "an annotation", apath)).strip()
+        blank += not text
+        texts = caps.setdefault(str(require(a, "image_id", "an annotation", apath)), [])
+        if text:
+            texts.append(text)
+    _warn_blank(apath, blank)
     check = ImageChecker(verify, strict)
     groups = []
+    files: dict[str, str] = {}
     for im in imgs:
-        iid = require(im, "id", "an image entry", apath)
-        if iid not in caps:
+        iid = str(require(im, "id", "an image entry", apath))
+        name = str(require(im, "file_name", f"image {iid}", apath))
+        if iid in files:   # the same entry twice would give each caption twice
+            if files[iid] != name:
+                raise DataFormatError(f"{apath}: image id {iid} is given to two files, {files[iid]!r} and {name!r}; "
+                                      "give each image its own id")
             continue
-        path = resolve_under(root, Path(images) / str(require(im, "file_name", f"image {iid}", apath)))
+        files[iid] = name
+        if not caps.get(iid):
+            continue
+        path = resolve_under(root, Path(images) / name)
         if check(path):
-            groups.append((path, str(iid), caps[iid]))
+            groups.append((path, iid, caps[iid]))
+    orphans = [i for i in caps if i not in files]
+    if orphans:
+        logger.warning("%s: %d annotation image id(s) have no image entry (e.g. %s); their captions are left out",
+                       apath, len(orphans), orphans[0])
     return check.finish(caption_examples(groups, one_per_image), f"COCO captions {apath.name}")
+
+
+def _warn_blank(apath: Path, blank: int) -> None:
+    if blank:
+        logger.warning("%s: %d caption(s) are blank (empty or only spaces) and are left out", apath, blank)
 
 
 def read_karpathy(
@@ -195,19 +220,23 @@ def read_karpathy(
         one_per_image = split in ("val", "test")
     check = ImageChecker(verify, strict)
     groups = []
+    blank = 0
     for im in imgs:
         if require(im, "split", "an image entry", apath) not in wanted:
             continue
         fname = require(im, "filename", "an image entry", apath)
         rel = Path(images) / str(im.get("filepath", "")) / str(fname)
-        sents = [str(require(s, "raw", f"a sentence of {fname}", apath)).strip()
-                 for s in require_list(im, "sentences", f"image {fname}", apath)]
+        raw = [str(require(s, "raw", f"a sentence of {fname}", apath)).strip()
+               for s in require_list(im, "sentences", f"image {fname}", apath)]
+        sents = [s for s in raw if s]
+        blank += len(raw) - len(sents)
         if not sents:
             continue
         path = resolve_under(root, rel)
         if check(path):
             iid = im.get("cocoid", im.get("imgid", fname))
             groups.append((path, str(iid), sents))
+    _warn_blank(apath, blank)
     return check.finish(caption_examples(groups, one_per_image), f"Karpathy {apath.name} [{split}]")
 
 

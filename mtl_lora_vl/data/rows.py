@@ -16,6 +16,7 @@ human answers (see :meth:`mtl_lora_vl.tasks.vqa.VQAKind.filter_type`).
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import logging
 import os
@@ -59,10 +60,22 @@ def _rows_csv(path: Path) -> list[tuple[int, dict]]:
         if reader.fieldnames is None:
             raise DataFormatError(f"{path}: empty CSV file; expected a header row with an 'image' column")
         reader.fieldnames = [name.strip() for name in reader.fieldnames]
-        rows = [(reader.line_num, row) for row in reader]  # the record's last line (blank lines and quoted newlines counted)
+        rows, spans, last = [], [], 1
+        for row in reader:   # line_num: the record's last line (blank lines and quoted newlines counted)
+            rows.append((reader.line_num, row))
+            if any(isinstance(v, str) and ("\n" in v or "\r" in v) for v in row.values()):
+                spans.append(f"{last + 1}-{reader.line_num}")
+            last = reader.line_num
     for lineno, row in rows:
         if None in row:
             raise DataFormatError(f"{path}:{lineno}: more fields than header columns; quote fields with commas")
+        for key, value in row.items():   # "img/0.jpg , cat": the space before a comma is no part of the value
+            if isinstance(value, str):
+                row[key] = value.strip()
+    if spans:
+        logger.warning("%s: %d quoted field(s) run over several lines (lines %s%s): a quote left open takes the "
+                       "rows after it into one field; close it, or ignore this if the line breaks are meant",
+                       path, len(spans), ", ".join(spans[:3]), " ..." if len(spans) > 3 else "")
     return rows
 
 
@@ -177,13 +190,19 @@ def examples_from_rows(
                     meta["filter_type"] = str(row["filter_type"] or "")
                 examples.append(Example(stored(p), image_id(row, n, p), text=str(row["question"]), answers=answers,
                                         question_type=row.get("question_type") or None, meta=meta))
+        if examples and not any(e.answers for e in examples):
+            n, row = rows[0]
+            close = difflib.get_close_matches("answers", [k for k in row if k != "answers"], n=1, cutoff=0.7)
+            if close:
+                raise DataFormatError(f"{at(n)}: no row has 'answers', but rows have {close[0]!r}; the VQA reader "
+                                      "reads 'answers' (a list of strings, or '|'-separated): rename the field")
         return check.finish(examples, source)
 
     # classification
     labels_raw = [(n, row["label"]) for n, row in rows]
 
     def is_index(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) or (isinstance(v, str) and v.strip().isdigit())
+        return isinstance(v, int) and not isinstance(v, bool) or (isinstance(v, str) and v.strip().isdecimal())
 
     names = list(class_names) if class_names is not None else None
     if names is None:

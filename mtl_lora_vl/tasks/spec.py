@@ -143,7 +143,7 @@ class TaskSpec:
         if data_root is None:
             raise SpecError(f"{where}: task {self.name!r} reads {self.data.format} files; pass the folder "
                             f"that holds them with --data-root DIR (data_root=...)")
-        root = Path(data_root)
+        root = Path(data_root).expanduser()
         if not root.is_dir():
             raise SpecError(f"{where}: data root {str(root)!r} is not a folder; pass --data-root DIR")
         try:
@@ -351,7 +351,9 @@ def _parse_data(path: Path, raw: Any) -> DataSpec:
         try:
             check_reader_options(fmt, {**options, **opts})
         except ReaderOptionError as err:
-            raise SpecError(f"{path}: field 'data.{split}': {err}") from None
+            # an option of the shared [data] table that the split does not override is that table's
+            shared = [k for k in options if k not in opts and f"'{k}'" in str(err)]
+            raise SpecError(f"{path}: field 'data{'' if shared else '.' + split}': {err}") from None
     return DataSpec(source="files", format=fmt, options=options, splits=splits)
 
 
