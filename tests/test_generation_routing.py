@@ -156,7 +156,13 @@ def test_generation_rows_and_copies(dirs):
             got = m.generate(**batch, pixel_values=images,
                              generation_config=GenerationConfig(max_new_tokens=3, pad_token_id=bb.pad_id))
             want = m.generate(**batch, pixel_values=images, max_new_tokens=3, num_beams=3, pad_token_id=bb.pad_id)
-        assert torch.equal(got, want)
+            # HF's generate(inputs, generation_config, ...): the config given by position sets the beams too
+            # (it was not read: "routed 2 task ids but the batch here has 4 samples")
+            two = GenerationConfig(max_new_tokens=3, num_beams=2, pad_token_id=bb.pad_id)
+            by_place = m.generate(batch["input_ids"], two, attention_mask=batch["attention_mask"],
+                                  pixel_values=images)
+            by_name = m.generate(**batch, pixel_values=images, generation_config=two)
+        assert torch.equal(got, want) and torch.equal(by_place, by_name)
     finally:
         m.generation_config.num_beams = beams
     assert type(m).__name__ == "LlavaForConditionalGeneration" and "generate" in vars(m)

@@ -17,6 +17,7 @@ a plain forward) ever accepts a mismatched batch.
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -62,6 +63,17 @@ def generation_rows(model: nn.Module, kwargs: dict[str, Any]) -> int:
     return max(get("num_beams"), get("num_return_sequences"))
 
 
+def _positional(generate: Any, args: tuple) -> dict[str, Any]:
+    """``args`` of a ``generate(self, ...)`` call by parameter name (Hugging Face's second is
+    ``generation_config``: ``generate(input_ids, config)`` sets the beams too)."""
+    try:
+        params = list(inspect.signature(generate).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return {}
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return dict(zip([p.name for p in params if p.kind in kinds], args))
+
+
 class RoutedGenerate:
     """The ``generate`` of an adapted model: the class's own, inside :func:`expanded_rows` for the call's k.
 
@@ -76,7 +88,7 @@ class RoutedGenerate:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         model = self.model
-        with expanded_rows(model, generation_rows(model, kwargs)):
+        with expanded_rows(model, generation_rows(model, {**_positional(type(model).generate, args), **kwargs})):
             return type(model).generate(model, *args, **kwargs)
 
     def __reduce__(self) -> tuple:
