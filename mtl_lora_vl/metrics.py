@@ -292,7 +292,9 @@ def caption_scores(predictions: Mapping[Any, str], references: Mapping[Any, Sequ
         refs = references[key]
         if isinstance(refs, str):
             refs = [refs]
-        if not any(str(r).strip() for r in refs):
+        if not isinstance(refs, Sequence) or not all(isinstance(r, str) for r in refs):
+            raise TypeError(f"caption_scores: references for {key!r} must be a list of str, got {refs!r}")
+        if not any(r.strip() for r in refs):
             raise ValueError(f"caption_scores: image {key!r} has no non-empty reference caption")
         refs = [tokenize_caption(r) for r in refs]   # one that tokenises to nothing ("...") still counts, as there
         res[key] = tokenize_caption(pred)

@@ -185,8 +185,20 @@ def test_generate_and_scores_refuse_a_bare_string_and_no_tokens(bb):
                  lambda: bb.sequence_scores(images, prompts(bb, 1)[0], ["red", "blue"])):
         with pytest.raises(ValueError, match="prompts must be a list of strings, one per image"):
             call()
-    with pytest.raises(ValueError, match="max_len must be >= 1"):
+    with pytest.raises(ValueError, match="max_len must be integers >= 1"):
         bb.generate(images, max_len=0, prompts=prompts(bb, 2))
+    with pytest.raises(ValueError, match="max_len must be integers >= 1, got 1 and 2.5"):   # was cut to 2
+        bb.generate(images, max_len=2.5, prompts=prompts(bb, 2))
+    # one image without its batch dimension: its 3 channels were read as 3 images (or a transformers traceback)
+    for call in (lambda: bb.generate(images[0], prompts=prompts(bb, 1)),
+                 lambda: bb.sequence_scores(images[0], prompts(bb, 3), ["red"])):
+        with pytest.raises(ValueError, match=r"images must be a \(B, C, H, W\) tensor, got \(3, 32, 32\); one image "
+                                             r"is images\[None\]"):
+            call()
+    with pytest.raises(ValueError, match="prompts must be strings, one per image; got a NoneType"):
+        bb.generate(images, prompts=[None, None])
+    with pytest.raises(ValueError, match=r"candidates must be a non-empty list of strings, got \['red', 3\]"):
+        bb.sequence_scores(images, prompts(bb, 2), ["red", 3])
 
 
 def test_greedy_generation_matches_manual_argmax(bb):

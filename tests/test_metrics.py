@@ -207,6 +207,9 @@ def test_caption_scores_errors():
         caption_scores({1: "x"}, {2: ["y"]})
     with pytest.raises(ValueError, match="no predictions"):
         caption_scores({}, {})
+    for refs in (None, [None, "b"], [3]):   # were bare TypeError / AttributeError from deep inside
+        with pytest.raises(TypeError, match=r"references for 1 must be a list of str"):
+            caption_scores({1: "x"}, {1: refs})
 
 
 def test_topk_and_per_class():

@@ -201,8 +201,9 @@ class HFVLMBackbone(Backbone):
         """One text per image: greedy (``beam_size=1``) or beam search through Hugging Face ``generate`` with the
         KV cache; only the new tokens are decoded, special tokens stripped. ``prompts`` default to the bare image
         placeholder (captioning)."""
-        if beam_size < 1 or max_len < 1:
-            raise ValueError(f"generate: beam_size and max_len must be >= 1, got {beam_size} and {max_len}")
+        if beam_size < 1 or max_len < 1 or int(beam_size) != beam_size or int(max_len) != max_len:
+            raise ValueError(f"generate: beam_size and max_len must be integers >= 1, got {beam_size} and {max_len}")
+        _check_images(images, "generate")
         prompts = [self.image_token] * images.shape[0] if prompts is None else prompts
         batch = self._prompts(images, prompts, "generate")
         kwargs = self._extra_inputs(batch["input_ids"], None)
@@ -219,8 +220,8 @@ class HFVLMBackbone(Backbone):
         trained) after each row's prompt; ``per_token``: divided by that number of tokens. One prefill of the prompts, then every candidate of every row in one
         batched step from the cache (``B·C`` language-model rows, routed like beams). Under activation
         checkpointing in training (where transformers drops the cache) the ``B·C`` full sequences run instead."""
-        if isinstance(candidates, str) or not candidates:
-            raise ValueError("sequence_scores: candidates must be a non-empty list of strings")
+        if isinstance(candidates, str) or not candidates or not all(isinstance(c, str) for c in candidates):
+            raise ValueError(f"sequence_scores: candidates must be a non-empty list of strings, got {candidates!r}")
         batch = self._prompts(images, prompts, "sequence_scores")
         prompts = list(prompts)
         collator = self.lm_collator()   # candidates read as they continue each row's own prompt
@@ -289,9 +290,14 @@ class HFVLMBackbone(Backbone):
         return list(dict.fromkeys([self.eos_id, *map(int, ids)]))
 
     def _prompts(self, images: Tensor, prompts: Sequence[str], what: str) -> dict[str, Tensor]:
+        _check_images(images, what)
         if isinstance(prompts, str):
             raise ValueError(f"{what}: prompts must be a list of strings, one per image, got one string {prompts!r}")
         prompts = list(prompts)
+        odd = [p for p in prompts if not isinstance(p, str)]
+        if odd:
+            raise ValueError(f"{what}: prompts must be strings, one per image; got a {type(odd[0]).__name__} "
+                             f"({odd[0]!r})")
         if len(prompts) != images.shape[0]:
             raise ValueError(f"{what}: {images.shape[0]} images but {len(prompts)} prompts; give one prompt per image")
         batch = self.lm_collator()(prompts)
@@ -495,3 +501,10 @@ def load_processor(folder: Path, what: str) -> Any:
     except Exception as e:  # transformers raises many types here; name the folder and the fix
         raise ValueError(f"{what}: could not load the processor from {folder} ({e}); save it again with "
                          "processor.save_pretrained(DIR)") from e
+
+
+def _check_images(images: Any, what: str) -> None:
+    """A batch of images: a ``(B, C, H, W)`` tensor (one image ``(C, H, W)`` read its channels as the batch)."""
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"{what}: images must be a (B, C, H, W) tensor, got {got}; one image is images[None]")
