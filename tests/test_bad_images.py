@@ -381,3 +381,22 @@ def test_a_dark_16_bit_pgm_is_scaled_by_its_depth(tmp_path):
     dark = tmp_path / "dark_only.pgm"
     dark.write_bytes(b"P5\n2 2\n65535\n" + (200).to_bytes(2, "big") * 4)
     assert np.asarray(load_image(dark)).max() == 0   # 200 / 65535 of white, not 200 / 255
+
+
+def test_the_pass_report_counts_the_rows_of_the_batches_taken(images, caplog):
+    """The count at the end of a pass summed every row the workers replaced, batches made ahead that nobody
+    took included (4 and 5 reported where the batches taken held 3)."""
+    loader = MultiTaskLoader([_Kind()], [_split(images, NAMES)], _Backbone(), batch_size=3, steps=8,
+                             num_workers=2, pin_memory=False)
+    try:
+        it = iter(loader)
+        next(it)
+        del it   # the workers had made batches ahead
+        with caplog.at_level(logging.WARNING, logger="mtl_lora_vl.data.fallback"):
+            rest = list(loader)
+    finally:
+        loader.close()   # its workers ignore SIGTERM: a failed assertion here must not leave them waiting
+    taken = sum(b["replaced"].get("cls", 0) for b in rest)
+    said = [r.getMessage() for r in caplog.records if "used a substitute image" in r.getMessage()]
+    assert taken > 0 and said == [f"task 'cls': {taken} row(s) used a substitute image because 2 image(s) cannot "
+                                  "be decoded: " + ", ".join(str(images[n]) for n in ("truncated", "corrupt"))], said

@@ -183,9 +183,11 @@ class ImageFallback:
                          f"{ex.image_id!r}: {image_key(ex.image) or 'in-memory image'}"
                          f"{f'; last error: {last}' if last else ''}); check the data files")
 
-    def report(self) -> None:
-        """Log how many rows were replaced, if any (the main process calls this after a pass)."""
-        n = self.replaced
+    def report(self, n: int | None = None) -> None:
+        """Log how many rows were replaced, if any (the main process calls this after a pass). ``n``: the
+        replaced rows of the batches the pass consumed (default: every row replaced so far, batches that
+        workers made ahead and nobody took included)."""
+        n = self.replaced if n is None else n
         if n:
             files = self.failed_files()
             policy = _POLICY.get()

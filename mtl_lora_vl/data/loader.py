@@ -347,11 +347,13 @@ class MultiTaskLoader:
         if self.sampler.step != self.consumed:
             self.sampler.load_state_dict(self.sampler.state_dict(self.consumed))
         reseed_loader(self.generator, self.sampler.seed, self.sampler.rank, self.consumed)
+        replaced: Counter[str] = Counter()   # of the batches taken (workers may have made more ahead)
         for batch in self.loader:
             self.consumed += 1
+            replaced.update(batch.get("replaced") or {})
             yield batch
-        for d in self.datasets:
-            d.images.report()
+        for name, d in zip(self.task_names, self.datasets):
+            d.images.report(replaced[name])
 
     def close(self) -> None:
         """Stop the workers now. Persistent workers ignore SIGTERM (see :func:`ignore_stop_signals`), so after
