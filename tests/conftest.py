@@ -17,6 +17,25 @@ def _seed_and_one_thread():
     torch.set_num_threads(old)
 
 
+@pytest.fixture(autouse=True)
+def _close_loaders(monkeypatch):
+    """Stop the workers of every MultiTaskLoader a test made. They ignore SIGTERM, and a failed assertion keeps
+    its iterator alive in the traceback: the test run then waited for them forever at exit instead of failing."""
+    from mtl_lora_vl.data.loader import MultiTaskLoader
+
+    made = []
+    init = MultiTaskLoader.__init__
+
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(MultiTaskLoader, "__init__", recording_init)
+    yield
+    for loader in made:
+        loader.close()
+
+
 def tiny_open_clip(kind: str = "clip"):
     import open_clip
 
