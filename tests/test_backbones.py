@@ -458,6 +458,18 @@ def test_hf_clip_pools_text_at_the_end_token(tok_dir, tmp_path):
         torch.testing.assert_close(bb.encode_text(tokens), want)
 
 
+def test_a_truncated_hf_weights_file_is_named(tok_dir, tmp_path):
+    """safetensors' own error type (not an OSError/ValueError) ended the command with a traceback."""
+    from mtl_lora_vl.backbones.base import BackboneError
+
+    _save_tiny_hf_clip(tok_dir, tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(BackboneError, match=r"the weights of CLIPModel are unreadable \(SafetensorError: .*\); "
+                                            "re-create or re-download them"):
+        load_backbone(f"hf:{tmp_path}")
+
+
 def test_grad_checkpointing_switches_hf_clip_non_reentrant(tok_dir, tmp_path):
     _save_tiny_hf_clip(tok_dir, tmp_path)
     bb = load_backbone(f"hf:{tmp_path}")

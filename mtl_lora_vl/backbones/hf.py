@@ -101,8 +101,14 @@ def load_hf_weights(model_cls: type, folder: Path, dtype: torch.dtype) -> torch.
     that names the modules otherwise (the built-in LLaVA with transformers < 5.10.2: its vision tower) loaded
     as a model with a random part, silently."""
     with _loading_bars(not quiet() and interactive()):
-        model, info = model_cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype,
-                                                output_loading_info=True)
+        try:
+            model, info = model_cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype,
+                                                    output_loading_info=True)
+        except (OSError, ValueError, RuntimeError):
+            raise
+        except Exception as e:   # safetensors' own error type (a truncated or corrupt file) is none of those
+            raise BackboneError(f"{folder}: the weights of {model_cls.__name__} are unreadable ({type(e).__name__}: "
+                                f"{e}); re-create or re-download them") from e
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         import transformers
