@@ -18,7 +18,13 @@ from mtl_lora_vl.backbones import builtin_dir
 from mtl_lora_vl.backbones.builtin import builtin_llava_dir
 from mtl_lora_vl.benchmark import BenchSettings, run_benchmark
 from mtl_lora_vl.benchmark.cli import build_parser, settings_from_args
-from mtl_lora_vl.benchmark.grid import ablation_configs, count_runs, method_configs, pick_lr
+from mtl_lora_vl.benchmark.grid import (
+    ablation_configs,
+    count_runs,
+    method_configs,
+    pick_lr,
+    single_task_configs,
+)
 from mtl_lora_vl.benchmark.params import ParameterCounter
 from mtl_lora_vl.benchmark.specs import eval_subset_specs
 from mtl_lora_vl.benchmark.stats import paired_diff, summarize, t_quantile_975
@@ -179,6 +185,8 @@ def test_tiny_grid_resumes_and_reports(tmp_path, monkeypatch):
 
     # The report, the numbers and the plots.
     report = (out / "report.md").read_text()
+    # the specs' own val size (it said "150 scenes per built-in task", --val-n's, which a spec's n overrides)
+    assert "validation: vqa 8 scenes, retrieval 8 scenes (the same for every run)" in report
     assert report.startswith("# Method benchmark: vqa, retrieval")
     for heading in ("## Findings", "## Methods", "## Paired difference to mtl_lora r=8", "## Interference",
                     "## MTL-LoRA ablations", "## Learning-rate tuning", "## Budget and protocol"):
@@ -437,3 +445,56 @@ def test_abbreviated_flags_are_refused_with_the_option_they_are_close_to(tmp_pat
     assert e.value.code == 2 and not (tmp_path / "b").exists()
     assert ("unrecognized arguments: --seed (did you mean --seeds?) 3 --lr (did you mean --lr-grid?) 1e-3"
             in capsys.readouterr().err)
+
+
+def test_grid_settings_that_would_run_less_than_they_say_are_refused(tmp_path):
+    """'vqa,vqa' (or a spec file named like a built-in task) benchmarked one task; '--methods ,' trained the
+    zero-shot run, then failed in fmean; 'lora,lora' reported 7 runs of 5; two rates equal to 6 digits shared
+    one run folder (the second never trained); a bad --backbone left settings.json, so the fixed command was
+    refused as 'a grid with other settings'."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    vqa = _small_spec(specs, "vqa")
+    for settings, message in [
+        (BenchSettings(tasks=[vqa, "vqa"], device="cpu"), r"task\(s\) \['vqa'\] are named more than once"),
+        (BenchSettings(tasks=[vqa], methods=[], ablations={}, device="cpu"), "--methods names no method"),
+        (BenchSettings(tasks=[vqa], methods=["lora", "lora", "mtl_lora"], device="cpu"),
+         r"--methods names \['lora'\] more than once"),
+        (BenchSettings(tasks=[vqa], lr_grid=[0.0031622776, 0.00316227766], device="cpu"),
+         r"are one rate to 6 significant digits \(\['0.00316228'\]\)"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            run_benchmark(settings, tmp_path / "out", trainer=None)
+        assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="builtin-typo"):
+        run_benchmark(BenchSettings(tasks=[vqa], backbone="builtin-typo", device="cpu"), tmp_path / "out",
+                      trainer=None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_single_task_batch_is_the_task_s_rows_in_a_joint_batch(tmp_path):
+    """The single-task reference's batch came from the sampling probabilities, but a joint batch floors a
+    small task's share at one row and shrinks the others: with 400 and 1 training rows at batch 8, the large
+    task trained alone on 8 rows a step where a joint batch gives it 7."""
+    from PIL import Image
+
+    from mtl_lora_vl.benchmark.specs import joint_shares
+    from mtl_lora_vl.data.sampler import MultiTaskBatchSampler
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    args = {}
+    for name, n in (("big", 400), ("small", 1)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"image": "a.png", "label": f"c{i % 2}"}) + "\n"
+                                                        for i in range(n)))
+        spec = tmp_path / f"{name}.toml"
+        spec.write_text(f'name = "{name}"\nkind = "classification"\ntemplates = ["a {{}}."]\n[data]\n'
+                        f'format = "jsonl"\n[data.train]\nfile = "{name}.jsonl"\n[data.val]\nfile = "{name}.jsonl"\n')
+        args[name] = str(spec)
+    shares = joint_shares(args, 8, str(tmp_path))
+    d = TrainOptions()
+    sampler = MultiTaskBatchSampler([400, 1], 8, strategy=d.sampling, temperature=d.sampling_temperature,
+                                    mode=d.batch_mode, seed=0, steps=400)
+    rows = [sum(t == 0 for t, _ in batch) for batch in sampler]
+    assert sum(rows) / len(rows) == pytest.approx(8 * shares["big"], abs=0.05)
+    singles = single_task_configs(list(args), 8, shares)
+    assert [c.batch_size for c in singles] == [7, 1]

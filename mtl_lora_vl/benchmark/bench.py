@@ -69,7 +69,13 @@ def grid_identity(settings: BenchSettings, specs: list[TaskSpec]) -> dict[str, A
 
 def check_splits(specs: list[TaskSpec]) -> None:
     """Refuse tasks without both a val and a test split: learning rates are chosen on val and results
-    reported on test, and a missing test split would be scored on val -- the split the choice was made on."""
+    reported on test, and a missing test split would be scored on val -- the split the choice was made on.
+    And a task named twice (one would replace the other: a grid of fewer tasks, silently)."""
+    names = [s.name for s in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"--tasks: task(s) {twice} are named more than once; name each task once (a spec file's "
+                         "`name = ...` tells it from the built-in task)")
     for spec in specs:
         missing = [s for s in ("val", "test") if s not in spec.data.splits]
         if missing:
@@ -78,6 +84,16 @@ def check_splits(specs: list[TaskSpec]) -> None:
                 f"{where}: the benchmark needs a val split (to choose learning rates) and a test split (to report "
                 f"on), but this spec has no {' and no '.join(missing)} split; add a [data.{missing[0]}] table "
                 "(e.g. hold out part of the training files) so that no split both tunes and reports")
+
+
+def _val_scenes(task_args: dict[str, str]) -> dict[str, int | None]:
+    """Each task's validation scenes as its run spec sets them (a built-in-world task; None: the world's
+    default size, or a task reading files, whose val split is what the files hold)."""
+    out: dict[str, int | None] = {}
+    for task, arg in task_args.items():
+        spec = load_spec(arg)
+        out[task] = spec.data.splits.get("val", {}).get("n") if spec.data.source == "builtin" else None
+    return out
 
 
 def _check_settings(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
@@ -136,14 +152,14 @@ def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer 
     stream = stream if stream is not None else sys.stdout
     specs = [load_spec(task) for task in settings.tasks]
     check_splits(specs)
+    counter = ParameterCounter(settings.backbone, settings.pretrained)
+    ranks = plan_ranks(settings, counter, len(specs))   # (a base model that does not load: refused, nothing written)
     _check_settings(out, grid_identity(settings, specs), overwrite)
     task_args = eval_subset_specs(settings.tasks, out / "specs", {"val": settings.val_n, "test": settings.test_n})
     tasks = list(task_args)
-    counter = ParameterCounter(settings.backbone, settings.pretrained)
-    ranks = plan_ranks(settings, counter, len(tasks))
     methods = method_configs(settings, tasks, {m: v["matched"] for m, v in ranks.items() if "matched" in v})
     reference = reference_config(methods)
-    singles = (single_task_configs(tasks, settings.batch_size, joint_shares(task_args, settings.data_root))
+    singles = (single_task_configs(tasks, settings.batch_size, joint_shares(task_args, settings.batch_size, settings.data_root))
                if settings.single_task and len(tasks) > 1 else [])
     ablations = ablation_configs(settings, tasks) if reference else []
     tuned = methods + singles
@@ -178,7 +194,7 @@ def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer 
     results.update(
         settings=asdict(settings), threads=threads or torch.get_num_threads(), head_lr=TrainOptions().head_lr,
         ranks=ranks, runs_total=total, runs=sorted(unique.values(), key=lambda r: r["key"]),
-        eval={"test": zs["eval_n"], "val_scenes": settings.val_n},
+        eval={"test": zs["eval_n"], "val_scenes": _val_scenes(task_args)},
         wall_s=time.perf_counter() - started,
         mean_run_s=statistics.fmean(r["wall_s"] for r in unique.values() if r["group"] != "zero_shot"),
         mean_run_cpu_s=statistics.fmean(r.get("cpu_s", r["wall_s"]) for r in unique.values()

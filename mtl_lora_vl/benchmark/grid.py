@@ -78,6 +78,16 @@ class BenchSettings:
                              "--methods or turn ablations off")
         if self.seeds < 1 or self.steps < 1 or self.batch_size < 1 or not self.lr_grid:
             raise ValueError("seeds, steps and batch size must be >= 1 and the learning-rate grid non-empty")
+        if not self.methods:
+            raise ValueError(f"--methods names no method; choose from {list(METHODS)}")
+        twice = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if twice:
+            raise ValueError(f"--methods names {twice} more than once; name each method once")
+        keys = [f"{lr:g}" for lr in self.lr_grid]   # a run's folder and the reports name a rate so
+        same = sorted({k for k in keys if keys.count(k) > 1})
+        if same:
+            raise ValueError(f"--lr-grid: rates {[lr for lr in self.lr_grid if f'{lr:g}' in same]} are one rate to "
+                             f"6 significant digits ({same}): their runs would share a folder; give distinct rates")
         bad_lr = [lr for lr in self.lr_grid if not (isinstance(lr, (int, float)) and 0 < lr < float("inf"))]
         if bad_lr:   # the trainer refused them only after the first runs' set-up, with --lr in the message
             raise ValueError(f"--lr-grid: every learning rate must be a finite number > 0, got {bad_lr}")

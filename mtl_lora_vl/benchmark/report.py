@@ -115,8 +115,8 @@ def render(r: dict[str, Any]) -> str:
     lines += [f"## Methods (test split, {s['seeds']} seeds)", "", *_table(head, rows)]
     if r["single_task"]:
         lines += [f"The single-task reference trains `lora` on one task alone for the same {s['steps']} steps at "
-                  f"batch {batches} -- its task's share of a joint batch of {s['batch_size']} -- so it sees as many "
-                  "examples of its task as a joint run; joint minus single-task then measures what sharing the "
+                  f"batch {batches} -- its task's share of the rows of a joint batch of {s['batch_size']}, rounded -- so it "
+                  "sees as many examples of its task as a joint run; joint minus single-task then measures what sharing the "
                   "adapter costs, not the extra data a full batch of one task would give.", ""]
 
     if r["paired_vs_reference"]:
@@ -183,8 +183,7 @@ def render(r: dict[str, Any]) -> str:
               f"{s['warmup']} warm-up steps then cosine decay; precision {s['precision']}, device {s['device']}, "
               f"{r['threads']} thread(s).",
               f"- Test examples per task: {', '.join(f'{t} {n:,}' for t, n in ev['test'].items())}; validation: "
-              f"{ev['val_scenes'] or 'all'} scenes per built-in task (subsets of the built-in world's splits, the "
-              "same for every run); the zero-shot score is computed once.",
+              f"{_val_text(ev['val_scenes'])} (the same for every run); the zero-shot score is computed once.",
               f"- Seeds {', '.join(str(x) for x in range(s['seeds']))}; a seed fixes the data order and the "
               "adapter initialisation, so the paired differences compare methods on identical batches.",
               f"- Measured: {r['mean_run_s']:.0f} s wall and {r['mean_run_cpu_s']:.0f} s CPU per run on average "
@@ -229,3 +228,10 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     path = out / "report.md"
     path.write_text(render(results))
     return path
+
+
+def _val_text(scenes: dict[str, int | None] | int | None) -> str:
+    """The validation size of each task (results.json before it was per task: one number for every task)."""
+    if not isinstance(scenes, dict):
+        return f"{scenes or 'all'} scenes per built-in task (subsets of the built-in world's splits)"
+    return ", ".join(f"{t} {'all' if n is None else f'{n:,} scenes'}" for t, n in scenes.items())

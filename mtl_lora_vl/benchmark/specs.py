@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..data.sampler import task_probabilities
+from ..data.sampler import MultiTaskBatchSampler
 from ..options import TrainOptions
 from ..tasks import load_spec
 
@@ -47,9 +47,12 @@ def eval_subset_specs(tasks: list[str], out_dir: Path, sizes: dict[str, int | No
     return result
 
 
-def joint_shares(task_args: dict[str, str], data_root: str | None = None) -> dict[str, float]:
-    """Each task's share of the samples of a joint run (the trainer's default sampling over the training
-    split sizes); a single-task reference with batch ``B * share`` sees as many examples of its task."""
+def joint_shares(task_args: dict[str, str], batch_size: int, data_root: str | None = None) -> dict[str, float]:
+    """Each task's share of the rows of a joint run's batches of ``batch_size`` (the trainer's default sampler
+    over the training split sizes, small tasks' shares floored at one row a batch); a single-task reference
+    with batch ``B * share`` sees as many examples of its task."""
     d = TrainOptions()
     sizes = [len(load_spec(arg).load_split("train", data_root).examples) for arg in task_args.values()]
-    return dict(zip(task_args, task_probabilities(sizes, d.sampling, d.sampling_temperature)))
+    sampler = MultiTaskBatchSampler(sizes, batch_size, strategy=d.sampling, temperature=d.sampling_temperature,
+                                    mode=d.batch_mode)
+    return dict(zip(task_args, sampler.shares))
