@@ -694,3 +694,45 @@ def test_a_tokenizer_folder_without_tokenizer_files_is_refused(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "clip"}')
     with pytest.raises(ValueError, match=r"has no tokenizer files for m \(tokenizer.json"):
         load_hf_tokenizer(tmp_path, 77, "m")
+
+
+@pytest.mark.parametrize("kwargs", [{"clean": "canonicalize"}, {"strip_sep_token": True}, None])
+def test_an_open_clip_directory_tokenizes_as_open_clip_does(tmp_path, kwargs):
+    """text_cfg.tokenizer_kwargs (SigLIP's clean = canonicalize, CLIPA's strip_sep_token) were not read: 'A Red,
+    cube.' gave other ids than open_clip's tokenizer (text embeddings at cosine 0.87); and a folder whose
+    tokenizer is a vocab.txt was refused as needing a download."""
+    import open_clip
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers import models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "red", "cube", ".", ",", "A", "Red", "photo", "of"]
+    vocab = {w: i for i, w in enumerate(words)}
+    rust = RustTokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    rust.pre_tokenizer = pre_tokenizers.Whitespace()
+    rust.post_processor = processors.BertProcessing(("[SEP]", 3), ("[CLS]", 2))
+    PreTrainedTokenizerFast(tokenizer_object=rust, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                            sep_token="[SEP]").save_pretrained(tmp_path)
+    text_cfg = {"context_length": 8, "vocab_size": 32, "width": 32, "heads": 2, "layers": 1,
+                "hf_tokenizer_name": str(tmp_path), "no_causal_mask": True, "pool_type": "last"}
+    if kwargs:
+        text_cfg["tokenizer_kwargs"] = kwargs
+    cfg = {"model_cfg": {"embed_dim": 16, "custom_text": True, "text_cfg": text_cfg,
+                         "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
+                                        "head_width": 16}}, "preprocess_cfg": {}}
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
+    model = build_open_clip(cfg, tokenizer_dir=tmp_path).model
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "open_clip_model.safetensors"))
+    bb = load_backbone(f"open_clip:{tmp_path}")
+    texts = ["A Red, cube.", "  a   photo of a red cube "]
+    assert bb.tokenizer(texts).tolist() == open_clip.get_tokenizer(f"local-dir:{tmp_path}")(texts).tolist()
+    if kwargs is None:   # a vocab.txt folder (no tokenizer.json) is this folder's tokenizer too
+        (tmp_path / "tokenizer.json").unlink()
+        (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer"}))
+        assert load_backbone(f"open_clip:{tmp_path}").tokenizer(["a red cube"])[0, :5].tolist() == [2, 4, 5, 6, 3]
+    cfg["model_cfg"]["text_cfg"]["tokenizer_mode"] = "clips"
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"its tokenizer settings \['tokenizer_mode'\] are not reproduced here"):
+        load_backbone(f"open_clip:{tmp_path}")

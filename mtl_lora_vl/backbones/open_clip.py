@@ -41,6 +41,7 @@ from .coca_decoding import CoCaStepper, supports_kv_cache
 from .offline import offline
 from .spec import SPEC_FORMS, BackboneSpec
 from .tokenizers import (
+    TOKENIZER_FILES,
     HFTokenizer,
     OpenClipBPETokenizer,
     Tokenizer,
@@ -188,7 +189,7 @@ def _tokenizer(model_cfg: dict, tokenizer_dir: str | os.PathLike | None, name: s
         if (tdir / "tokenizer.json").is_file() and is_word_tokenizer(tdir):
             tok: Tokenizer = WordTokenizer(tdir, context_length)
         else:
-            tok = load_hf_tokenizer(tdir, context_length, name)
+            tok = load_hf_tokenizer(tdir, context_length, name, **_hf_tokenizer_options(text_cfg, name))
         if tok.vocab_size > vocab_size:
             raise ValueError(
                 f"tokenizer in {tdir} has {tok.vocab_size} tokens but model {name} embeds only {vocab_size}; "
@@ -206,6 +207,27 @@ def _tokenizer(model_cfg: dict, tokenizer_dir: str | os.PathLike | None, name: s
     from open_clip.tokenizer import SimpleTokenizer
 
     return OpenClipBPETokenizer(SimpleTokenizer(context_length=context_length), context_length)
+
+
+def _hf_tokenizer_options(text_cfg: dict, name: str) -> dict[str, Any]:
+    """What open_clip's own ``HFTokenizer`` does with the config's ``tokenizer_kwargs``: its text cleaning
+    (``clean``, whitespace by default) and ``strip_sep_token``; a ``tokenizer_mode`` it is refused."""
+    from open_clip.tokenizer import get_clean_fn
+
+    kwargs = text_cfg.get("tokenizer_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"open_clip model {name}: text_cfg.tokenizer_kwargs must be a table, got {kwargs!r}")
+    unknown = sorted(set(kwargs) - {"clean", "strip_sep_token"})
+    mode = text_cfg.get("tokenizer_mode") or kwargs.get("tokenizer_mode")
+    if unknown or mode:
+        raise ValueError(f"open_clip model {name}: its tokenizer settings {unknown or ['tokenizer_mode']} are not "
+                         "reproduced here (only clean and strip_sep_token are); its text would be tokenized otherwise "
+                         "than open_clip does")
+    clean = kwargs.get("clean", "whitespace")
+    if clean not in ("canonicalize", "lower", "whitespace"):
+        raise ValueError(f"open_clip model {name}: tokenizer_kwargs.clean = {clean!r}; open_clip knows "
+                         "'canonicalize', 'lower' and 'whitespace'")
+    return {"clean": get_clean_fn(clean), "strip_sep": bool(kwargs.get("strip_sep_token", False))}
 
 
 def _check_pooling(model_cfg: dict, tokenizer: Tokenizer, name: str) -> None:
@@ -357,7 +379,7 @@ def _load_dir(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackbon
         config = json.loads(config_path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{config_path} is not valid JSON ({e}); fix or re-create the file") from None
-    tokenizer_dir = local if (local / "tokenizer.json").is_file() or (local / "vocab.json").is_file() else None
+    tokenizer_dir = local if any((local / f).is_file() for f in TOKENIZER_FILES) else None
     ckpt = _find_checkpoint_in_dir(local)
     if ckpt is None:
         raise FileNotFoundError(f"no weights (*.safetensors, *.bin, *.pth) found in {local}")

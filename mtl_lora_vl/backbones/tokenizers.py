@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -206,11 +206,16 @@ class OpenClipBPETokenizer:
 
 
 class HFTokenizer:
-    """A ``transformers`` tokenizer (local directory) as a fixed-length CLIP-style callable."""
+    """A ``transformers`` tokenizer (local directory) as a fixed-length CLIP-style callable. ``clean`` and
+    ``strip_sep``: an open_clip model's ``tokenizer_kwargs`` (its text cleaning; separator tokens written as 0),
+    so that its text tower reads the ids open_clip's own tokenizer gives it."""
 
-    def __init__(self, tok: Any, context_length: int) -> None:
+    def __init__(self, tok: Any, context_length: int, clean: Callable[[str], str] | None = None,
+                 strip_sep: bool = False) -> None:
         self._tok = tok
         self.context_length = int(context_length)
+        self.clean = clean
+        self.strip_sep = strip_sep
         end = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
         if end is None:  # text embeddings pool at the end token and captions stop at it
             raise ValueError(f"the tokenizer {getattr(tok, 'name_or_path', '') or type(tok).__name__} has neither an "
@@ -225,7 +230,8 @@ class HFTokenizer:
         if isinstance(texts, str):
             texts = [texts]
         length = int(context_length or self.context_length)
-        rows = self._tok(list(texts), truncation=True, max_length=length)["input_ids"]
+        texts = [self.clean(t) for t in texts] if self.clean is not None else list(texts)
+        rows = self._tok(texts, truncation=True, max_length=length)["input_ids"]
         out = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
         for i, ids in enumerate(rows):
             # Every row ends in the end token (pooling and teacher forcing read it), right after its last
@@ -233,6 +239,9 @@ class HFTokenizer:
             # out; padding on the right, whichever side the tokenizer pads.
             body = list(ids[:-1] if ids and ids[-1] == self.eos_id else ids)[:length - 1]
             out[i, :len(body) + 1] = torch.tensor([*body, self.eos_id])
+        sep = self._tok.sep_token_id
+        if self.strip_sep and sep is not None:
+            out[out == sep] = 0
         return out
 
     def decode(self, token_ids: Sequence[int] | Tensor) -> str:
@@ -241,17 +250,18 @@ class HFTokenizer:
 
 
 #: Files one of which a ``transformers`` tokenizer folder holds (fast, BPE, WordPiece, SentencePiece vocabularies).
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model",
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model",
                     "sentencepiece.bpe.model")
 
 
-def load_hf_tokenizer(tdir: Path, context_length: int, name: str) -> HFTokenizer:
+def load_hf_tokenizer(tdir: Path, context_length: int, name: str, clean: Callable[[str], str] | None = None,
+                      strip_sep: bool = False) -> HFTokenizer:
     """A local ``transformers`` tokenizer directory as an :class:`HFTokenizer` (``local_files_only``)."""
     if not tdir.is_dir():
         raise FileNotFoundError(f"tokenizer directory {tdir} for {name} does not exist")
-    if not any((tdir / f).is_file() for f in _TOKENIZER_FILES):
+    if not any((tdir / f).is_file() for f in TOKENIZER_FILES):
         # transformers 5 builds an empty tokenizer (2 tokens) from config.json alone: every text would be "<unk>"
-        raise ValueError(f"{tdir} has no tokenizer files for {name} ({', '.join(_TOKENIZER_FILES)}); save them beside "
+        raise ValueError(f"{tdir} has no tokenizer files for {name} ({', '.join(TOKENIZER_FILES)}); save them beside "
                          "the model with tokenizer.save_pretrained(DIR)")
     from transformers import AutoTokenizer
 
@@ -262,4 +272,4 @@ def load_hf_tokenizer(tdir: Path, context_length: int, name: str) -> HFTokenizer
             f"could not load a tokenizer from {tdir} for {name}: {e}. The folder needs the tokenizer "
             "files saved by tokenizer.save_pretrained (tokenizer.json or vocab.json + merges.txt)"
         ) from e
-    return HFTokenizer(tok, context_length)
+    return HFTokenizer(tok, context_length, clean, strip_sep)
