@@ -193,6 +193,14 @@ def test_open_clip_local_dir_round_trip(tok_dir, tmp_path):
     tokens = again.tokenizer(["a red circle"])
     assert again.mean == (0.5, 0.5, 0.5)
     assert torch.allclose(again.encode_text(tokens), bb.encode_text(tokens), atol=1e-6)
+    # A config open_clip cannot build was a TypeError / AttributeError traceback that named no file
+    cfg = _clip_cfg(tok.vocab_size)
+    for model_cfg, error in [({**cfg, "vision_cfg": {**cfg["vision_cfg"], "layer": 2}}, "'layer'"),
+                             ({**cfg, "text_cfg": [1]}, "AttributeError"), (None, "NoneType")]:
+        (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
+        with pytest.raises(ValueError, match=r"open_clip_config.json: does not describe an open_clip model \(.*"
+                                             f"{error}"):
+            load_backbone(f"open_clip:{tmp_path}")
 
 
 def test_an_open_clip_dir_with_a_hub_text_tower_is_refused_with_what_works(tok_dir, tmp_path):

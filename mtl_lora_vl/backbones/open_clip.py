@@ -383,7 +383,11 @@ def _load_dir(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackbon
     ckpt = _find_checkpoint_in_dir(local)
     if ckpt is None:
         raise FileNotFoundError(f"no weights (*.safetensors, *.bin, *.pth) found in {local}")
-    return _from_files(config, tokenizer_dir, Path(ckpt), spec.label, spec.label, device)
+    try:
+        return _from_files(config, tokenizer_dir, Path(ckpt), spec.label, spec.label, device)
+    except (TypeError, AttributeError, KeyError) as e:   # a key open_clip's config classes do not take, a list
+        raise ValueError(f"{config_path}: does not describe an open_clip model ({type(e).__name__}: {e}); "
+                         "compare its keys with open_clip's model configs (open_clip/model_configs/*.json)") from e
 
 
 def _load_named(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackbone:
