@@ -690,3 +690,31 @@ def test_a_custom_target_of_unknown_layout_in_a_sequence_first_model_is_warned_a
         warnings.simplefilter("always")
         mlv.attach(BatchFirst(), mlv.MTLLoRAConfig(tasks=["a", "b"], targets=targets))
     assert not any("batch-first" in str(w.message) for w in seen)
+
+
+def test_targets_that_name_what_cannot_be_adapted_are_warned_about():
+    """open_clip blocks with qk_norm (its own Attention class: neither a Linear nor a MultiheadAttention) got
+    adapters on their MLPs only, silently; qkv_slices='qv' adapted a Phi-3 LLaVA's packed qkv_proj whole (k
+    too), silently."""
+    import open_clip
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, Phi3Config
+
+    model = open_clip.CLIP(embed_dim=32, vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=8,
+                                                         head_width=16, qk_norm=True),
+                           text_cfg=dict(context_length=12, vocab_size=64, width=32, heads=2, layers=1))
+    with pytest.warns(UserWarning, match=r"1 module\(s\) that the targets name are neither nn.Linear nor "
+                                         r"nn.MultiheadAttention and get no adapter \(e.g. "
+                                         r"'visual.transformer.resblocks.0.attn', class Attention\)"):
+        mlv.attach(model, mlv.MTLLoRAConfig(tasks=TASKS))
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=32, patch_size=8)
+    text = Phi3Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)
+    llava = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_index=95,
+                                                      vision_feature_layer=-1))
+    with pytest.warns(UserWarning, match=r"qkv_slices='qv' does not apply to 1 packed q/k/v layer\(s\) \(e.g. "
+                                         r"'model.language_model.layers.0.self_attn.qkv_proj'\)"):
+        mlv.attach(llava, mlv.MTLLoRAConfig(tasks=TASKS, qkv_slices="qv"))
+    with warnings.catch_warnings():   # the family's own projections, every slice: nothing to say
+        warnings.simplefilter("error")
+        mlv.attach(LlavaForConditionalGeneration(llava.config), mlv.MTLLoRAConfig(tasks=TASKS))

@@ -89,14 +89,17 @@ def select_targets(model: nn.Module, cfg: MTLLoRAConfig,
     chosen: list[tuple[str, nn.Module, str, tuple[bool, ...] | None]] = []
     covered: list[str] = []
     both: list[str] = []   # custom targets: modules that more than one tower's regexes match
+    other: list[tuple[str, str]] = []   # modules the targets name that are neither kind (no adapter)
     for name, module in model.named_modules():
         if any(name.startswith(c + ".") for c in covered):
             continue  # inside a MultiheadAttention already taken whole
-        if not isinstance(module, (nn.Linear, nn.MultiheadAttention)):
-            continue
+        supported = isinstance(module, (nn.Linear, nn.MultiheadAttention))
         towers = [t for t in TOWERS if any(re.search(p, name) for p in targets.get(t, ()))]
         tower = towers[0] if towers else None
         if tower is None or any(re.search(p, name) for p in unused):
+            continue
+        if not supported:
+            other.append((name, type(module).__name__))
             continue
         if len(towers) > 1:
             both.append(name)
@@ -110,6 +113,16 @@ def select_targets(model: nn.Module, cfg: MTLLoRAConfig,
         chosen.append((name, module, tower, slices))
         if isinstance(module, nn.MultiheadAttention):
             covered.append(name)
+    other = [(n, c) for n, c in other if n and not any(m.startswith(n + ".") for m, _, _, _ in chosen)]
+    if other and warn_overlap:   # e.g. open_clip's own Attention (qk_norm, scaled_cosine_attn, scale_heads blocks)
+        warn_user(f"attach: {len(other)} module(s) that the targets name are neither nn.Linear nor "
+                  f"nn.MultiheadAttention and get no adapter (e.g. {other[0][0]!r}, class {other[0][1]}); name the linear "
+                  "layers inside them in targets to adapt them")
+    whole = [n for n, m, _, sl in chosen if isinstance(m, nn.Linear) and sl is None and re.search(r"qkv(_proj)?$", n)]
+    if whole and cfg.qkv_slices != "qkv" and warn_overlap:
+        warn_user(f"attach: qkv_slices={cfg.qkv_slices!r} does not apply to {len(whole)} packed q/k/v layer(s) "
+                  f"(e.g. {whole[0]!r}), which this model family adapts whole (its q, k and v parts may differ in "
+                  "size, as with grouped-query attention): every part of them is adapted")
     if both and warn_overlap:
         warn_user(f"attach: {len(both)} module(s) match the target regexes of more than one tower (e.g. "
                       f"{both[0]!r}); each is counted in the first tower, {TOWERS[0]!r}. The regexes are searched in "
