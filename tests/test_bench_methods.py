@@ -498,3 +498,29 @@ def test_the_single_task_batch_is_the_task_s_rows_in_a_joint_batch(tmp_path):
     assert sum(rows) / len(rows) == pytest.approx(8 * shares["big"], abs=0.05)
     singles = single_task_configs(list(args), 8, shares)
     assert [c.batch_size for c in singles] == [7, 1]
+
+
+@needs_builtin
+def test_a_grid_is_not_resumed_on_other_base_weights(tmp_path):
+    """The grid's identity named --pretrained by its path only: weights rewritten there (pretrain_backbone.py
+    run again) were resumed into the grid, old and new runs mixed in one report."""
+    import shutil
+
+    from mtl_lora_vl.benchmark.bench import BenchDirError, _check_settings, grid_identity
+
+    weights = tmp_path / "w.safetensors"
+    shutil.copy(builtin_dir() / "model.safetensors", weights)
+    settings = BenchSettings(tasks=["vqa"], pretrained=str(weights), device="cpu")
+    specs = [load_spec("vqa")]
+    out = tmp_path / "grid"
+    _check_settings(out, grid_identity(settings, specs), overwrite=False)
+    _check_settings(out, grid_identity(settings, specs), overwrite=False)      # the same weights: resumed
+    data = bytearray(weights.read_bytes())
+    data[-100:] = bytes(100)   # other values, same size and path
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BenchDirError, match=r"holds a grid with other settings \(base_sha256 differ\)"):
+        _check_settings(out, grid_identity(settings, specs), overwrite=False)
+    old = json.loads((out / "settings.json").read_text())   # a grid begun before weights were fingerprinted
+    del old["base_sha256"]
+    (out / "settings.json").write_text(json.dumps(old))
+    _check_settings(out, grid_identity(settings, specs), overwrite=False)

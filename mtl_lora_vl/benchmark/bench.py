@@ -21,6 +21,8 @@ from typing import Any, TextIO
 
 import torch
 
+from ..backbones import builtin_dir
+from ..backbones.spec import parse_spec
 from ..distributed import pick_device
 from ..io.atomic import holds
 from ..options import TrainOptions
@@ -63,8 +65,37 @@ def grid_identity(settings: BenchSettings, specs: list[TaskSpec]) -> dict[str, A
     for task, spec in zip(settings.tasks, specs):
         text = Path(spec.source_file).read_bytes() if spec.source_file else task.encode()
         texts[spec.name] = hashlib.sha256(text).hexdigest()[:16]
-    return {**settings.identity(), "spec_sha256": texts,
+    return {**settings.identity(), "spec_sha256": texts, "base_sha256": base_fingerprint(settings),
             "runtime": {"device": device.type, "autocast": str(resolve_precision(settings.precision, device))}}
+
+
+_WEIGHTS = (".safetensors", ".bin", ".pth", ".pt")
+
+
+def base_fingerprint(settings: BenchSettings) -> dict[str, str]:
+    """{file: digest} of the base model's weight files (``--pretrained``, else the backbone's folder): weights
+    rewritten at the same path (``pretrain_backbone.py`` run again) must not be resumed into one grid. The
+    digest reads a file's size and its first and last MiB: quick on a 14 GB file, and any retrained weights
+    differ there."""
+    pre = Path(settings.pretrained).expanduser() if settings.pretrained else None
+    if pre is not None and pre.is_file():
+        files = [pre]
+    else:
+        try:
+            spec = parse_spec(settings.backbone, settings.pretrained)
+        except (ValueError, OSError):
+            return {}
+        folder = builtin_dir() if spec.kind == "builtin" else spec.path
+        files = sorted(f for f in folder.iterdir() if f.suffix in _WEIGHTS) if folder and folder.is_dir() else []
+    out = {}
+    for f in files:
+        h = hashlib.sha256(str(f.stat().st_size).encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            fh.seek(max(0, f.stat().st_size - (1 << 20)))
+            h.update(fh.read(1 << 20))
+        out[f.name] = h.hexdigest()[:16]
+    return out
 
 
 def check_splits(specs: list[TaskSpec]) -> None:
@@ -121,6 +152,8 @@ def _check_settings(out: Path, identity: dict[str, Any], overwrite: bool) -> Non
     if path.is_file():
         old = json.loads(path.read_text())
         new = json.loads(json.dumps(identity))
+        if "base_sha256" not in old:   # a grid begun before the weights were fingerprinted
+            new.pop("base_sha256", None)
         if old != new:
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise BenchDirError(f"--out {out}: holds a grid with other settings ({', '.join(changed)} differ); "
