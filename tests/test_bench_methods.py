@@ -524,3 +524,25 @@ def test_a_grid_is_not_resumed_on_other_base_weights(tmp_path):
     del old["base_sha256"]
     (out / "settings.json").write_text(json.dumps(old))
     _check_settings(out, grid_identity(settings, specs), overwrite=False)
+
+
+def test_a_grid_folder_in_use_is_refused(tmp_path):
+    """A second bench on the same --out took the first one's unfinished runs for killed ones and deleted them
+    under it."""
+    import os
+
+    from mtl_lora_vl.benchmark.bench import BenchDirError, grid_lock
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    settings = BenchSettings(tasks=[_small_spec(specs, "vqa")], methods=["mtl_lora"], device="cpu")
+    out = tmp_path / "grid"
+    out.mkdir()
+    (out / "settings.json").write_text("{}")
+    with grid_lock(out):   # (flock: a second open file description conflicts, in this process too)
+        for overwrite in (False, True):
+            with pytest.raises(BenchDirError, match=rf"another benchmark is running in it \(process {os.getpid()}\)"):
+                run_benchmark(settings, out, trainer=None, overwrite=overwrite)
+        assert (out / "settings.json").read_text() == "{}"
+    with pytest.raises(Exception, match="holds a grid with other settings"):   # free again (a stale file is too)
+        run_benchmark(settings, out, trainer=None)

@@ -8,6 +8,7 @@ the MTL-LoRA ablations at MTL-LoRA's picked rate, every seed. A killed grid reru
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
@@ -117,6 +119,44 @@ def check_splits(specs: list[TaskSpec]) -> None:
                 "(e.g. hold out part of the training files) so that no split both tunes and reports")
 
 
+_LOCK = ".lock"
+
+
+def check_unlocked(out: Path) -> None:
+    """Refuse ``out`` while another process runs a grid in it: its folders of unfinished runs would be taken
+    for killed runs and deleted under it (and ``--overwrite`` would delete the whole grid)."""
+    lock = out / _LOCK
+    if lock.is_file():
+        with grid_lock(out):   # raises while held; a lock file a killed process left behind is free
+            pass
+
+
+@contextlib.contextmanager
+def grid_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.lock`` (an advisory ``flock``, released when this process ends, however it ends) while the
+    grid runs; a second process is refused instead of sharing the folder."""
+    try:
+        import fcntl
+    except ImportError:   # not POSIX: no lock (one grid per folder is then the user's to keep)
+        yield
+        return
+    with open(out / _LOCK, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            raise BenchDirError(f"--out {out}: another benchmark is running in it (process {fh.read().strip() or '?'}"
+                                "); wait for it to finish, or stop it, then rerun to resume the grid") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _val_scenes(task_args: dict[str, str]) -> dict[str, int | None]:
     """Each task's validation scenes as its run spec sets them (a built-in-world task; None: the world's
     default size, or a task reading files, whose val split is what the files hold)."""
@@ -187,7 +227,14 @@ def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer 
     check_splits(specs)
     counter = ParameterCounter(settings.backbone, settings.pretrained)
     ranks = plan_ranks(settings, counter, len(specs))   # (a base model that does not load: refused, nothing written)
+    check_unlocked(out)
     _check_settings(out, grid_identity(settings, specs), overwrite)
+    with grid_lock(out):
+        return _run_grid(settings, out, counter, ranks, trainer, threads, stream)
+
+
+def _run_grid(settings: BenchSettings, out: Path, counter: ParameterCounter, ranks: dict[str, dict[str, int]],
+              trainer: Trainer, threads: int | None, stream: TextIO) -> dict[str, Any]:
     task_args = eval_subset_specs(settings.tasks, out / "specs", {"val": settings.val_n, "test": settings.test_n})
     tasks = list(task_args)
     methods = method_configs(settings, tasks, {m: v["matched"] for m, v in ranks.items() if "matched" in v})
