@@ -744,3 +744,14 @@ def test_an_open_clip_directory_tokenizes_as_open_clip_does(tmp_path, kwargs):
     (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=r"its tokenizer settings \['tokenizer_mode'\] are not reproduced here"):
         load_backbone(f"open_clip:{tmp_path}")
+
+
+def test_a_config_with_only_a_model_type_names_the_generating_class(tmp_path):
+    """A config.json with model_type "llava" and no architectures was read as the bare LlavaModel, refused as
+    "not a model family"."""
+    from mtl_lora_vl.backbones.hf import hf_model_class
+
+    for model_type, name in (("llava", "LlavaForConditionalGeneration"), ("clip", "CLIPModel"),
+                             ("paligemma", "PaliGemmaForConditionalGeneration")):
+        (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+        assert hf_model_class(tmp_path).__name__ == name

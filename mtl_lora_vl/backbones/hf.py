@@ -61,10 +61,11 @@ def hf_model_class(folder: Path) -> type:
     import transformers
 
     names = list(config.get("architectures") or [])
-    if not names and config.get("model_type"):
-        from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+    if not names and config.get("model_type"):   # a generating VLM's class before its bare base model's
+        from transformers.models.auto import modeling_auto as auto
 
-        names = [MODEL_MAPPING_NAMES.get(config["model_type"], "")]
+        maps = [getattr(auto, m, {}) for m in ("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES", "MODEL_MAPPING_NAMES")]
+        names = [m.get(config["model_type"], "") for m in maps]
     for name in names:
         cls = getattr(transformers, name, None) if name else None
         if isinstance(cls, type):
