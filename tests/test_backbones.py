@@ -252,6 +252,12 @@ def test_hf_clip_reads_the_image_processor_inside_processor_config(tok_dir, tmp_
     assert (tmp_path / "processor_config.json").is_file()
     bb = load_backbone(f"hf:{tmp_path}")
     assert bb.mean == (0.5, 0.5, 0.5) and bb.std == (0.25, 0.25, 0.25)
+    doc = json.loads((tmp_path / "processor_config.json").read_text())
+    doc["image_processor"]["image_mean"] = "x"   # was "could not convert string to float: 'x'", no file named
+    (tmp_path / "processor_config.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"processor_config.json.*image_mean must be numbers \(one, or three for "
+                                         r"RGB\), got 'x'"):
+        load_backbone(f"hf:{tmp_path}")
 
 
 # ---------------------------------------------------------------------------------------- built-in

@@ -95,7 +95,10 @@ class BackboneError(ValueError):
 
 def as_rgb(v: Any, what: str) -> tuple[float, float, float]:
     """One value or three (RGB) as a float triple; ``what`` names the setting in the error."""
-    vals = tuple(float(x) for x in (v if isinstance(v, (list, tuple)) else [v] * 3))
+    try:
+        vals = tuple(float(x) for x in (v if isinstance(v, (list, tuple)) else [v] * 3))
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be numbers (one, or three for RGB), got {v!r}") from None
     if len(vals) != 3:
         raise ValueError(f"{what} must have 3 values (RGB), got {v!r}")
     return vals  # type: ignore[return-value]
