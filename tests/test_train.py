@@ -372,6 +372,27 @@ def test_mixed_precision_paths_on_cpu(tmp_path, precision):
     assert json.loads((run / "config.json").read_text())["precision"] == precision
 
 
+def test_fp16_runs_say_how_many_steps_loss_scaling_skipped(tmp_path, capsys, monkeypatch):
+    """NaN gradients under fp16: every step was skipped by GradScaler, and the run logged its losses and exited
+    0 as if it had trained."""
+    from mtl_lora_vl.tasks.retrieval import RetrievalKind
+
+    real = RetrievalKind.loss
+
+    def nan_gradients(self, head, bb, rows, img, txt):   # the value unchanged, its gradient NaN
+        return real(self, head, bb, rows, img, txt) + 0 * torch.sqrt(img.float() - img.float().detach()).sum()
+
+    monkeypatch.setattr(RetrievalKind, "loss", nan_gradients)
+    run = tmp_path / "run"
+    assert train_main(["--tasks", str(small_spec(tmp_path, "retrieval")), "--steps", "3", "--batch-size", "4",
+                       "--workers", "0", "--device",
+                       "cpu", "--precision", "fp16", "--skip-zero-shot", "--log-every", "1", "--warmup", "0",
+                       "--out", str(run)]) == 0
+    assert "fp16 loss scaling skipped 3 of the 3 steps trained" in capsys.readouterr().err
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["fp16_skipped_steps"], r["loss_scale"]) for r in rows] == [(1, 32768.0), (1, 16384.0), (1, 8192.0)]
+
+
 def test_existing_run_dir_is_never_overwritten(tmp_path, capsys, monkeypatch):
     """--overwrite replaces only a run directory, and only once the new run has trained a step: it deleted any
     folder, and deleted the old run before checks that could still fail (the optimizer's, a first step's)."""

@@ -281,6 +281,42 @@ def test_a_finite_loss_with_non_finite_gradients_skips_the_step(monkeypatch):
     assert r.losses["loss"] == 0.0 and not r.finite and h.reads == []
 
 
+def test_fp16_steps_the_loss_scaler_skips_are_counted_and_a_scale_below_1_stops(monkeypatch, tmp_path):
+    """Under fp16 the gradients are left to GradScaler, which skips a step whose gradients are not finite and
+    halves its scale: with NaN gradients (finite loss) every step was skipped, nothing trained, nothing was
+    said, and the run exited 0 with an untrained adapter."""
+    import itertools
+
+    import mtl_lora_vl.training.step as step_mod
+    from mtl_lora_vl.training.optim import Optimization
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, batch):
+            v = 0 * torch.sqrt(self.p - self.p.detach())
+            return v, {"vqa": v}
+
+    monkeypatch.setattr(step_mod, "to_device", lambda batch, *a: batch)
+    net = Net()
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    optim = Optimization(opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                         torch.amp.GradScaler("cpu", init_scale=4.0), list(net.parameters()))
+    batches = itertools.repeat({"task_ids": torch.zeros(2)})
+    for step in range(1, 4):
+        r = step_mod.forward_backward(net, batches, optim, accumulate=1, backbone=None, amp_dtype=torch.float16,
+                                      info=DistInfo())
+        assert r.finite and not step_mod.optimizer_step(optim, grad_clip=1.0)   # skipped, scale halved
+        if step < 3:
+            step_mod.check_loss_scale(optim, step, tmp_path)   # 2.0, 1.0: still looking for a scale
+    assert float(net.p.detach()) == 1.0 and optim.scheduler.last_epoch == 0
+    with pytest.raises(FloatingPointError, match=r"step 3: fp16 loss scaling has skipped every step since its scale "
+                                                 r"fell to 0.5"):
+        step_mod.check_loss_scale(optim, 3, tmp_path)
+
+
 def test_vqa_loss_has_no_host_reads_and_equals_the_mean_over_answered_rows():
     from mtl_lora_vl.tasks.vqa import VQAKind
 

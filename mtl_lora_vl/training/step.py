@@ -77,8 +77,10 @@ def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: O
     return StepResult(losses, values[0] == 1.0, samples, replaced)
 
 
-def optimizer_step(optim: Optimization, grad_clip: float) -> None:
-    """Clip (``grad_clip > 0``), step through the scaler, and advance the schedule unless fp16 skipped the step."""
+def optimizer_step(optim: Optimization, grad_clip: float) -> bool:
+    """Clip (``grad_clip > 0``), step through the scaler, and advance the schedule unless fp16 skipped the step.
+    Returns whether the step was taken (False: fp16's loss scaling found non-finite gradients and lowered its
+    scale instead)."""
     scaler = optim.scaler
     if grad_clip > 0:
         scaler.unscale_(optim.optimizer)
@@ -86,8 +88,21 @@ def optimizer_step(optim: Optimization, grad_clip: float) -> None:
     scale = scaler.get_scale() if scaler.is_enabled() else None
     scaler.step(optim.optimizer)
     scaler.update()
-    if scale is None or scaler.get_scale() >= scale:  # a lowered scale means the scaler skipped the step
-        optim.scheduler.step()
+    if scale is not None and scaler.get_scale() < scale:  # a lowered scale means the scaler skipped the step
+        return False
+    optim.scheduler.step()
+    return True
+
+
+def check_loss_scale(optim: Optimization, step: int, run_dir: Path) -> None:
+    """Stop an fp16 run whose loss scale fell below 1: its gradients are non-finite at any scale (NaN, not an
+    overflow), so every step is skipped and nothing trains -- the scaler alone would go on, silently."""
+    scale = optim.scaler.get_scale() if optim.scaler.is_enabled() else None
+    if scale is not None and scale < 1.0:
+        raise FloatingPointError(
+            f"step {step}: fp16 loss scaling has skipped every step since its scale fell to {scale:g} (the gradients "
+            "are not finite at any scale); lower --lr, use --precision bf16 or fp32 (with --base-dtype fp32 if the "
+            f"base loads in fp16), or check the data. The last checkpoint is in {run_dir}")
 
 
 def skip_bad_step(optim: Optimization, bad: int, step: int, max_bad: int, run_dir: Path,
