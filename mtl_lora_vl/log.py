@@ -86,8 +86,9 @@ def cli_logging(level: int | str = logging.INFO) -> Iterator[logging.Logger]:
 @contextlib.contextmanager
 def main_rank_logging(is_main: bool) -> Iterator[None]:
     """While open in a process that is not the main one (rank > 0 under torchrun), the package's loggers drop
-    records below ERROR. For set-up, where every rank reads the same specs and data: their warnings and
-    counts would print once per rank. Errors still print; restored on exit."""
+    records below ERROR and Python warnings are ignored. For set-up, where every rank reads the same specs,
+    data and model: their warnings and counts would print once per rank (rank 0 prints them). Errors still
+    print; restored on exit."""
     if is_main:
         yield
         return
@@ -95,7 +96,9 @@ def main_rank_logging(is_main: bool) -> Iterator[None]:
     saved = logger.level
     logger.setLevel(max(logging.ERROR, logger.getEffectiveLevel()))
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
         logger.setLevel(saved)
 

@@ -247,16 +247,21 @@ def test_cli_logging_levels_and_restores(capsys):
 
 def test_ranks_other_than_the_main_one_log_only_errors_while_setting_up(capsys):
     """Under torchrun every rank read the same specs and data and printed each set-up warning once per rank."""
-    from mtl_lora_vl.log import cli_logging, main_rank_logging
+    import warnings
+
+    from mtl_lora_vl.log import cli_logging, main_rank_logging, warn_user
 
     log = logging.getLogger("mtl_lora_vl.data.rows")
-    with cli_logging("info") as root:
+    with cli_logging("info") as root, warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
         for main in (True, False):
             with main_rank_logging(main):
                 log.info(f"read main={main}")
                 log.warning(f"odd rows main={main}")
                 log.error(f"bad main={main}")
+                warn_user(f"targets main={main}")
             assert root.level == logging.INFO
+    assert [str(w.message) for w in said] == ["targets main=True"]
     err = capsys.readouterr().err
     assert "read main=True" in err and "odd rows main=True" in err and "bad main=True" in err
     assert "read main=False" not in err and "odd rows main=False" not in err and "bad main=False" in err
