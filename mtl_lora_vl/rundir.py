@@ -183,12 +183,11 @@ def resumed_options(run: Path, given: TrainOptions, explicit: Collection[str] | 
     else:
         names = list(set(explicit) - set(RESUME_OWN) - {"config", "out", "overwrite"})
     wrong = [k for k in names if now[k] != saved.get(k, getattr(default, k))]
-    relocated = [k for k in wrong if k in RESUME_RELOCATABLE and _gone(saved.get(k)) and now[k]]
+    moved = [k for k in wrong if k in RESUME_RELOCATABLE and _gone(saved.get(k)) and now[k]]
     missing = [f"--{k.replace('_', '-')} {now[k]}: no such folder (the run's {saved[k]} is gone too)"
-               for k in relocated if not Path(now[k]).exists()]
+               for k in moved if not Path(now[k]).exists()]
     if missing:
         raise RunDirError(f"--resume {run}: {'; '.join(missing)}; give the folder it moved to")
-    moved = relocated
     wrong = [k for k in wrong if k not in moved]
     if explicit is not None:
         if given.out and Path(given.out).resolve() != run.resolve():

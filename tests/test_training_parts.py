@@ -252,9 +252,9 @@ def test_a_step_reads_its_losses_from_the_device_once(monkeypatch):
                                          amp_dtype=torch.float32, info=DistInfo()).finite
 
 
-def test_a_finite_loss_with_non_finite_gradients_skips_the_step(monkeypatch):
-    """sqrt at 0 times 0: the loss is 0 but its gradient NaN. Only the loss was checked, so the optimizer
-    applied NaN and the next checkpoint held NaN weights."""
+def _nan_gradient_step(monkeypatch, scaler):
+    """A one-parameter net whose loss is 0 and whose gradient is NaN (sqrt at 0 times 0), its optimization with
+    ``scaler``, and endless batches for ``forward_backward`` (``to_device`` bypassed)."""
     import itertools
 
     import mtl_lora_vl.training.step as step_mod
@@ -272,9 +272,16 @@ def test_a_finite_loss_with_non_finite_gradients_skips_the_step(monkeypatch):
     monkeypatch.setattr(step_mod, "to_device", lambda batch, *a: batch)
     net = Net()
     opt = torch.optim.SGD(net.parameters(), lr=1.0)
-    optim = Optimization(opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-                         torch.amp.GradScaler("cpu", enabled=False), list(net.parameters()))
-    batches = itertools.repeat({"task_ids": torch.zeros(2)})
+    optim = Optimization(opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), scaler, list(net.parameters()))
+    return net, optim, itertools.repeat({"task_ids": torch.zeros(2)})
+
+
+def test_a_finite_loss_with_non_finite_gradients_skips_the_step(monkeypatch):
+    """sqrt at 0 times 0: the loss is 0 but its gradient NaN. Only the loss was checked, so the optimizer
+    applied NaN and the next checkpoint held NaN weights."""
+    import mtl_lora_vl.training.step as step_mod
+
+    net, optim, batches = _nan_gradient_step(monkeypatch, torch.amp.GradScaler("cpu", enabled=False))
     with _HostReads() as h:
         r = step_mod.forward_backward(net, batches, optim, accumulate=1, backbone=None, amp_dtype=torch.float32,
                                       info=DistInfo())
@@ -285,26 +292,9 @@ def test_fp16_steps_the_loss_scaler_skips_are_counted_and_a_scale_below_1_stops(
     """Under fp16 the gradients are left to GradScaler, which skips a step whose gradients are not finite and
     halves its scale: with NaN gradients (finite loss) every step was skipped, nothing trained, nothing was
     said, and the run exited 0 with an untrained adapter."""
-    import itertools
-
     import mtl_lora_vl.training.step as step_mod
-    from mtl_lora_vl.training.optim import Optimization
 
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.p = torch.nn.Parameter(torch.ones(()))
-
-        def forward(self, batch):
-            v = 0 * torch.sqrt(self.p - self.p.detach())
-            return v, {"vqa": v}
-
-    monkeypatch.setattr(step_mod, "to_device", lambda batch, *a: batch)
-    net = Net()
-    opt = torch.optim.SGD(net.parameters(), lr=1.0)
-    optim = Optimization(opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-                         torch.amp.GradScaler("cpu", init_scale=4.0), list(net.parameters()))
-    batches = itertools.repeat({"task_ids": torch.zeros(2)})
+    net, optim, batches = _nan_gradient_step(monkeypatch, torch.amp.GradScaler("cpu", init_scale=4.0))
     for step in range(1, 4):
         r = step_mod.forward_backward(net, batches, optim, accumulate=1, backbone=None, amp_dtype=torch.float16,
                                       info=DistInfo())

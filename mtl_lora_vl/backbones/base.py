@@ -104,6 +104,26 @@ def as_rgb(v: Any, what: str) -> tuple[float, float, float]:
     return vals  # type: ignore[return-value]
 
 
+def check_image_batch(images: Any, what: str) -> None:
+    """A batch of images: a ``(B, C, H, W)`` tensor (one image ``(C, H, W)`` read its channels as the batch)."""
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"{what}: images must be a (B, C, H, W) tensor, got {got}; one image is images[None]")
+
+
+def check_prompts(prompts: Any, n_images: int, what: str) -> list[str]:
+    """``prompts`` as a list of ``n_images`` strings, or a ValueError naming what is wrong."""
+    if isinstance(prompts, str):
+        raise ValueError(f"{what}: prompts must be a list of strings, one per image, got one string {prompts!r}")
+    prompts = list(prompts)
+    odd = [p for p in prompts if not isinstance(p, str)]
+    if odd:
+        raise ValueError(f"{what}: prompts must be strings, one per image; got a {type(odd[0]).__name__} ({odd[0]!r})")
+    if len(prompts) != n_images:
+        raise ValueError(f"{what}: {n_images} images but {len(prompts)} prompts; give one prompt per image")
+    return prompts
+
+
 def resolve_base_dtype(base_dtype: str, device: str | torch.device, large: bool = True) -> torch.dtype:
     """The dtype base weights load in: ``fp32`` / ``bf16`` / ``fp16`` as asked; ``auto`` = bf16 on a GPU (fp16
     where bf16 is unsupported) and fp32 on a CPU. ``large=False`` (small contrastive models) makes ``auto`` fp32

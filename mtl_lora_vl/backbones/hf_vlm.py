@@ -44,6 +44,8 @@ from .base import (
     Backbone,
     BackboneError,
     as_rgb,
+    check_image_batch,
+    check_prompts,
     register_backbone,
     resolve_base_dtype,
 )
@@ -203,8 +205,6 @@ class HFVLMBackbone(Backbone):
         placeholder (captioning)."""
         if beam_size < 1 or max_len < 1 or int(beam_size) != beam_size or int(max_len) != max_len:
             raise ValueError(f"generate: beam_size and max_len must be integers >= 1, got {beam_size} and {max_len}")
-        _check_images(images, "generate")
-        prompts = [self.image_token] * images.shape[0] if prompts is None else prompts
         batch = self._prompts(images, prompts, "generate")
         kwargs = self._extra_inputs(batch["input_ids"], None)
         with _plain_decoding(self.model):
@@ -289,18 +289,11 @@ class HFVLMBackbone(Backbone):
         ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
         return list(dict.fromkeys([self.eos_id, *map(int, ids)]))
 
-    def _prompts(self, images: Tensor, prompts: Sequence[str], what: str) -> dict[str, Tensor]:
-        _check_images(images, what)
-        if isinstance(prompts, str):
-            raise ValueError(f"{what}: prompts must be a list of strings, one per image, got one string {prompts!r}")
-        prompts = list(prompts)
-        odd = [p for p in prompts if not isinstance(p, str)]
-        if odd:
-            raise ValueError(f"{what}: prompts must be strings, one per image; got a {type(odd[0]).__name__} "
-                             f"({odd[0]!r})")
-        if len(prompts) != images.shape[0]:
-            raise ValueError(f"{what}: {images.shape[0]} images but {len(prompts)} prompts; give one prompt per image")
-        batch = self.lm_collator()(prompts)
+    def _prompts(self, images: Tensor, prompts: Sequence[str] | None, what: str) -> dict[str, Tensor]:
+        """The collated prompts (default: the bare image placeholder), one per image, checked."""
+        check_image_batch(images, what)
+        prompts = [self.image_token] * images.shape[0] if prompts is None else prompts
+        batch = self.lm_collator()(check_prompts(prompts, images.shape[0], what))
         return {k: v.to(images.device, non_blocking=True) for k, v in batch.items()}
 
     def _hf_call(self, fn: Any, **kwargs: Any) -> Any:
@@ -502,9 +495,3 @@ def load_processor(folder: Path, what: str) -> Any:
         raise ValueError(f"{what}: could not load the processor from {folder} ({e}); save it again with "
                          "processor.save_pretrained(DIR)") from e
 
-
-def _check_images(images: Any, what: str) -> None:
-    """A batch of images: a ``(B, C, H, W)`` tensor (one image ``(C, H, W)`` read its channels as the batch)."""
-    if not isinstance(images, Tensor) or images.dim() != 4:
-        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"{what}: images must be a (B, C, H, W) tensor, got {got}; one image is images[None]")

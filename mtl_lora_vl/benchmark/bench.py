@@ -235,6 +235,7 @@ def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer 
 
 def _run_grid(settings: BenchSettings, out: Path, counter: ParameterCounter, ranks: dict[str, dict[str, int]],
               trainer: Trainer, threads: int | None, stream: TextIO) -> dict[str, Any]:
+    """The grid of :func:`run_benchmark` in its checked, locked folder."""
     task_args = eval_subset_specs(settings.tasks, out / "specs", {"val": settings.val_n, "test": settings.test_n})
     tasks = list(task_args)
     methods = method_configs(settings, tasks, {m: v["matched"] for m, v in ranks.items() if "matched" in v})

@@ -94,6 +94,35 @@ def optimizer_step(optim: Optimization, grad_clip: float) -> bool:
     return True
 
 
+class ScalerSkips:
+    """The steps fp16 loss scaling skipped: counted per log window (``fp16_skipped_steps`` and the scale in
+    metrics.jsonl) and over the run, reported at its end; a scale below 1 stops it (:func:`check_loss_scale`)."""
+
+    def __init__(self, optim: Optimization) -> None:
+        self.optim, self.total, self.logged = optim, 0, 0
+
+    def add(self, step: int, run_dir: Path) -> None:
+        self.total += 1
+        check_loss_scale(self.optim, step, run_dir)
+
+    def flush(self) -> dict[str, float]:
+        """The window's fields for metrics.jsonl (none without fp16 loss scaling)."""
+        if not self.optim.scaler.is_enabled():
+            return {}
+        row = {"fp16_skipped_steps": self.total - self.logged, "loss_scale": self.optim.scaler.get_scale()}
+        self.logged = self.total
+        return row
+
+    def report(self, trained: int) -> None:
+        """Say how many of the ``trained`` steps were skipped (a warning above 10 %)."""
+        if self.total:
+            many = self.total > 0.1 * trained
+            (logger.warning if many else logger.info)(
+                "fp16 loss scaling skipped %d of the %d steps trained (their gradients overflowed in fp16; the "
+                "learning-rate schedule waits on them); metrics.jsonl logs fp16_skipped_steps%s", self.total, trained,
+                "; many skips: --precision bf16 avoids them" if many else "")
+
+
 def check_loss_scale(optim: Optimization, step: int, run_dir: Path) -> None:
     """Stop an fp16 run whose loss scale fell below 1: its gradients are non-finite at any scale (NaN, not an
     overflow), so every step is skipped and nothing trains -- the scaler alone would go on, silently."""

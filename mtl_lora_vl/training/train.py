@@ -66,7 +66,7 @@ from .checkpoint import (
 from .metrics_log import LossWindow, MetricsLog, progress_bar, replaced_rows, truncate_metrics
 from .optim import Optimization, build_optimization
 from .rng import preserved_rng, seed_everything, seed_rank
-from .step import check_loss_scale, forward_backward, optimizer_step, skip_bad_step
+from .step import ScalerSkips, forward_backward, optimizer_step, skip_bad_step
 
 logger = logging.getLogger(__name__)
 
@@ -387,7 +387,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
     window = LossWindow(start_at.log_window)
 
     replaced_here = dict.fromkeys(loader.task_names, 0)   # this rank's consumed rows given a substitute image
-    scaler_skips = logged_skips = 0   # steps fp16 loss scaling skipped (the same on every rank), and those logged
+    skips = ScalerSkips(optim)   # steps fp16 loss scaling skipped (the same on every rank)
 
     def replaced() -> dict[str, int]:  # so far, every rank and the runs before a resume; all-reduces
         now = replaced_rows(replaced_here, info)
@@ -418,8 +418,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
                 if result.finite:
                     bad = 0
                     if not optimizer_step(optim, opts.grad_clip):   # fp16 loss scaling skipped it
-                        scaler_skips += 1
-                        check_loss_scale(optim, step + 1, run.dir)
+                        skips.add(step + 1, run.dir)
                     window.add(result.losses)
                 else:  # the batch is used up; the learning-rate schedule does not advance
                     bad += 1
@@ -432,9 +431,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
                 if step % opts.log_every == 0 or step == run.total_steps:
                     row = window.flush(step, lr, info)
                     row.update(replaced())
-                    if optim.scaler.is_enabled():   # steps of the window fp16 loss scaling skipped, and its scale
-                        row.update(fp16_skipped_steps=scaler_skips - logged_skips, loss_scale=optim.scaler.get_scale())
-                        logged_skips = scaler_skips
+                    row.update(skips.flush())
                     log.log(row)
                     if "loss" in row:  # not when every step of the window was skipped
                         progress.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{row['samples_per_s']:.0f}")
@@ -451,12 +448,8 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
             raise   # the command exits 130, so `train && evaluate` stops
         finally:
             progress.close()
-    trained = step - start_at.step
-    if scaler_skips and info.is_main:
-        (logger.warning if scaler_skips > 0.1 * trained else logger.info)(
-            "fp16 loss scaling skipped %d of the %d steps trained (their gradients overflowed in fp16; the "
-            "learning-rate schedule waits on them); metrics.jsonl logs fp16_skipped_steps%s", scaler_skips, trained,
-            "" if scaler_skips <= 0.1 * trained else "; many skips: --precision bf16 avoids them")
+    if info.is_main:
+        skips.report(step - start_at.step)
     checkpoint()
     signum = max_over_ranks(stop.signum, info)  # a signal in the last step: stopped before the evaluation
     if signum:
