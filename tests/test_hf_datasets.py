@@ -264,3 +264,24 @@ def test_a_split_name_that_selects_nothing_is_refused(tmp_path):
     assert len(read_split("hf_datasets", root, path="labels.parquet").examples) == 3
     _caption_parquet(root / "train-0.parquet", 0, 2)   # the name says the split: taken
     assert len(read_split("hf_datasets", root, path="train-0.parquet", split="train").examples) == 2
+
+
+def test_split_named_anywhere_in_a_file_or_folder_name_as_datasets_reads_it(tmp_path):
+    """``mydata_train.parquet`` is the train split to ``datasets``; it was refused with split = "train" (only a
+    name that began with the split counted), and a folder of ``mydata_train`` / ``mydata_test`` files read both
+    splits as one."""
+    pytest.importorskip("datasets")
+    root = tmp_path / "root"
+    _caption_parquet(root / "ds" / "mydata_train.parquet", 0, 3)
+    _caption_parquet(root / "ds" / "mydata_test.parquet", 1, 2)
+    _caption_parquet(root / "ds" / "constrain.parquet", 2, 1)   # 'train' inside a word: no split
+    cache = str(tmp_path / "cache")
+    assert len(read_split("hf_datasets", root, path="ds/mydata_train.parquet", split="train", cache_dir=cache)
+               .examples) == 3
+    assert len(read_split("hf_datasets", root, path="ds", split="train", cache_dir=cache).examples) == 3
+    assert len(read_split("hf_datasets", root, path="ds", split="test", cache_dir=cache).examples) == 2
+    with pytest.raises(ValueError, match=r"hold the splits \['test', 'train'\]"):
+        read_split("hf_datasets", root, path="ds", cache_dir=cache)
+    _caption_parquet(root / "coco" / "train2017" / "part-0.parquet", 0, 4)
+    _caption_parquet(root / "coco" / "val2017" / "part-0.parquet", 1, 1)
+    assert len(read_split("hf_datasets", root, path="coco", split="val", cache_dir=cache).examples) == 1

@@ -9,7 +9,7 @@ A task spec points at it and maps its columns to the fields of :mod:`mtl_lora_vl
     columns = {image = "img", question = "q", answers = "answers"}
     [data.train]
     split = "train"                   # a split of a saved DatasetDict, or of a parquet folder
-    [data.val]                        #   (files named "<split>-*.parquet" or under "<split>/")
+    [data.val]                        #   (files named "<split>-*.parquet", "*_<split>.parquet" or under "<split>/")
     split = "validation"
 
 Fields: ``image``, ``text``/``caption``/``captions``, ``question``, ``answers``, ``label``, ``image_id``,
@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,8 +133,11 @@ _SPLIT_NAMES = ("train", "validation", "valid", "val", "dev", "test")
 
 
 def _in_split(f: Path, base: Path, split: str) -> bool:
-    """Whether parquet file ``f`` under ``base`` belongs to ``split`` (``split-*.parquet`` or ``split/``)."""
-    return f.name.startswith((f"{split}-", f"{split}.", f"{split}_")) or split in f.relative_to(base).parts[:-1]
+    """Whether parquet file ``f`` under ``base`` belongs to ``split``: the split's name stands alone (between
+    ``-._`` , spaces, digits or the ends) in the file's name or a folder's, as ``datasets`` reads it
+    (``train-0.parquet``, ``mydata_train.parquet``, ``train2017/``; not ``constrain.parquet``)."""
+    alone = re.compile(rf"(?:^|[-._ 0-9]){re.escape(split)}(?:[-._ 0-9]|$)")
+    return any(alone.search(part) for part in f.relative_to(base).parts)
 
 
 def _split_of(f: Path, base: Path) -> str | None:
@@ -145,8 +149,8 @@ def _parquet_files(base: Path, split: str | None) -> list[str]:
     if base.is_file():
         if split is not None and not _in_split(base, base.parent, split):
             raise ValueError(f"hf_datasets {base}: one parquet file is one table, and its name does not say split "
-                             f"{split!r} ('{split}-*.parquet'), so split = {split!r} selects nothing (every split would "
-                             "read the same rows); leave split out where the file is that split's data, or give the "
+                             f"{split!r} ('{split}-*.parquet', '*_{split}.parquet'), so split = {split!r} selects "
+                             "nothing (every split would read the same rows); leave split out where the file is that split's data, or give the "
                              "folder that holds every split's files")
         return [str(base)]
     files = sorted(base.rglob("*.parquet"))
@@ -162,8 +166,9 @@ def _parquet_files(base: Path, split: str | None) -> list[str]:
     mine = [f for f in files if _in_split(f, base, split)]
     if not mine:
         shown = ", ".join(str(f.relative_to(base)) for f in files[:6])
-        raise FileNotFoundError(f"{base}: no parquet file of split {split!r} (named '{split}-*.parquet' or under "
-                                f"'{split}/'); found {shown}{' ...' if len(files) > 6 else ''}")
+        raise FileNotFoundError(f"{base}: no parquet file of split {split!r} (named '{split}-*.parquet', "
+                                f"'*_{split}.parquet' or under '{split}/'); found {shown}"
+                                f"{' ...' if len(files) > 6 else ''}")
     return [str(f) for f in mine]
 
 
