@@ -487,12 +487,12 @@ def test_candidates_are_scored_as_they_continue_each_rows_own_prompt():
 def test_counting_image_tokens_at_load_keeps_no_graph(bb):
     """The vision pass that counts image tokens when a model loads runs without autograd (a large tower would
     otherwise hold its activations for a backward that never comes)."""
-    from mtl_lora_vl.backbones.hf_vlm import _count_image_tokens
+    from mtl_lora_vl.backbones.hf_processor import count_image_tokens
 
     seen = []
     handle = bb.model.model.vision_tower.register_forward_hook(lambda m, a, out: seen.append(torch.is_grad_enabled()))
     try:
-        _count_image_tokens(bb.model, bb.image_size)
+        count_image_tokens(bb.model, bb.image_size)
     finally:
         handle.remove()
     assert seen == [False]

@@ -1,0 +1,108 @@
+"""The processor of a local vision-language model directory: loading it, and checking that it expands the
+image placeholder to as many tokens as the model's vision tower fills (a mismatch fails deep inside
+``generate``, or silently shifts every text token)."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..adapters.scopes import disabled
+from ..data.resize import size_fields
+from .base import BackboneError
+
+__all__ = ["check_processor_count", "count_image_tokens", "load_processor", "square_side"]
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+
+
+def square_side(size: Any, name: str) -> int:
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise BackboneError(f"{name}: non-square image size {size} is not supported")
+        size = size[0]
+    return int(size)
+
+
+@torch.no_grad()
+def count_image_tokens(model: nn.Module, image_size: int) -> int:
+    """How many language-model tokens one image fills: one vision pass over a blank image (adapters off)."""
+    p = next(model.parameters())
+    blank = torch.zeros(1, 3, image_size, image_size, device=p.device, dtype=p.dtype)
+    info = getattr(model, "_mtl_lora", None)
+    with disabled(model) if info is not None and info.router.merged_task is None else nullcontext():
+        out = model.get_image_features(pixel_values=blank)
+    feats = getattr(out, "pooler_output", out)
+    if isinstance(feats, (list, tuple)):
+        return int(feats[0].shape[0])
+    return int(feats.shape[-2])
+
+
+def check_processor_count(processor: Any, image_size: int, n_image: int, name: str) -> None:
+    """Refuse a processor that expands the image placeholder to another count than the model fills."""
+    counter = getattr(processor, "_get_num_multimodal_tokens", None)
+    if counter is None or getattr(processor, "patch_size", 1) is None:
+        return
+    try:
+        data = counter(image_sizes=[[image_size, image_size]])
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return
+    said = data.get("num_image_tokens") if isinstance(data, dict) else getattr(data, "num_image_tokens", None)
+    if said and int(said[0]) != n_image:
+        said = int(said[0])
+        made = _processor_side(getattr(processor, "image_processor", None))
+        if made is not None and made != image_size:
+            fix = (f"its image processor makes {made}x{made} images where the vision tower takes {image_size}x"
+                   f"{image_size} (config.vision_config.image_size); set its size / crop_size to {image_size}")
+        elif getattr(processor, "image_seq_length", None) is not None:
+            fix = f"set its image_seq_length to {n_image}"
+        else:
+            fix = ("set patch_size, num_additional_image_tokens (1 for a CLS token) and vision_feature_select_strategy "
+                   "as in the model config")
+        raise BackboneError(
+            f"{name}: the processor expands {getattr(processor, 'image_token', '<image>')!r} to {said} tokens but the "
+            f"vision tower gives {n_image} features per image; fix the processor ({fix}) and save it again with "
+            "processor.save_pretrained(DIR)"
+        )
+
+
+def _processor_side(image_processor: Any) -> int | None:
+    """The square side an image processor's output has (its crop, else its exact size), when it says."""
+    if image_processor is None:
+        return None
+    fields = [size_fields(getattr(image_processor, "size", None))]
+    if getattr(image_processor, "do_center_crop", False):
+        fields.insert(0, size_fields(getattr(image_processor, "crop_size", None)))
+    for f in fields:
+        if "height" in f and f.get("height") == f.get("width"):
+            return int(f["height"])
+    return None
+
+
+def load_processor(folder: Path, what: str) -> Any:
+    """The ``AutoProcessor`` of a local model directory; a clear error when its files are missing."""
+    if not any((folder / f).is_file() for f in _PROCESSOR_FILES):
+        raise FileNotFoundError(
+            f"{what}: {folder} has no processor files ({' or '.join(_PROCESSOR_FILES)}); a vision-language model "
+            "directory needs its processor beside the weights: processor.save_pretrained(DIR) (e.g. "
+            "LlavaProcessor(image_processor=CLIPImageProcessor(...), tokenizer=..., patch_size=..., "
+            "vision_feature_select_strategy=...))"
+        )
+    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{what}: {folder} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); save the tokenizer there with "
+            "processor.save_pretrained(DIR) or tokenizer.save_pretrained(DIR)"
+        )
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:  # transformers raises many types here; name the folder and the fix
+        raise ValueError(f"{what}: could not load the processor from {folder} ({e}); save it again with "
+                         "processor.save_pretrained(DIR)") from e
+
