@@ -372,7 +372,7 @@ def test_a_stopped_run_stops_the_grid_resumably(tmp_path):
     import signal
 
     from mtl_lora_vl.benchmark.runner import GridStopped
-    from mtl_lora_vl.training.train import RunStopped
+    from mtl_lora_vl.training.stopping import RunStopped
 
     specs = tmp_path / "specs"
     specs.mkdir()

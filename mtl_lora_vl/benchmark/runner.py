@@ -22,7 +22,7 @@ from typing import Any, TextIO
 from .._version import __version__
 from ..io.atomic import atomic_file
 from ..options import TrainOptions
-from ..training.train import RunStopped
+from ..training.stopping import RunStopped
 from .grid import BenchSettings, RunSpec
 
 Trainer = Callable[[TrainOptions], Path]

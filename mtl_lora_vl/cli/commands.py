@@ -19,7 +19,8 @@ from typing import Any
 from ..evaluation.evaluate import evaluate_adapter
 from ..log import cli_logging, debug_tracebacks
 from ..options import EvalOptions, TrainOptions
-from ..training.train import RunStopped, train
+from ..training.stopping import RunStopped
+from ..training.train import train
 from .parsing import build_parser, parse_options, parse_options_given
 
 __all__ = ["build_eval_parser", "build_train_parser", "eval_main", "parse_eval_args", "parse_train_args",

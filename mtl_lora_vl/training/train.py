@@ -7,14 +7,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import signal
-import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -67,6 +64,7 @@ from .metrics_log import LossWindow, MetricsLog, progress_bar, replaced_rows, tr
 from .optim import Optimization, build_optimization
 from .rng import preserved_rng, seed_everything, seed_rank
 from .step import ScalerSkips, forward_backward, optimizer_step, skip_bad_step
+from .stopping import RunStopped, stop_at_step_boundary
 
 logger = logging.getLogger(__name__)
 
@@ -123,23 +121,6 @@ def train(opts: TrainOptions, given: Collection[str] | None = None) -> Path:
             loader.close()   # its workers ignore SIGTERM: left to exit, a failed run never ended
         cleanup(run.info)
     return run.dir
-
-
-class RunStopped(Exception):
-    """Ctrl-C or SIGTERM stopped the run after a step and a checkpoint; ``--resume`` continues it.
-
-    Raised by :func:`train` so that a stopped run is never mistaken for a finished one: the command exits
-    ``128 + signal number`` (130 for Ctrl-C, 143 for SIGTERM), as a process the signal had killed would.
-    """
-
-    def __init__(self, run_dir: Path, step: int, signum: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved. "
-                         f"Continue the run with --resume {run_dir}")
-        self.run_dir, self.step, self.signum = run_dir, step, signum
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
 
 
 # Start ------------------------------------------------------------------------------------------
@@ -335,42 +316,6 @@ def wrap_model(run: Run) -> nn.Module:
 
 
 # The loop ---------------------------------------------------------------------------------------
-class StopRequest:
-    """Ctrl-C or SIGTERM asks the loop to stop at the next step boundary (the first signal only).
-
-    A signal that interrupted a step half-way (a batch drawn, the weights not yet updated) would leave a
-    checkpoint whose loader is one batch ahead of its step; so the first signal only sets ``signum``
-    and the loop saves once the step is complete (under DDP every rank stops at the first boundary where
-    any rank has a signal). A second Ctrl-C raises ``KeyboardInterrupt`` at once.
-    """
-
-    def __init__(self) -> None:
-        self.signum = 0  # 0: no signal yet
-
-    def __call__(self, signum: int, frame: object) -> None:  # noqa: ARG002
-        if self.signum and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        logger.warning("%s: stopping after this step (Ctrl-C again to stop at once, without saving)",
-                       signal.Signals(signum).name)
-
-
-@contextlib.contextmanager
-def stop_at_step_boundary() -> Iterator[StopRequest]:
-    """While open, SIGINT and SIGTERM set the yielded request instead of interrupting (main thread only:
-    Python delivers signals there, and only there can handlers be set)."""
-    request = StopRequest()
-    if threading.current_thread() is not threading.main_thread():
-        yield request
-        return
-    old = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield request
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
 def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization, start_at: Progress) -> None:
     """Train from ``start_at.step`` to the end, logging, evaluating and checkpointing on the way (a final
     checkpoint at the last step).

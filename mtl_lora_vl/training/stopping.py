@@ -1,0 +1,68 @@
+"""Stopping a training run cleanly: Ctrl-C or SIGTERM stops it at the next step boundary, after a
+checkpoint, and the command exits as the signal would have made it (``--resume`` continues the run)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["RunStopped", "StopRequest", "stop_at_step_boundary"]
+
+logger = logging.getLogger(__name__)
+
+
+class RunStopped(Exception):
+    """Ctrl-C or SIGTERM stopped the run after a step and a checkpoint; ``--resume`` continues it.
+
+    Raised by :func:`train` so that a stopped run is never mistaken for a finished one: the command exits
+    ``128 + signal number`` (130 for Ctrl-C, 143 for SIGTERM), as a process the signal had killed would.
+    """
+
+    def __init__(self, run_dir: Path, step: int, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved. "
+                         f"Continue the run with --resume {run_dir}")
+        self.run_dir, self.step, self.signum = run_dir, step, signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM asks the loop to stop at the next step boundary (the first signal only).
+
+    A signal that interrupted a step half-way (a batch drawn, the weights not yet updated) would leave a
+    checkpoint whose loader is one batch ahead of its step; so the first signal only sets ``signum``
+    and the loop saves once the step is complete (under DDP every rank stops at the first boundary where
+    any rank has a signal). A second Ctrl-C raises ``KeyboardInterrupt`` at once.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0  # 0: no signal yet
+
+    def __call__(self, signum: int, frame: object) -> None:  # noqa: ARG002
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        logger.warning("%s: stopping after this step (Ctrl-C again to stop at once, without saving)",
+                       signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def stop_at_step_boundary() -> Iterator[StopRequest]:
+    """While open, SIGINT and SIGTERM set the yielded request instead of interrupting (main thread only:
+    Python delivers signals there, and only there can handlers be set)."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    old = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
