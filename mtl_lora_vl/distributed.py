@@ -121,6 +121,33 @@ def max_over_ranks(value: int, info: DistInfo) -> int:
     return int(t.item())
 
 
+class _GatherRows(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums every rank's gradient of the gathered rows and keeps this
+    rank's own (``torch.distributed.nn``'s version is deprecated in recent torch)."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+        ctx.rows = slice(rank * t.shape[0], (rank + 1) * t.shape[0])
+        parts = [torch.empty_like(t) for _ in range(world_size)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rows], None, None
+
+
+def gather_with_grad(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Every rank's ``t`` concatenated along dim 0 in rank order, gradients flowing back to each rank's own
+    rows (open_clip's ``gather_with_grad``); ``t`` itself without DDP. Every rank must call it, with the same
+    shape: the sampler gives every rank the same rows of each task per step."""
+    if not info.enabled:
+        return t
+    return _GatherRows.apply(t, info.rank, info.world_size)
+
+
 def broadcast_from_main(obj: T, info: DistInfo) -> T:
     """Rank 0's ``obj`` (picklable) on every rank; ``obj`` itself without DDP. Every rank must call it."""
     if not info.enabled:

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import gathered_negatives
 import pytest
 import rng_kind
 import sharded_eval
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 
 from mtl_lora_vl.backbones import builtin_dir
 from mtl_lora_vl.cli import eval_main
+from mtl_lora_vl.distributed import DistInfo
 from mtl_lora_vl.io import ADAPTER_WEIGHTS
 
 TESTS = Path(__file__).resolve().parent
@@ -65,6 +67,22 @@ def test_sharded_evaluation_equals_one_process(tmp_path, procs):
     assert set(one["test"]) == {"vqa", "retrieval", "caption_cls"}
     assert any(r["adapted"] != r["zero_shot"] for r in one["test"].values())
     assert set(one["val_adapted"]) == {"vqa", "retrieval", "caption_cls"}
+
+
+def test_two_ranks_train_retrieval_on_the_global_batchs_negatives(tmp_path, procs):
+    """Each rank's InfoNCE took its negatives from its own rows only: two ranks at batch 4 trained another loss
+    than one process at batch 8. Now the loss and the DDP-averaged gradients are that process's (rows 1 and 6,
+    on different ranks, show one image and stay positives)."""
+    proc = torchrun(29540, str(TESTS / "gathered_negatives.py"), str(tmp_path / "ddp"), str(tmp_path / "ddp.json"))
+    procs.append(proc)
+    one = gathered_negatives.loss_and_grads(tmp_path / "one", DistInfo())   # while it runs
+    finish(proc)
+    two = json.loads((tmp_path / "ddp.json").read_text())
+    assert two["loss"] == pytest.approx(one["loss"], abs=1e-6)
+    assert two["grads"].keys() == one["grads"].keys() and len(one["grads"]) > 100
+    for name, grad in one["grads"].items():
+        assert torch.tensor(two["grads"][name]) == pytest.approx(torch.tensor(grad), abs=1e-5), name
+    assert any(any(g != 0 for g in grad) for name, grad in one["grads"].items() if "lora_A" in name)
 
 
 def test_every_rank_takes_rank_0s_run_dir_or_its_error(tmp_path, procs):

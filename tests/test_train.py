@@ -1258,10 +1258,11 @@ def test_a_spec_edited_while_the_run_trains_is_not_recorded_as_what_it_trained_o
 def test_a_batch_too_small_for_the_tasks_is_named_at_start(tmp_path, caplog):
     """--batch-size 2 with three tasks: a mixed batch holds two of them, and retrieval gets < 1 row a batch,
     whose contrastive loss (no negatives) is 0 -- it trained nothing, without a word."""
+    import dataclasses
     import logging
 
-    from mtl_lora_vl.distributed import cleanup
-    from mtl_lora_vl.training.train import build_loader, start
+    from mtl_lora_vl.distributed import DistInfo, cleanup
+    from mtl_lora_vl.training.train import build_loader, start, warn_small_batches
 
     tasks = ",".join(str(small_spec(tmp_path, n)) for n in ("vqa", "retrieval", "caption_cls"))
     for batch, warned in (("2", True), ("8", False)):
@@ -1270,12 +1271,20 @@ def test_a_batch_too_small_for_the_tasks_is_named_at_start(tmp_path, caplog):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
             run = start(opts)
-            build_loader(run).close()
+            loader = build_loader(run)
+            loader.close()
             cleanup(run.info)
         text = caplog.text
         assert ("--batch-size 2 is smaller than the 3 tasks" in text) == warned, text
         assert bool(re.search(r"task retrieval gets 0\.\d+ rows a batch on average; its loss needs 2", text)) == warned
         assert "task vqa gets" not in text
+    # under DDP retrieval's loss sees every rank's rows: 4 ranks at batch 2 give it enough negatives
+    for world, warned in ((1, True), (4, False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+            warn_small_batches(dataclasses.replace(run, opts=dataclasses.replace(run.opts, batch_size=2),
+                                                   info=DistInfo(rank=0, world_size=world)), loader)
+        assert ("task retrieval gets" in caplog.text) == warned and "--batch-size 2 is smaller" in caplog.text
 
 
 def test_evaluation_data_that_cannot_be_scored_is_refused_before_training(tmp_path, capsys):

@@ -9,6 +9,11 @@ On a generative backbone (the batch carries ``"lm"``) the step is **one** langua
 row of every task -- prompts of different lengths padded, labels masked on prompts and padding -- routed per
 row in the vision tower and the language model; ``backbone.lm_loss`` returns each row's loss and each task's
 loss is computed from its own rows' losses.
+
+Under DDP (``ranks`` set by the trainer) a kind with ``cross_rank_fields`` (retrieval's in-batch negatives)
+gets its embeddings and those fields from every rank's rows, gathered with their gradients: each rank's
+loss is the loss of the global batch, and DDP's averaged gradient is that loss's gradient, as one process at
+the global batch size would compute it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from ..adapters.attach import attach_info
 from ..adapters.routing import Route, Router
 from ..adapters.scopes import route
 from ..data.loader import task_views
+from ..distributed import DistInfo, gather_with_grad
 
 if TYPE_CHECKING:
     from ..backbones import Backbone
@@ -37,6 +43,7 @@ class MultiTaskModel(nn.Module):
         self.heads = heads
         self.backbone = backbone
         self.kinds = kinds
+        self.ranks: DistInfo | None = None   # DDP: gather cross_rank_fields kinds' rows (the trainer sets it)
         self.router: Router = attach_info(backbone.model).router  # routes go straight to it: no module walk
 
     def _route(self, batch: dict, segments_key: str, rows: Tensor | None = None) -> Route:
@@ -62,12 +69,22 @@ class MultiTaskModel(nn.Module):
         total = image_emb.new_zeros((), dtype=torch.float32)
         for name, rows in task_views(batch):
             kind = self.kinds[name]
-            t = text_emb[rows["text_index"]] if kind.uses_text else None
+            img, t = image_emb[rows["rows"]], text_emb[rows["text_index"]] if kind.uses_text else None
+            if kind.cross_rank_fields and self.ranks is not None:
+                img, t, rows = self._every_rank(kind, img, t, rows)
             with route(self.router, name):  # for kinds that run the model again (captioning's decoder)
-                loss = kind.loss(self.heads[name], bb, rows, image_emb[rows["rows"]], t).float()
+                loss = kind.loss(self.heads[name], bb, rows, img, t).float()
             losses[name] = loss
             total = total + kind.spec.loss_weight * loss
         return total, losses
+
+    def _every_rank(self, kind: TaskKind, img: Tensor, text: Tensor | None,
+                    rows: dict) -> tuple[Tensor, Tensor | None, dict]:
+        """This task's embeddings and ``cross_rank_fields`` from every rank, in rank order."""
+        assert self.ranks is not None
+        rows = {**rows, **{f: gather_with_grad(rows[f], self.ranks) for f in kind.cross_rank_fields}}
+        text = gather_with_grad(text, self.ranks) if text is not None else None
+        return gather_with_grad(img, self.ranks), text, rows
 
     def _forward_lm(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         """Generative path: one routed ``lm_loss`` call for all rows, then each task's loss on its rows."""

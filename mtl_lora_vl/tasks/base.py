@@ -44,7 +44,8 @@ Class attributes every kind sets: ``kind`` (registry key, set by ``@register_kin
 :meth:`TaskKind.headline`), ``not_headline`` (metric names that cannot head it: breakdowns, CIDEr),
 ``uses_text`` (each training row carries a text for the text tower), ``uses_decoder`` (training runs the
 backbone's caption decoder or language model), ``min_batch_rows`` (rows a batch needs for a useful loss: 2
-for an in-batch contrastive loss),
+for an in-batch contrastive loss), ``cross_rank_fields`` (the batch fields such a loss compares across rows: under
+DDP it sees every rank's rows),
 ``needs_templates`` / ``default_templates`` (zero-shot prompts), ``head_defaults`` /
 ``option_defaults`` / ``generative_defaults`` (the keys a spec's ``[head]`` / ``[options]`` /
 ``[generative]`` tables may set, with their types).
@@ -123,6 +124,10 @@ class TaskKind(ABC):
     uses_decoder: ClassVar[bool] = False
     #: Rows of this task a batch needs for a useful loss (a contrastive loss has no negatives in one row).
     min_batch_rows: ClassVar[int] = 1
+    #: Batch fields (besides the embeddings) of a loss that compares rows with each other (in-batch negatives):
+    #: under DDP the loss gets them and the embeddings from every rank's rows, so N processes at batch b train
+    #: on the negatives one process at N*b has. Empty: each rank's loss sees its own rows.
+    cross_rank_fields: ClassVar[tuple[str, ...]] = ()
     needs_templates: ClassVar[bool] = False
     default_templates: ClassVar[tuple[str, ...]] = ()
     head_defaults: ClassVar[dict[str, Any]] = {}

@@ -150,6 +150,7 @@ class RetrievalKind(TaskKind):
     metric_names = ("mean_recall", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
     uses_text = True
     min_batch_rows = 2     # in-batch negatives: one row alone has a loss of 0
+    cross_rank_fields = ("image_key",)   # under DDP, every rank's rows are negatives (the global batch's loss)
     head_defaults = {"max_logit_scale": 100.0, "learn_temperature": True}
     option_defaults = {"ks": [1, 5, 10]}
 

@@ -265,8 +265,10 @@ def warn_small_batches(run: Run, loader: MultiTaskLoader) -> None:
                        len(run.trained))
     per_batch = b if opts.batch_mode == "homogeneous" else None
     for name, share in zip(run.trained, loader.sampler.shares):
-        rows = per_batch if per_batch is not None else b * share
-        need = run.setup.kinds[name].min_batch_rows
+        kind = run.setup.kinds[name]
+        rows = (per_batch if per_batch is not None else b * share) * (run.info.world_size if kind.cross_rank_fields
+                                                                      else 1)   # the loss sees every rank's rows
+        need = kind.min_batch_rows
         if need > 1 and rows < need:
             logger.warning("task %s gets %.2g rows a batch on average; its loss needs %d (in-batch negatives: a "
                            "row alone scores 0 and trains nothing); raise --batch-size", name, rows, need)
@@ -307,6 +309,7 @@ def wrap_model(run: Run) -> nn.Module:
         same_modules = all(k.generative for k in kinds) and not head_params
         unused = ((opts.batch_mode == "homogeneous" and not same_modules) or len(run.trained) > opts.batch_size
                   or text_unused or decoder_unused or opts.targets != "default")
+        model.ranks = info   # in-batch negatives (retrieval) from every rank's rows
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
             find_unused_parameters=unused)
