@@ -97,16 +97,20 @@ class MTLLoRAModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, base_model: nn.Module, adapter_dir: str | Path, is_trainable: bool = False,
-                        heads: dict[str, nn.Module] | None = None) -> MTLLoRAModel:
+                        heads: dict[str, nn.Module] | None = None, *,
+                        check_base_weights: bool = True) -> MTLLoRAModel:
         """Load the adapter directory ``adapter_dir`` (``save_pretrained`` / ``save_adapter`` / a run's
         ``adapter/``) onto a fresh ``base_model``, and ``heads`` from it when given.
 
         As PEFT: frozen for inference (adapters and heads ``requires_grad=False``, eval mode) unless
         ``is_trainable=True``. A PEFT directory is refused with a message saying how to load it instead.
+        ``check_base_weights=False``: load onto other weights of the same architecture (see ``load_adapter``).
         """
-        load_adapter(base_model, adapter_dir, heads=heads, is_trainable=is_trainable)
+        load_adapter(base_model, adapter_dir, heads=heads, is_trainable=is_trainable,
+                     check_base_weights=check_base_weights)
         model = cls(base_model, heads=heads)
-        model._source = Path(adapter_dir)   # save_pretrained keeps what it recorded (base, specs, vocabularies)
+        # save_pretrained keeps what it recorded (base, specs, vocabularies), from any working directory
+        model._source = Path(adapter_dir).expanduser().absolute()
         if not is_trainable:
             model.eval()
         return model
@@ -119,7 +123,8 @@ class MTLLoRAModel(nn.Module):
 
         ``heads`` defaults to the wrapper's own; ``task_specs``, ``base``, ``kinds`` and ``data_roots`` are as in
         ``save_adapter``, and for a model :meth:`from_pretrained` loaded default to what its directory
-        recorded (base model, task specs, answer / class vocabularies, data folders), so a round trip keeps them. Unlike
+        recorded (base model, task specs, answer / class vocabularies, data folders), so a round trip keeps them;
+        the per-task ones given add to (or replace, task by task) the recorded ones. Unlike
         PEFT, an existing non-empty directory is replaced only with ``overwrite=True``. For PEFT LoRA files
         of some tasks use ``mlv.export_lora``.
         """
@@ -149,15 +154,13 @@ class MTLLoRAModel(nn.Module):
                           "from_pretrained(..., heads={task: module}) or pass heads=...)")
         if base is None:
             base = doc.get("base") or None
-        if task_specs is None:
-            task_specs = {t: source / f for t, f in (doc.get("task_specs") or {}).items()
+        recorded_specs = {t: source / f for t, f in (doc.get("task_specs") or {}).items()
                           if t in tasks and (source / f).is_file()}
-        if kinds is None:
-            kinds = {t: _SavedState(json.loads((source / state_file(t)).read_text()))
-                     for t in tasks if (source / state_file(t)).is_file()}
-        if data_roots is None:
-            data_roots = {t: r for t, r in (doc.get("data_roots") or {}).items() if t in tasks}
-        return base, task_specs, kinds, data_roots
+        recorded_kinds = {t: _SavedState(json.loads((source / state_file(t)).read_text()))
+                          for t in tasks if (source / state_file(t)).is_file()}
+        recorded_roots = {t: r for t, r in (doc.get("data_roots") or {}).items() if t in tasks}
+        return (base, {**recorded_specs, **(task_specs or {})}, {**recorded_kinds, **(kinds or {})},
+                {**recorded_roots, **(data_roots or {})})
 
     # ------------------------------------------------------------------------------------------ the adapter
 

@@ -333,6 +333,7 @@ def test_other_weights_of_the_same_architecture_are_refused(oc_adapter, tmp_path
                                                r"weights differ .*check_base_weights=False"):
         mlv.load_adapter(_fresh(tiny_open_clip, seed=1), path)
     mlv.load_adapter(_fresh(tiny_open_clip, seed=1), path, check_base_weights=False)  # asked for
+    mlv.MTLLoRAModel.from_pretrained(_fresh(tiny_open_clip, seed=1), path, check_base_weights=False)   # as advised
     mlv.load_adapter(_fresh(tiny_open_clip).to(torch.bfloat16), path)  # the same weights, rounded: fine
     nudged = _fresh(tiny_open_clip)
     with torch.no_grad():  # one weight of sixteen changed
@@ -384,6 +385,38 @@ def test_refuses_to_overwrite_and_keeps_the_old_directory(oc_adapter, tmp_path, 
     mlv.save_adapter(model, tmp_path / "empty")  # an empty directory is fine
     mlv.save_adapter(model, path, overwrite=True, heads={"vqa": nn.Linear(2, 2)})
     assert mlv.read_adapter_config(path)["heads"] == {"vqa": ["bias", "weight"]}
+
+
+def test_overwrite_refuses_to_delete_what_the_new_adapter_records(oc_adapter, tmp_path):
+    """overwrite=True replaced a folder holding the base weights or a task's data folder that the new adapter
+    records (saved, then gone), or a training run's checkpoint; each is refused and left in place."""
+    model = oc_adapter[1]
+    work = tmp_path / "work"
+    work.mkdir()
+    torch.save({}, work / "base.pt")
+    (work / "data").mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"x")
+    (run / "config.json").write_text("{}")
+    for kw, says in (({"base": {"pretrained": str(work / "base.pt")}}, r"holds the base weights .*base\.pt"),
+                     ({"data_roots": {"vqa": work / "data"}}, r"holds the data folder of task 'vqa' .*data")):
+        with pytest.raises(FileExistsError, match=f"save_adapter: .*work {says}, which the adapter records"):
+            mlv.save_adapter(model, work, overwrite=True, **kw)
+    with pytest.raises(FileExistsError, match=r"is a training run directory \(its checkpoint would be deleted\)"):
+        mlv.save_adapter(model, run, overwrite=True)
+    assert (work / "base.pt").is_file() and (work / "data").is_dir() and (run / "checkpoint.pt").is_file()
+    mlv.save_adapter(model, work, overwrite=True, data_roots={"vqa": tmp_path})   # recorded elsewhere: replaced
+    assert not (work / "base.pt").exists()
+
+
+def test_load_adapter_heads_that_are_not_modules_are_named(oc_adapter):
+    """A head class, None or a list of heads failed inside load_state_dict with Python's own errors."""
+    for heads in ({"vqa": nn.Linear}, {"vqa": None}):
+        with pytest.raises(TypeError, match=r"load_adapter: heads must be nn.Modules .*not for \['vqa'\]"):
+            mlv.load_adapter(_fresh(tiny_open_clip), oc_adapter[0], heads=heads)
+    with pytest.raises(TypeError, match=r"load_adapter: heads must map task -> nn.Module, got list"):
+        mlv.load_adapter(_fresh(tiny_open_clip), oc_adapter[0], heads=[nn.Linear(32, 5)])
 
 
 def test_save_argument_errors(tmp_path):

@@ -277,7 +277,7 @@ def test_extend_with_nothing_to_train_is_refused_at_start(tmp_path, capsys):
            "parameters, so nothing would train" in capsys.readouterr().err
 
 
-def test_the_peft_shaped_round_trip_keeps_what_the_adapter_recorded(tmp_path):
+def test_the_peft_shaped_round_trip_keeps_what_the_adapter_recorded(tmp_path, monkeypatch):
     """from_pretrained then save_pretrained wrote no base model, no task specs and no vocabularies, so the
     saved directory no longer loaded with load_pretrained ("does not say which base model")."""
     import mtl_lora_vl as mlv
@@ -303,6 +303,21 @@ def test_the_peft_shaped_round_trip_keeps_what_the_adapter_recorded(tmp_path):
     lp = mlv.load_pretrained(out)   # the kinds come back from the saved vocabularies (no training data read)
     assert set(lp.kinds) == {"vqa", "retrieval"} and lp.kinds["vqa"].answers == mlv.load_pretrained(src).kinds[
         "vqa"].answers
+    # one task's spec given adds to the records (it replaced them: retrieval's spec was dropped, silently)
+    (tmp_path / "other").mkdir()
+    other = small_spec(tmp_path / "other", "vqa")
+    with pytest.warns(UserWarning, match="which are not saved"):
+        part = wrapped.save_pretrained(tmp_path / "part", task_specs={"vqa": other})
+    c = json.loads((part / ADAPTER_CONFIG).read_text())
+    assert c["task_specs"] == a["task_specs"] and (part / c["task_specs"]["vqa"]).read_text() == other.read_text()
+    assert (part / "tasks/vqa.state.json").is_file()
+    # loaded by a relative path, saved from another working directory: its records are still read
+    monkeypatch.chdir(tmp_path)
+    rel = mlv.MTLLoRAModel.from_pretrained(load_backbone("builtin").model, Path("run/adapter"))
+    monkeypatch.chdir(run)
+    with pytest.warns(UserWarning, match="which are not saved"):
+        fourth = rel.save_pretrained(tmp_path / "fourth")
+    assert json.loads((fourth / ADAPTER_CONFIG).read_text())["task_specs"] == a["task_specs"]
 
 
 def _checkpoint_step(run: Path) -> int:

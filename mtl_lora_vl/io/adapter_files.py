@@ -29,6 +29,7 @@ import hashlib
 import json
 import shutil
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from ..adapters.layers import ADAPTER_PARAM_NAMES
 from ..backbones.spec import parse_spec
 from ..config import ConfigError, MTLLoRAConfig
 from ..tasks.spec import TaskSpec
-from .atomic import atomic_dir
+from .atomic import atomic_dir, holds
 from .base_check import (
     check_base,
     check_heads,
@@ -64,6 +65,8 @@ from .layout import (
     AdapterLayout,
     adapter_layout,
     config_path,
+    is_adapter_dir,
+    is_run_dir,
     spec_file,
     state_file,
 )
@@ -239,6 +242,19 @@ def _check_save_arguments(cfg: MTLLoRAConfig, heads: dict[str, Any], task_specs:
                              f"task {task!r}; pass it under its own name")
 
 
+def _check_replaceable(path: Path, base: dict[str, Any], roots: dict[str, str]) -> None:
+    """Refuse ``overwrite=True`` where replacing ``path`` would delete what the new adapter records (its base
+    model's files, a task's data folder) or a training run (its checkpoint)."""
+    if is_run_dir(path) and not is_adapter_dir(path):
+        raise FileExistsError(f"save_adapter: {path} is a training run directory (its checkpoint would be deleted); "
+                              "save the adapter to another folder")
+    keep = [*base_paths(base), *((f"the data folder of task {t!r}", Path(r)) for t, r in roots.items())]
+    for what, kept in keep:
+        if kept.exists() and holds(path, kept):
+            raise FileExistsError(f"save_adapter: {path} holds {what} {kept}, which the adapter records and "
+                                  "overwrite=True would delete; save the adapter to another folder")
+
+
 def save_adapter(
     model: nn.Module,
     path: str | Path,
@@ -274,6 +290,9 @@ def save_adapter(
         json.dumps(base)
     except (TypeError, ValueError) as e:
         raise ValueError(f"save_adapter: base must be JSON-serialisable, e.g. {{'backbone': 'builtin'}}: {e}") from e
+
+    if overwrite:
+        _check_replaceable(Path(path), base, roots)
 
     for bank in info.layers.values():
         bank.restore_frozen_rows()
@@ -427,10 +446,13 @@ def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Mo
     if not isinstance(base_model, nn.Module):
         hint = " (a Backbone: pass backbone.model)" if isinstance(getattr(base_model, "model", None), nn.Module) else ""
         raise TypeError(f"load_adapter: base_model must be an nn.Module, got {type(base_model).__name__}{hint}")
+    if heads is not None and not isinstance(heads, Mapping):
+        raise TypeError(f"load_adapter: heads must map task -> nn.Module, got {type(heads).__name__}")
+    heads = dict(heads or {})
+    require_head_modules(heads, "load_adapter")
     path = Path(path)
     doc, layout = _read(path, verify=True)
     cfg = config_of(doc, path)
-    heads = dict(heads or {})
     weights = path / layout.weights
     header = read_header(weights)
     head_file = path / HEADS_WEIGHTS
