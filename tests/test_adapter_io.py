@@ -650,6 +650,32 @@ def test_an_adapter_saved_under_older_default_targets_loads_on_its_own_projectio
         mlv.load_adapter(other, path)
 
 
+def test_a_spec_this_version_cannot_read_is_refused_at_save_and_skipped_without_heads(tmp_path):
+    """A spec with a field the loader refuses was saved, and the adapter then did not load even with heads=False,
+    whose message advised heads=False."""
+    from mtl_lora_vl.backbones import load_backbone
+
+    newer = tmp_path / "vqa.toml"
+    newer.write_text('name = "vqa"\nkind = "vqa"\nfrom_a_newer_version = 1\n[data]\nsource = "builtin"\n')
+    bb = load_backbone("builtin")
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["vqa", "retrieval"], r=2))
+    with pytest.raises(ValueError, match=r"task spec of 'vqa' is not a valid task spec: .*'from_a_newer_version'"):
+        mlv.save_adapter(bb.model, tmp_path / "a", task_specs={"vqa": newer})
+    from mtl_lora_vl.tasks import load_spec
+
+    path = mlv.save_adapter(bb.model, tmp_path / "a", task_specs={t: load_spec(t) for t in ("vqa", "retrieval")},
+                            base={"backbone": "builtin"})
+    (path / "tasks" / "vqa.toml").write_text(newer.read_text())   # as a newer version would write it
+    doc = json.loads((path / ADAPTER_CONFIG).read_text())
+    doc["files"]["tasks/vqa.toml"] = _sha256(path / "tasks" / "vqa.toml")
+    (path / ADAPTER_CONFIG).write_text(json.dumps(doc))
+    with pytest.warns(UserWarning, match=r"the task spec of 'vqa' \(tasks/vqa.toml\) cannot be read"):
+        bare = mlv.load_pretrained(path, heads=False)
+    assert set(bare.specs) == {"retrieval"}
+    with pytest.raises(AdapterFileError, match=r"cannot read the task spec of 'vqa' .*; load without heads"):
+        mlv.load_pretrained(path)
+
+
 def test_load_pretrained_says_which_saved_heads_it_cannot_rebuild(tmp_path):
     """A head is rebuilt by its task kind from the saved spec; saved without specs, the heads were dropped silently."""
     from mtl_lora_vl.backbones import load_backbone

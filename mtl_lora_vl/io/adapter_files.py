@@ -41,7 +41,7 @@ from ..adapters.attach import attach
 from ..adapters.layers import ADAPTER_PARAM_NAMES
 from ..backbones.spec import parse_spec
 from ..config import ConfigError, MTLLoRAConfig
-from ..tasks.spec import TaskSpec
+from ..tasks.spec import SpecError, TaskSpec, load_spec
 from .atomic import atomic_dir, holds
 from .base_check import (
     check_base,
@@ -240,6 +240,10 @@ def _check_save_arguments(cfg: MTLLoRAConfig, heads: dict[str, Any], task_specs:
         if named != task:
             raise ValueError(f"save_adapter: task spec {spec} names its task {named!r}, but it is given for "
                              f"task {task!r}; pass it under its own name")
+        try:   # a spec the loader refuses would make the saved adapter's heads unloadable
+            load_spec(Path(spec))
+        except SpecError as e:
+            raise ValueError(f"save_adapter: task spec of {task!r} is not a valid task spec: {e}") from e
 
 
 def _check_replaceable(path: Path, base: dict[str, Any], roots: dict[str, str]) -> None:

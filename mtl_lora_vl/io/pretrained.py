@@ -84,15 +84,23 @@ def load_pretrained(
     for task, rel in (doc.get("task_specs") or {}).items():
         try:
             specs[task] = load_spec(path / rel)
+        except (ValueError, OSError) as e:
             if heads:
+                raise AdapterFileError(f"{path}: cannot read the task spec of {task!r} ({rel}): {e}; load without "
+                                       "heads (heads=False)") from e
+            warn_user(f"{path}: the task spec of {task!r} ({rel}) cannot be read ({e}); loaded without it (the "
+                      "task cannot be evaluated from this adapter)")
+            continue
+        if heads:
+            try:
                 state = read_kind_state(path, task)
                 root = data_root if data_root is not None else (doc.get("data_roots") or {}).get(task)
                 train = None if state is not None else specs[task].load_split("train", root)
                 kinds[task] = build_kind(specs[task], train, bb, state=state)
-        except (ValueError, FileNotFoundError, OSError) as e:
-            raise AdapterFileError(f"{path}: cannot rebuild task {task!r} from {rel}: {e}. For file-based tasks "
-                                   "give the data folder (--data-root, data_root=...), or load without heads "
-                                   "(heads=False)") from e
+            except (ValueError, FileNotFoundError, OSError) as e:
+                raise AdapterFileError(f"{path}: cannot rebuild task {task!r} from {rel}: {e}. For file-based "
+                                       "tasks give the data folder (--data-root, data_root=...), or load without "
+                                       "heads (heads=False)") from e
         if heads and task in (doc.get("heads") or {}):
             with torch.no_grad():  # on the base model: head shapes do not depend on adapters
                 built[task] = kinds[task].build_head(bb)
