@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,6 +27,8 @@ def task_name_problem(name: object) -> str | None:
         return f"every task name must be a non-empty string, got {name!r}"
     if "." in name:  # heads are stored under "<task>.<parameter>" keys
         return f"{name!r}: a task name may not contain '.'; use '_' or '-' instead"
+    if "/" in name or "\\" in name:  # a task's spec and vocabulary are saved as tasks/<task>.toml
+        return f"{name!r}: a task name may not contain '/' or '\\' (it names files); use '_' or '-' instead"
     return None
 
 
@@ -60,7 +63,14 @@ class MTLLoRAConfig:
     qkv_slices: str = "qkv"
 
     def __post_init__(self) -> None:
+        if self.tasks is None or not isinstance(self.tasks, (str, list, tuple)):
+            raise ConfigError(f"tasks: must be a list of task names, e.g. tasks=['vqa', 'retrieval'], got "
+                              f"{self.tasks!r}")
         self.tasks = list(self.tasks) if not isinstance(self.tasks, str) else [self.tasks]
+        for name in ("r", "n_up", "alpha", "temperature", "dropout"):   # NumPy scalars as Python numbers
+            v = getattr(self, name)
+            if type(v) not in (int, float, bool) and isinstance(v, numbers.Real):
+                setattr(self, name, int(v) if isinstance(v, numbers.Integral) else float(v))
         self.validate()
 
     @property
@@ -163,6 +173,9 @@ class MTLLoRAConfig:
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> MTLLoRAConfig:
         p = Path(text_or_path) if not str(text_or_path).lstrip().startswith("{") else None
+        if p is not None and not p.is_file():
+            raise ConfigError(f"from_json: {str(text_or_path)[:80]!r} is neither a JSON object ('{{...}}') nor an "
+                              "existing file")
         text = p.read_text() if p is not None else str(text_or_path)
         try:
             d = json.loads(text)

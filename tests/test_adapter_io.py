@@ -313,6 +313,18 @@ def test_tampered_task_spec_and_missing_files(oc_adapter, tmp_path):
     (bad / ADAPTER_CONFIG).write_text("{not json")
     with pytest.raises(AdapterFileError, match="not valid JSON"):
         mlv.load_adapter(tiny_open_clip(), bad)
+    bom = _copy(oc_adapter[0], tmp_path / "bom")   # saved again by an editor that adds a byte-order mark
+    (bom / ADAPTER_CONFIG).write_bytes(b"\xef\xbb\xbf" + (bom / ADAPTER_CONFIG).read_bytes())
+    mlv.load_adapter(_fresh(tiny_open_clip), bom)
+    for key, value, says in (("task_specs", ["x"], "the field 'task_specs' is not an object"),
+                             ("heads", ["vqa"], "the field 'heads' is not an object"),
+                             ("weight_samples", {"x": 1}, "weight_samples is not an object of value lists")):
+        edited = _copy(oc_adapter[0], tmp_path / key)
+        doc = json.loads((edited / ADAPTER_CONFIG).read_text())
+        (doc["base_model"] if key == "weight_samples" else doc)[key] = value
+        (edited / ADAPTER_CONFIG).write_text(json.dumps(doc))
+        with pytest.raises(AdapterFileError, match=says):   # were AttributeError / TypeError tracebacks
+            mlv.load_adapter(_fresh(tiny_open_clip), edited)
 
 
 def test_other_weights_of_the_same_architecture_are_refused(oc_adapter, tmp_path):

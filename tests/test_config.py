@@ -23,6 +23,8 @@ def test_json_round_trip(tmp_path):
         (dict(tasks=["a", "a"]), "tasks"),
         (dict(tasks=["a", ""]), "tasks"),
         (dict(tasks=["a", "b.hard"]), "tasks"),
+        (dict(tasks=["a", "vqa/v2"]), "tasks"),      # names files (tasks/<task>.toml): saving failed after training
+        (dict(tasks=None), "tasks"),
         (dict(tasks=["a"], r=0), "r"),
         (dict(tasks=["a"], n_up=0), "n_up"),
         (dict(tasks=["a"], temperature=0), "temperature"),
@@ -50,6 +52,17 @@ def test_from_dict_rejects_unknown_fields_and_bad_json():
         mlv.MTLLoRAConfig.from_dict({"tasks": ["a"], "rank": 4})
     with pytest.raises(mlv.ConfigError, match="not valid JSON"):
         mlv.MTLLoRAConfig.from_json("{not json")
+    with pytest.raises(mlv.ConfigError, match=r"'\[\"a\"\]' is neither a JSON object .* nor an existing file"):
+        mlv.MTLLoRAConfig.from_json('["a"]')   # was FileNotFoundError: No such file or directory: '["a"]'
+
+
+def test_numpy_scalars_are_numbers():
+    """r=np.int64(8) was refused as 'must be an integer'; dropout=np.float64 was taken as it was."""
+    np = pytest.importorskip("numpy")
+    cfg = mlv.MTLLoRAConfig(tasks=["a"], r=np.int64(8), n_up=np.int32(2), alpha=np.float32(16), dropout=np.float64(0.1))
+    assert (cfg.r, cfg.n_up, cfg.alpha, cfg.dropout) == (8, 2, 16.0, pytest.approx(0.1))
+    assert [type(v) for v in (cfg.r, cfg.n_up, cfg.alpha, cfg.dropout)] == [int, int, float, float]
+    assert mlv.MTLLoRAConfig.from_json(cfg.to_json()) == cfg
 
 
 @pytest.mark.parametrize("kwargs, degenerate", [

@@ -354,7 +354,7 @@ def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
     layout = adapter_layout(path)
     cfg_file = path / layout.config
     try:
-        doc = json.loads(cfg_file.read_text())
+        doc = json.loads(cfg_file.read_text(encoding="utf-8-sig"))   # -sig: saved again by an editor that adds a BOM
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AdapterFileError(f"{cfg_file}: not valid JSON ({e}); the file is damaged, save the adapter again") from e
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
@@ -371,6 +371,10 @@ def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
     for key in ("config", "base_model", "files"):
         if not isinstance(doc.get(key), dict):
             raise AdapterFileError(f"{cfg_file}: the field {key!r} is missing or not an object")
+    for key in ("base", "heads", "task_specs", "data_roots"):
+        if not isinstance(doc.get(key) or {}, dict):
+            raise AdapterFileError(f"{cfg_file}: the field {key!r} is not an object (task -> ...); the file was "
+                                   "edited by hand: fix the field or save the adapter again")
     if layout.weights not in doc["files"]:
         raise AdapterFileError(f"{cfg_file}: 'files' does not list {layout.weights}")
     for rel in [*doc["files"], *(doc.get("task_specs") or {}).values()]:
