@@ -337,6 +337,10 @@ def test_export_subcommand_writes_several_tasks(trained_run, tmp_path, capsys): 
     assert main(["export", "--adapter", str(path), "--task", "vqa,retrieval", "--out", str(tmp_path / "m.safetensors")],
                 prog="mtl-lora-vl") == 2
     assert "give a directory" in capsys.readouterr().err
+    # OUT holds the task folders: never the adapter's own directory (they were written into it)
+    assert main(["export", "--adapter", str(path), "--task", "vqa,retrieval", "--format", "plain", "--out",
+                 str(path)], prog="mtl-lora-vl") == 2
+    assert "holds the adapter being exported" in capsys.readouterr().err and not (path / "vqa").exists()
 
 
 def test_overwrite_never_deletes_the_adapter_it_reads_or_the_working_directory(trained_run, tmp_path, capsys,  # noqa: F811

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import llava_inputs, tiny_hf_clip, tiny_llava, tiny_open_clip, tiny_timm_vit
-from test_adapter_io import _fresh, _hf_run, _llava_run, _oc_run, _outputs, _trained  # noqa: F401
+from test_adapter_io import _fresh, _hf_run, _llava_run, _oc_run, _outputs, _randomize, _trained  # noqa: F401
 from torch import nn
 
 import mtl_lora_vl as mlv
@@ -144,7 +144,7 @@ def test_several_tasks_in_the_plain_layout(tmp_path):
 
 
 def test_several_tasks_argument_errors(tmp_path):
-    model = _trained(tiny_hf_clip, mlv.MTLLoRAConfig(tasks=["vqa", "v-2", "a/b"], r=2))
+    model = _trained(tiny_hf_clip, mlv.MTLLoRAConfig(tasks=["vqa", "v-2"], r=2))   # ('a/b' is refused by the config)
     out = tmp_path / "x"
     with pytest.raises(ValueError, match=r"task\(s\) \['vqa'\] named more than once"):
         mlv.export_lora(model, ["vqa", "vqa"], out)
@@ -152,8 +152,6 @@ def test_several_tasks_argument_errors(tmp_path):
         mlv.export_lora(model, [], out)
     with pytest.raises(KeyError, match="unknown task 'nope'"):
         mlv.export_lora(model, ["vqa", "nope"], out)
-    with pytest.raises(ValueError, match="'a/b' cannot be a folder name"):
-        mlv.export_lora(model, ["a/b"], out, format="plain")
     assert not out.exists()
     mlv.export_lora(model, ["vqa", "v-2"], out, format="plain")  # (a task name may not hold a dot: MTLLoRAConfig)
     assert (out / "v-2" / "lora_config.json").is_file()
@@ -282,6 +280,54 @@ def test_merged_open_clip_file_loads_with_create_model(tmp_path):
         torch.testing.assert_close(_oc_run(plain, inp), ref, atol=1e-5, rtol=1e-5)
     with pytest.raises(FileExistsError, match="overwrite=True"):
         mlv.save_merged(model, "retrieval", out)
+    with pytest.raises(ValueError, match=r"an open_clip local-dir .*needs open_clip_config.json; pass source_dir="):
+        mlv.save_merged(model, "retrieval", tmp_path / "dir")   # it wrote a folder nothing could load
+    assert not (tmp_path / "dir").exists()
+
+
+def test_export_of_an_open_clip_name_base_writes_a_local_dir_that_loads(tmp_path, capsys, monkeypatch):
+    """An open_clip:NAME base has no folder to copy open_clip_config.json from: export --out DIR wrote the
+    weights alone, exited 0, and nothing could load the folder. Also refused before the base model loads:
+    a misspelt --task (with a did-you-mean), and a .safetensors --out for a LoRA format."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    from mtl_lora_vl.backbones import load_backbone
+    from mtl_lora_vl.cli import export_main
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mtl-tiny-clip-49k.json").write_text(json.dumps({
+        "embed_dim": 32, "vision_cfg": dict(image_size=32, layers=2, width=32, patch_size=8, head_width=16),
+        "text_cfg": dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=2)}))
+    open_clip.add_model_config(tmp_path / "configs")
+    torch.manual_seed(0)
+    save_file(open_clip.create_model("mtl-tiny-clip-49k").state_dict(), str(tmp_path / "w.safetensors"))
+    bb = load_backbone("open_clip:mtl-tiny-clip-49k", pretrained=str(tmp_path / "w.safetensors"))
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["vqa", "cls"], r=4, n_up=2))
+    _randomize(bb.model)
+    ad = mlv.save_adapter(bb.model, tmp_path / "adapter", base={"backbone": "open_clip:mtl-tiny-clip-49k",
+                                                                "pretrained": str(tmp_path / "w.safetensors")})
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), mlv.route(bb.model, "vqa"):
+        want = bb.model.encode_image(images)
+
+    import mtl_lora_vl.cli.export as export_cli
+
+    def no_load(*a, **k):
+        raise AssertionError("the base model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(export_cli, "load_pretrained", no_load)
+    for args, says in ((["--task", "vqq"], r"--task 'vqq': the adapter has no such task.*did you mean 'vqa'"),
+                       (["--task", "vqa", "--format", "plain", "--out", str(tmp_path / "l.safetensors")],
+                        r"--format plain writes a LoRA directory")):
+        assert export_main(["--adapter", str(ad), "--out", str(tmp_path / "x"), *args]) == 2
+        assert re.search(says, capsys.readouterr().err)
+    monkeypatch.undo()
+    assert export_main(["--adapter", str(ad), "--task", "vqa", "--out", str(tmp_path / "merged")]) == 0
+    plain = open_clip.create_model(f"local-dir:{tmp_path / 'merged'}").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain.encode_image(images), want, atol=1e-5, rtol=1e-5)
+    assert load_backbone(f"open_clip:{tmp_path / 'merged'}").image_size == 32
 
 
 @pytest.mark.parametrize("family", ["hf_clip", "llava"])

@@ -21,16 +21,20 @@ comma-separated tasks go to ``OUT/<task>`` each. The base model is rebuilt from 
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from ..backbones import parse_spec
+from ..families import merged_format
 from ..io import AdapterFileError, export_lora, load_pretrained, save_merged
-from ..io.adapter_files import base_paths, recorded_base
+from ..io.adapter_files import base_paths, config_of, read_adapter_config, recorded_base
 from ..io.atomic import check_target
 from ..io.exports import export_format
-from ..io.layout import EXPORT_RECORD, check_output
+from ..io.layout import EXPORT_RECORD, check_output, check_outputs_folder
 from ..log import progress
 from ..options import ExportOptions
 from .commands import _exit_code, program_name, run_command
@@ -75,6 +79,57 @@ def _merged_export(path: Path) -> bool:
         return False
 
 
+def _check_tasks(tasks: list[str], adapter: str) -> str:
+    """Refuse task names the adapter does not have, before its base model loads; its recorded family."""
+    try:
+        doc = read_adapter_config(adapter, verify=False)
+    except AdapterFileError:
+        return ""   # load_pretrained says what is wrong with the directory
+    known = config_of(doc, Path(adapter)).tasks
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        close = {t: difflib.get_close_matches(t, known, n=1) for t in unknown}
+        hint = "".join(f" (did you mean {c[0]!r} for {t!r}?)" for t, c in close.items() if c)
+        raise AdapterFileError(f"--task {', '.join(map(repr, unknown))}: the adapter has no such task; its tasks "
+                               f"are {known}{hint}")
+    return str((doc.get("base_model") or {}).get("family") or "")
+
+
+def _check_out_kind(out: Path, fmt: str, family: str, several: bool) -> None:
+    """Refuse a ``.safetensors`` --out where export writes a directory (LoRA formats, Hugging Face models)."""
+    if out.suffix != ".safetensors" or not family:
+        return
+    if several:
+        raise ValueError(f"--out {out}: several tasks are written to OUT/<task>; give a directory")
+    if fmt != "merged":
+        raise ValueError(f"--out {out}: --format {fmt} writes a LoRA directory; give a folder name (without "
+                         ".safetensors)")
+    if merged_format(family, None) == "hf":
+        raise ValueError(f"--out {out}: a Hugging Face model ({family}) is exported as a save_pretrained directory "
+                         "(weights, config and processor, for from_pretrained); give a folder name")
+
+
+def _open_clip_config(spec: str, model: Any, tmp: Path) -> Path | None:
+    """For an ``open_clip:NAME`` base (no folder to copy its config from): a folder holding the
+    ``open_clip_config.json`` open_clip's registry has for NAME, so a merged directory loads as a local-dir."""
+    try:
+        parsed = parse_spec(spec)
+    except ValueError:
+        return None
+    if parsed.kind != "open_clip":
+        return None
+    import open_clip
+
+    model_cfg = open_clip.get_model_config(parsed.name)
+    if model_cfg is None:
+        return None
+    preprocess = getattr(getattr(model, "visual", None), "preprocess_cfg", None) or {}
+    doc = {"model_cfg": model_cfg, "preprocess_cfg": {k: list(v) if isinstance(v, tuple) else v
+                                                      for k, v in preprocess.items()}}
+    (tmp / "open_clip_config.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return tmp
+
+
 def export(opts: ExportOptions) -> list[Path]:
     """Export each task of ``opts.task``; returns the written paths (also printed, one per line)."""
     tasks = [t.strip() for t in (opts.task or "").split(",") if t.strip()]
@@ -86,12 +141,16 @@ def export(opts: ExportOptions) -> list[Path]:
     repeated = sorted({t for t in tasks if tasks.count(t) > 1})
     if repeated:
         raise ValueError(f"--task: {', '.join(map(repr, repeated))} given more than once; name each task once")
+    family = _check_tasks(tasks, opts.adapter)
+    _check_out_kind(out, opts.format, family, len(tasks) > 1)
     targets = {task: out if len(tasks) == 1 else out / task for task in tasks}
     if len(tasks) > 1 and out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out}: exists and is a file; several tasks are written to OUT/<task>, "
                               "give a directory")
     base = recorded_base(opts.adapter)
     keep = [("the adapter being exported", opts.adapter), *base_paths(base, opts.backbone, opts.pretrained)]
+    if len(tasks) > 1:   # OUT holds the task folders: it may hold other files, but not be or hold what is kept
+        check_outputs_folder(out, command="export", keep=keep)
     for target in targets.values():  # every target before anything is written: no partial export
         file = opts.format == "merged" and target.suffix == ".safetensors"
         check_output(target, marker=EXPORT_RECORD, command="export", overwrite=opts.overwrite, keep=keep)
@@ -105,25 +164,27 @@ def export(opts: ExportOptions) -> list[Path]:
     dtype = _source_dtype(_source_dir(spec)) if opts.base_dtype == "source" else opts.base_dtype
     loaded = load_pretrained(opts.adapter, backbone=opts.backbone, pretrained=opts.pretrained, heads=False,
                              base_dtype=dtype)
-    unknown = [t for t in tasks if t not in loaded.config.tasks]
-    if unknown:
-        raise AdapterFileError(f"--task {', '.join(map(repr, unknown))}: the adapter has no such task; its tasks "
-                               f"are {loaded.config.tasks}")
     model = loaded.backbone.model
     written = []
-    for task in progress(tasks, desc="export", unit="task"):
-        target = targets[task]
-        if opts.format == "merged":
-            path = save_merged(model, task, target, source_dir=_source_dir(spec), overwrite=opts.overwrite)
-            what = f"task {task!r} merged into {type(model).__name__}"
-        else:
-            path = export_lora(model, task, target, format=opts.format, overwrite=opts.overwrite)
-            chosen = export_format(model) if opts.format == "auto" else opts.format
-            what = f"task {task!r} as a {chosen} LoRA" + (" (--format auto)" if opts.format == "auto" else "")
-        logger.debug("exported %s to %s", task, path)
-        print(f"wrote {path} ({what})")
-        written.append(path)
+    with tempfile.TemporaryDirectory() as scratch:
+        source = _source_dir(spec) or _open_clip_config(spec, model, Path(scratch))
+        for task in progress(tasks, desc="export", unit="task"):
+            written.append(_export_one(opts, model, task, targets[task], source))
     return written
+
+
+def _export_one(opts: ExportOptions, model: Any, task: str, target: Path, source: Path | None) -> Path:
+    """One task to ``target`` (merged, or a LoRA); prints what was written."""
+    if opts.format == "merged":
+        path = save_merged(model, task, target, source_dir=source, overwrite=opts.overwrite)
+        what = f"task {task!r} merged into {type(model).__name__}"
+    else:
+        path = export_lora(model, task, target, format=opts.format, overwrite=opts.overwrite)
+        chosen = export_format(model) if opts.format == "auto" else opts.format
+        what = f"task {task!r} as a {chosen} LoRA" + (" (--format auto)" if opts.format == "auto" else "")
+    logger.debug("exported %s to %s", task, path)
+    print(f"wrote {path} ({what})")
+    return path
 
 
 def export_command(argv: list[str] | None = None, prog: str | None = None) -> list[Path]:

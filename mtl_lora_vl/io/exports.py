@@ -64,6 +64,7 @@ PLAIN_CONFIG = "lora_config.json"
 PLAIN_WEIGHTS = "lora_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
+OPEN_CLIP_CONFIG = "open_clip_config.json"
 def _export_format(family: str) -> str:
     """The default ``export_lora`` format of a model family: ``"peft"`` where PEFT loads the base model."""
     return "peft" if peft_export(family) else "plain"
@@ -313,9 +314,13 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
         with atomic_file(out, overwrite=overwrite, what="save_merged") as tmp:
             save_tensors(sd, tmp, meta)
         return out
+    weights_name = _merged_weights_name(inner, inner._mtl_lora.family)
+    if weights_name == MERGED_WEIGHTS["open_clip"] and not (source_dir and (Path(source_dir) / OPEN_CLIP_CONFIG).is_file()):
+        raise ValueError(f"save_merged: an open_clip local-dir {out} needs {OPEN_CLIP_CONFIG}; pass source_dir= a "
+                         f"folder holding it (the base model's), or out=FILE.safetensors for "
+                         "open_clip.create_model(NAME, pretrained=FILE)")
     with atomic_dir(out, overwrite=overwrite, what="save_merged") as tmp:
         _write_record(tmp, task, "merged")
-        weights_name = _merged_weights_name(inner, inner._mtl_lora.family)
         if weights_name is None:
             inner.save_pretrained(str(tmp), state_dict=sd)
             if source_dir is None:  # the directory the model was loaded from (tokenizer, processor files)

@@ -194,6 +194,30 @@ def _kept_kind(path: Path) -> str | None:
     return None
 
 
+def _check_keeps(out: Path, keep: Iterable[tuple[str, str | Path | None]],
+                 why: str = "which writing the results there would delete") -> None:
+    for name, path in keep:
+        if not path or not Path(path).exists():
+            continue
+        if holds(out, path):
+            raise FileExistsError(f"--out {out}: holds {name} {path}, {why}; choose another --out")
+        if out.is_file() and holds(path, out):
+            raise FileExistsError(f"--out {out}: is a file of {name} {path}, which writing the results would "
+                                  "replace; choose another --out")
+
+
+def check_outputs_folder(out: str | Path, *, command: str,
+                         keep: Iterable[tuple[str, str | Path | None]] = ()) -> None:
+    """Refuse a folder that ``command`` fills with one output per item (``OUT/<task>``): it may hold other
+    files, but it may not be an adapter or a training run directory, nor hold what ``keep`` names."""
+    out = Path(out)
+    _check_keeps(out, keep, why=f"which {command} keeps apart from its outputs")
+    kind = _kept_kind(out) if out.is_dir() else None
+    if kind:
+        raise FileExistsError(f"--out {out}: is {kind}; {command} does not write its outputs into one; choose "
+                              "another --out")
+
+
 def check_output(out: str | Path, *, marker: str, command: str, overwrite: bool,
                  keep: Iterable[tuple[str, str | Path | None]] = ()) -> None:
     """Refuse an output path that writing ``command``'s results would replace but must not.
@@ -205,15 +229,7 @@ def check_output(out: str | Path, *, marker: str, command: str, overwrite: bool,
     ``FileExistsError`` naming the path and the fix.
     """
     out = Path(out)
-    for name, path in keep:
-        if not path or not Path(path).exists():
-            continue
-        if holds(out, path):
-            raise FileExistsError(f"--out {out}: holds {name} {path}, which writing the results there would "
-                                  "delete; choose another --out")
-        if out.is_file() and holds(path, out):
-            raise FileExistsError(f"--out {out}: is a file of {name} {path}, which writing the results would "
-                                  "replace; choose another --out")
+    _check_keeps(out, keep)
     if not out.is_dir() or not any(out.iterdir()):
         return
     kind = _kept_kind(out)
