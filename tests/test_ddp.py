@@ -185,13 +185,26 @@ def test_ddp_resume_repeats_the_run_and_its_sharded_scores_match_one_process(tmp
 
 def test_ddp_trains_a_task_that_never_runs_the_text_tower(tmp_path, procs):
     """Classification alone leaves the text tower's adapters without gradients: DDP must be told, or it
-    stops at step 2 waiting for their reduction."""
-    spec = rng_kind.small_spec(tmp_path, "caption_cls")
-    proc = torchrun(29536, str(TESTS / "rng_kind.py"), "--tasks", str(spec), "--steps", "3", "--batch-size", "4",
-                    "--skip-zero-shot", "--eval-batch-size", "32", "--device", "cpu", "--out", str(tmp_path / "run"))
+    stops at step 2 waiting for their reduction. A warning of the final evaluation (no test split) is said
+    once, not once per rank."""
+    from PIL import Image
+
+    for split in ("train", "val"):   # an ImageFolder task with no test split
+        for c, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (32, 32), tuple(max(0, x - 20 * i) for x in colour)).save(
+                    tmp_path / "data" / split / c / f"{i}.png")
+    spec = tmp_path / "colours.toml"
+    spec.write_text('name = "colours"\nkind = "classification"\ntemplates = ["a {}."]\n[data]\nformat = '
+                    '"imagefolder"\n[data.train]\nfolder = "train"\n[data.val]\nfolder = "val"\n')
+    proc = torchrun(29536, str(TESTS / "rng_kind.py"), "--tasks", str(spec), "--data-root", str(tmp_path / "data"),
+                    "--steps", "3", "--batch-size", "4", "--skip-zero-shot", "--eval-batch-size", "32", "--device",
+                    "cpu", "--out", str(tmp_path / "run"))
     procs.append(proc)
-    finish(proc)
+    _, err = finish(proc)
     assert (tmp_path / "run" / "adapter").is_dir()
+    assert err.count("task colours has no test split: scored on val instead") == 1, err[-3000:]
 
 
 def test_ddp_trains_a_coca_whose_decoder_no_task_runs(tmp_path, procs):

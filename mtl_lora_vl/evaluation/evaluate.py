@@ -259,7 +259,7 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
         loaded = base_weights_dtype(lp.backbone.model)
         dtype = resolve_precision(precision, dev, base_dtype, loaded)
         check_base_precision(precision, dtype, loaded, lp.backbone.casts_inputs)
-    with sharded_evaluation(info):
+    with sharded_evaluation(info), main_rank_logging(info.is_main):   # every rank warns alike: rank 0 says it
         result = evaluate_setup(setup, split=split, data_root=data_root, device=dev, dtype=dtype,
                                 batch_size=batch_size, workers=workers)
     result["adapter"] = str(Path(adapter).absolute())

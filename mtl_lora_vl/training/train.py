@@ -370,7 +370,8 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
                     window.add(result.losses)
                 else:  # the batch is used up; the learning-rate schedule does not advance
                     bad += 1
-                    skip_bad_step(optim, bad, step + 1, opts.max_bad_steps, run.dir, run.amp_dtype)
+                    with main_rank_logging(info.is_main):   # the ranks agreed on it
+                        skip_bad_step(optim, bad, step + 1, opts.max_bad_steps, run.dir, run.amp_dtype)
                 step += 1
                 progress.update(1)
                 if info.is_main and step == start_at.step + 1 and opts.overwrite:
@@ -408,7 +409,7 @@ def evaluate_during_training(run: Run, step: int, log: MetricsLog) -> None:
     """Validation scores of the adapted model, logged as ``eval/<task>/<metric>`` by rank 0. Every rank
     scores its shard of each split; the generators are put back, so evaluating does not change training."""
     opts = run.opts
-    with preserved_rng(), sharded_evaluation(run.info):
+    with preserved_rng(), sharded_evaluation(run.info), main_rank_logging(run.info.is_main):
         scores = evaluate_adapted(run.setup, split="val", data_root=opts.data_root, device=run.info.device,
                                   dtype=run.amp_dtype, batch_size=opts.eval_batch_size)
     log.log({"step": step, **{f"eval/{t}/{m}": v for t, r in scores.items() for m, v in r.items()}})
@@ -426,7 +427,7 @@ def finish(run: Run) -> None:
                      base={"backbone": opts.backbone, "pretrained": opts.pretrained},
                      kinds=setup.kinds, overwrite=True,
                      data_roots=setup.recorded_roots(opts.data_root))
-    with sharded_evaluation(run.info):
+    with sharded_evaluation(run.info), main_rank_logging(run.info.is_main):   # every rank warns alike: rank 0 says it
         result = evaluate_setup(setup, split=opts.eval_split, data_root=opts.data_root, device=run.info.device,
                                 dtype=run.amp_dtype, batch_size=opts.eval_batch_size, workers=run.workers,
                                 zero_shot=not opts.skip_zero_shot)
