@@ -99,6 +99,8 @@ def claim_run_dir(run: Path, opts: TrainOptions, info: DistInfo) -> Path:
             claimed = _claim(run, opts)
         except RunDirError as e:
             error = str(e)
+        except OSError as e:   # e.g. a file where a parent folder should be, no permission
+            error = f"--out {run}: cannot make the run directory ({e}); choose another --out"
     claimed, error = broadcast_from_main((str(claimed), error), info)
     if error is not None:
         raise RunDirError(error)

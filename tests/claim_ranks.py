@@ -2,8 +2,8 @@
 
 ``python tests/claim_ranks.py DIR`` writes ``DIR/rank<R>.json``: the directory each rank got for a default
 name that every rank spelled differently (as two ranks starting in different seconds would), then for an
-``--out`` directory that another run already holds (rank 0's claim fails: every rank must stop with its
-message rather than wait for rank 0).
+``--out`` directory that another run already holds, then for one under a file (rank 0's claim fails: every rank
+must stop with its message rather than wait for rank 0).
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ if __name__ == "__main__":
         got["taken"] = "claimed"
     except RunDirError as e:
         got["taken"] = str(e)
+    try:   # a file where a parent folder should be: rank 0's OSError, on every rank
+        claim_run_dir(root / "afile" / "run", TrainOptions(out=str(root / "afile" / "run")), info)
+        got["under_a_file"] = "claimed"
+    except RunDirError as e:
+        got["under_a_file"] = str(e)
     (root / f"rank{info.rank}.json").write_text(json.dumps(got))
     barrier(info)  # no rank tears gloo down while another still talks to it
     cleanup(info)

@@ -91,6 +91,7 @@ def test_every_rank_takes_rank_0s_run_dir_or_its_error(tmp_path, procs):
     barrier for a rank that had stopped)."""
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "config.json").write_text("{}")
+    (tmp_path / "afile").write_text("x")
     proc = torchrun(29535, str(TESTS / "claim_ranks.py"), str(tmp_path))
     procs.append(proc)
     finish(proc, timeout=120)
@@ -98,6 +99,7 @@ def test_every_rank_takes_rank_0s_run_dir_or_its_error(tmp_path, procs):
     assert got[0]["default"] == got[1]["default"] == str(tmp_path / "default-rank0")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("default")) == ["default-rank0"]
     assert got[0]["taken"] == got[1]["taken"] and "another run created or wrote to it" in got[0]["taken"]
+    assert got[0]["under_a_file"] == got[1]["under_a_file"] and "cannot make the run directory" in got[0]["under_a_file"]
     assert (tmp_path / "taken" / "config.json").read_text() == "{}"
 
 
