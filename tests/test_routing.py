@@ -3,6 +3,7 @@ one id space from the loader to the layers, add_task's freezing scoped to one op
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import warnings
@@ -200,6 +201,27 @@ def test_a_replay_route_is_never_reused_by_a_later_backward(reentrant):
         loss = ck(x).square().sum()
     with pytest.raises(mlv.RoutingError, match="no route scope saw that forward"):
         loss.backward()
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_a_route_opened_inside_disabled_recomputes_without_adapters(reentrant):
+    """``disabled`` wins over a route opened inside it, in the forward and in its recomputation: the inner
+    scope's replay hooks armed the task, so a checkpointed region recomputed *with* adapters (reentrant: silently
+    wrong input gradients; non-reentrant: CheckpointError on the recomputed shapes)."""
+    net = _net()
+
+    def grads(ck: bool, inner: bool) -> torch.Tensor:
+        m = copy.deepcopy(net)
+        m.reentrant = reentrant if ck else None
+        x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+        with mlv.disabled(m), (mlv.route(m, IDS) if inner else contextlib.nullcontext()):
+            loss = m(x).square().sum()
+        loss.backward()   # after both scopes closed
+        return x.grad
+
+    ref = grads(False, False)
+    torch.testing.assert_close(grads(False, True), ref)   # the forward ignored the inner route already
+    torch.testing.assert_close(grads(True, True), ref)
 
 
 def _net_grads_unscoped(net: _Net, x: torch.Tensor, reentrant: bool) -> dict[str, torch.Tensor]:

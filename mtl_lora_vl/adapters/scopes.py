@@ -122,6 +122,8 @@ def route(model: nn.Module | Router,
     task index, a list of names, a LongTensor of per-sample ids of batch size, or a :class:`Route`
     (e.g. ``Route.from_segments`` from the loader). Rows may come in any order. The outer scope is
     restored on exit; backward may run after the scope closes (also with activation checkpointing).
+    Inside :func:`disabled` the route is ignored: the forward, and its recomputation in backward, run without
+    adapters.
     """
     if getattr(model, "_is_replica", False):
         raise RoutingError(_REPLICA)
@@ -136,7 +138,8 @@ def route(model: nn.Module | Router,
     outer = router.current
     router.current = new
     try:
-        with _scope(router, new):
+        # under disabled() the forward runs unadapted (resolve ignores `new`), so its recomputation must too
+        with _scope(router, ADAPTERS_OFF if router.disabled else new):
             yield new
     except GeneratorExit:   # a generator holding the scope was closed: an exit like any other
         _close(router, new, outer)
@@ -160,8 +163,9 @@ def _close(router: Router, new: Route, outer: Route | None) -> None:
 
 @contextmanager
 def disabled(model: nn.Module | Router) -> Iterator[None]:
-    """Run ``model`` as the unadapted base model (zero-shot) inside this scope. Refused while a task is merged
-    into the weights (the base model is not what would run)."""
+    """Run ``model`` as the unadapted base model (zero-shot) inside this scope, also where a ``route`` is opened
+    inside it (disabled wins, in backward's recomputation too). Refused while a task is merged into the weights
+    (the base model is not what would run)."""
     router = find_router(model)
     if router.merged_task is not None:
         raise RoutingError(
