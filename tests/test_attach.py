@@ -367,6 +367,41 @@ def test_single_task_adapter_needs_no_scope_and_route_works_through_wrappers():
         assert model._mtl_lora.router.current.task == 0
 
 
+def test_a_module_holding_several_adapted_models_is_refused_and_one_under_several_paths_is_not(tmp_path):
+    """route, merge, save_adapter and parameter_report on a student-teacher pair silently acted on the first adapted
+    model found (the student): the teacher was never routed, saved or counted. A wrapper reaching one adapted model
+    under several paths (MultiTaskModel's ``model`` and ``backbone.model``, DataParallel replicas sharing its router,
+    torch.compile's ``_orig_mod``) still finds it."""
+
+    def adapted():
+        return mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^0$"]}))
+
+    pair = nn.ModuleDict({"student": adapted(), "teacher": adapted()})
+    before = copy.deepcopy(pair.state_dict())
+    for act in (lambda: mlv.route(pair, "a").__enter__(), lambda: mlv.disabled(pair).__enter__(),
+                lambda: mlv.merge(pair, "a"), lambda: mlv.save_adapter(pair, tmp_path / "ad"),
+                lambda: mlv.parameter_report(pair)):
+        with pytest.raises(mlv.RoutingError, match=r"2 separately adapted models, at \['student', 'teacher'\].*"
+                                                   r"pass one of them \(e\.g\. its \.student\)"):
+            act()
+    assert all(torch.equal(v, pair.state_dict()[k]) for k, v in before.items())   # nothing merged
+    assert not (tmp_path / "ad").exists()
+    for m in pair.values():
+        assert m._mtl_lora.router.current is None and m._mtl_lora.router.merged_task is None
+    with mlv.route(pair["teacher"], "b"):   # one of them, as the message says
+        assert pair["teacher"]._mtl_lora.router.current.task == 1
+
+    one = adapted()
+    holder = nn.Module()
+    holder.model, holder.backbone = one, nn.Module()
+    holder.backbone.model = one
+    holder.replica = one._replicate_for_data_parallel()   # a shallow copy sharing the router
+    for wrapper in (holder, torch.compile(holder)):
+        with mlv.route(wrapper, "b"):
+            assert one._mtl_lora.router.current.task == 1
+        assert mlv.parameter_report(wrapper)["adapted_projections"] == 1
+
+
 def test_routing_to_another_task_or_disabling_while_merged_is_refused():
     model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS))
     mlv.merge(model, "vqa")

@@ -19,7 +19,7 @@ from ..log import warn_user
 from .attention import LoRAMultiheadAttention
 from .generation import install_routed_generate
 from .layers import ADAPTER_PARAM_NAMES, AdapterBank, LoRALinear
-from .routing import Router, check_module, find_router
+from .routing import Router, check_module, find_adapted
 
 
 class AttachError(ValueError):
@@ -241,9 +241,9 @@ def attach_info(model: nn.Module) -> AttachInfo:
 
 
 def adapted_module(model: nn.Module) -> nn.Module:
-    """The module that ``attach`` adapted: ``model`` itself, or the one inside a wrapper (DDP, MTLLoRAModel)."""
-    find_router(model)  # raises the standard message when there are no adapters
-    return next(m for m in model.modules() if getattr(m, "_mtl_lora", None) is not None)
+    """The module that ``attach`` adapted: ``model`` itself, or the one inside a wrapper (DDP, MTLLoRAModel);
+    RoutingError for none, or for several adapted models in one wrapper."""
+    return find_adapted(model)
 
 
 def _adapter_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -319,30 +319,49 @@ def check_module(model: object, what: str = "the model") -> None:
 
 
 def find_router(model: nn.Module | Router) -> Router:
-    """The Router that ``attach`` gave ``model`` (also found through DDP or any wrapping module).
-
-    O(1) for the attached model or a Router; a wrapper is searched once and remembers the adapted module and its
-    path (whose router it then reads each time: an unload and a new attach give it a new one; a module replaced
-    at that path is searched for again).
-    """
+    """The Router that ``attach`` gave ``model`` (also found through DDP or any wrapping module); see
+    :func:`find_adapted`."""
     if isinstance(model, Router):
         return model
     info = getattr(model, "_mtl_lora", None)
-    if info is not None:
-        return info.router
+    return info.router if info is not None else find_adapted(model)._mtl_lora.router
+
+
+def find_adapted(model: nn.Module) -> nn.Module:
+    """The module that ``attach`` adapted: ``model`` itself, or the one inside a wrapper (DDP, torch.compile,
+    MTLLoRAModel, MultiTaskModel).
+
+    O(1) for the attached model; a wrapper is searched once and remembers the adapted module and its path
+    (whose router is read each time: an unload and a new attach give it a new one; a module replaced at that
+    path is searched for again). A wrapper holding several adapted models (a student and a teacher) is refused,
+    not resolved to the first one found; one model reachable under several paths, or replicas sharing its
+    router, count once.
+    """
+    if getattr(model, "_mtl_lora", None) is not None:
+        return model
     check_module(model)
     path, owner = model.__dict__.get("_mtl_lora_owner", ("", None))
     if owner is not None and getattr(owner, "_mtl_lora", None) is not None:
         try:   # still the module at that path (a wrapper whose inner model was replaced routes the new one)
             if model.get_submodule(path) is owner:
-                return owner._mtl_lora.router
+                return owner
         except AttributeError:
             pass
+    found: dict[int, tuple[str, nn.Module]] = {}   # id(router) -> the first path and module that carry it
     for name, m in model.named_modules():
         info = getattr(m, "_mtl_lora", None)
         if info is not None:
-            model.__dict__["_mtl_lora_owner"] = (name, m)
-            return info.router
-    raise RoutingError(
-        f"{type(model).__name__} has no MTL-LoRA adapters; call mtl_lora_vl.attach(model, config) first"
-    )
+            found.setdefault(id(info.router), (name, m))
+    if len(found) > 1:
+        paths = [n for n, _ in found.values()]
+        raise RoutingError(
+            f"{type(model).__name__} holds {len(paths)} separately adapted models, at {paths}, and which one to route, "
+            f"merge, save or report on is ambiguous; pass one of them (e.g. its .{paths[0]}) instead"
+        )
+    if not found:
+        raise RoutingError(
+            f"{type(model).__name__} has no MTL-LoRA adapters; call mtl_lora_vl.attach(model, config) first"
+        )
+    ((name, m),) = found.values()
+    model.__dict__["_mtl_lora_owner"] = (name, m)
+    return m
