@@ -590,6 +590,95 @@ def test_scopes_closed_out_of_order_are_refused_not_leaked():
             stream_.close()
 
 
+def test_a_model_routed_from_two_threads_at_once_is_refused():
+    """Thread 1 opened route("a"), thread 2 route("b"): thread 1's forward ran task b, and closing in order raised
+    nothing. A scope opened while another thread's is open is now refused; thread 1 keeps its task."""
+    import threading
+
+    model = mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^0$"]}))
+    with torch.no_grad():
+        model[0].lora_B.normal_()
+    x = torch.randn(1, 4)
+    with torch.no_grad(), mlv.route(model, "a"):
+        want = model(x)
+    opened, tried = threading.Event(), threading.Event()
+    out, errors = {}, []
+
+    def first():
+        with torch.no_grad(), mlv.route(model, "a"):
+            opened.set()
+            tried.wait(10)
+            out["a"] = model(x)
+
+    def second():
+        opened.wait(10)
+        for scope in (lambda: mlv.route(model, "b"), lambda: mlv.disabled(model)):
+            try:
+                with scope():
+                    pass
+            except mlv.RoutingError as e:
+                errors.append(str(e))
+        tried.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert len(errors) == 2 and all("must not be routed from several threads at once" in e and "copy.deepcopy" in e
+                                    for e in errors)
+    torch.testing.assert_close(out["a"], want)
+    router = model._mtl_lora.router
+    assert router.current is None and router.thread is None and not router.disabled
+    seen = []
+
+    def later():   # free again once thread 1 closed its scope
+        with mlv.route(model, "b"):
+            seen.append(router.current.task)
+
+    t = threading.Thread(target=later)
+    t.start(), t.join()
+    assert seen == [1]
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_backward_on_another_thread_may_reenter_a_route_while_the_forwards_thread_holds_one(reentrant):
+    """On CUDA the autograd engine runs backward on its own device threads: a recomputation that re-enters a route
+    there, while the thread that called backward holds a scope on the same model, is not another thread routing."""
+    import threading
+
+    a, b = _net(), _net(tasks=["x", "y"])
+
+    def run(thread: bool):
+        ma, mb = copy.deepcopy(a), copy.deepcopy(b)
+        x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+
+        def inner(h):
+            with mlv.route(mb, ["y", "x", "x", "y"]):
+                return mb(h)
+
+        with mlv.route(ma, IDS):
+            out = checkpoint(inner, ma(x), use_reentrant=reentrant)
+        loss, errors = out.square().sum(), []
+
+        def backward():
+            try:
+                loss.backward()
+            except Exception as e:   # noqa: BLE001 - reported below
+                errors.append(e)
+
+        with mlv.route(mb, "x"):
+            if thread:
+                t = threading.Thread(target=backward)
+                t.start(), t.join()
+            else:
+                backward()
+        assert not errors, errors
+        return {**_grads(ma), **{"b." + k: v for k, v in _grads(mb).items()}}
+
+    _assert_same_grads(run(False), run(True))
+
+
 def test_a_2d_input_of_a_sequence_first_layer_is_batch_first():
     """A pooled (B, C) input in a sequence-first block was checked on its feature size (dim 1)."""
     layer = _layer("mtl_lora", batch_dim=1)

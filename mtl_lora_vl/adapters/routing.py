@@ -194,12 +194,13 @@ class Router:
         self.replay_graph = -1            # the backward pass (autograd graph task) that set it
         self.merged_task: int | None = None
         self.disabled = 0
+        self.thread: int | None = None    # the thread whose route scopes are open (scopes.py refuses others)
         self._one: dict[int, Route] = {}
 
     def __getstate__(self) -> dict:
         """A copy (deepcopy, pickle) holds no open scope: the scopes are the caller's, around the original. The
         merged task stays (the copied weights are merged)."""
-        return {**self.__dict__, "current": None, "replay": None, "replay_graph": -1, "disabled": 0}
+        return {**self.__dict__, "current": None, "replay": None, "replay_graph": -1, "disabled": 0, "thread": None}
 
     @property
     def active(self) -> bool:

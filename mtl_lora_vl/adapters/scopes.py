@@ -37,6 +37,7 @@ backward recomputes from traced values and does not ask the router).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -107,6 +108,24 @@ def _scope(router: Router, r: Route) -> Iterator[None]:
             router.replay, router.replay_graph = replay
 
 
+def _claim(router: Router, what: str) -> int | None:
+    """Record the calling thread as the one routing ``router``, refusing a scope while another thread has one open
+    (its forwards would run this scope's task); return the record to restore on exit. Checked once per scope, never
+    per layer. A scope opened inside backward (a recomputation re-entering a route, possibly on the autograd
+    engine's device thread while the forward's thread waits) is neither checked nor recorded."""
+    held = router.thread
+    if torch.compiler.is_compiling() or torch._C._current_graph_task_id() != -1:
+        return held
+    me = threading.get_ident()
+    if held is not None and held != me and (router.current is not None or router.disabled):
+        raise RoutingError(
+            f"{what}: another thread has a route or disabled scope open on this model; a model's route is one per "
+            "model, not per thread, so a model must not be routed from several threads at once (that thread's "
+            "forward would run this scope's task): give each thread its own copy (copy.deepcopy(model))")
+    router.thread = me
+    return held
+
+
 #: nn.DataParallel copies modules shallowly, so its replicas (one thread each) share one Router.
 _REPLICA = ("route: this is an nn.DataParallel replica; the replicas share one router and run in threads, so "
             "routes opened in them mix (rows got another task's adapters); train with DistributedDataParallel "
@@ -123,7 +142,7 @@ def route(model: nn.Module | Router,
     (e.g. ``Route.from_segments`` from the loader). Rows may come in any order. The outer scope is
     restored on exit; backward may run after the scope closes (also with activation checkpointing).
     Inside :func:`disabled` the route is ignored: the forward, and its recomputation in backward, run without
-    adapters.
+    adapters. A model is routed from one thread at a time: a scope opened while another thread's is open is refused.
     """
     if getattr(model, "_is_replica", False):
         raise RoutingError(_REPLICA)
@@ -136,18 +155,22 @@ def route(model: nn.Module | Router,
             "mtl_lora_vl.unmerge(model) before routing to another task"
         )
     outer = router.current
+    held = _claim(router, "route")
     router.current = new
     try:
-        # under disabled() the forward runs unadapted (resolve ignores `new`), so its recomputation must too
-        with _scope(router, ADAPTERS_OFF if router.disabled else new):
-            yield new
-    except GeneratorExit:   # a generator holding the scope was closed: an exit like any other
+        try:
+            # under disabled() the forward runs unadapted (resolve ignores `new`), so its recomputation must too
+            with _scope(router, ADAPTERS_OFF if router.disabled else new):
+                yield new
+        except GeneratorExit:   # a generator holding the scope was closed: an exit like any other
+            _close(router, new, outer)
+            raise
+        except BaseException:   # the error in flight is the one to see, not the scope order it may have caused
+            router.current = outer if router.current is new else None
+            raise
         _close(router, new, outer)
-        raise
-    except BaseException:   # the error in flight is the one to see, not the scope order it may have caused
-        router.current = outer if router.current is new else None
-        raise
-    _close(router, new, outer)
+    finally:
+        router.thread = held
 
 
 def _close(router: Router, new: Route, outer: Route | None) -> None:
@@ -172,9 +195,11 @@ def disabled(model: nn.Module | Router) -> Iterator[None]:
             f"disabled: the adapters are merged into the weights for task {router.tasks[router.merged_task]!r}, so "
             "the model cannot run as its base model; call mtl_lora_vl.unmerge(model) first (and merge again after)"
         )
+    held = _claim(router, "disabled")
     router.disabled += 1
     try:
         with _scope(router, ADAPTERS_OFF):
             yield
     finally:
         router.disabled -= 1
+        router.thread = held
