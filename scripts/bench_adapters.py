@@ -50,6 +50,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import mtl_lora_vl as mlv
 from mtl_lora_vl.adapters.routing import Route
 from mtl_lora_vl.backbones.hf import hf_grad_checkpointing
+from mtl_lora_vl.io.atomic import atomic_file, check_target
 from mtl_lora_vl.training.optim import adamw
 
 TARGETS = {"image": [r"^visual\.transformer\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"],
@@ -381,6 +382,17 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.batch_size is None:
         args.batch_size = 16 if args.case == "clip" else 4
+    for name in ("batch_size", "rank", "n_up", "vision_layers", "lm_layers", "lm_width", "vocab", "text_len",
+                 "repeats", "steps_per_round"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.warmup < 0 or args.threads < 0:
+        ap.error("--warmup and --threads must be >= 0")
+    if args.json:   # checked now, not after minutes of timing
+        try:
+            check_target(args.json, directory=False, overwrite=True, what="--json")
+        except OSError as e:
+            ap.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -463,8 +475,8 @@ def main(argv: list[str] | None = None) -> dict:
     for k, v in mem_ratios.items():
         print(f"{k:<40}{v:>8.3f}{'':>8}{_target(v, targets.get(k))}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        with atomic_file(args.json, overwrite=True, what="--json") as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
     return result
 
 

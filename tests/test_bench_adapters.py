@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,14 @@ def test_saved_bytes_counts_activations_not_weights():
         torch.nn.functional.gelu(lin(x)).sum().backward()
     assert m.mb == 8 * 512 * 4 / 2**20
     assert m.weights_mb == lin.weight.numel() * 4 / 2**20
+
+
+def test_bad_arguments_are_refused_before_any_timing(tmp_path, capsys):
+    """--json into a folder failed only when the results were written, after every case had run; counts of 0
+    ended in a StatisticsError or a division by zero after the warm-ups."""
+    for args, says in ((["--json", str(tmp_path)], "--json: .* is a directory"),
+                       (["--repeats", "0"], "--repeats must be at least 1"),
+                       (["--steps-per-round", "0"], "--steps-per-round must be at least 1")):
+        with pytest.raises(SystemExit):
+            _bench().main(["--case", "llava", *args])
+        assert re.search(says, capsys.readouterr().err)
