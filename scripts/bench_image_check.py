@@ -45,7 +45,12 @@ def main() -> None:
     ap.add_argument("--size", default="640x480", help="WxH of the test images (default 640x480, COCO-like)")
     ap.add_argument("--n", type=int, default=200, help="rounds (default 200)")
     args = ap.parse_args()
-    w, h = (int(v) for v in args.size.lower().split("x"))
+    try:
+        w, h = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        ap.error(f"--size {args.size!r}: give WxH, e.g. 640x480")
+    if w < 1 or h < 1 or args.n < 1:
+        ap.error(f"--size needs both sides >= 1 and --n >= 1, got {args.size} and {args.n}")
     methods = {
         "exists (verify=false)": lambda p: p.is_file(),
         "header + verify() (old)": header_only,

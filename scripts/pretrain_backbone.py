@@ -327,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--steps must be >= 1 and --batch-size >= 2")
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
+    if args.n_pretrain is not None and args.n_pretrain < 1:
+        ap.error(f"--n-pretrain must be >= 1, got {args.n_pretrain}")
+    if not (args.lr >= 0 and args.weight_decay >= 0):   # a negative rate trains by gradient ascent
+        ap.error(f"--lr and --weight-decay must be >= 0, got {args.lr} and {args.weight_decay}")
     try:  # before training (minutes), not at the save
         check_asset_dir(args.out, "open_clip_config.json", "--out")
     except OSError as e:

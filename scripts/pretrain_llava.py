@@ -670,7 +670,8 @@ def evaluate_saved(path: Path, seed: int, n_scenes: int | None, threads: int) ->
     print_report(report)
     meta_path = path / "pretrain.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    meta.update(zero_shot_val=report, eval_seconds=round(time.perf_counter() - t0, 1))
+    meta.update(zero_shot_val=report, eval_seconds=round(time.perf_counter() - t0, 1),
+                eval_scenes=n_scenes)   # None: the whole val split
     tmp = meta_path.with_name(".pretrain.json.tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
     os.chmod(tmp, 0o644)
@@ -710,13 +711,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--evaluate", type=Path, default=None, metavar="DIR",
                     help="only evaluate a saved model directory on the val splits and update its pretrain.json")
     args = ap.parse_args(argv)
-    if args.evaluate is not None:
-        return evaluate_saved(args.evaluate, args.seed, args.eval_scenes, args.threads)
-    if args.steps < 1 or args.batch_size < 1 or args.turns < 1:
-        ap.error("--steps, --batch-size and --turns must be >= 1")
     for flag, value in (("--threads", args.threads), ("--n-pretrain", args.n_pretrain), ("--eval-scenes", args.eval_scenes)):
         if value is not None and value < 1:   # found after training (minutes) otherwise, or a raw error
             ap.error(f"{flag} must be >= 1, got {value}")
+    if args.evaluate is not None:
+        given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")}
+        ignored = sorted(given - {"--evaluate", "--seed", "--eval-scenes", "--threads"})
+        if ignored:
+            ap.error(f"--evaluate only evaluates a saved model; {', '.join(ignored)} would be ignored")
+        if not (args.evaluate / "config.json").is_file():
+            ap.error(f"--evaluate {args.evaluate}: not a saved model directory (no config.json)")
+        return evaluate_saved(args.evaluate, args.seed, args.eval_scenes, args.threads)
+    if args.steps < 1 or args.batch_size < 1 or args.turns < 1:
+        ap.error("--steps, --batch-size and --turns must be >= 1")
+    if min(args.hidden, args.layers, args.heads, args.intermediate) < 1 or args.hidden % args.heads:
+        ap.error(f"--hidden, --layers, --heads and --intermediate must be >= 1, and --hidden ({args.hidden}) a "
+                 f"multiple of --heads ({args.heads})")
     for flag, value in (("--lr", args.lr), ("--vision-lr", args.vision_lr), ("--weight-decay", args.weight_decay)):
         if not value >= 0:   # a negative rate trains by gradient ascent
             ap.error(f"{flag} must be >= 0, got {value}")
@@ -792,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
         "params": {"total": n_params, **parts},
         "final_loss": sum(losses[-25:]) / len(losses[-25:]),
         "train_seconds": round(train_s, 1), "train_cpu_seconds": round(train_cpu, 1), "eval_seconds": round(eval_s, 1),
-        "zero_shot_val": report,
+        "zero_shot_val": report, "eval_scenes": args.eval_scenes,   # None: the whole val split
     }
     sizes = save_asset(model, processor, args.out, meta)
     total = sum(sizes.values())

@@ -14,7 +14,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 
 def _panels(per_row: int, seed: int) -> list[tuple[str, list[tuple[object, str]]]]:
@@ -53,20 +54,25 @@ def _panels(per_row: int, seed: int) -> list[tuple[str, list[tuple[object, str]]
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="assets/world_samples.png", help="PNG file to write (default: %(default)s)")
+    ap.add_argument("--out", default=str(REPO / "assets" / "world_samples.png"),
+                    help="PNG file to write (default: the repository's assets/world_samples.png)")
     ap.add_argument("--per-row", type=int, default=4, help="samples per task kind (default: %(default)s)")
     ap.add_argument("--size", type=int, default=96, help="rendered image side in pixels (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="world seed (default: %(default)s)")
     ap.add_argument("--dpi", type=int, default=80, help="figure resolution (default: %(default)s)")
     args = ap.parse_args(argv)
-    if args.per_row < 1 or args.size < 8:
-        ap.error("--per-row must be >= 1 and --size >= 8")
+    if args.per_row < 1 or args.size < 8 or args.dpi < 1:
+        ap.error("--per-row must be >= 1, --size >= 8 and --dpi >= 1")
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() != ".png" or out.is_dir():
+        ap.error(f"--out {out}: give a .png file path")
 
     # the object API: no pyplot, no backend switch
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from mtl_lora_vl.data.images import load_image
+    from mtl_lora_vl.io.atomic import atomic_file
 
     rows = _panels(args.per_row, args.seed)
     fig = Figure(figsize=(3.9 * args.per_row, 4.6 * len(rows)))
@@ -85,9 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             tx.axis("off")
             wrapped = "\n".join(textwrap.fill(line, 40, subsequent_indent="   ") for line in text.split("\n"))
             tx.text(0.0, 1.0, wrapped, va="top", ha="left", fontsize=9, transform=tx.transAxes)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=args.dpi)
+    with atomic_file(out, overwrite=True, what="--out") as tmp:   # an interrupted write keeps the old image
+        fig.savefig(tmp, dpi=args.dpi, format="png")
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB)")
     return 0
 

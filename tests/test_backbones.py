@@ -329,6 +329,14 @@ def test_pretrain_loop_learns_a_toy_world(tok_dir):
     assert r["r@1"] == 1.0
 
 
+@pytest.mark.parametrize("args,says", [(["--n-pretrain", "0"], "--n-pretrain must be >= 1"),   # a raw ValueError
+                                       (["--lr", "-1"], "--lr and --weight-decay must be >= 0")])  # after rendering
+def test_pretrain_backbone_refuses_bad_options_before_work(tmp_path, capsys, args, says):
+    with pytest.raises(SystemExit) as e:
+        _load_script().main(["--steps", "1", "--out", str(tmp_path / "new"), *args])
+    assert e.value.code == 2 and says in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
 def test_asset_scripts_never_replace_a_folder_of_the_users_and_save_all_at_once(tok_dir, tmp_path, capsys,
                                                                                monkeypatch):
     """--out DIR replaced whatever DIR held (pretrain_llava: deleted it); the CLIP asset's four files were

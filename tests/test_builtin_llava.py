@@ -141,17 +141,28 @@ def _script():
     (["--no-clip-init"], "ships a random, frozen vision tower"),
     (["--feature-layer", "9"], "--feature-layer must be in"),        # IndexError in the first step
     (["--out", "MINE"], "holds no pretrain.json"),                   # deleted the folder's files
+    (["--heads", "3"], "a multiple of --heads (3)"),                 # a transformers traceback
+    (["--evaluate", "MINE"], "not a saved model directory"),         # a Hugging Face Hub error
+    (["--evaluate", "MINE", "--threads", "0"], "--threads must be >= 1"),
 ])
 def test_pretrain_llava_refuses_bad_options_before_training(tmp_path, capsys, args, says):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     args = [str(mine) if a == "MINE" else a for a in args]
-    out = [] if "--out" in args else ["--out", str(tmp_path / "new")]
+    evaluate = "--evaluate" in args
+    out = [] if "--out" in args or evaluate else ["--out", str(tmp_path / "new")]
     with pytest.raises(SystemExit) as e:
-        _script().main(["--steps", "1", *out, *args])
+        _script().main([*([] if evaluate else ["--steps", "1"]), *out, *args])
     assert e.value.code == 2 and says in capsys.readouterr().err
     assert (mine / "notes.txt").read_text() == "keep me" and not (tmp_path / "new").exists()
+
+
+def test_pretrain_llava_evaluate_refuses_training_flags(tmp_path, capsys):
+    """--evaluate DIR ran the evaluation and ignored --steps / --out without a word."""
+    with pytest.raises(SystemExit) as e:
+        _script().main(["--evaluate", str(tmp_path), "--steps", "5", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2 and "--out, --steps would be ignored" in capsys.readouterr().err
 
 
 def test_packed_turns_train_like_single_prompts(llava, meta):
