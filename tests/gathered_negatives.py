@@ -30,6 +30,7 @@ KEYS = [10, 11, 12, 13, 14, 15, 11, 17]
 
 def loss_and_grads(tmp: Path, info: DistInfo) -> dict:
     """This rank's retrieval loss and the gradients of the trainable tensors (DDP-averaged under torchrun)."""
+    tmp = tmp / f"rank{info.rank}"   # each rank writes its own spec file (one file: read while being written)
     tmp.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     setup = build_setup(TrainOptions(tasks=str(small_spec(tmp, "retrieval", n_train=8, n_eval=4)), rank=4),

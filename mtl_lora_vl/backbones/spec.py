@@ -62,6 +62,11 @@ class BackboneSpec:
         return self.text
 
     @property
+    def architecture(self) -> str | None:
+        """The open_clip architecture of ``open_clip:NAME`` (its registry holds the config); None for the others."""
+        return self.name if self.text.startswith(_OPEN_CLIP) and self.path is None else None
+
+    @property
     def source_dir(self) -> Path | None:
         """The directory whose non-weight files (config, tokenizer) belong beside a merged export."""
         if self.kind == "builtin":

@@ -116,11 +116,11 @@ def _open_clip_config(spec: str, model: Any, tmp: Path) -> Path | None:
         parsed = parse_spec(spec)
     except ValueError:
         return None
-    if parsed.kind != "open_clip":
+    if not parsed.architecture:
         return None
     import open_clip
 
-    model_cfg = open_clip.get_model_config(parsed.name)
+    model_cfg = open_clip.get_model_config(parsed.architecture)
     if model_cfg is None:
         return None
     preprocess = getattr(getattr(model, "visual", None), "preprocess_cfg", None) or {}
