@@ -20,7 +20,7 @@ from mtl_lora_vl.io.adapter_files import (
     HEADS_WEIGHTS,
     AdapterFileError,
 )
-from mtl_lora_vl.io.adapter_files import sha256_file as _sha256
+from mtl_lora_vl.io.tensor_files import sha256_file as _sha256
 
 TASKS = ["vqa", "retrieval", "cls"]
 

@@ -447,6 +447,20 @@ def test_abbreviated_flags_are_refused_with_the_option_they_are_close_to(tmp_pat
             in capsys.readouterr().err)
 
 
+def test_bench_takes_the_logging_flags_of_the_other_commands(tmp_path, capsys):
+    """-v / -q / --log-level, which the README gives every command, were refused by bench as unknown."""
+    from mtl_lora_vl.benchmark.cli import main
+
+    assert main(["--tasks", "vqa,vqa", "-v", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "error: " in err and "named more than once" in err   # -v: the traceback too
+    assert main(["--tasks", "vqa,vqa", "-q", "--out", str(tmp_path / "b")]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["--log-level", "loud", "--out", str(tmp_path / "b")])
+    assert e.value.code == 2 and "--log-level: expected one of" in capsys.readouterr().err
+
+
 def test_grid_settings_that_would_run_less_than_they_say_are_refused(tmp_path):
     """'vqa,vqa' (or a spec file named like a built-in task) benchmarked one task; '--methods ,' trained the
     zero-shot run, then failed in fmean; 'lora,lora' reported 7 runs of 5; two rates equal to 6 digits shared

@@ -247,7 +247,8 @@ def test_a_config_from_a_newer_package_says_to_upgrade(tmp_path):
     doc["config"]["use_dora"] = True
     from safetensors.torch import load_file, save_file
 
-    from mtl_lora_vl.io.adapter_files import ADAPTER_WEIGHTS, record_sha256, sha256_file
+    from mtl_lora_vl.io.adapter_files import ADAPTER_WEIGHTS
+    from mtl_lora_vl.io.tensor_files import record_sha256, sha256_file
     weights = path / ADAPTER_WEIGHTS   # as that package writes them: with the digest of its config
     save_file(load_file(str(weights)), str(weights), {"format": doc["format"], "config_sha256": record_sha256(doc["config"])})
     doc["files"][ADAPTER_WEIGHTS] = sha256_file(weights)
@@ -445,7 +446,7 @@ def test_load_pretrained_needs_a_base_model_name(trained_run, tmp_path):
     with pytest.raises(AdapterFileError, match=r"does not say which base model.*backbone="):
         mlv.load_pretrained(p)
     # The kind is rebuilt from the vocabulary saved with the adapter (the head's), not from training data.
-    from mtl_lora_vl.io.adapter_files import sha256_file as _sha256
+    from mtl_lora_vl.io.tensor_files import sha256_file as _sha256
 
     state_file = p / "tasks" / "vqa.state.json"
     state = json.loads(state_file.read_text())

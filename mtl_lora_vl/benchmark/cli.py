@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from ..cli.parsing import closest_flag
+from ..cli.parsing import add_logging_flags, closest_flag, log_level
 from ..config import LAMBDA_TYPES
 from ..log import cli_logging, debug_tracebacks
 from .bench import BenchDirError, run_benchmark
@@ -91,6 +91,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="default auto")
     p.add_argument("--workers", type=int, default=0, help="data loader workers per run (default 0)")
     p.add_argument("--overwrite", action="store_true", help="delete --out and start the grid afresh")
+    add_logging_flags(p)
     return p
 
 
@@ -136,13 +137,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         parser.error("unrecognized arguments: " + " ".join(_with_hints(unknown, parser)))
     if args.threads < 1:   # was silently 1
         parser.error(f"--threads: must be >= 1, got {args.threads}")
+    level = log_level(parser, args)
     torch.set_num_threads(args.threads)
-    # Given a prog, we were started by `mtl-lora-vl bench`: log INFO lines to stderr as its other commands do.
-    with cli_logging("info") if prog is not None else contextlib.nullcontext():
-        return _run(args)
+    # Started by `mtl-lora-vl bench` (a prog) or given a logging flag: log to stderr as the other commands do.
+    flagged = args.verbose or args.quiet or args.log_level is not None
+    with cli_logging(level) if prog is not None or flagged else contextlib.nullcontext():
+        return _run(args, traceback=level == "debug")
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, traceback: bool = False) -> int:
     try:
         settings = settings_from_args(args)
         run_benchmark(settings, args.out, overwrite=args.overwrite, threads=args.threads)
@@ -152,6 +155,10 @@ def _run(args: argparse.Namespace) -> int:
     except (BenchDirError, ValueError, RuntimeError, OSError, ImportError) as e:   # (a bad --device: RuntimeError)
         if debug_tracebacks():
             raise
+        if traceback:   # -v: the error's traceback, as the other commands print it
+            import traceback as tb
+
+            tb.print_exc()
         notes = "".join(f" ({n})" for n in getattr(e, "__notes__", ()))
         print(f"error: {e}{notes}", file=sys.stderr)
         return 2

@@ -127,12 +127,24 @@ def build_parser(cls: type, prog: str, description: str) -> ArgumentParser:
                                 default=argparse.SUPPRESS, help=f"same as {flag(f.name)} false")
         else:
             parser.add_argument(*names, dest=f.name, type=tp, default=default, help=text)
+    add_logging_flags(parser)
+    return parser
+
+
+def add_logging_flags(parser: argparse.ArgumentParser) -> None:
+    """``-v`` / ``-q`` / ``--log-level``: the command's logging, read back by :func:`log_level`."""
     group = parser.add_argument_group("logging")
     group.add_argument("-v", "--verbose", action="store_true", help="debug messages (and tracebacks of errors)")
     group.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only; no progress bars")
-    group.add_argument("--log-level", type=str, default=None,  # checked in parse_options_given: any case
+    group.add_argument("--log-level", type=str, default=None,  # checked in log_level: any case
                        help=f"explicit log level, one of {', '.join(LEVELS)} in any case (overrides -v / -q)")
-    return parser
+
+
+def log_level(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> str:
+    """The level the logging flags of ``ns`` ask for (``info`` when none is given); a bad --log-level exits 2."""
+    if ns.log_level is not None and ns.log_level.lower() not in LEVELS:  # DEBUG is the logging module's spelling
+        _fail(parser, f"--log-level: expected one of {', '.join(LEVELS)} (any case), got {ns.log_level!r}")
+    return (ns.log_level or "").lower() or ("debug" if ns.verbose else "warning" if ns.quiet else "info")
 
 
 def _dashes(cls: type, argv: list[str]) -> list[str]:
@@ -266,8 +278,7 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
         given |= set(from_file)
         parser.set_defaults(**from_file)
         ns = _parse(parser, cls, argv)
-    if ns.log_level is not None and ns.log_level.lower() not in LEVELS:  # DEBUG is the logging module's spelling
-        _fail(parser, f"--log-level: expected one of {', '.join(LEVELS)} (any case), got {ns.log_level!r}")
+    level = log_level(parser, ns)
     values = {f.name: _expand_home(f.name, getattr(ns, f.name)) for f in fields(cls)}
     for f in fields(cls):
         value = values[f.name]
@@ -275,7 +286,6 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
             _fail(parser, f"{flag(f.name)}: must be {range_text(f.metadata, value)}, got {value}")
         if f.metadata.get("required") and value in (None, ""):
             _fail(parser, f"{flag(f.name)} is required (on the command line or in the --config file)")
-    level = (ns.log_level or "").lower() or ("debug" if ns.verbose else "warning" if ns.quiet else "info")
     return cls(**values), level, frozenset(given)
 
 

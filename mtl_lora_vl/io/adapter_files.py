@@ -25,7 +25,6 @@ tensors are safetensors, the rest is JSON and TOML.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tomllib
@@ -70,6 +69,7 @@ from .layout import (
     spec_file,
     state_file,
 )
+from .tensor_files import load_tensors, read_header, read_metadata, record_sha256, save_tensors, sha256_file
 
 # The file names and AdapterFileError are defined in .layout and importable from here too.
 __all__ = [
@@ -84,83 +84,6 @@ __all__ = [
     "read_kind_state",
     "save_adapter",
 ]
-
-# ---------------------------------------------------------------------------------------------- tensor files
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes (recorded per file in the adapter config)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write ``tensors`` as a safetensors file (own contiguous CPU copies: tied weights cannot share storage)."""
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}, str(path),
-              metadata=metadata)
-
-
-def load_tensors(file: Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file; a damaged one raises :class:`AdapterFileError` naming it."""
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(file))
-    except Exception as e:
-        raise AdapterFileError(f"{file}: unreadable safetensors file ({e}); copy the adapter directory again") from e
-
-
-def read_header(file: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Name -> (shape, dtype) from a safetensors header, reading no tensor data and unpickling nothing."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            out = {}
-            for k in f.keys():
-                sl = f.get_slice(k)
-                out[k] = (tuple(sl.get_shape()), str(sl.get_dtype()))
-            return out
-    except Exception as e:  # safetensors raises SafetensorError / OSError types for damaged headers
-        raise AdapterFileError(f"{file}: unreadable safetensors header ({e}); the file is damaged or was edited. "
-                               "Copy the adapter directory again") from e
-
-
-def record_sha256(record: Any) -> str:
-    """SHA-256 of a JSON record in a canonical form -- keys sorted, a whole float written as an integer (16.0 and
-    16 are one value: JSON tools rewrite one as the other) -- so that a record read back compares by meaning.
-    The adapter's weights carry the digest of its ``config`` record (task order, shape, scaling: the part of
-    ``mtl_lora_config.json`` that its own file digests cannot cover), so that a hand edit of it is refused."""
-    def canonical(v: Any) -> Any:
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
-        if isinstance(v, dict):
-            return {str(k): canonical(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [canonical(x) for x in v]
-        return v
-
-    return hashlib.sha256(json.dumps(canonical(record), sort_keys=True, default=str).encode()).hexdigest()
-
-
-def read_metadata(file: Path) -> dict[str, str]:
-    """A safetensors file's metadata (``{}`` when it has none)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for damaged headers
-        raise AdapterFileError(f"{file}: unreadable safetensors header ({e}); copy the adapter directory again") from e
-
-
-# ---------------------------------------------------------------------------------------------- saving
-
 
 def absolute_base(base: dict[str, Any]) -> dict[str, Any]:
     """Make local paths in ``base`` (a pretrained file, an ``open_clip:DIR`` / ``hf:DIR``) absolute.

@@ -50,11 +50,11 @@ from ..adapters.attach import adapted_module, merged_state_dict, parameter_names
 from ..adapters.layers import LoRALinear
 from ..adapters.routing import check_module
 from ..families import MERGED_WEIGHTS, merged_format, peft_export
-from .adapter_files import load_tensors, save_tensors
 from .atomic import atomic_dir, atomic_file
 from .base_check import check_base_class, check_weight_samples, newer_package_hint, refuse_adapted
 from .identity import model_identity, plan_attached
 from .layout import ADAPTER_CONFIG, EXPORT_RECORD, LEGACY_ADAPTER_CONFIG, AdapterFileError, few
+from .tensor_files import load_tensors, save_tensors
 
 __all__ = ["PLAIN_CONFIG", "PLAIN_FORMAT", "PLAIN_WEIGHTS", "apply_plain_lora", "export_lora", "save_merged"]
 

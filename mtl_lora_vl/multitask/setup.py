@@ -20,7 +20,7 @@ from ..config import MTLLoRAConfig
 from ..data.common import same_folder
 from ..data.records import Split
 from ..io import ADAPTER_CONFIG, Pretrained, find_adapter_dir, load_pretrained
-from ..io.adapter_files import record_sha256
+from ..io.tensor_files import record_sha256
 from ..options import TrainOptions
 from ..tasks import TaskSpec, build_kind, resolve_tasks
 from ..tasks.registry import get_kind
