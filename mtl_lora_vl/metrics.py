@@ -3,7 +3,8 @@
 Every headline metric is a fraction in [0, 1], higher is better (CIDEr is the exception: it is
 unbounded above, as defined by its authors).
 
-VQA follows the official VQA evaluation (``vqaEval.py`` of the VQA API, GT-Vision-Lab/VQA):
+VQA follows the official VQA evaluation (``vqaEval.py`` of the VQA API, GT-Vision-Lab/VQA, as of 2016:
+commit 458a8b2, which the published VQAv2 numbers used):
 
 * punctuation: each mark of ``_PUNCT`` is deleted when it touches a space or when the answer holds a
   digit-comma-digit group ("1,000"), otherwise it becomes a space ("black/white" -> "black white");
@@ -21,7 +22,9 @@ Two deliberate, documented departures: the ground-truth answers go through the f
 too (the official script only strips their punctuation, and only when the humans disagree), and the
 contraction table also accepts every apostrophe-less spelling of a two-apostrophe form
 ("couldntve" as well as the official "couldnt've" / "couldn'tve"). Neither changes a score on VQAv2
-in practice; both make the function symmetric and predictable.
+in practice; both make the function symmetric and predictable. The script's 2021 master (a013f00) differs
+more: where all humans gave one answer it normalises neither side, so an un-normalised prediction ("Yes",
+"two" for "2") scores 0 there and 1 here (and in the 2016 script); a generated answer is such a prediction.
 """
 
 from __future__ import annotations
@@ -225,8 +228,9 @@ def retrieval_recall(similarity: Any, text_to_image: Any, ks: Sequence[int] = (1
 # "rock 'n' roll", "'cause"); dotted abbreviations ("u.s.", "ph.d.") and CoreNLP's abbreviations with their
 # period ("st.", "dr.", "etc.", a single letter; "No." only before a number; "Wash." only capitalised -- the
 # lists below are what the Java tokenizer keeps, probed word by word); other symbols kept as tokens ("&", "%",
-# "$"), brackets spelled as PTB spells them (lowercased, they escape pycocoevalcap's filter: "-lrb-"); the PTB
-# punctuation tokens (. , : ; ? ! - -- ... and quotes) dropped, runs such as "!!" kept.
+# "$"), brackets spelled as PTB spells them (lowercased, they escape pycocoevalcap's filter: "-lrb-"); words joined
+# by a period with no space after it kept whole ("bed.it", "mt.everest"), as is a number's leading period (".5");
+# the PTB punctuation tokens (. , : ; ? ! - -- ... "…" and quotes) dropped, runs such as "!!" kept.
 _ABBREVIATIONS = (
     "jan|feb|mar|apr|jun|jul|aug|sept?|oct|nov|dec|mon|tues?|wed|thu(?:rs)?|fri"        # months, days
     "|ala|ariz|calif|colo|conn|ct|dak|fla|ga|ind|kans?|ky|md|mich|minn|mo|mont|neb|nev|okla|penn|tenn|va|vt"
@@ -247,6 +251,8 @@ _PTB_TOKEN = re.compile(
     rf"|(?<![\w'.-])(?:(?:{_ABBREVIATIONS})|(?-i:{_CAPITALISED_ABBREVIATIONS}))\.(?!\w)"
     rf"|(?<![\w'.-])(?:{_NUMBER_ABBREVIATIONS})\.(?=\s*\d)"
     r"|'(?:em|till?|cause|n'?|[2-9]0s)(?![\w'])|'t(?=(?:is|was)\b)"   # words that begin with an apostrophe
+    r"|[^\W\d_]+(?:\.[^\W\d_]+)+(?![\w.])"                # words, no space after the period: "bed.it", "a.m"
+    r"|(?<![\w.])\.\d+"                                       # a number with a leading period: ".5"
     r"|\w+(?:[-/&']\w+|(?<=\d)[.:,]\d+)*"                  # words, with their inner hyphens and numbers' marks
     r"|[!?]{2,}"                                            # PTB's filter drops "!" and "?" alone, not "!!"
     r"|[^\w\s.,:;?!'\"`-]",                                 # a symbol PTB keeps as a token (& % $ # @ + = brackets)
@@ -255,7 +261,7 @@ _PTB_TOKEN = re.compile(
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
 # Typographic quotes and dashes read as PTB reads them: ’ as an apostrophe ("man’s" -> "man 's"), the others
 # as its quote and dash tokens, which its filter drops.
-_TYPOGRAPHIC = str.maketrans({"‘": "'", "’": "'", "“": '"', "”": '"', "–": " - ", "—": " - "})
+_TYPOGRAPHIC = str.maketrans({"‘": "'", "’": "'", "“": '"', "”": '"', "–": " - ", "—": " - ", "…": " ... "})
 
 
 def tokenize_caption(text: str) -> str:

@@ -168,6 +168,12 @@ PTB_CASES = [
     ("music of the '80s, rock 'n' roll 'cause 'em", "music of the '80s rock 'n' roll 'cause 'em"),
     ("'tis 'twas", "'t is 't was"),
     ('A wanna-be rock star, a cannot-miss event', 'a wanna-be rock star a cannot-miss event'),
+    # no space after a period (a typo in a reference), a leading-period number, the Unicode ellipsis of generated
+    # text: PTB keeps "bed.it" and ".5" whole and drops "…" (they were "bed it", "5" and a "…" token)
+    ('a dog on a bed.it is sleeping', 'a dog on a bed.it is sleeping'),
+    ('A dog.A cat. Mt.Everest at 5 a.m', 'a dog.a cat mt.everest at 5 a.m'),
+    ('a .5 liter bottle', 'a .5 liter bottle'),
+    ('wait… a dog', 'wait a dog'),
 ]
 
 
