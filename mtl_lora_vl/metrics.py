@@ -4,7 +4,7 @@ Every headline metric is a fraction in [0, 1], higher is better (CIDEr is the ex
 unbounded above, as defined by its authors).
 
 VQA follows the official VQA evaluation (``vqaEval.py`` of the VQA API, GT-Vision-Lab/VQA, as of 2016:
-commit 458a8b2, which the published VQAv2 numbers used):
+commit 458a8b2):
 
 * punctuation: each mark of ``_PUNCT`` is deleted when it touches a space or when the answer holds a
   digit-comma-digit group ("1,000"), otherwise it becomes a space ("black/white" -> "black white");
