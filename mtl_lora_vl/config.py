@@ -6,6 +6,7 @@ import json
 import math
 import numbers
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,6 @@ def task_name_problem(name: object) -> str | None:
         return f"every task name must be a non-empty string, got {name!r}"
     if "." in name:  # heads are stored under "<task>.<parameter>" keys
         return f"{name!r}: a task name may not contain '.'; use '_' or '-' instead"
-    if "/" in name or "\\" in name:  # a task's spec and vocabulary are saved as tasks/<task>.toml
-        return f"{name!r}: a task name may not contain '/' or '\\' (it names files); use '_' or '-' instead"
     return None
 
 
@@ -63,10 +62,12 @@ class MTLLoRAConfig:
     qkv_slices: str = "qkv"
 
     def __post_init__(self) -> None:
-        if self.tasks is None or not isinstance(self.tasks, (str, list, tuple)):
-            raise ConfigError(f"tasks: must be a list of task names, e.g. tasks=['vqa', 'retrieval'], got "
+        if (self.tasks is None or isinstance(self.tasks, (bytes, set, frozenset, Mapping))
+                or not isinstance(self.tasks, (str, Iterable))):   # a set has no order: the task ids would vary
+            raise ConfigError(f"tasks: must be task names in order (a list), e.g. tasks=['vqa', 'retrieval'], got "
                               f"{self.tasks!r}")
-        self.tasks = list(self.tasks) if not isinstance(self.tasks, str) else [self.tasks]
+        self.tasks = [self.tasks] if isinstance(self.tasks, str) else [
+            str(t) if isinstance(t, str) else t for t in self.tasks]   # NumPy's str_ as str
         for name in ("r", "n_up", "alpha", "temperature", "dropout"):   # NumPy scalars as Python numbers
             v = getattr(self, name)
             if type(v) not in (int, float, bool) and isinstance(v, numbers.Real):

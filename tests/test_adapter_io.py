@@ -431,6 +431,18 @@ def test_load_adapter_heads_that_are_not_modules_are_named(oc_adapter):
         mlv.load_adapter(_fresh(tiny_open_clip), oc_adapter[0], heads=[nn.Linear(32, 5)])
 
 
+def test_a_task_name_with_a_slash_saves_and_loads_but_not_with_its_spec(tmp_path):
+    """'coco/caption' names no file in a plain save (it loads back), but tasks/coco/caption.toml failed with a
+    FileNotFoundError after training; that save is refused before anything is written."""
+    from mtl_lora_vl.tasks import load_spec
+
+    model = _trained(tiny_open_clip, mlv.MTLLoRAConfig(tasks=["coco/caption", "vqa"], r=2))
+    mlv.load_adapter(_fresh(tiny_open_clip), mlv.save_adapter(model, tmp_path / "plain"))
+    with pytest.raises(ValueError, match=r"task name\(s\) \['coco/caption'\] contain '/'.*save without task_specs="):
+        mlv.save_adapter(model, tmp_path / "specs", task_specs={"coco/caption": load_spec("captioning")})
+    assert not (tmp_path / "specs").exists()
+
+
 def test_save_argument_errors(tmp_path):
     model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS))
     spec = tmp_path / "x.toml"

@@ -401,6 +401,16 @@ def test_a_module_holding_several_adapted_models_is_refused_and_one_under_severa
             assert one._mtl_lora.router.current.task == 1
         assert mlv.parameter_report(wrapper)["adapted_projections"] == 1
 
+    used = nn.ModuleDict({"student": adapted()})   # a wrapper routed once, then given a second adapted model
+    with mlv.route(used, "a"):
+        pass
+    used["teacher"] = adapted()
+    with pytest.raises(mlv.RoutingError, match="2 separately adapted models"):   # it routed the student alone
+        mlv.route(used, "b").__enter__()
+    compiled = torch.compile(adapted())   # saved as the model inside: it wrote '_orig_mod.' keys that never loaded
+    path = mlv.save_adapter(compiled, tmp_path / "compiled")
+    mlv.load_adapter(nn.Sequential(nn.Linear(4, 4)), path, check_base_weights=False)
+
 
 def test_routing_to_another_task_or_disabling_while_merged_is_refused():
     model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import types
@@ -337,10 +338,18 @@ def test_export_subcommand_writes_several_tasks(trained_run, tmp_path, capsys): 
     assert main(["export", "--adapter", str(path), "--task", "vqa,retrieval", "--out", str(tmp_path / "m.safetensors")],
                 prog="mtl-lora-vl") == 2
     assert "give a directory" in capsys.readouterr().err
-    # OUT holds the task folders: never the adapter's own directory (they were written into it)
-    assert main(["export", "--adapter", str(path), "--task", "vqa,retrieval", "--format", "plain", "--out",
-                 str(path)], prog="mtl-lora-vl") == 2
-    assert "holds the adapter being exported" in capsys.readouterr().err and not (path / "vqa").exists()
+    # OUT holds the task folders: never in the adapter's own directory (they were written into it); a folder
+    # that holds the adapter further down is fine (only OUT/<task> is written)
+    for inside in (path, path / "exports"):
+        assert main(["export", "--adapter", str(path), "--task", "vqa,retrieval", "--format", "plain", "--out",
+                     str(inside)], prog="mtl-lora-vl") == 2
+        assert "is or lies inside the adapter being exported" in capsys.readouterr().err
+    assert not (path / "vqa").exists() and not (path / "exports").exists()
+    project = tmp_path / "project"
+    shutil.copytree(path, project / "runs" / "adapter")
+    assert main(["export", "--adapter", str(project / "runs" / "adapter"), "--task", "vqa,retrieval", "--format",
+                 "plain", "--out", str(project)], prog="mtl-lora-vl") == 0
+    assert (project / "vqa").is_dir() and (project / "retrieval").is_dir()
 
 
 def test_overwrite_never_deletes_the_adapter_it_reads_or_the_working_directory(trained_run, tmp_path, capsys,  # noqa: F811

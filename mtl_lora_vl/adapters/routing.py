@@ -334,15 +334,16 @@ def find_adapted(model: nn.Module) -> nn.Module:
 
     O(1) for the attached model; a wrapper is searched once and remembers the adapted module and its path
     (whose router is read each time: an unload and a new attach give it a new one; a module replaced at that
-    path is searched for again). A wrapper holding several adapted models (a student and a teacher) is refused,
+    path, or a wrapper given another direct child, is searched again). A wrapper holding several adapted models (a student and a teacher) is refused,
     not resolved to the first one found; one model reachable under several paths, or replicas sharing its
     router, count once.
     """
-    if getattr(model, "_mtl_lora", None) is not None:
+    if model.__dict__.get("_mtl_lora") is not None:   # its own (torch.compile's wrapper forwards the attribute)
         return model
     check_module(model)
-    path, owner = model.__dict__.get("_mtl_lora_owner", ("", None))
-    if owner is not None and getattr(owner, "_mtl_lora", None) is not None:
+    children = tuple(map(id, model._modules.values()))   # a model added to the wrapper since: searched again
+    path, owner, seen = model.__dict__.get("_mtl_lora_owner", ("", None, None))
+    if owner is not None and owner.__dict__.get("_mtl_lora") is not None and seen == children:
         try:   # still the module at that path (a wrapper whose inner model was replaced routes the new one)
             if model.get_submodule(path) is owner:
                 return owner
@@ -350,7 +351,7 @@ def find_adapted(model: nn.Module) -> nn.Module:
             pass
     found: dict[int, tuple[str, nn.Module]] = {}   # id(router) -> the first path and module that carry it
     for name, m in model.named_modules():
-        info = getattr(m, "_mtl_lora", None)
+        info = m.__dict__.get("_mtl_lora")
         if info is not None:
             found.setdefault(id(info.router), (name, m))
     if len(found) > 1:
@@ -364,5 +365,5 @@ def find_adapted(model: nn.Module) -> nn.Module:
             f"{type(model).__name__} has no MTL-LoRA adapters; call mtl_lora_vl.attach(model, config) first"
         )
     ((name, m),) = found.values()
-    model.__dict__["_mtl_lora_owner"] = (name, m)
+    model.__dict__["_mtl_lora_owner"] = (name, m, children)
     return m

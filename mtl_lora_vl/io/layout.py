@@ -194,13 +194,13 @@ def _kept_kind(path: Path) -> str | None:
     return None
 
 
-def _check_keeps(out: Path, keep: Iterable[tuple[str, str | Path | None]],
-                 why: str = "which writing the results there would delete") -> None:
+def _check_keeps(out: Path, keep: Iterable[tuple[str, str | Path | None]]) -> None:
     for name, path in keep:
         if not path or not Path(path).exists():
             continue
         if holds(out, path):
-            raise FileExistsError(f"--out {out}: holds {name} {path}, {why}; choose another --out")
+            raise FileExistsError(f"--out {out}: holds {name} {path}, which writing the results there would "
+                                  "delete; choose another --out")
         if out.is_file() and holds(path, out):
             raise FileExistsError(f"--out {out}: is a file of {name} {path}, which writing the results would "
                                   "replace; choose another --out")
@@ -208,14 +208,19 @@ def _check_keeps(out: Path, keep: Iterable[tuple[str, str | Path | None]],
 
 def check_outputs_folder(out: str | Path, *, command: str,
                          keep: Iterable[tuple[str, str | Path | None]] = ()) -> None:
-    """Refuse a folder that ``command`` fills with one output per item (``OUT/<task>``): it may hold other
-    files, but it may not be an adapter or a training run directory, nor hold what ``keep`` names."""
+    """Refuse a folder that ``command`` fills with one output per item (``OUT/<task>``) where that writes into
+    what ``keep`` names or into an adapter or training run directory: OUT may not be one, nor lie inside one
+    (it may hold them: each ``OUT/<item>`` is checked on its own with :func:`check_output`)."""
     out = Path(out)
-    _check_keeps(out, keep, why=f"which {command} keeps apart from its outputs")
-    kind = _kept_kind(out) if out.is_dir() else None
-    if kind:
-        raise FileExistsError(f"--out {out}: is {kind}; {command} does not write its outputs into one; choose "
-                              "another --out")
+    for name, path in keep:
+        if path and Path(path).exists() and holds(path, out):
+            raise FileExistsError(f"--out {out}: is or lies inside {name} {path}, which {command} does not write "
+                                  "into; choose another --out")
+    for folder in (out, *out.parents):
+        kind = _kept_kind(folder) if folder.is_dir() else None
+        if kind:
+            raise FileExistsError(f"--out {out}: {'is' if folder == out else f'lies inside {folder}, which is'} {kind}; "
+                                  f"{command} does not write into one; choose another --out")
 
 
 def check_output(out: str | Path, *, marker: str, command: str, overwrite: bool,
