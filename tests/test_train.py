@@ -275,6 +275,11 @@ def test_extend_with_nothing_to_train_is_refused_at_start(tmp_path, capsys):
                        "--workers", "0", "--out", str(tmp_path / "ext")]) == 2
     assert "method 'lora' shares every adapter tensor across tasks and the new task(s) ['retrieval'] have no head " \
            "parameters, so nothing would train" in capsys.readouterr().err
+    # --backbone naming another model: the base check's refusal says what --backbone is for here
+    assert train_main(["--extend", str(run), "--tasks", str(fixed), "--steps", "1", "--backbone", "builtin-llava",
+                       "--workers", "0", "--out", str(tmp_path / "ext2")]) == 2
+    err = capsys.readouterr().err
+    assert "load it onto the base model it was trained on" in err and "--extend reads the adapter's own base" in err
 
 
 def test_the_peft_shaped_round_trip_keeps_what_the_adapter_recorded(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from ..backbones import load_backbone
 from ..config import MTLLoRAConfig
 from ..data.common import same_folder
 from ..data.records import Split
-from ..io import ADAPTER_CONFIG, Pretrained, find_adapter_dir, load_pretrained
+from ..io import ADAPTER_CONFIG, AdapterFileError, Pretrained, find_adapter_dir, load_pretrained
 from ..io.tensor_files import record_sha256
 from ..options import TrainOptions
 from ..tasks import TaskSpec, build_kind, resolve_tasks
@@ -121,10 +121,15 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
     ``specs``: the new tasks' specs (``--tasks``) if already read."""
     new_specs = resolve_tasks(opts.tasks) if specs is None else specs
     src = Path(opts.extend)
-    lp = load_pretrained(find_adapter_dir(src), device,
-                         backbone=None if opts.backbone == "builtin" else opts.backbone,
-                         pretrained=opts.pretrained, data_root=opts.data_root, is_trainable=True,
-                         base_dtype=opts.base_dtype)
+    given = None if opts.backbone == "builtin" else opts.backbone
+    try:
+        lp = load_pretrained(find_adapter_dir(src), device, backbone=given, pretrained=opts.pretrained,
+                             data_root=opts.data_root, is_trainable=True, base_dtype=opts.base_dtype)
+    except AdapterFileError as e:
+        if given is None and opts.pretrained is None:
+            raise
+        raise AdapterFileError(f"{e} (--extend reads the adapter's own base model: give --backbone / --pretrained "
+                               "only where that model now lives elsewhere, or leave them out)") from e
     old = list(lp.config.tasks)
     missing = [t for t in old if t not in lp.kinds or t not in lp.heads]
     if missing:
