@@ -247,11 +247,11 @@ _ASSIMILATION = re.compile(r"(?<![\w-])(can(?=not(?![\w-]))|gon(?=na(?![\w-]))|g
                            r"|lem(?=me(?![\w-]))|gim(?=me(?![\w-])))", re.I)   # whole words ("wanna-be" stays)
 _PTB_TOKEN = re.compile(
     r"n't|'(?:s|re|ve|ll|d|m)(?!\w)"                      # a clitic split off above
+    r"|[^\W\d_]+(?:\.[^\W\d_]+)+(?![\w.])"                # words, no space after the period: "bed.it", "u.s.a"
     r"|(?:ed|ph)\.d\.|(?:[^\W\d_]\.){2,}"                # ph.d., u.s., e.g.
     rf"|(?<![\w'.-])(?:(?:{_ABBREVIATIONS})|(?-i:{_CAPITALISED_ABBREVIATIONS}))\.(?!\w)"
     rf"|(?<![\w'.-])(?:{_NUMBER_ABBREVIATIONS})\.(?=\s*\d)"
     r"|'(?:em|till?|cause|n'?|[2-9]0s)(?![\w'])|'t(?=(?:is|was)\b)"   # words that begin with an apostrophe
-    r"|[^\W\d_]+(?:\.[^\W\d_]+)+(?![\w.])"                # words, no space after the period: "bed.it", "a.m"
     r"|(?<![\w.])\.\d+"                                       # a number with a leading period: ".5"
     r"|\w+(?:[-/&']\w+|(?<=\d)[.:,]\d+)*"                  # words, with their inner hyphens and numbers' marks
     r"|[!?]{2,}"                                            # PTB's filter drops "!" and "?" alone, not "!!"

@@ -172,6 +172,7 @@ PTB_CASES = [
     # text: PTB keeps "bed.it" and ".5" whole and drops "…" (they were "bed it", "5" and a "…" token)
     ('a dog on a bed.it is sleeping', 'a dog on a bed.it is sleeping'),
     ('A dog.A cat. Mt.Everest at 5 a.m', 'a dog.a cat mt.everest at 5 a.m'),
+    ('People in the U.S.A and the U.K.', 'people in the u.s.a and the u.k.'),
     ('a .5 liter bottle', 'a .5 liter bottle'),
     ('wait… a dog', 'wait a dog'),
 ]
