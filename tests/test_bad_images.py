@@ -186,6 +186,24 @@ def test_strict_fails_at_once_naming_the_file(images):
                                 device="cpu", strict=True, task="val"))
 
 
+def test_a_strict_stop_in_a_worker_keeps_its_one_line_message(images):
+    """With loader workers, PyTorch re-raised the ImageError as 'Caught ImageError in DataLoader worker process 0.'
+    plus the worker's traceback, which the command line printed as its one-line error."""
+    loader = MultiTaskLoader([_Kind()], [_split(images, NAMES, strict=True)], _Backbone(), batch_size=3, steps=4,
+                             num_workers=1, pin_memory=False)
+    try:
+        with pytest.raises(ImageError) as e:
+            list(loader)
+    finally:
+        loader.close()
+    assert re.match(r"task 'cls': example '(truncated|corrupt)'.*cannot be decoded.*strict = true", str(e.value))
+    assert "Traceback" not in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ImageError) as e:
+        list(iter_image_batches(_Backbone(), _split(images, ["good0", "corrupt"]).examples, batch_size=2,
+                                device="cpu", strict=True, task="val", num_workers=1))
+    assert str(e.value).startswith("task 'val': ") and "Traceback" not in str(e.value)
+
+
 def test_no_image_decodes_is_an_error(images):
     ds = TaskDataset(_Kind(), _split(images, ["truncated", "corrupt"]), SIZE)
     with pytest.raises(ImageError, match=r"task 'cls': no image of its 2 example\(s\) can be decoded"):

@@ -35,6 +35,8 @@ def test_temperature_probabilities():
     assert p == pytest.approx([1 / 3, 2 / 3])
     assert task_probabilities([100, 400], "temperature", 1.0) == pytest.approx([0.2, 0.8])
     assert task_probabilities([100, 400], "round_robin") == [0.5, 0.5]
+    # a very low temperature: n ** (1/T) overflowed ("(34, 'Numerical result out of range')")
+    assert task_probabilities([40000, 20000, 1], "temperature", 0.01) == pytest.approx([1.0, 0.0, 0.0])
 
 
 @pytest.mark.parametrize("strategy", ["proportional", "temperature"])

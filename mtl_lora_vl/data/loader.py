@@ -190,6 +190,28 @@ def _segments(ids: list[int]) -> tuple[tuple[int, int, int], ...]:
     return tuple(segs)
 
 
+def _worker_errors_unwrapped(loader: DataLoader) -> Iterator[Any]:
+    """``loader``'s batches; an :class:`ImageError` a worker raised comes out with its own message (PyTorch
+    re-raises it as "Caught ImageError in DataLoader worker process 0." plus the worker's traceback, which the
+    command line then printed as its one-line error)."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except ImageError as e:
+            text = str(e)
+            if not text.startswith("Caught ImageError in DataLoader worker"):
+                raise
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:   # now: the error's traceback keeps this iterator (and its workers) alive
+                shutdown()
+            own = f"\n{ImageError.__module__}.{ImageError.__qualname__}: "   # the traceback's last line starts so
+            raise ImageError(text.rpartition(own)[2].strip() if own in text else text) from None
+        yield batch
+
+
 class MultiTaskCollate:
     """Collate rows of several tasks into the batch layout of the module docstring (runs in workers).
 
@@ -348,7 +370,7 @@ class MultiTaskLoader:
             self.sampler.load_state_dict(self.sampler.state_dict(self.consumed))
         reseed_loader(self.generator, self.sampler.seed, self.sampler.rank, self.consumed)
         replaced: Counter[str] = Counter()   # of the batches taken (workers may have made more ahead)
-        for batch in self.loader:
+        for batch in _worker_errors_unwrapped(self.loader):
             self.consumed += 1
             replaced.update(batch.get("replaced") or {})
             yield batch
@@ -407,6 +429,6 @@ def iter_image_batches(backbone: Any, examples: Sequence[Example], *, batch_size
                            strict=policy_strict if strict is None else strict)
     loader = DataLoader(_ImageDataset(images), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
-    for batch in progress(loader, desc="images", unit="batch"):
+    for batch in progress(_worker_errors_unwrapped(loader), desc="images", unit="batch", total=len(loader)):
         yield backbone.preprocess_uint8(batch.to(device, non_blocking=True), dtype)
     images.report()

@@ -59,7 +59,11 @@ def task_probabilities(sizes: Sequence[int], strategy: str = "proportional",
     if strategy == "temperature":
         if not temperature > 0:
             raise ValueError(f"sampling temperature must be > 0, got {temperature}")
-        weights = [n ** (1.0 / temperature) for n in sizes]
+        try:
+            weights = [n ** (1.0 / temperature) for n in sizes]
+        except OverflowError:   # a very low temperature: the same weights scaled by the largest, in log space
+            logs = [math.log(n) / temperature if n > 0 else -math.inf for n in sizes]
+            weights = [math.exp(x - max(logs)) for x in logs]
     else:
         weights = [float(n) for n in sizes]
     total = sum(weights)
