@@ -145,6 +145,8 @@ MALFORMED = [
     ('kind = "segmentation"\n' + GOOD, "'kind'", "one of ['captioning', 'classification'"),
     ('kind = 3\n' + GOOD, "'kind'", "a string"),
     ('kind = "vqa"\nloss_weight = "big"\n' + GOOD, "'loss_weight'", "a positive number"),
+    ('kind = "vqa"\n' + GOOD + '[head]\nquestion_weight = nan\n', "'head.question_weight'", "a finite number"),
+    ('kind = "retrieval"\n' + GOOD + '[head]\nmax_logit_scale = inf\n', "'head.max_logit_scale'", "a finite number"),
     ('kind = "vqa"\nloss_weight = -1\n' + GOOD, "'loss_weight'", "a positive number"),
     ('kind = "vqa"\nname = "a b"\n' + GOOD, "'name'", "a task name"),
     ('kind = "vqa"\ntemplates = ["no placeholder"]\n' + GOOD, "'templates[0]'", "exactly one '{}'"),
@@ -761,3 +763,15 @@ def test_texts_the_word_level_tokenizer_cannot_read_are_named(caplog):
     with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
         warn_text_coverage(spec, Split([split.examples[2]]), bb)
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize("kind_name", ["retrieval", "captioning"])
+def test_an_evaluation_split_without_captions_is_refused_at_start(kind_name, clip, coca):
+    """Retrieval and captioning found an evaluation split without captions only when scoring it, after training
+    (VQA and classification check theirs at start-up)."""
+    backbone = coca if kind_name == "captioning" else clip
+    kind = build_kind(load_spec(kind_name), world.build_split(kind_name, "train", n=8, seed=0), backbone)
+    kind.check_eval_split(world.build_split(kind_name, "val", n=4, seed=0))
+    labelled = world.build_split("classification", "val", n=4, seed=0)   # images with labels, no text
+    with pytest.raises(ValueError, match=f"task '{kind_name}': the evaluation split has no (reference )?captions"):
+        kind.check_eval_split(labelled)

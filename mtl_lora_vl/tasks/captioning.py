@@ -154,6 +154,13 @@ class CaptioningKind(TaskKind):
                 out.extend(backbone.generate(images, max_len=max_len, beam_size=beam_size))
         return out
 
+    def check_eval_split(self, split: Split) -> None:
+        super().check_eval_split(split)
+        images, refs = caption_references(split)
+        if not self.scored([ex for ex in images if refs[ex.image_id]]):   # at start-up, not after training
+            raise ValueError(f"task {self.name!r}: the evaluation split has no reference captions (rows need a text "
+                             "or captions); evaluate on a split with captions")
+
     def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
         images, refs = caption_references(split)

@@ -198,6 +198,12 @@ class RetrievalKind(TaskKind):
         logits = head(F.normalize(image_emb.float(), dim=-1), F.normalize(text_emb.float(), dim=-1))
         return multi_positive_infonce(logits, batch["image_key"])
 
+    def check_eval_split(self, split: Split) -> None:
+        super().check_eval_split(split)
+        if not retrieval_texts(split)[1]:   # at start-up, not after training
+            raise ValueError(f"task {self.name!r}: the evaluation split has no captions (rows need a text or "
+                             "captions); evaluate on a split with captions")
+
     def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
         images, texts, text_to_image = retrieval_texts(split)

@@ -262,6 +262,8 @@ def _check_value(path: Path, fld: str, value: Any, default: Any) -> Any:
     elif isinstance(default, float):
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):   # TOML's nan / inf: every loss NaN
+            raise _fail(path, fld, "a finite number", value)
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     else:
