@@ -595,12 +595,7 @@ def test_a_model_routed_from_two_threads_at_once_is_refused():
     nothing. A scope opened while another thread's is open is now refused; thread 1 keeps its task."""
     import threading
 
-    model = mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^0$"]}))
-    with torch.no_grad():
-        model[0].lora_B.normal_()
-    x = torch.randn(1, 4)
-    with torch.no_grad(), mlv.route(model, "a"):
-        want = model(x)
+    model, x, want = _two_task_linear(1)
     opened, tried = threading.Event(), threading.Event()
     out, errors = {}, []
 
@@ -703,6 +698,16 @@ def test_a_wrapper_follows_its_inner_model_when_replaced():
         wrapper(torch.randn(1, 4))
 
 
+def _two_task_linear(rows: int):
+    """One Linear adapted for tasks a and b (B random, so they differ), an input of ``rows`` rows, task a's output."""
+    model = mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^0$"]}))
+    with torch.no_grad():
+        model[0].lora_B.normal_()
+    x = torch.randn(rows, 4)
+    with torch.no_grad(), mlv.route(model, "a"):
+        return model, x, model(x)
+
+
 def test_an_error_in_flight_is_not_replaced_by_the_scope_order_error():
     """A scope left by an exception while an inner scope is still open raised RoutingError instead, hiding the
     error (a KeyboardInterrupt or a shape error) that actually stopped the code."""
@@ -723,12 +728,7 @@ def test_a_copy_made_inside_a_scope_holds_no_open_scope():
     good (route() on it was silently ignored), one made inside route(ids) stayed routed with no scope open."""
     import pickle
 
-    model = mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^0$"]}))
-    with torch.no_grad():
-        model[0].lora_B.normal_()
-    x = torch.randn(3, 4)
-    with torch.no_grad(), mlv.route(model, "a"):
-        want = model(x)
+    model, x, want = _two_task_linear(3)
     with mlv.disabled(model):
         copies = [copy.deepcopy(model), pickle.loads(pickle.dumps(model))]
     with mlv.route(model, [0, 1, 0]):
