@@ -130,9 +130,15 @@ def _small_spec(tmp: Path, name: str) -> str:
     text = src.read_text()
     for split, n in (("train", 24), ("val", 8), ("test", 8)):
         text = re.sub(rf"^\[data\.{split}\]$", f"[data.{split}]\nn = {n}", text, flags=re.M)
+    tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / f"{name}.toml"
     path.write_text(text)
     return str(path)
+
+
+def _vqa_settings(tmp_path: Path) -> BenchSettings:
+    """A one-task grid (a small VQA spec, MTL-LoRA only) for tests of the grid's folder and its checks."""
+    return BenchSettings(tasks=[_small_spec(tmp_path / "specs", "vqa")], methods=["mtl_lora"], device="cpu")
 
 
 class Killed(KeyboardInterrupt):
@@ -142,7 +148,6 @@ class Killed(KeyboardInterrupt):
 @needs_builtin
 def test_tiny_grid_resumes_and_reports(tmp_path, monkeypatch):
     specs = tmp_path / "specs"
-    specs.mkdir()
     settings = BenchSettings(tasks=[_small_spec(specs, "vqa"), _small_spec(specs, "retrieval")],
                              methods=["lora", "mtl_lora"], match_params=False, single_task=True,
                              ablations={"task_lr_mult": [1.0, 10.0]}, seeds=2, lr_grid=[3e-3], steps=2,
@@ -255,7 +260,6 @@ def test_the_same_grid_runs_on_the_built_in_llava(tmp_path):
     """Issue 10's generative path: the built-in specs take their LM path on builtin-llava (answers and
     captions generated, classes scored by likelihood) and the report comes out the same way."""
     specs = tmp_path / "specs"
-    specs.mkdir()
     settings = BenchSettings(tasks=[_small_spec(specs, t) for t in ("vqa", "captioning", "caption_cls")],
                              backbone="builtin-llava", methods=["lora", "mtl_lora"], match_params=False,
                              single_task=False, ablations={}, seeds=1, lr_grid=[3e-3], steps=2, batch_size=6,
@@ -293,9 +297,7 @@ def test_out_must_be_a_benchmark_folder_before_anything_is_deleted_or_written(tm
     written over a folder of the user's own files."""
     from mtl_lora_vl.benchmark.bench import BenchDirError
 
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    settings = BenchSettings(tasks=[_small_spec(specs, "vqa")], methods=["mtl_lora"], device="cpu")
+    settings = _vqa_settings(tmp_path)
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "report.md").write_text("my notes")
@@ -324,7 +326,6 @@ def test_a_diverging_learning_rate_is_a_result_not_a_stop(tmp_path):
     """The trainer stops a run after --max-bad-steps non-finite steps (FloatingPointError): that stopped the
     whole grid with a traceback, and every rerun diverged again at the same run."""
     specs = tmp_path / "specs"
-    specs.mkdir()
     settings = BenchSettings(tasks=[_small_spec(specs, "vqa"), _small_spec(specs, "retrieval")],
                              methods=["mtl_lora"], match_params=False, single_task=False, ablations={}, seeds=1,
                              lr_grid=[3e-3, 10.0], steps=2, batch_size=4, warmup=1, eval_batch_size=16, device="cpu")
@@ -374,9 +375,7 @@ def test_a_stopped_run_stops_the_grid_resumably(tmp_path):
     from mtl_lora_vl.benchmark.runner import GridStopped
     from mtl_lora_vl.training.stopping import RunStopped
 
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    settings = BenchSettings(tasks=[_small_spec(specs, "vqa")], methods=["mtl_lora"], device="cpu")
+    settings = _vqa_settings(tmp_path)
 
     def stopped(opts: TrainOptions) -> Path:
         raise RunStopped(Path(opts.out), 1, signal.SIGTERM)
@@ -467,7 +466,6 @@ def test_grid_settings_that_would_run_less_than_they_say_are_refused(tmp_path):
     one run folder (the second never trained); a bad --backbone left settings.json, so the fixed command was
     refused as 'a grid with other settings'."""
     specs = tmp_path / "specs"
-    specs.mkdir()
     vqa = _small_spec(specs, "vqa")
     for settings, message in [
         (BenchSettings(tasks=[vqa, "vqa"], device="cpu"), r"task\(s\) \['vqa'\] are named more than once"),
@@ -547,9 +545,7 @@ def test_a_grid_folder_in_use_is_refused(tmp_path):
 
     from mtl_lora_vl.benchmark.bench import BenchDirError, grid_lock
 
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    settings = BenchSettings(tasks=[_small_spec(specs, "vqa")], methods=["mtl_lora"], device="cpu")
+    settings = _vqa_settings(tmp_path)
     out = tmp_path / "grid"
     out.mkdir()
     (out / "settings.json").write_text("{}")
