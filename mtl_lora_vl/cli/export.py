@@ -31,7 +31,7 @@ from typing import Any
 from ..backbones import parse_spec
 from ..families import merged_format
 from ..io import AdapterFileError, export_lora, load_pretrained, save_merged
-from ..io.adapter_files import base_paths, config_of, read_adapter_config, recorded_base
+from ..io.adapter_files import base_paths, config_of, read_adapter_config
 from ..io.atomic import check_target
 from ..io.exports import export_format
 from ..io.layout import EXPORT_RECORD, check_output, check_outputs_folder
@@ -79,12 +79,13 @@ def _merged_export(path: Path) -> bool:
         return False
 
 
-def _check_tasks(tasks: list[str], adapter: str) -> str:
-    """Refuse task names the adapter does not have, before its base model loads; its recorded family."""
+def _check_tasks(tasks: list[str], adapter: str) -> dict[str, Any]:
+    """Refuse task names the adapter does not have, before its base model loads; the adapter's parsed config
+    (``{}`` when it cannot be read: ``load_pretrained`` then says why)."""
     try:
         doc = read_adapter_config(adapter, verify=False)
     except AdapterFileError:
-        return ""   # load_pretrained says what is wrong with the directory
+        return {}
     known = config_of(doc, Path(adapter)).tasks
     unknown = [t for t in tasks if t not in known]
     if unknown:
@@ -92,15 +93,13 @@ def _check_tasks(tasks: list[str], adapter: str) -> str:
         hint = "".join(f" (did you mean {c[0]!r} for {t!r}?)" for t, c in close.items() if c)
         raise AdapterFileError(f"--task {', '.join(map(repr, unknown))}: the adapter has no such task; its tasks "
                                f"are {known}{hint}")
-    return str((doc.get("base_model") or {}).get("family") or "")
+    return doc
 
 
-def _check_out_kind(out: Path, fmt: str, family: str, several: bool) -> None:
+def _check_out_kind(out: Path, fmt: str, family: str) -> None:
     """Refuse a ``.safetensors`` --out where export writes a directory (LoRA formats, Hugging Face models)."""
     if out.suffix != ".safetensors" or not family:
         return
-    if several:
-        raise ValueError(f"--out {out}: several tasks are written to OUT/<task>; give a directory")
     if fmt != "merged":
         raise ValueError(f"--out {out}: --format {fmt} writes a LoRA directory; give a folder name (without "
                          ".safetensors)")
@@ -141,13 +140,13 @@ def export(opts: ExportOptions) -> list[Path]:
     repeated = sorted({t for t in tasks if tasks.count(t) > 1})
     if repeated:
         raise ValueError(f"--task: {', '.join(map(repr, repeated))} given more than once; name each task once")
-    family = _check_tasks(tasks, opts.adapter)
-    _check_out_kind(out, opts.format, family, len(tasks) > 1)
+    doc = _check_tasks(tasks, opts.adapter)
+    _check_out_kind(out, opts.format, str((doc.get("base_model") or {}).get("family") or ""))
     targets = {task: out if len(tasks) == 1 else out / task for task in tasks}
     if len(tasks) > 1 and out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out}: exists and is a file; several tasks are written to OUT/<task>, "
                               "give a directory")
-    base = recorded_base(opts.adapter)
+    base = doc.get("base") or {}   # the base model the adapter records
     keep = [("the adapter being exported", opts.adapter), *base_paths(base, opts.backbone, opts.pretrained)]
     if len(tasks) > 1:   # OUT holds the task folders: it may hold other files, but not be or hold what is kept
         check_outputs_folder(out, command="export", keep=keep)

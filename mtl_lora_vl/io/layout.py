@@ -194,18 +194,6 @@ def _kept_kind(path: Path) -> str | None:
     return None
 
 
-def _check_keeps(out: Path, keep: Iterable[tuple[str, str | Path | None]]) -> None:
-    for name, path in keep:
-        if not path or not Path(path).exists():
-            continue
-        if holds(out, path):
-            raise FileExistsError(f"--out {out}: holds {name} {path}, which writing the results there would "
-                                  "delete; choose another --out")
-        if out.is_file() and holds(path, out):
-            raise FileExistsError(f"--out {out}: is a file of {name} {path}, which writing the results would "
-                                  "replace; choose another --out")
-
-
 def check_outputs_folder(out: str | Path, *, command: str,
                          keep: Iterable[tuple[str, str | Path | None]] = ()) -> None:
     """Refuse a folder that ``command`` fills with one output per item (``OUT/<task>``) where that writes into
@@ -234,7 +222,15 @@ def check_output(out: str | Path, *, marker: str, command: str, overwrite: bool,
     ``FileExistsError`` naming the path and the fix.
     """
     out = Path(out)
-    _check_keeps(out, keep)
+    for name, path in keep:
+        if not path or not Path(path).exists():
+            continue
+        if holds(out, path):
+            raise FileExistsError(f"--out {out}: holds {name} {path}, which writing the results there would "
+                                  "delete; choose another --out")
+        if out.is_file() and holds(path, out):
+            raise FileExistsError(f"--out {out}: is a file of {name} {path}, which writing the results would "
+                                  "replace; choose another --out")
     if not out.is_dir() or not any(out.iterdir()):
         return
     kind = _kept_kind(out)
