@@ -1,0 +1,86 @@
+"""The small scripts without a test file of their own: ``show_world.py`` (the README's sample grid) and
+``bench_generation.py`` (CoCa decoding with and without the cache)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_show_world_draws_every_task_kind(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "grid.png"
+    assert _script("show_world").main(["--out", str(out), "--per-row", "1", "--size", "16", "--dpi", "10"]) == 0
+    assert out.read_bytes()[:8] == PNG_MAGIC and "wrote" in capsys.readouterr().out
+    rows = _script("show_world")._panels(2, seed=0)
+    assert [title.split()[0] for title, _ in rows] == ["pretrain", "retrieval", "vqa", "classification"]
+    assert all(len(panels) == 2 and all(text for _, text in panels) for _, panels in rows)
+
+
+def test_show_world_refuses_a_path_that_is_not_a_png_and_keeps_the_old_image_when_drawing_fails(tmp_path,
+                                                                                                 monkeypatch):
+    pytest.importorskip("matplotlib")
+    show_world = _script("show_world")
+    for bad in (tmp_path / "grid.jpg", tmp_path):
+        with pytest.raises(SystemExit):
+            show_world.main(["--out", str(bad)])
+    out = tmp_path / "grid.png"
+    out.write_bytes(PNG_MAGIC + b"old")
+    from matplotlib.figure import Figure
+
+    def broken(self, *args, **kwargs):
+        Path(args[0]).write_bytes(b"half")   # a partial write, then the failure
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", broken)
+    with pytest.raises(KeyboardInterrupt):
+        show_world.main(["--out", str(out), "--per-row", "1", "--size", "16", "--dpi", "10"])
+    assert out.read_bytes() == PNG_MAGIC + b"old" and [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+
+
+def test_bench_generation_cached_and_uncached_decoding_agree(capsys):
+    assert _script("bench_generation").main(["--images", "2", "--max-len", "2", "--repeats", "1"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()]
+    assert [r[0] for r in rows] == ["1", "3"]                        # greedy and 3 beams
+    assert all(r[-1] == "True" and float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
+
+
+def test_bench_generation_counts_token_ids_not_text(monkeypatch, capsys):
+    """Differing outputs are reported as different even where they decode to the same text (ids past the
+    word tokenizer's vocabulary all read ``<unk>``)."""
+    bench = _script("bench_generation")
+    real = bench.build
+
+    def build(device):
+        bb = real(device)
+        plain = bb.generate
+
+        def generate(images, *, use_cache, **kwargs):
+            out = plain(images, use_cache=use_cache, **kwargs)
+            return [row[:-1] + (row[-1] + 1,) if use_cache else row for row in out]   # the cache path differs
+
+        bb.generate = generate
+        return bb
+
+    monkeypatch.setattr(bench, "build", build)
+    bench.main(["--images", "2", "--max-len", "2", "--repeats", "1"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()]
+    assert [r[-1] for r in rows] == ["False", "False"]
+
+
+def test_bench_generation_refuses_counts_below_one():
+    for flag in ("--images", "--max-len", "--repeats", "--threads"):
+        with pytest.raises(SystemExit):
+            _script("bench_generation").main([flag, "0"])
