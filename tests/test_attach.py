@@ -12,6 +12,7 @@ from torch import nn
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.adapters.attach import attach_info, select_targets
+from mtl_lora_vl.adapters.generation import expanded_rows
 from mtl_lora_vl.adapters.layers import ADAPTER_PARAM_NAMES
 
 TASKS = ["vqa", "retrieval", "cls"]
@@ -368,7 +369,7 @@ def test_single_task_adapter_needs_no_scope_and_route_works_through_wrappers():
 
 
 def test_a_module_holding_several_adapted_models_is_refused_and_one_under_several_paths_is_not(tmp_path):
-    """route, merge, save_adapter and parameter_report on a student-teacher pair silently acted on the first adapted
+    """route, merge, save_adapter, parameter_report and expanded_rows (beams) on a student-teacher pair silently acted on the first adapted
     model found (the student): the teacher was never routed, saved or counted. A wrapper reaching one adapted model
     under several paths (MultiTaskModel's ``model`` and ``backbone.model``, DataParallel replicas sharing its router,
     torch.compile's ``_orig_mod``) still finds it."""
@@ -380,7 +381,7 @@ def test_a_module_holding_several_adapted_models_is_refused_and_one_under_severa
     before = copy.deepcopy(pair.state_dict())
     for act in (lambda: mlv.route(pair, "a").__enter__(), lambda: mlv.disabled(pair).__enter__(),
                 lambda: mlv.merge(pair, "a"), lambda: mlv.save_adapter(pair, tmp_path / "ad"),
-                lambda: mlv.parameter_report(pair)):
+                lambda: mlv.parameter_report(pair), lambda: expanded_rows(pair, 2).__enter__()):
         with pytest.raises(mlv.RoutingError, match=r"2 separately adapted models, at \['student', 'teacher'\].*"
                                                    r"pass one of them \(e\.g\. its \.student\)"):
             act()

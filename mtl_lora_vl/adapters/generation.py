@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import nn
 
+from .routing import find_router
 from .scopes import route
 
 __all__ = ["RoutedGenerate", "expanded_rows", "generation_rows", "install_routed_generate",
@@ -35,10 +36,12 @@ def expanded_rows(model: nn.Module, k: int) -> Iterator[None]:
     """Inside this scope the adapted layers of ``model`` also accept exactly k rows per routed id (row
     i·k + j routed like id i): the current route of the model, re-opened as ``route.allowing(k)``, so
     activation recomputation replays it too. A no-op for a model without adapters, for k = 1 and for a
-    route that fits any batch (one task by name or index, or none on a one-task adapter)."""
+    route that fits any batch (one task by name or index, or none on a one-task adapter). ``model`` may be a
+    wrapper of the adapted model (found as :func:`~.routing.find_adapted` finds it)."""
     if k < 1:
         raise ValueError(f"expanded_rows: k must be >= 1, got {k}")
-    router = next((m._mtl_lora.router for m in model.modules() if getattr(m, "_mtl_lora", None) is not None), None)
+    adapted = any(m.__dict__.get("_mtl_lora") is not None for m in model.modules())
+    router = find_router(model) if adapted else None   # a wrapper of several adapted models is refused there
     current = None if router is None else router.current
     if current is None or k == 1 or current.batch_size is None:
         yield
