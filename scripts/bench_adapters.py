@@ -13,7 +13,8 @@ or a launch-bound GPU pays per op, which timing noise cannot blur), and writes t
 
 Mixed MTL-LoRA batches run in two row orders: ``grouped`` (rows sorted by task, as the loader makes
 them; the route comes from segments, as in training) and ``interleaved`` (task of row i = i mod 3, the
-worst order an API user can pass).
+worst order an API user can pass). Both routes are built once on the host: ids given as a device tensor
+would add a device-to-host read per step on a GPU, which is not routing's cost.
 
     python scripts/bench_adapters.py --repeats 7 --json bench.json
     python scripts/bench_adapters.py --case llava --repeats 20        # ~1.5 s steps on 2 CPU cores
@@ -193,8 +194,9 @@ def clip_cases(args, device, amp) -> tuple[dict, dict]:
     B = args.batch_size
     batch = (torch.randn(B, 3, size, size, generator=g).to(device),
              torch.randint(1, 49000, (B, ctx), generator=g).to(device))
-    interleaved_ids = torch.arange(B) % len(TASKS)
-    grouped = Route.from_ids(sorted(interleaved_ids.tolist()))  # what the loader's segments give
+    interleaved_ids = [i % len(TASKS) for i in range(B)]
+    grouped = Route.from_ids(sorted(interleaved_ids))  # what the loader's segments give
+    interleaved = Route.from_ids(interleaved_ids)
 
     def ours(method: str, n_up: int = 1) -> torch.nn.Module:
         cfg = mlv.MTLLoRAConfig(tasks=TASKS if method == "mtl_lora" else ["all"], r=args.rank, alpha=2 * args.rank,
@@ -205,7 +207,7 @@ def clip_cases(args, device, amp) -> tuple[dict, dict]:
     cases["lora"] = make_train_case(ours("lora"), None, batch, amp, device)
     cases["mtl_lora_single"] = make_train_case(ours("mtl_lora", args.n_up), "vqa", batch, amp, device)
     cases["mtl_lora_grouped"] = make_train_case(ours("mtl_lora", args.n_up), grouped, batch, amp, device)
-    cases["mtl_lora_interleaved"] = make_train_case(ours("mtl_lora", args.n_up), interleaved_ids.to(device), batch,
+    cases["mtl_lora_interleaved"] = make_train_case(ours("mtl_lora", args.n_up), interleaved, batch,
                                                     amp, device)
     peft_note = None
     if not args.no_peft:
@@ -291,8 +293,9 @@ def llava_cases(args, device, amp) -> tuple[dict, dict]:
     ids = torch.randint(10, args.vocab, (B, n_img + n_text), generator=g)
     ids[:, :n_img] = IMAGE_TOKEN
     batch = (torch.randn(B, 3, 224, 224, generator=g).to(device), ids.to(device), ids[:, -n_ans:].to(device))
-    interleaved_ids = torch.arange(B) % len(TASKS)
-    grouped = Route.from_ids(sorted(interleaved_ids.tolist()))
+    interleaved_ids = [i % len(TASKS) for i in range(B)]
+    grouped = Route.from_ids(sorted(interleaved_ids))
+    interleaved = Route.from_ids(interleaved_ids)
     one_task = Route.from_ids([0] * B)
 
     def ours(method: str, ckpt: bool) -> torch.nn.Module:
@@ -329,7 +332,7 @@ def llava_cases(args, device, amp) -> tuple[dict, dict]:
             # computation differ: memory placement moves a CPU step by a few per cent).
             cases["mtl_lora_one_task"] = make_train_case(mixed, one_task, batch, amp, device, llava_loss)
             cases["lora_copy"] = make_train_case(ours("lora", ckpt), None, batch, amp, device, llava_loss)
-            cases["mtl_lora_interleaved"] = make_train_case(ours("mtl_lora", ckpt), interleaved_ids.to(device),
+            cases["mtl_lora_interleaved"] = make_train_case(ours("mtl_lora", ckpt), interleaved,
                                                             batch, amp, device, llava_loss)
         if peft_note and peft_note.startswith("peft "):
             cases["peft_lora" + tag] = make_train_case(peft_lora(ckpt), None, batch, amp, device, llava_loss)

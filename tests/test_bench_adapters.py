@@ -77,3 +77,21 @@ def test_bad_arguments_are_refused_before_any_timing(tmp_path, capsys):
         with pytest.raises(SystemExit):
             _bench().main(["--case", "llava", *args])
         assert re.search(says, capsys.readouterr().err)
+
+
+def test_every_case_routes_from_host_ids(monkeypatch):
+    """The interleaved case routed a device tensor of ids: on a GPU each step's route read it back to the host
+    (a sync the grouped case, the lora cases and the trainer never make), timed as if it were routing's cost.
+    Every case now gets a route built once on the host; the interleaved one still sends row i to task i mod 3."""
+    import argparse
+
+    import torch
+
+    bench = _bench()
+    monkeypatch.setattr(bench, "make_train_case", lambda model, route_arg, *a, **k: route_arg)
+    args = argparse.Namespace(batch_size=4, text_len=4, vocab=300, rank=2, n_up=2, vision_layers=1, lm_layers=1,
+                              lm_width=64, no_peft=True)
+    cases, _ = bench.llava_cases(args, torch.device("cpu"), None)
+    routes = {k: v for k, v in cases.items() if v is not None}
+    assert not [k for k, v in routes.items() if isinstance(v, torch.Tensor)]
+    assert routes["mtl_lora_interleaved"].segments == tuple((i % 3, i, i + 1) for i in range(4))
