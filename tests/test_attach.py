@@ -408,6 +408,12 @@ def test_a_module_holding_several_adapted_models_is_refused_and_one_under_severa
     used["teacher"] = adapted()
     with pytest.raises(mlv.RoutingError, match="2 separately adapted models"):   # it routed the student alone
         mlv.route(used, "b").__enter__()
+    deeper = nn.ModuleDict({"inner": nn.ModuleList([adapted()])})   # the second one added below a direct child
+    with mlv.route(deeper, "a"):
+        pass
+    deeper["inner"].append(adapted())
+    with pytest.raises(mlv.RoutingError, match="2 separately adapted models"):   # a stale answer routed the first
+        mlv.route(deeper, "b").__enter__()
     compiled = torch.compile(adapted())   # saved as the model inside: it wrote '_orig_mod.' keys that never loaded
     path = mlv.save_adapter(compiled, tmp_path / "compiled")
     mlv.load_adapter(nn.Sequential(nn.Linear(4, 4)), path, check_base_weights=False)
