@@ -5,6 +5,7 @@ retrieval refused at start-up, and the training command end to end."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import re
 from collections import Counter
@@ -356,6 +357,12 @@ def test_an_eval_limit_that_leaves_classes_out_is_warned_about(llava, monkeypatc
     assert "hold no example of" in caplog.text and "shuffle the split's rows or raise eval_limit" in caplog.text
     kind.evaluate(llava, None, ordered, batch_size=2, device="cpu")   # the adapted pass: said once, not twice
     assert caplog.text.count("hold no example of") == 1
+    del ordered
+    for _ in range(10):   # new splits, each freed before the next: one was taken for another by its id()
+        gc.collect()
+        kind.evaluate(llava, None, dataclasses.replace(test, examples=sorted(test.examples, key=lambda ex: ex.label)),
+                      batch_size=2, device="cpu")
+    assert caplog.text.count("hold no example of") == 11
 
 
 # ---------------------------------------------------------------------------------------------- the command
