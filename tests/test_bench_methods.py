@@ -556,3 +556,16 @@ def test_a_grid_folder_in_use_is_refused(tmp_path):
         assert (out / "settings.json").read_text() == "{}"
     with pytest.raises(Exception, match="holds a grid with other settings"):   # free again (a stale file is too)
         run_benchmark(settings, out, trainer=None)
+
+
+def test_bench_leaves_the_callers_thread_count_as_it_was(tmp_path):
+    """main() set torch's thread count to --threads and left it there for the rest of the process."""
+    from mtl_lora_vl.benchmark.cli import main
+
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert main(["--tasks", "vqa,vqa", "--threads", "1", "--out", str(tmp_path / "b")]) == 2
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)

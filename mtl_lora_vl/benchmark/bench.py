@@ -218,8 +218,9 @@ def plan_ranks(settings: BenchSettings, counter: ParameterCounter, n_tasks: int)
 
 
 def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer = train, overwrite: bool = False,
-                  threads: int | None = None, stream: TextIO | None = None) -> dict[str, Any]:
-    """Run (or resume) the grid in ``out`` and write report.md, results.json and plots/; returns the results."""
+                  stream: TextIO | None = None) -> dict[str, Any]:
+    """Run (or resume) the grid in ``out`` and write report.md, results.json and plots/; returns the results
+    (with the thread count torch runs on, ``torch.get_num_threads()``: set it before calling)."""
     settings.validate()
     out = Path(out)
     stream = stream if stream is not None else sys.stdout
@@ -230,11 +231,11 @@ def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer 
     check_unlocked(out)
     _check_settings(out, grid_identity(settings, specs), overwrite)
     with grid_lock(out):
-        return _run_grid(settings, out, counter, ranks, trainer, threads, stream)
+        return _run_grid(settings, out, counter, ranks, trainer, stream)
 
 
 def _run_grid(settings: BenchSettings, out: Path, counter: ParameterCounter, ranks: dict[str, dict[str, int]],
-              trainer: Trainer, threads: int | None, stream: TextIO) -> dict[str, Any]:
+              trainer: Trainer, stream: TextIO) -> dict[str, Any]:
     """The grid of :func:`run_benchmark` in its checked, locked folder."""
     task_args = eval_subset_specs(settings.tasks, out / "specs", {"val": settings.val_n, "test": settings.test_n})
     tasks = list(task_args)
@@ -273,7 +274,7 @@ def _run_grid(settings: BenchSettings, out: Path, counter: ParameterCounter, ran
     all_runs = [zs, *(r for recs in tuning.values() for r in recs), *(r for recs in final.values() for r in recs)]
     unique = {r["key"]: r for r in all_runs}
     results.update(
-        settings=asdict(settings), threads=threads or torch.get_num_threads(), head_lr=TrainOptions().head_lr,
+        settings=asdict(settings), threads=torch.get_num_threads(), head_lr=TrainOptions().head_lr,
         ranks=ranks, runs_total=total, runs=sorted(unique.values(), key=lambda r: r["key"]),
         eval={"test": zs["eval_n"], "val_scenes": _val_scenes(task_args)},
         wall_s=time.perf_counter() - started,

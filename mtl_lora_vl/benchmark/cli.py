@@ -138,17 +138,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.threads < 1:   # was silently 1
         parser.error(f"--threads: must be >= 1, got {args.threads}")
     level = log_level(parser, args)
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     # Started by `mtl-lora-vl bench` (a prog) or given a logging flag: log to stderr as the other commands do.
     flagged = args.verbose or args.quiet or args.log_level is not None
-    with cli_logging(level) if prog is not None or flagged else contextlib.nullcontext():
-        return _run(args, traceback=level == "debug")
+    try:
+        with cli_logging(level) if prog is not None or flagged else contextlib.nullcontext():
+            return _run(args, traceback=level == "debug")
+    finally:
+        torch.set_num_threads(threads)   # a caller in the same process keeps its own
 
 
 def _run(args: argparse.Namespace, traceback: bool = False) -> int:
     try:
         settings = settings_from_args(args)
-        run_benchmark(settings, args.out, overwrite=args.overwrite, threads=args.threads)
+        run_benchmark(settings, args.out, overwrite=args.overwrite)
     except KeyboardInterrupt as e:
         print(f"[bench] stopped; rerun the same command to continue ({args.out})", file=sys.stderr)
         return getattr(e, "exit_code", 130)   # 143 when SIGTERM stopped a run
