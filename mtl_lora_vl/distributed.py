@@ -15,6 +15,7 @@ the scope, or without DDP, ``map_shards(fn, items)`` is ``fn(items)``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -173,27 +174,31 @@ class StartupError(RuntimeError):
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait for every rank (a no-op in one process)."""
     if info.enabled:
         dist.barrier()
 
 
 def cleanup(info: DistInfo) -> None:
+    """Tear down the process group this run started, if any."""
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
 
 
 # Sharded evaluation ---------------------------------------------------------------------------------
-_sharding: list[DistInfo] = []     # the open sharded_evaluation scopes (innermost last)
+# The sharded_evaluation scope open in this thread (or asyncio task): another thread's evaluation is not sharded.
+_sharding: contextvars.ContextVar[DistInfo | None] = contextvars.ContextVar("mtl_lora_vl_sharding", default=None)
 
 
 @contextlib.contextmanager
 def sharded_evaluation(info: DistInfo) -> Iterator[None]:
-    """While open (on every rank), :func:`map_shards` splits per-example work across the ranks of ``info``."""
-    _sharding.append(info)
+    """While open (on every rank), :func:`map_shards` splits per-example work across the ranks of ``info``,
+    in the thread that opened it."""
+    token = _sharding.set(info)
     try:
         yield
     finally:
-        _sharding.pop()
+        _sharding.reset(token)
 
 
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -217,7 +222,7 @@ def map_shards(fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> R:
     ``fn`` maps a sequence of items to one result per item, as a list or a tensor with one row per item.
     With fewer items than ranks every rank computes all of them (no rank gets an empty shard).
     """
-    info = _sharding[-1] if _sharding else None
+    info = _sharding.get()
     if info is None or not info.enabled or len(items) < info.world_size:
         return fn(items)
     start, stop = shard_bounds(len(items), info.rank, info.world_size)
@@ -232,7 +237,7 @@ def map_shards(fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> R:
 def union_over_shards(values: set[str]) -> set[str]:
     """The union of every rank's ``values`` inside :func:`sharded_evaluation` (``values`` itself elsewhere);
     every rank must call it."""
-    info = _sharding[-1] if _sharding else None
+    info = _sharding.get()
     if info is None or not info.enabled:
         return values
     parts: list[Any] = [None] * info.world_size

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -219,6 +220,26 @@ def test_map_shards_without_ddp_is_the_plain_call():
     assert [shard_bounds(5, r, 2) for r in range(2)] == [(0, 2), (2, 5)]
     with sharded_evaluation(DistInfo()):
         assert map_shards(lambda xs: [x * 2 for x in xs], [1, 2, 3]) == [2, 4, 6]
+
+
+def test_a_sharded_evaluation_scope_shards_only_its_own_thread():
+    """The open scopes were a module-level list: one thread's sharded evaluation made every other thread's
+    map_shards call collectives (here: 'Default process group has not been initialized')."""
+    opened, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with sharded_evaluation(DistInfo(rank=0, world_size=2)):
+            opened.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert opened.wait(10)
+        assert map_shards(lambda xs: [x * 2 for x in xs], [1, 2, 3]) == [2, 4, 6]
+    finally:
+        release.set()
+        t.join()
 
 
 @builtin_only
