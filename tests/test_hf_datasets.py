@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
 import pickle
 import re
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,6 @@ from PIL import Image
 datasets = pytest.importorskip("datasets", reason="the hf_datasets reader needs the optional `datasets` package "
                                                    "(pip install \"mtl-lora-vl[datasets]\")")
 
-from mtl_lora_vl.data import hf_datasets  # noqa: E402
 from mtl_lora_vl.data.hf_datasets import DatasetImage  # noqa: E402
 from mtl_lora_vl.data.images import ImageError, load_image, to_uint8_tensor  # noqa: E402
 from mtl_lora_vl.data.loader import TaskDataset  # noqa: E402
@@ -28,8 +29,7 @@ COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
 
 
 @pytest.fixture(autouse=True)
-def _quiet_and_fresh(monkeypatch):
-    monkeypatch.setattr(hf_datasets, "_OPEN", {})
+def _quiet():
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()
@@ -67,11 +67,18 @@ def test_save_to_disk_vqa_with_mapped_columns(tmp_path):
     assert load_image(ex.image).getpixel((3, 3)) == COLORS[1]
     val = read_split("hf_datasets", root, path=str(root / "vqa_ds"), split="validation", columns=cols)
     assert [e.text for e in val.examples] == ["what colour is picture 3?", "what colour is picture 4?"]
-    # The reference is small and reopens the table in a fresh process (here: an emptied cache).
+    # The reference is small and reopens the table in another process (a loader worker): nothing opened travels.
+    assert load_image(val.examples[0].image) and val.examples[0].image.table.opened
     blob = pickle.dumps(val.examples[0])
     assert len(blob) < 1000
-    hf_datasets._OPEN.clear()
-    assert load_image(pickle.loads(blob).image).getpixel((0, 0)) == COLORS[3]
+    copy = pickle.loads(blob).image
+    assert copy.table.opened == {} and copy.table == val.examples[0].image.table
+    assert load_image(copy).getpixel((0, 0)) == COLORS[3]
+    # The opened table belongs to the split's table, not to the module: it goes when the split goes.
+    opened = weakref.ref(val.examples[0].image.table.opened["img"])
+    del val, copy
+    gc.collect()
+    assert opened() is None
     with pytest.raises(ValueError, match=r"split 'test' not found.*\['train', 'validation'\]"):
         read_split("hf_datasets", root, path="vqa_ds", split="test", columns=cols)
 

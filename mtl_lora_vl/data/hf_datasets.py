@@ -33,7 +33,7 @@ import hashlib
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,6 @@ from .rows import examples_from_rows
 
 FIELDS = ("image", "text", "caption", "captions", "question", "answers", "label", "image_id", "question_type",
           "question_id", "filter_type")
-_OPEN: dict[Any, Any] = {}   # per process: table -> its image column, opened once
 
 
 def _datasets() -> Any:
@@ -79,6 +78,17 @@ class _Table:
     split: str | None
     cache_dir: str | None = None
     stamp: str = ""                 # of the files' sizes and times when read: a rewritten dataset is another table
+    # column -> that column opened, once per process (a worker opens its own: not pickled); freed with the table
+    opened: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "opened": {}}
+
+    def column(self, name: str) -> Any:
+        """Column ``name`` of the table as Arrow rows, opened on first use."""
+        if name not in self.opened:
+            self.opened[name] = self.open().select_columns([name]).with_format("arrow")
+        return self.opened[name]
 
     def open(self) -> Any:
         datasets = _datasets()
@@ -105,11 +115,7 @@ class DatasetImage:
 
     def fetch(self) -> bytes:
         """The encoded image bytes (what :func:`mtl_lora_vl.data.images.load_image` decodes)."""
-        key = (self.table, self.column)
-        ds = _OPEN.get(key)
-        if ds is None:
-            ds = _OPEN[key] = self.table.open().select_columns([self.column]).with_format("arrow")
-        value = ds[self.row].column(0)[0].as_py()
+        value = self.table.column(self.column)[self.row].column(0)[0].as_py()
         if isinstance(value, dict):
             value = value.get("bytes")
         if not value:
