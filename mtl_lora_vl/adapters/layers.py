@@ -36,7 +36,7 @@ from torch import nn
 
 from ..config import MTLLoRAConfig
 from .routing import Router, RoutingError
-from .rows import WHOLE_BATCH, autocast_off, mtl_matrices, update_mtl_rows, update_rows
+from .rows import WHOLE_BATCH, autocast_off, mixture, mtl_matrices, update_mtl_rows, update_rows
 
 ADAPTER_PARAM_NAMES = ("lora_A", "lora_B", "lora_lambda", "lora_w")
 
@@ -194,7 +194,7 @@ class AdapterBank(nn.Module):
     def mixing_weights(self, tasks: torch.Tensor | slice | None = None) -> torch.Tensor:
         """softmax(w_t / τ) for the given task indices (all tasks by default): (len, n)."""
         w = self.lora_w if tasks is None else _task_rows(self.lora_w, tasks)
-        return torch.softmax(w / self.temperature, dim=-1)
+        return mixture(w, self.temperature)
 
     def a_matrix(self, task: int | None = None) -> torch.Tensor:
         """The down-projection as one (R, d_in) matrix; ``task`` only matters for task_lora."""

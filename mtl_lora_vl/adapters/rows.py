@@ -152,6 +152,11 @@ def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def mixture(w: torch.Tensor, tau: float) -> torch.Tensor:
+    """MTL-LoRA's mixing weights π_t = softmax(w_t / τ) over the n up-projections (the last dimension)."""
+    return torch.softmax(w / tau, dim=-1)
+
+
 def mtl_matrices(pi: torch.Tensor, B: torch.Tensor, lam: torch.Tensor | None) -> torch.Tensor:
     """M_t = (Σ_i π_ti B_i) Λ_t for each row t of π, unscaled: (P, d_out, r) from π (P, n), B (n, d_out, r) and
     Λ (P, r, r), (P, r) for a diagonal Λ_t, or None for Λ_t = I."""
@@ -184,7 +189,7 @@ def update_mtl_rows(out: torch.Tensor, z: torch.Tensor, w: torch.Tensor, lam: to
     """
     if torch.compiler.is_compiling():
         w, lam, tasks, _ = _formed(w, lam, tasks, present)
-        M = mtl_matrices(torch.softmax(w / tau, dim=-1), B, lam).to(z.dtype)
+        M = mtl_matrices(mixture(w, tau), B, lam).to(z.dtype)
         if isinstance(tasks, int):
             return torch.addmm(out.reshape(-1, out.shape[-1]), z.reshape(-1, z.shape[-1]), M[tasks].t(),
                                alpha=scale).view(out.shape)
@@ -196,7 +201,7 @@ def update_mtl_rows(out: torch.Tensor, z: torch.Tensor, w: torch.Tensor, lam: to
         return _MTLRowsUpdate.apply(out, z, w, lam, B, tasks, n_batch, scale, tau, present)
     w, lam, tasks, _ = _formed(w, lam, tasks, present)
     with autocast_off(out.device.type):
-        _mtl_add_(out, z, mtl_matrices(torch.softmax(w / tau, dim=-1), B, lam).to(z.dtype), tasks, n_batch, scale)
+        _mtl_add_(out, z, mtl_matrices(mixture(w, tau), B, lam).to(z.dtype), tasks, n_batch, scale)
     return out
 
 
@@ -244,7 +249,7 @@ class _MTLRowsUpdate(torch.autograd.Function):
         w_all, lam_all = w, lam
         w, lam, tasks, present = _formed(w, lam, tasks, present)
         with autocast_off(out.device.type):
-            pi = torch.softmax(w / tau, dim=-1)
+            pi = mixture(w, tau)
             _mtl_add_(out, z, mtl_matrices(pi, B, lam).to(z.dtype), tasks, n_batch, scale)
         ctx.mark_dirty(out)
         one = isinstance(tasks, int)
@@ -265,7 +270,7 @@ class _MTLRowsUpdate(torch.autograd.Function):
         t, n_batch, scale, present = ctx.task, ctx.n_batch, ctx.scale, ctx.present
         if torch.is_grad_enabled():  # create_graph: π and Λ formed again from the parameters, so that a second
             lam = None if lam is None else _pick(lam_all, present)  # derivative reaches w and Λ through them
-            pi = torch.softmax(_pick(w_all, present) / ctx.tau, dim=-1)
+            pi = mixture(_pick(w_all, present), ctx.tau)
         need_z, need_w, need_lam, need_b = (ctx.needs_input_grad[i] for i in (1, 2, 3, 4))
         Bbar, M = _mtl_parts(pi, B, lam)
         M = M.to(z.dtype)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from ..adapters.rows import mixture
 from ..io.layout import adapter_layout
 
 
@@ -34,7 +35,7 @@ def mixing_from_adapter(adapter_dir: str | Path) -> dict[str, Any] | None:
         if not key.endswith(".lora_w"):
             continue
         proj = key.removesuffix(".lora_w")
-        per.setdefault(towers.get(proj, "all"), []).append(torch.softmax(w.float() / cfg["temperature"], dim=-1))
+        per.setdefault(towers.get(proj, "all"), []).append(mixture(w.float(), cfg["temperature"]))
     if not per:
         return None
     stacked = {t: torch.stack(ms) for t, ms in sorted(per.items())}
