@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -54,7 +56,10 @@ def adapter_tensors(run: Path) -> dict[str, torch.Tensor]:
 
 def test_train_adapter_files_evaluate_report(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
+    callers = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
     assert train_main(base_args(tmp_path, run, steps=6) + ["--eval-every", "4"]) == 0
+    assert random.getstate() == callers[0] and (np.random.get_state()[1] == callers[1]).all()   # left seeded before
+    assert torch.equal(torch.get_rng_state(), callers[2])
     printed = capsys.readouterr().out
     assert "| vqa | vqa_accuracy |" in printed and "| retrieval | mean_recall |" in printed
     for f in ("config.json", "metrics.jsonl", "eval.json", "report.md", "checkpoint.pt",

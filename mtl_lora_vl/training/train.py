@@ -91,7 +91,13 @@ class Run:
 
 def train(opts: TrainOptions, given: Collection[str] | None = None) -> Path:
     """Run (or resume) one training run and its final evaluation; returns the run directory. ``given``: the
-    options the user set (the command line's); ``--resume`` refuses any of them it would ignore."""
+    options the user set (the command line's); ``--resume`` refuses any of them it would ignore. The run
+    seeds Python's, NumPy's and torch's generators from ``--seed``; the caller's come back afterwards."""
+    with preserved_rng():
+        return _train(opts, given)
+
+
+def _train(opts: TrainOptions, given: Collection[str] | None) -> Path:
     run = start(opts, given)
     loader = None
     try:
