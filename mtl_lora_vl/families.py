@@ -16,10 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FAMILIES", "MERGED_WEIGHTS", "Family", "family_named", "find_family", "merged_format", "peft_export"]
+__all__ = ["FAMILIES", "MERGED_CONFIG", "MERGED_WEIGHTS", "OPEN_CLIP_CONFIG", "Family", "family_named", "find_family", "merged_format", "peft_export"]
 
 # Weights file of a merged checkpoint per non-Hugging-Face format ("hf" is a save_pretrained directory).
 MERGED_WEIGHTS = {"open_clip": "open_clip_model.safetensors", "safetensors": "model.safetensors"}
+# The config file of an open_clip local directory (what create_model("local-dir:...") reads).
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+# The config file a merged directory of a format needs beside its weights file, to load (and where none: absent).
+MERGED_CONFIG = {"open_clip": OPEN_CLIP_CONFIG}
 
 
 @dataclass(frozen=True)

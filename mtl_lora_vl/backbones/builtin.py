@@ -13,12 +13,14 @@ import json
 from importlib.resources import files
 from pathlib import Path
 
+from ..families import OPEN_CLIP_CONFIG
+
 __all__ = ["BUILTIN_CONFIG", "BUILTIN_LLAVA_NAME", "BUILTIN_NAME", "BUILTIN_WEIGHTS", "builtin_dir", "builtin_files",
            "builtin_llava_dir"]
 
 BUILTIN_NAME = "builtin"
 BUILTIN_LLAVA_NAME = "builtin-llava"
-BUILTIN_CONFIG = "open_clip_config.json"
+BUILTIN_CONFIG = OPEN_CLIP_CONFIG
 BUILTIN_WEIGHTS = "model.safetensors"
 _SUBDIR = "builtin_clip"
 _LLAVA_SUBDIR = "builtin_llava"

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..adapters.generation import expanded_rows
 from ..data.resize import ImageResize
+from ..families import OPEN_CLIP_CONFIG
 from .base import (
     GENERATE,
     GRAD_CHECKPOINTING,
@@ -50,11 +51,10 @@ from .tokenizers import (
     load_hf_tokenizer,
 )
 
-__all__ = ["CoCaBackbone", "OpenClipBackbone", "build_open_clip"]
+__all__ = ["CoCaBackbone", "OpenClipBackbone", "build_open_clip", "registry_config"]
 
 logger = logging.getLogger(__name__)
 
-_CONFIG = "open_clip_config.json"
 _BPE_VOCAB = 49408
 
 
@@ -320,6 +320,20 @@ def build_open_clip(config: dict, tokenizer_dir: str | os.PathLike | None = None
     return _wrap(model, model_cfg, preprocess_cfg, tokenizer, name)
 
 
+def registry_config(architecture: str, model: nn.Module) -> dict | None:
+    """The ``open_clip_config.json`` document of a local directory holding ``model``, an ``open_clip:NAME``
+    model (NAME = ``architecture``) that has no folder of its own: open_clip's registry config for NAME and the
+    model's preprocessing. None when the registry has no such name."""
+    import open_clip
+
+    model_cfg = open_clip.get_model_config(architecture)
+    if model_cfg is None:
+        return None
+    preprocess = getattr(getattr(model, "visual", None), "preprocess_cfg", None) or {}
+    return {"model_cfg": model_cfg, "preprocess_cfg": {k: list(v) if isinstance(v, tuple) else v
+                                                       for k, v in preprocess.items()}}
+
+
 def _hf_text_tower_message(name: str, hf_name: str) -> str:
     return (f"open_clip model {name} uses the Hugging Face tokenizer/text model {hf_name!r}, which would need a "
             "download; this package loads local files only. Save that model and its tokenizer with "
@@ -368,7 +382,7 @@ def _load_dir(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackbon
 
     local = spec.path
     assert local is not None
-    config_path = local / _CONFIG
+    config_path = local / OPEN_CLIP_CONFIG
     if not config_path.is_file():
         raise FileNotFoundError(
             f"{local} has no open_clip_config.json; an open_clip model directory needs open_clip_config.json "

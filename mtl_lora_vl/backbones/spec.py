@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..families import OPEN_CLIP_CONFIG
 from .builtin import BUILTIN_LLAVA_NAME, BUILTIN_NAME, builtin_dir, builtin_llava_dir
 from .cache import cached_hub_snapshot
 
@@ -135,7 +136,7 @@ def _open_clip_schema_dir(text: str, rest: str, pretrained: str | None) -> str:
     if pretrained:
         raise ValueError(f"{text} carries its own weights; drop --pretrained {pretrained}")
     folder = cached_hub_snapshot(name) if schema == "hf-hub" else Path(name).expanduser()
-    if folder is None or not (Path(folder) / "open_clip_config.json").is_file():
+    if folder is None or not (Path(folder) / OPEN_CLIP_CONFIG).is_file():
         where = ("is not in the local Hugging Face cache (this package never downloads; fetch it where there is "
                  f"a network: huggingface-cli download {name})" if schema == "hf-hub"
                  else "is not a folder with open_clip_config.json")

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ..backbones import parse_spec
-from ..families import merged_format
+from ..backbones.open_clip import registry_config
+from ..families import OPEN_CLIP_CONFIG, merged_format
 from ..io import AdapterFileError, export_lora, load_pretrained, save_merged
 from ..io.adapter_files import base_paths, config_of, read_adapter_config
 from ..io.atomic import check_target
@@ -115,17 +116,10 @@ def _open_clip_config(spec: str, model: Any, tmp: Path) -> Path | None:
         parsed = parse_spec(spec)
     except ValueError:
         return None
-    if not parsed.architecture:
+    doc = registry_config(parsed.architecture, model) if parsed.architecture else None
+    if doc is None:
         return None
-    import open_clip
-
-    model_cfg = open_clip.get_model_config(parsed.architecture)
-    if model_cfg is None:
-        return None
-    preprocess = getattr(getattr(model, "visual", None), "preprocess_cfg", None) or {}
-    doc = {"model_cfg": model_cfg, "preprocess_cfg": {k: list(v) if isinstance(v, tuple) else v
-                                                      for k, v in preprocess.items()}}
-    (tmp / "open_clip_config.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (tmp / OPEN_CLIP_CONFIG).write_text(json.dumps(doc, indent=2) + "\n")
     return tmp
 
 

@@ -49,7 +49,7 @@ from .._version import __version__
 from ..adapters.attach import adapted_module, merged_state_dict, parameter_names
 from ..adapters.layers import LoRALinear
 from ..adapters.routing import check_module
-from ..families import MERGED_WEIGHTS, merged_format, peft_export
+from ..families import MERGED_CONFIG, MERGED_WEIGHTS, merged_format, peft_export
 from .atomic import atomic_dir, atomic_file
 from .base_check import check_base_class, check_weight_samples, newer_package_hint, refuse_adapted
 from .identity import model_identity, plan_attached
@@ -64,7 +64,6 @@ PLAIN_CONFIG = "lora_config.json"
 PLAIN_WEIGHTS = "lora_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
-OPEN_CLIP_CONFIG = "open_clip_config.json"
 def _export_format(family: str) -> str:
     """The default ``export_lora`` format of a model family: ``"peft"`` where PEFT loads the base model."""
     return "peft" if peft_export(family) else "plain"
@@ -73,13 +72,6 @@ def _export_format(family: str) -> str:
 def export_format(model: nn.Module) -> str:
     """The format ``export_lora(..., format="auto")`` writes for ``model``: ``"peft"`` or ``"plain"``."""
     return _export_format(adapted_module(model)._mtl_lora.family)
-
-
-def _merged_weights_name(model: nn.Module, family: str) -> str | None:
-    """How ``save_merged`` writes a directory: ``None`` = the model's own ``save_pretrained``, else the
-    name of the one safetensors file (open_clip's local-dir name for open_clip)."""
-    fmt = merged_format(family, model)
-    return None if fmt == "hf" else MERGED_WEIGHTS[fmt]
 
 
 # ---------------------------------------------------------------------------------------------- LoRA exports
@@ -314,11 +306,13 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
         with atomic_file(out, overwrite=overwrite, what="save_merged") as tmp:
             save_tensors(sd, tmp, meta)
         return out
-    weights_name = _merged_weights_name(inner, inner._mtl_lora.family)
-    if weights_name == MERGED_WEIGHTS["open_clip"] and not (source_dir and (Path(source_dir) / OPEN_CLIP_CONFIG).is_file()):
-        raise ValueError(f"save_merged: an open_clip local-dir {out} needs {OPEN_CLIP_CONFIG}; pass source_dir= a "
-                         f"folder holding it (the base model's), or out=FILE.safetensors for "
-                         "open_clip.create_model(NAME, pretrained=FILE)")
+    fmt = merged_format(inner._mtl_lora.family, inner)
+    weights_name = None if fmt == "hf" else MERGED_WEIGHTS[fmt]   # None: the model's own save_pretrained
+    config = MERGED_CONFIG.get(fmt)
+    if config and not (source_dir and (Path(source_dir) / config).is_file()):
+        raise ValueError(f"save_merged: an {fmt} local-dir {out} needs {config}; pass source_dir= a folder holding "
+                         f"it (the base model's), or out=FILE.safetensors for open_clip.create_model(NAME, "
+                         "pretrained=FILE)")
     with atomic_dir(out, overwrite=overwrite, what="save_merged") as tmp:
         _write_record(tmp, task, "merged")
         if weights_name is None:
