@@ -50,11 +50,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -67,7 +64,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from mtl_lora_vl.data import world  # noqa: E402
-from mtl_lora_vl.io.atomic import check_asset_dir  # noqa: E402
+from mtl_lora_vl.io.atomic import atomic_dir, atomic_file, check_asset_dir  # noqa: E402
 
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
@@ -626,9 +623,7 @@ def save_asset(model, processor, out: Path, meta: dict) -> dict[str, int]:
     temporary sibling folder, then swap it into ``out`` (only a new or empty folder or an earlier asset)."""
     out = out.resolve()
     check_asset_dir(out, "pretrain.json", "--out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out, overwrite=True, what="--out") as tmp:   # swapped in whole, in one step where it can be
         model.half().save_pretrained(tmp)
         model.float()
         processor.save_pretrained(tmp)
@@ -643,18 +638,6 @@ def save_asset(model, processor, out: Path, meta: dict) -> dict[str, int]:
         tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
         tok_path.write_text(json.dumps(tok_cfg, indent=2, sort_keys=True) + "\n")
         (tmp / "pretrain.json").write_text(json.dumps(meta, indent=2) + "\n")
-        for p in tmp.iterdir():
-            os.chmod(p, 0o644)
-        os.chmod(tmp, 0o755)
-        old = out.with_name(f".{out.name}.old")
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {p.name: p.stat().st_size for p in sorted(out.iterdir())}
 
 
@@ -672,10 +655,8 @@ def evaluate_saved(path: Path, seed: int, n_scenes: int | None, threads: int) ->
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     meta.update(zero_shot_val=report, eval_seconds=round(time.perf_counter() - t0, 1),
                 eval_scenes=n_scenes)   # None: the whole val split
-    tmp = meta_path.with_name(".pretrain.json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, meta_path)
+    with atomic_file(meta_path, overwrite=True, what="pretrain.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
     print(f"updated {meta_path}")
     return 0
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -163,6 +164,40 @@ def test_pretrain_llava_evaluate_refuses_training_flags(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         _script().main(["--evaluate", str(tmp_path), "--steps", "5", "--out", str(tmp_path / "x")])
     assert e.value.code == 2 and "--out, --steps would be ignored" in capsys.readouterr().err
+
+
+def test_pretrain_llava_saves_its_asset_whole_or_not_at_all(llava, tmp_path, monkeypatch):
+    """The asset was swapped in by hand (the old folder renamed aside, then the new one renamed in: a crash
+    between the two left no --out at all); it goes through the package's atomic_dir now."""
+    model, processor = llava   # its weights are fp16 values (the asset's), so half() and back changes nothing
+    out = tmp_path / "asset"
+    _script().save_asset(model, processor, out, {"steps": 1})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert json.loads(before["pretrain.json"]) == {"steps": 1} and "model.safetensors" in before
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(processor, "save_pretrained", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _script().save_asset(model, processor, out, {"steps": 2})
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and [p.name for p in tmp_path.iterdir()] == [
+        "asset"]
+    real, failed = os.replace, []
+
+    def first_move_into_place_fails(src, dst):   # a crash at the moment the new folder would take its name
+        if Path(dst) == out and not failed:
+            failed.append(src)
+            raise OSError("no space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", first_move_into_place_fails)
+    try:
+        _script().save_asset(model, processor, out, {"steps": 3})
+    except OSError:
+        pass
+    assert json.loads((out / "pretrain.json").read_text())["steps"] in (1, 3)   # old or new, never no asset
 
 
 def test_packed_turns_train_like_single_prompts(llava, meta):
