@@ -9,7 +9,6 @@ single-command entry points ``mtl-lora-vl-train`` / ``mtl-lora-vl-eval`` and ``s
 """
 
 from .commands import (
-    build_eval_parser,
     build_train_parser,
     eval_main,
     parse_eval_args,
@@ -21,7 +20,6 @@ from .main import COMMANDS, main
 
 __all__ = [
     "COMMANDS",
-    "build_eval_parser",
     "build_train_parser",
     "eval_main",
     "export_command",

@@ -16,6 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import ArgumentParser
+
 from ..evaluation.evaluate import evaluate_adapter
 from ..log import cli_logging, debug_tracebacks
 from ..options import EvalOptions, TrainOptions
@@ -23,8 +25,8 @@ from ..training.stopping import RunStopped
 from ..training.train import train
 from .parsing import build_parser, parse_options, parse_options_given
 
-__all__ = ["build_eval_parser", "build_train_parser", "eval_main", "parse_eval_args", "parse_train_args",
-           "program_name", "run_command", "train_main"]
+__all__ = ["build_train_parser", "eval_main", "parse_eval_args", "parse_train_args", "program_name", "run_command",
+           "train_main"]
 
 logger = logging.getLogger("mtl_lora_vl.cli")
 
@@ -70,7 +72,8 @@ def _exit_code(e: SystemExit) -> int:
 # ------------------------------------------------------------------------------------------------ train
 
 
-def build_train_parser(prog: str | None = None):
+def build_train_parser(prog: str | None = None) -> ArgumentParser:
+    """The train command's parser (for ``--help`` text and tests; ``train_main`` builds its own)."""
     return build_parser(TrainOptions, prog or program_name(), TRAIN_HELP)
 
 
@@ -91,11 +94,8 @@ def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
 # ------------------------------------------------------------------------------------------------- eval
 
 
-def build_eval_parser(prog: str | None = None):
-    return build_parser(EvalOptions, prog or program_name(), EVAL_HELP)
-
-
 def parse_eval_args(argv: list[str] | None = None, prog: str | None = None) -> EvalOptions:
+    """EvalOptions from a command line (and its ``--config`` file); exits 2 on a bad value."""
     return parse_options(EvalOptions, argv, prog or program_name(), EVAL_HELP)[0]
 
 
