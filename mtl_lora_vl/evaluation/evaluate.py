@@ -17,6 +17,7 @@ from torch import nn
 
 from ..adapters.scopes import disabled, route
 from ..data.common import same_folder
+from ..data.records import Split
 from ..distributed import DistInfo, barrier, cleanup, init_distributed, sharded_evaluation
 from ..io import Pretrained, load_pretrained
 from ..io.adapter_files import base_paths, config_of, read_adapter_config, recorded_base
@@ -33,7 +34,7 @@ from .report import details_table, markdown_table, scored_line, write_plots
 logger = logging.getLogger(__name__)
 
 
-def _split_for(spec, wanted: str, warn: bool = True) -> str | None:
+def _split_for(spec: TaskSpec, wanted: str, warn: bool = True) -> str | None:
     """The split of ``spec`` to score for ``wanted``: itself, else (test wanted) val. None for val wanted and
     missing: validation scores choose checkpoints and settings, so they never come from the test split."""
     if wanted in spec.data.splits:
@@ -49,7 +50,7 @@ def _split_for(spec, wanted: str, warn: bool = True) -> str | None:
     return spec.eval_split
 
 
-def read_eval_splits(setup, splits: list[str], data_root: str | None) -> None:
+def read_eval_splits(setup: Setup, splits: list[str], data_root: str | None) -> None:
     """Read (and keep in ``setup``) every split the run will score, before it trains: a missing file or a bad
     option in a val or test split is reported at start-up, not after hours of training."""
     for spec in setup.specs:
@@ -58,7 +59,8 @@ def read_eval_splits(setup, splits: list[str], data_root: str | None) -> None:
             setup.kinds[spec.name].check_eval_split(setup.split_data(spec, name, data_root))
 
 
-def _score(setup, name: str, data, *, adapted: bool, device, dtype, batch_size: int, workers: int) -> dict:
+def _score(setup: Setup, name: str, data: Split, *, adapted: bool, device: torch.device | str, dtype: torch.dtype,
+           batch_size: int, workers: int) -> dict:
     kind, model = setup.kinds[name], setup.model
     scope = route(model.model, name) if adapted else disabled(model.model)
     with scope:
@@ -66,8 +68,8 @@ def _score(setup, name: str, data, *, adapted: bool, device, dtype, batch_size: 
                              device=device, dtype=dtype, num_workers=workers)
 
 
-def evaluate_adapted(setup, *, split: str, data_root: str | None, device, dtype, batch_size: int,
-                     workers: int = 0) -> dict[str, dict[str, float]]:
+def evaluate_adapted(setup: Setup, *, split: str, data_root: str | None, device: torch.device | str,
+                     dtype: torch.dtype, batch_size: int, workers: int = 0) -> dict[str, dict[str, float]]:
     """The adapted model's metrics per task on ``split`` (used for evaluation during training)."""
     out = {}
     for spec in progress(setup.specs, desc="evaluate (adapted)", unit="task"):
@@ -80,8 +82,8 @@ def evaluate_adapted(setup, *, split: str, data_root: str | None, device, dtype,
     return out
 
 
-def evaluate_setup(setup, *, split: str, data_root: str | None, device, dtype: torch.dtype, batch_size: int,
-                   workers: int = 0, zero_shot: bool = True) -> dict[str, Any]:
+def evaluate_setup(setup: Setup, *, split: str, data_root: str | None, device: torch.device | str,
+                   dtype: torch.dtype, batch_size: int, workers: int = 0, zero_shot: bool = True) -> dict[str, Any]:
     """``{"tasks": {name: {"metric", "zero_shot", "adapted", "change", "split", "n", "metrics", "details"}},
     "split": split, "config": ...}`` (a task's own ``split`` differs when it has no ``split``: see ``_split_for``)
     (``n``: the examples scored; ``metrics``: the spec's metrics, which the report's second table shows beside
@@ -180,7 +182,7 @@ def _saved_task_roots(lp: Pretrained, specs: list[TaskSpec], data_root: str | No
     return {}
 
 
-def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model) -> str:
+def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model: nn.Module) -> str:
     """eval.json, report.md and plots/ in ``run_dir``; returns the printed table."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..adapters.attach import attach_info
 
@@ -72,7 +73,7 @@ def details_table(result: dict[str, Any]) -> str:
     return "\n".join(["| task | other metrics | zero-shot | adapted | change |", "|---|---|---:|---:|---:|", *rows])
 
 
-def mixing_matrices(model) -> dict[str, torch.Tensor]:
+def mixing_matrices(model: nn.Module) -> dict[str, torch.Tensor]:
     """softmax(w_t / τ) averaged over the adapted projections of each tower: {tower: (T, n)}."""
     info = attach_info(model)
     per: dict[str, list[torch.Tensor]] = {}
@@ -105,7 +106,7 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def write_plots(run_dir: Path, result: dict[str, Any], model) -> list[Path]:
+def write_plots(run_dir: Path, result: dict[str, Any], model: nn.Module) -> list[Path]:
     """plots/training_curves.png, plots/zero_shot_vs_adapted.png, plots/task_mixing.png (when it applies)."""
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
