@@ -1,5 +1,10 @@
 """Task kinds (vqa, retrieval, classification, captioning), their registry and the TOML task specs."""
 
+from typing import Any
+
+from mtl_lora_vl.backbones.base import Backbone
+from mtl_lora_vl.data.records import Split
+
 # Importing the kind modules registers them.
 from mtl_lora_vl.tasks import captioning, classification, retrieval, vqa  # noqa: F401
 from mtl_lora_vl.tasks.base import TaskKind
@@ -10,7 +15,8 @@ __all__ = ["SpecError", "TaskKind", "TaskSpec", "available_kinds", "available_sp
            "load_spec", "register_kind", "resolve_tasks", "build_kind"]
 
 
-def build_kind(spec: TaskSpec, train, backbone, state: dict | None = None) -> TaskKind:
+def build_kind(spec: TaskSpec, train: Split | None, backbone: Backbone,
+               state: dict[str, Any] | None = None) -> TaskKind:
     """Instantiate the kind of ``spec`` on its training split (or a saved ``kind.state()``) and backbone."""
     kind = get_kind(spec.kind)(spec, train, backbone, state)
     if train is not None and kind.generative:

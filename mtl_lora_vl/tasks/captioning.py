@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtl_lora_vl.backbones.base import Backbone
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.distributed import map_shards
@@ -104,7 +105,7 @@ class CaptioningKind(TaskKind):
                              spec.generative["eval_limit"])
 
     @classmethod
-    def check_backbone(cls, spec: TaskSpec, backbone) -> None:
+    def check_backbone(cls, spec: TaskSpec, backbone: Backbone) -> None:
         if not backbone.has_decoder:
             raise ValueError(
                 f"task {spec.name!r} (captioning) needs a backbone with a text decoder, but backbone "
@@ -112,7 +113,7 @@ class CaptioningKind(TaskKind):
                 f"(--backbone builtin-llava, or hf:DIR of a LLaVA model) or an open_clip CoCa, e.g. "
                 f"--backbone open_clip:coca_ViT-B-32 --pretrained /path/to/coca_weights.bin")
 
-    def __init__(self, spec: TaskSpec, train: Split | None, backbone, state: dict | None = None) -> None:
+    def __init__(self, spec: TaskSpec, train: Split | None, backbone: Backbone, state: dict | None = None) -> None:
         super().__init__(spec, train, backbone, state)
         require_captions(spec, train)
 
@@ -126,10 +127,10 @@ class CaptioningKind(TaskKind):
     def sample_lm(self, example: Example, draw: int) -> tuple[str, str, float]:
         return self.prompt(), caption_of(self.name, example), 1.0
 
-    def build_head(self, backbone) -> CaptionHead:
+    def build_head(self, backbone: Backbone) -> CaptionHead:
         return CaptionHead(self.spec.options["max_len"], self.spec.options["beam_size"])
 
-    def loss(self, head: nn.Module, backbone, batch: dict[str, Tensor], image_emb: Tensor,
+    def loss(self, head: nn.Module, backbone: Backbone, batch: dict[str, Tensor], image_emb: Tensor,
              text_emb: Tensor | None) -> Tensor:
         if self.generative:
             return lm_task_loss(batch)
@@ -137,7 +138,7 @@ class CaptioningKind(TaskKind):
         return caption_token_loss(logits, batch["tokens"], backbone.eos_id, backbone.pad_id)
 
     @torch.no_grad()
-    def generate(self, backbone, head: nn.Module | None, examples: list[Example], *, batch_size: int,
+    def generate(self, backbone: Backbone, head: nn.Module | None, examples: list[Example], *, batch_size: int,
                  device: torch.device | str, dtype: torch.dtype = torch.float32,
                  num_workers: int = 0) -> list[str]:
         """One generated caption per example's image."""
@@ -161,7 +162,7 @@ class CaptioningKind(TaskKind):
             raise ValueError(f"task {self.name!r}: the evaluation split has no reference captions (rows need a text "
                              "or captions); evaluate on a split with captions")
 
-    def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
+    def _evaluate(self, backbone: Backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
         images, refs = caption_references(split)
         images = self.scored([ex for ex in images if refs[ex.image_id]])

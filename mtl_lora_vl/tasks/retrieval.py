@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtl_lora_vl.backbones.base import TEXT_EMBEDDINGS, BackboneError
+from mtl_lora_vl.backbones.base import TEXT_EMBEDDINGS, Backbone, BackboneError
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.distributed import map_shards
 from mtl_lora_vl.metrics import retrieval_recall
@@ -128,7 +128,7 @@ def retrieval_texts(split: Split) -> tuple[list[Example], list[str], list[int]]:
     return images, texts, text_to_image
 
 
-def refuse_without_text_tower(spec: TaskSpec, backbone) -> None:
+def refuse_without_text_tower(spec: TaskSpec, backbone: Backbone) -> None:
     """Raise :class:`BackboneError` (at start-up) when ``backbone`` has no contrastive text tower."""
     if backbone.supports(TEXT_EMBEDDINGS):
         return
@@ -172,10 +172,10 @@ class RetrievalKind(TaskKind):
             raise spec_error(spec, "head.max_logit_scale", "a number > 1", spec.head["max_logit_scale"])
 
     @classmethod
-    def check_backbone(cls, spec: TaskSpec, backbone) -> None:
+    def check_backbone(cls, spec: TaskSpec, backbone: Backbone) -> None:
         refuse_without_text_tower(spec, backbone)
 
-    def __init__(self, spec: TaskSpec, train: Split | None, backbone, state: dict | None = None) -> None:
+    def __init__(self, spec: TaskSpec, train: Split | None, backbone: Backbone, state: dict | None = None) -> None:
         super().__init__(spec, train, backbone, state)
         require_captions(spec, train)
 
@@ -185,13 +185,13 @@ class RetrievalKind(TaskKind):
     def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]:
         return {"image_key": torch.tensor(_image_key(example.image_id), dtype=torch.long)}
 
-    def build_head(self, backbone) -> RetrievalHead:
+    def build_head(self, backbone: Backbone) -> RetrievalHead:
         head = RetrievalHead(min(logit_scale_of(backbone), self.spec.head["max_logit_scale"]),
                              self.spec.head["max_logit_scale"])
         head.log_scale.requires_grad_(self.spec.head["learn_temperature"])
         return head.to(model_device(backbone))
 
-    def loss(self, head: RetrievalHead, backbone, batch: dict[str, Tensor], image_emb: Tensor,
+    def loss(self, head: RetrievalHead, backbone: Backbone, batch: dict[str, Tensor], image_emb: Tensor,
              text_emb: Tensor | None) -> Tensor:
         if text_emb is None:
             raise ValueError(f"task {self.name!r}: the retrieval loss needs the text embeddings of its rows")
@@ -204,7 +204,7 @@ class RetrievalKind(TaskKind):
             raise ValueError(f"task {self.name!r}: the evaluation split has no captions (rows need a text or "
                              "captions); evaluate on a split with captions")
 
-    def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
+    def _evaluate(self, backbone: Backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
         images, texts, text_to_image = retrieval_texts(split)
         if not texts:

@@ -43,6 +43,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from mtl_lora_vl.backbones.base import Backbone
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.distributed import map_shards
@@ -132,7 +133,7 @@ class VQAKind(TaskKind):
             raise spec_error(spec, "generative.eval_limit", "an integer >= 0 (0 = every question)",
                              spec.generative["eval_limit"])
 
-    def __init__(self, spec: TaskSpec, train: Split | None, backbone, state: dict | None = None) -> None:
+    def __init__(self, spec: TaskSpec, train: Split | None, backbone: Backbone, state: dict | None = None) -> None:
         super().__init__(spec, train, backbone, state)
         if state is not None:
             self.answers = [str(a) for a in state["answers"]]
@@ -253,13 +254,13 @@ class VQAKind(TaskKind):
 
     # ------------------------------------------------------------------ head, loss, evaluation
 
-    def answer_embeddings(self, backbone, *, device: torch.device | str, dtype: torch.dtype = torch.float32,
+    def answer_embeddings(self, backbone: Backbone, *, device: torch.device | str, dtype: torch.dtype = torch.float32,
                           batch_size: int = 256) -> Tensor:
         """Template-averaged embeddings of the answer prompts ``(V, D)``."""
         return prompt_embeddings(backbone, self.answers, self.spec.templates, device=device, dtype=dtype,
                                  batch_size=batch_size)
 
-    def build_head(self, backbone) -> VQAHead | GenerationHead:
+    def build_head(self, backbone: Backbone) -> VQAHead | GenerationHead:
         if self.generative:
             return GenerationHead(self.spec.generative["max_len"])
         device = model_device(backbone)
@@ -267,7 +268,7 @@ class VQAKind(TaskKind):
                        self.spec.head["question_weight"], self.spec.head["hidden"])
         return head.to(device)
 
-    def loss(self, head: VQAHead, backbone, batch: dict[str, Tensor], image_emb: Tensor,
+    def loss(self, head: VQAHead, backbone: Backbone, batch: dict[str, Tensor], image_emb: Tensor,
              text_emb: Tensor | None) -> Tensor:
         if self.generative:
             return lm_task_loss(batch)
@@ -301,7 +302,7 @@ class VQAKind(TaskKind):
             raise ValueError(f"task {self.name!r}: {len(missing)} evaluation questions have no answers "
                              f"(e.g. image {missing[0]!r}); evaluate on a split with annotations")
 
-    def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
+    def _evaluate(self, backbone: Backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
         examples = self.scored(split.examples)
         if not examples:
@@ -321,7 +322,7 @@ class VQAKind(TaskKind):
         return out
 
     @torch.no_grad()
-    def predict(self, backbone, head: nn.Module | None, examples: list[Example], *, batch_size: int,
+    def predict(self, backbone: Backbone, head: nn.Module | None, examples: list[Example], *, batch_size: int,
                 device: torch.device | str, dtype: torch.dtype = torch.float32, num_workers: int = 0) -> list[str]:
         """Predicted answer strings; ``head=None`` uses the zero-shot prompt-matching rule. On a generative
         backbone: greedy generation from each question's prompt (the caller's scope decides between the base
