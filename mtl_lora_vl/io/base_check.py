@@ -171,6 +171,9 @@ def newer_package_hint(doc: dict[str, Any]) -> str:
 
 def check_tensors(header: dict[str, tuple[tuple[int, ...], str]], expected: dict[str, tuple[int, ...]],
                    file: Path) -> None:
+    """The adapter tensors in ``file``'s safetensors ``header`` (name -> (shape, dtype)) are exactly ``expected``
+    (name -> shape), floating point: read from the header alone, before any tensor is loaded or the model is
+    touched, so a file that does not fit is one clear error, not a half-loaded model."""
     missing = sorted(set(expected) - set(header))
     if missing:
         raise AdapterFileError(f"{file}: missing adapter tensor(s) {few(missing)}; the file does not match its "
@@ -191,6 +194,9 @@ def check_tensors(header: dict[str, tuple[tuple[int, ...], str]], expected: dict
 
 def check_heads(heads: dict[str, nn.Module], doc: dict[str, Any], header: dict[str, tuple[tuple[int, ...], str]],
                  file: Path) -> None:
+    """Every module in ``heads`` (task -> module) has a head saved in the adapter (``doc``'s ``heads``) with its
+    state_dict's names, and the shapes in ``file``'s ``header``: checked before loading, so the strict
+    ``load_state_dict`` that follows cannot fail halfway with PyTorch's message naming no file or task."""
     saved = doc.get("heads") or {}
     for task, head in heads.items():
         if task not in saved:

@@ -55,6 +55,11 @@ class MultiTaskModel(nn.Module):
         return self.router.make_route(ids)
 
     def forward(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        """(Weighted total loss, per-task losses) of one mixed batch. The image tower runs once on every row
+        and the text tower once on the rows with text, each pass under one route from the batch's segments, so
+        every row goes through its own task's adapter without a pass per task; each task's loss then runs under
+        that task's route (for kinds that call the model again). A batch with ``"lm"`` takes the generative
+        path instead (one routed language-model pass)."""
         if "lm" in batch:
             return self._forward_lm(batch)
         bb = self.backbone
