@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
 __all__ = ["PATH_DEFAULTS", "EvalOptions", "ExportOptions", "TrainOptions", "check_ranges", "field_types",
-           "option_names", "range_text"]
+           "range_text"]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Split = Literal["train", "val", "test"]
@@ -256,7 +256,3 @@ def check_ranges(options: Any) -> None:
 def field_types(cls: type) -> dict[str, Any]:
     """The resolved annotation of every field of an options dataclass (the module uses postponed annotations)."""
     return typing.get_type_hints(cls)
-
-
-def option_names(cls: type = TrainOptions) -> list[str]:
-    return [f.name for f in fields(cls)]

@@ -85,7 +85,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from mtl_lora_vl.data.fallback import ImageFallback, current_policy
-from mtl_lora_vl.data.images import ImageError, to_uint8_tensor
+from mtl_lora_vl.data.images import ImageError
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.data.resize import ImageResize
 from mtl_lora_vl.data.sampler import MultiTaskBatchSampler
@@ -119,15 +119,6 @@ def ignore_stop_signals(worker_id: int) -> None:
 def _resize_of(backbone: Any) -> ImageResize:
     """The backbone's image resize (an object with only ``image_size`` gets the shorter-side default)."""
     return ImageResize.of(getattr(backbone, "resize", None) or int(backbone.image_size))
-
-
-def decode_image(example: Example, size: ImageResize | int) -> Tensor:
-    """``(3, S, S)`` uint8 pixels of an example's image, resized as ``size`` says; a clear error names
-    the example."""
-    try:
-        return to_uint8_tensor(example.image, size)
-    except ImageError as err:
-        raise ImageError(f"example {example.image_id!r}: {err}") from err
 
 
 class TaskDataset(Dataset):

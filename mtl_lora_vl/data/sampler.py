@@ -135,10 +135,6 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, int]]]):
     def num_tasks(self) -> int:
         return len(self.sizes)
 
-    def steps_per_epoch(self) -> int:
-        """Steps for the whole data to pass once, summed over tasks, across all ranks."""
-        return math.ceil(sum(self.sizes) / (self.batch_size * self.world_size))
-
     def __len__(self) -> int:
         if self.steps is None:
             raise TypeError("this MultiTaskBatchSampler is endless (steps=None); give steps=N to get a length")
