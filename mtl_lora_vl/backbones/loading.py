@@ -11,15 +11,15 @@ import torch
 
 from .base import Backbone, backbone_class_for
 from .hf import hf_dir, hf_model_class
-from .hf_clip import HFClipBackbone
-from .hf_vlm import HFVLMBackbone, PaliGemmaBackbone
+
+# Imported for their side effect: each family module registers its classes (@register_backbone) in the registry
+# backbone_class_for reads, so load_backbone does not rely on the package __init__ having imported them.
+from .hf_clip import HFClipBackbone  # noqa: F401
+from .hf_vlm import HFVLMBackbone, PaliGemmaBackbone  # noqa: F401
 from .open_clip import OpenClipBackbone
 from .spec import parse_spec
 
-__all__ = ["BACKBONE_CLASSES", "load_backbone"]
-
-# Importing the family modules registers their classes; listed here so the registry is complete.
-BACKBONE_CLASSES: tuple[type[Backbone], ...] = (OpenClipBackbone, HFClipBackbone, HFVLMBackbone, PaliGemmaBackbone)
+__all__ = ["load_backbone"]
 
 
 def load_backbone(spec: str = "builtin", pretrained: str | None = None,
