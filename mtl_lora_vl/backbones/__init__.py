@@ -1,10 +1,12 @@
 """Base vision-language models behind one interface (:class:`Backbone`), loaded from local files.
 
 One module per concept: ``base`` (the interface, capabilities, registry), ``spec`` (backbone strings),
-``tokenizers``, ``offline`` (the no-download scope), ``builtin`` (where the built-in backbone lives),
-``open_clip`` (CLIP and CoCa), ``hf_clip`` (Hugging Face CLIP), ``hf_vlm`` (Hugging Face LLaVA and
-PaliGemma; their prompt collation in ``lm_collate``), ``hf`` (Hugging Face directories),
-``beam`` (beam search) and ``loading`` (:func:`load_backbone`).
+``tokenizers``, ``offline`` (the no-download scope), ``cache`` (models already in the local Hugging Face or
+open_clip cache), ``builtin`` (where the built-in backbone lives), ``open_clip`` (CLIP and CoCa; CoCa's
+KV-cached caption step in ``coca_decoding``), ``hf_clip`` (Hugging Face CLIP), ``hf_vlm`` (Hugging Face
+LLaVA and PaliGemma; their prompt collation in ``lm_collate``, their processor and its image-token count
+check in ``hf_processor``), ``hf`` (Hugging Face directories), ``beam`` (beam search) and ``loading``
+(:func:`load_backbone`).
 """
 
 from .base import CAPABILITIES, Backbone, BackboneError, backbone_class, backbone_class_for

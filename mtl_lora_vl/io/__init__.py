@@ -3,6 +3,8 @@
 - :mod:`.atomic`: atomic writes of a file or a directory (checkpoints, adapters, exports);
 - :mod:`.identity`: which base model an adapter fits (projections, shapes, fingerprint);
 - :mod:`.layout`: the file names of an adapter directory, and telling it from a PEFT or run directory;
+- :mod:`.tensor_files`: safetensors files (write, read, header and metadata only) and the recorded digests;
+- :mod:`.base_check`: an adapter file against the base model it is loaded onto, before anything is touched;
 - :mod:`.adapter_files`: the native adapter directory (``save_adapter``, ``load_adapter``);
 - :mod:`.exports`: tasks as PEFT or plain LoRAs (one, or several named), or a merged base-model checkpoint;
 - :mod:`.pretrained`: ``load_pretrained``, base model + task heads + adapter in one call.
