@@ -91,9 +91,9 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
         peft_model.eval()(**inputs, adapter_names=["vqa", "captioning", ...])   # one task per row
 
     serves every task, also in one mixed batch, with the MTL-LoRA model's outputs.
-    ``format="peft"`` writes PEFT LoRA (default for Hugging Face CLIP and LLaVA; needs every adapted
-    projection to be an ``nn.Linear``), ``"plain"`` the layout in the module docstring (default for
-    open_clip and timm; per-task subfolders the same way).
+    ``format="peft"`` writes PEFT LoRA (needs every adapted projection to be an ``nn.Linear``), ``"plain"``
+    the layout in the module docstring (per-task subfolders the same way). ``"auto"`` is PEFT for the families
+    whose ``peft_export`` is set in the family table (``families.py``), plain for the others.
     """
     inner = adapted_module(model)
     info = inner._mtl_lora
