@@ -124,6 +124,7 @@ class MultiTaskModel(nn.Module):
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
 
     def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        """Put back what :meth:`trainable_state` saved; a checkpoint of another run's tensors is refused by name."""
         mine = dict(self.named_parameters())
         wanted = {n for n, p in mine.items() if p.requires_grad}
         missing, unexpected = sorted(wanted - set(state)), sorted(set(state) - wanted)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtl_lora_vl.backbones.base import Backbone
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.distributed import map_shards
@@ -105,7 +106,7 @@ class ClassificationKind(TaskKind):
             raise spec_error(spec, "generative.eval_limit", "an integer >= 0 (0 = every image)",
                              spec.generative["eval_limit"])
 
-    def __init__(self, spec: TaskSpec, train: Split | None, backbone, state: dict | None = None) -> None:
+    def __init__(self, spec: TaskSpec, train: Split | None, backbone: Backbone, state: dict | None = None) -> None:
         super().__init__(spec, train, backbone, state)
         # splits whose eval_limit class coverage was warned about: id -> the split (weakly: a split made after
         # one is freed may get its id)
@@ -183,26 +184,26 @@ class ClassificationKind(TaskKind):
 
     # ------------------------------------------------------------------ head, loss, evaluation
 
-    def class_embeddings(self, backbone, *, device: torch.device | str, dtype: torch.dtype = torch.float32,
+    def class_embeddings(self, backbone: Backbone, *, device: torch.device | str, dtype: torch.dtype = torch.float32,
                          batch_size: int = 256) -> Tensor:
         """The zero-shot classifier ``(C, D)``: template-averaged class-prompt embeddings."""
         return prompt_embeddings(backbone, self.class_names, self.spec.templates, device=device, dtype=dtype,
                                  batch_size=batch_size)
 
-    def build_head(self, backbone) -> ClassifierHead | GenerationHead:
+    def build_head(self, backbone: Backbone) -> ClassifierHead | GenerationHead:
         if self.generative:
             return GenerationHead(max_len=1)  # nothing is generated: candidates are scored
         device = model_device(backbone)
         return ClassifierHead(self.class_embeddings(backbone, device=device), logit_scale_of(backbone)).to(device)
 
-    def loss(self, head: ClassifierHead, backbone, batch: dict[str, Tensor], image_emb: Tensor,
+    def loss(self, head: ClassifierHead, backbone: Backbone, batch: dict[str, Tensor], image_emb: Tensor,
              text_emb: Tensor | None) -> Tensor:
         if self.generative:
             return lm_task_loss(batch)
         return F.cross_entropy(head(image_emb), batch["labels"], label_smoothing=self.spec.head["label_smoothing"])
 
     @torch.no_grad()
-    def logits(self, backbone, head: nn.Module | None, examples: list[Example], *, batch_size: int,
+    def logits(self, backbone: Backbone, head: nn.Module | None, examples: list[Example], *, batch_size: int,
                device: torch.device | str, dtype: torch.dtype = torch.float32, num_workers: int = 0) -> Tensor:
         """Class logits ``(N, C)`` on CPU; ``head=None`` uses the zero-shot classifier. On a generative backbone:
         each class's total (or per-token) log-probability as a continuation of the prompt (the caller's scope decides between
