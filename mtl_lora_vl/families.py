@@ -41,6 +41,10 @@ class Family:
     * ``unused``: given a model, regexes of projections it computes but whose output it discards (LLaVA's
       vision layers after ``vision_feature_layer``): default targets leave them out, since their adapters
       would never get a gradient (which also stops DDP at its second step).
+    * ``packed_tower``: regex of a module that packs every image's rows into one 2-D (rows, dim) sequence
+      (Qwen2-VL's vision tower: each image's patches, image after image) instead of a batch dimension;
+      adapters inside it read k rows per routed sample, and ``image_rows`` (given that module's forward
+      ``args`` and ``kwargs``) says how many rows each image has, so that a mixed-task route is checked there.
     """
 
     name: str
@@ -52,6 +56,8 @@ class Family:
     peft_export: bool = False
     merged_format: str = "safetensors"
     unused: Callable[[Any], tuple[str, ...]] | None = None
+    packed_tower: str | None = None
+    image_rows: Callable[[tuple, dict], list[int]] | None = None
 
     def matches(self, cls: type) -> bool:
         """True when a class in ``cls``'s MRO is one of this family's (qualified) classes."""
@@ -86,6 +92,12 @@ def _llava_unused_vision_layers(model: Any) -> tuple[str, ...]:
     picks = chosen if isinstance(chosen, (list, tuple)) else [chosen]
     first_unused = max(v + layers + 1 if v < 0 else v for v in picks)
     return tuple(rf"(^|\.)vision_tower(\.\w+)*\.encoder\.layers\.{i}\." for i in range(first_unused, layers))
+
+
+def _qwen_image_rows(args: tuple, kwargs: dict) -> list[int]:
+    """Patches per image of a Qwen2-VL vision tower call, ``visual(pixel_values, grid_thw=...)``: t·h·w."""
+    grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
+    return [int(t) * int(h) * int(w) for t, h, w in grid.tolist()]
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -124,6 +136,22 @@ FAMILIES: tuple[Family, ...] = (
         backbone="paligemma",
         peft_export=True,
         merged_format="hf",
+    ),
+    Family(
+        "qwen2_vl",
+        ("transformers.models.qwen2_vl.Qwen2VLForConditionalGeneration",
+         "transformers.models.qwen2_5_vl.Qwen2_5_VLForConditionalGeneration"),
+        {"image": (r"(^|\.)visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2|gate_proj|up_proj|down_proj))$",),
+         "text": _HF_VLM_TARGETS["text"]},   # the merger (visual.merger.mlp.N) only when targets name it
+        packed_qkv=r"(^|\.)visual\.blocks\.\d+\.attn\.qkv$",
+        no_backbone="Qwen2-VL and Qwen2.5-VL take adapters, mixed-task routes, routed generate and the PEFT and "
+                    "merged exports through the Python API (mtl_lora_vl.attach / route / export_lora), but the train and "
+                    "eval commands cannot load them yet (no backbone class: its image patches, M-RoPE positions and "
+                    "processor are not wired in); train it in your own loop under mtl_lora_vl.route(model, task_ids)",
+        peft_export=True,
+        merged_format="hf",
+        packed_tower=r"(^|\.)visual$",
+        image_rows=_qwen_image_rows,
     ),
     Family(
         "timm_vit",

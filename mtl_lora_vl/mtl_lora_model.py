@@ -349,6 +349,8 @@ def unload(model: nn.Module, task: str | None = None) -> nn.Module:
             plain[id(old)] = new
         parent, _, child = name.rpartition(".")
         setattr(inner.get_submodule(parent) if parent else inner, child, new)
+    for hook in inner._mtl_lora.hooks:
+        hook.remove()
     del inner._mtl_lora
     uninstall_routed_generate(inner)
     return model

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_hf_clip, tiny_llava, tiny_open_clip, tiny_paligemma, tiny_timm_vit
+from qwen_tiny import tiny_qwen2vl
 from torch import nn
 
 import mtl_lora_vl as mlv
@@ -24,6 +25,8 @@ PACKAGE = Path(mlv.__file__).resolve().parent
     (tiny_hf_clip, "hf_clip"),
     (tiny_llava, "llava"),
     (tiny_paligemma, "paligemma"),
+    (lambda: tiny_qwen2vl(False), "qwen2_vl"),
+    (lambda: tiny_qwen2vl(True), "qwen2_vl"),
     (tiny_timm_vit, "timm_vit"),
 ])
 def test_every_supported_class_is_found(build, family):
@@ -74,7 +77,7 @@ def test_table_is_complete_and_consistent():
             assert fam.no_backbone, f"{fam.name} needs a reason why it has no backbone class"
         else:
             assert backbone_class(fam.backbone).__name__.endswith("Backbone")
-    assert [f.name for f in FAMILIES if f.peft_export] == ["hf_clip", "llava", "paligemma"]
+    assert [f.name for f in FAMILIES if f.peft_export] == ["hf_clip", "llava", "paligemma", "qwen2_vl"]
     assert peft_export("hf_clip") and not peft_export("open_clip") and not peft_export("custom")
     assert merged_format("open_clip", object()) == "open_clip" and merged_format("llava", object()) == "hf"
     assert merged_format("custom", tiny_hf_clip()) == "hf" and merged_format("custom", nn.Linear(2, 2)) == "safetensors"
@@ -89,6 +92,8 @@ def test_backbone_classes_come_from_the_table():
     assert backbone_class_for(tiny_paligemma()) is PaliGemmaBackbone
     with pytest.raises(BackboneError, match="image-only"):
         backbone_class_for(tiny_timm_vit())
+    with pytest.raises(BackboneError, match="no backbone class: its image patches, M-RoPE positions"):
+        backbone_class_for(tiny_qwen2vl(False))
     with pytest.raises(BackboneError, match="not a model family with a backbone class; supported: open_clip"):
         backbone_class_for(nn.Linear(2, 2))
 

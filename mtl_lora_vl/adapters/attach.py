@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from ..config import TOWERS, MTLLoRAConfig
 from ..families import FAMILIES, find_family
@@ -19,6 +20,7 @@ from ..log import warn_user
 from .attention import LoRAMultiheadAttention
 from .generation import install_routed_generate
 from .layers import ADAPTER_PARAM_NAMES, AdapterBank, LoRALinear
+from .packed import pack_towers
 from .routing import Router, check_module, find_adapted
 
 
@@ -39,6 +41,7 @@ class AttachInfo:
     family: str
     layers: dict[str, AdapterBank]  # adapted projection name -> its adapter bank
     towers: dict[str, str]          # adapted projection name -> "image" | "text"
+    hooks: list[RemovableHandle] = field(default_factory=list)   # on the model's modules (adapters/packed.py)
 
 
 def _batch_dim(model: nn.Module, name: str) -> int | None:
@@ -217,7 +220,9 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
         for alias in aliases:
             parent_name, _, child = alias.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-    model._mtl_lora = AttachInfo(cfg, router, fam.name if fam else "custom", layers, towers)
+    hooks = (pack_towers(model, fam.packed_tower, fam.image_rows, router, layers)
+             if fam is not None and fam.packed_tower and fam.image_rows else [])
+    model._mtl_lora = AttachInfo(cfg, router, fam.name if fam else "custom", layers, towers, hooks)
     install_routed_generate(model)
     return model
 

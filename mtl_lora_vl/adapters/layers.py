@@ -92,6 +92,9 @@ class AdapterBank(nn.Module):
         self.router: Router | None = None
         self.layer_name = ""
         self.batch_dim = 0
+        # 2-D inputs holding several rows per sample, sample after sample (a tower that packs every image's
+        # patches into one sequence; adapters/packed.py checks the images): k rows per routed sample are accepted.
+        self.packed_rows = False
         self._n_frozen = 0
         self._frozen_names: tuple[str, ...] = ()
         # The exact base weight while a task is merged into it (see attach.merge); None otherwise.
@@ -281,7 +284,7 @@ class AdapterBank(nn.Module):
             got = x.shape[bd] if x.dim() > 1 else 1
             if got != route.batch_size and route.wide is not None and got == route.wide.batch_size:
                 route = route.wide  # generation: k rows per routed row (adapters/generation.py)
-            elif got != route.batch_size:
+            elif got != route.batch_size and not (self.packed_rows and x.dim() == 2 and got % route.batch_size == 0):
                 replica = (" -- this layer is an nn.DataParallel replica, which sees its chunk of the batch: "
                            "per-sample routes need DistributedDataParallel (torchrun)"
                            if getattr(self, "_is_replica", False) else "")

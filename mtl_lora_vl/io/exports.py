@@ -159,11 +159,14 @@ def _multi_readme(inner: nn.Module, tasks: list[str], format: str) -> str:
         return head + ("Each folder is the plain LoRA layout (lora_config.json, lora_model.safetensors):\n\n"
                        f"    mtl_lora_vl.io.apply_plain_lora(base_model, '{tasks[0]}')\n")
     a, b = tasks[0], tasks[1] if len(tasks) > 1 else tasks[0]
-    return head + (
-        "This is the layout peft.PeftModel.save_pretrained writes for adapters named by the tasks:\n\n"
-        f"    model = peft.PeftModel.from_pretrained(base_model, '{a}', adapter_name='{a}')\n"
-        + "".join(f"    model.load_adapter('{t}', adapter_name='{t}')\n" for t in tasks[1:])
-        + "    model.eval()\n"
+    load = ("This is the layout peft.PeftModel.save_pretrained writes for adapters named by the tasks:\n\n"
+            f"    model = peft.PeftModel.from_pretrained(base_model, '{a}', adapter_name='{a}')\n"
+            + "".join(f"    model.load_adapter('{t}', adapter_name='{t}')\n" for t in tasks[1:])
+            + "    model.eval()\n")
+    if any(bank.packed_rows for bank in inner._mtl_lora.layers.values()):   # PEFT wants a name per input row there
+        return head + load + (f"    model.set_adapter('{a}')   # one task per call: PEFT's adapter_names cannot route "
+                              "a vision tower that packs every image's patches into one sequence\n")
+    return head + load + (
         f"    out = model(**inputs, adapter_names=['{a}', '{b}', ...])   # one task per input row\n"
         f"    model.set_adapter('{a}')                                  # or one task for every row\n")
 

@@ -1,0 +1,57 @@
+"""Tiny Qwen2-VL / Qwen2.5-VL from configs (no downloads): 2 layers, width 32, 8-px patches merged 2 x 2, so a
+32 x 32 image is 16 patches and 4 image tokens."""
+import torch
+from transformers import (
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+)
+
+IMG_TOK, VS, VE, VID = 95, 92, 93, 94
+PATCH, MERGE, TPATCH = 8, 2, 2
+
+def text_cfg():
+    return dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+
+def tiny_qwen2vl(v25=False):
+    vis = dict(depth=2, embed_dim=32, hidden_size=32, num_heads=2, patch_size=PATCH, spatial_merge_size=MERGE,
+               temporal_patch_size=TPATCH, mlp_ratio=2)
+    ids = dict(image_token_id=IMG_TOK, video_token_id=VID, vision_start_token_id=VS, vision_end_token_id=VE)
+    if v25:
+        vis = dict(depth=2, hidden_size=32, out_hidden_size=32, intermediate_size=64, num_heads=2, patch_size=PATCH,
+                   spatial_merge_size=MERGE, temporal_patch_size=TPATCH, window_size=32, fullatt_block_indexes=[1])
+        cfg = Qwen2_5_VLConfig(vision_config=vis, text_config=text_cfg(), **ids)
+        return Qwen2_5_VLForConditionalGeneration(cfg)
+    cfg = Qwen2VLConfig(vision_config=vis, text_config=text_cfg(), **ids)
+    return Qwen2VLForConditionalGeneration(cfg)
+
+def inputs(n_img=2, side=32, text=6, seed=0, mm=True, ragged=False):
+    """pixel_values as the Qwen2-VL image processor makes them: per image (t*h*w patches, C*T*P*P), image-major;
+    image_grid_thw (n, 3); input_ids: [text.. VS, IMG*(h*w/4), VE, text..] per row (equal lengths, no padding)."""
+    g = torch.Generator().manual_seed(seed)
+    h = w = side // PATCH
+    n_pat = h * w
+    pv = torch.randn(n_img * n_pat, 3 * TPATCH * PATCH * PATCH, generator=g)
+    thw = torch.tensor([[1, h, w]] * n_img)
+    n_tok = n_pat // MERGE**2
+    rows = []
+    for i in range(n_img):
+        t = torch.randint(3, 90, (text + (3 * i if ragged else 0),), generator=g).tolist()
+        rows.append(t[:2] + [VS] + [IMG_TOK] * n_tok + [VE] + t[2:])
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):   # left-padded, as for generation
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    out = dict(input_ids=ids, attention_mask=mask, pixel_values=pv, image_grid_thw=thw)
+    if mm:
+        out["mm_token_type_ids"] = (ids == IMG_TOK).int()
+    return out
+
+VIS = r"(^|\.)visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2|gate_proj|up_proj|down_proj))$"
+MERGER = r"(^|\.)visual\.merger\.mlp\.(0|2)$"
+TEXT = r"(^|\.)language_model\.(.*\.)?layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$"

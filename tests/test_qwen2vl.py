@@ -1,0 +1,161 @@
+"""Qwen2-VL and Qwen2.5-VL (tiny, from configs): the family row, per-sample routes through a vision tower that
+packs every image's patches into one sequence, routed generate, and the PEFT export. The train and eval
+commands do not load this family yet (no backbone class); the Python API does all of the below."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from qwen_tiny import IMG_TOK, MERGER, inputs, tiny_qwen2vl
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.backbones import BackboneError, load_backbone
+from mtl_lora_vl.families import family_named
+from mtl_lora_vl.mtl_lora_model import unload
+
+
+def _adapted(v25: bool, method: str = "mtl_lora", **cfg):
+    m = tiny_qwen2vl(v25).eval()
+    mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a", "b"], method=method, r=4, **cfg))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_" in n:
+                p.add_(torch.randn_like(p) * 0.5)
+    return m
+
+
+def test_default_targets_take_the_vision_blocks_and_the_language_model():
+    m = _adapted(False)
+    info = m._mtl_lora
+    assert info.family == "qwen2_vl"
+    vision = sorted(n for n, t in info.towers.items() if t == "image")
+    assert vision[:4] == ["model.visual.blocks.0.attn.proj", "model.visual.blocks.0.attn.qkv",
+                          "model.visual.blocks.0.mlp.fc1", "model.visual.blocks.0.mlp.fc2"]
+    assert all(info.layers[n].packed_rows for n in vision)                     # the tower packs its images
+    assert not any(info.layers[n].packed_rows for n, t in info.towers.items() if t == "text")
+    assert any(n.endswith("language_model.layers.1.mlp.down_proj") for n in info.towers)
+    assert not any("merger" in n for n in info.towers)                          # the projector: only when named
+    v25 = _adapted(True)._mtl_lora.towers
+    assert "model.visual.blocks.1.mlp.gate_proj" in v25 and "model.visual.blocks.1.attn.qkv" in v25
+
+
+@pytest.mark.parametrize("v25", [False, True])
+@pytest.mark.parametrize("method", ["mtl_lora", "task_lora"])
+def test_a_mixed_route_through_the_packed_vision_tower_equals_each_task_alone(v25, method):
+    """Every vision layer sees (patches of all images, dim): a route of one id per row was refused there
+    ('routed 2 task ids but the batch here has 32 samples'); now each image's patches take its row's task."""
+    row = family_named("qwen2_vl").targets   # the default targets and the merger (the projector)
+    m = _adapted(v25, method, targets={"image": [*row["image"], MERGER], "text": list(row["text"])})
+    x = inputs(2, ragged=True)
+    L = x["input_ids"].shape[1]
+    with torch.no_grad():
+        alone = []
+        for t in ("a", "b"):
+            with mlv.route(m, t):
+                alone.append(m(**x).logits)
+        with mlv.route(m, [0, 1]):
+            mixed = m(**x).logits
+    torch.testing.assert_close(mixed, torch.stack([alone[0][0], alone[1][1]]))
+    for beams in (1, 3):
+        kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, num_beams=beams, pad_token_id=0,
+                  eos_token_id=None)
+        with torch.no_grad():
+            each = []
+            for t in ("a", "b"):
+                with mlv.route(m, t):
+                    each.append(m.generate(**x, **kw)[:, L:])
+            with mlv.route(m, [0, 1]):
+                routed = m.generate(**x, **kw)[:, L:]
+        assert torch.equal(routed, torch.stack([each[0][0], each[1][1]])), beams
+
+
+def test_mixed_gradients_equal_the_per_task_sum_with_and_without_checkpointing():
+    m = _adapted(False)
+    m.train()
+    x = inputs(2)
+    params = [p for n, p in m.named_parameters() if "lora_" in n and p.requires_grad]
+
+    def grads(route, checkpointing=False):
+        if checkpointing:
+            m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            m.activation_checkpointing_disable()
+        total = [torch.zeros_like(p) for p in params]
+        for ids, rows in route:
+            with mlv.route(m, ids):
+                loss = m(**{k: v[rows] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v
+                            for k, v in x.items()}).logits[:, -1].pow(2).sum()
+            for acc, g in zip(total, torch.autograd.grad(loss, params, allow_unused=True)):
+                if g is not None:
+                    acc += g
+        return total
+
+    mixed = grads([([0, 1], slice(None))])
+    sel = inputs(2)   # each task alone: its own row and image
+    per = []
+    for t, i in (("a", 0), ("b", 1)):
+        xi = {"input_ids": sel["input_ids"][i:i + 1], "attention_mask": sel["attention_mask"][i:i + 1],
+              "mm_token_type_ids": sel["mm_token_type_ids"][i:i + 1],
+              "pixel_values": sel["pixel_values"].view(2, -1, sel["pixel_values"].shape[-1])[i],
+              "image_grid_thw": sel["image_grid_thw"][i:i + 1]}
+        with mlv.route(m, t):
+            loss = m(**xi).logits[:, -1].pow(2).sum()
+        per.append([g if g is not None else torch.zeros_like(p)
+                    for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True), params)])
+    for g, a, b in zip(mixed, *per):
+        torch.testing.assert_close(g, a + b, atol=1e-5, rtol=1e-4)
+    for g, c in zip(mixed, grads([([0, 1], slice(None))], checkpointing=True)):
+        torch.testing.assert_close(g, c, atol=1e-6, rtol=1e-5)
+
+
+def test_images_the_packed_rows_cannot_be_split_by_are_refused_under_a_mixed_route():
+    """Two images of 16 and 48 patches under [a, b]: read as 32 + 32 rows, the second task took 16 of the first
+    image's patches, silently. Two images for one row, likewise. One task for every row needs no check."""
+    m = _adapted(False)
+    thw = torch.tensor([[1, 4, 4], [1, 4, 12]])
+    pv = torch.randn(int(thw.prod(-1).sum()), 3 * 2 * 8 * 8)
+    with torch.no_grad():
+        with mlv.route(m, [0, 1]), pytest.raises(mlv.RoutingError, match=r"one image per routed row, all of one "
+                                                                          r"size; it got 2 image\(s\) for 2 routed "
+                                                                          r"rows, of \[16, 48\] patches"):
+            m.model.visual(pv, grid_thw=thw)
+        same = torch.tensor([[1, 4, 4]] * 4)
+        with mlv.route(m, [0, 1]), pytest.raises(mlv.RoutingError, match="4 image"):
+            m.model.visual(torch.randn(64, 384), grid_thw=same)
+        with mlv.route(m, "a"):
+            m.model.visual(pv, grid_thw=thw)
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")   # PEFT 0.21 reads it
+def test_peft_export_loads_and_unload_takes_the_check_away(tmp_path):
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    base = tiny_qwen2vl(False).eval()
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    m = _adapted(False)
+    m.load_state_dict(state, strict=False)   # same base weights as the fresh copy below
+    x = inputs(2)
+    mlv.export_lora(m, ["a", "b"], tmp_path / "peft")
+    readme = (tmp_path / "peft" / "README.md").read_text()   # PEFT's adapter_names fails on the packed tower
+    assert "set_adapter('a')   # one task per call" in readme and "adapter_names=[" not in readme
+    fresh = tiny_qwen2vl(False).eval()
+    fresh.load_state_dict(state)
+    pm = peft.PeftModel.from_pretrained(fresh, str(tmp_path / "peft" / "a"), adapter_name="a")
+    pm.load_adapter(str(tmp_path / "peft" / "b"), adapter_name="b")
+    pm.eval()
+    with torch.no_grad():
+        for t in ("a", "b"):
+            pm.set_adapter(t)
+            with mlv.route(m, t):
+                torch.testing.assert_close(pm(**x).logits, m(**x).logits, atol=1e-5, rtol=1e-4)
+    plain = unload(m)
+    assert not any(plain.model.visual._forward_pre_hooks.values())   # the image check went with the adapters
+    assert (x["input_ids"] == IMG_TOK).any()
+
+
+def test_the_commands_say_why_they_cannot_load_it_yet(tmp_path):
+    model = tiny_qwen2vl(False)
+    model.save_pretrained(tmp_path / "qwen")
+    with pytest.raises(BackboneError, match="Python API"):
+        load_backbone(f"hf:{tmp_path / 'qwen'}", device="cpu")
