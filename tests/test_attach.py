@@ -770,3 +770,21 @@ def test_targets_that_name_what_cannot_be_adapted_are_warned_about():
     with warnings.catch_warnings():   # the family's own projections, every slice: nothing to say
         warnings.simplefilter("error")
         mlv.attach(LlavaForConditionalGeneration(llava.config), mlv.MTLLoRAConfig(tasks=TASKS))
+
+
+def test_add_task_zeroes_the_gradient_of_every_old_task_row():
+    """grow_tasks' gradient hook zeroes the frozen rows; zeroing one row too few (the last old task's) went
+    unnoticed: the copy test routes only the first old task, and add_task's test restores rows after each
+    step anyway. With a batch of every task, every old row's gradient must be zero and the new row's not."""
+    model = mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=2,
+                                                                         targets={"image": [r"^0$"]}))
+    with torch.no_grad():
+        model[0].lora_B.normal_(0, 0.5)
+    mlv.add_task(model, "c")
+    bank = model[0]
+    with mlv.route(model, ["a", "b", "c"]):
+        model(torch.randn(3, 4)).square().sum().backward()
+    for name in ("lora_w", "lora_lambda"):
+        g = getattr(bank, name).grad
+        assert torch.count_nonzero(g[:2]) == 0, name
+        assert torch.count_nonzero(g[2]) > 0, name

@@ -201,3 +201,12 @@ def test_a_reference_that_tokenises_to_nothing_still_counts():
     got = caption_scores({1: "a dog runs", 2: "a cat"}, {1: ["a dog runs", "..."], 2: ["a cat", "a cat sits"]})
     assert got["cider"] == pytest.approx(3.996692174880071, abs=1e-9)
     assert got["bleu4"] == pytest.approx(0.031622776583237186, abs=1e-12)
+
+
+def test_bleu_reference_length_ties_go_to_the_shorter_reference():
+    """pycocoevalcap's "closest" reference length breaks a tie (two references equally far from the prediction)
+    by the shorter one. Taking the longer one applied a brevity penalty that pycocoevalcap does not."""
+    refs = {1: ["a b c d", "a b c d e f"]}           # 4 and 6 words, the prediction has 5: a tie
+    pred = {1: "a b c d e"}
+    # r = 4 < c = 5: no brevity penalty; BLEU-1 is the clipped unigram precision 5/5
+    assert bleu(refs, pred, n=1)[0] == pytest.approx(1.0, abs=1e-9)

@@ -463,3 +463,18 @@ def test_special_token_text_in_rows_is_refused_naming_the_task_and_row(llava):
         vqa.check_eval_split(odd)
     vqa.check_eval_split(val)
     kind.check_eval_split(_split(spec, "val", 4))
+
+
+def test_each_task_view_gets_its_own_rows_lm_weights(llava):
+    """The loader gathers each task's lm_weight by that task's rows. The loss test reads view["lm_weight"] back
+    from the batch, so weights taken from the wrong rows (the first len(idx) of the batch) went unnoticed."""
+    kinds = _kinds(llava)
+    rows = _rows(kinds, llava)
+    for i, row in enumerate(rows):   # a distinct weight per row
+        prompt, target, _ = row["lm"]
+        row["lm"] = (prompt, target, 0.1 * (i + 1))
+    batch = _collate(kinds, llava, list(reversed(rows)))   # the collate sorts the rows by task
+    for t, name in enumerate(kinds):
+        want = sorted(r["lm"][2] for r in rows if r["task_id"] == t)
+        got = sorted(batch["tasks"][name]["lm_weight"].tolist())
+        assert got == [float(torch.tensor(w, dtype=torch.float32)) for w in want], name

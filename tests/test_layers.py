@@ -492,3 +492,28 @@ def test_attention_weights_are_returned_after_dropout_as_torch_returns_them():
     with mlv.route(mha.router, "a"):
         _, w = mha(x, x, x, need_weights=True, average_attn_weights=False)
     assert not torch.allclose(w.sum(-1), torch.ones(2, 2, 5))   # rows of dropped weights (they summed to 1)
+
+
+def test_adapter_dropout_acts_in_training_only():
+    """cfg.dropout drops the adapter's input in train mode and nothing in eval. The only eval check had B = 0,
+    where any dropout gives the same zero update, so dropout always on (or never on) went unnoticed."""
+    cfg = mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, alpha=8, n_up=2, dropout=0.5)
+    layer = LoRALinear(nn.Linear(12, 10), cfg)
+    layer.router, layer.layer_name = Router(["a", "b"]), "x"
+    with torch.no_grad():
+        layer.lora_B.normal_(0, 0.5)
+    x = torch.randn(6, 12)
+    base = x @ layer.weight.T + layer.bias
+    with torch.no_grad():
+        layer.router.current = layer.router.make_route("a")
+        try:
+            dense = base + x @ layer.delta_weight(0).T
+            layer.eval()
+            torch.testing.assert_close(layer(x), dense, atol=1e-5, rtol=1e-5)   # eval: no dropout
+            layer.train()
+            torch.manual_seed(1)
+            y1 = layer(x)
+            y2 = layer(x)
+        finally:
+            layer.router.current = None
+    assert not torch.allclose(y1, dense, atol=1e-4) and not torch.allclose(y1, y2, atol=1e-4)   # train: dropped

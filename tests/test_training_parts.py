@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 import torch
+from conftest import tiny_open_clip
 
+import mtl_lora_vl as mlv
 from mtl_lora_vl.distributed import DistInfo
+from mtl_lora_vl.options import TrainOptions
 from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.retrieval import infonce, multi_positive_infonce
 from mtl_lora_vl.training.metrics_log import LossWindow, truncate_metrics
+from mtl_lora_vl.training.optim import Optimization, build_optimization
 from mtl_lora_vl.training.schedule import cosine_with_warmup
+from mtl_lora_vl.training.step import optimizer_step
 
 
 def test_cosine_with_warmup():
@@ -375,3 +381,40 @@ def test_the_other_half_precision_is_refused_even_where_the_model_casts_its_inpu
     check_base_precision("bf16", torch.bfloat16, torch.bfloat16, casts_inputs=True)
     with pytest.raises(ValueError, match="does not cast its inputs"):
         check_base_precision("fp32", torch.float32, torch.bfloat16, casts_inputs=False)
+
+
+def _one_step(scaler: torch.amp.GradScaler, grad: list[float], grad_clip: float) -> torch.Tensor:
+    """The change one optimizer_step (SGD, lr 1) makes to a parameter whose true gradient is ``grad``."""
+    p = torch.nn.Parameter(torch.zeros(len(grad)))
+    opt = torch.optim.SGD([p], lr=1.0)
+    optim = Optimization(opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), scaler, [p])
+    scaler.scale((p * torch.tensor(grad)).sum()).backward()
+    assert optimizer_step(optim, grad_clip=grad_clip)
+    return -p.detach()
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_grad_clip_bounds_the_true_gradient_norm(fp16):
+    """--grad-clip clips the gradient's norm to the limit, measured on the unscaled gradient under fp16 loss
+    scaling. Nothing tested it: clipping switched off, or clipping the scaled gradient (no unscale_ first: with a
+    scale of 1024 every step shrank ~1000x), both passed."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=fp16)
+    torch.testing.assert_close(_one_step(scaler, [3.0, 4.0], 1.0), torch.tensor([0.6, 0.8]))   # norm 5 -> 1
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=fp16)
+    torch.testing.assert_close(_one_step(scaler, [0.3, 0.4], 1.0), torch.tensor([0.3, 0.4]))   # under the limit
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=fp16)
+    torch.testing.assert_close(_one_step(scaler, [3.0, 4.0], 0.0), torch.tensor([3.0, 4.0]))   # 0: no clipping
+
+
+def test_an_extend_run_puts_no_weight_decay_on_the_adapters():
+    """build_optimization sets the adapters' weight decay to 0 for an --extend run (AdamW's decay moves every row,
+    the old tasks' frozen rows too); the heads keep --weight-decay. Nothing tested it (the step hook that restores
+    the old rows hides it from the extend test)."""
+    grown = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=["a"], r=4, n_up=2))
+    mlv.add_task(grown, "c")
+    mm = types.SimpleNamespace(model=grown, heads=torch.nn.ModuleDict({"c": torch.nn.Linear(2, 2)}))
+    for extend, adapter_wd in ((None, 0.05), ("x", 0.0)):
+        o = build_optimization(mm, TrainOptions(steps=10, batch_size=1, warmup=0, weight_decay=0.05, extend=extend),
+                               10, torch.device("cpu"), torch.float32)
+        groups = o.optimizer.param_groups
+        assert [g["weight_decay"] for g in groups] == [adapter_wd, 0.05], extend
