@@ -44,7 +44,9 @@ class Family:
     * ``packed_tower``: regex of a module that packs every image's rows into one 2-D (rows, dim) sequence
       (Qwen2-VL's vision tower: each image's patches, image after image) instead of a batch dimension;
       adapters inside it read k rows per routed sample, and ``image_rows`` (given that module's forward
-      ``args`` and ``kwargs``) says how many rows each image has, so that a mixed-task route is checked there.
+      ``args`` and ``kwargs``) says how many rows each image has, so that a mixed-task route is checked there;
+      ``row_images`` (given the model and its forward ``args`` and ``kwargs``) says how many images each input row
+      holds (None: the call encodes no image), checked on the model: one per row under a mixed-task route.
     """
 
     name: str
@@ -58,6 +60,7 @@ class Family:
     unused: Callable[[Any], tuple[str, ...]] | None = None
     packed_tower: str | None = None
     image_rows: Callable[[tuple, dict], list[int]] | None = None
+    row_images: Callable[[Any, tuple, dict], list[int] | None] | None = None
 
     def matches(self, cls: type) -> bool:
         """True when a class in ``cls``'s MRO is one of this family's (qualified) classes."""
@@ -98,6 +101,15 @@ def _qwen_image_rows(args: tuple, kwargs: dict) -> list[int]:
     """Patches per image of a Qwen2-VL vision tower call, ``visual(pixel_values, grid_thw=...)``: t·h·w."""
     grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
     return [int(t) * int(h) * int(w) for t, h, w in grid.tolist()]
+
+
+
+def _qwen_row_images(model: Any, args: tuple, kwargs: dict) -> list[int] | None:
+    """Images per row of a Qwen2-VL forward: its ``<|vision_start|>`` tokens (None without pixel values)."""
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    if kwargs.get("pixel_values") is None or ids is None:
+        return None
+    return (ids == model.config.vision_start_token_id).sum(-1).tolist()
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -152,6 +164,7 @@ FAMILIES: tuple[Family, ...] = (
         merged_format="hf",
         packed_tower=r"(^|\.)visual$",
         image_rows=_qwen_image_rows,
+        row_images=_qwen_row_images,
     ),
     Family(
         "timm_vit",

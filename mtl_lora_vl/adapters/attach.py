@@ -220,7 +220,7 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
         for alias in aliases:
             parent_name, _, child = alias.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-    hooks = (pack_towers(model, fam.packed_tower, fam.image_rows, router, layers)
+    hooks = (pack_towers(model, fam.packed_tower, fam.image_rows, fam.row_images, router, layers)
              if fam is not None and fam.packed_tower and fam.image_rows else [])
     model._mtl_lora = AttachInfo(cfg, router, fam.name if fam else "custom", layers, towers, hooks)
     install_routed_generate(model)

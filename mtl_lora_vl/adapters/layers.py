@@ -284,7 +284,8 @@ class AdapterBank(nn.Module):
             got = x.shape[bd] if x.dim() > 1 else 1
             if got != route.batch_size and route.wide is not None and got == route.wide.batch_size:
                 route = route.wide  # generation: k rows per routed row (adapters/generation.py)
-            elif got != route.batch_size and not (self.packed_rows and x.dim() == 2 and got % route.batch_size == 0):
+            elif got != route.batch_size and not (self.packed_rows and x.dim() == 2
+                                                    and (route.task is not None or got % route.batch_size == 0)):
                 replica = (" -- this layer is an nn.DataParallel replica, which sees its chunk of the batch: "
                            "per-sample routes need DistributedDataParallel (torchrun)"
                            if getattr(self, "_is_replica", False) else "")

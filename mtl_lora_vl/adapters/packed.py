@@ -4,8 +4,10 @@ Such a tower takes ``(total rows, dim)``: image after image, each image's rows (
 dimension. Under a per-sample route the adapter banks inside it see k rows per routed sample and read
 them sample-major (``AdapterBank.packed_rows``). That reading is right only when each routed sample (or
 each of its beams) brought exactly one image and all images have the same number of rows, so a
-:class:`PackedImagesCheck` on the tower refuses a mixed-task route whose images are otherwise, before any
-row is routed to the wrong task. A one-task route (or none) needs no check: every row gets that task.
+:class:`RowImagesCheck` on the model (one image per input row) and a :class:`PackedImagesCheck` on the tower
+(as many images as routed rows, all of one size) refuse a mixed-task route whose images are otherwise, before
+any row is routed to the wrong task. A one-task route (by name, index or ids all equal) needs no check: every
+row gets that task.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch.utils.hooks import RemovableHandle
 from .layers import AdapterBank
 from .routing import Router, RoutingError
 
-__all__ = ["PackedImagesCheck", "pack_towers"]
+__all__ = ["PackedImagesCheck", "RowImagesCheck", "pack_towers"]
 
 
 class PackedImagesCheck:
@@ -31,7 +33,7 @@ class PackedImagesCheck:
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         route = self.router.resolve(self.name)
-        if route is None or route.batch_size is None:
+        if route is None or route.task is not None:   # one task for every row
             return
         rows = self.image_rows(args, kwargs)
         samples = {route.batch_size} | ({route.wide.batch_size} if route.wide is not None else set())
@@ -45,10 +47,33 @@ class PackedImagesCheck:
         )
 
 
-def pack_towers(model: nn.Module, tower: str, image_rows: Callable[[tuple, dict], list[int]], router: Router,
+class RowImagesCheck:
+    """A forward pre-hook on the adapted model: refuses a mixed-task route unless every input row holds exactly
+    one image (what the tower cannot see: it gets the images without the rows they belong to)."""
+
+    def __init__(self, router: Router, row_images: Callable[[nn.Module, tuple, dict], list[int] | None]) -> None:
+        self.router, self.row_images = router, row_images
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        route = self.router.resolve(type(module).__name__)
+        if route is None or route.task is not None:
+            return
+        per_row = self.row_images(module, args, kwargs)
+        if per_row is None or all(n == 1 for n in per_row):
+            return
+        raise RoutingError(
+            f"{type(module).__name__} packs every image's patches into one sequence, so a mixed-task route needs "
+            f"one image per row; the rows hold {per_row} images. Give each row one image, or route each task's "
+            "rows in a call of their own"
+        )
+
+
+def pack_towers(model: nn.Module, tower: str, image_rows: Callable[[tuple, dict], list[int]],
+                row_images: Callable[[nn.Module, tuple, dict], list[int] | None] | None, router: Router,
                 layers: dict[str, AdapterBank]) -> list[RemovableHandle]:
     """Mark the banks inside every module of ``model`` whose name matches ``tower`` as reading packed rows,
-    and put a :class:`PackedImagesCheck` on each such module; returns the hooks' handles."""
+    put a :class:`PackedImagesCheck` on each such module and (with ``row_images``) a :class:`RowImagesCheck`
+    on ``model``; returns the hooks' handles."""
     handles = []
     for name, module in model.named_modules():
         if not re.search(tower, name):
@@ -59,4 +84,6 @@ def pack_towers(model: nn.Module, tower: str, image_rows: Callable[[tuple, dict]
         for bank in inside:
             bank.packed_rows = True
         handles.append(module.register_forward_pre_hook(PackedImagesCheck(router, image_rows, name), with_kwargs=True))
+    if handles and row_images is not None:
+        handles.append(model.register_forward_pre_hook(RowImagesCheck(router, row_images), with_kwargs=True))
     return handles
