@@ -39,6 +39,7 @@ from mtl_lora_vl.backbones import (  # noqa: E402
 )
 from mtl_lora_vl.data import world  # noqa: E402
 from mtl_lora_vl.data.images import to_uint8_tensor  # noqa: E402
+from mtl_lora_vl.families import OPEN_CLIP_CONFIG  # noqa: E402
 from mtl_lora_vl.io.atomic import atomic_dir, check_asset_dir  # noqa: E402
 from mtl_lora_vl.metrics import retrieval_recall  # noqa: E402
 from mtl_lora_vl.tasks.retrieval import infonce  # noqa: E402
@@ -292,12 +293,12 @@ def zero_shot_report(bb: Backbone, seed: int, log: Callable[[str], None] = print
 def save_assets(bb: Backbone, config: dict, tokenizer_dir: Path, out: Path, meta: dict) -> dict[str, int]:
     """Write config, fp16 weights and tokenizer files as the folder ``out``, all at once (a temporary folder
     renamed into place: an interrupted save never leaves new weights beside an old config and tokenizer)."""
-    check_asset_dir(out, "open_clip_config.json", "--out")
+    check_asset_dir(out, OPEN_CLIP_CONFIG, "--out")
     state = {k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.contiguous()
              for k, v in bb.model.state_dict().items()}
     with atomic_dir(out, overwrite=True, what="--out") as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "dtype": "float16"})
-        (tmp / "open_clip_config.json").write_text(json.dumps({**config, "pretrain": meta}, indent=2) + "\n")
+        (tmp / OPEN_CLIP_CONFIG).write_text(json.dumps({**config, "pretrain": meta}, indent=2) + "\n")
         for name in ("tokenizer.json", "tokenizer_config.json"):
             (tmp / name).write_bytes((tokenizer_dir / name).read_bytes())
         for f in tmp.iterdir():
@@ -332,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.lr >= 0 and args.weight_decay >= 0):   # a negative rate trains by gradient ascent
         ap.error(f"--lr and --weight-decay must be >= 0, got {args.lr} and {args.weight_decay}")
     try:  # before training (minutes), not at the save
-        check_asset_dir(args.out, "open_clip_config.json", "--out")
+        check_asset_dir(args.out, OPEN_CLIP_CONFIG, "--out")
     except OSError as e:
         ap.error(str(e))
     if args.threads:

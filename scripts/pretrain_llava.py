@@ -64,6 +64,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from mtl_lora_vl.data import world  # noqa: E402
+from mtl_lora_vl.families import OPEN_CLIP_CONFIG  # noqa: E402
 from mtl_lora_vl.io.atomic import atomic_dir, atomic_file, check_asset_dir  # noqa: E402
 
 IMAGE_SIZE = 64
@@ -264,7 +265,7 @@ def build_processor(tokenizer, mean: Sequence[float], std: Sequence[float]):
 
 def clip_mean_std(clip_dir: Path) -> tuple[list[float], list[float]]:
     """The built-in CLIP's normalisation (its preprocess_cfg), or the rendered images' statistics' usual values."""
-    path = clip_dir / "open_clip_config.json"
+    path = clip_dir / OPEN_CLIP_CONFIG
     if path.is_file():
         cfg = json.loads(path.read_text())["preprocess_cfg"]
         return list(cfg["mean"]), list(cfg["std"])
@@ -714,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_clip_init and args.vision_lr == 0:
         ap.error("--no-clip-init with --vision-lr 0 ships a random, frozen vision tower; give --vision-lr > 0")
     if not args.no_clip_init and not all((CLIP_DIR / f).is_file() for f in ("model.safetensors", "tokenizer.json",
-                                                                             "open_clip_config.json")):
+                                                                             OPEN_CLIP_CONFIG)):
         ap.error(f"the vision tower starts from the built-in CLIP, which is not built ({CLIP_DIR}); build it first: "
                  "python scripts/pretrain_backbone.py (or pass --no-clip-init with --vision-lr > 0)")
     try:  # before training, not at the save

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import pickle
 import re
 from collections import Counter
 from pathlib import Path
@@ -363,6 +364,8 @@ def test_an_eval_limit_that_leaves_classes_out_is_warned_about(llava, monkeypatc
         kind.evaluate(llava, None, dataclasses.replace(test, examples=sorted(test.examples, key=lambda ex: ex.label)),
                       batch_size=2, device="cpu")
     assert caplog.text.count("hold no example of") == 11
+    monkeypatch.undo()   # (the stub logits above)
+    pickle.loads(pickle.dumps(kind))   # what it remembers still pickles (the kind goes to loader workers)
 
 
 # ---------------------------------------------------------------------------------------------- the command

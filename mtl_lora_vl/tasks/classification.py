@@ -108,9 +108,9 @@ class ClassificationKind(TaskKind):
 
     def __init__(self, spec: TaskSpec, train: Split | None, backbone: Backbone, state: dict | None = None) -> None:
         super().__init__(spec, train, backbone, state)
-        # splits whose eval_limit class coverage was warned about: id -> the split (weakly: a split made after
-        # one is freed may get its id)
-        self._warned_subsets: dict[int, weakref.ref[Split]] = {}
+        # ids of the live splits whose eval_limit class coverage was warned about (each leaves when its split is
+        # freed: a split made later may get its id); plain ints, so the kind still pickles into loader workers
+        self._warned_subsets: set[int] = set()
         if state is not None:
             self.class_names = [str(n) for n in state["class_names"]]
             data_names = state.get("data_class_names")  # absent in adapters saved before it was recorded
@@ -229,9 +229,9 @@ class ClassificationKind(TaskKind):
         examples = self.scored(split.examples)
         if self.generative:
             left_out = sorted({ex.label for ex in split.examples} - {ex.label for ex in examples})
-            warned = self._warned_subsets.get(id(split))
-            if left_out and (warned is None or warned() is not split):  # e.g. a JSONL sorted by label
-                self._warned_subsets[id(split)] = weakref.ref(split)   # once per split, not per pass (zero-shot, adapted)
+            if left_out and id(split) not in self._warned_subsets:  # e.g. a JSONL sorted by label
+                self._warned_subsets.add(id(split))   # once per split, not once per pass (zero-shot, adapted)
+                weakref.finalize(split, self._warned_subsets.discard, id(split))
                 logger.warning("task %r: the first %d evaluation examples ([generative] eval_limit) hold no example "
                                "of %d of the split's classes, so its scores describe the others only; shuffle "
                                "the split's rows or raise eval_limit", self.name, len(examples), len(left_out))
