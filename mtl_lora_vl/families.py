@@ -156,10 +156,7 @@ FAMILIES: tuple[Family, ...] = (
         {"image": (r"(^|\.)visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2|gate_proj|up_proj|down_proj))$",),
          "text": _HF_VLM_TARGETS["text"]},   # the merger (visual.merger.mlp.N) only when targets name it
         packed_qkv=r"(^|\.)visual\.blocks\.\d+\.attn\.qkv$",
-        no_backbone="Qwen2-VL and Qwen2.5-VL take adapters, mixed-task routes, routed generate and the PEFT and "
-                    "merged exports through the Python API (mtl_lora_vl.attach / route / export_lora), but the train and "
-                    "eval commands cannot load them yet (no backbone class: its image patches, M-RoPE positions and "
-                    "processor are not wired in); train it in your own loop under mtl_lora_vl.route(model, task_ids)",
+        backbone="qwen2_vl",
         peft_export=True,
         merged_format="hf",
         packed_tower=r"(^|\.)visual$",

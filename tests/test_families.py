@@ -84,7 +84,13 @@ def test_table_is_complete_and_consistent():
 
 
 def test_backbone_classes_come_from_the_table():
-    from mtl_lora_vl.backbones import HFClipBackbone, HFVLMBackbone, OpenClipBackbone, PaliGemmaBackbone
+    from mtl_lora_vl.backbones import (
+        HFClipBackbone,
+        HFVLMBackbone,
+        OpenClipBackbone,
+        PaliGemmaBackbone,
+        Qwen2VLBackbone,
+    )
 
     assert backbone_class_for(tiny_open_clip("coca")) is OpenClipBackbone
     assert backbone_class_for(tiny_hf_clip()) is HFClipBackbone
@@ -92,8 +98,8 @@ def test_backbone_classes_come_from_the_table():
     assert backbone_class_for(tiny_paligemma()) is PaliGemmaBackbone
     with pytest.raises(BackboneError, match="image-only"):
         backbone_class_for(tiny_timm_vit())
-    with pytest.raises(BackboneError, match="no backbone class: its image patches, M-RoPE positions"):
-        backbone_class_for(tiny_qwen2vl(False))
+    assert backbone_class_for(tiny_qwen2vl(False)) is Qwen2VLBackbone
+    assert backbone_class_for(tiny_qwen2vl(True)) is Qwen2VLBackbone
     with pytest.raises(BackboneError, match="not a model family with a backbone class; supported: open_clip"):
         backbone_class_for(nn.Linear(2, 2))
 

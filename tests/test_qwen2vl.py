@@ -1,6 +1,6 @@
 """Qwen2-VL and Qwen2.5-VL (tiny, from configs): the family row, per-sample routes through a vision tower that
-packs every image's patches into one sequence, routed generate, and the PEFT export. The train and eval
-commands do not load this family yet (no backbone class); the Python API does all of the below."""
+packs every image's patches into one sequence, routed generate, and the PEFT export, on the bare model (the
+backbone class, what the train and eval commands load, is tested in test_qwen2vl_backbone.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from qwen_tiny import IMG_TOK, MERGER, VE, VS, inputs, tiny_qwen2vl
 
 import mtl_lora_vl as mlv
-from mtl_lora_vl.backbones import BackboneError, load_backbone
+from mtl_lora_vl.backbones import load_backbone
 from mtl_lora_vl.families import family_named
 from mtl_lora_vl.mtl_lora_model import unload
 
@@ -153,10 +153,10 @@ def test_peft_export_loads_and_unload_takes_the_check_away(tmp_path):
     assert not plain.model.visual._forward_pre_hooks and not plain._forward_pre_hooks   # the checks went too
 
 
-def test_the_commands_say_why_they_cannot_load_it_yet(tmp_path):
+def test_a_directory_without_its_processor_is_refused_with_the_fix(tmp_path):
     model = tiny_qwen2vl(False)
     model.save_pretrained(tmp_path / "qwen")
-    with pytest.raises(BackboneError, match="Python API"):
+    with pytest.raises(FileNotFoundError, match="no processor files.*processor.save_pretrained"):
         load_backbone(f"hf:{tmp_path / 'qwen'}", device="cpu")
 
 

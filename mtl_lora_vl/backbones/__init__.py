@@ -5,8 +5,8 @@ One module per concept: ``base`` (the interface, capabilities, registry), ``spec
 open_clip cache), ``builtin`` (where the built-in backbone lives), ``open_clip`` (CLIP and CoCa; CoCa's
 KV-cached caption step in ``coca_decoding``), ``hf_clip`` (Hugging Face CLIP), ``hf_vlm`` (Hugging Face
 LLaVA and PaliGemma; their prompt collation in ``lm_collate``, their processor and its image-token count
-check in ``hf_processor``), ``hf`` (Hugging Face directories), ``beam`` (beam search) and ``loading``
-(:func:`load_backbone`).
+check in ``hf_processor``), ``qwen2_vl`` (Qwen2-VL and Qwen2.5-VL: their image patches and M-RoPE positions),
+``hf`` (Hugging Face directories), ``beam`` (beam search) and ``loading`` (:func:`load_backbone`).
 """
 
 from .base import CAPABILITIES, Backbone, BackboneError, backbone_class, backbone_class_for
@@ -15,6 +15,7 @@ from .hf_clip import HFClipBackbone
 from .hf_vlm import HFVLMBackbone, PaliGemmaBackbone
 from .loading import load_backbone
 from .open_clip import CoCaBackbone, OpenClipBackbone, build_open_clip
+from .qwen2_vl import Qwen2VLBackbone
 from .spec import SPEC_FORMS, BackboneSpec, parse_spec
 from .tokenizers import WordTokenizer, build_word_tokenizer
 
@@ -29,6 +30,7 @@ __all__ = [
     "HFVLMBackbone",
     "OpenClipBackbone",
     "PaliGemmaBackbone",
+    "Qwen2VLBackbone",
     "WordTokenizer",
     "backbone_class",
     "backbone_class_for",

@@ -74,6 +74,8 @@ class HFVLMBackbone(Backbone):
     image_token_id: int = -1
     num_image_tokens: int = 0
     prefix_ids: tuple[int, ...] = ()
+    image_open: tuple[int, ...] = ()   # ids just before / after the image tokens (Qwen2-VL's vision start / end)
+    image_close: tuple[int, ...] = ()
     _collators: dict = field(default_factory=dict, init=False, repr=False)
 
     capabilities = frozenset({LM_LOGITS, GENERATE, GRAD_CHECKPOINTING})
@@ -120,8 +122,8 @@ class HFVLMBackbone(Backbone):
                 "the tokenizer the model was trained with (its image token must be that id)"
             )
         text_config = config.get_text_config()
-        image_size = square_side(config.vision_config.image_size, name)
-        n_image = count_image_tokens(model, image_size)
+        image_size = cls._image_side(config, image_processor, name)
+        n_image = cls._image_tokens(model, image_size)
         check_processor_count(processor, image_size, n_image, name)
         hf_tok = HFTokenizer(tok, context_length=max(8, min(77, int(text_config.max_position_embeddings) - n_image)))
         if getattr(image_processor, "do_normalize", True) is False:   # pixels in [0, 1], as the processor gives
@@ -129,14 +131,36 @@ class HFVLMBackbone(Backbone):
         else:
             mean = as_rgb(getattr(image_processor, "image_mean", None) or OPENAI_MEAN, f"{name}: image_mean")
             std = as_rgb(getattr(image_processor, "image_std", None) or OPENAI_STD, f"{name}: image_std")
-        resize = ImageResize.from_hf(image_size, image_processor, f"{name}: {type(image_processor).__name__}")
+        resize = cls._image_resize(image_size, image_processor, f"{name}: {type(image_processor).__name__}")
+        image_open, image_close = cls._image_wrap(config)
         return cls(
             model=model, name=name, tokenizer=hf_tok, image_size=image_size, mean=mean, std=std, resize=resize,
             embed_dim=int(text_config.hidden_size), pad_id=hf_tok.pad_id, bos_id=hf_tok.bos_id, eos_id=hf_tok.eos_id,
             context_length=hf_tok.context_length, vocab_size=int(text_config.vocab_size), hf_processor=processor,
             image_token_str=image_token, image_token_id=int(image_id), num_image_tokens=n_image,
-            prefix_ids=cls._prefix(tok),
+            prefix_ids=cls._prefix(tok), image_open=image_open, image_close=image_close,
         )
+
+    # The family's facts read when wrapping a model (subclasses override those that differ).
+    @classmethod
+    def _image_side(cls, config: Any, image_processor: Any, name: str) -> int:
+        """The square side the vision tower takes (``config.vision_config.image_size``)."""
+        return square_side(config.vision_config.image_size, name)
+
+    @classmethod
+    def _image_tokens(cls, model: nn.Module, image_size: int) -> int:
+        """How many language-model tokens one image fills (one vision pass over a blank image)."""
+        return count_image_tokens(model, image_size)
+
+    @classmethod
+    def _image_resize(cls, image_size: int, image_processor: Any, label: str) -> ImageResize:
+        """How the loader makes ``image_size`` squares: as the image processor declares."""
+        return ImageResize.from_hf(image_size, image_processor, label)
+
+    @classmethod
+    def _image_wrap(cls, config: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Ids put just before and after each image's tokens (none here)."""
+        return (), ()
 
     @classmethod
     def _prefix(cls, tokenizer: Any) -> tuple[int, ...]:
@@ -164,7 +188,8 @@ class HFVLMBackbone(Backbone):
     @property
     def layout(self) -> PromptLayout:
         return PromptLayout(self.image_token_str, self.image_token_id, self.num_image_tokens, self.eos_id,
-                            self.pad_id, self.prefix_ids, self.image_first, self.prompt_end)
+                            self.pad_id, self.prefix_ids, self.image_first, self.prompt_end, self.image_open,
+                            self.image_close)
 
     def lm_collator(self, max_length: int | None = None) -> LMCollator:
         """A picklable ``(prompts, targets | None) -> {"input_ids", "attention_mask"[, "labels"]}``: with targets,
@@ -205,7 +230,7 @@ class HFVLMBackbone(Backbone):
         batch = self._prompts(images, prompts, "generate")
         kwargs = self._extra_inputs(batch["input_ids"], None)
         with _plain_decoding(self.model):
-            out = self._hf_call(self.model.generate, pixel_values=images, **batch, **kwargs,
+            out = self._hf_call(self.model.generate, **self._vision_inputs(images), **batch, **kwargs,
                                 max_new_tokens=int(max_len), num_beams=int(beam_size), do_sample=False,
                                 num_return_sequences=1, eos_token_id=self._stop_ids(), pad_token_id=self.pad_id)
         new = out[:, batch["input_ids"].shape[1]:]
@@ -241,8 +266,7 @@ class HFVLMBackbone(Backbone):
         if tokens.dim() != 2 or tokens.shape[1] < 2 or tokens.shape[0] != images.shape[0]:
             raise ValueError(f"caption_logits: tokens must be (B, L >= 2) for {images.shape[0]} images, "
                              f"got {tuple(tokens.shape)}")
-        n = self.num_image_tokens
-        image = tokens.new_full((tokens.shape[0], n), self.image_token_id)
+        image = tokens.new_tensor(self.layout.image_ids).expand(tokens.shape[0], -1)
         ids = torch.cat([image, tokens.long()], dim=1)
         targets = torch.cat([torch.full_like(image, IGNORE_INDEX), tokens.long()], dim=1)  # a prefix LM: causal here
         out = self._forward(images, ids, torch.ones_like(ids), targets, logits_to_keep=tokens.shape[1], use_cache=False)
@@ -264,6 +288,19 @@ class HFVLMBackbone(Backbone):
     def _positions(self, mask: Tensor) -> Tensor:
         """Position ids of a (left-padded) batch, as Hugging Face ``generate`` numbers them."""
         return (mask.long().cumsum(-1) - 1).clamp(min=0) + self.position_offset
+
+    def _vision_inputs(self, pixel_values: Tensor) -> dict[str, Tensor]:
+        """The model's image inputs from the loader's normalised ``(B, 3, S, S)`` batch (here: as they are)."""
+        return {"pixel_values": pixel_values}
+
+    def _prefill_positions(self, mask: Tensor) -> Tensor | None:
+        """Position ids of the prompts' prefill in :meth:`sequence_scores` (None: the model's own)."""
+        return self._positions(mask)
+
+    def _step_positions(self, step_mask: Tensor, prompt_len: int, k: int) -> Tensor:
+        """Position ids of the candidate tokens after the prefill: ``step_mask`` covers prompt and candidates of
+        the ``B·k`` rows (each prompt row repeated ``k`` times), the candidates start at ``prompt_len``."""
+        return self._positions(step_mask)[:, prompt_len:]
 
     def _check_rows(self, pixel_values: Tensor, input_ids: Tensor, what: str) -> None:
         if input_ids.dim() != 2 or pixel_values.dim() != 4 or pixel_values.shape[0] != input_ids.shape[0]:
@@ -310,13 +347,15 @@ class HFVLMBackbone(Backbone):
     def _forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor,
                  labels: Tensor | None = None, **kwargs: Any) -> Any:
         extra = self._extra_inputs(input_ids, labels)
-        return self._hf_call(self.model, pixel_values=pixel_values, input_ids=input_ids,
+        return self._hf_call(self.model, **self._vision_inputs(pixel_values), input_ids=input_ids,
                              attention_mask=attention_mask, **extra, **kwargs)
 
     def _scores_cached(self, images: Tensor, batch: dict[str, Tensor], cands: list[list[list[int]]]) -> Tensor:
         B, C = images.shape[0], len(cands[0])
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        out = self._forward(images, ids, mask, position_ids=self._positions(mask), use_cache=True, logits_to_keep=1)
+        prefill = self._prefill_positions(mask)
+        out = self._forward(images, ids, mask, **({} if prefill is None else {"position_ids": prefill}), use_cache=True,
+                            logits_to_keep=1)
         first_ids = torch.tensor([[c[0] for c in row] for row in cands], device=ids.device)
         first = out.logits[:, -1].float().log_softmax(-1).gather(1, first_ids)  # (B, C)
         width = max(len(c) for row in cands for c in row)
@@ -330,7 +369,7 @@ class HFVLMBackbone(Backbone):
         cache = out.cache if hasattr(out, "cache") else out.past_key_values   # named cache from transformers 5.24
         cache.batch_repeat_interleave(C)
         step_mask = torch.cat([mask.repeat_interleave(C, 0), (labels[:, :-1] != IGNORE_INDEX).long()], 1)
-        positions = self._positions(step_mask)[:, ids.shape[1]:]
+        positions = self._step_positions(step_mask, ids.shape[1], C)
         kwargs = {"token_type_ids": torch.ones_like(step_ids)} if self.prefix_lm else {}
         with expanded_rows(self.model, C):
             kwargs[_cache_kwarg(type(self.model))] = cache

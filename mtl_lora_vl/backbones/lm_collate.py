@@ -34,7 +34,9 @@ class PromptLayout:
 
     ``prefix_ids`` are put before the prompt's text (the start token, when the model uses one);
     ``image_first`` moves the image tokens before ``prefix_ids`` and the text (PaliGemma), and
-    ``prompt_end`` is appended to the prompt's text (PaliGemma's ``"\\n"`` that closes the prefix).
+    ``prompt_end`` is appended to the prompt's text (PaliGemma's ``"\\n"`` that closes the prefix);
+    ``image_open`` / ``image_close`` are put just before and after the image tokens (Qwen2-VL's
+    ``<|vision_start|>`` and ``<|vision_end|>``).
     """
 
     image_token: str
@@ -45,6 +47,13 @@ class PromptLayout:
     prefix_ids: tuple[int, ...] = ()
     image_first: bool = False
     prompt_end: str = ""
+    image_open: tuple[int, ...] = ()
+    image_close: tuple[int, ...] = ()
+
+    @property
+    def image_ids(self) -> list[int]:
+        """The ids one image fills in a row: the image tokens, with ``image_open`` / ``image_close`` around them."""
+        return [*self.image_open, *[self.image_token_id] * self.num_image_tokens, *self.image_close]
 
 
 def special_prefix(tokenizer: Any) -> tuple[int, ...]:
@@ -142,7 +151,7 @@ class LMCollator:
         text's own ids."""
         lay = self.layout
         encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        image = [lay.image_token_id] * lay.num_image_tokens
+        image = lay.image_ids
         rows = []
         for i, ids in enumerate(encoded):
             if lay.image_first:

@@ -17,6 +17,7 @@ from .hf import hf_dir, hf_model_class
 from .hf_clip import HFClipBackbone  # noqa: F401
 from .hf_vlm import HFVLMBackbone, PaliGemmaBackbone  # noqa: F401
 from .open_clip import OpenClipBackbone
+from .qwen2_vl import Qwen2VLBackbone  # noqa: F401
 from .spec import parse_spec
 
 __all__ = ["load_backbone"]

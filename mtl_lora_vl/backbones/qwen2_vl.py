@@ -1,0 +1,124 @@
+"""Qwen2-VL and Qwen2.5-VL (``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``) from a
+local directory: the language-model API of :mod:`.hf_vlm` on the family's own image input and positions.
+
+* **Images.** The loader squashes every image to one square side ``S`` (a multiple of patch x merge: 448 for
+  the released models, i.e. 256 image tokens, kept within the image processor's ``min_pixels`` /
+  ``max_pixels``; a processor saved with ``max_pixels`` below 448² gives a smaller side). On the device the
+  normalised ``(B, 3, S, S)`` batch is cut into the patches the Qwen image processor makes (:func:`patchify`:
+  ``(B·(S/P)², 3·T·P·P)``, each image's patches in merge order) with ``image_grid_thw = [[1, S/P, S/P]] * B``:
+  one image per row, all one size, which is what a mixed-task route through the packed vision tower needs
+  (:mod:`mtl_lora_vl.adapters.packed`).
+* **Prompts.** ``image_token`` is ``<|image_pad|>``; the collator expands it to ``<|vision_start|>``, the
+  ``(S/P)² / merge²`` image tokens and ``<|vision_end|>``.
+* **Positions.** M-RoPE: every forward gets ``mm_token_type_ids`` (1 on image tokens), so the model numbers
+  the image tokens by their (t, h, w) place; scoring candidates from the KV cache numbers the candidate
+  tokens as text after the prompt, shifted by the prompt's ``rope_deltas`` (one 1-D numbering would be
+  silently wrong after an image).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..data.resize import ImageResize, size_fields
+from .base import BackboneError, register_backbone
+from .hf_vlm import HFVLMBackbone
+
+__all__ = ["Qwen2VLBackbone", "patchify", "qwen_image_side"]
+
+
+def patchify(images: Tensor, patch: int, merge: int, temporal: int) -> Tensor:
+    """Normalised images ``(B, C, H, W)`` -> ``(B·(H/P)·(W/P), C·T·P·P)`` patches as the Qwen2-VL image
+    processor lays them out (each image repeated ``temporal`` times in time, patches of each ``merge x merge``
+    group together, image after image)."""
+    B, C, H, W = images.shape
+    gh, gw = H // patch, W // patch
+    x = images.reshape(B, C, gh // merge, merge, patch, gw // merge, merge, patch)
+    x = x.permute(0, 2, 5, 3, 6, 1, 4, 7)   # B, h/m, w/m, m, m, C, P, P
+    x = x.unsqueeze(6).expand(-1, -1, -1, -1, -1, -1, temporal, -1, -1)
+    return x.reshape(B * gh * gw, C * temporal * patch * patch)
+
+
+def qwen_image_side(factor: int, min_pixels: int | None, max_pixels: int | None, preferred: int = 448) -> int:
+    """The square side nearest ``preferred`` that is a multiple of ``factor`` (patch x merge) and whose area lies
+    within ``[min_pixels, max_pixels]``, the image processor's bounds (so it keeps such an image as it is)."""
+    side = max(factor, round(preferred / factor) * factor)
+    if max_pixels:
+        while side > factor and side * side > max_pixels:
+            side -= factor
+    if min_pixels:
+        while side * side < min_pixels:
+            side += factor
+    return side
+
+
+@register_backbone("qwen2_vl")
+class Qwen2VLBackbone(HFVLMBackbone):
+    """``Qwen2VLForConditionalGeneration`` / ``Qwen2_5_VLForConditionalGeneration`` (see the module doc)."""
+
+    preferred_side: ClassVar[int] = 448
+
+    # ------------------------------------------------------------------------------------------ building
+    @classmethod
+    def _image_side(cls, config: Any, image_processor: Any, name: str) -> int:
+        patch, merge, _ = _vision_geometry(config)
+        size = size_fields(getattr(image_processor, "size", None))
+        low = getattr(image_processor, "min_pixels", None) or size.get("shortest_edge")
+        high = getattr(image_processor, "max_pixels", None) or size.get("longest_edge")
+        side = qwen_image_side(patch * merge, low, high, cls.preferred_side)
+        if high and side * side > high:
+            raise BackboneError(f"{name}: the image processor's max_pixels ({high}) is below one {patch * merge}-pixel "
+                                "merged patch; save the processor with a larger max_pixels")
+        return side
+
+    @classmethod
+    def _image_tokens(cls, model: nn.Module, image_size: int) -> int:
+        patch, merge, _ = _vision_geometry(model.config)
+        return (image_size // patch) ** 2 // merge ** 2
+
+    @classmethod
+    def _image_resize(cls, image_size: int, image_processor: Any, label: str) -> ImageResize:
+        """A squash to the square (the processor resizes each image by its own aspect; the package takes one
+        size for all), with the processor's resampling filter."""
+        return ImageResize.from_hf(image_size, {"size": {"height": image_size, "width": image_size},
+                                                "resample": getattr(image_processor, "resample", None)}, label)
+
+    @classmethod
+    def _image_wrap(cls, config: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        start, end = (getattr(config, k, None) for k in ("vision_start_token_id", "vision_end_token_id"))
+        if start is None or end is None:
+            raise BackboneError(f"{type(config).__name__} names no vision_start_token_id / vision_end_token_id")
+        return (int(start),), (int(end),)
+
+    # ------------------------------------------------------------------------------------------ inputs
+    def _vision_inputs(self, pixel_values: Tensor) -> dict[str, Tensor]:
+        if pixel_values.dim() != 4 or pixel_values.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(f"{self.name}: expected images (B, 3, {self.image_size}, {self.image_size}) (the "
+                             f"backbone's image_size), got {tuple(pixel_values.shape)}")
+        patch, merge, temporal = _vision_geometry(self.model.config)
+        side = self.image_size // patch
+        grid = torch.tensor([[1, side, side]], device=pixel_values.device).expand(pixel_values.shape[0], -1)
+        return {"pixel_values": patchify(pixel_values, patch, merge, temporal), "image_grid_thw": grid}
+
+    def _extra_inputs(self, input_ids: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
+        """``mm_token_type_ids``: 1 on image tokens (the model's M-RoPE numbers them by their place in the image)."""
+        return {"mm_token_type_ids": (input_ids == self.image_token_id).int()}
+
+    def _prefill_positions(self, mask: Tensor) -> Tensor | None:
+        return None   # the model's M-RoPE positions (it keeps each row's rope_deltas for the steps after)
+
+    def _step_positions(self, step_mask: Tensor, prompt_len: int, k: int) -> Tensor:
+        deltas = getattr(self.model.model, "rope_deltas", None)
+        if deltas is None:
+            raise RuntimeError(f"{self.name}: the prompts' prefill left no rope_deltas on the model")
+        text = super()._step_positions(step_mask, prompt_len, k) + deltas.to(step_mask.device).repeat_interleave(k, 0)
+        return text.unsqueeze(0).expand(3, -1, -1)
+
+
+def _vision_geometry(config: Any) -> tuple[int, int, int]:
+    """(patch size, spatial merge size, temporal patch size) of the vision tower."""
+    vis = config.vision_config
+    return int(vis.patch_size), int(vis.spatial_merge_size), int(getattr(vis, "temporal_patch_size", 2))
