@@ -414,11 +414,16 @@ def test_train_command_on_a_generative_backbone(llava_dir, tmp_path, capsys):
     assert {"loss/vqa", "loss/captioning"} <= set(logged[-1])
 
     # The saved adapter alone rebuilds the generative kinds on the recorded backbone: same scores.
-    assert eval_main(["--adapter", str(out / "adapter"), "--out", str(tmp_path / "ev")]) == 0
-    again = json.loads((tmp_path / "ev" / "eval.json").read_text())
-    for name in ("vqa", "captioning"):
+    assert_eval_repeats(out / "adapter", tmp_path / "ev", result)
+
+
+def assert_eval_repeats(adapter: Path, ev: Path, result: dict) -> None:
+    """``eval --adapter`` on the saved adapter alone gives the run's zero-shot and adapted scores again."""
+    assert eval_main(["--adapter", str(adapter), "--out", str(ev)]) == 0
+    again = json.loads((ev / "eval.json").read_text())
+    for name, scores in result["tasks"].items():
         for which in ("zero_shot", "adapted"):
-            assert again["tasks"][name][which] == pytest.approx(result["tasks"][name][which], abs=1e-6)
+            assert again["tasks"][name][which] == pytest.approx(scores[which], abs=1e-6), (name, which)
 
 
 def test_a_kind_without_a_generative_path_says_what_to_use():
