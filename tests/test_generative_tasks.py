@@ -59,13 +59,13 @@ def _kinds(backbone, names=GEN_TASKS, n=6):
     return {s.name: build_kind(s, _split(s, "train", n), backbone) for s in specs}
 
 
-def _attach(backbone, tasks):
+def _attach(backbone, tasks, std: float = 0.2):
     """MTL-LoRA on both towers, with B_i and Lambda_t randomised so that every task's model differs."""
     mlv.attach(backbone.model, mlv.MTLLoRAConfig(tasks=list(tasks), r=4, alpha=8, n_up=2))
     with torch.no_grad():
         for name, p in backbone.model.named_parameters():
             if "lora_B" in name or "lora_lambda" in name:
-                p.normal_(0, 0.2)
+                p.normal_(0, std)
     return backbone
 
 

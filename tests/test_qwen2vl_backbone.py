@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from qwen_tiny import QWEN_SPECIALS, save_tiny_qwen2vl, tiny_qwen2vl_backbone
-from test_generative_tasks import _small_spec, assert_eval_repeats
+from test_generative_tasks import _attach, _small_spec, assert_eval_repeats
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import BackboneError, Qwen2VLBackbone, load_backbone
@@ -39,12 +39,7 @@ def prompts(bb, n=3):
 
 
 def _adapt(bb, tasks=("a", "b")):
-    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=list(tasks), r=4, alpha=8, n_up=2))
-    with torch.no_grad():
-        for name, p in bb.model.named_parameters():
-            if "lora_B" in name or "lora_lambda" in name:
-                p.normal_(0, 0.3)
-    return bb
+    return _attach(bb, tasks, std=0.3)
 
 
 def _plain_inputs(bb, images, ids):
