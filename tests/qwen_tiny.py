@@ -28,19 +28,19 @@ def tiny_qwen2vl(v25=False):
     cfg = Qwen2VLConfig(vision_config=vis, text_config=text_cfg(), **ids)
     return Qwen2VLForConditionalGeneration(cfg)
 
-def inputs(n_img=2, side=32, text=6, seed=0, mm=True, ragged=False):
+def inputs(n_img=2, side=32, text=6, seed=0, mm=True, ragged=False, sizes=None):
     """pixel_values as the Qwen2-VL image processor makes them: per image (t*h*w patches, C*T*P*P), image-major;
-    image_grid_thw (n, 3); input_ids: [text.. VS, IMG*(h*w/4), VE, text..] per row (equal lengths, no padding)."""
+    image_grid_thw (n, 3); input_ids: [text.. VS, IMG*(h*w/4), VE, text..] per row, left-padded. ``sizes``: each
+    image's (height, width) in pixels (default: n_img squares of ``side``)."""
     g = torch.Generator().manual_seed(seed)
-    h = w = side // PATCH
-    n_pat = h * w
-    pv = torch.randn(n_img * n_pat, 3 * TPATCH * PATCH * PATCH, generator=g)
-    thw = torch.tensor([[1, h, w]] * n_img)
-    n_tok = n_pat // MERGE**2
+    sizes = sizes or [(side, side)] * n_img
+    grids = [(hp // PATCH, wp // PATCH) for hp, wp in sizes]
+    pv = torch.randn(sum(h * w for h, w in grids), 3 * TPATCH * PATCH * PATCH, generator=g)
+    thw = torch.tensor([[1, h, w] for h, w in grids])
     rows = []
-    for i in range(n_img):
+    for i, (h, w) in enumerate(grids):
         t = torch.randint(3, 90, (text + (3 * i if ragged else 0),), generator=g).tolist()
-        rows.append(t[:2] + [VS] + [IMG_TOK] * n_tok + [VE] + t[2:])
+        rows.append(t[:2] + [VS] + [IMG_TOK] * (h * w // MERGE**2) + [VE] + t[2:])
     width = max(map(len, rows))
     ids = torch.zeros(len(rows), width, dtype=torch.long)
     mask = torch.zeros_like(ids)

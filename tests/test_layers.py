@@ -311,13 +311,14 @@ def test_half_base_without_autocast():
 
 
 @pytest.mark.parametrize("lambda_type", ["full", "diagonal", "none"])
-@pytest.mark.parametrize("tasks", [1, "mixed", "present", "present_slice"])
+@pytest.mark.parametrize("tasks", [1, "mixed", "present", "present_slice", "runs", "gathered_runs"])
 def test_mtl_rows_update_gradients(lambda_type, tasks):
     """MTL-LoRA's row-update node (π and M_t formed inside, recomputed in backward; one task's rows or each
     sample its own task, in place) against finite differences and against the formula, and its no-grad
     path against its autograd path. The mixed batch leaves task 3 out: its w and Λ rows get zero gradient,
     whether every task's M_t is formed or only the present ones' (given as an index or a slice of task
-    rows, the samples' tasks as positions among them)."""
+    rows, the samples' tasks as positions among them). The samples' tasks may also come as a plan of runs of
+    rows (a packed tower's images of different sizes), as slices or gathered per task."""
     from mtl_lora_vl.adapters.rows import update_mtl_rows
 
     g = torch.Generator().manual_seed(0)
@@ -334,6 +335,10 @@ def test_mtl_rows_update_gradients(lambda_type, tasks):
         present, arg = torch.tensor([2, 0, 1]), torch.tensor([0, 1, 0, 2])
     elif tasks == "present_slice":
         present = slice(0, 3)
+    elif tasks == "runs":
+        arg = ((2, slice(0, 1)), (0, slice(1, 2)), (2, slice(2, 3)), (1, slice(3, 4)))
+    elif tasks == "gathered_runs":
+        present, arg = torch.tensor([2, 0, 1]), ((1, torch.tensor([1])), (2, torch.tensor([3])), (0, torch.tensor([0, 2])))
     inputs = tuple(t for t in (out, z, w, lam, B) if t is not None)
 
     def f(out, z, w, *rest):

@@ -9,6 +9,7 @@ import torch
 from qwen_tiny import IMG_TOK, MERGER, VE, VS, inputs, tiny_qwen2vl
 
 import mtl_lora_vl as mlv
+from mtl_lora_vl.adapters.routing import Route
 from mtl_lora_vl.backbones import load_backbone
 from mtl_lora_vl.families import family_named
 from mtl_lora_vl.mtl_lora_model import unload
@@ -109,22 +110,100 @@ def test_mixed_gradients_equal_the_per_task_sum_with_and_without_checkpointing()
         torch.testing.assert_close(g, c, atol=1e-6, rtol=1e-5)
 
 
-def test_images_the_packed_rows_cannot_be_split_by_are_refused_under_a_mixed_route():
-    """Two images of 16 and 48 patches under [a, b]: read as 32 + 32 rows, the second task took 16 of the first
-    image's patches, silently. Two images for one row, likewise. One task for every row needs no check."""
-    m = _adapted(False)
-    thw = torch.tensor([[1, 4, 4], [1, 4, 12]])
-    pv = torch.randn(int(thw.prod(-1).sum()), 3 * 2 * 8 * 8)
+SIZES = [(32, 32), (32, 64), (48, 32)]   # 16, 32 and 24 patches: 4, 8 and 6 image tokens
+
+
+@pytest.mark.parametrize("v25", [False, True])
+@pytest.mark.parametrize("method", ["mtl_lora", "task_lora"])
+def test_images_of_different_sizes_take_their_own_rows_task(v25, method):
+    """Qwen2-VL's processor keeps each image's aspect ratio, so a batch's images differ in size. Images of 16, 32
+    and 24 patches under [a, b, a] were refused ('all of one size'); read as equal shares (24 rows each) the second
+    task would have taken 8 of the first image's patches. Each image's patches now take its row's task: in the
+    tower, through the merger (4 patches a row) and in the logits and generate (greedy and 3 beams)."""
+    row = family_named("qwen2_vl").targets
+    m = _adapted(v25, method, targets={"image": [*row["image"], MERGER], "text": list(row["text"])})
+    x = inputs(sizes=SIZES, ragged=True)
+    ids, L = [0, 1, 0], x["input_ids"].shape[1]
     with torch.no_grad():
-        with mlv.route(m, [0, 1]), pytest.raises(mlv.RoutingError, match=r"one image per routed row, all of one "
-                                                                          r"size; it got 2 image\(s\) for 2 routed "
-                                                                          r"rows, of \[16, 48\] patches"):
-            m.model.visual(pv, grid_thw=thw)
-        same = torch.tensor([[1, 4, 4]] * 4)
-        with mlv.route(m, [0, 1]), pytest.raises(mlv.RoutingError, match="4 image"):
-            m.model.visual(torch.randn(64, 384), grid_thw=same)
+        with mlv.route(m, ids):
+            vis = m.model.visual(x["pixel_values"], grid_thw=x["image_grid_thw"]).pooler_output
+            mixed = m(**x).logits
+        bounds = [0, 4, 12, 18]   # each image's merged rows
+        for i, t in enumerate(ids):
+            a, b = bounds[i], bounds[i + 1]
+            start = sum(h * w for h, w in ((hp // 8, wp // 8) for hp, wp in SIZES[:i]))
+            pv = x["pixel_values"][start:start + SIZES[i][0] * SIZES[i][1] // 64]
+            with mlv.route(m, t):
+                alone = m.model.visual(pv, grid_thw=x["image_grid_thw"][i:i + 1]).pooler_output
+            torch.testing.assert_close(vis[a:b], alone)
+        each = []
+        for t in ("a", "b"):
+            with mlv.route(m, t):
+                each.append(m(**x).logits)
+    torch.testing.assert_close(mixed, torch.stack([each[t][i] for i, t in enumerate(ids)]))
+    for beams in (1, 3):
+        kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, num_beams=beams, pad_token_id=0,
+                  eos_token_id=None)
+        with torch.no_grad():
+            per = []
+            for t in ("a", "b"):
+                with mlv.route(m, t):
+                    per.append(m.generate(**x, **kw)[:, L:])
+            with mlv.route(m, ids):
+                routed = m.generate(**x, **kw)[:, L:]
+        assert torch.equal(routed, torch.stack([per[t][i] for i, t in enumerate(ids)])), beams
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_mixed_gradients_over_images_of_different_sizes_equal_the_per_task_sum(checkpointing):
+    m = _adapted(True)
+    m.train()
+    if checkpointing:
+        m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    x = inputs(sizes=SIZES)
+    names, params = zip(*[(n, p) for n, p in m.named_parameters() if "lora_" in n and p.requires_grad])
+
+    def grads(tasks, rows):
+        with mlv.route(m, tasks):
+            loss = m(**x).logits[rows, -1].pow(2).sum()
+        return [g if g is not None else torch.zeros_like(p)
+                for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True), params)]
+
+    mixed = grads([0, 1, 0], [0, 1, 2])
+    a, b = grads("a", [0, 2]), grads("b", [1])
+    for g, ga, gb in zip(mixed, a, b):
+        torch.testing.assert_close(g, ga + gb, atol=1e-5, rtol=1e-4)
+    assert any(g.abs().sum() > 0 for g, n in zip(mixed, names) if "visual" in n)
+
+
+def test_images_that_are_not_one_per_routed_row_are_refused_under_a_mixed_route():
+    """Four images for two routed rows: which image is whose cannot be told. One task for every row needs no check;
+    a failed tower forward leaves no route scope behind."""
+    m = _adapted(False)
+    with torch.no_grad():
+        with mlv.route(m, [0, 1]), pytest.raises(mlv.RoutingError, match=r"one image per routed row; it got 4 "
+                                                                          r"image\(s\) for 2 routed rows"):
+            m.model.visual(torch.randn(64, 384), grid_thw=torch.tensor([[1, 4, 4]] * 4))
         with mlv.route(m, "a"):
-            m.model.visual(pv, grid_thw=thw)
+            m.model.visual(torch.randn(64, 384), grid_thw=torch.tensor([[1, 4, 4]] * 4))
+        router = m._mtl_lora.router
+        outer = Route.from_ids([0, 1])
+        with mlv.route(m, outer):
+            with pytest.raises(RuntimeError):   # 48 patches' rows for grids of 16 and 32: the tower fails inside
+                m.model.visual(torch.randn(40, 384), grid_thw=torch.tensor([[1, 4, 4], [1, 4, 8]]))
+            assert router.current is outer
+        assert router.current is None
+
+
+def test_a_packed_route_maps_each_images_rows_onto_a_merged_layer_or_refuses():
+    r = Route.from_ids([0, 1, 0]).packed_images([16, 32, 24])
+    assert r.packed and r.segments == ((0, 0, 16), (1, 16, 48), (0, 48, 72))
+    assert r.packed_at(18).segments == ((0, 0, 4), (1, 4, 12), (0, 12, 18))
+    assert r.packed_at(18) is r.packed_at(18)
+    with pytest.raises(mlv.RoutingError, match="do not map onto whole rows"):
+        r.packed_at(8)
+    with pytest.raises(mlv.RoutingError, match="one image per routed row"):
+        Route.from_ids([0, 1]).packed_images([16, 32, 24])
 
 
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")   # PEFT 0.21 reads it

@@ -284,6 +284,8 @@ class AdapterBank(nn.Module):
             got = x.shape[bd] if x.dim() > 1 else 1
             if got != route.batch_size and route.wide is not None and got == route.wide.batch_size:
                 route = route.wide  # generation: k rows per routed row (adapters/generation.py)
+            elif got != route.batch_size and route.packed:   # the merger of a packed tower: k patches a row
+                route = route.packed_at(got)
             elif got != route.batch_size and not (self.packed_rows and x.dim() == 2
                                                     and (route.task is not None or got % route.batch_size == 0)):
                 replica = (" -- this layer is an nn.DataParallel replica, which sees its chunk of the batch: "
@@ -302,6 +304,8 @@ class AdapterBank(nn.Module):
             lam = self.lora_lambda if self.lambda_type != "none" else None
             if route.task is not None:
                 tasks, n_batch, present = route.task, 1, None
+            elif route.packed:   # images of different sizes: each image's run of rows
+                tasks, n_batch, present = route.plan(x.device), route.batch_size, route.present_index(x.device)
             else:  # the present tasks' M_t only; each sample's position among them
                 tasks, n_batch = route.sample_positions(x.device), route.batch_size
                 present = route.present_index(x.device)

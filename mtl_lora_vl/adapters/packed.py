@@ -1,50 +1,65 @@
 """Adapters inside a tower that packs every image's rows into one sequence (Qwen2-VL's vision tower).
 
 Such a tower takes ``(total rows, dim)``: image after image, each image's rows (patches) together, no batch
-dimension. Under a per-sample route the adapter banks inside it see k rows per routed sample and read
-them sample-major (``AdapterBank.packed_rows``). That reading is right only when each routed sample (or
-each of its beams) brought exactly one image and all images have the same number of rows, so a
-:class:`RowImagesCheck` on the model (one image per input row) and a :class:`PackedImagesCheck` on the tower
-(as many images as routed rows, all of one size) refuse a mixed-task route whose images are otherwise, before
-any row is routed to the wrong task. A one-task route (by name, index or ids all equal) needs no check: every
-row gets that task.
+dimension. Under a per-sample route each routed sample (or each of its beams) must bring exactly one image;
+a :class:`RowImagesCheck` on the model (one image per input row) and a :class:`PackedImages` hook on the tower
+(as many images as routed rows) refuse a mixed-task route whose images are otherwise, before any row is
+routed to the wrong task. When the images are all of one size, the adapter banks inside the tower read k rows
+per routed sample, sample-major (``AdapterBank.packed_rows``); when they differ, the hook routes the tower's
+forward by each image's own rows (:meth:`Route.packed_images`, a route scope that closes with the forward).
+A one-task route (by name, index or ids all equal) needs neither: every row gets that task.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from contextlib import ExitStack
 
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .layers import AdapterBank
 from .routing import Router, RoutingError
+from .scopes import route as route_scope
 
-__all__ = ["PackedImagesCheck", "RowImagesCheck", "pack_towers"]
+__all__ = ["PackedImages", "RowImagesCheck", "pack_towers"]
 
 
-class PackedImagesCheck:
-    """A forward pre-hook on a packing tower: refuses a mixed-task route unless the tower got one image per
-    routed sample (or per beam) and every image has as many rows as the others."""
+class PackedImages:
+    """Forward hooks on a packing tower: before it, a mixed-task route is refused unless the tower got one image
+    per routed sample (or per beam); images of different sizes get a route scope over their own rows, closed
+    after the forward (also when it fails)."""
 
     def __init__(self, router: Router, image_rows: Callable[[tuple, dict], list[int]], name: str) -> None:
         self.router, self.image_rows, self.name = router, image_rows, name
+        self._open: list[ExitStack] = []   # the scope of each tower forward in progress (nested: a stack)
 
-    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+    def __getstate__(self) -> dict:
+        """A copy (deepcopy, pickle) holds no open scope: the scopes are the original's forwards'."""
+        return {**self.__dict__, "_open": []}
+
+    def before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        scope = ExitStack()
         route = self.router.resolve(self.name)
-        if route is None or route.task is not None:   # one task for every row
-            return
-        rows = self.image_rows(args, kwargs)
-        samples = {route.batch_size} | ({route.wide.batch_size} if route.wide is not None else set())
-        if len(rows) in samples and len(set(rows)) <= 1:
-            return
-        raise RoutingError(
-            f"{self.name} packs every image's patches into one sequence, so a mixed-task route needs one image per "
-            f"routed row, all of one size; it got {len(rows)} image(s) for {route.batch_size} routed rows, of "
-            f"{sorted(set(rows))} patches each. Resize the images to one size, give each row one image, or route "
-            "each task's rows in a call of their own"
-        )
+        if route is not None and route.task is None:   # one task for every row needs nothing
+            rows = self.image_rows(args, kwargs)
+            for r in (route, route.wide):
+                if r is not None and len(rows) == r.batch_size:
+                    if len(set(rows)) > 1:
+                        scope.enter_context(route_scope(self.router, r.packed_images(rows)))
+                    break
+            else:
+                raise RoutingError(
+                    f"{self.name} packs every image's patches into one sequence, so a mixed-task route needs one "
+                    f"image per routed row; it got {len(rows)} image(s) for {route.batch_size} routed rows. Give "
+                    "each row one image, or route each task's rows in a call of their own"
+                )
+        self._open.append(scope)
+
+    def after(self, module: nn.Module, args: tuple, output: object) -> None:
+        if self._open:
+            self._open.pop().close()
 
 
 class RowImagesCheck:
@@ -72,7 +87,7 @@ def pack_towers(model: nn.Module, tower: str, image_rows: Callable[[tuple, dict]
                 row_images: Callable[[nn.Module, tuple, dict], list[int] | None] | None, router: Router,
                 layers: dict[str, AdapterBank]) -> list[RemovableHandle]:
     """Mark the banks inside every module of ``model`` whose name matches ``tower`` as reading packed rows,
-    put a :class:`PackedImagesCheck` on each such module and (with ``row_images``) a :class:`RowImagesCheck`
+    put :class:`PackedImages` hooks on each such module and (with ``row_images``) a :class:`RowImagesCheck`
     on ``model``; returns the hooks' handles."""
     handles = []
     for name, module in model.named_modules():
@@ -83,7 +98,9 @@ def pack_towers(model: nn.Module, tower: str, image_rows: Callable[[tuple, dict]
             continue
         for bank in inside:
             bank.packed_rows = True
-        handles.append(module.register_forward_pre_hook(PackedImagesCheck(router, image_rows, name), with_kwargs=True))
+        hooks = PackedImages(router, image_rows, name)
+        handles.append(module.register_forward_pre_hook(hooks.before, with_kwargs=True))
+        handles.append(module.register_forward_hook(hooks.after, always_call=True))
     if handles and row_images is not None:
         handles.append(model.register_forward_pre_hook(RowImagesCheck(router, row_images), with_kwargs=True))
     return handles

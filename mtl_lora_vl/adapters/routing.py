@@ -54,9 +54,12 @@ class Route:
     route given by task name or index, which fits any batch. ``segments`` are the maximal runs of
     consecutive rows with the same task, in row order, covering ``[0, batch_size)``. ``ids`` is the
     per-row id tensor when the caller gave one (kept for callers; layers only read the segments).
+    ``packed`` marks a route over the rows of a tower that packs every image's patches into one sequence
+    (:meth:`packed_images`): its segments count patches, and layers apply each task's matrix per run of rows.
     """
 
-    __slots__ = ("task", "segments", "batch_size", "ids", "present", "_plans", "_index", "_positions", "wide")
+    __slots__ = ("task", "segments", "batch_size", "ids", "present", "_plans", "_index", "_positions", "wide",
+                 "packed", "_at")
 
     def __init__(self, task: int | None = None, segments: Sequence[Segment] = (), batch_size: int | None = None,
                  ids: torch.Tensor | None = None):
@@ -69,6 +72,8 @@ class Route:
         self._index: dict[torch.device, slice | torch.Tensor] = {}
         self._positions: dict[torch.device, torch.Tensor] = {}
         self.wide: Route | None = None  # see allowing()
+        self.packed = False
+        self._at: dict[int, Route] = {}   # packed_at(n), made once per row count
 
     @classmethod
     def from_segments(cls, segments: Sequence[Segment], ids: torch.Tensor | None = None) -> Route:
@@ -172,6 +177,35 @@ class Route:
         r = Route(self.task, self.segments, self.batch_size, self.ids)
         r._plans, r._index, r._positions = self._plans, self._index, self._positions
         r.wide = self.expand(k)
+        return r
+
+    def packed_images(self, rows: Sequence[int]) -> Route:
+        """The route over a packed sequence of images, ``rows[i]`` rows (patches) for image i, image i being
+        routed row i's: each segment of rows becomes one of patches (host arithmetic; :attr:`packed` set)."""
+        if self.batch_size is None or len(rows) != self.batch_size:
+            raise RoutingError(f"route: {len(rows)} images for a route of {self.batch_size} rows; "
+                               "one image per routed row is needed")
+        start = [0]
+        for n in rows:
+            start.append(start[-1] + int(n))
+        r = Route.from_segments([(t, start[a], start[b]) for t, a, b in self.segments])
+        r.packed = True
+        return r
+
+    def packed_at(self, n: int) -> Route:
+        """A :attr:`packed` route over ``n`` rows instead of :attr:`batch_size` (a layer after the tower merged
+        every k patches into one row, or before it split them): segments scaled by n / batch_size, each
+        image's boundary landing on a whole row; RoutingError where one does not."""
+        r = self._at.get(n)
+        if r is None:
+            segs = [(t, a * n // self.batch_size, b * n // self.batch_size) for t, a, b in self.segments]
+            if any(a * n % self.batch_size or b * n % self.batch_size for _, a, b in self.segments):
+                raise RoutingError(
+                    f"route: a layer inside the packed tower has {n} rows for the tower's {self.batch_size}, and an "
+                    f"image's rows {[(a, b) for _, a, b in self.segments]} do not map onto whole rows of it")
+            r = Route.from_segments(segs)
+            r.packed = True
+            self._at[n] = r
         return r
 
     def __repr__(self) -> str:

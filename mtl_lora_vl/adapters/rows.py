@@ -99,34 +99,43 @@ class _TaskRowsUpdate(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, g):
         z, M = ctx.saved_tensors
-        plan, cols, n_batch, scale = ctx.plan, ctx.cols, ctx.n_batch, ctx.scale
-        d = g.shape[-1]
-        g2, z2 = g.reshape(-1, d), z.reshape(-1, z.shape[-1])
-        per = g2.shape[0] // n_batch
-        gz = gM = None
-        if ctx.needs_input_grad[1]:  # task_lora: other tasks' columns get no gradient, so start at zero
-            gz = (torch.zeros if cols else torch.empty)(z2.shape, dtype=z.dtype, device=z.device)
-        if ctx.needs_input_grad[2]:
-            gM = torch.empty_like(M, memory_format=torch.contiguous_format)
-        started: set[int] = set()
-        for p, rows in plan:
-            if isinstance(rows, slice):
-                span = _span(rows, per, g2.shape[0])
-                gs, zs = _part(g2, span), _zcols(_part(z2, span), p, cols)
-                if gz is not None and not cols:
-                    _part(gz, span).addmm_(gs, M[p], beta=0, alpha=scale)
-                elif gz is not None:
-                    _zcols(_part(gz, span), p, cols).copy_(torch.mm(gs, M[p]).mul_(scale))
-            else:
-                gs = g2.view(n_batch, per, d).index_select(0, rows).view(-1, d)
-                zs = _zcols(z2.view(n_batch, per, -1).index_select(0, rows), p, cols).reshape(-1, M.shape[-1])
-                if gz is not None:
-                    part = torch.mm(gs, M[p]).mul_(scale).view(-1, per, zs.shape[-1])
-                    _zcols(gz.view(n_batch, per, -1), p, cols).index_copy_(0, rows, part)
-            if gM is not None:  # beta=0 the first time: the empty memory is ignored, not added
-                gM[p].addmm_(gs.t(), zs, beta=1 if p in started else 0, alpha=scale)
-                started.add(p)
-        return g, (gz.view(z.shape) if gz is not None else None), gM, None, None, None, None
+        gz, gM = _rows_grads(g, z, M, ctx.plan, ctx.cols, ctx.n_batch, ctx.scale, *ctx.needs_input_grad[1:3])
+        return g, gz, gM, None, None, None, None
+
+
+def _rows_grads(g, z, M, plan, cols, n_batch, scale, need_z: bool, need_M: bool):
+    """The gradients of z and M (None where not needed) of :func:`_rows_add_` given out's gradient ``g``: each
+    from its plan entry's rows only, written in place where they belong (one GEMM each per run of rows)."""
+    d = g.shape[-1]
+    g2, z2 = g.reshape(-1, d), z.reshape(-1, z.shape[-1])
+    per = g2.shape[0] // n_batch
+    gz = gM = None
+    if need_z:  # task_lora: other tasks' columns get no gradient, so start at zero
+        gz = (torch.zeros if cols else torch.empty)(z2.shape, dtype=z.dtype, device=z.device)
+    if need_M:
+        gM = torch.empty_like(M, memory_format=torch.contiguous_format)
+    started: set[int] = set()
+    for p, rows in plan:
+        if isinstance(rows, slice):
+            span = _span(rows, per, g2.shape[0])
+            gs, zs = _part(g2, span), _zcols(_part(z2, span), p, cols)
+            if gz is not None and not cols:
+                _part(gz, span).addmm_(gs, M[p], beta=0, alpha=scale)
+            elif gz is not None:
+                _zcols(_part(gz, span), p, cols).copy_(torch.mm(gs, M[p]).mul_(scale))
+        else:
+            gs = g2.view(n_batch, per, d).index_select(0, rows).view(-1, d)
+            zs = _zcols(z2.view(n_batch, per, -1).index_select(0, rows), p, cols).reshape(-1, M.shape[-1])
+            if gz is not None:
+                part = torch.mm(gs, M[p]).mul_(scale).view(-1, per, zs.shape[-1])
+                _zcols(gz.view(n_batch, per, -1), p, cols).index_copy_(0, rows, part)
+        if gM is not None:  # beta=0 the first time: the empty memory is ignored, not added
+            gM[p].addmm_(gs.t(), zs, beta=1 if p in started else 0, alpha=scale)
+            started.add(p)
+    if gM is not None and len(started) < gM.shape[0]:   # a matrix no row used
+        for p in set(range(gM.shape[0])) - started:
+            gM[p].zero_()
+    return (gz.view(z.shape) if gz is not None else None), gM
 
 
 def _rows_out_of_place(out, z, M, plan, cols, n_batch, scale) -> torch.Tensor:
@@ -180,7 +189,9 @@ def update_mtl_rows(out: torch.Tensor, z: torch.Tensor, w: torch.Tensor, lam: to
     adds it) or each of the ``n_batch`` samples' task as a LongTensor on out's device (batch-first rows; the
     M_t of the tasks in ``present`` -- a slice or LongTensor of task rows, None for all -- are formed, each
     sample gathers its own by its position in ``present``, and one batched product adds every sample's
-    update: the arithmetic of one LoRA whatever the order of the rows). The small matrices (π, M_t) and their
+    update: the arithmetic of one LoRA whatever the order of the rows), or a plan of runs of rows as
+    :func:`update_rows` takes (a packed tower's images: many rows per sample, each run one addmm_, where
+    gathering an M_t per row would copy it thousands of times). The small matrices (π, M_t) and their
     gradients are formed inside one autograd node, in the parameters' dtype and outside autocast, and
     recomputed in backward rather than saved: where each operator's dispatch costs more than its arithmetic
     (a CPU; small layers) this is what keeps an ``mtl_lora`` layer near a ``lora`` layer's cost. ``w`` (T, n),
@@ -190,6 +201,8 @@ def update_mtl_rows(out: torch.Tensor, z: torch.Tensor, w: torch.Tensor, lam: to
     if torch.compiler.is_compiling():
         w, lam, tasks, _ = _formed(w, lam, tasks, present)
         M = mtl_matrices(mixture(w, tau), B, lam).to(z.dtype)
+        if isinstance(tasks, tuple):
+            return _rows_out_of_place(out, z, M, tasks, 0, n_batch, scale)
         if isinstance(tasks, int):
             return torch.addmm(out.reshape(-1, out.shape[-1]), z.reshape(-1, z.shape[-1]), M[tasks].t(),
                                alpha=scale).view(out.shape)
@@ -233,7 +246,9 @@ def _unformed(x: torch.Tensor, shape: torch.Size, present: slice | torch.Tensor)
 
 
 def _mtl_add_(out, z, M, tasks, n_batch, scale) -> None:
-    if isinstance(tasks, int):
+    if isinstance(tasks, tuple):
+        _rows_add_(out, z, M, tasks, 0, n_batch, scale)
+    elif isinstance(tasks, int):
         out.view(-1, out.shape[-1]).addmm_(z.reshape(-1, z.shape[-1]), M[tasks].t(), alpha=scale)
     else:
         _rows3(out, n_batch).baddbmm_(_rows3(z, n_batch), M.index_select(0, tasks).mT, alpha=scale)
@@ -252,8 +267,8 @@ class _MTLRowsUpdate(torch.autograd.Function):
             pi = mixture(w, tau)
             _mtl_add_(out, z, mtl_matrices(pi, B, lam).to(z.dtype), tasks, n_batch, scale)
         ctx.mark_dirty(out)
-        one = isinstance(tasks, int)
-        ctx.save_for_backward(z, pi, lam, B, None if one else tasks, w_all, lam_all)
+        one, ctx.plan = isinstance(tasks, int), (tasks if isinstance(tasks, tuple) else None)
+        ctx.save_for_backward(z, pi, lam, B, None if one or ctx.plan is not None else tasks, w_all, lam_all)
         ctx.task = tasks if one else None
         ctx.present = present  # None, a slice or an index tensor of task rows (never written to)
         ctx.n_batch, ctx.scale, ctx.tau, ctx.shapes = n_batch, scale, tau, shapes
@@ -280,6 +295,8 @@ class _MTLRowsUpdate(torch.autograd.Function):
             if need_z:
                 gz = torch.addmm(z2.new_empty(z2.shape), g2, M[t], beta=0, alpha=scale).view(z.shape)
             gM = torch.addmm(M[t].new_empty(M[t].shape), g2.t(), z2, beta=0, alpha=scale)[None]
+        elif ctx.plan is not None:
+            gz, gM = _rows_grads(g, z, M, ctx.plan, 0, n_batch, scale, need_z, True)
         else:
             g3, z3 = _rows3(g, n_batch), _rows3(z, n_batch)
             if need_z:

@@ -6,8 +6,8 @@ local directory: the language-model API of :mod:`.hf_vlm` on the family's own im
   ``max_pixels``; a processor saved with ``max_pixels`` below 448² gives a smaller side). On the device the
   normalised ``(B, 3, S, S)`` batch is cut into the patches the Qwen image processor makes (:func:`patchify`:
   ``(B·(S/P)², 3·T·P·P)``, each image's patches in merge order) with ``image_grid_thw = [[1, S/P, S/P]] * B``:
-  one image per row, all one size, which is what a mixed-task route through the packed vision tower needs
-  (:mod:`mtl_lora_vl.adapters.packed`).
+  one image per row, as a mixed-task route through the packed vision tower needs
+  (:mod:`mtl_lora_vl.adapters.packed`), and one tensor per batch.
 * **Prompts.** ``image_token`` is ``<|image_pad|>``; the collator expands it to ``<|vision_start|>``, the
   ``(S/P)² / merge²`` image tokens and ``<|vision_end|>``.
 * **Positions.** M-RoPE: every forward gets ``mm_token_type_ids`` (1 on image tokens), so the model numbers
