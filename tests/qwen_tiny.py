@@ -60,10 +60,11 @@ TEXT = r"(^|\.)language_model\.(.*\.)?layers\.\d+\.(self_attn\.(q|k|v|o)_proj|ml
 QWEN_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
 
-def save_tiny_qwen2vl(out, v25=False, words=None, seed=0, side=32):
+def save_tiny_qwen2vl(out, v25=False, words=None, seed=0, side=32, chat_template=None):
     """A tiny Qwen2-VL (``v25``: Qwen2.5-VL) directory at ``out`` with its processor: a word-level tokenizer over
     the built-in world's words plus Qwen's vision tokens, and an image processor whose min/max pixels make
-    ``side`` x ``side`` (32: 16 patches, 4 image tokens) the backbone's square."""
+    ``side`` x ``side`` (32: 16 patches, 4 image tokens) the backbone's square. ``chat_template``: the processor's
+    (the tokenizer then also knows Qwen's ``<|im_start|>`` / ``<|im_end|>``)."""
     from pathlib import Path
 
     from llava_tiny import EXTRA_WORDS
@@ -81,12 +82,14 @@ def save_tiny_qwen2vl(out, v25=False, words=None, seed=0, side=32):
     build_word_tokenizer([*(words if words is not None else world_words()), *EXTRA_WORDS], out / "_tok",
                          context_length=64)
     tok = PreTrainedTokenizerFast.from_pretrained(str(out / "_tok"))
-    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS})
+    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS + (["<|im_start|>", "<|im_end|>"]
+                                                                          if chat_template else [])})
     vs, ve, img, vid = (tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS)
     geometry = dict(patch_size=PATCH, merge_size=MERGE, temporal_patch_size=TPATCH)
     pixels = {"shortest_edge": side * side, "longest_edge": side * side}
     processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(size=pixels, **geometry), tokenizer=tok,
-                                 video_processor=Qwen2VLVideoProcessor(size=pixels, **geometry))
+                                 video_processor=Qwen2VLVideoProcessor(size=pixels, **geometry),
+                                 chat_template=chat_template)
     text = {**text_cfg(), "vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
             "eos_token_id": tok.eos_token_id}
     vis = dict(depth=2, embed_dim=32, hidden_size=32, num_heads=2, patch_size=PATCH, spatial_merge_size=MERGE,

@@ -296,6 +296,11 @@ class Backbone:
         """The Hugging Face processor (image processor, tokenizer, chat template) of the model."""
         self._unavailable(LM_LOGITS, "processor")
 
+    def chat_wrap(self) -> tuple[str, str]:
+        """The text the model's chat template puts before and after a user turn's text (``[generative] chat``)."""
+        raise ValueError(f"backbone {self.name!r} ({type(self).__name__}) has no chat template, which [generative] "
+                         "chat = true needs; set chat = false and write the turn into the spec's prompt")
+
     @property
     def lm_context(self) -> int | None:
         """The language model's positions: the longest row, image tokens included, it was built for (None: no

@@ -178,6 +178,37 @@ class HFVLMBackbone(Backbone):
         """The Hugging Face processor (image processor, tokenizer, chat template) of the model."""
         return self.hf_processor
 
+    def chat_wrap(self) -> tuple[str, str]:
+        """The text the processor's chat template puts before and after the text of one user turn, the assistant's
+        turn opened (``add_generation_prompt``): a prompt is wrapped as ``before + prompt + after``. The start
+        token the tokenizer adds itself is left out of ``before`` (the collator puts it first)."""
+        proc = self.hf_processor
+        tok = proc.tokenizer
+        mark = "\ue000"   # a private-use character: no template writes it
+        try:
+            if getattr(proc, "chat_template", None):
+                text = proc.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": mark}]}],
+                                                add_generation_prompt=True, tokenize=False)
+            elif getattr(tok, "chat_template", None):
+                text = tok.apply_chat_template([{"role": "user", "content": mark}], add_generation_prompt=True,
+                                               tokenize=False)
+            else:
+                raise ValueError("it has none")
+        except Exception as e:   # jinja errors of a template of the model's own
+            raise ValueError(f"backbone {self.name!r}: [generative] chat = true needs the model's chat template, but the processor "
+                             f"and tokenizer cannot give one ({e}); save the processor with its chat template "
+                             "(processor.chat_template = ...; processor.save_pretrained(DIR)), or set chat = false and "
+                             "write the turn into the spec's prompt") from e
+        if not isinstance(text, str) or text.count(mark) != 1:
+            raise ValueError(f"backbone {self.name!r}: its chat template does not write a user turn's text exactly once, so prompts "
+                             "cannot be wrapped in it; set [generative] chat = false and write the turn into the "
+                             "spec's prompt")
+        before, after = text.split(mark)
+        bos = getattr(tok, "bos_token", None)
+        if bos and self.prefix_ids and before.startswith(bos):
+            before = before[len(bos):]
+        return before, after
+
     @property
     def lm_context(self) -> int | None:
         """The language model's positions (``max_position_embeddings``): the longest row, image tokens included,

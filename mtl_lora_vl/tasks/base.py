@@ -156,6 +156,9 @@ class TaskKind(ABC):
         self.uses_decoder: bool = type(self).uses_decoder or self.generative
         #: The backbone's image placeholder for prompts (generative path; picklable, used in loader workers).
         self.image_token: str = str(backbone.image_token) if self.generative else ""
+        #: The model's chat turn around every prompt (``[generative] chat = true``), else two empty texts.
+        self.prompt_wrap: tuple[str, str] = (backbone.chat_wrap() if self.generative and spec.generative.get("chat")
+                                             else ("", ""))
         #: Text a row may not hold on the generative path: the tokenizer's special tokens, which it would read as
         #: such (a second image placeholder, an end of text in the middle of a target).
         self.special_texts: tuple[str, ...] = special_texts(backbone) if self.generative else ()

@@ -91,7 +91,7 @@ class CaptioningKind(TaskKind):
     uses_text = False      # captions go to the decoder (inside ``loss``), not through the text tower
     uses_decoder = True
     option_defaults = {"max_len": 20, "beam_size": 1}
-    generative_defaults = {"prompt": "{image} caption:", "eval_limit": 0}
+    generative_defaults = {"prompt": "{image} caption:", "eval_limit": 0, "chat": False}
 
     @classmethod
     def check_spec(cls, spec: TaskSpec) -> None:
@@ -122,7 +122,7 @@ class CaptioningKind(TaskKind):
 
     def prompt(self) -> str:
         """Generative path: the captioning prompt."""
-        return format_prompt(self.spec.generative["prompt"], self.image_token)
+        return format_prompt(self.spec.generative["prompt"], self.image_token, self.prompt_wrap)
 
     def sample_lm(self, example: Example, draw: int) -> tuple[str, str, float]:
         return self.prompt(), caption_of(self.name, example), 1.0

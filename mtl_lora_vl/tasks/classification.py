@@ -84,7 +84,8 @@ class ClassificationKind(TaskKind):
     default_templates = ("a photo of a {}.",)
     head_defaults = {"label_smoothing": 0.0}
     option_defaults = {"class_names": []}
-    generative_defaults = {"prompt": "{image} caption:", "target": "{}", "eval_limit": 0, "score": "sum"}
+    generative_defaults = {"prompt": "{image} caption:", "target": "{}", "eval_limit": 0, "score": "sum",
+                           "chat": False}
 
     @classmethod
     def check_spec(cls, spec: TaskSpec) -> None:
@@ -173,7 +174,7 @@ class ClassificationKind(TaskKind):
 
     def prompt(self) -> str:
         """Generative path: the prompt every class name continues."""
-        return format_prompt(self.spec.generative["prompt"], self.image_token)
+        return format_prompt(self.spec.generative["prompt"], self.image_token, self.prompt_wrap)
 
     def candidates(self) -> list[str]:
         """Generative path: each class written as its target text, in class order."""

@@ -17,7 +17,9 @@ adapters go, so the zero-shot model is the backbone with adapters disabled and t
 backbone routed to the task.
 
 Prompt templates are ``str.format`` templates with named fields: ``{image}`` (the backbone's image
-placeholder, ``backbone.image_token``; required) plus the kind's own (VQA: ``{question}``).
+placeholder, ``backbone.image_token``; required) plus the kind's own (VQA: ``{question}``). With
+``[generative] chat = true`` the formatted prompt is the user's turn in the model's chat template
+(``backbone.chat_wrap()``: the text before and after it, the assistant's turn opened).
 """
 
 from __future__ import annotations
@@ -89,9 +91,10 @@ def check_template(spec: TaskSpec, fld: str, template: Any, fields: Sequence[str
         raise SpecError(f"{where}: field '{fld}': expected {expected}, got {template!r}")
 
 
-def format_prompt(template: str, image_token: str, **values: str) -> str:
-    """``template`` with ``{image}`` replaced by the backbone's image placeholder and the kind's fields."""
-    return template.format(image=image_token, **values)
+def format_prompt(template: str, image_token: str, wrap: tuple[str, str] = ("", ""), **values: str) -> str:
+    """``template`` with ``{image}`` replaced by the backbone's image placeholder and the kind's fields, between
+    ``wrap``'s two texts (the model's chat turn, ``[generative] chat = true``: ``backbone.chat_wrap()``)."""
+    return wrap[0] + template.format(image=image_token, **values) + wrap[1]
 
 
 def weighted_index(draw: int, weights: Sequence[float]) -> int:

@@ -28,6 +28,7 @@ the metrics to report and the prompt templates of its zero-shot rule::
     [options]                         # other options of the kind, e.g. answer_vocab_size for vqa
     [generative]                      # the kind's settings on a generative backbone (LLaVA-style), e.g.
     prompt = "{image} question: {question} answer:"   # the prompt template ({image}: the image placeholder)
+    chat = false                      # true: the prompt is the user's turn in the model's chat template
 
 Every malformed spec fails with :class:`SpecError` naming the file, the field and what was
 expected. Bare names (``"vqa"``) resolve to the built-in specs, found in the installed package

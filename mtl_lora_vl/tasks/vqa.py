@@ -116,7 +116,8 @@ class VQAKind(TaskKind):
     default_templates = ("the answer is {}.",)
     head_defaults = {"question_weight": 1.0, "hidden": 0}
     option_defaults = {"answer_vocab_size": 1000, "filter_by_type": True}
-    generative_defaults = {"prompt": "{image} question: {question} answer:", "max_len": 8, "eval_limit": 0}
+    generative_defaults = {"prompt": "{image} question: {question} answer:", "max_len": 8, "eval_limit": 0,
+                           "chat": False}
 
     @classmethod
     def check_spec(cls, spec: TaskSpec) -> None:
@@ -185,7 +186,8 @@ class VQAKind(TaskKind):
 
     def prompt(self, example: Example) -> str:
         """Generative path: the prompt of one question."""
-        return format_prompt(self.spec.generative["prompt"], self.image_token, question=self.question(example))
+        return format_prompt(self.spec.generative["prompt"], self.image_token, self.prompt_wrap,
+                             question=self.question(example))
 
     def sample_lm(self, example: Example, draw: int) -> tuple[str, str, float]:
         """Prompt, a consensus answer drawn by soft score (``draw`` fixes the choice), and that answer's soft

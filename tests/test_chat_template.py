@@ -1,0 +1,138 @@
+"""``[generative] chat = true``: a task's prompt is the user's turn in the model's own chat template (an
+instruction-tuned LLaVA or Qwen2-VL is measured, and adapted, in the format it was tuned on)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from llava_tiny import save_tiny_llava
+from test_generative_tasks import _small_spec, _split, assert_eval_repeats
+from vl_tiny import world_words
+
+from mtl_lora_vl.backbones import load_backbone
+from mtl_lora_vl.cli import train_main
+from mtl_lora_vl.tasks import SpecError, build_kind, load_spec
+
+#: A chat template in the style of llava-hf's: the user's turn (images first, as the processor's content
+#: lists them), then the assistant's opening.
+TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}user: {% for c in m['content'] %}"
+            "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+            "{% else %} assistant: {{ m['content'][0]['text'] }}{% endif %}{% endfor %}"
+            "{% if add_generation_prompt %} assistant:{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def chat_dir(tmp_path_factory) -> Path:
+    from transformers import AutoProcessor
+
+    folder = save_tiny_llava(tmp_path_factory.mktemp("chat") / "llava", words=[*world_words(), "user", "assistant"])
+    processor = AutoProcessor.from_pretrained(folder)
+    processor.chat_template = TEMPLATE
+    processor.save_pretrained(folder)
+    return folder
+
+
+def _chat_spec(tmp: Path, name: str, template: str | None = None) -> str:
+    path = Path(_small_spec(tmp, name))
+    text = re.sub(r"^\[generative\]$", "[generative]\nchat = true", path.read_text(), flags=re.M)
+    if template is not None:
+        text = re.sub(r"^prompt = .*$", f"prompt = {template!r}", text, flags=re.M)
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_chat_prompt_gives_the_ids_the_processor_gives_for_that_turn(chat_dir, tmp_path):
+    """The row our collator makes for a VQA question equals what the Hugging Face processor makes from the
+    same turn through the chat template (image tokens expanded, start token once)."""
+    from transformers import AutoProcessor
+
+    backbone = load_backbone(f"hf:{chat_dir}")
+    assert backbone.chat_wrap() == ("user: ", " assistant:")
+    spec = load_spec(_chat_spec(tmp_path, "vqa", "{image} {question}"))
+    kind = build_kind(spec, _split(spec, "train", 6), backbone)
+    example = _split(spec, "val", 1).examples[0]
+    prompt = kind.prompt(example)
+    assert prompt == f"user: <image> {kind.question(example)} assistant:"
+    ours = backbone.lm_collator()([prompt])["input_ids"][0].tolist()
+
+    processor = AutoProcessor.from_pretrained(chat_dir)
+    turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f" {kind.question(example)}"}]}]
+    text = processor.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+    theirs = processor(text=text, images=[torch.zeros(3, 32, 32)], return_tensors="pt")["input_ids"][0].tolist()
+    assert ours + [processor.tokenizer.eos_token_id] == theirs   # the test tokenizer also appends its end token
+    assert ours.count(processor.tokenizer.bos_token_id) == 1
+    plain = build_kind(load_spec(_small_spec(tmp_path, "vqa")), _split(spec, "train", 6), backbone)
+    assert not plain.prompt(example).startswith("user:")   # chat = false (the default): the prompt as written
+
+
+def test_the_start_token_a_template_writes_is_not_put_twice(chat_dir, tmp_path):
+    from transformers import AutoProcessor
+
+    folder = tmp_path / "bos"
+    processor = AutoProcessor.from_pretrained(chat_dir)
+    processor.chat_template = "{{ bos_token }}" + TEMPLATE
+    processor.save_pretrained(folder)
+    for f in chat_dir.glob("*.safetensors"):
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "config.json").write_bytes((chat_dir / "config.json").read_bytes())
+    backbone = load_backbone(f"hf:{folder}")
+    assert backbone.chat_wrap() == ("user: ", " assistant:")
+
+
+def test_chat_without_a_chat_template_is_refused_when_the_task_is_built(tmp_path):
+    """The built-in LLaVA has no chat template: a spec asking for one fails at start-up, naming the fix."""
+    backbone = load_backbone("builtin-llava")
+    spec = load_spec(_chat_spec(tmp_path, "captioning"))
+    with pytest.raises(ValueError, match=r"chat = true needs the model's chat template.*set chat = false"):
+        build_kind(spec, _split(spec, "train", 6), backbone)
+    bad = Path(_small_spec(tmp_path, "vqa"))
+    bad.write_text(re.sub(r"^\[generative\]$", "[generative]\nchat = \"yes\"", bad.read_text(), flags=re.M))
+    with pytest.raises(SpecError, match="generative.chat"):
+        load_spec(str(bad))
+
+
+def test_a_chat_run_evaluates_again_from_its_adapter_in_the_same_format(chat_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    tasks = ",".join(_chat_spec(tmp_path, t) for t in ("vqa", "captioning"))
+    code = train_main(["--backbone", f"hf:{chat_dir}", "--tasks", tasks, "--steps", "2", "--workers", "0",
+                       "--warmup", "1", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    saved = (out / "adapter" / "tasks" / "vqa.toml").read_text()
+    assert "chat = true" in saved
+    assert_eval_repeats(out / "adapter", tmp_path / "ev", json.loads((out / "eval.json").read_text()))
+
+
+#: Qwen2-VL-Instruct's chat template (as released, less its video and vision-id branches).
+QWEN_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_a_qwen2vl_chat_prompt_gives_the_processors_ids_with_one_vision_start(tmp_path):
+    """Qwen's template writes <|vision_start|><|image_pad|><|vision_end|> for an image; the backbone adds the
+    vision start and end itself, so the prompt's {image} becomes the same ids, not a second pair."""
+    from qwen_tiny import save_tiny_qwen2vl
+    from transformers import AutoProcessor
+
+    folder = save_tiny_qwen2vl(tmp_path / "qwen", chat_template=QWEN_TEMPLATE)
+    backbone = load_backbone(f"hf:{folder}")
+    before, after = backbone.chat_wrap()
+    assert before.endswith("<|im_start|>user\n") and after == "<|im_end|>\n<|im_start|>assistant\n"
+    spec = load_spec(_chat_spec(tmp_path, "vqa", "{image}{question}"))
+    kind = build_kind(spec, _split(spec, "train", 6), backbone)
+    example = _split(spec, "val", 1).examples[0]
+    ours = backbone.lm_collator()([kind.prompt(example)])["input_ids"][0].tolist()
+    processor = AutoProcessor.from_pretrained(folder)
+    turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": kind.question(example)}]}]
+    text = processor.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+    theirs = processor(text=text, images=[torch.zeros(3, 32, 32)], return_tensors="pt")["input_ids"][0].tolist()
+    assert ours + [processor.tokenizer.eos_token_id] == theirs   # the test tokenizer also appends its end token
+    assert ours.count(processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")) == 1
