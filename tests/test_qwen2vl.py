@@ -195,6 +195,17 @@ def test_images_that_are_not_one_per_routed_row_are_refused_under_a_mixed_route(
         assert router.current is None
 
 
+def test_a_data_parallel_replica_of_the_tower_refuses_a_mixed_route_naming_ddp():
+    """nn.DataParallel splits the packed patches, not the images, between its replicas (and runs them in threads
+    that share one router), so a replica cannot route per image; it ran the route before, without a word."""
+    m = _adapted(False)
+    replica = m.model.visual._replicate_for_data_parallel()   # what nn.parallel.replicate makes per GPU
+    replica._parameters = dict(m.model.visual._parameters)
+    x = inputs(sizes=SIZES[:2])
+    with torch.no_grad(), mlv.route(m, [0, 1]), pytest.raises(mlv.RoutingError, match="DataParallel replica.*torchrun"):
+        replica(x["pixel_values"], grid_thw=x["image_grid_thw"])
+
+
 def test_a_packed_route_maps_each_images_rows_onto_a_merged_layer_or_refuses():
     r = Route.from_ids([0, 1, 0]).packed_images([16, 32, 24])
     assert r.packed and r.segments == ((0, 0, 16), (1, 16, 48), (0, 48, 72))

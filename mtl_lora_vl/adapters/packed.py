@@ -43,6 +43,10 @@ class PackedImages:
         scope = ExitStack()
         route = self.router.resolve(self.name)
         if route is not None and route.task is None:   # one task for every row needs nothing
+            if getattr(module, "_is_replica", False):
+                raise RoutingError(f"{self.name} is an nn.DataParallel replica, which sees its chunk of the packed "
+                                   "patches, not whole images: per-sample routes need DistributedDataParallel "
+                                   "(torchrun, one process per GPU), or route one task for the whole batch")
             rows = self.image_rows(args, kwargs)
             for r in (route, route.wide):
                 if r is not None and len(rows) == r.batch_size:
