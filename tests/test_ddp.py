@@ -256,3 +256,27 @@ def test_ddp_homogeneous_batches_on_the_generative_path_find_no_unused_parameter
     _, err = finish(proc)
     assert "find_unused_parameters=True was specified" not in err
     assert (tmp_path / "run" / "adapter").is_dir()
+
+
+def test_ddp_trains_qwen2vl_on_mixed_batches_and_its_sharded_scores_match_one_process(tmp_path, procs):
+    """Qwen2-VL's packed vision tower under DDP: mixed-task batches (the tower's hooks, the packed banks) train on
+    two ranks, and the run's sharded evaluation scores what one process scores from the saved adapter."""
+    from qwen_tiny import save_tiny_qwen2vl
+
+    folder = save_tiny_qwen2vl(tmp_path / "qwen")
+    specs = ",".join(str(rng_kind.small_spec(tmp_path, n, n_train=16, n_eval=6)) for n in ("vqa", "captioning"))
+    proc = torchrun(29541, str(TESTS.parent / "scripts" / "train_vl.py"), "--backbone", f"hf:{folder}",
+                    "--tasks", specs, "--steps", "3", "--batch-size", "4", "--warmup", "1", "--eval-batch-size", "4",
+                    "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "run"))
+    procs.append(proc)
+    finish(proc)
+    ddp = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert eval_main(["--adapter", str(tmp_path / "run" / "adapter"), "--out", str(tmp_path / "ev"),
+                      "--workers", "0"]) == 0
+    one = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    for name in ("vqa", "captioning"):
+        assert one["tasks"][name]["n"] == ddp["tasks"][name]["n"] > 0
+        for which in ("zero_shot", "adapted"):
+            assert one["tasks"][name][which] == pytest.approx(ddp["tasks"][name][which], abs=1e-6), (name, which)
+            assert one["tasks"][name]["details"][which] == pytest.approx(ddp["tasks"][name]["details"][which])
+    assert ddp["tasks"]["captioning"]["details"]["adapted"]["cider"] > 0   # (the tiny model's VQA scores are 0)
