@@ -84,6 +84,10 @@ _HF_VLM_TARGETS = {
     "text": (r"(^|\.)language_model\.(.*\.)?layers\.\d+\.(self_attn\.(q|k|v|o|qkv)_proj|mlp\.(gate|up|down|gate_up)_proj)$",),
 }
 
+# Idefics3 / SmolVLM name their language model model.text_model (a Llama-style decoder).
+_IDEFICS3_TEXT = r"(^|\.)text_model\.(.*\.)?layers\.\d+\.(self_attn\.(q|k|v|o|qkv)_proj|mlp\.(gate|up|down|gate_up)_proj)$"
+
+
 def _llava_unused_vision_layers(model: Any) -> tuple[str, ...]:
     """The vision layers after the deepest one LLaVA reads (``vision_feature_layer``, -2 in LLaVA-1.5:
     hidden_states[v] is the output of layer v - 1, hidden_states[0] the embeddings)."""
@@ -162,6 +166,16 @@ FAMILIES: tuple[Family, ...] = (
         packed_tower=r"(^|\.)visual$",
         image_rows=_qwen_image_rows,
         row_images=_qwen_row_images,
+    ),
+    Family(
+        "idefics3",
+        ("transformers.models.idefics3.Idefics3ForConditionalGeneration",
+         "transformers.models.smolvlm.SmolVLMForConditionalGeneration"),
+        {"image": (r"(^|\.)vision_model" + _HF_CLIP_BLOCK,),   # SigLIP layers under model.vision_model
+         "text": (_IDEFICS3_TEXT,)},   # the connector (connector.modality_projection.proj) only when targets name it
+        backbone="idefics3",
+        peft_export=True,
+        merged_format="hf",
     ),
     Family(
         "timm_vit",

@@ -61,6 +61,8 @@ def check_processor_count(processor: Any, image_size: int, n_image: int, name: s
                    f"{image_size} (config.vision_config.image_size); set its size / crop_size to {image_size}")
         elif getattr(processor, "image_seq_length", None) is not None:
             fix = f"set its image_seq_length to {n_image}"
+        elif getattr(processor, "image_seq_len", None) is not None:   # Idefics3 / SmolVLM
+            fix = f"set its image_seq_len to {n_image}"
         else:
             fix = ("set patch_size, num_additional_image_tokens (1 for a CLS token) and vision_feature_select_strategy "
                    "as in the model config")

@@ -132,7 +132,7 @@ class HFVLMBackbone(Backbone):
             mean = as_rgb(getattr(image_processor, "image_mean", None) or OPENAI_MEAN, f"{name}: image_mean")
             std = as_rgb(getattr(image_processor, "image_std", None) or OPENAI_STD, f"{name}: image_std")
         resize = cls._image_resize(image_size, image_processor, f"{name}: {type(image_processor).__name__}")
-        image_open, image_close = cls._image_wrap(config)
+        image_open, image_close = cls._image_wrap(config, processor)
         return cls(
             model=model, name=name, tokenizer=hf_tok, image_size=image_size, mean=mean, std=std, resize=resize,
             embed_dim=int(text_config.hidden_size), pad_id=hf_tok.pad_id, bos_id=hf_tok.bos_id, eos_id=hf_tok.eos_id,
@@ -158,7 +158,7 @@ class HFVLMBackbone(Backbone):
         return ImageResize.from_hf(image_size, image_processor, label)
 
     @classmethod
-    def _image_wrap(cls, config: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def _image_wrap(cls, config: Any, processor: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Ids put just before and after each image's tokens (none here)."""
         return (), ()
 

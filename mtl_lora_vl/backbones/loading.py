@@ -16,6 +16,7 @@ from .hf import hf_dir, hf_model_class
 # backbone_class_for reads, so load_backbone does not rely on the package __init__ having imported them.
 from .hf_clip import HFClipBackbone  # noqa: F401
 from .hf_vlm import HFVLMBackbone, PaliGemmaBackbone  # noqa: F401
+from .idefics3 import Idefics3Backbone  # noqa: F401
 from .open_clip import OpenClipBackbone
 from .qwen2_vl import Qwen2VLBackbone  # noqa: F401
 from .spec import parse_spec

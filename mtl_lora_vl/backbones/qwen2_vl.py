@@ -87,7 +87,7 @@ class Qwen2VLBackbone(HFVLMBackbone):
                                                 "resample": getattr(image_processor, "resample", None)}, label)
 
     @classmethod
-    def _image_wrap(cls, config: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def _image_wrap(cls, config: Any, processor: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
         start, end = (getattr(config, k, None) for k in ("vision_start_token_id", "vision_end_token_id"))
         if start is None or end is None:
             raise BackboneError(f"{type(config).__name__} names no vision_start_token_id / vision_end_token_id")
