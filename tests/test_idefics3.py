@@ -1,0 +1,139 @@
+"""Idefics3 and SmolVLM (tiny, from configs): the family row, mixed-task routes through the vision tower, the
+connector and the language model (logits, greedy and beam generate, gradients), the PEFT export and the merged
+checkpoint, on the bare model (the backbone class is tested in test_idefics3_backbone.py)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from idefics3_tiny import CONNECTOR, inputs, tiny_idefics3
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.families import family_named, find_family
+
+SMOL = pytest.mark.parametrize("smolvlm", [False, True], ids=["idefics3", "smolvlm"])
+
+
+def _adapted(smolvlm: bool = False, method: str = "mtl_lora", seed: int = 0, **cfg):
+    torch.manual_seed(seed)
+    m = tiny_idefics3(smolvlm).eval()
+    mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a", "b"], method=method, r=4, **cfg))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_" in n:
+                p.add_(torch.randn_like(p) * 0.5)
+    return m
+
+
+def _with_connector():
+    row = family_named("idefics3").targets
+    return {"image": [*row["image"], CONNECTOR], "text": list(row["text"])}
+
+
+@SMOL
+def test_default_targets_take_the_vision_layers_and_the_language_model(smolvlm):
+    m = _adapted(smolvlm)
+    info = m._mtl_lora
+    assert find_family(m).name == info.family == "idefics3"
+    linears = {n for n, mod in tiny_idefics3(smolvlm).named_modules() if isinstance(mod, torch.nn.Linear)}
+    vision = {n for n in linears if ".vision_model." in n}
+    text = {n for n in linears if ".text_model." in n}
+    assert len(vision) == 12 and len(text) == 14                # 2 layers: q k v out fc1 fc2 / q k v o gate up down
+    assert {n for n, t in info.towers.items() if t == "image"} == vision
+    assert {n for n, t in info.towers.items() if t == "text"} == text
+    assert "model.connector.modality_projection.proj" not in info.towers and "lm_head" not in info.towers
+    named = _adapted(smolvlm, targets=_with_connector())._mtl_lora.towers
+    assert named["model.connector.modality_projection.proj"] == "image"   # the connector only when targets name it
+    for pattern in family_named("idefics3").targets["image"]:           # no regex of the row matches nothing
+        assert any(re.search(pattern, n) for n in vision)
+
+
+@SMOL
+@pytest.mark.parametrize("method", ["mtl_lora", "task_lora"])
+def test_a_mixed_route_equals_each_task_alone(smolvlm, method):
+    """Logits, greedy and 3-beam generate under route [0, 1] equal each task's own rows, through the vision
+    layers, the connector and the language model."""
+    m = _adapted(smolvlm, method, targets=_with_connector())
+    x = inputs(2, ragged=True)
+    L = x["input_ids"].shape[1]
+    with torch.no_grad():
+        alone = []
+        for t in ("a", "b"):
+            with mlv.route(m, t):
+                alone.append(m(**x).logits)
+        with mlv.route(m, [0, 1]):
+            mixed = m(**x).logits
+    torch.testing.assert_close(mixed, torch.stack([alone[0][0], alone[1][1]]))
+    assert (alone[0][1] - alone[1][1]).abs().max() > 1e-3          # the tasks differ
+    for beams in (1, 3):
+        kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, num_beams=beams, pad_token_id=0,
+                  eos_token_id=None)
+        with torch.no_grad():
+            each = []
+            for t in ("a", "b"):
+                with mlv.route(m, t):
+                    each.append(m.generate(**x, **kw)[:, L:])
+            with mlv.route(m, [0, 1]):
+                routed = m.generate(**x, **kw)[:, L:]
+        assert torch.equal(routed, torch.stack([each[0][0], each[1][1]])), beams
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_mixed_gradients_equal_the_per_task_sum(checkpointing):
+    m = _adapted(targets=_with_connector())
+    m.train()
+    if checkpointing:
+        m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    x = inputs(3)
+    names, params = zip(*[(n, p) for n, p in m.named_parameters() if "lora_" in n and p.requires_grad])
+
+    def grads(tasks, rows):
+        with mlv.route(m, tasks):
+            loss = m(**x).logits[rows, -1].pow(2).sum()
+        return [g if g is not None else torch.zeros_like(p)
+                for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True), params)]
+
+    mixed = grads([0, 1, 0], [0, 1, 2])
+    a, b = grads("a", [0, 2]), grads("b", [1])
+    for g, ga, gb in zip(mixed, a, b):
+        torch.testing.assert_close(g, ga + gb, atol=1e-5, rtol=1e-4)
+    for part in ("vision_model", "connector", "text_model"):
+        assert any(g.abs().sum() > 0 for g, n in zip(mixed, names) if part in n), part
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")   # PEFT 0.21 reads it
+@SMOL
+def test_peft_export_loads_with_the_same_outputs(smolvlm, tmp_path):
+    peft = pytest.importorskip("peft")
+    m = _adapted(smolvlm, targets=_with_connector())
+    x = inputs(2)
+    mlv.export_lora(m, ["a", "b"], tmp_path / "peft")
+    assert (tmp_path / "peft" / "a" / "adapter_config.json").is_file()
+    torch.manual_seed(0)
+    fresh = tiny_idefics3(smolvlm).eval()   # the same base weights (seed 0, as in _adapted)
+    pm = peft.PeftModel.from_pretrained(fresh, str(tmp_path / "peft" / "a"), adapter_name="a")
+    pm.load_adapter(str(tmp_path / "peft" / "b"), adapter_name="b")
+    pm.eval()
+    with torch.no_grad():
+        for t in ("a", "b"):
+            pm.set_adapter(t)
+            with mlv.route(m, t):
+                torch.testing.assert_close(pm(**x).logits, m(**x).logits, atol=1e-5, rtol=1e-4)
+
+
+@SMOL
+def test_a_merged_checkpoint_loads_with_from_pretrained_and_the_same_outputs(smolvlm, tmp_path):
+    m = _adapted(smolvlm, targets=_with_connector())
+    x = inputs(2, ragged=True)
+    kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, num_beams=1, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad(), mlv.route(m, "b"):
+        logits, tokens = m(**x).logits, m.generate(**x, **kw)
+    out = mlv.save_merged(m, "b", tmp_path / "merged")
+    merged = type(tiny_idefics3(smolvlm)).from_pretrained(str(out), local_files_only=True).eval()
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**x).logits, logits, atol=1e-5, rtol=1e-4)
+        assert torch.equal(merged.generate(**x, **kw), tokens)
