@@ -54,7 +54,7 @@ def inputs(n: int = 2, text: int = 6, seed: int = 0, ragged: bool = False) -> di
 def save_tiny_idefics3(out, smolvlm: bool = False, words=None, seed: int = 0, splitting: bool = True) -> Path:
     """A tiny Idefics3 (``smolvlm``: SmolVLM) directory at ``out`` with its processor: a word-level tokenizer over
     the built-in world's words plus the family's special tokens, an image processor whose ``max_image_size`` is 32
-    (4 image tokens) and, as released, ``do_image_splitting`` on (``splitting``)."""
+    (4 image tokens) and, as released, ``size`` 4 x that and ``do_image_splitting`` on (``splitting``)."""
     from llava_tiny import EXTRA_WORDS
     from transformers import (
         Idefics3ImageProcessor,
@@ -73,7 +73,7 @@ def save_tiny_idefics3(out, smolvlm: bool = False, words=None, seed: int = 0, sp
                          context_length=64)
     tok = PreTrainedTokenizerFast.from_pretrained(str(out / "_tok"))
     tok.add_special_tokens({"additional_special_tokens": IDEFICS3_SPECIALS})
-    sizes = dict(size={"longest_edge": SIDE}, max_image_size={"longest_edge": SIDE}, do_image_splitting=splitting)
+    sizes = dict(size={"longest_edge": 4 * SIDE}, max_image_size={"longest_edge": SIDE}, do_image_splitting=splitting)
     if smolvlm:
         processor = SmolVLMProcessor(image_processor=SmolVLMImageProcessor(**sizes), tokenizer=tok,
                                      video_processor=SmolVLMVideoProcessor(), image_seq_len=N_IMAGE)

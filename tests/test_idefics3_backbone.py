@@ -1,0 +1,218 @@
+"""The Idefics3 backbone class (--backbone hf:DIR of a tiny Idefics3 / SmolVLM directory with its processor):
+loading (image splitting turned off), the collator's ids and the device pixels against the processor's, per-row
+losses, mixed-task routes, routed generate, cached candidate scores, the refusals, and the train and eval commands
+end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from idefics3_tiny import IDEFICS3_SPECIALS, save_tiny_idefics3, tiny_idefics3_backbone
+from PIL import Image
+from test_generative_tasks import _attach, _small_spec, assert_eval_repeats
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.backbones import BackboneError, Idefics3Backbone, load_backbone
+from mtl_lora_vl.backbones.base import GENERATE, GRAD_CHECKPOINTING, LM_LOGITS
+from mtl_lora_vl.cli import train_main
+from mtl_lora_vl.data.resize import resize_to_square
+
+
+@pytest.fixture(autouse=True)
+def _num2words(monkeypatch):
+    """SmolVLMProcessor refuses to build without the num2words package, which it uses only for video prompts."""
+    import transformers.models.smolvlm.processing_smolvlm as smolvlm
+
+    if smolvlm.num2words is None:
+        monkeypatch.setattr(smolvlm, "num2words", str)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    return tmp_path_factory.mktemp("idefics3")
+
+
+@pytest.fixture(params=[False, True], ids=["idefics3", "smolvlm"])
+def bb(request, dirs, _num2words):
+    return tiny_idefics3_backbone(dirs, request.param)
+
+
+def prompts(bb, n=3):
+    base = ["question: what colour is the circle? answer:", "caption:", "how many objects are there? answer:"]
+    return [f"{bb.image_token} {base[i % len(base)]}" for i in range(n)]
+
+
+def _adapt(bb, tasks=("a", "b")):
+    return _attach(bb, tasks, std=0.3)
+
+
+def _pictures(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def _device_images(bb, pictures):
+    """What the loader and the device make of the pictures: squares, normalised (B, 3, S, S)."""
+    squares = [resize_to_square(p, bb.resize) for p in pictures]
+    uint8 = torch.stack([torch.from_numpy(np.asarray(s).copy()).permute(2, 0, 1) for s in squares])
+    return squares, bb.preprocess_uint8(uint8)
+
+
+def test_loads_from_a_directory_with_its_processor_and_turns_splitting_off(bb, dirs):
+    assert type(bb) is Idefics3Backbone and bb.family == "idefics3"
+    assert bb.capabilities == {LM_LOGITS, GENERATE, GRAD_CHECKPOINTING}
+    assert bb.image_token == "<image>" and bb.image_size == 32 and bb.num_image_tokens == 4
+    assert bb.resize.mode == "squash" and bb.resize.size == 32 and bb.resize.interpolation == "lanczos"
+    saved = json.loads(next(dirs.glob("tiny_*/processor_config.json")).read_text())
+    assert saved["image_processor"]["do_image_splitting"] is True          # as released
+    assert bb.processor.image_processor.do_image_splitting is False         # the backbone's: one crop per image
+    tok = bb.processor.tokenizer
+    fake, img, _, glob = (tok.convert_tokens_to_ids(t) for t in IDEFICS3_SPECIALS)
+    row = bb.lm_collator()([f"{bb.image_token} caption:"])["input_ids"][0].tolist()
+    at = row.index(fake)
+    assert row[at:at + 7] == [fake, glob, img, img, img, img, fake]
+
+
+def test_the_collators_ids_and_the_device_pixels_equal_the_processors(bb):
+    """For the same prompt and picture, the processor (splitting off, as the backbone sets it) writes the ids the
+    collator writes (plus the end token the test tokenizer appends), and its pixels are the device's."""
+    pics = _pictures(2)
+    squares, mine = _device_images(bb, pics)
+    for p in (f"{bb.image_token} caption:", f"question: what colour is the circle? {bb.image_token} answer:"):
+        ours = bb.lm_collator()([p])["input_ids"][0].tolist()
+        theirs = bb.processor(images=[pics[0]], text=[p], return_tensors="pt")["input_ids"][0].tolist()
+        assert ours + [bb.processor.tokenizer.eos_token_id] == theirs
+    # (the processor first scales the longest edge to size["longest_edge"], 128 here: at the square's own side
+    # that step keeps the square, and the pixels are the same)
+    theirs = bb.processor.image_processor(images=[[s] for s in squares], size={"longest_edge": 32}, return_tensors="pt")
+    assert theirs["pixel_values"].shape == (2, 1, 3, 32, 32)
+    torch.testing.assert_close(bb._vision_inputs(mine)["pixel_values"], theirs["pixel_values"], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"expected images \(B, 3, 32, 32\)"):
+        bb._vision_inputs(torch.zeros(1, 3, 48, 48))
+
+
+def test_lm_loss_per_row_equals_each_row_alone_and_the_plain_model(bb):
+    p = prompts(bb, 3)
+    targets = ["red", "a blue square left of a red circle", "two"]
+    b = bb.lm_collator()(p, targets)
+    torch.manual_seed(0)
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        loss = bb.lm_loss(images, **b)
+        assert loss.shape == (3,)
+        for r in range(3):
+            one = bb.lm_collator()(p[r:r + 1], targets[r:r + 1])
+            torch.testing.assert_close(bb.lm_loss(images[r:r + 1], **one)[0], loss[r], atol=1e-5, rtol=1e-5)
+        logits = bb.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                          pixel_values=images[:, None]).logits
+    for r in range(3):
+        ce = F.cross_entropy(logits[r, :-1], b["labels"][r, 1:], ignore_index=-100)
+        torch.testing.assert_close(loss[r], ce, atol=1e-5, rtol=1e-5)
+
+
+def test_mixed_task_lm_loss_equals_each_task_alone(bb):
+    _adapt(bb)
+    p = prompts(bb, 4)
+    targets = ["red", "a blue square", "two", "a circle"]
+    b = bb.lm_collator()(p, targets)
+    torch.manual_seed(1)
+    images = torch.randn(4, 3, 32, 32)
+    ids = [0, 1, 1, 0]
+    with torch.no_grad():
+        with mlv.route(bb.model, ids):
+            mixed = bb.lm_loss(images, **b)
+        for t in (0, 1):
+            with mlv.route(bb.model, t):
+                alone = bb.lm_loss(images, **b)
+            rows = [i for i, x in enumerate(ids) if x == t]
+            torch.testing.assert_close(mixed[rows], alone[rows], atol=1e-5, rtol=1e-5)
+        with mlv.route(bb.model, 1):
+            other = bb.lm_loss(images, **b)
+    assert (mixed[[0, 3]] - other[[0, 3]]).abs().max() > 1e-4   # the routes differ
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_routed_generate_equals_each_task_alone(bb, beams):
+    _adapt(bb)
+    torch.manual_seed(2)
+    images = torch.randn(3, 3, 32, 32)
+    p = prompts(bb, 3)
+    with torch.no_grad():
+        each = []
+        for t in (0, 1):
+            with mlv.route(bb.model, t):
+                each.append(bb.generate(images, max_len=4, beam_size=beams, prompts=p))
+        with mlv.route(bb.model, [0, 1, 0]):
+            routed = bb.generate(images, max_len=4, beam_size=beams, prompts=p)
+    assert routed == [each[0][0], each[1][1], each[0][2]]
+    batch = bb.lm_collator()(p)
+    with torch.no_grad(), mlv.route(bb.model, 0):   # the same as Hugging Face generate on the model's own inputs
+        ids = bb.model.generate(**batch, pixel_values=images[:, None], max_new_tokens=4, num_beams=beams,
+                                do_sample=False, pad_token_id=bb.pad_id, eos_token_id=bb.eos_id)
+    tok = bb.processor.tokenizer
+    assert each[0] == [tok.decode(r, skip_special_tokens=True).strip() for r in ids[:, batch["input_ids"].shape[1]:]]
+
+
+def test_cached_sequence_scores_equal_the_full_computation(bb):
+    _adapt(bb)
+    torch.manual_seed(3)
+    images = torch.randn(3, 3, 32, 32)
+    p = prompts(bb, 3)   # prompts of three lengths: left padding in the prefill
+    cands = ["red", "a blue square", "two circles"]
+    col = bb.lm_collator()
+    rows = [[[*c, bb.eos_id] for c in col.continuation_ids([t] * 3, cands)] for t in col.prompt_texts(p)]
+    with torch.no_grad(), mlv.route(bb.model, [1, 0, 1]):
+        cached = bb.sequence_scores(images, p, cands)
+        full = bb._scores_full(images, p, rows)
+    torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)
+
+
+def test_a_wrong_image_token_count_or_a_blank_image_is_refused(bb):
+    b = bb.lm_collator()(prompts(bb, 2), ["red", "blue"])
+    ids = b["input_ids"].clone()
+    ids[0, (ids[0] == bb.image_token_id).nonzero()[0]] = 5
+    with pytest.raises(BackboneError, match="row 0 of input_ids has 3 image tokens.*gives 4 features.*lm_collator"):
+        bb.lm_loss(torch.randn(2, 3, 32, 32), ids, b["attention_mask"], b["labels"])
+    images = torch.randn(2, 3, 32, 32)
+    images[1] = 0   # Idefics3 takes it for padding and drops it
+    with pytest.raises(BackboneError, match="normalised pixels are all 0"):
+        bb._forward(images, b["input_ids"], b["attention_mask"])
+
+
+def test_a_processor_whose_token_count_disagrees_is_refused(dirs, tmp_path):
+    from transformers import AutoProcessor
+
+    src = dirs / "tiny_idefics3"
+    if not (src / "config.json").is_file():
+        save_tiny_idefics3(src)
+    other = tmp_path / "seq9"
+    proc = AutoProcessor.from_pretrained(str(src))
+    proc.image_seq_len = 9
+    proc.save_pretrained(str(other))
+    for f in ("config.json", "model.safetensors"):
+        (other / f).write_bytes((src / f).read_bytes())
+    with pytest.raises(BackboneError, match="expands '<image>' to 9 tokens but the vision tower gives 4.*image_seq_len "
+                                            "to 4"):
+        load_backbone(f"hf:{other}")
+
+
+def test_train_and_eval_commands(dirs, tmp_path, capsys):
+    folder = dirs / "tiny_idefics3"
+    if not (folder / "config.json").is_file():
+        save_tiny_idefics3(folder)
+    out = tmp_path / "run"
+    tasks = ",".join(_small_spec(tmp_path, t) for t in ("vqa", "captioning"))
+    code = train_main(["--backbone", f"hf:{folder}", "--tasks", tasks, "--steps", "2", "--workers", "0",
+                       "--log-every", "1", "--warmup", "1", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / "eval.json").read_text())
+    for name, metric in (("vqa", "vqa_accuracy"), ("captioning", "bleu4")):
+        r = result["tasks"][name]
+        assert r["metric"] == metric and 0 <= r["zero_shot"] <= 1 and 0 <= r["adapted"] <= 1
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss/vqa", "loss/captioning"} <= set(logged[-1])
+    assert_eval_repeats(out / "adapter", tmp_path / "ev", result)
