@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_hf_clip, tiny_llava, tiny_open_clip, tiny_paligemma, tiny_timm_vit
+from idefics3_tiny import tiny_idefics3
 from qwen_tiny import tiny_qwen2vl
 from torch import nn
 
@@ -27,6 +28,8 @@ PACKAGE = Path(mlv.__file__).resolve().parent
     (tiny_paligemma, "paligemma"),
     (lambda: tiny_qwen2vl(False), "qwen2_vl"),
     (lambda: tiny_qwen2vl(True), "qwen2_vl"),
+    (lambda: tiny_idefics3(False), "idefics3"),
+    (lambda: tiny_idefics3(True), "idefics3"),
     (tiny_timm_vit, "timm_vit"),
 ])
 def test_every_supported_class_is_found(build, family):
@@ -77,7 +80,7 @@ def test_table_is_complete_and_consistent():
             assert fam.no_backbone, f"{fam.name} needs a reason why it has no backbone class"
         else:
             assert backbone_class(fam.backbone).__name__.endswith("Backbone")
-    assert [f.name for f in FAMILIES if f.peft_export] == ["hf_clip", "llava", "paligemma", "qwen2_vl"]
+    assert [f.name for f in FAMILIES if f.peft_export] == ["hf_clip", "llava", "paligemma", "qwen2_vl", "idefics3"]
     assert peft_export("hf_clip") and not peft_export("open_clip") and not peft_export("custom")
     assert merged_format("open_clip", object()) == "open_clip" and merged_format("llava", object()) == "hf"
     assert merged_format("custom", tiny_hf_clip()) == "hf" and merged_format("custom", nn.Linear(2, 2)) == "safetensors"
@@ -87,6 +90,7 @@ def test_backbone_classes_come_from_the_table():
     from mtl_lora_vl.backbones import (
         HFClipBackbone,
         HFVLMBackbone,
+        Idefics3Backbone,
         OpenClipBackbone,
         PaliGemmaBackbone,
         Qwen2VLBackbone,
@@ -100,6 +104,8 @@ def test_backbone_classes_come_from_the_table():
         backbone_class_for(tiny_timm_vit())
     assert backbone_class_for(tiny_qwen2vl(False)) is Qwen2VLBackbone
     assert backbone_class_for(tiny_qwen2vl(True)) is Qwen2VLBackbone
+    assert backbone_class_for(tiny_idefics3(False)) is Idefics3Backbone
+    assert backbone_class_for(tiny_idefics3(True)) is Idefics3Backbone
     with pytest.raises(BackboneError, match="not a model family with a backbone class; supported: open_clip"):
         backbone_class_for(nn.Linear(2, 2))
 

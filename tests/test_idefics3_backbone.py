@@ -183,6 +183,20 @@ def test_a_wrong_image_token_count_or_a_blank_image_is_refused(bb):
         bb._forward(images, b["input_ids"], b["attention_mask"])
 
 
+def test_the_square_and_its_token_count_follow_the_processor_and_the_connector():
+    """384 px in 14-px patches are 27 per side (the convolution drops 6 px), folded 3 x 3: 81 tokens, as the
+    released SmolVLM-2.2B processor says (a rule of whole patch x scale blocks refused it)."""
+    from types import SimpleNamespace as NS
+
+    cfg = NS(vision_config=NS(image_size=384, patch_size=14), scale_factor=3)
+    side = Idefics3Backbone._image_side(cfg, NS(max_image_size={"longest_edge": 384}), "x")
+    assert side == 384 and Idefics3Backbone._image_tokens(NS(config=cfg), side) == 81
+    cfg = NS(vision_config=NS(image_size=512, patch_size=16), scale_factor=4)   # SmolVLM-256M
+    assert Idefics3Backbone._image_tokens(NS(config=cfg), Idefics3Backbone._image_side(cfg, NS(), "x")) == 64
+    with pytest.raises(BackboneError, match=r"max_image_size \(400\) gives 25 patches.*scale_factor \(4\)"):
+        Idefics3Backbone._image_side(cfg, NS(max_image_size={"longest_edge": 400}), "x")
+
+
 def test_a_processor_whose_token_count_disagrees_is_refused(dirs, tmp_path):
     from transformers import AutoProcessor
 

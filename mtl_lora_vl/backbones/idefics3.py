@@ -45,14 +45,16 @@ class Idefics3Backbone(HFVLMBackbone):
     @classmethod
     def _image_side(cls, config: Any, image_processor: Any, name: str) -> int:
         """``max_image_size["longest_edge"]`` (the square the processor makes of an unsplit image), else the vision
-        tower's ``image_size``; a whole number of ``patch x scale_factor`` blocks (the connector's pixel shuffle)."""
+        tower's ``image_size``. Its patches per side (the convolution drops a remainder: 384 px in 14-px patches are
+        27) must fold into whole ``scale_factor`` blocks (the connector's pixel shuffle)."""
         side = size_fields(getattr(image_processor, "max_image_size", None)).get("longest_edge")
         side = int(side or config.vision_config.image_size)
-        block = int(config.vision_config.patch_size) * int(config.scale_factor)
-        if side % block:
-            raise BackboneError(f"{name}: the image processor's max_image_size ({side}) is not a multiple of patch_size "
-                                f"x scale_factor ({block}), which the connector needs; save the processor with "
-                                f"max_image_size={{'longest_edge': {config.vision_config.image_size}}}")
+        patch, scale = int(config.vision_config.patch_size), int(config.scale_factor)
+        if (side // patch) % scale:
+            raise BackboneError(f"{name}: the image processor's max_image_size ({side}) gives {side // patch} patches "
+                                f"of {patch} px per side, not a multiple of scale_factor ({scale}), which the connector "
+                                "needs; save the processor with max_image_size={'longest_edge': "
+                                f"{config.vision_config.image_size}}} (the vision tower's image_size)")
         return side
 
     @classmethod
