@@ -12,6 +12,7 @@ class in its MRO has that name **and** lives in that module or below it. So ``op
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,8 +46,9 @@ class Family:
       (Qwen2-VL's vision tower: each image's patches, image after image) instead of a batch dimension;
       adapters inside it read k rows per routed sample, and ``image_rows`` (given that module's forward
       ``args`` and ``kwargs``) says how many rows each image has, so that a mixed-task route is checked there;
-      ``row_images`` (given the model and its forward ``args`` and ``kwargs``) says how many images each input row
-      holds (None: the call encodes no image), checked on the model: one per row under a mixed-task route.
+    * ``row_images`` (given the model and its forward ``args`` and ``kwargs``) says how many images each input row
+      holds (None: the call encodes no image), checked on the model: one per row under a mixed-task route (the
+      vision tower takes the images without the rows they belong to, and routes image i as row i).
     """
 
     name: str
@@ -108,12 +110,44 @@ def _qwen_image_rows(args: tuple, kwargs: dict) -> list[int]:
 
 
 
+def _forward_input(model: Any, args: tuple, kwargs: dict, name: str) -> Any:
+    """The argument ``name`` of a call ``model(*args, **kwargs)``, given by keyword or position (None: not given)."""
+    if name in kwargs or not args:
+        return kwargs.get(name)
+    params = list(inspect.signature(model.forward).parameters)
+    i = params.index(name) if name in params else len(args)
+    return args[i] if i < len(args) else None
+
+
 def _qwen_row_images(model: Any, args: tuple, kwargs: dict) -> list[int] | None:
     """Images per row of a Qwen2-VL forward: its ``<|vision_start|>`` tokens (None without pixel values)."""
-    ids = kwargs.get("input_ids", args[0] if args else None)
-    if kwargs.get("pixel_values") is None or ids is None:
+    ids, pixels = (_forward_input(model, args, kwargs, k) for k in ("input_ids", "pixel_values"))
+    if pixels is None or ids is None:
         return None
     return (ids == model.config.vision_start_token_id).sum(-1).tolist()
+
+
+def _image_token_rows(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
+    """Images per row of a forward of a model in which every image fills as many image tokens as the others (LLaVA,
+    PaliGemma, unsplit Idefics3): each row's image tokens over one image's, that being all rows' image tokens
+    over the images given. None without pixel values, or where the counts do not divide (the model refuses those
+    itself)."""
+    ids, pixels = (_forward_input(model, args, kwargs, k) for k in ("input_ids", "pixel_values"))
+    if pixels is None or ids is None or pixels.dim() < 4:
+        return None
+    cfg = model.config
+    token = getattr(cfg, "image_token_id", None)
+    token = getattr(cfg, "image_token_index", None) if token is None else token
+    counts = (ids == token).sum(-1).tolist()
+    if pixels.dim() == 4:   # (images, 3, H, W)
+        images = pixels.shape[0]
+    else:   # (rows, images per row, 3, H, W): Idefics3 drops the all-zero images that pad short rows
+        images = int((pixels.flatten(2) != 0).any(-1).sum())
+    total = sum(counts)
+    if not images or not total or total % images:
+        return None
+    per = total // images
+    return [c // per if c % per == 0 else c / per for c in counts]
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -144,6 +178,7 @@ FAMILIES: tuple[Family, ...] = (
         peft_export=True,
         merged_format="hf",
         unused=_llava_unused_vision_layers,
+        row_images=_image_token_rows,
     ),
     Family(
         "paligemma",
@@ -152,6 +187,7 @@ FAMILIES: tuple[Family, ...] = (
         backbone="paligemma",
         peft_export=True,
         merged_format="hf",
+        row_images=_image_token_rows,
     ),
     Family(
         "qwen2_vl",
@@ -176,6 +212,7 @@ FAMILIES: tuple[Family, ...] = (
         backbone="idefics3",
         peft_export=True,
         merged_format="hf",
+        row_images=_image_token_rows,
     ),
     Family(
         "timm_vit",

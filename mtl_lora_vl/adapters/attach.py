@@ -22,6 +22,7 @@ from .generation import install_routed_generate
 from .layers import ADAPTER_PARAM_NAMES, AdapterBank, LoRALinear
 from .packed import pack_towers
 from .routing import Router, check_module, find_adapted
+from .row_images import RowImagesCheck
 
 
 class AttachError(ValueError):
@@ -220,8 +221,10 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
         for alias in aliases:
             parent_name, _, child = alias.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-    hooks = (pack_towers(model, fam.packed_tower, fam.image_rows, fam.row_images, router, layers)
+    hooks = (pack_towers(model, fam.packed_tower, fam.image_rows, router, layers)
              if fam is not None and fam.packed_tower and fam.image_rows else [])
+    if fam is not None and fam.row_images is not None:
+        hooks.append(model.register_forward_pre_hook(RowImagesCheck(router, fam.row_images), with_kwargs=True))
     model._mtl_lora = AttachInfo(cfg, router, fam.name if fam else "custom", layers, towers, hooks)
     install_routed_generate(model)
     return model

@@ -2,8 +2,8 @@
 
 Such a tower takes ``(total rows, dim)``: image after image, each image's rows (patches) together, no batch
 dimension. Under a per-sample route each routed sample (or each of its beams) must bring exactly one image;
-a :class:`RowImagesCheck` on the model (one image per input row) and a :class:`PackedImages` hook on the tower
-(as many images as routed rows) refuse a mixed-task route whose images are otherwise, before any row is
+a :class:`~.row_images.RowImagesCheck` on the model (one image per input row) and a :class:`PackedImages` hook on
+the tower (as many images as routed rows) refuse a mixed-task route whose images are otherwise, before any row is
 routed to the wrong task. When the images are all of one size, the adapter banks inside the tower read k rows
 per routed sample, sample-major (``AdapterBank.packed_rows``); when they differ, the hook routes the tower's
 forward by each image's own rows (:meth:`Route.packed_images`, a route scope that closes with the forward).
@@ -23,7 +23,7 @@ from .layers import AdapterBank
 from .routing import Router, RoutingError
 from .scopes import route as route_scope
 
-__all__ = ["PackedImages", "RowImagesCheck", "pack_towers"]
+__all__ = ["PackedImages", "pack_towers"]
 
 
 class PackedImages:
@@ -66,33 +66,10 @@ class PackedImages:
             self._open.pop().close()
 
 
-class RowImagesCheck:
-    """A forward pre-hook on the adapted model: refuses a mixed-task route unless every input row holds exactly
-    one image (what the tower cannot see: it gets the images without the rows they belong to)."""
-
-    def __init__(self, router: Router, row_images: Callable[[nn.Module, tuple, dict], list[int] | None]) -> None:
-        self.router, self.row_images = router, row_images
-
-    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        route = self.router.resolve(type(module).__name__)
-        if route is None or route.task is not None:
-            return
-        per_row = self.row_images(module, args, kwargs)
-        if per_row is None or all(n == 1 for n in per_row):
-            return
-        raise RoutingError(
-            f"{type(module).__name__} packs every image's patches into one sequence, so a mixed-task route needs "
-            f"one image per row; the rows hold {per_row} images. Give each row one image, or route each task's "
-            "rows in a call of their own"
-        )
-
-
-def pack_towers(model: nn.Module, tower: str, image_rows: Callable[[tuple, dict], list[int]],
-                row_images: Callable[[nn.Module, tuple, dict], list[int] | None] | None, router: Router,
+def pack_towers(model: nn.Module, tower: str, image_rows: Callable[[tuple, dict], list[int]], router: Router,
                 layers: dict[str, AdapterBank]) -> list[RemovableHandle]:
-    """Mark the banks inside every module of ``model`` whose name matches ``tower`` as reading packed rows,
-    put :class:`PackedImages` hooks on each such module and (with ``row_images``) a :class:`RowImagesCheck`
-    on ``model``; returns the hooks' handles."""
+    """Mark the banks inside every module of ``model`` whose name matches ``tower`` as reading packed rows and
+    put :class:`PackedImages` hooks on each such module; returns the hooks' handles."""
     handles = []
     for name, module in model.named_modules():
         if not re.search(tower, name):
@@ -105,6 +82,4 @@ def pack_towers(model: nn.Module, tower: str, image_rows: Callable[[tuple, dict]
         hooks = PackedImages(router, image_rows, name)
         handles.append(module.register_forward_pre_hook(hooks.before, with_kwargs=True))
         handles.append(module.register_forward_hook(hooks.after, always_call=True))
-    if handles and row_images is not None:
-        handles.append(model.register_forward_pre_hook(RowImagesCheck(router, row_images), with_kwargs=True))
     return handles
