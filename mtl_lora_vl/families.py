@@ -120,9 +120,11 @@ def _forward_input(model: Any, args: tuple, kwargs: dict, name: str) -> Any:
 
 
 def _qwen_row_images(model: Any, args: tuple, kwargs: dict) -> list[int] | None:
-    """Images per row of a Qwen2-VL forward: its ``<|vision_start|>`` tokens (None without pixel values)."""
-    ids, pixels = (_forward_input(model, args, kwargs, k) for k in ("input_ids", "pixel_values"))
-    if pixels is None or ids is None:
+    """Images and videos per row of a Qwen2-VL forward: its ``<|vision_start|>`` tokens (None without pixel values
+    of either)."""
+    ids, images, videos = (_forward_input(model, args, kwargs, k)
+                           for k in ("input_ids", "pixel_values", "pixel_values_videos"))
+    if (images is None and videos is None) or ids is None:
         return None
     return (ids == model.config.vision_start_token_id).sum(-1).tolist()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import types
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,26 @@ def test_a_qwen2vl_chat_prompt_gives_the_processors_ids_with_one_vision_start(tm
     theirs = processor(text=text, images=[torch.zeros(3, 32, 32)], return_tensors="pt")["input_ids"][0].tolist()
     assert ours + [processor.tokenizer.eos_token_id] == theirs   # the test tokenizer also appends its end token
     assert ours.count(processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")) == 1
+
+
+TEXT_ONLY = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+             "{% if add_generation_prompt %}assistant:{% endif %}")
+STRINGS_ONLY = ("{% for m in messages %}{% if m['content'] is not string %}"
+                "{{ raise_exception('content must be a string') }}{% endif %}{{ m['role'] }}: {{ m['content'] }}\n"
+                "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+@pytest.mark.parametrize("template", [TEXT_ONLY, STRINGS_ONLY])
+def test_a_processor_template_written_for_string_content_still_wraps(template, tmp_path):
+    """A processor whose chat template is a text model's (string content; e.g. copied from the tokenizer) was refused:
+    the list content rendered as a Python repr ('does not write a user turn's text exactly once') or the template
+    raised ('the processor and tokenizer cannot give one'), though the same template wraps a string turn."""
+    from transformers import AutoProcessor
+
+    from mtl_lora_vl.backbones.hf_vlm import HFVLMBackbone
+
+    folder = save_tiny_llava(tmp_path / "llava", words=[*world_words(), "user", "assistant"])
+    proc = AutoProcessor.from_pretrained(folder)
+    proc.chat_template = template
+    fake = types.SimpleNamespace(hf_processor=proc, name="probe", prefix_ids=(proc.tokenizer.bos_token_id,))
+    assert HFVLMBackbone.chat_wrap(fake) == ("user: ", "\nassistant:")

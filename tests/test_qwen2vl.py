@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from qwen_tiny import IMG_TOK, MERGER, VE, VS, inputs, tiny_qwen2vl
+from qwen_tiny import IMG_TOK, MERGER, VE, VID, VS, inputs, tiny_qwen2vl
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.adapters.routing import Route
@@ -282,3 +282,78 @@ def test_two_images_in_one_row_and_none_in_the_other_are_refused_under_a_mixed_r
             m(**x)
         with mlv.route(m, "a"):
             m(**x)   # one task: any layout
+
+
+def _three_tasks(v25: bool = False, method: str = "mtl_lora"):
+    m = tiny_qwen2vl(v25).eval()
+    mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a", "b", "c"], method=method, r=4))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_" in n:
+                p.add_(torch.randn_like(p) * 0.05)
+    return m
+
+
+def test_a_refused_tower_call_inside_a_tower_forward_leaves_the_outer_images_route_open():
+    """A tower call refused by its pre-hook (no scope entered) still runs the always_call after-hook, which popped
+    the *outer* forward's packed scope: the rest of the outer tower read the per-sample route as equal shares of
+    the 88 patches (22 each) and mixed tasks within images, silently (0.0037 here)."""
+    m = _three_tasks()
+    x = inputs(sizes=[(32, 32), (32, 64), (48, 32), (32, 32)])
+    pv, thw, ids, vis = x["pixel_values"], x["image_grid_thw"], [0, 1, 0, 2], m.model.visual
+    with torch.no_grad(), mlv.route(m, ids):
+        ref = vis(pv, grid_thw=thw).pooler_output
+    busy = []
+
+    def inner(mod, args):
+        if busy:
+            return
+        busy.append(1)
+        with pytest.raises(mlv.RoutingError, match="one image per routed row"):
+            vis(pv[:16], grid_thw=thw[:1])   # one image for four routed rows: refused
+        busy.pop()
+
+    h = vis.blocks[1].register_forward_pre_hook(inner)
+    try:
+        with torch.no_grad(), mlv.route(m, ids):
+            got = vis(pv, grid_thw=thw).pooler_output
+    finally:
+        h.remove()
+    torch.testing.assert_close(got, ref)
+    assert m._mtl_lora.router.current is None
+
+
+def _video_rows(grids_per_row):
+    rows = []
+    for grids in grids_per_row:
+        r = [5, 6]
+        for t, h, w in grids:
+            r += [VS] + [VID] * (t * h * w // 4) + [VE]
+        rows.append(r + [7, 8])
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
+    grids = [g for row in grids_per_row for g in row]
+    return dict(input_ids=ids, attention_mask=mask, mm_token_type_ids=2 * (ids == VID).int(),
+                pixel_values_videos=torch.randn(sum(t * h * w for t, h, w in grids), 384),
+                video_grid_thw=torch.tensor(grids))
+
+
+@pytest.mark.parametrize("grids", [[(2, 4, 4), (2, 4, 4)], [(2, 4, 4), (1, 4, 4)]])
+def test_two_videos_in_one_row_and_none_in_the_other_are_refused_under_a_mixed_route(grids):
+    """The model's check counted each row's vision starts only when pixel_values was given: two videos in row 0 and
+    none in row 1 passed the tower's count (two videos, two routed rows), and row 0's second video went through task
+    b's adapters (row 0 differed from task a alone by 0.027)."""
+    m = _three_tasks()
+    x = _video_rows([grids, []])
+    with torch.no_grad():
+        with mlv.route(m, [0, 1]), pytest.raises(mlv.RoutingError, match=r"the rows hold \[2, 0\]"):
+            m(**x)
+        with mlv.route(m, "a"):
+            m(**x)   # one task: any layout
+        ok = _video_rows([grids[:1], grids[1:]])   # one video per row: routed per row
+        with mlv.route(m, [0, 1]):
+            m(**ok)

@@ -41,6 +41,7 @@ class PackedImages:
 
     def before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         scope = ExitStack()
+        self._open.append(scope)   # first: a refusal below still leaves one entry for after() (always_call) to pop
         route = self.router.resolve(self.name)
         if route is not None and route.task is None:   # one task for every row needs nothing
             if getattr(module, "_is_replica", False):
@@ -58,8 +59,9 @@ class PackedImages:
                     f"{self.name} packs every image's patches into one sequence, so a mixed-task route needs one "
                     f"image per routed row; it got {len(rows)} image(s) for {route.batch_size} routed rows. Give "
                     "each row one image, or route each task's rows in a call of their own"
+                    + (" (a batch of images and videos encodes each kind in a call of its own: route them in calls "
+                       "of their own too)" if len(rows) < route.batch_size else "")
                 )
-        self._open.append(scope)
 
     def after(self, module: nn.Module, args: tuple, output: object) -> None:
         if self._open:

@@ -185,23 +185,37 @@ class HFVLMBackbone(Backbone):
         proc = self.hf_processor
         tok = proc.tokenizer
         mark = "\ue000"   # a private-use character: no template writes it
-        try:
-            if getattr(proc, "chat_template", None):
-                text = proc.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": mark}]}],
-                                                add_generation_prompt=True, tokenize=False)
-            elif getattr(tok, "chat_template", None):
-                text = tok.apply_chat_template([{"role": "user", "content": mark}], add_generation_prompt=True,
-                                               tokenize=False)
-            else:
-                raise ValueError("it has none")
-        except Exception as e:   # jinja errors of a template of the model's own
-            raise ValueError(f"backbone {self.name!r}: [generative] chat = true needs the model's chat template, but the processor "
-                             f"and tokenizer cannot give one ({e}); save the processor with its chat template "
+        turn_list = [{"role": "user", "content": [{"type": "text", "text": mark}]}]
+        turn_text = [{"role": "user", "content": mark}]
+        # The processor's template with a content list (as a VLM's takes), then with a string (a text model's
+        # template copied onto the processor renders a list as its repr, or raises), then the tokenizer's.
+        tries = []
+        if getattr(proc, "chat_template", None):
+            tries.append(lambda: proc.apply_chat_template(turn_list, add_generation_prompt=True, tokenize=False))
+            if isinstance(proc.chat_template, str):
+                tries.append(lambda: tok.apply_chat_template(turn_text, chat_template=proc.chat_template,
+                                                             add_generation_prompt=True, tokenize=False))
+        if getattr(tok, "chat_template", None):
+            tries.append(lambda: tok.apply_chat_template(turn_text, add_generation_prompt=True, tokenize=False))
+        if not tries:
+            raise ValueError(f"backbone {self.name!r}: [generative] chat = true needs the model's chat template, but the "
+                             "processor and tokenizer have none; save the processor with its chat template "
                              "(processor.chat_template = ...; processor.save_pretrained(DIR)), or set chat = false and "
-                             "write the turn into the spec's prompt") from e
-        if not isinstance(text, str) or text.count(mark) != 1:
-            raise ValueError(f"backbone {self.name!r}: its chat template does not write a user turn's text exactly once, so prompts "
-                             "cannot be wrapped in it; set [generative] chat = false and write the turn into the "
+                             "write the turn into the spec's prompt")
+        text, error = None, None
+        for attempt in tries:
+            try:
+                got = attempt()
+            except Exception as e:   # jinja errors of a template of the model's own
+                error = error or e
+                continue
+            if isinstance(got, str) and got.count(mark) == 1:
+                text = got
+                break
+        if text is None:
+            why = f"it fails ({error})" if error is not None else "it does not write a user turn's text exactly once"
+            raise ValueError(f"backbone {self.name!r}: [generative] chat = true needs the model's chat template, but "
+                             f"{why}, so prompts cannot be wrapped in it; set chat = false and write the turn into the "
                              "spec's prompt")
         before, after = text.split(mark)
         bos = getattr(tok, "bos_token", None)
