@@ -9,6 +9,7 @@ import re
 import pytest
 import torch
 from idefics3_tiny import CONNECTOR, inputs, tiny_idefics3
+from vlm_checks import assert_mixed_gradients_are_per_task_sums, assert_mixed_route_per_task, perturb_adapters
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.families import family_named, find_family
@@ -20,12 +21,7 @@ def _adapted(smolvlm: bool = False, method: str = "mtl_lora", seed: int = 0, **c
     torch.manual_seed(seed)
     m = tiny_idefics3(smolvlm).eval()
     mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a", "b"], method=method, r=4, **cfg))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if "lora_" in n:
-                p.add_(torch.randn_like(p) * 0.5)
-    return m
+    return perturb_adapters(m)
 
 
 def _with_connector():
@@ -57,28 +53,7 @@ def test_a_mixed_route_equals_each_task_alone(smolvlm, method):
     """Logits, greedy and 3-beam generate under route [0, 1] equal each task's own rows, through the vision
     layers, the connector and the language model."""
     m = _adapted(smolvlm, method, targets=_with_connector())
-    x = inputs(2, ragged=True)
-    L = x["input_ids"].shape[1]
-    with torch.no_grad():
-        alone = []
-        for t in ("a", "b"):
-            with mlv.route(m, t):
-                alone.append(m(**x).logits)
-        with mlv.route(m, [0, 1]):
-            mixed = m(**x).logits
-    torch.testing.assert_close(mixed, torch.stack([alone[0][0], alone[1][1]]))
-    assert (alone[0][1] - alone[1][1]).abs().max() > 1e-3          # the tasks differ
-    for beams in (1, 3):
-        kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, num_beams=beams, pad_token_id=0,
-                  eos_token_id=None)
-        with torch.no_grad():
-            each = []
-            for t in ("a", "b"):
-                with mlv.route(m, t):
-                    each.append(m.generate(**x, **kw)[:, L:])
-            with mlv.route(m, [0, 1]):
-                routed = m.generate(**x, **kw)[:, L:]
-        assert torch.equal(routed, torch.stack([each[0][0], each[1][1]])), beams
+    assert_mixed_route_per_task(m, inputs(2, ragged=True), [0, 1])
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
@@ -88,20 +63,7 @@ def test_mixed_gradients_equal_the_per_task_sum(checkpointing):
     if checkpointing:
         m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     x = inputs(3)
-    names, params = zip(*[(n, p) for n, p in m.named_parameters() if "lora_" in n and p.requires_grad])
-
-    def grads(tasks, rows):
-        with mlv.route(m, tasks):
-            loss = m(**x).logits[rows, -1].pow(2).sum()
-        return [g if g is not None else torch.zeros_like(p)
-                for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True), params)]
-
-    mixed = grads([0, 1, 0], [0, 1, 2])
-    a, b = grads("a", [0, 2]), grads("b", [1])
-    for g, ga, gb in zip(mixed, a, b):
-        torch.testing.assert_close(g, ga + gb, atol=1e-5, rtol=1e-4)
-    for part in ("vision_model", "connector", "text_model"):
-        assert any(g.abs().sum() > 0 for g, n in zip(mixed, names) if part in n), part
+    assert_mixed_gradients_are_per_task_sums(m, x, ("vision_model", "connector", "text_model"))
 
 
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")   # PEFT 0.21 reads it

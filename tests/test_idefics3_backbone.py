@@ -10,15 +10,20 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from idefics3_tiny import IDEFICS3_SPECIALS, save_tiny_idefics3, tiny_idefics3_backbone
 from PIL import Image
-from test_generative_tasks import _attach, _small_spec, assert_eval_repeats
+from test_generative_tasks import _attach
+from vlm_checks import (
+    assert_lm_loss_per_row,
+    assert_mixed_lm_loss_per_task,
+    assert_routed_generate_per_task,
+    assert_train_and_eval_commands,
+    cached_and_full_scores,
+    prompts,
+)
 
-import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import BackboneError, Idefics3Backbone, load_backbone
 from mtl_lora_vl.backbones.base import GENERATE, GRAD_CHECKPOINTING, LM_LOGITS
-from mtl_lora_vl.cli import train_main
 from mtl_lora_vl.data.resize import resize_to_square
 
 
@@ -39,11 +44,6 @@ def dirs(tmp_path_factory):
 @pytest.fixture(params=[False, True], ids=["idefics3", "smolvlm"])
 def bb(request, dirs, _num2words):
     return tiny_idefics3_backbone(dirs, request.param)
-
-
-def prompts(bb, n=3):
-    base = ["question: what colour is the circle? answer:", "caption:", "how many objects are there? answer:"]
-    return [f"{bb.image_token} {base[i % len(base)]}" for i in range(n)]
 
 
 def _adapt(bb, tasks=("a", "b")):
@@ -96,79 +96,23 @@ def test_the_collators_ids_and_the_device_pixels_equal_the_processors(bb):
 
 
 def test_lm_loss_per_row_equals_each_row_alone_and_the_plain_model(bb):
-    p = prompts(bb, 3)
-    targets = ["red", "a blue square left of a red circle", "two"]
-    b = bb.lm_collator()(p, targets)
-    torch.manual_seed(0)
-    images = torch.randn(3, 3, 32, 32)
-    with torch.no_grad():
-        loss = bb.lm_loss(images, **b)
-        assert loss.shape == (3,)
-        for r in range(3):
-            one = bb.lm_collator()(p[r:r + 1], targets[r:r + 1])
-            torch.testing.assert_close(bb.lm_loss(images[r:r + 1], **one)[0], loss[r], atol=1e-5, rtol=1e-5)
-        logits = bb.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                          pixel_values=images[:, None]).logits
-    for r in range(3):
-        ce = F.cross_entropy(logits[r, :-1], b["labels"][r, 1:], ignore_index=-100)
-        torch.testing.assert_close(loss[r], ce, atol=1e-5, rtol=1e-5)
+    assert_lm_loss_per_row(bb, lambda images, ids: dict(pixel_values=images[:, None]))
 
 
 def test_mixed_task_lm_loss_equals_each_task_alone(bb):
     _adapt(bb)
-    p = prompts(bb, 4)
-    targets = ["red", "a blue square", "two", "a circle"]
-    b = bb.lm_collator()(p, targets)
-    torch.manual_seed(1)
-    images = torch.randn(4, 3, 32, 32)
-    ids = [0, 1, 1, 0]
-    with torch.no_grad():
-        with mlv.route(bb.model, ids):
-            mixed = bb.lm_loss(images, **b)
-        for t in (0, 1):
-            with mlv.route(bb.model, t):
-                alone = bb.lm_loss(images, **b)
-            rows = [i for i, x in enumerate(ids) if x == t]
-            torch.testing.assert_close(mixed[rows], alone[rows], atol=1e-5, rtol=1e-5)
-        with mlv.route(bb.model, 1):
-            other = bb.lm_loss(images, **b)
-    assert (mixed[[0, 3]] - other[[0, 3]]).abs().max() > 1e-4   # the routes differ
+    assert_mixed_lm_loss_per_task(bb)
 
 
 @pytest.mark.parametrize("beams", [1, 3])
 def test_routed_generate_equals_each_task_alone(bb, beams):
     _adapt(bb)
-    torch.manual_seed(2)
-    images = torch.randn(3, 3, 32, 32)
-    p = prompts(bb, 3)
-    with torch.no_grad():
-        each = []
-        for t in (0, 1):
-            with mlv.route(bb.model, t):
-                each.append(bb.generate(images, max_len=4, beam_size=beams, prompts=p))
-        with mlv.route(bb.model, [0, 1, 0]):
-            routed = bb.generate(images, max_len=4, beam_size=beams, prompts=p)
-    assert routed == [each[0][0], each[1][1], each[0][2]]
-    batch = bb.lm_collator()(p)
-    with torch.no_grad(), mlv.route(bb.model, 0):   # the same as Hugging Face generate on the model's own inputs
-        ids = bb.model.generate(**batch, pixel_values=images[:, None], max_new_tokens=4, num_beams=beams,
-                                do_sample=False, pad_token_id=bb.pad_id, eos_token_id=bb.eos_id)
-    tok = bb.processor.tokenizer
-    assert each[0] == [tok.decode(r, skip_special_tokens=True).strip() for r in ids[:, batch["input_ids"].shape[1]:]]
+    assert_routed_generate_per_task(bb, beams, lambda images, ids: dict(pixel_values=images[:, None]))
 
 
 def test_cached_sequence_scores_equal_the_full_computation(bb):
     _adapt(bb)
-    torch.manual_seed(3)
-    images = torch.randn(3, 3, 32, 32)
-    p = prompts(bb, 3)   # prompts of three lengths: left padding in the prefill
-    cands = ["red", "a blue square", "two circles"]
-    col = bb.lm_collator()
-    rows = [[[*c, bb.eos_id] for c in col.continuation_ids([t] * 3, cands)] for t in col.prompt_texts(p)]
-    with torch.no_grad(), mlv.route(bb.model, [1, 0, 1]):
-        cached = bb.sequence_scores(images, p, cands)
-        full = bb._scores_full(images, p, rows)
-    torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)
+    cached_and_full_scores(bb)
 
 
 def test_a_wrong_image_token_count_or_a_blank_image_is_refused(bb):
@@ -218,15 +162,4 @@ def test_train_and_eval_commands(dirs, tmp_path, capsys):
     folder = dirs / "tiny_idefics3"
     if not (folder / "config.json").is_file():
         save_tiny_idefics3(folder)
-    out = tmp_path / "run"
-    tasks = ",".join(_small_spec(tmp_path, t) for t in ("vqa", "captioning"))
-    code = train_main(["--backbone", f"hf:{folder}", "--tasks", tasks, "--steps", "2", "--workers", "0",
-                       "--log-every", "1", "--warmup", "1", "--out", str(out)])
-    assert code == 0, capsys.readouterr().err
-    result = json.loads((out / "eval.json").read_text())
-    for name, metric in (("vqa", "vqa_accuracy"), ("captioning", "bleu4")):
-        r = result["tasks"][name]
-        assert r["metric"] == metric and 0 <= r["zero_shot"] <= 1 and 0 <= r["adapted"] <= 1
-    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert {"loss/vqa", "loss/captioning"} <= set(logged[-1])
-    assert_eval_repeats(out / "adapter", tmp_path / "ev", result)
+    assert_train_and_eval_commands(folder, tmp_path, capsys)

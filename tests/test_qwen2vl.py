@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from qwen_tiny import IMG_TOK, MERGER, VE, VID, VS, inputs, tiny_qwen2vl
+from vlm_checks import assert_mixed_gradients_are_per_task_sums, assert_mixed_route_per_task, perturb_adapters
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.adapters.routing import Route
@@ -18,12 +19,7 @@ from mtl_lora_vl.mtl_lora_model import unload
 def _adapted(v25: bool, method: str = "mtl_lora", **cfg):
     m = tiny_qwen2vl(v25).eval()
     mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a", "b"], method=method, r=4, **cfg))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if "lora_" in n:
-                p.add_(torch.randn_like(p) * 0.5)
-    return m
+    return perturb_adapters(m)
 
 
 def test_default_targets_take_the_vision_blocks_and_the_language_model():
@@ -48,27 +44,7 @@ def test_a_mixed_route_through_the_packed_vision_tower_equals_each_task_alone(v2
     ('routed 2 task ids but the batch here has 32 samples'); now each image's patches take its row's task."""
     row = family_named("qwen2_vl").targets   # the default targets and the merger (the projector)
     m = _adapted(v25, method, targets={"image": [*row["image"], MERGER], "text": list(row["text"])})
-    x = inputs(2, ragged=True)
-    L = x["input_ids"].shape[1]
-    with torch.no_grad():
-        alone = []
-        for t in ("a", "b"):
-            with mlv.route(m, t):
-                alone.append(m(**x).logits)
-        with mlv.route(m, [0, 1]):
-            mixed = m(**x).logits
-    torch.testing.assert_close(mixed, torch.stack([alone[0][0], alone[1][1]]))
-    for beams in (1, 3):
-        kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, num_beams=beams, pad_token_id=0,
-                  eos_token_id=None)
-        with torch.no_grad():
-            each = []
-            for t in ("a", "b"):
-                with mlv.route(m, t):
-                    each.append(m.generate(**x, **kw)[:, L:])
-            with mlv.route(m, [0, 1]):
-                routed = m.generate(**x, **kw)[:, L:]
-        assert torch.equal(routed, torch.stack([each[0][0], each[1][1]])), beams
+    assert_mixed_route_per_task(m, inputs(2, ragged=True), [0, 1])
 
 
 def test_mixed_gradients_equal_the_per_task_sum_with_and_without_checkpointing():
@@ -123,11 +99,10 @@ def test_images_of_different_sizes_take_their_own_rows_task(v25, method):
     row = family_named("qwen2_vl").targets
     m = _adapted(v25, method, targets={"image": [*row["image"], MERGER], "text": list(row["text"])})
     x = inputs(sizes=SIZES, ragged=True)
-    ids, L = [0, 1, 0], x["input_ids"].shape[1]
+    ids = [0, 1, 0]
     with torch.no_grad():
         with mlv.route(m, ids):
             vis = m.model.visual(x["pixel_values"], grid_thw=x["image_grid_thw"]).pooler_output
-            mixed = m(**x).logits
         bounds = [0, 4, 12, 18]   # each image's merged rows
         for i, t in enumerate(ids):
             a, b = bounds[i], bounds[i + 1]
@@ -136,22 +111,7 @@ def test_images_of_different_sizes_take_their_own_rows_task(v25, method):
             with mlv.route(m, t):
                 alone = m.model.visual(pv, grid_thw=x["image_grid_thw"][i:i + 1]).pooler_output
             torch.testing.assert_close(vis[a:b], alone)
-        each = []
-        for t in ("a", "b"):
-            with mlv.route(m, t):
-                each.append(m(**x).logits)
-    torch.testing.assert_close(mixed, torch.stack([each[t][i] for i, t in enumerate(ids)]))
-    for beams in (1, 3):
-        kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, num_beams=beams, pad_token_id=0,
-                  eos_token_id=None)
-        with torch.no_grad():
-            per = []
-            for t in ("a", "b"):
-                with mlv.route(m, t):
-                    per.append(m.generate(**x, **kw)[:, L:])
-            with mlv.route(m, ids):
-                routed = m.generate(**x, **kw)[:, L:]
-        assert torch.equal(routed, torch.stack([per[t][i] for i, t in enumerate(ids)])), beams
+    assert_mixed_route_per_task(m, x, ids)
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
@@ -161,19 +121,7 @@ def test_mixed_gradients_over_images_of_different_sizes_equal_the_per_task_sum(c
     if checkpointing:
         m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     x = inputs(sizes=SIZES)
-    names, params = zip(*[(n, p) for n, p in m.named_parameters() if "lora_" in n and p.requires_grad])
-
-    def grads(tasks, rows):
-        with mlv.route(m, tasks):
-            loss = m(**x).logits[rows, -1].pow(2).sum()
-        return [g if g is not None else torch.zeros_like(p)
-                for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True), params)]
-
-    mixed = grads([0, 1, 0], [0, 1, 2])
-    a, b = grads("a", [0, 2]), grads("b", [1])
-    for g, ga, gb in zip(mixed, a, b):
-        torch.testing.assert_close(g, ga + gb, atol=1e-5, rtol=1e-4)
-    assert any(g.abs().sum() > 0 for g, n in zip(mixed, names) if "visual" in n)
+    assert_mixed_gradients_are_per_task_sums(m, x, ("visual",))
 
 
 def test_images_that_are_not_one_per_routed_row_are_refused_under_a_mixed_route():
@@ -287,12 +235,7 @@ def test_two_images_in_one_row_and_none_in_the_other_are_refused_under_a_mixed_r
 def _three_tasks(v25: bool = False, method: str = "mtl_lora"):
     m = tiny_qwen2vl(v25).eval()
     mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a", "b", "c"], method=method, r=4))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if "lora_" in n:
-                p.add_(torch.randn_like(p) * 0.05)
-    return m
+    return perturb_adapters(m, std=0.05)
 
 
 def test_a_refused_tower_call_inside_a_tower_forward_leaves_the_outer_images_route_open():

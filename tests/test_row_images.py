@@ -8,18 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_llava, tiny_paligemma
+from vlm_checks import perturb_adapters
 
 import mtl_lora_vl as mlv
 
 
 def _adapted(model):
-    mlv.attach(model.eval(), mlv.MTLLoRAConfig(tasks=["a", "b"], r=4))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_" in n:
-                p.add_(torch.randn_like(p) * 0.5)
-    return model
+    return perturb_adapters(mlv.attach(model.eval(), mlv.MTLLoRAConfig(tasks=["a", "b"], r=4)))
 
 
 def _rows(first: list[int], second: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,175 @@
+"""Checks every generative VLM family's tests make the same way: on the bare model (random adapters, mixed-task
+gradients) and on its backbone (per-task language-model loss, routed generate, cached candidate scores)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+import mtl_lora_vl as mlv
+
+PROMPTS = ["question: what colour is the circle? answer:", "caption:", "how many objects are there? answer:"]
+
+
+def perturb_adapters(model: torch.nn.Module, std: float = 0.5, seed: int = 1) -> torch.nn.Module:
+    """Add N(0, std²) noise to every adapter tensor (B starts at zero: the tasks would not differ)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.add_(torch.randn_like(p) * std)
+    return model
+
+
+def assert_mixed_gradients_are_per_task_sums(model: torch.nn.Module, x: dict, parts: tuple[str, ...]) -> None:
+    """Rows [a, b, a] in one forward give each adapter tensor the sum of task a's rows' and task b's row's
+    gradients; ``parts`` (module-name fragments) each get some."""
+    names, params = zip(*[(n, p) for n, p in model.named_parameters() if "lora_" in n and p.requires_grad])
+
+    def grads(tasks, rows):
+        with mlv.route(model, tasks):
+            loss = model(**x).logits[rows, -1].pow(2).sum()
+        return [g if g is not None else torch.zeros_like(p)
+                for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True), params)]
+
+    mixed = grads([0, 1, 0], [0, 1, 2])
+    for g, ga, gb in zip(mixed, grads("a", [0, 2]), grads("b", [1])):
+        torch.testing.assert_close(g, ga + gb, atol=1e-5, rtol=1e-4)
+    for part in parts:
+        assert any(g.abs().sum() > 0 for g, n in zip(mixed, names) if part in n), part
+
+
+def prompts(bb, n: int = 3) -> list[str]:
+    """``n`` prompts of three lengths, each with the backbone's image placeholder."""
+    return [f"{bb.image_token} {PROMPTS[i % len(PROMPTS)]}" for i in range(n)]
+
+
+def assert_mixed_lm_loss_per_task(bb) -> None:
+    """``lm_loss`` under a route [0, 1, 1, 0] gives each row what its task alone gives (and the tasks differ)."""
+    p = prompts(bb, 4)
+    b = bb.lm_collator()(p, ["red", "a blue square", "two", "a circle"])
+    torch.manual_seed(1)
+    images = torch.randn(4, 3, bb.image_size, bb.image_size)
+    ids = [0, 1, 1, 0]
+    with torch.no_grad():
+        with mlv.route(bb.model, ids):
+            mixed = bb.lm_loss(images, **b)
+        for t in (0, 1):
+            with mlv.route(bb.model, t):
+                alone = bb.lm_loss(images, **b)
+            rows = [i for i, x in enumerate(ids) if x == t]
+            torch.testing.assert_close(mixed[rows], alone[rows], atol=1e-5, rtol=1e-5)
+        with mlv.route(bb.model, 1):
+            other = bb.lm_loss(images, **b)
+    assert (mixed[[0, 3]] - other[[0, 3]]).abs().max() > 1e-4   # the routes differ
+
+
+def assert_routed_generate_per_task(bb, beams: int, plain_inputs: Callable[[torch.Tensor, torch.Tensor], dict]) -> None:
+    """``bb.generate`` under [0, 1, 0] gives each row its task's text; task 0's equal Hugging Face ``generate`` on
+    the model's own inputs (``plain_inputs(images, input_ids)``: the family's pixel inputs)."""
+    torch.manual_seed(2)
+    images = torch.randn(3, 3, bb.image_size, bb.image_size)
+    p = prompts(bb, 3)
+    with torch.no_grad():
+        each = []
+        for t in (0, 1):
+            with mlv.route(bb.model, t):
+                each.append(bb.generate(images, max_len=4, beam_size=beams, prompts=p))
+        with mlv.route(bb.model, [0, 1, 0]):
+            routed = bb.generate(images, max_len=4, beam_size=beams, prompts=p)
+    assert routed == [each[0][0], each[1][1], each[0][2]]
+    batch = bb.lm_collator()(p)
+    with torch.no_grad(), mlv.route(bb.model, 0):
+        ids = bb.model.generate(**batch, **plain_inputs(images, batch["input_ids"]), max_new_tokens=4,
+                                num_beams=beams, do_sample=False, pad_token_id=bb.pad_id, eos_token_id=bb.eos_id)
+    tok = bb.processor.tokenizer
+    assert each[0] == [tok.decode(r, skip_special_tokens=True).strip() for r in ids[:, batch["input_ids"].shape[1]:]]
+
+
+def cached_and_full_scores(bb) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """``sequence_scores`` (one prefill, candidates from the KV cache) and the full computation under [1, 0, 1],
+    with what produced them (``images``, ``prompts``, ``candidates``, ``rows``: each candidate's ids)."""
+    torch.manual_seed(3)
+    images = torch.randn(3, 3, bb.image_size, bb.image_size)
+    p = prompts(bb, 3)   # prompts of three lengths: left padding in the prefill
+    cands = ["red", "a blue square", "two circles"]
+    col = bb.lm_collator()
+    rows = [[[*c, bb.eos_id] for c in col.continuation_ids([t] * 3, cands)] for t in col.prompt_texts(p)]
+    with torch.no_grad(), mlv.route(bb.model, [1, 0, 1]):
+        cached = bb.sequence_scores(images, p, cands)
+        full = bb._scores_full(images, p, rows)
+    torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)
+    return cached, full, dict(images=images, prompts=p, candidates=cands, rows=rows)
+
+
+def assert_mixed_route_per_task(model: torch.nn.Module, x: dict, ids: list[int]) -> None:
+    """Under ``route(model, ids)`` every row's logits and generated tokens (greedy and 3 beams) are its task's
+    alone (tasks "a" and "b"), and the two tasks differ."""
+    L = x["input_ids"].shape[1]
+    with torch.no_grad():
+        alone = []
+        for t in ("a", "b"):
+            with mlv.route(model, t):
+                alone.append(model(**x).logits)
+        with mlv.route(model, ids):
+            mixed = model(**x).logits
+    torch.testing.assert_close(mixed, torch.stack([alone[t][i] for i, t in enumerate(ids)]))
+    assert (alone[0] - alone[1]).abs().max() > 1e-3   # the tasks differ
+    for beams in (1, 3):
+        kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, num_beams=beams, pad_token_id=0,
+                  eos_token_id=None)
+        with torch.no_grad():
+            each = []
+            for t in ("a", "b"):
+                with mlv.route(model, t):
+                    each.append(model.generate(**x, **kw)[:, L:])
+            with mlv.route(model, ids):
+                routed = model.generate(**x, **kw)[:, L:]
+        assert torch.equal(routed, torch.stack([each[t][i] for i, t in enumerate(ids)])), beams
+
+
+def assert_train_and_eval_commands(folder, tmp_path, capsys) -> None:
+    """``train`` (vqa + captioning, 2 steps) on ``hf:folder`` writes its scores, losses and adapter, and
+    ``eval --adapter`` gives the same scores."""
+    import json
+
+    from test_generative_tasks import _small_spec, assert_eval_repeats
+
+    from mtl_lora_vl.cli import train_main
+
+    out = tmp_path / "run"
+    tasks = ",".join(_small_spec(tmp_path, t) for t in ("vqa", "captioning"))
+    code = train_main(["--backbone", f"hf:{folder}", "--tasks", tasks, "--steps", "2", "--workers", "0",
+                       "--log-every", "1", "--warmup", "1", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / "eval.json").read_text())
+    for name, metric in (("vqa", "vqa_accuracy"), ("captioning", "bleu4")):
+        r = result["tasks"][name]
+        assert r["metric"] == metric and 0 <= r["zero_shot"] <= 1 and 0 <= r["adapted"] <= 1
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss/vqa", "loss/captioning"} <= set(logged[-1])
+    assert_eval_repeats(out / "adapter", tmp_path / "ev", result)
+
+
+def assert_lm_loss_per_row(bb, plain_inputs: Callable[[torch.Tensor, torch.Tensor], dict]) -> None:
+    """``lm_loss`` gives each row what the row alone gives and what the plain model's logits give (mean target
+    cross-entropy); ``plain_inputs(images, input_ids)``: the family's pixel inputs to the model itself."""
+    import torch.nn.functional as F
+
+    p = prompts(bb, 3)
+    targets = ["red", "a blue square left of a red circle", "two"]
+    b = bb.lm_collator()(p, targets)
+    torch.manual_seed(0)
+    images = torch.randn(3, 3, bb.image_size, bb.image_size)
+    with torch.no_grad():
+        loss = bb.lm_loss(images, **b)
+        assert loss.shape == (3,)
+        for r in range(3):
+            one = bb.lm_collator()(p[r:r + 1], targets[r:r + 1])
+            torch.testing.assert_close(bb.lm_loss(images[r:r + 1], **one)[0], loss[r], atol=1e-5, rtol=1e-5)
+        logits = bb.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                          **plain_inputs(images, b["input_ids"])).logits
+    for r in range(3):
+        ce = F.cross_entropy(logits[r, :-1], b["labels"][r, 1:], ignore_index=-100)
+        torch.testing.assert_close(loss[r], ce, atol=1e-5, rtol=1e-5)
