@@ -15,6 +15,7 @@ from test_generative_tasks import _small_spec, _split, assert_eval_repeats
 from vl_tiny import world_words
 
 from mtl_lora_vl.backbones import load_backbone
+from mtl_lora_vl.backbones.chat import ChatWrap
 from mtl_lora_vl.cli import train_main
 from mtl_lora_vl.tasks import SpecError, build_kind, load_spec
 
@@ -52,7 +53,7 @@ def test_a_chat_prompt_gives_the_ids_the_processor_gives_for_that_turn(chat_dir,
     from transformers import AutoProcessor
 
     backbone = load_backbone(f"hf:{chat_dir}")
-    assert backbone.chat_wrap() == ("user: ", " assistant:")
+    assert backbone.chat_wrap() == ChatWrap("user: ", " assistant:", "user: ")
     spec = load_spec(_chat_spec(tmp_path, "vqa", "{image} {question}"))
     kind = build_kind(spec, _split(spec, "train", 6), backbone)
     example = _split(spec, "val", 1).examples[0]
@@ -81,7 +82,7 @@ def test_the_start_token_a_template_writes_is_not_put_twice(chat_dir, tmp_path):
         (folder / f.name).write_bytes(f.read_bytes())
     (folder / "config.json").write_bytes((chat_dir / "config.json").read_bytes())
     backbone = load_backbone(f"hf:{folder}")
-    assert backbone.chat_wrap() == ("user: ", " assistant:")
+    assert backbone.chat_wrap() == ChatWrap("user: ", " assistant:", "user: ")
 
 
 def test_chat_without_a_chat_template_is_refused_when_the_task_is_built(tmp_path):
@@ -125,8 +126,9 @@ def test_a_qwen2vl_chat_prompt_gives_the_processors_ids_with_one_vision_start(tm
 
     folder = save_tiny_qwen2vl(tmp_path / "qwen", chat_template=QWEN_TEMPLATE)
     backbone = load_backbone(f"hf:{folder}")
-    before, after = backbone.chat_wrap()
-    assert before.endswith("<|im_start|>user\n") and after == "<|im_end|>\n<|im_start|>assistant\n"
+    wrap = backbone.chat_wrap()
+    before, after = wrap.before, wrap.after
+    assert wrap.before_image == before and before.endswith("<|im_start|>user\n") and after == "<|im_end|>\n<|im_start|>assistant\n"
     spec = load_spec(_chat_spec(tmp_path, "vqa", "{image}{question}"))
     kind = build_kind(spec, _split(spec, "train", 6), backbone)
     example = _split(spec, "val", 1).examples[0]
@@ -159,4 +161,34 @@ def test_a_processor_template_written_for_string_content_still_wraps(template, t
     proc = AutoProcessor.from_pretrained(folder)
     proc.chat_template = template
     fake = types.SimpleNamespace(hf_processor=proc, name="probe", prefix_ids=(proc.tokenizer.bos_token_id,))
-    assert HFVLMBackbone.chat_wrap(fake) == ("user: ", "\nassistant:")
+    assert HFVLMBackbone.chat_wrap(fake) == ChatWrap("user: ", "\nassistant:", "user: ")
+
+
+#: Idefics3 / SmolVLM's way: the role, then ':' before an image but ': ' before text.
+IMAGE_FIRST = ("{% for m in messages %}{{ m['role'] }}{% if m['content'][0]['type'] == 'image' %}:{% else %}: "
+               "{% endif %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}"
+               "{% endif %}{% endfor %}{% endfor %}{% if add_generation_prompt %} assistant:{% endif %}")
+
+
+def test_a_turn_that_opens_with_the_image_gets_the_templates_image_opening(chat_dir, tmp_path):
+    """A template that writes a turn opening with an image differently (Idefics3, SmolVLM) was read from a text turn
+    only: 'user: <image>…' where its processor writes 'user:<image>…'. A prompt that opens with the image now gets
+    the image opening; one that opens with text keeps the text opening."""
+    from transformers import AutoProcessor
+
+    folder = tmp_path / "image_first"
+    processor = AutoProcessor.from_pretrained(chat_dir)
+    processor.chat_template = IMAGE_FIRST
+    processor.save_pretrained(folder)
+    for f in ("config.json", "model.safetensors"):
+        (folder / f).write_bytes((chat_dir / f).read_bytes())
+    backbone = load_backbone(f"hf:{folder}")
+    assert backbone.chat_wrap() == ChatWrap("user: ", " assistant:", "user:")
+    spec = load_spec(_chat_spec(tmp_path, "vqa", "{image}{question}"))
+    kind = build_kind(spec, _split(spec, "train", 6), backbone)
+    example = _split(spec, "val", 1).examples[0]
+    turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": kind.question(example)}]}]
+    assert kind.prompt(example) == processor.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+    text_first = load_spec(_chat_spec(tmp_path, "vqa", "{question}{image}"))
+    kind = build_kind(text_first, _split(spec, "train", 6), backbone)
+    assert kind.prompt(example).startswith("user: ")

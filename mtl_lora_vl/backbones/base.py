@@ -297,8 +297,8 @@ class Backbone:
         """The Hugging Face processor (image processor, tokenizer, chat template) of the model."""
         self._unavailable(LM_LOGITS, "processor")
 
-    def chat_wrap(self) -> tuple[str, str]:
-        """The text the model's chat template puts before and after a user turn's text (``[generative] chat``)."""
+    def chat_wrap(self) -> Any:
+        """The model's chat turn around a prompt (``[generative] chat``): a :class:`.chat.ChatWrap`."""
         raise ValueError(f"backbone {self.name!r} ({type(self).__name__}) has no chat template, which [generative] "
                          "chat = true needs; set chat = false and write the turn into the spec's prompt")
 

@@ -47,6 +47,7 @@ from .base import (
     register_backbone,
     resolve_base_dtype,
 )
+from .chat import ChatWrap, read_chat_wrap
 from .hf import hf_dir, hf_grad_checkpointing, hf_model_class, load_hf_weights
 from .hf_processor import check_processor_count, count_image_tokens, load_processor, square_side
 from .lm_collate import IGNORE_INDEX, LMCollator, PromptLayout, special_prefix
@@ -178,50 +179,10 @@ class HFVLMBackbone(Backbone):
         """The Hugging Face processor (image processor, tokenizer, chat template) of the model."""
         return self.hf_processor
 
-    def chat_wrap(self) -> tuple[str, str]:
-        """The text the processor's chat template puts before and after the text of one user turn, the assistant's
-        turn opened (``add_generation_prompt``): a prompt is wrapped as ``before + prompt + after``. The start
-        token the tokenizer adds itself is left out of ``before`` (the collator puts it first)."""
-        proc = self.hf_processor
-        tok = proc.tokenizer
-        mark = "\ue000"   # a private-use character: no template writes it
-        turn_list = [{"role": "user", "content": [{"type": "text", "text": mark}]}]
-        turn_text = [{"role": "user", "content": mark}]
-        # The processor's template with a content list (as a VLM's takes), then with a string (a text model's
-        # template copied onto the processor renders a list as its repr, or raises), then the tokenizer's.
-        tries = []
-        if getattr(proc, "chat_template", None):
-            tries.append(lambda: proc.apply_chat_template(turn_list, add_generation_prompt=True, tokenize=False))
-            if isinstance(proc.chat_template, str):
-                tries.append(lambda: tok.apply_chat_template(turn_text, chat_template=proc.chat_template,
-                                                             add_generation_prompt=True, tokenize=False))
-        if getattr(tok, "chat_template", None):
-            tries.append(lambda: tok.apply_chat_template(turn_text, add_generation_prompt=True, tokenize=False))
-        if not tries:
-            raise ValueError(f"backbone {self.name!r}: [generative] chat = true needs the model's chat template, but the "
-                             "processor and tokenizer have none; save the processor with its chat template "
-                             "(processor.chat_template = ...; processor.save_pretrained(DIR)), or set chat = false and "
-                             "write the turn into the spec's prompt")
-        text, error = None, None
-        for attempt in tries:
-            try:
-                got = attempt()
-            except Exception as e:   # jinja errors of a template of the model's own
-                error = error or e
-                continue
-            if isinstance(got, str) and got.count(mark) == 1:
-                text = got
-                break
-        if text is None:
-            why = f"it fails ({error})" if error is not None else "it does not write a user turn's text exactly once"
-            raise ValueError(f"backbone {self.name!r}: [generative] chat = true needs the model's chat template, but "
-                             f"{why}, so prompts cannot be wrapped in it; set chat = false and write the turn into the "
-                             "spec's prompt")
-        before, after = text.split(mark)
-        bos = getattr(tok, "bos_token", None)
-        if bos and self.prefix_ids and before.startswith(bos):
-            before = before[len(bos):]
-        return before, after
+    def chat_wrap(self) -> ChatWrap:
+        """The text the model's chat template puts around a user turn, the assistant's turn opened (see
+        :mod:`.chat`); the start token the tokenizer adds itself is left out (the collator puts it first)."""
+        return read_chat_wrap(self.hf_processor, bool(self.prefix_ids), self.name)
 
     @property
     def lm_context(self) -> int | None:

@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtl_lora_vl.backbones.base import BackboneError
+from mtl_lora_vl.backbones.chat import ChatWrap
 from mtl_lora_vl.data.fallback import decode_policy, failure_key
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
@@ -156,9 +157,9 @@ class TaskKind(ABC):
         self.uses_decoder: bool = type(self).uses_decoder or self.generative
         #: The backbone's image placeholder for prompts (generative path; picklable, used in loader workers).
         self.image_token: str = str(backbone.image_token) if self.generative else ""
-        #: The model's chat turn around every prompt (``[generative] chat = true``), else two empty texts.
-        self.prompt_wrap: tuple[str, str] = (backbone.chat_wrap() if self.generative and spec.generative.get("chat")
-                                             else ("", ""))
+        #: The model's chat turn around every prompt (``[generative] chat = true``), else None.
+        self.prompt_wrap: ChatWrap | None = (backbone.chat_wrap() if self.generative and spec.generative.get("chat")
+                                             else None)
         #: Text a row may not hold on the generative path: the tokenizer's special tokens, which it would read as
         #: such (a second image placeholder, an end of text in the middle of a target).
         self.special_texts: tuple[str, ...] = special_texts(backbone) if self.generative else ()

@@ -19,7 +19,7 @@ backbone routed to the task.
 Prompt templates are ``str.format`` templates with named fields: ``{image}`` (the backbone's image
 placeholder, ``backbone.image_token``; required) plus the kind's own (VQA: ``{question}``). With
 ``[generative] chat = true`` the formatted prompt is the user's turn in the model's chat template
-(``backbone.chat_wrap()``: the text before and after it, the assistant's turn opened).
+(``backbone.chat_wrap()``, :mod:`mtl_lora_vl.backbones.chat`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from mtl_lora_vl.backbones.base import GENERATE, LM_LOGITS, TEXT_EMBEDDINGS
+from mtl_lora_vl.backbones.chat import ChatWrap
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example
 from mtl_lora_vl.precision import autocast
@@ -91,10 +92,11 @@ def check_template(spec: TaskSpec, fld: str, template: Any, fields: Sequence[str
         raise SpecError(f"{where}: field '{fld}': expected {expected}, got {template!r}")
 
 
-def format_prompt(template: str, image_token: str, wrap: tuple[str, str] = ("", ""), **values: str) -> str:
-    """``template`` with ``{image}`` replaced by the backbone's image placeholder and the kind's fields, between
-    ``wrap``'s two texts (the model's chat turn, ``[generative] chat = true``: ``backbone.chat_wrap()``)."""
-    return wrap[0] + template.format(image=image_token, **values) + wrap[1]
+def format_prompt(template: str, image_token: str, wrap: ChatWrap | None = None, **values: str) -> str:
+    """``template`` with ``{image}`` replaced by the backbone's image placeholder and the kind's fields, as the
+    user's turn of ``wrap`` (the model's chat template, ``[generative] chat = true``: ``backbone.chat_wrap()``)."""
+    prompt = template.format(image=image_token, **values)
+    return prompt if wrap is None else wrap.wrap(prompt, image_token)
 
 
 def weighted_index(draw: int, weights: Sequence[float]) -> int:

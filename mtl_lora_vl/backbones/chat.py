@@ -1,0 +1,97 @@
+"""A model's chat turn around a task's prompt (``[generative] chat = true``), read from its chat template.
+
+The template is rendered with a private-use marker for the user's text and the assistant's turn opened
+(``add_generation_prompt``); the text around the marker wraps every prompt. Some templates write a turn that
+opens with an image differently from one that opens with text (Idefics3 / SmolVLM: ``User:<image>`` but
+``User: text``), so the turn is also rendered opening with one and with two images: what precedes the image
+there is the opening for prompts that start with the image placeholder. The image itself always comes from the
+prompt (the collator expands it), never from the template.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ChatWrap", "read_chat_wrap"]
+
+_MARK = "\ue000"   # a private-use character: no template writes it
+_FIX = ("save the processor with its chat template (processor.chat_template = ...; processor.save_pretrained(DIR)), "
+        "or set chat = false and write the turn into the spec's prompt")
+
+
+@dataclass(frozen=True)
+class ChatWrap:
+    """The text before and after a user turn; ``before_image`` before a turn that opens with the image."""
+
+    before: str
+    after: str
+    before_image: str
+
+    def wrap(self, prompt: str, image_token: str) -> str:
+        """``prompt`` (its ``{image}`` already filled with ``image_token``) as the user's turn."""
+        return (self.before_image if prompt.startswith(image_token) else self.before) + prompt + self.after
+
+
+def read_chat_wrap(processor: Any, strip_bos: bool, name: str) -> ChatWrap:
+    """The :class:`ChatWrap` of ``processor``'s chat template (else its tokenizer's); ``strip_bos``: leave out a
+    start token the template writes (the collator puts the tokenizer's own first). ValueError naming the fix
+    when there is no usable template."""
+    tok = processor.tokenizer
+    template = getattr(processor, "chat_template", None)
+
+    def as_list(*content: dict) -> Callable[[], Any]:
+        return lambda: processor.apply_chat_template([{"role": "user", "content": list(content)}],
+                                                     add_generation_prompt=True, tokenize=False)
+
+    text_part = {"type": "text", "text": _MARK}
+    # The processor's template with a content list (as a VLM's takes), then with a string (a text model's template
+    # copied onto the processor renders a list as its repr, or raises), then the tokenizer's.
+    tries = []
+    if template:
+        tries.append(as_list(text_part))
+        if isinstance(template, str):
+            tries.append(lambda: tok.apply_chat_template([{"role": "user", "content": _MARK}], chat_template=template,
+                                                         add_generation_prompt=True, tokenize=False))
+    if getattr(tok, "chat_template", None):
+        tries.append(lambda: tok.apply_chat_template([{"role": "user", "content": _MARK}],
+                                                     add_generation_prompt=True, tokenize=False))
+    if not tries:
+        raise ValueError(f"backbone {name!r}: [generative] chat = true needs the model's chat template, but the "
+                         f"processor and tokenizer have none; {_FIX}")
+    error = None
+    for attempt in tries:
+        try:
+            text = _split(attempt())
+        except Exception as e:   # jinja errors of a template of the model's own
+            error, text = error or e, None
+        if text is not None:
+            break
+    else:
+        why = f"it fails ({error})" if error is not None else "it does not write a user turn's text exactly once"
+        raise ValueError(f"backbone {name!r}: [generative] chat = true needs the model's chat template, but {why}, so "
+                         f"prompts cannot be wrapped in it; {_FIX}")
+    before, after = text
+    before_image = before
+    if template:   # the opening of a turn that starts with an image: X in X+c+text and X+c+c+text
+        try:
+            one, two = (_split(as_list(*[{"type": "image"}] * k, text_part)()) for k in (1, 2))
+        except Exception:   # a template for text only: the text opening serves
+            one = two = None
+        if one is not None and two is not None and one[1] == two[1] == after:
+            chunk = two[0][len(one[0]):]
+            if chunk and two[0].startswith(one[0]) and one[0].endswith(chunk):
+                before_image = one[0][:-len(chunk)]
+    bos = getattr(tok, "bos_token", None)
+    if strip_bos and bos:
+        before, before_image = (b[len(bos):] if b.startswith(bos) else b for b in (before, before_image))
+    return ChatWrap(before, after, before_image)
+
+
+def _split(text: Any) -> tuple[str, str] | None:
+    """The text before and after the marker, or None unless ``text`` holds it exactly once."""
+    if not isinstance(text, str) or text.count(_MARK) != 1:
+        return None
+    before, after = text.split(_MARK)
+    return before, after
