@@ -119,14 +119,26 @@ def _forward_input(model: Any, args: tuple, kwargs: dict, name: str) -> Any:
     return args[i] if i < len(args) else None
 
 
+def _token_rows(model: Any, args: tuple, kwargs: dict, token: int) -> list[int] | None:
+    """How often each row of a forward holds ``token``: in its ``input_ids``, else in its ``inputs_embeds`` (rows
+    equal to the token's embedding, as the models find their image tokens then). None: neither given."""
+    ids = _forward_input(model, args, kwargs, "input_ids")
+    if ids is not None:
+        return (ids == token).sum(-1).tolist()
+    embeds = _forward_input(model, args, kwargs, "inputs_embeds")
+    if embeds is None:
+        return None
+    one = model.get_input_embeddings()(embeds.new_tensor(token).long()).to(embeds.dtype)
+    return (embeds == one).all(-1).sum(-1).tolist()
+
+
 def _qwen_row_images(model: Any, args: tuple, kwargs: dict) -> list[int] | None:
     """Images and videos per row of a Qwen2-VL forward: its ``<|vision_start|>`` tokens (None without pixel values
     of either)."""
-    ids, images, videos = (_forward_input(model, args, kwargs, k)
-                           for k in ("input_ids", "pixel_values", "pixel_values_videos"))
-    if (images is None and videos is None) or ids is None:
+    images, videos = (_forward_input(model, args, kwargs, k) for k in ("pixel_values", "pixel_values_videos"))
+    if images is None and videos is None:
         return None
-    return (ids == model.config.vision_start_token_id).sum(-1).tolist()
+    return _token_rows(model, args, kwargs, model.config.vision_start_token_id)
 
 
 def _image_token_rows(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
@@ -134,13 +146,15 @@ def _image_token_rows(model: Any, args: tuple, kwargs: dict) -> list[float] | No
     PaliGemma, unsplit Idefics3): each row's image tokens over one image's, that being all rows' image tokens
     over the images given. None without pixel values, or where the counts do not divide (the model refuses those
     itself)."""
-    ids, pixels = (_forward_input(model, args, kwargs, k) for k in ("input_ids", "pixel_values"))
-    if pixels is None or ids is None or pixels.dim() < 4:
+    pixels = _forward_input(model, args, kwargs, "pixel_values")
+    if pixels is None or pixels.dim() < 4:
         return None
     cfg = model.config
     token = getattr(cfg, "image_token_id", None)
     token = getattr(cfg, "image_token_index", None) if token is None else token
-    counts = (ids == token).sum(-1).tolist()
+    counts = _token_rows(model, args, kwargs, token)
+    if counts is None:
+        return None
     if pixels.dim() == 4:   # (images, 3, H, W)
         images = pixels.shape[0]
     else:   # (rows, images per row, 3, H, W): Idefics3 drops the all-zero images that pad short rows

@@ -55,3 +55,79 @@ def test_idefics3_rows_are_counted_too():
     pixels[0] = torch.randn(2, 3, SIDE, SIDE)
     with torch.no_grad(), mlv.route(model, [0, 1]), pytest.raises(mlv.RoutingError, match=r"\[2, 0\] images"):
         model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+
+
+@pytest.mark.parametrize("family", ["llava", "paligemma", "idefics3"])
+def test_rows_given_as_inputs_embeds_are_counted_too(family):
+    """inputs_embeds instead of input_ids: the models find the image tokens by their embedding; the check read
+    nothing and let row 0's second image through task b (0.59 / 0.65 / 0.34 off)."""
+    if family == "idefics3":
+        from idefics3_tiny import FAKE, GLOBAL, IMG, N_IMAGE, SIDE, tiny_idefics3
+
+        model, image = _adapted(tiny_idefics3()), [FAKE, GLOBAL, *[IMG] * N_IMAGE, FAKE]
+        pixels = torch.zeros(2, 2, 3, SIDE, SIDE)
+        pixels[0] = torch.randn(2, 3, SIDE, SIDE)
+        one = torch.randn(2, 1, 3, SIDE, SIDE)
+    else:
+        model, image = _adapted(tiny_llava() if family == "llava" else tiny_paligemma()), [95] * 16
+        pixels = one = torch.randn(2, 3, 32, 32)
+    ids, mask = _rows([1, 5, *image, *image, 7], [1, 9, 10, 11])
+    embeds = model.get_input_embeddings()(ids)
+    with torch.no_grad():
+        with mlv.route(model, [0, 1]), pytest.raises(mlv.RoutingError, match=r"\[2, 0\] images"):
+            model(inputs_embeds=embeds, attention_mask=mask, pixel_values=pixels)
+        ids1, mask1 = _rows([1, 5, *image, 7], [1, 9, *image, 10])
+        with mlv.route(model, [0, 1]):   # one image per row: routed
+            model(inputs_embeds=model.get_input_embeddings()(ids1), attention_mask=mask1, pixel_values=one)
+
+
+def test_a_call_without_a_route_that_runs_no_adapter_is_not_refused():
+    """Adapters on the vision tower only: a text-only call needs no route (no adapter runs), as before 331123b;
+    the check asked the router for a route first and refused it ('no task was given')."""
+    model = mlv.attach(tiny_llava().eval(), mlv.MTLLoRAConfig(
+        tasks=["a", "b"], r=4, targets={"image": [r"vision_tower.*\.(q|k|v|out)_proj$"]}))
+    ids = torch.randint(0, 90, (2, 8))
+    with torch.no_grad():
+        assert model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.shape == (2, 8, 96)
+
+
+def test_idefics3_split_images_are_named_in_the_refusal(tmp_path):
+    """The released processors split each image into crops: a mixed route over one image per row was refused
+    with 'the rows hold [13, 13] images. Give each row one image' (each row did hold one)."""
+    import numpy as np
+    from idefics3_tiny import save_tiny_idefics3
+    from PIL import Image
+    from transformers import AutoProcessor, Idefics3ForConditionalGeneration
+
+    folder = save_tiny_idefics3(tmp_path / "tiny", splitting=True)
+    processor = AutoProcessor.from_pretrained(str(folder))
+    images = [[Image.fromarray((np.random.rand(64, 96, 3) * 255).astype("uint8"))] for _ in range(2)]
+    batch = processor(text=["<image> a", "<image> b"], images=images, return_tensors="pt", padding=True)
+    model = _adapted(Idefics3ForConditionalGeneration.from_pretrained(str(folder)))
+    with torch.no_grad(), mlv.route(model, [0, 1]), pytest.raises(mlv.RoutingError, match=r"\[13, 13\] images \(a processor that splits.*do_image_splitting=False"):
+        model(**batch)
+
+
+def test_idefics3_backbone_leaves_the_callers_processor_splitting(tmp_path):
+    """Idefics3Backbone.from_model turned splitting off on the processor object the caller passed (and keeps)."""
+    from idefics3_tiny import save_tiny_idefics3
+    from transformers import AutoProcessor, Idefics3ForConditionalGeneration
+
+    from mtl_lora_vl.backbones.idefics3 import Idefics3Backbone
+
+    folder = save_tiny_idefics3(tmp_path / "tiny", splitting=True)
+    processor = AutoProcessor.from_pretrained(str(folder))
+    backbone = Idefics3Backbone.from_model(Idefics3ForConditionalGeneration.from_pretrained(str(folder)).eval(),
+                                           processor, "tiny")
+    assert processor.image_processor.do_image_splitting is True
+    assert backbone.processor.image_processor.do_image_splitting is False
+
+
+def test_a_call_to_the_inner_multimodal_model_is_checked_too():
+    """The check sat on the outer ...ForConditionalGeneration: calling its inner model (LlavaModel) directly let
+    row 0's second image through task b."""
+    model = _adapted(tiny_llava())
+    image = [95] * 16
+    ids, mask = _rows([1, 5, *image, *image, 7], [1, 9, 10, 11])
+    with torch.no_grad(), mlv.route(model, [0, 1]), pytest.raises(mlv.RoutingError, match=r"\[2, 0\] images"):
+        model.model(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(2, 3, 32, 32))

@@ -7,6 +7,7 @@ Model-family knowledge (which classes, which module names of each tower) lives i
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 from dataclasses import dataclass, field
 
@@ -223,8 +224,11 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
             setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     hooks = (pack_towers(model, fam.packed_tower, fam.image_rows, router, layers)
              if fam is not None and fam.packed_tower and fam.image_rows else [])
-    if fam is not None and fam.row_images is not None:
-        hooks.append(model.register_forward_pre_hook(RowImagesCheck(router, fam.row_images), with_kwargs=True))
+    if fam is not None and fam.row_images is not None:   # on the inner multimodal model where there is one, which
+        inner = getattr(model, "model", None)             # the outer forward calls: both entry points are checked
+        takes = isinstance(inner, nn.Module) and "pixel_values" in inspect.signature(inner.forward).parameters
+        hooks.append((inner if takes else model).register_forward_pre_hook(RowImagesCheck(router, fam.row_images),
+                                                                           with_kwargs=True))
     model._mtl_lora = AttachInfo(cfg, router, fam.name if fam else "custom", layers, towers, hooks)
     install_routed_generate(model)
     return model

@@ -28,14 +28,19 @@ class RowImagesCheck:
         self.router, self.row_images = router, row_images
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.router.current is None:   # no route given: the first adapted layer that runs says so (if any runs)
+            return
         route = self.router.resolve(type(module).__name__)
         if route is None or route.task is not None:
             return
         per_row = self.row_images(module, args, kwargs)
         if per_row is None or all(n == 1 for n in per_row):
             return
+        hint = (" (a processor that splits each image into crops, as Idefics3 / SmolVLM's do, makes one image per "
+                "crop: call it with do_image_splitting=False, or load the model with the package's backbone, which "
+                "turns splitting off)" if len(set(per_row)) == 1 and per_row[0] > 1 else "")
         raise RoutingError(
             f"{type(module).__name__} routes each image by its place among the batch's images, so a mixed-task "
-            f"route needs one image per row; the rows hold {per_row} images. Give each row one image, or route "
+            f"route needs one image per row; the rows hold {per_row} images{hint}. Give each row one image, or route "
             "each task's rows in a call of their own"
         )

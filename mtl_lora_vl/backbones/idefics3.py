@@ -7,7 +7,7 @@ directory: the language-model API of :mod:`.hf_vlm` on the family's own image la
   ``max_image_size["longest_edge"]`` (the processor's resampling filter), and the prompt holds
   ``<fake_token_around_image><global-img>``, the ``image_seq_len`` image tokens and ``<fake_token_around_image>``,
   as the processor writes one image with ``do_image_splitting=False``. So that the processor (``backbone.processor``)
-  gives the same ids, the backbone sets ``do_image_splitting = False`` on its image processor. (With splitting
+  gives the same ids, the backbone sets ``do_image_splitting = False`` on its own copy of the processor. (With splitting
   off, the processor first scales the longest edge to ``size["longest_edge"]`` and then squashes to the square:
   the same picture, resampled twice instead of once.)
 * **Images.** The model takes ``(B, images, 3, S, S)``; each row's one image is ``(B, 1, 3, S, S)``. Idefics3 drops
@@ -18,6 +18,7 @@ directory: the language-model API of :mod:`.hf_vlm` on the family's own image la
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from torch import Tensor, nn
@@ -37,8 +38,9 @@ class Idefics3Backbone(HFVLMBackbone):
     def from_model(cls, model: nn.Module, processor: Any, name: str = "hf:custom") -> Idefics3Backbone:
         """As :meth:`HFVLMBackbone.from_model`, with the processor's image splitting turned off (see the module doc)."""
         image_processor = getattr(processor, "image_processor", None)
-        if getattr(image_processor, "do_image_splitting", False):
-            image_processor.do_image_splitting = False
+        if getattr(image_processor, "do_image_splitting", False):   # on a copy: the caller's processor splits still
+            processor = copy.deepcopy(processor)
+            processor.image_processor.do_image_splitting = False
         return super().from_model(model, processor, name)
 
     # ------------------------------------------------------------------------------------------ building
