@@ -242,6 +242,24 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 
+#: A family's inner multimodal model (``model.model``), adapted on its own with given targets (family "custom"):
+#: how to count its rows' images, so a mixed route over two images in one row is refused there too.
+INNER_ROW_IMAGES: tuple[tuple[str, Callable[[Any, tuple, dict], Any]], ...] = (
+    ("transformers.models.llava.LlavaModel", _image_token_rows),
+    ("transformers.models.paligemma.PaliGemmaModel", _image_token_rows),
+    ("transformers.models.idefics3.Idefics3Model", _image_token_rows),
+    ("transformers.models.smolvlm.SmolVLMModel", _image_token_rows),
+    ("transformers.models.qwen2_vl.Qwen2VLModel", _qwen_row_images),
+    ("transformers.models.qwen2_5_vl.Qwen2_5_VLModel", _qwen_row_images),
+)
+
+
+def inner_row_images(model: object) -> Callable[[Any, tuple, dict], Any] | None:
+    """The row-image counter of a family's inner multimodal model (:data:`INNER_ROW_IMAGES`), else None."""
+    cls = type(model)
+    return next((f for ref, f in INNER_ROW_IMAGES if any(_is_class(c, ref) for c in cls.__mro__)), None)
+
+
 def find_family(model: object) -> Family | None:
     """The first family of the table that ``model`` (an instance or a class) belongs to, else None."""
     cls = model if isinstance(model, type) else type(model)

@@ -192,3 +192,35 @@ def test_a_turn_that_opens_with_the_image_gets_the_templates_image_opening(chat_
     text_first = load_spec(_chat_spec(tmp_path, "vqa", "{question}{image}"))
     kind = build_kind(text_first, _split(spec, "train", 6), backbone)
     assert kind.prompt(example).startswith("user: ")
+
+
+#: llava-hf/llava-interleave-qwen-0.5b-hf's template (a LlavaForConditionalGeneration): the role and a space, the
+#: images, then '\n' before the text -- 'user \ntext' for a text turn but 'user <image>\ntext' for an image turn.
+INTERLEAVE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}{# Render all images first #}"
+              "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+              "{# Render all text next #}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+              "{{ '\n' + content['text'] }}{% endfor %}{{'<|im_end|>' + '\n'}}{% endfor %}"
+              "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def test_a_template_that_writes_text_after_the_images_gets_the_image_opening_too(chat_dir, tmp_path):
+    """LLaVA-Interleave / OneVision / FastVLM write something between the images and the text ('\\n'): the image
+    opening was not found ('user <image>\\n' with one image is not a prefix of 'user <image><image>\\n' with two),
+    the text opening 'user \\n' served, and no prompt gave the processor's 'user <image>\\nQ'."""
+    from transformers import AutoProcessor
+
+    folder = tmp_path / "interleave"
+    processor = AutoProcessor.from_pretrained(chat_dir)
+    processor.chat_template = INTERLEAVE
+    processor.save_pretrained(folder)
+    for f in ("config.json", "model.safetensors"):
+        (folder / f).write_bytes((chat_dir / f).read_bytes())
+    backbone = load_backbone(f"hf:{folder}")
+    assert backbone.chat_wrap().before_image == "<|im_start|>user "
+    path = Path(_chat_spec(tmp_path, "vqa"))   # (a TOML basic string: _chat_spec's re.sub would turn the \\n into a line break)
+    path.write_text(re.sub(r"^prompt = .*$", lambda _: 'prompt = "{image}\\n{question}"', path.read_text(), flags=re.M))
+    spec = load_spec(str(path))
+    kind = build_kind(spec, _split(spec, "train", 6), backbone)
+    example = _split(spec, "val", 1).examples[0]
+    turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": kind.question(example)}]}]
+    assert kind.prompt(example) == processor.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)

@@ -131,3 +131,33 @@ def test_a_call_to_the_inner_multimodal_model_is_checked_too():
     ids, mask = _rows([1, 5, *image, *image, 7], [1, 9, 10, 11])
     with torch.no_grad(), mlv.route(model, [0, 1]), pytest.raises(mlv.RoutingError, match=r"\[2, 0\] images"):
         model.model(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("family", ["llava", "paligemma"])
+@pytest.mark.parametrize("beams", [1, 2])
+@pytest.mark.parametrize("embeds", [False, True])
+def test_generate_with_two_images_in_one_row_and_none_in_the_other_is_refused(family, beams, embeds):
+    torch.manual_seed(0)
+    model = perturb_adapters(mlv.attach((tiny_llava() if family == "llava" else tiny_paligemma()).eval(),
+                                        mlv.MTLLoRAConfig(tasks=["a", "b"], r=4)))
+    image = [95] * 16
+    ids, mask = _rows([1, 5, *image, *image, 7], [1, 9, 10, 11])
+    text = {"inputs_embeds": model.get_input_embeddings()(ids)} if embeds else {"input_ids": ids}
+    with torch.no_grad(), mlv.route(model, [0, 1]), pytest.raises(mlv.RoutingError, match=r"\[2, 0\] images"):
+        model.generate(**text, attention_mask=mask, pixel_values=torch.randn(2, 3, 32, 32), max_new_tokens=2,
+                       do_sample=False, num_beams=beams)
+
+
+TARGETS = {"image": [r"(vision_tower|vision_model).*layers\.\d+\.self_attn\.(q|k|v|out)_proj$"], "text": [r"language_model.*\.(q|v)_proj$"]}
+
+
+@pytest.mark.parametrize("family", ["llava", "paligemma"])
+def test_attach_on_the_inner_model_checks_one_image_per_row(family):
+    torch.manual_seed(0)
+    inner = (tiny_llava() if family == "llava" else tiny_paligemma()).eval().model
+    model = perturb_adapters(mlv.attach(inner, mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, targets=TARGETS)))
+    image = [95] * 16
+    ids = torch.tensor([[1, 5, *image, *image, 7], [0] * 31 + [1, 9, 10, 11]])
+    mask = (torch.arange(35) >= torch.tensor([[0], [31]])).long()
+    with torch.no_grad(), mlv.route(model, [0, 1]), pytest.raises(mlv.RoutingError, match=r"\[2, 0\] images"):
+        model(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(2, 3, 32, 32))

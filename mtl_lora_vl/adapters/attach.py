@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..config import TOWERS, MTLLoRAConfig
-from ..families import FAMILIES, find_family
+from ..families import FAMILIES, find_family, inner_row_images
 from ..log import warn_user
 from .attention import LoRAMultiheadAttention
 from .generation import install_routed_generate
@@ -44,6 +44,8 @@ class AttachInfo:
     layers: dict[str, AdapterBank]  # adapted projection name -> its adapter bank
     towers: dict[str, str]          # adapted projection name -> "image" | "text"
     hooks: list[RemovableHandle] = field(default_factory=list)   # on the model's modules (adapters/packed.py)
+    #: The one-image-per-row check and the module it is hooked on (generate runs it too: adapters/generation.py)
+    row_check: tuple[nn.Module, RowImagesCheck] | None = None
 
 
 def _batch_dim(model: nn.Module, name: str) -> int | None:
@@ -224,12 +226,14 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
             setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     hooks = (pack_towers(model, fam.packed_tower, fam.image_rows, router, layers)
              if fam is not None and fam.packed_tower and fam.image_rows else [])
-    if fam is not None and fam.row_images is not None:   # on the inner multimodal model where there is one, which
+    row_check = None
+    row_images = fam.row_images if fam is not None else inner_row_images(model)   # (a family's inner model itself)
+    if row_images is not None:   # on the inner multimodal model where there is one, which
         inner = getattr(model, "model", None)             # the outer forward calls: both entry points are checked
         takes = isinstance(inner, nn.Module) and "pixel_values" in inspect.signature(inner.forward).parameters
-        hooks.append((inner if takes else model).register_forward_pre_hook(RowImagesCheck(router, fam.row_images),
-                                                                           with_kwargs=True))
-    model._mtl_lora = AttachInfo(cfg, router, fam.name if fam else "custom", layers, towers, hooks)
+        row_check = (inner if takes else model, RowImagesCheck(router, row_images))
+        hooks.append(row_check[0].register_forward_pre_hook(row_check[1], with_kwargs=True))
+    model._mtl_lora = AttachInfo(cfg, router, fam.name if fam else "custom", layers, towers, hooks, row_check)
     install_routed_generate(model)
     return model
 

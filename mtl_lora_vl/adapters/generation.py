@@ -91,7 +91,14 @@ class RoutedGenerate:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         model = self.model
-        with expanded_rows(model, generation_rows(model, {**_positional(type(model).generate, args), **kwargs})):
+        given = {**_positional(type(model).generate, args), **kwargs}
+        check = getattr(model.__dict__.get("_mtl_lora"), "row_check", None)
+        if check is not None:   # generate encodes the images before the prefill (mm_encoder_outputs), so the
+            if given.get("inputs") is not None:   # forward's check sees no pixel values: the call's inputs are checked here
+                given.setdefault("inputs_embeds" if given["inputs"].is_floating_point() else "input_ids",
+                                 given["inputs"])
+            check[1](check[0], (), given)
+        with expanded_rows(model, generation_rows(model, given)):
             return type(model).generate(model, *args, **kwargs)
 
     def __reduce__(self) -> tuple:

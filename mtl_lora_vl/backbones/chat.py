@@ -80,13 +80,25 @@ def read_chat_wrap(processor: Any, strip_bos: bool, name: str) -> ChatWrap:
         except Exception:   # a template for text only: the text opening serves
             one = two = None
         if one is not None and two is not None and one[1] == two[1] == after:
-            chunk = two[0][len(one[0]):]
-            if chunk and two[0].startswith(one[0]) and one[0].endswith(chunk):
-                before_image = one[0][:-len(chunk)]
+            before_image = _image_opening(one[0], two[0], before)
     bos = getattr(tok, "bos_token", None)
     if strip_bos and bos:
         before, before_image = (b[len(bos):] if b.startswith(bos) else b for b in (before, before_image))
     return ChatWrap(before, after, before_image)
+
+
+def _image_opening(one: str, two: str, fallback: str) -> str:
+    """X of ``one`` = X + c + S and ``two`` = X + c + c + S (the turn's text before the user's text, opening with one
+    image and with two; S: what the template writes between the images and the text, e.g. LLaVA-Interleave's
+    '\\n'). The second image's place is taken as late as it can be; ``fallback`` where none fits."""
+    n = len(two) - len(one)
+    if n <= 0:
+        return fallback
+    for k in range(len(one), n - 1, -1):   # two = one[:k] + c + one[k:], one[:k] ending with c
+        c = two[k:k + n]
+        if two[:k] == one[:k] and two[k + n:] == one[k:] and one[:k].endswith(c):
+            return one[:k - n]
+    return fallback
 
 
 def _split(text: Any) -> tuple[str, str] | None:
