@@ -38,6 +38,19 @@ def chat_dir(tmp_path_factory) -> Path:
     return folder
 
 
+def _with_template(chat_dir: Path, folder: Path, template: str):
+    """The chat fixture's model in ``folder`` with its processor given ``template``, loaded as a backbone (and that
+    processor)."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(chat_dir)
+    processor.chat_template = template
+    processor.save_pretrained(folder)
+    for f in ("config.json", "model.safetensors"):
+        (folder / f).write_bytes((chat_dir / f).read_bytes())
+    return load_backbone(f"hf:{folder}"), processor
+
+
 def _chat_spec(tmp: Path, name: str, template: str | None = None) -> str:
     path = Path(_small_spec(tmp, name))
     text = re.sub(r"^\[generative\]$", "[generative]\nchat = true", path.read_text(), flags=re.M)
@@ -72,16 +85,7 @@ def test_a_chat_prompt_gives_the_ids_the_processor_gives_for_that_turn(chat_dir,
 
 
 def test_the_start_token_a_template_writes_is_not_put_twice(chat_dir, tmp_path):
-    from transformers import AutoProcessor
-
-    folder = tmp_path / "bos"
-    processor = AutoProcessor.from_pretrained(chat_dir)
-    processor.chat_template = "{{ bos_token }}" + TEMPLATE
-    processor.save_pretrained(folder)
-    for f in chat_dir.glob("*.safetensors"):
-        (folder / f.name).write_bytes(f.read_bytes())
-    (folder / "config.json").write_bytes((chat_dir / "config.json").read_bytes())
-    backbone = load_backbone(f"hf:{folder}")
+    backbone, _ = _with_template(chat_dir, tmp_path / "bos", "{{ bos_token }}" + TEMPLATE)
     assert backbone.chat_wrap() == ChatWrap("user: ", " assistant:", "user: ")
 
 
@@ -174,15 +178,7 @@ def test_a_turn_that_opens_with_the_image_gets_the_templates_image_opening(chat_
     """A template that writes a turn opening with an image differently (Idefics3, SmolVLM) was read from a text turn
     only: 'user: <image>…' where its processor writes 'user:<image>…'. A prompt that opens with the image now gets
     the image opening; one that opens with text keeps the text opening."""
-    from transformers import AutoProcessor
-
-    folder = tmp_path / "image_first"
-    processor = AutoProcessor.from_pretrained(chat_dir)
-    processor.chat_template = IMAGE_FIRST
-    processor.save_pretrained(folder)
-    for f in ("config.json", "model.safetensors"):
-        (folder / f).write_bytes((chat_dir / f).read_bytes())
-    backbone = load_backbone(f"hf:{folder}")
+    backbone, processor = _with_template(chat_dir, tmp_path / "image_first", IMAGE_FIRST)
     assert backbone.chat_wrap() == ChatWrap("user: ", " assistant:", "user:")
     spec = load_spec(_chat_spec(tmp_path, "vqa", "{image}{question}"))
     kind = build_kind(spec, _split(spec, "train", 6), backbone)
@@ -207,15 +203,7 @@ def test_a_template_that_writes_text_after_the_images_gets_the_image_opening_too
     """LLaVA-Interleave / OneVision / FastVLM write something between the images and the text ('\\n'): the image
     opening was not found ('user <image>\\n' with one image is not a prefix of 'user <image><image>\\n' with two),
     the text opening 'user \\n' served, and no prompt gave the processor's 'user <image>\\nQ'."""
-    from transformers import AutoProcessor
-
-    folder = tmp_path / "interleave"
-    processor = AutoProcessor.from_pretrained(chat_dir)
-    processor.chat_template = INTERLEAVE
-    processor.save_pretrained(folder)
-    for f in ("config.json", "model.safetensors"):
-        (folder / f).write_bytes((chat_dir / f).read_bytes())
-    backbone = load_backbone(f"hf:{folder}")
+    backbone, processor = _with_template(chat_dir, tmp_path / "interleave", INTERLEAVE)
     assert backbone.chat_wrap().before_image == "<|im_start|>user "
     path = Path(_chat_spec(tmp_path, "vqa"))   # (a TOML basic string: _chat_spec's re.sub would turn the \\n into a line break)
     path.write_text(re.sub(r"^prompt = .*$", lambda _: 'prompt = "{image}\\n{question}"', path.read_text(), flags=re.M))
