@@ -21,8 +21,9 @@ __all__ = ["RowImagesCheck"]
 
 
 class RowImagesCheck:
-    """A forward pre-hook on the adapted model: refuses a mixed-task route unless every input row holds exactly
-    one image (what the tower cannot see: it gets the images without the rows they belong to)."""
+    """A forward pre-hook on the adapted VLM's multimodal model (``model.model`` where there is one), also run by
+    the routed ``generate`` on its inputs: refuses a mixed-task route unless every input row holds exactly one
+    image (what the tower cannot see: it gets the images without the rows they belong to)."""
 
     def __init__(self, router: Router, row_images: Callable[[nn.Module, tuple, dict], list[int] | None]) -> None:
         self.router, self.row_images = router, row_images
