@@ -188,7 +188,8 @@ def test_peft_export_loads_and_unload_takes_the_check_away(tmp_path):
             with mlv.route(m, t):
                 torch.testing.assert_close(pm(**x).logits, m(**x).logits, atol=1e-5, rtol=1e-4)
     plain = unload(m)
-    assert not plain.model.visual._forward_pre_hooks and not plain._forward_pre_hooks   # the checks went too
+    assert not plain.model.visual._forward_pre_hooks and not plain.model.visual._forward_hooks   # the checks went too
+    assert not plain._forward_pre_hooks and not plain.model._forward_pre_hooks
 
 
 def test_a_directory_without_its_processor_is_refused_with_the_fix(tmp_path):
