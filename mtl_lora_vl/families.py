@@ -109,7 +109,6 @@ def _qwen_image_rows(args: tuple, kwargs: dict) -> list[int]:
     return [int(t) * int(h) * int(w) for t, h, w in grid.tolist()]
 
 
-
 def _forward_input(model: Any, args: tuple, kwargs: dict, name: str) -> Any:
     """The argument ``name`` of a call ``model(*args, **kwargs)``, given by keyword or position (None: not given)."""
     if name in kwargs or not args:

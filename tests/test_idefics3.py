@@ -9,7 +9,12 @@ import re
 import pytest
 import torch
 from idefics3_tiny import CONNECTOR, inputs, tiny_idefics3
-from vlm_checks import assert_mixed_gradients_are_per_task_sums, assert_mixed_route_per_task, perturb_adapters
+from vlm_checks import (
+    assert_mixed_gradients_are_per_task_sums,
+    assert_mixed_route_per_task,
+    assert_peft_export_matches,
+    perturb_adapters,
+)
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.families import family_named, find_family
@@ -69,21 +74,14 @@ def test_mixed_gradients_equal_the_per_task_sum(checkpointing):
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")   # PEFT 0.21 reads it
 @SMOL
 def test_peft_export_loads_with_the_same_outputs(smolvlm, tmp_path):
-    peft = pytest.importorskip("peft")
+    pytest.importorskip("peft")
     m = _adapted(smolvlm, targets=_with_connector())
     x = inputs(2)
     mlv.export_lora(m, ["a", "b"], tmp_path / "peft")
     assert (tmp_path / "peft" / "a" / "adapter_config.json").is_file()
     torch.manual_seed(0)
     fresh = tiny_idefics3(smolvlm).eval()   # the same base weights (seed 0, as in _adapted)
-    pm = peft.PeftModel.from_pretrained(fresh, str(tmp_path / "peft" / "a"), adapter_name="a")
-    pm.load_adapter(str(tmp_path / "peft" / "b"), adapter_name="b")
-    pm.eval()
-    with torch.no_grad():
-        for t in ("a", "b"):
-            pm.set_adapter(t)
-            with mlv.route(m, t):
-                torch.testing.assert_close(pm(**x).logits, m(**x).logits, atol=1e-5, rtol=1e-4)
+    assert_peft_export_matches(m, fresh, tmp_path / "peft", x)
 
 
 @SMOL

@@ -7,7 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 from qwen_tiny import IMG_TOK, MERGER, VE, VID, VS, inputs, tiny_qwen2vl
-from vlm_checks import assert_mixed_gradients_are_per_task_sums, assert_mixed_route_per_task, perturb_adapters
+from vlm_checks import (
+    assert_mixed_gradients_are_per_task_sums,
+    assert_mixed_route_per_task,
+    assert_peft_export_matches,
+    perturb_adapters,
+)
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.adapters.routing import Route
@@ -167,7 +172,7 @@ def test_a_packed_route_maps_each_images_rows_onto_a_merged_layer_or_refuses():
 
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")   # PEFT 0.21 reads it
 def test_peft_export_loads_and_unload_takes_the_check_away(tmp_path):
-    peft = pytest.importorskip("peft")
+    pytest.importorskip("peft")
     torch.manual_seed(0)
     base = tiny_qwen2vl(False).eval()
     state = {k: v.clone() for k, v in base.state_dict().items()}
@@ -179,14 +184,7 @@ def test_peft_export_loads_and_unload_takes_the_check_away(tmp_path):
     assert "set_adapter('a')   # one task per call" in readme and "adapter_names=[" not in readme
     fresh = tiny_qwen2vl(False).eval()
     fresh.load_state_dict(state)
-    pm = peft.PeftModel.from_pretrained(fresh, str(tmp_path / "peft" / "a"), adapter_name="a")
-    pm.load_adapter(str(tmp_path / "peft" / "b"), adapter_name="b")
-    pm.eval()
-    with torch.no_grad():
-        for t in ("a", "b"):
-            pm.set_adapter(t)
-            with mlv.route(m, t):
-                torch.testing.assert_close(pm(**x).logits, m(**x).logits, atol=1e-5, rtol=1e-4)
+    assert_peft_export_matches(m, fresh, tmp_path / "peft", x)
     plain = unload(m)
     assert not plain.model.visual._forward_pre_hooks and not plain.model.visual._forward_hooks   # the checks went too
     assert not plain._forward_pre_hooks and not plain.model._forward_pre_hooks

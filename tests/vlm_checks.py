@@ -173,3 +173,18 @@ def assert_lm_loss_per_row(bb, plain_inputs: Callable[[torch.Tensor, torch.Tenso
     for r in range(3):
         ce = F.cross_entropy(logits[r, :-1], b["labels"][r, 1:], ignore_index=-100)
         torch.testing.assert_close(loss[r], ce, atol=1e-5, rtol=1e-5)
+
+
+def assert_peft_export_matches(model: torch.nn.Module, fresh: torch.nn.Module, folder, x: dict) -> None:
+    """The PEFT LoRAs ``export_lora`` wrote for tasks "a" and "b" in ``folder``, loaded onto ``fresh`` (the same base
+    weights) with ``PeftModel``, give each task's logits of ``model``."""
+    import peft
+
+    pm = peft.PeftModel.from_pretrained(fresh, str(folder / "a"), adapter_name="a")
+    pm.load_adapter(str(folder / "b"), adapter_name="b")
+    pm.eval()
+    with torch.no_grad():
+        for t in ("a", "b"):
+            pm.set_adapter(t)
+            with mlv.route(model, t):
+                torch.testing.assert_close(pm(**x).logits, model(**x).logits, atol=1e-5, rtol=1e-4)
