@@ -133,20 +133,36 @@ def _token_rows(model: Any, args: tuple, kwargs: dict, token: int) -> list[int] 
 
 def _qwen_row_images(model: Any, args: tuple, kwargs: dict) -> list[int] | None:
     """Images and videos per row of a Qwen2-VL forward: its ``<|vision_start|>`` tokens (None without pixel values
-    of either)."""
+    of either or their encoder outputs)."""
     images, videos = (_forward_input(model, args, kwargs, k) for k in ("pixel_values", "pixel_values_videos"))
-    if images is None and videos is None:
+    encoded = _forward_input(model, args, kwargs, "mm_encoder_outputs") or {}
+    if images is None and videos is None and not any(encoded.get(k) is not None for k in ("image", "video")):
         return None
     return _token_rows(model, args, kwargs, model.config.vision_start_token_id)
+
+
+def _images_given(model: Any, args: tuple, kwargs: dict) -> int | None:
+    """How many images a forward gets: as pixel values, or already encoded (``mm_encoder_outputs["image"]``, one
+    feature tensor per image: what ``generate`` passes the prefill, or a caller who encoded them under a route)."""
+    pixels = _forward_input(model, args, kwargs, "pixel_values")
+    if pixels is None:
+        encoded = (_forward_input(model, args, kwargs, "mm_encoder_outputs") or {}).get("image")
+        features = getattr(encoded, "pooler_output", None)
+        return None if features is None else len(features)
+    if pixels.dim() == 4:   # (images, 3, H, W)
+        return pixels.shape[0]
+    if pixels.dim() == 5:   # (rows, images per row, 3, H, W): Idefics3 drops the all-zero images that pad short rows
+        return int((pixels.flatten(2) != 0).any(-1).sum())
+    return None
 
 
 def _image_token_rows(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
     """Images per row of a forward of a model in which every image fills as many image tokens as the others (LLaVA,
     PaliGemma, unsplit Idefics3): each row's image tokens over one image's, that being all rows' image tokens
-    over the images given. None without pixel values, or where the counts do not divide (the model refuses those
+    over the images given. None without images, or where the counts do not divide (the model refuses those
     itself)."""
-    pixels = _forward_input(model, args, kwargs, "pixel_values")
-    if pixels is None or pixels.dim() < 4:
+    images = _images_given(model, args, kwargs)
+    if images is None:
         return None
     cfg = model.config
     token = getattr(cfg, "image_token_id", None)
@@ -154,10 +170,6 @@ def _image_token_rows(model: Any, args: tuple, kwargs: dict) -> list[float] | No
     counts = _token_rows(model, args, kwargs, token)
     if counts is None:
         return None
-    if pixels.dim() == 4:   # (images, 3, H, W)
-        images = pixels.shape[0]
-    else:   # (rows, images per row, 3, H, W): Idefics3 drops the all-zero images that pad short rows
-        images = int((pixels.flatten(2) != 0).any(-1).sum())
     total = sum(counts)
     if not images or not total or total % images:
         return None

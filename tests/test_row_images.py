@@ -161,3 +161,26 @@ def test_attach_on_the_inner_model_checks_one_image_per_row(family):
     mask = (torch.arange(35) >= torch.tensor([[0], [31]])).long()
     with torch.no_grad(), mlv.route(model, [0, 1]), pytest.raises(mlv.RoutingError, match=r"\[2, 0\] images"):
         model(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("family", ["llava", "paligemma", "qwen2_vl"])
+def test_images_encoded_before_the_forward_are_counted_too(family):
+    """mm_encoder_outputs (images encoded before the call, as generate passes them to the prefill): the check found
+    no pixel values and let a row holding two encoded images beside one holding none run under a mixed route."""
+    if family == "qwen2_vl":
+        from qwen_tiny import IMG_TOK, VE, VS, tiny_qwen2vl
+
+        model, image = _adapted(tiny_qwen2vl()), [VS, *[IMG_TOK] * 4, VE]
+        vision = {"pixel_values": torch.randn(32, 384), "image_grid_thw": torch.tensor([[1, 4, 4]] * 2)}
+    else:
+        model, image = _adapted(tiny_llava() if family == "llava" else tiny_paligemma()), [95] * 16
+        vision = {"pixel_values": torch.randn(2, 3, 32, 32)}
+    ids, mask = _rows([1, 5, *image, *image, 7], [1, 9, 10, 11])
+    with torch.no_grad():
+        with mlv.route(model, "a"):
+            encoded = {"image": model.model.get_image_features(**vision, return_dict=True)}
+        with mlv.route(model, [0, 1]), pytest.raises(mlv.RoutingError, match=r"\[2, 0\] images"):
+            model(input_ids=ids, attention_mask=mask, mm_encoder_outputs=encoded)
+        ids1, mask1 = _rows([1, 5, *image, 7], [1, 9, *image, 10])
+        with mlv.route(model, [0, 1]):   # one image per row: routed
+            model(input_ids=ids1, attention_mask=mask1, mm_encoder_outputs=encoded)
