@@ -254,21 +254,23 @@ FAMILIES: tuple[Family, ...] = (
 
 
 #: A family's inner multimodal model (``model.model``), adapted on its own with given targets (family "custom"):
-#: how to count its rows' images, so a mixed route over two images in one row is refused there too.
-INNER_ROW_IMAGES: tuple[tuple[str, Callable[[Any, tuple, dict], Any]], ...] = (
-    ("transformers.models.llava.LlavaModel", _image_token_rows),
-    ("transformers.models.paligemma.PaliGemmaModel", _image_token_rows),
-    ("transformers.models.idefics3.Idefics3Model", _image_token_rows),
-    ("transformers.models.smolvlm.SmolVLMModel", _image_token_rows),
-    ("transformers.models.qwen2_vl.Qwen2VLModel", _qwen_row_images),
-    ("transformers.models.qwen2_5_vl.Qwen2_5_VLModel", _qwen_row_images),
+#: the family whose hooks it needs at run time (its rows' image count; Qwen2-VL's packed vision tower), so a mixed
+#: route through it is checked and routed as through the whole model.
+INNER_MODELS: tuple[tuple[str, str], ...] = (
+    ("transformers.models.llava.LlavaModel", "llava"),
+    ("transformers.models.paligemma.PaliGemmaModel", "paligemma"),
+    ("transformers.models.idefics3.Idefics3Model", "idefics3"),
+    ("transformers.models.smolvlm.SmolVLMModel", "idefics3"),
+    ("transformers.models.qwen2_vl.Qwen2VLModel", "qwen2_vl"),
+    ("transformers.models.qwen2_5_vl.Qwen2_5_VLModel", "qwen2_vl"),
 )
 
 
-def inner_row_images(model: object) -> Callable[[Any, tuple, dict], Any] | None:
-    """The row-image counter of a family's inner multimodal model (:data:`INNER_ROW_IMAGES`), else None."""
+def inner_family(model: object) -> Family | None:
+    """The family whose inner multimodal model ``model`` is (:data:`INNER_MODELS`), else None."""
     cls = type(model)
-    return next((f for ref, f in INNER_ROW_IMAGES if any(_is_class(c, ref) for c in cls.__mro__)), None)
+    return next((family_named(name) for ref, name in INNER_MODELS if any(_is_class(c, ref) for c in cls.__mro__)),
+                None)
 
 
 def find_family(model: object) -> Family | None:

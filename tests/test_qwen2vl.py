@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from qwen_tiny import IMG_TOK, MERGER, VE, VID, VS, inputs, tiny_qwen2vl
+from qwen_tiny import IMG_TOK, MERGER, TEXT, VE, VID, VIS, VS, inputs, tiny_qwen2vl
 from vlm_checks import (
     assert_mixed_gradients_are_per_task_sums,
     assert_mixed_route_per_task,
@@ -117,6 +117,27 @@ def test_images_of_different_sizes_take_their_own_rows_task(v25, method):
                 alone = m.model.visual(pv, grid_thw=x["image_grid_thw"][i:i + 1]).pooler_output
             torch.testing.assert_close(vis[a:b], alone)
     assert_mixed_route_per_task(m, x, ids)
+
+
+@pytest.mark.parametrize("v25", [False, True])
+def test_the_inner_model_attached_on_its_own_routes_images_of_different_sizes(v25):
+    """Qwen2VLModel adapted on its own (given targets: family "custom") got the row check but not the packed
+    tower's hooks, so any mixed route through its tower was refused ('routed 3 task ids but the batch here has 72
+    samples'); it now routes each image's patches by its row, as the whole model does."""
+    inner = tiny_qwen2vl(v25).eval().model
+    m = perturb_adapters(mlv.attach(inner, mlv.MTLLoRAConfig(tasks=["a", "b"], r=4,
+                                                             targets={"image": [VIS], "text": [TEXT]})))
+    x = inputs(sizes=SIZES, ragged=True)
+    ids = [0, 1, 0]
+    with torch.no_grad():
+        alone = []
+        for t in ("a", "b"):
+            with mlv.route(m, t):
+                alone.append(m(**x).last_hidden_state)
+        with mlv.route(m, ids):
+            mixed = m(**x).last_hidden_state
+    torch.testing.assert_close(mixed, torch.stack([alone[t][i] for i, t in enumerate(ids)]))
+    assert (alone[0] - alone[1]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..config import TOWERS, MTLLoRAConfig
-from ..families import FAMILIES, find_family, inner_row_images
+from ..families import FAMILIES, find_family, inner_family
 from ..log import warn_user
 from .attention import LoRAMultiheadAttention
 from .generation import install_routed_generate
@@ -224,10 +224,11 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
         for alias in aliases:
             parent_name, _, child = alias.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-    hooks = (pack_towers(model, fam.packed_tower, fam.image_rows, router, layers)
-             if fam is not None and fam.packed_tower and fam.image_rows else [])
+    runs_as = fam if fam is not None else inner_family(model)   # (a family's inner model adapted on its own)
+    hooks = (pack_towers(model, runs_as.packed_tower, runs_as.image_rows, router, layers)
+             if runs_as is not None and runs_as.packed_tower and runs_as.image_rows else [])
     row_check = None
-    row_images = fam.row_images if fam is not None else inner_row_images(model)   # (a family's inner model itself)
+    row_images = runs_as.row_images if runs_as is not None else None
     if row_images is not None:   # on the inner multimodal model where there is one, which
         inner = getattr(model, "model", None)             # the outer forward calls: both entry points are checked
         takes = isinstance(inner, nn.Module) and "pixel_values" in inspect.signature(inner.forward).parameters
