@@ -494,3 +494,57 @@ def test_heads_are_plain_modules_not_pickles(trained_run):
     state = json.loads((path / "tasks" / "vqa.state.json").read_text())
     assert state["kind"] == "vqa" and state["state"]["answers"] == trained_run[3]["vqa"].answers
     assert isinstance(trained_run[2]["retrieval"], nn.Module)
+
+
+# ---------------------------------------------------------------------------------------------- overwrite and partial failure
+
+
+def test_export_overwrite_never_replaces_an_adapter_a_run_or_the_base_models_own_folder(tmp_path):
+    """export_lora / save_merged(overwrite=True) replaced a native adapter directory (every task and head) with one
+    task's PEFT LoRA, and a merged export over the folder the model was loaded from deleted the base weights;
+    save_adapter(overwrite=True) and the CLI refuse both."""
+    torch.manual_seed(0)
+    tiny_llava().save_pretrained(tmp_path / "base")
+    from transformers import LlavaForConditionalGeneration
+
+    model = mlv.attach(LlavaForConditionalGeneration.from_pretrained(str(tmp_path / "base")),
+                       mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2))
+    _randomize(model)
+    adapter = mlv.save_adapter(model, tmp_path / "ad", base={"backbone": f"hf:{tmp_path / 'base'}"})   # (not
+    # "adapter": tmp_path would then look like a training run directory, which is refused first)
+    kept = sorted(p.name for p in adapter.iterdir())
+    with pytest.raises(FileExistsError, match="adapter"):
+        mlv.export_lora(model, "vqa", adapter, overwrite=True)
+    with pytest.raises(FileExistsError, match="adapter"):
+        mlv.save_merged(model, "vqa", adapter, overwrite=True)
+    assert sorted(p.name for p in adapter.iterdir()) == kept
+    weights = (tmp_path / "base" / "model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="base model"):
+        mlv.save_merged(model, "vqa", tmp_path / "base", overwrite=True)
+    assert (tmp_path / "base" / "model.safetensors").read_bytes() == weights
+    # an earlier export is still replaced
+    out = mlv.export_lora(model, "vqa", tmp_path / "peft")
+    mlv.export_lora(model, "cls", out, overwrite=True)
+
+
+def test_a_failed_multi_task_export_says_what_was_written(tmp_path, monkeypatch, capsys):
+    import mtl_lora_vl.cli.export as ce
+    from mtl_lora_vl.backbones import load_backbone
+
+    bb = load_backbone("builtin")
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2))
+    adapter = mlv.save_adapter(bb.model, tmp_path / "ad", base={"backbone": "builtin"})
+    real, calls = ce.save_merged, []
+
+    def flaky(*a, **k):
+        calls.append(a[1])
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ce, "save_merged", flaky)
+    assert ce.export_main(["--adapter", str(adapter), "--task", "vqa,retrieval,cls", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "task 'retrieval'" in err and "No space left on device" in err   # which task failed, and why
+    assert re.search(r"written \(complete\): \S+/o/vqa; not written: retrieval, cls \(rerun for them with --task "
+                     r"retrieval,cls\)", err), err

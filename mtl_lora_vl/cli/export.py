@@ -162,7 +162,14 @@ def export(opts: ExportOptions) -> list[Path]:
     with tempfile.TemporaryDirectory() as scratch:
         source = _source_dir(spec) or _open_clip_config(spec, model, Path(scratch))
         for task in progress(tasks, desc="export", unit="task"):
-            written.append(_export_one(opts, model, task, targets[task], source))
+            try:
+                written.append(_export_one(opts, model, task, targets[task], source))
+            except OSError as e:   # say which task failed and which folders are complete
+                done = f"; written (complete): {', '.join(map(str, written))}" if written else ""
+                left = tasks[tasks.index(task):]
+                msg = (f"task {task!r} to {targets[task]}: {e.strerror or e}{done}; not written: {', '.join(left)} "
+                       f"(rerun for them with --task {','.join(left)})")
+                raise OSError(*((e.errno, msg) if e.errno is not None else (msg,))) from e
     return written
 
 

@@ -53,7 +53,7 @@ from ..families import MERGED_CONFIG, MERGED_WEIGHTS, merged_format, peft_export
 from .atomic import atomic_dir, atomic_file
 from .base_check import check_base_class, check_weight_samples, newer_package_hint, refuse_adapted
 from .identity import model_identity, plan_attached
-from .layout import ADAPTER_CONFIG, EXPORT_RECORD, LEGACY_ADAPTER_CONFIG, AdapterFileError, few
+from .layout import ADAPTER_CONFIG, EXPORT_RECORD, LEGACY_ADAPTER_CONFIG, AdapterFileError, check_replace, few
 from .tensor_files import load_tensors, save_tensors
 
 __all__ = ["PLAIN_CONFIG", "PLAIN_FORMAT", "PLAIN_WEIGHTS", "apply_plain_lora", "export_lora", "save_merged"]
@@ -110,6 +110,8 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
             raise ValueError(f"export_lora: PEFT LoRA cannot express adapters on the packed in-projection of "
                              f"nn.MultiheadAttention ({few(mha, 3)}); use format='plain' (--format plain) or a merged checkpoint")
     write = _write_peft if format == "peft" else _write_plain
+    if overwrite:
+        check_replace(path, what="export_lora", keep=_base_files(inner))
     with atomic_dir(path, overwrite=overwrite, what="export_lora") as tmp:
         for t in tasks:
             out = tmp / t if several else tmp
@@ -285,6 +287,11 @@ def _name_or_path(model: nn.Module) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
+def _base_files(model: nn.Module) -> list[tuple[str, Path | None]]:
+    """What an export's ``overwrite=True`` must not delete: the folder the base model was loaded from."""
+    return [("the base model's own folder", _loaded_from(model))]
+
+
 def _loaded_from(model: nn.Module) -> Path | None:
     """The local directory a Hugging Face model was ``from_pretrained`` from, if any."""
     name = getattr(model, "name_or_path", "") or ""
@@ -304,6 +311,8 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     inner = adapted_module(model)
     sd = merged_state_dict(inner, task)
     out = Path(out)
+    if overwrite:
+        check_replace(out, what="save_merged", keep=[*_base_files(inner), ("source_dir", source_dir)])
     meta = {"format": "pt", "mtl_lora_vl_task": task}
     if out.suffix == ".safetensors":
         with atomic_file(out, overwrite=overwrite, what="save_merged") as tmp:

@@ -121,6 +121,9 @@ def _not_native(path: Path, peft_type: str | None = None) -> str:
         return (f"{path}: no {ADAPTER_CONFIG}; it holds PEFT adapters in subfolders ({few(peft)}), as "
                 f"mtl_lora_vl.export_lora(model, [tasks], path) writes them; load one with "
                 "peft.PeftModel.from_pretrained(base_model, path/<task>, adapter_name=<task>). " + native)
+    if (path / ADAPTER_WEIGHTS).is_file():
+        return (f"{path}: {ADAPTER_CONFIG} is missing beside {ADAPTER_WEIGHTS}, so the adapter directory is "
+                "incomplete (the weights cannot be read without it); copy the whole directory again")
     return (f"{path}: no {ADAPTER_CONFIG} (nor a format-1 {LEGACY_ADAPTER_CONFIG}); this is not an adapter "
             "directory written by mtl_lora_vl.save_adapter")
 
@@ -192,6 +195,24 @@ def _kept_kind(path: Path) -> str | None:
     if is_run_dir(path):
         return "a training run directory"
     return None
+
+
+def check_replace(out: str | Path, *, what: str, keep: Iterable[tuple[str, str | Path | None]] = ()) -> None:
+    """Refuse an API call's ``overwrite=True`` where replacing ``out`` would delete an adapter or a training run (or
+    part of one), or what ``keep`` names (the base model's own files): ``FileExistsError`` naming both and the fix.
+    (The commands' ``--out`` goes through :func:`check_output`, which also wants an earlier output's marker.)"""
+    out = Path(out)
+    if not out.exists():
+        return
+    for folder in (out, *out.parents):
+        kind = _kept_kind(folder) if folder.is_dir() else None
+        if kind:
+            where = "is" if folder == out else f"lies inside {folder}, which is"
+            raise FileExistsError(f"{what}: {out} {where} {kind}, which overwrite=True never replaces; write to "
+                                  "another path")
+    for name, path in keep:
+        if path and Path(path).exists() and (holds(out, path) or (out.is_file() and holds(path, out))):
+            raise FileExistsError(f"{what}: replacing {out} would delete {name} {path}; write to another path")
 
 
 def check_outputs_folder(out: str | Path, *, command: str,
