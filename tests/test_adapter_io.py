@@ -332,7 +332,7 @@ def test_other_weights_of_the_same_architecture_are_refused(oc_adapter, tmp_path
     recorded path): it loaded silently and gave other outputs. bf16 storage of the right weights still loads."""
     path = oc_adapter[0]
     samples = json.loads((path / ADAPTER_CONFIG).read_text())["base_model"]["weight_samples"]
-    assert "visual.transformer.resblocks.0.attn.in_proj_weight" in samples and len(samples) == 16
+    assert "visual.transformer.resblocks.0.attn.in_proj_weight" in samples and len(samples) == 50   # every parameter
     from mtl_lora_vl.io.identity import model_identity
 
     model = oc_adapter[1]
@@ -341,7 +341,7 @@ def test_other_weights_of_the_same_architecture_are_refused(oc_adapter, tmp_path
         assert model_identity(model)["weight_samples"] == samples
     finally:
         mlv.unmerge(model)
-    with pytest.raises(AdapterFileError, match=r"trained on other weights of this architecture: 16 of 16 adapted base "
+    with pytest.raises(AdapterFileError, match=r"trained on other weights of this architecture: \d+ of 50 sampled base "
                                                r"weights differ .*check_base_weights=False"):
         mlv.load_adapter(_fresh(tiny_open_clip, seed=1), path)
     mlv.load_adapter(_fresh(tiny_open_clip, seed=1), path, check_base_weights=False)  # asked for
@@ -350,7 +350,7 @@ def test_other_weights_of_the_same_architecture_are_refused(oc_adapter, tmp_path
     nudged = _fresh(tiny_open_clip)
     with torch.no_grad():  # one weight of sixteen changed
         nudged.visual.transformer.resblocks[0].attn.in_proj_weight.mul_(1.1)
-    with pytest.raises(AdapterFileError, match="1 of 16 adapted base weights differ"):
+    with pytest.raises(AdapterFileError, match="1 of 50 sampled base weights differ"):
         mlv.load_adapter(nudged, path)
     old = _copy(path, tmp_path / "old")  # a file written before samples were recorded: not checked
     doc = json.loads((old / ADAPTER_CONFIG).read_text())
@@ -741,3 +741,46 @@ def test_an_adapter_saved_before_qkv_slices_chose_separate_q_k_v_layers_still_lo
     want, got = _outputs(model, _hf_run, inp, TASKS), _outputs(loaded, _hf_run, inp, TASKS)
     for t in TASKS:
         torch.testing.assert_close(got[t], want[t])
+
+
+# ---------------------------------------------------------------------------------------------- review 109
+
+
+def test_a_missing_config_beside_the_adapter_weights_says_the_directory_is_incomplete(tmp_path):
+    model = _trained(tiny_hf_clip)
+    path = mlv.save_adapter(model, tmp_path / "adapter")
+    (path / ADAPTER_CONFIG).unlink()
+    with pytest.raises(AdapterFileError, match=rf"{ADAPTER_CONFIG} is missing.*{ADAPTER_WEIGHTS}.*copy"):
+        mlv.load_adapter(_fresh(tiny_hf_clip), path)
+
+
+def test_hand_edited_projections_are_an_adapter_file_error(tmp_path):
+    model = _trained(tiny_hf_clip)
+    path = mlv.save_adapter(model, tmp_path / "adapter")
+    doc = json.loads((path / ADAPTER_CONFIG).read_text())
+    doc["base_model"]["projections"] = {k: 5 for k in doc["base_model"]["projections"]}
+    (path / ADAPTER_CONFIG).write_text(json.dumps(doc))
+    with pytest.raises(AdapterFileError, match="projections"):   # was: TypeError: 'int' object is not iterable
+        mlv.load_adapter(_fresh(tiny_hf_clip), path)
+
+
+def test_other_weights_outside_the_adapted_layers_are_refused(tmp_path):
+    """A base whose adapted projections match but whose other weights differ (embeddings, norms, LLaVA's projector,
+    the LM head) loaded without a word, and its outputs are not the trained model's."""
+    model = _trained(tiny_llava)
+    path = mlv.save_adapter(model, tmp_path / "adapter")
+    other = _fresh(tiny_llava)
+    with torch.no_grad():
+        for n, p in other.named_parameters():
+            if "multi_modal_projector" in n:
+                p.normal_()
+    with pytest.raises(AdapterFileError, match="multi_modal_projector"):
+        mlv.load_adapter(other, path)
+    assert getattr(other, "_mtl_lora", None) is None
+    mlv.load_adapter(other, path, check_base_weights=False)   # still loads when asked to
+
+
+def test_load_adapter_onto_a_compiled_model_says_to_pass_the_original(tmp_path):
+    path = mlv.save_adapter(_trained(tiny_hf_clip), tmp_path / "adapter")
+    with pytest.raises((AdapterFileError, TypeError), match="_orig_mod"):
+        mlv.load_adapter(torch.compile(_fresh(tiny_hf_clip)), path)

@@ -30,7 +30,7 @@ from .identity import (
     same_weights,
     weight_sample,
 )
-from .layout import AdapterFileError, config_path, few
+from .layout import ADAPTER_CONFIG, AdapterFileError, config_path, few
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,12 @@ def check_base(base_model: nn.Module, doc: dict[str, Any], cfg: MTLLoRAConfig, p
     except AttachError as e:
         raise AdapterFileError(f"{path}: the adapter's targets do not fit this base model: {e}") from e
     mine = projections_of(plan)
-    theirs = {n: list(v) for n, v in (ident.get("projections") or {}).items()}
+    recorded = ident.get("projections") or {}
+    if not isinstance(recorded, dict) or not all(
+            isinstance(v, list) and len(v) == 2 and all(isinstance(d, int) for d in v) for v in recorded.values()):
+        raise AdapterFileError(f"{path}: base_model.projections in {ADAPTER_CONFIG} is not a mapping of projection "
+                               "name to [d_out, d_in] (an edited file); copy the adapter directory again")
+    theirs = {n: list(v) for n, v in recorded.items()}
     for fallback in (_saved_projections, _saved_before_separate_qkv):
         if mine != theirs and fingerprint(theirs) == ident.get("fingerprint"):
             saved = fallback(base_model, cfg, theirs)
@@ -153,7 +158,7 @@ def check_weight_samples(base_model: nn.Module, doc: dict[str, Any], path: Path)
         base = doc.get("base") or {}
         raise AdapterFileError(
             f"{path}: the adapter was trained on other weights of this architecture: {len(off)} of "
-            f"{len(recorded)} adapted base weights differ (e.g. {k}: {mine[:2]} here, {theirs[:2]} when it was "
+            f"{len(recorded)} sampled base weights differ (e.g. {k}: {mine[:2]} here, {theirs[:2]} when it was "
             f"saved). Load it onto the checkpoint it was trained on (recorded: backbone={base.get('backbone')!r}, "
             f"pretrained={base.get('pretrained')!r}), or pass check_base_weights=False to load it anyway")
 

@@ -95,15 +95,19 @@ def projections_of(plan: dict[str, BankPlan]) -> dict[str, list[int]]:
 
 def model_identity(model: nn.Module) -> dict[str, Any]:
     """The base-model identity recorded in adapter files: family, class, fingerprint, projections, and a few
-    values of each adapted base weight (``weight_samples``: other weights of the same architecture differ)."""
+    values of every base parameter (``weight_samples``: another checkpoint of the same architecture differs,
+    also where it differs only outside the adapted layers, e.g. in LLaVA's projector or the embeddings)."""
     inner = adapted_module(model)
     projections = projections_of(plan_attached(inner))
+    adapter = {id(p) for bank in inner._mtl_lora.layers.values() for p in bank.parameters(recurse=False)}
+    weights = {n: p for n, p in inner.named_parameters() if id(p) not in adapter and p.numel()}
+    weights.update(base_weights(inner))   # an adapted weight as it was before any merge
     return {"family": inner._mtl_lora.family, "class": class_name(inner),
             "fingerprint": fingerprint(projections), "projections": projections,
-            "weight_samples": {k: weight_sample(w) for k, w in sorted(base_weights(inner).items())}}
+            "weight_samples": {k: weight_sample(w) for k, w in sorted(weights.items())}}
 
 
-#: Values read from each adapted base weight (evenly spaced through it) for ``weight_samples``.
+#: Values read from each base parameter (evenly spaced through it) for ``weight_samples``.
 SAMPLES = 4
 
 
