@@ -33,7 +33,9 @@ from mtl_lora_vl.tasks import (
 )
 from mtl_lora_vl.tasks import registry as registry_mod
 from mtl_lora_vl.tasks.captioning import caption_references, caption_token_loss
-from mtl_lora_vl.tasks.retrieval import multi_positive_infonce, retrieval_texts
+from mtl_lora_vl.tasks.classification import ClassifierHead
+from mtl_lora_vl.tasks.retrieval import RetrievalHead, multi_positive_infonce, retrieval_texts
+from mtl_lora_vl.tasks.vqa import VQAHead
 
 BUILTIN = ("vqa", "retrieval", "caption_cls", "captioning")
 
@@ -775,3 +777,23 @@ def test_an_evaluation_split_without_captions_is_refused_at_start(kind_name, cli
     labelled = world.build_split("classification", "val", n=4, seed=0)   # images with labels, no text
     with pytest.raises(ValueError, match=f"task '{kind_name}': the evaluation split has no (reference )?captions"):
         kind.check_eval_split(labelled)
+
+
+def _check_fp32_under_autocast(head, *inputs):
+    ref = head(*inputs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = head(*(x.to(torch.bfloat16) for x in inputs))
+    assert got.dtype == torch.float32, got.dtype
+    torch.testing.assert_close(got, head(*(x.to(torch.bfloat16).float() for x in inputs)), rtol=1e-5, atol=1e-4)
+    assert ref.dtype == torch.float32
+
+
+def test_task_heads_score_in_fp32_inside_a_training_steps_autocast():
+    """The heads upcast their inputs to score in fp32, but the training step calls them inside torch.autocast,
+    which cast the matmul back to bf16 (steps of 0.25-0.5 at CLIP's logit scale 100) while evaluation scored in
+    fp32 (helper 110)."""
+    torch.manual_seed(0)
+    img, txt = F.normalize(torch.randn(8, 64), dim=-1), F.normalize(torch.randn(8, 64), dim=-1)
+    _check_fp32_under_autocast(RetrievalHead(100.0), img, txt)
+    _check_fp32_under_autocast(ClassifierHead(F.normalize(torch.randn(5, 64), dim=-1), 100.0), img)
+    _check_fp32_under_autocast(VQAHead(F.normalize(torch.randn(7, 64), dim=-1), 100.0), img, txt)

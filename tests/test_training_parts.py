@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import types
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from mtl_lora_vl.distributed import DistInfo
 from mtl_lora_vl.options import TrainOptions
 from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.retrieval import infonce, multi_positive_infonce
+from mtl_lora_vl.training import train as train_module
 from mtl_lora_vl.training.metrics_log import LossWindow, truncate_metrics
 from mtl_lora_vl.training.optim import Optimization, build_optimization
 from mtl_lora_vl.training.schedule import cosine_with_warmup
@@ -418,3 +421,23 @@ def test_an_extend_run_puts_no_weight_decay_on_the_adapters():
                                10, torch.device("cpu"), torch.float32)
         groups = o.optimizer.param_groups
         assert [g["weight_decay"] for g in groups] == [adapter_wd, 0.05], extend
+
+
+def test_default_workers_share_the_usable_cores_among_the_local_ranks(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert train_module.default_workers() == 1          # (16 cores - 8 trainers) / 8 ranks
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)   # 3 usable cores
+    assert train_module.default_workers() == 2
+
+
+def test_evaluation_during_training_uses_the_run_workers(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(train_module, "evaluate_adapted", lambda setup, **kw: seen.update(kw) or {})
+    run = SimpleNamespace(opts=SimpleNamespace(data_root=None, eval_batch_size=8), setup=None, workers=3,
+                          amp_dtype=torch.float32,
+                          info=DistInfo())
+    train_module.evaluate_during_training(run, 1, SimpleNamespace(log=lambda row: None))
+    assert seen.get("workers") == 3

@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtl_lora_vl.adapters.rows import autocast_off
 from mtl_lora_vl.backbones.base import BackboneError
 from mtl_lora_vl.backbones.chat import ChatWrap
 from mtl_lora_vl.data.fallback import decode_policy, failure_key
@@ -402,7 +403,8 @@ def prompt_scores(query: Tensor, prompt_emb: Tensor, scale: float | Tensor) -> T
     The one scorer of the prompt-matching kinds (classification, VQA), used alike by their zero-shot
     rules and their heads, so that a head initialised from the prompts reproduces the rule exactly.
     """
-    return scale * (F.normalize(query.float(), dim=-1) @ prompt_emb.t())
+    with autocast_off(query.device.type):   # fp32 inside a training step's autocast too (as in evaluation)
+        return scale * (F.normalize(query.float(), dim=-1) @ prompt_emb.float().t())
 
 
 def logit_scale_of(backbone: Backbone) -> float:

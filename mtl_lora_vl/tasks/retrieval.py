@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtl_lora_vl.adapters.rows import autocast_off
 from mtl_lora_vl.backbones.base import TEXT_EMBEDDINGS, Backbone, BackboneError
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.distributed import map_shards
@@ -73,7 +74,8 @@ class RetrievalHead(nn.Module):
         return _Capped.apply(self.log_scale, self.max_log_scale).exp()
 
     def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
-        return self.scale * image_emb.float() @ text_emb.float().t()
+        with autocast_off(image_emb.device.type):   # fp32 logits inside a training step's autocast too
+            return self.scale * image_emb.float() @ text_emb.float().t()
 
 
 def _image_key(image_id: str) -> int:

@@ -43,6 +43,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from mtl_lora_vl.adapters.rows import autocast_off
 from mtl_lora_vl.backbones.base import Backbone
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
@@ -91,8 +92,9 @@ class VQAHead(nn.Module):
 
     def forward(self, image_emb: Tensor, question_emb: Tensor) -> Tensor:
         img, q = image_emb.float(), question_emb.float()
-        query = (img + self.question_weight * q) + self.fusion(torch.cat([img, q, img * q], dim=-1))
-        return prompt_scores(query, self.answer_weight, self.logit_scale) + self.bias
+        with autocast_off(img.device.type):   # fp32 inside a training step's autocast too (as in evaluation)
+            query = (img + self.question_weight * q) + self.fusion(torch.cat([img, q, img * q], dim=-1))
+            return prompt_scores(query, self.answer_weight, self.logit_scale) + self.bias
 
 
 def majority_answer(answers: tuple[str, ...] | list[str]) -> str:

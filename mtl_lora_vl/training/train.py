@@ -242,8 +242,14 @@ def describe(run: Run) -> str:
 
 
 def default_workers() -> int:
-    """Loader workers when not given: one per spare core, at most four."""
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    """Loader workers when not given: this rank's share of the cores it may use (affinity mask, not the
+    machine's count) left after one per local rank (torchrun's ``LOCAL_WORLD_SIZE``), at most four."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(4, (cores - local) // local))
 
 
 # Data, resume, model wrapping --------------------------------------------------------------------
@@ -417,7 +423,7 @@ def evaluate_during_training(run: Run, step: int, log: MetricsLog) -> None:
     opts = run.opts
     with preserved_rng(), sharded_evaluation(run.info), main_rank_logging(run.info.is_main):
         scores = evaluate_adapted(run.setup, split="val", data_root=opts.data_root, device=run.info.device,
-                                  dtype=run.amp_dtype, batch_size=opts.eval_batch_size)
+                                  dtype=run.amp_dtype, batch_size=opts.eval_batch_size, workers=run.workers)
     log.log({"step": step, **{f"eval/{t}/{m}": v for t, r in scores.items() for m, v in r.items()}})
 
 
