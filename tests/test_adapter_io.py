@@ -784,3 +784,20 @@ def test_load_adapter_onto_a_compiled_model_says_to_pass_the_original(tmp_path):
     path = mlv.save_adapter(_trained(tiny_hf_clip), tmp_path / "adapter")
     with pytest.raises((AdapterFileError, TypeError), match="_orig_mod"):
         mlv.load_adapter(torch.compile(_fresh(tiny_hf_clip)), path)
+
+
+def test_saved_tensor_files_have_the_same_bytes_in_every_process(tmp_path):
+    """safetensors writes the metadata from a hash map whose order changes between processes, so an adapter re-saved
+    with equal tensors got another sha256 (and an --extend run's resume refused its unchanged source adapter,
+    helper 108): the metadata keys are written sorted, and the file still reads."""
+    import struct
+
+    from mtl_lora_vl.io.tensor_files import load_tensors, read_metadata, save_tensors
+
+    meta = {k: str(i) for i, k in enumerate("qwertyu")}   # 7 keys: a hash map's order is sorted 1 time in 5040
+    save_tensors({"a": torch.zeros(2), "b": torch.ones(3, dtype=torch.float16)}, tmp_path / "t.safetensors", meta)
+    raw = (tmp_path / "t.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+    assert list(header["__metadata__"]) == sorted(meta)
+    assert read_metadata(tmp_path / "t.safetensors") == meta
+    assert torch.equal(load_tensors(tmp_path / "t.safetensors")["b"], torch.ones(3, dtype=torch.float16))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,26 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
 
     save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}, str(path),
               metadata=metadata)
+    _sort_metadata(path)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the header of a safetensors file with its metadata keys sorted: safetensors writes them from a hash
+    map whose order changes from process to process, so equal tensors gave files of other bytes and digests (and
+    an ``--extend`` run's resume refused its re-saved, unchanged source adapter). The header keeps its length, so
+    no tensor moves."""
+    with open(path, "r+b") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        meta = header.get("__metadata__")
+        if not meta or len(meta) < 2:
+            return
+        header["__metadata__"] = dict(sorted(meta.items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:   # not the compact form safetensors writes: leave the file as it is
+            return
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
 
 
 def load_tensors(file: Path) -> dict[str, torch.Tensor]:
