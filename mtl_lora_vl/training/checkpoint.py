@@ -65,6 +65,7 @@ class Progress:
     log_window: dict[str, list[float]] = field(default_factory=dict)  # this rank's losses since the last log row
     bad_streak: int = 0                                               # skipped (non-finite) steps in a row
     replaced: dict[str, int] = field(default_factory=dict)            # replaced training rows per task, all ranks
+    scaler_skips: tuple[int, int] = (0, 0)                            # fp16-skipped steps: in all, and logged
 
 
 def rank_file(run_dir: str | Path, rank: int) -> Path:
@@ -112,6 +113,7 @@ def training_state(model: MultiTaskModel, optim: Optimization, loader: MultiTask
             **optim.state_dict(), "sampler": loader.state_dict(), "log_window": progress.log_window,
             "world_size": world_size, "rng_state": rng_state(), "rng": torch.get_rng_state(),
             "bad_streak": progress.bad_streak, "replaced_images": dict(progress.replaced),
+            "scaler_skips": list(progress.scaler_skips),
             **(inputs or {})}
 
 
@@ -250,4 +252,5 @@ def restore_training_state(state: dict[str, Any], model: MultiTaskModel, optim: 
             set_rng_state(mine["rng_state"])
             log_window = mine["log_window"]
     replaced = {str(t): int(n) for t, n in state.get("replaced_images", {}).items()}
-    return Progress(step, log_window, int(state.get("bad_streak", 0)), replaced)
+    skips = tuple(int(n) for n in state.get("scaler_skips", (0, 0)))
+    return Progress(step, log_window, int(state.get("bad_streak", 0)), replaced, skips)

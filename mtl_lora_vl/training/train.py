@@ -347,14 +347,16 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
     window = LossWindow(start_at.log_window)
 
     replaced_here = dict.fromkeys(loader.task_names, 0)   # this rank's consumed rows given a substitute image
-    skips = ScalerSkips(optim)   # steps fp16 loss scaling skipped (the same on every rank)
+    skips = ScalerSkips(optim)   # steps fp16 loss scaling skipped (the same on every rank), before a resume too
+    skips.total, skips.logged = start_at.scaler_skips
 
     def replaced() -> dict[str, int]:  # so far, every rank and the runs before a resume; all-reduces
         now = replaced_rows(replaced_here, info)
         return {k: now.get(k, 0) + start_at.replaced.get(k, 0) for k in sorted({*now, *start_at.replaced})}
 
     def checkpoint() -> None:  # every rank is at this point of the same step
-        save_training_checkpoint(run.dir, model, optim, loader, Progress(step, window.losses, bad, replaced()), info,
+        save_training_checkpoint(run.dir, model, optim, loader, Progress(step, window.losses, bad, replaced(),
+                                                                              (skips.total, skips.logged)), info,
                                  run.setup.inputs)
 
     with stop_at_step_boundary() as stop:
@@ -410,7 +412,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
         finally:
             progress.close()
     if info.is_main:
-        skips.report(step - start_at.step)
+        skips.report(step)
     checkpoint()
     signum = max_over_ranks(stop.signum, info)  # a signal in the last step: stopped before the evaluation
     if signum:
