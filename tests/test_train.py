@@ -1364,3 +1364,18 @@ def test_eval_refuses_a_spec_file_whose_metrics_the_adapter_does_not_compute(tmp
         evaluate_adapter(run / "adapter", tasks=",", out=tmp_path / "x", device="cpu")
     with pytest.raises(ValueError, match=r"gone.toml: spec file not found; .* adapter's tasks \['retrieval'\]"):
         evaluate_adapter(run / "adapter", tasks=str(tmp_path / "gone.toml"), out=tmp_path / "x", device="cpu")
+
+
+def test_extend_checks_an_explicit_backbone_builtin_like_any_other(tmp_path, capsys):
+    """--backbone builtin is the option's default, so --extend took it for 'not given' and silently extended a
+    builtin-llava adapter on its own base (helper 108); given explicitly, it is checked against the adapter's."""
+    run = tmp_path / "run"
+    assert train_main(["--backbone", "builtin-llava", "--tasks", str(small_spec(tmp_path, "vqa")), "--steps", "1",
+                       "--batch-size", "4", "--workers", "0", "--eval-batch-size", "16", "--skip-zero-shot",
+                       "--out", str(run)]) == 0
+    capsys.readouterr()
+    ext = tmp_path / "ext"
+    assert train_main(["--extend", str(run), "--backbone", "builtin", "--tasks", str(small_spec(tmp_path, "captioning")),
+                       "--steps", "1", "--workers", "0", "--out", str(ext)]) == 2
+    err = capsys.readouterr().err
+    assert "--extend reads the adapter's own base" in err and not ext.exists()

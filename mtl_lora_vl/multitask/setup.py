@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -116,12 +117,17 @@ def build_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec] 
     return Setup(backbone, specs, kinds, model, cfg, train_splits)
 
 
-def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec] | None = None) -> Setup:
+def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec] | None = None,
+                 given_names: Collection[str] | None = None) -> Setup:
     """A trained adapter plus new tasks: only the new Λ_t, w_t and heads will train (see add_task).
-    ``specs``: the new tasks' specs (``--tasks``) if already read."""
+    ``specs``: the new tasks' specs (``--tasks``) if already read; ``given_names``: the options named on the
+    command line or in the config file (None: those not at their default), so that an explicit ``--backbone
+    builtin`` is checked against the adapter's base like any other, not taken for the default."""
     new_specs = resolve_tasks(opts.tasks) if specs is None else specs
     src = Path(opts.extend)
-    given = None if opts.backbone == "builtin" else opts.backbone
+    named = ("backbone" in given_names if given_names is not None and not opts.resume
+             else opts.backbone != "builtin")   # (a resumed run's config.json holds what its first start used)
+    given = opts.backbone if named else None
     try:
         lp = load_pretrained(find_adapter_dir(src), device, backbone=given, pretrained=opts.pretrained,
                              data_root=opts.data_root, is_trainable=True, base_dtype=opts.base_dtype)

@@ -200,7 +200,7 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
                                 "the file back there (unchanged), or start a new run")
     seed_everything(opts.seed)
 
-    setup = extend_setup(opts, info.device, specs) if opts.extend else build_setup(opts, info.device, specs)
+    setup = extend_setup(opts, info.device, specs, given) if opts.extend else build_setup(opts, info.device, specs)
     if saved is not None:
         check_inputs_unchanged(saved, setup.inputs, run_dir)
         check_moves_checkable(saved, moved_folders(run_dir, opts), setup, run_dir)
