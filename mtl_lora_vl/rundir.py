@@ -248,6 +248,30 @@ def config_doc(run: Path, opts: TrainOptions) -> dict[str, Any]:
     return doc
 
 
+def recorded_options(run: Path, opts: TrainOptions) -> dict[str, Any]:
+    """The options a checkpoint records (:func:`config_doc` but what a resume may take anew: :data:`RESUME_OWN`,
+    :data:`RESUME_RELOCATABLE` folders, the run directory's own), so that a ``config.json`` edited since is
+    refused (:func:`check_options_unchanged`) instead of silently steering the rest of the run."""
+    skip = {*RESUME_OWN, *RESUME_RELOCATABLE, "out", "overwrite", "config"}
+    return {k: v for k, v in config_doc(run, opts).items() if k not in skip}
+
+
+def check_options_unchanged(saved: dict[str, Any], run: Path, opts: TrainOptions) -> None:
+    """Refuse to resume with options (read from ``config.json``) other than those the checkpoint recorded (a
+    checkpoint written before they were recorded is not checked): a learning rate, warm-up or accumulation
+    edited in by hand trained the rest of the run on other settings while the optimizer state and sampler
+    position were the old ones."""
+    recorded = saved.get("options")
+    if not isinstance(recorded, dict):
+        return
+    now = recorded_options(run, opts)
+    edited = [f"{k} {now.get(k)!r} (the checkpoint's: {v!r})" for k, v in sorted(recorded.items()) if now.get(k) != v]
+    if edited:
+        raise RunDirError(f"--resume {run}: {run / 'config.json'} was edited since the run's checkpoint: "
+                          f"{'; '.join(edited)}; put the values back to continue the run, or start a new run with "
+                          "the new options")
+
+
 def write_config(run: Path, opts: TrainOptions) -> None:
     """``run/config.json`` (:func:`config_doc`)."""
     with atomic_file(run / "config.json", overwrite=True, what="train") as tmp:   # a run needs it whole to resume

@@ -506,6 +506,20 @@ def test_resume_refuses_what_it_would_ignore_and_bad_config(tmp_path, capsys, mo
         m.setattr(setup_mod, "load_backbone", no_backbone)
         assert train_main(["--resume", str(run)]) == 2
     assert f"the task spec file(s) {spec} changed since the run's checkpoint" in capsys.readouterr().err
+    spec.write_text(re.sub(r"(?m)^loss_weight = 5.0$", "loss_weight = 1.0", spec.read_text()))
+    # config.json edited by hand since the checkpoint: an accumulation or warm-up resumed silently on other
+    # settings (helper 108); refused before anything loads, naming the option; the relocatable folders are not
+    for edit in ({"accumulate": 2}, {"lr": 0.5, "warmup": 9}):
+        (run / "config.json").write_text(json.dumps({**saved, **edit}))
+        with monkeypatch.context() as m:
+            m.setattr(setup_mod, "load_backbone", no_backbone)
+            assert train_main(["--resume", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert "config.json was edited since the run's checkpoint" in err
+        assert all(f"{k} {v!r} (the checkpoint's: {saved[k]!r})" in err for k, v in edit.items()), err
+    (run / "config.json").write_text(json.dumps({**saved, "workers": 1}))   # what a resume may take anew
+    assert train_main(["--resume", str(run)]) == 0
+    (run / "config.json").write_text(json.dumps(saved))
     explicit = {"resume", "tasks", "steps", "out"}
     same = resumed_options(run, TrainOptions(resume=str(run), tasks="vqa.toml", steps=1, out=str(run)), explicit)
     assert same.tasks == saved["tasks"]

@@ -108,7 +108,7 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
 def training_state(model: MultiTaskModel, optim: Optimization, loader: MultiTaskLoader, progress: Progress,
                    world_size: int = 1, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything ``--resume`` needs to continue exactly (rank 0's part; see the module docstring).
-    ``inputs``: the digests of what the run reads (``Setup.inputs``), which a resume checks."""
+    ``inputs``: the digests of what the run reads (``Setup.inputs``) and its options, which a resume checks."""
     return {"checkpoint_version": CHECKPOINT_VERSION, "step": progress.step, "trainable": model.trainable_state(),
             **optim.state_dict(), "sampler": loader.state_dict(), "log_window": progress.log_window,
             "world_size": world_size, "rng_state": rng_state(), "rng": torch.get_rng_state(),

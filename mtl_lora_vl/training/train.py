@@ -39,11 +39,13 @@ from ..multitask import Setup, build_setup, extend_setup
 from ..options import TrainOptions
 from ..precision import base_weights_dtype, check_base_precision, resolve_precision
 from ..rundir import (
+    check_options_unchanged,
     choose_run_dir,
     claim_run_dir,
     finish_overwrite,
     moved_folders,
     record_moved_folders,
+    recorded_options,
     resumed_options,
     undo_overwrite,
     write_config,
@@ -176,6 +178,7 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
     precision; the options completed (an --extend run's shape and base, path defaults, steps for --epochs)."""
     saved = load_checkpoint(run_dir) if opts.resume else None
     if saved is not None:   # before the set-up (the sampler refused it after, asking for the same tasks and options)
+        check_options_unchanged(saved, run_dir, opts)
         saved_world = int(saved.get("world_size", 1))
         if saved_world != info.world_size:
             how = (f"{saved_world} processes in all: torchrun --nnodes N --nproc_per_node M with N x M = {saved_world}"
@@ -357,7 +360,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
     def checkpoint() -> None:  # every rank is at this point of the same step
         save_training_checkpoint(run.dir, model, optim, loader, Progress(step, window.losses, bad, replaced(),
                                                                               (skips.total, skips.logged)), info,
-                                 run.setup.inputs)
+                                 {**run.setup.inputs, "options": recorded_options(run.dir, opts)})
 
     with stop_at_step_boundary() as stop:
         try:
