@@ -524,3 +524,25 @@ def test_loading_shows_no_transformers_progress_bar_off_a_terminal(tmp_path, cap
         assert hub.progress_bar_states.get("some_library") is False
     finally:
         hub.progress_bar_states.pop("some_library", None)
+
+
+def test_weights_load_straight_onto_an_accelerator(tmp_path, monkeypatch):
+    """A model loaded on the CPU and then moved cost every torchrun rank a host copy of the whole model (8 ranks of
+    a 7B bf16 model: ~112 GB); on an accelerator the weights now load onto the rank's device through device_map
+    (checked here by the arguments given: no GPU runs the tests), on the CPU as before."""
+    from conftest import tiny_llava
+    from transformers import LlavaForConditionalGeneration
+
+    from mtl_lora_vl.backbones.hf import load_hf_weights
+
+    tiny_llava().save_pretrained(tmp_path)
+    real, seen = LlavaForConditionalGeneration.from_pretrained, []
+
+    def recording(*a, **k):
+        seen.append(k.pop("device_map", None))
+        return real(*a, **k)
+
+    monkeypatch.setattr(LlavaForConditionalGeneration, "from_pretrained", recording)
+    load_hf_weights(LlavaForConditionalGeneration, tmp_path, torch.float32, "cuda:1")
+    load_hf_weights(LlavaForConditionalGeneration, tmp_path, torch.float32, "cpu")
+    assert seen == [{"": torch.device("cuda:1")}, None]

@@ -96,15 +96,19 @@ def _loading_bars(show: bool) -> Iterator[None]:
         hub.progress_bar_states.update(hub_was)
 
 
-def load_hf_weights(model_cls: type, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
+def load_hf_weights(model_cls: type, folder: Path, dtype: torch.dtype,
+                    device: str | torch.device = "cpu") -> torch.nn.Module:
     """``model_cls.from_pretrained(folder)`` that refuses a checkpoint whose weights do not all load. transformers
     only reports missing weights and initialises them randomly: a directory written by a transformers version
     that names the modules otherwise (the built-in LLaVA with transformers < 5.10.2: its vision tower) loaded
-    as a model with a random part, silently."""
+    as a model with a random part, silently. On an accelerator the weights load straight onto ``device``
+    (``device_map``): a copy in host memory first would cost every torchrun rank the whole model's size."""
+    device = torch.device(device)
+    placed = {"device_map": {"": device}} if device.type != "cpu" else {}
     with _loading_bars(not quiet() and interactive()):
         try:
             model, info = model_cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype,
-                                                    output_loading_info=True)
+                                                    output_loading_info=True, **placed)
         except (OSError, ValueError, RuntimeError):
             raise
         except Exception as e:   # safetensors' own error type (a truncated or corrupt file) is none of those

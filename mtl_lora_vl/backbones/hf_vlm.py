@@ -95,7 +95,7 @@ class HFVLMBackbone(Backbone):
         processor = load_processor(folder, spec.text)
         dtype = resolve_base_dtype(base_dtype, device)
         try:
-            model = load_hf_weights(model_cls, folder, dtype)
+            model = load_hf_weights(model_cls, folder, dtype, device)
         except BackboneError:
             raise
         except (OSError, ValueError, RuntimeError) as e:
