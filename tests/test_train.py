@@ -1393,3 +1393,28 @@ def test_extend_checks_an_explicit_backbone_builtin_like_any_other(tmp_path, cap
                        "--steps", "1", "--workers", "0", "--out", str(ext)]) == 2
     err = capsys.readouterr().err
     assert "--extend reads the adapter's own base" in err and not ext.exists()
+
+
+def test_a_resume_in_another_precision_says_so(tmp_path, monkeypatch, capsys):
+    """--device is a resume's own and --precision auto follows the device: a run trained in bf16 on a GPU and
+    resumed on a CPU (or the reverse) went on in another precision without a word (helper 108)."""
+    import mtl_lora_vl.training.train as train_mod
+
+    real, calls = train_mod.forward_backward, []
+
+    def stopped_in_step_3(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt   # the last periodic checkpoint (step 2) is kept
+        return real(*a, **k)
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "forward_backward", stopped_in_step_3)
+        assert train_main(base_args(tmp_path, run, steps=4) + ["--save-every", "2", "--skip-zero-shot"]) == 130
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["amp_dtype"] == "torch.float32"
+    torch.save({**state, "amp_dtype": "torch.bfloat16"}, run / "checkpoint.pt")   # as a GPU's auto would have
+    capsys.readouterr()
+    assert train_main(["--resume", str(run)]) == 0
+    assert "the run trained in bfloat16 up to step 2 and continues in float32 on cpu" in capsys.readouterr().err

@@ -62,7 +62,7 @@ class HFClipBackbone(Backbone):
             config = CLIPConfig.from_pretrained(str(folder), local_files_only=True)
         except Exception as e:  # wrong model type, malformed json, ...
             raise ValueError(f"{folder}/config.json is not a Hugging Face CLIP config: {e}") from e
-        model = load_hf_weights(CLIPModel, folder, resolve_base_dtype(base_dtype, device, large=False))
+        model = load_hf_weights(CLIPModel, folder, resolve_base_dtype(base_dtype, device, large=False), device)
         context_length = int(config.text_config.max_position_embeddings)
         tokenizer = load_hf_tokenizer(folder, context_length, spec.label)
         if tokenizer.vocab_size > config.text_config.vocab_size:

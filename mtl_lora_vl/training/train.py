@@ -210,6 +210,12 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
     loaded = base_weights_dtype(setup.model.model)
     amp_dtype = resolve_precision(opts.precision, info.device, opts.base_dtype, loaded)
     check_base_precision(opts.precision, amp_dtype, loaded, setup.backbone.casts_inputs)
+    trained_in = (saved or {}).get("amp_dtype")
+    if trained_in and trained_in != str(amp_dtype):   # --device is a resume's own, and "auto" follows the device
+        logger.warning("--resume %s: the run trained in %s up to step %s and continues in %s on %s (--precision %s "
+                       "follows the device), so it will not repeat an uninterrupted run", run_dir,
+                       trained_in.replace("torch.", ""), saved.get("step"), str(amp_dtype).replace("torch.", ""),
+                       info.device, opts.precision)
     if opts.extend:  # config.json and the adapter record its own shape and base model, which the new tasks take
         c = setup.config
         shape = dict(rank=c.r, alpha=c.alpha, n_up=c.n_up, temperature=c.temperature, dropout=c.dropout,
@@ -360,7 +366,8 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
     def checkpoint() -> None:  # every rank is at this point of the same step
         save_training_checkpoint(run.dir, model, optim, loader, Progress(step, window.losses, bad, replaced(),
                                                                               (skips.total, skips.logged)), info,
-                                 {**run.setup.inputs, "options": recorded_options(run.dir, opts)})
+                                 {**run.setup.inputs, "options": recorded_options(run.dir, opts),
+                                  "amp_dtype": str(run.amp_dtype)})
 
     with stop_at_step_boundary() as stop:
         try:
