@@ -63,7 +63,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from mtl_lora_vl.data import world  # noqa: E402
+from mtl_lora_vl.data import instructions, world  # noqa: E402
+from mtl_lora_vl.data.instructions import DEFAULT_KINDS, INSTRUCTION_TYPES, KNOWN_KINDS, PHRASINGS  # noqa: E402,F401
 from mtl_lora_vl.families import OPEN_CLIP_CONFIG  # noqa: E402
 from mtl_lora_vl.io.atomic import atomic_dir, atomic_file, check_asset_dir  # noqa: E402
 
@@ -76,100 +77,14 @@ PROMPTS = {"vqa": "<image> question: {question} answer:", "captioning": "<image>
 TURNS = {"vqa": "question: {question} answer:", "captioning": "caption:"}
 CLIP_DIR = REPO / "assets" / "builtin_clip"
 
-# Generic instructions about a pretraining scene, several phrasings each (the first is the world's own).
-PHRASINGS = {
-    "color": ("what color is the {shape}?", "what is the color of the {shape}?", "which color is the {shape}?"),
-    "shape": ("what shape is the {color} object?", "what is the shape of the {color} object?",
-              "which shape is {color}?"),
-    "count_all": ("how many objects are there?", "how many shapes are there?", "how many objects are in the image?"),
-    "count_shape": ("how many {shape}s are there?", "how many {shape}s are in the image?"),
-    "count_color": ("how many {color} objects are there?", "how many {color} shapes are there?"),
-    "existence": ("is there {obj}?", "is there {obj} in the image?", "does the image show {obj}?"),
-    "relation": ("is the {a} {rel} the {b}?", "is the {a} {rel} the {b} in the image?"),
-    "position": ("where is the {obj}?", "where is the {obj} in the image?"),
-}
-INSTRUCTION_TYPES = ("color", "shape", "count", "existence", "relation", "position")
-# Also accepted by --instruction-types: only "how many objects are there?" (no count of a shape or a colour).
-EXTRA_KINDS = ("count_total",)
-DEFAULT_KINDS = ("color", "shape", "count", "existence", "position")   # what the committed asset was trained on
-KNOWN_KINDS = INSTRUCTION_TYPES + EXTRA_KINDS
-OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-
-
 # --------------------------------------------------------------------------------------------------
 # Generic instructions from a pretraining scene
 # --------------------------------------------------------------------------------------------------
 
 
-def _article(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
-
-
-def instruction(kind: str, scene, rng: random.Random) -> tuple[str, str] | None:
-    """One (question, answer) of ``kind`` about ``scene``, or None when the scene cannot support it."""
-    objs = scene.objects
-
-    def unique(key):
-        c = Counter(key(o) for o in objs)
-        return [o for o in objs if c[key(o)] == 1]
-
-    if kind == "color":
-        cands = unique(lambda o: o.shape)
-        if not cands:
-            return None
-        o = rng.choice(cands)
-        return rng.choice(PHRASINGS["color"]).format(shape=o.shape), o.color
-    if kind == "shape":
-        cands = unique(lambda o: o.color)
-        if not cands:
-            return None
-        o = rng.choice(cands)
-        return rng.choice(PHRASINGS["shape"]).format(color=o.color), o.shape
-    if kind in ("count", "count_total"):
-        mode = rng.randrange(3) if kind == "count" else 0
-        if mode == 0:
-            return rng.choice(PHRASINGS["count_all"]), str(len(objs))
-        if mode == 1:   # half the time a shape that is there, so that answers are not mostly 0
-            shape = rng.choice(objs).shape if rng.random() < 0.5 else rng.choice(world.SHAPES)
-            return rng.choice(PHRASINGS["count_shape"]).format(shape=shape), str(sum(o.shape == shape for o in objs))
-        color = rng.choice(objs).color if rng.random() < 0.5 else rng.choice(world.COLOR_NAMES)
-        return rng.choice(PHRASINGS["count_color"]).format(color=color), str(sum(o.color == color for o in objs))
-    if kind == "existence":
-        present = {(o.color, o.shape) for o in objs}
-        if rng.random() < 0.5:
-            color, shape = rng.choice(sorted(present))
-            answer = "yes"
-        else:   # a near miss: the colour or the shape of an object that is there
-            base = rng.choice(objs)
-            absent = [(base.color, s) for s in world.SHAPES] + [(c, base.shape) for c in world.COLOR_NAMES]
-            color, shape = rng.choice([p for p in absent if p not in present])
-            answer = "no"
-        return rng.choice(PHRASINGS["existence"]).format(obj=_article(f"{color} {shape}")), answer
-    if kind == "relation":
-        cands = unique(lambda o: (o.color, o.shape))
-        pairs = [(a, r, b) for a in cands for b in cands if a is not b for r in world.RELATIONS
-                 if world.relation_holds(a, r, b)]
-        if not pairs:
-            return None
-        a, rel, b = rng.choice(pairs)
-        truth = rng.random() < 0.5
-        q = rng.choice(PHRASINGS["relation"]).format(a=a.name(), rel=rel if truth else OPPOSITE[rel], b=b.name())
-        return q, "yes" if truth else "no"
-    if kind == "position":
-        cands = [o for o in unique(lambda o: (o.color, o.shape)) if world.region(o) is not None]
-        if not cands:
-            return None
-        o = rng.choice(cands)
-        return rng.choice(PHRASINGS["position"]).format(obj=o.name()), world.region(o)
-    raise ValueError(f"unknown instruction kind {kind!r}; known: {', '.join(KNOWN_KINDS)}")
-
-
 def instruction_words() -> list[str]:
-    """Every word the instructions can use (phrasings filled with every shape, colour and relation)."""
-    out = [p for ps in PHRASINGS.values() for p in ps] + list(TURNS.values())
-    out += [*world.SHAPES, *(f"{s}s" for s in world.SHAPES), *world.COLOR_NAMES, *world.RELATIONS,
-            "top left right bottom center yes no", *(str(i) for i in range(world.MAX_OBJECTS + 1))]
-    return out
+    """Every word the instructions and their turns can use."""
+    return instructions.instruction_words() + list(TURNS.values())
 
 
 def turns_about(ex, rng: random.Random, turns: int,
@@ -183,7 +98,7 @@ def turns_about(ex, rng: random.Random, turns: int,
     for kind in kinds * 3:          # every kind once first, then again while turns are left
         if len(out) >= turns:
             break
-        qa = instruction(kind, ex.image, rng)
+        qa = instructions.instruction(kind, ex.image, rng)
         if qa is not None and qa[0] not in asked:
             asked.add(qa[0])
             out.append((TURNS["vqa"].format(question=qa[0]), qa[1]))

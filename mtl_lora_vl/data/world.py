@@ -178,7 +178,8 @@ def relation_holds(a: Obj, rel: str, b: Obj) -> bool:
     raise ValueError(f"unknown relation {rel!r}; known: {', '.join(RELATIONS)}")
 
 
-_OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+#: Each relation's opposite (a false relation question asks it).
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
 def region(obj: Obj) -> str | None:
@@ -197,7 +198,8 @@ def region(obj: Obj) -> str | None:
     return " ".join(w for w in (vertical, horizontal) if w) or "center"
 
 
-def _article(phrase: str) -> str:
+def article(phrase: str) -> str:
+    """``phrase`` with its indefinite article ('a red circle', 'an orange square')."""
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
@@ -266,7 +268,7 @@ def _relation_captions(scene: Scene, rng: random.Random) -> list[str]:
             with_size = a.name() == b.name() or rng.random() < 0.3
             for rel in RELATIONS:
                 if relation_holds(a, rel, b):
-                    out.append(f"{_article(a.name(with_size))} {rel} {_article(b.name(with_size))}")
+                    out.append(f"{article(a.name(with_size))} {rel} {article(b.name(with_size))}")
     return out
 
 
@@ -275,14 +277,14 @@ def _position_captions(scene: Scene) -> list[str]:
     for o in scene.objects:
         reg = region(o)
         if reg is not None:
-            out.append(f"{_article(o.name(True))} {'in the' if reg == 'center' else 'at the'} {reg}")
+            out.append(f"{article(o.name(True))} {'in the' if reg == 'center' else 'at the'} {reg}")
     return out
 
 
 def _listing_caption(scene: Scene) -> str:
     n = len(scene.objects)
     noun = "shape" if n == 1 else "shapes"
-    return f"{NUMBER_WORDS[n]} {noun}: " + _join([_article(o.name(True)) for o in scene.objects])
+    return f"{NUMBER_WORDS[n]} {noun}: " + _join([article(o.name(True)) for o in scene.objects])
 
 
 def _captions(scene: Scene, rng: random.Random) -> tuple[str, ...]:
@@ -296,12 +298,12 @@ def _captions(scene: Scene, rng: random.Random) -> tuple[str, ...]:
 
 def _pretrain_captions(scene: Scene, rng: random.Random) -> tuple[str, ...]:
     objs = scene.objects
-    caps = [_article(o.name(rng.random() < 0.5)) for o in objs]
+    caps = [article(o.name(rng.random() < 0.5)) for o in objs]
     if len(objs) == 1:
         o = objs[0]
-        caps += [f"a photo of {_article(o.name())}.", f"one {o.name()}", f"one shape: {_article(o.name(True))}"]
+        caps += [f"a photo of {article(o.name())}.", f"one {o.name()}", f"one shape: {article(o.name(True))}"]
     else:
-        caps += [f"{_article(objs[0].name())} and {_article(objs[1].name())}", _listing_caption(scene)]
+        caps += [f"{article(objs[0].name())} and {article(objs[1].name())}", _listing_caption(scene)]
         caps += _relation_captions(scene, rng)
     caps += _position_captions(scene)
     caps.append(f"{len(objs)} {'shape' if len(objs) == 1 else 'shapes'}")   # digits, as VQA count answers are
@@ -352,13 +354,13 @@ def _question(qtype: str, scene: Scene, rng: random.Random) -> tuple[str, str] |
         present = {(o.color, o.shape) for o in objs}
         if rng.random() < 0.5:
             color, shape = rng.choice(sorted(present))
-            return f"is there {_article(f'{color} {shape}')}?", "yes"
+            return f"is there {article(f'{color} {shape}')}?", "yes"
         # A near miss: keep the colour or the shape of an object that is there.
         base = rng.choice(objs)
         absent = [(base.color, s) for s in SHAPES] + [(c, base.shape) for c in COLOR_NAMES]
         absent = [p for p in absent if p not in present]
         color, shape = rng.choice(absent)
-        return f"is there {_article(f'{color} {shape}')}?", "no"
+        return f"is there {article(f'{color} {shape}')}?", "no"
     if qtype == "relation":
         cands = _unique(objs, lambda o: (o.color, o.shape))
         pairs = [(a, r, b) for a in cands for b in cands if a is not b for r in RELATIONS if relation_holds(a, r, b)]
@@ -366,7 +368,7 @@ def _question(qtype: str, scene: Scene, rng: random.Random) -> tuple[str, str] |
             return None
         a, rel, b = rng.choice(pairs)
         truth = rng.random() < 0.5
-        asked = rel if truth else _OPPOSITE[rel]
+        asked = rel if truth else OPPOSITE[rel]
         return f"is the {a.name()} {asked} the {b.name()}?", "yes" if truth else "no"
     raise ValueError(f"unknown question type {qtype!r}; known: {', '.join(QUESTION_TYPES)}")
 
