@@ -212,3 +212,37 @@ def test_a_template_that_writes_text_after_the_images_gets_the_image_opening_too
     example = _split(spec, "val", 1).examples[0]
     turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": kind.question(example)}]}]
     assert kind.prompt(example) == processor.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+
+
+def test_a_system_message_goes_before_the_users_turn_as_the_processor_writes_it(chat_dir, tmp_path):
+    """[generative] system = "..." (with chat = true): the template's system turn with the spec's text in place of
+    its default; the prompt's ids equal the processor's for the same system and user turns. A template that
+    writes no system message, and a system message without chat, are refused naming the fix."""
+    from qwen_tiny import save_tiny_qwen2vl
+    from transformers import AutoProcessor
+
+    folder = save_tiny_qwen2vl(tmp_path / "qwen", chat_template=QWEN_TEMPLATE)
+    backbone = load_backbone(f"hf:{folder}")
+    wrap = backbone.chat_wrap("answer in one word")
+    assert wrap.before == "<|im_start|>system\nanswer in one word<|im_end|>\n<|im_start|>user\n"
+    assert "helpful assistant" in backbone.chat_wrap().before   # no system message: the template's default
+    path = Path(_chat_spec(tmp_path, "vqa", "{image}{question}"))
+    path.write_text(path.read_text().replace("chat = true", 'chat = true\nsystem = "answer in one word"'))
+    spec = load_spec(str(path))
+    kind = build_kind(spec, _split(spec, "train", 6), backbone)
+    example = _split(spec, "val", 1).examples[0]
+    ours = backbone.lm_collator()([kind.prompt(example)])["input_ids"][0].tolist()
+    processor = AutoProcessor.from_pretrained(folder)
+    turns = [{"role": "system", "content": [{"type": "text", "text": "answer in one word"}]},
+             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": kind.question(example)}]}]
+    text = processor.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+    theirs = processor(text=text, images=[torch.zeros(3, 32, 32)], return_tensors="pt")["input_ids"][0].tolist()
+    assert ours + [processor.tokenizer.eos_token_id] == theirs
+
+    users_only = TEMPLATE.replace("{% else %} assistant:", "{% elif m['role'] == 'assistant' %} assistant:")
+    other, _ = _with_template(chat_dir, tmp_path / "users", users_only)
+    with pytest.raises(ValueError, match="does not write a system message"):
+        other.chat_wrap("answer in one word")
+    path.write_text(path.read_text().replace("chat = true", "chat = false"))
+    with pytest.raises(SpecError, match=r"generative.system': expected chat = true beside it"):
+        load_spec(str(path))

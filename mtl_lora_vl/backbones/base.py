@@ -297,7 +297,7 @@ class Backbone:
         """The Hugging Face processor (image processor, tokenizer, chat template) of the model."""
         self._unavailable(LM_LOGITS, "processor")
 
-    def chat_wrap(self) -> Any:
+    def chat_wrap(self, system: str = "") -> Any:
         """The model's chat turn around a prompt (``[generative] chat``): a :class:`.chat.ChatWrap`."""
         raise ValueError(f"backbone {self.name!r} ({type(self).__name__}) has no chat template, which [generative] "
                          "chat = true needs; set chat = false and write the turn into the spec's prompt")

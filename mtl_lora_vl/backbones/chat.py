@@ -1,4 +1,5 @@
-"""A model's chat turn around a task's prompt (``[generative] chat = true``), read from its chat template.
+"""A model's chat turn around a task's prompt (``[generative] chat = true``, with ``system = "..."`` a system
+message before it), read from its chat template.
 
 The template is rendered with a private-use marker for the user's text and the assistant's turn opened
 (``add_generation_prompt``); the text around the marker wraps every prompt. Some templates write a turn that
@@ -34,15 +35,18 @@ class ChatWrap:
         return (self.before_image if prompt.startswith(image_token) else self.before) + prompt + self.after
 
 
-def read_chat_wrap(processor: Any, strip_bos: bool, name: str) -> ChatWrap:
+def read_chat_wrap(processor: Any, strip_bos: bool, name: str, system: str = "") -> ChatWrap:
     """The :class:`ChatWrap` of ``processor``'s chat template (else its tokenizer's); ``strip_bos``: leave out a
-    start token the template writes (the collator puts the tokenizer's own first). ValueError naming the fix
-    when there is no usable template."""
+    start token the template writes (the collator puts the tokenizer's own first); ``system``: a system message
+    before the user's turn (none: the template's default, if it writes one). ValueError naming the fix when
+    there is no usable template, or it does not write the system message."""
     tok = processor.tokenizer
     template = getattr(processor, "chat_template", None)
+    head = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+    head_str = [{"role": "system", "content": system}] if system else []
 
     def as_list(*content: dict) -> Callable[[], Any]:
-        return lambda: processor.apply_chat_template([{"role": "user", "content": list(content)}],
+        return lambda: processor.apply_chat_template([*head, {"role": "user", "content": list(content)}],
                                                      add_generation_prompt=True, tokenize=False)
 
     text_part = {"type": "text", "text": _MARK}
@@ -52,10 +56,11 @@ def read_chat_wrap(processor: Any, strip_bos: bool, name: str) -> ChatWrap:
     if template:
         tries.append(as_list(text_part))
         if isinstance(template, str):
-            tries.append(lambda: tok.apply_chat_template([{"role": "user", "content": _MARK}], chat_template=template,
-                                                         add_generation_prompt=True, tokenize=False))
+            tries.append(lambda: tok.apply_chat_template([*head_str, {"role": "user", "content": _MARK}],
+                                                         chat_template=template, add_generation_prompt=True,
+                                                         tokenize=False))
     if getattr(tok, "chat_template", None):
-        tries.append(lambda: tok.apply_chat_template([{"role": "user", "content": _MARK}],
+        tries.append(lambda: tok.apply_chat_template([*head_str, {"role": "user", "content": _MARK}],
                                                      add_generation_prompt=True, tokenize=False))
     if not tries:
         raise ValueError(f"backbone {name!r}: [generative] chat = true needs the model's chat template, but the "
@@ -73,6 +78,10 @@ def read_chat_wrap(processor: Any, strip_bos: bool, name: str) -> ChatWrap:
         raise ValueError(f"backbone {name!r}: [generative] chat = true needs the model's chat template, but {why}, so "
                          f"prompts cannot be wrapped in it; {_FIX}")
     before, after = text
+    if system and system not in before:
+        raise ValueError(f"backbone {name!r}: [generative] system is set, but the model's chat template does not write "
+                         "a system message (it leaves it out, or raises on one); remove system from the spec, or write "
+                         "the instruction into the prompt")
     before_image = before
     if template:   # the opening of a turn that starts with an image: X in X+c+text and X+c+c+text
         try:

@@ -179,10 +179,10 @@ class HFVLMBackbone(Backbone):
         """The Hugging Face processor (image processor, tokenizer, chat template) of the model."""
         return self.hf_processor
 
-    def chat_wrap(self) -> ChatWrap:
+    def chat_wrap(self, system: str = "") -> ChatWrap:
         """The text the model's chat template puts around a user turn, the assistant's turn opened (see
         :mod:`.chat`); the start token the tokenizer adds itself is left out (the collator puts it first)."""
-        return read_chat_wrap(self.hf_processor, bool(self.prefix_ids), self.name)
+        return read_chat_wrap(self.hf_processor, bool(self.prefix_ids), self.name, system)
 
     @property
     def lm_context(self) -> int | None:

@@ -159,8 +159,8 @@ class TaskKind(ABC):
         #: The backbone's image placeholder for prompts (generative path; picklable, used in loader workers).
         self.image_token: str = str(backbone.image_token) if self.generative else ""
         #: The model's chat turn around every prompt (``[generative] chat = true``), else None.
-        self.prompt_wrap: ChatWrap | None = (backbone.chat_wrap() if self.generative and spec.generative.get("chat")
-                                             else None)
+        self.prompt_wrap: ChatWrap | None = (backbone.chat_wrap(spec.generative.get("system") or "")
+                                             if self.generative and spec.generative.get("chat") else None)
         #: Text a row may not hold on the generative path: the tokenizer's special tokens, which it would read as
         #: such (a second image placeholder, an end of text in the middle of a target).
         self.special_texts: tuple[str, ...] = special_texts(backbone) if self.generative else ()

@@ -91,7 +91,7 @@ class CaptioningKind(TaskKind):
     uses_text = False      # captions go to the decoder (inside ``loss``), not through the text tower
     uses_decoder = True
     option_defaults = {"max_len": 20, "beam_size": 1}
-    generative_defaults = {"prompt": "{image} caption:", "eval_limit": 0, "chat": False}
+    generative_defaults = {"prompt": "{image} caption:", "eval_limit": 0, "chat": False, "system": ""}
 
     @classmethod
     def check_spec(cls, spec: TaskSpec) -> None:

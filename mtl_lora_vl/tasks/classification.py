@@ -85,7 +85,7 @@ class ClassificationKind(TaskKind):
     head_defaults = {"label_smoothing": 0.0}
     option_defaults = {"class_names": []}
     generative_defaults = {"prompt": "{image} caption:", "target": "{}", "eval_limit": 0, "score": "sum",
-                           "chat": False}
+                           "chat": False, "system": ""}
 
     @classmethod
     def check_spec(cls, spec: TaskSpec) -> None:

@@ -29,6 +29,7 @@ the metrics to report and the prompt templates of its zero-shot rule::
     [generative]                      # the kind's settings on a generative backbone (LLaVA-style), e.g.
     prompt = "{image} question: {question} answer:"   # the prompt template ({image}: the image placeholder)
     chat = false                      # true: the prompt is the user's turn in the model's chat template
+    system = ""                       # with chat = true: a system message before that turn ("": the template's)
 
 Every malformed spec fails with :class:`SpecError` naming the file, the field and what was
 expected. Bare names (``"vqa"``) resolve to the built-in specs, found in the installed package
@@ -438,6 +439,9 @@ def _parse(path: Path) -> TaskSpec:
 
     head = _check_table(path, "head", raw.get("head", {}), kind_cls.head_defaults)
     generative = _check_table(path, "generative", raw.get("generative", {}), kind_cls.generative_defaults)
+    if generative.get("system") and not generative.get("chat"):
+        raise _fail(path, "generative.system", "chat = true beside it (a system message belongs to the model's chat "
+                    "template), or no system", generative["system"])
     spec = TaskSpec(name=name, kind=kind_name, data=data, head=head, options=options,
                     loss_weight=float(loss_weight), metrics=tuple(metrics), templates=tuple(templates),
                     description=description, source_file=path.resolve(), generative=generative, source_text=text)

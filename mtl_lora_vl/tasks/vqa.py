@@ -119,7 +119,7 @@ class VQAKind(TaskKind):
     head_defaults = {"question_weight": 1.0, "hidden": 0}
     option_defaults = {"answer_vocab_size": 1000, "filter_by_type": True}
     generative_defaults = {"prompt": "{image} question: {question} answer:", "max_len": 8, "eval_limit": 0,
-                           "chat": False}
+                           "chat": False, "system": ""}
 
     @classmethod
     def check_spec(cls, spec: TaskSpec) -> None:
