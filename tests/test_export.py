@@ -548,3 +548,24 @@ def test_a_failed_multi_task_export_says_what_was_written(tmp_path, monkeypatch,
     assert "task 'retrieval'" in err and "No space left on device" in err   # which task failed, and why
     assert re.search(r"written \(complete\): \S+/o/vqa; not written: retrieval, cls \(rerun for them with --task "
                      r"retrieval,cls\)", err), err
+
+
+def test_export_overwrite_replaces_an_earlier_export_inside_a_run_directory(tmp_path):
+    """check_replace refused every overwrite=True under a folder that is (or looks like: it holds adapter/) a
+    training run, so `export --adapter RUN/adapter --out RUN/exports/vqa --overwrite` (which check_output allows,
+    and which replaced the earlier export before) failed in the API call; the run itself is still never replaced."""
+    import mtl_lora_vl.cli.export as ce
+    from mtl_lora_vl.backbones import load_backbone
+
+    bb = load_backbone("builtin")
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2))
+    adapter = mlv.save_adapter(bb.model, tmp_path / "run" / "adapter", base={"backbone": "builtin"})
+    for fmt, out in (("plain", tmp_path / "run" / "exports" / "vqa"), ("merged", tmp_path / "run" / "vqa.safetensors")):
+        argv = ["--adapter", str(adapter), "--task", "vqa", "--format", fmt, "--out", str(out)]
+        assert ce.export_main(argv) == 0
+        assert ce.export_main([*argv, "--overwrite"]) == 0
+    mlv.export_lora(bb.model, "vqa", tmp_path / "run" / "exports" / "vqa", format="plain", overwrite=True)
+    with pytest.raises(FileExistsError, match="training run"):
+        mlv.export_lora(bb.model, "vqa", tmp_path / "run", format="plain", overwrite=True)
+    with pytest.raises(FileExistsError, match="adapter"):
+        mlv.export_lora(bb.model, "vqa", adapter, format="plain", overwrite=True)

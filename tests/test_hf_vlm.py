@@ -526,10 +526,15 @@ def test_loading_shows_no_transformers_progress_bar_off_a_terminal(tmp_path, cap
         hub.progress_bar_states.pop("some_library", None)
 
 
-def test_weights_load_straight_onto_an_accelerator(tmp_path, monkeypatch):
-    """A model loaded on the CPU and then moved cost every torchrun rank a host copy of the whole model (8 ranks of
-    a 7B bf16 model: ~112 GB); on an accelerator the weights now load onto the rank's device through device_map
-    (checked here by the arguments given: no GPU runs the tests), on the CPU as before."""
+def test_accelerator_loads_need_no_accelerate_and_use_no_hub_kernels(tmp_path, monkeypatch):
+    """On an accelerator the weights load straight onto the rank's device (device_map): a host copy first cost every
+    torchrun rank the whole model's size (checked by the arguments given: no GPU runs the tests). device_map needs
+    accelerate (not a dependency: transformers raised 'Using a `device_map` ... requires
+    `accelerate`' for every GPU load without it), and with device_map transformers 5.25 kernelizes for the
+    accelerator (use_kernels defaults on): it fetched kernels-community/activation, liger-kernels and rotary from
+    the hub (local_files_only notwithstanding) and swapped LLaVA's activations for inference-only kernels that the
+    training step then ran through. Loads now keep the torch layers (use_kernels=False), on any device."""
+    import transformers.integrations.accelerate as ta
     from conftest import tiny_llava
     from transformers import LlavaForConditionalGeneration
 
@@ -539,10 +544,15 @@ def test_weights_load_straight_onto_an_accelerator(tmp_path, monkeypatch):
     real, seen = LlavaForConditionalGeneration.from_pretrained, []
 
     def recording(*a, **k):
-        seen.append(k.pop("device_map", None))
+        seen.append({key: k.get(key) for key in ("device_map", "use_kernels")})
+        k.pop("device_map", None)
         return real(*a, **k)
 
     monkeypatch.setattr(LlavaForConditionalGeneration, "from_pretrained", recording)
-    load_hf_weights(LlavaForConditionalGeneration, tmp_path, torch.float32, "cuda:1")
     load_hf_weights(LlavaForConditionalGeneration, tmp_path, torch.float32, "cpu")
-    assert seen == [{"": torch.device("cuda:1")}, None]
+    load_hf_weights(LlavaForConditionalGeneration, tmp_path, torch.float32, "cuda:1")
+    monkeypatch.setattr("transformers.utils.is_accelerate_available", lambda: False)
+    monkeypatch.setattr(ta, "is_accelerate_available", lambda: False)
+    load_hf_weights(LlavaForConditionalGeneration, tmp_path, torch.float32, "cuda:1")
+    assert seen == [{"device_map": None, "use_kernels": False}, {"device_map": {"": torch.device("cuda:1")},
+                    "use_kernels": False}, {"device_map": None, "use_kernels": False}]

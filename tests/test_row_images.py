@@ -184,3 +184,28 @@ def test_images_encoded_before_the_forward_are_counted_too(family):
         ids1, mask1 = _rows([1, 5, *image, 7], [1, 9, *image, 10])
         with mlv.route(model, [0, 1]):   # one image per row: routed
             model(input_ids=ids1, attention_mask=mask1, mm_encoder_outputs=encoded)
+
+
+@pytest.mark.parametrize("family", ["llava", "paligemma", "idefics3"])
+def test_chunked_prefill_with_one_image_per_row_runs_under_a_mixed_route(family):
+    """generate(prefill_chunk_size=...) passes each prefill chunk its placeholders' features flattened into ONE item
+    (transformers' _slice_mm_encoder_output), so counting items as images read [0.5, 0.5] images per row and refused
+    a legitimate mixed-route generate (it ran before mm_encoder_outputs were counted)."""
+    from conftest import llava_inputs
+
+    torch.manual_seed(0)
+    if family == "idefics3":
+        import idefics3_tiny
+
+        base, x = idefics3_tiny.tiny_idefics3(), idefics3_tiny.inputs(2)
+    else:
+        base, x = (tiny_llava() if family == "llava" else tiny_paligemma()), llava_inputs(2)
+    model = _adapted(base)
+    kw = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False, pad_token_id=0, prefill_chunk_size=8)
+    with torch.no_grad():
+        with mlv.route(model, [0, 1]):
+            mixed = model.generate(**x, **kw)
+        for i, t in enumerate("ab"):
+            with mlv.route(model, t):
+                alone = model.generate(**x, **kw)
+            assert torch.equal(mixed[i], alone[i])

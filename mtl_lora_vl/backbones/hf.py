@@ -103,12 +103,15 @@ def load_hf_weights(model_cls: type, folder: Path, dtype: torch.dtype,
     that names the modules otherwise (the built-in LLaVA with transformers < 5.10.2: its vision tower) loaded
     as a model with a random part, silently. On an accelerator the weights load straight onto ``device``
     (``device_map``): a copy in host memory first would cost every torchrun rank the whole model's size."""
+    from transformers.utils import is_accelerate_available
+
     device = torch.device(device)
-    placed = {"device_map": {"": device}} if device.type != "cpu" else {}
+    # device_map needs accelerate, which is not a dependency: without it, load on the host (the caller moves it)
+    placed = {"device_map": {"": device}} if device.type != "cpu" and is_accelerate_available() else {}
     with _loading_bars(not quiet() and interactive()):
         try:
             model, info = model_cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype,
-                                                    output_loading_info=True, **placed)
+                                                    output_loading_info=True, use_kernels=False, **placed)
         except (OSError, ValueError, RuntimeError):
             raise
         except Exception as e:   # safetensors' own error type (a truncated or corrupt file) is none of those

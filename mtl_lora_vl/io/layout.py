@@ -197,6 +197,20 @@ def _kept_kind(path: Path) -> str | None:
     return None
 
 
+def _earlier_export(path: Path) -> bool:
+    """Whether ``path`` is an earlier export: a folder holding :data:`EXPORT_RECORD`, or a merged ``.safetensors``
+    file whose metadata names its task."""
+    if path.is_dir():
+        return (path / EXPORT_RECORD).is_file()
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return "mtl_lora_vl_task" in (f.metadata() or {})
+    except Exception:   # not a safetensors file at all
+        return False
+
+
 def check_replace(out: str | Path, *, what: str, keep: Iterable[tuple[str, str | Path | None]] = ()) -> None:
     """Refuse an API call's ``overwrite=True`` where replacing ``out`` would delete an adapter or a training run (or
     part of one), or what ``keep`` names (the base model's own files): ``FileExistsError`` naming both and the fix.
@@ -204,9 +218,9 @@ def check_replace(out: str | Path, *, what: str, keep: Iterable[tuple[str, str |
     out = Path(out)
     if not out.exists():
         return
-    for folder in (out, *out.parents):
+    for folder in (out, *out.absolute().parents):
         kind = _kept_kind(folder) if folder.is_dir() else None
-        if kind:
+        if kind and (folder == out or not _earlier_export(out)):   # an earlier export kept inside one is replaced
             where = "is" if folder == out else f"lies inside {folder}, which is"
             raise FileExistsError(f"{what}: {out} {where} {kind}, which overwrite=True never replaces; write to "
                                   "another path")
