@@ -203,16 +203,15 @@ def retrieval_recall(similarity: Any, text_to_image: Any, ks: Sequence[int] = (1
     # image -> text: rank of the best own text = number of other texts scored >= it.
     own = torch.zeros(n_img, n_txt, dtype=torch.bool, device=sim.device)
     own[t2i, cols] = True
-    neg_inf = torch.finfo(sim.dtype).min
-    best_own = sim.masked_fill(~own, neg_inf).amax(1)                 # (n_img,)
+    best_own = sim.masked_fill(~own, float("-inf")).amax(1)           # (n_img,)
     has_text = own.any(1)
     i2t_rank = ((sim >= best_own[:, None]) & ~own).sum(1)[has_text]   # (n_img_with_text,)
 
     out: dict[str, float] = {}
     for k in ks:
-        out[f"i2t_r{k}"] = float((i2t_rank < k).float().mean())
+        out[f"i2t_r{k}"] = float((i2t_rank < k).double().mean())
     for k in ks:
-        out[f"t2i_r{k}"] = float((t2i_rank < k).float().mean())
+        out[f"t2i_r{k}"] = float((t2i_rank < k).double().mean())
     out["mean_recall"] = float(sum(out.values()) / len(out))
     return out
 
@@ -227,8 +226,8 @@ def retrieval_recall(similarity: Any, text_to_image: Any, ks: Sequence[int] = (1
 # "o'clock", "3.5", "10:30", "1,000"; "5:00pm" is "5:00 pm"); words that begin with an apostrophe kept ("'80s",
 # "rock 'n' roll", "'cause"); dotted abbreviations ("u.s.", "ph.d.") and CoreNLP's abbreviations with their
 # period ("st.", "dr.", "etc.", a single letter; "No." only before a number; "Wash." only capitalised -- the
-# lists below are what the Java tokenizer keeps, probed word by word); other symbols kept as tokens ("&", "%",
-# "$"), brackets spelled as PTB spells them (lowercased, they escape pycocoevalcap's filter: "-lrb-"); words joined
+# lists below are what the Java tokenizer keeps, probed word by word); "&" kept between capitals ("B&W", "AT&T") and
+# split elsewhere ("b & w", "rock & roll"); other symbols kept as tokens ("&", "%", "$"), brackets spelled as PTB spells them (lowercased, they escape pycocoevalcap's filter: "-lrb-"); words joined
 # by a period with no space after it kept whole ("bed.it", "mt.everest"), as is a number's leading period (".5");
 # the PTB punctuation tokens (. , : ; ? ! - -- ... "…" and quotes) dropped, runs such as "!!" kept.
 _ABBREVIATIONS = (
@@ -253,7 +252,8 @@ _PTB_TOKEN = re.compile(
     rf"|(?<![\w'.-])(?:{_NUMBER_ABBREVIATIONS})\.(?=\s*\d)"
     r"|'(?:em|till?|cause|n'?|[2-9]0s)(?![\w'])|'t(?=(?:is|was)\b)"   # words that begin with an apostrophe
     r"|(?<![\w.])\.\d+"                                       # a number with a leading period: ".5"
-    r"|\w+(?:[-/&']\w+|(?<=\d)[.:,]\d+)*"                  # words, with their inner hyphens and numbers' marks
+    r"|(?-i:[A-Z]+(?:&[A-Z]+)+)"                            # capitals joined by & ("B&W", "AT&T"); "b&w" splits
+    r"|\w+(?:[-/']\w+|(?<=\d)[.:,]\d+)*"                   # words, with their inner hyphens and numbers' marks
     r"|[!?]{2,}"                                            # PTB's filter drops "!" and "?" alone, not "!!"
     r"|[^\w\s.,:;?!'\"`-]",                                 # a symbol PTB keeps as a token (& % $ # @ + = brackets)
     re.I,
@@ -341,7 +341,7 @@ def topk_accuracy(logits: Any, labels: Any, ks: Sequence[int] = (1, 5)) -> dict[
         raise ValueError("topk_accuracy: logits contain NaN (an overflow in half precision?); nothing can be ranked")
     true = scores.gather(1, labels[:, None])
     rank = (scores >= true).sum(1)  # classes scoring at least the true one, itself included: ties count against
-    return {f"top{k}": float((rank <= min(k, c)).float().mean()) for k in ks}
+    return {f"top{k}": float((rank <= min(k, c)).double().mean()) for k in ks}
 
 
 def per_class_accuracy(pred: Any, labels: Any, num_classes: int) -> list[float]:

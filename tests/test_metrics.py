@@ -229,3 +229,18 @@ def test_topk_and_per_class():
     assert topk_accuracy(flat, torch.arange(10), ks=(10,)) == {"top10": 1.0}
     with pytest.raises(ValueError, match="logits contain NaN"):
         topk_accuracy(torch.full((2, 3), float("nan")), torch.tensor([0, 1]))
+
+
+def test_retrieval_tie_at_minus_infinity_counts_against_the_image():
+    # image 0's own text and a rival text both score -inf: a tie, which counts against the query (as at any
+    # other value). The mask value finfo.min made the best own score finfo.min > -inf, so the tie was a hit.
+    sim = torch.tensor([[-float("inf"), -float("inf")], [0.0, 0.0]])
+    out = retrieval_recall(sim, torch.tensor([0, 1]), ks=(1,))
+    assert out["i2t_r1"] == 0.0
+
+
+def test_retrieval_recall_is_the_exact_fraction():
+    # 1 of 3 texts found: 1/3 as a Python float, not float32's 0.3333333432674408
+    sim = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    out = retrieval_recall(sim, torch.tensor([0, 0, 2]), ks=(1,))
+    assert out["t2i_r1"] == 1 / 3
