@@ -25,6 +25,9 @@ contraction table also accepts every apostrophe-less spelling of a two-apostroph
 in practice; both make the function symmetric and predictable. The script's 2021 master (a013f00) differs
 more: where all humans gave one answer it normalises neither side, so an un-normalised prediction ("Yes",
 "two" for "2") scores 0 there and 1 here (and in the 2016 script); a generated answer is such a prediction.
+Two slips of the official script are not copied: its table maps "somebody'd" to "somebodyd" (the pair written
+backwards; kept as written here), and its period strip passes ``re.UNICODE`` as ``count``, so it removes only the
+first 32 periods of an answer (all of them here).
 """
 
 from __future__ import annotations
