@@ -96,7 +96,9 @@ class TrainOptions:
                                    "line clears epochs set in the --config file)", ge=1)
     epochs: float | None = _opt(None, "train for this many passes over all tasks' training data instead of --steps "
                                 "(one pass = as many samples as the training splits hold together; under temperature "
-                                "or round-robin sampling a large task sees less than a pass of its own)", gt=0)
+                                "or round-robin sampling, and in mixed batches, whose floor of one row per task per "
+                                "step takes its share from the large tasks, a large task sees less than a pass of its "
+                                "own)", gt=0)
     batch_size: int | None = _path_opt("batch_size", "samples per step and per process (before accumulation)", ge=1)
     lr: float = _opt(2e-3, "learning rate of the adapters", gt=0)
     head_lr: float = _opt(3e-3, "learning rate of the task heads", gt=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import logging
 import os
@@ -623,3 +624,115 @@ def test_coco_and_karpathy_blank_captions_duplicate_entries_and_id_types(tmp_pat
     with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
         s = read_split("karpathy", tmp_path, annotations="k.json", split="val")
     assert s.examples[0].captions == ("a red",) and "1 caption(s) are blank" in caplog.text
+
+
+# ------------------------------------------------------------------------- review of the data layer (helper 112)
+
+
+def _small_image(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(path)
+
+
+def test_csv_blank_caption_cell_is_left_out_with_a_count(tmp_path, caplog):
+    """README: 'Blank captions are left out with a count (JSONL, CSV, COCO, Karpathy)'. A CSV row with an
+    empty caption cell failed the whole file with "a row needs 'text', 'caption' ..." instead."""
+    _small_image(tmp_path / "a.png")
+    _small_image(tmp_path / "b.png")
+    (tmp_path / "c.csv").write_text("image,caption\na.png,a red dog\nb.png,\n")
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+        s = read_split("csv", tmp_path, file="c.csv")
+    assert [e.text for e in s.examples] == ["a red dog"]
+    assert "1 row(s) have no caption text" in caplog.text and "c.csv:3" in caplog.text
+
+
+def test_jsonl_empty_string_caption_is_left_out_like_spaces(tmp_path):
+    _small_image(tmp_path / "a.png")
+    _small_image(tmp_path / "b.png")
+    rows = [{"image": "a.png", "caption": "a red dog"}, {"image": "b.png", "caption": ""}]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert len(read_split("jsonl", tmp_path, file="c.jsonl").examples) == 1
+
+
+def test_csv_blank_label_names_the_blank_field(tmp_path):
+    _small_image(tmp_path / "a.png")
+    (tmp_path / "l.csv").write_text("image,label\na.png,cat\na.png,\n")
+    with pytest.raises(DataFormatError, match=r"l\.csv:3: 'label' is blank; give the row its label"):
+        read_split("csv", tmp_path, file="l.csv")
+
+
+def test_hf_rows_with_the_same_image_bytes_are_one_image(tmp_path):
+    """Without an image_id column, rows holding the same encoded image were separate images: a retrieval
+    split counted one photo twice (its captions negatives of each other), captioning split its references."""
+    datasets = pytest.importorskip("datasets")
+    encoded = []
+    for colour in ((200, 0, 0), (0, 0, 200)):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), colour).save(buf, "PNG")
+        encoded.append(buf.getvalue())
+    a, b = encoded
+    f = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+    datasets.Dataset.from_dict({"image": [{"bytes": a, "path": None}, {"bytes": a, "path": None},
+                                          {"bytes": b, "path": None}],
+                                "caption": ["a red cat", "a cat in red", "a blue dog"]},
+                               features=f).save_to_disk(str(tmp_path / "d"))
+    s = read_split("hf_datasets", tmp_path, path="d", one_per_image=True)
+    assert len(s.examples) == 2
+    assert sorted(s.examples[0].captions) == ["a cat in red", "a red cat"]
+
+
+def test_jsonl_labels_mixing_indices_and_names_are_refused(tmp_path):
+    """{"label": 1} beside {"label": "cat"}: names ['1', 'cat'], and the int 1 became index 1 = 'cat'."""
+    _small_image(tmp_path / "a.png")
+    (tmp_path / "m.jsonl").write_text('{"image": "a.png", "label": 1}\n{"image": "a.png", "label": "cat"}\n')
+    with pytest.raises(DataFormatError, match=r"m\.jsonl:1: label 1 is an integer class index but other rows give "
+                                              r"class names"):
+        read_split("jsonl", tmp_path, file="m.jsonl")
+
+
+def test_coco_null_caption_is_not_the_text_none(tmp_path):
+    _small_image(tmp_path / "im" / "1.jpg")
+    coco = {"images": [{"id": 1, "file_name": "1.jpg"}],
+            "annotations": [{"image_id": 1, "caption": "a cat"}, {"image_id": 1, "caption": None}]}
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    s = read_split("coco_captions", tmp_path, annotations="c.json", images="im")
+    assert [list(e.captions) for e in s.examples] == [["a cat"]]   # the null caption is blank, left out
+
+
+def test_vqav2_null_answer_is_not_the_text_none(tmp_path):
+    _small_image(tmp_path / "im" / "COCO_x_000000000001.jpg")
+    (tmp_path / "q.json").write_text(json.dumps({"data_subtype": "x", "questions": [
+        {"question_id": 1, "image_id": 1, "question": "q?"}]}))
+    (tmp_path / "a.json").write_text(json.dumps({"annotations": [
+        {"question_id": 1, "image_id": 1, "answers": [{"answer": "yes"}] * 9 + [{"answer": None}]}]}))
+    with pytest.raises(DataFormatError, match=r"a\.json: annotation 1 has an answer that is not text"):
+        read_split("vqav2", tmp_path, questions="q.json", annotations="a.json", images="im")
+
+
+def test_vqav2_duplicate_annotation_question_id_is_named(tmp_path):
+    _small_image(tmp_path / "im" / "COCO_x_000000000001.jpg")
+    (tmp_path / "q.json").write_text(json.dumps({"data_subtype": "x", "questions": [
+        {"question_id": 1, "image_id": 1, "question": "q?"}]}))
+    (tmp_path / "a.json").write_text(json.dumps({"annotations": [
+        {"question_id": 1, "image_id": 1, "answers": [{"answer": "a"}] * 10},
+        {"question_id": 1, "image_id": 1, "answers": [{"answer": "b"}] * 10}]}))
+    with pytest.raises(DataFormatError, match="question_id 1 has two different annotations"):
+        read_split("vqav2", tmp_path, questions="q.json", annotations="a.json", images="im")
+
+
+def test_nul_byte_in_image_path_is_a_named_error(tmp_path):
+    (tmp_path / "n.jsonl").write_text(json.dumps({"image": "a\u0000.png", "caption": "x"}) + "\n")
+    with pytest.raises(PathEscapeError, match="holds a NUL character; fix the path in the data file"):
+        read_split("jsonl", tmp_path, file="n.jsonl")
+
+
+def test_karpathy_entries_without_ids_keep_distinct_images_apart(tmp_path):
+    """No cocoid/imgid: the id fell back to the bare filename, so a/1.jpg and b/1.jpg shared one image_id and
+    retrieval/captioning evaluation merged them into one image."""
+    _small_image(tmp_path / "a" / "1.jpg")
+    _small_image(tmp_path / "b" / "1.jpg")
+    k = {"images": [{"filepath": "a", "filename": "1.jpg", "split": "val", "sentences": [{"raw": "x"}]},
+                    {"filepath": "b", "filename": "1.jpg", "split": "val", "sentences": [{"raw": "y"}]}]}
+    (tmp_path / "k.json").write_text(json.dumps(k))
+    s = read_split("karpathy", tmp_path, annotations="k.json", split="val")
+    assert len({e.image_id for e in s.examples}) == 2

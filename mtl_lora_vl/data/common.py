@@ -67,6 +67,8 @@ def resolve_under(root: Path, relative: str | os.PathLike, what: str = "image pa
     rel = str(relative)
     if not rel:
         raise PathEscapeError(f"empty {what} in a data file under {root}")
+    if "\x00" in rel:
+        raise PathEscapeError(f"{what} {rel!r} holds a NUL character; fix the path in the data file")
     if os.path.isabs(rel) or Path(rel).is_absolute() or (len(rel) > 1 and rel[0].isalpha() and rel[1] == ":"):
         raise PathEscapeError(f"{what} {rel!r} is absolute; paths in data files must be relative to the data "
                               f"root {root}")

@@ -293,6 +293,7 @@ def read_hf_datasets(
             if others else [{} for _ in range(len(ds))])
     by_id: dict[str, tuple[Any, int]] = {}   # image_id -> (the image reference its rows share, its first row)
     digests: dict[int, str] = {}
+    by_bytes: dict[str, tuple[Any, int]] = {}   # digest of the bytes -> (reference, first row)
 
     def digest(row: int) -> str:   # the row's encoded image, hashed once (only rows whose image_id repeats)
         if row not in digests:
@@ -316,7 +317,11 @@ def read_hf_datasets(
                     raise DataFormatError(f"{source} row {i}: image_id {row['image_id']!r} was given to another image "
                                           f"at row {first}; image ids must name one image (fix the column, or map "
                                           "image_id to another one with columns=...)")
-                ref = first_ref
+            else:   # no id: rows holding the same encoded image are one image (its captions grouped, one key)
+                first_ref, first = by_bytes.setdefault(digest(i), (ref, i))
+                if first != i:
+                    row["image_id"] = f"row {first}" if "image_id" in mapping else str(first)
+            ref = first_ref
             row["image"] = ref
         elif img_path:
             row["image"] = resolve_under(root, Path(images) / img_path)

@@ -102,7 +102,11 @@ def read_vqav2(
         apath = annotation_file(root, annotations, "VQAv2 annotations")
         anns = require_list(load_json(apath), "annotations", "the top level", apath)
         for a in anns:
-            ann_by_qid[require(a, "question_id", "an annotation", apath)] = a
+            qid_a = require(a, "question_id", "an annotation", apath)
+            if qid_a in ann_by_qid and ann_by_qid[qid_a] != a:
+                raise DataFormatError(f"{apath}: question_id {qid_a!r} has two different annotations; each "
+                                      "question has one (are two files concatenated?)")
+            ann_by_qid[qid_a] = a
     if images:
         resolve_under(root, images, "image folder")
     check = ImageChecker(verify, strict)
@@ -127,8 +131,12 @@ def read_vqav2(
             if ann is None:
                 raise DataFormatError(f"question {qid} of {qpath} has no annotation in {annotations}; are the two "
                                       "files of the same subset?")
-            answers = tuple(str(require(a, "answer", f"an answer of annotation {qid}", apath))
-                            for a in require_list(ann, "answers", f"annotation {qid}", apath))
+            raw = [require(a, "answer", f"an answer of annotation {qid}", apath)
+                   for a in require_list(ann, "answers", f"annotation {qid}", apath)]
+            if any(a is None or isinstance(a, (list, dict)) for a in raw):
+                raise DataFormatError(f"{apath}: annotation {qid} has an answer that is not text ({raw!r}); "
+                                      "each answer's 'answer' is a string")
+            answers = tuple(str(a) for a in raw)
             qtype = ann.get(question_type_field)
             meta.update({k: ann[k] for k in ("question_type", "answer_type", "multiple_choice_answer") if k in ann})
             meta["filter_type"] = str(ann.get("question_type") or "")
@@ -160,7 +168,7 @@ def read_coco_captions(
     caps: dict[str, list[str]] = {}   # ids as text: an annotation's "1" is image 1
     blank = 0
     for a in anns:
-        text = str(require(a, "caption", "an annotation", apath)).strip()
+        text = _text(require(a, "caption", "an annotation", apath))
         blank += not text
         texts = caps.setdefault(str(require(a, "image_id", "an annotation", apath)), [])
         if text:
@@ -188,6 +196,11 @@ def read_coco_captions(
         logger.warning("%s: %d annotation image id(s) have no image entry (e.g. %s); their captions are left out",
                        apath, len(orphans), orphans[0])
     return check.finish(caption_examples(groups, one_per_image), f"COCO captions {apath.name}")
+
+
+def _text(value: Any) -> str:
+    """A caption as text: null is a blank caption (counted and left out), not the caption "None"."""
+    return "" if value is None else str(value).strip()
 
 
 def _warn_blank(apath: Path, blank: int) -> None:
@@ -226,7 +239,7 @@ def read_karpathy(
             continue
         fname = require(im, "filename", "an image entry", apath)
         rel = Path(images) / str(im.get("filepath", "")) / str(fname)
-        raw = [str(require(s, "raw", f"a sentence of {fname}", apath)).strip()
+        raw = [_text(require(s, "raw", f"a sentence of {fname}", apath))
                for s in require_list(im, "sentences", f"image {fname}", apath)]
         sents = [s for s in raw if s]
         blank += len(raw) - len(sents)
@@ -234,7 +247,7 @@ def read_karpathy(
             continue
         path = resolve_under(root, rel)
         if check(path):
-            iid = im.get("cocoid", im.get("imgid", fname))
+            iid = im.get("cocoid", im.get("imgid", (Path(str(im.get("filepath", ""))) / str(fname)).as_posix()))
             groups.append((path, str(iid), sents))
     _warn_blank(apath, blank)
     return check.finish(caption_examples(groups, one_per_image), f"Karpathy {apath.name} [{split}]")

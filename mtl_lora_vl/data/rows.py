@@ -83,6 +83,9 @@ def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, (str, list, tuple)) and len(value) == 0)
 
 
+_KIND_FIELDS = {"vqa": ("question",), "classification": ("label",), "caption": ("text", "caption", "captions")}
+
+
 def _row_kind(row: dict) -> str:
     if _present(row.get("question")):
         return "vqa"
@@ -132,12 +135,24 @@ def examples_from_rows(
     """
     if not rows:
         raise DataFormatError(f"{source}: no rows")
-    kinds = {}
+    row_kinds = {}
     for n, row in rows:
         if "image" not in row or row["image"] is None or (isinstance(row["image"], str) and not row["image"]):
             raise DataFormatError(f"{at(n)}: no 'image' field; every row needs an image (the row's fields: "
                                   f"{sorted(row)[:8]}; in a CSV, check the delimiter and spaces in the header)")
-        kinds.setdefault(_row_kind(row), n)
+        row_kinds[n] = _row_kind(row)
+    known = set(row_kinds.values()) - {"unknown"}
+    if len(known) == 1:   # a row whose field of the file's kind is there but blank (an empty CSV cell, "")
+        only = next(iter(known))
+        for n, row in rows:
+            if row_kinds[n] == "unknown" and any(k in row for k in _KIND_FIELDS[only]):
+                if only != "caption":   # a blank caption is left out with a count below; a blank question or label is not
+                    field = _KIND_FIELDS[only][0]
+                    raise DataFormatError(f"{at(n)}: {field!r} is blank; give the row its {field}, or remove the row")
+                row_kinds[n] = only
+    kinds: dict[str, int] = {}
+    for n, k in row_kinds.items():
+        kinds.setdefault(k, n)
     if "unknown" in kinds:
         raise DataFormatError(f"{at(kinds['unknown'])}: a row needs 'text', 'caption' or 'captions', 'question' "
                               "(+ 'answers') or 'label' besides 'image'")
@@ -200,6 +215,7 @@ def examples_from_rows(
 
     # classification
     labels_raw = [(n, row["label"]) for n, row in rows]
+    row_label = dict(labels_raw).get
 
     def is_index(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) or (isinstance(v, str) and v.strip().isdecimal())
@@ -217,6 +233,10 @@ def examples_from_rows(
                                "(the reader's class_names) if they are not indices", source, len(names) - 1,
                                len(empty), ", ".join(map(str, empty[:5])), " ..." if len(empty) > 5 else "")
         else:
+            ints = [n for n, v in labels_raw if isinstance(v, int) and not isinstance(v, bool)]
+            if ints:   # an int beside names: an index into which list? (it was read as one into the sorted names)
+                raise DataFormatError(f"{at(ints[0])}: label {row_label(ints[0])!r} is an integer class index but other "
+                                      "rows give class names; write every label as a name, or give class_names")
             names = sorted({str(v).strip() for _, v in labels_raw})
     index = {n: i for i, n in enumerate(names)}
     examples = []
