@@ -736,3 +736,16 @@ def test_karpathy_entries_without_ids_keep_distinct_images_apart(tmp_path):
     (tmp_path / "k.json").write_text(json.dumps(k))
     s = read_split("karpathy", tmp_path, annotations="k.json", split="val")
     assert len({e.image_id for e in s.examples}) == 2
+
+
+def test_a_karpathy_split_name_typo_names_the_spec_field(tmp_path):
+    """split = "training" passed the spec and failed when read with the reader's bare ValueError, naming no spec
+    file (helper 112): now the spec's field, the reader's choices and the file."""
+    from mtl_lora_vl.tasks import SpecError
+
+    spec = tmp_path / "k.toml"
+    spec.write_text('name = "k"\nkind = "retrieval"\n[data]\nformat = "karpathy"\nannotations = "k.json"\n'
+                    '[data.train]\nsplit = "training"\n[data.val]\nsplit = "val"\n')
+    with pytest.raises(SpecError, match=r"k\.toml: field 'data.train': the karpathy reader rejected the options .*"
+                                        r"split must be 'train', 'val', 'test' or 'restval', got 'training'"):
+        load_spec(spec).load_split("train", tmp_path)

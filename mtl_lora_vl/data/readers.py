@@ -224,7 +224,7 @@ def read_karpathy(
     ``one_per_image`` defaults to False for train and True for val/test.
     """
     if split not in ("train", "val", "test", "restval"):
-        raise ValueError(f"read_karpathy: split must be 'train', 'val', 'test' or 'restval', got {split!r}")
+        raise ReaderOptionError(f"read_karpathy: split must be 'train', 'val', 'test' or 'restval', got {split!r}")
     root = data_root_dir(data_root)
     apath = annotation_file(root, annotations, "Karpathy split")
     imgs = require_list(load_json(apath), "images", "the top level", apath)
