@@ -271,6 +271,12 @@ def test_a_split_name_that_selects_nothing_is_refused(tmp_path):
     assert len(read_split("hf_datasets", root, path="labels.parquet").examples) == 3
     _caption_parquet(root / "train-0.parquet", 0, 2)   # the name says the split: taken
     assert len(read_split("hf_datasets", root, path="train-0.parquet", split="train").examples) == 2
+    two = datasets.DatasetDict({s: datasets.Dataset.from_dict({"image": [_pil(0)], "caption": ["a"]})
+                                for s in ("train", "test")})
+    two.save_to_disk(root / "two")   # several splits and none named: "split None not found" before
+    with pytest.raises(ValueError, match=r"no split is given; the saved dataset has splits \['train', 'test'\] \(set "
+                                         r"split = \.\.\."):
+        read_split("hf_datasets", root, path="two")
 
 
 def test_split_named_anywhere_in_a_file_or_folder_name_as_datasets_reads_it(tmp_path):

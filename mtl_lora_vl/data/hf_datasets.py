@@ -188,8 +188,9 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None, cache_di
             if split is None and len(ds) == 1:
                 split = next(iter(ds))
             if split not in ds:
-                raise ValueError(f"hf_datasets {base}: split {split!r} not found; the saved dataset has splits "
-                                 f"{list(ds)} (set split = ... in the [data.<split>] table)")
+                what = "no split is given" if split is None else f"split {split!r} not found"
+                raise ValueError(f"hf_datasets {base}: {what}; the saved dataset has splits {list(ds)} (set "
+                                 "split = ... in the [data.<split>] table)")
         elif split is not None and ds.split is None:
             raise ValueError(f"hf_datasets {base}: this saved dataset has no split name, so split = {split!r} "
                              "selects nothing (every split would read the same rows); leave split out where the "
