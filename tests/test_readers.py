@@ -749,3 +749,17 @@ def test_a_karpathy_split_name_typo_names_the_spec_field(tmp_path):
     with pytest.raises(SpecError, match=r"k\.toml: field 'data.train': the karpathy reader rejected the options .*"
                                         r"split must be 'train', 'val', 'test' or 'restval', got 'training'"):
         load_spec(spec).load_split("train", tmp_path)
+
+
+def test_imagefolder_says_which_files_it_does_not_read_and_which_classes_are_empty(tmp_path, caplog):
+    """Files of other extensions (.heic, .jfif) were skipped without a word, so a class folder holding only such
+    files became a class with no image, silently (helper 112)."""
+    _small_image(tmp_path / "cat" / "1.png")
+    (tmp_path / "dog").mkdir()
+    (tmp_path / "dog" / "1.heic").write_bytes(b"not read")
+    (tmp_path / "cat" / ".DS_Store").write_bytes(b"hidden: not counted")
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+        s = read_split("imagefolder", tmp_path)
+    assert s.class_names == ["cat", "dog"] and len(s.examples) == 1
+    assert "1 file(s) of other extensions are not read (e.g. " in caplog.text and "1.heic" in caplog.text
+    assert "class folder(s) ['dog'] hold no image that was read" in caplog.text

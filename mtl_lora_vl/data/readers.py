@@ -277,18 +277,29 @@ def read_imagefolder(
         raise DataFormatError(f"image folder {base} has no class subfolders; expected {base}/<class>/<image>")
     check = ImageChecker(verify, strict)
     per_class: list[list[Example]] = []
+    other: list[Path] = []   # files of extensions the reader does not read (.heic, .jfif, ...), said once
     for label, cls in enumerate(classes):
         found = []
         for dirpath, dirnames, filenames in os.walk(base / cls):
             dirnames.sort()
             for fn in sorted(filenames):
-                if fn.startswith(".") or not fn.lower().endswith(IMAGE_EXTENSIONS):
+                if fn.startswith("."):
+                    continue
+                if not fn.lower().endswith(IMAGE_EXTENSIONS):
+                    other.append(Path(dirpath) / fn)
                     continue
                 rel = (Path(dirpath) / fn).relative_to(root)
                 path = resolve_under(root, rel)
                 if check(path):
                     found.append(Example(str(path), str(rel.as_posix()), label=label, meta={"class_name": cls}))
         per_class.append(found)
+    if other:
+        logger.warning("ImageFolder %s: %d file(s) of other extensions are not read (e.g. %s; read: %s); convert "
+                       "them to read them", base, len(other), other[0], " ".join(IMAGE_EXTENSIONS))
+    empty = [cls for cls, found in zip(classes, per_class) if not found]
+    if empty:
+        logger.warning("ImageFolder %s: class folder(s) %s hold no image that was read; such a class is never "
+                       "trained on", base, empty)
     examples = [ex for row in itertools.zip_longest(*per_class) for ex in row if ex is not None]
     return check.finish(examples, f"ImageFolder {base}", class_names=classes)
 
