@@ -148,9 +148,7 @@ def _images_given(model: Any, args: tuple, kwargs: dict) -> int | None:
     if pixels is None:
         encoded = (_forward_input(model, args, kwargs, "mm_encoder_outputs") or {}).get("image")
         features = getattr(encoded, "pooler_output", None)
-        # one item: what generate's chunked prefill passes each chunk (its placeholders' features flattened into
-        # one, whoever's image they are), which cannot tell images apart; the tower saw the images per row before
-        return None if features is None or len(features) < 2 else len(features)
+        return None if features is None else len(features)
     if pixels.dim() == 4:   # (images, 3, H, W)
         return pixels.shape[0]
     if pixels.dim() == 5:   # (rows, images per row, 3, H, W): Idefics3 drops the all-zero images that pad short rows

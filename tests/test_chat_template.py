@@ -15,7 +15,7 @@ from test_generative_tasks import _small_spec, _split, assert_eval_repeats
 from vl_tiny import world_words
 
 from mtl_lora_vl.backbones import load_backbone
-from mtl_lora_vl.backbones.chat import ChatWrap
+from mtl_lora_vl.backbones.chat import ChatWrap, read_chat_wrap
 from mtl_lora_vl.cli import train_main
 from mtl_lora_vl.tasks import SpecError, build_kind, load_spec
 
@@ -246,3 +246,75 @@ def test_a_system_message_goes_before_the_users_turn_as_the_processor_writes_it(
     path.write_text(path.read_text().replace("chat = true", "chat = false"))
     with pytest.raises(SpecError, match=r"generative.system': expected chat = true beside it"):
         load_spec(str(path))
+
+
+#: Gemma's way: a system role raises.
+RAISES_ON_SYSTEM = (
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for m in messages %}<start_of_turn>user\n{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+#: The user's content as a list, the system message written as a string ({{ content }}).
+SYSTEM_AS_STRING = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}system: {{ m['content'] }}\n{% else %}user: "
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %} assistant:{% endif %}")
+#: Idefics3's image-first opening ('user:' before an image, 'user: ' before text), the system message a string.
+IMAGE_FIRST_SYSTEM_STRING = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ 'SYS: ' + m['content'] + '\n' }}{% else %}{{ m['role'] }}"
+    "{% if m['content'] is string %}: {{ m['content'] }}{% else %}{% if m['content'][0]['type'] == 'image' %}:"
+    "{% else %}: {% endif %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}{% endif %}{% endfor %}{% if add_generation_prompt %} assistant:{% endif %}")
+#: Writes a default system line and drops the caller's.
+DROPS_SYSTEM = (
+    "You are a helpful assistant.\n{% for m in messages %}{% if m['role'] == 'user' %}user: {% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %} assistant:{% endif %}")
+#: Llama-3's way: every message's content trimmed.
+TRIMS = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{% if m['content'] is string %}{{ m['content'] | trim }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] | trim }}{% endif %}"
+    "{% endfor %}{% endif %}<|eot|>{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def system_processor(tmp_path_factory):
+    from transformers import AutoProcessor
+
+    folder = save_tiny_llava(tmp_path_factory.mktemp("sys") / "llava", words=[*world_words(), "user", "assistant"])
+    return AutoProcessor.from_pretrained(folder)
+
+
+def _wrap(processor, template, system):
+    processor.chat_template = template
+    return read_chat_wrap(processor, False, "probe", system)
+
+
+def test_a_template_that_raises_on_a_system_role_names_system_not_the_missing_template(system_processor):
+    """It said 'needs the model's chat template, but it fails (System role not supported) ... save the processor
+    with its chat template, or set chat = false': the template is there; the system message is what to remove."""
+    with pytest.raises(ValueError, match=r"raises on a system message \(System role not supported\); remove system"):
+        _wrap(system_processor, RAISES_ON_SYSTEM, "answer in one word")
+
+
+def test_a_system_message_is_not_written_as_the_python_repr_of_a_content_list(system_processor):
+    """The system text is inside "[{'type': 'text', 'text': ...}]", so the presence check passed and every prompt
+    began with the repr."""
+    assert _wrap(system_processor, SYSTEM_AS_STRING, "answer in one word").before == "system: answer in one word\nuser: "
+
+
+def test_a_string_system_message_keeps_the_image_first_opening(system_processor):
+    """The image renders sent the system message as a list, which this template cannot add to a string: they
+    failed and image-first prompts got the text opening ('user: <image>' where the processor writes 'user:<image>')."""
+    assert _wrap(system_processor, IMAGE_FIRST_SYSTEM_STRING, "answer in one word") == ChatWrap(
+        "SYS: answer in one word\nuser: ", " assistant:", "SYS: answer in one word\nuser:")
+
+
+def test_a_system_message_found_only_in_the_templates_default_is_refused(system_processor):
+    with pytest.raises(ValueError, match="does not write a system message"):
+        _wrap(system_processor, DROPS_SYSTEM, "helpful")
+
+
+def test_a_system_message_with_a_trailing_newline_is_found_in_a_template_that_trims(system_processor):
+    """A TOML multi-line string ends with a newline; Llama-3-style templates trim it: refused as 'does not write'."""
+    assert _wrap(system_processor, TRIMS, "answer in one word\n").before == "<|system|>\nanswer in one word<|eot|><|user|>\n"

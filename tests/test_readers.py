@@ -763,3 +763,19 @@ def test_imagefolder_says_which_files_it_does_not_read_and_which_classes_are_emp
     assert s.class_names == ["cat", "dog"] and len(s.examples) == 1
     assert "1 file(s) of other extensions are not read (e.g. " in caplog.text and "1.heic" in caplog.text
     assert "class folder(s) ['dog'] hold no image that was read" in caplog.text
+
+
+def test_karpathy_ids_without_a_collision_stay_the_filename(tmp_path):
+    """Ids without cocoid/imgid stay the bare filename where no two collide (what earlier versions gave), so a
+    checkpoint's digest of such a file stays valid; colliding filenames get filepath/filename (helper 114)."""
+    for p in ("a/1.jpg", "b/2.jpg", "c/1.jpg"):
+        _small_image(tmp_path / p)
+    ims = [{"filepath": "a", "filename": "1.jpg", "split": "val", "sentences": [{"raw": "x"}]},
+           {"filepath": "b", "filename": "2.jpg", "split": "val", "sentences": [{"raw": "y"}]}]
+    (tmp_path / "k.json").write_text(json.dumps({"images": ims}))
+    s = read_split("karpathy", tmp_path, annotations="k.json", split="val")
+    assert [e.image_id for e in s.examples] == ["1.jpg", "2.jpg"]          # as before: digests unchanged
+    ims.append({"filepath": "c", "filename": "1.jpg", "split": "val", "sentences": [{"raw": "z"}]})
+    (tmp_path / "k.json").write_text(json.dumps({"images": ims}))
+    s = read_split("karpathy", tmp_path, annotations="k.json", split="val")
+    assert [e.image_id for e in s.examples] == ["a/1.jpg", "2.jpg", "c/1.jpg"]   # a collision: told apart

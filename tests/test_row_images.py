@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_llava, tiny_paligemma
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from vlm_checks import perturb_adapters
 
 import mtl_lora_vl as mlv
@@ -209,3 +210,21 @@ def test_chunked_prefill_with_one_image_per_row_runs_under_a_mixed_route(family)
             with mlv.route(model, t):
                 alone = model.generate(**x, **kw)
             assert torch.equal(mixed[i], alone[i])
+
+
+@pytest.mark.parametrize("family", ["llava", "paligemma"])
+def test_two_images_flattened_into_one_item_are_refused(family):
+    """One feature item holding row 0's two images (row 1: none) ran under a mixed route once a single item was
+    taken for 'cannot tell' (for generate's chunked prefill); the routed generate now marks its own prefill as
+    checked instead, and a direct forward is counted (helper 114)."""
+    model = _adapted(tiny_llava() if family == "llava" else tiny_paligemma())
+    image = [95] * 16
+    ids, mask = _rows([1, 5, *image, *image, 7], [1, 9, 10, 11])
+    with torch.no_grad():
+        with mlv.route(model, [0, 1]):   # what a caller encoding the batch's images under the batch's route does
+            feats = model.model.get_image_features(pixel_values=torch.randn(2, 3, 32, 32), return_dict=True)
+        po = feats.pooler_output
+        flat = [torch.cat([f.reshape(-1, f.shape[-1]) for f in po])]   # one item (as _slice_mm_encoder_output makes)
+        encoded = {"image": BaseModelOutputWithPooling(pooler_output=flat)}
+        with mlv.route(model, [0, 1]), pytest.raises(mlv.RoutingError, match=r"\[2, 0\]|one image per row"):
+            model(input_ids=ids, attention_mask=mask, mm_encoder_outputs=encoded)

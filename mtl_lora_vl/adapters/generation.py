@@ -98,8 +98,15 @@ class RoutedGenerate:
                 given.setdefault("inputs_embeds" if given["inputs"].is_floating_point() else "input_ids",
                                  given["inputs"])
             check[1](check[0], (), given)
-        with expanded_rows(model, generation_rows(model, given)):
-            return type(model).generate(model, *args, **kwargs)
+        was = check is not None and check[1].checked
+        try:
+            if check is not None:
+                check[1].checked = True
+            with expanded_rows(model, generation_rows(model, given)):
+                return type(model).generate(model, *args, **kwargs)
+        finally:
+            if check is not None:
+                check[1].checked = was
 
     def __reduce__(self) -> tuple:
         return RoutedGenerate, (self.model,)

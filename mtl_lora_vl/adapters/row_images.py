@@ -27,9 +27,12 @@ class RowImagesCheck:
 
     def __init__(self, router: Router, row_images: Callable[[nn.Module, tuple, dict], list[int] | None]) -> None:
         self.router, self.row_images = router, row_images
+        #: Set by the routed ``generate`` around its call, whose inputs it checked: its prefill's forwards get the
+        #: images encoded (generate's chunked prefill: one flattened feature item per chunk, not one per image).
+        self.checked = False
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if self.router.current is None:   # no route given: the first adapted layer that runs says so (if any runs)
+        if self.checked or self.router.current is None:   # no route given: the first adapted layer that runs says so (if any runs)
             return
         route = self.router.resolve(type(module).__name__)
         if route is None or route.task is not None:

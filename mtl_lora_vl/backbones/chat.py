@@ -11,7 +11,6 @@ prompt (the collator expands it), never from the template.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,58 +41,85 @@ def read_chat_wrap(processor: Any, strip_bos: bool, name: str, system: str = "")
     there is no usable template, or it does not write the system message."""
     tok = processor.tokenizer
     template = getattr(processor, "chat_template", None)
+    default = _turn(processor, name, "")   # the template must work without a system message first
+    if not system:
+        before, after = default
+    else:
+        try:
+            before, after = _turn(processor, name, system, raise_=True)
+        except _NoTurn:
+            before = after = ""   # refused below: no wrap writes the system message
+        except Exception as e:
+            raise ValueError(f"backbone {name!r}: [generative] system is set, but the model's chat template raises on "
+                             f"a system message ({e}); remove system from the spec, or write the instruction into the "
+                             "prompt") from None
+        if not before or before == default[0] or system.strip() not in before:
+            raise ValueError(f"backbone {name!r}: [generative] system is set, but the model's chat template does not "
+                             "write a system message; remove system from the spec, or write the instruction into the "
+                             "prompt")
+    before_image = before
+    if template:   # the opening of a turn that starts with an image: X in X+c+text and X+c+c+text
+        heads = [[]] if not system else [[{"role": "system", "content": [{"type": "text", "text": system}]}],
+                                         [{"role": "system", "content": system}]]
+        for h in heads:   # the system message as the text turn took it: a content list, else a string
+            try:
+                one, two = (_split(processor.apply_chat_template(
+                    [*h, {"role": "user", "content": [*[{"type": "image"}] * k, {"type": "text", "text": _MARK}]}],
+                    add_generation_prompt=True, tokenize=False), h) for k in (1, 2))
+            except Exception:   # a template for text only: the text opening serves
+                one = two = None
+            if one is not None and two is not None and one[1] == two[1] == after:
+                before_image = _image_opening(one[0], two[0], before)
+                break
+    bos = getattr(tok, "bos_token", None)
+    if strip_bos and bos:
+        before, before_image = (b[len(bos):] if b.startswith(bos) else b for b in (before, before_image))
+    return ChatWrap(before, after, before_image)
+
+
+class _NoTurn(Exception):
+    """No rendering wrote the user's text exactly once."""
+
+
+def _turn(processor: Any, name: str, system: str, raise_: bool = False) -> tuple[str, str]:
+    """The text before and after the user's text, ``system`` (if any) the system message before it."""
+    tok = processor.tokenizer
+    template = getattr(processor, "chat_template", None)
     head = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
     head_str = [{"role": "system", "content": system}] if system else []
-
-    def as_list(*content: dict) -> Callable[[], Any]:
-        return lambda: processor.apply_chat_template([*head, {"role": "user", "content": list(content)}],
-                                                     add_generation_prompt=True, tokenize=False)
-
     text_part = {"type": "text", "text": _MARK}
     # The processor's template with a content list (as a VLM's takes), then with a string (a text model's template
     # copied onto the processor renders a list as its repr, or raises), then the tokenizer's.
     tries = []
     if template:
-        tries.append(as_list(text_part))
+        tries.append((lambda: processor.apply_chat_template([*head, {"role": "user", "content": [text_part]}],
+                                                            add_generation_prompt=True, tokenize=False), head))
+        if system:   # a template that takes the user's content as a list but the system message as a string
+            tries.append((lambda: processor.apply_chat_template([*head_str, {"role": "user", "content": [text_part]}],
+                                                                add_generation_prompt=True, tokenize=False), head_str))
         if isinstance(template, str):
-            tries.append(lambda: tok.apply_chat_template([*head_str, {"role": "user", "content": _MARK}],
-                                                         chat_template=template, add_generation_prompt=True,
-                                                         tokenize=False))
+            tries.append((lambda: tok.apply_chat_template([*head_str, {"role": "user", "content": _MARK}],
+                                                          chat_template=template, add_generation_prompt=True,
+                                                          tokenize=False), head_str))
     if getattr(tok, "chat_template", None):
-        tries.append(lambda: tok.apply_chat_template([*head_str, {"role": "user", "content": _MARK}],
-                                                     add_generation_prompt=True, tokenize=False))
+        tries.append((lambda: tok.apply_chat_template([*head_str, {"role": "user", "content": _MARK}],
+                                                      add_generation_prompt=True, tokenize=False), head_str))
     if not tries:
         raise ValueError(f"backbone {name!r}: [generative] chat = true needs the model's chat template, but the "
                          f"processor and tokenizer have none; {_FIX}")
     error = None
-    for attempt in tries:
+    for attempt, h in tries:
         try:
-            text = _split(attempt())
+            text = _split(attempt(), h)
         except Exception as e:   # jinja errors of a template of the model's own
             error, text = error or e, None
         if text is not None:
-            break
-    else:
-        why = f"it fails ({error})" if error is not None else "it does not write a user turn's text exactly once"
-        raise ValueError(f"backbone {name!r}: [generative] chat = true needs the model's chat template, but {why}, so "
-                         f"prompts cannot be wrapped in it; {_FIX}")
-    before, after = text
-    if system and system not in before:
-        raise ValueError(f"backbone {name!r}: [generative] system is set, but the model's chat template does not write "
-                         "a system message (it leaves it out, or raises on one); remove system from the spec, or write "
-                         "the instruction into the prompt")
-    before_image = before
-    if template:   # the opening of a turn that starts with an image: X in X+c+text and X+c+c+text
-        try:
-            one, two = (_split(as_list(*[{"type": "image"}] * k, text_part)()) for k in (1, 2))
-        except Exception:   # a template for text only: the text opening serves
-            one = two = None
-        if one is not None and two is not None and one[1] == two[1] == after:
-            before_image = _image_opening(one[0], two[0], before)
-    bos = getattr(tok, "bos_token", None)
-    if strip_bos and bos:
-        before, before_image = (b[len(bos):] if b.startswith(bos) else b for b in (before, before_image))
-    return ChatWrap(before, after, before_image)
+            return text
+    if raise_:
+        raise error if error is not None else _NoTurn()
+    why = f"it fails ({error})" if error is not None else "it does not write a user turn's text exactly once"
+    raise ValueError(f"backbone {name!r}: [generative] chat = true needs the model's chat template, but {why}, so "
+                     f"prompts cannot be wrapped in it; {_FIX}")
 
 
 def _image_opening(one: str, two: str, fallback: str) -> str:
@@ -110,9 +136,12 @@ def _image_opening(one: str, two: str, fallback: str) -> str:
     return fallback
 
 
-def _split(text: Any) -> tuple[str, str] | None:
-    """The text before and after the marker, or None unless ``text`` holds it exactly once."""
+def _split(text: Any, head: list | None = None) -> tuple[str, str] | None:
+    """The text before and after the marker, or None unless ``text`` holds it exactly once (and not the Python
+    repr of the system message ``head`` gave: a template that writes a system content list as it is)."""
     if not isinstance(text, str) or text.count(_MARK) != 1:
+        return None
+    if head and isinstance(head[0]["content"], list) and str(head[0]["content"]) in text:
         return None
     before, after = text.split(_MARK)
     return before, after

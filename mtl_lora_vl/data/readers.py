@@ -37,6 +37,7 @@ import logging
 import os
 import types
 import typing
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,8 @@ def read_karpathy(
     check = ImageChecker(verify, strict)
     groups = []
     blank = 0
+    # an entry without cocoid/imgid is its filename (as before), or filepath/filename where filenames collide
+    names = Counter(str(im.get("filename")) for im in imgs if isinstance(im, dict) and im.get("split") in wanted)
     for im in imgs:
         if require(im, "split", "an image entry", apath) not in wanted:
             continue
@@ -247,7 +250,8 @@ def read_karpathy(
             continue
         path = resolve_under(root, rel)
         if check(path):
-            iid = im.get("cocoid", im.get("imgid", (Path(str(im.get("filepath", ""))) / str(fname)).as_posix()))
+            own = str(fname) if names[str(fname)] < 2 else (Path(str(im.get("filepath", ""))) / str(fname)).as_posix()
+            iid = im.get("cocoid", im.get("imgid", own))
             groups.append((path, str(iid), sents))
     _warn_blank(apath, blank)
     return check.finish(caption_examples(groups, one_per_image), f"Karpathy {apath.name} [{split}]")
