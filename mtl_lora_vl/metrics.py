@@ -255,7 +255,7 @@ _PTB_TOKEN = re.compile(
     rf"|(?<![\w'.-])(?:{_NUMBER_ABBREVIATIONS})\.(?=\s*\d)"
     r"|'(?:em|till?|cause|n'?|[2-9]0s)(?![\w'])|'t(?=(?:is|was)\b)"   # words that begin with an apostrophe
     r"|(?<![\w.])\.\d+"                                       # a number with a leading period: ".5"
-    r"|(?-i:[A-Z]+(?:&[A-Z]+)+)"                            # capitals joined by & ("B&W", "AT&T"); "b&w" splits
+    r"|(?-i:S&P-500|S&Ls|[A-Z]+(?:&[A-Z]+)+)"               # capitals joined by & ("B&W", "AT&T"); "b&w" splits
     r"|\w+(?:[-/']\w+|(?<=\d)[.:,]\d+)*"                   # words, with their inner hyphens and numbers' marks
     r"|[!?]{2,}"                                            # PTB's filter drops "!" and "?" alone, not "!!"
     r"|[^\w\s.,:;?!'\"`-]",                                 # a symbol PTB keeps as a token (& % $ # @ + = brackets)

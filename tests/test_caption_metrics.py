@@ -222,6 +222,7 @@ PTB_AMPERSAND_CASES = [
     ("M&M's and M&Ms", "m&m 's and m&m s"),
     ("5&6 A&5 Abc&Def", "5 & 6 a & 5 abc & def"),
     ("A&W root beer", "a&w root beer"),
+    ("the S&P-500 index and S&Ls", "the s&p-500 index and s&ls"),   # PTB's own special tokens (helper 114)
 ]
 
 
