@@ -779,3 +779,23 @@ def test_karpathy_ids_without_a_collision_stay_the_filename(tmp_path):
     (tmp_path / "k.json").write_text(json.dumps({"images": ims}))
     s = read_split("karpathy", tmp_path, annotations="k.json", split="val")
     assert [e.image_id for e in s.examples] == ["a/1.jpg", "2.jpg", "c/1.jpg"]   # a collision: told apart
+
+
+@pytest.mark.parametrize("ids", [["cocoA", "", None, ""], ["", None, "cocoA", ""]])
+def test_hf_rows_without_an_id_holding_an_identified_rows_image_are_that_image(tmp_path, ids):
+    """image_id 'cocoA' on one row, blank on two others of the same bytes: those became image 'row N', and
+    retrieval counted the photo twice, its captions negatives of each other (helper 114). Either order."""
+    datasets = pytest.importorskip("datasets")
+    encoded = []
+    for colour in ((200, 0, 0), (0, 0, 200)):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), colour).save(buf, "PNG")
+        encoded.append(buf.getvalue())
+    a, b = encoded
+    f = datasets.Features({"image": datasets.Image(), "image_id": datasets.Value("string"),
+                           "caption": datasets.Value("string")})
+    datasets.Dataset.from_dict({"image": [{"bytes": x, "path": None} for x in (a, a, a, b)],
+                                "image_id": ids, "caption": ["r1", "r2", "r3", "b"]},
+                               features=f).save_to_disk(str(tmp_path / "d"))
+    s = read_split("hf_datasets", tmp_path, path="d", one_per_image=True)
+    assert [(e.image_id, sorted(e.captions)) for e in s.examples] == [("cocoA", ["r1", "r2", "r3"]), ("row 3", ["b"])]

@@ -294,17 +294,25 @@ def read_hf_datasets(
             if others else [{} for _ in range(len(ds))])
     by_id: dict[str, tuple[Any, int]] = {}   # image_id -> (the image reference its rows share, its first row)
     digests: dict[int, str] = {}
-    by_bytes: dict[str, tuple[Any, int]] = {}   # digest of the bytes -> (reference, first row)
+    by_bytes: dict[str, tuple[Any, int]] = {}   # digest of the bytes -> (reference, first row), rows without an id
 
-    def digest(row: int) -> str:   # the row's encoded image, hashed once (only rows whose image_id repeats)
+    def digest(row: int) -> str:   # the row's encoded image, hashed once (rows whose image_id repeats or is blank)
         if row not in digests:
             value = column[row]
             data = (value["bytes"] if kind == "struct" else value).as_py()
             digests[row] = hashlib.sha256(data or b"").hexdigest()
         return digests[row]
 
+    images_of = list(_images(column, kind))
+    ids = [values.get(mapping["image_id"]) if "image_id" in mapping else None for values in meta]
+    named: dict[str, str] = {}   # digest -> the image_id rows give those bytes, where other rows give none
+    if any(v in (None, "") for v in ids) and any(v not in (None, "") for v in ids):
+        for i, ((has_bytes, _), v) in enumerate(zip(images_of, ids)):
+            if has_bytes and v not in (None, ""):
+                named.setdefault(digest(i), str(v))
+
     rows = []
-    for i, ((has_bytes, img_path), values) in enumerate(zip(_images(column, kind), meta)):
+    for i, ((has_bytes, img_path), values) in enumerate(zip(images_of, meta)):
         row = {f: values[c] for f, c in others.items()}
         given_id = row.get("image_id") not in (None, "")
         if not given_id:   # a made-up id must not collide with the column's real ones ("1"): it would share that image
@@ -318,6 +326,9 @@ def read_hf_datasets(
                     raise DataFormatError(f"{source} row {i}: image_id {row['image_id']!r} was given to another image "
                                           f"at row {first}; image ids must name one image (fix the column, or map "
                                           "image_id to another one with columns=...)")
+            elif digest(i) in named:   # no id, but another row names these bytes: that image
+                row["image_id"] = named[digest(i)]
+                first_ref, _ = by_id.setdefault(row["image_id"], (ref, i))
             else:   # no id: rows holding the same encoded image are one image (its captions grouped, one key)
                 first_ref, first = by_bytes.setdefault(digest(i), (ref, i))
                 if first != i:
