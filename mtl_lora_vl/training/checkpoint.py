@@ -142,8 +142,9 @@ def check_inputs_unchanged(saved: dict[str, Any], inputs: dict[str, Any], run_di
     if changed:
         raise CheckpointError(
             f"--resume {run_dir}: the training rows of task(s) {changed} changed since the run's checkpoint (other "
-            "data files, another --data-root, or data edited meanwhile); resume with the data it trained on, or "
-            "start a new run")
+            "data files, another --data-root, data edited meanwhile, or a newer mtl-lora-vl that reads the same files "
+            "into other rows: hf_datasets rows of one image's bytes without an image_id are one image now); resume "
+            "with the data and package it trained with, or start a new run")
     lost = {t: r for t, r in (saved.get("extend_task_roots") or {}).items()
             if t not in (inputs.get("extend_task_roots") or {})}
     if lost:
