@@ -799,3 +799,23 @@ def test_hf_rows_without_an_id_holding_an_identified_rows_image_are_that_image(t
                                features=f).save_to_disk(str(tmp_path / "d"))
     s = read_split("hf_datasets", tmp_path, path="d", one_per_image=True)
     assert [(e.image_id, sorted(e.captions)) for e in s.examples] == [("cocoA", ["r1", "r2", "r3"]), ("row 3", ["b"])]
+
+
+def test_a_blank_label_in_a_file_that_also_has_captions_is_named(tmp_path):
+    """A classification JSONL whose rows also carry a caption: the row with a blank label read as a caption row
+    and the file failed as 'rows mix task kinds: classification ..., caption ...'."""
+    _small_image(tmp_path / "a.png")
+    _small_image(tmp_path / "b.png")
+    rows = [{"image": "a.png", "caption": "a dog", "label": "dog"}, {"image": "b.png", "caption": "a cat", "label": ""}]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataFormatError, match=r"c\.jsonl:2: 'label' is blank"):
+        read_split("jsonl", tmp_path, file="c.jsonl")
+
+
+def test_a_csv_whose_every_caption_is_blank_says_so(tmp_path):
+    """It said 'a row needs 'text', 'caption' or 'captions' ... besides 'image'' of a file that has a caption column."""
+    _small_image(tmp_path / "a.png")
+    _small_image(tmp_path / "b.png")
+    (tmp_path / "c.csv").write_text("image,caption\na.png,\nb.png,\n")
+    with pytest.raises(DataFormatError, match=r"'caption' is blank in every row"):
+        read_split("csv", tmp_path, file="c.csv")

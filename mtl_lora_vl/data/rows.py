@@ -150,6 +150,18 @@ def examples_from_rows(
                     field = _KIND_FIELDS[only][0]
                     raise DataFormatError(f"{at(n)}: {field!r} is blank; give the row its {field}, or remove the row")
                 row_kinds[n] = only
+    if not known:   # a column is there, blank in every row
+        there = [f for fs in _KIND_FIELDS.values() for f in fs if all(f in row for _, row in rows)]
+        if there:
+            raise DataFormatError(f"{source}: {there[0]!r} is blank in every row; fill the column, or give another "
+                                  "file")
+    for k in ("vqa", "classification") if len(known) > 1 else ():   # a blank label beside a caption read as a caption
+        field = _KIND_FIELDS[k][0]   # (where the rows of that kind carry a caption too: else the file mixes kinds)
+        blank = next((n for n, row in rows if row_kinds[n] != k and field in row and not _present(row[field])), None)
+        with_captions = any(row_kinds[n] == k and any(_present(row.get(f)) for f in _KIND_FIELDS["caption"])
+                            for n, row in rows)
+        if k in known and blank is not None and with_captions:
+            raise DataFormatError(f"{at(blank)}: {field!r} is blank; give the row its {field}, or remove the row")
     kinds: dict[str, int] = {}
     for n, k in row_kinds.items():
         kinds.setdefault(k, n)
