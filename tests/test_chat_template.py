@@ -318,3 +318,15 @@ def test_a_system_message_found_only_in_the_templates_default_is_refused(system_
 def test_a_system_message_with_a_trailing_newline_is_found_in_a_template_that_trims(system_processor):
     """A TOML multi-line string ends with a newline; Llama-3-style templates trim it: refused as 'does not write'."""
     assert _wrap(system_processor, TRIMS, "answer in one word\n").before == "<|system|>\nanswer in one word<|eot|><|user|>\n"
+
+
+def test_a_system_message_holding_a_special_token_is_refused_when_the_task_is_built(chat_dir, tmp_path):
+    """The image placeholder in system reached every prompt and failed only at collation ('2 image placeholders'),
+    naming no system (helper 114)."""
+    backbone = load_backbone(f"hf:{chat_dir}")
+    tok = str(backbone.image_token)
+    path = Path(_chat_spec(tmp_path, "vqa", "{image}{question}"))
+    path.write_text(path.read_text().replace("chat = true", f'chat = true\nsystem = "look at {tok} here"'))
+    spec = load_spec(str(path))
+    with pytest.raises(ValueError, match=rf"\[generative\] system holds '{tok}', a special token of backbone"):
+        build_kind(spec, _split(spec, "train", 6), backbone)

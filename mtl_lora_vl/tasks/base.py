@@ -164,6 +164,12 @@ class TaskKind(ABC):
         #: Text a row may not hold on the generative path: the tokenizer's special tokens, which it would read as
         #: such (a second image placeholder, an end of text in the middle of a target).
         self.special_texts: tuple[str, ...] = special_texts(backbone) if self.generative else ()
+        system = str(spec.generative.get("system") or "") if self.prompt_wrap is not None else ""
+        hit = next((t for t in self.special_texts if t in system), None)
+        if hit:
+            raise ValueError(f"task {self.name!r}: [generative] system holds {hit!r}, a special token of backbone "
+                             f"{backbone.name!r} (the image placeholder is the prompt's {{image}}); take it out of "
+                             "system" + (f" in {spec.source_file}" if spec.source_file else ""))
         if train is not None:
             warn_text_coverage(spec, train, backbone)
             self.check_texts(train.examples, "training")
