@@ -629,6 +629,12 @@ def test_coco_and_karpathy_blank_captions_duplicate_entries_and_id_types(tmp_pat
 # ------------------------------------------------------------------------- review of the data layer (helper 112)
 
 
+def _png_bytes(colour: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def _small_image(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (8, 8), (10, 20, 30)).save(path)
@@ -665,12 +671,7 @@ def test_hf_rows_with_the_same_image_bytes_are_one_image(tmp_path):
     """Without an image_id column, rows holding the same encoded image were separate images: a retrieval
     split counted one photo twice (its captions negatives of each other), captioning split its references."""
     datasets = pytest.importorskip("datasets")
-    encoded = []
-    for colour in ((200, 0, 0), (0, 0, 200)):
-        buf = io.BytesIO()
-        Image.new("RGB", (8, 8), colour).save(buf, "PNG")
-        encoded.append(buf.getvalue())
-    a, b = encoded
+    a, b = _png_bytes((200, 0, 0)), _png_bytes((0, 0, 200))
     f = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
     datasets.Dataset.from_dict({"image": [{"bytes": a, "path": None}, {"bytes": a, "path": None},
                                           {"bytes": b, "path": None}],
@@ -786,12 +787,7 @@ def test_hf_rows_without_an_id_holding_an_identified_rows_image_are_that_image(t
     """image_id 'cocoA' on one row, blank on two others of the same bytes: those became image 'row N', and
     retrieval counted the photo twice, its captions negatives of each other (helper 114). Either order."""
     datasets = pytest.importorskip("datasets")
-    encoded = []
-    for colour in ((200, 0, 0), (0, 0, 200)):
-        buf = io.BytesIO()
-        Image.new("RGB", (8, 8), colour).save(buf, "PNG")
-        encoded.append(buf.getvalue())
-    a, b = encoded
+    a, b = _png_bytes((200, 0, 0)), _png_bytes((0, 0, 200))
     f = datasets.Features({"image": datasets.Image(), "image_id": datasets.Value("string"),
                            "caption": datasets.Value("string")})
     datasets.Dataset.from_dict({"image": [{"bytes": x, "path": None} for x in (a, a, a, b)],
