@@ -762,7 +762,7 @@ def test_imagefolder_says_which_files_it_does_not_read_and_which_classes_are_emp
     with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
         s = read_split("imagefolder", tmp_path)
     assert s.class_names == ["cat", "dog"] and len(s.examples) == 1
-    assert "1 file(s) of other extensions are not read (e.g. " in caplog.text and "1.heic" in caplog.text
+    assert "1 image(s) of other formats are not read (e.g. " in caplog.text and "1.heic" in caplog.text
     assert "class folder(s) ['dog'] hold no image that was read" in caplog.text
 
 
@@ -814,4 +814,29 @@ def test_a_csv_whose_every_caption_is_blank_says_so(tmp_path):
     _small_image(tmp_path / "b.png")
     (tmp_path / "c.csv").write_text("image,caption\na.png,\nb.png,\n")
     with pytest.raises(DataFormatError, match=r"'caption' is blank in every row"):
+        read_split("csv", tmp_path, file="c.csv")
+# paste into tests/test_readers.py
+def test_imagefolder_is_quiet_about_the_files_every_folder_holds(tmp_path, caplog):
+    """Thumbs.db, desktop.ini, a README or a labels file beside the images drew 'N file(s) of other extensions are
+    not read ...; convert them to read them' on every load of a normal folder; an image format it does not read is
+    still named."""
+    _small_image(tmp_path / "cat" / "1.png")
+    _small_image(tmp_path / "dog" / "1.png")
+    for name in ("cat/Thumbs.db", "cat/desktop.ini", "dog/README.txt", "dog/labels.json", "cat/.DS_Store"):
+        (tmp_path / name).write_bytes(b"not an image")
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+        s = read_split("imagefolder", tmp_path)
+    assert len(s.examples) == 2 and caplog.text == ""
+    (tmp_path / "dog" / "2.HEIC").write_bytes(b"an image of another format")
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+        read_split("imagefolder", tmp_path)
+    assert "not read (e.g. " in caplog.text and "2.HEIC" in caplog.text
+# paste into tests/test_readers.py
+def test_a_captions_csv_with_an_empty_label_column_and_blank_captions_names_both_columns(tmp_path):
+    """'label' came first in the message ('label' is blank in every row; fill the column) of a captions file whose
+    optional label column is empty: filling it would make the file a classification one."""
+    _small_image(tmp_path / "a.png")
+    _small_image(tmp_path / "b.png")
+    (tmp_path / "c.csv").write_text("image,caption,label\na.png,,\nb.png,,\n")
+    with pytest.raises(DataFormatError, match=r"'label' and 'caption' are blank in every row"):
         read_split("csv", tmp_path, file="c.csv")

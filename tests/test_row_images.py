@@ -5,9 +5,12 @@ LLaVA, 0.29 on a tiny Idefics3); now refused, whether the inputs come by keyword
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import tiny_llava, tiny_paligemma
+from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from vlm_checks import perturb_adapters
 
@@ -228,3 +231,41 @@ def test_two_images_flattened_into_one_item_are_refused(family):
         encoded = {"image": BaseModelOutputWithPooling(pooler_output=flat)}
         with mlv.route(model, [0, 1]), pytest.raises(mlv.RoutingError, match=r"\[2, 0\]|one image per row"):
             model(input_ids=ids, attention_mask=mask, mm_encoder_outputs=encoded)
+# paste into tests/test_row_images.py
+
+
+class _Raise(StoppingCriteria):
+    def __call__(self, input_ids, scores, **kwargs):
+        raise RuntimeError("stop here")
+
+
+class _CopyModel(StoppingCriteria):
+    def __init__(self, model):
+        self.model, self.copies = model, []
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.copies.append(copy.deepcopy(self.model))   # e.g. a callback snapshotting the model mid-generate
+        return torch.ones(input_ids.shape[0], dtype=torch.bool)
+
+
+@pytest.mark.parametrize("family", ["llava", "paligemma"])
+def test_the_forward_check_is_back_after_a_generate_that_raised_and_in_a_copy_made_during_generate(family):
+    """The routed generate turns the forward check off around its call (its inputs checked before); a generate that
+    raises, nested or not, must turn it back on, and a copy of the model made meanwhile must not keep it off."""
+    model = _adapted(tiny_llava() if family == "llava" else tiny_paligemma())
+    image = [95] * 16
+    one_each, mask1 = _rows([1, 5, *image, 7], [1, 9, *image, 10])
+    two_none, mask2 = _rows([1, 5, *image, *image, 7], [1, 9, 10, 11])
+    pixels = torch.randn(2, 3, 32, 32)
+    copier = _CopyModel(model)
+    with torch.no_grad(), mlv.route(model, [0, 1]):
+        with pytest.raises(RuntimeError, match="stop here"):
+            model.generate(input_ids=one_each, attention_mask=mask1, pixel_values=pixels, max_new_tokens=2,
+                           do_sample=False, stopping_criteria=StoppingCriteriaList([_Raise()]))
+        with pytest.raises(mlv.RoutingError, match=r"\[2, 0\]"):
+            model(input_ids=two_none, attention_mask=mask2, pixel_values=pixels)
+        model.generate(input_ids=one_each, attention_mask=mask1, pixel_values=pixels, max_new_tokens=1,
+                       do_sample=False, stopping_criteria=StoppingCriteriaList([copier]))
+    (other,) = copier.copies
+    with torch.no_grad(), mlv.route(other, [0, 1]), pytest.raises(mlv.RoutingError, match=r"\[2, 0\]"):
+        other(input_ids=two_none, attention_mask=mask2, pixel_values=pixels)

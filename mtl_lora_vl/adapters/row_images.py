@@ -31,6 +31,11 @@ class RowImagesCheck:
         #: images encoded (generate's chunked prefill: one flattened feature item per chunk, not one per image).
         self.checked = False
 
+    def __getstate__(self) -> dict:
+        """A copy (deepcopy, pickle) made inside a routed ``generate`` checks its own forwards: the scope is the
+        original's."""
+        return {**self.__dict__, "checked": False}
+
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self.checked or self.router.current is None:   # no route given: the first adapted layer that runs says so (if any runs)
             return

@@ -17,6 +17,7 @@ from typing import Any
 __all__ = ["ChatWrap", "read_chat_wrap"]
 
 _MARK = "\ue000"   # a private-use character: no template writes it
+_SYSTEM_MARK = "\ue001"   # the same, for a system message
 _FIX = ("save the processor with its chat template (processor.chat_template = ...; processor.save_pretrained(DIR)), "
         "or set chat = false and write the turn into the spec's prompt")
 
@@ -53,7 +54,13 @@ def read_chat_wrap(processor: Any, strip_bos: bool, name: str, system: str = "")
             raise ValueError(f"backbone {name!r}: [generative] system is set, but the model's chat template raises on "
                              f"a system message ({e}); remove system from the spec, or write the instruction into the "
                              "prompt") from None
-        if not before or before == default[0] or system.strip() not in before:
+        if before == default[0]:   # the caller's text, or a default the template writes whatever it is given?
+            try:
+                writes = _SYSTEM_MARK in _turn(processor, name, _SYSTEM_MARK, raise_=True)[0]
+            except Exception:
+                writes = False
+            before = before if writes else ""
+        if not before or system.strip() not in before:
             raise ValueError(f"backbone {name!r}: [generative] system is set, but the model's chat template does not "
                              "write a system message; remove system from the spec, or write the instruction into the "
                              "prompt")

@@ -62,6 +62,12 @@ from .rows import read_csv, read_jsonl
 
 logger = logging.getLogger(__name__)
 
+#: Image formats ImageFolder does not read, named when a class folder holds them; other files beside the images
+#: (Thumbs.db, desktop.ini, README.txt, labels.json) are not images and are passed over without a word.
+_UNREAD_IMAGE_EXTENSIONS = (".heic", ".heif", ".jfif", ".jpe", ".avif", ".jxl", ".jp2", ".j2k", ".svg", ".ico",
+                            ".psd", ".tga", ".pbm", ".pnm", ".exr", ".hdr", ".dng", ".raw", ".cr2", ".cr3", ".nef",
+                            ".arw", ".orf", ".rw2")
+
 __all__ = ["READERS", "DataFormatError", "PathEscapeError", "read_coco_captions", "read_csv", "read_hf_datasets",
            "read_imagefolder", "read_jsonl", "read_karpathy", "read_split", "read_vqav2", "resolve_under"]
 
@@ -281,7 +287,7 @@ def read_imagefolder(
         raise DataFormatError(f"image folder {base} has no class subfolders; expected {base}/<class>/<image>")
     check = ImageChecker(verify, strict)
     per_class: list[list[Example]] = []
-    other: list[Path] = []   # files of extensions the reader does not read (.heic, .jfif, ...), said once
+    other: list[Path] = []   # images of formats the reader does not read (.heic, .jfif, ...), said once
     for label, cls in enumerate(classes):
         found = []
         for dirpath, dirnames, filenames in os.walk(base / cls):
@@ -290,7 +296,8 @@ def read_imagefolder(
                 if fn.startswith("."):
                     continue
                 if not fn.lower().endswith(IMAGE_EXTENSIONS):
-                    other.append(Path(dirpath) / fn)
+                    if fn.lower().endswith(_UNREAD_IMAGE_EXTENSIONS):
+                        other.append(Path(dirpath) / fn)
                     continue
                 rel = (Path(dirpath) / fn).relative_to(root)
                 path = resolve_under(root, rel)
@@ -298,7 +305,7 @@ def read_imagefolder(
                     found.append(Example(str(path), str(rel.as_posix()), label=label, meta={"class_name": cls}))
         per_class.append(found)
     if other:
-        logger.warning("ImageFolder %s: %d file(s) of other extensions are not read (e.g. %s; read: %s); convert "
+        logger.warning("ImageFolder %s: %d image(s) of other formats are not read (e.g. %s; read: %s); convert "
                        "them to read them", base, len(other), other[0], " ".join(IMAGE_EXTENSIONS))
     empty = [cls for cls, found in zip(classes, per_class) if not found]
     if empty:

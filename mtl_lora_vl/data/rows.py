@@ -153,8 +153,9 @@ def examples_from_rows(
     if not known:   # a column is there, blank in every row
         there = [f for fs in _KIND_FIELDS.values() for f in fs if all(f in row for _, row in rows)]
         if there:
-            raise DataFormatError(f"{source}: {there[0]!r} is blank in every row; fill the column, or give another "
-                                  "file")
+            raise DataFormatError(f"{source}: {' and '.join(map(repr, there))} "
+                                  f"{'is' if len(there) == 1 else 'are'} blank in every row; fill the column of the "
+                                  "file's task, or give another file")
     for k in ("vqa", "classification") if len(known) > 1 else ():   # a blank label beside a caption read as a caption
         field = _KIND_FIELDS[k][0]   # (where the rows of that kind carry a caption too: else the file mixes kinds)
         blank = next((n for n, row in rows if row_kinds[n] != k and field in row and not _present(row[field])), None)
