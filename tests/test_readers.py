@@ -149,6 +149,12 @@ def test_pil_own_size_limit_does_not_override_ours(tmp_path, monkeypatch):
     monkeypatch.setattr(images_mod, "MAX_PIXELS", 120)
     with pytest.raises(ImageError, match="mid.png.*exceeds the limit"):
         load_image(tmp_path / "mid.png")
+    # beyond twice PIL's limit PIL refuses first: the advice names our limit too (it said to raise PIL's alone, which
+    # cannot read an image that is over ours as well -- with the defaults, every such image; helper 112)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)
+    with pytest.raises(ImageError, match=r"downscale it first \(or raise PIL.Image.MAX_IMAGE_PIXELS, and "
+                                         r"mtl_lora_vl.data.images.MAX_PIXELS, 120, where the image is over that too"):
+        load_image(tmp_path / "mid.png")
 
 
 # ------------------------------------------------------------------------------------ readers

@@ -134,8 +134,9 @@ def _opened(target: Path | bytes, name: str) -> Iterator[Image.Image]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(fp, formats=DECODED_FORMATS)
     except Image.DecompressionBombError as e:  # beyond twice PIL's limit, PIL refuses whatever MAX_PIXELS says
-        raise ImageError(f"image {name}: refused, too large to decode safely ({e}); raise PIL.Image.MAX_IMAGE_PIXELS "
-                         "too to read it") from e
+        raise ImageError(f"image {name}: refused, too large to decode safely ({e}); downscale it first (or raise "
+                         f"PIL.Image.MAX_IMAGE_PIXELS, and mtl_lora_vl.data.images.MAX_PIXELS, {MAX_PIXELS:,}, where "
+                         "the image is over that too)") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"image {name}: not a readable image ({type(e).__name__}: {e})") from e
     with img:
