@@ -35,7 +35,7 @@ from ..io import AdapterFileError, export_lora, load_pretrained, save_merged
 from ..io.adapter_files import base_paths, config_of, read_adapter_config
 from ..io.atomic import check_target
 from ..io.exports import export_format
-from ..io.layout import EXPORT_RECORD, check_output, check_outputs_folder
+from ..io.layout import EXPORT_RECORD, MERGED_TASK_KEY, check_output, check_outputs_folder, is_merged_export
 from ..log import progress
 from ..options import ExportOptions
 from .commands import _exit_code, program_name, run_command
@@ -67,17 +67,6 @@ def _source_dtype(source: Path | None) -> str:
         doc = {}
     named = doc.get("dtype") or doc.get("torch_dtype") if isinstance(doc, dict) else None
     return {"bfloat16": "bf16", "float16": "fp16"}.get(str(named), "fp32")
-
-
-def _merged_export(path: Path) -> bool:
-    """Whether ``path`` is a merged checkpoint file that export wrote (its metadata names the task)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return "mtl_lora_vl_task" in (f.metadata() or {})
-    except (OSError, SafetensorError):   # not a safetensors file at all
-        return False
 
 
 def _check_tasks(tasks: list[str], adapter: str) -> dict[str, Any]:
@@ -147,9 +136,9 @@ def export(opts: ExportOptions) -> list[Path]:
     for target in targets.values():  # every target before anything is written: no partial export
         file = opts.format == "merged" and target.suffix == ".safetensors"
         check_output(target, marker=EXPORT_RECORD, command="export", overwrite=opts.overwrite, keep=keep)
-        if file and target.is_file() and opts.overwrite and not _merged_export(target):
+        if file and target.is_file() and opts.overwrite and not is_merged_export(target):
             raise FileExistsError(f"--out {target}: is not a merged checkpoint written by export (its safetensors "
-                                  "metadata has no mtl_lora_vl_task), so --overwrite does not replace it; choose "
+                                  f"metadata has no {MERGED_TASK_KEY}), so --overwrite does not replace it; choose "
                                   "another --out")
         check_target(target, directory=not file, overwrite=opts.overwrite, what=f"--out {out}")
     # the base it names, to read its dtype (load_pretrained below checks the files' sha256 once)

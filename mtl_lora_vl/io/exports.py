@@ -53,7 +53,15 @@ from ..families import MERGED_CONFIG, MERGED_WEIGHTS, merged_format, peft_export
 from .atomic import atomic_dir, atomic_file
 from .base_check import check_base_class, check_weight_samples, newer_package_hint, refuse_adapted
 from .identity import model_identity, plan_attached
-from .layout import ADAPTER_CONFIG, EXPORT_RECORD, LEGACY_ADAPTER_CONFIG, AdapterFileError, check_replace, few
+from .layout import (
+    ADAPTER_CONFIG,
+    EXPORT_RECORD,
+    LEGACY_ADAPTER_CONFIG,
+    MERGED_TASK_KEY,
+    AdapterFileError,
+    check_replace,
+    few,
+)
 from .tensor_files import load_tensors, save_tensors
 
 __all__ = ["PLAIN_CONFIG", "PLAIN_FORMAT", "PLAIN_WEIGHTS", "apply_plain_lora", "export_lora", "save_merged"]
@@ -313,7 +321,7 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     out = Path(out)
     if overwrite:
         check_replace(out, what="save_merged", keep=[*_base_files(inner), ("source_dir", source_dir)])
-    meta = {"format": "pt", "mtl_lora_vl_task": task}
+    meta = {"format": "pt", MERGED_TASK_KEY: task}
     if out.suffix == ".safetensors":
         with atomic_file(out, overwrite=overwrite, what="save_merged") as tmp:
             save_tensors(sd, tmp, meta)

@@ -27,6 +27,7 @@ __all__ = [
     "HEADS_WEIGHTS",
     "LEGACY_ADAPTER_CONFIG",
     "LEGACY_ADAPTER_WEIGHTS",
+    "MERGED_TASK_KEY",
     "AdapterFileError",
     "AdapterLayout",
     "EXPORT_RECORD",
@@ -55,6 +56,7 @@ HEADS_WEIGHTS = "heads.safetensors"
 TASKS_DIR = "tasks"
 RUN_ADAPTER_DIR = "adapter"  # where a training run keeps its adapter (RUN_DIR/adapter)
 EXPORT_RECORD = "mtl_lora_export.json"  # in every exported folder: what it holds; marks it as an export
+MERGED_TASK_KEY = "mtl_lora_vl_task"    # in a merged .safetensors export's metadata: its task; marks it as one
 
 
 def spec_file(task: str) -> str:
@@ -197,18 +199,22 @@ def _kept_kind(path: Path) -> str | None:
     return None
 
 
+def is_merged_export(path: Path) -> bool:
+    """Whether ``path`` is a merged checkpoint file that ``save_merged`` wrote (its metadata names the task,
+    :data:`MERGED_TASK_KEY`)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return MERGED_TASK_KEY in (f.metadata() or {})
+    except (OSError, SafetensorError):   # not a safetensors file at all
+        return False
+
+
 def _earlier_export(path: Path) -> bool:
     """Whether ``path`` is an earlier export: a folder holding :data:`EXPORT_RECORD`, or a merged ``.safetensors``
-    file whose metadata names its task."""
-    if path.is_dir():
-        return (path / EXPORT_RECORD).is_file()
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            return "mtl_lora_vl_task" in (f.metadata() or {})
-    except Exception:   # not a safetensors file at all
-        return False
+    file (:func:`is_merged_export`)."""
+    return (path / EXPORT_RECORD).is_file() if path.is_dir() else is_merged_export(path)
 
 
 def check_replace(out: str | Path, *, what: str, keep: Iterable[tuple[str, str | Path | None]] = ()) -> None:
