@@ -37,7 +37,8 @@ class RowImagesCheck:
         return {**self.__dict__, "checked": False}
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if self.checked or self.router.current is None:   # no route given: the first adapted layer that runs says so (if any runs)
+        # no route given: the first adapted layer that runs says so (if any runs)
+        if self.checked or self.router.current is None:
             return
         route = self.router.resolve(type(module).__name__)
         if route is None or route.task is not None:

@@ -98,8 +98,15 @@ class ScalerSkips:
     """The steps fp16 loss scaling skipped: counted per log window (``fp16_skipped_steps`` and the scale in
     metrics.jsonl) and over the run, reported at its end; a scale below 1 stops it (:func:`check_loss_scale`)."""
 
-    def __init__(self, optim: Optimization) -> None:
-        self.optim, self.total, self.logged = optim, 0, 0
+    def __init__(self, optim: Optimization, counts: tuple[int, int] = (0, 0)) -> None:
+        """``counts``: (skipped in all, of them logged) so far, e.g. before a resume (a checkpoint's ``state``)."""
+        self.optim = optim
+        self.total, self.logged = counts
+
+    @property
+    def state(self) -> tuple[int, int]:
+        """(skipped in all, of them logged): what a checkpoint keeps."""
+        return self.total, self.logged
 
     def add(self, step: int, run_dir: Path) -> None:
         self.total += 1

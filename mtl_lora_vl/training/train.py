@@ -356,16 +356,15 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
     window = LossWindow(start_at.log_window)
 
     replaced_here = dict.fromkeys(loader.task_names, 0)   # this rank's consumed rows given a substitute image
-    skips = ScalerSkips(optim)   # steps fp16 loss scaling skipped (the same on every rank), before a resume too
-    skips.total, skips.logged = start_at.scaler_skips
+    skips = ScalerSkips(optim, start_at.scaler_skips)   # steps fp16 loss scaling skipped (the same on every rank)
 
     def replaced() -> dict[str, int]:  # so far, every rank and the runs before a resume; all-reduces
         now = replaced_rows(replaced_here, info)
         return {k: now.get(k, 0) + start_at.replaced.get(k, 0) for k in sorted({*now, *start_at.replaced})}
 
     def checkpoint() -> None:  # every rank is at this point of the same step
-        save_training_checkpoint(run.dir, model, optim, loader, Progress(step, window.losses, bad, replaced(),
-                                                                              (skips.total, skips.logged)), info,
+        progress_now = Progress(step, window.losses, bad, replaced(), skips.state)
+        save_training_checkpoint(run.dir, model, optim, loader, progress_now, info,
                                  {**run.setup.inputs, "options": recorded_options(run.dir, opts),
                                   "amp_dtype": str(run.amp_dtype)})
 
