@@ -1,0 +1,236 @@
+"""The package's CUDA paths on a GPU, on the built-in backbones: what the CPU test suite cannot run.
+
+Each check prints PASS or FAIL with its figures and goes on to the next; the script exits 1 if one failed and
+writes every figure to ``--json``. Run it on a machine with a GPU (a minute on one H200); the tests run it with ``--device cpu``, so it keeps working:
+
+    python scripts/check_gpu.py --json gpu_checks.json
+
+Checked on ``cuda``: routed ``generate`` of a batch mixing three tasks equals each task's rows alone (greedy and
+3 beams, fp32 and bf16 base weights) and the merged task equals its route; the mixed-batch LM loss equals each
+task's alone (fp32: to 1e-5; bf16 weights under autocast: the difference is reported); a bf16 training step
+keeps fp32 adapters with finite, non-zero gradients; activation checkpointing gives the plain gradients; the
+built-in CLIP's mixed route equals its tasks alone on both towers. CPU-vs-GPU token agreement is reported, not
+checked (cuDNN's TF32 convolutions and other kernels may flip a near tie).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable
+
+import torch
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.backbones.loading import load_backbone
+from mtl_lora_vl.precision import autocast
+
+TASKS = ["a", "b", "c"]
+PROMPTS = ["{image} question: what colour is the circle? answer:", "{image} caption:",
+           "{image} how many objects are there? answer:"]
+
+
+def prompt(bb, i: int) -> str:
+    return PROMPTS[i % len(PROMPTS)].format(image=bb.image_token)
+
+
+def perturbed(bb, seed: int = 1, std: float = 0.3):
+    """Attach three tasks and give their adapters random values (B starts at zero: the tasks would not differ)."""
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=TASKS, r=8, n_up=3))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in bb.model.named_parameters():
+            if "lora_" in n:
+                p.add_(torch.randn(p.shape, generator=g).to(p.device, p.dtype) * std)
+    return bb
+
+
+def llava(device: str, base_dtype: str):
+    return perturbed(load_backbone("builtin-llava", device=device, base_dtype=base_dtype))
+
+
+def images_for(bb, n: int, device: str, seed: int = 2) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, bb.image_size, bb.image_size, generator=g).to(device)
+
+
+def routed_vs_alone(bb, images: torch.Tensor, beams: int, dtype: torch.dtype) -> dict:
+    ids = [i % 3 for i in range(images.shape[0])]
+    prompts = [prompt(bb, i) for i in range(images.shape[0])]
+    with torch.no_grad(), autocast(images.device, dtype):
+        alone = []
+        for t in range(3):
+            with mlv.route(bb.model, t):
+                alone.append(bb.generate(images, max_len=8, beam_size=beams, prompts=prompts))
+        with mlv.route(bb.model, ids):
+            routed = bb.generate(images, max_len=8, beam_size=beams, prompts=prompts)
+    want = [alone[t][i] for i, t in enumerate(ids)]
+    same = sum(a == b for a, b in zip(routed, want))
+    differ = sum(len({alone[t][i] for t in range(3)}) > 1 for i in range(len(ids)))
+    return {"rows": len(ids), "rows_equal": same, "rows_where_tasks_differ": differ, "routed": routed,
+            "passed": same == len(ids) and differ > 0}
+
+
+def check_generate(device: str, dtype_name: str) -> dict:
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    bb = llava(device, dtype_name)
+    images = images_for(bb, 6, device)
+    out = {f"beams{b}": routed_vs_alone(bb, images, b, dtype) for b in (1, 3)}
+    if dtype_name == "fp32":
+        if device != "cpu":   # CPU agreement: reported only
+            cpu = llava("cpu", "fp32")
+            cpu_out = routed_vs_alone(cpu, images.cpu(), 1, torch.float32)
+            out["cpu_rows_equal_greedy"] = sum(a == b for a, b in zip(cpu_out["routed"], out["beams1"]["routed"]))
+        prompts = [prompt(bb, 0)] * images.shape[0]
+        with torch.no_grad():
+            with mlv.route(bb.model, "b"):
+                routed = bb.generate(images, max_len=8, prompts=prompts)
+            mlv.merge(bb.model, "b")
+            merged = bb.generate(images, max_len=8, prompts=prompts)
+            mlv.unmerge(bb.model)
+        out["merged_rows_equal_routed"] = sum(a == b for a, b in zip(merged, routed))
+        out["passed"] = out["merged_rows_equal_routed"] == len(routed)
+    out["passed"] = all(v["passed"] for k, v in out.items() if k.startswith("beams")) and out.get("passed", True)
+    return out
+
+
+def lm_batch(bb, device: str, n: int = 6) -> tuple[torch.Tensor, dict]:
+    targets = ["red", "a blue square and a red circle", "two", "a circle", "green", "three"]
+    b = bb.lm_collator()([prompt(bb, i) for i in range(n)], targets[:n])
+    return images_for(bb, n, device, seed=3), {k: v.to(device) for k, v in b.items()}
+
+
+def check_mixed_loss(device: str, dtype_name: str) -> dict:
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    bb = llava(device, dtype_name)
+    images, b = lm_batch(bb, device)
+    ids = [0, 1, 2, 2, 1, 0]
+    bb.model.train()
+    with autocast(device, dtype):
+        with mlv.route(bb.model, ids):
+            mixed = bb.lm_loss(images, **b)
+        alone = torch.empty_like(mixed)
+        with torch.no_grad():
+            for t in range(3):
+                with mlv.route(bb.model, t):
+                    rows = [i for i, x in enumerate(ids) if x == t]
+                    alone[rows] = bb.lm_loss(images, **b)[rows]
+    diff = float((mixed.detach() - alone).abs().max())
+    mixed.mean().backward()
+    grads = [(n, p.grad) for n, p in bb.model.named_parameters() if p.requires_grad]
+    out = {"max_abs_loss_diff": diff, "loss": float(mixed.detach().mean()), "adapter_tensors": len(grads),
+           "grads_fp32": all(g is not None and g.dtype == torch.float32 for _, g in grads),
+           "grads_finite": all(g is not None and bool(torch.isfinite(g).all()) for _, g in grads),
+           "grads_nonzero": sum(g is not None and bool(g.abs().sum() > 0) for _, g in grads),
+           "base_dtype": str(next(p for p in bb.model.parameters() if not p.requires_grad).dtype)}
+    tol = 1e-5 if dtype == torch.float32 else 5e-2
+    out["passed"] = diff <= tol and out["grads_fp32"] and out["grads_finite"] and out["grads_nonzero"] > 0
+    return out
+
+
+def peak_mb(device: str) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.device(device).type == "cuda" else None
+
+
+def check_grad_checkpointing(device: str) -> dict:
+    bb = llava(device, "fp32")
+    images, b = lm_batch(bb, device)
+    params = [p for p in bb.model.parameters() if p.requires_grad]
+    bb.model.train()
+
+    def grads(on: bool) -> list[torch.Tensor]:
+        bb.set_grad_checkpointing(on)
+        with mlv.route(bb.model, [0, 1, 2, 2, 1, 0]):
+            loss = bb.lm_loss(images, **b).mean()
+        return torch.autograd.grad(loss, params, allow_unused=True)
+
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    plain = grads(False)
+    peak_plain = peak_mb(device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    ckpt = grads(True)
+    diff = max(float((a - c).abs().max()) for a, c in zip(plain, ckpt) if a is not None)
+    return {"max_abs_grad_diff": diff, "peak_plain_mb": peak_plain, "peak_ckpt_mb": peak_mb(device),
+            "passed": diff <= 1e-5}
+
+
+def check_clip(device: str, dtype_name: str) -> dict:
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    bb = perturbed(load_backbone("builtin", device=device))
+    images = images_for(bb, 6, device)
+    tokens = bb.tokenizer(["a red circle", "two blue squares", "a green triangle"] * 2).to(device)
+    ids = [0, 1, 2, 2, 1, 0]
+    out = {}
+    with torch.no_grad(), autocast(device, dtype):
+        for what, fn, x in (("image", bb.encode_image, images), ("text", bb.encode_text, tokens)):
+            with mlv.route(bb.model, ids):
+                mixed = fn(x).float()
+            alone = torch.empty_like(mixed)
+            for t in range(3):
+                with mlv.route(bb.model, t):
+                    rows = [i for i, x_ in enumerate(ids) if x_ == t]
+                    alone[rows] = fn(x).float()[rows]
+            out[f"{what}_max_abs_diff"] = float((mixed - alone).abs().max())
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    out["passed"] = max(out.values()) <= tol
+    return out
+
+
+CHECKS: dict[str, Callable[[str], dict]] = {
+    "llava_generate_fp32": lambda d: check_generate(d, "fp32"),
+    "llava_generate_bf16": lambda d: check_generate(d, "bf16"),
+    "llava_mixed_loss_fp32": lambda d: check_mixed_loss(d, "fp32"),
+    "llava_mixed_loss_bf16": lambda d: check_mixed_loss(d, "bf16"),
+    "llava_grad_checkpointing": check_grad_checkpointing,
+    "clip_mixed_route_fp32": lambda d: check_clip(d, "fp32"),
+    "clip_mixed_route_bf16": lambda d: check_clip(d, "bf16"),
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", help="write every figure to this file")
+    ap.add_argument("--device", default="cuda", help="cuda (default) | cuda:N | cpu (the tests' smoke run)")
+    ap.add_argument("--only", default="", help="comma-separated check names (default: all): " + ", ".join(CHECKS))
+    args = ap.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("check_gpu: no CUDA device; nothing to check (--device cpu runs the same checks on the CPU)",
+              file=sys.stderr)
+        return 2
+    names = [n for n in args.only.split(",") if n] or list(CHECKS)
+    unknown = [n for n in names if n not in CHECKS]
+    if unknown:
+        ap.error(f"--only: unknown check(s) {unknown}; known: {list(CHECKS)}")
+    name_of = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    results: dict[str, dict] = {"device": {"name": name_of, "torch": torch.__version__, "passed": True}}
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            res = CHECKS[name](args.device)
+        except Exception:
+            res = {"passed": False, "error": traceback.format_exc()}
+        res["seconds"] = round(time.perf_counter() - t0, 2)
+        results[name] = res
+        shown = {k: v for k, v in res.items() if k not in ("error",) and not isinstance(v, dict)}
+        print(f"{'PASS' if res['passed'] else 'FAIL'} {name}: {shown}", flush=True)
+        if "error" in res:
+            print(res["error"], flush=True)
+        for k, v in res.items():
+            if isinstance(v, dict):
+                print(f"     {k}: {v}", flush=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0 if all(r.get("passed", True) for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One GPU session, prepared to run unattended within a few minutes: the CUDA checks (check_gpu.py), the adapter
+# benchmark's CLIP and LLaVA cases in bf16, both main jobs, an fp16 run (loss scaling), a one-rank torchrun
+# (NCCL) and a torch.compile run. Every step has its own time limit and the script goes on after a failure;
+# logs and JSON land in $OUT (default gpu_out/), and each step's exit status and seconds in $OUT/steps.txt.
+#
+#   OUT=/tmp/gpu bash scripts/check_gpu.sh            # on the machine with the GPU, from the repository root
+#   QUICK=1 DEVICE=cpu bash scripts/check_gpu.sh      # the same steps, tiny, on a CPU (a dry run of this script)
+set -u
+OUT=${OUT:-gpu_out}
+DEVICE=${DEVICE:-cuda}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+RUNS=$(mktemp -d)
+export PYTHONUNBUFFERED=1
+
+if [ "${QUICK:-0}" = 1 ]; then   # a dry run: every step, few steps
+    STEPS=(--steps 4 --eval-batch-size 8 --workers 0); BENCH=(--repeats 1 --steps-per-round 1 --warmup 0)
+    LLAVA_BENCH=(--vision-layers 1 --lm-layers 1 --lm-width 64 --vocab 500); CLIP_BENCH=(--batch-size 2)
+    CHECKS=(--only llava_mixed_loss_fp32,clip_mixed_route_fp32)
+else
+    STEPS=(); BENCH=(--repeats 15 --steps-per-round 3)
+    LLAVA_BENCH=(--vocab 32000 --batch-size 16); CLIP_BENCH=(--batch-size 64)
+    CHECKS=()
+fi
+
+step() {   # step NAME LIMIT_SECONDS COMMAND...
+    local name=$1 limit=$2; shift 2
+    local t0=$SECONDS
+    echo "=== $name: $*"
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$RUNS/$name.log" | grep -v "it/s\]$"
+    local rc=${PIPESTATUS[0]}
+    echo "$name rc=$rc seconds=$((SECONDS - t0))" | tee -a "$OUT/steps.txt"
+}
+
+{ nvidia-smi -L; "$PY" -c "import torch, transformers, open_clip, peft; print('torch', torch.__version__, 'cuda',
+torch.version.cuda, 'transformers', transformers.__version__, 'open_clip', open_clip.__version__, 'peft',
+peft.__version__)"; } 2>&1 | tee "$OUT/env.txt"
+
+step checks 150 "$PY" scripts/check_gpu.py --device "$DEVICE" --json "$OUT/gpu_checks.json" "${CHECKS[@]}"
+step bench_llava 150 "$PY" scripts/bench_adapters.py --case llava --device "$DEVICE" --precision bf16 \
+    "${LLAVA_BENCH[@]}" "${BENCH[@]}" --json "$OUT/bench_llava.json"
+step bench_clip 120 "$PY" scripts/bench_adapters.py --case clip --device "$DEVICE" --precision bf16 \
+    "${CLIP_BENCH[@]}" "${BENCH[@]}" --json "$OUT/bench_clip.json"
+step main_clip 150 "$PY" scripts/train_vl.py --tasks vqa,retrieval --device "$DEVICE" --out "$RUNS/clip" "${STEPS[@]}"
+step main_llava 180 "$PY" scripts/train_vl.py --backbone builtin-llava --tasks vqa,captioning --device "$DEVICE" \
+    --out "$RUNS/llava" "${STEPS[@]}"
+for r in clip llava; do cp "$RUNS/$r/report.md" "$OUT/report_$r.md" 2>/dev/null; done
+step fp16 90 "$PY" scripts/train_vl.py --tasks vqa,retrieval --device "$DEVICE" --precision fp16 --steps 60 \
+    --skip-zero-shot --out "$RUNS/fp16" "${STEPS[@]}"
+step torchrun 120 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 scripts/train_vl.py \
+    --tasks vqa,retrieval --device "$DEVICE" --steps 60 --skip-zero-shot --out "$RUNS/ddp" "${STEPS[@]}"
+step compile 150 "$PY" scripts/train_vl.py --tasks vqa,retrieval --device "$DEVICE" --compile --steps 100 \
+    --skip-zero-shot --out "$RUNS/compile" "${STEPS[@]}"
+rm -rf "$RUNS"
+cat "$OUT/steps.txt"
