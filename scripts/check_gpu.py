@@ -6,8 +6,8 @@ writes every figure to ``--json``. Run it on a machine with a GPU (a minute on o
     python scripts/check_gpu.py --json gpu_checks.json
 
 Checked on ``cuda``: routed ``generate`` of a batch mixing three tasks equals each task's rows alone (greedy and
-3 beams, fp32 and bf16 base weights) and the merged task equals its route; the mixed-batch LM loss equals each
-task's alone (fp32: to 1e-5; bf16 weights under autocast: the difference is reported); a bf16 training step
+3 beams, fp32 and bf16 base weights); a merged task's losses equal its route's, and the mixed-batch LM loss each
+task's alone (to :func:`tolerance`: fp32 rounding, and the tasks differ by ten times more); a bf16 training step
 keeps fp32 adapters with finite, non-zero gradients; activation checkpointing gives the plain gradients; the
 built-in CLIP's mixed route equals its tasks alone on both towers. CPU-vs-GPU token agreement is reported, not
 checked (cuDNN's TF32 convolutions and other kernels may flip a near tie).
@@ -84,17 +84,37 @@ def check_generate(device: str, dtype_name: str) -> dict:
             cpu = llava("cpu", "fp32")
             cpu_out = routed_vs_alone(cpu, images.cpu(), 1, torch.float32)
             out["cpu_rows_equal_greedy"] = sum(a == b for a, b in zip(cpu_out["routed"], out["beams1"]["routed"]))
-        prompts = [prompt(bb, 0)] * images.shape[0]
-        with torch.no_grad():
-            with mlv.route(bb.model, "b"):
-                routed = bb.generate(images, max_len=8, prompts=prompts)
-            mlv.merge(bb.model, "b")
-            merged = bb.generate(images, max_len=8, prompts=prompts)
-            mlv.unmerge(bb.model)
-        out["merged_rows_equal_routed"] = sum(a == b for a, b in zip(merged, routed))
-        out["passed"] = out["merged_rows_equal_routed"] == len(routed)
-    out["passed"] = all(v["passed"] for k, v in out.items() if k.startswith("beams")) and out.get("passed", True)
+    out["passed"] = all(v["passed"] for k, v in out.items() if k.startswith("beams"))
     return out
+
+
+def tolerance(device: str, dtype: torch.dtype, same_kernels_on_cpu: bool = True) -> float:
+    """How far two computations of one loss (~6.5 here) may differ: fp32 rounding. A mixed route on the CPU runs
+    the kernels of each task alone: 1e-5 (0.0 measured). On CUDA its batched per-row product and a task's single
+    GEMM are other cuBLAS kernels: 3.8e-4 measured on one H200 (tokens equal row for row); a merged weight W + ΔW
+    rounds otherwise than W x + ΔW x: 1.3e-3 on the CPU. fp32 rounding alone moves these losses by 3e-3 (fp32
+    against fp64 on the CPU), and the tasks differ by over 1 (``task_gap``, checked to be 10 times the bound)."""
+    if dtype != torch.float32:
+        return 5e-2
+    return 1e-5 if same_kernels_on_cpu and torch.device(device).type == "cpu" else 1e-2
+
+
+def check_merged(device: str) -> dict:
+    """Task "b" merged into the base weights gives its route's losses; generated tokens are reported."""
+    bb = llava(device, "fp32")
+    images, b = lm_batch(bb, device)
+    prompts = [prompt(bb, i) for i in range(images.shape[0])]
+    with torch.no_grad():
+        with mlv.route(bb.model, "b"):
+            routed, routed_text = bb.lm_loss(images, **b), bb.generate(images, max_len=8, prompts=prompts)
+        with mlv.route(bb.model, "a"):
+            other = bb.lm_loss(images, **b)
+        mlv.merge(bb.model, "b")
+        merged, merged_text = bb.lm_loss(images, **b), bb.generate(images, max_len=8, prompts=prompts)
+        mlv.unmerge(bb.model)
+    diff, gap = float((merged - routed).abs().max()), float((other - routed).abs().max())
+    return {"max_abs_loss_diff": diff, "task_gap": gap, "rows_equal_tokens": sum(a == c for a, c in
+            zip(merged_text, routed_text)), "passed": diff <= tolerance(device, torch.float32, False) < gap / 10}
 
 
 def lm_batch(bb, device: str, n: int = 6) -> tuple[torch.Tensor, dict]:
@@ -113,21 +133,23 @@ def check_mixed_loss(device: str, dtype_name: str) -> dict:
         with mlv.route(bb.model, ids):
             mixed = bb.lm_loss(images, **b)
         alone = torch.empty_like(mixed)
+        each = []
         with torch.no_grad():
             for t in range(3):
                 with mlv.route(bb.model, t):
                     rows = [i for i, x in enumerate(ids) if x == t]
-                    alone[rows] = bb.lm_loss(images, **b)[rows]
+                    each.append(bb.lm_loss(images, **b))
+                    alone[rows] = each[-1][rows]
     diff = float((mixed.detach() - alone).abs().max())
+    gap = float(min((each[a] - each[c]).abs().max() for a, c in ((0, 1), (0, 2), (1, 2))))
     mixed.mean().backward()
     grads = [(n, p.grad) for n, p in bb.model.named_parameters() if p.requires_grad]
-    out = {"max_abs_loss_diff": diff, "loss": float(mixed.detach().mean()), "adapter_tensors": len(grads),
+    out = {"max_abs_loss_diff": diff, "task_gap": gap, "loss": float(mixed.detach().mean()), "adapter_tensors": len(grads),
            "grads_fp32": all(g is not None and g.dtype == torch.float32 for _, g in grads),
            "grads_finite": all(g is not None and bool(torch.isfinite(g).all()) for _, g in grads),
            "grads_nonzero": sum(g is not None and bool(g.abs().sum() > 0) for _, g in grads),
            "base_dtype": str(next(p for p in bb.model.parameters() if not p.requires_grad).dtype)}
-    tol = 1e-5 if dtype == torch.float32 else 5e-2
-    out["passed"] = diff <= tol and out["grads_fp32"] and out["grads_finite"] and out["grads_nonzero"] > 0
+    out["passed"] = diff <= tolerance(device, dtype) < gap / 10 and out["grads_fp32"] and out["grads_finite"] and out["grads_nonzero"] > 0
     return out
 
 
@@ -185,6 +207,7 @@ def check_clip(device: str, dtype_name: str) -> dict:
 CHECKS: dict[str, Callable[[str], dict]] = {
     "llava_generate_fp32": lambda d: check_generate(d, "fp32"),
     "llava_generate_bf16": lambda d: check_generate(d, "bf16"),
+    "llava_merged_fp32": check_merged,
     "llava_mixed_loss_fp32": lambda d: check_mixed_loss(d, "fp32"),
     "llava_mixed_loss_bf16": lambda d: check_mixed_loss(d, "bf16"),
     "llava_grad_checkpointing": check_grad_checkpointing,
@@ -193,12 +216,12 @@ CHECKS: dict[str, Callable[[str], dict]] = {
 }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", help="write every figure to this file")
     ap.add_argument("--device", default="cuda", help="cuda (default) | cuda:N | cpu (the tests' smoke run)")
     ap.add_argument("--only", default="", help="comma-separated check names (default: all): " + ", ".join(CHECKS))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("check_gpu: no CUDA device; nothing to check (--device cpu runs the same checks on the CPU)",
               file=sys.stderr)

@@ -1,9 +1,10 @@
 """The small scripts without a test file of their own: ``show_world.py`` (the README's sample grid) and
-``bench_generation.py`` (CoCa decoding with and without the cache)."""
+``bench_generation.py`` (CoCa decoding with and without the cache), ``check_gpu.py`` (the GPU session's checks)."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,19 @@ def test_bench_generation_refuses_counts_below_one():
     for flag in ("--images", "--max-len", "--repeats", "--threads"):
         with pytest.raises(SystemExit):
             _script("bench_generation").main([flag, "0"])
+
+
+def test_check_gpu_runs_its_checks_on_the_cpu_and_fails_a_wrong_route(tmp_path, monkeypatch, capsys):
+    """scripts/check_gpu.py (the GPU session's checks) with --device cpu: the checks pass, and one that a
+    route given per row no longer steers (every row runs the first row's task) fails."""
+    check_gpu = _script("check_gpu")
+    only = "llava_generate_fp32,llava_merged_fp32,llava_mixed_loss_fp32,clip_mixed_route_fp32"
+    out = tmp_path / "checks.json"
+    assert check_gpu.main(["--device", "cpu", "--only", only, "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert [k for k in res if k != "device"] == only.split(",") and all(r["passed"] for r in res.values())
+    assert res["llava_merged_fp32"]["max_abs_loss_diff"] < 1e-2 < res["llava_merged_fp32"]["task_gap"] / 10
+    route = check_gpu.mlv.route
+    monkeypatch.setattr(check_gpu.mlv, "route", lambda model, ids: route(model, ids[0] if isinstance(ids, list) else ids))
+    assert check_gpu.main(["--device", "cpu", "--only", "llava_mixed_loss_fp32,clip_mixed_route_fp32"]) == 1
+    assert capsys.readouterr().out.count("FAIL") == 2
