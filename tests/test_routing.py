@@ -296,6 +296,61 @@ def test_torch_compile_mixed_route_and_checkpoint_match_eager():
         _assert_same_grads(ref, _grads(compiled))
 
 
+
+class _CompiledStep(nn.Module):
+    """What MultiTaskModel.forward does under ``--compile``: the route built inside the compiled forward from the
+    loader's segments (host ints), then one task's own route (a kind's loss)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, segments):
+        with mlv.route(self.net, Route.from_segments(segments)):
+            y = self.net(x)
+        with mlv.route(self.net, TASKS[0]):
+            y = y + self.net(x[:1])
+        return y.square().sum()
+
+
+def _compiles(step: nn.Module, x: torch.Tensor, mixes) -> tuple[int, list[dict]]:
+    """Run each mix of rows through ``step`` (forward + backward): the frames dynamo compiled, and the grads."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    grads = []
+    for segs in mixes:
+        step.net.zero_grad(set_to_none=True)
+        step(x, segs).backward()
+        grads.append(_grads(step.net))
+    return counters["frames"]["total"], grads
+
+
+def test_torch_compile_compiles_a_repeated_batch_once():
+    """The first traced call's one-task route filled the router's cache, which that graph's guards said was
+    empty: the same batch again compiled a second time (one of the three compilations an H200 run made)."""
+    x = torch.randn(6, 3, 8)
+    mix = ((0, 0, 2), (1, 2, 6))
+    n, _ = _compiles(torch.compile(_CompiledStep(_net()), backend="eager"), x, [mix, mix, mix])
+    assert n == 1, f"{n} compilations for one batch run three times"
+
+
+def test_torch_compile_does_not_recompile_for_each_mix_of_rows():
+    """Mixed batches change how many rows each task has; the rows' positions were baked into the graph as
+    constants (a guard on every segment bound), so each new mix compiled again, up to dynamo's recompile limit
+    (then the frame runs eagerly). Each mix's gradients stay its own."""
+    net = _net()
+    x = torch.randn(6, 3, 8)
+    mixes = [((0, 0, 2), (1, 2, 6)), ((0, 0, 3), (1, 3, 6)), ((0, 0, 4), (1, 4, 6)), ((0, 0, 1), (1, 1, 6)),
+             ((0, 0, 5), (1, 5, 6)), ((0, 0, 2), (1, 2, 6)),
+             ((0, 0, 1), (2, 1, 6)), ((0, 0, 4), (2, 4, 6))]   # another set of tasks: a graph of its own
+    n, grads = _compiles(torch.compile(_CompiledStep(copy.deepcopy(net)), backend="eager"), x, mixes)
+    assert n <= 3, f"{n} compilations for {len(mixes)} batches of the same shapes and two sets of tasks"
+    _, ref = _compiles(_CompiledStep(copy.deepcopy(net)), x, mixes)   # eager
+    for r, g in zip(ref, grads):
+        _assert_same_grads(r, g)
+
 @pytest.mark.parametrize("path", ["runs", "index"])
 @pytest.mark.parametrize("method", ["mtl_lora", "task_lora"])
 def test_a_route_first_used_under_inference_mode_still_trains(path, method, monkeypatch):

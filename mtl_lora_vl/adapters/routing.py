@@ -150,13 +150,26 @@ class Route:
     def sample_positions(self, device: torch.device) -> torch.Tensor:
         """Each row's task as its position in :attr:`present` (the row of the present tasks' matrices it uses),
         a LongTensor on ``device``; from the segments, made once per route and device."""
-        positions = self._positions.get(device)
+        if torch.compiler.is_compiling():   # traced: from the segments' bounds as graph values, not a list of
+            return self._traced_positions(device)   # constants (which torch.compile specializes on: a recompile
+        positions = self._positions.get(device)     # for every new mix of rows)
         if positions is None:
             pos = {t: p for p, t in enumerate(self.present)}
             with torch.inference_mode(False):
                 positions = torch.tensor([pos[t] for t, a, b in self.segments for _ in range(a, b)])
                 positions = positions.to(device, non_blocking=True)
             self._positions[device] = positions
+        return positions
+
+    def _traced_positions(self, device: torch.device) -> torch.Tensor:
+        """:meth:`sample_positions` under torch.compile: each segment's rows found by comparing an arange with its
+        bounds, so that the bounds stay symbolic (a dynamic batch mix) instead of being baked into the graph."""
+        pos = {t: p for p, t in enumerate(self.present)}
+        rows = torch.arange(self.batch_size, device=device)
+        positions = torch.zeros(self.batch_size, dtype=torch.long, device=device)
+        for t, a, b in self.segments:
+            if pos[t]:
+                positions = torch.where((rows >= a) & (rows < b), pos[t], positions)
         return positions
 
     def expand(self, k: int) -> Route:
@@ -243,6 +256,9 @@ class Router:
 
     def task_route(self, task: int) -> Route:
         """The (cached) route of task index ``task`` for a whole batch of any size."""
+        if torch.compiler.is_compiling():   # no cache read or write in a traced forward: a guard on the cache's
+            self._check_host([task])         # contents would fail once the first call has filled it (a recompile)
+            return Route(task=task)
         r = self._one.get(task)
         if r is None:
             self._check_host([task])
