@@ -1,7 +1,8 @@
 """The package's CUDA paths on a GPU, on the built-in backbones: what the CPU test suite cannot run.
 
 Each check prints PASS or FAIL with its figures and goes on to the next; the script exits 1 if one failed and
-writes every figure to ``--json``. Run it on a machine with a GPU (a minute on one H200); the tests run it with ``--device cpu``, so it keeps working:
+writes every figure to ``--json``. Run it on a machine with a GPU (30 s on one H200; ``scripts/check_gpu.sh``
+runs it with the rest of a GPU session); the tests run it with ``--device cpu``, so it keeps working:
 
     python scripts/check_gpu.py --json gpu_checks.json
 
