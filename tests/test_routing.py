@@ -351,6 +351,43 @@ def test_torch_compile_does_not_recompile_for_each_mix_of_rows():
     for r, g in zip(ref, grads):
         _assert_same_grads(r, g)
 
+@pytest.mark.parametrize("method", ["lora", "task_lora", "moe_lora"])
+def test_torch_compile_one_matrix_layers_do_not_break_the_graph(method):
+    """A one-matrix layer (method lora, or task_lora/moe_lora under one task's route) passes WHOLE_BATCH to
+    update_rows; under dynamo `plan is WHOLE_BATCH` was False, the loop called torch.arange(None, None) and every
+    adapted layer broke the graph (25 frames for a 2-layer net)."""
+    from torch._dynamo.utils import counters
+
+    tasks = ["a"] if method == "lora" else ["a", "b"]
+    kw = {"n_up": 2} if method == "moe_lora" else {}
+    net = mlv.attach(_Net(), mlv.MTLLoRAConfig(tasks=tasks, r=2, method=method, targets={"image": [r"fc\d$"]}, **kw))
+
+    def f(x):
+        with mlv.route(net, "a"):
+            return net(x).square().sum()
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.compile(f, backend="eager")(torch.randn(4, 3, 8)).backward()
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["frames"]["total"] == 1
+
+
+@pytest.mark.parametrize("method", ["task_lora", "moe_lora"])
+def test_torch_compile_task_lora_does_not_recompile_for_each_mix_of_rows(method):
+    """The mtl_lora test above, for the methods whose mixed route goes through Route.plan: `plan is WHOLE_BATCH`
+    compared the plan's slices to WHOLE_BATCH's under dynamo, a guard on every segment bound (one graph per mix)."""
+    kw = {"n_up": 2} if method == "moe_lora" else {}
+    net = mlv.attach(_Net(), mlv.MTLLoRAConfig(tasks=TASKS, r=2, method=method, targets={"image": [r"fc\d$"]}, **kw))
+    _randomize(net)
+    x = torch.randn(6, 3, 8)
+    mixes = [((0, 0, 2), (1, 2, 6)), ((0, 0, 3), (1, 3, 6)), ((0, 0, 4), (1, 4, 6)), ((0, 0, 2), (1, 2, 6))]
+    n, grads = _compiles(torch.compile(_CompiledStep(copy.deepcopy(net)), backend="eager"), x, mixes)
+    assert n <= 2, f"{n} compilations for {len(mixes)} mixes of two tasks"
+    _, ref = _compiles(_CompiledStep(copy.deepcopy(net)), x, mixes)
+    for r, g in zip(ref, grads):
+        _assert_same_grads(r, g)
+
 @pytest.mark.parametrize("path", ["runs", "index"])
 @pytest.mark.parametrize("method", ["mtl_lora", "task_lora"])
 def test_a_route_first_used_under_inference_mode_still_trains(path, method, monkeypatch):

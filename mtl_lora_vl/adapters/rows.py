@@ -140,7 +140,7 @@ def _rows_grads(g, z, M, plan, cols, n_batch, scale, need_z: bool, need_M: bool)
 
 def _rows_out_of_place(out, z, M, plan, cols, n_batch, scale) -> torch.Tensor:
     """What :func:`_rows_add_` computes, out of place (for torch.compile, which fuses it anyway)."""
-    if plan is WHOLE_BATCH:
+    if isinstance(plan[0][1], slice) and plan[0][1].stop is None:   # WHOLE_BATCH (`is` would compare the bounds)
         d_out = out.shape[-1]
         return torch.addmm(out.reshape(-1, d_out), z.reshape(-1, z.shape[-1]), M[0].t(), alpha=scale).view(out.shape)
     o3, z3 = _rows3(out, n_batch), _rows3(z, n_batch)
