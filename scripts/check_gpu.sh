@@ -45,7 +45,7 @@ torch.version.cuda, 'transformers', transformers.__version__, 'open_clip', open_
 peft.__version__)"; } 2>&1 | tee "$OUT/env.txt"
 
 step checks 150 "$PY" scripts/check_gpu.py --device "$DEVICE" --json "$OUT/gpu_checks.json" "${CHECKS[@]}"
-step bench_llava 150 "$PY" scripts/bench_adapters.py --case llava --device "$DEVICE" --precision bf16 \
+step bench_llava 200 "$PY" scripts/bench_adapters.py --case llava --device "$DEVICE" --precision bf16 \
     "${LLAVA_BENCH[@]}" "${BENCH[@]}" --json "$OUT/bench_llava.json"
 step bench_clip 120 "$PY" scripts/bench_adapters.py --case clip --device "$DEVICE" --precision bf16 \
     "${CLIP_BENCH[@]}" "${BENCH[@]}" --json "$OUT/bench_clip.json"
