@@ -38,18 +38,13 @@ def instruction(kind: str, scene, rng: random.Random) -> tuple[str, str] | None:
         c = Counter(key(o) for o in objs)
         return [o for o in objs if c[key(o)] == 1]
 
-    if kind == "color":
-        cands = unique(lambda o: o.shape)
+    if kind in ("color", "shape"):   # ask one attribute of the object the other names uniquely
+        named = "shape" if kind == "color" else "color"
+        cands = unique(lambda o: getattr(o, named))
         if not cands:
             return None
         o = rng.choice(cands)
-        return rng.choice(PHRASINGS["color"]).format(shape=o.shape), o.color
-    if kind == "shape":
-        cands = unique(lambda o: o.color)
-        if not cands:
-            return None
-        o = rng.choice(cands)
-        return rng.choice(PHRASINGS["shape"]).format(color=o.color), o.shape
+        return rng.choice(PHRASINGS[kind]).format(**{named: getattr(o, named)}), getattr(o, kind)
     if kind in ("count", "count_total"):
         mode = rng.randrange(3) if kind == "count" else 0
         if mode == 0:
