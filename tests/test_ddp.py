@@ -3,9 +3,11 @@ rank's generators restored from its own state) repeats the uninterrupted one bit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -24,7 +26,7 @@ from mtl_lora_vl.distributed import DistInfo
 from mtl_lora_vl.io import ADAPTER_WEIGHTS
 
 TESTS = Path(__file__).resolve().parent
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
 pytestmark = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
                                 reason="built-in backbone not built (python scripts/pretrain_backbone.py)")
 
@@ -35,10 +37,37 @@ def torchrun(port: int, *args: str, env: dict[str, str] | None = None) -> subpro
 
 
 def finish(proc: subprocess.Popen, timeout: float = 400, ok: bool = True) -> tuple[str, str]:
-    """``proc``'s output once it ends: exit status 0 when ``ok``, else not 0."""
-    out, err = proc.communicate(timeout=timeout)
+    """``proc``'s output once it ends: exit status 0 when ``ok``, else not 0. A run still going after
+    ``timeout`` fails with every one of its processes' Python stacks (see :func:`_stacks`)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{' '.join(proc.args[3:])} did not end within {timeout} s:\n{_stacks(proc)}") from None
     assert (proc.returncode == 0) == ok, (proc.returncode, err[-4000:])
     return out, err
+
+
+def _stacks(proc: subprocess.Popen) -> str:
+    """What a hung torchrun was doing: its processes (the agent, the ranks and their loader workers, found by
+    the script they run, since a worker whose rank ended is no longer the agent's descendant) dump their Python
+    stacks (``PYTHONFAULTHANDLER``, on SIGABRT) into the run's stderr, which is returned with the processes'
+    states (a run hung in CI once, at the end of a resumed run, and did not repeat in 40 tries here)."""
+    import psutil
+
+    script = proc.args[7]
+    found = {p for p in psutil.process_iter(["cmdline"]) if script in (p.info["cmdline"] or [])}
+    found |= {psutil.Process(proc.pid)} if proc.poll() is None else set()
+    states = [f"pid {p.pid} ppid {p.ppid()} {p.status()}: {' '.join(p.cmdline()[:4])}" for p in found if p.is_running()]
+    for p in found:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(signal.SIGABRT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.communicate(timeout=30)
+    for p in found:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    out, err = proc.communicate()
+    return "\n".join(states) + f"\nagent exit status {proc.returncode}\nstderr:\n{err[-20000:]}"
 
 
 @pytest.fixture
@@ -280,3 +309,16 @@ def test_ddp_trains_qwen2vl_on_mixed_batches_and_its_sharded_scores_match_one_pr
             assert one["tasks"][name][which] == pytest.approx(ddp["tasks"][name][which], abs=1e-6), (name, which)
             assert one["tasks"][name]["details"][which] == pytest.approx(ddp["tasks"][name]["details"][which])
     assert ddp["tasks"]["captioning"]["details"]["adapted"]["cider"] > 0   # (the tiny model's VQA scores are 0)
+
+
+def test_a_hung_run_fails_with_its_processes_stacks(tmp_path, procs):
+    """The diagnosis a hang in CI lacked: ``finish`` reports where each process of a run that does not end is."""
+    script = tmp_path / "hangs.py"
+    script.write_text("import time\n\ndef wait_forever():\n    time.sleep(3600)\n\nwait_forever()\n")
+    proc = torchrun(29541, str(script))
+    procs.append(proc)
+    with pytest.raises(AssertionError) as e:
+        finish(proc, timeout=10)
+    msg = str(e.value)
+    assert "did not end within 10 s" in msg and msg.count(f"{script}\", line 4 in wait_forever") == 2   # both ranks
+    assert proc.poll() is not None
