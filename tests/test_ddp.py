@@ -51,23 +51,34 @@ def _stacks(proc: subprocess.Popen) -> str:
     """What a hung torchrun was doing: its processes (the agent, the ranks and their loader workers, found by
     the script they run, since a worker whose rank ended is no longer the agent's descendant) dump their Python
     stacks (``PYTHONFAULTHANDLER``, on SIGABRT) into the run's stderr, which is returned with the processes'
-    states (a run hung in CI once, at the end of a resumed run, and did not repeat in 40 tries here)."""
+    states (a run hung in CI once, at the end of a resumed run, and did not repeat in 41 tries here)."""
     import psutil
 
     script = proc.args[7]
-    found = {p for p in psutil.process_iter(["cmdline"]) if script in (p.info["cmdline"] or [])}
-    found |= {psutil.Process(proc.pid)} if proc.poll() is None else set()
-    states = [f"pid {p.pid} ppid {p.ppid()} {p.status()}: {' '.join(p.cmdline()[:4])}" for p in found if p.is_running()]
-    for p in found:
+    found = [p for p in psutil.process_iter(["cmdline"]) if script in (p.info["cmdline"] or []) and p.pid != proc.pid]
+    agent = [psutil.Process(proc.pid)] if proc.poll() is None else []
+    states = []
+    for p in found + agent:
+        with contextlib.suppress(psutil.Error):   # (one that ended meanwhile is left out)
+            states.append(f"pid {p.pid} ppid {p.ppid()} {p.status()}: {' '.join(p.cmdline()[:4])}")
+    for p in agent:   # paused: a rank's end would make it stop the others before they say where they are
+        p.suspend()
+    for p in found + agent:   # one at a time: their dumps would interleave in the one pipe
         with contextlib.suppress(psutil.Error):
+            p.resume()
             p.send_signal(signal.SIGABRT)
+        deadline = time.time() + 10
+        with contextlib.suppress(psutil.Error):   # ended: gone, or a zombie its paused parent has not reaped
+            while p.status() != psutil.STATUS_ZOMBIE and time.time() < deadline:
+                time.sleep(0.05)
+    found += agent
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.communicate(timeout=30)
     for p in found:
         with contextlib.suppress(psutil.Error):
             p.kill()
     out, err = proc.communicate()
-    return "\n".join(states) + f"\nagent exit status {proc.returncode}\nstderr:\n{err[-20000:]}"
+    return "\n".join(states) + f"\nagent exit status {proc.returncode}\nstderr:\n{err}"
 
 
 @pytest.fixture
@@ -314,11 +325,15 @@ def test_ddp_trains_qwen2vl_on_mixed_batches_and_its_sharded_scores_match_one_pr
 def test_a_hung_run_fails_with_its_processes_stacks(tmp_path, procs):
     """The diagnosis a hang in CI lacked: ``finish`` reports where each process of a run that does not end is."""
     script = tmp_path / "hangs.py"
-    script.write_text("import time\n\ndef wait_forever():\n    time.sleep(3600)\n\nwait_forever()\n")
+    script.write_text("import os, pathlib, time\n\ndef wait_forever():\n    time.sleep(3600)\n\n"
+                      f"pathlib.Path({str(tmp_path)!r}, os.environ['RANK']).touch()\nwait_forever()\n")
     proc = torchrun(29541, str(script))
     procs.append(proc)
+    deadline = time.time() + 120
+    while not all((tmp_path / r).exists() for r in "01") and time.time() < deadline:
+        time.sleep(0.1)
     with pytest.raises(AssertionError) as e:
-        finish(proc, timeout=10)
+        finish(proc, timeout=1)
     msg = str(e.value)
-    assert "did not end within 10 s" in msg and msg.count(f"{script}\", line 4 in wait_forever") == 2   # both ranks
+    assert "did not end within 1 s" in msg and msg.count(f"{script}\", line 4 in wait_forever") == 2   # both ranks
     assert proc.poll() is not None
