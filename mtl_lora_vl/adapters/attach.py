@@ -19,6 +19,7 @@ from ..config import TOWERS, MTLLoRAConfig
 from ..families import FAMILIES, find_family, inner_family
 from ..log import warn_user
 from .attention import LoRAMultiheadAttention
+from .formation import Formation
 from .generation import install_routed_generate
 from .layers import ADAPTER_PARAM_NAMES, AdapterBank, LoRALinear
 from .packed import pack_towers
@@ -194,6 +195,7 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
     for n, m in model.named_modules(remove_duplicate=False):
         names.setdefault(id(m), []).append(n)
     router = Router(cfg.tasks)
+    formation = Formation() if cfg.method == "mtl_lora" else None   # the layers' M_t formed together
     built: list[tuple[list[str], nn.Module, dict[str, AdapterBank], str, int]] = []
     for name, module, tower, slices in chosen:   # every replacement first: one that fails changes nothing
         if isinstance(module, nn.MultiheadAttention):
@@ -219,7 +221,7 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
     towers: dict[str, str] = {}
     for aliases, new, banks, tower, bdim in built:
         for bname, bank in banks.items():
-            bank.router, bank.layer_name, bank.batch_dim = router, bname, bdim
+            bank.router, bank.formation, bank.layer_name, bank.batch_dim = router, formation, bname, bdim
             layers[bname], towers[bname] = bank, tower
         for alias in aliases:
             parent_name, _, child = alias.rpartition(".")

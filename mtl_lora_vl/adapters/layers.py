@@ -7,9 +7,11 @@ For a frozen projection ``y = W x + b`` and tasks t = 1..T, MTL-LoRA adds
 Every method is computed the same way: ``z = A x`` once for the whole batch, a small matrix
 ``M_t`` (d_out × R) per task formed once per forward, and ``y += M_t z`` per sample. A batch of one
 task is therefore one LoRA's cost (one fused addmm). ``mtl_lora`` forms its M_t (the formula above:
-:func:`.rows.mtl_matrices`) inside one autograd node with the row update (:func:`.rows.update_mtl_rows`):
-a mixed batch gathers each sample's M_t and adds every sample's update in one batched product, whatever
-the order of the rows. The other task-dependent methods add each present task's ``M_t z`` to that task's
+:func:`.rows.mtl_matrices`) together with the other attached layers of its shape, in one autograd node for all of
+them (:mod:`.formation`), and adds its rows in a node of its own (:func:`.rows.update_formed_rows`); a layer
+outside an attached model, compiled or in an ``nn.DataParallel`` replica forms its own inside its row update
+(:func:`.rows.update_mtl_rows`). A mixed batch gathers each sample's M_t and adds every sample's update in one
+batched product, whatever the order of the rows. The other task-dependent methods add each present task's ``M_t z`` to that task's
 rows in place -- one matrix product per run of rows when the rows are grouped by task, one gathered index
 set per task when they are finely interleaved (see :meth:`Route.plan` and :func:`.rows.update_rows`).
 No path masks the output; the only per-sample copy is the mixed ``mtl_lora`` batch's gathered M_t.
@@ -35,8 +37,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MTLLoRAConfig
-from .routing import Router, RoutingError
-from .rows import WHOLE_BATCH, autocast_off, mixture, mtl_matrices, update_mtl_rows, update_rows
+from .formation import Formation
+from .routing import Route, Router, RoutingError
+from .rows import (
+    WHOLE_BATCH,
+    autocast_off,
+    mixture,
+    mtl_matrices,
+    update_formed_rows,
+    update_mtl_rows,
+    update_rows,
+)
 
 ADAPTER_PARAM_NAMES = ("lora_A", "lora_B", "lora_lambda", "lora_w")
 
@@ -90,6 +101,7 @@ class AdapterBank(nn.Module):
             bound = 1.0 / math.sqrt(n)
             self.lora_w = nn.Parameter(torch.empty(T, n, device=device).uniform_(-bound, bound))
         self.router: Router | None = None
+        self.formation: Formation | None = None   # set by attach: this layer's M_t formed with others'
         self.layer_name = ""
         self.batch_dim = 0
         # 2-D inputs holding several rows per sample, sample after sample (a tower that packs every image's
@@ -268,6 +280,14 @@ class AdapterBank(nn.Module):
         out = F.linear(x.reshape(-1, x.shape[-1]), weight, bias)
         return self.add_delta(x, out, rows).view(*x.shape[:-1], out.shape[-1])
 
+    def _formed_matrix(self, route: Route, index: slice | torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """This layer's M_t of the route's present tasks as its group formed them (:mod:`.formation`), or None: on
+        the per-layer path (not attached; compiled -- the compiler fuses that path --; an ``nn.DataParallel``
+        replica, which holds copies of the tensors)."""
+        if self.formation is None or torch.compiler.is_compiling() or getattr(self, "_is_replica", False):
+            return None
+        return self.formation.matrix(self, route.present, index, dtype)
+
     def add_delta(self, x: torch.Tensor, out: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         """``out + ΔW x`` for the routed task(s), ``out`` being the base output as (rows of x, d_out).
 
@@ -298,19 +318,25 @@ class AdapterBank(nn.Module):
         xd = self.dropout(x.reshape(-1, x.shape[-1]))
         if self.method == "mtl_lora":  # one task or several: see update_mtl_rows
             z = F.linear(xd, self.a_matrix().to(xd.dtype))
-            B = self._full_rows(self.lora_B)
-            if rows is not None:
-                B = B[:, rows]
-            lam = self.lora_lambda if self.lambda_type != "none" else None
             if route.task is not None:
-                tasks, n_batch, present = route.task, 1, None
+                tasks, n_batch = route.task, 1
             elif route.packed:   # images of different sizes: each image's run of rows
-                tasks, n_batch, present = route.plan(x.device), route.batch_size, route.present_index(x.device)
+                tasks, n_batch = route.plan(x.device), route.batch_size
             else:  # the present tasks' M_t only; each sample's position among them
                 tasks, n_batch = route.sample_positions(x.device), route.batch_size
-                present = route.present_index(x.device)
-            update = partial(update_mtl_rows, w=self.lora_w, lam=lam, B=B, tasks=tasks, n_batch=n_batch,
-                             scale=self.scaling, tau=self.temperature, present=present)
+            present = route.present_index(x.device)
+            M = self._formed_matrix(route, present, z.dtype)
+            if M is not None:   # formed with the other layers' (adapters/formation.py)
+                M = self._full_rows(M) if rows is None else self._full_rows(M)[:, rows]
+                update = partial(update_formed_rows, M=M, tasks=0 if route.task is not None else tasks,
+                                 n_batch=n_batch, scale=self.scaling)
+            else:
+                B = self._full_rows(self.lora_B)
+                if rows is not None:
+                    B = B[:, rows]
+                lam = self.lora_lambda if self.lambda_type != "none" else None
+                update = partial(update_mtl_rows, w=self.lora_w, lam=lam, B=B, tasks=tasks, n_batch=n_batch,
+                                 scale=self.scaling, tau=self.temperature, present=None if route.task is not None else present)
         else:
             if route.task is not None or not self.task_dependent:  # one matrix for every row: one LoRA
                 t = route.task if route.task is not None else 0

@@ -254,6 +254,59 @@ def _mtl_add_(out, z, M, tasks, n_batch, scale) -> None:
         _rows3(out, n_batch).baddbmm_(_rows3(z, n_batch), M.index_select(0, tasks).mT, alpha=scale)
 
 
+def _mtl_rows_grads(g, z, M, tasks, n_batch, scale, need_z: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The gradients of z (None unless ``need_z``) and of M (P, d_out, R) of :func:`_mtl_add_` given out's gradient
+    ``g``; ``tasks`` as :func:`_mtl_add_` takes it (M's row, a plan, or each sample's row of M)."""
+    g2, z2 = g.reshape(-1, g.shape[-1]), z.reshape(-1, z.shape[-1])
+    gz = None
+    if isinstance(tasks, int):  # every row is one task's, whose M_t is M's only row
+        if need_z:
+            gz = torch.addmm(z2.new_empty(z2.shape), g2, M[0], beta=0, alpha=scale).view(z.shape)
+        return gz, torch.addmm(M[0].new_empty(M[0].shape), g2.t(), z2, beta=0, alpha=scale)[None]
+    if isinstance(tasks, tuple):
+        return _rows_grads(g, z, M, tasks, 0, n_batch, scale, need_z, True)
+    g3, z3 = _rows3(g, n_batch), _rows3(z, n_batch)
+    if need_z:
+        gz = torch.baddbmm(z3.new_empty(z3.shape), g3, M.index_select(0, tasks), beta=0, alpha=scale).view(z.shape)
+    return gz, torch.zeros_like(M).index_add_(0, tasks, torch.bmm(g3.mT, z3), alpha=scale)
+
+
+def update_formed_rows(out: torch.Tensor, z: torch.Tensor, M: torch.Tensor, tasks: int | tuple | torch.Tensor,
+                       n_batch: int, scale: float) -> torch.Tensor:
+    """``out + scale · z M_tᵀ`` in place, as :func:`update_mtl_rows` adds it, from M_t formed already (one row of
+    ``M`` per present task, in z's dtype: :mod:`.formation` forms a group of layers' M_t together); ``tasks``
+    as :func:`update_mtl_rows` takes it, with one task as its row of M. One node that saves z and M."""
+    if not out.is_contiguous() or out._is_view():
+        out = out.clone(memory_format=torch.contiguous_format)
+    if torch.is_grad_enabled() and (out.requires_grad or z.requires_grad or M.requires_grad):
+        return _FormedRowsUpdate.apply(out, z, M, tasks, n_batch, scale)
+    _mtl_add_(out, z, M, tasks, n_batch, scale)
+    return out
+
+
+class _FormedRowsUpdate(torch.autograd.Function):
+    """:func:`update_formed_rows` with autograd: out's gradient passes through untouched (no copy); z's and M's
+    gradients are the ones the per-layer node forms (:func:`_mtl_rows_grads`)."""
+
+    @staticmethod
+    def forward(ctx, out, z, M, tasks, n_batch, scale):
+        _mtl_add_(out, z, M, tasks, n_batch, scale)
+        ctx.mark_dirty(out)
+        per_sample = isinstance(tasks, torch.Tensor)
+        ctx.save_for_backward(z, M, tasks if per_sample else None)
+        ctx.tasks = None if per_sample else tasks
+        ctx.n_batch, ctx.scale = n_batch, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        z, M, per_sample = ctx.saved_tensors
+        with autocast_off(g.device.type):
+            gz, gM = _mtl_rows_grads(g, z, M, per_sample if ctx.tasks is None else ctx.tasks, ctx.n_batch, ctx.scale,
+                                     ctx.needs_input_grad[1])
+        return g, gz, gM if ctx.needs_input_grad[2] else None, None, None, None
+
+
 class _MTLRowsUpdate(torch.autograd.Function):
     """:func:`update_mtl_rows` as one autograd node: out's gradient passes through untouched (no copy);
     saves z, π and the parameters (M_t is recomputed in backward: one mm and one bmm of tiny matrices)."""
@@ -288,21 +341,8 @@ class _MTLRowsUpdate(torch.autograd.Function):
             pi = mixture(_pick(w_all, present), ctx.tau)
         need_z, need_w, need_lam, need_b = (ctx.needs_input_grad[i] for i in (1, 2, 3, 4))
         Bbar, M = _mtl_parts(pi, B, lam)
-        M = M.to(z.dtype)
-        gz = None
-        g2, z2 = g.reshape(-1, g.shape[-1]), z.reshape(-1, z.shape[-1])
-        if t is not None:  # every row is the task of M's row t (its only row)
-            if need_z:
-                gz = torch.addmm(z2.new_empty(z2.shape), g2, M[t], beta=0, alpha=scale).view(z.shape)
-            gM = torch.addmm(M[t].new_empty(M[t].shape), g2.t(), z2, beta=0, alpha=scale)[None]
-        elif ctx.plan is not None:
-            gz, gM = _rows_grads(g, z, M, ctx.plan, 0, n_batch, scale, need_z, True)
-        else:
-            g3, z3 = _rows3(g, n_batch), _rows3(z, n_batch)
-            if need_z:
-                Ms = M.index_select(0, tasks)
-                gz = torch.baddbmm(z3.new_empty(z3.shape), g3, Ms, beta=0, alpha=scale).view(z.shape)
-            gM = torch.zeros_like(M).index_add_(0, tasks, torch.bmm(g3.mT, z3), alpha=scale)
+        gz, gM = _mtl_rows_grads(g, z, M.to(z.dtype), t if t is not None else ctx.plan if ctx.plan is not None else tasks,
+                                 n_batch, scale, need_z)
         gM = gM.to(B.dtype)
         glam = None
         if lam is None:

@@ -1,0 +1,288 @@
+"""Forming every mtl_lora layer's M_t together (adapters/formation.py): the same outputs and gradients as forming
+them layer by layer, in a fixed number of operators per group of layers instead of a few per layer."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import pickle
+
+import pytest
+import torch
+from conftest import llava_inputs, tiny_llava, tiny_open_clip
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.checkpoint import checkpoint
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.adapters import formation
+from mtl_lora_vl.adapters.layers import ADAPTER_PARAM_NAMES, AdapterBank
+
+TASKS = ["vqa", "captioning", "cls"]
+MIXED = torch.tensor([2, 0, 1, 0])
+
+
+def _banks(model) -> list[AdapterBank]:
+    return [m for m in model.modules() if isinstance(m, AdapterBank)]
+
+
+def _pair(lambda_type: str = "full", family: str = "llava", method: str = "mtl_lora"):
+    """(model forming M_t together, a copy forming them layer by layer), adapters randomised alike."""
+    base = tiny_llava() if family == "llava" else tiny_open_clip()
+    model = mlv.attach(base, mlv.MTLLoRAConfig(tasks=TASKS, lambda_type=lambda_type, method=method, n_up=3))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.rpartition(".")[2] in ADAPTER_PARAM_NAMES:
+                p.add_(torch.randn_like(p) * 0.3)
+    return model, _layer_by_layer(model)
+
+
+def _layer_by_layer(model):
+    """A copy of ``model`` whose layers form their M_t each on its own (the per-layer path)."""
+    copied = copy.deepcopy(model)
+    for b in _banks(copied):
+        b.formation = None
+    return copied
+
+
+def _loss(model, family: str, inputs, ids):
+    with mlv.route(model, ids):
+        if family == "llava":
+            return model(**inputs).logits.square().mean()
+        img, txt = inputs
+        return (model.encode_image(img) @ model.encode_text(txt).T).square().sum()
+
+
+def _inputs(family: str, batch: int = 4):
+    if family == "llava":
+        return llava_inputs(batch)
+    return torch.randn(batch, 3, 32, 32), torch.randint(1, 60, (batch, 12))
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a and a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def _step(model, family, inputs, ids):
+    model.zero_grad(set_to_none=True)
+    loss = _loss(model, family, inputs, ids)
+    loss.backward()
+    return loss.detach(), _grads(model)
+
+
+@pytest.mark.parametrize("lambda_type", ["full", "diagonal", "none"])
+@pytest.mark.parametrize("family", ["llava", "open_clip"])
+@pytest.mark.parametrize("ids", ["mixed", "grouped", "one_task"])
+def test_outputs_and_gradients_equal_forming_layer_by_layer(lambda_type, family, ids):
+    ids = {"mixed": MIXED, "grouped": torch.tensor([0, 0, 2, 2]), "one_task": "captioning"}[ids]
+    model, per_layer = _pair(lambda_type, family)
+    inputs = _inputs(family)
+    for _ in range(2):   # the first step forms each layer's alone (and makes it a member), the second together
+        got, want = _step(model, family, inputs, ids), _step(per_layer, family, inputs, ids)
+        torch.testing.assert_close(got[0], want[0])
+        _same(got[1], want[1])
+    with torch.no_grad():   # and without gradients (evaluation, generation)
+        torch.testing.assert_close(_loss(model, family, inputs, ids), _loss(per_layer, family, inputs, ids))
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _ops(model, inputs, ids) -> int:
+    _step(model, "llava", inputs, ids)   # members now
+    with _Ops() as ops:
+        _step(model, "llava", inputs, ids)
+    return ops.n
+
+
+def test_a_step_runs_a_lora_steps_operators_plus_a_few_per_group():
+    """The point of forming together: a mixed mtl_lora step ran ~25 more operators per adapted layer than a lora
+    step (π, B̄, M_t and their gradients, per layer); formed together they cost a fixed number per group."""
+    inputs = _inputs("llava")
+    model, per_layer = _pair()
+    lora = _pair(method="lora")[0]
+    n_layers, n_groups = len(_banks(model)), 4   # (q, k, v, o), fc1, fc2 in the tower; (q, k, v, o), up/gate, down
+    grouped, layered, plain = _ops(model, inputs, MIXED), _ops(per_layer, inputs, MIXED), _ops(lora, inputs, MIXED)
+    assert layered - plain > 15 * n_layers    # what forming per layer costs
+    assert grouped - plain < 45 * 6           # a fixed cost per group of layers of one shape
+    assert n_layers > 3 * n_groups
+
+
+class _Skip(torch.nn.Module):
+    """Three same-shaped layers; the second runs only for rows of task 0 present, the third's output is unused."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.ModuleList([torch.nn.Linear(8, 8) for _ in range(3)])
+
+    def forward(self, x, skip: bool):
+        y = self.fc[0](x)
+        self.fc[2](x)
+        return y if skip else self.fc[1](y)
+
+
+def test_a_layer_that_does_not_run_gets_no_gradient_one_whose_output_is_unused_gets_zero():
+    """Members are the layers that ran under these tasks, and only a layer that ran in this forward gets gradients:
+    one that did not run gets none (as on the per-layer path), so an optimizer leaves it alone; one that ran but
+    whose output does not reach the loss gets zeros (it is an input of the group's node, which the loss reaches:
+    DDP's search for unused parameters waits for its gradient; on the per-layer path it got none)."""
+    model = mlv.attach(_Skip(), mlv.MTLLoRAConfig(tasks=TASKS, r=2, targets={"image": [r"fc\.\d$"]}))
+    x = torch.randn(4, 8)
+    for skip in (False, False, True):   # all three are members after the first; then fc.1 does not run
+        model.zero_grad(set_to_none=True)
+        with mlv.route(model, MIXED):
+            model(x, skip).square().sum().backward()
+    grads = _grads(model)
+    assert "fc.1.lora_B" not in grads and "fc.1.lora_w" not in grads
+    assert grads["fc.0.lora_B"].abs().sum() > 0
+    assert all(not grads[f"fc.2.lora_{k}"].any() for k in ("B", "w", "lambda")) and "fc.2.lora_A" not in grads
+    formation = _banks(model)[0].formation
+    ((_, group),) = formation._groups.values()
+    assert len(group.position) == 3   # formed together, fc.1 included (it is a member)
+
+
+def test_an_optimizer_step_or_new_tensors_form_them_again():
+    """Formed M_t are kept while the tensors are unchanged (decoding steps, accumulated micro-batches) and formed
+    again after an optimizer step (version counters) or when a tensor is replaced (grow_tasks)."""
+    inputs = _inputs("llava")
+    model, per_layer = _pair()
+    # fused: writes the parameters without counting versions (only the spent node tells that M_t are stale)
+    opts = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=0.05, fused=True)
+            for m in (model, per_layer)]
+    for _ in range(3):
+        for m, opt in zip((model, per_layer), opts):
+            _step(m, "llava", inputs, MIXED)
+            opt.step()
+    torch.testing.assert_close(_loss(model, "llava", inputs, MIXED), _loss(per_layer, "llava", inputs, MIXED))
+    mlv.add_task(model, "new")   # new w and Λ tensors (and B frozen: another signature)
+    per_layer = _layer_by_layer(model)
+    ids = torch.tensor([3, 0, 3, 1])
+    for _ in range(2):
+        got, want = _step(model, "llava", inputs, ids), _step(per_layer, "llava", inputs, ids)
+        torch.testing.assert_close(got[0], want[0])
+        _same(got[1], want[1])
+
+
+def test_accumulated_micro_batches_reuse_the_formed_matrices():
+    inputs = [_inputs("llava") for _ in range(2)]
+    model, per_layer = _pair()
+    _step(model, "llava", inputs[0], MIXED)
+    for m in (model, per_layer):
+        m.zero_grad(set_to_none=True)
+        for x in inputs:   # two forwards and backwards before a step: the second backward goes through the same node
+            _loss(m, "llava", x, MIXED).backward()
+    _same(_grads(model), _grads(per_layer))
+
+
+def test_a_tensor_modified_between_forward_and_backward_is_refused():
+    model, _ = _pair()
+    inputs = _inputs("llava")
+    _step(model, "llava", inputs, MIXED)
+    loss = _loss(model, "llava", inputs, MIXED)
+    with torch.no_grad():
+        _banks(model)[0].lora_B.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place between the forward pass"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_checkpointed_layers_recompute_what_they_saved(reentrant):
+    """A checkpointed block's recomputation in the first step finds its layers members, where its forward did not:
+    both save the same tensors (a group of one forms the first M_t), so recomputation is consistent."""
+    torch.manual_seed(0)
+    blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh()) for _ in range(3)])
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = blocks
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = checkpoint(b, x, use_reentrant=reentrant)
+            return x
+
+    model = mlv.attach(Net(), mlv.MTLLoRAConfig(tasks=TASKS, r=2, targets={"image": [r"blocks\.\d\.0$"]}))
+    with torch.no_grad():
+        for b in _banks(model):
+            b.lora_B.normal_()
+    per_layer = _layer_by_layer(model)
+    x = torch.randn(4, 8, requires_grad=True)
+    for _ in range(2):
+        for m in (model, per_layer):
+            m.zero_grad(set_to_none=True)
+            with mlv.route(m, MIXED):
+                m(x).square().sum().backward()
+        _same(_grads(model), _grads(per_layer))
+
+
+def _mlp():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh()) for _ in range(3)])
+    model = mlv.attach(net, mlv.MTLLoRAConfig(tasks=TASKS, r=2, targets={"image": [r"\d\.0$"]}))
+    with torch.no_grad():
+        for b in _banks(model):
+            b.lora_B.normal_()
+    return model
+
+
+def test_second_derivatives_equal_forming_layer_by_layer():
+    """A gradient penalty (create_graph=True): the group node's backward is formed with its graph."""
+    model = _mlp()
+    per_layer = _layer_by_layer(model)
+    x = torch.randn(4, 8)
+
+    def penalty(m):
+        params = [p for n, p in m.named_parameters() if "lora_" in n]
+        xs = x.clone().requires_grad_()
+        with mlv.route(m, MIXED):
+            gx, = torch.autograd.grad(m(xs).square().sum(), xs, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), params)
+
+    for _ in range(2):   # alone, then together
+        for a, b in zip(penalty(model), penalty(per_layer)):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_copies_start_afresh_and_form_their_own():
+    model = _mlp()
+    x = torch.randn(4, 8)
+
+    def loss(m):
+        with mlv.route(m, MIXED):
+            return m(x).square().sum()
+
+    loss(model).backward()
+    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        formation = _banks(copied)[0].formation
+        assert formation is not _banks(model)[0].formation and not formation._members and not formation._groups
+        assert all(b.formation is formation for b in _banks(copied))
+        for _ in range(2):
+            torch.testing.assert_close(loss(copied), loss(model))
+
+
+def test_steps_do_not_keep_their_formed_matrices_alive():
+    """The node of a group must not hold the group (whose formed M_t hold the node): that cycle runs through the
+    autograd graph, which the garbage collector cannot see, and kept every step's group and M_t alive."""
+    model = _mlp()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    x = torch.randn(4, 8)
+    for _ in range(6):
+        with mlv.route(model, MIXED):
+            model(x).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+    gc.collect()
+    assert sum(type(o) is formation._Group for o in gc.get_objects()) == 1   # the one kept for the next forward
