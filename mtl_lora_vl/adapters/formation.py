@@ -6,26 +6,28 @@ more than its arithmetic (a GPU at LoRA sizes is launch-bound) they made an ``mt
 ``lora`` step. Here the layers whose adapter tensors have the same shapes form theirs together: one autograd node
 (:class:`_FormGroup`) stacks their w, Λ and B, forms every layer's M_t of the present tasks in a few batched
 operators, and in backward forms all their gradients of w, Λ and B the same way. Each layer then adds its rows
-as a ``lora`` layer does (:func:`.rows.update_formed_rows`: one GEMM, saving z and its M_t, a view of the
-group's M).
+as a ``lora`` layer does (:func:`.rows.update_formed_rows`: one GEMM; it keeps z for backward, and its backward
+finds M_t formed again for the whole group, once).
 
 Which layers form together: those that have run under the same present tasks and grad mode before (a layer's
-first forward under a new mix of tasks forms its M_t alone and makes it a member), grouped by the shapes,
-dtypes and device of their tensors, τ and Λ's type. So a layer that does not run for those tasks (a vision
-tower's layers past the feature layer, a decoder that retrieval does not use) is never an input of the node: its
-parameters get no gradient, as on the per-layer path, and DDP's search for unused parameters finds them unused.
+first forward under a new mix of tasks forms its M_t alone, in a node of the same kind, and makes it a member),
+grouped by the shapes, dtypes and device of their tensors, τ and Λ's type. A layer that never runs for those
+tasks (a decoder that retrieval does not use) is never an input of the node and gets no gradient, as on the
+per-layer path; one that ran gets gradients, zero where its output did not reach the loss (as an input of a node
+the loss reaches, DDP's search for unused parameters waits for them).
 
-The formed M_t are kept (one set per signature: the last present tasks, grad mode and dtypes formed) until a
-backward pass has gone through their node (an optimizer step may follow: a fused one writes the parameters without
-counting a version, so versions alone cannot tell), a parameter is written to in place or replaced (version
-counter, storage, identity: ``load_state_dict``, ``grow_tasks``), or other tasks are routed. So the layers of one
-forward pass share them, as do a checkpointed forward's recomputation (which runs before that backward reaches the
-node) and a generation's decoding steps (no backward). The node saves no tensors: it reads the parameters back in
-backward and refuses ones modified in place since.
+With gradients, the formed M_t are let go once every member has taken its own (they do not add to the activations
+a forward keeps); otherwise (evaluation, a generation's decoding steps) they are kept, one set per signature, until
+other tasks are routed or a parameter is written to in place or replaced (version counter, storage, identity:
+``load_state_dict``, ``grow_tasks``). A node is never reused after a backward pass went through it: an optimizer
+step may follow, and a fused one writes the parameters without counting a version. The node saves no tensors: it
+reads the parameters back in backward and refuses ones modified in place since.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -57,7 +59,7 @@ class _Inputs:
     the group back (a reference cycle through the autograd graph, which the garbage collector cannot see, kept every
     step's group and node alive)."""
 
-    __slots__ = ("params", "versions", "present", "lambda_type", "tau", "handed", "spent")
+    __slots__ = ("params", "versions", "present", "lambda_type", "tau", "handed", "spent", "again")
 
     def __init__(self, banks: list[Any], present: slice | torch.Tensor) -> None:
         self.params = [_params(b) for b in banks]
@@ -65,36 +67,59 @@ class _Inputs:
         self.present, self.lambda_type, self.tau = present, banks[0].lambda_type, banks[0].temperature
         self.handed: set[int] = set()   # the layers that took their M (ran)
         self.spent = False              # a backward pass went through the node: an optimizer step may follow
+        self.again: dict[torch.dtype, tuple[torch.Tensor, ...]] = {}   # every M, formed again for backward
+
+    def matrix_again(self, i: int, dtype: torch.dtype, graph: bool = False) -> torch.Tensor:
+        """Layer i's M for its backward pass: every layer's formed once more (no graph) on the first call and kept
+        until the node's own backward; ``graph`` (create_graph): layer i's alone, with its graph to the parameters."""
+        if graph:
+            with torch.enable_grad(), autocast_off(self.params[i][2].device.type):
+                return _formed(self, [self.params[i]])[3][0].to(dtype)
+        Ms = self.again.get(dtype)
+        if Ms is None:
+            with torch.no_grad(), autocast_off(self.params[i][2].device.type):
+                Ms = self.again[dtype] = _formed(self, self.params)[3].to(dtype).unbind(0)
+        return Ms[i]
 
 
 class _Group:
-    """Some layers' M_t formed together, for one set of present tasks and grad mode, in one or more dtypes."""
+    """Some layers' M_t formed together, for one set of present tasks and grad mode, in one or more dtypes.
+
+    With gradients the formed M_t are let go once every layer has taken its own (the row updates do not keep them
+    for backward, which forms them again, once per group): they do not add to the activations a forward keeps."""
 
     def __init__(self, banks: list[Any], present: slice | torch.Tensor) -> None:
         self.inputs = _Inputs(banks, present)
         self.position = {id(b): i for i, b in enumerate(banks)}
         self.formed: dict[torch.dtype, tuple[torch.Tensor, ...]] = {}
+        self.done = False   # every layer took its M: a later forward forms them again
 
     def valid_for(self, i: int, bank: Any) -> bool:
         """Layer i's tensors are the ones formed from, unmodified (a fused optimizer step writes without counting a
         version, so a formed node is never reused after its backward pass)."""
         now, inputs = _params(bank), self.inputs
-        return (not inputs.spent and all(a is b for a, b in zip(now, inputs.params[i]))
+        return (not inputs.spent and not self.done and all(a is b for a, b in zip(now, inputs.params[i]))
                 and _versions(now) == inputs.versions[i])
 
-    def matrix(self, i: int, dtype: torch.dtype) -> torch.Tensor:
-        """Layer i's M in ``dtype`` (every layer's formed on the first call for a dtype)."""
+    def matrix(self, i: int, dtype: torch.dtype) -> tuple[torch.Tensor, _Inputs | None]:
+        """Layer i's M in ``dtype`` (every layer's formed on the first call for a dtype), and where its backward
+        finds it again (None: M has no graph, nothing to form again)."""
         Ms = self.formed.get(dtype)
+        inputs = self.inputs
         if Ms is None:
-            flat = [p for params in self.inputs.params for p in params if p is not None]
+            flat = [p for params in inputs.params for p in params if p is not None]
             if torch.is_grad_enabled() and any(p.requires_grad for p in flat):
-                Ms = _FormGroup.apply(self.inputs, dtype, *flat)
+                Ms = _FormGroup.apply(inputs, dtype, *flat)
             else:
                 with autocast_off(flat[0].device.type):
-                    Ms = _formed(self.inputs, self.inputs.params)[3].to(dtype).unbind(0)
+                    Ms = _formed(inputs, inputs.params)[3].to(dtype).unbind(0)
             self.formed[dtype] = Ms
-        self.inputs.handed.add(i)
-        return Ms[i]
+        inputs.handed.add(i)
+        if Ms[i].grad_fn is None:
+            return Ms[i], None
+        if len(inputs.handed) == len(self.position):
+            self.formed, self.done = {}, True
+        return Ms[i], inputs
 
 
 def _formed(inputs: _Inputs, params: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -128,7 +153,7 @@ class _FormGroup(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *gMs: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         inputs = ctx.inputs
-        inputs.spent = True
+        inputs.spent, inputs.again = True, {}
         if [_versions(p) for p in inputs.params] != inputs.versions:
             raise RuntimeError("mtl_lora: an adapter tensor was modified in place between the forward pass that formed "
                                "its M_t and this backward pass (an optimizer step before backward?)")
@@ -223,9 +248,10 @@ class Formation:
         return {"_members": {}, "_groups": {}}
 
     def matrix(self, bank: Any, present: tuple[int, ...], index: slice | torch.Tensor,
-               dtype: torch.dtype) -> torch.Tensor:
+               dtype: torch.dtype) -> tuple[torch.Tensor, Callable[[bool], torch.Tensor] | None]:
         """``bank``'s M (len(present), d, r) in ``dtype`` for the tasks ``present`` (``index``: their task rows),
-        formed with its group's; alone the first time ``bank`` runs under them (it is a member from then on).
+        formed with its group's; alone the first time ``bank`` runs under them (it is a member from then on). With
+        it, what forms M again for the layer's backward (given create_graph), or None where M has no graph.
 
         The first time is formed by the same kind of node (a group of one), so that a layer saves the same tensors
         for backward whichever group formed its M_t: a checkpointed forward's recomputation, which may find the
@@ -235,7 +261,7 @@ class Formation:
         members = self._members.setdefault(key, {}).setdefault(sig, {})
         if id(bank) not in members:
             members[id(bank)] = bank
-            return _Group([bank], index).matrix(0, dtype)
+            return _with_again(*_Group([bank], index).matrix(0, dtype), 0, dtype)
         held = self._groups.get(sig)
         group = held[1] if held is not None and held[0] == key else None
         i = None if group is None else group.position.get(id(bank))
@@ -243,4 +269,13 @@ class Formation:
             group = _Group(list(members.values()), index)
             self._groups[sig] = (key, group)
             i = group.position[id(bank)]
-        return group.matrix(i, dtype)
+        return _with_again(*group.matrix(i, dtype), i, dtype)
+
+
+def _with_again(M: torch.Tensor, inputs: _Inputs | None, i: int,
+                dtype: torch.dtype) -> tuple[torch.Tensor, Callable[[bool], torch.Tensor] | None]:
+    return M, (None if inputs is None else partial(_again, inputs, i, dtype))
+
+
+def _again(inputs: _Inputs, i: int, dtype: torch.dtype, graph: bool) -> torch.Tensor:
+    return inputs.matrix_again(i, dtype, graph)

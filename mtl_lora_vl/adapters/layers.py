@@ -30,6 +30,7 @@ task_lora      T × r × d_in         T × d_out × r       –                 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -280,10 +281,11 @@ class AdapterBank(nn.Module):
         out = F.linear(x.reshape(-1, x.shape[-1]), weight, bias)
         return self.add_delta(x, out, rows).view(*x.shape[:-1], out.shape[-1])
 
-    def _formed_matrix(self, route: Route, index: slice | torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-        """This layer's M_t of the route's present tasks as its group formed them (:mod:`.formation`), or None: on
-        the per-layer path (not attached; compiled -- the compiler fuses that path --; an ``nn.DataParallel``
-        replica, which holds copies of the tensors)."""
+    def _formed_matrix(self, route: Route, index: slice | torch.Tensor,
+                       dtype: torch.dtype) -> tuple[torch.Tensor, Callable[[bool], torch.Tensor] | None] | None:
+        """This layer's M_t of the route's present tasks as its group formed them, and what forms them again for
+        backward (:meth:`.formation.Formation.matrix`); None on the per-layer path (not attached; compiled -- the
+        compiler fuses that path --; an ``nn.DataParallel`` replica, which holds copies of the tensors)."""
         if self.formation is None or torch.compiler.is_compiling() or getattr(self, "_is_replica", False):
             return None
         return self.formation.matrix(self, route.present, index, dtype)
@@ -325,11 +327,14 @@ class AdapterBank(nn.Module):
             else:  # the present tasks' M_t only; each sample's position among them
                 tasks, n_batch = route.sample_positions(x.device), route.batch_size
             present = route.present_index(x.device)
-            M = self._formed_matrix(route, present, z.dtype)
-            if M is not None:   # formed with the other layers' (adapters/formation.py)
-                M = self._full_rows(M) if rows is None else self._full_rows(M)[:, rows]
-                update = partial(update_formed_rows, M=M, tasks=0 if route.task is not None else tasks,
-                                 n_batch=n_batch, scale=self.scaling)
+            formed = self._formed_matrix(route, present, z.dtype)
+            if formed is not None:   # formed with the other layers' (adapters/formation.py)
+                M, again = formed
+                if again is not None and (rows is not None or not all(self.out_slices or ())):
+                    again = partial(_packed_again, again, self._full_rows, rows)
+                update = partial(update_formed_rows, M=_packed(M, self._full_rows, rows),
+                                 tasks=0 if route.task is not None else tasks, n_batch=n_batch, scale=self.scaling,
+                                 again=again)
             else:
                 B = self._full_rows(self.lora_B)
                 if rows is not None:
@@ -362,6 +367,18 @@ class AdapterBank(nn.Module):
             res = update(out3, z.view(*lead, -1).movedim(bd, 0))
             return res.movedim(0, bd).reshape(out.shape)
         return update(out, z)
+
+
+def _packed(M: torch.Tensor, full_rows: Callable[[torch.Tensor], torch.Tensor], rows: slice | None) -> torch.Tensor:
+    """M over the layer's whole output (zero rows for slices of a packed projection that do not adapt), or the
+    ``rows`` one part of it uses."""
+    M = full_rows(M)
+    return M if rows is None else M[:, rows]
+
+
+def _packed_again(again: Callable[[bool], torch.Tensor], full_rows: Callable[[torch.Tensor], torch.Tensor],
+                  rows: slice | None, graph: bool) -> torch.Tensor:
+    return _packed(again(graph), full_rows, rows)
 
 
 def _zero_rows_hook(n_old: int):

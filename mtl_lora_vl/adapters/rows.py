@@ -13,6 +13,7 @@ every sample's own M_t in one batched product.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 
@@ -272,14 +273,16 @@ def _mtl_rows_grads(g, z, M, tasks, n_batch, scale, need_z: bool) -> tuple[torch
 
 
 def update_formed_rows(out: torch.Tensor, z: torch.Tensor, M: torch.Tensor, tasks: int | tuple | torch.Tensor,
-                       n_batch: int, scale: float) -> torch.Tensor:
+                       n_batch: int, scale: float,
+                       again: Callable[[bool], torch.Tensor] | None = None) -> torch.Tensor:
     """``out + scale · z M_tᵀ`` in place, as :func:`update_mtl_rows` adds it, from M_t formed already (one row of
     ``M`` per present task, in z's dtype: :mod:`.formation` forms a group of layers' M_t together); ``tasks``
-    as :func:`update_mtl_rows` takes it, with one task as its row of M. One node that saves z and M."""
+    as :func:`update_mtl_rows` takes it, with one task as its row of M. One node, which saves z; M too unless
+    ``again`` forms it for backward (given whether backward builds a graph: create_graph)."""
     if not out.is_contiguous() or out._is_view():
         out = out.clone(memory_format=torch.contiguous_format)
     if torch.is_grad_enabled() and (out.requires_grad or z.requires_grad or M.requires_grad):
-        return _FormedRowsUpdate.apply(out, z, M, tasks, n_batch, scale)
+        return _FormedRowsUpdate.apply(out, z, M, tasks, n_batch, scale, again)
     _mtl_add_(out, z, M, tasks, n_batch, scale)
     return out
 
@@ -289,22 +292,24 @@ class _FormedRowsUpdate(torch.autograd.Function):
     gradients are the ones the per-layer node forms (:func:`_mtl_rows_grads`)."""
 
     @staticmethod
-    def forward(ctx, out, z, M, tasks, n_batch, scale):
+    def forward(ctx, out, z, M, tasks, n_batch, scale, again):
         _mtl_add_(out, z, M, tasks, n_batch, scale)
         ctx.mark_dirty(out)
         per_sample = isinstance(tasks, torch.Tensor)
-        ctx.save_for_backward(z, M, tasks if per_sample else None)
-        ctx.tasks = None if per_sample else tasks
+        ctx.save_for_backward(z, tasks if per_sample else None, M if again is None else None)
+        ctx.tasks, ctx.again = (None if per_sample else tasks), again
         ctx.n_batch, ctx.scale = n_batch, scale
         return out
 
     @staticmethod
     def backward(ctx, g):
-        z, M, per_sample = ctx.saved_tensors
+        z, per_sample, M = ctx.saved_tensors
         with autocast_off(g.device.type):
+            if M is None:
+                M = ctx.again(torch.is_grad_enabled())
             gz, gM = _mtl_rows_grads(g, z, M, per_sample if ctx.tasks is None else ctx.tasks, ctx.n_batch, ctx.scale,
                                      ctx.needs_input_grad[1])
-        return g, gz, gM if ctx.needs_input_grad[2] else None, None, None, None
+        return g, gz, gM if ctx.needs_input_grad[2] else None, None, None, None, None
 
 
 class _MTLRowsUpdate(torch.autograd.Function):
