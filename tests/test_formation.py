@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import copy
 import gc
+import importlib.util
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import llava_inputs, tiny_llava, tiny_open_clip
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint
 
 import mtl_lora_vl as mlv
@@ -90,19 +91,17 @@ def test_outputs_and_gradients_equal_forming_layer_by_layer(lambda_type, family,
         torch.testing.assert_close(_loss(model, family, inputs, ids), _loss(per_layer, family, inputs, ids))
 
 
-class _Ops(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += 1
-        return func(*args, **(kwargs or {}))
+def _op_count():
+    """scripts/bench_adapters.py's count of the aten operators a step dispatches."""
+    spec = importlib.util.spec_from_file_location("bench_adapters", Path(__file__).parents[1] / "scripts" / "bench_adapters.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench.OpCount()
 
 
 def _ops(model, inputs, ids) -> int:
     _step(model, "llava", inputs, ids)   # members now
-    with _Ops() as ops:
+    with _op_count() as ops:
         _step(model, "llava", inputs, ids)
     return ops.n
 
