@@ -1,7 +1,7 @@
 """Forming the M_t of many ``mtl_lora`` layers at once: the per-layer formula (:func:`.rows.mtl_matrices`), batched.
 
 An ``mtl_lora`` layer's small matrices -- π_t = softmax(w_t / τ), B̄_t = Σ_i π_ti B_i, M_t = B̄_t Λ_t -- and their
-gradients cost a handful of tiny operators per layer, forward and backward. Where each operator's dispatch costs
+gradients cost ~30 tiny operators per layer, forward and backward. Where each operator's dispatch costs
 more than its arithmetic (a GPU at LoRA sizes is launch-bound) they made an ``mtl_lora`` training step 1.6x a
 ``lora`` step. Here the layers whose adapter tensors have the same shapes form theirs together: one autograd node
 (:class:`_FormGroup`) stacks their w, Λ and B, forms every layer's M_t of the present tasks in a few batched
