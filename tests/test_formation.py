@@ -124,7 +124,7 @@ def test_a_step_runs_a_lora_steps_operators_plus_a_few_per_layer(ids):
 
 
 class _Skip(torch.nn.Module):
-    """Three same-shaped layers; the second runs only for rows of task 0 present, the third's output is unused."""
+    """Three same-shaped layers; the second does not run when ``skip``, the third's output is never used."""
 
     def __init__(self):
         super().__init__()
@@ -344,3 +344,21 @@ def test_forwards_without_gradients_reuse_the_formed_matrices_until_a_tensor_cha
         assert again is not group
         with mlv.route(per_layer, MIXED):
             torch.testing.assert_close(y, per_layer(x))
+
+
+def test_frozen_adapters_still_pass_the_inputs_gradient():
+    """Adapters frozen, the input's gradient wanted (a saliency map): the formed M_t have no graph, so the row
+    update keeps them for its backward instead of forming them again."""
+    model = _mlp()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    per_layer = _layer_by_layer(model)
+    x = torch.randn(4, 8)
+    for _ in range(2):   # alone, then together
+        got = []
+        for m in (model, per_layer):
+            xs = x.clone().requires_grad_()
+            with mlv.route(m, MIXED):
+                m(xs).square().sum().backward()
+            got.append(xs.grad)
+        torch.testing.assert_close(*got)

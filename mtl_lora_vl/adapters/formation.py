@@ -47,9 +47,11 @@ def _versions(params: tuple[torch.Tensor | None, ...]) -> tuple[tuple[int, int],
 
 
 def _signature(bank: Any) -> tuple:
-    """What layers forming together share: every adapter tensor's shape, dtype, device and requires_grad; τ; Λ's type."""
-    return (bank.lambda_type, bank.temperature,
-            *((None,) if p is None else (tuple(p.shape), p.dtype, p.device, p.requires_grad) for p in _params(bank)))
+    """What layers forming together share: every adapter tensor's shape, dtype, device and requires_grad; τ; Λ's type.
+    (Read on every forward of every layer: spelled out rather than looped.)"""
+    w, lam, B = _params(bank)
+    return (bank.lambda_type, bank.temperature, w.shape, w.dtype, w.device, w.requires_grad, B.shape, B.dtype,
+            B.device, B.requires_grad, None if lam is None else (lam.shape, lam.dtype, lam.requires_grad))
 
 
 class _Inputs:
