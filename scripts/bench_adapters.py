@@ -262,8 +262,9 @@ def build_llava(args, device: torch.device, dtype: torch.dtype, checkpointing: b
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     torch.manual_seed(0)
-    vision = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=args.vision_layers,
-                              num_attention_heads=12, image_size=224, patch_size=32)
+    v = args.vision_width
+    vision = CLIPVisionConfig(hidden_size=v, intermediate_size=4 * v, num_hidden_layers=args.vision_layers,
+                              num_attention_heads=max(1, v // 64), image_size=224, patch_size=32)
     w = args.lm_width
     text = LlamaConfig(hidden_size=w, intermediate_size=int(w * 2.75) // 64 * 64, num_hidden_layers=args.lm_layers,
                        num_attention_heads=w // 64, num_key_value_heads=w // 64, vocab_size=args.vocab,
@@ -348,7 +349,7 @@ def llava_cases(args, device, amp) -> tuple[dict, dict]:
               ("ckpt / no ckpt: mixed grouped", "mtl_lora_grouped_ckpt", "mtl_lora_grouped", None)]
     memory_checks = [(f"saved MB {k}_ckpt / {k}", f"{k}_ckpt", k, 1.0) for k in ("lora", "mtl_lora_grouped", "peft_lora")]
     memory_checks.append(("saved MB mtl_lora_grouped / lora", "mtl_lora_grouped", "lora", None))
-    model = (f"llava(vit-b/32 width x{args.vision_layers} layers, llama {args.lm_layers}x{args.lm_width}, "
+    model = (f"llava(vit-b/32 {args.vision_width} wide x{args.vision_layers} layers, llama {args.lm_layers}x{args.lm_width}, "
              f"vocab {args.vocab})")
     return cases, {"checks": checks, "memory_checks": memory_checks,
                    "info": {"model": model, "batch_size": B, "tokens": n_img + n_text,
@@ -368,6 +369,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n-up", type=int, default=3)
     ap.add_argument("--vision-layers", type=int, default=12,
                     help="llava: CLIP vision layers (width 768; 12 = ViT-B/32)")
+    ap.add_argument("--vision-width", type=int, default=768,
+                    help="llava: CLIP vision width (768 = ViT-B/32; small widths with --lm-width 64 make a CPU step "
+                         "host-bound, as a GPU's: what each case's Python and operator count cost)")
     ap.add_argument("--lm-layers", type=int, default=8, help="llava: language-model layers")
     ap.add_argument("--lm-width", type=int, default=1024, help="llava: language-model width")
     ap.add_argument("--vocab", type=int, default=8000, help="llava: vocabulary size")
@@ -385,7 +389,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.batch_size is None:
         args.batch_size = 16 if args.case == "clip" else 4
-    for name in ("batch_size", "rank", "n_up", "vision_layers", "lm_layers", "lm_width", "vocab", "text_len",
+    for name in ("batch_size", "rank", "n_up", "vision_layers", "vision_width", "lm_layers", "lm_width", "vocab", "text_len",
                  "repeats", "steps_per_round"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
