@@ -349,7 +349,8 @@ def llava_cases(args, device, amp) -> tuple[dict, dict]:
               ("ckpt / no ckpt: mixed grouped", "mtl_lora_grouped_ckpt", "mtl_lora_grouped", None)]
     memory_checks = [(f"saved MB {k}_ckpt / {k}", f"{k}_ckpt", k, 1.0) for k in ("lora", "mtl_lora_grouped", "peft_lora")]
     memory_checks.append(("saved MB mtl_lora_grouped / lora", "mtl_lora_grouped", "lora", None))
-    model = (f"llava(vit-b/32 {args.vision_width} wide x{args.vision_layers} layers, llama {args.lm_layers}x{args.lm_width}, "
+    model = (f"llava(vit-b/32 {args.vision_width} wide x{args.vision_layers} layers, "
+             f"llama {args.lm_layers}x{args.lm_width}, "
              f"vocab {args.vocab})")
     return cases, {"checks": checks, "memory_checks": memory_checks,
                    "info": {"model": model, "batch_size": B, "tokens": n_img + n_text,

@@ -23,10 +23,12 @@ def _bench():
 def test_llava_case_reports_ratios_memory_and_ops(tmp_path):
     pytest.importorskip("peft")
     out = tmp_path / "bench.json"
-    result = _bench().main(["--case", "llava", "--vision-layers", "1", "--lm-layers", "1", "--lm-width", "128",
+    result = _bench().main(["--case", "llava", "--vision-layers", "1", "--vision-width", "128", "--lm-layers", "1",
+                            "--lm-width", "128",
                             "--vocab", "300", "--text-len", "8", "--batch-size", "4", "--repeats", "2",
                             "--steps-per-round", "2", "--warmup", "0", "--threads", "1", "--json", str(out)])
     assert json.loads(out.read_text()) == result
+    assert result["model"].startswith("llava(vit-b/32 128 wide x1 layers")
     cases = {"lora", "lora_copy", "mtl_lora_grouped", "mtl_lora_one_task", "mtl_lora_interleaved", "peft_lora",
              "lora_ckpt", "mtl_lora_grouped_ckpt", "peft_lora_ckpt"}
     assert set(result["median_s"]) == cases and all(v > 0 for v in result["median_s"].values())
@@ -89,8 +91,8 @@ def test_every_case_routes_from_host_ids(monkeypatch):
 
     bench = _bench()
     monkeypatch.setattr(bench, "make_train_case", lambda model, route_arg, *a, **k: route_arg)
-    args = argparse.Namespace(batch_size=4, text_len=4, vocab=300, rank=2, n_up=2, vision_layers=1, lm_layers=1,
-                              lm_width=64, no_peft=True)
+    args = argparse.Namespace(batch_size=4, text_len=4, vocab=300, rank=2, n_up=2, vision_layers=1, vision_width=64,
+                              lm_layers=1, lm_width=64, no_peft=True)
     cases, _ = bench.llava_cases(args, torch.device("cpu"), None)
     routes = {k: v for k, v in cases.items() if v is not None}
     assert not [k for k, v in routes.items() if isinstance(v, torch.Tensor)]
