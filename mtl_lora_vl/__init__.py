@@ -22,7 +22,7 @@ from .adapters.attach import (
 )
 from .adapters.grow import add_task
 from .adapters.routing import RoutingError
-from .adapters.scopes import disabled, route
+from .adapters.scopes import disabled, may_recompute, route
 from .config import ConfigError, MTLLoRAConfig
 from .families import FAMILIES
 from .io import (
@@ -55,6 +55,7 @@ __all__ = [
     "attach",
     "disabled",
     "merge",
+    "may_recompute",
     "merged_state_dict",
     "parameter_report",
     "route",

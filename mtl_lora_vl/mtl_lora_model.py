@@ -178,9 +178,10 @@ class MTLLoRAModel(nn.Module):
         """The adapted base model itself (adapter layers in place), as PEFT's ``get_base_model``."""
         return self.base_model
 
-    def route(self, tasks: TaskSpec) -> AbstractContextManager:
-        """Context manager: every forward inside serves ``tasks`` (a name, or one name / id per input row)."""
-        return route(self.base_model, tasks)
+    def route(self, tasks: TaskSpec, *, recompute: bool = True) -> AbstractContextManager:
+        """Context manager: every forward inside serves ``tasks`` (a name, or one name / id per input row);
+        ``recompute=False`` where no forward inside is checkpointed (see :func:`mtl_lora_vl.route`)."""
+        return route(self.base_model, tasks, recompute=recompute)
 
     def disable_adapters(self) -> AbstractContextManager:
         """Context manager: the base model without adapters inside (zero-shot); PEFT's ``disable_adapter``.

@@ -122,9 +122,10 @@ def make_train_case(model, route_arg, batch, amp_dtype, device, loss_fn=contrast
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, lr=1e-4)  # the trainer's optimizer (fused where torch has it), the same for every case
     held = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    recompute = mlv.may_recompute(model)   # as the trainer routes: no saved-tensor hooks unless checkpointed
 
     def step(measure: SavedBytes | None = None, ops: OpCount | None = None):
-        ctx = mlv.route(model, route_arg) if route_arg is not None else _null()
+        ctx = mlv.route(model, route_arg, recompute=recompute) if route_arg is not None else _null()
         with ops or _null(), ctx:  # backward inside the route too: checkpointed layers recompute under it
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 if measure is not None:

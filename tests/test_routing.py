@@ -171,12 +171,74 @@ def test_torch_checkpoint_recomputation_sees_the_route_of_its_forward(reentrant)
 
 def test_without_replay_hooks_recomputation_has_no_route(monkeypatch):
     """What the hooks fix: a recomputation outside the scope cannot know its task."""
-    monkeypatch.setattr(scopes, "_replay_hooks", lambda router, r: None)
+    monkeypatch.setattr(scopes, "_replay_hooks", lambda router, r, recompute=True: None)
     net = _net(reentrant=False)
     with mlv.route(net, IDS[:3]):
         loss = net(torch.randn(3, 8)).sum()
     with pytest.raises(mlv.RoutingError, match="no route scope saw that forward"):
         loss.backward()
+
+
+def _top_hooks():
+    return torch._C._autograd._top_saved_tensors_default_hooks(False)
+
+
+def test_recompute_false_installs_no_hooks_and_trains_the_same():
+    """``route(..., recompute=False)``: no saved-tensor hooks in the scope (they cost ~4 µs per saved tensor), the
+    same loss and gradients as a default scope on a forward that is not checkpointed."""
+    net, x = _net(), torch.randn(5, 3, 8)
+    ids = torch.tensor([2, 0, 0, 1, 2])
+    got = {}
+    for recompute in (True, False):
+        m = copy.deepcopy(net)
+        with mlv.route(m, ids, recompute=recompute):
+            hooks = _top_hooks()
+            loss = m(x).square().sum()
+        loss.backward()
+        got[recompute] = loss, _grads(m), hooks
+    assert isinstance(getattr(got[True][2][1], "__self__", None), scopes._ReplayHooks)
+    assert got[False][2] is None
+    torch.testing.assert_close(got[False][0], got[True][0], rtol=0, atol=0)
+    _assert_same_grads(got[True][1], got[False][1])
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_recompute_false_on_a_checkpointed_forward_is_refused_in_backward(reentrant):
+    """A checkpointed multi-task forward routed without hooks cannot be recomputed with its route: refused, not
+    recomputed with another task's adapters."""
+    net = _net(reentrant=reentrant)
+    x = torch.randn(3, 8, requires_grad=True)
+    with mlv.route(net, IDS[:3], recompute=False):
+        loss = net(x).sum()
+    with pytest.raises(mlv.RoutingError, match=r"no route scope saw that forward.*recompute=True"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_recompute_false_inside_a_scope_with_hooks_still_replays_its_own_route(reentrant):
+    """Inside an outer route scope of the same model, tensors saved by the inner forward would go through the
+    outer scope's hooks and replay the outer task: an inner ``recompute=False`` scope installs its own then."""
+    net = _net()
+    x = torch.randn(5, 3, 8, requires_grad=True)
+    ids = torch.tensor([2, 0, 0, 1, 2])
+    ref = _net_grads(net, x, ids)
+    ck = copy.deepcopy(net)
+    ck.reentrant = reentrant
+    with mlv.route(ck, "cls"):
+        with mlv.route(ck, ids, recompute=False):
+            assert _top_hooks()[1].__self__.routes[-1][1].segments == Route.from_ids(ids.tolist()).segments
+            loss = ck(x).square().sum()
+    loss.backward()
+    _assert_same_grads(ref, _grads(ck))
+
+
+@pytest.mark.parametrize("family", ["open_clip", "hf_non_reentrant"])
+def test_may_recompute_sees_each_familys_checkpointing_switch(family):
+    model, _, enable = _family(family)
+    assert not mlv.may_recompute(model)
+    enable(model)
+    assert mlv.may_recompute(model)
+    assert not mlv.may_recompute(_net(reentrant=False))   # a forward calling torch's checkpoint itself: not seen
 
 
 @pytest.mark.parametrize("reentrant", [True, False])
@@ -557,6 +619,20 @@ def test_loader_emits_adapter_ids_and_the_model_routes_once_per_tower_without_id
     assert not any(isinstance(t, torch.Tensor) for t in seen)  # no ids -> host round trip
     with pytest.raises(ValueError, match=r"not in the adapter's tasks"):
         MultiTaskLoader([kinds["vqa"]], [splits["vqa"]], clip, batch_size=4, adapter_tasks=["other"])
+    hooked = []
+    real_hooks = scopes._replay_hooks
+    monkeypatch.setattr(scopes, "_replay_hooks", lambda *a: hooked.append(real_hooks(*a)) or hooked[-1])
+    model.train()                                     # not checkpointed: its route scopes install no hooks
+    assert model.recompute is False
+    model(to_device(batch, "cpu", torch.float32, clip))
+    assert hooked and not any(hooked)
+    clip.set_grad_checkpointing(True)
+    model.train()                                     # checkpointed: they do
+    assert model.recompute is True
+    hooked.clear()
+    model(to_device(batch, "cpu", torch.float32, clip))
+    assert hooked and all(hooked)
+    clip.set_grad_checkpointing(False)
 
 
 # ---------------------------------------------------------------------------------- add_task, merge

@@ -12,8 +12,8 @@ from .attach import (
 )
 from .grow import AddedTask, add_task, freeze_old_rows
 from .routing import Route, Router, RoutingError
-from .scopes import disabled, route
+from .scopes import disabled, may_recompute, route
 
 __all__ = ["AddedTask", "AttachError", "Route", "Router", "RoutingError", "add_task", "attach", "attach_info",
-           "disabled", "freeze_old_rows", "merge", "merged_state_dict", "parameter_report", "route",
+           "disabled", "freeze_old_rows", "may_recompute", "merge", "merged_state_dict", "parameter_report", "route",
            "trainable_parameters", "unmerge"]

@@ -335,7 +335,8 @@ class Router:
                     f"{layer_name}: backward is recomputing a checkpointed forward, but no route scope saw that "
                     f"forward's tensors, so the task of its rows is unknown (the adapters serve {self.tasks}). "
                     "Saved-tensor hooks opened inside a `with mtl_lora_vl.route(...)` block (save_on_cpu, ...) "
-                    "hide the route's: open them outside it, or run the checkpointed forward inside a route scope"
+                    "hide the route's: open them outside it, or run the checkpointed forward inside a route scope "
+                    "(one opened with recompute=True, the default)"
                 )
             raise RoutingError(
                 f"{layer_name}: the adapters serve {len(self.tasks)} tasks {self.tasks} but no task was "

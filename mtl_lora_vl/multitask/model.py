@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..adapters.attach import attach_info
 from ..adapters.routing import Route, Router
-from ..adapters.scopes import route
+from ..adapters.scopes import may_recompute, route
 from ..data.loader import task_views
 from ..distributed import DistInfo, gather_with_grad
 
@@ -45,6 +45,9 @@ class MultiTaskModel(nn.Module):
         self.kinds = kinds
         self.ranks: DistInfo | None = None   # DDP: gather cross_rank_fields kinds' rows (the trainer sets it)
         self.router: Router = attach_info(backbone.model).router  # routes go straight to it: no module walk
+        # Whether a forward may be recomputed (activation checkpointing): routes without it skip the saved-tensor
+        # hooks that carry a route into recomputation. Checked by train(), which walks the modules anyway.
+        self.recompute = True
 
     def _route(self, batch: dict, segments_key: str, rows: Tensor | None = None) -> Route:
         """The route of one tower pass: the loader's segments, or (hand-made batches) the ids themselves."""
@@ -63,12 +66,12 @@ class MultiTaskModel(nn.Module):
         if "lm" in batch:
             return self._forward_lm(batch)
         bb = self.backbone
-        with route(self.router, self._route(batch, "segments")):
+        with route(self.router, self._route(batch, "segments"), recompute=self.recompute):
             image_emb = bb.encode_image(batch["images"])
         text_emb = None
         text_rows = batch["text_rows"]
         if text_rows.numel():
-            with route(self.router, self._route(batch, "text_segments", text_rows)):
+            with route(self.router, self._route(batch, "text_segments", text_rows), recompute=self.recompute):
                 text_emb = bb.encode_text(batch["tokens"][text_rows])
         losses: dict[str, Tensor] = {}
         total = image_emb.new_zeros((), dtype=torch.float32)
@@ -77,7 +80,7 @@ class MultiTaskModel(nn.Module):
             img, t = image_emb[rows["rows"]], text_emb[rows["text_index"]] if kind.uses_text else None
             if kind.cross_rank_fields and self.ranks is not None:
                 img, t, rows = self._every_rank(kind, img, t, rows)
-            with route(self.router, name):  # for kinds that run the model again (captioning's decoder)
+            with route(self.router, name, recompute=self.recompute):  # kinds that run the model again (CoCa's decoder)
                 loss = kind.loss(self.heads[name], bb, rows, img, t).float()
             losses[name] = loss
             total = total + kind.spec.loss_weight * loss
@@ -94,7 +97,7 @@ class MultiTaskModel(nn.Module):
     def _forward_lm(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         """Generative path: one routed ``lm_loss`` call for all rows, then each task's loss on its rows."""
         bb, lm = self.backbone, batch["lm"]
-        with route(self.router, self._route(batch, "segments")):
+        with route(self.router, self._route(batch, "segments"), recompute=self.recompute):
             row_loss = bb.lm_loss(batch["images"], lm["input_ids"], lm["attention_mask"], lm["labels"],
                                   first_label=batch.get("lm_first_label"))
         losses: dict[str, Tensor] = {}
@@ -117,6 +120,7 @@ class MultiTaskModel(nn.Module):
                 if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats \
                         and not any(p.requires_grad for p in m.parameters(recurse=False)):
                     m.eval()
+            self.recompute = may_recompute(self.model)
         return self
 
     def trainable_state(self) -> dict[str, Tensor]:
