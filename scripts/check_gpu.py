@@ -155,7 +155,9 @@ def check_mixed_loss(device: str, dtype_name: str) -> dict:
 
 
 def peak_mb(device: str) -> float | None:
-    return torch.cuda.max_memory_allocated() / 2**20 if torch.device(device).type == "cuda" else None
+    """CUDA peak memory of ``device`` itself (``cuda:N``), not of the current device; None off CUDA."""
+    d = torch.device(device)
+    return torch.cuda.max_memory_allocated(d) / 2**20 if d.type == "cuda" else None
 
 
 def check_grad_checkpointing(device: str) -> dict:
@@ -172,11 +174,11 @@ def check_grad_checkpointing(device: str) -> dict:
 
     cuda = torch.device(device).type == "cuda"
     if cuda:
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)
     plain = grads(False)
     peak_plain = peak_mb(device)
     if cuda:
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)
     ckpt = grads(True)
     diff = max(float((a - c).abs().max()) for a, c in zip(plain, ckpt) if a is not None)
     return {"max_abs_grad_diff": diff, "peak_plain_mb": peak_plain, "peak_ckpt_mb": peak_mb(device),

@@ -101,3 +101,14 @@ def test_check_gpu_runs_its_checks_on_the_cpu_and_fails_a_wrong_route(tmp_path, 
     monkeypatch.setattr(check_gpu.mlv, "route", lambda model, ids: route(model, ids[0] if isinstance(ids, list) else ids))
     assert check_gpu.main(["--device", "cpu", "--only", "llava_mixed_loss_fp32,clip_mixed_route_fp32"]) == 1
     assert capsys.readouterr().out.count("FAIL") == 2
+
+
+def test_check_gpu_reads_the_peak_memory_of_the_device_it_checks(monkeypatch):
+    """``--device cuda:1``: peak memory is cuda:1's, not the current device's (cuda:0 unless set)."""
+    import torch
+
+    check_gpu = _script("check_gpu")
+    asked = []
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: asked.append(device) or 2**21)
+    assert check_gpu.peak_mb("cuda:1") == 2.0 and asked == [torch.device("cuda:1")]
+    assert check_gpu.peak_mb("cpu") is None and len(asked) == 1
