@@ -21,9 +21,11 @@ would add a device-to-host read per step on a GPU, which is not routing's cost.
     python scripts/bench_adapters.py --case llava --vision-layers 4 --lm-layers 4 --lm-width 512 \
         --repeats 30 --steps-per-round 3                                # a smaller model: short steps
     python scripts/bench_adapters.py --case llava --device cuda --precision bf16   # bf16 base + autocast
+    python scripts/bench_adapters.py --case llava --vision-width 64 --lm-width 64 --vocab 1000 --threads 1 \
+        --repeats 15 --steps-per-round 5     # host-bound, as a GPU at these sizes: what the Python costs
 
-The LLaVA case (random init, no download: a CLIP vision tower of ViT-B/32 width, 224 px and patch 32, with
-``--vision-layers`` layers, and a Llama language model of ``--lm-layers`` x ``--lm-width``; the defaults, a
+The LLaVA case (random init, no download: a CLIP vision tower of ``--vision-width`` (768, ViT-B/32's), 224 px and
+patch 32, with ``--vision-layers`` layers, and a Llama language model of ``--lm-layers`` x ``--lm-width``; the defaults, a
 ViT-B/32-sized tower and an 8 x 1024 Llama, step in 1.5 s on two CPU cores -- on a GPU add e.g. ``--vocab 32000
 --batch-size 16``) compares mixed-task MTL-LoRA steps with our ``lora`` and
 PEFT LoRA on one adapter (same rank and targets), each also with activation checkpointing, and two controls:
@@ -370,7 +372,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--n-up", type=int, default=3)
     ap.add_argument("--vision-layers", type=int, default=12,
-                    help="llava: CLIP vision layers (width 768; 12 = ViT-B/32)")
+                    help="llava: CLIP vision layers (12 = ViT-B/32's)")
     ap.add_argument("--vision-width", type=int, default=768,
                     help="llava: CLIP vision width (768 = ViT-B/32; small widths with --lm-width 64 make a CPU step "
                          "host-bound, as a GPU's: what each case's Python and operator count cost)")

@@ -97,13 +97,13 @@ CHECKPOINT_FLAGS = ("gradient_checkpointing", "grad_checkpointing")
 
 
 def may_recompute(model: nn.Module) -> bool:
-    """Whether any module of ``model`` has activation checkpointing switched on (:data:`CHECKPOINT_FLAGS` set to
-    True, or torch's ``checkpoint_wrapper``): its forward may be recomputed in backward, so its route scopes need
+    """Whether any module of ``model`` has activation checkpointing switched on (one of :data:`CHECKPOINT_FLAGS`
+    set, or torch's ``checkpoint_wrapper``): its forward may be recomputed in backward, so its route scopes need
     their hooks (``route(..., recompute=...)``). A walk over every module: ask once (the trainer asks when it puts
     the model in training mode), not per step. A forward that calls ``torch.utils.checkpoint`` itself is not seen."""
     for m in model.modules():
         d = m.__dict__
-        if any(d.get(f) is True for f in CHECKPOINT_FLAGS) or type(m).__name__ == "CheckpointWrapper":
+        if any(d.get(f) for f in CHECKPOINT_FLAGS) or type(m).__name__ == "CheckpointWrapper":
             return True
     return False
 
