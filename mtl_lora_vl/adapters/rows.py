@@ -325,9 +325,9 @@ class _MTLRowsUpdate(torch.autograd.Function):
             pi = mixture(w, tau)
             _mtl_add_(out, z, mtl_matrices(pi, B, lam).to(z.dtype), tasks, n_batch, scale)
         ctx.mark_dirty(out)
-        one, ctx.plan = isinstance(tasks, int), (tasks if isinstance(tasks, tuple) else None)
-        ctx.save_for_backward(z, pi, lam, B, None if one or ctx.plan is not None else tasks, w_all, lam_all)
-        ctx.task = tasks if one else None
+        per_sample = isinstance(tasks, torch.Tensor)   # else one task's row (int) or a plan (tuple): host values
+        ctx.save_for_backward(z, pi, lam, B, tasks if per_sample else None, w_all, lam_all)
+        ctx.tasks = None if per_sample else tasks
         ctx.present = present  # None, a slice or an index tensor of task rows (never written to)
         ctx.n_batch, ctx.scale, ctx.tau, ctx.shapes = n_batch, scale, tau, shapes
         return out
@@ -339,15 +339,15 @@ class _MTLRowsUpdate(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, g):
-        z, pi, lam, B, tasks, w_all, lam_all = ctx.saved_tensors
-        t, n_batch, scale, present = ctx.task, ctx.n_batch, ctx.scale, ctx.present
+        z, pi, lam, B, per_sample, w_all, lam_all = ctx.saved_tensors
+        tasks = per_sample if ctx.tasks is None else ctx.tasks
+        n_batch, scale, present = ctx.n_batch, ctx.scale, ctx.present
         if torch.is_grad_enabled():  # create_graph: π and Λ formed again from the parameters, so that a second
             lam = None if lam is None else _pick(lam_all, present)  # derivative reaches w and Λ through them
             pi = mixture(_pick(w_all, present), ctx.tau)
         need_z, need_w, need_lam, need_b = (ctx.needs_input_grad[i] for i in (1, 2, 3, 4))
         Bbar, M = _mtl_parts(pi, B, lam)
-        gz, gM = _mtl_rows_grads(g, z, M.to(z.dtype), t if t is not None else ctx.plan if ctx.plan is not None else tasks,
-                                 n_batch, scale, need_z)
+        gz, gM = _mtl_rows_grads(g, z, M.to(z.dtype), tasks, n_batch, scale, need_z)
         gM = gM.to(B.dtype)
         glam = None
         if lam is None:
