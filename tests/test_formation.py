@@ -362,3 +362,26 @@ def test_frozen_adapters_still_pass_the_inputs_gradient():
                 m(xs).square().sum().backward()
             got.append(xs.grad)
         torch.testing.assert_close(*got)
+
+
+def test_adapter_tensors_held_as_plain_attributes_still_form_together():
+    """A wrapper that takes the parameters out of ``_parameters`` and sets tensors as attributes (FSDP1's flat
+    parameters do) leaves formation reading them by attribute: the same loss and gradients as the per-layer path."""
+    model, per_layer = _pair()
+    inputs = _inputs("llava")
+    plain = {}
+    for i, bank in enumerate(_banks(model)):
+        for name in [("lora_w", "lora_lambda", "lora_B"), ("lora_lambda",), ("lora_B",)][i % 3]:   # or some of them
+            p = bank._parameters.pop(name)
+            setattr(bank, name, p.detach().clone().requires_grad_(True))
+            plain[bank.layer_name, name] = getattr(bank, name)
+    for _ in range(2):
+        with mlv.route(model, MIXED):
+            loss = model(**inputs).logits.square().mean()
+        loss.backward()
+        want = _step(per_layer, "llava", inputs, MIXED)
+        torch.testing.assert_close(loss.detach(), want[0])
+    want = {(b.layer_name, n): getattr(b, n).grad for b in _banks(per_layer) for n in ("lora_w", "lora_lambda", "lora_B")}
+    assert len(plain) > len(_banks(model))
+    for key, t in plain.items():   # two steps' gradients accumulated in the attributes
+        torch.testing.assert_close(t.grad, 2 * want[key])

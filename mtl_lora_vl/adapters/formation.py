@@ -41,9 +41,10 @@ def _params(bank: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
     """(w, Λ or None, B), read from the module's parameter dict (``nn.Module.__getattr__`` costs 0.6 µs a name,
     read here on every forward of every layer); by attribute where they are not registered parameters."""
     ps = bank._parameters
-    if "lora_w" in ps and "lora_B" in ps:
-        return ps["lora_w"], ps.get("lora_lambda"), ps["lora_B"]
-    return bank.lora_w, getattr(bank, "lora_lambda", None), bank.lora_B
+    w, lam, B = ps.get("lora_w"), ps.get("lora_lambda"), ps.get("lora_B")
+    if w is None or B is None or (lam is None and bank.lambda_type != "none"):
+        return bank.lora_w, getattr(bank, "lora_lambda", None), bank.lora_B
+    return w, lam, B
 
 
 def _versions(params: tuple[torch.Tensor | None, ...]) -> tuple[tuple[int, int], ...]:
