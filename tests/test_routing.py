@@ -241,6 +241,20 @@ def test_may_recompute_sees_each_familys_checkpointing_switch(family):
     assert not mlv.may_recompute(_net(reentrant=False))   # a forward calling torch's checkpoint itself: not seen
 
 
+def test_may_recompute_follows_the_trainers_switch_on_a_llava():
+    """The trainer's ``--grad-checkpointing`` on a Hugging Face VLM (transformers 5's activation_checkpointing_*)."""
+    from conftest import tiny_llava
+
+    from mtl_lora_vl.backbones.hf import hf_grad_checkpointing
+
+    model = tiny_llava()
+    assert not mlv.may_recompute(model)
+    hf_grad_checkpointing(model, True)
+    assert mlv.may_recompute(model)
+    hf_grad_checkpointing(model, False)
+    assert not mlv.may_recompute(model)
+
+
 @pytest.mark.parametrize("reentrant", [True, False])
 def test_a_replay_route_is_never_reused_by_a_later_backward(reentrant):
     """The route armed by one backward pass is not read by the next one's recomputation: a one-task
