@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import tiny_hf_clip, tiny_open_clip
+from conftest import tiny_hf_clip, tiny_llava, tiny_open_clip
 from torch import nn
 from torch.optim import optimizer as optim_module
 from torch.utils.checkpoint import checkpoint
@@ -243,8 +243,6 @@ def test_may_recompute_sees_each_familys_checkpointing_switch(family):
 
 def test_may_recompute_follows_the_trainers_switch_on_a_llava():
     """The trainer's ``--grad-checkpointing`` on a Hugging Face VLM (transformers 5's activation_checkpointing_*)."""
-    from conftest import tiny_llava
-
     from mtl_lora_vl.backbones.hf import hf_grad_checkpointing
 
     model = tiny_llava()
