@@ -35,6 +35,10 @@ def update_rows(out: torch.Tensor, z: torch.Tensor, M: torch.Tensor, plan: tuple
     if not out.is_contiguous() or out._is_view():
         out = out.clone(memory_format=torch.contiguous_format)
     if torch.is_grad_enabled() and (out.requires_grad or z.requires_grad or M.requires_grad):
+        if plan is WHOLE_BATCH and not cols and out.dim() == 2:
+            # One matrix for every row: autograd's own in-place addmm_, which keeps what the node below keeps (z, M)
+            # without a Python node's cost in forward and backward (~30 us a layer: a tenth of a host-bound step).
+            return out.addmm_(z.reshape(-1, z.shape[-1]), M[0].t(), alpha=scale)
         return _TaskRowsUpdate.apply(out, z, M, plan, cols, n_batch, scale)
     return _rows_add_(out, z, M, plan, cols, n_batch, scale)
 
