@@ -89,6 +89,10 @@ def test_wrapping_a_base_model_attaches_and_forward_routes():
             wrapped(**inp, tasks=ids, adapter_names=ids)
         with pytest.raises(mlv.RoutingError, match="no task was given"):
             wrapped(**inp)
+    top = torch._C._autograd._top_saved_tensors_default_hooks
+    for recompute in (True, False):   # the wrapper's route scope passes recompute on: hooks, or none
+        with wrapped.route(ids, recompute=recompute):
+            assert (top(False) is not None) is recompute
 
 
 def test_generate_routes_each_row():

@@ -241,6 +241,15 @@ def test_may_recompute_sees_each_familys_checkpointing_switch(family):
     assert not mlv.may_recompute(_net(reentrant=False))   # a forward calling torch's checkpoint itself: not seen
 
 
+def test_may_recompute_sees_torchs_checkpoint_wrapper():
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    net = _net()
+    assert not mlv.may_recompute(net)
+    net.blocks[1] = checkpoint_wrapper(net.blocks[1])   # as apply_activation_checkpointing wraps a block
+    assert mlv.may_recompute(net)
+
+
 def test_may_recompute_follows_the_trainers_switch_on_a_llava():
     """The trainer's ``--grad-checkpointing`` on a Hugging Face VLM (transformers 5's activation_checkpointing_*)."""
     from mtl_lora_vl.backbones.hf import hf_grad_checkpointing

@@ -46,7 +46,7 @@ class MultiTaskModel(nn.Module):
         self.ranks: DistInfo | None = None   # DDP: gather cross_rank_fields kinds' rows (the trainer sets it)
         self.router: Router = attach_info(backbone.model).router  # routes go straight to it: no module walk
         # Whether a forward may be recomputed (activation checkpointing): routes without it skip the saved-tensor
-        # hooks that carry a route into recomputation. Checked by train(), which walks the modules anyway.
+        # hooks that carry a route into recomputation. Checked by train() (a walk over the modules, once per call).
         self.recompute = True
 
     def _route(self, batch: dict, segments_key: str, rows: Tensor | None = None) -> Route:
