@@ -24,6 +24,7 @@ from vl_tiny import tiny_backbone
 
 import mtl_lora_vl.data.seeding as seeding
 import mtl_lora_vl.training.checkpoint as checkpoint
+import mtl_lora_vl.training.train as train_module
 from mtl_lora_vl.backbones import builtin_dir
 from mtl_lora_vl.cli import train_main
 from mtl_lora_vl.data.loader import MultiTaskLoader
@@ -98,8 +99,12 @@ def test_resumed_run_with_workers_equals_the_uninterrupted_one(straight, tmp_pat
     assert set(state["rng_state"]) == {"python", "numpy", "torch", "cuda"}
     read, reads = checkpoint._read, []
     monkeypatch.setattr(checkpoint, "_read", lambda path: reads.append(path.name) or read(path))
+    restore, devices = train_module.restore_training_state, []
+    monkeypatch.setattr(train_module, "restore_training_state",
+                        lambda *a, **k: devices.append(k.get("device")) or restore(*a, **k))
     resumed = resume_copy(snapshot, tmp_path)
     assert reads.count(checkpoint.CHECKPOINT_NAME) == 1   # read once at start-up (it was read twice)
+    assert devices == [torch.device("cpu")]               # the device a GPU stream would be restored onto
     a, b = adapter_tensors(full), adapter_tensors(resumed)
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=0, rtol=0, msg=k)
@@ -107,7 +112,7 @@ def test_resumed_run_with_workers_equals_the_uninterrupted_one(straight, tmp_pat
     assert [r["step"] for r in losses(full)] == [2, 4, 6, 8]
 
 
-def _torch_state_only(state):
+def _torch_state_only(state, device=None):
     torch.set_rng_state(state["torch"])
 
 
@@ -120,7 +125,7 @@ def test_resume_without_each_piece_of_state_differs(straight, tmp_path, monkeypa
     if dropped == "python_numpy_state":
         monkeypatch.setattr(checkpoint, "set_rng_state", _torch_state_only)
     elif dropped == "torch_state":
-        monkeypatch.setattr(checkpoint, "set_rng_state", lambda s: set_rng_state({**s, "torch": torch.get_rng_state()}))
+        monkeypatch.setattr(checkpoint, "set_rng_state", lambda s, d=None: set_rng_state({**s, "torch": torch.get_rng_state()}, d))
     else:  # rows drawn from the workers' running streams, as a plain DataLoader does
         monkeypatch.setattr(seeding, "seed_global_rngs", lambda key: None)
     assert not same_run(full, resume_copy(snapshot, tmp_path))
@@ -200,6 +205,81 @@ def test_preserved_rng_puts_every_generator_back():
     assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
 
 
+class FakeCuda:
+    """torch.cuda's generator calls over ``n`` pretend devices (each state a one-element tensor), so the CUDA
+    branches of .rng run on a CPU; ``made`` says whether CUDA has been initialised."""
+
+    def __init__(self, monkeypatch, n: int, made: bool = True, current: int = 0):
+        self.states = {i: torch.tensor([100 + i]) for i in range(n)}
+        self.made, self.current, self.seeded = made, current, []
+        for name, fn in {"is_available": lambda: True, "is_initialized": lambda: self.made,
+                         "device_count": lambda: len(self.states), "current_device": lambda: self.current,
+                         "get_rng_state": lambda i: self.states[i].clone(),
+                         "get_rng_state_all": lambda: [self.states[i].clone() for i in range(n)],
+                         "set_rng_state": self._set, "manual_seed_all": self._seed_all}.items():
+            monkeypatch.setattr(torch.cuda, name, fn)
+
+    def _set(self, state, i):
+        self.states[i] = state.clone()
+
+    def _seed_all(self, seed):
+        self.seeded.append(seed)
+        self.states = {i: torch.tensor([seed]) for i in self.states}
+
+
+def test_a_checkpoint_keeps_its_own_gpu_stream_and_a_resume_puts_it_on_the_gpu_it_trains_on(monkeypatch, tmp_path):
+    """Rank 1 saw two GPUs and trained on cuda:1; resumed where each rank sees one GPU (CUDA_VISIBLE_DEVICES), it
+    trains on cuda:0. The states were saved and restored by device number: cuda:0 got the untouched device's
+    stream, not the one rank 1 drew dropout from."""
+    cuda = FakeCuda(monkeypatch, 2)
+    cuda.states[1] = torch.tensor([7])       # where rank 1's stream stood
+    checkpoint.save_rank_state(tmp_path, 1, 4, {}, torch.device("cuda", 1))
+    saved = checkpoint._rank_state(tmp_path, 1, 4)["rng_state"]
+    assert saved["cuda"] == [] and torch.equal(saved["cuda_own"], torch.tensor([7]))
+    cuda.states = {0: torch.tensor([0])}
+    set_rng_state(saved, torch.device("cuda", 0))
+    assert cuda.states == {0: torch.tensor([7])}
+    set_rng_state(saved)                     # on a CPU: nothing of a GPU to restore
+    assert cuda.states == {0: torch.tensor([7])}
+    before = {i: s.clone() for i, s in cuda.states.items()}   # a checkpoint of version 2's first form: by number
+    set_rng_state({**saved, "cuda_own": None, "cuda": [torch.tensor([5])]}, torch.device("cuda", 0))
+    assert cuda.states == {0: torch.tensor([5])} and before != cuda.states
+
+
+def test_training_saves_and_restores_each_ranks_gpu_stream_on_the_device_it_trains_on(monkeypatch, tmp_path):
+    """The trainer's save and resume pass the rank's device on (rank 0's checkpoint.pt and rank 1's rank file)."""
+    from types import SimpleNamespace
+
+    cuda = FakeCuda(monkeypatch, 2)
+    stub = SimpleNamespace(trainable_state=dict, state_dict=dict, load_trainable_state=lambda s: None,
+                           load_state_dict=lambda s: None)
+    for rank in (0, 1):
+        cuda.states = {0: torch.tensor([10]), 1: torch.tensor([11])}
+        info = DistInfo(rank=rank, device=torch.device("cuda", rank))
+        checkpoint.save_training_checkpoint(tmp_path / str(rank), stub, stub, stub, checkpoint.Progress(step=3), info)
+        cuda.states = {0: torch.tensor([0])}          # resumed with one GPU visible per rank
+        state = checkpoint.load_checkpoint(tmp_path / "0")   # rank 1 finds its own state in its rank file
+        checkpoint.restore_training_state(state, stub, stub, stub, run_dir=tmp_path / str(rank), rank=rank,
+                                          device=torch.device("cuda", 0))
+        assert cuda.states == {0: torch.tensor([10 + rank])}, rank
+
+
+def test_preserved_rng_puts_back_the_gpu_generators_it_brought_into_being(monkeypatch):
+    """train() seeds every generator; a caller that had not used CUDA found its CUDA generators as training
+    left them, not at the seed they would have started from."""
+    cuda = FakeCuda(monkeypatch, 2, made=False)
+    torch.manual_seed(11)
+    with preserved_rng():
+        cuda.made = True                      # training made the GPU context, seeded and drew
+        torch.manual_seed(3)
+        cuda.states[0] = torch.tensor([99])
+    assert cuda.states == {0: torch.tensor([11]), 1: torch.tensor([11])}
+    cuda.seeded.clear()
+    with preserved_rng():                     # live on entry: restored, not reseeded
+        cuda.states[1] = torch.tensor([42])
+    assert cuda.states == {0: torch.tensor([11]), 1: torch.tensor([11])} and cuda.seeded == []
+
+
 def test_rank_file_keeps_the_last_two_steps_and_restores_by_step(tmp_path):
     for step in (3, 6, 9):
         torch.manual_seed(step)
@@ -247,8 +327,6 @@ def test_a_sharded_evaluation_scope_shards_only_its_own_thread():
 def test_sigterm_during_a_step_finishes_it_saves_and_resumes_exactly(straight, tmp_path, monkeypatch, at_step):
     """SIGTERM arrives after the step's batch is drawn: the step completes before the checkpoint, so the
     saved loader is not a batch ahead of the saved step (which made --resume run out of batches)."""
-    import mtl_lora_vl.training.train as train_module
-
     full, _ = straight
     run = tmp_path / "stopped"
     with monkeypatch.context() as mp:

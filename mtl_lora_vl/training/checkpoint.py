@@ -10,7 +10,7 @@ rank 0) is one ``torch.save`` file of tensors and plain values, loaded with ``we
     sampler             the multi-task sampler after the consumed batches (the same on every rank)
     log_window          losses logged since the last metrics row
     world_size          processes of the run
-    rng_state           rank 0's generators: python, numpy, torch (CPU), cuda (every device); see .rng
+    rng_state           rank 0's generators: python, numpy, torch (CPU), cuda_own (its GPU's); see .rng
     rng                 rank 0's torch CPU generator alone (what version 1 saved and reads)
     bad_streak          skipped (non-finite) steps in a row up to ``step``
     replaced_images     training rows given a substitute image so far, per task, summed over ranks
@@ -106,12 +106,14 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
 
 
 def training_state(model: MultiTaskModel, optim: Optimization, loader: MultiTaskLoader, progress: Progress,
-                   world_size: int = 1, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+                   world_size: int = 1, inputs: dict[str, Any] | None = None,
+                   device: torch.device | None = None) -> dict[str, Any]:
     """Everything ``--resume`` needs to continue exactly (rank 0's part; see the module docstring).
-    ``inputs``: the digests of what the run reads (``Setup.inputs``) and its options, which a resume checks."""
+    ``inputs``: the digests of what the run reads (``Setup.inputs``) and its options, which a resume checks;
+    ``device``: the device rank 0 trains on (a GPU's generator is saved as that process's own)."""
     return {"checkpoint_version": CHECKPOINT_VERSION, "step": progress.step, "trainable": model.trainable_state(),
             **optim.state_dict(), "sampler": loader.state_dict(), "log_window": progress.log_window,
-            "world_size": world_size, "rng_state": rng_state(), "rng": torch.get_rng_state(),
+            "world_size": world_size, "rng_state": rng_state(device), "rng": torch.get_rng_state(),
             "bad_streak": progress.bad_streak, "replaced_images": dict(progress.replaced),
             "scaler_skips": list(progress.scaler_skips),
             **(inputs or {})}
@@ -180,8 +182,10 @@ def check_moves_checkable(saved: dict[str, Any], moved: dict[str, str], setup: S
             "folder(s) back where config.json names them to continue, or start a new run")
 
 
-def save_rank_state(run_dir: str | Path, rank: int, step: int, log_window: dict[str, list[float]]) -> Path:
-    """Add this process's generators and loss window at ``step`` to its rank file (keeping the last two steps)."""
+def save_rank_state(run_dir: str | Path, rank: int, step: int, log_window: dict[str, list[float]],
+                    device: torch.device | None = None) -> Path:
+    """Add this process's generators (``device``: the one it trains on) and loss window at ``step`` to its rank
+    file (keeping the last two steps)."""
     path = rank_file(run_dir, rank)
     states: dict[int, Any] = {}
     if path.is_file():
@@ -189,7 +193,7 @@ def save_rank_state(run_dir: str | Path, rank: int, step: int, log_window: dict[
             states = {int(s): v for s, v in _read(path)["states"].items() if int(s) < step}
         except (CheckpointError, KeyError, TypeError, ValueError, AttributeError):
             states = {}
-    states[step] = {"rng_state": rng_state(), "log_window": log_window}
+    states[step] = {"rng_state": rng_state(device), "log_window": log_window}
     keep = sorted(states)[-_KEEP:]
     doc = {"checkpoint_version": CHECKPOINT_VERSION, "rank": rank, "states": {s: states[s] for s in keep}}
     with atomic_file(path, overwrite=True, what="save_checkpoint") as tmp:
@@ -204,10 +208,10 @@ def save_training_checkpoint(run_dir: str | Path, model: MultiTaskModel, optim: 
     once every rank file holds ``step``. Every rank calls it at the same step (periodic saves, the end, and a
     stop: the loop agrees on stopping across ranks before it saves)."""
     if not info.is_main:
-        save_rank_state(run_dir, info.rank, progress.step, progress.log_window)
+        save_rank_state(run_dir, info.rank, progress.step, progress.log_window, info.device)
     barrier(info)
     if info.is_main:
-        save_checkpoint(training_state(model, optim, loader, progress, info.world_size, inputs), run_dir)
+        save_checkpoint(training_state(model, optim, loader, progress, info.world_size, inputs, info.device), run_dir)
 
 
 def _rank_state(run_dir: str | Path | None, rank: int, step: int) -> dict[str, Any] | None:
@@ -223,9 +227,10 @@ def _rank_state(run_dir: str | Path | None, rank: int, step: int) -> dict[str, A
 
 def restore_training_state(state: dict[str, Any], model: MultiTaskModel, optim: Optimization,
                            loader: MultiTaskLoader, *, run_dir: str | Path | None = None, rank: int = 0,
-                           seed: int = 0) -> Progress:
-    """Put a :func:`training_state` back, and this rank's generators; returns the run's :class:`Progress`
-    with this rank's log window (a checkpoint written before a field was saved gives its default).
+                           seed: int = 0, device: torch.device | None = None) -> Progress:
+    """Put a :func:`training_state` back, and this rank's generators (its saved GPU stream onto ``device``, the
+    GPU it trains on now); returns the run's :class:`Progress` with this rank's log window (a checkpoint
+    written before a field was saved gives its default).
 
     A version-1 checkpoint restores the torch CPU generator alone (what it saved), on every rank. A rank
     whose state for the checkpoint's step is missing (the run was killed between the rank files and
@@ -241,7 +246,7 @@ def restore_training_state(state: dict[str, Any], model: MultiTaskModel, optim: 
     if "rng_state" not in state:          # version 1
         torch.set_rng_state(state["rng"])
     elif rank == 0:
-        set_rng_state(state["rng_state"])
+        set_rng_state(state["rng_state"], device)
     else:
         mine = _rank_state(run_dir, rank, step)
         if mine is None:
@@ -250,7 +255,7 @@ def restore_training_state(state: dict[str, Any], model: MultiTaskModel, optim: 
                           "generators, so the resumed run will not repeat an uninterrupted one exactly")
             seed_rank(seed, rank, step)
         else:
-            set_rng_state(mine["rng_state"])
+            set_rng_state(mine["rng_state"], device)
             log_window = mine["log_window"]
     replaced = {str(t): int(n) for t, n in state.get("replaced_images", {}).items()}
     skips = tuple(int(n) for n in state.get("scaler_skips", (0, 0)))

@@ -300,7 +300,8 @@ def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> Progress:
     Returns where the run stands (step, loss window, bad-step streak, replaced-image counts)."""
     saved, run.saved = run.saved or load_checkpoint(run.dir), None
     at = restore_training_state(saved, run.setup.model, optim, loader,
-                                run_dir=run.dir, rank=run.info.rank, seed=run.opts.seed)
+                                run_dir=run.dir, rank=run.info.rank, seed=run.opts.seed,
+                                device=run.info.device)
     if run.info.is_main:
         truncate_metrics(run.dir / "metrics.jsonl", at.step)
         for key, folder in record_moved_folders(run.dir, run.opts).items():   # checked and restored: recorded
