@@ -316,6 +316,26 @@ def test_fp16_steps_the_loss_scaler_skips_are_counted_and_a_scale_below_1_stops(
         step_mod.check_loss_scale(optim, 3, tmp_path)
 
 
+def test_an_fp16_optimizer_step_reads_the_loss_scale_once(monkeypatch, tmp_path):
+    """Reading the scale waits for the GPU; the step read it before and after its update (and the log row and
+    the stop check read it again): now once, after the update, which the others reuse."""
+    import mtl_lora_vl.training.step as step_mod
+
+    net, optim, batches = _nan_gradient_step(monkeypatch, torch.amp.GradScaler("cpu", init_scale=4.0))
+    reads = []
+    get_scale = optim.scaler.get_scale
+    monkeypatch.setattr(optim.scaler, "get_scale", lambda: reads.append(1) or get_scale())
+    skips = step_mod.ScalerSkips(optim)
+    for step in range(1, 4):
+        step_mod.forward_backward(net, batches, optim, accumulate=1, backbone=None, amp_dtype=torch.float16,
+                                  info=DistInfo())
+        reads.clear()
+        assert not step_mod.optimizer_step(optim, grad_clip=0.0)
+        step_mod.check_loss_scale(optim, step, tmp_path) if step < 3 else None
+        assert skips.flush()["loss_scale"] == 4.0 / 2 ** step
+        assert len(reads) == (2 if step == 1 else 1), step   # the first, before any step, does not wait
+
+
 def test_vqa_loss_has_no_host_reads_and_equals_the_mean_over_answered_rows():
     from mtl_lora_vl.tasks.vqa import VQAKind
 

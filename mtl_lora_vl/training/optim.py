@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,6 +22,20 @@ class Optimization:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     params: list[nn.Parameter]
+    _scale: float | None = field(default=None, init=False, repr=False)   # loss_scale, read once per step
+
+    @property
+    def loss_scale(self) -> float | None:
+        """fp16's loss scale as of the last :meth:`read_loss_scale` (None without loss scaling). Reading the
+        scaler's scale waits for the GPU, so the step reads it once (after its update) and the rest asks here."""
+        if self._scale is None:
+            self.read_loss_scale()
+        return self._scale
+
+    def read_loss_scale(self) -> float | None:
+        """Read the scaler's scale now (a host sync once the scaler has stepped) and keep it as :attr:`loss_scale`."""
+        self._scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        return self._scale
 
     @property
     def lr(self) -> float:
@@ -39,6 +53,7 @@ class Optimization:
         self.scheduler.load_state_dict(state["scheduler"])
         if state["scaler"] or not self.scaler.is_enabled():  # a run saved without loss scaling (fp32, bf16)
             self.scaler.load_state_dict(state["scaler"])     # resumed in fp16 starts its scale afresh
+        self._scale = None
 
 
 def adamw(params: Iterable[Any], **kwargs: Any) -> torch.optim.AdamW:

@@ -85,10 +85,10 @@ def optimizer_step(optim: Optimization, grad_clip: float) -> bool:
     if grad_clip > 0:
         scaler.unscale_(optim.optimizer)
         torch.nn.utils.clip_grad_norm_(optim.params, grad_clip)
-    scale = scaler.get_scale() if scaler.is_enabled() else None
+    scale = optim.loss_scale   # as the last step's update left it: read then, not again
     scaler.step(optim.optimizer)
     scaler.update()
-    if scale is not None and scaler.get_scale() < scale:  # a lowered scale means the scaler skipped the step
+    if scale is not None and optim.read_loss_scale() < scale:  # a lowered scale means the scaler skipped the step
         return False
     optim.scheduler.step()
     return True
@@ -116,7 +116,7 @@ class ScalerSkips:
         """The window's fields for metrics.jsonl (none without fp16 loss scaling)."""
         if not self.optim.scaler.is_enabled():
             return {}
-        row = {"fp16_skipped_steps": self.total - self.logged, "loss_scale": self.optim.scaler.get_scale()}
+        row = {"fp16_skipped_steps": self.total - self.logged, "loss_scale": self.optim.loss_scale}
         self.logged = self.total
         return row
 
@@ -133,7 +133,7 @@ class ScalerSkips:
 def check_loss_scale(optim: Optimization, step: int, run_dir: Path) -> None:
     """Stop an fp16 run whose loss scale fell below 1: its gradients are non-finite at any scale (NaN, not an
     overflow), so every step is skipped and nothing trains -- the scaler alone would go on, silently."""
-    scale = optim.scaler.get_scale() if optim.scaler.is_enabled() else None
+    scale = optim.loss_scale
     if scale is not None and scale < 1.0:
         raise FloatingPointError(
             f"step {step}: fp16 loss scaling has skipped every step since its scale fell to {scale:g} (the gradients "
