@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -232,6 +233,22 @@ def map_shards(fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> R:
     parts: list[Any] = [None] * info.world_size
     dist.all_gather_object(parts, list(part))
     return [x for p in parts for x in p]  # type: ignore[return-value]
+
+
+def node_cores(info: DistInfo) -> tuple[int, int]:
+    """(the cores the ranks on this machine may use between them, how many ranks run here). The cores are the
+    union of those ranks' affinity masks: ranks that share one mask count it once, ranks a launcher pins to
+    cores of their own (srun --cpu-bind) count each. Every rank calls it (a gather) when the run has several."""
+    try:
+        mask = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        mask = list(range(os.cpu_count() or 1))
+    if not info.enabled:
+        return len(mask), max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    parts: list[Any] = [None] * info.world_size
+    dist.all_gather_object(parts, (socket.gethostname(), mask))
+    here = [m for host, m in parts if host == socket.gethostname()]
+    return len({c for m in here for c in m}), len(here)
 
 
 def union_over_shards(values: set[str]) -> set[str]:

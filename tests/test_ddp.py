@@ -307,7 +307,7 @@ def test_ddp_trains_qwen2vl_on_mixed_batches_and_its_sharded_scores_match_one_pr
     specs = ",".join(str(rng_kind.small_spec(tmp_path, n, n_train=16, n_eval=6)) for n in ("vqa", "captioning"))
     proc = torchrun(29541, str(TESTS.parent / "scripts" / "train_vl.py"), "--backbone", f"hf:{folder}",
                     "--tasks", specs, "--steps", "3", "--batch-size", "4", "--warmup", "1", "--eval-batch-size", "4",
-                    "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "run"))
+                    "--device", "cpu", "--out", str(tmp_path / "run"))   # default --workers: the ranks pool their cores
     procs.append(proc)
     finish(proc)
     ddp = json.loads((tmp_path / "run" / "eval.json").read_text())

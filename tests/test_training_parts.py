@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import types
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -447,10 +448,32 @@ def test_default_workers_share_the_usable_cores_among_the_local_ranks(monkeypatc
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
-    assert train_module.default_workers() == 1          # (16 cores - 8 trainers) / 8 ranks
+    assert train_module.default_workers(DistInfo()) == 1          # (16 cores - 8 trainers) / 8 ranks
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)   # 3 usable cores
-    assert train_module.default_workers() == 2
+    assert train_module.default_workers(DistInfo()) == 2
+
+
+def test_default_workers_count_the_cores_of_ranks_pinned_to_their_own(monkeypatch):
+    """A launcher that pins each of 4 ranks to its own 4 cores (srun --cpu-bind) gave each 0 workers: the rank's
+    mask was taken for the whole machine's share, (4 cores - 4 ranks) / 4. The ranks now pool their masks."""
+    import socket
+
+    import mtl_lora_vl.distributed as dist_mod
+
+    host = socket.gethostname()
+    masks = {r: list(range(4 * r, 4 * r + 4)) for r in range(4)}
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(masks[0]), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+
+    def gather(parts, mine, own=masks):
+        assert mine == (host, masks[0])
+        parts[:] = [(host, own[r]) for r in range(4)] + [("other-node", list(range(64)))] * 4
+
+    monkeypatch.setattr(dist_mod.dist, "all_gather_object", gather)
+    assert train_module.default_workers(DistInfo(world_size=8)) == 3          # its own 4 cores less its trainer
+    monkeypatch.setattr(dist_mod.dist, "all_gather_object", partial(gather, own={r: masks[0] for r in range(4)}))
+    assert train_module.default_workers(DistInfo(world_size=8)) == 0          # 4 ranks sharing 4 cores
 
 
 def test_evaluation_during_training_uses_the_run_workers(monkeypatch):

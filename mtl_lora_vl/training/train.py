@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -30,6 +29,7 @@ from ..distributed import (
     cleanup,
     init_distributed,
     max_over_ranks,
+    node_cores,
     sharded_evaluation,
 )
 from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, read_eval_splits, write_outputs
@@ -161,7 +161,7 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
             logger.warning("--warmup %d is not shorter than the run's %d steps: the learning rate reaches --lr at "
                            "the last step at best and the cosine decay never starts; lower --warmup", opts.warmup,
                            total_steps)
-        workers = default_workers() if opts.workers < 0 else opts.workers
+        workers = default_workers(info) if opts.workers < 0 else opts.workers
         run = Run(opts, info, run_dir, amp_dtype, setup, total_steps, workers, saved)
         if info.is_main:
             logger.info("%s", describe(run))
@@ -250,14 +250,10 @@ def describe(run: Run) -> str:
             f"projections, {heads_n:,} head parameters, {report['base_frozen']:,} frozen; {where}")
 
 
-def default_workers() -> int:
-    """Loader workers when not given: this rank's share of the cores it may use (affinity mask, not the
-    machine's count) left after one per local rank (torchrun's ``LOCAL_WORLD_SIZE``), at most four."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+def default_workers(info: DistInfo) -> int:
+    """Loader workers when not given: this rank's share of the cores the ranks on this machine may use
+    (their affinity masks, not the machine's count) left after one per rank, at most four."""
+    cores, local = node_cores(info)
     return max(0, min(4, (cores - local) // local))
 
 
