@@ -15,6 +15,7 @@ from llava_tiny import tiny_llava_backbone
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.adapters.generation import expanded_rows, generation_rows
+from mtl_lora_vl.families import family_named
 
 TASKS = ["vqa", "captioning", "classes"]
 PROMPTS = ["question: what colour is the circle? answer:", "caption:", "class:", "how many objects are there? answer:",
@@ -76,6 +77,10 @@ def test_direct_hf_generate_under_route(dirs, family):
     extra = {"token_type_ids": torch.zeros_like(batch["input_ids"])} if bb.prefix_lm else {}
     kw = dict(max_new_tokens=5, num_beams=3, num_return_sequences=2, do_sample=False, pad_token_id=bb.pad_id)
     ids = torch.tensor([2, 0, 1, 0])
+    eos = bb.model.generation_config.eos_token_id
+    # what beam search writes after a row's end: the pad id, or the first end id where the pad id is 0 (Hugging Face
+    # tests `pad_token_id or eos_token_id[0]`)
+    fill = torch.tensor([bb.pad_id, *([eos] if isinstance(eos, int) else eos or [])])
     with mlv.route(bb.model, ids):
         mixed = bb.model.generate(**batch, **extra, pixel_values=images, **kw)
     assert mixed.shape[0] == 8
@@ -86,7 +91,7 @@ def test_direct_hf_generate_under_route(dirs, family):
         got = mixed[2 * r:2 * r + 2, batch["input_ids"].shape[1]:]
         want = alone[:, batch["input_ids"].shape[1]:]
         n = min(got.shape[1], want.shape[1])  # alone may stop earlier; the rest of the mixed rows is padding
-        assert torch.equal(got[:, :n], want[:, :n]) and (got[:, n:] == bb.pad_id).all()
+        assert torch.equal(got[:, :n], want[:, :n]) and torch.isin(got[:, n:], fill).all()
 
 
 @pytest.mark.parametrize("family", ["llava", "paligemma"])
@@ -263,3 +268,23 @@ def test_candidate_scores_train_under_checkpointing_with_backward_outside_the_ro
     torch.testing.assert_close(got.detach(), want, rtol=1e-4, atol=1e-4)
     grads = [b.lora_B.grad for b in bb.model._mtl_lora.layers.values()]
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("kw", [dict(num_beams=2), dict(do_sample=True, num_return_sequences=2)])
+def test_generate_refuses_a_route_of_fewer_ids_than_input_rows_on_vision_only_adapters(dirs, kw):
+    """Adapters on the vision tower only: a route of 2 ids for 4 input rows with 2 beams (or 2 returned sequences)
+    was taken by the tower as 2 rows per id (images 0, 1 under task 0 and 2, 3 under task 1), silently; the
+    language model, which would have refused 8 rows, has no adapters. Refused now, before generating."""
+    bb = tiny_llava_backbone(dirs, "llava")
+    vision = list(family_named("llava").targets["image"])
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=TASKS, r=4, targets={"image": vision}))
+    images, prompts = inputs(bb, 4)
+    batch = bb.lm_collator()(prompts)
+    with mlv.route(bb.model, [0, 1]), pytest.raises(mlv.RoutingError,
+                                                    match="routed 2 task ids but the batch has 4 input rows"):
+        bb.model.generate(**batch, pixel_values=images, max_new_tokens=2, pad_token_id=bb.pad_id, **kw)
+    with mlv.route(bb.model, [0, 1]), pytest.raises(mlv.RoutingError, match="routed 2 task ids but the batch has 4"):
+        bb.generate(images, max_len=2, beam_size=2, prompts=prompts)
+    with mlv.route(bb.model, [0, 1, 2, 1]):   # one id per input row still generates
+        assert bb.model.generate(**batch, pixel_values=images, max_new_tokens=2, pad_token_id=bb.pad_id,
+                                 **kw).shape[0] == 4 * kw.get("num_return_sequences", 1)

@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
-from .routing import find_router
+from .routing import RoutingError, find_router
 from .scopes import route
 
 __all__ = ["RoutedGenerate", "expanded_rows", "generation_rows", "install_routed_generate",
@@ -77,6 +77,21 @@ def _positional(generate: Any, args: tuple) -> dict[str, Any]:
     return dict(zip([p.name for p in params if p.kind in kinds], args))
 
 
+def _check_input_rows(model: nn.Module, given: dict[str, Any]) -> None:
+    """RoutingError unless the call's input rows are as many as the routed ids: inside the call a tower that sees k
+    rows per routed id is routed as beams would be, so a route of B / k ids for B rows (and an image per row)
+    passed the layers of a model adapted in its vision tower only, each image taking another row's task."""
+    info = model.__dict__.get("_mtl_lora")
+    current = None if info is None else info.router.current
+    if current is None or current.batch_size is None or not info.router.active:
+        return
+    rows = next((given[k].shape[0] for k in ("input_ids", "inputs_embeds") if isinstance(given.get(k), Tensor)), None)
+    if rows is not None and rows != current.batch_size:
+        raise RoutingError(
+            f"generate: routed {current.batch_size} task ids but the batch has {rows} input rows; route one id per "
+            "input row (generate repeats each row's id for its beams and returned sequences itself)")
+
+
 class RoutedGenerate:
     """The ``generate`` of an adapted model: the class's own, inside :func:`expanded_rows` for the call's k.
 
@@ -92,12 +107,12 @@ class RoutedGenerate:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         model = self.model
         given = {**_positional(type(model).generate, args), **kwargs}
+        if isinstance(given.get("inputs"), Tensor):
+            given.setdefault("inputs_embeds" if given["inputs"].is_floating_point() else "input_ids", given["inputs"])
+        _check_input_rows(model, given)
         check = getattr(model.__dict__.get("_mtl_lora"), "row_check", None)
         if check is not None:   # generate encodes the images before the prefill (mm_encoder_outputs), so the
-            if given.get("inputs") is not None:   # forward's check sees no pixel values: the call's inputs are checked here
-                given.setdefault("inputs_embeds" if given["inputs"].is_floating_point() else "input_ids",
-                                 given["inputs"])
-            check[1](check[0], (), given)
+            check[1](check[0], (), given)   # forward's check sees no pixel values: the call's inputs are checked here
         was = check is not None and check[1].checked
         try:
             if check is not None:
