@@ -797,3 +797,18 @@ def test_task_heads_score_in_fp32_inside_a_training_steps_autocast():
     _check_fp32_under_autocast(RetrievalHead(100.0), img, txt)
     _check_fp32_under_autocast(ClassifierHead(F.normalize(torch.randn(5, 64), dim=-1), 100.0), img)
     _check_fp32_under_autocast(VQAHead(F.normalize(torch.randn(7, 64), dim=-1), 100.0), img, txt)
+
+
+def test_a_vqa_head_a_user_cast_to_bf16_still_scores():
+    """The head computes its fusion with autocast off, so a head cast to bf16 met fp32 inputs: "mat1 and mat2 must
+    have the same dtype". Its fusion now runs in its own dtype; the scores stay fp32."""
+    torch.manual_seed(0)
+    img, txt = F.normalize(torch.randn(8, 64), dim=-1), F.normalize(torch.randn(8, 64), dim=-1)
+    head = VQAHead(F.normalize(torch.randn(7, 64), dim=-1), 100.0)
+    torch.nn.init.normal_(head.fusion[2].weight, std=0.05)
+    ref = head(img, txt)
+    got = head.to(torch.bfloat16)(img, txt)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head(img.bfloat16(), txt.bfloat16()).dtype == torch.float32
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=0.05, atol=0.5)   # bf16 weights at logit scale 100

@@ -93,7 +93,8 @@ class VQAHead(nn.Module):
     def forward(self, image_emb: Tensor, question_emb: Tensor) -> Tensor:
         img, q = image_emb.float(), question_emb.float()
         with autocast_off(img.device.type):   # fp32 inside a training step's autocast too (as in evaluation)
-            query = (img + self.question_weight * q) + self.fusion(torch.cat([img, q, img * q], dim=-1))
+            fused = torch.cat([img, q, img * q], dim=-1).to(self.fusion[0].weight.dtype)   # a head a user cast
+            query = (img + self.question_weight * q) + self.fusion(fused).float()
             return prompt_scores(query, self.answer_weight, self.logit_scale) + self.bias
 
 
