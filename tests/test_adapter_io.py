@@ -801,3 +801,52 @@ def test_saved_tensor_files_have_the_same_bytes_in_every_process(tmp_path):
     assert list(header["__metadata__"]) == sorted(meta)
     assert read_metadata(tmp_path / "t.safetensors") == meta
     assert torch.equal(load_tensors(tmp_path / "t.safetensors")["b"], torch.ones(3, dtype=torch.float16))
+
+
+# Hand edits and refusals (helper 123)
+def _edited_adapter(tmp_path, edit):
+    """An adapter of a tiny HF CLIP with one head, its config file then changed by ``edit`` (as by hand)."""
+    model = mlv.attach(_fresh(tiny_hf_clip), mlv.MTLLoRAConfig(tasks=["a", "b"], r=4))
+    path = mlv.save_adapter(model, tmp_path / "ad", heads={"a": nn.Linear(16, 3)})
+    doc = json.loads((path / ADAPTER_CONFIG).read_text())
+    edit(doc)
+    (path / ADAPTER_CONFIG).write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize("value", [5, ["/data"], {"dir": "/data"}, ""])
+def test_data_roots_values_that_are_not_folders_are_named_at_load(tmp_path, value):
+    path = _edited_adapter(tmp_path, lambda d: d.__setitem__("data_roots", {"a": value}))
+    with pytest.raises(AdapterFileError, match=r"data_roots.*'a'"):
+        mlv.load_adapter(_fresh(tiny_hf_clip), path)
+
+
+@pytest.mark.parametrize("sample", [["x"] * 4, [[1.0]] * 4, [None] * 4])
+def test_weight_samples_that_are_not_numbers_are_an_adapter_file_error(tmp_path, sample):
+    path = _edited_adapter(tmp_path, lambda d: d["base_model"]["weight_samples"].__setitem__("logit_scale", sample))
+    with pytest.raises(AdapterFileError, match="weight_samples"):
+        mlv.load_adapter(_fresh(tiny_hf_clip), path)
+
+
+def test_a_file_left_out_of_the_files_record_is_still_checked(tmp_path):
+    from mtl_lora_vl.io.tensor_files import save_tensors
+
+    path = _edited_adapter(tmp_path, lambda d: d["files"].pop("heads.safetensors"))
+    save_tensors({"a.weight": torch.zeros(3, 16), "a.bias": torch.zeros(3)}, path / "heads.safetensors",
+                 {"format": "mtl-lora-vl-adapter"})
+    with pytest.raises(AdapterFileError, match="heads.safetensors"):
+        mlv.load_adapter(_fresh(tiny_hf_clip), path, heads={"a": nn.Linear(16, 3)})
+
+
+def test_the_refusal_says_that_overwrite_deletes_the_whole_folder(tmp_path):
+    """PEFT's save_pretrained(DIR) writes its two files into DIR and leaves the rest; here overwrite=True replaces
+    DIR whole. The refusal that tells the user to pass overwrite=True must say so and name what would go."""
+    model = mlv.attach(_fresh(tiny_hf_clip), mlv.MTLLoRAConfig(tasks=["a", "b"], r=4))
+    out = tmp_path / "outputs"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    for call in (lambda: mlv.export_lora(model, "a", out), lambda: mlv.save_adapter(model, out),
+                 lambda: mlv.save_merged(model, "a", out)):
+        with pytest.raises(FileExistsError, match=r"overwrite=True.*everything in it \(notes\.txt\) is deleted"):
+            call()
+    assert (out / "notes.txt").read_text() == "mine"

@@ -381,3 +381,39 @@ def test_fp16_skipped_steps_are_counted_across_a_resume(tmp_path, monkeypatch):
 
     assert skips(tmp_path / "straight")[0] >= 1   # a step before the checkpoint overflowed (at scale 65536)
     assert skips(resumed) == skips(tmp_path / "straight")
+
+
+@pytest.mark.parametrize("damage", ["empty", "half"])
+def test_a_damaged_checkpoint_says_what_to_do(tmp_path, damage):
+    """An empty or half-copied checkpoint.pt said "cannot read the checkpoint (); it may be truncated" (helper 123)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    good = tmp_path / "good.pt"
+    torch.save({"step": 2, "x": torch.zeros(1000)}, good)
+    data = good.read_bytes()
+    (run / "checkpoint.pt").write_bytes(b"" if damage == "empty" else data[: len(data) // 2])
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load_checkpoint(run)
+    msg = str(e.value)
+    assert "checkpoint.pt" in msg and "bytes" in msg          # names the file and what it holds now
+    assert f"--out {run} --overwrite" in msg                   # and the way forward
+    assert "()" not in msg                                     # no empty exception text
+
+
+@builtin_only
+def test_resume_removes_the_temporaries_a_crash_left(tmp_path):
+    """A kill inside save_checkpoint / save_adapter leaves .checkpoint.pt.*.tmp / .adapter.*.tmp/ in the run
+    directory (atomic_file / atomic_dir clean up only on an exception); a resume removes them."""
+    tasks = f"{rng_kind.small_spec(tmp_path, 'vqa')},{rng_kind.small_spec(tmp_path, 'retrieval')}"
+    run = tmp_path / "run"
+    assert train_main(["--tasks", tasks, "--steps", "2", "--batch-size", "8", "--workers", "0", "--warmup", "1",
+                       "--save-every", "2", "--eval-batch-size", "32", "--skip-zero-shot", "--out", str(run)]) == 0
+    shutil.rmtree(run / "adapter")          # killed before the adapter was complete
+    (run / ".checkpoint.pt.k6bil03s.tmp").write_bytes(b"\0" * 1000)
+    (run / ".adapter.k4vgrvt2.tmp").mkdir()
+    (run / ".adapter.k4vgrvt2.tmp" / "heads.safetensors").write_bytes(b"x")
+    (run / ".notes.tmp").write_text("mine")   # not a name the run writes: kept
+    with pytest.warns(UserWarning, match=r"removed 2 unfinished file\(s\) a killed run left"):
+        assert train_main(["--resume", str(run), "--workers", "0"]) == 0
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".notes.tmp"]

@@ -303,8 +303,16 @@ def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
         if not isinstance(doc.get(key) or {}, dict):
             raise AdapterFileError(f"{cfg_file}: the field {key!r} is not an object (task -> ...); the file was "
                                    "edited by hand: fix the field or save the adapter again")
-    if layout.weights not in doc["files"]:
-        raise AdapterFileError(f"{cfg_file}: 'files' does not list {layout.weights}")
+    bad_roots = sorted(t for t, r in (doc.get("data_roots") or {}).items() if not (isinstance(r, str) and r))
+    if bad_roots:
+        raise AdapterFileError(f"{cfg_file}: data_roots of task(s) {bad_roots} must be a folder path (a string), "
+                               f"got {[doc['data_roots'][t] for t in bad_roots]}; fix the field (or remove the "
+                               "task's entry) or save the adapter again")
+    unlisted = [rel for rel in (layout.weights, HEADS_WEIGHTS) if rel not in doc["files"]
+                and (rel == layout.weights or (path / rel).is_file())]
+    if unlisted:
+        raise AdapterFileError(f"{cfg_file}: 'files' does not list {', '.join(unlisted)}, so it cannot be checked; "
+                               "the file was edited by hand: put it back or copy the adapter directory again")
     for rel in [*doc["files"], *(doc.get("task_specs") or {}).values()]:
         if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise AdapterFileError(f"{cfg_file}: file entry {rel!r} must be a path inside the adapter directory")

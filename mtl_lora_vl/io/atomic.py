@@ -49,8 +49,11 @@ def check_target(path: str | Path, *, directory: bool, overwrite: bool = False, 
         if path.exists() and not path.is_dir():
             raise FileExistsError(f"{what}: {path} exists and is a file; choose a directory path")
         if path.is_dir() and any(path.iterdir()) and not overwrite:
+            held = sorted(p.name for p in path.iterdir())
             raise FileExistsError(f"{what}: {path} already exists and is not empty; pass overwrite=True "
-                                  "(--overwrite) to replace it, or choose another path")
+                                  f"(--overwrite) to replace it -- the whole folder: everything in it ({', '.join(held[:5])}"
+                                  f"{', ...' if len(held) > 5 else ''}) is deleted, not only the files {what} writes "
+                                  "-- or choose another path")
         return
     if path.is_dir():
         raise IsADirectoryError(f"{what}: {path} is a directory; choose a file path")

@@ -147,7 +147,9 @@ def _saved_before_separate_qkv(base_model: nn.Module, cfg: MTLLoRAConfig, theirs
 def check_weight_samples(base_model: nn.Module, doc: dict[str, Any], path: Path) -> None:
     """The sampled base weights recorded in an adapter (or plain LoRA) file against ``base_model``'s."""
     recorded = doc["base_model"].get("weight_samples") or {}  # absent in files written before it was recorded
-    if not isinstance(recorded, dict) or not all(isinstance(v, list) for v in recorded.values()):
+    if not isinstance(recorded, dict) or not all(
+            isinstance(v, list) and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+            for v in recorded.values()):
         raise AdapterFileError(f"{path}: base_model.weight_samples is not an object of value lists; the file was "
                                "edited by hand: put it back or save the adapter again")
     params = dict(base_model.named_parameters(remove_duplicate=False))

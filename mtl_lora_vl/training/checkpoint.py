@@ -31,6 +31,7 @@ rank, step) (:mod:`mtl_lora_vl.data.seeding`).
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +86,11 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({e}); it may be truncated") from None
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: cannot read the checkpoint ({path.stat().st_size} bytes: {why}); it is damaged (truncated "
+            "or copied incompletely; a run killed while saving keeps its previous checkpoint.pt whole). Put back a "
+            f"good copy of it, or start the run again with --out {path.parent} --overwrite") from None
 
 
 def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
@@ -260,3 +265,21 @@ def restore_training_state(state: dict[str, Any], model: MultiTaskModel, optim: 
     replaced = {str(t): int(n) for t, n in state.get("replaced_images", {}).items()}
     skips = tuple(int(n) for n in state.get("scaler_skips", (0, 0)))
     return Progress(step, log_window, int(state.get("bad_streak", 0)), replaced, skips)
+
+
+#: What a run directory writes atomically (atomic_file / atomic_dir name their temporaries ``.<name>.*.tmp``).
+_RUN_OUTPUTS = (CHECKPOINT_NAME, "checkpoint-rank*.pt", RUN_ADAPTER_DIR, "config.json", "metrics.jsonl",
+                "eval.json", "report.md")
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Delete the temporaries a run killed while writing left in ``run_dir`` (a ``.checkpoint.pt.*.tmp`` as large
+    as the checkpoint, a ``.adapter.*.tmp/``): nothing reads them, and each kill left another. Returns them."""
+    gone = []
+    for pattern in _RUN_OUTPUTS:
+        for tmp in Path(run_dir).glob(f".{pattern}.*.tmp"):
+            shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
+            gone.append(tmp)
+    if gone:
+        warn_user(f"{run_dir}: removed {len(gone)} unfinished file(s) a killed run left ({', '.join(p.name for p in gone)})")
+    return gone

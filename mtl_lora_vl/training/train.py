@@ -59,6 +59,7 @@ from .checkpoint import (
     check_moves_checkable,
     check_specs_unchanged,
     load_checkpoint,
+    remove_stale_temporaries,
     restore_training_state,
     save_training_checkpoint,
 )
@@ -299,6 +300,7 @@ def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> Progress:
                                 run_dir=run.dir, rank=run.info.rank, seed=run.opts.seed,
                                 device=run.info.device)
     if run.info.is_main:
+        remove_stale_temporaries(run.dir)
         truncate_metrics(run.dir / "metrics.jsonl", at.step)
         for key, folder in record_moved_folders(run.dir, run.opts).items():   # checked and restored: recorded
             logger.info("--resume: the run's --%s moved; %s now records %s", key.replace("_", "-"),
