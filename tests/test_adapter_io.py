@@ -828,6 +828,19 @@ def test_weight_samples_that_are_not_numbers_are_an_adapter_file_error(tmp_path,
         mlv.load_adapter(_fresh(tiny_hf_clip), path)
 
 
+def test_a_shortened_weight_sample_is_an_edit_not_other_weights(tmp_path):
+    """It said "trained on other weights ... [2.6592, 2.6592] here, [2.6592, 2.6592] when it was saved" (helper 123)."""
+    def shorten(doc):
+        samples = doc["base_model"]["weight_samples"]
+        key = max(samples, key=lambda k: len(samples[k]))
+        samples[key] = samples[key][:-1]
+
+    path = _edited_adapter(tmp_path, shorten)
+    with pytest.raises(AdapterFileError, match=r"weight_samples\[.*\] holds \d+ values where the sample has \d+; "
+                                               r"the file was edited by hand"):
+        mlv.load_adapter(_fresh(tiny_hf_clip), path)
+
+
 def test_a_file_left_out_of_the_files_record_is_still_checked(tmp_path):
     from mtl_lora_vl.io.tensor_files import save_tensors
 

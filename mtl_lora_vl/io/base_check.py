@@ -154,6 +154,11 @@ def check_weight_samples(base_model: nn.Module, doc: dict[str, Any], path: Path)
                                "edited by hand: put it back or save the adapter again")
     params = dict(base_model.named_parameters(remove_duplicate=False))
     off = [(k, weight_sample(params[k]), v) for k, v in sorted(recorded.items()) if k in params]
+    short = [k for k, mine, theirs in off if len(mine) != len(theirs)]
+    if short:   # the same weights give as many values: a shortened list is an edit, not other weights
+        raise AdapterFileError(f"{path}: base_model.weight_samples[{short[0]!r}] holds {len(recorded[short[0]])} "
+                               f"values where the sample has {len(weight_sample(params[short[0]]))}; the file was "
+                               "edited by hand: put it back or save the adapter again")
     off = [(k, mine, theirs) for k, mine, theirs in off if not same_weights(mine, theirs)]
     if off:
         k, mine, theirs = off[0]
