@@ -111,7 +111,7 @@ class TrainOptions:
     precision: Precision = _opt("auto", "auto = bf16 on a GPU that supports it, else fp32; with half-precision base weights "
                                       "(--base-dtype, or auto on a GPU), their dtype")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
-    workers: int = _opt(-1, "data loader workers (-1 = choose from the CPU count)", ge=-1)
+    workers: int = _opt(-1, "data loader workers (-1 = this rank's share of its machine's usable cores, at most 4)", ge=-1)
     batch_mode: Literal["mixed", "homogeneous"] = _opt(
         "mixed", "mixed: several tasks per batch; homogeneous: one task per step")
     sampling: Literal["proportional", "temperature", "round_robin"] = _opt("temperature", "how tasks are drawn")
