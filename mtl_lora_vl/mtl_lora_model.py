@@ -148,7 +148,8 @@ class MTLLoRAModel(nn.Module):
                           "kinds=, data_roots=)")
             return base, task_specs, kinds, data_roots
         tasks = set(self.tasks)
-        dropped = sorted(set(doc.get("heads") or {}) - set(heads))
+        # a recorded head without tensors (a generative task's) loses nothing: load_pretrained rebuilds it
+        dropped = sorted(t for t, keys in (doc.get("heads") or {}).items() if keys and t not in heads)
         if dropped:
             warn_user(f"save_pretrained: {source} holds heads for {dropped}, which are not saved (load them with "
                           "from_pretrained(..., heads={task: module}) or pass heads=...)")

@@ -182,7 +182,7 @@ def _untouched(model):
 def test_another_family_or_class_is_refused(oc_adapter):
     path = oc_adapter[0]
     hf = tiny_hf_clip()
-    with pytest.raises(AdapterFileError, match=r"made for a open_clip model \(open_clip.model.CLIP\).*hf_clip"):
+    with pytest.raises(AdapterFileError, match=r"made for a model of family open_clip \(open_clip.model.CLIP\).*hf_clip"):
         mlv.load_adapter(hf, path)
     assert _untouched(hf)
     custom = tiny_open_clip("custom")

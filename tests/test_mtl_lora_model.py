@@ -215,3 +215,26 @@ def test_common_misuse_gets_a_message_with_the_fix(tmp_path):
         with pytest.raises(TypeError, match=r"heads must be nn.Modules .*not for \['vqa'\]"):
             call()
     assert not (tmp_path / "y").exists()
+
+
+def test_llava_round_trip_keeps_parameterless_heads(tmp_path):
+    """A generative task's head has no tensors; MTLLoRAModel.save_pretrained warned it was not saved and wrote
+    none, so eval --adapter refused the copy ("no saved task spec or head") (helper 121)."""
+    import warnings
+
+    from mtl_lora_vl.backbones import load_backbone
+    from mtl_lora_vl.tasks import build_kind, load_spec
+
+    bb = load_backbone("builtin-llava")
+    spec = load_spec("captioning")
+    kind = build_kind(spec, spec.load_split("train", None), bb)
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["captioning"], r=2))
+    mlv.save_adapter(bb.model, tmp_path / "a", heads={"captioning": kind.build_head(bb)},
+                     task_specs={"captioning": spec}, kinds={"captioning": kind}, base={"backbone": "builtin-llava"})
+    assert "captioning" in mlv.load_pretrained(tmp_path / "a").heads          # as the run saved it
+    m = mlv.MTLLoRAModel.from_pretrained(load_backbone("builtin-llava").model, tmp_path / "a")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # no "holds heads ... which are not saved": there is nothing to load
+        m.save_pretrained(tmp_path / "b")
+    # eval --adapter b needs the task's (parameter-less) head: it refused with "no saved task spec or head"
+    assert "captioning" in mlv.load_pretrained(tmp_path / "b").heads

@@ -137,7 +137,7 @@ def _scoring_spec(item: str, lp: Pretrained, adapter: Path) -> TaskSpec:
     if not path.is_file():
         raise ValueError(f"--tasks: {item}: spec file not found; give an existing spec file, or one of the adapter's "
                          f"tasks {list(lp.config.tasks)}")
-    spec = load_spec(path)
+    spec = load_spec(path, need_train=False)   # scored only: no training split needed
     if spec.name not in lp.config.tasks:
         raise ValueError(f"--tasks {item}: the spec's task {spec.name!r} is not a task of the adapter {adapter} (it "
                          f"has {list(lp.config.tasks)}); set `name = ...` in the spec to the task whose adapter should "

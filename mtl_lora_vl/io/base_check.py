@@ -42,8 +42,8 @@ def check_base_class(base_model: nn.Module, doc: dict[str, Any], path: Path) -> 
     fam = find_family(base_model)
     fam_name = fam.name if fam else "custom"
     if ident.get("family") != fam_name:
-        raise AdapterFileError(f"{path}: the adapter was made for a {ident.get('family')} model "
-                               f"({ident.get('class')}), but this base model is a {fam_name} model "
+        raise AdapterFileError(f"{path}: the adapter was made for a model of family {ident.get('family')} "
+                               f"({ident.get('class')}), but this base model is of family {fam_name} "
                                f"({class_name(base_model)}); load it onto the base model it was trained on")
     if ident.get("class") != class_name(base_model):
         raise AdapterFileError(f"{path}: the adapter was made for class {ident.get('class')}, but this base model "

@@ -79,6 +79,7 @@ def load_pretrained(
     check_base_class(bb.model, doc, path)  # a wrong --backbone is named as such, before the tasks are rebuilt
 
     built: dict[str, nn.Module] = {}
+    free: dict[str, nn.Module] = {}   # heads without tensors that the directory does not list
     kinds: dict[str, Any] = {}
     specs: dict[str, Any] = {}
     for task, rel in (doc.get("task_specs") or {}).items():
@@ -101,14 +102,19 @@ def load_pretrained(
                 raise AdapterFileError(f"{path}: cannot rebuild task {task!r} from {rel}: {e}. For file-based "
                                        "tasks give the data folder (--data-root, data_root=...), or load without "
                                        "heads (heads=False)") from e
-        if heads and task in (doc.get("heads") or {}):
+        if heads:
             with torch.no_grad():  # on the base model: head shapes do not depend on adapters
-                built[task] = kinds[task].build_head(bb)
+                head = kinds[task].build_head(bb)
+            if task in (doc.get("heads") or {}):
+                built[task] = head
+            elif not head.state_dict():   # a generative kind's head holds settings only: the spec rebuilds it,
+                free[task] = head          # also where the adapter was saved without heads= (nothing to save)
     unbuilt = sorted(set(doc.get("heads") or {}) - set(built)) if heads else []
     if unbuilt:   # a head is built by its kind, from its saved spec
         warn_user(f"{path}: heads of {unbuilt} are saved but their task specs are not (save_adapter(..., "
                       "task_specs=...)), so they are not rebuilt: those tasks have no head here")
     load_adapter(bb.model, path, heads=built, is_trainable=is_trainable, check_base_weights=check_base_weights)
+    built.update(free)
     for head in built.values():
         head.to(device)
         if not is_trainable:

@@ -186,14 +186,15 @@ def looks_like_path(text: str) -> bool:
     return text.endswith(".toml") or "/" in text or "\\" in text
 
 
-def load_spec(name_or_path: str | Path) -> TaskSpec:
-    """Load a built-in spec by name (``"vqa"``) or a user's spec by path (``"my/task.toml"``)."""
+def load_spec(name_or_path: str | Path, *, need_train: bool = True) -> TaskSpec:
+    """Load a built-in spec by name (``"vqa"``) or a user's spec by path (``"my/task.toml"``).
+    ``need_train=False``: a spec that only scores (``eval --tasks FILE``) may leave out ``[data.train]``."""
     if isinstance(name_or_path, Path) or looks_like_path(str(name_or_path)):
         path = Path(name_or_path)
         if not path.is_file():
             raise SpecError(f"{path}: task spec file not found; give an existing .toml file or one of "
                             f"the built-in task names {available_specs()}")
-        return _parse(path)
+        return _parse(path, need_train)
     name = str(name_or_path).strip()
     for d in builtin_spec_dirs():
         candidate = d / f"{name}.toml"
@@ -215,8 +216,8 @@ def resolve_tasks(tasks: str | Sequence[str | Path]) -> list[TaskSpec]:
     for spec in specs:
         if spec.name in seen:
             a, b = seen[spec.name].source_file, spec.source_file
-            raise SpecError(f"task name {spec.name!r} is given twice ({a} and {b}); each task needs its own "
-                            f"name: set `name = ...` in one of the spec files")
+            raise SpecError(f"task name {spec.name!r} is given twice ({a} and {b}); name each task once, or, for "
+                            "two tasks from spec files, set `name = ...` in one of them")
         seen[spec.name] = spec
     return specs
 
@@ -288,7 +289,7 @@ def _check_table(path: Path, fld: str, given: Any, defaults: dict[str, Any]) -> 
     return out
 
 
-def _parse_data(path: Path, raw: Any) -> DataSpec:
+def _parse_data(path: Path, raw: Any, need_train: bool = True) -> DataSpec:
     if not isinstance(raw, dict):
         raise _fail(path, "data", "a [data] table with source = \"builtin\" or a format", raw)
     has_source, has_format = "source" in raw, "format" in raw
@@ -341,13 +342,14 @@ def _parse_data(path: Path, raw: Any) -> DataSpec:
             close = difflib.get_close_matches(key, SPLITS, n=1, cutoff=0.3)
             raise _fail(path, f"data.{key}", f"a split table named {', '.join(SPLITS)}"
                         + (f" (did you mean [data.{close[0]}]?)" if close else ""), show_got=False)
-    if "train" not in splits:
+    if "train" not in splits and need_train:
         raise _fail(path, "data.train", "a [data.train] table with the reader options of the training split",
                     show_got=False)
     if "val" not in splits and "test" not in splits:
         raise _fail(path, "data.val", "a [data.val] or [data.test] table for evaluation", show_got=False)
     for split in ("val", "test"):
-        if split in splits and _rows_chosen(options, splits[split]) == _rows_chosen(options, splits["train"]):
+        if split in splits and "train" in splits \
+                and _rows_chosen(options, splits[split]) == _rows_chosen(options, splits["train"]):
             logger.warning("%s: [data.%s] reads the same rows as [data.train] (the same files and split names), "
                            "so the %s scores are training scores; give it a file, folder or split name of its own",
                            path, split, split)
@@ -374,7 +376,7 @@ def _rows_chosen(shared: dict[str, Any], split: dict[str, Any]) -> dict[str, Any
             for k, v in merged.items() if k not in _NOT_ROW_CHOICE}
 
 
-def _parse(path: Path) -> TaskSpec:
+def _parse(path: Path, need_train: bool = True) -> TaskSpec:
     try:
         text = path.read_text(encoding="utf-8-sig")
         raw = tomllib.loads(text)
@@ -405,7 +407,7 @@ def _parse(path: Path) -> TaskSpec:
     if "data" not in raw:
         raise _fail(path, "data", "a [data] table with source = \"builtin\" or a format (it is missing)",
                     show_got=False)
-    data = _parse_data(path, raw["data"])
+    data = _parse_data(path, raw["data"], need_train)
 
     description = raw.get("description", "")
     if not isinstance(description, str):
