@@ -149,6 +149,14 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
 # Retrieval
 # ----------------------------------------------------------------------------------------------
 
+def _as_index_tensor(x: Any, name: str, where: str) -> torch.Tensor:
+    """``x`` as a long tensor of indices; float and bool values are refused (a float label was truncated)."""
+    t = _as_tensor(x, name)
+    if t.numel() and (t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex):   # [] reads as float64
+        raise ValueError(f"{where}: {name} must hold integer class indices, got {t.dtype}")
+    return t.long()
+
+
 def _as_tensor(x: Any, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.detach()
@@ -324,7 +332,7 @@ def topk_accuracy(logits: Any, labels: Any, ks: Sequence[int] = (1, 5)) -> dict[
     error, as in :func:`retrieval_recall`.
     """
     logits = _as_tensor(logits, "logits")
-    labels = _as_tensor(labels, "labels").long().to(logits.device)
+    labels = _as_index_tensor(labels, "labels", "topk_accuracy").to(logits.device)
     if logits.ndim != 2:
         raise ValueError(f"topk_accuracy: logits must be (n_samples, n_classes), got shape {tuple(logits.shape)}")
     if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
@@ -349,8 +357,8 @@ def topk_accuracy(logits: Any, labels: Any, ks: Sequence[int] = (1, 5)) -> dict[
 
 def per_class_accuracy(pred: Any, labels: Any, num_classes: int) -> list[float]:
     """Accuracy within each true class; ``nan`` for a class with no samples (use ``nanmean`` to average)."""
-    pred = _as_tensor(pred, "pred").long().flatten()
-    labels = _as_tensor(labels, "labels").long().flatten().to(pred.device)
+    pred = _as_index_tensor(pred, "pred", "per_class_accuracy").flatten()
+    labels = _as_index_tensor(labels, "labels", "per_class_accuracy").flatten().to(pred.device)
     if pred.shape != labels.shape:
         raise ValueError(f"per_class_accuracy: pred has {pred.numel()} entries but labels has {labels.numel()}")
     if num_classes < 1:

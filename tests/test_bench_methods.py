@@ -569,3 +569,16 @@ def test_bench_leaves_the_callers_thread_count_as_it_was(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(old)
+
+
+def test_a_grid_recorded_before_per_task_validation_sizes_renders_its_protocol_line():
+    """results.json of the committed grid gives one validation size for every task: the line read
+    "150 scenes per built-in task (subsets of the built-in world's splits) (the same for every run)" (helper 125)."""
+    from pathlib import Path
+
+    from mtl_lora_vl.benchmark.report import render
+
+    results = json.loads((Path(__file__).parents[1] / "docs" / "bench_methods" / "results.json").read_text())
+    text = render(results)
+    assert ("validation: 150 scenes per built-in task, subsets of the built-in world's splits (the same for every "
+            "run)") in text and "splits) (" not in text

@@ -244,3 +244,27 @@ def test_retrieval_recall_is_the_exact_fraction():
     sim = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
     out = retrieval_recall(sim, torch.tensor([0, 0, 2]), ks=(1,))
     assert out["t2i_r1"] == 1 / 3
+
+
+# Labels that are not class indices (helper 125): a float 0.9 was truncated to class 0, True read as class 1
+@pytest.mark.parametrize("labels", [torch.tensor([0.9, 0.2]), torch.tensor([True, False])])
+def test_topk_accuracy_refuses_non_integer_labels(labels):
+    logits = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="integer"):
+        topk_accuracy(logits, labels, ks=(1,))
+
+
+def test_per_class_accuracy_refuses_non_integer_labels():
+    with pytest.raises(ValueError, match="integer"):
+        per_class_accuracy(torch.tensor([1.7, 0.0]), torch.tensor([1.2, 0.0]), 3)
+
+
+def test_integer_labels_still_accepted():
+    logits = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert topk_accuracy(logits, [1, 0], ks=(1,)) == {"top1": 1.0}
+    assert topk_accuracy(logits, torch.tensor([1, 0], dtype=torch.int32), ks=(1,)) == {"top1": 1.0}
+    assert per_class_accuracy([1, 0], [1, 0], 2) == [1.0, 1.0]
+
+
+def test_per_class_accuracy_of_no_samples_still_nan():
+    assert all(v != v for v in per_class_accuracy([], [], 2))   # [] reads as float64; still accepted

@@ -19,6 +19,7 @@ from vl_tiny import tiny_backbone
 from mtl_lora_vl.data import world
 from mtl_lora_vl.data.loader import MultiTaskCollate, TaskDataset, to_device
 from mtl_lora_vl.data.records import Example, Split
+from mtl_lora_vl.evaluation.report import scored_line
 from mtl_lora_vl.metrics import normalize_answer
 from mtl_lora_vl.tasks import (
     SpecError,
@@ -454,6 +455,12 @@ def test_vqa_questions_without_a_type_are_not_mixed_into_vqav2s_other(clip, monk
     m = kind.evaluate(clip, None, Split(examples), batch_size=4, device="cpu")
     assert {k for k in m if k.startswith("vqa_accuracy/")} == {"vqa_accuracy/other", "vqa_accuracy/untyped",
                                                                "vqa_accuracy/color"}
+    # each type's count (its weight in the overall score), and the report's "Scored:" line shows them (helper 125)
+    assert {k: v for k, v in m.items() if k.startswith("n/")} == {"n/other": 1.0, "n/untyped": 2.0, "n/color": 1.0}
+    assert m["vqa_accuracy"] == pytest.approx(sum(m[f"vqa_accuracy/{t}"] * m[f"n/{t}"] for t in
+                                                  ("other", "untyped", "color")) / m["n"])
+    result = {"tasks": {"vqa": {"n": m["n"], "kind": "vqa", "details": {"adapted": m}}}}
+    assert scored_line(result) == "Scored: vqa 4 questions (color 1, other 1, untyped 2)."
 
 
 def test_caption_references_keep_repeated_captions():

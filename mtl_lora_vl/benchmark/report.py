@@ -233,5 +233,5 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
 def _val_text(scenes: dict[str, int | None] | int | None) -> str:
     """The validation size of each task (results.json before it was per task: one number for every task)."""
     if not isinstance(scenes, dict):
-        return f"{scenes or 'all'} scenes per built-in task (subsets of the built-in world's splits)"
+        return f"{scenes or 'all'} scenes per built-in task, subsets of the built-in world's splits"
     return ", ".join(f"{t} {'all' if n is None else f'{n:,} scenes'}" for t, n in scenes.items())

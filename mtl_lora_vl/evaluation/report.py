@@ -40,10 +40,16 @@ _UNITS = {"vqa": "questions", "retrieval": "images", "classification": "images",
 
 
 def scored_line(result: dict[str, Any]) -> str:
-    """How many examples each task's scores cover (a generative kind may score only its first ``eval_limit``),
-    e.g. ``Scored: vqa 600 questions, retrieval 1000 images.``; "" when the result records none."""
-    parts = [f"{name} {int(r['n'])} {_UNITS.get(r.get('kind', ''), 'examples')}"
-             for name, r in result["tasks"].items() if r.get("n") is not None]
+    """How many examples each task's scores cover (a generative kind may score only its first ``eval_limit``), and
+    of each breakdown's group where the scores count them (``n/<group>``), e.g. ``Scored: vqa 600 questions (color
+    107, count 141, ...), retrieval 1000 images.``; "" when the result records none."""
+    parts = []
+    for name, r in result["tasks"].items():
+        if r.get("n") is None:
+            continue
+        groups = {k[2:]: v for k, v in ((r.get("details") or {}).get("adapted") or {}).items() if k.startswith("n/")}
+        within = f" ({', '.join(f'{g} {int(v)}' for g, v in groups.items())})" if groups else ""
+        parts.append(f"{name} {int(r['n'])} {_UNITS.get(r.get('kind', ''), 'examples')}{within}")
     return f"Scored: {', '.join(parts)}." if parts else ""
 
 

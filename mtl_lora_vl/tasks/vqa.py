@@ -324,6 +324,7 @@ class VQAKind(TaskKind):
         out = {"vqa_accuracy": sum(scores) / len(scores), "n": float(len(scores))}
         for qtype in sorted(by_type):
             out[f"vqa_accuracy/{qtype}"] = sum(by_type[qtype]) / len(by_type[qtype])
+            out[f"n/{qtype}"] = float(len(by_type[qtype]))   # the type's questions: its weight in the overall score
         return out
 
     @torch.no_grad()
