@@ -486,3 +486,51 @@ def test_each_task_view_gets_its_own_rows_lm_weights(llava):
         want = sorted(r["lm"][2] for r in rows if r["task_id"] == t)
         got = sorted(batch["tasks"][name]["lm_weight"].tolist())
         assert got == [float(torch.tensor(w, dtype=torch.float32)) for w in want], name
+
+
+def test_accumulated_micro_batches_give_the_one_batch_gradient_of_their_rows(llava, monkeypatch):
+    """--accumulate 2 over micro-batches that hold a task's rows unevenly (vqa 1 + 2, captioning 2 + 1, as the
+    mixed sampler's remainders give them) trains what one batch of the same six rows trains: each row of a
+    task weighs 1 / (its rows in the step), not 1 / (its rows in its micro-batch)."""
+    import mtl_lora_vl.training.step as step_mod
+    from mtl_lora_vl.distributed import DistInfo
+    from mtl_lora_vl.training.optim import Optimization
+
+    kinds = _kinds(llava, ("vqa", "captioning"))
+    _attach(llava, kinds)
+    for name, w in zip(kinds, (2.0, 0.5)):
+        kinds[name].spec = dataclasses.replace(kinds[name].spec, loss_weight=w)
+    rows = _rows(kinds, llava, per_task=3)          # vqa: rows 0-2, captioning: rows 3-5
+    model = _model(llava, kinds)
+    params = [p for p in model.parameters() if p.requires_grad]
+    monkeypatch.setattr(step_mod, "to_device", lambda batch, *a: batch)
+
+    def step(batches):
+        opt = torch.optim.SGD(params, lr=0.0)
+        optim = Optimization(opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                             torch.amp.GradScaler("cpu", enabled=False), params)
+        r = step_mod.forward_backward(model, iter(batches), optim, accumulate=len(batches), backbone=llava,
+                                      amp_dtype=torch.float32, info=DistInfo(),
+                                      loss_weights={n: k.spec.loss_weight for n, k in kinds.items()})
+        return torch.cat([p.grad.flatten() for p in params]), r.losses
+
+    one, one_losses = step([_collate(kinds, llava, rows)])
+    two, two_losses = step([_collate(kinds, llava, [rows[0], rows[3], rows[4]]),
+                            _collate(kinds, llava, [rows[1], rows[2], rows[5]])])
+    torch.testing.assert_close(two, one, rtol=1e-4, atol=1e-6)
+    assert two_losses == pytest.approx(one_losses, rel=1e-4)
+
+
+def test_a_target_cut_by_max_length_does_not_train_the_end_token(llava, caplog):
+    """lm_collator(max_length) cutting an answer must not label an end token after the cut (that teaches the
+    model to stop mid-answer); the cut is said."""
+    collate = llava.lm_collator(max_length=llava.num_image_tokens + 6)
+    prompt, target = f"{llava.image_token} caption:", "a large red circle above a small blue square"
+    with caplog.at_level("WARNING"):
+        batch = collate([prompt, prompt], [target, "red"])
+    assert int(batch["attention_mask"][0].sum()) <= llava.num_image_tokens + 6
+    cut = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    whole = batch["labels"][1][batch["labels"][1] != -100].tolist()
+    assert cut and cut[-1] != llava.eos_id          # the cut answer's tokens only
+    assert whole[-1] == llava.eos_id                # a row that fits keeps its end token
+    assert "max_length" in caplog.text

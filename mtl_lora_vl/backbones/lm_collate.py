@@ -10,18 +10,21 @@ fills, so ``input_ids`` always match the image features.
 * Without targets (generation): the prompts left-padded (so every row ends where generation starts),
   ``input_ids`` and ``attention_mask``.
 
-``max_length`` caps a row: a target is cut to fit (its end token kept); a prompt that does not fit alone
-is an error naming the lengths.
+``max_length`` caps a row: a target is cut to fit (with a warning; a cut row trains no end token, which would teach
+the model to stop there); a prompt that does not fit alone is an error naming the lengths.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["IGNORE_INDEX", "LMCollator", "PromptLayout", "special_prefix"]
 
@@ -179,7 +182,12 @@ class LMCollator:
 
     def _right_padded(self, rows: list[list[int]], targets: list[list[int]]) -> dict[str, Tensor]:
         if self.max_length is not None:
-            targets = [t if len(p) + len(t) <= self.max_length else [*t[:self.max_length - len(p) - 1], t[-1]]
+            # A cut target keeps no end token: labelling one after the cut would teach the model to stop there.
+            cut = sum(len(p) + len(t) > self.max_length for p, t in zip(rows, targets))
+            if cut:
+                logger.warning("lm_collator: %d of %d targets cut to fit max_length=%d (their end token is not "
+                               "trained)", cut, len(rows), self.max_length)
+            targets = [t if len(p) + len(t) <= self.max_length else t[:self.max_length - len(p)]
                        for p, t in zip(rows, targets)]
         width = max(len(p) + len(t) for p, t in zip(rows, targets))
         ids = torch.full((len(rows), width), self.layout.pad_id, dtype=torch.long)

@@ -33,8 +33,24 @@ class StepResult:
     replaced: dict[str, int] = field(default_factory=dict)
 
 
+def task_row_scales(batches: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Per micro-batch, each task's scale ``n_tm * k_t / n_t`` (``n_tm`` its rows in micro-batch m, ``n_t`` in the
+    step, ``k_t`` the micro-batches it is in): with it, the mean over those micro-batches of a task's per-row mean
+    is the mean over all its rows of the step, as one batch of them gives (1 where a task's rows are spread
+    evenly, e.g. homogeneous batches)."""
+    counts = [{name: int(v["rows"].numel()) for name, v in b.get("tasks", {}).items()} for b in batches]
+    total: dict[str, int] = {}
+    present: dict[str, int] = {}
+    for c in counts:
+        for name, n in c.items():
+            total[name] = total.get(name, 0) + n
+            present[name] = present.get(name, 0) + 1
+    return [{name: n * present[name] / total[name] for name, n in c.items()} for c in counts]
+
+
 def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: Optimization, *,
-                     accumulate: int, backbone: Backbone, amp_dtype: torch.dtype, info: DistInfo) -> StepResult:
+                     accumulate: int, backbone: Backbone, amp_dtype: torch.dtype, info: DistInfo,
+                     loss_weights: dict[str, float] | None = None) -> StepResult:
     """Zero the gradients, then forward and backward ``accumulate`` micro-batches under autocast.
 
     Gradients sync across ranks only on the last micro-batch. The losses stay on the device until the
@@ -49,14 +65,20 @@ def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: O
     total_sum: Any = 0.0
     samples = 0
     replaced: dict[str, int] = {}
+    micro_list = [next(batches) for _ in range(accumulate)]   # host batches: the step's rows per task first
+    scales = task_row_scales(micro_list) if accumulate > 1 and loss_weights is not None else [{}] * accumulate
     for micro in range(accumulate):
-        batch = to_device(next(batches), info.device, amp_dtype, backbone)
+        batch = to_device(micro_list[micro], info.device, amp_dtype, backbone)
         for task, n in batch.get("replaced", {}).items():
             replaced[task] = replaced.get(task, 0) + n
         sync = micro == accumulate - 1 or not info.enabled
         with net.no_sync() if not sync else contextlib.nullcontext():
             with autocast(info.device, amp_dtype):
                 total, per_task = net(batch)
+                for k, f in scales[micro].items():   # each task's rows weigh alike over the step's micro-batches
+                    if f != 1.0 and k in per_task:
+                        total = total + (f - 1.0) * loss_weights[k] * per_task[k].float()
+                        per_task[k] = per_task[k] * f
             optim.scaler.scale(total / accumulate).backward()
         samples += batch["task_ids"].numel() * info.world_size
         for k, v in per_task.items():
