@@ -846,3 +846,85 @@ def test_a_captions_csv_with_an_empty_label_column_and_blank_captions_names_both
     (tmp_path / "c.csv").write_text("image,caption,label\na.png,,\nb.png,,\n")
     with pytest.raises(DataFormatError, match=r"'label' and 'caption' are blank in every row"):
         read_split("csv", tmp_path, file="c.csv")
+
+
+# ------------------------------------------------------------------------------------ row fields that mislead
+
+
+def _images(root: Path, n: int = 3) -> None:
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (16, 16), (80 * i, 0, 0)).save(root / "img" / f"{i}.png")
+
+
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path.name
+
+
+def test_reader_class_names_must_be_distinct_and_non_blank(tmp_path):
+    # ["cat", "dog", "cat"]: the "cat" rows took label 2, class 0 ("cat" too) was empty, and the zero-shot
+    # classifier's two identical "cat" prompts tied with the tie going to class 0: every cat scored wrong
+    _images(tmp_path)
+    f = _jsonl(tmp_path / "a.jsonl", [{"image": "0.png", "label": "cat"}, {"image": "1.png", "label": "dog"}])
+    with pytest.raises(DataFormatError, match=r"class_names.*'cat'"):
+        read_split("jsonl", tmp_path, file=f, images="img", class_names=["cat", "dog", "cat"])
+    with pytest.raises(DataFormatError, match="class_names"):
+        read_split("jsonl", tmp_path, file=f, images="img", class_names=["cat", "dog", " "])
+
+
+@pytest.mark.parametrize("qtype", [["color"], {"t": 1}])
+def test_vqa_question_type_that_is_not_text_is_named_at_read(tmp_path, qtype):
+    # a list question_type crashed the VQA kind with "unhashable type: 'list'" -- in an evaluation split only
+    # after training; ints beside strings crashed sorting the answer filter
+    _images(tmp_path)
+    f = _jsonl(tmp_path / "a.jsonl", [{"image": "0.png", "question": "q?", "answers": ["a"], "question_type": "color"},
+                                      {"image": "1.png", "question": "q?", "answers": ["b"], "question_type": qtype}])
+    with pytest.raises(DataFormatError, match=r"a\.jsonl:2.*question_type"):
+        read_split("jsonl", tmp_path, file=f, images="img")
+
+
+def test_vqa_integer_question_types_are_text(tmp_path):
+    _images(tmp_path)
+    f = _jsonl(tmp_path / "a.jsonl", [{"image": "0.png", "question": "q?", "answers": ["a"], "question_type": 0},
+                                      {"image": "1.png", "question": "q?", "answers": ["b"], "question_type": "color"}])
+    types = [e.question_type for e in read_split("jsonl", tmp_path, file=f, images="img").examples]
+    assert types == ["0", "color"]   # 0 was read as no type (None), and an int key broke sorted(by_type)
+
+
+def test_vqa_question_that_is_not_text_is_refused(tmp_path):
+    _images(tmp_path)
+    f = _jsonl(tmp_path / "a.jsonl", [{"image": "0.png", "question": ["what?"], "answers": ["a"]}])
+    with pytest.raises(DataFormatError, match=r"a\.jsonl:1.*question"):   # was trained as the text "['what?']"
+        read_split("jsonl", tmp_path, file=f, images="img")
+
+
+def test_blank_answers_in_a_list_are_left_out_as_in_a_pipe_string(tmp_path):
+    # the same answers gave VQA accuracy 0.5 from JSONL (["red", "red", "", ""]) and 1.0 from CSV ("red|red||")
+    _images(tmp_path)
+    f = _jsonl(tmp_path / "a.jsonl", [{"image": "0.png", "question": "q?", "answers": ["red", " red ", "", " "]}])
+    (tmp_path / "a.csv").write_text("image,question,answers\n0.png,q?,red| red ||  \n")
+    from_jsonl = read_split("jsonl", tmp_path, file=f, images="img").examples[0].answers
+    from_csv = read_split("csv", tmp_path, file="a.csv", images="img").examples[0].answers
+    assert from_jsonl == from_csv == ("red", "red")
+
+
+def test_csv_header_that_repeats_a_column_is_refused(tmp_path):
+    _images(tmp_path)   # csv.DictReader kept the last "caption" cell and dropped the first without a word
+    (tmp_path / "a.csv").write_text("image,caption,caption\n0.png,a red,b blue\n")
+    with pytest.raises(DataFormatError, match=r"a\.csv.*'caption'.*twice"):
+        read_split("csv", tmp_path, file="a.csv", images="img")
+
+
+def test_csv_row_with_fewer_fields_than_the_header_is_refused(tmp_path):
+    _images(tmp_path)   # "0.png,what?" under image,question,answers: a question without answers, silently
+    (tmp_path / "a.csv").write_text("image,question,answers\n0.png,what?\n1.png,why?,x\n")
+    with pytest.raises(DataFormatError, match=r"a\.csv:2: fewer fields"):
+        read_split("csv", tmp_path, file="a.csv", images="img")
+
+
+def test_image_path_outside_the_root_names_the_row(tmp_path):
+    _images(tmp_path)
+    f = _jsonl(tmp_path / "a.jsonl", [{"image": "0.png", "caption": "a"}, {"image": "../../x.png", "caption": "b"}])
+    with pytest.raises(ValueError, match=r"a\.jsonl:2"):
+        read_split("jsonl", tmp_path, file=f, images="img")

@@ -187,6 +187,11 @@ MALFORMED = [
      "task kinds (retrieval, vqa"),   # pretrain has no val/test: it failed after training
     ('kind = "classification"\n' + GOOD + '[options]\nclass_names = ["red", "blue", "red"]\n',
      "'options.class_names'", "distinct class names (['red'] repeated)"),   # both scored 0 (ties count against)
+    ('kind = "classification"\n' + GOOD + '[options]\nclass_names = ["red", "red "]\n',
+     "'options.class_names'", "distinct class names (['red'] repeated)"),   # "red " is the class "red" in the data
+    ('kind = "classification"\n' + GOOD + '[options]\nclass_names = ["red", " "]\n',
+     "'options.class_names'", "a list of non-empty class names"),
+    ('name = "' + "t" * 65 + '"\nkind = "vqa"\n' + GOOD, "'name'", "64 characters at most"),   # tasks/<name>.* files
 ]
 
 
@@ -819,3 +824,39 @@ def test_a_vqa_head_a_user_cast_to_bf16_still_scores():
         assert head(img.bfloat16(), txt.bfloat16()).dtype == torch.float32
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, ref, rtol=0.05, atol=0.5)   # bf16 weights at logit scale 100
+
+
+def test_a_task_name_of_64_characters_loads(tmp_path):
+    """A 250-character name trained, then saving the adapter failed (tasks/<name>.state.json too long a file
+    name); names are capped at 64 characters, and 64 still load."""
+    path = tmp_path / "t.toml"
+    path.write_text('name = "' + "t" * 64 + '"\nkind = "vqa"\n' + GOOD)
+    assert load_spec(path).name == "t" * 64
+
+
+def _caption_files(root: Path, train_images: int) -> Path:
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    for i in range(6):
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(root / "img" / f"{i}.png")
+    train = [{"image": f"{i % train_images}.png", "caption": f"shade {i}"} for i in range(4)]
+    val = [{"image": f"{i}.png", "caption": f"shade {i}"} for i in range(3)]
+    for name, rows in (("tr.jsonl", train), ("va.jsonl", val)):
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = root / "ret.toml"
+    spec.write_text('kind = "retrieval"\n[data]\nformat = "jsonl"\nimages = "img"\n[data.train]\nfile = "tr.jsonl"\n'
+                    '[data.val]\nfile = "va.jsonl"\n')
+    return spec
+
+
+def test_retrieval_on_one_training_image_is_refused_and_trivial_recall_is_said(tmp_path, clip, caplog):
+    """One training image: every caption in a batch is a positive, so the loss was exactly 0 at every step and
+    nothing was learnt, without a word. An evaluation split of 3 images: t2i recall@5 and @10 are 1.0 whatever
+    the model, and lift mean_recall."""
+    spec = load_spec(_caption_files(tmp_path / "one", train_images=1))
+    with pytest.raises(ValueError, match="holds one image"):
+        build_kind(spec, spec.load_split("train", tmp_path / "one"), clip)
+    spec = load_spec(_caption_files(tmp_path / "three", train_images=3))
+    kind = build_kind(spec, spec.load_split("train", tmp_path / "three"), clip)
+    with caplog.at_level("WARNING"):
+        kind.check_eval_split(spec.load_split("val", tmp_path / "three"))
+    assert "3 image(s), so t2i_r5, t2i_r10 are 1.0 by construction" in caplog.text

@@ -20,6 +20,7 @@ import difflib
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 from .common import (
     DataFormatError,
     ImageChecker,
+    PathEscapeError,
     annotation_file,
     caption_examples,
     data_root_dir,
@@ -60,6 +62,10 @@ def _rows_csv(path: Path) -> list[tuple[int, dict]]:
         if reader.fieldnames is None:
             raise DataFormatError(f"{path}: empty CSV file; expected a header row with an 'image' column")
         reader.fieldnames = [name.strip() for name in reader.fieldnames]
+        twice = sorted(n for n, c in Counter(reader.fieldnames).items() if c > 1)
+        if twice:   # DictReader keeps the last column of a name and drops the others without a word
+            raise DataFormatError(f"{path}:1: the header names the column(s) {', '.join(map(repr, twice))} twice; "
+                                  "give each column its own name")
         rows, spans, last = [], [], 1
         for row in reader:   # line_num: the record's last line (blank lines and quoted newlines counted)
             rows.append((reader.line_num, row))
@@ -69,6 +75,10 @@ def _rows_csv(path: Path) -> list[tuple[int, dict]]:
     for lineno, row in rows:
         if None in row:
             raise DataFormatError(f"{path}:{lineno}: more fields than header columns; quote fields with commas")
+        short = [k for k, v in row.items() if v is None]   # DictReader's restval: the row ended early
+        if short:
+            raise DataFormatError(f"{path}:{lineno}: fewer fields than header columns (no {', '.join(map(repr, short))}); "
+                                  "give every row a cell per column (an empty one: a comma with nothing after it)")
         for key, value in row.items():   # "img/0.jpg , cat": the space before a comma is no part of the value
             if isinstance(value, str):
                 row[key] = value.strip()
@@ -104,9 +114,9 @@ def _answers(value: Any, where: str) -> tuple[str, ...]:
     if isinstance(value, dict) and isinstance(value.get("answer"), (list, tuple)):
         value = list(value["answer"])   # a Hugging Face Sequence of {"answer", ...}: a table of lists
     if isinstance(value, (list, tuple)) and all(isinstance(a, (str, int, float)) for a in value):
-        return tuple(str(a) for a in value)
+        return tuple(t for a in value if (t := str(a).strip()))   # a blank answer is none (as in '|' strings)
     if isinstance(value, (list, tuple)) and all(isinstance(a, dict) and "answer" in a for a in value):
-        return tuple(str(a["answer"]) for a in value)   # VQAv2-style answer objects
+        return tuple(t for a in value if (t := str(a["answer"]).strip()))   # VQAv2-style answer objects
     raise DataFormatError(f"{where}: 'answers' must be a list of strings or a '|'-separated string, got {value!r}")
 
 
@@ -174,6 +184,12 @@ def examples_from_rows(
         raise DataFormatError(f"{source}: rows mix task kinds: {first}; use one file per task")
     kind = next(iter(kinds))
 
+    def image_at(row: dict, n: int) -> Any:   # a path out of the root (PathEscapeError) names the file and line
+        try:
+            return image_of(row)
+        except PathEscapeError as e:
+            raise PathEscapeError(f"{at(n)}: {e}") from None
+
     def stored(p: Any) -> Any:
         return str(p) if isinstance(p, Path) else p
 
@@ -194,7 +210,7 @@ def examples_from_rows(
         groups: dict[Any, tuple[str, list[str]]] = {}
         blank = []
         for n, row in rows:
-            p = image_of(row)
+            p = image_at(row, n)
             texts = _captions(row, at(n))
             iid = image_id(row, n, p)
             if not texts:
@@ -210,14 +226,20 @@ def examples_from_rows(
     if kind == "vqa":
         examples = []
         for n, row in rows:
-            p = image_of(row)
+            for f in ("question", "question_type", "filter_type"):
+                v = row.get(f)
+                if v is not None and not isinstance(v, (str, int, float)) or isinstance(v, bool):
+                    raise DataFormatError(f"{at(n)}: {f!r} must be text, got {v!r}")
+            qtype = row.get("question_type")
+            qtype = None if qtype is None or (isinstance(qtype, str) and not qtype.strip()) else str(qtype).strip()
+            p = image_at(row, n)
             answers = _answers(row.get("answers"), at(n))
             if check(p):
                 meta = {k: row[k] for k in ("question_id",) if k in row}
                 if "filter_type" in row:
                     meta["filter_type"] = str(row["filter_type"] or "")
                 examples.append(Example(stored(p), image_id(row, n, p), text=str(row["question"]), answers=answers,
-                                        question_type=row.get("question_type") or None, meta=meta))
+                                        question_type=qtype, meta=meta))
         if examples and not any(e.answers for e in examples):
             n, row = rows[0]
             close = difflib.get_close_matches("answers", [k for k in row if k != "answers"], n=1, cutoff=0.7)
@@ -234,6 +256,14 @@ def examples_from_rows(
         return isinstance(v, int) and not isinstance(v, bool) or (isinstance(v, str) and v.strip().isdecimal())
 
     names = list(class_names) if class_names is not None else None
+    if names is not None:   # repeated names tie in the zero-shot classifier, and ties count against the true class
+        blank = [x for x in names if not isinstance(x, str) or not x.strip()]
+        counts = Counter(x.strip() for x in names if isinstance(x, str))
+        twice = sorted(x for x, c in counts.items() if c > 1 and x)
+        if blank or twice:
+            raise DataFormatError(f"{source}: the reader's class_names must be distinct, non-blank names"
+                                  + (f"; {', '.join(map(repr, twice))} repeated" if twice else "")
+                                  + (f"; {blank[0]!r} is blank" if blank else "") + f" (class_names = {names})")
     if names is None:
         if all(is_index(v) for _, v in labels_raw):
             seen = {int(v) for _, v in labels_raw}
@@ -269,7 +299,7 @@ def examples_from_rows(
         else:
             raise DataFormatError(f"{at(n)}: label {v!r} is not one of the class names {names[:10]}"
                                   f"{'...' if len(names) > 10 else ''}")
-        p = image_of(row)
+        p = image_at(row, n)
         if check(p):
             examples.append(Example(stored(p), image_id(row, n, p), label=label, meta={"class_name": names[label]}))
     return check.finish(examples, source, class_names=names)

@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import math
 import weakref
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -91,9 +92,9 @@ class ClassificationKind(TaskKind):
     def check_spec(cls, spec: TaskSpec) -> None:
         super().check_spec(spec)
         names = spec.options["class_names"]
-        if not all(isinstance(n, str) and n for n in names):
+        if not all(isinstance(n, str) and n.strip() for n in names):
             raise spec_error(spec, "options.class_names", "a list of non-empty class names", names)
-        repeated = sorted({n for n in names if names.count(n) > 1})
+        repeated = sorted(x for x, c in Counter(n.strip() for n in names).items() if c > 1)
         if repeated:  # their prompts tie, and ties count against the true class: both would score 0
             raise spec_error(spec, "options.class_names", f"distinct class names ({repeated} repeated)", names)
         if not 0.0 <= spec.head["label_smoothing"] < 1.0:

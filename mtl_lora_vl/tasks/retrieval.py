@@ -13,6 +13,7 @@ kind refuses when it is built, before any training, and says what to use instead
 
 from __future__ import annotations
 
+import logging
 import math
 import zlib
 from typing import Any
@@ -38,6 +39,8 @@ from mtl_lora_vl.tasks.base import (
 )
 from mtl_lora_vl.tasks.registry import register_kind
 from mtl_lora_vl.tasks.spec import TaskSpec
+
+logger = logging.getLogger(__name__)
 
 
 class _Capped(torch.autograd.Function):
@@ -180,6 +183,10 @@ class RetrievalKind(TaskKind):
     def __init__(self, spec: TaskSpec, train: Split | None, backbone: Backbone, state: dict | None = None) -> None:
         super().__init__(spec, train, backbone, state)
         require_captions(spec, train)
+        if train is not None and len({ex.image_id for ex in train.examples}) < 2:
+            raise ValueError(f"task {spec.name!r}: the training split holds one image, so every caption in a batch is "
+                             "a positive and the contrastive loss is 0 at every step (nothing is learnt); give it "
+                             "captions of several images")
 
     def sample_text(self, example: Example) -> str:
         return caption_of(self.name, example)
@@ -202,9 +209,15 @@ class RetrievalKind(TaskKind):
 
     def check_eval_split(self, split: Split) -> None:
         super().check_eval_split(split)
-        if not retrieval_texts(split)[1]:   # at start-up, not after training
+        images, texts, _ = retrieval_texts(split)
+        if not texts:   # at start-up, not after training
             raise ValueError(f"task {self.name!r}: the evaluation split has no captions (rows need a text or "
                              "captions); evaluate on a split with captions")
+        trivial = [f"t2i_r{k}" for k in self.spec.options["ks"] if k >= len(images)]
+        if trivial:   # a text's image is always among the top k when k >= the images there are to rank
+            logger.warning("task %r: the evaluation split has %d image(s), so %s %s 1.0 by construction and lift "
+                           "mean_recall; evaluate on more images than the largest k (options.ks)", self.name,
+                           len(images), ", ".join(trivial), "is" if len(trivial) == 1 else "are")
 
     def _evaluate(self, backbone: Backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:

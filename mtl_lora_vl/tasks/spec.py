@@ -73,7 +73,8 @@ _TOP_KEYS = ("name", "kind", "description", "loss_weight", "metrics", "templates
              "generative")
 _BUILTIN_DATA_KEYS = ("source", "seed", "world_kind", *SPLITS)
 _BUILTIN_SPLIT_KEYS = ("n",)
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+#: A task name is a file name in an adapter folder (tasks/<name>.state.json): 64 characters at most.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
 
 
 class SpecError(ValueError):
@@ -394,7 +395,7 @@ def _parse(path: Path, need_train: bool = True) -> TaskSpec:
                         f"{name!r} is not a task name of letters, digits, '_' or '-'; add name = \"...\" to the spec "
                         "or rename the file")
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise _fail(path, "name", "a task name of letters, digits, '_' or '-'", name)
+        raise _fail(path, "name", "a task name of letters, digits, '_' or '-', 64 characters at most", name)
     if "kind" not in raw:
         raise _fail(path, "kind", f"one of {available_kinds()} (the field is missing)", show_got=False)
     kind_name = raw["kind"]
