@@ -510,8 +510,7 @@ def test_accumulated_micro_batches_give_the_one_batch_gradient_of_their_rows(lla
         optim = Optimization(opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
                              torch.amp.GradScaler("cpu", enabled=False), params)
         r = step_mod.forward_backward(model, iter(batches), optim, accumulate=len(batches), backbone=llava,
-                                      amp_dtype=torch.float32, info=DistInfo(),
-                                      loss_weights={n: k.spec.loss_weight for n, k in kinds.items()})
+                                      amp_dtype=torch.float32, info=DistInfo())
         return torch.cat([p.grad.flatten() for p in params]), r.losses
 
     one, one_losses = step([_collate(kinds, llava, rows)])

@@ -62,9 +62,12 @@ class MultiTaskModel(nn.Module):
         and the text tower once on the rows with text, each pass under one route from the batch's segments, so
         every row goes through its own task's adapter without a pass per task; each task's loss then runs under
         that task's route (for kinds that call the model again). A batch with ``"lm"`` takes the generative
-        path instead (one routed language-model pass)."""
+        path instead (one routed language-model pass). ``batch["loss_scales"]`` (optional, task -> factor)
+        scales a task's loss before it is weighted and summed: gradient accumulation's per-task row weights
+        (:func:`mtl_lora_vl.training.step.task_row_scales`)."""
+        scales = batch.get("loss_scales", {})
         if "lm" in batch:
-            return self._forward_lm(batch)
+            return self._forward_lm(batch, scales)
         bb = self.backbone
         with route(self.router, self._route(batch, "segments"), recompute=self.recompute):
             image_emb = bb.encode_image(batch["images"])
@@ -82,8 +85,8 @@ class MultiTaskModel(nn.Module):
                 img, t, rows = self._every_rank(kind, img, t, rows)
             with route(self.router, name, recompute=self.recompute):  # kinds that run the model again (CoCa's decoder)
                 loss = kind.loss(self.heads[name], bb, rows, img, t).float()
-            losses[name] = loss
-            total = total + kind.spec.loss_weight * loss
+            losses[name] = loss * scales.get(name, 1.0)
+            total = total + kind.spec.loss_weight * losses[name]
         return total, losses
 
     def _every_rank(self, kind: TaskKind, img: Tensor, text: Tensor | None,
@@ -94,7 +97,7 @@ class MultiTaskModel(nn.Module):
         text = gather_with_grad(text, self.ranks) if text is not None else None
         return gather_with_grad(img, self.ranks), text, rows
 
-    def _forward_lm(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+    def _forward_lm(self, batch: dict, scales: dict[str, float]) -> tuple[Tensor, dict[str, Tensor]]:
         """Generative path: one routed ``lm_loss`` call for all rows, then each task's loss on its rows."""
         bb, lm = self.backbone, batch["lm"]
         with route(self.router, self._route(batch, "segments"), recompute=self.recompute):
@@ -106,8 +109,8 @@ class MultiTaskModel(nn.Module):
             kind = self.kinds[name]
             rows["lm_loss"] = row_loss[rows["rows"]]
             loss = kind.loss(self.heads[name], bb, rows, None, None).float()
-            losses[name] = loss
-            total = total + kind.spec.loss_weight * loss
+            losses[name] = loss * scales.get(name, 1.0)
+            total = total + kind.spec.loss_weight * losses[name]
         return total, losses
 
     def train(self, mode: bool = True) -> MultiTaskModel:

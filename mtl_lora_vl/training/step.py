@@ -49,15 +49,16 @@ def task_row_scales(batches: list[dict[str, Any]]) -> list[dict[str, float]]:
 
 
 def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: Optimization, *,
-                     accumulate: int, backbone: Backbone, amp_dtype: torch.dtype, info: DistInfo,
-                     loss_weights: dict[str, float] | None = None) -> StepResult:
+                     accumulate: int, backbone: Backbone, amp_dtype: torch.dtype, info: DistInfo) -> StepResult:
     """Zero the gradients, then forward and backward ``accumulate`` micro-batches under autocast.
 
     Gradients sync across ranks only on the last micro-batch. The losses stay on the device until the
     step's end, where one host read (after one all-reduce of the finite flag under DDP) gives them all: a
     GPU is never made to wait mid-step. A non-finite loss on any rank, or (without fp16's loss scaling, which
     finds them itself) non-finite gradients after a finite loss, make the caller skip the step (its
-    gradients are discarded, so the backward passes after it did no harm).
+    gradients are discarded, so the backward passes after it did no harm). With ``accumulate`` > 1 each
+    micro-batch carries its tasks' row scales (``loss_scales``, :func:`task_row_scales`), which the model
+    applies to its losses.
     """
     optim.optimizer.zero_grad(set_to_none=True)
     sums: dict[str, torch.Tensor] = {}
@@ -66,7 +67,9 @@ def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: O
     samples = 0
     replaced: dict[str, int] = {}
     micro_list = [next(batches) for _ in range(accumulate)]   # host batches: the step's rows per task first
-    scales = task_row_scales(micro_list) if accumulate > 1 and loss_weights is not None else [{}] * accumulate
+    if accumulate > 1:   # each task's rows weigh alike over the step's micro-batches
+        for b, scales in zip(micro_list, task_row_scales(micro_list)):
+            b["loss_scales"] = scales
     for micro in range(accumulate):
         batch = to_device(micro_list[micro], info.device, amp_dtype, backbone)
         for task, n in batch.get("replaced", {}).items():
@@ -75,10 +78,6 @@ def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: O
         with net.no_sync() if not sync else contextlib.nullcontext():
             with autocast(info.device, amp_dtype):
                 total, per_task = net(batch)
-                for k, f in scales[micro].items():   # each task's rows weigh alike over the step's micro-batches
-                    if f != 1.0 and k in per_task:
-                        total = total + (f - 1.0) * loss_weights[k] * per_task[k].float()
-                        per_task[k] = per_task[k] * f
             optim.scaler.scale(total / accumulate).backward()
         samples += batch["task_ids"].numel() * info.world_size
         for k, v in per_task.items():

@@ -380,8 +380,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
                                        step, run.dir)
                     raise RunStopped(run.dir, step, signum)
                 result = forward_backward(net, batches, optim, accumulate=opts.accumulate,
-                                          backbone=run.setup.backbone, amp_dtype=run.amp_dtype, info=info,
-                                          loss_weights={n: run.setup.kinds[n].spec.loss_weight for n in run.trained})
+                                          backbone=run.setup.backbone, amp_dtype=run.amp_dtype, info=info)
                 window.count(result.samples)
                 for task, n in result.replaced.items():
                     replaced_here[task] += n
