@@ -146,16 +146,8 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# Retrieval
+# Inputs: tensors, numpy arrays or nested lists
 # ----------------------------------------------------------------------------------------------
-
-def _as_index_tensor(x: Any, name: str, where: str) -> torch.Tensor:
-    """``x`` as a long tensor of indices; float and bool values are refused (a float label was truncated)."""
-    t = _as_tensor(x, name)
-    if t.numel() and (t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex):   # [] reads as float64
-        raise ValueError(f"{where}: {name} must hold integer class indices, got {t.dtype}")
-    return t.long()
-
 
 def _as_tensor(x: Any, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
@@ -166,6 +158,18 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch tensor, a numpy array or a nested list; got "
                         f"{type(x).__name__} ({e})") from e
 
+
+def _as_index_tensor(x: Any, name: str, where: str, what: str = "class indices") -> torch.Tensor:
+    """``x`` as a long tensor of indices; float and bool values are refused (a float label was truncated)."""
+    t = _as_tensor(x, name)
+    if t.numel() and (t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex):   # [] reads as float64
+        raise ValueError(f"{where}: {name} must hold integer {what}, got {t.dtype}")
+    return t.long()
+
+
+# ----------------------------------------------------------------------------------------------
+# Retrieval
+# ----------------------------------------------------------------------------------------------
 
 def retrieval_recall(similarity: Any, text_to_image: Any, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """Recall@K for image->text and text->image retrieval, and their mean.
@@ -178,7 +182,7 @@ def retrieval_recall(similarity: Any, text_to_image: Any, ks: Sequence[int] = (1
     scored equal to the correct one is ranked ahead of it, so a constant matrix scores the worst possible (0 where K is below the candidates), not 1.
     """
     sim = _as_tensor(similarity, "similarity")
-    t2i = _as_tensor(text_to_image, "text_to_image")
+    t2i = _as_index_tensor(text_to_image, "text_to_image", "retrieval_recall", "image indices")
     if sim.ndim != 2:
         raise ValueError(f"retrieval_recall: similarity must be 2-D (n_images, n_texts), got shape "
                          f"{tuple(sim.shape)}")
@@ -189,9 +193,7 @@ def retrieval_recall(similarity: Any, text_to_image: Any, ks: Sequence[int] = (1
         raise ValueError(f"retrieval_recall: text_to_image must be 1-D with one image index per text "
                          f"(similarity has {n_txt} texts as columns), got shape {tuple(t2i.shape)}; if your "
                          "matrix is texts x images, pass similarity.T")
-    if t2i.dtype.is_floating_point or t2i.dtype == torch.bool:
-        raise ValueError(f"retrieval_recall: text_to_image must hold integer image indices, got {t2i.dtype}")
-    t2i = t2i.to(device=sim.device, dtype=torch.long)
+    t2i = t2i.to(sim.device)
     if int(t2i.min()) < 0 or int(t2i.max()) >= n_img:
         raise ValueError(f"retrieval_recall: text_to_image has indices in [{int(t2i.min())}, {int(t2i.max())}] "
                          f"but similarity has {n_img} images (rows)")
