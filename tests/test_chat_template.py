@@ -17,6 +17,7 @@ from vl_tiny import world_words
 from mtl_lora_vl.backbones import load_backbone
 from mtl_lora_vl.backbones.chat import ChatWrap, read_chat_wrap
 from mtl_lora_vl.cli import train_main
+from mtl_lora_vl.data.loader import MultiTaskCollate, TaskDataset
 from mtl_lora_vl.tasks import SpecError, build_kind, load_spec
 
 #: A chat template in the style of llava-hf's: the user's turn (images first, as the processor's content
@@ -338,3 +339,126 @@ def test_a_system_message_equal_to_the_templates_default_is_written(system_proce
     assert wrap.before == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
     with pytest.raises(ValueError, match="does not write a system message"):   # a template that drops it still is
         _wrap(system_processor, DROPS_SYSTEM, "You are a helpful assistant.")
+
+
+# ---------------------------------------------------------------- the template's end of an assistant turn
+
+#: Idefics3-8B-Llama3's template as released: the role capitalised, ':' before an image, <end_of_utterance> after
+#: every turn (its tokenizer's end token is Llama's <|end_of_text|>, and its config lists only Llama's end ids).
+IDEFICS3_TEMPLATE = (
+    "<|begin_of_text|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+
+
+def _qwen(tmp_path):
+    from qwen_tiny import save_tiny_qwen2vl
+
+    folder = save_tiny_qwen2vl(tmp_path / "qwen", chat_template=QWEN_TEMPLATE)
+    return folder, load_backbone(f"hf:{folder}")
+
+
+def test_a_chat_rows_target_ends_with_the_templates_end_of_turn_not_the_tokenizers_end(tmp_path):
+    """The row the loader makes for a chat task is the processor's ids of the same user and assistant turns, up to
+    the template's <|im_end|> after the answer (it ended with the tokenizer's <eot>: the model learnt to close its
+    answers with a token the template never writes there); a task without chat keeps the tokenizer's end token."""
+    from transformers import AutoProcessor
+
+    folder, bb = _qwen(tmp_path)
+    tok = AutoProcessor.from_pretrained(folder).tokenizer
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert bb.chat_wrap().end == "<|im_end|>" and im_end != tok.eos_token_id
+    spec = load_spec(_chat_spec(tmp_path, "vqa", "{image}{question}"))
+    (tmp_path / "plain").mkdir()
+    plain = load_spec(_small_spec(tmp_path / "plain", "captioning"))
+    kinds = {s.name: build_kind(s, _split(s, "train", 6), bb) for s in (spec, plain)}
+    rows = [dict(TaskDataset(k, _split(k.spec, "train", 6), bb.image_size)[0], task_id=t)
+            for t, k in enumerate(kinds.values())]
+    batch = MultiTaskCollate(list(kinds), [False, False], None, lm_collator=bb.lm_collator())(rows)["lm"]
+    last = [int(ids[mask.bool()][-1]) for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    assert last == [im_end, tok.eos_token_id]   # the chat row ends its turn; the plain row as before
+    labelled = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    prompt, target, _ = rows[0]["lm"]
+    processor = AutoProcessor.from_pretrained(folder)
+    example = _split(spec, "train", 6).examples[0]
+    turns = [{"role": "user", "content": [{"type": "image"},
+                                          {"type": "text", "text": kinds["vqa"].question(example)}]},
+             {"role": "assistant", "content": [{"type": "text", "text": target}]}]
+    text = processor.apply_chat_template(turns, tokenize=False)
+    theirs = processor(text=text, images=[torch.zeros(3, 32, 32)], return_tensors="pt")["input_ids"][0].tolist()
+    ours = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
+    assert theirs[:len(ours)] == ours and labelled[-1] == im_end
+
+
+def test_idefics3s_end_of_utterance_ends_a_chat_target_and_stops_generation(tmp_path):
+    """Idefics3's template closes an answer with <end_of_utterance>, which is neither its tokenizer's end token nor
+    in its config's end ids: the target ends with it and generation stops on it. Templates that write nothing, or the
+    tokenizer's end token, after an answer keep the tokenizer's end token."""
+    from idefics3_tiny import save_tiny_idefics3
+    from transformers import AutoProcessor
+
+    from mtl_lora_vl.backbones.chat import assistant_end
+
+    folder = save_tiny_idefics3(tmp_path / "idefics3")
+    processor = AutoProcessor.from_pretrained(folder)
+    processor.chat_template = IDEFICS3_TEMPLATE
+    processor.save_pretrained(folder)
+    bb = load_backbone(f"hf:{folder}")
+    eou = processor.tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+    assert bb.chat_wrap().end == "<end_of_utterance>" and eou in bb._stop_ids()
+    labels = bb.lm_collator()([bb.chat_wrap().wrap("<image>q", "<image>")], ["red"], ends=["<end_of_utterance>"])["labels"]
+    assert labels[0][labels[0] != -100].tolist()[-1] == eou
+    processor.chat_template = TEMPLATE   # llava-style: nothing after the answer
+    assert assistant_end(processor) == ""
+    processor.chat_template = TEMPLATE.replace("m['content'][0]['text'] }}", "m['content'][0]['text'] }}{{ eos_token }}")
+    assert assistant_end(processor) == ""   # the tokenizer's end token: nothing changes
+
+
+def test_greedy_generation_stops_at_the_chat_templates_end_of_turn(tmp_path):
+    """A model that answers 'red' then <|im_end|> (as a chat model, or one trained with chat = true, does) gave
+    'red red red': generation ran past the end of turn (skip_special_tokens hid it) until max_len."""
+    from transformers import AutoProcessor
+
+    folder, bb = _qwen(tmp_path)
+    tok = AutoProcessor.from_pretrained(folder).tokenizer
+    red, im_end = tok.convert_tokens_to_ids("red"), tok.convert_tokens_to_ids("<|im_end|>")
+    steps = []
+
+    def answer_then_end(module, args, out):   # step 0: 'red', step 1: <|im_end|>, then 'red' again
+        out = out.clone()
+        out[:, -1] = -1e4
+        out[:, -1, red if len(steps) % 2 == 0 else im_end] = 1e4
+        steps.append(1)
+        return out
+
+    handle = bb.model.lm_head.register_forward_hook(answer_then_end)
+    try:
+        prompt = bb.chat_wrap().wrap(bb.image_token + "what color?", bb.image_token)
+        assert bb.generate(torch.zeros(1, 3, bb.image_size, bb.image_size), max_len=6, prompts=[prompt]) == ["red"]
+    finally:
+        handle.remove()
+
+
+def test_a_chat_classification_scores_candidates_with_the_end_of_turn_it_trains(tmp_path):
+    """sequence_scores(end=...) is the log-probability of the candidate and that end token (the training row's
+    loss), and a chat task's candidate_scores asks for its template's end of turn."""
+    folder, bb = _qwen(tmp_path)
+    images = torch.randn(2, 3, bb.image_size, bb.image_size)
+    prompt = bb.chat_wrap().wrap(bb.image_token + "what color?", bb.image_token)
+    cands = ["red", "blue square"]
+    got = bb.sequence_scores(images, [prompt] * 2, cands, end="<|im_end|>")
+    batch = bb.lm_collator()([prompt] * 4, cands * 2, ends=["<|im_end|>"] * 4)
+    n = (batch["labels"] != -100).sum(1)
+    want = -(bb.lm_loss(images.repeat_interleave(2, 0), batch["input_ids"], batch["attention_mask"],
+                        batch["labels"]) * n)
+    assert torch.allclose(got.flatten(), want, atol=1e-4)
+    assert not torch.allclose(got, bb.sequence_scores(images, [prompt] * 2, cands), atol=1e-4)
+    spec = load_spec(_chat_spec(tmp_path, "caption_cls"))
+    kind = build_kind(spec, _split(spec, "train", 6), bb)
+    asked = []
+    bb.sequence_scores = lambda images, prompts, candidates, per_token=False, end="": (
+        asked.append(end) or torch.zeros(len(prompts), len(candidates)))
+    kind.logits(bb, None, _split(spec, "test", 2).examples, batch_size=4, device="cpu")
+    assert asked and set(asked) == {"<|im_end|>"}

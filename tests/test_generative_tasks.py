@@ -315,7 +315,7 @@ def test_classification_score_mean_ranks_classes_per_token(llava, monkeypatch, t
     kind.class_names = ["red", "blue square"]
     asked = []
 
-    def scores(images, prompts, candidates, per_token=False):
+    def scores(images, prompts, candidates, per_token=False, end=""):
         asked.append(per_token)
         total = torch.tensor([[-2.0, -2.4]]).expand(len(prompts), 2)  # candidate tokens: 2 and 3 (with the end)
         return total / torch.tensor([2.0, 3.0]) if per_token else total

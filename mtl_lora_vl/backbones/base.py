@@ -319,9 +319,10 @@ class Backbone:
         self._unavailable(LM_LOGITS, "lm_loss")
 
     def sequence_scores(self, images: Tensor, prompts: Sequence[str], candidates: Sequence[str],
-                        per_token: bool = False) -> Tensor:
+                        per_token: bool = False, end: str = "") -> Tensor:
         """Total log-probability ``(B, C)`` of each candidate continuation after each row's prompt; with
-        ``per_token``, divided by the candidate's number of target tokens (its mean log-probability)."""
+        ``per_token``, divided by the candidate's number of target tokens (its mean log-probability); ``end``: the
+        token that ends a candidate (a chat template's end of turn; "": the tokenizer's end token)."""
         self._unavailable(LM_LOGITS, "sequence_scores")
 
     def decode(self, token_ids: Sequence[int] | Tensor) -> str:

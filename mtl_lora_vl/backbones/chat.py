@@ -7,6 +7,11 @@ opens with an image differently from one that opens with text (Idefics3 / SmolVL
 ``User: text``), so the turn is also rendered opening with one and with two images: what precedes the image
 there is the opening for prompts that start with the image placeholder. The image itself always comes from the
 prompt (the collator expands it), never from the template.
+
+The template's end of an assistant turn (the special token it writes right after an answer: Qwen's ``<|im_end|>``,
+Idefics3 / SmolVLM's ``<end_of_utterance>``) ends a chat row's target in place of the tokenizer's end token, and
+generation stops on it: a chat model ends its answers with it, and one trained to end them with the tokenizer's
+end token would answer outside the format it is measured in.
 """
 
 from __future__ import annotations
@@ -14,21 +19,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ChatWrap", "read_chat_wrap"]
+__all__ = ["ChatWrap", "assistant_end", "read_chat_wrap"]
 
 _MARK = "\ue000"   # a private-use character: no template writes it
 _SYSTEM_MARK = "\ue001"   # the same, for a system message
+_ANSWER_MARK = "\ue002"   # the same, for an assistant's answer
 _FIX = ("save the processor with its chat template (processor.chat_template = ...; processor.save_pretrained(DIR)), "
         "or set chat = false and write the turn into the spec's prompt")
 
 
 @dataclass(frozen=True)
 class ChatWrap:
-    """The text before and after a user turn; ``before_image`` before a turn that opens with the image."""
+    """The text before and after a user turn; ``before_image`` before a turn that opens with the image; ``end``
+    the special token that ends the assistant's answer (:func:`assistant_end`; "": the tokenizer's end token)."""
 
     before: str
     after: str
     before_image: str
+    end: str = ""
 
     def wrap(self, prompt: str, image_token: str) -> str:
         """``prompt`` (its ``{image}`` already filled with ``image_token``) as the user's turn."""
@@ -81,7 +89,40 @@ def read_chat_wrap(processor: Any, strip_bos: bool, name: str, system: str = "")
     bos = getattr(tok, "bos_token", None)
     if strip_bos and bos:
         before, before_image = (b[len(bos):] if b.startswith(bos) else b for b in (before, before_image))
-    return ChatWrap(before, after, before_image)
+    return ChatWrap(before, after, before_image, assistant_end(processor))
+
+
+def assistant_end(processor: Any) -> str:
+    """The special token ``processor``'s chat template (else its tokenizer's) writes right after an assistant's
+    answer, when it is not the tokenizer's end token: the end of turn a chat model closes its answers with (Qwen's
+    ``<|im_end|>``, Idefics3's ``<end_of_utterance>``). "" when the template writes the tokenizer's end token there,
+    whitespace or text only (LLaVA-1.5's ``' '``), or there is no template that renders an answer."""
+    tok = getattr(processor, "tokenizer", processor)
+    template = getattr(processor, "chat_template", None)
+    as_list = [{"role": "user", "content": [{"type": "text", "text": _MARK}]},
+               {"role": "assistant", "content": [{"type": "text", "text": _ANSWER_MARK}]}]
+    as_str = [{"role": "user", "content": _MARK}, {"role": "assistant", "content": _ANSWER_MARK}]
+    tries = []
+    if template:
+        tries.append(lambda: processor.apply_chat_template(as_list, tokenize=False))
+        if isinstance(template, str):
+            tries.append(lambda: tok.apply_chat_template(as_str, chat_template=template, tokenize=False))
+    if getattr(tok, "chat_template", None):
+        tries.append(lambda: tok.apply_chat_template(as_str, tokenize=False))
+    for attempt in tries:
+        try:
+            text = attempt()
+        except Exception:   # jinja errors of a template of the model's own
+            continue
+        if isinstance(text, str) and text.count(_ANSWER_MARK) == 1 and text.count(_MARK) == 1:
+            rest = text.split(_ANSWER_MARK)[1].lstrip()
+            ids = tok(rest, add_special_tokens=False)["input_ids"] if rest else []
+            first = tok.convert_ids_to_tokens(int(ids[0])) if ids else None
+            special = set(getattr(tok, "all_special_tokens", None) or ())
+            if first and first in special and rest.startswith(first) and first != tok.eos_token:
+                return str(first)
+            return ""
+    return ""
 
 
 class _NoTurn(Exception):

@@ -47,7 +47,7 @@ from .base import (
     register_backbone,
     resolve_base_dtype,
 )
-from .chat import ChatWrap, read_chat_wrap
+from .chat import ChatWrap, assistant_end, read_chat_wrap
 from .hf import hf_dir, hf_grad_checkpointing, hf_model_class, load_hf_weights
 from .hf_processor import check_processor_count, count_image_tokens, load_processor, square_side
 from .lm_collate import IGNORE_INDEX, LMCollator, PromptLayout, special_prefix
@@ -243,9 +243,9 @@ class HFVLMBackbone(Backbone):
         return [t.strip() for t in self.hf_processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     def sequence_scores(self, images: Tensor, prompts: Sequence[str], candidates: Sequence[str],
-                        per_token: bool = False) -> Tensor:
+                        per_token: bool = False, end: str = "") -> Tensor:
         """Total log-probability ``(B, C)`` of each candidate (its tokens and the end token, as targets are
-        trained) after each row's prompt; ``per_token``: divided by that number of tokens. One prefill of the prompts, then every candidate of every row in one
+        trained: ``end``, a chat template's end of turn, else the tokenizer's) after each row's prompt; ``per_token``: divided by that number of tokens. One prefill of the prompts, then every candidate of every row in one
         batched step from the cache (``B·C`` language-model rows, routed like beams). Under activation
         checkpointing in training (where transformers drops the cache) the ``B·C`` full sequences run instead."""
         if isinstance(candidates, str) or not candidates or not all(isinstance(c, str) for c in candidates):
@@ -254,7 +254,8 @@ class HFVLMBackbone(Backbone):
         prompts = list(prompts)
         collator = self.lm_collator()   # candidates read as they continue each row's own prompt
         texts = collator.prompt_texts(prompts)
-        per_text = {t: [[*ids, self.eos_id] for ids in collator.continuation_ids([t] * len(candidates), candidates)]
+        end_id = collator.end_id(end)
+        per_text = {t: [[*ids, end_id] for ids in collator.continuation_ids([t] * len(candidates), candidates)]
                     for t in dict.fromkeys(texts)}
         cands = [per_text[t] for t in texts]   # (B, C) id lists: rows with one prompt text share them
         if self.model.training and torch.is_grad_enabled() and _checkpointing(self.model):
@@ -323,11 +324,18 @@ class HFVLMBackbone(Backbone):
             )
 
     def _stop_ids(self) -> list[int]:
-        """The end token, and any other stop ids the model's ``generation_config`` lists (a chat model's end of
-        turn, e.g.)."""
+        """The end token, any other stop ids the model's ``generation_config`` lists, and the chat template's end
+        of an assistant turn (:func:`.chat.assistant_end`; Idefics3 lists only Llama's end tokens, not its
+        ``<end_of_utterance>``): a chat model, and one trained with ``chat = true``, ends its answer there."""
         ids = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-        return list(dict.fromkeys([self.eos_id, *map(int, ids)]))
+        return list(dict.fromkeys([self.eos_id, *map(int, ids), *self._chat_end_ids]))
+
+    @functools.cached_property
+    def _chat_end_ids(self) -> list[int]:
+        """The chat template's end of an assistant turn as a stop id (none without one), read once."""
+        end = assistant_end(self.hf_processor)
+        return [self.lm_collator().end_id(end)] if end else []
 
     def _prompts(self, images: Tensor, prompts: Sequence[str] | None, what: str) -> dict[str, Tensor]:
         """The collated prompts (default: the bare image placeholder), one per image, checked."""

@@ -6,7 +6,8 @@
 fills, so ``input_ids`` always match the image features.
 
 * With targets (training): ``input_ids`` = prompt + target + end token, right-padded; ``attention_mask``;
-  ``labels`` = the ids on the target and end tokens and -100 on the prompt and padding.
+  ``labels`` = the ids on the target and end tokens and -100 on the prompt and padding. The end token is the
+  tokenizer's, or a row's own from ``ends`` (a chat row's: the template's end of turn, ``ChatWrap.end``).
 * Without targets (generation): the prompts left-padded (so every row ends where generation starts),
   ``input_ids`` and ``attention_mask``.
 
@@ -72,7 +73,8 @@ def special_prefix(tokenizer: Any) -> tuple[int, ...]:
 
 
 class LMCollator:
-    """``(prompts, targets | None) -> {"input_ids", "attention_mask"[, "labels"]}`` (see the module doc)."""
+    """``(prompts, targets | None, ends | None) -> {"input_ids", "attention_mask"[, "labels"]}`` (see the module
+    doc)."""
 
     def __init__(self, tokenizer: Any, layout: PromptLayout, max_length: int | None = None) -> None:
         if max_length is not None and max_length < layout.num_image_tokens + 2:
@@ -90,7 +92,8 @@ class LMCollator:
         self.layout = layout
         self.max_length = max_length
 
-    def __call__(self, prompts: Sequence[str], targets: Sequence[str] | None = None) -> dict[str, Tensor]:
+    def __call__(self, prompts: Sequence[str], targets: Sequence[str] | None = None,
+                 ends: Sequence[str] | None = None) -> dict[str, Tensor]:
         if isinstance(prompts, str):
             raise TypeError("lm_collator: prompts must be a list of strings (one per row), not one string")
         prompts = list(prompts)
@@ -104,7 +107,19 @@ class LMCollator:
         if len(targets) != len(prompts):
             raise ValueError(f"lm_collator: {len(prompts)} prompts but {len(targets)} targets; give one target per prompt")
         enc = self.continuation_ids(texts, targets, prompt_ids)
-        return self._right_padded(rows, [[*t, self.layout.eos_id] for t in enc])
+        ends = [""] * len(targets) if ends is None else list(ends)
+        if len(ends) != len(targets):
+            raise ValueError(f"lm_collator: {len(targets)} targets but {len(ends)} ends; give one end per target")
+        return self._right_padded(rows, [[*t, self.end_id(e)] for t, e in zip(enc, ends)])
+
+    def end_id(self, end: str | None = "") -> int:
+        """The id that ends a target: the token ``end`` (a chat template's end of turn), else the tokenizer's end."""
+        if not end:
+            return self.layout.eos_id
+        ids = list(self.tokenizer(end, add_special_tokens=False)["input_ids"])
+        if len(ids) != 1:
+            raise ValueError(f"lm_collator: the end {end!r} is {len(ids)} tokens, not one of the tokenizer's")
+        return int(ids[0])
 
     def continuation_ids(self, prompt_texts: Sequence[str], texts: Sequence[str],
                          prompt_ids: Sequence[Sequence[int]] | None = None) -> list[list[int]]:

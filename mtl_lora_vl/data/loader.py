@@ -99,6 +99,7 @@ class _Kind(Protocol):
     name: str
     uses_text: bool
     generative: bool
+    lm_end: str
 
     def sample_text(self, example: Example) -> str | None: ...
 
@@ -124,7 +125,8 @@ def _resize_of(backbone: Any) -> ImageResize:
 class TaskDataset(Dataset):
     """One task's examples as rows ``{"image", "text", "index", "fields"}`` (made in a worker); on the
     generative path also ``"lm"``: the kind's ``(prompt, target, weight)``, its random choices fixed by a
-    ``draw`` taken from Python's ``random`` (seeded for every row by :class:`SeededDataset`).
+    ``draw`` taken from Python's ``random`` (seeded for every row by :class:`SeededDataset`), and ``"lm_end"``,
+    the token that ends its target (``kind.lm_end``).
 
     A row whose image cannot be decoded is replaced by another row of the task, counted and reported
     once per file (``self.images``, an :class:`ImageFallback`); ``split.strict`` raises instead.
@@ -151,6 +153,7 @@ class TaskDataset(Dataset):
                "index": index, "fields": self.kind.sample_fields(ex, index)}
         if self.generative:
             row["lm"] = self.kind.sample_lm(ex, random.getrandbits(63))
+            row["lm_end"] = self.kind.lm_end   # a chat task's end of turn ("": the tokenizer's end token)
         return row
 
 
@@ -242,7 +245,8 @@ class MultiTaskCollate:
                 bad = self.task_names[rows[lm.index(None)]["task_id"]]
                 raise ValueError(f"task {bad!r} gave no (prompt, target) for the language model; on a generative "
                                  "backbone every task kind must implement sample_lm")
-            batch["lm"] = dict(self.lm_collator([p for p, _, _ in lm], [t for _, t, _ in lm]))
+            batch["lm"] = dict(self.lm_collator([p for p, _, _ in lm], [t for _, t, _ in lm],
+                                                [r["lm_end"] for r in rows]))
             batch["lm_first_label"] = self.lm_collator.first_labelled(batch["lm"]["labels"])   # here, not on the device
             lm_weight = torch.tensor([float(w) for _, _, w in lm], dtype=torch.float32)
         else:

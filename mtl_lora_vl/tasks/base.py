@@ -265,6 +265,12 @@ class TaskKind(ABC):
         """This row's own CPU tensors (labels, targets, ...); the loader stacks them per task."""
         return {}
 
+    @property
+    def lm_end(self) -> str:
+        """The token that ends this task's targets on the generative path: the chat template's end of an assistant
+        turn with ``chat = true`` (``ChatWrap.end``), else "" (the tokenizer's end token)."""
+        return self.prompt_wrap.end if self.prompt_wrap is not None else ""
+
     def sample_lm(self, example: Example, draw: int) -> tuple[str, str, float]:
         """Generative path: this row's ``(prompt, target, weight)``; the LM loss covers only the target (and
         its end token). ``draw`` is an integer fixed by the row's seed (seed, rank, step, position in the batch: the

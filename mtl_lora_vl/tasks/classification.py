@@ -213,7 +213,7 @@ class ClassificationKind(TaskKind):
         if self.generative:
             return candidate_scores(backbone, examples, [self.prompt()] * len(examples), self.candidates(),
                                     batch_size=batch_size, device=device, dtype=dtype, num_workers=num_workers,
-                                    per_token=self.spec.generative["score"] == "mean")
+                                    per_token=self.spec.generative["score"] == "mean", end=self.lm_end)
         weight = None
         if head is None:
             weight = self.class_embeddings(backbone, device=device, dtype=dtype, batch_size=batch_size)

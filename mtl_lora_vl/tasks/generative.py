@@ -154,10 +154,12 @@ def generate_texts(backbone: Any, examples: Sequence[Example], prompts: Sequence
 @torch.no_grad()
 def candidate_scores(backbone: Any, examples: Sequence[Example], prompts: Sequence[str],
                      candidates: Sequence[str], *, batch_size: int, device: torch.device | str,
-                     dtype: torch.dtype = torch.float32, num_workers: int = 0, per_token: bool = False) -> Tensor:
+                     dtype: torch.dtype = torch.float32, num_workers: int = 0, per_token: bool = False,
+                     end: str = "") -> Tensor:
     """``(N, C)`` float32 on the CPU: total log-probability (``per_token``: per target token) of each candidate
     continuation of each example's prompt (``backbone.sequence_scores``). Images go in chunks of ``batch_size // C`` (at least one), so that
-    one call scores about ``batch_size`` sequences."""
+    one call scores about ``batch_size`` sequences. ``end``: the token that ends a candidate, as the task's targets
+    are trained (``kind.lm_end``: a chat template's end of turn; "": the tokenizer's end token)."""
     if len(prompts) != len(examples):
         raise ValueError(f"candidate_scores got {len(examples)} examples but {len(prompts)} prompts")
     if not candidates:
@@ -170,6 +172,6 @@ def candidate_scores(backbone: Any, examples: Sequence[Example], prompts: Sequen
         start = i * chunk
         with autocast(torch.device(device), dtype):
             scores = backbone.sequence_scores(images, list(prompts[start:start + chunk]), list(candidates),
-                                              per_token=per_token)
+                                              per_token=per_token, end=end)
         out.append(scores.float().cpu())
     return torch.cat(out)
