@@ -342,7 +342,8 @@ def test_other_weights_of_the_same_architecture_are_refused(oc_adapter, tmp_path
     finally:
         mlv.unmerge(model)
     with pytest.raises(AdapterFileError, match=r"trained on other weights of this architecture: \d+ of 50 sampled base "
-                                               r"weights differ .*check_base_weights=False"):
+                                               r"weights differ .*check_base_weights=False to the Python function .*the commands "
+                                               r"have no such switch"):
         mlv.load_adapter(_fresh(tiny_open_clip, seed=1), path)
     mlv.load_adapter(_fresh(tiny_open_clip, seed=1), path, check_base_weights=False)  # asked for
     mlv.MTLLoRAModel.from_pretrained(_fresh(tiny_open_clip, seed=1), path, check_base_weights=False)   # as advised

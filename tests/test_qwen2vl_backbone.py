@@ -162,3 +162,14 @@ def test_train_and_eval_commands(dirs, tmp_path, capsys):
     if not (folder / "config.json").is_file():
         save_tiny_qwen2vl(folder)
     assert_train_and_eval_commands(folder, tmp_path, capsys)
+
+
+def test_a_directory_without_its_processor_names_its_own_processor_class(tmp_path):
+    """A Qwen2-VL directory without its processor was told to save a LlavaProcessor(..., patch_size=...,
+    vision_feature_select_strategy=...), which that model does not take."""
+    folder = save_tiny_qwen2vl(tmp_path / "q")
+    (folder / "processor_config.json").unlink(missing_ok=True)
+    (folder / "preprocessor_config.json").unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError, match="no processor files") as e:
+        load_backbone(f"hf:{folder}")
+    assert "Qwen2VLProcessor" in str(e.value) and "LlavaProcessor" not in str(e.value)

@@ -111,6 +111,40 @@ def test_train_adapter_files_evaluate_report(tmp_path, capsys, monkeypatch):
     assert {p.dtype for n, p in params if ".lora_" in n} == {torch.float32}
 
 
+def test_eval_of_an_adapter_loads_the_base_dtype_the_run_trained_on(tmp_path, monkeypatch):
+    """A run trained with --base-dtype bf16 (on a CPU, where auto is fp32) was scored again by eval --adapter on
+    fp32 base weights: its scores moved (retrieval 0.2333 -> 0.2350 on a tiny HF CLIP). The adapter records an
+    explicit base dtype, eval's --base-dtype auto loads it, and an explicit --base-dtype still wins."""
+    import mtl_lora_vl.evaluation.evaluate as evaluate_module
+    from mtl_lora_vl.io import load_pretrained
+    from mtl_lora_vl.precision import base_weights_dtype
+
+    run = tmp_path / "run"
+    assert train_main(base_args(tmp_path, run, steps=2) + ["--base-dtype", "bf16", "-q"]) == 0
+    assert json.loads((run / "adapter" / ADAPTER_CONFIG).read_text())["base"]["base_dtype"] == "bf16"
+    seen = []
+
+    def spy(*args, **kwargs):
+        loaded = load_pretrained(*args, **kwargs)
+        seen.append(base_weights_dtype(loaded.backbone.model))
+        return loaded
+
+    monkeypatch.setattr(evaluate_module, "load_pretrained", spy)
+    assert eval_main(["--adapter", str(run / "adapter"), "--batch-size", "32", "--out", str(tmp_path / "ev"), "-q"]) == 0
+    assert seen == [torch.bfloat16]
+    ours, again = (json.loads((p / "eval.json").read_text())["tasks"] for p in (run, tmp_path / "ev"))
+    assert {t: (r["zero_shot"], r["adapted"]) for t, r in again.items()} == \
+        {t: (r["zero_shot"], r["adapted"]) for t, r in ours.items()}
+    assert eval_main(["--adapter", str(run / "adapter"), "--tasks", "vqa", "--base-dtype", "fp32", "--batch-size", "32",
+                      "--out", str(tmp_path / "ev2"), "-q"]) == 0
+    assert seen[-1] == torch.float32
+    ext = tmp_path / "ext"   # --extend loads the base as the adapter recorded it, and records it so again
+    assert train_main(["--extend", str(run), "--tasks", str(small_spec(tmp_path, "caption_cls")), "--steps", "1",
+                       "--batch-size", "8", "--workers", "0", "--eval-batch-size", "32", "--out", str(ext), "-q"]) == 0
+    assert json.loads((ext / "adapter" / ADAPTER_CONFIG).read_text())["base"]["base_dtype"] == "bf16"
+    assert json.loads((ext / "config.json").read_text())["base_dtype"] == "bf16"
+
+
 def test_extend_trains_only_the_new_task(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     weights = tmp_path / "my_weights.safetensors"  # the base weights from a path of the user's own

@@ -4,6 +4,7 @@ image placeholder to as many tokens as the model's vision tower fills (a mismatc
 
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -86,14 +87,24 @@ def _processor_side(image_processor: Any) -> int | None:
     return None
 
 
+def _processor_class(folder: Path) -> str:
+    """The processor class transformers pairs with the directory's ``model_type`` (else a generic name)."""
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        model_type = None
+    return PROCESSOR_MAPPING_NAMES.get(model_type) or "the model's processor"
+
+
 def load_processor(folder: Path, what: str) -> Any:
     """The ``AutoProcessor`` of a local model directory; a clear error when its files are missing."""
     if not any((folder / f).is_file() for f in _PROCESSOR_FILES):
         raise FileNotFoundError(
             f"{what}: {folder} has no processor files ({' or '.join(_PROCESSOR_FILES)}); a vision-language model "
-            "directory needs its processor beside the weights: processor.save_pretrained(DIR) (e.g. "
-            "LlavaProcessor(image_processor=CLIPImageProcessor(...), tokenizer=..., patch_size=..., "
-            "vision_feature_select_strategy=...))"
+            "directory needs its processor beside the weights: processor.save_pretrained(DIR) with the "
+            f"{_processor_class(folder)} the model was trained with"
         )
     if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
         raise FileNotFoundError(

@@ -167,7 +167,8 @@ def check_weight_samples(base_model: nn.Module, doc: dict[str, Any], path: Path)
             f"{path}: the adapter was trained on other weights of this architecture: {len(off)} of "
             f"{len(recorded)} sampled base weights differ (e.g. {k}: {mine[:2]} here, {theirs[:2]} when it was "
             f"saved). Load it onto the checkpoint it was trained on (recorded: backbone={base.get('backbone')!r}, "
-            f"pretrained={base.get('pretrained')!r}), or pass check_base_weights=False to load it anyway")
+            f"pretrained={base.get('pretrained')!r}); to load it anyway, pass check_base_weights=False to the Python "
+            "function that loads it (the commands have no such switch)")
 
 
 def newer_package_hint(doc: dict[str, Any]) -> str:

@@ -46,7 +46,8 @@ class Setup:
     config: MTLLoRAConfig
     train_splits: dict = field(default_factory=dict)
     extended_from: list[str] = field(default_factory=list)
-    #: The base model an --extend run loaded: the adapter's recorded one unless --backbone/--pretrained say.
+    #: The base model an --extend run loaded (backbone, pretrained, base_dtype): the adapter's recorded one unless
+    #: --backbone/--pretrained/--base-dtype say.
     base: dict[str, Any] | None = None
     new_adapter_values: int | None = None
     #: An --extend run's source adapter: SHA-256 of its record (file digests, config); checkpoints record it.
@@ -170,7 +171,8 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
     model = MultiTaskModel(bb, kinds, heads).to(device)
     recorded = lp.doc.get("base") or {}
     base = {"backbone": recorded.get("backbone") if opts.backbone == "builtin" else opts.backbone,
-            "pretrained": recorded.get("pretrained") if opts.pretrained is None else opts.pretrained}
+            "pretrained": recorded.get("pretrained") if opts.pretrained is None else opts.pretrained,
+            "base_dtype": recorded.get("base_dtype", "auto") if opts.base_dtype == "auto" else opts.base_dtype}
     source = record_sha256({"files": lp.doc.get("files") or {}, "config": lp.doc.get("config")})
     return Setup(bb, specs, kinds, model, attach_info(bb.model).config, train_splits, extended_from=old,
                  new_adapter_values=added, base=base, source_sha256=source, data_roots=roots,

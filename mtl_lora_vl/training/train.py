@@ -223,7 +223,8 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
                      lambda_type=c.lambda_type, method=c.method,
                      targets=c.targets if isinstance(c.targets, str) else json.dumps(c.targets))
         opts.check_extend_shape(shape, given)
-        opts = replace(opts, backbone=setup.base["backbone"], pretrained=setup.base["pretrained"], **shape)
+        opts = replace(opts, backbone=setup.base["backbone"], pretrained=setup.base["pretrained"],
+                       base_dtype=setup.base["base_dtype"], **shape)
     opts = opts.with_path_defaults(any(kind.generative for kind in setup.kinds.values()))
     read_eval_splits(setup, [opts.eval_split, *(["val"] if opts.eval_every or opts.eval_val else [])], opts.data_root)
     seed_rank(opts.seed, info.rank)  # every rank builds the same model, then draws its own dropout masks
@@ -446,7 +447,9 @@ def finish(run: Run) -> None:
     if run.info.is_main:
         save_adapter(model.model, run.dir / "adapter", heads=dict(model.heads.items()),
                      task_specs={s.name: s for s in setup.specs if s.source_file},
-                     base={"backbone": opts.backbone, "pretrained": opts.pretrained},
+                     base={"backbone": opts.backbone, "pretrained": opts.pretrained,
+                           # an explicit --base-dtype is what eval --adapter loads by default (auto: its own rule)
+                           **({"base_dtype": opts.base_dtype} if opts.base_dtype != "auto" else {})},
                      kinds=setup.kinds, overwrite=True,
                      data_roots=setup.recorded_roots(opts.data_root))
     with sharded_evaluation(run.info), main_rank_logging(run.info.is_main):   # every rank warns alike: rank 0 says it
