@@ -822,6 +822,13 @@ def test_data_roots_values_that_are_not_folders_are_named_at_load(tmp_path, valu
         mlv.load_adapter(_fresh(tiny_hf_clip), path)
 
 
+@pytest.mark.parametrize("value", ["bf17", "auto", 16])
+def test_a_recorded_base_dtype_that_is_not_a_dtype_is_named_at_load(tmp_path, value):
+    path = _edited_adapter(tmp_path, lambda d: d.setdefault("base", {}).__setitem__("base_dtype", value))
+    with pytest.raises(AdapterFileError, match=r"base\.base_dtype must be 'fp32', 'bf16' or 'fp16'"):
+        mlv.load_adapter(_fresh(tiny_hf_clip), path)
+
+
 @pytest.mark.parametrize("sample", [["x"] * 4, [[1.0]] * 4, [None] * 4])
 def test_weight_samples_that_are_not_numbers_are_an_adapter_file_error(tmp_path, sample):
     path = _edited_adapter(tmp_path, lambda d: d["base_model"]["weight_samples"].__setitem__("logit_scale", sample))

@@ -303,6 +303,10 @@ def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
         if not isinstance(doc.get(key) or {}, dict):
             raise AdapterFileError(f"{cfg_file}: the field {key!r} is not an object (task -> ...); the file was "
                                    "edited by hand: fix the field or save the adapter again")
+    base_dtype = (doc.get("base") or {}).get("base_dtype")
+    if base_dtype is not None and base_dtype not in ("fp32", "bf16", "fp16"):
+        raise AdapterFileError(f"{cfg_file}: base.base_dtype must be 'fp32', 'bf16' or 'fp16' (the base weights' "
+                               f"dtype the adapter was trained on), got {base_dtype!r}; fix the field or remove it")
     bad_roots = sorted(t for t, r in (doc.get("data_roots") or {}).items() if not (isinstance(r, str) and r))
     if bad_roots:
         raise AdapterFileError(f"{cfg_file}: data_roots of task(s) {bad_roots} must be a folder path (a string), "

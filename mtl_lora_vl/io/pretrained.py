@@ -132,7 +132,7 @@ def _base_backbone(path: Path, doc: dict[str, Any], backbone: str | None, pretra
                                "('base.backbone'); pass backbone='builtin' | 'open_clip:...' | 'hf:DIR' (--backbone), or build "
                                "the base model yourself and call mtl_lora_vl.load_adapter(model, path)")
     weights = pretrained if pretrained is not None else base.get("pretrained")
-    if base_dtype == "auto" and base.get("base_dtype") in ("fp32", "bf16", "fp16"):
+    if base_dtype == "auto" and base.get("base_dtype"):   # checked when the adapter file was read
         base_dtype = base["base_dtype"]   # the run's explicit --base-dtype: its scores are reproduced on that dtype
     try:
         return load_backbone(spec, weights, device=device, base_dtype=base_dtype)
