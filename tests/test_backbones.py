@@ -21,6 +21,7 @@ from mtl_lora_vl.backbones import (
     builtin_dir,
     load_backbone,
 )
+from mtl_lora_vl.backbones.base import OPENAI_MEAN
 
 REPO = Path(__file__).resolve().parent.parent
 WORDS = "a an the photo of red green blue circle square triangle left right above below is there what color shape".split()
@@ -258,6 +259,18 @@ def test_hf_clip_reads_the_image_processor_inside_processor_config(tok_dir, tmp_
     with pytest.raises(ValueError, match=r"processor_config.json.*image_mean must be numbers \(one, or three for "
                                          r"RGB\), got 'x'"):
         load_backbone(f"hf:{tmp_path}")
+
+
+def test_hf_clip_without_an_image_processor_config_says_it_takes_openais(tok_dir, tmp_path, caplog):
+    """A directory without its image processor config silently got OpenAI's mean, std and crop (every other
+    family refuses a directory without its processor); it is said, naming the fix."""
+    _save_tiny_hf_clip(tok_dir, tmp_path)
+    for f in ("preprocessor_config.json", "processor_config.json"):
+        (tmp_path / f).unlink(missing_ok=True)
+    with caplog.at_level("WARNING"):
+        bb = load_backbone(f"hf:{tmp_path}")
+    assert bb.mean == OPENAI_MEAN
+    assert "no image processor config" in caplog.text and "processor.save_pretrained(DIR)" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------- built-in

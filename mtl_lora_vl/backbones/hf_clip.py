@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -23,6 +24,8 @@ from .base import (
 from .hf import hf_dir, hf_grad_checkpointing, load_hf_weights
 from .spec import BackboneSpec
 from .tokenizers import load_hf_tokenizer
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["HFClipBackbone"]
 
@@ -90,6 +93,17 @@ class HFClipBackbone(Backbone):
         )
 
 
+def _openai_preprocessing(folder: Path, image_size: int) -> tuple[tuple[float, float, float],
+                                                                  tuple[float, float, float], ImageResize]:
+    """OpenAI CLIP's mean, std and crop, for a directory that holds no image processor config (said: a model
+    trained with other statistics would see images it was not trained on, silently)."""
+    logger.warning("%s holds no image processor config (preprocessor_config.json, or processor_config.json with an "
+                   "image_processor): images are normalised with OpenAI CLIP's mean and std and cropped to %d px; if "
+                   "the model was trained otherwise, save its processor there (processor.save_pretrained(DIR))",
+                   folder, image_size)
+    return OPENAI_MEAN, OPENAI_STD, ImageResize(image_size, floor_crop=True)   # as CLIPImageProcessor crops
+
+
 def _image_preprocessing(folder: Path, image_size: int) -> tuple[tuple[float, float, float],
                                                                   tuple[float, float, float], ImageResize]:
     """Image mean, std and resize from the image processor's config, else CLIP's: ``preprocessor_config.json``,
@@ -100,14 +114,14 @@ def _image_preprocessing(folder: Path, image_size: int) -> tuple[tuple[float, fl
     if not pp.is_file():
         pp, key = folder / "processor_config.json", "image_processor"
         if not pp.is_file():
-            return OPENAI_MEAN, OPENAI_STD, ImageResize(image_size, floor_crop=True)   # as CLIPImageProcessor crops
+            return _openai_preprocessing(folder, image_size)
     try:
         data = json.loads(pp.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{pp} is not valid JSON: {e}") from e
     if isinstance(data, dict) and key is not None:
         if not isinstance(data.get(key), dict):
-            return OPENAI_MEAN, OPENAI_STD, ImageResize(image_size, floor_crop=True)   # as CLIPImageProcessor crops
+            return _openai_preprocessing(folder, image_size)
         data = data[key]
     if not isinstance(data, dict):
         raise ValueError(f"{pp} must hold a JSON object, got {type(data).__name__}")
