@@ -91,6 +91,7 @@ class LMCollator:
         self.tokenizer = tokenizer
         self.layout = layout
         self.max_length = max_length
+        self._end_ids: dict[str, int] = {}   # end token -> id: read once, not per row of every batch
 
     def __call__(self, prompts: Sequence[str], targets: Sequence[str] | None = None,
                  ends: Sequence[str] | None = None) -> dict[str, Tensor]:
@@ -116,10 +117,12 @@ class LMCollator:
         """The id that ends a target: the token ``end`` (a chat template's end of turn), else the tokenizer's end."""
         if not end:
             return self.layout.eos_id
-        ids = list(self.tokenizer(end, add_special_tokens=False)["input_ids"])
-        if len(ids) != 1:
-            raise ValueError(f"lm_collator: the end {end!r} is {len(ids)} tokens, not one of the tokenizer's")
-        return int(ids[0])
+        if end not in self._end_ids:
+            ids = list(self.tokenizer(end, add_special_tokens=False)["input_ids"])
+            if len(ids) != 1:
+                raise ValueError(f"lm_collator: the end {end!r} is {len(ids)} tokens, not one of the tokenizer's")
+            self._end_ids[end] = int(ids[0])
+        return self._end_ids[end]
 
     def continuation_ids(self, prompt_texts: Sequence[str], texts: Sequence[str],
                          prompt_ids: Sequence[Sequence[int]] | None = None) -> list[list[int]]:

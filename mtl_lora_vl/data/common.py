@@ -12,7 +12,8 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -41,6 +42,14 @@ class DataFormatError(ValueError):
 # ----------------------------------------------------------------------------------------------
 # Paths and image checks
 # ----------------------------------------------------------------------------------------------
+
+def class_name_problems(names: Sequence[Any]) -> tuple[list[Any], list[str]]:
+    """(the names that are not text or blank, the names given more than once once stripped): repeated names tie
+    in a zero-shot classifier and ties count against the true class, so both would score 0."""
+    blank = [x for x in names if not isinstance(x, str) or not x.strip()]
+    counts = Counter(x.strip() for x in names if isinstance(x, str) and x.strip())
+    return blank, sorted(x for x, c in counts.items() if c > 1)
+
 
 def data_root_dir(data_root: str | os.PathLike) -> Path:
     root = Path(data_root).expanduser()

@@ -31,6 +31,7 @@ from .common import (
     PathEscapeError,
     annotation_file,
     caption_examples,
+    class_name_problems,
     data_root_dir,
     open_text,
     resolve_under,
@@ -256,10 +257,8 @@ def examples_from_rows(
         return isinstance(v, int) and not isinstance(v, bool) or (isinstance(v, str) and v.strip().isdecimal())
 
     names = list(class_names) if class_names is not None else None
-    if names is not None:   # repeated names tie in the zero-shot classifier, and ties count against the true class
-        blank = [x for x in names if not isinstance(x, str) or not x.strip()]
-        counts = Counter(x.strip() for x in names if isinstance(x, str))
-        twice = sorted(x for x, c in counts.items() if c > 1 and x)
+    if names is not None:
+        blank, twice = class_name_problems(names)
         if blank or twice:
             raise DataFormatError(f"{source}: the reader's class_names must be distinct, non-blank names"
                                   + (f"; {', '.join(map(repr, twice))} repeated" if twice else "")

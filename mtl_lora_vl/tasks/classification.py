@@ -27,13 +27,13 @@ import dataclasses
 import logging
 import math
 import weakref
-from collections import Counter
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtl_lora_vl.backbones.base import Backbone
+from mtl_lora_vl.data.common import class_name_problems
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.distributed import map_shards
@@ -92,10 +92,10 @@ class ClassificationKind(TaskKind):
     def check_spec(cls, spec: TaskSpec) -> None:
         super().check_spec(spec)
         names = spec.options["class_names"]
-        if not all(isinstance(n, str) and n.strip() for n in names):
+        blank, repeated = class_name_problems(names)
+        if blank:
             raise spec_error(spec, "options.class_names", "a list of non-empty class names", names)
-        repeated = sorted(x for x, c in Counter(n.strip() for n in names).items() if c > 1)
-        if repeated:  # their prompts tie, and ties count against the true class: both would score 0
+        if repeated:
             raise spec_error(spec, "options.class_names", f"distinct class names ({repeated} repeated)", names)
         if not 0.0 <= spec.head["label_smoothing"] < 1.0:
             raise spec_error(spec, "head.label_smoothing", "a number in [0, 1)", spec.head["label_smoothing"])
