@@ -520,6 +520,25 @@ def test_merged_weights_are_fp32_sums_under_autocast():
     assert under.dtype == torch.float32 and torch.equal(under, plain)
 
 
+def test_a_float64_model_merges_to_float64_precision():
+    """A ``.double()`` model's merged weights are summed in fp64: merged output equals routed to fp64
+    rounding (summing in fp32 left it 2-3e-7 off), in place and in ``merged_state_dict``."""
+    torch.manual_seed(0)
+    cfg = mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^fc$", r"^attn$"]})
+    model = mlv.attach(_WithMHA(), cfg).double()
+    _randomize_adapters(model)
+    x = torch.randn(2, 3, 8, dtype=torch.float64)
+    with torch.no_grad(), mlv.route(model, "b"):
+        routed = model(x)
+    sd = mlv.merged_state_dict(model, "b")
+    plain = _WithMHA().double()
+    plain.load_state_dict(sd)
+    mlv.merge(model, "b")
+    with torch.no_grad():
+        assert (model(x) - routed).abs().max().item() < 1e-12
+        assert (plain(x) - routed).abs().max().item() < 1e-12
+
+
 def test_wrapper_checks_head_names_before_attaching():
     from mtl_lora_vl import MTLLoRAModel
 

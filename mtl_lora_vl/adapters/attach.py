@@ -305,6 +305,12 @@ def base_weights(model: nn.Module) -> dict[str, torch.Tensor]:
             for bank, w in _weight_pairs(model)}
 
 
+def _plus(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """weight + delta summed in the wider of the two dtypes (fp32 for a bf16 base, fp64 for a float64 one)."""
+    acc = torch.promote_types(weight.dtype, delta.dtype)
+    return weight.to(acc) + delta.to(acc)
+
+
 @torch.no_grad()
 def merge(model: nn.Module, task: str) -> nn.Module:
     """Fold task ``task``'s update into the base weights (zero inference overhead); see unmerge.
@@ -328,7 +334,7 @@ def merge(model: nn.Module, task: str) -> nn.Module:
     try:
         for bank, weight in pairs:
             bank.merge_backup = weight.detach().clone()
-            weight.copy_((weight.float() + bank.delta_weight(t)).to(weight.dtype))
+            weight.copy_(_plus(weight, bank.delta_weight(t)).to(weight.dtype))
     except BaseException:  # e.g. out of memory half-way: put back the layers already merged
         for bank, weight in pairs:
             if bank.merge_backup is not None:
@@ -390,7 +396,7 @@ def merged_state_dict(model: nn.Module, task: str) -> dict[str, torch.Tensor]:
     names = parameter_names(model)
     for bank, weight in _weight_pairs(model):
         base = bank.merge_backup if bank.merge_backup is not None else weight
-        merged = (base.float() + bank.delta_weight(t)).to(weight.dtype)
+        merged = _plus(base, bank.delta_weight(t)).to(weight.dtype)
         for name in names[id(weight)]:   # every name of a module reachable under several
             sd[name] = merged
     return sd

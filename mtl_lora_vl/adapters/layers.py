@@ -261,14 +261,18 @@ class AdapterBank(nn.Module):
         B is (d_out, R) over the full base output (zero rows for slices that do not adapt), A is
         (R, d_in); R = r for mtl_lora, lora and task_lora, n·r for multi_lora and moe_lora. fp32.
         """
+        return self._pair(task, torch.float32)
+
+    def _pair(self, task: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         self.restore_frozen_rows()
-        with autocast_off(self.lora_B.device.type):   # fp32 under an active autocast too
-            return self._full_rows(self.task_matrices((task,))[0]).float(), self.a_matrix(task).float()
+        with autocast_off(self.lora_B.device.type):   # the asked dtype under an active autocast too
+            return self._full_rows(self.task_matrices((task,))[0]).to(dtype), self.a_matrix(task).to(dtype)
 
     @torch.no_grad()
     def delta_weight(self, task: int) -> torch.Tensor:
-        """ΔW_t = M_t A_t as a dense (d_out, d_in) fp32 matrix, for merging."""
-        B, A = self.lora_pair(task)
+        """ΔW_t = M_t A_t as a dense (d_out, d_in) matrix, for merging: fp32, or fp64 for a float64 adapter
+        (so that a ``.double()`` model's merge is exact to fp64, not fp32, rounding)."""
+        B, A = self._pair(task, torch.promote_types(self.lora_B.dtype, torch.float32))
         with autocast_off(B.device.type):
             return B @ A
 
