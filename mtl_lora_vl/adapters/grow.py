@@ -64,6 +64,10 @@ def add_task(model: nn.Module, name: str) -> AddedTask:
     steps and stay bit-identical whatever the optimizer (weight_decay=0 for them is still advised, so the
     optimizer's own view of those tensors matches). Several tasks may be added in turn; all of them
     train. Save with ``save_adapter`` as usual.
+
+    The new task does not start as the base model for ``mtl_lora`` and ``moe_lora``: its w_t mixes the
+    already trained B_i (through Λ_t = I with mtl_lora), so its update is nonzero from step 0;
+    ``task_lora``'s new task starts as the base (B_t = 0).
     """
     info = attach_info(model)
     problem = task_name_problem(name)
