@@ -505,6 +505,11 @@ def test_add_task_trains_only_the_new_task_and_keeps_the_others_bit_identical(me
     if method == "mtl_lora":
         assert not any(n.endswith(("lora_A", "lora_B")) for n in trainable)
     new_start = _outputs(model, _oc_run, inp, ["count"])["count"]
+    with torch.no_grad(), mlv.disabled(model):
+        base = _oc_run(model, inp)
+    # as add_task's docstring says: only task_lora's new task starts as the base (B_t = 0); the others
+    # start from the trained shared B_i (mixed by the new w_t for mtl_lora and moe_lora)
+    assert torch.equal(new_start, base) == (method == "task_lora")
 
     head = nn.Linear(32, 2)
     _train_steps(model, head, ids=torch.tensor([0, 1, 2, 2]))  # old tasks in the batch too
