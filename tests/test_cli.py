@@ -102,6 +102,17 @@ def test_config_sets_options_and_flags_win_wherever_they_stand(tmp_path):
     assert (lambda o: (o.steps, o.epochs))(parse_train_args(["--config", str(run_config), "--steps", "5"])) == (5, None)
 
 
+def test_argv_may_hold_paths_and_numbers(tmp_path, capsys):
+    """A Python caller's ``Path`` or number in argv is taken as the shell would pass it (it raised
+    AttributeError / TypeError inside argparse)."""
+    cfg = tmp_path / "opts.toml"
+    cfg.write_text("rank = 4\n")
+    opts = parse_train_args(["--config", cfg, "--out", tmp_path / "run", "--steps", 7])
+    assert (opts.rank, opts.out, opts.steps) == (4, str(tmp_path / "run"), 7)
+    assert main(["train", "--config", cfg, "--steps", 0]) == 2   # parsed as far as the range check
+    assert "--steps: must be" in capsys.readouterr().err
+
+
 def test_bad_flags_are_refused_with_what_is_allowed(capsys):
     assert "--rank: expected an integer >= 1" in _refused(capsys, ["--rank", "8.5"])
     assert "--rank: must be >= 1, got 0" in _refused(capsys, ["--rank", "0"])

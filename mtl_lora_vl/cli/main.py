@@ -18,6 +18,7 @@ from typing import Any
 from .._version import __version__
 from ..log import cli_logging
 from .commands import program_name
+from .parsing import command_line
 
 __all__ = ["COMMANDS", "main", "resolve"]
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Entry point of ``mtl-lora-vl`` and ``python -m mtl_lora_vl``; returns the exit status."""
     prog = prog or program_name()
     parser = _parser(prog)
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = command_line(argv)
     if not argv:   # argparse's "required: COMMAND, args" named an internal argument
         parser.print_usage(sys.stderr)
         sys.stderr.write(f"{prog}: error: give a command, one of: {', '.join(COMMANDS)} "

@@ -251,6 +251,14 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
     return out
 
 
+def command_line(argv: Sequence[str | os.PathLike | int | float] | None) -> list[str]:
+    """``argv`` as strings (``sys.argv[1:]`` when None): a caller's ``Path`` or number is taken as the shell
+    would pass it, rather than failing deep in argparse."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return [os.fspath(a) if isinstance(a, os.PathLike) else str(a) if isinstance(a, (int, float)) else a
+            for a in args]
+
+
 def parse_options(cls: type, argv: list[str] | None, prog: str, description: str) -> tuple[Any, str]:
     """Options (an instance of ``cls``) and the log level from the command line and its ``--config`` file.
 
@@ -265,7 +273,7 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
     """:func:`parse_options` plus the names of the options given (on the command line or in the
     ``--config`` file) rather than left at their defaults -- ``--resume`` refuses those it would ignore."""
     parser = build_parser(cls, prog, description)
-    argv = _bare_home(cls, _dashes(cls, list(sys.argv[1:] if argv is None else argv)))
+    argv = _bare_home(cls, _dashes(cls, command_line(argv)))
     ns = _parse(parser, cls, argv)
     on_command_line = set(_given_on_command_line(cls, argv))
     given = set(on_command_line)
