@@ -246,9 +246,16 @@ def node_cores(info: DistInfo) -> tuple[int, int]:
     if not info.enabled:
         return len(mask), max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     parts: list[Any] = [None] * info.world_size
-    dist.all_gather_object(parts, (socket.gethostname(), mask))
-    here = [m for host, m in parts if host == socket.gethostname()]
+    dist.all_gather_object(parts, (_machine(), mask))
+    here = [m for machine, m in parts if machine == _machine()]
     return len({c for m in here for c in m}), len(here)
+
+
+def _machine() -> tuple[str, str]:
+    """Which machine this rank runs on: the host name, and the launcher's node index where it gives one
+    (torchrun's GROUP_RANK, Slurm's SLURM_NODEID) -- containers on different machines may share a host name."""
+    node = os.environ.get("GROUP_RANK") or os.environ.get("SLURM_NODEID") or ""
+    return socket.gethostname(), node
 
 
 def union_over_shards(values: set[str]) -> set[str]:

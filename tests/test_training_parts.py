@@ -465,15 +465,20 @@ def test_default_workers_count_the_cores_of_ranks_pinned_to_their_own(monkeypatc
     masks = {r: list(range(4 * r, 4 * r + 4)) for r in range(4)}
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(masks[0]), raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setenv("GROUP_RANK", "0")
 
-    def gather(parts, mine, own=masks):
-        assert mine == (host, masks[0])
-        parts[:] = [(host, own[r]) for r in range(4)] + [("other-node", list(range(64)))] * 4
+    def gather(parts, mine, own=masks, other=("other-node", "1")):
+        assert mine == ((host, "0"), masks[0])
+        parts[:] = [((host, "0"), own[r]) for r in range(4)] + [(other, list(range(64)))] * 4
 
     monkeypatch.setattr(dist_mod.dist, "all_gather_object", gather)
     assert train_module.default_workers(DistInfo(world_size=8)) == 3          # its own 4 cores less its trainer
     monkeypatch.setattr(dist_mod.dist, "all_gather_object", partial(gather, own={r: masks[0] for r in range(4)}))
     assert train_module.default_workers(DistInfo(world_size=8)) == 0          # 4 ranks sharing 4 cores
+    # containers on another machine with the same host name: torchrun's node index tells them apart (counted
+    # by host name alone, the 8 ranks pooled 64 cores and took 4 workers each)
+    monkeypatch.setattr(dist_mod.dist, "all_gather_object", partial(gather, other=(host, "1")))
+    assert train_module.default_workers(DistInfo(world_size=8)) == 3
 
 
 def test_evaluation_during_training_uses_the_run_workers(monkeypatch):
