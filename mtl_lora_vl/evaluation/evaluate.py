@@ -21,7 +21,7 @@ from ..data.records import Split
 from ..distributed import DistInfo, barrier, cleanup, init_distributed, sharded_evaluation
 from ..io import Pretrained, load_pretrained
 from ..io.adapter_files import base_paths, config_of, read_adapter_config, recorded_base
-from ..io.atomic import atomic_dir, check_target
+from ..io.atomic import atomic_dir, atomic_file, check_target
 from ..io.layout import check_output
 from ..log import main_rank_logging, progress
 from ..multitask import MultiTaskModel, Setup
@@ -186,7 +186,6 @@ def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model: nn
     """eval.json, report.md and plots/ in ``run_dir``; returns the printed table."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown_table(result)
     details = details_table(result)
     if details:
@@ -197,7 +196,10 @@ def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model: nn
     plots = write_plots(run_dir, result, adapted_model)
     lines = ["# Zero-shot vs adapted", "", table, ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
-    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+    with atomic_file(run_dir / "report.md", overwrite=True, what="report") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    with atomic_file(run_dir / "eval.json", overwrite=True, what="eval.json") as tmp:   # last: it marks a finished
+        tmp.write_text(json.dumps(result, indent=2) + "\n")                             # evaluation (bench, eval --out)
     return table
 
 
@@ -210,6 +212,7 @@ def evaluate_adapter(adapter: str | Path, tasks: str | None = None, backbone: st
     ``data_root`` for file-based tasks); ``base_dtype`` as ``load_backbone`` takes it. Under torchrun every rank scores its shard of each split and
     rank 0 writes the outputs (the other ranks return an empty string); the scores equal one process's."""
     adapter = Path(adapter)
+    read_adapter_config(adapter, verify=False)   # a wrong --adapter is named before any check of --out
     out = Path(out) if out else adapter.resolve().parent / f"eval-{split}"
     try:   # what writing the results would refuse, checked before the scoring, not after it
         check_target(out, directory=True, overwrite=True, what="--out")

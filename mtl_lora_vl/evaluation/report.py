@@ -16,8 +16,10 @@ from torch import nn
 from ..adapters.attach import attach_info
 
 
-def _change(d: float) -> str:
-    """A score change to 4 places; one that rounds to zero is +0.0000 (not -0.0000 from a 1e-14 difference)."""
+def _change(adapted: float, zero_shot: float) -> str:
+    """The change between two scores as the table shows them (each to 4 places), so a row adds up as printed
+    (eval.json keeps the exact difference); one that rounds to zero is +0.0000 (not -0.0000)."""
+    d = float(f"{adapted:.4f}") - float(f"{zero_shot:.4f}")
     return f"{(d if round(d, 4) != 0 else 0.0):+.4f}"
 
 
@@ -30,7 +32,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     head = "| task | split | metric |" if split_col else "| task | metric |"
     rows = [head + " zero-shot | adapted | change |", "|---|---|---|---:|---:|---:|" if split_col else "|---|---|---:|---:|---:|"]
     for name, r in result["tasks"].items():
-        zs, change = ("–", "–") if r["zero_shot"] is None else (f"{r['zero_shot']:.4f}", _change(r["change"]))
+        zs, change = ("–", "–") if r["zero_shot"] is None else (f"{r['zero_shot']:.4f}", _change(r["adapted"], r["zero_shot"]))
         split = f" {r.get('split', asked)} |" if split_col else ""
         rows.append(f"| {name} |{split} {r['metric']} | {zs} | {r['adapted']:.4f} | {change} |")
     return "\n".join(rows)
@@ -72,7 +74,7 @@ def details_table(result: dict[str, Any]) -> str:
     for name, r in result["tasks"].items():
         zs, ad = r["details"].get("zero_shot") or {}, r["details"]["adapted"]
         for k in detail_keys(r):
-            z, change = ("–", "–") if k not in zs else (f"{zs[k]:.4f}", _change(ad[k] - zs[k]))
+            z, change = ("–", "–") if k not in zs else (f"{zs[k]:.4f}", _change(ad[k], zs[k]))
             rows.append(f"| {name} | {k} | {z} | {ad[k]:.4f} | {change} |")
     if not rows:
         return ""
@@ -124,8 +126,9 @@ def write_plots(run_dir: Path, result: dict[str, Any], model: nn.Module) -> list
         keys = sorted({k for r in rows for k in r if k.startswith("loss/")})
         for k in keys:
             pts = [(r["step"], r[k]) for r in rows if k in r]
-            ax.plot(*zip(*pts), label=k.removeprefix("loss/"))
-        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], "k--", lw=1, label="total (weighted)")
+            ax.plot(*zip(*pts), marker="o" if len(pts) == 1 else None, label=k.removeprefix("loss/"))
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], "k--", lw=1,
+                marker="o" if len(rows) == 1 else None, label="total (weighted)")
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
         ax.set_title("Training loss per task")
@@ -143,6 +146,7 @@ def write_plots(run_dir: Path, result: dict[str, Any], model: nn.Module) -> list
     ax.bar(x + 0.2, ad, 0.4, label="adapted", color="#2f6fba")
     ax.set_xticks(x.tolist(), [f"{t}\n({result['tasks'][t]['metric']})" for t in tasks], fontsize=8)
     ax.set_ylim(0, 1)
+    ax.set_ylabel("headline score")
     ax.set_title("Zero-shot vs adapted")
     ax.legend(fontsize=8)
     written.append(_save(fig, out / "zero_shot_vs_adapted.png"))

@@ -137,6 +137,9 @@ def _base_backbone(path: Path, doc: dict[str, Any], backbone: str | None, pretra
     try:
         return load_backbone(spec, weights, device=device, base_dtype=base_dtype)
     except (ValueError, FileNotFoundError, OSError) as e:
-        raise AdapterFileError(f"{path}: cannot build the base model {spec!r} (pretrained={weights!r}) that the "
-                               f"adapter was trained on: {e}. Point at it on this machine with backbone=... / "
-                               "pretrained=... (--backbone / --pretrained)") from e
+        given = backbone is not None and backbone != base.get("backbone")
+        which = (f"given by --backbone (the adapter was trained on {base.get('backbone')!r})" if given
+                 else "that the adapter was trained on")
+        raise AdapterFileError(f"{path}: cannot build the base model {spec!r} (pretrained={weights!r}) {which}: {e}. "
+                               "Point at it on this machine with backbone=... / pretrained=... (--backbone / "
+                               "--pretrained)") from e

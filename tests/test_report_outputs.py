@@ -1,0 +1,90 @@
+"""The evaluation outputs: the table adds up as printed, plots show one log row and label their axes, a wrong
+--adapter or --backbone is named as such, eval.json is written last (it marks a finished evaluation)."""
+import json
+
+import pytest
+from torch import nn
+
+
+def _result(zs, ad, metric="mean_recall", task="retrieval"):
+    return {"tasks": {task: {"metric": metric, "zero_shot": zs, "adapted": ad, "change": ad - zs,
+                             "kind": "retrieval", "split": "test", "n": 500, "metrics": [metric],
+                             "details": {"zero_shot": {metric: zs, "t2i_r1": 0.16666666666666666},
+                                         "adapted": {metric: ad, "t2i_r1": 0.16953316953316952}}}},
+            "split": "test"}
+
+
+def test_change_column_is_the_difference_of_the_shown_scores():
+    """A row must add up as printed (0.3752 -> 0.3948 is +0.0196, not +0.0195)."""
+    from mtl_lora_vl.evaluation.report import details_table, markdown_table
+
+    # the retrieval row of a real 4-step run (builtin CLIP, --dropout 0.3)
+    r = _result(0.3752148512148512, 0.39475593775593776)
+    for table in (markdown_table(r), details_table(r)):
+        for line in table.splitlines()[2:]:
+            z, a, change = (c.strip() for c in line.strip("|").split("|")[-3:])
+            assert float(change) == pytest.approx(round(float(a) - float(z), 4)), line
+
+
+def test_training_curve_of_one_log_row_is_visible(tmp_path, monkeypatch):
+    """--steps 5 --log-every 10 logs one row; a line of one point draws nothing (an empty plot)."""
+    from mtl_lora_vl.evaluation import report
+
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"loss/a": 1.0, "loss": 1.0, "step": 5}) + "\n")
+    monkeypatch.setattr(report, "mixing_matrices", lambda model: {})
+    figs = []
+    monkeypatch.setattr(report, "_save", lambda fig, path, tight=True: figs.append((path.name, fig)) or path)
+    report.write_plots(tmp_path, _result(0.3, 0.4, "top1", "a"), nn.Linear(1, 1))
+    fig = dict(figs)["training_curves.png"]
+    for line in fig.axes[0].lines:
+        assert len(line.get_xdata()) > 1 or line.get_marker() not in (None, "", "None", " "), line.get_label()
+
+
+def test_score_plot_has_a_y_label(tmp_path, monkeypatch):
+    """The zero-shot vs adapted bars label their y axis (they had none; the curves plot has one)."""
+    from mtl_lora_vl.evaluation import report
+
+    monkeypatch.setattr(report, "mixing_matrices", lambda model: {})
+    figs = []
+    monkeypatch.setattr(report, "_save", lambda fig, path, tight=True: figs.append((path.name, fig)) or path)
+    report.write_plots(tmp_path, _result(0.3, 0.4, "top1", "a"), nn.Linear(1, 1))
+    assert dict(figs)["zero_shot_vs_adapted.png"].axes[0].get_ylabel()
+
+
+def test_missing_adapter_is_named_before_an_existing_default_out(tmp_path):
+    """eval --adapter RUN/adaptr (a typo) beside an earlier RUN/eval-test was told to pass --overwrite."""
+    from mtl_lora_vl.evaluation.evaluate import evaluate_adapter
+
+    run = tmp_path / "run"
+    (run / "eval-test").mkdir(parents=True)
+    (run / "eval-test" / "eval.json").write_text("{}\n")
+    with pytest.raises(Exception, match="adaptr.*does not exist"):
+        evaluate_adapter(run / "adaptr", device="cpu")
+    assert (run / "eval-test" / "eval.json").read_text() == "{}\n"   # nothing written
+
+
+def test_backbone_override_that_cannot_load_is_not_called_the_trained_one(tmp_path):
+    """--backbone open_clip:ViT-B-32 on a builtin adapter said 'the base model ... that the adapter was
+    trained on'; it names what was given and what the adapter records."""
+    from mtl_lora_vl.io.pretrained import _base_backbone
+
+    doc = {"base": {"backbone": "builtin", "pretrained": None}}
+    with pytest.raises(Exception) as e:
+        _base_backbone(tmp_path / "adapter", doc, "open_clip:ViT-B-32", None, "cpu")
+    msg = str(e.value)
+    assert "trained on 'builtin'" in msg or "records 'builtin'" in msg, msg
+    assert "--backbone" in msg
+
+
+def test_eval_json_is_written_last_so_it_marks_a_complete_evaluation(tmp_path, monkeypatch):
+    """a run interrupted while plotting kept eval.json (what bench and eval --out take as a finished
+    evaluation) without report.md; checkpoint._RUN_OUTPUTS says both are written atomically, and they were not."""
+    from mtl_lora_vl.evaluation import evaluate as ev
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ev, "write_plots", boom)
+    with pytest.raises(KeyboardInterrupt):
+        ev.write_outputs(tmp_path, _result(0.3, 0.4), nn.Linear(1, 1))
+    assert not (tmp_path / "eval.json").exists()
