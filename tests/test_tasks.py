@@ -413,6 +413,13 @@ def test_vqa_loss_ignores_rows_without_vocab_answers(clip):
     assert float(zero.detach()) == 0.0 and zero.requires_grad
     with pytest.raises(ValueError, match="question embeddings"):
         kind.loss(head, clip, {"targets": torch.zeros(3, 2)}, img, None)
+    # a mean over rows (those without a vocabulary answer add 0): the mean of two halves' losses is the whole
+    # batch's, as DDP's and --accumulate's averaging assume (a mean over answered rows made it 1.61 vs 1.00)
+    img, q = torch.nn.functional.normalize(torch.randn(4, 32), dim=-1), torch.randn(4, 32)
+    targets = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0], [0.3, 1.0]])   # halves answer 1 and 2 rows
+    whole = kind.loss(head, clip, {"targets": targets}, img, q)
+    halves = [kind.loss(head, clip, {"targets": targets[i:i + 2]}, img[i:i + 2], q[i:i + 2]) for i in (0, 2)]
+    torch.testing.assert_close(whole, sum(halves) / 2)
 
 
 def test_classification_counts_ties_against_the_true_class_in_every_metric(clip, monkeypatch):
@@ -614,7 +621,9 @@ def test_caption_token_loss_stops_at_the_end_token():
     assert float(caption_token_loss(logits, tokens2, eos, eos)) < 1e-6
 
 
-def test_caption_token_loss_is_the_mean_over_valid_tokens_without_waiting_for_the_host():
+def test_caption_token_loss_is_the_mean_of_row_token_means_without_waiting_for_the_host():
+    """A mean over rows of each row's token mean (as the generative path's): the mean of two halves' losses is
+    the whole batch's, as DDP's and --accumulate's averaging assume (a mean over the batch's tokens was not)."""
     """It read the mask back (`bool(valid.any())`) and indexed by it (a nonzero): GPU waits inside the step."""
     from test_training_parts import _HostReads
 
@@ -627,7 +636,10 @@ def test_caption_token_loss_is_the_mean_over_valid_tokens_without_waiting_for_th
     with _HostReads() as host:
         loss = caption_token_loss(logits, tokens, eos, pad)
     assert host.reads == []
-    torch.testing.assert_close(loss, F.cross_entropy(logits[valid], target[valid]))
+    torch.testing.assert_close(loss, torch.stack([F.cross_entropy(logits[i][valid[i]], target[i][valid[i]])
+                                                  for i in range(3)]).mean())
+    torch.testing.assert_close(loss, (caption_token_loss(logits[:1], tokens[:1], eos, pad)
+                                      + 2 * caption_token_loss(logits[1:], tokens[1:], eos, pad)) / 3)
     none = caption_token_loss(logits, torch.full((3, 6), pad), eos, pad)   # nothing to score: 0, with a gradient
     none.backward()
     assert float(none.detach()) == 0.0 and logits.grad is not None and not logits.grad.any()

@@ -47,7 +47,8 @@ CaptionHead = GenerationHead
 
 
 def caption_token_loss(logits: Tensor, tokens: Tensor, eos_id: int, pad_id: int) -> Tensor:
-    """Mean token CE of ``logits`` (B, L-1, V) against ``tokens[:, 1:]``, up to and including the first eos."""
+    """Token CE of ``logits`` (B, L-1, V) against ``tokens[:, 1:]``, up to and including the first eos: each
+    row's token mean, averaged over rows (so equal shards' losses average to the whole batch's)."""
     target = tokens[:, 1:]
     is_eos = target == eos_id
     after_eos = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0
@@ -57,7 +58,8 @@ def caption_token_loss(logits: Tensor, tokens: Tensor, eos_id: int, pad_id: int)
     # No mask indexing and no branch on the mask: either would make a GPU wait for the host mid-step
     losses = F.cross_entropy(logits.float().flatten(0, 1), target.masked_fill(~valid, 0).flatten(),
                              reduction="none")
-    return (losses * valid.flatten()).sum() / valid.sum().clamp(min=1)   # no valid token: 0, with a gradient
+    per_row = (losses.view(target.shape) * valid).sum(1) / valid.sum(1).clamp(min=1)   # each row's token mean
+    return per_row.mean()   # a mean over rows, as lm_task_loss: DDP's and accumulation's averages are exact
 
 
 def caption_references(split: Split) -> tuple[list[Example], dict[str, list[str]]]:
