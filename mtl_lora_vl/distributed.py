@@ -246,8 +246,9 @@ def node_cores(info: DistInfo) -> tuple[int, int]:
     if not info.enabled:
         return len(mask), max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     parts: list[Any] = [None] * info.world_size
-    dist.all_gather_object(parts, (_machine(), mask))
-    here = [m for machine, m in parts if machine == _machine()]
+    me = _machine()
+    dist.all_gather_object(parts, (me, mask))
+    here = [m for machine, m in parts if machine == me]
     return len({c for m in here for c in m}), len(here)
 
 

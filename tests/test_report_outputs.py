@@ -77,7 +77,7 @@ def test_backbone_override_that_cannot_load_is_not_called_the_trained_one(tmp_pa
 
 
 def test_eval_json_is_written_last_so_it_marks_a_complete_evaluation(tmp_path, monkeypatch):
-    """a run interrupted while plotting kept eval.json (what bench and eval --out take as a finished
+    """A run interrupted while plotting kept eval.json (what bench and eval --out take as a finished
     evaluation) without report.md; checkpoint._RUN_OUTPUTS says both are written atomically, and they were not."""
     from mtl_lora_vl.evaluation import evaluate as ev
 

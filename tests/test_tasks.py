@@ -623,8 +623,8 @@ def test_caption_token_loss_stops_at_the_end_token():
 
 def test_caption_token_loss_is_the_mean_of_row_token_means_without_waiting_for_the_host():
     """A mean over rows of each row's token mean (as the generative path's): the mean of two halves' losses is
-    the whole batch's, as DDP's and --accumulate's averaging assume (a mean over the batch's tokens was not)."""
-    """It read the mask back (`bool(valid.any())`) and indexed by it (a nonzero): GPU waits inside the step."""
+    the whole batch's, as DDP's and --accumulate's averaging assume (a mean over the batch's tokens was not).
+    It read the mask back (`bool(valid.any())`) and indexed by it (a nonzero): GPU waits inside the step."""
     from test_training_parts import _HostReads
 
     torch.manual_seed(0)
