@@ -288,3 +288,33 @@ def test_generate_refuses_a_route_of_fewer_ids_than_input_rows_on_vision_only_ad
     with mlv.route(bb.model, [0, 1, 2, 1]):   # one id per input row still generates
         assert bb.model.generate(**batch, pixel_values=images, max_new_tokens=2, pad_token_id=bb.pad_id,
                                  **kw).shape[0] == 4 * kw.get("num_return_sequences", 1)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_generate_on_a_worker_thread_inside_the_callers_route(dirs, beams):
+    """A route opened on one thread routes forwards run on another (a thread pool serving requests). With beams the
+    routed ``generate`` widens that route for its k rows per input; that widening opened a new claimed scope on the
+    worker thread and was refused as "routed from several threads at once", while greedy (k = 1) worked."""
+    import threading
+
+    bb = adapted(dirs, "llava")
+    images, prompts = inputs(bb, 3)
+    ids = torch.tensor([1, 0, 2])
+    with mlv.route(bb.model, ids):
+        want = bb.generate(images, max_len=5, beam_size=beams, prompts=prompts)
+    got, errors = [], []
+
+    def work():
+        try:
+            got.extend(bb.generate(images, max_len=5, beam_size=beams, prompts=prompts))
+        except Exception as e:  # noqa: BLE001 -- reported below
+            errors.append(e)
+
+    with mlv.route(bb.model, ids):
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+        assert bb.model._mtl_lora.router.current.batch_size == 3   # the caller's route, not the widened one
+    assert not errors and got == want
+    router = bb.model._mtl_lora.router
+    assert router.current is None and router.thread is None

@@ -25,7 +25,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .routing import RoutingError, find_router
-from .scopes import route
+from .scopes import widened
 
 __all__ = ["RoutedGenerate", "expanded_rows", "generation_rows", "install_routed_generate",
            "uninstall_routed_generate"]
@@ -46,7 +46,7 @@ def expanded_rows(model: nn.Module, k: int) -> Iterator[None]:
     if current is None or k == 1 or current.batch_size is None:
         yield
         return
-    with route(router, current.allowing(k)):
+    with widened(router, current.allowing(k)):
         yield
 
 

@@ -198,6 +198,21 @@ def route(model: nn.Module | Router,
         router.thread = held
 
 
+@contextmanager
+def widened(router: Router, r: Route) -> Iterator[None]:
+    """Run this block under ``r``, the router's current route re-opened with more rows per id (generation's beams,
+    :func:`~.generation.expanded_rows`). Not a new routing decision, so not claimed (:func:`_claim`): a ``generate``
+    on a worker thread inside the caller's ``route`` scope is routed by that scope, with beams as without."""
+    outer = router.current
+    router.current = r
+    try:
+        with _scope(router, ADAPTERS_OFF if router.disabled else r):
+            yield
+    finally:
+        if router.current is r:   # else the caller's scope was closed meanwhile (on its thread): leave its result
+            router.current = outer
+
+
 def _close(router: Router, new: Route, outer: Route | None) -> None:
     """Restore the route outside the closing scope ``new``, refusing scopes closed out of order."""
     if router.current is not new:   # another scope opened inside this one is still open
