@@ -5,6 +5,8 @@ import json
 import pytest
 from torch import nn
 
+import mtl_lora_vl as mlv
+
 
 def _result(zs, ad, metric="mean_recall", task="retrieval"):
     return {"tasks": {task: {"metric": metric, "zero_shot": zs, "adapted": ad, "change": ad - zs,
@@ -58,7 +60,7 @@ def test_missing_adapter_is_named_before_an_existing_default_out(tmp_path):
     run = tmp_path / "run"
     (run / "eval-test").mkdir(parents=True)
     (run / "eval-test" / "eval.json").write_text("{}\n")
-    with pytest.raises(Exception, match="adaptr.*does not exist"):
+    with pytest.raises(mlv.AdapterFileError, match="adaptr.*does not exist"):
         evaluate_adapter(run / "adaptr", device="cpu")
     assert (run / "eval-test" / "eval.json").read_text() == "{}\n"   # nothing written
 
@@ -69,7 +71,7 @@ def test_backbone_override_that_cannot_load_is_not_called_the_trained_one(tmp_pa
     from mtl_lora_vl.io.pretrained import _base_backbone
 
     doc = {"base": {"backbone": "builtin", "pretrained": None}}
-    with pytest.raises(Exception) as e:
+    with pytest.raises(mlv.AdapterFileError) as e:
         _base_backbone(tmp_path / "adapter", doc, "open_clip:ViT-B-32", None, "cpu")
     msg = str(e.value)
     assert "trained on 'builtin'" in msg or "records 'builtin'" in msg, msg
