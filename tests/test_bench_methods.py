@@ -115,7 +115,9 @@ def test_ablate_flag_chooses_the_ablations_and_names_bad_values(capsys):
         settings_from_args(build_parser().parse_args(["--lr-grid", "3e-3,1e-2x"]))
     for over, says in (({"lr_grid": [0.0, 1e-3]}, r"--lr-grid: every learning rate must be a finite number > 0, "
                                                   r"got \[0.0\]"),
-                       ({"warmup": -1}, "--warmup must be >= 0"), ({"val_n": 0}, "--val-n must be >= 1")):
+                       ({"warmup": -1}, "--warmup must be >= 0"), ({"val_n": 0}, "--val-n must be >= 1"),
+                       ({"seeds": 0}, "--seeds must be >= 1, got 0"), ({"batch_size": -4}, "--batch-size must be >= 1"),
+                       ({"steps": 0}, "--steps must be >= 1"), ({"lr_grid": []}, "--lr-grid: give at least one")):
         with pytest.raises(ValueError, match=says):
             BenchSettings(**over).validate()
 

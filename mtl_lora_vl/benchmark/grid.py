@@ -76,8 +76,11 @@ class BenchSettings:
         if self.ablations and REFERENCE_METHOD not in self.methods:
             raise ValueError(f"ablations run at {REFERENCE_METHOD}'s tuned learning rate: keep {REFERENCE_METHOD} in "
                              "--methods or turn ablations off")
-        if self.seeds < 1 or self.steps < 1 or self.batch_size < 1 or not self.lr_grid:
-            raise ValueError("seeds, steps and batch size must be >= 1 and the learning-rate grid non-empty")
+        for flag, value in (("--seeds", self.seeds), ("--steps", self.steps), ("--batch-size", self.batch_size)):
+            if value < 1:
+                raise ValueError(f"{flag} must be >= 1, got {value}")
+        if not self.lr_grid:
+            raise ValueError("--lr-grid: give at least one learning rate, e.g. --lr-grid 1e-3,3e-3")
         if not self.methods:
             raise ValueError(f"--methods names no method; choose from {list(METHODS)}")
         twice = sorted({m for m in self.methods if self.methods.count(m) > 1})
