@@ -117,6 +117,9 @@ def test_user_spec_by_path(tmp_path):
 def test_unknown_and_duplicate_tasks(tmp_path):
     with pytest.raises(SpecError, match="unknown task 'nope'.*caption_cls"):
         resolve_tasks("vqa,nope")
+    for typo, meant in (("VQA", "vqa"), ("caption", "captioning"), ("retreival", "retrieval")):
+        with pytest.raises(SpecError, match=f"unknown task '{typo}' \\(did you mean '{meant}'\\?\\)"):
+            resolve_tasks(typo)
     with pytest.raises(SpecError, match="given twice"):
         resolve_tasks("vqa,vqa")
     copy = tmp_path / "other.toml"

@@ -201,7 +201,9 @@ def load_spec(name_or_path: str | Path, *, need_train: bool = True) -> TaskSpec:
         candidate = d / f"{name}.toml"
         if candidate.is_file():
             return _parse(candidate)
-    raise SpecError(f"unknown task {name!r}: the built-in tasks are {available_specs()}; "
+    close = difflib.get_close_matches(name.lower(), available_specs(), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise SpecError(f"unknown task {name!r}{hint}: the built-in tasks are {available_specs()}; "
                     f"or give the path to your own task spec (.toml)")
 
 
