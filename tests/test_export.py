@@ -92,7 +92,7 @@ def test_all_tasks_as_named_peft_adapters_serve_a_mixed_batch(family, tmp_path):
     build = {"hf_clip": tiny_hf_clip, "llava": tiny_llava}[family]
     model = _trained(build, mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2, alpha=6))
     path = mlv.export_lora(model, TASKS, tmp_path / "all")
-    per_task = {"adapter_config.json", "adapter_model.safetensors"}
+    per_task = {"adapter_config.json", "adapter_model.safetensors", "mtl_lora_export.json"}
     assert _files(path) == {"README.md", "mtl_lora_export.json"} | {f"{t}/{f}" for t in TASKS for f in per_task}
     assert json.loads((path / "mtl_lora_export.json").read_text())["tasks"] == TASKS
     assert "adapter_name='vqa'" in (path / "README.md").read_text()
@@ -100,7 +100,8 @@ def test_all_tasks_as_named_peft_adapters_serve_a_mixed_batch(family, tmp_path):
     peft_model = _peft_serving(build, path, TASKS)
     # The layout is the one PEFT itself writes for these named adapters.
     peft_model.save_pretrained(str(tmp_path / "by_peft"))
-    assert _files(tmp_path / "by_peft") == _files(path) - {"mtl_lora_export.json"}
+    records = {"mtl_lora_export.json"} | {f"{t}/mtl_lora_export.json" for t in TASKS}
+    assert _files(tmp_path / "by_peft") == _files(path) - records
 
     names = ["cls", "vqa", "retrieval", "vqa"]
     ids = torch.tensor([TASKS.index(n) for n in names])
@@ -133,14 +134,16 @@ def test_several_tasks_in_the_plain_layout(tmp_path):
     ref = _outputs(model, _oc_run, inp, ["cls", "vqa"])
     path = mlv.export_lora(model, ("cls", "vqa"), tmp_path / "plain")
     assert _files(path) == {"README.md", "mtl_lora_export.json", "cls/lora_config.json", "cls/lora_model.safetensors",
-                            "vqa/lora_config.json", "vqa/lora_model.safetensors"}
+                            "vqa/lora_config.json", "vqa/lora_model.safetensors", "cls/mtl_lora_export.json",
+                            "vqa/mtl_lora_export.json"}
     for t in ("cls", "vqa"):
         assert json.loads((path / t / "lora_config.json").read_text())["task"] == t
         with torch.no_grad():
             got = _oc_run(apply_plain_lora(_fresh(tiny_open_clip), path / t), inp)
         torch.testing.assert_close(got, ref[t], atol=1e-5, rtol=1e-5)
     one = mlv.export_lora(model, ["cls"], tmp_path / "one")  # a list: subfolders, even for one task
-    assert _files(one) == {"README.md", "mtl_lora_export.json", "cls/lora_config.json", "cls/lora_model.safetensors"}
+    assert _files(one) == {"README.md", "mtl_lora_export.json", "cls/lora_config.json", "cls/lora_model.safetensors",
+                           "cls/mtl_lora_export.json"}
 
 
 def test_several_tasks_argument_errors(tmp_path):

@@ -98,6 +98,18 @@ def _check_out_kind(out: Path, fmt: str, family: str) -> None:
                          "(weights, config and processor, for from_pretrained); give a folder name")
 
 
+def _check_peft_expressible(doc: dict[str, Any], fmt: str) -> None:
+    """Refuse --format peft for adapters on nn.MultiheadAttention in-projections (open_clip) before the base loads."""
+    ident = doc.get("base_model") or {}
+    if fmt != "peft" or ident.get("family") != "open_clip":
+        return
+    mha = sorted(n for n in (ident.get("projections") or {}) if n.endswith(".in_proj"))
+    if mha:
+        raise ValueError(f"--format peft: PEFT LoRA cannot express this adapter's updates of the packed in-projection "
+                         f"of nn.MultiheadAttention ({', '.join(mha[:3])}{' ...' if len(mha) > 3 else ''}); use "
+                         "--format plain (or auto) for a LoRA, or --format merged for a merged checkpoint")
+
+
 def _open_clip_config(spec: str, model: Any, tmp: Path) -> Path | None:
     """For an ``open_clip:NAME`` base (no folder to copy its config from): a folder holding the
     ``open_clip_config.json`` open_clip's registry has for NAME, so a merged directory loads as a local-dir."""
@@ -125,6 +137,7 @@ def export(opts: ExportOptions) -> list[Path]:
         raise ValueError(f"--task: {', '.join(map(repr, repeated))} given more than once; name each task once")
     doc = _check_tasks(tasks, opts.adapter)
     _check_out_kind(out, opts.format, str((doc.get("base_model") or {}).get("family") or ""))
+    _check_peft_expressible(doc, opts.format)
     targets = {task: out if len(tasks) == 1 else out / task for task in tasks}
     if len(tasks) > 1 and out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out}: exists and is a file; several tasks are written to OUT/<task>, "
@@ -136,7 +149,7 @@ def export(opts: ExportOptions) -> list[Path]:
     for target in targets.values():  # every target before anything is written: no partial export
         file = opts.format == "merged" and target.suffix == ".safetensors"
         check_output(target, marker=EXPORT_RECORD, command="export", overwrite=opts.overwrite, keep=keep)
-        if file and target.is_file() and opts.overwrite and not is_merged_export(target):
+        if file and target.is_file() and not is_merged_export(target):
             raise FileExistsError(f"--out {target}: is not a merged checkpoint written by export (its safetensors "
                                   f"metadata has no {MERGED_TASK_KEY}), so --overwrite does not replace it; choose "
                                   "another --out")
@@ -144,8 +157,16 @@ def export(opts: ExportOptions) -> list[Path]:
     # the base it names, to read its dtype (load_pretrained below checks the files' sha256 once)
     spec = opts.backbone or base.get("backbone") or ""
     dtype = _source_dtype(_source_dir(spec)) if opts.base_dtype == "source" else opts.base_dtype
-    loaded = load_pretrained(opts.adapter, backbone=opts.backbone, pretrained=opts.pretrained, heads=False,
-                             base_dtype=dtype)
+    try:
+        loaded = load_pretrained(opts.adapter, backbone=opts.backbone, pretrained=opts.pretrained, heads=False,
+                                 base_dtype=dtype)
+    except AdapterFileError as e:
+        given = [f"--{k} {v!r}" for k, v in (("backbone", opts.backbone), ("pretrained", opts.pretrained)) if v]
+        if not given or "given by --backbone" in str(e):
+            raise
+        raise AdapterFileError(f"{e} ({' and '.join(given)} given; the adapter records backbone "
+                               f"{base.get('backbone')!r}, pretrained={base.get('pretrained')!r}: leave "
+                               "--backbone / --pretrained out, or point them at that model where it now lives)") from e
     model = loaded.backbone.model
     written = []
     with tempfile.TemporaryDirectory() as scratch:

@@ -13,7 +13,7 @@ For every entry of ``modules`` the task's weights are ``W[base_weight] + lora_B 
 ``<attn>.in_proj_weight`` (d_out = 3E, rows q, k, v; rows of slices left out by ``qkv_slices`` are zero)
 and one ``<attn>.out_proj`` on ``<attn>.out_proj.weight``. R is r (n·r for multi_lora / moe_lora).
 
-PEFT LoRA (``format="peft"``, the default for Hugging Face ``CLIPModel`` and ``LlavaForConditionalGeneration``):
+PEFT LoRA (``format="peft"``, the default for Hugging Face models: CLIP, LLaVA, PaliGemma, Qwen2-VL, Idefics3):
 a PEFT ``adapter_config.json`` (``r = lora_alpha = R``, so PEFT's scaling is 1, exact ``target_modules``)
 and ``adapter_model.safetensors`` with PEFT's key names, loadable by
 ``peft.PeftModel.from_pretrained(fresh_base_model, path)``. These two file names mean PEFT in this
@@ -125,6 +125,8 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
             out = tmp / t if several else tmp
             out.mkdir(exist_ok=True)
             rank = write(inner, t, {name: bank.lora_pair(index[t]) for name, bank in info.layers.items()}, out)
+            if several:   # each OUT/<task> is an export of its own too (the command's --overwrite replaces it)
+                _write_record(out, t, format)
         _write_record(tmp, tasks if several else task, format)
         if several:
             (tmp / "README.md").write_text(_multi_readme(inner, tasks, format))
@@ -238,6 +240,8 @@ def apply_plain_lora(base_model: nn.Module, path: str | Path, check_base_weights
                                f"counted twice when routed to its task; fold {path} into a fresh base model (or use "
                                "mtl_lora_vl.merge on this one)")
     cfg_file = path / PLAIN_CONFIG
+    if path.is_dir() and not cfg_file.is_file():
+        _not_plain(path)
     try:
         doc = json.loads(cfg_file.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -353,3 +357,20 @@ def _weights_or_adapter(f: Path) -> bool:
     there makes ``from_pretrained`` load it as a PEFT adapter, whose weights are not there)."""
     weights = f.suffix in (".safetensors", ".bin", ".pth", ".pt") or f.name.endswith(".index.json")
     return weights or f.name in (LEGACY_ADAPTER_CONFIG, ADAPTER_CONFIG)
+
+
+def _not_plain(path: Path) -> None:
+    """Raise an AdapterFileError saying what ``path``, a folder without lora_config.json, is instead."""
+    subs = sorted(p.name for p in path.iterdir() if (p / PLAIN_CONFIG).is_file())
+    if subs:
+        raise AdapterFileError(f"{path}: no {PLAIN_CONFIG}; it holds plain LoRAs in subfolders ({few(subs)}), as "
+                               "export_lora(model, [tasks], path, format='plain') writes them; pass one, e.g. "
+                               f"apply_plain_lora(base_model, {str(path / subs[0])!r})")
+    from .layout import adapter_layout
+    try:
+        adapter_layout(path)
+    except AdapterFileError as e:
+        raise AdapterFileError(f"{path}: no {PLAIN_CONFIG}, so not a plain LoRA. {e}") from None
+    raise AdapterFileError(f"{path}: no {PLAIN_CONFIG}, so not a plain LoRA: it is an MTL-LoRA adapter directory; load "
+                           "it with mtl_lora_vl.load_adapter(base_model, path), or write one task as a plain LoRA with "
+                           "mtl_lora_vl.export_lora(model, task, out, format='plain')")
