@@ -162,8 +162,8 @@ def export(opts: ExportOptions) -> list[Path]:
                                  base_dtype=dtype)
     except AdapterFileError as e:
         given = [f"--{k} {v!r}" for k, v in (("backbone", opts.backbone), ("pretrained", opts.pretrained)) if v]
-        if not given or "given by --backbone" in str(e):
-            raise
+        if not given or "given by --backbone" in str(e) or "base model" not in str(e):
+            raise   # no override given, already named, or not about the base (a damaged adapter file, ...)
         raise AdapterFileError(f"{e} ({' and '.join(given)} given; the adapter records backbone "
                                f"{base.get('backbone')!r}, pretrained={base.get('pretrained')!r}: leave "
                                "--backbone / --pretrained out, or point them at that model where it now lives)") from e
