@@ -30,7 +30,7 @@ from typing import Any
 
 from ..backbones import parse_spec
 from ..backbones.open_clip import registry_config
-from ..families import OPEN_CLIP_CONFIG, merged_format
+from ..families import OPEN_CLIP_CONFIG, merged_format, peft_export
 from ..io import AdapterFileError, export_lora, load_pretrained, save_merged
 from ..io.adapter_files import base_paths, config_of, read_adapter_config
 from ..io.atomic import check_target
@@ -99,9 +99,10 @@ def _check_out_kind(out: Path, fmt: str, family: str) -> None:
 
 
 def _check_peft_expressible(doc: dict[str, Any], fmt: str) -> None:
-    """Refuse --format peft for adapters on nn.MultiheadAttention in-projections (open_clip) before the base loads."""
+    """Refuse --format peft for adapters on nn.MultiheadAttention in-projections (``<attn>.in_proj``, in the families
+    whose default export is not PEFT: open_clip) before the base loads, as export_lora would after."""
     ident = doc.get("base_model") or {}
-    if fmt != "peft" or ident.get("family") != "open_clip":
+    if fmt != "peft" or peft_export(str(ident.get("family") or "")):
         return
     mha = sorted(n for n in (ident.get("projections") or {}) if n.endswith(".in_proj"))
     if mha:

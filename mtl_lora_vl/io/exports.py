@@ -59,6 +59,7 @@ from .layout import (
     LEGACY_ADAPTER_CONFIG,
     MERGED_TASK_KEY,
     AdapterFileError,
+    adapter_layout,
     check_replace,
     few,
 )
@@ -366,7 +367,6 @@ def _not_plain(path: Path) -> None:
         raise AdapterFileError(f"{path}: no {PLAIN_CONFIG}; it holds plain LoRAs in subfolders ({few(subs)}), as "
                                "export_lora(model, [tasks], path, format='plain') writes them; pass one, e.g. "
                                f"apply_plain_lora(base_model, {str(path / subs[0])!r})")
-    from .layout import adapter_layout
     try:
         adapter_layout(path)
     except AdapterFileError as e:
