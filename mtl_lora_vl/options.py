@@ -131,7 +131,7 @@ class TrainOptions:
     extend: str | None = _opt(None, "add --tasks to the trained adapter of this run directory (or adapter directory), "
                               "training only their Lambda_t, w_t and heads; the other tasks stay bit-identical")
     overwrite: bool = _opt(False, "replace an existing run directory")
-    seed: int = _opt(0, "random seed")
+    seed: int = _opt(0, "random seed", ge=-(2**63), lt=2**64)
     compile: bool = _opt(False, "torch.compile the training forward pass (towers, adapters and heads)")
     grad_checkpointing: bool = _opt(False, "activation (gradient) checkpointing in the backbone's towers: less memory, "
                                     "about a third more compute; refused by backbones that cannot")
@@ -149,6 +149,16 @@ class TrainOptions:
                                  '\'{"image": ["regex"], "text": ["regex"]}\'') from None
             if not isinstance(targets, dict):
                 raise ValueError(f"--targets: must be 'default' or a JSON dict of tower -> regex list, got {targets!r}")
+        unused = {"n_up": ("mtl_lora", "multi_lora", "moe_lora"), "temperature": ("mtl_lora", "moe_lora"),
+                  "lambda_type": ("mtl_lora",)}
+        default = TrainOptions()
+        for name, users in unused.items():
+            if not self.extend and self.method not in users and getattr(self, name) != getattr(default, name):
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: method {self.method} does not use "
+                                 f"it (only {', '.join(users)} do), so it would change nothing; drop it")
+        if self.sampling != "temperature" and self.sampling_temperature != default.sampling_temperature:
+            raise ValueError(f"--sampling-temperature {self.sampling_temperature:g}: only --sampling temperature "
+                             f"uses it (this run samples {self.sampling}), so it would change nothing; drop it")
         if self.task_lr_mult != 1.0 and not self.extend and self.method not in ("mtl_lora", "moe_lora"):
             raise ValueError(f"--task-lr-mult {self.task_lr_mult:g}: method {self.method} has no task-specific "
                              "Lambda_t / w_t tensors (only mtl_lora and moe_lora do), so it would change nothing; drop "

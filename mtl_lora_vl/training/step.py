@@ -172,6 +172,8 @@ def skip_bad_step(optim: Optimization, bad: int, step: int, max_bad: int, run_di
                  torch.bfloat16: "use --precision fp32 (with --base-dtype fp32 if the base loads in bf16), "}
         raise FloatingPointError(
             f"{bad} non-finite steps in a row at step {step}; lower --lr, {wider.get(amp_dtype, '')}or check the "
-            f"data. The last checkpoint (it may hold steps skipped before this stop) is in {run_dir}"
+            f"data. " + (f"The last checkpoint (it may hold steps skipped before this stop) is in {run_dir}"
+                         if (run_dir / "checkpoint.pt").is_file() else
+                         f"No checkpoint was saved yet (--save-every); start again with --out {run_dir} --overwrite")
         )
     optim.optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,54 @@
+"""Training options: a --seed outside 64 bits, an option the method or sampling does not use, and the non-finite stop
+without a checkpoint are each named (they crashed unnamed, did nothing, or pointed at a missing checkpoint)."""
+import pytest
+
+from mtl_lora_vl.cli.commands import parse_train_args
+from mtl_lora_vl.options import TrainOptions
+from mtl_lora_vl.training.step import skip_bad_step
+
+
+# F1: a seed outside what torch.manual_seed takes failed at start-up with "Overflow when unpacking long long"
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1])
+def test_seed_out_of_range_is_refused_naming_seed(seed, capsys):
+    with pytest.raises(ValueError, match="--seed"):
+        TrainOptions(seed=seed).validate()
+    with pytest.raises(SystemExit) as e:
+        parse_train_args(["--seed", str(seed)], prog="train_vl.py")
+    assert e.value.code == 2 and "--seed" in capsys.readouterr().err
+
+
+def test_seed_in_range_still_accepted():
+    for seed in (0, -1, 2**63 - 1):
+        TrainOptions(seed=seed).validate()
+
+
+# F2: options the chosen method / sampling does not use were accepted and silently ignored
+# (--task-lr-mult already is refused for the same reason: "it would change nothing")
+@pytest.mark.parametrize("kw, flag", [
+    (dict(method="lora", n_up=5), "--n-up"),
+    (dict(method="task_lora", n_up=5), "--n-up"),
+    (dict(method="lora", temperature=0.1), "--temperature"),
+    (dict(method="multi_lora", temperature=0.1), "--temperature"),
+    (dict(method="moe_lora", lambda_type="diagonal"), "--lambda-type"),
+    (dict(method="task_lora", lambda_type="none"), "--lambda-type"),
+    (dict(sampling="proportional", sampling_temperature=5.0), "--sampling-temperature"),
+    (dict(sampling="round_robin", sampling_temperature=5.0), "--sampling-temperature"),
+])
+def test_option_the_method_ignores_is_refused(kw, flag):
+    with pytest.raises(ValueError, match=flag):
+        TrainOptions(**kw).validate()
+
+
+def test_defaults_pass_for_every_method():   # the benchmark builds TrainOptions with the default shape options
+    for m in ("mtl_lora", "lora", "task_lora", "multi_lora", "moe_lora"):
+        TrainOptions(method=m).validate()
+    TrainOptions(method="moe_lora", n_up=4, temperature=1.0).validate()
+    TrainOptions(method="multi_lora", n_up=4).validate()
+
+
+# F3: the non-finite stop says "The last checkpoint ... is in RUN" when the run has none yet
+def test_non_finite_stop_does_not_claim_a_missing_checkpoint(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FloatingPointError) as e:
+        skip_bad_step(None, 1, 2, 1, tmp_path)
+    assert "The last checkpoint" not in str(e.value), str(e.value)
