@@ -52,3 +52,19 @@ def test_non_finite_stop_does_not_claim_a_missing_checkpoint(tmp_path):
     with pytest.raises(FloatingPointError) as e:
         skip_bad_step(None, 1, 2, 1, tmp_path)
     assert "The last checkpoint" not in str(e.value), str(e.value)
+
+
+def test_stops_name_the_checkpoint_only_where_there_is_one(tmp_path):
+    """The fp16 loss-scale stop too; with a checkpoint both name it."""
+    from types import SimpleNamespace
+
+    from mtl_lora_vl.training.step import check_loss_scale
+
+    optim = SimpleNamespace(loss_scale=0.5)
+    with pytest.raises(FloatingPointError, match="No checkpoint was saved yet.*--overwrite"):
+        check_loss_scale(optim, 3, tmp_path)
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(FloatingPointError, match=f"The last checkpoint is in {tmp_path}"):
+        check_loss_scale(optim, 3, tmp_path)
+    with pytest.raises(FloatingPointError, match="The last checkpoint \\(it may hold steps skipped"):
+        skip_bad_step(None, 1, 2, 1, tmp_path)

@@ -151,6 +151,13 @@ class ScalerSkips:
                 "; many skips: --precision bf16 avoids them" if many else "")
 
 
+def _checkpoint_hint(run_dir: Path, note: str = "") -> str:
+    """Where a stopped run goes on from: its last checkpoint, or (none saved yet) a fresh start."""
+    if (run_dir / "checkpoint.pt").is_file():
+        return f"The last checkpoint{note} is in {run_dir}"
+    return f"No checkpoint was saved yet (--save-every); start again with --out {run_dir} --overwrite"
+
+
 def check_loss_scale(optim: Optimization, step: int, run_dir: Path) -> None:
     """Stop an fp16 run whose loss scale fell below 1: its gradients are non-finite at any scale (NaN, not an
     overflow), so every step is skipped and nothing trains -- the scaler alone would go on, silently."""
@@ -159,7 +166,7 @@ def check_loss_scale(optim: Optimization, step: int, run_dir: Path) -> None:
         raise FloatingPointError(
             f"step {step}: fp16 loss scaling has skipped every step since its scale fell to {scale:g} (the gradients "
             "are not finite at any scale); lower --lr, use --precision bf16 or fp32 (with --base-dtype fp32 if the "
-            f"base loads in fp16), or check the data. The last checkpoint is in {run_dir}")
+            f"base loads in fp16), or check the data. {_checkpoint_hint(run_dir)}")
 
 
 def skip_bad_step(optim: Optimization, bad: int, step: int, max_bad: int, run_dir: Path,
@@ -172,8 +179,5 @@ def skip_bad_step(optim: Optimization, bad: int, step: int, max_bad: int, run_di
                  torch.bfloat16: "use --precision fp32 (with --base-dtype fp32 if the base loads in bf16), "}
         raise FloatingPointError(
             f"{bad} non-finite steps in a row at step {step}; lower --lr, {wider.get(amp_dtype, '')}or check the "
-            f"data. " + (f"The last checkpoint (it may hold steps skipped before this stop) is in {run_dir}"
-                         if (run_dir / "checkpoint.pt").is_file() else
-                         f"No checkpoint was saved yet (--save-every); start again with --out {run_dir} --overwrite")
-        )
+            f"data. {_checkpoint_hint(run_dir, ' (it may hold steps skipped before this stop)')}")
     optim.optimizer.zero_grad(set_to_none=True)
