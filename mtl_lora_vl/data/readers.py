@@ -118,10 +118,17 @@ def read_vqav2(
         resolve_under(root, images, "image folder")
     check = ImageChecker(verify, strict)
     examples = []
+    seen: set[Any] = set()
     for q in qs:
         qid = require(q, "question_id", "a question", qpath)
+        if qid in seen:   # the annotation of one question would be given to both
+            raise DataFormatError(f"{qpath}: question_id {qid!r} is given to two questions; each question has its own "
+                                  "id (are two files concatenated?)")
+        seen.add(qid)
         image_id = require(q, "image_id", f"question {qid}", qpath)
         text = require(q, "question", f"question {qid}", qpath)
+        if not isinstance(text, str) or not text.strip():
+            raise DataFormatError(f"{qpath}: question {qid}'s 'question' must be non-blank text, got {text!r}")
         try:
             name = image_pattern.format(image_id=image_id, data_subtype=subtype)
         except (KeyError, ValueError, IndexError) as e:
@@ -175,7 +182,7 @@ def read_coco_captions(
     caps: dict[str, list[str]] = {}   # ids as text: an annotation's "1" is image 1
     blank = 0
     for a in anns:
-        text = _text(require(a, "caption", "an annotation", apath))
+        text = _text(require(a, "caption", "an annotation", apath), f"caption of image {a.get('image_id')!r}", apath)
         blank += not text
         texts = caps.setdefault(str(require(a, "image_id", "an annotation", apath)), [])
         if text:
@@ -205,8 +212,11 @@ def read_coco_captions(
     return check.finish(caption_examples(groups, one_per_image), f"COCO captions {apath.name}")
 
 
-def _text(value: Any) -> str:
-    """A caption as text: null is a blank caption (counted and left out), not the caption "None"."""
+def _text(value: Any, what: str, path: Path) -> str:
+    """A caption as text: null is a blank caption (counted and left out), not the caption "None"; a number reads as
+    its text; a list or an object is refused (``str`` would make "['a', 'b']" a caption)."""
+    if isinstance(value, (list, dict)):
+        raise DataFormatError(f"{path}: the {what} must be text, got {value!r}; give one caption per entry")
     return "" if value is None else str(value).strip()
 
 
@@ -243,12 +253,21 @@ def read_karpathy(
     blank = 0
     # an entry without cocoid/imgid is its filename (as before), or filepath/filename where filenames collide
     names = Counter(str(im.get("filename")) for im in imgs if isinstance(im, dict) and im.get("split") in wanted)
+    files: dict[str, Path] = {}   # image id -> its file: one id for two files would merge their captions
     for im in imgs:
         if require(im, "split", "an image entry", apath) not in wanted:
             continue
         fname = require(im, "filename", "an image entry", apath)
         rel = Path(images) / str(im.get("filepath", "")) / str(fname)
-        raw = [_text(require(s, "raw", f"a sentence of {fname}", apath))
+        own = str(fname) if names[str(fname)] < 2 else (Path(str(im.get("filepath", ""))) / str(fname)).as_posix()
+        iid = str(im.get("cocoid", im.get("imgid", own)))
+        if iid in files:   # the same entry twice would give each caption twice
+            if files[iid] != rel:
+                raise DataFormatError(f"{apath}: image id {iid} (cocoid/imgid) is given to two files, {files[iid]} and "
+                                      f"{rel}; give each image its own id (two merged Karpathy files?)")
+            continue
+        files[iid] = rel
+        raw = [_text(require(s, "raw", f"a sentence of {fname}", apath), f"sentence of {fname}", apath)
                for s in require_list(im, "sentences", f"image {fname}", apath)]
         sents = [s for s in raw if s]
         blank += len(raw) - len(sents)
@@ -256,9 +275,7 @@ def read_karpathy(
             continue
         path = resolve_under(root, rel)
         if check(path):
-            own = str(fname) if names[str(fname)] < 2 else (Path(str(im.get("filepath", ""))) / str(fname)).as_posix()
-            iid = im.get("cocoid", im.get("imgid", own))
-            groups.append((path, str(iid), sents))
+            groups.append((path, iid, sents))
     _warn_blank(apath, blank)
     return check.finish(caption_examples(groups, one_per_image), f"Karpathy {apath.name} [{split}]")
 
