@@ -35,7 +35,14 @@ from ..io import AdapterFileError, export_lora, load_pretrained, save_merged
 from ..io.adapter_files import base_paths, config_of, read_adapter_config
 from ..io.atomic import check_target
 from ..io.exports import export_format
-from ..io.layout import EXPORT_RECORD, MERGED_TASK_KEY, check_output, check_outputs_folder, is_merged_export
+from ..io.layout import (
+    EXPORT_RECORD,
+    MERGED_TASK_KEY,
+    check_output,
+    check_outputs_folder,
+    few,
+    is_merged_export,
+)
 from ..log import progress
 from ..options import ExportOptions
 from .commands import _exit_code, program_name, run_command
@@ -107,7 +114,7 @@ def _check_peft_expressible(doc: dict[str, Any], fmt: str) -> None:
     mha = sorted(n for n in (ident.get("projections") or {}) if n.endswith(".in_proj"))
     if mha:
         raise ValueError(f"--format peft: PEFT LoRA cannot express this adapter's updates of the packed in-projection "
-                         f"of nn.MultiheadAttention ({', '.join(mha[:3])}{' ...' if len(mha) > 3 else ''}); use "
+                         f"of nn.MultiheadAttention ({few(mha, 3)}); use "
                          "--format plain (or auto) for a LoRA, or --format merged for a merged checkpoint")
 
 

@@ -16,6 +16,7 @@ from ..backbones import Backbone
 from ..data.loader import to_device
 from ..distributed import DistInfo
 from ..precision import autocast
+from .checkpoint import CHECKPOINT_NAME
 from .optim import Optimization
 
 logger = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ class ScalerSkips:
 
 def _checkpoint_hint(run_dir: Path, note: str = "") -> str:
     """Where a stopped run goes on from: its last checkpoint, or (none saved yet) a fresh start."""
-    if (run_dir / "checkpoint.pt").is_file():
+    if (run_dir / CHECKPOINT_NAME).is_file():
         return f"The last checkpoint{note} is in {run_dir}"
     return f"No checkpoint was saved yet (--save-every); start again with --out {run_dir} --overwrite"
 
