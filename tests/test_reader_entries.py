@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mtl_lora_vl.data.common import DataFormatError
-from mtl_lora_vl.data.readers import read_split
+from mtl_lora_vl.data.common import DataFormatError, ReaderOptionError
+from mtl_lora_vl.data.readers import check_reader_options, read_split
 
 
 @pytest.fixture
@@ -72,3 +72,40 @@ def test_karpathy_same_entry_twice_gives_each_caption_once(root):
     split = read_split("karpathy", root, annotations="k.json", split="train", images="im")
     assert [ex.text for ex in split.examples] == ["x"]
     assert split.examples[0].captions == ("x",)
+
+
+@pytest.mark.parametrize("name", [None, 7, ""])
+def test_coco_file_name_that_is_not_text_is_refused_by_type(root, name):
+    # was: looked for as the file "None" / "7" and reported as not found (or skipped with a warning)
+    (root / "c.json").write_text(json.dumps({"images": [{"id": 1, "file_name": name}],
+                                             "annotations": [{"image_id": 1, "caption": "a red square"}]}))
+    with pytest.raises(DataFormatError, match=r"c\.json.*'file_name' must be a file name"):
+        read_split("coco_captions", root, annotations="c.json", images="im")
+
+
+@pytest.mark.parametrize("field,value", [("filename", None), ("filename", 3), ("filepath", None), ("filepath", 1)])
+def test_karpathy_file_name_that_is_not_text_is_refused_by_type(root, field, value):
+    entry = {"split": "test", "filename": "a.jpg", "filepath": "", "sentences": [{"raw": "a red square"}]}
+    entry[field] = value
+    _karpathy(root, [entry])
+    with pytest.raises(DataFormatError, match=rf"k\.json.*'{field}' must be a"):
+        read_split("karpathy", root, annotations="k.json", split="test", images="im")
+
+
+def test_karpathy_without_filepath_reads(root):   # Flickr30k's file has no filepath
+    _karpathy(root, [{"split": "test", "filename": "a.jpg", "sentences": [{"raw": "a red square"}]}])
+    assert read_split("karpathy", root, annotations="k.json", split="test", images="im").examples[0].text == "a red square"
+
+
+def test_jsonl_image_that_is_not_text_is_refused_by_type(root):
+    (root / "r.jsonl").write_text(json.dumps({"image": "a.jpg", "caption": "red"}) + "\n"
+                                  + json.dumps({"image": 7, "caption": "blue"}) + "\n")
+    with pytest.raises(DataFormatError, match=r"r\.jsonl:2: 'image' must be a file path \(text\), got 7"):
+        read_split("jsonl", root, file="r.jsonl", images="im")
+
+
+def test_misspelt_karpathy_split_is_refused_with_the_options():
+    # was: accepted by the option check (any string) and refused only when the data was read
+    with pytest.raises(ReaderOptionError, match=r"option 'split' of format 'karpathy' must be one of 'train', 'val'"):
+        check_reader_options("karpathy", {"annotations": "k.json", "split": "tset"})
+    check_reader_options("karpathy", {"annotations": "k.json", "split": "restval"})

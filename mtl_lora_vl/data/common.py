@@ -124,6 +124,15 @@ def require(obj: Any, key: str, where: str, path: Path) -> Any:
     return obj[key]
 
 
+def require_name(obj: Any, key: str, where: str, path: Path) -> str:
+    """``obj[key]``, a file or folder name, which must be text (a null or a number would be looked for as the file
+    "None" or "7" and reported as not found)."""
+    value = require(obj, key, where, path)
+    if not isinstance(value, str) or not value.strip():
+        raise DataFormatError(f"{path}: {where}'s {key!r} must be a file name (non-blank text), got {value!r}")
+    return value
+
+
 def require_list(obj: Any, key: str, where: str, path: Path) -> list:
     """``obj[key]``, which must be a JSON list (of questions, annotations, images, answers...)."""
     value = require(obj, key, where, path)

@@ -53,6 +53,7 @@ from .common import (
     load_json,
     require,
     require_list,
+    require_name,
     resolve_under,
 )
 from .hf_datasets import read_hf_datasets
@@ -61,6 +62,10 @@ from .records import Example, Split
 from .rows import read_csv, read_jsonl
 
 logger = logging.getLogger(__name__)
+
+#: The splits of a Karpathy file (``restval`` joins ``train`` by default); a spec's misspelt split is named when
+#: the spec loads (:func:`check_reader_options` reads this annotation).
+KarpathySplit = typing.Literal["train", "val", "test", "restval"]
 
 #: Image formats ImageFolder does not read, named when a class folder holds them; other files beside the images
 #: (Thumbs.db, desktop.ini, README.txt, labels.json) are not images and are passed over without a word.
@@ -193,7 +198,7 @@ def read_coco_captions(
     files: dict[str, str] = {}
     for im in imgs:
         iid = str(require(im, "id", "an image entry", apath))
-        name = str(require(im, "file_name", f"image {iid}", apath))
+        name = require_name(im, "file_name", f"image {iid}", apath)
         if iid in files:   # the same entry twice would give each caption twice
             if files[iid] != name:
                 raise DataFormatError(f"{apath}: image id {iid} is given to two files, {files[iid]!r} and {name!r}; "
@@ -228,7 +233,7 @@ def _warn_blank(apath: Path, blank: int) -> None:
 def read_karpathy(
     data_root: str | os.PathLike,
     annotations: str | os.PathLike,
-    split: str,
+    split: KarpathySplit,
     images: str = "",
     include_restval: bool = True,
     one_per_image: bool | None = None,
@@ -240,7 +245,7 @@ def read_karpathy(
     Images are ``images/filepath/filename``. ``restval`` joins ``train`` unless ``include_restval=False``.
     ``one_per_image`` defaults to False for train and True for val/test.
     """
-    if split not in ("train", "val", "test", "restval"):
+    if split not in typing.get_args(KarpathySplit):
         raise ReaderOptionError(f"read_karpathy: split must be 'train', 'val', 'test' or 'restval', got {split!r}")
     root = data_root_dir(data_root)
     apath = annotation_file(root, annotations, "Karpathy split")
@@ -257,9 +262,12 @@ def read_karpathy(
     for im in imgs:
         if require(im, "split", "an image entry", apath) not in wanted:
             continue
-        fname = require(im, "filename", "an image entry", apath)
-        rel = Path(images) / str(im.get("filepath", "")) / str(fname)
-        own = str(fname) if names[str(fname)] < 2 else (Path(str(im.get("filepath", ""))) / str(fname)).as_posix()
+        fname = require_name(im, "filename", "an image entry", apath)
+        folder = im.get("filepath", "")   # absent in Flickr30k's file
+        if not isinstance(folder, str):
+            raise DataFormatError(f"{apath}: image {fname}'s 'filepath' must be a folder name (text), got {folder!r}")
+        rel = Path(images) / folder / fname
+        own = fname if names[fname] < 2 else (Path(folder) / fname).as_posix()
         iid = str(im.get("cocoid", im.get("imgid", own)))
         if iid in files:   # the same entry twice would give each caption twice
             if files[iid] != rel:
@@ -391,6 +399,8 @@ def _matches(value: Any, tp: Any) -> bool:
         return any(_matches(value, a) for a in args)
     if tp is type(None):
         return value is None
+    if origin is typing.Literal:
+        return value in args
     if tp is bool:
         return isinstance(value, bool)
     if tp in (int, float):
@@ -411,6 +421,8 @@ def _describe(tp: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         parts = dict.fromkeys(_describe(a) for a in args if a is not type(None) and a is not os.PathLike)
         return " or ".join(parts)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
     if origin is list:
         return f"a list of {_describe(args[0]).removeprefix('a ')}s"
     if origin is dict:

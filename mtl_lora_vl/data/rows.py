@@ -188,8 +188,8 @@ def examples_from_rows(
     def image_at(row: dict, n: int) -> Any:   # a path out of the root (PathEscapeError) names the file and line
         try:
             return image_of(row)
-        except PathEscapeError as e:
-            raise PathEscapeError(f"{at(n)}: {e}") from None
+        except (PathEscapeError, DataFormatError) as e:
+            raise type(e)(f"{at(n)}: {e}") from None
 
     def stored(p: Any) -> Any:
         return str(p) if isinstance(p, Path) else p
@@ -310,7 +310,9 @@ def _read_file_rows(fmt: str, rows: list[tuple[int, dict]], path: Path, root: Pa
         raise DataFormatError(f"{path}: no rows")
 
     def image_of(row: dict) -> Path:
-        return resolve_under(root, Path(images) / str(row["image"]))
+        if not isinstance(row["image"], str):   # 7 would be looked for as the file "7"
+            raise DataFormatError(f"'image' must be a file path (text), got {row['image']!r}")
+        return resolve_under(root, Path(images) / row["image"])
 
     return examples_from_rows(rows, at=lambda n: f"{path}:{n}", source=f"{fmt.upper()} {path.name}",
                               image_of=image_of, check=ImageChecker(verify, strict), class_names=class_names,
