@@ -1451,3 +1451,23 @@ def test_a_resume_in_another_precision_says_so(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert train_main(["--resume", str(run)]) == 0
     assert "the run trained in bfloat16 up to step 2 and continues in float32 on cpu" in capsys.readouterr().err
+
+
+def test_eval_val_with_eval_split_val_scores_val_once(tmp_path, monkeypatch):
+    """--eval-split val --eval-val scored each task's val split twice with the same model (the end's adapted pass,
+    then --eval-val's); eval.json's 'val' is now the adapted scores already taken."""
+    from mtl_lora_vl.evaluation import evaluate
+
+    calls = []
+    score = evaluate._score
+
+    def counted(setup, name, data, *, adapted, **kw):
+        calls.append((name, adapted))
+        return score(setup, name, data, adapted=adapted, **kw)
+
+    monkeypatch.setattr(evaluate, "_score", counted)
+    run = tmp_path / "run"
+    assert train_main(base_args(tmp_path, run, steps=2) + ["--eval-split", "val", "--eval-val"]) == 0
+    assert sorted(calls) == [("retrieval", False), ("retrieval", True), ("vqa", False), ("vqa", True)]
+    result = json.loads((run / "eval.json").read_text())
+    assert result["val"] == {n: t["details"]["adapted"] for n, t in result["tasks"].items()}

@@ -69,12 +69,19 @@ def _score(setup: Setup, name: str, data: Split, *, adapted: bool, device: torch
 
 
 def evaluate_adapted(setup: Setup, *, split: str, data_root: str | None, device: torch.device | str,
-                     dtype: torch.dtype, batch_size: int, workers: int = 0) -> dict[str, dict[str, float]]:
-    """The adapted model's metrics per task on ``split`` (used for evaluation during training)."""
+                     dtype: torch.dtype, batch_size: int, workers: int = 0,
+                     scored: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
+    """The adapted model's metrics per task on ``split`` (used for evaluation during training). ``scored``: an
+    :func:`evaluate_setup` result of the same model, whose tasks scored on the same split are taken, not scored
+    again (``--eval-split val --eval-val``)."""
     out = {}
     for spec in progress(setup.specs, desc="evaluate (adapted)", unit="task"):
         split_name = _split_for(spec, split)
         if split_name is None:
+            continue
+        done = (scored or {}).get("tasks", {}).get(spec.name)
+        if done is not None and done["split"] == split_name:
+            out[spec.name] = done["details"]["adapted"]
             continue
         data = setup.split_data(spec, split_name, data_root)
         out[spec.name] = _score(setup, spec.name, data, adapted=True, device=device, dtype=dtype,

@@ -459,7 +459,7 @@ def finish(run: Run) -> None:
         if opts.eval_val:
             result["val"] = evaluate_adapted(setup, split="val", data_root=opts.data_root, device=run.info.device,
                                              dtype=run.amp_dtype, batch_size=opts.eval_batch_size,
-                                             workers=run.workers)
+                                             workers=run.workers, scored=result)
     if not run.info.is_main:
         return
     result["trained_tasks"] = run.trained
