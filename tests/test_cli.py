@@ -79,6 +79,18 @@ def test_config_file_errors_name_the_file(tmp_path, capsys):
     assert "a config file cannot name another one" in _refused(capsys, ["--config", str(nested)])
 
 
+def test_config_given_twice_is_refused(tmp_path, capsys):
+    """The parser kept the last --config, so the first file's options were dropped without a word."""
+    first, second = tmp_path / "a.toml", tmp_path / "b.toml"
+    first.write_text("rank = 4\n")
+    second.write_text("n-up = 2\n")
+    for argv in (["--config", str(first), "--config", str(second)], [f"--config={first}", "--config", str(second)]):
+        with pytest.raises(SystemExit) as e:
+            parse_train_args(argv)
+        assert e.value.code == 2 and "--config is given 2 times; give one file" in capsys.readouterr().err
+    assert parse_train_args(["--config", str(first), "--n-up", "2"]).rank == 4
+
+
 def test_config_sets_options_and_flags_win_wherever_they_stand(tmp_path):
     cfg = tmp_path / "opts.toml"
     cfg.write_text('tasks = ["vqa", "retrieval"]\nrank = 4\nn-up = 2\ncompile = true\nprecision = "bf16"\n'

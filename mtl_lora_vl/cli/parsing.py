@@ -275,7 +275,11 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
     parser = build_parser(cls, prog, description)
     argv = _bare_home(cls, _dashes(cls, command_line(argv)))
     ns = _parse(parser, cls, argv)
-    on_command_line = set(_given_on_command_line(cls, argv))
+    named = _given_on_command_line(cls, argv)
+    if named.count("config") > 1:   # the parser keeps the last; the first file's values would be dropped unsaid
+        _fail(parser, f"--config is given {named.count('config')} times; give one file (merge them into one, or "
+                      "give the options of the other on the command line, where they win over the file's)")
+    on_command_line = set(named)
     given = set(on_command_line)
     if getattr(ns, "config", None):
         from_file = read_config(parser, cls, os.path.expanduser(ns.config))
