@@ -238,10 +238,10 @@ def record_moved_folders(run: Path, opts: TrainOptions) -> dict[str, str]:
 
 def config_doc(run: Path, opts: TrainOptions) -> dict[str, Any]:
     """The options as ``run/config.json`` records them: local paths (task spec files, data root, weights, the
-    extended adapter, a backbone directory) made absolute, ``out`` the directory claimed."""
+    extended adapter, a backbone directory, the ``--config`` file) made absolute, ``out`` the directory claimed."""
     doc = asdict(opts)
     doc["tasks"] = ",".join(_absolute(t) if looks_like_path(t) else t for t in (x.strip() for x in opts.tasks.split(",")))
-    for key in ("data_root", "extend"):
+    for key in ("data_root", "extend", "config"):
         doc[key] = _absolute(doc[key])
     doc["out"] = str(run.resolve())  # the directory claimed (a default name may have gained a -k)
     doc.update(absolute_base({"backbone": opts.backbone, "pretrained": opts.pretrained}))

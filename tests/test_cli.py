@@ -515,3 +515,14 @@ def test_a_tilde_in_path_options_means_home(tmp_path, monkeypatch):
     bare.write_text('out = "~"\ndata-root = "~"\n')
     opts = parse_train_args(["--config", str(bare)])
     assert (opts.out, opts.data_root) == (str(tmp_path),) * 2
+
+
+def test_run_config_records_the_config_file_absolute(tmp_path, monkeypatch):
+    """config.json recorded --config as typed (relative to wherever the run was started), unlike every other path."""
+    from mtl_lora_vl.rundir import config_doc
+
+    (tmp_path / "opts.toml").write_text("rank = 4\n")
+    monkeypatch.chdir(tmp_path)
+    opts = parse_train_args(["--config", "opts.toml"])
+    assert config_doc(tmp_path / "run", opts)["config"] == str((tmp_path / "opts.toml").resolve())
+    assert config_doc(tmp_path / "run", parse_train_args([]))["config"] is None
