@@ -1409,6 +1409,9 @@ def test_eval_refuses_a_spec_file_whose_metrics_the_adapter_does_not_compute(tmp
                                                                      r"adapter's tasks \['retrieval'\]"):
         m.setattr(evaluate_mod, "load_pretrained", no_load)
         evaluate_adapter(run / "adapter", tasks=",", out=tmp_path / "x", device="cpu")
+    with monkeypatch.context() as m, pytest.raises(ValueError, match=r"--tasks '' names no task"):   # was: all tasks
+        m.setattr(evaluate_mod, "load_pretrained", no_load)
+        evaluate_adapter(run / "adapter", tasks="", out=tmp_path / "x", device="cpu")
     with pytest.raises(ValueError, match=r"gone.toml: spec file not found; .* adapter's tasks \['retrieval'\]"):
         evaluate_adapter(run / "adapter", tasks=str(tmp_path / "gone.toml"), out=tmp_path / "x", device="cpu")
 

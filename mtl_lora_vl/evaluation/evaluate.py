@@ -248,7 +248,7 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
                       workers: int, out: Path, base_dtype: str = "auto") -> str:
     dev = info.device
     items = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else []
-    if tasks and not items:   # said before the base model loads
+    if tasks is not None and not items:   # said before the base model loads ('' is not "all": that is no --tasks)
         adapter_tasks = config_of(read_adapter_config(adapter, verify=False), adapter).tasks
         raise ValueError(f"--tasks {tasks!r} names no task; give some of the adapter's tasks {list(adapter_tasks)}")
     with main_rank_logging(info.is_main):   # every rank reads the same adapter and data: said once
