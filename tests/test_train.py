@@ -1474,3 +1474,18 @@ def test_eval_val_with_eval_split_val_scores_val_once(tmp_path, monkeypatch):
     assert sorted(calls) == [("retrieval", False), ("retrieval", True), ("vqa", False), ("vqa", True)]
     result = json.loads((run / "eval.json").read_text())
     assert result["val"] == {n: t["details"]["adapted"] for n, t in result["tasks"].items()}
+
+
+def test_batch_larger_than_the_training_data_is_refused(tmp_path, capsys):
+    """--batch-size 100000 on a few thousand examples was accepted and ran out of memory (every batch repeats rows)."""
+    from mtl_lora_vl.tasks.spec import load_spec
+
+    args = base_args(tmp_path, tmp_path / "run", steps=1)
+    n = sum(len(load_spec(small_spec(tmp_path, t)).load_split("train", None).examples) for t in ("vqa", "retrieval"))
+    args[args.index("--batch-size") + 1] = str(n + 1)
+    assert train_main(args) == 2
+    assert re.search(rf"--batch-size {n + 1}: larger than the training data \({n} examples over the trained tasks "
+                     rf"\['vqa', 'retrieval'\]\).*--batch-size {n} or less", capsys.readouterr().err)
+    args[args.index("--batch-size") + 1] = str(n)
+    args[args.index("--out") + 1] = str(tmp_path / "run2")
+    assert train_main(args + ["--skip-zero-shot"]) == 0

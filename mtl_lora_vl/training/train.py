@@ -228,8 +228,12 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
     opts = opts.with_path_defaults(any(kind.generative for kind in setup.kinds.values()))
     read_eval_splits(setup, [opts.eval_split, *(["val"] if opts.eval_every or opts.eval_val else [])], opts.data_root)
     seed_rank(opts.seed, info.rank)  # every rank builds the same model, then draws its own dropout masks
+    n_train = sum(len(split.examples) for split in setup.train_splits.values())
+    if opts.batch_size > n_train:   # each batch would repeat examples (and 100000 rows ran out of memory, unsaid)
+        raise ValueError(f"--batch-size {opts.batch_size}: larger than the training data ({n_train} examples over "
+                         f"the trained tasks {list(setup.train_splits)}), so every batch would repeat examples; give "
+                         f"--batch-size {n_train} or less (--accumulate N for a larger effective batch)")
     if opts.epochs:   # config.json records the steps the epochs come to
-        n_train = sum(len(split.examples) for split in setup.train_splits.values())
         opts = replace(opts, steps=steps_for_epochs(opts.epochs, n_train,
                                                     opts.batch_size * opts.accumulate * info.world_size))
     return opts, saved, setup, amp_dtype
