@@ -45,6 +45,7 @@ from ..io.atomic import atomic_file
 from ..io.layout import ADAPTER_CONFIG, RUN_ADAPTER_DIR, is_adapter_dir
 from ..log import warn_user
 from ..multitask import MultiTaskModel, Setup
+from ..rundir import replaced_dir
 from ..tasks.spec import TaskSpec, spec_digests
 from .optim import Optimization
 from .rng import rng_state, seed_rank, set_rng_state
@@ -102,6 +103,12 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
             f"{Path(run_dir) / RUN_ADAPTER_DIR} (the checkpoint was deleted after it). There is nothing to resume: "
             f"score it with `mtl-lora-vl eval --adapter {Path(run_dir) / RUN_ADAPTER_DIR}`, teach it more tasks with "
             f"--extend {Path(run_dir)}, or train a new run from scratch with more --steps (another --out)")
+    aside = replaced_dir(Path(run_dir))
+    if not path.is_file() and aside.is_dir():   # an --overwrite killed before its first step (no undo ran)
+        raise CheckpointError(
+            f"{path}: no checkpoint to resume from: an --overwrite of {run_dir} was stopped before its first step, and "
+            f"the run it was replacing is kept in {aside}. To keep that run, delete {run_dir} and rename {aside} back "
+            f"to {run_dir}; to replace it, delete {aside} and start again with --out {run_dir} --overwrite")
     if not path.is_file():
         raise CheckpointError(
             f"{path}: no checkpoint to resume from (the run saves one every --save-every steps and on Ctrl-C, and "
