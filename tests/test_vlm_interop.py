@@ -93,6 +93,11 @@ def test_merged_directory_loads_and_generates_the_same_tokens(dirs, family, tmp_
     # and it is a backbone directory of its own
     again = mlv.backbones.load_backbone(f"hf:{out}")
     assert isinstance(again, HFVLMBackbone) and again.num_image_tokens == bb.num_image_tokens
+    # a .safetensors out wrote a bare state-dict file that no from_pretrained (nor the export command) reads
+    with pytest.raises(ValueError, match=r"m\.safetensors: a Hugging Face model is written as a save_pretrained "
+                                         r"directory .*give out= a folder name"):
+        mlv.save_merged(bb.model, "vqa", tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_merged_directory_leaves_out_an_adapter_config_of_the_source(dirs, tmp_path):

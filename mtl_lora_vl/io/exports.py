@@ -319,7 +319,8 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     pretrained=out)``; any other ``out`` is a local-dir folder (``open_clip_model.safetensors`` plus the
     non-weight files of ``source_dir``, e.g. open_clip_config.json and the tokenizer). Hugging Face
     models: a ``save_pretrained`` directory plus the tokenizer/processor files of ``source_dir`` (default: the
-    local directory the model was loaded from), so a merged LLaVA loads with its processor.
+    local directory the model was loaded from), so a merged LLaVA loads with its processor; a ``.safetensors``
+    ``out`` is refused, as by the ``export`` command.
     """
     inner = adapted_module(model)
     sd = merged_state_dict(inner, task)
@@ -327,11 +328,15 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     if overwrite:
         check_replace(out, what="save_merged", keep=[*_base_files(inner), ("source_dir", source_dir)])
     meta = {"format": "pt", MERGED_TASK_KEY: task}
+    fmt = merged_format(inner._mtl_lora.family, inner)
+    if out.suffix == ".safetensors" and fmt == "hf":   # a bare state dict that no from_pretrained reads
+        raise ValueError(f"save_merged: {out}: a Hugging Face model is written as a save_pretrained directory "
+                         "(weights, config and processor, for from_pretrained); give out= a folder name, without "
+                         ".safetensors")
     if out.suffix == ".safetensors":
         with atomic_file(out, overwrite=overwrite, what="save_merged") as tmp:
             save_tensors(sd, tmp, meta)
         return out
-    fmt = merged_format(inner._mtl_lora.family, inner)
     weights_name = None if fmt == "hf" else MERGED_WEIGHTS[fmt]   # None: the model's own save_pretrained
     config = MERGED_CONFIG.get(fmt)
     if config and not (source_dir and (Path(source_dir) / config).is_file()):
