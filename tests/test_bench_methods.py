@@ -102,7 +102,7 @@ def test_ablate_flag_chooses_the_ablations_and_names_bad_values(capsys):
         "lambda_type", "n_up", "rank", "temperature", "task_lr_mult"}
     for bad, says in (("n_up=0", "'0' is not an integer >= 1"), ("rank=x", "'x' is not an integer >= 1"),
                       ("lambda_type=diag", "'diag' is not one of"), ("tau=1", "OPTION one of"),
-                      ("temperature=-1", "not a number > 0")):
+                      ("temperature=-1", "not a finite number > 0")):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["--ablate", bad])
         assert says in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 
 import torch
@@ -19,8 +20,8 @@ from .grid import DEFAULT_ABLATIONS, METHODS, BenchSettings
 _ABLATE_TYPES = {"lambda_type": (str, lambda v: v in LAMBDA_TYPES, f"one of {list(LAMBDA_TYPES)}"),
                  "n_up": (int, lambda v: v >= 1, "an integer >= 1"),
                  "rank": (int, lambda v: v >= 1, "an integer >= 1"),
-                 "temperature": (float, lambda v: v > 0, "a number > 0"),
-                 "task_lr_mult": (float, lambda v: v > 0, "a number > 0")}
+                 "temperature": (float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+                 "task_lr_mult": (float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")}
 
 
 def _floats(text: str) -> list[float]:
@@ -100,12 +101,12 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     over: dict = {"tasks": [t.strip() for t in args.tasks.split(",") if t.strip()], "backbone": args.backbone,
                   "pretrained": args.pretrained, "data_root": args.data_root, "device": args.device,
                   "precision": args.precision, "workers": args.workers}
-    if args.methods:
+    if args.methods is not None:   # '' names no method (it ran all five, as no --methods)
         over["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     for name in ("seeds", "steps", "batch_size", "warmup", "val_n", "test_n"):
         if getattr(args, name) is not None:
             over[name] = getattr(args, name)
-    if args.lr_grid:
+    if args.lr_grid is not None:   # '' names no rate (it ran the default grid)
         over["lr_grid"] = _floats(args.lr_grid)
     settings = BenchSettings.quick(**over) if args.quick else BenchSettings(**over)
     settings.match_params = not args.no_matched

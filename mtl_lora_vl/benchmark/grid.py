@@ -9,9 +9,11 @@ first seed; the other seeds run at the picked rate. Ablations of MTL-LoRA run at
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..config import MTLLoRAConfig
 from ..options import TrainOptions
 
 METHODS = ("lora", "task_lora", "multi_lora", "moe_lora", "mtl_lora")
@@ -67,12 +69,12 @@ class BenchSettings:
         return cls(**{**base, **overrides})
 
     def validate(self) -> None:
+        if not self.methods:
+            raise ValueError(f"--methods names no method; choose from {list(METHODS)}")
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"--methods: unknown {bad}; choose from {list(METHODS)}")
-        unknown = [k for k in self.ablations if k not in ADAPTER_FIELDS]
-        if unknown:
-            raise ValueError(f"ablations: unknown option(s) {unknown}; ablate any of {list(ADAPTER_FIELDS[1:])}")
+        self._validate_ablations()
         if self.ablations and REFERENCE_METHOD not in self.methods:
             raise ValueError(f"ablations run at {REFERENCE_METHOD}'s tuned learning rate: keep {REFERENCE_METHOD} in "
                              "--methods or turn ablations off")
@@ -81,8 +83,6 @@ class BenchSettings:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
         if not self.lr_grid:
             raise ValueError("--lr-grid: give at least one learning rate, e.g. --lr-grid 1e-3,3e-3")
-        if not self.methods:
-            raise ValueError(f"--methods names no method; choose from {list(METHODS)}")
         twice = sorted({m for m in self.methods if self.methods.count(m) > 1})
         if twice:
             raise ValueError(f"--methods names {twice} more than once; name each method once")
@@ -99,6 +99,28 @@ class BenchSettings:
         for flag, n in (("--val-n", self.val_n), ("--test-n", self.test_n)):
             if n is not None and n < 1:
                 raise ValueError(f"{flag} must be >= 1 (or left out for the spec's own size), got {n}")
+
+    def _validate_ablations(self) -> None:
+        """Each ablation value as the trainer would check it, and one run folder per value -- before
+        settings.json is written (a value the trainer refuses stopped the grid after the method runs)."""
+        unknown = [k for k in self.ablations if k not in ADAPTER_FIELDS[1:]]
+        if unknown:
+            raise ValueError(f"ablations: unknown option(s) {unknown}; ablate any of {list(ADAPTER_FIELDS[1:])}")
+        ref = default_adapter()
+        for axis, values in self.ablations.items():
+            for v in values:
+                o = {**ref, axis: v}
+                try:
+                    TrainOptions(**o).validate()
+                    MTLLoRAConfig(tasks=["t"], method=o["method"], r=o["rank"], n_up=o["n_up"],
+                                  temperature=o["temperature"], lambda_type=o["lambda_type"])
+                except (ValueError, TypeError) as e:
+                    raise ValueError(f"--ablate {axis}={v}: {e}") from None
+            names = [f"{v:g}" if isinstance(v, float) else str(v) for v in values if v != ref[axis]]
+            same = sorted({n for n in names if names.count(n) > 1})
+            if same:
+                raise ValueError(f"--ablate {axis}: values {same} are one value to 6 significant digits: their runs "
+                                 "would share a folder; give distinct values")
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide the runs' results (a resumed grid must not mix budgets)."""
@@ -210,6 +232,7 @@ def pick_lr(records: list[dict[str, Any]]) -> float:
     """The learning rate with the best validation average (the smaller one on a tie); a rate whose run
     diverged is not a candidate."""
     scored = [(-sum(r["val"].values()) / len(r["val"]), r["lr"]) for r in records if not r.get("diverged")]
+    scored = [x for x in scored if math.isfinite(x[0])]   # NaN compares false: min() kept a NaN that came first
     if not scored:
         rates = ", ".join(f"{x['lr']:g}" for x in records)
         raise ValueError(f"{records[0]['label']}: training diverged at every learning rate of the grid "
