@@ -4,6 +4,7 @@ never the picked learning rate."""
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from pathlib import Path
@@ -84,3 +85,15 @@ def test_methods_naming_nothing_says_so():
 def test_pick_lr_never_picks_a_nan_validation_score():
     recs = [{"lr": 1e-3, "label": "x", "val": {"a": math.nan}}, {"lr": 3e-3, "label": "x", "val": {"a": 0.5}}]
     assert pick_lr(recs) == 3e-3
+
+
+@needs_builtin
+def test_report_says_what_ranks_are_matched_to_without_mtl_lora(tmp_path):
+    """--methods lora: lora's rank is still matched to MTL-LoRA's default count, but the report's explanation was
+    blank (it was written only beside an MTL-LoRA row)."""
+    s = BenchSettings(tasks=[_small_vqa(tmp_path / "specs")], methods=["lora"], ablations={}, seeds=1,
+                      lr_grid=[3e-3], steps=1, batch_size=4, warmup=0, eval_batch_size=16, device="cpu")
+    run_benchmark(s, tmp_path / "out", stream=io.StringIO())
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert re.search(r"closest to MTL-LoRA's at its default rank \(r = 8; not run here\), counted by attaching",
+                     report), report

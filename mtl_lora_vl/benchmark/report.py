@@ -171,10 +171,12 @@ def render(r: dict[str, Any]) -> str:
     if ranks:
         rows = [[m, v["default"], f"{v['default_params']:,}", v.get("matched", "–"),
                  f"{v['matched_params']:,}" if v.get("matched_params") else "–"] for m, v in ranks.items()]
+        target = (f"{cfgs[ref]['label']}'s ({cfgs[ref]['params']:,})" if ref else   # MTL-LoRA is not in the grid
+                  f"MTL-LoRA's at its default rank (r = {next(iter(ranks.values()))['default']}; not run here)")
         lines += ["## Ranks and parameter budgets", "",
-                  f"Matched ranks give each method the adapter parameter count closest to {cfgs[ref]['label']}'s "
-                  f"({cfgs[ref]['params']:,}), counted by attaching it to the backbone "
-                  "(`mlv.trainable_parameters`; task heads excluded, the same for all)." if ref else "", "",
+                  f"Matched ranks give each method the adapter parameter count closest to {target}, counted by "
+                  "attaching it to the backbone (`mlv.trainable_parameters`; task heads excluded, the same for all).",
+                  "",
                   *_table(["method", "default r", "params", "matched r", "params"], rows)]
 
     ev = r["eval"]
