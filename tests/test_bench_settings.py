@@ -5,16 +5,19 @@ never the picked learning rate."""
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from mtl_lora_vl.backbones import builtin_dir
 from mtl_lora_vl.benchmark import BenchSettings, run_benchmark
 from mtl_lora_vl.benchmark.cli import build_parser, settings_from_args
 from mtl_lora_vl.benchmark.grid import ablation_configs, pick_lr
+from mtl_lora_vl.benchmark.report import render
 from mtl_lora_vl.tasks.spec import builtin_spec_dirs
 
 needs_builtin = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
@@ -97,3 +100,17 @@ def test_report_says_what_ranks_are_matched_to_without_mtl_lora(tmp_path):
     report = (tmp_path / "out" / "report.md").read_text()
     assert re.search(r"closest to MTL-LoRA's at its default rank \(r = 8; not run here\), counted by attaching",
                      report), report
+    runs = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+    assert runs and all(r["threads"] == torch.get_num_threads() for r in runs)   # each run records its threads
+
+
+def test_report_names_a_grid_resumed_on_another_thread_count():
+    """A grid resumed with another --threads mixed runs of both counts and the report named only the last."""
+    r = json.loads((Path(__file__).parent.parent / "docs" / "bench_quick" / "results.json").read_text())
+    for i, run in enumerate(r["runs"]):
+        run["threads"] = 1 if i < 5 else 2
+    assert "**runs trained with 5 run(s) on 1 thread(s), 18 run(s) on 2 thread(s)**" in render(r)
+    for run in r["runs"]:
+        run["threads"] = 2
+    r["threads"] = 1
+    assert ", 2 thread(s)." in render(r)

@@ -183,7 +183,7 @@ def render(r: dict[str, Any]) -> str:
     lines += ["## Budget and protocol", "",
               f"- Backbone `{s['backbone']}`; tasks {', '.join(tasks)}; {s['steps']} steps, batch {s['batch_size']}, "
               f"{s['warmup']} warm-up steps then cosine decay; precision {s['precision']}, device {s['device']}, "
-              f"{r['threads']} thread(s).",
+              f"{_threads_text(r)}.",
               f"- Test examples per task: {', '.join(f'{t} {n:,}' for t, n in ev['test'].items())}; validation: "
               f"{_val_text(ev['val_scenes'])} (the same for every run); the zero-shot score is computed once.",
               f"- Seeds {', '.join(str(x) for x in range(s['seeds']))}; a seed fixes the data order and the "
@@ -206,6 +206,16 @@ def _code_line(runs: list[dict[str, Any]]) -> str:
         return f"- Code: mtl-lora-vl {next(iter(counts))}."
     return ("- **Code: the runs come from " + str(len(counts)) + " versions** (a grid resumed on other code): "
             + ", ".join(f"{n} run(s) with {v}" for v, n in sorted(counts.items())) + ".")
+
+
+def _threads_text(r: dict[str, Any]) -> str:
+    """The torch thread count the runs trained with (a grid resumed with another ``--threads`` says so: float sums,
+    and so the last bits of the scores, differ across thread counts)."""
+    counts = Counter(run["threads"] for run in r["runs"] if "threads" in run)
+    if len(counts) <= 1:
+        return f"{next(iter(counts), r['threads'])} thread(s)"
+    return ("**runs trained with " + ", ".join(f"{n} run(s) on {t} thread(s)" for t, n in sorted(counts.items()))
+            + "** (a grid resumed with another --threads)")
 
 
 def _mixing_lines(mixing: dict[str, Any] | None) -> list[str]:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
+
 from .._version import __version__
 from ..io.atomic import atomic_file
 from ..options import TrainOptions
@@ -126,6 +128,7 @@ class Runner:
             record = make_record(spec, run_dir, wall, folder.relative_to(self.root))
         record["cpu_s"] = cpu  # process CPU time: the run's cost on a shared machine
         record["code"] = self.code
+        record["threads"] = torch.get_num_threads()   # float sums differ in the last bits across thread counts
         write_json_atomic(done, record)
         self.ran += 1
         self.ran_seconds += wall
