@@ -531,6 +531,36 @@ def test_add_task_trains_only_the_new_task_and_keeps_the_others_bit_identical(me
                                                                  _outputs(model, _oc_run, inp, ["count"])["count"])
 
 
+def test_add_task_names_projections_whose_up_projections_never_trained(tmp_path, caplog):
+    """A CoCa adapter trained on contrastive tasks leaves the text decoder's B_i at their zero init; add_task freezes
+    every B_i, so the new task's Λ_t, w_t there get zero gradients: the decoder was never adapted, silently, and
+    those values were counted as training (helper 138)."""
+    from vl_tiny import tiny_backbone
+
+    torch.manual_seed(0)
+    bb = tiny_backbone(tmp_path, coca=True)
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["vqa", "retrieval"], r=8, n_up=3))
+    info = bb.model._mtl_lora
+    with torch.no_grad():   # what training on vqa and retrieval leaves: B_i trained except in the unused decoder
+        for path, bank in info.layers.items():
+            if not path.startswith("text_decoder"):
+                bank.lora_B.normal_(std=0.1)
+    decoder = sorted(p for p in info.layers if p.startswith("text_decoder"))
+    assert decoder
+    with caplog.at_level("WARNING", logger="mtl_lora_vl"):
+        added = mlv.add_task(bb.model, "captioning")
+    assert sorted(added.idle) == decoder
+    assert added.trainable == sum(8 * 8 + 3 for p in info.layers if p not in decoder)
+    assert f"{len(decoder)} of {len(info.layers)} adapted projections (e.g. {added.idle[0]})" in caplog.text
+    assert "cannot adapt them" in caplog.text
+    bb.model.train()   # and that is so: the new task's gradient through the decoder is exactly zero
+    with mlv.route(bb.model, "captioning"):
+        bb.caption_logits(torch.randn(2, 3, bb.image_size, bb.image_size),
+                          bb.tokenizer(["a red cube", "two blue spheres"])).float().pow(2).mean().backward()
+    grads = [info.layers[p].lora_lambda.grad for p in decoder]
+    assert all(g is not None and not g.any() for g in grads)
+
+
 def test_add_task_errors_and_merge_after_training():
     cfg = mlv.MTLLoRAConfig(tasks=["vqa", "retrieval"], r=4)
     model = _trained(tiny_open_clip, cfg)

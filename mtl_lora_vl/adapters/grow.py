@@ -9,6 +9,7 @@ The latter is scoped to the optimizer the caller hands in (:func:`freeze_old_row
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -19,15 +20,19 @@ from ..config import task_name_problem
 from .attach import attach_info
 from .layers import AdapterBank
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class AddedTask:
-    """What :func:`add_task` did: the new task's name and id, and how many adapter values will train."""
+    """What :func:`add_task` did: the new task's name and id, how many adapter values will train, and the adapted
+    projections the new task cannot adapt (``idle``: their frozen B_i are still all zero)."""
 
     model: nn.Module = field(repr=False)   # (printing it printed the whole model)
     name: str
     task_id: int
     trainable: int
+    idle: tuple[str, ...] = ()
 
     def freeze_old_rows(self, optimizer: torch.optim.Optimizer) -> RemovableHandle:
         """Keep the existing tasks' rows exact through ``optimizer``'s steps (see :func:`freeze_old_rows`)."""
@@ -78,7 +83,17 @@ def add_task(model: nn.Module, name: str) -> AddedTask:
                          "choose a new name")
     if info.router.merged_task is not None:
         raise ValueError("add_task: the adapters are merged into the weights; call mtl_lora_vl.unmerge(model) first")
-    trainable = sum(bank.grow_tasks(1) for bank in info.layers.values())
+    # shared B_i that no earlier task trained (a CoCa decoder under contrastive tasks) stay zero once frozen: the
+    # new task's Λ_t, w_t there get zero gradients, so its values there do not count as training
+    idle = tuple(path for path, bank in info.layers.items()
+                 if bank.task_tensor_names() and "lora_B" not in bank.task_tensor_names() and not bank.lora_B.any())
+    grown = {path: bank.grow_tasks(1) for path, bank in info.layers.items()}
+    trainable = sum(n for path, n in grown.items() if path not in idle)
     info.config.tasks.append(name)
     info.router.tasks.append(name)
-    return AddedTask(model, name, len(info.config.tasks) - 1, trainable)
+    if idle:
+        logger.warning("add_task(%r): %d of %d adapted projections (e.g. %s) have up-projections B_i that are still "
+                       "all zero (no earlier task trained them) and are frozen, so task %r cannot adapt them; to adapt "
+                       "them, train all the tasks together in one run", name, len(idle), len(info.layers), idle[0],
+                       name)
+    return AddedTask(model, name, len(info.config.tasks) - 1, trainable, idle)
