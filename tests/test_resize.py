@@ -63,6 +63,13 @@ def test_matches_hf_image_processors():
     with pytest.raises(ValueError, match=r"squashes images to 40x40 and then crops 32x32"):
         ImageResize.from_hf(32, {"size": {"height": 40, "width": 40}, "do_center_crop": True})
     assert ImageResize.from_hf(32, {"size": {"height": 32, "width": 32}, "do_center_crop": True}).mode == "squash"
+    # a crop that is not the model's size: the model refuses the processor's own output, and cutting the model's
+    # size out of it instead kept half the view, silently (helper 138)
+    for crop in ({"height": 64, "width": 64}, 64):
+        with pytest.raises(ValueError, match=r"crops 64x64 after resizing, but the model takes 32x32 images; save the "
+                                             r"processor with crop_size 32"):
+            ImageResize.from_hf(32, {"size": {"shortest_edge": 64}, "crop_size": crop, "do_center_crop": True})
+    assert ImageResize.from_hf(32, {"size": {"shortest_edge": 64}, "crop_size": 64, "do_center_crop": False}).size == 32
 
 
 def test_modes_give_different_pixels_on_a_wide_image():

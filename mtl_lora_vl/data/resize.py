@@ -116,6 +116,12 @@ class ImageResize:
         if get("do_resize", True) is False:
             return cls(size, interpolation=interp, floor_crop=True, pad_square=pad)
         if "shortest_edge" in side:
+            cut = size_fields(get("crop_size", None))
+            cut_hw = (cut.get("height", cut.get("shortest_edge")), cut.get("width", cut.get("shortest_edge")))
+            if crop and cut_hw[0] is not None and (int(cut_hw[0]), int(cut_hw[1] or cut_hw[0])) != (size, size):
+                # the model refuses the processor's own output; cropping the model's size instead would keep a part
+                raise ValueError(f"{label}: crops {cut_hw[0]}x{cut_hw[1] or cut_hw[0]} after resizing, but the model "
+                                 f"takes {size}x{size} images; save the processor with crop_size {size}")
             return cls(size, mode="shortest", interpolation=interp, resize_to=int(side["shortest_edge"]),
                        floor_crop=True, pad_square=pad)
         if "height" in side and "width" in side:   # resized to exactly H x W (aspect not kept), cropped or not
