@@ -782,3 +782,22 @@ def test_a_config_with_only_a_model_type_names_the_generating_class(tmp_path):
                              ("paligemma", "PaliGemmaForConditionalGeneration")):
         (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
         assert hf_model_class(tmp_path).__name__ == name
+
+
+@pytest.mark.parametrize("size,refused", [(32, True), (224, False)])
+def test_open_clip_timm_tower_of_another_size_is_refused_at_load(tmp_path, size, refused):
+    """open_clip does not pass vision_cfg.image_size to a timm tower: one built for 224 px with image_size 32 loaded,
+    and training died at its first step with timm's bare AssertionError (helper 138)."""
+    pytest.importorskip("timm")
+    from vl_tiny import _config, tiny_backbone
+
+    tiny_backbone(tmp_path)   # writes the word tokenizer
+    cfg = _config(tmp_path / "tok", coca=False)
+    cfg["vision_cfg"] = {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False, "timm_pool": "",
+                         "timm_proj": "linear", "image_size": size}
+    if refused:
+        with pytest.raises(ValueError, match=r"tiny-timm: the timm image tower takes 224x224 images, but "
+                                             r"vision_cfg.image_size is 32 .*set vision_cfg.image_size to 224"):
+            build_open_clip(cfg, tokenizer_dir=tmp_path / "tok", name="tiny-timm")
+    else:
+        assert build_open_clip(cfg, tokenizer_dir=tmp_path / "tok", name="tiny-timm").image_size == 224

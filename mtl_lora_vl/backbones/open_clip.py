@@ -255,6 +255,12 @@ def _image_size(visual: nn.Module, fallback: Any) -> int:
         if len(set(size)) != 1:
             raise ValueError(f"non-square image size {size} is not supported")
         size = size[0]
+    embed = getattr(getattr(visual, "trunk", None), "patch_embed", None)   # a timm tower: built at its own size
+    own = getattr(embed, "img_size", None)
+    if own is not None and getattr(embed, "strict_img_size", False) and tuple(own) != (int(size), int(size)):
+        raise ValueError(f"the timm image tower takes {own[0]}x{own[1]} images, but vision_cfg.image_size is {size} "
+                         f"(open_clip does not pass it to a timm model); set vision_cfg.image_size to {own[0]}, or "
+                         "name a timm model of that size")
     return int(size)
 
 
@@ -269,7 +275,10 @@ def _wrap(model: nn.Module, model_cfg: dict, preprocess_cfg: dict, tokenizer: To
     vision_cfg = model_cfg.get("vision_cfg", {})
     has_decoder = hasattr(model, "text_decoder") and hasattr(model, "_encode_image")
     cls = CoCaBackbone if has_decoder else OpenClipBackbone
-    image_size = _image_size(model.visual, vision_cfg.get("image_size", 224))
+    try:
+        image_size = _image_size(model.visual, vision_cfg.get("image_size", 224))
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
     try:
         resize = ImageResize.from_open_clip(image_size, preprocess_cfg)
     except ValueError as e:
