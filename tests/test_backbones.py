@@ -801,3 +801,24 @@ def test_open_clip_timm_tower_of_another_size_is_refused_at_load(tmp_path, size,
             build_open_clip(cfg, tokenizer_dir=tmp_path / "tok", name="tiny-timm")
     else:
         assert build_open_clip(cfg, tokenizer_dir=tmp_path / "tok", name="tiny-timm").image_size == 224
+
+
+def test_a_directory_given_with_the_other_prefix_names_the_right_one(tmp_path):
+    """hf: on an open_clip folder said "save the model there with save_pretrained", open_clip: on a Hugging Face
+    folder described open_clip's files; an open_clip folder without tokenizer files was told to "pass
+    tokenizer_dir", which no command has (helper 138)."""
+    from vl_tiny import tiny_backbone_dir
+
+    oc = tiny_backbone_dir(tmp_path / "oc")
+    with pytest.raises(FileNotFoundError, match=rf"is an open_clip model directory .*--backbone open_clip:{oc}"):
+        load_backbone(f"hf:{oc}")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=rf"a Hugging Face config.json; load it with --backbone hf:{hf}"):
+        load_backbone(f"open_clip:{hf}")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (oc / f).unlink(missing_ok=True)
+    with pytest.raises(ValueError, match=r"no tokenizer was found .*put the model's Hugging Face tokenizer files "
+                                         r"\(tokenizer.json, tokenizer_config.json\) in its directory"):
+        load_backbone(f"open_clip:{oc}")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..families import OPEN_CLIP_CONFIG
 from ..log import interactive, quiet
 from .base import BackboneError
 from .cache import hf_hub_cache
@@ -43,6 +44,9 @@ def hf_dir(spec: BackboneSpec) -> Path:
             "download, which this package never does"
         )
     if not (folder / "config.json").is_file():
+        if (folder / OPEN_CLIP_CONFIG).is_file():
+            raise FileNotFoundError(f"{folder} is an open_clip model directory ({OPEN_CLIP_CONFIG}, no config.json); "
+                                    f"load it with --backbone open_clip:{folder}")
         raise FileNotFoundError(f"{folder} has no config.json; save the model there with save_pretrained")
     return folder
 

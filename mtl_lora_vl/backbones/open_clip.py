@@ -201,8 +201,10 @@ def _tokenizer(model_cfg: dict, tokenizer_dir: str | os.PathLike | None, name: s
         raise ValueError(_hf_text_tower_message(name, hf_name or text_cfg.get("hf_model_name")))
     if vocab_size != _BPE_VOCAB:
         raise ValueError(
-            f"open_clip model {name} has a {vocab_size}-token vocabulary but no tokenizer was given; pass "
-            "tokenizer_dir (a Hugging Face tokenizer directory) or set text_cfg.hf_tokenizer_name to one"
+            f"open_clip model {name} has a {vocab_size}-token vocabulary but no tokenizer was found (open_clip's "
+            f"own has {_BPE_VOCAB}); put the model's Hugging Face tokenizer files (tokenizer.json, "
+            "tokenizer_config.json) in its directory, or set text_cfg.hf_tokenizer_name to a tokenizer folder "
+            "(from Python: build_open_clip(..., tokenizer_dir=))"
         )
     from open_clip.tokenizer import SimpleTokenizer
 
@@ -392,6 +394,9 @@ def _load_dir(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackbon
     local = spec.path
     assert local is not None
     config_path = local / OPEN_CLIP_CONFIG
+    if not config_path.is_file() and (local / "config.json").is_file():
+        raise FileNotFoundError(f"{local} has no open_clip_config.json but a Hugging Face config.json; load it with "
+                                f"--backbone hf:{local}")
     if not config_path.is_file():
         raise FileNotFoundError(
             f"{local} has no open_clip_config.json; an open_clip model directory needs open_clip_config.json "
