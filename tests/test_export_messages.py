@@ -31,6 +31,18 @@ def test_a_wrong_backbone_family_names_the_option_and_the_recorded_base(tmp_path
     assert not (tmp_path / "o").exists()
 
 
+def test_eval_names_a_wrong_backbone_as_export_does(tmp_path):
+    """eval --backbone X on an adapter of another family gave the bare error, without export's hint (helper 138)."""
+    from mtl_lora_vl.evaluation.evaluate import evaluate_adapter
+    from mtl_lora_vl.io.layout import AdapterFileError
+
+    ad = _adapter(tmp_path, "builtin-llava")
+    with pytest.raises(AdapterFileError, match=r"--backbone 'builtin' given; the adapter records backbone "
+                                               r"'builtin-llava'"):
+        evaluate_adapter(ad, backbone="builtin", out=tmp_path / "e", device="cpu")
+    assert not (tmp_path / "e").exists()
+
+
 def test_an_existing_file_that_is_not_an_export_is_not_told_to_use_overwrite(tmp_path, capsys):
     """F2: an existing user .safetensors at --out: without --overwrite the message says 'pass --overwrite',
     and with --overwrite export then refuses the same file ('not a merged checkpoint written by export')."""

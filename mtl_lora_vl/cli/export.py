@@ -165,16 +165,8 @@ def export(opts: ExportOptions) -> list[Path]:
     # the base it names, to read its dtype (load_pretrained below checks the files' sha256 once)
     spec = opts.backbone or base.get("backbone") or ""
     dtype = _source_dtype(_source_dir(spec)) if opts.base_dtype == "source" else opts.base_dtype
-    try:
-        loaded = load_pretrained(opts.adapter, backbone=opts.backbone, pretrained=opts.pretrained, heads=False,
-                                 base_dtype=dtype)
-    except AdapterFileError as e:
-        given = [f"--{k} {v!r}" for k, v in (("backbone", opts.backbone), ("pretrained", opts.pretrained)) if v]
-        if not given or "given by --backbone" in str(e) or "base model" not in str(e):
-            raise   # no override given, already named, or not about the base (a damaged adapter file, ...)
-        raise AdapterFileError(f"{e} ({' and '.join(given)} given; the adapter records backbone "
-                               f"{base.get('backbone')!r}, pretrained={base.get('pretrained')!r}: leave "
-                               "--backbone / --pretrained out, or point them at that model where it now lives)") from e
+    loaded = load_pretrained(opts.adapter, backbone=opts.backbone, pretrained=opts.pretrained, heads=False,
+                             base_dtype=dtype)
     model = loaded.backbone.model
     written = []
     with tempfile.TemporaryDirectory() as scratch:

@@ -7,6 +7,7 @@ model the caller built; ``load_pretrained`` builds it from what ``save_adapter``
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,8 @@ def load_pretrained(
     doc = read_adapter_config(path)
     cfg = config_of(doc, path)
     bb = _base_backbone(path, doc, backbone, pretrained, device, base_dtype)
-    check_base_class(bb.model, doc, path)  # a wrong --backbone is named as such, before the tasks are rebuilt
+    with _overrides_named(doc, backbone, pretrained):
+        check_base_class(bb.model, doc, path)  # a wrong --backbone is named as such, before the tasks are rebuilt
 
     built: dict[str, nn.Module] = {}
     free: dict[str, nn.Module] = {}   # heads without tensors that the directory does not list
@@ -113,13 +115,30 @@ def load_pretrained(
     if unbuilt:   # a head is built by its kind, from its saved spec
         warn_user(f"{path}: heads of {unbuilt} are saved but their task specs are not (save_adapter(..., "
                       "task_specs=...)), so they are not rebuilt: those tasks have no head here")
-    load_adapter(bb.model, path, heads=built, is_trainable=is_trainable, check_base_weights=check_base_weights)
+    with _overrides_named(doc, backbone, pretrained):
+        load_adapter(bb.model, path, heads=built, is_trainable=is_trainable, check_base_weights=check_base_weights)
     built.update(free)
     for head in built.values():
         head.to(device)
         if not is_trainable:
             head.eval()
     return Pretrained(bb, built, cfg, kinds, specs, doc)
+
+
+@contextmanager
+def _overrides_named(doc: dict[str, Any], backbone: str | None, pretrained: str | None) -> Iterator[None]:
+    """An error about the base model, where ``backbone`` / ``pretrained`` replaced the recorded one, names them and
+    the recorded base: the override is the likely cause, the record the fix."""
+    try:
+        yield
+    except AdapterFileError as e:
+        given = [f"--{k} {v!r}" for k, v in (("backbone", backbone), ("pretrained", pretrained)) if v]
+        if not given or "given by --backbone" in str(e) or "base model" not in str(e):
+            raise   # no override given, already named, or not about the base (a damaged adapter file, ...)
+        base = doc.get("base") or {}
+        raise AdapterFileError(f"{e} ({' and '.join(given)} given; the adapter records backbone "
+                               f"{base.get('backbone')!r}, pretrained={base.get('pretrained')!r}: leave "
+                               "--backbone / --pretrained out, or point them at that model where it now lives)") from e
 
 
 def _base_backbone(path: Path, doc: dict[str, Any], backbone: str | None, pretrained: str | None,
