@@ -28,6 +28,8 @@ def task_name_problem(name: object) -> str | None:
         return f"every task name must be a non-empty string, got {name!r}"
     if "." in name:  # heads are stored under "<task>.<parameter>" keys
         return f"{name!r}: a task name may not contain '.'; use '_' or '-' instead"
+    if "," in name:  # --tasks and `tasks=` strings are comma-separated lists: "vqa,retrieval" is two tasks, not one
+        return f"{name!r}: a task name may not contain ','; pass a list of names, e.g. {name.split(',')!r}"
     return None
 
 

@@ -207,13 +207,6 @@ class MTLLoRAModel(nn.Module):
     def add_adapter(self, *args: Any, **kwargs: Any) -> None:
         raise _no_such("add_adapter(name, config)", "model.add_task(name): one adapter serves every task")
 
-    @property
-    def active_adapters(self) -> list[str]:
-        raise _no_such("active_adapters", "every task is served; a route scope chooses each row's task "
-                       "(model.tasks lists them)")
-
-    active_adapter = active_adapters
-
     def add_task(self, name: str) -> AddedTask:
         """Grow the adapter by task ``name`` (only its own tensors train); see ``mlv.add_task``. Returns the
         handle whose ``trainable`` counts the new values and whose ``freeze_old_rows(optimizer)`` keeps the
@@ -284,6 +277,9 @@ class MTLLoRAModel(nn.Module):
                 raise
             if name.startswith("_mtl_lora"):  # the base model's adapter marker: this wrapper is not what attach adapted
                 raise
+            if name in ("active_adapters", "active_adapter"):   # PEFT's; an AttributeError so that hasattr / getattr(m, n, None) work
+                raise _NoSuchAttribute(f"MTLLoRAModel has no PEFT-style {name}: every task is served; a route "
+                                       "scope chooses each row's task (model.tasks lists them)") from None
             return getattr(self.base_model, name)
 
 
@@ -295,6 +291,10 @@ class _SavedState:
 
     def state(self) -> dict[str, Any]:
         return self._state
+
+
+class _NoSuchAttribute(AttributeError):
+    """A PEFT attribute MTLLoRAModel does not have (an AttributeError: hasattr is False)."""
 
 
 def _no_such(peft_name: str, instead: str) -> RuntimeError:

@@ -273,6 +273,7 @@ def trainable_parameters(model: nn.Module) -> int:
     """Number of adapter parameter values of ``model`` (heads excluded): the adapters' size, whether they train
     or not -- after ``load_adapter`` (frozen) or ``add_task`` (old rows fixed) count what trains with
     ``requires_grad`` or ``added.trainable``."""
+    check_module(model, "trainable_parameters")
     return sum(p.numel() for _, p in _adapter_params(model))
 
 

@@ -388,9 +388,9 @@ def find_adapted(model: nn.Module) -> nn.Module:
     wrapper holding several adapted models (a student and a teacher) is refused, not resolved to the first
     one found; one model reachable under several paths, or replicas sharing its router, count once.
     """
+    check_module(model)   # first: a str / None / Backbone gets its TypeError, not an AttributeError on __dict__
     if model.__dict__.get("_mtl_lora") is not None:   # its own (torch.compile's wrapper forwards the attribute)
         return model
-    check_module(model)
     found: dict[int, tuple[str, nn.Module]] = {}   # id(router) -> the first path and module that carry it
     for name, m in model.named_modules():
         info = m.__dict__.get("_mtl_lora")

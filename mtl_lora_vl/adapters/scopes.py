@@ -44,7 +44,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .routing import ADAPTERS_OFF, Route, Router, RoutingError, find_router
+from .routing import ADAPTERS_OFF, Route, Router, RoutingError, check_module, find_router
 
 
 class _ReplayHooks(torch.autograd.graph.saved_tensors_hooks):
@@ -101,6 +101,7 @@ def may_recompute(model: nn.Module) -> bool:
     set, or torch's ``checkpoint_wrapper``): its forward may be recomputed in backward, so its route scopes need
     their hooks (``route(..., recompute=...)``). A walk over every module: ask once (the trainer asks when it puts
     the model in training mode), not per step. A forward that calls ``torch.utils.checkpoint`` itself is not seen."""
+    check_module(model, "may_recompute")
     for m in model.modules():
         d = m.__dict__
         if any(d.get(f) for f in CHECKPOINT_FLAGS) or type(m).__name__ == "CheckpointWrapper":
