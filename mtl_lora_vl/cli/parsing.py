@@ -30,6 +30,7 @@ import functools
 import json
 import operator
 import os
+import re
 import sys
 import tomllib
 import types
@@ -180,7 +181,9 @@ def _parse(parser: ArgumentParser, cls: type, argv: list[str]) -> Any:
         for f in fields(cls):
             if f'key "{f.name}"' in message:
                 detail = " ".join(message.split("\n", 1)[-1].split())
-                _fail(parser, f"{flag(f.name)}: expected {describe_allowed(f, _field_type(f, hints))} ({detail})")
+                given = re.search(r"(?:Given|Got) value: (.*)$", detail)   # the value, not jsonargparse's dump
+                detail = f", got {given.group(1)}" if given else f" ({detail})"
+                _fail(parser, f"{flag(f.name)}: expected {describe_allowed(f, _field_type(f, hints))}{detail}")
         if message.startswith("unrecognized arguments:"):   # abbreviations are refused (jsonargparse 5 drops them)
             flags = [*_flags(cls), "--log-level", "--verbose", "--quiet", "--help"]
             hints = [f"{tok.partition('=')[0]} (did you mean {close}?)" for tok in message.split(":", 1)[1].split()
