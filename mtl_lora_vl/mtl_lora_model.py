@@ -23,7 +23,7 @@ from .adapters.attention import LoRAMultiheadAttention
 from .adapters.generation import uninstall_routed_generate
 from .adapters.grow import AddedTask, add_task
 from .adapters.layers import AdapterBank, LoRALinear
-from .adapters.routing import check_module
+from .adapters.routing import RoutingError, check_module
 from .adapters.scopes import disabled, route
 from .config import MTLLoRAConfig
 from .io.adapter_files import load_adapter, read_adapter_config, require_head_modules, save_adapter
@@ -83,8 +83,14 @@ class MTLLoRAModel(nn.Module):
         if config is not None:
             check_config(config, "MTLLoRAModel")
         require_head_modules(heads or {}, "MTLLoRAModel")
-        # attach_info raises the standard "call attach first" message for a model without adapters
-        tasks = list(config.tasks) if config is not None else attach_info(model).config.tasks
+        try:
+            tasks = list(config.tasks) if config is not None else attach_info(model).config.tasks
+        except RoutingError as e:
+            if "has no MTL-LoRA adapters" not in str(e):
+                raise
+            raise RoutingError(f"MTLLoRAModel: {type(model).__name__} has no MTL-LoRA adapters; pass a config to "
+                               "attach them, MTLLoRAModel(model, MTLLoRAConfig(tasks=[...])), or load trained ones "
+                               "with MTLLoRAModel.from_pretrained(model, ADAPTER_DIR)") from None
         unknown = sorted(set(heads or {}) - set(tasks))
         if unknown:  # checked before attaching: a corrected retry can still attach to the same model
             raise ValueError(f"MTLLoRAModel: heads for {unknown}, which are not tasks of the adapter {tasks}")

@@ -107,7 +107,9 @@ def test_generate_routes_each_row():
 
 
 def test_constructor_errors(tmp_path):
-    with pytest.raises(mlv.RoutingError, match="no MTL-LoRA adapters; call mtl_lora_vl.attach"):
+    # the fix in this API is a config (it said "call mtl_lora_vl.attach(model, config) first") (helper 139)
+    with pytest.raises(mlv.RoutingError, match=r"MTLLoRAModel: VisionTransformer has no MTL-LoRA adapters; pass a "
+                                               r"config to attach them, MTLLoRAModel\(model, MTLLoRAConfig"):
         mlv.MTLLoRAModel(tiny_timm_vit())
     model = _trained(tiny_timm_vit)
     with pytest.raises(ValueError, match=r"heads for \['nope'\], which are not tasks"):
