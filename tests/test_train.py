@@ -529,7 +529,8 @@ def test_resume_refuses_what_it_would_ignore_and_bad_config(tmp_path, capsys, mo
     spec = tmp_path / "vqa.toml"
     spec.write_text("# a comment alone changes nothing\n" + spec.read_text())
     assert train_main(["--resume", str(run)]) == 0
-    capsys.readouterr()
+    # a finished run repeats only its final evaluation, and says so (it said "resumed at step 1/1") (helper 139)
+    assert "the run finished (step 1/1, eval.json written); there is nothing to train" in capsys.readouterr().err
     spec.write_text(re.sub(r"(?m)^loss_weight = .*$", "loss_weight = 5.0", spec.read_text()))
     import mtl_lora_vl.multitask.setup as setup_mod
 

@@ -34,6 +34,7 @@ from ..distributed import (
 )
 from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, read_eval_splits, write_outputs
 from ..io import save_adapter
+from ..io.layout import RUN_ADAPTER_DIR
 from ..log import main_rank_logging
 from ..multitask import Setup, build_setup, extend_setup
 from ..options import TrainOptions
@@ -178,6 +179,12 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
     """One rank's set-up, nothing written: the checkpoint to resume (checked), the specs, the Setup, the
     precision; the options completed (an --extend run's shape and base, path defaults, steps for --epochs)."""
     saved = load_checkpoint(run_dir) if opts.resume else None
+    if saved is not None and int(saved.get("step", 0)) >= opts.steps and (run_dir / "eval.json").is_file():
+        # eval.json is written last: a run stopped in its final evaluation has none (and finishes it here)
+        logger.warning("--resume %s: the run finished (step %s/%s, eval.json written); there is nothing to train, "
+                       "so this repeats its final evaluation only (to score it again: `mtl-lora-vl eval --adapter "
+                       "%s`; to train longer: a new run with more --steps; more tasks: --extend %s)", run_dir,
+                       saved["step"], opts.steps, run_dir / RUN_ADAPTER_DIR, run_dir)
     if saved is not None:   # before the set-up (the sampler refused it after, asking for the same tasks and options)
         check_options_unchanged(saved, run_dir, opts)
         saved_world = int(saved.get("world_size", 1))
