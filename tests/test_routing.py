@@ -202,6 +202,26 @@ def test_recompute_false_installs_no_hooks_and_trains_the_same():
     _assert_same_grads(got[True][1], got[False][1])
 
 
+def test_disabled_takes_recompute_false_for_torch_func():
+    """disabled() always installed saved-tensor hooks, which torch.func transforms refuse, so a gradient of the base
+    model by torch.func.grad could not be taken inside it (helper 139); route had recompute=False already."""
+    net, x = _net(), torch.randn(3, 8)
+
+    def loss(x):
+        return net(x).square().sum()
+
+    with mlv.disabled(net, recompute=False):
+        assert _top_hooks() is None
+        got = torch.func.grad(loss)(x)
+    with mlv.disabled(net):
+        assert _top_hooks() is not None
+        xr = x.clone().requires_grad_(True)
+        (want,) = torch.autograd.grad(loss(xr), xr)
+        with pytest.raises(RuntimeError, match="saved tensor hooks"):
+            torch.func.grad(loss)(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("reentrant", [True, False])
 def test_recompute_false_on_a_checkpointed_forward_is_refused_in_backward(reentrant):
     """A checkpointed multi-task forward routed without hooks cannot be recomputed with its route: refused, not

@@ -226,10 +226,11 @@ def _close(router: Router, new: Route, outer: Route | None) -> None:
 
 
 @contextmanager
-def disabled(model: nn.Module | Router) -> Iterator[None]:
+def disabled(model: nn.Module | Router, *, recompute: bool = True) -> Iterator[None]:
     """Run ``model`` as the unadapted base model (zero-shot) inside this scope, also where a ``route`` is opened
     inside it (disabled wins, in backward's recomputation too). Refused while a task is merged into the weights
-    (the base model is not what would run)."""
+    (the base model is not what would run). ``recompute=False``: as for :func:`route`, no saved-tensor hooks (which
+    ``torch.func`` transforms refuse) where no forward in the scope is checkpointed."""
     router = find_router(model)
     if router.merged_task is not None:
         raise RoutingError(
@@ -239,7 +240,7 @@ def disabled(model: nn.Module | Router) -> Iterator[None]:
     held = _claim(router, "disabled")
     router.disabled += 1
     try:
-        with _scope(router, ADAPTERS_OFF):
+        with _scope(router, ADAPTERS_OFF, recompute):
             yield
     finally:
         router.disabled -= 1
