@@ -286,15 +286,16 @@ def build_loader(run: Run) -> MultiTaskLoader:
 
 
 def warn_small_batches(run: Run, loader: MultiTaskLoader) -> None:
-    """Say when --batch-size is too small for the tasks: a mixed batch then leaves tasks out of most steps,
-    and a contrastive task with fewer than two rows in a batch has no negatives (its loss is 0)."""
+    """Say when --batch-size does not fit the tasks: too small, a mixed batch leaves tasks out of most steps and a
+    contrastive task with fewer than two rows in a batch has no negatives (its loss is 0); larger than a task's
+    training data, its rows in a batch repeat examples (a contrastive task's repeats are negatives of themselves)."""
     opts, b = run.opts, run.opts.batch_size
     if opts.batch_mode == "mixed" and b < len(run.trained):
         logger.warning("--batch-size %d is smaller than the %d tasks: a mixed batch cannot hold every task, so each "
                        "step trains only some of them; give --batch-size %d or more", b, len(run.trained),
                        len(run.trained))
     per_batch = b if opts.batch_mode == "homogeneous" else None
-    for name, share in zip(run.trained, loader.sampler.shares):
+    for name, share, n_examples in zip(run.trained, loader.sampler.shares, loader.sampler.sizes):
         kind = run.setup.kinds[name]
         rows = (per_batch if per_batch is not None else b * share) * (run.info.world_size if kind.cross_rank_fields
                                                                       else 1)   # the loss sees every rank's rows
@@ -302,6 +303,12 @@ def warn_small_batches(run: Run, loader: MultiTaskLoader) -> None:
         if need > 1 and rows < need:
             logger.warning("task %s gets %.2g rows a batch on average; its loss needs %d (in-batch negatives: a "
                            "row alone scores 0 and trains nothing); raise --batch-size", name, rows, need)
+        drawn = (per_batch if per_batch is not None else b * share) * run.info.world_size   # all ranks' rows
+        if drawn > n_examples:
+            logger.warning("task %s has %d training examples and gets %.3g rows a batch (over all processes), so its "
+                           "rows in a batch repeat examples%s; lower --batch-size or give the task more data", name,
+                           n_examples, drawn, " (a repeated row is a negative of itself in its contrastive loss)"
+                           if need > 1 else "")
 
 
 def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> Progress:
