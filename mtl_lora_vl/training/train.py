@@ -288,7 +288,7 @@ def build_loader(run: Run) -> MultiTaskLoader:
 def warn_small_batches(run: Run, loader: MultiTaskLoader) -> None:
     """Say when --batch-size does not fit the tasks: too small, a mixed batch leaves tasks out of most steps and a
     contrastive task with fewer than two rows in a batch has no negatives (its loss is 0); larger than a task's
-    training data, its rows in a batch repeat examples (a contrastive task's repeats are negatives of themselves)."""
+    training data, its rows in a batch repeat examples."""
     opts, b = run.opts, run.opts.batch_size
     if opts.batch_mode == "mixed" and b < len(run.trained):
         logger.warning("--batch-size %d is smaller than the %d tasks: a mixed batch cannot hold every task, so each "
@@ -306,9 +306,8 @@ def warn_small_batches(run: Run, loader: MultiTaskLoader) -> None:
         drawn = (per_batch if per_batch is not None else b * share) * run.info.world_size   # all ranks' rows
         if drawn > n_examples:
             logger.warning("task %s has %d training examples and gets %.3g rows a batch (over all processes), so its "
-                           "rows in a batch repeat examples%s; lower --batch-size or give the task more data", name,
-                           n_examples, drawn, " (a repeated row is a negative of itself in its contrastive loss)"
-                           if need > 1 else "")
+                           "rows in a batch repeat examples; lower --batch-size or give the task more data", name,
+                           n_examples, drawn)
 
 
 def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> Progress:
