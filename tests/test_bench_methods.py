@@ -26,6 +26,7 @@ from mtl_lora_vl.benchmark.grid import (
     single_task_configs,
 )
 from mtl_lora_vl.benchmark.params import ParameterCounter
+from mtl_lora_vl.benchmark.report import _diff
 from mtl_lora_vl.benchmark.specs import eval_subset_specs
 from mtl_lora_vl.benchmark.stats import paired_diff, summarize, t_quantile_975
 from mtl_lora_vl.options import TrainOptions
@@ -59,6 +60,12 @@ def test_paired_interval_by_hand():
     assert not paired_diff([0.5, 0.7], [0.6, 0.6]).significant   # d = [-0.1, 0.1]: interval spans 0
     one = paired_diff([0.7], [0.5])
     assert one.mean == pytest.approx(0.2) and one.low is None and not one.significant
+    # the same difference at every seed (a small grid's discrete scores): an interval of width 0 is no evidence,
+    # and the report says so rather than printing it bold (helper 137)
+    flat = paired_diff([0.6, 0.7, 0.8], [0.5, 0.6, 0.7])
+    assert flat.high - flat.low < 1e-9 and flat.low > 0 and not flat.significant
+    assert _diff(flat.to_dict()) == "+0.100 (the same at every seed)"
+    assert _diff(d.to_dict()).startswith("**+0.167 [")
     with pytest.raises(ValueError):
         paired_diff([0.1, 0.2], [0.1])
 

@@ -48,6 +48,10 @@ def summarize(values: Sequence[float]) -> Summary:
     return Summary(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals))
 
 
+#: A paired interval this narrow has no width: every seed gave the same difference (up to float rounding).
+SPREAD_EPS = 1e-9
+
+
 @dataclass(frozen=True)
 class PairedDiff:
     """Mean of ``a_i - b_i`` over paired seeds and its 95 % t-interval (None below two pairs)."""
@@ -59,8 +63,10 @@ class PairedDiff:
 
     @property
     def significant(self) -> bool:
-        """True when the 95 % interval excludes zero."""
-        return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
+        """True when the 95 % interval excludes zero and has a width (the same difference at every seed is no
+        evidence either way)."""
+        return (self.low is not None and self.high is not None and self.high - self.low > SPREAD_EPS
+                and (self.low > 0 or self.high < 0))
 
     def to_dict(self) -> dict[str, float | int | None]:
         return asdict(self)
