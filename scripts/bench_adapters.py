@@ -1,8 +1,9 @@
 """Benchmark: one training step with adapters on both towers -- open_clip ViT-B-32 (contrastive loss) or a
 LLaVA-style model (language-model loss).
 
-Cases run interleaved (A B C ..., then B C ... A, ...: each round starts one case later, so that no case is
-always the first after another case's allocations) in one process so that machine noise hits them alike;
+Cases run interleaved in one process so that machine noise hits them alike: each round starts one case later,
+and every other round runs in reverse (A B C, then C B A's rotation, ...), so that no case always runs first or
+always follows the same case (the order of every round is in the JSON);
 the script prints medians (wall clock, and process CPU time, which a loaded machine disturbs less)
 and the ratios issues 8 and 9 target -- as ratios of the medians and as the median of the round-by-round
 ratios with its quartiles ("paired": two cases of one round ran seconds apart, so a slow spell of the
@@ -53,7 +54,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import mtl_lora_vl as mlv
 from mtl_lora_vl.adapters.routing import Route
 from mtl_lora_vl.backbones.hf import hf_grad_checkpointing
-from mtl_lora_vl.io.atomic import atomic_file, check_target
+from mtl_lora_vl.distributed import pick_device
+from mtl_lora_vl.io.atomic import atomic_file, check_writable_file
 from mtl_lora_vl.training.optim import adamw
 
 TARGETS = {"image": [r"^visual\.transformer\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"],
@@ -61,9 +63,11 @@ TARGETS = {"image": [r"^visual\.transformer\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp
 TASKS = ["vqa", "retrieval", "caption_cls"]
 
 
-def build(name: str, device: torch.device) -> torch.nn.Module:
+def build(name: str, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """Random-init open_clip model; ``dtype``: its base weights' (a bf16 / fp16 run keeps them in that dtype, as
+    the LLaVA case and the trainer on a GPU do; adapters attached after stay fp32)."""
     torch.manual_seed(0)
-    return open_clip.create_model(name, pretrained=None).to(device)
+    return open_clip.create_model(name, pretrained=None).to(device=device, dtype=dtype)
 
 
 def contrastive_loss(model, images, texts) -> torch.Tensor:
@@ -177,7 +181,7 @@ def paired_ratio(a: list[float], b: list[float]) -> dict[str, float]:
     """Round-by-round ratios a/b (the two cases ran within one round of each other, so a slow spell of the
     machine touches both): their median and quartiles."""
     r = sorted(x / y for x, y in zip(a, b))
-    q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
+    q = statistics.quantiles(r, n=4, method="inclusive") if len(r) > 1 else [r[0]] * 3   # within the data
     return {"median": statistics.median(r), "q1": q[0], "q3": q[2]}
 
 
@@ -188,15 +192,17 @@ def sync(device):
 
 def clip_cases(args, device, amp) -> tuple[dict, dict]:
     """open_clip: our lora, MTL-LoRA one task / grouped / interleaved, PEFT LoRA, merged vs base inference."""
+    base_dtype = amp or torch.float32  # bf16/fp16 runs keep the base weights in that dtype, adapters in fp32
     probe = build(args.model, device)
     size = probe.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     ctx = probe.context_length
+    vocab = int(getattr(probe, "vocab_size", 49408))
     del probe
     g = torch.Generator().manual_seed(0)
     B = args.batch_size
     batch = (torch.randn(B, 3, size, size, generator=g).to(device),
-             torch.randint(1, 49000, (B, ctx), generator=g).to(device))
+             torch.randint(1, min(49000, vocab), (B, ctx), generator=g).to(device))
     interleaved_ids = [i % len(TASKS) for i in range(B)]
     grouped = Route.from_ids(sorted(interleaved_ids))  # what the loader's segments give
     interleaved = Route.from_ids(interleaved_ids)
@@ -204,7 +210,7 @@ def clip_cases(args, device, amp) -> tuple[dict, dict]:
     def ours(method: str, n_up: int = 1) -> torch.nn.Module:
         cfg = mlv.MTLLoRAConfig(tasks=TASKS if method == "mtl_lora" else ["all"], r=args.rank, alpha=2 * args.rank,
                                 n_up=n_up, method=method, targets=TARGETS)
-        return mlv.attach(build(args.model, device), cfg)
+        return mlv.attach(build(args.model, device, base_dtype), cfg)
 
     cases: dict[str, object] = {}
     cases["lora"] = make_train_case(ours("lora"), None, batch, amp, device)
@@ -219,14 +225,16 @@ def clip_cases(args, device, amp) -> tuple[dict, dict]:
 
             pcfg = peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0,
                                    target_modules=r".*resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$")
-            pm = peft.inject_adapter_in_model(pcfg, build(args.model, device))
+            pm = peft.inject_adapter_in_model(pcfg, build(args.model, device, base_dtype))
             for n, p in pm.named_parameters():
                 p.requires_grad_("lora_" in n)
+                if "lora_" in n:
+                    p.data = p.data.float()  # adapters in fp32, as ours (peft's autocast_adapter_dtype)
             cases["peft_lora"] = make_train_case(pm, None, batch, amp, device)
             peft_note = f"peft {peft.__version__}"
         except ImportError:
             peft_note = "peft not installed"
-    base = build(args.model, device).eval()
+    base = build(args.model, device, base_dtype).eval()
     merged = ours("mtl_lora", args.n_up).eval()
     with torch.no_grad():
         for bank in merged._mtl_lora.layers.values():
@@ -245,7 +253,7 @@ def clip_cases(args, device, amp) -> tuple[dict, dict]:
     memory_checks = [(f"saved MB {k} / lora", k, "lora", None if "single" in k else 1.02)
                      for k in ("mtl_lora_grouped", "mtl_lora_interleaved", "mtl_lora_single")]
     return cases, {"checks": checks, "memory_checks": memory_checks,
-                   "info": {"model": args.model, "batch_size": B, "peft": peft_note},
+                   "info": {"model": args.model, "batch_size": B, "base_dtype": str(base_dtype), "peft": peft_note},
                    "title": f"{args.model}, batch {B}+{B}"}
 
 
@@ -384,7 +392,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps-per-round", type=int, default=1,
                     help="steps per case and round, timed together (more smooths short steps' jitter)")
     ap.add_argument("--warmup", type=int, default=2,
-                    help="untimed steps per case before the (also untimed) step that measures memory")
+                    help="untimed steps per case before the (also untimed) step that measures memory (at least 1: "
+                         "a case's first step creates the optimizer state and forms state the later steps reuse)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = torch default)")
@@ -397,16 +406,22 @@ def main(argv: list[str] | None = None) -> dict:
                  "repeats", "steps_per_round"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.warmup < 0 or args.threads < 0:
-        ap.error("--warmup and --threads must be >= 0")
-    if args.json:   # checked now, not after minutes of timing
+    if args.warmup < 1:   # the measured step would be the first: 2.1-2.4x the operators of a later one, mixed
+        ap.error(f"--warmup must be at least 1 (a case's first step creates the optimizer state and forms what later "
+                 f"steps reuse, so the counts would not be a step's), got {args.warmup}")
+    if args.threads < 0:
+        ap.error("--threads must be >= 0")
+    if args.json:   # checked now, not after minutes of timing: its place, and that a file can be written there
         try:
-            check_target(args.json, directory=False, overwrite=True, what="--json")
+            check_writable_file(args.json, "--json")
         except OSError as e:
             ap.error(str(e))
+    try:
+        device = pick_device(args.device)
+    except RuntimeError as e:   # a bad name, or cuda without a GPU: said now, not from inside model.to()
+        ap.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     cases, plan = (clip_cases if args.case == "clip" else llava_cases)(args, device, amp)
 
@@ -429,8 +444,13 @@ def main(argv: list[str] | None = None) -> dict:
     times: dict[str, list[float]] = {k: [] for k in cases}
     cpu: dict[str, list[float]] = {k: [] for k in cases}
     names = list(cases)
-    for r in range(args.repeats):  # each round starts one case later, so no case always runs first (cold)
-        for name in names[r % len(names):] + names[:r % len(names)]:
+    rounds = []
+    for r in range(args.repeats):  # each round starts one case later, every other one reversed (module docstring)
+        order = names[r % len(names):] + names[:r % len(names)]
+        if r % 2:
+            order.reverse()
+        rounds.append(order)
+        for name in order:
             step = cases[name]
             sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
@@ -467,6 +487,7 @@ def main(argv: list[str] | None = None) -> dict:
         "memory": memory,
         "memory_ratios": {k: round(v, 3) for k, v in mem_ratios.items()},
         "targets": targets,
+        "times_s": times, "cpu_s": cpu, "rounds": rounds,   # every round's figures and order: the ratios re-derive
     }
     print(f"{plan['title']} on {device} ({args.precision}), r={args.rank}, n_up={args.n_up}, "
           f"{args.repeats} interleaved rounds, {torch.get_num_threads()} threads")

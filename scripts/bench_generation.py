@@ -28,6 +28,7 @@ if str(REPO) not in sys.path:
 
 import mtl_lora_vl as mlv  # noqa: E402
 from mtl_lora_vl.backbones import build_open_clip, builtin_dir  # noqa: E402
+from mtl_lora_vl.distributed import pick_device  # noqa: E402
 
 
 def build(device: torch.device):
@@ -58,8 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("threads", "images", "max_len", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    try:
+        device = pick_device(args.device)
+    except RuntimeError as e:   # a bad name, or cuda without a GPU: said now, not from inside model.to()
+        p.error(str(e))
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     bb = build(device)
     bb.eos_id = -1  # never stop early: every case decodes max_len tokens
     bb.decode = lambda row: tuple(int(t) for t in row)   # captions as token ids: compared exactly

@@ -27,6 +27,7 @@ import torch
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones.loading import load_backbone
+from mtl_lora_vl.io.atomic import atomic_file, check_writable_file
 from mtl_lora_vl.precision import autocast
 
 TASKS = ["a", "b", "c"]
@@ -229,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         print("check_gpu: no CUDA device; nothing to check (--device cpu runs the same checks on the CPU)",
               file=sys.stderr)
         return 2
+    if args.json:   # checked now: a place no file can be written failed after every check had run
+        try:
+            check_writable_file(args.json, "--json")
+        except OSError as e:
+            ap.error(str(e))
     names = [n for n in args.only.split(",") if n] or list(CHECKS)
     unknown = [n for n in names if n not in CHECKS]
     if unknown:
@@ -253,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        with atomic_file(args.json, overwrite=True, what="--json") as tmp:
+            tmp.write_text(json.dumps(results, indent=1))
     return 0 if all(r.get("passed", True) for r in results.values()) else 1
 
 

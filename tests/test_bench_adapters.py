@@ -26,7 +26,7 @@ def test_llava_case_reports_ratios_memory_and_ops(tmp_path):
     result = _bench().main(["--case", "llava", "--vision-layers", "1", "--vision-width", "128", "--lm-layers", "1",
                             "--lm-width", "128",
                             "--vocab", "300", "--text-len", "8", "--batch-size", "4", "--repeats", "2",
-                            "--steps-per-round", "2", "--warmup", "0", "--threads", "1", "--json", str(out)])
+                            "--steps-per-round", "2", "--warmup", "1", "--threads", "1", "--json", str(out)])
     assert json.loads(out.read_text()) == result
     assert result["model"].startswith("llava(vit-b/32 128 wide x1 layers")
     cases = {"lora", "lora_copy", "mtl_lora_grouped", "mtl_lora_one_task", "mtl_lora_interleaved", "peft_lora",
@@ -41,6 +41,13 @@ def test_llava_case_reports_ratios_memory_and_ops(tmp_path):
     assert "mixed grouped / lora" in result["ratios"] and result["targets"]["mixed grouped / lora"] == 1.05
     p = result["paired_ratios"]["mixed grouped / lora"]
     assert p["q1"] <= p["median"] <= p["q3"]
+    # every round's figures and order are in the JSON (the ratios could not be re-derived from medians alone), and
+    # the second round runs in reverse, so that no case always follows the same one (helper 142)
+    names = list(result["median_s"])
+    assert result["rounds"] == [names, list(reversed(names[1:] + names[:1]))]
+    assert {k: len(v) for k, v in result["times_s"].items()} == {k: 2 for k in names}
+    again = _bench().paired_ratio(result["times_s"]["mtl_lora_grouped"], result["times_s"]["lora"])
+    assert {k: round(v, 3) for k, v in again.items()} == p
 
 
 def test_paired_ratio_pairs_rounds():
@@ -49,8 +56,11 @@ def test_paired_ratio_pairs_rounds():
     a = [1.0, 2.0, 1.0, 2.0, 1.0]      # case A, rounds 2 and 4 slow (machine busy)
     b = [1.0, 2.0, 1.0, 2.0, 2.0]      # case B, the same rounds slow, plus round 5
     p = _bench().paired_ratio(a, b)
-    assert p == {"median": 1.0, "q1": 0.75, "q3": 1.0}   # the ratio of the medians would be 0.5
-    assert _bench().paired_ratio([1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0]) == {"median": 1.25, "q1": 0.625, "q3": 1.875}
+    assert p == {"median": 1.0, "q1": 1.0, "q3": 1.0}   # the ratio of the medians would be 0.5
+    # quartiles within the data (they were "exclusive": two rounds of 1.119 and 1.815 gave 0.945-1.989) (helper 142)
+    assert _bench().paired_ratio([1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0]) == {"median": 1.25, "q1": 0.875, "q3": 1.625}
+    two = _bench().paired_ratio([1.119, 1.815], [1.0, 1.0])
+    assert 1.119 <= two["q1"] <= two["median"] <= two["q3"] <= 1.815
     assert _bench().paired_ratio([3.0], [2.0]) == {"median": 1.5, "q1": 1.5, "q3": 1.5}
 
 
@@ -73,9 +83,18 @@ def test_saved_bytes_counts_activations_not_weights():
 def test_bad_arguments_are_refused_before_any_timing(tmp_path, capsys):
     """--json into a folder failed only when the results were written, after every case had run; counts of 0
     ended in a StatisticsError or a division by zero after the warm-ups."""
+    import torch
+
     for args, says in ((["--json", str(tmp_path)], "--json: .* is a directory"),
                        (["--repeats", "0"], "--repeats must be at least 1"),
-                       (["--steps-per-round", "0"], "--steps-per-round must be at least 1")):
+                       (["--steps-per-round", "0"], "--steps-per-round must be at least 1"),
+                       # (helper 142) the first step counts 2.1-2.4x a later step's operators, mixed
+                       (["--warmup", "0"], "--warmup must be at least 1"),
+                       # a place no file can be written: it failed after every case had run
+                       (["--json", "/proc/bench.json"], "--json /proc/bench.json: cannot write there"),
+                       (["--device", "foo"], "--device .foo.: not a device"),
+                       *([(["--device", "cuda"], "--device cuda: CUDA is not available")]
+                         if not torch.cuda.is_available() else [])):
         with pytest.raises(SystemExit):
             _bench().main(["--case", "llava", *args])
         assert re.search(says, capsys.readouterr().err)
@@ -97,3 +116,23 @@ def test_every_case_routes_from_host_ids(monkeypatch):
     routes = {k: v for k, v in cases.items() if v is not None}
     assert not [k for k, v in routes.items() if isinstance(v, torch.Tensor)]
     assert routes["mtl_lora_interleaved"].segments == tuple((i % 3, i, i + 1) for i in range(4))
+
+
+def test_clip_case_in_bf16_keeps_its_base_weights_in_bf16(tmp_path):
+    """The docs say both cases run bf16 base weights with fp32 adapters; the CLIP case kept fp32 weights, so
+    autocast's bf16 copies of every frozen weight were counted as activations and re-cast every step (helper 142)."""
+    import open_clip
+
+    cfg_dir = tmp_path / "configs"
+    cfg_dir.mkdir()
+    (cfg_dir / "bench-tiny-clip.json").write_text(json.dumps({
+        "embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 12, "vocab_size": 64, "width": 32, "heads": 2, "layers": 2}}))
+    open_clip.add_model_config(cfg_dir)
+    common = ["--model", "bench-tiny-clip", "--batch-size", "4", "--repeats", "1", "--warmup", "1", "--threads", "1",
+              "--no-peft"]
+    fp32, bf16 = _bench().main(common), _bench().main(common + ["--precision", "bf16"])
+    assert (fp32["base_dtype"], bf16["base_dtype"]) == ("torch.float32", "torch.bfloat16")
+    a, b = fp32["memory"]["lora"], bf16["memory"]["lora"]
+    assert b["saved_weights_mb"] > 0.25 * a["saved_weights_mb"]      # the frozen bf16 weights are saved as weights
+    assert b["saved_for_backward_mb"] < a["saved_for_backward_mb"]   # not as bf16 copies counted as activations

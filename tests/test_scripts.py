@@ -81,10 +81,13 @@ def test_bench_generation_counts_token_ids_not_text(monkeypatch, capsys):
     assert [r[-1] for r in rows] == ["False", "False"]
 
 
-def test_bench_generation_refuses_counts_below_one():
+def test_bench_generation_refuses_counts_below_one(capsys):
     for flag in ("--images", "--max-len", "--repeats", "--threads"):
         with pytest.raises(SystemExit):
             _script("bench_generation").main([flag, "0"])
+    with pytest.raises(SystemExit):   # was torch's traceback from inside model.to() (helper 142)
+        _script("bench_generation").main(["--device", "foo"])
+    assert "--device 'foo': not a device this package runs on" in capsys.readouterr().err
 
 
 def test_check_gpu_runs_its_checks_on_the_cpu_and_fails_a_wrong_route(tmp_path, monkeypatch, capsys):
@@ -92,7 +95,10 @@ def test_check_gpu_runs_its_checks_on_the_cpu_and_fails_a_wrong_route(tmp_path, 
     route given per row no longer steers (every row runs the first row's task) fails."""
     check_gpu = _script("check_gpu")
     only = "llava_generate_fp32,llava_merged_fp32,llava_mixed_loss_fp32,clip_mixed_route_fp32"
-    out = tmp_path / "checks.json"
+    with pytest.raises(SystemExit):   # a place no file can be written: refused before the checks (helper 142)
+        check_gpu.main(["--device", "cpu", "--only", only, "--json", "/proc/checks.json"])
+    assert "--json /proc/checks.json: cannot write there" in capsys.readouterr().err
+    out = tmp_path / "new" / "checks.json"   # a missing folder is made
     assert check_gpu.main(["--device", "cpu", "--only", only, "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert [k for k in res if k != "device"] == only.split(",") and all(r["passed"] for r in res.values())

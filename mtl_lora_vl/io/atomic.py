@@ -62,6 +62,19 @@ def check_target(path: str | Path, *, directory: bool, overwrite: bool = False, 
                               "choose another path")
 
 
+def check_writable_file(path: str | Path, what: str) -> None:
+    """:func:`check_target` for a file that may be replaced, and that a file can be made in its folder (made if
+    missing): for a result written after minutes of work (a benchmark's JSON), checked before the work."""
+    check_target(path, directory=False, overwrite=True, what=what)
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise OSError(f"{what} {path}: cannot write there ({e.strerror or e})") from None
+
+
 def _through_link(path: Path, what: str) -> Path:
     """What a symbolic link ``path`` points to, else ``path``: a write goes through a link to its target (the
     temporary beside the target, on its filesystem) rather than replacing the link with a copy."""
