@@ -8,7 +8,7 @@ from typing import Any
 
 from .analysis import AVERAGE
 from .runner import write_json_atomic
-from .stats import SPREAD_EPS
+from .stats import PairedDiff
 
 
 def _ms(s: dict[str, float] | None) -> str:
@@ -17,24 +17,14 @@ def _ms(s: dict[str, float] | None) -> str:
     return f"{s['mean']:.3f} ± {s['std']:.3f}" if s["n"] > 1 else f"{s['mean']:.3f}"
 
 
-def _excludes_zero(d: dict[str, Any]) -> bool:
-    """Whether a paired difference's 95 % interval lies above or below 0. An interval of width 0 (every seed gave
-    the same difference, as a small grid's discrete scores can) is no evidence either way: it does not count."""
-    return d["low"] is not None and not _no_spread(d) and (d["low"] > 0 or d["high"] < 0)
-
-
-def _no_spread(d: dict[str, Any]) -> bool:
-    return d["high"] - d["low"] <= SPREAD_EPS
-
-
 def _diff(d: dict[str, Any] | None) -> str:
     if not d:
         return "–"
     if d["low"] is None:
         return f"{d['mean']:+.3f}"
-    if _no_spread(d):
+    if PairedDiff(**d).no_spread:
         return f"{d['mean']:+.3f} (the same at every seed)"
-    sig = "**" if _excludes_zero(d) else ""
+    sig = "**" if PairedDiff(**d).significant else ""
     return f"{sig}{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{sig}"
 
 
@@ -69,10 +59,8 @@ def _findings(r: dict[str, Any]) -> list[str]:
                 continue
             a = d[AVERAGE]
             text = f"{cfgs[cid]['label']} ({a['mean']:+.3f})"
-            if _excludes_zero(a) and a["low"] > 0:
-                above.append(text)
-            elif _excludes_zero(a):
-                below.append(text)
+            if PairedDiff(**a).significant:
+                (above if a["low"] > 0 else below).append(text)
             else:
                 same.append(text)
         lines.append(f"- Against {ref} (average over tasks, paired 95 % interval over seeds): significantly above: "

@@ -62,11 +62,15 @@ class PairedDiff:
     n: int
 
     @property
+    def no_spread(self) -> bool:
+        """True when every seed gave the same difference (an interval of width 0, as a small grid's discrete scores
+        can give): no evidence either way."""
+        return self.low is not None and self.high is not None and self.high - self.low <= SPREAD_EPS
+
+    @property
     def significant(self) -> bool:
-        """True when the 95 % interval excludes zero and has a width (the same difference at every seed is no
-        evidence either way)."""
-        return (self.low is not None and self.high is not None and self.high - self.low > SPREAD_EPS
-                and (self.low > 0 or self.high < 0))
+        """True when the 95 % interval excludes zero and has a width (see :attr:`no_spread`)."""
+        return self.low is not None and self.high is not None and not self.no_spread and (self.low > 0 or self.high < 0)
 
     def to_dict(self) -> dict[str, float | int | None]:
         return asdict(self)
