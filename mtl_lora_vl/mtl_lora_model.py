@@ -283,7 +283,7 @@ class MTLLoRAModel(nn.Module):
                 raise
             if name.startswith("_mtl_lora"):  # the base model's adapter marker: this wrapper is not what attach adapted
                 raise
-            if name in ("active_adapters", "active_adapter"):   # PEFT's; an AttributeError so that hasattr / getattr(m, n, None) work
+            if name in ("active_adapters", "active_adapter"):   # PEFT's: hasattr / getattr(m, n, None) must work
                 raise _NoSuchAttribute(f"MTLLoRAModel has no PEFT-style {name}: every task is served; a route "
                                        "scope chooses each row's task (model.tasks lists them)") from None
             return getattr(self.base_model, name)
@@ -304,7 +304,7 @@ class _NoSuchAttribute(AttributeError):
 
 
 def _no_such(peft_name: str, instead: str) -> RuntimeError:
-    # Not an AttributeError: from a property that would send the lookup on to the base model's own.
+    # For PEFT's methods, called rather than probed (attributes get _NoSuchAttribute, which hasattr reads as absent).
     return RuntimeError(f"MTLLoRAModel has no PEFT-style {peft_name}: {instead}")
 
 
