@@ -98,7 +98,10 @@ def test_check_gpu_runs_its_checks_on_the_cpu_and_fails_a_wrong_route(tmp_path, 
     with pytest.raises(SystemExit):   # a place no file can be written: refused before the checks (helper 142)
         check_gpu.main(["--device", "cpu", "--only", only, "--json", "/proc/checks.json"])
     assert "--json /proc/checks.json: cannot write there" in capsys.readouterr().err
-    out = tmp_path / "new" / "checks.json"   # a missing folder is made
+    with pytest.raises(SystemExit):   # refused after the --json check: the check leaves no folder behind
+        check_gpu.main(["--device", "cpu", "--only", "nope", "--json", str(tmp_path / "new" / "checks.json")])
+    assert not (tmp_path / "new").exists()
+    out = tmp_path / "new" / "checks.json"   # a missing folder is made when the file is written
     assert check_gpu.main(["--device", "cpu", "--only", only, "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert [k for k in res if k != "device"] == only.split(",") and all(r["passed"] for r in res.values())

@@ -63,12 +63,12 @@ def check_target(path: str | Path, *, directory: bool, overwrite: bool = False, 
 
 
 def check_writable_file(path: str | Path, what: str) -> None:
-    """:func:`check_target` for a file that may be replaced, and that a file can be made in its folder (made if
-    missing): for a result written after minutes of work (a benchmark's JSON), checked before the work."""
+    """:func:`check_target` for a file that may be replaced, and that a file can be made in its folder (or, where
+    that folder is still to be made, in the nearest one that exists): for a result written after minutes of work (a
+    benchmark's JSON), checked before the work; nothing is left behind."""
     check_target(path, directory=False, overwrite=True, what=what)
-    folder = Path(path).parent
+    folder = next(p for p in Path(path).absolute().parents if p.exists())
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
             pass
     except OSError as e:
