@@ -117,6 +117,7 @@ class ClassificationKind(TaskKind):
             self.class_names = [str(n) for n in state["class_names"]]
             data_names = state.get("data_class_names")  # absent in adapters saved before it was recorded
             self.data_class_names = None if data_names is None else [str(n) for n in data_names]
+            self._check_targets()
             return
         names = spec.options["class_names"]
         if not names:
@@ -131,6 +132,18 @@ class ClassificationKind(TaskKind):
         #: The data's own class names in training label order: another split's labels are mapped by name.
         self.data_class_names: list[str] | None = list(train.class_names) if train.class_names else None
         self._check_labels(train.examples, "training")
+        self._check_targets()
+
+    def _check_targets(self) -> None:
+        """Generative path: refuse a class name or target template holding a special token of the tokenizer (an end
+        token would be trained inside the target; an image placeholder failed at the first step, unnamed)."""
+        for name in self.class_names if self.special_texts else ():
+            text = self.spec.generative["target"].format(name)
+            hit = next((t for t in self.special_texts if t in text), None)
+            if hit:
+                raise ValueError(f"task {self.name!r}: the target {text!r} of class {name!r} (generative.target with "
+                                 f"the class name) holds {hit!r}, a special token of the model's tokenizer; rename "
+                                 "the class (options.class_names) or change the target")
 
     def state(self) -> dict:
         return {"class_names": list(self.class_names), "data_class_names": self.data_class_names}
