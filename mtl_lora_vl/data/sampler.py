@@ -6,10 +6,10 @@
 * **Task probabilities** (``strategy``): ``proportional`` (p ∝ n), ``temperature`` (p ∝ n^(1/T); T = 1
   is proportional, large T tends to uniform) and ``round_robin`` (equal shares, cycled exactly).
 * **Batch modes** (``mode``): ``homogeneous`` -- one task per step, drawn from p (round robin: tasks
-  0, 1, ..., T-1, 0, ... in turn); ``mixed`` -- each batch holds ``round(batch_size * p_t)`` samples of
-  task t, allocated by carrying the fractional remainders from batch to batch (so long-run shares are
-  exactly p), and -- when ``batch_size >= number of tasks`` and ``every_task`` -- at least one sample
-  of every task, so every task's adapter gets a gradient each step (DDP-friendly, DESIGN §7). That
+  0, 1, ..., T-1, 0, ... in turn); ``mixed`` -- each batch holds floor or ceil of ``batch_size * p_t``
+  samples of task t, the extra rows going to the tasks with the largest remainders carried from batch to
+  batch (so long-run shares are exactly p), and -- when ``batch_size >= number of tasks`` and
+  ``every_task`` -- at least one sample of every task, so every task's adapter gets a gradient each step (DDP-friendly, DESIGN §7). That
   floor raises a task whose share is below 1/batch_size to 1/batch_size and scales the other tasks' shares
   down in proportion (:func:`floored_shares`); those shares are what the remainders carry, so the long-run
   shares are exactly the floored ones. Rows are grouped by task.
@@ -173,33 +173,16 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, int]]]):
             for j in range(rem):
                 counts[(self.step * rem + j) % t] += 1
             return counts
+        # Every task gets floor(b * share) rows, and the rows those floors leave over go to the tasks owed the
+        # most (the largest carried credits: rows owed = long-run target - rows given). So a batch holds floor
+        # or ceil of b * share rows of each task, the credits stay bounded and the long-run shares are exact.
+        # Under every_task the shares are at least 1/b, so every floor is at least one row.
+        counts = [math.floor(b * p + 1e-9) for p in self.shares]
         for i, p in enumerate(self.shares):
-            self._credits[i] += b * p
-        # A credit below zero (a share under 1/b: a row was taken ahead of it) takes no row; the rows the
-        # floors leave over go to the largest remainders, and rows over b come back from the smallest.
-        counts = [max(0, math.floor(c + 1e-9)) for c in self._credits]
-        left = b - sum(counts)
-        order = sorted(range(t), key=lambda i: (-(self._credits[i] - counts[i]), i))
-        for i in order[:max(0, left)]:
+            self._credits[i] += b * p - counts[i]
+        for i in sorted(range(t), key=lambda i: (-self._credits[i], i))[:b - sum(counts)]:
             counts[i] += 1
-        for i in reversed(order):
-            if left >= 0:
-                break
-            if counts[i]:
-                counts[i] -= 1
-                left += 1
-        for i in range(t):
-            self._credits[i] -= counts[i]
-        if self.every_task and b >= t:
-            # The shares are floored at 1/b, but a task whose remainder was spent last step can still get
-            # none: it borrows a sample from the task with the most, and the credits record the loan.
-            for i in range(t):
-                if counts[i] == 0:
-                    donor = max(range(t), key=lambda j: (counts[j], self._credits[j], -j))
-                    counts[donor] -= 1
-                    counts[i] += 1
-                    self._credits[donor] += 1
-                    self._credits[i] -= 1
+            self._credits[i] -= 1
         return counts
 
     def _homogeneous_task(self) -> int:
@@ -254,12 +237,12 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, int]]]):
                              f"remembered {min(self._history, default=self.step)}..{self.step})")
         state.update(seed=self.seed, sizes=list(self.sizes), batch_size=self.batch_size,
                      world_size=self.world_size, mode=self.mode, strategy=self.strategy,
-                     temperature=self.temperature)
+                     temperature=self.temperature, every_task=self.every_task)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state saved by :meth:`state_dict`; the configuration must match."""
-        for key in ("seed", "sizes", "batch_size", "world_size", "mode", "strategy", "temperature"):
+        for key in ("seed", "sizes", "batch_size", "world_size", "mode", "strategy", "temperature", "every_task"):
             mine = getattr(self, key)
             if key in state and state[key] != mine:
                 raise ValueError(f"sampler state was saved with {key}={state[key]!r} but this sampler has "
