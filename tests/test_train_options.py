@@ -84,3 +84,12 @@ def test_resume_after_a_killed_overwrite_names_the_kept_run(tmp_path):
     with pytest.raises(CheckpointError, match=r"an --overwrite of .*run was stopped before its first step, and the "
                                               r"run it was replacing is kept in .*\.run\.replaced\. To keep that run"):
         load_checkpoint(run)
+
+
+@pytest.mark.parametrize("kw, flag", [(dict(batch_size=2.7), "--batch-size"), (dict(rank=8.5), "--rank"),
+                                      (dict(steps=10.0), "--steps")])
+def test_a_fractional_count_from_python_is_refused(kw, flag):
+    """A count given as a float (the Python API) was truncated: batch_size=2.7 trained batches of 2."""
+    with pytest.raises(ValueError, match=f"{flag}: must be a whole number"):
+        TrainOptions(**kw).validate()
+    TrainOptions(lr=1).validate()   # an int where a float is wanted is fine
