@@ -9,8 +9,8 @@
   0, 1, ..., T-1, 0, ... in turn); ``mixed`` -- each batch holds floor or ceil of ``batch_size * p_t``
   samples of task t, the extra rows going to the tasks with the largest remainders carried from batch to
   batch (so long-run shares are exactly p), and -- when ``batch_size >= number of tasks`` and
-  ``every_task`` -- at least one sample of every task, so every task's adapter gets a gradient each step (DDP-friendly, DESIGN §7). That
-  floor raises a task whose share is below 1/batch_size to 1/batch_size and scales the other tasks' shares
+  ``every_task`` -- at least one sample of every task, so every task's adapter gets a gradient each step
+  (DDP-friendly, DESIGN §7). That floor raises a task whose share is below 1/batch_size to 1/batch_size and scales the other tasks' shares
   down in proportion (:func:`floored_shares`); those shares are what the remainders carry, so the long-run
   shares are exactly the floored ones. Rows are grouped by task.
 * **Epochs per task**: each task walks a fresh random permutation of its examples (without
@@ -176,7 +176,7 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, int]]]):
         # Every task gets floor(b * share) rows, and the rows those floors leave over go to the tasks owed the
         # most (the largest carried credits: rows owed = long-run target - rows given). So a batch holds floor
         # or ceil of b * share rows of each task, the credits stay bounded and the long-run shares are exact.
-        # Under every_task the shares are at least 1/b, so every floor is at least one row.
+        # Under every_task (and b >= t) the shares are at least 1/b, so every floor is at least one row.
         counts = [math.floor(b * p + 1e-9) for p in self.shares]
         for i, p in enumerate(self.shares):
             self._credits[i] += b * p - counts[i]
