@@ -10,9 +10,9 @@
   samples of task t, the extra rows going to the tasks with the largest remainders carried from batch to
   batch (so long-run shares are exactly p), and -- when ``batch_size >= number of tasks`` and
   ``every_task`` -- at least one sample of every task, so every task's adapter gets a gradient each step
-  (DDP-friendly, DESIGN §7). That floor raises a task whose share is below 1/batch_size to 1/batch_size and scales the other tasks' shares
-  down in proportion (:func:`floored_shares`); those shares are what the remainders carry, so the long-run
-  shares are exactly the floored ones. Rows are grouped by task.
+  (DDP-friendly, DESIGN §7). That floor raises a task whose share is below 1/batch_size to 1/batch_size
+  and scales the other tasks' shares down in proportion (:func:`floored_shares`); those shares are what the
+  remainders carry, so the long-run shares are exactly the floored ones. Rows are grouped by task.
 * **Epochs per task**: each task walks a fresh random permutation of its examples (without
   replacement) and starts a new one when it runs out, independently of the other tasks.
 * **Determinism**: everything derives from ``seed`` through generators this class owns (never the
