@@ -180,6 +180,22 @@ def test_unknown_spec_lists_accepted_forms():
         load_backbone("hf:openai/clip-vit-base-patch32-does-not-exist")
 
 
+@pytest.mark.parametrize(("spec", "hint"), [
+    ("builtin-lava", "did you mean 'builtin-llava'?"),
+    ("openclip:ViT-B-32", "did you mean open_clip:ViT-B-32?"),
+    ("HF:/models/llava", "did you mean hf:/models/llava?"),
+])
+def test_a_misspelt_spec_names_the_likely_one(spec, hint):
+    with pytest.raises(ValueError, match="accepted forms") as info:
+        load_backbone(spec)
+    assert hint in str(info.value)
+
+
+def test_a_folder_without_its_prefix_is_told_to_add_one(tmp_path):
+    with pytest.raises(ValueError, match=f"{tmp_path} is a folder: write hf:{tmp_path} .* open_clip:{tmp_path}"):
+        load_backbone(str(tmp_path))
+
+
 def test_open_clip_local_dir_round_trip(tok_dir, tmp_path):
     from safetensors.torch import save_file
 

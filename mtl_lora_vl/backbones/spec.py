@@ -10,6 +10,7 @@ open_clip local directory with its own weights); ``hf:DIR`` (a local Hugging Fac
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -126,7 +127,20 @@ def parse_spec(spec: str, pretrained: str | None = None) -> BackboneSpec:
         if snapshot is not None:
             return BackboneSpec("hf", text, name=rest, path=snapshot)
         return BackboneSpec("hf", text, path=local)
-    raise ValueError(f"unknown backbone spec {spec!r}; accepted forms: {SPEC_FORMS}")
+    raise ValueError(f"unknown backbone spec {spec!r}{_spec_hint(text)}; accepted forms: {SPEC_FORMS}")
+
+
+def _spec_hint(text: str) -> str:
+    """What an unknown spec was probably meant to be: a folder without its prefix, or a misspelt name."""
+    if Path(text).expanduser().is_dir():
+        return (f" ({text} is a folder: write hf:{text} for a Hugging Face model directory, open_clip:{text} "
+                "for an open_clip one)")
+    close = difflib.get_close_matches(text, [BUILTIN_NAME, BUILTIN_LLAVA_NAME], n=1, cutoff=0.75)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    head, sep, rest = text.partition(":")
+    prefix = difflib.get_close_matches(head.lower() + sep, [_OPEN_CLIP, _HF], n=1, cutoff=0.6) if sep else []
+    return f" (did you mean {prefix[0]}{rest}?)" if prefix else ""
 
 
 def _open_clip_schema_dir(text: str, rest: str, pretrained: str | None) -> str:
