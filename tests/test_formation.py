@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import llava_inputs, tiny_llava, tiny_open_clip
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.adapters import formation
 from mtl_lora_vl.adapters.layers import ADAPTER_PARAM_NAMES, AdapterBank
+from mtl_lora_vl.training.optim import adamw
 
 TASKS = ["vqa", "captioning", "cls"]
 MIXED = torch.tensor([2, 0, 1, 0])
@@ -325,7 +327,8 @@ def test_a_step_keeps_what_a_lora_step_keeps_for_backward(ids):
 
 
 def test_forwards_without_gradients_reuse_the_formed_matrices_until_a_tensor_changes():
-    """Decoding steps, evaluation batches: formed once, until a tensor is written to (or other tasks are routed)."""
+    """A generate call's decoding steps: formed once in the scope, until a tensor is written to (or other tasks are
+    routed)."""
     model = _mlp()
     per_layer = _layer_by_layer(model)
     x = torch.randn(4, 8)
@@ -385,3 +388,67 @@ def test_adapter_tensors_held_as_plain_attributes_still_form_together():
     assert len(plain) > len(_banks(model))
     for key, t in plain.items():   # two steps' gradients accumulated in the attributes
         torch.testing.assert_close(t.grad, 2 * want[key])
+
+
+def _attached_mlp():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8))
+    mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, alpha=3.0, targets={"image": [r"^[02]$"]}))
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_" in n:
+                p.normal_(0, 0.5)
+    return m
+
+
+def _on_a_copy(m, x, ids):
+    """The same forward on a deep copy (a copy starts with no formed matrices)."""
+    c = copy.deepcopy(m)
+    with torch.no_grad(), mlv.route(c, ids):
+        return c(x)
+
+
+@pytest.mark.parametrize("update", ["fused_adamw", "p.data"])
+def test_evaluation_after_an_update_that_counts_no_version_uses_the_new_values(update):
+    """Helper 144: M_t formed without gradients were reused across route scopes until a tensor's version changed,
+    but the trainer's fused AdamW (and a write through p.data) changes none: the next evaluation batch added the old
+    M_t to a fresh A x (0.24 off here)."""
+    m = _attached_mlp().eval()
+    x, ids = torch.randn(4, 6), torch.tensor([0, 1, 1, 0])
+    for _ in range(2):   # two evaluation batches: the second forms the group and keeps it
+        with torch.no_grad(), mlv.route(m, ids):
+            m(x)
+    params = [p for p in m.parameters() if p.requires_grad]
+    if update == "fused_adamw":
+        opt = adamw(params, lr=0.1)
+        with mlv.route(m.train(), ids):
+            m(x).pow(2).sum().backward()
+        opt.step()
+        m.eval()
+    else:
+        with torch.no_grad():
+            for p in params:
+                p.data.mul_(0.5)
+    with torch.no_grad(), mlv.route(m, ids):
+        got = m(x)
+    torch.testing.assert_close(got, _on_a_copy(m, x, ids), rtol=1e-6, atol=1e-6)
+
+
+def test_evaluation_after_one_step_per_task_uses_the_new_values():
+    """The trainer's shape with one task per batch: evaluate, one step per task (each a first forward under its
+    tasks, so no group with gradients replaces the evaluation's), evaluate again."""
+    m = _attached_mlp().eval()
+    x = torch.randn(4, 6)
+    for _ in range(2):
+        with torch.no_grad(), mlv.route(m, "a"):
+            m(x)
+    opt = adamw([p for p in m.parameters() if p.requires_grad], lr=0.1)
+    m.train()
+    for t in ("b", "a"):
+        with mlv.route(m, t):
+            m(x).pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    with torch.no_grad(), mlv.route(m.eval(), "a"):
+        got = m(x)
+    torch.testing.assert_close(got, _on_a_copy(m, x, "a"), rtol=1e-6, atol=1e-6)

@@ -99,14 +99,18 @@ class _Group:
     def __init__(self, banks: list[Any], present: slice | torch.Tensor) -> None:
         self.inputs = _Inputs(banks, present)
         self.position = {id(b): i for i, b in enumerate(banks)}
+        self.scope = banks[0].router.scope   # the route scope it was formed in
         self.formed: dict[torch.dtype, tuple[torch.Tensor, ...]] = {}
         self.done = False   # every layer took its M: a later forward forms them again
 
     def valid_for(self, i: int, bank: Any) -> bool:
-        """Layer i's tensors are the ones formed from, unmodified (a fused optimizer step writes without counting a
-        version, so a formed node is never reused after its backward pass)."""
+        """Layer i's tensors are the ones formed from, unmodified, and this is the route scope that formed them. A
+        fused optimizer step (the trainer's AdamW) or a write through ``p.data`` changes the tensors without counting
+        a version: so a formed node is never reused after its backward pass, and M_t formed without gradients (an
+        evaluation batch, a ``generate`` call's decoding steps) not after their scope (the next evaluation batch
+        added the old M_t to a fresh A x after such a step)."""
         inputs = self.inputs
-        if inputs.spent or self.done:
+        if inputs.spent or self.done or bank.router.scope != self.scope:
             return False
         (w, lam, B), (w0, lam0, B0) = _params(bank), inputs.params[i]
         return w is w0 and lam is lam0 and B is B0 and _versions((w, lam, B)) == inputs.versions[i]

@@ -242,12 +242,15 @@ class Router:
         self.merged_task: int | None = None
         self.disabled = 0
         self.thread: int | None = None    # the thread whose route scopes are open (scopes.py refuses others)
+        self.scope = 0                    # the number of the innermost open scope (0: none), of scopes_opened
+        self.scopes_opened = 0
         self._one: dict[int, Route] = {}
 
     def __getstate__(self) -> dict:
         """A copy (deepcopy, pickle) holds no open scope: the scopes are the caller's, around the original. The
         merged task stays (the copied weights are merged)."""
-        return {**self.__dict__, "current": None, "replay": None, "replay_graph": -1, "disabled": 0, "thread": None}
+        return {**self.__dict__, "current": None, "replay": None, "replay_graph": -1, "disabled": 0, "thread": None,
+                "scope": 0}
 
     @property
     def active(self) -> bool:

@@ -111,13 +111,18 @@ def may_recompute(model: nn.Module) -> bool:
 
 @contextmanager
 def _scope(router: Router, r: Route, recompute: bool = True) -> Iterator[None]:
-    """Arm ``router``'s replay hooks for this scope (see :func:`_replay_hooks` for ``recompute``); a scope opened
+    """Arm ``router``'s replay hooks for this scope (see :func:`_replay_hooks` for ``recompute``) and number it (M_t
+    formed without gradients are reused only inside the scope that formed them: see formation.py); a scope opened
     inside backward (a recomputation that re-enters a route) hides the replay route so that its own route counts."""
     hooks = _replay_hooks(router, r, recompute)
-    in_backward = not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
-    replay = router.replay, router.replay_graph
+    compiling = torch.compiler.is_compiling()   # a traced forward forms no M_t (and must not guard on a number)
+    in_backward = not compiling and torch._C._current_graph_task_id() != -1
+    replay, outer = (router.replay, router.replay_graph), router.scope
     if in_backward:
         router.replay = None
+    if not compiling:
+        router.scopes_opened += 1
+        router.scope = router.scopes_opened
     try:
         if hooks is None:
             yield
@@ -127,6 +132,8 @@ def _scope(router: Router, r: Route, recompute: bool = True) -> Iterator[None]:
     finally:
         if in_backward:
             router.replay, router.replay_graph = replay
+        if not compiling:
+            router.scope = outer
 
 
 def _claim(router: Router, what: str) -> int | None:
