@@ -13,6 +13,7 @@ class in its MRO has that name **and** lives in that module or below it. So ``op
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -131,14 +132,29 @@ def _token_rows(model: Any, args: tuple, kwargs: dict, token: int) -> list[int] 
     return (embeds == one).all(-1).sum(-1).tolist()
 
 
-def _qwen_row_images(model: Any, args: tuple, kwargs: dict) -> list[int] | None:
-    """Images and videos per row of a Qwen2-VL forward: its ``<|vision_start|>`` tokens (None without pixel values
-    of either or their encoder outputs)."""
+def _qwen_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
+    """Images and videos per row of a Qwen2-VL forward (None without pixel values of either or their encoder
+    outputs). With images only and their ``image_grid_thw``, each row's image tokens are matched, in order, to the
+    images' token counts (t·h·w / merge²; a row that starts or ends inside an image counts the part it holds); otherwise its
+    ``<|vision_start|>`` tokens are counted (the processor writes one per image, a hand-written prompt may not)."""
     images, videos = (_forward_input(model, args, kwargs, k) for k in ("pixel_values", "pixel_values_videos"))
     encoded = _forward_input(model, args, kwargs, "mm_encoder_outputs") or {}
     if images is None and videos is None and not any(encoded.get(k) is not None for k in ("image", "video")):
         return None
-    return _token_rows(model, args, kwargs, model.config.vision_start_token_id)
+    ids, grid = (_forward_input(model, args, kwargs, k) for k in ("input_ids", "image_grid_thw"))
+    if ids is None or grid is None or videos is not None or encoded.get("video") is not None:
+        return _token_rows(model, args, kwargs, model.config.vision_start_token_id)
+    merge = int(model.config.vision_config.spatial_merge_size) ** 2
+    sizes = [int(t * h * w) // merge for t, h, w in grid.tolist()]
+    spans = list(zip([0, *itertools.accumulate(sizes)], itertools.accumulate(sizes)))   # each image's tokens
+    out, start = [], 0
+    for tokens in (ids == model.config.image_token_id).sum(-1).tolist():
+        stop = start + tokens
+        whole = sum(start <= a and b <= stop for a, b in spans)
+        part = sum(max(0, min(b, stop) - max(a, start)) / (b - a) for a, b in spans if not start <= a < b <= stop)
+        out.append(whole + part if part else whole)
+        start = stop
+    return out
 
 
 def _images_given(model: Any, args: tuple, kwargs: dict) -> int | None:

@@ -556,3 +556,16 @@ def test_accelerator_loads_need_no_accelerate_and_use_no_hub_kernels(tmp_path, m
     load_hf_weights(LlavaForConditionalGeneration, tmp_path, torch.float32, "cuda:1")
     assert seen == [{"device_map": None, "use_kernels": False}, {"device_map": {"": torch.device("cuda:1")},
                     "use_kernels": False}, {"device_map": None, "use_kernels": False}]
+
+
+@pytest.mark.parametrize("call", ["lm_loss", "caption_logits"])
+def test_a_list_of_images_gets_the_image_batch_message(tmp_path, call):
+    """generate and sequence_scores said 'images must be a (B, C, H, W) tensor, got list'; lm_loss and
+    caption_logits raised AttributeError: 'list' object has no attribute 'dim' / 'shape' (helper 145)."""
+    bb = tiny_llava_backbone(tmp_path)
+    images = [torch.randn(3, 32, 32), torch.randn(3, 32, 48)]
+    with pytest.raises(ValueError, match=r"^" + call + r": images must be a \(B, C, H, W\) tensor, got list"):
+        if call == "lm_loss":
+            bb.lm_loss(images, **bb.lm_collator()([bb.image_token] * 2, ["red", "blue"]))
+        else:
+            bb.caption_logits(images, torch.tensor([[5, 6, 7]] * 2))

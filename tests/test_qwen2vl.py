@@ -252,6 +252,21 @@ def test_two_images_in_one_row_and_none_in_the_other_are_refused_under_a_mixed_r
             m(**x)   # one task: any layout
 
 
+def test_a_row_that_holds_part_of_an_image_is_refused_under_a_mixed_route():
+    """Rows counted by their image tokens against each image's count (image_grid_thw): 6 and 2 tokens for two
+    images of 4 hold one and a half and half an image."""
+    m = _adapted(False)
+    r0, r1 = [5, VS] + [IMG_TOK] * 6 + [VE, 7], [9, VS] + [IMG_TOK] * 2 + [VE, 7]
+    ids = torch.zeros(2, len(r0), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    ids[0], mask[0] = torch.tensor(r0), 1
+    ids[1, -len(r1):], mask[1, -len(r1):] = torch.tensor(r1), 1
+    x = dict(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(32, 384),
+             image_grid_thw=torch.tensor([[1, 4, 4]] * 2), mm_token_type_ids=(ids == IMG_TOK).int())
+    with torch.no_grad(), mlv.route(m, [0, 1]), pytest.raises(mlv.RoutingError, match=r"the rows hold \[1.5, 0.5\]"):
+        m(**x)
+
+
 def _three_tasks(v25: bool = False, method: str = "mtl_lora"):
     m = tiny_qwen2vl(v25).eval()
     mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a", "b", "c"], method=method, r=4))

@@ -112,6 +112,52 @@ def test_idefics3_split_images_are_named_in_the_refusal(tmp_path):
         model(**batch)
 
 
+def test_idefics3_split_images_of_different_sizes_name_the_splitting(tmp_path):
+    """Images of different aspect give rows of different crop counts ([5, 17]): the splitting hint was given only
+    when every row had the same count, which real images rarely do (helper 145)."""
+    import numpy as np
+    from idefics3_tiny import save_tiny_idefics3
+    from PIL import Image
+    from transformers import AutoProcessor, Idefics3ForConditionalGeneration
+
+    folder = save_tiny_idefics3(tmp_path / "tiny", splitting=True)
+    processor = AutoProcessor.from_pretrained(str(folder))
+    rng = np.random.default_rng(0)
+    images = [[Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))] for h, w in ((16, 64), (32, 32))]
+    batch = processor(text=["<image> a", "<image> b"], images=images, return_tensors="pt", padding=True)
+    model = _adapted(Idefics3ForConditionalGeneration.from_pretrained(str(folder)))
+    with torch.no_grad(), mlv.route(model, [0, 1]), pytest.raises(mlv.RoutingError, match=r"\[5, 17\] images \(a processor that splits.*do_image_splitting=False"):
+        model(**batch)
+
+
+def test_qwen_rows_without_vision_start_are_counted_by_their_image_tokens(tmp_path):
+    """Prompts holding only <|image_pad|> (the processor expands it and the model runs them) hold one image per
+    row, but a mixed route was refused with 'the rows hold [0, 0] images': the count read <|vision_start|> only.
+    Now each row's image tokens are matched to the images' token counts from image_grid_thw (helper 145)."""
+    import numpy as np
+    from PIL import Image
+    from qwen_tiny import save_tiny_qwen2vl
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    folder = save_tiny_qwen2vl(tmp_path / "q")
+    processor = AutoProcessor.from_pretrained(str(folder))
+    processor.tokenizer.padding_side = "left"
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((16, 64), (32, 32))]
+    x = dict(processor(images=images, text=["<|image_pad|> a b", "<|image_pad|> c"], return_tensors="pt",
+                       padding=True))
+    model = _adapted(Qwen2VLForConditionalGeneration.from_pretrained(str(folder)))
+    with torch.no_grad():
+        alone = []
+        for t in ("a", "b"):
+            with mlv.route(model, t):
+                alone.append(model(**x).logits)
+        with mlv.route(model, [0, 1]):
+            mixed = model(**x).logits
+        assert not torch.allclose(alone[0], alone[1])
+        torch.testing.assert_close(mixed, torch.stack([alone[0][0], alone[1][1]]))
+
+
 def test_idefics3_backbone_leaves_the_callers_processor_splitting(tmp_path):
     """Idefics3Backbone.from_model turned splitting off on the processor object the caller passed (and keeps)."""
     from idefics3_tiny import save_tiny_idefics3

@@ -48,7 +48,7 @@ class RowImagesCheck:
             return
         hint = (" (a processor that splits each image into crops, as Idefics3 / SmolVLM's do, makes one image per "
                 "crop: call it with do_image_splitting=False, or load the model with the package's backbone, which "
-                "turns splitting off)" if len(set(per_row)) == 1 and per_row[0] > 1 else "")
+                "turns splitting off)" if min(per_row) > 1 and all(n == int(n) for n in per_row) else "")
         raise RoutingError(
             f"{type(module).__name__} routes each image by its place among the batch's images, so a mixed-task "
             f"route needs one image per row; the rows hold {per_row} images{hint}. Give each row one image, or route "

@@ -214,6 +214,7 @@ class HFVLMBackbone(Backbone):
         on the host (the training loader: :meth:`~.lm_collate.LMCollator.first_labelled`); the image-token count
         of each row is then not checked either (the collator's rows hold them by construction, and Hugging Face's
         own check still runs), so the call makes no GPU wait. Without it both are read from the tensors."""
+        check_image_batch(pixel_values, "lm_loss")
         if first_label is None:
             self._check_rows(pixel_values, input_ids, "lm_loss")
         if labels.shape != input_ids.shape:
@@ -270,6 +271,7 @@ class HFVLMBackbone(Backbone):
     def caption_logits(self, images: Tensor, tokens: Tensor) -> Tensor:
         """Teacher-forced logits ``(B, L-1, vocab)`` of ``tokens`` (from :attr:`tokenizer`) after the image tokens;
         position i predicts ``tokens[:, i + 1]``."""
+        check_image_batch(images, "caption_logits")
         if tokens.dim() != 2 or tokens.shape[1] < 2 or tokens.shape[0] != images.shape[0]:
             raise ValueError(f"caption_logits: tokens must be (B, L >= 2) for {images.shape[0]} images, "
                              f"got {tuple(tokens.shape)}")
