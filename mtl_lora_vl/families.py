@@ -135,8 +135,9 @@ def _token_rows(model: Any, args: tuple, kwargs: dict, token: int) -> list[int] 
 def _qwen_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
     """Images and videos per row of a Qwen2-VL forward (None without pixel values of either or their encoder
     outputs). With images only and their ``image_grid_thw``, each row's image tokens are matched, in order, to the
-    images' token counts (t·h·w / merge²; a row that starts or ends inside an image counts the part it holds); otherwise its
-    ``<|vision_start|>`` tokens are counted (the processor writes one per image, a hand-written prompt may not)."""
+    images' token counts (t·h·w / merge²; a row that starts or ends inside an image counts the part it holds);
+    otherwise its ``<|vision_start|>`` tokens are counted (the processor writes one per image, a hand-written
+    prompt may not)."""
     images, videos = (_forward_input(model, args, kwargs, k) for k in ("pixel_values", "pixel_values_videos"))
     encoded = _forward_input(model, args, kwargs, "mm_encoder_outputs") or {}
     if images is None and videos is None and not any(encoded.get(k) is not None for k in ("image", "video")):

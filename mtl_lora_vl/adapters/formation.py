@@ -18,10 +18,10 @@ the loss reaches, DDP's search for unused parameters waits for them).
 
 With gradients, the formed M_t are let go once every member has taken its own (they do not add to the activations
 a forward keeps); otherwise (evaluation, a generation's decoding steps) they are kept, one set per signature, until
-other tasks are routed, the route scope that formed them closes (a fused optimizer step or a write through ``p.data``
-between two scopes counts no version), or a parameter is written to in place or replaced (version counter, storage,
-identity: ``load_state_dict``, ``grow_tasks``). A node is never reused after a backward pass went through it: an optimizer
-step may follow, and a fused one writes the parameters without counting a version. The node saves no tensors: it
+other tasks are routed, the route scope that formed them closes (a fused optimizer step or a write through
+``p.data`` between two scopes counts no version), or a parameter is written to in place or replaced (version
+counter, storage, identity: ``load_state_dict``, ``grow_tasks``). A node is never reused after a backward pass went
+through it: an optimizer step may follow, and a fused one writes the parameters without counting a version. The node saves no tensors: it
 reads the parameters back in backward and refuses ones modified in place since.
 """
 
