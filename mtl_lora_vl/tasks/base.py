@@ -57,7 +57,7 @@ import contextlib
 import dataclasses
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -89,14 +89,20 @@ def special_texts(backbone: Backbone) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
-def warn_text_coverage(spec: TaskSpec, train: Split, backbone: Backbone) -> None:
-    """Say when a word-level tokenizer (the built-in backbones', 450 words) cannot read a task's texts: words it
-    does not know become ``<unk>``, and texts longer than its context are cut, so captions in another language
-    or long ones collapse into the same tokens and the task trains nothing -- silently until now."""
+def split_texts(split: Split) -> list[str]:
+    """The distinct texts of a split's examples (texts, captions, answers), sorted."""
+    return sorted({t for ex in split.examples for t in (ex.text, *ex.captions, *ex.answers) if t})
+
+
+def warn_text_coverage(spec: TaskSpec, texts: Iterable[str], backbone: Backbone, what: str = "training texts") -> None:
+    """Say when a word-level tokenizer (the built-in backbones', 450 words) cannot read a task's ``texts`` (``what``
+    they are, for the message): words it does not know become ``<unk>``, and texts longer than its context are
+    cut, so captions in another language or long ones -- or class names -- collapse into the same tokens and the
+    task trains nothing, silently otherwise."""
     tok = getattr(backbone, "tokenizer", None)
     if not (hasattr(tok, "encode_words") and hasattr(tok, "unk_id") and hasattr(tok, "context_length")):
         return   # a subword tokenizer reads any text
-    texts = sorted({t for ex in train.examples for t in (ex.text, *ex.captions, *ex.answers) if t})
+    texts = sorted(set(texts))
     if not texts:
         return
     ids = [tok.encode_words(t) for t in texts]
@@ -104,14 +110,14 @@ def warn_text_coverage(spec: TaskSpec, train: Split, backbone: Backbone) -> None
     cut = sum(len(row) > tok.context_length - 2 for row in ids)
     where = f"task {spec.name!r}" + (f" ({spec.source_file})" if spec.source_file else "")
     if unknown:
-        logger.warning("%s: %d of its %d distinct training texts hold words the %s tokenizer does not know (they "
-                       "become <unk>, e.g. %r); texts that differ only there look the same to the model: use a "
-                       "backbone with a subword tokenizer (open_clip:NAME, hf:DIR) for this data",
-                       where, unknown, len(texts), backbone.name, next(t for t, r in zip(texts, ids) if tok.unk_id in r))
+        logger.warning("%s: %d of its %d distinct %s hold words the %s tokenizer does not know (they become <unk>, "
+                       "e.g. %r); texts that differ only there look the same to the model: use a backbone with a "
+                       "subword tokenizer (open_clip:NAME, hf:DIR) for this data", where, unknown, len(texts), what,
+                       backbone.name, next(t for t, r in zip(texts, ids) if tok.unk_id in r))
     if cut:
-        logger.warning("%s: %d of its %d distinct training texts are longer than the tokenizer's context of %d "
-                       "tokens and are cut; texts that differ only after the cut look the same to the model",
-                       where, cut, len(texts), tok.context_length)
+        logger.warning("%s: %d of its %d distinct %s are longer than the tokenizer's context of %d tokens and are "
+                       "cut; texts that differ only after the cut look the same to the model",
+                       where, cut, len(texts), what, tok.context_length)
 
 
 class TaskKind(ABC):
@@ -171,7 +177,7 @@ class TaskKind(ABC):
                              f"{backbone.name!r} (the image placeholder is the prompt's {{image}}); take it out of "
                              "system" + (f" in {spec.source_file}" if spec.source_file else ""))
         if train is not None:
-            warn_text_coverage(spec, train, backbone)
+            warn_text_coverage(spec, split_texts(train), backbone)
             self.check_texts(train.examples, "training")
 
     # ------------------------------------------------------------------ spec checks

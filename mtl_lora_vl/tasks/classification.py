@@ -46,6 +46,7 @@ from mtl_lora_vl.tasks.base import (
     prompt_embeddings,
     prompt_scores,
     spec_error,
+    warn_text_coverage,
 )
 from mtl_lora_vl.tasks.generative import (
     GenerationHead,
@@ -133,6 +134,9 @@ class ClassificationKind(TaskKind):
         self.data_class_names: list[str] | None = list(train.class_names) if train.class_names else None
         self._check_labels(train.examples, "training")
         self._check_targets()
+        prompts = ([spec.generative["target"].format(n) for n in self.class_names] if self.generative
+                   else [t.format(n) for n in self.class_names for t in spec.templates])
+        warn_text_coverage(spec, prompts, backbone, "class prompts")   # a class's examples carry no text of their own
 
     def _check_targets(self) -> None:
         """Generative path: refuse a class name or target template holding a special token of the tokenizer (an end
