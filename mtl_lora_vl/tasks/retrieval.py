@@ -13,9 +13,9 @@ kind refuses when it is built, before any training, and says what to use instead
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
-import zlib
 from typing import Any
 
 import torch
@@ -82,8 +82,10 @@ class RetrievalHead(nn.Module):
 
 
 def _image_key(image_id: str) -> int:
-    """A stable integer for an image id (same image -> same key in every worker and run)."""
-    return zlib.crc32(image_id.encode("utf-8")) & 0x7FFFFFFF
+    """A stable integer for an image id (same image -> same key in every worker, rank and run), of 63 bits: two
+    images with one key would be each other's positives, and a 31-bit key gives ~3 such pairs among COCO's 113k
+    training images (``crc32`` did: ``img_6f212cc6f`` and ``img_5824a96d3b``)."""
+    return int.from_bytes(hashlib.blake2b(image_id.encode("utf-8"), digest_size=8).digest(), "little") >> 1
 
 
 def infonce(logits: Tensor, positives: Tensor) -> Tensor:
