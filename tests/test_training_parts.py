@@ -441,7 +441,56 @@ def test_an_extend_run_puts_no_weight_decay_on_the_adapters():
         o = build_optimization(mm, TrainOptions(steps=10, batch_size=1, warmup=0, weight_decay=0.05, extend=extend),
                                10, torch.device("cpu"), torch.float32)
         groups = o.optimizer.param_groups
-        assert [g["weight_decay"] for g in groups] == [adapter_wd, 0.05], extend
+        assert [g["weight_decay"] for g in groups] == [adapter_wd, 0.05, 0.0], extend
+
+
+def _heads_run(seed: int = 0):
+    from mtl_lora_vl.tasks.retrieval import RetrievalHead
+
+    torch.manual_seed(seed)
+    heads = torch.nn.ModuleDict({"r": RetrievalHead(100.0), "c": torch.nn.Linear(3, 2)})
+    mm = types.SimpleNamespace(model=torch.nn.Linear(2, 2), heads=heads)
+    return mm, build_optimization(mm, TrainOptions(steps=10, batch_size=1, warmup=0, weight_decay=0.5, head_lr=0.1),
+                                  10, torch.device("cpu"), torch.float32)
+
+
+def test_head_biases_and_the_temperature_take_no_weight_decay():
+    """Every head tensor was decayed, retrieval's learnable temperature too (CLIP and open_clip exclude the logit
+    scale, biases and gains): with no gradient at all, decay alone lowered it (100 -> ~97 over the default run;
+    helper 146). Weight matrices keep --weight-decay."""
+    mm, o = _heads_run()
+    before = {n: p.detach().clone() for n, p in mm.heads.named_parameters()}
+    for p in o.params:
+        p.grad = torch.zeros_like(p)
+    o.optimizer.step()
+    after = dict(mm.heads.named_parameters())
+    assert torch.equal(after["r.log_scale"], before["r.log_scale"]) and torch.equal(after["c.bias"], before["c.bias"])
+    assert not torch.equal(after["c.weight"], before["c.weight"])
+
+
+def test_a_checkpoint_with_every_head_tensor_in_one_group_still_resumes():
+    """Checkpoints written before the heads' no-decay group load: the one head group's states are split."""
+    mm, o = _heads_run()
+    for p in o.params:
+        p.grad = torch.randn_like(p)
+    o.optimizer.step()
+    o.scheduler.step()
+    new = o.state_dict()
+    heads = list(mm.heads.parameters())
+    old = json.loads(json.dumps({k: v for k, v in new["optimizer"].items() if k != "state"}))
+    decayed, kept = old["param_groups"][-2:]
+    ids = iter(decayed["params"]), iter(kept["params"])
+    merged = [next(ids[p.ndim < 2]) for p in heads]   # one group in the heads' own order, as the old version saved
+    old["param_groups"] = [*old["param_groups"][:-2], dict(decayed, params=merged)]
+    old["state"] = new["optimizer"]["state"]
+    sched = {**new["scheduler"], **{k: new["scheduler"][k][:-1] for k in ("base_lrs", "_last_lr")}}
+    _, fresh = _heads_run(seed=1)
+    fresh.load_state_dict({**new, "optimizer": old, "scheduler": sched})
+    got = fresh.state_dict()
+    assert [g["weight_decay"] for g in got["optimizer"]["param_groups"]] == [0.5, 0.5, 0.0]
+    for i, s in new["optimizer"]["state"].items():
+        torch.testing.assert_close(got["optimizer"]["state"][i]["exp_avg"], s["exp_avg"], rtol=0, atol=0)
+    assert got["scheduler"]["base_lrs"] == new["scheduler"]["base_lrs"]
 
 
 def test_default_workers_share_the_usable_cores_among_the_local_ranks(monkeypatch):

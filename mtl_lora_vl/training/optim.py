@@ -49,11 +49,34 @@ class Optimization:
                 "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        optimizer, scheduler = state["optimizer"], state["scheduler"]
+        if len(optimizer["param_groups"]) == len(self.optimizer.param_groups) - 1:
+            optimizer, scheduler = self._split_head_group(optimizer, scheduler)
+        self.optimizer.load_state_dict(optimizer)
+        self.scheduler.load_state_dict(scheduler)
         if state["scaler"] or not self.scaler.is_enabled():  # a run saved without loss scaling (fp32, bf16)
             self.scaler.load_state_dict(state["scaler"])     # resumed in fp16 starts its scale afresh
         self._scale = None
+
+
+    def _split_head_group(self, optimizer: dict[str, Any], scheduler: dict[str, Any]) -> tuple[dict, dict]:
+        """A checkpoint of a version that kept every head tensor in one group (weight decay on biases and
+        retrieval's temperature too), in this version's two: those tensors' states moved to the no-decay group."""
+        heads = self.params[len(self.params) - len(optimizer["param_groups"][-1]["params"]):]
+        ids = optimizer["param_groups"][-1]["params"]
+        decayed, kept = dict(optimizer["param_groups"][-1]), dict(optimizer["param_groups"][-1], weight_decay=0.0)
+        decayed["params"] = [i for i, p in zip(ids, heads) if not _no_decay(p)]
+        kept["params"] = [i for i, p in zip(ids, heads) if _no_decay(p)]
+        optimizer = {**optimizer, "param_groups": [*optimizer["param_groups"][:-1], decayed, kept]}
+        scheduler = {**scheduler, **{k: [*scheduler[k], scheduler[k][-1]] for k in ("base_lrs", "_last_lr")
+                                     if k in scheduler}}
+        return optimizer, scheduler
+
+
+def _no_decay(p: torch.Tensor) -> bool:
+    """Head tensors that take no weight decay, as CLIP and open_clip train theirs: biases and scalars (retrieval's
+    learnable temperature, which decay alone pulled from 100 towards 97 over the default run)."""
+    return p.ndim < 2
 
 
 def adamw(params: Iterable[Any], **kwargs: Any) -> torch.optim.AdamW:
@@ -69,7 +92,7 @@ def adamw(params: Iterable[Any], **kwargs: Any) -> torch.optim.AdamW:
 def build_optimization(model: MultiTaskModel, opts: TrainOptions, total_steps: int, device: torch.device,
                        amp_dtype: torch.dtype) -> Optimization:
     """AdamW groups (adapters at ``--lr``, Λ_t/w_t at ``--lr × --task-lr-mult`` when that is not 1, heads at
-    ``--head-lr``), warm-up + cosine, a scaler for fp16."""
+    ``--head-lr``: their biases and scalars without weight decay), warm-up + cosine, a scaler for fp16."""
     adapter_params = [p for p in model.model.parameters() if p.requires_grad]
     head_params = [p for p in model.heads.parameters() if p.requires_grad]
     # An --extend run keeps the old tasks' rows of the grown tensors fixed: no weight decay on them.
@@ -85,7 +108,9 @@ def build_optimization(model: MultiTaskModel, opts: TrainOptions, total_steps: i
                    "weight_decay": adapter_wd},
                   {"params": [p for p in adapter_params if id(p) in task_specific], "lr": opts.lr * opts.task_lr_mult,
                    "weight_decay": adapter_wd}]
-    optimizer = adamw([*groups, {"params": head_params, "lr": opts.head_lr}], weight_decay=opts.weight_decay)
+    optimizer = adamw([*groups, {"params": [p for p in head_params if not _no_decay(p)], "lr": opts.head_lr},
+                       {"params": [p for p in head_params if _no_decay(p)], "lr": opts.head_lr, "weight_decay": 0.0}],
+                      weight_decay=opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(opts.warmup, total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return Optimization(optimizer, scheduler, scaler, adapter_params + head_params)
