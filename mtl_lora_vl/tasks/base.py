@@ -56,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import string
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -170,12 +171,18 @@ class TaskKind(ABC):
         #: Text a row may not hold on the generative path: the tokenizer's special tokens, which it would read as
         #: such (a second image placeholder, an end of text in the middle of a target).
         self.special_texts: tuple[str, ...] = special_texts(backbone) if self.generative else ()
-        system = str(spec.generative.get("system") or "") if self.prompt_wrap is not None else ""
-        hit = next((t for t in self.special_texts if t in system), None)
-        if hit:
-            raise ValueError(f"task {self.name!r}: [generative] system holds {hit!r}, a special token of backbone "
-                             f"{backbone.name!r} (the image placeholder is the prompt's {{image}}); take it out of "
-                             "system" + (f" in {spec.source_file}" if spec.source_file else ""))
+        in_file = f" in {spec.source_file}" if spec.source_file else ""
+        if self.prompt_wrap is not None:
+            self.refuse_special(str(spec.generative.get("system") or ""), "[generative] system",
+                                f"take it out of system{in_file} (the image placeholder is the prompt's {{image}})",
+                                backbone=backbone.name)
+        prompt = spec.generative.get("prompt")
+        for piece, *_ in string.Formatter().parse(prompt) if self.generative and isinstance(prompt, str) else ():
+            # the template's own text: a literal '<image>' beside {image} failed only at the first collation ('2
+            # image placeholders', naming no task); an end token mid-prompt was read as the end of the text
+            self.refuse_special(piece, f"[generative] prompt {prompt!r}",
+                                f"write {{image}} once where the image goes, and no other special token, in the "
+                                f"prompt{in_file}", backbone=backbone.name)
         if train is not None:
             warn_text_coverage(spec, split_texts(train), backbone)
             self.check_texts(train.examples, "training")
@@ -227,12 +234,22 @@ class TaskKind(ABC):
             return
         for ex in examples:
             for text in (ex.text, *ex.captions, *ex.answers):
-                hit = next((t for t in self.special_texts if text and t in text), None)
-                if hit:
-                    raise ValueError(
-                        f"task {self.name!r}: {what} example {ex.image_id!r} has the text {text!r}, which holds "
-                        f"{hit!r}, a special token of the model's tokenizer: it would be read as that token (an "
-                        "image placeholder, or an end of text inside a target), not as text; remove it from the data")
+                self.refuse_special(text, f"{what} example {ex.image_id!r} has the text {text!r}, which",
+                                    "remove it from the data")
+
+    def special_in(self, text: str | None) -> str | None:
+        """The first of :attr:`special_texts` that ``text`` holds (None: none, or not the generative path)."""
+        return next((t for t in self.special_texts if t in text), None) if text else None
+
+    def refuse_special(self, text: str | None, what: str, fix: str, *, backbone: str | None = None) -> None:
+        """Raise ValueError when ``text`` holds one of :attr:`special_texts`: the one check of every text this task
+        puts in front of the language model (rows, class targets, [generative] prompt and system). ``what`` names
+        the text (it is followed by "holds"), ``fix`` says what to do."""
+        hit = self.special_in(text)
+        if hit:
+            of = f"backbone {backbone!r}" if backbone else "the model's tokenizer"
+            raise ValueError(f"task {self.name!r}: {what} holds {hit!r}, a special token of {of}: it would be read as "
+                             f"that token (an image placeholder, or an end of text), not as text; {fix}")
 
     def warn_lm_context(self, examples: Sequence[Example], backbone: Backbone, limit: int = 1000) -> None:
         """Generative path: say when training rows (prompt with its image tokens, target, end token) are longer

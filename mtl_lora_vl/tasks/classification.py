@@ -143,11 +143,8 @@ class ClassificationKind(TaskKind):
         token would be trained inside the target; an image placeholder failed at the first step, unnamed)."""
         for name in self.class_names if self.special_texts else ():
             text = self.spec.generative["target"].format(name)
-            hit = next((t for t in self.special_texts if t in text), None)
-            if hit:
-                raise ValueError(f"task {self.name!r}: the target {text!r} of class {name!r} (generative.target with "
-                                 f"the class name) holds {hit!r}, a special token of the model's tokenizer; rename "
-                                 "the class (options.class_names) or change the target")
+            self.refuse_special(text, f"the target {text!r} of class {name!r} (generative.target with the class name)",
+                                "rename the class (options.class_names) or change the target")
 
     def state(self) -> dict:
         return {"class_names": list(self.class_names), "data_class_names": self.data_class_names}

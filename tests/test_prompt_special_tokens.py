@@ -1,0 +1,57 @@
+"""A [generative] prompt template holding a special token of the tokenizer is refused when the kind is built,
+naming the task, the field, the token and the spec file, as rows, class targets and [generative] system are
+(helper 143). A literal '<image>' beside {image} failed in warn_lm_context's collation with 'lm_collator: prompt 0
+(...) has 2 image placeholders' (no task, no field, no file), and, when the kind was rebuilt from an adapter's state
+(eval --adapter: no warn_lm_context), only at the first evaluation batch; an end token ('</s>') mid-prompt was not
+refused at all and was read as an end of text in every row."""
+
+import dataclasses
+
+import pytest
+
+from mtl_lora_vl.backbones import load_backbone
+from mtl_lora_vl.data import world
+from mtl_lora_vl.tasks import build_kind, load_spec
+
+
+@pytest.fixture(scope="module")
+def llava():
+    return load_backbone("builtin-llava", device="cpu")
+
+
+def _train(spec):
+    return world.build_split(spec.data.options.get("world_kind", spec.kind), "train", n=6, seed=0)
+
+
+@pytest.mark.parametrize("task,prompt", [
+    ("vqa", "{image} <image> question: {question} answer:"),
+    ("captioning", "<image>{image} caption:"),
+    ("caption_cls", "{image} caption: <image>"),
+    ("vqa", "{image} question: {question} </s> answer:"),
+])
+def test_special_token_in_prompt_template_is_refused_naming_task_field_and_file(llava, task, prompt):
+    base = load_spec(task)
+    spec = dataclasses.replace(base, generative=dict(base.generative, prompt=prompt))
+    tok = "</s>" if "</s>" in prompt else "<image>"
+    if tok == "</s>" and tok not in llava.hf_processor.tokenizer.all_special_tokens:
+        pytest.skip("the built-in LLaVA's end token is not </s>")
+    with pytest.raises(ValueError, match=rf"task '{task}': \[generative\] prompt .* holds '{tok}', a special token") as err:
+        build_kind(spec, _train(base), llava)
+    assert str(base.source_file) in str(err.value) and "{image}" in str(err.value)
+
+
+def test_special_token_in_prompt_is_refused_when_rebuilt_from_adapter_state(llava):
+    base = load_spec("caption_cls")
+    state = build_kind(base, _train(base), llava).state()
+    spec = dataclasses.replace(base, generative=dict(base.generative, prompt="<image> {image} caption:"))
+    with pytest.raises(ValueError, match=r"task 'caption_cls': \[generative\] prompt .* holds '<image>'"):
+        build_kind(spec, None, llava, state=state)
+
+
+def test_one_helper_checks_every_text(llava):
+    """The three checks (rows, class targets, system) and the prompt go through TaskKind.refuse_special."""
+    base = load_spec("caption_cls")
+    kind = build_kind(base, _train(base), llava)
+    assert kind.special_in("a red <image> square") == "<image>" and kind.special_in("a red square") is None
+    with pytest.raises(ValueError, match=r"task 'caption_cls': the thing holds '<image>'.*; fix it"):
+        kind.refuse_special("x <image>", "the thing", "fix it")
