@@ -33,6 +33,17 @@ def task_name_problem(name: object) -> str | None:
     return None
 
 
+def unrepeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's ``object_pairs_hook`` that refuses a key given twice (``json`` keeps the last silently; TOML
+    refuses it)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"{key!r} is given twice")
+        out[key] = value
+    return out
+
+
 class UnknownTaskError(KeyError):
     """A task name the adapter does not have (a ``KeyError`` whose message prints without KeyError's quotes)."""
 
@@ -106,6 +117,10 @@ class MTLLoRAConfig:
         dup = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
         if dup:
             raise ConfigError(f"tasks: names must be unique, repeated: {dup}")
+        folded = [t.casefold() for t in self.tasks]
+        alike = sorted({t for t, f in zip(self.tasks, folded) if folded.count(f) > 1})
+        if alike:   # an adapter keeps a file per task: one file on a case-insensitive file system (macOS, Windows)
+            raise ConfigError(f"tasks: names must differ in more than case, got {alike}")
         for name in ("r", "n_up"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -181,8 +196,8 @@ class MTLLoRAConfig:
                               "existing file")
         text = p.read_text() if p is not None else str(text_or_path)
         try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
+            d = json.loads(text, object_pairs_hook=unrepeated_keys)
+        except ValueError as e:
             where = f"{p}: " if p else ""
             raise ConfigError(f"{where}not valid JSON ({e})") from None
         return cls.from_dict(d)

@@ -64,7 +64,7 @@ def test_world_kind_is_checked_when_the_spec_is_read(tmp_path):
     msg = str(err.value)
     assert msg.startswith(f"{path}: field 'data.world_kind'") and "'nonsense'" in msg
     assert all(kind in msg for kind in WORLD_KINDS if kind != "pretrain")   # pretrain: no val or test split
-    assert load_spec(_spec(tmp_path, data='world_kind = "captioning"')).data.options["world_kind"] == "captioning"
+    assert load_spec(_spec(tmp_path, data='world_kind = "vqa"')).data.options["world_kind"] == "vqa"
 
 
 # ---------------------------------------------------------------------------------------------- logging
@@ -233,3 +233,65 @@ def test_a_missing_pretrained_file_for_the_built_in_backbone_is_named():
 
     with pytest.raises(FileNotFoundError, match=r"--pretrained /nonexistent/w.bin: no such file"):
         load_backbone("builtin", pretrained="/nonexistent/w.bin")
+
+
+# ------------------------------------------------------------------ helper 143: files the user writes
+
+_BUILTIN_DATA = '[data]\nsource = "builtin"\n'
+
+
+def test_task_names_differing_only_in_case_are_refused(tmp_path):
+    """An adapter stores tasks/<name>.toml and tasks/<name>.state.json: 'VQA' and 'vqa' are one file on macOS and
+    Windows, so one task's spec and vocabulary overwrote the other's; both names were accepted."""
+    from mtl_lora_vl.config import ConfigError
+    from mtl_lora_vl.tasks.spec import resolve_tasks
+
+    spec = tmp_path / "a.toml"
+    spec.write_text(f'name = "VQA"\nkind = "vqa"\n{_BUILTIN_DATA}')
+    with pytest.raises(SpecError, match=r"task names 'vqa' and 'VQA' differ only in case|'VQA' and 'vqa' differ"):
+        resolve_tasks(["vqa", str(spec)])
+    with pytest.raises(ConfigError, match=r"tasks: names must differ in more than case, got \['VQA', 'vqa'\]"):
+        mlv.MTLLoRAConfig(tasks=["vqa", "VQA"])
+    model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=["vqa"], r=2))
+    with pytest.raises(ValueError, match="already has a task 'VQA'"):
+        mlv.add_task(model, "VQA")
+
+
+@pytest.mark.parametrize(("kind", "world_kind"), [("classification", "vqa"), ("classification", "captioning"),
+                                                  ("vqa", "retrieval"), ("retrieval", "vqa")])
+def test_a_world_kind_the_task_kind_cannot_use_is_refused_when_the_spec_is_read(tmp_path, kind, world_kind):
+    """classification on world_kind = "vqa" was told at build to give options.class_names, and following that
+    failed next on labels (None); retrieval on vqa rows trained on questions as captions."""
+    spec = tmp_path / "t.toml"
+    spec.write_text(f'kind = "{kind}"\ntemplates = ["{{}}."]\n{_BUILTIN_DATA}world_kind = "{world_kind}"\n')
+    with pytest.raises(SpecError, match=r"field 'data.world_kind': expected one of"):
+        load_spec(spec)
+
+
+def test_a_world_split_too_large_to_draw_is_refused(tmp_path):
+    """n = 10000000000000 was accepted, and reading the split drew scenes for ever without a word."""
+    spec = tmp_path / "t.toml"
+    spec.write_text(f'kind = "vqa"\n{_BUILTIN_DATA}[data.train]\nn = 10000000000000\n')
+    with pytest.raises(SpecError, match=r"field 'data.train.n': expected a positive integer up to 1,000,000"):
+        load_spec(spec)
+
+
+def test_a_json_config_giving_an_option_twice_is_refused(tmp_path, capsys):
+    """TOML refuses a key given twice; json kept the last ({"steps": 1, "steps": 500} trained 500 steps)."""
+    from mtl_lora_vl.cli.commands import parse_train_args
+    from mtl_lora_vl.config import ConfigError
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text('{"steps": 1, "steps": 500}')
+    with pytest.raises(SystemExit):
+        parse_train_args(["--config", str(cfg)])
+    assert "'steps' is given twice" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="'r' is given twice"):
+        mlv.MTLLoRAConfig.from_json('{"tasks": ["a"], "r": 4, "r": 8}')
+
+
+def test_a_misspelt_top_level_spec_field_names_the_likely_one(tmp_path):
+    spec = tmp_path / "t.toml"
+    spec.write_text(f'kind = "vqa"\ntemplate = ["the answer is {{}}."]\n{_BUILTIN_DATA}')
+    with pytest.raises(SpecError, match=r"did you mean 'templates'\?"):
+        load_spec(spec)

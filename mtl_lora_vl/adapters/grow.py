@@ -78,9 +78,9 @@ def add_task(model: nn.Module, name: str) -> AddedTask:
     problem = task_name_problem(name)
     if problem:
         raise ValueError(f"add_task: {problem}")
-    if name in info.config.tasks:
-        raise ValueError(f"add_task: the adapter already has a task {name!r} (tasks: {info.config.tasks}); "
-                         "choose a new name")
+    if name.casefold() in {t.casefold() for t in info.config.tasks}:   # one file per task: case-insensitive
+        raise ValueError(f"add_task: the adapter already has a task {name!r} (tasks: {info.config.tasks}; names "
+                         "that differ only in case are one file on macOS and Windows); choose a new name")
     if info.router.merged_task is not None:
         raise ValueError("add_task: the adapters are merged into the weights; call mtl_lora_vl.unmerge(model) first")
     # shared B_i that no earlier task trained (a CoCa decoder under contrastive tasks) stay zero once frozen: the

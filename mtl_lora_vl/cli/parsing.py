@@ -42,6 +42,7 @@ from typing import Any, Literal, NoReturn
 
 from jsonargparse import ArgumentError, ArgumentParser
 
+from ..config import unrepeated_keys
 from ..log import LEVELS
 from ..options import ADAPTER_SHAPE, field_types, out_of_range, range_text
 
@@ -201,7 +202,7 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
         _fail(parser, f"{where}: no such file")
     is_toml = p.suffix.lower() == ".toml"
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8-sig")) if is_toml else json.loads(p.read_text(encoding="utf-8-sig"))
+        raw = tomllib.loads(p.read_text(encoding="utf-8-sig")) if is_toml else json.loads(p.read_text(encoding="utf-8-sig"), object_pairs_hook=unrepeated_keys)
     except (OSError, UnicodeDecodeError) as e:
         _fail(parser, f"{where}: cannot be read ({e})")
     except (ValueError, tomllib.TOMLDecodeError) as e:

@@ -137,6 +137,8 @@ class TaskKind(ABC):
     #: under DDP the loss gets them and the embeddings from every rank's rows, so N processes at batch b train
     #: on the negatives one process at N*b has. Empty: each rank's loss sees its own rows.
     cross_rank_fields: ClassVar[tuple[str, ...]] = ()
+    #: The built-in world's kinds whose rows this kind can train on (``[data] world_kind``); None: any.
+    world_kinds: ClassVar[tuple[str, ...] | None] = None
     needs_templates: ClassVar[bool] = False
     default_templates: ClassVar[tuple[str, ...]] = ()
     head_defaults: ClassVar[dict[str, Any]] = {}
@@ -216,6 +218,10 @@ class TaskKind(ABC):
         if cls.needs_templates and not spec.templates:
             raise spec_error(spec, "templates", f"at least one prompt template for a {cls.kind} task",
                              list(spec.templates))
+        world = spec.data.options.get("world_kind") if spec.data.source == "builtin" else None
+        if world is not None and cls.world_kinds is not None and world not in cls.world_kinds:
+            raise spec_error(spec, "data.world_kind", f"one of {list(cls.world_kinds)} for a {cls.kind} task (other "
+                             "kinds' rows lack what it trains on), or leave it out to use the task's kind", world)
 
     def check_eval_split(self, split: Split) -> None:
         """Raise for what would make scoring ``split`` fail or score the wrong text (questions without answers,

@@ -87,6 +87,8 @@ def caption_references(split: Split) -> tuple[list[Example], dict[str, list[str]
 class CaptioningKind(TaskKind):
     """Generative captioning (needs a backbone with a text decoder: open_clip CoCa)."""
 
+    world_kinds = ("captioning", "retrieval")
+
     headline_metric = "bleu4"
     metric_names = ("bleu4", "cider")
     not_headline = ("cider",)

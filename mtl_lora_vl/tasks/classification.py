@@ -78,6 +78,8 @@ class ClassifierHead(nn.Module):
 class ClassificationKind(TaskKind):
     """Image classification by class names and prompt templates (zero-shot CLIP classifier, linear probe)."""
 
+    world_kinds = ("classification",)
+
     headline_metric = "top1"
     metric_names = ("top1", "top5", "mean_per_class", "per_class")
     not_headline = ("per_class",)

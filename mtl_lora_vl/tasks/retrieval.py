@@ -153,6 +153,8 @@ def refuse_without_text_tower(spec: TaskSpec, backbone: Backbone) -> None:
 class RetrievalKind(TaskKind):
     """Dual-encoder image-text retrieval (COCO/Flickr style)."""
 
+    world_kinds = ("retrieval", "captioning")
+
     headline_metric = "mean_recall"
     metric_names = ("mean_recall", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
     uses_text = True

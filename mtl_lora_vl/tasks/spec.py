@@ -73,6 +73,8 @@ _TOP_KEYS = ("name", "kind", "description", "loss_weight", "metrics", "templates
              "generative")
 _BUILTIN_DATA_KEYS = ("source", "seed", "world_kind", *SPLITS)
 _BUILTIN_SPLIT_KEYS = ("n",)
+#: The most examples a built-in world split may be given: scenes are drawn in memory (10**13 drew for ever).
+MAX_WORLD_SPLIT = 1_000_000
 #: A task name is a file name in an adapter folder (tasks/<name>.state.json): 64 characters at most.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
 
@@ -216,12 +218,15 @@ def resolve_tasks(tasks: str | Sequence[str | Path]) -> list[TaskSpec]:
                         f"(built-in: {available_specs()})")
     specs = [load_spec(t) for t in items]
     seen: dict[str, TaskSpec] = {}
-    for spec in specs:
-        if spec.name in seen:
-            a, b = seen[spec.name].source_file, spec.source_file
-            raise SpecError(f"task name {spec.name!r} is given twice ({a} and {b}); name each task once, or, for "
-                            "two tasks from spec files, set `name = ...` in one of them")
-        seen[spec.name] = spec
+    for spec in specs:   # by case-folded name: an adapter's file per task is one file on macOS or Windows
+        other = seen.get(spec.name.casefold())
+        if other is not None:
+            a, b = other.source_file, spec.source_file
+            twice = (f"task name {spec.name!r} is given twice" if other.name == spec.name
+                     else f"task names {other.name!r} and {spec.name!r} differ only in case")
+            raise SpecError(f"{twice} ({a} and {b}); name each task once, or, for two tasks from spec files, set "
+                            "`name = ...` in one of them")
+        seen[spec.name.casefold()] = spec
     return specs
 
 
@@ -332,8 +337,8 @@ def _parse_data(path: Path, raw: Any, need_train: bool = True) -> DataSpec:
             for key, value in opts.items():
                 if key not in _BUILTIN_SPLIT_KEYS:
                     raise _fail(path, f"data.{split}.{key}", f"one of {list(_BUILTIN_SPLIT_KEYS)}", key)
-                if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                    raise _fail(path, f"data.{split}.{key}", "a positive integer", value)
+                if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_WORLD_SPLIT:
+                    raise _fail(path, f"data.{split}.{key}", f"a positive integer up to {MAX_WORLD_SPLIT:,}", value)
         return DataSpec(source="builtin", format=None, options=options, splits=splits)
     fmt = FORMAT_ALIASES.get(raw["format"], raw["format"]) if isinstance(raw["format"], str) else raw["format"]
     if fmt not in DATA_FORMATS:
@@ -389,7 +394,9 @@ def _parse(path: Path, need_train: bool = True) -> TaskSpec:
         raise SpecError(f"{path}: cannot read the task spec: {err}") from err
     for key in raw:
         if key not in _TOP_KEYS:
-            raise _fail(path, key, f"one of the known fields {list(_TOP_KEYS)}", key)
+            close = difflib.get_close_matches(key, _TOP_KEYS, n=1, cutoff=0.6)
+            raise _fail(path, key, f"one of the known fields {list(_TOP_KEYS)}"
+                        + (f" (did you mean {close[0]!r}?)" if close else ""), key)
 
     name = raw.get("name", path.stem)
     if "name" not in raw and not _NAME_RE.match(name):

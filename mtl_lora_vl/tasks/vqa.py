@@ -109,6 +109,8 @@ def majority_answer(answers: tuple[str, ...] | list[str]) -> str:
 class VQAKind(TaskKind):
     """Open-ended VQA (VQAv2 style): answer vocabulary, soft-score loss, VQA accuracy per question type."""
 
+    world_kinds = ("vqa",)
+
     headline_metric = "vqa_accuracy"
     _stale_filter = False   # a saved filter keyed by VQAv2's answer types (see filter_type)
     _answer_typed_said = False   # the warning for rows typed by answer type, once per task
