@@ -295,3 +295,12 @@ def test_a_misspelt_top_level_spec_field_names_the_likely_one(tmp_path):
     spec.write_text(f'kind = "vqa"\ntemplate = ["the answer is {{}}."]\n{_BUILTIN_DATA}')
     with pytest.raises(SpecError, match=r"did you mean 'templates'\?"):
         load_spec(spec)
+
+
+def test_a_rank_above_the_targets_widths_is_named():
+    """r = 10**9 on the built-in backbone ended in the allocator's "can't allocate 512000000000 bytes", with nothing
+    naming the option (helper 143); r above a layer's min(input, output width) cannot add rank."""
+    net = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.Linear(64, 64))
+    with pytest.warns(UserWarning, match=r"r = 8 \(--rank\) is above min\(input, output width\) of 1 of 2 targets "
+                                         r"\(e.g. '0': 4\)"):
+        mlv.attach(net, mlv.MTLLoRAConfig(tasks=["a"], r=8, targets={"image": [r"^\d$"]}))

@@ -178,6 +178,24 @@ def _check_called(model: nn.Module, name: str, module: nn.Module) -> None:
         )
 
 
+def _check_rank(chosen: list[tuple[str, nn.Module, str, tuple[bool, ...] | None]], r: int) -> None:
+    """Warn when ``r`` is above some target's min(input, output width), the most rank a LoRA update of it can have:
+    the extra rank costs memory and adds nothing (an absurd --rank ended in the allocator's "can't allocate
+    512000000000 bytes" with nothing naming the option)."""
+    def width(module: nn.Module, slices: tuple[bool, ...] | None) -> int:
+        if isinstance(module, nn.MultiheadAttention):
+            return module.embed_dim
+        out = module.out_features // len(slices) if slices else module.out_features
+        return min(module.in_features, out)
+
+    widths = {name: width(module, slices) for name, module, _, slices in chosen}
+    over = [n for n, w in widths.items() if r > w]
+    if over:
+        warn_user(f"attach: r = {r} (--rank) is above min(input, output width) of {len(over)} of {len(widths)} "
+                  f"targets (e.g. {over[0]!r}: {widths[over[0]]}), the most rank their updates can have; the extra "
+                  "rank only costs memory")
+
+
 def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
     """Put adapters on both towers of ``model`` in place, freeze every base parameter, return it."""
     check_module(model, "attach")
@@ -190,6 +208,7 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
     cfg = copy.deepcopy(cfg)  # the model's own: add_task grows its task list, never the caller's object
     fam = find_family(model)
     chosen = select_targets(model, cfg)
+    _check_rank(chosen, cfg.r)
 
     names: dict[int, list[str]] = {}   # every name of each module (one reachable under several is adapted under all)
     for n, m in model.named_modules(remove_duplicate=False):
