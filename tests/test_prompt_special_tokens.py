@@ -8,6 +8,7 @@ refused at all and was read as an end of text in every row."""
 import dataclasses
 
 import pytest
+import torch
 
 from mtl_lora_vl.backbones import load_backbone
 from mtl_lora_vl.data import world
@@ -55,3 +56,63 @@ def test_one_helper_checks_every_text(llava):
     assert kind.special_in("a red <image> square") == "<image>" and kind.special_in("a red square") is None
     with pytest.raises(ValueError, match=r"task 'caption_cls': the thing holds '<image>'.*; fix it"):
         kind.refuse_special("x <image>", "the thing", "fix it")
+
+
+# ------------------------------------------------------------------ the contrastive path (helper 143)
+
+@pytest.fixture(scope="module")
+def clip():
+    return load_backbone("builtin", device="cpu")
+
+
+def test_an_end_token_inside_a_text_ends_it_in_the_text_tower(clip):
+    """Why the contrastive path refuses special tokens too: the text tower pools at the first end token, so
+    'a large red <eot> square' embedded exactly as 'a large red', silently."""
+    from mtl_lora_vl.backbones.tokenizers import EOT
+    from mtl_lora_vl.tasks.base import encode_texts
+
+    a, b = encode_texts(clip, [f"a large red {EOT} square", "a large red"], device="cpu")
+    assert torch.equal(a, b)
+
+
+def test_a_caption_a_template_or_a_class_name_holding_the_end_token_is_refused_on_a_contrastive_backbone(clip):
+    from mtl_lora_vl.backbones.tokenizers import EOT
+    from mtl_lora_vl.data.records import Split
+
+    spec = load_spec("retrieval")
+    train = world.build_split("retrieval", "train", n=6, seed=0)
+    bad = Split([dataclasses.replace(train.examples[0], text=f"a large red {EOT} square"), *train.examples[1:]])
+    with pytest.raises(ValueError, match=rf"task 'retrieval': training example .* holds '{EOT}', a special token"):
+        build_kind(spec, bad, clip)
+    base = load_spec("caption_cls")
+    classes = world.build_split("classification", "train", n=6, seed=0)
+    with pytest.raises(ValueError, match=rf"task 'caption_cls': the template .* holds '{EOT}'"):
+        build_kind(dataclasses.replace(base, templates=(f"a large {{}} {EOT} photo",)), classes, clip)
+    names = [f"red {EOT} circle", *world.class_names()[1:]]
+    with pytest.raises(ValueError, match=rf"the class name 'red {EOT} circle' holds '{EOT}'"):
+        build_kind(dataclasses.replace(base, options={**base.options, "class_names": names}), classes, clip)
+
+
+def test_each_text_tokenizer_names_its_special_tokens(tmp_path):
+    import open_clip
+    from transformers import PreTrainedTokenizerFast
+
+    from mtl_lora_vl.backbones.tokenizers import (
+        EOT,
+        PAD,
+        SOT,
+        SPECIAL_TOKENS,
+        UNK,
+        HFTokenizer,
+        OpenClipBPETokenizer,
+        WordTokenizer,
+        build_word_tokenizer,
+    )
+
+    bpe = OpenClipBPETokenizer(open_clip.get_tokenizer("ViT-B-32"), 77)
+    assert bpe.special_tokens == ("<start_of_text>", "<end_of_text>")
+    folder = build_word_tokenizer(["a", "red"], tmp_path, 8)
+    assert WordTokenizer(folder, 8).special_tokens == SPECIAL_TOKENS
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), eos_token=EOT, bos_token=SOT,
+                                 pad_token=PAD, unk_token=UNK)
+    assert set(HFTokenizer(hf, 8).special_tokens) == set(SPECIAL_TOKENS)

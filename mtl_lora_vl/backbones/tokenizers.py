@@ -48,6 +48,8 @@ class Tokenizer(Protocol):
     bos_id: int | None
     eos_id: int
     vocab_size: int
+    #: The texts it reads as special tokens (an end token inside a caption ends it: the text tower pools there).
+    special_tokens: tuple[str, ...]
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> Tensor: ...
 
@@ -100,6 +102,7 @@ class WordTokenizer:
         self.eos_id: int = ids[EOT]
         self.unk_id: int = ids[UNK]
         self.vocab_size: int = self._tok.get_vocab_size()
+        self.special_tokens: tuple[str, ...] = SPECIAL_TOKENS
         self._tok.no_padding()
         self._tok.no_truncation()
 
@@ -194,6 +197,7 @@ class OpenClipBPETokenizer:
         self.bos_id: int | None = int(tok.sot_token_id)
         self.eos_id = int(tok.eot_token_id)
         self.vocab_size = int(tok.vocab_size)
+        self.special_tokens = tuple(str(tok.decoder[i]) for i in tok.all_special_ids if i in tok.decoder)
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> Tensor:
         if isinstance(texts, str):
@@ -225,6 +229,7 @@ class HFTokenizer:
         bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
         self.bos_id: int | None = None if bos is None else int(bos)
         self.vocab_size = len(tok)
+        self.special_tokens = tuple(str(t) for t in tok.all_special_tokens if t)
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> Tensor:
         if isinstance(texts, str):

@@ -82,11 +82,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def special_texts(backbone: Backbone) -> tuple[str, ...]:
-    """The special tokens of a language model's tokenizer, and its image placeholder."""
-    tok = getattr(getattr(backbone, "hf_processor", None), "tokenizer", None)
-    found = {str(t) for t in (getattr(tok, "all_special_tokens", None) or []) if t}
-    found.add(str(backbone.image_token))
+def special_texts(backbone: Backbone, generative: bool) -> tuple[str, ...]:
+    """The texts ``backbone``'s tokenizer reads as special tokens: a language model's (and its image placeholder)
+    on the generative path, the text tower's tokenizer's otherwise (an end token inside a caption ends it there)."""
+    if generative:
+        tok = getattr(getattr(backbone, "hf_processor", None), "tokenizer", None)
+        found = {str(t) for t in (getattr(tok, "all_special_tokens", None) or []) if t}
+        found.add(str(backbone.image_token))
+    else:
+        found = set(getattr(getattr(backbone, "tokenizer", None), "special_tokens", ()))
     return tuple(sorted(found))
 
 
@@ -170,9 +174,9 @@ class TaskKind(ABC):
         #: The model's chat turn around every prompt (``[generative] chat = true``), else None.
         self.prompt_wrap: ChatWrap | None = (backbone.chat_wrap(spec.generative.get("system") or "")
                                              if self.generative and spec.generative.get("chat") else None)
-        #: Text a row may not hold on the generative path: the tokenizer's special tokens, which it would read as
-        #: such (a second image placeholder, an end of text in the middle of a target).
-        self.special_texts: tuple[str, ...] = special_texts(backbone) if self.generative else ()
+        #: Text a row, prompt or template may not hold: the tokenizer's special tokens, which it would read as such
+        #: (a second image placeholder, an end of text in the middle of a target or caption).
+        self.special_texts: tuple[str, ...] = special_texts(backbone, self.generative)
         in_file = f" in {spec.source_file}" if spec.source_file else ""
         if self.prompt_wrap is not None:
             self.refuse_special(str(spec.generative.get("system") or ""), "[generative] system",
@@ -185,6 +189,9 @@ class TaskKind(ABC):
             self.refuse_special(piece, f"[generative] prompt {prompt!r}",
                                 f"write {{image}} once where the image goes, and no other special token, in the "
                                 f"prompt{in_file}", backbone=backbone.name)
+        for template in spec.templates if not self.generative else ():   # zero-shot prompts of the text tower
+            for piece, *_ in string.Formatter().parse(template):
+                self.refuse_special(piece, f"the template {template!r}", f"take it out of templates{in_file}")
         if train is not None:
             warn_text_coverage(spec, split_texts(train), backbone)
             self.check_texts(train.examples, "training")
@@ -244,13 +251,13 @@ class TaskKind(ABC):
                                     "remove it from the data")
 
     def special_in(self, text: str | None) -> str | None:
-        """The first of :attr:`special_texts` that ``text`` holds (None: none, or not the generative path)."""
+        """The first of :attr:`special_texts` that ``text`` holds (None: none)."""
         return next((t for t in self.special_texts if t in text), None) if text else None
 
     def refuse_special(self, text: str | None, what: str, fix: str, *, backbone: str | None = None) -> None:
         """Raise ValueError when ``text`` holds one of :attr:`special_texts`: the one check of every text this task
-        puts in front of the language model (rows, class targets, [generative] prompt and system). ``what`` names
-        the text (it is followed by "holds"), ``fix`` says what to do."""
+        gives the model's tokenizer (rows, class names and targets, templates, [generative] prompt and system).
+        ``what`` names the text (it is followed by "holds"), ``fix`` says what to do."""
         hit = self.special_in(text)
         if hit:
             of = f"backbone {backbone!r}" if backbone else "the model's tokenizer"

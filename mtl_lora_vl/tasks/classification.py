@@ -141,9 +141,13 @@ class ClassificationKind(TaskKind):
         warn_text_coverage(spec, prompts, backbone, "class prompts")   # a class's examples carry no text of their own
 
     def _check_targets(self) -> None:
-        """Generative path: refuse a class name or target template holding a special token of the tokenizer (an end
-        token would be trained inside the target; an image placeholder failed at the first step, unnamed)."""
+        """Refuse a class name (or, on the generative path, target template) holding a special token of the
+        tokenizer: an end token would be trained inside the target, or end the class's prompt in the text tower;
+        an image placeholder failed at the first step, unnamed."""
         for name in self.class_names if self.special_texts else ():
+            if not self.generative:
+                self.refuse_special(name, f"the class name {name!r}", "rename the class (options.class_names)")
+                continue
             text = self.spec.generative["target"].format(name)
             self.refuse_special(text, f"the target {text!r} of class {name!r} (generative.target with the class name)",
                                 "rename the class (options.class_names) or change the target")
