@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import types
 import typing
 from collections.abc import Collection
 from dataclasses import dataclass, field, fields, replace
@@ -268,6 +269,42 @@ def check_ranges(options: Any) -> None:
             raise ValueError(f"--{f.name.replace('_', '-')}: must be a whole number, got {value}")
         if out_of_range(f.metadata, value):
             raise ValueError(f"--{f.name.replace('_', '-')}: must be {range_text(f.metadata, value)}, got {value}")
+
+
+def type_problem(options: Any) -> str | None:
+    """The first field of a dataclass instance whose value is not of its type (a hand-edited config.json: "tasks":
+    5 failed later as "'int' object has no attribute 'split'"), as "--name: expected T, got V"; None when all are."""
+    hints = field_types(type(options))
+    for f in fields(options):
+        value, hint = getattr(options, f.name), hints[f.name]
+        allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        ok = False
+        for t in allowed:
+            if typing.get_origin(t) is typing.Literal:
+                ok = value in typing.get_args(t)
+            elif t is type(None):
+                ok = value is None
+            elif t is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            elif t is int:
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif isinstance(t, type):
+                ok = isinstance(value, t)
+            if ok:
+                break
+        if not ok:
+            return f"--{f.name.replace('_', '-')}: expected {typing_text(hint)}, got {value!r}"
+    return None
+
+
+def typing_text(hint: Any) -> str:
+    """A type annotation as a reader would say it ("int or None", "one of 'a', 'b'")."""
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    args = typing.get_args(hint)
+    if args:
+        return " or ".join(typing_text(a) for a in args)
+    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
 def field_types(cls: type) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any
 from .distributed import DistInfo, broadcast_from_main
 from .io.adapter_files import absolute_base
 from .io.atomic import atomic_file, holds
-from .options import TrainOptions
+from .options import TrainOptions, type_problem
 from .tasks.spec import looks_like_path
 
 #: Options a resumed run takes from the command line; every other one comes from the run's config.json.
@@ -205,6 +205,10 @@ def resumed_options(run: Path, given: TrainOptions, explicit: Collection[str] | 
                           f"run with --out{folders}")
     resumed = TrainOptions(**{**saved, **{k: now[k] for k in moved}, **{k: getattr(given, k) for k in RESUME_OWN},
                               "out": str(run)})
+    problem = type_problem(resumed)
+    if problem:
+        raise RunDirError(f"--resume {run}: {path} holds a value of the wrong type ({problem}); it must be the "
+                          "config.json the run wrote")
     if _gone(resumed.extend):
         raise RunDirError(f"--resume {run}: the adapter this run extends, {resumed.extend}, is not there any more; "
                           "give the place it moved to with --extend DIR (it must hold the same adapter)")
