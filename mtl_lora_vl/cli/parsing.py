@@ -202,7 +202,8 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
         _fail(parser, f"{where}: no such file")
     is_toml = p.suffix.lower() == ".toml"
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8-sig")) if is_toml else json.loads(p.read_text(encoding="utf-8-sig"), object_pairs_hook=unrepeated_keys)
+        text = p.read_text(encoding="utf-8-sig")
+        raw = tomllib.loads(text) if is_toml else json.loads(text, object_pairs_hook=unrepeated_keys)
     except (OSError, UnicodeDecodeError) as e:
         _fail(parser, f"{where}: cannot be read ({e})")
     except (ValueError, tomllib.TOMLDecodeError) as e:

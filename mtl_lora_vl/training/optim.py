@@ -58,16 +58,15 @@ class Optimization:
             self.scaler.load_state_dict(state["scaler"])     # resumed in fp16 starts its scale afresh
         self._scale = None
 
-
     def _split_head_group(self, optimizer: dict[str, Any], scheduler: dict[str, Any]) -> tuple[dict, dict]:
         """A checkpoint of a version that kept every head tensor in one group (weight decay on biases and
         retrieval's temperature too), in this version's two: those tensors' states moved to the no-decay group."""
         heads = self.params[len(self.params) - len(optimizer["param_groups"][-1]["params"]):]
         ids = optimizer["param_groups"][-1]["params"]
-        decayed, kept = dict(optimizer["param_groups"][-1]), dict(optimizer["param_groups"][-1], weight_decay=0.0)
-        decayed["params"] = [i for i, p in zip(ids, heads) if not _no_decay(p)]
-        kept["params"] = [i for i, p in zip(ids, heads) if _no_decay(p)]
-        optimizer = {**optimizer, "param_groups": [*optimizer["param_groups"][:-1], decayed, kept]}
+        decayed = dict(optimizer["param_groups"][-1], params=[i for i, p in zip(ids, heads) if not _no_decay(p)])
+        undecayed = dict(optimizer["param_groups"][-1], params=[i for i, p in zip(ids, heads) if _no_decay(p)],
+                         weight_decay=0.0)
+        optimizer = {**optimizer, "param_groups": [*optimizer["param_groups"][:-1], decayed, undecayed]}
         scheduler = {**scheduler, **{k: [*scheduler[k], scheduler[k][-1]] for k in ("base_lrs", "_last_lr")
                                      if k in scheduler}}
         return optimizer, scheduler
