@@ -229,7 +229,10 @@ class HFTokenizer:
         bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
         self.bos_id: int | None = None if bos is None else int(bos)
         self.vocab_size = len(tok)
-        self.special_tokens = tuple(str(t) for t in tok.all_special_tokens if t)
+        # the start and end tokens, which change what the text tower reads (it pools at the end token); not every
+        # special token: a CLIP tokenizer converted from open_clip names "!" its pad token
+        self.special_tokens = tuple(dict.fromkeys(str(tok.convert_ids_to_tokens(i))
+                                                  for i in (self.bos_id, self.eos_id) if i is not None))
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> Tensor:
         if isinstance(texts, str):
