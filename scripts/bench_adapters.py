@@ -45,18 +45,23 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import mtl_lora_vl as mlv
-from mtl_lora_vl.adapters.routing import Route
-from mtl_lora_vl.backbones.hf import hf_grad_checkpointing
-from mtl_lora_vl.distributed import pick_device
-from mtl_lora_vl.io.atomic import atomic_file, check_writable_file
-from mtl_lora_vl.training.optim import adamw
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:   # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+import mtl_lora_vl as mlv  # noqa: E402
+from mtl_lora_vl.adapters.routing import Route  # noqa: E402
+from mtl_lora_vl.backbones.hf import hf_grad_checkpointing  # noqa: E402
+from mtl_lora_vl.distributed import pick_device  # noqa: E402
+from mtl_lora_vl.io.atomic import atomic_file, check_writable_file  # noqa: E402
+from mtl_lora_vl.training.optim import adamw  # noqa: E402
 
 TARGETS = {"image": [r"^visual\.transformer\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"],
            "text": [r"^transformer\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"]}

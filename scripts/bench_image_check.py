@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +21,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mtl_lora_vl.data.images import to_uint8_tensor, verify_image
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:   # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+from mtl_lora_vl.data.images import to_uint8_tensor, verify_image  # noqa: E402
 
 
 def photo_like(w: int, h: int, seed: int = 0) -> Image.Image:

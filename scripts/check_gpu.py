@@ -22,13 +22,19 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-import mtl_lora_vl as mlv
-from mtl_lora_vl.backbones.loading import load_backbone
-from mtl_lora_vl.io.atomic import atomic_file, check_writable_file
-from mtl_lora_vl.precision import autocast
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:   # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+import mtl_lora_vl as mlv  # noqa: E402
+from mtl_lora_vl.backbones.loading import load_backbone  # noqa: E402
+from mtl_lora_vl.distributed import pick_device  # noqa: E402
+from mtl_lora_vl.io.atomic import atomic_file, check_writable_file  # noqa: E402
+from mtl_lora_vl.precision import autocast  # noqa: E402
 
 TASKS = ["a", "b", "c"]
 PROMPTS = ["{image} question: what colour is the circle? answer:", "{image} caption:",
@@ -230,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         print("check_gpu: no CUDA device; nothing to check (--device cpu runs the same checks on the CPU)",
               file=sys.stderr)
         return 2
+    try:   # a bad name or a GPU this machine lacks: one line, not a traceback per check
+        args.device = str(pick_device(args.device))
+    except RuntimeError as e:
+        ap.error(str(e))
     if args.json:   # checked now: a place no file can be written failed after every check had run
         try:
             check_writable_file(args.json, "--json")

@@ -293,7 +293,7 @@ def zero_shot_report(bb: Backbone, seed: int, log: Callable[[str], None] = print
 def save_assets(bb: Backbone, config: dict, tokenizer_dir: Path, out: Path, meta: dict) -> dict[str, int]:
     """Write config, fp16 weights and tokenizer files as the folder ``out``, all at once (a temporary folder
     renamed into place: an interrupted save never leaves new weights beside an old config and tokenizer)."""
-    check_asset_dir(out, OPEN_CLIP_CONFIG, "--out")
+    check_asset_dir(out, OPEN_CLIP_CONFIG, "pretrain", "--out")
     state = {k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.contiguous()
              for k, v in bb.model.state_dict().items()}
     with atomic_dir(out, overwrite=True, what="--out") as tmp:
@@ -330,10 +330,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--threads must be >= 1, got {args.threads}")
     if args.n_pretrain is not None and args.n_pretrain < 1:
         ap.error(f"--n-pretrain must be >= 1, got {args.n_pretrain}")
-    if not (args.lr >= 0 and args.weight_decay >= 0):   # a negative rate trains by gradient ascent
-        ap.error(f"--lr and --weight-decay must be >= 0, got {args.lr} and {args.weight_decay}")
+    if not (0 <= args.lr < math.inf and 0 <= args.weight_decay < math.inf):   # < 0: gradient ascent; inf: NaN
+        ap.error(f"--lr and --weight-decay must be finite and >= 0, got {args.lr} and {args.weight_decay}")
     try:  # before training (minutes), not at the save
-        check_asset_dir(args.out, OPEN_CLIP_CONFIG, "--out")
+        check_asset_dir(args.out, OPEN_CLIP_CONFIG, "pretrain", "--out")
     except OSError as e:
         ap.error(str(e))
     if args.threads:

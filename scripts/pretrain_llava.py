@@ -538,7 +538,7 @@ def save_asset(model, processor, out: Path, meta: dict) -> dict[str, int]:
     """Write the model (fp16 weights; config dtype float32), the processor and ``pretrain.json`` into a
     temporary sibling folder, then swap it into ``out`` (only a new or empty folder or an earlier asset)."""
     out = out.resolve()
-    check_asset_dir(out, "pretrain.json", "--out")
+    check_asset_dir(out, "pretrain.json", "settings", "--out")
     with atomic_dir(out, overwrite=True, what="--out") as tmp:   # swapped in whole, in one step where it can be
         model.half().save_pretrained(tmp)
         model.float()
@@ -568,7 +568,10 @@ def evaluate_saved(path: Path, seed: int, n_scenes: int | None, threads: int) ->
     report = evaluate(model, processor, seed, n_scenes)
     print_report(report)
     meta_path = path / "pretrain.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if not meta_path.is_file():   # not this script's asset: a pretrain.json made here would let --out replace it
+        print(f"not stored: {path} has no pretrain.json (it is not an asset this script wrote)")
+        return 0
+    meta = json.loads(meta_path.read_text())
     meta.update(zero_shot_val=report, eval_seconds=round(time.perf_counter() - t0, 1),
                 eval_scenes=n_scenes)   # None: the whole val split
     with atomic_file(meta_path, overwrite=True, what="pretrain.json") as tmp:
@@ -621,12 +624,14 @@ def main(argv: list[str] | None = None) -> int:
         return evaluate_saved(args.evaluate, args.seed, args.eval_scenes, args.threads)
     if args.steps < 1 or args.batch_size < 1 or args.turns < 1:
         ap.error("--steps, --batch-size and --turns must be >= 1")
-    if min(args.hidden, args.layers, args.heads, args.intermediate) < 1 or args.hidden % args.heads:
+    if args.eval_every < 0:
+        ap.error(f"--eval-every must be >= 0 (0: only at the end), got {args.eval_every}")
+    if min(args.hidden, args.layers, args.heads, args.intermediate) < 1 or args.hidden % (2 * args.heads):
         ap.error(f"--hidden, --layers, --heads and --intermediate must be >= 1, and --hidden ({args.hidden}) a "
-                 f"multiple of --heads ({args.heads})")
+                 f"multiple of --heads ({args.heads}) with an even head size (rotary embeddings)")
     for flag, value in (("--lr", args.lr), ("--vision-lr", args.vision_lr), ("--weight-decay", args.weight_decay)):
-        if not value >= 0:   # a negative rate trains by gradient ascent
-            ap.error(f"{flag} must be >= 0, got {value}")
+        if not 0 <= value < math.inf:   # a negative rate trains by gradient ascent; inf writes a NaN asset
+            ap.error(f"{flag} must be finite and >= 0, got {value}")
     if args.no_clip_init and args.vision_lr == 0:
         ap.error("--no-clip-init with --vision-lr 0 ships a random, frozen vision tower; give --vision-lr > 0")
     if not args.no_clip_init and not all((CLIP_DIR / f).is_file() for f in ("model.safetensors", "tokenizer.json",
@@ -634,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"the vision tower starts from the built-in CLIP, which is not built ({CLIP_DIR}); build it first: "
                  "python scripts/pretrain_backbone.py (or pass --no-clip-init with --vision-lr > 0)")
     try:  # before training, not at the save
-        check_asset_dir(args.out, "pretrain.json", "--out")
+        check_asset_dir(args.out, "pretrain.json", "settings", "--out")
     except OSError as e:
         ap.error(str(e))
     kinds = tuple(k.strip() for k in args.instruction_types.split(",") if k.strip())

@@ -60,12 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=96, help="rendered image side in pixels (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="world seed (default: %(default)s)")
     ap.add_argument("--dpi", type=int, default=80, help="figure resolution (default: %(default)s)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --out file (the default path, the repository's picture, always is)")
     args = ap.parse_args(argv)
     if args.per_row < 1 or args.size < 8 or args.dpi < 1:
         ap.error("--per-row must be >= 1, --size >= 8 and --dpi >= 1")
     out = Path(args.out).expanduser()
     if out.suffix.lower() != ".png" or out.is_dir():
         ap.error(f"--out {out}: give a .png file path")
+    default = out.resolve() == (REPO / "assets" / "world_samples.png").resolve()
+    if out.exists() and not (args.overwrite or default):   # a picture of the user's
+        ap.error(f"--out {out} exists; pass --overwrite to replace it, or choose another path")
 
     # the object API: no pyplot, no backend switch
     from matplotlib.backends.backend_agg import FigureCanvasAgg

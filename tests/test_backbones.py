@@ -359,7 +359,7 @@ def test_pretrain_loop_learns_a_toy_world(tok_dir):
 
 
 @pytest.mark.parametrize("args,says", [(["--n-pretrain", "0"], "--n-pretrain must be >= 1"),   # a raw ValueError
-                                       (["--lr", "-1"], "--lr and --weight-decay must be >= 0")])  # after rendering
+                                       (["--lr", "-1"], "--lr and --weight-decay must be finite and >= 0")])  # after rendering
 def test_pretrain_backbone_refuses_bad_options_before_work(tmp_path, capsys, args, says):
     with pytest.raises(SystemExit) as e:
         _load_script().main(["--steps", "1", "--out", str(tmp_path / "new"), *args])

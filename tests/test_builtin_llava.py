@@ -138,7 +138,7 @@ def _script():
 @pytest.mark.parametrize("args,says", [
     (["--eval-scenes", "0"], "--eval-scenes must be >= 1"),          # failed after training
     (["--threads", "0"], "--threads must be >= 1"),
-    (["--vision-lr", "-1"], "--vision-lr must be >= 0"),             # trained by gradient ascent, silently
+    (["--vision-lr", "-1"], "--vision-lr must be finite and >= 0"),             # trained by gradient ascent, silently
     (["--no-clip-init"], "ships a random, frozen vision tower"),
     (["--feature-layer", "9"], "--feature-layer must be in"),        # IndexError in the first step
     (["--out", "MINE"], "holds no pretrain.json"),                   # deleted the folder's files
@@ -171,9 +171,9 @@ def test_pretrain_llava_saves_its_asset_whole_or_not_at_all(llava, tmp_path, mon
     between the two left no --out at all); it goes through the package's atomic_dir now."""
     model, processor = llava   # its weights are fp16 values (the asset's), so half() and back changes nothing
     out = tmp_path / "asset"
-    _script().save_asset(model, processor, out, {"steps": 1})
+    _script().save_asset(model, processor, out, {"settings": {"steps": 1}})
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert json.loads(before["pretrain.json"]) == {"steps": 1} and "model.safetensors" in before
+    assert json.loads(before["pretrain.json"]) == {"settings": {"steps": 1}} and "model.safetensors" in before
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt

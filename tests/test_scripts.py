@@ -47,7 +47,7 @@ def test_show_world_refuses_a_path_that_is_not_a_png_and_keeps_the_old_image_whe
 
     monkeypatch.setattr(Figure, "savefig", broken)
     with pytest.raises(KeyboardInterrupt):
-        show_world.main(["--out", str(out), "--per-row", "1", "--size", "16", "--dpi", "10"])
+        show_world.main(["--out", str(out), "--per-row", "1", "--size", "16", "--dpi", "10", "--overwrite"])
     assert out.read_bytes() == PNG_MAGIC + b"old" and [p.name for p in tmp_path.iterdir()] == ["grid.png"]
 
 
@@ -121,3 +121,94 @@ def test_check_gpu_reads_the_peak_memory_of_the_device_it_checks(monkeypatch):
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: asked.append(device) or 2**21)
     assert check_gpu.peak_mb("cuda:1") == 2.0 and asked == [torch.device("cuda:1")]
     assert check_gpu.peak_mb("cpu") is None and len(asked) == 1
+
+
+def test_every_script_puts_the_checkout_on_sys_path_before_importing_the_package():
+    """Scripts run from a checkout without installing (check_gpu.sh runs check_gpu.py on a fresh GPU machine);
+    four of them imported mtl_lora_vl first and failed there with ModuleNotFoundError (helper 147)."""
+    late = []
+    for script in sorted((REPO / "scripts").glob("*.py")):
+        lines = script.read_text().splitlines()
+        first = next((i for i, line in enumerate(lines) if line.startswith(("import mtl_lora_vl", "from mtl_lora_vl"))),
+                     None)
+        if first is not None and not any(line.lstrip().startswith("sys.path.insert(0, str(") for line in lines[:first]):
+            late.append(script.name)
+    assert late == []
+
+
+# ------------------------------------------------------------------ the asset scripts (helper 147)
+
+class _WouldTrain(Exception):
+    """Raised where an asset script starts its minutes of work: the options were accepted."""
+
+
+def _no_training(monkeypatch, mod):
+    def refuse(*args, **kwargs):
+        raise _WouldTrain
+    monkeypatch.setattr(mod.world, "build_split", refuse)
+
+
+def test_pretrain_backbone_never_replaces_a_users_open_clip_folder(tmp_path, monkeypatch):
+    """Every open_clip model folder (and an export of a CLIP base) holds open_clip_config.json, which alone made a
+    folder "an earlier output of this script": --out replaced it whole, the user's weights and notes with it."""
+    pb = _script("pretrain_backbone")
+    _no_training(monkeypatch, pb)
+    user = tmp_path / "my_model"
+    user.mkdir()
+    (user / "open_clip_config.json").write_text(json.dumps({"model_cfg": {}}))
+    (user / "NOTES.txt").write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        pb.main(["--steps", "1", "--out", str(user)])
+    assert e.value.code == 2 and (user / "NOTES.txt").read_text() == "mine"
+
+
+def test_pretrain_llava_evaluate_leaves_a_foreign_folder_unmarked_and_out_never_replaces_it(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """--evaluate DIR wrote DIR/pretrain.json into any LLaVA folder, after which --out DIR took it for an earlier
+    asset and deleted everything in it."""
+    import shutil
+
+    pl = _script("pretrain_llava")
+    user = tmp_path / "llava"
+    shutil.copytree(REPO / "assets" / "builtin_llava", user)
+    (user / "pretrain.json").unlink()          # a LLaVA folder this script did not write
+    (user / "NOTES.txt").write_text("mine")
+    monkeypatch.setattr(pl, "evaluate", lambda *a, **k: {})
+    monkeypatch.setattr(pl, "print_report", lambda *a, **k: None)
+    assert pl.main(["--evaluate", str(user), "--eval-scenes", "1"]) == 0
+    assert not (user / "pretrain.json").exists() and "not stored" in capsys.readouterr().out
+    (user / "pretrain.json").write_text("{}")   # a marker file without what the script writes in it
+    _no_training(monkeypatch, pl)
+    with pytest.raises(SystemExit) as e:
+        pl.main(["--steps", "1", "--out", str(user)])
+    assert e.value.code == 2 and (user / "NOTES.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(("script", "args"), [
+    ("pretrain_backbone", ["--lr", "inf"]),               # trained to NaN and wrote a NaN asset
+    ("pretrain_llava", ["--lr", "inf"]),
+    ("pretrain_llava", ["--hidden", "6", "--heads", "2"]),   # head size 3: rotary embeddings failed after set-up
+    ("pretrain_llava", ["--eval-every", "-5"]),
+])
+def test_asset_script_options_that_fail_later_are_refused_first(script, args, tmp_path, monkeypatch):
+    mod = _script(script)
+    _no_training(monkeypatch, mod)
+    with pytest.raises(SystemExit) as e:
+        mod.main([*args, "--out", str(tmp_path / "out")])
+    assert e.value.code == 2
+
+
+def test_check_gpu_names_a_bad_device_once(capsys):
+    """--device foo printed a traceback per check and exited 1."""
+    with pytest.raises(SystemExit) as e:
+        _script("check_gpu").main(["--device", "foo", "--only", "clip_mixed_route_fp32"])
+    assert e.value.code == 2 and "--device 'foo': not a device" in capsys.readouterr().err
+
+
+def test_show_world_does_not_replace_a_users_png(tmp_path, capsys):
+    photo = tmp_path / "holiday.png"
+    photo.write_bytes(b"\x89PNG my picture")
+    with pytest.raises(SystemExit) as e:
+        _script("show_world").main(["--out", str(photo), "--per-row", "1"])
+    assert e.value.code == 2 and "pass --overwrite" in capsys.readouterr().err
+    assert photo.read_bytes() == b"\x89PNG my picture"

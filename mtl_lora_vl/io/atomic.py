@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import shutil
 import sys
@@ -86,15 +87,22 @@ def _through_link(path: Path, what: str) -> Path:
     return path.resolve()
 
 
-def check_asset_dir(path: str | Path, marker: str, what: str) -> None:
-    """Raise unless ``path`` is new, empty, or a folder holding ``marker`` -- one the same writer made, which
-    ``atomic_dir(path, overwrite=True)`` may then replace. For writers with a default output folder (the
-    asset scripts): they replace their own output, never a folder of the user's."""
+def check_asset_dir(path: str | Path, marker: str, key: str, what: str) -> None:
+    """Raise unless ``path`` is new, empty, or a folder whose JSON file ``marker`` holds ``key`` -- one the same
+    writer made, which ``atomic_dir(path, overwrite=True)`` may then replace. For writers with a default output
+    folder (the asset scripts): they replace their own output, never a folder of the user's (every open_clip model
+    folder holds an open_clip_config.json: the file alone replaced a user's weights)."""
     path = Path(path)
     check_target(path, directory=True, overwrite=True, what=what)
-    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
-        raise FileExistsError(f"{what}: {path} is not empty and holds no {marker}, so it is not an earlier output "
-                              "of this script and is not replaced; choose a new or empty folder")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    try:
+        doc = json.loads((path / marker).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        doc = None
+    if not isinstance(doc, dict) or key not in doc:
+        raise FileExistsError(f"{what}: {path} is not empty and holds no {marker} with {key!r} in it, so it is not an "
+                              "earlier output of this script and is not replaced; choose a new or empty folder")
 
 
 @contextmanager
