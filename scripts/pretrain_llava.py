@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Pretrain the built-in tiny LLaVA: a Hugging Face ``LlavaForConditionalGeneration`` on the built-in world.
 
-    python scripts/pretrain_llava.py                      # ~13 CPU-minutes (7 minutes on two threads)
+    python scripts/pretrain_llava.py --threads 2          # ~13 CPU-minutes (7 minutes on two threads; the asset's)
     python scripts/pretrain_llava.py --steps 20 --n-pretrain 200 --eval-scenes 20 --out /tmp/llava   # a quick try
     python scripts/pretrain_llava.py --evaluate assets/builtin_llava     # re-score a saved model
 
@@ -67,6 +67,7 @@ from mtl_lora_vl.data import instructions, world  # noqa: E402
 from mtl_lora_vl.data.instructions import DEFAULT_KINDS, INSTRUCTION_TYPES, KNOWN_KINDS, PHRASINGS  # noqa: E402,F401
 from mtl_lora_vl.families import OPEN_CLIP_CONFIG  # noqa: E402
 from mtl_lora_vl.io.atomic import atomic_dir, atomic_file, check_asset_dir  # noqa: E402
+from mtl_lora_vl.training.schedule import cosine_with_warmup  # noqa: E402
 
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
@@ -336,14 +337,6 @@ def collate(rows: Sequence[tuple[list[int], list[int], list[int]]], pad_id: int)
 # --------------------------------------------------------------------------------------------------
 
 
-def lr_at(step: int, steps: int, warmup: int, floor: float = 0.05) -> float:
-    """Multiplier: linear warmup, then cosine decay to ``floor``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(1, steps - warmup)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
 def train(model, tokenizer, examples: Sequence, images: torch.Tensor, mean, std, *, steps: int,
           batch_size: int, turns: int, lr: float, vision_lr: float, weight_decay: float, seed: int,
           kinds: Sequence[str] = INSTRUCTION_TYPES, log_every: int = 25, eval_every: int = 0,
@@ -383,9 +376,10 @@ def train(model, tokenizer, examples: Sequence, images: torch.Tensor, mean, std,
     order = torch.randperm(n, generator=gen).tolist()
     pos = 0
     t0 = time.perf_counter()
+    lr_at = cosine_with_warmup(warmup, steps, floor=0.05)   # the package's schedule, down to 5 % of the peak
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = g["base"] * lr_at(step, steps, warmup)
+            g["lr"] = g["base"] * lr_at(step)
         if pos + batch_size > n:
             order, pos = torch.randperm(n, generator=gen).tolist(), 0
         idx = order[pos: pos + batch_size]

@@ -67,7 +67,7 @@ def builtin_files(pretrained: str | None = None) -> tuple[Path, dict, Path]:
         missing = config_path if not config_path.is_file() else weights
         raise FileNotFoundError(
             f"the built-in backbone is missing {missing}. Build it once with "
-            "`python scripts/pretrain_backbone.py` (about 10 minutes on 2 CPU cores), which writes "
+            "`python scripts/pretrain_backbone.py` (about 25 minutes on 2 CPU cores), which writes "
             f"{folder}/{{open_clip_config.json,model.safetensors,tokenizer.json,tokenizer_config.json}}"
         )
     try:
