@@ -119,8 +119,9 @@ class MTLLoRAConfig:
             raise ConfigError(f"tasks: names must be unique, repeated: {dup}")
         folded = [t.casefold() for t in self.tasks]
         alike = sorted({t for t, f in zip(self.tasks, folded) if folded.count(f) > 1})
-        if alike:   # an adapter keeps a file per task: one file on a case-insensitive file system (macOS, Windows)
-            raise ConfigError(f"tasks: names must differ in more than case, got {alike}")
+        if alike:   # a warning, not a refusal: an adapter saved so (on Linux) still loads there
+            warn_user(f"tasks {alike} differ only in case: an adapter keeps a file per task, and on a case-insensitive "
+                      "file system (macOS, Windows) those are one file, so a copy there loses one task's; rename one")
         for name in ("r", "n_up"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

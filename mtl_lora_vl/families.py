@@ -49,7 +49,9 @@ class Family:
       ``args`` and ``kwargs``) says how many rows each image has, so that a mixed-task route is checked there;
     * ``row_images`` (given the model and its forward ``args`` and ``kwargs``) says how many images each input row
       holds (None: the call encodes no image), checked on the model: one per row under a mixed-task route (the
-      vision tower takes the images without the rows they belong to, and routes image i as row i).
+      vision tower takes the images without the rows they belong to, and routes image i as row i);
+    * ``splits_images``: the family's processor can cut each image into crops, each an image to the model (Idefics3 /
+      SmolVLM), which a refused mixed-task route names.
     """
 
     name: str
@@ -64,6 +66,7 @@ class Family:
     packed_tower: str | None = None
     image_rows: Callable[[tuple, dict], list[int]] | None = None
     row_images: Callable[[Any, tuple, dict], list[int] | None] | None = None
+    splits_images: bool = False
 
     def matches(self, cls: type) -> bool:
         """True when a class in ``cls``'s MRO is one of this family's (qualified) classes."""
@@ -257,6 +260,7 @@ FAMILIES: tuple[Family, ...] = (
         peft_export=True,
         merged_format="hf",
         row_images=_image_token_rows,
+        splits_images=True,
     ),
     Family(
         "timm_vit",

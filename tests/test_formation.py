@@ -452,3 +452,102 @@ def test_evaluation_after_one_step_per_task_uses_the_new_values():
     with torch.no_grad(), mlv.route(m.eval(), "a"):
         got = m(x)
     torch.testing.assert_close(got, _on_a_copy(m, x, "a"), rtol=1e-6, atol=1e-6)
+
+
+def _one_task_mlp():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8))
+    mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a"], r=2, alpha=3.0, targets={"image": [r"^[02]$"]}))
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_" in n:
+                p.normal_(0, 0.5)
+    return m
+
+
+@pytest.mark.parametrize("update", ["fused_adamw", "p.data"])
+def test_one_task_adapter_without_a_route_scope_sees_an_update_that_counts_no_version(update):
+    """A one-task adapter runs without any route scope (router.resolve gives task 0): router.scope stays 0 for
+    every forward, so the scope check never fires and the stale M_t of the first evaluation are reused after a
+    fused AdamW step / a p.data write -- the bug 345603a fixed for routed forwards only (helper 148)."""
+    m = _one_task_mlp().eval()
+    x = torch.randn(4, 6)
+    for _ in range(2):                      # the second no-grad forward forms the group and keeps it
+        with torch.no_grad():
+            m(x)
+    params = [p for p in m.parameters() if p.requires_grad]
+    if update == "fused_adamw":
+        opt = adamw(params, lr=0.1)
+        m.train()
+        m(x).pow(2).sum().backward()        # first forward with grad under this key: forms alone, group untouched
+        opt.step()
+        m.eval()
+    else:
+        with torch.no_grad():
+            for p in params:
+                p.data.mul_(0.5)
+    with torch.no_grad():
+        got = m(x)
+    c = copy.deepcopy(m)
+    with torch.no_grad():
+        want = c(x)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_a_training_step_split_over_two_route_scopes_forms_each_group_once(monkeypatch):
+    """The trainer routes the image tower and the text tower in two scopes of one step (multitask/model.py). Layers
+    of both towers with one signature (the built-in CLIP: both widths 128) are one group; with gradients the scope
+    check re-forms that group in the text scope, so each step forms every group twice (6 nodes instead of 3 here),
+    though with gradients a group is already never reused after its backward (``spent``; helper 148)."""
+    calls = []
+    orig = formation._FormGroup.apply
+    monkeypatch.setattr(formation._FormGroup, "apply", lambda *a: calls.append(1) or orig(*a))
+    torch.manual_seed(0)
+    m = tiny_open_clip()
+    mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2))
+    ids = torch.tensor([0, 1, 1, 0])
+    img, tok = torch.randn(4, 3, 32, 32), torch.randint(0, 64, (4, 12))
+
+    def step(split):
+        calls.clear()
+        if split:
+            with mlv.route(m, ids):
+                ie = m.encode_image(img)
+            with mlv.route(m, ids):
+                te = m.encode_text(tok)
+        else:
+            with mlv.route(m, ids):
+                ie, te = m.encode_image(img), m.encode_text(tok)
+        (ie * te).sum().backward()
+        return len(calls)
+
+    step(False)          # first forwards: every layer forms alone and becomes a member
+    one_scope = step(False)
+    assert step(True) == one_scope
+
+
+def test_evaluation_inside_the_scope_a_training_loop_runs_in_sees_the_step():
+    """A user loop routed once for all its steps (``with mlv.route(m, "a"):`` around the loop, as for one task by
+    name) that evaluates without gradients between fused AdamW steps: every forward is in one scope, so the scope
+    number cannot tell the steps apart and the evaluation reused M_t formed before the step (helper 148)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8))
+    mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, alpha=3.0, targets={"image": [r"^[02]$"]}))
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_" in n:
+                p.normal_(0, 0.5)
+    x = torch.randn(4, 6)
+    opt = adamw([p for p in m.parameters() if p.requires_grad], lr=0.1)
+    with mlv.route(m, "a"):
+        for _ in range(2):
+            with torch.no_grad():
+                m(x)                       # evaluation: the second forms the group and keeps it
+        m(x).pow(2).sum().backward()       # first forward with gradients under "a": forms alone
+        opt.step()
+        with torch.no_grad():
+            got = m(x)
+    c = copy.deepcopy(m)
+    with torch.no_grad(), mlv.route(c, "a"):
+        want = c(x)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)

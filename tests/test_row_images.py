@@ -315,3 +315,17 @@ def test_the_forward_check_is_back_after_a_generate_that_raised_and_in_a_copy_ma
     (other,) = copier.copies
     with torch.no_grad(), mlv.route(other, [0, 1]), pytest.raises(mlv.RoutingError, match=r"\[2, 0\]"):
         other(input_ids=two_none, attention_mask=mask2, pixel_values=pixels)
+
+
+def test_llava_rows_of_several_real_images_get_no_crop_splitting_hint():
+    """LLaVA has no crop-splitting processor: rows holding 2 and 3 images were told to call the processor with
+    do_image_splitting=False or load the package's backbone, which does not apply (helper 148)."""
+    torch.manual_seed(0)
+    m = _adapted(tiny_llava())
+    ids = torch.randint(0, 90, (2, 16 * 5 + 4))
+    ids[0, :32] = 95              # two images' tokens in row 0
+    ids[1, :48] = 95              # three in row 1
+    x = dict(input_ids=ids, pixel_values=torch.randn(5, 3, 32, 32), attention_mask=torch.ones_like(ids))
+    with torch.no_grad(), mlv.route(m, [0, 1]), pytest.raises(mlv.RoutingError) as err:
+        m(**x)
+    assert "[2, 3]" in str(err.value) and "do_image_splitting" not in str(err.value)

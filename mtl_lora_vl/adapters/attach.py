@@ -253,7 +253,7 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
     if row_images is not None:   # on the inner multimodal model where there is one, which
         inner = getattr(model, "model", None)             # the outer forward calls: both entry points are checked
         takes = isinstance(inner, nn.Module) and "pixel_values" in inspect.signature(inner.forward).parameters
-        row_check = (inner if takes else model, RowImagesCheck(router, row_images))
+        row_check = (inner if takes else model, RowImagesCheck(router, row_images, runs_as.splits_images))
         hooks.append(row_check[0].register_forward_pre_hook(row_check[1], with_kwargs=True))
     model._mtl_lora = AttachInfo(cfg, router, fam.name if fam else "custom", layers, towers, hooks, row_check)
     install_routed_generate(model)

@@ -18,9 +18,9 @@ the loss reaches, DDP's search for unused parameters waits for them).
 
 With gradients, the formed M_t are let go once every member has taken its own (they do not add to the activations
 a forward keeps); otherwise (evaluation, a generation's decoding steps) they are kept, one set per signature, until
-other tasks are routed, the route scope that formed them closes (a fused optimizer step or a write through
-``p.data`` between two scopes counts no version), or a parameter is written to in place or replaced (version
-counter, storage, identity: ``load_state_dict``, ``grow_tasks``). A node is never reused after a backward pass went
+other tasks are routed, the route scope that formed them closes (outside any scope: the forward ends), a forward
+with gradients runs (a fused optimizer step or a write through ``p.data`` counts no version), or a parameter is
+written to in place or replaced (version counter, storage, identity: ``load_state_dict``, ``grow_tasks``). A node is never reused after a backward pass went
 through it: an optimizer step may follow, and a fused one writes the parameters without counting a version. The node saves no tensors: it
 reads the parameters back in backward and refuses ones modified in place since.
 """
@@ -100,18 +100,22 @@ class _Group:
     def __init__(self, banks: list[Any], present: slice | torch.Tensor) -> None:
         self.inputs = _Inputs(banks, present)
         self.position = {id(b): i for i, b in enumerate(banks)}
-        self.scope = banks[0].router.scope   # the route scope it was formed in
+        # without gradients: the route scope it was formed in (0: none); with them ``spent`` guards it instead
+        self.scope = None if torch.is_grad_enabled() else banks[0].router.scope
         self.formed: dict[torch.dtype, tuple[torch.Tensor, ...]] = {}
         self.done = False   # every layer took its M: a later forward forms them again
 
     def valid_for(self, i: int, bank: Any) -> bool:
-        """Layer i's tensors are the ones formed from, unmodified, and this is the route scope that formed them. A
-        fused optimizer step (the trainer's AdamW) or a write through ``p.data`` changes the tensors without counting
-        a version: so a formed node is never reused after its backward pass, and M_t formed without gradients (an
-        evaluation batch, a ``generate`` call's decoding steps) not after their scope (the next evaluation batch
-        added the old M_t to a fresh A x after such a step)."""
+        """Layer i's tensors are the ones formed from, unmodified. A fused optimizer step (the trainer's AdamW) or a
+        write through ``p.data`` changes them without counting a version: so a node is never reused after its
+        backward pass, and M_t formed without gradients (an evaluation batch, a ``generate`` call's decoding steps)
+        only inside the route scope that formed them -- outside any scope (a one-task adapter runs without one)
+        only within one forward -- and never after a forward with gradients (:meth:`Formation.matrix`); the next
+        evaluation batch added the old M_t to a fresh A x after such a step."""
         inputs = self.inputs
-        if inputs.spent or self.done or bank.router.scope != self.scope:
+        if inputs.spent or self.done:
+            return False
+        if self.scope is not None and (bank.router.scope != self.scope or (self.scope == 0 and i in inputs.handed)):
             return False
         (w, lam, B), (w0, lam0, B0) = _params(bank), inputs.params[i]
         return w is w0 and lam is lam0 and B is B0 and _versions((w, lam, B)) == inputs.versions[i]
@@ -273,6 +277,9 @@ class Formation:
         layer a member when its first forward did not, must save what that forward saved."""
         key = (present, torch.is_grad_enabled(), torch.is_inference_mode_enabled())
         sig = _signature(bank)
+        held = self._groups.get(sig)
+        if key[1] and held is not None and not held[0][1]:   # a forward with gradients: an optimizer step, which
+            del self._groups[sig]                              # may write without a version, can follow it
         members = self._members.setdefault(key, {}).setdefault(sig, {})
         if id(bank) not in members:
             members[id(bank)] = bank

@@ -25,8 +25,9 @@ class RowImagesCheck:
     the routed ``generate`` on its inputs: refuses a mixed-task route unless every input row holds exactly one
     image (what the tower cannot see: it gets the images without the rows they belong to)."""
 
-    def __init__(self, router: Router, row_images: Callable[[nn.Module, tuple, dict], list[int] | None]) -> None:
-        self.router, self.row_images = router, row_images
+    def __init__(self, router: Router, row_images: Callable[[nn.Module, tuple, dict], list[int] | None],
+                 splits_images: bool = False) -> None:
+        self.router, self.row_images, self.splits_images = router, row_images, splits_images
         #: Set by the routed ``generate`` around its call, whose inputs it checked: its prefill's forwards get the
         #: images encoded (generate's chunked prefill: one flattened feature item per chunk, not one per image).
         self.checked = False
@@ -46,9 +47,10 @@ class RowImagesCheck:
         per_row = self.row_images(module, args, kwargs)
         if per_row is None or all(n == 1 for n in per_row):
             return
+        crops = self.splits_images and min(per_row) > 1 and all(n == int(n) for n in per_row)
         hint = (" (a processor that splits each image into crops, as Idefics3 / SmolVLM's do, makes one image per "
                 "crop: call it with do_image_splitting=False, or load the model with the package's backbone, which "
-                "turns splitting off)" if min(per_row) > 1 and all(n == int(n) for n in per_row) else "")
+                "turns splitting off)" if crops else "")
         raise RoutingError(
             f"{type(module).__name__} routes each image by its place among the batch's images, so a mixed-task "
             f"route needs one image per row; the rows hold {per_row} images{hint}. Give each row one image, or route "
