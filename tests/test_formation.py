@@ -3,6 +3,7 @@ them layer by layer, in a fixed number of operators per group of layers instead 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import importlib.util
@@ -390,10 +391,10 @@ def test_adapter_tensors_held_as_plain_attributes_still_form_together():
         torch.testing.assert_close(t.grad, 2 * want[key])
 
 
-def _attached_mlp():
+def _attached_mlp(tasks: tuple[str, ...] = ("a", "b")):
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8))
-    mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, alpha=3.0, targets={"image": [r"^[02]$"]}))
+    mlv.attach(m, mlv.MTLLoRAConfig(tasks=list(tasks), r=2, alpha=3.0, targets={"image": [r"^[02]$"]}))
     with torch.no_grad():
         for n, p in m.named_parameters():
             if "lora_" in n:
@@ -408,6 +409,22 @@ def _on_a_copy(m, x, ids):
         return c(x)
 
 
+def _update_unversioned(m, x, update: str, ids=None) -> None:
+    """Change the adapter tensors without counting a version: a fused AdamW step (after a training forward, routed
+    by ``ids`` when given) or a write through ``p.data``."""
+    params = [p for p in m.parameters() if p.requires_grad]
+    if update == "fused_adamw":
+        opt = adamw(params, lr=0.1)
+        with mlv.route(m.train(), ids) if ids is not None else contextlib.nullcontext():
+            m(x).pow(2).sum().backward()
+        opt.step()
+        m.eval()
+    else:
+        with torch.no_grad():
+            for p in params:
+                p.data.mul_(0.5)
+
+
 @pytest.mark.parametrize("update", ["fused_adamw", "p.data"])
 def test_evaluation_after_an_update_that_counts_no_version_uses_the_new_values(update):
     """Helper 144: M_t formed without gradients were reused across route scopes until a tensor's version changed,
@@ -418,17 +435,7 @@ def test_evaluation_after_an_update_that_counts_no_version_uses_the_new_values(u
     for _ in range(2):   # two evaluation batches: the second forms the group and keeps it
         with torch.no_grad(), mlv.route(m, ids):
             m(x)
-    params = [p for p in m.parameters() if p.requires_grad]
-    if update == "fused_adamw":
-        opt = adamw(params, lr=0.1)
-        with mlv.route(m.train(), ids):
-            m(x).pow(2).sum().backward()
-        opt.step()
-        m.eval()
-    else:
-        with torch.no_grad():
-            for p in params:
-                p.data.mul_(0.5)
+    _update_unversioned(m, x, update, ids)
     with torch.no_grad(), mlv.route(m, ids):
         got = m(x)
     torch.testing.assert_close(got, _on_a_copy(m, x, ids), rtol=1e-6, atol=1e-6)
@@ -454,38 +461,17 @@ def test_evaluation_after_one_step_per_task_uses_the_new_values():
     torch.testing.assert_close(got, _on_a_copy(m, x, "a"), rtol=1e-6, atol=1e-6)
 
 
-def _one_task_mlp():
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8))
-    mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a"], r=2, alpha=3.0, targets={"image": [r"^[02]$"]}))
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if "lora_" in n:
-                p.normal_(0, 0.5)
-    return m
-
-
 @pytest.mark.parametrize("update", ["fused_adamw", "p.data"])
 def test_one_task_adapter_without_a_route_scope_sees_an_update_that_counts_no_version(update):
     """A one-task adapter runs without any route scope (router.resolve gives task 0): router.scope stays 0 for
     every forward, so the scope check never fires and the stale M_t of the first evaluation are reused after a
     fused AdamW step / a p.data write -- the bug 345603a fixed for routed forwards only (helper 148)."""
-    m = _one_task_mlp().eval()
+    m = _attached_mlp(tasks=("a",)).eval()
     x = torch.randn(4, 6)
     for _ in range(2):                      # the second no-grad forward forms the group and keeps it
         with torch.no_grad():
             m(x)
-    params = [p for p in m.parameters() if p.requires_grad]
-    if update == "fused_adamw":
-        opt = adamw(params, lr=0.1)
-        m.train()
-        m(x).pow(2).sum().backward()        # first forward with grad under this key: forms alone, group untouched
-        opt.step()
-        m.eval()
-    else:
-        with torch.no_grad():
-            for p in params:
-                p.data.mul_(0.5)
+    _update_unversioned(m, x, update)   # its first forward with gradients forms alone: the kept group stays
     with torch.no_grad():
         got = m(x)
     c = copy.deepcopy(m)
@@ -530,13 +516,7 @@ def test_evaluation_inside_the_scope_a_training_loop_runs_in_sees_the_step():
     """A user loop routed once for all its steps (``with mlv.route(m, "a"):`` around the loop, as for one task by
     name) that evaluates without gradients between fused AdamW steps: every forward is in one scope, so the scope
     number cannot tell the steps apart and the evaluation reused M_t formed before the step (helper 148)."""
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8))
-    mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, alpha=3.0, targets={"image": [r"^[02]$"]}))
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if "lora_" in n:
-                p.normal_(0, 0.5)
+    m = _attached_mlp()
     x = torch.randn(4, 6)
     opt = adamw([p for p in m.parameters() if p.requires_grad], lr=0.1)
     with mlv.route(m, "a"):

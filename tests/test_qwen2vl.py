@@ -232,6 +232,16 @@ def test_one_task_given_as_ids_takes_images_of_any_size():
     torch.testing.assert_close(got, ref)
 
 
+def _two_rows(r0: list[int], r1: list[int]) -> dict:
+    """Row 0 full width, row 1 left-padded, with two 4 x 4-patch images."""
+    ids = torch.zeros(2, len(r0), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    ids[0], mask[0] = torch.tensor(r0), 1
+    ids[1, -len(r1):], mask[1, -len(r1):] = torch.tensor(r1), 1
+    return dict(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(32, 384),
+                image_grid_thw=torch.tensor([[1, 4, 4]] * 2), mm_token_type_ids=(ids == IMG_TOK).int())
+
+
 def test_two_images_in_one_row_and_none_in_the_other_are_refused_under_a_mixed_route():
     """As many images as rows, all of one size, passes the tower's check; but row 0 holds both images and row 1
     none, so row 0's second image went through task b's adapters, silently (row 0 differed from task a alone by
@@ -239,12 +249,7 @@ def test_two_images_in_one_row_and_none_in_the_other_are_refused_under_a_mixed_r
     m = _adapted(False)
     r0 = [5, 6, VS] + [IMG_TOK] * 4 + [VE, VS] + [IMG_TOK] * 4 + [VE, 7, 8]
     r1 = [9, 10, 11, 12]
-    ids = torch.zeros(2, len(r0), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    ids[0], mask[0] = torch.tensor(r0), 1
-    ids[1, -len(r1):], mask[1, -len(r1):] = torch.tensor(r1), 1
-    x = dict(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(32, 384),
-             image_grid_thw=torch.tensor([[1, 4, 4]] * 2), mm_token_type_ids=(ids == IMG_TOK).int())
+    x = _two_rows(r0, r1)
     with torch.no_grad():
         with mlv.route(m, [0, 1]), pytest.raises(mlv.RoutingError, match=r"one image per row; the rows hold \[2, 0\]"):
             m(**x)
@@ -257,12 +262,7 @@ def test_a_row_that_holds_part_of_an_image_is_refused_under_a_mixed_route():
     images of 4 hold one and a half and half an image."""
     m = _adapted(False)
     r0, r1 = [5, VS] + [IMG_TOK] * 6 + [VE, 7], [9, VS] + [IMG_TOK] * 2 + [VE, 7]
-    ids = torch.zeros(2, len(r0), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    ids[0], mask[0] = torch.tensor(r0), 1
-    ids[1, -len(r1):], mask[1, -len(r1):] = torch.tensor(r1), 1
-    x = dict(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(32, 384),
-             image_grid_thw=torch.tensor([[1, 4, 4]] * 2), mm_token_type_ids=(ids == IMG_TOK).int())
+    x = _two_rows(r0, r1)
     with torch.no_grad(), mlv.route(m, [0, 1]), pytest.raises(mlv.RoutingError, match=r"the rows hold \[1.5, 0.5\]"):
         m(**x)
 
