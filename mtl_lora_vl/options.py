@@ -261,10 +261,10 @@ def out_of_range(metadata: Any, value: Any) -> bool:
 def check_ranges(options: Any) -> None:
     """Raise ValueError for the first field of a dataclass instance outside its range, or given a fractional
     number where it counts something (Python callers; ``batch_size=2.7`` was truncated to 2)."""
-    types = field_types(type(options))
+    hints = field_types(type(options))
     for f in fields(options):
         value = getattr(options, f.name)
-        allowed = typing.get_args(types[f.name]) or (types[f.name],)
+        allowed = typing.get_args(hints[f.name]) or (hints[f.name],)
         if isinstance(value, float) and int in allowed and float not in allowed:
             raise ValueError(f"--{f.name.replace('_', '-')}: must be a whole number, got {value}")
         if out_of_range(f.metadata, value):

@@ -280,11 +280,11 @@ class Formation:
         held = self._groups.get(sig)
         if key[1] and held is not None and not held[0][1]:   # a forward with gradients: an optimizer step, which
             del self._groups[sig]                              # may write without a version, can follow it
+            held = None
         members = self._members.setdefault(key, {}).setdefault(sig, {})
         if id(bank) not in members:
             members[id(bank)] = bank
             return _with_again(*_Group([bank], index).matrix(0, dtype), 0, dtype)
-        held = self._groups.get(sig)
         group = held[1] if held is not None and held[0] == key else None
         i = None if group is None else group.position.get(id(bank))
         if i is None or not group.valid_for(i, bank):

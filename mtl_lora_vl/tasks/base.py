@@ -94,9 +94,9 @@ def special_texts(backbone: Backbone, generative: bool) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
-def split_texts(split: Split) -> list[str]:
-    """The distinct texts of a split's examples (texts, captions, answers), sorted."""
-    return sorted({t for ex in split.examples for t in (ex.text, *ex.captions, *ex.answers) if t})
+def split_texts(split: Split) -> set[str]:
+    """The distinct texts of a split's examples (texts, captions, answers)."""
+    return {t for ex in split.examples for t in (ex.text, *ex.captions, *ex.answers) if t}
 
 
 def warn_text_coverage(spec: TaskSpec, texts: Iterable[str], backbone: Backbone, what: str = "training texts") -> None:
