@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # One GPU session, prepared to run unattended within a few minutes: the CUDA checks (check_gpu.py), the adapter
-# benchmark's CLIP and LLaVA cases in bf16, both main jobs, an fp16 run (loss scaling), a one-rank torchrun
+# benchmark's CLIP and LLaVA cases in bf16 (at the default sizes and at sizes whose arithmetic outweighs the
+# launches: bench_*_large), both main jobs, an fp16 run (loss scaling), a one-rank torchrun
 # (NCCL) and a torch.compile run. Every step has its own time limit and the script goes on after a failure;
 # logs and JSON land in $OUT (default gpu_out/), and each step's exit status and seconds in $OUT/steps.txt.
 #
 #   OUT=/tmp/gpu bash scripts/check_gpu.sh            # on the machine with the GPU, from the repository root
 #   QUICK=1 DEVICE=cpu bash scripts/check_gpu.sh      # the same steps, tiny, on a CPU (a dry run of this script)
 #   ONLY=checks,compile bash scripts/check_gpu.sh     # some steps only (names as below)
+#   REPEATS=11 bash scripts/check_gpu.sh              # fewer rounds in the two default-size benchmarks
 #
 # On one H200 (2026-12-04) the steps took: checks 30 s, bench_llava 138 s, bench_clip 73 s, main_clip 55 s,
 # main_llava 43 s, fp16 31 s, torchrun 28 s, compile over 140 s (three compilations, then its evaluation: its
@@ -24,10 +26,14 @@ if [ "${QUICK:-0}" = 1 ]; then   # a dry run: every step, few steps
     STEPS=(--steps 4 --eval-batch-size 8 --workers 0); BENCH=(--repeats 1 --steps-per-round 1 --warmup 1)
     LLAVA_BENCH=(--vision-layers 1 --lm-layers 1 --lm-width 64 --vocab 500); CLIP_BENCH=(--batch-size 2)
     CHECKS=(--only llava_mixed_loss_fp32,clip_mixed_route_fp32)
+    LLAVA_LARGE=("${LLAVA_BENCH[@]}"); CLIP_LARGE=(--batch-size 2); LARGE=("${BENCH[@]}")
 else
-    STEPS=(); BENCH=(--repeats 15 --steps-per-round 3)
+    STEPS=(); BENCH=(--repeats "${REPEATS:-15}" --steps-per-round 3)
     LLAVA_BENCH=(--vocab 32000 --batch-size 16); CLIP_BENCH=(--batch-size 64)
     CHECKS=()
+    # Sizes where a step's arithmetic (~50 TFLOP LLaVA, ~35 TFLOP CLIP) outweighs launching its operators.
+    LLAVA_LARGE=(--vocab 32000 --batch-size 16 --lm-width 4096 --lm-layers 4 --text-len 448)
+    CLIP_LARGE=(--model ViT-L-14 --batch-size 64); LARGE=(--repeats 7 --steps-per-round 2)
 fi
 
 step() {   # step NAME LIMIT_SECONDS COMMAND...
@@ -49,6 +55,10 @@ step bench_llava 200 "$PY" scripts/bench_adapters.py --case llava --device "$DEV
     "${LLAVA_BENCH[@]}" "${BENCH[@]}" --json "$OUT/bench_llava.json"
 step bench_clip 120 "$PY" scripts/bench_adapters.py --case clip --device "$DEVICE" --precision bf16 \
     "${CLIP_BENCH[@]}" "${BENCH[@]}" --json "$OUT/bench_clip.json"
+step bench_llava_large 150 "$PY" scripts/bench_adapters.py --case llava --device "$DEVICE" --precision bf16 \
+    "${LLAVA_LARGE[@]}" "${LARGE[@]}" --json "$OUT/bench_llava_large.json"
+step bench_clip_large 120 "$PY" scripts/bench_adapters.py --case clip --device "$DEVICE" --precision bf16 \
+    "${CLIP_LARGE[@]}" "${LARGE[@]}" --json "$OUT/bench_clip_large.json"
 step main_clip 150 "$PY" scripts/train_vl.py --tasks vqa,retrieval --device "$DEVICE" --out "$RUNS/clip" "${STEPS[@]}"
 step main_llava 180 "$PY" scripts/train_vl.py --backbone builtin-llava --tasks vqa,captioning --device "$DEVICE" \
     --out "$RUNS/llava" "${STEPS[@]}"
