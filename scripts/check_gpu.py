@@ -179,6 +179,13 @@ def check_grad_checkpointing(device: str) -> dict:
             loss = bb.lm_loss(images, **b).mean()
         return torch.autograd.grad(loss, params, allow_unused=True)
 
+    def diff(x: list[torch.Tensor], y: list[torch.Tensor]) -> float:
+        return max(float((a - c).abs().max()) for a, c in zip(x, y) if a is not None)
+
+    # A layer's first forward under a mix of tasks forms its M_t alone, later ones with its group (one batched
+    # product): cuBLAS rounds the two differently, and these perturbed adapters amplify that (one H100: 4.7 on
+    # gradients up to 766; 0.0 on the CPU). So both compared steps are later ones; the first is reported.
+    first = grads(False)
     cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -187,9 +194,9 @@ def check_grad_checkpointing(device: str) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     ckpt = grads(True)
-    diff = max(float((a - c).abs().max()) for a, c in zip(plain, ckpt) if a is not None)
-    return {"max_abs_grad_diff": diff, "peak_plain_mb": peak_plain, "peak_ckpt_mb": peak_mb(device),
-            "passed": diff <= 1e-5}
+    d = diff(plain, ckpt)
+    return {"max_abs_grad_diff": d, "first_step_vs_later": diff(first, plain), "peak_plain_mb": peak_plain,
+            "peak_ckpt_mb": peak_mb(device), "passed": d <= 1e-5}
 
 
 def check_clip(device: str, dtype_name: str) -> dict:
