@@ -10,10 +10,11 @@
 #   ONLY=checks,compile bash scripts/check_gpu.sh     # some steps only (names as below)
 #   REPEATS=11 bash scripts/check_gpu.sh              # fewer rounds in the two default-size benchmarks
 #
-# On one H200 (2026-12-04) the steps took: checks 30 s, bench_llava 138 s, bench_clip 73 s, main_clip 55 s,
-# main_llava 43 s, fp16 31 s, torchrun 28 s, compile over 140 s (three compilations, then its evaluation: its
-# limit is 240 s): 7 minutes without the compile step, up to 11 with it -- over one 10-minute device call, so
-# run the compile step in a call of its own (ONLY=compile). docs/speed.md has the figures.
+# On one H100 (2026-12-05, REPEATS=11) the steps took: checks 23 s, bench_llava 80 s, bench_clip 38 s,
+# bench_llava_large 120 s, bench_clip_large 56 s, main_clip 39 s, main_llava 31 s, torchrun 24 s (7 min 5 s with
+# the wheels' install), and compile 71 s in a second call (two compilations, 29 s and 24 s); fp16 took 31 s on an
+# H200. All of it with the default 15 rounds is ~10 minutes, over one device call: run the compile step (or the
+# large steps) in a call of its own, e.g. ONLY=compile. docs/speed.md has the figures.
 set -u
 OUT=${OUT:-gpu_out}
 DEVICE=${DEVICE:-cuda}
