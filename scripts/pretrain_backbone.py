@@ -38,7 +38,7 @@ from mtl_lora_vl.backbones import (  # noqa: E402
     build_word_tokenizer,
 )
 from mtl_lora_vl.data import world  # noqa: E402
-from mtl_lora_vl.data.images import to_uint8_tensor  # noqa: E402
+from mtl_lora_vl.data.images import stack_uint8  # noqa: E402
 from mtl_lora_vl.families import OPEN_CLIP_CONFIG  # noqa: E402
 from mtl_lora_vl.io.atomic import atomic_dir, check_asset_dir  # noqa: E402
 from mtl_lora_vl.metrics import retrieval_recall  # noqa: E402
@@ -218,34 +218,9 @@ def chance_recall(owner: torch.Tensor, n_images: int, k: int) -> float:
 def render_cache(examples: Sequence, size: int, log: Callable[[str], None] = print) -> torch.Tensor:
     """Render every example's scene once into a ``(N, 3, size, size)`` uint8 tensor."""
     t0 = time.perf_counter()
-    out = torch.empty((len(examples), 3, size, size), dtype=torch.uint8)
-    for i, ex in enumerate(examples):
-        out[i] = to_uint8_tensor(ex.image.render(size), size)
+    out = stack_uint8([ex.image for ex in examples], size)
     log(f"rendered {len(examples)} images in {time.perf_counter() - t0:.1f}s")
     return out
-
-
-def world_texts(seed: int) -> list[str]:
-    """Every word-bearing string of the built-in world's splits (captions, questions, answers, class names)."""
-    texts: list[str] = []
-    for kind, split in world_split_names():
-        s = world.build_split(kind, split, seed=seed)
-        texts.extend(s.class_names or [])
-        for ex in s.examples:
-            if ex.text:
-                texts.append(ex.text)
-            texts.extend(ex.captions)
-            texts.extend(ex.answers)
-    return texts
-
-
-def world_split_names() -> list[tuple[str, str]]:
-    """The (kind, split) pairs of the built-in world that feed the vocabulary."""
-    pairs = [("pretrain", "train")]
-    for kind in (k for k in world.KINDS if k != "pretrain"):
-        for split in ("train", "val", "test"):
-            pairs.append((kind, split))
-    return pairs
 
 
 def zero_shot_report(bb: Backbone, seed: int, log: Callable[[str], None] = print) -> dict:
@@ -347,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     captions = [c for ex in pre.examples for c in ex.captions]
     print(f"pretraining split: {len(pre.examples)} images")
 
-    texts = world_texts(args.seed)
+    texts = world.all_texts(args.seed)
     templates = [t.format("x") for t in TEMPLATES]
     words = COMMON_WORDS + texts + captions + templates + [str(i) for i in range(21)]
     with tempfile.TemporaryDirectory() as tdir:

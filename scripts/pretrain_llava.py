@@ -112,20 +112,6 @@ def turns_about(ex, rng: random.Random, turns: int,
 # --------------------------------------------------------------------------------------------------
 
 
-def world_texts(seed: int) -> list[str]:
-    """Every word-bearing string of every split of the built-in world (captions, questions, answers, classes)."""
-    texts: list[str] = []
-    pairs = [("pretrain", "train")] + [(k, s) for k in world.KINDS if k != "pretrain" for s in world.SPLITS]
-    for kind, split in pairs:
-        s = world.build_split(kind, split, seed=seed)
-        texts.extend(s.class_names or [])
-        for ex in s.examples:
-            texts.extend([ex.text] if ex.text else [])
-            texts.extend(ex.captions)
-            texts.extend(ex.answers)
-    return texts
-
-
 def clip_words(clip_dir: Path) -> list[str]:
     """The built-in CLIP's word vocabulary (its special tokens left out), so both built-ins read the same words."""
     path = clip_dir / "tokenizer.json"
@@ -267,12 +253,10 @@ def load_clip_vision(model, clip_dir: Path) -> int:
 
 def render_cache(examples: Sequence, log: Callable[[str], None] = print) -> torch.Tensor:
     """Render every example's scene once into a ``(N, 3, 64, 64)`` uint8 tensor, as the loaders do."""
-    from mtl_lora_vl.data.images import to_uint8_tensor
+    from mtl_lora_vl.data.images import stack_uint8
 
     t0 = time.perf_counter()
-    out = torch.empty((len(examples), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
-    for i, ex in enumerate(examples):
-        out[i] = to_uint8_tensor(ex.image, IMAGE_SIZE)
+    out = stack_uint8([ex.image for ex in examples], IMAGE_SIZE)
     log(f"rendered {len(examples)} images in {time.perf_counter() - t0:.1f}s")
     return out
 
@@ -649,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     if not pre or any(not ex.captions for ex in pre):
         raise SystemExit("the world's pretraining split is empty or has examples without captions")
     print(f"pretraining split: {len(pre)} images")
-    words = clip_words(CLIP_DIR) + world_texts(args.seed) + instruction_words()
+    words = clip_words(CLIP_DIR) + world.all_texts(args.seed) + instruction_words()
     tokenizer = build_tokenizer(words, model_max_length=256)
     mean, std = clip_mean_std(CLIP_DIR)
     processor = build_processor(tokenizer, mean, std)

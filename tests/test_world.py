@@ -13,6 +13,7 @@ import re
 from collections import Counter
 
 import pytest
+import torch
 
 from mtl_lora_vl.data import world
 from mtl_lora_vl.data.records import Split
@@ -267,3 +268,29 @@ def test_rendering_matches_the_scene_graph():
             px = img.getpixel((min(63, int(o.x * 64)), min(63, int(y * 64))))
             want = world.COLORS[o.color]
             assert max(abs(p - w) for p, w in zip(px, want)) < 40, (o, px, want)
+
+
+def test_all_texts_rebuild_the_builtin_clip_vocabulary(tmp_path):
+    """Every word of ``all_texts`` (from which the pretraining script makes the built-in CLIP's word-level
+    vocabulary, with a few common words beside) is in the committed asset's: a new word in the world would read
+    as <unk>."""
+    import json
+    from pathlib import Path
+
+    from mtl_lora_vl.backbones.tokenizers import build_word_tokenizer
+
+    texts = world.all_texts(0)
+    assert set(world.class_names()) <= set(texts) and set(world.vqa_answers()) <= set(texts)
+    rebuilt = json.loads((build_word_tokenizer(texts, tmp_path) / "tokenizer.json").read_text())["model"]["vocab"]
+    asset = Path(__file__).resolve().parent.parent / "assets" / "builtin_clip" / "tokenizer.json"
+    vocab = json.loads(asset.read_text())["model"]["vocab"]
+    assert len(rebuilt) > 50 and set(rebuilt) <= set(vocab), sorted(set(rebuilt) - set(vocab))[:10]
+
+
+def test_stack_uint8_renders_each_image_as_the_loaders_do():
+    from mtl_lora_vl.data.images import stack_uint8, to_uint8_tensor
+
+    scenes = [ex.image for ex in world.build_split("vqa", "val", n=3).examples]
+    out = stack_uint8(scenes, 32)
+    assert out.shape == (len(scenes), 3, 32, 32) and out.dtype == torch.uint8
+    assert all(torch.equal(out[i], to_uint8_tensor(s, 32)) for i, s in enumerate(scenes))

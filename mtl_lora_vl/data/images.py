@@ -31,7 +31,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -311,6 +311,15 @@ def load_image(source: Any, size: int | None = None) -> Image.Image:
     if isinstance(source, Image.Image):
         return _resize_short_side(to_rgb(source), size, "<PIL image>")
     return _resize_short_side(_decoded(source, size), size, _source_name(source))
+
+
+def stack_uint8(images: Sequence[Any], size: int) -> torch.Tensor:
+    """An ``(N, 3, size, size)`` uint8 tensor of many images (:func:`to_uint8_tensor` each; scenes render at
+    ``size``): a whole split kept in memory, as the built-in backbones' pretraining scripts keep theirs."""
+    out = torch.empty((len(images), 3, size, size), dtype=torch.uint8)
+    for i, img in enumerate(images):
+        out[i] = to_uint8_tensor(img, size)
+    return out
 
 
 def to_uint8_tensor(img: Any, resize: ImageResize | int) -> torch.Tensor:

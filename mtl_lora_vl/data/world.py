@@ -415,6 +415,21 @@ def build_split(kind: str, split: str, n: int | None = None, seed: int = 0) -> S
     return Split(examples, class_names=class_names() if kind == "classification" else None)
 
 
+def all_texts(seed: int = 0) -> list[str]:
+    """Every word-bearing string of the world -- pretraining's split and every other kind's three: class names,
+    questions, captions, answers -- in a fixed order. The built-in backbones' vocabularies are made from it."""
+    texts: list[str] = []
+    pairs = [("pretrain", "train")] + [(k, s) for k in KINDS if k != "pretrain" for s in SPLITS]
+    for kind, split in pairs:
+        s = build_split(kind, split, seed=seed)
+        texts.extend(s.class_names or [])
+        for ex in s.examples:
+            texts.extend([ex.text] if ex.text else [])
+            texts.extend(ex.captions)
+            texts.extend(ex.answers)
+    return texts
+
+
 def _examples(kind: str, split: str, scene: Scene, image_id: str, rng: random.Random) -> list[Example]:
     if kind == "pretrain":
         caps = _pretrain_captions(scene, rng)
