@@ -246,7 +246,15 @@ class MTLLoRAModel(nn.Module):
             total += p.numel()
             if p.requires_grad:
                 trainable += p.numel()
-        trainable -= sum(m.frozen_values() for m in self.modules() if isinstance(m, AdapterBank))
+        for m in self.modules():
+            if not isinstance(m, AdapterBank):
+                continue
+            trainable -= m.frozen_values()
+            if m.frozen_task_rows and not m.lora_B.requires_grad and not m.lora_B.any():
+                # add_task's `idle`: every B_i frozen at zero, so the grown rows get zero gradients (not counted,
+                # as added.trainable and the trainer's report leave them out)
+                trainable -= sum(getattr(m, n).numel() for n in m.task_tensor_names()
+                                 if getattr(m, n).requires_grad) - m.frozen_values()
         return trainable, total
 
     def print_trainable_parameters(self) -> None:

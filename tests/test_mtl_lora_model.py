@@ -241,3 +241,22 @@ def test_llava_round_trip_keeps_parameterless_heads(tmp_path):
         m.save_pretrained(tmp_path / "b")
     # eval --adapter b needs the task's (parameter-less) head: it refused with "no saved task spec or head"
     assert "captioning" in mlv.load_pretrained(tmp_path / "b").heads
+
+
+def test_trainable_count_after_add_task_leaves_idle_rows_out(tmp_path):
+    """After add_task on an adapter with idle projections (B_i never trained: zero and frozen, so the new task's
+    rows there get zero gradients), the trainable count agrees with added.trainable (1,072 against 536 before)."""
+    from vl_tiny import tiny_backbone
+
+    torch.manual_seed(0)
+    bb = tiny_backbone(tmp_path, coca=True)
+    for p in bb.model.parameters():
+        p.requires_grad_(False)
+    wrapped = mlv.MTLLoRAModel(bb.model, mlv.MTLLoRAConfig(tasks=["vqa", "retrieval"], r=8, n_up=3))
+    with torch.no_grad():
+        for path, bank in bb.model._mtl_lora.layers.items():
+            if not path.startswith("text_decoder"):
+                bank.lora_B.normal_(std=0.1)
+    added = wrapped.add_task("captioning")
+    assert added.idle
+    assert wrapped.get_nb_trainable_parameters()[0] == added.trainable

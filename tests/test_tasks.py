@@ -906,3 +906,31 @@ def test_distinct_images_never_share_a_retrieval_key():
     a, b = "img_6f212cc6f", "img_5824a96d3b"
     assert _image_key(a) != _image_key(b)
     assert _image_key(a) == _image_key(a) and 0 <= _image_key(a) < 2**63   # stable, fits a torch.long
+
+
+def _weight_spec(tmp_path: Path, top: str) -> Path:
+    path = tmp_path / "task.toml"
+    path.write_text(f'kind = "vqa"\n{top}\n[data]\nsource = "builtin"\n')
+    return path
+
+
+@pytest.mark.parametrize("value", ["1e39", "1e300", "1e-300"])
+def test_a_loss_weight_the_float32_loss_cannot_carry_is_refused(tmp_path, value):
+    """A finite weight too large for a float32 loss (1e39: the weighted loss is inf, every step was skipped and the
+    run stopped blaming --lr or the data) or so small that the loss rounds to 0 is refused, naming the field."""
+    import re
+
+    from mtl_lora_vl.tasks import SpecError, load_spec
+
+    weighted = float(value) * torch.tensor(2.0)   # what the joint objective computes
+    assert not torch.isfinite(weighted) or weighted == 0
+    path = _weight_spec(tmp_path, f"loss_weight = {value}")
+    with pytest.raises(SpecError, match=rf"{re.escape(str(path))}: field 'loss_weight': expected a number from "):
+        load_spec(path)
+
+
+@pytest.mark.parametrize("value", ["1e-12", "1e-6", "0.001", "1", "5.0", "1e6"])
+def test_ordinary_loss_weights_still_load(tmp_path, value):
+    from mtl_lora_vl.tasks import load_spec
+
+    assert load_spec(_weight_spec(tmp_path, f"loss_weight = {value}")).loss_weight == float(value)

@@ -6,7 +6,7 @@ the metrics to report and the prompt templates of its zero-shot rule::
     name = "vqa"                      # optional; defaults to the file name without .toml
     kind = "vqa"                      # vqa | retrieval | classification | captioning
     description = "..."               # optional
-    loss_weight = 1.0                 # weight of this task's loss in the joint objective
+    loss_weight = 1.0                 # weight of this task's loss in the joint objective (1e-12 to 1e6)
     metrics = ["vqa_accuracy"]        # which of the kind's metrics the report shows; the first that is a
                                       # fraction (not a breakdown such as per_type, not CIDEr) is the headline
                                       # ([]: the kind's headline alone)
@@ -75,6 +75,9 @@ _BUILTIN_DATA_KEYS = ("source", "seed", "world_kind", *SPLITS)
 _BUILTIN_SPLIT_KEYS = ("n",)
 #: The most examples a built-in world split may be given: scenes are drawn in memory (10**13 drew for ever).
 MAX_WORLD_SPLIT = 1_000_000
+#: The range of a task's loss_weight: beyond it the weighted float32 (or fp16-scaled) loss overflows to inf or
+#: underflows to 0, and the run skips every step (or silently trains nothing for the task) with no word of the weight.
+_MIN_LOSS_WEIGHT, _MAX_LOSS_WEIGHT = 1e-12, 1e6
 #: A task name is a file name in an adapter folder (tasks/<name>.state.json): 64 characters at most.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
 
@@ -427,6 +430,9 @@ def _parse(path: Path, need_train: bool = True) -> TaskSpec:
     if (not isinstance(loss_weight, int | float) or isinstance(loss_weight, bool) or not math.isfinite(loss_weight)
             or loss_weight <= 0):
         raise _fail(path, "loss_weight", "a positive number (finite, e.g. 1.0)", loss_weight)
+    if not _MIN_LOSS_WEIGHT <= loss_weight <= _MAX_LOSS_WEIGHT:
+        raise _fail(path, "loss_weight", f"a number from {_MIN_LOSS_WEIGHT:g} to {_MAX_LOSS_WEIGHT:g} (only the "
+                    "tasks' weights relative to each other matter, e.g. 1.0 and 5.0)", loss_weight)
 
     options = _check_table(path, "options", raw.get("options", {}), kind_cls.option_defaults)
     known = kind_cls.metrics_for(options)   # retrieval: the recalls its options.ks give
