@@ -3,6 +3,7 @@
 
     python scripts/pretrain_backbone.py                 # 8-25 minutes on 2 CPU cores (the committed asset: 24)
     python scripts/pretrain_backbone.py --steps 50 --out /tmp/clip   # a quick try
+    python scripts/pretrain_backbone.py --evaluate assets/builtin_clip   # re-score a saved backbone (seconds)
 
 It renders the world's pretraining split once into an in-memory uint8 cache, builds a small word-level
 tokenizer over the world's words plus a few hundred common English words, trains both towers with the
@@ -40,7 +41,7 @@ from mtl_lora_vl.backbones import (  # noqa: E402
 from mtl_lora_vl.data import world  # noqa: E402
 from mtl_lora_vl.data.images import stack_uint8  # noqa: E402
 from mtl_lora_vl.families import OPEN_CLIP_CONFIG  # noqa: E402
-from mtl_lora_vl.io.atomic import atomic_dir, check_asset_dir  # noqa: E402
+from mtl_lora_vl.io.atomic import atomic_dir, atomic_file, check_asset_dir  # noqa: E402
 from mtl_lora_vl.metrics import retrieval_recall  # noqa: E402
 from mtl_lora_vl.tasks.retrieval import infonce  # noqa: E402
 from mtl_lora_vl.training.schedule import cosine_with_warmup  # noqa: E402
@@ -287,6 +288,25 @@ def image_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist()
 
 
+def evaluate_saved(path: Path, seed: int) -> int:
+    """Score a saved backbone as it loads for users (``open_clip:DIR``) and, in a folder this script wrote, store
+    the scores in its config's ``pretrain`` record (the world's val splits change with the world's code)."""
+    from mtl_lora_vl.backbones.loading import load_backbone
+
+    report = zero_shot_report(load_backbone(f"open_clip:{path}"), seed)
+    config_path = path / OPEN_CLIP_CONFIG
+    config = json.loads(config_path.read_text())
+    if not isinstance(config.get("pretrain"), dict):   # not this script's: marking it would let --out replace it
+        print(f"not stored: {config_path} has no 'pretrain' record (it is not a backbone this script wrote)")
+        return 0
+    config["pretrain"]["zero_shot_val"] = report
+    with atomic_file(config_path, overwrite=True, what=OPEN_CLIP_CONFIG) as tmp:
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.chmod(config_path, 0o644)
+    print(f"updated {config_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=700, help="optimizer steps (default 700: 8-25 minutes on 2 CPU cores; the committed asset took 24)")
@@ -298,7 +318,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--out", type=Path, default=REPO / "assets" / "builtin_clip",
                     help="where to write the backbone (default assets/builtin_clip)")
+    ap.add_argument("--evaluate", type=Path, default=None, metavar="DIR",
+                    help="only score a saved backbone on the val splits and update its recorded zero-shot scores")
     args = ap.parse_args(argv)
+    if args.evaluate is not None:
+        given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")}
+        ignored = sorted(given - {"--evaluate", "--seed", "--threads"})
+        if ignored:
+            ap.error(f"--evaluate only scores a saved backbone; {', '.join(ignored)} would be ignored")
+        if not (args.evaluate / OPEN_CLIP_CONFIG).is_file():
+            ap.error(f"--evaluate {args.evaluate}: not a saved open_clip backbone (no {OPEN_CLIP_CONFIG})")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return evaluate_saved(args.evaluate, args.seed)
     if args.steps < 1 or args.batch_size < 2:
         ap.error("--steps must be >= 1 and --batch-size >= 2")
     if args.threads is not None and args.threads < 1:

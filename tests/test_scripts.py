@@ -212,3 +212,36 @@ def test_show_world_does_not_replace_a_users_png(tmp_path, capsys):
         _script("show_world").main(["--out", str(photo), "--per-row", "1"])
     assert e.value.code == 2 and "pass --overwrite" in capsys.readouterr().err
     assert photo.read_bytes() == b"\x89PNG my picture"
+
+
+def test_pretrain_backbone_evaluate_rescores_its_own_asset_and_only_prints_for_a_foreign_folder(tmp_path, monkeypatch,
+                                                                                               capsys):
+    """--evaluate DIR scores a saved backbone as users load it and refreshes the zero-shot scores its pretraining
+    recorded (they went stale as the world's val splits changed: 1204 captions recorded, 1216 now); a folder this
+    script did not write is only scored (a 'pretrain' record would let --out replace it)."""
+    import shutil
+
+    pb = _script("pretrain_backbone")
+    scored = {"retrieval": {"r@1": 0.5}, "classification": {"accuracy": 0.25}}
+    seen = []
+    monkeypatch.setattr(pb, "zero_shot_report", lambda bb, seed: seen.append((bb.name, seed)) or scored)
+    own = tmp_path / "own"
+    shutil.copytree(REPO / "assets" / "builtin_clip", own)
+    before = json.loads((own / "open_clip_config.json").read_text())
+    assert pb.main(["--evaluate", str(own), "--seed", "3"]) == 0
+    after = json.loads((own / "open_clip_config.json").read_text())
+    assert seen and seen[0][1] == 3 and after["pretrain"]["zero_shot_val"] == scored
+    assert {**after, "pretrain": {**after["pretrain"], "zero_shot_val": None}} == \
+        {**before, "pretrain": {**before["pretrain"], "zero_shot_val": None}}
+    foreign = tmp_path / "foreign"
+    shutil.copytree(REPO / "assets" / "builtin_clip", foreign)
+    doc = json.loads((foreign / "open_clip_config.json").read_text())
+    doc.pop("pretrain")
+    (foreign / "open_clip_config.json").write_text(json.dumps(doc))
+    assert pb.main(["--evaluate", str(foreign)]) == 0
+    assert "not stored" in capsys.readouterr().out
+    assert "pretrain" not in json.loads((foreign / "open_clip_config.json").read_text())
+    for bad in (["--evaluate", str(own), "--steps", "5"], ["--evaluate", str(tmp_path)]):
+        with pytest.raises(SystemExit) as e:
+            pb.main(bad)
+        assert e.value.code == 2
