@@ -4,9 +4,10 @@
     python scripts/pretrain_llava.py --threads 2          # ~13 CPU-minutes (7 minutes on two threads; the asset's)
     python scripts/pretrain_llava.py --steps 20 --n-pretrain 200 --eval-scenes 20 --out /tmp/llava   # a quick try
     python scripts/pretrain_llava.py --evaluate assets/builtin_llava     # re-score a saved model
+    python scripts/pretrain_llava.py --clip /tmp/clip --out /tmp/llava  # from a CLIP rebuilt by pretrain_backbone.py
 
 The model is a CLIP vision tower (64 px, patch 8, 4 x 128: the built-in CLIP's image tower from
-``assets/builtin_clip``, mapped into ``CLIPVisionModel`` and kept frozen unless ``--vision-lr`` > 0; its
+``assets/builtin_clip``, or ``--clip DIR``'s, mapped into ``CLIPVisionModel`` and kept frozen unless ``--vision-lr`` > 0; its
 last layer's 64 patch features feed the projector), LLaVA's two-layer projector and a small Llama language
 model (3 x 160, tied embeddings) over a word-level vocabulary (the built-in CLIP's words plus every word of
 the world's splits and of the prompts below). With the tower frozen its features are computed once, and a
@@ -119,6 +120,22 @@ def clip_words(clip_dir: Path) -> list[str]:
         return []
     vocab = json.loads(path.read_text())["model"]["vocab"]
     return [w for w in vocab if not (w.startswith("<") and w.endswith(">"))]
+
+
+def clip_vision_size(clip_dir: Path) -> tuple[int, int]:
+    """(width, layers) of the image tower of the open_clip CLIP in ``clip_dir`` -- the LLaVA's vision tower gets its
+    shape -- checking that its images, patches and heads are the ones this script builds; (128, 4), the built-in
+    CLIP's, where the folder holds no config (--no-clip-init without a CLIP)."""
+    path = clip_dir / OPEN_CLIP_CONFIG
+    if not path.is_file():
+        return 128, 4
+    v = json.loads(path.read_text())["model_cfg"]["vision_cfg"]
+    got = (v.get("image_size"), v.get("patch_size"), v.get("head_width", 64))
+    if got != (IMAGE_SIZE, PATCH_SIZE, 32):
+        raise ValueError(f"--clip {clip_dir}: its image tower takes {got[0]} px images in {got[1]} px patches with "
+                         f"{got[2]}-wide heads; this script builds the LLaVA's for {IMAGE_SIZE} px, {PATCH_SIZE} px "
+                         "patches and 32-wide heads (the built-in CLIP's): give a CLIP made by pretrain_backbone.py")
+    return int(v["width"]), int(v["layers"])
 
 
 def build_tokenizer(words: Sequence[str], model_max_length: int):
@@ -576,6 +593,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=3, help="language model layers (default 3)")
     ap.add_argument("--heads", type=int, default=4, help="language model attention heads (default 4)")
     ap.add_argument("--intermediate", type=int, default=448, help="language model MLP width (default 448)")
+    ap.add_argument("--clip", type=Path, default=CLIP_DIR, metavar="DIR",
+                    help="the open_clip CLIP whose image tower, words and image normalisation the LLaVA starts from "
+                         "(default assets/builtin_clip; e.g. one rebuilt by pretrain_backbone.py --out DIR)")
     ap.add_argument("--no-clip-init", action="store_true",
                     help="start the vision tower from random weights (needs --vision-lr > 0 to train it)")
     ap.add_argument("--n-pretrain", type=int, default=None, help="pretraining scenes (default: the world's split)")
@@ -612,10 +632,14 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{flag} must be finite and >= 0, got {value}")
     if args.no_clip_init and args.vision_lr == 0:
         ap.error("--no-clip-init with --vision-lr 0 ships a random, frozen vision tower; give --vision-lr > 0")
-    if not args.no_clip_init and not all((CLIP_DIR / f).is_file() for f in ("model.safetensors", "tokenizer.json",
-                                                                             OPEN_CLIP_CONFIG)):
-        ap.error(f"the vision tower starts from the built-in CLIP, which is not built ({CLIP_DIR}); build it first: "
-                 "python scripts/pretrain_backbone.py (or pass --no-clip-init with --vision-lr > 0)")
+    if not args.no_clip_init and not all((args.clip / f).is_file() for f in ("model.safetensors", "tokenizer.json",
+                                                                              OPEN_CLIP_CONFIG)):
+        ap.error(f"the vision tower starts from the CLIP in {args.clip}, which is not built there; build it first: "
+                 f"python scripts/pretrain_backbone.py --out {args.clip} (or pass --no-clip-init with --vision-lr > 0)")
+    try:
+        vision_width, vision_layers = clip_vision_size(args.clip)
+    except ValueError as e:
+        ap.error(str(e))
     try:  # before training, not at the save
         check_asset_dir(args.out, "pretrain.json", "settings", "--out")
     except OSError as e:
@@ -633,19 +657,20 @@ def main(argv: list[str] | None = None) -> int:
     if not pre or any(not ex.captions for ex in pre):
         raise SystemExit("the world's pretraining split is empty or has examples without captions")
     print(f"pretraining split: {len(pre)} images")
-    words = clip_words(CLIP_DIR) + world.all_texts(args.seed) + instruction_words()
+    words = clip_words(args.clip) + world.all_texts(args.seed) + instruction_words()
     tokenizer = build_tokenizer(words, model_max_length=256)
-    mean, std = clip_mean_std(CLIP_DIR)
+    mean, std = clip_mean_std(args.clip)
     processor = build_processor(tokenizer, mean, std)
     model = build_model(len(tokenizer), hidden=args.hidden, layers=args.layers, heads=args.heads,
-                        intermediate=args.intermediate, max_positions=256, feature_layer=args.feature_layer)
+                        intermediate=args.intermediate, max_positions=256, feature_layer=args.feature_layer,
+                        vision_width=vision_width, vision_layers=vision_layers)
     n_vision = model.config.vision_config.num_hidden_layers   # hidden states: the embeddings, then each layer
     if not -(n_vision + 1) <= args.feature_layer <= n_vision:
         ap.error(f"--feature-layer must be in [{-(n_vision + 1)}, {n_vision}] for a {n_vision}-layer vision tower, "
                  f"got {args.feature_layer}")
     clip_init = not args.no_clip_init
     if clip_init:
-        print(f"vision tower from the built-in CLIP: {load_clip_vision(model, CLIP_DIR)} tensors")
+        print(f"vision tower from the CLIP in {args.clip}: {load_clip_vision(model, args.clip)} tensors")
     n_params = sum(p.numel() for p in model.parameters())
     parts = {k: sum(p.numel() for p in m.parameters()) for k, m in (
         ("vision", model.model.vision_tower), ("projector", model.model.multi_modal_projector),
@@ -677,6 +702,7 @@ def main(argv: list[str] | None = None) -> int:
                      "weight_decay": args.weight_decay, "seed": args.seed,
                      "feature_layer": args.feature_layer,
                      "threads": args.threads, "clip_init": clip_init, "pretrain_images": len(pre),
+                     "vision_width": vision_width, "vision_layers": vision_layers,
                      "hidden": args.hidden, "layers": args.layers, "heads": args.heads,
                      "intermediate": args.intermediate, "vocab_size": len(tokenizer)},
         "params": {"total": n_params, **parts},

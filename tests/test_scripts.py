@@ -245,3 +245,29 @@ def test_pretrain_backbone_evaluate_rescores_its_own_asset_and_only_prints_for_a
         with pytest.raises(SystemExit) as e:
             pb.main(bad)
         assert e.value.code == 2
+
+
+def test_pretrain_llava_clip_dir_gives_the_vision_tower_its_shape_and_refuses_one_it_cannot_build(tmp_path,
+                                                                                                  monkeypatch):
+    """--clip DIR starts the LLaVA from a CLIP other than the committed one (one rebuilt by pretrain_backbone.py
+    --out DIR, without overwriting the asset); its tower's width and layers come from its config, and a tower of
+    other images, patches or heads, or a folder without a CLIP, is refused before any work."""
+    import shutil
+
+    pl = _script("pretrain_llava")
+    assert pl.clip_vision_size(REPO / "assets" / "builtin_clip") == (128, 4)
+    clip = tmp_path / "clip"
+    shutil.copytree(REPO / "assets" / "builtin_clip", clip)
+    cfg = json.loads((clip / "open_clip_config.json").read_text())
+    cfg["model_cfg"]["vision_cfg"]["layers"] = 2
+    (clip / "open_clip_config.json").write_text(json.dumps(cfg))
+    assert pl.clip_vision_size(clip) == (128, 2)
+    _no_training(monkeypatch, pl)
+    with pytest.raises(_WouldTrain):   # accepted: it goes on to build the world
+        pl.main(["--clip", str(clip), "--out", str(tmp_path / "out")])
+    cfg["model_cfg"]["vision_cfg"]["patch_size"] = 16
+    (clip / "open_clip_config.json").write_text(json.dumps(cfg))
+    for bad in (clip, tmp_path / "nothing"):
+        with pytest.raises(SystemExit) as e:
+            pl.main(["--clip", str(bad), "--out", str(tmp_path / "out")])
+        assert e.value.code == 2
