@@ -32,7 +32,8 @@ else
     STEPS=(); BENCH=(--repeats "${REPEATS:-15}" --steps-per-round 3)
     LLAVA_BENCH=(--vocab 32000 --batch-size 16); CLIP_BENCH=(--batch-size 64)
     CHECKS=()
-    # Sizes where a step's arithmetic (~50 TFLOP LLaVA, ~35 TFLOP CLIP) outweighs launching its operators.
+    # Larger sizes: a step's arithmetic ~40 TFLOP (LLaVA: outweighs launching its operators on an H100) and ~34
+    # TFLOP (CLIP ViT-L-14: still mostly host time there).
     LLAVA_LARGE=(--vocab 32000 --batch-size 16 --lm-width 4096 --lm-layers 4 --text-len 448)
     CLIP_LARGE=(--model ViT-L-14 --batch-size 64); LARGE=(--repeats 7 --steps-per-round 2)
 fi
