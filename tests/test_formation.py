@@ -531,3 +531,34 @@ def test_evaluation_inside_the_scope_a_training_loop_runs_in_sees_the_step():
     with torch.no_grad(), mlv.route(c, "a"):
         want = c(x)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_a_groups_backward_forms_its_matrices_once(monkeypatch):
+    """The layers' backward forms their group's M_t again (once); the group's own backward reuses that forming's π,
+    B̄ and Λ instead of forming them a second time when every layer ran (three fewer formings a LLaVA step), with the
+    same gradients as the layer-by-layer path."""
+    from mtl_lora_vl.adapters import formation
+
+    model = _mlp()
+    per_layer = _layer_by_layer(model)
+    x = torch.randn(4, 8)
+    for m in (model, model):   # the first step forms each layer alone, the second as a group
+        with mlv.route(m, MIXED):
+            m(x).square().sum().backward()
+    for m in (model, per_layer):
+        m.zero_grad(set_to_none=True)
+    calls = []
+    real = formation._formed
+    monkeypatch.setattr(formation, "_formed", lambda *a: calls.append(torch.is_grad_enabled()) or real(*a))
+    with mlv.route(model, MIXED):
+        loss = model(x).square().sum()
+    forward_calls = len(calls)
+    loss.backward()
+    assert forward_calls == 1 and len(calls) - forward_calls == 1   # forward: the group; backward: once, not twice
+    with mlv.route(per_layer, MIXED):
+        per_layer(x).square().sum().backward()
+    ref = _grads(per_layer)
+    got = _grads(model)
+    assert got.keys() == ref.keys()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k])

@@ -50,7 +50,9 @@ def _params(bank: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
 
 def _versions(params: tuple[torch.Tensor | None, ...]) -> tuple[tuple[int, int], ...]:
     """What changes when a tensor is written to in place (its version counter) or given new storage (``.data =``)."""
-    return tuple((-1, 0) if p is None else (p._version, p.data_ptr()) for p in params)
+    w, lam, B = params   # always one layer's (w, Λ, B): spelled out (read for every layer, forward and backward)
+    return ((w._version, w.data_ptr()), (-1, 0) if lam is None else (lam._version, lam.data_ptr()),
+            (B._version, B.data_ptr()))
 
 
 def _signature(bank: Any) -> tuple:
@@ -68,7 +70,7 @@ class _Inputs:
     the group back (a reference cycle through the autograd graph, which the garbage collector cannot see, kept every
     step's group and node alive)."""
 
-    __slots__ = ("params", "versions", "present", "lambda_type", "tau", "handed", "spent", "again")
+    __slots__ = ("params", "versions", "present", "lambda_type", "tau", "handed", "spent", "again", "parts")
 
     def __init__(self, banks: list[Any], present: slice | torch.Tensor) -> None:
         self.params = [_params(b) for b in banks]
@@ -77,6 +79,7 @@ class _Inputs:
         self.handed: set[int] = set()   # the layers that took their M (ran)
         self.spent = False              # a backward pass went through the node: an optimizer step may follow
         self.again: dict[torch.dtype, tuple[torch.Tensor, ...]] = {}   # every M, formed again for backward
+        self.parts: tuple | None = None   # (π, B̄, Λ) of that forming: what the node's backward reads again
 
     def matrix_again(self, i: int, dtype: torch.dtype, graph: bool = False) -> torch.Tensor:
         """Layer i's M for its backward pass: every layer's formed once more (no graph) on the first call and kept
@@ -87,7 +90,10 @@ class _Inputs:
         Ms = self.again.get(dtype)
         if Ms is None:
             with torch.no_grad(), autocast_off(self.params[i][2].device.type):
-                Ms = self.again[dtype] = _formed(self, self.params)[3].to(dtype).unbind(0)
+                formed = _formed(self, self.params)
+                if self.parts is None:
+                    self.parts = formed[:3]   # not M or the stacked B: only B̄ (M's size) stays until the node's backward
+                Ms = self.again[dtype] = formed[3].to(dtype).unbind(0)
         return Ms[i]
 
 
@@ -141,9 +147,10 @@ class _Group:
         return Ms[i], inputs
 
 
-def _formed(inputs: _Inputs, params: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """(π, B̄, Λ, M) of the layers whose ``params`` are given: (G, P, n), (G, P, d, r), (G, P, r, r) / (G, P, r) /
-    None, (G, P, d, r), in the parameters' dtype, for the present task rows."""
+def _formed(inputs: _Inputs, params: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor,
+                                                           torch.Tensor]:
+    """(π, B̄, Λ, M, B) of the layers whose ``params`` are given: (G, P, n), (G, P, d, r), (G, P, r, r) / (G, P, r) /
+    None, (G, P, d, r), in the parameters' dtype, for the present task rows; and their B stacked, (G, n, d, r)."""
     present = inputs.present
     W = torch.stack([w for w, _, _ in params])
     W = W[:, present] if isinstance(present, slice) else W.index_select(1, present)
@@ -152,10 +159,10 @@ def _formed(inputs: _Inputs, params: list[tuple]) -> tuple[torch.Tensor, torch.T
     G, n, d, r = B.shape
     Bbar = torch.bmm(pi, B.view(G, n, d * r)).view(G, pi.shape[1], d, r)
     if inputs.lambda_type == "none":
-        return pi, Bbar, None, Bbar
+        return pi, Bbar, None, Bbar, B
     L = torch.stack([lam for _, lam, _ in params])
     L = L[:, present] if isinstance(present, slice) else L.index_select(1, present)
-    return pi, Bbar, L, (Bbar * L[:, :, None, :] if L.dim() == 3 else torch.matmul(Bbar, L))
+    return pi, Bbar, L, (Bbar * L[:, :, None, :] if L.dim() == 3 else torch.matmul(Bbar, L)), B
 
 
 class _FormGroup(torch.autograd.Function):
@@ -172,7 +179,8 @@ class _FormGroup(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *gMs: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         inputs = ctx.inputs
-        inputs.spent, inputs.again = True, {}
+        parts = inputs.parts   # the group formed again by its layers' backward (matrix_again), if it was
+        inputs.spent, inputs.again, inputs.parts = True, {}, None
         if [_versions(p) for p in inputs.params] != inputs.versions:
             raise RuntimeError("mtl_lora: an adapter tensor was modified in place between the forward pass that formed "
                                "its M_t and this backward pass (an optimizer step before backward?)")
@@ -190,25 +198,31 @@ class _FormGroup(torch.autograd.Function):
             gM = gM.to(params[0][2].dtype)
             if torch.is_grad_enabled():   # create_graph: the gradients as a graph, for a second derivative
                 got = _grads_with_graph(inputs, params, gM)
-            else:
-                got = _grads(inputs, params, gM)
-        slot, at = 2, {}
+            else:   # every layer ran: the forming its layers' backward made is this one's (same inputs, same ops)
+                got = _grads(inputs, params, gM, parts if len(used) == len(inputs.params) else None)
+        rows = [None if g is None else g.unbind(0) for g in got]   # layer j's gradient: rows[k][j] (as g[j])
+        where = dict(zip(used, range(len(used))))
+        slot = 2
         for i, ps in enumerate(inputs.params):
+            j = where.get(i)
             for k, p in enumerate(ps):
-                if p is not None:
-                    at[i, k] = slot
-                    slot += 1
-        for j, i in enumerate(used):
-            for k, g in enumerate(got):
-                if g is not None and inputs.params[i][k].requires_grad:
-                    grads[at[i, k]] = g[j]
+                if p is None:
+                    continue
+                if j is not None and rows[k] is not None and p.requires_grad:
+                    grads[slot] = rows[k][j]
+                slot += 1
         return tuple(grads)
 
 
-def _grads(inputs: _Inputs, params: list[tuple], gM: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+def _grads(inputs: _Inputs, params: list[tuple], gM: torch.Tensor,
+           parts: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """The gradients of (w, Λ, B) stacked over ``params``' layers given their M's gradients ``gM`` (G, P, d, r); w's
-    and Λ's over every task row (zero for tasks not present)."""
-    pi, Bbar, L, _ = _formed(inputs, params)
+    and Λ's over every task row (zero for tasks not present). ``parts``: (π, B̄, Λ) of ``_formed(inputs, params)``, if
+    formed already."""
+    if parts is None:
+        pi, Bbar, L, _, B = _formed(inputs, params)
+    else:
+        (pi, Bbar, L), B = parts, torch.stack([b for _, _, b in params])
     G, P, d, r = gM.shape
     glam_p = None
     if L is None:
@@ -220,7 +234,6 @@ def _grads(inputs: _Inputs, params: list[tuple], gM: torch.Tensor) -> tuple[torc
         gBbar = torch.matmul(gM, L.mT)
         glam_p = torch.matmul(Bbar.mT, gM)
     gflat = gBbar.reshape(G, P, d * r)
-    B = torch.stack([b for _, _, b in params])
     gB = torch.bmm(pi.mT, gflat).view(B.shape)
     gpi = torch.bmm(gflat, B.view(G, B.shape[1], d * r).mT)
     gw_p = torch._softmax_backward_data(gpi, pi, -1, pi.dtype).div_(inputs.tau)

@@ -262,9 +262,9 @@ def _mtl_add_(out, z, M, tasks, n_batch, scale) -> None:
 def _mtl_rows_grads(g, z, M, tasks, n_batch, scale, need_z: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
     """The gradients of z (None unless ``need_z``) and of M (P, d_out, R) of :func:`_mtl_add_` given out's gradient
     ``g``; ``tasks`` as :func:`_mtl_add_` takes it (M's row, a plan, or each sample's row of M)."""
-    g2, z2 = g.reshape(-1, g.shape[-1]), z.reshape(-1, z.shape[-1])
     gz = None
     if isinstance(tasks, int):  # every row is one task's, whose M_t is M's only row
+        g2, z2 = g.reshape(-1, g.shape[-1]), z.reshape(-1, z.shape[-1])
         if need_z:
             gz = torch.addmm(z2.new_empty(z2.shape), g2, M[0], beta=0, alpha=scale).view(z.shape)
         return gz, torch.addmm(M[0].new_empty(M[0].shape), g2.t(), z2, beta=0, alpha=scale)[None]
