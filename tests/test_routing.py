@@ -983,3 +983,23 @@ def test_data_parallel_replicas_refuse_routes_they_would_mix():
     with mlv.route(model, ["a", "b", "a", "b"]):
         with pytest.raises(mlv.RoutingError, match="is an nn.DataParallel replica, which sees its chunk"):
             layer_replica(x)
+
+
+@pytest.mark.parametrize("ids", ["a", [0, 0, 1, 1, 2, 2], [0, 1, 2, 0, 1, 2]], ids=["one_task", "grouped", "interleaved"])
+def test_torch_compile_under_a_route_opened_outside_compiles_once(ids):
+    """The public form with a compiled model -- ``with mlv.route(model, ids): loss = compiled(x)`` -- compiled a
+    one-task route twice: its first traced call filled the route's per-device index cache, which that graph's
+    guard said was empty (an H100 bench's compiled one-task case recompiled its ViT-B-32 in the timed rounds)."""
+    from torch._dynamo.utils import counters
+
+    net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+    mlv.attach(net, mlv.MTLLoRAConfig(tasks=["a", "b", "c"], r=2, n_up=2, targets={"image": [r"^(0|2)$"]}))
+    step = torch.compile(lambda x: net(x).square().mean(), backend="eager")
+    x = torch.randn(6, 8)
+    torch._dynamo.reset()
+    counters.clear()
+    for _ in range(3):
+        with mlv.route(net, ids):
+            loss = step(x)
+        loss.backward()
+    assert counters["frames"]["total"] == 1

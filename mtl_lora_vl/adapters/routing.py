@@ -58,7 +58,7 @@ class Route:
     (:meth:`packed_images`): its segments count patches, and layers apply each task's matrix per run of rows.
     """
 
-    __slots__ = ("task", "segments", "batch_size", "ids", "present", "_plans", "_index", "_positions", "wide",
+    __slots__ = ("task", "segments", "batch_size", "ids", "present", "_run", "_plans", "_index", "_positions", "wide",
                  "packed", "_at")
 
     def __init__(self, task: int | None = None, segments: Sequence[Segment] = (), batch_size: int | None = None,
@@ -68,6 +68,8 @@ class Route:
         self.batch_size = batch_size
         self.ids = ids
         self.present: tuple[int, ...] = (task,) if task is not None else tuple(sorted({s[0] for s in self.segments}))
+        p = self.present   # consecutive present tasks: their rows of a per-task tensor are a slice
+        self._run = slice(p[0], p[0] + len(p)) if p and p == tuple(range(p[0], p[0] + len(p))) else None
         self._plans: dict[torch.device, tuple[PlanEntry, ...]] = {}
         self._index: dict[torch.device, slice | torch.Tensor] = {}
         self._positions: dict[torch.device, torch.Tensor] = {}
@@ -136,14 +138,12 @@ class Route:
     def present_index(self, device: torch.device) -> slice | torch.Tensor:
         """Index of the present tasks' rows in per-task tensors: a slice when they are consecutive, else a
         LongTensor on ``device`` made once per route (no host-to-device copy per layer)."""
+        if self._run is not None:   # not cached per device: under torch.compile a cache filled by the first call
+            return self._run         # fails its guard at the second (one recompilation per route)
         index = self._index.get(device)
         if index is None:
-            p = self.present
-            if p == tuple(range(p[0], p[0] + len(p))):
-                index = slice(p[0], p[0] + len(p))
-            else:
-                with torch.inference_mode(False):
-                    index = torch.tensor(p).to(device, non_blocking=True)
+            with torch.inference_mode(False):
+                index = torch.tensor(self.present).to(device, non_blocking=True)
             self._index[device] = index
         return index
 
