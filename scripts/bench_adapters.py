@@ -45,6 +45,7 @@ import json
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import open_clip
@@ -129,8 +130,13 @@ class OpCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def make_train_case(model, route_arg, batch, amp_dtype, device, loss_fn=contrastive_loss):
+def make_train_case(model, route_arg, batch, amp_dtype, device, loss_fn=contrastive_loss, compile: str | None = None):
+    """One case's training step (forward, backward, AdamW); ``compile``: a torch.compile backend for the forward and
+    its backward (the step that measures memory runs eager: saved-tensor hooks do not reach into compiled code)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    forward = partial(loss_fn, model)
+    if compile:
+        forward = torch.compile(forward, backend=compile)
     opt = adamw(params, lr=1e-4)  # the trainer's optimizer (fused where torch has it), the same for every case
     held = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
     recompute = mlv.may_recompute(model)   # as the trainer routes: no saved-tensor hooks unless checkpointed
@@ -148,7 +154,7 @@ def make_train_case(model, route_arg, batch, amp_dtype, device, loss_fn=contrast
                     for h in hooks:
                         h.remove()
                 else:
-                    loss = loss_fn(model, *batch)
+                    loss = forward(*batch)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -198,6 +204,7 @@ def sync(device):
 def clip_cases(args, device, amp) -> tuple[dict, dict]:
     """open_clip: our lora, MTL-LoRA one task / grouped / interleaved, PEFT LoRA, merged vs base inference."""
     base_dtype = amp or torch.float32  # bf16/fp16 runs keep the base weights in that dtype, adapters in fp32
+    train_case = partial(make_train_case, compile=args.compile)
     probe = build(args.model, device)
     size = probe.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
@@ -218,10 +225,10 @@ def clip_cases(args, device, amp) -> tuple[dict, dict]:
         return mlv.attach(build(args.model, device, base_dtype), cfg)
 
     cases: dict[str, object] = {}
-    cases["lora"] = make_train_case(ours("lora"), None, batch, amp, device)
-    cases["mtl_lora_single"] = make_train_case(ours("mtl_lora", args.n_up), "vqa", batch, amp, device)
-    cases["mtl_lora_grouped"] = make_train_case(ours("mtl_lora", args.n_up), grouped, batch, amp, device)
-    cases["mtl_lora_interleaved"] = make_train_case(ours("mtl_lora", args.n_up), interleaved, batch,
+    cases["lora"] = train_case(ours("lora"), None, batch, amp, device)
+    cases["mtl_lora_single"] = train_case(ours("mtl_lora", args.n_up), "vqa", batch, amp, device)
+    cases["mtl_lora_grouped"] = train_case(ours("mtl_lora", args.n_up), grouped, batch, amp, device)
+    cases["mtl_lora_interleaved"] = train_case(ours("mtl_lora", args.n_up), interleaved, batch,
                                                     amp, device)
     peft_note = None
     if not args.no_peft:
@@ -235,7 +242,7 @@ def clip_cases(args, device, amp) -> tuple[dict, dict]:
                 p.requires_grad_("lora_" in n)
                 if "lora_" in n:
                     p.data = p.data.float()  # adapters in fp32, as ours (peft's autocast_adapter_dtype)
-            cases["peft_lora"] = make_train_case(pm, None, batch, amp, device)
+            cases["peft_lora"] = train_case(pm, None, batch, amp, device)
             peft_note = f"peft {peft.__version__}"
         except ImportError:
             peft_note = "peft not installed"
@@ -258,7 +265,8 @@ def clip_cases(args, device, amp) -> tuple[dict, dict]:
     memory_checks = [(f"saved MB {k} / lora", k, "lora", None if "single" in k else 1.02)
                      for k in ("mtl_lora_grouped", "mtl_lora_interleaved", "mtl_lora_single")]
     return cases, {"checks": checks, "memory_checks": memory_checks,
-                   "info": {"model": args.model, "batch_size": B, "base_dtype": str(base_dtype), "peft": peft_note},
+                   "info": {"model": args.model, "batch_size": B, "base_dtype": str(base_dtype), "peft": peft_note,
+                            "compile": args.compile},
                    "title": f"{args.model}, batch {B}+{B}"}
 
 
@@ -305,6 +313,7 @@ def llava_cases(args, device, amp) -> tuple[dict, dict]:
     """Mixed MTL-LoRA (grouped and interleaved rows) vs our lora vs PEFT LoRA on one adapter, each also with
     activation checkpointing (mixed: grouped rows, as the loader gives them)."""
     base_dtype = amp or torch.float32  # bf16/fp16 runs keep the base weights in that dtype, adapters in fp32
+    train_case = partial(make_train_case, compile=args.compile)
     g = torch.Generator().manual_seed(0)
     B, n_img, n_text, n_ans = args.batch_size, (224 // 32) ** 2, args.text_len, 8
     ids = torch.randint(10, args.vocab, (B, n_img + n_text), generator=g)
@@ -340,19 +349,19 @@ def llava_cases(args, device, amp) -> tuple[dict, dict]:
     cases: dict[str, object] = {}
     for ckpt in (False, True):
         tag = "_ckpt" if ckpt else ""
-        cases["lora" + tag] = make_train_case(ours("lora", ckpt), None, batch, amp, device, llava_loss)
+        cases["lora" + tag] = train_case(ours("lora", ckpt), None, batch, amp, device, llava_loss)
         mixed = ours("mtl_lora", ckpt)
-        cases["mtl_lora_grouped" + tag] = make_train_case(mixed, grouped, batch, amp, device, llava_loss)
+        cases["mtl_lora_grouped" + tag] = train_case(mixed, grouped, batch, amp, device, llava_loss)
         if not ckpt:
             # Controls: the grouped case's own model with every row one task's (what mixing costs, free of
             # which model copy runs), and a second, identical lora model (how far two copies of one
             # computation differ: memory placement moves a CPU step by a few per cent).
-            cases["mtl_lora_one_task"] = make_train_case(mixed, one_task, batch, amp, device, llava_loss)
-            cases["lora_copy"] = make_train_case(ours("lora", ckpt), None, batch, amp, device, llava_loss)
-            cases["mtl_lora_interleaved"] = make_train_case(ours("mtl_lora", ckpt), interleaved,
+            cases["mtl_lora_one_task"] = train_case(mixed, one_task, batch, amp, device, llava_loss)
+            cases["lora_copy"] = train_case(ours("lora", ckpt), None, batch, amp, device, llava_loss)
+            cases["mtl_lora_interleaved"] = train_case(ours("mtl_lora", ckpt), interleaved,
                                                             batch, amp, device, llava_loss)
         if peft_note and peft_note.startswith("peft "):
-            cases["peft_lora" + tag] = make_train_case(peft_lora(ckpt), None, batch, amp, device, llava_loss)
+            cases["peft_lora" + tag] = train_case(peft_lora(ckpt), None, batch, amp, device, llava_loss)
     checks = [("mixed grouped / lora", "mtl_lora_grouped", "lora", 1.05),
               ("mixed interleaved / lora", "mtl_lora_interleaved", "lora", 1.05),
               ("mixed grouped / peft_lora", "mtl_lora_grouped", "peft_lora", 0.85),
@@ -370,7 +379,7 @@ def llava_cases(args, device, amp) -> tuple[dict, dict]:
              f"vocab {args.vocab})")
     return cases, {"checks": checks, "memory_checks": memory_checks,
                    "info": {"model": model, "batch_size": B, "tokens": n_img + n_text,
-                            "base_dtype": str(base_dtype), "peft": peft_note},
+                            "base_dtype": str(base_dtype), "peft": peft_note, "compile": args.compile},
                    "title": f"{model}, batch {B} x {n_img + n_text} tokens"}
 
 
@@ -404,6 +413,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = torch default)")
     ap.add_argument("--json", default=None, help="write results to this JSON file")
     ap.add_argument("--no-peft", action="store_true", help="skip the PEFT baseline")
+    ap.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                    help="torch.compile every case's training forward (backend inductor unless named; compiled in the "
+                         "warm-up steps): launches and Python mostly gone, what is left is each method's kernels")
     args = ap.parse_args(argv)
     if args.batch_size is None:
         args.batch_size = 16 if args.case == "clip" else 4
@@ -434,6 +446,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name, step in cases.items():
         for _ in range(args.warmup):
             step()
+        if args.compile:   # the measured step runs eager: one eager step first, as a compiled one forms no M_t
+            step(SavedBytes())
         m, ops = SavedBytes(), OpCount()
         if device.type == "cuda":   # every case's model is resident: count what this step adds on top
             sync(device)
@@ -495,7 +509,8 @@ def main(argv: list[str] | None = None) -> dict:
         "times_s": times, "cpu_s": cpu, "rounds": rounds,   # every round's figures and order: the ratios re-derive
     }
     print(f"{plan['title']} on {device} ({args.precision}), r={args.rank}, n_up={args.n_up}, "
-          f"{args.repeats} interleaved rounds, {torch.get_num_threads()} threads")
+          f"{args.repeats} interleaved rounds, {torch.get_num_threads()} threads"
+          + (f", compiled ({args.compile}; memory and operators: eager)" if args.compile else ""))
     print(f"{'case':<24}{'median s':>10}{'cpu s':>10}{'saved MB':>10}{'aten ops':>10}"
           + ("{:>10}".format("peak MB") if device.type == "cuda" else ""))
     for k, v in med.items():

@@ -14,7 +14,9 @@
 # bench_llava_large 120 s, bench_clip_large 56 s, main_clip 39 s, main_llava 31 s, torchrun 24 s (7 min 5 s with
 # the wheels' install), and compile 71 s in a second call (two compilations, 29 s and 24 s); fp16 took 31 s on an
 # H200. All of it with the default 15 rounds is ~10 minutes, over one device call: run the compile step (or the
-# large steps) in a call of its own, e.g. ONLY=compile. docs/speed.md has the figures.
+# large steps) in a call of its own, e.g. ONLY=compile,bench_clip_compiled (the CLIP bench with every case's forward
+# compiled by inductor: launches and our layers' Python gone; not yet run on a GPU; without PEFT, whose case inductor
+# refused on the CPU: "Encountered a set_ on a graph input"). docs/speed.md has the figures.
 set -u
 OUT=${OUT:-gpu_out}
 DEVICE=${DEVICE:-cuda}
@@ -69,6 +71,8 @@ step fp16 90 "$PY" scripts/train_vl.py --tasks vqa,retrieval --device "$DEVICE" 
     --skip-zero-shot --out "$RUNS/fp16" "${STEPS[@]}"
 step torchrun 120 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 scripts/train_vl.py \
     --tasks vqa,retrieval --device "$DEVICE" --steps 60 --skip-zero-shot --out "$RUNS/ddp" "${STEPS[@]}"
+step bench_clip_compiled 300 "$PY" scripts/bench_adapters.py --case clip --device "$DEVICE" --precision bf16 \
+    --compile --no-peft "${CLIP_BENCH[@]}" "${LARGE[@]}" --json "$OUT/bench_clip_compiled.json"
 step compile 240 "$PY" scripts/train_vl.py --tasks vqa,retrieval --device "$DEVICE" --compile --steps 100 \
     --skip-zero-shot --out "$RUNS/compile" "${STEPS[@]}"
 rm -rf "$RUNS"

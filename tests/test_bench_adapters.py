@@ -136,3 +136,15 @@ def test_clip_case_in_bf16_keeps_its_base_weights_in_bf16(tmp_path):
     a, b = fp32["memory"]["lora"], bf16["memory"]["lora"]
     assert b["saved_weights_mb"] > 0.25 * a["saved_weights_mb"]      # the frozen bf16 weights are saved as weights
     assert b["saved_for_backward_mb"] < a["saved_for_backward_mb"]   # not as bf16 copies counted as activations
+
+
+def test_compiled_cases_time_compiled_steps_and_count_an_eager_steps_operators(tmp_path):
+    """--compile: every case's forward through torch.compile (here the eager backend: Dynamo without code
+    generation), compiled once in the warm-up; memory and operators from an eager step that is not a case's first
+    (a compiled step forms no M_t, so the measured step would otherwise count 2.4x the operators)."""
+    result = _bench().main(["--case", "llava", "--vision-layers", "1", "--vision-width", "64", "--lm-layers", "1",
+                            "--lm-width", "64", "--vocab", "300", "--text-len", "8", "--batch-size", "3",
+                            "--repeats", "1", "--warmup", "1", "--threads", "1", "--no-peft", "--compile", "eager"])
+    assert result["compile"] == "eager" and all(v > 0 for v in result["median_s"].values())
+    ops = {k: v["aten_ops_per_step"] for k, v in result["memory"].items()}
+    assert ops["lora"] < ops["mtl_lora_grouped"] < 1.3 * ops["lora"]
