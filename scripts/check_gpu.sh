@@ -15,8 +15,8 @@
 # the wheels' install), and compile 71 s in a second call (two compilations, 29 s and 24 s); fp16 took 31 s on an
 # H200. All of it with the default 15 rounds is ~10 minutes, over one device call: run the compile step (or the
 # large steps) in a call of its own, e.g. ONLY=compile,bench_clip_compiled (the CLIP bench with every case's forward
-# compiled by inductor: launches and our layers' Python gone; not yet run on a GPU; without PEFT, whose case inductor
-# refused on the CPU: "Encountered a set_ on a graph input"). docs/speed.md has the figures.
+# compiled by inductor: launches and our layers' Python gone; not yet run on a GPU; without PEFT, whose LoRA of
+# nn.MultiheadAttention merges weights inside its forward, which inductor refuses). docs/speed.md has the figures.
 set -u
 OUT=${OUT:-gpu_out}
 DEVICE=${DEVICE:-cuda}
