@@ -110,6 +110,9 @@ class _Group:
         self.scope = None if torch.is_grad_enabled() else banks[0].router.scope
         self.formed: dict[torch.dtype, tuple[torch.Tensor, ...]] = {}
         self.done = False   # every layer took its M: a later forward forms them again
+        # formed inside a backward pass (a checkpointed region's recomputation): its node's backward never runs, and
+        # its layers outside the region never take their M, so neither ``spent`` nor ``done`` ends it: that pass does
+        self.graph = torch._C._current_graph_task_id()
 
     def valid_for(self, i: int, bank: Any) -> bool:
         """Layer i's tensors are the ones formed from, unmodified. A fused optimizer step (the trainer's AdamW) or a
@@ -119,7 +122,7 @@ class _Group:
         only within one forward -- and never after a forward with gradients (:meth:`Formation.matrix`); the next
         evaluation batch added the old M_t to a fresh A x after such a step."""
         inputs = self.inputs
-        if inputs.spent or self.done:
+        if inputs.spent or self.done or (self.graph != -1 and self.graph != torch._C._current_graph_task_id()):
             return False
         if self.scope is not None and (bank.router.scope != self.scope or (self.scope == 0 and i in inputs.handed)):
             return False
