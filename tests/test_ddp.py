@@ -18,6 +18,7 @@ import pytest
 import rng_kind
 import sharded_eval
 import torch
+from conftest import free_port
 from safetensors.torch import load_file
 
 from mtl_lora_vl.backbones import builtin_dir
@@ -31,8 +32,9 @@ pytestmark = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_fil
                                 reason="built-in backbone not built (python scripts/pretrain_backbone.py)")
 
 
-def torchrun(port: int, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), *args]
+def torchrun(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           *args]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**ENV, **(env or {})})
 
 
@@ -93,7 +95,7 @@ def procs():
 
 
 def test_sharded_evaluation_equals_one_process(tmp_path, procs):
-    proc = torchrun(29531, str(TESTS / "sharded_eval.py"), str(tmp_path / "ddp"), str(tmp_path / "ddp.json"))
+    proc = torchrun(str(TESTS / "sharded_eval.py"), str(tmp_path / "ddp"), str(tmp_path / "ddp.json"))
     procs.append(proc)
     one = json.loads(json.dumps(sharded_eval.scores(tmp_path / "one"), sort_keys=True))  # while it runs
     finish(proc)
@@ -113,7 +115,7 @@ def test_two_ranks_train_retrieval_on_the_global_batchs_negatives(tmp_path, proc
     """Each rank's InfoNCE took its negatives from its own rows only: two ranks at batch 4 trained another loss
     than one process at batch 8. Now the loss and the DDP-averaged gradients are that process's (rows 1 and 6,
     on different ranks, show one image and stay positives)."""
-    proc = torchrun(29540, str(TESTS / "gathered_negatives.py"), str(tmp_path / "ddp"), str(tmp_path / "ddp.json"))
+    proc = torchrun(str(TESTS / "gathered_negatives.py"), str(tmp_path / "ddp"), str(tmp_path / "ddp.json"))
     procs.append(proc)
     one = gathered_negatives.loss_and_grads(tmp_path / "one", DistInfo())   # while it runs
     finish(proc)
@@ -132,7 +134,7 @@ def test_every_rank_takes_rank_0s_run_dir_or_its_error(tmp_path, procs):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "config.json").write_text("{}")
     (tmp_path / "afile").write_text("x")
-    proc = torchrun(29535, str(TESTS / "claim_ranks.py"), str(tmp_path))
+    proc = torchrun(str(TESTS / "claim_ranks.py"), str(tmp_path))
     procs.append(proc)
     finish(proc, timeout=120)
     got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -178,14 +180,14 @@ def test_ddp_resume_repeats_the_run_and_its_sharded_scores_match_one_process(tmp
             "--log-every", "2", "--save-every", "3", "--eval-every", "4", "--eval-batch-size", "32",
             "--warmup", "2", "--device", "cpu"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    proc = torchrun(29532, str(TESTS / "rng_kind.py"), *args, "--out", str(straight))
+    proc = torchrun(str(TESTS / "rng_kind.py"), *args, "--out", str(straight))
     procs.append(proc)
     at = _copy_at_checkpoint(straight, killed, proc)
     out, err = finish(proc)
     assert "world size 2" in err and out.count("| vqa | vqa_accuracy |") == 1   # rank 0 logs and reports
     assert 0 < at < steps
 
-    finish(torchrun(29532, str(TESTS / "rng_kind.py"), "--resume", str(killed), "--workers", "1", "--device", "cpu"))
+    finish(torchrun(str(TESTS / "rng_kind.py"), "--resume", str(killed), "--workers", "1", "--device", "cpu"))
     a, b = (load_file(str(d / "adapter" / ADAPTER_WEIGHTS)) for d in (straight, killed))
     assert a.keys() == b.keys()
     for k in a:
@@ -196,11 +198,11 @@ def test_ddp_resume_repeats_the_run_and_its_sharded_scores_match_one_process(tmp
     # SIGTERM reaching rank 1 alone inside step 3: both ranks finish step 3, agree to stop, save step 3
     # (rank 1's file too), and the resumed run is the uninterrupted one.
     stopped = tmp_path / "stopped"
-    out, err = finish(torchrun(29534, str(TESTS / "rng_kind.py"), *args, "--out", str(stopped),
+    out, err = finish(torchrun(str(TESTS / "rng_kind.py"), *args, "--out", str(stopped),
                                env={"SIGTERM_RANK_STEP": "1:3"}), ok=False)   # a stopped run is no success
     assert _step(stopped / "checkpoint.pt") == 3 and not (stopped / "adapter").exists()
     assert "stopped at step 3" in err and "exitcode  : 143" in err
-    finish(torchrun(29534, str(TESTS / "rng_kind.py"), "--resume", str(stopped), "--workers", "1", "--device", "cpu"))
+    finish(torchrun(str(TESTS / "rng_kind.py"), "--resume", str(stopped), "--workers", "1", "--device", "cpu"))
     c = load_file(str(stopped / "adapter" / ADAPTER_WEIGHTS))
     assert all(torch.equal(c[k], a[k]) for k in a) and _rows(stopped) == _rows(straight)
 
@@ -216,7 +218,7 @@ def test_ddp_resume_repeats_the_run_and_its_sharded_scores_match_one_process(tmp
         assert ddp[task]["details"] == one[task]["details"]
 
     # evaluate_vl under torchrun: each rank scores its shard, rank 0 alone prints and writes; same scores.
-    out, err = finish(torchrun(29533, str(TESTS / "rng_kind.py"), "eval", "--adapter", str(straight / "adapter"),
+    out, err = finish(torchrun(str(TESTS / "rng_kind.py"), "eval", "--adapter", str(straight / "adapter"),
                                "--batch-size", "32", "--device", "cpu", "--out", str(tmp_path / "two")))
     assert out.count("| vqa | vqa_accuracy |") == 1
     two = json.loads((tmp_path / "two" / "eval.json").read_text())["tasks"]
@@ -240,7 +242,7 @@ def test_ddp_trains_a_task_that_never_runs_the_text_tower(tmp_path, procs):
     spec = tmp_path / "colours.toml"
     spec.write_text('name = "colours"\nkind = "classification"\ntemplates = ["a {}."]\n[data]\nformat = '
                     '"imagefolder"\n[data.train]\nfolder = "train"\n[data.val]\nfolder = "val"\n')
-    proc = torchrun(29536, str(TESTS / "rng_kind.py"), "--tasks", str(spec), "--data-root", str(tmp_path / "data"),
+    proc = torchrun(str(TESTS / "rng_kind.py"), "--tasks", str(spec), "--data-root", str(tmp_path / "data"),
                     "--steps", "3", "--batch-size", "4", "--skip-zero-shot", "--eval-batch-size", "32", "--device",
                     "cpu", "--out", str(tmp_path / "run"))
     procs.append(proc)
@@ -256,7 +258,7 @@ def test_ddp_trains_a_coca_whose_decoder_no_task_runs(tmp_path, procs):
 
     coca = tiny_backbone_dir(tmp_path / "coca", coca=True)
     spec = rng_kind.small_spec(tmp_path, "retrieval")
-    proc = torchrun(29537, str(TESTS.parent / "scripts" / "train_vl.py"), "--backbone", f"open_clip:{coca}",
+    proc = torchrun(str(TESTS.parent / "scripts" / "train_vl.py"), "--backbone", f"open_clip:{coca}",
                     "--tasks", str(spec),
                     "--steps", "3", "--batch-size", "4", "--skip-zero-shot", "--eval-batch-size", "32",
                     "--device", "cpu", "--out", str(tmp_path / "run"))
@@ -274,7 +276,7 @@ def test_a_rank_failing_its_set_up_leaves_the_run_overwrite_would_replace(tmp_pa
     (run / "config.json").write_text("{}")
     (run / "metrics.jsonl").write_text("old\n")
     spec = rng_kind.small_spec(tmp_path, "caption_cls")
-    proc = torchrun(29538, str(TESTS / "rng_kind.py"), "--tasks", str(spec), "--steps", "2", "--batch-size", "4",
+    proc = torchrun(str(TESTS / "rng_kind.py"), "--tasks", str(spec), "--steps", "2", "--batch-size", "4",
                     "--device", "cpu", "--out", str(run), "--overwrite", env={"FAIL_SETUP_RANK": "1"})
     procs.append(proc)
     _, err = finish(proc, timeout=120, ok=False)
@@ -289,7 +291,7 @@ def test_ddp_homogeneous_batches_on_the_generative_path_find_no_unused_parameter
     DDP need not search for unused ones (it did, and warned each run that it found none, at a cost per step).
     A wrong 'no' would stop the run at step 2 instead."""
     specs = ",".join(str(rng_kind.small_spec(tmp_path, n, n_train=16, n_eval=4)) for n in ("vqa", "captioning"))
-    proc = torchrun(29539, str(TESTS.parent / "scripts" / "train_vl.py"), "--backbone", "builtin-llava",
+    proc = torchrun(str(TESTS.parent / "scripts" / "train_vl.py"), "--backbone", "builtin-llava",
                     "--tasks", specs, "--batch-mode", "homogeneous", "--steps", "3", "--batch-size", "2",
                     "--skip-zero-shot", "--eval-batch-size", "8", "--device", "cpu", "--out", str(tmp_path / "run"))
     procs.append(proc)
@@ -305,7 +307,7 @@ def test_ddp_trains_qwen2vl_on_mixed_batches_and_its_sharded_scores_match_one_pr
 
     folder = save_tiny_qwen2vl(tmp_path / "qwen")
     specs = ",".join(str(rng_kind.small_spec(tmp_path, n, n_train=16, n_eval=6)) for n in ("vqa", "captioning"))
-    proc = torchrun(29541, str(TESTS.parent / "scripts" / "train_vl.py"), "--backbone", f"hf:{folder}",
+    proc = torchrun(str(TESTS.parent / "scripts" / "train_vl.py"), "--backbone", f"hf:{folder}",
                     "--tasks", specs, "--steps", "3", "--batch-size", "4", "--warmup", "1", "--eval-batch-size", "4",
                     "--device", "cpu", "--out", str(tmp_path / "run"))   # default --workers: the ranks pool their cores
     procs.append(proc)
@@ -327,7 +329,7 @@ def test_a_hung_run_fails_with_its_processes_stacks(tmp_path, procs):
     script = tmp_path / "hangs.py"
     script.write_text("import os, pathlib, time\n\ndef wait_forever():\n    time.sleep(3600)\n\n"
                       f"pathlib.Path({str(tmp_path)!r}, os.environ['RANK']).touch()\nwait_forever()\n")
-    proc = torchrun(29541, str(script))
+    proc = torchrun(str(script))
     procs.append(proc)
     deadline = time.time() + 120
     while not all((tmp_path / r).exists() for r in "01") and time.time() < deadline:
