@@ -906,3 +906,23 @@ def test_the_refusal_says_that_overwrite_deletes_the_whole_folder(tmp_path):
         with pytest.raises(FileExistsError, match=r"overwrite=True.*everything in it \(notes\.txt\) is deleted"):
             call()
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_an_adapter_saved_with_a_loss_weight_now_out_of_the_training_range_still_loads(tmp_path):
+    """The loss_weight range (1e-12 to 1e6) is for training; an adapter saved when any finite weight was accepted
+    (here 1e7) still loads with its heads, its spec read back as saved."""
+    from mtl_lora_vl.backbones import load_backbone
+    from mtl_lora_vl.tasks import SpecError, load_spec
+
+    bb = load_backbone("builtin")
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["vqa", "retrieval"], r=2))
+    path = mlv.save_adapter(bb.model, tmp_path / "a", task_specs={t: load_spec(t) for t in ("vqa", "retrieval")},
+                            base={"backbone": "builtin"})
+    spec = path / "tasks" / "vqa.toml"
+    spec.write_text(spec.read_text().replace("loss_weight = 1.0", "loss_weight = 1e7"))
+    doc = json.loads((path / ADAPTER_CONFIG).read_text())
+    doc["files"]["tasks/vqa.toml"] = _sha256(spec)
+    (path / ADAPTER_CONFIG).write_text(json.dumps(doc))
+    with pytest.raises(SpecError, match="loss_weight"):
+        load_spec(spec)   # to train on: refused
+    assert mlv.load_pretrained(path, heads=False).specs["vqa"].loss_weight == 1e7

@@ -86,7 +86,7 @@ def load_pretrained(
     specs: dict[str, Any] = {}
     for task, rel in (doc.get("task_specs") or {}).items():
         try:
-            specs[task] = load_spec(path / rel)
+            specs[task] = load_spec(path / rel, need_train=False)   # as saved: scored, or trained on
         except (ValueError, OSError) as e:
             if heads:
                 raise AdapterFileError(f"{path}: cannot read the task spec of {task!r} ({rel}): {e}; load without "

@@ -75,8 +75,9 @@ _BUILTIN_DATA_KEYS = ("source", "seed", "world_kind", *SPLITS)
 _BUILTIN_SPLIT_KEYS = ("n",)
 #: The most examples a built-in world split may be given: scenes are drawn in memory (10**13 drew for ever).
 MAX_WORLD_SPLIT = 1_000_000
-#: The range of a task's loss_weight: beyond it the weighted float32 (or fp16-scaled) loss overflows to inf or
-#: underflows to 0, and the run skips every step (or silently trains nothing for the task) with no word of the weight.
+#: The range of a task's loss_weight for training: a policy, well inside float32 (a weight of 1e39 made the weighted
+#: loss inf, so every step was skipped and the run stopped blaming --lr; 1e-300 rounded it to 0). Only the weights'
+#: ratios matter. Not checked where a saved adapter's spec is read back (it trained with what it has).
 _MIN_LOSS_WEIGHT, _MAX_LOSS_WEIGHT = 1e-12, 1e6
 #: A task name is a file name in an adapter folder (tasks/<name>.state.json): 64 characters at most.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
@@ -194,7 +195,8 @@ def looks_like_path(text: str) -> bool:
 
 def load_spec(name_or_path: str | Path, *, need_train: bool = True) -> TaskSpec:
     """Load a built-in spec by name (``"vqa"``) or a user's spec by path (``"my/task.toml"``).
-    ``need_train=False``: a spec that only scores (``eval --tasks FILE``) may leave out ``[data.train]``."""
+    ``need_train=False``: a spec that only scores (``eval --tasks FILE``) or is read back from an adapter may leave out
+    ``[data.train]``, and its loss_weight is not held to the training range."""
     if isinstance(name_or_path, Path) or looks_like_path(str(name_or_path)):
         path = Path(name_or_path)
         if not path.is_file():
@@ -430,7 +432,7 @@ def _parse(path: Path, need_train: bool = True) -> TaskSpec:
     if (not isinstance(loss_weight, int | float) or isinstance(loss_weight, bool) or not math.isfinite(loss_weight)
             or loss_weight <= 0):
         raise _fail(path, "loss_weight", "a positive number (finite, e.g. 1.0)", loss_weight)
-    if not _MIN_LOSS_WEIGHT <= loss_weight <= _MAX_LOSS_WEIGHT:
+    if need_train and not _MIN_LOSS_WEIGHT <= loss_weight <= _MAX_LOSS_WEIGHT:
         raise _fail(path, "loss_weight", f"a number from {_MIN_LOSS_WEIGHT:g} to {_MAX_LOSS_WEIGHT:g} (only the "
                     "tasks' weights relative to each other matter, e.g. 1.0 and 5.0)", loss_weight)
 
