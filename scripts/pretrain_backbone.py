@@ -288,18 +288,24 @@ def image_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist()
 
 
-def evaluate_saved(path: Path, seed: int) -> int:
+def evaluate_saved(path: Path, seed: int | None) -> int:
     """Score a saved backbone as it loads for users (``open_clip:DIR``) and, in a folder this script wrote, store
-    the scores in its config's ``pretrain`` record (the world's val splits change with the world's code)."""
+    the scores in its config's ``pretrain`` record (the world's val splits change with the world's code): on the
+    val splits of the seed it was pretrained with unless ``seed`` says another (then they are only printed)."""
     from mtl_lora_vl.backbones.loading import load_backbone
 
-    report = zero_shot_report(load_backbone(f"open_clip:{path}"), seed)
     config_path = path / OPEN_CLIP_CONFIG
     config = json.loads(config_path.read_text())
-    if not isinstance(config.get("pretrain"), dict):   # not this script's: marking it would let --out replace it
+    record = config.get("pretrain")
+    trained_with = record.get("seed", 0) if isinstance(record, dict) else 0
+    report = zero_shot_report(load_backbone(f"open_clip:{path}"), trained_with if seed is None else seed)
+    if not isinstance(record, dict):   # not this script's: marking it would let --out replace it
         print(f"not stored: {config_path} has no 'pretrain' record (it is not a backbone this script wrote)")
         return 0
-    config["pretrain"]["zero_shot_val"] = report
+    if seed is not None and seed != trained_with:
+        print(f"not stored: scored on seed {seed}'s val splits; {config_path} records a backbone of seed {trained_with}")
+        return 0
+    record["zero_shot_val"] = report
     with atomic_file(config_path, overwrite=True, what=OPEN_CLIP_CONFIG) as tmp:
         tmp.write_text(json.dumps(config, indent=2) + "\n")
     os.chmod(config_path, 0o644)
@@ -314,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     ap.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices (default 0.1)")
     ap.add_argument("--n-pretrain", type=int, default=None, help="pretraining pairs (default: the world's split)")
-    ap.add_argument("--seed", type=int, default=0, help="world and training seed (default 0)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="world and training seed (default 0; with --evaluate, the one the backbone was trained with)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--out", type=Path, default=REPO / "assets" / "builtin_clip",
                     help="where to write the backbone (default assets/builtin_clip)")
@@ -322,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="only score a saved backbone on the val splits and update its recorded zero-shot scores")
     args = ap.parse_args(argv)
     if args.evaluate is not None:
-        given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")}
-        ignored = sorted(given - {"--evaluate", "--seed", "--threads"})
+        ignored = sorted(f"--{k.replace('_', '-')}" for k, v in vars(args).items()   # parsed: abbreviations too
+                         if k not in ("evaluate", "seed", "threads") and v != ap.get_default(k))
         if ignored:
             ap.error(f"--evaluate only scores a saved backbone; {', '.join(ignored)} would be ignored")
         if not (args.evaluate / OPEN_CLIP_CONFIG).is_file():
@@ -331,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         return evaluate_saved(args.evaluate, args.seed)
+    args.seed = 0 if args.seed is None else args.seed
     if args.steps < 1 or args.batch_size < 2:
         ap.error("--steps must be >= 1 and --batch-size >= 2")
     if args.threads is not None and args.threads < 1:

@@ -552,21 +552,26 @@ def save_asset(model, processor, out: Path, meta: dict) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in sorted(out.iterdir())}
 
 
-def evaluate_saved(path: Path, seed: int, n_scenes: int | None, threads: int) -> int:
-    """Evaluate a saved model directory as it loads for users, and store the numbers in its pretrain.json."""
+def evaluate_saved(path: Path, seed: int | None, n_scenes: int | None, threads: int) -> int:
+    """Evaluate a saved model directory as it loads for users, and store the numbers in its pretrain.json: on the
+    val splits of the seed it was trained with unless ``seed`` says another (then they are only printed)."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     torch.set_num_threads(threads)
+    meta_path = path / "pretrain.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    trained_with = (meta.get("settings") or {}).get("seed", 0) if isinstance(meta, dict) else 0
     model = LlavaForConditionalGeneration.from_pretrained(path).eval()
     processor = AutoProcessor.from_pretrained(path)
     t0 = time.perf_counter()
-    report = evaluate(model, processor, seed, n_scenes)
+    report = evaluate(model, processor, trained_with if seed is None else seed, n_scenes)
     print_report(report)
-    meta_path = path / "pretrain.json"
-    if not meta_path.is_file():   # not this script's asset: a pretrain.json made here would let --out replace it
+    if meta is None:   # not this script's asset: a pretrain.json made here would let --out replace it
         print(f"not stored: {path} has no pretrain.json (it is not an asset this script wrote)")
         return 0
-    meta = json.loads(meta_path.read_text())
+    if seed is not None and seed != trained_with:
+        print(f"not stored: scored on seed {seed}'s val splits; {meta_path} records a model of seed {trained_with}")
+        return 0
     meta.update(zero_shot_val=report, eval_seconds=round(time.perf_counter() - t0, 1),
                 eval_scenes=n_scenes)   # None: the whole val split
     with atomic_file(meta_path, overwrite=True, what="pretrain.json") as tmp:
@@ -602,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-scenes", type=int, default=None, help="val scenes to evaluate (default: all)")
     ap.add_argument("--eval-every", type=int, default=0,
                     help="also evaluate (on --eval-scenes) every this many steps while training (default: only at the end)")
-    ap.add_argument("--seed", type=int, default=0, help="world and training seed (default 0)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="world and training seed (default 0; with --evaluate, the one the model was trained with)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--out", type=Path, default=REPO / "assets" / "builtin_llava",
                     help="where to write the model (default assets/builtin_llava)")
@@ -613,13 +619,14 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:   # found after training (minutes) otherwise, or a raw error
             ap.error(f"{flag} must be >= 1, got {value}")
     if args.evaluate is not None:
-        given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")}
-        ignored = sorted(given - {"--evaluate", "--seed", "--eval-scenes", "--threads"})
+        ignored = sorted(f"--{k.replace('_', '-')}" for k, v in vars(args).items()   # parsed: abbreviations too
+                         if k not in ("evaluate", "seed", "eval_scenes", "threads") and v != ap.get_default(k))
         if ignored:
             ap.error(f"--evaluate only evaluates a saved model; {', '.join(ignored)} would be ignored")
         if not (args.evaluate / "config.json").is_file():
             ap.error(f"--evaluate {args.evaluate}: not a saved model directory (no config.json)")
         return evaluate_saved(args.evaluate, args.seed, args.eval_scenes, args.threads)
+    args.seed = 0 if args.seed is None else args.seed
     if args.steps < 1 or args.batch_size < 1 or args.turns < 1:
         ap.error("--steps, --batch-size and --turns must be >= 1")
     if args.eval_every < 0:

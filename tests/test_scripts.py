@@ -227,12 +227,21 @@ def test_pretrain_backbone_evaluate_rescores_its_own_asset_and_only_prints_for_a
     monkeypatch.setattr(pb, "zero_shot_report", lambda bb, seed: seen.append((bb.name, seed)) or scored)
     own = tmp_path / "own"
     shutil.copytree(REPO / "assets" / "builtin_clip", own)
+    doc = json.loads((own / "open_clip_config.json").read_text())
+    doc["pretrain"]["seed"] = 3   # a backbone pretrained with --seed 3: scored on seed 3's val splits
+    (own / "open_clip_config.json").write_text(json.dumps(doc))
     before = json.loads((own / "open_clip_config.json").read_text())
-    assert pb.main(["--evaluate", str(own), "--seed", "3"]) == 0
+    assert pb.main(["--eval", str(own)]) == 0   # an abbreviation argparse takes (refused as "ignored" before)
     after = json.loads((own / "open_clip_config.json").read_text())
-    assert seen and seen[0][1] == 3 and after["pretrain"]["zero_shot_val"] == scored
+    assert [s for _, s in seen] == [3]
+    assert after["pretrain"]["zero_shot_val"] == scored
     assert {**after, "pretrain": {**after["pretrain"], "zero_shot_val": None}} == \
         {**before, "pretrain": {**before["pretrain"], "zero_shot_val": None}}
+    after["pretrain"]["zero_shot_val"] = "kept"
+    (own / "open_clip_config.json").write_text(json.dumps(after))
+    assert pb.main(["--evaluate", str(own), "--seed", "0"]) == 0   # another seed's val splits: printed only
+    assert json.loads((own / "open_clip_config.json").read_text())["pretrain"]["zero_shot_val"] == "kept"
+    assert "not stored" in capsys.readouterr().out
     foreign = tmp_path / "foreign"
     shutil.copytree(REPO / "assets" / "builtin_clip", foreign)
     doc = json.loads((foreign / "open_clip_config.json").read_text())
@@ -271,3 +280,23 @@ def test_pretrain_llava_clip_dir_gives_the_vision_tower_its_shape_and_refuses_on
         with pytest.raises(SystemExit) as e:
             pl.main(["--clip", str(bad), "--out", str(tmp_path / "out")])
         assert e.value.code == 2
+
+
+def test_pretrain_llava_evaluate_scores_the_seed_it_was_trained_with(tmp_path, monkeypatch, capsys):
+    """--evaluate DIR without --seed scored seed 0's val splits and stored them under the folder's own seed; now it
+    scores the recorded seed's, and another --seed's scores are printed, not stored."""
+    import shutil
+
+    pl = _script("pretrain_llava")
+    model = tmp_path / "llava"
+    shutil.copytree(REPO / "assets" / "builtin_llava", model)
+    meta = json.loads((model / "pretrain.json").read_text())
+    meta["settings"]["seed"] = 4
+    (model / "pretrain.json").write_text(json.dumps(meta))
+    seeds = []
+    monkeypatch.setattr(pl, "evaluate", lambda m, p, seed, n: seeds.append(seed) or {"vqa": {"accuracy": 0.5}})
+    monkeypatch.setattr(pl, "print_report", lambda *a, **k: None)
+    assert pl.main(["--evaluat", str(model), "--eval-scenes", "1"]) == 0   # an abbreviation, as argparse takes it
+    assert seeds == [4] and json.loads((model / "pretrain.json").read_text())["zero_shot_val"] == {"vqa": {"accuracy": 0.5}}
+    assert pl.main(["--evaluate", str(model), "--seed", "0", "--eval-scenes", "1"]) == 0
+    assert seeds == [4, 0] and "not stored" in capsys.readouterr().out
