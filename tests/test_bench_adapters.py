@@ -111,7 +111,7 @@ def test_every_case_routes_from_host_ids(monkeypatch):
     bench = _bench()
     monkeypatch.setattr(bench, "make_train_case", lambda model, route_arg, *a, **k: route_arg)
     args = argparse.Namespace(batch_size=4, text_len=4, vocab=300, rank=2, n_up=2, vision_layers=1, vision_width=64,
-                              lm_layers=1, lm_width=64, no_peft=True)
+                              lm_layers=1, lm_width=64, no_peft=True, compile=None)
     cases, _ = bench.llava_cases(args, torch.device("cpu"), None)
     routes = {k: v for k, v in cases.items() if v is not None}
     assert not [k for k, v in routes.items() if isinstance(v, torch.Tensor)]
