@@ -162,6 +162,20 @@ def make_train_case(model, route_arg, batch, amp_dtype, device, loss_fn=contrast
     return step
 
 
+def kernel_ms(step, device: torch.device) -> float | None:
+    """Milliseconds the device spent in kernels during one (timed) step, by torch.profiler: set against the step's
+    wall time it says how much of the step the GPU was busy (launch- or host-bound when far below). None on a CPU."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        sync(device)
+    return round(sum(e.self_device_time_total for e in prof.key_averages()) / 1e3, 2)
+
+
 class _null:
     def __enter__(self):
         return None
@@ -413,6 +427,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = torch default)")
     ap.add_argument("--json", default=None, help="write results to this JSON file")
     ap.add_argument("--no-peft", action="store_true", help="skip the PEFT baseline")
+    ap.add_argument("--profile", action="store_true",
+                    help="on a GPU: each case's kernel time in one step (torch.profiler), beside its wall time")
     ap.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                     help="torch.compile every case's training forward (backend inductor unless named; compiled in the "
                          "warm-up steps): launches and Python mostly gone, what is left is each method's kernels")
@@ -459,6 +475,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "aten_ops_per_step": ops.n}
         if device.type == "cuda":
             memory[name]["cuda_step_peak_mb"] = round((torch.cuda.max_memory_allocated(device) - resident) / 2**20, 1)
+        if args.profile:
+            memory[name]["kernel_ms_per_step"] = kernel_ms(step, device)
 
     times: dict[str, list[float]] = {k: [] for k in cases}
     cpu: dict[str, list[float]] = {k: [] for k in cases}
@@ -511,13 +529,17 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{plan['title']} on {device} ({args.precision}), r={args.rank}, n_up={args.n_up}, "
           f"{args.repeats} interleaved rounds, {torch.get_num_threads()} threads"
           + (f", compiled ({args.compile}; memory and operators: eager)" if args.compile else ""))
+    kernels = args.profile and device.type == "cuda"
     print(f"{'case':<24}{'median s':>10}{'cpu s':>10}{'saved MB':>10}{'aten ops':>10}"
-          + ("{:>10}".format("peak MB") if device.type == "cuda" else ""))
+          + ("{:>10}".format("peak MB") if device.type == "cuda" else "")
+          + ("{:>11}".format("kernel ms") if kernels else ""))
     for k, v in med.items():
         line = (f"{k:<24}{v:>10.4f}{med_cpu[k]:>10.4f}{memory[k]['saved_for_backward_mb']:>10.1f}"
                 f"{memory[k]['aten_ops_per_step']:>10}")
         if device.type == "cuda":
             line += f"{memory[k]['cuda_step_peak_mb']:>10.1f}"
+        if kernels:
+            line += f"{memory[k]['kernel_ms_per_step']:>11.2f}"
         print(line)
     print(f"{'ratio':<40}{'wall':>8}{'cpu':>8}{'paired':>8}{'IQR':>14}{'target':>9}")
     for k, v in ratios.items():

@@ -31,13 +31,13 @@ if [ "${QUICK:-0}" = 1 ]; then   # a dry run: every step, few steps
     CHECKS=(--only llava_mixed_loss_fp32,clip_mixed_route_fp32)
     LLAVA_LARGE=("${LLAVA_BENCH[@]}"); CLIP_LARGE=(--batch-size 2); LARGE=("${BENCH[@]}")
 else
-    STEPS=(); BENCH=(--repeats "${REPEATS:-15}" --steps-per-round 3)
+    STEPS=(); BENCH=(--repeats "${REPEATS:-15}" --steps-per-round 3 --profile)
     LLAVA_BENCH=(--vocab 32000 --batch-size 16); CLIP_BENCH=(--batch-size 64)
     CHECKS=()
     # Larger sizes: a step's arithmetic ~40 TFLOP (LLaVA: outweighs launching its operators on an H100) and ~34
     # TFLOP (CLIP ViT-L-14: still mostly host time there).
     LLAVA_LARGE=(--vocab 32000 --batch-size 16 --lm-width 4096 --lm-layers 4 --text-len 448)
-    CLIP_LARGE=(--model ViT-L-14 --batch-size 64); LARGE=(--repeats 7 --steps-per-round 2)
+    CLIP_LARGE=(--model ViT-L-14 --batch-size 64); LARGE=(--repeats 7 --steps-per-round 2 --profile)
 fi
 
 step() {   # step NAME LIMIT_SECONDS COMMAND...

@@ -144,7 +144,9 @@ def test_compiled_cases_time_compiled_steps_and_count_an_eager_steps_operators(t
     (a compiled step forms no M_t, so the measured step would otherwise count 2.4x the operators)."""
     result = _bench().main(["--case", "llava", "--vision-layers", "1", "--vision-width", "64", "--lm-layers", "1",
                             "--lm-width", "64", "--vocab", "300", "--text-len", "8", "--batch-size", "3",
-                            "--repeats", "1", "--warmup", "1", "--threads", "1", "--no-peft", "--compile", "eager"])
+                            "--repeats", "1", "--warmup", "1", "--threads", "1", "--no-peft", "--compile", "eager",
+                            "--profile"])
     assert result["compile"] == "eager" and all(v > 0 for v in result["median_s"].values())
+    assert all(m["kernel_ms_per_step"] is None for m in result["memory"].values())   # --profile: kernels on a GPU
     ops = {k: v["aten_ops_per_step"] for k, v in result["memory"].items()}
     assert ops["lora"] < ops["mtl_lora_grouped"] < 1.3 * ops["lora"]
