@@ -26,7 +26,7 @@ RUNS=$(mktemp -d)
 export PYTHONUNBUFFERED=1
 
 if [ "${QUICK:-0}" = 1 ]; then   # a dry run: every step, few steps
-    STEPS=(--steps 4 --eval-batch-size 8 --workers 0); BENCH=(--repeats 1 --steps-per-round 1 --warmup 1)
+    STEPS=(--steps 4 --eval-batch-size 8 --workers 0); BENCH=(--repeats 1 --steps-per-round 1 --warmup 1 --profile)
     LLAVA_BENCH=(--vision-layers 1 --lm-layers 1 --lm-width 64 --vocab 500); CLIP_BENCH=(--batch-size 2)
     CHECKS=(--only llava_mixed_loss_fp32,clip_mixed_route_fp32)
     LLAVA_LARGE=("${LLAVA_BENCH[@]}"); CLIP_LARGE=(--batch-size 2); LARGE=("${BENCH[@]}")

@@ -169,7 +169,7 @@ def _check_save_arguments(cfg: MTLLoRAConfig, heads: dict[str, Any], task_specs:
             raise ValueError(f"save_adapter: task spec {spec} names its task {named!r}, but it is given for "
                              f"task {task!r}; pass it under its own name")
         try:   # a spec the loader refuses would make the saved adapter's heads unloadable
-            load_spec(Path(spec))
+            load_spec(Path(spec), need_train=False)   # as load_pretrained reads it back
         except SpecError as e:
             raise ValueError(f"save_adapter: task spec of {task!r} is not a valid task spec: {e}") from e
 
