@@ -21,7 +21,9 @@ a forward keeps); otherwise (evaluation, a generation's decoding steps) they are
 other tasks are routed, the route scope that formed them closes (outside any scope: the forward ends), a forward
 with gradients runs (a fused optimizer step or a write through ``p.data`` counts no version), or a parameter is
 written to in place or replaced (version counter, storage, identity: ``load_state_dict``, ``grow_tasks``). A node is never reused after a backward pass went
-through it: an optimizer step may follow, and a fused one writes the parameters without counting a version. The node saves no tensors: it
+through it: an optimizer step may follow, and a fused one writes the parameters without counting a version; one
+formed inside a backward pass (a checkpointed region's recomputation, whose node's backward never runs) is never
+used outside that pass. The node saves no tensors: it
 reads the parameters back in backward and refuses ones modified in place since.
 """
 
