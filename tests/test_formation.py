@@ -203,27 +203,37 @@ def test_a_tensor_modified_between_forward_and_backward_is_refused():
         loss.backward()
 
 
+class _Blocks(torch.nn.Module):
+    """Three Linear+Tanh blocks, the first ``plain`` run as they are and the others under activation checkpointing."""
+
+    def __init__(self, reentrant: bool, plain: int):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh())
+                                           for _ in range(3)])
+        self.reentrant, self.plain = reentrant, plain
+
+    def forward(self, x):
+        for i, b in enumerate(self.blocks):
+            x = b(x) if i < self.plain else checkpoint(b, x, use_reentrant=self.reentrant)
+        return x
+
+
+def _checkpointed(reentrant: bool, plain: int = 0):
+    """:class:`_Blocks` with one group of three adapted layers, their B randomised (so the tasks differ)."""
+    torch.manual_seed(0)
+    model = mlv.attach(_Blocks(reentrant, plain), mlv.MTLLoRAConfig(tasks=TASKS, r=2,
+                                                                    targets={"image": [r"blocks\.\d\.0$"]}))
+    with torch.no_grad():
+        for b in _banks(model):
+            b.lora_B.normal_()
+    return model
+
+
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_checkpointed_layers_recompute_what_they_saved(reentrant):
     """A checkpointed block's recomputation in the first step finds its layers members, where its forward did not:
     both save the same tensors (a group of one forms the first M_t), so recomputation is consistent."""
-    torch.manual_seed(0)
-    blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh()) for _ in range(3)])
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.blocks = blocks
-
-        def forward(self, x):
-            for b in self.blocks:
-                x = checkpoint(b, x, use_reentrant=reentrant)
-            return x
-
-    model = mlv.attach(Net(), mlv.MTLLoRAConfig(tasks=TASKS, r=2, targets={"image": [r"blocks\.\d\.0$"]}))
-    with torch.no_grad():
-        for b in _banks(model):
-            b.lora_B.normal_()
+    model = _checkpointed(reentrant)
     per_layer = _layer_by_layer(model)
     x = torch.randn(4, 8, requires_grad=True)
     for _ in range(2):
@@ -574,24 +584,7 @@ def test_a_group_formed_in_a_checkpoints_recomputation_is_not_reused_after_that_
     is never spent (its node's backward never runs) nor done (layer 0 never takes its M), and a fused AdamW step
     counts no version, so the next step's layer 0 took the M_t of before the step (loss 27.72 against 24.27 at step
     2, helper 152). A group formed inside a backward pass now lives only in that pass."""
-    torch.manual_seed(0)
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh())
-                                               for _ in range(3)])
-
-        def forward(self, x):
-            x = self.blocks[0](x)
-            for b in self.blocks[1:]:
-                x = checkpoint(b, x, use_reentrant=False)
-            return x
-
-    model = mlv.attach(Net(), mlv.MTLLoRAConfig(tasks=TASKS, r=2, targets={"image": [r"blocks\.\d\.0$"]}))
-    with torch.no_grad():
-        for b in _banks(model):
-            b.lora_B.normal_()
+    model = _checkpointed(reentrant=False, plain=1)
     ref = _layer_by_layer(model)
     x = torch.randn(4, 8)
     opts = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=0.1, fused=True) for m in (model, ref)]
