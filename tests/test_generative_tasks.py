@@ -417,9 +417,10 @@ def test_train_command_on_a_generative_backbone(llava_dir, tmp_path, capsys):
     assert_eval_repeats(out / "adapter", tmp_path / "ev", result)
 
 
-def assert_eval_repeats(adapter: Path, ev: Path, result: dict) -> None:
-    """``eval --adapter`` on the saved adapter alone gives the run's zero-shot and adapted scores again."""
-    assert eval_main(["--adapter", str(adapter), "--out", str(ev)]) == 0
+def assert_eval_repeats(adapter: Path, ev: Path, result: dict, *extra: str) -> None:
+    """``eval --adapter`` on the saved adapter alone (plus ``extra`` arguments) gives the run's zero-shot and
+    adapted scores again."""
+    assert eval_main(["--adapter", str(adapter), "--out", str(ev), *extra]) == 0
     again = json.loads((ev / "eval.json").read_text())
     for name, scores in result["tasks"].items():
         for which in ("zero_shot", "adapted"):

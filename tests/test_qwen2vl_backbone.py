@@ -24,7 +24,9 @@ import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import BackboneError, Qwen2VLBackbone, load_backbone
 from mtl_lora_vl.backbones.base import GENERATE, GRAD_CHECKPOINTING, LM_LOGITS
 from mtl_lora_vl.backbones.qwen2_vl import patchify, qwen_image_side
-from mtl_lora_vl.data.resize import resize_to_square
+from mtl_lora_vl.data.images import ImageError, to_uint8_tensor
+from mtl_lora_vl.data.loader import pad_images
+from mtl_lora_vl.data.resize import ImageResize
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,8 @@ def test_loads_from_a_directory_with_its_processor(bb):
     assert type(bb) is Qwen2VLBackbone and bb.family == "qwen2_vl"
     assert bb.capabilities == {LM_LOGITS, GENERATE, GRAD_CHECKPOINTING}
     assert bb.image_token == "<|image_pad|>" and bb.image_size == 32 and bb.num_image_tokens == 4
-    assert bb.resize.mode == "squash" and bb.resize.size == 32
+    assert bb.resize.mode == "native" and bb.resize.size == 32 and bb.resize.factor == 16
+    assert (bb.resize.min_pixels, bb.resize.max_pixels) == (32 * 32, 32 * 32)   # the processor's
     tok = bb.processor.tokenizer
     vs, ve, img, _ = (tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS)
     row = bb.lm_collator()([f"{bb.image_token} caption:"])["input_ids"][0].tolist()
@@ -67,19 +70,64 @@ def test_the_side_fits_the_processors_pixels():
     assert qwen_image_side(28, 500 * 500, None) == 504
 
 
+def _pil_processor(bb):
+    """The family's image processor on PIL's resampling (``Qwen2VLImageProcessorPil``), with the backbone's own."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    ip = bb.processor.image_processor
+    return Qwen2VLImageProcessorPil(size={"shortest_edge": 32 * 32, "longest_edge": 32 * 32}, patch_size=ip.patch_size,
+                                    merge_size=ip.merge_size, temporal_patch_size=ip.temporal_patch_size,
+                                    image_mean=ip.image_mean, image_std=ip.image_std)
+
+
+def _pictures(shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
+
+
+def _loader_images(bb, pics):
+    """What the loader gives for ``pics``: each resized in a worker, the batch on one canvas, normalised."""
+    canvas, sizes = pad_images([to_uint8_tensor(p, bb.resize) for p in pics])
+    return bb.preprocess_uint8(canvas), list(sizes)
+
+
+def test_sizes_are_the_processors_smart_resize(bb):
+    """Each image keeps its aspect: its size is the Qwen processor's smart_resize of its own sides (the tiny
+    processor's bounds, and the released ones' within the package's 448² budget)."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    for h in range(8, 200, 7):
+        for w in range(8, 200, 11):
+            assert bb.resize.resized_size(w, h) == smart_resize(h, w, 16, 1024, 1024)[::-1], (h, w)
+    released = ImageResize(448, mode="native", factor=28, min_pixels=56 * 56, max_pixels=448 * 448)
+    for h, w in [(480, 640), (640, 480), (375, 500), (1080, 1920), (50, 3000), (28, 28), (10, 10), (448, 448)]:
+        assert released.resized_size(w, h) == smart_resize(h, w, 28, 56 * 56, 448 * 448)[::-1], (h, w)
+    assert released.resized_size(640, 480) == (504, 364)   # 18 x 13 merged patches: 234 tokens, aspect ~kept
+    with pytest.raises(ImageError, match="image <PIL image>: .*aspect ratio over 200.*crop it first"):
+        to_uint8_tensor(Image.new("RGB", (402, 2)), bb.resize)
+
+
 def test_device_patches_equal_the_processors(bb):
-    """The loader's square (resized in the worker, normalised on the device) cut into patches equals what the
-    Qwen processor makes of the same picture."""
-    rng = np.random.default_rng(0)
-    pics = [Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)) for _ in range(2)]
-    squares = [resize_to_square(p, bb.resize) for p in pics]
-    uint8 = torch.stack([torch.from_numpy(np.asarray(s).copy()).permute(2, 0, 1) for s in squares])
-    mine = bb._vision_inputs(bb.preprocess_uint8(uint8))
-    theirs = bb.processor.image_processor(images=squares, return_tensors="pt")
+    """Images of three aspects, resized in the worker, put on one canvas and normalised on the device, cut into
+    patches: exactly what the Qwen processor (on PIL's resampling) makes of the original pictures, grids and
+    all; one size for the batch: one reshape, the same patches."""
+    pics = _pictures([(48, 40), (30, 64), (90, 30)])
+    images, sizes = _loader_images(bb, pics)
+    assert sizes == [(32, 16), (16, 32), (48, 16)] and images.shape == (3, 3, 48, 32)
+    mine = bb._vision_inputs(images, sizes)
+    theirs = _pil_processor(bb)(images=pics, return_tensors="pt")
     torch.testing.assert_close(mine["pixel_values"], theirs["pixel_values"], atol=1e-5, rtol=1e-5)
-    assert mine["image_grid_thw"].tolist() == theirs["image_grid_thw"].tolist() == [[1, 4, 4]] * 2
-    with pytest.raises(ValueError, match=r"expected images \(B, 3, 32, 32\)"):
-        bb._vision_inputs(torch.zeros(1, 3, 48, 48))
+    assert mine["image_grid_thw"].tolist() == theirs["image_grid_thw"].tolist() == [[1, 4, 2], [1, 2, 4], [1, 6, 2]]
+    assert bb.processor.image_processor(images=pics)["image_grid_thw"].tolist() == [[1, 4, 2], [1, 2, 4], [1, 6, 2]]
+    squares = _pictures([(48, 48), (20, 20)], seed=1)
+    images, sizes = _loader_images(bb, squares)
+    mine = bb._vision_inputs(images, sizes)
+    theirs = _pil_processor(bb)(images=squares, return_tensors="pt")
+    torch.testing.assert_close(mine["pixel_values"], theirs["pixel_values"], atol=1e-5, rtol=1e-5)
+    assert mine["image_grid_thw"].tolist() == [[1, 4, 4]] * 2
+    torch.testing.assert_close(bb._vision_inputs(images)["pixel_values"], mine["pixel_values"])   # sizes None
+    with pytest.raises(ValueError, match=r"sides are multiples of 16 \(patch 8 x merge 2\), got 40x48.*backbone.resize"):
+        bb._vision_inputs(torch.zeros(1, 3, 40, 48))
 
 
 def test_lm_loss_per_row_equals_each_row_alone_and_the_plain_model(bb):
@@ -173,3 +221,159 @@ def test_a_directory_without_its_processor_names_its_own_processor_class(tmp_pat
     with pytest.raises(FileNotFoundError, match="no processor files") as e:
         load_backbone(f"hf:{folder}")
     assert "Qwen2VLProcessor" in str(e.value) and "LlavaProcessor" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------ images of their own sizes
+SHAPES = [(48, 40), (30, 64), (90, 30), (40, 40)]   # (h, w) -> (32, 16), (16, 32), (48, 16), (32, 32)
+TARGETS = ["red", "a blue square", "two", "a circle"]
+
+
+def _own_size(images, sizes, r):
+    """Row ``r``'s image alone, cut to its own size (no canvas)."""
+    h, w = sizes[r]
+    return images[r:r + 1, :, :h, :w]
+
+
+def test_each_row_gets_its_images_tokens(bb):
+    """A row's prompt holds as many image tokens as its image fills (h/16 · w/16), as the Qwen processor expands
+    its placeholder for the same pictures."""
+    images, sizes = _loader_images(bb, _pictures(SHAPES))
+    p = prompts(bb, 4)
+    ids = bb.lm_collator()(p, TARGETS, image_sizes=sizes)["input_ids"]
+    counts = (ids == bb.image_token_id).sum(1).tolist()
+    text = [f"<|vision_start|>{bb.image_token}<|vision_end|> caption:"] * 4
+    theirs = _pil_processor(bb)(images=_pictures(SHAPES), return_tensors="pt")["image_grid_thw"]
+    assert counts == [2, 2, 3, 4] == [int(t * h * w) // 4 for t, h, w in theirs.tolist()]
+    hf = bb.processor(text=text, images=_pictures(SHAPES))["input_ids"]
+    assert [row.count(bb.image_token_id) for row in hf] == counts
+    with pytest.raises(ValueError, match="4 prompts but 3 image sizes"):
+        bb.lm_collator()(p, TARGETS, image_sizes=sizes[:3])
+    with pytest.raises(ValueError, match="20x32 pixels does not fill whole 16x16 image tokens.*backbone.resize"):
+        bb.lm_collator()(p[:1], TARGETS[:1], image_sizes=[(20, 32)])
+
+
+def test_rows_of_their_own_sizes_each_give_their_own_loss(bb):
+    """Images of four sizes on one canvas: each row's loss is the row alone at its own size (the canvas's padding
+    reaches nothing); under a mixed route each row gets its task's; without the sizes the rows are refused."""
+    _adapt(bb)
+    images, sizes = _loader_images(bb, _pictures(SHAPES))
+    p = prompts(bb, 4)
+    b = bb.lm_collator()(p, TARGETS, image_sizes=sizes)
+    ids = [0, 1, 1, 0]
+    with torch.no_grad():
+        with mlv.route(bb.model, ids):
+            mixed = bb.lm_loss(images, **b, image_sizes=sizes)
+        for r, t in enumerate(ids):
+            one = bb.lm_collator()(p[r:r + 1], TARGETS[r:r + 1], image_sizes=sizes[r:r + 1])
+            with mlv.route(bb.model, t):
+                alone = bb.lm_loss(_own_size(images, sizes, r), **one)
+            torch.testing.assert_close(mixed[r], alone[0], atol=1e-5, rtol=1e-5)
+        with mlv.route(bb.model, 1):
+            other = bb.lm_loss(images, **b, image_sizes=sizes)
+    assert (mixed[[0, 3]] - other[[0, 3]]).abs().max() > 1e-4   # the routes differ
+    with pytest.raises(BackboneError, match="row 0 of input_ids has 2 image tokens .* its image gives 6 features"):
+        bb.lm_loss(images, **b)
+    with pytest.raises(ValueError, match="image_sizes must give each of the 4 images its .* within the batch's 48x32"):
+        bb.lm_loss(images, **b, image_sizes=[(64, 16)] * 4)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_routed_generate_over_images_of_their_own_sizes(bb, beams):
+    """Routed generate over a canvas of four sizes: each row's text is its task's, and the row's alone at its
+    own size."""
+    _adapt(bb)
+    images, sizes = _loader_images(bb, _pictures(SHAPES))
+    p = prompts(bb, 4)
+    with torch.no_grad():
+        with mlv.route(bb.model, [0, 1, 1, 0]):
+            routed = bb.generate(images, max_len=4, beam_size=beams, prompts=p, image_sizes=sizes)
+        alone = []
+        for r, t in enumerate([0, 1, 1, 0]):
+            with mlv.route(bb.model, t):
+                alone += bb.generate(_own_size(images, sizes, r), max_len=4, beam_size=beams, prompts=p[r:r + 1])
+    assert routed == alone
+
+
+def test_candidate_scores_over_images_of_their_own_sizes(bb):
+    """Cached candidate scores over a canvas of four sizes equal the full computation and each row alone."""
+    _adapt(bb)
+    images, sizes = _loader_images(bb, _pictures(SHAPES))
+    p = prompts(bb, 4)
+    cands = ["red", "a blue square"]
+    col = bb.lm_collator()
+    rows = [[[*c, bb.eos_id] for c in col.continuation_ids([t] * 2, cands)] for t in col.prompt_texts(p)]
+    with torch.no_grad(), mlv.route(bb.model, [1, 0, 0, 1]):
+        cached = bb.sequence_scores(images, p, cands, image_sizes=sizes)
+        full = bb._scores_full(images, p, rows, sizes)
+    torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)
+    with torch.no_grad(), mlv.route(bb.model, 0):
+        one = bb.sequence_scores(_own_size(images, sizes, 2), p[2:3], cands)
+    torch.testing.assert_close(cached[2], one[0], atol=1e-4, rtol=1e-4)
+
+
+def _jsonl_tasks(root):
+    """VQA and captioning specs over JSONL rows of pictures of four aspects under ``root``."""
+    import json
+
+    for i, (h, w) in enumerate(SHAPES * 2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    words = ["red", "blue", "green", "two"]
+    caps = "".join(json.dumps({"image": f"{i}.png", "caption": f"a {words[i % 4]} circle"}) + "\n" for i in range(8))
+    qa = "".join(json.dumps({"image": f"{i}.png", "question": "what colour is the circle?",
+                             "answers": [words[i % 4]]}) + "\n" for i in range(8))
+    (root / "caps.jsonl").write_text(caps)
+    (root / "qa.jsonl").write_text(qa)
+    specs = []
+    for name, kind, file in (("shapes_vqa", "vqa", "qa.jsonl"), ("shapes_caps", "captioning", "caps.jsonl")):
+        (root / f"{name}.toml").write_text(
+            f'name = "{name}"\nkind = "{kind}"\n[data]\nformat = "jsonl"\n'
+            + "".join(f'[data.{s}]\nfile = "{file}"\n' for s in ("train", "val", "test")))
+        specs.append(str(root / f"{name}.toml"))
+    return specs
+
+
+def test_the_loader_keeps_each_images_size(bb, tmp_path):
+    """The training loader's batch: each image at its own size on one canvas, ``image_sizes``, and each row's image
+    tokens as its size gives; the step's loss is each row's at its own size."""
+    from mtl_lora_vl.data.loader import MultiTaskLoader
+    from mtl_lora_vl.data.readers import read_split
+    from mtl_lora_vl.tasks import build_kind, load_spec
+
+    spec = load_spec(_jsonl_tasks(tmp_path)[1])
+    split = read_split("jsonl", tmp_path, file="caps.jsonl")
+    kind = build_kind(spec, split, bb)
+    batch = next(iter(MultiTaskLoader([kind], [split], bb, batch_size=8, steps=1)))
+    sizes = batch["image_sizes"]
+    assert sorted(set(sizes)) == [(16, 32), (32, 16), (32, 32), (48, 16)]
+    assert batch["images"].shape == (8, 3, 48, 32) and batch["images"].dtype == torch.uint8
+    for r, (h, w) in enumerate(sizes):
+        assert (batch["lm"]["input_ids"][r] == bb.image_token_id).sum() == h * w // 256
+        assert batch["images"][r, :, h:].sum() == 0 and batch["images"][r, :, :, w:].sum() == 0
+    images = bb.preprocess_uint8(batch["images"])
+    assert images.shape == (8, 3, 48, 32)   # not resized to the 32 x 32 square
+    with torch.no_grad():
+        loss = bb.lm_loss(images, **batch["lm"], image_sizes=sizes)
+        r = sizes.index((48, 16))
+        one = {k: v[r:r + 1, :int(batch["lm"]["attention_mask"][r].sum())] for k, v in batch["lm"].items()}
+        torch.testing.assert_close(bb.lm_loss(_own_size(images, sizes, r), **one)[0], loss[r], atol=1e-5, rtol=1e-5)
+
+
+def test_train_and_eval_on_pictures_of_their_own_aspects(dirs, tmp_path, capsys):
+    """train (VQA + captioning from JSONL files of four aspects) and eval of its adapter give the same scores."""
+    import json
+
+    from test_generative_tasks import assert_eval_repeats
+
+    from mtl_lora_vl.cli import train_main
+
+    folder = dirs / "tiny_qwen2vl"
+    if not (folder / "config.json").is_file():
+        save_tiny_qwen2vl(folder)
+    out = tmp_path / "run"
+    code = train_main(["--backbone", f"hf:{folder}", "--tasks", ",".join(_jsonl_tasks(tmp_path)), "--steps", "2",
+                       "--batch-size", "8", "--workers", "0", "--warmup", "1", "--data-root", str(tmp_path),
+                       "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / "eval.json").read_text())
+    assert set(result["tasks"]) == {"shapes_vqa", "shapes_caps"}
+    assert_eval_repeats(out / "adapter", tmp_path / "ev", result, "--data-root", str(tmp_path))

@@ -141,3 +141,30 @@ def test_llava_pad_to_square_matches_its_image_processor():
     assert (ours - squash(images=img, return_tensors="pt")["pixel_values"][0]).abs().max() <= 1.5 / 255
     assert ImageResize.from_hf(32, {"do_pad": True, "size": {"shortest_edge": 32}}).pad_square is None
     assert ImageResize.from_hf(32, SiglipImageProcessor(size={"height": 32, "width": 32})).pad_square is None
+
+
+def test_native_images_keep_their_sizes_in_evaluation_batches():
+    """A native resize: the eval loader puts images of their own sizes on one canvas and says each size; the
+    plain image iterator (towers that embed one batch of squares) refuses such a batch by name."""
+    from types import SimpleNamespace
+
+    from mtl_lora_vl.data.loader import iter_sized_image_batches, sizes_kwarg
+
+    resize = ImageResize(32, mode="native", factor=16)
+    bb = SimpleNamespace(name="native-bb", resize=resize, image_size=32,
+                         preprocess_uint8=lambda x, dtype: x.to(dtype) / 255)
+    examples = [Example(image=Image.new("RGB", (w, h), (255, 0, 0)), image_id=str(i))
+                for i, (w, h) in enumerate([(64, 32), (32, 64), (40, 40)])]
+    [(images, sizes)] = list(iter_sized_image_batches(bb, examples, batch_size=3, device="cpu"))
+    assert sizes == ((16, 32), (32, 16), (32, 32)) and images.shape == (3, 3, 32, 32)
+    assert images[0, 0, :16, :32].min() == 1 and images[0, :, 16:].abs().sum() == 0   # zeros outside the image
+    assert sizes_kwarg(images, sizes) == {"image_sizes": [(16, 32), (32, 16), (32, 32)]}
+    assert sizes_kwarg(images[2:], sizes[2:]) == {}   # every image fills the batch: called as before
+    with pytest.raises(ValueError, match="'native-bb' resizes images to sizes of their own.*iter_sized_image_batches"):
+        list(iter_image_batches(bb, examples, batch_size=3, device="cpu"))
+    with pytest.raises(ValueError, match="factor, min_pixels and max_pixels apply to mode 'native' only"):
+        ImageResize(32, factor=16)
+    with pytest.raises(ValueError, match="mode 'native' needs factor"):
+        ImageResize(32, mode="native")
+    with pytest.raises(ValueError, match="min_pixels 2000 is above max_pixels 1024"):
+        ImageResize(32, mode="native", factor=16, min_pixels=2000)

@@ -111,6 +111,22 @@ def check_image_batch(images: Any, what: str) -> None:
         raise ValueError(f"{what}: images must be a (B, C, H, W) tensor, got {got}; one image is images[None]")
 
 
+def check_image_sizes(images: Tensor, sizes: Any, what: str) -> list[tuple[int, int]] | None:
+    """``sizes`` (each image's ``(h, w)`` at the top left of ``images``, or None) as a list of int pairs, checked
+    against the batch: one per image, each within it."""
+    if sizes is None:
+        return None
+    try:
+        out = [(int(h), int(w)) for h, w in sizes]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: image_sizes must be one (height, width) pair per image, got {sizes!r}") from None
+    H, W = images.shape[-2:]
+    if len(out) != images.shape[0] or any(not (0 < h <= H and 0 < w <= W) for h, w in out):
+        raise ValueError(f"{what}: image_sizes must give each of the {images.shape[0]} images its (height, width) "
+                         f"within the batch's {H}x{W}, got {out}")
+    return out
+
+
 def check_prompts(prompts: Any, n_images: int, what: str) -> list[str]:
     """``prompts`` as a list of ``n_images`` strings, or a ValueError naming what is wrong."""
     if isinstance(prompts, str):
@@ -281,9 +297,10 @@ class Backbone:
         self._unavailable(LM_LOGITS, "caption_logits")
 
     def generate(self, images: Tensor, max_len: int = 20, beam_size: int = 1,
-                 prompts: Sequence[str] | None = None) -> list[str]:
+                 prompts: Sequence[str] | None = None, image_sizes: Sequence[tuple[int, int]] | None = None) -> list[str]:
         """One text per image: greedy (``beam_size=1``) or beam search (``generate``). ``prompts`` (one per
-        image) is for backbones that condition on a prompt (LLaVA-style); others refuse it."""
+        image) is for backbones that condition on a prompt (LLaVA-style); others refuse it. ``image_sizes``: each
+        image's ``(h, w)`` at the top left of ``images`` (a ``native`` resize's batch; None: the whole tensor)."""
         self._unavailable(GENERATE, "generate")
 
     # The prompt-conditioned language-model API of LLaVA-style backbones (``lm_logits`` / ``generate``).
@@ -313,16 +330,19 @@ class Backbone:
         self._unavailable(LM_LOGITS, "lm_collator")
 
     def lm_loss(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor,
-                first_label: int | None = None) -> Tensor:
+                first_label: int | None = None, image_sizes: Sequence[tuple[int, int]] | None = None) -> Tensor:
         """Per-row mean token cross-entropy ``(B,)`` over each row's labelled (target) tokens. ``first_label``:
-        the first labelled position when the caller read it on the host (the training loader does), else None."""
+        the first labelled position when the caller read it on the host (the training loader does), else None;
+        ``image_sizes`` as for :meth:`generate`."""
         self._unavailable(LM_LOGITS, "lm_loss")
 
     def sequence_scores(self, images: Tensor, prompts: Sequence[str], candidates: Sequence[str],
-                        per_token: bool = False, end: str = "") -> Tensor:
+                        per_token: bool = False, end: str = "",
+                        image_sizes: Sequence[tuple[int, int]] | None = None) -> Tensor:
         """Total log-probability ``(B, C)`` of each candidate continuation after each row's prompt; with
         ``per_token``, divided by the candidate's number of target tokens (its mean log-probability); ``end``: the
-        token that ends a candidate (a chat template's end of turn; "": the tokenizer's end token)."""
+        token that ends a candidate (a chat template's end of turn; "": the tokenizer's end token);
+        ``image_sizes`` as for :meth:`generate`."""
         self._unavailable(LM_LOGITS, "sequence_scores")
 
     def decode(self, token_ids: Sequence[int] | Tensor) -> str:
@@ -342,7 +362,8 @@ class Backbone:
         """uint8 images ``(B, 3, H, W)`` -> normalised ``dtype`` tensor on the same device.
 
         Conversion runs on the images' device (do it after the host-to-device copy); images whose size
-        differs from ``image_size`` are resized there with antialiasing.
+        differs from ``image_size`` are resized there with antialiasing, unless the backbone keeps each image's
+        own size (a ``native`` resize: the batch is a canvas of images of their own sizes).
         """
         if images_uint8.dtype != torch.uint8:
             raise ValueError(f"preprocess_uint8 expects uint8 images, got dtype {images_uint8.dtype}")
@@ -358,7 +379,7 @@ class Backbone:
             self._norm_cache[key] = (mean, std)
         mean, std = self._norm_cache[key]
         x = images_uint8.float().div_(255.0)
-        if x.shape[-2:] != (self.image_size, self.image_size):
+        if x.shape[-2:] != (self.image_size, self.image_size) and not self.resize.native:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                               align_corners=False, antialias=True)
         return ((x - mean) / std).to(dtype)

@@ -14,6 +14,11 @@ The language-model API (what generative task kinds call):
 * ``sequence_scores(images, prompts, candidates, per_token=False)``: log-probability ``(B, C)`` of each
   candidate (total, or per target token).
 
+Each takes ``image_sizes``: a native-resolution model's images (Qwen2-VL) keep their own sizes, one canvas per
+batch with each image at its top left (:func:`mtl_lora_vl.data.loader.pad_images`); ``image_sizes`` says each
+image's ``(h, w)`` there, and each row's prompt gets as many image tokens as its image fills. Other families take
+whole ``image_size`` squares (``image_sizes`` None, or the canvas's own size for every row).
+
 Run them under ``mtl_lora_vl.route(backbone.model, ids)`` with one id per image row; beams and candidates,
 which multiply the language model's rows, are routed by :mod:`mtl_lora_vl.adapters.generation`.
 """
@@ -43,6 +48,7 @@ from .base import (
     BackboneError,
     as_rgb,
     check_image_batch,
+    check_image_sizes,
     check_prompts,
     register_backbone,
     resolve_base_dtype,
@@ -132,7 +138,7 @@ class HFVLMBackbone(Backbone):
         else:
             mean = as_rgb(getattr(image_processor, "image_mean", None) or OPENAI_MEAN, f"{name}: image_mean")
             std = as_rgb(getattr(image_processor, "image_std", None) or OPENAI_STD, f"{name}: image_std")
-        resize = cls._image_resize(image_size, image_processor, f"{name}: {type(image_processor).__name__}")
+        resize = cls._image_resize(config, image_size, image_processor, f"{name}: {type(image_processor).__name__}")
         image_open, image_close = cls._image_wrap(config, processor)
         return cls(
             model=model, name=name, tokenizer=hf_tok, image_size=image_size, mean=mean, std=std, resize=resize,
@@ -154,7 +160,7 @@ class HFVLMBackbone(Backbone):
         return count_image_tokens(model, image_size)
 
     @classmethod
-    def _image_resize(cls, image_size: int, image_processor: Any, label: str) -> ImageResize:
+    def _image_resize(cls, config: Any, image_size: int, image_processor: Any, label: str) -> ImageResize:
         """How the loader makes ``image_size`` squares: as the image processor declares."""
         return ImageResize.from_hf(image_size, image_processor, label)
 
@@ -195,7 +201,7 @@ class HFVLMBackbone(Backbone):
     def layout(self) -> PromptLayout:
         return PromptLayout(self.image_token_str, self.image_token_id, self.num_image_tokens, self.eos_id,
                             self.pad_id, self.prefix_ids, self.image_first, self.prompt_end, self.image_open,
-                            self.image_close)
+                            self.image_close, self._token_side())
 
     def lm_collator(self, max_length: int | None = None) -> LMCollator:
         """A picklable ``(prompts, targets | None) -> {"input_ids", "attention_mask"[, "labels"]}``: with targets,
@@ -206,52 +212,57 @@ class HFVLMBackbone(Backbone):
         return self._collators[max_length]
 
     def lm_loss(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor,
-                first_label: int | None = None) -> Tensor:
+                first_label: int | None = None, image_sizes: Sequence[tuple[int, int]] | None = None) -> Tensor:
         """Per-row mean token cross-entropy ``(B,)`` over the row's labelled tokens (target and end token), fp32;
         one forward for all rows, logits only from the first labelled position on. Rows without labels give 0.
 
         ``first_label``: that position, from a caller that made the batch with :meth:`lm_collator` and read it
         on the host (the training loader: :meth:`~.lm_collate.LMCollator.first_labelled`); the image-token count
         of each row is then not checked either (the collator's rows hold them by construction, and Hugging Face's
-        own check still runs), so the call makes no GPU wait. Without it both are read from the tensors."""
+        own check still runs), so the call makes no GPU wait. Without it both are read from the tensors.
+        ``image_sizes``: see the module doc."""
         check_image_batch(pixel_values, "lm_loss")
+        sizes = check_image_sizes(pixel_values, image_sizes, "lm_loss")
         if first_label is None:
-            self._check_rows(pixel_values, input_ids, "lm_loss")
+            self._check_rows(pixel_values, input_ids, "lm_loss", sizes)
         if labels.shape != input_ids.shape:
             raise ValueError(f"lm_loss: labels {tuple(labels.shape)} and input_ids {tuple(input_ids.shape)} differ")
         L = input_ids.shape[1]
         first = LMCollator.first_labelled(labels) if first_label is None else int(first_label)
         keep = L - max(first - 1, 0)
-        out = self._forward(pixel_values, input_ids, attention_mask, labels=labels, logits_to_keep=keep, use_cache=False)
+        out = self._forward(pixel_values, input_ids, attention_mask, labels=labels, image_sizes=sizes,
+                            logits_to_keep=keep, use_cache=False)
         sums, counts = _target_logprobs(out.logits[:, :-1], labels[:, L - keep + 1:])
         return -sums / counts.clamp(min=1)
 
     @torch.no_grad()
     def generate(self, images: Tensor, max_len: int = 20, beam_size: int = 1,
-                 prompts: Sequence[str] | None = None) -> list[str]:
+                 prompts: Sequence[str] | None = None, image_sizes: Sequence[tuple[int, int]] | None = None) -> list[str]:
         """One text per image: greedy (``beam_size=1``) or beam search through Hugging Face ``generate`` with the
         KV cache; only the new tokens are decoded, special tokens stripped. ``prompts`` default to the bare image
-        placeholder (captioning)."""
+        placeholder (captioning); ``image_sizes``: see the module doc."""
         if beam_size < 1 or max_len < 1 or int(beam_size) != beam_size or int(max_len) != max_len:
             raise ValueError(f"generate: beam_size and max_len must be integers >= 1, got {beam_size} and {max_len}")
-        batch = self._prompts(images, prompts, "generate")
+        batch, sizes = self._prompts(images, prompts, "generate", image_sizes)
         kwargs = self._extra_inputs(batch["input_ids"], None)
         with _plain_decoding(self.model):
-            out = self._hf_call(self.model.generate, **self._vision_inputs(images), **batch, **kwargs,
+            out = self._hf_call(self.model.generate, **self._vision_inputs(images, sizes), **batch, **kwargs,
                                 max_new_tokens=int(max_len), num_beams=int(beam_size), do_sample=False,
                                 num_return_sequences=1, eos_token_id=self._stop_ids(), pad_token_id=self.pad_id)
         new = out[:, batch["input_ids"].shape[1]:]
         return [t.strip() for t in self.hf_processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     def sequence_scores(self, images: Tensor, prompts: Sequence[str], candidates: Sequence[str],
-                        per_token: bool = False, end: str = "") -> Tensor:
+                        per_token: bool = False, end: str = "",
+                        image_sizes: Sequence[tuple[int, int]] | None = None) -> Tensor:
         """Total log-probability ``(B, C)`` of each candidate (its tokens and the end token, as targets are
         trained: ``end``, a chat template's end of turn, else the tokenizer's) after each row's prompt; ``per_token``: divided by that number of tokens. One prefill of the prompts, then every candidate of every row in one
         batched step from the cache (``B·C`` language-model rows, routed like beams). Under activation
-        checkpointing in training (where transformers drops the cache) the ``B·C`` full sequences run instead."""
+        checkpointing in training (where transformers drops the cache) the ``B·C`` full sequences run instead.
+        ``image_sizes``: see the module doc."""
         if isinstance(candidates, str) or not candidates or not all(isinstance(c, str) for c in candidates):
             raise ValueError(f"sequence_scores: candidates must be a non-empty list of strings, got {candidates!r}")
-        batch = self._prompts(images, prompts, "sequence_scores")
+        batch, sizes = self._prompts(images, prompts, "sequence_scores", image_sizes)
         prompts = list(prompts)
         collator = self.lm_collator()   # candidates read as they continue each row's own prompt
         texts = collator.prompt_texts(prompts)
@@ -260,9 +271,9 @@ class HFVLMBackbone(Backbone):
                     for t in dict.fromkeys(texts)}
         cands = [per_text[t] for t in texts]   # (B, C) id lists: rows with one prompt text share them
         if self.model.training and torch.is_grad_enabled() and _checkpointing(self.model):
-            scores = self._scores_full(images, prompts, cands)
+            scores = self._scores_full(images, prompts, cands, sizes)
         else:
-            scores = self._scores_cached(images, batch, cands)
+            scores = self._scores_cached(images, batch, cands, sizes)
         if per_token:
             scores = scores / torch.tensor([[len(c) for c in row] for row in cands], dtype=scores.dtype,
                                            device=scores.device)
@@ -298,8 +309,19 @@ class HFVLMBackbone(Backbone):
         """Position ids of a (left-padded) batch, as Hugging Face ``generate`` numbers them."""
         return (mask.long().cumsum(-1) - 1).clamp(min=0) + self.position_offset
 
-    def _vision_inputs(self, pixel_values: Tensor) -> dict[str, Tensor]:
-        """The model's image inputs from the loader's normalised ``(B, 3, S, S)`` batch (here: as they are)."""
+    def _token_side(self) -> int:
+        """Pixels per image token along each side for a native-resolution model (0: every image fills
+        ``num_image_tokens``; see :class:`.lm_collate.PromptLayout`)."""
+        return 0
+
+    def _vision_inputs(self, pixel_values: Tensor, image_sizes: list[tuple[int, int]] | None = None
+                       ) -> dict[str, Tensor]:
+        """The model's image inputs from the loader's normalised ``(B, 3, S, S)`` batch (here: as they are; each
+        image fills the batch's squares)."""
+        if image_sizes is not None and any(s != tuple(pixel_values.shape[-2:]) for s in image_sizes):
+            raise ValueError(f"{self.name}: each image must fill its {tuple(pixel_values.shape[-2:])} place in the "
+                             f"batch (image_sizes {sorted(set(image_sizes))}); this model takes whole "
+                             f"{self.image_size}x{self.image_size} images (backbone.resize makes them)")
         return {"pixel_values": pixel_values}
 
     def _prefill_positions(self, mask: Tensor) -> Tensor | None:
@@ -311,18 +333,21 @@ class HFVLMBackbone(Backbone):
         the ``B·k`` rows (each prompt row repeated ``k`` times), the candidates start at ``prompt_len``."""
         return self._positions(step_mask)[:, prompt_len:]
 
-    def _check_rows(self, pixel_values: Tensor, input_ids: Tensor, what: str) -> None:
+    def _check_rows(self, pixel_values: Tensor, input_ids: Tensor, what: str,
+                    image_sizes: list[tuple[int, int]] | None = None) -> None:
         if input_ids.dim() != 2 or pixel_values.dim() != 4 or pixel_values.shape[0] != input_ids.shape[0]:
             raise ValueError(f"{what}: expected pixel_values (B, 3, H, W) and input_ids (B, L) for the same B, got "
                              f"{tuple(pixel_values.shape)} and {tuple(input_ids.shape)}")
         counts = (input_ids == self.image_token_id).sum(dim=1)
-        bad = (counts != self.num_image_tokens).nonzero()
+        sizes = image_sizes or [tuple(pixel_values.shape[-2:])] * input_ids.shape[0]
+        want = torch.tensor([self.layout.image_tokens(s) for s in sizes], device=counts.device)
+        bad = (counts != want).nonzero()
         if bad.numel():
             r = int(bad[0])
             raise BackboneError(
-                f"{what}: row {r} of input_ids has {int(counts[r])} image tokens (id {self.image_token_id}) but each "
-                f"image gives {self.num_image_tokens} features in {self.name}; build the ids with "
-                f"backbone.lm_collator(), whose prompts hold {self.image_token!r} once and expand it"
+                f"{what}: row {r} of input_ids has {int(counts[r])} image tokens (id {self.image_token_id}) but its "
+                f"image gives {int(want[r])} features in {self.name}; build the ids with backbone.lm_collator() (with "
+                f"the images' image_sizes), whose prompts hold {self.image_token!r} once and expand it"
             )
 
     def _stop_ids(self) -> list[int]:
@@ -339,12 +364,20 @@ class HFVLMBackbone(Backbone):
         end = assistant_end(self.hf_processor)
         return [self.lm_collator().end_id(end)] if end else []
 
-    def _prompts(self, images: Tensor, prompts: Sequence[str] | None, what: str) -> dict[str, Tensor]:
-        """The collated prompts (default: the bare image placeholder), one per image, checked."""
+    def _prompts(self, images: Tensor, prompts: Sequence[str] | None, what: str,
+                 image_sizes: Sequence[tuple[int, int]] | None) -> tuple[dict[str, Tensor], list[tuple[int, int]] | None]:
+        """The collated prompts (default: the bare image placeholder), one per image, checked; and the images'
+        sizes, checked."""
         check_image_batch(images, what)
+        sizes = check_image_sizes(images, image_sizes, what)
         prompts = [self.image_token] * images.shape[0] if prompts is None else prompts
-        batch = self.lm_collator()(check_prompts(prompts, images.shape[0], what))
-        return {k: v.to(images.device, non_blocking=True) for k, v in batch.items()}
+        batch = self.lm_collator()(check_prompts(prompts, images.shape[0], what), image_sizes=self._sizes_of(images, sizes))
+        return {k: v.to(images.device, non_blocking=True) for k, v in batch.items()}, sizes
+
+    @staticmethod
+    def _sizes_of(images: Tensor, sizes: list[tuple[int, int]] | None) -> list[tuple[int, int]]:
+        """Each image's ``(h, w)``: ``sizes``, or the whole tensor's for every row."""
+        return sizes if sizes is not None else [tuple(images.shape[-2:])] * images.shape[0]
 
     def _hf_call(self, fn: Any, **kwargs: Any) -> Any:
         """Call the model (or its ``generate``); Hugging Face's image-token mismatch gets a message with the fix."""
@@ -361,17 +394,18 @@ class HFVLMBackbone(Backbone):
             ) from e
 
     def _forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor,
-                 labels: Tensor | None = None, **kwargs: Any) -> Any:
+                 labels: Tensor | None = None, image_sizes: list[tuple[int, int]] | None = None, **kwargs: Any) -> Any:
         extra = self._extra_inputs(input_ids, labels)
-        return self._hf_call(self.model, **self._vision_inputs(pixel_values), input_ids=input_ids,
+        return self._hf_call(self.model, **self._vision_inputs(pixel_values, image_sizes), input_ids=input_ids,
                              attention_mask=attention_mask, **extra, **kwargs)
 
-    def _scores_cached(self, images: Tensor, batch: dict[str, Tensor], cands: list[list[list[int]]]) -> Tensor:
+    def _scores_cached(self, images: Tensor, batch: dict[str, Tensor], cands: list[list[list[int]]],
+                       sizes: list[tuple[int, int]] | None = None) -> Tensor:
         B, C = images.shape[0], len(cands[0])
         ids, mask = batch["input_ids"], batch["attention_mask"]
         prefill = self._prefill_positions(mask)
         out = self._forward(images, ids, mask, **({} if prefill is None else {"position_ids": prefill}), use_cache=True,
-                            logits_to_keep=1)
+                            logits_to_keep=1, image_sizes=sizes)
         first_ids = torch.tensor([[c[0] for c in row] for row in cands], device=ids.device)
         first = out.logits[:, -1].float().log_softmax(-1).gather(1, first_ids)  # (B, C)
         width = max(len(c) for row in cands for c in row)
@@ -394,15 +428,17 @@ class HFVLMBackbone(Backbone):
         rest, _ = _target_logprobs(logits, labels[:, 1:])
         return first + rest.view(B, C)
 
-    def _scores_full(self, images: Tensor, prompts: Sequence[str], cands: list[list[list[int]]]) -> Tensor:
+    def _scores_full(self, images: Tensor, prompts: Sequence[str], cands: list[list[list[int]]],
+                     sizes: list[tuple[int, int]] | None = None) -> Tensor:
         B, C = images.shape[0], len(cands[0])
         collate = self.lm_collator()
-        rows = collate.prompt_rows(collate.prompt_texts(prompts))[0]
+        rows = collate.prompt_rows(collate.prompt_texts(prompts), self._sizes_of(images, sizes))[0]
         full = collate._right_padded([p for p in rows for _ in range(C)], [c for row in cands for c in row])
         full = {k: v.to(images.device) for k, v in full.items()}
         with expanded_rows(self.model, C):
             out = self._forward(images.repeat_interleave(C, 0), full["input_ids"], full["attention_mask"],
-                                labels=full["labels"], use_cache=False)
+                                labels=full["labels"], use_cache=False,
+                                image_sizes=None if sizes is None else [s for s in sizes for _ in range(C)])
         sums, _ = _target_logprobs(out.logits[:, :-1], full["labels"][:, 1:])
         return sums.view(B, C)
 

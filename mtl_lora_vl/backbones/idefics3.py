@@ -66,7 +66,7 @@ class Idefics3Backbone(HFVLMBackbone):
         return (image_size // int(cfg.vision_config.patch_size)) ** 2 // int(cfg.scale_factor) ** 2
 
     @classmethod
-    def _image_resize(cls, image_size: int, image_processor: Any, label: str) -> ImageResize:
+    def _image_resize(cls, config: Any, image_size: int, image_processor: Any, label: str) -> ImageResize:
         """A squash to the square, with the processor's resampling filter (Lanczos in the released ones)."""
         return ImageResize.from_hf(image_size, {"size": {"height": image_size, "width": image_size},
                                                 "resample": getattr(image_processor, "resample", None)}, label)
@@ -86,11 +86,12 @@ class Idefics3Backbone(HFVLMBackbone):
         return open_ids, close_ids
 
     # ------------------------------------------------------------------------------------------ inputs
-    def _vision_inputs(self, pixel_values: Tensor) -> dict[str, Tensor]:
+    def _vision_inputs(self, pixel_values: Tensor, image_sizes: list[tuple[int, int]] | None = None
+                       ) -> dict[str, Tensor]:
         if pixel_values.dim() != 4 or pixel_values.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"{self.name}: expected images (B, 3, {self.image_size}, {self.image_size}) (the "
                              f"backbone's image_size), got {tuple(pixel_values.shape)}")
-        return {"pixel_values": pixel_values.unsqueeze(1)}   # one image per row
+        return {"pixel_values": super()._vision_inputs(pixel_values, image_sizes)["pixel_values"].unsqueeze(1)}
 
     def _hf_call(self, fn: Any, **kwargs: Any) -> Any:
         try:

@@ -3,7 +3,8 @@
 :class:`LMCollator` runs in data-loader workers (it is picklable: a Hugging Face tokenizer and a
 :class:`PromptLayout` of plain numbers). Every prompt carries the image placeholder (the backbone's
 ``image_token``) exactly once; the collator expands it to the ``num_image_tokens`` ids that the vision tower
-fills, so ``input_ids`` always match the image features.
+fills (a native-resolution model, Qwen2-VL: as many as the row's image size gives, ``image_sizes``), so
+``input_ids`` always match the image features.
 
 * With targets (training): ``input_ids`` = prompt + target + end token, right-padded; ``attention_mask``;
   ``labels`` = the ids on the target and end tokens and -100 on the prompt and padding. The end token is the
@@ -40,7 +41,9 @@ class PromptLayout:
     ``image_first`` moves the image tokens before ``prefix_ids`` and the text (PaliGemma), and
     ``prompt_end`` is appended to the prompt's text (PaliGemma's ``"\\n"`` that closes the prefix);
     ``image_open`` / ``image_close`` are put just before and after the image tokens (Qwen2-VL's
-    ``<|vision_start|>`` and ``<|vision_end|>``).
+    ``<|vision_start|>`` and ``<|vision_end|>``). ``token_side``: a native-resolution model's pixels per image
+    token along each side (Qwen2-VL: patch x merge), so that an ``h x w`` image fills
+    ``(h / token_side)·(w / token_side)`` tokens; 0: every image fills ``num_image_tokens``.
     """
 
     image_token: str
@@ -53,11 +56,29 @@ class PromptLayout:
     prompt_end: str = ""
     image_open: tuple[int, ...] = ()
     image_close: tuple[int, ...] = ()
+    token_side: int = 0
+
+    def image_tokens(self, size: Sequence[int] | None = None) -> int:
+        """How many image tokens an image of ``size`` ``(h, w)`` fills (``num_image_tokens`` without a size, or
+        when every image fills that many)."""
+        if not self.token_side or size is None:
+            return self.num_image_tokens
+        h, w = (int(x) for x in size)
+        u = self.token_side
+        if h < u or w < u or h % u or w % u:
+            raise ValueError(f"an image of {h}x{w} pixels does not fill whole {u}x{u} image tokens; resize it with "
+                             f"the backbone's own resize (backbone.resize: each side a multiple of {u})")
+        return (h // u) * (w // u)
+
+    def image_ids_for(self, size: Sequence[int] | None = None) -> list[int]:
+        """The ids one image (of ``size``, see :meth:`image_tokens`) fills in a row: the image tokens, with
+        ``image_open`` / ``image_close`` around them."""
+        return [*self.image_open, *[self.image_token_id] * self.image_tokens(size), *self.image_close]
 
     @property
     def image_ids(self) -> list[int]:
-        """The ids one image fills in a row: the image tokens, with ``image_open`` / ``image_close`` around them."""
-        return [*self.image_open, *[self.image_token_id] * self.num_image_tokens, *self.image_close]
+        """The ids one image of ``num_image_tokens`` fills (:meth:`image_ids_for` without a size)."""
+        return self.image_ids_for()
 
 
 def special_prefix(tokenizer: Any) -> tuple[int, ...]:
@@ -73,8 +94,8 @@ def special_prefix(tokenizer: Any) -> tuple[int, ...]:
 
 
 class LMCollator:
-    """``(prompts, targets | None, ends | None) -> {"input_ids", "attention_mask"[, "labels"]}`` (see the module
-    doc)."""
+    """``(prompts, targets | None, ends | None, image_sizes=None) -> {"input_ids", "attention_mask"[, "labels"]}``
+    (see the module doc; ``image_sizes``: each row's image ``(h, w)``, for a native-resolution model)."""
 
     def __init__(self, tokenizer: Any, layout: PromptLayout, max_length: int | None = None) -> None:
         if max_length is not None and max_length < layout.num_image_tokens + 2:
@@ -94,14 +115,15 @@ class LMCollator:
         self._end_ids: dict[str, int] = {}   # end token -> id: read once, not per row of every batch
 
     def __call__(self, prompts: Sequence[str], targets: Sequence[str] | None = None,
-                 ends: Sequence[str] | None = None) -> dict[str, Tensor]:
+                 ends: Sequence[str] | None = None, *,
+                 image_sizes: Sequence[Sequence[int]] | None = None) -> dict[str, Tensor]:
         if isinstance(prompts, str):
             raise TypeError("lm_collator: prompts must be a list of strings (one per row), not one string")
         prompts = list(prompts)
         if not prompts:
             raise ValueError("lm_collator: no prompts")
         texts = self.prompt_texts(prompts)
-        rows, prompt_ids = self.prompt_rows(texts)
+        rows, prompt_ids = self.prompt_rows(texts, image_sizes)
         if targets is None:
             return self._left_padded(rows)
         targets = list(targets)
@@ -167,14 +189,22 @@ class LMCollator:
             texts.append(p + lay.prompt_end)
         return texts
 
-    def prompt_rows(self, texts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
-        """For prompt texts (:meth:`prompt_texts`): each row (prefix, text, image tokens expanded) and the
-        text's own ids."""
+    def prompt_rows(self, texts: list[str], image_sizes: Sequence[Sequence[int]] | None = None
+                    ) -> tuple[list[list[int]], list[list[int]]]:
+        """For prompt texts (:meth:`prompt_texts`): each row (prefix, text, image tokens expanded: as many as its
+        image's size in ``image_sizes`` gives, for a native-resolution model) and the text's own ids."""
         lay = self.layout
+        if image_sizes is not None and len(image_sizes) != len(texts):
+            raise ValueError(f"lm_collator: {len(texts)} prompts but {len(image_sizes)} image sizes; give one (h, w) "
+                             "per prompt")
         encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        image = lay.image_ids
+        images: dict[tuple[int, ...], list[int]] = {}   # the ids of each image size, made once
         rows = []
         for i, ids in enumerate(encoded):
+            size = None if image_sizes is None or not lay.token_side else tuple(int(x) for x in image_sizes[i])
+            if size not in images:
+                images[size] = lay.image_ids_for(size)
+            image = images[size]
             if lay.image_first:
                 row = [*image, *lay.prefix_ids, *ids]
             else:
@@ -182,7 +212,7 @@ class LMCollator:
                 row = [*lay.prefix_ids, *ids[:at], *image, *ids[at + 1:]]
             if self.max_length is not None and len(row) + 1 > self.max_length:
                 raise ValueError(
-                    f"lm_collator: prompt {i} is {len(row)} tokens ({lay.num_image_tokens} of them image tokens), which "
+                    f"lm_collator: prompt {i} is {len(row)} tokens ({lay.image_tokens(size)} of them image tokens), which "
                     f"leaves no room for an answer within max_length={self.max_length}; shorten the prompt or raise "
                     "max_length"
                 )

@@ -1,13 +1,16 @@
 """Qwen2-VL and Qwen2.5-VL (``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``) from a
 local directory: the language-model API of :mod:`.hf_vlm` on the family's own image input and positions.
 
-* **Images.** The loader squashes every image to one square side ``S`` (a multiple of patch x merge: 448 for
-  the released models, i.e. 256 image tokens, kept within the image processor's ``min_pixels`` /
-  ``max_pixels``; a processor saved with ``max_pixels`` below 448² gives a smaller side). On the device the
-  normalised ``(B, 3, S, S)`` batch is cut into the patches the Qwen image processor makes (:func:`patchify`:
-  ``(B·(S/P)², 3·T·P·P)``, each image's patches in merge order) with ``image_grid_thw = [[1, S/P, S/P]] * B``:
-  one image per row, as a mixed-task route through the packed vision tower needs
-  (:mod:`mtl_lora_vl.adapters.packed`), and one tensor per batch.
+* **Images at their own aspect.** The loader resizes each image as the Qwen image processor does
+  (``smart_resize``: each side a multiple of patch x merge, the aspect kept as nearly as that allows, the
+  processor's resampling filter), with the area within the processor's ``min_pixels`` and the package's budget
+  ``S²`` (``S`` = 448 for the released models, 256 image tokens; a processor saved with ``max_pixels`` below
+  448² gives a smaller ``S``): a ``native`` :class:`~mtl_lora_vl.data.resize.ImageResize`. A batch's images
+  share one canvas, each at its top left with its ``(h, w)`` in ``image_sizes``; on the device each image is
+  cut into the patches the processor makes (:func:`patchify`: ``(h/P · w/P, 3·T·P·P)``, in merge order) with
+  its ``image_grid_thw`` row ``[1, h/P, w/P]``, and its prompt holds ``h/P · w/P / merge²`` image tokens. One
+  image per row, as a mixed-task route through the packed vision tower needs
+  (:mod:`mtl_lora_vl.adapters.packed`, which routes images of different sizes by their own patches).
 * **Prompts.** ``image_token`` is ``<|image_pad|>``; the collator expands it to ``<|vision_start|>``, the
   ``(S/P)² / merge²`` image tokens and ``<|vision_end|>``.
 * **Positions.** M-RoPE: every forward gets ``mm_token_type_ids`` (1 on image tokens), so the model numbers
@@ -80,11 +83,16 @@ class Qwen2VLBackbone(HFVLMBackbone):
         return (image_size // patch) ** 2 // merge ** 2
 
     @classmethod
-    def _image_resize(cls, image_size: int, image_processor: Any, label: str) -> ImageResize:
-        """A squash to the square (the processor resizes each image by its own aspect; the package takes one
-        size for all), with the processor's resampling filter."""
-        return ImageResize.from_hf(image_size, {"size": {"height": image_size, "width": image_size},
-                                                "resample": getattr(image_processor, "resample", None)}, label)
+    def _image_resize(cls, config: Any, image_size: int, image_processor: Any, label: str) -> ImageResize:
+        """The processor's ``smart_resize`` (each image at its own aspect) within ``[min_pixels, image_size²]``,
+        with its resampling filter."""
+        filter_ = ImageResize.from_hf(image_size, {"resample": getattr(image_processor, "resample", None)}, label)
+        patch, merge, _ = _vision_geometry(config)
+        low = getattr(image_processor, "min_pixels", None) or size_fields(getattr(image_processor, "size", None)).get(
+            "shortest_edge")
+        return ImageResize(image_size, mode="native", interpolation=filter_.interpolation, factor=patch * merge,
+                           min_pixels=min(int(low), image_size * image_size) if low else None,
+                           max_pixels=image_size * image_size)
 
     @classmethod
     def _image_wrap(cls, config: Any, processor: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -94,14 +102,30 @@ class Qwen2VLBackbone(HFVLMBackbone):
         return (int(start),), (int(end),)
 
     # ------------------------------------------------------------------------------------------ inputs
-    def _vision_inputs(self, pixel_values: Tensor) -> dict[str, Tensor]:
-        if pixel_values.dim() != 4 or pixel_values.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(f"{self.name}: expected images (B, 3, {self.image_size}, {self.image_size}) (the "
-                             f"backbone's image_size), got {tuple(pixel_values.shape)}")
+    def _token_side(self) -> int:
+        patch, merge, _ = _vision_geometry(self.model.config)
+        return patch * merge if self.resize.native else 0
+
+    def _vision_inputs(self, pixel_values: Tensor, image_sizes: list[tuple[int, int]] | None = None
+                       ) -> dict[str, Tensor]:
+        """Each image's patches, image after image, and its grid (see the module doc); ``image_sizes`` None: every
+        image fills the batch's ``(H, W)``."""
         patch, merge, temporal = _vision_geometry(self.model.config)
-        side = self.image_size // patch
-        grid = torch.tensor([[1, side, side]], device=pixel_values.device).expand(pixel_values.shape[0], -1)
-        return {"pixel_values": patchify(pixel_values, patch, merge, temporal), "image_grid_thw": grid}
+        unit = patch * merge
+        if pixel_values.dim() != 4:
+            raise ValueError(f"{self.name}: expected images (B, 3, H, W), got {tuple(pixel_values.shape)}")
+        sizes = image_sizes or [tuple(pixel_values.shape[-2:])] * pixel_values.shape[0]
+        odd = [s for s in sizes if s[0] % unit or s[1] % unit]
+        if odd:
+            raise ValueError(f"{self.name}: expected images whose sides are multiples of {unit} (patch {patch} x merge "
+                             f"{merge}), got {odd[0][0]}x{odd[0][1]} in {tuple(pixel_values.shape)}; resize them with "
+                             "backbone.resize (the loader does)")
+        grid = torch.tensor([[1, h // patch, w // patch] for h, w in sizes], device=pixel_values.device)
+        if len(set(sizes)) == 1:   # one size: one reshape for the batch
+            h, w = sizes[0]
+            return {"pixel_values": patchify(pixel_values[..., :h, :w], patch, merge, temporal), "image_grid_thw": grid}
+        parts = [patchify(x[None, :, :h, :w], patch, merge, temporal) for x, (h, w) in zip(pixel_values, sizes)]
+        return {"pixel_values": torch.cat(parts), "image_grid_thw": grid}
 
     def _extra_inputs(self, input_ids: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
         """``mm_token_type_ids``: 1 on image tokens (the model's M-RoPE numbers them by their place in the image)."""

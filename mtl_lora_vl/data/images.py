@@ -324,7 +324,8 @@ def stack_uint8(images: Sequence[Any], size: int) -> torch.Tensor:
 
 def to_uint8_tensor(img: Any, resize: ImageResize | int) -> torch.Tensor:
     """A (3, S, S) uint8 tensor of ``img`` (anything :func:`load_image` takes), resized as ``resize`` says
-    (an int ``S``: shorter side to ``S``, centre crop, bicubic). A scene renders at ``S`` directly.
+    (an int ``S``: shorter side to ``S``, centre crop, bicubic; a ``native`` resize: (3, H, W) at the image's own
+    aspect). A scene renders at ``S`` directly.
 
     Meant for loader workers: conversion to float and normalisation happen later, on the device.
     """
@@ -337,5 +338,9 @@ def to_uint8_tensor(img: Any, resize: ImageResize | int) -> torch.Tensor:
     elif not isinstance(img, Image.Image):
         name = _source_name(img)
         img = _decoded(img, resize.draft_side)
-    _check_resized(name, img.size, resize.resized_size(*img.size))
+    try:
+        new = resize.resized_size(*img.size)
+    except ValueError as e:   # an aspect the model's processor refuses (native resize)
+        raise ImageError(f"image {name}: {e}") from None
+    _check_resized(name, img.size, new)
     return TF.pil_to_tensor(resize_to_square(to_rgb(img), resize)).contiguous()

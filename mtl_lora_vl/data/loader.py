@@ -1,7 +1,8 @@
 """Multi-task loaders: uint8 images and tokens made in workers, normalised on the device.
 
 Workers decode each image to a ``(3, S, S)`` uint8 tensor (``S = backbone.image_size``, resized the way
-the backbone's checkpoint declares: ``backbone.resize``), ask the task
+the backbone's checkpoint declares: ``backbone.resize``; a ``native`` resize keeps each image's own aspect and
+size, and a batch puts them on one canvas, :func:`pad_images`), ask the task
 kind for the row's text and fields, and collate: the text of a batch is tokenised there, in one
 tokenizer call. On the main process :func:`to_device` copies the batch non-blocking (from pinned
 memory when CUDA is available) and converts the images to normalised floats **on the device** in the
@@ -17,6 +18,10 @@ Batch layout (what :class:`MultiTaskLoader` yields; B rows, grouped by task in a
     batch["text_segments"]  same, over the positions of ``text_rows``
     batch["indices"]    LongTensor (B,)       example index within its task's split
     batch["images"]     uint8 (B, 3, S, S)    -> float (B, 3, S, S) in ``dtype`` after to_device()
+                                              (images of different sizes: (B, 3, H, W), each image at
+                                              the top left, H and W the largest, zeros elsewhere)
+    batch["image_sizes"]  tuple of (h, w)     each row's image size (host ints; the language model's
+                                              image-token count of a native-resolution backbone)
     batch["tokens"]     LongTensor (B, L)     each row's text tokenised (a row without text holds
                                               the tokens of ""); absent on the generative path
     batch["lm"]         {                     generative path only (the kinds run through a language
@@ -62,7 +67,8 @@ On the generative path the step is one language-model pass for every row of ever
 route (the vision tower and the language model both read it)::
 
     with route(router, Route.from_segments(batch["segments"])):
-        row_loss = backbone.lm_loss(batch["images"], **batch["lm"], first_label=batch["lm_first_label"])  # (B,)
+        row_loss = backbone.lm_loss(batch["images"], **batch["lm"], first_label=batch["lm_first_label"],
+                                    **sizes_kwarg(batch["images"], batch["image_sizes"]))  # (B,)
     for name, rows in task_views(batch):
         rows["lm_loss"] = row_loss[rows["rows"]]
         loss = loss + spec.loss_weight * kind.loss(heads[name], backbone, rows, None, None)
@@ -212,7 +218,8 @@ class MultiTaskCollate:
     ``task_ids[i]`` is the adapter's task id of task i of this loader (default: i, when the loader's
     tasks are the adapter's tasks in order). With ``lm_collator`` (a generative backbone's picklable
     ``backbone.lm_collator()``), every row's ``(prompt, target)`` is tokenised into ``batch["lm"]`` and
-    ``tokens`` is left out; else ``tokenizer`` makes ``tokens``.
+    ``tokens`` is left out; else ``tokenizer`` makes ``tokens``. Images of different sizes (a ``native``
+    resize) go on one canvas (:func:`pad_images`).
     """
 
     def __init__(self, task_names: Sequence[str], uses_text: Sequence[bool], tokenizer: Any,
@@ -234,10 +241,10 @@ class MultiTaskCollate:
             "task_ids": torch.tensor(ids, dtype=torch.long),
             "segments": _segments(ids),
             "indices": torch.tensor([r["index"] for r in rows], dtype=torch.long),
-            "images": torch.stack([r["image"] for r in rows]),
             # rows given another row's image, per task: counted by the training loop as batches are consumed
             "replaced": dict(Counter(self.task_names[r["task_id"]] for r in rows if r.get("replaced"))),
         }
+        batch["images"], batch["image_sizes"] = pad_images([r["image"] for r in rows])
         lm_weight = None
         if self.lm_collator is not None:
             lm = [r.get("lm") for r in rows]
@@ -246,7 +253,7 @@ class MultiTaskCollate:
                 raise ValueError(f"task {bad!r} gave no (prompt, target) for the language model; on a generative "
                                  "backbone every task kind must implement sample_lm")
             batch["lm"] = dict(self.lm_collator([p for p, _, _ in lm], [t for _, t, _ in lm],
-                                                [r["lm_end"] for r in rows]))
+                                                [r["lm_end"] for r in rows], image_sizes=batch["image_sizes"]))
             batch["lm_first_label"] = self.lm_collator.first_labelled(batch["lm"]["labels"])   # here, not on the device
             lm_weight = torch.tensor([float(w) for _, _, w in lm], dtype=torch.float32)
         else:
@@ -270,6 +277,28 @@ class MultiTaskCollate:
         batch["text_segments"] = _segments([ids[i] for i in text_rows])
         batch["tasks"] = tasks
         return batch
+
+
+def pad_images(images: Sequence[Tensor]) -> tuple[Tensor, tuple[tuple[int, int], ...]]:
+    """Images ``(C, h, w)`` of one batch as one tensor, with each image's ``(h, w)``: stacked when they share a size,
+    else each at the top left of a zero canvas of the largest height and width (``native`` resizes keep each
+    image's own size; the backbone reads each image's part back by its size)."""
+    sizes = tuple((int(x.shape[-2]), int(x.shape[-1])) for x in images)
+    if len(set(sizes)) <= 1:
+        return torch.stack(list(images)), sizes
+    out = images[0].new_zeros((len(images), images[0].shape[0], max(h for h, _ in sizes), max(w for _, w in sizes)))
+    for canvas, x, (h, w) in zip(out, images, sizes):
+        canvas[:, :h, :w] = x
+    return out, sizes
+
+
+def sizes_kwarg(images: Tensor, sizes: Sequence[tuple[int, int]] | None) -> dict[str, Any]:
+    """``{"image_sizes": sizes}`` when some image does not fill the batch (a canvas of images of their own sizes),
+    else ``{}``: a backbone whose images all fill their squares is called as before (its methods need not take
+    ``image_sizes``)."""
+    if sizes is None or all(tuple(s) == tuple(images.shape[-2:]) for s in sizes):
+        return {}
+    return {"image_sizes": [tuple(s) for s in sizes]}
 
 
 def _move(obj: Any, device: torch.device) -> Any:
@@ -405,11 +434,12 @@ class _ImageDataset(Dataset):
         return self.images.decode(index)[1]   # a row whose image fails gets a substitute image
 
 
-def iter_image_batches(backbone: Any, examples: Sequence[Example], *, batch_size: int,
-                       device: torch.device | str, dtype: torch.dtype = torch.float32,
-                       num_workers: int = 0, strict: bool | None = None,
-                       task: str | None = None) -> Iterator[Tensor]:
-    """Normalised ``dtype`` image batches on ``device``, in order, ``batch_size`` examples each (evaluation).
+def iter_sized_image_batches(backbone: Any, examples: Sequence[Example], *, batch_size: int,
+                             device: torch.device | str, dtype: torch.dtype = torch.float32,
+                             num_workers: int = 0, strict: bool | None = None,
+                             task: str | None = None) -> Iterator[tuple[Tensor, tuple[tuple[int, int], ...]]]:
+    """Normalised ``dtype`` image batches on ``device``, in order, ``batch_size`` examples each (evaluation), with
+    each image's ``(h, w)``: images of different sizes (a ``native`` resize) share one canvas (:func:`pad_images`).
 
     An image that cannot be decoded is replaced by another example's image (reported once per file, and
     counted when the pass ends); ``strict=True`` raises an :class:`ImageError` naming the file instead.
@@ -422,8 +452,23 @@ def iter_image_batches(backbone: Any, examples: Sequence[Example], *, batch_size
     policy_task, policy_strict = current_policy() or ("evaluation", False)
     images = ImageFallback(policy_task if task is None else task, examples, _resize_of(backbone),
                            strict=policy_strict if strict is None else strict)
-    loader = DataLoader(_ImageDataset(images), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(_ImageDataset(images), batch_size=batch_size, shuffle=False, collate_fn=pad_images,
                         num_workers=num_workers, pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
-    for batch in progress(_worker_errors_unwrapped(loader), desc="images", unit="batch", total=len(loader)):
-        yield backbone.preprocess_uint8(batch.to(device, non_blocking=True), dtype)
+    for batch, sizes in progress(_worker_errors_unwrapped(loader), desc="images", unit="batch", total=len(loader)):
+        yield backbone.preprocess_uint8(batch.to(device, non_blocking=True), dtype), sizes
     images.report()
+
+
+def iter_image_batches(backbone: Any, examples: Sequence[Example], *, batch_size: int,
+                       device: torch.device | str, dtype: torch.dtype = torch.float32,
+                       num_workers: int = 0, strict: bool | None = None,
+                       task: str | None = None) -> Iterator[Tensor]:
+    """:func:`iter_sized_image_batches` without the sizes, for a backbone whose images are all of one size (the
+    towers that embed an image batch); images of different sizes are refused."""
+    for images, sizes in iter_sized_image_batches(backbone, examples, batch_size=batch_size, device=device,
+                                                  dtype=dtype, num_workers=num_workers, strict=strict, task=task):
+        if len(set(sizes)) > 1:
+            raise ValueError(f"backbone {getattr(backbone, 'name', backbone)!r} resizes images to sizes of their own "
+                             f"(here {sorted(set(sizes))}), which an image batch of one size cannot hold; use "
+                             "iter_sized_image_batches and pass the sizes on (image_sizes=)")
+        yield images

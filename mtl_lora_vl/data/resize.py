@@ -1,24 +1,27 @@
-"""How an image of any shape becomes a model's square input: the resize modes of open_clip and of
-Hugging Face image processors, done on PIL images in the loader workers.
+"""How an image of any shape becomes a model's input: the resize modes of open_clip and of Hugging Face
+image processors, done on PIL images in the loader workers.
 
 A model is only right on the pixels it was trained on: CLIP and LLaVA resize the shorter side and crop
 the centre, SigLIP and PaliGemma squash the whole image to the square, open_clip's ``longest`` mode
-fits the longer side and pads. :class:`ImageResize` names one of these; a backbone carries the one its
-checkpoint declares (open_clip's ``preprocess_cfg``, a Hugging Face ``preprocessor_config.json``), and
-:func:`resize_to_square` applies it with the same arithmetic as ``open_clip.image_transform`` (sizes
-floored, crops and pads centred as torchvision does).
+fits the longer side and pads, and Qwen2-VL takes each image at its own aspect (``native``: both sides
+rounded to a multiple of its patch grid, the area kept within bounds). :class:`ImageResize` names one of
+these; a backbone carries the one its checkpoint declares (open_clip's ``preprocess_cfg``, a Hugging Face
+``preprocessor_config.json``), and :func:`resize_to_square` applies it with the same arithmetic as
+``open_clip.image_transform`` (sizes floored, crops and pads centred as torchvision does) and, for
+``native``, as the Qwen2-VL image processor's ``smart_resize``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
-RESIZE_MODES = ("shortest", "longest", "squash")
+RESIZE_MODES = ("shortest", "longest", "squash", "native")
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -34,7 +37,10 @@ _PIL_NAMES = {int(v): k for k, v in INTERPOLATIONS.items()}  # Hugging Face's `r
 class ImageResize:
     """``size``: the square side the model takes. ``mode``: ``"shortest"`` resizes the shorter side to
     ``resize_to`` (default ``size``) and crops the centre; ``"longest"`` resizes the longer side to
-    ``size`` and pads the rest with black; ``"squash"`` resizes both sides to ``size``, aspect not kept.
+    ``size`` and pads the rest with black; ``"squash"`` resizes both sides to ``size``, aspect not kept;
+    ``"native"`` keeps the image's aspect: both sides rounded to a multiple of ``factor`` and the area
+    brought within ``[min_pixels, max_pixels]`` (default ``max_pixels``: ``size²``, the square's budget), as
+    :func:`smart_resize` computes, with no crop (images of one batch then differ in size).
     ``interpolation``: one of :data:`INTERPOLATIONS`. ``floor_crop``: the centre crop starts at
     ``(side - size) // 2``, as Hugging Face image processors crop; otherwise rounded, as torchvision's
     ``center_crop`` (open_clip) does -- the two differ by one pixel when the difference is 3 mod 4.
@@ -47,11 +53,14 @@ class ImageResize:
     resize_to: int | None = None
     floor_crop: bool = False
     pad_square: tuple[int, int, int] | None = None
+    factor: int | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("size", "resize_to"):
+        for name in ("size", "resize_to", "factor", "min_pixels", "max_pixels"):
             value = getattr(self, name)
-            if value is None and name == "resize_to":
+            if value is None and name != "size":
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ImageResize: {name} must be a positive int, got {value!r}")
@@ -62,6 +71,29 @@ class ImageResize:
                              f"known: {list(INTERPOLATIONS)}")
         if self.resize_to is not None and self.mode != "shortest":
             raise ValueError(f"ImageResize: resize_to applies to mode 'shortest' only, not {self.mode!r}")
+        native = (self.factor, self.min_pixels, self.max_pixels)
+        if self.mode == "native":
+            if self.factor is None or self.pad_square is not None:
+                raise ValueError("ImageResize: mode 'native' needs factor (the side's multiple) and takes no "
+                                 "pad_square")
+            if self.min_pixels is not None and self.min_pixels > self.budget:
+                raise ValueError(f"ImageResize: min_pixels {self.min_pixels} is above max_pixels {self.budget}")
+            if self.budget < self.factor ** 2:
+                raise ValueError(f"ImageResize: max_pixels {self.budget} is below one {self.factor}x{self.factor} "
+                                 "block")
+        elif any(v is not None for v in native):
+            raise ValueError(f"ImageResize: factor, min_pixels and max_pixels apply to mode 'native' only, not "
+                             f"{self.mode!r}")
+
+    @property
+    def native(self) -> bool:
+        """Whether images keep their own aspect (and so their own size: a batch is not one square)."""
+        return self.mode == "native"
+
+    @property
+    def budget(self) -> int:
+        """The largest area a ``native`` resize makes (``max_pixels``, default ``size²``)."""
+        return self.max_pixels if self.max_pixels is not None else self.size * self.size
 
     @classmethod
     def of(cls, value: ImageResize | int) -> ImageResize:
@@ -69,12 +101,16 @@ class ImageResize:
         return value if isinstance(value, ImageResize) else cls(value)
 
     @property
-    def draft_side(self) -> int:
-        """A JPEG may be decoded at reduced scale as long as both sides stay at least this long."""
-        return max(self.size, self.resize_to or 0)
+    def draft_side(self) -> int | None:
+        """A JPEG may be decoded at reduced scale as long as both sides stay at least this long (None: not at
+        all; a ``native`` size is computed from the image's own sides, as the model's processor does)."""
+        return None if self.native else max(self.size, self.resize_to or 0)
 
     def resized_size(self, w: int, h: int) -> tuple[int, int]:
         """(width, height) of a ``w`` x ``h`` image after the resize, before the centre crop to ``size``."""
+        if self.native:
+            h, w = smart_resize(h, w, self.factor or 1, self.min_pixels or 0, self.budget)
+            return w, h
         s = self.size
         if self.pad_square is not None:
             w = h = max(w, h)
@@ -160,8 +196,26 @@ def size_fields(side: Any) -> dict[str, Any]:
     return {}
 
 
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(height, width) of a ``native`` resize: each a multiple of ``factor``, the aspect kept as nearly as that
+    allows, the area within ``[min_pixels, max_pixels]`` -- the arithmetic of the Qwen2-VL image processor's
+    ``smart_resize`` (which also refuses an aspect ratio over 200)."""
+    if max(height, width) > 200 * min(height, width):
+        raise ValueError(f"an image of {width}x{height} pixels has an aspect ratio over 200, which the model's "
+                         "image processor refuses; crop it first")
+    h, w = round(height / factor) * factor, round(width / factor) * factor
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return h, w
+
+
 def resize_to_square(img: Image.Image, resize: ImageResize) -> Image.Image:
-    """``img`` (PIL) resized by ``resize`` to ``resize.size`` square."""
+    """``img`` (PIL) resized by ``resize`` to ``resize.size`` square (``native``: to its own size)."""
     import torchvision.transforms.v2.functional as TF
 
     s = resize.size
@@ -174,7 +228,7 @@ def resize_to_square(img: Image.Image, resize: ImageResize) -> Image.Image:
     new = resize.resized_size(*img.size)
     if new != img.size:
         img = img.resize(new, INTERPOLATIONS[resize.interpolation])
-    if img.size == (s, s):
+    if img.size == (s, s) or resize.native:
         return img
     if resize.floor_crop:   # Hugging Face: pad a short side (more after than before), then crop at (side - s) // 2
         w, h = img.size

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..adapters.attach import attach_info
 from ..adapters.routing import Route, Router
 from ..adapters.scopes import may_recompute, route
-from ..data.loader import task_views
+from ..data.loader import sizes_kwarg, task_views
 from ..distributed import DistInfo, gather_with_grad
 
 if TYPE_CHECKING:
@@ -102,7 +102,8 @@ class MultiTaskModel(nn.Module):
         bb, lm = self.backbone, batch["lm"]
         with route(self.router, self._route(batch, "segments"), recompute=self.recompute):
             row_loss = bb.lm_loss(batch["images"], lm["input_ids"], lm["attention_mask"], lm["labels"],
-                                  first_label=batch.get("lm_first_label"))
+                                  first_label=batch.get("lm_first_label"),
+                                  **sizes_kwarg(batch["images"], batch.get("image_sizes")))
         losses: dict[str, Tensor] = {}
         total = row_loss.new_zeros((), dtype=torch.float32)
         for name, rows in task_views(batch):

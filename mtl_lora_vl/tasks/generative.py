@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from mtl_lora_vl.backbones.base import GENERATE, LM_LOGITS, TEXT_EMBEDDINGS
 from mtl_lora_vl.backbones.chat import ChatWrap
-from mtl_lora_vl.data.loader import iter_image_batches
+from mtl_lora_vl.data.loader import iter_sized_image_batches, sizes_kwarg
 from mtl_lora_vl.data.records import Example
 from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.spec import SpecError, TaskSpec, template_fields
@@ -141,13 +141,14 @@ def generate_texts(backbone: Any, examples: Sequence[Example], prompts: Sequence
     if len(prompts) != len(examples):
         raise ValueError(f"generate_texts got {len(examples)} examples but {len(prompts)} prompts")
     out: list[str] = []
-    batches = iter_image_batches(backbone, examples, batch_size=batch_size, device=device, dtype=dtype,
-                                 num_workers=num_workers)
-    for i, images in enumerate(batches):   # to the generator's end: it reports replaced images there
+    batches = iter_sized_image_batches(backbone, examples, batch_size=batch_size, device=device, dtype=dtype,
+                                       num_workers=num_workers)
+    for i, (images, sizes) in enumerate(batches):   # to the generator's end: it reports replaced images there
         start = i * batch_size
         with autocast(torch.device(device), dtype):
             out.extend(backbone.generate(images, max_len=max_len, beam_size=beam_size,
-                                         prompts=list(prompts[start:start + batch_size])))
+                                         prompts=list(prompts[start:start + batch_size]),
+                                         **sizes_kwarg(images, sizes)))
     return out
 
 
@@ -166,12 +167,12 @@ def candidate_scores(backbone: Any, examples: Sequence[Example], prompts: Sequen
         raise ValueError("candidate_scores needs at least one candidate")
     chunk = max(1, batch_size // len(candidates))
     out: list[Tensor] = []
-    batches = iter_image_batches(backbone, examples, batch_size=chunk, device=device, dtype=dtype,
-                                 num_workers=num_workers)
-    for i, images in enumerate(batches):
+    batches = iter_sized_image_batches(backbone, examples, batch_size=chunk, device=device, dtype=dtype,
+                                       num_workers=num_workers)
+    for i, (images, sizes) in enumerate(batches):
         start = i * chunk
         with autocast(torch.device(device), dtype):
             scores = backbone.sequence_scores(images, list(prompts[start:start + chunk]), list(candidates),
-                                              per_token=per_token, end=end)
+                                              per_token=per_token, end=end, **sizes_kwarg(images, sizes))
         out.append(scores.float().cpu())
     return torch.cat(out)
