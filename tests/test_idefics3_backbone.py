@@ -163,3 +163,40 @@ def test_train_and_eval_commands(dirs, tmp_path, capsys):
     if not (folder / "config.json").is_file():
         save_tiny_idefics3(folder)
     assert_train_and_eval_commands(folder, tmp_path, capsys)
+
+
+def _edit_processor(folder, edit):
+    cfg = json.loads((folder / "processor_config.json").read_text())
+    edit(cfg["image_processor"])
+    (folder / "processor_config.json").write_text(json.dumps(cfg))
+
+
+def test_a_merged_directory_reads_images_as_the_task_was_trained(tmp_path):
+    """save_merged copies the source folder's processor, whose image splitting is on; the backbone trains and
+    scores one unsplit image per row, so the merged folder's processor turns splitting off (with it on, a tiny
+    model's prompt was 147 ids where training used 19, and other tokens were generated) (helper 154)."""
+    from transformers import AutoProcessor
+
+    import mtl_lora_vl as mlv
+
+    folder = save_tiny_idefics3(tmp_path / "idefics3")
+    assert json.loads((folder / "processor_config.json").read_text())["image_processor"]["do_image_splitting"]
+    bb = load_backbone(f"hf:{folder}")
+    model = mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1))
+    out = mlv.save_merged(model, "a", tmp_path / "merged")
+    prompt = f"{bb.image_token} question: what colour is the circle ? answer:"
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    ids = AutoProcessor.from_pretrained(out)(images=[img], text=[prompt])["input_ids"][0]
+    ids = ids[:-1] if ids[-1] == bb.eos_id else ids   # the tiny word-level tokenizer appends its end token
+    assert ids == bb.lm_collator()([prompt])["input_ids"][0].tolist()
+
+
+def test_a_max_image_size_other_than_the_towers_names_it(tmp_path):
+    """max_image_size 48 on a tower built for 32: the fix named was 'set its image_seq_len to 9', which would load
+    and feed 48-px images to a 32-px tower; the processor's max_image_size is what differs (helper 154)."""
+    folder = save_tiny_idefics3(tmp_path / "idefics3")
+    _edit_processor(folder, lambda c: c.update(max_image_size={"longest_edge": 48}))
+    with pytest.raises(BackboneError, match=r"48x48 \(max_image_size\) where the vision tower was built for 32x32.*"
+                                            r"set max_image_size to \{'longest_edge': 32\}") as e:
+        load_backbone(f"hf:{folder}")
+    assert "image_seq_len" not in str(e.value)

@@ -377,3 +377,18 @@ def test_train_and_eval_on_pictures_of_their_own_aspects(dirs, tmp_path, capsys)
     result = json.loads((out / "eval.json").read_text())
     assert set(result["tasks"]) == {"shapes_vqa", "shapes_caps"}
     assert_eval_repeats(out / "adapter", tmp_path / "ev", result, "--data-root", str(tmp_path))
+
+
+def test_a_processor_of_another_patch_names_qwens_fields(tmp_path):
+    """A processor whose patch_size differs from the model's was told to fix LLaVA's num_additional_image_tokens and
+    vision_feature_select_strategy, fields a Qwen processor does not have (helper 154)."""
+    import json
+
+    folder = save_tiny_qwen2vl(tmp_path / "qwen")
+    cfg = json.loads((folder / "processor_config.json").read_text())
+    cfg["image_processor"]["patch_size"] = 4
+    (folder / "processor_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BackboneError, match=r"patch_size \(4\) and merge_size \(2\) to the model's "
+                                            r"vision_config.patch_size \(8\) and spatial_merge_size \(2\)") as e:
+        load_backbone(f"hf:{folder}")
+    assert "num_additional_image_tokens" not in str(e.value)

@@ -131,7 +131,7 @@ class HFVLMBackbone(Backbone):
         text_config = config.get_text_config()
         image_size = cls._image_side(config, image_processor, name)
         n_image = cls._image_tokens(model, image_size)
-        check_processor_count(processor, image_size, n_image, name)
+        check_processor_count(processor, image_size, n_image, name, config)
         hf_tok = HFTokenizer(tok, context_length=max(8, min(77, int(text_config.max_position_embeddings) - n_image)))
         if getattr(image_processor, "do_normalize", True) is False:   # pixels in [0, 1], as the processor gives
             mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
