@@ -6,8 +6,10 @@ batch of one task costs one LoRA's fused addmm (without the copy of the output a
 makes) and a mixed batch costs the same: no mask, no spread of z over tasks, no copy of the output in
 forward or backward. A plan is ``((p, rows), ...)``: ``p`` indexes M, ``rows`` is a slice of samples
 (one run of rows) or a LongTensor of sample indices (gathered). ``mtl_lora`` takes no plan:
-:func:`update_mtl_rows` forms its M_t with the update in one autograd node, and a mixed batch applies
-every sample's own M_t in one batched product.
+:func:`update_formed_rows` adds rows from the M_t that :mod:`.formation` formed for the layer's group (an
+attached model), and :func:`update_mtl_rows` forms M_t with the update in one autograd node (the per-layer
+path: a layer outside an attached model, a compiled forward, an ``nn.DataParallel`` replica); either way a
+mixed batch applies every sample's own M_t in one batched product.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ backward when the region is first run (reentrant: ``ctx.save_for_backward`` in
 ``CheckpointFunction.forward``; non-reentrant: ``_CheckpointFrame.save_inputs``) and unpack them in
 backward immediately before recomputing (``ctx.saved_tensors``; ``frame.get_inputs()``). Saving and
 unpacking go through the saved-tensor hooks active at the time (``torch.autograd.graph.saved_tensors_hooks``,
-thread-local), so a route scope installs a pair: pack is ``Tensor.detach`` (or the user's own outer pack
+thread-local), so a route scope installs a pair (unless opened with ``recompute=False``, which installs none:
+the caller knows nothing in its forward is checkpointed, as the trainer decides by :func:`may_recompute`; an
+outer scope's hooks on the same router still serve it): pack is ``Tensor.detach`` (or the user's own outer pack
 hook, composed), and its unpack hook re-arms the router's *replay* route -- the route of the scope that
 saved the tensor -- before returning it. The recomputation that follows reads the replay route when it
 runs inside the backward pass that armed it (``torch._C._current_graph_task_id()``, recorded with the

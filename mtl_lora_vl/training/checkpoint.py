@@ -10,13 +10,17 @@ rank 0) is one ``torch.save`` file of tensors and plain values, loaded with ``we
     sampler             the multi-task sampler after the consumed batches (the same on every rank)
     log_window          losses logged since the last metrics row
     world_size          processes of the run
-    rng_state           rank 0's generators: python, numpy, torch (CPU), cuda_own (its GPU's); see .rng
+    rng_state           rank 0's generators: python, numpy, torch (CPU), cuda (every visible GPU's) and, on a
+                        GPU, cuda_own (its own GPU's); see .rng
     rng                 rank 0's torch CPU generator alone (what version 1 saved and reads)
     bad_streak          skipped (non-finite) steps in a row up to ``step``
     replaced_images     training rows given a substitute image so far, per task, summed over ranks
     spec_sha256         each task's spec file (SHA-256): a resume refuses specs edited since the checkpoint
     data_sha256         each trained task's training rows (SHA-256, ``Split.rows_sha256``): a resume refuses
                         data that changed since the checkpoint (the sampler's state indexes those rows)
+    options             the run's recorded options (a resume refuses a config.json edited since)
+    amp_dtype           the autocast dtype the run trained in
+    scaler_skips        fp16 steps the grad scaler skipped: two counts, in all and already logged
     source_sha256       an --extend run's source adapter (its record of file digests): a resume refuses
                         another one (the checkpoint holds only what trains; the frozen rest comes from it)
 
