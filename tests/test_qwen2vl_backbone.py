@@ -392,3 +392,61 @@ def test_a_processor_of_another_patch_names_qwens_fields(tmp_path):
                                             r"vision_config.patch_size \(8\) and spatial_merge_size \(2\)") as e:
         load_backbone(f"hf:{folder}")
     assert "num_additional_image_tokens" not in str(e.value)
+
+
+def _tiny_sized(tmp_path, **size):
+    """A tiny Qwen2-VL directory whose processor's ``size`` is edited (``longest_edge``: its max_pixels)."""
+    import json
+
+    folder = save_tiny_qwen2vl(tmp_path / "sized")
+    path = folder / "processor_config.json"
+    cfg = json.loads(path.read_text())
+    cfg["image_processor"]["size"].update(size)
+    path.write_text(json.dumps(cfg))
+    return folder
+
+
+def test_a_processors_smaller_max_pixels_is_kept(tmp_path):
+    """max_pixels 1100 (below 448²): the loader resizes within 1100 pixels as the processor does; it took the
+    nominal square's 32² instead, so a 78x20 picture was 48x16 where the processor makes 64x16 (helper 156)."""
+    bb = load_backbone(f"hf:{_tiny_sized(tmp_path, longest_edge=1100)}")
+    assert bb.image_size == 32 and bb.resize.budget == 1100
+    pic = _pictures([(20, 78)])[0]
+    assert bb.processor.image_processor(images=[pic])["image_grid_thw"].tolist() == [[1, 2, 8]]
+    assert tuple(to_uint8_tensor(pic, bb.resize).shape[-2:]) == (16, 64)
+
+
+def test_a_native_resize_never_makes_an_empty_side():
+    """Without min_pixels a side shorter than factor / 2 rounded to 0 (400x12 -> 392x0) and the worker died with
+    PIL's ValueError, not an ImageError the fallback replaces; at least one factor x factor block now (helper 156)."""
+    r = ImageResize(448, mode="native", factor=28)
+    for w, h in [(400, 12), (10, 10), (13, 600)]:
+        nw, nh = r.resized_size(w, h)
+        assert min(nw, nh) >= 28 and nw % 28 == nh % 28 == 0, (w, h, nw, nh)
+    assert to_uint8_tensor(Image.new("RGB", (400, 12)), r).shape == (3, 28, 168)   # grown to one block's area
+
+
+def test_a_token_mismatch_on_a_canvas_names_image_sizes(bb):
+    """A canvas of images of their own sizes without image_sizes (and a first_label, so Hugging Face's own check
+    speaks): the message named LLaVA's processor fields and 'fills 4 tokens' where rows hold 2, 2, 3, 4 (helper 156)."""
+    images, sizes = _loader_images(bb, _pictures(SHAPES))
+    b = bb.lm_collator()(prompts(bb, 4), TARGETS, image_sizes=sizes)
+    with torch.no_grad(), pytest.raises(BackboneError, match=r"fills \(h/16\)·\(w/16\) tokens.*image_sizes=.*"
+                                                             r"pad_images") as e:
+        bb.lm_loss(images, **b, first_label=int((b["labels"] != -100).any(0).nonzero()[0]))
+    assert "vision_feature_select_strategy" not in str(e.value)
+
+
+def test_a_merged_directory_reads_images_within_the_training_bounds(tmp_path):
+    """save_merged copied the processor's max_pixels (12.8 M pixels in the released ones) where training kept
+    every image within 448²: a merged model was fed a 1000x800 picture as 3,100 image tokens where training used
+    775. The merged processor's max_pixels is capped as the loader's (helper 156)."""
+    from transformers import AutoProcessor
+
+    bb = load_backbone(f"hf:{_tiny_sized(tmp_path, longest_edge=1_000_000)}")
+    assert bb.resize.budget == 448 * 448
+    model = mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1))
+    out = mlv.save_merged(model, "a", tmp_path / "merged")
+    w, h = bb.resize.resized_size(1000, 800)
+    merged = AutoProcessor.from_pretrained(out).image_processor
+    assert merged(images=_pictures([(800, 1000)]))["image_grid_thw"].tolist() == [[1, h // 8, w // 8]]

@@ -5,6 +5,7 @@ image placeholder to as many tokens as the model's vision tower fills (a mismatc
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,38 @@ def check_processor_count(processor: Any, image_size: int, n_image: int, name: s
             f"vision tower gives {n_image} features per image; fix the processor ({fix}) and save it again with "
             "processor.save_pretrained(DIR)"
         )
+
+
+def edit_image_processor_files(folder: Path, edit: Callable[[dict], None]) -> None:
+    """Apply ``edit`` to the image processor's fields in ``folder``'s processor files (``processor_config.json``'s
+    ``image_processor``, transformers 5; ``preprocessor_config.json``), rewriting a file only if they change."""
+    for name, nested in (("processor_config.json", "image_processor"), ("preprocessor_config.json", None)):
+        path = folder / name
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        fields = data.get(nested) if nested else data
+        if not isinstance(fields, dict):
+            continue
+        before = json.dumps(fields, sort_keys=True)
+        edit(fields)
+        if json.dumps(fields, sort_keys=True) != before:
+            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def mismatch_fix(layout: Any) -> str:
+    """What to do when Hugging Face finds the prompts' image tokens and the image features differ in number
+    (``layout``: the backbone's :class:`.lm_collate.PromptLayout`)."""
+    tokens = f"tokens {layout.image_token!r} (id {layout.image_token_id})"
+    if layout.token_side:   # a native-resolution model: each image's own count
+        u = layout.token_side
+        return (f"Each image fills (h/{u})·(w/{u}) {tokens} for its own size (h, w): give images of different sizes "
+                "on one canvas with image_sizes=[(h, w), ...] (mtl_lora_vl.data.loader.pad_images makes both) and build "
+                "input_ids with backbone.lm_collator()(..., image_sizes=...); a processor of your own must have the "
+                "model's patch_size and merge_size")
+    return (f"Each image fills {layout.num_image_tokens} {tokens} per row; build input_ids with backbone.lm_collator(), "
+            "or, when using the processor yourself, fix its patch_size, num_additional_image_tokens and "
+            "vision_feature_select_strategy to match the model")
 
 
 def _processor_side(image_processor: Any) -> int | None:

@@ -30,6 +30,7 @@ import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -55,7 +56,7 @@ from .base import (
 )
 from .chat import ChatWrap, assistant_end, read_chat_wrap
 from .hf import hf_dir, hf_grad_checkpointing, hf_model_class, load_hf_weights
-from .hf_processor import check_processor_count, count_image_tokens, load_processor, square_side
+from .hf_processor import check_processor_count, count_image_tokens, load_processor, mismatch_fix, square_side
 from .lm_collate import IGNORE_INDEX, LMCollator, PromptLayout, special_prefix
 from .spec import BackboneSpec
 from .tokenizers import HFTokenizer
@@ -168,6 +169,11 @@ class HFVLMBackbone(Backbone):
     def _image_wrap(cls, config: Any, processor: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Ids put just before and after each image's tokens (none here)."""
         return (), ()
+
+    @classmethod
+    def fit_processor_files(cls, folder: Path) -> None:
+        """Edit the processor files in ``folder`` (a merged export's copies of the source's) so that the processor
+        reads images as this backbone does (nothing to change here)."""
 
     @classmethod
     def _prefix(cls, tokenizer: Any) -> tuple[int, ...]:
@@ -386,12 +392,8 @@ class HFVLMBackbone(Backbone):
         except ValueError as e:
             if _MISMATCH not in str(e):
                 raise
-            raise BackboneError(
-                f"{self.name}: the prompts' image tokens do not match the image features ({e}). Each image fills "
-                f"{self.num_image_tokens} tokens {self.image_token!r} (id {self.image_token_id}) per row; build "
-                "input_ids with backbone.lm_collator(), or, when using the processor yourself, fix its patch_size, "
-                "num_additional_image_tokens and vision_feature_select_strategy to match the model"
-            ) from e
+            raise BackboneError(f"{self.name}: the prompts' image tokens do not match the image features ({e}). "
+                                f"{mismatch_fix(self.layout)}") from e
 
     def _forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor,
                  labels: Tensor | None = None, image_sizes: list[tuple[int, int]] | None = None, **kwargs: Any) -> Any:

@@ -19,12 +19,14 @@ directory: the language-model API of :mod:`.hf_vlm` on the family's own image la
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
 from ..data.resize import ImageResize, size_fields
 from .base import BackboneError, register_backbone
+from .hf_processor import edit_image_processor_files
 from .hf_vlm import HFVLMBackbone
 
 __all__ = ["Idefics3Backbone"]
@@ -42,6 +44,16 @@ class Idefics3Backbone(HFVLMBackbone):
             processor = copy.deepcopy(processor)
             processor.image_processor.do_image_splitting = False
         return super().from_model(model, processor, name)
+
+    @classmethod
+    def fit_processor_files(cls, folder: Path) -> None:
+        """``do_image_splitting`` off, as the backbone reads images (one unsplit image per row): with the source's
+        processor a merged model got a tiny model's image as 147 ids where its task was trained on 19."""
+        def unsplit(fields: dict) -> None:
+            if fields.get("do_image_splitting"):
+                fields["do_image_splitting"] = False
+
+        edit_image_processor_files(folder, unsplit)
 
     # ------------------------------------------------------------------------------------------ building
     @classmethod

@@ -3,16 +3,18 @@ local directory: the language-model API of :mod:`.hf_vlm` on the family's own im
 
 * **Images at their own aspect.** The loader resizes each image as the Qwen image processor does
   (``smart_resize``: each side a multiple of patch x merge, the aspect kept as nearly as that allows, the
-  processor's resampling filter), with the area within the processor's ``min_pixels`` and the package's budget
-  ``S²`` (``S`` = 448 for the released models, 256 image tokens; a processor saved with ``max_pixels`` below
-  448² gives a smaller ``S``): a ``native`` :class:`~mtl_lora_vl.data.resize.ImageResize`. A batch's images
+  processor's resampling filter), with the area within the processor's ``min_pixels`` / ``max_pixels``, capped at
+  448² (:func:`pixel_bounds`: the released processors allow 12.8 M pixels): a ``native``
+  :class:`~mtl_lora_vl.data.resize.ImageResize`. Its nominal side ``S`` (448 for the released models, 256 image
+  tokens; the largest such square within a smaller ``max_pixels``) is ``image_size``. A batch's images
   share one canvas, each at its top left with its ``(h, w)`` in ``image_sizes``; on the device each image is
   cut into the patches the processor makes (:func:`patchify`: ``(h/P · w/P, 3·T·P·P)``, in merge order) with
-  its ``image_grid_thw`` row ``[1, h/P, w/P]``, and its prompt holds ``h/P · w/P / merge²`` image tokens. One
+  its ``image_grid_thw`` row ``[1, h/P, w/P]``, and its prompt holds ``h/P · w/P / merge²`` image tokens. A
+  merged export's processor files get the same bounds (:meth:`Qwen2VLBackbone.fit_processor_files`). One
   image per row, as a mixed-task route through the packed vision tower needs
   (:mod:`mtl_lora_vl.adapters.packed`, which routes images of different sizes by their own patches).
 * **Prompts.** ``image_token`` is ``<|image_pad|>``; the collator expands it to ``<|vision_start|>``, the
-  ``(S/P)² / merge²`` image tokens and ``<|vision_end|>``.
+  row's image tokens and ``<|vision_end|>``.
 * **Positions.** M-RoPE: every forward gets ``mm_token_type_ids`` (1 on image tokens), so the model numbers
   the image tokens by their (t, h, w) place; scoring candidates from the KV cache numbers the candidate
   tokens as text after the prompt, shifted by the prompt's ``rope_deltas`` (one 1-D numbering would be
@@ -21,6 +23,7 @@ local directory: the language-model API of :mod:`.hf_vlm` on the family's own im
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -28,9 +31,10 @@ from torch import Tensor, nn
 
 from ..data.resize import ImageResize, size_fields
 from .base import BackboneError, register_backbone
+from .hf_processor import edit_image_processor_files
 from .hf_vlm import HFVLMBackbone
 
-__all__ = ["Qwen2VLBackbone", "patchify", "qwen_image_side"]
+__all__ = ["Qwen2VLBackbone", "patchify", "pixel_bounds", "qwen_image_side"]
 
 
 def patchify(images: Tensor, patch: int, merge: int, temporal: int) -> Tensor:
@@ -67,6 +71,7 @@ class Qwen2VLBackbone(HFVLMBackbone):
     # ------------------------------------------------------------------------------------------ building
     @classmethod
     def _image_side(cls, config: Any, image_processor: Any, name: str) -> int:
+        """The nominal square side (the image-token count of a square image; sizes of the prompts' budget)."""
         patch, merge, _ = _vision_geometry(config)
         size = size_fields(getattr(image_processor, "size", None))
         low = getattr(image_processor, "min_pixels", None) or size.get("shortest_edge")
@@ -84,15 +89,13 @@ class Qwen2VLBackbone(HFVLMBackbone):
 
     @classmethod
     def _image_resize(cls, config: Any, image_size: int, image_processor: Any, label: str) -> ImageResize:
-        """The processor's ``smart_resize`` (each image at its own aspect) within ``[min_pixels, image_size²]``,
-        with its resampling filter."""
+        """The processor's ``smart_resize`` (each image at its own aspect) within its ``[min_pixels, max_pixels]``,
+        the area capped at ``preferred_side²`` (:func:`pixel_bounds`), with its resampling filter."""
         filter_ = ImageResize.from_hf(image_size, {"resample": getattr(image_processor, "resample", None)}, label)
         patch, merge, _ = _vision_geometry(config)
-        low = getattr(image_processor, "min_pixels", None) or size_fields(getattr(image_processor, "size", None)).get(
-            "shortest_edge")
+        low, high = pixel_bounds(image_processor, cls.preferred_side)
         return ImageResize(image_size, mode="native", interpolation=filter_.interpolation, factor=patch * merge,
-                           min_pixels=min(int(low), image_size * image_size) if low else None,
-                           max_pixels=image_size * image_size)
+                           min_pixels=min(low, high) if low else None, max_pixels=high)
 
     @classmethod
     def _image_wrap(cls, config: Any, processor: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -100,6 +103,20 @@ class Qwen2VLBackbone(HFVLMBackbone):
         if start is None or end is None:
             raise BackboneError(f"{type(config).__name__} names no vision_start_token_id / vision_end_token_id")
         return (int(start),), (int(end),)
+
+    @classmethod
+    def fit_processor_files(cls, folder: Path) -> None:
+        """The processor's ``max_pixels`` capped as the loader caps it (:func:`pixel_bounds`): a model merged from
+        a task trained on images of at most 448² was otherwise fed released processors' 12.8 M-pixel images
+        (a 1080p photo: 2,691 image tokens where training used 252)."""
+        def cap(fields: dict) -> None:
+            _, high = pixel_bounds(fields, cls.preferred_side)
+            if isinstance(fields.get("size"), dict) and "longest_edge" in fields["size"]:
+                fields["size"]["longest_edge"] = min(int(fields["size"]["longest_edge"]), high)
+            if fields.get("max_pixels"):
+                fields["max_pixels"] = min(int(fields["max_pixels"]), high)
+
+        edit_image_processor_files(folder, cap)
 
     # ------------------------------------------------------------------------------------------ inputs
     def _token_side(self) -> int:
@@ -140,6 +157,19 @@ class Qwen2VLBackbone(HFVLMBackbone):
             raise RuntimeError(f"{self.name}: the prompts' prefill left no rope_deltas on the model")
         text = super()._step_positions(step_mask, prompt_len, k) + deltas.to(step_mask.device).repeat_interleave(k, 0)
         return text.unsqueeze(0).expand(3, -1, -1)
+
+
+def pixel_bounds(image_processor: Any, preferred_side: int = Qwen2VLBackbone.preferred_side) -> tuple[int | None, int]:
+    """``(min_pixels, max_pixels)`` the loader resizes within: the image processor's (``min_pixels`` /
+    ``max_pixels``, or ``size["shortest_edge"]`` / ``size["longest_edge"]``), the area capped at ``preferred_side²``
+    (the released processors allow 12.8 M pixels: 16,384 image tokens, more than a training batch affords)."""
+    size = size_fields(getattr(image_processor, "size", None)) if not isinstance(image_processor, dict) else \
+        size_fields(image_processor.get("size"))
+    get = image_processor.get if isinstance(image_processor, dict) else lambda k: getattr(image_processor, k, None)
+    low = get("min_pixels") or size.get("shortest_edge")
+    high = get("max_pixels") or size.get("longest_edge")
+    cap = preferred_side * preferred_side
+    return (int(low) if low else None), (min(int(high), cap) if high else cap)
 
 
 def _vision_geometry(config: Any) -> tuple[int, int, int]:

@@ -109,7 +109,9 @@ class ImageResize:
     def resized_size(self, w: int, h: int) -> tuple[int, int]:
         """(width, height) of a ``w`` x ``h`` image after the resize, before the centre crop to ``size``."""
         if self.native:
-            h, w = smart_resize(h, w, self.factor or 1, self.min_pixels or 0, self.budget)
+            # at least one factor x factor block: a side shorter than factor / 2 would round to 0
+            f = self.factor or 1
+            h, w = smart_resize(h, w, f, max(self.min_pixels or 0, f * f), self.budget)
             return w, h
         s = self.size
         if self.pad_square is not None:

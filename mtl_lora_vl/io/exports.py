@@ -49,6 +49,7 @@ from .._version import __version__
 from ..adapters.attach import adapted_module, merged_state_dict, parameter_names
 from ..adapters.layers import LoRALinear
 from ..adapters.routing import check_module
+from ..backbones import backbone_class
 from ..families import MERGED_CONFIG, MERGED_WEIGHTS, family_named, merged_format, peft_export
 from .atomic import atomic_dir, atomic_file
 from .base_check import check_base_class, check_weight_samples, newer_package_hint, refuse_adapted
@@ -319,8 +320,9 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     pretrained=out)``; any other ``out`` is a local-dir folder (``open_clip_model.safetensors`` plus the
     non-weight files of ``source_dir``, e.g. open_clip_config.json and the tokenizer). Hugging Face
     models: a ``save_pretrained`` directory plus the tokenizer/processor files of ``source_dir`` (default: the
-    local directory the model was loaded from), so a merged LLaVA loads with its processor (an Idefics3 / SmolVLM
-    one with ``do_image_splitting`` off: one unsplit image per row, as the package trains); a ``.safetensors``
+    local directory the model was loaded from), so a merged LLaVA loads with its processor, edited to read images
+    as the package's backbone does (``fit_processor_files``: Idefics3 / SmolVLM's image splitting off, Qwen2-VL's
+    ``max_pixels`` capped); a ``.safetensors``
     ``out`` is refused, as by the ``export`` command.
     """
     inner = adapted_module(model)
@@ -357,25 +359,11 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
                 if f.is_file() and not _weights_or_adapter(f) and not (tmp / f.name).exists():
                     shutil.copyfile(f, tmp / f.name)
             family = family_named(inner._mtl_lora.family)
-            if family is not None and family.splits_images:
-                _unsplit_images(tmp)
+            fit = getattr(backbone_class(family.backbone), "fit_processor_files", None) if family and family.backbone \
+                else None
+            if fit is not None:   # the processor reads images as the package's backbone trained them
+                fit(tmp)
     return out
-
-
-def _unsplit_images(folder: Path) -> None:
-    """Turn ``do_image_splitting`` off in the processor files copied into a merged directory (Idefics3 / SmolVLM):
-    the package trains and scores one unsplit image per row (:mod:`mtl_lora_vl.backbones.idefics3`), and the
-    directory's processor should make the ids the merged task was trained on (with splitting on: 147 ids for a
-    tiny model's image where training used 19, and other tokens generated)."""
-    for name, nested in (("processor_config.json", "image_processor"), ("preprocessor_config.json", None)):
-        path = folder / name
-        if not path.is_file():
-            continue
-        data = json.loads(path.read_text())
-        fields = data.get(nested) if nested else data
-        if isinstance(fields, dict) and fields.get("do_image_splitting"):
-            fields["do_image_splitting"] = False
-            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _weights_or_adapter(f: Path) -> bool:
