@@ -414,4 +414,5 @@ def test_the_pass_report_counts_the_rows_of_the_batches_taken(images, caplog):
     taken = sum(b["replaced"].get("cls", 0) for b in rest)
     said = [r.getMessage() for r in caplog.records if "used a substitute image" in r.getMessage()]
     assert taken > 0 and said == [f"task 'cls': {taken} row(s) used a substitute image because 2 image(s) cannot "
-                                  "be decoded: " + ", ".join(str(images[n]) for n in ("truncated", "corrupt"))], said
+                                  "be used (each warned about once, with why): "
+                                  + ", ".join(str(images[n]) for n in ("truncated", "corrupt"))], said

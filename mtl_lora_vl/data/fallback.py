@@ -194,5 +194,6 @@ class ImageFallback:
             if policy is not None:
                 policy[2].update(files)
             shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
-            logger.warning("task %r: %d row(s) used a substitute image because %d image(s) cannot be decoded: %s",
+            logger.warning("task %r: %d row(s) used a substitute image because %d image(s) cannot be used (each warned "
+                           "about once, with why): %s",
                            self.task, n, len(files), shown)
