@@ -103,7 +103,7 @@ def test_sizes_are_the_processors_smart_resize(bb):
     for h, w in [(480, 640), (640, 480), (375, 500), (1080, 1920), (50, 3000), (28, 28), (10, 10), (448, 448)]:
         assert released.resized_size(w, h) == smart_resize(h, w, 28, 56 * 56, 448 * 448)[::-1], (h, w)
     assert released.resized_size(640, 480) == (504, 364)   # 18 x 13 merged patches: 234 tokens, aspect ~kept
-    with pytest.raises(ImageError, match="image <PIL image>: .*aspect ratio over 200.*crop it first"):
+    with pytest.raises(ImageError, match="image <PIL image>: .*aspect ratio must be smaller than 200.*crop it first"):
         to_uint8_tensor(Image.new("RGB", (402, 2)), bb.resize)
 
 

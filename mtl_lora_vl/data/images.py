@@ -341,6 +341,6 @@ def to_uint8_tensor(img: Any, resize: ImageResize | int) -> torch.Tensor:
     try:
         new = resize.resized_size(*img.size)
     except ValueError as e:   # an aspect the model's processor refuses (native resize)
-        raise ImageError(f"image {name}: {e}") from None
+        raise ImageError(f"image {name}: {e} (the model's image processor refuses it; crop it first)") from None
     _check_resized(name, img.size, new)
     return TF.pil_to_tensor(resize_to_square(to_rgb(img), resize)).contiguous()

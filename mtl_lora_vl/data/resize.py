@@ -14,7 +14,6 @@ these; a backbone carries the one its checkpoint declares (open_clip's ``preproc
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +39,8 @@ class ImageResize:
     ``size`` and pads the rest with black; ``"squash"`` resizes both sides to ``size``, aspect not kept;
     ``"native"`` keeps the image's aspect: both sides rounded to a multiple of ``factor`` and the area
     brought within ``[min_pixels, max_pixels]`` (default ``max_pixels``: ``size²``, the square's budget), as
-    :func:`smart_resize` computes, with no crop (images of one batch then differ in size).
+    the Qwen2-VL image processor's ``smart_resize`` computes (it also refuses an aspect ratio over 200), with no
+    crop (images of one batch then differ in size).
     ``interpolation``: one of :data:`INTERPOLATIONS`. ``floor_crop``: the centre crop starts at
     ``(side - size) // 2``, as Hugging Face image processors crop; otherwise rounded, as torchvision's
     ``center_crop`` (open_clip) does -- the two differ by one pixel when the difference is 3 mod 4.
@@ -109,7 +109,10 @@ class ImageResize:
     def resized_size(self, w: int, h: int) -> tuple[int, int]:
         """(width, height) of a ``w`` x ``h`` image after the resize, before the centre crop to ``size``."""
         if self.native:
-            # at least one factor x factor block: a side shorter than factor / 2 would round to 0
+            from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+            # the processor's own arithmetic, with at least one factor x factor block (a side shorter than
+            # factor / 2 would round to 0)
             f = self.factor or 1
             h, w = smart_resize(h, w, f, max(self.min_pixels or 0, f * f), self.budget)
             return w, h
@@ -196,24 +199,6 @@ def size_fields(side: Any) -> dict[str, Any]:
     if isinstance(side, int) and not isinstance(side, bool):
         return {"shortest_edge": side}
     return {}
-
-
-def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """(height, width) of a ``native`` resize: each a multiple of ``factor``, the aspect kept as nearly as that
-    allows, the area within ``[min_pixels, max_pixels]`` -- the arithmetic of the Qwen2-VL image processor's
-    ``smart_resize`` (which also refuses an aspect ratio over 200)."""
-    if max(height, width) > 200 * min(height, width):
-        raise ValueError(f"an image of {width}x{height} pixels has an aspect ratio over 200, which the model's "
-                         "image processor refuses; crop it first")
-    h, w = round(height / factor) * factor, round(width / factor) * factor
-    if h * w > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        h = max(factor, math.floor(height / beta / factor) * factor)
-        w = max(factor, math.floor(width / beta / factor) * factor)
-    elif h * w < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
-    return h, w
 
 
 def resize_to_square(img: Image.Image, resize: ImageResize) -> Image.Image:
