@@ -83,6 +83,10 @@ class TrainOptions:
     base_dtype: Literal["auto", "fp32", "bf16", "fp16"] = _opt(
         "auto", "dtype of the frozen base weights: auto = bf16 for a language model (LLaVA-style) on a GPU (fp16 on "
         "one without native bf16), else fp32; adapters stay fp32")
+    image_max_pixels: int | None = _opt(None, "largest image area, in pixels, for a backbone that keeps each image's "
+                                        "own size (Qwen2-VL / Qwen2.5-VL; default 448² = 200704, 256 image tokens; "
+                                        "its processor's own max_pixels still bounds it); eval and export read it "
+                                        "from the adapter", ge=1)
     data_root: str | None = _opt(None, "folder that task specs' data paths are relative to (--extend: the new "
                                  "tasks'; the adapter's tasks are read from the folders it records)")
     method: Literal["mtl_lora", "lora", "task_lora", "multi_lora", "moe_lora"] = _opt("mtl_lora", "adapter method")

@@ -450,3 +450,56 @@ def test_a_merged_directory_reads_images_within_the_training_bounds(tmp_path):
     w, h = bb.resize.resized_size(1000, 800)
     merged = AutoProcessor.from_pretrained(out).image_processor
     assert merged(images=_pictures([(800, 1000)]))["image_grid_thw"].tolist() == [[1, h // 8, w // 8]]
+
+
+# ------------------------------------------------------------------------------------------ --image-max-pixels
+def test_image_max_pixels_sets_the_area_within_the_processors_own(tmp_path):
+    """load_backbone(image_max_pixels=N): images within N pixels (the processor's own max_pixels still bounds it),
+    the nominal side and token count following; a backbone of fixed squares refuses it."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    folder = _tiny_sized(tmp_path, longest_edge=1_000_000)
+    bb = load_backbone(f"hf:{folder}", image_max_pixels=4096)
+    assert (bb.resize.budget, bb.image_size, bb.num_image_tokens) == (4096, 64, 16)
+    assert bb.resize.resized_size(300, 200) == smart_resize(200, 300, 16, 1024, 4096)[::-1] == (64, 48)
+    assert bb.lm_collator().layout.num_image_tokens == 16
+    assert load_backbone(f"hf:{folder}").resize.budget == 448 * 448                      # the default cap
+    assert load_backbone(f"hf:{_tiny_sized(tmp_path / 'p', longest_edge=2048)}",
+                         image_max_pixels=4096).resize.budget == 2048                    # the processor's is lower
+    with pytest.raises(BackboneError, match="image_max_pixels 100 is below one 16x16 merged patch"):
+        load_backbone(f"hf:{folder}", image_max_pixels=100)
+    with pytest.raises(BackboneError, match="applies to backbones that keep each image's own size.*builtin takes "
+                                            "64x64 images: leave it out"):
+        load_backbone("builtin", image_max_pixels=4096)
+
+
+def test_image_max_pixels_is_recorded_and_read_back(tmp_path, capsys):
+    """train --image-max-pixels records it in the adapter's base; eval rebuilds the backbone with it (the same
+    scores) and the merged export caps its processor at it."""
+    import json
+
+    from test_generative_tasks import assert_eval_repeats
+    from transformers import AutoProcessor
+
+    from mtl_lora_vl.cli import main, train_main
+    from mtl_lora_vl.io import load_pretrained
+
+    folder = _tiny_sized(tmp_path, longest_edge=1_000_000)
+    out = tmp_path / "run"
+    code = train_main(["--backbone", f"hf:{folder}", "--tasks", ",".join(_jsonl_tasks(tmp_path)), "--steps", "1",
+                       "--batch-size", "8", "--workers", "0", "--warmup", "1", "--data-root", str(tmp_path),
+                       "--image-max-pixels", "2048", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads((out / "adapter" / "mtl_lora_config.json").read_text())
+    assert doc["base"]["image_max_pixels"] == 2048
+    assert load_pretrained(out / "adapter", heads=False, data_root=tmp_path).backbone.resize.budget == 2048
+    assert_eval_repeats(out / "adapter", tmp_path / "ev", json.loads((out / "eval.json").read_text()),
+                        "--data-root", str(tmp_path))
+    assert main(["export", "--adapter", str(out / "adapter"), "--task", "shapes_caps", "--out",
+                 str(tmp_path / "merged")]) == 0
+    merged = AutoProcessor.from_pretrained(tmp_path / "merged").image_processor
+    assert merged(images=_pictures([(800, 1000)]))["image_grid_thw"].tolist() == [[1, 4, 6]]   # 32 x 48: within 2048
+    doc["base"]["image_max_pixels"] = "lots"
+    (out / "adapter" / "mtl_lora_config.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="base.image_max_pixels must be a positive whole number.*got 'lots'"):
+        load_pretrained(out / "adapter", heads=False, data_root=tmp_path)

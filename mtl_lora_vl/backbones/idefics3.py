@@ -46,7 +46,7 @@ class Idefics3Backbone(HFVLMBackbone):
         return super().from_model(model, processor, name)
 
     @classmethod
-    def fit_processor_files(cls, folder: Path) -> None:
+    def fit_processor_files(cls, folder: Path, max_pixels: int | None = None) -> None:
         """``do_image_splitting`` off, as the backbone reads images (one unsplit image per row): with the source's
         processor a merged model got a tiny model's image as 147 ids where its task was trained on 19."""
         def unsplit(fields: dict) -> None:

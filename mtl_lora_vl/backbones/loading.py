@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Backbone, backbone_class_for
+from .base import Backbone, BackboneError, backbone_class_for
 from .hf import hf_dir, hf_model_class
 
 # Imported for their side effect: each family module registers its classes (@register_backbone) in the registry
@@ -25,7 +25,8 @@ __all__ = ["load_backbone"]
 
 
 def load_backbone(spec: str = "builtin", pretrained: str | None = None,
-                  device: str | torch.device = "cpu", base_dtype: str = "auto") -> Backbone:
+                  device: str | torch.device = "cpu", base_dtype: str = "auto",
+                  image_max_pixels: int | None = None) -> Backbone:
     """Load a base VL model, its tokenizer and image normalisation from local files.
 
     ``spec`` is ``builtin``, ``builtin-llava``, ``open_clip:NAME`` (with ``pretrained`` = local checkpoint
@@ -33,8 +34,19 @@ def load_backbone(spec: str = "builtin", pretrained: str | None = None,
     saying how to point at local weights. ``pretrained`` with ``builtin`` loads other weights into the
     built-in architecture. ``base_dtype`` (``auto`` | ``fp32`` | ``bf16`` | ``fp16``) is the dtype of the base
     weights: ``auto`` is bf16 for a language model on a GPU and fp32 otherwise (see ``resolve_base_dtype``).
+    ``image_max_pixels``: the largest image area for a backbone that keeps each image's own size (Qwen2-VL:
+    ``Qwen2VLBackbone.limit_pixels``); refused for backbones that take fixed squares.
     """
     parsed = parse_spec(spec, pretrained)
     if parsed.is_hf_dir:
-        return backbone_class_for(hf_model_class(hf_dir(parsed))).load(parsed, device, base_dtype=base_dtype)
-    return OpenClipBackbone.load(parsed, device, base_dtype=base_dtype)  # builtin, open_clip:NAME, open_clip:DIR
+        bb = backbone_class_for(hf_model_class(hf_dir(parsed))).load(parsed, device, base_dtype=base_dtype)
+    else:
+        bb = OpenClipBackbone.load(parsed, device, base_dtype=base_dtype)  # builtin, open_clip:NAME, open_clip:DIR
+    if image_max_pixels is not None:
+        limit = getattr(bb, "limit_pixels", None)
+        if limit is None or not bb.resize.native:
+            raise BackboneError(f"image_max_pixels (--image-max-pixels) applies to backbones that keep each image's "
+                                f"own size (Qwen2-VL / Qwen2.5-VL); {bb.name} takes {bb.image_size}x{bb.image_size} "
+                                "images: leave it out")
+        limit(int(image_max_pixels))
+    return bb

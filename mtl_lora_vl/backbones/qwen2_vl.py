@@ -23,6 +23,7 @@ local directory: the language-model API of :mod:`.hf_vlm` on the family's own im
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -93,7 +94,7 @@ class Qwen2VLBackbone(HFVLMBackbone):
         the area capped at ``preferred_side²`` (:func:`pixel_bounds`), with its resampling filter."""
         filter_ = ImageResize.from_hf(image_size, {"resample": getattr(image_processor, "resample", None)}, label)
         patch, merge, _ = _vision_geometry(config)
-        low, high = pixel_bounds(image_processor, cls.preferred_side)
+        low, high = pixel_bounds(image_processor)
         return ImageResize(image_size, mode="native", interpolation=filter_.interpolation, factor=patch * merge,
                            min_pixels=min(low, high) if low else None, max_pixels=high)
 
@@ -104,13 +105,29 @@ class Qwen2VLBackbone(HFVLMBackbone):
             raise BackboneError(f"{type(config).__name__} names no vision_start_token_id / vision_end_token_id")
         return (int(start),), (int(end),)
 
+    def limit_pixels(self, max_pixels: int) -> None:
+        """Resize images within ``max_pixels`` (still within the processor's own ``max_pixels``) instead of the
+        448² cap (``--image-max-pixels``: more image tokens per image, a GPU run's choice); the nominal side and
+        image-token count follow."""
+        patch, merge, _ = _vision_geometry(self.model.config)
+        unit = patch * merge
+        if max_pixels < unit * unit:
+            raise BackboneError(f"{self.name}: image_max_pixels {max_pixels} is below one {unit}x{unit} merged patch "
+                                f"({unit * unit} pixels); give at least that")
+        low, high = pixel_bounds(self.hf_processor.image_processor, max_pixels)
+        side = qwen_image_side(unit, min(low, high) if low else None, high, math.isqrt(high))
+        self.image_size, self.num_image_tokens = side, (side // patch) ** 2 // merge ** 2
+        self.resize = ImageResize(side, mode="native", interpolation=self.resize.interpolation, factor=unit,
+                                  min_pixels=min(low, high) if low else None, max_pixels=high)
+        self._collators.clear()   # their layouts hold the image-token count
+
     @classmethod
-    def fit_processor_files(cls, folder: Path) -> None:
-        """The processor's ``max_pixels`` capped as the loader caps it (:func:`pixel_bounds`): a model merged from
-        a task trained on images of at most 448² was otherwise fed released processors' 12.8 M-pixel images
-        (a 1080p photo: 2,691 image tokens where training used 252)."""
+    def fit_processor_files(cls, folder: Path, max_pixels: int | None = None) -> None:
+        """The processor's ``max_pixels`` capped as the loader caps it (:func:`pixel_bounds`; ``max_pixels``: a
+        run's ``image_max_pixels``): a model merged from a task trained on images of at most 448² was otherwise fed
+        released processors' 12.8 M-pixel images (a 1080p photo: 2,691 image tokens where training used 252)."""
         def cap(fields: dict) -> None:
-            _, high = pixel_bounds(fields, cls.preferred_side)
+            _, high = pixel_bounds(fields, max_pixels or cls.preferred_side ** 2)
             if isinstance(fields.get("size"), dict) and "longest_edge" in fields["size"]:
                 fields["size"]["longest_edge"] = min(int(fields["size"]["longest_edge"]), high)
             if fields.get("max_pixels"):
@@ -159,16 +176,16 @@ class Qwen2VLBackbone(HFVLMBackbone):
         return text.unsqueeze(0).expand(3, -1, -1)
 
 
-def pixel_bounds(image_processor: Any, preferred_side: int = Qwen2VLBackbone.preferred_side) -> tuple[int | None, int]:
+def pixel_bounds(image_processor: Any, cap: int = Qwen2VLBackbone.preferred_side ** 2) -> tuple[int | None, int]:
     """``(min_pixels, max_pixels)`` the loader resizes within: the image processor's (``min_pixels`` /
-    ``max_pixels``, or ``size["shortest_edge"]`` / ``size["longest_edge"]``), the area capped at ``preferred_side²``
-    (the released processors allow 12.8 M pixels: 16,384 image tokens, more than a training batch affords)."""
+    ``max_pixels``, or ``size["shortest_edge"]`` / ``size["longest_edge"]``), the area capped at ``cap`` (448²
+    unless ``image_max_pixels`` says otherwise: the released processors allow 12.8 M pixels, 16,384 image tokens,
+    more than a training batch affords)."""
     size = size_fields(getattr(image_processor, "size", None)) if not isinstance(image_processor, dict) else \
         size_fields(image_processor.get("size"))
     get = image_processor.get if isinstance(image_processor, dict) else lambda k: getattr(image_processor, k, None)
     low = get("min_pixels") or size.get("shortest_edge")
     high = get("max_pixels") or size.get("longest_edge")
-    cap = preferred_side * preferred_side
     return (int(low) if low else None), (min(int(high), cap) if high else cap)
 
 

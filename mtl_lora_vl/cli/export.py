@@ -173,7 +173,7 @@ def export(opts: ExportOptions) -> list[Path]:
         source = _source_dir(spec) or _open_clip_config(spec, model, Path(scratch))
         for task in progress(tasks, desc="export", unit="task"):
             try:
-                written.append(_export_one(opts, model, task, targets[task], source))
+                written.append(_export_one(opts, model, task, targets[task], source, base.get("image_max_pixels")))
             except OSError as e:   # say which task failed and which folders are complete
                 done = f"; written (complete): {', '.join(map(str, written))}" if written else ""
                 left = tasks[tasks.index(task):]
@@ -183,10 +183,13 @@ def export(opts: ExportOptions) -> list[Path]:
     return written
 
 
-def _export_one(opts: ExportOptions, model: Any, task: str, target: Path, source: Path | None) -> Path:
-    """One task to ``target`` (merged, or a LoRA); prints what was written."""
+def _export_one(opts: ExportOptions, model: Any, task: str, target: Path, source: Path | None,
+                image_max_pixels: int | None = None) -> Path:
+    """One task to ``target`` (merged, or a LoRA); prints what was written. ``image_max_pixels``: the adapter's
+    recorded one (the merged processor's cap)."""
     if opts.format == "merged":
-        path = save_merged(model, task, target, source_dir=source, overwrite=opts.overwrite)
+        path = save_merged(model, task, target, source_dir=source, overwrite=opts.overwrite,
+                           image_max_pixels=image_max_pixels)
         what = f"task {task!r} merged into {type(model).__name__}"
     else:
         path = export_lora(model, task, target, format=opts.format, overwrite=opts.overwrite)

@@ -307,6 +307,10 @@ def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
     if base_dtype is not None and base_dtype not in ("fp32", "bf16", "fp16"):
         raise AdapterFileError(f"{cfg_file}: base.base_dtype must be 'fp32', 'bf16' or 'fp16' (the base weights' "
                                f"dtype the adapter was trained on), got {base_dtype!r}; fix the field or remove it")
+    pixels = (doc.get("base") or {}).get("image_max_pixels")
+    if pixels is not None and (not isinstance(pixels, int) or isinstance(pixels, bool) or pixels < 1):
+        raise AdapterFileError(f"{cfg_file}: base.image_max_pixels must be a positive whole number (the largest image "
+                               f"area the adapter was trained on), got {pixels!r}; fix the field or remove it")
     bad_roots = sorted(t for t, r in (doc.get("data_roots") or {}).items() if not (isinstance(r, str) and r))
     if bad_roots:
         raise AdapterFileError(f"{cfg_file}: data_roots of task(s) {bad_roots} must be a folder path (a string), "

@@ -313,7 +313,7 @@ def _loaded_from(model: nn.Module) -> Path | None:
 
 
 def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | Path | None = None,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, image_max_pixels: int | None = None) -> Path:
     """Write ``model``'s base model with task ``task`` merged in, loadable by the base library itself.
 
     open_clip: ``out`` ending in ``.safetensors`` is one state-dict file for ``open_clip.create_model(NAME,
@@ -322,7 +322,7 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     models: a ``save_pretrained`` directory plus the tokenizer/processor files of ``source_dir`` (default: the
     local directory the model was loaded from), so a merged LLaVA loads with its processor, edited to read images
     as the package's backbone does (``fit_processor_files``: Idefics3 / SmolVLM's image splitting off, Qwen2-VL's
-    ``max_pixels`` capped); a ``.safetensors``
+    ``max_pixels`` capped at ``image_max_pixels``, the run's, default 448²); a ``.safetensors``
     ``out`` is refused, as by the ``export`` command.
     """
     inner = adapted_module(model)
@@ -362,7 +362,7 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
             fit = getattr(backbone_class(family.backbone), "fit_processor_files", None) if family and family.backbone \
                 else None
             if fit is not None:   # the processor reads images as the package's backbone trained them
-                fit(tmp)
+                fit(tmp, image_max_pixels)
     return out
 
 

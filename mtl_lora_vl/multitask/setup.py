@@ -101,7 +101,8 @@ def build_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec] 
     """Backbone, task specs and kinds, heads (initialised to the zero-shot rule), adapters. ``specs``: the
     ``--tasks`` specs if already read (else they are read here)."""
     specs = resolve_tasks(opts.tasks) if specs is None else specs
-    backbone = load_backbone(opts.backbone, opts.pretrained, device, base_dtype=opts.base_dtype)
+    backbone = load_backbone(opts.backbone, opts.pretrained, device, base_dtype=opts.base_dtype,
+                             image_max_pixels=opts.image_max_pixels)
     if opts.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
     for s in specs:  # a task the backbone cannot serve is refused before any data is read
@@ -172,7 +173,8 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
     recorded = lp.doc.get("base") or {}
     base = {"backbone": recorded.get("backbone") if opts.backbone == "builtin" else opts.backbone,
             "pretrained": recorded.get("pretrained") if opts.pretrained is None else opts.pretrained,
-            "base_dtype": recorded.get("base_dtype", "auto") if opts.base_dtype == "auto" else opts.base_dtype}
+            "base_dtype": recorded.get("base_dtype", "auto") if opts.base_dtype == "auto" else opts.base_dtype,
+            **({"image_max_pixels": recorded["image_max_pixels"]} if recorded.get("image_max_pixels") else {})}
     source = record_sha256({"files": lp.doc.get("files") or {}, "config": lp.doc.get("config")})
     return Setup(bb, specs, kinds, model, attach_info(bb.model).config, train_splits, extended_from=old,
                  new_adapter_values=added, base=base, source_sha256=source, data_roots=roots,

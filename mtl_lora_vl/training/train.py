@@ -466,7 +466,8 @@ def finish(run: Run) -> None:
                      task_specs={s.name: s for s in setup.specs if s.source_file},
                      base={"backbone": opts.backbone, "pretrained": opts.pretrained,
                            # an explicit --base-dtype is what eval --adapter loads by default (auto: its own rule)
-                           **({"base_dtype": opts.base_dtype} if opts.base_dtype != "auto" else {})},
+                           **({"base_dtype": opts.base_dtype} if opts.base_dtype != "auto" else {}),
+                           **({"image_max_pixels": opts.image_max_pixels} if opts.image_max_pixels else {})},
                      kinds=setup.kinds, overwrite=True,
                      data_roots=setup.recorded_roots(opts.data_root))
     with sharded_evaluation(run.info), main_rank_logging(run.info.is_main):   # every rank warns alike: rank 0 says it
