@@ -331,7 +331,8 @@ def test_a_system_message_holding_a_special_token_is_refused_when_the_task_is_bu
     spec = load_spec(str(path))
     with pytest.raises(ValueError, match=rf"\[generative\] system holds '{tok}', a special token of backbone"):
         build_kind(spec, _split(spec, "train", 6), backbone)
-# paste into tests/test_chat_template.py (uses its QWEN_TEMPLATE, DROPS_SYSTEM, system_processor, _wrap)
+
+
 def test_a_system_message_equal_to_the_templates_default_is_written(system_processor):
     """Qwen2-VL's template writes 'You are a helpful assistant.' when no system message is given; a spec that sets
     that very text was refused as 'does not write a system message' (the wrap equalled the default one)."""

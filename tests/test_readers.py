@@ -822,7 +822,8 @@ def test_a_csv_whose_every_caption_is_blank_says_so(tmp_path):
     (tmp_path / "c.csv").write_text("image,caption\na.png,\nb.png,\n")
     with pytest.raises(DataFormatError, match=r"'caption' is blank in every row"):
         read_split("csv", tmp_path, file="c.csv")
-# paste into tests/test_readers.py
+
+
 def test_imagefolder_is_quiet_about_the_files_every_folder_holds(tmp_path, caplog):
     """Thumbs.db, desktop.ini, a README or a labels file beside the images drew 'N file(s) of other extensions are
     not read ...; convert them to read them' on every load of a normal folder; an image format it does not read is
@@ -838,7 +839,8 @@ def test_imagefolder_is_quiet_about_the_files_every_folder_holds(tmp_path, caplo
     with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
         read_split("imagefolder", tmp_path)
     assert "not read (e.g. " in caplog.text and "2.HEIC" in caplog.text
-# paste into tests/test_readers.py
+
+
 def test_a_captions_csv_with_an_empty_label_column_and_blank_captions_names_both_columns(tmp_path):
     """'label' came first in the message ('label' is blank in every row; fill the column) of a captions file whose
     optional label column is empty: filling it would make the file a classification one."""

@@ -277,7 +277,6 @@ def test_two_images_flattened_into_one_item_are_refused(family):
         encoded = {"image": BaseModelOutputWithPooling(pooler_output=flat)}
         with mlv.route(model, [0, 1]), pytest.raises(mlv.RoutingError, match=r"\[2, 0\]|one image per row"):
             model(input_ids=ids, attention_mask=mask, mm_encoder_outputs=encoded)
-# paste into tests/test_row_images.py
 
 
 class _Raise(StoppingCriteria):
