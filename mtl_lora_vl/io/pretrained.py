@@ -154,8 +154,8 @@ def _base_backbone(path: Path, doc: dict[str, Any], backbone: str | None, pretra
     if base_dtype == "auto" and base.get("base_dtype"):   # checked when the adapter file was read
         base_dtype = base["base_dtype"]   # the run's explicit --base-dtype: its scores are reproduced on that dtype
     try:
-        return load_backbone(spec, weights, device=device, base_dtype=base_dtype,
-                             image_max_pixels=base.get("image_max_pixels"))   # the run's, as it trained
+        pixels = {"image_max_pixels": base["image_max_pixels"]} if base.get("image_max_pixels") else {}
+        return load_backbone(spec, weights, device=device, base_dtype=base_dtype, **pixels)   # as the run trained
     except (ValueError, FileNotFoundError, OSError) as e:
         given = backbone is not None and backbone != base.get("backbone")
         which = (f"given by --backbone (the adapter was trained on {base.get('backbone')!r})" if given
