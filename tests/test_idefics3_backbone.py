@@ -200,3 +200,18 @@ def test_a_max_image_size_other_than_the_towers_names_it(tmp_path):
                                             r"set max_image_size to \{'longest_edge': 32\}") as e:
         load_backbone(f"hf:{folder}")
     assert "image_seq_len" not in str(e.value)
+
+
+def test_a_merged_processor_without_the_splitting_field_does_not_split(tmp_path):
+    """A processor file without do_image_splitting loads with the processor's default, True: the merged folder
+    still split images (only a field present and true was turned off) (helper 157)."""
+    from transformers import AutoProcessor
+
+    import mtl_lora_vl as mlv
+
+    folder = save_tiny_idefics3(tmp_path / "idefics3")
+    _edit_processor(folder, lambda c: c.pop("do_image_splitting"))
+    assert AutoProcessor.from_pretrained(folder).image_processor.do_image_splitting is True
+    model = mlv.attach(load_backbone(f"hf:{folder}").model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1))
+    out = mlv.save_merged(model, "a", tmp_path / "merged")
+    assert AutoProcessor.from_pretrained(out).image_processor.do_image_splitting is False

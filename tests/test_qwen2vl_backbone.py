@@ -503,3 +503,80 @@ def test_image_max_pixels_is_recorded_and_read_back(tmp_path, capsys):
     (out / "adapter" / "mtl_lora_config.json").write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="base.image_max_pixels must be a positive whole number.*got 'lots'"):
         load_pretrained(out / "adapter", heads=False, data_root=tmp_path)
+
+
+def _train_small(args, capsys):
+    from mtl_lora_vl.cli import train_main
+
+    code = train_main(["--steps", "1", "--batch-size", "8", "--workers", "0", "--warmup", "1", *args])
+    return code, capsys.readouterr().err
+
+
+def _recorded_area(adapter, root):
+    """The adapter's recorded image_max_pixels and the area load_pretrained rebuilds its backbone at."""
+    import json
+
+    from mtl_lora_vl.io import load_pretrained
+
+    doc = json.loads((adapter / "mtl_lora_config.json").read_text())
+    return doc["base"].get("image_max_pixels"), load_pretrained(adapter, heads=False, data_root=root).backbone.resize.budget
+
+
+def test_extend_keeps_the_adapters_image_area(tmp_path, capsys):
+    """--extend trains at the adapter's recorded area and records it again (the new adapter recorded nothing,
+    so eval and export used 448² for every task); another --image-max-pixels is refused by name (it was ignored
+    in training and recorded, so the old tasks were scored at an area they never saw) (helper 157)."""
+    folder = _tiny_sized(tmp_path, longest_edge=1_000_000)
+    vqa, caps = _jsonl_tasks(tmp_path)
+    code, err = _train_small(["--backbone", f"hf:{folder}", "--tasks", vqa, "--data-root", str(tmp_path),
+                              "--image-max-pixels", "2048", "--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    code, err = _train_small(["--extend", str(tmp_path / "a"), "--tasks", caps, "--data-root", str(tmp_path),
+                              "--out", str(tmp_path / "b")], capsys)
+    assert code == 0, err
+    assert _recorded_area(tmp_path / "b" / "adapter", tmp_path) == (2048, 2048)
+    code, err = _train_small(["--extend", str(tmp_path / "a"), "--tasks", caps, "--data-root", str(tmp_path),
+                              "--image-max-pixels", "4096", "--out", str(tmp_path / "c")], capsys)
+    assert code != 0 and "the adapter's image area (image_max_pixels 2048)" in err and "--image-max-pixels 4096" in err
+
+
+def test_save_merged_of_a_loaded_adapter_keeps_its_image_area(tmp_path, capsys):
+    """load_pretrained rebuilds the backbone at the recorded 2048 pixels; save_merged from Python (no
+    image_max_pixels=) capped the merged processor at 448² all the same: 775 tokens for a picture trained on as
+    6 (helper 157)."""
+    from transformers import AutoProcessor
+
+    from mtl_lora_vl.io import load_pretrained
+
+    folder = _tiny_sized(tmp_path, longest_edge=1_000_000)
+    code, err = _train_small(["--backbone", f"hf:{folder}", "--tasks", _jsonl_tasks(tmp_path)[1], "--data-root",
+                              str(tmp_path), "--image-max-pixels", "2048", "--out", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    lp = load_pretrained(tmp_path / "run" / "adapter", heads=False, data_root=tmp_path)
+    merged = mlv.save_merged(lp.backbone.model, "shapes_caps", tmp_path / "merged")
+    w, h = lp.backbone.resize.resized_size(1000, 800)
+    grid = AutoProcessor.from_pretrained(merged).image_processor(images=_pictures([(800, 1000)]))["image_grid_thw"]
+    assert grid.tolist() == [[1, h // 8, w // 8]] == [[1, 4, 6]]
+
+
+def test_a_merged_processor_without_a_max_pixels_field_is_capped(tmp_path):
+    """An older-layout processor file (preprocessor_config.json) with neither max_pixels nor size: the merged
+    processor took transformers' default (1,003,520 pixels) where training capped at 448² (helper 157)."""
+    import json
+    import shutil
+
+    from transformers import AutoProcessor
+
+    src = save_tiny_qwen2vl(tmp_path / "q")
+    folder = tmp_path / "old"
+    shutil.copytree(src, folder)
+    fields = json.loads((folder / "processor_config.json").read_text()).pop("image_processor")
+    fields.pop("size")
+    (folder / "processor_config.json").unlink()
+    (folder / "preprocessor_config.json").write_text(json.dumps({**fields, "processor_class": "Qwen2VLProcessor"}))
+    bb = load_backbone(f"hf:{folder}")
+    model = mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1))
+    out = mlv.save_merged(model, "a", tmp_path / "merged")
+    w, h = bb.resize.resized_size(1000, 800)
+    grid = AutoProcessor.from_pretrained(out).image_processor(images=_pictures([(800, 1000)]))["image_grid_thw"]
+    assert grid.tolist() == [[1, h // 8, w // 8]]

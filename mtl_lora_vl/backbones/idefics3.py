@@ -50,7 +50,7 @@ class Idefics3Backbone(HFVLMBackbone):
         """``do_image_splitting`` off, as the backbone reads images (one unsplit image per row): with the source's
         processor a merged model got a tiny model's image as 147 ids where its task was trained on 19."""
         def unsplit(fields: dict) -> None:
-            if fields.get("do_image_splitting"):
+            if fields.get("do_image_splitting") is not False:   # absent: the processor's default is on
                 fields["do_image_splitting"] = False
 
         edit_image_processor_files(folder, unsplit)

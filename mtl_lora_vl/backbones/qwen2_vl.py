@@ -116,10 +116,12 @@ class Qwen2VLBackbone(HFVLMBackbone):
                                 f"({unit * unit} pixels); give at least that")
         low, high = pixel_bounds(self.hf_processor.image_processor, max_pixels)
         side = qwen_image_side(unit, min(low, high) if low else None, high, math.isqrt(high))
-        self.image_size, self.num_image_tokens = side, (side // patch) ** 2 // merge ** 2
+        # the nominal count: the square's, or the area's whole tokens where a wide image fills more (context checks)
+        self.image_size, self.num_image_tokens = side, max((side // patch) ** 2 // merge ** 2, high // unit ** 2)
         self.resize = ImageResize(side, mode="native", interpolation=self.resize.interpolation, factor=unit,
                                   min_pixels=min(low, high) if low else None, max_pixels=high)
         self._collators.clear()   # their layouts hold the image-token count
+        self.model._mtl_image_max_pixels = max_pixels   # save_merged's cap for the merged processor (io/exports.py)
 
     @classmethod
     def fit_processor_files(cls, folder: Path, max_pixels: int | None = None) -> None:
@@ -130,8 +132,12 @@ class Qwen2VLBackbone(HFVLMBackbone):
             _, high = pixel_bounds(fields, max_pixels or cls.preferred_side ** 2)
             if isinstance(fields.get("size"), dict) and "longest_edge" in fields["size"]:
                 fields["size"]["longest_edge"] = min(int(fields["size"]["longest_edge"]), high)
-            if fields.get("max_pixels"):
-                fields["max_pixels"] = min(int(fields["max_pixels"]), high)
+            # written even where the file has none: the processor's default (28·28·1280 pixels) is not the cap
+            fields["max_pixels"] = min(int(fields.get("max_pixels") or high), high)
+            size = fields.get("size") if isinstance(fields.get("size"), dict) else {}
+            for holder, key in ((fields, "min_pixels"), (size, "shortest_edge")):   # a cap below the minimum
+                if holder.get(key):
+                    holder[key] = min(int(holder[key]), high)
 
         edit_image_processor_files(folder, cap)
 

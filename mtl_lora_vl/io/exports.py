@@ -322,7 +322,8 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     models: a ``save_pretrained`` directory plus the tokenizer/processor files of ``source_dir`` (default: the
     local directory the model was loaded from), so a merged LLaVA loads with its processor, edited to read images
     as the package's backbone does (``fit_processor_files``: Idefics3 / SmolVLM's image splitting off, Qwen2-VL's
-    ``max_pixels`` capped at ``image_max_pixels``, the run's, default 448²); a ``.safetensors``
+    ``max_pixels`` capped at ``image_max_pixels``: by default the cap the backbone was loaded with, 448² unless
+    ``--image-max-pixels`` / ``load_pretrained`` of such a run set another); a ``.safetensors``
     ``out`` is refused, as by the ``export`` command.
     """
     inner = adapted_module(model)
@@ -362,7 +363,7 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
             fit = getattr(backbone_class(family.backbone), "fit_processor_files", None) if family and family.backbone \
                 else None
             if fit is not None:   # the processor reads images as the package's backbone trained them
-                fit(tmp, image_max_pixels)
+                fit(tmp, image_max_pixels or getattr(inner, "_mtl_image_max_pixels", None))
     return out
 
 

@@ -230,8 +230,14 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
                      lambda_type=c.lambda_type, method=c.method,
                      targets=c.targets if isinstance(c.targets, str) else json.dumps(c.targets))
         opts.check_extend_shape(shape, given)
+        area = setup.base.get("image_max_pixels")
+        if opts.image_max_pixels is not None and opts.image_max_pixels != area:
+            raise ValueError(f"--extend {opts.extend}: the new tasks take the adapter's image area (image_max_pixels "
+                             f"{area if area else 'not recorded: the 448² default'}), so --image-max-pixels "
+                             f"{opts.image_max_pixels} would be ignored; drop it (from the command line or the --config "
+                             "file), or train a new run with all tasks at that area")
         opts = replace(opts, backbone=setup.base["backbone"], pretrained=setup.base["pretrained"],
-                       base_dtype=setup.base["base_dtype"], **shape)
+                       base_dtype=setup.base["base_dtype"], image_max_pixels=area, **shape)
     opts = opts.with_path_defaults(any(kind.generative for kind in setup.kinds.values()))
     read_eval_splits(setup, [opts.eval_split, *(["val"] if opts.eval_every or opts.eval_val else [])], opts.data_root)
     seed_rank(opts.seed, info.rank)  # every rank builds the same model, then draws its own dropout masks
