@@ -148,11 +148,16 @@ def _qwen_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | Non
     ids, grid = (_forward_input(model, args, kwargs, k) for k in ("input_ids", "image_grid_thw"))
     if ids is None or grid is None or videos is not None or encoded.get("video") is not None:
         return _token_rows(model, args, kwargs, model.config.vision_start_token_id)
+    import torch  # (the table itself needs no torch)
+
     merge = int(model.config.vision_config.spatial_merge_size) ** 2
-    sizes = [int(t * h * w) // merge for t, h, w in grid.tolist()]
+    counts = (ids == model.config.image_token_id).sum(-1)
+    both = torch.cat([grid.reshape(-1).to(counts), counts]).tolist()   # one read of the device, not two
+    g = both[:grid.numel()]
+    sizes = [int(t * h * w) // merge for t, h, w in zip(g[0::3], g[1::3], g[2::3])]
     spans = list(zip([0, *itertools.accumulate(sizes)], itertools.accumulate(sizes)))   # each image's tokens
     out, start = [], 0
-    for tokens in (ids == model.config.image_token_id).sum(-1).tolist():
+    for tokens in both[grid.numel():]:
         stop = start + tokens
         whole = sum(start <= a and b <= stop for a, b in spans)
         part = sum(max(0, min(b, stop) - max(a, start)) / (b - a) for a, b in spans if not start <= a < b <= stop)

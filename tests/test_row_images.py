@@ -328,3 +328,22 @@ def test_llava_rows_of_several_real_images_get_no_crop_splitting_hint():
     with torch.no_grad(), mlv.route(m, [0, 1]), pytest.raises(mlv.RoutingError) as err:
         m(**x)
     assert "[2, 3]" in str(err.value) and "do_image_splitting" not in str(err.value)
+
+
+def test_qwen_row_counts_read_the_device_once(monkeypatch):
+    """The per-row image count of a Qwen2-VL mixed forward reads its grid and token counts in one transfer (a GPU
+    wait each), and counts an image per row, or a row with two."""
+    from types import SimpleNamespace
+
+    from mtl_lora_vl.families import _qwen_row_images
+
+    cfg = SimpleNamespace(vision_config=SimpleNamespace(spatial_merge_size=2), image_token_id=9,
+                          vision_start_token_id=7)
+    model = SimpleNamespace(config=cfg, forward=lambda input_ids, pixel_values, image_grid_thw: None)
+    grid = torch.tensor([[1, 4, 2], [1, 2, 2], [1, 2, 2]])   # 2, 1 and 1 image tokens
+    ids = torch.tensor([[9, 9, 0], [9, 9, 1]])
+    calls = []
+    real = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: calls.append(1) or real(self))
+    out = _qwen_row_images(model, (), {"input_ids": ids, "pixel_values": torch.zeros(1), "image_grid_thw": grid})
+    assert out == [1, 2] and len(calls) == 1
