@@ -321,7 +321,7 @@ def test_task_evaluation_goes_on_or_stops_with_strict(images, tmp_path, caplog):
     assert any("task 'pets': 2 row(s) used a substitute image" in r.getMessage() for r in caplog.records)
     # The substitutes kept their rows' labels, so those rows were scored on another row's image: they are
     # left out, and the scores are those of the split without them.
-    assert "task 'pets': 2 evaluation row(s) whose image cannot be decoded are left out" in caplog.text
+    assert "task 'pets': 2 evaluation row(s) whose image cannot be used are left out" in caplog.text
     good = Split([ex for i, ex in enumerate(split.examples) if i not in BAD], class_names=split.class_names)
     assert out == kind.evaluate(backbone, None, good, batch_size=4, device="cpu") and out["n"] == len(NAMES) - 2
     strict = Split(split.examples, class_names=split.class_names, strict=True)

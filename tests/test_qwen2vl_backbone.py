@@ -580,3 +580,35 @@ def test_a_merged_processor_without_a_max_pixels_field_is_capped(tmp_path):
     w, h = bb.resize.resized_size(1000, 800)
     grid = AutoProcessor.from_pretrained(out).image_processor(images=_pictures([(800, 1000)]))["image_grid_thw"]
     assert grid.tolist() == [[1, h // 8, w // 8]]
+
+
+def test_the_nominal_token_count_covers_wide_images(tmp_path):
+    """A processor max_pixels (20000) that is not a square: a wide picture fills 78 image tokens where the
+    nominal 128² square fills 64; the count the prompts' length checks use was 64 on a plain load (and 78 with
+    --image-max-pixels 20000, the same bounds) (helper 158)."""
+    folder = _tiny_sized(tmp_path, longest_edge=20000)
+    plain, capped = load_backbone(f"hf:{folder}"), load_backbone(f"hf:{folder}", image_max_pixels=20000)
+    w, h = plain.resize.resized_size(208, 96)
+    assert (w // 16) * (h // 16) == 78 == plain.num_image_tokens == capped.num_image_tokens
+    assert plain.lm_collator().layout.num_image_tokens == 78
+
+
+def test_an_aspect_refusal_does_not_send_the_user_to_a_check_that_passes(bb, tmp_path, caplog):
+    """A 450x2 picture decodes, but the native resize refuses it (aspect 225): the warning said
+    'verify_image(path, decode=True) checks a file', which finds the file fine (helper 158)."""
+    import logging
+
+    from mtl_lora_vl.data.fallback import ImageFallback
+    from mtl_lora_vl.data.images import ImageShapeError, verify_image
+    from mtl_lora_vl.data.records import Example
+
+    good, wide = tmp_path / "good.png", tmp_path / "wide.png"
+    Image.new("RGB", (40, 40)).save(good)
+    Image.new("RGB", (450, 2)).save(wide)
+    assert verify_image(str(wide), decode=True) == (450, 2)
+    examples = [Example(image=str(wide), image_id="w", text="a"), Example(image=str(good), image_id="g", text="b")]
+    with caplog.at_level(logging.WARNING):
+        row, _ = ImageFallback("t", examples, bb.resize).decode(0)
+    assert row == 1 and "aspect ratio must be smaller than 200" in caplog.text and "verify_image" not in caplog.text
+    with pytest.raises(ImageShapeError, match="example 'w': .*crop it first"):
+        ImageFallback("t", examples, bb.resize, strict=True).decode(0)

@@ -105,6 +105,19 @@ class Qwen2VLBackbone(HFVLMBackbone):
             raise BackboneError(f"{type(config).__name__} names no vision_start_token_id / vision_end_token_id")
         return (int(start),), (int(end),)
 
+    @classmethod
+    def from_model(cls, model: nn.Module, processor: Any, name: str = "hf:custom") -> Qwen2VLBackbone:
+        """As :meth:`HFVLMBackbone.from_model`, with the image-token count of :meth:`_nominal_tokens`."""
+        bb = super().from_model(model, processor, name)
+        bb.num_image_tokens = bb._nominal_tokens()
+        return bb
+
+    def _nominal_tokens(self) -> int:
+        """The image-token count the prompts' length checks use: the nominal square's, or the area's whole tokens
+        where a wide image fills more (a ``max_pixels`` that is not the square of a multiple of patch x merge)."""
+        patch, merge, _ = _vision_geometry(self.model.config)
+        return max((self.image_size // patch) ** 2 // merge ** 2, self.resize.budget // (patch * merge) ** 2)
+
     def limit_pixels(self, max_pixels: int) -> None:
         """Resize images within ``max_pixels`` (still within the processor's own ``max_pixels``) instead of the
         448² cap (``--image-max-pixels``: more image tokens per image, a GPU run's choice); the nominal side and
@@ -116,10 +129,10 @@ class Qwen2VLBackbone(HFVLMBackbone):
                                 f"({unit * unit} pixels); give at least that")
         low, high = pixel_bounds(self.hf_processor.image_processor, max_pixels)
         side = qwen_image_side(unit, min(low, high) if low else None, high, math.isqrt(high))
-        # the nominal count: the square's, or the area's whole tokens where a wide image fills more (context checks)
-        self.image_size, self.num_image_tokens = side, max((side // patch) ** 2 // merge ** 2, high // unit ** 2)
+        self.image_size = side
         self.resize = ImageResize(side, mode="native", interpolation=self.resize.interpolation, factor=unit,
                                   min_pixels=min(low, high) if low else None, max_pixels=high)
+        self.num_image_tokens = self._nominal_tokens()
         self._collators.clear()   # their layouts hold the image-token count
         self.model._mtl_image_max_pixels = max_pixels   # save_merged's cap for the merged processor (io/exports.py)
 

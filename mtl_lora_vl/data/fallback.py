@@ -32,7 +32,7 @@ from typing import Any
 from torch import Tensor
 from torch.utils.data import get_worker_info
 
-from .images import ImageError, image_key, to_uint8_tensor
+from .images import ImageError, ImageShapeError, image_key, to_uint8_tensor
 from .records import Example
 from .resize import ImageResize
 
@@ -135,17 +135,18 @@ class ImageFallback:
         try:
             return to_uint8_tensor(ex.image, self.size)
         except ImageError as err:
-            raise ImageError(f"example {ex.image_id!r}: {err}") from err
+            raise type(err)(f"example {ex.image_id!r}: {err}") from err   # (its kind kept: a shape refusal)
 
     def _mark(self, index: int, err: ImageError) -> None:
         """Record a failed file; warn if this is its first failure anywhere."""
         slot = self._slot(index)
         first = not self._failed[slot]
         self._failed[slot] = 1
-        if first:
+        if first:   # (a shape refusal's file decodes: checking it would find nothing)
+            check = "" if isinstance(err, ImageShapeError) else ("; mtl_lora_vl.data.images.verify_image(path, "
+                                                                 "decode=True) checks a file")
             logger.warning("task %r: %s; its rows are replaced by other rows of the task (set strict = true in "
-                           "the task spec to stop instead; mtl_lora_vl.data.images.verify_image(path, "
-                           "decode=True) checks a file)", self.task, err)
+                           "the task spec to stop instead%s)", self.task, err, check)
 
     def _known_bad(self, index: int) -> bool:
         return bool(self._failed[self._slot(index)])
@@ -159,8 +160,8 @@ class ImageFallback:
                 return index, self._decode(index)
             except ImageError as err:
                 if self.strict:
-                    raise ImageError(f"task {self.task!r}: {err} (strict = true in the task spec; set it to "
-                                     "false to replace rows whose image cannot be decoded)") from err
+                    raise type(err)(f"task {self.task!r}: {err} (strict = true in the task spec; set it to "
+                                    "false to replace rows whose image cannot be used)") from err
                 self._mark(index, err)
         n = len(self.examples)
         start = random.Random(index).randrange(n)

@@ -54,6 +54,11 @@ class ImageError(ValueError):
     """An image that cannot be used: missing, empty, corrupt, truncated or too large."""
 
 
+class ImageShapeError(ImageError):
+    """An image that decodes but whose shape the model's resize refuses (an aspect ratio too extreme): checking
+    the file finds nothing wrong with it; cropping it is the fix."""
+
+
 # ---------------------------------------------------------------------------------------------- sources
 
 
@@ -274,7 +279,7 @@ def _check_resized(name: str, size: tuple[int, int], new: tuple[int, int]) -> No
     """Refuse a resize whose result exceeds MAX_PIXELS: a very thin image's short side scaled up to the
     model's side makes the long side huge (1 x 30,000 px at 224: 1.5 gigapixels) before the crop."""
     if new[0] * new[1] > MAX_PIXELS:
-        raise ImageError(f"image {name}: {size[0]}x{size[1]} pixels would be resized to {new[0]}x{new[1]} before "
+        raise ImageShapeError(f"image {name}: {size[0]}x{size[1]} pixels would be resized to {new[0]}x{new[1]} before "
                          f"the centre crop, over {MAX_PIXELS:,} (mtl_lora_vl.data.images.MAX_PIXELS): its aspect "
                          f"ratio is too extreme; crop it first")
 
@@ -341,6 +346,6 @@ def to_uint8_tensor(img: Any, resize: ImageResize | int) -> torch.Tensor:
     try:
         new = resize.resized_size(*img.size)
     except ValueError as e:   # an aspect the model's processor refuses (native resize)
-        raise ImageError(f"image {name}: {e} (the model's image processor refuses it; crop it first)") from None
+        raise ImageShapeError(f"image {name}: {e} (the model's image processor refuses it; crop it first)") from None
     _check_resized(name, img.size, new)
     return TF.pil_to_tensor(resize_to_square(to_rgb(img), resize)).contiguous()

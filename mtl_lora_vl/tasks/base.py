@@ -344,7 +344,7 @@ class TaskKind(ABC):
             if not bad:
                 return out
             kept = [ex for ex in split.examples if failure_key(ex) not in bad]
-            logger.warning("task %r: %d evaluation row(s) whose image cannot be decoded are left out of its scores "
+            logger.warning("task %r: %d evaluation row(s) whose image cannot be used are left out of its scores "
                            "(%d of %d rows kept)", self.name, len(split.examples) - len(kept), len(kept),
                            len(split.examples))
             return self._evaluate(backbone, head, dataclasses.replace(split, examples=kept), batch_size=batch_size,
