@@ -468,8 +468,9 @@ def test_image_max_pixels_sets_the_area_within_the_processors_own(tmp_path):
                          image_max_pixels=4096).resize.budget == 2048                    # the processor's is lower
     with pytest.raises(BackboneError, match="image_max_pixels 100 is below one 16x16 merged patch"):
         load_backbone(f"hf:{folder}", image_max_pixels=100)
-    with pytest.raises(BackboneError, match="applies to backbones that keep each image's own size.*builtin takes "
-                                            "64x64 images: leave it out"):
+    with pytest.raises(BackboneError, match="image_max_pixels 4096 .*or an adapter's recorded base.* applies to "
+                                            "backbones that keep each image's own size.*builtin takes 64x64 images: "
+                                            "leave the option out, or load the base model the adapter was trained on"):
         load_backbone("builtin", image_max_pixels=4096)
 
 

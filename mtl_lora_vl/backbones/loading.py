@@ -45,8 +45,9 @@ def load_backbone(spec: str = "builtin", pretrained: str | None = None,
     if image_max_pixels is not None:
         limit = getattr(bb, "limit_pixels", None)
         if limit is None or not bb.resize.native:
-            raise BackboneError(f"image_max_pixels (--image-max-pixels) applies to backbones that keep each image's "
-                                f"own size (Qwen2-VL / Qwen2.5-VL); {bb.name} takes {bb.image_size}x{bb.image_size} "
-                                "images: leave it out")
+            raise BackboneError(f"image_max_pixels {image_max_pixels} (--image-max-pixels, or an adapter's recorded "
+                                "base) applies to backbones that keep each image's own size (Qwen2-VL / Qwen2.5-VL); "
+                                f"{bb.name} takes {bb.image_size}x{bb.image_size} images: leave the option out, or "
+                                "load the base model the adapter was trained on")
         limit(int(image_max_pixels))
     return bb

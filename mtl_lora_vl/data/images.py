@@ -279,9 +279,9 @@ def _check_resized(name: str, size: tuple[int, int], new: tuple[int, int]) -> No
     """Refuse a resize whose result exceeds MAX_PIXELS: a very thin image's short side scaled up to the
     model's side makes the long side huge (1 x 30,000 px at 224: 1.5 gigapixels) before the crop."""
     if new[0] * new[1] > MAX_PIXELS:
-        raise ImageShapeError(f"image {name}: {size[0]}x{size[1]} pixels would be resized to {new[0]}x{new[1]} before "
-                         f"the centre crop, over {MAX_PIXELS:,} (mtl_lora_vl.data.images.MAX_PIXELS): its aspect "
-                         f"ratio is too extreme; crop it first")
+        raise ImageShapeError(f"image {name}: {size[0]}x{size[1]} pixels would be resized to {new[0]}x{new[1]} (before "
+                              f"any centre crop), over {MAX_PIXELS:,} (mtl_lora_vl.data.images.MAX_PIXELS): its aspect "
+                              f"ratio is too extreme, or the model's image budget too large; crop or shrink it first")
 
 
 def _decoded(source: Any, draft: int | None) -> Image.Image:
