@@ -334,7 +334,7 @@ def test_a_thin_image_is_refused_before_its_resize_allocates(tmp_path):
     # (4.5 GB) before the crop: the worker died of memory, which no fallback catches. Now an ImageError.
     path = tmp_path / "thin.png"
     Image.new("RGB", (1, 30_000), (10, 20, 30)).save(path)
-    with pytest.raises(ImageError, match=r"thin\.png: 1x30000 pixels would be resized to 224x6720000.*crop it"):
+    with pytest.raises(ImageError, match=r"thin\.png: 1x30000 pixels would be resized to 224x6720000.*crop or shrink it"):
         to_uint8_tensor(str(path), 224)
     with pytest.raises(ImageError, match=r"thin\.png: .* aspect ratio is too extreme"):
         load_image(str(path), 224)
