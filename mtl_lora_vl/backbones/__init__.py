@@ -4,8 +4,8 @@ One module per concept: ``base`` (the interface, capabilities, registry), ``spec
 ``tokenizers``, ``offline`` (the no-download scope), ``cache`` (models already in the local Hugging Face or
 open_clip cache), ``builtin`` (where the built-in backbone lives), ``open_clip`` (CLIP and CoCa; CoCa's
 KV-cached caption step in ``coca_decoding``), ``hf_clip`` (Hugging Face CLIP), ``hf_vlm`` (Hugging Face
-LLaVA and PaliGemma; their prompt collation in ``lm_collate``, their processor and its image-token count
-check in ``hf_processor``), ``qwen2_vl`` (Qwen2-VL and Qwen2.5-VL: their image patches and M-RoPE positions), ``idefics3``
+LLaVA, and the language-model API every VLM family shares; their prompt collation in ``lm_collate``, their
+processor and its image-token count check in ``hf_processor``), ``paligemma`` (its prefix-LM prompt), ``qwen2_vl`` (Qwen2-VL and Qwen2.5-VL: their image patches and M-RoPE positions), ``idefics3``
 (Idefics3 and SmolVLM: one unsplit image per row),
 ``hf`` (Hugging Face directories), ``beam`` (beam search) and ``loading`` (:func:`load_backbone`).
 """
@@ -13,10 +13,11 @@ check in ``hf_processor``), ``qwen2_vl`` (Qwen2-VL and Qwen2.5-VL: their image p
 from .base import CAPABILITIES, Backbone, BackboneError, backbone_class, backbone_class_for
 from .builtin import builtin_dir
 from .hf_clip import HFClipBackbone
-from .hf_vlm import HFVLMBackbone, PaliGemmaBackbone
+from .hf_vlm import HFVLMBackbone
 from .idefics3 import Idefics3Backbone
 from .loading import load_backbone
 from .open_clip import CoCaBackbone, OpenClipBackbone, build_open_clip
+from .paligemma import PaliGemmaBackbone
 from .qwen2_vl import Qwen2VLBackbone
 from .spec import SPEC_FORMS, BackboneSpec, parse_spec
 from .tokenizers import WordTokenizer, build_word_tokenizer

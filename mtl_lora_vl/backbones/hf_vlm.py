@@ -1,4 +1,5 @@
-"""Hugging Face vision-language models with a language model (LLaVA, PaliGemma) from a local directory.
+"""Hugging Face vision-language models with a language model (LLaVA; the other families subclass it) from a local
+directory.
 
 ``--backbone hf:DIR`` (and ``builtin-llava``) loads a ``save_pretrained`` directory: the model (its class read
 from ``config.json`` and matched against the family table) and its processor (``AutoProcessor``: image
@@ -61,7 +62,7 @@ from .lm_collate import IGNORE_INDEX, LMCollator, PromptLayout, special_prefix
 from .spec import BackboneSpec
 from .tokenizers import HFTokenizer
 
-__all__ = ["HFVLMBackbone", "PaliGemmaBackbone"]
+__all__ = ["HFVLMBackbone"]
 
 _MISMATCH = "image tokens do not match"
 
@@ -119,7 +120,7 @@ class HFVLMBackbone(Backbone):
             raise BackboneError(f"{name}: the processor ({type(processor).__name__}) needs a tokenizer and an image "
                                 "processor; save both with processor.save_pretrained(DIR)")
         config = model.config
-        image_token = getattr(processor, "image_token", None) or getattr(tok, "image_token", None) or "<image>"
+        image_token = cls._placeholder(processor)
         image_id = getattr(config, "image_token_id", None)
         if image_id is None:
             image_id = getattr(config, "image_token_index", None)
@@ -150,6 +151,12 @@ class HFVLMBackbone(Backbone):
         )
 
     # The family's facts read when wrapping a model (subclasses override those that differ).
+    @classmethod
+    def _placeholder(cls, processor: Any) -> str:
+        """The prompt's image placeholder: one token, the model's image token (the collator expands it)."""
+        tok = processor.tokenizer
+        return getattr(processor, "image_token", None) or getattr(tok, "image_token", None) or "<image>"
+
     @classmethod
     def _image_side(cls, config: Any, image_processor: Any, name: str) -> int:
         """The square side the vision tower takes (``config.vision_config.image_size``)."""
@@ -443,22 +450,6 @@ class HFVLMBackbone(Backbone):
                                 image_sizes=None if sizes is None else [s for s in sizes for _ in range(C)])
         sums, _ = _target_logprobs(out.logits[:, :-1], full["labels"][:, 1:])
         return sums.view(B, C)
-
-
-@register_backbone("paligemma")
-@dataclass(eq=False)
-class PaliGemmaBackbone(HFVLMBackbone):
-    """``PaliGemmaForConditionalGeneration``: image tokens first, then the start token, the prompt and ``"\\n"``;
-    the prompt attends both ways (prefix-LM), positions count from 1."""
-
-    image_first: ClassVar[bool] = True
-    prompt_end: ClassVar[str] = "\n"
-    prefix_lm: ClassVar[bool] = True
-    position_offset: ClassVar[int] = 1
-
-    @classmethod
-    def _prefix(cls, tokenizer: Any) -> tuple[int, ...]:
-        return () if tokenizer.bos_token_id is None else (int(tokenizer.bos_token_id),)
 
 
 # -------------------------------------------------------------------------------------------------- helpers

@@ -15,9 +15,10 @@ from .hf import hf_dir, hf_model_class
 # Imported for their side effect: each family module registers its classes (@register_backbone) in the registry
 # backbone_class_for reads, so load_backbone does not rely on the package __init__ having imported them.
 from .hf_clip import HFClipBackbone  # noqa: F401
-from .hf_vlm import HFVLMBackbone, PaliGemmaBackbone  # noqa: F401
+from .hf_vlm import HFVLMBackbone  # noqa: F401
 from .idefics3 import Idefics3Backbone  # noqa: F401
 from .open_clip import OpenClipBackbone
+from .paligemma import PaliGemmaBackbone  # noqa: F401
 from .qwen2_vl import Qwen2VLBackbone  # noqa: F401
 from .spec import parse_spec
 
