@@ -242,6 +242,15 @@ FAMILIES: tuple[Family, ...] = (
         row_images=_image_token_rows,
     ),
     Family(
+        "gemma3",
+        ("transformers.models.gemma3.Gemma3ForConditionalGeneration",),
+        _HF_VLM_TARGETS,  # SigLIP layers under model.vision_tower, Gemma 3's under model.language_model
+        backbone="gemma3",
+        peft_export=True,
+        merged_format="hf",
+        row_images=_image_token_rows,
+    ),
+    Family(
         "qwen2_vl",
         ("transformers.models.qwen2_vl.Qwen2VLForConditionalGeneration",
          "transformers.models.qwen2_5_vl.Qwen2_5_VLForConditionalGeneration"),

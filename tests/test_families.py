@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_hf_clip, tiny_llava, tiny_open_clip, tiny_paligemma, tiny_timm_vit
+from gemma3_tiny import tiny_gemma3
 from idefics3_tiny import tiny_idefics3
 from qwen_tiny import tiny_qwen2vl
 from torch import nn
@@ -26,6 +27,7 @@ PACKAGE = Path(mlv.__file__).resolve().parent
     (tiny_hf_clip, "hf_clip"),
     (tiny_llava, "llava"),
     (tiny_paligemma, "paligemma"),
+    (tiny_gemma3, "gemma3"),
     (lambda: tiny_qwen2vl(False), "qwen2_vl"),
     (lambda: tiny_qwen2vl(True), "qwen2_vl"),
     (lambda: tiny_idefics3(False), "idefics3"),
@@ -80,7 +82,8 @@ def test_table_is_complete_and_consistent():
             assert fam.no_backbone, f"{fam.name} needs a reason why it has no backbone class"
         else:
             assert backbone_class(fam.backbone).__name__.endswith("Backbone")
-    assert [f.name for f in FAMILIES if f.peft_export] == ["hf_clip", "llava", "paligemma", "qwen2_vl", "idefics3"]
+    assert [f.name for f in FAMILIES if f.peft_export] == ["hf_clip", "llava", "paligemma", "gemma3", "qwen2_vl",
+                                                                 "idefics3"]
     assert peft_export("hf_clip") and not peft_export("open_clip") and not peft_export("custom")
     assert merged_format("open_clip", object()) == "open_clip" and merged_format("llava", object()) == "hf"
     assert merged_format("custom", tiny_hf_clip()) == "hf" and merged_format("custom", nn.Linear(2, 2)) == "safetensors"
@@ -88,6 +91,7 @@ def test_table_is_complete_and_consistent():
 
 def test_backbone_classes_come_from_the_table():
     from mtl_lora_vl.backbones import (
+        Gemma3Backbone,
         HFClipBackbone,
         HFVLMBackbone,
         Idefics3Backbone,
@@ -100,6 +104,7 @@ def test_backbone_classes_come_from_the_table():
     assert backbone_class_for(tiny_hf_clip()) is HFClipBackbone
     assert backbone_class_for(tiny_llava()) is HFVLMBackbone
     assert backbone_class_for(tiny_paligemma()) is PaliGemmaBackbone
+    assert backbone_class_for(tiny_gemma3()) is Gemma3Backbone
     with pytest.raises(BackboneError, match="image-only"):
         backbone_class_for(tiny_timm_vit())
     assert backbone_class_for(tiny_qwen2vl(False)) is Qwen2VLBackbone

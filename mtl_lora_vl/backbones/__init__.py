@@ -5,13 +5,14 @@ One module per concept: ``base`` (the interface, capabilities, registry), ``spec
 open_clip cache), ``builtin`` (where the built-in backbone lives), ``open_clip`` (CLIP and CoCa; CoCa's
 KV-cached caption step in ``coca_decoding``), ``hf_clip`` (Hugging Face CLIP), ``hf_vlm`` (Hugging Face
 LLaVA, and the language-model API every VLM family shares; their prompt collation in ``lm_collate``, their
-processor and its image-token count check in ``hf_processor``), ``paligemma`` (its prefix-LM prompt), ``qwen2_vl`` (Qwen2-VL and Qwen2.5-VL: their image patches and M-RoPE positions), ``idefics3``
+processor and its image-token count check in ``hf_processor``), ``paligemma`` (its prefix-LM prompt), ``gemma3`` (Gemma 3: its image wrap and attention), ``qwen2_vl`` (Qwen2-VL and Qwen2.5-VL: their image patches and M-RoPE positions), ``idefics3``
 (Idefics3 and SmolVLM: one unsplit image per row),
 ``hf`` (Hugging Face directories), ``beam`` (beam search) and ``loading`` (:func:`load_backbone`).
 """
 
 from .base import CAPABILITIES, Backbone, BackboneError, backbone_class, backbone_class_for
 from .builtin import builtin_dir
+from .gemma3 import Gemma3Backbone
 from .hf_clip import HFClipBackbone
 from .hf_vlm import HFVLMBackbone
 from .idefics3 import Idefics3Backbone
@@ -29,6 +30,7 @@ __all__ = [
     "BackboneError",
     "BackboneSpec",
     "CoCaBackbone",
+    "Gemma3Backbone",
     "HFClipBackbone",
     "HFVLMBackbone",
     "Idefics3Backbone",

@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 
 from .base import Backbone, BackboneError, backbone_class_for
-from .hf import hf_dir, hf_model_class
 
 # Imported for their side effect: each family module registers its classes (@register_backbone) in the registry
 # backbone_class_for reads, so load_backbone does not rely on the package __init__ having imported them.
+from .gemma3 import Gemma3Backbone  # noqa: F401
+from .hf import hf_dir, hf_model_class
 from .hf_clip import HFClipBackbone  # noqa: F401
 from .hf_vlm import HFVLMBackbone  # noqa: F401
 from .idefics3 import Idefics3Backbone  # noqa: F401

@@ -1,0 +1,58 @@
+"""Gemma 3 (``Gemma3ForConditionalGeneration``) from a local directory: the language-model API of :mod:`.hf_vlm`
+on the family's image layout.
+
+* **Prompts.** The Gemma 3 processor takes ``<start_of_image>`` in the text and writes ``"\\n\\n<start_of_image>"``,
+  ``mm_tokens_per_image`` ``<image_soft_token>`` and ``"<end_of_image>\\n\\n"`` in its place. The backbone's
+  placeholder is the image token itself, ``<image_soft_token>`` (the collator expands a placeholder of the image
+  token's id), and the ids around the image tokens are the processor's own ``full_image_sequence`` around them,
+  tokenised: the ids the processor writes.
+* **Attention.** ``token_type_ids`` are 1 on image tokens, on every forward: an image's tokens attend to each
+  other both ways, as the model was trained (without them a forward is causal over the image; Hugging Face
+  ``generate`` passes them to the prefill only).
+* **Images.** A squash to the vision tower's square (896 px for the released models: ``Gemma3ImageProcessor``'s
+  ``size``), without pan-and-scan crops (one image per row, as a mixed-task route needs).
+* **Positions.** 1-D, as for LLaVA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from .base import BackboneError, register_backbone
+from .hf_vlm import HFVLMBackbone
+
+__all__ = ["Gemma3Backbone"]
+
+
+@register_backbone("gemma3")
+@dataclass(eq=False)
+class Gemma3Backbone(HFVLMBackbone):
+    """``Gemma3ForConditionalGeneration`` (see the module doc)."""
+
+    @classmethod
+    def _placeholder(cls, processor: Any) -> str:
+        """``<image_soft_token>``: the image token (the processor's own placeholder, ``<start_of_image>``, is the
+        token it puts before them)."""
+        token = getattr(processor.tokenizer, "image_token", None)
+        if not token:
+            raise BackboneError(f"{type(processor).__name__}: its tokenizer names no image_token "
+                                "('<image_soft_token>'); save the tokenizer the model was trained with")
+        return token
+
+    @classmethod
+    def _image_wrap(cls, config: Any, processor: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The ids of the processor's ``full_image_sequence`` before and after its image tokens."""
+        full, token = getattr(processor, "full_image_sequence", None), getattr(processor.tokenizer, "image_token", None)
+        if not full or not token or token not in full:
+            raise BackboneError(f"{type(processor).__name__}: no full_image_sequence holding {token!r}; load the "
+                                "model's Gemma3Processor")
+        tok = processor.tokenizer
+        before, after = full[:full.index(token)], full[full.rindex(token) + len(token):]
+        return tuple(tuple(int(i) for i in tok(t, add_special_tokens=False)["input_ids"]) for t in (before, after))
+
+    def _extra_inputs(self, input_ids: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
+        """``token_type_ids``: 1 on image tokens (bidirectional attention within an image)."""
+        return {"token_type_ids": (input_ids == self.image_token_id).long()}

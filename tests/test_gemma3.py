@@ -1,0 +1,174 @@
+"""Gemma 3 (tiny, from configs): the family row, mixed-task routes through the SigLIP tower and the Gemma 3
+decoder (logits, greedy and beam generate, gradients), the PEFT export and the merged checkpoint on the bare model;
+and the backbone class (--backbone hf:DIR): the collator's ids and the device pixels against the processor's,
+per-row losses, mixed-task routes, routed generate, cached candidate scores, the train and eval commands."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from gemma3_tiny import IMAGE_TOKEN, inputs, tiny_gemma3, tiny_gemma3_backbone
+from PIL import Image
+from test_generative_tasks import _attach
+from vlm_checks import (
+    assert_lm_loss_per_row,
+    assert_mixed_gradients_are_per_task_sums,
+    assert_mixed_lm_loss_per_task,
+    assert_mixed_route_per_task,
+    assert_peft_export_matches,
+    assert_routed_generate_per_task,
+    assert_train_and_eval_commands,
+    cached_and_full_scores,
+    perturb_adapters,
+    prompts,
+)
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.backbones import Gemma3Backbone
+from mtl_lora_vl.backbones.base import GENERATE, GRAD_CHECKPOINTING, LM_LOGITS
+from mtl_lora_vl.data.resize import resize_to_square
+from mtl_lora_vl.families import family_named, find_family
+
+
+def _adapted(method: str = "mtl_lora", seed: int = 0):
+    torch.manual_seed(seed)
+    m = tiny_gemma3().eval()
+    mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a", "b"], method=method, r=4))
+    return perturb_adapters(m)
+
+
+# ------------------------------------------------------------------------------------------ the bare model
+def test_default_targets_take_the_vision_layers_and_the_language_model():
+    m = _adapted()
+    info = m._mtl_lora
+    assert find_family(m).name == info.family == "gemma3"
+    linears = {n for n, mod in tiny_gemma3().named_modules() if isinstance(mod, torch.nn.Linear)}
+    vision = {n for n in linears if ".vision_tower." in n}
+    text = {n for n in linears if ".language_model." in n}
+    assert len(vision) == 12 and len(text) == 14          # 2 layers: q k v out fc1 fc2 / q k v o gate up down
+    assert {n for n, t in info.towers.items() if t == "image"} == vision
+    assert {n for n, t in info.towers.items() if t == "text"} == text
+    for pattern in family_named("gemma3").targets["image"]:
+        assert any(re.search(pattern, n) for n in vision)
+
+
+@pytest.mark.parametrize("method", ["mtl_lora", "task_lora"])
+def test_a_mixed_route_equals_each_task_alone(method):
+    """Logits, greedy and 3-beam generate under route [0, 1] equal each task's own rows."""
+    assert_mixed_route_per_task(_adapted(method), inputs(2, ragged=True), [0, 1])
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_mixed_gradients_equal_the_per_task_sum(checkpointing):
+    m = _adapted()
+    m.train()
+    if checkpointing:
+        m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    assert_mixed_gradients_are_per_task_sums(m, inputs(3), ("vision_tower", "language_model"))
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")   # PEFT 0.21 reads it
+def test_peft_export_loads_with_the_same_outputs(tmp_path):
+    pytest.importorskip("peft")
+    m = _adapted()
+    mlv.export_lora(m, ["a", "b"], tmp_path / "peft")
+    torch.manual_seed(0)
+    assert_peft_export_matches(m, tiny_gemma3().eval(), tmp_path / "peft", inputs(2))
+
+
+def test_a_merged_checkpoint_loads_with_from_pretrained_and_the_same_outputs(tmp_path):
+    m = _adapted()
+    x = inputs(2, ragged=True)
+    kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, num_beams=1, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad(), mlv.route(m, "b"):
+        logits, tokens = m(**x).logits, m.generate(**x, **kw)
+    out = mlv.save_merged(m, "b", tmp_path / "merged")
+    merged = type(tiny_gemma3()).from_pretrained(str(out), local_files_only=True).eval()
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**x).logits, logits, atol=1e-5, rtol=1e-4)
+        assert torch.equal(merged.generate(**x, **kw), tokens)
+
+
+# ------------------------------------------------------------------------------------------ the backbone
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    return tmp_path_factory.mktemp("gemma3")
+
+
+@pytest.fixture
+def bb(dirs):
+    return tiny_gemma3_backbone(dirs)
+
+
+def _plain_inputs(bb, images, ids):
+    """What the processor gives for these rows beside the ids: the pixels and token_type_ids."""
+    return dict(pixel_values=images, token_type_ids=(ids == bb.image_token_id).long())
+
+
+def test_loads_from_a_directory_with_its_processor(bb):
+    assert type(bb) is Gemma3Backbone and bb.family == "gemma3"
+    assert bb.capabilities == {LM_LOGITS, GENERATE, GRAD_CHECKPOINTING}
+    assert bb.image_token == IMAGE_TOKEN and bb.image_size == 32 and bb.num_image_tokens == 4
+    assert bb.resize.mode == "squash" and bb.resize.size == 32
+
+
+def test_the_collators_ids_and_the_device_pixels_equal_the_processors(bb):
+    """The prompt's ids (with '\\n\\n<start_of_image>' ... '<end_of_image>\\n\\n' around the image tokens), the
+    token_type_ids the backbone passes, and the loader's pixels equal what Gemma3Processor makes."""
+    rng = np.random.default_rng(0)
+    pics = [Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)) for _ in range(2)]
+    squares = [resize_to_square(p, bb.resize) for p in pics]
+    uint8 = torch.stack([torch.from_numpy(np.asarray(s).copy()).permute(2, 0, 1) for s in squares])
+    theirs = bb.processor(text=["<start_of_image> caption:"] * 2, images=[[s] for s in squares], return_tensors="pt")
+    mine = bb.lm_collator()([f"{bb.image_token} caption:"] * 2)
+    assert mine["input_ids"].tolist() == theirs["input_ids"].tolist()
+    assert bb._extra_inputs(mine["input_ids"], None)["token_type_ids"].tolist() == theirs["token_type_ids"].tolist()
+    torch.testing.assert_close(bb.preprocess_uint8(uint8), theirs["pixel_values"], atol=1e-5, rtol=1e-5)
+
+
+def test_lm_loss_per_row_equals_each_row_alone_and_the_plain_model(bb):
+    assert_lm_loss_per_row(bb, lambda images, ids: _plain_inputs(bb, images, ids))
+
+
+def test_the_image_tokens_attend_both_ways(bb):
+    """token_type_ids change the loss (the image tokens attend to each other both ways, as the model trained):
+    a causal forward over the image differs."""
+    p = prompts(bb, 2)
+    b = bb.lm_collator()(p, ["red", "a circle"])
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        loss = bb.lm_loss(images, **b)
+        causal = bb.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], pixel_values=images).logits
+        both = bb.model(**_plain_inputs(bb, images, b["input_ids"]), input_ids=b["input_ids"],
+                        attention_mask=b["attention_mask"]).logits
+    assert (causal - both).abs().max() > 1e-4 and torch.isfinite(loss).all()
+
+
+def test_mixed_task_lm_loss_equals_each_task_alone(bb):
+    _attach(bb, ("a", "b"), std=0.3)
+    assert_mixed_lm_loss_per_task(bb)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_routed_generate_equals_each_task_alone(bb, beams):
+    _attach(bb, ("a", "b"), std=0.3)
+    assert_routed_generate_per_task(bb, beams, lambda images, ids: _plain_inputs(bb, images, ids))
+
+
+def test_cached_sequence_scores_equal_the_full_computation(bb):
+    _attach(bb, ("a", "b"), std=0.3)
+    cached_and_full_scores(bb)
+
+
+def test_train_and_eval_commands(dirs, tmp_path, capsys):
+    from gemma3_tiny import save_tiny_gemma3
+
+    folder = dirs / "tiny_gemma3"
+    if not (folder / "config.json").is_file():
+        save_tiny_gemma3(folder)
+    assert_train_and_eval_commands(folder, tmp_path, capsys)
