@@ -146,3 +146,42 @@ def inputs(n: int = 2, text: int = 5, seed: int = 0, ragged: bool = False) -> di
         mask[i, width - len(r):] = 1
     return dict(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(n, 3, SIDE, SIDE, generator=g),
                 token_type_ids=(ids == IMG_ID).long())
+
+
+# Gemma 3's chat template (google/gemma-3-*-it), with the image written as <start_of_image>
+GEMMA3_TEMPLATE = (
+"{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}{%- if messages[0]['content'] is string -%}"
+"{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- else -%}"
+"{%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}{%- endif -%}"
+"{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set first_user_prefix = \"\" -%}"
+"{%- set loop_messages = messages -%}{%- endif -%}{%- for message in loop_messages -%}"
+"{%- if (message['role'] == 'assistant') -%}{%- set role = \"model\" -%}{%- else -%}{%- set role = message['role'] -%}{%- endif -%}"
+"{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}"
+"{%- if message['content'] is string -%}{{ message['content'] | trim }}{%- elif message['content'] is iterable -%}"
+"{%- for item in message['content'] -%}{%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}"
+"{%- elif item['type'] == 'text' -%}{{ item['text'] | trim }}{%- endif -%}{%- endfor -%}{%- endif -%}"
+"{{ '<end_of_turn>\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{'<start_of_turn>model\n'}}{%- endif -%}")
+
+
+def save_chat_gemma3(out) -> Path:
+    """A tiny Gemma 3 with Gemma 3's chat template: ``<start_of_turn>`` / ``<end_of_turn>`` added as special *added*
+    tokens (as Gemma 3's tokenizer.json has them, not among the named special tokens), ``<end_of_turn>`` a stop id
+    of its generation config (as the -it models'), and the newline runs ``"\\n"`` .. ``"\\n\\n\\n\\n"`` as tokens (as
+    Gemma's vocabulary has them)."""
+    from tokenizers import AddedToken
+    from transformers import AutoProcessor, Gemma3ForConditionalGeneration
+    from vl_tiny import world_words
+
+    out = Path(out)
+    save_tiny_gemma3(out, words=[*world_words(), "user", "model"])
+    proc = AutoProcessor.from_pretrained(out)
+    tok = proc.tokenizer
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in ("<start_of_turn>", "<end_of_turn>")])
+    tok.add_tokens([AddedToken("\n" * k, normalized=False, special=False) for k in (1, 3, 4)])
+    proc.chat_template = GEMMA3_TEMPLATE
+    proc.save_pretrained(out)
+    model = Gemma3ForConditionalGeneration.from_pretrained(out)
+    model.resize_token_embeddings(len(tok))
+    model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")]
+    model.save_pretrained(out)
+    return out

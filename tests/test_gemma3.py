@@ -172,3 +172,32 @@ def test_train_and_eval_commands(dirs, tmp_path, capsys):
     if not (folder / "config.json").is_file():
         save_tiny_gemma3(folder)
     assert_train_and_eval_commands(folder, tmp_path, capsys)
+
+
+def _processor_ids(bb, turns, **kw):
+    text = bb.processor.apply_chat_template(turns, tokenize=False, **kw)
+    return bb.processor(text=text, images=[torch.zeros(3, 32, 32)], add_special_tokens=False)["input_ids"][0]
+
+
+def test_a_chat_turn_is_the_processors_ids_and_ends_with_end_of_turn(tmp_path):
+    """chat = true on Gemma 3's own template: the turn's ids are the processor's -- the image's '\\n\\n' merges with
+    the turn's 'user\\n' into one '\\n\\n\\n' token, as the processor tokenises them (the wrap was tokenised on its
+    own: '\\n', '\\n\\n') -- and an answer ends with <end_of_turn>, an added special token that is not a named one
+    (it ended with <eos>, which the template never writes) (helper 160)."""
+    from gemma3_tiny import save_chat_gemma3
+
+    from mtl_lora_vl.backbones import load_backbone
+
+    bb = load_backbone(f"hf:{save_chat_gemma3(tmp_path / 'chat')}")
+    wrap = bb.chat_wrap()
+    assert wrap.end == "<end_of_turn>"
+    prompt = wrap.wrap(f"{bb.image_token}what colour?", bb.image_token)
+    user = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour?"}]}]
+    tok = bb.processor.tokenizer
+    ours = bb.lm_collator()([prompt])["input_ids"][0].tolist()
+    assert tok.convert_ids_to_tokens(ours) == tok.convert_ids_to_tokens(_processor_ids(bb, user,
+                                                                                        add_generation_prompt=True))
+    assert "\n\n\n" in tok.convert_ids_to_tokens(ours)
+    trained = bb.lm_collator()([prompt], ["red"], ends=[wrap.end])["input_ids"][0].tolist()
+    answered = _processor_ids(bb, [*user, {"role": "assistant", "content": [{"type": "text", "text": "red"}]}])
+    assert trained == answered[:len(trained)] and trained[-1] == tok.convert_tokens_to_ids("<end_of_turn>")

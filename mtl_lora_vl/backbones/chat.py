@@ -118,7 +118,10 @@ def assistant_end(processor: Any) -> str:
             rest = text.split(_ANSWER_MARK)[1].lstrip()
             ids = tok(rest, add_special_tokens=False)["input_ids"] if rest else []
             first = tok.convert_ids_to_tokens(int(ids[0])) if ids else None
-            special = set(getattr(tok, "all_special_tokens", None) or ())
+            # named / extra special tokens, and added tokens marked special (Gemma 3's <end_of_turn> is only that)
+            special = set(getattr(tok, "all_special_tokens", None) or ()) | {
+                str(t) for t in (getattr(tok, "added_tokens_decoder", None) or {}).values()
+                if getattr(t, "special", False)}
             if first and first in special and rest.startswith(first) and first != tok.eos_token:
                 return str(first)
             return ""

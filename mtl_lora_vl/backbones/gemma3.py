@@ -4,8 +4,9 @@ on the family's image layout.
 * **Prompts.** The Gemma 3 processor takes ``<start_of_image>`` in the text and writes ``"\\n\\n<start_of_image>"``,
   ``mm_tokens_per_image`` ``<image_soft_token>`` and ``"<end_of_image>\\n\\n"`` in its place. The backbone's
   placeholder is the image token itself, ``<image_soft_token>`` (the collator expands a placeholder of the image
-  token's id), and the ids around the image tokens are the processor's own ``full_image_sequence`` around them,
-  tokenised: the ids the processor writes.
+  token's id), and the text around the image tokens is the processor's own ``full_image_sequence`` around them,
+  put into the prompt's text and tokenised with it, as the processor does: Gemma's vocabulary has newline runs as
+  single tokens, so a chat turn's ``"user\\n"`` and the image's ``"\\n\\n"`` are one ``"\\n\\n\\n"``.
 * **Attention.** ``token_type_ids`` are 1 on image tokens, on every forward: an image's tokens attend to each
   other both ways, as the model was trained (without them a forward is causal over the image; Hugging Face
   ``generate`` passes them to the prefill only).
@@ -19,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from .base import BackboneError, register_backbone
 from .hf_vlm import HFVLMBackbone
@@ -43,15 +44,17 @@ class Gemma3Backbone(HFVLMBackbone):
         return token
 
     @classmethod
-    def _image_wrap(cls, config: Any, processor: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """The ids of the processor's ``full_image_sequence`` before and after its image tokens."""
+    def from_model(cls, model: nn.Module, processor: Any, name: str = "hf:custom") -> Gemma3Backbone:
+        """As :meth:`HFVLMBackbone.from_model`, with the text of the processor's ``full_image_sequence`` before and
+        after its image tokens as ``image_text`` (tokenised with each prompt)."""
         full, token = getattr(processor, "full_image_sequence", None), getattr(processor.tokenizer, "image_token", None)
         if not full or not token or token not in full:
             raise BackboneError(f"{type(processor).__name__}: no full_image_sequence holding {token!r}; load the "
                                 "model's Gemma3Processor")
-        tok = processor.tokenizer
-        before, after = full[:full.index(token)], full[full.rindex(token) + len(token):]
-        return tuple(tuple(int(i) for i in tok(t, add_special_tokens=False)["input_ids"]) for t in (before, after))
+        bb = super().from_model(model, processor, name)
+        bb.image_text = (full[:full.index(token)], full[full.rindex(token) + len(token):])
+        bb._collators.clear()
+        return bb
 
     def _extra_inputs(self, input_ids: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
         """``token_type_ids``: 1 on image tokens (bidirectional attention within an image)."""

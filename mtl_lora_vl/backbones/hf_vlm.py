@@ -85,6 +85,7 @@ class HFVLMBackbone(Backbone):
     prefix_ids: tuple[int, ...] = ()
     image_open: tuple[int, ...] = ()   # ids just before / after the image tokens (Qwen2-VL's vision start / end)
     image_close: tuple[int, ...] = ()
+    image_text: tuple[str, str] = ("", "")   # text around the image tokens, tokenised with the prompt (Gemma 3)
     _collators: dict = field(default_factory=dict, init=False, repr=False)
 
     capabilities = frozenset({LM_LOGITS, GENERATE, GRAD_CHECKPOINTING})
@@ -214,7 +215,7 @@ class HFVLMBackbone(Backbone):
     def layout(self) -> PromptLayout:
         return PromptLayout(self.image_token_str, self.image_token_id, self.num_image_tokens, self.eos_id,
                             self.pad_id, self.prefix_ids, self.image_first, self.prompt_end, self.image_open,
-                            self.image_close, self._token_side())
+                            self.image_close, self._token_side(), self.image_text)
 
     def lm_collator(self, max_length: int | None = None) -> LMCollator:
         """A picklable ``(prompts, targets | None) -> {"input_ids", "attention_mask"[, "labels"]}``: with targets,

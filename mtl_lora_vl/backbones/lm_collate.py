@@ -43,7 +43,9 @@ class PromptLayout:
     ``image_open`` / ``image_close`` are put just before and after the image tokens (Qwen2-VL's
     ``<|vision_start|>`` and ``<|vision_end|>``). ``token_side``: a native-resolution model's pixels per image
     token along each side (Qwen2-VL: patch x merge), so that an ``h x w`` image fills
-    ``(h / token_side)·(w / token_side)`` tokens; 0: every image fills ``num_image_tokens``.
+    ``(h / token_side)·(w / token_side)`` tokens; 0: every image fills ``num_image_tokens``. ``image_text``: text
+    put around the placeholder and tokenised with the prompt (Gemma 3's ``"\\n\\n"`` around its image, which merges
+    with the prompt's own newlines, as its processor tokenises them).
     """
 
     image_token: str
@@ -57,6 +59,7 @@ class PromptLayout:
     image_open: tuple[int, ...] = ()
     image_close: tuple[int, ...] = ()
     token_side: int = 0
+    image_text: tuple[str, str] = ("", "")
 
     def image_tokens(self, size: Sequence[int] | None = None) -> int:
         """How many image tokens an image of ``size`` ``(h, w)`` fills (``num_image_tokens`` without a size, or
@@ -186,6 +189,8 @@ class LMCollator:
                 )
             if lay.image_first:
                 p = p.replace(lay.image_token, "").strip()
+            elif lay.image_text != ("", ""):
+                p = p.replace(lay.image_token, lay.image_text[0] + lay.image_token + lay.image_text[1])
             texts.append(p + lay.prompt_end)
         return texts
 
