@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import torch
+from vl_tiny import left_padded
 
 PATCH, SIDE, N_IMAGE = 8, 32, 4
 BOI, IMAGE_TOKEN, EOI = "<start_of_image>", "<image_soft_token>", "<end_of_image>"
@@ -138,12 +139,7 @@ def inputs(n: int = 2, text: int = 5, seed: int = 0, ragged: bool = False) -> di
     for i in range(n):
         t = torch.randint(3, 90, (text + (2 * i if ragged else 0),), generator=g).tolist()
         rows.append([1, NL_ID, BOI_ID, *[IMG_ID] * N_IMAGE, EOI_ID, NL_ID, *t])
-    width = max(map(len, rows))
-    ids = torch.zeros(n, width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
+    ids, mask = left_padded(rows)
     return dict(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(n, 3, SIDE, SIDE, generator=g),
                 token_type_ids=(ids == IMG_ID).long())
 

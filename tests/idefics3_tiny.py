@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from vl_tiny import left_padded
 
 PATCH, SCALE, SIDE = 8, 2, 32
 N_IMAGE = (SIDE // PATCH) ** 2 // SCALE ** 2
@@ -42,12 +43,7 @@ def inputs(n: int = 2, text: int = 6, seed: int = 0, ragged: bool = False) -> di
     for i in range(n):
         t = torch.randint(3, 90, (text + (3 * i if ragged else 0),), generator=g).tolist()
         rows.append([1, *t[:2], FAKE, GLOBAL, *[IMG] * N_IMAGE, FAKE, *t[2:]])
-    width = max(map(len, rows))
-    ids = torch.zeros(n, width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
+    ids, mask = left_padded(rows)
     return dict(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(n, 1, 3, SIDE, SIDE, generator=g))
 
 

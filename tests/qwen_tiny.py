@@ -7,6 +7,7 @@ from transformers import (
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
 )
+from vl_tiny import left_padded
 
 IMG_TOK, VS, VE, VID = 95, 92, 93, 94
 PATCH, MERGE, TPATCH = 8, 2, 2
@@ -41,12 +42,7 @@ def inputs(n_img=2, side=32, text=6, seed=0, mm=True, ragged=False, sizes=None):
     for i, (h, w) in enumerate(grids):
         t = torch.randint(3, 90, (text + (3 * i if ragged else 0),), generator=g).tolist()
         rows.append(t[:2] + [VS] + [IMG_TOK] * (h * w // MERGE**2) + [VE] + t[2:])
-    width = max(map(len, rows))
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):   # left-padded, as for generation
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
+    ids, mask = left_padded(rows)   # left-padded, as for generation
     out = dict(input_ids=ids, attention_mask=mask, pixel_values=pv, image_grid_thw=thw)
     if mm:
         out["mm_token_type_ids"] = (ids == IMG_TOK).int()

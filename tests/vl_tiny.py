@@ -14,6 +14,16 @@ CONTEXT = 20
 IMAGE = 32
 
 
+def left_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows left-padded with 0 (as for generation) and their attention mask."""
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
+    return ids, mask
+
+
 def world_words() -> list[str]:
     """Every word the built-in world and the built-in task templates use."""
     words = ["a", "an", "the", "answer", "is", "photo", "of", "large", "small", "object", "objects"]
