@@ -53,7 +53,6 @@ class Gemma3Backbone(HFVLMBackbone):
                                 "model's Gemma3Processor")
         bb = super().from_model(model, processor, name)
         bb.image_text = (full[:full.index(token)], full[full.rindex(token) + len(token):])
-        bb._collators.clear()
         return bb
 
     def _extra_inputs(self, input_ids: Tensor, labels: Tensor | None) -> dict[str, Tensor]:

@@ -353,7 +353,7 @@ class HFVLMBackbone(Backbone):
             raise ValueError(f"{what}: expected pixel_values (B, 3, H, W) and input_ids (B, L) for the same B, got "
                              f"{tuple(pixel_values.shape)} and {tuple(input_ids.shape)}")
         counts = (input_ids == self.image_token_id).sum(dim=1)
-        sizes = image_sizes or [tuple(pixel_values.shape[-2:])] * input_ids.shape[0]
+        sizes = self._sizes_of(pixel_values, image_sizes)
         want = torch.tensor([self.layout.image_tokens(s) for s in sizes], device=counts.device)
         bad = (counts != want).nonzero()
         if bad.numel():

@@ -94,9 +94,7 @@ class Qwen2VLBackbone(HFVLMBackbone):
         the area capped at ``preferred_side²`` (:func:`pixel_bounds`), with its resampling filter."""
         filter_ = ImageResize.from_hf(image_size, {"resample": getattr(image_processor, "resample", None)}, label)
         patch, merge, _ = _vision_geometry(config)
-        low, high = pixel_bounds(image_processor)
-        return ImageResize(image_size, mode="native", interpolation=filter_.interpolation, factor=patch * merge,
-                           min_pixels=min(low, high) if low else None, max_pixels=high)
+        return _native_resize(image_size, patch * merge, *pixel_bounds(image_processor), filter_.interpolation)
 
     @classmethod
     def _image_wrap(cls, config: Any, processor: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -130,8 +128,7 @@ class Qwen2VLBackbone(HFVLMBackbone):
         low, high = pixel_bounds(self.hf_processor.image_processor, max_pixels)
         side = qwen_image_side(unit, min(low, high) if low else None, high, math.isqrt(high))
         self.image_size = side
-        self.resize = ImageResize(side, mode="native", interpolation=self.resize.interpolation, factor=unit,
-                                  min_pixels=min(low, high) if low else None, max_pixels=high)
+        self.resize = _native_resize(side, unit, low, high, self.resize.interpolation)
         self.num_image_tokens = self._nominal_tokens()
         self._collators.clear()   # their layouts hold the image-token count
         self.model._mtl_image_max_pixels = max_pixels   # save_merged's cap for the merged processor (io/exports.py)
@@ -167,7 +164,7 @@ class Qwen2VLBackbone(HFVLMBackbone):
         unit = patch * merge
         if pixel_values.dim() != 4:
             raise ValueError(f"{self.name}: expected images (B, 3, H, W), got {tuple(pixel_values.shape)}")
-        sizes = image_sizes or [tuple(pixel_values.shape[-2:])] * pixel_values.shape[0]
+        sizes = self._sizes_of(pixel_values, image_sizes)
         odd = [s for s in sizes if s[0] % unit or s[1] % unit]
         if odd:
             raise ValueError(f"{self.name}: expected images whose sides are multiples of {unit} (patch {patch} x merge "
@@ -200,12 +197,17 @@ def pixel_bounds(image_processor: Any, cap: int = Qwen2VLBackbone.preferred_side
     ``max_pixels``, or ``size["shortest_edge"]`` / ``size["longest_edge"]``), the area capped at ``cap`` (448²
     unless ``image_max_pixels`` says otherwise: the released processors allow 12.8 M pixels, 16,384 image tokens,
     more than a training batch affords)."""
-    size = size_fields(getattr(image_processor, "size", None)) if not isinstance(image_processor, dict) else \
-        size_fields(image_processor.get("size"))
     get = image_processor.get if isinstance(image_processor, dict) else lambda k: getattr(image_processor, k, None)
+    size = size_fields(get("size"))
     low = get("min_pixels") or size.get("shortest_edge")
     high = get("max_pixels") or size.get("longest_edge")
     return (int(low) if low else None), (min(int(high), cap) if high else cap)
+
+
+def _native_resize(side: int, unit: int, low: int | None, high: int, interpolation: str) -> ImageResize:
+    """The loader's resize: each image at its own aspect, sides multiples of ``unit``, area in ``[low, high]``."""
+    return ImageResize(side, mode="native", interpolation=interpolation, factor=unit,
+                       min_pixels=min(low, high) if low else None, max_pixels=high)
 
 
 def _vision_geometry(config: Any) -> tuple[int, int, int]:
