@@ -354,7 +354,8 @@ class HFVLMBackbone(Backbone):
                              f"{tuple(pixel_values.shape)} and {tuple(input_ids.shape)}")
         counts = (input_ids == self.image_token_id).sum(dim=1)
         sizes = self._sizes_of(pixel_values, image_sizes)
-        want = torch.tensor([self.layout.image_tokens(s) for s in sizes], device=counts.device)
+        count = self.layout.image_tokens   # (the layout is built on each read of the property: once here)
+        want = torch.tensor([count(s) for s in sizes], device=counts.device)
         bad = (counts != want).nonzero()
         if bad.numel():
             r = int(bad[0])
