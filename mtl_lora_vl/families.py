@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FAMILIES", "MERGED_CONFIG", "MERGED_WEIGHTS", "OPEN_CLIP_CONFIG", "Family", "family_named", "find_family", "merged_format", "peft_export"]
+__all__ = ["FAMILIES", "MERGED_CONFIG", "CountsOnly", "MERGED_WEIGHTS", "OPEN_CLIP_CONFIG", "Family", "family_named", "find_family", "merged_format", "peft_export"]
 
 # Weights file of a merged checkpoint per non-Hugging-Face format ("hf" is a save_pretrained directory).
 MERGED_WEIGHTS = {"open_clip": "open_clip_model.safetensors", "safetensors": "model.safetensors"}
@@ -48,10 +48,11 @@ class Family:
       adapters inside it read k rows per routed sample, and ``image_rows`` (given that module's forward
       ``args`` and ``kwargs``) says how many rows each image has, so that a mixed-task route is checked there;
     * ``row_images`` (given the model and its forward ``args`` and ``kwargs``) says how many images each input row
-      holds (None: the call encodes no image), checked on the model: one per row under a mixed-task route (the
-      vision tower takes the images without the rows they belong to, and routes image i as row i);
-    * ``splits_images``: the family's processor can cut each image into crops, each an image to the model (Idefics3 /
-      SmolVLM), which a refused mixed-task route names.
+      holds (None: the call encodes no image; a :class:`CountsOnly`: counts that cannot route images), so that
+      under a mixed-task route each row's images take its task: the vision tower takes the images without the rows
+      they belong to;
+    * ``image_path``: regex of the modules that take the batch's images (vision tower, projector), routed image by
+      image by those counts (``packed_tower`` routes its own).
     """
 
     name: str
@@ -65,8 +66,8 @@ class Family:
     unused: Callable[[Any], tuple[str, ...]] | None = None
     packed_tower: str | None = None
     image_rows: Callable[[tuple, dict], list[int]] | None = None
-    row_images: Callable[[Any, tuple, dict], list[int] | None] | None = None
-    splits_images: bool = False
+    row_images: Callable[[Any, tuple, dict], list[float] | None] | None = None
+    image_path: str | None = None
 
     def matches(self, cls: type) -> bool:
         """True when a class in ``cls``'s MRO is one of this family's (qualified) classes."""
@@ -90,6 +91,9 @@ _HF_VLM_TARGETS = {
     "text": (r"(^|\.)language_model\.(.*\.)?layers\.\d+\.(self_attn\.(q|k|v|o|qkv)_proj|mlp\.(gate|up|down|gate_up)_proj)$",),
 }
 
+# The modules of an HF VLM that take the batch's images: its vision tower and its projector.
+_IMAGE_PATH = r"(^|\.)(vision_tower|multi_modal_projector)$"
+
 # Idefics3 / SmolVLM name their language model model.text_model (a Llama-style decoder).
 _IDEFICS3_TEXT = r"(^|\.)text_model\.(.*\.)?layers\.\d+\.(self_attn\.(q|k|v|o|qkv)_proj|mlp\.(gate|up|down|gate_up)_proj)$"
 
@@ -105,6 +109,17 @@ def _llava_unused_vision_layers(model: Any) -> tuple[str, ...]:
     picks = chosen if isinstance(chosen, (list, tuple)) else [chosen]
     first_unused = max(v + layers + 1 if v < 0 else v for v in picks)
     return tuple(rf"(^|\.)vision_tower(\.\w+)*\.encoder\.layers\.{i}\." for i in range(first_unused, layers))
+
+
+class CountsOnly(list):
+    """Images per row that can be checked (one per row) but not used to route several per row; ``why`` says why."""
+
+    def __init__(self, counts: list[float], why: str) -> None:
+        super().__init__(counts)
+        self.why = why
+
+
+_ENCODED = "their features were made before the call (mm_encoder_outputs), under the caller's route"
 
 
 def _qwen_image_rows(args: tuple, kwargs: dict) -> list[int]:
@@ -140,14 +155,20 @@ def _qwen_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | Non
     outputs). With images only and their ``image_grid_thw``, each row's image tokens are matched, in order, to the
     images' token counts (t·h·w / merge²; a row that starts or ends inside an image counts the part it holds);
     otherwise its ``<|vision_start|>`` tokens are counted (the processor writes one per image, a hand-written
-    prompt may not)."""
+    prompt may not). Counts of images and videos together, or of images encoded before the call, are
+    :class:`CountsOnly`."""
     images, videos = (_forward_input(model, args, kwargs, k) for k in ("pixel_values", "pixel_values_videos"))
     encoded = _forward_input(model, args, kwargs, "mm_encoder_outputs") or {}
     if images is None and videos is None and not any(encoded.get(k) is not None for k in ("image", "video")):
         return None
     ids, grid = (_forward_input(model, args, kwargs, k) for k in ("input_ids", "image_grid_thw"))
-    if ids is None or grid is None or videos is not None or encoded.get("video") is not None:
-        return _token_rows(model, args, kwargs, model.config.vision_start_token_id)
+    with_videos = videos is not None or encoded.get("video") is not None
+    if ids is None or grid is None or with_videos:
+        counts = _token_rows(model, args, kwargs, model.config.vision_start_token_id)
+        if counts is None or (images is not None and not with_videos):
+            return counts
+        return CountsOnly(counts, "they count images and videos together (by their <|vision_start|> tokens)"
+                          if with_videos else _ENCODED)
     import torch  # (the table itself needs no torch)
 
     merge = int(model.config.vision_config.spatial_merge_size) ** 2
@@ -163,7 +184,7 @@ def _qwen_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | Non
         part = sum(max(0, min(b, stop) - max(a, start)) / (b - a) for a, b in spans if not start <= a < b <= stop)
         out.append(whole + part if part else whole)
         start = stop
-    return out
+    return CountsOnly(out, _ENCODED) if images is None else out
 
 
 def _images_given(model: Any, args: tuple, kwargs: dict) -> int | None:
@@ -183,9 +204,9 @@ def _images_given(model: Any, args: tuple, kwargs: dict) -> int | None:
 
 def _image_token_rows(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
     """Images per row of a forward of a model in which every image fills as many image tokens as the others (LLaVA,
-    PaliGemma, unsplit Idefics3): each row's image tokens over one image's, that being all rows' image tokens
-    over the images given. None without images, or where the counts do not divide (the model refuses those
-    itself)."""
+    PaliGemma, Gemma 3, Idefics3 and its crops): each row's image tokens over one image's, that being all rows'
+    image tokens over the images given (:class:`CountsOnly` for images encoded before the call). None without
+    images, or where the counts do not divide (the model refuses those itself)."""
     images = _images_given(model, args, kwargs)
     if images is None:
         return None
@@ -199,7 +220,8 @@ def _image_token_rows(model: Any, args: tuple, kwargs: dict) -> list[float] | No
     if not images or not total or total % images:
         return None
     per = total // images
-    return [c // per if c % per == 0 else c / per for c in counts]
+    out = [c // per if c % per == 0 else c / per for c in counts]
+    return CountsOnly(out, _ENCODED) if _forward_input(model, args, kwargs, "pixel_values") is None else out
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -231,6 +253,7 @@ FAMILIES: tuple[Family, ...] = (
         merged_format="hf",
         unused=_llava_unused_vision_layers,
         row_images=_image_token_rows,
+        image_path=_IMAGE_PATH,
     ),
     Family(
         "paligemma",
@@ -240,6 +263,7 @@ FAMILIES: tuple[Family, ...] = (
         peft_export=True,
         merged_format="hf",
         row_images=_image_token_rows,
+        image_path=_IMAGE_PATH,
     ),
     Family(
         "gemma3",
@@ -249,6 +273,7 @@ FAMILIES: tuple[Family, ...] = (
         peft_export=True,
         merged_format="hf",
         row_images=_image_token_rows,
+        image_path=_IMAGE_PATH,
     ),
     Family(
         "qwen2_vl",
@@ -274,7 +299,7 @@ FAMILIES: tuple[Family, ...] = (
         peft_export=True,
         merged_format="hf",
         row_images=_image_token_rows,
-        splits_images=True,
+        image_path=r"(^|\.)(vision_model|connector)$",
     ),
     Family(
         "timm_vit",

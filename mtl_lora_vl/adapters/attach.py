@@ -24,7 +24,7 @@ from .generation import install_routed_generate
 from .layers import ADAPTER_PARAM_NAMES, AdapterBank, LoRALinear
 from .packed import pack_towers
 from .routing import Router, check_module, find_adapted
-from .row_images import RowImagesCheck
+from .row_images import RowImagesCheck, route_image_path
 
 
 class AttachError(ValueError):
@@ -246,15 +246,19 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
             parent_name, _, child = alias.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     runs_as = fam if fam is not None else inner_family(model)   # (a family's inner model adapted on its own)
-    hooks = (pack_towers(model, runs_as.packed_tower, runs_as.image_rows, router, layers)
-             if runs_as is not None and runs_as.packed_tower and runs_as.image_rows else [])
-    row_check = None
+    hooks, row_check = [], None
     row_images = runs_as.row_images if runs_as is not None else None
     if row_images is not None:   # on the inner multimodal model where there is one, which
-        inner = getattr(model, "model", None)             # the outer forward calls: both entry points are checked
+        inner = getattr(model, "model", None)             # the outer forward calls: both entry points are counted
         takes = isinstance(inner, nn.Module) and "pixel_values" in inspect.signature(inner.forward).parameters
-        row_check = (inner if takes else model, RowImagesCheck(router, row_images, runs_as.splits_images))
+        row_check = (inner if takes else model, RowImagesCheck(router, row_images))
         hooks.append(row_check[0].register_forward_pre_hook(row_check[1], with_kwargs=True))
+        hooks.append(row_check[0].register_forward_hook(row_check[1].after, always_call=True))
+        if runs_as.image_path:
+            hooks += route_image_path(model, runs_as.image_path, row_check[1], router, layers)
+    if runs_as is not None and runs_as.packed_tower and runs_as.image_rows:
+        hooks += pack_towers(model, runs_as.packed_tower, runs_as.image_rows, router, layers,
+                             row_check[1] if row_check else None)
     model._mtl_lora = AttachInfo(cfg, router, fam.name if fam else "custom", layers, towers, hooks, row_check)
     install_routed_generate(model)
     return model

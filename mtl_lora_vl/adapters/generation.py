@@ -111,17 +111,19 @@ class RoutedGenerate:
             given.setdefault("inputs_embeds" if given["inputs"].is_floating_point() else "input_ids", given["inputs"])
         _check_input_rows(model, given)
         check = getattr(model.__dict__.get("_mtl_lora"), "row_check", None)
-        if check is not None:   # generate encodes the images before the prefill (mm_encoder_outputs), so the
-            check[1](check[0], (), given)   # forward's check sees no pixel values: the call's inputs are checked here
-        was = check is not None and check[1].checked
+        if check is None:
+            with expanded_rows(model, generation_rows(model, given)):
+                return type(model).generate(model, *args, **kwargs)
+        # generate encodes the images before the prefill (mm_encoder_outputs), so the forward's count sees no pixel
+        was = check[1].checked   # values: the call's inputs are counted here, for the image path and the prefill
         try:
-            if check is not None:
-                check[1].checked = True
+            check[1](check[0], (), given)   # (one entry pushed, also when it refuses: popped below)
+            check[1].checked = True
             with expanded_rows(model, generation_rows(model, given)):
                 return type(model).generate(model, *args, **kwargs)
         finally:
-            if check is not None:
-                check[1].checked = was
+            check[1].checked = was
+            check[1].after(check[0], (), None)
 
     def __reduce__(self) -> tuple:
         return RoutedGenerate, (self.model,)

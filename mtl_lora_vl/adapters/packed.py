@@ -1,12 +1,12 @@
 """Adapters inside a tower that packs every image's rows into one sequence (Qwen2-VL's vision tower).
 
 Such a tower takes ``(total rows, dim)``: image after image, each image's rows (patches) together, no batch
-dimension. Under a per-sample route each routed sample (or each of its beams) must bring exactly one image;
-a :class:`~.row_images.RowImagesCheck` on the model (one image per input row) and a :class:`PackedImages` hook on
-the tower (as many images as routed rows) refuse a mixed-task route whose images are otherwise, before any row is
-routed to the wrong task. When the images are all of one size, the adapter banks inside the tower read k rows
-per routed sample, sample-major (``AdapterBank.packed_rows``); when they differ, the hook routes the tower's
-forward by each image's own rows (:meth:`Route.packed_images`, a route scope that closes with the forward).
+dimension. Under a per-sample route the :class:`PackedImages` hook on the tower maps its images to the routed rows:
+by the model's count of each row's images (a :class:`~.row_images.RowImagesCheck`, where a row holds other than
+one), else one image per routed sample (or per beam), and refuses a mixed-task route whose images are otherwise,
+before any row is routed to the wrong task. When the images are all of one size, the adapter banks inside the
+tower read k rows per routed image, image-major (``AdapterBank.packed_rows``); when they differ, the hook routes the
+tower's forward by each image's own rows (:meth:`Route.packed_images`, a route scope that closes with the forward).
 A one-task route (by name, index or ids all equal) needs neither: every row gets that task.
 """
 
@@ -21,6 +21,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .layers import AdapterBank
 from .routing import Router, RoutingError
+from .row_images import RowImagesCheck
 from .scopes import route as route_scope
 
 __all__ = ["PackedImages", "pack_towers"]
@@ -31,8 +32,9 @@ class PackedImages:
     per routed sample (or per beam); images of different sizes get a route scope over their own rows, closed
     after the forward (also when it fails)."""
 
-    def __init__(self, router: Router, image_rows: Callable[[tuple, dict], list[int]], name: str) -> None:
-        self.router, self.image_rows, self.name = router, image_rows, name
+    def __init__(self, router: Router, image_rows: Callable[[tuple, dict], list[int]], name: str,
+                 check: RowImagesCheck | None = None) -> None:
+        self.router, self.image_rows, self.name, self.check = router, image_rows, name, check
         self._open: list[ExitStack] = []   # the scope of each tower forward in progress (nested: a stack)
 
     def __getstate__(self) -> dict:
@@ -49,6 +51,11 @@ class PackedImages:
                                    "patches, not whole images: per-sample routes need DistributedDataParallel "
                                    "(torchrun, one process per GPU), or route one task for the whole batch")
             rows = self.image_rows(args, kwargs)
+            counts = None if self.check is None else self.check.current()
+            if counts is not None and len(counts) == route.batch_size and sum(counts) == len(rows):
+                r = route.per_image(counts)   # the rows' images, as the model counted them
+                scope.enter_context(route_scope(self.router, r.packed_images(rows) if len(set(rows)) > 1 else r))
+                return
             for r in (route, route.wide):
                 if r is not None and len(rows) == r.batch_size:
                     if len(set(rows)) > 1:
@@ -69,9 +76,9 @@ class PackedImages:
 
 
 def pack_towers(model: nn.Module, tower: str, image_rows: Callable[[tuple, dict], list[int]], router: Router,
-                layers: dict[str, AdapterBank]) -> list[RemovableHandle]:
+                layers: dict[str, AdapterBank], check: RowImagesCheck | None = None) -> list[RemovableHandle]:
     """Mark the banks inside every module of ``model`` whose name matches ``tower`` as reading packed rows and
-    put :class:`PackedImages` hooks on each such module; returns the hooks' handles."""
+    put :class:`PackedImages` hooks on each such module (reading ``check``'s counts); returns the hooks' handles."""
     handles = []
     for name, module in model.named_modules():
         if not re.search(tower, name):
@@ -81,7 +88,7 @@ def pack_towers(model: nn.Module, tower: str, image_rows: Callable[[tuple, dict]
             continue
         for bank in inside:
             bank.packed_rows = True
-        hooks = PackedImages(router, image_rows, name)
+        hooks = PackedImages(router, image_rows, name, check)
         handles.append(module.register_forward_pre_hook(hooks.before, with_kwargs=True))
         handles.append(module.register_forward_hook(hooks.after, always_call=True))
     return handles

@@ -192,6 +192,20 @@ class Route:
         r.wide = self.expand(k)
         return r
 
+    def per_image(self, counts: Sequence[int]) -> Route:
+        """The route over a batch of images, ``counts[i]`` of them for routed row i, in row order (a row's images
+        together, as the models' processors lay them out): each segment of rows becomes one of images, and a row
+        without images drops out (host arithmetic)."""
+        if self.batch_size is None or len(counts) != self.batch_size or any(int(n) != n or n < 0 for n in counts):
+            raise RoutingError(f"route: image counts {list(counts)} for a route of {self.batch_size} rows; one "
+                               "whole number of images per routed row is needed")
+        start = [0]
+        for n in counts:
+            start.append(start[-1] + int(n))
+        if not start[-1]:
+            raise RoutingError("route: image counts of a batch without images")
+        return Route.from_segments([(t, start[a], start[b]) for t, a, b in self.segments if start[b] > start[a]])
+
     def packed_images(self, rows: Sequence[int]) -> Route:
         """The route over a packed sequence of images, ``rows[i]`` rows (patches) for image i, image i being
         routed row i's: each segment of rows becomes one of patches (host arithmetic; :attr:`packed` set)."""

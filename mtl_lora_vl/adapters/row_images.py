@@ -1,45 +1,69 @@
-"""One image per row under a mixed-task route, checked on a vision-language model's forward.
+"""Each row's images routed to that row's task, under a mixed-task route through a vision-language model.
 
-A VLM's vision tower takes the batch's images without the rows they belong to and routes image i as row i, so a
-mixed-task route is right only when every input row holds exactly one image: a row with two images beside a row
-with none sent the second image through the other row's task, silently (0.3-0.6 off on tiny LLaVA, Idefics3
-and Qwen2-VL models). The family table says how to count each row's images (``Family.row_images``); a one-task
-route (by name, index or ids all equal) needs no check. The count reads the rows' ids on the host: one read of
-B numbers per forward under a mixed route with pixel values (a training step; a generation's prefill), where
-the models' own image-token checks read the device already.
+A VLM's vision tower (and projector) takes the batch's images without the rows they belong to: image i of the
+batch is not row i's when a row holds several images (several pictures; Idefics3 / SmolVLM's crops; Gemma 3's
+pan-and-scan crops) or none. Routed as row i, a row's second image went through the next row's task, silently
+(0.3-0.6 off on tiny LLaVA, Idefics3 and Qwen2-VL models). So the model's forward counts each row's images (the
+family table says how: ``Family.row_images``, from the rows' image tokens) and the modules of the image path
+(``Family.image_path``; Qwen2-VL's packed tower: :mod:`.packed`) route their batch of images by those counts
+(:meth:`Route.per_image`: row r's images, in order, take row r's task). A one-task route (by name, index or ids
+all equal) needs neither.
+
+What cannot be routed is refused: a row holding part of an image (its image tokens are not a whole number of
+images), and several images per row whose features were made before the call (``mm_encoder_outputs``: encoded
+under whatever route the caller had) or counted together with videos. The count reads the rows' ids on the
+host: one read of B numbers per forward under a mixed route with images (a training step; a generation's
+prefill), where the models' own image-token checks read the device already.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from contextlib import ExitStack
 
+import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
+from ..families import CountsOnly
+from .layers import AdapterBank
 from .routing import Router, RoutingError
+from .scopes import route as route_scope
 
-__all__ = ["RowImagesCheck"]
+__all__ = ["ImageRoutes", "RowImagesCheck", "route_image_path"]
+
+Counts = Callable[[nn.Module, tuple, dict], list[float] | None]
 
 
 class RowImagesCheck:
-    """A forward pre-hook on the adapted VLM's multimodal model (``model.model`` where there is one), also run by
-    the routed ``generate`` on its inputs: refuses a mixed-task route unless every input row holds exactly one
-    image (what the tower cannot see: it gets the images without the rows they belong to)."""
+    """A forward pre-hook (and hook) on the adapted VLM's multimodal model (``model.model`` where there is one),
+    also run by the routed ``generate`` on its inputs: under a mixed-task route it counts each input row's images
+    for the image path's modules to route by (:meth:`current`), and refuses what cannot be routed."""
 
-    def __init__(self, router: Router, row_images: Callable[[nn.Module, tuple, dict], list[int] | None],
-                 splits_images: bool = False) -> None:
-        self.router, self.row_images, self.splits_images = router, row_images, splits_images
-        #: Set by the routed ``generate`` around its call, whose inputs it checked: its prefill's forwards get the
+    def __init__(self, router: Router, row_images: Counts) -> None:
+        self.router, self.row_images = router, row_images
+        #: Set by the routed ``generate`` around its call, whose inputs it counted: its prefill's forwards get the
         #: images encoded (generate's chunked prefill: one flattened feature item per chunk, not one per image).
         self.checked = False
+        self._counts: list[list[int] | None] = []   # per forward in progress (nested: a stack)
 
     def __getstate__(self) -> dict:
-        """A copy (deepcopy, pickle) made inside a routed ``generate`` checks its own forwards: the scope is the
+        """A copy (deepcopy, pickle) made inside a routed ``generate`` counts its own forwards: the scope is the
         original's."""
-        return {**self.__dict__, "checked": False}
+        return {**self.__dict__, "checked": False, "_counts": []}
+
+    def current(self) -> list[int] | None:
+        """Images per routed row of the forward in progress, where a row holds other than one (else None)."""
+        return self._counts[-1] if self._counts else None
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.checked:   # inside the routed generate: the images its own count found
+            self._counts.append(self.current())
+            return
+        self._counts.append(None)   # first: a refusal below still leaves one entry for after() (always_call) to pop
         # no route given: the first adapted layer that runs says so (if any runs)
-        if self.checked or self.router.current is None:
+        if self.router.current is None:
             return
         route = self.router.resolve(type(module).__name__)
         if route is None or route.task is not None:
@@ -47,12 +71,70 @@ class RowImagesCheck:
         per_row = self.row_images(module, args, kwargs)
         if per_row is None or all(n == 1 for n in per_row):
             return
-        crops = self.splits_images and min(per_row) > 1 and all(n == int(n) for n in per_row)
-        hint = (" (a processor that splits each image into crops, as Idefics3 / SmolVLM's do, makes one image per "
-                "crop: call it with do_image_splitting=False, or load the model with the package's backbone, which "
-                "turns splitting off)" if crops else "")
-        raise RoutingError(
-            f"{type(module).__name__} routes each image by its place among the batch's images, so a mixed-task "
-            f"route needs one image per row; the rows hold {per_row} images{hint}. Give each row one image, or route "
-            "each task's rows in a call of their own"
-        )
+        if isinstance(per_row, CountsOnly) or any(n != int(n) for n in per_row):
+            why = (per_row.why if isinstance(per_row, CountsOnly) else
+                   "a row's image tokens are not a whole number of images (a row holding part of an image, or "
+                   "other images than the rows' image tokens)")
+            raise RoutingError(
+                f"{type(module).__name__} cannot route the images of a mixed-task batch to their rows' tasks: the "
+                f"rows hold {list(per_row)} images, and {why}. Route each task's rows in a call of their own")
+        self._counts[-1] = [int(n) for n in per_row]
+
+    def after(self, module: nn.Module, args: tuple, output: object) -> None:
+        if self._counts:
+            self._counts.pop()
+
+
+def _batch_of(args: tuple, kwargs: dict) -> int | None:
+    """The batch (images) a module of the image path was called with: its pixel values, else its first tensor."""
+    x = kwargs.get("pixel_values")
+    if not isinstance(x, torch.Tensor):
+        x = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.dim() > 1), None)
+    return None if x is None else x.shape[0]
+
+
+class ImageRoutes:
+    """Forward hooks on a module of a VLM's image path (its vision tower, its projector) that takes a batch of
+    images: under a mixed-task route whose rows hold other than one image each, the module's forward is routed
+    image by image (a route scope over its batch, closed after the forward, also when it fails)."""
+
+    def __init__(self, router: Router, check: RowImagesCheck, name: str) -> None:
+        self.router, self.check, self.name = router, check, name
+        self._open: list[ExitStack] = []
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_open": []}
+
+    def before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        scope = ExitStack()
+        self._open.append(scope)
+        counts = self.check.current()
+        route = None if counts is None else self.router.resolve(self.name)
+        if route is None or route.task is not None or route.batch_size != len(counts):
+            return   # (one task; or a route the forward's count was not made for: the layers check the batch)
+        images = _batch_of(args, kwargs)
+        if images != sum(counts):
+            raise RoutingError(f"{self.name} got {images} images for rows holding {counts} images; give the model "
+                               "the images of its rows, in row order")
+        scope.enter_context(route_scope(self.router, route.per_image(counts)))
+
+    def after(self, module: nn.Module, args: tuple, output: object) -> None:
+        if self._open:
+            self._open.pop().close()
+
+
+def route_image_path(model: nn.Module, path: str, check: RowImagesCheck, router: Router,
+                     layers: dict[str, AdapterBank]) -> list[RemovableHandle]:
+    """Put :class:`ImageRoutes` hooks on every outermost module of ``model`` whose name matches ``path`` and that
+    holds adapted layers; returns the hooks' handles."""
+    handles, hooked = [], []
+    for name, module in model.named_modules():
+        if not re.search(path, name) or any(name.startswith(h + ".") for h in hooked):
+            continue
+        if not any(b.startswith(name + ".") for b in layers):
+            continue
+        hooked.append(name)
+        hooks = ImageRoutes(router, check, name)
+        handles.append(module.register_forward_pre_hook(hooks.before, with_kwargs=True))
+        handles.append(module.register_forward_hook(hooks.after, always_call=True))
+    return handles

@@ -11,8 +11,8 @@ local directory: the language-model API of :mod:`.hf_vlm` on the family's own im
   cut into the patches the processor makes (:func:`patchify`: ``(h/P · w/P, 3·T·P·P)``, in merge order) with
   its ``image_grid_thw`` row ``[1, h/P, w/P]``, and its prompt holds ``h/P · w/P / merge²`` image tokens. A
   merged export's processor files get the same bounds (:meth:`Qwen2VLBackbone.fit_processor_files`). One
-  image per row, as a mixed-task route through the packed vision tower needs
-  (:mod:`mtl_lora_vl.adapters.packed`, which routes images of different sizes by their own patches).
+  image per row (the loader's; :mod:`mtl_lora_vl.adapters.packed` routes the packed tower's images, of any sizes
+  and any number per row, by their own patches).
 * **Prompts.** ``image_token`` is ``<|image_pad|>``; the collator expands it to ``<|vision_start|>``, the
   row's image tokens and ``<|vision_end|>``.
 * **Positions.** M-RoPE: every forward gets ``mm_token_type_ids`` (1 on image tokens), so the model numbers

@@ -1,0 +1,169 @@
+"""Rows holding several images, or none, under a mixed-task route (adapters/row_images.py, packed.py): the vision
+tower and projector take the batch's images without their rows, so each image must take its own row's task.
+Before, a row with two images beside a row with none was refused (the route read image i as row i); every family
+now routes each row's images to its task: logits, gradients (with checkpointing) and generate (greedy, beams)
+equal each task alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_llava, tiny_paligemma
+from vl_tiny import left_padded
+from vlm_checks import assert_mixed_gradients_are_per_task_sums, assert_mixed_route_per_task, perturb_adapters
+
+import mtl_lora_vl as mlv
+
+FAMILIES = ["llava", "paligemma", "gemma3", "idefics3", "qwen2_vl"]
+QWEN_SIZES = [(32, 32), (32, 64), (48, 32)]   # 4, 8 and 6 image tokens: a row's images differ in size
+
+
+def _model(family: str):
+    if family == "llava":
+        return tiny_llava()
+    if family == "paligemma":
+        return tiny_paligemma()
+    if family == "gemma3":
+        from gemma3_tiny import tiny_gemma3
+
+        return tiny_gemma3()
+    if family == "idefics3":
+        from idefics3_tiny import tiny_idefics3
+
+        return tiny_idefics3()
+    from qwen_tiny import tiny_qwen2vl
+
+    return tiny_qwen2vl()
+
+
+def _adapted(family: str, **cfg):
+    torch.manual_seed(0)
+    return perturb_adapters(mlv.attach(_model(family).eval(), mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, **cfg)))
+
+
+def several_images(family: str, counts: list[int], seed: int = 0) -> dict:
+    """A left-padded batch whose row r holds ``counts[r]`` images (in the family's token layout), each row with its
+    own text; the images in row order, as the family's processor lays them out."""
+    g = torch.Generator().manual_seed(seed)
+    n = sum(counts)
+    extra: dict = {}
+    if family in ("llava", "paligemma"):
+        tokens = [[95] * 16] * n
+        pixels = torch.randn(n, 3, 32, 32, generator=g)
+    elif family == "gemma3":
+        from gemma3_tiny import BOI_ID, EOI_ID, IMG_ID, N_IMAGE, NL_ID, SIDE
+
+        tokens = [[NL_ID, BOI_ID, *[IMG_ID] * N_IMAGE, EOI_ID, NL_ID]] * n
+        pixels = torch.randn(n, 3, SIDE, SIDE, generator=g)
+    elif family == "idefics3":
+        from idefics3_tiny import FAKE, GLOBAL, IMG, N_IMAGE, SIDE
+
+        tokens = [[FAKE, GLOBAL, *[IMG] * N_IMAGE, FAKE]] * n
+        pixels = torch.zeros(len(counts), max(counts), 3, SIDE, SIDE)   # short rows padded with all-zero images
+        for r, c in enumerate(counts):
+            pixels[r, :c] = torch.randn(c, 3, SIDE, SIDE, generator=g)
+    else:
+        from qwen_tiny import IMG_TOK, PATCH, VE, VS
+
+        sizes = [QWEN_SIZES[i % len(QWEN_SIZES)] for i in range(n)]
+        grids = [(h // PATCH, w // PATCH) for h, w in sizes]
+        tokens = [[VS, *[IMG_TOK] * (h * w // 4), VE] for h, w in grids]
+        pixels = torch.randn(sum(h * w for h, w in grids), 384, generator=g)
+        extra["image_grid_thw"] = torch.tensor([[1, h, w] for h, w in grids])
+    rows, i = [], 0
+    for r, c in enumerate(counts):
+        text = torch.randint(3, 90, (4 + r,), generator=g).tolist()
+        row = [1, *text[:2]]
+        for _ in range(c):
+            row += tokens[i]
+            i += 1
+        rows.append(row + text[2:])
+    ids, mask = left_padded(rows)
+    x = dict(input_ids=ids, attention_mask=mask, pixel_values=pixels, **extra)
+    if family == "gemma3":
+        x["token_type_ids"] = (ids == IMG_ID).long()
+    if family == "qwen2_vl":
+        x["mm_token_type_ids"] = (ids == IMG_TOK).int()
+    return x
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("counts", [[2, 0, 1], [0, 3, 1]])
+def test_each_rows_images_take_its_task_in_the_logits_and_generate(family, counts):
+    """[2, 0, 1] under [a, b, a]: row 0's second image went through task b's adapters before the refusal (row 0
+    differed from task a alone by 0.57 on the tiny LLaVA); [0, 3, 1]: row 1's three images through a, b and a."""
+    assert_mixed_route_per_task(_adapted(family), several_images(family, counts), [0, 1, 0])
+
+
+@pytest.mark.parametrize("family", ["llava", "paligemma", "idefics3", "qwen2_vl"])   # (Gemma 3's: a bare weight)
+def test_the_projector_is_routed_image_by_image_too(family):
+    proj = {"llava": "multi_modal_projector.linear_1", "paligemma": "multi_modal_projector.linear",
+            "idefics3": "connector.modality_projection.proj", "qwen2_vl": "merger.mlp.0"}[family]
+    model = _adapted(family, targets={"image": [rf"{proj}$"], "text": [r"(q|v)_proj$"]})
+    assert any(n.endswith(proj) for n in model._mtl_lora.layers)
+    assert_mixed_route_per_task(model, several_images(family, [1, 2, 0]), [1, 0, 1])
+
+
+@pytest.mark.parametrize("family", ["llava", "idefics3", "qwen2_vl"])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_mixed_gradients_over_several_images_per_row_equal_the_per_task_sums(family, checkpointing):
+    model = _adapted(family)
+    model.train()
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    vision = "visual" if family == "qwen2_vl" else "vision"
+    assert_mixed_gradients_are_per_task_sums(model, several_images(family, [2, 1, 3]), (vision, "language_model"
+                                             if family != "idefics3" else "text_model"))
+
+
+def test_a_row_whose_image_tokens_are_part_of_an_image_is_refused():
+    """24 and 8 image tokens for two images of 16 (rows holding 1.5 and 0.5 images) cannot route images; one task
+    for the batch takes them (the Qwen2-VL count: test_qwen2vl.py)."""
+    model = _adapted("llava")
+    ids = torch.tensor([[1, 5, *[95] * 24, 7], [1, 9, *[95] * 8, *[7] * 17]])
+    x = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=torch.randn(2, 3, 32, 32))
+    with torch.no_grad():
+        with mlv.route(model, [0, 1]), pytest.raises(mlv.RoutingError, match=r"rows hold \[1.5, 0.5\] images, and "
+                                                                                r"a row's image tokens are not"):
+            model(**x)
+        with mlv.route(model, "a"):
+            model(**x)
+
+
+def test_other_images_than_the_rows_image_tokens_are_refused():
+    """The rows' image tokens hold 3 images of 16 and the model gets 4 (12 tokens each: rows of 2.67 and 1.33): which
+    is whose cannot be told. A tower that gets other images than its forward counted is refused too."""
+    model = _adapted("llava")
+    x = several_images("llava", [2, 1])
+    with torch.no_grad():
+        with mlv.route(model, [0, 1]), pytest.raises(mlv.RoutingError, match=r"\[2.6+\d*, 1.3+\d*\] images, and a "
+                                                                                r"row's image tokens are not a whole"):
+            model(**{**x, "pixel_values": torch.randn(4, 3, 32, 32)})
+        check = model._mtl_lora.row_check[1]
+        with mlv.route(model, [0, 1]):
+            check._counts.append([2, 1])   # what the model's forward counted
+            try:
+                with pytest.raises(mlv.RoutingError, match=r"vision_tower got 4 images for rows holding \[2, 1\]"):
+                    model.model.vision_tower(torch.randn(4, 3, 32, 32))
+            finally:
+                check._counts.pop()
+
+
+def test_the_count_is_gone_after_each_forward_and_generate():
+    """The rows' counts live only while their forward (or generate) runs: a later direct tower call under a mixed
+    route of as many rows as images reads image i as row i, as without the count."""
+    model = _adapted("llava")
+    check = model._mtl_lora.row_check[1]
+    x = several_images("llava", [2, 0])
+    with torch.no_grad(), mlv.route(model, [0, 1]):
+        model(**x)
+        model.generate(**x, max_new_tokens=2, do_sample=False, pad_token_id=0)
+        assert check.current() is None and not check._counts and not check.checked
+        pixels = x["pixel_values"]
+        mixed = model.model.vision_tower(pixels).last_hidden_state
+    with torch.no_grad():
+        alone = []
+        for t in "ab":
+            with mlv.route(model, t):
+                alone.append(model.model.vision_tower(pixels).last_hidden_state)
+    torch.testing.assert_close(mixed, torch.stack([alone[0][0], alone[1][1]]))
