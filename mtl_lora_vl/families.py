@@ -48,9 +48,9 @@ class Family:
       adapters inside it read k rows per routed sample, and ``image_rows`` (given that module's forward
       ``args`` and ``kwargs``) says how many rows each image has, so that a mixed-task route is checked there;
     * ``row_images`` (given the model and its forward ``args`` and ``kwargs``) says how many images each input row
-      holds (None: the call encodes no image; a :class:`CountsOnly`: counts that cannot route images), so that
-      under a mixed-task route each row's images take its task: the vision tower takes the images without the rows
-      they belong to;
+      holds (LLaVA-NeXT: how many tiles; None: the call encodes no image; a :class:`CountsOnly`: counts that cannot
+      route images), so that under a mixed-task route each row's images take its task: the vision tower takes the
+      images without the rows they belong to;
     * ``image_path``: regex of the modules that take the batch's images (vision tower, projector), routed image by
       image by those counts (``packed_tower`` routes its own).
     """
@@ -176,15 +176,60 @@ def _qwen_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | Non
     both = torch.cat([grid.reshape(-1).to(counts), counts]).tolist()   # one read of the device, not two
     g = both[:grid.numel()]
     sizes = [int(t * h * w) // merge for t, h, w in zip(g[0::3], g[1::3], g[2::3])]
-    spans = list(zip([0, *itertools.accumulate(sizes)], itertools.accumulate(sizes)))   # each image's tokens
-    out, start = [], 0
-    for tokens in both[grid.numel():]:
-        stop = start + tokens
-        whole = sum(start <= a and b <= stop for a, b in spans)
-        part = sum(max(0, min(b, stop) - max(a, start)) / (b - a) for a, b in spans if not start <= a < b <= stop)
-        out.append(whole + part if part else whole)
-        start = stop
+    out = [len(whole) + part if part else len(whole) for whole, part in _rows_of_images(both[grid.numel():], sizes)]
     return CountsOnly(out, _ENCODED) if images is None else out
+
+
+def _rows_of_images(row_tokens: list[int], image_tokens: list[int]) -> list[tuple[list[int], float]]:
+    """Each row's images, its image tokens (``row_tokens``, rows in order) matched in order to the images' token
+    counts: the images it holds whole, and the parts of images it starts or ends inside (as a number of images)."""
+    spans = list(zip([0, *itertools.accumulate(image_tokens)], itertools.accumulate(image_tokens)))
+    out, start = [], 0
+    for tokens in row_tokens:
+        stop = start + tokens
+        whole = [i for i, (a, b) in enumerate(spans) if start <= a and b <= stop]
+        part = sum(max(0, min(b, stop) - max(a, start)) / (b - a) for a, b in spans if not start <= a < b <= stop)
+        out.append((whole, part))
+        start = stop
+    return out
+
+
+def _llava_next_row_tiles(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
+    """What a LLaVA-NeXT forward's vision tower gets per row: each image is its base view plus a grid of tiles
+    (anyres, from its ``image_sizes`` row and ``image_grid_pinpoints``), so each row's image tokens are matched in
+    order to the images' token counts (the model's own: base patches, then the tile grid unpadded to the image's
+    aspect with a newline per row) and the row's tiles summed. A row holding part of an image gives its images
+    (not whole); images encoded before the call give a :class:`CountsOnly` of images. None without images."""
+    pixels = _forward_input(model, args, kwargs, "pixel_values")
+    encoded = (_forward_input(model, args, kwargs, "mm_encoder_outputs") or {}).get("image")
+    sizes = _forward_input(model, args, kwargs, "image_sizes")
+    if (pixels is None and encoded is None) or sizes is None:
+        return None
+    import torch
+    from transformers.models.llava_next.modeling_llava_next import (
+        get_anyres_image_grid_shape,
+        image_size_to_num_patches,
+        unpad_image,
+    )
+
+    cfg = model.config
+    tokens = _token_rows(model, args, kwargs, cfg.image_token_id)
+    if tokens is None:
+        return None
+    side, pins = cfg.vision_config.image_size, cfg.image_grid_pinpoints
+    grid = side // cfg.vision_config.patch_size
+    base = grid * grid + (cfg.vision_feature_select_strategy == "full")
+    image_tokens, tiles = [], []
+    for size in sizes.cpu():   # (a tensor row, as the model passes it: its unpadding's arithmetic is the model's)
+        rows, cols = get_anyres_image_grid_shape(size.tolist(), pins, side)
+        _, uh, uw = unpad_image(torch.empty(0, rows * grid, cols * grid, device="meta"), size).shape
+        image_tokens.append(base + uh * (uw + 1))
+        tiles.append(image_size_to_num_patches(size.tolist(), pins, side))
+    per_row = _rows_of_images(tokens, image_tokens)
+    if encoded is not None or any(part for _, part in per_row):
+        images = [len(whole) + part if part else len(whole) for whole, part in per_row]
+        return CountsOnly(images, _ENCODED) if encoded is not None else images
+    return [sum(tiles[i] for i in whole) for whole, _ in per_row]
 
 
 def _images_given(model: Any, args: tuple, kwargs: dict) -> int | None:
@@ -224,6 +269,13 @@ def _image_token_rows(model: Any, args: tuple, kwargs: dict) -> list[float] | No
     return CountsOnly(out, _ENCODED) if _forward_input(model, args, kwargs, "pixel_values") is None else out
 
 
+_LLAVA_NEXT_NO_BACKBONE = (
+    "LLaVA-NeXT reads each image as a base view and a grid of tiles at the image's own aspect (anyres), which the "
+    "package's loader does not make yet, so the train / eval commands cannot load it; attach adapters with "
+    "mtl_lora_vl.attach(model, cfg) and train in your own loop under mtl_lora_vl.route(model, task_ids) (mixed-task "
+    "batches route each row's tiles to its task; export_lora and save_merged work)")
+
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         "open_clip",
@@ -253,6 +305,17 @@ FAMILIES: tuple[Family, ...] = (
         merged_format="hf",
         unused=_llava_unused_vision_layers,
         row_images=_image_token_rows,
+        image_path=_IMAGE_PATH,
+    ),
+    Family(
+        "llava_next",
+        ("transformers.models.llava_next.LlavaNextForConditionalGeneration",),
+        _HF_VLM_TARGETS,
+        no_backbone=_LLAVA_NEXT_NO_BACKBONE,
+        peft_export=True,
+        merged_format="hf",
+        unused=_llava_unused_vision_layers,
+        row_images=_llava_next_row_tiles,
         image_path=_IMAGE_PATH,
     ),
     Family(
@@ -318,6 +381,7 @@ FAMILIES: tuple[Family, ...] = (
 #: route through it is checked and routed as through the whole model.
 INNER_MODELS: tuple[tuple[str, str], ...] = (
     ("transformers.models.llava.LlavaModel", "llava"),
+    ("transformers.models.llava_next.LlavaNextModel", "llava_next"),
     ("transformers.models.paligemma.PaliGemmaModel", "paligemma"),
     ("transformers.models.idefics3.Idefics3Model", "idefics3"),
     ("transformers.models.smolvlm.SmolVLMModel", "idefics3"),

@@ -1,0 +1,169 @@
+"""LLaVA-NeXT (tiny, from configs, with its own processor): the family row. Each image reaches the vision tower as a
+base view and a grid of tiles at its own aspect (anyres), so a mixed-task route must send each row's tiles to its
+task: logits, greedy and beam generate and gradients equal each task alone, for rows of one, several or no images;
+the PEFT export and the merged checkpoint give the same outputs; the train / eval commands refuse it by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from llava_tiny import PATCH, _word_tokenizer
+from PIL import Image
+from vlm_checks import (
+    assert_mixed_gradients_are_per_task_sums,
+    assert_mixed_route_per_task,
+    assert_peft_export_matches,
+    perturb_adapters,
+)
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.families import _llava_next_row_tiles, find_family
+
+SIDE = 32
+PINPOINTS = [[32, 64], [64, 32], [64, 64]]
+SIZES = [(20, 60), (40, 40), (64, 24), (30, 50)]   # wide, square, tall: 3, 5, 3 and 3 tiles
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny LlavaNextForConditionalGeneration (CLIP tower of 32-px tiles, 8-px patches; Llama decoder) and its
+    LlavaNextProcessor, saved and loaded back: (model, processor, folder)."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
+
+    out = tmp_path_factory.mktemp("llava_next")
+    tok = _word_tokenizer(out, None)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=SIDE, patch_size=PATCH)
+    text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=2, max_position_embeddings=512, vocab_size=len(tok),
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
+                          vision_feature_layer=-1, vision_feature_select_strategy="default",
+                          image_grid_pinpoints=PINPOINTS)
+    torch.manual_seed(0)
+    LlavaNextForConditionalGeneration(cfg).save_pretrained(str(out))
+    images = LlavaNextImageProcessor(size={"shortest_edge": SIDE}, crop_size={"height": SIDE, "width": SIDE},
+                                     image_grid_pinpoints=PINPOINTS)
+    LlavaNextProcessor(image_processor=images, tokenizer=tok, patch_size=PATCH, vision_feature_select_strategy="default",
+                       num_additional_image_tokens=1).save_pretrained(str(out))
+    processor = LlavaNextProcessor.from_pretrained(str(out))
+    processor.tokenizer.padding_side = "left"
+    return LlavaNextForConditionalGeneration, processor, out
+
+
+def _fresh(tiny):
+    cls, _, folder = tiny
+    return cls.from_pretrained(str(folder)).eval()
+
+
+def _adapted(tiny, **cfg):
+    """Adapters drawn at std 0.1: at the other families' 0.5 the tiles' tower activations reach ~1,000, and a merged
+    checkpoint's logits differ from the routed ones by fp32 rounding alone (1.7e-3; 2.7e-7 at 0.1)."""
+    torch.manual_seed(0)
+    return perturb_adapters(mlv.attach(_fresh(tiny), mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, **cfg)), std=0.1)
+
+
+def batch(tiny, counts: list[int], seed: int = 0) -> dict:
+    """The processor's batch for rows holding ``counts[r]`` pictures each (sizes from SIZES in turn)."""
+    rng = np.random.default_rng(seed)
+    n = sum(counts)
+    pictures = [Image.fromarray(rng.integers(0, 256, (*SIZES[i % len(SIZES)], 3), dtype=np.uint8)) for i in range(n)]
+    words = ["what colour is the circle", "describe", "how many", "caption"]
+    texts = [" ".join(["<image>"] * c + [words[r % len(words)]] * (r + 1)) for r, c in enumerate(counts)]
+    return dict(tiny[1](text=texts, images=pictures, return_tensors="pt", padding=True))
+
+
+def test_the_family_row_takes_the_tower_up_to_the_feature_layer_and_the_language_model(tiny):
+    m = _adapted(tiny)
+    info = m._mtl_lora
+    assert find_family(m).name == info.family == "llava_next"
+    vision = [n for n, t in info.towers.items() if t == "image"]
+    assert len(vision) == 12 and all(".vision_tower." in n for n in vision)
+    assert any("language_model.layers.1.mlp.down_proj" in n for n in info.towers)
+
+
+def test_tiles_per_row_are_the_processors(tiny):
+    """Each row's image tokens matched to the images' token counts (the model's arithmetic) give the processor's
+    tiles: rows of 2, 0 and 1 pictures (3 + 5, none, 3 tiles)."""
+    m = _fresh(tiny)
+    x = batch(tiny, [2, 0, 1])
+    assert _llava_next_row_tiles(m.model, (), x) == [8, 0, 3]
+    assert x["pixel_values"].shape[:2] == (3, 5)   # (images, most tiles, ...): padded tiles dropped by the model
+
+
+@pytest.mark.parametrize("counts", [[1, 1, 1], [2, 0, 1], [0, 3, 1]])
+def test_a_mixed_route_sends_each_rows_tiles_to_its_task(tiny, counts):
+    """Logits, greedy and 3-beam generate under [a, b, a] equal each task's own rows. Without the tiles' routing
+    the tower got 11 to 14 tiles for 3 routed rows (refused by the layers: a mixed route could not run at all)."""
+    assert_mixed_route_per_task(_adapted(tiny), batch(tiny, counts), [0, 1, 0])
+
+
+def test_the_projector_routes_tiles_too(tiny):
+    m = _adapted(tiny, targets={"image": [r"multi_modal_projector\.linear_(1|2)$"], "text": [r"(q|v)_proj$"]})
+    assert_mixed_route_per_task(m, batch(tiny, [1, 2, 0]), [1, 0, 1])
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_mixed_gradients_equal_the_per_task_sums(tiny, checkpointing):
+    m = _adapted(tiny)
+    m.train()
+    if checkpointing:
+        m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    assert_mixed_gradients_are_per_task_sums(m, batch(tiny, [2, 1, 1]), ("vision_tower", "language_model"))
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")   # PEFT 0.21 reads it
+def test_peft_export_loads_with_the_same_outputs(tiny, tmp_path):
+    pytest.importorskip("peft")
+    m = _adapted(tiny)
+    mlv.export_lora(m, ["a", "b"], tmp_path / "peft")
+    assert_peft_export_matches(m, _fresh(tiny), tmp_path / "peft", batch(tiny, [1, 1]))
+
+
+def test_a_merged_checkpoint_loads_with_from_pretrained_and_the_same_outputs(tiny, tmp_path):
+    m = _adapted(tiny)
+    x = batch(tiny, [1, 2])
+    kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad(), mlv.route(m, "b"):
+        logits, tokens = m(**x).logits, m.generate(**x, **kw)
+    out = mlv.save_merged(m, "b", tmp_path / "merged")
+    merged = tiny[0].from_pretrained(str(out), local_files_only=True).eval()
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**x).logits, logits, atol=1e-5, rtol=1e-4)
+        assert torch.equal(merged.generate(**x, **kw), tokens)
+
+
+def test_a_row_holding_part_of_an_image_and_encoded_images_are_refused(tiny):
+    m = _adapted(tiny)
+    x = batch(tiny, [2, 0])
+    ids = x["input_ids"].clone()
+    image = tiny[1].tokenizer.convert_tokens_to_ids("<image>")
+    first = (ids[0] == image).nonzero()[0].item()
+    ids[1, :5] = image                        # row 1 takes 5 image tokens of row 0's first image
+    ids[0, first:first + 5] = 7
+    x1 = {**x, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        with mlv.route(m, [0, 1]), pytest.raises(mlv.RoutingError, match=r"rows hold \[1\.\d+, 0\.\d+\] images"):
+            m(**x1)
+        with mlv.route(m, "a"):
+            encoded = {"image": m.model.get_image_features(x["pixel_values"], x["image_sizes"], return_dict=True)}
+        y = {k: v for k, v in x.items() if k not in ("pixel_values",)}
+        with mlv.route(m, [0, 1]), pytest.raises(mlv.RoutingError, match=r"\[2, 0\] images, and their features"):
+            m(**y, mm_encoder_outputs=encoded)
+
+
+def test_the_train_command_refuses_it_naming_the_tiles_and_the_own_loop(tiny):
+    from mtl_lora_vl.backbones import load_backbone
+
+    with pytest.raises(Exception, match=r"(?s)LLaVA-NeXT reads each image as a base view and a grid of tiles.*"
+                                        r"mtl_lora_vl\.attach"):
+        load_backbone(f"hf:{tiny[2]}", device="cpu")
