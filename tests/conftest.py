@@ -109,13 +109,3 @@ def tiny_timm_vit():
     from timm.models.vision_transformer import VisionTransformer
 
     return VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
-
-
-def free_port() -> int:
-    """A TCP port free on this machine now, for torchrun's rendezvous: fixed ports made two test runs at once (or a
-    port still held after a crash) fail each other's distributed tests."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -18,7 +18,6 @@ import pytest
 import rng_kind
 import sharded_eval
 import torch
-from conftest import free_port
 from safetensors.torch import load_file
 
 from mtl_lora_vl.backbones import builtin_dir
@@ -33,7 +32,7 @@ pytestmark = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_fil
 
 
 def torchrun(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            *args]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**ENV, **(env or {})})
 

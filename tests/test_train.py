@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import free_port
 from safetensors.torch import load_file
 
 from mtl_lora_vl.backbones import builtin_dir
@@ -409,7 +408,7 @@ def test_two_process_ddp_with_gloo(tmp_path):
     _, colours = _colour_rows(tmp_path / "colours", tmp_path / "colours.toml")
     args = base_args(tmp_path, run, steps=4)
     args[1] += f",{colours}"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(REPO / "scripts" / "train_vl.py"), *args, "--data-root", str(tmp_path / "colours"), "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

@@ -67,7 +67,8 @@ def assert_mixed_lm_loss_per_task(bb) -> None:
 
 def assert_routed_generate_per_task(bb, beams: int, plain_inputs: Callable[[torch.Tensor, torch.Tensor], dict]) -> None:
     """``bb.generate`` under [0, 1, 0] gives each row its task's text; task 0's equal Hugging Face ``generate`` on
-    the model's own inputs (``plain_inputs(images, input_ids)``: the family's pixel inputs)."""
+    the model's own inputs (``plain_inputs(images, input_ids)``: the family's pixel inputs), the image and marker
+    tokens suppressed as ``bb.generate`` suppresses them (the tiny Gemma 3 writes ``<start_of_image>``)."""
     torch.manual_seed(2)
     images = torch.randn(3, 3, bb.image_size, bb.image_size)
     p = prompts(bb, 3)
@@ -82,7 +83,8 @@ def assert_routed_generate_per_task(bb, beams: int, plain_inputs: Callable[[torc
     batch = bb.lm_collator()(p)
     with torch.no_grad(), mlv.route(bb.model, 0):
         ids = bb.model.generate(**batch, **plain_inputs(images, batch["input_ids"]), max_new_tokens=4,
-                                num_beams=beams, do_sample=False, pad_token_id=bb.pad_id, eos_token_id=bb.eos_id)
+                                num_beams=beams, do_sample=False, pad_token_id=bb.pad_id, eos_token_id=bb.eos_id,
+                                suppress_tokens=bb._banned_ids())   # as bb.generate: no image / marker token
     tok = bb.processor.tokenizer
     assert each[0] == [tok.decode(r, skip_special_tokens=True).strip() for r in ids[:, batch["input_ids"].shape[1]:]]
 

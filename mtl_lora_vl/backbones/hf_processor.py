@@ -105,9 +105,10 @@ def edit_image_processor_files(folder: Path, edit: Callable[[dict], None]) -> No
             path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def mismatch_fix(layout: Any) -> str:
+def mismatch_fix(layout: Any, processor: Any = None, config: Any = None) -> str:
     """What to do when Hugging Face finds the prompts' image tokens and the image features differ in number
-    (``layout``: the backbone's :class:`.lm_collate.PromptLayout`)."""
+    (``layout``: the backbone's :class:`.lm_collate.PromptLayout`; ``processor`` / ``config``: the model's, for the
+    fields of its own family that set the count)."""
     tokens = f"tokens {layout.image_token!r} (id {layout.image_token_id})"
     if layout.token_side:   # a native-resolution model: each image's own count
         u = layout.token_side
@@ -115,9 +116,22 @@ def mismatch_fix(layout: Any) -> str:
                 "on one canvas with image_sizes=[(h, w), ...] (mtl_lora_vl.data.loader.pad_images makes both) and build "
                 "input_ids with backbone.lm_collator()(..., image_sizes=...); a processor of your own must have the "
                 "model's patch_size and merge_size")
-    return (f"Each image fills {layout.num_image_tokens} {tokens} per row; build input_ids with backbone.lm_collator(), "
-            "or, when using the processor yourself, fix its patch_size, num_additional_image_tokens and "
-            "vision_feature_select_strategy to match the model")
+    n = layout.num_image_tokens
+    return (f"Each image fills {n} {tokens} per row; build input_ids with backbone.lm_collator(), or, when using the "
+            f"processor yourself, {_count_fields(processor, config, n)}")
+
+
+def _count_fields(processor: Any, config: Any, n: int) -> str:
+    """The processor fields that set how many image tokens it writes per image, in the model's family."""
+    if getattr(processor, "image_seq_len", None) is not None:   # Idefics3 / SmolVLM
+        return (f"set its image_seq_len to {n} and its image processor's do_image_splitting to False (the backbone "
+                "reads each image whole, one per row)")
+    if getattr(config, "mm_tokens_per_image", None) is not None:   # Gemma 3
+        return f"set its image_seq_length to {n}, the model's config.mm_tokens_per_image"
+    if getattr(processor, "image_seq_length", None) is not None:   # PaliGemma: read from its image processor
+        return f"set its image processor's image_seq_length to {n}"
+    return ("fix its patch_size, num_additional_image_tokens and vision_feature_select_strategy to match the model "
+            "(LLaVA's processor fields)")
 
 
 def _processor_side(image_processor: Any) -> int | None:

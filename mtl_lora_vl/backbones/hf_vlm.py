@@ -27,7 +27,6 @@ which multiply the language model's rows, are routed by :mod:`mtl_lora_vl.adapte
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,10 +34,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..adapters.generation import expanded_rows
 from ..data.resize import ImageResize
 from .base import (
     GENERATE,
@@ -55,6 +52,7 @@ from .base import (
     register_backbone,
     resolve_base_dtype,
 )
+from .candidate_scores import scores_cached, scores_full, target_logprobs
 from .chat import ChatWrap, assistant_end, read_chat_wrap
 from .hf import hf_dir, hf_grad_checkpointing, hf_model_class, load_hf_weights
 from .hf_processor import check_processor_count, count_image_tokens, load_processor, mismatch_fix, square_side
@@ -65,12 +63,10 @@ from .tokenizers import HFTokenizer
 __all__ = ["HFVLMBackbone"]
 
 _MISMATCH = "image tokens do not match"
-
-
-@functools.cache
-def _cache_kwarg(model_cls: type) -> str:
-    """The forward's name for the KV cache: ``cache`` from transformers 5.24, ``past_key_values`` before."""
-    return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "past_key_values"
+# Config fields naming image / video marker ids beside the image token (Gemma 3's start / end of image, Qwen2-VL's
+# video placeholder and vision start / end): ids generate must not write (HFVLMBackbone._banned_ids).
+_IMAGE_MARKS = ("boi_token_index", "eoi_token_index", "boi_token_id", "eoi_token_id", "video_token_id",
+                "video_token_index", "vision_start_token_id", "vision_end_token_id")
 
 
 @register_backbone("llava")
@@ -246,15 +242,16 @@ class HFVLMBackbone(Backbone):
         keep = L - max(first - 1, 0)
         out = self._forward(pixel_values, input_ids, attention_mask, labels=labels, image_sizes=sizes,
                             logits_to_keep=keep, use_cache=False)
-        sums, counts = _target_logprobs(out.logits[:, :-1], labels[:, L - keep + 1:])
+        sums, counts = target_logprobs(out.logits[:, :-1], labels[:, L - keep + 1:])
         return -sums / counts.clamp(min=1)
 
     @torch.no_grad()
     def generate(self, images: Tensor, max_len: int = 20, beam_size: int = 1,
                  prompts: Sequence[str] | None = None, image_sizes: Sequence[tuple[int, int]] | None = None) -> list[str]:
         """One text per image: greedy (``beam_size=1``) or beam search through Hugging Face ``generate`` with the
-        KV cache; only the new tokens are decoded, special tokens stripped. ``prompts`` default to the bare image
-        placeholder (captioning); ``image_sizes``: see the module doc."""
+        KV cache; only the new tokens are decoded, special tokens stripped. The image placeholder and the ids around
+        it are never generated (:meth:`_banned_ids`). ``prompts`` default to the bare image placeholder
+        (captioning); ``image_sizes``: see the module doc."""
         if beam_size < 1 or max_len < 1 or int(beam_size) != beam_size or int(max_len) != max_len:
             raise ValueError(f"generate: beam_size and max_len must be integers >= 1, got {beam_size} and {max_len}")
         batch, sizes = self._prompts(images, prompts, "generate", image_sizes)
@@ -262,7 +259,8 @@ class HFVLMBackbone(Backbone):
         with _plain_decoding(self.model):
             out = self._hf_call(self.model.generate, **self._vision_inputs(images, sizes), **batch, **kwargs,
                                 max_new_tokens=int(max_len), num_beams=int(beam_size), do_sample=False,
-                                num_return_sequences=1, eos_token_id=self._stop_ids(), pad_token_id=self.pad_id)
+                                num_return_sequences=1, eos_token_id=self._stop_ids(), pad_token_id=self.pad_id,
+                                suppress_tokens=self._banned_ids() or None)
         new = out[:, batch["input_ids"].shape[1]:]
         return [t.strip() for t in self.hf_processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
@@ -294,16 +292,25 @@ class HFVLMBackbone(Backbone):
         return scores
 
     def caption_logits(self, images: Tensor, tokens: Tensor) -> Tensor:
-        """Teacher-forced logits ``(B, L-1, vocab)`` of ``tokens`` (from :attr:`tokenizer`) after the image tokens;
-        position i predicts ``tokens[:, i + 1]``."""
+        """Teacher-forced logits ``(B, L-1, vocab)`` of ``tokens`` (from :attr:`tokenizer`) after the image, laid
+        out as the family's processor lays out a prompt of the bare image placeholder (:meth:`lm_collator`: Gemma 3's
+        and LLaVA's start token first, then the image; PaliGemma's image, then the start token and ``"\\n"``); a start
+        token that ``tokens`` begin with is that prompt's own, not read twice. Position i predicts ``tokens[:, i + 1]``."""
         check_image_batch(images, "caption_logits")
         if tokens.dim() != 2 or tokens.shape[1] < 2 or tokens.shape[0] != images.shape[0]:
             raise ValueError(f"caption_logits: tokens must be (B, L >= 2) for {images.shape[0]} images, "
                              f"got {tuple(tokens.shape)}")
-        image = tokens.new_tensor(self.layout.image_ids).expand(tokens.shape[0], -1)
-        ids = torch.cat([image, tokens.long()], dim=1)
-        targets = torch.cat([torch.full_like(image, IGNORE_INDEX), tokens.long()], dim=1)  # a prefix LM: causal here
-        out = self._forward(images, ids, torch.ones_like(ids), targets, logits_to_keep=tokens.shape[1], use_cache=False)
+        tokens, L = tokens.long(), tokens.shape[1]
+        collate = self.lm_collator()
+        prompt = collate.prompt_rows(collate.prompt_texts([self.image_token]))[0][0]
+        start = self.prefix_ids
+        if len(start) == 1 and bool((tokens[:, 0] == start[0]).all()):
+            tokens = tokens[:, 1:]   # the prompt's last position predicts tokens[:, 1]
+        prompt = tokens.new_tensor(prompt).expand(tokens.shape[0], -1)
+        ids = torch.cat([prompt, tokens], dim=1)
+        targets = torch.cat([torch.full_like(prompt, IGNORE_INDEX), tokens], dim=1)  # a prefix LM: causal here
+        # L logits: from the position before tokens[:, 1] (the prompt's last, or tokens[:, 0]) on, the last dropped
+        out = self._forward(images, ids, torch.ones_like(ids), targets, logits_to_keep=L, use_cache=False)
         return out.logits[:, :-1]
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
@@ -373,6 +380,20 @@ class HFVLMBackbone(Backbone):
         ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
         return list(dict.fromkeys([self.eos_id, *map(int, ids), *self._chat_end_ids]))
 
+    def _banned_ids(self) -> list[int]:
+        """The ids :meth:`generate` never writes: the image placeholder and the ids around it (Qwen2-VL's
+        ``<|vision_start|>`` / ``<|vision_end|>``, Idefics3's ``<fake_token_around_image>`` / ``<global-img>``) and
+        the model's other image and video markers its config names (Gemma 3's ``<start_of_image>`` /
+        ``<end_of_image>``, a video placeholder). A generated one is a special token, stripped from the text (a
+        caption of image tokens decoded as ""), and a row holding it no longer matches its image (a forward over
+        prompt and answer counts one more image token than the image fills); a model that never writes them
+        decodes as before. Stop ids are never banned."""
+        config = self.model.config
+        marks = (getattr(config, k, None) for k in _IMAGE_MARKS)
+        ids = [self.image_token_id, *self.image_open, *self.image_close, *(m for m in marks if isinstance(m, int))]
+        stop = set(self._stop_ids())
+        return [int(i) for i in dict.fromkeys(ids) if 0 <= int(i) < self.vocab_size and int(i) not in stop]
+
     @functools.cached_property
     def _chat_end_ids(self) -> list[int]:
         """The chat template's end of an assistant turn as a stop id (none without one), read once."""
@@ -402,7 +423,7 @@ class HFVLMBackbone(Backbone):
             if _MISMATCH not in str(e):
                 raise
             raise BackboneError(f"{self.name}: the prompts' image tokens do not match the image features ({e}). "
-                                f"{mismatch_fix(self.layout)}") from e
+                                f"{mismatch_fix(self.layout, self.hf_processor, self.model.config)}") from e
 
     def _forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor,
                  labels: Tensor | None = None, image_sizes: list[tuple[int, int]] | None = None, **kwargs: Any) -> Any:
@@ -410,60 +431,11 @@ class HFVLMBackbone(Backbone):
         return self._hf_call(self.model, **self._vision_inputs(pixel_values, image_sizes), input_ids=input_ids,
                              attention_mask=attention_mask, **extra, **kwargs)
 
-    def _scores_cached(self, images: Tensor, batch: dict[str, Tensor], cands: list[list[list[int]]],
-                       sizes: list[tuple[int, int]] | None = None) -> Tensor:
-        B, C = images.shape[0], len(cands[0])
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        prefill = self._prefill_positions(mask)
-        out = self._forward(images, ids, mask, **({} if prefill is None else {"position_ids": prefill}), use_cache=True,
-                            logits_to_keep=1, image_sizes=sizes)
-        first_ids = torch.tensor([[c[0] for c in row] for row in cands], device=ids.device)
-        first = out.logits[:, -1].float().log_softmax(-1).gather(1, first_ids)  # (B, C)
-        width = max(len(c) for row in cands for c in row)
-        if width == 1:
-            return first
-        labels = torch.full((B * C, width), IGNORE_INDEX, dtype=torch.long)
-        for i, toks in enumerate(c for row in cands for c in row):   # row b*C + c: candidate c of image b
-            labels[i, :len(toks)] = torch.tensor(toks)
-        labels = labels.to(ids.device)
-        step_ids = labels[:, :-1].masked_fill(labels[:, :-1] == IGNORE_INDEX, self.pad_id)
-        cache = out.cache if hasattr(out, "cache") else out.past_key_values   # named cache from transformers 5.24
-        cache.batch_repeat_interleave(C)
-        step_mask = torch.cat([mask.repeat_interleave(C, 0), (labels[:, :-1] != IGNORE_INDEX).long()], 1)
-        positions = self._step_positions(step_mask, ids.shape[1], C)
-        kwargs = {"token_type_ids": torch.ones_like(step_ids)} if self.prefix_lm else {}
-        with expanded_rows(self.model, C):
-            kwargs[_cache_kwarg(type(self.model))] = cache
-            logits = self.model(input_ids=step_ids, attention_mask=step_mask, position_ids=positions,
-                                use_cache=True, **kwargs).logits
-        rest, _ = _target_logprobs(logits, labels[:, 1:])
-        return first + rest.view(B, C)
-
-    def _scores_full(self, images: Tensor, prompts: Sequence[str], cands: list[list[list[int]]],
-                     sizes: list[tuple[int, int]] | None = None) -> Tensor:
-        B, C = images.shape[0], len(cands[0])
-        collate = self.lm_collator()
-        rows = collate.prompt_rows(collate.prompt_texts(prompts), self._sizes_of(images, sizes))[0]
-        full = collate._right_padded([p for p in rows for _ in range(C)], [c for row in cands for c in row])
-        full = {k: v.to(images.device) for k, v in full.items()}
-        with expanded_rows(self.model, C):
-            out = self._forward(images.repeat_interleave(C, 0), full["input_ids"], full["attention_mask"],
-                                labels=full["labels"], use_cache=False,
-                                image_sizes=None if sizes is None else [s for s in sizes for _ in range(C)])
-        sums, _ = _target_logprobs(out.logits[:, :-1], full["labels"][:, 1:])
-        return sums.view(B, C)
+    _scores_cached = scores_cached   # candidate scoring (sequence_scores): candidate_scores.py
+    _scores_full = scores_full
 
 
 # -------------------------------------------------------------------------------------------------- helpers
-
-
-def _target_logprobs(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-row sum of the log-probabilities of the labelled ``targets`` (``logits[:, i]`` predicts
-    ``targets[:, i]``; -100 is skipped), fp32, and the per-row count of labelled tokens."""
-    valid = targets != IGNORE_INDEX
-    logp = -F.cross_entropy(logits.float().flatten(0, 1), targets.clamp(min=0).flatten(), reduction="none")
-    logp = logp.view(targets.shape) * valid
-    return logp.sum(dim=1), valid.sum(dim=1)
 
 
 @contextmanager

@@ -1,0 +1,86 @@
+"""Scoring candidate continuations after each row's prompt on a Hugging Face VLM (``HFVLMBackbone.sequence_scores``):
+one prefill of the prompts, then every candidate of every row in one batched step from the KV cache (``B·C``
+language-model rows, routed like beams); or, where transformers drops the cache (activation checkpointing in
+training), the ``B·C`` full sequences. The functions take the backbone as ``self`` (its ``_scores_cached`` /
+``_scores_full``)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..adapters.generation import expanded_rows
+from .lm_collate import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from .hf_vlm import HFVLMBackbone
+
+__all__ = ["scores_cached", "scores_full", "target_logprobs"]
+
+
+@functools.cache
+def _cache_kwarg(model_cls: type) -> str:
+    """The forward's name for the KV cache: ``cache`` from transformers 5.24, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "past_key_values"
+
+
+def scores_cached(self: HFVLMBackbone, images: Tensor, batch: dict[str, Tensor], cands: list[list[list[int]]],
+                  sizes: list[tuple[int, int]] | None = None) -> Tensor:
+    """``(B, C)`` log-probabilities of each row's candidate id lists ``cands`` after its prompt (``batch``, the
+    collated prompts): one prefill, then all ``B·C`` continuations in one step from the repeated cache."""
+    B, C = images.shape[0], len(cands[0])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    prefill = self._prefill_positions(mask)
+    out = self._forward(images, ids, mask, **({} if prefill is None else {"position_ids": prefill}), use_cache=True,
+                        logits_to_keep=1, image_sizes=sizes)
+    first_ids = torch.tensor([[c[0] for c in row] for row in cands], device=ids.device)
+    first = out.logits[:, -1].float().log_softmax(-1).gather(1, first_ids)  # (B, C)
+    width = max(len(c) for row in cands for c in row)
+    if width == 1:
+        return first
+    labels = torch.full((B * C, width), IGNORE_INDEX, dtype=torch.long)
+    for i, toks in enumerate(c for row in cands for c in row):   # row b*C + c: candidate c of image b
+        labels[i, :len(toks)] = torch.tensor(toks)
+    labels = labels.to(ids.device)
+    step_ids = labels[:, :-1].masked_fill(labels[:, :-1] == IGNORE_INDEX, self.pad_id)
+    cache = out.cache if hasattr(out, "cache") else out.past_key_values   # named cache from transformers 5.24
+    cache.batch_repeat_interleave(C)
+    step_mask = torch.cat([mask.repeat_interleave(C, 0), (labels[:, :-1] != IGNORE_INDEX).long()], 1)
+    positions = self._step_positions(step_mask, ids.shape[1], C)
+    kwargs = {"token_type_ids": torch.ones_like(step_ids)} if self.prefix_lm else {}
+    with expanded_rows(self.model, C):
+        kwargs[_cache_kwarg(type(self.model))] = cache
+        logits = self.model(input_ids=step_ids, attention_mask=step_mask, position_ids=positions,
+                            use_cache=True, **kwargs).logits
+    rest, _ = target_logprobs(logits, labels[:, 1:])
+    return first + rest.view(B, C)
+
+def scores_full(self: HFVLMBackbone, images: Tensor, prompts: Sequence[str], cands: list[list[list[int]]],
+                 sizes: list[tuple[int, int]] | None = None) -> Tensor:
+    """:func:`scores_cached` without a cache: each row's prompt and each candidate as one full sequence."""
+    B, C = images.shape[0], len(cands[0])
+    collate = self.lm_collator()
+    rows = collate.prompt_rows(collate.prompt_texts(prompts), self._sizes_of(images, sizes))[0]
+    full = collate._right_padded([p for p in rows for _ in range(C)], [c for row in cands for c in row])
+    full = {k: v.to(images.device) for k, v in full.items()}
+    with expanded_rows(self.model, C):
+        out = self._forward(images.repeat_interleave(C, 0), full["input_ids"], full["attention_mask"],
+                            labels=full["labels"], use_cache=False,
+                            image_sizes=None if sizes is None else [s for s in sizes for _ in range(C)])
+    sums, _ = target_logprobs(out.logits[:, :-1], full["labels"][:, 1:])
+    return sums.view(B, C)
+
+
+def target_logprobs(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-row sum of the log-probabilities of the labelled ``targets`` (``logits[:, i]`` predicts
+    ``targets[:, i]``; -100 is skipped), fp32, and the per-row count of labelled tokens."""
+    valid = targets != IGNORE_INDEX
+    logp = -F.cross_entropy(logits.float().flatten(0, 1), targets.clamp(min=0).flatten(), reduction="none")
+    logp = logp.view(targets.shape) * valid
+    return logp.sum(dim=1), valid.sum(dim=1)
