@@ -55,7 +55,7 @@ def _stacks(proc: subprocess.Popen) -> str:
     states (a run hung in CI once, at the end of a resumed run, and did not repeat in 41 tries here)."""
     import psutil
 
-    script = proc.args[7]
+    script = next(a for a in proc.args[3:] if a.endswith(".py"))   # the run's script, after torchrun's options
     found = [p for p in psutil.process_iter(["cmdline"]) if script in (p.info["cmdline"] or []) and p.pid != proc.pid]
     agent = [psutil.Process(proc.pid)] if proc.poll() is None else []
     states = []
@@ -82,14 +82,25 @@ def _stacks(proc: subprocess.Popen) -> str:
     return "\n".join(states) + f"\nagent exit status {proc.returncode}\nstderr:\n{err}"
 
 
+def kill_tree(pid: int) -> None:
+    """Kill process ``pid`` and its descendants (torchrun's ranks run in sessions of their own)."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for p in [*root.children(recursive=True), root]:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+
+
 @pytest.fixture
 def procs():
     """Started torchrun processes; any still running when the test ends (it failed) are killed."""
     started: list[subprocess.Popen] = []
     yield started
     for p in started:
-        if p.poll() is None:
-            p.kill()
+        if p.poll() is None:   # the agent and its ranks, which hold the pipes: killing the agent alone left
+            kill_tree(p.pid)     # communicate() waiting on them for ever
             p.communicate()
 
 
