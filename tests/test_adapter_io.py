@@ -926,3 +926,60 @@ def test_an_adapter_saved_with_a_loss_weight_now_out_of_the_training_range_still
     with pytest.raises(SpecError, match="loss_weight"):
         load_spec(spec)   # to train on: refused
     assert mlv.load_pretrained(path, heads=False).specs["vqa"].loss_weight == 1e7
+
+
+# ------------------------------------------------------------------ another depth of the same class (helper 162)
+# An adapter from a 2-layer LLaVA loaded onto a 3-layer one was taken for "an adapter saved under older default
+# targets": with the same leading weights it loaded silently (layer 2 without adapters), and otherwise it was
+# refused as "other weights of this architecture".
+def _llava_of_depth(layers: int):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=2,
+                              image_size=32, patch_size=8)
+    text = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    return LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_index=95,
+                                                     vision_feature_layer=-1,
+                                                     vision_feature_select_strategy="default"))
+
+
+@pytest.fixture
+def two_layer_adapter(tmp_path):
+    torch.manual_seed(0)
+    base = _llava_of_depth(2)
+    shared = {k: v.clone() for k, v in base.state_dict().items()}
+    model = mlv.attach(base, mlv.MTLLoRAConfig(tasks=["a", "b"], r=4))
+    return mlv.save_adapter(model, tmp_path / "adapter"), shared
+
+
+def _deeper(shared):
+    """A 3-layer LLaVA whose first two layers (and everything else) hold the 2-layer model's weights."""
+    torch.manual_seed(1)
+    deeper = _llava_of_depth(3)
+    missing, unexpected = deeper.load_state_dict(shared, strict=False)
+    assert not unexpected and all(".layers.2." in k for k in missing)
+    return deeper
+
+
+def test_default_check_refuses_a_deeper_base_with_the_same_leading_weights(two_layer_adapter):
+    path, shared = two_layer_adapter
+    with pytest.raises(mlv.AdapterFileError, match="layers.2"):   # names what this model has that the file has not
+        mlv.load_adapter(_deeper(shared), path)
+
+
+def test_check_base_weights_false_still_refuses_another_architecture(two_layer_adapter):
+    """README: ``check_base_weights=False`` loads onto *other weights* on purpose -- not onto another architecture,
+    whose third layer would silently run without adapters."""
+    path, _ = two_layer_adapter
+    torch.manual_seed(1)
+    with pytest.raises(mlv.AdapterFileError, match="layers.2"):
+        mlv.load_adapter(_llava_of_depth(3), path, check_base_weights=False)
+
+
+def test_the_refusal_for_a_deeper_random_base_names_the_architecture_not_the_weights(two_layer_adapter):
+    path, _ = two_layer_adapter
+    torch.manual_seed(1)
+    with pytest.raises(mlv.AdapterFileError) as e:
+        mlv.load_adapter(_llava_of_depth(3), path)
+    assert "other weights of this architecture" not in str(e.value), str(e.value)

@@ -598,3 +598,20 @@ def test_a_group_formed_in_a_checkpoints_recomputation_is_not_reused_after_that_
             opt.step()
             losses.append(loss.item())
         assert losses[0] == pytest.approx(losses[1], rel=1e-5), (step, losses)
+
+
+# torch.func.grad through mtl_lora layers failed inside the formation ("Cannot access data pointer of Tensor that
+# doesn't have storage") instead of torch's message about setup_context that the README names (helper 162).
+@pytest.mark.parametrize("tasks", ["a", [0, 1]])
+def test_torch_func_grad_through_the_adapters_names_the_limit(tasks):
+    torch.manual_seed(0)
+    model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, method="mtl_lora"))
+    img = torch.randn(2, 3, 32, 32)
+    params = {k[len("visual."):]: v.detach() for k, v in model.named_parameters() if k.startswith("visual.")}
+
+    def loss(p):
+        return torch.func.functional_call(model.visual, p, (img,)).sum()
+
+    with pytest.raises(RuntimeError) as e, mlv.route(model, tasks, recompute=False):
+        torch.func.grad(loss)(params)
+    assert "setup_context" in str(e.value), str(e.value)[:300]

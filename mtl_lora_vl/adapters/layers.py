@@ -292,6 +292,8 @@ class AdapterBank(nn.Module):
         compiler fuses that path --; an ``nn.DataParallel`` replica, which holds copies of the tensors)."""
         if self.formation is None or torch.compiler.is_compiling() or getattr(self, "_is_replica", False):
             return None
+        if torch._C._functorch.peek_interpreter_stack() is not None:   # inside torch.func.grad / vjp / jacrev:
+            return None   # its tensors have no storage to key the group on; the per-layer path names the limit
         return self.formation.matrix(self, route.present, index, dtype)
 
     def add_delta(self, x: torch.Tensor, out: torch.Tensor, rows: slice | None = None) -> torch.Tensor:

@@ -76,7 +76,7 @@ def check_base(base_model: nn.Module, doc: dict[str, Any], cfg: MTLLoRAConfig, p
                                "name to [d_out, d_in] (an edited file); copy the adapter directory again")
     theirs = {n: list(v) for n, v in recorded.items()}
     for fallback in (_saved_projections, _saved_before_separate_qkv):
-        if mine != theirs and fingerprint(theirs) == ident.get("fingerprint"):
+        if mine != theirs and fingerprint(theirs) == ident.get("fingerprint") and _same_parameters(base_model, ident):
             saved = fallback(base_model, cfg, theirs)
             if saved is not None:
                 cfg, plan, mine = saved
@@ -99,6 +99,18 @@ def check_base(base_model: nn.Module, doc: dict[str, Any], cfg: MTLLoRAConfig, p
     if check_weights:
         check_weight_samples(base_model, doc, path)
     return plan, cfg
+
+
+def _same_parameters(base_model: nn.Module, ident: dict[str, Any]) -> bool:
+    """Whether ``base_model`` has the parameters the file's ``weight_samples`` name (every base parameter but the
+    adapted layers' biases, so biases are left out of the comparison): the fallbacks below read an older version's
+    choice of projections on the *same* architecture, never on a model with more layers. True where the file
+    records no samples (written before they were)."""
+    samples = ident.get("weight_samples")
+    if not isinstance(samples, dict) or not samples:
+        return True
+    mine = {n for n, p in base_model.named_parameters() if p.numel() and not n.endswith("bias")}
+    return mine == {n for n in samples if not n.endswith("bias")}
 
 
 def _saved_projections(base_model: nn.Module, cfg: MTLLoRAConfig, theirs: dict[str, list[int]]
