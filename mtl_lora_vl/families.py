@@ -218,9 +218,13 @@ def _llava_next_row_tiles(model: Any, args: tuple, kwargs: dict) -> list[float] 
         return None
     side, pins = cfg.vision_config.image_size, cfg.image_grid_pinpoints
     grid = side // cfg.vision_config.patch_size
-    base = grid * grid + (cfg.vision_feature_select_strategy == "full")
+    strategy = (_forward_input(model, args, kwargs, "vision_feature_select_strategy")
+                or cfg.vision_feature_select_strategy)
+    tower = model.vision_tower   # a tile's positions: grid² and a CLS (CLIP), or grid² alone (SigLIP)
+    embeddings = getattr(getattr(tower, "vision_model", tower), "embeddings", None)
+    base = int(getattr(embeddings, "num_positions", grid * grid + 1)) - (strategy == "default")
     image_tokens, tiles = [], []
-    for size in sizes.cpu():   # (a tensor row, as the model passes it: its unpadding's arithmetic is the model's)
+    for size in torch.as_tensor(sizes).cpu():   # (tensor rows, as the model reads them: its unpadding's arithmetic)
         rows, cols = get_anyres_image_grid_shape(size.tolist(), pins, side)
         _, uh, uw = unpad_image(torch.empty(0, rows * grid, cols * grid, device="meta"), size).shape
         image_tokens.append(base + uh * (uw + 1))

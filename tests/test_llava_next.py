@@ -25,10 +25,9 @@ PINPOINTS = [[32, 64], [64, 32], [64, 64]]
 SIZES = [(20, 60), (40, 40), (64, 24), (30, 50)]   # wide, square, tall: 3, 5, 3 and 3 tiles
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny LlavaNextForConditionalGeneration (CLIP tower of 32-px tiles, 8-px patches; Llama decoder) and its
-    LlavaNextProcessor, saved and loaded back: (model, processor, folder)."""
+def build(out, tower: str = "clip", strategy: str = "default"):
+    """A tiny LlavaNextForConditionalGeneration (a CLIP or SigLIP tower of 32-px tiles, 8-px patches; Llama decoder)
+    and its LlavaNextProcessor, saved under ``out`` and loaded back: (model class, processor, folder)."""
     from transformers import (
         CLIPVisionConfig,
         LlamaConfig,
@@ -36,27 +35,33 @@ def tiny(tmp_path_factory):
         LlavaNextForConditionalGeneration,
         LlavaNextImageProcessor,
         LlavaNextProcessor,
+        SiglipVisionConfig,
     )
 
-    out = tmp_path_factory.mktemp("llava_next")
     tok = _word_tokenizer(out, None)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=SIDE, patch_size=PATCH)
+    kw = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=SIDE,
+              patch_size=PATCH)
+    vision = CLIPVisionConfig(**kw) if tower == "clip" else SiglipVisionConfig(**kw)
     text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                        num_key_value_heads=2, max_position_embeddings=512, vocab_size=len(tok),
                        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     cfg = LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
-                          vision_feature_layer=-1, vision_feature_select_strategy="default",
+                          vision_feature_layer=-1, vision_feature_select_strategy=strategy,
                           image_grid_pinpoints=PINPOINTS)
     torch.manual_seed(0)
     LlavaNextForConditionalGeneration(cfg).save_pretrained(str(out))
     images = LlavaNextImageProcessor(size={"shortest_edge": SIDE}, crop_size={"height": SIDE, "width": SIDE},
                                      image_grid_pinpoints=PINPOINTS)
-    LlavaNextProcessor(image_processor=images, tokenizer=tok, patch_size=PATCH, vision_feature_select_strategy="default",
-                       num_additional_image_tokens=1).save_pretrained(str(out))
+    LlavaNextProcessor(image_processor=images, tokenizer=tok, patch_size=PATCH, vision_feature_select_strategy=strategy,
+                       num_additional_image_tokens=1 if tower == "clip" else 0).save_pretrained(str(out))
     processor = LlavaNextProcessor.from_pretrained(str(out))
     processor.tokenizer.padding_side = "left"
     return LlavaNextForConditionalGeneration, processor, out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("llava_next"))
 
 
 def _fresh(tiny):
@@ -167,3 +172,20 @@ def test_the_train_command_refuses_it_naming_the_tiles_and_the_own_loop(tiny):
     with pytest.raises(Exception, match=r"(?s)LLaVA-NeXT reads each image as a base view and a grid of tiles.*"
                                         r"mtl_lora_vl\.attach"):
         load_backbone(f"hf:{tiny[2]}", device="cpu")
+
+
+def test_a_siglip_tower_with_full_features_is_counted(tmp_path):
+    """A tower without a CLS position (SigLIP) under vision_feature_select_strategy="full": the count took grid² + 1
+    tokens for a tile's base view where the model has grid², and refused every mixed route as rows holding 0.97 and
+    1.006 images, one image per row included (helper 163)."""
+    t = build(tmp_path, "siglip", "full")
+    m = _adapted(t)
+    assert_mixed_route_per_task(m, batch(t, [1, 1]), [0, 1])
+    assert_mixed_route_per_task(m, batch(t, [2, 0, 1]), [0, 1, 0])
+
+
+def test_image_sizes_given_as_a_list_are_counted(tiny):
+    """The model takes image_sizes as a list of [h, w]; the mixed route's count failed on it ('list' object has no
+    attribute 'cpu') (helper 163)."""
+    x = batch(tiny, [2, 0, 1])
+    assert_mixed_route_per_task(_adapted(tiny), {**x, "image_sizes": x["image_sizes"].tolist()}, [0, 1, 0])

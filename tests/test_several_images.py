@@ -167,3 +167,37 @@ def test_the_count_is_gone_after_each_forward_and_generate():
             with mlv.route(model, t):
                 alone.append(model.model.vision_tower(pixels).last_hidden_state)
     torch.testing.assert_close(mixed, torch.stack([alone[0][0], alone[1][1]]))
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_a_checkpointed_whole_forward_replays_each_rows_images_task(family, reentrant):
+    """torch.utils.checkpoint around the whole forward, backward after the route scope closed (as the routing contract
+    allows): the recomputation's count saw no current route and counted nothing, so the tower replayed image i as
+    row i: rows [2, 1, 0] under [a, b, a] gave LLaVA adapter gradients 902 off the per-task sums, silently
+    (helper 163). The count now reads the replayed route."""
+    from torch.utils.checkpoint import checkpoint
+
+    model = _adapted(family)
+    model.train()
+    x = several_images(family, [2, 1, 0])
+    params = [p for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
+    keys = list(x)
+
+    def forward(*values):
+        return model(**dict(zip(keys, values))).logits
+
+    def grads(tasks, rows):   # (.backward: a reentrant checkpoint's parameters get .grad, not autograd.grad's)
+        for p in params:
+            p.grad = None
+        with mlv.route(model, tasks):
+            values = [v.clone().requires_grad_() if v.is_floating_point() else v for v in x.values()]
+            loss = checkpoint(forward, *values, use_reentrant=reentrant)[rows, -1].pow(2).sum()
+        loss.backward()
+        return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
+
+    mixed = grads([0, 1, 0], [0, 1, 2])
+    assert any(g.abs().sum() > 0 for g, (n, _) in zip(mixed, [(n, p) for n, p in model.named_parameters()
+                                                               if "lora_" in n and p.requires_grad]) if "vis" in n)
+    for g, ga, gb in zip(mixed, grads("a", [0, 2]), grads("b", [1])):
+        torch.testing.assert_close(g, ga + gb, atol=1e-4, rtol=1e-4)

@@ -339,7 +339,7 @@ class Router:
         if self.merged_task is not None:
             return None
         in_backward = not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
-        if in_backward and self.replay is not None and self.replay_graph == torch._C._current_graph_task_id():
+        if in_backward and self.replaying():
             return None if self.replay is ADAPTERS_OFF else self.replay
         if self.disabled:
             return None
@@ -360,6 +360,11 @@ class Router:
                 "given; wrap the forward pass in `with mtl_lora_vl.route(model, task_or_ids):`"
             )
         return route
+
+    def replaying(self) -> bool:
+        """True inside the backward pass whose unpack hooks armed the replay route: a recomputation of a checkpointed
+        forward, whose route scope may have closed (``current`` is then None) and is replayed instead."""
+        return self.replay is not None and self.replay_graph == torch._C._current_graph_task_id() != -1
 
     def _index(self, name: str) -> int:
         try:

@@ -62,8 +62,9 @@ class RowImagesCheck:
             self._counts.append(self.current())
             return
         self._counts.append(None)   # first: a refusal below still leaves one entry for after() (always_call) to pop
-        # no route given: the first adapted layer that runs says so (if any runs)
-        if self.router.current is None:
+        # no route given: the first adapted layer that runs says so (if any runs); a recomputation in backward of a
+        # checkpointed forward whose scope has closed replays that forward's route, and counts as it did
+        if self.router.current is None and not self.router.replaying():
             return
         route = self.router.resolve(type(module).__name__)
         if route is None or route.task is not None:
