@@ -20,6 +20,7 @@ are in :mod:`.scopes`.
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Sequence
 
@@ -199,12 +200,15 @@ class Route:
         if self.batch_size is None or len(counts) != self.batch_size or any(int(n) != n or n < 0 for n in counts):
             raise RoutingError(f"route: image counts {list(counts)} for a route of {self.batch_size} rows; one "
                                "whole number of images per routed row is needed")
-        start = [0]
-        for n in counts:
-            start.append(start[-1] + int(n))
-        if not start[-1]:
+        segments = self._spread(counts)
+        if not segments:
             raise RoutingError("route: image counts of a batch without images")
-        return Route.from_segments([(t, start[a], start[b]) for t, a, b in self.segments if start[b] > start[a]])
+        return Route.from_segments(segments)
+
+    def _spread(self, sizes: Sequence[int]) -> list[Segment]:
+        """Each segment of rows as one of items, row i having ``sizes[i]`` items in a row of them (empty ones left out)."""
+        start = [0, *itertools.accumulate(int(n) for n in sizes)]
+        return [(t, start[a], start[b]) for t, a, b in self.segments if start[b] > start[a]]
 
     def packed_images(self, rows: Sequence[int]) -> Route:
         """The route over a packed sequence of images, ``rows[i]`` rows (patches) for image i, image i being
@@ -212,10 +216,7 @@ class Route:
         if self.batch_size is None or len(rows) != self.batch_size:
             raise RoutingError(f"route: {len(rows)} images for a route of {self.batch_size} rows; "
                                "one image per routed row is needed")
-        start = [0]
-        for n in rows:
-            start.append(start[-1] + int(n))
-        r = Route.from_segments([(t, start[a], start[b]) for t, a, b in self.segments])
+        r = Route.from_segments(self._spread(rows))
         r.packed = True
         return r
 
