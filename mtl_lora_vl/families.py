@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FAMILIES", "MERGED_CONFIG", "CountsOnly", "MERGED_WEIGHTS", "OPEN_CLIP_CONFIG", "Family", "family_named", "find_family", "merged_format", "peft_export"]
+__all__ = ["FAMILIES", "MERGED_CONFIG", "CountsOnly", "MERGED_WEIGHTS", "OPEN_CLIP_CONFIG", "Family", "family_named", "find_family",
+           "llava_next_image", "merged_format", "peft_export"]
 
 # Weights file of a merged checkpoint per non-Hugging-Face format ("hf" is a save_pretrained directory).
 MERGED_WEIGHTS = {"open_clip": "open_clip_model.safetensors", "safetensors": "model.safetensors"}
@@ -206,6 +207,29 @@ def _llava_next_row_tiles(model: Any, args: tuple, kwargs: dict) -> list[float] 
     if (pixels is None and encoded is None) or sizes is None:
         return None
     import torch
+
+    tokens = _token_rows(model, args, kwargs, model.config.image_token_id)
+    if tokens is None:
+        return None
+    strategy = _forward_input(model, args, kwargs, "vision_feature_select_strategy")
+    image_tokens, tiles = [], []
+    for size in torch.as_tensor(sizes).cpu():   # (tensor rows, as the model reads them: its unpadding's arithmetic)
+        n, t = llava_next_image(model, size, strategy)
+        image_tokens.append(n)
+        tiles.append(t)
+    per_row = _rows_of_images(tokens, image_tokens)
+    if encoded is not None or any(part for _, part in per_row):
+        images = [len(whole) + part if part else len(whole) for whole, part in per_row]
+        return CountsOnly(images, _ENCODED) if encoded is not None else images
+    return [sum(tiles[i] for i in whole) for whole, _ in per_row]
+
+
+def llava_next_image(model: Any, size: Any, strategy: str | None = None) -> tuple[int, int]:
+    """One LLaVA-NeXT image of ``size`` (its ``image_sizes`` row, ``(h, w)``) in ``model`` (the multimodal model, with
+    its ``vision_tower``): the language-model tokens it fills and the views the vision tower reads (base view and
+    tiles), by the model's own arithmetic: base patches (the CLS dropped under ``"default"``), then the tile grid
+    unpadded to the image's aspect with a newline token per row."""
+    import torch
     from transformers.models.llava_next.modeling_llava_next import (
         get_anyres_image_grid_shape,
         image_size_to_num_patches,
@@ -213,27 +237,16 @@ def _llava_next_row_tiles(model: Any, args: tuple, kwargs: dict) -> list[float] 
     )
 
     cfg = model.config
-    tokens = _token_rows(model, args, kwargs, cfg.image_token_id)
-    if tokens is None:
-        return None
     side, pins = cfg.vision_config.image_size, cfg.image_grid_pinpoints
     grid = side // cfg.vision_config.patch_size
-    strategy = (_forward_input(model, args, kwargs, "vision_feature_select_strategy")
-                or cfg.vision_feature_select_strategy)
+    strategy = strategy or cfg.vision_feature_select_strategy
     tower = model.vision_tower   # a tile's positions: grid² and a CLS (CLIP), or grid² alone (SigLIP)
     embeddings = getattr(getattr(tower, "vision_model", tower), "embeddings", None)
     base = int(getattr(embeddings, "num_positions", grid * grid + 1)) - (strategy == "default")
-    image_tokens, tiles = [], []
-    for size in torch.as_tensor(sizes).cpu():   # (tensor rows, as the model reads them: its unpadding's arithmetic)
-        rows, cols = get_anyres_image_grid_shape(size.tolist(), pins, side)
-        _, uh, uw = unpad_image(torch.empty(0, rows * grid, cols * grid, device="meta"), size).shape
-        image_tokens.append(base + uh * (uw + 1))
-        tiles.append(image_size_to_num_patches(size.tolist(), pins, side))
-    per_row = _rows_of_images(tokens, image_tokens)
-    if encoded is not None or any(part for _, part in per_row):
-        images = [len(whole) + part if part else len(whole) for whole, part in per_row]
-        return CountsOnly(images, _ENCODED) if encoded is not None else images
-    return [sum(tiles[i] for i in whole) for whole, _ in per_row]
+    size = torch.as_tensor(size)
+    rows, cols = get_anyres_image_grid_shape(size.tolist(), pins, side)
+    _, uh, uw = unpad_image(torch.empty(0, rows * grid, cols * grid, device="meta"), size).shape
+    return base + uh * (uw + 1), int(image_size_to_num_patches(size.tolist(), pins, side))
 
 
 def _images_given(model: Any, args: tuple, kwargs: dict) -> int | None:
@@ -273,13 +286,6 @@ def _image_token_rows(model: Any, args: tuple, kwargs: dict) -> list[float] | No
     return CountsOnly(out, _ENCODED) if _forward_input(model, args, kwargs, "pixel_values") is None else out
 
 
-_LLAVA_NEXT_NO_BACKBONE = (
-    "LLaVA-NeXT reads each image as a base view and a grid of tiles at the image's own aspect (anyres), which the "
-    "package's loader does not make yet, so the train / eval commands cannot load it; attach adapters with "
-    "mtl_lora_vl.attach(model, cfg) and train in your own loop under mtl_lora_vl.route(model, task_ids) (mixed-task "
-    "batches route each row's tiles to its task; export_lora and save_merged work)")
-
-
 FAMILIES: tuple[Family, ...] = (
     Family(
         "open_clip",
@@ -315,7 +321,7 @@ FAMILIES: tuple[Family, ...] = (
         "llava_next",
         ("transformers.models.llava_next.LlavaNextForConditionalGeneration",),
         _HF_VLM_TARGETS,
-        no_backbone=_LLAVA_NEXT_NO_BACKBONE,
+        backbone="llava_next",
         peft_export=True,
         merged_format="hf",
         unused=_llava_unused_vision_layers,

@@ -12,7 +12,18 @@ from idefics3_tiny import tiny_idefics3_backbone
 from llava_tiny import tiny_llava_backbone
 from qwen_tiny import tiny_qwen2vl_backbone
 
+from mtl_lora_vl.backbones import load_backbone
 from mtl_lora_vl.backbones.base import BackboneError
+
+
+def _tiny_llava_next_backbone(d):
+    from test_llava_next import build
+
+    folder = d / "llava_next"
+    if not (folder / "config.json").is_file():
+        build(folder)
+    return load_backbone(f"hf:{folder}")
+
 
 MAKERS = {
     "llava": lambda d: tiny_llava_backbone(d),
@@ -20,6 +31,7 @@ MAKERS = {
     "gemma3": tiny_gemma3_backbone,
     "qwen2vl": tiny_qwen2vl_backbone,
     "idefics3": tiny_idefics3_backbone,
+    "llava_next": _tiny_llava_next_backbone,
 }
 # The placeholder and the marker tokens around / beside it, as each family's tokenizer names them
 MARKERS = {
@@ -28,6 +40,7 @@ MARKERS = {
     "gemma3": ["<image_soft_token>", "<start_of_image>", "<end_of_image>"],
     "qwen2vl": ["<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"],
     "idefics3": ["<image>", "<fake_token_around_image>", "<global-img>"],
+    "llava_next": ["<image>"],
 }
 
 
@@ -90,6 +103,7 @@ def test_generate_never_writes_image_tokens(dirs, family):
     ("paligemma", "image processor's image_seq_length to 16"),
     ("idefics3", "image_seq_len to 4 and its image processor's do_image_splitting to False"),
     ("llava", "patch_size, num_additional_image_tokens and vision_feature_select_strategy"),
+    ("llava_next", "patch_size, num_additional_image_tokens and vision_feature_select_strategy"),
 ])
 def test_mismatch_message_names_the_family_fields(dirs, family, want):
     """Before: every square-image family's message named LLaVA's processor fields."""
@@ -100,7 +114,7 @@ def test_mismatch_message_names_the_family_fields(dirs, family, want):
     with pytest.raises(BackboneError, match="image tokens do not match the image features.*lm_collator") as e:
         bb._forward(torch.randn(2, 3, bb.image_size, bb.image_size), ids, b["attention_mask"])
     assert want in str(e.value)
-    if family != "llava":
+    if family not in ("llava", "llava_next"):
         assert "vision_feature_select_strategy" not in str(e.value)
 
 
@@ -110,6 +124,7 @@ _PROCESSOR_TEXT = {
     "gemma3": ("<start_of_image>red circle", {}),
     "qwen2vl": ("<|vision_start|><|image_pad|><|vision_end|>red circle", {}),
     "idefics3": ("<image>red circle", {}),
+    "llava_next": ("<image>red circle", {}),
 }
 
 

@@ -1,7 +1,7 @@
 """LLaVA-NeXT (tiny, from configs, with its own processor): the family row. Each image reaches the vision tower as a
 base view and a grid of tiles at its own aspect (anyres), so a mixed-task route must send each row's tiles to its
 task: logits, greedy and beam generate and gradients equal each task alone, for rows of one, several or no images;
-the PEFT export and the merged checkpoint give the same outputs; the train / eval commands refuse it by name."""
+the PEFT export and the merged checkpoint give the same outputs. (The backbone class: test_llava_next_backbone.py.)"""
 
 from __future__ import annotations
 
@@ -164,14 +164,6 @@ def test_a_row_holding_part_of_an_image_and_encoded_images_are_refused(tiny):
         y = {k: v for k, v in x.items() if k not in ("pixel_values",)}
         with mlv.route(m, [0, 1]), pytest.raises(mlv.RoutingError, match=r"\[2, 0\] images, and their features"):
             m(**y, mm_encoder_outputs=encoded)
-
-
-def test_the_train_command_refuses_it_naming_the_tiles_and_the_own_loop(tiny):
-    from mtl_lora_vl.backbones import load_backbone
-
-    with pytest.raises(Exception, match=r"(?s)LLaVA-NeXT reads each image as a base view and a grid of tiles.*"
-                                        r"mtl_lora_vl\.attach"):
-        load_backbone(f"hf:{tiny[2]}", device="cpu")
 
 
 def test_a_siglip_tower_with_full_features_is_counted(tmp_path):

@@ -111,6 +111,8 @@ class ImageRoutes:
         self._open.append(scope)
         counts = self.check.current()
         route = None if counts is None else self.router.resolve(self.name)
+        if route is not None and route.wide is not None and route.batch_size != len(counts):
+            route = route.wide   # k rows per routed id (expanded_rows: candidates scored as full sequences)
         if route is None or route.task is not None or route.batch_size != len(counts):
             return   # (one task; or a route the forward's count was not made for: the layers check the batch)
         images = _batch_of(args, kwargs)

@@ -1,0 +1,123 @@
+"""LLaVA-NeXT (LLaVA-1.6, ``LlavaNextForConditionalGeneration``) from a local directory: the language-model API of
+:mod:`.hf_vlm` on the family's anyres images.
+
+* **One square canvas per image.** The processor reads each image at the pinpoint of ``image_grid_pinpoints`` that
+  best fits its aspect (a base view of the whole image, plus a grid of tiles of the vision tower's side S), so
+  images of different aspects fill different numbers of tokens. The backbone reads every image at the largest
+  square pinpoint C instead (672 px, 2 x 2 tiles, for LLaVA-1.6's 336-px tower): the loader squashes it to C x C
+  (the processor's resampling filter), and on the device the canvas is cut into its (C / S)² tiles and resized to S
+  for the base view (antialiased, as the processor's torchvision backend resizes). That is what the processor makes
+  of a C x C image (its best pinpoint, read without a resize or padding), so every image fills the same count: the
+  base view's patches, the tile grid's and a newline token per grid row (2,928 tokens for LLaVA-1.6).
+* **Aspect not kept.** A picture is squashed to the square, as this package reads images for Idefics3 and Gemma 3;
+  its processor, given the picture itself, would tile it at its own aspect. A merged model used with its own
+  processor therefore sees wide and tall pictures laid out differently from how its task was trained.
+* **Positions.** A Llama / Mistral / Vicuna language model: 1-D positions, as for LLaVA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.resize import ImageResize, size_fields
+from ..families import llava_next_image
+from .base import BackboneError, register_backbone
+from .hf_vlm import HFVLMBackbone
+
+__all__ = ["LlavaNextBackbone"]
+
+_DEVICE_FILTERS = ("bilinear", "bicubic")   # the resampling filters torch's antialiased interpolate has
+
+
+@register_backbone("llava_next")
+@dataclass(eq=False)
+class LlavaNextBackbone(HFVLMBackbone):
+    """``LlavaNextForConditionalGeneration`` (see the module doc): images of ``image_size`` (the canvas C) reach the
+    model as ``(B, 1 + tiles, 3, S, S)`` views with ``image_sizes`` ``(C, C)``."""
+
+    tile_size: int = 0       # S: the vision tower's side, the base view's and each tile's
+    base_filter: str = "bicubic"
+
+    @classmethod
+    def from_model(cls, model: nn.Module, processor: Any, name: str = "hf:custom") -> LlavaNextBackbone:
+        """As :meth:`HFVLMBackbone.from_model`, with the tile side and the base view's resampling filter checked
+        against the image processor (its crop and its shortest edge must be the tower's side)."""
+        image_processor = getattr(processor, "image_processor", None)
+        side = int(model.config.vision_config.image_size)
+        label = f"{name}: {type(image_processor).__name__}"
+        crop = size_fields(getattr(image_processor, "crop_size", None))
+        short = size_fields(getattr(image_processor, "size", None))
+        made = {int(v) for v in (crop.get("height"), crop.get("width"), short.get("shortest_edge"),
+                                 short.get("height"), short.get("width")) if v is not None}
+        if image_processor is not None and made - {side}:
+            raise BackboneError(f"{label}: cuts and resizes images to {sorted(made)} px, but the vision tower takes "
+                                f"{side} px (config.vision_config.image_size); save the processor with "
+                                f"crop_size={{'height': {side}, 'width': {side}}} and size={{'shortest_edge': {side}}}")
+        bb = super().from_model(model, processor, name)
+        bb.tile_size = side
+        bb.base_filter = bb.resize.interpolation
+        if bb.base_filter not in _DEVICE_FILTERS:
+            raise BackboneError(f"{label}: resample={bb.base_filter!r}; the base view is resized on the device, which "
+                                f"has {' and '.join(_DEVICE_FILTERS)} only; save the image processor with "
+                                "resample=3 (bicubic, LLaVA-NeXT's own)")
+        return bb
+
+    # ------------------------------------------------------------------------------------------ building
+    @classmethod
+    def _image_side(cls, config: Any, image_processor: Any, name: str) -> int:
+        """C: the largest square of ``image_grid_pinpoints`` (a whole number of the tower's tiles per side)."""
+        side = int(config.vision_config.image_size)
+        pins = [tuple(int(v) for v in p) for p in (config.image_grid_pinpoints or ())]
+        squares = [h for h, w in pins if h == w and h % side == 0]
+        if not squares:
+            raise BackboneError(f"{name}: config.image_grid_pinpoints {[list(p) for p in pins]} hold no square of "
+                                f"whole {side}-px tiles, which the backbone reads every image at; add one (LLaVA-1.6 "
+                                f"has [{2 * side}, {2 * side}])")
+        return max(squares)
+
+    @classmethod
+    def _image_tokens(cls, model: nn.Module, image_size: int) -> int:
+        """The tokens a ``C x C`` image fills, by the model's own arithmetic (:func:`llava_next_image`)."""
+        return llava_next_image(getattr(model, "model", model), (image_size, image_size))[0]
+
+    @classmethod
+    def _image_resize(cls, config: Any, image_size: int, image_processor: Any, label: str) -> ImageResize:
+        """A squash to the canvas, with the processor's resampling filter (bicubic in the released ones)."""
+        return ImageResize.from_hf(image_size, {"size": {"height": image_size, "width": image_size},
+                                                "resample": getattr(image_processor, "resample", None)}, label)
+
+    # ------------------------------------------------------------------------------------------ inputs
+    def _vision_inputs(self, pixel_values: Tensor, image_sizes: list[tuple[int, int]] | None = None
+                       ) -> dict[str, Tensor]:
+        """The canvases ``(B, 3, C, C)`` as the model's views ``(B, 1 + (C/S)², 3, S, S)``: the base view (see
+        :meth:`_base_view`), then the tiles row by row; and ``image_sizes`` ``(C, C)`` per image."""
+        pixel_values = super()._vision_inputs(pixel_values, image_sizes)["pixel_values"]
+        c, s = self.image_size, self.tile_size
+        if pixel_values.dim() != 4 or pixel_values.shape[-2:] != (c, c):
+            raise ValueError(f"{self.name}: expected images (B, 3, {c}, {c}) (the backbone's image_size, the largest "
+                             f"square pinpoint), got {tuple(pixel_values.shape)}")
+        b, g = pixel_values.shape[0], c // s
+        base = self._base_view(pixel_values)
+        tiles = pixel_values.unfold(2, s, s).unfold(3, s, s)              # (B, 3, g, g, S, S)
+        tiles = tiles.permute(0, 2, 3, 1, 4, 5).reshape(b, g * g, 3, s, s)
+        sizes = torch.tensor([[c, c]] * b, device=pixel_values.device)
+        return {"pixel_values": torch.cat([base[:, None], tiles], dim=1), "image_sizes": sizes}
+
+    def _base_view(self, pixel_values: Tensor) -> Tensor:
+        """The normalised canvases resized to the tile side as the processor's torchvision backend resizes 8-bit
+        images: antialiased, the width first, then the height, each pass rounded to 8 bits (its uint8 kernel's
+        intermediate), so that a pixel differs from the processor's by at most one level (its fixed-point
+        weights)."""
+        mean = torch.tensor(self.mean, device=pixel_values.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=pixel_values.device).view(1, 3, 1, 1)
+        levels = (pixel_values.float() * std + mean) * 255
+        c, s = self.image_size, self.tile_size
+        for size in ((c, s), (s, s)):
+            levels = F.interpolate(levels, size=size, mode=self.base_filter, align_corners=False, antialias=True)
+            levels = levels.clamp_(0, 255).round_()
+        return ((levels / 255 - mean) / std).to(pixel_values.dtype)

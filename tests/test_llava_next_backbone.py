@@ -1,0 +1,163 @@
+"""The LLaVA-NeXT backbone class (--backbone hf:DIR of a tiny LLaVA-NeXT directory with its processor): every image
+read at the largest square pinpoint, its base view and tiles made on the device as the processor makes them of that
+square; the collator's ids against the processor's, per-row losses, mixed-task routes (each row's five views routed
+to its task), routed generate, cached candidate scores, the refusals, and the train and eval commands end to end."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace as NS
+
+import numpy as np
+import pytest
+import torch
+from llava_tiny import _word_tokenizer
+from PIL import Image
+from test_generative_tasks import _attach
+from test_llava_next import PINPOINTS, SIDE, build
+from vlm_checks import (
+    assert_lm_loss_per_row,
+    assert_mixed_lm_loss_per_task,
+    assert_routed_generate_per_task,
+    assert_train_and_eval_commands,
+    cached_and_full_scores,
+    prompts,
+)
+
+from mtl_lora_vl.backbones import BackboneError, LlavaNextBackbone, load_backbone
+from mtl_lora_vl.backbones.base import GENERATE, GRAD_CHECKPOINTING, LM_LOGITS
+from mtl_lora_vl.data.resize import resize_to_square
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("llava_next_bb"))[2]
+
+
+@pytest.fixture
+def bb(folder):
+    return load_backbone(f"hf:{folder}")
+
+
+def _plain(bb):
+    """The model's own image inputs for the images (what the backbone gives it), for the checks against it."""
+    return lambda images, ids: bb._vision_inputs(images)
+
+
+def _squares(bb, n: int, seed: int = 0) -> tuple[list[Image.Image], torch.Tensor]:
+    """``n`` random pictures of another aspect as the loader makes them (canvases) and as the device has them."""
+    rng = np.random.default_rng(seed)
+    pictures = [Image.fromarray(rng.integers(0, 256, (48, 40 + 20 * i, 3), dtype=np.uint8)) for i in range(n)]
+    squares = [resize_to_square(p, bb.resize) for p in pictures]
+    uint8 = torch.stack([torch.from_numpy(np.asarray(s).copy()).permute(2, 0, 1) for s in squares])
+    return squares, bb.preprocess_uint8(uint8)
+
+
+def test_loads_from_a_directory_reading_images_at_the_largest_square_pinpoint(bb):
+    """Pinpoints 32x64, 64x32, 64x64 of 32-px tiles: 64-px canvases, 2 x 2 tiles; 16 base tokens (a CLS dropped),
+    64 grid tokens and 8 newlines, as the processor counts a 64 x 64 image."""
+    assert type(bb) is LlavaNextBackbone and bb.family == "llava_next"
+    assert bb.capabilities == {LM_LOGITS, GENERATE, GRAD_CHECKPOINTING}
+    assert (bb.image_size, bb.tile_size, bb.num_image_tokens) == (64, SIDE, 88)
+    assert bb.processor._get_num_multimodal_tokens(image_sizes=[[64, 64]])["num_image_tokens"] == [88]
+    assert bb.resize.mode == "squash" and bb.resize.size == 64 and bb.resize.interpolation == "bicubic"
+
+
+def test_the_collators_ids_and_the_device_views_equal_the_processors(bb):
+    """For a canvas, the processor (given that square) writes the collator's ids (plus the end token the test
+    tokenizer appends); its tiles are the device's to float rounding and its base view to one 8-bit level (its
+    fixed-point resize weights; without the per-pass rounding the base differed by 3.5 levels)."""
+    squares, mine = _squares(bb, 3)
+    for p in (f"{bb.image_token} caption:", f"question: what colour is the circle? {bb.image_token} answer:"):
+        ours = bb.lm_collator()([p])["input_ids"][0].tolist()
+        theirs = bb.processor(images=[squares[0]], text=[p], return_tensors="pt")["input_ids"][0].tolist()
+        assert ours + [bb.processor.tokenizer.eos_token_id] == theirs
+    theirs = bb.processor.image_processor(images=squares, return_tensors="pt")
+    views = bb._vision_inputs(mine)
+    assert views["pixel_values"].shape == theirs["pixel_values"].shape == (3, 5, 3, SIDE, SIDE)
+    assert views["image_sizes"].tolist() == theirs["image_sizes"].tolist() == [[64, 64]] * 3
+    torch.testing.assert_close(views["pixel_values"][:, 1:], theirs["pixel_values"][:, 1:], atol=1e-5, rtol=1e-5)
+    level = 1 / 255 / min(bb.std)
+    diff = (views["pixel_values"][:, 0] - theirs["pixel_values"][:, 0]).abs().max().item()
+    assert diff <= level + 1e-5, diff / level
+    with pytest.raises(ValueError, match=r"expected images \(B, 3, 64, 64\)"):
+        bb._vision_inputs(torch.zeros(1, 3, 32, 32))
+
+
+def test_lm_loss_per_row_equals_each_row_alone_and_the_plain_model(bb):
+    assert_lm_loss_per_row(bb, _plain(bb))
+
+
+def test_mixed_task_lm_loss_equals_each_task_alone(bb):
+    """Each row's base view and four tiles take its task in the vision tower (five views per row)."""
+    _attach(bb, ("a", "b"), std=0.1)
+    assert_mixed_lm_loss_per_task(bb)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_routed_generate_equals_each_task_alone(bb, beams):
+    _attach(bb, ("a", "b"), std=0.1)
+    assert_routed_generate_per_task(bb, beams, _plain(bb))
+
+
+def test_cached_sequence_scores_equal_the_full_computation(bb):
+    _attach(bb, ("a", "b"), std=0.1)
+    cached_and_full_scores(bb)
+
+
+def test_a_wrong_image_token_count_is_refused(bb):
+    b = bb.lm_collator()(prompts(bb, 2), ["red", "blue"])
+    ids = b["input_ids"].clone()
+    ids[0, (ids[0] == bb.image_token_id).nonzero()[0]] = 5
+    with pytest.raises(BackboneError, match="row 0 of input_ids has 87 image tokens.*gives 88 features.*lm_collator"):
+        bb.lm_loss(torch.randn(2, 3, 64, 64), ids, b["attention_mask"], b["labels"])
+
+
+def test_llava_16s_canvas_and_token_count(tmp_path):
+    """LLaVA-1.6's 336-px CLIP tower in 14-px patches and its pinpoints: a 672-px canvas of 2 x 2 tiles, 576 + 48·49
+    = 2,928 tokens, as its processor counts a 672 x 672 image."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextImageProcessor,
+        LlavaNextModel,
+        LlavaNextProcessor,
+    )
+
+    pins = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+    cfg = LlavaNextConfig(vision_config=CLIPVisionConfig(image_size=336, patch_size=14, num_hidden_layers=1),
+                          text_config=LlamaConfig(num_hidden_layers=1), image_grid_pinpoints=pins)
+    with torch.device("meta"):
+        model = LlavaNextModel(cfg)
+    side = LlavaNextBackbone._image_side(cfg, None, "x")
+    assert side == 672 and LlavaNextBackbone._image_tokens(model, side) == 2928
+    images = LlavaNextImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                                     image_grid_pinpoints=pins)
+    processor = LlavaNextProcessor(image_processor=images, tokenizer=_word_tokenizer(tmp_path, None), patch_size=14,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    said = processor._get_num_multimodal_tokens(image_sizes=[[672, 672]])
+    assert said["num_image_tokens"] == [2928]
+
+
+def test_pinpoints_without_a_square_are_refused():
+    cfg = NS(vision_config=NS(image_size=32), image_grid_pinpoints=[[32, 64], [64, 32], [48, 48]])
+    with pytest.raises(BackboneError, match=r"hold no square of whole 32-px tiles.*\[64, 64\]"):
+        LlavaNextBackbone._image_side(cfg, None, "x")
+    assert PINPOINTS[-1] == [64, 64]
+
+
+def test_a_processor_cutting_other_tiles_than_the_tower_takes_is_refused(folder, tmp_path):
+    from transformers import AutoProcessor
+
+    other = tmp_path / "crop48"
+    proc = AutoProcessor.from_pretrained(str(folder))
+    proc.image_processor.crop_size = {"height": 48, "width": 48}
+    proc.save_pretrained(str(other))
+    for f in ("config.json", "model.safetensors"):
+        (other / f).write_bytes((folder / f).read_bytes())
+    with pytest.raises(BackboneError, match=r"\[32, 48\] px, but the vision tower takes 32 px.*crop_size="):
+        load_backbone(f"hf:{other}")
+
+
+def test_train_and_eval_commands(folder, tmp_path, capsys):
+    assert_train_and_eval_commands(folder, tmp_path, capsys)
