@@ -95,6 +95,26 @@ def test_each_rows_images_take_its_task_in_the_logits_and_generate(family, count
     assert_mixed_route_per_task(_adapted(family), several_images(family, counts), [0, 1, 0])
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_expanded_rows_route_each_rows_images(family):
+    """Under expanded_rows(model, 2) (k rows per routed id: candidates scored as full sequences), rows holding
+    [2, 2, 0, 0, 1, 1] images under [a, b, a] give each row its id's task. Before, the image path matched the
+    route's 3 rows against the 6 counted rows and left the tower unrouted: refused ('routed 3 task ids but the
+    batch here has 5 samples'; the LLaVA-NeXT backbone's full-sequence candidate scores failed so), and Qwen2-VL's
+    packed tower routed image i as row i, silently (0.61 off)."""
+    from mtl_lora_vl.adapters.generation import expanded_rows
+
+    model, x, ids = _adapted(family), several_images(family, [2, 2, 0, 0, 1, 1]), [0, 1, 0]
+    with torch.no_grad():
+        alone = []
+        for t in ("a", "b"):
+            with mlv.route(model, t):
+                alone.append(model(**x).logits)
+        with mlv.route(model, ids), expanded_rows(model, 2):
+            mixed = model(**x).logits
+    torch.testing.assert_close(mixed, torch.stack([alone[ids[j // 2]][j] for j in range(6)]))
+
+
 @pytest.mark.parametrize("family", ["llava", "paligemma", "idefics3", "qwen2_vl"])   # (Gemma 3's: a bare weight)
 def test_the_projector_is_routed_image_by_image_too(family):
     proj = {"llava": "multi_modal_projector.linear_1", "paligemma": "multi_modal_projector.linear",

@@ -28,9 +28,10 @@ __all__ = ["PackedImages", "pack_towers"]
 
 
 class PackedImages:
-    """Forward hooks on a packing tower: before it, a mixed-task route is refused unless the tower got one image
-    per routed sample (or per beam); images of different sizes get a route scope over their own rows, closed
-    after the forward (also when it fails)."""
+    """Forward hooks on a packing tower: before it, under a mixed-task route, each image's rows of patches get its
+    row's task, the images counted per row by ``check`` (:mod:`.row_images`), or else one image per routed sample
+    (or per beam); otherwise the route is refused. The route scope is closed after the forward (also when it
+    fails)."""
 
     def __init__(self, router: Router, image_rows: Callable[[tuple, dict], list[int]], name: str,
                  check: RowImagesCheck | None = None) -> None:
@@ -52,10 +53,11 @@ class PackedImages:
                                    "(torchrun, one process per GPU), or route one task for the whole batch")
             rows = self.image_rows(args, kwargs)
             counts = None if self.check is None else self.check.current()
-            if counts is not None and len(counts) == route.batch_size and sum(counts) == len(rows):
-                r = route.per_image(counts)   # the rows' images, as the model counted them
-                scope.enter_context(route_scope(self.router, r.packed_images(rows) if len(set(rows)) > 1 else r))
-                return
+            for r in (route, route.wide):   # (wide: k rows per routed id, expanded_rows)
+                if counts is not None and r is not None and len(counts) == r.batch_size and sum(counts) == len(rows):
+                    r = r.per_image(counts)   # the rows' images, as the model counted them
+                    scope.enter_context(route_scope(self.router, r.packed_images(rows) if len(set(rows)) > 1 else r))
+                    return
             for r in (route, route.wide):
                 if r is not None and len(rows) == r.batch_size:
                     if len(set(rows)) > 1:
