@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from llava_tiny import save_tiny_llava, tiny_llava_backbone
+from vlm_checks import one_image_token_short
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import BackboneError, HFVLMBackbone, PaliGemmaBackbone, load_backbone
@@ -103,9 +104,7 @@ def test_lm_loss_is_per_row_target_mean(bb):
 
 
 def test_lm_loss_refuses_wrong_image_token_count(bb):
-    b = bb.lm_collator()(prompts(bb, 2), ["red", "blue"])
-    ids = b["input_ids"].clone()
-    ids[0, (ids[0] == bb.image_token_id).nonzero()[0]] = 5
+    ids, b = one_image_token_short(bb)
     with pytest.raises(BackboneError, match="row 0 of input_ids has 15 image tokens.*gives 16 features.*lm_collator"):
         bb.lm_loss(torch.randn(2, 3, 32, 32), ids, b["attention_mask"], b["labels"])
     # Hugging Face's own check, reached directly, gets the fix too

@@ -19,7 +19,7 @@ from vlm_checks import (
     assert_routed_generate_per_task,
     assert_train_and_eval_commands,
     cached_and_full_scores,
-    prompts,
+    one_image_token_short,
 )
 
 from mtl_lora_vl.backbones import BackboneError, Idefics3Backbone, load_backbone
@@ -116,9 +116,7 @@ def test_cached_sequence_scores_equal_the_full_computation(bb):
 
 
 def test_a_wrong_image_token_count_or_a_blank_image_is_refused(bb):
-    b = bb.lm_collator()(prompts(bb, 2), ["red", "blue"])
-    ids = b["input_ids"].clone()
-    ids[0, (ids[0] == bb.image_token_id).nonzero()[0]] = 5
+    ids, b = one_image_token_short(bb)
     with pytest.raises(BackboneError, match="row 0 of input_ids has 3 image tokens.*gives 4 features.*lm_collator"):
         bb.lm_loss(torch.randn(2, 3, 32, 32), ids, b["attention_mask"], b["labels"])
     images = torch.randn(2, 3, 32, 32)

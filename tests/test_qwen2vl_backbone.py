@@ -17,6 +17,7 @@ from vlm_checks import (
     assert_routed_generate_per_task,
     assert_train_and_eval_commands,
     cached_and_full_scores,
+    one_image_token_short,
     prompts,
 )
 
@@ -174,9 +175,7 @@ def test_caption_logits_put_the_vision_tokens_around_the_image(bb):
 
 
 def test_a_wrong_image_token_count_is_refused(bb):
-    b = bb.lm_collator()(prompts(bb, 2), ["red", "blue"])
-    ids = b["input_ids"].clone()
-    ids[0, (ids[0] == bb.image_token_id).nonzero()[0]] = 5
+    ids, b = one_image_token_short(bb)
     with pytest.raises(BackboneError, match="row 0 of input_ids has 3 image tokens.*gives 4 features.*lm_collator"):
         bb.lm_loss(torch.randn(2, 3, 32, 32), ids, b["attention_mask"], b["labels"])
     with pytest.raises(BackboneError, match="image tokens do not match the image features.*lm_collator"):

@@ -45,6 +45,14 @@ def prompts(bb, n: int = 3) -> list[str]:
     return [f"{bb.image_token} {PROMPTS[i % len(PROMPTS)]}" for i in range(n)]
 
 
+def one_image_token_short(bb) -> tuple[torch.Tensor, dict]:
+    """``lm_collator``'s batch of two prompts and targets, and its ids with row 0's first image token replaced."""
+    b = bb.lm_collator()(prompts(bb, 2), ["red", "blue"])
+    ids = b["input_ids"].clone()
+    ids[0, (ids[0] == bb.image_token_id).nonzero()[0]] = 5
+    return ids, b
+
+
 def assert_mixed_lm_loss_per_task(bb) -> None:
     """``lm_loss`` under a route [0, 1, 1, 0] gives each row what its task alone gives (and the tasks differ)."""
     p = prompts(bb, 4)
