@@ -21,8 +21,10 @@ from vlm_checks import (
     assert_train_and_eval_commands,
     cached_and_full_scores,
     one_image_token_short,
+    prompts,
 )
 
+import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import BackboneError, LlavaNextBackbone, load_backbone
 from mtl_lora_vl.backbones.base import GENERATE, GRAD_CHECKPOINTING, LM_LOGITS
 from mtl_lora_vl.data.resize import resize_to_square
@@ -91,6 +93,19 @@ def test_mixed_task_lm_loss_equals_each_task_alone(bb):
     """Each row's base view and four tiles take its task in the vision tower (five views per row)."""
     _attach(bb, ("a", "b"), std=0.1)
     assert_mixed_lm_loss_per_task(bb)
+
+
+def test_a_batch_of_one_tasks_rows_routes_as_the_task(bb):
+    """Ids all equal (a training batch whose rows share a task): each row's five views were refused by the tower's
+    layers ('routed 2 task ids but the batch here has 10 samples') (helper 165)."""
+    _attach(bb, ("a", "b"), std=0.1)
+    b = bb.lm_collator()(prompts(bb, 2), ["red", "a blue square"])
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        with mlv.route(bb.model, "b"):
+            want = bb.lm_loss(images, **b)
+        with mlv.route(bb.model, [1, 1]):
+            torch.testing.assert_close(bb.lm_loss(images, **b), want)
 
 
 @pytest.mark.parametrize("beams", [1, 3])

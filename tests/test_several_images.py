@@ -96,6 +96,19 @@ def test_each_rows_images_take_its_task_in_the_logits_and_generate(family, count
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_task_ids_all_equal_are_the_tasks_name(family):
+    """A route of ids all equal is one task for rows holding any number of images. The vision tower refused it
+    ('routed 3 task ids but the batch here has 4 samples') in every family routed by the image path, so a training
+    loop under route(model, task_ids) failed on each batch whose rows shared a task (helper 165)."""
+    model, x = _adapted(family), several_images(family, [2, 0, 2])
+    with torch.no_grad():
+        with mlv.route(model, "b"):
+            want = model(**x).logits
+        with mlv.route(model, [1, 1, 1]):
+            torch.testing.assert_close(model(**x).logits, want)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_expanded_rows_route_each_rows_images(family):
     """Under expanded_rows(model, 2) (k rows per routed id: candidates scored as full sequences), rows holding
     [2, 2, 0, 0, 1, 1] images under [a, b, a] give each row its id's task. Before, the image path matched the

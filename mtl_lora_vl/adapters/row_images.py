@@ -97,7 +97,8 @@ def _batch_of(args: tuple, kwargs: dict) -> int | None:
 class ImageRoutes:
     """Forward hooks on a module of a VLM's image path (its vision tower, its projector) that takes a batch of
     images: under a mixed-task route whose rows hold other than one image each, the module's forward is routed
-    image by image (a route scope over its batch, closed after the forward, also when it fails)."""
+    image by image; under ids all equal, as that one task for any number of images (the ids' count checks rows, not
+    images). A route scope over its batch, closed after the forward, also when it fails."""
 
     def __init__(self, router: Router, check: RowImagesCheck, name: str) -> None:
         self.router, self.check, self.name = router, check, name
@@ -110,7 +111,14 @@ class ImageRoutes:
         scope = ExitStack()
         self._open.append(scope)
         counts = self.check.current()
-        route = None if counts is None else self.router.resolve(self.name)
+        routed = counts is not None or self.router.current is not None or self.router.replaying()
+        route = self.router.resolve(self.name) if routed else None
+        if route is not None and route.task is not None and route.batch_size is not None:
+            # ids all equal: one task for every image, however many each row holds (not the rows' count of ids)
+            scope.enter_context(route_scope(self.router, self.router.task_route(route.task)))
+            return
+        if counts is None:
+            return
         if route is not None and route.wide is not None and route.batch_size != len(counts):
             route = route.wide   # k rows per routed id (expanded_rows: candidates scored as full sequences)
         if route is None or route.task is not None or route.batch_size != len(counts):
