@@ -12,14 +12,20 @@ class in its MRO has that name **and** lives in that module or below it. So ``op
 
 from __future__ import annotations
 
-import inspect
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FAMILIES", "MERGED_CONFIG", "CountsOnly", "MERGED_WEIGHTS", "OPEN_CLIP_CONFIG", "Family", "family_named", "find_family",
-           "llava_next_image", "merged_format", "peft_export"]
+from .family_images import (
+    _image_token_rows,
+    _llava_next_row_tiles,
+    _llava_onevision_row_tiles,
+    _qwen_image_rows,
+    _qwen_row_images,
+)
+
+__all__ = ["FAMILIES", "MERGED_CONFIG", "MERGED_WEIGHTS", "OPEN_CLIP_CONFIG", "Family", "family_named", "find_family",
+           "merged_format", "peft_export"]
 
 # Weights file of a merged checkpoint per non-Hugging-Face format ("hf" is a save_pretrained directory).
 MERGED_WEIGHTS = {"open_clip": "open_clip_model.safetensors", "safetensors": "model.safetensors"}
@@ -112,178 +118,12 @@ def _llava_unused_vision_layers(model: Any) -> tuple[str, ...]:
     return tuple(rf"(^|\.)vision_tower(\.\w+)*\.encoder\.layers\.{i}\." for i in range(first_unused, layers))
 
 
-class CountsOnly(list):
-    """Images per row that can be checked (one per row) but not used to route several per row; ``why`` says why."""
-
-    def __init__(self, counts: list[float], why: str) -> None:
-        super().__init__(counts)
-        self.why = why
-
-
-_ENCODED = "their features were made before the call (mm_encoder_outputs), under the caller's route"
-
-
-def _qwen_image_rows(args: tuple, kwargs: dict) -> list[int]:
-    """Patches per image of a Qwen2-VL vision tower call, ``visual(pixel_values, grid_thw=...)``: t·h·w."""
-    grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
-    return [int(t) * int(h) * int(w) for t, h, w in grid.tolist()]
-
-
-def _forward_input(model: Any, args: tuple, kwargs: dict, name: str) -> Any:
-    """The argument ``name`` of a call ``model(*args, **kwargs)``, given by keyword or position (None: not given)."""
-    if name in kwargs or not args:
-        return kwargs.get(name)
-    params = list(inspect.signature(model.forward).parameters)
-    i = params.index(name) if name in params else len(args)
-    return args[i] if i < len(args) else None
-
-
-def _token_rows(model: Any, args: tuple, kwargs: dict, token: int) -> list[int] | None:
-    """How often each row of a forward holds ``token``: in its ``input_ids``, else in its ``inputs_embeds`` (rows
-    equal to the token's embedding, as the models find their image tokens then). None: neither given."""
-    ids = _forward_input(model, args, kwargs, "input_ids")
-    if ids is not None:
-        return (ids == token).sum(-1).tolist()
-    embeds = _forward_input(model, args, kwargs, "inputs_embeds")
-    if embeds is None:
-        return None
-    one = model.get_input_embeddings()(embeds.new_tensor(token).long()).to(embeds.dtype)
-    return (embeds == one).all(-1).sum(-1).tolist()
-
-
-def _qwen_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
-    """Images and videos per row of a Qwen2-VL forward (None without pixel values of either or their encoder
-    outputs). With images only and their ``image_grid_thw``, each row's image tokens are matched, in order, to the
-    images' token counts (t·h·w / merge²; a row that starts or ends inside an image counts the part it holds);
-    otherwise its ``<|vision_start|>`` tokens are counted (the processor writes one per image, a hand-written
-    prompt may not). Counts of images and videos together, or of images encoded before the call, are
-    :class:`CountsOnly`."""
-    images, videos = (_forward_input(model, args, kwargs, k) for k in ("pixel_values", "pixel_values_videos"))
-    encoded = _forward_input(model, args, kwargs, "mm_encoder_outputs") or {}
-    if images is None and videos is None and not any(encoded.get(k) is not None for k in ("image", "video")):
-        return None
-    ids, grid = (_forward_input(model, args, kwargs, k) for k in ("input_ids", "image_grid_thw"))
-    with_videos = videos is not None or encoded.get("video") is not None
-    if ids is None or grid is None or with_videos:
-        counts = _token_rows(model, args, kwargs, model.config.vision_start_token_id)
-        if counts is None or (images is not None and not with_videos):
-            return counts
-        return CountsOnly(counts, "they count images and videos together (by their <|vision_start|> tokens)"
-                          if with_videos else _ENCODED)
-    import torch  # (the table itself needs no torch)
-
-    merge = int(model.config.vision_config.spatial_merge_size) ** 2
-    counts = (ids == model.config.image_token_id).sum(-1)
-    both = torch.cat([grid.reshape(-1).to(counts), counts]).tolist()   # one read of the device, not two
-    g = both[:grid.numel()]
-    sizes = [int(t * h * w) // merge for t, h, w in zip(g[0::3], g[1::3], g[2::3])]
-    out = [len(whole) + part if part else len(whole) for whole, part in _rows_of_images(both[grid.numel():], sizes)]
-    return CountsOnly(out, _ENCODED) if images is None else out
-
-
-def _rows_of_images(row_tokens: list[int], image_tokens: list[int]) -> list[tuple[list[int], float]]:
-    """Each row's images, its image tokens (``row_tokens``, rows in order) matched in order to the images' token
-    counts: the images it holds whole, and the parts of images it starts or ends inside (as a number of images)."""
-    spans = list(zip([0, *itertools.accumulate(image_tokens)], itertools.accumulate(image_tokens)))
-    out, start = [], 0
-    for tokens in row_tokens:
-        stop = start + tokens
-        whole = [i for i, (a, b) in enumerate(spans) if start <= a and b <= stop]
-        part = sum(max(0, min(b, stop) - max(a, start)) / (b - a) for a, b in spans if not start <= a < b <= stop)
-        out.append((whole, part))
-        start = stop
-    return out
-
-
-def _llava_next_row_tiles(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
-    """What a LLaVA-NeXT forward's vision tower gets per row: each image is its base view plus a grid of tiles
-    (anyres, from its ``image_sizes`` row and ``image_grid_pinpoints``), so each row's image tokens are matched in
-    order to the images' token counts (the model's own: base patches, then the tile grid unpadded to the image's
-    aspect with a newline per row) and the row's tiles summed. A row holding part of an image gives its images
-    (not whole); images encoded before the call give a :class:`CountsOnly` of images. None without images."""
-    pixels = _forward_input(model, args, kwargs, "pixel_values")
-    encoded = (_forward_input(model, args, kwargs, "mm_encoder_outputs") or {}).get("image")
-    sizes = _forward_input(model, args, kwargs, "image_sizes")
-    if (pixels is None and encoded is None) or sizes is None:
-        return None
-    import torch
-
-    tokens = _token_rows(model, args, kwargs, model.config.image_token_id)
-    if tokens is None:
-        return None
-    strategy = _forward_input(model, args, kwargs, "vision_feature_select_strategy")
-    image_tokens, tiles = [], []
-    for size in torch.as_tensor(sizes).cpu():   # (tensor rows, as the model reads them: its unpadding's arithmetic)
-        n, t = llava_next_image(model, size, strategy)
-        image_tokens.append(n)
-        tiles.append(t)
-    per_row = _rows_of_images(tokens, image_tokens)
-    if encoded is not None or any(part for _, part in per_row):
-        images = [len(whole) + part if part else len(whole) for whole, part in per_row]
-        return CountsOnly(images, _ENCODED) if encoded is not None else images
-    return [sum(tiles[i] for i in whole) for whole, _ in per_row]
-
-
-def llava_next_image(model: Any, size: Any, strategy: str | None = None) -> tuple[int, int]:
-    """One LLaVA-NeXT image of ``size`` (its ``image_sizes`` row, ``(h, w)``) in ``model`` (the multimodal model, with
-    its ``vision_tower``): the language-model tokens it fills and the views the vision tower reads (base view and
-    tiles), by the model's own arithmetic: base patches (the CLS dropped under ``"default"``), then the tile grid
-    unpadded to the image's aspect with a newline token per row."""
-    import torch
-    from transformers.models.llava_next.modeling_llava_next import (
-        get_anyres_image_grid_shape,
-        image_size_to_num_patches,
-        unpad_image,
-    )
-
-    cfg = model.config
-    side, pins = cfg.vision_config.image_size, cfg.image_grid_pinpoints
-    grid = side // cfg.vision_config.patch_size
-    strategy = strategy or cfg.vision_feature_select_strategy
-    tower = model.vision_tower   # a tile's positions: grid² and a CLS (CLIP), or grid² alone (SigLIP)
-    embeddings = getattr(getattr(tower, "vision_model", tower), "embeddings", None)
-    base = int(getattr(embeddings, "num_positions", grid * grid + 1)) - (strategy == "default")
-    size = torch.as_tensor(size)
-    rows, cols = get_anyres_image_grid_shape(size.tolist(), pins, side)
-    _, uh, uw = unpad_image(torch.empty(0, rows * grid, cols * grid, device="meta"), size).shape
-    return base + uh * (uw + 1), int(image_size_to_num_patches(size.tolist(), pins, side))
-
-
-def _images_given(model: Any, args: tuple, kwargs: dict) -> int | None:
-    """How many images a forward gets: as pixel values, or already encoded (``mm_encoder_outputs["image"]``, one
-    feature tensor per image: what ``generate`` passes the prefill, or a caller who encoded them under a route)."""
-    pixels = _forward_input(model, args, kwargs, "pixel_values")
-    if pixels is None:
-        encoded = (_forward_input(model, args, kwargs, "mm_encoder_outputs") or {}).get("image")
-        features = getattr(encoded, "pooler_output", None)
-        return None if features is None else len(features)
-    if pixels.dim() == 4:   # (images, 3, H, W)
-        return pixels.shape[0]
-    if pixels.dim() == 5:   # (rows, images per row, 3, H, W): Idefics3 drops the all-zero images that pad short rows
-        return int((pixels.flatten(2) != 0).any(-1).sum())
-    return None
-
-
-def _image_token_rows(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
-    """Images per row of a forward of a model in which every image fills as many image tokens as the others (LLaVA,
-    PaliGemma, Gemma 3, Idefics3 and its crops): each row's image tokens over one image's, that being all rows'
-    image tokens over the images given (:class:`CountsOnly` for images encoded before the call). None without
-    images, or where the counts do not divide (the model refuses those itself)."""
-    images = _images_given(model, args, kwargs)
-    if images is None:
-        return None
-    cfg = model.config
-    token = getattr(cfg, "image_token_id", None)
-    token = getattr(cfg, "image_token_index", None) if token is None else token
-    counts = _token_rows(model, args, kwargs, token)
-    if counts is None:
-        return None
-    total = sum(counts)
-    if not images or not total or total % images:
-        return None
-    per = total // images
-    out = [c // per if c % per == 0 else c / per for c in counts]
-    return CountsOnly(out, _ENCODED) if _forward_input(model, args, kwargs, "pixel_values") is None else out
+_LLAVA_ONEVISION_NO_BACKBONE = (
+    "LLaVA-OneVision reads each image as a base view and a grid of tiles at the image's own aspect (anyres, "
+    "interpolated down past vision_aspect_ratio), which the package's loader does not make yet, so the train / eval "
+    "commands cannot load it; attach adapters with mtl_lora_vl.attach(model, cfg) and train in your own loop under "
+    "mtl_lora_vl.route(model, task_ids) (mixed-task batches route each row's tiles to its task, a call with videos "
+    "takes one task; export_lora and save_merged work)")
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -326,6 +166,17 @@ FAMILIES: tuple[Family, ...] = (
         merged_format="hf",
         unused=_llava_unused_vision_layers,
         row_images=_llava_next_row_tiles,
+        image_path=_IMAGE_PATH,
+    ),
+    Family(
+        "llava_onevision",
+        ("transformers.models.llava_onevision.LlavaOnevisionForConditionalGeneration",),
+        _HF_VLM_TARGETS,  # SigLIP layers under model.vision_tower, Qwen2's under model.language_model
+        no_backbone=_LLAVA_ONEVISION_NO_BACKBONE,
+        peft_export=True,
+        merged_format="hf",
+        unused=_llava_unused_vision_layers,
+        row_images=_llava_onevision_row_tiles,
         image_path=_IMAGE_PATH,
     ),
     Family(
@@ -392,6 +243,7 @@ FAMILIES: tuple[Family, ...] = (
 INNER_MODELS: tuple[tuple[str, str], ...] = (
     ("transformers.models.llava.LlavaModel", "llava"),
     ("transformers.models.llava_next.LlavaNextModel", "llava_next"),
+    ("transformers.models.llava_onevision.LlavaOnevisionModel", "llava_onevision"),
     ("transformers.models.paligemma.PaliGemmaModel", "paligemma"),
     ("transformers.models.idefics3.Idefics3Model", "idefics3"),
     ("transformers.models.smolvlm.SmolVLMModel", "idefics3"),

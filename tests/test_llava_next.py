@@ -18,7 +18,8 @@ from vlm_checks import (
 )
 
 import mtl_lora_vl as mlv
-from mtl_lora_vl.families import _llava_next_row_tiles, find_family
+from mtl_lora_vl.families import find_family
+from mtl_lora_vl.family_images import _llava_next_row_tiles
 
 SIDE = 32
 PINPOINTS = [[32, 64], [64, 32], [64, 64]]

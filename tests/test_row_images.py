@@ -329,7 +329,7 @@ def test_qwen_row_counts_read_the_device_once(monkeypatch):
     wait each), and counts an image per row, or a row with two."""
     from types import SimpleNamespace
 
-    from mtl_lora_vl.families import _qwen_row_images
+    from mtl_lora_vl.family_images import _qwen_row_images
 
     cfg = SimpleNamespace(vision_config=SimpleNamespace(spatial_merge_size=2), image_token_id=9,
                           vision_start_token_id=7)

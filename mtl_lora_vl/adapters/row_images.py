@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..families import CountsOnly
+from ..family_images import CountsOnly
 from .layers import AdapterBank
 from .routing import Router, RoutingError
 from .scopes import route as route_scope

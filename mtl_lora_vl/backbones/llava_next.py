@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.resize import ImageResize, size_fields
-from ..families import llava_next_image
+from ..family_images import llava_next_image
 from .base import BackboneError, register_backbone
 from .hf_vlm import HFVLMBackbone
 

@@ -1,0 +1,252 @@
+"""LLaVA-OneVision (tiny, from configs, with its own processor): the family row. As LLaVA-NeXT, each image reaches the
+vision tower as a base view and a grid of tiles at its own aspect (anyres), but a large grid's features are
+interpolated down (``vision_aspect_ratio``) and an image of a row of several (``batch_num_images``) is its base view
+alone; so a mixed-task route sends each row's tiles to its task: logits, greedy and beam generate and gradients equal
+each task alone; the PEFT export and the merged checkpoint give the same outputs. Videos reach the tower in a call of
+their own, not routed by rows: a mixed route with videos is refused by name, a one-task route takes them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from llava_tiny import PATCH, _word_tokenizer
+from PIL import Image
+from vlm_checks import (
+    assert_mixed_gradients_are_per_task_sums,
+    assert_mixed_route_per_task,
+    assert_peft_export_matches,
+    perturb_adapters,
+)
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.families import find_family, inner_family
+from mtl_lora_vl.family_images import _llava_onevision_row_tiles
+
+SIDE = 32
+PINPOINTS = [[32, 64], [64, 32], [64, 64]]
+SIZES = [(20, 60), (40, 40), (64, 24), (30, 50)]   # 3, 5, 3 and 3 tiles; (40, 40)'s 8 x 8 grid is interpolated to 5 x 5
+ASPECT = "anyres_max_2"                            # (at most 2 tiles' features: 4 x 8 stays, 8 x 8 is cut down)
+
+
+def build(out, tower: str = "clip", strategy: str = "default"):
+    """A tiny LlavaOnevisionForConditionalGeneration (a CLIP or SigLIP tower of 32-px tiles, 8-px patches; Llama
+    decoder) and its LlavaOnevisionProcessor (images and videos), saved under ``out`` and loaded back: (model class,
+    processor, folder)."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+        SiglipVisionConfig,
+    )
+
+    tok = _word_tokenizer(out, None)
+    tok.add_special_tokens({"additional_special_tokens": ["<image>", "<video>"]})
+    kw = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=SIDE,
+              patch_size=PATCH)
+    vision = CLIPVisionConfig(**kw) if tower == "clip" else SiglipVisionConfig(**kw)
+    text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=2, max_position_embeddings=512, vocab_size=len(tok),
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlavaOnevisionConfig(vision_config=vision, text_config=text,
+                               image_token_index=tok.convert_tokens_to_ids("<image>"),
+                               video_token_index=tok.convert_tokens_to_ids("<video>"), vision_feature_layer=-1,
+                               vision_feature_select_strategy=strategy, image_grid_pinpoints=PINPOINTS,
+                               vision_aspect_ratio=ASPECT)
+    torch.manual_seed(0)
+    LlavaOnevisionForConditionalGeneration(cfg).save_pretrained(str(out))
+    LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size={"height": SIDE, "width": SIDE},
+                                                     image_grid_pinpoints=PINPOINTS),
+        video_processor=LlavaOnevisionVideoProcessor(size={"height": SIDE, "width": SIDE}), tokenizer=tok,
+        num_image_tokens=(SIDE // PATCH) ** 2 + (tower == "clip"), vision_feature_select_strategy=strategy,
+        vision_aspect_ratio=ASPECT).save_pretrained(str(out))
+    processor = LlavaOnevisionProcessor.from_pretrained(str(out))
+    processor.tokenizer.padding_side = "left"
+    return LlavaOnevisionForConditionalGeneration, processor, out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("llava_onevision"))
+
+
+def _fresh(tiny):
+    cls, _, folder = tiny
+    return cls.from_pretrained(str(folder)).eval()
+
+
+def _adapted(tiny, **cfg):
+    """Adapters drawn at std 0.1, as LLaVA-NeXT's (the tiles' tower activations are large)."""
+    torch.manual_seed(0)
+    return perturb_adapters(mlv.attach(_fresh(tiny), mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, **cfg)), std=0.1)
+
+
+WORDS = ["what colour is the circle", "describe", "how many", "caption"]
+
+
+def batch(tiny, counts: list[int], seed: int = 0, nested: bool = False) -> dict:
+    """The processor's batch for rows holding ``counts[r]`` pictures each (sizes from SIZES in turn); ``nested``: the
+    pictures given as one list per row (the processor then writes ``batch_num_images``, and an image of a row of
+    several is its base view alone)."""
+    rng = np.random.default_rng(seed)
+    pictures = [Image.fromarray(rng.integers(0, 256, (*SIZES[i % len(SIZES)], 3), dtype=np.uint8))
+                for i in range(sum(counts))]
+    texts = [" ".join(["<image>"] * c + [WORDS[r % len(WORDS)]] * (r + 1)) for r, c in enumerate(counts)]
+    if nested:
+        starts = np.cumsum([0, *counts])
+        pictures = [pictures[a:b] for a, b in zip(starts[:-1], starts[1:])]
+    return dict(tiny[1](text=texts, images=pictures, return_tensors="pt", padding=True))
+
+
+def video_batch(tiny, videos: list[int], pictures: list[int] | None = None, frames: int = 3, seed: int = 0) -> dict:
+    """Rows holding ``videos[r]`` videos of ``frames`` frames (and ``pictures[r]`` pictures)."""
+    rng = np.random.default_rng(seed)
+    pictures = pictures or [0] * len(videos)
+    clips = [rng.integers(0, 256, (frames, 40, 40, 3), dtype=np.uint8) for _ in range(sum(videos))]
+    images = [Image.fromarray(rng.integers(0, 256, (*SIZES[i % len(SIZES)], 3), dtype=np.uint8))
+              for i in range(sum(pictures))]
+    texts = [" ".join(["<image>"] * p + ["<video>"] * v + [WORDS[r % len(WORDS)]] * (r + 1))
+             for r, (v, p) in enumerate(zip(videos, pictures))]
+    return dict(tiny[1](text=texts, videos=clips, images=images or None, return_tensors="pt", padding=True))
+
+
+def test_the_family_row_takes_the_tower_up_to_the_feature_layer_and_the_language_model(tiny):
+    m = _adapted(tiny)
+    info = m._mtl_lora
+    assert find_family(m).name == info.family == "llava_onevision"
+    assert inner_family(m.model).name == "llava_onevision"
+    vision = [n for n, t in info.towers.items() if t == "image"]
+    assert len(vision) == 12 and all(".vision_tower." in n for n in vision)
+    assert any("language_model.layers.1.mlp.down_proj" in n for n in info.towers)
+
+
+def test_tiles_per_row_are_the_processors(tiny):
+    """Each row's image tokens matched to the images' token counts (the model's pack_image_features on meta tensors)
+    give the processor's tiles (its unpadded tiles per image; an image of a row of several given per row: one)."""
+    m = _fresh(tiny)
+    x = batch(tiny, [2, 0, 1])
+    tiles = (x["pixel_values"].flatten(2) != 0).any(-1).sum(-1).tolist()   # per image, the padding tiles left out
+    assert tiles == [3, 5, 3]
+    assert _llava_onevision_row_tiles(m.model, (), x) == [8, 0, 3]
+    # (40, 40)'s 2 x 2 tiles: 16 base + 8 x 8 features + 8 newlines without the interpolation, 16 + 5 x 5 + 5 with it
+    assert (x["input_ids"] == m.config.image_token_id).sum(-1).tolist() == [34 + 46, 0, 56]
+    y = batch(tiny, [2, 0, 1], nested=True)
+    assert y["batch_num_images"].tolist() == [2, 1]
+    assert _llava_onevision_row_tiles(m.model, (), y) == [2, 0, 3]
+    assert (y["input_ids"] == m.config.image_token_id).sum(-1).tolist() == [2 * 17, 0, 56]
+
+
+@pytest.mark.parametrize("counts", [[1, 1, 1], [2, 0, 1], [0, 3, 1]])
+def test_a_mixed_route_sends_each_rows_tiles_to_its_task(tiny, counts):
+    """Logits, greedy and 3-beam generate under [a, b, a] equal each task's own rows (pictures of three aspects, one
+    of them interpolated down)."""
+    assert_mixed_route_per_task(_adapted(tiny), batch(tiny, counts), [0, 1, 0])
+
+
+def test_images_given_per_row_are_routed_by_their_base_views(tiny):
+    assert_mixed_route_per_task(_adapted(tiny), batch(tiny, [2, 0, 1], nested=True), [0, 1, 0])
+
+
+def test_the_projector_routes_tiles_too(tiny):
+    m = _adapted(tiny, targets={"image": [r"multi_modal_projector\.linear_(1|2)$"], "text": [r"(q|v)_proj$"]})
+    assert_mixed_route_per_task(m, batch(tiny, [1, 2, 0]), [1, 0, 1])
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_mixed_gradients_equal_the_per_task_sums(tiny, checkpointing):
+    m = _adapted(tiny)
+    m.train()
+    if checkpointing:
+        m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    assert_mixed_gradients_are_per_task_sums(m, batch(tiny, [2, 1, 1]), ("vision_tower", "language_model"))
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")   # PEFT 0.21 reads it
+def test_peft_export_loads_with_the_same_outputs(tiny, tmp_path):
+    pytest.importorskip("peft")
+    m = _adapted(tiny)
+    mlv.export_lora(m, ["a", "b"], tmp_path / "peft")
+    assert_peft_export_matches(m, _fresh(tiny), tmp_path / "peft", batch(tiny, [1, 1]))
+
+
+def test_a_merged_checkpoint_loads_with_from_pretrained_and_the_same_outputs(tiny, tmp_path):
+    m = _adapted(tiny)
+    x = batch(tiny, [1, 2])
+    kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad(), mlv.route(m, "b"):
+        logits, tokens = m(**x).logits, m.generate(**x, **kw)
+    out = mlv.save_merged(m, "b", tmp_path / "merged")
+    merged = tiny[0].from_pretrained(str(out), local_files_only=True).eval()
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**x).logits, logits, atol=1e-5, rtol=1e-4)
+        assert torch.equal(merged.generate(**x, **kw), tokens)
+
+
+def test_a_mixed_route_with_videos_is_refused_by_name(tiny):
+    """Videos reach the vision tower in a call of their own (frames, not tiles): a mixed route is refused, in the
+    forward and in generate, naming the rows' tiles and frames and what to do."""
+    m = _adapted(tiny)
+    kw = dict(max_new_tokens=2, do_sample=False, pad_token_id=0, eos_token_id=None)
+    for x, held in ((video_batch(tiny, [1, 2]), r"\[3, 6\]"), (video_batch(tiny, [0, 1], [1, 1]), r"\[3, 8\]")):
+        for call in (lambda y: m(**y), lambda y: m.generate(**y, **kw)):
+            with torch.no_grad(), mlv.route(m, [0, 1]), pytest.raises(
+                    mlv.RoutingError, match=rf"(?s)rows hold {held} images, and they count the rows' video frames.*"
+                                            r"a call with videos takes one task.*in a call of their own"):
+                call(x)
+
+
+def test_a_one_task_route_takes_videos(tiny):
+    """Under one task the videos (and pictures beside them) run, and each task's adapters change them."""
+    m = _adapted(tiny)
+    x = video_batch(tiny, [1, 2], [1, 0])
+    kw = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False, num_beams=3, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        out = {}
+        for t in ("a", "b"):
+            with mlv.route(m, t):
+                out[t] = m(**x).logits
+                assert m.generate(**x, **kw).shape == (2, x["input_ids"].shape[1] + 3)
+    assert (out["a"] - out["b"]).abs().max() > 1e-3
+
+
+def test_one_single_frame_video_per_row_routes_by_rows(tiny):
+    """Rows holding one video of one frame each and no picture: the tower's video call has one frame per row, routed
+    as the rows (the count, [1, 1, 1], lets it through)."""
+    x = video_batch(tiny, [1, 1, 1], frames=1)
+    assert _llava_onevision_row_tiles(_fresh(tiny).model, (), x) == [1, 1, 1]
+    assert_mixed_route_per_task(_adapted(tiny), x, [0, 1, 0])
+
+
+def test_encoded_images_of_several_tiles_are_refused(tiny):
+    m = _adapted(tiny)
+    x = batch(tiny, [2, 0])
+    with torch.no_grad():
+        with mlv.route(m, "a"):
+            encoded = {"image": m.model.get_image_features(x["pixel_values"], x["image_sizes"], return_dict=True)}
+        y = {k: v for k, v in x.items() if k != "pixel_values"}
+        with mlv.route(m, [0, 1]), pytest.raises(mlv.RoutingError, match=r"\[2, 0\] images, and their features"):
+            m(**y, mm_encoder_outputs=encoded)
+
+
+def test_the_train_command_refuses_it_naming_the_tiles_and_the_own_loop(tiny):
+    from mtl_lora_vl.backbones import load_backbone
+
+    with pytest.raises(Exception, match=r"(?s)LLaVA-OneVision reads each image as a base view and a grid of tiles.*"
+                                        r"mtl_lora_vl\.attach"):
+        load_backbone(f"hf:{tiny[2]}", device="cpu")
+
+
+def test_a_siglip_tower_with_full_features_is_counted(tmp_path):
+    """LLaVA-OneVision's own setting: a SigLIP tower (no CLS position) under vision_feature_select_strategy="full"."""
+    t = build(tmp_path, "siglip", "full")
+    m = _adapted(t)
+    x = batch(t, [2, 0, 1])
+    assert _llava_onevision_row_tiles(m.model, (), x) == [8, 0, 3]
+    assert_mixed_route_per_task(m, x, [0, 1, 0])
+    assert_mixed_route_per_task(m, batch(t, [2, 0, 1], nested=True), [0, 1, 0])
