@@ -118,14 +118,6 @@ def _llava_unused_vision_layers(model: Any) -> tuple[str, ...]:
     return tuple(rf"(^|\.)vision_tower(\.\w+)*\.encoder\.layers\.{i}\." for i in range(first_unused, layers))
 
 
-_LLAVA_ONEVISION_NO_BACKBONE = (
-    "LLaVA-OneVision reads each image as a base view and a grid of tiles at the image's own aspect (anyres, "
-    "interpolated down past vision_aspect_ratio), which the package's loader does not make yet, so the train / eval "
-    "commands cannot load it; attach adapters with mtl_lora_vl.attach(model, cfg) and train in your own loop under "
-    "mtl_lora_vl.route(model, task_ids) (mixed-task batches route each row's tiles to its task, a call with videos "
-    "takes one task; export_lora and save_merged work)")
-
-
 FAMILIES: tuple[Family, ...] = (
     Family(
         "open_clip",
@@ -172,7 +164,7 @@ FAMILIES: tuple[Family, ...] = (
         "llava_onevision",
         ("transformers.models.llava_onevision.LlavaOnevisionForConditionalGeneration",),
         _HF_VLM_TARGETS,  # SigLIP layers under model.vision_tower, Qwen2's under model.language_model
-        no_backbone=_LLAVA_ONEVISION_NO_BACKBONE,
+        backbone="llava_onevision",
         peft_export=True,
         merged_format="hf",
         unused=_llava_unused_vision_layers,

@@ -4,6 +4,8 @@ does (helper 161)."""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -16,13 +18,14 @@ from mtl_lora_vl.backbones import load_backbone
 from mtl_lora_vl.backbones.base import BackboneError
 
 
-def _tiny_llava_next_backbone(d):
-    from test_llava_next import build
-
-    folder = d / "llava_next"
-    if not (folder / "config.json").is_file():
-        build(folder)
-    return load_backbone(f"hf:{folder}")
+def _anyres_backbone(family: str):
+    def make(d):
+        build = importlib.import_module(f"test_{family}").build
+        folder = d / family
+        if not (folder / "config.json").is_file():
+            build(folder)
+        return load_backbone(f"hf:{folder}")
+    return make
 
 
 MAKERS = {
@@ -31,7 +34,8 @@ MAKERS = {
     "gemma3": tiny_gemma3_backbone,
     "qwen2vl": tiny_qwen2vl_backbone,
     "idefics3": tiny_idefics3_backbone,
-    "llava_next": _tiny_llava_next_backbone,
+    "llava_next": _anyres_backbone("llava_next"),
+    "llava_onevision": _anyres_backbone("llava_onevision"),
 }
 # The placeholder and the marker tokens around / beside it, as each family's tokenizer names them
 MARKERS = {
@@ -41,6 +45,7 @@ MARKERS = {
     "qwen2vl": ["<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"],
     "idefics3": ["<image>", "<fake_token_around_image>", "<global-img>"],
     "llava_next": ["<image>"],
+    "llava_onevision": ["<image>", "<video>"],
 }
 
 
@@ -125,6 +130,7 @@ _PROCESSOR_TEXT = {
     "qwen2vl": ("<|vision_start|><|image_pad|><|vision_end|>red circle", {}),
     "idefics3": ("<image>red circle", {}),
     "llava_next": ("<image>red circle", {}),
+    "llava_onevision": ("<image>red circle", {}),
 }
 
 

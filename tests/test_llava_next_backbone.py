@@ -1,7 +1,8 @@
-"""The LLaVA-NeXT backbone class (--backbone hf:DIR of a tiny LLaVA-NeXT directory with its processor): every image
-read at the largest square pinpoint, its base view and tiles made on the device as the processor makes them of that
-square; the collator's ids against the processor's, per-row losses, mixed-task routes (each row's five views routed
-to its task), routed generate, cached candidate scores, the refusals, and the train and eval commands end to end."""
+"""The LLaVA-NeXT and LLaVA-OneVision backbone classes (--backbone hf:DIR of a tiny directory with its processor):
+every image read at one square pinpoint, its base view and tiles made on the device as the processor makes them of
+that square; the collator's ids against the processor's, per-row losses, mixed-task routes (each row's five views
+routed to its task), routed generate, cached candidate scores, the refusals, and the train and eval commands end to
+end."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from types import SimpleNamespace as NS
 
 import numpy as np
 import pytest
+import test_llava_next
+import test_llava_onevision
 import torch
 from llava_tiny import _word_tokenizer
 from PIL import Image
 from test_generative_tasks import _attach
-from test_llava_next import PINPOINTS, SIDE, build
+from test_llava_next import PINPOINTS, SIDE
 from vlm_checks import (
     assert_lm_loss_per_row,
     assert_mixed_lm_loss_per_task,
@@ -25,14 +28,19 @@ from vlm_checks import (
 )
 
 import mtl_lora_vl as mlv
-from mtl_lora_vl.backbones import BackboneError, LlavaNextBackbone, load_backbone
+from mtl_lora_vl.backbones import BackboneError, LlavaNextBackbone, LlavaOnevisionBackbone, load_backbone
 from mtl_lora_vl.backbones.base import GENERATE, GRAD_CHECKPOINTING, LM_LOGITS
 from mtl_lora_vl.data.resize import resize_to_square
 
+# Per family: its tiny directory's builder, backbone class and image tokens per 64-px canvas (LLaVA-NeXT: 16 base, 8 x 8
+# grid, 8 newlines; OneVision under "anyres_max_2": the grid interpolated down to 5 x 5, 5 newlines)
+FAMILIES = {"llava_next": (test_llava_next.build, LlavaNextBackbone, 88),
+            "llava_onevision": (test_llava_onevision.build, LlavaOnevisionBackbone, 46)}
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("llava_next_bb"))[2]
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def folder(request, tmp_path_factory):
+    return FAMILIES[request.param][0](tmp_path_factory.mktemp(request.param))[2]
 
 
 @pytest.fixture
@@ -54,13 +62,14 @@ def _squares(bb, n: int, seed: int = 0) -> tuple[list[Image.Image], torch.Tensor
     return squares, bb.preprocess_uint8(uint8)
 
 
-def test_loads_from_a_directory_reading_images_at_the_largest_square_pinpoint(bb):
-    """Pinpoints 32x64, 64x32, 64x64 of 32-px tiles: 64-px canvases, 2 x 2 tiles; 16 base tokens (a CLS dropped),
-    64 grid tokens and 8 newlines, as the processor counts a 64 x 64 image."""
-    assert type(bb) is LlavaNextBackbone and bb.family == "llava_next"
+def test_loads_from_a_directory_reading_images_at_a_square_pinpoint(bb):
+    """Pinpoints 32x64, 64x32, 64x64 of 32-px tiles: 64-px canvases, 2 x 2 tiles, as many tokens as the processor
+    counts for a 64 x 64 image."""
+    _, cls, tokens = FAMILIES[bb.family]
+    assert type(bb) is cls
     assert bb.capabilities == {LM_LOGITS, GENERATE, GRAD_CHECKPOINTING}
-    assert (bb.image_size, bb.tile_size, bb.num_image_tokens) == (64, SIDE, 88)
-    assert bb.processor._get_num_multimodal_tokens(image_sizes=[[64, 64]])["num_image_tokens"] == [88]
+    assert (bb.image_size, bb.tile_size, bb.num_image_tokens) == (64, SIDE, tokens)
+    assert bb.processor._get_num_multimodal_tokens(image_sizes=[[64, 64]])["num_image_tokens"] == [tokens]
     assert bb.resize.mode == "squash" and bb.resize.size == 64 and bb.resize.interpolation == "bicubic"
 
 
@@ -121,7 +130,8 @@ def test_cached_sequence_scores_equal_the_full_computation(bb):
 
 def test_a_wrong_image_token_count_is_refused(bb):
     ids, b = one_image_token_short(bb)
-    with pytest.raises(BackboneError, match="row 0 of input_ids has 87 image tokens.*gives 88 features.*lm_collator"):
+    n = bb.num_image_tokens
+    with pytest.raises(BackboneError, match=f"row 0 of input_ids has {n - 1} image tokens.*gives {n} features.*lm_coll"):
         bb.lm_loss(torch.randn(2, 3, 64, 64), ids, b["attention_mask"], b["labels"])
 
 
@@ -150,6 +160,36 @@ def test_llava_16s_canvas_and_token_count(tmp_path):
                                    vision_feature_select_strategy="default", num_additional_image_tokens=1)
     said = processor._get_num_multimodal_tokens(image_sizes=[[672, 672]])
     assert said["num_image_tokens"] == [2928]
+
+
+def test_llava_onevisions_canvas_and_token_count(tmp_path):
+    """LLaVA-OneVision's 384-px SigLIP tower in 14-px patches, its 36 pinpoints and "anyres_max_9": a 1152-px canvas
+    of 3 x 3 tiles (the largest grid it keeps whole; 2304 px would take 37 tower passes for features interpolated
+    down to about as many tokens), 729 + 81·82 = 7,371 tokens, as its processor counts a 1152 x 1152 image."""
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionModel,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+
+    images = LlavaOnevisionImageProcessor()
+    cfg = LlavaOnevisionConfig(vision_config=SiglipVisionConfig(image_size=384, patch_size=14, num_hidden_layers=1),
+                               text_config=Qwen2Config(num_hidden_layers=1), vision_feature_select_strategy="full",
+                               image_grid_pinpoints=images.image_grid_pinpoints, vision_aspect_ratio="anyres_max_9")
+    with torch.device("meta"):
+        model = LlavaOnevisionModel(cfg)
+    side = LlavaOnevisionBackbone._image_side(cfg, None, "x")
+    assert side == 1152 and LlavaOnevisionBackbone._image_tokens(model, side) == 7371
+    tok = _word_tokenizer(tmp_path, None)
+    tok.add_special_tokens({"additional_special_tokens": ["<image>", "<video>"]})
+    processor = LlavaOnevisionProcessor(image_processor=images, video_processor=LlavaOnevisionVideoProcessor(),
+                                        tokenizer=tok, num_image_tokens=729, vision_feature_select_strategy="full",
+                                        vision_aspect_ratio="anyres_max_9")
+    assert processor._get_num_multimodal_tokens(image_sizes=[[1152, 1152]])["num_image_tokens"] == [7371]
 
 
 def test_pinpoints_without_a_square_are_refused():

@@ -3,7 +3,8 @@ vision tower as a base view and a grid of tiles at its own aspect (anyres), but 
 interpolated down (``vision_aspect_ratio``) and an image of a row of several (``batch_num_images``) is its base view
 alone; so a mixed-task route sends each row's tiles to its task: logits, greedy and beam generate and gradients equal
 each task alone; the PEFT export and the merged checkpoint give the same outputs. Videos reach the tower in a call of
-their own, not routed by rows: a mixed route with videos is refused by name, a one-task route takes them."""
+their own, not routed by rows: a mixed route with videos is refused by name, a one-task route takes them. (The
+backbone class: test_llava_next_backbone.py.)"""
 
 from __future__ import annotations
 
@@ -232,14 +233,6 @@ def test_encoded_images_of_several_tiles_are_refused(tiny):
         y = {k: v for k, v in x.items() if k != "pixel_values"}
         with mlv.route(m, [0, 1]), pytest.raises(mlv.RoutingError, match=r"\[2, 0\] images, and their features"):
             m(**y, mm_encoder_outputs=encoded)
-
-
-def test_the_train_command_refuses_it_naming_the_tiles_and_the_own_loop(tiny):
-    from mtl_lora_vl.backbones import load_backbone
-
-    with pytest.raises(Exception, match=r"(?s)LLaVA-OneVision reads each image as a base view and a grid of tiles.*"
-                                        r"mtl_lora_vl\.attach"):
-        load_backbone(f"hf:{tiny[2]}", device="cpu")
 
 
 def test_a_siglip_tower_with_full_features_is_counted(tmp_path):

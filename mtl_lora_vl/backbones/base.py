@@ -61,7 +61,7 @@ GENERATE = "generate"
 GRAD_CHECKPOINTING = "grad_checkpointing"
 CAPABILITIES = (IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS, LM_LOGITS, GENERATE, GRAD_CHECKPOINTING)
 
-_GENERATIVE = ("use a generative backbone: --backbone builtin-llava, a local LLaVA, LLaVA-NeXT, PaliGemma, Qwen2-VL or "
+_GENERATIVE = ("use a generative backbone: --backbone builtin-llava, a local LLaVA, LLaVA-NeXT, LLaVA-OneVision, PaliGemma, Qwen2-VL or "
                "Idefics3 / SmolVLM directory (--backbone hf:/path/to/dir), or an open_clip CoCa (--backbone open_clip:coca_ViT-B-32 --pretrained "
                "/path/to/coca.bin); or use a contrastive task kind (retrieval, answer classification) on this backbone")
 _CONTRASTIVE = ("use a contrastive backbone (builtin, open_clip CLIP/CoCa or a local Hugging Face CLIP directory); on a "

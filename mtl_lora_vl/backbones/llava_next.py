@@ -1,18 +1,22 @@
-"""LLaVA-NeXT (LLaVA-1.6, ``LlavaNextForConditionalGeneration``) from a local directory: the language-model API of
-:mod:`.hf_vlm` on the family's anyres images.
+"""LLaVA-NeXT (LLaVA-1.6, ``LlavaNextForConditionalGeneration``) and LLaVA-OneVision
+(``LlavaOnevisionForConditionalGeneration``) from a local directory: the language-model API of :mod:`.hf_vlm` on
+their anyres images.
 
 * **One square canvas per image.** The processor reads each image at the pinpoint of ``image_grid_pinpoints`` that
   best fits its aspect (a base view of the whole image, plus a grid of tiles of the vision tower's side S), so
-  images of different aspects fill different numbers of tokens. The backbone reads every image at the largest
-  square pinpoint C instead (672 px, 2 x 2 tiles, for LLaVA-1.6's 336-px tower): the loader squashes it to C x C
-  (the processor's resampling filter), and on the device the canvas is cut into its (C / S)² tiles and resized to S
-  for the base view (antialiased, as the processor's torchvision backend resizes). That is what the processor makes
-  of a C x C image (its best pinpoint, read without a resize or padding), so every image fills the same count: the
-  base view's patches, the tile grid's and a newline token per grid row (2,928 tokens for LLaVA-1.6).
+  images of different aspects fill different numbers of tokens. The backbone reads every image at one square
+  pinpoint C instead: LLaVA-NeXT's largest (672 px, 2 x 2 tiles, for LLaVA-1.6's 336-px tower), LLaVA-OneVision's
+  largest whose grid its ``vision_aspect_ratio`` keeps whole (1152 px, 3 x 3 tiles of 384 px, for
+  ``"anyres_max_9"``). The loader squashes the image to C x C (the processor's resampling filter); on the device
+  the canvas is cut into its (C / S)² tiles and resized to S for the base view (antialiased and rounded to 8 bits
+  pass by pass, as the processor's torchvision backend resizes). That is what the processor makes of a C x C image
+  (its best pinpoint, read without a resize or padding), so every image fills the same count, by the model's own
+  arithmetic (:mod:`mtl_lora_vl.family_images`): 2,928 tokens for LLaVA-1.6 (576 base, a 48 x 48 grid, 48
+  newlines).
 * **Aspect not kept.** A picture is squashed to the square, as this package reads images for Idefics3 and Gemma 3;
   its processor, given the picture itself, would tile it at its own aspect. A merged model used with its own
   processor therefore sees wide and tall pictures laid out differently from how its task was trained.
-* **Positions.** A Llama / Mistral / Vicuna language model: 1-D positions, as for LLaVA.
+* **Positions.** A Llama / Mistral / Vicuna / Qwen2 language model: 1-D positions, as for LLaVA.
 """
 
 from __future__ import annotations
@@ -25,11 +29,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.resize import ImageResize, size_fields
-from ..family_images import llava_next_image
+from ..family_images import llava_next_image, llava_onevision_image
 from .base import BackboneError, register_backbone
 from .hf_vlm import HFVLMBackbone
 
-__all__ = ["LlavaNextBackbone"]
+__all__ = ["LlavaNextBackbone", "LlavaOnevisionBackbone"]
 
 _DEVICE_FILTERS = ("bilinear", "bicubic")   # the resampling filters torch's antialiased interpolate has
 
@@ -71,6 +75,11 @@ class LlavaNextBackbone(HFVLMBackbone):
     @classmethod
     def _image_side(cls, config: Any, image_processor: Any, name: str) -> int:
         """C: the largest square of ``image_grid_pinpoints`` (a whole number of the tower's tiles per side)."""
+        return max(cls._squares(config, name))
+
+    @staticmethod
+    def _squares(config: Any, name: str) -> list[int]:
+        """The sides of the square pinpoints of whole tiles (refused: none)."""
         side = int(config.vision_config.image_size)
         pins = [tuple(int(v) for v in p) for p in (config.image_grid_pinpoints or ())]
         squares = [h for h, w in pins if h == w and h % side == 0]
@@ -78,7 +87,7 @@ class LlavaNextBackbone(HFVLMBackbone):
             raise BackboneError(f"{name}: config.image_grid_pinpoints {[list(p) for p in pins]} hold no square of "
                                 f"whole {side}-px tiles, which the backbone reads every image at; add one (LLaVA-1.6 "
                                 f"has [{2 * side}, {2 * side}])")
-        return max(squares)
+        return squares
 
     @classmethod
     def _image_tokens(cls, model: nn.Module, image_size: int) -> int:
@@ -121,3 +130,26 @@ class LlavaNextBackbone(HFVLMBackbone):
             levels = F.interpolate(levels, size=size, mode=self.base_filter, align_corners=False, antialias=True)
             levels = levels.clamp_(0, 255).round_()
         return ((levels / 255 - mean) / std).to(pixel_values.dtype)
+
+
+@register_backbone("llava_onevision")
+@dataclass(eq=False)
+class LlavaOnevisionBackbone(LlavaNextBackbone):
+    """``LlavaOnevisionForConditionalGeneration``: read as LLaVA-NeXT (see the module doc), at the largest square
+    canvas whose tile grid the model keeps whole."""
+
+    @classmethod
+    def _image_side(cls, config: Any, image_processor: Any, name: str) -> int:
+        """C: the largest square of ``image_grid_pinpoints`` of at most ``vision_aspect_ratio``'s N tiles
+        ("anyres_max_9": 3 x 3 tiles, 1152 px for the 384-px tower; a larger grid's features are interpolated down
+        to about N tiles' worth, at the cost of the larger grid's tower passes), else the smallest square."""
+        side = int(config.vision_config.image_size)
+        squares = sorted(cls._squares(config, name))
+        most = int(str(config.vision_aspect_ratio).removeprefix("anyres_max_"))
+        kept = [c for c in squares if (c // side) ** 2 <= most]
+        return kept[-1] if kept else squares[0]
+
+    @classmethod
+    def _image_tokens(cls, model: nn.Module, image_size: int) -> int:
+        """The tokens a ``C x C`` image fills, by the model's own packing (:func:`llava_onevision_image`)."""
+        return llava_onevision_image(getattr(model, "model", model), (image_size, image_size))[0]
