@@ -59,7 +59,9 @@ class Family:
       route images), so that under a mixed-task route each row's images take its task: the vision tower takes the
       images without the rows they belong to;
     * ``image_path``: regex of the modules that take the batch's images (vision tower, projector), routed image by
-      image by those counts (``packed_tower`` routes its own).
+      image by those counts (``packed_tower`` routes its own);
+    * ``image_views``: each image reaches the vision tower as several views (anyres: a base view and tiles), so the
+      tower's batch is never one image per row (PEFT's per-row ``adapter_names`` cannot route it).
     """
 
     name: str
@@ -75,6 +77,7 @@ class Family:
     image_rows: Callable[[tuple, dict], list[int]] | None = None
     row_images: Callable[[Any, tuple, dict], list[float] | None] | None = None
     image_path: str | None = None
+    image_views: bool = False
 
     def matches(self, cls: type) -> bool:
         """True when a class in ``cls``'s MRO is one of this family's (qualified) classes."""
@@ -159,6 +162,7 @@ FAMILIES: tuple[Family, ...] = (
         unused=_llava_unused_vision_layers,
         row_images=_llava_next_row_tiles,
         image_path=_IMAGE_PATH,
+        image_views=True,
     ),
     Family(
         "llava_onevision",
@@ -170,6 +174,7 @@ FAMILIES: tuple[Family, ...] = (
         unused=_llava_unused_vision_layers,
         row_images=_llava_onevision_row_tiles,
         image_path=_IMAGE_PATH,
+        image_views=True,
     ),
     Family(
         "paligemma",

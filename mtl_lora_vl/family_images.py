@@ -107,7 +107,7 @@ def _llava_next_row_tiles(model: Any, args: tuple, kwargs: dict) -> list[float] 
     an image gives its images (not whole); images encoded before the call give a :class:`CountsOnly` of images.
     None without images."""
     strategy = _forward_input(model, args, kwargs, "vision_feature_select_strategy")
-    return _anyres_row_tiles(model, args, kwargs, lambda size, i: llava_next_image(model, size, strategy))
+    return _anyres_row_tiles(model, args, kwargs, lambda size, tiled: llava_next_image(model, size, strategy))
 
 
 def _llava_onevision_row_tiles(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
@@ -120,8 +120,7 @@ def _llava_onevision_row_tiles(model: Any, args: tuple, kwargs: dict) -> list[fl
     per_row = _forward_input(model, args, kwargs, "batch_num_images")
     # as get_image_features: without batch_num_images every image has its tiles; with it, only a row's only image
     tiled = None if per_row is None else [n == 1 for n in torch.as_tensor(per_row).tolist() for _ in range(n)]
-    tiles = _anyres_row_tiles(model, args, kwargs,
-                              lambda size, i: llava_onevision_image(model, size, tiled is None or tiled[i]))
+    tiles = _anyres_row_tiles(model, args, kwargs, lambda size, t: llava_onevision_image(model, size, t), tiled)
     videos = _forward_input(model, args, kwargs, "pixel_values_videos")
     tokens = None if videos is None else _token_rows(model, args, kwargs, model.config.video_token_id)
     if not tokens or not sum(tokens):
@@ -136,10 +135,11 @@ _VIDEOS = ("they count the rows' video frames with their images' tiles: LLaVA-On
            "one task)")
 
 
-def _anyres_row_tiles(model: Any, args: tuple, kwargs: dict,
-                      image: Callable[[Any, int], tuple[int, int]]) -> list[float] | None:
+def _anyres_row_tiles(model: Any, args: tuple, kwargs: dict, image: Callable[[Any, bool], tuple[int, int]],
+                      tiled: list[bool] | None = None) -> list[float] | None:
     """Tiles per row of an anyres forward (LLaVA-NeXT, LLaVA-OneVision): each row's image tokens matched in order to
-    the images' token counts, ``image(size, i)`` giving image i's (tokens, tiles) from its ``image_sizes`` row."""
+    the images' token counts, ``image(size, tiled)`` giving an image's (tokens, tiles) from its ``image_sizes`` row
+    (``tiled[i]``: image i has its tiles; default all), once per distinct size in the call."""
     pixels = _forward_input(model, args, kwargs, "pixel_values")
     encoded = (_forward_input(model, args, kwargs, "mm_encoder_outputs") or {}).get("image")
     sizes = _forward_input(model, args, kwargs, "image_sizes")
@@ -150,8 +150,14 @@ def _anyres_row_tiles(model: Any, args: tuple, kwargs: dict,
     tokens = _token_rows(model, args, kwargs, model.config.image_token_id)
     if tokens is None:
         return None
+    seen: dict[tuple, tuple[int, int]] = {}
+    counted = []
     # (tensor rows, as the model reads them: its unpadding's arithmetic; one read of the device)
-    counted = [image(size, i) for i, size in enumerate(torch.as_tensor(sizes).cpu())]
+    for i, size in enumerate(torch.as_tensor(sizes).cpu()):
+        key = (*size.tolist(), tiled is None or tiled[i])
+        if key not in seen:
+            seen[key] = image(size, key[-1])
+        counted.append(seen[key])
     per_row = _rows_of_images(tokens, [n for n, _ in counted])
     if encoded is not None or any(part for _, part in per_row):
         images = [len(whole) + part if part else len(whole) for whole, part in per_row]
@@ -161,13 +167,21 @@ def _anyres_row_tiles(model: Any, args: tuple, kwargs: dict,
 
 def _view_tokens(model: Any, strategy: str | None) -> int:
     """Features of one anyres view (base view or tile): the tower's positions, grid² and a CLS (CLIP) or grid² alone
-    (SigLIP), the CLS dropped under ``"default"``."""
+    (SigLIP), the CLS dropped under ``"default"``. The model lays a tile's features out as a grid x grid square, so
+    any other number is refused here, naming the strategy to use (the model's own forward fails on a reshape)."""
     cfg = model.config
     grid = cfg.vision_config.image_size // cfg.vision_config.patch_size
     tower = model.vision_tower
     embeddings = getattr(getattr(tower, "vision_model", tower), "embeddings", None)
     strategy = strategy or cfg.vision_feature_select_strategy
-    return int(getattr(embeddings, "num_positions", grid * grid + 1)) - (strategy == "default")
+    positions = int(getattr(embeddings, "num_positions", grid * grid + 1))
+    n = positions - (strategy == "default")
+    if n != grid * grid:
+        fix = "default" if positions == grid * grid + 1 else "full" if positions == grid * grid else None
+        raise ValueError(f"vision_feature_select_strategy {strategy!r} gives {n} features per tile of a tower with "
+                         f"{positions} positions, where the model lays a tile out as {grid} x {grid} = {grid * grid}"
+                         + (f"; set it to {fix!r} in config.json (and the processor)" if fix else ""))
+    return n
 
 
 def llava_next_image(model: Any, size: Any, strategy: str | None = None) -> tuple[int, int]:

@@ -132,6 +132,10 @@ def test_peft_export_loads_with_the_same_outputs(tiny, tmp_path):
     m = _adapted(tiny)
     mlv.export_lora(m, ["a", "b"], tmp_path / "peft")
     assert_peft_export_matches(m, _fresh(tiny), tmp_path / "peft", batch(tiny, [1, 1]))
+    # PEFT names one adapter per input row in every layer: the tower's tiles cannot take them (its README told
+    # LLaVA-NeXT users to call model(**inputs, adapter_names=[...]), which PEFT refused; helper 166)
+    readme = (tmp_path / "peft" / "README.md").read_text()
+    assert "adapter_names=[" not in readme and "set_adapter('a')   # one task per call" in readme
 
 
 def test_a_merged_checkpoint_loads_with_from_pretrained_and_the_same_outputs(tiny, tmp_path):

@@ -200,16 +200,57 @@ def test_pinpoints_without_a_square_are_refused():
 
 
 def test_a_processor_cutting_other_tiles_than_the_tower_takes_is_refused(folder, tmp_path):
-    from transformers import AutoProcessor
-
-    other = tmp_path / "crop48"
-    proc = AutoProcessor.from_pretrained(str(folder))
-    proc.image_processor.crop_size = {"height": 48, "width": 48}
-    proc.save_pretrained(str(other))
-    for f in ("config.json", "model.safetensors"):
-        (other / f).write_bytes((folder / f).read_bytes())
+    other = _with_processor(folder, tmp_path / "crop48", crop_size={"height": 48, "width": 48})
     with pytest.raises(BackboneError, match=r"\[32, 48\] px, but the vision tower takes 32 px.*crop_size="):
         load_backbone(f"hf:{other}")
+
+
+def _with_processor(folder, out, **fields):
+    """A copy of ``folder`` whose image processor has ``fields`` changed."""
+    from transformers import AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(str(folder))
+    for k, v in fields.items():
+        setattr(proc.image_processor, k, v)
+    proc.save_pretrained(str(out))
+    for f in ("config.json", "model.safetensors"):
+        (out / f).write_bytes((folder / f).read_bytes())
+    return out
+
+
+@pytest.mark.parametrize("pins", [[[32, 64], [64, 32]], [*PINPOINTS, [96, 96]]], ids=["without", "beyond"])
+def test_processor_pinpoints_other_than_the_models_are_refused(folder, tmp_path, pins):
+    """Without the config's 64-px square the message named the processor's size ('makes 32x32 images where the
+    vision tower takes 64x64'; the tower takes 32); with a 96-px square the config lacks, it loaded, and a merged
+    export's processor tiled large squares 3 x 3 for a model that counts 2 x 2 (helper 166)."""
+    with pytest.raises(BackboneError, match=r"image_grid_pinpoints .* are not the model's.*save the processor with "
+                                            r"image_grid_pinpoints=\[\[32, 64\], \[64, 32\], \[64, 64\]\]"):
+        load_backbone(f"hf:{_with_processor(folder, tmp_path / 'other', image_grid_pinpoints=pins)}")
+
+
+@pytest.mark.parametrize("tower,strategy,fix", [("clip", "full", "default"), ("siglip", "default", "full")])
+def test_a_tower_and_strategy_the_model_cannot_lay_out_are_refused(tmp_path, tower, strategy, fix):
+    """A tile's features must be grid² (16 here): CLIP under "full" (17) and SigLIP under "default" (15) loaded, and
+    the first forward failed inside transformers on a reshape (helper 166)."""
+    test_llava_next.build(tmp_path, tower, strategy)
+    with pytest.raises(BackboneError, match=rf"'{strategy}' gives \d+ features per tile.*4 x 4 = 16; set it to '{fix}'"):
+        load_backbone(f"hf:{tmp_path}")
+
+
+def test_a_bilinear_base_view_is_within_one_level_at_llava_size():
+    """resample=2: the bicubic's two rounded passes were 2 levels off the processor at 672 -> 336 (12% of values);
+    one antialiased pass is within one (helper 166)."""
+    from transformers import LlavaNextImageProcessor
+
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    processor = LlavaNextImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                                        image_grid_pinpoints=[[672, 672]], resample=2)
+    x = np.random.default_rng(0).integers(0, 256, (672, 672, 3), dtype=np.uint8)
+    theirs = processor(images=[x], return_tensors="pt")["pixel_values"][:, 0]
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    pixels = (torch.from_numpy(x).permute(2, 0, 1)[None].float() / 255 - m) / s
+    bb = NS(mean=mean, std=std, image_size=672, tile_size=336, base_filter="bilinear")
+    assert ((LlavaNextBackbone._base_view(bb, pixels) - theirs) * s * 255).abs().max().item() <= 1 + 1e-3
 
 
 def test_train_and_eval_commands(folder, tmp_path, capsys):

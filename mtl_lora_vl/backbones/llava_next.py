@@ -62,7 +62,18 @@ class LlavaNextBackbone(HFVLMBackbone):
             raise BackboneError(f"{label}: cuts and resizes images to {sorted(made)} px, but the vision tower takes "
                                 f"{side} px (config.vision_config.image_size); save the processor with "
                                 f"crop_size={{'height': {side}, 'width': {side}}} and size={{'shortest_edge': {side}}}")
-        bb = super().from_model(model, processor, name)
+        pins = [list(map(int, p)) for p in (model.config.image_grid_pinpoints or ())]
+        theirs = getattr(image_processor, "image_grid_pinpoints", None)
+        if image_processor is not None and theirs is not None and [list(map(int, p)) for p in theirs] != pins:
+            raise BackboneError(f"{label}: image_grid_pinpoints {[list(p) for p in theirs]} are not the model's "
+                                f"(config.image_grid_pinpoints {pins}), so it tiles images otherwise than the model "
+                                f"counts them; save the processor with image_grid_pinpoints={pins}")
+        try:
+            bb = super().from_model(model, processor, name)
+        except BackboneError:
+            raise
+        except ValueError as e:   # the tower / strategy pair the model cannot lay out (family_images._view_tokens)
+            raise BackboneError(f"{name}: {e}") from e
         bb.tile_size = side
         bb.base_filter = bb.resize.interpolation
         if bb.base_filter not in _DEVICE_FILTERS:
@@ -119,14 +130,15 @@ class LlavaNextBackbone(HFVLMBackbone):
 
     def _base_view(self, pixel_values: Tensor) -> Tensor:
         """The normalised canvases resized to the tile side as the processor's torchvision backend resizes 8-bit
-        images: antialiased, the width first, then the height, each pass rounded to 8 bits (its uint8 kernel's
-        intermediate), so that a pixel differs from the processor's by at most one level (its fixed-point
+        images: antialiased; bicubic the width first, then the height, each pass rounded to 8 bits (its uint8
+        kernel's intermediate); so that a pixel differs from the processor's by at most one level (its fixed-point
         weights)."""
         mean = torch.tensor(self.mean, device=pixel_values.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=pixel_values.device).view(1, 3, 1, 1)
         levels = (pixel_values.float() * std + mean) * 255
         c, s = self.image_size, self.tile_size
-        for size in ((c, s), (s, s)):
+        # (bilinear: one pass comes within one level of it, two rounded passes within two)
+        for size in ((c, s), (s, s)) if self.base_filter == "bicubic" else ((s, s),):
             levels = F.interpolate(levels, size=size, mode=self.base_filter, align_corners=False, antialias=True)
             levels = levels.clamp_(0, 255).round_()
         return ((levels / 255 - mean) / std).to(pixel_values.dtype)

@@ -177,9 +177,14 @@ def _multi_readme(inner: nn.Module, tasks: list[str], format: str) -> str:
             f"    model = peft.PeftModel.from_pretrained(base_model, '{a}', adapter_name='{a}')\n"
             + "".join(f"    model.load_adapter('{t}', adapter_name='{t}')\n" for t in tasks[1:])
             + "    model.eval()\n")
-    if any(bank.packed_rows for bank in inner._mtl_lora.layers.values()):   # PEFT wants a name per input row there
+    info = inner._mtl_lora
+    fam = family_named(info.family)
+    why = ("packs every image's patches into one sequence" if any(b.packed_rows for b in info.layers.values()) else
+           "reads each image as several tiles" if fam is not None and fam.image_views and "image" in info.towers.values()
+           else None)
+    if why:   # PEFT wants a name per input row in every adapted layer
         return head + load + (f"    model.set_adapter('{a}')   # one task per call: PEFT's adapter_names cannot route "
-                              "a vision tower that packs every image's patches into one sequence\n")
+                              f"a vision tower that {why}\n")
     return head + load + (
         f"    out = model(**inputs, adapter_names=['{a}', '{b}', ...])   # one task per input row\n"
         f"    model.set_adapter('{a}')                                  # or one task for every row\n")
