@@ -56,12 +56,13 @@ class PackedImages:
             for r in (route, route.wide):   # (wide: k rows per routed id, expanded_rows)
                 if counts is not None and r is not None and len(counts) == r.batch_size and sum(counts) == len(rows):
                     r = r.per_image(counts)   # the rows' images, as the model counted them
-                    scope.enter_context(route_scope(self.router, r.packed_images(rows) if len(set(rows)) > 1 else r))
+                    scope.enter_context(route_scope(self.router, r.packed_images(rows) if len(set(rows)) > 1 else r,
+                                                    recompute=False))
                     return
             for r in (route, route.wide):
                 if r is not None and len(rows) == r.batch_size:
                     if len(set(rows)) > 1:
-                        scope.enter_context(route_scope(self.router, r.packed_images(rows)))
+                        scope.enter_context(route_scope(self.router, r.packed_images(rows), recompute=False))
                     break
             else:
                 raise RoutingError(

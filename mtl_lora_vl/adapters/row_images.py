@@ -98,7 +98,9 @@ class ImageRoutes:
     """Forward hooks on a module of a VLM's image path (its vision tower, its projector) that takes a batch of
     images: under a mixed-task route whose rows hold other than one image each, the module's forward is routed
     image by image; under ids all equal, as that one task for any number of images (the ids' count checks rows, not
-    images). A route scope over its batch, closed after the forward, also when it fails."""
+    images). A route scope over its batch, closed after the forward, also when it fails; it takes saved-tensor hooks
+    only where an outer scope of the model has them (a trainer whose forward is not checkpointed, routing with
+    ``recompute=False``, pays nothing for them)."""
 
     def __init__(self, router: Router, check: RowImagesCheck, name: str) -> None:
         self.router, self.check, self.name = router, check, name
@@ -113,9 +115,9 @@ class ImageRoutes:
         counts = self.check.current()
         routed = counts is not None or self.router.current is not None or self.router.replaying()
         route = self.router.resolve(self.name) if routed else None
-        if route is not None and route.task is not None and route.batch_size is not None:
+        if route is not None and route.task is not None and route.batch_size not in (None, _batch_of(args, kwargs)):
             # ids all equal: one task for every image, however many each row holds (not the rows' count of ids)
-            scope.enter_context(route_scope(self.router, self.router.task_route(route.task)))
+            scope.enter_context(route_scope(self.router, self.router.task_route(route.task), recompute=False))
             return
         if counts is None:
             return
@@ -127,7 +129,7 @@ class ImageRoutes:
         if images != sum(counts):
             raise RoutingError(f"{self.name} got {images} images for rows holding {counts} images; give the model "
                                "the images of its rows, in row order")
-        scope.enter_context(route_scope(self.router, route.per_image(counts)))
+        scope.enter_context(route_scope(self.router, route.per_image(counts), recompute=False))
 
     def after(self, module: nn.Module, args: tuple, output: object) -> None:
         if self._open:
