@@ -192,6 +192,33 @@ def test_llava_onevisions_canvas_and_token_count(tmp_path):
     assert processor._get_num_multimodal_tokens(image_sizes=[[1152, 1152]])["num_image_tokens"] == [7371]
 
 
+@pytest.mark.parametrize("aspect,side", [("anyres_max_9", 96), ("anyres_max_8", 96), ("anyres_max_4", 64),
+                                         ("anyres_max_1", 32)])
+def test_onevisions_canvas_is_the_largest_grid_it_keeps_whole(aspect, side):
+    """The model shrinks a grid's features past 1.1·√N tiles a side: under "anyres_max_8" a 3 x 3 grid is kept whole
+    (1.06), so the canvas is 96 px (a rule of at most N tiles took 64; helper 167)."""
+    cfg = NS(vision_config=NS(image_size=32), vision_aspect_ratio=aspect,
+             image_grid_pinpoints=[[32, 32], [64, 64], [96, 96], [128, 128], [32, 64]])
+    assert LlavaOnevisionBackbone._image_side(cfg, None, "x") == side
+
+
+def test_onevisions_aspect_ratio_must_name_its_tiles_and_be_the_processors(tmp_path):
+    """'anyres' was refused as 'invalid literal for int()'; a processor of another vision_aspect_ratio loaded, and
+    expanded a large picture to other counts than the model fills (helper 167)."""
+    cfg = NS(vision_config=NS(image_size=32), vision_aspect_ratio="anyres", image_grid_pinpoints=[[64, 64]])
+    with pytest.raises(BackboneError, match=r"vision_aspect_ratio 'anyres' is not of the form 'anyres_max_N'"):
+        LlavaOnevisionBackbone._image_side(cfg, None, "x")
+    from transformers import AutoProcessor
+
+    folder = test_llava_onevision.build(tmp_path / "ov")[2]
+    proc = AutoProcessor.from_pretrained(str(folder))
+    proc.vision_aspect_ratio = "anyres_max_16"
+    proc.save_pretrained(str(folder))
+    with pytest.raises(BackboneError, match=r"vision_aspect_ratio 'anyres_max_16' is not the model's \(config\."
+                                            r"vision_aspect_ratio 'anyres_max_2'\).*vision_aspect_ratio='anyres_max_2'"):
+        load_backbone(f"hf:{folder}")
+
+
 def test_pinpoints_without_a_square_are_refused():
     cfg = NS(vision_config=NS(image_size=32), image_grid_pinpoints=[[32, 64], [64, 32], [48, 48]])
     with pytest.raises(BackboneError, match=r"hold no square of whole 32-px tiles.*\[64, 64\]"):

@@ -21,6 +21,7 @@ their anyres images.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,14 +152,32 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
     canvas whose tile grid the model keeps whole."""
 
     @classmethod
+    def from_model(cls, model: nn.Module, processor: Any, name: str = "hf:custom") -> LlavaOnevisionBackbone:
+        """As :meth:`LlavaNextBackbone.from_model`, with the processor's ``vision_aspect_ratio`` the model's (the two
+        agree on the canvas's count, and would differ on a larger image's: a merged export copies the processor)."""
+        ours, theirs = model.config.vision_aspect_ratio, getattr(processor, "vision_aspect_ratio", None)
+        if theirs is not None and theirs != ours:
+            raise BackboneError(f"{name}: the processor's vision_aspect_ratio {theirs!r} is not the model's "
+                                f"(config.vision_aspect_ratio {ours!r}), so it counts the tokens of large images "
+                                f"otherwise than the model fills them; save the processor with "
+                                f"vision_aspect_ratio={ours!r}")
+        return super().from_model(model, processor, name)
+
+    @classmethod
     def _image_side(cls, config: Any, image_processor: Any, name: str) -> int:
-        """C: the largest square of ``image_grid_pinpoints`` of at most ``vision_aspect_ratio``'s N tiles
-        ("anyres_max_9": 3 x 3 tiles, 1152 px for the 384-px tower; a larger grid's features are interpolated down
-        to about N tiles' worth, at the cost of the larger grid's tower passes), else the smallest square."""
+        """C: the largest square of ``image_grid_pinpoints`` whose g x g tile grid the model keeps whole (its
+        ``vision_aspect_ratio`` "anyres_max_N" shrinks the features of a grid past 1.1·√N tiles a side: for
+        "anyres_max_9", 3 x 3 tiles, 1152 px for the 384-px tower; a larger canvas costs its tower passes for about
+        as many tokens), else the smallest square."""
         side = int(config.vision_config.image_size)
         squares = sorted(cls._squares(config, name))
-        most = int(str(config.vision_aspect_ratio).removeprefix("anyres_max_"))
-        kept = [c for c in squares if (c // side) ** 2 <= most]
+        aspect = str(config.vision_aspect_ratio)
+        most = aspect.removeprefix("anyres_max_")
+        if not aspect.startswith("anyres_max_") or not most.isdigit() or int(most) < 1:
+            raise BackboneError(f"{name}: config.vision_aspect_ratio {aspect!r} is not of the form 'anyres_max_N' "
+                                "(N tiles' worth of features at most), which the model's packing of tiles needs; "
+                                "LLaVA-OneVision's is 'anyres_max_9'")
+        kept = [c for c in squares if math.sqrt((c // side) ** 2 / int(most)) <= 1.1]   # (the model's own test)
         return kept[-1] if kept else squares[0]
 
     @classmethod
