@@ -1,7 +1,7 @@
 """The family table: the one place that names model families and what the package knows of each.
 
-A leaf module (it imports nothing from the package), so adapters, backbones and exports can all read
-it without import cycles. Everything else asks the table (``find_family``, ``family_named``,
+A leaf module (it imports nothing from the package but its own counting functions, :mod:`.family_images`, a
+leaf too), so adapters, backbones and exports can all read it without import cycles. Everything else asks the table (``find_family``, ``family_named``,
 ``peft_export``, ``merged_format``) instead of comparing family names.
 
 A family's classes are written ``"package.prefix.ClassName"``: a model belongs to the family when a

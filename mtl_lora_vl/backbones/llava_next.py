@@ -120,8 +120,8 @@ class LlavaNextBackbone(HFVLMBackbone):
         pixel_values = super()._vision_inputs(pixel_values, image_sizes)["pixel_values"]
         c, s = self.image_size, self.tile_size
         if pixel_values.dim() != 4 or pixel_values.shape[-2:] != (c, c):
-            raise ValueError(f"{self.name}: expected images (B, 3, {c}, {c}) (the backbone's image_size, the largest "
-                             f"square pinpoint), got {tuple(pixel_values.shape)}")
+            raise ValueError(f"{self.name}: expected images (B, 3, {c}, {c}) (the backbone's image_size: the square "
+                             f"pinpoint it reads images at), got {tuple(pixel_values.shape)}")
         b, g = pixel_values.shape[0], c // s
         base = self._base_view(pixel_values)
         tiles = pixel_values.unfold(2, s, s).unfold(3, s, s)              # (B, 3, g, g, S, S)
