@@ -5,7 +5,8 @@ Each command's options are a plain dataclass of typed fields: the annotation is 
 numbers, the allowed range (``ge``/``gt``/``le``/``lt``, as in annotated-types). The command line
 (:mod:`mtl_lora_vl.cli`) is generated from these dataclasses, and :func:`check_ranges` applies the
 same ranges to an instance built in Python. ``metadata["required"]`` marks an option without which the
-command cannot run (given on the command line or in the config file).
+command cannot run (given on the command line or in the config file); ``metadata["unless"]`` =
+``(other, hint)`` excuses it where option ``other`` is given (``hint`` says what that does).
 
 - :class:`TrainOptions`: ``mtl-lora-vl train`` (``scripts/train_vl.py``, ``mtl-lora-vl-train``);
 - :class:`EvalOptions`: ``mtl-lora-vl eval`` (``scripts/evaluate_vl.py``, ``mtl-lora-vl-eval``);
@@ -191,15 +192,23 @@ class TrainOptions:
 
 @dataclass
 class EvalOptions:
-    """Options of ``mtl-lora-vl eval``: score a trained adapter against the zero-shot base model."""
+    """Options of ``mtl-lora-vl eval``: score a trained adapter against the zero-shot base model, or (no
+    ``--adapter``) any base model zero-shot on ``--tasks``."""
 
-    adapter: str | None = _opt(None, "adapter directory (RUN_DIR/adapter, or any save_adapter output)", required=True)
+    adapter: str | None = _opt(None, "adapter directory (RUN_DIR/adapter, or any save_adapter output); leave it out to "
+                               "score the base model (--backbone) zero-shot on --tasks, without training",
+                               required=True, unless=("tasks", "to score a base model zero-shot without an adapter, "
+                                                      "give --tasks (and --out), e.g. --tasks vqa,retrieval --out DIR"))
     tasks: str | None = _opt(None, "comma-separated subset of the adapter's tasks (default: all); a spec file "
-                             "(.toml) named as one of them scores that task on the spec's data")
-    backbone: str | None = _opt(None, "override the base model recorded in the adapter file")
+                             "(.toml) named as one of them scores that task on the spec's data. Without --adapter "
+                             "(required then): task names (built-in specs) or paths to task TOML files, as train "
+                             "takes them")
+    backbone: str | None = _opt(None, "override the base model recorded in the adapter file; without --adapter, the "
+                                "model to score, as train takes it (default builtin)")
     pretrained: str | None = _opt(None, "override the base model's local weights file (or cached open_clip tag)")
     data_root: str | None = _opt(None, "folder that file-based task specs are relative to (default: the folder "
-                                 "each task was trained on, as the adapter records it)")
+                                 "each task was trained on, as the adapter records it; without --adapter, needed by "
+                                 "file-based tasks, as in train)")
     split: Split = _opt("test", "split to score (test falls back to val when a task has no test split; a task "
                         "without a val split is not scored on val)")
     base_dtype: Literal["auto", "fp32", "bf16", "fp16"] = _opt(
@@ -210,7 +219,8 @@ class EvalOptions:
                                       "(--base-dtype, or auto on a GPU), their dtype")
     batch_size: int = _opt(256, "evaluation batch size", ge=1)
     workers: int = _opt(0, "image-decoding workers", ge=0)
-    out: str | None = _opt(None, "where eval.json, report.md and plots/ go (default: ADAPTER/../eval-<split>)")
+    out: str | None = _opt(None, "where eval.json, report.md and plots/ go (default: ADAPTER/../eval-<split>; "
+                           "required without --adapter)")
     overwrite: bool = _opt(False, "replace an earlier evaluation in --out (a folder holding eval.json; never an "
                                      "adapter, a run directory or a folder of other files)")
     config: str | None = _opt(None, "JSON or TOML file with any of these options (flags given on the command line win)")

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""Score a trained adapter against the zero-shot base model; see ``--help`` (same as ``mtl-lora-vl eval``).
+"""Score a trained adapter against the zero-shot base model, or a base model zero-shot; see ``--help`` (same as
+``mtl-lora-vl eval``).
 
     python scripts/evaluate_vl.py --adapter RUN_DIR/adapter --tasks vqa,retrieval
+    python scripts/evaluate_vl.py --backbone builtin-llava --tasks vqa,captioning --out zs-llava   # no adapter
 """
 
 import os

@@ -34,7 +34,9 @@ TRAIN_HELP = ("Train MTL-LoRA adapters on both towers of a vision-language model
               "then compare zero-shot and adapted scores. With no options it trains on the built-in backbone "
               "and world (offline, CPU).")
 EVAL_HELP = ("Score a trained adapter twice per task -- the unadapted base model by the task's zero-shot rule, "
-             "and the adapted model -- and write eval.json, report.md and plots/.")
+             "and the adapted model -- and write eval.json, report.md and plots/. Without --adapter, score a base "
+             "model (--backbone: a merged export, another checkpoint, a built-in) zero-shot on --tasks, without "
+             "training.")
 
 # The failures a user can fix from the message alone; anything else is a bug and keeps its traceback.
 EXPECTED = (ValueError, RuntimeError, OSError, KeyError, ArithmeticError, ImportError)  # ImportError: an optional

@@ -121,7 +121,8 @@ def build_parser(cls: type, prog: str, description: str) -> ArgumentParser:
         if rng:
             text += f" [{rng}]"
         if f.metadata.get("required"):
-            text += " (required)"
+            unless = f.metadata.get("unless")
+            text += f" (required unless {flag(unless[0])} is given)" if unless else " (required)"
         default = None if f.default is MISSING else f.default
         if tp is bool:
             parser.add_argument(*names, dest=f.name, type=bool, nargs="?", const=True, default=default, help=text)
@@ -301,8 +302,10 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
         value = values[f.name]
         if out_of_range(f.metadata, value):
             _fail(parser, f"{flag(f.name)}: must be {range_text(f.metadata, value)}, got {value}")
-        if f.metadata.get("required") and value in (None, ""):
-            _fail(parser, f"{flag(f.name)} is required (on the command line or in the --config file)")
+        unless = f.metadata.get("unless")
+        if f.metadata.get("required") and value in (None, "") and not (unless and values[unless[0]] not in (None, "")):
+            _fail(parser, f"{flag(f.name)} is required (on the command line or in the --config file)"
+                          + (f"; {unless[1]}" if unless else ""))
     return cls(**values), level, frozenset(given)
 
 

@@ -1,7 +1,9 @@
 """Zero-shot vs adapted: score every task twice and write eval.json, report.md and plots/.
 
 The zero-shot score is the task's zero-shot rule on the base model (adapters switched off with
-``disabled``); the adapted score is the task's head on the model routed to that task.
+``disabled``); the adapted score is the task's head on the model routed to that task. Without an adapter
+(:func:`evaluate_base`), a base model -- a merged export, another checkpoint, a built-in backbone -- is
+scored by the zero-shot rule alone, as ``train`` scores it before training.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import torch
 from torch import nn
 
 from ..adapters.scopes import disabled, route
+from ..backbones import load_backbone
 from ..data.common import same_folder
 from ..data.records import Split
 from ..distributed import DistInfo, barrier, cleanup, init_distributed, sharded_evaluation
@@ -27,9 +31,10 @@ from ..log import main_rank_logging, progress
 from ..multitask import MultiTaskModel, Setup
 from ..precision import base_weights_dtype, check_base_precision, resolve_precision
 from ..rundir import RunDirError
+from ..tasks import build_kind, resolve_tasks
 from ..tasks.registry import get_kind
 from ..tasks.spec import TaskSpec, load_spec
-from .report import details_table, markdown_table, scored_line, write_plots
+from .report import details_table, has_adapted, markdown_table, scored_line, write_plots
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +66,12 @@ def read_eval_splits(setup: Setup, splits: list[str], data_root: str | None) -> 
 
 def _score(setup: Setup, name: str, data: Split, *, adapted: bool, device: torch.device | str, dtype: torch.dtype,
            batch_size: int, workers: int) -> dict:
+    """Task ``name``'s metrics on ``data``: the routed model and its head (``adapted``), else the zero-shot rule on
+    the base model -- the adapted model with its adapters disabled, or a setup's model without adapters as it is."""
     kind, model = setup.kinds[name], setup.model
-    scope = route(model.model, name) if adapted else disabled(model.model)
+    if model is None and adapted:
+        raise ValueError(f"task {name!r}: the set-up has no adapters or heads, so it has no adapted score")
+    scope = (route(model.model, name) if adapted else disabled(model.model)) if model is not None else nullcontext()
     with scope:
         return kind.evaluate(setup.backbone, model.heads[name] if adapted else None, data, batch_size=batch_size,
                              device=device, dtype=dtype, num_workers=workers)
@@ -90,41 +99,53 @@ def evaluate_adapted(setup: Setup, *, split: str, data_root: str | None, device:
 
 
 def evaluate_setup(setup: Setup, *, split: str, data_root: str | None, device: torch.device | str,
-                   dtype: torch.dtype, batch_size: int, workers: int = 0, zero_shot: bool = True) -> dict[str, Any]:
+                   dtype: torch.dtype, batch_size: int, workers: int = 0, zero_shot: bool = True,
+                   adapted: bool = True) -> dict[str, Any]:
     """``{"tasks": {name: {"metric", "zero_shot", "adapted", "change", "split", "n", "metrics", "details"}},
     "split": split, "config": ...}`` (a task's own ``split`` differs when it has no ``split``: see ``_split_for``)
     (``n``: the examples scored; ``metrics``: the spec's metrics, which the report's second table shows beside
-    the headline); with ``zero_shot=False`` the base model is not scored and ``zero_shot`` / ``change`` are None."""
+    the headline); with ``zero_shot=False`` the base model is not scored and ``zero_shot`` / ``change`` are None;
+    with ``adapted=False`` (a base model without adapters) only the zero-shot pass runs, ``adapted`` / ``change``
+    are None and there is no ``config``."""
+    if not (zero_shot or adapted):
+        raise ValueError("evaluate_setup: zero_shot=False and adapted=False leave nothing to score")
+    passes = int(zero_shot) + int(adapted)
     tasks: dict[str, Any] = {}
-    bar = progress(desc="evaluate", total=2 * len(setup.specs), unit="pass")
+    bar = progress(desc="evaluate", total=passes * len(setup.specs), unit="pass")
     for spec in setup.specs:
         name, kind = spec.name, setup.kinds[spec.name]
         split_name = _split_for(spec, split)
         if split_name is None:
-            bar.update(2)
+            bar.update(passes)
             continue
         data = setup.split_data(spec, split_name, data_root)
         bar.set_postfix_str(f"{name}: zero-shot")
         zs = _score(setup, name, data, adapted=False, device=device, dtype=dtype, batch_size=batch_size,
                     workers=workers) if zero_shot else None
-        bar.update(1)
+        bar.update(int(zero_shot))
         bar.set_postfix_str(f"{name}: adapted")
         ad = _score(setup, name, data, adapted=True, device=device, dtype=dtype, batch_size=batch_size,
-                    workers=workers)
-        bar.update(1)
+                    workers=workers) if adapted else None
+        bar.update(int(adapted))
         metric = kind.headline(spec)
         # n: what was scored (a generative kind may score only the first [generative] eval_limit examples)
-        n = int(ad.get("n", ad.get("n_images", len(data.examples))))
-        logger.debug("%s (%s, %d examples): %s zero-shot %s, adapted %.4f", name, split_name, n, metric,
-                     "skipped" if zs is None else f"{zs[metric]:.4f}", ad[metric])
-        tasks[name] = {"metric": metric, "zero_shot": zs[metric] if zs else None, "adapted": ad[metric],
-                       "change": ad[metric] - zs[metric] if zs else None, "kind": spec.kind, "split": split_name,
-                       "n": n, "metrics": list(spec.metrics), "details": {"zero_shot": zs, "adapted": ad}}
+        scored = ad if ad is not None else zs
+        n = int(scored.get("n", scored.get("n_images", len(data.examples))))
+        logger.debug("%s (%s, %d examples): %s zero-shot %s, adapted %s", name, split_name, n, metric,
+                     "skipped" if zs is None else f"{zs[metric]:.4f}", "-" if ad is None else f"{ad[metric]:.4f}")
+        tasks[name] = {"metric": metric, "zero_shot": zs[metric] if zs else None,
+                       "adapted": ad[metric] if ad is not None else None,
+                       "change": ad[metric] - zs[metric] if zs and ad is not None else None, "kind": spec.kind,
+                       "split": split_name, "n": n, "metrics": list(spec.metrics),
+                       "details": {"zero_shot": zs, "adapted": ad}}
     bar.close()
     if not tasks:
         raise ValueError(f"no task has a {split} split to score; give each spec a [data.{split}] table or score "
                          "another split")
-    return {"tasks": tasks, "split": split, "config": setup.config.to_dict()}
+    result: dict[str, Any] = {"tasks": tasks, "split": split}
+    if setup.config is not None:   # a base model scored without adapters has no adapter configuration
+        result["config"] = setup.config.to_dict()
+    return result
 
 
 def _scoring_spec(item: str, lp: Pretrained, adapter: Path) -> TaskSpec:
@@ -189,8 +210,9 @@ def _saved_task_roots(lp: Pretrained, specs: list[TaskSpec], data_root: str | No
     return {}
 
 
-def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model: nn.Module) -> str:
-    """eval.json, report.md and plots/ in ``run_dir``; returns the printed table."""
+def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model: nn.Module | None) -> str:
+    """eval.json, report.md and plots/ in ``run_dir``; returns the printed table. ``adapted_model`` None: a base
+    model scored zero-shot only (no task-mixing plot; the report says zero-shot)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(result)
@@ -201,7 +223,7 @@ def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model: nn
     if scored:
         table += "\n\n" + scored
     plots = write_plots(run_dir, result, adapted_model)
-    lines = ["# Zero-shot vs adapted", "", table, ""]
+    lines = ["# Zero-shot vs adapted" if has_adapted(result) else "# Zero-shot", "", table, ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
     with atomic_file(run_dir / "report.md", overwrite=True, what="report") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
@@ -210,23 +232,13 @@ def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model: nn
     return table
 
 
-def evaluate_adapter(adapter: str | Path, tasks: str | None = None, backbone: str | None = None,
-                     pretrained: str | None = None, data_root: str | None = None, split: str = "test",
-                     device: str = "auto", precision: str = "auto", batch_size: int = 256, workers: int = 0,
-                     out: str | Path | None = None, overwrite: bool = False, base_dtype: str = "auto") -> str:
-    """``evaluate_vl.py``: load an adapter directory onto a fresh base model, score zero-shot vs adapted,
-    write the outputs to ``out``; returns the table. Needs nothing but the adapter directory (and
-    ``data_root`` for file-based tasks); ``base_dtype`` as ``load_backbone`` takes it. Under torchrun every rank scores its shard of each split and
-    rank 0 writes the outputs (the other ranks return an empty string); the scores equal one process's."""
-    adapter = Path(adapter)
-    read_adapter_config(adapter, verify=False)   # a wrong --adapter is named before any check of --out
-    out = Path(out) if out else adapter.resolve().parent / f"eval-{split}"
-    try:   # what writing the results would refuse, checked before the scoring, not after it
+def _check_out(out: Path, overwrite: bool, keep: list[tuple[str, Any]]) -> None:
+    """What writing the results to ``out`` would refuse, checked before the scoring, not after it: ``keep`` are
+    (what, path) pairs ``out`` must not hold or replace."""
+    try:
         check_target(out, directory=True, overwrite=True, what="--out")
     except OSError as e:
         raise RunDirError(str(e)) from None
-    keep = [("the adapter being evaluated", adapter), ("the data (--data-root)", data_root),
-            *base_paths(recorded_base(adapter), backbone, pretrained)]
     try:  # every rank checks before anyone writes
         check_output(out, marker="eval.json", command="eval", overwrite=overwrite, keep=keep)
     except FileExistsError as e:
@@ -235,6 +247,26 @@ def evaluate_adapter(adapter: str | Path, tasks: str | None = None, backbone: st
     if not os.access(parent, os.W_OK):
         raise RunDirError(f"--out {out}: {parent} cannot be written (read-only, or not yours), and the results are "
                           "written beside --out and renamed into place; choose another --out")
+
+
+def evaluate_adapter(adapter: str | Path | None, tasks: str | None = None, backbone: str | None = None,
+                     pretrained: str | None = None, data_root: str | None = None, split: str = "test",
+                     device: str = "auto", precision: str = "auto", batch_size: int = 256, workers: int = 0,
+                     out: str | Path | None = None, overwrite: bool = False, base_dtype: str = "auto") -> str:
+    """``evaluate_vl.py``: load an adapter directory onto a fresh base model, score zero-shot vs adapted,
+    write the outputs to ``out``; returns the table. Needs nothing but the adapter directory (and
+    ``data_root`` for file-based tasks); ``base_dtype`` as ``load_backbone`` takes it. Under torchrun every rank scores its shard of each split and
+    rank 0 writes the outputs (the other ranks return an empty string); the scores equal one process's.
+    ``adapter`` None: the base model ``backbone`` scored zero-shot on ``tasks`` (:func:`evaluate_base`)."""
+    if adapter is None:
+        return evaluate_base(tasks, backbone=backbone, pretrained=pretrained, data_root=data_root, split=split,
+                             device=device, precision=precision, batch_size=batch_size, workers=workers, out=out,
+                             overwrite=overwrite, base_dtype=base_dtype)
+    adapter = Path(adapter)
+    read_adapter_config(adapter, verify=False)   # a wrong --adapter is named before any check of --out
+    out = Path(out) if out else adapter.resolve().parent / f"eval-{split}"
+    _check_out(out, overwrite, [("the adapter being evaluated", adapter), ("the data (--data-root)", data_root),
+                                *base_paths(recorded_base(adapter), backbone, pretrained)])
     info = init_distributed(device)
     try:
         return _evaluate_adapter(adapter, tasks, backbone, pretrained, data_root, split, info, precision,
@@ -280,16 +312,90 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
             continue
         if spec is not lp.specs.get(spec.name):   # a task scored on the data of another spec file says which
             result["tasks"][spec.name]["data_spec"] = str(spec.source_file)
+    _record_roots(result, setup, specs, data_root)
+    return _write(out, result, lp.backbone.model, info)
+
+
+def _record_roots(result: dict[str, Any], setup: Setup, specs: list[TaskSpec], data_root: str | None) -> None:
+    """Each scored file-based task's ``data_root`` in ``result``: the folder its files were read from (its own
+    recorded one, or --data-root)."""
+    for spec in specs:
+        if spec.name not in result["tasks"]:
+            continue
         root = setup.data_root(spec.name, data_root) if spec.data.source == "files" else None
-        if root is not None:   # the folder its files were read from (its own recorded one, or --data-root)
+        if root is not None:
             result["tasks"][spec.name]["data_root"] = str(Path(root).expanduser().absolute())
+
+
+def _write(out: Path, result: dict[str, Any], adapted_model: nn.Module | None, info: DistInfo) -> str:
+    """Rank 0 writes the outputs to ``out`` (and returns the table; the other ranks ""), then every rank waits."""
     table = ""
     if info.is_main:  # a new directory replaces an old one whole (--overwrite): no stale plot stays behind
         try:
             with atomic_dir(out, overwrite=True, what="--out") as tmp:
-                table = write_outputs(tmp, result, lp.backbone.model)
+                table = write_outputs(tmp, result, adapted_model)
         except OSError:
             logger.warning("the results could not be written to %s; the scores were:\n%s", out, markdown_table(result))
             raise
     barrier(info)
     return table
+
+
+def evaluate_base(tasks: str | None, backbone: str | None = None, pretrained: str | None = None,
+                  data_root: str | None = None, split: str = "test", device: str = "auto", precision: str = "auto",
+                  batch_size: int = 256, workers: int = 0, out: str | Path | None = None, overwrite: bool = False,
+                  base_dtype: str = "auto") -> str:
+    """``evaluate_vl.py`` without ``--adapter``: score a base model (``backbone``, as train takes it; default the
+    built-in CLIP) zero-shot on ``tasks`` (built-in names or spec files, read as train reads them), without
+    training, and write eval.json, report.md and plots/ to ``out``; returns the table. The kinds are built on
+    their training split as train builds them (their vocabulary: class names, answer lists), so the scores are
+    the ``zero_shot`` ones train reports for the same tasks, data and backbone. Distributed as
+    :func:`evaluate_adapter`."""
+    if tasks is None or not tasks.replace(",", "").strip():
+        raise ValueError(f"--tasks {tasks!r}: scoring without --adapter needs the tasks to score; give --tasks "
+                         "vqa,retrieval (built-in task names or spec files), or --adapter RUN_DIR/adapter to score "
+                         "a trained adapter on its own tasks")
+    if out is None:   # no adapter to put the results beside; a timestamped default could differ across ranks
+        raise ValueError("--out is required without --adapter (there is no adapter folder to write eval-<split> "
+                         "beside); give --out DIR for eval.json, report.md and plots/")
+    specs = resolve_tasks(tasks)   # an unknown task or a bad spec is named before any check of --out
+    backbone = backbone or "builtin"
+    out = Path(out)
+    _check_out(out, overwrite, [("the data (--data-root)", data_root), *base_paths({}, backbone, pretrained)])
+    info = init_distributed(device)
+    try:
+        return _evaluate_base(specs, backbone, pretrained, data_root, split, info, precision, batch_size, workers,
+                              out, base_dtype)
+    finally:
+        cleanup(info)
+
+
+def _evaluate_base(specs: list[TaskSpec], backbone: str, pretrained: str | None, data_root: str | None, split: str,
+                   info: DistInfo, precision: str, batch_size: int, workers: int, out: Path, base_dtype: str) -> str:
+    dev = info.device
+    with main_rank_logging(info.is_main):   # every rank reads the same model and data: said once
+        bb = load_backbone(backbone, pretrained, dev, base_dtype=base_dtype)
+        bb.model.requires_grad_(False)   # frozen, as attach leaves a trained run's base: its dtype is what loaded
+        for s in specs:  # a task the backbone cannot serve is refused before any data is read, as in train
+            get_kind(s.kind).check_backbone(s, bb)
+        kinds = {s.name: build_kind(s, s.load_split("train", data_root), bb) for s in specs}
+        setup = Setup(bb, specs, kinds, None, None)   # no adapters or heads: the zero-shot rule needs none
+        read_eval_splits(setup, [split], data_root)   # the kinds' checks of the data they will score
+        loaded = base_weights_dtype(bb.model)
+        dtype = resolve_precision(precision, dev, base_dtype, loaded)
+        check_base_precision(precision, dtype, loaded, bb.casts_inputs)
+    with sharded_evaluation(info), main_rank_logging(info.is_main):
+        result = evaluate_setup(setup, split=split, data_root=data_root, device=dev, dtype=dtype,
+                                batch_size=batch_size, workers=workers, adapted=False)
+    result["backbone"] = _scored_base(backbone, pretrained, base_dtype, loaded)
+    _record_roots(result, setup, specs, data_root)
+    return _write(out, result, None, info)
+
+
+def _scored_base(backbone: str, pretrained: str | None, base_dtype: str, loaded: torch.dtype | None) -> dict[str, Any]:
+    """What :func:`evaluate_base` scored, for eval.json: the options as given, the local files they named (absolute:
+    a relative ``hf:DIR`` is found again from anywhere) and the dtype the base weights loaded in."""
+    files = {what: str(path.expanduser().absolute()) for what, path in base_paths({}, backbone, pretrained)}
+    return {"backbone": backbone, "pretrained": pretrained, "base_dtype": base_dtype,
+            "folder": files.get("the base model's folder"), "weights_file": files.get("the base weights"),
+            "weights_dtype": str(loaded).removeprefix("torch.") if loaded is not None else None}

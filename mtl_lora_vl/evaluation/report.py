@@ -23,19 +23,38 @@ def _change(adapted: float, zero_shot: float) -> str:
     return f"{(d if round(d, 4) != 0 else 0.0):+.4f}"
 
 
+def has_adapted(result: dict[str, Any]) -> bool:
+    """Whether ``result`` holds adapted scores; False for a base model scored zero-shot only (``eval`` without
+    ``--adapter``), whose tables and plot show a zero-shot column alone."""
+    return any(r.get("adapted") is not None for r in result["tasks"].values())
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     """| task | metric | zero-shot | adapted | change | as Markdown (also readable printed), with a split
     column after the task when some task was scored on another split than the one asked for (a task
-    without a test split is scored on val)."""
+    without a test split is scored on val); | task | metric | zero-shot | for a result without adapted scores."""
     asked = result.get("split")
     split_col = any(r.get("split", asked) != asked for r in result["tasks"].values())
+    adapted = has_adapted(result)
     head = "| task | split | metric |" if split_col else "| task | metric |"
-    rows = [head + " zero-shot | adapted | change |", "|---|---|---|---:|---:|---:|" if split_col else "|---|---|---:|---:|---:|"]
+    scores = " zero-shot | adapted | change |" if adapted else " zero-shot |"
+    rule = "|---|---|" + ("---|" if split_col else "") + ("---:|---:|---:|" if adapted else "---:|")
+    rows = [head + scores, rule]
     for name, r in result["tasks"].items():
-        zs, change = ("–", "–") if r["zero_shot"] is None else (f"{r['zero_shot']:.4f}", _change(r["adapted"], r["zero_shot"]))
         split = f" {r.get('split', asked)} |" if split_col else ""
+        if not adapted:
+            rows.append(f"| {name} |{split} {r['metric']} | {r['zero_shot']:.4f} |")
+            continue
+        zs, change = ("–", "–") if r["zero_shot"] is None else (f"{r['zero_shot']:.4f}", _change(r["adapted"], r["zero_shot"]))
         rows.append(f"| {name} |{split} {r['metric']} | {zs} | {r['adapted']:.4f} | {change} |")
     return "\n".join(rows)
+
+
+def _shown_scores(r: dict[str, Any]) -> dict[str, float]:
+    """A task's detailed scores that name its breakdowns and other metrics: the adapted ones, else (a base model
+    scored zero-shot only) the zero-shot ones."""
+    details = r.get("details") or {}
+    return details.get("adapted") or details.get("zero_shot") or {}
 
 
 _UNITS = {"vqa": "questions", "retrieval": "images", "classification": "images", "captioning": "images"}
@@ -49,7 +68,7 @@ def scored_line(result: dict[str, Any]) -> str:
     for name, r in result["tasks"].items():
         if r.get("n") is None:
             continue
-        groups = {k[2:]: v for k, v in ((r.get("details") or {}).get("adapted") or {}).items() if k.startswith("n/")}
+        groups = {k[2:]: v for k, v in _shown_scores(r).items() if k.startswith("n/")}
         within = f" ({', '.join(f'{g} {int(v)}' for g, v in groups.items())})" if groups else ""
         parts.append(f"{name} {int(r['n'])} {_UNITS.get(r.get('kind', ''), 'examples')}{within}")
     return f"Scored: {', '.join(parts)}." if parts else ""
@@ -58,8 +77,8 @@ def scored_line(result: dict[str, Any]) -> str:
 def detail_keys(r: dict[str, Any]) -> list[str]:
     """A task's metrics beside its headline, in the order the report shows them: the headline's breakdown
     (``vqa_accuracy/<question type>``), then each other metric its spec lists (``per_x`` names a breakdown
-    ``per_x/<...>``); keys the adapted scores lack are left out."""
-    scores = (r.get("details") or {}).get("adapted") or {}
+    ``per_x/<...>``); keys the adapted scores (without them, the zero-shot ones) lack are left out."""
+    scores = _shown_scores(r)
     head = r["metric"]
     keys = [k for k in scores if k.startswith(head + "/")]
     for m in r.get("metrics", []):
@@ -69,15 +88,22 @@ def detail_keys(r: dict[str, Any]) -> list[str]:
 
 
 def details_table(result: dict[str, Any]) -> str:
-    """The other metrics of each task (``detail_keys``) as a second Markdown table; "" when there are none."""
+    """The other metrics of each task (``detail_keys``) as a second Markdown table; "" when there are none. A result
+    without adapted scores has a zero-shot column only."""
+    adapted = has_adapted(result)
     rows = []
     for name, r in result["tasks"].items():
-        zs, ad = r["details"].get("zero_shot") or {}, r["details"]["adapted"]
+        zs, ad = r["details"].get("zero_shot") or {}, r["details"].get("adapted")
         for k in detail_keys(r):
+            if not adapted:
+                rows.append(f"| {name} | {k} | {zs[k]:.4f} |")
+                continue
             z, change = ("–", "–") if k not in zs else (f"{zs[k]:.4f}", _change(ad[k], zs[k]))
             rows.append(f"| {name} | {k} | {z} | {ad[k]:.4f} | {change} |")
     if not rows:
         return ""
+    if not adapted:
+        return "\n".join(["| task | other metrics | zero-shot |", "|---|---|---:|", *rows])
     return "\n".join(["| task | other metrics | zero-shot | adapted | change |", "|---|---|---:|---:|---:|", *rows])
 
 
@@ -114,8 +140,9 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def write_plots(run_dir: Path, result: dict[str, Any], model: nn.Module) -> list[Path]:
-    """plots/training_curves.png, plots/zero_shot_vs_adapted.png, plots/task_mixing.png (when it applies)."""
+def write_plots(run_dir: Path, result: dict[str, Any], model: nn.Module | None) -> list[Path]:
+    """plots/training_curves.png, plots/zero_shot_vs_adapted.png, plots/task_mixing.png (when it applies); for a
+    result without adapted scores (``model`` None: a base model without adapters), plots/zero_shot.png alone."""
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
     written: list[Path] = []
@@ -141,17 +168,19 @@ def write_plots(run_dir: Path, result: dict[str, Any], model: nn.Module) -> list
     x = torch.arange(len(tasks)).float()
     zs = [result["tasks"][t]["zero_shot"] for t in tasks]
     ad = [result["tasks"][t]["adapted"] for t in tasks]
+    adapted = has_adapted(result)
     if None not in zs:  # None: the zero-shot score was skipped
-        ax.bar(x - 0.2, zs, 0.4, label="zero-shot", color="#9aa5b1")
-    ax.bar(x + 0.2, ad, 0.4, label="adapted", color="#2f6fba")
+        ax.bar(x - 0.2 if adapted else x, zs, 0.4, label="zero-shot", color="#9aa5b1")
+    if adapted:
+        ax.bar(x + 0.2, ad, 0.4, label="adapted", color="#2f6fba")
     ax.set_xticks(x.tolist(), [f"{t}\n({result['tasks'][t]['metric']})" for t in tasks], fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("headline score")
-    ax.set_title("Zero-shot vs adapted")
+    ax.set_title("Zero-shot vs adapted" if adapted else "Zero-shot")
     ax.legend(fontsize=8)
-    written.append(_save(fig, out / "zero_shot_vs_adapted.png"))
+    written.append(_save(fig, out / ("zero_shot_vs_adapted.png" if adapted else "zero_shot.png")))
 
-    mix = mixing_matrices(model)
+    mix = mixing_matrices(model) if model is not None else {}
     if mix:
         names = attach_info(model).config.tasks
         fig = _figure(figsize=(4.2 * len(mix) + 0.8, 0.5 * len(names) + 1.8), layout="constrained")

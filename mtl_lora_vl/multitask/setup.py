@@ -36,14 +36,15 @@ class Setup:
     """Everything built before the loop; also used by evaluation of a finished run.
 
     ``specs``/``kinds`` cover every task of the adapter (all are evaluated); ``train_splits`` only the
-    tasks this run trains (all of them, or the new ones of an ``--extend`` run).
+    tasks this run trains (all of them, or the new ones of an ``--extend`` run). ``model`` and ``config`` are
+    None for a base model scored zero-shot without adapters or heads (``eval`` without ``--adapter``).
     """
 
     backbone: Any
     specs: list
     kinds: dict
-    model: MultiTaskModel
-    config: MTLLoRAConfig
+    model: MultiTaskModel | None
+    config: MTLLoRAConfig | None
     train_splits: dict = field(default_factory=dict)
     extended_from: list[str] = field(default_factory=list)
     #: The base model an --extend run loaded (backbone, pretrained, base_dtype): the adapter's recorded one unless
