@@ -173,6 +173,8 @@ def test_peft_export_loads_with_the_same_outputs(tiny, tmp_path):
     m = _adapted(tiny)
     mlv.export_lora(m, ["a", "b"], tmp_path / "peft")
     assert_peft_export_matches(m, _fresh(tiny), tmp_path / "peft", batch(tiny, [1, 1]))
+    readme = (tmp_path / "peft" / "README.md").read_text()   # PEFT's per-row adapter_names cannot route the tiles
+    assert "adapter_names=[" not in readme and "reads each image as several tiles" in readme
 
 
 def test_a_merged_checkpoint_loads_with_from_pretrained_and_the_same_outputs(tiny, tmp_path):
