@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,14 @@ def test_builtin_clip_zero_shot_equals_train(tmp_path, capsys):
                       "-q"]) == 0
     assert list(json.loads((ev / "eval.json").read_text())["tasks"]) == ["retrieval"]
 
+    # a --tasks spec file inside that --out: --overwrite would delete it with the folder, so it is refused, with an
+    # adapter and without (both replaced the folder, spec file and all; helper 169)
+    kept = ev / "my_retrieval.toml"
+    shutil.copy(tasks.split(",")[1], kept)
+    for adapter in ([], ["--adapter", str(run / "adapter")]):
+        assert eval_main([*adapter, "--tasks", str(kept), "--batch-size", "16", "--out", str(ev), "--overwrite"]) == 2
+        assert "a task spec (--tasks)" in capsys.readouterr().err and kept.is_file()
+
 
 def test_builtin_llava_zero_shot_equals_train(tmp_path, capsys):
     """``--backbone builtin-llava --tasks vqa,captioning``: the generative kinds' zero-shot rule (the base
@@ -129,6 +138,11 @@ def test_refusals_name_the_fix(tmp_path, capsys):
     assert "(required unless --tasks is given)" in re.sub(r"\s+", " ", help_text)
 
     assert eval_main(["--tasks", "vqa"]) == 2
+    assert "--out is required without --adapter" in capsys.readouterr().err
+    assert eval_main(["--tasks", "vqa", "--out", ""]) == 2   # (not the current directory)
+    assert "--out is required without --adapter" in capsys.readouterr().err
+    # --adapter "" (an unset shell variable) with --tasks: no adapter, not '.: no mtl_lora_config.json' (helper 169)
+    assert eval_main(["--adapter", "", "--tasks", "vqa"]) == 2
     assert "--out is required without --adapter" in capsys.readouterr().err
     assert eval_main(["--tasks", ",", "--out", str(tmp_path / "a")]) == 2
     assert "needs the tasks to score; give --tasks vqa,retrieval" in capsys.readouterr().err

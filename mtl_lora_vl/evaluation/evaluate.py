@@ -258,15 +258,17 @@ def evaluate_adapter(adapter: str | Path | None, tasks: str | None = None, backb
     ``data_root`` for file-based tasks); ``base_dtype`` as ``load_backbone`` takes it. Under torchrun every rank scores its shard of each split and
     rank 0 writes the outputs (the other ranks return an empty string); the scores equal one process's.
     ``adapter`` None: the base model ``backbone`` scored zero-shot on ``tasks`` (:func:`evaluate_base`)."""
-    if adapter is None:
+    if not adapter:   # (None, or "" from an unset shell variable: not the current directory)
         return evaluate_base(tasks, backbone=backbone, pretrained=pretrained, data_root=data_root, split=split,
                              device=device, precision=precision, batch_size=batch_size, workers=workers, out=out,
                              overwrite=overwrite, base_dtype=base_dtype)
     adapter = Path(adapter)
     read_adapter_config(adapter, verify=False)   # a wrong --adapter is named before any check of --out
     out = Path(out) if out else adapter.resolve().parent / f"eval-{split}"
+    specs = [Path(t.strip()) for t in (tasks or "").split(",") if t.strip().endswith(".toml")]
     _check_out(out, overwrite, [("the adapter being evaluated", adapter), ("the data (--data-root)", data_root),
-                                *base_paths(recorded_base(adapter), backbone, pretrained)])
+                                *base_paths(recorded_base(adapter), backbone, pretrained),
+                                *(("a task spec (--tasks)", f) for f in specs)])
     info = init_distributed(device)
     try:
         return _evaluate_adapter(adapter, tasks, backbone, pretrained, data_root, split, info, precision,
@@ -355,13 +357,14 @@ def evaluate_base(tasks: str | None, backbone: str | None = None, pretrained: st
         raise ValueError(f"--tasks {tasks!r}: scoring without --adapter needs the tasks to score; give --tasks "
                          "vqa,retrieval (built-in task names or spec files), or --adapter RUN_DIR/adapter to score "
                          "a trained adapter on its own tasks")
-    if out is None:   # no adapter to put the results beside; a timestamped default could differ across ranks
+    if not out:   # no adapter to put the results beside; a timestamped default could differ across ranks
         raise ValueError("--out is required without --adapter (there is no adapter folder to write eval-<split> "
                          "beside); give --out DIR for eval.json, report.md and plots/")
     specs = resolve_tasks(tasks)   # an unknown task or a bad spec is named before any check of --out
     backbone = backbone or "builtin"
     out = Path(out)
-    _check_out(out, overwrite, [("the data (--data-root)", data_root), *base_paths({}, backbone, pretrained)])
+    _check_out(out, overwrite, [("the data (--data-root)", data_root), *base_paths({}, backbone, pretrained),
+                                *(("a task spec (--tasks)", s.source_file) for s in specs if s.source_file)])
     info = init_distributed(device)
     try:
         return _evaluate_base(specs, backbone, pretrained, data_root, split, info, precision, batch_size, workers,
