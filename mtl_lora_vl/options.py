@@ -219,6 +219,9 @@ class EvalOptions:
                                       "(--base-dtype, or auto on a GPU), their dtype")
     batch_size: int = _opt(256, "evaluation batch size", ge=1)
     workers: int = _opt(0, "image-decoding workers", ge=0)
+    image_max_pixels: int | None = _opt(None, "without --adapter: the largest image area, in pixels, for a backbone "
+                                        "that keeps each image's own size (Qwen2-VL / Qwen2.5-VL; default 448²), as "
+                                        "train takes it; an adapter records its own", ge=1)
     out: str | None = _opt(None, "where eval.json, report.md and plots/ go (default: ADAPTER/../eval-<split>; "
                            "required without --adapter)")
     overwrite: bool = _opt(False, "replace an earlier evaluation in --out (a folder holding eval.json; never an "

@@ -493,8 +493,22 @@ def test_image_max_pixels_is_recorded_and_read_back(tmp_path, capsys):
     doc = json.loads((out / "adapter" / "mtl_lora_config.json").read_text())
     assert doc["base"]["image_max_pixels"] == 2048
     assert load_pretrained(out / "adapter", heads=False, data_root=tmp_path).backbone.resize.budget == 2048
-    assert_eval_repeats(out / "adapter", tmp_path / "ev", json.loads((out / "eval.json").read_text()),
-                        "--data-root", str(tmp_path))
+    trained = json.loads((out / "eval.json").read_text())
+    assert_eval_repeats(out / "adapter", tmp_path / "ev", trained, "--data-root", str(tmp_path))
+    # without an adapter, eval takes the area too: the run's zero-shot scores (at the default 448² the pictures
+    # are read larger); with an adapter it is the adapter's, so the option is refused
+    from mtl_lora_vl.cli import eval_main
+
+    tasks = ",".join(_jsonl_tasks(tmp_path))
+    base = ["--backbone", f"hf:{folder}", "--tasks", tasks, "--data-root", str(tmp_path), "--batch-size", "8"]
+    assert eval_main([*base, "--image-max-pixels", "2048", "--out", str(tmp_path / "zs"), "-q"]) == 0
+    zero_shot = json.loads((tmp_path / "zs" / "eval.json").read_text())
+    assert {t: r["details"]["zero_shot"] for t, r in zero_shot["tasks"].items()} == \
+        {t: r["details"]["zero_shot"] for t, r in trained["tasks"].items()}
+    assert zero_shot["backbone"]["image_max_pixels"] == 2048
+    assert eval_main(["--adapter", str(out / "adapter"), "--image-max-pixels", "2048", "--data-root", str(tmp_path),
+                      "--out", str(tmp_path / "ev2")]) == 2
+    assert "the adapter records the image area its tasks were trained at" in capsys.readouterr().err
     assert main(["export", "--adapter", str(out / "adapter"), "--task", "shapes_caps", "--out",
                  str(tmp_path / "merged")]) == 0
     merged = AutoProcessor.from_pretrained(tmp_path / "merged").image_processor

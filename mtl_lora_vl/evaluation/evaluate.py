@@ -252,7 +252,8 @@ def _check_out(out: Path, overwrite: bool, keep: list[tuple[str, Any]]) -> None:
 def evaluate_adapter(adapter: str | Path | None, tasks: str | None = None, backbone: str | None = None,
                      pretrained: str | None = None, data_root: str | None = None, split: str = "test",
                      device: str = "auto", precision: str = "auto", batch_size: int = 256, workers: int = 0,
-                     out: str | Path | None = None, overwrite: bool = False, base_dtype: str = "auto") -> str:
+                     out: str | Path | None = None, overwrite: bool = False, base_dtype: str = "auto",
+                     image_max_pixels: int | None = None) -> str:
     """``evaluate_vl.py``: load an adapter directory onto a fresh base model, score zero-shot vs adapted,
     write the outputs to ``out``; returns the table. Needs nothing but the adapter directory (and
     ``data_root`` for file-based tasks); ``base_dtype`` as ``load_backbone`` takes it. Under torchrun every rank scores its shard of each split and
@@ -261,7 +262,11 @@ def evaluate_adapter(adapter: str | Path | None, tasks: str | None = None, backb
     if not adapter:   # (None, or "" from an unset shell variable: not the current directory)
         return evaluate_base(tasks, backbone=backbone, pretrained=pretrained, data_root=data_root, split=split,
                              device=device, precision=precision, batch_size=batch_size, workers=workers, out=out,
-                             overwrite=overwrite, base_dtype=base_dtype)
+                             overwrite=overwrite, base_dtype=base_dtype, image_max_pixels=image_max_pixels)
+    if image_max_pixels is not None:
+        raise ValueError(f"--image-max-pixels {image_max_pixels}: the adapter records the image area its tasks were "
+                         "trained at, and eval reads it from there; leave the option out (it scores a base model "
+                         "without --adapter)")
     adapter = Path(adapter)
     read_adapter_config(adapter, verify=False)   # a wrong --adapter is named before any check of --out
     out = Path(out) if out else adapter.resolve().parent / f"eval-{split}"
@@ -346,7 +351,7 @@ def _write(out: Path, result: dict[str, Any], adapted_model: nn.Module | None, i
 def evaluate_base(tasks: str | None, backbone: str | None = None, pretrained: str | None = None,
                   data_root: str | None = None, split: str = "test", device: str = "auto", precision: str = "auto",
                   batch_size: int = 256, workers: int = 0, out: str | Path | None = None, overwrite: bool = False,
-                  base_dtype: str = "auto") -> str:
+                  base_dtype: str = "auto", image_max_pixels: int | None = None) -> str:
     """``evaluate_vl.py`` without ``--adapter``: score a base model (``backbone``, as train takes it; default the
     built-in CLIP) zero-shot on ``tasks`` (built-in names or spec files, read as train reads them), without
     training, and write eval.json, report.md and plots/ to ``out``; returns the table. The kinds are built on
@@ -368,16 +373,17 @@ def evaluate_base(tasks: str | None, backbone: str | None = None, pretrained: st
     info = init_distributed(device)
     try:
         return _evaluate_base(specs, backbone, pretrained, data_root, split, info, precision, batch_size, workers,
-                              out, base_dtype)
+                              out, base_dtype, image_max_pixels)
     finally:
         cleanup(info)
 
 
 def _evaluate_base(specs: list[TaskSpec], backbone: str, pretrained: str | None, data_root: str | None, split: str,
-                   info: DistInfo, precision: str, batch_size: int, workers: int, out: Path, base_dtype: str) -> str:
+                   info: DistInfo, precision: str, batch_size: int, workers: int, out: Path, base_dtype: str,
+                   image_max_pixels: int | None = None) -> str:
     dev = info.device
     with main_rank_logging(info.is_main):   # every rank reads the same model and data: said once
-        bb = load_backbone(backbone, pretrained, dev, base_dtype=base_dtype)
+        bb = load_backbone(backbone, pretrained, dev, base_dtype=base_dtype, image_max_pixels=image_max_pixels)
         bb.model.requires_grad_(False)   # frozen, as attach leaves a trained run's base: its dtype is what loaded
         for s in specs:  # a task the backbone cannot serve is refused before any data is read, as in train
             get_kind(s.kind).check_backbone(s, bb)
@@ -390,7 +396,8 @@ def _evaluate_base(specs: list[TaskSpec], backbone: str, pretrained: str | None,
     with sharded_evaluation(info), main_rank_logging(info.is_main):
         result = evaluate_setup(setup, split=split, data_root=data_root, device=dev, dtype=dtype,
                                 batch_size=batch_size, workers=workers, adapted=False)
-    result["backbone"] = _scored_base(backbone, pretrained, base_dtype, loaded)
+    result["backbone"] = {**_scored_base(backbone, pretrained, base_dtype, loaded),
+                          **({"image_max_pixels": image_max_pixels} if image_max_pixels else {})}
     _record_roots(result, setup, specs, data_root)
     return _write(out, result, None, info)
 
