@@ -186,7 +186,8 @@ def _multi_readme(inner: nn.Module, tasks: list[str], format: str) -> str:
         return head + load + (f"    model.set_adapter('{a}')   # one task per call: PEFT's adapter_names cannot route "
                               f"a vision tower that {why}\n")
     return head + load + (
-        f"    out = model(**inputs, adapter_names=['{a}', '{b}', ...])   # one task per input row\n"
+        f"    out = model(**inputs, adapter_names=['{a}', '{b}', ...])   # one task per input row (rows of one "
+        "image each: PEFT takes a row's images for rows)\n"
         f"    model.set_adapter('{a}')                                  # or one task for every row\n")
 
 
