@@ -201,3 +201,32 @@ def test_a_chat_turn_is_the_processors_ids_and_ends_with_end_of_turn(tmp_path):
     trained = bb.lm_collator()([prompt], ["red"], ends=[wrap.end])["input_ids"][0].tolist()
     answered = _processor_ids(bb, [*user, {"role": "assistant", "content": [{"type": "text", "text": "red"}]}])
     assert trained == answered[:len(trained)] and trained[-1] == tok.convert_tokens_to_ids("<end_of_turn>")
+
+
+def test_pan_and_scan_crops_take_their_rows_task(tmp_path):
+    """The processor's pan-and-scan crops (a wide picture: its whole view and crops; a square one: one view) under a
+    mixed route: each row's views take its task, as the README's table says (helper 170)."""
+    from gemma3_tiny import save_tiny_gemma3
+    from transformers import AutoProcessor, Gemma3ForConditionalGeneration
+
+    folder = save_tiny_gemma3(tmp_path / "g")
+    rng = np.random.default_rng(0)
+    pictures = [[Image.fromarray(rng.integers(0, 256, (32, 160, 3), dtype=np.uint8))],
+                [Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))]]
+    x = AutoProcessor.from_pretrained(str(folder))(
+        text=["<start_of_image> a", "<start_of_image> b"], images=pictures, return_tensors="pt", padding=True,
+        do_pan_and_scan=True, pan_and_scan_min_crop_size=8, pan_and_scan_max_num_crops=4,
+        pan_and_scan_min_ratio_to_activate=1.2)
+    assert x["pixel_values"].shape[0] > 2   # crops made
+    torch.manual_seed(0)
+    m = perturb_adapters(mlv.attach(Gemma3ForConditionalGeneration.from_pretrained(str(folder)).eval(),
+                                    mlv.MTLLoRAConfig(tasks=["a", "b"], r=4)))
+    with torch.no_grad():
+        alone = []
+        for t in ("a", "b"):
+            with mlv.route(m, t):
+                alone.append(m(**x).logits)
+        with mlv.route(m, [0, 1]):
+            mixed = m(**x).logits
+    torch.testing.assert_close(mixed, torch.stack([alone[0][0], alone[1][1]]))
+    assert (alone[0] - alone[1]).abs().max() > 1e-3
