@@ -371,18 +371,21 @@ class Backbone:
             images_uint8 = images_uint8.unsqueeze(0)
         if images_uint8.dim() != 4 or images_uint8.shape[1] != 3:
             raise ValueError(f"preprocess_uint8 expects images of shape (B, 3, H, W), got {tuple(images_uint8.shape)}")
-        device = images_uint8.device
-        key = str(device)
-        if key not in self._norm_cache:
-            mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-            std = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-            self._norm_cache[key] = (mean, std)
-        mean, std = self._norm_cache[key]
+        mean, std = self.normalisers(images_uint8.device)
         x = images_uint8.float().div_(255.0)
         if x.shape[-2:] != (self.image_size, self.image_size) and not self.resize.native:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                               align_corners=False, antialias=True)
         return ((x - mean) / std).to(dtype)
+
+    def normalisers(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The image mean and std as fp32 ``(1, 3, 1, 1)`` tensors on ``device``, made once per device."""
+        key = str(device)
+        if key not in self._norm_cache:
+            mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+            self._norm_cache[key] = (mean, std)
+        return self._norm_cache[key]
 
     def to(self, device: str | torch.device) -> Backbone:
         """Move the model to ``device`` (in place) and return self."""

@@ -134,8 +134,7 @@ class LlavaNextBackbone(HFVLMBackbone):
         images: antialiased; bicubic the width first, then the height, each pass rounded to 8 bits (its uint8
         kernel's intermediate); so that a pixel differs from the processor's by at most one level (its fixed-point
         weights)."""
-        mean = torch.tensor(self.mean, device=pixel_values.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=pixel_values.device).view(1, 3, 1, 1)
+        mean, std = self.normalisers(pixel_values.device)
         levels = (pixel_values.float() * std + mean) * 255
         c, s = self.image_size, self.tile_size
         # (bilinear: one pass comes within one level of it, two rounded passes within two)

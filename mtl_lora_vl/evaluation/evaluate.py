@@ -29,9 +29,10 @@ from ..io.atomic import atomic_dir, atomic_file, check_target
 from ..io.layout import check_output
 from ..log import main_rank_logging, progress
 from ..multitask import MultiTaskModel, Setup
+from ..multitask.setup import task_kinds
 from ..precision import base_weights_dtype, check_base_precision, resolve_precision
 from ..rundir import RunDirError
-from ..tasks import build_kind, resolve_tasks
+from ..tasks import resolve_tasks
 from ..tasks.registry import get_kind
 from ..tasks.spec import TaskSpec, load_spec
 from .report import details_table, has_adapted, markdown_table, scored_line, write_plots
@@ -385,9 +386,7 @@ def _evaluate_base(specs: list[TaskSpec], backbone: str, pretrained: str | None,
     with main_rank_logging(info.is_main):   # every rank reads the same model and data: said once
         bb = load_backbone(backbone, pretrained, dev, base_dtype=base_dtype, image_max_pixels=image_max_pixels)
         bb.model.requires_grad_(False)   # frozen, as attach leaves a trained run's base: its dtype is what loaded
-        for s in specs:  # a task the backbone cannot serve is refused before any data is read, as in train
-            get_kind(s.kind).check_backbone(s, bb)
-        kinds = {s.name: build_kind(s, s.load_split("train", data_root), bb) for s in specs}
+        kinds = task_kinds(specs, bb, data_root)[1]   # as train builds them, on their training splits
         setup = Setup(bb, specs, kinds, None, None)   # no adapters or heads: the zero-shot rule needs none
         read_eval_splits(setup, [split], data_root)   # the kinds' checks of the data they will score
         loaded = base_weights_dtype(bb.model)

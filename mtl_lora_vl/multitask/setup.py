@@ -98,6 +98,16 @@ class Setup:
         return self.eval_data[key]
 
 
+def task_kinds(specs: list[TaskSpec], backbone: Any, data_root: str | None) -> tuple[dict[str, Split], dict[str, Any]]:
+    """Each task's training split and kind, built on it (its vocabulary: class names, answer lists); a task the
+    backbone cannot serve is refused before any data is read. (``train``, ``--extend`` and ``eval`` without an
+    adapter build them so.)"""
+    for s in specs:
+        get_kind(s.kind).check_backbone(s, backbone)
+    train_splits = {s.name: s.load_split("train", data_root) for s in specs}
+    return train_splits, {s.name: build_kind(s, train_splits[s.name], backbone) for s in specs}
+
+
 def build_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec] | None = None) -> Setup:
     """Backbone, task specs and kinds, heads (initialised to the zero-shot rule), adapters. ``specs``: the
     ``--tasks`` specs if already read (else they are read here)."""
@@ -106,10 +116,7 @@ def build_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec] 
     backbone = load_backbone(opts.backbone, opts.pretrained, device, base_dtype=opts.base_dtype, **pixels)
     if opts.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
-    for s in specs:  # a task the backbone cannot serve is refused before any data is read
-        get_kind(s.kind).check_backbone(s, backbone)
-    train_splits = {s.name: s.load_split("train", opts.data_root) for s in specs}
-    kinds = {s.name: build_kind(s, train_splits[s.name], backbone) for s in specs}
+    train_splits, kinds = task_kinds(specs, backbone, opts.data_root)
     heads = nn.ModuleDict({name: kind.build_head(backbone) for name, kind in kinds.items()})
     targets: Any = opts.targets if opts.targets == "default" else json.loads(opts.targets)
     cfg = MTLLoRAConfig(tasks=list(kinds), r=opts.rank, alpha=opts.alpha, n_up=opts.n_up,
@@ -148,18 +155,16 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
     if clash:
         raise ValueError(f"--extend {src}: task(s) {clash} are already in the adapter {old}; --tasks must name new tasks")
     bb = lp.backbone
-    for s in new_specs:
-        get_kind(s.kind).check_backbone(s, bb)
+    train_splits, new_kinds = task_kinds(new_specs, bb, opts.data_root)
     if opts.grad_checkpointing:
         bb.set_grad_checkpointing(True)
-    train_splits = {s.name: s.load_split("train", opts.data_root) for s in new_specs}
     kinds = dict(lp.kinds)
     heads = nn.ModuleDict(lp.heads)
     for head in heads.values():
         head.requires_grad_(False)
     added = 0
     for spec in new_specs:
-        kinds[spec.name] = build_kind(spec, train_splits[spec.name], bb)
+        kinds[spec.name] = new_kinds[spec.name]
         added += add_task(bb.model, spec.name).trainable
         with disabled(bb.model):  # the new head starts from the base model's zero-shot rule
             heads[spec.name] = kinds[spec.name].build_head(bb)
