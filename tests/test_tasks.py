@@ -334,7 +334,7 @@ def test_coco_alias(tmp_path):
 
 
 def test_registry_lists_kinds_and_refuses_unknown_or_clashing():
-    assert available_kinds() == ["captioning", "classification", "retrieval", "vqa"]
+    assert available_kinds() == ["captioning", "classification", "nlvr", "retrieval", "vqa"]
     with pytest.raises(KeyError, match="unknown task kind 'nope'.*'vqa'"):
         get_kind("nope")
     vqa_cls = get_kind("vqa")

@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.utils.data import get_worker_info
 
 from .images import ImageError, ImageShapeError, image_key, to_uint8_tensor
-from .records import Example
+from .records import Example, image_parts
 from .resize import ImageResize
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,12 @@ def current_policy() -> tuple[str, bool] | None:
 def failure_key(ex: Example) -> str:
     """How a row whose image failed is named (in warnings, and in the :func:`decode_policy` set): its file."""
     return image_key(ex.image) or f"example {ex.image_id!r}"
+
+
+def failure_keys(ex: Example) -> set[str]:
+    """The :func:`failure_key` of each image of ``ex`` (an evaluation decodes an example of several images image by
+    image, :func:`~mtl_lora_vl.data.records.image_parts`; the example is out when any of them failed)."""
+    return {failure_key(part) for part in image_parts(ex)}
 
 
 class ImageFallback:

@@ -68,7 +68,11 @@ def is_scene(source: Any) -> bool:
 
 
 def image_key(source: Any) -> str | None:
-    """A name that identifies the file or row behind ``source`` (``None`` for scenes, bytes, PIL images)."""
+    """A name that identifies the file or row behind ``source`` (``None`` for scenes, bytes, PIL images); for
+    several images (a tuple), their names joined by " + " (``None`` unless each has one)."""
+    if isinstance(source, tuple):
+        keys = [image_key(part) for part in source]
+        return None if not keys or None in keys else " + ".join(keys)   # type: ignore[arg-type]
     if isinstance(source, (str, os.PathLike)):
         return str(source)
     if hasattr(source, "fetch"):
@@ -332,11 +336,17 @@ def to_uint8_tensor(img: Any, resize: ImageResize | int) -> torch.Tensor:
     (an int ``S``: shorter side to ``S``, centre crop, bicubic; a ``native`` resize: (3, H, W) at the image's own
     aspect). A scene renders at ``S`` directly.
 
-    Meant for loader workers: conversion to float and normalisation happen later, on the device.
+    Meant for loader workers: conversion to float and normalisation happen later, on the device. Several images
+    (a tuple: one example's pair) give a ``(k, 3, S, S)`` stack.
     """
     import torchvision.transforms.v2.functional as TF
 
     resize = ImageResize.of(resize)
+    if isinstance(img, tuple):
+        if resize.native:
+            raise ValueError("an example of several images needs images of one size; a native resize keeps each "
+                             "image's own size (use a backbone that resizes to a square)")
+        return torch.stack([to_uint8_tensor(part, resize) for part in img])
     name = "<PIL image>"
     if is_scene(img):
         img = load_image(img, resize.size)

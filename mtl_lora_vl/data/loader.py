@@ -22,6 +22,9 @@ Batch layout (what :class:`MultiTaskLoader` yields; B rows, grouped by task in a
                                               the top left, H and W the largest, zeros elsewhere)
     batch["image_sizes"]  tuple of (h, w)     each row's image size (host ints; the language model's
                                               image-token count of a native-resolution backbone)
+    batch["image_segments"]  like segments, over the images: only when a task's rows hold several
+                                              images each (NLVR2's pair; ``images`` then has one entry per
+                                              image, a row's images in order, and ``image_sizes`` too)
     batch["tokens"]     LongTensor (B, L)     each row's text tokenised (a row without text holds
                                               the tokens of ""); absent on the generative path
     batch["lm"]         {                     generative path only (the kinds run through a language
@@ -39,6 +42,8 @@ Batch layout (what :class:`MultiTaskLoader` yields; B rows, grouped by task in a
     batch["tasks"]      {task_name: {         only the tasks present in this batch
         "rows":       LongTensor (n_t,)       this task's rows of the batch (contiguous)
         "text_index": LongTensor (n_t,)       its rows' positions among ``text_rows`` (uses_text only)
+        "image_index": LongTensor (n_t, k)    its rows' images in ``images`` (only with image_segments;
+                                              (n_t,) for a task of one image per row)
         <fields>:     Tensor (n_t, ...)       the kind's own per-row tensors, stacked
                                               (vqa "targets", classification "labels",
                                                retrieval "image_key")
@@ -80,6 +85,7 @@ they are the same with any number of workers and after a resume, and differ from
 
 from __future__ import annotations
 
+import itertools
 import random
 import signal
 from collections import Counter
@@ -244,9 +250,19 @@ class MultiTaskCollate:
             # rows given another row's image, per task: counted by the training loop as batches are consumed
             "replaced": dict(Counter(self.task_names[r["task_id"]] for r in rows if r.get("replaced"))),
         }
-        batch["images"], batch["image_sizes"] = pad_images([r["image"] for r in rows])
+        counts = [1 if r["image"].dim() == 3 else int(r["image"].shape[0]) for r in rows]
+        batch["images"], batch["image_sizes"] = pad_images(
+            [im for r in rows for im in ([r["image"]] if r["image"].dim() == 3 else r["image"].unbind(0))])
+        several = any(c != 1 for c in counts)
+        starts = [0, *itertools.accumulate(counts)]   # row i's images: starts[i] .. starts[i + 1]
+        if several:   # rows of several images: the image tower's route and each task's images go by image
+            batch["image_segments"] = _segments([t for t, c in zip(ids, counts) for _ in range(c)])
         lm_weight = None
         if self.lm_collator is not None:
+            if several:
+                bad = self.task_names[rows[next(i for i, c in enumerate(counts) if c != 1)]["task_id"]]
+                raise ValueError(f"task {bad!r} gives rows of several images, which the language-model path does not "
+                                 "take (one image per prompt); train it on a contrastive backbone")
             lm = [r.get("lm") for r in rows]
             if any(x is None for x in lm):
                 bad = self.task_names[rows[lm.index(None)]["task_id"]]
@@ -265,6 +281,13 @@ class MultiTaskCollate:
             if not idx:
                 continue
             view: dict[str, Tensor] = {"rows": torch.tensor(idx, dtype=torch.long)}
+            if several:   # a task's rows hold one number of images each (its kind's, k): their positions, (n_t, k) or (n_t,)
+                k = {counts[i] for i in idx}
+                if len(k) != 1:
+                    raise ValueError(f"task {self.task_names[t]!r} gives rows of {sorted(k)} images; every row of a "
+                                     "task holds the same number of images")
+                index = [list(range(starts[i], starts[i + 1])) for i in idx]
+                view["image_index"] = torch.tensor([x[0] for x in index] if k == {1} else index, dtype=torch.long)
             if self.uses_text[t]:
                 view["text_index"] = torch.arange(len(text_rows), len(text_rows) + len(idx))
                 text_rows.extend(idx)
@@ -322,7 +345,7 @@ def task_views(batch: dict[str, Any]) -> Iterator[tuple[str, dict[str, Tensor]]]
     plus its fields and row indices."""
     for name, view in batch["tasks"].items():
         rows = view["rows"]
-        sub = {"images": batch["images"][rows], "indices": batch["indices"][rows]}
+        sub = {"images": batch["images"][view.get("image_index", rows)], "indices": batch["indices"][rows]}
         if "tokens" in batch:
             sub["tokens"] = batch["tokens"][rows]
         sub.update(view)

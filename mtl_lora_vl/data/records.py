@@ -1,7 +1,8 @@
 """The common record every reader and the built-in world produce.
 
 Readers turn a dataset's own format into a list of :class:`Example`; loaders, task kinds and
-metrics only ever see these. One example is one (image, text) pair of one task.
+metrics only ever see these. One example is one (image, text) pair of one task, or, for a task that reads
+several images at once (NLVR2's statement about a pair), one (images, text) row: ``image`` is then a tuple.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ class Example:
     checked against the data root by the reader); a reference to a row of a ``datasets`` table with a
     ``fetch()`` method returning encoded bytes or such a path (small and picklable: workers read the
     bytes themselves); encoded image bytes or a PIL image (held in memory: fine for small splits);
-    or a built-in-world scene object with a ``render(size) -> PIL.Image`` method.
+    or a built-in-world scene object with a ``render(size) -> PIL.Image`` method. An example of several images
+    (NLVR2's left and right) holds a tuple of such sources, in order.
     """
 
     image: Any
@@ -52,9 +54,30 @@ class Split:
         the data changed."""
         h = hashlib.sha256(json.dumps(self.class_names).encode())
         for ex in self.examples:
-            file = Path(ex.image).name if isinstance(ex.image, str | Path) else None
+            file = _file_names(ex.image)
             row = [str(ex.image_id), file, ex.text, list(ex.captions), list(ex.answers), ex.question_type, ex.label]
             if "filter_type" in ex.meta:   # only where a reader keeps it: other rows' digests stay as they were
                 row.append(ex.meta["filter_type"])
             h.update(json.dumps(row, default=str).encode())
         return h.hexdigest()
+
+
+def _file_names(image: Any) -> str | list[str | None] | None:
+    """The file name of an image path (None for other sources); a list of them for an example of several images."""
+    if isinstance(image, tuple):
+        return [_file_names(part) for part in image]   # type: ignore[misc]
+    return Path(image).name if isinstance(image, str | Path) else None
+
+
+def image_count(ex: Example) -> int:
+    """How many images ``ex`` holds (a tuple ``image``: several; anything else: one)."""
+    return len(ex.image) if isinstance(ex.image, tuple) else 1
+
+
+def image_parts(ex: Example) -> list[Example]:
+    """One example per image of ``ex``: ``[ex]`` itself for one image; for several, the j-th image as an example
+    whose ``image_id`` is ``"<image_id>#<j>"`` (what an evaluation embeds image by image, and how a failed image is
+    named)."""
+    if not isinstance(ex.image, tuple):
+        return [ex]
+    return [Example(part, f"{ex.image_id}#{j}") for j, part in enumerate(ex.image)]

@@ -1,6 +1,7 @@
 """MultiTaskModel: the adapted backbone plus one head per task; one forward serves a mixed batch.
 
-The towers run once per step: the image tower on every row and the text tower on the rows whose task
+The towers run once per step: the image tower on every row's images (rows of a task that reads several
+images, NLVR2's pair, route image by image: ``image_segments``) and the text tower on the rows whose task
 carries text, each pass under one route built from the loader's segments (adapter task ids, rows grouped
 by task, boundaries computed on the host: no device sync, no id translation). Each task's loss then sees
 only its own rows (see :mod:`mtl_lora_vl.data.loader` for the batch layout).
@@ -57,6 +58,12 @@ class MultiTaskModel(nn.Module):
         ids = batch["task_ids"] if rows is None else batch["task_ids"][rows]
         return self.router.make_route(ids)
 
+    def _image_route(self, batch: dict) -> Route:
+        """The image tower's route: over the images, where rows hold several (``image_segments``), else the rows'."""
+        if "image_segments" in batch:
+            return Route.from_segments(batch["image_segments"])
+        return self._route(batch, "segments")
+
     def forward(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         """(Weighted total loss, per-task losses) of one mixed batch. The image tower runs once on every row
         and the text tower once on the rows with text, each pass under one route from the batch's segments, so
@@ -69,7 +76,7 @@ class MultiTaskModel(nn.Module):
         if "lm" in batch:
             return self._forward_lm(batch, scales)
         bb = self.backbone
-        with route(self.router, self._route(batch, "segments"), recompute=self.recompute):
+        with route(self.router, self._image_route(batch), recompute=self.recompute):
             image_emb = bb.encode_image(batch["images"])
         text_emb = None
         text_rows = batch["text_rows"]
@@ -80,7 +87,8 @@ class MultiTaskModel(nn.Module):
         total = image_emb.new_zeros((), dtype=torch.float32)
         for name, rows in task_views(batch):
             kind = self.kinds[name]
-            img, t = image_emb[rows["rows"]], text_emb[rows["text_index"]] if kind.uses_text else None
+            img = image_emb[rows.get("image_index", rows["rows"])]   # (n_t, k, D) for rows of k images each
+            t = text_emb[rows["text_index"]] if kind.uses_text else None
             if kind.cross_rank_fields and self.ranks is not None:
                 img, t, rows = self._every_rank(kind, img, t, rows)
             with route(self.router, name, recompute=self.recompute):  # kinds that run the model again (CoCa's decoder)

@@ -1,4 +1,4 @@
-"""Task kinds (vqa, retrieval, classification, captioning), their registry and the TOML task specs."""
+"""Task kinds (vqa, retrieval, classification, captioning, nlvr), their registry and the TOML task specs."""
 
 from typing import Any
 
@@ -6,7 +6,7 @@ from mtl_lora_vl.backbones.base import Backbone
 from mtl_lora_vl.data.records import Split
 
 # Importing the kind modules registers them.
-from mtl_lora_vl.tasks import captioning, classification, retrieval, vqa  # noqa: F401
+from mtl_lora_vl.tasks import captioning, classification, nlvr, retrieval, vqa  # noqa: F401
 from mtl_lora_vl.tasks.base import TaskKind
 from mtl_lora_vl.tasks.registry import available_kinds, get_kind, register_kind
 from mtl_lora_vl.tasks.spec import SpecError, TaskSpec, available_specs, load_spec, resolve_tasks

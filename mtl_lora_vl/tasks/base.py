@@ -68,7 +68,7 @@ from torch import Tensor, nn
 from mtl_lora_vl.adapters.rows import autocast_off
 from mtl_lora_vl.backbones.base import BackboneError
 from mtl_lora_vl.backbones.chat import ChatWrap
-from mtl_lora_vl.data.fallback import decode_policy, failure_key
+from mtl_lora_vl.data.fallback import decode_policy, failure_keys
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.distributed import union_over_shards
@@ -343,7 +343,7 @@ class TaskKind(ABC):
             bad = union_over_shards(failed)
             if not bad:
                 return out
-            kept = [ex for ex in split.examples if failure_key(ex) not in bad]
+            kept = [ex for ex in split.examples if not failure_keys(ex) & bad]
             logger.warning("task %r: %d evaluation row(s) whose image cannot be used are left out of its scores "
                            "(%d of %d rows kept)", self.name, len(split.examples) - len(kept), len(kept),
                            len(split.examples))

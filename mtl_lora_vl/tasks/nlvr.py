@@ -1,0 +1,167 @@
+"""Visual reasoning over an image pair (spec ``nlvr``, NLVR2-style): is a statement true of two images?
+
+Each row holds two images (``Example.image`` a tuple: left, right), a statement (``text``) and a label (1 true,
+0 false); NLVR2 is one of the paper's four image-text tasks.
+
+* **Head**: an MLP over the pair and the statement, ``[e_left, e_right, t, e_left * t, e_right * t]`` (each
+  embedding L2-normalised) -> two logits (false, true), trained with cross-entropy. The image tower runs on both
+  images of every row, each routed through the task's adapter (the loader's ``image_segments``); the text tower on
+  the statement.
+* **Zero-shot rule**: a contrastive model has none for a true/false statement about two images, so the rule is
+  the nearest it has: a statement is called true when its similarity to the pair (the sum of its cosine with each
+  image) is above the median of the evaluated rows' (labels unused). It predicts half of the rows true; on
+  balanced data expect chance, which is what a CLIP without training can do here.
+* **Metrics**: ``accuracy``, and per statement type (``accuracy/<type>``, where rows carry ``question_type``).
+
+A generative backbone is refused at start-up: its language-model path takes one image per prompt.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtl_lora_vl.backbones.base import TEXT_EMBEDDINGS, Backbone, BackboneError
+from mtl_lora_vl.data.records import Example, Split, image_count, image_parts
+from mtl_lora_vl.distributed import map_shards
+from mtl_lora_vl.tasks.base import TaskKind, encode_texts, image_embeddings, model_device, spec_error
+from mtl_lora_vl.tasks.generative import uses_language_model
+from mtl_lora_vl.tasks.registry import register_kind
+from mtl_lora_vl.tasks.spec import TaskSpec
+
+
+class PairHead(nn.Module):
+    """``(image_emb (n, k, D), text_emb (n, D)) -> (n, 2)`` logits (false, true) of a statement about k images."""
+
+    def __init__(self, dim: int, images: int, hidden: int) -> None:
+        super().__init__()
+        self.images = int(images)
+        self.net = nn.Sequential(nn.Linear((2 * self.images + 1) * dim, hidden), nn.GELU(), nn.Linear(hidden, 2))
+
+    def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
+        if image_emb.dim() != 3 or image_emb.shape[1] != self.images:
+            raise ValueError(f"PairHead: expected image embeddings (rows, {self.images}, dim), got "
+                             f"{tuple(image_emb.shape)}")
+        img = F.normalize(image_emb.float(), dim=-1)
+        t = F.normalize(text_emb.float(), dim=-1)
+        return self.net(torch.cat([img.flatten(1), t, (img * t[:, None]).flatten(1)], dim=-1))
+
+
+@register_kind("nlvr")
+class NLVRKind(TaskKind):
+    """A statement about a pair of images, true or false (NLVR2): pair + statement MLP head, accuracy."""
+
+    world_kinds = ("nlvr",)
+
+    headline_metric = "accuracy"
+    metric_names = ("accuracy", "per_type")
+    not_headline = ("per_type",)
+    uses_text = True
+    head_defaults = {"hidden": 0}
+
+    @classmethod
+    def check_spec(cls, spec: TaskSpec) -> None:
+        super().check_spec(spec)
+        if spec.head["hidden"] < 0:
+            raise spec_error(spec, "head.hidden", "an integer >= 0 (0 = twice the embedding size)",
+                             spec.head["hidden"])
+
+    @classmethod
+    def check_backbone(cls, spec: TaskSpec, backbone: Backbone) -> None:
+        if uses_language_model(backbone):
+            raise BackboneError(
+                f"task {spec.name!r} (kind nlvr) reads two images per row, and the language-model path of "
+                f"backbone {backbone.name!r} ({type(backbone.model).__name__}) takes one image per prompt; train "
+                "it on a contrastive backbone (--backbone builtin, open_clip:NAME --pretrained FILE, or hf:DIR of a "
+                "CLIP model), or give this backbone vqa, captioning or caption_cls")
+        if not backbone.supports(TEXT_EMBEDDINGS):
+            raise BackboneError(
+                f"task {spec.name!r} (kind nlvr) embeds its statements with a text tower, which backbone "
+                f"{backbone.name!r} ({type(backbone.model).__name__}) does not have; use a CLIP-style backbone")
+
+    def __init__(self, spec: TaskSpec, train: Split | None, backbone: Backbone, state: dict | None = None) -> None:
+        super().__init__(spec, train, backbone, state)
+        if state is not None:
+            self.images = int(state["images"])
+            return
+        self.images = image_count(train.examples[0])
+        self._check_rows(train.examples, "training")
+
+    def state(self) -> dict:
+        return {"images": self.images}
+
+    def _check_rows(self, examples: list[Example], what: str) -> None:
+        for ex in examples:
+            k = image_count(ex)
+            if k < 2 or k != self.images:
+                want = "two or more images" if self.images < 2 else f"{self.images} images, as training's"
+                raise ValueError(f"task {self.name!r}: {what} example {ex.image_id!r} holds {k} image(s); a row of an "
+                                 f"nlvr task holds {want} (Example.image a tuple of them)")
+            if not ex.text or not ex.text.strip():
+                raise ValueError(f"task {self.name!r}: {what} example {ex.image_id!r} has no statement (text)")
+            if ex.label not in (0, 1):
+                raise ValueError(f"task {self.name!r}: {what} example {ex.image_id!r} has label {ex.label!r}; "
+                                 "expected 1 (the statement is true) or 0 (false)")
+
+    def check_eval_split(self, split: Split) -> None:
+        super().check_eval_split(split)
+        self._check_rows(split.examples, "evaluation")
+
+    # ------------------------------------------------------------------ loader side
+
+    def sample_text(self, example: Example) -> str | None:
+        return example.text
+
+    def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]:
+        return {"labels": torch.tensor(example.label, dtype=torch.long)}
+
+    # ------------------------------------------------------------------ head, loss, evaluation
+
+    def build_head(self, backbone: Backbone) -> PairHead:
+        dim = int(backbone.embed_dim)
+        hidden = self.spec.head["hidden"] or 2 * dim
+        return PairHead(dim, self.images, hidden).to(model_device(backbone))
+
+    def loss(self, head: PairHead, backbone: Backbone, batch: dict[str, Tensor], image_emb: Tensor,
+             text_emb: Tensor | None) -> Tensor:
+        return F.cross_entropy(head(image_emb, text_emb), batch["labels"])
+
+    @torch.no_grad()
+    def scores(self, backbone: Backbone, head: nn.Module | None, examples: list[Example], *, batch_size: int,
+               device: torch.device | str, dtype: torch.dtype = torch.float32, num_workers: int = 0) -> Tensor:
+        """``(N,)`` on CPU: the head's logit of true minus false, or (``head=None``) the statement's summed cosine
+        with its images, the zero-shot rule's score (thresholded by the caller)."""
+        parts = [p for ex in examples for p in image_parts(ex)]
+        img = image_embeddings(backbone, parts, batch_size=batch_size, device=device, dtype=dtype,
+                               num_workers=num_workers).view(len(examples), self.images, -1)
+        text = encode_texts(backbone, [ex.text for ex in examples], device=device, dtype=dtype,
+                            batch_size=batch_size)
+        if head is None:
+            return (img * text[:, None]).sum(dim=(1, 2)).cpu()
+        logits = torch.cat([head(img[i:i + batch_size], text[i:i + batch_size])
+                            for i in range(0, len(examples), batch_size)]).float()
+        return (logits[:, 1] - logits[:, 0]).cpu()
+
+    def _evaluate(self, backbone: Backbone, head: nn.Module | None, split: Split, *, batch_size: int,
+                  device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
+        examples = list(split.examples)
+        if not examples:
+            raise ValueError(f"task {self.name!r}: the evaluation split is empty")
+        self._check_rows(examples, "evaluation")
+        scores = map_shards(lambda part: self.scores(backbone, head, part, batch_size=batch_size, device=device,
+                                                     dtype=dtype, num_workers=num_workers), examples)
+        threshold = 0.0 if head is not None else float(scores.median())
+        pred = scores > threshold
+        right = (pred == torch.tensor([ex.label == 1 for ex in examples])).float()
+        out = {"accuracy": float(right.mean()), "n": float(len(examples))}
+        by_type: dict[str, list[float]] = defaultdict(list)
+        for ex, r in zip(examples, right.tolist()):
+            if ex.question_type:
+                by_type[ex.question_type].append(r)
+        for t in sorted(by_type):
+            out[f"accuracy/{t}"] = sum(by_type[t]) / len(by_type[t])
+            out[f"n/{t}"] = float(len(by_type[t]))
+        return out
