@@ -17,11 +17,19 @@ The task kinds need different visual facts, so that they compete for a shared lo
 * ``pretrain`` — simpler scenes of one or two objects with simple captions (colour, shape, size, a
   relation or a position, a count of one or two), so that a CLIP pretrained on it has zero-shot skill
   on each task while crowded scenes, counts above two and distractors leave room for adaptation.
+* ``nlvr`` — **reasoning over a pair of images** (NLVR2's flavour): one true-or-false statement per
+  (left, right) pair of scenes that needs both images or the named one: "the left image contains a red
+  circle", "both images contain a triangle", "neither image contains a blue square", "the left image has
+  more circles than the right image", "in the right image a red circle is left of a blue square".
+  Labels are 1 (true) / 0 (false), balanced within each statement type. Its texts are not in
+  :func:`all_texts` (the committed vocabularies predate it), but every word is in the built-in CLIP's.
 
 Scenes of different (kind, split, seed) come from different random streams, and scene ``i`` of a
 split depends only on ``(kind, split, seed, i)``, so a smaller ``n`` gives a prefix of a larger one.
-Default sizes are in :data:`DEFAULT_SCENES` (number of scenes; see :func:`build_split` for how many
-examples a scene gives).
+Default sizes are in :data:`DEFAULT_SCENES` (number of scenes -- of scene pairs for ``nlvr``; see
+:func:`build_split` for how many examples a scene gives).
+
+An example with several images (``nlvr``) has ``image`` = a tuple of image sources, in order (left, right).
 """
 
 from __future__ import annotations
@@ -61,23 +69,32 @@ MAX_OBJECTS = 5
 NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five")
 DEFAULT_IMAGE_SIZE = 64
 
-KINDS: tuple[str, ...] = ("pretrain", "retrieval", "vqa", "classification", "captioning")
+#: The kinds whose texts make the built-in backbones' vocabularies (:func:`all_texts`): the world as it was when
+#: the committed assets were built. A kind added later is not in it, so that the asset scripts still rebuild them.
+VOCAB_KINDS: tuple[str, ...] = ("pretrain", "retrieval", "vqa", "classification", "captioning")
+KINDS: tuple[str, ...] = (*VOCAB_KINDS, "nlvr")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 #: Default number of scenes per (kind, split). Examples per scene: retrieval/captioning train: one per
 #: caption (up to five; 7.5 % of images have three or four), val/test: one per image; vqa: three questions;
-#: classification and pretrain: one.
+#: classification and pretrain: one; nlvr: one statement per pair of scenes (the sizes count pairs: 3000 pairs
+#: are 6000 scenes to render per epoch, as vqa's 6000 train examples are; 400 / 800 pairs ~ vqa's 900 / 1800).
 DEFAULT_SCENES: dict[tuple[str, str], int] = {
     ("pretrain", "train"): 8000,
     ("retrieval", "train"): 1500, ("retrieval", "val"): 250, ("retrieval", "test"): 500,
     ("captioning", "train"): 1500, ("captioning", "val"): 250, ("captioning", "test"): 500,
     ("vqa", "train"): 2000, ("vqa", "val"): 300, ("vqa", "test"): 600,
     ("classification", "train"): 3000, ("classification", "val"): 500, ("classification", "test"): 1000,
+    ("nlvr", "train"): 3000, ("nlvr", "val"): 400, ("nlvr", "test"): 800,
 }
 
 # Objects per scene (inclusive range) for each kind.
 _OBJECT_RANGE = {"pretrain": (1, 2), "retrieval": (2, 4), "captioning": (2, 4), "vqa": (2, 5),
-                 "classification": (2, 4)}
+                 "classification": (2, 4), "nlvr": (1, 4)}
+
+#: The nlvr statement types (``Example.question_type``); each is drawn about equally often.
+STATEMENT_TYPES: tuple[str, ...] = ("existence", "both", "neither", "count", "relation")
+SIDES: tuple[str, ...] = ("left", "right")
 
 # Answer synonyms that a "human" may give instead of the canonical answer; all are true.
 _SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -373,6 +390,118 @@ def _question(qtype: str, scene: Scene, rng: random.Random) -> tuple[str, str] |
     raise ValueError(f"unknown question type {qtype!r}; known: {', '.join(QUESTION_TYPES)}")
 
 
+def _pick(rng: random.Random, groups: Sequence[Sequence]):
+    """A uniform choice among the non-empty ``groups``, then within it; None when all are empty."""
+    groups = [g for g in groups if g]
+    return rng.choice(rng.choice(groups)) if groups else None
+
+
+def _pairs_of(scene: Scene) -> set[tuple[str, str]]:
+    return {(o.color, o.shape) for o in scene.objects}
+
+
+def _statement(stype: str, truth: bool, scenes: tuple[Scene, Scene], rng: random.Random) -> str | None:
+    """An nlvr statement of type ``stype`` about the (left, right) pair that is ``truth``, or None when the pair
+    cannot support one. False statements name colours and shapes of the pair, and most need both images (or the
+    named one) to be told false: an object of the other image, an attribute that only one image has.
+
+    Each branch draws its form (side, wording, what is counted) from ``rng`` before it looks at the scenes, and
+    the caller gives every try of one example a generator in the same state: the form is then the same whatever
+    pairs were drawn again, so it does not tell the label (a shared colour and shape, say, is rare)."""
+    if stype == "existence":
+        side = rng.randrange(2)
+        named, other = _pairs_of(scenes[side]), _pairs_of(scenes[1 - side])
+        if truth:
+            color, shape = rng.choice(sorted(named))
+        else:
+            # An object of the other image, or a near miss of one of this image's: its colour or its shape with
+            # a shape or a colour of the pair.
+            colors = {c for c, _ in named | other}
+            shapes = {s for _, s in named | other}
+            near = {(c, s2) for c, _ in named for s2 in shapes} | {(c2, s) for _, s in named for c2 in colors}
+            pick = _pick(rng, [sorted(other - named), sorted(near - named)])
+            if pick is None:
+                return None
+            color, shape = pick
+        return f"the {SIDES[side]} image contains {article(f'{color} {shape}')}"
+    if stype == "both":
+        # Colour and shape, shape only or colour only ("a red shape"); false: only one image has it.
+        key = rng.choice([lambda o: f"{o.color} {o.shape}", lambda o: o.shape, lambda o: f"{o.color} shape"])
+        left, right = ({key(o) for o in sc.objects} for sc in scenes)
+        cands = sorted(left & right) if truth else sorted(left ^ right)
+        return f"both images contain {article(rng.choice(cands))}" if cands else None
+    if stype == "neither":
+        left, right = _pairs_of(scenes[0]), _pairs_of(scenes[1])
+        if truth:   # a colour and a shape of the pair that no object of either image has together
+            colors = {c for c, _ in left | right}
+            shapes = {s for _, s in left | right}
+            cands = sorted({(c, s) for c in colors for s in shapes} - left - right)
+        else:       # an object of exactly one image
+            cands = sorted(left ^ right)
+        if not cands:
+            return None
+        color, shape = rng.choice(cands)
+        return f"neither image contains {article(f'{color} {shape}')}"
+    if stype == "count":
+        subjects = [[("shapes", lambda o: True)],
+                    [(f"{s}s", lambda o, s=s: o.shape == s) for s in SHAPES],
+                    [(f"{c} shapes", lambda o, c=c: o.color == c) for c in COLOR_NAMES]]
+        more = rng.random() < 0.5
+        a = rng.randrange(2)
+        cands = []
+        for noun, pred in rng.choice(subjects):
+            counts = [sum(map(pred, sc.objects)) for sc in scenes]
+            if sum(counts) == 0:    # name only what the pair shows
+                continue
+            holds = counts[a] > counts[1 - a] if more else counts[0] == counts[1]
+            if holds == truth:
+                cands.append(noun)
+        if not cands:
+            return None
+        noun = rng.choice(cands)
+        if more:
+            return f"the {SIDES[a]} image has more {noun} than the {SIDES[1 - a]} image"
+        return f"the two images have the same number of {noun}"
+    if stype == "relation":
+        side = rng.randrange(2)
+
+        def facts(scene: Scene) -> list[tuple[Obj, str, Obj]]:   # between objects unique by colour and shape
+            cands = _unique(scene.objects, lambda o: (o.color, o.shape))
+            return [(a, r, b) for a in cands for b in cands if a is not b for r in RELATIONS if relation_holds(a, r, b)]
+
+        here = facts(scenes[side])
+        if truth:
+            if not here:
+                return None
+            a, rel, b = rng.choice(here)
+        else:
+            # The opposite of a fact of this image, or a fact of the other image about objects not both here.
+            named = _pairs_of(scenes[side])
+            borrowed = [(a, r, b) for a, r, b in facts(scenes[1 - side])
+                        if (a.color, a.shape) not in named or (b.color, b.shape) not in named]
+            flipped = [(a, OPPOSITE[r], b) for a, r, b in here]
+            fact = _pick(rng, [flipped, borrowed])
+            if fact is None:
+                return None
+            a, rel, b = fact
+        return f"in the {SIDES[side]} image {article(a.name())} is {rel} {article(b.name())}"
+    raise ValueError(f"unknown statement type {stype!r}; known: {', '.join(STATEMENT_TYPES)}")
+
+
+def _nlvr_example(image_id: str, rng: random.Random) -> Example:
+    """One nlvr example: the type, the label and the statement's form are drawn first, then pairs of scenes until
+    one supports a statement of that type, truth and form."""
+    stype = rng.choice(STATEMENT_TYPES)
+    truth = rng.random() < 0.5
+    form_seed = rng.getrandbits(64)
+    while True:
+        scenes = (_sample_scene("nlvr", rng), _sample_scene("nlvr", rng))
+        text = _statement(stype, truth, scenes, random.Random(form_seed))
+        if text is not None:
+            return Example(scenes, image_id, text=text, label=int(truth), question_type=stype,
+                           meta={"label_name": "true" if truth else "false"})
+
+
 # ----------------------------------------------------------------------------------------------
 # Splits
 # ----------------------------------------------------------------------------------------------
@@ -394,6 +523,10 @@ def build_split(kind: str, split: str, n: int | None = None, seed: int = 0) -> S
       ``meta["answer"]`` the canonical answer.
     * ``classification``: one example per scene, ``label`` the class of the large object,
       ``Split.class_names`` = :func:`class_names`.
+    * ``nlvr``: ``n`` counts pairs of scenes; one example per pair, ``image`` the tuple ``(left, right)`` of
+      :class:`Scene` (one to four objects each), ``text`` a statement about them, ``label`` 1 (true) or 0
+      (false), ``question_type`` its type (one of :data:`STATEMENT_TYPES`, each about equally often, true and
+      false about equally often within each), ``meta["label_name"]`` "true" / "false".
     """
     if kind not in KINDS:
         raise ValueError(f"unknown world kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -409,17 +542,23 @@ def build_split(kind: str, split: str, n: int | None = None, seed: int = 0) -> S
     examples: list[Example] = []
     for i in range(n):
         rng = random.Random((base << 24) + i)
-        scene = _sample_scene(kind, rng)
         image_id = f"world-{kind}-{split}-{seed}-{i:06d}"
+        if kind == "nlvr":
+            examples.append(_nlvr_example(image_id, rng))
+            continue
+        scene = _sample_scene(kind, rng)
         examples.extend(_examples(kind, split, scene, image_id, rng))
     return Split(examples, class_names=class_names() if kind == "classification" else None)
 
 
 def all_texts(seed: int = 0) -> list[str]:
     """Every word-bearing string of the world -- pretraining's split and every other kind's three: class names,
-    questions, captions, answers -- in a fixed order. The built-in backbones' vocabularies are made from it."""
+    questions, captions, answers -- in a fixed order. The built-in backbones' vocabularies are made from it.
+
+    Only the kinds of :data:`VOCAB_KINDS` (those the committed assets were built from) count: ``nlvr`` is left
+    out, so that the asset scripts still rebuild the committed vocabularies (its words are all in them)."""
     texts: list[str] = []
-    pairs = [("pretrain", "train")] + [(k, s) for k in KINDS if k != "pretrain" for s in SPLITS]
+    pairs = [("pretrain", "train")] + [(k, s) for k in VOCAB_KINDS if k != "pretrain" for s in SPLITS]
     for kind, split in pairs:
         s = build_split(kind, split, seed=seed)
         texts.extend(s.class_names or [])
