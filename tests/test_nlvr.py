@@ -11,8 +11,6 @@ from torch import nn
 from vl_tiny import tiny_backbone
 
 import mtl_lora_vl as mlv
-from mtl_lora_vl.backbones.base import BackboneError
-from mtl_lora_vl.backbones.loading import load_backbone
 from mtl_lora_vl.data import world
 from mtl_lora_vl.data.images import image_key, to_uint8_tensor
 from mtl_lora_vl.data.loader import MultiTaskLoader, to_device
@@ -176,9 +174,12 @@ def test_nlvr_refusals(clip, tmp_path):
     three = Split([Example((*_pairs(1).examples[0].image, _pairs(1).examples[0].image[0]), "t3", text="s", label=0)])
     with pytest.raises(ValueError, match=r"'t3' holds 3 image\(s\); a row of an nlvr task holds 2 images"):
         kind.check_eval_split(three)
-    llava = load_backbone("builtin-llava")
-    with pytest.raises(BackboneError, match=r"reads two images per row.*one image per prompt.*--backbone builtin"):
-        build_kind(spec, _pairs(3), llava)
+    for name in ("vqa", "retrieval"):   # a one-image kind given pair rows (format = "nlvr2" with another kind)
+        with pytest.raises(ValueError, match=rf"training example 'pair-0' holds 2 images, but a {name} task reads one"):
+            build_kind(load_spec(name), _pairs(3), clip)
+    vqa = build_kind(load_spec("vqa"), world.build_split("vqa", "train", n=3), clip)
+    with pytest.raises(ValueError, match=r"evaluation example 'pair-0' holds 2 images.*kind = \"nlvr\""):
+        vqa.check_eval_split(_pairs(2))
 
 
 def _nlvr2_folder(root, split: str, n: int, *, directory: bool) -> None:
@@ -232,3 +233,28 @@ def test_nlvr2_files_train_and_evaluate_through_the_commands(tmp_path):
     again = json.loads((ev / "eval.json").read_text())
     for when in ("zero_shot", "adapted"):
         assert again["tasks"]["pairs"]["details"][when] == pytest.approx(pairs["details"][when])
+
+
+def test_training_fallback_names_and_skips_the_broken_file_of_a_pair(tmp_path, caplog):
+    """A broken file in two pairs is warned about once, as a file (not as "left + right", which named the good
+    partner as unusable), and its second pair is replaced without decoding it again (review 173)."""
+    import logging
+
+    from mtl_lora_vl.data.fallback import ImageFallback
+
+    paths = {}
+    for n in "ABCD":
+        paths[n] = tmp_path / f"{n}.png"
+        Image.new("RGB", (20, 20), (10, 20, 30)).save(paths[n])
+    paths["A"].write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    a, b, c, d = (str(paths[n]) for n in "ABCD")
+    fb = ImageFallback("nlvr", [Example((a, b), "r0"), Example((a, c), "r1"), Example((d, b), "r2")], 16)
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl.data.fallback"):
+        for i in range(3):
+            j, pixels = fb.decode(i)
+            assert j == 2 and pixels.shape == (2, 3, 16, 16)
+        fb.report()
+    assert len([r for r in caplog.records if "its rows are replaced" in r.getMessage()]) == 1
+    assert fb.failed_files() == [a] and fb.replaced == 2
+    summary = caplog.records[-1].getMessage()
+    assert "1 image(s) cannot be used" in summary and b not in summary and c not in summary

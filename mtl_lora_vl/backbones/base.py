@@ -127,14 +127,21 @@ def check_image_sizes(images: Tensor, sizes: Any, what: str) -> list[tuple[int, 
     return out
 
 
-def check_prompts(prompts: Any, n_images: int, what: str) -> list[str]:
-    """``prompts`` as a list of ``n_images`` strings, or a ValueError naming what is wrong."""
+def check_prompts(prompts: Any, n_images: int, what: str, several: str | None = None) -> list[str]:
+    """``prompts`` as a list of ``n_images`` strings, or a ValueError naming what is wrong. ``several``: the image
+    placeholder of a backbone whose prompts may take several images each; the prompts then hold one per image."""
     if isinstance(prompts, str):
         raise ValueError(f"{what}: prompts must be a list of strings, one per image, got one string {prompts!r}")
     prompts = list(prompts)
     odd = [p for p in prompts if not isinstance(p, str)]
     if odd:
         raise ValueError(f"{what}: prompts must be strings, one per image; got a {type(odd[0]).__name__} ({odd[0]!r})")
+    if several is not None and len(prompts) != n_images:
+        held = sum(p.count(several) for p in prompts)
+        if held != n_images:
+            raise ValueError(f"{what}: {n_images} images but the {len(prompts)} prompts hold {held} image placeholders "
+                             f"{several!r}; give each prompt one per image of its row, rows' images in order")
+        return prompts
     if len(prompts) != n_images:
         raise ValueError(f"{what}: {n_images} images but {len(prompts)} prompts; give one prompt per image")
     return prompts
@@ -175,6 +182,9 @@ class Backbone:
     capabilities: ClassVar[frozenset[str]] = frozenset()
     pads_to_context: ClassVar[bool] = False  # text must be exactly context_length tokens long
     casts_inputs: ClassVar[bool] = True      # the model casts its inputs to its weights' dtype (HF models do)
+    #: The language-model path takes prompts of several images (one placeholder per image, NLVR2's pair): its
+    #: ``lm_loss`` / ``generate`` / ``sequence_scores`` take every row's images, in row order, as one image batch.
+    several_images: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if self.resize is None:

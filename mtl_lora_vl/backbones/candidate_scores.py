@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -34,7 +35,7 @@ def scores_cached(self: HFVLMBackbone, images: Tensor, batch: dict[str, Tensor],
                   sizes: list[tuple[int, int]] | None = None) -> Tensor:
     """``(B, C)`` log-probabilities of each row's candidate id lists ``cands`` after its prompt (``batch``, the
     collated prompts): one prefill, then all ``B·C`` continuations in one step from the repeated cache."""
-    B, C = images.shape[0], len(cands[0])
+    B, C = len(cands), len(cands[0])
     ids, mask = batch["input_ids"], batch["attention_mask"]
     prefill = self._prefill_positions(mask)
     out = self._forward(images, ids, mask, **({} if prefill is None else {"position_ids": prefill}), use_cache=True,
@@ -64,15 +65,20 @@ def scores_cached(self: HFVLMBackbone, images: Tensor, batch: dict[str, Tensor],
 def scores_full(self: HFVLMBackbone, images: Tensor, prompts: Sequence[str], cands: list[list[list[int]]],
                  sizes: list[tuple[int, int]] | None = None) -> Tensor:
     """:func:`scores_cached` without a cache: each row's prompt and each candidate as one full sequence."""
-    B, C = images.shape[0], len(cands[0])
+    B, C = len(cands), len(cands[0])
     collate = self.lm_collator()
-    rows = collate.prompt_rows(collate.prompt_texts(prompts), self._sizes_of(images, sizes))[0]
+    texts = collate.prompt_texts(prompts)
+    rows = collate.prompt_rows(texts, self._sizes_of(images, sizes))[0]
     full = collate._right_padded([p for p in rows for _ in range(C)], [c for row in cands for c in row])
     full = {k: v.to(images.device) for k, v in full.items()}
+    # each row's images (several per prompt: a row's placeholders, in order), repeated for its C sequences
+    held = [t.count(self.image_token) for t in texts] if images.shape[0] != B else [1] * B
+    starts = [0, *itertools.accumulate(held)]
+    index = [i for b in range(B) for _ in range(C) for i in range(starts[b], starts[b] + held[b])]
     with expanded_rows(self.model, C):
-        out = self._forward(images.repeat_interleave(C, 0), full["input_ids"], full["attention_mask"],
+        out = self._forward(images[index], full["input_ids"], full["attention_mask"],
                             labels=full["labels"], use_cache=False,
-                            image_sizes=None if sizes is None else [s for s in sizes for _ in range(C)])
+                            image_sizes=None if sizes is None else [sizes[i] for i in index])
     sums, _ = target_logprobs(out.logits[:, :-1], full["labels"][:, 1:])
     return sums.view(B, C)
 

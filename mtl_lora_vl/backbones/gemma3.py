@@ -18,7 +18,7 @@ on the family's image layout.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -32,6 +32,8 @@ __all__ = ["Gemma3Backbone"]
 @dataclass(eq=False)
 class Gemma3Backbone(HFVLMBackbone):
     """``Gemma3ForConditionalGeneration`` (see the module doc)."""
+
+    several_images: ClassVar[bool] = False   # one image per prompt (see HFVLMBackbone.several_images)
 
     @classmethod
     def _placeholder(cls, processor: Any) -> str:

@@ -90,6 +90,9 @@ class HFVLMBackbone(Backbone):
     prompt_end: ClassVar[str] = ""
     prefix_lm: ClassVar[bool] = False  # prompt tokens attend both ways (token_type_ids 0), targets causally
     position_offset: ClassVar[int] = 0
+    # LLaVA scatters the image features over the placeholders in order, so a prompt may hold several (one per image
+    # of its row); the subclasses' families lay images out their own way and keep one image per prompt here.
+    several_images: ClassVar[bool] = True
 
     # ------------------------------------------------------------------------------------------ building
     @classmethod
@@ -211,7 +214,7 @@ class HFVLMBackbone(Backbone):
     def layout(self) -> PromptLayout:
         return PromptLayout(self.image_token_str, self.image_token_id, self.num_image_tokens, self.eos_id,
                             self.pad_id, self.prefix_ids, self.image_first, self.prompt_end, self.image_open,
-                            self.image_close, self._token_side(), self.image_text)
+                            self.image_close, self._token_side(), self.image_text, self.several_images)
 
     def lm_collator(self, max_length: int | None = None) -> LMCollator:
         """A picklable ``(prompts, targets | None) -> {"input_ids", "attention_mask"[, "labels"]}``: with targets,
@@ -255,6 +258,9 @@ class HFVLMBackbone(Backbone):
         if beam_size < 1 or max_len < 1 or int(beam_size) != beam_size or int(max_len) != max_len:
             raise ValueError(f"generate: beam_size and max_len must be integers >= 1, got {beam_size} and {max_len}")
         batch, sizes = self._prompts(images, prompts, "generate", image_sizes)
+        if beam_size > 1 and batch["input_ids"].shape[0] != images.shape[0]:
+            raise ValueError("generate: beam search over prompts of several images is not supported (transformers "
+                             "repeats each image, not each row's images, for the beams); use beam_size=1")
         kwargs = self._extra_inputs(batch["input_ids"], None)
         with _plain_decoding(self.model):
             out = self._hf_call(self.model.generate, **self._vision_inputs(images, sizes), **batch, **kwargs,
@@ -356,10 +362,21 @@ class HFVLMBackbone(Backbone):
 
     def _check_rows(self, pixel_values: Tensor, input_ids: Tensor, what: str,
                     image_sizes: list[tuple[int, int]] | None = None) -> None:
-        if input_ids.dim() != 2 or pixel_values.dim() != 4 or pixel_values.shape[0] != input_ids.shape[0]:
+        several = (self.several_images and input_ids.dim() == 2 and pixel_values.dim() == 4
+                   and pixel_values.shape[0] != input_ids.shape[0])
+        if input_ids.dim() != 2 or pixel_values.dim() != 4 or (pixel_values.shape[0] != input_ids.shape[0]
+                                                               and not several):
             raise ValueError(f"{what}: expected pixel_values (B, 3, H, W) and input_ids (B, L) for the same B, got "
                              f"{tuple(pixel_values.shape)} and {tuple(input_ids.shape)}")
         counts = (input_ids == self.image_token_id).sum(dim=1)
+        if several:   # rows of several images: whole images per row, as many as there are images
+            per = self.num_image_tokens
+            if bool((counts % per != 0).any()) or int(counts.sum()) != per * pixel_values.shape[0]:
+                raise BackboneError(
+                    f"{what}: input_ids hold {counts.tolist()} image tokens (id {self.image_token_id}) per row for "
+                    f"{pixel_values.shape[0]} images of {per} features each in {self.name}; build the ids with "
+                    f"backbone.lm_collator(), whose prompts hold {self.image_token!r} once per image and expand it")
+            return
         sizes = self._sizes_of(pixel_values, image_sizes)
         count = self.layout.image_tokens   # (the layout is built on each read of the property: once here)
         want = torch.tensor([count(s) for s in sizes], device=counts.device)
@@ -407,7 +424,8 @@ class HFVLMBackbone(Backbone):
         check_image_batch(images, what)
         sizes = check_image_sizes(images, image_sizes, what)
         prompts = [self.image_token] * images.shape[0] if prompts is None else prompts
-        batch = self.lm_collator()(check_prompts(prompts, images.shape[0], what), image_sizes=self._sizes_of(images, sizes))
+        prompts = check_prompts(prompts, images.shape[0], what, self.image_token if self.several_images else None)
+        batch = self.lm_collator()(prompts, image_sizes=self._sizes_of(images, sizes))
         return {k: v.to(images.device, non_blocking=True) for k, v in batch.items()}, sizes
 
     @staticmethod

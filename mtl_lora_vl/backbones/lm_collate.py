@@ -2,9 +2,10 @@
 
 :class:`LMCollator` runs in data-loader workers (it is picklable: a Hugging Face tokenizer and a
 :class:`PromptLayout` of plain numbers). Every prompt carries the image placeholder (the backbone's
-``image_token``) exactly once; the collator expands it to the ``num_image_tokens`` ids that the vision tower
-fills (a native-resolution model, Qwen2-VL: as many as the row's image size gives, ``image_sizes``), so
-``input_ids`` always match the image features.
+``image_token``) once per image of its row -- exactly once unless the layout takes several images per prompt
+(``several_images``: LLaVA, for NLVR2's pair); the collator expands each to the ``num_image_tokens`` ids that the
+vision tower fills (a native-resolution model, Qwen2-VL: as many as the image's size gives, ``image_sizes``, one
+per image in row order), so ``input_ids`` always match the image features.
 
 * With targets (training): ``input_ids`` = prompt + target + end token, right-padded; ``attention_mask``;
   ``labels`` = the ids on the target and end tokens and -100 on the prompt and padding. The end token is the
@@ -45,7 +46,8 @@ class PromptLayout:
     token along each side (Qwen2-VL: patch x merge), so that an ``h x w`` image fills
     ``(h / token_side)·(w / token_side)`` tokens; 0: every image fills ``num_image_tokens``. ``image_text``: text
     put around the placeholder and tokenised with the prompt (Gemma 3's ``"\\n\\n"`` around its image, which merges
-    with the prompt's own newlines, as its processor tokenises them).
+    with the prompt's own newlines, as its processor tokenises them). ``several_images``: a prompt may hold the
+    placeholder more than once, one per image of its row (the model takes its images' features in order).
     """
 
     image_token: str
@@ -60,6 +62,7 @@ class PromptLayout:
     image_close: tuple[int, ...] = ()
     token_side: int = 0
     image_text: tuple[str, str] = ("", "")
+    several_images: bool = False
 
     def image_tokens(self, size: Sequence[int] | None = None) -> int:
         """How many image tokens an image of ``size`` ``(h, w)`` fills (``num_image_tokens`` without a size, or
@@ -98,7 +101,7 @@ def special_prefix(tokenizer: Any) -> tuple[int, ...]:
 
 class LMCollator:
     """``(prompts, targets | None, ends | None, image_sizes=None) -> {"input_ids", "attention_mask"[, "labels"]}``
-    (see the module doc; ``image_sizes``: each row's image ``(h, w)``, for a native-resolution model)."""
+    (see the module doc; ``image_sizes``: each image's ``(h, w)``, in row order, for a native-resolution model)."""
 
     def __init__(self, tokenizer: Any, layout: PromptLayout, max_length: int | None = None) -> None:
         if max_length is not None and max_length < layout.num_image_tokens + 2:
@@ -182,10 +185,11 @@ class LMCollator:
         texts = []
         for i, p in enumerate(prompts):
             n = p.count(lay.image_token)
-            if n != 1:
+            if n != 1 and not (lay.several_images and n > 1):
+                several = " (or one per image of its row)" if lay.several_images else ""
                 raise ValueError(
                     f"lm_collator: prompt {i} ({p[:60]!r}) has {n} image placeholders {lay.image_token!r}; every prompt "
-                    f"needs exactly one, e.g. '{lay.image_token} question: ... answer:' (backbone.image_token)"
+                    f"needs exactly one{several}, e.g. '{lay.image_token} question: ... answer:' (backbone.image_token)"
                 )
             if lay.image_first:
                 p = p.replace(lay.image_token, "").strip()
@@ -196,33 +200,43 @@ class LMCollator:
 
     def prompt_rows(self, texts: list[str], image_sizes: Sequence[Sequence[int]] | None = None
                     ) -> tuple[list[list[int]], list[list[int]]]:
-        """For prompt texts (:meth:`prompt_texts`): each row (prefix, text, image tokens expanded: as many as its
-        image's size in ``image_sizes`` gives, for a native-resolution model) and the text's own ids."""
+        """For prompt texts (:meth:`prompt_texts`): each row (prefix, text, each image placeholder expanded: as many
+        tokens as its image's size in ``image_sizes`` gives, for a native-resolution model) and the text's own ids.
+        ``image_sizes``: one ``(h, w)`` per image placeholder, in row order."""
         lay = self.layout
-        if image_sizes is not None and len(image_sizes) != len(texts):
-            raise ValueError(f"lm_collator: {len(texts)} prompts but {len(image_sizes)} image sizes; give one (h, w) "
-                             "per prompt")
-        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        images: dict[tuple[int, ...], list[int]] = {}   # the ids of each image size, made once
+        encoded = [[int(t) for t in ids] for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        # each row's images: its placeholders (one for a layout that moves the image out of the text)
+        counts = [1 if lay.image_first else ids.count(lay.image_token_id) for ids in encoded]
+        if image_sizes is not None and len(image_sizes) != sum(counts):
+            raise ValueError(f"lm_collator: {len(texts)} prompts hold {sum(counts)} image placeholders but "
+                             f"{len(image_sizes)} image sizes are given; give one (h, w) per image")
+        images: dict[tuple[int, ...] | None, list[int]] = {}   # the ids of each image size, made once
         rows = []
+        taken = 0
         for i, ids in enumerate(encoded):
-            size = None if image_sizes is None or not lay.token_side else tuple(int(x) for x in image_sizes[i])
-            if size not in images:
-                images[size] = lay.image_ids_for(size)
-            image = images[size]
+            own = []
+            for j in range(taken, taken + counts[i]):
+                size = None if image_sizes is None or not lay.token_side else tuple(int(x) for x in image_sizes[j])
+                if size not in images:
+                    images[size] = lay.image_ids_for(size)
+                own.append(images[size])
+            taken += counts[i]
             if lay.image_first:
-                row = [*image, *lay.prefix_ids, *ids]
+                row = [*own[0], *lay.prefix_ids, *ids]
             else:
-                at = list(ids).index(lay.image_token_id)
-                row = [*lay.prefix_ids, *ids[:at], *image, *ids[at + 1:]]
+                row, start = list(lay.prefix_ids), 0
+                for at, image in zip([k for k, t in enumerate(ids) if t == lay.image_token_id], own):
+                    row += [*ids[start:at], *image]
+                    start = at + 1
+                row += ids[start:]
             if self.max_length is not None and len(row) + 1 > self.max_length:
                 raise ValueError(
-                    f"lm_collator: prompt {i} is {len(row)} tokens ({lay.image_tokens(size)} of them image tokens), which "
+                    f"lm_collator: prompt {i} is {len(row)} tokens ({sum(map(len, own))} of them image tokens), which "
                     f"leaves no room for an answer within max_length={self.max_length}; shorten the prompt or raise "
                     "max_length"
                 )
-            rows.append([int(t) for t in row])
-        return rows, [list(map(int, ids)) for ids in encoded]
+            rows.append(row)
+        return rows, encoded
 
     def _left_padded(self, rows: list[list[int]]) -> dict[str, Tensor]:
         width = max(map(len, rows))

@@ -23,6 +23,7 @@ class PaliGemmaBackbone(HFVLMBackbone):
     prompt_end: ClassVar[str] = "\n"
     prefix_lm: ClassVar[bool] = True
     position_offset: ClassVar[int] = 1
+    several_images: ClassVar[bool] = False   # one image per prompt (see HFVLMBackbone.several_images)
 
     @classmethod
     def _prefix(cls, tokenizer: Any) -> tuple[int, ...]:

@@ -29,6 +29,7 @@ from contextvars import ContextVar
 from multiprocessing.context import get_spawning_popen
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.utils.data import get_worker_info
 
@@ -91,17 +92,34 @@ class ImageFallback:
         self.strict = bool(strict)
         keys: dict[str, int] = {}
         ids = array("q")
+        # A row of several images (NLVR2's pair) has a slot per image, so that a broken file is named, warned about
+        # and skipped as a file: its images' slots are parts[first[i]:first[i] + k] (first[i] = -1: one image).
+        first, parts, own = array("q"), array("q"), []
         for i, ex in enumerate(self.examples):
+            if isinstance(ex.image, tuple):
+                ids.append(-1 - i)
+                first.append(len(parts))
+                for part in ex.image:
+                    key = image_key(part)
+                    if key is None:
+                        own.append(len(parts))
+                    parts.append(keys.setdefault(key, len(keys)) if key is not None else -1)
+                continue
             key = image_key(ex.image)
             ids.append(keys.setdefault(key, len(keys)) if key is not None else -1 - i)
+            first.append(-1)
         self._file_of = ids                 # >= 0: index of a shared file; < 0: this row's own image
         self._n_files = len(keys)
+        for n, at in enumerate(own):        # images of several-image rows without a file: slots after the rows'
+            parts[at] = self._n_files + len(self.examples) + n
+        self._first_part, self._part_slots, self._n_own_parts = first, parts, len(own)
         self._new_shared()
 
     def _new_shared(self) -> None:
-        # One byte per shared file and one per row with its own image: 1 = failed. Replaced rows are
-        # counted per process (slot 0: the main process, k + 1: worker k), so no lock is needed.
-        self._failed = mp.RawArray("b", self._n_files + len(self.examples))
+        # One byte per shared file, one per row with its own image and one per image of a several-image row that
+        # has no file: 1 = failed. Replaced rows are counted per process (slot 0: the main process, k + 1: worker
+        # k), so no lock is needed.
+        self._failed = mp.RawArray("b", self._n_files + len(self.examples) + self._n_own_parts)
         self._replaced = mp.RawArray("q", _COUNT_SLOTS)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -120,6 +138,13 @@ class ImageFallback:
         f = self._file_of[index]
         return f if f >= 0 else self._n_files + (-1 - f)
 
+    def _slots(self, index: int) -> list[int]:
+        """The failure slots of row ``index``: one per image."""
+        at = self._first_part[index]
+        if at < 0:
+            return [self._slot(index)]
+        return list(self._part_slots[at:at + len(self.examples[index].image)])
+
     @property
     def replaced(self) -> int:
         """Rows replaced so far (all workers)."""
@@ -130,22 +155,31 @@ class ImageFallback:
         flags = bytes(self._failed)
         seen, out = set(), []
         for i, ex in enumerate(self.examples):
-            s = self._slot(i)
-            if flags[s] and s not in seen:
-                seen.add(s)
-                out.append(failure_key(ex))
+            for s, part in zip(self._slots(i), image_parts(ex)):
+                if flags[s] and s not in seen:
+                    seen.add(s)
+                    out.append(failure_key(part))
         return out
 
     def _decode(self, index: int) -> Tensor:
         ex = self.examples[index]
-        try:
-            return to_uint8_tensor(ex.image, self.size)
-        except ImageError as err:
-            raise type(err)(f"example {ex.image_id!r}: {err}") from err   # (its kind kept: a shape refusal)
+        slots = self._slots(index)
+        if len(slots) > 1 and self.size.native:
+            return to_uint8_tensor(ex.image, self.size)   # refused there, by name
+        pixels = []
+        for part, slot in zip(image_parts(ex) if len(slots) > 1 else [ex], slots):
+            try:
+                pixels.append(to_uint8_tensor(part.image, self.size))
+            except ImageError as err:
+                new = type(err)(f"example {ex.image_id!r}: {err}")   # (its kind kept: a shape refusal)
+                new.slot = slot                                       # the image that failed, for _mark
+                raise new from err
+        return pixels[0] if len(pixels) == 1 else torch.stack(pixels)
 
     def _mark(self, index: int, err: ImageError) -> None:
         """Record a failed file; warn if this is its first failure anywhere."""
-        slot = self._slot(index)
+        slot = getattr(err, "slot", None)
+        slot = self._slot(index) if slot is None else slot
         first = not self._failed[slot]
         self._failed[slot] = 1
         if first:   # (a shape refusal's file decodes: checking it would find nothing)
@@ -155,7 +189,7 @@ class ImageFallback:
                            "the task spec to stop instead%s)", self.task, err, check)
 
     def _known_bad(self, index: int) -> bool:
-        return bool(self._failed[self._slot(index)])
+        return any(self._failed[s] for s in self._slots(index))
 
     def decode(self, index: int) -> tuple[int, Tensor]:
         """``(row, pixels)``: row ``index`` when its image decodes, else a replacement row of the task (rows

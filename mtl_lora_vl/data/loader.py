@@ -258,11 +258,7 @@ class MultiTaskCollate:
         if several:   # rows of several images: the image tower's route and each task's images go by image
             batch["image_segments"] = _segments([t for t, c in zip(ids, counts) for _ in range(c)])
         lm_weight = None
-        if self.lm_collator is not None:
-            if several:
-                bad = self.task_names[rows[next(i for i, c in enumerate(counts) if c != 1)]["task_id"]]
-                raise ValueError(f"task {bad!r} gives rows of several images, which the language-model path does not "
-                                 "take (one image per prompt); train it on a contrastive backbone")
+        if self.lm_collator is not None:   # (a row of several images: its prompt holds one placeholder per image)
             lm = [r.get("lm") for r in rows]
             if any(x is None for x in lm):
                 bad = self.task_names[rows[lm.index(None)]["task_id"]]

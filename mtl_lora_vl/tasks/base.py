@@ -144,6 +144,8 @@ class TaskKind(ABC):
     #: The built-in world's kinds whose rows this kind can train on (``[data] world_kind``); None: any.
     world_kinds: ClassVar[tuple[str, ...] | None] = None
     needs_templates: ClassVar[bool] = False
+    #: Rows hold several images each (``Example.image`` a tuple: NLVR2's pair); the other kinds read one per row.
+    several_images: ClassVar[bool] = False
     default_templates: ClassVar[tuple[str, ...]] = ()
     head_defaults: ClassVar[dict[str, Any]] = {}
     option_defaults: ClassVar[dict[str, Any]] = {}
@@ -195,6 +197,7 @@ class TaskKind(ABC):
         if train is not None:
             warn_text_coverage(spec, split_texts(train), backbone)
             self.check_texts(train.examples, "training")
+            self.check_image_counts(train.examples, "training")
 
     # ------------------------------------------------------------------ spec checks
 
@@ -235,6 +238,18 @@ class TaskKind(ABC):
         classes training never saw, special-token text). ``read_eval_splits`` calls it at start-up, so that it
         fails before training, not after it; subclasses extend it."""
         self.check_texts(split.examples, "evaluation")
+        self.check_image_counts(split.examples, "evaluation")
+
+    def check_image_counts(self, examples: Sequence[Example], what: str) -> None:
+        """Refuse a row of several images for a kind that reads one per row (a spec of ``format = "nlvr2"`` and
+        another kind): it failed in the first step, on shapes, naming neither the task nor the row."""
+        if type(self).several_images:
+            return
+        bad = next((ex for ex in examples if isinstance(ex.image, tuple)), None)
+        if bad is not None:
+            raise ValueError(f"task {self.name!r}: {what} example {bad.image_id!r} holds {len(bad.image)} images, but "
+                             f"a {self.kind} task reads one image per row; a statement about several images is an "
+                             'nlvr task (kind = "nlvr")')
 
     def scored(self, examples: list[Example]) -> list[Example]:
         """The examples an evaluation scores: all of them, or the first ``[generative] eval_limit`` on the

@@ -25,7 +25,7 @@ placeholder, ``backbone.image_token``; required) plus the kind's own (VQA: ``{qu
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from mtl_lora_vl.backbones.base import GENERATE, LM_LOGITS, TEXT_EMBEDDINGS
 from mtl_lora_vl.backbones.chat import ChatWrap
 from mtl_lora_vl.data.loader import iter_sized_image_batches, sizes_kwarg
-from mtl_lora_vl.data.records import Example
+from mtl_lora_vl.data.records import Example, image_count, image_parts
 from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.spec import SpecError, TaskSpec, template_fields
 
@@ -133,16 +133,29 @@ def eval_subset(examples: list[Example], limit: int) -> list[Example]:
     return examples[:limit] if limit > 0 else examples
 
 
+def _image_batches(backbone: Any, examples: Sequence[Example], batch_size: int, device: torch.device | str,
+                   dtype: torch.dtype, num_workers: int) -> Iterator[tuple[Tensor, tuple[tuple[int, int], ...]]]:
+    """The images of ``batch_size`` examples at a time (:func:`iter_sized_image_batches`); examples of several
+    images each (NLVR2's pair) give their images in order, the same number for every example."""
+    counts = {image_count(ex) for ex in examples}
+    if len(counts) > 1:
+        raise ValueError(f"the examples hold {sorted(counts)} images each; score examples of one number of images "
+                         "per call")
+    k = counts.pop() if counts else 1
+    parts = examples if k == 1 else [p for ex in examples for p in image_parts(ex)]
+    return iter_sized_image_batches(backbone, parts, batch_size=batch_size * k, device=device, dtype=dtype,
+                                    num_workers=num_workers)
+
+
 @torch.no_grad()
 def generate_texts(backbone: Any, examples: Sequence[Example], prompts: Sequence[str], *, max_len: int,
                    beam_size: int = 1, batch_size: int, device: torch.device | str,
                    dtype: torch.dtype = torch.float32, num_workers: int = 0) -> list[str]:
-    """One generated text per example: ``backbone.generate`` on its image and prompt, in batches."""
+    """One generated text per example: ``backbone.generate`` on its image (or images) and prompt, in batches."""
     if len(prompts) != len(examples):
         raise ValueError(f"generate_texts got {len(examples)} examples but {len(prompts)} prompts")
     out: list[str] = []
-    batches = iter_sized_image_batches(backbone, examples, batch_size=batch_size, device=device, dtype=dtype,
-                                       num_workers=num_workers)
+    batches = _image_batches(backbone, examples, batch_size, device, dtype, num_workers)
     for i, (images, sizes) in enumerate(batches):   # to the generator's end: it reports replaced images there
         start = i * batch_size
         with autocast(torch.device(device), dtype):
@@ -167,8 +180,7 @@ def candidate_scores(backbone: Any, examples: Sequence[Example], prompts: Sequen
         raise ValueError("candidate_scores needs at least one candidate")
     chunk = max(1, batch_size // len(candidates))
     out: list[Tensor] = []
-    batches = iter_sized_image_batches(backbone, examples, batch_size=chunk, device=device, dtype=dtype,
-                                       num_workers=num_workers)
+    batches = _image_batches(backbone, examples, chunk, device, dtype, num_workers)
     for i, (images, sizes) in enumerate(batches):
         start = i * chunk
         with autocast(torch.device(device), dtype):

@@ -13,7 +13,12 @@ Each row holds two images (``Example.image`` a tuple: left, right), a statement 
   balanced data expect chance, which is what a CLIP without training can do here.
 * **Metrics**: ``accuracy``, and per statement type (``accuracy/<type>``, where rows carry ``question_type``).
 
-A generative backbone is refused at start-up: its language-model path takes one image per prompt.
+**On a generative backbone** whose prompts take several images (``backbone.several_images``: LLaVA, the built-in
+LLaVA) the statement is a question: ``[generative] prompt`` (``{images}``: one image placeholder per image of the
+row, ``{statement}``) continued by one of ``[generative] answers`` (false's, true's: "no", "yes" by default), the
+more likely one being the prediction (``backbone.sequence_scores``); zero-shot is the base language model, adapted
+the routed one; training is the LM loss on the row's answer. Other generative families take one image per prompt
+here and are refused at start-up.
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ from mtl_lora_vl.backbones.base import TEXT_EMBEDDINGS, Backbone, BackboneError
 from mtl_lora_vl.data.records import Example, Split, image_count, image_parts
 from mtl_lora_vl.distributed import map_shards
 from mtl_lora_vl.tasks.base import TaskKind, encode_texts, image_embeddings, model_device, spec_error
-from mtl_lora_vl.tasks.generative import uses_language_model
+from mtl_lora_vl.tasks.generative import (
+    GenerationHead,
+    candidate_scores,
+    check_template,
+    format_prompt,
+    lm_task_loss,
+    uses_language_model,
+)
 from mtl_lora_vl.tasks.registry import register_kind
 from mtl_lora_vl.tasks.spec import TaskSpec
 
@@ -60,7 +72,10 @@ class NLVRKind(TaskKind):
     metric_names = ("accuracy", "per_type")
     not_headline = ("per_type",)
     uses_text = True
+    several_images = True
     head_defaults = {"hidden": 0}
+    generative_defaults = {"prompt": "{images} question: is it true that {statement}? answer:", "answers": ["no", "yes"],
+                           "eval_limit": 0, "chat": False, "system": ""}
 
     @classmethod
     def check_spec(cls, spec: TaskSpec) -> None:
@@ -68,15 +83,27 @@ class NLVRKind(TaskKind):
         if spec.head["hidden"] < 0:
             raise spec_error(spec, "head.hidden", "an integer >= 0 (0 = twice the embedding size)",
                              spec.head["hidden"])
+        check_template(spec, "generative.prompt", spec.generative["prompt"], ("images", "statement"))
+        answers = spec.generative["answers"]
+        if (len(answers) != 2 or not all(isinstance(a, str) and a.strip() for a in answers)
+                or answers[0].strip() == answers[1].strip()):
+            raise spec_error(spec, "generative.answers", "two different answers: the false one, then the true one",
+                             answers)
+        if spec.generative["eval_limit"] < 0:
+            raise spec_error(spec, "generative.eval_limit", "an integer >= 0 (0 = every example)",
+                             spec.generative["eval_limit"])
 
     @classmethod
     def check_backbone(cls, spec: TaskSpec, backbone: Backbone) -> None:
         if uses_language_model(backbone):
-            raise BackboneError(
-                f"task {spec.name!r} (kind nlvr) reads two images per row, and the language-model path of "
-                f"backbone {backbone.name!r} ({type(backbone.model).__name__}) takes one image per prompt; train "
-                "it on a contrastive backbone (--backbone builtin, open_clip:NAME --pretrained FILE, or hf:DIR of a "
-                "CLIP model), or give this backbone vqa, captioning or caption_cls")
+            if not backbone.several_images:
+                raise BackboneError(
+                    f"task {spec.name!r} (kind nlvr) reads two images per row, and the language-model path of "
+                    f"backbone {backbone.name!r} ({type(backbone.model).__name__}) takes one image per prompt; train "
+                    "it on a LLaVA (--backbone builtin-llava, or hf:DIR of a LlavaForConditionalGeneration) or a "
+                    "contrastive backbone (--backbone builtin, open_clip:NAME --pretrained FILE, or hf:DIR of a CLIP "
+                    "model), or give this backbone vqa, captioning or caption_cls")
+            return
         if not backbone.supports(TEXT_EMBEDDINGS):
             raise BackboneError(
                 f"task {spec.name!r} (kind nlvr) embeds its statements with a text tower, which backbone "
@@ -118,22 +145,42 @@ class NLVRKind(TaskKind):
     def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]:
         return {"labels": torch.tensor(example.label, dtype=torch.long)}
 
+    def prompt(self, example: Example) -> str:
+        """Generative path: the row's prompt, one image placeholder per image."""
+        images = " ".join([self.image_token] * image_count(example))
+        return format_prompt(self.spec.generative["prompt"], self.image_token, self.prompt_wrap, images=images,
+                             statement=example.text)
+
+    def sample_lm(self, example: Example, draw: int) -> tuple[str, str, float]:
+        return self.prompt(example), self.spec.generative["answers"][example.label], 1.0
+
     # ------------------------------------------------------------------ head, loss, evaluation
 
-    def build_head(self, backbone: Backbone) -> PairHead:
+    def build_head(self, backbone: Backbone) -> PairHead | GenerationHead:
+        if self.generative:
+            return GenerationHead(max_len=1)   # nothing is generated: the two answers are scored
         dim = int(backbone.embed_dim)
         hidden = self.spec.head["hidden"] or 2 * dim
         return PairHead(dim, self.images, hidden).to(model_device(backbone))
 
     def loss(self, head: PairHead, backbone: Backbone, batch: dict[str, Tensor], image_emb: Tensor,
              text_emb: Tensor | None) -> Tensor:
+        if self.generative:
+            return lm_task_loss(batch)
         return F.cross_entropy(head(image_emb, text_emb), batch["labels"])
 
     @torch.no_grad()
     def scores(self, backbone: Backbone, head: nn.Module | None, examples: list[Example], *, batch_size: int,
                device: torch.device | str, dtype: torch.dtype = torch.float32, num_workers: int = 0) -> Tensor:
         """``(N,)`` on CPU: the head's logit of true minus false, or (``head=None``) the statement's summed cosine
-        with its images, the zero-shot rule's score (thresholded by the caller)."""
+        with its images, the zero-shot rule's score (thresholded by the caller). On a generative backbone: the
+        log-probability of the true answer minus the false one's (the caller's scope decides between the base model
+        and the routed one)."""
+        if self.generative:
+            s = candidate_scores(backbone, examples, [self.prompt(ex) for ex in examples],
+                                 self.spec.generative["answers"], batch_size=batch_size, device=device, dtype=dtype,
+                                 num_workers=num_workers, end=self.lm_end)
+            return s[:, 1] - s[:, 0]
         parts = [p for ex in examples for p in image_parts(ex)]
         img = image_embeddings(backbone, parts, batch_size=batch_size, device=device, dtype=dtype,
                                num_workers=num_workers).view(len(examples), self.images, -1)
@@ -147,13 +194,13 @@ class NLVRKind(TaskKind):
 
     def _evaluate(self, backbone: Backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
-        examples = list(split.examples)
+        examples = self.scored(split.examples)
         if not examples:
             raise ValueError(f"task {self.name!r}: the evaluation split is empty")
         self._check_rows(examples, "evaluation")
         scores = map_shards(lambda part: self.scores(backbone, head, part, batch_size=batch_size, device=device,
                                                      dtype=dtype, num_workers=num_workers), examples)
-        threshold = 0.0 if head is not None else float(scores.median())
+        threshold = float(scores.median()) if head is None and not self.generative else 0.0
         pred = scores > threshold
         right = (pred == torch.tensor([ex.label == 1 for ex in examples])).float()
         out = {"accuracy": float(right.mean()), "n": float(len(examples))}

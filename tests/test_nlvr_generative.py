@@ -1,0 +1,199 @@
+"""Prompts of several images (NLVR2's pair) on the language-model path: a tiny LLaVA built from a config through the
+real backbone class -- the prompt layout, mixed-task losses, routed scoring and generation, the refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from llava_tiny import save_tiny_llava
+from test_generative_tasks import _attach, _collate, _model
+
+from mtl_lora_vl.adapters.scopes import route
+from mtl_lora_vl.backbones import BackboneError, load_backbone
+from mtl_lora_vl.backbones.lm_collate import IGNORE_INDEX
+from mtl_lora_vl.data import world
+from mtl_lora_vl.data.loader import TaskDataset
+from mtl_lora_vl.data.records import image_parts
+from mtl_lora_vl.tasks import build_kind, load_spec
+
+TASKS = ("nlvr", "vqa", "caption_cls")
+
+
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory):
+    return save_tiny_llava(tmp_path_factory.mktemp("llava"))
+
+
+@pytest.fixture
+def llava(llava_dir):
+    return load_backbone(f"hf:{llava_dir}", device="cpu")
+
+
+def _split(name: str, n: int):
+    kind = {"caption_cls": "classification"}.get(name, name)
+    return world.build_split(kind, "train", n=n, seed=0)
+
+
+def _kinds(backbone, names=TASKS):
+    return {n: build_kind(load_spec(n), _split(n, 6), backbone) for n in names}
+
+
+def _rows(kinds, backbone, per_task=3):
+    rows = []
+    for t, kind in enumerate(kinds.values()):
+        ds = TaskDataset(kind, _split(kind.name, 6), backbone.image_size)
+        rows += [dict(ds[i], task_id=t) for i in range(per_task)]
+    return rows
+
+
+def _images(backbone, examples):
+    """The examples' images, each pair's left then right, normalised as the loaders make them."""
+    from mtl_lora_vl.data.images import to_uint8_tensor
+
+    parts = [p.image for ex in examples for p in image_parts(ex)]
+    return backbone.preprocess_uint8(torch.stack([to_uint8_tensor(p, backbone.resize) for p in parts]), torch.float32)
+
+
+def test_a_pair_prompt_holds_each_image_s_tokens_where_its_placeholder_is(llava):
+    kind = _kinds(llava, ("nlvr",))["nlvr"]
+    ex = _split("nlvr", 1).examples[0]
+    prompt, target, weight = kind.sample_lm(ex, 0)
+    assert prompt.count(llava.image_token) == 2 and target == ("yes" if ex.label else "no") and weight == 1.0
+    batch = llava.lm_collator()([prompt], [target])
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    image = (ids == llava.image_token_id).nonzero().flatten().tolist()
+    T = llava.num_image_tokens
+    assert image == list(range(len(llava.prefix_ids), len(llava.prefix_ids) + 2 * T))   # both images' tokens, in place
+    assert (labels[: len(ids) - 2] == IGNORE_INDEX).all() and (labels[-2:] != IGNORE_INDEX).all()
+    with pytest.raises(ValueError, match=r"lm_collator: 1 prompts hold 2 image placeholders but 1 image sizes"):
+        llava.lm_collator()([prompt], image_sizes=[(32, 32)])
+
+
+def test_mixed_batch_task_losses_equal_each_task_alone(llava):
+    """Pair rows beside one-image rows: one language-model pass, each task's loss equal to its rows' alone -- the
+    pair rows' two images must take their row's task in the vision tower."""
+    kinds = _kinds(llava)
+    _attach(llava, kinds)
+    rows = _rows(kinds, llava)
+    model = _model(llava, kinds)
+    with torch.no_grad():
+        batch = _collate(kinds, llava, rows)
+        assert batch["images"].shape[0] == 3 * 2 + 3 + 3
+        _, mixed = model(batch)
+        for t, name in enumerate(kinds):
+            _, alone = model(_collate(kinds, llava, [r for r in rows if r["task_id"] == t]))
+            assert mixed[name].item() == pytest.approx(alone[name].item(), rel=1e-4, abs=1e-5), name
+        # routing matters: the pair rows under vqa's adapters (scored by vqa's loss, a plain mean) give another loss
+        _, other = model(_collate(kinds, llava, [dict(r, task_id=1) for r in rows if r["task_id"] == 0]))
+    assert abs(other["vqa"].item() - mixed["nlvr"].item()) > 1e-4
+    loss, _ = model.train()(_collate(kinds, llava, rows))
+    loss.backward()
+    assert all(p.grad is not None for n, p in llava.model.named_parameters() if p.requires_grad and "vision" in n)
+
+
+def test_routed_scores_of_pairs_equal_each_rows_task_alone_cached_and_full(llava):
+    """``sequence_scores`` over pair prompts of two tasks under one mixed route equals each row under its own task;
+    the full-sequence path (activation checkpointing in training) gives the cached one's scores."""
+    kinds = _kinds(llava, ("nlvr", "vqa"))
+    _attach(llava, kinds)
+    kind = kinds["nlvr"]
+    examples = _split("nlvr", 4).examples
+    images = _images(llava, examples)
+    prompts = [kind.prompt(ex) for ex in examples]
+    ids = ["nlvr", "vqa", "vqa", "nlvr"]
+    with torch.no_grad(), route(llava.model, ids):
+        mixed = llava.sequence_scores(images, prompts, ["no", "yes"])
+    for i, task in enumerate(ids):
+        with torch.no_grad(), route(llava.model, task):
+            alone = llava.sequence_scores(images[2 * i:2 * i + 2], prompts[i:i + 1], ["no", "yes"])
+        torch.testing.assert_close(mixed[i:i + 1], alone, rtol=1e-4, atol=1e-5)
+    with torch.no_grad(), route(llava.model, "vqa"):
+        other = llava.sequence_scores(images[:2], prompts[:1], ["no", "yes"])
+    assert (other - mixed[:1]).abs().max() > 1e-4   # the route matters
+    llava.set_grad_checkpointing(True)
+    llava.model.train()
+    try:
+        with route(llava.model, ids):
+            full = llava.sequence_scores(images, prompts, ["no", "yes"])
+    finally:
+        llava.model.eval()
+        llava.set_grad_checkpointing(False)
+    torch.testing.assert_close(full.detach(), mixed, rtol=1e-4, atol=1e-4)
+
+
+def test_greedy_generation_over_pairs_is_routed_per_row_and_beams_are_refused(llava):
+    kinds = _kinds(llava, ("nlvr", "vqa"))
+    _attach(llava, kinds)
+    examples = _split("nlvr", 3).examples
+    images = _images(llava, examples)
+    prompts = [kinds["nlvr"].prompt(ex) for ex in examples]
+    ids = ["vqa", "nlvr", "vqa"]
+    with torch.no_grad(), route(llava.model, ids):
+        mixed = llava.generate(images, max_len=4, prompts=prompts)
+    for i, task in enumerate(ids):
+        with torch.no_grad(), route(llava.model, task):
+            assert llava.generate(images[2 * i:2 * i + 2], max_len=4, prompts=prompts[i:i + 1]) == mixed[i:i + 1]
+    with pytest.raises(ValueError, match="beam search over prompts of several images is not supported"):
+        llava.generate(images, max_len=4, prompts=prompts, beam_size=2)
+    with pytest.raises(ValueError, match=r"6 images but the 2 prompts hold 4 image placeholders"):
+        llava.generate(images, max_len=4, prompts=prompts[:2])
+
+
+def test_nlvr_evaluates_through_the_language_model_zero_shot_and_adapted(llava):
+    kinds = _kinds(llava, ("nlvr", "vqa"))
+    kind = kinds["nlvr"]
+    split = world.build_split("nlvr", "val", n=8)
+    zero = kind.evaluate(llava, None, split, batch_size=4, device="cpu")
+    scores = kind.scores(llava, None, split.examples, batch_size=3, device="cpu")
+    want = sum(bool(s > 0) == (ex.label == 1) for s, ex in zip(scores, split.examples)) / 8
+    assert zero["n"] == 8 and zero["accuracy"] == pytest.approx(want)
+    _attach(llava, kinds, std=0.5)
+    with route(llava.model, "nlvr"):
+        adapted = kind.scores(llava, kind.build_head(llava), split.examples, batch_size=4, device="cpu")
+    assert (adapted - scores).abs().max() > 1e-3
+
+
+def test_families_that_take_one_image_per_prompt_refuse_nlvr(tmp_path):
+    from llava_tiny import tiny_llava_backbone
+
+    from mtl_lora_vl.backbones.hf_vlm import HFVLMBackbone
+
+    backbone = tiny_llava_backbone(tmp_path, "paligemma")
+    assert type(backbone).several_images is False and HFVLMBackbone.several_images is True
+    with pytest.raises(BackboneError, match=r"reads two images per row.*takes one image per prompt.*builtin-llava"):
+        build_kind(load_spec("nlvr"), _split("nlvr", 2), backbone)
+    with pytest.raises(ValueError, match=r"has 2 image placeholders .* every prompt needs exactly one,"):
+        backbone.lm_collator()([f"{backbone.image_token} {backbone.image_token} x"])
+
+
+def test_the_ids_check_names_rows_of_several_images(llava):
+    images = _images(llava, _split("nlvr", 2).examples)
+    batch = llava.lm_collator()([f"{llava.image_token} {llava.image_token} a", f"{llava.image_token} b"], ["c", "d"])
+    with pytest.raises(BackboneError, match=r"input_ids hold \[32, 16\] image tokens .* for 4 images of 16 features"):
+        llava.lm_loss(images, batch["input_ids"], batch["attention_mask"], batch["labels"])
+
+
+def test_the_commands_train_and_evaluate_nlvr_on_the_builtin_llava(tmp_path):
+    """``train --backbone builtin-llava --tasks nlvr,vqa`` (small splits), then the saved adapter scores the same on a
+    fresh base through ``eval``."""
+    import json
+
+    from mtl_lora_vl.cli import eval_main, train_main
+
+    specs = []
+    for name, limit in (("nlvr", 6), ("vqa", 6)):
+        text = (f'name = "{name}"\nkind = "{name}"\n[data]\nsource = "builtin"\n[data.train]\nn = 12\n[data.val]\n'
+                f'n = 3\n[data.test]\nn = 3\n[generative]\neval_limit = {limit}\n')
+        (tmp_path / f"{name}.toml").write_text(text)
+        specs.append(str(tmp_path / f"{name}.toml"))
+    run, ev = tmp_path / "run", tmp_path / "ev"
+    common = ["--backbone", "builtin-llava", "--tasks", ",".join(specs)]
+    assert train_main([*common, "--steps", "2", "--batch-size", "6", "--warmup", "0", "--workers", "0",
+                       "--eval-batch-size", "8", "--out", str(run), "-q"]) == 0
+    result = json.loads((run / "eval.json").read_text())["tasks"]["nlvr"]
+    assert result["metric"] == "accuracy" and result["n"] == 3
+    assert eval_main(["--adapter", str(run / "adapter"), "--tasks", ",".join(specs), "--batch-size", "8",
+                      "--out", str(ev), "-q"]) == 0
+    again = json.loads((ev / "eval.json").read_text())["tasks"]["nlvr"]
+    for when in ("zero_shot", "adapted"):
+        assert again["details"][when] == pytest.approx(result["details"][when])
