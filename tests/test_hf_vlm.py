@@ -79,8 +79,12 @@ def test_collator_errors(bb):
     col = bb.lm_collator()
     with pytest.raises(ValueError, match="has 0 image placeholders.*exactly one"):
         col(["question: what?"], ["red"])
-    with pytest.raises(ValueError, match="has 2 image placeholders"):
-        col([f"{bb.image_token} {bb.image_token} caption:"])
+    two = [f"{bb.image_token} {bb.image_token} caption:"]
+    if bb.several_images:   # LLaVA: one placeholder per image of the row
+        assert int((col(two)["input_ids"] == bb.image_token_id).sum()) == 2 * bb.num_image_tokens
+    else:
+        with pytest.raises(ValueError, match="has 2 image placeholders"):
+            col(two)
     with pytest.raises(ValueError, match="1 prompts but 2 targets"):
         col(prompts(bb, 1), ["a", "b"])
     short = bb.lm_collator(max_length=20)
@@ -182,7 +186,7 @@ def test_generate_and_scores_refuse_a_bare_string_and_no_tokens(bb):
     images = torch.randn(2, 3, 32, 32)
     for call in (lambda: bb.generate(images, prompts=prompts(bb, 1)[0]),
                  lambda: bb.sequence_scores(images, prompts(bb, 1)[0], ["red", "blue"])):
-        with pytest.raises(ValueError, match="prompts must be a list of strings, one per image"):
+        with pytest.raises(ValueError, match="prompts must be a list of strings, one per row"):
             call()
     with pytest.raises(ValueError, match="max_len must be integers >= 1"):
         bb.generate(images, max_len=0, prompts=prompts(bb, 2))
@@ -194,7 +198,7 @@ def test_generate_and_scores_refuse_a_bare_string_and_no_tokens(bb):
         with pytest.raises(ValueError, match=r"images must be a \(B, C, H, W\) tensor, got \(3, 32, 32\); one image "
                                              r"is images\[None\]"):
             call()
-    with pytest.raises(ValueError, match="prompts must be strings, one per image; got a NoneType"):
+    with pytest.raises(ValueError, match="prompts must be strings, one per row; got a NoneType"):
         bb.generate(images, prompts=[None, None])
     with pytest.raises(ValueError, match=r"candidates must be a non-empty list of strings, got \['red', 3\]"):
         bb.sequence_scores(images, prompts(bb, 2), ["red", 3])

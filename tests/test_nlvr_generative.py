@@ -121,7 +121,10 @@ def test_routed_scores_of_pairs_equal_each_rows_task_alone_cached_and_full(llava
     torch.testing.assert_close(full.detach(), mixed, rtol=1e-4, atol=1e-4)
 
 
-def test_greedy_generation_over_pairs_is_routed_per_row_and_beams_are_refused(llava):
+@pytest.mark.parametrize("beams", [1, 3])
+def test_generation_over_pairs_is_routed_per_row(llava, beams):
+    """Greedy and beam search over pair prompts under a mixed route give each row its task's tokens alone (transformers
+    encodes the images before it repeats the rows for beams, each row's images together: review 174)."""
     kinds = _kinds(llava, ("nlvr", "vqa"))
     _attach(llava, kinds)
     examples = _split("nlvr", 3).examples
@@ -129,14 +132,125 @@ def test_greedy_generation_over_pairs_is_routed_per_row_and_beams_are_refused(ll
     prompts = [kinds["nlvr"].prompt(ex) for ex in examples]
     ids = ["vqa", "nlvr", "vqa"]
     with torch.no_grad(), route(llava.model, ids):
-        mixed = llava.generate(images, max_len=4, prompts=prompts)
+        mixed = llava.generate(images, max_len=4, prompts=prompts, beam_size=beams)
     for i, task in enumerate(ids):
         with torch.no_grad(), route(llava.model, task):
-            assert llava.generate(images[2 * i:2 * i + 2], max_len=4, prompts=prompts[i:i + 1]) == mixed[i:i + 1]
-    with pytest.raises(ValueError, match="beam search over prompts of several images is not supported"):
-        llava.generate(images, max_len=4, prompts=prompts, beam_size=2)
+            one = llava.generate(images[2 * i:2 * i + 2], max_len=4, prompts=prompts[i:i + 1], beam_size=beams)
+        assert one == mixed[i:i + 1]
+    # the right image is read in beam search: another right image changes the beams' scores
+    kw = dict(max_new_tokens=2, num_beams=3, return_dict_in_generate=True, output_scores=True)
+    batch = llava.lm_collator()(prompts[:1])
+    other = images[:2].clone()
+    other[1] = images[3]
+    with torch.no_grad(), route(llava.model, "nlvr"):
+        a = llava.model.generate(pixel_values=images[:2], **batch, **kw).sequences_scores
+        b = llava.model.generate(pixel_values=other, **batch, **kw).sequences_scores
+    assert (a - b).abs().max() > 1e-4
     with pytest.raises(ValueError, match=r"6 images but the 2 prompts hold 4 image placeholders"):
         llava.generate(images, max_len=4, prompts=prompts[:2])
+
+
+def test_beams_over_pairs_are_refused_where_transformers_repeats_each_image(llava, monkeypatch):
+    examples = _split("nlvr", 1).examples
+    prompts = [_kinds(llava, ("nlvr",))["nlvr"].prompt(ex) for ex in examples]
+    monkeypatch.setattr(type(llava.model), "_supports_mm_encoder_outputs", lambda self: False)
+    with pytest.raises(ValueError, match="beam search over prompts of several images needs a transformers"):
+        llava.generate(_images(llava, examples), max_len=2, prompts=prompts, beam_size=2)
+
+
+def _grads(llava, model, batch):
+    llava.model.zero_grad(set_to_none=True)
+    loss, _ = model(batch)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in llava.model.named_parameters() if p.grad is not None}
+
+
+def test_checkpointed_mixed_pair_batch_gives_the_same_loss_and_grads(llava):
+    """Activation checkpointing (recomputed in backward, the route replayed) over pair rows beside one-image rows of
+    two other tasks: the loss and every adapter's gradient, vision tower included, as without (review 174)."""
+    kinds = _kinds(llava)
+    _attach(llava, kinds)
+    rows = _rows(kinds, llava)
+    model = _model(llava, kinds).train()
+    loss0, g0 = _grads(llava, model, _collate(kinds, llava, rows))
+    llava.set_grad_checkpointing(True)
+    model.train()   # (reads may_recompute)
+    try:
+        assert model.recompute
+        loss1, g1 = _grads(llava, model, _collate(kinds, llava, rows))
+    finally:
+        llava.set_grad_checkpointing(False)
+    assert loss1.item() == pytest.approx(loss0.item(), rel=1e-5)
+    assert g0.keys() == g1.keys() and any("vision" in n for n in g0)
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_scores_of_pair_and_one_image_prompts_in_one_call(llava):
+    """One ``sequence_scores`` call over a pair prompt between two one-image prompts (images [1, 2, 1]) under a mixed
+    route: cached and full-sequence scores equal each row alone (review 174)."""
+    kinds = _kinds(llava, ("nlvr", "vqa"))
+    _attach(llava, kinds)
+    pairs = _split("nlvr", 2).examples
+    pimg = _images(llava, pairs)
+    tok = llava.image_token
+    prompts = [f"{tok} question: what is this? answer:", kinds["nlvr"].prompt(pairs[0]),
+               f"{tok} question: how many shapes? answer:"]
+    images = torch.cat([pimg[2:3], pimg[0:2], pimg[3:4]])
+    ids, spans, cands = ["vqa", "nlvr", "vqa"], [(0, 1), (1, 3), (3, 4)], ["no", "yes", "red"]
+    with torch.no_grad(), route(llava.model, ids):
+        mixed = llava.sequence_scores(images, prompts, cands)
+    for i, (task, (a, b)) in enumerate(zip(ids, spans)):
+        with torch.no_grad(), route(llava.model, task):
+            alone = llava.sequence_scores(images[a:b], prompts[i:i + 1], cands)
+        torch.testing.assert_close(mixed[i:i + 1], alone, rtol=1e-4, atol=1e-5)
+    llava.set_grad_checkpointing(True)
+    llava.model.train()
+    try:
+        with route(llava.model, ids):
+            full = llava.sequence_scores(images, prompts, cands)
+    finally:
+        llava.model.eval()
+        llava.set_grad_checkpointing(False)
+    torch.testing.assert_close(full.detach(), mixed, rtol=1e-4, atol=1e-4)
+
+
+def test_exports_of_an_nlvr_task_score_pairs_as_the_routed_model(llava, llava_dir, tmp_path):
+    """The merged export and the PEFT export (``set_adapter``) give pair rows the routed model's logits."""
+    from peft import PeftModel
+    from transformers import LlavaForConditionalGeneration
+
+    import mtl_lora_vl as mlv
+
+    kinds = _kinds(llava, ("nlvr", "vqa"))
+    _attach(llava, kinds)
+    examples = _split("nlvr", 2).examples
+    images = _images(llava, examples)
+    batch = llava.lm_collator()([kinds["nlvr"].prompt(ex) for ex in examples])
+    with torch.no_grad(), route(llava.model, "nlvr"):
+        want = llava.model(pixel_values=images, **batch).logits
+    merged = LlavaForConditionalGeneration.from_pretrained(
+        mlv.save_merged(llava.model, "nlvr", tmp_path / "merged", source_dir=llava_dir)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(pixel_values=images, **batch).logits, want, rtol=1e-4, atol=1e-4)
+    out = mlv.export_lora(llava.model, ["nlvr", "vqa"], tmp_path / "peft")
+    peft = PeftModel.from_pretrained(LlavaForConditionalGeneration.from_pretrained(llava_dir).eval(),
+                                     str(out / "nlvr"), adapter_name="nlvr")
+    peft.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peft(pixel_values=images, **batch).logits, want, rtol=1e-4, atol=1e-4)
+    assert "rows of one image each" in (out / "README.md").read_text()
+
+
+def test_the_context_warning_counts_both_images_tokens(llava, caplog, monkeypatch):
+    import logging
+
+    kind = _kinds(llava, ("nlvr",))["nlvr"]
+    T = llava.num_image_tokens
+    monkeypatch.setattr(type(llava), "lm_context", property(lambda self: 2 * T + 5), raising=False)
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl.tasks.base"):
+        kind.warn_lm_context(_split("nlvr", 4).examples, llava)
+    assert f"its {2 * T} image tokens" in caplog.text, caplog.text
 
 
 def test_nlvr_evaluates_through_the_language_model_zero_shot_and_adapted(llava):

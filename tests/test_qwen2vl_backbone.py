@@ -245,7 +245,7 @@ def test_each_row_gets_its_images_tokens(bb):
     assert counts == [2, 2, 3, 4] == [int(t * h * w) // 4 for t, h, w in theirs.tolist()]
     hf = bb.processor(text=text, images=_pictures(SHAPES))["input_ids"]
     assert [row.count(bb.image_token_id) for row in hf] == counts
-    with pytest.raises(ValueError, match="4 prompts but 3 image sizes"):
+    with pytest.raises(ValueError, match="4 prompts hold 4 image placeholders but 3 image sizes"):
         bb.lm_collator()(p, TARGETS, image_sizes=sizes[:3])
     with pytest.raises(ValueError, match="20x32 pixels does not fill whole 16x16 image tokens.*backbone.resize"):
         bb.lm_collator()(p[:1], TARGETS[:1], image_sizes=[(20, 32)])

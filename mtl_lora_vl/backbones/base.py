@@ -131,11 +131,11 @@ def check_prompts(prompts: Any, n_images: int, what: str, several: str | None = 
     """``prompts`` as a list of ``n_images`` strings, or a ValueError naming what is wrong. ``several``: the image
     placeholder of a backbone whose prompts may take several images each; the prompts then hold one per image."""
     if isinstance(prompts, str):
-        raise ValueError(f"{what}: prompts must be a list of strings, one per image, got one string {prompts!r}")
+        raise ValueError(f"{what}: prompts must be a list of strings, one per row, got one string {prompts!r}")
     prompts = list(prompts)
     odd = [p for p in prompts if not isinstance(p, str)]
     if odd:
-        raise ValueError(f"{what}: prompts must be strings, one per image; got a {type(odd[0]).__name__} ({odd[0]!r})")
+        raise ValueError(f"{what}: prompts must be strings, one per row; got a {type(odd[0]).__name__} ({odd[0]!r})")
     if several is not None and len(prompts) != n_images:
         held = sum(p.count(several) for p in prompts)
         if held != n_images:

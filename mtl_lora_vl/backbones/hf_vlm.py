@@ -251,16 +251,17 @@ class HFVLMBackbone(Backbone):
     @torch.no_grad()
     def generate(self, images: Tensor, max_len: int = 20, beam_size: int = 1,
                  prompts: Sequence[str] | None = None, image_sizes: Sequence[tuple[int, int]] | None = None) -> list[str]:
-        """One text per image: greedy (``beam_size=1``) or beam search through Hugging Face ``generate`` with the
+        """One text per row (prompt): greedy (``beam_size=1``) or beam search through Hugging Face ``generate`` with the
         KV cache; only the new tokens are decoded, special tokens stripped. The image placeholder and the ids around
         it are never generated (:meth:`_banned_ids`). ``prompts`` default to the bare image placeholder
         (captioning); ``image_sizes``: see the module doc."""
         if beam_size < 1 or max_len < 1 or int(beam_size) != beam_size or int(max_len) != max_len:
             raise ValueError(f"generate: beam_size and max_len must be integers >= 1, got {beam_size} and {max_len}")
         batch, sizes = self._prompts(images, prompts, "generate", image_sizes)
-        if beam_size > 1 and batch["input_ids"].shape[0] != images.shape[0]:
-            raise ValueError("generate: beam search over prompts of several images is not supported (transformers "
-                             "repeats each image, not each row's images, for the beams); use beam_size=1")
+        if beam_size > 1 and batch["input_ids"].shape[0] != images.shape[0] and not _encodes_before_beams(self.model):
+            raise ValueError("generate: beam search over prompts of several images needs a transformers that encodes "
+                             "the images before it repeats the rows for the beams (older ones repeat each image, not "
+                             "each row's images); upgrade transformers, or use beam_size=1")
         kwargs = self._extra_inputs(batch["input_ids"], None)
         with _plain_decoding(self.model):
             out = self._hf_call(self.model.generate, **self._vision_inputs(images, sizes), **batch, **kwargs,
@@ -476,6 +477,13 @@ def _plain_decoding(model: nn.Module) -> Iterator[None]:
 
 
 _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+
+
+def _encodes_before_beams(model: nn.Module) -> bool:
+    """Whether the model's ``generate`` encodes the images before it repeats the rows for beams (transformers' multimodal
+    encoder outputs, repeated row by row), so that a row of several images keeps them in beam search."""
+    supports = getattr(model, "_supports_mm_encoder_outputs", None)
+    return bool(supports()) if callable(supports) else False
 
 
 def _checkpointing(model: nn.Module) -> bool:

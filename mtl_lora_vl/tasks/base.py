@@ -293,13 +293,14 @@ class TaskKind(ABC):
         texts = collate.prompt_texts(prompts)
         ids, prompt_ids = collate.prompt_rows(texts)
         lengths = [len(p) + len(t) + 1 for p, t in zip(ids, collate.continuation_ids(texts, targets, prompt_ids))]
+        image_tokens = max(row.count(collate.layout.image_token_id) for row in ids)   # (rows of two images: twice)
         over = sum(n > context for n in lengths)
         if over:
             some = "" if len(rows) == len(examples) else f"the first {len(rows)} of "
             logger.warning("task %r: %d of %sits %d training rows are longer than the language model's context of %d "
                            "tokens (prompt with its %d image tokens, target and end token; the longest is %d): shorten "
                            "the targets or the prompt, or use a model with a longer context", self.name, over, some,
-                           len(examples), context, backbone.num_image_tokens, max(lengths))
+                           len(examples), context, image_tokens, max(lengths))
 
     def state(self) -> dict[str, Any]:
         """What this kind learned from its training split (JSON-able), saved with adapters so a
