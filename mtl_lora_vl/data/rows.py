@@ -6,7 +6,11 @@ A row has ``image`` plus the fields of one task kind:
   grouped, so ``Example.captions`` holds all of an image's captions;
 * VQA: ``question`` and ``answers`` (a list of strings, VQAv2-style ``{"answer": ...}`` objects, a
   ``{"answer": [...]}`` table of lists, or a '|'-separated string);
-* classification: ``label`` (a class name, or an index into ``class_names``).
+* classification: ``label`` (a class name, or an index into ``class_names``);
+* a statement about several images (the ``nlvr`` kind, NLVR2-style): ``images`` instead of ``image`` (a list of
+  two or more image paths, or a '|'-separated string as in a CSV cell), ``statement`` or ``text``, and ``label``, a
+  truth value (``true``/``false``, ``yes``/``no``, ``1``/``0``; JSON booleans too) read as 1 / 0 -- never as a
+  class name. ``Example.image`` is then the tuple of the paths, in order.
 
 ``image_id``, ``question_type`` and ``question_id`` are optional; so is ``filter_type`` (VQA), the type that
 chooses a question's candidate answers when ``question_type`` holds VQAv2's answer type, which comes from the
@@ -94,10 +98,13 @@ def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, (str, list, tuple)) and len(value) == 0)
 
 
-_KIND_FIELDS = {"vqa": ("question",), "classification": ("label",), "caption": ("text", "caption", "captions")}
+_KIND_FIELDS = {"vqa": ("question",), "classification": ("label",), "caption": ("text", "caption", "captions"),
+                "nlvr": ("images",)}
 
 
 def _row_kind(row: dict) -> str:
+    if _present(row.get("images")):   # a row of several images: only such rows have the field (the kind is its own)
+        return "nlvr"
     if _present(row.get("question")):
         return "vqa"
     if _present(row.get("label")):
@@ -119,6 +126,37 @@ def _answers(value: Any, where: str) -> tuple[str, ...]:
     if isinstance(value, (list, tuple)) and all(isinstance(a, dict) and "answer" in a for a in value):
         return tuple(t for a in value if (t := str(a["answer"]).strip()))   # VQAv2-style answer objects
     raise DataFormatError(f"{where}: 'answers' must be a list of strings or a '|'-separated string, got {value!r}")
+
+
+_TRUTH = {"true": 1, "yes": 1, "1": 1, "false": 0, "no": 0, "0": 0}
+
+
+def _truth(value: Any, where: str) -> int:
+    """The label of a statement row: 1 (true) or 0 (false), from ``true``/``false``, ``yes``/``no`` or ``1``/``0``
+    (text in any case, a JSON boolean, an integer 0 or 1) -- a truth value, not a class name."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and value in (0, 1):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUTH:
+        return _TRUTH[value.strip().lower()]
+    raise DataFormatError(f"{where}: label {value!r} of a statement about several images must be a truth value: "
+                          "true/false, yes/no or 1/0 (1: the statement is true)")
+
+
+def _image_list(value: Any, where: str) -> list[str]:
+    """A row's ``images``: a list of paths, or a '|'-separated string (a CSV cell); two or more, none blank."""
+    paths = value.split("|") if isinstance(value, str) else value
+    if not isinstance(paths, (list, tuple)) or not all(isinstance(x, str) for x in paths):
+        raise DataFormatError(f"{where}: 'images' must be a list of image paths (text), or a '|'-separated string, "
+                              f"got {value!r}")
+    paths = [x.strip() for x in paths]
+    if any(not x for x in paths):
+        raise DataFormatError(f"{where}: 'images' {value!r} holds a blank path; give every image's path")
+    if len(paths) < 2:
+        raise DataFormatError(f"{where}: 'images' holds {len(paths)} path(s) ({value!r}); a row of several images "
+                              "needs two or more (for a row of one image, give it as 'image')")
+    return paths
 
 
 def _captions(row: dict, where: str) -> list[str]:
@@ -148,9 +186,17 @@ def examples_from_rows(
         raise DataFormatError(f"{source}: no rows")
     row_kinds = {}
     for n, row in rows:
-        if "image" not in row or row["image"] is None or (isinstance(row["image"], str) and not row["image"]):
+        no_image = "image" not in row or row["image"] is None or (isinstance(row["image"], str) and not row["image"])
+        if no_image and not _present(row.get("images")):
+            if "images" in row:   # [] or a blank cell: the row's field is there, its paths are not
+                raise DataFormatError(f"{at(n)}: 'images' is empty; give the row's image paths (two or more), or "
+                                      "remove the row")
             raise DataFormatError(f"{at(n)}: no 'image' field; every row needs an image (the row's fields: "
                                   f"{sorted(row)[:8]}; in a CSV, check the delimiter and spaces in the header)")
+        if not no_image and _present(row.get("images")):
+            raise DataFormatError(f"{at(n)}: the row has both 'image' and 'images'; a row of one image gives "
+                                  "'image', a row of several gives 'images' (a list of paths, or '|'-separated) "
+                                  "and no 'image'")
         row_kinds[n] = _row_kind(row)
     known = set(row_kinds.values()) - {"unknown"}
     if len(known) == 1:   # a row whose field of the file's kind is there but blank (an empty CSV cell, "")
@@ -179,10 +225,13 @@ def examples_from_rows(
         kinds.setdefault(k, n)
     if "unknown" in kinds:
         raise DataFormatError(f"{at(kinds['unknown'])}: a row needs 'text', 'caption' or 'captions', 'question' "
-                              "(+ 'answers') or 'label' besides 'image'")
+                              "(+ 'answers') or 'label' besides 'image' (or 'images' + 'statement' + 'label' for a "
+                              "statement about several images)")
     if len(kinds) > 1:
-        first = ", ".join(f"{k} ({at(n)})" for k, n in kinds.items())
-        raise DataFormatError(f"{source}: rows mix task kinds: {first}; use one file per task")
+        first = ", ".join(f"{'nlvr (images + statement)' if k == 'nlvr' else k} ({at(n)})" for k, n in kinds.items())
+        raise DataFormatError(f"{source}: rows mix task kinds: {first}; use one file per task"
+                              + ("; a row of one image gives 'image', a statement about several images gives "
+                                 "'images' (and no 'image')" if "nlvr" in kinds else ""))
     kind = next(iter(kinds))
 
     def image_at(row: dict, n: int) -> Any:   # a path out of the root (PathEscapeError) names the file and line
@@ -192,7 +241,7 @@ def examples_from_rows(
             raise type(e)(f"{at(n)}: {e}") from None
 
     def stored(p: Any) -> Any:
-        return str(p) if isinstance(p, Path) else p
+        return tuple(map(stored, p)) if isinstance(p, tuple) else str(p) if isinstance(p, Path) else p
 
     first_of: dict[str, tuple[Any, int]] = {}
 
@@ -222,6 +271,43 @@ def examples_from_rows(
             logger.warning("%s: %d row(s) have no caption text (blank or only spaces) and are left out, e.g. %s",
                            source, len(blank), at(blank[0]))
         examples = caption_examples(((stored(p), iid, caps) for p, (iid, caps) in groups.items()), one_per_image)
+        return check.finish(examples, source)
+
+    if kind == "nlvr":
+        if class_names is not None:
+            raise DataFormatError(f"{source}: class_names is for classification rows; a statement about several "
+                                  "images has a true/false label (1/0): leave class_names out")
+        examples = []
+        for n, row in rows:
+            where = at(n)
+            paths = _image_list(row["images"], where)
+            texts = [k for k in ("statement", "text") if _present(row.get(k))]
+            if not texts:
+                field = next((k for k in ("statement", "text") if k in row), None)
+                raise DataFormatError(f"{where}: {'the statement is blank' if field else 'no statement'}; a row of "
+                                      "'images' needs 'statement' (or 'text'): what is said about the images")
+            if len(texts) > 1 and str(row["statement"]).strip() != str(row["text"]).strip():
+                raise DataFormatError(f"{where}: the row gives both 'statement' and 'text', and they differ; give one")
+            text = row[texts[0]]
+            if not isinstance(text, str):
+                raise DataFormatError(f"{where}: {texts[0]!r} must be text, got {text!r}")
+            if not _present(row.get("label")) or (isinstance(row["label"], str) and not row["label"].strip()):
+                raise DataFormatError(f"{where}: {'label is blank' if 'label' in row else 'no label'}; a statement "
+                                      "about several images needs 'label': true or false (yes/no, 1/0)")
+            label = _truth(row["label"], where)
+            qtype = row.get("question_type")
+            if qtype is not None and not isinstance(qtype, (str, int, float)) or isinstance(qtype, bool):
+                raise DataFormatError(f"{where}: 'question_type' must be text, got {qtype!r}")
+            qtype = None if qtype is None or (isinstance(qtype, str) and not qtype.strip()) else str(qtype).strip()
+            ps = tuple(image_at({**row, "image": x}, n) for x in paths)
+            ok = [check(p) for p in ps]   # every image checked: each unreadable one is named in the summary
+            iid = row.get("image_id")
+            if iid is None or iid == "":
+                row = {**row, "image": "|".join(paths)}   # the default id: the row's paths
+            if all(ok):
+                meta = {k: row[k] for k in ("question_id",) if k in row}
+                examples.append(Example(stored(ps), image_id(row, n, ps), text=text.strip(),
+                                        label=label, question_type=qtype, meta=meta))
         return check.finish(examples, source)
 
     if kind == "vqa":
@@ -311,7 +397,9 @@ def _read_file_rows(fmt: str, rows: list[tuple[int, dict]], path: Path, root: Pa
 
     def image_of(row: dict) -> Path:
         if not isinstance(row["image"], str):   # 7 would be looked for as the file "7"
-            raise DataFormatError(f"'image' must be a file path (text), got {row['image']!r}")
+            several = isinstance(row["image"], (list, tuple))
+            raise DataFormatError(f"'image' must be a file path (text), got {row['image']!r}"
+                                  + ("; a row of several images gives them as 'images'" if several else ""))
         return resolve_under(root, Path(images) / row["image"])
 
     return examples_from_rows(rows, at=lambda n: f"{path}:{n}", source=f"{fmt.upper()} {path.name}",
@@ -329,7 +417,8 @@ def read_jsonl(
     verify: bool | str = True,
 ) -> Split:
     """One JSON object per line with ``image`` and ``text``/``caption``/``captions``, ``question``+``answers``
-    or ``label``.
+    or ``label``; or ``images`` (a list of two or more paths) + ``statement``/``text`` + ``label`` (true/false), a
+    statement about several images (the ``nlvr`` kind).
 
     Caption rows of the same image are grouped into ``captions``. ``label`` is a class name or an index;
     ``class_names`` fixes the class order (default: sorted names, or "0".."K-1" for indices).
@@ -350,7 +439,8 @@ def read_csv(
     verify: bool | str = True,
 ) -> Split:
     """CSV with a header: ``image`` plus ``text``/``caption``, ``question``+``answers`` ('|'-separated) or
-    ``label``. Same rules as :func:`read_jsonl`."""
+    ``label``; or ``images`` ('|'-separated paths) + ``statement``/``text`` + ``label`` (true/false). Same rules as
+    :func:`read_jsonl`."""
     root = data_root_dir(data_root)
     path = annotation_file(root, file, "CSV")
     return _read_file_rows("csv", _rows_csv(path), path, root, images, class_names, one_per_image, strict, verify)
