@@ -29,6 +29,36 @@ def llava(llava_dir):
     return load_backbone(f"hf:{llava_dir}", device="cpu")
 
 
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("qwen")
+
+
+@pytest.fixture(params=["llava", "qwen2", "qwen2.5", "gemma3", "idefics3", "llava_next", "llava_onevision"])
+def pair_bb(request, llava_dir, qwen_dir):
+    """A fresh backbone of each family whose prompts take several images (``several_images``)."""
+    if request.param == "llava":
+        return load_backbone(f"hf:{llava_dir}", device="cpu")
+    if request.param.startswith("llava_"):
+        import importlib
+
+        folder = qwen_dir / request.param
+        if not (folder / "config.json").is_file():
+            folder = importlib.import_module(f"test_{request.param}").build(folder)[2]
+        return load_backbone(f"hf:{folder}")
+    if request.param == "gemma3":
+        from gemma3_tiny import tiny_gemma3_backbone
+
+        return tiny_gemma3_backbone(qwen_dir)
+    if request.param == "idefics3":
+        from idefics3_tiny import tiny_idefics3_backbone
+
+        return tiny_idefics3_backbone(qwen_dir)
+    from qwen_tiny import tiny_qwen2vl_backbone
+
+    return tiny_qwen2vl_backbone(qwen_dir, v25=request.param == "qwen2.5")
+
+
 def _split(name: str, n: int):
     kind = {"caption_cls": "classification"}.get(name, name)
     return world.build_split(kind, "train", n=n, seed=0)
@@ -69,9 +99,10 @@ def test_a_pair_prompt_holds_each_image_s_tokens_where_its_placeholder_is(llava)
         llava.lm_collator()([prompt], image_sizes=[(32, 32)])
 
 
-def test_mixed_batch_task_losses_equal_each_task_alone(llava):
+def test_mixed_batch_task_losses_equal_each_task_alone(pair_bb):
     """Pair rows beside one-image rows: one language-model pass, each task's loss equal to its rows' alone -- the
     pair rows' two images must take their row's task in the vision tower."""
+    llava = pair_bb
     kinds = _kinds(llava)
     _attach(llava, kinds)
     rows = _rows(kinds, llava)
@@ -91,9 +122,10 @@ def test_mixed_batch_task_losses_equal_each_task_alone(llava):
     assert all(p.grad is not None for n, p in llava.model.named_parameters() if p.requires_grad and "vision" in n)
 
 
-def test_routed_scores_of_pairs_equal_each_rows_task_alone_cached_and_full(llava):
+def test_routed_scores_of_pairs_equal_each_rows_task_alone_cached_and_full(pair_bb):
     """``sequence_scores`` over pair prompts of two tasks under one mixed route equals each row under its own task;
     the full-sequence path (activation checkpointing in training) gives the cached one's scores."""
+    llava = pair_bb
     kinds = _kinds(llava, ("nlvr", "vqa"))
     _attach(llava, kinds)
     kind = kinds["nlvr"]
@@ -122,9 +154,10 @@ def test_routed_scores_of_pairs_equal_each_rows_task_alone_cached_and_full(llava
 
 
 @pytest.mark.parametrize("beams", [1, 3])
-def test_generation_over_pairs_is_routed_per_row(llava, beams):
+def test_generation_over_pairs_is_routed_per_row(pair_bb, beams):
     """Greedy and beam search over pair prompts under a mixed route give each row its task's tokens alone (transformers
     encodes the images before it repeats the rows for beams, each row's images together: review 174)."""
+    llava = pair_bb
     kinds = _kinds(llava, ("nlvr", "vqa"))
     _attach(llava, kinds)
     examples = _split("nlvr", 3).examples
@@ -137,15 +170,14 @@ def test_generation_over_pairs_is_routed_per_row(llava, beams):
         with torch.no_grad(), route(llava.model, task):
             one = llava.generate(images[2 * i:2 * i + 2], max_len=4, prompts=prompts[i:i + 1], beam_size=beams)
         assert one == mixed[i:i + 1]
-    # the right image is read in beam search: another right image changes the beams' scores
-    kw = dict(max_new_tokens=2, num_beams=3, return_dict_in_generate=True, output_scores=True)
+    # each beam reads the row's own two images: the first step's beam scores are greedy's log-probabilities
     batch = llava.lm_collator()(prompts[:1])
-    other = images[:2].clone()
-    other[1] = images[3]
+    inputs = {**llava._vision_inputs(images[:2]), **batch, **llava._extra_inputs(batch["input_ids"], None)}
+    kw = dict(max_new_tokens=1, do_sample=False, return_dict_in_generate=True, output_scores=True)
     with torch.no_grad(), route(llava.model, "nlvr"):
-        a = llava.model.generate(pixel_values=images[:2], **batch, **kw).sequences_scores
-        b = llava.model.generate(pixel_values=other, **batch, **kw).sequences_scores
-    assert (a - b).abs().max() > 1e-4
+        greedy = torch.log_softmax(llava.model.generate(**inputs, **kw).scores[0][0].float(), -1)
+        beam = llava.model.generate(**inputs, **kw, num_beams=3).scores[0][0].float()
+    torch.testing.assert_close(beam, greedy, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match=r"6 images but the 2 prompts hold 4 image placeholders"):
         llava.generate(images, max_len=4, prompts=prompts[:2])
 
@@ -283,7 +315,7 @@ def test_families_that_take_one_image_per_prompt_refuse_nlvr(tmp_path):
 def test_the_ids_check_names_rows_of_several_images(llava):
     images = _images(llava, _split("nlvr", 2).examples)
     batch = llava.lm_collator()([f"{llava.image_token} {llava.image_token} a", f"{llava.image_token} b"], ["c", "d"])
-    with pytest.raises(BackboneError, match=r"input_ids hold \[32, 16\] image tokens .* for 4 images of 16 features"):
+    with pytest.raises(BackboneError, match=r"hold \[32, 16\] image tokens .* do not split into the 4 images' \[16,"):
         llava.lm_loss(images, batch["input_ids"], batch["attention_mask"], batch["labels"])
 
 
@@ -311,3 +343,33 @@ def test_the_commands_train_and_evaluate_nlvr_on_the_builtin_llava(tmp_path):
     again = json.loads((ev / "eval.json").read_text())["tasks"]["nlvr"]
     for when in ("zero_shot", "adapted"):
         assert again["details"][when] == pytest.approx(result["details"][when])
+
+
+def test_qwen_pairs_of_their_own_sizes_train_as_each_task_alone(qwen_dir):
+    """Qwen2-VL reads each image at its own aspect: a pair's images of different sizes reach the collator as two
+    images with their own sizes (no stack), fill their own token counts, and the mixed batch's losses are each task's
+    alone."""
+    from PIL import Image
+    from qwen_tiny import tiny_qwen2vl_backbone
+
+    from mtl_lora_vl.data.records import Example, Split
+
+    bb = tiny_qwen2vl_backbone(qwen_dir)
+    pics = [Image.new("RGB", size, (40 * i, 90, 200 - 30 * i)) for i, size in enumerate([(40, 48), (64, 30),
+                                                                                          (30, 90), (40, 40)])]
+    pairs = Split([Example((pics[i], pics[i + 1]), f"p{i}", text="both images contain a square", label=i % 2)
+                   for i in range(3)])
+    kinds = {"nlvr": build_kind(load_spec("nlvr"), pairs, bb),
+             "vqa": build_kind(load_spec("vqa"), _split("vqa", 4), bb)}
+    _attach(bb, kinds)
+    rows = [dict(TaskDataset(kinds["nlvr"], pairs, bb.resize)[i], task_id=0) for i in range(3)]
+    rows += [dict(TaskDataset(kinds["vqa"], _split("vqa", 4), bb.resize)[i], task_id=1) for i in range(2)]
+    assert isinstance(rows[0]["image"], tuple) and rows[0]["image"][0].shape != rows[0]["image"][1].shape
+    model = _model(bb, kinds)
+    with torch.no_grad():
+        batch = _collate(kinds, bb, rows)
+        assert len(batch["image_sizes"]) == 3 * 2 + 2 and len(set(batch["image_sizes"])) > 2
+        _, mixed = model(batch)
+        for t, name in enumerate(kinds):
+            _, alone = model(_collate(kinds, bb, [r for r in rows if r["task_id"] == t]))
+            assert mixed[name].item() == pytest.approx(alone[name].item(), rel=1e-4, abs=1e-5), name

@@ -18,7 +18,7 @@ on the family's image layout.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -33,7 +33,6 @@ __all__ = ["Gemma3Backbone"]
 class Gemma3Backbone(HFVLMBackbone):
     """``Gemma3ForConditionalGeneration`` (see the module doc)."""
 
-    several_images: ClassVar[bool] = False   # one image per prompt (see HFVLMBackbone.several_images)
 
     @classmethod
     def _placeholder(cls, processor: Any) -> str:

@@ -90,8 +90,8 @@ class HFVLMBackbone(Backbone):
     prompt_end: ClassVar[str] = ""
     prefix_lm: ClassVar[bool] = False  # prompt tokens attend both ways (token_type_ids 0), targets causally
     position_offset: ClassVar[int] = 0
-    # LLaVA scatters the image features over the placeholders in order, so a prompt may hold several (one per image
-    # of its row); the subclasses' families lay images out their own way and keep one image per prompt here.
+    # The model scatters the image features over the placeholders in order, so a prompt may hold several (one per
+    # image of its row; every family here but PaliGemma, whose layout puts one image before the text).
     several_images: ClassVar[bool] = True
 
     # ------------------------------------------------------------------------------------------ building
@@ -370,16 +370,23 @@ class HFVLMBackbone(Backbone):
             raise ValueError(f"{what}: expected pixel_values (B, 3, H, W) and input_ids (B, L) for the same B, got "
                              f"{tuple(pixel_values.shape)} and {tuple(input_ids.shape)}")
         counts = (input_ids == self.image_token_id).sum(dim=1)
-        if several:   # rows of several images: whole images per row, as many as there are images
-            per = self.num_image_tokens
-            if bool((counts % per != 0).any()) or int(counts.sum()) != per * pixel_values.shape[0]:
-                raise BackboneError(
-                    f"{what}: input_ids hold {counts.tolist()} image tokens (id {self.image_token_id}) per row for "
-                    f"{pixel_values.shape[0]} images of {per} features each in {self.name}; build the ids with "
-                    f"backbone.lm_collator(), whose prompts hold {self.image_token!r} once per image and expand it")
-            return
         sizes = self._sizes_of(pixel_values, image_sizes)
         count = self.layout.image_tokens   # (the layout is built on each read of the property: once here)
+        if several:   # rows of several images: each row's tokens are whole images, taken in order, all of them
+            want = [count(s) for s in sizes]
+            taken = 0
+            for got in counts.tolist():
+                fill = 0
+                while fill < got and taken < len(want):
+                    fill, taken = fill + want[taken], taken + 1
+                if fill != got:
+                    break
+            if fill != got or taken != len(want):
+                raise BackboneError(
+                    f"{what}: input_ids hold {counts.tolist()} image tokens (id {self.image_token_id}) per row, which "
+                    f"do not split into the {len(want)} images' {want} features in {self.name}; build the ids with "
+                    f"backbone.lm_collator(), whose prompts hold {self.image_token!r} once per image and expand it")
+            return
         want = torch.tensor([count(s) for s in sizes], device=counts.device)
         bad = (counts != want).nonzero()
         if bad.numel():

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -36,7 +36,6 @@ __all__ = ["Idefics3Backbone"]
 class Idefics3Backbone(HFVLMBackbone):
     """``Idefics3ForConditionalGeneration`` / ``SmolVLMForConditionalGeneration`` (see the module doc)."""
 
-    several_images: ClassVar[bool] = False   # one image per prompt (see HFVLMBackbone.several_images)
 
     @classmethod
     def from_model(cls, model: nn.Module, processor: Any, name: str = "hf:custom") -> Idefics3Backbone:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,6 @@ class LlavaNextBackbone(HFVLMBackbone):
     """``LlavaNextForConditionalGeneration`` (see the module doc): images of ``image_size`` (the canvas C) reach the
     model as ``(B, 1 + tiles, 3, S, S)`` views with ``image_sizes`` ``(C, C)``."""
 
-    several_images: ClassVar[bool] = False   # one image per prompt (see HFVLMBackbone.several_images)
     tile_size: int = 0       # S: the vision tower's side, the base view's and each tile's
     base_filter: str = "bicubic"
 

@@ -68,7 +68,6 @@ class Qwen2VLBackbone(HFVLMBackbone):
     """``Qwen2VLForConditionalGeneration`` / ``Qwen2_5_VLForConditionalGeneration`` (see the module doc)."""
 
     preferred_side: ClassVar[int] = 448
-    several_images: ClassVar[bool] = False   # one image per prompt (see HFVLMBackbone.several_images)
 
     # ------------------------------------------------------------------------------------------ building
     @classmethod

@@ -164,8 +164,6 @@ class ImageFallback:
     def _decode(self, index: int) -> Tensor:
         ex = self.examples[index]
         slots = self._slots(index)
-        if len(slots) > 1 and self.size.native:
-            return to_uint8_tensor(ex.image, self.size)   # refused there, by name
         pixels = []
         for part, slot in zip(image_parts(ex) if len(slots) > 1 else [ex], slots):
             try:
@@ -174,7 +172,10 @@ class ImageFallback:
                 new = type(err)(f"example {ex.image_id!r}: {err}")   # (its kind kept: a shape refusal)
                 new.slot = slot                                       # the image that failed, for _mark
                 raise new from err
-        return pixels[0] if len(pixels) == 1 else torch.stack(pixels)
+        if len(pixels) == 1:
+            return pixels[0]
+        # several images: one (k, 3, S, S) stack, or (a native resize: each at its own size) a tuple of them
+        return torch.stack(pixels) if len({p.shape for p in pixels}) == 1 else tuple(pixels)
 
     def _mark(self, index: int, err: ImageError) -> None:
         """Record a failed file; warn if this is its first failure anywhere."""

@@ -250,9 +250,11 @@ class MultiTaskCollate:
             # rows given another row's image, per task: counted by the training loop as batches are consumed
             "replaced": dict(Counter(self.task_names[r["task_id"]] for r in rows if r.get("replaced"))),
         }
-        counts = [1 if r["image"].dim() == 3 else int(r["image"].shape[0]) for r in rows]
-        batch["images"], batch["image_sizes"] = pad_images(
-            [im for r in rows for im in ([r["image"]] if r["image"].dim() == 3 else r["image"].unbind(0))])
+        # a row's image: (3, H, W); several: a (k, 3, H, W) stack, or a tuple of k images of their own sizes
+        own = [r["image"] if isinstance(r["image"], tuple | list) else [r["image"]] if r["image"].dim() == 3
+               else r["image"].unbind(0) for r in rows]
+        counts = [len(x) for x in own]
+        batch["images"], batch["image_sizes"] = pad_images([im for x in own for im in x])
         several = any(c != 1 for c in counts)
         starts = [0, *itertools.accumulate(counts)]   # row i's images: starts[i] .. starts[i + 1]
         if several:   # rows of several images: the image tower's route and each task's images go by image
