@@ -3,8 +3,9 @@
 
     python scripts/show_world.py --out assets/world_samples.png
 
-One row per task kind (pretrain, retrieval, VQA, classification); each panel shows the rendered scene
-and the texts that come with it, so a reader can see what each task asks of the model.
+One row per task kind (pretrain, retrieval, VQA, classification, nlvr); each panel shows the rendered scene (nlvr:
+the left and the right scene side by side) and the texts that come with it, so a reader can see what each task asks
+of the model.
 """
 
 from __future__ import annotations
@@ -49,7 +50,24 @@ def _panels(per_row: int, seed: int) -> list[tuple[str, list[tuple[object, str]]
     names = cls.class_names or []
     rows.append(("classification (class = the large object)",
                  [(ex.image, f"label {ex.label}: “{names[ex.label]}”") for ex in cls.examples]))
+
+    pairs = world.build_split("nlvr", "test", n=per_row, seed=seed)
+    rows.append(("nlvr (a statement about the left and the right image)",
+                 [(ex.image, f"[{ex.question_type}] {ex.text}\n   → {ex.meta['label_name']}") for ex in pairs.examples]))
     return rows
+
+
+def _picture(scene: object, size: int):
+    """The rendered scene as an array; a pair (nlvr) side by side, a white gap between."""
+    import numpy as np
+
+    from mtl_lora_vl.data.images import load_image
+
+    if not isinstance(scene, tuple):
+        return np.asarray(load_image(scene, size))
+    gap = np.full((size, max(2, size // 12), 3), 255, dtype=np.uint8)
+    parts = [np.asarray(load_image(s, size)) for s in scene]
+    return np.concatenate([x for p in parts for x in (p, gap)][:-1], axis=1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from mtl_lora_vl.data.images import load_image
     from mtl_lora_vl.io.atomic import atomic_file
 
     rows = _panels(args.per_row, args.seed)
@@ -87,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     for r, (title, panels) in enumerate(rows):
         for c, (scene, text) in enumerate(panels[: args.per_row]):
             ax = fig.add_subplot(grid[2 * r, c])
-            ax.imshow(load_image(scene, args.size), interpolation="nearest")
+            ax.imshow(_picture(scene, args.size), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:

@@ -26,7 +26,8 @@ def test_show_world_draws_every_task_kind(tmp_path, capsys):
     assert _script("show_world").main(["--out", str(out), "--per-row", "1", "--size", "16", "--dpi", "10"]) == 0
     assert out.read_bytes()[:8] == PNG_MAGIC and "wrote" in capsys.readouterr().out
     rows = _script("show_world")._panels(2, seed=0)
-    assert [title.split()[0] for title, _ in rows] == ["pretrain", "retrieval", "vqa", "classification"]
+    assert [title.split()[0] for title, _ in rows] == ["pretrain", "retrieval", "vqa", "classification", "nlvr"]
+    assert _script("show_world")._picture(rows[-1][1][0][0], 16).shape == (16, 2 * 16 + 2, 3)   # a pair, side by side
     assert all(len(panels) == 2 and all(text for _, text in panels) for _, panels in rows)
 
 
