@@ -36,6 +36,22 @@ def _close_loaders(monkeypatch):
         loader.close()
 
 
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory):
+    """A tiny LLaVA directory with its processor (``llava_tiny.save_tiny_llava``), made once per test module."""
+    from llava_tiny import save_tiny_llava
+
+    return save_tiny_llava(tmp_path_factory.mktemp("llava"))
+
+
+@pytest.fixture
+def llava(llava_dir):
+    """A fresh backbone loaded from ``llava_dir`` (adapters a test attaches stay in that test)."""
+    from mtl_lora_vl.backbones import load_backbone
+
+    return load_backbone(f"hf:{llava_dir}", device="cpu")
+
+
 def tiny_open_clip(kind: str = "clip"):
     import open_clip
 

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from llava_tiny import save_tiny_llava
 from test_training_parts import _HostReads
 from vl_tiny import tiny_backbone
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.adapters.scopes import disabled, route
-from mtl_lora_vl.backbones import BackboneError, load_backbone
+from mtl_lora_vl.backbones import BackboneError
 from mtl_lora_vl.cli import eval_main, train_main
 from mtl_lora_vl.data import world
 from mtl_lora_vl.data.loader import MultiTaskCollate, MultiTaskLoader, TaskDataset, to_device
@@ -33,16 +32,6 @@ from mtl_lora_vl.tasks.generative import GenerationHead, lm_task_loss
 from mtl_lora_vl.tasks.spec import builtin_spec_dirs
 
 GEN_TASKS = ("vqa", "captioning", "caption_cls")
-
-
-@pytest.fixture(scope="module")
-def llava_dir(tmp_path_factory):
-    return save_tiny_llava(tmp_path_factory.mktemp("llava"))
-
-
-@pytest.fixture
-def llava(llava_dir):
-    return load_backbone(f"hf:{llava_dir}", device="cpu")
 
 
 @pytest.fixture(scope="module")

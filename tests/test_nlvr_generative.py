@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from llava_tiny import save_tiny_llava
 from test_generative_tasks import _attach, _collate, _model
 
 from mtl_lora_vl.adapters.scopes import route
@@ -17,16 +16,6 @@ from mtl_lora_vl.data.records import image_parts
 from mtl_lora_vl.tasks import build_kind, load_spec
 
 TASKS = ("nlvr", "vqa", "caption_cls")
-
-
-@pytest.fixture(scope="module")
-def llava_dir(tmp_path_factory):
-    return save_tiny_llava(tmp_path_factory.mktemp("llava"))
-
-
-@pytest.fixture
-def llava(llava_dir):
-    return load_backbone(f"hf:{llava_dir}", device="cpu")
 
 
 @pytest.fixture(scope="module")
