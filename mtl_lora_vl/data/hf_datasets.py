@@ -18,6 +18,16 @@ image column may hold images (the ``datasets.Image`` feature: encoded bytes, or 
 file paths; paths are resolved under the data root (``images`` is a folder prefix) and refused when
 they leave it. A ``ClassLabel`` label column gives the class names.
 
+A row of several images (the ``nlvr`` kind; NLVR2 copies on the hub keep a pair as two image columns) maps
+``images`` to a list of two or more image columns, in order, with ``statement`` (or ``text``) and ``label``::
+
+    columns = {images = ["left_image", "right_image"], statement = "sentence", label = "label"}
+
+``Example.image`` is then a tuple with one reference per column (a failed image is named by its row and column),
+and ``label`` is a truth value read as JSONL rows' are (true/false, yes/no, 1/0, booleans); a ``ClassLabel``
+label column is read by its names (true/false, yes/no), never by index order, and refused with other names. Such
+a mapping is never guessed from column names: a table of several image columns and no ``image`` needs ``columns``.
+
 Images stored in the dataset stay there: each example holds a small :class:`DatasetImage` reference
 (table + row) and loader workers read the bytes themselves from the memory-mapped table, so nothing is
 copied into the example list. Parquet files are converted once into ``datasets``' Arrow cache
@@ -37,13 +47,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import DataFormatError, ImageChecker, ReaderOptionError, data_root_dir, resolve_under
+from .common import (
+    DataFormatError,
+    ImageChecker,
+    PathEscapeError,
+    ReaderOptionError,
+    data_root_dir,
+    resolve_under,
+)
 from .images import ImageError
 from .records import Split
-from .rows import examples_from_rows
+from .rows import _TRUTH, ImageSources, examples_from_rows
 
-FIELDS = ("image", "text", "caption", "captions", "question", "answers", "label", "image_id", "question_type",
-          "question_id", "filter_type")
+FIELDS = ("image", "images", "text", "caption", "captions", "statement", "question", "answers", "label", "image_id",
+          "question_type", "question_id", "filter_type")
+#: Fields a column of the same name is taken for without ``columns`` (several images are never guessed).
+_AUTO_FIELDS = tuple(f for f in FIELDS if f not in ("images", "statement"))
+_PAIR_EXAMPLE = 'columns = {images = ["left_image", "right_image"], statement = "sentence", label = "label"}'
 
 
 def _datasets() -> Any:
@@ -212,25 +232,56 @@ def _stamp(files: Iterable[Path]) -> str:
     return hashlib.sha1(repr(seen).encode()).hexdigest()[:16]
 
 
-def _column_map(columns: dict | None, names: list[str], where: str) -> dict[str, str]:
+def _column_map(columns: dict | None, names: list[str], where: str,
+                image_columns: list[str] = ()) -> dict[str, Any]:
+    """Field -> column (``images``: a list of columns); ``image_columns``: the table's columns of images, named
+    when no image column is mapped."""
     if columns is None:
-        mapping = {f: f for f in FIELDS if f in names}
+        mapping: dict[str, Any] = {f: f for f in _AUTO_FIELDS if f in names}
     else:
-        if not isinstance(columns, dict) or not all(isinstance(v, str) for v in columns.values()):
+        if not isinstance(columns, dict) or not all(isinstance(v, str) for k, v in columns.items() if k != "images"):
             raise ReaderOptionError(f"columns must map fields to column names, e.g. {{image = \"img\", question = \"q\"}}, "
                             f"got {columns!r}")
         unknown = [k for k in columns if k not in FIELDS]
         if unknown:
             raise ValueError(f"columns: unknown field(s) {unknown}; the fields are {list(FIELDS)}")
         mapping = dict(columns)
-    missing = {f: c for f, c in mapping.items() if c not in names}
+        if "images" in mapping:
+            cols = mapping["images"]
+            if not isinstance(cols, list) or not all(isinstance(c, str) for c in cols):
+                raise ReaderOptionError(f"columns: images must be a list of the image columns of a row, in order, e.g. "
+                                        f"{_PAIR_EXAMPLE}; got images = {cols!r}")
+            if "image" in mapping:
+                raise ValueError(f"columns: both image ({mapping['image']!r}) and images ({cols}) are mapped; a row of "
+                                 "one image maps image, a row of several maps images (a list of columns) and no image")
+            if len(cols) < 2:
+                raise ValueError(f"columns: images names {len(cols)} column(s) ({cols}); a row of several images needs "
+                                 "two or more image columns, in order (for one image per row, map it as image)")
+            twice = sorted({c for c in cols if cols.count(c) > 1})
+            if twice:
+                raise ValueError(f"columns: images names the column(s) {twice} more than once ({cols}); give each "
+                                 "image of a row its own column")
+        elif "statement" in mapping:
+            raise ValueError(f"columns: statement is the text of a row of several images; map those with images = "
+                             f"[...] too ({_PAIR_EXAMPLE}), or map a row of one image's text as text or caption")
+    wanted = [(f, c) for f, cs in mapping.items() for c in (cs if isinstance(cs, list) else [cs])]
+    missing = [(f, c) for f, c in wanted if c not in names]
     if missing:
-        raise ValueError(f"{where}: column(s) {list(missing.values())} not found (mapped from {list(missing)}); "
-                         f"the dataset has columns {names}")
-    if "image" not in mapping:
+        raise ValueError(f"{where}: column(s) {[c for _, c in missing]} not found (mapped from "
+                         f"{list(dict.fromkeys(f for f, _ in missing))}); the dataset has columns {names}")
+    if "image" not in mapping and "images" not in mapping:
+        if len(image_columns) >= 2:
+            raise ValueError(f"{where}: no image column, and the dataset has {len(image_columns)} columns of images "
+                             f"{list(image_columns)}; a row of several images is not guessed from column names: map "
+                             f"them in order, e.g. {_PAIR_EXAMPLE} (or map one as image = \"...\")")
         raise ValueError(f"{where}: no image column; map one with columns = {{image = \"...\"}} (the dataset has "
                          f"columns {names})")
     return mapping
+
+
+def _is_image_feature(feature: Any) -> bool:
+    datasets = _datasets()
+    return isinstance(feature, datasets.Image) or (isinstance(feature, dict) and set(feature) >= {"bytes", "path"})
 
 
 def _image_kind(feature: Any, where: str, column: str) -> str:
@@ -269,7 +320,7 @@ def read_hf_datasets(
     data_root: str | os.PathLike,
     path: str | os.PathLike,
     split: str | None = None,
-    columns: dict[str, str] | None = None,
+    columns: dict[str, str | list[str]] | None = None,
     images: str = "",
     class_names: list[str] | None = None,
     one_per_image: bool = False,
@@ -281,7 +332,13 @@ def read_hf_datasets(
     root = data_root_dir(data_root)
     table, ds = _open_table(root, path, split, cache_dir)
     source = f"datasets {table}"
-    mapping = _column_map(columns, list(ds.column_names), source)
+    names = list(ds.column_names)
+    mapping = _column_map(columns, names, source, [c for c in names if _is_image_feature(ds.features[c])])
+    if "images" in mapping:
+        return examples_from_rows(_several_image_rows(root, table, ds, mapping, images, source),
+                                  at=lambda n: f"{source} row {n}", source=source, image_of=lambda r: r["image"],
+                                  check=ImageChecker(verify, strict), class_names=class_names,
+                                  one_per_image=one_per_image)
     image_col = mapping["image"]
     kind = _image_kind(ds.features[image_col], source, image_col)
     label_feature = ds.features.get(mapping["label"]) if "label" in mapping else None
@@ -343,3 +400,68 @@ def read_hf_datasets(
     return examples_from_rows(rows, at=lambda n: f"{source} row {n}", source=source, image_of=lambda r: r["image"],
                               check=ImageChecker(verify, strict), class_names=class_names,
                               one_per_image=one_per_image)
+
+
+def _truth_names(names: list[str], column: str, source: str) -> list[str]:
+    """The names of a ``ClassLabel`` label column of statements, checked to be truth values (read by name)."""
+    bad = [n for n in names if str(n).strip().lower() not in _TRUTH]
+    if bad:
+        raise DataFormatError(f"{source}: label column {column!r} is a ClassLabel of names {names}; a statement about "
+                              f"several images has a truth value, read by its class's name: true/false (or yes/no, "
+                              f"1/0), and {bad} is none of those")
+    return names
+
+
+def _several_image_rows(root: Path, table: _Table, ds: Any, mapping: dict[str, Any], images: str,
+                        source: str) -> list[tuple[int, dict]]:
+    """The rows of a table of several image columns (``mapping["images"]``, in order), each with ``images`` the
+    :class:`ImageSources` of its row: one :class:`DatasetImage` per column (or a resolved path)."""
+    cols: list[str] = mapping["images"]
+    kinds = [_image_kind(ds.features[c], source, c) for c in cols]
+    arrays = ds.select_columns(cols).with_format("arrow")[:]
+    found = [_images(arrays.column(c), k) for c, k in zip(cols, kinds)]
+    label_names = None
+    if "label" in mapping and isinstance(ds.features[mapping["label"]], _datasets().ClassLabel):
+        label_names = _truth_names(list(ds.features[mapping["label"]].names), mapping["label"], source)
+    others = {f: c for f, c in mapping.items() if f != "images"}
+    meta = (ds.select_columns(list(dict.fromkeys(others.values()))).with_format("arrow")[:].to_pylist()
+            if others else [{} for _ in range(len(ds))])
+
+    def same(j: int, a: Any, b: Any) -> bool:   # two rows' images of column j: the same bytes, or the same path
+        if isinstance(a, DatasetImage) and isinstance(b, DatasetImage):
+            data = [arrays.column(cols[j])[x.row] for x in (a, b)]
+            return (data[0]["bytes"] if kinds[j] == "struct" else data[0]).equals(
+                data[1]["bytes"] if kinds[j] == "struct" else data[1])
+        return a == b
+
+    by_id: dict[str, tuple[ImageSources, int]] = {}   # image_id -> (the images its rows share, its first row)
+    rows = []
+    for i, values in enumerate(meta):
+        row = {f: values[c] for f, c in others.items()}
+        if label_names is not None and isinstance(row.get("label"), int):   # by name (-1: no class, a blank label)
+            row["label"] = label_names[row["label"]] if 0 <= row["label"] < len(label_names) else None
+        parts = []
+        for j, col in enumerate(cols):
+            has_bytes, img_path = found[j][i]
+            if has_bytes:
+                parts.append(DatasetImage(table, col, i))
+            elif img_path:
+                try:
+                    parts.append(resolve_under(root, Path(images) / img_path))
+                except PathEscapeError as e:
+                    raise PathEscapeError(f"{source} row {i} column {col!r}: {e}") from None
+            else:
+                raise DataFormatError(f"{source} row {i}: no image in column {col!r} (a row of images {cols} needs "
+                                      "each of them)")
+        sources = ImageSources(parts)
+        if row.get("image_id") not in (None, ""):   # rows of one id and the same images share one reference each
+            first, n = by_id.setdefault(str(row["image_id"]), (sources, i))
+            if n != i and all(same(j, a, b) for j, (a, b) in enumerate(zip(first, sources))):
+                sources = first
+        elif all(not has for has, _ in (f[i] for f in found)):   # paths: the default id is the paths, as in JSONL
+            row["image_id"] = "|".join(str(f[i][1]) for f in found)
+        else:   # (a made-up id must not collide with the column's real ones)
+            row["image_id"] = f"row {i}" if "image_id" in mapping else str(i)
+        row["images"] = sources
+        rows.append((i, row))
+    return rows

@@ -20,7 +20,7 @@ Batch layout (what :class:`MultiTaskLoader` yields; B rows, grouped by task in a
     batch["images"]     uint8 (B, 3, S, S)    -> float (B, 3, S, S) in ``dtype`` after to_device()
                                               (images of different sizes: (B, 3, H, W), each image at
                                               the top left, H and W the largest, zeros elsewhere)
-    batch["image_sizes"]  tuple of (h, w)     each row's image size (host ints; the language model's
+    batch["image_sizes"]  tuple of (h, w)     each image's size (host ints; the language model's
                                               image-token count of a native-resolution backbone)
     batch["image_segments"]  like segments, over the images: only when a task's rows hold several
                                               images each (NLVR2's pair; ``images`` then has one entry per

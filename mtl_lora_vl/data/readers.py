@@ -650,7 +650,18 @@ def _describe(tp: Any) -> str:
     if origin is typing.Literal:
         return "one of " + ", ".join(map(repr, args))
     if origin is list:
-        return f"a list of {_describe(args[0]).removeprefix('a ')}s"
+        return f"a list of {_plural(args[0])}"
     if origin is dict:
-        return f"a table of {_describe(args[1]).removeprefix('a ')}s"
+        return f"a table of {_plural(args[1])}"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _plural(tp: Any) -> str:
+    """What several values of ``tp`` are called ("strings", "strings or lists of strings")."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_plural(a) for a in args if a is not type(None)))
+    if origin is list:
+        return f"lists of {_plural(args[0])}"
+    one = _describe(tp)
+    return one.removeprefix("a ").removeprefix("an ") + "s" if one.startswith(("a ", "an ")) else one

@@ -144,8 +144,18 @@ def _truth(value: Any, where: str) -> int:
                           "true/false, yes/no or 1/0 (1: the statement is true)")
 
 
-def _image_list(value: Any, where: str) -> list[str]:
+class ImageSources(tuple):
+    """A row's ``images`` as a reader found them, each already an image source (a resolved path, or a reference
+    such as :class:`~mtl_lora_vl.data.hf_datasets.DatasetImage`), in order: taken as they are, not as text paths."""
+
+
+def _image_list(value: Any, where: str) -> list[Any]:
     """A row's ``images``: a list of paths, or a '|'-separated string (a CSV cell); two or more, none blank."""
+    if isinstance(value, ImageSources):
+        if len(value) < 2:
+            raise DataFormatError(f"{where}: the row holds {len(value)} image(s); a row of several images needs two "
+                                  "or more")
+        return list(value)
     paths = value.split("|") if isinstance(value, str) else value
     if not isinstance(paths, (list, tuple)) or not all(isinstance(x, str) for x in paths):
         raise DataFormatError(f"{where}: 'images' must be a list of image paths (text), or a '|'-separated string, "
@@ -303,7 +313,7 @@ def examples_from_rows(
             ok = [check(p) for p in ps]   # every image checked: each unreadable one is named in the summary
             iid = row.get("image_id")
             if iid is None or iid == "":
-                row = {**row, "image": "|".join(paths)}   # the default id: the row's paths
+                row = {**row, "image": "|".join(map(str, paths))}   # the default id: the row's paths
             if all(ok):
                 meta = {k: row[k] for k in ("question_id",) if k in row}
                 examples.append(Example(stored(ps), image_id(row, n, ps), text=text.strip(),
