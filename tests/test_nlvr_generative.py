@@ -23,18 +23,13 @@ def qwen_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("qwen")
 
 
-@pytest.fixture(params=["llava", "qwen2", "qwen2.5", "gemma3", "idefics3", "llava_next", "llava_onevision"])
+@pytest.fixture(params=["llava", "qwen2", "qwen2.5", "gemma3", "idefics3", "llava_next"])
 def pair_bb(request, llava_dir, qwen_dir):
     """A fresh backbone of each family whose prompts take several images (``several_images``)."""
     if request.param == "llava":
         return load_backbone(f"hf:{llava_dir}", device="cpu")
-    if request.param.startswith("llava_"):
-        import importlib
-
-        folder = qwen_dir / request.param
-        if not (folder / "config.json").is_file():
-            folder = importlib.import_module(f"test_{request.param}").build(folder)[2]
-        return load_backbone(f"hf:{folder}")
+    if request.param == "llava_next":
+        return _llava_next(qwen_dir)
     if request.param == "gemma3":
         from gemma3_tiny import tiny_gemma3_backbone
 
@@ -288,12 +283,26 @@ def test_nlvr_evaluates_through_the_language_model_zero_shot_and_adapted(llava):
     assert (adapted - scores).abs().max() > 1e-3
 
 
-def test_families_that_take_one_image_per_prompt_refuse_nlvr(tmp_path):
+def _llava_next(folder, onevision: bool = False):
+    """A loaded tiny LLaVA-NeXT (or LLaVA-OneVision) from a directory under ``folder`` (built once)."""
+    name = "llava_onevision" if onevision else "llava_next"
+    if not (folder / name / "config.json").is_file():
+        import importlib
+
+        importlib.import_module(f"test_{name}").build(folder / name)
+    return load_backbone(f"hf:{folder / name}")
+
+
+@pytest.mark.parametrize("family", ["paligemma", "llava_onevision"])
+def test_families_that_take_one_image_per_prompt_refuse_nlvr(tmp_path, family):
+    """PaliGemma (one image before the text) and LLaVA-OneVision (its model and processor read each image of a row
+    of several as its base view only, with batch_num_images: a layout not built here; review 176) refuse pairs."""
     from llava_tiny import tiny_llava_backbone
 
     from mtl_lora_vl.backbones.hf_vlm import HFVLMBackbone
 
-    backbone = tiny_llava_backbone(tmp_path, "paligemma")
+    backbone = _llava_next(tmp_path, onevision=True) if family == "llava_onevision" else \
+        tiny_llava_backbone(tmp_path, "paligemma")
     assert type(backbone).several_images is False and HFVLMBackbone.several_images is True
     with pytest.raises(BackboneError, match=r"reads two images per row.*takes one image per prompt.*builtin-llava"):
         build_kind(load_spec("nlvr"), _split("nlvr", 2), backbone)
@@ -362,3 +371,56 @@ def test_qwen_pairs_of_their_own_sizes_train_as_each_task_alone(qwen_dir):
         for t, name in enumerate(kinds):
             _, alone = model(_collate(kinds, bb, [r for r in rows if r["task_id"] == t]))
             assert mixed[name].item() == pytest.approx(alone[name].item(), rel=1e-4, abs=1e-5), name
+
+
+def test_a_chat_pair_turn_is_the_templates_ids(tmp_path):
+    """``chat = true`` on Gemma 3's own template: the kind writes a turn's images back to back, as the template does
+    ('<end_of_image>\\n\\n\\n\\n<start_of_image>', one newline-run token); joined by a space they were two
+    '\\n\\n' (and a space token between the images on a byte-level tokenizer) -- review 176."""
+    from gemma3_tiny import save_chat_gemma3
+    from test_chat_template import _chat_spec
+
+    bb = load_backbone(f"hf:{save_chat_gemma3(tmp_path / 'g3')}")
+    spec = load_spec(_chat_spec(tmp_path, "nlvr", "{images}question: is it true that {statement}? answer:"))
+    kind = build_kind(spec, _split("nlvr", 6), bb)
+    ex = world.build_split("nlvr", "val", n=1).examples[0]
+    ours = bb.lm_collator()([kind.prompt(ex)])["input_ids"][0].tolist()
+    turn = [{"role": "user", "content": [{"type": "image"}, {"type": "image"},
+                                         {"type": "text", "text": f"question: is it true that {ex.text}? answer:"}]}]
+    text = bb.processor.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+    theirs = bb.processor(text=text, images=[[torch.zeros(3, 32, 32)] * 2], add_special_tokens=False)["input_ids"][0]
+    tok = bb.processor.tokenizer
+    assert tok.convert_ids_to_tokens(ours) == tok.convert_ids_to_tokens(list(theirs))
+
+
+def test_pair_prompts_as_many_as_the_images_are_named_by_their_placeholders(llava):
+    """2 images, 2 prompts of two placeholders each: the message named image sizes the caller never gave; and
+    lm_loss's per-row message said the placeholder goes in "once" (review 176)."""
+    img = llava.image_token
+    pair = f"{img}{img} question: is it true that red? answer:"
+    images = torch.randn(2, 3, llava.image_size, llava.image_size)
+    with pytest.raises(ValueError, match=r"generate: 2 images but the 2 prompts hold 4 image placeholders"):
+        llava.generate(images, max_len=2, prompts=[pair, pair])
+    with pytest.raises(ValueError, match=r"sequence_scores: 2 images but the 2 prompts hold 4 image placeholders"):
+        llava.sequence_scores(images, [pair, pair], ["no", "yes"])
+    with pytest.raises(BackboneError, match=r"once per image"):
+        llava.lm_loss(images, **llava.lm_collator()([pair, pair], ["yes", "no"]))
+
+
+def test_lm_loss_takes_rows_of_two_no_and_one_image(llava):
+    """Rows holding [2, 0, 1] images (3 images for 3 rows; a text-only row) are whole images per row, taken in order:
+    the ids check accepts them (it compared row i with image i when the counts matched; review 176)."""
+    col = llava.lm_collator()
+    img = llava.image_token
+    pair = col([f"{img}{img} question: is it true that red? answer:"], ["yes"])
+    one = col([f"{img} caption:"], ["red"])
+    text = [*llava.prefix_ids, *llava.processor.tokenizer("caption: red", add_special_tokens=False)["input_ids"]]
+    rows = [pair["input_ids"][0].tolist(), text + [llava.eos_id], one["input_ids"][0].tolist()]
+    W = max(map(len, rows))
+    ids, mask = torch.full((3, W), llava.pad_id), torch.zeros(3, W, dtype=torch.long)
+    labels = torch.full((3, W), -100)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
+        labels[i, len(r) - 2:len(r)] = torch.tensor(r[-2:])
+    loss = llava.lm_loss(torch.randn(3, 3, llava.image_size, llava.image_size), ids, mask, labels)
+    assert loss.shape == (3,) and torch.isfinite(loss).all()

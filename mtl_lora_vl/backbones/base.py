@@ -136,7 +136,7 @@ def check_prompts(prompts: Any, n_images: int, what: str, several: str | None = 
     odd = [p for p in prompts if not isinstance(p, str)]
     if odd:
         raise ValueError(f"{what}: prompts must be strings, one per row; got a {type(odd[0]).__name__} ({odd[0]!r})")
-    if several is not None and len(prompts) != n_images:
+    if several is not None:   # (also when there are as many prompts as images: rows of two hold 2x the placeholders)
         held = sum(p.count(several) for p in prompts)
         if held != n_images:
             raise ValueError(f"{what}: {n_images} images but the {len(prompts)} prompts hold {held} image placeholders "

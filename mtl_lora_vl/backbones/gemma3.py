@@ -11,7 +11,7 @@ on the family's image layout.
   other both ways, as the model was trained (without them a forward is causal over the image; Hugging Face
   ``generate`` passes them to the prefill only).
 * **Images.** A squash to the vision tower's square (896 px for the released models: ``Gemma3ImageProcessor``'s
-  ``size``), without pan-and-scan crops (the loader reads one image per row).
+  ``size``), without pan-and-scan crops (the loader reads each image whole; a row may hold several, NLVR2's pair).
 * **Positions.** 1-D, as for LLaVA.
 """
 

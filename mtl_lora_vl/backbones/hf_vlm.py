@@ -91,7 +91,8 @@ class HFVLMBackbone(Backbone):
     prefix_lm: ClassVar[bool] = False  # prompt tokens attend both ways (token_type_ids 0), targets causally
     position_offset: ClassVar[int] = 0
     # The model scatters the image features over the placeholders in order, so a prompt may hold several (one per
-    # image of its row; every family here but PaliGemma, whose layout puts one image before the text).
+    # image of its row; every family here but PaliGemma, whose layout puts one image before the text, and
+    # LLaVA-OneVision, which reads the images of such a row otherwise).
     several_images: ClassVar[bool] = True
 
     # ------------------------------------------------------------------------------------------ building
@@ -372,8 +373,10 @@ class HFVLMBackbone(Backbone):
         counts = (input_ids == self.image_token_id).sum(dim=1)
         sizes = self._sizes_of(pixel_values, image_sizes)
         count = self.layout.image_tokens   # (the layout is built on each read of the property: once here)
-        if several:   # rows of several images: each row's tokens are whole images, taken in order, all of them
-            want = [count(s) for s in sizes]
+        want = [count(s) for s in sizes]
+        if several or (self.several_images and counts.tolist() != want):
+            # rows of several images (also as many images as rows, but not one per row: [2, 0, 1]): each row's
+            # tokens are whole images, taken in order, all of them
             taken = 0
             for got in counts.tolist():
                 fill = 0
@@ -381,20 +384,22 @@ class HFVLMBackbone(Backbone):
                     fill, taken = fill + want[taken], taken + 1
                 if fill != got:
                     break
-            if fill != got or taken != len(want):
+            if (fill != got or taken != len(want)) and several:
                 raise BackboneError(
                     f"{what}: input_ids hold {counts.tolist()} image tokens (id {self.image_token_id}) per row, which "
                     f"do not split into the {len(want)} images' {want} features in {self.name}; build the ids with "
                     f"backbone.lm_collator(), whose prompts hold {self.image_token!r} once per image and expand it")
-            return
-        want = torch.tensor([count(s) for s in sizes], device=counts.device)
+            if fill == got and taken == len(want):
+                return
+        want = torch.tensor(want, device=counts.device)
         bad = (counts != want).nonzero()
         if bad.numel():
             r = int(bad[0])
             raise BackboneError(
                 f"{what}: row {r} of input_ids has {int(counts[r])} image tokens (id {self.image_token_id}) but its "
                 f"image gives {int(want[r])} features in {self.name}; build the ids with backbone.lm_collator() (with "
-                f"the images' image_sizes), whose prompts hold {self.image_token!r} once and expand it"
+                f"the images' image_sizes), whose prompts hold {self.image_token!r} "
+                f"{'once per image' if self.several_images else 'once'} and expand it"
             )
 
     def _stop_ids(self) -> list[int]:
@@ -427,7 +432,7 @@ class HFVLMBackbone(Backbone):
 
     def _prompts(self, images: Tensor, prompts: Sequence[str] | None, what: str,
                  image_sizes: Sequence[tuple[int, int]] | None) -> tuple[dict[str, Tensor], list[tuple[int, int]] | None]:
-        """The collated prompts (default: the bare image placeholder), one per image, checked; and the images'
+        """The collated prompts (default: the bare image placeholder, one per image), checked; and the images'
         sizes, checked."""
         check_image_batch(images, what)
         sizes = check_image_sizes(images, image_sizes, what)

@@ -1,7 +1,7 @@
 """Idefics3 and SmolVLM (``Idefics3ForConditionalGeneration``, ``SmolVLMForConditionalGeneration``) from a local
 directory: the language-model API of :mod:`.hf_vlm` on the family's own image layout.
 
-* **One image per row, unsplit.** The released processors split each image into ``max_image_size`` crops plus
+* **Each image unsplit** (a row may hold several: NLVR2's pair). The released processors split each image into ``max_image_size`` crops plus
   the whole image (``rows x cols + 1`` times ``image_seq_len`` tokens, a count that varies with each image's
   size). The backbone reads each image once, whole: the loader squashes it to the square of side
   ``max_image_size["longest_edge"]`` (the processor's resampling filter), and the prompt holds
@@ -10,7 +10,8 @@ directory: the language-model API of :mod:`.hf_vlm` on the family's own image la
   gives the same ids, the backbone sets ``do_image_splitting = False`` on its own copy of the processor. (With splitting
   off, the processor first scales the longest edge to ``size["longest_edge"]`` and then squashes to the square:
   the same picture, resampled twice instead of once.)
-* **Images.** The model takes ``(B, images, 3, S, S)``; each row's one image is ``(B, 1, 3, S, S)``. Idefics3 drops
+* **Images.** The model takes ``(B, images, 3, S, S)``; the backbone gives ``(N, 1, 3, S, S)`` for N images (rows'
+  images in order; the model reads them as one sequence of images either way). Idefics3 drops
   an image whose normalised pixels are all 0 as padding; such an image (no loader makes one: the processors'
   mean, 0.5, is no 8-bit level) leaves its row's image tokens without features, refused with that reason.
 * **Positions.** A Llama-style language model: 1-D positions, as for LLaVA.

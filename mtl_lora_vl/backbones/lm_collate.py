@@ -3,7 +3,7 @@
 :class:`LMCollator` runs in data-loader workers (it is picklable: a Hugging Face tokenizer and a
 :class:`PromptLayout` of plain numbers). Every prompt carries the image placeholder (the backbone's
 ``image_token``) once per image of its row -- exactly once unless the layout takes several images per prompt
-(``several_images``: every family but PaliGemma, for NLVR2's pair); the collator expands each to the ``num_image_tokens`` ids that the
+(``several_images``: every family but PaliGemma and LLaVA-OneVision, for NLVR2's pair); the collator expands each to the ``num_image_tokens`` ids that the
 vision tower fills (a native-resolution model, Qwen2-VL: as many as the image's size gives, ``image_sizes``, one
 per image in row order), so ``input_ids`` always match the image features.
 

@@ -10,9 +10,9 @@ local directory: the language-model API of :mod:`.hf_vlm` on the family's own im
   share one canvas, each at its top left with its ``(h, w)`` in ``image_sizes``; on the device each image is
   cut into the patches the processor makes (:func:`patchify`: ``(h/P · w/P, 3·T·P·P)``, in merge order) with
   its ``image_grid_thw`` row ``[1, h/P, w/P]``, and its prompt holds ``h/P · w/P / merge²`` image tokens. A
-  merged export's processor files get the same bounds (:meth:`Qwen2VLBackbone.fit_processor_files`). One
-  image per row (the loader's; :mod:`mtl_lora_vl.adapters.packed` routes the packed tower's images, of any sizes
-  and any number per row, by their own patches).
+  merged export's processor files get the same bounds (:meth:`Qwen2VLBackbone.fit_processor_files`). A row may
+  hold several images (NLVR2's pair, each at its own size; :mod:`mtl_lora_vl.adapters.packed` routes the packed
+  tower's images, of any sizes and any number per row, by their own patches).
 * **Prompts.** ``image_token`` is ``<|image_pad|>``; the collator expands it to ``<|vision_start|>``, the
   row's image tokens and ``<|vision_end|>``.
 * **Positions.** M-RoPE: every forward gets ``mm_token_type_ids`` (1 on image tokens), so the model numbers

@@ -14,11 +14,12 @@ Each row holds two images (``Example.image`` a tuple: left, right), a statement 
 * **Metrics**: ``accuracy``, and per statement type (``accuracy/<type>``, where rows carry ``question_type``).
 
 **On a generative backbone** whose prompts take several images (``backbone.several_images``: LLaVA, LLaVA-NeXT,
-LLaVA-OneVision, Qwen2-VL, Idefics3 / SmolVLM, Gemma 3; not PaliGemma) the statement is a question: ``[generative] prompt`` (``{images}``: one image placeholder per image of the
+Qwen2-VL, Idefics3 / SmolVLM, Gemma 3; not PaliGemma nor LLaVA-OneVision) the statement is a question: ``[generative] prompt`` (``{images}``: one image placeholder per image of the
 row, ``{statement}``) continued by one of ``[generative] answers`` (false's, true's: "no", "yes" by default), the
 more likely one being the prediction (``backbone.sequence_scores``); zero-shot is the base language model, adapted
-the routed one; training is the LM loss on the row's answer. PaliGemma takes one image per prompt here and is
-refused at start-up.
+the routed one; training is the LM loss on the row's answer. ``{images}`` writes the placeholders back to back, as
+the families' chat templates write a turn's images. PaliGemma and LLaVA-OneVision take one image per prompt here
+and are refused at start-up.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ class NLVRKind(TaskKind):
                     f"task {spec.name!r} (kind nlvr) reads two images per row, and the language-model path of "
                     f"backbone {backbone.name!r} ({type(backbone.model).__name__}) takes one image per prompt; train "
                     "it on a backbone whose prompts take several images (--backbone builtin-llava, or hf:DIR of a "
-                    "LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Idefics3 / SmolVLM or Gemma 3 model) or a "
+                    "LLaVA, LLaVA-NeXT, Qwen2-VL, Idefics3 / SmolVLM or Gemma 3 model) or a "
                     "contrastive backbone (--backbone builtin, open_clip:NAME --pretrained FILE, or hf:DIR of a CLIP "
                     "model), or give this backbone vqa, captioning or caption_cls")
             return
@@ -148,7 +149,7 @@ class NLVRKind(TaskKind):
 
     def prompt(self, example: Example) -> str:
         """Generative path: the row's prompt, one image placeholder per image."""
-        images = " ".join([self.image_token] * image_count(example))
+        images = "".join([self.image_token] * image_count(example))
         return format_prompt(self.spec.generative["prompt"], self.image_token, self.prompt_wrap, images=images,
                              statement=example.text)
 
