@@ -53,7 +53,8 @@ def _panels(per_row: int, seed: int) -> list[tuple[str, list[tuple[object, str]]
 
     pairs = world.build_split("nlvr", "test", n=per_row, seed=seed)
     rows.append(("nlvr (a statement about the left and the right image)",
-                 [(ex.image, f"[{ex.question_type}] {ex.text}\n   → {ex.meta['label_name']}") for ex in pairs.examples]))
+                 [(ex.image, f"[{ex.question_type}] {ex.text}\n   → {ex.meta['label_name']}")
+                  for ex in pairs.examples]))
     return rows
 
 

@@ -492,8 +492,8 @@ _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_tok
 
 
 def _encodes_before_beams(model: nn.Module) -> bool:
-    """Whether the model's ``generate`` encodes the images before it repeats the rows for beams (transformers' multimodal
-    encoder outputs, repeated row by row), so that a row of several images keeps them in beam search."""
+    """Whether the model's ``generate`` encodes the images before it repeats the rows for beams (transformers'
+    multimodal encoder outputs, repeated row by row), so that a row of several images keeps them in beam search."""
     supports = getattr(model, "_supports_mm_encoder_outputs", None)
     return bool(supports()) if callable(supports) else False
 

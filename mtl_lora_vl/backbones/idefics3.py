@@ -1,9 +1,9 @@
 """Idefics3 and SmolVLM (``Idefics3ForConditionalGeneration``, ``SmolVLMForConditionalGeneration``) from a local
 directory: the language-model API of :mod:`.hf_vlm` on the family's own image layout.
 
-* **Each image unsplit** (a row may hold several: NLVR2's pair). The released processors split each image into ``max_image_size`` crops plus
-  the whole image (``rows x cols + 1`` times ``image_seq_len`` tokens, a count that varies with each image's
-  size). The backbone reads each image once, whole: the loader squashes it to the square of side
+* **Each image unsplit** (a row may hold several: NLVR2's pair). The released processors split each image into
+  ``max_image_size`` crops plus the whole image (``rows x cols + 1`` times ``image_seq_len`` tokens, a count that
+  varies with each image's size). The backbone reads each image once, whole: the loader squashes it to the square of side
   ``max_image_size["longest_edge"]`` (the processor's resampling filter), and the prompt holds
   ``<fake_token_around_image><global-img>``, the ``image_seq_len`` image tokens and ``<fake_token_around_image>``,
   as the processor writes one image with ``do_image_splitting=False``. So that the processor (``backbone.processor``)

@@ -3,9 +3,9 @@
 :class:`LMCollator` runs in data-loader workers (it is picklable: a Hugging Face tokenizer and a
 :class:`PromptLayout` of plain numbers). Every prompt carries the image placeholder (the backbone's
 ``image_token``) once per image of its row -- exactly once unless the layout takes several images per prompt
-(``several_images``: every family but PaliGemma and LLaVA-OneVision, for NLVR2's pair); the collator expands each to the ``num_image_tokens`` ids that the
-vision tower fills (a native-resolution model, Qwen2-VL: as many as the image's size gives, ``image_sizes``, one
-per image in row order), so ``input_ids`` always match the image features.
+(``several_images``: every family but PaliGemma and LLaVA-OneVision, for NLVR2's pair); the collator expands each
+to the ``num_image_tokens`` ids that the vision tower fills (a native-resolution model, Qwen2-VL: as many as the
+image's size gives, ``image_sizes``, one per image in row order), so ``input_ids`` always match the image features.
 
 * With targets (training): ``input_ids`` = prompt + target + end token, right-padded; ``attention_mask``;
   ``labels`` = the ids on the target and end tokens and -100 on the prompt and padding. The end token is the

@@ -279,7 +279,7 @@ class MultiTaskCollate:
             if not idx:
                 continue
             view: dict[str, Tensor] = {"rows": torch.tensor(idx, dtype=torch.long)}
-            if several:   # a task's rows hold one number of images each (its kind's, k): their positions, (n_t, k) or (n_t,)
+            if several:   # a task's rows hold k images each (its kind's): their positions, (n_t, k) or (n_t,)
                 k = {counts[i] for i in idx}
                 if len(k) != 1:
                     raise ValueError(f"task {self.task_names[t]!r} gives rows of {sorted(k)} images; every row of a "

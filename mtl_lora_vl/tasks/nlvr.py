@@ -14,12 +14,12 @@ Each row holds two images (``Example.image`` a tuple: left, right), a statement 
 * **Metrics**: ``accuracy``, and per statement type (``accuracy/<type>``, where rows carry ``question_type``).
 
 **On a generative backbone** whose prompts take several images (``backbone.several_images``: LLaVA, LLaVA-NeXT,
-Qwen2-VL, Idefics3 / SmolVLM, Gemma 3; not PaliGemma nor LLaVA-OneVision) the statement is a question: ``[generative] prompt`` (``{images}``: one image placeholder per image of the
-row, ``{statement}``) continued by one of ``[generative] answers`` (false's, true's: "no", "yes" by default), the
-more likely one being the prediction (``backbone.sequence_scores``); zero-shot is the base language model, adapted
-the routed one; training is the LM loss on the row's answer. ``{images}`` writes the placeholders back to back, as
-the families' chat templates write a turn's images. PaliGemma and LLaVA-OneVision take one image per prompt here
-and are refused at start-up.
+Qwen2-VL, Idefics3 / SmolVLM, Gemma 3) the statement is a question: ``[generative] prompt`` (``{images}``: one image
+placeholder per image of the row, back to back as the families' chat templates write a turn's images;
+``{statement}``) continued by one of ``[generative] answers`` (false's, true's: "no", "yes" by default), the more
+likely one being the prediction (``backbone.sequence_scores``); zero-shot is the base language model, adapted the
+routed one; training is the LM loss on the row's answer. PaliGemma and LLaVA-OneVision take one image per prompt
+here and are refused at start-up.
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ class NLVRKind(TaskKind):
     uses_text = True
     several_images = True
     head_defaults = {"hidden": 0}
-    generative_defaults = {"prompt": "{images} question: is it true that {statement}? answer:", "answers": ["no", "yes"],
-                           "eval_limit": 0, "chat": False, "system": ""}
+    generative_defaults = {"prompt": "{images} question: is it true that {statement}? answer:",
+                           "answers": ["no", "yes"], "eval_limit": 0, "chat": False, "system": ""}
 
     @classmethod
     def check_spec(cls, spec: TaskSpec) -> None:
