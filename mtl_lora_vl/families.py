@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .family_images import (
-    _image_token_rows,
-    _llava_next_row_tiles,
-    _llava_onevision_row_tiles,
-    _qwen_image_rows,
-    _qwen_row_images,
+    image_token_rows,
+    llava_next_row_tiles,
+    llava_onevision_row_tiles,
+    qwen_image_rows,
+    qwen_row_images,
 )
 
 __all__ = ["FAMILIES", "MERGED_CONFIG", "MERGED_WEIGHTS", "OPEN_CLIP_CONFIG", "Family", "family_named", "find_family",
@@ -149,7 +149,7 @@ FAMILIES: tuple[Family, ...] = (
         peft_export=True,
         merged_format="hf",
         unused=_llava_unused_vision_layers,
-        row_images=_image_token_rows,
+        row_images=image_token_rows,
         image_path=_IMAGE_PATH,
     ),
     Family(
@@ -160,7 +160,7 @@ FAMILIES: tuple[Family, ...] = (
         peft_export=True,
         merged_format="hf",
         unused=_llava_unused_vision_layers,
-        row_images=_llava_next_row_tiles,
+        row_images=llava_next_row_tiles,
         image_path=_IMAGE_PATH,
         image_views=True,
     ),
@@ -172,7 +172,7 @@ FAMILIES: tuple[Family, ...] = (
         peft_export=True,
         merged_format="hf",
         unused=_llava_unused_vision_layers,
-        row_images=_llava_onevision_row_tiles,
+        row_images=llava_onevision_row_tiles,
         image_path=_IMAGE_PATH,
         image_views=True,
     ),
@@ -183,7 +183,7 @@ FAMILIES: tuple[Family, ...] = (
         backbone="paligemma",
         peft_export=True,
         merged_format="hf",
-        row_images=_image_token_rows,
+        row_images=image_token_rows,
         image_path=_IMAGE_PATH,
     ),
     Family(
@@ -193,7 +193,7 @@ FAMILIES: tuple[Family, ...] = (
         backbone="gemma3",
         peft_export=True,
         merged_format="hf",
-        row_images=_image_token_rows,
+        row_images=image_token_rows,
         image_path=_IMAGE_PATH,
     ),
     Family(
@@ -207,8 +207,8 @@ FAMILIES: tuple[Family, ...] = (
         peft_export=True,
         merged_format="hf",
         packed_tower=r"(^|\.)visual$",
-        image_rows=_qwen_image_rows,
-        row_images=_qwen_row_images,
+        image_rows=qwen_image_rows,
+        row_images=qwen_row_images,
     ),
     Family(
         "idefics3",
@@ -219,7 +219,7 @@ FAMILIES: tuple[Family, ...] = (
         backbone="idefics3",
         peft_export=True,
         merged_format="hf",
-        row_images=_image_token_rows,
+        row_images=image_token_rows,
         image_path=r"(^|\.)(vision_model|connector)$",
     ),
     Family(

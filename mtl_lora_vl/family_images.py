@@ -14,7 +14,8 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["CountsOnly", "llava_next_image", "llava_onevision_image"]
+__all__ = ["CountsOnly", "image_token_rows", "llava_next_image", "llava_next_row_tiles", "llava_onevision_image",
+           "llava_onevision_row_tiles", "qwen_image_rows", "qwen_row_images"]
 
 
 class CountsOnly(list):
@@ -28,7 +29,7 @@ class CountsOnly(list):
 _ENCODED = "their features were made before the call (mm_encoder_outputs), under the caller's route"
 
 
-def _qwen_image_rows(args: tuple, kwargs: dict) -> list[int]:
+def qwen_image_rows(args: tuple, kwargs: dict) -> list[int]:
     """Patches per image of a Qwen2-VL vision tower call, ``visual(pixel_values, grid_thw=...)``: t·h·w."""
     grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
     return [int(t) * int(h) * int(w) for t, h, w in grid.tolist()]
@@ -56,7 +57,7 @@ def _token_rows(model: Any, args: tuple, kwargs: dict, token: int) -> list[int] 
     return (embeds == one).all(-1).sum(-1).tolist()
 
 
-def _qwen_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
+def qwen_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
     """Images and videos per row of a Qwen2-VL forward (None without pixel values of either or their encoder
     outputs). With images only and their ``image_grid_thw``, each row's image tokens are matched, in order, to the
     images' token counts (t·h·w / merge²; a row that starts or ends inside an image counts the part it holds);
@@ -100,7 +101,7 @@ def _rows_of_images(row_tokens: list[int], image_tokens: list[int]) -> list[tupl
     return out
 
 
-def _llava_next_row_tiles(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
+def llava_next_row_tiles(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
     """What a LLaVA-NeXT forward's vision tower gets per row: each image is its base view plus a grid of tiles
     (anyres, from its ``image_sizes`` row and ``image_grid_pinpoints``), so each row's image tokens are matched in
     order to the images' token counts (:func:`llava_next_image`) and the row's tiles summed. A row holding part of
@@ -110,7 +111,7 @@ def _llava_next_row_tiles(model: Any, args: tuple, kwargs: dict) -> list[float] 
     return _anyres_row_tiles(model, args, kwargs, lambda size, tiled: llava_next_image(model, size, strategy))
 
 
-def _llava_onevision_row_tiles(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
+def llava_onevision_row_tiles(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
     """What a LLaVA-OneVision forward's vision tower gets per row: its images' tiles, counted as LLaVA-NeXT's, each
     image's token count by :func:`llava_onevision_image` (an image of a row of several, by ``batch_num_images``, is
     its base view alone). With videos (their frames reach the tower in a call of their own, not routed by rows yet)
@@ -238,7 +239,7 @@ def _images_given(model: Any, args: tuple, kwargs: dict) -> int | None:
     return None
 
 
-def _image_token_rows(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
+def image_token_rows(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
     """Images per row of a forward of a model in which every image fills as many image tokens as the others (LLaVA,
     PaliGemma, Gemma 3, Idefics3 and its crops): each row's image tokens over one image's, that being all rows'
     image tokens over the images given (:class:`CountsOnly` for images encoded before the call). None without

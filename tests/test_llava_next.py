@@ -19,7 +19,7 @@ from vlm_checks import (
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.families import find_family
-from mtl_lora_vl.family_images import _llava_next_row_tiles
+from mtl_lora_vl.family_images import llava_next_row_tiles
 
 SIDE = 32
 PINPOINTS = [[32, 64], [64, 32], [64, 64]]
@@ -101,7 +101,7 @@ def test_tiles_per_row_are_the_processors(tiny):
     tiles: rows of 2, 0 and 1 pictures (3 + 5, none, 3 tiles)."""
     m = _fresh(tiny)
     x = batch(tiny, [2, 0, 1])
-    assert _llava_next_row_tiles(m.model, (), x) == [8, 0, 3]
+    assert llava_next_row_tiles(m.model, (), x) == [8, 0, 3]
     assert x["pixel_values"].shape[:2] == (3, 5)   # (images, most tiles, ...): padded tiles dropped by the model
 
 

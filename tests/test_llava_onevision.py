@@ -22,7 +22,7 @@ from vlm_checks import (
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.families import find_family, inner_family
-from mtl_lora_vl.family_images import _llava_onevision_row_tiles
+from mtl_lora_vl.family_images import llava_onevision_row_tiles
 
 SIDE = 32
 PINPOINTS = [[32, 64], [64, 32], [64, 64]]
@@ -133,12 +133,12 @@ def test_tiles_per_row_are_the_processors(tiny):
     x = batch(tiny, [2, 0, 1])
     tiles = (x["pixel_values"].flatten(2) != 0).any(-1).sum(-1).tolist()   # per image, the padding tiles left out
     assert tiles == [3, 5, 3]
-    assert _llava_onevision_row_tiles(m.model, (), x) == [8, 0, 3]
+    assert llava_onevision_row_tiles(m.model, (), x) == [8, 0, 3]
     # (40, 40)'s 2 x 2 tiles: 16 base + 8 x 8 features + 8 newlines without the interpolation, 16 + 5 x 5 + 5 with it
     assert (x["input_ids"] == m.config.image_token_id).sum(-1).tolist() == [34 + 46, 0, 56]
     y = batch(tiny, [2, 0, 1], nested=True)
     assert y["batch_num_images"].tolist() == [2, 1]
-    assert _llava_onevision_row_tiles(m.model, (), y) == [2, 0, 3]
+    assert llava_onevision_row_tiles(m.model, (), y) == [2, 0, 3]
     assert (y["input_ids"] == m.config.image_token_id).sum(-1).tolist() == [2 * 17, 0, 56]
 
 
@@ -222,7 +222,7 @@ def test_one_single_frame_video_per_row_routes_by_rows(tiny):
     """Rows holding one video of one frame each and no picture: the tower's video call has one frame per row, routed
     as the rows (the count, [1, 1, 1], lets it through)."""
     x = video_batch(tiny, [1, 1, 1], frames=1)
-    assert _llava_onevision_row_tiles(_fresh(tiny).model, (), x) == [1, 1, 1]
+    assert llava_onevision_row_tiles(_fresh(tiny).model, (), x) == [1, 1, 1]
     assert_mixed_route_per_task(_adapted(tiny), x, [0, 1, 0])
 
 
@@ -242,6 +242,6 @@ def test_a_siglip_tower_with_full_features_is_counted(tmp_path):
     t = build(tmp_path, "siglip", "full")
     m = _adapted(t)
     x = batch(t, [2, 0, 1])
-    assert _llava_onevision_row_tiles(m.model, (), x) == [8, 0, 3]
+    assert llava_onevision_row_tiles(m.model, (), x) == [8, 0, 3]
     assert_mixed_route_per_task(m, x, [0, 1, 0])
     assert_mixed_route_per_task(m, batch(t, [2, 0, 1], nested=True), [0, 1, 0])

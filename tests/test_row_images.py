@@ -329,7 +329,7 @@ def test_qwen_row_counts_read_the_device_once(monkeypatch):
     wait each), and counts an image per row, or a row with two."""
     from types import SimpleNamespace
 
-    from mtl_lora_vl.family_images import _qwen_row_images
+    from mtl_lora_vl.family_images import qwen_row_images
 
     cfg = SimpleNamespace(vision_config=SimpleNamespace(spatial_merge_size=2), image_token_id=9,
                           vision_start_token_id=7)
@@ -339,5 +339,5 @@ def test_qwen_row_counts_read_the_device_once(monkeypatch):
     calls = []
     real = torch.Tensor.tolist
     monkeypatch.setattr(torch.Tensor, "tolist", lambda self: calls.append(1) or real(self))
-    out = _qwen_row_images(model, (), {"input_ids": ids, "pixel_values": torch.zeros(1), "image_grid_thw": grid})
+    out = qwen_row_images(model, (), {"input_ids": ids, "pixel_values": torch.zeros(1), "image_grid_thw": grid})
     assert out == [1, 2] and len(calls) == 1
