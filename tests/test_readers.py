@@ -727,6 +727,14 @@ def test_vqav2_duplicate_annotation_question_id_is_named(tmp_path):
         read_split("vqav2", tmp_path, questions="q.json", annotations="a.json", images="im")
 
 
+def test_vqav2_image_pattern_with_an_attribute_is_a_named_error(tmp_path):
+    """``{image_id.real}`` formats (an int has it), ``{image_id.x}`` does not: it escaped as a bare AttributeError."""
+    (tmp_path / "q.json").write_text(json.dumps({"data_subtype": "x", "questions": [
+        {"question_id": 1, "image_id": 1, "question": "q?"}]}))
+    with pytest.raises(DataFormatError, match=r"image_pattern '\{image_id\.x\}\.jpg' cannot be filled for image_id 1"):
+        read_split("vqav2", tmp_path, questions="q.json", image_pattern="{image_id.x}.jpg")
+
+
 def test_nul_byte_in_image_path_is_a_named_error(tmp_path):
     (tmp_path / "n.jsonl").write_text(json.dumps({"image": "a\u0000.png", "caption": "x"}) + "\n")
     with pytest.raises(PathEscapeError, match="holds a NUL character; fix the path in the data file"):

@@ -147,7 +147,7 @@ def read_vqav2(
             raise DataFormatError(f"{qpath}: question {qid}'s 'question' must be non-blank text, got {text!r}")
         try:
             name = image_pattern.format(image_id=image_id, data_subtype=subtype)
-        except (KeyError, ValueError, IndexError) as e:
+        except (KeyError, ValueError, IndexError, AttributeError) as e:
             raise DataFormatError(f"image_pattern {image_pattern!r} cannot be filled for image_id {image_id!r} "
                                   f"({e}); it may use {{image_id}} and {{data_subtype}}") from e
         path = resolve_under(root, Path(images) / name)
