@@ -211,3 +211,30 @@ def test_a_columns_option_of_the_wrong_type_is_named_in_plain_words():
     with pytest.raises(Exception, match=r"'columns' of format 'hf_datasets' must be a table of strings or lists of "
                                         r"strings, got 'img'"):
         check_reader_options("hf_datasets", {"path": "t", "columns": "img"})
+
+
+def test_swapping_the_pair_columns_changes_the_resume_digest(tmp_path):
+    """A pair table's rows hold DatasetImage references (no file name) and ids str(i): images = [right, left] gave
+    the same rows_sha256 as [left, right], so a resume on the swapped mapping was not told the data changed (review
+    178; a path table's digest changed, its file names are in it)."""
+    _pairs(4).save_to_disk(tmp_path / "t")
+    a = read_split("hf_datasets", tmp_path, path="t", columns=PAIR)
+    b = read_split("hf_datasets", tmp_path, path="t", columns={**PAIR, "images": ["right_image", "left_image"]})
+    assert [e.image[0].column for e in b.examples] == ["right_image"] * 4
+    assert a.rows_sha256 != b.rows_sha256
+
+
+def test_parquet_pair_references_fetch_in_a_fresh_process(tmp_path):
+    """A parquet pair's references pickle without their opened table and decode in another interpreter."""
+    import pickle
+    import subprocess
+    import sys
+
+    (tmp_path / "pq").mkdir()
+    _pairs(3).to_parquet(str(tmp_path / "pq" / "train-0.parquet"))
+    split = read_split("hf_datasets", tmp_path, path="pq", split="train", columns=PAIR)
+    blob = pickle.dumps(split.examples[2].image)
+    code = ("import pickle,sys; from mtl_lora_vl.data.images import load_image; "
+            "im = pickle.loads(sys.stdin.buffer.read()); print([load_image(p).getpixel((0, 0)) for p in im])")
+    out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, check=True).stdout.decode()
+    assert out.strip() == "[(30, 30, 200), (200, 200, 30)]"

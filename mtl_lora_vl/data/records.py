@@ -65,7 +65,9 @@ class Split:
 def _file_names(image: Any) -> str | list[str | None] | None:
     """The file name of an image path (None for other sources); a list of them for an example of several images."""
     if isinstance(image, tuple):
-        return [_file_names(part) for part in image]   # type: ignore[misc]
+        # a table's image (DatasetImage: no file) by its column, so that a swapped pair is other data
+        return [_file_names(part) if isinstance(part, str | Path) else getattr(part, "column", None)
+                for part in image]   # type: ignore[misc]
     return Path(image).name if isinstance(image, str | Path) else None
 
 
