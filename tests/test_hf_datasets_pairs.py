@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import pickle
 
@@ -183,7 +182,7 @@ def test_a_pair_is_never_guessed_from_column_names(tmp_path):
 
 
 def test_nlvr_task_on_a_hf_table_trains_and_evaluates_through_the_command(tmp_path):
-    from mtl_lora_vl.cli import train_main
+    from test_nlvr import assert_pair_spec_trains
 
     data = tmp_path / "data"
     qtypes = datasets.Value("string")
@@ -195,12 +194,7 @@ def test_nlvr_task_on_a_hf_table_trains_and_evaluates_through_the_command(tmp_pa
                     'question_type = "kind"}\n'
                     '[data.train]\nsplit = "train"\n[data.val]\nsplit = "validation"\n'
                     '[data.test]\nsplit = "validation"\n')
-    run = tmp_path / "run"
-    assert train_main(["--tasks", str(spec), "--data-root", str(data), "--steps", "2", "--batch-size", "4",
-                       "--warmup", "0", "--workers", "0", "--eval-batch-size", "8", "--out", str(run), "-q"]) == 0
-    pairs = json.loads((run / "eval.json").read_text())["tasks"]["pairs"]
-    assert pairs["metric"] == "accuracy" and pairs["n"] == 4
-    assert {"accuracy/a", "accuracy/b"} <= set(pairs["details"]["adapted"])
+    assert_pair_spec_trains(spec, data, tmp_path / "run")
 
 
 def test_a_columns_option_of_the_wrong_type_is_named_in_plain_words():

@@ -258,3 +258,17 @@ def test_training_fallback_names_and_skips_the_broken_file_of_a_pair(tmp_path, c
     assert fb.failed_files() == [a] and fb.replaced == 2
     summary = caplog.records[-1].getMessage()
     assert "1 image(s) cannot be used" in summary and b not in summary and c not in summary
+
+
+def assert_pair_spec_trains(spec, data_root, run) -> None:
+    """``train`` on a pair spec (its test split 4 rows typed "a" / "b") for 2 steps: the run reports nlvr's accuracy,
+    per type, on its 4 test rows."""
+    import json
+
+    from mtl_lora_vl.cli import train_main
+
+    assert train_main(["--tasks", str(spec), "--data-root", str(data_root), "--steps", "2", "--batch-size", "4",
+                       "--warmup", "0", "--workers", "0", "--eval-batch-size", "8", "--out", str(run), "-q"]) == 0
+    pairs = json.loads((run / "eval.json").read_text())["tasks"]["pairs"]
+    assert pairs["metric"] == "accuracy" and pairs["n"] == 4
+    assert {"accuracy/a", "accuracy/b"} <= set(pairs["details"]["adapted"])

@@ -131,7 +131,7 @@ def test_a_missing_image_skips_its_row_and_strict_raises(tmp_path, caplog):
 
 
 def test_nlvr_task_on_jsonl_pairs_trains_and_evaluates_through_the_command(tmp_path):
-    from mtl_lora_vl.cli import train_main
+    from test_nlvr import assert_pair_spec_trains
 
     data = tmp_path / "data"
     names = _images(data, 6)
@@ -143,12 +143,7 @@ def test_nlvr_task_on_jsonl_pairs_trains_and_evaluates_through_the_command(tmp_p
     spec.write_text('name = "pairs"\nkind = "nlvr"\n[data]\nformat = "jsonl"\nimages = "img"\n'
                     '[data.train]\nfile = "train.jsonl"\n[data.val]\nfile = "dev.jsonl"\n'
                     '[data.test]\nfile = "dev.jsonl"\n')
-    run = tmp_path / "run"
-    assert train_main(["--tasks", str(spec), "--data-root", str(data), "--steps", "2", "--batch-size", "4",
-                       "--warmup", "0", "--workers", "0", "--eval-batch-size", "8", "--out", str(run), "-q"]) == 0
-    pairs = json.loads((run / "eval.json").read_text())["tasks"]["pairs"]
-    assert pairs["metric"] == "accuracy" and pairs["n"] == 4
-    assert {"accuracy/a", "accuracy/b"} <= set(pairs["details"]["adapted"])
+    assert_pair_spec_trains(spec, data, tmp_path / "run")
 
 
 def test_an_image_id_names_one_pair(tmp_path):

@@ -145,11 +145,7 @@ def read_vqav2(
         text = require(q, "question", f"question {qid}", qpath)
         if not isinstance(text, str) or not text.strip():
             raise DataFormatError(f"{qpath}: question {qid}'s 'question' must be non-blank text, got {text!r}")
-        try:
-            name = image_pattern.format(image_id=image_id, data_subtype=subtype)
-        except (KeyError, ValueError, IndexError, AttributeError) as e:
-            raise DataFormatError(f"image_pattern {image_pattern!r} cannot be filled for image_id {image_id!r} "
-                                  f"({e}); it may use {{image_id}} and {{data_subtype}}") from e
+        name = _fill_pattern(image_pattern, "image_id", image_id=image_id, data_subtype=subtype)
         path = resolve_under(root, Path(images) / name)
         if not check(path):
             continue
@@ -173,6 +169,17 @@ def read_vqav2(
         examples.append(Example(str(path), str(image_id), text=str(text), answers=answers,
                                 question_type=qtype, meta=meta))
     return check.finish(examples, f"VQAv2 {qpath.name}")
+
+
+def _fill_pattern(pattern: str, id_name: str, **values: Any) -> str:
+    """An image file name from ``pattern`` and the question's ``values``; a pattern that cannot be filled (an unknown
+    field, a bad format spec, an attribute the id lacks) is a :class:`DataFormatError` naming the id and the fields."""
+    try:
+        return pattern.format(**values)
+    except (KeyError, ValueError, IndexError, AttributeError) as e:
+        fields = " and ".join("{" + k + "}" for k in values)
+        raise DataFormatError(f"image_pattern {pattern!r} cannot be filled for {id_name} {values['image_id']!r} "
+                              f"({e!r}); it may use {fields}") from e
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,11 +246,7 @@ def read_gqa(
                                   f"detailed), got {qtypes!r}")
         qtype = _gqa_type(qtypes, question_type_field, qid, qpath, "question_type_field")
         ftype = _gqa_type(qtypes, filter_type_field, qid, qpath, "filter_type_field")
-        try:
-            name = image_pattern.format(image_id=image_id)
-        except (KeyError, ValueError, IndexError, AttributeError) as e:
-            raise DataFormatError(f"image_pattern {image_pattern!r} cannot be filled for imageId {image_id!r} "
-                                  f"({e!r}); it may use {{image_id}}") from e
+        name = _fill_pattern(image_pattern, "imageId", image_id=image_id)
         path = resolve_under(root, Path(images) / name)
         if not check(path):
             continue
