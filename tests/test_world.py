@@ -198,14 +198,16 @@ def test_scenes_that_do_not_fit_are_drawn_again(monkeypatch):
     """Five large objects may not fit without overlap: the scene is drawn again from the same generator (every
     seed gives a split; seed 11 used to stop with 'could not place 5 objects')."""
     assert len(world.build_split("vqa", "train", seed=11).examples) == 6000
-    place, calls = world._place, []
+    from mtl_lora_vl.data import scenes
+
+    place, calls = scenes._place, []
 
     def fails_once(rng, specs):
         calls.append(len(specs))
         return None if len(calls) == 1 else place(rng, specs)
 
-    monkeypatch.setattr(world, "_place", fails_once)
-    scene = world._sample_scene("vqa", __import__("random").Random(0))
+    monkeypatch.setattr(scenes, "_place", fails_once)
+    scene = scenes._sample_scene("vqa", __import__("random").Random(0))
     assert len(calls) == 2 and len(scene.objects) == calls[1]
 
 

@@ -56,7 +56,7 @@ from .candidate_scores import scores_cached, scores_full, target_logprobs
 from .chat import ChatWrap, assistant_end, read_chat_wrap
 from .hf import hf_dir, hf_grad_checkpointing, hf_model_class, load_hf_weights
 from .hf_processor import check_processor_count, count_image_tokens, load_processor, mismatch_fix, square_side
-from .lm_collate import IGNORE_INDEX, LMCollator, PromptLayout, special_prefix
+from .lm_collate import IGNORE_INDEX, LMCollator, PromptLayout, special_prefix, whole_images
 from .spec import BackboneSpec
 from .tokenizers import HFTokenizer
 
@@ -370,34 +370,21 @@ class HFVLMBackbone(Backbone):
                                                                and not several):
             raise ValueError(f"{what}: expected pixel_values (B, 3, H, W) and input_ids (B, L) for the same B, got "
                              f"{tuple(pixel_values.shape)} and {tuple(input_ids.shape)}")
-        counts = (input_ids == self.image_token_id).sum(dim=1)
-        sizes = self._sizes_of(pixel_values, image_sizes)
+        counts = (input_ids == self.image_token_id).sum(dim=1).tolist()
         count = self.layout.image_tokens   # (the layout is built on each read of the property: once here)
-        want = [count(s) for s in sizes]
-        if several or (self.several_images and counts.tolist() != want):
-            # rows of several images (also as many images as rows, but not one per row: [2, 0, 1]): each row's
-            # tokens are whole images, taken in order, all of them
-            taken = 0
-            for got in counts.tolist():
-                fill = 0
-                while fill < got and taken < len(want):
-                    fill, taken = fill + want[taken], taken + 1
-                if fill != got:
-                    break
-            if (fill != got or taken != len(want)) and several:
-                raise BackboneError(
-                    f"{what}: input_ids hold {counts.tolist()} image tokens (id {self.image_token_id}) per row, which "
-                    f"do not split into the {len(want)} images' {want} features in {self.name}; build the ids with "
-                    f"backbone.lm_collator(), whose prompts hold {self.image_token!r} once per image and expand it")
-            if fill == got and taken == len(want):
-                return
-        want = torch.tensor(want, device=counts.device)
-        bad = (counts != want).nonzero()
-        if bad.numel():
-            r = int(bad[0])
+        want = [count(s) for s in self._sizes_of(pixel_values, image_sizes)]
+        if self.several_images and counts != want and whole_images(counts, want):
+            return   # rows of several images, or of none ([2, 0, 1]): each row's tokens are its images', in order
+        if several:
             raise BackboneError(
-                f"{what}: row {r} of input_ids has {int(counts[r])} image tokens (id {self.image_token_id}) but its "
-                f"image gives {int(want[r])} features in {self.name}; build the ids with backbone.lm_collator() (with "
+                f"{what}: input_ids hold {counts} image tokens (id {self.image_token_id}) per row, which do not split "
+                f"into the {len(want)} images' {want} features in {self.name}; build the ids with "
+                f"backbone.lm_collator(), whose prompts hold {self.image_token!r} once per image and expand it")
+        r = next((r for r, (c, w) in enumerate(zip(counts, want)) if c != w), None)
+        if r is not None:
+            raise BackboneError(
+                f"{what}: row {r} of input_ids has {counts[r]} image tokens (id {self.image_token_id}) but its "
+                f"image gives {want[r]} features in {self.name}; build the ids with backbone.lm_collator() (with "
                 f"the images' image_sizes), whose prompts hold {self.image_token!r} "
                 f"{'once per image' if self.several_images else 'once'} and expand it"
             )

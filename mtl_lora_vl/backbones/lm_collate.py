@@ -29,7 +29,7 @@ from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IGNORE_INDEX", "LMCollator", "PromptLayout", "special_prefix"]
+__all__ = ["IGNORE_INDEX", "LMCollator", "PromptLayout", "special_prefix", "whole_images"]
 
 IGNORE_INDEX = -100
 
@@ -85,6 +85,20 @@ class PromptLayout:
     def image_ids(self) -> list[int]:
         """The ids one image of ``num_image_tokens`` fills (:meth:`image_ids_for` without a size)."""
         return self.image_ids_for()
+
+
+def whole_images(row_tokens: Sequence[int], image_tokens: Sequence[int]) -> bool:
+    """Whether rows holding ``row_tokens`` image tokens each are the images of ``image_tokens`` tokens each, taken
+    in order, whole, every one of them: what a model that scatters image features over the placeholders in order reads
+    (a row may hold several images, or none)."""
+    taken = 0
+    for got in row_tokens:
+        fill = 0
+        while fill < got and taken < len(image_tokens):
+            fill, taken = fill + image_tokens[taken], taken + 1
+        if fill != got:
+            return False
+    return taken == len(image_tokens)
 
 
 def special_prefix(tokenizer: Any) -> tuple[int, ...]:

@@ -209,3 +209,14 @@ def caption_examples(groups: Iterable[tuple[Any, str, list[str]]], one_per_image
         else:
             out.extend(Example(img, image_id, text=c, captions=caps_t) for c in caps_t)
     return out
+
+
+def fill_image_pattern(pattern: str, id_name: str, **values: Any) -> str:
+    """An image file name from ``pattern`` and the question's ``values``; a pattern that cannot be filled (an unknown
+    field, a bad format spec, an attribute the id lacks) is a :class:`DataFormatError` naming the id and the fields."""
+    try:
+        return pattern.format(**values)
+    except (KeyError, ValueError, IndexError, AttributeError) as e:
+        fields = " and ".join("{" + k + "}" for k in values)
+        raise DataFormatError(f"image_pattern {pattern!r} cannot be filled for {id_name} {values['image_id']!r} "
+                              f"({e!r}); it may use {fields}") from e

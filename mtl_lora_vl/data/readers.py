@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import json
 import logging
 import os
 import types
@@ -56,15 +55,17 @@ from .common import (
     annotation_file,
     caption_examples,
     data_root_dir,
+    fill_image_pattern,
     load_json,
-    open_text,
     require,
     require_list,
     require_name,
     resolve_under,
 )
+from .gqa import read_gqa
 from .hf_datasets import read_hf_datasets
 from .images import IMAGE_EXTENSIONS
+from .nlvr2 import read_nlvr2
 from .records import Example, Split
 from .rows import read_csv, read_jsonl
 
@@ -73,9 +74,6 @@ logger = logging.getLogger(__name__)
 #: The splits of a Karpathy file (``restval`` joins ``train`` by default); a spec's misspelt split is named when
 #: the spec loads (:func:`check_reader_options` reads this annotation).
 KarpathySplit = typing.Literal["train", "val", "test", "restval"]
-
-#: The question types of a GQA question (its ``types`` object); "" for none.
-GQATypeField = typing.Literal["structural", "semantic", "detailed", ""]
 
 #: Image formats ImageFolder does not read, named when a class folder holds them; other files beside the images
 #: (Thumbs.db, desktop.ini, README.txt, labels.json) are not images and are passed over without a word.
@@ -145,7 +143,7 @@ def read_vqav2(
         text = require(q, "question", f"question {qid}", qpath)
         if not isinstance(text, str) or not text.strip():
             raise DataFormatError(f"{qpath}: question {qid}'s 'question' must be non-blank text, got {text!r}")
-        name = _fill_pattern(image_pattern, "image_id", image_id=image_id, data_subtype=subtype)
+        name = fill_image_pattern(image_pattern, "image_id", image_id=image_id, data_subtype=subtype)
         path = resolve_under(root, Path(images) / name)
         if not check(path):
             continue
@@ -169,226 +167,6 @@ def read_vqav2(
         examples.append(Example(str(path), str(image_id), text=str(text), answers=answers,
                                 question_type=qtype, meta=meta))
     return check.finish(examples, f"VQAv2 {qpath.name}")
-
-
-def _fill_pattern(pattern: str, id_name: str, **values: Any) -> str:
-    """An image file name from ``pattern`` and the question's ``values``; a pattern that cannot be filled (an unknown
-    field, a bad format spec, an attribute the id lacks) is a :class:`DataFormatError` naming the id and the fields."""
-    try:
-        return pattern.format(**values)
-    except (KeyError, ValueError, IndexError, AttributeError) as e:
-        fields = " and ".join("{" + k + "}" for k in values)
-        raise DataFormatError(f"image_pattern {pattern!r} cannot be filled for {id_name} {values['image_id']!r} "
-                              f"({e!r}); it may use {fields}") from e
-
-
-# ----------------------------------------------------------------------------------------------
-# GQA
-# ----------------------------------------------------------------------------------------------
-
-def read_gqa(
-    data_root: str | os.PathLike,
-    questions: str | os.PathLike,
-    images: str = "",
-    image_pattern: str = "{image_id}.jpg",
-    question_type_field: GQATypeField = "structural",
-    filter_type_field: GQATypeField = "structural",
-    strict: bool = False,
-    verify: bool | str = True,
-) -> Split:
-    """Official GQA questions (``train_balanced_questions.json``, ``testdev_balanced_questions.json``, ...): one JSON
-    object mapping each question id to ``{"imageId", "question", "answer", "fullAnswer", "types": {"structural",
-    "semantic", "detailed"}, "isBalanced", ...}``; the test and challenge files have no ``answer``, ``fullAnswer``
-    nor ``types``. Image files are ``images/image_pattern`` formatted with ``image_id`` (GQA's ``images.zip``
-    unpacks to ``images/<imageId>.jpg``).
-
-    Each question has one answer (``answers=(answer,)``, or ``()`` without one), which the VQA metric scores by
-    exact match after normalisation, as GQA's own evaluation does. ``question_type`` is the question's
-    ``types[question_type_field]`` ("structural" by default: verify, query, choose, logical, compare -- the usual
-    breakdown); ``meta["filter_type"]``, the type that chooses the answers a question may get (the VQA kind's
-    ``filter_by_type``), is ``types[filter_type_field]``: GQA's types come from the question's program, not from
-    its answer, and the structural one keeps verify/logical questions to the yes/no answers and the others to
-    their own answers. ``""`` for either field gives no type (no filtering). The balanced files hold only
-    balanced questions; for the "all" files, ``meta["is_balanced"]`` says which ones GQA's accuracy counts.
-    """
-    root = data_root_dir(data_root)
-    qpath = annotation_file(root, questions, "GQA questions")
-    qs = load_json(qpath)
-    if not isinstance(qs, dict):
-        raise DataFormatError(f"{qpath}: GQA questions must be a JSON object mapping each question id to its "
-                              f"question, got a {type(qs).__name__}; is this a GQA *_questions.json file?")
-    if images:
-        resolve_under(root, images, "image folder")
-    check = ImageChecker(verify, strict)
-    examples = []
-    for qid, q in qs.items():
-        if not isinstance(q, dict):
-            raise DataFormatError(f"{qpath}: question {qid} must be a JSON object, got {q!r}; is this a GQA "
-                                  "*_questions.json file?")
-        image_id = require(q, "imageId", f"question {qid}", qpath)
-        if isinstance(image_id, bool) or not isinstance(image_id, (str, int)) or not str(image_id).strip():
-            raise DataFormatError(f"{qpath}: question {qid}'s 'imageId' must be an image id (text), got {image_id!r}")
-        text = require(q, "question", f"question {qid}", qpath)
-        if not isinstance(text, str) or not text.strip():
-            raise DataFormatError(f"{qpath}: question {qid}'s 'question' must be non-blank text, got {text!r}; "
-                                  "fix or drop the question")
-        answers: tuple[str, ...] = ()
-        if "answer" in q:
-            answer = q["answer"]
-            if isinstance(answer, (bool, list, dict)) or answer is None or not str(answer).strip():
-                raise DataFormatError(f"{qpath}: question {qid}'s 'answer' must be non-blank text, got {answer!r}; "
-                                      "GQA gives each question one answer (leave the field out for a question "
-                                      "without one)")
-            answers = (str(answer),)
-        qtypes = q.get("types")
-        if qtypes is not None and not isinstance(qtypes, dict):
-            raise DataFormatError(f"{qpath}: question {qid}'s 'types' must be an object (structural, semantic, "
-                                  f"detailed), got {qtypes!r}")
-        qtype = _gqa_type(qtypes, question_type_field, qid, qpath, "question_type_field")
-        ftype = _gqa_type(qtypes, filter_type_field, qid, qpath, "filter_type_field")
-        name = _fill_pattern(image_pattern, "imageId", image_id=image_id)
-        path = resolve_under(root, Path(images) / name)
-        if not check(path):
-            continue
-        meta: dict[str, Any] = {"question_id": qid, "filter_type": ftype or ""}
-        if "fullAnswer" in q:
-            meta["full_answer"] = q["fullAnswer"]
-        if "isBalanced" in q:
-            meta["is_balanced"] = q["isBalanced"]
-        examples.append(Example(str(path), str(image_id), text=text, answers=answers, question_type=qtype,
-                                meta=meta))
-    return check.finish(examples, f"GQA {qpath.name}")
-
-
-def _gqa_type(qtypes: dict | None, field: str, qid: str, qpath: Path, option: str) -> str | None:
-    """``qtypes[field]`` as text; None without ``types`` (test files) or for ``field=""``."""
-    if not field or qtypes is None:
-        return None
-    if field not in qtypes:
-        raise DataFormatError(f"{qpath}: question {qid}'s 'types' has no {field!r} type (it has "
-                              f"{', '.join(map(repr, qtypes)) or 'none'}); set {option} to one of them, or \"\"")
-    value = qtypes[field]
-    if value is not None and (isinstance(value, (list, dict, bool)) or not str(value).strip()):
-        raise DataFormatError(f"{qpath}: question {qid}'s {field} type must be text, got {value!r}")
-    return None if value is None else str(value)
-
-
-# ----------------------------------------------------------------------------------------------
-# NLVR2
-# ----------------------------------------------------------------------------------------------
-
-_NLVR2_FIELDS = ("identifier", "split", "set_id", "pair_id", "sentence_id", "pair", "side", "directory")
-_NLVR2_LABELS = {"true": 1, "false": 0}
-
-
-def read_nlvr2(
-    data_root: str | os.PathLike,
-    annotations: str | os.PathLike,
-    images: str = "",
-    image_pattern: str = "{directory}/{pair}-img{side}.png",
-    question_type_field: str | None = None,
-    strict: bool = False,
-    verify: bool | str = True,
-) -> Split:
-    """Official NLVR2 JSON lines (``train.json``, ``dev.json``, ``test1.json``): one object per line with
-    ``identifier`` ("dev-850-0-0": split-set_id-pair_id-sentence_id), ``sentence``, ``label`` ("True"/"False"),
-    ``left_url``, ``right_url``, ``synset``, ``query`` and, in ``train.json``, ``directory`` (the numbered
-    subfolder of ``images/train`` that holds the pair).
-
-    Each line is one example: ``image`` = (left, right) image paths, ``text`` the sentence, ``label`` 1 (True) or 0
-    (False), ``image_id`` the identifier. The images of identifier ``split-set-pair-sentence`` are
-    ``split-set-pair-img0.png`` (left) and ``...-img1.png`` (right) in ``images``: ``images/train/<directory>/`` for
-    train, ``dev/`` and ``test1/`` for the others as NLVR2's zips unpack. ``image_pattern`` may use
-    ``{identifier}``, ``{split}``, ``{set_id}``, ``{pair_id}``, ``{sentence_id}``, ``{pair}`` (split-set-pair),
-    ``{side}`` (0 left, 1 right) and ``{directory}`` (the line's ``directory``, "" without one: empty path parts
-    are dropped, so the default reads the dev and test folders too). An example whose left or right image is
-    unreadable is skipped (``strict=True``: raises). ``question_type_field`` names a field of the line
-    (``"synset"``, ``"query"``) to group the scores by; none by default.
-    """
-    root = data_root_dir(data_root)
-    apath = annotation_file(root, annotations, "NLVR2")
-    _check_nlvr2_pattern(image_pattern)
-    if images:
-        resolve_under(root, images, "image folder")
-    check = ImageChecker(verify, strict)
-    examples = []
-    seen: dict[str, int] = {}
-    with open_text(apath) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{apath}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(f"{where}: not valid JSON ({e.msg}); NLVR2 files hold one JSON object per "
-                                      "line") from e
-            if not isinstance(row, dict):
-                raise DataFormatError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
-            ident = row.get("identifier")
-            if not isinstance(ident, str) or not ident.strip():
-                raise DataFormatError(f"{where}: needs an 'identifier' (text such as 'dev-850-0-0'), got "
-                                      f"{ident!r}; is this an NLVR2 train/dev/test1.json file?")
-            if ident in seen:
-                raise DataFormatError(f"{where}: identifier {ident!r} is given twice (lines {seen[ident]} and "
-                                      f"{lineno}); each example has its own (are two files concatenated?)")
-            seen[ident] = lineno
-            parts = ident.rsplit("-", 3)
-            if len(parts) != 4 or not all(parts) or any(c in ident for c in "/\\ \t"):
-                raise DataFormatError(f"{where}: identifier {ident!r} is not split-set_id-pair_id-sentence_id "
-                                      "(e.g. 'dev-850-0-0'), which names the example's images")
-            text = row.get("sentence")
-            if not isinstance(text, str) or not text.strip():
-                raise DataFormatError(f"{where}: example {ident}'s 'sentence' must be non-blank text, got "
-                                      f"{text!r}")
-            if "label" not in row:
-                raise DataFormatError(f"{where}: example {ident} has no 'label' (\"True\" or \"False\")")
-            raw = row["label"]
-            label = (int(raw) if isinstance(raw, bool) else
-                     _NLVR2_LABELS.get(raw.strip().lower()) if isinstance(raw, str) else None)
-            if label is None:
-                raise DataFormatError(f"{where}: example {ident}'s 'label' must be \"True\" or \"False\" (or a JSON "
-                                      f"boolean), got {raw!r}")
-            directory = row.get("directory", "")
-            if isinstance(directory, bool) or not isinstance(directory, (str, int)) or (
-                    isinstance(directory, str) and any(c in directory for c in "/\\")):
-                raise DataFormatError(f"{where}: example {ident}'s 'directory' must be the name of a subfolder "
-                                      f"(a number in train.json), got {directory!r}")
-            qtype = None
-            if question_type_field:
-                if question_type_field not in row:
-                    raise DataFormatError(f"{where}: example {ident} has no {question_type_field!r} field (the "
-                                          "question_type_field option); NLVR2 lines have 'synset' and 'query'")
-                value = row[question_type_field]
-                if isinstance(value, (list, dict)):
-                    raise DataFormatError(f"{where}: example {ident}'s {question_type_field!r} must be text, got "
-                                          f"{value!r}")
-                qtype = None if value is None else str(value)
-            split, set_id, pair_id, sentence_id = parts
-            values = {"identifier": ident, "split": split, "set_id": set_id, "pair_id": pair_id,
-                      "sentence_id": sentence_id, "pair": f"{split}-{set_id}-{pair_id}", "directory": str(directory)}
-            paths = []
-            for side in (0, 1):
-                name = "/".join(p for p in image_pattern.format(side=side, **values).split("/") if p)
-                paths.append(resolve_under(root, Path(images) / name))
-            if not all([check(p) for p in paths]):   # both checked: each unreadable image is counted and named
-                continue
-            examples.append(Example(tuple(str(p) for p in paths), ident, text=text, label=label, question_type=qtype,
-                                    meta={"identifier": ident, "label_name": "True" if label else "False"}))
-    return check.finish(examples, f"NLVR2 {apath.name}")
-
-
-def _check_nlvr2_pattern(pattern: str) -> None:
-    """Refuse an ``image_pattern`` that cannot name the two images of a pair, before any line is read."""
-    values = dict.fromkeys(_NLVR2_FIELDS, "x")
-    try:
-        left, right = (pattern.format(**dict(values, side=side)) for side in (0, 1))
-    except (KeyError, ValueError, IndexError, AttributeError) as e:
-        raise ReaderOptionError(f"NLVR2 image_pattern {pattern!r} cannot be filled ({e!r}); it may use "
-                                f"{', '.join('{' + k + '}' for k in _NLVR2_FIELDS)}") from e
-    if left == right:
-        raise ReaderOptionError(f"NLVR2 image_pattern {pattern!r} does not use {{side}}: the left and right images "
-                                "would be one file (the official names end in -img0.png and -img1.png)")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 It lets the whole pipeline (pretraining a tiny CLIP, zero-shot evaluation, multi-task adaptation)
 run offline on a CPU. A scene is a small scene graph (:class:`Scene`) of objects, each with a shape,
-a colour, a size and a position; it is rendered with PIL only when a loader worker asks for pixels.
+a colour, a size and a position; it is rendered with PIL only when a loader worker asks for pixels. The scenes
+themselves (vocabulary, scene graph, rendering, sampling) are :mod:`mtl_lora_vl.data.scenes`, the nlvr statements
+:mod:`mtl_lora_vl.data.statements`; this module writes the tasks' texts and builds the splits.
 
 The task kinds need different visual facts, so that they compete for a shared low-rank space:
 
@@ -36,38 +38,46 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
-
-from PIL import Image, ImageDraw
 
 from .records import Example, Split
+from .scenes import (
+    BACKGROUNDS,
+    COLOR_NAMES,
+    COLORS,
+    DEFAULT_IMAGE_SIZE,
+    MAX_OBJECTS,
+    OPPOSITE,
+    REGION_MARGIN,
+    RELATION_MARGIN,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    Obj,
+    Scene,
+    _join,
+    _sample_scene,
+    _unique,
+    article,
+    region,
+    relation_holds,
+)
+from .statements import STATEMENT_TYPES, nlvr_example
+
+# The scenes' names, read here as ``world.X`` (the instruction data, scripts and tests do).
+__all__ = ["ANSWER_SYNONYMS", "BACKGROUNDS", "COLORS", "COLOR_NAMES", "DEFAULT_IMAGE_SIZE", "DEFAULT_SCENES", "KINDS",
+           "MAX_OBJECTS", "OPPOSITE", "REGION_MARGIN", "RELATIONS", "RELATION_MARGIN", "SHAPES", "SIZES", "SPLITS",
+           "STATEMENT_TYPES", "VOCAB_KINDS", "Obj", "Scene", "all_texts", "article", "build_split", "class_names",
+           "region", "relation_holds", "vqa_answers"]
 
 # ----------------------------------------------------------------------------------------------
 # Vocabulary of the world
 # ----------------------------------------------------------------------------------------------
 
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 40, 40),
-    "green": (40, 160, 60),
-    "blue": (40, 85, 225),
-    "yellow": (240, 200, 25),
-    "purple": (140, 60, 190),
-    "gray": (125, 125, 125),
-}
-COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
-SIZES: dict[str, float] = {"small": 0.085, "large": 0.15}   # radius as a fraction of the image side
-BACKGROUNDS: tuple[tuple[int, int, int], ...] = ((248, 248, 248), (236, 240, 248), (248, 242, 232))
-RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
-RELATION_MARGIN = 0.12      # centres must differ by this much (fraction of the side) for a relation to hold
-REGION_MARGIN = 0.05        # a position caption needs the centre this far from a third-line
 QUESTION_TYPES: tuple[str, ...] = ("color", "shape", "count", "existence", "relation")
 QUESTIONS_PER_SCENE = 3
 CAPTIONS_PER_IMAGE = 5
-MAX_OBJECTS = 5
 NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five")
-DEFAULT_IMAGE_SIZE = 64
+
 
 #: The kinds whose texts make the built-in backbones' vocabularies (:func:`all_texts`): the world as it was when
 #: the committed assets were built. A kind added later is not in it, so that the asset scripts still rebuild them.
@@ -88,14 +98,6 @@ DEFAULT_SCENES: dict[tuple[str, str], int] = {
     ("nlvr", "train"): 3000, ("nlvr", "val"): 400, ("nlvr", "test"): 800,
 }
 
-# Objects per scene (inclusive range) for each kind.
-_OBJECT_RANGE = {"pretrain": (1, 2), "retrieval": (2, 4), "captioning": (2, 4), "vqa": (2, 5),
-                 "classification": (2, 4), "nlvr": (1, 4)}
-
-#: The nlvr statement types (``Example.question_type``); each is drawn about equally often.
-STATEMENT_TYPES: tuple[str, ...] = ("existence", "both", "neither", "count", "relation")
-SIDES: tuple[str, ...] = ("left", "right")
-
 # Answer synonyms that a "human" may give instead of the canonical answer; all are true.
 _SYNONYMS: dict[str, tuple[str, ...]] = {
     "gray": ("grey",), "purple": ("violet",), "yes": ("yep", "yeah"), "no": ("nope",),
@@ -115,160 +117,6 @@ def vqa_answers() -> list[str]:
 
 
 ANSWER_SYNONYMS: dict[str, tuple[str, ...]] = dict(_SYNONYMS)
-
-
-# ----------------------------------------------------------------------------------------------
-# Scene graph and rendering
-# ----------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Obj:
-    """One object: shape, colour and size names, centre (x right, y down) as fractions of the side."""
-
-    shape: str
-    color: str
-    size: str
-    x: float
-    y: float
-
-    @property
-    def radius(self) -> float:
-        return SIZES[self.size]
-
-    def name(self, with_size: bool = False) -> str:
-        return f"{self.size} {self.color} {self.shape}" if with_size else f"{self.color} {self.shape}"
-
-
-@dataclass(frozen=True)
-class Scene:
-    """A scene graph: a background colour and a tuple of :class:`Obj`. Small and picklable."""
-
-    objects: tuple[Obj, ...]
-    background: tuple[int, int, int] = BACKGROUNDS[0]
-
-    def render(self, size: int = DEFAULT_IMAGE_SIZE) -> Image.Image:
-        """Draw the scene as a ``size`` x ``size`` RGB image (supersampled, so edges are smooth).
-
-        The same scene and size always give the same bytes.
-        """
-        if not isinstance(size, int) or size < 8:
-            raise ValueError(f"Scene.render: size must be an int >= 8 pixels, got {size!r}")
-        ss = 4 if size <= 96 else 3 if size <= 160 else 2
-        side = size * ss
-        img = Image.new("RGB", (side, side), self.background)
-        draw = ImageDraw.Draw(img)
-        for obj in self.objects:
-            _draw(draw, obj, side)
-        return img.resize((size, size), Image.Resampling.LANCZOS)
-
-
-def _draw(draw: ImageDraw.ImageDraw, obj: Obj, side: int) -> None:
-    cx, cy, r = obj.x * side, obj.y * side, obj.radius * side
-    fill = COLORS[obj.color]
-    if obj.shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    elif obj.shape == "square":
-        h = r * 0.86
-        draw.rectangle((cx - h, cy - h, cx + h, cy + h), fill=fill)
-    elif obj.shape == "triangle":
-        draw.polygon([(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)], fill=fill)
-    elif obj.shape == "diamond":
-        draw.polygon([(cx, cy - r), (cx + r * 0.8, cy), (cx, cy + r), (cx - r * 0.8, cy)], fill=fill)
-    else:
-        raise ValueError(f"unknown shape {obj.shape!r}; known shapes: {', '.join(SHAPES)}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Facts about a scene (used to write texts; tests re-derive them independently)
-# ----------------------------------------------------------------------------------------------
-
-def relation_holds(a: Obj, rel: str, b: Obj) -> bool:
-    """Whether "a {rel} b" clearly holds (centres differ by more than :data:`RELATION_MARGIN`)."""
-    if rel == "left of":
-        return a.x < b.x - RELATION_MARGIN
-    if rel == "right of":
-        return a.x > b.x + RELATION_MARGIN
-    if rel == "above":
-        return a.y < b.y - RELATION_MARGIN
-    if rel == "below":
-        return a.y > b.y + RELATION_MARGIN
-    raise ValueError(f"unknown relation {rel!r}; known: {', '.join(RELATIONS)}")
-
-
-#: Each relation's opposite (a false relation question asks it).
-OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-
-
-def region(obj: Obj) -> str | None:
-    """'top left', 'center', 'bottom', ... by thirds of the image; None when the centre is near a third-line."""
-    def third(v: float) -> int | None:
-        for line in (1 / 3, 2 / 3):
-            if abs(v - line) < REGION_MARGIN:
-                return None
-        return 0 if v < 1 / 3 else 1 if v < 2 / 3 else 2
-
-    col, row = third(obj.x), third(obj.y)
-    if col is None or row is None:
-        return None
-    vertical = ("top", "", "bottom")[row]
-    horizontal = ("left", "", "right")[col]
-    return " ".join(w for w in (vertical, horizontal) if w) or "center"
-
-
-def article(phrase: str) -> str:
-    """``phrase`` with its indefinite article ('a red circle', 'an orange square')."""
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
-
-
-def _join(items: Sequence[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-# ----------------------------------------------------------------------------------------------
-# Scene sampling
-# ----------------------------------------------------------------------------------------------
-
-def _place(rng: random.Random, specs: Sequence[tuple[str, str, str]]) -> tuple[Obj, ...] | None:
-    """Put non-overlapping objects (shape, colour, size) at random positions; None when 50 tries fail."""
-    for _ in range(50):
-        objs: list[Obj] = []
-        for shape, color, size in specs:
-            r = SIZES[size]
-            lo, hi = r + 0.03, 1 - r - 0.03
-            for _ in range(60):
-                x, y = round(rng.uniform(lo, hi), 3), round(rng.uniform(lo, hi), 3)
-                if all((x - o.x) ** 2 + (y - o.y) ** 2 >= (r + o.radius + 0.04) ** 2 for o in objs):
-                    objs.append(Obj(shape, color, size, x, y))
-                    break
-            else:
-                break
-        if len(objs) == len(specs):
-            return tuple(objs)
-    return None
-
-
-def _random_spec(rng: random.Random, size: str | None = None) -> tuple[str, str, str]:
-    return rng.choice(SHAPES), rng.choice(COLOR_NAMES), size or rng.choice(tuple(SIZES))
-
-
-def _sample_scene(kind: str, rng: random.Random) -> Scene:
-    """A random scene of ``kind``; objects that do not fit without overlap (say five large ones) are drawn
-    again from the same generator, so every seed gives a split (and a scene that fits is what it was)."""
-    lo, hi = _OBJECT_RANGE[kind]
-    while True:
-        n = rng.randint(lo, hi)
-        if kind == "classification":
-            specs = [_random_spec(rng, "large")] + [_random_spec(rng, "small") for _ in range(n - 1)]
-        else:
-            specs = []
-            while len(specs) < n:
-                spec = _random_spec(rng)
-                # Captions name objects by size, colour and shape: two identical objects would leave nothing to say.
-                if kind not in ("retrieval", "captioning") or spec not in specs:
-                    specs.append(spec)
-        objects = _place(rng, specs)
-        if objects is not None:
-            return Scene(objects, rng.choice(BACKGROUNDS))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,13 +184,6 @@ def _human_answers(answer: str, rng: random.Random) -> tuple[str, ...]:
     return tuple(answers)
 
 
-def _unique(objs: Sequence[Obj], key) -> list[Obj]:
-    counts: dict = {}
-    for o in objs:
-        counts[key(o)] = counts.get(key(o), 0) + 1
-    return [o for o in objs if counts[key(o)] == 1]
-
-
 def _question(qtype: str, scene: Scene, rng: random.Random) -> tuple[str, str] | None:
     """A (question, canonical answer) of the given type, or None when the scene cannot support it."""
     objs = scene.objects
@@ -390,118 +231,6 @@ def _question(qtype: str, scene: Scene, rng: random.Random) -> tuple[str, str] |
     raise ValueError(f"unknown question type {qtype!r}; known: {', '.join(QUESTION_TYPES)}")
 
 
-def _pick(rng: random.Random, groups: Sequence[Sequence]):
-    """A uniform choice among the non-empty ``groups``, then within it; None when all are empty."""
-    groups = [g for g in groups if g]
-    return rng.choice(rng.choice(groups)) if groups else None
-
-
-def _pairs_of(scene: Scene) -> set[tuple[str, str]]:
-    return {(o.color, o.shape) for o in scene.objects}
-
-
-def _statement(stype: str, truth: bool, scenes: tuple[Scene, Scene], rng: random.Random) -> str | None:
-    """An nlvr statement of type ``stype`` about the (left, right) pair that is ``truth``, or None when the pair
-    cannot support one. False statements name colours and shapes of the pair, and most need both images (or the
-    named one) to be told false: an object of the other image, an attribute that only one image has.
-
-    Each branch draws its form (side, wording, what is counted) from ``rng`` before it looks at the scenes, and
-    the caller gives every try of one example a generator in the same state: the form is then the same whatever
-    pairs were drawn again, so it does not tell the label (a shared colour and shape, say, is rare)."""
-    if stype == "existence":
-        side = rng.randrange(2)
-        named, other = _pairs_of(scenes[side]), _pairs_of(scenes[1 - side])
-        if truth:
-            color, shape = rng.choice(sorted(named))
-        else:
-            # An object of the other image, or a near miss of one of this image's: its colour or its shape with
-            # a shape or a colour of the pair.
-            colors = {c for c, _ in named | other}
-            shapes = {s for _, s in named | other}
-            near = {(c, s2) for c, _ in named for s2 in shapes} | {(c2, s) for _, s in named for c2 in colors}
-            pick = _pick(rng, [sorted(other - named), sorted(near - named)])
-            if pick is None:
-                return None
-            color, shape = pick
-        return f"the {SIDES[side]} image contains {article(f'{color} {shape}')}"
-    if stype == "both":
-        # Colour and shape, shape only or colour only ("a red shape"); false: only one image has it.
-        key = rng.choice([lambda o: f"{o.color} {o.shape}", lambda o: o.shape, lambda o: f"{o.color} shape"])
-        left, right = ({key(o) for o in sc.objects} for sc in scenes)
-        cands = sorted(left & right) if truth else sorted(left ^ right)
-        return f"both images contain {article(rng.choice(cands))}" if cands else None
-    if stype == "neither":
-        left, right = _pairs_of(scenes[0]), _pairs_of(scenes[1])
-        if truth:   # a colour and a shape of the pair that no object of either image has together
-            colors = {c for c, _ in left | right}
-            shapes = {s for _, s in left | right}
-            cands = sorted({(c, s) for c in colors for s in shapes} - left - right)
-        else:       # an object of exactly one image
-            cands = sorted(left ^ right)
-        if not cands:
-            return None
-        color, shape = rng.choice(cands)
-        return f"neither image contains {article(f'{color} {shape}')}"
-    if stype == "count":
-        subjects = [[("shapes", lambda o: True)],
-                    [(f"{s}s", lambda o, s=s: o.shape == s) for s in SHAPES],
-                    [(f"{c} shapes", lambda o, c=c: o.color == c) for c in COLOR_NAMES]]
-        more = rng.random() < 0.5
-        a = rng.randrange(2)
-        cands = []
-        for noun, pred in rng.choice(subjects):
-            counts = [sum(map(pred, sc.objects)) for sc in scenes]
-            if sum(counts) == 0:    # name only what the pair shows
-                continue
-            holds = counts[a] > counts[1 - a] if more else counts[0] == counts[1]
-            if holds == truth:
-                cands.append(noun)
-        if not cands:
-            return None
-        noun = rng.choice(cands)
-        if more:
-            return f"the {SIDES[a]} image has more {noun} than the {SIDES[1 - a]} image"
-        return f"the two images have the same number of {noun}"
-    if stype == "relation":
-        side = rng.randrange(2)
-
-        def facts(scene: Scene) -> list[tuple[Obj, str, Obj]]:   # between objects unique by colour and shape
-            cands = _unique(scene.objects, lambda o: (o.color, o.shape))
-            return [(a, r, b) for a in cands for b in cands if a is not b for r in RELATIONS if relation_holds(a, r, b)]
-
-        here = facts(scenes[side])
-        if truth:
-            if not here:
-                return None
-            a, rel, b = rng.choice(here)
-        else:
-            # The opposite of a fact of this image, or a fact of the other image about objects not both here.
-            named = _pairs_of(scenes[side])
-            borrowed = [(a, r, b) for a, r, b in facts(scenes[1 - side])
-                        if (a.color, a.shape) not in named or (b.color, b.shape) not in named]
-            flipped = [(a, OPPOSITE[r], b) for a, r, b in here]
-            fact = _pick(rng, [flipped, borrowed])
-            if fact is None:
-                return None
-            a, rel, b = fact
-        return f"in the {SIDES[side]} image {article(a.name())} is {rel} {article(b.name())}"
-    raise ValueError(f"unknown statement type {stype!r}; known: {', '.join(STATEMENT_TYPES)}")
-
-
-def _nlvr_example(image_id: str, rng: random.Random) -> Example:
-    """One nlvr example: the type, the label and the statement's form are drawn first, then pairs of scenes until
-    one supports a statement of that type, truth and form."""
-    stype = rng.choice(STATEMENT_TYPES)
-    truth = rng.random() < 0.5
-    form_seed = rng.getrandbits(64)
-    while True:
-        scenes = (_sample_scene("nlvr", rng), _sample_scene("nlvr", rng))
-        text = _statement(stype, truth, scenes, random.Random(form_seed))
-        if text is not None:
-            return Example(scenes, image_id, text=text, label=int(truth), question_type=stype,
-                           meta={"label_name": "true" if truth else "false"})
-
-
 # ----------------------------------------------------------------------------------------------
 # Splits
 # ----------------------------------------------------------------------------------------------
@@ -544,7 +273,7 @@ def build_split(kind: str, split: str, n: int | None = None, seed: int = 0) -> S
         rng = random.Random((base << 24) + i)
         image_id = f"world-{kind}-{split}-{seed}-{i:06d}"
         if kind == "nlvr":
-            examples.append(_nlvr_example(image_id, rng))
+            examples.append(nlvr_example(image_id, rng))
             continue
         scene = _sample_scene(kind, rng)
         examples.extend(_examples(kind, split, scene, image_id, rng))
