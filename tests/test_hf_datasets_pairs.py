@@ -232,3 +232,15 @@ def test_parquet_pair_references_fetch_in_a_fresh_process(tmp_path):
             "im = pickle.loads(sys.stdin.buffer.read()); print([load_image(p).getpixel((0, 0)) for p in im])")
     out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, check=True).stdout.decode()
     assert out.strip() == "[(30, 30, 200), (200, 200, 30)]"
+
+
+def test_a_mapped_group_column_names_the_rows_of_one_statement(tmp_path):
+    root = tmp_path / "data"
+    table = _pairs(3).add_column("sentence_id", ["a", "a", "b"])
+    datasets.DatasetDict({"train": table}).save_to_disk(root / "nlvr")
+    split = read_split("hf_datasets", root, path="nlvr", split="train", columns={**PAIR, "group": "sentence_id"})
+    assert [e.meta.get("group") for e in split.examples] == ["a", "a", "b"]
+    renamed = _pairs(2).add_column("group", ["a", "b"])   # never taken by its name alone
+    datasets.DatasetDict({"train": renamed}).save_to_disk(root / "named")
+    split = read_split("hf_datasets", root, path="named", split="train", columns=PAIR)
+    assert [e.meta.get("group") for e in split.examples] == [None, None]

@@ -147,6 +147,24 @@ def test_nlvr_evaluates_zero_shot_and_with_its_head(clip):
                                                     for s, ex in zip(logits, split.examples)) / 10)
 
 
+def test_consistency_is_the_share_of_groups_whose_rows_are_all_right(clip):
+    from mtl_lora_vl.tasks.nlvr import consistency
+
+    rows = [Example("x", str(i), meta={"group": g} if g else {}) for i, g in enumerate(["a", "a", "b", "b", "c", ""])]
+    assert consistency(rows, [1.0, 1.0, 1.0, 0.0, 1.0, 0.0]) == {"consistency": 2 / 3, "groups": 3.0}
+    assert consistency(rows[5:], [1.0]) == {}
+    split = _pairs(10)
+    split = Split([Example(ex.image, ex.image_id, text=ex.text, label=ex.label, meta={"group": f"s{i // 3}"})
+                   for i, ex in enumerate(split.examples)])
+    kind = build_kind(load_spec("nlvr"), split, clip)
+    out = kind.evaluate(clip, None, split, batch_size=4, device="cpu")
+    scores = kind.scores(clip, None, split.examples, batch_size=4, device="cpu")
+    right = [(bool(s > scores.median()) == (ex.label == 1)) for s, ex in zip(scores, split.examples)]
+    want = sum(all(right[j:j + 3]) for j in range(0, 10, 3)) / 4
+    assert out["groups"] == 4 and out["consistency"] == pytest.approx(want)
+    assert "consistency" not in kind.evaluate(clip, None, _pairs(10), batch_size=4, device="cpu")
+
+
 def test_an_unreadable_image_drops_its_pair_from_the_scores(clip, tmp_path):
     paths = []
     for i in range(6):
@@ -189,12 +207,12 @@ def _nlvr2_folder(root, split: str, n: int, *, directory: bool) -> None:
     rng = random.Random(split)
     lines = []
     for i in range(n):
-        ident = f"{split}-{i}-0-0"
+        ident = f"{split}-{i // 2}-{i % 2}-0"   # two pairs per sentence (set i // 2)
         sub = root / "images" / split / (str(i % 2) if directory else "")
         sub.mkdir(parents=True, exist_ok=True)
         colours = [(rng.randrange(256), rng.randrange(256), rng.randrange(256)) for _ in range(2)]
         for side, colour in enumerate(colours):
-            Image.new("RGB", (24, 20), colour).save(sub / f"{split}-{i}-0-img{side}.png")
+            Image.new("RGB", (24, 20), colour).save(sub / f"{split}-{i // 2}-{i % 2}-img{side}.png")
         row = {"identifier": ident, "sentence": "the left image contains a red circle",
                "label": "True" if sum(colours[0]) > sum(colours[1]) else "False", "synset": "x", "query": "y"}
         if directory:
@@ -226,7 +244,9 @@ def test_nlvr2_files_train_and_evaluate_through_the_commands(tmp_path):
                        "--warmup", "0", "--workers", "0", "--eval-batch-size", "16", "--out", str(run), "-q"]) == 0
     result = json.loads((run / "eval.json").read_text())
     pairs = result["tasks"]["pairs"]
-    assert pairs["metric"] == "accuracy" and pairs["n"] == 8 and set(pairs["details"]["adapted"]) == {"accuracy", "n"}
+    assert pairs["metric"] == "accuracy" and pairs["n"] == 8
+    assert set(pairs["details"]["adapted"]) == {"accuracy", "n", "consistency", "groups"}
+    assert pairs["details"]["adapted"]["groups"] == 4   # the 8 dev pairs are 4 sentences
     ev = tmp_path / "ev"
     assert eval_main(["--adapter", str(run / "adapter"), "--tasks", f"{spec},{vqa}", "--data-root", str(data),
                       "--batch-size", "16", "--out", str(ev), "-q"]) == 0

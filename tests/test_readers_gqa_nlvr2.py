@@ -171,7 +171,10 @@ def test_nlvr2_reads_train_with_directories_and_labels(nlvr_root):
     base = (nlvr_root / "images" / "train" / "7").resolve()
     assert e.image == (str(base / "train-10108-0-img0.png"), str(base / "train-10108-0-img1.png"))
     assert (e.text, e.label, e.question_type) == ("The left image has one dog.", 0, None)
-    assert e.meta == {"identifier": "train-10108-0-1", "label_name": "False"}
+    assert e.meta == {"identifier": "train-10108-0-1", "label_name": "False", "group": "train-10108--1"}
+    # NLVR2's consistency groups the pairs of one sentence: its identifier without the pair id
+    assert [x.meta["group"] for x in s.examples] == ["train-10108--0", "train-10108--1", "train-10108--0",
+                                                     "train-20--1"]
     assert [x.label for x in s.examples] == [1, 0, 0, 1]
     assert [x.meta["label_name"] for x in s.examples] == ["True", "False", "False", "True"]
     assert s.examples[3].image[0].endswith("3/train-20-2-img0.png")

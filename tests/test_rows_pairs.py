@@ -85,6 +85,8 @@ def test_csv_pair_rows_and_a_split_of_only_true_rows(tmp_path):
     ({"images": ["0.png", "1.png"], "statement": "s", "label": 1, "question_type": ["x"]},
      r"pairs\.jsonl:2: 'question_type' must be text"),
     ({"image": ["0.png", "1.png"], "statement": "s", "label": "b"}, r"pairs\.jsonl:2: .*several images .* 'images'"),
+    ({"images": ["0.png", "1.png"], "statement": "s", "label": 1, "group": ["a"]},
+     r"pairs\.jsonl:2: 'group' must be text or a number"),
 ])
 def test_bad_pair_rows_are_refused_by_file_and_line(tmp_path, row, match):
     _images(tmp_path)
@@ -154,3 +156,16 @@ def test_an_image_id_names_one_pair(tmp_path):
     with pytest.raises(DataFormatError, match=r"ids\.jsonl:3: image_id 'p' was given to another image at .*ids\.jsonl:1 "
                                               r"\(\('.*0\.png', '.*1\.png'\) there"):
         read_jsonl(tmp_path, "ids.jsonl", images="img")
+
+
+def test_a_group_names_the_rows_of_one_statement_for_consistency(tmp_path):
+    _images(tmp_path)
+    _jsonl(tmp_path / "pairs.jsonl", [
+        {"images": ["0.png", "1.png"], "statement": "s", "label": 1, "group": "sent-7"},
+        {"images": ["2.png", "3.png"], "statement": "s", "label": 0, "group": 7},
+        {"images": ["1.png", "2.png"], "statement": "t", "label": 0, "group": " "},
+        {"images": ["3.png", "0.png"], "statement": "u", "label": 1}])
+    ex = read_jsonl(tmp_path, "pairs.jsonl", images="img").examples
+    assert [e.meta.get("group") for e in ex] == ["sent-7", "7", None, None]
+    (tmp_path / "pairs.csv").write_text("images,statement,label,group\n0.png|1.png,s,true,g1\n2.png|3.png,s,0,\n")
+    assert [e.meta.get("group") for e in read_csv(tmp_path, "pairs.csv", images="img").examples] == ["g1", None]

@@ -27,6 +27,7 @@ A row of several images (the ``nlvr`` kind; NLVR2 copies on the hub keep a pair 
 and ``label`` is a truth value read as JSONL rows' are (true/false, yes/no, 1/0, booleans); a ``ClassLabel``
 label column is read by its names (true/false, yes/no), never by index order, and refused with other names. Such
 a mapping is never guessed from column names: a table of several image columns and no ``image`` needs ``columns``.
+``group = "<column>"`` (mapped by name only) names the rows of one statement, for NLVR2's ``consistency``.
 
 Images stored in the dataset stay there: each example holds a small :class:`DatasetImage` reference
 (table + row) and loader workers read the bytes themselves from the memory-mapped table, so nothing is
@@ -60,9 +61,9 @@ from .records import Split
 from .rows import _TRUTH, ImageSources, examples_from_rows
 
 FIELDS = ("image", "images", "text", "caption", "captions", "statement", "question", "answers", "label", "image_id",
-          "question_type", "question_id", "filter_type")
+          "question_type", "question_id", "filter_type", "group")
 #: Fields a column of the same name is taken for without ``columns`` (several images are never guessed).
-_AUTO_FIELDS = tuple(f for f in FIELDS if f not in ("images", "statement"))
+_AUTO_FIELDS = tuple(f for f in FIELDS if f not in ("images", "statement", "group"))
 _PAIR_EXAMPLE = 'columns = {images = ["left_image", "right_image"], statement = "sentence", label = "label"}'
 
 

@@ -40,7 +40,8 @@ def read_nlvr2(
     subfolder of ``images/train`` that holds the pair).
 
     Each line is one example: ``image`` = (left, right) image paths, ``text`` the sentence, ``label`` 1 (True) or 0
-    (False), ``image_id`` the identifier. The images of identifier ``split-set-pair-sentence`` are
+    (False), ``image_id`` the identifier, ``meta["group"]`` the sentence's group, ``split-set_id--sentence_id``
+    (the rows of one sentence written about several pairs, as NLVR2's own evaluation groups them for consistency). The images of identifier ``split-set-pair-sentence`` are
     ``split-set-pair-img0.png`` (left) and ``...-img1.png`` (right) in ``images``: ``images/train/<directory>/`` for
     train, ``dev/`` and ``test1/`` for the others as NLVR2's zips unpack. ``image_pattern`` may use
     ``{identifier}``, ``{split}``, ``{set_id}``, ``{pair_id}``, ``{sentence_id}``, ``{pair}`` (split-set-pair),
@@ -118,7 +119,8 @@ def read_nlvr2(
             if not all([check(p) for p in paths]):   # both checked: each unreadable image is counted and named
                 continue
             examples.append(Example(tuple(str(p) for p in paths), ident, text=text, label=label, question_type=qtype,
-                                    meta={"identifier": ident, "label_name": "True" if label else "False"}))
+                                    meta={"identifier": ident, "label_name": "True" if label else "False",
+                                          "group": f"{split}-{set_id}--{sentence_id}"}))
     return check.finish(examples, f"NLVR2 {apath.name}")
 
 

@@ -10,7 +10,8 @@ A row has ``image`` plus the fields of one task kind:
 * a statement about several images (the ``nlvr`` kind, NLVR2-style): ``images`` instead of ``image`` (a list of
   two or more image paths, or a '|'-separated string as in a CSV cell), ``statement`` or ``text``, and ``label``, a
   truth value (``true``/``false``, ``yes``/``no``, ``1``/``0``; JSON booleans too) read as 1 / 0 -- never as a
-  class name. ``Example.image`` is then the tuple of the paths, in order.
+  class name. ``Example.image`` is then the tuple of the paths, in order. An optional ``group`` names the rows of
+  one statement written about several image sets (NLVR2's sentences), for the ``consistency`` metric.
 
 ``image_id``, ``question_type`` and ``question_id`` are optional; so is ``filter_type`` (VQA), the type that
 chooses a question's candidate answers when ``question_type`` holds VQAv2's answer type, which comes from the
@@ -316,6 +317,12 @@ def examples_from_rows(
                 row = {**row, "image": "|".join(map(str, paths))}   # the default id: the row's paths
             if all(ok):
                 meta = {k: row[k] for k in ("question_id",) if k in row}
+                group = row.get("group")
+                if isinstance(group, (list, dict, bool)):
+                    raise DataFormatError(f"{where}: 'group' must be text or a number (the statement's id, shared "
+                                          f"by its rows), got {group!r}")
+                if _present(group) and str(group).strip():
+                    meta["group"] = str(group).strip()
                 examples.append(Example(stored(ps), image_id(row, n, ps), text=text.strip(),
                                         label=label, question_type=qtype, meta=meta))
         return check.finish(examples, source)

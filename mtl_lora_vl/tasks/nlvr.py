@@ -11,7 +11,9 @@ Each row holds two images (``Example.image`` a tuple: left, right), a statement 
   the nearest it has: a statement is called true when its similarity to the pair (the sum of its cosine with each
   image) is above the median of the evaluated rows' (labels unused). It predicts half of the rows true; on
   balanced data expect chance, which is what a CLIP without training can do here.
-* **Metrics**: ``accuracy``, and per statement type (``accuracy/<type>``, where rows carry ``question_type``).
+* **Metrics**: ``accuracy``, per statement type (``accuracy/<type>``, where rows carry ``question_type``), and
+  NLVR2's ``consistency`` where rows carry a group (``Example.meta["group"]``: rows of one statement about several
+  image pairs, as NLVR2's sentences are): the share of groups whose rows are all right.
 
 **On a generative backbone** whose prompts take several images (``backbone.several_images``: LLaVA, LLaVA-NeXT,
 Qwen2-VL, Idefics3 / SmolVLM, Gemma 3) the statement is a question: ``[generative] prompt`` (``{images}``: one image
@@ -70,8 +72,8 @@ class NLVRKind(TaskKind):
     world_kinds = ("nlvr",)
 
     headline_metric = "accuracy"
-    metric_names = ("accuracy", "per_type")
-    not_headline = ("per_type",)
+    metric_names = ("accuracy", "per_type", "consistency")
+    not_headline = ("per_type", "consistency")   # consistency needs groups, which rows may not carry
     uses_text = True
     several_images = True
     head_defaults = {"hidden": 0}
@@ -213,4 +215,18 @@ class NLVRKind(TaskKind):
         for t in sorted(by_type):
             out[f"accuracy/{t}"] = sum(by_type[t]) / len(by_type[t])
             out[f"n/{t}"] = float(len(by_type[t]))
-        return out
+        return out | consistency(examples, right.tolist())
+
+
+def consistency(examples: list[Example], right: list[float]) -> dict[str, float]:
+    """NLVR2's consistency: of the groups of rows (``meta["group"]``, one statement about several pairs), the share
+    whose rows are all right, and ``groups``, their count; ``{}`` when no row carries a group (rows without one are
+    left out of it)."""
+    whole: dict[str, bool] = {}
+    for ex, r in zip(examples, right):
+        group = ex.meta.get("group")
+        if group is not None:
+            whole[str(group)] = whole.get(str(group), True) and r == 1.0
+    if not whole:
+        return {}
+    return {"consistency": sum(whole.values()) / len(whole), "groups": float(len(whole))}
