@@ -716,6 +716,21 @@ def test_vqav2_null_answer_is_not_the_text_none(tmp_path):
         read_split("vqav2", tmp_path, questions="q.json", annotations="a.json", images="im")
 
 
+def test_vqav2_a_question_without_annotation_is_refused_even_when_its_image_is_missing(root):
+    """The missing annotation is the files' fault (of different subsets?), not a skipped image (helper 171)."""
+    _vqa_files(root, [1, 42])   # question 990's image 99 is missing
+    anns = json.loads((root / "a.json").read_text())
+    _write_json(root / "a.json", {"annotations": [a for a in anns["annotations"] if a["question_id"] != 990]})
+    with pytest.raises(DataFormatError, match=r"question 990 of .*q\.json has no annotation in a\.json"):
+        read_split("vqav2", root, questions="q.json", annotations="a.json", images="val2014")
+
+
+def test_a_path_out_of_the_data_root_is_a_data_format_error(tmp_path):
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"image": "../outside.jpg", "text": "x"}) + "\n")
+    with pytest.raises(DataFormatError, match=r"rows\.jsonl:1: .*outside the data root"):
+        read_split("jsonl", tmp_path, file="rows.jsonl")
+
+
 def test_vqav2_duplicate_annotation_question_id_is_named(tmp_path):
     _small_image(tmp_path / "im" / "COCO_x_000000000001.jpg")
     (tmp_path / "q.json").write_text(json.dumps({"data_subtype": "x", "questions": [

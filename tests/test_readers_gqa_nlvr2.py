@@ -69,6 +69,37 @@ def test_gqa_reads_questions_answers_types_and_skips_a_missing_image(gqa_root, c
     assert vqa_accuracy("Red.", b.answers) == 1.0 and vqa_accuracy("blue", b.answers) == 0.0
 
 
+def test_gqa_reads_a_folder_of_question_files_in_numeric_order(gqa_root):
+    """GQA's "all" questions come as train_all_questions/train_all_questions_0.json ... _9.json."""
+    folder = gqa_root / "train_all_questions"
+    folder.mkdir()
+    for n, qid in ((10, "c"), (2, "b"), (0, "a")):
+        (folder / f"train_all_questions_{n}.json").write_text(json.dumps({qid: _gqa_q("2354786", f"q {qid}?", "no")}))
+    s = read_gqa(gqa_root, "train_all_questions", images="images")
+    assert [e.meta["question_id"] for e in s.examples] == ["a", "b", "c"]   # 0, 2, 10: not 0, 10, 2
+    (folder / "train_all_questions_3.json").write_text(json.dumps({"b": _gqa_q("2354786", "again?", "no")}))
+    with pytest.raises(DataFormatError, match=r"train_all_questions_3\.json: question b is also in "
+                                              r"train_all_questions_2\.json"):
+        read_gqa(gqa_root, "train_all_questions", images="images")
+    (gqa_root / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty holds no \*\.json files"):
+        read_gqa(gqa_root, "empty", images="images")
+
+
+def test_gqa_keeps_only_the_fields_it_reads_as_it_parses(gqa_root):
+    """A question's program, annotations and entailments are dropped as each is parsed (the balanced train file
+    holds 943k questions), and the examples are as before."""
+    from mtl_lora_vl.data.common import load_json
+    from mtl_lora_vl.data.gqa import _KEPT, _slim
+
+    path = gqa_root / "testdev_balanced_questions.json"
+    qs = load_json(path, object_hook=_slim)
+    assert all(set(q) <= set(_KEPT) for q in qs.values()) and qs["1111"]["question"] == "Is there a dog?"
+    assert "semantic" in json.loads(path.read_text())["1111"]
+    s = read_gqa(gqa_root, path.name, images="images")
+    assert [e.answers for e in s.examples] == [("yes",), ("red",)]
+
+
 def test_gqa_type_options_test_files_and_pattern(gqa_root):
     s = read_gqa(gqa_root, "testdev_balanced_questions.json", images="images", question_type_field="detailed",
                  filter_type_field="")

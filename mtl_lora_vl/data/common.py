@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,10 +26,6 @@ logger = logging.getLogger(__name__)
 _SKIP_EXAMPLES_SHOWN = 5
 
 
-class PathEscapeError(ValueError):
-    """An image path in a data file that points outside the data root."""
-
-
 class ReaderOptionError(TypeError, ValueError):
     """The options given to a reader do not fit its signature: unknown or missing ones (a TypeError, as Python
     says of a call), or a value of the wrong type or not among the allowed ones (also a ValueError)."""
@@ -37,6 +33,10 @@ class ReaderOptionError(TypeError, ValueError):
 
 class DataFormatError(ValueError):
     """A data file that does not have the expected structure."""
+
+
+class PathEscapeError(DataFormatError):
+    """An image path (in a data file, or a reader's folder option) that points outside the data root."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,10 +110,11 @@ def open_text(path: Path, newline: str | None = None) -> Iterator[TextIO]:
         raise DataFormatError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the file as UTF-8") from e
 
 
-def load_json(path: Path) -> Any:
+def load_json(path: Path, object_hook: Callable[[dict], Any] | None = None) -> Any:
+    """``path`` parsed as JSON; ``object_hook`` (as ``json.load``'s) may slim each object as it is read."""
     try:
         with open_text(path) as f:
-            return json.load(f)
+            return json.load(f, object_hook=object_hook)
     except json.JSONDecodeError as e:
         raise DataFormatError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
 

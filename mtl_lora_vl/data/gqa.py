@@ -8,7 +8,9 @@ does), broken down by a question type of GQA's program (structural by default). 
 from __future__ import annotations
 
 import os
+import re
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,18 +54,17 @@ def read_gqa(
     its answer, and the structural one keeps verify/logical questions to the yes/no answers and the others to
     their own answers. ``""`` for either field gives no type (no filtering). The balanced files hold only
     balanced questions; for the "all" files, ``meta["is_balanced"]`` says which ones GQA's accuracy counts.
+    ``questions`` may be a folder of question files (GQA's ``train_all_questions/``), read in numeric order. Only
+    the fields used are kept as each question is parsed, so memory goes with the questions' text.
     """
     root = data_root_dir(data_root)
-    qpath = annotation_file(root, questions, "GQA questions")
-    qs = load_json(qpath)
-    if not isinstance(qs, dict):
-        raise DataFormatError(f"{qpath}: GQA questions must be a JSON object mapping each question id to its "
-                              f"question, got a {type(qs).__name__}; is this a GQA *_questions.json file?")
+    files = _question_files(root, questions)
     if images:
         resolve_under(root, images, "image folder")
     check = ImageChecker(verify, strict)
     examples = []
-    for qid, q in qs.items():
+    seen: dict[str, Path] = {}
+    for qpath, qid, q in _questions(files, seen):
         if not isinstance(q, dict):
             raise DataFormatError(f"{qpath}: question {qid} must be a JSON object, got {q!r}; is this a GQA "
                                   "*_questions.json file?")
@@ -99,7 +100,50 @@ def read_gqa(
             meta["is_balanced"] = q["isBalanced"]
         examples.append(Example(str(path), str(image_id), text=text, answers=answers, question_type=qtype,
                                 meta=meta))
-    return check.finish(examples, f"GQA {qpath.name}")
+    name = files[0].name if len(files) == 1 else f"{files[0].parent.name}/ ({len(files)} files)"
+    return check.finish(examples, f"GQA {name}")
+
+
+#: The fields of a question the reader uses; the rest (its program, ``annotations``, ``entailed``...) is dropped as
+#: each question is parsed, so a large file costs the questions' text, not every field's objects.
+_KEPT = ("imageId", "question", "answer", "fullAnswer", "types", "isBalanced")
+
+
+def _slim(obj: dict) -> dict:
+    return {k: obj[k] for k in _KEPT if k in obj} if "imageId" in obj and "question" in obj else obj
+
+
+def _question_files(root: Path, questions: str | os.PathLike) -> list[Path]:
+    """The question file, or the ``*.json`` files of a folder (GQA's "all" questions come as
+    ``train_all_questions/train_all_questions_0.json`` ... ``_9.json``), in numeric order."""
+    p = Path(questions).expanduser()
+    p = p if p.is_absolute() else root / p
+    if not p.is_dir():
+        return [annotation_file(root, questions, "GQA questions")]
+    files = sorted(p.glob("*.json"), key=lambda f: [int(t) if t.isdigit() else t
+                                                     for t in re.split(r"(\d+)", f.name)])
+    if not files:
+        raise FileNotFoundError(f"GQA questions folder {p} holds no *.json files; give a *_questions.json file or a "
+                                "folder of them (GQA's train_all_questions/)")
+    return files
+
+
+def _questions(files: list[Path], seen: dict[str, Path]) -> Iterator[tuple[Path, str, Any]]:
+    """(file, question id, question) of each file in turn, one file in memory at a time; a question id given in two
+    files is refused (``seen``: id -> the file that gave it)."""
+    for qpath in files:
+        qs = load_json(qpath, object_hook=_slim)
+        if not isinstance(qs, dict):
+            raise DataFormatError(f"{qpath}: GQA questions must be a JSON object mapping each question id to its "
+                                  f"question, got a {type(qs).__name__}; is this a GQA *_questions.json file?")
+        for qid, q in qs.items():
+            if len(files) > 1 and qid in seen:
+                raise DataFormatError(f"{qpath}: question {qid} is also in {seen[qid].name}; each question id is "
+                                      "given once (is a balanced file in the folder of \"all\" files?)")
+            if len(files) > 1:
+                seen[qid] = qpath
+            yield qpath, qid, q
+        del qs
 
 
 def _gqa_type(qtypes: dict | None, field: str, qid: str, qpath: Path, option: str) -> str | None:

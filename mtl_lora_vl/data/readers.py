@@ -5,7 +5,8 @@ Formats (names for :func:`read_split`):
 * ``vqav2``         — official VQAv2 question JSON (+ annotation JSON, absent for test-dev/test) and an
                       image folder; file names from ``image_pattern`` (COCO style by default).
 * ``gqa``           — official GQA question JSON (``{split}_balanced_questions.json``: question id ->
-                      question; test/challenge files have no answers) and its image folder
+                      question; test/challenge files have no answers; or a folder of them, as GQA's
+                      "all" questions come) and its image folder
                       (``{imageId}.jpg``); one answer per question.
 * ``nlvr2``         — official NLVR2 JSON-lines file (``train.json``, ``dev.json``, ``test1.json``) and its
                       image folder; each example holds its two images, ``(left, right)``, and a 1/0 label.
@@ -143,6 +144,10 @@ def read_vqav2(
         text = require(q, "question", f"question {qid}", qpath)
         if not isinstance(text, str) or not text.strip():
             raise DataFormatError(f"{qpath}: question {qid}'s 'question' must be non-blank text, got {text!r}")
+        ann = ann_by_qid.get(qid)
+        if annotations is not None and ann is None:   # before the image: a missing annotation is the file's fault
+            raise DataFormatError(f"question {qid} of {qpath} has no annotation in {annotations}; are the two "
+                                  "files of the same subset?")
         name = fill_image_pattern(image_pattern, "image_id", image_id=image_id, data_subtype=subtype)
         path = resolve_under(root, Path(images) / name)
         if not check(path):
@@ -150,11 +155,7 @@ def read_vqav2(
         answers: tuple[str, ...] = ()
         qtype = None
         meta: dict[str, Any] = {"question_id": qid, "filter_type": ""}
-        if annotations is not None:
-            ann = ann_by_qid.get(qid)
-            if ann is None:
-                raise DataFormatError(f"question {qid} of {qpath} has no annotation in {annotations}; are the two "
-                                      "files of the same subset?")
+        if ann is not None:
             raw = [require(a, "answer", f"an answer of annotation {qid}", apath)
                    for a in require_list(ann, "answers", f"annotation {qid}", apath)]
             if any(a is None or isinstance(a, (list, dict)) for a in raw):

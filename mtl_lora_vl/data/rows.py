@@ -33,7 +33,6 @@ from typing import Any
 from .common import (
     DataFormatError,
     ImageChecker,
-    PathEscapeError,
     annotation_file,
     caption_examples,
     class_name_problems,
@@ -248,7 +247,7 @@ def examples_from_rows(
     def image_at(row: dict, n: int) -> Any:   # a path out of the root (PathEscapeError) names the file and line
         try:
             return image_of(row)
-        except (PathEscapeError, DataFormatError) as e:
+        except DataFormatError as e:   # PathEscapeError among them
             raise type(e)(f"{at(n)}: {e}") from None
 
     def stored(p: Any) -> Any:
