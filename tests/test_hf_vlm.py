@@ -80,7 +80,7 @@ def test_collator_errors(bb):
     with pytest.raises(ValueError, match="has 0 image placeholders.*exactly one"):
         col(["question: what?"], ["red"])
     two = [f"{bb.image_token} {bb.image_token} caption:"]
-    if bb.several_images:   # LLaVA: one placeholder per image of the row
+    if bb.several_images:   # LLaVA, PaliGemma: one placeholder per image of the row
         assert int((col(two)["input_ids"] == bb.image_token_id).sum()) == 2 * bb.num_image_tokens
     else:
         with pytest.raises(ValueError, match="has 2 image placeholders"):

@@ -68,11 +68,11 @@ def scores_full(self: HFVLMBackbone, images: Tensor, prompts: Sequence[str], can
     B, C = len(cands), len(cands[0])
     collate = self.lm_collator()
     texts = collate.prompt_texts(prompts)
-    rows = collate.prompt_rows(texts, self._sizes_of(images, sizes))[0]
+    rows = collate.prompt_rows(texts, self._sizes_of(images, sizes), collate.image_counts(prompts))[0]
     full = collate._right_padded([p for p in rows for _ in range(C)], [c for row in cands for c in row])
     full = {k: v.to(images.device) for k, v in full.items()}
     # each row's images (several per prompt: a row's placeholders, in order), repeated for its C sequences
-    held = [t.count(self.image_token) for t in texts] if images.shape[0] != B else [1] * B
+    held = collate.image_counts(prompts) if images.shape[0] != B else [1] * B
     starts = [0, *itertools.accumulate(held)]
     index = [i for b in range(B) for _ in range(C) for i in range(starts[b], starts[b] + held[b])]
     with expanded_rows(self.model, C):

@@ -91,8 +91,8 @@ class HFVLMBackbone(Backbone):
     prefix_lm: ClassVar[bool] = False  # prompt tokens attend both ways (token_type_ids 0), targets causally
     position_offset: ClassVar[int] = 0
     # The model scatters the image features over the placeholders in order, so a prompt may hold several (one per
-    # image of its row; every family here but PaliGemma, whose layout puts one image before the text, and
-    # LLaVA-OneVision, which reads the images of such a row otherwise).
+    # image of its row; every family here but LLaVA-OneVision, which reads the images of such a row otherwise;
+    # PaliGemma puts all of them before the text).
     several_images: ClassVar[bool] = True
 
     # ------------------------------------------------------------------------------------------ building

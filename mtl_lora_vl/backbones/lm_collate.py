@@ -3,9 +3,10 @@
 :class:`LMCollator` runs in data-loader workers (it is picklable: a Hugging Face tokenizer and a
 :class:`PromptLayout` of plain numbers). Every prompt carries the image placeholder (the backbone's
 ``image_token``) once per image of its row -- exactly once unless the layout takes several images per prompt
-(``several_images``: every family but PaliGemma and LLaVA-OneVision, for NLVR2's pair); the collator expands each
-to the ``num_image_tokens`` ids that the vision tower fills (a native-resolution model, Qwen2-VL: as many as the
-image's size gives, ``image_sizes``, one per image in row order), so ``input_ids`` always match the image features.
+(``several_images``: every family but LLaVA-OneVision, for NLVR2's pair; PaliGemma's go before its text, in order);
+the collator expands each to the ``num_image_tokens`` ids that the vision tower fills (a native-resolution model,
+Qwen2-VL: as many as the image's size gives, ``image_sizes``, one per image in row order), so ``input_ids`` always
+match the image features.
 
 * With targets (training): ``input_ids`` = prompt + target + end token, right-padded; ``attention_mask``;
   ``labels`` = the ids on the target and end tokens and -100 on the prompt and padding. The end token is the
@@ -39,7 +40,8 @@ class PromptLayout:
     """Where the image tokens and special tokens go in a prompt (plain data; a family's facts).
 
     ``prefix_ids`` are put before the prompt's text (the start token, when the model uses one);
-    ``image_first`` moves the image tokens before ``prefix_ids`` and the text (PaliGemma), and
+    ``image_first`` moves the image tokens (every image's of the row, in order) before ``prefix_ids`` and the text,
+    the placeholders dropped from it (PaliGemma), and
     ``prompt_end`` is appended to the prompt's text (PaliGemma's ``"\\n"`` that closes the prefix);
     ``image_open`` / ``image_close`` are put just before and after the image tokens (Qwen2-VL's
     ``<|vision_start|>`` and ``<|vision_end|>``). ``token_side``: a native-resolution model's pixels per image
@@ -143,7 +145,7 @@ class LMCollator:
         if not prompts:
             raise ValueError("lm_collator: no prompts")
         texts = self.prompt_texts(prompts)
-        rows, prompt_ids = self.prompt_rows(texts, image_sizes)
+        rows, prompt_ids = self.prompt_rows(texts, image_sizes, self.image_counts(prompts))
         if targets is None:
             return self._left_padded(rows)
         targets = list(targets)
@@ -212,15 +214,25 @@ class LMCollator:
             texts.append(p + lay.prompt_end)
         return texts
 
-    def prompt_rows(self, texts: list[str], image_sizes: Sequence[Sequence[int]] | None = None
-                    ) -> tuple[list[list[int]], list[list[int]]]:
+    def image_counts(self, prompts: Sequence[str]) -> list[int]:
+        """Each prompt's images: the image placeholders it holds (what :meth:`prompt_rows` takes as ``row_images``)."""
+        return [p.count(self.layout.image_token) for p in prompts]
+
+    def prompt_rows(self, texts: list[str], image_sizes: Sequence[Sequence[int]] | None = None,
+                    row_images: Sequence[int] | None = None) -> tuple[list[list[int]], list[list[int]]]:
         """For prompt texts (:meth:`prompt_texts`): each row (prefix, text, each image placeholder expanded: as many
         tokens as its image's size in ``image_sizes`` gives, for a native-resolution model) and the text's own ids.
-        ``image_sizes``: one ``(h, w)`` per image placeholder, in row order."""
+        ``image_sizes``: one ``(h, w)`` per image placeholder, in row order. ``row_images``: each row's image count
+        (:meth:`image_counts` of the prompts), read where the layout moves the images out of the text
+        (``image_first``: PaliGemma puts all of a row's images' tokens, in order, before the start token and the
+        text, as its processor does); without it such a row holds one image."""
         lay = self.layout
         encoded = [[int(t) for t in ids] for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        # each row's images: its placeholders (one for a layout that moves the image out of the text)
-        counts = [1 if lay.image_first else ids.count(lay.image_token_id) for ids in encoded]
+        # each row's images: its placeholders (for a layout that moves the images out of the text: ``row_images``)
+        if lay.image_first:
+            counts = [1] * len(encoded) if row_images is None else [int(n) for n in row_images]
+        else:
+            counts = [ids.count(lay.image_token_id) for ids in encoded]
         if image_sizes is not None and len(image_sizes) != sum(counts):
             raise ValueError(f"lm_collator: {len(texts)} prompts hold {sum(counts)} image placeholders but "
                              f"{len(image_sizes)} image sizes are given; give one (h, w) per image")
@@ -236,7 +248,7 @@ class LMCollator:
                 own.append(images[size])
             taken += counts[i]
             if lay.image_first:
-                row = [*own[0], *lay.prefix_ids, *ids]
+                row = [*(t for image in own for t in image), *lay.prefix_ids, *ids]
             else:
                 row, start = list(lay.prefix_ids), 0
                 for at, image in zip([k for k, t in enumerate(ids) if t == lay.image_token_id], own):

@@ -1,7 +1,9 @@
 """PaliGemma (``PaliGemmaForConditionalGeneration``) from a local directory: the language-model API of
 :mod:`.hf_vlm` with the family's prompt layout -- image tokens first, then the start token, the prompt and
 ``"\\n"``; the prompt attends both ways (a prefix-LM: ``token_type_ids`` 0 on the prompt, 1 on the target);
-positions count from 1."""
+positions count from 1. A row of several images (NLVR2's pair: its prompt holds one placeholder per image) gets
+every image's tokens first, in order, then the start token, the text and ``"\\n"`` -- what ``PaliGemmaProcessor``
+makes of a sample of several images; the model fills the image tokens in order from the flattened images."""
 
 from __future__ import annotations
 
@@ -23,7 +25,6 @@ class PaliGemmaBackbone(HFVLMBackbone):
     prompt_end: ClassVar[str] = "\n"
     prefix_lm: ClassVar[bool] = True
     position_offset: ClassVar[int] = 1
-    several_images: ClassVar[bool] = False   # one image per prompt (see HFVLMBackbone.several_images)
 
     @classmethod
     def _prefix(cls, tokenizer: Any) -> tuple[int, ...]:
