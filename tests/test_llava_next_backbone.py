@@ -30,7 +30,9 @@ from vlm_checks import (
 import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import BackboneError, LlavaNextBackbone, LlavaOnevisionBackbone, load_backbone
 from mtl_lora_vl.backbones.base import GENERATE, GRAD_CHECKPOINTING, LM_LOGITS
+from mtl_lora_vl.backbones.llava_next import _processor_several_tokens
 from mtl_lora_vl.data.resize import resize_to_square
+from mtl_lora_vl.family_images import llava_onevision_image
 
 # Per family: its tiny directory's builder, backbone class and image tokens per 64-px canvas (LLaVA-NeXT: 16 base, 8 x 8
 # grid, 8 newlines; OneVision under "anyres_max_2": the grid interpolated down to 5 x 5, 5 newlines)
@@ -165,7 +167,8 @@ def test_llava_16s_canvas_and_token_count(tmp_path):
 def test_llava_onevisions_canvas_and_token_count(tmp_path):
     """LLaVA-OneVision's 384-px SigLIP tower in 14-px patches, its 36 pinpoints and "anyres_max_9": a 1152-px canvas
     of 3 x 3 tiles (the largest grid it keeps whole; 2304 px would take 37 tower passes for features interpolated
-    down to about as many tokens), 729 + 81·82 = 7,371 tokens, as its processor counts a 1152 x 1152 image."""
+    down to about as many tokens), 729 + 81·82 = 7,371 tokens, as its processor counts a 1152 x 1152 image; an image
+    of a row of several is 729 + 1 = 730 (its base view), by the model and by the processor."""
     from transformers import (
         LlavaOnevisionConfig,
         LlavaOnevisionImageProcessor,
@@ -190,6 +193,8 @@ def test_llava_onevisions_canvas_and_token_count(tmp_path):
                                         tokenizer=tok, num_image_tokens=729, vision_feature_select_strategy="full",
                                         vision_aspect_ratio="anyres_max_9")
     assert processor._get_num_multimodal_tokens(image_sizes=[[1152, 1152]])["num_image_tokens"] == [7371]
+    # an image of a row of several (nlvr's pair): its base view and a newline, by the model and by its processor
+    assert llava_onevision_image(model, (side, side), tiled=False)[0] == _processor_several_tokens(processor) == 730
 
 
 @pytest.mark.parametrize("aspect,side", [("anyres_max_9", 96), ("anyres_max_8", 96), ("anyres_max_4", 64),

@@ -23,7 +23,8 @@ def qwen_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("qwen")
 
 
-@pytest.fixture(params=["llava", "qwen2", "qwen2.5", "gemma3", "idefics3", "llava_next", "paligemma"])
+@pytest.fixture(params=["llava", "qwen2", "qwen2.5", "gemma3", "idefics3", "llava_next", "llava_onevision",
+                        "paligemma"])
 def pair_bb(request, llava_dir, qwen_dir):
     """A fresh backbone of each family whose prompts take several images (``several_images``)."""
     if request.param == "llava":
@@ -32,8 +33,8 @@ def pair_bb(request, llava_dir, qwen_dir):
         from llava_tiny import tiny_llava_backbone
 
         return tiny_llava_backbone(qwen_dir, "paligemma")
-    if request.param == "llava_next":
-        return _llava_next(qwen_dir)
+    if request.param in ("llava_next", "llava_onevision"):
+        return _llava_next(qwen_dir, onevision=request.param == "llava_onevision")
     if request.param == "gemma3":
         from gemma3_tiny import tiny_gemma3_backbone
 
@@ -160,7 +161,8 @@ def test_generation_over_pairs_is_routed_per_row(pair_bb, beams):
         assert one == mixed[i:i + 1]
     # each beam reads the row's own two images: the first step's beam scores are greedy's log-probabilities
     batch = llava.lm_collator()(prompts[:1])
-    inputs = {**llava._vision_inputs(images[:2]), **batch, **llava._extra_inputs(batch["input_ids"], None)}
+    inputs = {**llava._vision_inputs(images[:2]), **batch, **llava._extra_inputs(batch["input_ids"], None),
+              **llava._row_inputs(batch["input_ids"], 2)}
     kw = dict(max_new_tokens=1, do_sample=False, return_dict_in_generate=True, output_scores=True)
     with torch.no_grad(), route(llava.model, "nlvr"):
         greedy = torch.log_softmax(llava.model.generate(**inputs, **kw).scores[0][0].float(), -1)
@@ -297,19 +299,75 @@ def _llava_next(folder, onevision: bool = False):
     return load_backbone(f"hf:{folder / name}")
 
 
-@pytest.mark.parametrize("family", ["llava_onevision"])
-def test_families_that_take_one_image_per_prompt_refuse_nlvr(tmp_path, family):
-    """LLaVA-OneVision (its model and processor read each image of a row of several as its base view only, with
-    batch_num_images: a layout not built here; review 176) refuses pairs. (PaliGemma takes them:
-    test_paligemma_pairs.py.)"""
-    from mtl_lora_vl.backbones.hf_vlm import HFVLMBackbone
-
-    backbone = _llava_next(tmp_path, onevision=True)
-    assert type(backbone).several_images is False and HFVLMBackbone.several_images is True
+def test_a_language_model_path_of_one_image_per_prompt_refuses_nlvr(llava_dir, monkeypatch):
+    """Every family here takes pairs; a backbone class whose prompts take one image (``several_images`` False) is
+    refused by name, and its collator refuses a prompt of two placeholders."""
+    backbone = load_backbone(f"hf:{llava_dir}", device="cpu")
+    monkeypatch.setattr(type(backbone), "several_images", False)
     with pytest.raises(BackboneError, match=r"reads two images per row.*takes one image per prompt.*builtin-llava"):
         build_kind(load_spec("nlvr"), _split("nlvr", 2), backbone)
     with pytest.raises(ValueError, match=r"has 2 image placeholders .* every prompt needs exactly one,"):
         backbone.lm_collator()([f"{backbone.image_token} {backbone.image_token} x"])
+
+
+def test_onevision_pairs_are_its_processors_multi_image_layout_beside_anyres_rows(tmp_path):
+    """LLaVA-OneVision takes nlvr (it was refused: review 176) in the model's own layout of a sample of several
+    images: a pair row's two images are their base views alone (16 features + a newline each, no tiles), a one-image
+    row keeps its base view and tiles (46 tokens for the 64-px canvas). A batch of a pair row and a one-image row is
+    the processor's own ids, token for token, given the same squares nested per row (it writes ``batch_num_images``
+    [2, 1]), and our forward's logits are the HF model's on the processor's inputs (the base views within one 8-bit
+    level of its resize)."""
+    from PIL import Image
+
+    from mtl_lora_vl.data.images import to_uint8_tensor
+
+    bb = _llava_next(tmp_path, onevision=True)
+    assert type(bb).several_images is True
+    kind = build_kind(load_spec("nlvr"), _split("nlvr", 2), bb)   # no longer refused
+    pair = _split("nlvr", 2).examples[0]
+    squares = [to_uint8_tensor(p.image, bb.resize) for p in image_parts(pair)]
+    squares.append(to_uint8_tensor(image_parts(_split("nlvr", 2).examples[1])[0].image, bb.resize))
+    images = bb.preprocess_uint8(torch.stack(squares), torch.float32)
+    prompts = [kind.prompt(pair), f"{bb.image_token} question: what colour is the circle? answer:"]
+    batch = bb.lm_collator()(prompts)
+    assert (batch["input_ids"] == bb.image_token_id).sum(1).tolist() == [2 * 17, 46] == [2 * bb.several_tokens,
+                                                                                        bb.num_image_tokens]
+    pil = [Image.fromarray(s.permute(1, 2, 0).numpy()) for s in squares]
+    theirs = bb.processor(images=[pil[:2], pil[2:]], text=prompts, return_tensors="pt", padding=True)
+    assert theirs["batch_num_images"].tolist() == [2, 1]
+    eos, pad = bb.processor.tokenizer.eos_token_id, bb.pad_id
+    for r in range(2):
+        ours = [t for t, m in zip(batch["input_ids"][r].tolist(), batch["attention_mask"][r].tolist()) if m]
+        mine = [t for t, m in zip(theirs["input_ids"][r].tolist(), theirs["attention_mask"][r].tolist()) if m]
+        assert ours + [eos] == mine, r
+    assert bb._row_inputs(batch["input_ids"], 3)["batch_num_images"].tolist() == [2, 1]
+    views = bb._vision_inputs(images)
+    assert views["image_sizes"].tolist() == theirs["image_sizes"].tolist()
+    level = 1 / 255 / min(bb.std)
+    assert (views["pixel_values"][:, 0] - theirs["pixel_values"][:, 0]).abs().max() <= level + 1e-5
+    # the HF model on the processor's own inputs (its end token dropped), against our forward over our ids
+    n = theirs["input_ids"].shape[1] - 1
+    keep = theirs["attention_mask"][:, :n].clone()
+    ids = theirs["input_ids"][:, :n].masked_fill(theirs["input_ids"][:, :n] == eos, pad)
+    keep[ids == pad] = 0
+    with torch.no_grad():
+        want = bb.model(input_ids=ids, attention_mask=keep, pixel_values=theirs["pixel_values"],
+                        image_sizes=theirs["image_sizes"], batch_num_images=theirs["batch_num_images"]).logits
+        got = bb._forward(images, batch["input_ids"], batch["attention_mask"], use_cache=False).logits
+    for r in range(2):
+        a = want[r][keep[r].bool()]
+        b = got[r][batch["attention_mask"][r].bool()]
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3)
+    # and each row alone is the same row in the batch (the pair's images are read as a pair either way)
+    with torch.no_grad():
+        alone = bb._forward(images[:2], bb.lm_collator()(prompts[:1])["input_ids"],
+                            bb.lm_collator()(prompts[:1])["attention_mask"], use_cache=False).logits[0, -1]
+    torch.testing.assert_close(alone, got[0, -1], rtol=1e-4, atol=1e-4)
+    # a pair row in the tiled layout (each image 46 tokens) is refused, not read as four images' views
+    tiled = bb.lm_collator()([f"{bb.image_token} x", f"{bb.image_token} y"], ["no", "yes"])
+    joined = torch.cat([tiled["input_ids"][0, :-2], tiled["input_ids"][1, len(bb.prefix_ids):]])[None]
+    with pytest.raises(BackboneError, match=r"\[92\] image tokens .* base view alone, 17 tokens"):
+        bb.lm_loss(images[:2], joined, torch.ones_like(joined), joined)
 
 
 def test_the_ids_check_names_rows_of_several_images(llava):

@@ -91,8 +91,8 @@ class HFVLMBackbone(Backbone):
     prefix_lm: ClassVar[bool] = False  # prompt tokens attend both ways (token_type_ids 0), targets causally
     position_offset: ClassVar[int] = 0
     # The model scatters the image features over the placeholders in order, so a prompt may hold several (one per
-    # image of its row; every family here but LLaVA-OneVision, which reads the images of such a row otherwise;
-    # PaliGemma puts all of them before the text).
+    # image of its row; every family here: PaliGemma puts all of them before the text, LLaVA-OneVision reads each
+    # image of such a row as its base view alone).
     several_images: ClassVar[bool] = True
 
     # ------------------------------------------------------------------------------------------ building
@@ -263,7 +263,7 @@ class HFVLMBackbone(Backbone):
             raise ValueError("generate: beam search over prompts of several images needs a transformers that encodes "
                              "the images before it repeats the rows for the beams (older ones repeat each image, not "
                              "each row's images); upgrade transformers, or use beam_size=1")
-        kwargs = self._extra_inputs(batch["input_ids"], None)
+        kwargs = {**self._extra_inputs(batch["input_ids"], None), **self._row_inputs(batch["input_ids"], images.shape[0])}
         with _plain_decoding(self.model):
             out = self._hf_call(self.model.generate, **self._vision_inputs(images, sizes), **batch, **kwargs,
                                 max_new_tokens=int(max_len), num_beams=int(beam_size), do_sample=False,
@@ -352,6 +352,11 @@ class HFVLMBackbone(Backbone):
                              f"batch (image_sizes {sorted(set(image_sizes))}); this model takes whole "
                              f"{self.image_size}x{self.image_size} images (backbone.resize makes them)")
         return {"pixel_values": pixel_values}
+
+    def _row_inputs(self, input_ids: Tensor, n_images: int) -> dict[str, Tensor]:
+        """Inputs saying how the ``n_images`` images split into the rows of ``input_ids`` (none here: the model
+        scatters the features over the image tokens in order; LLaVA-OneVision's ``batch_num_images``)."""
+        return {}
 
     def _prefill_positions(self, mask: Tensor) -> Tensor | None:
         """Position ids of the prompts' prefill in :meth:`sequence_scores` (None: the model's own)."""
@@ -446,6 +451,7 @@ class HFVLMBackbone(Backbone):
     def _forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor,
                  labels: Tensor | None = None, image_sizes: list[tuple[int, int]] | None = None, **kwargs: Any) -> Any:
         extra = self._extra_inputs(input_ids, labels)
+        extra.update(self._row_inputs(input_ids, pixel_values.shape[0]))
         return self._hf_call(self.model, **self._vision_inputs(pixel_values, image_sizes), input_ids=input_ids,
                              attention_mask=attention_mask, **extra, **kwargs)
 

@@ -16,14 +16,17 @@ their anyres images.
 * **Aspect not kept.** A picture is squashed to the square, as this package reads images for Idefics3 and Gemma 3;
   its processor, given the picture itself, would tile it at its own aspect. A merged model used with its own
   processor therefore sees wide and tall pictures laid out differently from how its task was trained.
+* **Rows of several images** (LLaVA-OneVision). Its model and processor read each image of a sample of several as
+  its base view alone (``batch_num_images``); the backbone lays such rows out so, beside rows of one tiled image
+  (:class:`LlavaOnevisionBackbone`). LLaVA-NeXT tiles every image, as its processor does.
 * **Positions.** A Llama / Mistral / Vicuna / Qwen2 language model: 1-D positions, as for LLaVA.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,7 @@ from ..data.resize import ImageResize, size_fields
 from ..family_images import llava_next_image, llava_onevision_image
 from .base import BackboneError, register_backbone
 from .hf_vlm import HFVLMBackbone
+from .lm_collate import PromptLayout
 
 __all__ = ["LlavaNextBackbone", "LlavaOnevisionBackbone"]
 
@@ -148,23 +152,76 @@ class LlavaNextBackbone(HFVLMBackbone):
 @dataclass(eq=False)
 class LlavaOnevisionBackbone(LlavaNextBackbone):
     """``LlavaOnevisionForConditionalGeneration``: read as LLaVA-NeXT (see the module doc), at the largest square
-    canvas whose tile grid the model keeps whole."""
+    canvas whose tile grid the model keeps whole.
 
-    # One image per prompt: the model and its processor read each image of a row of several as its base view only
-    # (``batch_num_images``; 730 tokens instead of 7,371 for the released 1152-px canvas), a layout not built here.
-    several_images: ClassVar[bool] = False
+    A row of several images (NLVR2's pair) is laid out as the model and its processor lay out a sample of several:
+    each image its base view alone, no tiles (``several_tokens`` tokens each: 730 for the released 1152-px canvas,
+    instead of 7,371), the model told each row's image count (``batch_num_images``, read from the rows' image
+    tokens); a row of one image keeps its base view and tiles, so rows of one and of several mix in a batch."""
+
+    several_tokens: int = 0   # the tokens of an image of a row of several: its base view and a newline
 
     @classmethod
     def from_model(cls, model: nn.Module, processor: Any, name: str = "hf:custom") -> LlavaOnevisionBackbone:
         """As :meth:`LlavaNextBackbone.from_model`, with the processor's ``vision_aspect_ratio`` the model's (the two
-        agree on the canvas's count, and would differ on a larger image's: a merged export copies the processor)."""
+        agree on the canvas's count, and would differ on a larger image's: a merged export copies the processor),
+        and its count for an image of a row of several the model's."""
         ours, theirs = model.config.vision_aspect_ratio, getattr(processor, "vision_aspect_ratio", None)
         if theirs is not None and theirs != ours:
             raise BackboneError(f"{name}: the processor's vision_aspect_ratio {theirs!r} is not the model's "
                                 f"(config.vision_aspect_ratio {ours!r}), so it counts the tokens of large images "
                                 f"otherwise than the model fills them; save the processor with "
                                 f"vision_aspect_ratio={ours!r}")
-        return super().from_model(model, processor, name)
+        bb = super().from_model(model, processor, name)
+        c = bb.image_size
+        bb.several_tokens = llava_onevision_image(getattr(model, "model", model), (c, c), tiled=False)[0]
+        bb._collators.clear()   # (none made yet; a collator made before would lack the count)
+        said = _processor_several_tokens(processor)
+        if said is not None and said != bb.several_tokens:
+            raise BackboneError(f"{name}: the processor expands each image of a sample of several to {said} tokens "
+                                f"but the model fills {bb.several_tokens} (its base view and a newline); save the "
+                                "processor with the model's num_image_tokens (the tower's features per view, a CLS "
+                                "included) and vision_feature_select_strategy")
+        return bb
+
+    @property
+    def layout(self) -> PromptLayout:
+        return replace(super().layout, several_image_tokens=self.several_tokens)
+
+    def _images_per_row(self, input_ids: Tensor, n_images: int) -> list[int] | None:
+        """Each row's image count, read from its image tokens: ``num_image_tokens`` (one image, tiled), a multiple of
+        two or more of ``several_tokens`` (that many base views), or none; None where the rows do not split so into
+        ``n_images`` images. Read on the host (one wait for the device)."""
+        one, base = self.num_image_tokens, self.several_tokens
+        per_row = []
+        for c in (input_ids == self.image_token_id).sum(dim=1).tolist():
+            k = 1 if c == one else c // base if c % base == 0 and c // base != 1 else None
+            if k is None:
+                return None
+            per_row.append(k)
+        return per_row if sum(per_row) == n_images else None
+
+    def _row_inputs(self, input_ids: Tensor, n_images: int) -> dict[str, Tensor]:
+        """``batch_num_images``: each row's images (an image of a row of several is its base view alone)."""
+        per_row = self._images_per_row(input_ids, n_images) if input_ids.dim() == 2 else None
+        return {} if per_row is None else {"batch_num_images": torch.tensor(per_row, device=input_ids.device)}
+
+    def _check_rows(self, pixel_values: Tensor, input_ids: Tensor, what: str,
+                    image_sizes: list[tuple[int, int]] | None = None) -> None:
+        """Rows of several images hold their base views' tokens; other rows are checked as LLaVA-NeXT's, and rows of
+        several tiled images (a layout the model never reads) refused."""
+        shaped = input_ids.dim() == 2 and pixel_values.dim() == 4
+        per_row = self._images_per_row(input_ids, pixel_values.shape[0]) if shaped else None
+        if per_row is not None and max(per_row, default=0) > 1:
+            return
+        super()._check_rows(pixel_values, input_ids, what, image_sizes)
+        if shaped and per_row is None:   # whole images, some rows holding several of them tiled
+            counts = (input_ids == self.image_token_id).sum(dim=1).tolist()
+            raise BackboneError(
+                f"{what}: input_ids hold {counts} image tokens (id {self.image_token_id}) per row: rows of several "
+                f"images of {self.num_image_tokens} tokens each (base view and tiles), but {self.name} reads each "
+                f"image of a row of several as its base view alone, {self.several_tokens} tokens (as its processor "
+                f"lays out a sample of several); build the ids with backbone.lm_collator()")
 
     @classmethod
     def _image_side(cls, config: Any, image_processor: Any, name: str) -> int:
@@ -187,3 +244,17 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
     def _image_tokens(cls, model: nn.Module, image_size: int) -> int:
         """The tokens a ``C x C`` image fills, by the model's own packing (:func:`llava_onevision_image`)."""
         return llava_onevision_image(getattr(model, "model", model), (image_size, image_size))[0]
+
+
+def _processor_several_tokens(processor: Any) -> int | None:
+    """The tokens ``LlavaOnevisionProcessor`` expands an image of a sample of several to (its
+    ``replace_image_token``: ``num_image_tokens`` and a newline, a CLS dropped under ``"default"``); None where it
+    cannot say (no count, another processor)."""
+    replace_token = getattr(processor, "replace_image_token", None)
+    if replace_token is None or getattr(processor, "num_image_tokens", None) is None:
+        return None
+    try:
+        text = replace_token({"batch_num_images": [2], "image_sizes": [], "pixel_values": []}, 0)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return None
+    return text.count(processor.image_token) if isinstance(text, str) else None

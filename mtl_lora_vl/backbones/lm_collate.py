@@ -3,10 +3,11 @@
 :class:`LMCollator` runs in data-loader workers (it is picklable: a Hugging Face tokenizer and a
 :class:`PromptLayout` of plain numbers). Every prompt carries the image placeholder (the backbone's
 ``image_token``) once per image of its row -- exactly once unless the layout takes several images per prompt
-(``several_images``: every family but LLaVA-OneVision, for NLVR2's pair; PaliGemma's go before its text, in order);
-the collator expands each to the ``num_image_tokens`` ids that the vision tower fills (a native-resolution model,
-Qwen2-VL: as many as the image's size gives, ``image_sizes``, one per image in row order), so ``input_ids`` always
-match the image features.
+(``several_images``: every family, for NLVR2's pair; PaliGemma's go before its text, in order); the collator
+expands each to the ``num_image_tokens`` ids that the vision tower fills (a native-resolution model, Qwen2-VL: as
+many as the image's size gives, ``image_sizes``, one per image in row order; an image of a row of several:
+``several_image_tokens`` where the family reads it otherwise, LLaVA-OneVision's base view alone), so
+``input_ids`` always match the image features.
 
 * With targets (training): ``input_ids`` = prompt + target + end token, right-padded; ``attention_mask``;
   ``labels`` = the ids on the target and end tokens and -100 on the prompt and padding. The end token is the
@@ -49,7 +50,9 @@ class PromptLayout:
     ``(h / token_side)·(w / token_side)`` tokens; 0: every image fills ``num_image_tokens``. ``image_text``: text
     put around the placeholder and tokenised with the prompt (Gemma 3's ``"\\n\\n"`` around its image, which merges
     with the prompt's own newlines, as its processor tokenises them). ``several_images``: a prompt may hold the
-    placeholder more than once, one per image of its row (the model takes its images' features in order).
+    placeholder more than once, one per image of its row (the model takes its images' features in order);
+    ``several_image_tokens``: the tokens each image of a row of several fills where the model reads those otherwise
+    than an image alone (LLaVA-OneVision: its base view, no tiles); 0: as alone.
     """
 
     image_token: str
@@ -65,6 +68,7 @@ class PromptLayout:
     token_side: int = 0
     image_text: tuple[str, str] = ("", "")
     several_images: bool = False
+    several_image_tokens: int = 0
 
     def image_tokens(self, size: Sequence[int] | None = None) -> int:
         """How many image tokens an image of ``size`` ``(h, w)`` fills (``num_image_tokens`` without a size, or
@@ -241,7 +245,9 @@ class LMCollator:
         taken = 0
         for i, ids in enumerate(encoded):
             own = []
-            for j in range(taken, taken + counts[i]):
+            if counts[i] > 1 and lay.several_image_tokens:   # (LLaVA-OneVision: each image its base view alone)
+                own = [[*lay.image_open, *[lay.image_token_id] * lay.several_image_tokens, *lay.image_close]] * counts[i]
+            for j in range(taken, taken + counts[i] * (not own)):
                 size = None if image_sizes is None or not lay.token_side else tuple(int(x) for x in image_sizes[j])
                 if size not in images:
                     images[size] = lay.image_ids_for(size)
