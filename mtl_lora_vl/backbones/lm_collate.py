@@ -247,11 +247,12 @@ class LMCollator:
             own = []
             if counts[i] > 1 and lay.several_image_tokens:   # (LLaVA-OneVision: each image its base view alone)
                 own = [[*lay.image_open, *[lay.image_token_id] * lay.several_image_tokens, *lay.image_close]] * counts[i]
-            for j in range(taken, taken + counts[i] * (not own)):
-                size = None if image_sizes is None or not lay.token_side else tuple(int(x) for x in image_sizes[j])
-                if size not in images:
-                    images[size] = lay.image_ids_for(size)
-                own.append(images[size])
+            else:
+                for j in range(taken, taken + counts[i]):
+                    size = None if image_sizes is None or not lay.token_side else tuple(int(x) for x in image_sizes[j])
+                    if size not in images:
+                        images[size] = lay.image_ids_for(size)
+                    own.append(images[size])
             taken += counts[i]
             if lay.image_first:
                 row = [*(t for image in own for t in image), *lay.prefix_ids, *ids]
