@@ -11,12 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from anyres_family import AnyresFamilyTests
 from llava_tiny import PATCH, _word_tokenizer
 from PIL import Image
 from vlm_checks import (
-    assert_mixed_gradients_are_per_task_sums,
     assert_mixed_route_per_task,
-    assert_peft_export_matches,
     perturb_adapters,
 )
 
@@ -116,6 +115,14 @@ def video_batch(tiny, videos: list[int], pictures: list[int] | None = None, fram
     return dict(tiny[1](text=texts, videos=clips, images=images or None, return_tensors="pt", padding=True))
 
 
+
+class TestLlavaOnevisionAnyres(AnyresFamilyTests):
+    fresh = staticmethod(_fresh)
+    adapted = staticmethod(_adapted)
+    batch = staticmethod(batch)
+    peft_readme_says = "reads each image as several tiles"
+
+
 def test_the_family_row_takes_the_tower_up_to_the_feature_layer_and_the_language_model(tiny):
     m = _adapted(tiny)
     info = m._mtl_lora
@@ -142,53 +149,8 @@ def test_tiles_per_row_are_the_processors(tiny):
     assert (y["input_ids"] == m.config.image_token_id).sum(-1).tolist() == [2 * 17, 0, 56]
 
 
-@pytest.mark.parametrize("counts", [[1, 1, 1], [2, 0, 1], [0, 3, 1]])
-def test_a_mixed_route_sends_each_rows_tiles_to_its_task(tiny, counts):
-    """Logits, greedy and 3-beam generate under [a, b, a] equal each task's own rows (pictures of three aspects, one
-    of them interpolated down)."""
-    assert_mixed_route_per_task(_adapted(tiny), batch(tiny, counts), [0, 1, 0])
-
-
 def test_images_given_per_row_are_routed_by_their_base_views(tiny):
     assert_mixed_route_per_task(_adapted(tiny), batch(tiny, [2, 0, 1], nested=True), [0, 1, 0])
-
-
-def test_the_projector_routes_tiles_too(tiny):
-    m = _adapted(tiny, targets={"image": [r"multi_modal_projector\.linear_(1|2)$"], "text": [r"(q|v)_proj$"]})
-    assert_mixed_route_per_task(m, batch(tiny, [1, 2, 0]), [1, 0, 1])
-
-
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_mixed_gradients_equal_the_per_task_sums(tiny, checkpointing):
-    m = _adapted(tiny)
-    m.train()
-    if checkpointing:
-        m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    assert_mixed_gradients_are_per_task_sums(m, batch(tiny, [2, 1, 1]), ("vision_tower", "language_model"))
-
-
-@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")   # PEFT 0.21 reads it
-def test_peft_export_loads_with_the_same_outputs(tiny, tmp_path):
-    pytest.importorskip("peft")
-    m = _adapted(tiny)
-    mlv.export_lora(m, ["a", "b"], tmp_path / "peft")
-    assert_peft_export_matches(m, _fresh(tiny), tmp_path / "peft", batch(tiny, [1, 1]))
-    readme = (tmp_path / "peft" / "README.md").read_text()   # PEFT's per-row adapter_names cannot route the tiles
-    assert "adapter_names=[" not in readme and "reads each image as several tiles" in readme
-
-
-def test_a_merged_checkpoint_loads_with_from_pretrained_and_the_same_outputs(tiny, tmp_path):
-    m = _adapted(tiny)
-    x = batch(tiny, [1, 2])
-    kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
-    with torch.no_grad(), mlv.route(m, "b"):
-        logits, tokens = m(**x).logits, m.generate(**x, **kw)
-    out = mlv.save_merged(m, "b", tmp_path / "merged")
-    merged = tiny[0].from_pretrained(str(out), local_files_only=True).eval()
-    assert not any("lora_" in n for n, _ in merged.named_parameters())
-    with torch.no_grad():
-        torch.testing.assert_close(merged(**x).logits, logits, atol=1e-5, rtol=1e-4)
-        assert torch.equal(merged.generate(**x, **kw), tokens)
 
 
 def test_a_mixed_route_with_videos_is_refused_by_name(tiny):

@@ -1,0 +1,69 @@
+"""The tests LLaVA-NeXT and LLaVA-OneVision share: each image reaches the vision tower as a base view and tiles
+(anyres), so a mixed route must send each row's tiles to its task. A test module subclasses
+:class:`AnyresFamilyTests`, giving its tiny builder's ``fresh`` / ``adapted`` / ``batch`` as static methods and its
+``tiny`` fixture; pytest collects the tests under the subclass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import pytest
+import torch
+from vlm_checks import (
+    assert_mixed_gradients_are_per_task_sums,
+    assert_mixed_route_per_task,
+    assert_peft_export_matches,
+)
+
+import mtl_lora_vl as mlv
+
+
+class AnyresFamilyTests:
+    fresh: ClassVar[Callable]     # tiny -> the base model, fresh from its folder
+    adapted: ClassVar[Callable]   # (tiny, **MTLLoRAConfig fields) -> the model with tasks a, b and drawn adapters
+    batch: ClassVar[Callable]     # (tiny, counts) -> the processor's batch of rows holding counts[r] pictures
+    peft_readme_says: ClassVar[str]   # how the PEFT export's README tells why per-row adapter_names cannot route
+
+    @pytest.mark.parametrize("counts", [[1, 1, 1], [2, 0, 1], [0, 3, 1]])
+    def test_a_mixed_route_sends_each_rows_tiles_to_its_task(self, tiny, counts):
+        """Logits, greedy and 3-beam generate under [a, b, a] equal each task's own rows (pictures of three aspects).
+        Without the tiles' routing the tower got 11 to 14 tiles for 3 routed rows (refused by the layers: a mixed
+        route could not run at all)."""
+        assert_mixed_route_per_task(self.adapted(tiny), self.batch(tiny, counts), [0, 1, 0])
+
+    def test_the_projector_routes_tiles_too(self, tiny):
+        m = self.adapted(tiny, targets={"image": [r"multi_modal_projector\.linear_(1|2)$"], "text": [r"(q|v)_proj$"]})
+        assert_mixed_route_per_task(m, self.batch(tiny, [1, 2, 0]), [1, 0, 1])
+
+    @pytest.mark.parametrize("checkpointing", [False, True])
+    def test_mixed_gradients_equal_the_per_task_sums(self, tiny, checkpointing):
+        m = self.adapted(tiny)
+        m.train()
+        if checkpointing:
+            m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        assert_mixed_gradients_are_per_task_sums(m, self.batch(tiny, [2, 1, 1]), ("vision_tower", "language_model"))
+
+    @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")   # PEFT 0.21 reads it
+    def test_peft_export_loads_with_the_same_outputs(self, tiny, tmp_path):
+        pytest.importorskip("peft")
+        m = self.adapted(tiny)
+        mlv.export_lora(m, ["a", "b"], tmp_path / "peft")
+        assert_peft_export_matches(m, self.fresh(tiny), tmp_path / "peft", self.batch(tiny, [1, 1]))
+        # PEFT names one adapter per input row in every layer: the tower's tiles cannot take them (the README told
+        # LLaVA-NeXT users to call model(**inputs, adapter_names=[...]), which PEFT refused; helper 166)
+        readme = (tmp_path / "peft" / "README.md").read_text()
+        assert "adapter_names=[" not in readme and self.peft_readme_says in readme
+
+    def test_a_merged_checkpoint_loads_with_from_pretrained_and_the_same_outputs(self, tiny, tmp_path):
+        m = self.adapted(tiny)
+        x = self.batch(tiny, [1, 2])
+        kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
+        with torch.no_grad(), mlv.route(m, "b"):
+            logits, tokens = m(**x).logits, m.generate(**x, **kw)
+        out = mlv.save_merged(m, "b", tmp_path / "merged")
+        merged = tiny[0].from_pretrained(str(out), local_files_only=True).eval()
+        assert not any("lora_" in n for n, _ in merged.named_parameters())
+        with torch.no_grad():
+            torch.testing.assert_close(merged(**x).logits, logits, atol=1e-5, rtol=1e-4)
+            assert torch.equal(merged.generate(**x, **kw), tokens)
