@@ -165,6 +165,39 @@ def test_consistency_is_the_share_of_groups_whose_rows_are_all_right(clip):
     assert "consistency" not in kind.evaluate(clip, None, _pairs(10), batch_size=4, device="cpu")
 
 
+def test_consistency_may_head_the_report_when_the_rows_carry_groups(clip, tmp_path):
+    """consistency is a fraction, so listed first it heads the report (review 181: it never could); a spec that
+    lists it first on rows without groups is refused at start-up, not after training."""
+    from mtl_lora_vl.tasks.nlvr import NLVRKind
+
+    spec_file = tmp_path / "pairs.toml"
+    spec_file.write_text('name = "pairs"\nkind = "nlvr"\nmetrics = ["consistency", "accuracy"]\n[data]\n'
+                         'source = "builtin"\n')
+    spec = load_spec(str(spec_file))
+    assert NLVRKind.headline(spec) == "consistency"
+    kind = build_kind(spec, _pairs(4), clip)
+    with pytest.raises(ValueError, match=r"headline metric is consistency .* no evaluation row carries a group"):
+        kind.check_eval_split(_pairs(4))
+    grouped = Split([Example(ex.image, ex.image_id, text=ex.text, label=ex.label, meta={"group": str(i // 2)})
+                     for i, ex in enumerate(_pairs(4).examples)])
+    kind.check_eval_split(grouped)
+    out = kind.evaluate(clip, None, grouped, batch_size=4, device="cpu")
+    assert out["groups"] == 2 and 0 <= out["consistency"] <= 1
+
+
+def test_a_group_cut_by_eval_limit_is_left_out_of_consistency(llava, tmp_path):
+    """With [generative] eval_limit the first N rows are scored: a group with rows past the limit is not judged on
+    the rows that happen to be scored (review 181: it counted as consistent on one of its two pairs)."""
+    spec_file = tmp_path / "pairs.toml"
+    spec_file.write_text('name = "pairs"\nkind = "nlvr"\n[data]\nsource = "builtin"\n[generative]\neval_limit = 3\n')
+    kind = build_kind(load_spec(str(spec_file)), world.build_split("nlvr", "train", n=4), llava)
+    rows = [Example(ex.image, ex.image_id, text=ex.text, label=1, meta={"group": g})
+            for ex, g in zip(world.build_split("nlvr", "val", n=4).examples, ["a", "a", "b", "b"])]
+    kind.scores = lambda backbone, head, examples, **kw: torch.ones(len(examples))   # every scored row right
+    out = kind.evaluate(llava, None, Split(rows), batch_size=4, device="cpu")
+    assert out["n"] == 3 and out["groups"] == 1 and out["consistency"] == 1.0
+
+
 def test_an_unreadable_image_drops_its_pair_from_the_scores(clip, tmp_path):
     paths = []
     for i in range(6):
@@ -247,6 +280,9 @@ def test_nlvr2_files_train_and_evaluate_through_the_commands(tmp_path):
     assert pairs["metric"] == "accuracy" and pairs["n"] == 8
     assert set(pairs["details"]["adapted"]) == {"accuracy", "n", "consistency", "groups"}
     assert pairs["details"]["adapted"]["groups"] == 4   # the 8 dev pairs are 4 sentences
+    from mtl_lora_vl.evaluation.report import scored_line
+
+    assert "pairs 8 examples in 4 groups" in scored_line(result)
     ev = tmp_path / "ev"
     assert eval_main(["--adapter", str(run / "adapter"), "--tasks", f"{spec},{vqa}", "--data-root", str(data),
                       "--batch-size", "16", "--out", str(ev), "-q"]) == 0

@@ -237,31 +237,38 @@ def test_scores_of_pair_and_one_image_prompts_in_one_call(llava):
     torch.testing.assert_close(full.detach(), mixed, rtol=1e-4, atol=1e-4)
 
 
-def test_exports_of_an_nlvr_task_score_pairs_as_the_routed_model(llava, llava_dir, tmp_path):
-    """The merged export and the PEFT export (``set_adapter``) give pair rows the routed model's logits."""
+@pytest.mark.parametrize("family", ["llava", "paligemma"])
+def test_exports_of_an_nlvr_task_score_pairs_as_the_routed_model(family, llava_dir, tmp_path):
+    """The merged export and the PEFT export (``set_adapter``) give pair rows the routed model's logits (PaliGemma:
+    its token_type_ids too, review 181)."""
+    from llava_tiny import save_tiny_paligemma
     from peft import PeftModel
-    from transformers import LlavaForConditionalGeneration
+    from transformers import AutoModelForImageTextToText
 
     import mtl_lora_vl as mlv
 
-    kinds = _kinds(llava, ("nlvr", "vqa"))
-    _attach(llava, kinds)
+    folder = llava_dir if family == "llava" else save_tiny_paligemma(tmp_path / "pali")
+    bb = load_backbone(f"hf:{folder}", device="cpu")
+    kinds = _kinds(bb, ("nlvr", "vqa"))
+    _attach(bb, kinds)
     examples = _split("nlvr", 2).examples
-    images = _images(llava, examples)
-    batch = llava.lm_collator()([kinds["nlvr"].prompt(ex) for ex in examples])
-    with torch.no_grad(), route(llava.model, "nlvr"):
-        want = llava.model(pixel_values=images, **batch).logits
-    merged = LlavaForConditionalGeneration.from_pretrained(
-        mlv.save_merged(llava.model, "nlvr", tmp_path / "merged", source_dir=llava_dir)).eval()
+    images = _images(bb, examples)
+    batch = bb.lm_collator()([kinds["nlvr"].prompt(ex) for ex in examples])
+    batch.update(bb._extra_inputs(batch["input_ids"], None))
+    with torch.no_grad(), route(bb.model, "nlvr"):
+        want = bb.model(pixel_values=images, **batch).logits
+    merged = AutoModelForImageTextToText.from_pretrained(
+        mlv.save_merged(bb.model, "nlvr", tmp_path / "merged", source_dir=folder)).eval()
     with torch.no_grad():
         torch.testing.assert_close(merged(pixel_values=images, **batch).logits, want, rtol=1e-4, atol=1e-4)
-    out = mlv.export_lora(llava.model, ["nlvr", "vqa"], tmp_path / "peft")
-    peft = PeftModel.from_pretrained(LlavaForConditionalGeneration.from_pretrained(llava_dir).eval(),
+    out = mlv.export_lora(bb.model, ["nlvr", "vqa"], tmp_path / "peft")
+    peft = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(folder).eval(),
                                      str(out / "nlvr"), adapter_name="nlvr")
     peft.eval()
     with torch.no_grad():
         torch.testing.assert_close(peft(pixel_values=images, **batch).logits, want, rtol=1e-4, atol=1e-4)
-    assert "rows of one image each" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "rows of one image each" in readme and "(rows of several images, NLVR2's pairs, too)" in readme
 
 
 def test_the_context_warning_counts_both_images_tokens(llava, caplog, monkeypatch):

@@ -165,7 +165,9 @@ def test_a_group_names_the_rows_of_one_statement_for_consistency(tmp_path):
         {"images": ["2.png", "3.png"], "statement": "s", "label": 0, "group": 7},
         {"images": ["1.png", "2.png"], "statement": "t", "label": 0, "group": " "},
         {"images": ["3.png", "0.png"], "statement": "u", "label": 1}])
+    with open(tmp_path / "pairs.jsonl", "a") as f:   # a JSON NaN (pandas' blank cell) is no group, not "nan"
+        f.write('{"images": ["0.png", "2.png"], "statement": "v", "label": 0, "group": NaN}\n')
     ex = read_jsonl(tmp_path, "pairs.jsonl", images="img").examples
-    assert [e.meta.get("group") for e in ex] == ["sent-7", "7", None, None]
+    assert [e.meta.get("group") for e in ex] == ["sent-7", "7", None, None, None]
     (tmp_path / "pairs.csv").write_text("images,statement,label,group\n0.png|1.png,s,true,g1\n2.png|3.png,s,0,\n")
     assert [e.meta.get("group") for e in read_csv(tmp_path, "pairs.csv", images="img").examples] == ["g1", None]

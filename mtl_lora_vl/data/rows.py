@@ -317,6 +317,8 @@ def examples_from_rows(
             if all(ok):
                 meta = {k: row[k] for k in ("question_id",) if k in row}
                 group = row.get("group")
+                if isinstance(group, float) and group != group:   # a JSON NaN (a blank cell to pandas): no group
+                    group = None
                 if isinstance(group, (list, dict, bool)):
                     raise DataFormatError(f"{where}: 'group' must be text or a number (the statement's id, shared "
                                           f"by its rows), got {group!r}")

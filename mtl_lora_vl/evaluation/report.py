@@ -70,6 +70,8 @@ def scored_line(result: dict[str, Any]) -> str:
             continue
         groups = {k[2:]: v for k, v in _shown_scores(r).items() if k.startswith("n/")}
         within = f" ({', '.join(f'{g} {int(v)}' for g, v in groups.items())})" if groups else ""
+        whole = _shown_scores(r).get("groups")   # nlvr: the statements whose rows were all scored (consistency's)
+        within += f" in {int(whole)} groups" if whole is not None else ""
         parts.append(f"{name} {int(r['n'])} {_UNITS.get(r.get('kind', ''), 'examples')}{within}")
     return f"Scored: {', '.join(parts)}." if parts else ""
 

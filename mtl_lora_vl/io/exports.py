@@ -188,7 +188,8 @@ def _multi_readme(inner: nn.Module, tasks: list[str], format: str) -> str:
     return head + load + (
         f"    out = model(**inputs, adapter_names=['{a}', '{b}', ...])   # one task per input row (rows of one "
         "image each: PEFT takes a row's images for rows)\n"
-        f"    model.set_adapter('{a}')                                  # or one task for every row\n")
+        f"    model.set_adapter('{a}')                                  # or one task for every row (rows of "
+        "several images, NLVR2's pairs, too)\n")
 
 
 def _write_peft(inner: nn.Module, task: str, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],

@@ -75,7 +75,7 @@ class NLVRKind(TaskKind):
 
     headline_metric = "accuracy"
     metric_names = ("accuracy", "per_type", "consistency")
-    not_headline = ("per_type", "consistency")   # consistency needs groups, which rows may not carry
+    not_headline = ("per_type",)
     uses_text = True
     several_images = True
     head_defaults = {"hidden": 0}
@@ -142,6 +142,10 @@ class NLVRKind(TaskKind):
     def check_eval_split(self, split: Split) -> None:
         super().check_eval_split(split)
         self._check_rows(split.examples, "evaluation")
+        if type(self).headline(self.spec) == "consistency" and not any("group" in ex.meta for ex in split.examples):
+            raise ValueError(f"task {self.name!r}: its headline metric is consistency (listed first in metrics), but "
+                             "no evaluation row carries a group (the rows of one statement: the nlvr2 reader's "
+                             "sentences, a 'group' field or column); list accuracy first, or give the rows groups")
 
     # ------------------------------------------------------------------ loader side
 
@@ -217,18 +221,33 @@ class NLVRKind(TaskKind):
         for t in sorted(by_type):
             out[f"accuracy/{t}"] = sum(by_type[t]) / len(by_type[t])
             out[f"n/{t}"] = float(len(by_type[t]))
-        return out | consistency(examples, right.tolist())
+        out |= consistency(examples, right.tolist(), split.examples)
+        if "consistency" not in out and type(self).headline(self.spec) == "consistency":
+            raise ValueError(f"task {self.name!r}: its headline metric is consistency, but no group of rows was "
+                             "scored whole (a [generative] eval_limit cuts every group); raise eval_limit or list "
+                             "accuracy first")
+        return out
 
 
-def consistency(examples: list[Example], right: list[float]) -> dict[str, float]:
+def consistency(examples: list[Example], right: list[float], rows: list[Example] | None = None
+                ) -> dict[str, float]:
     """NLVR2's consistency: of the groups of rows (``meta["group"]``, one statement about several pairs), the share
-    whose rows are all right, and ``groups``, their count; ``{}`` when no row carries a group (rows without one are
-    left out of it)."""
+    whose rows are all right, and ``groups``, their count; ``{}`` when no scored row carries a group (rows without
+    one are left out of it). ``rows``: the split the scored ``examples`` were taken from; a group with rows there
+    that were not scored (past ``eval_limit``) is left out, not judged on part of its rows. (A row the reader or the
+    evaluation dropped for an unreadable image is in neither: its group is judged on the rest.)"""
+    size: dict[str, int] = {}
+    for ex in rows if rows is not None else examples:
+        if ex.meta.get("group") is not None:
+            size[str(ex.meta["group"])] = size.get(str(ex.meta["group"]), 0) + 1
+    seen: dict[str, int] = {}
     whole: dict[str, bool] = {}
     for ex, r in zip(examples, right):
         group = ex.meta.get("group")
         if group is not None:
+            seen[str(group)] = seen.get(str(group), 0) + 1
             whole[str(group)] = whole.get(str(group), True) and r == 1.0
+    whole = {g: ok for g, ok in whole.items() if seen[g] == size.get(g, seen[g])}
     if not whole:
         return {}
     return {"consistency": sum(whole.values()) / len(whole), "groups": float(len(whole))}
