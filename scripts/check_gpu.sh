@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU session, prepared to run unattended within a few minutes: the CUDA checks (check_gpu.py), the adapter
 # benchmark's CLIP and LLaVA cases in bf16 (at the default sizes and at sizes whose arithmetic outweighs the
-# launches: bench_*_large), both main jobs, an fp16 run (loss scaling), a one-rank torchrun
-# (NCCL) and a torch.compile run. Every step has its own time limit and the script goes on after a failure;
+# launches: bench_*_large), both main jobs, nlvr's pairs beside vqa on both backbones (bf16), an fp16 run (loss
+# scaling), a one-rank torchrun (NCCL) and a torch.compile run. Every step has its own time limit and the script
+# goes on after a failure;
 # logs and JSON land in $OUT (default gpu_out/), and each step's exit status and seconds in $OUT/steps.txt.
 #
 #   OUT=/tmp/gpu bash scripts/check_gpu.sh            # on the machine with the GPU, from the repository root
@@ -66,7 +67,12 @@ step bench_clip_large 120 "$PY" scripts/bench_adapters.py --case clip --device "
 step main_clip 150 "$PY" scripts/train_vl.py --tasks vqa,retrieval --device "$DEVICE" --out "$RUNS/clip" "${STEPS[@]}"
 step main_llava 180 "$PY" scripts/train_vl.py --backbone builtin-llava --tasks vqa,captioning --device "$DEVICE" \
     --out "$RUNS/llava" "${STEPS[@]}"
-for r in clip llava; do cp "$RUNS/$r/report.md" "$OUT/report_$r.md" 2>/dev/null; done
+# rows of two images (nlvr) beside one-image rows, bf16: the routed image tower (contrastive) and pair prompts
+step pairs_clip 120 "$PY" scripts/train_vl.py --tasks nlvr,vqa --device "$DEVICE" --precision bf16 --steps 100 \
+    --out "$RUNS/pairs_clip" "${STEPS[@]}"
+step pairs_llava 150 "$PY" scripts/train_vl.py --backbone builtin-llava --tasks nlvr,vqa --device "$DEVICE" \
+    --precision bf16 --steps 100 --out "$RUNS/pairs_llava" "${STEPS[@]}"
+for r in clip llava pairs_clip pairs_llava; do cp "$RUNS/$r/report.md" "$OUT/report_$r.md" 2>/dev/null; done
 step fp16 90 "$PY" scripts/train_vl.py --tasks vqa,retrieval --device "$DEVICE" --precision fp16 --steps 60 \
     --skip-zero-shot --out "$RUNS/fp16" "${STEPS[@]}"
 step torchrun 120 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 scripts/train_vl.py \
