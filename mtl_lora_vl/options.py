@@ -119,7 +119,8 @@ class TrainOptions:
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
     workers: int = _opt(-1, "data loader workers (-1 = this rank's share of its machine's usable cores, at most 4)", ge=-1)
     batch_mode: Literal["mixed", "homogeneous"] = _opt(
-        "mixed", "mixed: several tasks per batch; homogeneous: one task per step")
+        "mixed", "mixed: several tasks per batch; homogeneous: one task per optimizer step (all its --accumulate "
+                 "micro-batches)")
     sampling: Literal["proportional", "temperature", "round_robin"] = _opt("temperature", "how tasks are drawn")
     sampling_temperature: float = _opt(2.0, "T of temperature sampling, p ~ n^(1/T) (a large T tends to equal "
                                        "shares; --sampling round_robin gives them exactly)", gt=0)

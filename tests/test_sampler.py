@@ -62,6 +62,24 @@ def test_round_robin_cycles_exactly():
     assert [max(c, key=c.get) for c in per_step[:3]] == [0, 1, 2]
 
 
+@pytest.mark.parametrize("strategy", ["round_robin", "proportional"])
+def test_a_homogeneous_step_of_accumulated_micro_batches_holds_one_task(strategy):
+    """With --accumulate N every micro-batch of an optimizer step holds the step's task (review 182: each drew its
+    own, so a "homogeneous" step mixed tasks and weighted each by its share of the draws); per_step=1 is unchanged."""
+    one = [b[0][0] for b in _take(MultiTaskBatchSampler([40, 60, 80], 4, strategy=strategy, mode="homogeneous",
+                                                       seed=1), 12)]
+    three = [b[0][0] for b in _take(MultiTaskBatchSampler([40, 60, 80], 4, strategy=strategy, mode="homogeneous",
+                                                         seed=1, per_step=3), 36)]
+    assert three == [t for t in one for _ in range(3)]
+    if strategy == "round_robin":
+        assert one == [0, 1, 2] * 4
+    with pytest.raises(ValueError, match="per_step"):
+        MultiTaskBatchSampler([4], 2, per_step=0)
+    saved = MultiTaskBatchSampler([4, 5], 2, mode="homogeneous", per_step=2).state_dict()
+    with pytest.raises(ValueError, match=r"per_step=2 but this sampler has per_step=1"):
+        MultiTaskBatchSampler([4, 5], 2, mode="homogeneous").load_state_dict(saved)
+
+
 def test_mixed_batches_hold_every_task_and_are_grouped():
     s = MultiTaskBatchSampler([5000, 3, 40], 8, strategy="proportional", mode="mixed", seed=0)
     for b in _take(s, 50):

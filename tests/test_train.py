@@ -1509,3 +1509,17 @@ def test_a_batch_larger_than_a_tasks_data_is_warned_about(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"task retrieval has {n} training examples and gets {n + 1} rows a batch" in err
     assert "task vqa has" not in err
+
+
+def test_homogeneous_accumulated_steps_train_one_task_each(tmp_path):
+    """--batch-mode homogeneous --accumulate 4: each optimizer step's four micro-batches hold one task, in turn
+    under round robin (review 182: every step held both)."""
+    tasks = f"{small_spec(tmp_path, 'vqa')},{small_spec(tmp_path, 'retrieval')}"
+    run = tmp_path / "run"
+    assert train_main(["--tasks", tasks, "--steps", "4", "--batch-size", "8", "--accumulate", "4",
+                       "--batch-mode", "homogeneous", "--sampling", "round_robin", "--workers", "0",
+                       "--log-every", "1", "--warmup", "0", "--skip-zero-shot", "--eval-batch-size", "32",
+                       "--out", str(run), "-q"]) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    per_step = [sorted(k for k in r if k.startswith("loss/")) for r in rows if "loss" in r]
+    assert per_step == [["loss/vqa"], ["loss/retrieval"]] * 2

@@ -356,6 +356,7 @@ class MultiTaskLoader:
     ``kinds[i]`` and ``splits[i]`` are the loader's task i. Rows carry the adapter's task ids:
     ``adapter_tasks`` is the adapter's task list (``MTLLoRAConfig.tasks``) when the loader trains only some
     of its tasks (an ``--extend`` run), else the loader's tasks are taken to be the adapter's, in order.
+    ``per_step``: batches per optimizer step (``--accumulate``; a homogeneous step's batches hold one task).
     Iterating yields batches in the layout of
     the module docstring. ``state_dict()`` is the sampler state after the batches the caller has
     consumed (not those the workers prefetched), so a resumed loader yields exactly the next batches;
@@ -366,7 +367,7 @@ class MultiTaskLoader:
                  strategy: str = "proportional", temperature: float = 2.0, mode: str = "mixed", seed: int = 0,
                  steps: int | None = None, num_workers: int = 0, rank: int = 0, world_size: int = 1,
                  prefetch_factor: int | None = None, pin_memory: bool | None = None,
-                 adapter_tasks: Sequence[str] | None = None) -> None:
+                 adapter_tasks: Sequence[str] | None = None, per_step: int = 1) -> None:
         if len(kinds) != len(splits):
             raise ValueError(f"MultiTaskLoader got {len(kinds)} task kinds but {len(splits)} splits")
         names = [k.name for k in kinds]
@@ -387,7 +388,7 @@ class MultiTaskLoader:
         self.datasets = [TaskDataset(k, s, _resize_of(backbone)) for k, s in zip(kinds, splits)]
         self.sampler = MultiTaskBatchSampler([len(d) for d in self.datasets], batch_size, strategy=strategy,
                                              temperature=temperature, mode=mode, seed=seed, steps=steps,
-                                             rank=rank, world_size=world_size)
+                                             rank=rank, world_size=world_size, per_step=per_step)
         if generative and all(generative):
             self.collate = MultiTaskCollate(names, [False] * len(names), None, task_ids,
                                             lm_collator=backbone.lm_collator())

@@ -6,7 +6,8 @@
 * **Task probabilities** (``strategy``): ``proportional`` (p ∝ n), ``temperature`` (p ∝ n^(1/T); T = 1
   is proportional, large T tends to uniform) and ``round_robin`` (equal shares, cycled exactly).
 * **Batch modes** (``mode``): ``homogeneous`` -- one task per step, drawn from p (round robin: tasks
-  0, 1, ..., T-1, 0, ... in turn); ``mixed`` -- each batch holds floor or ceil of ``batch_size * p_t``
+  0, 1, ..., T-1, 0, ... in turn), a step being ``per_step`` batches (gradient accumulation's micro-batches:
+  they all hold the step's task); ``mixed`` -- each batch holds floor or ceil of ``batch_size * p_t``
   samples of task t, the extra rows going to the tasks with the largest remainders carried from batch to
   batch (so long-run shares are exactly p), and -- when ``batch_size >= number of tasks`` and
   ``every_task`` -- at least one sample of every task, so every task's adapter gets a gradient each step
@@ -17,7 +18,7 @@
   replacement) and starts a new one when it runs out, independently of the other tasks.
 * **Determinism**: everything derives from ``seed`` through generators this class owns (never the
   global RNG): the permutation of task t in its epoch e, and the homogeneous draw of step s, are
-  functions of (seed, t, e) and (seed, s). ``state_dict()`` is small JSON-able data; a sampler
+  functions of (seed, t, e) and (seed, s // per_step). ``state_dict()`` is small JSON-able data; a sampler
   restored with ``load_state_dict`` continues with exactly the same batches.
 * **DDP sharding**: ``batch_size`` is per rank. Every rank computes the same global batch of
   ``batch_size * world_size`` samples; for each task, rank r takes the r-th contiguous chunk of that
@@ -91,7 +92,7 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, int]]]):
 
     def __init__(self, sizes: Sequence[int], batch_size: int, *, strategy: str = "proportional",
                  temperature: float = 2.0, mode: str = "mixed", seed: int = 0, steps: int | None = None,
-                 rank: int = 0, world_size: int = 1, every_task: bool = True) -> None:
+                 rank: int = 0, world_size: int = 1, every_task: bool = True, per_step: int = 1) -> None:
         sizes = [int(n) for n in sizes]
         if not sizes:
             raise ValueError("MultiTaskBatchSampler needs at least one task")
@@ -105,6 +106,8 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, int]]]):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, "
                              f"world_size={world_size}")
+        if per_step < 1:
+            raise ValueError(f"per_step (batches per optimizer step) must be >= 1, got {per_step}")
         if steps is not None and steps < 0:
             raise ValueError(f"steps must be >= 0 or None (endless), got {steps}")
         self.sizes = sizes
@@ -117,6 +120,7 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, int]]]):
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.every_task = bool(every_task)
+        self.per_step = int(per_step)
         self.probabilities = task_probabilities(sizes, strategy, temperature)
         self._probs = torch.tensor(self.probabilities, dtype=torch.float64)
         #: Each task's long-run share of a mixed batch: the probabilities, floored under every_task.
@@ -186,9 +190,11 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, int]]]):
         return counts
 
     def _homogeneous_task(self) -> int:
+        """The task of this batch's optimizer step (every micro-batch of a step holds the same one)."""
+        step = self.step // self.per_step
         if self.strategy == "round_robin":
-            return self.step % self.num_tasks
-        g = torch.Generator().manual_seed(_mix(self.seed, 2, self.step))
+            return step % self.num_tasks
+        g = torch.Generator().manual_seed(_mix(self.seed, 2, step))
         return int(torch.multinomial(self._probs, 1, generator=g).item())
 
     def next_batch(self) -> list[tuple[int, int]]:
@@ -237,12 +243,13 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, int]]]):
                              f"remembered {min(self._history, default=self.step)}..{self.step})")
         state.update(seed=self.seed, sizes=list(self.sizes), batch_size=self.batch_size,
                      world_size=self.world_size, mode=self.mode, strategy=self.strategy,
-                     temperature=self.temperature, every_task=self.every_task)
+                     temperature=self.temperature, every_task=self.every_task, per_step=self.per_step)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state saved by :meth:`state_dict`; the configuration must match."""
-        for key in ("seed", "sizes", "batch_size", "world_size", "mode", "strategy", "temperature", "every_task"):
+        for key in ("seed", "sizes", "batch_size", "world_size", "mode", "strategy", "temperature", "every_task",
+                    "per_step"):
             mine = getattr(self, key)
             if key in state and state[key] != mine:
                 raise ValueError(f"sampler state was saved with {key}={state[key]!r} but this sampler has "

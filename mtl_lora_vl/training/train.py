@@ -285,7 +285,7 @@ def build_loader(run: Run) -> MultiTaskLoader:
                            temperature=opts.sampling_temperature, mode=opts.batch_mode, seed=opts.seed,
                            steps=run.total_steps * opts.accumulate, num_workers=run.workers, rank=info.rank,
                            world_size=info.world_size, adapter_tasks=setup.config.tasks,
-                           pin_memory=info.device.type == "cuda")
+                           pin_memory=info.device.type == "cuda", per_step=opts.accumulate)
     if info.is_main:
         warn_small_batches(run, loader)
     return loader
