@@ -42,6 +42,8 @@ def choose_run_dir(opts: TrainOptions) -> Path:
     """The run directory of a new run (checked, not yet touched) or of a resumed one."""
     if opts.resume:
         run = Path(opts.resume)
+        if not run.is_dir():
+            raise RunDirError(f"--resume {run}: no such folder; give the --out folder of a run")
         if not (run / "config.json").is_file():
             raise RunDirError(f"--resume {run}: not a run directory (no config.json); give the --out folder of a run")
         return run

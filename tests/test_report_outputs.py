@@ -90,3 +90,30 @@ def test_eval_json_is_written_last_so_it_marks_a_complete_evaluation(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         ev.write_outputs(tmp_path, _result(0.3, 0.4), nn.Linear(1, 1))
     assert not (tmp_path / "eval.json").exists()
+
+
+def test_a_plot_is_written_whole_or_not_at_all(tmp_path):
+    """A run killed while a plot is saved leaves the last plot, not half a PNG (review 182: savefig wrote the
+    final path in place)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mtl_lora_vl.evaluation.report import _save
+
+    path = tmp_path / "loss.png"
+    path.write_bytes(b"the last plot")
+    fig = plt.figure()
+
+    def broken(target, **kw):
+        open(target, "wb").write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    fig.savefig = broken
+    with pytest.raises(KeyboardInterrupt):
+        _save(fig, path)
+    assert path.read_bytes() == b"the last plot" and [p.name for p in tmp_path.iterdir()] == ["loss.png"]
+    fig = plt.figure()
+    assert _save(fig, path) == path and path.read_bytes().startswith(b"\x89PNG") and len(list(tmp_path.iterdir())) == 1
+    plt.close("all")

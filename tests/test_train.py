@@ -1040,6 +1040,8 @@ def test_clear_errors(tmp_path, capsys):
     assert "no_such_task" in capsys.readouterr().err
     assert train_main(["--resume", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+    assert train_main(["--resume", str(tmp_path / "gone")]) == 2   # review 182: called "not a run directory"
+    assert "gone: no such folder" in capsys.readouterr().err
     assert train_main(["--backbone", "open_clip:ViT-B-32", "--out", str(tmp_path / "b")]) == 2
     assert "--pretrained" in capsys.readouterr().err
     assert train_main(["--batch-size", "0", "--out", str(tmp_path / "c")]) == 2

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..adapters.attach import attach_info
+from ..io.atomic import atomic_file
 
 
 def _change(adapted: float, zero_shot: float) -> str:
@@ -130,9 +131,11 @@ def _figure(**kwargs: Any):
 
 
 def _save(fig, path: Path, tight: bool = True) -> Path:
+    """``fig`` written to ``path`` whole or not at all (a killed run leaves the last plot, not half a PNG)."""
     if tight:
         fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_file(path, overwrite=True, what="plot") as tmp:
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
     return path
 
 
