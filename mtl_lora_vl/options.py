@@ -126,6 +126,10 @@ class TrainOptions:
                                        "shares; --sampling round_robin gives them exactly)", gt=0)
     eval_every: int = _opt(0, "score the adapted model on the validation split every N steps during training (0 = "
                            "never; the end scores --eval-split, and val too with --eval-val)", ge=0)
+    keep_best: bool = _opt(False, "with --eval-every: finish with the adapter and heads of the validation evaluation "
+                           "(the last step's included) whose mean headline metric over the tasks is highest")
+    patience: int = _opt(0, "with --keep-best: stop training after N validation evaluations in a row without a "
+                         "higher score (0 = never)", ge=0)
     save_every: int = _opt(100, "write a checkpoint every N steps (and on Ctrl-C)", ge=1)
     log_every: int = _opt(10, "log training metrics every N steps", ge=1)
     eval_batch_size: int | None = _path_opt("eval_batch_size", "batch size of evaluation", ge=1)
@@ -166,6 +170,12 @@ class TrainOptions:
         if self.sampling != "temperature" and self.sampling_temperature != default.sampling_temperature:
             raise ValueError(f"--sampling-temperature {self.sampling_temperature:g}: only --sampling temperature "
                              f"uses it (this run samples {self.sampling}), so it would change nothing; drop it")
+        if self.keep_best and not self.eval_every:
+            raise ValueError("--keep-best chooses among the validation evaluations of --eval-every N, which is 0 "
+                             "(never); give --eval-every")
+        if self.patience and not self.keep_best:
+            raise ValueError(f"--patience {self.patience}: counts evaluations without a better --keep-best score; "
+                             "give --keep-best (and --eval-every N)")
         if self.task_lr_mult != 1.0 and not self.extend and self.method not in ("mtl_lora", "moe_lora"):
             raise ValueError(f"--task-lr-mult {self.task_lr_mult:g}: method {self.method} has no task-specific "
                              "Lambda_t / w_t tensors (only mtl_lora and moe_lora do), so it would change nothing; drop "

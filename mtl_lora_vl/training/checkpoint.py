@@ -21,6 +21,8 @@ rank 0) is one ``torch.save`` file of tensors and plain values, loaded with ``we
     options             the run's recorded options (a resume refuses a config.json edited since)
     amp_dtype           the autocast dtype the run trained in
     scaler_skips        fp16 steps the grad scaler skipped: two counts, in all and already logged
+    best                --keep-best: the best validation score so far, its step and its adapter and heads
+                        (validation.Best.state_dict)
     source_sha256       an --extend run's source adapter (its record of file digests): a resume refuses
                         another one (the checkpoint holds only what trains; the frozen rest comes from it)
 
@@ -72,6 +74,7 @@ class Progress:
     bad_streak: int = 0                                               # skipped (non-finite) steps in a row
     replaced: dict[str, int] = field(default_factory=dict)            # replaced training rows per task, all ranks
     scaler_skips: tuple[int, int] = (0, 0)                            # fp16-skipped steps: in all, and logged
+    best: dict[str, Any] = field(default_factory=dict)                # --keep-best: validation.Best.state_dict()
 
 
 def rank_file(run_dir: str | Path, rank: int) -> Path:
@@ -131,7 +134,7 @@ def training_state(model: MultiTaskModel, optim: Optimization, loader: MultiTask
             **optim.state_dict(), "sampler": loader.state_dict(), "log_window": progress.log_window,
             "world_size": world_size, "rng_state": rng_state(device), "rng": torch.get_rng_state(),
             "bad_streak": progress.bad_streak, "replaced_images": dict(progress.replaced),
-            "scaler_skips": list(progress.scaler_skips),
+            "scaler_skips": list(progress.scaler_skips), **({"best": progress.best} if progress.best else {}),
             **(inputs or {})}
 
 
@@ -275,7 +278,7 @@ def restore_training_state(state: dict[str, Any], model: MultiTaskModel, optim: 
             log_window = mine["log_window"]
     replaced = {str(t): int(n) for t, n in state.get("replaced_images", {}).items()}
     skips = tuple(int(n) for n in state.get("scaler_skips", (0, 0)))
-    return Progress(step, log_window, int(state.get("bad_streak", 0)), replaced, skips)
+    return Progress(step, log_window, int(state.get("bad_streak", 0)), replaced, skips, state.get("best", {}))
 
 
 #: What a run directory writes atomically (atomic_file / atomic_dir name their temporaries ``.<name>.*.tmp``).

@@ -69,6 +69,7 @@ from .optim import Optimization, build_optimization
 from .rng import preserved_rng, seed_everything, seed_rank
 from .step import ScalerSkips, forward_backward, optimizer_step, skip_bad_step
 from .stopping import RunStopped, stop_at_step_boundary
+from .validation import Best, finish_with_best, validate
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class Run:
     workers: int
     #: The checkpoint a resumed run read at start-up (dropped once restored).
     saved: dict | None = None
+    #: --keep-best: the validation evaluation the run finished with (eval.json "selected").
+    selected: dict | None = None
 
     @property
     def trained(self) -> list[str]:
@@ -240,6 +243,9 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
                        base_dtype=setup.base["base_dtype"], image_max_pixels=area, **shape)
     opts = opts.with_path_defaults(any(kind.generative for kind in setup.kinds.values()))
     read_eval_splits(setup, [opts.eval_split, *(["val"] if opts.eval_every or opts.eval_val else [])], opts.data_root)
+    if opts.keep_best and not any("val" in spec.data.splits for spec in setup.specs):
+        raise ValueError("--keep-best chooses by validation scores, and no task has a validation split ([data.val] "
+                         "in its spec); add one, or drop --keep-best")
     seed_rank(opts.seed, info.rank)  # every rank builds the same model, then draws its own dropout masks
     n_train = sum(len(split.examples) for split in setup.train_splits.values())
     if opts.batch_size > n_train:   # each batch would repeat examples (and 100000 rows ran out of memory, unsaid)
@@ -385,8 +391,11 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
         now = replaced_rows(replaced_here, info)
         return {k: now.get(k, 0) + start_at.replaced.get(k, 0) for k in sorted({*now, *start_at.replaced})}
 
+    best = Best.from_state(start_at.best) if opts.keep_best else None
+
     def checkpoint() -> None:  # every rank is at this point of the same step
-        progress_now = Progress(step, window.losses, bad, replaced(), skips.state)
+        progress_now = Progress(step, window.losses, bad, replaced(), skips.state,
+                                best.state_dict() if best else {})
         save_training_checkpoint(run.dir, model, optim, loader, progress_now, info,
                                  {**run.setup.inputs, "options": recorded_options(run.dir, opts),
                                   "amp_dtype": str(run.amp_dtype)})
@@ -394,7 +403,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
     with stop_at_step_boundary() as stop:
         try:
             model.train()
-            while step < run.total_steps:
+            while step < run.total_steps and not (best and best.exhausted(opts.patience)):
                 signum = max_over_ranks(stop.signum, info)  # a signal to one rank stops all at this step
                 if signum:
                     checkpoint()
@@ -432,7 +441,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
                         progress.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{row['samples_per_s']:.0f}")
                 with window.paused():  # evaluation and checkpoints are not training throughput
                     if opts.eval_every and step % opts.eval_every == 0 and step < run.total_steps:
-                        evaluate_during_training(run, step, log)
+                        validate(run, step, log, best)
                         model.train()
                     if step % opts.save_every == 0 and step < run.total_steps:
                         checkpoint()
@@ -445,20 +454,12 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
             progress.close()
     if info.is_main:
         skips.report(step)
+    if best is not None:   # (the final checkpoint then holds the chosen adapter)
+        run.selected = finish_with_best(run, best, step, log)
     checkpoint()
     signum = max_over_ranks(stop.signum, info)  # a signal in the last step: stopped before the evaluation
     if signum:
         raise RunStopped(run.dir, step, signum)
-
-
-def evaluate_during_training(run: Run, step: int, log: MetricsLog) -> None:
-    """Validation scores of the adapted model, logged as ``eval/<task>/<metric>`` by rank 0. Every rank
-    scores its shard of each split; the generators are put back, so evaluating does not change training."""
-    opts = run.opts
-    with preserved_rng(), sharded_evaluation(run.info), main_rank_logging(run.info.is_main):
-        scores = evaluate_adapted(run.setup, split="val", data_root=opts.data_root, device=run.info.device,
-                                  dtype=run.amp_dtype, batch_size=opts.eval_batch_size, workers=run.workers)
-    log.log({"step": step, **{f"eval/{t}/{m}": v for t, r in scores.items() for m, v in r.items()}})
 
 
 # Finish -----------------------------------------------------------------------------------------
@@ -487,6 +488,8 @@ def finish(run: Run) -> None:
     if not run.info.is_main:
         return
     result["trained_tasks"] = run.trained
+    if run.selected:
+        result["selected"] = run.selected
     if opts.extend:
         result["extended_from"] = {"run": str(Path(opts.extend).resolve()), "tasks": setup.extended_from,
                                    "trained_adapter_values": setup.new_adapter_values}
