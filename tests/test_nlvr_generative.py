@@ -317,6 +317,38 @@ def test_a_language_model_path_of_one_image_per_prompt_refuses_nlvr(llava_dir, m
         backbone.lm_collator()([f"{backbone.image_token} {backbone.image_token} x"])
 
 
+def test_onevision_whose_one_image_count_is_a_multiple_of_a_base_view_takes_one_image_per_prompt(
+        tmp_path, monkeypatch, caplog):
+    """A 16-px SigLIP tower of 8-px patches and one 16-px pinpoint: an image alone fills 10 tokens, an image of a row
+    of several 5, so a pair row's 10 tokens read as one image and failed in HF ("tokens: 10, features: 20"; review
+    183). Such a model takes one image per prompt, warned at load, and nlvr refuses it by name."""
+    import logging
+
+    import test_llava_onevision as t
+
+    for k, v in dict(SIDE=16, PATCH=8, PINPOINTS=[[16, 16]], ASPECT="anyres_max_1").items():
+        monkeypatch.setattr(t, k, v)
+    t.build(tmp_path / "ov", "siglip", "full")
+    with caplog.at_level(logging.WARNING):
+        bb = load_backbone(f"hf:{tmp_path / 'ov'}")
+    assert (bb.num_image_tokens, bb.several_tokens, bb.several_images) == (10, 5, False)
+    assert "takes one image per prompt (nlvr's pairs are refused)" in caplog.text
+    with pytest.raises(BackboneError, match=r"reads two images per row.*takes one image per prompt"):
+        build_kind(load_spec("nlvr"), _split("nlvr", 2), bb)
+
+
+def test_a_miscounted_onevision_pair_row_is_named_in_base_views(tmp_path):
+    """Three placeholders for a pair's two images: the message said the images' "[46, 46] features" (tiled), a
+    count a row of several never holds on this backbone (review 183)."""
+    bb = _llava_next(tmp_path, onevision=True)
+    examples = _split("nlvr", 1).examples
+    t = bb.image_token
+    b = bb.lm_collator()([f"{t}{t}{t} x"], ["no"])
+    with pytest.raises(BackboneError, match=rf"\[{3 * bb.several_tokens}\] image tokens .* {bb.several_tokens} per "
+                                            r"image of a row of several .* the 2 images given"):
+        bb.lm_loss(_images(bb, examples), b["input_ids"], b["attention_mask"], b["labels"])
+
+
 def test_onevision_pairs_are_its_processors_multi_image_layout_beside_anyres_rows(tmp_path):
     """LLaVA-OneVision takes nlvr (it was refused: review 176) in the model's own layout of a sample of several
     images: a pair row's two images are their base views alone (16 features + a newline each, no tiles), a one-image

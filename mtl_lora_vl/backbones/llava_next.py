@@ -24,6 +24,7 @@ their anyres images.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 from typing import Any
@@ -39,6 +40,8 @@ from .hf_vlm import HFVLMBackbone
 from .lm_collate import PromptLayout
 
 __all__ = ["LlavaNextBackbone", "LlavaOnevisionBackbone"]
+
+logger = logging.getLogger(__name__)
 
 _DEVICE_FILTERS = ("bilinear", "bicubic")   # the resampling filters torch's antialiased interpolate has
 
@@ -176,6 +179,13 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
         c = bb.image_size
         bb.several_tokens = llava_onevision_image(getattr(model, "model", model), (c, c), tiled=False)[0]
         bb._collators.clear()   # (none made yet; a collator made before would lack the count)
+        one, base = bb.num_image_tokens, bb.several_tokens
+        if one % base == 0:   # (released: 7,371 and 730) a row's image count cannot be read from its tokens
+            bb.several_images = False   # type: ignore[misc]  (this model's rows: one image each)
+            logger.warning("%s: an image alone fills %d tokens, %d times an image of a row of several (%d), so the "
+                           "backbone cannot tell a row's images apart by their tokens (batch_num_images): it takes "
+                           "one image per prompt (nlvr's pairs are refused); other image_grid_pinpoints avoid it",
+                           name, one, one // base, base)
         said = _processor_several_tokens(processor)
         if said is not None and said != bb.several_tokens:
             raise BackboneError(f"{name}: the processor expands each image of a sample of several to {said} tokens "
@@ -204,7 +214,8 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
     def _row_inputs(self, input_ids: Tensor, n_images: int) -> dict[str, Tensor]:
         """``batch_num_images``: each row's images (an image of a row of several is its base view alone)."""
         per_row = self._images_per_row(input_ids, n_images) if input_ids.dim() == 2 else None
-        return {} if per_row is None else {"batch_num_images": torch.tensor(per_row, device=input_ids.device)}
+        # on the host: the model loops over it in Python (on the device every element would be a wait)
+        return {} if per_row is None else {"batch_num_images": torch.tensor(per_row)}
 
     def _check_rows(self, pixel_values: Tensor, input_ids: Tensor, what: str,
                     image_sizes: list[tuple[int, int]] | None = None) -> None:
@@ -214,9 +225,16 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
         per_row = self._images_per_row(input_ids, pixel_values.shape[0]) if shaped else None
         if per_row is not None and max(per_row, default=0) > 1:
             return
+        counts = (input_ids == self.image_token_id).sum(dim=1).tolist() if shaped else []
+        views = [c // self.several_tokens for c in counts if c != self.num_image_tokens and c % self.several_tokens == 0]
+        if shaped and per_row is None and views and min(views) > 1:   # base views, but not of the images given
+            raise BackboneError(
+                f"{what}: input_ids hold {counts} image tokens (id {self.image_token_id}) per row, "
+                f"{self.several_tokens} per image of a row of several (its base view alone) and "
+                f"{self.num_image_tokens} for an image alone, which does not add up to the {pixel_values.shape[0]} "
+                "images given; give each row one placeholder per image (backbone.lm_collator() expands them)")
         super()._check_rows(pixel_values, input_ids, what, image_sizes)
         if shaped and per_row is None:   # whole images, some rows holding several of them tiled
-            counts = (input_ids == self.image_token_id).sum(dim=1).tolist()
             raise BackboneError(
                 f"{what}: input_ids hold {counts} image tokens (id {self.image_token_id}) per row: rows of several "
                 f"images of {self.num_image_tokens} tokens each (base view and tiles), but {self.name} reads each "
