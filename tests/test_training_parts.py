@@ -532,9 +532,11 @@ def test_default_workers_count_the_cores_of_ranks_pinned_to_their_own(monkeypatc
 
 def test_evaluation_during_training_uses_the_run_workers(monkeypatch):
     seen = {}
-    monkeypatch.setattr(train_module, "evaluate_adapted", lambda setup, **kw: seen.update(kw) or {})
+    from mtl_lora_vl.training import validation
+
+    monkeypatch.setattr(validation, "evaluate_adapted", lambda setup, **kw: seen.update(kw) or {})
     run = SimpleNamespace(opts=SimpleNamespace(data_root=None, eval_batch_size=8), setup=None, workers=3,
                           amp_dtype=torch.float32,
                           info=DistInfo())
-    train_module.evaluate_during_training(run, 1, SimpleNamespace(log=lambda row: None))
+    validation.validate(run, 1, SimpleNamespace(log=lambda row: None), None)
     assert seen.get("workers") == 3

@@ -180,6 +180,11 @@ def _check_replaceable(path: Path, base: dict[str, Any], roots: dict[str, str]) 
     if is_run_dir(path) and not is_adapter_dir(path):
         raise FileExistsError(f"save_adapter: {path} is a training run directory (its checkpoint would be deleted); "
                               "save the adapter to another folder")
+    held = next((p for p in sorted(path.rglob("*")) if p.is_dir() and (is_run_dir(p) or is_adapter_dir(p))), None) \
+        if path.is_dir() else None
+    if held is not None:
+        raise FileExistsError(f"save_adapter: {path} holds an adapter or a training run ({held}), which "
+                              "overwrite=True would delete; save the adapter to another folder")
     keep = [*base_paths(base), *((f"the data folder of task {t!r}", Path(r)) for t, r in roots.items())]
     for what, kept in keep:
         if kept.exists() and holds(path, kept):
@@ -316,8 +321,12 @@ def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
         raise AdapterFileError(f"{cfg_file}: data_roots of task(s) {bad_roots} must be a folder path (a string), "
                                f"got {[doc['data_roots'][t] for t in bad_roots]}; fix the field (or remove the "
                                "task's entry) or save the adapter again")
-    unlisted = [rel for rel in (layout.weights, HEADS_WEIGHTS) if rel not in doc["files"]
-                and (rel == layout.weights or (path / rel).is_file())]
+    tasks_dir = path / TASKS_DIR
+    task_files = sorted(f.relative_to(path).as_posix() for f in tasks_dir.rglob("*") if f.is_file()) \
+        if tasks_dir.is_dir() else []
+    unlisted = [rel for rel in (layout.weights, HEADS_WEIGHTS, *task_files,
+                                *(v for v in (doc.get("task_specs") or {}).values() if isinstance(v, str)))
+                if rel not in doc["files"] and (rel == layout.weights or (path / rel).is_file())]
     if unlisted:
         raise AdapterFileError(f"{cfg_file}: 'files' does not list {', '.join(unlisted)}, so it cannot be checked; "
                                "the file was edited by hand: put it back or copy the adapter directory again")
