@@ -168,6 +168,18 @@ def check_weight_samples(base_model: nn.Module, doc: dict[str, Any], path: Path)
         raise AdapterFileError(f"{path}: base_model.weight_samples is not an object of value lists; the file was "
                                "edited by hand: put it back or save the adapter again")
     params = dict(base_model.named_parameters(remove_duplicate=False))
+    shapes = doc["base_model"].get("weight_shapes") or {}   # absent in files written before it was recorded
+    resized = [(k, list(params[k].shape), v) for k, v in sorted(shapes.items()) if k in params and isinstance(v, list)
+               and list(params[k].shape) != v]
+    if resized:
+        k, mine, theirs = resized[0]
+        base = doc.get("base") or {}
+        raise AdapterFileError(
+            f"{path}: the adapter was trained on a base of another size: {len(resized)} base weight(s) have other "
+            f"shapes (e.g. {k}: {tuple(mine)} here, {tuple(theirs)} when it was saved: another image size, "
+            f"vocabulary or context length). Load it onto the model it was trained on (recorded: "
+            f"backbone={base.get('backbone')!r}, pretrained={base.get('pretrained')!r}); to load it onto this size "
+            "anyway (its adapted layers fit), pass check_base_weights=False to the Python function that loads it")
     off = [(k, weight_sample(params[k]), v) for k, v in sorted(recorded.items()) if k in params]
     short = [k for k, mine, theirs in off if len(mine) != len(theirs)]
     if short:   # the same weights give as many values: a shortened list is an edit, not other weights

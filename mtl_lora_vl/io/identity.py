@@ -94,9 +94,10 @@ def projections_of(plan: dict[str, BankPlan]) -> dict[str, list[int]]:
 
 
 def model_identity(model: nn.Module) -> dict[str, Any]:
-    """The base-model identity recorded in adapter files: family, class, fingerprint, projections, and a few
+    """The base-model identity recorded in adapter files: family, class, fingerprint, projections, a few
     values of every base parameter (``weight_samples``: another checkpoint of the same architecture differs,
-    also where it differs only outside the adapted layers, e.g. in LLaVA's projector or the embeddings)."""
+    also where it differs only outside the adapted layers, e.g. in LLaVA's projector or the embeddings), and each
+    one's shape (``weight_shapes``: a base of another size -- image size, vocabulary -- is named as such)."""
     inner = adapted_module(model)
     projections = projections_of(plan_attached(inner))
     adapter = {id(p) for bank in inner._mtl_lora.layers.values() for p in bank.parameters(recurse=False)}
@@ -104,7 +105,8 @@ def model_identity(model: nn.Module) -> dict[str, Any]:
     weights.update(base_weights(inner))   # an adapted weight as it was before any merge
     return {"family": inner._mtl_lora.family, "class": class_name(inner),
             "fingerprint": fingerprint(projections), "projections": projections,
-            "weight_samples": {k: weight_sample(w) for k, w in sorted(weights.items())}}
+            "weight_samples": {k: weight_sample(w) for k, w in sorted(weights.items())},
+            "weight_shapes": {k: list(w.shape) for k, w in sorted(weights.items())}}
 
 
 #: Values read from each base parameter (evenly spaced through it) for ``weight_samples``.
