@@ -50,3 +50,12 @@ def test_comma_in_task_name_is_refused():
     # tasks="vqa,retrieval" (the CLI's spelling) silently makes ONE task named 'vqa,retrieval'
     with pytest.raises(mlv.ConfigError, match=r"may not contain ','; pass a list of names, e.g. \['vqa', 'retrieval'\]"):
         mlv.MTLLoRAConfig(tasks="vqa,retrieval")
+
+
+@pytest.mark.parametrize("name, match", [(" vqa", r"may not begin or end with a space; use 'vqa'"),
+                                         ("a/b", r"may not contain '/' or"), ("a\\b", r"may not contain '/'")])
+def test_task_names_the_commands_or_the_files_cannot_hold_are_refused(name, match):
+    """`export --task` strips what it is given, so a task named " vqa" could not be exported from the command line;
+    a '/' made tasks/<task>.toml a file in a subfolder (review 185)."""
+    with pytest.raises(mlv.ConfigError, match=match):
+        mlv.MTLLoRAConfig(tasks=[name, "other"])
