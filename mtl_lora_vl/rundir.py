@@ -42,6 +42,10 @@ def choose_run_dir(opts: TrainOptions) -> Path:
     """The run directory of a new run (checked, not yet touched) or of a resumed one."""
     if opts.resume:
         run = Path(opts.resume)
+        if run.exists() and not run.is_dir():
+            hint = f": {run.parent}" if (run.parent / "config.json").is_file() else ""
+            raise RunDirError(f"--resume {run}: a file, not a folder; give the --out folder of a run (the folder "
+                              f"that holds config.json and checkpoint.pt{hint})")
         if not run.is_dir():
             raise RunDirError(f"--resume {run}: no such folder; give the --out folder of a run")
         if not (run / "config.json").is_file():

@@ -1,11 +1,14 @@
 """--keep-best and --patience: the run finishes with the adapter and heads of its best validation evaluation (the
-last step's included), stops early when told, and a resumed run chooses as an uninterrupted one."""
+last step's included), stops early when told, and a resumed run chooses as an uninterrupted one; review 184's
+findings (a Ctrl-C or error in the final validation, a resumed early-stopped run, options given again at a resume,
+scores reported on the selection split, the last losses of an early stop, plot temporaries)."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -100,3 +103,120 @@ def test_options_that_would_do_nothing_are_refused(tmp_path, capsys, extra, mess
     args = ["--tasks", small_specs(tmp_path), "--out", str(tmp_path / "run"), *extra]
     assert train_main(args) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def _args4(tmp, run, *extra, steps=4):
+    return ["--tasks", small_specs(tmp), "--steps", str(steps), "--batch-size", "8", "--workers", "0",
+            "--log-every", "2", "--eval-batch-size", "32", "--warmup", "0", "--eval-every", "2",
+            "--keep-best", "--skip-zero-shot", "--out", str(run), "-q", *extra]
+
+
+def test_ctrl_c_during_the_final_validation_keeps_a_checkpoint(tmp_path, monkeypatch):
+    """Ctrl-C while --keep-best scores the last step: the trained steps are checkpointed before it (review 184: the
+    final validation ran before the final checkpoint, and a Ctrl-C or error in it lost every step since the last
+    periodic checkpoint -- here all of them)."""
+    import mtl_lora_vl.training.validation as v
+    real, calls = v.evaluate_adapted, []
+
+    def ctrl_c_in_final(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:   # the final validation (step 4); the first was step 2's
+            h = signal.getsignal(signal.SIGINT)
+            if callable(h) and h is not signal.default_int_handler:
+                h(signal.SIGINT, None)   # the loop's StopRequest: stop after this, saving
+            else:
+                raise KeyboardInterrupt   # what Python's default SIGINT handler does
+        return real(*a, **k)
+
+    monkeypatch.setattr(v, "evaluate_adapted", ctrl_c_in_final)
+    run = tmp_path / "run"
+    assert train_main(_args4(tmp_path, run, "--save-every", "100")) == 130
+    assert (run / "checkpoint.pt").is_file(), "4 trained steps lost: no checkpoint to --resume"
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 4
+
+
+def test_all_nan_selection_does_not_lose_the_trained_steps(tmp_path, monkeypatch):
+    """Every selection score NaN: finish_with_best raises before the final checkpoint() (review 184), so the
+    steps since the last periodic checkpoint are lost and a --resume retrains them only to fail again."""
+    import mtl_lora_vl.training.validation as v
+    monkeypatch.setattr(v, "selection_score", lambda run, scores: float("nan"))
+    run = tmp_path / "run"
+    assert train_main(_args4(tmp_path, run, "--save-every", "100")) != 0
+    assert (run / "checkpoint.pt").is_file()
+
+
+def test_resume_of_an_early_stopped_run_says_it_finished(tmp_path, capsys):
+    """An early-stopped run (--patience) with eval.json written: --resume should say the run finished (as it does
+    for step >= --steps), not 'resumed at step 4/12' as if it would train."""
+    run = tmp_path / "run"
+    assert train_main(_args4(tmp_path, run, "--lr", "1e-12", "--patience", "1", "--save-every", "2", steps=12)) == 0
+    assert json.loads((run / "eval.json").read_text())["selected"]["stopped_early_at"] == 4
+    rows_before = (run / "metrics.jsonl").read_text().splitlines()
+    capsys.readouterr()
+    assert train_main(["--resume", str(run)]) == 0
+    assert (run / "metrics.jsonl").read_text().splitlines() == rows_before   # no duplicated rows
+    err = capsys.readouterr().err
+    assert "the run finished" in err, err[-2000:]
+
+
+def test_resume_repeating_the_runs_own_keep_best_is_not_told_to_give_eval_every(tmp_path, capsys):
+    """`--resume RUN --keep-best` (the run's own value; explicit options equal to the run's are accepted) fails
+    with '--keep-best chooses among ... --eval-every N, which is 0 (never); give --eval-every' although the run
+    has --eval-every 2: TrainOptions.validate() (train.py:149) checks the command line before resumed_options()
+    merges the run's config.json."""
+    run = tmp_path / "run"
+    assert train_main(_args4(tmp_path, run, "--save-every", "2")) == 0
+    capsys.readouterr()
+    code = train_main(["--resume", str(run), "--keep-best", "-q"])
+    err = capsys.readouterr().err
+    assert "give --eval-every" not in err, err
+    assert code == 0
+
+
+def test_keep_best_with_eval_split_val_warns_that_the_report_is_the_selection_split(tmp_path, capsys):
+    """README: 'the test split is scored once, on the model validation chose, never used to choose it'. With
+    --eval-split val (or a task without a test split: test falls back to val) the reported 'adapted' scores are
+    the very numbers the choice maximised (an optimistic max over evaluations), and nothing says so."""
+    run = tmp_path / "run"
+    assert train_main(_args4(tmp_path, run, "--eval-split", "val", "--save-every", "2")) == 0
+    d = json.loads((run / "eval.json").read_text())
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    chosen = next(r for r in rows if r.get("eval/selection") is not None and r["step"] == d["selected"]["step"])
+    for task, r in d["tasks"].items():   # the reported score is the selection evaluation's own
+        assert r["adapted"] == pytest.approx(chosen[f"eval/{task}/{r['metric']}"])
+    err = capsys.readouterr().err
+    assert any("keep-best" in m and "val" in m for m in err.splitlines()), err
+
+
+def test_an_early_stop_logs_the_last_training_losses(tmp_path):
+    """--patience stops at step 4 of 12 with --log-every 3: step 4's loss is averaged into no row (the loop flushes
+    the loss window at `step % log_every == 0 or step == run.total_steps`, train.py:435, and an early stop is
+    neither), so metrics.jsonl and plots/training_curves.png end at step 3 though the adapter trained to 4."""
+    run = tmp_path / "run"
+    assert train_main(_args4(tmp_path, run, "--lr", "1e-12", "--patience", "1", "--log-every", "3",
+                            "--save-every", "100", steps=12)) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert json.loads((run / "eval.json").read_text())["selected"]["stopped_early_at"] == 4
+    assert [r["step"] for r in rows if "loss" in r] == [3, 4]
+
+
+def test_resume_of_a_file_is_not_called_a_missing_folder(tmp_path, capsys):
+    """`--resume RUN/checkpoint.pt` (a natural slip) says 'no such folder' of a file that is there (rundir.py:45)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"x")
+    assert train_main(["--resume", str(run / "checkpoint.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "no such folder" not in err, err
+
+
+def test_a_killed_plot_write_leaves_no_temporary_behind(tmp_path):
+    """_save now writes plots through atomic_file (plots/.<name>.*.tmp); remove_stale_temporaries (run at a
+    resume) looks only in the run directory's top level (_RUN_OUTPUTS), so a SIGKILL mid-plot leaves the
+    temporary in plots/ for good."""
+    from mtl_lora_vl.training.checkpoint import remove_stale_temporaries
+    (tmp_path / "plots").mkdir()
+    left = tmp_path / "plots" / ".training_curves.png.abc123.tmp"
+    left.write_bytes(b"half a png")
+    remove_stale_temporaries(tmp_path)
+    assert not left.exists()

@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -254,6 +255,10 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, int]]]):
             if key in state and state[key] != mine:
                 raise ValueError(f"sampler state was saved with {key}={state[key]!r} but this sampler has "
                                  f"{key}={mine!r}; resume with the same tasks and sampling options")
+        if "per_step" not in state and self.mode == "homogeneous" and self.per_step > 1:
+            warnings.warn("this sampler state was saved before a homogeneous step held one task for all its "
+                          f"{self.per_step} micro-batches (each drew its own); the resumed run draws one per step, so "
+                          "it does not repeat the batches the run would have had", stacklevel=2)
         n = self.num_tasks
         if any(len(state[k]) != n for k in ("epochs", "positions", "credits")):
             raise ValueError(f"sampler state is for {len(state['epochs'])} tasks, this sampler has {n}")

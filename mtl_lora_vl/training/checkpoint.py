@@ -290,10 +290,11 @@ def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
     """Delete the temporaries a run killed while writing left in ``run_dir`` (a ``.checkpoint.pt.*.tmp`` as large
     as the checkpoint, a ``.adapter.*.tmp/``): nothing reads them, and each kill left another. Returns them."""
     gone = []
-    for pattern in _RUN_OUTPUTS:
-        for tmp in Path(run_dir).glob(f".{pattern}.*.tmp"):
-            shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
-            gone.append(tmp)
+    stale = [t for pattern in _RUN_OUTPUTS for t in Path(run_dir).glob(f".{pattern}.*.tmp")]
+    stale += Path(run_dir).glob("plots/.*.png.*.tmp")   # report._save's temporaries
+    for tmp in stale:
+        shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
+        gone.append(tmp)
     if gone:
         warn_user(f"{run_dir}: removed {len(gone)} unfinished file(s) a killed run left ({', '.join(p.name for p in gone)})")
     return gone

@@ -69,7 +69,7 @@ from .optim import Optimization, build_optimization
 from .rng import preserved_rng, seed_everything, seed_rank
 from .step import ScalerSkips, forward_backward, optimizer_step, skip_bad_step
 from .stopping import RunStopped, stop_at_step_boundary
-from .validation import Best, finish_with_best, validate
+from .validation import Best, check_selection_splits, finish_with_best, stopped_early, validate
 
 logger = logging.getLogger(__name__)
 
@@ -146,10 +146,12 @@ def steps_for_epochs(epochs: float, n_train: int, per_step: int) -> int:
 
 def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     """Options (a resumed run's own), process group, run directory, precision, seed, and the Setup."""
-    opts.validate()
+    if not opts.resume:   # a resumed run's options are the run's own: checked once merged
+        opts.validate()
     run_dir = choose_run_dir(opts)  # checked; an old one is replaced only once the setup below is built
     if opts.resume:
         opts = resumed_options(run_dir, opts, given)
+        opts.validate()
     info = init_distributed(opts.device)
     try:   # every rank's set-up, before rank 0 claims (and may --overwrite) the run directory
         with main_rank_logging(info.is_main):   # the same data on every rank: its warnings once
@@ -182,7 +184,8 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
     """One rank's set-up, nothing written: the checkpoint to resume (checked), the specs, the Setup, the
     precision; the options completed (an --extend run's shape and base, path defaults, steps for --epochs)."""
     saved = load_checkpoint(run_dir) if opts.resume else None
-    if saved is not None and int(saved.get("step", 0)) >= opts.steps and (run_dir / "eval.json").is_file():
+    done = saved is not None and (int(saved.get("step", 0)) >= opts.steps or stopped_early(saved, opts))
+    if done and (run_dir / "eval.json").is_file():
         # eval.json is written last: a run stopped in its final evaluation has none (and finishes it here)
         logger.warning("--resume %s: the run finished (step %s/%s, eval.json written); there is nothing to train, "
                        "so this repeats its final evaluation only (to score it again: `mtl-lora-vl eval --adapter "
@@ -243,9 +246,8 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
                        base_dtype=setup.base["base_dtype"], image_max_pixels=area, **shape)
     opts = opts.with_path_defaults(any(kind.generative for kind in setup.kinds.values()))
     read_eval_splits(setup, [opts.eval_split, *(["val"] if opts.eval_every or opts.eval_val else [])], opts.data_root)
-    if opts.keep_best and not any("val" in spec.data.splits for spec in setup.specs):
-        raise ValueError("--keep-best chooses by validation scores, and no task has a validation split ([data.val] "
-                         "in its spec); add one, or drop --keep-best")
+    if opts.keep_best:
+        check_selection_splits(setup.specs, opts.eval_split, info.is_main)
     seed_rank(opts.seed, info.rank)  # every rank builds the same model, then draws its own dropout masks
     n_train = sum(len(split.examples) for split in setup.train_splits.values())
     if opts.batch_size > n_train:   # each batch would repeat examples (and 100000 rows ran out of memory, unsaid)
@@ -433,9 +435,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
                     finish_overwrite(run.dir)   # the new run trains: the one it replaces goes now
 
                 if step % opts.log_every == 0 or step == run.total_steps:
-                    row = window.flush(step, lr, info)
-                    row.update(replaced())
-                    row.update(skips.flush())
+                    row = {**window.flush(step, lr, info), **replaced(), **skips.flush()}
                     log.log(row)
                     if "loss" in row:  # not when every step of the window was skipped
                         progress.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{row['samples_per_s']:.0f}")
@@ -452,14 +452,17 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
             raise   # the command exits 130, so `train && evaluate` stops
         finally:
             progress.close()
+    if best is not None and step < run.total_steps and step % opts.log_every and window.losses:   # --patience
+        log.log({**window.flush(step, optim.lr, info), **replaced(), **skips.flush()})   # stopped it: its last losses
     if info.is_main:
         skips.report(step)
-    if best is not None:   # (the final checkpoint then holds the chosen adapter)
-        run.selected = finish_with_best(run, best, step, log)
-    checkpoint()
+    checkpoint()   # the trained state, before the final validation: a failure or Ctrl-C in it loses no step
     signum = max_over_ranks(stop.signum, info)  # a signal in the last step: stopped before the evaluation
     if signum:
         raise RunStopped(run.dir, step, signum)
+    if best is not None:
+        run.selected = finish_with_best(run, best, step, log)
+        checkpoint()   # the chosen adapter, and best.last = step (a resume does not score the last step again)
 
 
 # Finish -----------------------------------------------------------------------------------------

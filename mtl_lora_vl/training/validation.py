@@ -66,6 +66,26 @@ class Best:
                    int(state["last"]))
 
 
+def check_selection_splits(specs: list, eval_split: str, warn: bool) -> None:
+    """Refuse ``--keep-best`` when no task has a validation split; warn (``warn``: rank 0) about tasks scored at the
+    end on val, the split that chose the adapter (``--eval-split val``, or no test split): their scores are
+    optimistic."""
+    if not any("val" in spec.data.splits for spec in specs):
+        raise ValueError("--keep-best chooses by validation scores, and no task has a validation split ([data.val] "
+                         "in its spec); add one, or drop --keep-best")
+    on_val = [s.name for s in specs if "val" in s.data.splits and (eval_split == "val" or eval_split not in
+                                                                    s.data.splits)]
+    if on_val and warn:
+        logger.warning("--keep-best: %s scored at the end on val, the split that chose the adapter, so the reported "
+                       "scores are optimistic; give them a test split ([data.test]), or --eval-split test",
+                       ", ".join(on_val))
+
+
+def stopped_early(saved: dict[str, Any], opts: Any) -> bool:
+    """Whether the checkpoint ``saved`` is of a run that ``--patience`` stopped (it trains no further)."""
+    return bool(opts.keep_best) and Best.from_state(saved.get("best")).exhausted(opts.patience)
+
+
 def selection_score(run: Run, scores: dict[str, dict[str, float]]) -> float:
     """The mean over the scored tasks of each one's headline metric (the first its spec lists that can head)."""
     heads = [scores[s.name][type(run.setup.kinds[s.name]).headline(s)] for s in run.setup.specs if s.name in scores]
@@ -103,6 +123,6 @@ def finish_with_best(run: Run, best: Best, step: int, log: MetricsLog) -> dict[s
     if step < run.total_steps:
         chosen["stopped_early_at"] = step
         if run.info.is_main:
-            logger.warning("stopped early at step %d of %d: %d validation evaluations without a higher score "
-                           "(--patience)", step, run.total_steps, best.since)
+            logger.warning("stopped early at step %d of %d: %d validation evaluation(s) in a row without a higher "
+                           "score (--patience)", step, run.total_steps, best.since)
     return chosen
