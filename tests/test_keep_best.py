@@ -69,6 +69,8 @@ def test_patience_stops_after_evaluations_without_a_higher_score(tmp_path):
     assert max(r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())) == 4
     selected = json.loads((run / "eval.json").read_text())["selected"]
     assert selected["step"] == 2 and selected["stopped_early_at"] == 4
+    assert "Adapted: step 2's adapter and heads, chosen by --keep-best on validation (mean headline " \
+           f"{selected['score']:.4f}); --patience stopped training at step 4." in (run / "report.md").read_text()
 
 
 def test_a_resumed_run_chooses_as_an_uninterrupted_one(tmp_path, monkeypatch):

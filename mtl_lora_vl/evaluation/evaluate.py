@@ -35,7 +35,7 @@ from ..rundir import RunDirError
 from ..tasks import resolve_tasks
 from ..tasks.registry import get_kind
 from ..tasks.spec import TaskSpec, load_spec
-from .report import details_table, has_adapted, markdown_table, scored_line, write_plots
+from .report import details_table, has_adapted, markdown_table, scored_line, selected_line, write_plots
 
 logger = logging.getLogger(__name__)
 
@@ -220,9 +220,9 @@ def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model: nn
     details = details_table(result)
     if details:
         table += "\n\n" + details
-    scored = scored_line(result)
-    if scored:
-        table += "\n\n" + scored
+    for line in (scored_line(result), selected_line(result)):
+        if line:
+            table += "\n\n" + line
     plots = write_plots(run_dir, result, adapted_model)
     lines = ["# Zero-shot vs adapted" if has_adapted(result) else "# Zero-shot", "", table, ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]

@@ -77,6 +77,16 @@ def scored_line(result: dict[str, Any]) -> str:
     return f"Scored: {', '.join(parts)}." if parts else ""
 
 
+def selected_line(result: dict[str, Any]) -> str:
+    """Which step's adapter a ``--keep-best`` run finished with (and where ``--patience`` stopped it); "" otherwise."""
+    chosen = result.get("selected")
+    if not chosen:
+        return ""
+    stop = f"; --patience stopped training at step {chosen['stopped_early_at']}" if "stopped_early_at" in chosen else ""
+    return (f"Adapted: step {chosen['step']}'s adapter and heads, chosen by --keep-best on validation (mean headline "
+            f"{chosen['score']:.4f}){stop}.")
+
+
 def detail_keys(r: dict[str, Any]) -> list[str]:
     """A task's metrics beside its headline, in the order the report shows them: the headline's breakdown
     (``vqa_accuracy/<question type>``), then each other metric its spec lists (``per_x`` names a breakdown
