@@ -251,9 +251,11 @@ def _to_8bit_gray(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image, alpha: str = "white") -> Image.Image:
     """Convert any PIL mode to RGB: transparency composited on white, CMYK and palettes converted,
     16-bit and float grayscale rescaled to 8 bits."""
+    if alpha == "drop" and img.mode in ("RGBA", "LA", "PA", "RGBa", "La", "P", "L", "RGB", "1"):
+        return img.convert("RGB")   # open_clip's _convert_to_rgb: transparent pixels keep their stored colour
     if "transparency" in img.info and img.mode in ("P", "L", "RGB", "1"):   # a tRNS chunk: one colour is transparent
         img = img.convert("RGBA")
     if img.mode == "RGB":
@@ -288,7 +290,7 @@ def _check_resized(name: str, size: tuple[int, int], new: tuple[int, int]) -> No
                               f"ratio is too extreme, or the model's image budget too large; crop or shrink it first")
 
 
-def _decoded(source: Any, draft: int | None) -> Image.Image:
+def _decoded(source: Any, draft: int | None, alpha: str = "white") -> Image.Image:
     """Decode a file / bytes / reference to an RGB PIL image at its own size; a JPEG at a reduced scale
     (1/2, 1/4, 1/8: much faster) when both sides stay at least ``draft`` long."""
     try:
@@ -300,7 +302,7 @@ def _decoded(source: Any, draft: int | None) -> Image.Image:
             if draft is not None and img.format == "JPEG":
                 img.draft("RGB", (draft, draft))
             img.load()
-            return to_rgb(_upright(img))   # a new image: independent of the closed file
+            return to_rgb(_upright(img), alpha)   # a new image: independent of the closed file
         except Exception as e:  # truncated or corrupt data surfaces as OSError, SyntaxError, ValueError, ...
             raise ImageError(f"image {name}: cannot be decoded ({type(e).__name__}: {e})") from e
 
@@ -352,10 +354,12 @@ def to_uint8_tensor(img: Any, resize: ImageResize | int) -> torch.Tensor:
         img = load_image(img, resize.size)
     elif not isinstance(img, Image.Image):
         name = _source_name(img)
-        img = _decoded(img, resize.draft_side)
+        img = _decoded(img, resize.draft_side, resize.alpha)
+    if img.size[0] < 1 or img.size[1] < 1:
+        raise ImageError(f"image {name}: has an invalid size {img.size[0]}x{img.size[1]}")
     try:
         new = resize.resized_size(*img.size)
     except ValueError as e:   # an aspect the model's processor refuses (native resize)
         raise ImageShapeError(f"image {name}: {e} (the model's image processor refuses it; crop it first)") from None
     _check_resized(name, img.size, new)
-    return TF.pil_to_tensor(resize_to_square(to_rgb(img), resize)).contiguous()
+    return TF.pil_to_tensor(resize_to_square(to_rgb(img, resize.alpha), resize)).contiguous()

@@ -45,7 +45,9 @@ class ImageResize:
     ``(side - size) // 2``, as Hugging Face image processors crop; otherwise rounded, as torchvision's
     ``center_crop`` (open_clip) does -- the two differ by one pixel when the difference is 3 mod 4.
     ``pad_square``: an RGB fill; the image is first padded to a square of its longer side with it, centred
-    (LLaVA-1.5's "pad" aspect mode: ``LlavaImageProcessor(do_pad=True)`` fills with the image mean)."""
+    (LLaVA-1.5's "pad" aspect mode: ``LlavaImageProcessor(do_pad=True)`` fills with the image mean).
+    ``alpha``: a transparent image composited on white (``"white"``, as Hugging Face processors convert it) or its
+    stored colours kept (``"drop"``: ``convert("RGB")``, as open_clip's transform and training loader do)."""
 
     size: int
     mode: str = "shortest"
@@ -53,6 +55,7 @@ class ImageResize:
     resize_to: int | None = None
     floor_crop: bool = False
     pad_square: tuple[int, int, int] | None = None
+    alpha: str = "white"   # "white": composite on white (Hugging Face); "drop": convert("RGB") (open_clip)
     factor: int | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
@@ -64,6 +67,9 @@ class ImageResize:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ImageResize: {name} must be a positive int, got {value!r}")
+        if self.alpha not in ("white", "drop"):
+            raise ValueError(f"ImageResize: alpha must be 'white' (transparency composited on white, as Hugging Face "
+                             f"processors do) or 'drop' (convert('RGB'), as open_clip does), got {self.alpha!r}")
         if self.mode not in RESIZE_MODES:
             raise ValueError(f"ImageResize: unknown resize mode {self.mode!r}; known: {list(RESIZE_MODES)}")
         if self.interpolation not in INTERPOLATIONS:
@@ -138,7 +144,7 @@ class ImageResize:
         ``shortest`` and ``bicubic``). Its ``random`` interpolation is a training augmentation; evaluation
         uses bicubic, and so does this."""
         interp = str(preprocess_cfg.get("interpolation", "bicubic"))
-        return cls(size, mode=str(preprocess_cfg.get("resize_mode", "shortest")),
+        return cls(size, mode=str(preprocess_cfg.get("resize_mode", "shortest")), alpha="drop",
                    interpolation="bicubic" if interp == "random" else interp)
 
     @classmethod
