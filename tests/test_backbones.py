@@ -275,6 +275,12 @@ def test_hf_clip_reads_the_image_processor_inside_processor_config(tok_dir, tmp_
     with pytest.raises(ValueError, match=r"processor_config.json.*image_mean must be numbers \(one, or three for "
                                          r"RGB\), got 'x'"):
         load_backbone(f"hf:{tmp_path}")
+    for edit in ({"do_rescale": False}, {"rescale_factor": 1 / 127.5}):   # review 187: read, then ignored
+        doc["image_processor"] = {**doc["image_processor"], "image_mean": [0.5] * 3, "do_rescale": True,
+                                  "rescale_factor": 1 / 255, **edit}
+        (tmp_path / "processor_config.json").write_text(json.dumps(doc))
+        with pytest.raises(ValueError, match=r"do_rescale=.*rescale_factor=.*scales them otherwise"):
+            load_backbone(f"hf:{tmp_path}")
 
 
 def test_hf_clip_without_an_image_processor_config_says_it_takes_openais(tok_dir, tmp_path, caplog):

@@ -125,6 +125,11 @@ def _image_preprocessing(folder: Path, image_size: int) -> tuple[tuple[float, fl
         data = data[key]
     if not isinstance(data, dict):
         raise ValueError(f"{pp} must hold a JSON object, got {type(data).__name__}")
+    factor = data.get("rescale_factor", 1 / 255)
+    if data.get("do_rescale", True) is False or not isinstance(factor, int | float) or abs(factor - 1 / 255) > 1e-9:
+        raise ValueError(f"{pp}: do_rescale={data.get('do_rescale', True)!r}, rescale_factor={factor!r}; images are "
+                         "read as 8-bit levels scaled by 1/255, as CLIP's processor does, and this processor scales "
+                         "them otherwise; save it with do_rescale=true and rescale_factor=1/255")
     if data.get("do_normalize", True) is False:
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     else:

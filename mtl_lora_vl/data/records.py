@@ -22,7 +22,8 @@ class Example:
     :func:`mtl_lora_vl.data.images.load_image` takes): an absolute file path (already resolved and
     checked against the data root by the reader); a reference to a row of a ``datasets`` table with a
     ``fetch()`` method returning encoded bytes or such a path (small and picklable: workers read the
-    bytes themselves); encoded image bytes or a PIL image (held in memory: fine for small splits);
+    bytes themselves); encoded image bytes or a PIL image (held in memory: fine for small splits; a PIL image is
+    taken as it is, not turned upright by its EXIF orientation as a file or bytes are);
     or a built-in-world scene object with a ``render(size) -> PIL.Image`` method. An example of several images
     (NLVR2's left and right) holds a tuple of such sources, in order.
     """
