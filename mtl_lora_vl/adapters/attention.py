@@ -81,6 +81,8 @@ class LoRAMultiheadAttention(nn.Module):
         else:
             q, k, v = (self.project(t, slice(i * E, (i + 1) * E)) for i, t in enumerate((query, key, value)))
         q, k, v = (t.unflatten(-1, (H, hd)).transpose(1, 2) for t in (q, k, v))  # (B, H, len, hd)
+        if is_causal and attn_mask is None and key_padding_mask is not None:   # (merged with it, not dropped)
+            attn_mask = torch.ones(L, S, dtype=torch.bool, device=q.device).triu(1)
         mask = _merge_masks(attn_mask, key_padding_mask, Bsz, H, L, S, q.dtype)
         p = self.dropout if self.training else 0.0
         weights = None

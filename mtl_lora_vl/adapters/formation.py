@@ -108,8 +108,11 @@ class _Group:
     def __init__(self, banks: list[Any], present: slice | torch.Tensor) -> None:
         self.inputs = _Inputs(banks, present)
         self.position = {id(b): i for i, b in enumerate(banks)}
-        # without gradients: the route scope it was formed in (0: none); with them ``spent`` guards it instead
-        self.scope = None if torch.is_grad_enabled() else banks[0].router.scope
+        # M_t without a graph (no gradients, or frozen adapters): the route scope it was formed in (0: none); with a
+        # graph ``spent`` guards it instead (frozen adapters under gradients were reused in every later scope)
+        graph = torch.is_grad_enabled() and any(t is not None and t.requires_grad for ps in self.inputs.params
+                                                for t in ps)
+        self.scope = None if graph else banks[0].router.scope
         self.formed: dict[torch.dtype, tuple[torch.Tensor, ...]] = {}
         self.done = False   # every layer took its M: a later forward forms them again
         # formed inside a backward pass (a checkpointed region's recomputation): its node's backward never runs, and
