@@ -70,7 +70,8 @@ def test_a_write_the_version_counter_misses_is_seen_by_the_next_scope(tasks):
 @pytest.mark.parametrize("need_weights", [False, True])
 def test_is_causal_with_key_padding_mask_is_causal_or_refused(need_weights):
     torch.manual_seed(0)
-    lm = LoRAMultiheadAttention(torch.nn.MultiheadAttention(8, 2, batch_first=True), mlv.MTLLoRAConfig(tasks=["a"])).eval()
+    mha = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+    lm = LoRAMultiheadAttention(mha, mlv.MTLLoRAConfig(tasks=["a"])).eval()
     x = torch.randn(2, 5, 8)
     kpm = torch.zeros(2, 5, dtype=torch.bool)
     kpm[0, -1] = True
