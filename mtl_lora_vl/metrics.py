@@ -22,7 +22,9 @@ Two deliberate, documented departures: the ground-truth answers go through the f
 too (the official script only strips their punctuation, and only when the humans disagree), and the
 contraction table also accepts every apostrophe-less spelling of a two-apostrophe form
 ("couldntve" as well as the official "couldnt've" / "couldn'tve"). Neither changes a score on VQAv2
-in practice; both make the function symmetric and predictable. The script's 2021 master (a013f00) differs
+in practice; both make the function symmetric and predictable. One consequence is closed off: a human answer
+"a" or "the" normalises to nothing, and so would an empty generation, "the" or "A"; a prediction that normalises
+to nothing scores 0 (as in the official script, which never empties a human answer). The script's 2021 master (a013f00) differs
 more: where all humans gave one answer it normalises neither side, so an un-normalised prediction ("Yes",
 "two" for "2") scores 0 there and 1 here (and in the 2016 script); a generated answer is such a prediction.
 Two slips of the official script are not copied: its table maps "somebody'd" to "somebodyd" (the pair written
@@ -137,6 +139,8 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     if len(answers) == 0:
         raise ValueError("vqa_accuracy: `answers` is empty; a question needs at least one human answer")
     pred = normalize_answer(prediction)
+    if not pred:   # nothing left to match ("", "the", "A"): the official script gives it no credit either
+        return 0.0
     gts = [normalize_answer(a) for a in answers]
     matches = sum(g == pred for g in gts)
     if len(gts) < 3:
@@ -197,9 +201,9 @@ def retrieval_recall(similarity: Any, text_to_image: Any, ks: Sequence[int] = (1
     if int(t2i.min()) < 0 or int(t2i.max()) >= n_img:
         raise ValueError(f"retrieval_recall: text_to_image has indices in [{int(t2i.min())}, {int(t2i.max())}] "
                          f"but similarity has {n_img} images (rows)")
+    if not ks or any(isinstance(k, bool) or int(k) != k or k < 1 for k in ks):
+        raise ValueError(f"retrieval_recall: ks must be positive integers, got {tuple(ks)}")
     ks = tuple(int(k) for k in ks)
-    if not ks or any(k < 1 for k in ks):
-        raise ValueError(f"retrieval_recall: ks must be positive integers, got {ks}")
     if not sim.dtype.is_floating_point:
         sim = sim.float()
     if sim.dtype in (torch.float16, torch.bfloat16):

@@ -168,10 +168,10 @@ class VQAKind(TaskKind):
         by_type: dict[str, set[int]] = defaultdict(set)
         if spec.options.get("filter_by_type", True):
             for ex in train.examples:
-                top = Counter(normalize_answer(a) for a in ex.answers).most_common(1)
+                top = majority_answer(ex.answers)
                 qtype = self.filter_type(ex)
-                if qtype and top and top[0][0] in self.answer_index:
-                    by_type[qtype].add(self.answer_index[top[0][0]])
+                if qtype and top in self.answer_index:
+                    by_type[qtype].add(self.answer_index[top])
         self.type_answers: dict[str, list[int]] = {t: sorted(ids) for t, ids in sorted(by_type.items())}
         #: Answers that are the majority answer of at least one training question (generative targets).
         self.consensus: frozenset[str] = frozenset(majority_answer(ex.answers) for ex in train.examples) - {""}

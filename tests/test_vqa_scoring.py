@@ -1,0 +1,79 @@
+"""Review 188: the VQA answer filter takes each training question's majority answer as the rest of the kind does
+(an answer the normalisation empties, "a" / "the", won the count; ties went to whichever answer came first); an
+answer that normalises to nothing scores 0 (it matched human answers "a" / "the": 0.9 for an empty generation);
+retrieval_recall refuses a k that is not a positive integer (1.5 was read as 1)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from mtl_lora_vl.data.records import Example, Split
+from mtl_lora_vl.metrics import retrieval_recall, vqa_accuracy
+from mtl_lora_vl.tasks import build_kind, load_spec
+from mtl_lora_vl.tasks.vqa import majority_answer
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    from vl_tiny import tiny_backbone
+
+    return tiny_backbone(tmp_path_factory.mktemp("clip"))
+
+
+def _q(text, answers, qtype="what color"):
+    return Example(None, "img", text=text, answers=tuple(answers), question_type=qtype)
+
+
+def _allowed(kind, qtype="what color"):
+    return {kind.answers[i] for i in kind.type_answers[qtype]}
+
+
+# 1. The answer filter picks each training question's "majority answer" with Counter.most_common(1)
+#    (vqa.py:171), not with majority_answer(): an answer the normalisation empties ("a", "the") wins the
+#    count, and ties go to whichever answer came first. The question then contributes nothing (or a
+#    different answer than the generative path's consensus), and a test question whose answer is
+#    "green" can never be predicted.
+
+def test_type_filter_ignores_answers_the_normalisation_empties(clip, caplog):
+    caplog.set_level(logging.ERROR)
+    train = Split([_q("what color is the ball?", ["a", "a", "a", "green", "green"]),
+                   _q("what color is the box?", ["yellow"] * 3)])
+    kind = build_kind(load_spec("vqa"), train, clip)
+    assert majority_answer(train.examples[0].answers) == "green"
+    assert "green" in kind.consensus
+    assert "green" in _allowed(kind)          # fails: only {'yellow'} is allowed
+
+
+def test_type_filter_tie_break_does_not_depend_on_answer_order(clip, caplog):
+    caplog.set_level(logging.ERROR)
+    extra = _q("what color is the box?", ["yellow"] * 3)
+    a = build_kind(load_spec("vqa"), Split([_q("what color is the cube?", ["blue", "blue", "red", "red"]), extra]),
+                   clip)
+    b = build_kind(load_spec("vqa"), Split([_q("what color is the cube?", ["red", "red", "blue", "blue"]), extra]),
+                   clip)
+    assert _allowed(a) == _allowed(b)         # fails: {'blue','yellow'} vs {'red','yellow'}
+    assert _allowed(a) == {majority_answer(("blue", "red")), "yellow"}
+
+
+# 2. vqa_accuracy credits an empty answer. Human answers that normalise to "" ("a", "the": e.g. the letter
+#    "A" of a "what letter" question) match a prediction that also normalises to "" -- an empty generation,
+#    "the", "A". The 2016 official script the module follows (458a8b2) never gives such a prediction credit
+#    (it only strips the humans' punctuation, so "a" stays "a"); the module docstring says its GT-side
+#    normalisation "does not change a score on VQAv2 in practice". (The 2021 master normalises both sides when
+#    the humans disagree, so it too gives 0.9 in the first case, but 0 in the second and third.)
+
+@pytest.mark.parametrize("prediction", ["", "the", "A", " . "])
+def test_an_empty_normalised_prediction_scores_zero(prediction):
+    assert vqa_accuracy(prediction, ["a"] * 3 + ["red"] * 7) == 0.0      # fails: 0.9
+    assert vqa_accuracy(prediction, ["a"] * 10) == 0.0                   # fails: 1.0 (official: 0)
+    assert vqa_accuracy(prediction, ["the"]) == 0.0                      # fails: 1.0 (exact-match path)
+
+
+# 3. retrieval_recall truncates a non-integer k silently: ks=(1.5,) is reported as i2t_r1/t2i_r1.
+
+def test_retrieval_recall_refuses_a_non_integer_k():
+    with pytest.raises((ValueError, TypeError), match="ks"):
+        retrieval_recall(torch.eye(3), [0, 1, 2], ks=(1.5,))
