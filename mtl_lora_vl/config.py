@@ -32,8 +32,6 @@ def task_name_problem(name: object) -> str | None:
         return f"{name!r}: a task name may not contain ','; pass a list of names, e.g. {name.split(',')!r}"
     if name != name.strip():  # the commands strip what they are given: such a task could not be named there
         return f"{name!r}: a task name may not begin or end with a space; use {name.strip()!r}"
-    if "/" in name or "\\" in name:  # files are named for tasks (tasks/<task>.toml, an export's <task>/ folder)
-        return f"{name!r}: a task name may not contain '/' or '\\'; use '_' or '-' instead"
     return None
 
 

@@ -53,9 +53,9 @@ def test_comma_in_task_name_is_refused():
 
 
 @pytest.mark.parametrize("name, match", [(" vqa", r"may not begin or end with a space; use 'vqa'"),
-                                         ("a/b", r"may not contain '/' or"), ("a\\b", r"may not contain '/'")])
-def test_task_names_the_commands_or_the_files_cannot_hold_are_refused(name, match):
-    """`export --task` strips what it is given, so a task named " vqa" could not be exported from the command line;
-    a '/' made tasks/<task>.toml a file in a subfolder (review 185)."""
+                                         ("vqa\t", r"may not begin or end with a space; use 'vqa'")])
+def test_task_names_the_commands_cannot_hold_are_refused(name, match):
+    """`export --task` strips what it is given, so a task named " vqa" could not be exported from the command line
+    (review 185). (A '/' is allowed: test_adapter_io's slash test.)"""
     with pytest.raises(mlv.ConfigError, match=match):
         mlv.MTLLoRAConfig(tasks=[name, "other"])
