@@ -592,3 +592,5 @@ def test_a_grid_recorded_before_per_task_validation_sizes_renders_its_protocol_l
     text = render(results)
     assert ("validation: 150 scenes per built-in task, subsets of the built-in world's splits (the same for every "
             "run)") in text and "splits) (" not in text
+    results["settings"].update(steps=2, warmup=3)   # each run warms up min(warmup, steps) steps (review 189)
+    assert "2 steps, batch" in render(results) and "2 warm-up steps then cosine" in render(results)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import sys
 
 import torch
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 def _run(args: argparse.Namespace, traceback: bool = False) -> int:
     try:
         settings = settings_from_args(args)
-        run_benchmark(settings, args.out, overwrite=args.overwrite)
+        run_benchmark(settings, os.path.expanduser(args.out), overwrite=args.overwrite)
     except KeyboardInterrupt as e:
         print(f"[bench] stopped; rerun the same command to continue ({args.out})", file=sys.stderr)
         return getattr(e, "exit_code", 130)   # 143 when SIGTERM stopped a run

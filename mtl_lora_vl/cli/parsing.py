@@ -128,8 +128,9 @@ def build_parser(cls: type, prog: str, description: str) -> ArgumentParser:
             parser.add_argument(*names, dest=f.name, type=bool, nargs="?", const=True, default=default, help=text)
             parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_const", const=False,
                                 default=argparse.SUPPRESS, help=f"same as {flag(f.name)} false")
-        else:
-            parser.add_argument(*names, dest=f.name, type=tp, default=default, help=text)
+        else:   # an optional string as str: the YAML loader read null, NULL, '#x', '&x' as None (the default)
+            parser.add_argument(*names, dest=f.name, type=str if _non_none(tp) == (str, True) else tp,
+                                default=default, help=text)
     add_logging_flags(parser)
     return parser
 
@@ -223,6 +224,8 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
             continue  # where that run went and how: a new run takes its own --out (never the old run's)
         if run_config and raw.get("extend") and name in ADAPTER_SHAPE:
             continue  # an --extend run recorded the adapter's shape, which --extend takes again by itself
+        if name == "config" and value is None:
+            continue   # names no other file
         if name == "config" and name in {f.name for f in fields(cls)}:
             _fail(parser, f"{where}: config = {json.dumps(value)}: a config file cannot name another one; "
                           "merge the two files")
@@ -247,6 +250,9 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
         shown = f"{key} = {json.dumps(value, default=str)}"   # (TOML dates and times are no JSON)
         if value is None and not _non_none(tp)[1]:   # parse_object lets null through for any type
             _fail(parser, f"{where}: {key} = null is not allowed; {key} takes {describe_allowed(f, tp)}")
+        if value is None:
+            out[name] = None
+            continue
         try:
             parsed = getattr(parser.parse_object({name: value}, defaults=False), name)
         except (ArgumentError, TypeError, ValueError):
