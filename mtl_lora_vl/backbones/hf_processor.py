@@ -16,10 +16,10 @@ from torch import nn
 from ..adapters.scopes import disabled
 from ..data.resize import size_fields
 from .base import BackboneError
+from .tokenizers import TOKENIZER_FILES as _TOKENIZER_FILES
 
 __all__ = ["check_processor_count", "count_image_tokens", "load_processor", "square_side"]
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
@@ -166,7 +166,7 @@ def load_processor(folder: Path, what: str) -> Any:
             "directory needs its processor beside the weights: processor.save_pretrained(DIR) with the "
             f"{_processor_class(folder)} the model was trained with"
         )
-    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):   # (tokenizer_config.json holds no vocabulary)
         raise FileNotFoundError(
             f"{what}: {folder} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); save the tokenizer there with "
             "processor.save_pretrained(DIR) or tokenizer.save_pretrained(DIR)"

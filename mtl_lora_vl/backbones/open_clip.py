@@ -357,7 +357,14 @@ def _hf_text_tower_message(name: str, hf_name: str) -> str:
 
 def _load_state(model: nn.Module, path: Path, what: str) -> None:
     """Load a safetensors (or weights-only torch) state dict into ``model``, casting to its dtypes."""
-    if path.suffix == ".safetensors":
+    if path.name.endswith(".safetensors.index.json"):
+        from safetensors.torch import load_file
+
+        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        state = {}
+        for shard in shards:
+            state.update(load_file(str(path.parent / shard)))
+    elif path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
@@ -408,7 +415,8 @@ def _load_dir(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackbon
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{config_path} is not valid JSON ({e}); fix or re-create the file") from None
     tokenizer_dir = local if any((local / f).is_file() for f in TOKENIZER_FILES) else None
-    ckpt = _find_checkpoint_in_dir(local)
+    index = sorted(local.glob("*.safetensors.index.json"))
+    ckpt = index[0] if index else _find_checkpoint_in_dir(local)
     if ckpt is None:
         raise FileNotFoundError(f"no weights (*.safetensors, *.bin, *.pth) found in {local}")
     try:

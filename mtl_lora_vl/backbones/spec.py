@@ -107,7 +107,8 @@ def parse_spec(spec: str, pretrained: str | None = None) -> BackboneSpec:
         if rest.startswith(("hf-hub:", "local-dir:")):   # open_clip's own schemas: a folder, found here, offline
             rest = _open_clip_schema_dir(text, rest, pretrained)
         local = Path(rest).expanduser()
-        if not local.is_dir():
+        bare = not ("/" in rest or "\\" in rest or rest.startswith((".", "~")))
+        if not local.is_dir() or (bare and not hub and not (local / OPEN_CLIP_CONFIG).is_file()):
             meant_dir = "/" in rest or "\\" in rest or rest.startswith((".", "~"))
             if meant_dir:  # a path that is not there, not a model name
                 raise FileNotFoundError(f"{text}: the directory {local} does not exist (open_clip:DIR takes a folder "

@@ -1,0 +1,76 @@
+"""Review 190: a VLM folder without tokenizer.json names the missing tokenizer files (tokenizer_config.json alone
+passed the check and failed inside transformers); an open_clip folder of sharded safetensors loads (only the first
+shard was read); a folder in the working directory named like an open_clip architecture does not hide the name."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from mtl_lora_vl.backbones import WordTokenizer, build_open_clip, build_word_tokenizer, load_backbone
+from mtl_lora_vl.backbones.builtin import builtin_llava_dir
+from mtl_lora_vl.backbones.spec import parse_spec
+
+WORDS = "a an the photo of red green blue circle square triangle left right".split()
+CTX = 12
+
+
+def _clip_cfg(vocab: int) -> dict:
+    return {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": CTX, "vocab_size": vocab, "width": 32, "heads": 2, "layers": 2,
+                     "pool_type": "eos", "eos_id": 2},
+    }
+
+
+def test_a_vlm_directory_without_tokenizer_json_names_the_missing_tokenizer_files(tmp_path):
+    """hf_processor._TOKENIZER_FILES counts tokenizer_config.json as a tokenizer file, so a folder that lost its
+    tokenizer.json passes the check and fails inside transformers with 'You need to have sentencepiece or tiktoken
+    installed to convert a slow tokenizer', which names neither the file nor the fix. tokenizers.TOKENIZER_FILES
+    leaves tokenizer_config.json out for exactly this reason."""
+    d = tmp_path / "llava"
+    shutil.copytree(builtin_llava_dir(), d)
+    (d / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer files.*tokenizer\.json"):
+        load_backbone(f"hf:{d}")
+
+
+def test_an_open_clip_directory_with_sharded_safetensors_loads(tmp_path):
+    """open_clip's _find_checkpoint_in_dir takes the first shard (with a 'Multiple checkpoints' warning) and the
+    strict load fails with a several-kB 'Missing key(s)' list; hf:DIR loads the same layout."""
+    from safetensors.torch import save_file
+
+    tok_dir = build_word_tokenizer(WORDS, tmp_path / "tok", context_length=CTX)
+    tok = WordTokenizer(tok_dir, CTX)
+    bb = build_open_clip(_clip_cfg(tok.vocab_size), tokenizer_dir=tok_dir)
+    d = tmp_path / "oc"
+    d.mkdir()
+    for n in ("tokenizer.json", "tokenizer_config.json"):
+        (d / n).write_bytes((tok_dir / n).read_bytes())
+    (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": _clip_cfg(tok.vocab_size), "preprocess_cfg": {}}))
+    sd = {k: v.contiguous() for k, v in bb.model.state_dict().items()}
+    keys = sorted(sd)
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    for name, part in shards.items():
+        save_file({k: sd[k] for k in part}, str(d / name))
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: name for name, part in shards.items() for k in part}}))
+    again = load_backbone(f"open_clip:{d}")
+    tokens = again.tokenizer(["a red circle"])
+    torch.testing.assert_close(again.encode_text(tokens), bb.encode_text(tokens))
+
+
+def test_a_folder_named_like_an_architecture_does_not_hide_the_name(tmp_path, monkeypatch):
+    """`open_clip:ViT-S-32 --pretrained ViT-S-32/w.bin` run where the weights were downloaded into ./ViT-S-32 (no
+    open_clip_config.json) is refused as 'a local directory with its own weights; drop --pretrained', and without
+    --pretrained as 'has no open_clip_config.json': the name is never reachable from that working directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ViT-S-32").mkdir()
+    (tmp_path / "ViT-S-32" / "w.bin").write_bytes(b"")
+    spec = parse_spec("open_clip:ViT-S-32", "ViT-S-32/w.bin")
+    assert spec.kind == "open_clip" and spec.architecture == "ViT-S-32"
