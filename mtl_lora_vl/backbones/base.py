@@ -21,6 +21,7 @@ methods see the adapters and the routing scope.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NoReturn, TypeVar
@@ -125,6 +126,25 @@ def check_image_sizes(images: Tensor, sizes: Any, what: str) -> list[tuple[int, 
         raise ValueError(f"{what}: image_sizes must give each of the {images.shape[0]} images its (height, width) "
                          f"within the batch's {H}x{W}, got {out}")
     return out
+
+
+def check_candidates(candidates: Sequence[str], image_token: str) -> None:
+    """Refuse candidates that are not a non-empty list of strings, or that hold the image placeholder (its plain
+    embedding would be scored, no image behind it)."""
+    if isinstance(candidates, str) or not candidates or not all(isinstance(c, str) for c in candidates):
+        raise ValueError(f"sequence_scores: candidates must be a non-empty list of strings, got {candidates!r}")
+    held = [c for c in candidates if image_token in c]
+    if held:
+        raise ValueError(f"sequence_scores: candidate {held[0]!r} holds the image placeholder {image_token!r}; a "
+                         "candidate is text after the prompt (the image goes in the prompt)")
+
+
+def warn_past_context(width: int, new_tokens: int, context: int | None, what: str) -> None:
+    """Warn when prompts ``width`` tokens wide plus ``new_tokens`` pass the language model's ``context`` (its
+    positions past it were never trained: generation there goes silently wrong)."""
+    if context and width + new_tokens > context:
+        logging.getLogger(__name__).warning("%s: prompts of up to %d tokens plus %d new ones pass the language model's context of %d "
+                       "tokens; shorten the prompts or lower max_len", what, width, new_tokens, context)
 
 
 def check_prompts(prompts: Any, n_images: int, what: str, several: str | None = None) -> list[str]:

@@ -46,11 +46,13 @@ from .base import (
     Backbone,
     BackboneError,
     as_rgb,
+    check_candidates,
     check_image_batch,
     check_image_sizes,
     check_prompts,
     register_backbone,
     resolve_base_dtype,
+    warn_past_context,
 )
 from .candidate_scores import scores_cached, scores_full, target_logprobs
 from .chat import ChatWrap, assistant_end, read_chat_wrap
@@ -263,6 +265,7 @@ class HFVLMBackbone(Backbone):
             raise ValueError("generate: beam search over prompts of several images needs a transformers that encodes "
                              "the images before it repeats the rows for the beams (older ones repeat each image, not "
                              "each row's images); upgrade transformers, or use beam_size=1")
+        warn_past_context(batch["input_ids"].shape[1], int(max_len), self.lm_context, "generate")
         kwargs = {**self._extra_inputs(batch["input_ids"], None), **self._row_inputs(batch["input_ids"], images.shape[0])}
         with _plain_decoding(self.model):
             out = self._hf_call(self.model.generate, **self._vision_inputs(images, sizes), **batch, **kwargs,
@@ -280,8 +283,7 @@ class HFVLMBackbone(Backbone):
         batched step from the cache (``B·C`` language-model rows, routed like beams). Under activation
         checkpointing in training (where transformers drops the cache) the ``B·C`` full sequences run instead.
         ``image_sizes``: see the module doc."""
-        if isinstance(candidates, str) or not candidates or not all(isinstance(c, str) for c in candidates):
-            raise ValueError(f"sequence_scores: candidates must be a non-empty list of strings, got {candidates!r}")
+        check_candidates(candidates, self.image_token)
         batch, sizes = self._prompts(images, prompts, "sequence_scores", image_sizes)
         prompts = list(prompts)
         collator = self.lm_collator()   # candidates read as they continue each row's own prompt

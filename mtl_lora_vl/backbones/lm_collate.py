@@ -152,6 +152,9 @@ class LMCollator:
         rows, prompt_ids = self.prompt_rows(texts, image_sizes, self.image_counts(prompts))
         if targets is None:
             return self._left_padded(rows)
+        for arg, val in (("targets", targets), ("ends", ends)):   # a string would be read letter by letter
+            if isinstance(val, str):
+                raise TypeError(f"lm_collator: {arg} must be a list of strings (one per row), not one string {val!r}")
         targets = list(targets)
         if len(targets) != len(prompts):
             raise ValueError(f"lm_collator: {len(prompts)} prompts but {len(targets)} targets; give one target per prompt")

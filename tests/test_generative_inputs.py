@@ -1,0 +1,54 @@
+"""Review 191: bad input on the generative path that was accepted silently -- a bare string of targets or ends
+(read letter by letter), a candidate holding the image placeholder, and generation past the language model's
+context (now warned about)."""
+import logging
+
+import pytest
+import torch
+
+from mtl_lora_vl.backbones import load_backbone
+
+
+@pytest.fixture(scope="module")
+def bb():
+    b = load_backbone("builtin-llava")
+    b.model.eval()
+    return b
+
+
+def test_a_bare_string_of_targets_is_refused_not_read_letter_by_letter(bb):
+    """prompts refuse a bare string; targets took "red" as the three targets 'r', 'e', 'd' (3 prompts)."""
+    tok = bb.image_token
+    with pytest.raises((TypeError, ValueError), match="string"):
+        bb.lm_collator()([f"{tok} a", f"{tok} b", f"{tok} c"], "red")
+
+
+def test_a_bare_string_of_ends_is_refused_not_read_letter_by_letter(bb):
+    """ends="</s>" for 4 rows ended them with '<', '/', 's', '>' (<unk> here), silently."""
+    tok = bb.image_token
+    with pytest.raises((TypeError, ValueError), match="string"):
+        bb.lm_collator()([f"{tok} a"] * 4, ["red"] * 4, ends="</s>")
+
+
+def test_a_candidate_holding_the_image_placeholder_is_refused(bb):
+    """generate never writes the image token, the kinds refuse it in class names, and the no-cache path fails on the
+    count; the cached path scored 'red <image>' silently (the image token's bare embedding, no image)."""
+    tok = bb.image_token
+    images = torch.randn(1, 3, bb.image_size, bb.image_size)
+    with pytest.raises(ValueError):
+        bb.sequence_scores(images, [f"{tok} a"], ["red", f"red {tok}"])
+
+
+def test_generating_past_the_language_models_context_is_said(bb, caplog):
+    """A 309-token prompt on the 256-position built-in LLaVA generated '' with no word; training rows that long
+    are warned about (warn_lm_context), evaluation prompts and prompt + max_len are not checked."""
+    tok = bb.image_token
+    long = tok + " question:" + " what colour is the cube ?" * 40 + " answer:"
+    images = torch.randn(1, 3, bb.image_size, bb.image_size)
+    with caplog.at_level(logging.WARNING):
+        try:
+            bb.generate(images, max_len=4, prompts=[long])
+        except ValueError as e:   # an error naming the context would do as well
+            assert "context" in str(e)
+            return
+    assert any("context" in r.getMessage() for r in caplog.records)
