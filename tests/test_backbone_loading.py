@@ -9,22 +9,11 @@ import shutil
 
 import pytest
 import torch
+from test_backbones import CTX, WORDS, _clip_cfg
 
 from mtl_lora_vl.backbones import WordTokenizer, build_open_clip, build_word_tokenizer, load_backbone
 from mtl_lora_vl.backbones.builtin import builtin_llava_dir
 from mtl_lora_vl.backbones.spec import parse_spec
-
-WORDS = "a an the photo of red green blue circle square triangle left right".split()
-CTX = 12
-
-
-def _clip_cfg(vocab: int) -> dict:
-    return {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
-        "text_cfg": {"context_length": CTX, "vocab_size": vocab, "width": 32, "heads": 2, "layers": 2,
-                     "pool_type": "eos", "eos_id": 2},
-    }
 
 
 def test_a_vlm_directory_without_tokenizer_json_names_the_missing_tokenizer_files(tmp_path):

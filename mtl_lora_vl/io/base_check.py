@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from packaging.version import InvalidVersion, Version
 from torch import nn
@@ -173,13 +173,9 @@ def check_weight_samples(base_model: nn.Module, doc: dict[str, Any], path: Path)
                and list(params[k].shape) != v]
     if resized:
         k, mine, theirs = resized[0]
-        base = doc.get("base") or {}
-        raise AdapterFileError(
-            f"{path}: the adapter was trained on a base of another size: {len(resized)} base weight(s) have other "
-            f"shapes (e.g. {k}: {tuple(mine)} here, {tuple(theirs)} when it was saved: another image size, "
-            f"vocabulary or context length). Load it onto the model it was trained on (recorded: "
-            f"backbone={base.get('backbone')!r}, pretrained={base.get('pretrained')!r}); to load it onto this size "
-            "anyway (its adapted layers fit), pass check_base_weights=False to the Python function that loads it")
+        _refuse_base(path, doc, f"a base of another size: {len(resized)} base weight(s) have other shapes (e.g. {k}: "
+                                f"{tuple(mine)} here, {tuple(theirs)} when it was saved: another image size, vocabulary "
+                                "or context length)", "onto this size anyway (its adapted layers fit)")
     off = [(k, weight_sample(params[k]), v) for k, v in sorted(recorded.items()) if k in params]
     short = [k for k, mine, theirs in off if len(mine) != len(theirs)]
     if short:   # the same weights give as many values: a shortened list is an edit, not other weights
@@ -189,13 +185,17 @@ def check_weight_samples(base_model: nn.Module, doc: dict[str, Any], path: Path)
     off = [(k, mine, theirs) for k, mine, theirs in off if not same_weights(mine, theirs)]
     if off:
         k, mine, theirs = off[0]
-        base = doc.get("base") or {}
-        raise AdapterFileError(
-            f"{path}: the adapter was trained on other weights of this architecture: {len(off)} of "
-            f"{len(recorded)} sampled base weights differ (e.g. {k}: {mine[:2]} here, {theirs[:2]} when it was "
-            f"saved). Load it onto the checkpoint it was trained on (recorded: backbone={base.get('backbone')!r}, "
-            f"pretrained={base.get('pretrained')!r}); to load it anyway, pass check_base_weights=False to the Python "
-            "function that loads it (the commands have no such switch)")
+        _refuse_base(path, doc, f"other weights of this architecture: {len(off)} of {len(recorded)} sampled base "
+                                f"weights differ (e.g. {k}: {mine[:2]} here, {theirs[:2]} when it was saved)", "anyway")
+
+
+def _refuse_base(path: Path, doc: dict[str, Any], trained_on: str, anyway: str) -> NoReturn:
+    """The refusal of an adapter trained on another base: what differs, the recorded base, and the switch."""
+    base = doc.get("base") or {}
+    raise AdapterFileError(
+        f"{path}: the adapter was trained on {trained_on}. Load it onto the checkpoint it was trained on (recorded: "
+        f"backbone={base.get('backbone')!r}, pretrained={base.get('pretrained')!r}); to load it {anyway}, pass "
+        "check_base_weights=False to the Python function that loads it (the commands have no such switch)")
 
 
 def newer_package_hint(doc: dict[str, Any]) -> str:
