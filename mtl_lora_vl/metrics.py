@@ -24,9 +24,10 @@ contraction table also accepts every apostrophe-less spelling of a two-apostroph
 ("couldntve" as well as the official "couldnt've" / "couldn'tve"). Neither changes a score on VQAv2
 in practice; both make the function symmetric and predictable. One consequence is closed off: a human answer
 "a" or "the" normalises to nothing, and so would an empty generation, "the" or "A"; a prediction that normalises
-to nothing scores 0 (as in the official script, which never empties a human answer). The script's 2021 master (a013f00) differs
-more: where all humans gave one answer it normalises neither side, so an un-normalised prediction ("Yes",
-"two" for "2") scores 0 there and 1 here (and in the 2016 script); a generated answer is such a prediction.
+to nothing scores 0 (as in the official script, which never empties a human answer). The script's 2021 master
+(a013f00) differs more: where all humans gave one answer it normalises neither side, so an un-normalised
+prediction ("Yes", "two" for "2") scores 0 there and 1 here (and in the 2016 script); a generated answer is
+such a prediction.
 Two slips of the official script are not copied: its table maps "somebody'd" to "somebodyd" (the pair written
 backwards; kept as written here), and its period strip passes ``re.UNICODE`` as ``count``, so it removes only the
 first 32 periods of an answer (all of them here).

@@ -24,8 +24,9 @@ def adapter(tmp_path_factory):
     return mlv.save_adapter(model, tmp_path_factory.mktemp("ad") / "adapter")
 
 
-@pytest.mark.parametrize("kw, weight", [(dict(image_size=64), r"visual.positional_embedding: \(65, 32\) here, \(17, 32\)"),
-                                        (dict(vocab=128), r"token_embedding.weight: \(128, 32\) here, \(64, 32\)")])
+@pytest.mark.parametrize("kw, weight", [
+    (dict(image_size=64), r"visual.positional_embedding: \(65, 32\) here, \(17, 32\)"),
+    (dict(vocab=128), r"token_embedding.weight: \(128, 32\) here, \(64, 32\)")])
 def test_another_size_is_named_and_loads_when_asked(adapter, kw, weight):
     with pytest.raises(mlv.AdapterFileError, match=r"trained on a base of another size: .*" + weight) as e:
         mlv.load_adapter(_clip(**kw), adapter)

@@ -143,8 +143,9 @@ def warn_past_context(width: int, new_tokens: int, context: int | None, what: st
     """Warn when prompts ``width`` tokens wide plus ``new_tokens`` pass the language model's ``context`` (its
     positions past it were never trained: generation there goes silently wrong)."""
     if context and width + new_tokens > context:
-        logging.getLogger(__name__).warning("%s: prompts of up to %d tokens plus %d new ones pass the language model's context of %d "
-                       "tokens; shorten the prompts or lower max_len", what, width, new_tokens, context)
+        logging.getLogger(__name__).warning(
+            "%s: prompts of up to %d tokens plus %d new ones pass the language model's context of %d tokens; shorten "
+            "the prompts or lower max_len", what, width, new_tokens, context)
 
 
 def check_prompts(prompts: Any, n_images: int, what: str, several: str | None = None) -> list[str]:

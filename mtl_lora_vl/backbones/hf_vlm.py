@@ -266,7 +266,8 @@ class HFVLMBackbone(Backbone):
                              "the images before it repeats the rows for the beams (older ones repeat each image, not "
                              "each row's images); upgrade transformers, or use beam_size=1")
         warn_past_context(batch["input_ids"].shape[1], int(max_len), self.lm_context, "generate")
-        kwargs = {**self._extra_inputs(batch["input_ids"], None), **self._row_inputs(batch["input_ids"], images.shape[0])}
+        ids = batch["input_ids"]
+        kwargs = {**self._extra_inputs(ids, None), **self._row_inputs(ids, images.shape[0])}
         with _plain_decoding(self.model):
             out = self._hf_call(self.model.generate, **self._vision_inputs(images, sizes), **batch, **kwargs,
                                 max_new_tokens=int(max_len), num_beams=int(beam_size), do_sample=False,

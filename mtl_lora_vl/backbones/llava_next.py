@@ -226,7 +226,8 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
         if per_row is not None and max(per_row, default=0) > 1:
             return
         counts = (input_ids == self.image_token_id).sum(dim=1).tolist() if shaped else []
-        views = [c // self.several_tokens for c in counts if c != self.num_image_tokens and c % self.several_tokens == 0]
+        base = self.several_tokens
+        views = [c // base for c in counts if c != self.num_image_tokens and c % base == 0]
         if shaped and per_row is None and views and min(views) > 1:   # base views, but not of the images given
             raise BackboneError(
                 f"{what}: input_ids hold {counts} image tokens (id {self.image_token_id}) per row, "

@@ -249,7 +249,8 @@ class LMCollator:
         for i, ids in enumerate(encoded):
             own = []
             if counts[i] > 1 and lay.several_image_tokens:   # (LLaVA-OneVision: each image its base view alone)
-                own = [[*lay.image_open, *[lay.image_token_id] * lay.several_image_tokens, *lay.image_close]] * counts[i]
+                base = [*lay.image_open, *[lay.image_token_id] * lay.several_image_tokens, *lay.image_close]
+                own = [base] * counts[i]
             else:
                 for j in range(taken, taken + counts[i]):
                     size = None if image_sizes is None or not lay.token_side else tuple(int(x) for x in image_sizes[j])

@@ -183,7 +183,8 @@ def render(r: dict[str, Any]) -> str:
     ev = r["eval"]
     lines += ["## Budget and protocol", "",
               f"- Backbone `{s['backbone']}`; tasks {', '.join(tasks)}; {s['steps']} steps, batch {s['batch_size']}, "
-              f"{min(s['warmup'], s['steps'])} warm-up steps then cosine decay; precision {s['precision']}, device {s['device']}, "
+              f"{min(s['warmup'], s['steps'])} warm-up steps then cosine decay; precision {s['precision']}, "
+              f"device {s['device']}, "
               f"{_threads_text(r)}.",
               f"- Test examples per task: {', '.join(f'{t} {n:,}' for t, n in ev['test'].items())}; validation: "
               f"{_val_text(ev['val_scenes'])} (the same for every run); the zero-shot score is computed once.",

@@ -41,9 +41,10 @@ def read_nlvr2(
 
     Each line is one example: ``image`` = (left, right) image paths, ``text`` the sentence, ``label`` 1 (True) or 0
     (False), ``image_id`` the identifier, ``meta["group"]`` the sentence's group, ``split-set_id--sentence_id``
-    (the rows of one sentence written about several pairs, as NLVR2's own evaluation groups them for consistency). The images of identifier ``split-set-pair-sentence`` are
-    ``split-set-pair-img0.png`` (left) and ``...-img1.png`` (right) in ``images``: ``images/train/<directory>/`` for
-    train, ``dev/`` and ``test1/`` for the others as NLVR2's zips unpack. ``image_pattern`` may use
+    (the rows of one sentence written about several pairs, as NLVR2's own evaluation groups them for consistency).
+    The images of identifier ``split-set-pair-sentence`` are ``split-set-pair-img0.png`` (left) and
+    ``...-img1.png`` (right) in ``images``: ``images/train/<directory>/`` for train, ``dev/`` and ``test1/`` for
+    the others as NLVR2's zips unpack. ``image_pattern`` may use
     ``{identifier}``, ``{split}``, ``{set_id}``, ``{pair_id}``, ``{sentence_id}``, ``{pair}`` (split-set-pair),
     ``{side}`` (0 left, 1 right) and ``{directory}`` (the line's ``directory``, "" without one: empty path parts
     are dropped, so the default reads the dev and test folders too). An example whose left or right image is

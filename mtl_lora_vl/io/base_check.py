@@ -173,9 +173,9 @@ def check_weight_samples(base_model: nn.Module, doc: dict[str, Any], path: Path)
                and list(params[k].shape) != v]
     if resized:
         k, mine, theirs = resized[0]
-        _refuse_base(path, doc, f"a base of another size: {len(resized)} base weight(s) have other shapes (e.g. {k}: "
-                                f"{tuple(mine)} here, {tuple(theirs)} when it was saved: another image size, vocabulary "
-                                "or context length)", "onto this size anyway (its adapted layers fit)")
+        _refuse_base(path, doc, f"a base of another size: {len(resized)} base weight(s) have other shapes (e.g. "
+                                f"{k}: {tuple(mine)} here, {tuple(theirs)} when it was saved: another image size, "
+                                "vocabulary or context length)", "onto this size anyway (its adapted layers fit)")
     off = [(k, weight_sample(params[k]), v) for k, v in sorted(recorded.items()) if k in params]
     short = [k for k, mine, theirs in off if len(mine) != len(theirs)]
     if short:   # the same weights give as many values: a shortened list is an edit, not other weights

@@ -106,7 +106,8 @@ class NLVRKind(TaskKind):
                     f"task {spec.name!r} (kind nlvr) reads two images per row, and the language-model path of "
                     f"backbone {backbone.name!r} ({type(backbone.model).__name__}) takes one image per prompt; train "
                     "it on a backbone whose prompts take several images (--backbone builtin-llava, or hf:DIR of a "
-                    "LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Idefics3 / SmolVLM, Gemma 3 or PaliGemma model) or a "
+                    "LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Idefics3 / SmolVLM, Gemma 3 or PaliGemma model) "
+                    "or a "
                     "contrastive backbone (--backbone builtin, open_clip:NAME --pretrained FILE, or hf:DIR of a CLIP "
                     "model), or give this backbone vqa, captioning or caption_cls")
             return
