@@ -297,6 +297,15 @@ def test_eval_subsets_reach_a_commented_header_and_a_default_split(tmp_path):
     assert splits["val"]["n"] == 7 and splits["test"]["n"] == 9
 
 
+def test_eval_subsets_name_the_users_spec_when_its_copy_cannot_be_read(tmp_path):
+    """An inline `val = {}` split table: the copy's added [data.val] declared it twice, and the error named only the
+    copy under OUT/specs (review 189)."""
+    text = 'name = "q"\nkind = "vqa"\n[data]\nsource = "builtin"\nval = {}\n[data.train]\n[data.test]\n'
+    with pytest.raises(ValueError, match=r"q\.toml: its copy with evaluation sizes could not be read .*a \[data\."
+                                         r"<split>\] table per split \(not an inline one\)"):
+        eval_subset_specs([_write(tmp_path / "q.toml", text)], tmp_path / "out", {"val": 7})
+
+
 def _write(path: Path, text: str) -> str:
     path.write_text(text)
     return str(path)

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..data.sampler import MultiTaskBatchSampler
 from ..options import TrainOptions
 from ..tasks import load_spec
+from ..tasks.spec import SpecError
 
 
 def eval_subset_specs(tasks: list[str], out_dir: Path, sizes: dict[str, int | None]) -> dict[str, str]:
@@ -37,7 +38,11 @@ def eval_subset_specs(tasks: list[str], out_dir: Path, sizes: dict[str, int | No
         path = out_dir / f"{spec.name}.toml"
         if not path.is_file() or path.read_text() != text:
             path.write_text(text)
-        copy = load_spec(str(path))
+        try:
+            copy = load_spec(str(path))
+        except SpecError as e:   # e.g. an inline `val = {}` table, which a [data.val] table would declare twice
+            raise ValueError(f"{spec.source_file}: its copy with evaluation sizes could not be read ({e}); give the "
+                             "spec a [data.<split>] table per split (not an inline one)") from None
         wrong = [s for s, n in sizes.items() if n is not None and s in copy.data.splits
                  and "n" not in spec.data.splits[s] and copy.data.splits[s].get("n") != int(n)]
         if wrong:
