@@ -796,6 +796,20 @@ def test_imagefolder_says_which_files_it_does_not_read_and_which_classes_are_emp
     assert "class folder(s) ['dog'] hold no image that was read" in caplog.text
 
 
+def test_imagefolder_reads_jpeg_and_netpbm_files_by_their_other_names(tmp_path):
+    """.jfif / .jpe (JPEG) and .pbm / .pnm (Netpbm) files, which Pillow decodes, were called "of other formats"
+    and skipped, with the advice to convert them (review 187)."""
+    from PIL import Image
+
+    (tmp_path / "cat").mkdir()
+    for name, fmt in (("1.jfif", "JPEG"), ("2.jpe", "JPEG"), ("3.pnm", "PPM")):
+        Image.new("RGB", (8, 6), (200, 30, 30)).save(tmp_path / "cat" / name, format=fmt)
+    Image.new("1", (8, 6), 1).save(tmp_path / "cat" / "4.pbm", format="PPM")
+    s = read_split("imagefolder", tmp_path)
+    assert sorted(Path(e.image).name for e in s.examples) == ["1.jfif", "2.jpe", "3.pnm", "4.pbm"]
+    assert to_uint8_tensor(next(e.image for e in s.examples if e.image.endswith("4.pbm")), 4).shape == (3, 4, 4)
+
+
 def test_karpathy_ids_without_a_collision_stay_the_filename(tmp_path):
     """Ids without cocoid/imgid stay the bare filename where no two collide (what earlier versions gave), so a
     checkpoint's digest of such a file stays valid; colliding filenames get filepath/filename (helper 114)."""

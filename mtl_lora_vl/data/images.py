@@ -43,7 +43,8 @@ from PIL import Image
 from .resize import ImageResize, resize_to_square
 
 MAX_PIXELS = 10_000 * 10_000
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
+                    ".pbm", ".pnm")
 #: The formats Pillow may decode, whatever a file's name: the image formats above. Pillow picks a decoder
 #: from the content, and some (EPS, PDF) hand untrusted data to Ghostscript.
 DECODED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "PPM")   # (MPO opens as JPEG)

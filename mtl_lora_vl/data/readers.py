@@ -78,8 +78,8 @@ KarpathySplit = typing.Literal["train", "val", "test", "restval"]
 
 #: Image formats ImageFolder does not read, named when a class folder holds them; other files beside the images
 #: (Thumbs.db, desktop.ini, README.txt, labels.json) are not images and are passed over without a word.
-_UNREAD_IMAGE_EXTENSIONS = (".heic", ".heif", ".jfif", ".jpe", ".avif", ".jxl", ".jp2", ".j2k", ".svg", ".ico",
-                            ".psd", ".tga", ".pbm", ".pnm", ".exr", ".hdr", ".dng", ".raw", ".cr2", ".cr3", ".nef",
+_UNREAD_IMAGE_EXTENSIONS = (".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".svg", ".ico",
+                            ".psd", ".tga", ".exr", ".hdr", ".dng", ".raw", ".cr2", ".cr3", ".nef",
                             ".arw", ".orf", ".rw2")
 
 __all__ = ["READERS", "DataFormatError", "PathEscapeError", "read_coco_captions", "read_csv", "read_hf_datasets",
@@ -318,7 +318,7 @@ def read_imagefolder(
         raise DataFormatError(f"image folder {base} has no class subfolders; expected {base}/<class>/<image>")
     check = ImageChecker(verify, strict)
     per_class: list[list[Example]] = []
-    other: list[Path] = []   # images of formats the reader does not read (.heic, .jfif, ...), said once
+    other: list[Path] = []   # images of formats the reader does not read (.heic, .avif, ...), said once
     for label, cls in enumerate(classes):
         found = []
         for dirpath, dirnames, filenames in os.walk(base / cls):
