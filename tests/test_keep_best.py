@@ -222,3 +222,28 @@ def test_a_killed_plot_write_leaves_no_temporary_behind(tmp_path):
     left.write_bytes(b"half a png")
     remove_stale_temporaries(tmp_path)
     assert not left.exists()
+
+
+def test_a_kill_after_the_final_validation_row_does_not_log_it_twice(tmp_path, monkeypatch):
+    """Killed between the final validation's row and the checkpoint that records it: the resume scores the last
+    step again, and its row was in metrics.jsonl twice (review 184's remaining gap)."""
+    import mtl_lora_vl.training.train as train_module
+    import mtl_lora_vl.training.validation as validation
+
+    real, calls = validation.validate, []
+
+    def killed_after_the_final_row(run, step, log, best):
+        real(run, step, log, best)
+        calls.append(step)
+        if len(calls) == 2:   # step 4's, the final validation: its row is written, its checkpoint is not
+            raise KeyboardInterrupt
+
+    for module in (train_module, validation):   # the loop's validations, and the final one
+        monkeypatch.setattr(module, "validate", killed_after_the_final_row)
+    run = tmp_path / "run"
+    assert train_main(_args4(tmp_path, run, "--save-every", "100")) == 130
+    for module in (train_module, validation):
+        monkeypatch.setattr(module, "validate", real)
+    assert train_main(["--resume", str(run), "-q"]) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval/selection" in r] == [2, 4]

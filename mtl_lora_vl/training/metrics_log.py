@@ -95,9 +95,11 @@ def replaced_rows(counts: dict[str, int], info: DistInfo) -> dict[str, int]:
     return {f"replaced_images/{t}": round(v * info.world_size) for t, v in sorted(total.items()) if v}
 
 
-def truncate_metrics(path: Path, step: int) -> None:
+def truncate_metrics(path: Path, step: int, offered: int | None = None) -> None:
     """Drop log lines a killed run wrote after its last checkpoint (they will be written again), and a line
-    it left half-written (a kill in the middle of a write); the file is replaced atomically."""
+    it left half-written (a kill in the middle of a write); the file is replaced atomically. ``offered``: the last
+    step whose validation the checkpoint's ``--keep-best`` state took; a selection row at ``step`` it did not take
+    (the final validation, killed before its checkpoint) is dropped too: it is scored again."""
     if not path.is_file():
         return
     keep = []
@@ -109,7 +111,8 @@ def truncate_metrics(path: Path, step: int) -> None:
         except json.JSONDecodeError:
             logger.warning("%s:%d: a damaged log line (the run was killed while writing it) is dropped", path, n)
             continue
-        if row.get("step", 0) <= step:
+        stale = offered is not None and offered != step and row.get("step") == step and "eval/selection" in row
+        if row.get("step", 0) <= step and not stale:
             keep.append(line)
     with atomic_file(path, overwrite=True, what="resume") as tmp:
         tmp.write_text("".join(line + "\n" for line in keep))

@@ -333,7 +333,7 @@ def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> Progress:
                                 device=run.info.device)
     if run.info.is_main:
         remove_stale_temporaries(run.dir)
-        truncate_metrics(run.dir / "metrics.jsonl", at.step)
+        truncate_metrics(run.dir / "metrics.jsonl", at.step, at.best.get("last") if at.best else None)
         for key, folder in record_moved_folders(run.dir, run.opts).items():   # checked and restored: recorded
             logger.info("--resume: the run's --%s moved; %s now records %s", key.replace("_", "-"),
                         run.dir / "config.json", folder)
