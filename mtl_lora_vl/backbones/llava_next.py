@@ -198,13 +198,13 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
     def layout(self) -> PromptLayout:
         return replace(super().layout, several_image_tokens=self.several_tokens)
 
-    def _images_per_row(self, input_ids: Tensor, n_images: int) -> list[int] | None:
-        """Each row's image count, read from its image tokens: ``num_image_tokens`` (one image, tiled), a multiple of
-        two or more of ``several_tokens`` (that many base views), or none; None where the rows do not split so into
-        ``n_images`` images. Read on the host (one wait for the device)."""
+    def _images_per_row(self, counts: list[int], n_images: int) -> list[int] | None:
+        """Each row's image count, from its image-token count (``counts``, read on the host: one wait for the
+        device): ``num_image_tokens`` (one image, tiled), a multiple of two or more of ``several_tokens`` (that many
+        base views), or none; None where the rows do not split so into ``n_images`` images."""
         one, base = self.num_image_tokens, self.several_tokens
         per_row = []
-        for c in (input_ids == self.image_token_id).sum(dim=1).tolist():
+        for c in counts:
             k = 1 if c == one else c // base if c % base == 0 and c // base != 1 else None
             if k is None:
                 return None
@@ -213,7 +213,8 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
 
     def _row_inputs(self, input_ids: Tensor, n_images: int) -> dict[str, Tensor]:
         """``batch_num_images``: each row's images (an image of a row of several is its base view alone)."""
-        per_row = self._images_per_row(input_ids, n_images) if input_ids.dim() == 2 else None
+        per_row = (self._images_per_row((input_ids == self.image_token_id).sum(dim=1).tolist(), n_images)
+                   if input_ids.dim() == 2 else None)
         # on the host: the model loops over it in Python (on the device every element would be a wait)
         return {} if per_row is None else {"batch_num_images": torch.tensor(per_row)}
 
@@ -222,10 +223,10 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
         """Rows of several images hold their base views' tokens; other rows are checked as LLaVA-NeXT's, and rows of
         several tiled images (a layout the model never reads) refused."""
         shaped = input_ids.dim() == 2 and pixel_values.dim() == 4
-        per_row = self._images_per_row(input_ids, pixel_values.shape[0]) if shaped else None
+        counts = (input_ids == self.image_token_id).sum(dim=1).tolist() if shaped else []
+        per_row = self._images_per_row(counts, pixel_values.shape[0]) if shaped else None
         if per_row is not None and max(per_row, default=0) > 1:
             return
-        counts = (input_ids == self.image_token_id).sum(dim=1).tolist() if shaped else []
         base = self.several_tokens
         views = [c // base for c in counts if c != self.num_image_tokens and c % base == 0]
         if shaped and per_row is None and views and min(views) > 1:   # base views, but not of the images given

@@ -28,7 +28,7 @@ routed one; training is the LM loss on the row's answer. A language-model backbo
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import torch
 import torch.nn.functional as F
@@ -237,18 +237,13 @@ def consistency(examples: list[Example], right: list[float], rows: list[Example]
     one are left out of it). ``rows``: the split the scored ``examples`` were taken from; a group with rows there
     that were not scored (past ``eval_limit``) is left out, not judged on part of its rows. (A row the reader or the
     evaluation dropped for an unreadable image is in neither: its group is judged on the rest.)"""
-    size: dict[str, int] = {}
-    for ex in rows if rows is not None else examples:
-        if ex.meta.get("group") is not None:
-            size[str(ex.meta["group"])] = size.get(str(ex.meta["group"]), 0) + 1
-    seen: dict[str, int] = {}
-    whole: dict[str, bool] = {}
-    for ex, r in zip(examples, right):
-        group = ex.meta.get("group")
-        if group is not None:
-            seen[str(group)] = seen.get(str(group), 0) + 1
-            whole[str(group)] = whole.get(str(group), True) and r == 1.0
-    whole = {g: ok for g, ok in whole.items() if seen[g] == size.get(g, seen[g])}
+    size, seen = _group_sizes(rows if rows is not None else examples), _group_sizes(examples)
+    wrong = {str(ex.meta["group"]) for ex, r in zip(examples, right) if ex.meta.get("group") is not None and r != 1.0}
+    whole = [g for g in seen if seen[g] == size[g]]
     if not whole:
         return {}
-    return {"consistency": sum(whole.values()) / len(whole), "groups": float(len(whole))}
+    return {"consistency": sum(g not in wrong for g in whole) / len(whole), "groups": float(len(whole))}
+
+
+def _group_sizes(rows: list[Example]) -> Counter[str]:
+    return Counter(str(ex.meta["group"]) for ex in rows if ex.meta.get("group") is not None)
