@@ -63,8 +63,7 @@ def read_gqa(
         resolve_under(root, images, "image folder")
     check = ImageChecker(verify, strict)
     examples = []
-    seen: dict[str, Path] = {}
-    for qpath, qid, q in _questions(files, seen):
+    for qpath, qid, q in _questions(files):
         if not isinstance(q, dict):
             raise DataFormatError(f"{qpath}: question {qid} must be a JSON object, got {q!r}; is this a GQA "
                                   "*_questions.json file?")
@@ -128,9 +127,10 @@ def _question_files(root: Path, questions: str | os.PathLike) -> list[Path]:
     return files
 
 
-def _questions(files: list[Path], seen: dict[str, Path]) -> Iterator[tuple[Path, str, Any]]:
+def _questions(files: list[Path]) -> Iterator[tuple[Path, str, Any]]:
     """(file, question id, question) of each file in turn, one file in memory at a time; a question id given in two
-    files is refused (``seen``: id -> the file that gave it)."""
+    files is refused."""
+    seen: dict[str, Path] = {}   # (several files) id -> the file that gave it
     for qpath in files:
         qs = load_json(qpath, object_hook=_slim)
         if not isinstance(qs, dict):

@@ -66,6 +66,7 @@ from .layout import (
     config_path,
     is_adapter_dir,
     is_run_dir,
+    kept_inside,
     spec_file,
     state_file,
 )
@@ -180,8 +181,7 @@ def _check_replaceable(path: Path, base: dict[str, Any], roots: dict[str, str]) 
     if is_run_dir(path) and not is_adapter_dir(path):
         raise FileExistsError(f"save_adapter: {path} is a training run directory (its checkpoint would be deleted); "
                               "save the adapter to another folder")
-    held = next((p for p in sorted(path.rglob("*")) if p.is_dir() and (is_run_dir(p) or is_adapter_dir(p))), None) \
-        if path.is_dir() else None
+    held = kept_inside(path)
     if held is not None:
         raise FileExistsError(f"save_adapter: {path} holds an adapter or a training run ({held}), which "
                               "overwrite=True would delete; save the adapter to another folder")

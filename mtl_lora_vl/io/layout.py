@@ -199,6 +199,13 @@ def _kept_kind(path: Path) -> str | None:
     return None
 
 
+def kept_inside(folder: Path) -> Path | None:
+    """The first folder inside ``folder`` that no ``overwrite=True`` deletes (an adapter or a run), or None."""
+    if not folder.is_dir():
+        return None
+    return next((p for p in sorted(folder.rglob("*")) if p.is_dir() and _kept_kind(p)), None)
+
+
 def is_merged_export(path: Path) -> bool:
     """Whether ``path`` is a merged checkpoint file that ``save_merged`` wrote (its metadata names the task,
     :data:`MERGED_TASK_KEY`)."""
@@ -230,11 +237,10 @@ def check_replace(out: str | Path, *, what: str, keep: Iterable[tuple[str, str |
             where = "is" if folder == out else f"lies inside {folder}, which is"
             raise FileExistsError(f"{what}: {out} {where} {kind}, which overwrite=True never replaces; write to "
                                   "another path")
-    if out.is_dir():   # an adapter or a run inside out is deleted with it
-        inner = next((p for p in sorted(out.rglob("*")) if p.is_dir() and _kept_kind(p)), None)
-        if inner is not None:
-            raise FileExistsError(f"{what}: {out} holds {_kept_kind(inner)} {inner}, which overwrite=True never "
-                                  "deletes; write to another path")
+    inner = kept_inside(out)   # an adapter or a run inside out is deleted with it
+    if inner is not None:
+        raise FileExistsError(f"{what}: {out} holds {_kept_kind(inner)} {inner}, which overwrite=True never "
+                              "deletes; write to another path")
     for name, path in keep:
         if path and Path(path).exists() and (holds(out, path) or (out.is_file() and holds(path, out))):
             raise FileExistsError(f"{what}: replacing {out} would delete {name} {path}; write to another path")
