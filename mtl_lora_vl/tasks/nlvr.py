@@ -143,7 +143,7 @@ class NLVRKind(TaskKind):
     def check_eval_split(self, split: Split) -> None:
         super().check_eval_split(split)
         self._check_rows(split.examples, "evaluation")
-        if type(self).headline(self.spec) == "consistency" and not any("group" in ex.meta for ex in split.examples):
+        if type(self).headline(self.spec) == "consistency" and not _group_sizes(split.examples):
             raise ValueError(f"task {self.name!r}: its headline metric is consistency (listed first in metrics), but "
                              "no evaluation row carries a group (the rows of one statement: the nlvr2 reader's "
                              "sentences, a 'group' field or column); list accuracy first, or give the rows groups")
