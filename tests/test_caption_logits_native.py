@@ -1,5 +1,5 @@
 """helper 164: Qwen2-VL caption_logits ignores the images' own size (hf_vlm.py caption_logits builds the prompt with
-`collate.prompt_rows(collate.prompt_texts([self.image_token]))`, no image_sizes -> the nominal square's count).
+`collate.prompt_rows([self.image_token])`, no image_sizes -> the nominal square's count).
 The loader gives Qwen2-VL native-size (non-square) images, and generate / lm_loss / sequence_scores take them;
 caption_logits raises BackboneError "image tokens do not match the image features (tokens: 8, features: 16)"."""
 

@@ -121,3 +121,16 @@ def test_the_context_warning_counts_both_images_tokens_on_paligemma(pali, caplog
     with caplog.at_level(logging.WARNING, logger="mtl_lora_vl.tasks.base"):
         kind.warn_lm_context(world.build_split("nlvr", "train", n=4, seed=0).examples, pali)
     assert f"its {2 * T} image tokens" in caplog.text, caplog.text
+
+
+def test_prompt_rows_counts_a_pair_rows_images_on_its_own(pali):
+    """``prompt_rows`` counts each row's images on the prompts it is given, so no caller can forget to: the old form
+    took the texts (placeholders already taken out for PaliGemma) and read a pair row as one image unless told."""
+    prompt, _, _ = _pair_row(pali)
+    collate = pali.lm_collator()
+    rows, texts, text_ids = collate.prompt_rows([prompt, pali.image_token + "caption en"])
+    T = pali.num_image_tokens
+    assert [row.count(pali.image_token_id) for row in rows] == [2 * T, T]
+    assert texts == collate.prompt_texts([prompt, pali.image_token + "caption en"])
+    assert rows[0] == collate([prompt])["input_ids"][0].tolist()
+    assert rows[1][T:] == [pali.bos_id, *text_ids[1]]

@@ -67,8 +67,7 @@ def scores_full(self: HFVLMBackbone, images: Tensor, prompts: Sequence[str], can
     """:func:`scores_cached` without a cache: each row's prompt and each candidate as one full sequence."""
     B, C = len(cands), len(cands[0])
     collate = self.lm_collator()
-    texts = collate.prompt_texts(prompts)
-    rows = collate.prompt_rows(texts, self._sizes_of(images, sizes), collate.image_counts(prompts))[0]
+    rows = collate.prompt_rows(prompts, self._sizes_of(images, sizes)).rows
     full = collate._right_padded([p for p in rows for _ in range(C)], [c for row in cands for c in row])
     full = {k: v.to(images.device) for k, v in full.items()}
     # each row's images (several per prompt: a row's placeholders, in order), repeated for its C sequences

@@ -313,7 +313,7 @@ class HFVLMBackbone(Backbone):
                              f"got {tuple(tokens.shape)}")
         tokens, L = tokens.long(), tokens.shape[1]
         collate = self.lm_collator()
-        prompt = collate.prompt_rows(collate.prompt_texts([self.image_token]), [tuple(images.shape[-2:])])[0][0]
+        prompt = collate.prompt_rows([self.image_token], [tuple(images.shape[-2:])]).rows[0]
         start = self.prefix_ids
         if len(start) == 1 and bool((tokens[:, 0] == start[0]).all()):
             tokens = tokens[:, 1:]   # the prompt's last position predicts tokens[:, 1]

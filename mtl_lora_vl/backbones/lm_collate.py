@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -34,6 +34,14 @@ logger = logging.getLogger(__name__)
 __all__ = ["IGNORE_INDEX", "LMCollator", "PromptLayout", "special_prefix", "whole_images"]
 
 IGNORE_INDEX = -100
+
+
+class PromptRows(NamedTuple):
+    """:meth:`LMCollator.prompt_rows`: each prompt's row of ids, the text it is tokenised as, and that text's ids."""
+
+    rows: list[list[int]]
+    texts: list[str]
+    text_ids: list[list[int]]
 
 
 @dataclass(frozen=True)
@@ -148,8 +156,7 @@ class LMCollator:
         prompts = list(prompts)
         if not prompts:
             raise ValueError("lm_collator: no prompts")
-        texts = self.prompt_texts(prompts)
-        rows, prompt_ids = self.prompt_rows(texts, image_sizes, self.image_counts(prompts))
+        rows, texts, prompt_ids = self.prompt_rows(prompts, image_sizes)
         if targets is None:
             return self._left_padded(rows)
         for arg, val in (("targets", targets), ("ends", ends)):   # a string would be read letter by letter
@@ -222,24 +229,21 @@ class LMCollator:
         return texts
 
     def image_counts(self, prompts: Sequence[str]) -> list[int]:
-        """Each prompt's images: the image placeholders it holds (what :meth:`prompt_rows` takes as ``row_images``)."""
+        """Each prompt's images: the image placeholders it holds."""
         return [p.count(self.layout.image_token) for p in prompts]
 
-    def prompt_rows(self, texts: list[str], image_sizes: Sequence[Sequence[int]] | None = None,
-                    row_images: Sequence[int] | None = None) -> tuple[list[list[int]], list[list[int]]]:
-        """For prompt texts (:meth:`prompt_texts`): each row (prefix, text, each image placeholder expanded: as many
-        tokens as its image's size in ``image_sizes`` gives, for a native-resolution model) and the text's own ids.
-        ``image_sizes``: one ``(h, w)`` per image placeholder, in row order. ``row_images``: each row's image count
-        (:meth:`image_counts` of the prompts), read where the layout moves the images out of the text
-        (``image_first``: PaliGemma puts all of a row's images' tokens, in order, before the start token and the
-        text, as its processor does); without it such a row holds one image."""
+    def prompt_rows(self, prompts: Sequence[str], image_sizes: Sequence[Sequence[int]] | None = None) -> PromptRows:
+        """For prompts (each holding its images' placeholders): each row's ids (prefix, text, each image placeholder
+        expanded: as many tokens as its image's size in ``image_sizes`` gives, for a native-resolution model), the
+        text each is tokenised as (:meth:`prompt_texts`) and that text's own ids. ``image_sizes``: one ``(h, w)`` per
+        image placeholder, in row order. The images are counted on the prompts, not the texts: a layout that moves
+        them out of the text (``image_first``: PaliGemma puts all of a row's images' tokens, in order, before the
+        start token and the text, as its processor does) leaves no placeholder in the text to count."""
         lay = self.layout
+        texts = self.prompt_texts(prompts)
         encoded = [[int(t) for t in ids] for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        # each row's images: its placeholders (for a layout that moves the images out of the text: ``row_images``)
-        if lay.image_first:
-            counts = [1] * len(encoded) if row_images is None else [int(n) for n in row_images]
-        else:
-            counts = [ids.count(lay.image_token_id) for ids in encoded]
+        # each row's images: the placeholders of its ids, or of its prompt where the layout takes them out of the text
+        counts = self.image_counts(prompts) if lay.image_first else [ids.count(lay.image_token_id) for ids in encoded]
         if image_sizes is not None and len(image_sizes) != sum(counts):
             raise ValueError(f"lm_collator: {len(texts)} prompts hold {sum(counts)} image placeholders but "
                              f"{len(image_sizes)} image sizes are given; give one (h, w) per image")
@@ -273,7 +277,7 @@ class LMCollator:
                     "max_length"
                 )
             rows.append(row)
-        return rows, encoded
+        return PromptRows(rows, texts, encoded)
 
     def _left_padded(self, rows: list[list[int]]) -> dict[str, Tensor]:
         width = max(map(len, rows))

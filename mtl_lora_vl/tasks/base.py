@@ -290,8 +290,7 @@ class TaskKind(ABC):
         rows = list(examples[:limit])
         collate = backbone.lm_collator()
         prompts, targets = zip(*(self.sample_lm(ex, 0)[:2] for ex in rows))
-        texts = collate.prompt_texts(prompts)
-        ids, prompt_ids = collate.prompt_rows(texts, row_images=collate.image_counts(prompts))
+        ids, texts, prompt_ids = collate.prompt_rows(prompts)
         lengths = [len(p) + len(t) + 1 for p, t in zip(ids, collate.continuation_ids(texts, targets, prompt_ids))]
         image_tokens = max(row.count(collate.layout.image_token_id) for row in ids)   # (rows of two images: twice)
         over = sum(n > context for n in lengths)
