@@ -29,6 +29,7 @@ __all__ = [
     "Tokenizer",
     "WordTokenizer",
     "build_word_tokenizer",
+    "cut_texts",
     "is_word_tokenizer",
     "load_hf_tokenizer",
 ]
@@ -255,6 +256,17 @@ class HFTokenizer:
     def decode(self, token_ids: Sequence[int] | Tensor) -> str:
         ids = _strip_ids(token_ids, self.bos_id, self.eos_id, self.pad_id)
         return self._tok.decode(ids, skip_special_tokens=True).strip()
+
+
+def cut_texts(tok: Tokenizer, texts: Sequence[str], batch: int = 512) -> int:
+    """How many of ``texts`` ``tok`` cuts at its context length: a row differs from the same text tokenised with
+    room to spare (its end token put back over a word), or that one runs past the context."""
+    context, cut = tok.context_length, 0
+    for at in range(0, len(texts), batch):
+        part = list(texts[at:at + batch])
+        fitted, roomy = tok(part), tok(part, context_length=4 * context)
+        cut += int(((fitted != roomy[:, :context]).any(1) | (roomy[:, context:] != tok.pad_id).any(1)).sum())
+    return cut
 
 
 #: Files one of which a ``transformers`` tokenizer folder holds (fast, BPE, WordPiece, SentencePiece vocabularies).

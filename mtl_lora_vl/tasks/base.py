@@ -68,6 +68,7 @@ from torch import Tensor, nn
 from mtl_lora_vl.adapters.rows import autocast_off
 from mtl_lora_vl.backbones.base import BackboneError
 from mtl_lora_vl.backbones.chat import ChatWrap
+from mtl_lora_vl.backbones.tokenizers import cut_texts
 from mtl_lora_vl.data.fallback import decode_policy, failure_keys
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
@@ -99,21 +100,35 @@ def split_texts(split: Split) -> set[str]:
     return {t for ex in split.examples for t in (ex.text, *ex.captions, *ex.answers) if t}
 
 
+#: Distinct texts a subword tokenizer tokenises at start-up to count those its context cuts (a few seconds).
+MEASURED_TEXTS = 20_000
+
+
 def warn_text_coverage(spec: TaskSpec, texts: Iterable[str], backbone: Backbone, what: str = "training texts") -> None:
     """Say when a word-level tokenizer (the built-in backbones', 450 words) cannot read a task's ``texts`` (``what``
     they are, for the message): words it does not know become ``<unk>``, and texts longer than its context are
     cut, so captions in another language or long ones -- or class names -- collapse into the same tokens and the
-    task trains nothing, silently otherwise."""
+    task trains nothing, silently otherwise. A subword tokenizer (open_clip's BPE, a Hugging Face CLIP's) knows every
+    word but cuts at its context (77 tokens) as silently: the texts it cuts are counted too."""
     tok = getattr(backbone, "tokenizer", None)
-    if not (hasattr(tok, "encode_words") and hasattr(tok, "unk_id") and hasattr(tok, "context_length")):
-        return   # a subword tokenizer reads any text
     texts = sorted(set(texts))
-    if not texts:
+    if not texts or not hasattr(tok, "context_length"):
+        return
+    where = f"task {spec.name!r}" + (f" ({spec.source_file})" if spec.source_file else "")
+    if not (hasattr(tok, "encode_words") and hasattr(tok, "unk_id")):   # a subword tokenizer reads any text, but cuts
+        if uses_language_model(backbone):
+            return   # no text tower: a language model's prompts are measured against its context (warn_lm_context)
+        measured = texts[:MEASURED_TEXTS]
+        cut = cut_texts(tok, measured)
+        if cut:
+            logger.warning("%s: %d of %s%d distinct %s are longer than the text tower's context of %d tokens and are "
+                           "cut; what follows the cut is not read", where, cut,
+                           "the first " if len(measured) < len(texts) else "its ", len(measured), what,
+                           tok.context_length)
         return
     ids = [tok.encode_words(t) for t in texts]
     unknown = sum(tok.unk_id in row for row in ids)
     cut = sum(len(row) > tok.context_length - 2 for row in ids)
-    where = f"task {spec.name!r}" + (f" ({spec.source_file})" if spec.source_file else "")
     if unknown:
         logger.warning("%s: %d of its %d distinct %s hold words the %s tokenizer does not know (they become <unk>, "
                        "e.g. %r); texts that differ only there look the same to the model: use a backbone with a "
