@@ -200,6 +200,9 @@ def test_an_early_stop_logs_the_last_training_losses(tmp_path):
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert json.loads((run / "eval.json").read_text())["selected"]["stopped_early_at"] == 4
     assert [r["step"] for r in rows if "loss" in r] == [3, 4]
+    # each row's lr is the rate its last step trained at (cosine over 12 steps): step 4's, not step 5's
+    lrs = [r["lr"] for r in rows if "loss" in r]
+    assert lrs == pytest.approx([1e-12 * 0.5 * (1 + math.cos(math.pi * s / 12)) for s in (2, 3)], rel=1e-6, abs=0)
 
 
 def test_resume_of_a_file_is_not_called_a_missing_folder(tmp_path, capsys):

@@ -453,7 +453,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
         finally:
             progress.close()
     if best is not None and step < run.total_steps and step % opts.log_every and window.losses:   # --patience
-        log.log({**window.flush(step, optim.lr, info), **replaced(), **skips.flush()})   # stopped it: its last losses
+        log.log({**window.flush(step, lr, info), **replaced(), **skips.flush()})   # stopped it: its last losses
     if info.is_main:
         skips.report(step)
     checkpoint()   # the trained state, before the final validation: a failure or Ctrl-C in it loses no step
