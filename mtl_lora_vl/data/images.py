@@ -293,7 +293,7 @@ def _check_resized(name: str, size: tuple[int, int], new: tuple[int, int]) -> No
 
 def _decoded(source: Any, draft: int | None, alpha: str = "white") -> Image.Image:
     """Decode a file / bytes / reference to an RGB PIL image at its own size; a JPEG at a reduced scale
-    (1/2, 1/4, 1/8: much faster) when both sides stay at least ``draft`` long."""
+    (1/2, 1/4, 1/8: much faster) that divides both sides and keeps both at least ``draft`` long."""
     try:
         target, name = _resolve(source)
     except TypeError as e:
@@ -301,7 +301,12 @@ def _decoded(source: Any, draft: int | None, alpha: str = "white") -> Image.Imag
     with _opened(target, name) as img:
         try:
             if draft is not None and img.format == "JPEG":
-                img.draft("RGB", (draft, draft))
+                # only a scale that divides both sides: a partial last block made the reduced image ceil-sized, a
+                # little larger than the picture it shows, and the resize then misplaced every pixel
+                w, h = img.size
+                s = next((s for s in (8, 4, 2) if w % s == 0 and h % s == 0 and min(w, h) // s >= draft), 1)
+                if s > 1:
+                    img.draft("RGB", (w // s, h // s))
             img.load()
             return to_rgb(_upright(img), alpha)   # a new image: independent of the closed file
         except Exception as e:  # truncated or corrupt data surfaces as OSError, SyntaxError, ValueError, ...

@@ -97,11 +97,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from mtl_lora_vl.data.fallback import ImageFallback, current_policy
-from mtl_lora_vl.data.images import ImageError
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.data.resize import ImageResize
 from mtl_lora_vl.data.sampler import MultiTaskBatchSampler
 from mtl_lora_vl.data.seeding import SeededBatches, SeededDataset, loader_generator, reseed_loader
+from mtl_lora_vl.data.worker_errors import worker_errors_unwrapped
 from mtl_lora_vl.log import progress
 
 
@@ -194,28 +194,6 @@ def _segments(ids: list[int]) -> tuple[tuple[int, int, int], ...]:
         else:
             segs.append((t, i, i + 1))
     return tuple(segs)
-
-
-def _worker_errors_unwrapped(loader: DataLoader) -> Iterator[Any]:
-    """``loader``'s batches; an :class:`ImageError` a worker raised comes out with its own message (PyTorch
-    re-raises it as "Caught ImageError in DataLoader worker process 0." plus the worker's traceback, which the
-    command line then printed as its one-line error)."""
-    it = iter(loader)
-    while True:
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        except ImageError as e:
-            text = str(e)
-            if not text.startswith("Caught ImageError in DataLoader worker"):
-                raise
-            shutdown = getattr(it, "_shutdown_workers", None)
-            if shutdown is not None:   # now: the error's traceback keeps this iterator (and its workers) alive
-                shutdown()
-            own = f"\n{ImageError.__module__}.{ImageError.__qualname__}: "   # the traceback's last line starts so
-            raise ImageError(text.rpartition(own)[2].strip() if own in text else text) from None
-        yield batch
 
 
 class MultiTaskCollate:
@@ -416,7 +394,7 @@ class MultiTaskLoader:
             self.sampler.load_state_dict(self.sampler.state_dict(self.consumed))
         reseed_loader(self.generator, self.sampler.seed, self.sampler.rank, self.consumed)
         replaced: Counter[str] = Counter()   # of the batches taken (workers may have made more ahead)
-        for batch in _worker_errors_unwrapped(self.loader):
+        for batch in worker_errors_unwrapped(self.loader):
             self.consumed += 1
             replaced.update(batch.get("replaced") or {})
             yield batch
@@ -476,7 +454,7 @@ def iter_sized_image_batches(backbone: Any, examples: Sequence[Example], *, batc
                            strict=policy_strict if strict is None else strict)
     loader = DataLoader(_ImageDataset(images), batch_size=batch_size, shuffle=False, collate_fn=pad_images,
                         num_workers=num_workers, pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
-    for batch, sizes in progress(_worker_errors_unwrapped(loader), desc="images", unit="batch", total=len(loader)):
+    for batch, sizes in progress(worker_errors_unwrapped(loader), desc="images", unit="batch", total=len(loader)):
         yield backbone.preprocess_uint8(batch.to(device, non_blocking=True), dtype), sizes
     images.report()
 

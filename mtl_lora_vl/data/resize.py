@@ -47,7 +47,8 @@ class ImageResize:
     ``pad_square``: an RGB fill; the image is first padded to a square of its longer side with it, centred
     (LLaVA-1.5's "pad" aspect mode: ``LlavaImageProcessor(do_pad=True)`` fills with the image mean).
     ``alpha``: a transparent image composited on white (``"white"``, as Hugging Face processors convert it) or its
-    stored colours kept (``"drop"``: ``convert("RGB")``, as open_clip's transform and training loader do)."""
+    stored colours kept (``"drop"``: ``convert("RGB")``, as open_clip's training loader does; its
+    ``image_transform`` converts after resizing, when Pillow has turned transparent pixels black)."""
 
     size: int
     mode: str = "shortest"
