@@ -28,6 +28,10 @@ and ``label`` is a truth value read as JSONL rows' are (true/false, yes/no, 1/0,
 label column is read by its names (true/false, yes/no), never by index order, and refused with other names. Such
 a mapping is never guessed from column names: a table of several image columns and no ``image`` needs ``columns``.
 ``group = "<column>"`` (mapped by name only) names the rows of one statement, for NLVR2's ``consistency``.
+A table that keeps a row's images in ONE column of lists (``Sequence(Image())``, lists of bytes or paths, or
+parquet lists of ``{bytes, path}``: Mantis, MMMU-style sets) maps it by name, ``images = "images"``: one lazy
+reference per element (:mod:`mtl_lora_vl.data.hf_images`; a failed one named by row and position), two or more
+per row (the ``nlvr`` kind then wants training's count in every row); such a column mapped as ``image`` is refused.
 
 Images stored in the dataset stay there: each example holds a small :class:`DatasetImage` reference
 (table + row) and loader workers read the bytes themselves from the memory-mapped table, so nothing is
@@ -234,9 +238,9 @@ def _stamp(files: Iterable[Path]) -> str:
 
 
 def _column_map(columns: dict | None, names: list[str], where: str,
-                image_columns: list[str] = ()) -> dict[str, Any]:
-    """Field -> column (``images``: a list of columns); ``image_columns``: the table's columns of images, named
-    when no image column is mapped."""
+                image_columns: list[str] = (), list_columns: list[str] = ()) -> dict[str, Any]:
+    """Field -> column (``images``: a list of columns, or one column of lists); ``image_columns`` / ``list_columns``:
+    the table's columns of images / of lists of images, named when no image column is mapped."""
     if columns is None:
         mapping: dict[str, Any] = {f: f for f in _AUTO_FIELDS if f in names}
     else:
@@ -249,16 +253,17 @@ def _column_map(columns: dict | None, names: list[str], where: str,
         mapping = dict(columns)
         if "images" in mapping:
             cols = mapping["images"]
-            if not isinstance(cols, list) or not all(isinstance(c, str) for c in cols):
+            one = isinstance(cols, str)   # one column whose rows are lists of images (data/hf_images.py)
+            if not one and (not isinstance(cols, list) or not all(isinstance(c, str) for c in cols)):
                 raise ReaderOptionError(f"columns: images must be a list of the image columns of a row, in order, e.g. "
-                                        f"{_PAIR_EXAMPLE}; got images = {cols!r}")
+                                        f"{_PAIR_EXAMPLE}, or one column of lists of images; got images = {cols!r}")
             if "image" in mapping:
                 raise ValueError(f"columns: both image ({mapping['image']!r}) and images ({cols}) are mapped; a row of "
                                  "one image maps image, a row of several maps images (a list of columns) and no image")
-            if len(cols) < 2:
+            if not one and len(cols) < 2:
                 raise ValueError(f"columns: images names {len(cols)} column(s) ({cols}); a row of several images needs "
                                  "two or more image columns, in order (for one image per row, map it as image)")
-            twice = sorted({c for c in cols if cols.count(c) > 1})
+            twice = [] if one else sorted({c for c in cols if cols.count(c) > 1})
             if twice:
                 raise ValueError(f"columns: images names the column(s) {twice} more than once ({cols}); give each "
                                  "image of a row its own column")
@@ -271,6 +276,10 @@ def _column_map(columns: dict | None, names: list[str], where: str,
         raise ValueError(f"{where}: column(s) {[c for _, c in missing]} not found (mapped from "
                          f"{list(dict.fromkeys(f for f, _ in missing))}); the dataset has columns {names}")
     if "image" not in mapping and "images" not in mapping:
+        if list_columns:
+            raise ValueError(f"{where}: no image column, and column(s) {list(list_columns)} hold lists of images; a "
+                             "row of several images is not guessed from column names: map it, e.g. columns = "
+                             f'{{images = "{list_columns[0]}", statement = "...", label = "..."}}')
         if len(image_columns) >= 2:
             raise ValueError(f"{where}: no image column, and the dataset has {len(image_columns)} columns of images "
                              f"{list(image_columns)}; a row of several images is not guessed from column names: map "
@@ -286,6 +295,9 @@ def _is_image_feature(feature: Any) -> bool:
 
 
 def _image_kind(feature: Any, where: str, column: str) -> str:
+    from .hf_images import refuse_list_column
+
+    refuse_list_column(feature, where, column)
     datasets = _datasets()
     if isinstance(feature, datasets.Image):
         return "struct"
@@ -334,9 +346,13 @@ def read_hf_datasets(
     table, ds = _open_table(root, path, split, cache_dir)
     source = f"datasets {table}"
     names = list(ds.column_names)
-    mapping = _column_map(columns, names, source, [c for c in names if _is_image_feature(ds.features[c])])
+    from .hf_images import list_element, list_image_rows
+
+    mapping = _column_map(columns, names, source, [c for c in names if _is_image_feature(ds.features[c])],
+                          [c for c in names if _is_image_feature(list_element(ds.features[c]))])
     if "images" in mapping:
-        return examples_from_rows(_several_image_rows(root, table, ds, mapping, images, source),
+        several = list_image_rows if isinstance(mapping["images"], str) else _several_image_rows
+        return examples_from_rows(several(root, table, ds, mapping, images, source),
                                   at=lambda n: f"{source} row {n}", source=source, image_of=lambda r: r["image"],
                                   check=ImageChecker(verify, strict), class_names=class_names,
                                   one_per_image=one_per_image)

@@ -1,0 +1,149 @@
+"""Rows of several images kept in ONE column of lists, for the ``hf_datasets`` format.
+
+Hub tables such as Mantis-Instruct, MMMU-style sets and some NLVR2 copies hold a row's images as one
+``Sequence(Image())`` column (or a list of encoded bytes, of paths, or -- in parquet files written without
+``datasets`` -- of ``{bytes, path}`` structs). ``columns = {images = "images", ...}`` maps such a column: each
+element becomes a :class:`DatasetListImage` (table, row, position), read lazily by loader workers from the
+memory-mapped table as :class:`~mtl_lora_vl.data.hf_datasets.DatasetImage` is; a path element is resolved under the
+data root. Used by :func:`mtl_lora_vl.data.hf_datasets.read_hf_datasets`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .common import DataFormatError, PathEscapeError, resolve_under
+from .hf_datasets import DatasetImage, _datasets, _image_kind, _images, _Table, _truth_names
+from .images import ImageError
+from .rows import ImageSources
+
+_LIST_TYPES = ("Sequence", "List", "LargeList")
+
+
+def list_element(feature: Any) -> Any | None:
+    """The element feature of a list column (``Sequence``/``List``/``LargeList`` or ``[feature]``), else None."""
+    if isinstance(feature, list) and len(feature) == 1:
+        return feature[0]
+    if type(feature).__name__ in _LIST_TYPES:
+        return getattr(feature, "feature", None)
+    return None
+
+
+def refuse_list_column(feature: Any, where: str, column: str) -> None:
+    """Refuse column ``column`` as ONE image (or one of a list of image columns) where it holds lists of images."""
+    if list_element(feature) is not None:
+        raise ValueError(f"{where}: column {column!r} holds a list of images in each row ({feature}), not one image; "
+                         f"map it alone as images = {column!r}, a row of several images (the nlvr kind: columns = "
+                         f'{{images = "{column}", statement = "...", label = "..."}})')
+
+
+@dataclass(frozen=True)
+class DatasetListImage(DatasetImage):
+    """Element ``position`` (from 0) of the list of images in row ``row`` of column ``column`` (read by ``fetch``)."""
+
+    position: int = 0
+
+    def fetch(self) -> bytes:
+        """The encoded image bytes of that one element (the rest of the row's list is not read)."""
+        value = self.table.column(self.column)[self.row].column(0)[0][self.position].as_py()
+        if isinstance(value, dict):
+            value = value.get("bytes")
+        if not value:
+            raise ImageError(f"image {self}: the dataset holds no image bytes at this position")
+        return value
+
+    def __str__(self) -> str:
+        return f"{self.table} row {self.row} column {self.column!r} position {self.position}"
+
+
+def _element_kind(ds: Any, column: str, source: str) -> str:
+    """How column ``column``'s list elements hold images: "struct", "bytes" or "path" (refused otherwise)."""
+    feature = ds.features[column]
+    element = list_element(feature)
+    if element is None:
+        raise ValueError(f"{source}: columns: images = {column!r} names a column of {feature}, not of lists of "
+                         "images; images must be a list of the image columns of a row, in order (e.g. images = "
+                         '["left_image", "right_image"]), or one column whose rows are lists of images')
+    import pyarrow as pa
+
+    arrow = ds.data.schema.field(column).type
+    if not any(f(arrow) for f in (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)):
+        raise ValueError(f"{source}: column {column!r} ({feature}) is stored as {arrow}, not as a list of images")
+    return _image_kind(element, source, f"{column}[]")
+
+
+def _list_items(column: Any, kind: str) -> list[list[tuple[bool, str | None]] | None]:
+    """Per row of the list ``column`` (an Arrow chunked array): its elements as :func:`_images` gives them (None
+    for a null list), without copying the bytes."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    out: list[list[tuple[bool, str | None]] | None] = []
+    for chunk in column.chunks:
+        lengths = pc.list_value_length(chunk).to_pylist()   # None: a null list (its values are not flattened)
+        flat = iter(_images(pa.chunked_array([pc.list_flatten(chunk)]), kind))
+        out.extend(None if n is None else [next(flat) for _ in range(n)] for n in lengths)
+    return out
+
+
+def list_image_rows(root: Path, table: _Table, ds: Any, mapping: dict[str, Any], images: str,
+                    source: str) -> list[tuple[int, dict]]:
+    """The rows of a table whose images are the lists of column ``mapping["images"]``, each with ``images`` the
+    :class:`ImageSources` of its row: one :class:`DatasetListImage` per element (or a resolved path)."""
+    col: str = mapping["images"]
+    kind = _element_kind(ds, col, source)
+    column = ds.select_columns([col]).with_format("arrow")[:].column(0)
+    found = _list_items(column, kind)
+    label_names = None
+    if "label" in mapping and isinstance(ds.features[mapping["label"]], _datasets().ClassLabel):
+        label_names = _truth_names(list(ds.features[mapping["label"]].names), mapping["label"], source)
+    others = {f: c for f, c in mapping.items() if f != "images"}
+    meta = (ds.select_columns(list(dict.fromkeys(others.values()))).with_format("arrow")[:].to_pylist()
+            if others else [{} for _ in range(len(ds))])
+
+    def data(ref: DatasetListImage) -> Any:   # an element's encoded image, as an Arrow scalar (not copied out)
+        value = column[ref.row][ref.position]
+        return value["bytes"] if kind == "struct" else value
+
+    def same(a: Any, b: Any) -> bool:   # two rows' images at one position: the same bytes, or the same path
+        if isinstance(a, DatasetListImage) and isinstance(b, DatasetListImage):
+            return data(a).equals(data(b))
+        return a == b
+
+    by_id: dict[str, tuple[ImageSources, int]] = {}   # image_id -> (the images its rows share, its first row)
+    rows = []
+    for i, values in enumerate(meta):
+        row = {f: values[c] for f, c in others.items()}
+        if label_names is not None and isinstance(row.get("label"), int):   # by name (-1: no class, a blank label)
+            row["label"] = label_names[row["label"]] if 0 <= row["label"] < len(label_names) else None
+        items = found[i]
+        if not items or len(items) < 2:
+            raise DataFormatError(f"{source} row {i}: column {col!r} holds {len(items or [])} image(s); a row of "
+                                  "several images needs two or more (fix or remove the row; a table of one image "
+                                  "per row maps a column of single images as image)")
+        parts = []
+        for j, (has_bytes, img_path) in enumerate(items):
+            if has_bytes:
+                parts.append(DatasetListImage(table, col, i, j))
+            elif img_path:
+                try:
+                    parts.append(resolve_under(root, Path(images) / img_path))
+                except PathEscapeError as e:
+                    raise PathEscapeError(f"{source} row {i} column {col!r} position {j}: {e}") from None
+            else:
+                raise DataFormatError(f"{source} row {i} column {col!r} position {j}: no image (neither bytes nor "
+                                      "a path); fix or remove the row")
+        sources = ImageSources(parts)
+        if row.get("image_id") not in (None, ""):   # rows of one id and the same images share one reference each
+            first, n = by_id.setdefault(str(row["image_id"]), (sources, i))
+            if n != i and len(first) == len(sources) and all(same(a, b) for a, b in zip(first, sources)):
+                sources = first
+        elif not any(has for has, _ in items):   # paths: the default id is the paths, as in JSONL
+            row["image_id"] = "|".join(str(p) for _, p in items)
+        else:   # (a made-up id must not collide with the column's real ones)
+            row["image_id"] = f"row {i}" if "image_id" in mapping else str(i)
+        row["images"] = sources
+        rows.append((i, row))
+    return rows
