@@ -43,12 +43,10 @@ Needs the optional ``datasets`` package (``pip install "mtl-lora-vl[datasets]"``
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -60,95 +58,26 @@ from .common import (
     data_root_dir,
     resolve_under,
 )
-from .images import ImageError
+from .hf_images import list_image_rows
+from .hf_table import (
+    DatasetImage,
+    DatasetTable,
+    image_cells,
+    image_kind,
+    is_image_feature,
+    list_element,
+    load_datasets,
+    quiet_progress,
+    truth_names,
+)
 from .records import Split
-from .rows import _TRUTH, ImageSources, examples_from_rows
+from .rows import ImageSources, examples_from_rows
 
 FIELDS = ("image", "images", "text", "caption", "captions", "statement", "question", "answers", "label", "image_id",
           "question_type", "question_id", "filter_type", "group")
 #: Fields a column of the same name is taken for without ``columns`` (several images are never guessed).
 _AUTO_FIELDS = tuple(f for f in FIELDS if f not in ("images", "statement", "group"))
 _PAIR_EXAMPLE = 'columns = {images = ["left_image", "right_image"], statement = "sentence", label = "label"}'
-
-
-def _datasets() -> Any:
-    try:
-        import datasets
-    except ImportError as e:
-        raise ImportError("data format 'hf_datasets' needs the optional package `datasets` (and pyarrow): "
-                          "pip install \"mtl-lora-vl[datasets]\" (or pip install datasets)") from e
-    return datasets
-
-
-@contextlib.contextmanager
-def _quiet(datasets: Any) -> Iterator[None]:
-    """No progress bars while opening (the names below exist from datasets 2.x to 5.x)."""
-    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
-
-    was = is_progress_bar_enabled()
-    disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            enable_progress_bar()
-
-
-@dataclass(frozen=True)
-class _Table:
-    """Where a dataset lives: how to open it again in a loader worker."""
-
-    kind: str                       # "disk" (save_to_disk) or "parquet"
-    location: tuple[str, ...]       # the saved folder, or the parquet files
-    split: str | None
-    cache_dir: str | None = None
-    stamp: str = ""                 # of the files' sizes and times when read: a rewritten dataset is another table
-    # column -> that column opened, once per process (a worker opens its own: not pickled); freed with the table
-    opened: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "opened": {}}
-
-    def column(self, name: str) -> Any:
-        """Column ``name`` of the table as Arrow rows, opened on first use."""
-        if name not in self.opened:
-            self.opened[name] = self.open().select_columns([name]).with_format("arrow")
-        return self.opened[name]
-
-    def open(self) -> Any:
-        datasets = _datasets()
-        with _quiet(datasets):
-            if self.kind == "parquet":
-                return datasets.Dataset.from_parquet(list(self.location), cache_dir=self.cache_dir)
-            ds = datasets.load_from_disk(self.location[0])
-        if isinstance(ds, datasets.DatasetDict):
-            return ds[self.split]
-        return ds
-
-    def __str__(self) -> str:
-        where = self.location[0] if len(self.location) == 1 else f"{Path(self.location[0]).parent} (parquet)"
-        return f"{where} [{self.split}]" if self.split else where
-
-
-@dataclass(frozen=True)
-class DatasetImage:
-    """An image stored in row ``row`` of column ``column`` of a dataset table (read lazily by ``fetch``)."""
-
-    table: _Table
-    column: str
-    row: int
-
-    def fetch(self) -> bytes:
-        """The encoded image bytes (what :func:`mtl_lora_vl.data.images.load_image` decodes)."""
-        value = self.table.column(self.column)[self.row].column(0)[0].as_py()
-        if isinstance(value, dict):
-            value = value.get("bytes")
-        if not value:
-            raise ImageError(f"image {self}: the dataset holds no image bytes in this row")
-        return value
-
-    def __str__(self) -> str:
-        return f"{self.table} row {self.row} column {self.column!r}"
 
 
 def _find(root: Path, path: str | os.PathLike) -> Path:
@@ -203,11 +132,11 @@ def _parquet_files(base: Path, split: str | None) -> list[str]:
     return [str(f) for f in mine]
 
 
-def _open_table(root: Path, path: str | os.PathLike, split: str | None, cache_dir: str | None) -> tuple[_Table, Any]:
-    datasets = _datasets()
+def _open_table(root: Path, path: str | os.PathLike, split: str | None, cache_dir: str | None) -> tuple[DatasetTable, Any]:
+    datasets = load_datasets()
     base = _find(root, path)
     if base.is_dir() and ((base / "dataset_dict.json").is_file() or (base / "state.json").is_file()):
-        with _quiet(datasets):
+        with quiet_progress(datasets):
             ds = datasets.load_from_disk(str(base))
         if isinstance(ds, datasets.DatasetDict):
             if split is None and len(ds) == 1:
@@ -222,11 +151,11 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None, cache_di
                              "folder is that split's data, or save the splits together (DatasetDict.save_to_disk)")
         elif split is not None and str(ds.split) != split:
             raise ValueError(f"hf_datasets {base}: this saved dataset is the {str(ds.split)!r} split, not {split!r}")
-        table = _Table("disk", (str(base),), split if isinstance(ds, datasets.DatasetDict) else None,
+        table = DatasetTable("disk", (str(base),), split if isinstance(ds, datasets.DatasetDict) else None,
                        stamp=_stamp(sorted(base.rglob("*"))))
     else:
         files = _parquet_files(base, split)
-        table = _Table("parquet", tuple(files), split, cache_dir, stamp=_stamp(map(Path, files)))
+        table = DatasetTable("parquet", tuple(files), split, cache_dir, stamp=_stamp(map(Path, files)))
     return table, table.open()
 
 
@@ -289,46 +218,6 @@ def _column_map(columns: dict | None, names: list[str], where: str,
     return mapping
 
 
-def _is_image_feature(feature: Any) -> bool:
-    datasets = _datasets()
-    return isinstance(feature, datasets.Image) or (isinstance(feature, dict) and set(feature) >= {"bytes", "path"})
-
-
-def _image_kind(feature: Any, where: str, column: str) -> str:
-    from .hf_images import refuse_list_column
-
-    refuse_list_column(feature, where, column)
-    datasets = _datasets()
-    if isinstance(feature, datasets.Image):
-        return "struct"
-    if isinstance(feature, dict) and set(feature) >= {"bytes", "path"}:
-        return "struct"
-    dtype = getattr(feature, "dtype", None)
-    if dtype in ("string", "large_string"):
-        return "path"
-    if dtype in ("binary", "large_binary"):
-        return "bytes"
-    raise ValueError(f"{where}: image column {column!r} has type {feature}; expected images (datasets.Image), "
-                     "encoded bytes or file paths")
-
-
-def _images(column: Any, kind: str) -> list[tuple[bool, str | None]]:
-    """Per row of the image ``column`` (an Arrow chunked array): (has bytes in the table, path or None), without
-    copying the bytes."""
-    out: list[tuple[bool, str | None]] = []
-    for chunk in column.chunks:
-        if kind == "path":
-            out.extend((False, p) for p in chunk.to_pylist())
-        elif kind == "bytes":
-            out.extend((v, None) for v in chunk.is_valid().to_pylist())
-        else:
-            valid = chunk.is_valid().to_pylist()
-            has = chunk.field("bytes").is_valid().to_pylist()
-            paths = chunk.field("path").to_pylist()
-            out.extend((v and h, p if v else None) for v, h, p in zip(valid, has, paths))
-    return out
-
-
 def read_hf_datasets(
     data_root: str | os.PathLike,
     path: str | os.PathLike,
@@ -346,10 +235,9 @@ def read_hf_datasets(
     table, ds = _open_table(root, path, split, cache_dir)
     source = f"datasets {table}"
     names = list(ds.column_names)
-    from .hf_images import list_element, list_image_rows
 
-    mapping = _column_map(columns, names, source, [c for c in names if _is_image_feature(ds.features[c])],
-                          [c for c in names if _is_image_feature(list_element(ds.features[c]))])
+    mapping = _column_map(columns, names, source, [c for c in names if is_image_feature(ds.features[c])],
+                          [c for c in names if is_image_feature(list_element(ds.features[c]))])
     if "images" in mapping:
         several = list_image_rows if isinstance(mapping["images"], str) else _several_image_rows
         return examples_from_rows(several(root, table, ds, mapping, images, source),
@@ -357,9 +245,9 @@ def read_hf_datasets(
                                   check=ImageChecker(verify, strict), class_names=class_names,
                                   one_per_image=one_per_image)
     image_col = mapping["image"]
-    kind = _image_kind(ds.features[image_col], source, image_col)
+    kind = image_kind(ds.features[image_col], source, image_col)
     label_feature = ds.features.get(mapping["label"]) if "label" in mapping else None
-    if class_names is None and isinstance(label_feature, _datasets().ClassLabel):
+    if class_names is None and isinstance(label_feature, load_datasets().ClassLabel):
         class_names = list(label_feature.names)
 
     column = ds.select_columns([image_col]).with_format("arrow")[:].column(0)
@@ -377,7 +265,7 @@ def read_hf_datasets(
             digests[row] = hashlib.sha256(data or b"").hexdigest()
         return digests[row]
 
-    images_of = list(_images(column, kind))
+    images_of = list(image_cells(column, kind))
     ids = [values.get(mapping["image_id"]) if "image_id" in mapping else None for values in meta]
     named: dict[str, str] = {}   # digest -> the image_id rows give those bytes, where other rows give none
     if any(v in (None, "") for v in ids) and any(v not in (None, "") for v in ids):
@@ -419,27 +307,17 @@ def read_hf_datasets(
                               one_per_image=one_per_image)
 
 
-def _truth_names(names: list[str], column: str, source: str) -> list[str]:
-    """The names of a ``ClassLabel`` label column of statements, checked to be truth values (read by name)."""
-    bad = [n for n in names if str(n).strip().lower() not in _TRUTH]
-    if bad:
-        raise DataFormatError(f"{source}: label column {column!r} is a ClassLabel of names {names}; a statement about "
-                              f"several images has a truth value, read by its class's name: true/false (or yes/no, "
-                              f"1/0), and {bad} is none of those")
-    return names
-
-
-def _several_image_rows(root: Path, table: _Table, ds: Any, mapping: dict[str, Any], images: str,
+def _several_image_rows(root: Path, table: DatasetTable, ds: Any, mapping: dict[str, Any], images: str,
                         source: str) -> list[tuple[int, dict]]:
     """The rows of a table of several image columns (``mapping["images"]``, in order), each with ``images`` the
     :class:`ImageSources` of its row: one :class:`DatasetImage` per column (or a resolved path)."""
     cols: list[str] = mapping["images"]
-    kinds = [_image_kind(ds.features[c], source, c) for c in cols]
+    kinds = [image_kind(ds.features[c], source, c) for c in cols]
     arrays = ds.select_columns(cols).with_format("arrow")[:]
-    found = [_images(arrays.column(c), k) for c, k in zip(cols, kinds)]
+    found = [image_cells(arrays.column(c), k) for c, k in zip(cols, kinds)]
     label_names = None
-    if "label" in mapping and isinstance(ds.features[mapping["label"]], _datasets().ClassLabel):
-        label_names = _truth_names(list(ds.features[mapping["label"]].names), mapping["label"], source)
+    if "label" in mapping and isinstance(ds.features[mapping["label"]], load_datasets().ClassLabel):
+        label_names = truth_names(list(ds.features[mapping["label"]].names), mapping["label"], source)
     others = {f: c for f, c in mapping.items() if f != "images"}
     meta = (ds.select_columns(list(dict.fromkeys(others.values()))).with_format("arrow")[:].to_pylist()
             if others else [{} for _ in range(len(ds))])

@@ -4,7 +4,7 @@ Hub tables such as Mantis-Instruct, MMMU-style sets and some NLVR2 copies hold a
 ``Sequence(Image())`` column (or a list of encoded bytes, of paths, or -- in parquet files written without
 ``datasets`` -- of ``{bytes, path}`` structs). ``columns = {images = "images", ...}`` maps such a column: each
 element becomes a :class:`DatasetListImage` (table, row, position), read lazily by loader workers from the
-memory-mapped table as :class:`~mtl_lora_vl.data.hf_datasets.DatasetImage` is; a path element is resolved under the
+memory-mapped table as :class:`~mtl_lora_vl.data.hf_table.DatasetImage` is; a path element is resolved under the
 data root. Used by :func:`mtl_lora_vl.data.hf_datasets.read_hf_datasets`.
 """
 
@@ -15,28 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from .common import DataFormatError, PathEscapeError, resolve_under
-from .hf_datasets import DatasetImage, _datasets, _image_kind, _images, _Table, _truth_names
+from .hf_table import (
+    DatasetImage,
+    DatasetTable,
+    image_cells,
+    image_kind,
+    list_element,
+    load_datasets,
+    truth_names,
+)
 from .images import ImageError
 from .rows import ImageSources
-
-_LIST_TYPES = ("Sequence", "List", "LargeList")
-
-
-def list_element(feature: Any) -> Any | None:
-    """The element feature of a list column (``Sequence``/``List``/``LargeList`` or ``[feature]``), else None."""
-    if isinstance(feature, list) and len(feature) == 1:
-        return feature[0]
-    if type(feature).__name__ in _LIST_TYPES:
-        return getattr(feature, "feature", None)
-    return None
-
-
-def refuse_list_column(feature: Any, where: str, column: str) -> None:
-    """Refuse column ``column`` as ONE image (or one of a list of image columns) where it holds lists of images."""
-    if list_element(feature) is not None:
-        raise ValueError(f"{where}: column {column!r} holds a list of images in each row ({feature}), not one image; "
-                         f"map it alone as images = {column!r}, a row of several images (the nlvr kind: columns = "
-                         f'{{images = "{column}", statement = "...", label = "..."}})')
 
 
 @dataclass(frozen=True)
@@ -71,7 +60,7 @@ def _element_kind(ds: Any, column: str, source: str) -> str:
     arrow = ds.data.schema.field(column).type
     if not any(f(arrow) for f in (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)):
         raise ValueError(f"{source}: column {column!r} ({feature}) is stored as {arrow}, not as a list of images")
-    return _image_kind(element, source, f"{column}[]")
+    return image_kind(element, source, f"{column}[]")
 
 
 def _list_items(column: Any, kind: str) -> list[list[tuple[bool, str | None]] | None]:
@@ -83,12 +72,12 @@ def _list_items(column: Any, kind: str) -> list[list[tuple[bool, str | None]] | 
     out: list[list[tuple[bool, str | None]] | None] = []
     for chunk in column.chunks:
         lengths = pc.list_value_length(chunk).to_pylist()   # None: a null list (its values are not flattened)
-        flat = iter(_images(pa.chunked_array([pc.list_flatten(chunk)]), kind))
+        flat = iter(image_cells(pa.chunked_array([pc.list_flatten(chunk)]), kind))
         out.extend(None if n is None else [next(flat) for _ in range(n)] for n in lengths)
     return out
 
 
-def list_image_rows(root: Path, table: _Table, ds: Any, mapping: dict[str, Any], images: str,
+def list_image_rows(root: Path, table: DatasetTable, ds: Any, mapping: dict[str, Any], images: str,
                     source: str) -> list[tuple[int, dict]]:
     """The rows of a table whose images are the lists of column ``mapping["images"]``, each with ``images`` the
     :class:`ImageSources` of its row: one :class:`DatasetListImage` per element (or a resolved path)."""
@@ -97,8 +86,8 @@ def list_image_rows(root: Path, table: _Table, ds: Any, mapping: dict[str, Any],
     column = ds.select_columns([col]).with_format("arrow")[:].column(0)
     found = _list_items(column, kind)
     label_names = None
-    if "label" in mapping and isinstance(ds.features[mapping["label"]], _datasets().ClassLabel):
-        label_names = _truth_names(list(ds.features[mapping["label"]].names), mapping["label"], source)
+    if "label" in mapping and isinstance(ds.features[mapping["label"]], load_datasets().ClassLabel):
+        label_names = truth_names(list(ds.features[mapping["label"]].names), mapping["label"], source)
     others = {f: c for f, c in mapping.items() if f != "images"}
     meta = (ds.select_columns(list(dict.fromkeys(others.values()))).with_format("arrow")[:].to_pylist()
             if others else [{} for _ in range(len(ds))])

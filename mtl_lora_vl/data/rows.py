@@ -146,7 +146,7 @@ def _truth(value: Any, where: str) -> int:
 
 class ImageSources(tuple):
     """A row's ``images`` as a reader found them, each already an image source (a resolved path, or a reference
-    such as :class:`~mtl_lora_vl.data.hf_datasets.DatasetImage`), in order: taken as they are, not as text paths."""
+    such as :class:`~mtl_lora_vl.data.hf_table.DatasetImage`), in order: taken as they are, not as text paths."""
 
 
 def _image_list(value: Any, where: str) -> list[Any]:

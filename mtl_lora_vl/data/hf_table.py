@@ -1,0 +1,165 @@
+"""The Arrow side of the ``hf_datasets`` format (:mod:`.hf_datasets`, :mod:`.hf_images`): a dataset table that a
+loader worker opens again by itself, lazy references to the images stored in it, and what a column's feature says
+about the images it holds."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .common import DataFormatError
+from .images import ImageError
+from .rows import _TRUTH
+
+__all__ = ["DatasetImage", "DatasetTable", "image_cells", "image_kind", "is_image_feature", "list_element",
+           "load_datasets", "quiet_progress", "refuse_list_column", "truth_names"]
+
+_LIST_TYPES = ("Sequence", "List", "LargeList")
+
+
+def load_datasets() -> Any:
+    try:
+        import datasets
+    except ImportError as e:
+        raise ImportError("data format 'hf_datasets' needs the optional package `datasets` (and pyarrow): "
+                          "pip install \"mtl-lora-vl[datasets]\" (or pip install datasets)") from e
+    return datasets
+
+
+@contextlib.contextmanager
+def quiet_progress(datasets: Any) -> Iterator[None]:
+    """No progress bars while opening (the names below exist from datasets 2.x to 5.x)."""
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+
+    was = is_progress_bar_enabled()
+    disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            enable_progress_bar()
+
+
+@dataclass(frozen=True)
+class DatasetTable:
+    """Where a dataset lives: how to open it again in a loader worker."""
+
+    kind: str                       # "disk" (save_to_disk) or "parquet"
+    location: tuple[str, ...]       # the saved folder, or the parquet files
+    split: str | None
+    cache_dir: str | None = None
+    stamp: str = ""                 # of the files' sizes and times when read: a rewritten dataset is another table
+    # column -> that column opened, once per process (a worker opens its own: not pickled); freed with the table
+    opened: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "opened": {}}
+
+    def column(self, name: str) -> Any:
+        """Column ``name`` of the table as Arrow rows, opened on first use."""
+        if name not in self.opened:
+            self.opened[name] = self.open().select_columns([name]).with_format("arrow")
+        return self.opened[name]
+
+    def open(self) -> Any:
+        datasets = load_datasets()
+        with quiet_progress(datasets):
+            if self.kind == "parquet":
+                return datasets.Dataset.from_parquet(list(self.location), cache_dir=self.cache_dir)
+            ds = datasets.load_from_disk(self.location[0])
+        if isinstance(ds, datasets.DatasetDict):
+            return ds[self.split]
+        return ds
+
+    def __str__(self) -> str:
+        where = self.location[0] if len(self.location) == 1 else f"{Path(self.location[0]).parent} (parquet)"
+        return f"{where} [{self.split}]" if self.split else where
+
+
+@dataclass(frozen=True)
+class DatasetImage:
+    """An image stored in row ``row`` of column ``column`` of a dataset table (read lazily by ``fetch``)."""
+
+    table: DatasetTable
+    column: str
+    row: int
+
+    def fetch(self) -> bytes:
+        """The encoded image bytes (what :func:`mtl_lora_vl.data.images.load_image` decodes)."""
+        value = self.table.column(self.column)[self.row].column(0)[0].as_py()
+        if isinstance(value, dict):
+            value = value.get("bytes")
+        if not value:
+            raise ImageError(f"image {self}: the dataset holds no image bytes in this row")
+        return value
+
+    def __str__(self) -> str:
+        return f"{self.table} row {self.row} column {self.column!r}"
+
+
+def list_element(feature: Any) -> Any | None:
+    """The element feature of a list column (``Sequence``/``List``/``LargeList`` or ``[feature]``), else None."""
+    if isinstance(feature, list) and len(feature) == 1:
+        return feature[0]
+    if type(feature).__name__ in _LIST_TYPES:
+        return getattr(feature, "feature", None)
+    return None
+
+
+def refuse_list_column(feature: Any, where: str, column: str) -> None:
+    """Refuse column ``column`` as ONE image (or one of a list of image columns) where it holds lists of images."""
+    if list_element(feature) is not None:
+        raise ValueError(f"{where}: column {column!r} holds a list of images in each row ({feature}), not one image; "
+                         f"map it alone as images = {column!r}, a row of several images (the nlvr kind: columns = "
+                         f'{{images = "{column}", statement = "...", label = "..."}})')
+
+
+def is_image_feature(feature: Any) -> bool:
+    datasets = load_datasets()
+    return isinstance(feature, datasets.Image) or (isinstance(feature, dict) and set(feature) >= {"bytes", "path"})
+
+
+def image_kind(feature: Any, where: str, column: str) -> str:
+    refuse_list_column(feature, where, column)
+    datasets = load_datasets()
+    if isinstance(feature, datasets.Image):
+        return "struct"
+    if isinstance(feature, dict) and set(feature) >= {"bytes", "path"}:
+        return "struct"
+    dtype = getattr(feature, "dtype", None)
+    if dtype in ("string", "large_string"):
+        return "path"
+    if dtype in ("binary", "large_binary"):
+        return "bytes"
+    raise ValueError(f"{where}: image column {column!r} has type {feature}; expected images (datasets.Image), "
+                     "encoded bytes or file paths")
+
+
+def image_cells(column: Any, kind: str) -> list[tuple[bool, str | None]]:
+    """Per row of the image ``column`` (an Arrow chunked array): (has bytes in the table, path or None), without
+    copying the bytes."""
+    out: list[tuple[bool, str | None]] = []
+    for chunk in column.chunks:
+        if kind == "path":
+            out.extend((False, p) for p in chunk.to_pylist())
+        elif kind == "bytes":
+            out.extend((v, None) for v in chunk.is_valid().to_pylist())
+        else:
+            valid = chunk.is_valid().to_pylist()
+            has = chunk.field("bytes").is_valid().to_pylist()
+            paths = chunk.field("path").to_pylist()
+            out.extend((v and h, p if v else None) for v, h, p in zip(valid, has, paths))
+    return out
+
+
+def truth_names(names: list[str], column: str, source: str) -> list[str]:
+    """The names of a ``ClassLabel`` label column of statements, checked to be truth values (read by name)."""
+    bad = [n for n in names if str(n).strip().lower() not in _TRUTH]
+    if bad:
+        raise DataFormatError(f"{source}: label column {column!r} is a ClassLabel of names {names}; a statement about "
+                              f"several images has a truth value, read by its class's name: true/false (or yes/no, "
+                              f"1/0), and {bad} is none of those")
+    return names
