@@ -132,36 +132,42 @@ def test_adamw_is_fused_where_torch_has_the_kernel():
 
 
 # Accumulation, the logged learning rate, --task-lr-mult --------------------------------------------------
-class _ConstantLosses(torch.nn.Module):
-    """Each batch is one task's; its loss is a constant times one parameter (vqa 2, retrieval 4)."""
+class _ScaledConstantLosses(torch.nn.Module):
+    """Each task's loss is a constant times one parameter (vqa 2, retrieval 4), scaled by ``batch["loss_scales"]``
+    as :class:`MultiTaskModel` scales it."""
 
     def __init__(self):
         super().__init__()
         self.p = torch.nn.Parameter(torch.ones(()))
 
     def forward(self, batch):
-        name = batch["task"]
-        v = self.p * (2.0 if name == "vqa" else 4.0)
-        return v, {name: v}
+        scales = batch.get("loss_scales", {})
+        losses = {name: self.p * (2.0 if name == "vqa" else 4.0) * scales.get(name, 1.0) for name in batch["tasks"]}
+        return sum(losses.values()), losses
 
 
-def test_each_task_loss_is_its_mean_over_the_micro_batches_it_was_in(monkeypatch):
-    """Homogeneous batches under --accumulate 4: a task in two of the four micro-batches logged half its loss."""
+def test_accumulated_micro_batches_weigh_each_task_as_one_batch_of_their_rows(monkeypatch):
+    """Micro-batches {vqa: 4 rows}, {retrieval: 4 rows}, twice, under --accumulate 4: one batch of the 16 rows has
+    the loss 2 + 4 = 6, each task's mean over its rows. Review 192: each task was scaled by the micro-batches it was
+    in, not by all of them, so a task in 2 of 4 weighed half (the step trained 3; mixed batches smaller than the
+    task count)."""
     import itertools
 
     import mtl_lora_vl.training.step as step_mod
     from mtl_lora_vl.training.optim import Optimization
 
     monkeypatch.setattr(step_mod, "to_device", lambda batch, *a: batch)
-    net = _ConstantLosses()
+    net = _ScaledConstantLosses()
     opt = torch.optim.SGD(net.parameters(), lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(2, 3))
     optim = Optimization(opt, sched, torch.amp.GradScaler("cpu", enabled=False), list(net.parameters()))
-    batches = itertools.cycle([{"task": "vqa", "task_ids": torch.zeros(4)}, {"task": "retrieval", "task_ids": torch.ones(4)}])
+    four = torch.arange(4)
+    batches = itertools.cycle([{"tasks": {"vqa": {"rows": four}}, "task_ids": torch.zeros(4)},
+                               {"tasks": {"retrieval": {"rows": four}}, "task_ids": torch.ones(4)}])
     r = step_mod.forward_backward(net, batches, optim, accumulate=4, backbone=None, amp_dtype=torch.float32,
                                   info=DistInfo())
-    assert r.losses == pytest.approx({"vqa": 2.0, "retrieval": 4.0, "loss": 3.0}) and r.samples == 16
-    assert float(net.p.grad) == pytest.approx((2 + 4 + 2 + 4) / 4)   # the step's gradient: the micro-batches' mean
+    assert r.losses == pytest.approx({"vqa": 2.0, "retrieval": 4.0, "loss": 6.0}) and r.samples == 16
+    assert float(net.p.grad) == pytest.approx(6.0)
 
 
 def test_task_lr_mult_reaches_only_methods_with_task_tensors_and_the_logged_rate_trains():
@@ -247,16 +253,18 @@ def test_a_step_reads_its_losses_from_the_device_once(monkeypatch):
     from mtl_lora_vl.training.optim import Optimization
 
     monkeypatch.setattr(step_mod, "to_device", lambda batch, *a: batch)
-    net = _ConstantLosses()
+    net = _ScaledConstantLosses()
     opt = torch.optim.SGD(net.parameters(), lr=1.0)
     optim = Optimization(opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
                          torch.amp.GradScaler("cpu", enabled=False), list(net.parameters()))
-    batches = itertools.cycle([{"task": "vqa", "task_ids": torch.zeros(4)}, {"task": "retrieval", "task_ids": torch.ones(4)}])
+    four = torch.arange(4)
+    batches = itertools.cycle([{"tasks": {"vqa": {"rows": four}}, "task_ids": torch.zeros(4)},
+                               {"tasks": {"retrieval": {"rows": four}}, "task_ids": torch.ones(4)}])
     with _HostReads() as h:
         r = step_mod.forward_backward(net, batches, optim, accumulate=4, backbone=None, amp_dtype=torch.float32,
                                       info=DistInfo())
     assert h.reads == [] and r.finite   # the one read is a tolist(), below the dispatcher
-    assert r.losses == pytest.approx({"vqa": 2.0, "retrieval": 4.0, "loss": 3.0})
+    assert r.losses == pytest.approx({"vqa": 2.0, "retrieval": 4.0, "loss": 6.0})
     net.p.data.fill_(float("nan"))
     assert not step_mod.forward_backward(net, batches, optim, accumulate=2, backbone=None,
                                          amp_dtype=torch.float32, info=DistInfo()).finite

@@ -35,18 +35,16 @@ class StepResult:
 
 
 def task_row_scales(batches: list[dict[str, Any]]) -> list[dict[str, float]]:
-    """Per micro-batch, each task's scale ``n_tm * k_t / n_t`` (``n_tm`` its rows in micro-batch m, ``n_t`` in the
-    step, ``k_t`` the micro-batches it is in): with it, the mean over those micro-batches of a task's per-row mean
-    is the mean over all its rows of the step, as one batch of them gives (1 where a task's rows are spread
-    evenly, e.g. homogeneous batches)."""
+    """Per micro-batch, each task's scale ``n_tm * A / n_t`` (``n_tm`` its rows in micro-batch m, ``n_t`` in the
+    step, ``A`` the micro-batches): with it, the mean over the A micro-batches of a task's scaled per-row mean is
+    the mean over all its rows of the step, as one batch of them gives -- also for a task that misses some
+    micro-batches (mixed batches smaller than the task count), which counting only those it is in weighed by k/A."""
     counts = [{name: int(v["rows"].numel()) for name, v in b.get("tasks", {}).items()} for b in batches]
     total: dict[str, int] = {}
-    present: dict[str, int] = {}
     for c in counts:
         for name, n in c.items():
             total[name] = total.get(name, 0) + n
-            present[name] = present.get(name, 0) + 1
-    return [{name: n * present[name] / total[name] for name, n in c.items()} for c in counts]
+    return [{name: n * len(batches) / total[name] for name, n in c.items()} for c in counts]
 
 
 def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: Optimization, *,
@@ -63,7 +61,7 @@ def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: O
     """
     optim.optimizer.zero_grad(set_to_none=True)
     sums: dict[str, torch.Tensor] = {}
-    micro_batches: dict[str, int] = {}  # per task: the micro-batches it was in (each task's mean is over those)
+    micro_batches: dict[str, int] = {}  # per task: the micro-batches it was in (its mean, without loss_scales)
     total_sum: Any = 0.0
     samples = 0
     replaced: dict[str, int] = {}
@@ -94,7 +92,8 @@ def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: O
     if info.enabled:
         torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
     values = torch.cat([ok, total_sum.reshape(1), *(sums[k].reshape(1) for k in keys)]).tolist()
-    losses = {k: v / micro_batches[k] for k, v in zip(keys, values[2:])}
+    # with loss_scales (accumulate > 1) a task's scaled losses sum to `accumulate` times its mean over its rows
+    losses = {k: v / (accumulate if accumulate > 1 else micro_batches[k]) for k, v in zip(keys, values[2:])}
     losses["loss"] = values[1]
     return StepResult(losses, values[0] == 1.0, samples, replaced)
 
