@@ -162,12 +162,16 @@ def broadcast_from_main(obj: T, info: DistInfo) -> T:
 def all_ready(info: DistInfo, error: BaseException | None = None) -> None:
     """Every rank says whether its start-up failed (``error``) before any of them writes: a rank re-raises its
     own error, and the others raise too when any rank failed (rank 0 would otherwise go on to replace an
-    ``--overwrite`` run and then wait for a rank that had stopped). Every rank must call it."""
-    failed = max_over_ranks(int(error is not None), info)
+    ``--overwrite`` run and then wait for a rank that had stopped). Every rank must call it. A failed start-up
+    destroys the process group on every rank (NCCL warns of one left undestroyed at exit)."""
+    failed = max_over_ranks(info.rank + 1 if error is not None else 0, info)   # (the last failed rank, from 1)
+    if failed:
+        cleanup(info)
     if error is not None:
         raise error
     if failed:
-        raise StartupError("the start-up failed on another process (its error is above); nothing was written")
+        raise StartupError(f"the start-up failed on rank {failed - 1} (that process's error says why); nothing "
+                           "was written")
 
 
 class StartupError(RuntimeError):

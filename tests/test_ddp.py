@@ -293,7 +293,7 @@ def test_a_rank_failing_its_set_up_leaves_the_run_overwrite_would_replace(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["caption_cls.toml", "run"]
     assert (run / "metrics.jsonl").read_text() == "old\n" and sorted(p.name for p in run.iterdir()) == [
         "config.json", "metrics.jsonl"]
-    assert "this rank's set-up failed" in err and "the start-up failed on another process" in err
+    assert "this rank's set-up failed" in err and "the start-up failed on rank 1 (that process's error says why)" in err
 
 
 def test_ddp_homogeneous_batches_on_the_generative_path_find_no_unused_parameters(tmp_path, procs):
@@ -349,3 +349,25 @@ def test_a_hung_run_fails_with_its_processes_stacks(tmp_path, procs):
     msg = str(e.value)
     assert "did not end within 1 s" in msg and msg.count(f"{script}\", line 4 in wait_forever") == 2   # both ranks
     assert proc.poll() is not None
+
+
+@pytest.mark.parametrize("own_error", [False, True])
+def test_a_failed_start_up_names_the_rank_and_destroys_the_process_group(monkeypatch, own_error):
+    """Review 192: every rank said the failure's error was "above" (the order of the ranks' output is a race), and
+    the process group was left undestroyed (NCCL warns at exit). The collective is stubbed: rank 2 of 3 failed."""
+    import mtl_lora_vl.distributed as distributed
+
+    destroyed = []
+    monkeypatch.setattr(distributed, "max_over_ranks", lambda value, info: 3)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: destroyed.append(1))
+    info = DistInfo(rank=0, world_size=3)
+    with pytest.raises(ValueError if own_error else distributed.StartupError) as got:
+        distributed.all_ready(info, ValueError("own") if own_error else None)
+    assert destroyed == [1]
+    if not own_error:
+        assert "the start-up failed on rank 2" in str(got.value)
+    destroyed.clear()
+    monkeypatch.setattr(distributed, "max_over_ranks", lambda value, info: 0)
+    distributed.all_ready(info)   # no rank failed: the group stays
+    assert destroyed == []
