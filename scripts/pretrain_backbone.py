@@ -392,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
                 if t.is_floating_point():
                     t.copy_(t.half().float())
         report = zero_shot_report(bb, args.seed)
-        meta = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        meta = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+                "threads": args.threads, "seed": args.seed,
                 "pairs": len(pre.examples), "final_loss": sum(losses[-25:]) / len(losses[-25:]),
                 "train_seconds": round(train_s, 1), "zero_shot_val": report}
         sizes = save_assets(bb, config, Path(tdir), args.out, meta)

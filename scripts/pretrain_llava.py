@@ -641,8 +641,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--no-clip-init with --vision-lr 0 ships a random, frozen vision tower; give --vision-lr > 0")
     if not args.no_clip_init and not all((args.clip / f).is_file() for f in ("model.safetensors", "tokenizer.json",
                                                                               OPEN_CLIP_CONFIG)):
-        ap.error(f"the vision tower starts from the CLIP in {args.clip}, which is not built there; build it first: "
-                 f"python scripts/pretrain_backbone.py --out {args.clip} (or pass --no-clip-init with --vision-lr > 0)")
+        ap.error(f"the vision tower starts from the CLIP in {args.clip}, which is not built there; build one in a "
+                 "new folder first: python scripts/pretrain_backbone.py --out NEW_DIR, then pass --clip NEW_DIR (or "
+                 "pass --no-clip-init with --vision-lr > 0)")
     try:
         vision_width, vision_layers = clip_vision_size(args.clip)
     except ValueError as e:

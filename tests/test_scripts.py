@@ -163,6 +163,18 @@ def test_pretrain_backbone_never_replaces_a_users_open_clip_folder(tmp_path, mon
     assert e.value.code == 2 and (user / "NOTES.txt").read_text() == "mine"
 
 
+def test_pretrain_backbone_records_every_setting_that_changes_its_asset(tmp_path, monkeypatch):
+    """The asset's "pretrain" record left out --weight-decay: two assets trained otherwise carried the same record
+    (review 195). One step on 8 scenes, the zero-shot scoring skipped."""
+    pb = _script("pretrain_backbone")
+    monkeypatch.setattr(pb, "zero_shot_report", lambda bb, seed, log=print: {})
+    out = tmp_path / "clip"
+    assert pb.main(["--steps", "1", "--n-pretrain", "8", "--batch-size", "4", "--weight-decay", "0.3",
+                    "--out", str(out)]) == 0
+    record = json.loads((out / "open_clip_config.json").read_text())["pretrain"]
+    assert record["weight_decay"] == 0.3 and record["threads"] is None
+
+
 def test_pretrain_llava_evaluate_leaves_a_foreign_folder_unmarked_and_out_never_replaces_it(tmp_path, monkeypatch,
                                                                                             capsys):
     """--evaluate DIR wrote DIR/pretrain.json into any LLaVA folder, after which --out DIR took it for an earlier

@@ -153,7 +153,8 @@ def test_splits_are_disjoint():
         for split in (["train"] if kind == "pretrain" else world.SPLITS):
             for seed in (0, 1):
                 n = 400 if (kind, split) != ("pretrain", "train") else 2000
-                scenes = {e.image for e in world.build_split(kind, split, n=n, seed=seed).examples}
+                scenes = {scene for e in world.build_split(kind, split, n=n, seed=seed).examples   # (nlvr: pairs)
+                          for scene in (e.image if isinstance(e.image, tuple) else (e.image,))}
                 for other, prev in seen.items():
                     assert scenes.isdisjoint(prev), f"{(kind, split, seed)} shares scenes with {other}"
                 seen[(kind, split, seed)] = scenes
@@ -296,3 +297,10 @@ def test_stack_uint8_renders_each_image_as_the_loaders_do():
     out = stack_uint8(scenes, 32)
     assert out.shape == (len(scenes), 3, 32, 32) and out.dtype == torch.uint8
     assert all(torch.equal(out[i], to_uint8_tensor(s, 32)) for i, s in enumerate(scenes))
+
+
+def test_a_seed_that_is_not_an_int_is_refused():
+    """build_split(seed=1.9) drew seed 1's scenes under image ids of "1.9" (review 195)."""
+    for seed in (1.9, "1", True):
+        with pytest.raises(ValueError, match="seed must be an int"):
+            world.build_split("vqa", "val", n=2, seed=seed)

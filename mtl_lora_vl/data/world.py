@@ -86,7 +86,7 @@ KINDS: tuple[str, ...] = (*VOCAB_KINDS, "nlvr")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 #: Default number of scenes per (kind, split). Examples per scene: retrieval/captioning train: one per
-#: caption (up to five; 7.5 % of images have three or four), val/test: one per image; vqa: three questions;
+#: caption (up to five; about 9 % of images have three or four), val/test: one per image; vqa: three questions;
 #: classification and pretrain: one; nlvr: one statement per pair of scenes (the sizes count pairs: 3000 pairs
 #: are 6000 scenes to render per epoch, as vqa's 6000 train examples are; 400 / 800 pairs ~ vqa's 900 / 1800).
 DEFAULT_SCENES: dict[tuple[str, str], int] = {
@@ -267,7 +267,9 @@ def build_split(kind: str, split: str, n: int | None = None, seed: int = 0) -> S
         n = DEFAULT_SCENES[(kind, split)]
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"build_split: n must be a positive number of scenes, got {n!r}")
-    base = _base_seed(kind, split, int(seed))
+    if not isinstance(seed, int) or isinstance(seed, bool):   # 1.9 drew seed 1's scenes under ids of "1.9"
+        raise ValueError(f"build_split: seed must be an int, got {seed!r}")
+    base = _base_seed(kind, split, seed)
     examples: list[Example] = []
     for i in range(n):
         rng = random.Random((base << 24) + i)
