@@ -59,7 +59,7 @@ def _squares(bb, n: int, seed: int = 0) -> tuple[list[Image.Image], torch.Tensor
     """``n`` random pictures of another aspect as the loader makes them (canvases) and as the device has them."""
     rng = np.random.default_rng(seed)
     pictures = [Image.fromarray(rng.integers(0, 256, (48, 40 + 20 * i, 3), dtype=np.uint8)) for i in range(n)]
-    squares = [resize_to_square(p, bb.resize) for p in pictures]
+    squares = [resize_to_square(p, bb.square_resize) for p in pictures]
     uint8 = torch.stack([torch.from_numpy(np.asarray(s).copy()).permute(2, 0, 1) for s in squares])
     return squares, bb.preprocess_uint8(uint8)
 
@@ -72,7 +72,10 @@ def test_loads_from_a_directory_reading_images_at_a_square_pinpoint(bb):
     assert bb.capabilities == {LM_LOGITS, GENERATE, GRAD_CHECKPOINTING}
     assert (bb.image_size, bb.tile_size, bb.num_image_tokens) == (64, SIDE, tokens)
     assert bb.processor._get_num_multimodal_tokens(image_sizes=[[64, 64]])["num_image_tokens"] == [tokens]
+    assert bb.resize.mode == "anyres" and bb.resize.size == 64 and bb.resize.anyres.interpolation == "bicubic"
+    bb.native_aspect(False)   # the square canvas, kept reachable
     assert bb.resize.mode == "squash" and bb.resize.size == 64 and bb.resize.interpolation == "bicubic"
+    assert bb.lm_collator().layout.anyres is None
 
 
 def test_the_collators_ids_and_the_device_views_equal_the_processors(bb):

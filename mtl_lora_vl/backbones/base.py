@@ -112,9 +112,10 @@ def check_image_batch(images: Any, what: str) -> None:
         raise ValueError(f"{what}: images must be a (B, C, H, W) tensor, got {got}; one image is images[None]")
 
 
-def check_image_sizes(images: Tensor, sizes: Any, what: str) -> list[tuple[int, int]] | None:
+def check_image_sizes(images: Tensor, sizes: Any, what: str, within: bool = True) -> list[tuple[int, int]] | None:
     """``sizes`` (each image's ``(h, w)`` at the top left of ``images``, or None) as a list of int pairs, checked
-    against the batch: one per image, each within it."""
+    against the batch: one per image, each within it (``within`` False: any positive size, an anyres strip's
+    original image's)."""
     if sizes is None:
         return None
     try:
@@ -122,7 +123,7 @@ def check_image_sizes(images: Tensor, sizes: Any, what: str) -> list[tuple[int, 
     except (TypeError, ValueError):
         raise ValueError(f"{what}: image_sizes must be one (height, width) pair per image, got {sizes!r}") from None
     H, W = images.shape[-2:]
-    if len(out) != images.shape[0] or any(not (0 < h <= H and 0 < w <= W) for h, w in out):
+    if len(out) != images.shape[0] or any(not (0 < h and 0 < w and (not within or h <= H and w <= W)) for h, w in out):
         raise ValueError(f"{what}: image_sizes must give each of the {images.shape[0]} images its (height, width) "
                          f"within the batch's {H}x{W}, got {out}")
     return out
@@ -404,7 +405,7 @@ class Backbone:
             raise ValueError(f"preprocess_uint8 expects images of shape (B, 3, H, W), got {tuple(images_uint8.shape)}")
         mean, std = self.normalisers(images_uint8.device)
         x = images_uint8.float().div_(255.0)
-        if x.shape[-2:] != (self.image_size, self.image_size) and not self.resize.native:
+        if x.shape[-2:] != (self.image_size, self.image_size) and not self.resize.keeps_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                               align_corners=False, antialias=True)
         return ((x - mean) / std).to(dtype)

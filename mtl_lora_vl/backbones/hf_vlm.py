@@ -238,7 +238,7 @@ class HFVLMBackbone(Backbone):
         own check still runs), so the call makes no GPU wait. Without it both are read from the tensors.
         ``image_sizes``: see the module doc."""
         check_image_batch(pixel_values, "lm_loss")
-        sizes = check_image_sizes(pixel_values, image_sizes, "lm_loss")
+        sizes = check_image_sizes(pixel_values, image_sizes, "lm_loss", not self.resize.anyres)
         if first_label is None:
             self._check_rows(pixel_values, input_ids, "lm_loss", sizes)
         if labels.shape != input_ids.shape:
@@ -267,7 +267,7 @@ class HFVLMBackbone(Backbone):
                              "each row's images); upgrade transformers, or use beam_size=1")
         warn_past_context(batch["input_ids"].shape[1], int(max_len), self.lm_context, "generate")
         ids = batch["input_ids"]
-        kwargs = {**self._extra_inputs(ids, None), **self._row_inputs(ids, images.shape[0])}
+        kwargs = {**self._extra_inputs(ids, None), **self._row_inputs(ids, images.shape[0], sizes)}
         with _plain_decoding(self.model):
             out = self._hf_call(self.model.generate, **self._vision_inputs(images, sizes), **batch, **kwargs,
                                 max_new_tokens=int(max_len), num_beams=int(beam_size), do_sample=False,
@@ -356,7 +356,7 @@ class HFVLMBackbone(Backbone):
                              f"{self.image_size}x{self.image_size} images (backbone.resize makes them)")
         return {"pixel_values": pixel_values}
 
-    def _row_inputs(self, input_ids: Tensor, n_images: int) -> dict[str, Tensor]:
+    def _row_inputs(self, input_ids: Tensor, n_images: int, image_sizes: Any = None) -> dict[str, Tensor]:
         """Inputs saying how the ``n_images`` images split into the rows of ``input_ids`` (none here: the model
         scatters the features over the image tokens in order; LLaVA-OneVision's ``batch_num_images``)."""
         return {}
@@ -430,7 +430,7 @@ class HFVLMBackbone(Backbone):
         """The collated prompts (default: the bare image placeholder, one per image), checked; and the images'
         sizes, checked."""
         check_image_batch(images, what)
-        sizes = check_image_sizes(images, image_sizes, what)
+        sizes = check_image_sizes(images, image_sizes, what, not self.resize.anyres)
         prompts = [self.image_token] * images.shape[0] if prompts is None else prompts
         prompts = check_prompts(prompts, images.shape[0], what, self.image_token if self.several_images else None)
         batch = self.lm_collator()(prompts, image_sizes=self._sizes_of(images, sizes))
@@ -454,7 +454,7 @@ class HFVLMBackbone(Backbone):
     def _forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor,
                  labels: Tensor | None = None, image_sizes: list[tuple[int, int]] | None = None, **kwargs: Any) -> Any:
         extra = self._extra_inputs(input_ids, labels)
-        extra.update(self._row_inputs(input_ids, pixel_values.shape[0]))
+        extra.update(self._row_inputs(input_ids, pixel_values.shape[0], image_sizes))
         return self._hf_call(self.model, **self._vision_inputs(pixel_values, image_sizes), input_ids=input_ids,
                              attention_mask=attention_mask, **extra, **kwargs)
 

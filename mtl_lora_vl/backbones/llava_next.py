@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.anyres import AnyresGeometry
 from ..data.resize import ImageResize, size_fields
-from ..family_images import llava_next_image, llava_onevision_image
+from ..family_images import _view_tokens, llava_next_image, llava_onevision_image
 from .base import BackboneError, register_backbone
 from .hf_vlm import HFVLMBackbone
 from .lm_collate import PromptLayout
@@ -54,6 +55,8 @@ class LlavaNextBackbone(HFVLMBackbone):
 
     tile_size: int = 0       # S: the vision tower's side, the base view's and each tile's
     base_filter: str = "bicubic"
+    geometry: AnyresGeometry | None = None      # the model's anyres facts (native aspect)
+    square_resize: ImageResize | None = None    # the squash to the canvas (native_aspect(False))
 
     @classmethod
     def from_model(cls, model: nn.Module, processor: Any, name: str = "hf:custom") -> LlavaNextBackbone:
@@ -88,7 +91,36 @@ class LlavaNextBackbone(HFVLMBackbone):
             raise BackboneError(f"{label}: resample={bb.base_filter!r}; the base view is resized on the device, which "
                                 f"has {' and '.join(_DEVICE_FILTERS)} only; save the image processor with "
                                 "resample=3 (bicubic, LLaVA-NeXT's own)")
+        bb.square_resize = bb.resize
+        inner = getattr(model, "model", model)
+        grid = side // int(model.config.vision_config.patch_size)
+        bb.geometry = AnyresGeometry(side, tuple(tuple(p) for p in pins), grid, _view_tokens(inner, None),
+                                     cls._max_tiles(model.config), bb.base_filter, cls._several_fill(bb))
+        bb.native_aspect(True)
         return bb
+
+    def native_aspect(self, on: bool = True) -> None:
+        """Read each image at its own aspect as the processor does (on, the default: :mod:`mtl_lora_vl.data.anyres`,
+        the loader ships its views and original size) or squashed to the square canvas (off: every image fills
+        ``num_image_tokens``, the tower reads ``1 + (C/S)²`` views)."""
+        self.resize = (replace(self.square_resize, mode="anyres", anyres=self.geometry, size=self.image_size)
+                       if on else self.square_resize)
+        self._collators.clear()   # their layouts hold the geometry
+
+    @property
+    def layout(self) -> PromptLayout:
+        """The prompt layout; under the native aspect, each image's count from its original size."""
+        return replace(super().layout, anyres=self.resize.anyres)
+
+    @classmethod
+    def _max_tiles(cls, config: Any) -> int:
+        """OneVision's N of ``"anyres_max_N"`` (0 here: LLaVA-NeXT keeps every tile's features)."""
+        return 0
+
+    @classmethod
+    def _several_fill(cls, bb: LlavaNextBackbone) -> tuple[int, int, int] | None:
+        """The square padding of an image of a row of several (None: LLaVA-NeXT tiles it as alone)."""
+        return None
 
     # ------------------------------------------------------------------------------------------ building
     @classmethod
@@ -122,10 +154,16 @@ class LlavaNextBackbone(HFVLMBackbone):
     # ------------------------------------------------------------------------------------------ inputs
     def _vision_inputs(self, pixel_values: Tensor, image_sizes: list[tuple[int, int]] | None = None
                        ) -> dict[str, Tensor]:
-        """The canvases ``(B, 3, C, C)`` as the model's views ``(B, 1 + (C/S)², 3, S, S)``: the base view (see
-        :meth:`_base_view`), then the tiles row by row; and ``image_sizes`` ``(C, C)`` per image."""
-        pixel_values = super()._vision_inputs(pixel_values, image_sizes)["pixel_values"]
+        """Strips of views ``(B, 3, V·S, S)`` with the images' original ``image_sizes`` (native aspect; the loader's,
+        :func:`~mtl_lora_vl.data.anyres.anyres_views`) as the model's ``(B, V, 3, S, S)``, the views past an image's
+        own zero, as the processor pads them. Canvases ``(B, 3, C, C)`` (no sizes) as the processor reads C x C
+        images: the base view (see :meth:`_base_view`), then the tiles row by row; ``image_sizes`` ``(C, C)``."""
         c, s = self.image_size, self.tile_size
+        h = pixel_values.shape[-2]
+        strips = pixel_values.dim() == 4 and pixel_values.shape[-1] == s != c and h % s == 0 and h > s
+        if self.resize.anyres is not None and (image_sizes is not None or strips):
+            return self._strip_views(pixel_values, image_sizes)
+        pixel_values = super()._vision_inputs(pixel_values, image_sizes)["pixel_values"]
         if pixel_values.dim() != 4 or pixel_values.shape[-2:] != (c, c):
             raise ValueError(f"{self.name}: expected images (B, 3, {c}, {c}) (the backbone's image_size: the square "
                              f"pinpoint it reads images at), got {tuple(pixel_values.shape)}")
@@ -135,6 +173,23 @@ class LlavaNextBackbone(HFVLMBackbone):
         tiles = tiles.permute(0, 2, 3, 1, 4, 5).reshape(b, g * g, 3, s, s)
         sizes = torch.tensor([[c, c]] * b, device=pixel_values.device)
         return {"pixel_values": torch.cat([base[:, None], tiles], dim=1), "image_sizes": sizes}
+
+    def _strip_views(self, pixel_values: Tensor, image_sizes: list[tuple[int, int]] | None) -> dict[str, Tensor]:
+        """The model's views and ``image_sizes`` from strips (see :meth:`_vision_inputs`; sizes None: every image's
+        original size is the canvas's own)."""
+        s, geo = self.tile_size, self.resize.anyres
+        b, _, h, w = pixel_values.shape if pixel_values.dim() == 4 else (0, 0, 0, 0)
+        if pixel_values.dim() != 4 or w != s or h % s or not 1 <= h // s <= geo.most_views:
+            raise ValueError(f"{self.name}: expected strips of views (B, 3, V*{s}, {s}), V up to {geo.most_views} "
+                             f"(the loader's, mtl_lora_vl.data.anyres.anyres_views), got {tuple(pixel_values.shape)}")
+        sizes = image_sizes if image_sizes is not None else [(h, w)] * b
+        views = pixel_values.reshape(b, 3, h // s, s, s).transpose(1, 2)
+        # (an image of a row of several, OneVision, holds its one view: the model reads no more of it)
+        counts = [min(geo.views(size), h // s) for size in sizes]
+        if min(counts) < h // s:   # (the processor pads an image's views with zeros, after normalising)
+            keep = torch.arange(h // s, device=views.device)[None] < torch.tensor(counts, device=views.device)[:, None]
+            views = views * keep[:, :, None, None, None].to(views.dtype)
+        return {"pixel_values": views, "image_sizes": torch.tensor(sizes, device=pixel_values.device)}
 
     def _base_view(self, pixel_values: Tensor) -> Tensor:
         """The normalised canvases resized to the tile side as the processor's torchvision backend resizes 8-bit
@@ -198,23 +253,33 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
     def layout(self) -> PromptLayout:
         return replace(super().layout, several_image_tokens=self.several_tokens)
 
-    def _images_per_row(self, counts: list[int], n_images: int) -> list[int] | None:
+    def _images_per_row(self, counts: list[int], n_images: int, sizes: list[tuple[int, int]] | None = None
+                        ) -> list[int] | None:
         """Each row's image count, from its image-token count (``counts``, read on the host: one wait for the
-        device): ``num_image_tokens`` (one image, tiled), a multiple of two or more of ``several_tokens`` (that many
-        base views), or none; None where the rows do not split so into ``n_images`` images."""
-        one, base = self.num_image_tokens, self.several_tokens
-        per_row = []
-        for c in counts:
-            k = 1 if c == one else c // base if c % base == 0 and c // base != 1 else None
-            if k is None:
-                return None
-            per_row.append(k)
-        return per_row if sum(per_row) == n_images else None
+        device): its next image's whole count (one image, tiled: ``num_image_tokens``, or under the native aspect
+        its size's, ``sizes``), a multiple of two or more of ``several_tokens`` (that many base views), or none;
+        a count that reads both ways (a 34-token image, two 17-token base views) is read as the split of all rows
+        into ``n_images`` images allows. None where the rows do not split so."""
+        base, lay = self.several_tokens, self.layout
+        full = [lay.image_tokens(size) for size in sizes] if sizes is not None else []
 
-    def _row_inputs(self, input_ids: Tensor, n_images: int) -> dict[str, Tensor]:
+        def split(r: int, at: int) -> list[int] | None:   # rows r.. from image at; both readings tried
+            if r == len(counts):
+                return [] if at == n_images else None
+            c = counts[r]
+            one = full[at] if at < len(full) else self.num_image_tokens
+            for k in dict.fromkeys([1 if c == one else -1, c // base if c % base == 0 and c // base != 1 else -1]):
+                rest = split(r + 1, at + k) if k >= 0 and at + k <= n_images else None
+                if rest is not None:
+                    return [k, *rest]
+            return None
+
+        return split(0, 0)
+
+    def _row_inputs(self, input_ids: Tensor, n_images: int, image_sizes: Any = None) -> dict[str, Tensor]:
         """``batch_num_images``: each row's images (an image of a row of several is its base view alone)."""
-        per_row = (self._images_per_row((input_ids == self.image_token_id).sum(dim=1).tolist(), n_images)
-                   if input_ids.dim() == 2 else None)
+        per_row = (self._images_per_row((input_ids == self.image_token_id).sum(dim=1).tolist(), n_images,
+                                        image_sizes) if input_ids.dim() == 2 else None)
         # on the host: the model loops over it in Python (on the device every element would be a wait)
         return {} if per_row is None else {"batch_num_images": torch.tensor(per_row)}
 
@@ -224,7 +289,7 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
         several tiled images (a layout the model never reads) refused."""
         shaped = input_ids.dim() == 2 and pixel_values.dim() == 4
         counts = (input_ids == self.image_token_id).sum(dim=1).tolist() if shaped else []
-        per_row = self._images_per_row(counts, pixel_values.shape[0]) if shaped else None
+        per_row = self._images_per_row(counts, pixel_values.shape[0], image_sizes) if shaped else None
         if per_row is not None and max(per_row, default=0) > 1:
             return
         base = self.several_tokens
@@ -259,6 +324,16 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
                                 "LLaVA-OneVision's is 'anyres_max_9'")
         kept = [c for c in squares if math.sqrt((c // side) ** 2 / int(most)) <= 1.1]   # (the model's own test)
         return kept[-1] if kept else squares[0]
+
+    @classmethod
+    def _several_fill(cls, bb: LlavaNextBackbone) -> tuple[int, int, int] | None:
+        """The processor's ``pad_to_square`` colour: the image mean's 8-bit levels (truncated, as it does)."""
+        return tuple(int(x * 255) for x in bb.mean)   # type: ignore[return-value]
+
+    @classmethod
+    def _max_tiles(cls, config: Any) -> int:
+        """N of ``"anyres_max_N"`` (read as the model reads it)."""
+        return int(str(config.vision_aspect_ratio).removeprefix("anyres_max_"))
 
     @classmethod
     def _image_tokens(cls, model: nn.Module, image_size: int) -> int:

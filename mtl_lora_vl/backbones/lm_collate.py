@@ -29,6 +29,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ..data.anyres import AnyresGeometry, anyres_tokens
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["IGNORE_INDEX", "LMCollator", "PromptLayout", "special_prefix", "whole_images"]
@@ -60,7 +62,8 @@ class PromptLayout:
     with the prompt's own newlines, as its processor tokenises them). ``several_images``: a prompt may hold the
     placeholder more than once, one per image of its row (the model takes its images' features in order);
     ``several_image_tokens``: the tokens each image of a row of several fills where the model reads those otherwise
-    than an image alone (LLaVA-OneVision: its base view, no tiles); 0: as alone.
+    than an image alone (LLaVA-OneVision: its base view, no tiles); 0: as alone. ``anyres``: a native-aspect anyres
+    model's geometry (:mod:`mtl_lora_vl.data.anyres`): an image's count depends on its original size.
     """
 
     image_token: str
@@ -77,10 +80,13 @@ class PromptLayout:
     image_text: tuple[str, str] = ("", "")
     several_images: bool = False
     several_image_tokens: int = 0
+    anyres: AnyresGeometry | None = None
 
     def image_tokens(self, size: Sequence[int] | None = None) -> int:
         """How many image tokens an image of ``size`` ``(h, w)`` fills (``num_image_tokens`` without a size, or
-        when every image fills that many)."""
+        when every image fills that many; ``anyres``: by the model's arithmetic on the original size)."""
+        if self.anyres is not None and size is not None:
+            return anyres_tokens(self.anyres, size)
         if not self.token_side or size is None:
             return self.num_image_tokens
         h, w = (int(x) for x in size)
@@ -257,7 +263,8 @@ class LMCollator:
                 own = [base] * counts[i]
             else:
                 for j in range(taken, taken + counts[i]):
-                    size = None if image_sizes is None or not lay.token_side else tuple(int(x) for x in image_sizes[j])
+                    sized = image_sizes is not None and (lay.token_side or lay.anyres is not None)
+                    size = tuple(int(x) for x in image_sizes[j]) if sized else None
                     if size not in images:
                         images[size] = lay.image_ids_for(size)
                     own.append(images[size])

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import get_worker_info
 
+from .anyres import carries_size
 from .images import ImageError, ImageShapeError, image_key, to_uint8_tensor
 from .records import Example, image_parts
 from .resize import ImageResize
@@ -167,7 +168,7 @@ class ImageFallback:
         pixels = []
         for part, slot in zip(image_parts(ex) if len(slots) > 1 else [ex], slots):
             try:
-                pixels.append(to_uint8_tensor(part.image, self.size))
+                pixels.append(to_uint8_tensor(part.image, self.size, several=len(slots) > 1))
             except ImageError as err:
                 new = type(err)(f"example {ex.image_id!r}: {err}")   # (its kind kept: a shape refusal)
                 new.slot = slot                                       # the image that failed, for _mark
@@ -175,7 +176,8 @@ class ImageFallback:
         if len(pixels) == 1:
             return pixels[0]
         # several images: one (k, 3, S, S) stack, or (a native resize: each at its own size) a tuple of them
-        return torch.stack(pixels) if len({p.shape for p in pixels}) == 1 else tuple(pixels)
+        same = len({p.shape for p in pixels}) == 1 and not any(map(carries_size, pixels))
+        return torch.stack(pixels) if same else tuple(pixels)
 
     def _mark(self, index: int, err: ImageError) -> None:
         """Record a failed file; warn if this is its first failure anywhere."""

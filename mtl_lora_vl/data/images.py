@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .anyres import anyres_views
 from .resize import ImageResize, resize_to_square
 
 MAX_PIXELS = 10_000 * 10_000
@@ -339,18 +340,21 @@ def stack_uint8(images: Sequence[Any], size: int) -> torch.Tensor:
     return out
 
 
-def to_uint8_tensor(img: Any, resize: ImageResize | int) -> torch.Tensor:
+def to_uint8_tensor(img: Any, resize: ImageResize | int, several: bool = False) -> torch.Tensor:
     """A (3, S, S) uint8 tensor of ``img`` (anything :func:`load_image` takes), resized as ``resize`` says
     (an int ``S``: shorter side to ``S``, centre crop, bicubic; a ``native`` resize: (3, H, W) at the image's own
     aspect). A scene renders at ``S`` directly.
 
     Meant for loader workers: conversion to float and normalisation happen later, on the device. Several images
-    (a tuple: one example's pair) give a ``(k, 3, S, S)`` stack.
+    (a tuple: one example's pair) give a ``(k, 3, S, S)`` stack (``anyres``: a tuple of strips; ``several``: an
+    image of such a row, which OneVision reads otherwise).
     """
     import torchvision.transforms.v2.functional as TF
 
     resize = ImageResize.of(resize)
     if isinstance(img, tuple):
+        if resize.anyres is not None:   # each strip carries its own size: a tuple, not a stack
+            return tuple(to_uint8_tensor(part, resize, several=len(img) > 1) for part in img)
         if resize.native:
             raise ValueError("an example of several images needs images of one size; a native resize keeps each "
                              "image's own size (use a backbone that resizes to a square)")
@@ -368,4 +372,6 @@ def to_uint8_tensor(img: Any, resize: ImageResize | int) -> torch.Tensor:
     except ValueError as e:   # an aspect the model's processor refuses (native resize)
         raise ImageShapeError(f"image {name}: {e} (the model's image processor refuses it; crop it first)") from None
     _check_resized(name, img.size, new)
+    if resize.anyres is not None:   # the processor's views, at the image's own aspect
+        return anyres_views(to_rgb(img, resize.alpha), resize.anyres, several)
     return TF.pil_to_tensor(resize_to_square(to_rgb(img, resize.alpha), resize)).contiguous()

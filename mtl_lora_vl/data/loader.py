@@ -96,6 +96,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from mtl_lora_vl.data.anyres import pad_images
 from mtl_lora_vl.data.fallback import ImageFallback, current_policy
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.data.resize import ImageResize
@@ -276,19 +277,6 @@ class MultiTaskCollate:
         batch["text_segments"] = _segments([ids[i] for i in text_rows])
         batch["tasks"] = tasks
         return batch
-
-
-def pad_images(images: Sequence[Tensor]) -> tuple[Tensor, tuple[tuple[int, int], ...]]:
-    """Images ``(C, h, w)`` of one batch as one tensor, with each image's ``(h, w)``: stacked when they share a size,
-    else each at the top left of a zero canvas of the largest height and width (``native`` resizes keep each
-    image's own size; the backbone reads each image's part back by its size)."""
-    sizes = tuple((int(x.shape[-2]), int(x.shape[-1])) for x in images)
-    if len(set(sizes)) <= 1:
-        return torch.stack(list(images)), sizes
-    out = images[0].new_zeros((len(images), images[0].shape[0], max(h for h, _ in sizes), max(w for _, w in sizes)))
-    for canvas, x, (h, w) in zip(out, images, sizes):
-        canvas[:, :h, :w] = x
-    return out, sizes
 
 
 def sizes_kwarg(images: Tensor, sizes: Sequence[tuple[int, int]] | None) -> dict[str, Any]:

@@ -8,19 +8,23 @@ rounded to a multiple of its patch grid, the area kept within bounds). :class:`I
 these; a backbone carries the one its checkpoint declares (open_clip's ``preprocess_cfg``, a Hugging Face
 ``preprocessor_config.json``), and :func:`resize_to_square` applies it with the same arithmetic as
 ``open_clip.image_transform`` (sizes floored, crops and pads centred as torchvision does) and, for
-``native``, as the Qwen2-VL image processor's ``smart_resize``.
+``native``, as the Qwen2-VL image processor's ``smart_resize``. ``anyres`` (LLaVA-NeXT, LLaVA-OneVision) makes
+the processor's views of the image at its own aspect (:mod:`mtl_lora_vl.data.anyres`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
-RESIZE_MODES = ("shortest", "longest", "squash", "native")
+from .anyres import AnyresGeometry
+
+RESIZE_MODES = ("shortest", "longest", "squash", "native", "anyres")
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -60,6 +64,7 @@ class ImageResize:
     factor: int | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
+    anyres: AnyresGeometry | None = None
 
     def __post_init__(self) -> None:
         for name in ("size", "resize_to", "factor", "min_pixels", "max_pixels"):
@@ -78,6 +83,8 @@ class ImageResize:
                              f"known: {list(INTERPOLATIONS)}")
         if self.resize_to is not None and self.mode != "shortest":
             raise ValueError(f"ImageResize: resize_to applies to mode 'shortest' only, not {self.mode!r}")
+        if (self.mode == "anyres") != (self.anyres is not None):
+            raise ValueError("ImageResize: mode 'anyres' needs anyres (the model's AnyresGeometry), and only it")
         native = (self.factor, self.min_pixels, self.max_pixels)
         if self.mode == "native":
             if self.factor is None or self.pad_square is not None:
@@ -98,6 +105,12 @@ class ImageResize:
         return self.mode == "native"
 
     @property
+    def keeps_size(self) -> bool:
+        """Whether images reach the device at sizes of their own (``native``; ``anyres``: strips of views), not
+        ``size`` squares."""
+        return self.mode in ("native", "anyres")
+
+    @property
     def budget(self) -> int:
         """The largest area a ``native`` resize makes (``max_pixels``, default ``size²``)."""
         return self.max_pixels if self.max_pixels is not None else self.size * self.size
@@ -111,10 +124,17 @@ class ImageResize:
     def draft_side(self) -> int | None:
         """A JPEG may be decoded at reduced scale as long as both sides stay at least this long (None: not at
         all; a ``native`` size is computed from the image's own sides, as the model's processor does)."""
-        return None if self.native else max(self.size, self.resize_to or 0)
+        return None if self.keeps_size else max(self.size, self.resize_to or 0)
 
     def resized_size(self, w: int, h: int) -> tuple[int, int]:
-        """(width, height) of a ``w`` x ``h`` image after the resize, before the centre crop to ``size``."""
+        """(width, height) of a ``w`` x ``h`` image after the resize, before the centre crop to ``size`` (``anyres``:
+        its size inside its best pinpoint)."""
+        if self.anyres is not None:
+            ph, pw = self.anyres.pinpoint((h, w))
+            scale_w, scale_h = pw / w, ph / h   # (the processor's get_patch_output_size)
+            if scale_w < scale_h:
+                return pw, min(math.ceil(h * scale_w), ph)
+            return min(math.ceil(w * scale_h), pw), ph
         if self.native:
             from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
@@ -209,8 +229,12 @@ def size_fields(side: Any) -> dict[str, Any]:
 
 
 def resize_to_square(img: Image.Image, resize: ImageResize) -> Image.Image:
-    """``img`` (PIL) resized by ``resize`` to ``resize.size`` square (``native``: to its own size)."""
+    """``img`` (PIL) resized by ``resize`` to ``resize.size`` square (``native``: to its own size; not ``anyres``,
+    whose views :func:`mtl_lora_vl.data.anyres.anyres_views` makes)."""
     import torchvision.transforms.v2.functional as TF
+
+    if resize.anyres is not None:
+        raise ValueError("resize_to_square: an anyres resize makes views (mtl_lora_vl.data.anyres.anyres_views)")
 
     s = resize.size
     if resize.pad_square is not None and img.size[0] != img.size[1]:
