@@ -102,7 +102,8 @@ def test_a_mixed_route_and_greedy_generation_equal_each_row_alone(bb):
     tasks = [0, 1, 1, 0, 1]
     b = bb.lm_collator()(prompts, targets, image_sizes=sizes)
     counts = (b["input_ids"] == bb.image_token_id).sum(1).tolist()
-    assert counts == [bb.processor._get_num_multimodal_tokens(image_sizes=[s])["num_image_tokens"][0] for s in sizes]
+    theirs = bb.processor._get_num_multimodal_tokens(image_sizes=[[p.size[1], p.size[0]] for p in pictures])
+    assert counts == theirs["num_image_tokens"]   # the processor's count for each picture's own size
     with torch.no_grad():
         with mlv.route(bb.model, tasks):
             mixed = bb.lm_loss(images, **b, image_sizes=sizes)
@@ -169,3 +170,43 @@ def test_onevisions_rows_of_several_images_read_their_padded_square_view_as_the_
             alone = bb.lm_collator()(prompts[r:r + 1], targets[r:r + 1], image_sizes=list(s))
             want = bb.lm_loss(bb.preprocess_uint8(u), **alone, image_sizes=list(s))
             torch.testing.assert_close(mixed[r:r + 1], want, atol=1e-5, rtol=1e-5)
+
+
+def test_pairs_beside_single_pictures_route_and_generate_as_each_row_alone(bb):
+    """nlvr-style rows of two pictures (LLaVA-NeXT: each tiled at its own aspect; OneVision: each its padded square
+    base view) beside rows of one, under a mixed route: losses and greedy generation equal each row alone."""
+    _adapted(bb)
+    pictures = _pictures(5)
+    t = bb.image_token
+    rows = [(pictures[0], pictures[1]), (pictures[2],), (pictures[3], pictures[4])]
+    prompts = [" ".join([t] * len(r)) + " same?" for r in rows]
+    targets, tasks = ["yes", "a red", "no"], [1, 0, 1]
+
+    def load(some):
+        made = [to_uint8_tensor(r if len(r) > 1 else r[0], bb.resize) for r in some]
+        uint8, sizes = pad_images([x for m in made for x in (m if isinstance(m, tuple) else [m])])
+        return bb.preprocess_uint8(uint8), list(sizes)
+
+    images, sizes = load(rows)
+    b = bb.lm_collator()(prompts, targets, image_sizes=sizes)
+    with torch.no_grad():
+        with mlv.route(bb.model, tasks):
+            mixed = bb.lm_loss(images, **b, image_sizes=sizes)
+            said = bb.generate(images, max_len=3, prompts=prompts, image_sizes=sizes)
+        for r, task in enumerate(tasks):
+            one_images, one_sizes = load(rows[r:r + 1])
+            one = bb.lm_collator()(prompts[r:r + 1], targets[r:r + 1], image_sizes=one_sizes)
+            with mlv.route(bb.model, [task]):
+                want = bb.lm_loss(one_images, **one, image_sizes=one_sizes)
+                torch.testing.assert_close(mixed[r:r + 1], want, atol=1e-5, rtol=1e-5)
+                alone = bb.generate(one_images, max_len=3, prompts=prompts[r:r + 1], image_sizes=one_sizes)
+                assert said[r] == alone[0]
+
+
+def test_strips_without_their_sizes_are_refused_by_name(bb):
+    """Strips stacked without their sizes are read as images of the canvas's own size (what the loader leaves out
+    when every image is of that size) only where that size gives the strips' views."""
+    pictures = _pictures()
+    images, _ = _loaded(bb, [pictures[0], pictures[2]])   # 3 and 5 views: a 160 x 32 image would have 3
+    with pytest.raises(ValueError, match=r"need their images' original sizes, image_sizes="):
+        bb._vision_inputs(images)

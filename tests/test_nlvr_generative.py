@@ -303,7 +303,11 @@ def _llava_next(folder, onevision: bool = False):
         import importlib
 
         importlib.import_module(f"test_{name}").build(folder / name)
-    return load_backbone(f"hf:{folder / name}")
+    bb = load_backbone(f"hf:{folder / name}")
+    # these tests stack the families' images without their sizes: square canvases (pairs at their own aspect, with
+    # the loader's sizes: test_anyres_native.py)
+    bb.native_aspect(False)
+    return bb
 
 
 def test_a_language_model_path_of_one_image_per_prompt_refuses_nlvr(llava_dir, monkeypatch):

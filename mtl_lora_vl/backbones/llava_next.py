@@ -2,22 +2,28 @@
 (``LlavaOnevisionForConditionalGeneration``) from a local directory: the language-model API of :mod:`.hf_vlm` on
 their anyres images.
 
-* **One square canvas per image.** The processor reads each image at the pinpoint of ``image_grid_pinpoints`` that
-  best fits its aspect (a base view of the whole image, plus a grid of tiles of the vision tower's side S), so
-  images of different aspects fill different numbers of tokens. The backbone reads every image at one square
-  pinpoint C instead: LLaVA-NeXT's largest (672 px, 2 x 2 tiles, for LLaVA-1.6's 336-px tower), LLaVA-OneVision's
-  largest whose grid its ``vision_aspect_ratio`` keeps whole (1152 px, 3 x 3 tiles of 384 px, for
-  ``"anyres_max_9"``). The loader squashes the image to C x C (the processor's resampling filter); on the device
-  the canvas is cut into its (C / S)² tiles and resized to S for the base view (antialiased and rounded to 8 bits
-  pass by pass, as the processor's torchvision backend resizes). That is what the processor makes of a C x C image
-  (its best pinpoint, read without a resize or padding), so every image fills the same count, by the model's own
-  arithmetic (:mod:`mtl_lora_vl.family_images`): 2,928 tokens for LLaVA-1.6 (576 base, a 48 x 48 grid, 48
-  newlines).
-* **Aspect not kept.** A picture is squashed to the square, as this package reads images for Idefics3 and Gemma 3;
-  its processor, given the picture itself, would tile it at its own aspect. A merged model used with its own
-  processor therefore sees wide and tall pictures laid out differently from how its task was trained.
+* **Each image at its own aspect** (the default). The processor reads each image at the pinpoint of
+  ``image_grid_pinpoints`` that best fits its own size (a base view of the whole image, plus a grid of tiles of the
+  vision tower's side S), so images of different aspects fill different numbers of tokens. The backbone reads it
+  so too (:mod:`mtl_lora_vl.data.anyres`): the loader worker makes the processor's views with its own calls on the
+  8-bit image and ships them as one ``(3, V·S, S)`` strip with the image's original size; a batch's strips share
+  one canvas, ``image_sizes`` the original sizes; the collator counts each image's tokens by the model's
+  arithmetic (:func:`~mtl_lora_vl.data.anyres.anyres_tokens`); on the device the strips are cut back into the
+  model's ``(B, V, 3, S, S)`` views, the views past an image's own zero, as the processor pads them. Ids, pixel
+  values, ``image_sizes`` and logits equal the processor's and the model's on its inputs, so a merged model used
+  with its own processor sees pictures as its task was trained on them.
+* **One square canvas per image** (:meth:`LlavaNextBackbone.native_aspect` False, and images given as ``C x C``
+  canvases without sizes). Every image read at one square pinpoint C: LLaVA-NeXT's largest (672 px, 2 x 2 tiles,
+  for LLaVA-1.6's 336-px tower), LLaVA-OneVision's largest whose grid its ``vision_aspect_ratio`` keeps whole (1152
+  px, 3 x 3 tiles of 384 px, for ``"anyres_max_9"``). The loader squashes the image to C x C (the processor's
+  resampling filter); on the device the canvas is cut into its (C / S)² tiles and resized to S for the base view
+  (antialiased and rounded to 8 bits pass by pass, as the processor's torchvision backend resizes): what the
+  processor makes of a C x C image, so every image fills the same count, by the model's own arithmetic
+  (:mod:`mtl_lora_vl.family_images`): 2,928 tokens for LLaVA-1.6 (576 base, a 48 x 48 grid, 48 newlines). The
+  aspect is not kept: a merged model used with its own processor sees wide and tall pictures laid out otherwise.
 * **Rows of several images** (LLaVA-OneVision). Its model and processor read each image of a sample of several as
-  its base view alone (``batch_num_images``); the backbone lays such rows out so, beside rows of one tiled image
+  its base view alone (``batch_num_images``; the processor pads it square with the image mean first, and so does
+  the loader at the native aspect); the backbone lays such rows out so, beside rows of one tiled image
   (:class:`LlavaOnevisionBackbone`). LLaVA-NeXT tiles every image, as its processor does.
 * **Positions.** A Llama / Mistral / Vicuna / Qwen2 language model: 1-D positions, as for LLaVA.
 """
@@ -50,8 +56,9 @@ _DEVICE_FILTERS = ("bilinear", "bicubic")   # the resampling filters torch's ant
 @register_backbone("llava_next")
 @dataclass(eq=False)
 class LlavaNextBackbone(HFVLMBackbone):
-    """``LlavaNextForConditionalGeneration`` (see the module doc): images of ``image_size`` (the canvas C) reach the
-    model as ``(B, 1 + tiles, 3, S, S)`` views with ``image_sizes`` ``(C, C)``."""
+    """``LlavaNextForConditionalGeneration`` (see the module doc): each image's views at its own aspect (the loader's
+    strips and original sizes) reach the model as ``(B, V, 3, S, S)`` with ``image_sizes`` the original sizes; under
+    ``native_aspect(False)``, canvases of ``image_size`` (C) as ``(B, 1 + tiles, 3, S, S)`` with ``(C, C)``."""
 
     tile_size: int = 0       # S: the vision tower's side, the base view's and each tile's
     base_filter: str = "bicubic"
@@ -182,7 +189,10 @@ class LlavaNextBackbone(HFVLMBackbone):
         if pixel_values.dim() != 4 or w != s or h % s or not 1 <= h // s <= geo.most_views:
             raise ValueError(f"{self.name}: expected strips of views (B, 3, V*{s}, {s}), V up to {geo.most_views} "
                              f"(the loader's, mtl_lora_vl.data.anyres.anyres_views), got {tuple(pixel_values.shape)}")
-        sizes = image_sizes if image_sizes is not None else [(h, w)] * b
+        if image_sizes is None and geo.views((h, w)) != h // s:
+            raise ValueError(f"{self.name}: strips of views {tuple(pixel_values.shape)} need their images' original "
+                             "sizes, image_sizes=[(h, w), ...] (mtl_lora_vl.data.anyres.pad_images gives both)")
+        sizes = image_sizes if image_sizes is not None else [(h, w)] * b   # (every original the canvas's own size)
         views = pixel_values.reshape(b, 3, h // s, s, s).transpose(1, 2)
         # (an image of a row of several, OneVision, holds its one view: the model reads no more of it)
         counts = [min(geo.views(size), h // s) for size in sizes]
@@ -209,8 +219,8 @@ class LlavaNextBackbone(HFVLMBackbone):
 @register_backbone("llava_onevision")
 @dataclass(eq=False)
 class LlavaOnevisionBackbone(LlavaNextBackbone):
-    """``LlavaOnevisionForConditionalGeneration``: read as LLaVA-NeXT (see the module doc), at the largest square
-    canvas whose tile grid the model keeps whole.
+    """``LlavaOnevisionForConditionalGeneration``: read as LLaVA-NeXT (see the module doc); its square canvas
+    (``native_aspect(False)``) the largest whose tile grid the model keeps whole.
 
     A row of several images (NLVR2's pair) is laid out as the model and its processor lay out a sample of several:
     each image its base view alone, no tiles (``several_tokens`` tokens each: 730 for the released 1152-px canvas,
