@@ -167,7 +167,9 @@ class LlavaNextBackbone(HFVLMBackbone):
         images: the base view (see :meth:`_base_view`), then the tiles row by row; ``image_sizes`` ``(C, C)``."""
         c, s = self.image_size, self.tile_size
         h = pixel_values.shape[-2]
-        strips = pixel_values.dim() == 4 and pixel_values.shape[-1] == s != c and h % s == 0 and h > s
+        # (one view each: OneVision's images of rows of several, whose sizes a batch of S x S pictures leaves out)
+        one_view = self.resize.anyres is not None and self.resize.anyres.several_fill is not None
+        strips = pixel_values.dim() == 4 and pixel_values.shape[-1] == s != c and h % s == 0 and (h > s or one_view)
         if self.resize.anyres is not None and (image_sizes is not None or strips):
             return self._strip_views(pixel_values, image_sizes)
         pixel_values = super()._vision_inputs(pixel_values, image_sizes)["pixel_values"]
@@ -189,7 +191,7 @@ class LlavaNextBackbone(HFVLMBackbone):
         if pixel_values.dim() != 4 or w != s or h % s or not 1 <= h // s <= geo.most_views:
             raise ValueError(f"{self.name}: expected strips of views (B, 3, V*{s}, {s}), V up to {geo.most_views} "
                              f"(the loader's, mtl_lora_vl.data.anyres.anyres_views), got {tuple(pixel_values.shape)}")
-        if image_sizes is None and geo.views((h, w)) != h // s:
+        if image_sizes is None and h > s and geo.views((h, w)) != h // s:
             raise ValueError(f"{self.name}: strips of views {tuple(pixel_values.shape)} need their images' original "
                              "sizes, image_sizes=[(h, w), ...] (mtl_lora_vl.data.anyres.pad_images gives both)")
         sizes = image_sizes if image_sizes is not None else [(h, w)] * b   # (every original the canvas's own size)

@@ -81,8 +81,9 @@ class ImageFallback:
     """
 
     def __init__(self, task: str, examples: Sequence[Example], size: ImageResize | int, *,
-                 strict: bool = False) -> None:
+                 strict: bool = False, several: bool = False) -> None:
         self.task = task
+        self.several = several   # each example is one image of a row of several (scoring a pair image by image)
         # A shard of a sequence (distributed.Shard) serves its own rows but takes substitutes from the whole,
         # so every rank replaces a broken image as one process would.
         whole = getattr(examples, "whole", None)
@@ -168,7 +169,7 @@ class ImageFallback:
         pixels = []
         for part, slot in zip(image_parts(ex) if len(slots) > 1 else [ex], slots):
             try:
-                pixels.append(to_uint8_tensor(part.image, self.size, several=len(slots) > 1))
+                pixels.append(to_uint8_tensor(part.image, self.size, several=self.several or len(slots) > 1))
             except ImageError as err:
                 new = type(err)(f"example {ex.image_id!r}: {err}")   # (its kind kept: a shape refusal)
                 new.slot = slot                                       # the image that failed, for _mark

@@ -424,22 +424,23 @@ class _ImageDataset(Dataset):
 
 def iter_sized_image_batches(backbone: Any, examples: Sequence[Example], *, batch_size: int,
                              device: torch.device | str, dtype: torch.dtype = torch.float32,
-                             num_workers: int = 0, strict: bool | None = None,
-                             task: str | None = None) -> Iterator[tuple[Tensor, tuple[tuple[int, int], ...]]]:
+                             num_workers: int = 0, strict: bool | None = None, task: str | None = None,
+                             several: bool = False) -> Iterator[tuple[Tensor, tuple[tuple[int, int], ...]]]:
     """Normalised ``dtype`` image batches on ``device``, in order, ``batch_size`` examples each (evaluation), with
     each image's ``(h, w)``: images of different sizes (a ``native`` resize) share one canvas (:func:`pad_images`).
 
     An image that cannot be decoded is replaced by another example's image (reported once per file, and
     counted when the pass ends); ``strict=True`` raises an :class:`ImageError` naming the file instead.
     ``task`` and ``strict`` default to those of the enclosing :func:`~mtl_lora_vl.data.fallback.decode_policy`
-    (a task kind's ``evaluate`` opens one), else ``"evaluation"`` and False.
+    (a task kind's ``evaluate`` opens one), else ``"evaluation"`` and False. ``several``: each example is one image
+    of a row of several, which a model may read otherwise than an image alone (OneVision: one padded view).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
     policy_task, policy_strict = current_policy() or ("evaluation", False)
     images = ImageFallback(policy_task if task is None else task, examples, _resize_of(backbone),
-                           strict=policy_strict if strict is None else strict)
+                           strict=policy_strict if strict is None else strict, several=several)
     loader = DataLoader(_ImageDataset(images), batch_size=batch_size, shuffle=False, collate_fn=pad_images,
                         num_workers=num_workers, pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
     for batch, sizes in progress(worker_errors_unwrapped(loader), desc="images", unit="batch", total=len(loader)):

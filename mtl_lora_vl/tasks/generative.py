@@ -144,7 +144,7 @@ def _image_batches(backbone: Any, examples: Sequence[Example], batch_size: int, 
     k = counts.pop() if counts else 1
     parts = examples if k == 1 else [p for ex in examples for p in image_parts(ex)]
     return iter_sized_image_batches(backbone, parts, batch_size=batch_size * k, device=device, dtype=dtype,
-                                    num_workers=num_workers)
+                                    num_workers=num_workers, several=k > 1)
 
 
 @torch.no_grad()
