@@ -137,13 +137,12 @@ def test_the_merged_export_with_its_processor_gives_the_same_logits(bb, folder, 
     torch.testing.assert_close(ours, want, atol=1e-5, rtol=1e-4)
 
 
-def test_onevisions_rows_of_several_images_read_their_padded_square_view_as_the_processor(folder):
+def test_onevisions_rows_of_several_images_read_their_padded_square_view_as_the_processor(tmp_path):
     """A row of two pictures (each padded square with the image mean and read as that one view, as OneVision's
     processor reads a sample of several) beside a row of one tiled picture: the views the model reads equal the
-    processor's, the logits the model's on the processor's nested batch, and each row's loss its own alone."""
-    bb = load_backbone(f"hf:{folder}")
-    if bb.family != "llava_onevision":
-        pytest.skip("LLaVA-NeXT tiles every image of a row of several, as alone")
+    processor's, the logits the model's on the processor's nested batch, and each row's loss its own alone.
+    (LLaVA-NeXT tiles every image of a row of several, as alone.)"""
+    bb = load_backbone(f"hf:{BUILDERS['llava_onevision'](tmp_path)[2]}")
     pictures = _pictures(3)[:3]
     t = bb.image_token
     prompts, targets = [f"{t} {t} same?", f"{t} caption:"], ["yes", "a red"]
