@@ -250,3 +250,24 @@ def test_a_kill_after_the_final_validation_row_does_not_log_it_twice(tmp_path, m
     assert train_main(["--resume", str(run), "-q"]) == 0
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "eval/selection" in r] == [2, 4]
+
+
+def test_a_run_dying_between_its_early_stop_and_its_final_checkpoint_resumes(tmp_path, monkeypatch):
+    """--patience stops at step 4, whose periodic checkpoint holds an unlogged loss window (--log-every 3); the
+    process dies before the final checkpoint. The resume logs that window at once, with the rate of the run's
+    last step: it read a rate only the training loop sets (review 199: UnboundLocalError)."""
+    run = tmp_path / "run"
+
+    def dies(self, step):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("mtl_lora_vl.training.train.ScalerSkips.report", dies)
+    args = _args4(tmp_path, run, "--lr", "1e-12", "--patience", "1", "--log-every", "3", "--save-every", "4",
+                  steps=12)
+    assert train_main(args) == 130
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 4
+    monkeypatch.undo()
+    assert train_main(["--resume", str(run), "-q"]) == 0
+    assert json.loads((run / "eval.json").read_text())["selected"]["stopped_early_at"] == 4
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [3, 4]   # step 4's window logged once

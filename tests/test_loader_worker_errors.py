@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageFilter
 from vl_tiny import tiny_backbone
 
@@ -122,3 +123,40 @@ def test_a_killed_worker_says_what_to_do(clip):
     text = str(got.value)
     assert "DataLoader worker" in text
     assert "memory" in text and "--workers" in text, text
+
+
+class _Crashes(torch.utils.data.Dataset):
+    """A worker that dies on its first row: by signal ``sig``, or (None) exiting with code 3."""
+
+    def __init__(self, sig):
+        self.sig = sig
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        if self.sig is None:
+            os._exit(3)
+        os.kill(os.getpid(), self.sig)
+        return torch.zeros(1)
+
+
+@pytest.mark.parametrize("sig, says", [
+    (signal.SIGKILL, "most likely out of memory"),
+    (signal.SIGBUS, "ran out of shared memory (/dev/shm"),
+    (signal.SIGSEGV, f"crashed (exit code {-signal.SIGSEGV}); run with --workers 0 to see its error"),
+    (None, "crashed (exit code 3); run with --workers 0 to see its error"),
+], ids=["killed", "bus-error", "segfault", "exit-code"])
+def test_a_dead_worker_is_told_by_how_it_died(sig, says):
+    """Review 199: every dead worker was said to have run out of memory, a segfault or an exit code too, where
+    --workers 0 (to see the worker's own error) is what helps."""
+    from torch.utils.data import DataLoader
+
+    from mtl_lora_vl.data.worker_errors import worker_errors_unwrapped
+
+    with pytest.raises(RuntimeError) as got, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        list(worker_errors_unwrapped(DataLoader(_Crashes(sig), batch_size=2, num_workers=1)))
+    assert says in str(got.value) and "--resume" in str(got.value)
+    if sig != signal.SIGKILL:
+        assert "out of memory" not in str(got.value)

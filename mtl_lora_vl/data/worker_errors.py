@@ -3,6 +3,7 @@ message (PyTorch wraps it in the worker's traceback), a killed worker with what 
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,7 +36,19 @@ def worker_errors_unwrapped(loader: DataLoader) -> Iterator[Any]:
         except RuntimeError as e:
             if not str(e).startswith("DataLoader worker ("):
                 raise
-            raise RuntimeError(f"{e}: a data-loader worker died; killed by the system, it most likely ran out of "
-                               "memory (fewer --workers, --workers 0, or a smaller --batch-size need less); a "
-                               "training run continues with --resume from its last saved checkpoint") from None
+            codes = {w.exitcode for w in getattr(it, "_workers", []) if w.exitcode}
+            raise RuntimeError(f"{e}: {_why_died(codes)}; a training run continues with --resume from its last "
+                               "saved checkpoint") from None
         yield batch
+
+
+def _why_died(codes: set[int]) -> str:
+    """What a dead worker's exit codes say happened, and what to do (a signal N exits as -N)."""
+    if -signal.SIGKILL in codes:   # the kernel's out-of-memory killer sends SIGKILL
+        return ("a data-loader worker was killed by the system, most likely out of memory (fewer --workers, "
+                "--workers 0, or a smaller --batch-size need less)")
+    if -signal.SIGBUS in codes:
+        return ("a data-loader worker ran out of shared memory (/dev/shm: give the container more, e.g. docker "
+                "--shm-size, or use --workers 0)")
+    return (f"a data-loader worker crashed (exit code {', '.join(map(str, sorted(codes))) or 'unknown'}); run with "
+            "--workers 0 to see its error")

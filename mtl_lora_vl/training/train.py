@@ -443,6 +443,8 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
                     if opts.eval_every and step % opts.eval_every == 0 and step < run.total_steps:
                         validate(run, step, log, best)
                         model.train()
+                        if best and best.exhausted(opts.patience) and step % opts.log_every and window.losses:
+                            log.log({**window.flush(step, lr, info), **replaced(), **skips.flush()})   # stopped early
                     if step % opts.save_every == 0 and step < run.total_steps:
                         checkpoint()
         except KeyboardInterrupt:  # a second Ctrl-C: the step in progress is half done, so nothing is saved
@@ -452,8 +454,6 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
             raise   # the command exits 130, so `train && evaluate` stops
         finally:
             progress.close()
-    if best is not None and step < run.total_steps and step % opts.log_every and window.losses:   # --patience
-        log.log({**window.flush(step, lr, info), **replaced(), **skips.flush()})   # stopped it: its last losses
     if info.is_main:
         skips.report(step)
     checkpoint()   # the trained state, before the final validation: a failure or Ctrl-C in it loses no step
