@@ -64,3 +64,17 @@ def test_a_contrastive_task_with_long_captions_is_warned_about(tokenizer, caplog
     with caplog.at_level(logging.WARNING):
         warn_text_coverage(load_spec("retrieval"), _texts([2, 3]), backbone)
     assert "context" not in caplog.text
+
+
+def test_many_texts_are_measured_on_a_sample_spread_over_them(tokenizer, caplog, monkeypatch):
+    """Past MEASURED_TEXTS distinct texts a sample is measured (start-up time), spread over the sorted texts: the
+    first ones alphabetically would all start alike."""
+    import mtl_lora_vl.tasks.base as base
+
+    monkeypatch.setattr(base, "MEASURED_TEXTS", 4)
+    backbone = SimpleNamespace(tokenizer=tokenizer, name="t", supports=lambda capability: capability != "generate")
+    short = [f"a {w}" for w in WORDS[1:6]]                     # sorted first
+    long = [f"the {w} " + _texts([30])[0] for w in WORDS[1:6]]  # sorted last: the first 4 would hold none
+    with caplog.at_level(logging.WARNING):
+        warn_text_coverage(load_spec("retrieval"), short + long, backbone)
+    assert "2 of 4 measured (one in 3) of its 10 distinct training texts are longer" in caplog.text

@@ -100,8 +100,8 @@ def split_texts(split: Split) -> set[str]:
     return {t for ex in split.examples for t in (ex.text, *ex.captions, *ex.answers) if t}
 
 
-#: Distinct texts a subword tokenizer tokenises at start-up to count those its context cuts (a few seconds).
-MEASURED_TEXTS = 20_000
+#: Distinct texts a subword tokenizer tokenises at start-up (twice) to count those its context cuts: about 2 s.
+MEASURED_TEXTS = 5_000
 
 
 def warn_text_coverage(spec: TaskSpec, texts: Iterable[str], backbone: Backbone, what: str = "training texts") -> None:
@@ -118,13 +118,14 @@ def warn_text_coverage(spec: TaskSpec, texts: Iterable[str], backbone: Backbone,
     if not (hasattr(tok, "encode_words") and hasattr(tok, "unk_id")):   # a subword tokenizer reads any text, but cuts
         if uses_language_model(backbone):
             return   # no text tower: a language model's prompts are measured against its context (warn_lm_context)
-        measured = texts[:MEASURED_TEXTS]
+        every = -(-len(texts) // MEASURED_TEXTS)   # a sample spread over the sorted texts, not their first ones
+        measured = texts[::every]
         cut = cut_texts(tok, measured)
         if cut:
             logger.warning("%s: %d of %s%d distinct %s are longer than the text tower's context of %d tokens and are "
                            "cut; what follows the cut is not read", where, cut,
-                           "the first " if len(measured) < len(texts) else "its ", len(measured), what,
-                           tok.context_length)
+                           f"{len(measured)} measured (one in {every}) of its " if every > 1 else "its ",
+                           len(texts), what, tok.context_length)
         return
     ids = [tok.encode_words(t) for t in texts]
     unknown = sum(tok.unk_id in row for row in ids)
