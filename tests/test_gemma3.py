@@ -230,3 +230,28 @@ def test_pan_and_scan_crops_take_their_rows_task(tmp_path):
             mixed = m(**x).logits
     torch.testing.assert_close(mixed, torch.stack([alone[0][0], alone[1][1]]))
     assert (alone[0] - alone[1]).abs().max() > 1e-3
+
+
+def test_a_merged_exports_processor_files_read_images_whole(tmp_path):
+    """The backbone reads each image whole (no pan-and-scan crops): the Gemma 3 backbone's processor-file edit turns
+    a saved ``do_pan_and_scan`` off, so a transformers release that honours the saved value reads a merged model's
+    pictures as its task was trained (review 193's hardening)."""
+    import json
+
+    from gemma3_tiny import save_tiny_gemma3
+
+    from mtl_lora_vl.backbones.gemma3 import Gemma3Backbone
+
+    folder = save_tiny_gemma3(tmp_path / "g")
+    files = [f for f in ("processor_config.json", "preprocessor_config.json") if (folder / f).is_file()]
+
+    def fields(name):
+        data = json.loads((folder / name).read_text())
+        return data.get("image_processor", data) if name == "processor_config.json" else data
+
+    for name in files:
+        data = json.loads((folder / name).read_text())
+        (data.get("image_processor", data) if name == "processor_config.json" else data)["do_pan_and_scan"] = True
+        (folder / name).write_text(json.dumps(data))
+    Gemma3Backbone.fit_processor_files(folder)
+    assert files and all(fields(name)["do_pan_and_scan"] is False for name in files)

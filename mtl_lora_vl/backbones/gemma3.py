@@ -18,11 +18,13 @@ on the family's image layout.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
 from .base import BackboneError, register_backbone
+from .hf_processor import edit_image_processor_files
 from .hf_vlm import HFVLMBackbone
 
 __all__ = ["Gemma3Backbone"]
@@ -55,6 +57,17 @@ class Gemma3Backbone(HFVLMBackbone):
         bb = super().from_model(model, processor, name)
         bb.image_text = (full[:full.index(token)], full[full.rindex(token) + len(token):])
         return bb
+
+    @classmethod
+    def fit_processor_files(cls, folder: Path, max_pixels: int | None = None) -> None:
+        """``do_pan_and_scan`` off, as the backbone reads images (each whole, one view): a saved True does not take
+        effect in transformers 5.25 (only a call's own argument does), but a release that honoured it would give a
+        merged model's wide pictures crops its task never trained on."""
+        def whole(fields: dict) -> None:
+            if fields.get("do_pan_and_scan"):
+                fields["do_pan_and_scan"] = False
+
+        edit_image_processor_files(folder, whole)
 
     def _extra_inputs(self, input_ids: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
         """``token_type_ids``: 1 on image tokens (bidirectional attention within an image)."""
