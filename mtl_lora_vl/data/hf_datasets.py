@@ -53,12 +53,11 @@ from typing import Any
 from .common import (
     DataFormatError,
     ImageChecker,
-    PathEscapeError,
     ReaderOptionError,
     data_root_dir,
     resolve_under,
 )
-from .hf_images import list_image_rows
+from .hf_images import column_image_rows, list_image_rows
 from .hf_table import (
     DatasetImage,
     DatasetTable,
@@ -68,10 +67,9 @@ from .hf_table import (
     list_element,
     load_datasets,
     quiet_progress,
-    truth_names,
 )
 from .records import Split
-from .rows import ImageSources, examples_from_rows
+from .rows import examples_from_rows
 
 FIELDS = ("image", "images", "text", "caption", "captions", "statement", "question", "answers", "label", "image_id",
           "question_type", "question_id", "filter_type", "group")
@@ -239,7 +237,7 @@ def read_hf_datasets(
     mapping = _column_map(columns, names, source, [c for c in names if is_image_feature(ds.features[c])],
                           [c for c in names if is_image_feature(list_element(ds.features[c]))])
     if "images" in mapping:
-        several = list_image_rows if isinstance(mapping["images"], str) else _several_image_rows
+        several = list_image_rows if isinstance(mapping["images"], str) else column_image_rows
         return examples_from_rows(several(root, table, ds, mapping, images, source),
                                   at=lambda n: f"{source} row {n}", source=source, image_of=lambda r: r["image"],
                                   check=ImageChecker(verify, strict), class_names=class_names,
@@ -305,58 +303,3 @@ def read_hf_datasets(
     return examples_from_rows(rows, at=lambda n: f"{source} row {n}", source=source, image_of=lambda r: r["image"],
                               check=ImageChecker(verify, strict), class_names=class_names,
                               one_per_image=one_per_image)
-
-
-def _several_image_rows(root: Path, table: DatasetTable, ds: Any, mapping: dict[str, Any], images: str,
-                        source: str) -> list[tuple[int, dict]]:
-    """The rows of a table of several image columns (``mapping["images"]``, in order), each with ``images`` the
-    :class:`ImageSources` of its row: one :class:`DatasetImage` per column (or a resolved path)."""
-    cols: list[str] = mapping["images"]
-    kinds = [image_kind(ds.features[c], source, c) for c in cols]
-    arrays = ds.select_columns(cols).with_format("arrow")[:]
-    found = [image_cells(arrays.column(c), k) for c, k in zip(cols, kinds)]
-    label_names = None
-    if "label" in mapping and isinstance(ds.features[mapping["label"]], load_datasets().ClassLabel):
-        label_names = truth_names(list(ds.features[mapping["label"]].names), mapping["label"], source)
-    others = {f: c for f, c in mapping.items() if f != "images"}
-    meta = (ds.select_columns(list(dict.fromkeys(others.values()))).with_format("arrow")[:].to_pylist()
-            if others else [{} for _ in range(len(ds))])
-
-    def same(j: int, a: Any, b: Any) -> bool:   # two rows' images of column j: the same bytes, or the same path
-        if isinstance(a, DatasetImage) and isinstance(b, DatasetImage):
-            data = [arrays.column(cols[j])[x.row] for x in (a, b)]
-            return (data[0]["bytes"] if kinds[j] == "struct" else data[0]).equals(
-                data[1]["bytes"] if kinds[j] == "struct" else data[1])
-        return a == b
-
-    by_id: dict[str, tuple[ImageSources, int]] = {}   # image_id -> (the images its rows share, its first row)
-    rows = []
-    for i, values in enumerate(meta):
-        row = {f: values[c] for f, c in others.items()}
-        if label_names is not None and isinstance(row.get("label"), int):   # by name (-1: no class, a blank label)
-            row["label"] = label_names[row["label"]] if 0 <= row["label"] < len(label_names) else None
-        parts = []
-        for j, col in enumerate(cols):
-            has_bytes, img_path = found[j][i]
-            if has_bytes:
-                parts.append(DatasetImage(table, col, i))
-            elif img_path:
-                try:
-                    parts.append(resolve_under(root, Path(images) / img_path))
-                except PathEscapeError as e:
-                    raise PathEscapeError(f"{source} row {i} column {col!r}: {e}") from None
-            else:
-                raise DataFormatError(f"{source} row {i}: no image in column {col!r} (a row of images {cols} needs "
-                                      "each of them)")
-        sources = ImageSources(parts)
-        if row.get("image_id") not in (None, ""):   # rows of one id and the same images share one reference each
-            first, n = by_id.setdefault(str(row["image_id"]), (sources, i))
-            if n != i and all(same(j, a, b) for j, (a, b) in enumerate(zip(first, sources))):
-                sources = first
-        elif all(not has for has, _ in (f[i] for f in found)):   # paths: the default id is the paths, as in JSONL
-            row["image_id"] = "|".join(str(f[i][1]) for f in found)
-        else:   # (a made-up id must not collide with the column's real ones)
-            row["image_id"] = f"row {i}" if "image_id" in mapping else str(i)
-        row["images"] = sources
-        rows.append((i, row))
-    return rows

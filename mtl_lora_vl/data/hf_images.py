@@ -10,6 +10,7 @@ data root. Used by :func:`mtl_lora_vl.data.hf_datasets.read_hf_datasets`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,43 @@ def list_image_rows(root: Path, table: DatasetTable, ds: Any, mapping: dict[str,
     kind = _element_kind(ds, col, source)
     column = ds.select_columns([col]).with_format("arrow")[:].column(0)
     found = _list_items(column, kind)
+    for i, items in enumerate(found):
+        if not items or len(items) < 2:
+            raise DataFormatError(f"{source} row {i}: column {col!r} holds {len(items or [])} image(s); a row of "
+                                  "several images needs two or more (fix or remove the row; a table of one image "
+                                  "per row maps a column of single images as image)")
+
+    def stored(i: int, j: int) -> Any:   # an element's encoded image, as an Arrow scalar (not copied out)
+        value = column[i][j]
+        return value["bytes"] if kind == "struct" else value
+
+    return _image_rows(root, ds, mapping, images, source, lambda i: found[i], stored,
+                       lambda i, j: DatasetListImage(table, col, i, j), lambda j: f"column {col!r} position {j}")
+
+
+def column_image_rows(root: Path, table: DatasetTable, ds: Any, mapping: dict[str, Any], images: str,
+                      source: str) -> list[tuple[int, dict]]:
+    """The rows of a table of several image columns (``mapping["images"]``, in order), each with ``images`` the
+    :class:`ImageSources` of its row: one :class:`DatasetImage` per column (or a resolved path)."""
+    cols: list[str] = mapping["images"]
+    kinds = [image_kind(ds.features[c], source, c) for c in cols]
+    arrays = ds.select_columns(cols).with_format("arrow")[:]
+    found = [image_cells(arrays.column(c), k) for c, k in zip(cols, kinds)]
+
+    def stored(i: int, j: int) -> Any:   # row i's image of column j, as an Arrow scalar (not copied out)
+        value = arrays.column(cols[j])[i]
+        return value["bytes"] if kinds[j] == "struct" else value
+
+    return _image_rows(root, ds, mapping, images, source, lambda i: [f[i] for f in found], stored,
+                       lambda i, j: DatasetImage(table, cols[j], i), lambda j: f"column {cols[j]!r}")
+
+
+def _image_rows(root: Path, ds: Any, mapping: dict[str, Any], images: str, source: str,
+                cells: Callable[[int], list[tuple[bool, str | None]]], stored: Callable[[int, int], Any],
+                ref: Callable[[int, int], DatasetImage], where: Callable[[int], str]) -> list[tuple[int, dict]]:
+    """The rows of several images of either layout: ``cells(i)`` row i's images as (bytes in the table, path);
+    ``stored(i, j)`` image j of row i as stored (to find rows sharing an image), ``ref(i, j)`` its reference,
+    ``where(j)`` how a message names it. A ``ClassLabel`` label is read by its names, as truth values."""
     label_names = None
     if "label" in mapping and isinstance(ds.features[mapping["label"]], load_datasets().ClassLabel):
         label_names = truth_names(list(ds.features[mapping["label"]].names), mapping["label"], source)
@@ -92,13 +130,9 @@ def list_image_rows(root: Path, table: DatasetTable, ds: Any, mapping: dict[str,
     meta = (ds.select_columns(list(dict.fromkeys(others.values()))).with_format("arrow")[:].to_pylist()
             if others else [{} for _ in range(len(ds))])
 
-    def data(ref: DatasetListImage) -> Any:   # an element's encoded image, as an Arrow scalar (not copied out)
-        value = column[ref.row][ref.position]
-        return value["bytes"] if kind == "struct" else value
-
-    def same(a: Any, b: Any) -> bool:   # two rows' images at one position: the same bytes, or the same path
-        if isinstance(a, DatasetListImage) and isinstance(b, DatasetListImage):
-            return data(a).equals(data(b))
+    def same(j: int, a: Any, b: Any) -> bool:   # two rows' images at position j: the same bytes, or the same path
+        if isinstance(a, DatasetImage) and isinstance(b, DatasetImage):
+            return stored(a.row, j).equals(stored(b.row, j))
         return a == b
 
     by_id: dict[str, tuple[ImageSources, int]] = {}   # image_id -> (the images its rows share, its first row)
@@ -107,27 +141,23 @@ def list_image_rows(root: Path, table: DatasetTable, ds: Any, mapping: dict[str,
         row = {f: values[c] for f, c in others.items()}
         if label_names is not None and isinstance(row.get("label"), int):   # by name (-1: no class, a blank label)
             row["label"] = label_names[row["label"]] if 0 <= row["label"] < len(label_names) else None
-        items = found[i]
-        if not items or len(items) < 2:
-            raise DataFormatError(f"{source} row {i}: column {col!r} holds {len(items or [])} image(s); a row of "
-                                  "several images needs two or more (fix or remove the row; a table of one image "
-                                  "per row maps a column of single images as image)")
+        items = cells(i)
         parts = []
         for j, (has_bytes, img_path) in enumerate(items):
             if has_bytes:
-                parts.append(DatasetListImage(table, col, i, j))
+                parts.append(ref(i, j))
             elif img_path:
                 try:
                     parts.append(resolve_under(root, Path(images) / img_path))
                 except PathEscapeError as e:
-                    raise PathEscapeError(f"{source} row {i} column {col!r} position {j}: {e}") from None
+                    raise PathEscapeError(f"{source} row {i} {where(j)}: {e}") from None
             else:
-                raise DataFormatError(f"{source} row {i} column {col!r} position {j}: no image (neither bytes nor "
-                                      "a path); fix or remove the row")
+                raise DataFormatError(f"{source} row {i} {where(j)}: no image (neither bytes nor a path; a row of "
+                                      "several images needs each of them); fix or remove the row")
         sources = ImageSources(parts)
         if row.get("image_id") not in (None, ""):   # rows of one id and the same images share one reference each
             first, n = by_id.setdefault(str(row["image_id"]), (sources, i))
-            if n != i and len(first) == len(sources) and all(same(a, b) for a, b in zip(first, sources)):
+            if n != i and len(first) == len(sources) and all(same(j, *ab) for j, ab in enumerate(zip(first, sources))):
                 sources = first
         elif not any(has for has, _ in items):   # paths: the default id is the paths, as in JSONL
             row["image_id"] = "|".join(str(p) for _, p in items)
