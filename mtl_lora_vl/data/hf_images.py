@@ -25,7 +25,6 @@ from .hf_table import (
     load_datasets,
     truth_names,
 )
-from .images import ImageError
 from .rows import ImageSources
 
 
@@ -35,14 +34,9 @@ class DatasetListImage(DatasetImage):
 
     position: int = 0
 
-    def fetch(self) -> bytes:
-        """The encoded image bytes of that one element (the rest of the row's list is not read)."""
-        value = self.table.column(self.column)[self.row].column(0)[0][self.position].as_py()
-        if isinstance(value, dict):
-            value = value.get("bytes")
-        if not value:
-            raise ImageError(f"image {self}: the dataset holds no image bytes at this position")
-        return value
+    def stored(self) -> Any:
+        """That one element's cell (the rest of the row's list is not read)."""
+        return super().stored()[self.position]
 
     def __str__(self) -> str:
         return f"{self.table} row {self.row} column {self.column!r} position {self.position}"

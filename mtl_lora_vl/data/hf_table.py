@@ -89,12 +89,16 @@ class DatasetImage:
 
     def fetch(self) -> bytes:
         """The encoded image bytes (what :func:`mtl_lora_vl.data.images.load_image` decodes)."""
-        value = self.table.column(self.column)[self.row].column(0)[0].as_py()
+        value = self.stored().as_py()
         if isinstance(value, dict):
             value = value.get("bytes")
         if not value:
-            raise ImageError(f"image {self}: the dataset holds no image bytes in this row")
+            raise ImageError(f"image {self}: the dataset holds no image bytes there")
         return value
+
+    def stored(self) -> Any:
+        """The image's cell, as an Arrow scalar (encoded bytes, or a ``{bytes, path}`` struct)."""
+        return self.table.column(self.column)[self.row].column(0)[0]
 
     def __str__(self) -> str:
         return f"{self.table} row {self.row} column {self.column!r}"
