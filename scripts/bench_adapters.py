@@ -486,7 +486,8 @@ def main(argv: list[str] | None = None) -> dict:
     names = list(cases)
     rounds = []
     for r in range(args.repeats):  # each round starts one case later, every other one reversed (module docstring)
-        order = names[r % len(names):] + names[:r % len(names)]
+        k = (r + r % 2) % len(names)   # a reversed round opens with names[k - 1]: names[r % n] here too
+        order = names[k:] + names[:k]
         if r % 2:
             order.reverse()
         rounds.append(order)

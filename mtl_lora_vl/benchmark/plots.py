@@ -8,6 +8,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from .analysis import AVERAGE
+from .stats import PairedDiff
 
 COLORS = ["#2f6fba", "#e07b39", "#3a9a5b", "#c0392b", "#8e44ad", "#7f8c8d", "#d4ac0d", "#16a085", "#a04000",
           "#5d6d7e", "#1abc9c", "#9b59b6"]
@@ -61,7 +62,7 @@ def paired_forest(results: dict[str, Any], path: Path) -> Path | None:
         lo = d["low"] if d["low"] is not None else d["mean"]
         hi = d["high"] if d["high"] is not None else d["mean"]
         ax.errorbar(d["mean"], i, xerr=[[d["mean"] - lo], [hi - d["mean"]]], fmt="o", capsize=3,
-                    color="#c0392b" if lo > 0 or hi < 0 else "#2f6fba")
+                    color="#c0392b" if PairedDiff(**d).significant else "#2f6fba")
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
     ax.invert_yaxis()

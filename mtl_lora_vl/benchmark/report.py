@@ -157,7 +157,7 @@ def render(r: dict[str, Any]) -> str:
     lr_grid = [f"{lr:g}" for lr in s["lr_grid"]]
     def val(c: dict[str, Any], lr: str) -> str:
         v = c["lr_val"][lr]
-        return "diverged" if v is None else f"**{v:.3f}**" if float(lr) == c["lr"] else f"{v:.3f}"
+        return "diverged" if v is None else f"**{v:.3f}**" if lr == f"{c['lr']:g}" else f"{v:.3f}"
 
     rows = [[c["label"], *(val(c, lr) for lr in lr_grid if lr in c["lr_val"])]
             for c in cfgs.values() if len(c["lr_val"]) == len(lr_grid)]

@@ -1,0 +1,77 @@
+"""Benchmark details review 201 found: the speed bench's round order lets every case open a round (with an even
+number of cases the reversal undid the rotation), the paired-difference plot colours only significant differences,
+and the learning-rate table bolds the picked rate whatever its digits."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench_adapters():
+    spec = importlib.util.spec_from_file_location("bench_adapters_rounds", REPO / "scripts" / "bench_adapters.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rounds(mod, monkeypatch, n_cases: int, repeats: int) -> list[list[str]]:
+    """The round orders bench_adapters.main uses for ``n_cases`` trivial cases."""
+    def trivial(measure=None, ops=None):
+        return None
+
+    names = [f"c{i}" for i in range(n_cases)]
+    plan = {"checks": [], "memory_checks": [], "info": {}, "title": "t"}
+    monkeypatch.setattr(mod, "clip_cases", lambda args, device, amp: ({k: trivial for k in names}, plan))
+    result = mod.main(["--case", "clip", "--device", "cpu", "--repeats", str(repeats), "--warmup", "1"])
+    return result["rounds"]
+
+
+@pytest.mark.parametrize("n_cases", [2, 4, 6])   # CLIP with --no-peft has 6 cases
+def test_interleaving_lets_every_case_open_a_round(monkeypatch, n_cases):
+    """Docstring: 'each round starts one case later ... so that no case always runs first'. With an even number
+    of cases the reversal of odd rounds undoes their rotation: only cases 0, 2, 4, ... ever open a round, and
+    with two cases every round is [c0, c1]."""
+    rounds = _rounds(_bench_adapters(), monkeypatch, n_cases, repeats=2 * n_cases)
+    first = {r[0] for r in rounds}
+    assert first == {f"c{i}" for i in range(n_cases)}, f"cases that open a round: {sorted(first)}"
+
+
+def test_paired_forest_does_not_colour_a_zero_width_interval_as_significant(monkeypatch):
+    """The report prints a difference that is the same at every seed as '(the same at every seed)', not bold
+    (PairedDiff.significant is False), but the forest plot colours it red, as an interval excluding 0."""
+    from mtl_lora_vl.benchmark import plots
+    from mtl_lora_vl.benchmark.stats import paired_diff
+
+    flat = paired_diff([0.6, 0.7, 0.8], [0.5, 0.6, 0.7])
+    assert not flat.significant and flat.no_spread
+    results = {"configs": {"a": {"label": "a"}, "ref": {"label": "ref"}}, "reference": "ref",
+               "paired_vs_reference": {"a": {"average": flat.to_dict()}}}
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or path)
+    plots.paired_forest(results, Path("unused.png"))
+    colours = {line.get_color() for line in figs[0].axes[0].lines}
+    assert "#c0392b" not in colours, "a no-spread difference is drawn as significant"
+
+
+def test_lr_table_bolds_the_picked_rate_of_any_precision():
+    """Rates are keyed by f'{lr:g}' (6 significant digits, which validate() accepts as distinct), and the
+    picked one is found by float(key) == lr: a rate with more digits is never bold."""
+    from mtl_lora_vl.benchmark.report import render
+
+    r = json.loads((REPO / "docs" / "bench_quick" / "results.json").read_text())
+    r = copy.deepcopy(r)
+    lr = 0.0123456789
+    r["settings"]["lr_grid"] = [0.003, lr]
+    c = r["configs"]["mtl_lora-r8"]
+    old = c["lr_val"]
+    c["lr_val"] = {"0.003": old["0.01"], f"{lr:g}": old["0.003"]}   # the picked rate has the better val
+    c["lr"] = lr
+    row = next(line for line in render(r).splitlines() if line.startswith("| mtl_lora r=8 | ") and line.count("|") == 4)
+    assert f"**{old['0.003']:.3f}**" in row, row
