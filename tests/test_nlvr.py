@@ -328,3 +328,35 @@ def assert_pair_spec_trains(spec, data_root, run) -> None:
     pairs = json.loads((run / "eval.json").read_text())["tasks"]["pairs"]
     assert pairs["metric"] == "accuracy" and pairs["n"] == 4
     assert {"accuracy/a", "accuracy/b"} <= set(pairs["details"]["adapted"])
+
+
+def _nlvr_spec(tmp, fname: str, metrics: str | None = None) -> str:
+    """The built-in nlvr spec with small splits (and ``metrics`` replaced), written to ``tmp/fname``."""
+    import re
+
+    from mtl_lora_vl.tasks.spec import builtin_spec_dirs
+
+    text = next(d / "nlvr.toml" for d in builtin_spec_dirs() if (d / "nlvr.toml").is_file()).read_text()
+    for split, n in (("train", 16), ("val", 8), ("test", 8)):
+        text = re.sub(rf"^\[data\.{split}\]$", f"[data.{split}]\nn = {n}", text, flags=re.M)
+    if metrics is not None:
+        text = re.sub(r"^metrics = .*$", f"metrics = {metrics}", text, flags=re.M)
+    (tmp / fname).write_text(text)
+    return str(tmp / fname)
+
+
+def test_eval_under_a_spec_heading_consistency_on_rows_without_groups_is_refused_before_scoring(tmp_path, capsys):
+    """An nlvr adapter trained with accuracy first, scored by ``eval --tasks SPEC`` whose metrics list consistency
+    first, on rows without groups: the start-up check read the adapter's own spec, so both passes ran and then
+    failed on a bare "error: consistency" (review 200). It is refused as train refuses the same spec."""
+    from mtl_lora_vl.cli import eval_main, train_main
+
+    run = tmp_path / "run"
+    assert train_main(["--tasks", _nlvr_spec(tmp_path, "nlvr.toml"), "--steps", "1", "--batch-size", "8",
+                       "--warmup", "0", "--workers", "0", "--skip-zero-shot", "--eval-batch-size", "16",
+                       "--out", str(run), "-q"]) == 0
+    capsys.readouterr()
+    scoring = _nlvr_spec(tmp_path, "nlvr_consistency.toml", '["consistency", "accuracy"]')
+    assert eval_main(["--adapter", str(run / "adapter"), "--tasks", scoring, "--batch-size", "16",
+                      "--out", str(tmp_path / "ev"), "-q"]) == 2
+    assert "no evaluation row carries a group" in capsys.readouterr().err

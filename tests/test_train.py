@@ -699,7 +699,7 @@ def test_a_task_scored_on_val_for_test_says_so_in_the_table(tmp_path, caplog):
     from mtl_lora_vl.evaluation.evaluate import read_eval_splits
     checked = []
     kind = both.kinds["colours"]
-    kind.check_eval_split = lambda split: checked.append(split)
+    kind.check_eval_split = lambda split, spec=None: checked.append(split)
     read_eval_splits(both, ["test", "val"], str(tmp_path))   # test falls back to val: one check (a warning once)
     assert len(checked) == 1
     assert markdown_table(same).splitlines()[0] == "| task | metric | zero-shot | adapted | change |"

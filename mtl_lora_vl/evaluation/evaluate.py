@@ -62,7 +62,7 @@ def read_eval_splits(setup: Setup, splits: list[str], data_root: str | None) -> 
     for spec in setup.specs:
         names = {_split_for(spec, wanted, warn=False) for wanted in splits} - {None}
         for name in sorted(names):   # (test falls back to val: each split checked once)
-            setup.kinds[spec.name].check_eval_split(setup.split_data(spec, name, data_root))
+            setup.kinds[spec.name].check_eval_split(setup.split_data(spec, name, data_root), spec)
 
 
 def _score(setup: Setup, name: str, data: Split, *, adapted: bool, device: torch.device | str, dtype: torch.dtype,
@@ -129,6 +129,11 @@ def evaluate_setup(setup: Setup, *, split: str, data_root: str | None, device: t
                     workers=workers) if adapted else None
         bar.update(int(adapted))
         metric = kind.headline(spec)
+        missing = [p for p, d in (("zero-shot", zs), ("adapted", ad)) if d is not None and metric not in d]
+        if missing:   # (a kind whose headline needs what the data lacks: nlvr's consistency without groups)
+            raise ValueError(f"task {name!r}: its headline metric {metric!r} (the first its spec's metrics lists that "
+                             f"can head) was not computed by the {missing[0]} pass on {split_name} (it gave "
+                             f"{sorted(k for k in (zs or ad) if not k.startswith('n'))}); list another metric first")
         # n: what was scored (a generative kind may score only the first [generative] eval_limit examples)
         scored = ad if ad is not None else zs
         n = int(scored.get("n", scored.get("n_images", len(data.examples))))

@@ -249,10 +249,11 @@ class TaskKind(ABC):
             raise spec_error(spec, "data.world_kind", f"one of {list(cls.world_kinds)} for a {cls.kind} task (other "
                              "kinds' rows lack what it trains on), or leave it out to use the task's kind", world)
 
-    def check_eval_split(self, split: Split) -> None:
+    def check_eval_split(self, split: Split, spec: TaskSpec | None = None) -> None:
         """Raise for what would make scoring ``split`` fail or score the wrong text (questions without answers,
         classes training never saw, special-token text). ``read_eval_splits`` calls it at start-up, so that it
-        fails before training, not after it; subclasses extend it."""
+        fails before training, not after it; subclasses extend it. ``spec``: the spec the split is scored under
+        (``eval --tasks FILE``: its ``metrics`` choose the headline), by default the kind's own."""
         self.check_texts(split.examples, "evaluation")
         self.check_image_counts(split.examples, "evaluation")
 

@@ -159,8 +159,8 @@ class CaptioningKind(TaskKind):
                 out.extend(backbone.generate(images, max_len=max_len, beam_size=beam_size))
         return out
 
-    def check_eval_split(self, split: Split) -> None:
-        super().check_eval_split(split)
+    def check_eval_split(self, split: Split, spec: TaskSpec | None = None) -> None:
+        super().check_eval_split(split, spec)
         images, refs = caption_references(split)
         if not self.scored([ex for ex in images if refs[ex.image_id]]):   # at start-up, not after training
             raise ValueError(f"task {self.name!r}: the evaluation split has no reference captions (rows need a text "

@@ -177,8 +177,8 @@ class ClassificationKind(TaskKind):
         return [ex if ex.label is None or not 0 <= ex.label < len(split.class_names) else
                 dataclasses.replace(ex, label=index[split.class_names[ex.label]]) for ex in examples]
 
-    def check_eval_split(self, split: Split) -> None:
-        super().check_eval_split(split)
+    def check_eval_split(self, split: Split, spec: TaskSpec | None = None) -> None:
+        super().check_eval_split(split, spec)
         self._check_labels(self._in_training_order(split, self.scored(split.examples)), "evaluation")
 
     def _check_labels(self, examples: list[Example], what: str) -> None:

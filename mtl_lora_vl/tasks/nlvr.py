@@ -140,10 +140,10 @@ class NLVRKind(TaskKind):
                 raise ValueError(f"task {self.name!r}: {what} example {ex.image_id!r} has label {ex.label!r}; "
                                  "expected 1 (the statement is true) or 0 (false)")
 
-    def check_eval_split(self, split: Split) -> None:
-        super().check_eval_split(split)
+    def check_eval_split(self, split: Split, spec: TaskSpec | None = None) -> None:
+        super().check_eval_split(split, spec)
         self._check_rows(split.examples, "evaluation")
-        if type(self).headline(self.spec) == "consistency" and not _group_sizes(split.examples):
+        if type(self).headline(spec or self.spec) == "consistency" and not _group_sizes(split.examples):
             raise ValueError(f"task {self.name!r}: its headline metric is consistency (listed first in metrics), but "
                              "no evaluation row carries a group (the rows of one statement: the nlvr2 reader's "
                              "sentences, a 'group' field or column); list accuracy first, or give the rows groups")

@@ -211,8 +211,8 @@ class RetrievalKind(TaskKind):
         logits = head(F.normalize(image_emb.float(), dim=-1), F.normalize(text_emb.float(), dim=-1))
         return multi_positive_infonce(logits, batch["image_key"])
 
-    def check_eval_split(self, split: Split) -> None:
-        super().check_eval_split(split)
+    def check_eval_split(self, split: Split, spec: TaskSpec | None = None) -> None:
+        super().check_eval_split(split, spec)
         images, texts, _ = retrieval_texts(split)
         if not texts:   # at start-up, not after training
             raise ValueError(f"task {self.name!r}: the evaluation split has no captions (rows need a text or "

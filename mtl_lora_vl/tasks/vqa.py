@@ -291,8 +291,8 @@ class VQAKind(TaskKind):
         per_row = -(dist * logits.log_softmax(dim=-1)).sum(dim=1)
         return per_row.mean()   # rows without an in-vocabulary answer add 0: a per-row mean (DDP/accumulation exact)
 
-    def check_eval_split(self, split: Split) -> None:
-        super().check_eval_split(split)
+    def check_eval_split(self, split: Split, spec: TaskSpec | None = None) -> None:
+        super().check_eval_split(split, spec)
         examples = self.scored(split.examples)
         self._check_answers(examples)
         three = sum(len(ex.answers) == 3 for ex in examples)
