@@ -208,6 +208,12 @@ class Backbone:
     #: ``lm_loss`` / ``generate`` / ``sequence_scores`` take every row's images, in row order, as one image batch.
     several_images: ClassVar[bool] = False
 
+    @property
+    def needs_image_sizes(self) -> bool:
+        """Whether every image batch must carry its images' original sizes (``image_sizes``), even images that fill
+        the canvas: a strip of views (native-aspect anyres) does not say what size its image was."""
+        return False
+
     def __post_init__(self) -> None:
         if self.resize is None:
             self.resize = ImageResize(int(self.image_size))

@@ -106,6 +106,11 @@ class LlavaNextBackbone(HFVLMBackbone):
         bb.native_aspect(True)
         return bb
 
+    @property
+    def needs_image_sizes(self) -> bool:
+        """Under the native aspect: a strip of views does not say its image's size (see the base class)."""
+        return self.resize.anyres is not None
+
     def native_aspect(self, on: bool = True) -> None:
         """Read each image at its own aspect as the processor does (on, the default: :mod:`mtl_lora_vl.data.anyres`,
         the loader ships its views and original size) or squashed to the square canvas (off: every image fills
@@ -191,10 +196,10 @@ class LlavaNextBackbone(HFVLMBackbone):
         if pixel_values.dim() != 4 or w != s or h % s or not 1 <= h // s <= geo.most_views:
             raise ValueError(f"{self.name}: expected strips of views (B, 3, V*{s}, {s}), V up to {geo.most_views} "
                              f"(the loader's, mtl_lora_vl.data.anyres.anyres_views), got {tuple(pixel_values.shape)}")
-        if image_sizes is None and h > s and geo.views((h, w)) != h // s:
+        if image_sizes is None and h > s:   # (a strip does not say its picture's size: read as its own, it was wrong)
             raise ValueError(f"{self.name}: strips of views {tuple(pixel_values.shape)} need their images' original "
                              "sizes, image_sizes=[(h, w), ...] (mtl_lora_vl.data.anyres.pad_images gives both)")
-        sizes = image_sizes if image_sizes is not None else [(h, w)] * b   # (every original the canvas's own size)
+        sizes = image_sizes if image_sizes is not None else [(h, w)] * b   # (one view each: OneVision's pair images)
         views = pixel_values.reshape(b, 3, h // s, s, s).transpose(1, 2)
         # (an image of a row of several, OneVision, holds its one view: the model reads no more of it)
         counts = [min(geo.views(size), h // s) for size in sizes]

@@ -73,7 +73,8 @@ route (the vision tower and the language model both read it)::
 
     with route(router, Route.from_segments(batch["segments"])):
         row_loss = backbone.lm_loss(batch["images"], **batch["lm"], first_label=batch["lm_first_label"],
-                                    **sizes_kwarg(batch["images"], batch["image_sizes"]))  # (B,)
+                                    **sizes_kwarg(batch["images"], batch["image_sizes"],
+                                                backbone.needs_image_sizes))  # (B,)
     for name, rows in task_views(batch):
         rows["lm_loss"] = row_loss[rows["rows"]]
         loss = loss + spec.loss_weight * kind.loss(heads[name], backbone, rows, None, None)
@@ -279,11 +280,11 @@ class MultiTaskCollate:
         return batch
 
 
-def sizes_kwarg(images: Tensor, sizes: Sequence[tuple[int, int]] | None) -> dict[str, Any]:
+def sizes_kwarg(images: Tensor, sizes: Sequence[tuple[int, int]] | None, keep: bool = False) -> dict[str, Any]:
     """``{"image_sizes": sizes}`` when some image does not fill the batch (a canvas of images of their own sizes),
-    else ``{}``: a backbone whose images all fill their squares is called as before (its methods need not take
-    ``image_sizes``)."""
-    if sizes is None or all(tuple(s) == tuple(images.shape[-2:]) for s in sizes):
+    or always with ``keep`` (``backbone.needs_image_sizes``); else ``{}``: a backbone whose images all fill their
+    squares is called as before (its methods need not take ``image_sizes``)."""
+    if sizes is None or (not keep and all(tuple(s) == tuple(images.shape[-2:]) for s in sizes)):
         return {}
     return {"image_sizes": [tuple(s) for s in sizes]}
 

@@ -111,7 +111,7 @@ class MultiTaskModel(nn.Module):
         with route(self.router, self._route(batch, "segments"), recompute=self.recompute):
             row_loss = bb.lm_loss(batch["images"], lm["input_ids"], lm["attention_mask"], lm["labels"],
                                   first_label=batch.get("lm_first_label"),
-                                  **sizes_kwarg(batch["images"], batch.get("image_sizes")))
+                                  **sizes_kwarg(batch["images"], batch.get("image_sizes"), bb.needs_image_sizes))
         losses: dict[str, Tensor] = {}
         total = row_loss.new_zeros((), dtype=torch.float32)
         for name, rows in task_views(batch):

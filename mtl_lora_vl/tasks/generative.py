@@ -161,7 +161,7 @@ def generate_texts(backbone: Any, examples: Sequence[Example], prompts: Sequence
         with autocast(torch.device(device), dtype):
             out.extend(backbone.generate(images, max_len=max_len, beam_size=beam_size,
                                          prompts=list(prompts[start:start + batch_size]),
-                                         **sizes_kwarg(images, sizes)))
+                                         **sizes_kwarg(images, sizes, backbone.needs_image_sizes)))
     return out
 
 
@@ -185,6 +185,7 @@ def candidate_scores(backbone: Any, examples: Sequence[Example], prompts: Sequen
         start = i * chunk
         with autocast(torch.device(device), dtype):
             scores = backbone.sequence_scores(images, list(prompts[start:start + chunk]), list(candidates),
-                                              per_token=per_token, end=end, **sizes_kwarg(images, sizes))
+                                              per_token=per_token, end=end,
+                                              **sizes_kwarg(images, sizes, backbone.needs_image_sizes))
         out.append(scores.float().cpu())
     return torch.cat(out)
