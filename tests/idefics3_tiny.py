@@ -13,6 +13,7 @@ N_IMAGE = (SIDE // PATCH) ** 2 // SCALE ** 2
 IDEFICS3_SPECIALS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
 FAKE, IMG, EOU, GLOBAL = 92, 93, 94, 95   # the bare model's ids (tiny_idefics3)
 CONNECTOR = r"(^|\.)connector\.modality_projection\.proj$"
+ROW_COL = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
 
 
 def _config(smolvlm: bool, vocab: int, image_id: int, pad: int = 0, bos: int = 1, eos: int = 2):
@@ -50,8 +51,10 @@ def inputs(n: int = 2, text: int = 6, seed: int = 0, ragged: bool = False) -> di
 def save_tiny_idefics3(out, smolvlm: bool = False, words=None, seed: int = 0, splitting: bool = True) -> Path:
     """A tiny Idefics3 (``smolvlm``: SmolVLM) directory at ``out`` with its processor: a word-level tokenizer over
     the built-in world's words plus the family's special tokens, an image processor whose ``max_image_size`` is 32
-    (4 image tokens) and, as released, ``size`` 4 x that and ``do_image_splitting`` on (``splitting``)."""
+    (4 image tokens) and, as released, ``size`` 4 x that and ``do_image_splitting`` on (``splitting``); the crops'
+    ``<row_r_col_c>`` tags and ``"\\n"`` are tokens of the tokenizer."""
     from llava_tiny import EXTRA_WORDS
+    from tokenizers import AddedToken
     from transformers import (
         Idefics3ImageProcessor,
         Idefics3Processor,
@@ -69,6 +72,9 @@ def save_tiny_idefics3(out, smolvlm: bool = False, words=None, seed: int = 0, sp
                          context_length=64)
     tok = PreTrainedTokenizerFast.from_pretrained(str(out / "_tok"))
     tok.add_special_tokens({"additional_special_tokens": IDEFICS3_SPECIALS})
+    # as released: the crops' tags are tokens of their own; "\n" (which the word-level tokenizer drops) one too,
+    # so that the rows' newlines of a split image show in the ids
+    tok.add_tokens([*ROW_COL, AddedToken("\n", normalized=False)])
     sizes = dict(size={"longest_edge": 4 * SIDE}, max_image_size={"longest_edge": SIDE}, do_image_splitting=splitting)
     if smolvlm:
         processor = SmolVLMProcessor(image_processor=SmolVLMImageProcessor(**sizes), tokenizer=tok,

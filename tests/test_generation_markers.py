@@ -18,6 +18,12 @@ from mtl_lora_vl.backbones import load_backbone
 from mtl_lora_vl.backbones.base import BackboneError
 
 
+def _unsplit(bb):
+    """These tests give square images without sizes: read unsplit (split ones: test_idefics3_split.py)."""
+    bb.native_aspect(False)
+    return bb
+
+
 def _anyres_backbone(family: str):
     def make(d):
         build = importlib.import_module(f"test_{family}").build
@@ -33,7 +39,7 @@ MAKERS = {
     "paligemma": lambda d: tiny_llava_backbone(d, "paligemma"),
     "gemma3": tiny_gemma3_backbone,
     "qwen2vl": tiny_qwen2vl_backbone,
-    "idefics3": tiny_idefics3_backbone,
+    "idefics3": lambda d: _unsplit(tiny_idefics3_backbone(d)),
     "llava_next": _anyres_backbone("llava_next"),
     "llava_onevision": _anyres_backbone("llava_onevision"),
 }
@@ -106,7 +112,7 @@ def test_generate_never_writes_image_tokens(dirs, family):
 @pytest.mark.parametrize("family,want", [
     ("gemma3", "image_seq_length to 4, the model's config.mm_tokens_per_image"),
     ("paligemma", "image processor's image_seq_length to 16"),
-    ("idefics3", "image_seq_len to 4 and its image processor's do_image_splitting to False"),
+    ("idefics3", "image_seq_len to 4 and its image processor's do_image_splitting as the backbone's"),
     ("llava", "patch_size, num_additional_image_tokens and vision_feature_select_strategy"),
     ("llava_next", "patch_size, num_additional_image_tokens and vision_feature_select_strategy"),
 ])

@@ -1,5 +1,5 @@
-"""The Idefics3 backbone class (--backbone hf:DIR of a tiny Idefics3 / SmolVLM directory with its processor):
-loading (image splitting turned off), the collator's ids and the device pixels against the processor's, per-row
+"""The Idefics3 backbone class (--backbone hf:DIR of a tiny Idefics3 / SmolVLM directory with its processor), reading
+images unsplit (native_aspect(False); split, the default: test_idefics3_split.py): loading, the collator's ids and the device pixels against the processor's, per-row
 losses, mixed-task routes, routed generate, cached candidate scores, the refusals, and the train and eval commands
 end to end."""
 
@@ -43,7 +43,9 @@ def dirs(tmp_path_factory):
 
 @pytest.fixture(params=[False, True], ids=["idefics3", "smolvlm"])
 def bb(request, dirs, _num2words):
-    return tiny_idefics3_backbone(dirs, request.param)
+    bb = tiny_idefics3_backbone(dirs, request.param)
+    bb.native_aspect(False)   # these tests give square images without sizes
+    return bb
 
 
 def _adapt(bb, tasks=("a", "b")):
@@ -62,14 +64,14 @@ def _device_images(bb, pictures):
     return squares, bb.preprocess_uint8(uint8)
 
 
-def test_loads_from_a_directory_with_its_processor_and_turns_splitting_off(bb, dirs):
+def test_loads_from_a_directory_with_its_processor_and_reads_unsplit_squares(bb, dirs):
     assert type(bb) is Idefics3Backbone and bb.family == "idefics3"
     assert bb.capabilities == {LM_LOGITS, GENERATE, GRAD_CHECKPOINTING}
     assert bb.image_token == "<image>" and bb.image_size == 32 and bb.num_image_tokens == 4
     assert bb.resize.mode == "squash" and bb.resize.size == 32 and bb.resize.interpolation == "lanczos"
     saved = json.loads(next(dirs.glob("tiny_*/processor_config.json")).read_text())
     assert saved["image_processor"]["do_image_splitting"] is True          # as released
-    assert bb.processor.image_processor.do_image_splitting is False         # the backbone's: one crop per image
+    assert bb.processor.image_processor.do_image_splitting is False         # native_aspect(False): one view
     tok = bb.processor.tokenizer
     fake, img, _, glob = (tok.convert_tokens_to_ids(t) for t in IDEFICS3_SPECIALS)
     row = bb.lm_collator()([f"{bb.image_token} caption:"])["input_ids"][0].tolist()
@@ -170,9 +172,9 @@ def _edit_processor(folder, edit):
 
 
 def test_a_merged_directory_reads_images_as_the_task_was_trained(tmp_path):
-    """save_merged copies the source folder's processor, whose image splitting is on; the backbone trains and
-    scores one unsplit image per row, so the merged folder's processor turns splitting off (with it on, a tiny
-    model's prompt was 147 ids where training used 19, and other tokens were generated) (helper 154)."""
+    """save_merged copies the source folder's processor, whose image splitting is on, and the backbone splits
+    images as it does (by default): the merged folder's processor writes the ids the backbone trained on (helper
+    154: when the backbone read images unsplit, the copied processor's 147 ids stood against training's 19)."""
     from transformers import AutoProcessor
 
     import mtl_lora_vl as mlv
@@ -186,7 +188,8 @@ def test_a_merged_directory_reads_images_as_the_task_was_trained(tmp_path):
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
     ids = AutoProcessor.from_pretrained(out)(images=[img], text=[prompt])["input_ids"][0]
     ids = ids[:-1] if ids[-1] == bb.eos_id else ids   # the tiny word-level tokenizer appends its end token
-    assert ids == bb.lm_collator()([prompt])["input_ids"][0].tolist()
+    assert ids == bb.lm_collator()([prompt], image_sizes=[(48, 64)])["input_ids"][0].tolist()
+    assert ids.count(bb.image_token_id) == 4 * 13   # split: 3 x 4 crops and the global image, 4 tokens each
 
 
 def test_a_max_image_size_other_than_the_towers_names_it(tmp_path):
@@ -200,9 +203,10 @@ def test_a_max_image_size_other_than_the_towers_names_it(tmp_path):
     assert "image_seq_len" not in str(e.value)
 
 
-def test_a_merged_processor_without_the_splitting_field_does_not_split(tmp_path):
-    """A processor file without do_image_splitting loads with the processor's default, True: the merged folder
-    still split images (only a field present and true was turned off) (helper 157)."""
+def test_a_merged_processor_without_the_splitting_field_splits_as_the_backbone(tmp_path):
+    """A processor file without do_image_splitting loads with the processor's default, True: the backbone splits
+    images too, and the merged folder's processor still does (helper 157 found it split where the backbone, then,
+    did not)."""
     from transformers import AutoProcessor
 
     import mtl_lora_vl as mlv
@@ -210,6 +214,8 @@ def test_a_merged_processor_without_the_splitting_field_does_not_split(tmp_path)
     folder = save_tiny_idefics3(tmp_path / "idefics3")
     _edit_processor(folder, lambda c: c.pop("do_image_splitting"))
     assert AutoProcessor.from_pretrained(folder).image_processor.do_image_splitting is True
-    model = mlv.attach(load_backbone(f"hf:{folder}").model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1))
+    bb = load_backbone(f"hf:{folder}")
+    assert bb.resize.mode == "anyres" and bb.processor.image_processor.do_image_splitting is True
+    model = mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1))
     out = mlv.save_merged(model, "a", tmp_path / "merged")
-    assert AutoProcessor.from_pretrained(out).image_processor.do_image_splitting is False
+    assert AutoProcessor.from_pretrained(out).image_processor.do_image_splitting is True

@@ -42,7 +42,9 @@ def pair_bb(request, llava_dir, qwen_dir):
     if request.param == "idefics3":
         from idefics3_tiny import tiny_idefics3_backbone
 
-        return tiny_idefics3_backbone(qwen_dir)
+        bb = tiny_idefics3_backbone(qwen_dir)
+        bb.native_aspect(False)   # square images without sizes here (split pairs: test_idefics3_split.py)
+        return bb
     from qwen_tiny import tiny_qwen2vl_backbone
 
     return tiny_qwen2vl_backbone(qwen_dir, v25=request.param == "qwen2.5")

@@ -152,7 +152,8 @@ def test_qwen_rows_without_vision_start_are_counted_by_their_image_tokens(tmp_pa
 
 
 def test_idefics3_backbone_leaves_the_callers_processor_splitting(tmp_path):
-    """Idefics3Backbone.from_model turned splitting off on the processor object the caller passed (and keeps)."""
+    """Idefics3Backbone.from_model turned splitting off on the processor object the caller passed (and keeps): it
+    sets its own copy (split by default, as the processor; off for unsplit squares)."""
     from idefics3_tiny import save_tiny_idefics3
     from transformers import AutoProcessor, Idefics3ForConditionalGeneration
 
@@ -162,6 +163,9 @@ def test_idefics3_backbone_leaves_the_callers_processor_splitting(tmp_path):
     processor = AutoProcessor.from_pretrained(str(folder))
     backbone = Idefics3Backbone.from_model(Idefics3ForConditionalGeneration.from_pretrained(str(folder)).eval(),
                                            processor, "tiny")
+    assert processor.image_processor.do_image_splitting is True
+    assert backbone.processor is not processor and backbone.processor.image_processor.do_image_splitting is True
+    backbone.native_aspect(False)
     assert processor.image_processor.do_image_splitting is True
     assert backbone.processor.image_processor.do_image_splitting is False
 

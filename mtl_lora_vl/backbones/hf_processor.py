@@ -124,8 +124,8 @@ def mismatch_fix(layout: Any, processor: Any = None, config: Any = None) -> str:
 def _count_fields(processor: Any, config: Any, n: int) -> str:
     """The processor fields that set how many image tokens it writes per image, in the model's family."""
     if getattr(processor, "image_seq_len", None) is not None:   # Idefics3 / SmolVLM
-        return (f"set its image_seq_len to {n} and its image processor's do_image_splitting to False (the backbone "
-                "reads each image whole, one per row)")
+        return (f"set its image_seq_len to {n} and its image processor's do_image_splitting as the backbone's "
+                "(backbone.processor: on where images are split, the default; off for unsplit squares)")
     if getattr(config, "mm_tokens_per_image", None) is not None:   # Gemma 3
         return f"set its image_seq_length to {n}, the model's config.mm_tokens_per_image"
     if getattr(processor, "image_seq_length", None) is not None:   # PaliGemma: read from its image processor

@@ -29,7 +29,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ..data.anyres import AnyresGeometry, anyres_tokens
+from ..data.anyres import AnyresGeometry
+from ..data.splits import SplitGeometry
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ class PromptLayout:
     placeholder more than once, one per image of its row (the model takes its images' features in order);
     ``several_image_tokens``: the tokens each image of a row of several fills where the model reads those otherwise
     than an image alone (LLaVA-OneVision: its base view, no tiles); 0: as alone. ``anyres``: a native-aspect anyres
-    model's geometry (:mod:`mtl_lora_vl.data.anyres`): an image's count depends on its original size.
+    model's geometry (:mod:`mtl_lora_vl.data.anyres`), or Idefics3's splitting (:mod:`mtl_lora_vl.data.splits`,
+    which also writes the ids around each crop): an image's count depends on its original size.
     """
 
     image_token: str
@@ -80,13 +82,13 @@ class PromptLayout:
     image_text: tuple[str, str] = ("", "")
     several_images: bool = False
     several_image_tokens: int = 0
-    anyres: AnyresGeometry | None = None
+    anyres: AnyresGeometry | SplitGeometry | None = None
 
     def image_tokens(self, size: Sequence[int] | None = None) -> int:
         """How many image tokens an image of ``size`` ``(h, w)`` fills (``num_image_tokens`` without a size, or
         when every image fills that many; ``anyres``: by the model's arithmetic on the original size)."""
         if self.anyres is not None and size is not None:
-            return anyres_tokens(self.anyres, size)
+            return self.anyres.tokens(size)
         if not self.token_side or size is None:
             return self.num_image_tokens
         h, w = (int(x) for x in size)
@@ -98,7 +100,10 @@ class PromptLayout:
 
     def image_ids_for(self, size: Sequence[int] | None = None) -> list[int]:
         """The ids one image (of ``size``, see :meth:`image_tokens`) fills in a row: the image tokens, with
-        ``image_open`` / ``image_close`` around them."""
+        ``image_open`` / ``image_close`` around them; Idefics3's splitting: the crops' and global image's ids)."""
+        own = self.anyres.image_ids(size) if self.anyres is not None and size is not None else None
+        if own is not None:
+            return own
         return [*self.image_open, *[self.image_token_id] * self.image_tokens(size), *self.image_close]
 
     @property

@@ -63,6 +63,26 @@ class AnyresGeometry:
         """The most views any image has (the largest pinpoint's tiles and the base view)."""
         return 1 + max((h // self.tile) * (w // self.tile) for h, w in self.pinpoints)
 
+    def resized(self, w: int, h: int) -> tuple[int, int]:
+        """``(width, height)`` of a ``w`` x ``h`` image inside its best pinpoint (``get_patch_output_size``)."""
+        ph, pw = self.pinpoint((h, w))
+        scale_w, scale_h = pw / w, ph / h
+        if scale_w < scale_h:
+            return pw, min(math.ceil(h * scale_w), ph)
+        return min(math.ceil(w * scale_h), pw), ph
+
+    def tokens(self, size: Sequence[int]) -> int:
+        """:func:`anyres_tokens` of an image of ``size`` (tiled)."""
+        return anyres_tokens(self, size)
+
+    def image_ids(self, size: Sequence[int]) -> None:
+        """None: an image's ids are its image tokens alone (the layout wraps them)."""
+        return None
+
+    def strip(self, img: Any, several: bool = False) -> Tensor:
+        """:func:`anyres_views`."""
+        return anyres_views(img, self, several)
+
 
 def anyres_tokens(geo: AnyresGeometry, size: Sequence[int], tiled: bool = True) -> int:
     """The language-model tokens an image of ``size`` (its original ``(h, w)``) fills, by the model's arithmetic:

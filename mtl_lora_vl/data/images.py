@@ -40,7 +40,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .anyres import anyres_views
 from .resize import ImageResize, resize_to_square
 
 MAX_PIXELS = 10_000 * 10_000
@@ -372,6 +371,6 @@ def to_uint8_tensor(img: Any, resize: ImageResize | int, several: bool = False) 
     except ValueError as e:   # an aspect the model's processor refuses (native resize)
         raise ImageShapeError(f"image {name}: {e} (the model's image processor refuses it; crop it first)") from None
     _check_resized(name, img.size, new)
-    if resize.anyres is not None:   # the processor's views, at the image's own aspect
-        return anyres_views(to_rgb(img, resize.alpha), resize.anyres, several)
+    if resize.anyres is not None:   # the processor's views, at the image's own aspect (anyres tiles, Idefics3 crops)
+        return resize.anyres.strip(to_rgb(img, resize.alpha), several)
     return TF.pil_to_tensor(resize_to_square(to_rgb(img, resize.alpha), resize)).contiguous()

@@ -9,13 +9,13 @@ these; a backbone carries the one its checkpoint declares (open_clip's ``preproc
 ``preprocessor_config.json``), and :func:`resize_to_square` applies it with the same arithmetic as
 ``open_clip.image_transform`` (sizes floored, crops and pads centred as torchvision does) and, for
 ``native``, as the Qwen2-VL image processor's ``smart_resize``. ``anyres`` (LLaVA-NeXT, LLaVA-OneVision) makes
-the processor's views of the image at its own aspect (:mod:`mtl_lora_vl.data.anyres`).
+the processor's views of the image at its own aspect (:mod:`mtl_lora_vl.data.anyres`; Idefics3 / SmolVLM's
+crops and global image: :mod:`mtl_lora_vl.data.splits`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 from PIL import Image
 
 from .anyres import AnyresGeometry
+from .splits import SplitGeometry
 
 RESIZE_MODES = ("shortest", "longest", "squash", "native", "anyres")
 INTERPOLATIONS = {
@@ -64,7 +65,7 @@ class ImageResize:
     factor: int | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
-    anyres: AnyresGeometry | None = None
+    anyres: AnyresGeometry | SplitGeometry | None = None
 
     def __post_init__(self) -> None:
         for name in ("size", "resize_to", "factor", "min_pixels", "max_pixels"):
@@ -84,7 +85,8 @@ class ImageResize:
         if self.resize_to is not None and self.mode != "shortest":
             raise ValueError(f"ImageResize: resize_to applies to mode 'shortest' only, not {self.mode!r}")
         if (self.mode == "anyres") != (self.anyres is not None):
-            raise ValueError("ImageResize: mode 'anyres' needs anyres (the model's AnyresGeometry), and only it")
+            raise ValueError("ImageResize: mode 'anyres' needs anyres (the model's AnyresGeometry or SplitGeometry), "
+                             "and only it")
         native = (self.factor, self.min_pixels, self.max_pixels)
         if self.mode == "native":
             if self.factor is None or self.pad_square is not None:
@@ -128,13 +130,9 @@ class ImageResize:
 
     def resized_size(self, w: int, h: int) -> tuple[int, int]:
         """(width, height) of a ``w`` x ``h`` image after the resize, before the centre crop to ``size`` (``anyres``:
-        its size inside its best pinpoint)."""
+        its size inside its best pinpoint; Idefics3's splitting: after the longest-edge resize)."""
         if self.anyres is not None:
-            ph, pw = self.anyres.pinpoint((h, w))
-            scale_w, scale_h = pw / w, ph / h   # (the processor's get_patch_output_size)
-            if scale_w < scale_h:
-                return pw, min(math.ceil(h * scale_w), ph)
-            return min(math.ceil(w * scale_h), pw), ph
+            return self.anyres.resized(w, h)
         if self.native:
             from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 

@@ -328,7 +328,7 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     non-weight files of ``source_dir``, e.g. open_clip_config.json and the tokenizer). Hugging Face
     models: a ``save_pretrained`` directory plus the tokenizer/processor files of ``source_dir`` (default: the
     local directory the model was loaded from), so a merged LLaVA loads with its processor, edited to read images
-    as the package's backbone does (``fit_processor_files``: Idefics3 / SmolVLM's image splitting off, Qwen2-VL's
+    as the package's backbone does (``fit_processor_files``: Gemma 3's pan-and-scan off, Qwen2-VL's
     ``max_pixels`` capped at ``image_max_pixels``: by default the cap the backbone was loaded with, 448² unless
     ``--image-max-pixels`` / ``load_pretrained`` of such a run set another); a ``.safetensors``
     ``out`` is refused, as by the ``export`` command.
