@@ -70,6 +70,11 @@ class Idefics3Backbone(HFVLMBackbone):
         bb.native_aspect(splits and bb.geometry is not None)
         return bb
 
+    @property
+    def needs_image_sizes(self) -> bool:
+        """Under splitting: a strip of views does not say its image's size (see the base class)."""
+        return self.resize.anyres is not None
+
     def native_aspect(self, on: bool = True) -> None:
         """Split each image as the processor does (on: :mod:`mtl_lora_vl.data.splits`, the loader ships its views
         and original size) or read it unsplit, squashed to the square (off: every image fills ``num_image_tokens``);
@@ -140,7 +145,7 @@ class Idefics3Backbone(HFVLMBackbone):
             b, n = shape[0], shape[-2] // m
             sizes = image_sizes if image_sizes is not None else [shape[-2:]] * b
             counts = [geo.views(size) for size in sizes]
-            if max(counts) > n or image_sizes is None and counts[0] != n:
+            if max(counts) > n or image_sizes is None and (n > 1 or counts[0] != n):   # (a strip says no size)
                 raise ValueError(f"{self.name}: images {shape} are not the views of images of sizes {sizes} as the "
                                  f"processor splits them ({counts} views of {m} px); give the loader's strips "
                                  "(mtl_lora_vl.data.splits) with image_sizes=[(h, w), ...] (pad_images gives both), "
