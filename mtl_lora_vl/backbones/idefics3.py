@@ -86,6 +86,7 @@ class Idefics3Backbone(HFVLMBackbone):
                        if on else self.square_resize)
         self.hf_processor.image_processor.do_image_splitting = bool(on)
         self._collators.clear()   # their layouts hold the geometry
+        self.model._mtl_image_reading = "native" if on else "square"   # what save_adapter records
 
     @property
     def layout(self) -> PromptLayout:

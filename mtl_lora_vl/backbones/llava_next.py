@@ -118,6 +118,7 @@ class LlavaNextBackbone(HFVLMBackbone):
         self.resize = (replace(self.square_resize, mode="anyres", anyres=self.geometry, size=self.image_size)
                        if on else self.square_resize)
         self._collators.clear()   # their layouts hold the geometry
+        self.model._mtl_image_reading = "native" if on else "square"   # what save_adapter records
 
     @property
     def layout(self) -> PromptLayout:

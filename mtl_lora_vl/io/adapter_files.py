@@ -223,6 +223,9 @@ def save_adapter(
                          f"tasks are {cfg.tasks}")
     roots = {t: str(Path(r).expanduser().absolute()) for t, r in (data_roots or {}).items() if r is not None}
     base = absolute_base(dict(base or {}))
+    reading = getattr(inner, "_mtl_image_reading", None)   # the backbone's, set on its model (native_aspect)
+    if reading and "image_reading" not in base:   # load_pretrained reads the adapter's images the same way
+        base["image_reading"] = reading
     try:
         json.dumps(base)
     except (TypeError, ValueError) as e:
@@ -316,6 +319,10 @@ def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
     if pixels is not None and (not isinstance(pixels, int) or isinstance(pixels, bool) or pixels < 1):
         raise AdapterFileError(f"{cfg_file}: base.image_max_pixels must be a positive whole number (the largest image "
                                f"area the adapter was trained on), got {pixels!r}; fix the field or remove it")
+    reading = (doc.get("base") or {}).get("image_reading")
+    if reading is not None and reading not in ("native", "square"):
+        raise AdapterFileError(f"{cfg_file}: base.image_reading must be 'native' or 'square' (how the adapter's images "
+                               f"were read), got {reading!r}; fix the field or remove it")
     bad_roots = sorted(t for t, r in (doc.get("data_roots") or {}).items() if not (isinstance(r, str) and r))
     if bad_roots:
         raise AdapterFileError(f"{cfg_file}: data_roots of task(s) {bad_roots} must be a folder path (a string), "

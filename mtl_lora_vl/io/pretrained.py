@@ -155,7 +155,9 @@ def _base_backbone(path: Path, doc: dict[str, Any], backbone: str | None, pretra
         base_dtype = base["base_dtype"]   # the run's explicit --base-dtype: its scores are reproduced on that dtype
     try:
         pixels = {"image_max_pixels": base["image_max_pixels"]} if base.get("image_max_pixels") else {}
-        return load_backbone(spec, weights, device=device, base_dtype=base_dtype, **pixels)   # as the run trained
+        bb = load_backbone(spec, weights, device=device, base_dtype=base_dtype, **pixels)   # as the run trained
+        _read_images_as_trained(bb, base.get("image_reading"), path)
+        return bb
     except (ValueError, FileNotFoundError, OSError) as e:
         given = backbone is not None and backbone != base.get("backbone")
         which = (f"given by --backbone (the adapter was trained on {base.get('backbone')!r})" if given
@@ -163,3 +165,17 @@ def _base_backbone(path: Path, doc: dict[str, Any], backbone: str | None, pretra
         raise AdapterFileError(f"{path}: cannot build the base model {spec!r} (pretrained={weights!r}) {which}: {e}. "
                                "Point at it on this machine with backbone=... / pretrained=... (--backbone / "
                                "--pretrained)") from e
+
+
+def _read_images_as_trained(bb: Backbone, reading: str | None, path: Path) -> None:
+    """Read images as the adapter's were (``base.image_reading``): each at its own aspect as the processor reads it
+    ("native", LLaVA-NeXT's and Idefics3's default) or squashed to one square ("square", ``native_aspect(False)``).
+    An adapter that records neither was saved before images were read at their own aspect: on squares."""
+    if reading == "native" and not bb.needs_image_sizes:
+        bb.native_aspect(True)   # (refused with the reason where the backbone cannot)
+    elif reading != "native" and bb.needs_image_sizes:
+        if reading is None:
+            warn_user(f"{path}: the adapter does not record how its images were read; adapters saved before this "
+                      f"version read {bb.name}'s images squashed to one square, so they are read so "
+                      "(native_aspect(False))")
+        bb.native_aspect(False)
