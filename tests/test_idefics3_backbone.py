@@ -192,6 +192,25 @@ def test_a_merged_directory_reads_images_as_the_task_was_trained(tmp_path):
     assert ids.count(bb.image_token_id) == 4 * 13   # split: 3 x 4 crops and the global image, 4 tokens each
 
 
+def test_a_merged_directory_of_an_unsplit_adapter_reads_its_images_unsplit(tmp_path):
+    """An adapter trained after native_aspect(False) (unsplit squares): its merged folder's processor has splitting
+    off, so it writes the ids the backbone trained on (the source's files would split: 4 x 13 tokens, not 4)."""
+    from transformers import AutoProcessor
+
+    import mtl_lora_vl as mlv
+
+    folder = save_tiny_idefics3(tmp_path / "idefics3")
+    bb = load_backbone(f"hf:{folder}")
+    bb.native_aspect(False)
+    model = mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1))
+    out = mlv.save_merged(model, "a", tmp_path / "merged")
+    prompt = f"{bb.image_token} question: what colour is the circle ? answer:"
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    ids = AutoProcessor.from_pretrained(out)(images=[img], text=[prompt])["input_ids"][0]
+    ids = ids[:-1] if ids[-1] == bb.eos_id else ids   # the tiny word-level tokenizer appends its end token
+    assert ids == bb.lm_collator()([prompt])["input_ids"][0].tolist() and ids.count(bb.image_token_id) == 4
+
+
 def test_a_max_image_size_other_than_the_towers_names_it(tmp_path):
     """max_image_size 48 on a tower built for 32: the fix named was 'set its image_seq_len to 9', which would load
     and feed 48-px images to a 32-px tower; the processor's max_image_size is what differs (helper 154)."""

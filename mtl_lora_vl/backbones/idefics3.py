@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +40,7 @@ from torch import Tensor, nn
 from ..data.resize import ImageResize, size_fields
 from ..data.splits import SplitGeometry
 from .base import BackboneError, register_backbone
+from .hf_processor import edit_image_processor_files
 from .hf_vlm import HFVLMBackbone
 from .lm_collate import PromptLayout
 
@@ -69,6 +71,17 @@ class Idefics3Backbone(HFVLMBackbone):
         bb.geometry = _split_geometry(bb, image_processor, name) if image_processor is not None else None
         bb.native_aspect(splits and bb.geometry is not None)
         return bb
+
+    @classmethod
+    def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None) -> None:
+        """An adapter trained on unsplit images (``reading`` "square", ``native_aspect(False)``): its merged
+        export's processor reads them unsplit too (``do_image_splitting`` off); split, the source's files stand."""
+        def unsplit(fields: dict) -> None:
+            if fields.get("do_image_splitting") is not False:   # absent: the processor's default is on
+                fields["do_image_splitting"] = False
+
+        if reading == "square":
+            edit_image_processor_files(folder, unsplit)
 
     @property
     def needs_image_sizes(self) -> bool:

@@ -134,7 +134,7 @@ class Qwen2VLBackbone(HFVLMBackbone):
         self.model._mtl_image_max_pixels = max_pixels   # save_merged's cap for the merged processor (io/exports.py)
 
     @classmethod
-    def fit_processor_files(cls, folder: Path, max_pixels: int | None = None) -> None:
+    def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None) -> None:
         """The processor's ``max_pixels`` capped as the loader caps it (:func:`pixel_bounds`; ``max_pixels``: a
         run's ``image_max_pixels``): a model merged from a task trained on images of at most 448² was otherwise fed
         released processors' 12.8 M-pixel images (a 1080p photo: 2,691 image tokens where training used 252)."""

@@ -370,7 +370,8 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
             fit = getattr(backbone_class(family.backbone), "fit_processor_files", None) if family and family.backbone \
                 else None
             if fit is not None:   # the processor reads images as the package's backbone trained them
-                fit(tmp, image_max_pixels or getattr(inner, "_mtl_image_max_pixels", None))
+                fit(tmp, image_max_pixels or getattr(inner, "_mtl_image_max_pixels", None),
+                    getattr(inner, "_mtl_image_reading", None))
     return out
 
 
