@@ -155,13 +155,14 @@ def generate_texts(backbone: Any, examples: Sequence[Example], prompts: Sequence
     if len(prompts) != len(examples):
         raise ValueError(f"generate_texts got {len(examples)} examples but {len(prompts)} prompts")
     out: list[str] = []
+    keep = getattr(backbone, "needs_image_sizes", False)   # (a backbone-like object may lack it)
     batches = _image_batches(backbone, examples, batch_size, device, dtype, num_workers)
     for i, (images, sizes) in enumerate(batches):   # to the generator's end: it reports replaced images there
         start = i * batch_size
         with autocast(torch.device(device), dtype):
             out.extend(backbone.generate(images, max_len=max_len, beam_size=beam_size,
                                          prompts=list(prompts[start:start + batch_size]),
-                                         **sizes_kwarg(images, sizes, backbone.needs_image_sizes)))
+                                         **sizes_kwarg(images, sizes, keep)))
     return out
 
 
@@ -180,12 +181,13 @@ def candidate_scores(backbone: Any, examples: Sequence[Example], prompts: Sequen
         raise ValueError("candidate_scores needs at least one candidate")
     chunk = max(1, batch_size // len(candidates))
     out: list[Tensor] = []
+    keep = getattr(backbone, "needs_image_sizes", False)
     batches = _image_batches(backbone, examples, chunk, device, dtype, num_workers)
     for i, (images, sizes) in enumerate(batches):
         start = i * chunk
         with autocast(torch.device(device), dtype):
             scores = backbone.sequence_scores(images, list(prompts[start:start + chunk]), list(candidates),
                                               per_token=per_token, end=end,
-                                              **sizes_kwarg(images, sizes, backbone.needs_image_sizes))
+                                              **sizes_kwarg(images, sizes, keep))
         out.append(scores.float().cpu())
     return torch.cat(out)
