@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from ..data.splits import SplitGeometry
 from .base import BackboneError, register_backbone
 from .hf_processor import edit_image_processor_files
 from .hf_vlm import HFVLMBackbone
-from .lm_collate import PromptLayout
+from .image_reading import NativeImageReading
 
 __all__ = ["Idefics3Backbone"]
 
@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 @register_backbone("idefics3")
 @dataclass(eq=False)
-class Idefics3Backbone(HFVLMBackbone):
+class Idefics3Backbone(NativeImageReading, HFVLMBackbone):
     """``Idefics3ForConditionalGeneration`` / ``SmolVLMForConditionalGeneration`` (see the module doc)."""
 
     geometry: SplitGeometry | None = None      # the processor's splitting (None: it cannot be written exactly)
@@ -83,11 +83,6 @@ class Idefics3Backbone(HFVLMBackbone):
         if reading == "square":
             edit_image_processor_files(folder, unsplit)
 
-    @property
-    def needs_image_sizes(self) -> bool:
-        """Under splitting: a strip of views does not say its image's size (see the base class)."""
-        return self.resize.anyres is not None
-
     def native_aspect(self, on: bool = True) -> None:
         """Split each image as the processor does (on: :mod:`mtl_lora_vl.data.splits`, the loader ships its views
         and original size) or read it unsplit, squashed to the square (off: every image fills ``num_image_tokens``);
@@ -95,16 +90,8 @@ class Idefics3Backbone(HFVLMBackbone):
         if on and self.geometry is None:
             raise BackboneError(f"{self.name}: the image processor's splitting cannot be followed exactly (see the "
                                 "warning given when the backbone was loaded); images are read unsplit")
-        self.resize = (replace(self.square_resize, mode="anyres", anyres=self.geometry, size=self.image_size)
-                       if on else self.square_resize)
+        super().native_aspect(on)
         self.hf_processor.image_processor.do_image_splitting = bool(on)
-        self._collators.clear()   # their layouts hold the geometry
-        self.model._mtl_image_reading = "native" if on else "square"   # what save_adapter records
-
-    @property
-    def layout(self) -> PromptLayout:
-        """The prompt layout; under splitting, each image's ids from its original size."""
-        return replace(super().layout, anyres=self.resize.anyres)
 
     # ------------------------------------------------------------------------------------------ building
     @classmethod

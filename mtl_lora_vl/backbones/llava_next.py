@@ -44,6 +44,7 @@ from ..data.resize import ImageResize, size_fields
 from ..family_images import _view_tokens, llava_next_image, llava_onevision_image
 from .base import BackboneError, register_backbone
 from .hf_vlm import HFVLMBackbone
+from .image_reading import NativeImageReading
 from .lm_collate import PromptLayout
 
 __all__ = ["LlavaNextBackbone", "LlavaOnevisionBackbone"]
@@ -55,7 +56,7 @@ _DEVICE_FILTERS = ("bilinear", "bicubic")   # the resampling filters torch's ant
 
 @register_backbone("llava_next")
 @dataclass(eq=False)
-class LlavaNextBackbone(HFVLMBackbone):
+class LlavaNextBackbone(NativeImageReading, HFVLMBackbone):
     """``LlavaNextForConditionalGeneration`` (see the module doc): each image's views at its own aspect (the loader's
     strips and original sizes) reach the model as ``(B, V, 3, S, S)`` with ``image_sizes`` the original sizes; under
     ``native_aspect(False)``, canvases of ``image_size`` (C) as ``(B, 1 + tiles, 3, S, S)`` with ``(C, C)``."""
@@ -105,25 +106,6 @@ class LlavaNextBackbone(HFVLMBackbone):
                                      cls._max_tiles(model.config), bb.base_filter, cls._several_fill(bb))
         bb.native_aspect(True)
         return bb
-
-    @property
-    def needs_image_sizes(self) -> bool:
-        """Under the native aspect: a strip of views does not say its image's size (see the base class)."""
-        return self.resize.anyres is not None
-
-    def native_aspect(self, on: bool = True) -> None:
-        """Read each image at its own aspect as the processor does (on, the default: :mod:`mtl_lora_vl.data.anyres`,
-        the loader ships its views and original size) or squashed to the square canvas (off: every image fills
-        ``num_image_tokens``, the tower reads ``1 + (C/S)²`` views)."""
-        self.resize = (replace(self.square_resize, mode="anyres", anyres=self.geometry, size=self.image_size)
-                       if on else self.square_resize)
-        self._collators.clear()   # their layouts hold the geometry
-        self.model._mtl_image_reading = "native" if on else "square"   # what save_adapter records
-
-    @property
-    def layout(self) -> PromptLayout:
-        """The prompt layout; under the native aspect, each image's count from its original size."""
-        return replace(super().layout, anyres=self.resize.anyres)
 
     @classmethod
     def _max_tiles(cls, config: Any) -> int:

@@ -1,0 +1,45 @@
+"""Backbones that read each image as their processor does, at its own aspect (LLaVA-NeXT's anyres tiles, Idefics3's
+crops), or on one square: the switch between the two, shared by both families.
+
+At its own aspect the loader ships a strip of the image's views with its original size
+(:mod:`mtl_lora_vl.data.anyres`, :mod:`mtl_lora_vl.data.splits`), so every batch carries its sizes
+(``needs_image_sizes``), and the collator counts each image's tokens from its size (the layout's ``anyres``). The
+reading is set on the model too, where ``save_adapter`` records it (``base.image_reading``) and ``load_pretrained``
+reads it back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from ..data.resize import ImageResize
+from .lm_collate import PromptLayout
+
+__all__ = ["NativeImageReading"]
+
+
+class NativeImageReading:
+    """Mixin before :class:`~.hf_vlm.HFVLMBackbone` for a backbone with ``geometry`` (its processor's, plain data)
+    and ``square_resize`` (the square reading)."""
+
+    geometry: Any
+    square_resize: ImageResize
+
+    @property
+    def needs_image_sizes(self) -> bool:
+        """At its own aspect: a strip of views does not say what size its image was (see the base class)."""
+        return self.resize.anyres is not None
+
+    def native_aspect(self, on: bool = True) -> None:
+        """Read each image as the processor does (on) or squashed to the square (off: every image fills
+        ``num_image_tokens``)."""
+        self.resize = (replace(self.square_resize, mode="anyres", anyres=self.geometry, size=self.image_size)
+                       if on else self.square_resize)
+        self._collators.clear()   # their layouts hold the geometry
+        self.model._mtl_image_reading = "native" if on else "square"   # what save_adapter records
+
+    @property
+    def layout(self) -> PromptLayout:
+        """The prompt layout; at its own aspect, each image's tokens from its original size."""
+        return replace(super().layout, anyres=self.resize.anyres)
