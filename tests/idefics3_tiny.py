@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from vl_tiny import left_padded
 
@@ -101,3 +102,13 @@ def tiny_idefics3_backbone(tmp, smolvlm: bool = False):
     if not (folder / "config.json").is_file():
         save_tiny_idefics3(folder, smolvlm)
     return load_backbone(f"hf:{folder}")
+
+
+@pytest.fixture(autouse=True)
+def _num2words(monkeypatch):
+    """SmolVLMProcessor refuses to build without the num2words package, which it uses only for video prompts (a test
+    module that imports this fixture gets it in every test)."""
+    import transformers.models.smolvlm.processing_smolvlm as smolvlm
+
+    if smolvlm.num2words is None:
+        monkeypatch.setattr(smolvlm, "num2words", str)

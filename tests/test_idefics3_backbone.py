@@ -10,7 +10,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from idefics3_tiny import IDEFICS3_SPECIALS, save_tiny_idefics3, tiny_idefics3_backbone
+from idefics3_tiny import (
+    IDEFICS3_SPECIALS,
+    _num2words,  # noqa: F401 (an autouse fixture)
+    save_tiny_idefics3,
+    tiny_idefics3_backbone,
+)
 from PIL import Image
 from test_generative_tasks import _attach
 from vlm_checks import (
@@ -27,22 +32,13 @@ from mtl_lora_vl.backbones.base import GENERATE, GRAD_CHECKPOINTING, LM_LOGITS
 from mtl_lora_vl.data.resize import resize_to_square
 
 
-@pytest.fixture(autouse=True)
-def _num2words(monkeypatch):
-    """SmolVLMProcessor refuses to build without the num2words package, which it uses only for video prompts."""
-    import transformers.models.smolvlm.processing_smolvlm as smolvlm
-
-    if smolvlm.num2words is None:
-        monkeypatch.setattr(smolvlm, "num2words", str)
-
-
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     return tmp_path_factory.mktemp("idefics3")
 
 
 @pytest.fixture(params=[False, True], ids=["idefics3", "smolvlm"])
-def bb(request, dirs, _num2words):
+def bb(request, dirs):
     bb = tiny_idefics3_backbone(dirs, request.param)
     bb.native_aspect(False)   # these tests give square images without sizes
     return bb

@@ -9,7 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from idefics3_tiny import save_tiny_idefics3, tiny_idefics3_backbone
+from idefics3_tiny import (
+    _num2words,  # noqa: F401 (an autouse fixture)
+    save_tiny_idefics3,
+    tiny_idefics3_backbone,
+)
 from PIL import Image
 from test_generative_tasks import _attach
 
@@ -23,22 +27,13 @@ SIZES = [(40, 150), (160, 30), (50, 50), (5, 7), (300, 260)]
 PROMPTS = ["{} caption:", "question: what colour is the circle ? {} answer:"]
 
 
-@pytest.fixture(autouse=True)
-def _num2words(monkeypatch):
-    """SmolVLMProcessor refuses to build without the num2words package, which it uses only for video prompts."""
-    import transformers.models.smolvlm.processing_smolvlm as smolvlm
-
-    if smolvlm.num2words is None:
-        monkeypatch.setattr(smolvlm, "num2words", str)
-
-
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     return tmp_path_factory.mktemp("idefics3_split")
 
 
 @pytest.fixture(params=[False, True], ids=["idefics3", "smolvlm"])
-def bb(request, dirs, _num2words):
+def bb(request, dirs):
     return tiny_idefics3_backbone(dirs, request.param)
 
 
@@ -138,7 +133,7 @@ def test_nlvr_pairs_are_split_as_the_processor_splits_a_sample_of_two(bb):
         torch.testing.assert_close(logits[r, -ids.numel():], ref, atol=1e-4, rtol=1e-4)
 
 
-def test_a_merged_export_with_its_own_processor_gives_the_same_logits(tmp_path, _num2words):
+def test_a_merged_export_with_its_own_processor_gives_the_same_logits(tmp_path):
     from transformers import AutoProcessor, Idefics3ForConditionalGeneration
 
     folder = save_tiny_idefics3(tmp_path / "idefics3")
