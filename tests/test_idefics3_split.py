@@ -160,3 +160,34 @@ def test_squares_without_sizes_name_the_fix(bb):
     ids = bb.lm_collator()([f"{bb.image_token} caption:"], image_sizes=[(32, 32)])
     with pytest.raises(ValueError, match=r"image_sizes=.*native_aspect\(False\)"):
         bb._forward(torch.randn(1, 3, 32, 32), ids["input_ids"], ids["attention_mask"])
+
+
+@pytest.mark.parametrize("size", [(0, 5), (5, 0), (-3, 5), ("a", 4), (2.5, 7)])
+def test_a_bad_image_size_is_named(bb, size):
+    """Review 204: (0, 5) raised a bare ZeroDivisionError, (5, 0) and (-3, 5) were taken (39 and 36 ids), ('a', 4)
+    gave int()'s message, (2.5, 7) was cut to 2."""
+    with pytest.raises(ValueError, match=r"image size .* is no \(h, w\) of two positive whole numbers"):
+        bb.lm_collator()([f"{bb.image_token} caption:"], image_sizes=[size])
+
+
+def test_an_odd_longest_edge_gives_each_crop_its_tag():
+    """The processor rounds an odd longest edge up to even, so an image's side can be L + 1, one crop more than L
+    gives (L = 99, M = 33: 4 x 4 crops): the crop tags ran out (IndexError), or a column read another row's tag."""
+    from mtl_lora_vl.data.splits import SplitGeometry
+
+    n = SplitGeometry(33, 99, 1, 0, (), (), (), (), ()).most_grid
+    assert n == 4
+    geo = SplitGeometry(33, 99, 1, 7, (1,), (2,), tuple((100 + r * 10 + c,) for r in range(n) for c in range(n)),
+                        (3,), (4,))
+    rows, cols = geo.grid((5, 5))
+    assert [i for i in geo.image_ids((5, 5)) if i >= 100] == [100 + r * 10 + c for r in range(rows) for c in range(cols)]
+
+
+def test_lm_loss_on_strips_without_their_sizes_names_image_sizes(bb):
+    """Review 204: lm_loss on the loader's strips without image_sizes said to build the ids with lm_collator (they
+    were right) and counted the features of a made-up picture of the strip's shape."""
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 150, 3), dtype=np.uint8))
+    canvas, sizes = pad_images([to_uint8_tensor(picture, bb.resize)])
+    b = bb.lm_collator()([f"{bb.image_token} caption:"], ["a red circle"], image_sizes=list(sizes))
+    with pytest.raises(ValueError, match=r"strips of views.*give image_sizes="):
+        bb.lm_loss(bb.preprocess_uint8(canvas), b["input_ids"], b["attention_mask"], b["labels"])

@@ -112,11 +112,15 @@ def check_image_batch(images: Any, what: str) -> None:
         raise ValueError(f"{what}: images must be a (B, C, H, W) tensor, got {got}; one image is images[None]")
 
 
-def check_image_sizes(images: Tensor, sizes: Any, what: str, within: bool = True) -> list[tuple[int, int]] | None:
+def check_image_sizes(images: Tensor, sizes: Any, what: str, within: bool = True,
+                      needed: bool = False) -> list[tuple[int, int]] | None:
     """``sizes`` (each image's ``(h, w)`` at the top left of ``images``, or None) as a list of int pairs, checked
     against the batch: one per image, each within it (``within`` False: any positive size, an anyres strip's
-    original image's)."""
+    original image's). ``needed`` (``backbone.needs_image_sizes``): strips of several views need them."""
     if sizes is None:
+        if needed and images.shape[-2] > images.shape[-1]:
+            raise ValueError(f"{what}: images {tuple(images.shape)} are strips of views, which do not say what size "
+                             "their pictures were; give image_sizes=[(h, w), ...] (pad_images returns them)")
         return None
     try:
         out = [(int(h), int(w)) for h, w in sizes]

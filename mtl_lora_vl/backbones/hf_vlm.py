@@ -238,7 +238,7 @@ class HFVLMBackbone(Backbone):
         own check still runs), so the call makes no GPU wait. Without it both are read from the tensors.
         ``image_sizes``: see the module doc."""
         check_image_batch(pixel_values, "lm_loss")
-        sizes = check_image_sizes(pixel_values, image_sizes, "lm_loss", not self.resize.anyres)
+        sizes = check_image_sizes(pixel_values, image_sizes, "lm_loss", not self.resize.anyres, self.needs_image_sizes)
         if first_label is None:
             self._check_rows(pixel_values, input_ids, "lm_loss", sizes)
         if labels.shape != input_ids.shape:
@@ -430,7 +430,7 @@ class HFVLMBackbone(Backbone):
         """The collated prompts (default: the bare image placeholder, one per image), checked; and the images'
         sizes, checked."""
         check_image_batch(images, what)
-        sizes = check_image_sizes(images, image_sizes, what, not self.resize.anyres)
+        sizes = check_image_sizes(images, image_sizes, what, not self.resize.anyres, self.needs_image_sizes)
         prompts = [self.image_token] * images.shape[0] if prompts is None else prompts
         prompts = check_prompts(prompts, images.shape[0], what, self.image_token if self.several_images else None)
         batch = self.lm_collator()(prompts, image_sizes=self._sizes_of(images, sizes))

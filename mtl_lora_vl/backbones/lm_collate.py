@@ -22,6 +22,7 @@ the model to stop there); a prompt that does not fit alone is an error naming th
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -269,7 +270,7 @@ class LMCollator:
             else:
                 for j in range(taken, taken + counts[i]):
                     sized = image_sizes is not None and (lay.token_side or lay.anyres is not None)
-                    size = tuple(int(x) for x in image_sizes[j]) if sized else None
+                    size = _image_size(image_sizes[j]) if sized else None
                     if size not in images:
                         images[size] = lay.image_ids_for(size)
                     own.append(images[size])
@@ -319,3 +320,17 @@ class LMCollator:
             mask[r, :n] = 1
             labels[r, len(p):n] = torch.tensor(t, dtype=torch.long)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _image_size(size: Any) -> tuple[int, int]:
+    """An image's ``(h, w)``, refused by name unless two positive whole numbers (a bad size made a division by zero
+    or was taken as it came)."""
+    def whole(x: Any) -> bool:
+        if isinstance(x, Tensor):
+            return x.numel() == 1 and not x.is_floating_point() and x.dtype != torch.bool
+        return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+    if not isinstance(size, (tuple, list, Tensor)) or len(size) != 2 or not all(whole(x) and x > 0 for x in size):
+        raise ValueError(f"lm_collator: image size {size!r} is no (h, w) of two positive whole numbers; give each "
+                         "image's own height and width in pixels (image_sizes=)")
+    return int(size[0]), int(size[1])

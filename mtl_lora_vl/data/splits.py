@@ -56,7 +56,7 @@ class SplitGeometry:
     @property
     def most_grid(self) -> int:
         """The most crops per side an image has (its longest side at L, or at the processor's 4096 cap)."""
-        return math.ceil(min(self.longest_edge, _MAX_SIDE) / self.tile)
+        return math.ceil(min(self.longest_edge + self.longest_edge % 2, _MAX_SIDE) / self.tile)   # (odd L: L + 1)
 
     def resized(self, w: int, h: int) -> tuple[int, int]:
         """``(width, height)`` of a ``w`` x ``h`` image after the longest-edge resize (the processor's arithmetic)."""
