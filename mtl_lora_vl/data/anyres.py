@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["AnyresGeometry", "anyres_tokens", "anyres_views", "image_size_of", "pad_images"]
+__all__ = ["AnyresGeometry", "anyres_tokens", "anyres_views", "carries_size", "image_size_of", "pad_images",
+           "with_size"]
 
 _SIZE_ATTR = "mtl_image_size"   # the original (h, w) a strip carries from the worker's decode to the collate
 
@@ -121,8 +122,7 @@ def anyres_views(img: Any, geo: AnyresGeometry, several: bool = False) -> Tensor
         left, top = (side - w) // 2, (side - h) // 2
         square = tvF.pad(x, padding=[left, top, side - w - left, side - h - top], fill=list(geo.several_fill))
         strip = tvF.resize(square, [s, s], interpolation=mode, antialias=True).contiguous()
-        setattr(strip, _SIZE_ATTR, (h, w))
-        return strip
+        return with_size(strip, (h, w))
     ph, pw = geo.pinpoint((h, w))
     nh, nw = get_patch_output_size(x, (ph, pw), ChannelDimension.FIRST)
     content = tvF.resize(x, [nh, nw], interpolation=mode, antialias=True)
@@ -130,8 +130,13 @@ def anyres_views(img: Any, geo: AnyresGeometry, several: bool = False) -> Tensor
     canvas = tvF.pad(content, padding=[left, top, left + lr, top + tb])
     tiles = canvas.unfold(1, s, s).unfold(2, s, s).permute(1, 2, 0, 3, 4).reshape(-1, 3, s, s)
     base = tvF.resize(x, [s, s], interpolation=mode, antialias=True)
-    strip = torch.cat([base[None], tiles]).transpose(0, 1).reshape(3, -1, s).contiguous()
-    setattr(strip, _SIZE_ATTR, (h, w))
+    return with_size(torch.cat([base[None], tiles]).transpose(0, 1).reshape(3, -1, s).contiguous(), (h, w))
+
+
+def with_size(strip: Tensor, size: tuple[int, int]) -> Tensor:
+    """``strip`` carrying its image's original ``(h, w)`` (:func:`image_size_of`); it is kept until the collate reads
+    it, in the same worker: a new tensor (a copy, ``.to()``) does not carry it."""
+    setattr(strip, _SIZE_ATTR, (int(size[0]), int(size[1])))
     return strip
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .anyres import _SIZE_ATTR
+from .anyres import with_size
 
 __all__ = ["SplitGeometry", "split_views"]
 
@@ -142,6 +142,4 @@ def split_views(img: Any, geo: SplitGeometry) -> Tensor:
         crops = x.unfold(1, m, m).unfold(2, m, m).permute(1, 2, 0, 3, 4).reshape(-1, 3, m, m)
         whole = tvF.resize(x, [m, m], interpolation=mode, antialias=True)
         x = torch.cat([crops, whole[None]]).transpose(0, 1).reshape(3, -1, m)
-    strip = x.contiguous()
-    setattr(strip, _SIZE_ATTR, (h, w))
-    return strip
+    return with_size(x.contiguous(), (h, w))
