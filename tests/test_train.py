@@ -1411,6 +1411,13 @@ def test_eval_refuses_a_spec_file_whose_metrics_the_adapter_does_not_compute(tmp
     monkeypatch.setattr(evaluate_mod, "_score", no_scoring)
     with pytest.raises(ValueError, match=r"lists \['i2t_r2'\], which the adapter's task 'retrieval' does not compute"):
         evaluate_adapter(run / "adapter", tasks=str(spec), out=tmp_path / "x", device="cpu")
+    # a spec that lists no metrics took its own options' (i2t_r2 ...) and was refused for metrics it never wrote
+    # (review 200): it is scored on the adapter's, its options said to be the adapter's
+    unlisted = tmp_path / "unlisted.toml"
+    unlisted.write_text("\n".join(line for line in spec.read_text().splitlines() if not line.startswith("metrics")))
+    with monkeypatch.context() as m, pytest.raises(AssertionError, match="scored before"):
+        m.setattr(evaluate_mod, "_score", no_scoring)   # (checked, then the scoring begins)
+        evaluate_adapter(run / "adapter", tasks=str(unlisted), out=tmp_path / "x", device="cpu")
     def no_load(*a, **k):
         raise AssertionError("loaded the base model before refusing '--tasks ,'")
 

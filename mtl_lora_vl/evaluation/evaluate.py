@@ -8,6 +8,7 @@ scored by the zero-shot rule alone, as ``train`` scores it before training.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -183,6 +184,8 @@ def _scoring_spec(item: str, lp: Pretrained, adapter: Path) -> TaskSpec:
     if saved is not None:
         computed = get_kind(saved.kind).metrics_for(saved.options)
         extra = [m for m in spec.metrics if m not in computed]
+        if extra and spec.metrics == tuple(get_kind(spec.kind).metrics_for(spec.options)):
+            spec, extra = dataclasses.replace(spec, metrics=saved.metrics), []   # (no `metrics`: its own options')
         if extra:
             raise ValueError(f"--tasks {item}: `metrics` lists {extra}, which the adapter's task {spec.name!r} does not "
                              f"compute (its options, which score the task, give {list(computed)}); list some of those")
