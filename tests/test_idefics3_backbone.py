@@ -167,10 +167,9 @@ def _edit_processor(folder, edit):
     (folder / "processor_config.json").write_text(json.dumps(cfg))
 
 
-def test_a_merged_directory_reads_images_as_the_task_was_trained(tmp_path):
-    """save_merged copies the source folder's processor, whose image splitting is on, and the backbone splits
-    images as it does (by default): the merged folder's processor writes the ids the backbone trained on (helper
-    154: when the backbone read images unsplit, the copied processor's 147 ids stood against training's 19)."""
+def _merged_ids(tmp_path, split: bool) -> tuple[list[int], list[int], object]:
+    """A tiny Idefics3's merged export (the backbone reading images split or not): the ids its own processor writes
+    for a 48 x 64 picture, the backbone's for it, and the backbone."""
     from transformers import AutoProcessor
 
     import mtl_lora_vl as mlv
@@ -178,33 +177,29 @@ def test_a_merged_directory_reads_images_as_the_task_was_trained(tmp_path):
     folder = save_tiny_idefics3(tmp_path / "idefics3")
     assert json.loads((folder / "processor_config.json").read_text())["image_processor"]["do_image_splitting"]
     bb = load_backbone(f"hf:{folder}")
+    bb.native_aspect(split)
     model = mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1))
     out = mlv.save_merged(model, "a", tmp_path / "merged")
     prompt = f"{bb.image_token} question: what colour is the circle ? answer:"
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
     ids = AutoProcessor.from_pretrained(out)(images=[img], text=[prompt])["input_ids"][0]
     ids = ids[:-1] if ids[-1] == bb.eos_id else ids   # the tiny word-level tokenizer appends its end token
-    assert ids == bb.lm_collator()([prompt], image_sizes=[(48, 64)])["input_ids"][0].tolist()
-    assert ids.count(bb.image_token_id) == 4 * 13   # split: 3 x 4 crops and the global image, 4 tokens each
+    return ids, bb.lm_collator()([prompt], image_sizes=[(48, 64)])["input_ids"][0].tolist(), bb
+
+
+def test_a_merged_directory_reads_images_as_the_task_was_trained(tmp_path):
+    """save_merged copies the source folder's processor, whose image splitting is on, and the backbone splits
+    images as it does (by default): the merged folder's processor writes the ids the backbone trained on (helper
+    154: when the backbone read images unsplit, the copied processor's 147 ids stood against training's 19)."""
+    theirs, ours, bb = _merged_ids(tmp_path, split=True)
+    assert theirs == ours and theirs.count(bb.image_token_id) == 4 * 13   # 3 x 4 crops and the global image, 4 each
 
 
 def test_a_merged_directory_of_an_unsplit_adapter_reads_its_images_unsplit(tmp_path):
     """An adapter trained after native_aspect(False) (unsplit squares): its merged folder's processor has splitting
     off, so it writes the ids the backbone trained on (the source's files would split: 4 x 13 tokens, not 4)."""
-    from transformers import AutoProcessor
-
-    import mtl_lora_vl as mlv
-
-    folder = save_tiny_idefics3(tmp_path / "idefics3")
-    bb = load_backbone(f"hf:{folder}")
-    bb.native_aspect(False)
-    model = mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1))
-    out = mlv.save_merged(model, "a", tmp_path / "merged")
-    prompt = f"{bb.image_token} question: what colour is the circle ? answer:"
-    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    ids = AutoProcessor.from_pretrained(out)(images=[img], text=[prompt])["input_ids"][0]
-    ids = ids[:-1] if ids[-1] == bb.eos_id else ids   # the tiny word-level tokenizer appends its end token
-    assert ids == bb.lm_collator()([prompt])["input_ids"][0].tolist() and ids.count(bb.image_token_id) == 4
+    theirs, ours, bb = _merged_ids(tmp_path, split=False)
+    assert theirs == ours and theirs.count(bb.image_token_id) == 4
 
 
 def test_a_max_image_size_other_than_the_towers_names_it(tmp_path):
