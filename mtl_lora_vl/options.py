@@ -77,8 +77,8 @@ class TrainOptions:
 
     tasks: str = _opt("vqa,retrieval", "comma-separated task names (built-in specs) or paths to task TOML files")
     backbone: str = _opt("builtin", "builtin | builtin-llava | open_clip:NAME (with --pretrained FILE or TAG) | hf:DIR "
-                         "or hf:ORG/NAME (a local Hugging Face CLIP, LLaVA, PaliGemma, Gemma 3, Qwen2-VL or Idefics3 / SmolVLM "
-                         "directory, or a hub id in the local cache)")
+                         "or hf:ORG/NAME (a local Hugging Face CLIP, LLaVA, LLaVA-NeXT, LLaVA-OneVision, PaliGemma, "
+                         "Gemma 3, Qwen2-VL or Idefics3 / SmolVLM directory, or a hub id in the local cache)")
     pretrained: str | None = _opt(None, "local checkpoint file for open_clip:NAME, or a pretrained tag whose "
                                   "weights are already in open_clip's local cache")
     base_dtype: Literal["auto", "fp32", "bf16", "fp16"] = _opt(

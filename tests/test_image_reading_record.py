@@ -7,12 +7,18 @@ with a warning. Tiny LLaVA-NeXT, CPU."""
 from __future__ import annotations
 
 import json
+import shutil
+import warnings
 
+import numpy as np
 import pytest
 import test_llava_next
+from idefics3_tiny import _num2words, save_tiny_idefics3  # noqa: F401 (an autouse fixture)
+from PIL import Image
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import load_backbone
+from mtl_lora_vl.cli.export import export_main
 from mtl_lora_vl.io.layout import AdapterFileError
 from mtl_lora_vl.io.pretrained import load_pretrained
 
@@ -50,5 +56,107 @@ def test_an_adapter_from_before_the_record_is_read_on_squares_with_a_warning(fol
     assert back.resize.mode == "squash"
     doc["base"]["image_reading"] = "tiles"
     cfg.write_text(json.dumps(doc))
-    with pytest.raises(AdapterFileError, match="base.image_reading must be 'native' or 'square'"):
+    with pytest.raises(AdapterFileError, match=r"image_reading must be one of \['native', 'square', 'processor'\]"):
         load_pretrained(out, heads=False)
+
+
+def _reading(adapter) -> str | None:
+    return json.loads((adapter / "mtl_lora_config.json").read_text())["base"].get("image_reading")
+
+
+@pytest.fixture(scope="module")
+def next_folder(folder):
+    return folder
+
+
+# Review 206 ---------------------------------------------------------------------------------------------------
+def test_a_split_adapter_exported_over_an_unsplitting_processor_keeps_splitting(tmp_path):
+    """A native (split) Idefics3 adapter exported with --backbone pointing at a copy of the model whose processor
+    has do_image_splitting off: load_pretrained splits (as recorded), but the merged folder's processor is the
+    copy's, unsplit: 4 image tokens per picture where the task was trained on 52 (3 x 4 crops and the global)."""
+    from transformers import AutoProcessor
+
+    split = save_tiny_idefics3(tmp_path / "split")
+    nosplit = save_tiny_idefics3(tmp_path / "nosplit", splitting=False)
+    bb = load_backbone(f"hf:{split}")
+    model = mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1))
+    ad = mlv.save_adapter(model, tmp_path / "ad", base={"backbone": f"hf:{split}"})
+    assert _reading(ad) == "native"
+    assert export_main(["--adapter", str(ad), "--task", "a", "--format", "merged", "--backbone", f"hf:{nosplit}",
+                        "--out", str(tmp_path / "merged")]) == 0
+    prompt = f"{bb.image_token} question: what colour is the circle ? answer:"
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    ids = AutoProcessor.from_pretrained(tmp_path / "merged")(images=[img], text=[prompt])["input_ids"][0]
+    trained = bb.lm_collator()([prompt], image_sizes=[(48, 64)])["input_ids"][0].tolist()
+    assert ids.count(bb.image_token_id) == trained.count(bb.image_token_id) == 52
+
+
+
+def test_an_adapter_trained_on_a_bare_llava_next_is_read_back_at_its_own_aspect(next_folder, tmp_path):
+    """README's own loop: LlavaNextForConditionalGeneration + its processor (each picture at its own aspect),
+    mlv.attach, save_adapter(base={"backbone": "hf:DIR"}). Nothing is recorded, so load_pretrained / eval --adapter
+    read it on the 64 x 64 square with a warning that it was 'saved before this version'."""
+    from transformers import LlavaNextForConditionalGeneration
+
+    model = mlv.attach(LlavaNextForConditionalGeneration.from_pretrained(str(next_folder)),
+                       mlv.MTLLoRAConfig(tasks=["a", "b"], r=2))
+    ad = mlv.save_adapter(model, tmp_path / "ad", base={"backbone": f"hf:{next_folder}"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        back = load_pretrained(ad, heads=False).backbone
+    assert not [w for w in caught if "saved before this version" in str(w.message)]
+    assert back.needs_image_sizes and back.resize.mode == "anyres"
+
+
+
+def _square_adapter(folder, out):
+    bb = load_backbone(f"hf:{folder}")
+    bb.native_aspect(False)
+    return mlv.save_adapter(mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2)), out,
+                            base={"backbone": f"hf:{folder}"})
+
+
+def test_load_adapter_on_a_backbone_that_reads_otherwise_warns(next_folder, tmp_path):
+    """load_adapter(bb.model, square_adapter) on a native backbone said nothing (review 206): the backbone read at
+    its own aspect, and a save after it recorded "native". It names the call that reads as the adapter was trained."""
+    sq = _square_adapter(next_folder, tmp_path / "sq")
+    bb = load_backbone(f"hf:{next_folder}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mlv.load_adapter(bb.model, sq, is_trainable=True)
+    assert any("call backbone.native_aspect(False)" in str(w.message) for w in caught)
+
+
+def test_an_adapter_loaded_on_a_bare_model_and_saved_again_keeps_its_record(next_folder, tmp_path):
+    """load_adapter(bare HF model, native_adapter) then save_adapter: the record is dropped, so the re-saved
+    adapter is read on the square (with the 'saved before this version' warning) by load_pretrained."""
+    from transformers import LlavaNextForConditionalGeneration
+
+    bb = load_backbone(f"hf:{next_folder}")
+    native = mlv.save_adapter(mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2)), tmp_path / "n",
+                              base={"backbone": f"hf:{next_folder}"})
+    assert _reading(native) == "native"
+    model = mlv.load_adapter(LlavaNextForConditionalGeneration.from_pretrained(str(next_folder)), native,
+                             is_trainable=True)
+    again = mlv.save_adapter(model, tmp_path / "again", base={"backbone": f"hf:{next_folder}"})
+    assert _reading(again) == "native"
+
+
+
+def test_a_split_adapter_on_a_processor_that_cannot_split_names_the_record(tmp_path):
+    """The recorded "native" on a processor whose splitting cannot be followed (do_resize off): the message says
+    'images are read unsplit' (they are not: the load fails) and 'point at it with --backbone' (the model is
+    there; its processor is what changed). It should name base.image_reading and the processor field."""
+    split = save_tiny_idefics3(tmp_path / "split")
+    bb = load_backbone(f"hf:{split}")
+    ad = mlv.save_adapter(mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1)), tmp_path / "ad",
+                          base={"backbone": f"hf:{split}"})
+    cfg = json.loads((split / "processor_config.json").read_text())
+    cfg["image_processor"]["do_resize"] = False
+    (split / "processor_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(AdapterFileError) as e:
+        load_pretrained(ad, heads=False)
+    msg = str(e.value)
+    assert "base.image_reading 'native'" in msg and "Restore the processor files" in msg
+    assert "images are read unsplit" not in msg and "--backbone" not in msg
+    shutil.rmtree(tmp_path / "split")

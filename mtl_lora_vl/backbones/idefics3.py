@@ -74,14 +74,11 @@ class Idefics3Backbone(NativeImageReading, HFVLMBackbone):
 
     @classmethod
     def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None) -> None:
-        """An adapter trained on unsplit images (``reading`` "square", ``native_aspect(False)``): its merged
-        export's processor reads them unsplit too (``do_image_splitting`` off); split, the source's files stand."""
-        def unsplit(fields: dict) -> None:
-            if fields.get("do_image_splitting") is not False:   # absent: the processor's default is on
-                fields["do_image_splitting"] = False
-
-        if reading == "square":
-            edit_image_processor_files(folder, unsplit)
+        """A merged export's processor reads images as the adapter's were (``reading``): unsplit ("square",
+        ``native_aspect(False)``: ``do_image_splitting`` off) or split ("native": on, whatever the source's files
+        said); as the source's files say otherwise."""
+        if reading in ("square", "native"):
+            edit_image_processor_files(folder, lambda fields: fields.update(do_image_splitting=reading == "native"))
 
     def native_aspect(self, on: bool = True) -> None:
         """Split each image as the processor does (on: :mod:`mtl_lora_vl.data.splits`, the loader ships its views
@@ -89,7 +86,7 @@ class Idefics3Backbone(NativeImageReading, HFVLMBackbone):
         the backbone's processor copy is set to match."""
         if on and self.geometry is None:
             raise BackboneError(f"{self.name}: the image processor's splitting cannot be followed exactly (see the "
-                                "warning given when the backbone was loaded); images are read unsplit")
+                                "warning given when the backbone was loaded), so images can be read unsplit only")
         super().native_aspect(on)
         self.hf_processor.image_processor.do_image_splitting = bool(on)
 

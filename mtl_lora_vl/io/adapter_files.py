@@ -38,8 +38,12 @@ from torch import nn
 from .._version import __version__
 from ..adapters.attach import attach
 from ..adapters.layers import ADAPTER_PARAM_NAMES
+from ..backbones import backbone_class
+from ..backbones.image_reading import NativeImageReading
 from ..backbones.spec import parse_spec
 from ..config import ConfigError, MTLLoRAConfig
+from ..families import family_named
+from ..log import warn_user
 from ..tasks.spec import SpecError, TaskSpec, load_spec
 from .atomic import atomic_dir, holds
 from .base_check import (
@@ -223,7 +227,7 @@ def save_adapter(
                          f"tasks are {cfg.tasks}")
     roots = {t: str(Path(r).expanduser().absolute()) for t, r in (data_roots or {}).items() if r is not None}
     base = absolute_base(dict(base or {}))
-    reading = getattr(inner, "_mtl_image_reading", None)   # the backbone's, set on its model (native_aspect)
+    reading = getattr(inner, "_mtl_image_reading", None) or _processor_reading(info.family)
     if reading and "image_reading" not in base:   # load_pretrained reads the adapter's images the same way
         base["image_reading"] = reading
     try:
@@ -320,9 +324,9 @@ def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
         raise AdapterFileError(f"{cfg_file}: base.image_max_pixels must be a positive whole number (the largest image "
                                f"area the adapter was trained on), got {pixels!r}; fix the field or remove it")
     reading = (doc.get("base") or {}).get("image_reading")
-    if reading is not None and reading not in ("native", "square"):
-        raise AdapterFileError(f"{cfg_file}: base.image_reading must be 'native' or 'square' (how the adapter's images "
-                               f"were read), got {reading!r}; fix the field or remove it")
+    if reading is not None and reading not in IMAGE_READINGS:
+        raise AdapterFileError(f"{cfg_file}: base.image_reading must be one of {list(IMAGE_READINGS)} (how the "
+                               f"adapter's images were read), got {reading!r}; fix the field or remove it")
     bad_roots = sorted(t for t, r in (doc.get("data_roots") or {}).items() if not (isinstance(r, str) and r))
     if bad_roots:
         raise AdapterFileError(f"{cfg_file}: data_roots of task(s) {bad_roots} must be a folder path (a string), "
@@ -436,6 +440,7 @@ def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Mo
     head_tensors = load_tensors(head_file) if heads else {}
 
     attach(base_model, cfg)
+    _keep_reading(base_model, (doc.get("base") or {}).get("image_reading"), path)
     params = dict(base_model.named_parameters())
     with torch.no_grad():
         for name, t in tensors.items():
@@ -451,3 +456,30 @@ def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Mo
             head.requires_grad_(False)
             head.eval()
     return base_model
+
+
+#: ``base.image_reading``: each image at its own aspect as the processor reads it, on one square
+#: (``native_aspect(False)``), or as the model's own processor does (attached to a bare model, no backbone chose).
+IMAGE_READINGS = ("native", "square", "processor")
+
+
+def _processor_reading(family: str | None) -> str | None:
+    """"processor" for a bare model of a family whose backbone can read images either way (its reading is its
+    user's processor's); None for the rest, which read images one way."""
+    fam = family_named(family) if family else None
+    cls = backbone_class(fam.backbone) if fam is not None and fam.backbone else None
+    return "processor" if cls is not None and issubclass(cls, NativeImageReading) else None
+
+
+def _keep_reading(model: nn.Module, recorded: str | None, path: Path) -> None:
+    """After ``load_adapter``: a model no backbone set a reading on takes the recorded one (a save keeps it); a
+    backbone's model that reads otherwise than the adapter's images were read is warned about."""
+    own = getattr(model, "_mtl_image_reading", None)
+    if recorded not in ("native", "square"):
+        return
+    if own is None:
+        model._mtl_image_reading = recorded
+    elif own != recorded:
+        how = "at their own aspect" if recorded == "native" else "on one square"
+        warn_user(f"{path}: the adapter's images were read {how}, and this model's backbone reads them otherwise; "
+                  f"call backbone.native_aspect({recorded == 'native'}) (load_pretrained does)")

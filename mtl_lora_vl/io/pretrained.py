@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backbones import Backbone, load_backbone
+from ..backbones import Backbone, BackboneError, load_backbone
 from ..config import MTLLoRAConfig
 from ..log import warn_user
 from ..tasks import build_kind, load_spec
@@ -156,8 +156,6 @@ def _base_backbone(path: Path, doc: dict[str, Any], backbone: str | None, pretra
     try:
         pixels = {"image_max_pixels": base["image_max_pixels"]} if base.get("image_max_pixels") else {}
         bb = load_backbone(spec, weights, device=device, base_dtype=base_dtype, **pixels)   # as the run trained
-        _read_images_as_trained(bb, base.get("image_reading"), path)
-        return bb
     except (ValueError, FileNotFoundError, OSError) as e:
         given = backbone is not None and backbone != base.get("backbone")
         which = (f"given by --backbone (the adapter was trained on {base.get('backbone')!r})" if given
@@ -165,15 +163,23 @@ def _base_backbone(path: Path, doc: dict[str, Any], backbone: str | None, pretra
         raise AdapterFileError(f"{path}: cannot build the base model {spec!r} (pretrained={weights!r}) {which}: {e}. "
                                "Point at it on this machine with backbone=... / pretrained=... (--backbone / "
                                "--pretrained)") from e
+    _read_images_as_trained(bb, base.get("image_reading"), path)
+    return bb
 
 
 def _read_images_as_trained(bb: Backbone, reading: str | None, path: Path) -> None:
     """Read images as the adapter's were (``base.image_reading``): each at its own aspect as the processor reads it
-    ("native", LLaVA-NeXT's and Idefics3's default) or squashed to one square ("square", ``native_aspect(False)``).
-    An adapter that records neither was saved before images were read at their own aspect: on squares."""
+    ("native"), squashed to one square ("square", ``native_aspect(False)``), or as the model's processor does
+    ("processor": attached to a bare model; the backbone's default). An adapter that records none was saved before
+    images were read at their own aspect: on squares, with a warning."""
     if reading == "native" and not bb.needs_image_sizes:
-        bb.native_aspect(True)   # (refused with the reason where the backbone cannot)
-    elif reading != "native" and bb.needs_image_sizes:
+        try:
+            bb.native_aspect(True)
+        except BackboneError as e:
+            raise AdapterFileError(f"{path}: the adapter's images were read at their own aspect (base.image_reading "
+                                   f"'native'), which this base model's processor cannot give: {e}. Restore the "
+                                   "processor files the adapter was trained with") from None
+    elif reading in ("square", None) and bb.needs_image_sizes:
         if reading is None:
             warn_user(f"{path}: the adapter does not record how its images were read; adapters saved before this "
                       f"version read {bb.name}'s images squashed to one square, so they are read so "
