@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = ["CountsOnly", "image_token_rows", "llava_next_image", "llava_next_row_tiles", "llava_onevision_image",
-           "llava_onevision_row_tiles", "qwen_image_rows", "qwen_row_images"]
+           "llava_onevision_row_tiles", "qwen_image_rows", "qwen_row_images", "view_tokens"]
 
 
 class CountsOnly(list):
@@ -166,7 +166,7 @@ def _anyres_row_tiles(model: Any, args: tuple, kwargs: dict, image: Callable[[An
     return [sum(counted[i][1] for i in whole) for whole, _ in per_row]
 
 
-def _view_tokens(model: Any, strategy: str | None) -> int:
+def view_tokens(model: Any, strategy: str | None) -> int:
     """Features of one anyres view (base view or tile): the tower's positions, grid² and a CLS (CLIP) or grid² alone
     (SigLIP), the CLS dropped under ``"default"``. The model lays a tile's features out as a grid x grid square, so
     any other number is refused here, naming the strategy to use (the model's own forward fails on a reshape)."""
@@ -203,7 +203,7 @@ def llava_next_image(model: Any, size: Any, strategy: str | None = None) -> tupl
     size = torch.as_tensor(size)
     rows, cols = get_anyres_image_grid_shape(size.tolist(), pins, side)
     _, uh, uw = unpad_image(torch.empty(0, rows * grid, cols * grid, device="meta"), size).shape
-    return _view_tokens(model, strategy) + uh * (uw + 1), int(image_size_to_num_patches(size.tolist(), pins, side))
+    return view_tokens(model, strategy) + uh * (uw + 1), int(image_size_to_num_patches(size.tolist(), pins, side))
 
 
 def llava_onevision_image(model: Any, size: Any, tiled: bool = True) -> tuple[int, int]:
@@ -218,7 +218,7 @@ def llava_onevision_image(model: Any, size: Any, tiled: bool = True) -> tuple[in
     size = torch.as_tensor(size)
     views = image_size_to_num_patches(size.tolist(), cfg.image_grid_pinpoints, cfg.vision_config.image_size)
     views = int(views) if tiled else 1
-    packed, _ = model.pack_image_features([torch.empty(views, _view_tokens(model, None), 1, device="meta")],
+    packed, _ = model.pack_image_features([torch.empty(views, view_tokens(model, None), 1, device="meta")],
                                           size[None], image_newline=torch.empty(1, device="meta"),
                                           vision_aspect_ratio=cfg.vision_aspect_ratio)
     return int(packed[0].shape[0]), views

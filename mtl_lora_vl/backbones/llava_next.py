@@ -30,6 +30,7 @@ their anyres images.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -42,7 +43,7 @@ from torch import Tensor, nn
 
 from ..data.anyres import AnyresGeometry
 from ..data.resize import ImageResize, size_fields
-from ..family_images import _view_tokens, llava_next_image, llava_onevision_image
+from ..family_images import llava_next_image, llava_onevision_image, view_tokens
 from .base import BackboneError, register_backbone
 from .hf_vlm import HFVLMBackbone
 from .image_reading import NativeImageReading
@@ -92,7 +93,7 @@ class LlavaNextBackbone(NativeImageReading, HFVLMBackbone):
             bb = super().from_model(model, processor, name)
         except BackboneError:
             raise
-        except ValueError as e:   # the tower / strategy pair the model cannot lay out (family_images._view_tokens)
+        except ValueError as e:   # the tower / strategy pair the model cannot lay out (family_images.view_tokens)
             raise BackboneError(f"{name}: {e}") from e
         bb.tile_size = side
         bb.base_filter = bb.resize.interpolation
@@ -103,7 +104,7 @@ class LlavaNextBackbone(NativeImageReading, HFVLMBackbone):
         bb.square_resize = bb.resize
         inner = getattr(model, "model", model)
         grid = side // int(model.config.vision_config.patch_size)
-        bb.geometry = AnyresGeometry(side, tuple(tuple(p) for p in pins), grid, _view_tokens(inner, None),
+        bb.geometry = AnyresGeometry(side, tuple(tuple(p) for p in pins), grid, view_tokens(inner, None),
                                      cls._max_tiles(model.config), bb.base_filter, cls._several_fill(bb))
         bb.native_aspect(True)
         return bb
@@ -273,6 +274,7 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
         base, lay = self.several_tokens, self.layout
         full = [lay.image_tokens(size) for size in sizes] if sizes is not None else []
 
+        @functools.cache   # (each (row, image) once: backtracking through ambiguous rows stays linear)
         def split(r: int, at: int) -> list[int] | None:   # rows r.. from image at; both readings tried
             if r == len(counts):
                 return [] if at == n_images else None
