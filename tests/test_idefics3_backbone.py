@@ -1,7 +1,7 @@
 """The Idefics3 backbone class (--backbone hf:DIR of a tiny Idefics3 / SmolVLM directory with its processor), reading
-images unsplit (native_aspect(False); split, the default: test_idefics3_split.py): loading, the collator's ids and the device pixels against the processor's, per-row
-losses, mixed-task routes, routed generate, cached candidate scores, the refusals, and the train and eval commands
-end to end."""
+images unsplit (native_aspect(False); split, the default: test_idefics3_split.py): loading, the collator's ids and
+the device pixels against the processor's, per-row losses, mixed-task routes, routed generate, cached candidate
+scores, the refusals, and the train and eval commands end to end."""
 
 from __future__ import annotations
 

@@ -180,7 +180,8 @@ def test_an_odd_longest_edge_gives_each_crop_its_tag():
     geo = SplitGeometry(33, 99, 1, 7, (1,), (2,), tuple((100 + r * 10 + c,) for r in range(n) for c in range(n)),
                         (3,), (4,))
     rows, cols = geo.grid((5, 5))
-    assert [i for i in geo.image_ids((5, 5)) if i >= 100] == [100 + r * 10 + c for r in range(rows) for c in range(cols)]
+    tags = [i for i in geo.image_ids((5, 5)) if i >= 100]
+    assert tags == [100 + r * 10 + c for r in range(rows) for c in range(cols)]
 
 
 def test_lm_loss_on_strips_without_their_sizes_names_image_sizes(bb):

@@ -44,12 +44,14 @@ def test_a_drafted_jpeg_keeps_open_clips_geometry_at_any_size(wh):
     """A JPEG decoded at reduced scale (draft) whose sides are not multiples of the scale comes out ceil-sized: its
     last row/column of pixels covers only part of a block. The resize then took that padded image for the whole
     picture (scaled by the wrong factor, centre crop one pixel off): mean error 2-4x the even-sized case (real photos
-    720x477 at 224: 5.5 and 11.1 levels, max 63 and 131, vs 1.7 and 3.3 at 720x480; this content: 2.7 at 720x480). README: 'about 2 of 255'."""
+    720x477 at 224: 5.5 and 11.1 levels, max 63 and 131, vs 1.7 and 3.3 at 720x480; this content: 2.7 at 720x480).
+    README: 'about 2 of 255'."""
     from open_clip.transform import image_transform
 
     s = 112
     data = _jpeg(_photo(*wh))
-    ref = image_transform(s, is_train=False, mean=(0.0,) * 3, std=(1.0,) * 3)(Image.open(io.BytesIO(data)).convert("RGB"))
+    transform = image_transform(s, is_train=False, mean=(0.0,) * 3, std=(1.0,) * 3)
+    ref = transform(Image.open(io.BytesIO(data)).convert("RGB"))
     ours = to_uint8_tensor(data, ImageResize.from_open_clip(s, {})).float()
     err = (ours - (ref * 255).round()).abs()
     assert float(err.mean()) <= 4.0, f"{wh}: mean {float(err.mean()):.2f}, max {int(err.max())} levels"

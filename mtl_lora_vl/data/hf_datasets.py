@@ -130,7 +130,8 @@ def _parquet_files(base: Path, split: str | None) -> list[str]:
     return [str(f) for f in mine]
 
 
-def _open_table(root: Path, path: str | os.PathLike, split: str | None, cache_dir: str | None) -> tuple[DatasetTable, Any]:
+def _open_table(root: Path, path: str | os.PathLike, split: str | None,
+                cache_dir: str | None) -> tuple[DatasetTable, Any]:
     datasets = load_datasets()
     base = _find(root, path)
     if base.is_dir() and ((base / "dataset_dict.json").is_file() or (base / "state.json").is_file()):
