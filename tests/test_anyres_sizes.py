@@ -4,9 +4,13 @@ the sizes of such a backbone's images. Tiny LLaVA-NeXT, CPU."""
 
 from __future__ import annotations
 
+import json
+import logging
+
 import numpy as np
 import pytest
 import test_llava_next
+import test_llava_onevision
 import torch
 from PIL import Image
 
@@ -18,6 +22,11 @@ from mtl_lora_vl.data.loader import sizes_kwarg
 @pytest.fixture(scope="module")
 def next_bb(tmp_path_factory):
     return load_backbone(f"hf:{test_llava_next.build(tmp_path_factory.mktemp('next'))[2]}")
+
+
+@pytest.fixture(scope="module")
+def ov_bb(tmp_path_factory):
+    return load_backbone(f"hf:{test_llava_onevision.build(tmp_path_factory.mktemp('ov'))[2]}")
 
 
 def _picture(h: int, w: int, seed: int = 0) -> Image.Image:
@@ -54,3 +63,50 @@ def test_a_batch_whose_pictures_are_their_strips_shape_keeps_its_sizes(next_bb):
         assert not next_bb.needs_image_sizes
     finally:
         next_bb.native_aspect(True)
+
+
+def test_the_context_warning_counts_each_image_by_its_own_size(ov_bb, tmp_path, caplog):
+    """warn_lm_context measured rows with num_image_tokens (the square canvas's count, 46 here; 7,371 released), but a
+    OneVision image at its own aspect fills more (64 x 24: 56 here; released 1920 x 768: 8,154, 1248 x 1026: 8,765),
+    so rows past the context were not named (review 202). Each image is counted by its header's size now."""
+    from mtl_lora_vl.data.readers import read_split
+    from mtl_lora_vl.tasks import build_kind, load_spec
+
+    bb = ov_bb
+    for i in range(4):
+        _picture(64, 24, i).save(tmp_path / f"{i}.png")
+    (tmp_path / "caps.jsonl").write_text("".join(json.dumps({"image": f"{i}.png", "caption": "a red circle"}) + "\n"
+                                                 for i in range(4)))
+    (tmp_path / "caps.toml").write_text('name = "caps"\nkind = "captioning"\n[data]\nformat = "jsonl"\n'
+                                        + "".join(f'[data.{s}]\nfile = "caps.jsonl"\n' for s in ("train", "val", "test")))
+    split = read_split("jsonl", tmp_path, file="caps.jsonl")
+    kind = build_kind(load_spec(str(tmp_path / "caps.toml")), split, bb)
+    col = bb.lm_collator()
+    prompt, target = kind.sample_lm(split.examples[0], 0)[:2]
+    native = col([prompt], [target], image_sizes=[(64, 24)])["input_ids"].shape[1]
+    square = col([prompt], [target])["input_ids"].shape[1]
+    assert native - square == 56 - bb.num_image_tokens == 10
+    cfg = bb.model.config.get_text_config()
+    old = cfg.max_position_embeddings
+    cfg.max_position_embeddings = square      # every row (native) is 10 tokens past it
+    try:
+        with caplog.at_level(logging.WARNING):
+            kind.warn_lm_context(split.examples, bb)
+    finally:
+        cfg.max_position_embeddings = old
+    assert "longer than the language model's context" in caplog.text
+
+
+def test_an_images_size_from_its_header_is_the_loaders_upright_one(tmp_path):
+    """The context warning reads each image's size from its header: an EXIF quarter turn swaps the sides, as the
+    loader turns the picture upright."""
+    from mtl_lora_vl.data.images import load_image, upright_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6   # rotate 90 degrees clockwise to show
+    _picture(10, 30).save(tmp_path / "turned.jpg", exif=exif)
+    _picture(10, 30).save(tmp_path / "plain.png")
+    for name in ("turned.jpg", "plain.png"):
+        w, h = load_image(tmp_path / name).size
+        assert upright_size(tmp_path / name) == (h, w)
+    assert upright_size(tmp_path / "turned.jpg") == (30, 10)

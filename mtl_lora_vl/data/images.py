@@ -224,6 +224,18 @@ _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_18
                 8: Image.Transpose.ROTATE_90}
 
 
+def upright_size(source: Any) -> tuple[int, int]:
+    """``(h, w)`` of an image as the loader reads it (turned upright by its EXIF orientation), from its header alone."""
+    target, name = _resolve(source)
+    with _opened(target, name) as img:
+        w, h = img.size
+        try:
+            turned = int(img.getexif().get(0x0112, 1)) in (5, 6, 7, 8)   # the quarter turns swap the sides
+        except Exception:  # noqa: BLE001 - unreadable EXIF: read as stored, as _upright does
+            turned = False
+    return (w, h) if turned else (h, w)
+
+
 def _upright(img: Image.Image) -> Image.Image:
     """The image turned by its EXIF orientation (as ``ImageOps.exif_transpose``, which also rewrites the EXIF
     block and so failed on valid photos with a slightly malformed tag); as stored when the tag cannot be read."""

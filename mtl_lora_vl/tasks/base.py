@@ -74,7 +74,7 @@ from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.distributed import union_over_shards
 from mtl_lora_vl.precision import autocast
-from mtl_lora_vl.tasks.generative import eval_subset, uses_language_model
+from mtl_lora_vl.tasks.generative import eval_subset, uses_language_model, warn_lm_context
 from mtl_lora_vl.tasks.spec import SpecError, TaskSpec
 
 if TYPE_CHECKING:
@@ -297,26 +297,9 @@ class TaskKind(ABC):
                              f"that token (an image placeholder, or an end of text), not as text; {fix}")
 
     def warn_lm_context(self, examples: Sequence[Example], backbone: Backbone, limit: int = 1000) -> None:
-        """Generative path: say when training rows (prompt with its image tokens, target, end token) are longer
-        than the language model's context -- past it a model with learned positions fails mid-run and one with
-        rotary positions trains on positions it never saw; the loader cuts nothing. The first ``limit`` rows
-        are measured (start-up time). :func:`build_kind` calls it once the kind is built."""
-        context = backbone.lm_context
-        if not context or not examples:
-            return
-        rows = list(examples[:limit])
-        collate = backbone.lm_collator()
-        prompts, targets = zip(*(self.sample_lm(ex, 0)[:2] for ex in rows))
-        ids, texts, prompt_ids = collate.prompt_rows(prompts)
-        lengths = [len(p) + len(t) + 1 for p, t in zip(ids, collate.continuation_ids(texts, targets, prompt_ids))]
-        image_tokens = max(row.count(collate.layout.image_token_id) for row in ids)   # (rows of two images: twice)
-        over = sum(n > context for n in lengths)
-        if over:
-            some = "" if len(rows) == len(examples) else f"the first {len(rows)} of "
-            logger.warning("task %r: %d of %sits %d training rows are longer than the language model's context of %d "
-                           "tokens (prompt with its %d image tokens, target and end token; the longest is %d): shorten "
-                           "the targets or the prompt, or use a model with a longer context", self.name, over, some,
-                           len(examples), context, image_tokens, max(lengths))
+        """Generative path: say when training rows are longer than the language model's context
+        (:func:`~mtl_lora_vl.tasks.generative.warn_lm_context`). :func:`build_kind` calls it once the kind is built."""
+        warn_lm_context(self, examples, backbone, limit)
 
     def state(self) -> dict[str, Any]:
         """What this kind learned from its training split (JSON-able), saved with adapters so a

@@ -24,6 +24,7 @@ placeholder, ``backbone.image_token``; required) plus the kind's own (VQA: ``{qu
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -33,10 +34,13 @@ from torch import Tensor, nn
 
 from mtl_lora_vl.backbones.base import GENERATE, LM_LOGITS, TEXT_EMBEDDINGS
 from mtl_lora_vl.backbones.chat import ChatWrap
+from mtl_lora_vl.data.images import ImageError, is_scene, upright_size
 from mtl_lora_vl.data.loader import iter_sized_image_batches, sizes_kwarg
 from mtl_lora_vl.data.records import Example, image_count, image_parts
 from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.spec import SpecError, TaskSpec, template_fields
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "GenerationHead",
@@ -191,3 +195,41 @@ def candidate_scores(backbone: Any, examples: Sequence[Example], prompts: Sequen
                                               **sizes_kwarg(images, sizes, keep))
         out.append(scores.float().cpu())
     return torch.cat(out)
+
+
+def warn_lm_context(kind: Any, examples: Sequence[Example], backbone: Any, limit: int = 1000) -> None:
+    """Say when ``kind``'s training rows (prompt with its image tokens, target, end token) are longer than the
+    language model's context -- past it a model with learned positions fails mid-run and one with rotary positions
+    trains on positions it never saw; the loader cuts nothing. The first ``limit`` rows are measured (start-up time),
+    each image by its own size where the backbone counts tokens so (its header read: LLaVA-NeXT, Idefics3)."""
+    context = backbone.lm_context
+    if not context or not examples:
+        return
+    rows = list(examples[:limit])
+    collate = backbone.lm_collator()
+    prompts, targets = zip(*(kind.sample_lm(ex, 0)[:2] for ex in rows))
+    sizes = _image_sizes(rows, backbone) if getattr(backbone, "needs_image_sizes", False) else None
+    ids, texts, prompt_ids = collate.prompt_rows(prompts, sizes)
+    lengths = [len(p) + len(t) + 1 for p, t in zip(ids, collate.continuation_ids(texts, targets, prompt_ids))]
+    image_tokens = max(row.count(collate.layout.image_token_id) for row in ids)   # (rows of two images: twice)
+    over = sum(n > context for n in lengths)
+    if over:
+        some = "" if len(rows) == len(examples) else f"the first {len(rows)} of "
+        logger.warning("task %r: %d of %sits %d training rows are longer than the language model's context of %d "
+                       "tokens (prompt with its %d image tokens, target and end token; the longest is %d): shorten "
+                       "the targets or the prompt, or use a model with a longer context", kind.name, over, some,
+                       len(examples), context, image_tokens, max(lengths))
+
+
+def _image_sizes(rows: Sequence[Example], backbone: Any) -> list[tuple[int, int]]:
+    """Each image's ``(h, w)`` as the loader reads it, in row order (a scene: rendered at the backbone's side; an
+    image whose header cannot be read: that side too, as the start-up check has already named it)."""
+    side = (int(backbone.image_size), int(backbone.image_size))
+    out = []
+    for ex in rows:
+        for part in image_parts(ex):
+            try:
+                out.append(side if is_scene(part.image) else upright_size(part.image))
+            except (ImageError, OSError, ValueError, TypeError):
+                out.append(side)
+    return out
