@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.resize import ImageResize, size_fields
-from ..data.splits import SplitGeometry
+from ..data.splits import SplitGeometry, most_grid
 from .base import BackboneError, register_backbone
 from .hf_processor import edit_image_processor_files
 from .hf_vlm import HFVLMBackbone
@@ -190,7 +190,7 @@ def _split_geometry(bb: Idefics3Backbone, image_processor: Any, name: str) -> Sp
     tok = processor.tokenizer
     fake = getattr(processor, "fake_image_token", "<fake_token_around_image>")
     glob = getattr(processor, "global_image_tag", None) or getattr(processor, "global_image_token", "<global-img>")
-    grid = SplitGeometry(m, int(longest), 0, 0, (), (), (), (), ()).most_grid
+    grid = most_grid(m, int(longest))
     geo = SplitGeometry(m, int(longest), bb.num_image_tokens, bb.image_token_id, bb.image_open, bb.image_close,
                         tuple(_ids(tok, f"{fake}<row_{r + 1}_col_{c + 1}>") for r in range(grid) for c in range(grid)),
                         _ids(tok, "\n"), _ids(tok, "\n\n"), bb.square_resize.interpolation)

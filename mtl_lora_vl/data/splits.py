@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .anyres import with_size
 
-__all__ = ["SplitGeometry", "split_views"]
+__all__ = ["SplitGeometry", "most_grid", "split_views"]
 
 _MAX_SIDE = 4096   # the processor's MAX_IMAGE_SIZE: no side past it after the longest-edge resize
 
@@ -55,8 +55,8 @@ class SplitGeometry:
 
     @property
     def most_grid(self) -> int:
-        """The most crops per side an image has (its longest side at L, or at the processor's 4096 cap)."""
-        return math.ceil(min(self.longest_edge + self.longest_edge % 2, _MAX_SIDE) / self.tile)   # (odd L: L + 1)
+        """The most crops per side an image has (:func:`most_grid`)."""
+        return most_grid(self.tile, self.longest_edge)
 
     def resized(self, w: int, h: int) -> tuple[int, int]:
         """``(width, height)`` of a ``w`` x ``h`` image after the longest-edge resize (the processor's arithmetic)."""
@@ -118,6 +118,12 @@ class SplitGeometry:
     def strip(self, img: Any, several: bool = False) -> Tensor:
         """:func:`split_views` (an image of a row of several is split as alone, as the processor does)."""
         return split_views(img, self)
+
+
+def most_grid(tile: int, longest_edge: int) -> int:
+    """The most crops per side an image has: its longest side at ``longest_edge`` (made even, as the processor
+    rounds it: an odd L gives a side of L + 1), or at the processor's 4096 cap, in crops of ``tile``."""
+    return math.ceil(min(longest_edge + longest_edge % 2, _MAX_SIDE) / tile)
 
 
 def split_views(img: Any, geo: SplitGeometry) -> Tensor:
