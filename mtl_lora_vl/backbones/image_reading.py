@@ -14,9 +14,13 @@ from dataclasses import replace
 from typing import Any
 
 from ..data.resize import ImageResize
+from .base import Backbone, BackboneError
 from .lm_collate import PromptLayout
 
-__all__ = ["NativeImageReading"]
+__all__ = ["IMAGE_READING_CHOICES", "NativeImageReading", "read_images"]
+
+#: ``--image-reading``: each image at its own aspect as the processor reads it, or squashed to one square.
+IMAGE_READING_CHOICES = ("native", "square")
 
 
 class NativeImageReading:
@@ -43,3 +47,20 @@ class NativeImageReading:
     def layout(self) -> PromptLayout:
         """The prompt layout; at its own aspect, each image's tokens from its original size."""
         return replace(super().layout, anyres=self.resize.anyres)
+
+
+def read_images(bb: Backbone, reading: str) -> None:
+    """Set how ``bb`` reads images (``--image-reading``): "native" (each at its own aspect, as its processor does) or
+    "square" (``native_aspect(False)``); refused for a backbone that reads them one way only."""
+    if reading not in IMAGE_READING_CHOICES:
+        raise BackboneError(f"image_reading {reading!r} (--image-reading): must be one of "
+                            f"{list(IMAGE_READING_CHOICES)}, or left out for the backbone's own default")
+    if not isinstance(bb, NativeImageReading):
+        raise BackboneError(f"image_reading {reading!r} (--image-reading) applies to backbones that can read each "
+                            "image at its own aspect or on one square (LLaVA-NeXT, LLaVA-OneVision, Idefics3 / "
+                            f"SmolVLM); {bb.name} reads images one way only: leave the option out")
+    try:
+        bb.native_aspect(reading == "native")
+    except BackboneError as e:
+        raise BackboneError(f"image_reading {reading!r} (--image-reading): {e}; leave the option out, or give "
+                            "--image-reading square") from None

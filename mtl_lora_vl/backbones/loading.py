@@ -18,6 +18,7 @@ from .hf import hf_dir, hf_model_class
 from .hf_clip import HFClipBackbone  # noqa: F401
 from .hf_vlm import HFVLMBackbone  # noqa: F401
 from .idefics3 import Idefics3Backbone  # noqa: F401
+from .image_reading import read_images
 from .open_clip import OpenClipBackbone
 from .paligemma import PaliGemmaBackbone  # noqa: F401
 from .qwen2_vl import Qwen2VLBackbone  # noqa: F401
@@ -28,7 +29,7 @@ __all__ = ["load_backbone"]
 
 def load_backbone(spec: str = "builtin", pretrained: str | None = None,
                   device: str | torch.device = "cpu", base_dtype: str = "auto",
-                  image_max_pixels: int | None = None) -> Backbone:
+                  image_max_pixels: int | None = None, image_reading: str | None = None) -> Backbone:
     """Load a base VL model, its tokenizer and image normalisation from local files.
 
     ``spec`` is ``builtin``, ``builtin-llava``, ``open_clip:NAME`` (with ``pretrained`` = local checkpoint
@@ -37,7 +38,9 @@ def load_backbone(spec: str = "builtin", pretrained: str | None = None,
     built-in architecture. ``base_dtype`` (``auto`` | ``fp32`` | ``bf16`` | ``fp16``) is the dtype of the base
     weights: ``auto`` is bf16 for a language model on a GPU and fp32 otherwise (see ``resolve_base_dtype``).
     ``image_max_pixels``: the largest image area for a backbone that keeps each image's own size (Qwen2-VL:
-    ``Qwen2VLBackbone.limit_pixels``); refused for backbones that take fixed squares.
+    ``Qwen2VLBackbone.limit_pixels``); refused for backbones that take fixed squares. ``image_reading``:
+    "native" or "square" for a backbone that can read each image either way (LLaVA-NeXT, LLaVA-OneVision,
+    Idefics3 / SmolVLM: :func:`~.image_reading.read_images`); None keeps the backbone's default.
     """
     parsed = parse_spec(spec, pretrained)
     if parsed.is_hf_dir:
@@ -52,4 +55,6 @@ def load_backbone(spec: str = "builtin", pretrained: str | None = None,
                                 f"{bb.name} takes {bb.image_size}x{bb.image_size} images: leave the option out, or "
                                 "load the base model the adapter was trained on")
         limit(int(image_max_pixels))
+    if image_reading is not None:
+        read_images(bb, image_reading)
     return bb
