@@ -88,6 +88,11 @@ class TrainOptions:
                                         "own size (Qwen2-VL / Qwen2.5-VL; default 448² = 200704, 256 image tokens; "
                                         "its processor's own max_pixels still bounds it); eval and export read it "
                                         "from the adapter", ge=1)
+    image_reading: Literal["native", "square"] | None = _opt(
+        None, "how a backbone that can read images either way reads them (LLaVA-NeXT, LLaVA-OneVision, Idefics3 / "
+        "SmolVLM): native = each at its own aspect, as its processor does (their default: anyres tiles, Idefics3's "
+        "crops); square = squashed to one square (fewer image tokens for large pictures, no splitting); default: the "
+        "backbone's own. The adapter records it; eval, export and --extend read it from there")
     data_root: str | None = _opt(None, "folder that task specs' data paths are relative to (--extend: the new "
                                  "tasks'; the adapter's tasks are read from the folders it records)")
     method: Literal["mtl_lora", "lora", "task_lora", "multi_lora", "moe_lora"] = _opt("mtl_lora", "adapter method")
@@ -233,6 +238,10 @@ class EvalOptions:
     image_max_pixels: int | None = _opt(None, "without --adapter: the largest image area, in pixels, for a backbone "
                                         "that keeps each image's own size (Qwen2-VL / Qwen2.5-VL; default 448²), as "
                                         "train takes it; an adapter records its own", ge=1)
+    image_reading: Literal["native", "square"] | None = _opt(
+        None, "without --adapter: how a backbone that can read images either way reads them (LLaVA-NeXT, "
+        "LLaVA-OneVision, Idefics3 / SmolVLM: native = at their own aspect, square = on one square; default the "
+        "backbone's own), as train takes it; an adapter records its own")
     out: str | None = _opt(None, "where eval.json, report.md and plots/ go (default: ADAPTER/../eval-<split>; "
                            "required without --adapter)")
     overwrite: bool = _opt(False, "replace an earlier evaluation in --out (a folder holding eval.json; never an "

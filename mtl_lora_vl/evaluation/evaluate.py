@@ -262,22 +262,29 @@ def evaluate_adapter(adapter: str | Path | None, tasks: str | None = None, backb
                      pretrained: str | None = None, data_root: str | None = None, split: str = "test",
                      device: str = "auto", precision: str = "auto", batch_size: int = 256, workers: int = 0,
                      out: str | Path | None = None, overwrite: bool = False, base_dtype: str = "auto",
-                     image_max_pixels: int | None = None) -> str:
+                     image_max_pixels: int | None = None, image_reading: str | None = None) -> str:
     """``evaluate_vl.py``: load an adapter directory onto a fresh base model, score zero-shot vs adapted,
     write the outputs to ``out``; returns the table. Needs nothing but the adapter directory (and
     ``data_root`` for file-based tasks); ``base_dtype`` as ``load_backbone`` takes it. Under torchrun every rank scores its shard of each split and
     rank 0 writes the outputs (the other ranks return an empty string); the scores equal one process's.
-    ``adapter`` None: the base model ``backbone`` scored zero-shot on ``tasks`` (:func:`evaluate_base`)."""
+    ``adapter`` None: the base model ``backbone`` scored zero-shot on ``tasks`` (:func:`evaluate_base`), read with
+    ``image_max_pixels`` / ``image_reading`` as ``load_backbone`` takes them; an adapter records its own."""
     if not adapter:   # (None, or "" from an unset shell variable: not the current directory)
         return evaluate_base(tasks, backbone=backbone, pretrained=pretrained, data_root=data_root, split=split,
                              device=device, precision=precision, batch_size=batch_size, workers=workers, out=out,
-                             overwrite=overwrite, base_dtype=base_dtype, image_max_pixels=image_max_pixels)
+                             overwrite=overwrite, base_dtype=base_dtype, image_max_pixels=image_max_pixels,
+                             image_reading=image_reading)
     if image_max_pixels is not None:
         raise ValueError(f"--image-max-pixels {image_max_pixels}: the adapter records the image area its tasks were "
                          "trained at, and eval reads it from there; leave the option out (it scores a base model "
                          "without --adapter)")
     adapter = Path(adapter)
-    read_adapter_config(adapter, verify=False)   # a wrong --adapter is named before any check of --out
+    doc = read_adapter_config(adapter, verify=False)   # a wrong --adapter is named before any check of --out
+    recorded = (doc.get("base") or {}).get("image_reading")
+    if image_reading is not None and image_reading != recorded:
+        raise ValueError(f"--image-reading {image_reading}: the adapter records how its tasks' images were read "
+                         f"(base.image_reading {recorded!r}), and eval reads them so; leave the option out (it sets "
+                         "the reading of a base model scored without --adapter)")
     out = Path(out) if out else adapter.resolve().parent / f"eval-{split}"
     specs = [Path(t.strip()) for t in (tasks or "").split(",") if t.strip().endswith(".toml")]
     _check_out(out, overwrite, [("the adapter being evaluated", adapter), ("the data (--data-root)", data_root),
@@ -360,7 +367,8 @@ def _write(out: Path, result: dict[str, Any], adapted_model: nn.Module | None, i
 def evaluate_base(tasks: str | None, backbone: str | None = None, pretrained: str | None = None,
                   data_root: str | None = None, split: str = "test", device: str = "auto", precision: str = "auto",
                   batch_size: int = 256, workers: int = 0, out: str | Path | None = None, overwrite: bool = False,
-                  base_dtype: str = "auto", image_max_pixels: int | None = None) -> str:
+                  base_dtype: str = "auto", image_max_pixels: int | None = None,
+                  image_reading: str | None = None) -> str:
     """``evaluate_vl.py`` without ``--adapter``: score a base model (``backbone``, as train takes it; default the
     built-in CLIP) zero-shot on ``tasks`` (built-in names or spec files, read as train reads them), without
     training, and write eval.json, report.md and plots/ to ``out``; returns the table. The kinds are built on
@@ -382,17 +390,18 @@ def evaluate_base(tasks: str | None, backbone: str | None = None, pretrained: st
     info = init_distributed(device)
     try:
         return _evaluate_base(specs, backbone, pretrained, data_root, split, info, precision, batch_size, workers,
-                              out, base_dtype, image_max_pixels)
+                              out, base_dtype, image_max_pixels, image_reading)
     finally:
         cleanup(info)
 
 
 def _evaluate_base(specs: list[TaskSpec], backbone: str, pretrained: str | None, data_root: str | None, split: str,
                    info: DistInfo, precision: str, batch_size: int, workers: int, out: Path, base_dtype: str,
-                   image_max_pixels: int | None = None) -> str:
+                   image_max_pixels: int | None = None, image_reading: str | None = None) -> str:
     dev = info.device
     with main_rank_logging(info.is_main):   # every rank reads the same model and data: said once
-        bb = load_backbone(backbone, pretrained, dev, base_dtype=base_dtype, image_max_pixels=image_max_pixels)
+        bb = load_backbone(backbone, pretrained, dev, base_dtype=base_dtype, image_max_pixels=image_max_pixels,
+                           image_reading=image_reading)
         bb.model.requires_grad_(False)   # frozen, as attach leaves a trained run's base: its dtype is what loaded
         kinds = task_kinds(specs, bb, data_root)[1]   # as train builds them, on their training splits
         setup = Setup(bb, specs, kinds, None, None)   # no adapters or heads: the zero-shot rule needs none
@@ -404,7 +413,8 @@ def _evaluate_base(specs: list[TaskSpec], backbone: str, pretrained: str | None,
         result = evaluate_setup(setup, split=split, data_root=data_root, device=dev, dtype=dtype,
                                 batch_size=batch_size, workers=workers, adapted=False)
     result["backbone"] = {**_scored_base(backbone, pretrained, base_dtype, loaded),
-                          **({"image_max_pixels": image_max_pixels} if image_max_pixels else {})}
+                          **({"image_max_pixels": image_max_pixels} if image_max_pixels else {}),
+                          **({"image_reading": image_reading} if image_reading else {})}
     _record_roots(result, setup, specs, data_root)
     return _write(out, result, None, info)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -113,7 +113,8 @@ def build_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec] 
     ``--tasks`` specs if already read (else they are read here)."""
     specs = resolve_tasks(opts.tasks) if specs is None else specs
     pixels = {"image_max_pixels": opts.image_max_pixels} if opts.image_max_pixels else {}
-    backbone = load_backbone(opts.backbone, opts.pretrained, device, base_dtype=opts.base_dtype, **pixels)
+    backbone = load_backbone(opts.backbone, opts.pretrained, device, base_dtype=opts.base_dtype,
+                             image_reading=opts.image_reading, **pixels)
     if opts.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
     train_splits, kinds = task_kinds(specs, backbone, opts.data_root)
@@ -180,11 +181,37 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
     base = {"backbone": recorded.get("backbone") if opts.backbone == "builtin" else opts.backbone,
             "pretrained": recorded.get("pretrained") if opts.pretrained is None else opts.pretrained,
             "base_dtype": recorded.get("base_dtype", "auto") if opts.base_dtype == "auto" else opts.base_dtype,
-            **({"image_max_pixels": recorded["image_max_pixels"]} if recorded.get("image_max_pixels") else {})}
+            **({"image_max_pixels": recorded["image_max_pixels"]} if recorded.get("image_max_pixels") else {}),
+            # how the backbone reads images, as load_pretrained set it from the adapter's record (None: one way only)
+            "image_reading": getattr(bb.model, "_mtl_image_reading", None)}
     source = record_sha256({"files": lp.doc.get("files") or {}, "config": lp.doc.get("config")})
     return Setup(bb, specs, kinds, model, attach_info(bb.model).config, train_splits, extended_from=old,
                  new_adapter_values=added, base=base, source_sha256=source, data_roots=roots,
                  source_data_roots={t: r for t, r in (lp.doc.get("data_roots") or {}).items() if t in old})
+
+
+def extended_options(opts: TrainOptions, setup: Setup, given: Collection[str] | None = None) -> TrainOptions:
+    """An --extend run's options completed from the adapter it extends (``setup``, :func:`extend_setup`): the new
+    tasks take its shape, base model, image area and image reading; another one asked for (``given``: as
+    :meth:`TrainOptions.check_extend_shape` takes it) is refused by name, as it would be ignored."""
+    c = setup.config
+    shape = dict(rank=c.r, alpha=c.alpha, n_up=c.n_up, temperature=c.temperature, dropout=c.dropout,
+                 lambda_type=c.lambda_type, method=c.method,
+                 targets=c.targets if isinstance(c.targets, str) else json.dumps(c.targets))
+    opts.check_extend_shape(shape, given)
+    area, reading = setup.base.get("image_max_pixels"), setup.base.get("image_reading")
+    if opts.image_max_pixels is not None and opts.image_max_pixels != area:
+        raise ValueError(f"--extend {opts.extend}: the new tasks take the adapter's image area (image_max_pixels "
+                         f"{area if area else 'not recorded: the 448² default'}), so --image-max-pixels "
+                         f"{opts.image_max_pixels} would be ignored; drop it (from the command line or the --config "
+                         "file), or train a new run with all tasks at that area")
+    if opts.image_reading is not None and opts.image_reading != reading:
+        raise ValueError(f"--extend {opts.extend}: the new tasks read images as the adapter's were read (image_reading "
+                         f"{reading if reading else 'none: its backbone reads images one way only'}), so "
+                         f"--image-reading {opts.image_reading} would be ignored; drop it (from the command line or "
+                         "the --config file), or train a new run with all tasks read that way")
+    return replace(opts, backbone=setup.base["backbone"], pretrained=setup.base["pretrained"],
+                   base_dtype=setup.base["base_dtype"], image_max_pixels=area, image_reading=reading, **shape)
 
 
 def _old_task_roots(lp: Pretrained, old: list[str], data_root: str | None, src: Path,

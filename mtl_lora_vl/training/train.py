@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Collection
@@ -36,7 +35,7 @@ from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, read_eval_sp
 from ..io import save_adapter
 from ..io.layout import RUN_ADAPTER_DIR
 from ..log import main_rank_logging
-from ..multitask import Setup, build_setup, extend_setup
+from ..multitask import Setup, build_setup, extend_setup, extended_options
 from ..options import TrainOptions
 from ..precision import base_weights_dtype, check_base_precision, resolve_precision
 from ..rundir import (
@@ -231,19 +230,7 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
                        trained_in.replace("torch.", ""), saved.get("step"), str(amp_dtype).replace("torch.", ""),
                        info.device, opts.precision)
     if opts.extend:  # config.json and the adapter record its own shape and base model, which the new tasks take
-        c = setup.config
-        shape = dict(rank=c.r, alpha=c.alpha, n_up=c.n_up, temperature=c.temperature, dropout=c.dropout,
-                     lambda_type=c.lambda_type, method=c.method,
-                     targets=c.targets if isinstance(c.targets, str) else json.dumps(c.targets))
-        opts.check_extend_shape(shape, given)
-        area = setup.base.get("image_max_pixels")
-        if opts.image_max_pixels is not None and opts.image_max_pixels != area:
-            raise ValueError(f"--extend {opts.extend}: the new tasks take the adapter's image area (image_max_pixels "
-                             f"{area if area else 'not recorded: the 448² default'}), so --image-max-pixels "
-                             f"{opts.image_max_pixels} would be ignored; drop it (from the command line or the --config "
-                             "file), or train a new run with all tasks at that area")
-        opts = replace(opts, backbone=setup.base["backbone"], pretrained=setup.base["pretrained"],
-                       base_dtype=setup.base["base_dtype"], image_max_pixels=area, **shape)
+        opts = extended_options(opts, setup, given)
     opts = opts.with_path_defaults(any(kind.generative for kind in setup.kinds.values()))
     read_eval_splits(setup, [opts.eval_split, *(["val"] if opts.eval_every or opts.eval_val else [])], opts.data_root)
     if opts.keep_best:
