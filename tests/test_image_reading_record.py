@@ -160,3 +160,14 @@ def test_a_split_adapter_on_a_processor_that_cannot_split_names_the_record(tmp_p
     assert "base.image_reading 'native'" in msg and "Restore the processor files" in msg
     assert "images are read unsplit" not in msg and "--backbone" not in msg
     shutil.rmtree(tmp_path / "split")
+
+
+# Review 211 ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reading", ["native", "square"])
+def test_another_familys_base_is_named_not_an_attribute_error(folder, tmp_path, reading):
+    """A LLaVA-NeXT adapter loaded with --backbone naming a model of another family (the built-in LLaVA, or a
+    Qwen2-VL): the recorded reading was applied before the family check, and "native" died with AttributeError:
+    'HFVLMBackbone' object has no attribute 'native_aspect' instead of the check's message."""
+    ad = _saved(folder, tmp_path / "ad", native=reading == "native")
+    with pytest.raises(AdapterFileError, match=r"made for a model of family llava_next .*--backbone 'builtin-llava'"):
+        load_pretrained(ad, heads=False, backbone="builtin-llava")

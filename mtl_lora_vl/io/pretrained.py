@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone, BackboneError, load_backbone
+from ..backbones.image_reading import NativeImageReading
 from ..config import MTLLoRAConfig
 from ..log import warn_user
 from ..tasks import build_kind, load_spec
@@ -79,6 +80,7 @@ def load_pretrained(
     bb = _base_backbone(path, doc, backbone, pretrained, device, base_dtype)
     with _overrides_named(doc, backbone, pretrained):
         check_base_class(bb.model, doc, path)  # a wrong --backbone is named as such, before the tasks are rebuilt
+    _read_images_as_trained(bb, (doc.get("base") or {}).get("image_reading"), path)   # (on the right family)
 
     built: dict[str, nn.Module] = {}
     free: dict[str, nn.Module] = {}   # heads without tensors that the directory does not list
@@ -163,7 +165,6 @@ def _base_backbone(path: Path, doc: dict[str, Any], backbone: str | None, pretra
         raise AdapterFileError(f"{path}: cannot build the base model {spec!r} (pretrained={weights!r}) {which}: {e}. "
                                "Point at it on this machine with backbone=... / pretrained=... (--backbone / "
                                "--pretrained)") from e
-    _read_images_as_trained(bb, base.get("image_reading"), path)
     return bb
 
 
@@ -171,7 +172,10 @@ def _read_images_as_trained(bb: Backbone, reading: str | None, path: Path) -> No
     """Read images as the adapter's were (``base.image_reading``): each at its own aspect as the processor reads it
     ("native"), squashed to one square ("square", ``native_aspect(False)``), or as the model's processor does
     ("processor": attached to a bare model; the backbone's default). An adapter that records none was saved before
-    images were read at their own aspect: on squares, with a warning."""
+    images were read at their own aspect: on squares, with a warning. A backbone that reads images one way
+    (Qwen2-VL: its native resolution, ``base.image_max_pixels``) has nothing to switch."""
+    if not isinstance(bb, NativeImageReading):
+        return
     if reading == "native" and not bb.needs_image_sizes:
         try:
             bb.native_aspect(True)
