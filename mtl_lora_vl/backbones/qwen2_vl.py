@@ -105,9 +105,14 @@ class Qwen2VLBackbone(HFVLMBackbone):
 
     @classmethod
     def from_model(cls, model: nn.Module, processor: Any, name: str = "hf:custom") -> Qwen2VLBackbone:
-        """As :meth:`HFVLMBackbone.from_model`, with the image-token count of :meth:`_nominal_tokens`."""
+        """As :meth:`HFVLMBackbone.from_model`, with the image-token count of :meth:`_nominal_tokens`, within the
+        image area an adapter loaded onto the bare model records."""
         bb = super().from_model(model, processor, name)
         bb.num_image_tokens = bb._nominal_tokens()
+        area = getattr(model, "_mtl_image_max_pixels", None)   # (a loaded adapter's, on a bare model)
+        model._mtl_image_max_pixels = None   # the default cap (load_adapter tells a backbone's model by it)
+        if area:
+            bb.limit_pixels(area)
         return bb
 
     def _nominal_tokens(self) -> int:

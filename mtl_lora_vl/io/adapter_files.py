@@ -230,6 +230,9 @@ def save_adapter(
     reading = getattr(inner, "_mtl_image_reading", None) or _processor_reading(info.family)
     if reading and "image_reading" not in base:   # load_pretrained reads the adapter's images the same way
         base["image_reading"] = reading
+    area = getattr(inner, "_mtl_image_max_pixels", None)   # (Qwen2-VL's limit_pixels, or a loaded adapter's)
+    if area and "image_max_pixels" not in base:
+        base["image_max_pixels"] = int(area)
     try:
         json.dumps(base)
     except (TypeError, ValueError) as e:
@@ -440,7 +443,7 @@ def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Mo
     head_tensors = load_tensors(head_file) if heads else {}
 
     attach(base_model, cfg)
-    _keep_reading(base_model, (doc.get("base") or {}).get("image_reading"), path)
+    _keep_reading(base_model, doc.get("base") or {}, path)
     params = dict(base_model.named_parameters())
     with torch.no_grad():
         for name, t in tensors.items():
@@ -471,9 +474,19 @@ def _processor_reading(family: str | None) -> str | None:
     return "processor" if cls is not None and issubclass(cls, NativeImageReading) else None
 
 
-def _keep_reading(model: nn.Module, recorded: str | None, path: Path) -> None:
-    """After ``load_adapter``: a model no backbone set a reading on takes the recorded one (a save keeps it); a
-    backbone's model that reads otherwise than the adapter's images were read is warned about."""
+def _keep_reading(model: nn.Module, base: dict[str, Any], path: Path) -> None:
+    """After ``load_adapter``: a model no backbone set a reading (or Qwen2-VL's image area) on takes the recorded one
+    (a save keeps it, a merged export's processor follows it); a backbone's model that reads otherwise is warned
+    about."""
+    recorded, area = base.get("image_reading"), base.get("image_max_pixels")
+    if not hasattr(model, "_mtl_image_max_pixels"):   # (a Qwen2-VL backbone's model holds its own; None: the default)
+        if area:
+            model._mtl_image_max_pixels = area
+    elif model._mtl_image_max_pixels != area:
+        theirs, own = (f"{n} pixels" if n else "the default area" for n in (area, model._mtl_image_max_pixels))
+        warn_user(f"{path}: the adapter's images were read within {theirs} (base.image_max_pixels), and this model's "
+                  f"backbone reads them within {own}; load the backbone with image_max_pixels={area} (load_pretrained "
+                  "does)")
     own = getattr(model, "_mtl_image_reading", None)
     if recorded not in ("native", "square"):
         return

@@ -1,0 +1,69 @@
+"""Qwen2-VL's image area (``base.image_max_pixels``) kept across the Python API as the CLI keeps it (review 211): an
+adapter saved from a backbone loaded with ``image_max_pixels`` records it, a bare model it is loaded onto carries it
+into ``save_merged`` and a second ``save_adapter``, and a backbone that reads another area is warned about. Tiny
+Qwen2-VL, CPU."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+from test_qwen2vl_backbone import _pictures, _tiny_sized
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.backbones import load_backbone
+from mtl_lora_vl.backbones.qwen2_vl import Qwen2VLBackbone
+from mtl_lora_vl.io.pretrained import load_pretrained
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return _tiny_sized(tmp_path_factory.mktemp("qwen"), longest_edge=1_000_000)
+
+
+def _adapter(folder, out, **base):
+    bb = load_backbone(f"hf:{folder}", image_max_pixels=2048)
+    model = mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1))
+    return mlv.save_adapter(model, out, base={"backbone": f"hf:{folder}", **base})
+
+
+def _area(adapter):
+    return json.loads((adapter / "mtl_lora_config.json").read_text())["base"].get("image_max_pixels")
+
+
+def test_an_adapter_saved_from_python_records_its_image_area(folder, tmp_path):
+    """load_backbone(image_max_pixels=2048) and save_adapter: nothing was recorded, so load_pretrained read the
+    adapter's pictures within 448² (a 300 x 200 picture: 228 image tokens where the task was trained on 6)."""
+    ad = _adapter(folder, tmp_path / "ad")
+    assert _area(ad) == 2048
+    back = load_pretrained(ad, heads=False).backbone
+    assert back.resize.budget == 2048 and back.resize.resized_size(300, 200) == (48, 32)
+
+
+def test_a_bare_model_keeps_the_recorded_area_for_its_export_and_its_next_save(folder, tmp_path):
+    """load_adapter(Qwen2VLForConditionalGeneration, adapter of 2048 pixels): save_merged capped the processor at
+    448² (longest_edge 200704), a second save_adapter dropped the record and a backbone made on the model read 448²."""
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    ad = _adapter(folder, tmp_path / "ad", image_max_pixels=2048)   # (as train records it)
+    bare = mlv.load_adapter(Qwen2VLForConditionalGeneration.from_pretrained(str(folder)), ad, is_trainable=True)
+    merged = AutoProcessor.from_pretrained(mlv.save_merged(bare, "a", tmp_path / "merged")).image_processor
+    assert merged(images=_pictures([(800, 1000)]))["image_grid_thw"].tolist() == [[1, 4, 6]]   # 32 x 48: in 2048
+    assert _area(mlv.save_adapter(bare, tmp_path / "again", base={"backbone": f"hf:{folder}"})) == 2048
+    bb = Qwen2VLBackbone.from_model(bare, AutoProcessor.from_pretrained(folder))   # a backbone made on it reads so
+    assert bb.resize.budget == 2048
+
+
+def test_load_adapter_on_a_backbone_of_another_area_warns(folder, tmp_path):
+    """load_adapter(bb.model, adapter of 2048 pixels) on a backbone loaded at the default area said nothing: its
+    pictures were read at up to 448², other token counts than the task's."""
+    ad = _adapter(folder, tmp_path / "ad", image_max_pixels=2048)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mlv.load_adapter(load_backbone(f"hf:{folder}").model, ad)
+    assert any("image_max_pixels=2048" in str(w.message) for w in caught)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mlv.load_adapter(load_backbone(f"hf:{folder}", image_max_pixels=2048).model, ad)
+    assert not [w for w in caught if "image_max_pixels" in str(w.message)]
