@@ -67,3 +67,13 @@ def test_load_adapter_on_a_backbone_of_another_area_warns(folder, tmp_path):
         warnings.simplefilter("always")
         mlv.load_adapter(load_backbone(f"hf:{folder}", image_max_pixels=2048).model, ad)
     assert not [w for w in caught if "image_max_pixels" in str(w.message)]
+
+
+def test_a_peft_export_names_the_processors_max_pixels(folder, tmp_path, caplog):
+    """export_lora (PEFT) of a 2048-pixel adapter said nothing: the base model's processor (12.8 M pixels as
+    released) fed the LoRA'd model larger pictures than the task was trained on."""
+    bb = load_backbone(f"hf:{folder}", image_max_pixels=2048)
+    model = mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1))
+    with caplog.at_level("WARNING"):
+        out = mlv.export_lora(model, "a", tmp_path / "peft", format="peft")
+    assert "max_pixels=2048" in (out / "README.md").read_text() and "max_pixels=2048" in caplog.text

@@ -171,3 +171,19 @@ def test_another_familys_base_is_named_not_an_attribute_error(folder, tmp_path, 
     ad = _saved(folder, tmp_path / "ad", native=reading == "native")
     with pytest.raises(AdapterFileError, match=r"made for a model of family llava_next .*--backbone 'builtin-llava'"):
         load_pretrained(ad, heads=False, backbone="builtin-llava")
+
+
+def test_a_lora_export_of_a_square_adapter_says_how_its_images_were_read(folder, tmp_path, caplog):
+    """export_lora of a square adapter said nothing (save_merged warns): LLaVA-NeXT's processor, given to the base
+    model the PEFT LoRA is loaded onto, reads pictures at their own aspect, not as the task was trained."""
+    bb = load_backbone(f"hf:{folder}")
+    bb.native_aspect(False)
+    model = mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2))
+    with caplog.at_level("WARNING"):
+        out = mlv.export_lora(model, ["a", "b"], tmp_path / "peft", format="peft")
+    assert "native_aspect(False)" in (out / "README.md").read_text() and "read on one square" in caplog.text
+    caplog.clear()
+    bb.native_aspect(True)
+    with caplog.at_level("WARNING"):
+        mlv.export_lora(model, "a", tmp_path / "native", format="peft")
+    assert "read on one square" not in caplog.text

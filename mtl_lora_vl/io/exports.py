@@ -38,6 +38,7 @@ pretrained=FILE)`` or a local-dir folder, Hugging Face models as a ``save_pretra
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +51,7 @@ from ..adapters.attach import adapted_module, merged_state_dict, parameter_names
 from ..adapters.layers import LoRALinear
 from ..adapters.routing import check_module
 from ..backbones import backbone_class
+from ..backbones.qwen2_vl import Qwen2VLBackbone
 from ..families import MERGED_CONFIG, MERGED_WEIGHTS, family_named, merged_format, peft_export
 from .atomic import atomic_dir, atomic_file
 from .base_check import check_base_class, check_weight_samples, newer_package_hint, refuse_adapted
@@ -65,6 +67,8 @@ from .layout import (
     few,
 )
 from .tensor_files import load_tensors, save_tensors
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["PLAIN_CONFIG", "PLAIN_FORMAT", "PLAIN_WEIGHTS", "apply_plain_lora", "export_lora", "save_merged"]
 
@@ -130,11 +134,29 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
             if several:   # each OUT/<task> is an export of its own too (the command's --overwrite replaces it)
                 _write_record(out, t, format)
         _write_record(tmp, tasks if several else task, format)
+        note = _image_note(inner)
         if several:
-            (tmp / "README.md").write_text(_multi_readme(inner, tasks, format))
+            (tmp / "README.md").write_text(_multi_readme(inner, tasks, format) + note)
         elif format == "peft":
-            (tmp / "README.md").write_text(_peft_readme(inner, task, rank))
+            (tmp / "README.md").write_text(_peft_readme(inner, task, rank) + note)
+    if note:   # (a merged export's processor is edited so: fit_processor_files)
+        logger.warning("%s: %s", path, note.strip())
     return Path(path)
+
+
+def _image_note(inner: nn.Module) -> str:
+    """What a LoRA's user gives the base model's processor so that it reads images as the adapter's were read
+    ("": as its processor does)."""
+    if getattr(inner, "_mtl_image_reading", None) == "square":
+        return ("\nThe adapter's images were read on one square (backbone.native_aspect(False)): load the base model's "
+                "processor with do_image_splitting=False (Idefics3 / SmolVLM); LLaVA-NeXT's and LLaVA-OneVision's "
+                "processors read pictures at their own aspect only, not as the tasks were trained.\n")
+    if hasattr(inner, "_mtl_image_max_pixels"):   # (Qwen2-VL: the loader's cap, not the released processors' 12.8 M)
+        area = inner._mtl_image_max_pixels or Qwen2VLBackbone.preferred_side ** 2
+        return (f"\nThe adapter's images were read within {area} pixels (or the processor's own max_pixels, where "
+                f"lower): load the base model's processor with max_pixels={area} at most (the released processors "
+                "allow 12.8 M, larger pictures than the tasks were trained on).\n")
+    return ""
 
 
 def _write_record(folder: Path, task: str | Sequence[str], format: str) -> None:
