@@ -269,10 +269,13 @@ def _image_size(visual: nn.Module, fallback: Any) -> int:
 def _wrap(model: nn.Module, model_cfg: dict, preprocess_cfg: dict, tokenizer: Tokenizer, name: str) -> OpenClipBackbone:
     """The Backbone of a built open_clip model: CoCaBackbone when it has a caption decoder."""
     text_cfg = model_cfg.get("text_cfg", {})
-    tower_pad = getattr(getattr(model, "text", None), "pad_id", None)
-    if isinstance(tokenizer, HFTokenizer) and isinstance(tower_pad, int) and tokenizer.pad_id != tower_pad:
-        # The text tower masks padding (and CoCa's CLS token's view) by its own pad id (text_cfg.pad_id), as
-        # open_clip pads; a tokenizer folder's own pad token (CLIP's: its end token) would be attended to.
+    tower = getattr(model, "text", None)
+    tower_pad = getattr(tower, "pad_id", None)
+    masks = getattr(tower, "use_pad_mask", False) or getattr(tower, "cls_emb", None) is not None
+    if isinstance(tokenizer, HFTokenizer) and isinstance(tower_pad, int) and tokenizer.pad_id != tower_pad and masks:
+        # A tower that masks padding (and CoCa's CLS token's view) by its own pad id (text_cfg.pad_id): a tokenizer
+        # folder's own pad token (CLIP's: its end token) would be attended to. A tower that masks none reads the pad
+        # tokens open_clip's tokenizer writes (SigLIP's: its end token, id 1, read by pool_type 'last'): kept.
         tokenizer.pad_id = tower_pad
     vision_cfg = model_cfg.get("vision_cfg", {})
     has_decoder = hasattr(model, "text_decoder") and hasattr(model, "_encode_image")
