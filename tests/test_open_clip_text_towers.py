@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from mtl_lora_vl.backbones import build_open_clip, load_backbone
@@ -69,3 +70,49 @@ def test_a_tower_that_masks_padding_by_its_pad_id_gets_that_pad_id(tmp_path):
     bb = load_backbone(f"open_clip:{tmp_path}")
     assert bb.pad_id == bb.tokenizer.pad_id == 0
     assert bb.tokenizer(["a red cube"]).tolist() == [[3, 4, 5, 1, 0, 0, 0, 0]]
+
+
+def test_a_hugging_face_text_tower_is_built_from_its_config_the_checkpoint_holding_its_weights(tmp_path, monkeypatch):
+    """open_clip:DIR built its Hugging Face text model *with* pretrained weights (hf_model_pretrained defaults to
+    true) before loading the checkpoint over them: a text-model folder holding its config and tokenizer only, which
+    open_clip itself loads (it builds the tower from the config when a checkpoint follows), failed with
+    transformers' "no file named model.safetensors ... found in directory"."""
+    import socket
+
+    import open_clip
+    from transformers import BertConfig, BertModel
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("a connection was attempted"))
+    bert = tmp_path / "bert"
+    _t5_like_tokenizer(bert)
+    BertModel(BertConfig(vocab_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=16)).save_pretrained(bert)
+    text = {"context_length": 8, "vocab_size": 8, "hf_model_name": str(bert), "hf_tokenizer_name": str(bert),
+            "hf_proj_type": "linear", "hf_pooler_type": "mean_pooler"}
+    folder = tmp_path / "oc"
+    folder.mkdir()
+    _save_dir(folder, {"embed_dim": 16, "text_cfg": text, "vision_cfg": VISION})
+    (bert / "model.safetensors").unlink()   # the text model's weights are in the open_clip checkpoint
+    bb = load_backbone(f"open_clip:{folder}")
+    reference = open_clip.create_model(f"local-dir:{folder}").eval()
+    tokens = bb.tokenizer(["a red cube"])
+    with torch.no_grad():
+        torch.testing.assert_close(bb.encode_text(tokens),
+                                   torch.nn.functional.normalize(reference.encode_text(tokens), dim=-1))
+
+
+def test_a_timm_tower_marked_pretrained_is_not_fetched_when_the_checkpoint_holds_it(tmp_path, monkeypatch):
+    """vision_cfg.timm_model_pretrained = true had timm fetch ImageNet weights (refused offline) that the
+    directory's checkpoint replaces; open_clip itself builds the tower without them when a checkpoint follows."""
+    import socket
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("a connection was attempted"))
+    timm = tmp_path / "timm"
+    timm.mkdir()
+    vision = {"image_size": 160, "timm_model_name": "test_vit", "timm_model_pretrained": True,
+              "timm_proj": "linear"}
+    text = {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+    cfg = {"embed_dim": 16, "text_cfg": text, "vision_cfg": {**vision, "timm_model_pretrained": False}}
+    _save_dir(timm, cfg)
+    (timm / "open_clip_config.json").write_text(json.dumps({"model_cfg": {**cfg, "vision_cfg": vision}}))
+    assert load_backbone(f"open_clip:{timm}").image_size == 160

@@ -391,7 +391,16 @@ def _load_state(model: nn.Module, path: Path, what: str) -> None:
 
 def _from_files(config: dict, tokenizer_dir: Path | None, weights: Path, name: str, what: str,
                 device: str | torch.device) -> OpenClipBackbone:
-    bb = build_open_clip(config, tokenizer_dir=tokenizer_dir, name=name)
+    model_cfg, preprocess_cfg = _split_config(config)
+    for tower, model, flag in (("text_cfg", "hf_model_name", "hf_model_pretrained"),
+                               ("vision_cfg", "timm_model_name", "timm_model_pretrained")):
+        cfg = model_cfg.get(tower)
+        if isinstance(cfg, dict) and cfg.get(model) and cfg.get(flag, tower == "text_cfg"):
+            # the checkpoint holds the whole model, as open_clip reads it: its Hugging Face text model (or timm
+            # tower) is built from its config only, not loaded from its folder (which may hold no weights) or fetched
+            model_cfg[tower] = {**cfg, flag: False}
+    bb = build_open_clip({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, tokenizer_dir=tokenizer_dir,
+                         name=name)
     _load_state(bb.model, weights, what)
     bb.model.float().eval()
     return bb.to(device)
