@@ -200,3 +200,36 @@ def test_an_openai_torchscript_archive_is_named_as_such(tiny_open_clip_name, tmp
     torch.jit.save(torch.jit.script(M()), str(path))
     with pytest.raises(ValueError, match=r"ViT-B-32\.pt is a TorchScript archive .*load_openai_model"):
         load_backbone(f"open_clip:{TINY}", pretrained=str(path))
+
+
+def test_an_open_clip_name_whose_tokenizer_is_a_cached_hub_id_loads(tmp_path, monkeypatch, no_network):
+    """Review 210: open_clip:NAME with text_cfg.hf_tokenizer_name a hub id (SigLIP's "timm/ViT-B-16-SigLIP", 39 of
+    open_clip's configs) was refused whatever the cache held, with advice to edit an open_clip_config.json that
+    open_clip:NAME does not have; the tokenizer's snapshot in the local cache is now read, as the weights' is."""
+    import open_clip
+    from open_clip import factory
+    from safetensors.torch import save_file
+    from test_open_clip_text_towers import _t5_like_tokenizer
+
+    text = {"context_length": 8, "vocab_size": 8, "width": 16, "heads": 2, "layers": 1, "no_causal_mask": True,
+            "pool_type": "last", "hf_tokenizer_name": "acme/tiny-tok", "tokenizer_kwargs": {"clean": "canonicalize"}}
+    cfg = {"embed_dim": 16, "custom_text": True, "text_cfg": text,
+           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16}}
+    monkeypatch.setitem(factory._MODEL_CONFIGS, TINY, cfg)
+    weights = tmp_path / "files"
+    weights.mkdir()
+    torch.manual_seed(0)
+    state = open_clip.create_model(TINY).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(weights / "open_clip_model.safetensors"))
+    cache = tmp_path / "hub"
+    hub_layout(cache, "acme/tiny-oc", weights)
+    hub_layout(cache, "acme/tiny-tok", _t5_like_tokenizer(tmp_path / "tok"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    _register_tag(monkeypatch, "acme_tag", hf_hub="acme/tiny-oc/")
+    for pretrained in ("acme_tag", str(weights / "open_clip_model.safetensors")):
+        bb = load_backbone(f"open_clip:{TINY}", pretrained=pretrained)
+        assert bb.tokenizer(["A red cube."]).tolist() == [[3, 4, 5, 1, 1, 1, 1, 1]]   # canonicalized, padded with 1
+    monkeypatch.setitem(text, "hf_tokenizer_name", "acme/other-tok")
+    with pytest.raises(ValueError, match=r"'acme/other-tok', which would need a download \(it is not in the local "
+                                         r"Hugging Face cache, .*huggingface-cli download acme/other-tok\).*open_clip:DIR"):
+        load_backbone(f"open_clip:{TINY}", pretrained="acme_tag")

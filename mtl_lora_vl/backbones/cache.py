@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cached_hub_snapshot", "cached_open_clip_weights", "clip_url_cache", "hf_hub_cache"]
+__all__ = ["cached_hub_snapshot", "cached_open_clip_weights", "clip_url_cache", "hf_hub_cache", "local_folder"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _OPEN_CLIP_BIN = "open_clip_pytorch_model.bin"  # open_clip's HF_WEIGHTS_NAME
@@ -65,6 +65,15 @@ def cached_hub_snapshot(repo_id: str, revision: str = "main") -> Path | None:
         return None
     folder = Path(path)
     return folder if folder.is_dir() else None
+
+
+def local_folder(name: str, cached: bool = True) -> Path | None:
+    """The folder ``name`` names: a local directory, else (``cached``) the snapshot of hub id ``name`` in the local
+    cache; None when neither is there."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return folder
+    return cached_hub_snapshot(name) if cached else None
 
 
 def _hub_file(repo_id: str, filename: str) -> Path | None:

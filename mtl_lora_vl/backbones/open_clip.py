@@ -37,7 +37,7 @@ from .base import (
 )
 from .beam import beam_search
 from .builtin import BUILTIN_NAME, builtin_files
-from .cache import cached_open_clip_weights, clip_url_cache, hf_hub_cache
+from .cache import cached_open_clip_weights, clip_url_cache, hf_hub_cache, local_folder
 from .coca_decoding import CoCaStepper, supports_kv_cache
 from .offline import offline
 from .spec import SPEC_FORMS, BackboneSpec
@@ -182,8 +182,8 @@ def _tokenizer(model_cfg: dict, tokenizer_dir: str | os.PathLike | None, name: s
     context_length = int(text_cfg.get("context_length", 77))
     vocab_size = int(text_cfg.get("vocab_size", _BPE_VOCAB))
     hf_name = text_cfg.get("hf_tokenizer_name")
-    if tokenizer_dir is None and hf_name and Path(str(hf_name)).is_dir():
-        tokenizer_dir = hf_name
+    if tokenizer_dir is None and hf_name:   # a folder; else (no hub text model beside it) a hub id's cached snapshot
+        tokenizer_dir = local_folder(str(hf_name), cached=not text_cfg.get("hf_model_name"))
     if tokenizer_dir is not None:
         tdir = Path(tokenizer_dir)
         if (tdir / "tokenizer.json").is_file() and is_word_tokenizer(tdir):
@@ -198,7 +198,8 @@ def _tokenizer(model_cfg: dict, tokenizer_dir: str | os.PathLike | None, name: s
             )
         return tok
     if hf_name or text_cfg.get("hf_model_name"):
-        raise ValueError(_hf_text_tower_message(name, hf_name or text_cfg.get("hf_model_name")))
+        raise ValueError(_hf_text_tower_message(name, hf_name or text_cfg.get("hf_model_name"),
+                                                cached=not text_cfg.get("hf_model_name")))
     if vocab_size != _BPE_VOCAB:
         raise ValueError(
             f"open_clip model {name} has a {vocab_size}-token vocabulary but no tokenizer was found (open_clip's "
@@ -348,11 +349,13 @@ def registry_config(architecture: str, model: nn.Module) -> dict | None:
                                                        for k, v in preprocess.items()}}
 
 
-def _hf_text_tower_message(name: str, hf_name: str) -> str:
+def _hf_text_tower_message(name: str, hf_name: str, cached: bool = False) -> str:
+    fetch = (f" (it is not in the local Hugging Face cache, {hf_hub_cache()}: fetch it where there is a network, "
+             f"huggingface-cli download {hf_name})" if cached else "")
     return (f"open_clip model {name} uses the Hugging Face tokenizer/text model {hf_name!r}, which would need a "
-            "download; this package loads local files only. Save that model and its tokenizer with "
-            "save_pretrained into local folders and set text_cfg.hf_model_name and text_cfg.hf_tokenizer_name in "
-            "open_clip_config.json to those folders' paths")
+            f"download{fetch}; this package loads local files only. Or save that model and its tokenizer with "
+            "save_pretrained into local folders, set text_cfg.hf_model_name and text_cfg.hf_tokenizer_name in an "
+            "open_clip_config.json to those folders' paths and load that folder with --backbone open_clip:DIR")
 
 
 # -------------------------------------------------------------------------------------------------- loading
