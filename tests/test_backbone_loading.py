@@ -63,3 +63,20 @@ def test_a_folder_named_like_an_architecture_does_not_hide_the_name(tmp_path, mo
     (tmp_path / "ViT-S-32" / "w.bin").write_bytes(b"")
     spec = parse_spec("open_clip:ViT-S-32", "ViT-S-32/w.bin")
     assert spec.kind == "open_clip" and spec.architecture == "ViT-S-32"
+
+
+def test_malformed_backbone_strings_are_named_not_tracebacks(tmp_path):
+    """Review 210: "hf:~nouser/x" ended in pathlib's bare RuntimeError "Could not determine home directory."; "hf: DIR"
+    (a space after the colon, as a config file may write it) was "hf: DIR is not a local directory"; and
+    "open_clip:hf-hub:" said "open_clip:hf-hub::  is not in the local Hugging Face cache (... huggingface-cli
+    download )"."""
+    (tmp_path / "config.json").write_text("{}")
+    spec = parse_spec(f"hf: {tmp_path}")
+    assert spec.path == tmp_path and spec.text == f"hf:{tmp_path}"
+    assert parse_spec(" open_clip: ViT-B-32 ").name == "ViT-B-32"
+    for text in ("hf:~no-such-user-210/x", "open_clip:~no-such-user-210/x", "~no-such-user-210"):
+        with pytest.raises(ValueError, match=r"cannot expand .*give the folder's full path|unknown backbone spec"):
+            parse_spec(text)
+    for schema, form in (("hf-hub", "hf-hub:ORG/NAME"), ("local-dir", "local-dir:/path/to/dir")):
+        with pytest.raises(ValueError, match=rf"'open_clip:{schema}:' names no model: write open_clip:{form}"):
+            parse_spec(f"open_clip:{schema}:")

@@ -100,13 +100,14 @@ def parse_spec(spec: str, pretrained: str | None = None) -> BackboneSpec:
             raise ValueError(f"--pretrained is only for open_clip:NAME and builtin; {text} loads its own weights")
         return BackboneSpec("builtin_llava", text, path=builtin_llava_dir())
     if text.startswith(_OPEN_CLIP):
-        rest = text[len(_OPEN_CLIP):]
+        rest = text[len(_OPEN_CLIP):].strip()
+        text = _OPEN_CLIP + rest   # (a space after the colon, as in "hf: /models/x", is no part of the name)
         if not rest:
             raise ValueError(f"'open_clip:' needs a model name or directory; accepted forms: {SPEC_FORMS}")
         hub = rest if rest.startswith("hf-hub:") else ""   # recorded as given: the same model on any machine
         if rest.startswith(("hf-hub:", "local-dir:")):   # open_clip's own schemas: a folder, found here, offline
             rest = _open_clip_schema_dir(text, rest, pretrained)
-        local = Path(rest).expanduser()
+        local = _local_path(text, rest)
         bare = not ("/" in rest or "\\" in rest or rest.startswith((".", "~")))
         if not local.is_dir() or (bare and not hub and not (local / OPEN_CLIP_CONFIG).is_file()):
             meant_dir = "/" in rest or "\\" in rest or rest.startswith((".", "~"))
@@ -118,12 +119,13 @@ def parse_spec(spec: str, pretrained: str | None = None) -> BackboneSpec:
             raise ValueError(f"{text} is a local directory with its own weights; drop --pretrained {pretrained}")
         return BackboneSpec("open_clip_dir", text, name=hub, path=local)
     if text.startswith(_HF):
-        rest = text[len(_HF):]
+        rest = text[len(_HF):].strip()
+        text = _HF + rest   # (a space after the colon, as in "hf: /models/x", is no part of the name)
         if not rest:
             raise ValueError(f"'hf:' needs a local directory or a cached hub id; accepted forms: {SPEC_FORMS}")
         if pretrained:
             raise ValueError(f"--pretrained is only for open_clip:NAME; {text} loads its own weights")
-        local = Path(rest).expanduser()
+        local = _local_path(text, rest)
         snapshot = None if local.is_dir() else cached_hub_snapshot(rest)
         if snapshot is not None:
             return BackboneSpec("hf", text, name=rest, path=snapshot)
@@ -131,9 +133,17 @@ def parse_spec(spec: str, pretrained: str | None = None) -> BackboneSpec:
     raise ValueError(f"unknown backbone spec {spec!r}{_spec_hint(text)}; accepted forms: {SPEC_FORMS}")
 
 
+def _local_path(text: str, rest: str) -> Path:
+    """``rest`` as a local path, ``~`` expanded; ValueError naming the spec where that cannot be done."""
+    try:
+        return Path(rest).expanduser()
+    except RuntimeError as e:   # "~user" of no such user, or no home directory
+        raise ValueError(f"backbone spec {text!r}: cannot expand {rest!r} ({e}); give the folder's full path") from None
+
+
 def _spec_hint(text: str) -> str:
     """What an unknown spec was probably meant to be: a folder without its prefix, or a misspelt name."""
-    if Path(text).expanduser().is_dir():
+    if _local_path(text, text).is_dir():
         return (f" ({text} is a folder: write hf:{text} for a Hugging Face model directory, open_clip:{text} "
                 "for an open_clip one)")
     close = difflib.get_close_matches(text, [BUILTIN_NAME, BUILTIN_LLAVA_NAME], n=1, cutoff=0.75)
@@ -148,9 +158,13 @@ def _open_clip_schema_dir(text: str, rest: str, pretrained: str | None) -> str:
     """The folder behind open_clip's ``hf-hub:ORG/NAME`` (its snapshot in the local hub cache) or
     ``local-dir:PATH``: open_clip itself would look the hub up online, and would ignore ``--pretrained``."""
     schema, _, name = rest.partition(":")
+    name = name.strip()
+    if not name:
+        form = "hf-hub:ORG/NAME (a hub id in the local cache)" if schema == "hf-hub" else "local-dir:/path/to/dir"
+        raise ValueError(f"{text!r} names no model: write open_clip:{form}; accepted forms: {SPEC_FORMS}")
     if pretrained:
         raise ValueError(f"{text} carries its own weights; drop --pretrained {pretrained}")
-    folder = cached_hub_snapshot(name) if schema == "hf-hub" else Path(name).expanduser()
+    folder = cached_hub_snapshot(name) if schema == "hf-hub" else _local_path(text, name)
     if folder is None or not (Path(folder) / OPEN_CLIP_CONFIG).is_file():
         where = ("is not in the local Hugging Face cache (this package never downloads; fetch it where there is "
                  f"a network: huggingface-cli download {name})" if schema == "hf-hub"
