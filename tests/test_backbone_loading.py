@@ -80,3 +80,13 @@ def test_malformed_backbone_strings_are_named_not_tracebacks(tmp_path):
     for schema, form in (("hf-hub", "hf-hub:ORG/NAME"), ("local-dir", "local-dir:/path/to/dir")):
         with pytest.raises(ValueError, match=rf"'open_clip:{schema}:' names no model: write open_clip:{form}"):
             parse_spec(f"open_clip:{schema}:")
+
+
+def test_the_word_tokenizer_refuses_a_context_too_short_for_its_start_and_end_tokens(tmp_path):
+    """Review 210: tok(texts, context_length=1) failed with torch's "The expanded size of the tensor (1) must match
+    the existing size (4)"; 0 was taken as the default context."""
+    tok = WordTokenizer(build_word_tokenizer(WORDS, tmp_path, context_length=CTX), CTX)
+    assert tok(["a red circle"], context_length=2).tolist() == [[tok.bos_id, tok.eos_id]]
+    for short in (1, 0):
+        with pytest.raises(ValueError, match=rf"context_length must be at least 2 \(<sot> and <eot>\), got {short}"):
+            tok(["a red circle"], context_length=short)

@@ -110,7 +110,9 @@ class WordTokenizer:
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> Tensor:
         if isinstance(texts, str):
             texts = [texts]
-        length = int(context_length or self.context_length)
+        length = self.context_length if context_length is None else int(context_length)
+        if length < 2:   # (a shape mismatch deep in the copy below)
+            raise ValueError(f"context_length must be at least 2 (<sot> and <eot>), got {context_length}")
         out = torch.full((len(texts), length), self.pad_id, dtype=torch.long)
         encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)
         for row, enc in enumerate(encodings):
