@@ -45,9 +45,19 @@ def check_base_class(base_model: nn.Module, doc: dict[str, Any], path: Path) -> 
         raise AdapterFileError(f"{path}: the adapter was made for a model of family {ident.get('family')} "
                                f"({ident.get('class')}), but this base model is of family {fam_name} "
                                f"({class_name(base_model)}); load it onto the base model it was trained on")
-    if ident.get("class") != class_name(base_model):
+    if ident.get("class") != class_name(base_model) and not _same_script_class(str(ident.get("class")), base_model):
         raise AdapterFileError(f"{path}: the adapter was made for class {ident.get('class')}, but this base model "
                                f"is {class_name(base_model)}; load it onto the base model it was trained on")
+
+
+def _same_script_class(recorded: str, base_model: nn.Module) -> bool:
+    """Whether ``recorded`` is ``base_model``'s class seen from another module: a class of the script that ran
+    (``__main__.Net``) imported from that script's module elsewhere (``train.Net``), or the reverse. Its
+    projections and sampled weights are still checked."""
+    cls = type(base_model)
+    if cls.__module__ == "__main__":
+        return recorded.endswith(f".{cls.__qualname__}")
+    return recorded == f"__main__.{cls.__qualname__}"
 
 
 def refuse_adapted(model: nn.Module, message: str) -> None:
