@@ -90,3 +90,19 @@ def test_the_word_tokenizer_refuses_a_context_too_short_for_its_start_and_end_to
     for short in (1, 0):
         with pytest.raises(ValueError, match=rf"context_length must be at least 2 \(<sot> and <eot>\), got {short}"):
             tok(["a red circle"], context_length=short)
+
+
+def test_a_config_whose_shapes_differ_from_the_weights_names_the_folder(tmp_path):
+    """Review 210: an HF CLIP folder whose config.json says projection_dim 8 over weights of 16 ended in
+    transformers' bare RuntimeError "You set `ignore_mismatched_sizes` to `False`, thus raising an error. For
+    details look at the above report!", naming neither the folder nor the fix."""
+    from test_backbones import _save_tiny_hf_clip
+
+    from mtl_lora_vl.backbones import BackboneError
+
+    _save_tiny_hf_clip(build_word_tokenizer(WORDS, tmp_path / "tok", context_length=CTX), tmp_path / "clip")
+    config = tmp_path / "clip" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "projection_dim": 8}))
+    with pytest.raises(BackboneError, match=r"clip: weights in the checkpoint have other shapes than CLIPModel built "
+                                            r"from its config.json .*save them together again with save_pretrained"):
+        load_backbone(f"hf:{tmp_path / 'clip'}")

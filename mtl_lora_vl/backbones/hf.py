@@ -116,7 +116,14 @@ def load_hf_weights(model_cls: type, folder: Path, dtype: torch.dtype,
         try:
             model, info = model_cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype,
                                                     output_loading_info=True, use_kernels=False, **placed)
-        except (OSError, ValueError, RuntimeError):
+        except RuntimeError as e:
+            if "mismatched_sizes" not in str(e):
+                raise
+            # transformers' "You set `ignore_mismatched_sizes` to `False`...": its table above names the weights
+            raise BackboneError(f"{folder}: weights in the checkpoint have other shapes than {model_cls.__name__} built "
+                                f"from its config.json (listed above); the config and the weights are of different "
+                                "models: save them together again with save_pretrained") from e
+        except (OSError, ValueError):
             raise
         except Exception as e:   # safetensors' own error type (a truncated or corrupt file) is none of those
             raise BackboneError(f"{folder}: the weights of {model_cls.__name__} are unreadable ({type(e).__name__}: "
