@@ -106,3 +106,17 @@ def test_a_config_whose_shapes_differ_from_the_weights_names_the_folder(tmp_path
     with pytest.raises(BackboneError, match=r"clip: weights in the checkpoint have other shapes than CLIPModel built "
                                             r"from its config.json .*save them together again with save_pretrained"):
         load_backbone(f"hf:{tmp_path / 'clip'}")
+
+
+def test_a_config_of_remote_code_or_an_unknown_class_says_which_and_what_to_do(tmp_path):
+    """Review 210: both ended in "names no model class this transformers version knows ...; save the model with
+    save_pretrained", which a model of its own code (auto_map) or a class newer than this transformers can't follow."""
+    from mtl_lora_vl.backbones import BackboneError
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["InternVLChatModel"], "model_type": "internvl_chat",
+                                                      "auto_map": {"AutoModel": "modeling_internvl_chat.InternVLChatModel"}}))
+    with pytest.raises(BackboneError, match=r"a model of its own code \(auto_map.*no trust_remote_code.*hf_clip, llava"):
+        load_backbone(f"hf:{tmp_path}")
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["FooForConditionalGeneration"]}))
+    with pytest.raises(BackboneError, match=r"transformers version \(\d.*\) knows .*pip install -U transformers"):
+        load_backbone(f"hf:{tmp_path}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..families import OPEN_CLIP_CONFIG
+from ..families import FAMILIES, OPEN_CLIP_CONFIG
 from ..log import interactive, quiet
 from .base import BackboneError
 from .cache import hf_hub_cache
@@ -74,8 +74,13 @@ def hf_model_class(folder: Path) -> type:
         cls = getattr(transformers, name, None) if name else None
         if isinstance(cls, type):
             return cls
-    raise BackboneError(f"{path} names no model class this transformers version knows (architectures={names}, "
-                        f"model_type={config.get('model_type')!r}); save the model with save_pretrained")
+    if config.get("auto_map"):   # trust_remote_code: the model's own Python files, which this package never runs
+        raise BackboneError(f"{path} names a model of its own code (auto_map, architectures={names}), which this "
+                            "package does not run (no trust_remote_code); the families it loads are "
+                            + ", ".join(f.name for f in FAMILIES if f.backbone))
+    raise BackboneError(f"{path} names no model class this transformers version ({transformers.__version__}) knows "
+                        f"(architectures={names}, model_type={config.get('model_type')!r}); a newer transformers may "
+                        "know it (pip install -U transformers), else the config.json is not a save_pretrained one")
 
 
 @contextlib.contextmanager
