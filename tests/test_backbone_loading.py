@@ -120,3 +120,19 @@ def test_a_config_of_remote_code_or_an_unknown_class_says_which_and_what_to_do(t
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["FooForConditionalGeneration"]}))
     with pytest.raises(BackboneError, match=r"transformers version \(\d.*\) knows .*pip install -U transformers"):
         load_backbone(f"hf:{tmp_path}")
+
+
+def test_the_hf_tokenizer_takes_an_empty_batch_and_refuses_a_context_under_one(tmp_path):
+    """Review 210: HFTokenizer([]) ended in transformers' IndexError (the word tokenizer gives a (0, L) tensor);
+    context_length=-1 in "OverflowError: can't convert negative int to unsigned", 0 was taken as the default."""
+    from transformers import AutoTokenizer
+
+    from mtl_lora_vl.backbones.tokenizers import HFTokenizer
+
+    build_word_tokenizer(WORDS, tmp_path, context_length=CTX)
+    tok = HFTokenizer(AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True), CTX)
+    assert tok([]).shape == (0, CTX) and tok([], context_length=4).shape == (0, 4)
+    assert tok(["a red circle"], context_length=1).tolist() == [[tok.eos_id]]
+    for short in (0, -1):
+        with pytest.raises(ValueError, match=rf"context_length must be at least 1 \(the end token\), got {short}"):
+            tok(["a red circle"], context_length=short)

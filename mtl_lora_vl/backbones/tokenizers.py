@@ -240,8 +240,12 @@ class HFTokenizer:
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> Tensor:
         if isinstance(texts, str):
             texts = [texts]
-        length = int(context_length or self.context_length)
+        length = self.context_length if context_length is None else int(context_length)
+        if length < 1:
+            raise ValueError(f"context_length must be at least 1 (the end token), got {context_length}")
         texts = [self.clean(t) for t in texts] if self.clean is not None else list(texts)
+        if not texts:   # (transformers' fast tokenizers fail on an empty batch with an IndexError)
+            return torch.full((0, length), self.pad_id, dtype=torch.long)
         rows = self._tok(texts, truncation=True, max_length=length)["input_ids"]
         out = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
         for i, ids in enumerate(rows):
