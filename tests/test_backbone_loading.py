@@ -28,9 +28,8 @@ def test_a_vlm_directory_without_tokenizer_json_names_the_missing_tokenizer_file
         load_backbone(f"hf:{d}")
 
 
-def test_an_open_clip_directory_with_sharded_safetensors_loads(tmp_path):
-    """open_clip's _find_checkpoint_in_dir takes the first shard (with a 'Multiple checkpoints' warning) and the
-    strict load fails with a several-kB 'Missing key(s)' list; hf:DIR loads the same layout."""
+def _sharded_dir(tmp_path):
+    """A tiny open_clip directory whose weights are two safetensors shards and their index; and its backbone."""
     from safetensors.torch import save_file
 
     tok_dir = build_word_tokenizer(WORDS, tmp_path / "tok", context_length=CTX)
@@ -49,6 +48,13 @@ def test_an_open_clip_directory_with_sharded_safetensors_loads(tmp_path):
         save_file({k: sd[k] for k in part}, str(d / name))
     (d / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {}, "weight_map": {k: name for name, part in shards.items() for k in part}}))
+    return d, bb
+
+
+def test_an_open_clip_directory_with_sharded_safetensors_loads(tmp_path):
+    """open_clip's _find_checkpoint_in_dir takes the first shard (with a 'Multiple checkpoints' warning) and the
+    strict load fails with a several-kB 'Missing key(s)' list; hf:DIR loads the same layout."""
+    d, bb = _sharded_dir(tmp_path)
     again = load_backbone(f"open_clip:{d}")
     tokens = again.tokenizer(["a red circle"])
     torch.testing.assert_close(again.encode_text(tokens), bb.encode_text(tokens))
@@ -136,3 +142,29 @@ def test_the_hf_tokenizer_takes_an_empty_batch_and_refuses_a_context_under_one(t
     for short in (0, -1):
         with pytest.raises(ValueError, match=rf"context_length must be at least 1 \(the end token\), got {short}"):
             tok(["a red circle"], context_length=short)
+
+
+@pytest.mark.parametrize(("damage", "says"), [
+    ("index_json", r"model.safetensors.index.json are unreadable \(JSONDecodeError"),
+    ("index_keys", r"model.safetensors.index.json are unreadable \(KeyError: 'weight_map'\)"),
+    ("shard", r"model.safetensors.index.json are unreadable \(SafetensorError: .*\); re-create or re-download"),
+    ("bin", r"open_clip_pytorch_model.bin are unreadable \(UnpicklingError"),
+])
+def test_a_damaged_open_clip_weights_file_is_named(tmp_path, damage, says):
+    """Review 210: a corrupt index was a bare JSONDecodeError, one without weight_map was blamed on
+    open_clip_config.json ("does not describe an open_clip model (KeyError: 'weight_map')"), and a truncated shard
+    (safetensors' own SafetensorError) or a corrupt .bin (pickle's UnpicklingError) ended in a traceback."""
+    d, _ = _sharded_dir(tmp_path)
+    index, shard = d / "model.safetensors.index.json", d / "model-00001-of-00002.safetensors"
+    if damage == "index_json":
+        index.write_text("{")
+    elif damage == "index_keys":
+        index.write_text("{}")
+    elif damage == "shard":
+        shard.write_bytes(shard.read_bytes()[:100])
+    else:
+        for f in d.glob("*.safetensors*"):
+            f.unlink()
+        (d / "open_clip_pytorch_model.bin").write_bytes(b"not a torch archive")
+    with pytest.raises(ValueError, match=says):
+        load_backbone(f"open_clip:{d}")

@@ -363,27 +363,22 @@ def _hf_text_tower_message(name: str, hf_name: str, cached: bool = False) -> str
 
 def _load_state(model: nn.Module, path: Path, what: str) -> None:
     """Load a safetensors (or weights-only torch) state dict into ``model``, casting to its dtypes."""
-    if path.name.endswith(".safetensors.index.json"):
-        from safetensors.torch import load_file
+    from safetensors.torch import load_file
 
-        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
-        state = {}
-        for shard in shards:
-            state.update(load_file(str(path.parent / shard)))
-    elif path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
+    try:   # (safetensors and pickle raise their own error types for a truncated or corrupt file)
+        if path.name.endswith(".safetensors.index.json"):   # shards: each file the index's weight_map names
+            state = {}
+            for shard in sorted(set(json.loads(path.read_text())["weight_map"].values())):
+                state.update(load_file(str(path.parent / shard)))
+        elif path.suffix == ".safetensors":
             state = load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
-            raise ValueError(f"{what} weights {path} are unreadable ({e}); re-create or re-download them") from e
-    else:
-        try:
+        else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, OSError) as e:   # a truncated or corrupt archive
-            raise ValueError(f"{what} weights {path} are unreadable ({e}); re-create or re-download them") from e
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
+    except Exception as e:
+        raise ValueError(f"{what} weights {path} are unreadable ({type(e).__name__}: {e}); re-create or re-download "
+                         "them") from e
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
     if isinstance(state, dict) and state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}  # saved from a DDP-wrapped model (open_clip's training)
     try:
