@@ -242,6 +242,7 @@ INNER_MODELS: tuple[tuple[str, str], ...] = (
     ("transformers.models.llava_next.LlavaNextModel", "llava_next"),
     ("transformers.models.llava_onevision.LlavaOnevisionModel", "llava_onevision"),
     ("transformers.models.paligemma.PaliGemmaModel", "paligemma"),
+    ("transformers.models.gemma3.Gemma3Model", "gemma3"),
     ("transformers.models.idefics3.Idefics3Model", "idefics3"),
     ("transformers.models.smolvlm.SmolVLMModel", "idefics3"),
     ("transformers.models.qwen2_vl.Qwen2VLModel", "qwen2_vl"),

@@ -345,3 +345,34 @@ def test_qwen_row_counts_read_the_device_once(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "tolist", lambda self: calls.append(1) or real(self))
     out = qwen_row_images(model, (), {"input_ids": ids, "pixel_values": torch.zeros(1), "image_grid_thw": grid})
     assert out == [1, 2] and len(calls) == 1
+
+
+def test_gemma3s_inner_model_attached_on_its_own_counts_each_rows_images():
+    """Review 210: Gemma3Model was missing from families.INNER_MODELS, so adapted on its own it got no row count:
+    under route [a, b] row 0's second image went through task b, silently (3.66 off its task alone, whose outputs
+    differ from the other's by 3.53)."""
+    from gemma3_tiny import BOI_ID, EOI_ID, IMG_ID, N_IMAGE, NL_ID, tiny_gemma3
+    from vl_tiny import left_padded
+
+    torch.manual_seed(0)
+    model = perturb_adapters(mlv.attach(tiny_gemma3().eval().model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=4,
+                                                                                       targets=TARGETS)))
+    image = [NL_ID, BOI_ID, *[IMG_ID] * N_IMAGE, EOI_ID, NL_ID]
+    ids, mask = left_padded([[1, *image, *image, 5, 6], [1, 7, 8, 9]])
+    x = dict(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(2, 3, 32, 32),
+             token_type_ids=(ids == IMG_ID).long())
+    _assert_per_task(model, lambda: model(**x).last_hidden_state)
+
+
+def test_every_family_that_counts_rows_images_names_its_inner_model():
+    """Each family with run-time hooks (row counts, a packed tower) lists its inner multimodal model, so that the
+    inner model adapted on its own is routed as the whole model is."""
+    from mtl_lora_vl.families import FAMILIES, INNER_MODELS
+
+    hooked = {f.name for f in FAMILIES if f.row_images or f.packed_tower}
+    assert hooked == {name for _, name in INNER_MODELS}
+    for fam in FAMILIES:
+        for ref in fam.classes if fam.name in hooked else ():
+            module, _, name = ref.rpartition(".")
+            inner = f"{module}.{name.replace('ForConditionalGeneration', 'Model')}"
+            assert (inner, fam.name) in INNER_MODELS, inner
