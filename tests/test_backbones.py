@@ -564,7 +564,7 @@ def test_build_setup_turns_grad_checkpointing_on(monkeypatch, tok_dir):
     assert opts.grad_checkpointing and not parse_train_args([]).grad_checkpointing
     seen = []
 
-    def fake_load(spec, pretrained, device, base_dtype="auto"):
+    def fake_load(spec, pretrained, device, base_dtype="auto", **image_options):
         bb = build_open_clip(_clip_cfg(WordTokenizer(tok_dir, CTX).vocab_size), tokenizer_dir=tok_dir)
         seen.append(bb)
         return bb

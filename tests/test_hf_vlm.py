@@ -420,7 +420,7 @@ def test_base_dtype_flag_reaches_load_backbone(monkeypatch):
     class Stop(Exception):
         pass
 
-    def fake_load(spec, pretrained, device, base_dtype="auto"):
+    def fake_load(spec, pretrained, device, base_dtype="auto", **image_options):
         seen.update(spec=spec, base_dtype=base_dtype)
         raise Stop
 

@@ -112,9 +112,8 @@ def build_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec] 
     """Backbone, task specs and kinds, heads (initialised to the zero-shot rule), adapters. ``specs``: the
     ``--tasks`` specs if already read (else they are read here)."""
     specs = resolve_tasks(opts.tasks) if specs is None else specs
-    pixels = {"image_max_pixels": opts.image_max_pixels} if opts.image_max_pixels else {}
     backbone = load_backbone(opts.backbone, opts.pretrained, device, base_dtype=opts.base_dtype,
-                             image_reading=opts.image_reading, **pixels)
+                             image_max_pixels=opts.image_max_pixels, image_reading=opts.image_reading)
     if opts.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
     train_splits, kinds = task_kinds(specs, backbone, opts.data_root)
