@@ -332,7 +332,7 @@ def test_other_weights_of_the_same_architecture_are_refused(oc_adapter, tmp_path
     recorded path): it loaded silently and gave other outputs. bf16 storage of the right weights still loads."""
     path = oc_adapter[0]
     samples = json.loads((path / ADAPTER_CONFIG).read_text())["base_model"]["weight_samples"]
-    assert "visual.transformer.resblocks.0.attn.in_proj_weight" in samples and len(samples) == 50   # every parameter
+    assert "visual.transformer.resblocks.0.attn.in_proj_weight" in samples and len(samples) == 62   # every parameter
     from mtl_lora_vl.io.identity import model_identity
 
     model = oc_adapter[1]
@@ -341,7 +341,7 @@ def test_other_weights_of_the_same_architecture_are_refused(oc_adapter, tmp_path
         assert model_identity(model)["weight_samples"] == samples
     finally:
         mlv.unmerge(model)
-    with pytest.raises(AdapterFileError, match=r"trained on other weights of this architecture: \d+ of 50 sampled base "
+    with pytest.raises(AdapterFileError, match=r"trained on other weights of this architecture: \d+ of 62 sampled base "
                                                r"weights differ .*check_base_weights=False to the Python function .*the commands "
                                                r"have no such switch"):
         mlv.load_adapter(_fresh(tiny_open_clip, seed=1), path)
@@ -351,7 +351,7 @@ def test_other_weights_of_the_same_architecture_are_refused(oc_adapter, tmp_path
     nudged = _fresh(tiny_open_clip)
     with torch.no_grad():  # one weight of sixteen changed
         nudged.visual.transformer.resblocks[0].attn.in_proj_weight.mul_(1.1)
-    with pytest.raises(AdapterFileError, match="1 of 50 sampled base weights differ"):
+    with pytest.raises(AdapterFileError, match="1 of 62 sampled base weights differ"):
         mlv.load_adapter(nudged, path)
     old = _copy(path, tmp_path / "old")  # a file written before samples were recorded: not checked
     doc = json.loads((old / ADAPTER_CONFIG).read_text())

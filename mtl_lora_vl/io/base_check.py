@@ -112,10 +112,10 @@ def check_base(base_model: nn.Module, doc: dict[str, Any], cfg: MTLLoRAConfig, p
 
 
 def _same_parameters(base_model: nn.Module, ident: dict[str, Any]) -> bool:
-    """Whether ``base_model`` has the parameters the file's ``weight_samples`` name (every base parameter but the
-    adapted layers' biases, so biases are left out of the comparison): the fallbacks below read an older version's
-    choice of projections on the *same* architecture, never on a model with more layers. True where the file
-    records no samples (written before they were)."""
+    """Whether ``base_model`` has the parameters the file's ``weight_samples`` name (every base parameter; files
+    written before 2026-12-06 left out the adapted layers' biases, so biases are left out of the comparison): the
+    fallbacks below read an older version's choice of projections on the *same* architecture, never on a model with
+    more layers. True where the file records no samples (written before they were)."""
     samples = ident.get("weight_samples")
     if not isinstance(samples, dict) or not samples:
         return True

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..adapters.attach import adapted_module, base_weights, select_targets
-from ..adapters.layers import AdapterBank, LoRALinear
+from ..adapters.layers import ADAPTER_PARAM_NAMES, AdapterBank, LoRALinear
 from ..config import MTLLoRAConfig
 
 __all__ = ["BankPlan", "adapted_module", "class_name", "expected_tensors", "fingerprint", "model_identity",
@@ -100,8 +100,9 @@ def model_identity(model: nn.Module) -> dict[str, Any]:
     one's shape (``weight_shapes``: a base of another size -- image size, vocabulary -- is named as such)."""
     inner = adapted_module(model)
     projections = projections_of(plan_attached(inner))
-    adapter = {id(p) for bank in inner._mtl_lora.layers.values() for p in bank.parameters(recurse=False)}
-    weights = {n: p for n, p in inner.named_parameters() if id(p) not in adapter and p.numel()}
+    # every parameter but the adapter tensors: an adapted layer's bias too (its weight is replaced just below)
+    weights = {n: p for n, p in inner.named_parameters() if n.rpartition(".")[2] not in ADAPTER_PARAM_NAMES
+               and p.numel()}
     weights.update(base_weights(inner))   # an adapted weight as it was before any merge
     return {"family": inner._mtl_lora.family, "class": class_name(inner),
             "fingerprint": fingerprint(projections), "projections": projections,
