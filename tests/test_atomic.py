@@ -80,7 +80,8 @@ def test_atomic_dir_replaces_only_when_complete(tmp_path):
 
 
 def test_checkpoint_goes_through_the_helper(tmp_path, monkeypatch):
-    save_checkpoint({"step": 1, "w": torch.ones(2)}, tmp_path)
+    doc = {"step": 1, "trainable": {"w": torch.ones(2)}, "optimizer": {}, "scheduler": {}, "sampler": {}}
+    save_checkpoint(doc, tmp_path)
     assert load_checkpoint(tmp_path)["step"] == 1
     assert _mode(tmp_path / "checkpoint.pt") == 0o666 & ~_umask()
 

@@ -251,7 +251,8 @@ def test_training_saves_and_restores_each_ranks_gpu_stream_on_the_device_it_trai
     from types import SimpleNamespace
 
     cuda = FakeCuda(monkeypatch, 2)
-    stub = SimpleNamespace(trainable_state=dict, state_dict=dict, load_trainable_state=lambda s: None,
+    stub = SimpleNamespace(trainable_state=dict, state_dict=lambda: {"optimizer": {}, "scheduler": {}},
+                           load_trainable_state=lambda s: None,
                            load_state_dict=lambda s: None)
     for rank in (0, 1):
         cuda.states = {0: torch.tensor([10]), 1: torch.tensor([11])}

@@ -58,6 +58,7 @@ from .rng import rng_state, seed_rank, set_rng_state
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 2
+_REQUIRED = ("step", "trainable", "optimizer", "scheduler", "sampler")   # in every version's checkpoint.pt
 _KEEP = 2     # checkpoints whose generator states a rank file keeps
 
 
@@ -121,7 +122,25 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
             f"{path}: no checkpoint to resume from (the run saves one every --save-every steps and on Ctrl-C, and "
             f"stopped before its first); start it again with --out {Path(run_dir)} --overwrite"
         )
-    return _read(path)
+    return _check_checkpoint(_read(path), path)
+
+
+def _check_checkpoint(doc: Any, path: Path) -> dict[str, Any]:
+    """``doc`` when it is a training checkpoint this version reads; else a CheckpointError saying what it is."""
+    again = (f"put back the run's own {CHECKPOINT_NAME}, or start the run again with --out {path.parent} "
+             "--overwrite")
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{path}: holds a {type(doc).__name__}, not a training checkpoint (another file saved "
+                              f"under its name?); {again}")
+    missing = [k for k in _REQUIRED if k not in doc]
+    if missing:
+        raise CheckpointError(f"{path}: not a training checkpoint (it has no {', '.join(missing)}: a model's or an "
+                              f"adapter's weights saved under its name?); {again}")
+    version = doc.get("checkpoint_version", 1)
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer mtl-lora-vl (checkpoint version {version}; this one reads "
+                              f"versions up to {CHECKPOINT_VERSION}); resume the run with the version that wrote it")
+    return doc
 
 
 def training_state(model: MultiTaskModel, optim: Optimization, loader: MultiTaskLoader, progress: Progress,

@@ -1,0 +1,53 @@
+"""What --resume makes of a checkpoint.pt that is not one of this run's: another file saved under its name, one of
+a newer version, one made on another base model. Each is refused before training, with one line saying why."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+import mtl_lora_vl.training.checkpoint as checkpoint
+from mtl_lora_vl.cli import train_main
+from mtl_lora_vl.options import TrainOptions
+
+_GOOD = {"checkpoint_version": 2, "step": 3, "trainable": {"w": torch.zeros(2)}, "optimizer": {}, "scheduler": {},
+         "scaler": {}, "sampler": {}}
+
+
+def _run_dir(tmp: Path, doc: object) -> Path:
+    """A run directory whose config.json is a plain run's and whose checkpoint.pt holds ``doc``."""
+    run = tmp / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(asdict(TrainOptions(tasks="caption_cls", out=str(run)))))
+    torch.save(doc, run / "checkpoint.pt")
+    return run
+
+
+@pytest.mark.parametrize("doc, says", [
+    ([1, 2], "holds a list, not a training checkpoint"),
+    ({"w": torch.zeros(2)}, "not a training checkpoint (it has no step, trainable, optimizer, scheduler, sampler:"),
+    ({k: v for k, v in _GOOD.items() if k != "sampler"}, "not a training checkpoint (it has no sampler:"),
+    ({**_GOOD, "checkpoint_version": 3}, "written by a newer mtl-lora-vl (checkpoint version 3; this one reads "
+                                         "versions up to 2)"),
+])
+def test_a_file_that_is_no_training_checkpoint_is_refused_in_one_line(tmp_path, capsys, doc, says):
+    """A list gave a traceback ('list' object has no attribute 'get'), a model's state dict or a checkpoint without a
+    sampler 'error: trainable' / 'error: sampler' after the whole set-up, and a newer version's file was read as if
+    it were this version's."""
+    run = _run_dir(tmp_path, doc)
+    with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint\.pt") as e:
+        checkpoint.load_checkpoint(run)
+    assert says in str(e.value)
+    capsys.readouterr()
+    assert train_main(["--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+
+
+def test_a_version_1_checkpoint_still_loads(tmp_path):
+    doc = {k: v for k, v in _GOOD.items() if k != "checkpoint_version"}
+    assert checkpoint.load_checkpoint(_run_dir(tmp_path, doc))["step"] == 3
