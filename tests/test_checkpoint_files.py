@@ -4,13 +4,18 @@ a newer version, one made on another base model. Each is refused before training
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+from test_train import small_spec
 
 import mtl_lora_vl.training.checkpoint as checkpoint
+from mtl_lora_vl.backbones import builtin_dir
+from mtl_lora_vl.backbones.builtin import builtin_files
 from mtl_lora_vl.cli import train_main
 from mtl_lora_vl.options import TrainOptions
 
@@ -51,3 +56,26 @@ def test_a_file_that_is_no_training_checkpoint_is_refused_in_one_line(tmp_path, 
 def test_a_version_1_checkpoint_still_loads(tmp_path):
     doc = {k: v for k, v in _GOOD.items() if k != "checkpoint_version"}
     assert checkpoint.load_checkpoint(_run_dir(tmp_path, doc))["step"] == 3
+
+
+@pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(), reason="built-in backbone not built")
+def test_base_weights_replaced_under_the_recorded_path_are_refused(tmp_path, capsys):
+    """The checkpoint holds only what trains: the frozen base is read again from the path config.json records. Weights
+    replaced there (another checkpoint, a re-download, a fine-tune saved over it) were taken silently, so the rest of
+    the run trained its adapter on another base model."""
+    weights = tmp_path / "weights.safetensors"
+    shutil.copy(builtin_files()[2], weights)
+    spec = small_spec(tmp_path, "caption_cls", n_train=8, n_eval=4)
+    run = tmp_path / "run"
+    assert train_main(["--tasks", str(spec), "--pretrained", str(weights), "--steps", "1", "--warmup", "0",
+                       "--batch-size", "2", "--workers", "0", "--skip-zero-shot", "-q", "--out", str(run)]) == 0
+    tensors = load_file(str(weights))
+    name = next(k for k in sorted(tensors) if k.endswith("mlp.c_fc.weight"))   # a weight no adapter is on
+    tensors[name] = tensors[name] * 1.5
+    save_file(tensors, str(weights))
+    capsys.readouterr()
+    assert train_main(["--resume", str(run), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "the base model's weights differ from those the run trained on" in err and name in err
+    shutil.copy(builtin_files()[2], weights)   # the original back: the same samples, up to their 6 digits
+    assert train_main(["--resume", str(run), "-q"]) == 0

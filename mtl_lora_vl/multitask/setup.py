@@ -21,6 +21,7 @@ from ..config import MTLLoRAConfig
 from ..data.common import same_folder
 from ..data.records import Split
 from ..io import ADAPTER_CONFIG, AdapterFileError, Pretrained, find_adapter_dir, load_pretrained
+from ..io.identity import model_identity
 from ..io.tensor_files import record_sha256
 from ..options import TrainOptions
 from ..tasks import TaskSpec, build_kind, resolve_tasks
@@ -71,11 +72,20 @@ class Setup:
         """Each trained task's training rows (``Split.rows_sha256``): checkpoints record them."""
         return {name: split.rows_sha256 for name, split in self.train_splits.items()}
 
+    @cached_property
+    def base_samples(self) -> dict[str, list[float]]:
+        """A few values of each frozen base weight (``weight_samples`` of :func:`~..io.identity.model_identity`, the
+        trainable ones left out): checkpoints record them, as the base is read again on resume."""
+        inner = self.model.model
+        trained = {n for n, p in inner.named_parameters() if p.requires_grad}
+        return {n: v for n, v in model_identity(inner)["weight_samples"].items() if n not in trained}
+
     @property
     def inputs(self) -> dict[str, Any]:
-        """Digests of what the run reads -- spec files, training rows, an --extend source -- that a checkpoint
-        records and a resume checks; and the folders an --extend run reads old tasks from (``data_roots``)."""
-        return {"spec_sha256": self.spec_sha256, "data_sha256": self.data_sha256,
+        """Digests of what the run reads -- spec files, training rows, an --extend source, the base weights (sampled)
+        -- that a checkpoint records and a resume checks; and the folders an --extend run reads old tasks from
+        (``data_roots``)."""
+        return {"spec_sha256": self.spec_sha256, "data_sha256": self.data_sha256, "base_samples": self.base_samples,
                 **({"source_sha256": self.source_sha256} if self.source_sha256 else {}),
                 **({"extend_task_roots": dict(self.data_roots)} if self.extended_from else {})}
 

@@ -25,6 +25,8 @@ rank 0) is one ``torch.save`` file of tensors and plain values, loaded with ``we
                         (validation.Best.state_dict)
     source_sha256       an --extend run's source adapter (its record of file digests): a resume refuses
                         another one (the checkpoint holds only what trains; the frozen rest comes from it)
+    base_samples        a few values of each frozen base weight (io.identity.weight_sample): a resume refuses
+                        base weights replaced since under the recorded path (the frozen base is read again)
 
 Every other rank r writes what is its own -- its generators and its loss window (each rank averages its
 own losses; the log row is their mean) -- to ``checkpoint-rank{r}.pt`` beside it, atomically too:
@@ -48,6 +50,7 @@ import torch
 from ..data.loader import MultiTaskLoader
 from ..distributed import DistInfo, barrier
 from ..io.atomic import atomic_file
+from ..io.identity import same_weights
 from ..io.layout import ADAPTER_CONFIG, RUN_ADAPTER_DIR, is_adapter_dir
 from ..log import warn_user
 from ..multitask import MultiTaskModel, Setup
@@ -176,7 +179,8 @@ def check_inputs_unchanged(saved: dict[str, Any], inputs: dict[str, Any], run_di
     indexes the rows it was saved with, so the rest of the run would draw other rows -- silently when their
     number is the same; and an extend run's checkpoint holds only what trains, so the frozen A, B_i and old
     tasks would come from the changed source. An --extend run's old task whose own folder is gone would be
-    scored on --data-root's files, other data than the run's: refused too."""
+    scored on --data-root's files, other data than the run's: refused too; so are base weights replaced under the
+    recorded path (``base_samples``: the frozen base is read again, not saved)."""
     recorded = saved.get("data_sha256") or {}
     changed = sorted(t for t, d in (inputs.get("data_sha256") or {}).items() if t in recorded and recorded[t] != d)
     if changed:
@@ -193,6 +197,14 @@ def check_inputs_unchanged(saved: dict[str, Any], inputs: dict[str, Any], run_di
             f"{sorted(set(lost.values()))}, which are gone; resumed, it would score them on other files (those of "
             "--data-root). Put the folder(s) back, or write where they moved to under \"data_roots\" in the "
             f"extended adapter's {ADAPTER_CONFIG}")
+    was, now = saved.get("base_samples") or {}, inputs.get("base_samples") or {}
+    differ = [n for n in was if n in now and not same_weights(now[n], was[n])]
+    if differ:
+        raise CheckpointError(
+            f"--resume {run_dir}: the base model's weights differ from those the run trained on ({len(differ)} of "
+            f"{len(was)} sampled, e.g. {', '.join(differ[:3])}): the weights file or folder its config.json names "
+            "(--backbone, --pretrained) was replaced since the checkpoint, which holds only what trains. Put the "
+            "original weights back to continue, or start a new run")
     was, now = saved.get("source_sha256"), inputs.get("source_sha256")
     if was and now and was != now:
         raise CheckpointError(
