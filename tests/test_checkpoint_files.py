@@ -79,3 +79,19 @@ def test_base_weights_replaced_under_the_recorded_path_are_refused(tmp_path, cap
     assert "the base model's weights differ from those the run trained on" in err and name in err
     shutil.copy(builtin_files()[2], weights)   # the original back: the same samples, up to their 6 digits
     assert train_main(["--resume", str(run), "-q"]) == 0
+
+
+def test_a_checkpoint_that_cannot_be_opened_is_not_called_damaged(tmp_path, monkeypatch):
+    """A checkpoint.pt another user owns (a shared cluster folder) was called damaged, 'truncated or copied
+    incompletely', and the advice was to start the run again with --overwrite, deleting it."""
+    run = _run_dir(tmp_path, _GOOD)
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(torch, "load", denied)
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load_checkpoint(run)
+    msg = str(e.value)
+    assert "cannot open" in msg and "Permission denied" in msg
+    assert "damaged" not in msg and "--overwrite" not in msg

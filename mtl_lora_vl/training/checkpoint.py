@@ -97,6 +97,9 @@ def save_checkpoint(state: dict[str, Any], run_dir: str | Path) -> Path:
 def _read(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:   # the file is there and may be whole: no permission, a failing disk
+        raise CheckpointError(f"{path}: cannot open the checkpoint ({e.strerror or e}); check that it can be read "
+                              "by you (its owner and mode) and that its disk is reachable") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
