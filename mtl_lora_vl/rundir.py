@@ -5,7 +5,9 @@ only after the run's setup was built: a run that fails at start-up (an unknown t
 spec) leaves an existing directory as it was. Without ``--out`` the run takes the first free name of
 ``runs/TASKS-METHOD-STAMP``, ``...-2``, ``...-3``: two runs started in the same second get one each. Under
 torchrun, rank 0 claims the directory and every rank takes its answer (the directory, or the error). ``config.json`` records the run's options with paths made
-absolute, so ``--resume`` works from any working directory.
+absolute, so ``--resume`` works from any working directory. While a run trains, its rank 0 holds ``RUN/.lock`` (an
+advisory ``flock``, let go however the process ends): a ``--resume`` or ``--overwrite`` of a run still training is
+refused, not run beside it (the two wrote one metrics.jsonl, checkpoint and adapter).
 """
 
 from __future__ import annotations
@@ -19,13 +21,18 @@ import time
 from collections.abc import Collection
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .distributed import DistInfo, broadcast_from_main
 from .io.adapter_files import absolute_base
 from .io.atomic import atomic_file, holds
 from .options import TrainOptions, type_problem
 from .tasks.spec import looks_like_path
+
+try:
+    import fcntl
+except ImportError:   # not POSIX: no lock (one run per directory is then the user's to keep)
+    fcntl = None
 
 #: Options a resumed run takes from the command line; every other one comes from the run's config.json.
 RESUME_OWN = ("resume", "workers", "device")
@@ -34,8 +41,48 @@ RESUME_OWN = ("resume", "workers", "device")
 RESUME_RELOCATABLE = ("data_root", "extend")
 
 
+#: The lock file a training run's rank 0 holds in its directory.
+RUN_LOCK = ".lock"
+
+
 class RunDirError(RuntimeError):
     """The run directory cannot be used as asked (it exists, or there is nothing to resume)."""
+
+
+def hold_run_dir(run: Path, info: DistInfo) -> IO | None:
+    """Rank 0: lock ``run/.lock`` for as long as the returned file stays open (``close()`` it when the run ends; the
+    system lets go of it however the process ends). A run training in ``run`` now is refused, on every rank. None on
+    other ranks and where there is no ``flock`` (not POSIX). Every rank must call it."""
+    fh, error = None, None
+    if info.is_main and fcntl is not None:
+        fh = open(run / RUN_LOCK, "a+")   # noqa: SIM115 - held open for the run
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+        except BlockingIOError:
+            fh.seek(0)
+            error = (f"{run}: a run is training in it now (process {fh.read().strip() or '?'}); wait for it to "
+                     "finish or stop it (Ctrl-C saves a checkpoint), then --resume it, or choose another --out")
+            fh.close()
+    error = broadcast_from_main(error, info)
+    if error is not None:
+        raise RunDirError(error)
+    return fh
+
+
+def _refuse_training(run: Path, what: str) -> None:
+    """``what`` (--resume, --overwrite) of ``run`` refused while a run trains in it (its rank 0 holds the lock)."""
+    if fcntl is None or not (run / RUN_LOCK).is_file():
+        return
+    with open(run / RUN_LOCK) as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirError(f"{what} {run}: a run is training in it now (process {fh.read().strip() or '?'}); wait "
+                              "for it to finish or stop it (Ctrl-C saves a checkpoint), then run again") from None
 
 
 def choose_run_dir(opts: TrainOptions) -> Path:
@@ -50,6 +97,7 @@ def choose_run_dir(opts: TrainOptions) -> Path:
             raise RunDirError(f"--resume {run}: no such folder; give the --out folder of a run")
         if not (run / "config.json").is_file():
             raise RunDirError(f"--resume {run}: not a run directory (no config.json); give the --out folder of a run")
+        _refuse_training(run, "--resume")
         return run
     if not opts.out:  # a new name: claim_run_dir takes the first free one of NAME, NAME-2, ...
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -69,6 +117,7 @@ def choose_run_dir(opts: TrainOptions) -> Path:
         raise RunDirError(f"--out {run}: is the current directory or holds it, and --overwrite would delete it "
                           "with everything in it; choose another --out (e.g. a new folder)")
     if opts.overwrite and run.is_dir() and any(run.iterdir()):
+        _refuse_training(run, "--overwrite: --out")
         if not (run / "config.json").is_file():
             raise RunDirError(f"--out {run}: is not empty and is not a run directory (no config.json), so --overwrite "
                               "does not replace it; choose another --out (a new or empty folder)")
@@ -127,6 +176,7 @@ def _claim(run: Path, opts: TrainOptions) -> Path:
         if aside.exists():
             raise RunDirError(f"--out {run}: an earlier --overwrite of it did not finish, and {aside} holds the run it "
                               "was replacing; move that back (or delete it), then run again")
+        _refuse_training(run, "--overwrite: --out")   # (started since choose_run_dir)
         os.replace(run, aside)   # kept until the new run's first step: a start-up error puts it back
     try:
         run.mkdir(parents=True, exist_ok=run.is_dir() and not any(run.iterdir()))

@@ -13,7 +13,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -43,6 +43,7 @@ from ..rundir import (
     choose_run_dir,
     claim_run_dir,
     finish_overwrite,
+    hold_run_dir,
     moved_folders,
     record_moved_folders,
     recorded_options,
@@ -88,6 +89,8 @@ class Run:
     saved: dict | None = None
     #: --keep-best: the validation evaluation the run finished with (eval.json "selected").
     selected: dict | None = None
+    #: Rank 0's open RUN/.lock (rundir.hold_run_dir): another --resume or --overwrite of the run is refused meanwhile.
+    lock: IO | None = None
 
     @property
     def trained(self) -> list[str]:
@@ -131,6 +134,8 @@ def _train(opts: TrainOptions, given: Collection[str] | None) -> Path:
     finally:
         if loader is not None:
             loader.close()   # its workers ignore SIGTERM: left to exit, a failed run never ended
+        if run.lock is not None:
+            run.lock.close()
         cleanup(run.info)
     return run.dir
 
@@ -160,6 +165,7 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     all_ready(info)
     total_steps = opts.steps
     run_dir = claim_run_dir(run_dir, opts, info)  # a default name taken meanwhile: the next free one
+    lock = hold_run_dir(run_dir, info)   # (a run training in it now: refused)
     try:
         if info.is_main and not opts.resume:
             write_config(run_dir, opts)
@@ -168,12 +174,14 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
                            "the last step at best and the cosine decay never starts; lower --warmup", opts.warmup,
                            total_steps)
         workers = default_workers(info) if opts.workers < 0 else opts.workers
-        run = Run(opts, info, run_dir, amp_dtype, setup, total_steps, workers, saved)
+        run = Run(opts, info, run_dir, amp_dtype, setup, total_steps, workers, saved, lock=lock)
         if info.is_main:
             logger.info("%s", describe(run))
     except BaseException:
         if info.is_main:
             undo_overwrite(run_dir)
+        if lock is not None:
+            lock.close()
         raise
     return run
 

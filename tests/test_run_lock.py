@@ -1,0 +1,74 @@
+"""A run directory is trained by one process at a time: while a run trains, its rank 0 holds RUN/.lock, and a
+``--resume`` or ``--overwrite`` of it is refused with nothing written (review 208: a resume of a run still
+training ran beside it, and metrics.jsonl held 207 loss rows for 150 steps)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import rng_kind
+
+import mtl_lora_vl.training.checkpoint as checkpoint
+from mtl_lora_vl.backbones import builtin_dir
+from mtl_lora_vl.cli import train_main
+from mtl_lora_vl.distributed import DistInfo
+from mtl_lora_vl.rundir import RunDirError, hold_run_dir
+
+pytestmark = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
+                                reason="built-in backbone not built (python scripts/pretrain_backbone.py)")
+
+
+def _args(tmp: Path, out: Path) -> list[str]:
+    return ["--tasks", str(rng_kind.small_spec(tmp, "vqa")), "--steps", "2", "--batch-size", "8", "--workers", "0",
+            "--save-every", "1", "--eval-batch-size", "32", "--skip-zero-shot", "--out", str(out)]
+
+
+def _contents(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, list[bool]]:
+    """A finished two-step run; and, for each checkpoint it saved, whether its directory was locked meanwhile."""
+    tmp = tmp_path_factory.mktemp("lock")
+    locked: list[bool] = []
+    save = checkpoint.save_checkpoint
+
+    def save_and_probe(state, run_dir):
+        try:
+            hold_run_dir(Path(run_dir), DistInfo()).close()
+            locked.append(False)
+        except RunDirError:
+            locked.append(True)
+        return save(state, run_dir)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checkpoint, "save_checkpoint", save_and_probe)
+        assert train_main(_args(tmp, tmp / "run")) == 0
+    return tmp / "run", locked
+
+
+def test_a_run_holds_its_directory_while_it_trains_and_lets_go_when_it_ends(finished):
+    run, locked = finished
+    assert locked and all(locked)
+    hold_run_dir(run, DistInfo()).close()   # let go: a later --resume may take it
+    assert (run / ".lock").read_text().strip().isdigit()
+
+
+@pytest.mark.parametrize("how", ["resume", "overwrite"])
+def test_a_run_training_now_is_neither_resumed_nor_replaced(finished, tmp_path, capsys, how):
+    run, _ = finished
+    before = _contents(run)
+    lock = hold_run_dir(run, DistInfo())   # as a run training in it holds it
+    try:
+        args = ["--resume", str(run)] if how == "resume" else [*_args(tmp_path, run), "--overwrite"]
+        assert train_main(args) == 2
+    finally:
+        lock.close()
+    err = capsys.readouterr().err
+    assert f"a run is training in it now (process {os.getpid()})" in err
+    assert _contents(run) == before   # nothing written, moved or trimmed
+    assert not (run.parent / f".{run.name}.replaced").exists()
