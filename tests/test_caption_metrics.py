@@ -188,9 +188,10 @@ def test_tokenize_caption_against_the_live_ptb_tokenizer():
     pytest.importorskip("pycocoevalcap", reason="needs pycocoevalcap (the test extra)")
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    caps = [c for c, _ in PTB_CASES]
-    out = PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(caps)})
-    assert [tokenize_caption(c) for c in caps] == [out[i][0] for i in range(len(caps))]
+    cases = PTB_CASES + PTB_AMPERSAND_CASES + PTB_APOSTROPHE_CASES
+    out = PTBTokenizer().tokenize({i: [{"caption": c}] for i, (c, _) in enumerate(cases)})
+    assert [out[i][0] for i in range(len(cases))] == [ptb for _, ptb in cases]   # the recorded outputs still hold
+    assert [tokenize_caption(c) for c, _ in cases] == [ptb for _, ptb in cases]
 
 
 def test_a_reference_that_tokenises_to_nothing_still_counts():
@@ -237,3 +238,28 @@ def test_b_and_w_scores_as_pycocoevalcap():
                          {1: ["a b & w photo of a dog", "a black and white photo of a dog"], 2: ["a cat"]})
     assert got["cider"] == pytest.approx(5.913690, abs=1e-5)
     assert got["bleu4"] == pytest.approx(1.0, abs=1e-9)
+
+
+# Apostrophes inside words, recorded from pycocoevalcap 1.2's Java PTBTokenizer (helper 213's differential fuzz: only
+# PTB's apostrophe words stay whole; any other inner apostrophe splits the word and is dropped). Before, inner
+# apostrophes were always kept ("6'2", "gov't", "y'all", "it'sa") and "ol'" lost its apostrophe.
+PTB_APOSTROPHE_CASES = [
+    ('a 6\'2 man and a 5\'10" woman', 'a 6 2 man and a 5 10 woman'),
+    ("y'all and y'know, j'adore", "y' all and y' know j' adore"),
+    ("the gov't building and the don'ts", "the gov t building and the do n'ts"),
+    ("it'sa typo and can'tdog", "it sa typo and ca n'tdog"),
+    ("x'y and Mc'Donalds, rock'n'roll", "x y and mc donalds rock 'n' roll"),
+    ("ne'er Hawai'i ma'am O'Neil d'oh l'oreal o'clock", "ne'er hawai'i ma'am o'neil d'oh l'oreal o'clock"),
+    ("ol' man and Dunkin' donuts, nothin' else", "ol' man and dunkin' donuts nothin else"),
+    ("ol's cont'd cont'd.", "ol 's cont 'd cont'd."),
+    ("'night 'n' 'em 'tisane", "night 'n' 'em 't isane"),
+    ("the '08 season and the '80s", "the '08 season and the '80s"),
+    ("THERE'S A MAN WHO'S HERE, YOU'RE", "there 's a man who 's here you 're"),
+    ("o's d's y's D'RE B'cd b'cd", "o 's d 's y 's d 're b'cd b cd"),
+    ("A 2'x4' board", "a 2 x4 board"),
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), PTB_APOSTROPHE_CASES)
+def test_tokenize_caption_apostrophes_as_ptb(caption, ptb):
+    assert tokenize_caption(caption) == ptb
