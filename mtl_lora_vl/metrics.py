@@ -241,15 +241,15 @@ def retrieval_recall(similarity: Any, text_to_image: Any, ks: Sequence[int] = (1
 # Tokens as pycocoevalcap's PTB tokenizer (Stanford CoreNLP 3.4.1, lowercased) leaves them once it has dropped its
 # punctuation tokens: clitics split off ("do n't", "man 's"), as are "cannot" and the like ("can not", "gon na");
 # hyphens and slashes inside a word and [.:,] between digits kept ("black-and-white", "and/or", "3.5", "10:30",
-# "1,000"; "5:00pm" is "5:00 pm"); PTB's apostrophe words kept ("o'clock", "ne'er", "'80s", "rock 'n' roll",
-# "'cause"), other apostrophes inside a word split it ("6'2" is "6 2"); dotted abbreviations ("u.s.", "ph.d.")
-# and CoreNLP's abbreviations with their period ("st.", "dr.", "etc.", a single letter; "No." only before a
-# number; "Wash." only capitalised -- the lists below are what the Java tokenizer keeps, probed word by word);
-# "&" kept between capitals ("B&W", "AT&T") and split elsewhere ("b & w", "rock & roll"); other symbols kept as
-# tokens ("&", "%", "$"), brackets spelled as PTB spells them (lowercased, they escape pycocoevalcap's filter:
-# "-lrb-"); words joined by a period with no space after it kept whole ("bed.it", "mt.everest"), as is a
-# number's leading period (".5"); the PTB punctuation tokens (. , : ; ? ! - -- ... "…" and quotes) dropped, runs
-# such as "!!" kept.
+# "1,000"; "5:00pm" is "5:00 pm", "v1.2" is "v1 .2"), as is a number's sign ("-5", "+1"); PTB's apostrophe words
+# kept ("o'clock", "ne'er", "'80s", "rock 'n' roll", "'cause"), other apostrophes inside a word split it ("6'2" is
+# "6 2"); dotted abbreviations ("u.s.", "ph.d.") and CoreNLP's abbreviations with their period ("st.", "dr.",
+# "etc.", a single letter; "No." only before a number; "Wash." only capitalised -- the lists below are what the
+# Java tokenizer keeps, probed word by word); "&" kept between capitals ("B&W", "AT&T") and split elsewhere
+# ("b & w", "rock & roll"); other symbols kept as tokens ("&", "%", "$"), brackets spelled as PTB spells them
+# (lowercased, they escape pycocoevalcap's filter: "-lrb-"); words joined by a period with no space after it
+# kept whole ("bed.it", "mt.everest"), as is a number's leading period (".5"); the PTB punctuation tokens
+# (. , : ; ? ! - -- ... "…" and quotes) dropped, runs such as "!!" kept.
 _ABBREVIATIONS = (
     "jan|feb|mar|apr|jun|jul|aug|sept?|oct|nov|dec|mon|tues?|wed|thu(?:rs)?|fri"        # months, days
     "|ala|ariz|calif|colo|conn|ct|dak|fla|ga|ind|kans?|ky|md|mich|minn|mo|mont|neb|nev|okla|penn|tenn|va|vt"
@@ -280,13 +280,14 @@ _PTB_TOKEN = re.compile(
     rf"n't(?![a-z])|{_REDAUX}(?![a-z])|{_APOSTROPHE_WORDS}"   # clitics and the apostrophe words above
     rf"|[a-z]*[a-mo-z](?=n't)|[^\W\d_][^\W_]*(?={_REDAUX})"   # the word before a clitic ("do n't", "it 's")
     r"|y'(?=[^\W\d_])|[ldj]'"                                # y'all -> y' all, j'adore -> j' adore
+    r"|[a-z0-9][a-z0-9.,]*(?:-(?:[a-z0-9]+|[a-z](?:\.[a-z])+\.))+"   # ASCII hyphenated: "3.5-inch", "u.s.-made"
     r"|[^\W\d_]+(?:\.[^\W\d_]+)+(?![\w.])"                # words, no space after the period: "bed.it", "u.s.a"
     r"|(?:ed|ph)\.d\.|(?:[^\W\d_]\.){2,}"                # ph.d., u.s., e.g.
     rf"|(?<![\w'.-])(?:(?:{_ABBREVIATIONS})|(?-i:{_CAPITALISED_ABBREVIATIONS}))\.(?!\w)"
     rf"|(?<![\w'.-])(?:{_NUMBER_ABBREVIATIONS})\.(?=\s*\d)"
-    r"|(?<![\w.])\.\d+"                                       # a number with a leading period: ".5"
+    r"|(?<!-)(?:[-+]?\d+(?:[.:,]\d+)+|[-+]\d+|[-+]?(?<!\.\.)(?:[.:,]\d+)+)"   # "10:30", "-5", ".5"; "v1.2": "v1 .2"
     r"|(?-i:S&P-500|S&Ls|[A-Z]+(?:&[A-Z]+)+)"               # capitals joined by & ("B&W", "AT&T"); "b&w" splits
-    r"|\w+(?:[-/]\w+|(?<=\d)[.:,]\d+)*"                    # words, with their inner hyphens and numbers' marks
+    r"|\w+(?:[-/]\w+)*"                                      # words, with their inner hyphens and slashes
     r"|[!?]{2,}"                                            # PTB's filter drops "!" and "?" alone, not "!!"
     r"|[^\w\s.,:;?!'\"`-]",                                 # a symbol PTB keeps as a token (& % $ # @ + = brackets)
     re.I,
@@ -303,8 +304,8 @@ def tokenize_caption(text: str) -> str:
     A pure-Python approximation of the Stanford PTB tokenizer that pycocoevalcap runs through Java,
     written for captions (the rules are listed above; the tests compare with the Java tokenizer's
     output on captions that exercise each rule; URLs and e-mail addresses are split where it keeps them).
-    Other known differences, rare in captions (review 188 compared 3,000 hard random ones): ``c++``, ``+1``,
-    ``c#`` are split where Java keeps them.
+    Other known differences, rare in captions (review 188 compared 3,000 hard random ones): ``c++`` and ``c#``
+    are split where Java keeps them.
     Returns the tokens joined by single spaces.
     """
     text = _ASSIMILATION.sub(r"\1 ", text.translate(_TYPOGRAPHIC))

@@ -188,7 +188,7 @@ def test_tokenize_caption_against_the_live_ptb_tokenizer():
     pytest.importorskip("pycocoevalcap", reason="needs pycocoevalcap (the test extra)")
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    cases = PTB_CASES + PTB_AMPERSAND_CASES + PTB_APOSTROPHE_CASES
+    cases = PTB_CASES + PTB_AMPERSAND_CASES + PTB_APOSTROPHE_CASES + PTB_NUMBER_CASES
     out = PTBTokenizer().tokenize({i: [{"caption": c}] for i, (c, _) in enumerate(cases)})
     assert [out[i][0] for i in range(len(cases))] == [ptb for _, ptb in cases]   # the recorded outputs still hold
     assert [tokenize_caption(c) for c, _ in cases] == [ptb for _, ptb in cases]
@@ -263,3 +263,25 @@ PTB_APOSTROPHE_CASES = [
 @pytest.mark.parametrize(("caption", "ptb"), PTB_APOSTROPHE_CASES)
 def test_tokenize_caption_apostrophes_as_ptb(caption, ptb):
     assert tokenize_caption(caption) == ptb
+
+
+# Numbers, recorded from the Java PTBTokenizer (helper 213): a sign belongs to the number after it ("-5", "+1"; it was
+# dropped or split off), [.:,] digits continue a number only ("v1.2" is "v1 .2", ",000" and ":3" are tokens), and an
+# ASCII hyphenated word may hold [.,] before its first hyphen ("1,2,3a-b-c", "red,white-and-blue").
+PTB_NUMBER_CASES = [
+    ("a -5 degree day, +1 and 3 -5", "a -5 degree day +1 and 3 -5"),
+    ("(-5) [+5] 2+2=4 --5 +-5", "-lrb- -5 -rrb- -lsb- +5 -rsb- 2 +2 = 4 5 + -5"),
+    ("it is -5.5 or +3.5 at 10:30-11:00", "it is -5.5 or +3.5 at 10:30 -11:00"),
+    ("version v1.2 and A1.5 and m10:30", "version v1 .2 and a1 .5 and m10 :30"),
+    ("1,000 people ,000 and red,5 score:3", "1,000 people ,000 and red ,5 score :3"),
+    ("a 3.5-inch screen, 1,000-foot view, a 1,2,3a-b-c", "a 3.5-inch screen 1,000-foot view a 1,2,3a-b-c"),
+    ("the U.S.-made car and a red,white-and-blue flag", "the u.s.-made car and a red,white-and-blue flag"),
+    ("1.5-2.5 and 5.5mm and 1.5x", "1.5-2 .5 and 5.5 mm and 1.5 x"),
+    ("a smile...10,000 and wait...5 and x..5 and ....5", "a smile 10,000 and wait 5 and x. .5 and 5"),
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), PTB_NUMBER_CASES)
+def test_tokenize_caption_numbers_as_ptb(caption, ptb):
+    assert tokenize_caption(caption) == ptb
+
