@@ -287,15 +287,39 @@ _PTB_TOKEN = re.compile(
     rf"|(?<![\w'.-])(?:{_NUMBER_ABBREVIATIONS})\.(?=\s*\d)"
     r"|(?<!-)(?:[-+]?\d+(?:[.:,]\d+)+|[-+]\d+|[-+]?(?<!\.\.)(?:[.:,]\d+)+)"   # "10:30", "-5", ".5"; "v1.2": "v1 .2"
     r"|(?-i:S&P-500|S&Ls|[A-Z]+(?:&[A-Z]+)+)"               # capitals joined by & ("B&W", "AT&T"); "b&w" splits
-    r"|\w+(?:[-/]\w+)*"                                      # words, with their inner hyphens and slashes
+    r"|&(?:ht|tl|ur|lr|qc|ql|qr|odq|cdq|#\d+);"               # entities PTB keeps as they are ("&#39;")
+    r"|\w+(?:[-/\u2010\u2011]\w+)*"                          # words, with their inner hyphens and slashes
     r"|[!?]{2,}"                                            # PTB's filter drops "!" and "?" alone, not "!!"
-    r"|[^\w\s.,:;?!'\"`-]",                                 # a symbol PTB keeps as a token (& % $ # @ + = brackets)
+    r"|[^\w\s.,:;?!'\"`\u2010\u2011-]",                     # a symbol PTB keeps as a token (& % $ # @ + = brackets)
     re.I,
 )
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
-# Typographic quotes and dashes read as PTB reads them: ’ as an apostrophe ("man’s" -> "man 's"), the others
-# as its quote and dash tokens, which its filter drops.
-_TYPOGRAPHIC = str.maketrans({"‘": "'", "’": "'", "“": '"', "”": '"', "–": " - ", "—": " - ", "…": " ... "})
+# Characters read as PTB reads them: ’ as an apostrophe ("man’s" -> "man 's"), other quotes and dashes as its quote
+# and dash tokens, which its filter drops; the currency signs and fractions it rewrites, as it rewrites them
+# ("€5" -> "$ 5", "25¢" -> "25 cents", "½" -> "1/2"); other fractions, super- and subscript digits and circled
+# numbers as tokens of their own ("m²" -> "m ²"); the HTML entities it decodes. A soft hyphen vanishes.
+_TYPOGRAPHIC = str.maketrans({
+    "‘": "'", "’": "'", "‛": "'", "\x91": "'", "\x92": "'", "“": '"', "”": '"', "«": '"', "»": '"', "‹": '"', "›": '"',
+    "\x93": '"', "\x94": '"', "–": " - ", "—": " - ", "―": " - ", "\x96": " - ", "\x97": " - ", "…": " ... ",
+    "¢": " cents ", "£": " # ", "€": " $ ", "¤": " $ ", "₠": " $ ", "\x80": " $ ", "\xad": "",
+    "¼": " 1/4 ", "½": " 1/2 ", "¾": " 3/4 ", "⅓": " 1/3 ", "⅔": " 2/3 ",
+})
+_OWN_TOKEN = re.compile("[\u2155-\u215e\u2460-\u24ff\u2776-\u2793]"
+                        "|[\u207a\u207b\u208a\u208b]?(?:[\u2070\u00b9\u00b2\u00b3\u2074-\u2079]+|[\u2080-\u2089]+)")
+_ENTITY = re.compile("&(amp|lt|gt|quot|apos|nbsp|md|mdash|ndash);", re.I)
+_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'", "nbsp": " ", "md": " - ", "mdash": " - ",
+             "ndash": " - "}
+# Characters the Java tokenizer cannot tokenize and deletes (they still separate tokens): every one outside the
+# Basic Multilingual Plane (emoji among them), format and private-use characters, variation selectors, C1
+# controls, and the punctuation, currency signs and number forms it does not know (checked character by
+# character against it in the Latin, general punctuation, currency, number-form, CJK punctuation and
+# half/full-width blocks; the punctuation of other scripts is not covered).
+_PTB_DELETES = re.compile(
+    "[\x7f\x81-\x84\x86-\x90\x95\x98-\x9f\u200b-\u200f\u2012\u2024\u2025\u2027-\u202e\u203c\u203d\u2043"
+    "\u2045-\u205e\u2060-\u206f\u20a1-\u20a3\u20a5-\u20ab\u20ad-\u20c0\u2150-\u2152\u215f-\u2182\u2185-\u218b"
+    "\u3003\u3004\u3007-\u3011\u3013-\u3030\u3036-\u303a\u303d-\u303f\ue000-\uf8ff\ufe00-\ufe6b\ufeff\uffe2-\uffe4"
+    "\uffe8-\uffee\ufff9-\ufffd\U00010000-\U0010ffff]"
+)
 
 
 def tokenize_caption(text: str) -> str:
@@ -308,7 +332,9 @@ def tokenize_caption(text: str) -> str:
     are split where Java keeps them.
     Returns the tokens joined by single spaces.
     """
-    text = _ASSIMILATION.sub(r"\1 ", text.translate(_TYPOGRAPHIC))
+    text = _ENTITY.sub(lambda m: _ENTITIES[m[1].lower()], text).translate(_TYPOGRAPHIC)
+    text = _OWN_TOKEN.sub(r" \g<0> ", _PTB_DELETES.sub(" ", text))
+    text = _ASSIMILATION.sub(r"\1 ", text)
     return " ".join(_BRACKETS.get(tok, tok) for tok in (t.lower() for t in _PTB_TOKEN.findall(text)))
 
 

@@ -188,7 +188,7 @@ def test_tokenize_caption_against_the_live_ptb_tokenizer():
     pytest.importorskip("pycocoevalcap", reason="needs pycocoevalcap (the test extra)")
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    cases = PTB_CASES + PTB_AMPERSAND_CASES + PTB_APOSTROPHE_CASES + PTB_NUMBER_CASES
+    cases = PTB_CASES + PTB_AMPERSAND_CASES + PTB_APOSTROPHE_CASES + PTB_NUMBER_CASES + PTB_SYMBOL_CASES
     out = PTBTokenizer().tokenize({i: [{"caption": c}] for i, (c, _) in enumerate(cases)})
     assert [out[i][0] for i in range(len(cases))] == [ptb for _, ptb in cases]   # the recorded outputs still hold
     assert [tokenize_caption(c) for c, _ in cases] == [ptb for _, ptb in cases]
@@ -283,5 +283,28 @@ PTB_NUMBER_CASES = [
 
 @pytest.mark.parametrize(("caption", "ptb"), PTB_NUMBER_CASES)
 def test_tokenize_caption_numbers_as_ptb(caption, ptb):
+    assert tokenize_caption(caption) == ptb
+
+
+# Characters, recorded from the Java PTBTokenizer (helper 213): the currency signs and fractions PTB rewrites, digits it
+# makes tokens of their own, characters it deletes (emoji, zero-width and format characters), quotes and dashes its
+# filter drops, U+2011 as a hyphen inside a word, HTML entities. All of them were kept as they were.
+PTB_SYMBOL_CASES = [
+    ("a €20 note, a £10 note, a 25¢ coin and ¤5", "a $ 20 note a # 10 note a 25 cents coin and $ 5"),
+    ("1½ cups, ¼ of a pie, a ⅛ slice and ⅔ full", "1 1/2 cups 1/4 of a pie a ⅛ slice and 2/3 full"),
+    ("a 10 m² room with H₂O and ① ②", "a 10 m ² room with h ₂ o and ① ②"),
+    ("a dog \U0001f436 on a bed \U0001f44d\U0001f3fd with a \u2764\ufe0f and a \U0001f1fa\U0001f1f8 flag",
+     "a dog on a bed with a \u2764 and a flag"),
+    ("zero\u200bwidth and joiner\u200dhere, a\u00adb soft", "zero width and joiner here ab soft"),
+    ("«quoted» ‹single› and ‛odd‛ quotes ― and ‒ dashes", "quoted single and odd quotes and dashes"),
+    ("a black\u2011and\u2011white photo \u2010 standalone", "a black\u2011and\u2011white photo standalone"),
+    ("AT&amp;T and b&amp;w, &lt;br&gt; &quot;hi&quot; x&nbsp;y don&apos;t &#39;s",
+     "at&t and b & w < br > hi x y do n't &#39; s"),
+    ("a 【sign】 with 「text」 and ₹500 or ₩1000, ₤5 and Ↄ", "a sign with text and 500 or 1000 ₤ 5 and ↄ"),
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), PTB_SYMBOL_CASES)
+def test_tokenize_caption_symbols_as_ptb(caption, ptb):
     assert tokenize_caption(caption) == ptb
 
