@@ -38,6 +38,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -274,6 +275,10 @@ _APOSTROPHE_WORDS = (
     rf"|[^\W\d_]+(?-i:[aeiouyAEIOUY])'{_NOT_REDAUX}(?-i:[aeiouA-Z])[^\W\d_]*"   # ne'er, Hawai'i
     r"|'(?:em|till?|cause|[2-9]0s|n'|n(?![a-z]))|'t(?=is|was)|'\d\d(?!\S)"   # 'em, 'n', '80s, 'tis, '08
 )
+# Combining marks stay inside their word, as in PTB ("e\u0301", Devanagari and Thai vowel signs); \w lacks them.
+_MARK_CODES = [c for c in range(0x300, 0x10000) if unicodedata.category(chr(c))[0] == "M"]
+_MARKS = "".join(f"{chr(run[0][1])}-{chr(run[-1][1])}" for run in (   # as ranges of consecutive code points
+    list(r) for _, r in itertools.groupby(enumerate(_MARK_CODES), key=lambda p: p[1] - p[0])))
 _ASSIMILATION = re.compile(r"(?<![\w-])(can(?=not(?![\w-]))|gon(?=na(?![\w-]))|got(?=ta(?![\w-]))|wan(?=na(?![\w-]))"
                            r"|lem(?=me(?![\w-]))|gim(?=me(?![\w-])))", re.I)   # whole words ("wanna-be" stays)
 _PTB_TOKEN = re.compile(
@@ -288,7 +293,7 @@ _PTB_TOKEN = re.compile(
     r"|(?<!-)(?:[-+]?\d+(?:[.:,]\d+)+|[-+]\d+|[-+]?(?<!\.\.)(?:[.:,]\d+)+)"   # "10:30", "-5", ".5"; "v1.2": "v1 .2"
     r"|(?-i:S&P-500|S&Ls|[A-Z]+(?:&[A-Z]+)+)"               # capitals joined by & ("B&W", "AT&T"); "b&w" splits
     r"|&(?:ht|tl|ur|lr|qc|ql|qr|odq|cdq|#\d+);"               # entities PTB keeps as they are ("&#39;")
-    r"|\w+(?:[-/\u2010\u2011]\w+)*"                          # words, with their inner hyphens and slashes
+    rf"|[\w{_MARKS}]+(?:[-/\u2010\u2011][\w{_MARKS}]+)*"       # words, with their inner hyphens and slashes
     r"|[!?]{2,}"                                            # PTB's filter drops "!" and "?" alone, not "!!"
     r"|[^\w\s.,:;?!'\"`\u2010\u2011-]",                     # a symbol PTB keeps as a token (& % $ # @ + = brackets)
     re.I,

@@ -188,7 +188,8 @@ def test_tokenize_caption_against_the_live_ptb_tokenizer():
     pytest.importorskip("pycocoevalcap", reason="needs pycocoevalcap (the test extra)")
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    cases = PTB_CASES + PTB_AMPERSAND_CASES + PTB_APOSTROPHE_CASES + PTB_NUMBER_CASES + PTB_SYMBOL_CASES
+    cases = (PTB_CASES + PTB_AMPERSAND_CASES + PTB_APOSTROPHE_CASES + PTB_NUMBER_CASES + PTB_SYMBOL_CASES
+             + PTB_MARK_CASES)
     out = PTBTokenizer().tokenize({i: [{"caption": c}] for i, (c, _) in enumerate(cases)})
     assert [out[i][0] for i in range(len(cases))] == [ptb for _, ptb in cases]   # the recorded outputs still hold
     assert [tokenize_caption(c) for c, _ in cases] == [ptb for _, ptb in cases]
@@ -306,5 +307,20 @@ PTB_SYMBOL_CASES = [
 
 @pytest.mark.parametrize(("caption", "ptb"), PTB_SYMBOL_CASES)
 def test_tokenize_caption_symbols_as_ptb(caption, ptb):
+    assert tokenize_caption(caption) == ptb
+
+
+# Combining marks stay inside their word (recorded from the Java PTBTokenizer, helper 213): decomposed accents, Indic,
+# Thai, Hebrew and Arabic vowel signs. Each mark was split off as a token of its own ("cafe \u0301").
+PTB_MARK_CASES = [
+    ("a cafe\u0301 and cre\u0300me bru\u0302le\u0301e", "a cafe\u0301 and cre\u0300me bru\u0302le\u0301e"),
+    ("हिन्दी भाषा में एक कुत्ता", "हिन्दी भाषा में एक कुत्ता"),
+    ("สุนัขบนเตียง ภาษาไทย", "สุนัขบนเตียง ภาษาไทย"),
+    ("שָׁלוֹם and مَرْحَبًا", "שָׁלוֹם and مَرْحَبًا"),
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), PTB_MARK_CASES)
+def test_tokenize_caption_combining_marks_as_ptb(caption, ptb):
     assert tokenize_caption(caption) == ptb
 
