@@ -262,6 +262,12 @@ _ABBREVIATIONS = (
 )
 _CAPITALISED_ABBREVIATIONS = "A(?i:rk)|D(?i:el)|I(?i:ll)|L(?i:a)|M(?i:ass|iss)|O(?i:re)|P(?i:a)|T(?i:ex)|W(?i:ash)"
 _NUMBER_ABBREVIATIONS = "nos?|prop|figs?|pp|op|ca"   # kept only before a number ("no. 5"; "says no." is "no")
+# A single letter's period goes when a capitalised word of this list follows it, as PTB reads it as a sentence end
+# ("plan B. The dog" is "plan b the dog"; "plan B. the dog" keeps "b.").
+_SENTENCE_STARTS = "|".join(f"(?-i:{w[0]}){re.escape(w[1:])}" for w in (
+    "About According Additionally After An A As At But Earlier He Her Here However If In It Last Many More Mr. Ms. Now"
+    " Once One Other Our She Since So Some Such That The Their Then There These They This We When While What Yet You"
+).split())
 # Apostrophe words PTB keeps whole (its APOWORD and THING rules); any other apostrophe inside a word splits it and
 # is dropped ("6'2" -> "6 2", "gov't" -> "gov t", "y'all" -> "y' all"). A clitic ('s 're 've 'll 'd 'm) or n't
 # always splits off the word before it; it is a token of its own unless a letter follows ("it'sa" -> "it sa").
@@ -288,6 +294,7 @@ _PTB_TOKEN = re.compile(
     r"|[a-z0-9][a-z0-9.,]*(?:-(?:[a-z0-9]+|[a-z](?:\.[a-z])+\.))+"   # ASCII hyphenated: "3.5-inch", "u.s.-made"
     r"|[^\W\d_]+(?:\.[^\W\d_]+)+(?![\w.])"                # words, no space after the period: "bed.it", "u.s.a"
     r"|(?:ed|ph)\.d\.|(?:[^\W\d_]\.){2,}"                # ph.d., u.s., e.g.
+    rf"|(?<![\w'.-])[a-z](?=\.\s+(?:{_SENTENCE_STARTS})(?!\S))"
     rf"|(?<![\w'.-])(?:(?:{_ABBREVIATIONS})|(?-i:{_CAPITALISED_ABBREVIATIONS}))\.(?!\w)"
     rf"|(?<![\w'.-])(?:{_NUMBER_ABBREVIATIONS})\.(?=\s*\d)"
     r"|(?<!-)(?:[-+]?\d+(?:[.:,]\d+)+|[-+]\d+|[-+]?(?<!\.\.)(?:[.:,]\d+)+)"   # "10:30", "-5", ".5"; "v1.2": "v1 .2"

@@ -189,7 +189,7 @@ def test_tokenize_caption_against_the_live_ptb_tokenizer():
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     cases = (PTB_CASES + PTB_AMPERSAND_CASES + PTB_APOSTROPHE_CASES + PTB_NUMBER_CASES + PTB_SYMBOL_CASES
-             + PTB_MARK_CASES)
+             + PTB_MARK_CASES + PTB_LETTER_PERIOD_CASES)
     out = PTBTokenizer().tokenize({i: [{"caption": c}] for i, (c, _) in enumerate(cases)})
     assert [out[i][0] for i in range(len(cases))] == [ptb for _, ptb in cases]   # the recorded outputs still hold
     assert [tokenize_caption(c) for c, _ in cases] == [ptb for _, ptb in cases]
@@ -322,5 +322,23 @@ PTB_MARK_CASES = [
 
 @pytest.mark.parametrize(("caption", "ptb"), PTB_MARK_CASES)
 def test_tokenize_caption_combining_marks_as_ptb(caption, ptb):
+    assert tokenize_caption(caption) == ptb
+
+
+# A single letter's period before a capitalised sentence start of PTB's list goes (recorded from the Java PTBTokenizer,
+# helper 213); it was kept ("letter a." where pycocoevalcap has "letter a").
+PTB_LETTER_PERIOD_CASES = [
+    ("a sign with the letter A. The sign is red", "a sign with the letter a the sign is red"),
+    ("plan B. It is good, plan B. it is good", "plan b it is good plan b. it is good"),
+    ("vitamin C. This one. Vitamin D. THE END", "vitamin c this one vitamin d the end"),
+    ("I. The first. U.S. The flag. x. You", "i the first u.s. the flag x you"),
+    ("a letter A. An apple and a letter A. a", "a letter a an apple and a letter a. a"),
+    ("John F. Kennedy and Mr. T. He", "john f. kennedy and mr. t he"),
+    ("A. A STOP SIGN", "a a stop sign"),
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), PTB_LETTER_PERIOD_CASES)
+def test_tokenize_caption_letter_before_a_sentence_start_as_ptb(caption, ptb):
     assert tokenize_caption(caption) == ptb
 
