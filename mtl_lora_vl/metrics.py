@@ -287,25 +287,39 @@ _MARKS = "".join(f"{chr(run[0][1])}-{chr(run[-1][1])}" for run in (   # as range
     list(r) for _, r in itertools.groupby(enumerate(_MARK_CODES), key=lambda p: p[1] - p[0])))
 _ASSIMILATION = re.compile(r"(?<![\w-])(can(?=not(?![\w-]))|gon(?=na(?![\w-]))|got(?=ta(?![\w-]))|wan(?=na(?![\w-]))"
                            r"|lem(?=me(?![\w-]))|gim(?=me(?![\w-])))", re.I)   # whole words ("wanna-be" stays)
+# Web and chat tokens PTB keeps whole: SGML tags, URLs (its FULLURL and LIKELYURL), e-mail addresses, @names,
+# #hashtags, smileys (its parentheses spelled -lrb- -rrb-).
+_WEB = (
+    r"<(?:[!?][a-z-][^>\r\n]*|/[a-z][a-z0-9_:.-]*"
+    r"|[a-z][a-z0-9_:.-]*(?: +[a-z][a-z0-9_:.-]*(?: *= *(?:'[^']*'|\"[^\"]*\"))?)* */?) *>"
+    r"|https?://[^\s\"<>|(){}]+[^\s\"<>|.!?(){},-]"
+    r"|(?:www\.(?:[^\s\"<>|.!?(){},]+\.)+[a-z]{2,4}|(?-i:(?:[^\s\"`'<>|.!?(){}$\x2c-\x5f]+\.)+)(?:com|net|org|edu))"
+    r"(?:/[^\s\"<>|()]+[^\s\"<>|.!?(){},-])?"
+    r"|<?[a-z0-9][^\s\"<>|(){}]*@(?:[^\s\"<>|(){}.]+\.)*[^\s\"<>|(){}.]+>?"
+    rf"|c\+\+|[cf]#|@[a-z_][a-z_0-9]*|#(?:[^\W\d_]|[{_MARKS}])+"
+    r"|(?-i:[<>]?[:;=][-o*']?[()DPdpO\\{@|\[\]])(?![a-z0-9])"
+)
 _PTB_TOKEN = re.compile(
-    rf"n't(?![a-z])|{_REDAUX}(?![a-z])|{_APOSTROPHE_WORDS}"   # clitics and the apostrophe words above
+    rf"{_WEB}|n't(?![a-z])|{_REDAUX}(?![a-z])|{_APOSTROPHE_WORDS}"   # clitics and the apostrophe words above
     rf"|[a-z]*[a-mo-z](?=n't)|[^\W\d_][^\W_]*(?={_REDAUX})"   # the word before a clitic ("do n't", "it 's")
     r"|y'(?=[^\W\d_])|[ldj]'"                                # y'all -> y' all, j'adore -> j' adore
     r"|[a-z0-9][a-z0-9.,]*(?:-(?:[a-z0-9]+|[a-z](?:\.[a-z])+\.))+"   # ASCII hyphenated: "3.5-inch", "u.s.-made"
-    r"|[^\W\d_]+(?:\.[^\W\d_]+)+(?![\w.])"                # words, no space after the period: "bed.it", "u.s.a"
-    r"|(?:ed|ph)\.d\.|(?:[^\W\d_]\.){2,}"                # ph.d., u.s., e.g.
+    r"|(?:ed|ph)\.d\.|(?:[^\W\d_]\.){2,}(?![^\W\d_])"    # ph.d., u.s., e.g.
+    r"|[^\W\d_][^\W_]*(?:[.!?][^\W\d_][^\W_]*)+"        # no space after . ! ?: "bed.it", "u.s.a", "hi!there"
     rf"|(?<![\w'.-])[a-z](?=\.\s+(?:{_SENTENCE_STARTS})(?!\S))"
     rf"|(?<![\w'.-])(?:(?:{_ABBREVIATIONS})|(?-i:{_CAPITALISED_ABBREVIATIONS}))\.(?!\w)"
     rf"|(?<![\w'.-])(?:{_NUMBER_ABBREVIATIONS})\.(?=\s*\d)"
     r"|(?<!-)(?:[-+]?\d+(?:[.:,]\d+)+|[-+]\d+|[-+]?(?<!\.\.)(?:[.:,]\d+)+)"   # "10:30", "-5", ".5"; "v1.2": "v1 .2"
     r"|(?-i:S&P-500|S&Ls|[A-Z]+(?:&[A-Z]+)+)"               # capitals joined by & ("B&W", "AT&T"); "b&w" splits
     r"|&(?:ht|tl|ur|lr|qc|ql|qr|odq|cdq|#\d+);"               # entities PTB keeps as they are ("&#39;")
-    rf"|[\w{_MARKS}]+(?:[-/\u2010\u2011][\w{_MARKS}]+)*"       # words, with their inner hyphens and slashes
-    r"|[!?]{2,}"                                            # PTB's filter drops "!" and "?" alone, not "!!"
+    r"|(?-i:[A-Z]+)\$"                                          # "US$"
+    rf"|(?:[^\W_]|[{_MARKS}])+(?:[-/_\u2010\u2011](?:[^\W_]|[{_MARKS}])+)*"   # words, with inner hyphens and slashes
+    r"|[!?]{2,}|@+|#+|_+|\*+"                                 # runs ("!" and "?" alone are dropped by the filter)
     r"|[^\w\s.,:;?!'\"`\u2010\u2011-]",                     # a symbol PTB keeps as a token (& % $ # @ + = brackets)
     re.I,
 )
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
+_PARENS = str.maketrans({"(": "-lrb-", ")": "-rrb-"})   # inside a smiley
 # Characters read as PTB reads them: ’ as an apostrophe ("man’s" -> "man 's"), other quotes and dashes as its quote
 # and dash tokens, which its filter drops; the currency signs and fractions it rewrites, as it rewrites them
 # ("€5" -> "$ 5", "25¢" -> "25 cents", "½" -> "1/2"); other fractions, super- and subscript digits and circled
@@ -319,7 +333,7 @@ _TYPOGRAPHIC = str.maketrans({
 _OWN_TOKEN = re.compile("[\u2155-\u215e\u2460-\u24ff\u2776-\u2793]"
                         "|[\u207a\u207b\u208a\u208b]?(?:[\u2070\u00b9\u00b2\u00b3\u2074-\u2079]+|[\u2080-\u2089]+)")
 _ENTITY = re.compile("&(amp|lt|gt|quot|apos|nbsp|md|mdash|ndash);", re.I)
-_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'", "nbsp": " ", "md": " - ", "mdash": " - ",
+_ENTITIES = {"amp": "&", "lt": " < ", "gt": " > ", "quot": '"', "apos": "'", "nbsp": " ", "md": " - ", "mdash": " - ",
              "ndash": " - "}
 # Characters the Java tokenizer cannot tokenize and deletes (they still separate tokens): every one outside the
 # Basic Multilingual Plane (emoji among them), format and private-use characters, variation selectors, C1
@@ -337,17 +351,16 @@ _PTB_DELETES = re.compile(
 def tokenize_caption(text: str) -> str:
     """Lowercase and tokenise a caption as pycocoevalcap's PTB tokenizer does, punctuation tokens dropped.
 
-    A pure-Python approximation of the Stanford PTB tokenizer that pycocoevalcap runs through Java,
-    written for captions (the rules are listed above; the tests compare with the Java tokenizer's
-    output on captions that exercise each rule; URLs and e-mail addresses are split where it keeps them).
-    Other known differences, rare in captions (review 188 compared 3,000 hard random ones): ``c++`` and ``c#``
-    are split where Java keeps them.
-    Returns the tokens joined by single spaces.
+    A pure-Python rendering of the Stanford PTB tokenizer (CoreNLP 3.4.1) that pycocoevalcap runs through
+    Java (the rules are listed above; the tests compare with the Java tokenizer's output on captions that
+    exercise each rule). What still differs is listed in docs/dependencies.md ("Captioning metrics without
+    pycocoevalcap"). Returns the tokens joined by single spaces.
     """
     text = _ENTITY.sub(lambda m: _ENTITIES[m[1].lower()], text).translate(_TYPOGRAPHIC)
     text = _OWN_TOKEN.sub(r" \g<0> ", _PTB_DELETES.sub(" ", text))
     text = _ASSIMILATION.sub(r"\1 ", text)
-    return " ".join(_BRACKETS.get(tok, tok) for tok in (t.lower() for t in _PTB_TOKEN.findall(text)))
+    tokens = (t.lower() for t in _PTB_TOKEN.findall(text))
+    return " ".join(_BRACKETS.get(tok) or (tok.translate(_PARENS) if tok[-1] in "()" else tok) for tok in tokens)
 
 
 def caption_scores(predictions: Mapping[Any, str], references: Mapping[Any, Sequence[str]]) -> dict[str, float]:

@@ -189,7 +189,7 @@ def test_tokenize_caption_against_the_live_ptb_tokenizer():
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     cases = (PTB_CASES + PTB_AMPERSAND_CASES + PTB_APOSTROPHE_CASES + PTB_NUMBER_CASES + PTB_SYMBOL_CASES
-             + PTB_MARK_CASES + PTB_LETTER_PERIOD_CASES)
+             + PTB_MARK_CASES + PTB_LETTER_PERIOD_CASES + PTB_WEB_CASES)
     out = PTBTokenizer().tokenize({i: [{"caption": c}] for i, (c, _) in enumerate(cases)})
     assert [out[i][0] for i in range(len(cases))] == [ptb for _, ptb in cases]   # the recorded outputs still hold
     assert [tokenize_caption(c) for c, _ in cases] == [ptb for _, ptb in cases]
@@ -340,5 +340,27 @@ PTB_LETTER_PERIOD_CASES = [
 
 @pytest.mark.parametrize(("caption", "ptb"), PTB_LETTER_PERIOD_CASES)
 def test_tokenize_caption_letter_before_a_sentence_start_as_ptb(caption, ptb):
+    assert tokenize_caption(caption) == ptb
+
+
+# Web and chat text, recorded from the Java PTBTokenizer (helper 213): URLs, e-mail addresses, @names, #hashtags, c++ /
+# c# / US$, smileys, runs of * # @ _, SGML tags and words joined by . ! ? with no space are single tokens there;
+# all of them were split ("http / / x.com", "@ user", ":)" -> "-rrb-", "* *", "< br >", "hi there").
+PTB_WEB_CASES = [
+    ("see http://x.com/a?b=1, www.my-site.co.uk and x.com/path.",
+     "see http://x.com/a?b=1 www.my-site.co.uk and x.com/path"),
+    ("mail a.b@c.com or cat@home, @user and #hashtag #1", "mail a.b@c.com or cat@home, @user and #hashtag # 1"),
+    ("c++ and c# and f# code, US$5 and $5", "c++ and c# and f# code us$ 5 and $ 5"),
+    ("so cute :) ;-) :D :( =] :P x:)", "so cute :-rrb- ;--rrb- :d :-lrb- =] :p x :-rrb-"),
+    ("**bold** ## @@ _under_ a_b __init__", "** bold ** ## @@ _ under _ a_b __ init __"),
+    ("<br> </p> <b> <3", "<br> </p> <b> < 3"),
+    ("hi!there what?yes a.b!c Yahoo! bed.it2", "hi!there what?yes a.b!c yahoo bed.it2"),
+    ("at 5 p.m.2 days, the p.m.corp and the U.S.in and field.min.",
+     "at 5 p.m. 2 days the p.m.corp and the u.s.in and field.min"),
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), PTB_WEB_CASES)
+def test_tokenize_caption_web_text_as_ptb(caption, ptb):
     assert tokenize_caption(caption) == ptb
 
