@@ -298,22 +298,24 @@ _WEB = (
     r"|<?[a-z0-9][^\s\"<>|(){}]*@(?:[^\s\"<>|(){}.]+\.)*[^\s\"<>|(){}.]+>?"
     rf"|c\+\+|[cf]#|@[a-z_][a-z_0-9]*|#(?:[^\W\d_]|[{_MARKS}])+"
     r"|(?-i:[<>]?[:;=][-o*']?[()DPdpO\\{@|\[\]])(?![a-z0-9])"
+    r"|(?-i:[-^=~<>']_[-^=~<>']|\([-^x=~<>'][_.]?[-^x=~<>']\)|\([\^x=~<>']-[\^x=~<>'`]\))"   # ^_^ (^_^) (-.-)
 )
+_KEEP_PERIOD = r"(?:\.(?=[,;:\u3001]))?"   # a word keeps a period that a comma, semicolon or colon follows
 _PTB_TOKEN = re.compile(
     rf"{_WEB}|n't(?![a-z])|{_REDAUX}(?![a-z])|{_APOSTROPHE_WORDS}"   # clitics and the apostrophe words above
     rf"|[a-z]*[a-mo-z](?=n't)|[^\W\d_][^\W_]*(?={_REDAUX})"   # the word before a clitic ("do n't", "it 's")
     r"|y'(?=[^\W\d_])|[ldj]'"                                # y'all -> y' all, j'adore -> j' adore
-    r"|[a-z0-9][a-z0-9.,]*(?:-(?:[a-z0-9]+|[a-z](?:\.[a-z])+\.))+"   # ASCII hyphenated: "3.5-inch", "u.s.-made"
+    rf"|[a-z0-9][a-z0-9.,]*(?:-(?:[a-z0-9]+|[a-z](?:\.[a-z])+\.))+{_KEEP_PERIOD}"   # ASCII: "3.5-inch", "u.s.-made"
     r"|(?:ed|ph)\.d\.|(?:[^\W\d_]\.){2,}(?![^\W\d_])"    # ph.d., u.s., e.g.
-    r"|[^\W\d_][^\W_]*(?:[.!?][^\W\d_][^\W_]*)+"        # no space after . ! ?: "bed.it", "u.s.a", "hi!there"
+    rf"|[^\W\d_][^\W_]*(?:[.!?][^\W\d_][^\W_]*)+{_KEEP_PERIOD}"   # no space after . ! ?: "bed.it", "hi!there"
     rf"|(?<![\w'.-])[a-z](?=\.\s+(?:{_SENTENCE_STARTS})(?!\S))"
     rf"|(?<![\w'.-])(?:(?:{_ABBREVIATIONS})|(?-i:{_CAPITALISED_ABBREVIATIONS}))\.(?!\w)"
     rf"|(?<![\w'.-])(?:{_NUMBER_ABBREVIATIONS})\.(?=\s*\d)"
     r"|(?<!-)(?:[-+]?\d+(?:[.:,]\d+)+|[-+]\d+|[-+]?(?<!\.\.)(?:[.:,]\d+)+)"   # "10:30", "-5", ".5"; "v1.2": "v1 .2"
-    r"|(?-i:S&P-500|S&Ls|[A-Z]+(?:&[A-Z]+)+)"               # capitals joined by & ("B&W", "AT&T"); "b&w" splits
+    rf"|(?-i:S&P-500|S&Ls|[A-Z]+(?:&[A-Z]+)+){_KEEP_PERIOD}"   # capitals joined by & ("B&W", "AT&T"); "b&w" splits
     r"|&(?:ht|tl|ur|lr|qc|ql|qr|odq|cdq|#\d+);"               # entities PTB keeps as they are ("&#39;")
     r"|(?-i:[A-Z]+)\$"                                          # "US$"
-    rf"|(?:[^\W_]|[{_MARKS}])+(?:[-/_\u2010\u2011](?:[^\W_]|[{_MARKS}])+)*"   # words, with inner hyphens and slashes
+    rf"|(?:[^\W_]|[{_MARKS}])+(?:[-/_\u2010\u2011](?:[^\W_]|[{_MARKS}])+)*{_KEEP_PERIOD}"   # words, inner hyphens
     r"|[!?]{2,}|@+|#+|_+|\*+"                                 # runs ("!" and "?" alone are dropped by the filter)
     r"|[^\w\s.,:;?!'\"`\u2010\u2011-]",                     # a symbol PTB keeps as a token (& % $ # @ + = brackets)
     re.I,

@@ -189,7 +189,7 @@ def test_tokenize_caption_against_the_live_ptb_tokenizer():
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     cases = (PTB_CASES + PTB_AMPERSAND_CASES + PTB_APOSTROPHE_CASES + PTB_NUMBER_CASES + PTB_SYMBOL_CASES
-             + PTB_MARK_CASES + PTB_LETTER_PERIOD_CASES + PTB_WEB_CASES)
+             + PTB_MARK_CASES + PTB_LETTER_PERIOD_CASES + PTB_WEB_CASES + PTB_SMILEY_AND_PERIOD_CASES)
     out = PTBTokenizer().tokenize({i: [{"caption": c}] for i, (c, _) in enumerate(cases)})
     assert [out[i][0] for i in range(len(cases))] == [ptb for _, ptb in cases]   # the recorded outputs still hold
     assert [tokenize_caption(c) for c, _ in cases] == [ptb for _, ptb in cases]
@@ -362,5 +362,20 @@ PTB_WEB_CASES = [
 
 @pytest.mark.parametrize(("caption", "ptb"), PTB_WEB_CASES)
 def test_tokenize_caption_web_text_as_ptb(caption, ptb):
+    assert tokenize_caption(caption) == ptb
+
+
+# Two more PTB rules, recorded from the Java PTBTokenizer (helper 213): Asian smileys are single tokens (they were split
+# into "^ _ ^"), and a word keeps a period that a comma, semicolon or colon follows ("watch.," is "watch.").
+PTB_SMILEY_AND_PERIOD_CASES = [
+    ("so happy ^_^ and -_- and >_< or (^_^) (-.-) (^^) and (^-^) x_x x_xy ^_^a",
+     "so happy ^_^ and -_- and >_< or -lrb-^_^-rrb- -lrb--.--rrb- -lrb-^^-rrb- and -lrb-^-^-rrb- x_x x_xy ^_^ a"),
+    ("others watch., a dog.; the end.: 5., a well-known.; AT&T., x.y.,",
+     "others watch. a dog. the end. 5. a well-known. at&t. x.y."),
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), PTB_SMILEY_AND_PERIOD_CASES)
+def test_tokenize_caption_smileys_and_kept_periods_as_ptb(caption, ptb):
     assert tokenize_caption(caption) == ptb
 
