@@ -245,8 +245,8 @@ def retrieval_recall(similarity: Any, text_to_image: Any, ks: Sequence[int] = (1
 # "1,000"; "5:00pm" is "5:00 pm", "v1.2" is "v1 .2"), as is a number's sign ("-5", "+1"); PTB's apostrophe words
 # kept ("o'clock", "ne'er", "'80s", "rock 'n' roll", "'cause"), other apostrophes inside a word split it ("6'2" is
 # "6 2"); dotted abbreviations ("u.s.", "ph.d.") and CoreNLP's abbreviations with their period ("st.", "dr.",
-# "etc.", a single letter; "No." only before a number; "Wash." only capitalised -- the lists below are what the
-# Java tokenizer keeps, probed word by word); "&" kept between capitals ("B&W", "AT&T") and split elsewhere
+# "etc.", a single ASCII letter; "No." only before a number; "Wash." only capitalised -- the lists below are what
+# the Java tokenizer keeps, probed word by word); "&" kept between capitals ("B&W", "AT&T") and split elsewhere
 # ("b & w", "rock & roll"); other symbols kept as tokens ("&", "%", "$"), brackets spelled as PTB spells them
 # (lowercased, they escape pycocoevalcap's filter: "-lrb-"); words joined by a period with no space after it
 # kept whole ("bed.it", "mt.everest"), as is a number's leading period (".5"); the PTB punctuation tokens
@@ -258,7 +258,7 @@ _ABBREVIATIONS = (
     "|mrs?|ms|drs?|profs?|sens?|reps?|attys?|lt|col|gen|messrs|govs?|adm|rev|maj|sgt|cpl|pvt|mt|capt|ste?|ave"
     "|pres|lieut|hon|brig|co?mdr|pfc|spc|supts?|det|jr|sr|bros|blvd|rd|esq"             # titles, addresses
     "|inc|cos?|corp|pt(?-i:y)s?|ltd|plc|rt|bancorp|dept|bhd|assn|univ|intl|sys|invt|elec|natl|m(?-i:[ft])g"
-    "|ph|tel|est|ext|sq|ft|etc|al|seq|vs|alex|wm|jos|cie|cf|treas|[^\\W\\d_]"          # and a single letter
+    "|ph|tel|est|ext|sq|ft|etc|al|seq|vs|alex|wm|jos|cie|cf|treas|(?-i:[A-Za-z])"     # and an ASCII letter
 )
 _CAPITALISED_ABBREVIATIONS = "A(?i:rk)|D(?i:el)|I(?i:ll)|L(?i:a)|M(?i:ass|iss)|O(?i:re)|P(?i:a)|T(?i:ex)|W(?i:ash)"
 _NUMBER_ABBREVIATIONS = "nos?|prop|figs?|pp|op|ca"   # kept only before a number ("no. 5"; "says no." is "no")
@@ -306,7 +306,7 @@ _PTB_TOKEN = re.compile(
     rf"|[a-z]*[a-mo-z](?=n't)|[^\W\d_][^\W_]*(?={_REDAUX})"   # the word before a clitic ("do n't", "it 's")
     r"|y'(?=[^\W\d_])|[ldj]'"                                # y'all -> y' all, j'adore -> j' adore
     rf"|[a-z0-9][a-z0-9.,]*(?:-(?:[a-z0-9]+|[a-z](?:\.[a-z])+\.))+{_KEEP_PERIOD}"   # ASCII: "3.5-inch", "u.s.-made"
-    r"|(?:ed|ph)\.d\.|(?:[^\W\d_]\.){2,}(?![^\W\d_])"    # ph.d., u.s., e.g.
+    r"|(?:ed|ph)\.d\.|(?-i:[A-Za-z]\.){2,}(?![^\W\d_])"    # ph.d., u.s., e.g. (ASCII letters, as in PTB)
     rf"|[^\W\d_][^\W_]*(?:[.!?][^\W\d_][^\W_]*)+{_KEEP_PERIOD}"   # no space after . ! ?: "bed.it", "hi!there"
     rf"|(?<![\w'.-])[a-z](?=\.\s+(?:{_SENTENCE_STARTS})(?!\S))"
     rf"|(?<![\w'.-])(?:(?:{_ABBREVIATIONS})|(?-i:{_CAPITALISED_ABBREVIATIONS}))\.(?!\w)"

@@ -189,7 +189,8 @@ def test_tokenize_caption_against_the_live_ptb_tokenizer():
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     cases = (PTB_CASES + PTB_AMPERSAND_CASES + PTB_APOSTROPHE_CASES + PTB_NUMBER_CASES + PTB_SYMBOL_CASES
-             + PTB_MARK_CASES + PTB_LETTER_PERIOD_CASES + PTB_WEB_CASES + PTB_SMILEY_AND_PERIOD_CASES)
+             + PTB_MARK_CASES + PTB_LETTER_PERIOD_CASES + PTB_ASCII_LETTER_CASES + PTB_WEB_CASES
+             + PTB_SMILEY_AND_PERIOD_CASES)
     out = PTBTokenizer().tokenize({i: [{"caption": c}] for i, (c, _) in enumerate(cases)})
     assert [out[i][0] for i in range(len(cases))] == [ptb for _, ptb in cases]   # the recorded outputs still hold
     assert [tokenize_caption(c) for c, _ in cases] == [ptb for _, ptb in cases]
@@ -336,6 +337,17 @@ PTB_LETTER_PERIOD_CASES = [
     ("John F. Kennedy and Mr. T. He", "john f. kennedy and mr. t he"),
     ("A. A STOP SIGN", "a a stop sign"),
 ]
+
+# Only an ASCII letter keeps its period (PTB's ACRO is [A-Za-z]); "ï." and "é.g." kept it (helper 213, from Java).
+PTB_ASCII_LETTER_CASES = [
+    ("the ï. and µ. or ß. or π. and é.g. and x. ok", "the ï and µ or ß or π and é.g and x. ok"),
+    ("the Ï. dog and ï.x and A.B. c", "the ï dog and ï.x and a.b. c"),
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), PTB_ASCII_LETTER_CASES)
+def test_tokenize_caption_only_ascii_letters_keep_their_period(caption, ptb):
+    assert tokenize_caption(caption) == ptb
 
 
 @pytest.mark.parametrize(("caption", "ptb"), PTB_LETTER_PERIOD_CASES)
