@@ -256,12 +256,13 @@ _ABBREVIATIONS = (
     "|ala|ariz|calif|colo|conn|ct|dak|fla|ga|ind|kans?|ky|md|mich|minn|mo|mont|neb|nev|okla|penn|tenn|va|vt"
     "|wisc?|wyo"                                                                          # states
     "|mrs?|ms|drs?|profs?|sens?|reps?|attys?|lt|col|gen|messrs|govs?|adm|rev|maj|sgt|cpl|pvt|mt|capt|ste?|ave"
-    "|pres|lieut|hon|brig|co?mdr|pfc|spc|supts?|det|jr|sr|bros|blvd|rd|esq"             # titles, addresses
-    "|inc|cos?|corp|pt(?-i:y)s?|ltd|plc|rt|bancorp|dept|bhd|assn|univ|intl|sys|invt|elec|natl|m(?-i:[ft])g"
+    "|pres|lieut|hon|brig|co?mdr|pfc|spc|supts?|det|adj|adv|asst|assoc|ens|insp|mlle|mme|msgr|sfc"   # titles
+    "|jr|sr|bros|blvd|rd|esq|bldg"                                                        # addresses
+    "|inc|cos?|corp|p?pt(?-i:[ye])s?|ltd|plc|rt|bancorp|dept|bhd|assn|univ|intl|sys|invt|elec|natl|m(?-i:[ft])g"
     "|ph|tel|est|ext|sq|ft|etc|al|seq|vs|alex|wm|jos|cie|cf|treas|(?-i:[A-Za-z])"     # and an ASCII letter
 )
-_CAPITALISED_ABBREVIATIONS = "A(?i:rk)|D(?i:el)|I(?i:ll)|L(?i:a)|M(?i:ass|iss)|O(?i:re)|P(?i:a)|T(?i:ex)|W(?i:ash)"
-_NUMBER_ABBREVIATIONS = "nos?|prop|figs?|pp|op|ca"   # kept only before a number ("no. 5"; "says no." is "no")
+_CAPITALISED_ABBREVIATIONS = "A(?i:rk|z)|D(?i:el)|I(?i:ll)|L(?i:a)|M(?i:ass|iss)|O(?i:re)|P(?i:a)|T(?i:ex)|W(?i:ash)"
+_NUMBER_ABBREVIATIONS = "nos?|prop|figs?|pp|op|ca|art"   # kept only before a number ("no. 5"; "says no." is "no")
 # A single letter's period goes when a capitalised word of this list follows it, as PTB reads it as a sentence end
 # ("plan B. The dog" is "plan b the dog"; "plan B. the dog" keeps "b.").
 _SENTENCE_STARTS = "|".join(f"(?-i:{w[0]}){re.escape(w[1:])}" for w in (
