@@ -1,0 +1,137 @@
+"""Caption tokens as pycocoevalcap's PTB tokenizer leaves them: :func:`tokenize_caption`, a pure-Python rendering of
+the Stanford PTB tokenizer (CoreNLP 3.4.1) that pycocoevalcap runs through Java, so that CIDEr and BLEU
+(:func:`mtl_lora_vl.metrics.caption_scores`) need no Java. What still differs: docs/dependencies.md."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import unicodedata
+
+__all__ = ["tokenize_caption"]
+
+# Tokens as pycocoevalcap's PTB tokenizer (Stanford CoreNLP 3.4.1, lowercased) leaves them once it has dropped its
+# punctuation tokens: clitics split off ("do n't", "man 's"), as are "cannot" and the like ("can not", "gon na");
+# hyphens and slashes inside a word and [.:,] between digits kept ("black-and-white", "and/or", "3.5", "10:30",
+# "1,000"; "5:00pm" is "5:00 pm", "v1.2" is "v1 .2"), as is a number's sign ("-5", "+1"); PTB's apostrophe words
+# kept ("o'clock", "ne'er", "'80s", "rock 'n' roll", "'cause"), other apostrophes inside a word split it ("6'2" is
+# "6 2"); dotted abbreviations ("u.s.", "ph.d.") and CoreNLP's abbreviations with their period ("st.", "dr.",
+# "etc.", a single ASCII letter; "No." only before a number; "Wash." only capitalised -- the lists below are what
+# the Java tokenizer keeps, probed word by word); "&" kept between capitals ("B&W", "AT&T") and split elsewhere
+# ("b & w", "rock & roll"); other symbols kept as tokens ("&", "%", "$"), brackets spelled as PTB spells them
+# (lowercased, they escape pycocoevalcap's filter: "-lrb-"); words joined by a period with no space after it
+# kept whole ("bed.it", "mt.everest"), as is a number's leading period (".5"); the PTB punctuation tokens
+# (. , : ; ? ! - -- ... "…" and quotes) dropped, runs such as "!!" kept.
+_ABBREVIATIONS = (
+    "jan|feb|mar|apr|jun|jul|aug|sept?|oct|nov|dec|mon|tues?|wed|thu(?:rs)?|fri"        # months, days
+    "|ala|ariz|calif|colo|conn|ct|dak|fla|ga|ind|kans?|ky|md|mich|minn|mo|mont|neb|nev|okla|penn|tenn|va|vt"
+    "|wisc?|wyo"                                                                          # states
+    "|mrs?|ms|drs?|profs?|sens?|reps?|attys?|lt|col|gen|messrs|govs?|adm|rev|maj|sgt|cpl|pvt|mt|capt|ste?|ave"
+    "|pres|lieut|hon|brig|co?mdr|pfc|spc|supts?|det|adj|adv|asst|assoc|ens|insp|mlle|mme|msgr|sfc"   # titles
+    "|jr|sr|bros|blvd|rd|esq|bldg"                                                        # addresses
+    "|inc|cos?|corp|p?pt(?-i:[ye])s?|ltd|plc|rt|bancorp|dept|bhd|assn|univ|intl|sys|invt|elec|natl|m(?-i:[ft])g"
+    "|ph|tel|est|ext|sq|ft|etc|al|seq|vs|alex|wm|jos|cie|cf|treas|(?-i:[A-Za-z])"     # and an ASCII letter
+)
+_CAPITALISED_ABBREVIATIONS = "A(?i:rk|z)|D(?i:el)|I(?i:ll)|L(?i:a)|M(?i:ass|iss)|O(?i:re)|P(?i:a)|T(?i:ex)|W(?i:ash)"
+_NUMBER_ABBREVIATIONS = "nos?|prop|figs?|pp|op|ca|art"   # kept only before a number ("no. 5"; "says no." is "no")
+# A single letter's period goes when a capitalised word of this list follows it, as PTB reads it as a sentence end
+# ("plan B. The dog" is "plan b the dog"; "plan B. the dog" keeps "b.").
+_SENTENCE_STARTS = "|".join(f"(?-i:{w[0]}){re.escape(w[1:])}" for w in (
+    "About According Additionally After An A As At But Earlier He Her Here However If In It Last Many More Mr. Ms. Now"
+    " Once One Other Our She Since So Some Such That The Their Then There These They This We When While What Yet You"
+).split())
+# Apostrophe words PTB keeps whole (its APOWORD and THING rules); any other apostrophe inside a word splits it and
+# is dropped ("6'2" -> "6 2", "gov't" -> "gov t", "y'all" -> "y' all"). A clitic ('s 're 've 'll 'd 'm) or n't
+# always splits off the word before it; it is a token of its own unless a letter follows ("it'sa" -> "it sa").
+_REDAUX = "'(?:[sdm]|re|ve|ll)"
+_NOT_REDAUX = r"(?!(?:[sdm]|re|ve|ll)(?![\w-]))"   # where the clitic rule ties with a longer one, the clitic wins
+_APOSTROPHE_WORDS = (
+    r"cont'd\.|nor'easter|c'mon|e'er|s'mores|ev'ry|li'l|nat'l|cap'n|c'est|(?-i:O)'o"
+    rf"|(?:dunkin|somethin|ol)'{_NOT_REDAUX}"
+    rf"|[dol]'{_NOT_REDAUX}[^\W_]{{2,}}(?:[-_](?:[dol]')?[^\W_]+)*"       # o'clock, d'oh, l'oreal, o'neil
+    rf"|(?-i:[A-HJ-XZn])'{_NOT_REDAUX}[^\W\d_]{{2,}}"                    # O'Neil, B'nai, n'ts ("do n'ts")
+    rf"|[^\W\d_]+(?-i:[aeiouyAEIOUY])'{_NOT_REDAUX}(?-i:[aeiouA-Z])[^\W\d_]*"   # ne'er, Hawai'i
+    r"|'(?:em|till?|cause|[2-9]0s|n'|n(?![a-z]))|'t(?=is|was)|'\d\d(?!\S)"   # 'em, 'n', '80s, 'tis, '08
+)
+# Combining marks stay inside their word, as in PTB ("e\u0301", Devanagari and Thai vowel signs); \w lacks them.
+_MARK_CODES = [c for c in range(0x300, 0x10000) if unicodedata.category(chr(c))[0] == "M"]
+_MARKS = "".join(f"{chr(run[0][1])}-{chr(run[-1][1])}" for run in (   # as ranges of consecutive code points
+    list(r) for _, r in itertools.groupby(enumerate(_MARK_CODES), key=lambda p: p[1] - p[0])))
+_ASSIMILATION = re.compile(r"(?<![\w-])(can(?=not(?![\w-]))|gon(?=na(?![\w-]))|got(?=ta(?![\w-]))|wan(?=na(?![\w-]))"
+                           r"|lem(?=me(?![\w-]))|gim(?=me(?![\w-])))", re.I)   # whole words ("wanna-be" stays)
+# Web and chat tokens PTB keeps whole: SGML tags, URLs (its FULLURL and LIKELYURL), e-mail addresses, @names,
+# #hashtags, smileys (its parentheses spelled -lrb- -rrb-).
+_WEB = (
+    r"<(?:[!?][a-z-][^>\r\n]*|/[a-z][a-z0-9_:.-]*"
+    r"|[a-z][a-z0-9_:.-]*(?: +[a-z][a-z0-9_:.-]*(?: *= *(?:'[^']*'|\"[^\"]*\"))?)* */?) *>"
+    r"|https?://[^\s\"<>|(){}]+[^\s\"<>|.!?(){},-]"
+    r"|(?:www\.(?:[^\s\"<>|.!?(){},]+\.)+[a-z]{2,4}|(?-i:(?:[^\s\"`'<>|.!?(){}$\x2c-\x5f]+\.)+)(?:com|net|org|edu))"
+    r"(?:/[^\s\"<>|()]+[^\s\"<>|.!?(){},-])?"
+    r"|<?[a-z0-9][^\s\"<>|(){}]*@(?:[^\s\"<>|(){}.]+\.)*[^\s\"<>|(){}.]+>?"
+    rf"|c\+\+|[cf]#|@[a-z_][a-z_0-9]*|#(?:[^\W\d_]|[{_MARKS}])+"
+    r"|(?-i:[<>]?[:;=][-o*']?[()DPdpO\\{@|\[\]])(?![a-z0-9])"
+    r"|(?-i:[-^=~<>']_[-^=~<>']|\([-^x=~<>'][_.]?[-^x=~<>']\)|\([\^x=~<>']-[\^x=~<>'`]\))"   # ^_^ (^_^) (-.-)
+)
+_KEEP_PERIOD = r"(?:\.(?=[,;:\u3001]))?"   # a word keeps a period that a comma, semicolon or colon follows
+_PTB_TOKEN = re.compile(
+    rf"{_WEB}|n't(?![a-z])|{_REDAUX}(?![a-z])|{_APOSTROPHE_WORDS}"   # clitics and the apostrophe words above
+    rf"|[a-z]*[a-mo-z](?=n't)|[^\W\d_][^\W_]*(?={_REDAUX})"   # the word before a clitic ("do n't", "it 's")
+    r"|y'(?=[^\W\d_])|[ldj]'"                                # y'all -> y' all, j'adore -> j' adore
+    rf"|[a-z0-9][a-z0-9.,]*(?:-(?:[a-z0-9]+|[a-z](?:\.[a-z])+\.))+{_KEEP_PERIOD}"   # ASCII: "3.5-inch", "u.s.-made"
+    r"|(?:ed|ph)\.d\.|(?-i:[A-Za-z]\.){2,}(?![^\W\d_])"    # ph.d., u.s., e.g. (ASCII letters, as in PTB)
+    rf"|[^\W\d_][^\W_]*(?:[.!?][^\W\d_][^\W_]*)+{_KEEP_PERIOD}"   # no space after . ! ?: "bed.it", "hi!there"
+    rf"|(?<![\w'.-])[a-z](?=\.\s+(?:{_SENTENCE_STARTS})(?!\S))"
+    rf"|(?<![\w'.-])(?:(?:{_ABBREVIATIONS})|(?-i:{_CAPITALISED_ABBREVIATIONS}))\.(?!\w)"
+    rf"|(?<![\w'.-])(?:{_NUMBER_ABBREVIATIONS})\.(?=\s*\d)"
+    r"|(?<!-)(?:[-+]?\d+(?:[.:,]\d+)+|[-+]\d+|[-+]?(?<!\.\.)(?:[.:,]\d+)+)"   # "10:30", "-5", ".5"; "v1.2": "v1 .2"
+    rf"|(?-i:S&P-500|S&Ls|[A-Z]+(?:&[A-Z]+)+){_KEEP_PERIOD}"   # capitals joined by & ("B&W", "AT&T"); "b&w" splits
+    r"|&(?:ht|tl|ur|lr|qc|ql|qr|odq|cdq|#\d+);"               # entities PTB keeps as they are ("&#39;")
+    r"|(?-i:[A-Z]+)\$"                                          # "US$"
+    rf"|(?:[^\W_]|[{_MARKS}])+(?:[-/_\u2010\u2011](?:[^\W_]|[{_MARKS}])+)*{_KEEP_PERIOD}"   # words, inner hyphens
+    r"|[!?]{2,}|@+|#+|_+|\*+"                                 # runs ("!" and "?" alone are dropped by the filter)
+    r"|[^\w\s.,:;?!'\"`\u2010\u2011-]",                     # a symbol PTB keeps as a token (& % $ # @ + = brackets)
+    re.I,
+)
+_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
+_PARENS = str.maketrans({"(": "-lrb-", ")": "-rrb-"})   # inside a smiley
+# Characters read as PTB reads them: ’ as an apostrophe ("man’s" -> "man 's"), other quotes and dashes as its quote
+# and dash tokens, which its filter drops; the currency signs and fractions it rewrites, as it rewrites them
+# ("€5" -> "$ 5", "25¢" -> "25 cents", "½" -> "1/2"); other fractions, super- and subscript digits and circled
+# numbers as tokens of their own ("m²" -> "m ²"); the HTML entities it decodes. A soft hyphen vanishes.
+_TYPOGRAPHIC = str.maketrans({
+    "‘": "'", "’": "'", "‛": "'", "\x91": "'", "\x92": "'", "“": '"', "”": '"', "«": '"', "»": '"', "‹": '"', "›": '"',
+    "\x93": '"', "\x94": '"', "–": " - ", "—": " - ", "―": " - ", "\x96": " - ", "\x97": " - ", "…": " ... ",
+    "¢": " cents ", "£": " # ", "€": " $ ", "¤": " $ ", "₠": " $ ", "\x80": " $ ", "\xad": "",
+    "¼": " 1/4 ", "½": " 1/2 ", "¾": " 3/4 ", "⅓": " 1/3 ", "⅔": " 2/3 ",
+})
+_OWN_TOKEN = re.compile("[\u2155-\u215e\u2460-\u24ff\u2776-\u2793]"
+                        "|[\u207a\u207b\u208a\u208b]?(?:[\u2070\u00b9\u00b2\u00b3\u2074-\u2079]+|[\u2080-\u2089]+)")
+_ENTITY = re.compile("&(amp|lt|gt|quot|apos|nbsp|md|mdash|ndash);", re.I)
+_ENTITIES = {"amp": "&", "lt": " < ", "gt": " > ", "quot": '"', "apos": "'", "nbsp": " ", "md": " - ", "mdash": " - ",
+             "ndash": " - "}
+# Characters the Java tokenizer cannot tokenize and deletes (they still separate tokens): every one outside the
+# Basic Multilingual Plane (emoji among them), format and private-use characters, variation selectors, C1
+# controls, and the punctuation, currency signs and number forms it does not know (checked character by
+# character against it in the Latin, general punctuation, currency, number-form, CJK punctuation and
+# half/full-width blocks; the punctuation of other scripts is not covered).
+_PTB_DELETES = re.compile(
+    "[\x7f\x81-\x84\x86-\x90\x95\x98-\x9f\u200b-\u200f\u2012\u2024\u2025\u2027-\u202e\u203c\u203d\u2043"
+    "\u2045-\u205e\u2060-\u206f\u20a1-\u20a3\u20a5-\u20ab\u20ad-\u20c0\u2150-\u2152\u215f-\u2182\u2185-\u218b"
+    "\u3003\u3004\u3007-\u3011\u3013-\u3030\u3036-\u303a\u303d-\u303f\ue000-\uf8ff\ufe00-\ufe6b\ufeff\uffe2-\uffe4"
+    "\uffe8-\uffee\ufff9-\ufffd\U00010000-\U0010ffff]"
+)
+
+
+def tokenize_caption(text: str) -> str:
+    """Lowercase and tokenise a caption as pycocoevalcap's PTB tokenizer does, punctuation tokens dropped.
+
+    A pure-Python rendering of the Stanford PTB tokenizer (CoreNLP 3.4.1) that pycocoevalcap runs through
+    Java (the rules are listed above; the tests compare with the Java tokenizer's output on captions that
+    exercise each rule). What still differs is listed in docs/dependencies.md ("Captioning metrics without
+    pycocoevalcap"). Returns the tokens joined by single spaces.
+    """
+    text = _ENTITY.sub(lambda m: _ENTITIES[m[1].lower()], text).translate(_TYPOGRAPHIC)
+    text = _OWN_TOKEN.sub(r" \g<0> ", _PTB_DELETES.sub(" ", text))
+    text = _ASSIMILATION.sub(r"\1 ", text)
+    tokens = (t.lower() for t in _PTB_TOKEN.findall(text))
+    return " ".join(_BRACKETS.get(tok) or (tok.translate(_PARENS) if tok[-1] in "()" else tok) for tok in tokens)
