@@ -300,6 +300,7 @@ class Router:
                     "Route.from_ids(ids) or Route.from_segments(segments), or pass the ids themselves. To run "
                     "the base model without adapters, use `with mtl_lora_vl.disabled(model):`"
                 )
+            _check_tiling(tasks)
             self._check_host(tasks.present)
             return tasks
         if isinstance(tasks, str):
@@ -381,6 +382,30 @@ class Router:
                 f"route: task id {bad} is out of range; ids must be in [0, {len(self.tasks) - 1}] "
                 f"for the tasks {self.tasks}"
             )
+
+
+def _check_tiling(r: Route) -> None:
+    """RoutingError unless a Route (one built by hand too) is what ``from_segments`` makes: one task for any batch, or
+    segments that tile ``[0, batch_size)`` in order, all of ``task``'s when it is set (once per scope, never per layer).
+    A gap left its rows unadapted, silently."""
+    if r.batch_size is None and not r.segments:
+        return
+    pos, why = 0, None
+    for t, a, b in r.segments:
+        if a != pos or b <= a:
+            why = f"its segments do not tile the batch in order without gaps, overlaps or empty runs ({a} after {pos})"
+            break
+        if r.task is not None and t != r.task:
+            why = f"it says every row is task {r.task} but a segment is task {t}"
+            break
+        pos = b
+    if why is None and r.batch_size is None:
+        why = "it has segments but no batch_size"
+    elif why is None and pos != r.batch_size:
+        why = f"its segments cover {pos} of its batch_size {r.batch_size} rows (they must tile the batch)"
+    if why is not None:
+        raise RoutingError(f"route: {r!r} cannot route a batch: {why}; build routes with Route.from_ids(ids) or "
+                           "Route.from_segments(segments)")
 
 
 def check_module(model: object, what: str = "the model") -> None:
