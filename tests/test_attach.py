@@ -807,3 +807,23 @@ def test_add_task_zeroes_the_gradient_of_every_old_task_row():
         g = getattr(bank, name).grad
         assert torch.count_nonzero(g[:2]) == 0, name
         assert torch.count_nonzero(g[2]) > 0, name
+
+
+class _ScaledLinear(nn.Linear):
+    """An nn.Linear subclass whose forward computes something else than F.linear (as quantized or casting layers do)."""
+
+    def forward(self, x):
+        return super().forward(x) * 2.0
+
+
+def test_a_linear_subclass_with_its_own_forward_is_refused():
+    """The adapted layer computes F.linear(x, weight, bias) + ΔW x: it replaced such a layer's own forward, so the
+    model at init (B = 0) no longer gave the base model's outputs (here every output halved), silently."""
+    model = nn.Sequential(_ScaledLinear(4, 4), nn.Linear(4, 4))
+    with pytest.raises(mlv.AttachError, match=r"'0' is a _ScaledLinear.*own forward.*leave it out of the targets"):
+        mlv.attach(model, mlv.MTLLoRAConfig(tasks=["a"], r=2, targets={"image": [r"^\d$"]}))
+    assert type(model[0]) is _ScaledLinear and all(p.requires_grad for p in model.parameters())
+    plain = nn.Sequential(nn.modules.linear.NonDynamicallyQuantizableLinear(4, 4))   # no forward of its own
+    mlv.attach(plain, mlv.MTLLoRAConfig(tasks=["a"], r=2, targets={"image": [r"^0$"]}))
+    timm_layers = pytest.importorskip("timm.layers")
+    mlv.attach(nn.Sequential(timm_layers.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a"], r=2, targets={"image": [r"^0$"]}))

@@ -155,9 +155,13 @@ def select_targets(model: nn.Module, cfg: MTLLoRAConfig,
     return chosen
 
 
+#: Forwards of nn.Linear subclasses that compute F.linear(x, weight, bias) (timm's casts only under TorchScript).
+_PLAIN_LINEAR_FORWARDS = ("timm.layers.linear.Linear.forward",)
+
+
 def _check_called(model: nn.Module, name: str, module: nn.Module) -> None:
     """Refuse a target whose owner uses its weights without calling it: an adapter there would never run
-    (and a merge would still fold its update in)."""
+    (and a merge would still fold its update in); and an nn.Linear subclass whose own forward the adapter replaces."""
     parts = name.split(".")
     owners = [(".".join(parts[:i]), model.get_submodule(".".join(parts[:i]))) for i in range(len(parts))]
     parent_name, parent = owners[-1]
@@ -168,6 +172,13 @@ def _check_called(model: nn.Module, name: str, module: nn.Module) -> None:
             f"the attention module itself (a pattern matching {parent_name!r}: adapters on its in- and output "
             "projections)"
         )
+    forward = type(module).forward
+    if isinstance(module, nn.Linear) and forward is not nn.Linear.forward and \
+            f"{forward.__module__}.{forward.__qualname__}" not in _PLAIN_LINEAR_FORWARDS:
+        raise AttachError(
+            f"target {name!r} is a {type(module).__name__}, an nn.Linear subclass with its own forward, which its "
+            "adapted layer would replace by F.linear(x, weight, bias) (changing the base model's outputs); leave it "
+            "out of the targets")
     layer = next(((n, m) for n, m in owners if isinstance(m, nn.TransformerEncoderLayer)), None)
     if layer is not None and torch.backends.mha.get_fastpath_enabled():
         raise AttachError(
