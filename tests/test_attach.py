@@ -827,3 +827,16 @@ def test_a_linear_subclass_with_its_own_forward_is_refused():
     mlv.attach(plain, mlv.MTLLoRAConfig(tasks=["a"], r=2, targets={"image": [r"^0$"]}))
     timm_layers = pytest.importorskip("timm.layers")
     mlv.attach(nn.Sequential(timm_layers.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a"], r=2, targets={"image": [r"^0$"]}))
+
+
+def test_hooks_on_a_replaced_layer_are_warned_about():
+    """attach replaces each target by a new module: a forward hook the user had put on the nn.Linear stopped firing,
+    silently (a feature extractor then read nothing, or stale values)."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    seen = []
+    model[0].register_forward_hook(lambda m, i, o: seen.append(o))
+    with pytest.warns(UserWarning, match=r"1 target\(s\) have hooks.*'0'.*register them again after attach"):
+        mlv.attach(model, mlv.MTLLoRAConfig(tasks=["a"], r=2, targets={"image": [r"^\d$"]}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a"], r=2, targets={"image": [r"^0$"]}))

@@ -155,6 +155,9 @@ def select_targets(model: nn.Module, cfg: MTLLoRAConfig,
     return chosen
 
 
+#: The hooks a module keeps (forward, forward pre-, backward), which a replacement module does not have.
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
 #: Forwards of nn.Linear subclasses that compute F.linear(x, weight, bias) (timm's casts only under TorchScript).
 _PLAIN_LINEAR_FORWARDS = ("timm.layers.linear.Linear.forward",)
 
@@ -245,6 +248,10 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
             bdim = found or 0
         new.train(module.training)   # a new module starts in train mode: an eval() model stays in eval
         built.append((names[id(module)], new, banks, tower, bdim))
+    hooked = [n for n, m, _, _ in chosen if any(getattr(m, h) for h in _HOOK_DICTS)]
+    if hooked:   # the replacement is a new module: hooks on the old one would stop firing, silently
+        warn_user(f"attach: {len(hooked)} target(s) have hooks registered on them (e.g. {hooked[0]!r}), which their "
+                  "adapted replacements do not run; register them again after attach, on the adapted modules")
     for p in model.parameters():
         p.requires_grad_(False)
     layers: dict[str, AdapterBank] = {}
