@@ -7,14 +7,17 @@ read images one way refuse the option. Tiny models from configs, CPU."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import test_llava_next
 import test_llava_onevision
+import torch
 from idefics3_tiny import _num2words, save_tiny_idefics3  # noqa: F401 (an autouse fixture)
 from qwen_tiny import save_tiny_qwen2vl
 
 import mtl_lora_vl.evaluation.evaluate as evaluate_module
+import mtl_lora_vl.training.checkpoint as checkpoint
 from mtl_lora_vl.backbones import BackboneError, load_backbone
 from mtl_lora_vl.cli import eval_main, train_main
 from mtl_lora_vl.io.pretrained import load_pretrained
@@ -89,7 +92,7 @@ def _recorded(run) -> tuple[str | None, str | None]:
     """The run's config.json image_reading and its adapter's base.image_reading."""
     config = json.loads((run / "config.json").read_text())
     base = json.loads((run / "adapter" / "mtl_lora_config.json").read_text())["base"]
-    return config["image_reading"], base.get("image_reading")
+    return config.get("image_reading"), base.get("image_reading")
 
 
 @pytest.fixture
@@ -150,3 +153,34 @@ def test_resume_keeps_the_runs_reading(square_run, capsys):
     assert "--image-reading 'native' (the run has 'square')" in capsys.readouterr().err
     assert train_main(["--resume", str(run), "-q"]) == 0   # finished: its final evaluation again, the adapter resaved
     assert _recorded(run) == ("square", "square")
+
+
+def test_an_extend_run_from_before_the_option_resumes_twice(square_run, tmp_path, monkeypatch, capsys):
+    """An --extend run whose config.json and checkpoint predate --image-reading (no image_reading key), resumed:
+    its checkpoints then recorded the adapter's reading while config.json kept none, so the next --resume was
+    refused with 'config.json was edited since the run's checkpoint: image_reading None (the checkpoint's:
+    'square')'."""
+    _, specs, run = square_run
+    save = checkpoint.save_checkpoint
+
+    def snapshot(state, run_dir):
+        path = save(state, run_dir)
+        if state["step"] == 1:
+            shutil.copytree(run_dir, tmp_path / "old")
+        return path
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", snapshot)
+    assert _train("--extend", str(run), "--tasks", specs[1], "--steps", "2", "--save-every", "1",
+                  "--out", str(tmp_path / "ext")) == 0
+    monkeypatch.undo()
+    old = tmp_path / "old"   # as a run started before the option wrote them
+    config = json.loads((old / "config.json").read_text())
+    del config["image_reading"]
+    (old / "config.json").write_text(json.dumps(config))
+    state = torch.load(old / "checkpoint.pt", weights_only=True)
+    del state["options"]["image_reading"]
+    torch.save(state, old / "checkpoint.pt")
+    capsys.readouterr()
+    assert train_main(["--resume", str(old), "-q"]) == 0   # steps 2..2, checkpointed
+    assert train_main(["--resume", str(old), "-q"]) == 0, capsys.readouterr().err   # finished: evaluated again
+    assert _recorded(old) == (None, "square")

@@ -202,7 +202,8 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
 def extended_options(opts: TrainOptions, setup: Setup, given: Collection[str] | None = None) -> TrainOptions:
     """An --extend run's options completed from the adapter it extends (``setup``, :func:`extend_setup`): the new
     tasks take its shape, base model, image area and image reading; another one asked for (``given``: as
-    :meth:`TrainOptions.check_extend_shape` takes it) is refused by name, as it would be ignored."""
+    :meth:`TrainOptions.check_extend_shape` takes it) is refused by name, as it would be ignored. A resumed run keeps the
+    image reading its config.json records (:func:`~mtl_lora_vl.rundir.check_options_unchanged` compares it)."""
     c = setup.config
     shape = dict(rank=c.r, alpha=c.alpha, n_up=c.n_up, temperature=c.temperature, dropout=c.dropout,
                  lambda_type=c.lambda_type, method=c.method,
@@ -219,6 +220,8 @@ def extended_options(opts: TrainOptions, setup: Setup, given: Collection[str] | 
                          f"{reading if reading else 'none: its backbone reads images one way only'}), so "
                          f"--image-reading {opts.image_reading} would be ignored; drop it (from the command line or "
                          "the --config file), or train a new run with all tasks read that way")
+    if opts.resume:   # as its config.json has it (none from before the option: its checkpoints must record none)
+        reading = opts.image_reading
     return replace(opts, backbone=setup.base["backbone"], pretrained=setup.base["pretrained"],
                    base_dtype=setup.base["base_dtype"], image_max_pixels=area, image_reading=reading, **shape)
 
