@@ -14,6 +14,7 @@ from test_qwen2vl_backbone import _pictures, _tiny_sized
 import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import load_backbone
 from mtl_lora_vl.backbones.qwen2_vl import Qwen2VLBackbone
+from mtl_lora_vl.io.layout import AdapterFileError
 from mtl_lora_vl.io.pretrained import load_pretrained
 
 
@@ -77,3 +78,14 @@ def test_a_peft_export_names_the_processors_max_pixels(folder, tmp_path, caplog)
     with caplog.at_level("WARNING"):
         out = mlv.export_lora(model, "a", tmp_path / "peft", format="peft")
     assert "max_pixels=2048" in (out / "README.md").read_text() and "max_pixels=2048" in caplog.text
+
+
+# Review 215 ---------------------------------------------------------------------------------------------------
+def test_another_familys_base_is_named_not_the_area(folder, tmp_path):
+    """A 2048-pixel Qwen2-VL adapter loaded with --backbone of another family: the recorded area was applied before
+    the family check, so the message was 'image_max_pixels 2048 (--image-max-pixels, ...) applies to backbones
+    that keep each image's own size ...: leave the option out' -- an option nobody gave -- not the family's."""
+    ad = _adapter(folder, tmp_path / "ad")
+    with pytest.raises(AdapterFileError, match=r"made for a model of family qwen2_vl .*--backbone 'builtin-llava'") as e:
+        load_pretrained(ad, heads=False, backbone="builtin-llava")
+    assert "--image-max-pixels" not in str(e.value)

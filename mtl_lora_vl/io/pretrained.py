@@ -80,7 +80,7 @@ def load_pretrained(
     bb = _base_backbone(path, doc, backbone, pretrained, device, base_dtype)
     with _overrides_named(doc, backbone, pretrained):
         check_base_class(bb.model, doc, path)  # a wrong --backbone is named as such, before the tasks are rebuilt
-    _read_images_as_trained(bb, (doc.get("base") or {}).get("image_reading"), path)   # (on the right family)
+    _read_images_as_trained(bb, doc.get("base") or {}, path)   # (on the right family)
 
     built: dict[str, nn.Module] = {}
     free: dict[str, nn.Module] = {}   # heads without tensors that the directory does not list
@@ -155,9 +155,8 @@ def _base_backbone(path: Path, doc: dict[str, Any], backbone: str | None, pretra
     weights = pretrained if pretrained is not None else base.get("pretrained")
     if base_dtype == "auto" and base.get("base_dtype"):   # checked when the adapter file was read
         base_dtype = base["base_dtype"]   # the run's explicit --base-dtype: its scores are reproduced on that dtype
-    try:
-        pixels = {"image_max_pixels": base["image_max_pixels"]} if base.get("image_max_pixels") else {}
-        bb = load_backbone(spec, weights, device=device, base_dtype=base_dtype, **pixels)   # as the run trained
+    try:   # (its image area once the family is checked: _read_images_as_trained)
+        bb = load_backbone(spec, weights, device=device, base_dtype=base_dtype)
     except (ValueError, FileNotFoundError, OSError) as e:
         given = backbone is not None and backbone != base.get("backbone")
         which = (f"given by --backbone (the adapter was trained on {base.get('backbone')!r})" if given
@@ -168,12 +167,24 @@ def _base_backbone(path: Path, doc: dict[str, Any], backbone: str | None, pretra
     return bb
 
 
-def _read_images_as_trained(bb: Backbone, reading: str | None, path: Path) -> None:
-    """Read images as the adapter's were (``base.image_reading``): each at its own aspect as the processor reads it
+def _read_images_as_trained(bb: Backbone, base: dict[str, Any], path: Path) -> None:
+    """Read images within the adapter's image area (``base.image_max_pixels``, Qwen2-VL's ``limit_pixels``) and as
+    the adapter's were read (``base.image_reading``): each at its own aspect as the processor reads it
     ("native"), squashed to one square ("square", ``native_aspect(False)``), or as the model's processor does
     ("processor": attached to a bare model; the backbone's default). An adapter that records none was saved before
     images were read at their own aspect: on squares, with a warning. A backbone that reads images one way
-    (Qwen2-VL: its native resolution, ``base.image_max_pixels``) has nothing to switch."""
+    (Qwen2-VL: its native resolution, within its area) has nothing to switch."""
+    area, reading = base.get("image_max_pixels"), base.get("image_reading")
+    if area:
+        limit = getattr(bb, "limit_pixels", None)
+        try:
+            if limit is None:
+                raise BackboneError(f"{bb.name} takes {bb.image_size}x{bb.image_size} images")
+            limit(int(area))
+        except BackboneError as e:
+            raise AdapterFileError(f"{path}: the adapter's images were read within {area} pixels "
+                                   f"(base.image_max_pixels), which this base model cannot read them within: {e}. "
+                                   "Load the base model the adapter was trained on") from None
     if not isinstance(bb, NativeImageReading):
         return
     if reading == "native" and not bb.needs_image_sizes:
