@@ -89,3 +89,25 @@ def test_another_familys_base_is_named_not_the_area(folder, tmp_path):
     with pytest.raises(AdapterFileError, match=r"made for a model of family qwen2_vl .*--backbone 'builtin-llava'") as e:
         load_pretrained(ad, heads=False, backbone="builtin-llava")
     assert "--image-max-pixels" not in str(e.value)
+
+
+def _area_warnings(model, adapter):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mlv.load_adapter(model, adapter)
+    return [str(w.message) for w in caught if "base.image_max_pixels" in str(w.message)]
+
+
+def test_the_area_warning_names_a_fix_that_exists_and_only_for_another_area(folder, tmp_path):
+    """A default-area adapter on a backbone loaded with image_max_pixels=2048 was told to 'load the backbone with
+    image_max_pixels=None'; an adapter trained with --image-max-pixels 200704 (448², the default) on a default
+    backbone was warned about although both read the same area."""
+    bb = load_backbone(f"hf:{folder}")
+    default = mlv.save_adapter(mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1)),
+                               tmp_path / "default", base={"backbone": f"hf:{folder}"})
+    said = _area_warnings(load_backbone(f"hf:{folder}", image_max_pixels=2048).model, default)
+    assert len(said) == 1 and "load the backbone without image_max_pixels" in said[0], said
+    assert "image_max_pixels=None" not in said[0] and "within the default 200704" in said[0]
+    explicit = _adapter(folder, tmp_path / "explicit", image_max_pixels=200704)
+    assert not _area_warnings(load_backbone(f"hf:{folder}").model, explicit)
+    assert not _area_warnings(load_backbone(f"hf:{folder}", image_max_pixels=200704).model, default)

@@ -40,23 +40,15 @@ from ..adapters.attach import attach
 from ..adapters.layers import ADAPTER_PARAM_NAMES
 from ..backbones import backbone_class
 from ..backbones.image_reading import NativeImageReading
+from ..backbones.qwen2_vl import Qwen2VLBackbone
 from ..backbones.spec import parse_spec
 from ..config import ConfigError, MTLLoRAConfig
 from ..families import family_named
 from ..log import warn_user
 from ..tasks.spec import SpecError, TaskSpec, load_spec
 from .atomic import atomic_dir, holds
-from .base_check import (
-    check_base,
-    check_heads,
-    check_tensors,
-    newer_package_hint,
-)
-from .identity import (
-    adapted_module,
-    expected_tensors,
-    model_identity,
-)
+from .base_check import check_base, check_heads, check_tensors, newer_package_hint
+from .identity import adapted_module, expected_tensors, model_identity
 from .layout import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -479,14 +471,15 @@ def _keep_reading(model: nn.Module, base: dict[str, Any], path: Path) -> None:
     (a save keeps it, a merged export's processor follows it); a backbone's model that reads otherwise is warned
     about."""
     recorded, area = base.get("image_reading"), base.get("image_max_pixels")
+    default = Qwen2VLBackbone.preferred_side ** 2   # (a backbone's area without image_max_pixels)
     if not hasattr(model, "_mtl_image_max_pixels"):   # (a Qwen2-VL backbone's model holds its own; None: the default)
         if area:
             model._mtl_image_max_pixels = area
-    elif model._mtl_image_max_pixels != area:
-        theirs, own = (f"{n} pixels" if n else "the default area" for n in (area, model._mtl_image_max_pixels))
+    elif (model._mtl_image_max_pixels or default) != (area or default):   # (448² given or left out: the same)
+        theirs, own = (f"{n} pixels" if n else f"the default {default}" for n in (area, model._mtl_image_max_pixels))
+        fix = f"with image_max_pixels={area}" if area else "without image_max_pixels"
         warn_user(f"{path}: the adapter's images were read within {theirs} (base.image_max_pixels), and this model's "
-                  f"backbone reads them within {own}; load the backbone with image_max_pixels={area} (load_pretrained "
-                  "does)")
+                  f"backbone reads them within {own}; load the backbone {fix} (load_pretrained does)")
     own = getattr(model, "_mtl_image_reading", None)
     if recorded not in ("native", "square"):
         return
