@@ -343,9 +343,10 @@ def unload(model: nn.Module, task: str | None = None) -> nn.Module:
     """Take the adapters out of ``model`` in place and return it as a plain instance of its own class.
 
     With ``task``, that task is merged into the weights first (PEFT's ``merge_and_unload``); without, the
-    exact base weights come back (PEFT's ``unload``). Each adapted ``nn.Linear`` becomes an ``nn.Linear``
-    again and each adapted ``nn.MultiheadAttention`` an ``nn.MultiheadAttention``, holding the same weight
-    tensors; base parameters keep ``requires_grad=False`` as ``attach`` left them.
+    exact base weights come back (PEFT's ``unload``), without the image reading / area ``load_adapter`` put on a
+    bare model (merged, they stay: its images are read as the task was trained). Each adapted ``nn.Linear``
+    becomes an ``nn.Linear`` again and each adapted ``nn.MultiheadAttention`` an ``nn.MultiheadAttention``,
+    holding the same weight tensors; base parameters keep ``requires_grad=False`` as ``attach`` left them.
     """
     inner = adapted_module(model)
     if task is not None:
@@ -369,6 +370,9 @@ def unload(model: nn.Module, task: str | None = None) -> nn.Module:
         hook.remove()
     del inner._mtl_lora
     uninstall_routed_generate(inner)
+    if task is None:   # the base as it was: the image reading / area load_adapter put on it go (a backbone's stay)
+        for name in inner.__dict__.pop("_mtl_loaded", ()):
+            inner.__dict__.pop(name, None)
     return model
 
 

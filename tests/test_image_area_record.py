@@ -16,6 +16,7 @@ from mtl_lora_vl.backbones import load_backbone
 from mtl_lora_vl.backbones.qwen2_vl import Qwen2VLBackbone
 from mtl_lora_vl.io.layout import AdapterFileError
 from mtl_lora_vl.io.pretrained import load_pretrained
+from mtl_lora_vl.mtl_lora_model import unload
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +112,26 @@ def test_the_area_warning_names_a_fix_that_exists_and_only_for_another_area(fold
     explicit = _adapter(folder, tmp_path / "explicit", image_max_pixels=200704)
     assert not _area_warnings(load_backbone(f"hf:{folder}").model, explicit)
     assert not _area_warnings(load_backbone(f"hf:{folder}", image_max_pixels=200704).model, default)
+
+
+def test_unload_takes_the_loaded_area_off_a_bare_model(folder, tmp_path):
+    """MTLLoRAModel.from_pretrained(bare Qwen2-VL, 2048-pixel adapter).unload(), then another adapter of the default
+    area loaded onto the same model: the 2048 stayed, so it was warned about as 'this model's backbone' (there is
+    none) and a save recorded image_max_pixels 2048 for the default-area adapter. A backbone's own area stays."""
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    ad = _adapter(folder, tmp_path / "ad", image_max_pixels=2048)
+    bb = load_backbone(f"hf:{folder}")
+    default = mlv.save_adapter(mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1)),
+                               tmp_path / "default", base={"backbone": f"hf:{folder}"})
+    bare = mlv.MTLLoRAModel.from_pretrained(Qwen2VLForConditionalGeneration.from_pretrained(str(folder)), ad).unload()
+    assert not _area_warnings(bare, default)
+    assert _area(mlv.save_adapter(bare, tmp_path / "again", base={"backbone": f"hf:{folder}"})) is None
+    merged = mlv.MTLLoRAModel.from_pretrained(Qwen2VLForConditionalGeneration.from_pretrained(str(folder)), ad)
+    assert merged.merge_and_unload("a")._mtl_image_max_pixels == 2048   # the merged task's pictures: within 2048
+    two = load_backbone(f"hf:{folder}", image_max_pixels=2048)
+    unload(mlv.load_adapter(two.model, ad))
+    assert two.model._mtl_image_max_pixels == 2048
+    made = mlv.load_adapter(Qwen2VLForConditionalGeneration.from_pretrained(str(folder)), ad)
+    Qwen2VLBackbone.from_model(made, AutoProcessor.from_pretrained(folder))   # the area is this backbone's now
+    assert unload(made)._mtl_image_max_pixels == 2048

@@ -21,6 +21,7 @@ from mtl_lora_vl.backbones import load_backbone
 from mtl_lora_vl.cli.export import export_main
 from mtl_lora_vl.io.layout import AdapterFileError
 from mtl_lora_vl.io.pretrained import load_pretrained
+from mtl_lora_vl.mtl_lora_model import unload
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +188,20 @@ def test_a_lora_export_of_a_square_adapter_says_how_its_images_were_read(folder,
     with caplog.at_level("WARNING"):
         mlv.export_lora(model, "a", tmp_path / "native", format="peft")
     assert "read on one square" not in caplog.text
+
+
+# Review 215 ---------------------------------------------------------------------------------------------------
+def test_unload_takes_the_loaded_reading_off_a_bare_model(next_folder, tmp_path):
+    """A square adapter loaded onto a bare LLaVA-NeXT, unloaded, then a native one loaded: the square stayed, so the
+    native adapter was warned about ('call backbone.native_aspect(True)', with no backbone) and a save recorded it
+    square."""
+    from transformers import LlavaNextForConditionalGeneration
+
+    sq = _square_adapter(next_folder, tmp_path / "sq")
+    native = _saved(next_folder, tmp_path / "native", native=True)
+    bare = unload(mlv.load_adapter(LlavaNextForConditionalGeneration.from_pretrained(str(next_folder)), sq))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mlv.load_adapter(bare, native, is_trainable=True)
+    assert not [w for w in caught if "native_aspect" in str(w.message)]
+    assert _reading(mlv.save_adapter(bare, tmp_path / "again", base={"backbone": f"hf:{next_folder}"})) == "native"

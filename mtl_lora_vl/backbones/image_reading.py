@@ -42,6 +42,7 @@ class NativeImageReading:
                        if on else self.square_resize)
         self._collators.clear()   # their layouts hold the geometry
         self.model._mtl_image_reading = "native" if on else "square"   # what save_adapter records
+        self.model.__dict__.get("_mtl_loaded", set()).discard("_mtl_image_reading")   # (unload keeps a backbone's)
 
     @property
     def layout(self) -> PromptLayout:

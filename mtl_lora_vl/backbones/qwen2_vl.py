@@ -137,6 +137,7 @@ class Qwen2VLBackbone(HFVLMBackbone):
         self.num_image_tokens = self._nominal_tokens()
         self._collators.clear()   # their layouts hold the image-token count
         self.model._mtl_image_max_pixels = max_pixels   # save_merged's cap for the merged processor (io/exports.py)
+        self.model.__dict__.get("_mtl_loaded", set()).discard("_mtl_image_max_pixels")   # (unload keeps a backbone's)
 
     @classmethod
     def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None) -> None:

@@ -466,6 +466,12 @@ def _processor_reading(family: str | None) -> str | None:
     return "processor" if cls is not None and issubclass(cls, NativeImageReading) else None
 
 
+def _set_loaded(model: nn.Module, name: str, value: Any) -> None:
+    """``model.<name> = value`` on a bare model, as the loaded adapter's: ``unload`` takes it off again."""
+    setattr(model, name, value)
+    model.__dict__.setdefault("_mtl_loaded", set()).add(name)
+
+
 def _keep_reading(model: nn.Module, base: dict[str, Any], path: Path) -> None:
     """After ``load_adapter``: a model no backbone set a reading (or Qwen2-VL's image area) on takes the recorded one
     (a save keeps it, a merged export's processor follows it); a backbone's model that reads otherwise is warned
@@ -474,7 +480,7 @@ def _keep_reading(model: nn.Module, base: dict[str, Any], path: Path) -> None:
     default = Qwen2VLBackbone.preferred_side ** 2   # (a backbone's area without image_max_pixels)
     if not hasattr(model, "_mtl_image_max_pixels"):   # (a Qwen2-VL backbone's model holds its own; None: the default)
         if area:
-            model._mtl_image_max_pixels = area
+            _set_loaded(model, "_mtl_image_max_pixels", area)
     elif (model._mtl_image_max_pixels or default) != (area or default):   # (448² given or left out: the same)
         theirs, own = (f"{n} pixels" if n else f"the default {default}" for n in (area, model._mtl_image_max_pixels))
         fix = f"with image_max_pixels={area}" if area else "without image_max_pixels"
@@ -484,7 +490,7 @@ def _keep_reading(model: nn.Module, base: dict[str, Any], path: Path) -> None:
     if recorded not in ("native", "square"):
         return
     if own is None:
-        model._mtl_image_reading = recorded
+        _set_loaded(model, "_mtl_image_reading", recorded)
     elif own != recorded:
         how = "at their own aspect" if recorded == "native" else "on one square"
         warn_user(f"{path}: the adapter's images were read {how}, and this model's backbone reads them otherwise; "
