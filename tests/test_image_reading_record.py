@@ -18,6 +18,8 @@ from PIL import Image
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import load_backbone
+from mtl_lora_vl.backbones.idefics3 import Idefics3Backbone
+from mtl_lora_vl.backbones.llava_next import LlavaNextBackbone
 from mtl_lora_vl.cli.export import export_main
 from mtl_lora_vl.io.layout import AdapterFileError
 from mtl_lora_vl.io.pretrained import load_pretrained
@@ -205,3 +207,23 @@ def test_unload_takes_the_loaded_reading_off_a_bare_model(next_folder, tmp_path)
         mlv.load_adapter(bare, native, is_trainable=True)
     assert not [w for w in caught if "native_aspect" in str(w.message)]
     assert _reading(mlv.save_adapter(bare, tmp_path / "again", base={"backbone": f"hf:{next_folder}"})) == "native"
+
+
+def test_a_backbone_made_on_a_bare_model_reads_as_its_loaded_adapter(next_folder, tmp_path):
+    """load_adapter(bare LLaVA-NeXT / Idefics3, square adapter), then Backbone.from_model on it: the backbone read at
+    its own aspect (anyres tiles, crops), and a save after it recorded "native" for the square-trained adapter (a
+    Qwen2-VL backbone made so takes the adapter's image area)."""
+    from transformers import AutoProcessor, Idefics3ForConditionalGeneration
+    from transformers import LlavaNextForConditionalGeneration as LlavaNext
+
+    split = save_tiny_idefics3(tmp_path / "split")
+    for cls, backbone, folder in ((LlavaNext, LlavaNextBackbone, next_folder),
+                                  (Idefics3ForConditionalGeneration, Idefics3Backbone, split)):
+        sq = _square_adapter(folder, tmp_path / f"sq-{backbone.__name__}")
+        bare = mlv.load_adapter(cls.from_pretrained(str(folder)), sq, is_trainable=True)
+        bb = backbone.from_model(bare, AutoProcessor.from_pretrained(folder))
+        assert bb.resize.mode == "squash" and not bb.needs_image_sizes, backbone.__name__
+        again = mlv.save_adapter(bare, tmp_path / f"again-{backbone.__name__}", base={"backbone": f"hf:{folder}"})
+        assert _reading(again) == "square"
+        assert backbone.from_model(cls.from_pretrained(str(folder)), AutoProcessor.from_pretrained(folder)).resize.mode \
+            == "anyres"   # a model without an adapter: the processor's reading

@@ -60,7 +60,8 @@ class Idefics3Backbone(NativeImageReading, HFVLMBackbone):
     @classmethod
     def from_model(cls, model: nn.Module, processor: Any, name: str = "hf:custom") -> Idefics3Backbone:
         """As :meth:`HFVLMBackbone.from_model`, on a copy of the processor (the caller's is left as it is), its
-        one-view count checked; images split as the processor splits them where it does (see the module doc)."""
+        one-view count checked; images split as the processor splits them where it does (see the module doc), or as
+        the adapter loaded onto the bare model was trained (its ``_mtl_image_reading``)."""
         image_processor = getattr(processor, "image_processor", None)
         splits = bool(getattr(image_processor, "do_image_splitting", False))
         if image_processor is not None:
@@ -69,7 +70,8 @@ class Idefics3Backbone(NativeImageReading, HFVLMBackbone):
         bb = super().from_model(model, processor, name)
         bb.square_resize = bb.resize
         bb.geometry = _split_geometry(bb, image_processor, name) if image_processor is not None else None
-        bb.native_aspect(splits and bb.geometry is not None)
+        recorded = getattr(model, "_mtl_image_reading", None)   # (a loaded adapter's record)
+        bb.native_aspect((splits if recorded is None else recorded == "native") and bb.geometry is not None)
         return bb
 
     @classmethod

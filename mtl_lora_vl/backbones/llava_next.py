@@ -71,7 +71,8 @@ class LlavaNextBackbone(NativeImageReading, HFVLMBackbone):
     @classmethod
     def from_model(cls, model: nn.Module, processor: Any, name: str = "hf:custom") -> LlavaNextBackbone:
         """As :meth:`HFVLMBackbone.from_model`, with the tile side and the base view's resampling filter checked
-        against the image processor (its crop and its shortest edge must be the tower's side)."""
+        against the image processor (its crop and its shortest edge must be the tower's side); images at their own
+        aspect, or on the square where the adapter loaded onto the bare model was trained so."""
         image_processor = getattr(processor, "image_processor", None)
         side = int(model.config.vision_config.image_size)
         label = f"{name}: {type(image_processor).__name__}"
@@ -106,7 +107,7 @@ class LlavaNextBackbone(NativeImageReading, HFVLMBackbone):
         grid = side // int(model.config.vision_config.patch_size)
         bb.geometry = AnyresGeometry(side, tuple(tuple(p) for p in pins), grid, view_tokens(inner, None),
                                      cls._max_tiles(model.config), bb.base_filter, cls._several_fill(bb))
-        bb.native_aspect(True)
+        bb.native_aspect(getattr(model, "_mtl_image_reading", None) != "square")   # (a loaded adapter's record)
         return bb
 
     @classmethod
