@@ -121,6 +121,10 @@ def choose_run_dir(opts: TrainOptions) -> Path:
         if not (run / "config.json").is_file():
             raise RunDirError(f"--out {run}: is not empty and is not a run directory (no config.json), so --overwrite "
                               "does not replace it; choose another --out (a new or empty folder)")
+        if not _is_run_config(run / "config.json"):   # a Hugging Face model folder has a config.json too
+            raise RunDirError(f"--out {run}: is not empty and its config.json is not a training run's (it records no "
+                              "run options: tasks, method, out), so it is not a run directory and --overwrite does "
+                              "not replace it; choose another --out (a new or empty folder)")
         inside = [f"--{k.replace('_', '-')} {v}" for k, v in _inputs(opts) if holds(run, v)]
         if inside:
             raise RunDirError(f"--out {run}: --overwrite would replace the folder that holds {', '.join(inside)}, "
@@ -131,6 +135,15 @@ def choose_run_dir(opts: TrainOptions) -> Path:
             f"--resume {run} to continue it, or choose another --out"
         )
     return run
+
+
+def _is_run_config(path: Path) -> bool:
+    """Whether ``path`` is a training run's ``config.json`` (:func:`write_config`): a JSON object of run options."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"tasks", "method", "out"} <= set(doc)
 
 
 def _inputs(opts: TrainOptions) -> list[tuple[str, str]]:

@@ -283,7 +283,8 @@ def test_a_rank_failing_its_set_up_leaves_the_run_overwrite_would_replace(tmp_pa
     failure before rank 0 claims the directory."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text("{}")
+    old = json.dumps({"tasks": "caption_cls", "method": "mtl_lora", "out": str(run)})   # a run's (review 207)
+    (run / "config.json").write_text(old)
     (run / "metrics.jsonl").write_text("old\n")
     spec = rng_kind.small_spec(tmp_path, "caption_cls")
     proc = torchrun(str(TESTS / "rng_kind.py"), "--tasks", str(spec), "--steps", "2", "--batch-size", "4",
