@@ -285,7 +285,7 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
     """:func:`parse_options` plus the names of the options given (on the command line or in the
     ``--config`` file) rather than left at their defaults -- ``--resume`` refuses those it would ignore."""
     parser = build_parser(cls, prog, description)
-    argv = _bare_home(cls, _dashes(cls, command_line(argv)))
+    argv = _negative_values(cls, _bare_home(cls, _dashes(cls, command_line(argv))))
     ns = _parse(parser, cls, argv)
     named = _given_on_command_line(cls, argv)
     if named.count("config") > 1:   # the parser keeps the last; the first file's values would be dropped unsaid
@@ -346,6 +346,34 @@ def _bare_home(cls: type, argv: list[str]) -> list[str]:
             token = os.path.expanduser("~")
         out.append(token)
     return out
+
+
+def _negative_values(cls: type, argv: list[str]) -> list[str]:
+    """``--lr -1e-3`` as ``--lr=-1e-3``: argparse takes a token that starts with ``-`` for a flag unless it looks like
+    ``-1`` or ``-0.5``, so a negative number in exponent form (or ``-inf``) failed as "expected one argument" instead
+    of being checked against the option's range."""
+    types_ = field_types(cls)
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name = _flag_name(cls, token) if token.startswith("--") else None
+        value = argv[i + 1] if i + 1 < len(argv) else ""
+        if name is not None and _non_none(types_[name])[0] is not bool and value.startswith("-") and _is_number(value):
+            out.append(f"{token}={value}")
+            i += 2
+        else:
+            out.append(token)
+            i += 1
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @functools.cache
