@@ -291,6 +291,10 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
     if named.count("config") > 1:   # the parser keeps the last; the first file's values would be dropped unsaid
         _fail(parser, f"--config is given {named.count('config')} times; give one file (merge them into one, or "
                       "give the options of the other on the command line, where they win over the file's)")
+    for name in ("tasks", "task"):   # the parser keeps the last: `--tasks vqa --tasks retrieval` trained retrieval alone
+        if named.count(name) > 1:
+            _fail(parser, f"{flag(name)} is given {named.count(name)} times, and only the last would count; name every "
+                          f"task in one comma-separated {flag(name)}, e.g. {flag(name)} vqa,retrieval")
     on_command_line = set(named)
     given = set(on_command_line)
     if getattr(ns, "config", None):
