@@ -30,7 +30,7 @@ from ..io.atomic import atomic_dir, atomic_file, check_target
 from ..io.layout import check_output
 from ..log import main_rank_logging, progress
 from ..multitask import MultiTaskModel, Setup
-from ..multitask.setup import task_kinds
+from ..multitask.setup import check_data_root_read, task_kinds
 from ..precision import base_weights_dtype, check_base_precision, resolve_precision
 from ..rundir import RunDirError
 from ..tasks import resolve_tasks
@@ -383,6 +383,7 @@ def evaluate_base(tasks: str | None, backbone: str | None = None, pretrained: st
         raise ValueError("--out is required without --adapter (there is no adapter folder to write eval-<split> "
                          "beside); give --out DIR for eval.json, report.md and plots/")
     specs = resolve_tasks(tasks)   # an unknown task or a bad spec is named before any check of --out
+    check_data_root_read(specs, data_root)
     backbone = backbone or "builtin"
     out = Path(out)
     _check_out(out, overwrite, [("the data (--data-root)", data_root), *base_paths({}, backbone, pretrained),

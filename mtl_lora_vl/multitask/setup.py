@@ -26,7 +26,7 @@ from ..io.tensor_files import record_sha256
 from ..options import TrainOptions
 from ..tasks import TaskSpec, build_kind, resolve_tasks
 from ..tasks.registry import get_kind
-from ..tasks.spec import spec_digests
+from ..tasks.spec import SpecError, spec_digests
 from .model import MultiTaskModel
 
 logger = logging.getLogger(__name__)
@@ -118,10 +118,21 @@ def task_kinds(specs: list[TaskSpec], backbone: Any, data_root: str | None) -> t
     return train_splits, {s.name: build_kind(s, train_splits[s.name], backbone) for s in specs}
 
 
+def check_data_root_read(specs: list[TaskSpec], data_root: str | None) -> None:
+    """Refuse a ``--data-root`` that no task reads: built-in tasks are made by the built-in world, so ``--tasks vqa
+    --data-root /data/vqav2`` trained and scored the world's VQA, not the files."""
+    if data_root and specs and all(s.data.source == "builtin" for s in specs):
+        raise SpecError(f"--data-root {data_root}: no task of --tasks reads files ({', '.join(s.name for s in specs)} "
+                        "are built-in tasks, made by the built-in world), so it would change nothing; drop it, or name "
+                        "task spec files (.toml) whose [data] reads files under it (README: Tasks)")
+
+
 def build_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec] | None = None) -> Setup:
     """Backbone, task specs and kinds, heads (initialised to the zero-shot rule), adapters. ``specs``: the
     ``--tasks`` specs if already read (else they are read here)."""
     specs = resolve_tasks(opts.tasks) if specs is None else specs
+    if not opts.resume:   # (a resumed run keeps what it started with)
+        check_data_root_read(specs, opts.data_root)
     backbone = load_backbone(opts.backbone, opts.pretrained, device, base_dtype=opts.base_dtype,
                              image_max_pixels=opts.image_max_pixels, image_reading=opts.image_reading)
     if opts.grad_checkpointing:
