@@ -258,6 +258,18 @@ def _check_out(out: Path, overwrite: bool, keep: list[tuple[str, Any]]) -> None:
                           "written beside --out and renamed into place; choose another --out")
 
 
+def _check_default_out(out: Path, adapter: Path) -> None:
+    """Refuse the default ``--out`` (``ADAPTER/../eval-<split>``) where it holds another adapter's evaluation: adapters
+    saved side by side share it, and the fix a taken --out is told (--overwrite) deleted the other's results."""
+    try:
+        earlier = json.loads((out / "eval.json").read_text()).get("adapter")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(earlier, str) and Path(earlier).resolve() != adapter.resolve():
+        raise RunDirError(f"--out (default {out}): holds the evaluation of another adapter, {earlier}, which sits in "
+                          f"the same folder; give this one its own --out DIR (--overwrite would delete the other's)")
+
+
 def evaluate_adapter(adapter: str | Path | None, tasks: str | None = None, backbone: str | None = None,
                      pretrained: str | None = None, data_root: str | None = None, split: str = "test",
                      device: str = "auto", precision: str = "auto", batch_size: int = 256, workers: int = 0,
@@ -285,7 +297,10 @@ def evaluate_adapter(adapter: str | Path | None, tasks: str | None = None, backb
         raise ValueError(f"--image-reading {image_reading}: the adapter records how its tasks' images were read "
                          f"(base.image_reading {recorded!r}), and eval reads them so; leave the option out (it sets "
                          "the reading of a base model scored without --adapter)")
-    out = Path(out) if out else adapter.resolve().parent / f"eval-{split}"
+    if not out:
+        out = adapter.resolve().parent / f"eval-{split}"
+        _check_default_out(out, adapter)
+    out = Path(out)
     specs = [Path(t.strip()) for t in (tasks or "").split(",") if t.strip().endswith(".toml")]
     _check_out(out, overwrite, [("the adapter being evaluated", adapter), ("the data (--data-root)", data_root),
                                 *base_paths(recorded_base(adapter), backbone, pretrained),
