@@ -34,7 +34,7 @@ from ..families import OPEN_CLIP_CONFIG, merged_format, peft_export
 from ..io import AdapterFileError, export_lora, load_pretrained, save_merged
 from ..io.adapter_files import base_paths, config_of, read_adapter_config
 from ..io.atomic import check_target
-from ..io.exports import export_format
+from ..io.exports import check_suffix_case, export_format
 from ..io.layout import (
     EXPORT_RECORD,
     MERGED_TASK_KEY,
@@ -138,6 +138,7 @@ def export(opts: ExportOptions) -> list[Path]:
     if not tasks:
         raise ValueError("--task: give a task name (or several, comma-separated)")
     out = Path(opts.out or "")
+    check_suffix_case(out, "--out")
     if len(tasks) > 1 and out.suffix == ".safetensors":
         raise ValueError(f"--out {out}: several tasks are written to OUT/<task>; give a directory")
     repeated = sorted({t for t in tasks if tasks.count(t) > 1})

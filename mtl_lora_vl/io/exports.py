@@ -341,6 +341,15 @@ def _loaded_from(model: nn.Module) -> Path | None:
     return Path(name) if name and Path(name).is_dir() else None
 
 
+def check_suffix_case(out: Path, what: str) -> None:
+    """Refuse ``FILE.SAFETENSORS`` (any other case): only ``.safetensors`` names a merged file, so it became a folder
+    of that name, which ``open_clip.create_model(NAME, pretrained=out)`` cannot read."""
+    if out.suffix.lower() == ".safetensors" and out.suffix != ".safetensors":
+        raise ValueError(f"{what}: {out}: a merged file is written for a name ending in .safetensors (lower case), "
+                         f"and any other name is a folder; give {out.with_suffix('.safetensors')} for one file, or a "
+                         "folder name")
+
+
 def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | Path | None = None,
                 overwrite: bool = False, image_max_pixels: int | None = None) -> Path:
     """Write ``model``'s base model with task ``task`` merged in, loadable by the base library itself.
@@ -355,9 +364,10 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     ``--image-max-pixels`` / ``load_pretrained`` of such a run set another); a ``.safetensors``
     ``out`` is refused, as by the ``export`` command.
     """
+    out = Path(out)
+    check_suffix_case(out, "save_merged")
     inner = adapted_module(model)
     sd = merged_state_dict(inner, task)
-    out = Path(out)
     if overwrite:
         check_replace(out, what="save_merged", keep=[*_base_files(inner), ("source_dir", source_dir)])
     meta = {"format": "pt", MERGED_TASK_KEY: task}
