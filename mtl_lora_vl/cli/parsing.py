@@ -200,6 +200,9 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
     """The options of a JSON or TOML file, each checked like its flag; exits naming the file on any problem."""
     p = Path(path)
     where = f"--config {path}"
+    if p.is_dir():   # (a run directory: its options are its config.json)
+        hint = f", e.g. {p / 'config.json'}" if (p / "config.json").is_file() else ""
+        _fail(parser, f"{where}: is a folder, not a file; give a JSON or TOML file of options{hint}")
     if not p.is_file():
         _fail(parser, f"{where}: no such file")
     is_toml = p.suffix.lower() == ".toml"
