@@ -155,8 +155,13 @@ class TrainOptions:
     config: str | None = _opt(None, "JSON or TOML file with any of these options (flags given on the command line win)")
 
     def validate(self) -> None:
-        """Raise ValueError naming the option when a value is out of its range."""
-        check_ranges(self)
+        """Raise ValueError naming the option when a value is not of its type or out of its range."""
+        check_ranges(self)   # (first: a fractional count is "must be a whole number")
+        problem = type_problem(self)   # a Python caller's tasks=["vqa"] or lr="1e-3" failed deep in the run, unnamed
+        if problem:
+            listed = isinstance(self.tasks, (list, tuple)) and all(isinstance(t, str) for t in self.tasks)
+            hint = f"; give tasks={','.join(self.tasks)!r}" if problem.startswith("--tasks") and listed else ""
+            raise ValueError(problem + hint)
         if self.targets != "default":
             try:
                 targets = json.loads(self.targets)
