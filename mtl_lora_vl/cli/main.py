@@ -71,6 +71,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         sys.stderr.write(f"{prog}: error: give a command, one of: {', '.join(COMMANDS)} "
                          f"(`{prog} --help` says what each does)\n")
         return 2
+    command = next((a for a in argv if a in COMMANDS), None)
+    if command and argv[0] != command and argv[0] not in ("-h", "--help", "--version"):
+        before = argv[:argv.index(command)]   # `mtl-lora-vl -v train` read -v as the program's, which has none
+        parser.print_usage(sys.stderr)
+        sys.stderr.write(f"{prog}: error: {' '.join(before)}: options go after the command: {prog} {command} "
+                         f"{' '.join(before)} ...\n")
+        return 2
     try:
         ns = parser.parse_args(argv)
     except SystemExit as e:
