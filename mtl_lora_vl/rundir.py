@@ -108,6 +108,7 @@ def choose_run_dir(opts: TrainOptions) -> Path:
                           "loop of links); remove the link, or create its target, or choose another --out")
     if run.exists() and not run.is_dir():
         raise RunDirError(f"--out {run}: is a file, not a directory; choose another --out")
+    _check_parent(run)
     if opts.overwrite and run.is_symlink():   # renaming it aside would move the link, and the run would land beside it
         raise RunDirError(f"--out {run}: is a symbolic link (to {run.resolve()}); --overwrite replaces a directory, not "
                           f"a link: give its target, --out {run.resolve()}")
@@ -135,6 +136,18 @@ def choose_run_dir(opts: TrainOptions) -> Path:
             f"--resume {run} to continue it, or choose another --out"
         )
     return run
+
+
+def _check_parent(run: Path) -> None:
+    """Refuse an --out no folder can be made at (under a file, or in a folder that cannot be written) now, before
+    the set-up: claim_run_dir found it only once the base model and data were loaded."""
+    parent = next((p for p in run.absolute().parents if p.exists()), None)
+    if parent is None or run.exists():
+        return
+    if not parent.is_dir():
+        raise RunDirError(f"--out {run}: {parent} is a file, so no folder can be made under it; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunDirError(f"--out {run}: {parent} cannot be written (read-only, or not yours); choose another --out")
 
 
 def _is_run_config(path: Path) -> bool:
