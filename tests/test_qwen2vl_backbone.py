@@ -463,8 +463,10 @@ def test_image_max_pixels_sets_the_area_within_the_processors_own(tmp_path):
     assert bb.resize.resized_size(300, 200) == smart_resize(200, 300, 16, 1024, 4096)[::-1] == (64, 48)
     assert bb.lm_collator().layout.num_image_tokens == 16
     assert load_backbone(f"hf:{folder}").resize.budget == 448 * 448                      # the default cap
-    assert load_backbone(f"hf:{_tiny_sized(tmp_path / 'p', longest_edge=2048)}",
-                         image_max_pixels=4096).resize.budget == 2048                    # the processor's is lower
+    with pytest.warns(UserWarning, match="image_max_pixels 4096 is above its processor's own max_pixels 2048; "
+                                         "images are read within 2048 pixels"):
+        assert load_backbone(f"hf:{_tiny_sized(tmp_path / 'p', longest_edge=2048)}",
+                             image_max_pixels=4096).resize.budget == 2048                # the processor's is lower
     with pytest.raises(BackboneError, match="image_max_pixels 100 is below one 16x16 merged patch"):
         load_backbone(f"hf:{folder}", image_max_pixels=100)
     with pytest.raises(BackboneError, match="image_max_pixels 4096 .*or an adapter's recorded base.* applies to "

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.resize import ImageResize, size_fields
+from ..log import warn_user
 from .base import BackboneError, register_backbone
 from .hf_processor import edit_image_processor_files
 from .hf_vlm import HFVLMBackbone
@@ -131,6 +132,10 @@ class Qwen2VLBackbone(HFVLMBackbone):
             raise BackboneError(f"{self.name}: image_max_pixels {max_pixels} is below one {unit}x{unit} merged patch "
                                 f"({unit * unit} pixels); give at least that")
         low, high = pixel_bounds(self.hf_processor.image_processor, max_pixels)
+        if high < max_pixels:   # (said: the run records the area asked for, and trains at this one)
+            warn_user(f"{self.name}: image_max_pixels {max_pixels} is above its processor's own max_pixels {high}; "
+                      f"images are read within {high} pixels. Give --image-max-pixels {high} or less to record what "
+                      "the run reads, or raise the processor's max_pixels (preprocessor_config.json)")
         side = qwen_image_side(unit, min(low, high) if low else None, high, math.isqrt(high))
         self.image_size = side
         self.resize = _native_resize(side, unit, low, high, self.resize.interpolation)
