@@ -26,6 +26,7 @@ from typing import IO, Any
 from .distributed import DistInfo, broadcast_from_main
 from .io.adapter_files import absolute_base
 from .io.atomic import atomic_file, holds
+from .log import warn_user
 from .options import TrainOptions, type_problem
 from .tasks.spec import looks_like_path
 
@@ -52,11 +53,12 @@ class RunDirError(RuntimeError):
 def hold_run_dir(run: Path, info: DistInfo) -> IO | None:
     """Rank 0: lock ``run/.lock`` for as long as the returned file stays open (``close()`` it when the run ends; the
     system lets go of it however the process ends). A run training in ``run`` now is refused, on every rank. None on
-    other ranks and where there is no ``flock`` (not POSIX). Every rank must call it."""
+    other ranks, where there is no ``flock`` (not POSIX) and where the file system refuses it (warned). Every rank
+    must call it."""
     fh, error = None, None
     if info.is_main and fcntl is not None:
-        fh = open(run / RUN_LOCK, "a+")   # noqa: SIM115 - held open for the run
         try:
+            fh = open(run / RUN_LOCK, "a+")   # noqa: SIM115 - held open for the run
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fh.seek(0)
             fh.truncate()
@@ -67,6 +69,12 @@ def hold_run_dir(run: Path, info: DistInfo) -> IO | None:
             error = (f"{run}: a run is training in it now (process {fh.read().strip() or '?'}); wait for it to "
                      "finish or stop it (Ctrl-C saves a checkpoint), then --resume it, or choose another --out")
             fh.close()
+        except OSError as e:   # a file system without flock (some network and FUSE mounts): trained unlocked
+            if fh is not None:
+                fh.close()
+            fh = None
+            warn_user(f"{run}: cannot lock {RUN_LOCK} ({e.strerror or e}; its file system may not support flock), "
+                      "so a --resume or --overwrite of it is not refused while it trains; start neither until it ends")
     error = broadcast_from_main(error, info)
     if error is not None:
         raise RunDirError(error)
@@ -77,12 +85,18 @@ def _refuse_training(run: Path, what: str) -> None:
     """``what`` (--resume, --overwrite) of ``run`` refused while a run trains in it (its rank 0 holds the lock)."""
     if fcntl is None or not (run / RUN_LOCK).is_file():
         return
-    with open(run / RUN_LOCK) as fh:
+    try:
+        fh = open(run / RUN_LOCK)   # noqa: SIM115 - closed below
+    except OSError:   # not readable: cannot tell (hold_run_dir says so if it cannot lock either)
+        return
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RunDirError(f"{what} {run}: a run is training in it now (process {fh.read().strip() or '?'}); wait "
                               "for it to finish or stop it (Ctrl-C saves a checkpoint), then run again") from None
+        except OSError:   # a file system without flock: cannot tell (hold_run_dir warns)
+            return
 
 
 def choose_run_dir(opts: TrainOptions) -> Path:

@@ -4,12 +4,14 @@ training ran beside it, and metrics.jsonl held 207 loss rows for 150 steps)."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import pytest
 import rng_kind
 
+import mtl_lora_vl.rundir as rundir
 import mtl_lora_vl.training.checkpoint as checkpoint
 from mtl_lora_vl.backbones import builtin_dir
 from mtl_lora_vl.cli import train_main
@@ -71,4 +73,27 @@ def test_a_run_training_now_is_neither_resumed_nor_replaced(finished, tmp_path, 
     err = capsys.readouterr().err
     assert f"a run is training in it now (process {os.getpid()})" in err
     assert _contents(run) == before   # nothing written, moved or trimmed
+    assert not (run.parent / f".{run.name}.replaced").exists()
+
+
+class _NoFlock:
+    """fcntl on a file system without flock (some network and FUSE mounts): every flock fails with ENOLCK."""
+
+    LOCK_EX, LOCK_SH, LOCK_NB = 2, 1, 4
+
+    @staticmethod
+    def flock(fh, how):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+
+def test_a_file_system_without_flock_trains_resumes_and_overwrites_with_a_warning(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(rundir, "fcntl", _NoFlock)
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="cannot lock"):
+        assert train_main(_args(tmp_path, run)) == 0, capsys.readouterr().err
+    assert (run / "eval.json").is_file()
+    with pytest.warns(UserWarning, match="cannot lock"):
+        assert train_main(["--resume", str(run)]) == 0, capsys.readouterr().err
+    with pytest.warns(UserWarning, match="cannot lock"):
+        assert train_main([*_args(tmp_path, run), "--overwrite"]) == 0, capsys.readouterr().err
     assert not (run.parent / f".{run.name}.replaced").exists()
