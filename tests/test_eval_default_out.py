@@ -23,3 +23,17 @@ def test_the_default_out_of_another_adapter_is_refused_even_with_overwrite(tmp_p
     # the adapter's own earlier evaluation: replaced with --overwrite, as before
     assert eval_main(["--adapter", str(first), "--device", "cpu"]) == 2
     assert "holds an earlier output of eval; pass --overwrite" in capsys.readouterr().err
+
+
+def test_the_default_out_of_a_moved_or_copied_adapter_is_its_own(tmp_path, capsys):
+    """A run folder moved (or copied) with its eval-test: the adapter it records is this one at its old path."""
+    bb = load_backbone("builtin", device="cpu")
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["vqa"], r=2, n_up=1, lambda_type="diagonal"))
+    old = tmp_path / "old" / "adapter"
+    adapter = mlv.save_adapter(bb.model, tmp_path / "new" / "adapter", base={"backbone": "builtin", "pretrained": None})
+    earlier = tmp_path / "new" / "eval-test"
+    earlier.mkdir()
+    (earlier / "eval.json").write_text(json.dumps({"adapter": str(old), "tasks": {}}))
+    assert eval_main(["--adapter", str(adapter), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "holds an earlier output of eval; pass --overwrite" in err and "another adapter" not in err, err

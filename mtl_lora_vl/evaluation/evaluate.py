@@ -260,12 +260,15 @@ def _check_out(out: Path, overwrite: bool, keep: list[tuple[str, Any]]) -> None:
 
 def _check_default_out(out: Path, adapter: Path) -> None:
     """Refuse the default ``--out`` (``ADAPTER/../eval-<split>``) where it holds another adapter's evaluation: adapters
-    saved side by side share it, and the fix a taken --out is told (--overwrite) deleted the other's results."""
+    saved side by side share it, and the fix a taken --out is told (--overwrite) deleted the other's results. One of
+    this adapter's name recorded elsewhere is this adapter's, moved or copied with the folder."""
     try:
         earlier = json.loads((out / "eval.json").read_text()).get("adapter")
     except (OSError, ValueError, AttributeError):
         return
-    if isinstance(earlier, str) and Path(earlier).resolve() != adapter.resolve():
+    # a run folder moved or copied with its eval-<split> records this adapter at its old path: of the same name
+    if isinstance(earlier, str) and Path(earlier).resolve() != adapter.resolve() \
+            and Path(earlier).name not in (adapter.absolute().name, adapter.resolve().name):
         raise RunDirError(f"--out (default {out}): holds the evaluation of another adapter, {earlier}, which sits in "
                           f"the same folder; give this one its own --out DIR (--overwrite would delete the other's)")
 
