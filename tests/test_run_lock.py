@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import rng_kind
 
 import mtl_lora_vl.rundir as rundir
 import mtl_lora_vl.training.checkpoint as checkpoint
+import mtl_lora_vl.training.train as train_module
 from mtl_lora_vl.backbones import builtin_dir
 from mtl_lora_vl.cli import train_main
 from mtl_lora_vl.distributed import DistInfo
@@ -97,3 +99,35 @@ def test_a_file_system_without_flock_trains_resumes_and_overwrites_with_a_warnin
     with pytest.warns(UserWarning, match="cannot lock"):
         assert train_main([*_args(tmp_path, run), "--overwrite"]) == 0, capsys.readouterr().err
     assert not (run.parent / f".{run.name}.replaced").exists()
+
+
+def test_an_overwrite_that_fails_at_its_first_step_lets_go_of_its_lock_before_putting_the_old_run_back(
+        finished, tmp_path, monkeypatch, capsys):
+    """The old run is put back by deleting the new folder, .lock included: on NFS a file still open (by this process
+    or a forked loader worker) is renamed to .nfsXXXX instead, the folder is not empty and the old run stays aside."""
+    run = tmp_path / "run"
+    shutil.copytree(finished[0], run)
+    before = _contents(run)
+    held: list[bool] = []
+    rmtree = shutil.rmtree
+
+    def probing_rmtree(path, *args, **kwargs):
+        if Path(path) == run:   # undo_overwrite deleting the new run
+            try:
+                hold_run_dir(run, DistInfo()).close()
+                held.append(False)
+            except RunDirError:
+                held.append(True)
+        return rmtree(path, *args, **kwargs)
+
+    def first_step_fails(net, batches, *args, **kwargs):
+        next(batches)   # the loader's workers start
+        raise RuntimeError("out of memory (test)")
+
+    monkeypatch.setattr(rundir.shutil, "rmtree", probing_rmtree)
+    monkeypatch.setattr(train_module, "forward_backward", first_step_fails)
+    args = [*("2" if a == "0" else a for a in _args(tmp_path, run)), "--overwrite"]   # --workers 2: forked workers
+    assert train_main(args) != 0
+    assert "out of memory (test)" in capsys.readouterr().err
+    assert held == [False]
+    assert _contents(run) == before and not (tmp_path / ".run.replaced").exists()

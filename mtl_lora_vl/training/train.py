@@ -129,7 +129,7 @@ def _train(opts: TrainOptions, given: Collection[str] | None) -> Path:
             finish_overwrite(run.dir)   # (a run of no steps: done here)
     except BaseException:
         if run.info.is_main:
-            undo_overwrite(run.dir)   # failed before its first step: the run --overwrite replaced comes back
+            undo_overwrite(run.dir, run.lock)   # failed before its first step: the run --overwrite replaced is back
         raise
     finally:
         if loader is not None:
@@ -179,7 +179,7 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
             logger.info("%s", describe(run))
     except BaseException:
         if info.is_main:
-            undo_overwrite(run_dir)
+            undo_overwrite(run_dir, lock)
         if lock is not None:
             lock.close()
         raise
