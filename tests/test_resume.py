@@ -417,4 +417,4 @@ def test_resume_removes_the_temporaries_a_crash_left(tmp_path):
     (run / ".notes.tmp").write_text("mine")   # not a name the run writes: kept
     with pytest.warns(UserWarning, match=r"removed 2 unfinished file\(s\) a killed run left"):
         assert train_main(["--resume", str(run), "--workers", "0"]) == 0
-    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".notes.tmp"]
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".lock", ".notes.tmp"]   # (RUN_LOCK)
