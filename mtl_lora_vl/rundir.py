@@ -46,20 +46,6 @@ RESUME_RELOCATABLE = ("data_root", "extend")
 RUN_LOCK = ".lock"
 
 
-#: Rank 0's open lock files (hold_run_dir): a forked child (a loader worker) closes its copy, not to hold the lock.
-_HELD: list[IO] = []
-
-
-def _close_held() -> None:
-    for fh in _HELD:
-        fh.close()
-    _HELD.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_held)
-
-
 class RunDirError(RuntimeError):
     """The run directory cannot be used as asked (it exists, or there is nothing to resume)."""
 
@@ -78,7 +64,6 @@ def hold_run_dir(run: Path, info: DistInfo) -> IO | None:
             fh.truncate()
             fh.write(f"{os.getpid()}\n")
             fh.flush()
-            _HELD[:] = [*(f for f in _HELD if not f.closed), fh]
         except BlockingIOError:
             fh.seek(0)
             error = (f"{run}: a run is training in it now (process {fh.read().strip() or '?'}); wait for it to "
@@ -265,7 +250,8 @@ def finish_overwrite(run: Path) -> None:
 def undo_overwrite(run: Path, lock: IO | None = None) -> None:
     """The new run failed before its first step: put back the run ``--overwrite`` replaced (rank 0; a no-op
     once :func:`finish_overwrite` ran, or without ``--overwrite``). ``lock`` (:func:`hold_run_dir`) is let go
-    first: on NFS the new run's open .lock would be kept as .nfsXXXX, and the folder could not be deleted."""
+    first (and the loader's forked workers, which hold a copy, stopped before): on NFS the new run's open .lock would
+    be kept as .nfsXXXX, and the folder could not be deleted."""
     if lock is not None:
         lock.close()
     aside = replaced_dir(run)

@@ -128,6 +128,8 @@ def _train(opts: TrainOptions, given: Collection[str] | None) -> Path:
         if run.info.is_main:
             finish_overwrite(run.dir)   # (a run of no steps: done here)
     except BaseException:
+        if loader is not None:
+            loader.close()   # (its forked workers hold a copy of the run's lock, which undo_overwrite lets go)
         if run.info.is_main:
             undo_overwrite(run.dir, run.lock)   # failed before its first step: the run --overwrite replaced is back
         raise
