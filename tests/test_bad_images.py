@@ -416,3 +416,29 @@ def test_the_pass_report_counts_the_rows_of_the_batches_taken(images, caplog):
     assert taken > 0 and said == [f"task 'cls': {taken} row(s) used a substitute image because 2 image(s) cannot "
                                   "be used (each warned about once, with why): "
                                   + ", ".join(str(images[n]) for n in ("truncated", "corrupt"))], said
+
+
+def test_a_row_an_eval_limit_takes_in_after_a_failure_is_not_scored_on_a_substitute(images, llava, tmp_path, caplog):
+    """Review 216: a generative kind scores the first ``eval_limit`` rows. The pass that found a broken image was run
+    again without its row, which let the next row in; when that one's image was broken too, it was scored on a
+    substitute image with its own label (rows good0 + corrupt were scored, not good0 + good1)."""
+    from mtl_lora_vl.tasks import build_kind
+
+    root = images["good0"].parent.parent
+    _write_rows(root, images, ["good0", "truncated", "corrupt", "good1", "good2", "good3"])
+    spec_file = tmp_path / "pets.toml"
+    spec_file.write_text('kind = "classification"\n[data]\nformat = "jsonl"\nverify = false\n[data.train]\n'
+                         'file = "rows.jsonl"\n[data.val]\nfile = "rows.jsonl"\n[generative]\neval_limit = 2\n')
+    spec = load_spec(spec_file)
+    split = spec.load_split("val", root)
+    kind = build_kind(spec, split, llava)
+    scored = []
+    logits = kind.logits
+    kind.logits = lambda backbone, head, examples, **kw: scored.append(
+        [Path(ex.image).name for ex in examples]) or logits(backbone, head, examples, **kw)
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+        out = kind.evaluate(llava, None, split, batch_size=4, device="cpu")
+    assert scored[-1] == ["good0.jpg", "good1.jpg"], scored
+    assert "2 evaluation row(s) whose image cannot be used are left out of its scores (4 of 6 rows kept)" in caplog.text
+    good = Split([ex for i, ex in enumerate(split.examples) if i not in (1, 2)], class_names=split.class_names)
+    assert out == kind.evaluate(llava, None, good, batch_size=4, device="cpu") and out["n"] == 2

@@ -350,20 +350,24 @@ class TaskKind(ABC):
         """Metrics on ``split``; ``head=None`` applies the zero-shot rule. Runs without gradients, with
         the model and head in eval mode (their training flags are restored afterwards). Rows whose image
         cannot be decoded are left out of the scores (the pass that found them ran with substitute images,
-        which kept the rows' labels: it is run again without them), or stop the evaluation when
-        ``split.strict``."""
+        which kept the rows' labels: it is run again without them, until a pass finds none: an ``eval_limit``
+        lets rows in that the first pass did not score), or stop the evaluation when ``split.strict``."""
         with eval_mode(backbone.model, head), decode_policy(self.name, getattr(split, "strict", False)) as failed:
-            out = self._evaluate(backbone, head, split, batch_size=batch_size, device=device, dtype=dtype,
-                                 num_workers=num_workers)
-            bad = union_over_shards(failed)
-            if not bad:
-                return out
-            kept = [ex for ex in split.examples if not failure_keys(ex) & bad]
-            logger.warning("task %r: %d evaluation row(s) whose image cannot be used are left out of its scores "
-                           "(%d of %d rows kept)", self.name, len(split.examples) - len(kept), len(kept),
-                           len(split.examples))
-            return self._evaluate(backbone, head, dataclasses.replace(split, examples=kept), batch_size=batch_size,
-                                  device=device, dtype=dtype, num_workers=num_workers)
+            bad: set[str] = set()
+            scored = split
+            while True:
+                out = self._evaluate(backbone, head, scored, batch_size=batch_size, device=device, dtype=dtype,
+                                     num_workers=num_workers)
+                found = union_over_shards(failed)   # (the same on every rank: they stop together)
+                if found <= bad:
+                    break
+                bad = set(found)   # (a copy: outside DDP, found is the set the next pass adds to)
+                scored = dataclasses.replace(split, examples=[ex for ex in split.examples if not failure_keys(ex) & bad])
+            if bad:
+                kept = len(scored.examples)
+                logger.warning("task %r: %d evaluation row(s) whose image cannot be used are left out of its scores "
+                               "(%d of %d rows kept)", self.name, len(split.examples) - kept, kept, len(split.examples))
+            return out
 
     @abstractmethod
     def _evaluate(self, backbone: Backbone, head: nn.Module | None, split: Split, *, batch_size: int,
