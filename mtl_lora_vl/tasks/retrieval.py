@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections import Counter
 from typing import Any
 
 import torch
@@ -213,15 +214,21 @@ class RetrievalKind(TaskKind):
 
     def check_eval_split(self, split: Split, spec: TaskSpec | None = None) -> None:
         super().check_eval_split(split, spec)
-        images, texts, _ = retrieval_texts(split)
+        images, texts, text_to_image = retrieval_texts(split)
         if not texts:   # at start-up, not after training
             raise ValueError(f"task {self.name!r}: the evaluation split has no captions (rows need a text or "
                              "captions); evaluate on a split with captions")
-        trivial = [f"t2i_r{k}" for k in self.spec.options["ks"] if k >= len(images)]
-        if trivial:   # a text's image is always among the top k when k >= the images there are to rank
-            logger.warning("task %r: the evaluation split has %d image(s), so %s %s 1.0 by construction and lift "
-                           "mean_recall; evaluate on more images than the largest k (options.ks)", self.name,
-                           len(images), ", ".join(trivial), "is" if len(trivial) == 1 else "are")
+        own = Counter(text_to_image)
+        others = len(texts) - min(own.values())   # the most captions of other images an image ranks its own among
+        ks = self.spec.options["ks"]
+        # an image's own caption is always among its top k when k > the other captions, and a caption's image
+        # among the top k when k >= the images there are to rank
+        trivial = [f"i2t_r{k}" for k in ks if k > others] + [f"t2i_r{k}" for k in ks if k >= len(images)]
+        if trivial:
+            logger.warning("task %r: the evaluation split has %d image(s) and %d caption(s), so %s %s 1.0 by "
+                           "construction and lift mean_recall; evaluate on more images and captions than the "
+                           "largest k (options.ks)", self.name, len(images), len(texts), ", ".join(trivial),
+                           "is" if len(trivial) == 1 else "are")
 
     def _evaluate(self, backbone: Backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
