@@ -211,6 +211,9 @@ class NLVRKind(TaskKind):
         self._check_rows(examples, "evaluation")
         scores = map_shards(lambda part: self.scores(backbone, head, part, batch_size=batch_size, device=device,
                                                      dtype=dtype, num_workers=num_workers), examples)
+        if torch.isnan(scores).any():   # a NaN compares false: the row was called false, and scored
+            raise ValueError(f"task {self.name!r}: the scores of {int(scores.isnan().sum())} row(s) are NaN (an "
+                             "overflow in half precision?); nothing can be ranked")
         threshold = float(scores.median()) if head is None and not self.generative else 0.0
         pred = scores > threshold
         right = (pred == torch.tensor([ex.label == 1 for ex in examples])).float()

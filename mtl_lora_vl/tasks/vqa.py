@@ -358,5 +358,8 @@ class VQAKind(TaskKind):
                 logits = head(img, q)
             allowed = torch.stack([self.answer_mask(self.filter_type(ex)) for ex in rows]).to(logits.device)
             logits = logits.masked_fill(~allowed, float("-inf"))
+            if torch.isnan(logits).any():   # argmax takes NaN for the best score: the question would get an answer
+                raise ValueError(f"task {self.name!r}: the answer scores of {int(logits.isnan().any(1).sum())} "
+                                 "question(s) are NaN (an overflow in half precision?); nothing can be ranked")
             preds.extend(self.answers[i] for i in logits.argmax(dim=-1).tolist())
         return preds
