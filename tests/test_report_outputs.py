@@ -117,3 +117,14 @@ def test_a_plot_is_written_whole_or_not_at_all(tmp_path):
     fig = plt.figure()
     assert _save(fig, path) == path and path.read_bytes().startswith(b"\x89PNG") and len(list(tmp_path.iterdir())) == 1
     plt.close("all")
+
+
+def test_per_type_is_shown_whatever_metric_heads_the_task():
+    """Review 216: an nlvr spec listing ``metrics = ["consistency", "per_type"]`` showed no per-type scores in the
+    report (its breakdown is ``accuracy/<type>``, which only an accuracy headline brought in)."""
+    from mtl_lora_vl.evaluation.report import details_table
+
+    scores = {"accuracy": 0.5, "accuracy/count": 0.25, "n/count": 4.0, "consistency": 0.2, "groups": 5.0, "n": 8.0}
+    r = {"metric": "consistency", "zero_shot": 0.1, "adapted": 0.2, "change": 0.1, "kind": "nlvr", "split": "test",
+         "n": 8, "metrics": ["consistency", "per_type"], "details": {"zero_shot": scores, "adapted": scores}}
+    assert "| nlvr | accuracy/count | 0.2500 | 0.2500 | +0.0000 |" in details_table({"tasks": {"nlvr": r}})

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..adapters.attach import attach_info
 from ..io.atomic import atomic_file
+from ..tasks.registry import get_kind
 
 
 def _change(adapted: float, zero_shot: float) -> str:
@@ -96,8 +97,19 @@ def detail_keys(r: dict[str, Any]) -> list[str]:
     keys = [k for k in scores if k.startswith(head + "/")]
     for m in r.get("metrics", []):
         if m != head:
-            keys += [k for k in scores if k == m or k.startswith(m + "/")]
+            keys += [k for k in scores if k == m or k.startswith(_breakdown(r, m) + "/")]
     return list(dict.fromkeys(keys))
+
+
+def _breakdown(r: dict[str, Any], metric: str) -> str:
+    """What a task's ``metric`` breaks down, as its keys name it: ``per_type`` its kind's accuracy
+    (``vqa_accuracy/<type>``, nlvr's ``accuracy/<type>``), another ``per_x`` itself (``per_class/<name>``)."""
+    if metric != "per_type":
+        return metric
+    try:
+        return get_kind(str(r.get("kind"))).headline_metric
+    except KeyError:   # a kind not registered in this process
+        return metric
 
 
 def details_table(result: dict[str, Any]) -> str:
