@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -1205,8 +1206,8 @@ def test_replaced_images_are_counted_in_metrics(tmp_path, monkeypatch, capsys):
 
     decode = ImageFallback._decode
 
-    def broken(self, index):
-        if self.task == "vqa" and index % 4 == 0:
+    def broken(self, index):   # a quarter of vqa's images, by image (evaluation leaves theirs out, and runs again)
+        if self.task == "vqa" and zlib.crc32(str(self.examples[index].image_id).encode()) % 4 == 0:
             raise ImageError(f"example {index}: cannot be decoded (test)")
         return decode(self, index)
 
