@@ -131,3 +131,20 @@ def test_an_overwrite_that_fails_at_its_first_step_lets_go_of_its_lock_before_pu
     assert "out of memory (test)" in capsys.readouterr().err
     assert held == [False]
     assert _contents(run) == before and not (tmp_path / ".run.replaced").exists()
+
+
+def test_a_resume_takes_the_lock_before_it_reads_the_checkpoint(finished, monkeypatch, capsys):
+    """Two resumes started together both pass choose_run_dir's look at the lock; the second must not read the
+    checkpoint (and set up a whole run from it) while the first trains: it took the lock only after its set-up."""
+    run, _ = finished
+    read: list[Path] = []
+    load = train_module.load_checkpoint
+    monkeypatch.setattr(rundir, "_refuse_training", lambda *a: None)   # (the first resume took it since)
+    monkeypatch.setattr(train_module, "load_checkpoint", lambda d: read.append(d) or load(d))
+    lock = hold_run_dir(run, DistInfo())
+    try:
+        assert train_main(["--resume", str(run)]) == 2
+    finally:
+        lock.close()
+    assert "a run is training in it now" in capsys.readouterr().err
+    assert read == []

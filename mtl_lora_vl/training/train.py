@@ -159,15 +159,18 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
         opts = resumed_options(run_dir, opts, given)
         opts.validate()
     info = init_distributed(opts.device)
+    lock = hold_run_dir(run_dir, info) if opts.resume else None   # a resume: before it reads the checkpoint
     try:   # every rank's set-up, before rank 0 claims (and may --overwrite) the run directory
         with main_rank_logging(info.is_main):   # the same data on every rank: its warnings once
             opts, saved, setup, amp_dtype = prepare_rank(opts, run_dir, info, given)
     except Exception as e:
+        if lock is not None:
+            lock.close()
         all_ready(info, e)
     all_ready(info)
     total_steps = opts.steps
     run_dir = claim_run_dir(run_dir, opts, info)  # a default name taken meanwhile: the next free one
-    lock = hold_run_dir(run_dir, info)   # (a run training in it now: refused)
+    lock = lock if opts.resume else hold_run_dir(run_dir, info)   # (a run training in it now: refused)
     try:
         if info.is_main and not opts.resume:
             write_config(run_dir, opts)
