@@ -26,14 +26,10 @@ from typing import IO, Any
 from .distributed import DistInfo, broadcast_from_main
 from .io.adapter_files import absolute_base
 from .io.atomic import atomic_file, holds
+from .io.locks import LockHeld, lock_holder, take_lock
 from .log import warn_user
 from .options import TrainOptions, type_problem
 from .tasks.spec import looks_like_path
-
-try:
-    import fcntl
-except ImportError:   # not POSIX: no lock (one run per directory is then the user's to keep)
-    fcntl = None
 
 #: Options a resumed run takes from the command line; every other one comes from the run's config.json.
 RESUME_OWN = ("resume", "workers", "device")
@@ -56,23 +52,13 @@ def hold_run_dir(run: Path, info: DistInfo) -> IO | None:
     other ranks, where there is no ``flock`` (not POSIX) and where the file system refuses it (warned). Every rank
     must call it."""
     fh, error = None, None
-    if info.is_main and fcntl is not None:
+    if info.is_main:
         try:
-            fh = open(run / RUN_LOCK, "a+")   # noqa: SIM115 - held open for the run
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"{os.getpid()}\n")
-            fh.flush()
-        except BlockingIOError:
-            fh.seek(0)
-            error = (f"{run}: a run is training in it now (process {fh.read().strip() or '?'}); wait for it to "
-                     "finish or stop it (Ctrl-C saves a checkpoint), then --resume it, or choose another --out")
-            fh.close()
+            fh = take_lock(run / RUN_LOCK)
+        except LockHeld as e:
+            error = (f"{run}: a run is training in it now (process {e.holder}); wait for it to finish or stop it "
+                     "(Ctrl-C saves a checkpoint), then --resume it, or choose another --out")
         except OSError as e:   # a file system without flock (some network and FUSE mounts): trained unlocked
-            if fh is not None:
-                fh.close()
-            fh = None
             warn_user(f"{run}: cannot lock {RUN_LOCK} ({e.strerror or e}; its file system may not support flock), "
                       "so a --resume or --overwrite of it is not refused while it trains; start neither until it ends")
     error = broadcast_from_main(error, info)
@@ -83,20 +69,10 @@ def hold_run_dir(run: Path, info: DistInfo) -> IO | None:
 
 def _refuse_training(run: Path, what: str) -> None:
     """``what`` (--resume, --overwrite) of ``run`` refused while a run trains in it (its rank 0 holds the lock)."""
-    if fcntl is None or not (run / RUN_LOCK).is_file():
-        return
-    try:
-        fh = open(run / RUN_LOCK)   # noqa: SIM115 - closed below
-    except OSError:   # not readable: cannot tell (hold_run_dir says so if it cannot lock either)
-        return
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunDirError(f"{what} {run}: a run is training in it now (process {fh.read().strip() or '?'}); wait "
-                              "for it to finish or stop it (Ctrl-C saves a checkpoint), then run again") from None
-        except OSError:   # a file system without flock: cannot tell (hold_run_dir warns)
-            return
+    holder = lock_holder(run / RUN_LOCK)
+    if holder is not None:
+        raise RunDirError(f"{what} {run}: a run is training in it now (process {holder}); wait for it to finish or "
+                          "stop it (Ctrl-C saves a checkpoint), then run again")
 
 
 def choose_run_dir(opts: TrainOptions) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import rng_kind
 
+import mtl_lora_vl.io.locks as locks
 import mtl_lora_vl.rundir as rundir
 import mtl_lora_vl.training.checkpoint as checkpoint
 import mtl_lora_vl.training.train as train_module
@@ -89,7 +90,7 @@ class _NoFlock:
 
 
 def test_a_file_system_without_flock_trains_resumes_and_overwrites_with_a_warning(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(rundir, "fcntl", _NoFlock)
+    monkeypatch.setattr(locks, "fcntl", _NoFlock)
     run = tmp_path / "run"
     with pytest.warns(UserWarning, match="cannot lock"):
         assert train_main(_args(tmp_path, run)) == 0, capsys.readouterr().err

@@ -27,6 +27,7 @@ from ..backbones import builtin_dir
 from ..backbones.spec import parse_spec
 from ..distributed import pick_device
 from ..io.atomic import holds
+from ..io.locks import LockHeld, take_lock
 from ..options import TrainOptions
 from ..precision import resolve_precision
 from ..tasks import TaskSpec, load_spec
@@ -136,25 +137,15 @@ def grid_lock(out: Path) -> Iterator[None]:
     """Hold ``out/.lock`` (an advisory ``flock``, released when this process ends, however it ends) while the
     grid runs; a second process is refused instead of sharing the folder."""
     try:
-        import fcntl
-    except ImportError:   # not POSIX: no lock (one grid per folder is then the user's to keep)
+        fh = take_lock(out / _LOCK)
+    except LockHeld as e:
+        raise BenchDirError(f"--out {out}: another benchmark is running in it (process {e.holder}); wait for it to "
+                            "finish, or stop it, then rerun to resume the grid") from None
+    try:
         yield
-        return
-    with open(out / _LOCK, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            raise BenchDirError(f"--out {out}: another benchmark is running in it (process {fh.read().strip() or '?'}"
-                                "); wait for it to finish, or stop it, then rerun to resume the grid") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        if fh is not None:
+            fh.close()
 
 
 def _val_scenes(task_args: dict[str, str]) -> dict[str, int | None]:
