@@ -128,3 +128,23 @@ def test_per_type_is_shown_whatever_metric_heads_the_task():
     r = {"metric": "consistency", "zero_shot": 0.1, "adapted": 0.2, "change": 0.1, "kind": "nlvr", "split": "test",
          "n": 8, "metrics": ["consistency", "per_type"], "details": {"zero_shot": scores, "adapted": scores}}
     assert "| nlvr | accuracy/count | 0.2500 | 0.2500 | +0.0000 |" in details_table({"tasks": {"nlvr": r}})
+
+
+def test_a_damaged_metrics_line_is_left_out_of_the_curves_not_the_plots(tmp_path, monkeypatch, caplog):
+    """A half-written or hand-edited metrics.jsonl line crashed write_plots (JSONDecodeError / KeyError 'step'),
+    so the run lost its score plot too; the line is said and left out."""
+    from mtl_lora_vl.evaluation import report
+
+    rows = [json.dumps({"loss/a": 1.0, "loss": 1.0, "step": 1}), '{"loss/a": 0.9, "lo', json.dumps([1, 2]),
+            json.dumps({"loss": 0.5}), json.dumps({"loss": "x", "step": 3}), json.dumps({"loss/a": 0.8, "loss": 0.8,
+                                                                                       "step": 4})]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    monkeypatch.setattr(report, "mixing_matrices", lambda model: {})
+    figs = []
+    monkeypatch.setattr(report, "_save", lambda fig, path, tight=True: figs.append((path.name, fig)) or path)
+    report.write_plots(tmp_path, _result(0.3, 0.4, "top1", "a"), nn.Linear(1, 1))
+    assert {"training_curves.png", "zero_shot_vs_adapted.png"} <= dict(figs).keys()
+    total = [ln for ln in dict(figs)["training_curves.png"].axes[0].lines if ln.get_label() == "total (weighted)"]
+    assert list(total[0].get_xdata()) == [1, 4]
+    said = [r.getMessage() for r in caplog.records if "not a metrics row" in r.getMessage()]
+    assert [m.split(":")[1] for m in said] == ["2", "3", "4", "5"], said

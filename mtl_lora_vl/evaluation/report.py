@@ -7,6 +7,7 @@ figure registry, and the user's backend (a notebook's, say) is never switched.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from ..adapters.attach import attach_info
 from ..io.atomic import atomic_file
 from ..tasks.registry import get_kind
 
+logger = logging.getLogger(__name__)
 
 def _change(adapted: float, zero_shot: float) -> str:
     """The change between two scores as the table shows them (each to 4 places), so a row adds up as printed
@@ -162,9 +164,27 @@ def _save(fig, path: Path, tight: bool = True) -> Path:
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The log's rows; a line that is not a JSON object (damaged or edited by hand) is left out of the curves, said,
+    rather than losing the run's other plots."""
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines() if path.is_file() else (), 1):
+        try:
+            row = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError as e:
+            row = e
+        if not isinstance(row, dict) or ("loss" in row and not _plottable(row)):
+            logger.warning("%s:%d: not a metrics row (%s); left out of the training curves", path, n,
+                           row if isinstance(row, Exception) else str(row)[:80])
+        elif row:
+            rows.append(row)
+    return rows
+
+
+def _plottable(row: dict[str, Any]) -> bool:
+    """A loss row the curves can draw: a step and numbers for its losses."""
+    number = (int, float)
+    return isinstance(row.get("step"), number) and all(
+        isinstance(v, number) and not isinstance(v, bool) for k, v in row.items() if k == "loss" or k.startswith("loss/"))
 
 
 def write_plots(run_dir: Path, result: dict[str, Any], model: nn.Module | None) -> list[Path]:
