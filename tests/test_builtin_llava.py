@@ -252,3 +252,16 @@ def test_pretraining_asks_only_the_chosen_kinds(meta):
     assert meta["settings"]["instruction_types"] == list(script.DEFAULT_KINDS)
     with pytest.raises(SystemExit):
         script.main(["--instruction-types", "color,colour", "--out", "/nonexistent/never-written"])
+
+
+def test_a_llava_folder_without_tokenizer_config_json_is_told_to_copy_it(tmp_path):
+    """Without tokenizer_config.json transformers reads tokenizer.json alone and finds no end token; the message
+    told to set eos_token in the very file that was missing."""
+    import llava_tiny
+
+    from mtl_lora_vl.backbones.loading import load_backbone
+
+    folder = llava_tiny.save_tiny_llava(tmp_path / "llava")
+    (folder / "tokenizer_config.json").unlink()
+    with pytest.raises(ValueError, match="its folder has no tokenizer_config.json"):
+        load_backbone(f"hf:{folder}")

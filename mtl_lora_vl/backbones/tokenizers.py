@@ -225,8 +225,11 @@ class HFTokenizer:
         self.strip_sep = strip_sep
         end = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
         if end is None:  # text embeddings pool at the end token and captions stop at it
-            raise ValueError(f"the tokenizer {getattr(tok, 'name_or_path', '') or type(tok).__name__} has neither an "
-                             "end-of-sequence nor a separator token; set eos_token in its tokenizer_config.json")
+            where = getattr(tok, "name_or_path", "") or ""
+            missing = bool(where) and Path(where).is_dir() and not (Path(where) / "tokenizer_config.json").is_file()
+            raise ValueError(f"the tokenizer {where or type(tok).__name__} has neither an end-of-sequence nor a "
+                             "separator token; " + ("its folder has no tokenizer_config.json (which names them): copy "
+                             "the model's" if missing else "set eos_token in its tokenizer_config.json"))
         self.eos_id = int(end)
         self.pad_id = int(tok.pad_token_id) if tok.pad_token_id is not None else self.eos_id
         bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
