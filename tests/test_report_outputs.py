@@ -148,3 +148,20 @@ def test_a_damaged_metrics_line_is_left_out_of_the_curves_not_the_plots(tmp_path
     assert list(total[0].get_xdata()) == [1, 4]
     said = [r.getMessage() for r in caplog.records if "not a metrics row" in r.getMessage()]
     assert [m.split(":")[1] for m in said] == ["2", "3", "4", "5"], said
+
+
+def test_a_run_with_zero_shot_skipped_is_not_titled_zero_shot_vs_adapted(tmp_path, monkeypatch):
+    """--skip-zero-shot: report.md and the score plot said "Zero-shot vs adapted" over adapted scores alone."""
+    from mtl_lora_vl.evaluation import report
+    from mtl_lora_vl.evaluation.evaluate import write_outputs
+
+    monkeypatch.setattr(report, "mixing_matrices", lambda model: {})
+    figs = []
+    monkeypatch.setattr(report, "_save", lambda fig, path, tight=True: figs.append((path.name, fig)) or path)
+    skipped = _result(0.3, 0.4, "top1", "a")
+    skipped["tasks"]["a"]["zero_shot"] = skipped["tasks"]["a"]["change"] = None
+    write_outputs(tmp_path, skipped, nn.Linear(1, 1))
+    assert (tmp_path / "report.md").read_text().startswith("# Adapted (zero-shot skipped)\n")
+    assert dict(figs)["zero_shot_vs_adapted.png"].axes[0].get_title() == "Adapted (zero-shot skipped)"
+    write_outputs(tmp_path, _result(0.3, 0.4, "top1", "a"), nn.Linear(1, 1))
+    assert (tmp_path / "report.md").read_text().startswith("# Zero-shot vs adapted\n")

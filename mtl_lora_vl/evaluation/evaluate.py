@@ -36,7 +36,7 @@ from ..rundir import RunDirError
 from ..tasks import resolve_tasks
 from ..tasks.registry import get_kind
 from ..tasks.spec import TaskSpec, load_spec
-from .report import details_table, has_adapted, markdown_table, scored_line, selected_line, write_plots
+from .report import details_table, markdown_table, scored_line, selected_line, title, write_plots
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model: nn
         if line:
             table += "\n\n" + line
     plots = write_plots(run_dir, result, adapted_model)
-    lines = ["# Zero-shot vs adapted" if has_adapted(result) else "# Zero-shot", "", table, ""]
+    lines = [f"# {title(result)}", "", table, ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
     with atomic_file(run_dir / "report.md", overwrite=True, what="report") as tmp:
         tmp.write_text("\n".join(lines) + "\n")

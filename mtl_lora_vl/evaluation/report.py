@@ -33,6 +33,15 @@ def has_adapted(result: dict[str, Any]) -> bool:
     return any(r.get("adapted") is not None for r in result["tasks"].values())
 
 
+def title(result: dict[str, Any]) -> str:
+    """What the report and the score plot show: zero-shot vs adapted, adapted alone (``--skip-zero-shot``), or
+    zero-shot alone (a base model scored without an adapter)."""
+    if not has_adapted(result):
+        return "Zero-shot"
+    skipped = all(r["zero_shot"] is None for r in result["tasks"].values())
+    return "Adapted (zero-shot skipped)" if skipped else "Zero-shot vs adapted"
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     """| task | metric | zero-shot | adapted | change | as Markdown (also readable printed), with a split
     column after the task when some task was scored on another split than the one asked for (a task
@@ -223,7 +232,7 @@ def write_plots(run_dir: Path, result: dict[str, Any], model: nn.Module | None) 
     ax.set_xticks(x.tolist(), [f"{t}\n({result['tasks'][t]['metric']})" for t in tasks], fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("headline score")
-    ax.set_title("Zero-shot vs adapted" if adapted else "Zero-shot")
+    ax.set_title(title(result))
     ax.legend(fontsize=8)
     written.append(_save(fig, out / ("zero_shot_vs_adapted.png" if adapted else "zero_shot.png")))
 
