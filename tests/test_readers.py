@@ -348,8 +348,27 @@ def test_byte_order_mark_is_skipped_and_other_encodings_named(root):
     (root / "bom.jsonl").write_bytes('{"image": "images/good.jpg", "label": "cat"}\n'.encode("utf-8-sig"))
     assert read_split("jsonl", root, file="bom.jsonl").class_names == ["cat"]
     (root / "latin.jsonl").write_bytes('{"image": "images/good.jpg", "label": "café"}\n'.encode("latin-1"))
-    with pytest.raises(DataFormatError, match=r"latin.jsonl: not UTF-8 text .*save the file as UTF-8"):
+    with pytest.raises(DataFormatError, match=r"latin.jsonl:1: not UTF-8 text .*save the file as UTF-8"):
         read_split("jsonl", root, file="latin.jsonl")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_byte_that_is_not_utf8_is_named_by_its_line_and_file_offset(root, fmt):
+    """Python decodes a text file in chunks of about 8 KiB and counts the error's byte in the chunk: a Latin-1
+    'é' on line 3001 of a JSONL was said to be at byte 4234 of a file where it sits at byte 118922."""
+    rows = [f'{{"image": "images/good.jpg", "text": "row {i}"}}\n' if fmt == "jsonl" else f"images/good.jpg,row {i}\n"
+            for i in range(5000)]
+    rows[3000] = rows[3000].replace("row 3000", "caf\xe9")
+    head = "" if fmt == "jsonl" else "image,text\n"
+    data = (head + "".join(rows)).encode("latin-1")
+    (root / f"late.{fmt}").write_bytes(data)
+    line, at = 3001 + bool(head), data.index(b"\xe9")
+    with pytest.raises(DataFormatError, match=rf"late.{fmt}:{line}: not UTF-8 text \(byte {at} of the file: invalid "
+                                              r"continuation byte\); save the file as UTF-8"):
+        read_split(fmt, root, file=f"late.{fmt}")
+    (root / "wide.jsonl").write_bytes('{"image": "images/good.jpg", "text": "x"}\n'.encode("utf-16"))
+    with pytest.raises(DataFormatError, match=r"wide.jsonl:1: not UTF-8 text .*it looks like UTF-16"):
+        read_split("jsonl", root, file="wide.jsonl")
 
 
 def test_csv_all_row_kinds(root):

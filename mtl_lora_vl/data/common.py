@@ -106,8 +106,30 @@ def open_text(path: Path, newline: str | None = None) -> Iterator[TextIO]:
     try:
         with open(path, encoding="utf-8-sig", newline=newline) as f:
             yield f
-    except UnicodeDecodeError as e:
-        raise DataFormatError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the file as UTF-8") from e
+    except UnicodeDecodeError as e:   # e.start counts in the chunk being decoded, not in the file
+        line, offset, reason = _first_non_utf8(path)
+        utf16 = "; it looks like UTF-16" if _head(path).startswith((b"\xff\xfe", b"\xfe\xff")) else ""
+        raise DataFormatError(f"{path}:{line}: not UTF-8 text (byte {offset} of the file: {reason or e.reason}"
+                              f"{utf16}); save the file as UTF-8") from e
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(2)
+
+
+def _first_non_utf8(path: Path) -> tuple[int, int, str]:
+    """(line, byte offset in the file, why) of the first bytes of ``path`` that are not UTF-8 (a line ends with an
+    ASCII newline, so no UTF-8 character spans two lines)."""
+    offset = 0
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return lineno, offset + e.start, e.reason
+            offset += len(line)
+    return 1, 0, ""
 
 
 def load_json(path: Path, object_hook: Callable[[dict], Any] | None = None) -> Any:
