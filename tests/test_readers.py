@@ -341,6 +341,17 @@ def test_csv_errors_name_the_physical_line(root):
         read_split("csv", root, file="lines.csv")
 
 
+def test_a_quote_left_open_in_a_large_csv_is_named_by_its_line(root):
+    """The rows after an open quote grow one field past csv's 131072-character limit: the read ended in a bare
+    '_csv.Error: field larger than field limit' (no file, no line; the command line printed a traceback)."""
+    rows = [f"images/good.jpg,{('red', 'blue')[i % 2]}" for i in range(20000)]
+    rows[100] = 'images/good.jpg,"blue'
+    (root / "open.csv").write_text("image,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataFormatError, match=r"open.csv:102: the CSV record that starts on this line cannot be read "
+                                              r"\(field larger than field limit .*\); a quote left open"):
+        read_split("csv", root, file="open.csv")
+
+
 def test_byte_order_mark_is_skipped_and_other_encodings_named(root):
     """Excel's "CSV UTF-8" starts with a byte-order mark: its header's first column read as '\\ufeffimage'."""
     (root / "bom.csv").write_bytes("image,label\nimages/good.jpg,cat\n".encode("utf-8-sig"))

@@ -64,19 +64,25 @@ def _rows_jsonl(path: Path) -> list[tuple[int, dict]]:
 def _rows_csv(path: Path) -> list[tuple[int, dict]]:
     with open_text(path, newline="") as f:
         reader = csv.DictReader(f, skipinitialspace=True)   # "image, caption": a space after the comma
-        if reader.fieldnames is None:
-            raise DataFormatError(f"{path}: empty CSV file; expected a header row with an 'image' column")
-        reader.fieldnames = [name.strip() for name in reader.fieldnames]
-        twice = sorted(n for n, c in Counter(reader.fieldnames).items() if c > 1)
-        if twice:   # DictReader keeps the last column of a name and drops the others without a word
-            raise DataFormatError(f"{path}:1: the header names the column(s) {', '.join(map(repr, twice))} twice; "
-                                  "give each column its own name")
-        rows, spans, last = [], [], 1
-        for row in reader:   # line_num: the record's last line (blank lines and quoted newlines counted)
-            rows.append((reader.line_num, row))
-            if any(isinstance(v, str) and ("\n" in v or "\r" in v) for v in row.values()):
-                spans.append(f"{last + 1}-{reader.line_num}")
-            last = reader.line_num
+        rows, spans, last = [], [], 0
+        try:
+            if reader.fieldnames is None:
+                raise DataFormatError(f"{path}: empty CSV file; expected a header row with an 'image' column")
+            reader.fieldnames = [name.strip() for name in reader.fieldnames]
+            twice = sorted(n for n, c in Counter(reader.fieldnames).items() if c > 1)
+            if twice:   # DictReader keeps the last column of a name and drops the others without a word
+                raise DataFormatError(f"{path}:1: the header names the column(s) {', '.join(map(repr, twice))} "
+                                      "twice; give each column its own name")
+            last = 1
+            for row in reader:   # line_num: the record's last line (blank lines and quoted newlines counted)
+                rows.append((reader.line_num, row))
+                if any(isinstance(v, str) and ("\n" in v or "\r" in v) for v in row.values()):
+                    spans.append(f"{last + 1}-{reader.line_num}")
+                last = reader.line_num
+        except csv.Error as e:   # e.g. a quote left open: the rows after it grow one field past csv's limit
+            raise DataFormatError(f"{path}:{last + 1}: the CSV record that starts on this line cannot be read ({e}); a "
+                                  "quote left open (\") takes the rows after it into one field: close it, or quote the "
+                                  "whole field") from None
     for lineno, row in rows:
         if None in row:
             raise DataFormatError(f"{path}:{lineno}: more fields than header columns; quote fields with commas")
