@@ -621,6 +621,23 @@ def test_csv_values_padded_before_a_comma_and_open_quotes(tmp_path, caplog):
     assert "run over several lines" not in caplog.text
 
 
+def test_a_quote_left_open_in_a_label_or_path_is_refused(tmp_path):
+    """Only free text may hold a line break: a quote left open in a label cell took every row after it into one
+    class name ('blue\\nimg/2.jpg,green\\n...'), and a 6,000-row file trained as 100 rows and a fourth class, with
+    a warning that said to ignore it if the line breaks were meant."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "label.csv").write_text('image,label\na.png,cat\na.png,"dog\na.png,cat\na.png,dog\n')
+    with pytest.raises(DataFormatError, match=r"label.csv:3: the 'label' field runs over lines 3-5; a quote left open"):
+        read_split("csv", tmp_path, file="label.csv")
+    (tmp_path / "path.csv").write_text('image,text\n"a.png,a dog\na.png,a cat\n')
+    with pytest.raises(DataFormatError, match=r"path.csv:2: the 'image' field runs over lines 2-3"):
+        read_split("csv", tmp_path, file="path.csv")
+    (tmp_path / "text.csv").write_text('image,text\na.png,"a dog\non two lines"\n')   # free text: meant, read
+    assert read_split("csv", tmp_path, file="text.csv").examples[0].text == "a dog\non two lines"
+
+
 def test_row_fields_that_read_as_something_else(tmp_path):
     """A misspelt 'answer' field gave rows without answers (the error came later, naming neither file nor
     field); a label '²' passed str.isdigit and failed int() with a bare ValueError."""

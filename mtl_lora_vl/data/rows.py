@@ -61,6 +61,10 @@ def _rows_jsonl(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
+#: The CSV columns whose text may hold a line break (a quoted field over several lines); any other is a quote left open.
+_FREE_TEXT = ("text", "caption", "captions", "statement", "question")
+
+
 def _rows_csv(path: Path) -> list[tuple[int, dict]]:
     with open_text(path, newline="") as f:
         reader = csv.DictReader(f, skipinitialspace=True)   # "image, caption": a space after the comma
@@ -76,7 +80,12 @@ def _rows_csv(path: Path) -> list[tuple[int, dict]]:
             last = 1
             for row in reader:   # line_num: the record's last line (blank lines and quoted newlines counted)
                 rows.append((reader.line_num, row))
-                if any(isinstance(v, str) and ("\n" in v or "\r" in v) for v in row.values()):
+                broken = [k for k, v in row.items() if isinstance(v, str) and ("\n" in v or "\r" in v)]
+                if set(broken) - set(_FREE_TEXT):   # a path, label or answer never holds a line break
+                    raise DataFormatError(f"{path}:{last + 1}: the {sorted(set(broken) - set(_FREE_TEXT))[0]!r} field "
+                                          f"runs over lines {last + 1}-{reader.line_num}; a quote left open (\") takes "
+                                          "the rows after it into one field: close it")
+                if broken:
                     spans.append(f"{last + 1}-{reader.line_num}")
                 last = reader.line_num
         except csv.Error as e:   # e.g. a quote left open: the rows after it grow one field past csv's limit
