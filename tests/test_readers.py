@@ -352,6 +352,22 @@ def test_a_quote_left_open_in_a_large_csv_is_named_by_its_line(root):
         read_split("csv", root, file="open.csv")
 
 
+def test_one_json_document_given_as_jsonl_is_named(root):
+    """A LLaVA-style .json (a list of rows, indented or on one line) read as JSONL said 'line 1: not valid JSON
+    (Expecting value)' or 'got list', without the fix; a malformed first JSONL line is not told that."""
+    rows = [{"image": "images/good.jpg", "text": "x"}, {"image": "images/good2.png", "text": "y"}]
+    whole = "; the file looks like one JSON document, not JSON lines: write one JSON object per line"
+    for name, text, said in [("indented", json.dumps(rows, indent=2), "not valid JSON (Expecting value)"),
+                             ("compact", json.dumps(rows), "each line must be a JSON object, got list"),
+                             ("object", json.dumps(rows[0], indent=2), "not valid JSON (Expecting property name")]:
+        (root / f"{name}.jsonl").write_text(text)
+        with pytest.raises(DataFormatError, match=re.escape(f"{name}.jsonl:1: {said}") + ".*" + re.escape(whole)):
+            read_split("jsonl", root, file=f"{name}.jsonl")
+    (root / "line.jsonl").write_text('{"image": "images/good.jpg" "text": "x"}\n')
+    with pytest.raises(DataFormatError, match=r"line.jsonl:1: not valid JSON \(Expecting ',' delimiter\)$"):
+        read_split("jsonl", root, file="line.jsonl")
+
+
 def test_byte_order_mark_is_skipped_and_other_encodings_named(root):
     """Excel's "CSV UTF-8" starts with a byte-order mark: its header's first column read as '\\ufeffimage'."""
     (root / "bom.csv").write_bytes("image,label\nimages/good.jpg,cat\n".encode("utf-8-sig"))

@@ -51,12 +51,17 @@ def _rows_jsonl(path: Path) -> list[tuple[int, dict]]:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            # a first line "[" or "{", or a list: one JSON document (LLaVA's .json, an indented file), not JSON lines
+            whole = "; the file looks like one JSON document, not JSON lines: write one JSON object per line"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataFormatError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+                one = whole if not rows and line.strip() in ("[", "{") else ""
+                raise DataFormatError(f"{path}:{lineno}: not valid JSON ({e.msg}){one}") from e
             if not isinstance(row, dict):
-                raise DataFormatError(f"{path}:{lineno}: each line must be a JSON object, got {type(row).__name__}")
+                one = whole if not rows and isinstance(row, list) else ""
+                raise DataFormatError(f"{path}:{lineno}: each line must be a JSON object, got "
+                                      f"{type(row).__name__}{one}")
             rows.append((lineno, row))
     return rows
 
