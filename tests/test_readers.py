@@ -352,6 +352,26 @@ def test_a_quote_left_open_in_a_large_csv_is_named_by_its_line(root):
         read_split("csv", root, file="open.csv")
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_image_paths_written_relative_to_the_file_say_where_the_data_root_takes_them(tmp_path, fmt):
+    """A file in a subfolder whose image paths are relative to that folder (LLaVA's layout) lost every row with
+    'no usable examples (... file not found)', naming neither the rule nor the option that fixes it."""
+    root = tmp_path / "data"
+    (root / "coco" / "img").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "coco" / "img" / "a.png")
+    (root / "coco" / f"train.{fmt}").write_text('{"image": "img/a.png", "text": "x"}\n' if fmt == "jsonl"
+                                                else "image,text\nimg/a.png,x\n")
+    fix = r"not the file's folder: 'img/a.png' is beside train\.\w+, so give images = 'coco' in the split's options"
+    with pytest.raises(DataFormatError, match=r"no usable examples .*file not found\); image paths .*" + fix):
+        read_split(fmt, root, file=f"coco/train.{fmt}")
+    with pytest.raises(ImageError, match=r"file not found; image paths .*" + fix):
+        read_split(fmt, root, file=f"coco/train.{fmt}", strict=True)
+    assert len(read_split(fmt, root, file=f"coco/train.{fmt}", images="coco").examples) == 1
+    (tmp_path / "other").mkdir()
+    with pytest.raises(DataFormatError, match=r"so give --data-root .*coco$"):   # a file outside the data root
+        read_split(fmt, tmp_path / "other", file=str(root / "coco" / f"train.{fmt}"))
+
+
 def test_one_json_document_given_as_jsonl_is_named(root):
     """A LLaVA-style .json (a list of rows, indented or on one line) read as JSONL said 'line 1: not valid JSON
     (Expecting value)' or 'got list', without the fix; a malformed first JSONL line is not told that."""

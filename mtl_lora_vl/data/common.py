@@ -91,6 +91,20 @@ def resolve_under(root: Path, relative: str | os.PathLike, what: str = "image pa
     return resolved
 
 
+def file_relative_hint(root: Path, images: str, annotations: Path, image: Any) -> str:
+    """Where ``image`` (a row's path) is not under ``root/images`` but is beside the annotation file: what to give
+    (paths in a data file are taken under the data root, not the file's folder); else ""."""
+    if not isinstance(image, str) or not image.strip() or (root / images / image).exists():
+        return ""
+    folder = annotations.resolve().parent
+    if folder == root or not (folder / images / image).is_file():
+        return ""
+    fix = (f"images = {(folder.relative_to(root) / images).as_posix()!r} in the split's options"
+           if folder.is_relative_to(root) else f"--data-root {folder}")
+    return (f"; image paths in a data file are taken under the data root {root} (and the reader's images folder), "
+            f"not the file's folder: {image!r} is beside {annotations.name}, so give {fix}")
+
+
 def annotation_file(root: Path, path: str | os.PathLike, what: str) -> Path:
     p = Path(path).expanduser()
     p = p if p.is_absolute() else root / p

@@ -37,9 +37,11 @@ from .common import (
     caption_examples,
     class_name_problems,
     data_root_dir,
+    file_relative_hint,
     open_text,
     resolve_under,
 )
+from .images import ImageError
 from .records import Example, Split
 
 logger = logging.getLogger(__name__)
@@ -440,9 +442,15 @@ def _read_file_rows(fmt: str, rows: list[tuple[int, dict]], path: Path, root: Pa
                                   + ("; a row of several images gives them as 'images'" if several else ""))
         return resolve_under(root, Path(images) / row["image"])
 
-    return examples_from_rows(rows, at=lambda n: f"{path}:{n}", source=f"{fmt.upper()} {path.name}",
-                              image_of=image_of, check=ImageChecker(verify, strict), class_names=class_names,
-                              one_per_image=one_per_image)
+    try:
+        return examples_from_rows(rows, at=lambda n: f"{path}:{n}", source=f"{fmt.upper()} {path.name}",
+                                  image_of=image_of, check=ImageChecker(verify, strict), class_names=class_names,
+                                  one_per_image=one_per_image)
+    except (DataFormatError, ImageError) as e:   # every image missing (strict: the first): relative to the file?
+        hint = file_relative_hint(root, images, path, rows[0][1].get("image")) if "file not found" in str(e) else ""
+        if not hint:
+            raise
+        raise type(e)(f"{e}{hint}") from e
 
 
 def read_jsonl(
