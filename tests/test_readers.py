@@ -466,6 +466,16 @@ def test_symlink_inside_root_is_fine(root):
     assert Path(s.examples[0].image).name == "good.jpg"
 
 
+@pytest.mark.parametrize("verify", [False, True])
+def test_a_folder_named_as_an_image_is_not_called_missing(root, verify):
+    """With verify = false a folder where an image should be was skipped as 'file not found' (the full check says
+    'is not a regular file')."""
+    (root / "dir.jsonl").write_text(json.dumps({"image": "images", "text": "x"}) + "\n"
+                                    + json.dumps({"image": "images/good.jpg", "text": "y"}) + "\n")
+    with pytest.raises(ImageError, match=r"image .*images: is not a regular file$"):
+        read_split("jsonl", root, file="dir.jsonl", verify=verify, strict=True)
+
+
 def test_verify_switch(root):
     (root / "v.jsonl").write_text(json.dumps({"image": "images/corrupt.jpg", "text": "x"}) + "\n"
                                   + json.dumps({"image": "images/missing.jpg", "text": "y"}))

@@ -201,8 +201,8 @@ class ImageChecker:
         try:
             if self.verify:
                 verify_image(path, decode=self.verify == "decode")
-            elif isinstance(path, Path) and not path.is_file():
-                raise ImageError(f"image {path}: file not found")
+            elif isinstance(path, Path) and not path.is_file():   # (as verify_image says it)
+                raise ImageError(f"image {path}: {'is not a regular file' if path.exists() else 'file not found'}")
             ok = True
         except ImageError as e:
             if self.strict:
