@@ -324,6 +324,17 @@ def test_task_evaluation_goes_on_or_stops_with_strict(images, tmp_path, caplog):
     assert "task 'pets': 2 evaluation row(s) whose image cannot be used are left out" in caplog.text
     good = Split([ex for i, ex in enumerate(split.examples) if i not in BAD], class_names=split.class_names)
     assert out == kind.evaluate(backbone, None, good, batch_size=4, device="cpu") and out["n"] == len(NAMES) - 2
+    # Evaluated again (the adapted pass, each validation): the rows are left out up front, in one pass, not decoded
+    # and warned about per file again
+    caplog.clear()
+    passes = []
+    inner = kind._evaluate
+    kind._evaluate = lambda *a, **kw: passes.append(1) or inner(*a, **kw)
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+        assert kind.evaluate(backbone, None, split, batch_size=4, device="cpu") == out
+    assert len(passes) == 1 and "substitute image" not in caplog.text and "cannot be decoded" not in caplog.text
+    assert "task 'pets': 2 evaluation row(s) whose image cannot be used are left out" in caplog.text
+    del kind._evaluate
     strict = Split(split.examples, class_names=split.class_names, strict=True)
     with pytest.raises(ImageError, match=r"task 'pets'.*truncated\.jpg: cannot be decoded.*strict = true"):
         kind.evaluate(backbone, None, strict, batch_size=4, device="cpu")

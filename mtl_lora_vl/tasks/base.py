@@ -181,6 +181,8 @@ class TaskKind(ABC):
                              + (f" in {spec.source_file}" if spec.source_file else ""))
         self.spec = spec
         self.name = spec.name
+        #: Images (``failure_key``) an evaluation found unusable: later evaluations leave their rows out up front.
+        self.unusable_images: set[str] = set()
         #: The path of this kind on this backbone: True = through the language model (see the module doc).
         self.generative: bool = uses_language_model(backbone)
         #: Whether training rows carry a text for the text tower (never on the generative path).
@@ -352,22 +354,30 @@ class TaskKind(ABC):
         cannot be decoded are left out of the scores (the pass that found them ran with substitute images,
         which kept the rows' labels: it is run again without them, until a pass finds none: an ``eval_limit``
         lets rows in that the first pass did not score), or stop the evaluation when ``split.strict``."""
-        with eval_mode(backbone.model, head), decode_policy(self.name, getattr(split, "strict", False)) as failed:
-            bad: set[str] = set()
-            scored = split
+        strict = getattr(split, "strict", False)
+        with eval_mode(backbone.model, head), decode_policy(self.name, strict) as failed:
+            # images an earlier evaluation of this task found unusable are left out up front (not decoded, warned
+            # about and scored again on every pass: zero-shot, adapted, each validation); a strict split decodes all
+            bad: set[str] = set() if strict else set(self.unusable_images)
+            scored = self._without(split, bad) if bad else split
             while True:
                 out = self._evaluate(backbone, head, scored, batch_size=batch_size, device=device, dtype=dtype,
                                      num_workers=num_workers)
                 found = union_over_shards(failed)   # (the same on every rank: they stop together)
                 if found <= bad:
                     break
-                bad = set(found)   # (a copy: outside DDP, found is the set the next pass adds to)
-                scored = dataclasses.replace(split, examples=[ex for ex in split.examples if not failure_keys(ex) & bad])
-            if bad:
+                bad |= found
+                scored = self._without(split, bad)
+            self.unusable_images |= bad
+            if len(scored.examples) < len(split.examples):
                 kept = len(scored.examples)
                 logger.warning("task %r: %d evaluation row(s) whose image cannot be used are left out of its scores "
                                "(%d of %d rows kept)", self.name, len(split.examples) - kept, kept, len(split.examples))
             return out
+
+    @staticmethod
+    def _without(split: Split, bad: set[str]) -> Split:
+        return dataclasses.replace(split, examples=[ex for ex in split.examples if not failure_keys(ex) & bad])
 
     @abstractmethod
     def _evaluate(self, backbone: Backbone, head: nn.Module | None, split: Split, *, batch_size: int,
