@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.resize import ImageResize
+from ..data.text_columns import drop_padding
 from ..families import FAMILIES, find_family
 from ..precision import cuda_has_bf16
 from .spec import BackboneSpec
@@ -207,6 +208,9 @@ class Backbone:
 
     capabilities: ClassVar[frozenset[str]] = frozenset()
     pads_to_context: ClassVar[bool] = False  # text must be exactly context_length tokens long
+    #: The padding columns all rows share can be left out of a text batch (same embeddings, less work): a causal
+    #: text tower pooled at each row's end token (:meth:`drop_text_padding`).
+    short_text: ClassVar[bool] = False
     casts_inputs: ClassVar[bool] = True      # the model casts its inputs to its weights' dtype (HF models do)
     #: The language-model path takes prompts of several images (one placeholder per image, NLVR2's pair): its
     #: ``lm_loss`` / ``generate`` / ``sequence_scores`` take every row's images, in row order, as one image batch.
@@ -327,6 +331,10 @@ class Backbone:
                 "tokenize with backbone.tokenizer, which truncates to the context length"
             )
         return self.pad_to_context(tokens) if self.pads_to_context else tokens
+
+    def drop_text_padding(self, tokens: Tensor) -> Tensor:
+        """Host tokens without the trailing padding columns every row shares, where ``short_text``; as given else."""
+        return drop_padding(tokens, self.pad_id, self.eos_id) if self.short_text else tokens
 
     def pad_to_context(self, tokens: Tensor) -> Tensor:
         """``tokens`` with ``pad_id`` columns appended up to the context length (as given when already full)."""

@@ -35,6 +35,7 @@ class HFClipBackbone(Backbone):
     """A Hugging Face ``CLIPModel``: pooled tower outputs through the projections."""
 
     capabilities = frozenset({IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS, GRAD_CHECKPOINTING})
+    short_text = True   # a causal text tower pooled at each row's first end token
 
     def _image_features(self, images: Tensor) -> Tensor:
         pooled = self.model.vision_model(pixel_values=images).pooler_output

@@ -40,6 +40,7 @@ from .builtin import BUILTIN_NAME, builtin_files
 from .cache import cached_open_clip_weights, clip_url_cache, hf_hub_cache, local_folder
 from .coca_decoding import CoCaStepper, supports_kv_cache
 from .offline import offline
+from .open_clip_text import OpenClipText
 from .spec import SPEC_FORMS, BackboneSpec
 from .tokenizers import (
     TOKENIZER_FILES,
@@ -59,19 +60,14 @@ _BPE_VOCAB = 49408
 
 
 @register_backbone("open_clip")
-class OpenClipBackbone(Backbone):
+class OpenClipBackbone(OpenClipText, Backbone):
     """An open_clip ``CLIP`` / ``CustomTextCLIP``: image and text embeddings."""
 
     capabilities = frozenset({IMAGE_EMBEDDINGS, TEXT_EMBEDDINGS, GRAD_CHECKPOINTING})
-    pads_to_context = True  # open_clip's CLIP adds its full positional table: exactly context_length tokens
     casts_inputs = False    # fp32 images meet bf16 weights as they are, outside autocast
 
     def _image_features(self, images: Tensor) -> Tensor:
         feats = self.model.encode_image(images)
-        return feats[0] if isinstance(feats, tuple) else feats
-
-    def _text_features(self, tokens: Tensor) -> Tensor:
-        feats = self.model.encode_text(tokens)
         return feats[0] if isinstance(feats, tuple) else feats
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:

@@ -103,6 +103,7 @@ from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.data.resize import ImageResize
 from mtl_lora_vl.data.sampler import MultiTaskBatchSampler
 from mtl_lora_vl.data.seeding import SeededBatches, SeededDataset, loader_generator, reseed_loader
+from mtl_lora_vl.data.text_columns import drop_padding
 from mtl_lora_vl.data.worker_errors import worker_errors_unwrapped
 from mtl_lora_vl.log import progress
 
@@ -204,15 +205,18 @@ class MultiTaskCollate:
     ``task_ids[i]`` is the adapter's task id of task i of this loader (default: i, when the loader's
     tasks are the adapter's tasks in order). With ``lm_collator`` (a generative backbone's picklable
     ``backbone.lm_collator()``), every row's ``(prompt, target)`` is tokenised into ``batch["lm"]`` and
-    ``tokens`` is left out; else ``tokenizer`` makes ``tokens``. Images of different sizes (a ``native``
-    resize) go on one canvas (:func:`pad_images`).
+    ``tokens`` is left out; else ``tokenizer`` makes ``tokens`` (without the padding columns every row shares
+    when ``text_padding`` gives the ``(pad, end)`` ids: a backbone's ``short_text``). Images of different sizes (a
+    ``native`` resize) go on one canvas (:func:`pad_images`).
     """
 
     def __init__(self, task_names: Sequence[str], uses_text: Sequence[bool], tokenizer: Any,
-                 task_ids: Sequence[int] | None = None, *, lm_collator: Any = None) -> None:
+                 task_ids: Sequence[int] | None = None, *, lm_collator: Any = None,
+                 text_padding: tuple[int, int] | None = None) -> None:
         self.task_names = list(task_names)
         self.uses_text = list(uses_text)
         self.tokenizer = tokenizer
+        self.text_padding = text_padding
         self.lm_collator = lm_collator
         self.task_ids = list(range(len(self.task_names))) if task_ids is None else [int(t) for t in task_ids]
         if len(self.task_ids) != len(self.task_names) or len(set(self.task_ids)) != len(self.task_ids):
@@ -252,6 +256,8 @@ class MultiTaskCollate:
             lm_weight = torch.tensor([float(w) for _, _, w in lm], dtype=torch.float32)
         else:
             batch["tokens"] = self.tokenizer([r["text"] if r["text"] is not None else "" for r in rows])
+            if self.text_padding is not None:
+                batch["tokens"] = drop_padding(batch["tokens"], *self.text_padding)
         text_rows: list[int] = []
         tasks: dict[str, dict[str, Tensor]] = {}
         for t in sorted(range(len(self.task_names)), key=lambda i: aid[i]):
@@ -360,7 +366,9 @@ class MultiTaskLoader:
             self.collate = MultiTaskCollate(names, [False] * len(names), None, task_ids,
                                             lm_collator=backbone.lm_collator())
         else:
-            self.collate = MultiTaskCollate(names, [k.uses_text for k in kinds], backbone.tokenizer, task_ids)
+            self.collate = MultiTaskCollate(names, [k.uses_text for k in kinds], backbone.tokenizer, task_ids,
+                                            text_padding=(backbone.pad_id, backbone.eos_id) if backbone.short_text
+                                            else None)
         extra: dict[str, Any] = {}
         if num_workers > 0:
             extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor or 2}

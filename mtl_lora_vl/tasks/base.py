@@ -436,7 +436,7 @@ def encode_texts(backbone: Backbone, texts: Sequence[str], *, device: torch.devi
     """L2-normalised float32 text embeddings ``(N, D)`` of ``texts``, in chunks of ``batch_size``."""
     out = []
     for start in range(0, len(texts), batch_size):
-        tokens = backbone.tokenizer(list(texts[start:start + batch_size])).to(device)
+        tokens = backbone.drop_text_padding(backbone.tokenizer(list(texts[start:start + batch_size]))).to(device)
         with autocast(device, dtype):
             out.append(backbone.encode_text(tokens).float())
     if not out:
