@@ -367,8 +367,8 @@ class MultiTaskLoader:
                                             lm_collator=backbone.lm_collator())
         else:
             self.collate = MultiTaskCollate(names, [k.uses_text for k in kinds], backbone.tokenizer, task_ids,
-                                            text_padding=(backbone.pad_id, backbone.eos_id) if backbone.short_text
-                                            else None)
+                                            text_padding=(backbone.pad_id, backbone.eos_id)
+                                            if getattr(backbone, "short_text", False) else None)
         extra: dict[str, Any] = {}
         if num_workers > 0:
             extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor or 2}
