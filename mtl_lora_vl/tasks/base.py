@@ -433,15 +433,21 @@ def eval_mode(*modules: nn.Module | None) -> Iterator[None]:
 @torch.no_grad()
 def encode_texts(backbone: Backbone, texts: Sequence[str], *, device: torch.device | str,
                  dtype: torch.dtype = torch.float32, batch_size: int = 256) -> Tensor:
-    """L2-normalised float32 text embeddings ``(N, D)`` of ``texts``, in chunks of ``batch_size``."""
+    """L2-normalised float32 text embeddings ``(N, D)`` of ``texts``, in chunks of ``batch_size``; for a backbone that
+    reads text at its own width (``short_text``), chunks of texts of like length (the embeddings in ``texts`` order)."""
+    if not texts:
+        raise ValueError("encode_texts got no texts")
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i])) if backbone.short_text else list(range(len(texts)))
     out = []
     for start in range(0, len(texts), batch_size):
-        tokens = backbone.drop_text_padding(backbone.tokenizer(list(texts[start:start + batch_size]))).to(device)
+        chunk = [texts[i] for i in order[start:start + batch_size]]
+        tokens = backbone.drop_text_padding(backbone.tokenizer(chunk)).to(device)
         with autocast(device, dtype):
             out.append(backbone.encode_text(tokens).float())
-    if not out:
-        raise ValueError("encode_texts got no texts")
-    return F.normalize(torch.cat(out), dim=-1)
+    emb = torch.cat(out)
+    if order != sorted(order):
+        emb = emb[torch.tensor(order, device=emb.device).argsort()]
+    return F.normalize(emb, dim=-1)
 
 
 @torch.no_grad()
