@@ -91,14 +91,21 @@ def test_a_resumed_run_purges_the_tensorboard_events_after_its_checkpoint(tmp_pa
 
     from mtl_lora_vl.training.metrics_log import MetricsLog
 
-    made = []
+    made, points = [], []
     fake = types.ModuleType("torch.utils.tensorboard")
-    fake.SummaryWriter = lambda logdir, **kw: made.append(kw) or types.SimpleNamespace()
+    fake.SummaryWriter = lambda logdir, **kw: made.append(kw) or types.SimpleNamespace(
+        add_scalar=lambda k, v, step: points.append((k, v, step)), flush=lambda: None)
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
     MetricsLog(tmp_path, True)
+    # A --keep-best run resumed from its final checkpoint (step 4): truncate_metrics kept the loss row at step 4 and
+    # dropped the final validation it did not take; TensorBoard kept that stale point (purged from step 5 only), and
+    # the rerun validation added a second one at step 4.
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in (
+        {"step": 2, "loss": 1.0}, {"step": 4, "loss": 0.5, "lr": 0.1})) + "\n")
     MetricsLog(tmp_path, True, resumed_at=4)
     MetricsLog(tmp_path, False, resumed_at=4)  # not rank 0: no writer
-    assert made == [{}, {"purge_step": 5}]
+    assert made == [{}, {"purge_step": 4}]
+    assert points == [("loss", 0.5, 4), ("lr", 0.1, 4)]   # the kept row at the checkpoint's step, given again
 
 
 def test_one_autocast():

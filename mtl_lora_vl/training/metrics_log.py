@@ -25,7 +25,9 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, enabled: bool, resumed_at: int | None = None) -> None:
         """``resumed_at``: the step a resumed run continues from; TensorBoard drops the events the killed run
-        wrote after it (as :func:`truncate_metrics` does for metrics.jsonl), so they are not shown twice."""
+        wrote from it on and is given again the rows at it that metrics.jsonl keeps (:func:`truncate_metrics` has
+        dropped the rest: written after the checkpoint, or a final validation it did not take), so no point shows
+        twice or stale."""
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
@@ -35,14 +37,22 @@ class MetricsLog:
             except ImportError:
                 pass
             else:
-                purge = {} if resumed_at is None else {"purge_step": resumed_at + 1}
+                purge = {} if resumed_at is None else {"purge_step": resumed_at}
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"), **purge)
+                if resumed_at is not None and self.path.is_file():
+                    for line in self.path.read_text().splitlines():   # (truncate_metrics left whole rows only)
+                        row = json.loads(line) if line.strip() else {}
+                        if isinstance(row, dict) and row.get("step") == resumed_at:
+                            self._to_tensorboard(row)
 
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        self._to_tensorboard(row)
+
+    def _to_tensorboard(self, row: dict[str, Any]) -> None:
         if self.tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)):
