@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import ddp_step
 import gathered_negatives
 import pytest
 import rng_kind
@@ -135,6 +136,22 @@ def test_two_ranks_train_retrieval_on_the_global_batchs_negatives(tmp_path, proc
     for name, grad in one["grads"].items():
         assert torch.tensor(two["grads"][name]) == pytest.approx(torch.tensor(grad), abs=1e-5), name
     assert any(any(g != 0 for g in grad) for name, grad in one["grads"].items() if "lora_A" in name)
+
+
+def test_two_ranks_take_the_accumulated_step_one_process_takes_on_their_rows(tmp_path, procs):
+    """The whole step, not one forward: the loader's rank chunks, the trainer's DDP wrapping, ``no_sync`` on the
+    first of two micro-batches and each micro-batch's 1/accumulate give two ranks at batch 4 the losses and
+    averaged gradients of one process at batch 8 (vqa's per-rank means, retrieval's gathered negatives)."""
+    proc = torchrun(str(TESTS / "ddp_step.py"), str(tmp_path / "ddp"), str(tmp_path / "ddp.json"))
+    procs.append(proc)
+    one = ddp_step.step_grads(tmp_path / "one", DistInfo())   # while it runs
+    finish(proc)
+    two = json.loads((tmp_path / "ddp.json").read_text())
+    assert two["samples"] == one["samples"] == 16
+    assert two["losses"] == pytest.approx(one["losses"], abs=1e-6)
+    assert two["grads"].keys() == one["grads"].keys() and len(one["grads"]) > 100
+    for name, grad in one["grads"].items():
+        assert torch.tensor(two["grads"][name]) == pytest.approx(torch.tensor(grad), abs=1e-5), name
 
 
 def test_every_rank_takes_rank_0s_run_dir_or_its_error(tmp_path, procs):
