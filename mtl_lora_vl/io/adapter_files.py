@@ -142,11 +142,13 @@ def _check_save_arguments(cfg: MTLLoRAConfig, heads: dict[str, Any], task_specs:
             raise ValueError(f"save_adapter: {what} names task(s) {unknown} that the adapter does not have; "
                              f"its tasks are {cfg.tasks}")
     require_head_modules(heads, "save_adapter")
-    named_files = sorted(t for t in {*task_specs, *kinds} if "/" in t or "\\" in t)
-    if named_files:   # tasks/<task>.toml, tasks/<task>.state.json
-        raise ValueError(f"save_adapter: task name(s) {named_files} contain '/' or '\\', and a task's spec and "
-                         "vocabulary are saved in files named by it; save without task_specs= / kinds= for those "
-                         "tasks, or name the tasks without them")
+    names = {*task_specs, *kinds}   # their files: tasks/<task>.toml, tasks/<task>.state.json
+    slashed = sorted(t for t in names if "/" in t or "\\" in t)
+    folded = sorted(t for t in names if [u.lower() for u in names].count(t.lower()) > 1)
+    if slashed or folded:
+        why = "contain '/' or '\\'" if slashed else "differ only in case (one file on macOS and Windows file systems)"
+        raise ValueError(f"save_adapter: task name(s) {slashed or folded} {why}, and a task's spec and vocabulary are "
+                         "saved in files named by it; save without task_specs= / kinds= for those tasks, or rename them")
     for task, spec in task_specs.items():
         if isinstance(spec, TaskSpec):
             if spec.source_text is None:
