@@ -446,14 +446,13 @@ def test_a_task_name_with_a_slash_saves_and_loads_but_not_with_its_spec(tmp_path
 
 def test_task_names_that_differ_only_in_case_are_not_saved_with_their_files(tmp_path):
     """tasks/VQA.toml and tasks/vqa.toml are one file on macOS and Windows: one task's spec replaced the other's."""
-    model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=["VQA", "vqa"], r=2))
+    model = mlv.attach(_fresh(tiny_open_clip), mlv.MTLLoRAConfig(tasks=["VQA", "vqa"], r=2))
     spec = tmp_path / "vqa.toml"
     spec.write_text('kind = "vqa"\n')
     with pytest.raises(ValueError, match=r"task name\(s\) \['VQA', 'vqa'\] differ only in case"):
         mlv.save_adapter(model, tmp_path / "out", task_specs={"VQA": spec, "vqa": spec})
     assert not (tmp_path / "out").exists()
-    mlv.load_adapter(tiny_open_clip(),
-                     mlv.save_adapter(model, tmp_path / "plain"))   # no files named by the tasks: saved
+    mlv.load_adapter(_fresh(tiny_open_clip), mlv.save_adapter(model, tmp_path / "plain"))   # no files named by the tasks: saved
 
 
 def test_save_argument_errors(tmp_path):
