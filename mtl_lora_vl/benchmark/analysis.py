@@ -78,7 +78,8 @@ def analyse(tasks: list[str], configs: list[Config], reference: Config | None, f
     joint = [c for c in configs if c.group in ("method", "ablation") and c.cid in out_configs]
     ref_seeds = per_seed.get(reference.cid, {}) if reference else {}
     result: dict[str, Any] = {
-        "diverged": [{k: r[k] for k in ("label", "seed", "lr", "diverged", "folder")}
+        "diverged": [{**{k: r[k] for k in ("label", "seed", "lr", "diverged", "folder")},
+                      "every_seed": c.cid not in out_configs}   # no seed trained: the configuration has no scores
                      for c in configs for r in final.get(c.cid, []) if r.get("diverged")],
         "tasks": tasks, "zero_shot": zero_shot, "configs": out_configs,
         "reference": reference.cid if reference and reference.cid in out_configs else None,
@@ -91,7 +92,7 @@ def analyse(tasks: list[str], configs: list[Config], reference: Config | None, f
     }
     result["interference_same_lr"] = _same_lr_interference(tasks, configs, final, tuning, picked)
     result["ablations"] = _ablations(configs, reference if result["reference"] else None, ablation_values,
-                                     set(out_configs))
+                                     set(out_configs), {c.cid for c in configs if final.get(c.cid)}, params)
     return result
 
 
@@ -119,8 +120,10 @@ def _same_lr_interference(tasks: list[str], configs: list[Config], final: dict[s
 
 
 def _ablations(configs: list[Config], reference: Config | None, values: dict[str, list[Any]],
-               available: set[str]) -> dict[str, list[dict[str, Any]]]:
-    """{axis: [{"value", "config"}]} in the order of ``values``; the default value is the reference run."""
+               available: set[str], ran: set[str], params: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
+    """{axis: [{"value", "config", "default"}]} in the order of ``values``; the default value is the reference run.
+    A value whose runs (``ran``) all diverged has no scores: its row says so (``"diverged": True``, its
+    ``"params"``) instead of leaving the table, a result as plain as a score."""
     where = {(c.axis, c.value): c.cid for c in configs if c.group == "ablation"}
     out: dict[str, list[dict[str, Any]]] = {}
     for axis, vals in values.items():
@@ -129,6 +132,8 @@ def _ablations(configs: list[Config], reference: Config | None, values: dict[str
             cid = reference.cid if reference is not None and reference.options[axis] == v else where.get((axis, v))
             if cid in available:
                 rows.append({"value": v, "config": cid, "default": reference is not None and cid == reference.cid})
+            elif cid in ran:
+                rows.append({"value": v, "config": cid, "default": False, "diverged": True, "params": params.get(cid)})
         if rows:
             out[axis] = rows
     return out

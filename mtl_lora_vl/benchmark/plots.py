@@ -79,6 +79,7 @@ def ablation_panels(results: dict[str, Any], path: Path) -> Path | None:
     fig = Figure(figsize=(3.2 * len(abl), 3.3), layout="constrained")
     axes = fig.subplots(1, len(abl), squeeze=False)[0]
     for ax, (axis, rows) in zip(axes, abl.items()):
+        rows = [r for r in rows if not r.get("diverged")]   # no scores (the report's table names it)
         xs = list(range(len(rows)))
         for j, task in enumerate(results["tasks"]):
             ax.plot(xs, [results["configs"][r["config"]]["scores"][task]["mean"] for r in rows], "o-", lw=0.8,

@@ -67,9 +67,10 @@ def _findings(r: dict[str, Any]) -> list[str]:
                      f"{', '.join(above) or 'none'}; significantly below: {', '.join(below) or 'none'}; "
                      f"not distinguishable: {', '.join(same) or 'none'}.")
     for d in r.get("diverged", []):
+        rest = ("no seed trained, so it has no scores" if d.get("every_seed") else "its scores are over the other "
+                "seeds, and paired differences use the seeds both sides have")
         lines.append(f"- **{d['label']}, seed {d['seed']}: diverged** at learning rate {d['lr']:g}, the rate picked on "
-                     f"seed 0 ({d['diverged']}); its scores are over the other seeds, and paired differences "
-                     "use the seeds both sides have.")
+                     f"seed 0 ({d['diverged']}); {rest}.")
     if r["interference"]:
         parts = [f"{cfgs[cid]['label']} {_diff(d[AVERAGE])}" for cid, d in r["interference"].items() if d]
         lines.append("- Interference (joint score minus each task trained alone with `lora`, averaged over tasks; "
@@ -145,6 +146,10 @@ def render(r: dict[str, Any]) -> str:
         rows = []
         for axis, entries in r["ablations"].items():
             for e in entries:
+                if e.get("diverged"):   # every seed diverged: a result, not a missing row
+                    rows.append([axis, f"{e['value']} (every seed diverged)", f"{e['params']:,}",
+                                 *("diverged" for _ in tasks), "diverged", "–"])
+                    continue
                 c = cfgs[e["config"]]
                 d = r["paired_vs_reference"].get(e["config"])
                 rows.append([axis, f"{e['value']}{_diverged_note(c)}", f"{c['params']:,}", *(_ms(c["scores"][t]) for t in tasks),
