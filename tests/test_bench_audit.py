@@ -1,5 +1,5 @@
 """The method benchmark's report and resume, from helper 219's audit: an ablation that diverges at every seed is a
-row of its table, not a gap."""
+row of its table, not a gap; a damaged run record or settings file is named with the way out."""
 
 from __future__ import annotations
 
@@ -55,3 +55,26 @@ def test_an_ablation_that_diverges_at_every_seed_stays_in_its_table(tmp_path):
            "step 1; lower --lr); no seed trained, so it has no scores." in report
     assert "its scores are over the other seeds" not in report
     assert (tmp_path / "out" / "plots" / "ablations.png").is_file()
+
+
+@needs_builtin
+def test_a_damaged_record_or_settings_file_is_named_with_the_way_out(tmp_path):
+    """A damaged result.json stopped the resumed grid with a bare 'Expecting value: line 1 column 1' (no file named)
+    or a KeyError traceback; a damaged settings.json likewise. Nothing is deleted: the user chooses."""
+    s = _tiny(tmp_path, ablations={}, seeds=1)
+    out = tmp_path / "out"
+    run_benchmark(s, out, stream=io.StringIO())
+    done = out / "runs" / "mtl_lora-r8" / "lr0.003-seed0" / "result.json"
+    good = done.read_text()
+    for bad, why in (("", "not JSON"), (good[: len(good) // 2], "not JSON"), ("{}", "it names run None"),
+                     ("[1]", "a JSON list"), (good.replace('"tasks": {', '"tasks": {"x": "y", ', 1), "no scores")):
+        done.write_text(bad)
+        with pytest.raises(ValueError, match=re.escape(f"{done}: the record of finished run mtl_lora-r8/lr0.003-seed0 "
+                                                       f"is damaged ({why}")) as info:
+            run_benchmark(s, out, trainer=None, stream=io.StringIO())
+        assert f"delete the folder {done.parent} and rerun" in str(info.value)
+        assert done.read_text() == bad
+    done.write_text(good)
+    (out / "settings.json").write_text('{"tasks": ')
+    with pytest.raises(RuntimeError, match=re.escape(f"{out / 'settings.json'}: the grid's settings are damaged")):
+        run_benchmark(s, out, trainer=None, stream=io.StringIO())

@@ -181,7 +181,13 @@ def _check_settings(out: Path, identity: dict[str, Any], overwrite: bool) -> Non
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     if path.is_file():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            old = e
+        if not isinstance(old, dict):   # a bare JSONDecodeError named no file
+            raise BenchDirError(f"{path}: the grid's settings are damaged ({old}), so its runs cannot be checked "
+                                "against these settings; restore the file, or pass --overwrite to start afresh")
         new = json.loads(json.dumps(identity))
         if "base_sha256" not in old:   # a grid begun before the weights were fingerprinted
             new.pop("base_sha256", None)

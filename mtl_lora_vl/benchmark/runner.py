@@ -98,7 +98,7 @@ class Runner:
         done = folder / "result.json"
         self.index += 1
         if done.is_file():
-            record = json.loads(done.read_text())
+            record = read_record(done, spec)
             self._line(spec, record, "done earlier")
             return record
         if folder.exists():
@@ -147,6 +147,37 @@ class Runner:
         width = len(str(self.total))
         print(f"[bench {self.index:{width}d}/{self.total}] {spec.config.label}, lr {spec.lr:g}, seed {spec.seed}: "
               f"{what} ({took}); {eta}", file=self.stream, flush=True)
+
+
+def read_record(path: Path, spec: RunSpec) -> dict[str, Any]:
+    """The finished run's record in ``path`` (its ``result.json``), refused with the file named and the way out when
+    it is damaged or another run's: read as it was, it stopped the grid with a bare JSON error or a KeyError."""
+    try:
+        record = json.loads(path.read_text())
+        problem = None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        record, problem = None, f"not JSON ({e})"
+    if problem is None:
+        problem = _record_problem(record, spec)
+    if problem is not None:
+        raise ValueError(f"{path}: the record of finished run {spec.key} is damaged ({problem}); delete the folder "
+                         f"{path.parent} and rerun the same command to train that run again (the grid's other runs "
+                         "are kept)")
+    return record
+
+
+def _record_problem(record: Any, spec: RunSpec) -> str | None:
+    """What makes ``record`` unusable as ``spec``'s result (None: nothing)."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    if record.get("key") != spec.key:
+        return f"it names run {record.get('key')!r}"
+    if record.get("diverged"):
+        return None
+    wanted = ["tasks", *(["val"] if spec.tune else []), *(["zero_shot"] if spec.config.group == "zero_shot" else [])]
+    bad = [k for k in wanted if not isinstance(record.get(k), dict) or not all(
+        isinstance(v, (int, float)) for v in record[k].values())]
+    return f"no scores under {bad}" if bad else None
 
 
 def make_record(spec: RunSpec, run_dir: Path, wall: float, folder: Path) -> dict[str, Any]:
