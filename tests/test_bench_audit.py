@@ -1,9 +1,10 @@
 """The method benchmark's report and resume, from helper 219's audit: an ablation that diverges at every seed is a
-row of its table, not a gap; a damaged run record or settings file is named with the way out."""
+row of its table, not a gap; a damaged run record or settings file is named with the way out; a non-finite score is reported as NaN."""
 
 from __future__ import annotations
 
 import io
+import math
 import re
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 
 from mtl_lora_vl.backbones import builtin_dir
 from mtl_lora_vl.benchmark import BenchSettings, run_benchmark
+from mtl_lora_vl.benchmark.report import _diff, _ms
+from mtl_lora_vl.benchmark.stats import paired_diff, summarize
 from mtl_lora_vl.options import TrainOptions
 from mtl_lora_vl.tasks.spec import builtin_spec_dirs
 from mtl_lora_vl.training.train import train
@@ -78,3 +81,15 @@ def test_a_damaged_record_or_settings_file_is_named_with_the_way_out(tmp_path):
     (out / "settings.json").write_text('{"tasks": ')
     with pytest.raises(RuntimeError, match=re.escape(f"{out / 'settings.json'}: the grid's settings are damaged")):
         run_benchmark(s, out, trainer=None, stream=io.StringIO())
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_score_gives_nan_spread_not_a_crash(bad):
+    """statistics.stdev raised AttributeError ('float' object has no attribute 'numerator') on a NaN or infinite
+    value, so one such score stopped the analysis after every run of the grid had trained."""
+    s = summarize([0.5, bad, 0.7])
+    assert s.n == 3 and math.isnan(s.std) and "nan" in _ms(s.to_dict())
+    d = paired_diff([0.5, bad, 0.7], [0.4, 0.4, 0.4])
+    assert d.n == 3 and math.isnan(d.low) and math.isnan(d.high) and not d.significant and not d.no_spread
+    assert "nan" in _diff(d.to_dict()) and "**" not in _diff(d.to_dict())
+    assert summarize([0.5, 0.7]).std == pytest.approx(0.1414, abs=1e-4)   # finite values as before

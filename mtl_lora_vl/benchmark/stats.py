@@ -45,7 +45,12 @@ def summarize(values: Sequence[float]) -> Summary:
     if not values:
         raise ValueError("summarize: no values")
     vals = [float(v) for v in values]
-    return Summary(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals))
+    return Summary(statistics.fmean(vals), _stdev(vals) if len(vals) > 1 else 0.0, len(vals))
+
+
+def _stdev(vals: list[float]) -> float:
+    """Sample standard deviation; NaN when a value is NaN or infinite (``statistics.stdev`` raised AttributeError)."""
+    return statistics.stdev(vals) if all(math.isfinite(v) for v in vals) else math.nan
 
 
 #: A paired interval this narrow has no width: every seed gave the same difference (up to float rounding).
@@ -84,5 +89,5 @@ def paired_diff(a: Sequence[float], b: Sequence[float]) -> PairedDiff:
     m = statistics.fmean(d)
     if len(d) < 2:
         return PairedDiff(m, None, None, 1)
-    half = t_quantile_975(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
+    half = t_quantile_975(len(d) - 1) * _stdev(d) / math.sqrt(len(d))   # NaN: an interval of NaN, not significant
     return PairedDiff(m, m - half, m + half, len(d))
