@@ -1,9 +1,11 @@
 """The method benchmark's report and resume, from helper 219's audit: an ablation that diverges at every seed is a
-row of its table, not a gap; a damaged run record or settings file is named with the way out; a non-finite score is reported as NaN."""
+row of its table, not a gap; a damaged run record or settings file is named with the way out; a non-finite score
+is reported as NaN; every score table names its split."""
 
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 
 from mtl_lora_vl.backbones import builtin_dir
 from mtl_lora_vl.benchmark import BenchSettings, run_benchmark
-from mtl_lora_vl.benchmark.report import _diff, _ms
+from mtl_lora_vl.benchmark.report import _diff, _ms, render
 from mtl_lora_vl.benchmark.stats import paired_diff, summarize
 from mtl_lora_vl.options import TrainOptions
 from mtl_lora_vl.tasks.spec import builtin_spec_dirs
@@ -93,3 +95,15 @@ def test_a_non_finite_score_gives_nan_spread_not_a_crash(bad):
     assert d.n == 3 and math.isnan(d.low) and math.isnan(d.high) and not d.significant and not d.no_spread
     assert "nan" in _diff(d.to_dict()) and "**" not in _diff(d.to_dict())
     assert summarize([0.5, 0.7]).std == pytest.approx(0.1414, abs=1e-4)   # finite values as before
+
+
+def test_every_score_table_of_the_report_names_its_split():
+    """The paired-difference, interference and ablation tables showed test scores under headings that named no
+    split (only the methods table did), beside a tuning table on the validation split."""
+    r = json.loads((Path(__file__).parent.parent / "docs" / "bench_methods" / "results.json").read_text())
+    r["interference_same_lr"] = {"mtl_lora-r8": {t: 0.0 for t in [*r["tasks"], "average"]}}
+    heads = [line for line in render(r).splitlines() if line.startswith("## ") or line.startswith("The same at")]
+    for start in ("## Methods", "## Paired difference", "## Interference", "The same at one", "## MTL-LoRA ablations"):
+        line = next(h for h in heads if h.startswith(start))
+        assert "(test split" in line, line
+    assert "## Learning-rate tuning (validation split, seed 0)" in heads

@@ -124,12 +124,12 @@ def render(r: dict[str, Any]) -> str:
     if r["paired_vs_reference"]:
         rows = [[cfgs[cid]["label"], *(_diff(d[k]) for k in [*tasks, AVERAGE])]
                 for cid, d in r["paired_vs_reference"].items() if d and cfgs[cid]["group"] == "method"]
-        lines += [f"## Paired difference to {cfgs[ref]['label']} per task", "",
+        lines += [f"## Paired difference to {cfgs[ref]['label']} per task (test split)", "",
                   *_table(["configuration", *tasks, AVERAGE], rows)]
     if r["interference"]:
         rows = [[cfgs[cid]["label"], *(_diff(d[k]) for k in [*tasks, AVERAGE])]
                 for cid, d in r["interference"].items() if d]
-        lines += ["## Interference: joint training minus the single-task reference", "",
+        lines += ["## Interference: joint training minus the single-task reference (test split)", "",
                   "Each joint method's test score minus `lora` (default rank) trained on that task alone with the "
                   "same budget and seed; negative means the tasks hurt each other. The single-task runs tune their "
                   "learning rate per task, a joint method one rate for all its tasks, so these differences also "
@@ -139,8 +139,8 @@ def render(r: dict[str, Any]) -> str:
         if same:
             rows = [[cfgs[cid]["label"], f"{cfgs[cid]['lr']:g}", *(f"{d[k]:+.3f}" for k in [*tasks, AVERAGE])]
                     for cid, d in same.items()]
-            lines += ["The same at one learning rate: seed 0, each task alone at the joint method's rate (from the "
-                      "single-task tuning runs; one seed, no interval):", "",
+            lines += ["The same at one learning rate (test split): seed 0, each task alone at the joint method's rate "
+                      "(from the single-task tuning runs; one seed, no interval):", "",
                       *_table(["configuration", "lr", *tasks, AVERAGE], rows)]
     if r["ablations"]:
         rows = []
@@ -155,8 +155,8 @@ def render(r: dict[str, Any]) -> str:
                 rows.append([axis, f"{e['value']}{_diverged_note(c)}", f"{c['params']:,}", *(_ms(c["scores"][t]) for t in tasks),
                              _ms(c["scores"][AVERAGE]), "(reference)" if e["config"] == ref else
                              _diff(d[AVERAGE] if d else None)])
-        lines += [f"## MTL-LoRA ablations (at {cfgs[ref]['label']}'s learning rate {cfgs[ref]['lr']:g})"
-                  if ref else "## MTL-LoRA ablations", "",
+        lines += [f"## MTL-LoRA ablations (test split, at {cfgs[ref]['label']}'s learning rate {cfgs[ref]['lr']:g})"
+                  if ref else "## MTL-LoRA ablations (test split)", "",
                   *_table(["option", "value", "adapter params", *tasks, AVERAGE, "Δ avg vs reference"], rows, 2)]
 
     lr_grid = [f"{lr:g}" for lr in s["lr_grid"]]
@@ -167,7 +167,7 @@ def render(r: dict[str, Any]) -> str:
     rows = [[c["label"], *(val(c, lr) for lr in lr_grid if lr in c["lr_val"])]
             for c in cfgs.values() if len(c["lr_val"]) == len(lr_grid)]
     if rows:
-        lines += ["## Learning-rate tuning", "",
+        lines += ["## Learning-rate tuning (validation split, seed 0)", "",
                   f"Adapter learning rate picked per configuration from {{{', '.join(lr_grid)}}} by the validation "
                   f"average at seed 0 (**bold** = picked); the other seeds ran at the picked rate (tuned on seed 0 "
                   f"only). Head learning rate {r['head_lr']:g} for all.", "",
