@@ -1,6 +1,6 @@
 """The method benchmark's report and resume, from helper 219's audit: an ablation that diverges at every seed is a
 row of its table, not a gap; a damaged run record or settings file is named with the way out; a non-finite score
-is reported as NaN; every score table names its split."""
+is reported as NaN; every score table names its split; the findings sort the ablations too."""
 
 from __future__ import annotations
 
@@ -107,3 +107,19 @@ def test_every_score_table_of_the_report_names_its_split():
         line = next(h for h in heads if h.startswith(start))
         assert "(test split" in line, line
     assert "## Learning-rate tuning (validation split, seed 0)" in heads
+
+
+def test_findings_name_the_ablations_against_the_reference_and_untested_one_seed_differences():
+    """The findings sorted only the methods' differences: an ablation significantly above the default MTL-LoRA (its
+    defaults losing) was left to the table; and with one seed every difference, which has no interval, was called
+    'not distinguishable' as if tested."""
+    r = json.loads((Path(__file__).parent.parent / "docs" / "bench_methods" / "results.json").read_text())
+    r["paired_vs_reference"]["ablation-rank=16"]["average"].update(mean=0.05, low=0.01, high=0.09)
+    r["paired_vs_reference"]["lora-r8"]["average"].update(low=None, high=None, n=1)
+    lines = [x for x in render(r).split("## Methods")[0].splitlines() if x.startswith("- ")]
+    abl = next(x for x in lines if x.startswith("- MTL-LoRA's ablations against mtl_lora r=8"))
+    assert "significantly above: mtl_lora rank=16 (+0.050); significantly below: none; not distinguishable: " \
+           "mtl_lora lambda_type=none (-0.029)," in abl
+    methods = next(x for x in lines if x.startswith("- Against mtl_lora r=8"))
+    assert methods.endswith("; one seed, so no interval and no test: lora r=8 (+0.012).")
+    assert "not distinguishable: lora r=17 (matched) (+0.014)," in methods and "rank=16" not in methods

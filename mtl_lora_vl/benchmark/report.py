@@ -52,20 +52,7 @@ def _findings(r: dict[str, Any]) -> list[str]:
         lines.append(f"- Best average test score: **{best['label']}**, {_ms(best['scores'][AVERAGE])} "
                      f"({best['params']:,} adapter parameters).")
     if r["reference"]:
-        ref = cfgs[r["reference"]]["label"]
-        above, below, same = [], [], []
-        for cid, d in r["paired_vs_reference"].items():
-            if cfgs[cid]["group"] != "method" or not d:
-                continue
-            a = d[AVERAGE]
-            text = f"{cfgs[cid]['label']} ({a['mean']:+.3f})"
-            if PairedDiff(**a).significant:
-                (above if a["low"] > 0 else below).append(text)
-            else:
-                same.append(text)
-        lines.append(f"- Against {ref} (average over tasks, paired 95 % interval over seeds): significantly above: "
-                     f"{', '.join(above) or 'none'}; significantly below: {', '.join(below) or 'none'}; "
-                     f"not distinguishable: {', '.join(same) or 'none'}.")
+        lines += [line for group in ("method", "ablation") if (line := _against_reference(r, group))]
     for d in r.get("diverged", []):
         rest = ("no seed trained, so it has no scores" if d.get("every_seed") else "its scores are over the other "
                 "seeds, and paired differences use the seeds both sides have")
@@ -76,6 +63,32 @@ def _findings(r: dict[str, Any]) -> list[str]:
         lines.append("- Interference (joint score minus each task trained alone with `lora`, averaged over tasks; "
                      "negative = joint training costs accuracy): " + "; ".join(parts) + ".")
     return lines
+
+
+def _against_reference(r: dict[str, Any], group: str) -> str | None:
+    """The findings' line on the ``group`` configurations' paired differences to the reference (None: none). A
+    difference without an interval (one seed) is said to be untested: it was 'not distinguishable'."""
+    cfgs = r["configs"]
+    above, below, same, untested = [], [], [], []
+    for cid, d in r["paired_vs_reference"].items():
+        if cfgs[cid]["group"] != group or not d:
+            continue
+        a = d[AVERAGE]
+        text = f"{cfgs[cid]['label']} ({a['mean']:+.3f})"
+        if a["low"] is None:
+            untested.append(text)
+        elif PairedDiff(**a).significant:
+            (above if a["low"] > 0 else below).append(text)
+        else:
+            same.append(text)
+    if not (above or below or same or untested):
+        return None
+    ref = cfgs[r["reference"]]["label"]
+    line = (f"- MTL-LoRA's ablations against {ref}" if group == "ablation" else f"- Against {ref}")
+    line += (" (average over tasks, paired 95 % interval over seeds): "
+             f"significantly above: {', '.join(above) or 'none'}; significantly below: {', '.join(below) or 'none'}; "
+             f"not distinguishable: {', '.join(same) or 'none'}")
+    return line + (f"; one seed, so no interval and no test: {', '.join(untested)}." if untested else ".")
 
 
 def render(r: dict[str, Any]) -> str:
