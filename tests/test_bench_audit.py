@@ -1,6 +1,7 @@
 """The method benchmark's report and resume, from helper 219's audit: an ablation that diverges at every seed is a
 row of its table, not a gap; a damaged run record or settings file is named with the way out; a non-finite score
-is reported as NaN; every score table names its split; the findings sort the ablations too."""
+is reported as NaN; every score table names its split; the findings sort the ablations too
+and name ties and a single-task reference above the best."""
 
 from __future__ import annotations
 
@@ -123,3 +124,15 @@ def test_findings_name_the_ablations_against_the_reference_and_untested_one_seed
     methods = next(x for x in lines if x.startswith("- Against mtl_lora r=8"))
     assert methods.endswith("; one seed, so no interval and no test: lora r=8 (+0.012).")
     assert "not distinguishable: lora r=17 (matched) (+0.014)," in methods and "rank=16" not in methods
+
+
+def test_the_best_line_names_ties_as_printed_and_a_single_task_reference_above_it():
+    """'Best average test score: lora r=8, 0.514' where mtl_lora r=8 also printed 0.514 (docs/bench_quick), and on the
+    built-in LLaVA the joint best without the each-task-alone reference that scored above it."""
+    docs = Path(__file__).parent.parent / "docs"
+    quick = render(json.loads((docs / "bench_quick" / "results.json").read_text()))
+    assert ("**lora r=8**, 0.514 ± 0.012 (131,072 adapter parameters); the same to three decimals: mtl_lora r=8 "
+            "0.514 ± 0.001.") in quick
+    llava = render(json.loads((docs / "bench_llava_methods" / "results.json").read_text()))
+    assert "**task_lora r=8**, 0.534 ± 0.000 (444,672 adapter parameters); each task trained alone (the single-task " \
+           "reference) scores 0.537 ± 0.006, higher." in llava

@@ -48,9 +48,7 @@ def _findings(r: dict[str, Any]) -> list[str]:
     joint = {cid: c for cid, c in cfgs.items() if c["group"] in ("method", "ablation")}
     lines = []
     if joint:
-        best = max(joint.values(), key=lambda c: c["scores"][AVERAGE]["mean"])
-        lines.append(f"- Best average test score: **{best['label']}**, {_ms(best['scores'][AVERAGE])} "
-                     f"({best['params']:,} adapter parameters).")
+        lines.append(_best_line(r, joint))
     if r["reference"]:
         lines += [line for group in ("method", "ablation") if (line := _against_reference(r, group))]
     for d in r.get("diverged", []):
@@ -63,6 +61,23 @@ def _findings(r: dict[str, Any]) -> list[str]:
         lines.append("- Interference (joint score minus each task trained alone with `lora`, averaged over tasks; "
                      "negative = joint training costs accuracy): " + "; ".join(parts) + ".")
     return lines
+
+
+def _best_line(r: dict[str, Any], joint: dict[str, dict[str, Any]]) -> str:
+    """The best joint average, with the configurations equal to it as printed (three decimals: one was named best
+    by a difference the report does not show) and the single-task reference when it is as high or higher."""
+    best = max(joint.values(), key=lambda c: c["scores"][AVERAGE]["mean"])
+    shown = round(best["scores"][AVERAGE]["mean"], 3)
+    line = (f"- Best average test score of a jointly trained configuration: **{best['label']}**, "
+            f"{_ms(best['scores'][AVERAGE])} ({best['params']:,} adapter parameters)")
+    tied = [c for c in joint.values() if c is not best and round(c["scores"][AVERAGE]["mean"], 3) == shown]
+    if tied:
+        line += "; the same to three decimals: " + ", ".join(f"{c['label']} {_ms(c['scores'][AVERAGE])}" for c in tied)
+    single = (r.get("single_task") or {}).get("scores", {}).get(AVERAGE)
+    if single and round(single["mean"], 3) >= shown:
+        than = "as high" if round(single["mean"], 3) == shown else "higher"
+        line += f"; each task trained alone (the single-task reference) scores {_ms(single)}, {than}"
+    return line + "."
 
 
 def _against_reference(r: dict[str, Any], group: str) -> str | None:
