@@ -1,7 +1,7 @@
 """The method benchmark's report and resume, from helper 219's audit: an ablation that diverges at every seed is a
 row of its table, not a gap; a damaged run record or settings file is named with the way out; a non-finite score
-is reported as NaN; every score table names its split; the findings sort the ablations too
-and name ties and a single-task reference above the best."""
+is reported as NaN; every score table names its split; the findings sort the ablations too and name ties and a
+single-task reference above the best; a grid on files is not resumed on other rows."""
 
 from __future__ import annotations
 
@@ -136,3 +136,46 @@ def test_the_best_line_names_ties_as_printed_and_a_single_task_reference_above_i
     llava = render(json.loads((docs / "bench_llava_methods" / "results.json").read_text()))
     assert "**task_lora r=8**, 0.534 ± 0.000 (444,672 adapter parameters); each task trained alone (the single-task " \
            "reference) scores 0.537 ± 0.006, higher." in llava
+
+
+class _Killed(Exception):
+    pass
+
+
+def _folder_task(root: Path) -> str:
+    """A file-based classification task: two classes of tiny images in train, val and test folders."""
+    from PIL import Image
+
+    for split in ("train", "val", "test"):
+        for label, color in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+            (root / split / label).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (16, 16), color).save(root / split / label / "a.png")
+    spec = root / "colors.toml"
+    spec.write_text('name = "colors"\nkind = "classification"\n[data]\nformat = "imagefolder"\n' + "".join(
+        f'[data.{s}]\nfolder = "{s}"\n' for s in ("train", "val", "test")))
+    return str(spec)
+
+
+@needs_builtin
+def test_a_grid_on_files_is_not_resumed_on_other_rows(tmp_path):
+    """The grid's identity held the spec file's text but not the data it names: a killed grid on a file-based task
+    whose files changed (an image added, a label fixed) resumed, mixing runs on two data sets in one comparison."""
+    root = tmp_path / "data"
+    s = _tiny(tmp_path, tasks=[_folder_task(root)], ablations={}, seeds=1, data_root=str(root), batch_size=2)
+
+    def killed(opts: TrainOptions) -> Path:
+        raise _Killed()
+
+    with pytest.raises(_Killed):
+        run_benchmark(s, tmp_path / "out", trainer=killed, stream=io.StringIO())
+    with pytest.raises(_Killed):   # the same files: resumed
+        run_benchmark(s, tmp_path / "out", trainer=killed, stream=io.StringIO())
+    (root / "train" / "blue" / "a.png").rename(root / "train" / "blue" / "b.png")
+    with pytest.raises(RuntimeError, match=r"other settings \(data_sha256 differ"):
+        run_benchmark(s, tmp_path / "out", trainer=killed, stream=io.StringIO())
+    saved = json.loads((tmp_path / "out" / "settings.json").read_text())
+    assert set(saved["data_sha256"]["colors"]) == {"train", "val", "test"}
+    del saved["data_sha256"]   # a grid begun before the rows were fingerprinted is still resumed
+    (tmp_path / "out" / "settings.json").write_text(json.dumps(saved))
+    with pytest.raises(_Killed):
+        run_benchmark(s, tmp_path / "out", trainer=killed, stream=io.StringIO())

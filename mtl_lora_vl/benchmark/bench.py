@@ -62,13 +62,18 @@ class BenchDirError(RuntimeError):
 def grid_identity(settings: BenchSettings, specs: list[TaskSpec]) -> dict[str, Any]:
     """What decides a grid's results, for resuming: the settings, each task spec's text (an edited spec
     changes the data or the loss), and the device type and autocast dtype the runs resolve to (a grid
-    begun on a CPU in fp32 must not be finished on a GPU in bf16)."""
+    begun on a CPU in fp32 must not be finished on a GPU in bf16). A task reading files adds its splits' rows
+    (``data_sha256``: files added, removed or relabelled under an unchanged spec are other data)."""
     device = pick_device(settings.device)
     texts = {}
     for task, spec in zip(settings.tasks, specs):
         text = Path(spec.source_file).read_bytes() if spec.source_file else task.encode()
         texts[spec.name] = hashlib.sha256(text).hexdigest()[:16]
+    data = {spec.name: {split: spec.load_split(split, settings.data_root).rows_sha256[:16]
+                        for split in spec.data.splits}
+            for spec in specs if spec.data.source != "builtin"}   # (the built-in world's rows follow from its spec)
     return {**settings.identity(), "spec_sha256": texts, "base_sha256": base_fingerprint(settings),
+            **({"data_sha256": data} if data else {}),
             "runtime": {"device": device.type, "autocast": str(resolve_precision(settings.precision, device))}}
 
 
@@ -189,8 +194,9 @@ def _check_settings(out: Path, identity: dict[str, Any], overwrite: bool) -> Non
             raise BenchDirError(f"{path}: the grid's settings are damaged ({old}), so its runs cannot be checked "
                                 "against these settings; restore the file, or pass --overwrite to start afresh")
         new = json.loads(json.dumps(identity))
-        if "base_sha256" not in old:   # a grid begun before the weights were fingerprinted
-            new.pop("base_sha256", None)
+        for key in ("base_sha256", "data_sha256"):   # a grid begun before the weights or rows were fingerprinted
+            if key not in old:
+                new.pop(key, None)
         if old != new:
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise BenchDirError(f"--out {out}: holds a grid with other settings ({', '.join(changed)} differ); "
