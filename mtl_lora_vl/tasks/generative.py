@@ -176,24 +176,31 @@ def candidate_scores(backbone: Any, examples: Sequence[Example], prompts: Sequen
                      dtype: torch.dtype = torch.float32, num_workers: int = 0, per_token: bool = False,
                      end: str = "") -> Tensor:
     """``(N, C)`` float32 on the CPU: total log-probability (``per_token``: per target token) of each candidate
-    continuation of each example's prompt (``backbone.sequence_scores``). Images go in chunks of ``batch_size // C`` (at least one), so that
-    one call scores about ``batch_size`` sequences. ``end``: the token that ends a candidate, as the task's targets
-    are trained (``kind.lm_end``: a chat template's end of turn; "": the tokenizer's end token)."""
+    continuation of each example's prompt (``backbone.sequence_scores``). One call scores at most ``batch_size``
+    sequences (at least one image's candidate): images go in chunks of ``batch_size // C`` (at least one), and with
+    more than ``batch_size`` candidates (ImageNet's 1,000 classes) the candidates go in groups of ``batch_size``, each
+    group a call of its own (the prompts' prefill runs once per group). ``end``: the token that ends a candidate, as
+    the task's targets are trained (``kind.lm_end``: a chat template's end of turn; "": the tokenizer's end token)."""
     if len(prompts) != len(examples):
         raise ValueError(f"candidate_scores got {len(examples)} examples but {len(prompts)} prompts")
     if not candidates:
         raise ValueError("candidate_scores needs at least one candidate")
-    chunk = max(1, batch_size // len(candidates))
+    candidates = list(candidates)
+    group = max(1, min(len(candidates), batch_size))   # candidates per call: a call's B·C rows share the KV cache
+    chunk = max(1, batch_size // group)
     out: list[Tensor] = []
     keep = getattr(backbone, "needs_image_sizes", False)
     batches = _image_batches(backbone, examples, chunk, device, dtype, num_workers)
     for i, (images, sizes) in enumerate(batches):
         start = i * chunk
-        with autocast(torch.device(device), dtype):
-            scores = backbone.sequence_scores(images, list(prompts[start:start + chunk]), list(candidates),
-                                              per_token=per_token, end=end,
-                                              **sizes_kwarg(images, sizes, keep))
-        out.append(scores.float().cpu())
+        rows, kwargs = list(prompts[start:start + chunk]), sizes_kwarg(images, sizes, keep)
+        parts = []
+        for c in range(0, len(candidates), group):
+            with autocast(torch.device(device), dtype):
+                scores = backbone.sequence_scores(images, rows, candidates[c:c + group], per_token=per_token,
+                                                  end=end, **kwargs)
+            parts.append(scores.float().cpu())
+        out.append(torch.cat(parts, dim=1))
     return torch.cat(out)
 
 
