@@ -118,6 +118,9 @@ class NLVRKind(TaskKind):
 
     def __init__(self, spec: TaskSpec, train: Split | None, backbone: Backbone, state: dict | None = None) -> None:
         super().__init__(spec, train, backbone, state)
+        for answer in spec.generative["answers"] if self.generative else ():   # targets and scored candidates
+            self.refuse_special(answer, f"the answer {answer!r} ([generative] answers)",
+                                f"write the answers as plain text in {spec.source_file or 'the spec'}")
         if state is not None:
             self.images = int(state["images"])
             return
