@@ -133,3 +133,16 @@ def test_the_loader_and_encode_texts_hand_over_batches_at_their_width():
     del bb.encode_text
     full = F.normalize(bb.model.encode_text(bb.tokenizer(TEXTS)), dim=-1)
     torch.testing.assert_close(out, full.detach(), atol=2e-6, rtol=1e-5)
+
+
+def test_encode_texts_takes_a_backbone_like_object_at_the_whole_context():
+    """An object with only a tokenizer and encode_text (as the loader allows) is given its texts as before: whole
+    context, in order (it failed on the missing short_text)."""
+    from types import SimpleNamespace
+
+    bb = load_backbone("builtin")
+    widths = []
+    like = SimpleNamespace(tokenizer=bb.tokenizer, encode_text=lambda t: widths.append(t.shape[1]) or bb.encode_text(t))
+    out = encode_texts(like, TEXTS, device="cpu", batch_size=2)
+    assert widths == [bb.context_length] * 2
+    torch.testing.assert_close(out, encode_texts(bb, TEXTS, device="cpu"), atol=2e-6, rtol=1e-5)

@@ -437,11 +437,12 @@ def encode_texts(backbone: Backbone, texts: Sequence[str], *, device: torch.devi
     reads text at its own width (``short_text``), chunks of texts of like length (the embeddings in ``texts`` order)."""
     if not texts:
         raise ValueError("encode_texts got no texts")
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i])) if backbone.short_text else list(range(len(texts)))
+    short = getattr(backbone, "short_text", False)   # (a backbone-like object may lack it: the whole context)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i])) if short else list(range(len(texts)))
     out = []
     for start in range(0, len(texts), batch_size):
-        chunk = [texts[i] for i in order[start:start + batch_size]]
-        tokens = backbone.drop_text_padding(backbone.tokenizer(chunk)).to(device)
+        tokens = backbone.tokenizer([texts[i] for i in order[start:start + batch_size]])
+        tokens = (backbone.drop_text_padding(tokens) if short else tokens).to(device)
         with autocast(device, dtype):
             out.append(backbone.encode_text(tokens).float())
     emb = torch.cat(out)
