@@ -7,12 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from vl_tiny import tiny_backbone
 
+import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import build_open_clip, load_backbone
 from mtl_lora_vl.data import world
-from mtl_lora_vl.data.loader import MultiTaskLoader
+from mtl_lora_vl.data.loader import MultiTaskLoader, to_device
 from mtl_lora_vl.data.text_columns import drop_padding
+from mtl_lora_vl.multitask import MultiTaskModel
 from mtl_lora_vl.tasks import build_kind, resolve_tasks
 from mtl_lora_vl.tasks.base import encode_texts
 
@@ -146,3 +149,38 @@ def test_encode_texts_takes_a_backbone_like_object_at_the_whole_context():
     out = encode_texts(like, TEXTS, device="cpu", batch_size=2)
     assert widths == [bb.context_length] * 2
     torch.testing.assert_close(out, encode_texts(bb, TEXTS, device="cpu"), atol=2e-6, rtol=1e-5)
+
+
+def test_a_joint_step_on_the_loaders_cut_batch_is_the_whole_contexts():
+    """MultiTaskModel's step on a mixed batch as the loader cuts it (mtl_lora adapters that differ per task, each
+    text row routed to its task, activation checkpointing): the losses and gradients of the same batch at the
+    whole context."""
+    torch.manual_seed(0)
+    bb = load_backbone("builtin")
+    specs = resolve_tasks("retrieval,vqa,nlvr")
+    splits = {s.name: world.build_split(s.kind, "train", n=16, seed=0) for s in specs}
+    kinds = {s.name: build_kind(s, splits[s.name], bb) for s in specs}
+    heads = nn.ModuleDict({n: k.build_head(bb) for n, k in kinds.items()})
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=list(kinds), r=4))
+    with torch.no_grad():
+        for p in bb.model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.05)
+    bb.set_grad_checkpointing(True)
+    model = MultiTaskModel(bb, kinds, heads).train()
+    loaders = [MultiTaskLoader(list(kinds.values()), list(splits.values()), bb, batch_size=9, steps=1)
+               for _ in range(2)]
+    loaders[1].collate.text_padding = None   # the whole context, as before the cut
+    cut, whole = (next(iter(loader)) for loader in loaders)
+    assert len(cut["text_segments"]) == 3 and cut["tokens"].shape[1] < whole["tokens"].shape[1] == bb.context_length
+    runs = []
+    for batch in (cut, whole):
+        model.zero_grad()
+        total, losses = model(to_device(batch, "cpu", torch.float32, bb))
+        total.backward()
+        runs.append((losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (got, got_grads), (want, want_grads) = runs
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert got_grads.keys() == want_grads.keys() and any(n.startswith("model.") for n in want_grads)
+    for n, g in want_grads.items():
+        torch.testing.assert_close(got_grads[n], g, atol=1e-4 * float(g.abs().max()), rtol=1e-3, msg=n)
