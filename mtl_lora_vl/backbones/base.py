@@ -300,7 +300,8 @@ class Backbone:
         return F.normalize(self._image_features(images), dim=-1)
 
     def encode_text(self, tokens: Tensor) -> Tensor:
-        """Token ids ``(N, L)`` (L <= context_length; shorter is padded) -> L2-normalised ``(N, D)``."""
+        """Token ids ``(N, L)`` (L <= context_length; shorter is padded where the model reads the whole context, else
+        read as given: cut padding with :meth:`drop_text_padding`, never a row's end token) -> L2-normalised ``(N, D)``."""
         self.require(TEXT_EMBEDDINGS, "encode_text")
         return F.normalize(self._text_features(self.fit_tokens(tokens)), dim=-1)
 
