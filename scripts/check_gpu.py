@@ -203,10 +203,13 @@ def check_clip(device: str, dtype_name: str) -> dict:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     bb = perturbed(load_backbone("builtin", device=device))
     images = images_for(bb, 6, device)
-    tokens = bb.tokenizer(["a red circle", "two blue squares", "a green triangle"] * 2).to(device)
+    words = bb.tokenizer(["a red circle", "two blue squares", "a green triangle"] * 2)
+    tokens, cut = words.to(device), bb.drop_text_padding(words).to(device)   # (cut: text at its own width)
     ids = [0, 1, 2, 2, 1, 0]
     out = {}
     with torch.no_grad(), autocast(device, dtype):
+        with mlv.route(bb.model, ids):   # the sliced causal mask through the device's attention kernels
+            out["text_cut_max_abs_diff"] = float((bb.encode_text(cut).float() - bb.encode_text(tokens).float()).abs().max())
         for what, fn, x in (("image", bb.encode_image, images), ("text", bb.encode_text, tokens)):
             with mlv.route(bb.model, ids):
                 mixed = fn(x).float()

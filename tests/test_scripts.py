@@ -107,6 +107,7 @@ def test_check_gpu_runs_its_checks_on_the_cpu_and_fails_a_wrong_route(tmp_path, 
     res = json.loads(out.read_text())
     assert [k for k in res if k != "device"] == only.split(",") and all(r["passed"] for r in res.values())
     assert res["llava_merged_fp32"]["max_abs_loss_diff"] < 1e-2 < res["llava_merged_fp32"]["task_gap"] / 10
+    assert 0 < res["clip_mixed_route_fp32"]["text_cut_max_abs_diff"] < 1e-5   # text at its own width, routed
     route = check_gpu.mlv.route
     monkeypatch.setattr(check_gpu.mlv, "route", lambda model, ids: route(model, ids[0] if isinstance(ids, list) else ids))
     assert check_gpu.main(["--device", "cpu", "--only", "llava_mixed_loss_fp32,clip_mixed_route_fp32"]) == 1
