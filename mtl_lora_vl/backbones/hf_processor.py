@@ -4,7 +4,9 @@ image placeholder to as many tokens as the model's vision tower fills (a mismatc
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -15,10 +17,10 @@ from torch import nn
 
 from ..adapters.scopes import disabled
 from ..data.resize import size_fields
-from .base import BackboneError
+from .base import OPENAI_MEAN, OPENAI_STD, BackboneError, as_rgb
 from .tokenizers import TOKENIZER_FILES as _TOKENIZER_FILES
 
-__all__ = ["check_processor_count", "count_image_tokens", "load_processor", "square_side"]
+__all__ = ["check_processor_count", "count_image_tokens", "load_processor", "pixel_normalisation", "square_side"]
 
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
@@ -119,6 +121,28 @@ def mismatch_fix(layout: Any, processor: Any = None, config: Any = None) -> str:
     n = layout.num_image_tokens
     return (f"Each image fills {n} {tokens} per row; build input_ids with backbone.lm_collator(), or, when using the "
             f"processor yourself, {_count_fields(processor, config, n)}")
+
+
+def pixel_normalisation(image_processor: Any, name: str) -> tuple[tuple[float, float, float],
+                                                                 tuple[float, float, float]]:
+    """The mean and std that make the loader's ``levels / 255`` what the image processor makes of 8-bit levels:
+    ``(levels · f - image_mean) / image_std`` with ``f`` its ``rescale_factor`` (1 where ``do_rescale`` is false; no
+    mean and std where ``do_normalize`` is), that is ``(levels / 255 - mean) / std`` with mean and std divided by
+    ``255 f``, so any factor is followed exactly. A factor or std that is not a positive number is refused."""
+    get = functools.partial(getattr, image_processor)
+    factor = get("rescale_factor", 1 / 255) if get("do_rescale", True) is not False else 1
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or not math.isfinite(factor) or factor <= 0:
+        raise BackboneError(f"{name}: the image processor's rescale_factor {factor!r} is not a positive number (8-bit "
+                            "levels are multiplied by it); save the processor with rescale_factor=1/255")
+    scale = 255 * factor
+    if get("do_normalize", True) is False:
+        return (0.0, 0.0, 0.0), (1 / scale,) * 3
+    mean = as_rgb(get("image_mean", None) or OPENAI_MEAN, f"{name}: image_mean")
+    std = as_rgb(get("image_std", None) or OPENAI_STD, f"{name}: image_std")
+    if not all(math.isfinite(s) and s > 0 for s in std):
+        raise BackboneError(f"{name}: the image processor's image_std {list(std)} must be positive numbers (images "
+                            "are divided by it); save the processor with the std the model was trained with")
+    return tuple(m / scale for m in mean), tuple(s / scale for s in std)   # type: ignore[return-value]
 
 
 def _count_fields(processor: Any, config: Any, n: int) -> str:

@@ -41,11 +41,8 @@ from .base import (
     GENERATE,
     GRAD_CHECKPOINTING,
     LM_LOGITS,
-    OPENAI_MEAN,
-    OPENAI_STD,
     Backbone,
     BackboneError,
-    as_rgb,
     check_candidates,
     check_image_batch,
     check_image_sizes,
@@ -57,7 +54,14 @@ from .base import (
 from .candidate_scores import scores_cached, scores_full, target_logprobs
 from .chat import ChatWrap, assistant_end, read_chat_wrap
 from .hf import hf_dir, hf_grad_checkpointing, hf_model_class, load_hf_weights
-from .hf_processor import check_processor_count, count_image_tokens, load_processor, mismatch_fix, square_side
+from .hf_processor import (
+    check_processor_count,
+    count_image_tokens,
+    load_processor,
+    mismatch_fix,
+    pixel_normalisation,
+    square_side,
+)
 from .lm_collate import IGNORE_INDEX, LMCollator, PromptLayout, special_prefix, whole_images
 from .spec import BackboneSpec
 from .tokenizers import HFTokenizer
@@ -138,11 +142,7 @@ class HFVLMBackbone(Backbone):
         n_image = cls._image_tokens(model, image_size)
         check_processor_count(processor, image_size, n_image, name, config)
         hf_tok = HFTokenizer(tok, context_length=max(8, min(77, int(text_config.max_position_embeddings) - n_image)))
-        if getattr(image_processor, "do_normalize", True) is False:   # pixels in [0, 1], as the processor gives
-            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-        else:
-            mean = as_rgb(getattr(image_processor, "image_mean", None) or OPENAI_MEAN, f"{name}: image_mean")
-            std = as_rgb(getattr(image_processor, "image_std", None) or OPENAI_STD, f"{name}: image_std")
+        mean, std = pixel_normalisation(image_processor, name)   # as the processor scales and normalises levels
         resize = cls._image_resize(config, image_size, image_processor, f"{name}: {type(image_processor).__name__}")
         image_open, image_close = cls._image_wrap(config, processor)
         return cls(
