@@ -2,7 +2,8 @@
 ``do_rescale`` / ``rescale_factor`` / ``do_normalize`` followed exactly (the loader's ``levels / 255`` with the mean
 and std divided by ``255 · rescale_factor``), a factor or std that is no positive number refused by name. Before,
 a processor that rescaled otherwise than by 1/255 was read as if it did (helper 222: 970 normalised units apart
-with ``do_rescale`` false, 0.99 with ``rescale_factor`` 1/127.5)."""
+with ``do_rescale`` false, 0.99 with ``rescale_factor`` 1/127.5). LLaVA-OneVision pads an image of a row of several
+with its processor's image mean whatever its normalisation."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import shutil
 
 import numpy as np
 import pytest
+import test_llava_onevision
 import torch
 from llava_tiny import IMAGE, save_tiny_llava
 from PIL import Image
 from transformers import AutoProcessor
 
 from mtl_lora_vl.backbones import BackboneError, load_backbone
+from mtl_lora_vl.data.anyres import pad_images
 from mtl_lora_vl.data.images import to_uint8_tensor
 
 
@@ -61,3 +64,17 @@ def test_images_are_scaled_and_normalised_as_the_processor_does(source, tmp_path
 def test_a_factor_or_std_that_is_no_positive_number_is_refused_by_name(source, tmp_path, fields, named):
     with pytest.raises(BackboneError, match=named):
         load_backbone(f"hf:{_edited(source, tmp_path, **fields)}")
+
+
+def test_onevisions_images_of_a_row_of_several_are_padded_with_the_processors_mean_without_normalisation(tmp_path):
+    """``do_normalize`` false: the processor still pads such an image square with its ``image_mean``'s levels (the
+    loader padded with the backbone's mean, then 0: black, 124 levels apart on the padded bands)."""
+    folder = _edited(test_llava_onevision.build(tmp_path / "onevision")[2], tmp_path, do_normalize=False)
+    bb = load_backbone(f"hf:{folder}")
+    rng = np.random.default_rng(0)
+    pictures = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((20, 60), (64, 24))]
+    uint8, sizes = pad_images(list(to_uint8_tensor(tuple(pictures), bb.resize)))
+    views = bb._vision_inputs(bb.preprocess_uint8(uint8), list(sizes))["pixel_values"]
+    t = bb.image_token
+    theirs = AutoProcessor.from_pretrained(folder)(images=[pictures], text=[f"{t} {t} same?"], return_tensors="pt")
+    torch.testing.assert_close(views[:, 0], theirs["pixel_values"][:, 0], rtol=1e-5, atol=1e-5)

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from ..data.anyres import AnyresGeometry
 from ..data.resize import ImageResize, size_fields
 from ..family_images import llava_next_image, llava_onevision_image, view_tokens
-from .base import BackboneError, register_backbone
+from .base import OPENAI_MEAN, BackboneError, as_rgb, register_backbone
 from .hf_vlm import HFVLMBackbone
 from .image_reading import NativeImageReading
 from .lm_collate import PromptLayout
@@ -340,8 +340,10 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
 
     @classmethod
     def _several_fill(cls, bb: LlavaNextBackbone) -> tuple[int, int, int] | None:
-        """The processor's ``pad_to_square`` colour: the image mean's 8-bit levels (truncated, as it does)."""
-        return tuple(int(x * 255) for x in bb.mean)   # type: ignore[return-value]
+        """The processor's ``pad_to_square`` colour: its ``image_mean``'s 8-bit levels (truncated, as it does), whatever
+        its ``do_normalize`` and ``rescale_factor`` (the backbone's mean is 0 without normalisation)."""
+        mean = getattr(bb.hf_processor.image_processor, "image_mean", None) or OPENAI_MEAN
+        return tuple(int(x * 255) for x in as_rgb(mean, f"{bb.name}: image_mean"))   # type: ignore[return-value]
 
     @classmethod
     def _max_tiles(cls, config: Any) -> int:
