@@ -66,6 +66,13 @@ def test_a_factor_or_std_that_is_no_positive_number_is_refused_by_name(source, t
         load_backbone(f"hf:{_edited(source, tmp_path, **fields)}")
 
 
+def test_a_processor_that_crops_without_resizing_is_refused_by_name(source, tmp_path):
+    """``do_resize`` false with ``do_center_crop``: the processor cuts each picture's centre at its own scale; the
+    loader resized it first (3.1 normalised units apart on a 97x61 picture)."""
+    with pytest.raises(ValueError, match="do_resize is false and do_center_crop true.*do_resize=true"):
+        load_backbone(f"hf:{_edited(source, tmp_path, do_resize=False)}")
+
+
 def test_onevisions_images_of_a_row_of_several_are_padded_with_the_processors_mean_without_normalisation(tmp_path):
     """``do_normalize`` false: the processor still pads such an image square with its ``image_mean``'s levels (the
     loader padded with the backbone's mean, then 0: black, 124 levels apart on the padded bands)."""

@@ -179,7 +179,11 @@ class ImageResize:
         pad = None   # LLaVA's pad-to-square (other processors' do_pad pads a batch to its largest image)
         if kind.startswith("LlavaImageProcessor") and get("do_pad", False):
             pad = tuple(int(x * 255) for x in (get("image_mean", None) or (0.0, 0.0, 0.0)))
-        if get("do_resize", True) is False:
+        if get("do_resize", True) is False:   # (pictures of the model's size then read the same; others fail in it)
+            if crop:   # a valid processor whose pictures this package would read otherwise
+                raise ValueError(f"{label}: do_resize is false and do_center_crop true: the processor cuts each "
+                                 f"picture's centre at its own scale (a 640x480 photo: its middle {size}x{size} "
+                                 "pixels) where the loader resizes it first; save the processor with do_resize=true")
             return cls(size, interpolation=interp, floor_crop=True, pad_square=pad)
         if "shortest_edge" in side:
             cut = size_fields(get("crop_size", None))
