@@ -275,12 +275,20 @@ def test_hf_clip_reads_the_image_processor_inside_processor_config(tok_dir, tmp_
     with pytest.raises(ValueError, match=r"processor_config.json.*image_mean must be numbers \(one, or three for "
                                          r"RGB\), got 'x'"):
         load_backbone(f"hf:{tmp_path}")
-    for edit in ({"do_rescale": False}, {"rescale_factor": 1 / 127.5}):   # review 187: read, then ignored
-        doc["image_processor"] = {**doc["image_processor"], "image_mean": [0.5] * 3, "do_rescale": True,
-                                  "rescale_factor": 1 / 255, **edit}
-        (tmp_path / "processor_config.json").write_text(json.dumps(doc))
-        with pytest.raises(ValueError, match=r"do_rescale=.*rescale_factor=.*scales them otherwise"):
-            load_backbone(f"hf:{tmp_path}")
+    # review 187: read, then ignored (since refused; helper 222: followed exactly, as Hugging Face VLMs do)
+    levels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    for edit in ({"do_rescale": False}, {"rescale_factor": 1 / 127.5}, {"do_rescale": False, "do_normalize": False}):
+        fields = {**doc["image_processor"], "image_mean": [0.5] * 3, "do_rescale": True, "rescale_factor": 1 / 255,
+                  **edit}
+        (tmp_path / "processor_config.json").write_text(json.dumps({**doc, "image_processor": fields}))
+        theirs = CLIPImageProcessor(**fields)(images=list(levels), return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(load_backbone(f"hf:{tmp_path}").preprocess_uint8(levels), theirs.float(),
+                                   rtol=1e-5, atol=1e-4)
+    fields = {**fields, "do_rescale": True, "rescale_factor": 0}
+    (tmp_path / "processor_config.json").write_text(json.dumps({**doc, "image_processor": fields}))
+    with pytest.raises(ValueError, match=r"processor_config.json: the image processor's rescale_factor 0 is not a "
+                                         r"positive number"):
+        load_backbone(f"hf:{tmp_path}")
 
 
 def test_hf_clip_without_an_image_processor_config_says_it_takes_openais(tok_dir, tmp_path, caplog):

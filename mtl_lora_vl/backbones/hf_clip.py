@@ -17,11 +17,11 @@ from .base import (
     OPENAI_STD,
     TEXT_EMBEDDINGS,
     Backbone,
-    as_rgb,
     register_backbone,
     resolve_base_dtype,
 )
 from .hf import hf_dir, hf_grad_checkpointing, load_hf_weights
+from .hf_processor import pixel_normalisation
 from .spec import BackboneSpec
 from .tokenizers import load_hf_tokenizer
 
@@ -126,14 +126,5 @@ def _image_preprocessing(folder: Path, image_size: int) -> tuple[tuple[float, fl
         data = data[key]
     if not isinstance(data, dict):
         raise ValueError(f"{pp} must hold a JSON object, got {type(data).__name__}")
-    factor = data.get("rescale_factor", 1 / 255)
-    if data.get("do_rescale", True) is False or not isinstance(factor, int | float) or abs(factor - 1 / 255) > 1e-9:
-        raise ValueError(f"{pp}: do_rescale={data.get('do_rescale', True)!r}, rescale_factor={factor!r}; images are "
-                         "read as 8-bit levels scaled by 1/255, as CLIP's processor does, and this processor scales "
-                         "them otherwise; save it with do_rescale=true and rescale_factor=1/255")
-    if data.get("do_normalize", True) is False:
-        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    else:
-        mean = as_rgb(data.get("image_mean", OPENAI_MEAN), f"{pp}: image_mean")
-        std = as_rgb(data.get("image_std", OPENAI_STD), f"{pp}: image_std")
+    mean, std = pixel_normalisation(data, str(pp))   # its rescale_factor, do_rescale and do_normalize followed
     return mean, std, ImageResize.from_hf(image_size, data, str(pp))

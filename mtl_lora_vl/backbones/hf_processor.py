@@ -128,8 +128,9 @@ def pixel_normalisation(image_processor: Any, name: str) -> tuple[tuple[float, f
     """The mean and std that make the loader's ``levels / 255`` what the image processor makes of 8-bit levels:
     ``(levels · f - image_mean) / image_std`` with ``f`` its ``rescale_factor`` (1 where ``do_rescale`` is false; no
     mean and std where ``do_normalize`` is), that is ``(levels / 255 - mean) / std`` with mean and std divided by
-    ``255 f``, so any factor is followed exactly. A factor or std that is not a positive number is refused."""
-    get = functools.partial(getattr, image_processor)
+    ``255 f``, so any factor is followed exactly. A factor or std that is not a positive number is refused.
+    ``image_processor``: the object, or its fields (a ``preprocessor_config.json``) as a dict."""
+    get = image_processor.get if isinstance(image_processor, dict) else functools.partial(getattr, image_processor)
     factor = get("rescale_factor", 1 / 255) if get("do_rescale", True) is not False else 1
     if isinstance(factor, bool) or not isinstance(factor, int | float) or not math.isfinite(factor) or factor <= 0:
         raise BackboneError(f"{name}: the image processor's rescale_factor {factor!r} is not a positive number (8-bit "
