@@ -12,26 +12,13 @@ import re
 from pathlib import Path
 
 import pytest
+from test_bench_settings import _small_vqa, needs_builtin  # (the same tiny grid's spec)
 
-from mtl_lora_vl.backbones import builtin_dir
 from mtl_lora_vl.benchmark import BenchSettings, run_benchmark
 from mtl_lora_vl.benchmark.report import _diff, _ms, render
 from mtl_lora_vl.benchmark.stats import paired_diff, summarize
 from mtl_lora_vl.options import TrainOptions
-from mtl_lora_vl.tasks.spec import builtin_spec_dirs
 from mtl_lora_vl.training.train import train
-
-needs_builtin = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
-                                   reason="built-in backbone not built")
-
-
-def _small_vqa(tmp: Path) -> str:
-    src = next(d / "vqa.toml" for d in builtin_spec_dirs() if (d / "vqa.toml").is_file()).read_text()
-    for split, n in (("train", 24), ("val", 8), ("test", 8)):
-        src = re.sub(rf"^\[data\.{split}\]$", f"[data.{split}]\nn = {n}", src, flags=re.M)
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "vqa.toml").write_text(src)
-    return str(tmp / "vqa.toml")
 
 
 def _tiny(tmp_path: Path, **over) -> BenchSettings:

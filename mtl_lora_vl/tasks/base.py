@@ -446,7 +446,7 @@ def encode_texts(backbone: Backbone, texts: Sequence[str], *, device: torch.devi
         with autocast(device, dtype):
             out.append(backbone.encode_text(tokens).float())
     emb = torch.cat(out)
-    if order != sorted(order):
+    if short:   # back in the texts' order
         emb = emb[torch.tensor(order, device=emb.device).argsort()]
     return F.normalize(emb, dim=-1)
 
