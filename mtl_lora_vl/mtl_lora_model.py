@@ -25,6 +25,7 @@ from .adapters.grow import AddedTask, add_task
 from .adapters.layers import AdapterBank, LoRALinear
 from .adapters.routing import RoutingError, check_module
 from .adapters.scopes import disabled, route
+from .backbones.image_record import forget_loaded
 from .config import MTLLoRAConfig
 from .io.adapter_files import load_adapter, read_adapter_config, require_head_modules, save_adapter
 from .io.layout import AdapterFileError, state_file
@@ -371,8 +372,7 @@ def unload(model: nn.Module, task: str | None = None) -> nn.Module:
     del inner._mtl_lora
     uninstall_routed_generate(inner)
     if task is None:   # the base as it was: the image reading / area load_adapter put on it go (a backbone's stay)
-        for name in inner.__dict__.pop("_mtl_loaded", ()):
-            inner.__dict__.pop(name, None)
+        forget_loaded(inner)
     return model
 
 

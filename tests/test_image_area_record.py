@@ -13,6 +13,7 @@ from test_qwen2vl_backbone import _pictures, _tiny_sized
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import load_backbone
+from mtl_lora_vl.backbones.image_record import image_record
 from mtl_lora_vl.backbones.qwen2_vl import Qwen2VLBackbone
 from mtl_lora_vl.io.layout import AdapterFileError
 from mtl_lora_vl.io.pretrained import load_pretrained
@@ -128,10 +129,10 @@ def test_unload_takes_the_loaded_area_off_a_bare_model(folder, tmp_path):
     assert not _area_warnings(bare, default)
     assert _area(mlv.save_adapter(bare, tmp_path / "again", base={"backbone": f"hf:{folder}"})) is None
     merged = mlv.MTLLoRAModel.from_pretrained(Qwen2VLForConditionalGeneration.from_pretrained(str(folder)), ad)
-    assert merged.merge_and_unload("a")._mtl_image_max_pixels == 2048   # the merged task's pictures: within 2048
+    assert image_record(merged.merge_and_unload("a")).max_pixels == 2048   # the merged task's pictures: within 2048
     two = load_backbone(f"hf:{folder}", image_max_pixels=2048)
     unload(mlv.load_adapter(two.model, ad))
-    assert two.model._mtl_image_max_pixels == 2048
+    assert image_record(two.model).max_pixels == 2048
     made = mlv.load_adapter(Qwen2VLForConditionalGeneration.from_pretrained(str(folder)), ad)
     Qwen2VLBackbone.from_model(made, AutoProcessor.from_pretrained(folder))   # the area is this backbone's now
-    assert unload(made)._mtl_image_max_pixels == 2048
+    assert image_record(unload(made)).max_pixels == 2048

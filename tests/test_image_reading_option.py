@@ -19,6 +19,7 @@ from qwen_tiny import save_tiny_qwen2vl
 import mtl_lora_vl.evaluation.evaluate as evaluate_module
 import mtl_lora_vl.training.checkpoint as checkpoint
 from mtl_lora_vl.backbones import BackboneError, load_backbone
+from mtl_lora_vl.backbones.image_record import image_record
 from mtl_lora_vl.cli import eval_main, train_main
 from mtl_lora_vl.io.pretrained import load_pretrained
 
@@ -33,7 +34,7 @@ def test_load_backbone_reads_images_as_asked(family, tmp_path):
     assert load_backbone(f"hf:{folder}").resize.mode == "anyres"   # their default: the processor's own reading
     square = load_backbone(f"hf:{folder}", image_reading="square")
     assert square.resize.mode == "squash" and not square.needs_image_sizes
-    assert square.model._mtl_image_reading == "square"   # what save_adapter records
+    assert image_record(square.model).reading == "square"   # what save_adapter records
     row = square.lm_collator()([f"{square.image_token} caption:"])["input_ids"][0].tolist()
     assert row.count(square.image_token_id) == square.num_image_tokens
     if family == "idefics3":

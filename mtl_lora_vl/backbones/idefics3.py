@@ -43,6 +43,7 @@ from .base import BackboneError, register_backbone
 from .hf_processor import edit_image_processor_files
 from .hf_vlm import HFVLMBackbone
 from .image_reading import NativeImageReading
+from .image_record import image_record
 
 __all__ = ["Idefics3Backbone"]
 
@@ -61,7 +62,7 @@ class Idefics3Backbone(NativeImageReading, HFVLMBackbone):
     def from_model(cls, model: nn.Module, processor: Any, name: str = "hf:custom") -> Idefics3Backbone:
         """As :meth:`HFVLMBackbone.from_model`, on a copy of the processor (the caller's is left as it is), its
         one-view count checked; images split as the processor splits them where it does (see the module doc), or as
-        the adapter loaded onto the bare model was trained (its ``_mtl_image_reading``)."""
+        the adapter loaded onto the bare model was trained (its :func:`~.image_record.image_record`)."""
         image_processor = getattr(processor, "image_processor", None)
         splits = bool(getattr(image_processor, "do_image_splitting", False))
         if image_processor is not None:
@@ -70,7 +71,7 @@ class Idefics3Backbone(NativeImageReading, HFVLMBackbone):
         bb = super().from_model(model, processor, name)
         bb.square_resize = bb.resize
         bb.geometry = _split_geometry(bb, image_processor, name) if image_processor is not None else None
-        recorded = getattr(model, "_mtl_image_reading", None)   # (a loaded adapter's record)
+        recorded = image_record(model).reading   # (a loaded adapter's record)
         bb.native_aspect((splits if recorded is None else recorded == "native") and bb.geometry is not None)
         return bb
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..data.resize import ImageResize
 from .base import Backbone, BackboneError
+from .image_record import set_reading
 from .lm_collate import PromptLayout
 
 __all__ = ["IMAGE_READING_CHOICES", "NativeImageReading", "read_images"]
@@ -41,8 +42,7 @@ class NativeImageReading:
         self.resize = (replace(self.square_resize, mode="anyres", anyres=self.geometry, size=self.image_size)
                        if on else self.square_resize)
         self._collators.clear()   # their layouts hold the geometry
-        self.model._mtl_image_reading = "native" if on else "square"   # what save_adapter records
-        self.model.__dict__.get("_mtl_loaded", set()).discard("_mtl_image_reading")   # (unload keeps a backbone's)
+        set_reading(self.model, "native" if on else "square")   # what save_adapter records
 
     @property
     def layout(self) -> PromptLayout:

@@ -47,6 +47,7 @@ from ..family_images import llava_next_image, llava_onevision_image, view_tokens
 from .base import OPENAI_MEAN, BackboneError, as_rgb, register_backbone
 from .hf_vlm import HFVLMBackbone
 from .image_reading import NativeImageReading
+from .image_record import image_record
 from .lm_collate import PromptLayout
 
 __all__ = ["LlavaNextBackbone", "LlavaOnevisionBackbone"]
@@ -107,7 +108,7 @@ class LlavaNextBackbone(NativeImageReading, HFVLMBackbone):
         grid = side // int(model.config.vision_config.patch_size)
         bb.geometry = AnyresGeometry(side, tuple(tuple(p) for p in pins), grid, view_tokens(inner, None),
                                      cls._max_tiles(model.config), bb.base_filter, cls._several_fill(bb))
-        bb.native_aspect(getattr(model, "_mtl_image_reading", None) != "square")   # (a loaded adapter's record)
+        bb.native_aspect(image_record(model).reading != "square")   # (a loaded adapter's record)
         return bb
 
     @classmethod

@@ -35,6 +35,7 @@ from ..log import warn_user
 from .base import BackboneError, register_backbone
 from .hf_processor import edit_image_processor_files
 from .hf_vlm import HFVLMBackbone
+from .image_record import image_record, set_area
 
 __all__ = ["Qwen2VLBackbone", "patchify", "pixel_bounds", "qwen_image_side"]
 
@@ -110,8 +111,8 @@ class Qwen2VLBackbone(HFVLMBackbone):
         image area an adapter loaded onto the bare model records."""
         bb = super().from_model(model, processor, name)
         bb.num_image_tokens = bb._nominal_tokens()
-        area = getattr(model, "_mtl_image_max_pixels", None)   # (a loaded adapter's, on a bare model)
-        model._mtl_image_max_pixels = None   # the default cap (load_adapter tells a backbone's model by it)
+        area = image_record(model).max_pixels   # (a loaded adapter's, on a bare model)
+        set_area(model, None)   # the default cap (load_adapter tells a backbone's model by it)
         if area:
             bb.limit_pixels(area)
         return bb
@@ -141,8 +142,7 @@ class Qwen2VLBackbone(HFVLMBackbone):
         self.resize = _native_resize(side, unit, low, high, self.resize.interpolation)
         self.num_image_tokens = self._nominal_tokens()
         self._collators.clear()   # their layouts hold the image-token count
-        self.model._mtl_image_max_pixels = max_pixels   # save_merged's cap for the merged processor (io/exports.py)
-        self.model.__dict__.get("_mtl_loaded", set()).discard("_mtl_image_max_pixels")   # (unload keeps a backbone's)
+        set_area(self.model, max_pixels)   # save_merged's cap for the merged processor (io/exports.py)
 
     @classmethod
     def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None) -> None:

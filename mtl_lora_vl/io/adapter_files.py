@@ -38,14 +38,10 @@ from torch import nn
 from .._version import __version__
 from ..adapters.attach import attach
 from ..adapters.layers import ADAPTER_PARAM_NAMES
-from ..backbones import backbone_class
-from ..backbones.image_reading import NativeImageReading
-from ..backbones.qwen2_vl import Qwen2VLBackbone
 from ..backbones.spec import parse_spec
 from ..config import ConfigError, MTLLoRAConfig
-from ..families import family_named
-from ..log import warn_user
 from ..tasks.spec import SpecError, TaskSpec, load_spec
+from .adapter_images import check_image_fields, record_images, take_images
 from .atomic import atomic_dir, holds
 from .base_check import check_base, check_heads, check_tensors, newer_package_hint
 from .identity import adapted_module, expected_tensors, model_identity
@@ -221,12 +217,7 @@ def save_adapter(
                          f"tasks are {cfg.tasks}")
     roots = {t: str(Path(r).expanduser().absolute()) for t, r in (data_roots or {}).items() if r is not None}
     base = absolute_base(dict(base or {}))
-    reading = getattr(inner, "_mtl_image_reading", None) or _processor_reading(info.family)
-    if reading and "image_reading" not in base:   # load_pretrained reads the adapter's images the same way
-        base["image_reading"] = reading
-    area = getattr(inner, "_mtl_image_max_pixels", None)   # (Qwen2-VL's limit_pixels, or a loaded adapter's)
-    if area and "image_max_pixels" not in base:
-        base["image_max_pixels"] = int(area)
+    record_images(inner, info.family, base)
     try:
         json.dumps(base)
     except (TypeError, ValueError) as e:
@@ -316,14 +307,7 @@ def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
     if base_dtype is not None and base_dtype not in ("fp32", "bf16", "fp16"):
         raise AdapterFileError(f"{cfg_file}: base.base_dtype must be 'fp32', 'bf16' or 'fp16' (the base weights' "
                                f"dtype the adapter was trained on), got {base_dtype!r}; fix the field or remove it")
-    pixels = (doc.get("base") or {}).get("image_max_pixels")
-    if pixels is not None and (not isinstance(pixels, int) or isinstance(pixels, bool) or pixels < 1):
-        raise AdapterFileError(f"{cfg_file}: base.image_max_pixels must be a positive whole number (the largest image "
-                               f"area the adapter was trained on), got {pixels!r}; fix the field or remove it")
-    reading = (doc.get("base") or {}).get("image_reading")
-    if reading is not None and reading not in IMAGE_READINGS:
-        raise AdapterFileError(f"{cfg_file}: base.image_reading must be one of {list(IMAGE_READINGS)} (how the "
-                               f"adapter's images were read), got {reading!r}; fix the field or remove it")
+    check_image_fields(doc.get("base") or {}, cfg_file)
     bad_roots = sorted(t for t, r in (doc.get("data_roots") or {}).items() if not (isinstance(r, str) and r))
     if bad_roots:
         raise AdapterFileError(f"{cfg_file}: data_roots of task(s) {bad_roots} must be a folder path (a string), "
@@ -437,7 +421,7 @@ def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Mo
     head_tensors = load_tensors(head_file) if heads else {}
 
     attach(base_model, cfg)
-    _keep_reading(base_model, doc.get("base") or {}, path)
+    take_images(base_model, doc.get("base") or {}, path)
     params = dict(base_model.named_parameters())
     with torch.no_grad():
         for name, t in tensors.items():
@@ -454,46 +438,3 @@ def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Mo
             head.eval()
     return base_model
 
-
-#: ``base.image_reading``: each image at its own aspect as the processor reads it, on one square
-#: (``native_aspect(False)``), or as the model's own processor does (attached to a bare model, no backbone chose).
-IMAGE_READINGS = ("native", "square", "processor")
-
-
-def _processor_reading(family: str | None) -> str | None:
-    """"processor" for a bare model of a family whose backbone can read images either way (its reading is its
-    user's processor's); None for the rest, which read images one way."""
-    fam = family_named(family) if family else None
-    cls = backbone_class(fam.backbone) if fam is not None and fam.backbone else None
-    return "processor" if cls is not None and issubclass(cls, NativeImageReading) else None
-
-
-def _set_loaded(model: nn.Module, name: str, value: Any) -> None:
-    """``model.<name> = value`` on a bare model, as the loaded adapter's: ``unload`` takes it off again."""
-    setattr(model, name, value)
-    model.__dict__.setdefault("_mtl_loaded", set()).add(name)
-
-
-def _keep_reading(model: nn.Module, base: dict[str, Any], path: Path) -> None:
-    """After ``load_adapter``: a model no backbone set a reading (or Qwen2-VL's image area) on takes the recorded one
-    (a save keeps it, a merged export's processor follows it); a backbone's model that reads otherwise is warned
-    about."""
-    recorded, area = base.get("image_reading"), base.get("image_max_pixels")
-    default = Qwen2VLBackbone.preferred_side ** 2   # (a backbone's area without image_max_pixels)
-    if not hasattr(model, "_mtl_image_max_pixels"):   # (a Qwen2-VL backbone's model holds its own; None: the default)
-        if area:
-            _set_loaded(model, "_mtl_image_max_pixels", area)
-    elif (model._mtl_image_max_pixels or default) != (area or default):   # (448² given or left out: the same)
-        theirs, own = (f"{n} pixels" if n else f"the default {default}" for n in (area, model._mtl_image_max_pixels))
-        fix = f"with image_max_pixels={area}" if area else "without image_max_pixels"
-        warn_user(f"{path}: the adapter's images were read within {theirs} (base.image_max_pixels), and this model's "
-                  f"backbone reads them within {own}; load the backbone {fix} (load_pretrained does)")
-    own = getattr(model, "_mtl_image_reading", None)
-    if recorded not in ("native", "square"):
-        return
-    if own is None:
-        _set_loaded(model, "_mtl_image_reading", recorded)
-    elif own != recorded:
-        how = "at their own aspect" if recorded == "native" else "on one square"
-        warn_user(f"{path}: the adapter's images were read {how}, and this model's backbone reads them otherwise; "
-                  f"call backbone.native_aspect({recorded == 'native'}) (load_pretrained does)")

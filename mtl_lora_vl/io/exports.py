@@ -51,6 +51,7 @@ from ..adapters.attach import adapted_module, merged_state_dict, parameter_names
 from ..adapters.layers import LoRALinear
 from ..adapters.routing import check_module
 from ..backbones import backbone_class
+from ..backbones.image_record import image_record
 from ..backbones.qwen2_vl import Qwen2VLBackbone
 from ..families import MERGED_CONFIG, MERGED_WEIGHTS, family_named, merged_format, peft_export
 from .atomic import atomic_dir, atomic_file
@@ -147,12 +148,13 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
 def _image_note(inner: nn.Module) -> str:
     """What a LoRA's user gives the base model's processor so that it reads images as the adapter's were read
     ("": as its processor does)."""
-    if getattr(inner, "_mtl_image_reading", None) == "square":
+    record = image_record(inner)
+    if record.reading == "square":
         return ("\nThe adapter's images were read on one square (backbone.native_aspect(False)): load the base model's "
                 "processor with do_image_splitting=False (Idefics3 / SmolVLM); LLaVA-NeXT's and LLaVA-OneVision's "
                 "processors read pictures at their own aspect only, not as the tasks were trained.\n")
-    if hasattr(inner, "_mtl_image_max_pixels"):   # (Qwen2-VL: the loader's cap, not the released processors' 12.8 M)
-        area = inner._mtl_image_max_pixels or Qwen2VLBackbone.preferred_side ** 2
+    if record.capped:   # (Qwen2-VL: the loader's cap, not the released processors' 12.8 M)
+        area = record.max_pixels or Qwen2VLBackbone.preferred_side ** 2
         return (f"\nThe adapter's images were read within {area} pixels (or the processor's own max_pixels, where "
                 f"lower): load the base model's processor with max_pixels={area} at most (the released processors "
                 "allow 12.8 M, larger pictures than the tasks were trained on).\n")
@@ -402,8 +404,7 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
             fit = getattr(backbone_class(family.backbone), "fit_processor_files", None) if family and family.backbone \
                 else None
             if fit is not None:   # the processor reads images as the package's backbone trained them
-                fit(tmp, image_max_pixels or getattr(inner, "_mtl_image_max_pixels", None),
-                    getattr(inner, "_mtl_image_reading", None))
+                fit(tmp, image_max_pixels or image_record(inner).max_pixels, image_record(inner).reading)
     return out
 
 

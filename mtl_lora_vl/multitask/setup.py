@@ -17,6 +17,7 @@ from ..adapters.attach import attach, attach_info
 from ..adapters.grow import add_task
 from ..adapters.scopes import disabled
 from ..backbones import load_backbone
+from ..backbones.image_record import image_record
 from ..config import MTLLoRAConfig
 from ..data.common import same_folder
 from ..data.records import Split
@@ -203,7 +204,7 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
             "base_dtype": recorded.get("base_dtype", "auto") if opts.base_dtype == "auto" else opts.base_dtype,
             **({"image_max_pixels": recorded["image_max_pixels"]} if recorded.get("image_max_pixels") else {}),
             # how the backbone reads images, as load_pretrained set it from the adapter's record (None: one way only)
-            "image_reading": getattr(bb.model, "_mtl_image_reading", None)}
+            "image_reading": image_record(bb.model).reading}
     source = record_sha256({"files": lp.doc.get("files") or {}, "config": lp.doc.get("config")})
     return Setup(bb, specs, kinds, model, attach_info(bb.model).config, train_splits, extended_from=old,
                  new_adapter_values=added, base=base, source_sha256=source, data_roots=roots,

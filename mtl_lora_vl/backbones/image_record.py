@@ -1,0 +1,67 @@
+"""How a model's images are read, recorded on the model itself: ``save_adapter`` writes it (``base.image_reading``,
+``base.image_max_pixels``), ``load_adapter`` puts an adapter's on a bare model, a backbone built on that model reads
+images so, and the exports fit the merged processor to it.
+
+One typed record per model (:class:`ImageRecord`), set by the backbones that read images more than one way
+(:mod:`.image_reading`) or within an area cap (:mod:`.qwen2_vl`), and by ``load_adapter``. What a loaded adapter set
+is marked so, and ``unload`` takes it off again (:func:`forget_loaded`); what a backbone set stays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+__all__ = ["ImageRecord", "forget_loaded", "image_record", "set_area", "set_reading"]
+
+_ATTR = "_mtl_image_record"
+
+
+@dataclass
+class ImageRecord:
+    """``reading``: "native" (each image at its own aspect, as the processor reads it) or "square" (squashed to one
+    square); None where nothing chose. ``capped``: images are read within an area cap (Qwen2-VL's loader), of
+    ``max_pixels`` pixels (None: the backbone's default, 448²). ``loaded``: the fields ("reading", "area") a loaded
+    adapter set on a bare model."""
+
+    reading: str | None = None
+    capped: bool = False
+    max_pixels: int | None = None
+    loaded: set[str] = field(default_factory=set)
+
+
+def image_record(model: nn.Module) -> ImageRecord:
+    """``model``'s record (an empty one, not stored, where nothing set it)."""
+    return model.__dict__.get(_ATTR) or ImageRecord()
+
+
+def _stored(model: nn.Module) -> ImageRecord:
+    return model.__dict__.setdefault(_ATTR, ImageRecord())
+
+
+def set_reading(model: nn.Module, reading: str, loaded: bool = False) -> None:
+    """Record that ``model``'s images are read ``reading`` ("native" / "square"); ``loaded``: as a loaded adapter's."""
+    rec = _stored(model)
+    rec.reading = reading
+    (rec.loaded.add if loaded else rec.loaded.discard)("reading")
+
+
+def set_area(model: nn.Module, max_pixels: int | None, loaded: bool = False) -> None:
+    """Record that ``model``'s images are read within ``max_pixels`` (None: the default cap); ``loaded``: as a loaded
+    adapter's."""
+    rec = _stored(model)
+    rec.capped, rec.max_pixels = True, max_pixels
+    (rec.loaded.add if loaded else rec.loaded.discard)("area")
+
+
+def forget_loaded(model: nn.Module) -> None:
+    """Take off what a loaded adapter set (``unload`` without a task: the base as it was)."""
+    rec = model.__dict__.get(_ATTR)
+    if rec is None:
+        return
+    if "reading" in rec.loaded:
+        rec.reading = None
+    if "area" in rec.loaded:
+        rec.capped, rec.max_pixels = False, None
+    rec.loaded.clear()

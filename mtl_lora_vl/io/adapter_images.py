@@ -1,0 +1,81 @@
+"""How an adapter's images were read, in its ``mtl_lora_config.json`` (``base.image_reading``,
+``base.image_max_pixels``): written from the model's :class:`~mtl_lora_vl.backbones.image_record.ImageRecord` by
+``save_adapter``, checked when read, and put back on a bare model by ``load_adapter`` (a backbone's model that reads
+otherwise is warned about).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..backbones import backbone_class
+from ..backbones.image_reading import NativeImageReading
+from ..backbones.image_record import image_record, set_area, set_reading
+from ..backbones.qwen2_vl import Qwen2VLBackbone
+from ..families import family_named
+from ..log import warn_user
+from .layout import AdapterFileError
+
+__all__ = ["IMAGE_READINGS", "check_image_fields", "record_images", "take_images"]
+
+#: ``base.image_reading``: each image at its own aspect as the processor reads it, on one square
+#: (``native_aspect(False)``), or as the model's own processor does (attached to a bare model, no backbone chose).
+IMAGE_READINGS = ("native", "square", "processor")
+
+
+def _processor_reading(family: str | None) -> str | None:
+    """"processor" for a bare model of a family whose backbone can read images either way (its reading is its
+    user's processor's); None for the rest, which read images one way."""
+    fam = family_named(family) if family else None
+    cls = backbone_class(fam.backbone) if fam is not None and fam.backbone else None
+    return "processor" if cls is not None and issubclass(cls, NativeImageReading) else None
+
+
+def record_images(model: nn.Module, family: str | None, base: dict[str, Any]) -> None:
+    """Add how ``model``'s images are read to ``base`` (a save's record), where the caller's ``base`` does not say."""
+    record = image_record(model)
+    reading = record.reading or _processor_reading(family)
+    if reading and "image_reading" not in base:   # load_pretrained reads the adapter's images the same way
+        base["image_reading"] = reading
+    if record.max_pixels and "image_max_pixels" not in base:   # (Qwen2-VL's limit_pixels, or a loaded adapter's)
+        base["image_max_pixels"] = int(record.max_pixels)
+
+
+def check_image_fields(base: dict[str, Any], cfg_file: Path) -> None:
+    """Refuse a hand-edited ``base.image_max_pixels`` / ``base.image_reading`` naming the file and the field."""
+    pixels = base.get("image_max_pixels")
+    if pixels is not None and (not isinstance(pixels, int) or isinstance(pixels, bool) or pixels < 1):
+        raise AdapterFileError(f"{cfg_file}: base.image_max_pixels must be a positive whole number (the largest image "
+                               f"area the adapter was trained on), got {pixels!r}; fix the field or remove it")
+    reading = base.get("image_reading")
+    if reading is not None and reading not in IMAGE_READINGS:
+        raise AdapterFileError(f"{cfg_file}: base.image_reading must be one of {list(IMAGE_READINGS)} (how the "
+                               f"adapter's images were read), got {reading!r}; fix the field or remove it")
+
+
+def take_images(model: nn.Module, base: dict[str, Any], path: Path) -> None:
+    """After ``load_adapter``: a model no backbone set a reading (or Qwen2-VL's image area) on takes the recorded one
+    (a save keeps it, a merged export's processor follows it); a backbone's model that reads otherwise is warned
+    about."""
+    recorded, area = base.get("image_reading"), base.get("image_max_pixels")
+    own = image_record(model)
+    default = Qwen2VLBackbone.preferred_side ** 2   # (a backbone's area without image_max_pixels)
+    if not own.capped:   # (a Qwen2-VL backbone's model is capped; max_pixels None: the default)
+        if area:
+            set_area(model, area, loaded=True)
+    elif (own.max_pixels or default) != (area or default):   # (448² given or left out: the same)
+        theirs, mine = (f"{n} pixels" if n else f"the default {default}" for n in (area, own.max_pixels))
+        fix = f"with image_max_pixels={area}" if area else "without image_max_pixels"
+        warn_user(f"{path}: the adapter's images were read within {theirs} (base.image_max_pixels), and this model's "
+                  f"backbone reads them within {mine}; load the backbone {fix} (load_pretrained does)")
+    if recorded not in ("native", "square"):
+        return
+    if own.reading is None:
+        set_reading(model, recorded, loaded=True)
+    elif own.reading != recorded:
+        how = "at their own aspect" if recorded == "native" else "on one square"
+        warn_user(f"{path}: the adapter's images were read {how}, and this model's backbone reads them otherwise; "
+                  f"call backbone.native_aspect({recorded == 'native'}) (load_pretrained does)")
