@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import mtl_lora_vl as mlv
+from mtl_lora_vl.adapters.rows import mixture
+from mtl_lora_vl.config import MIN_TEMPERATURE
 
 
 def test_json_round_trip(tmp_path):
@@ -32,6 +35,7 @@ def test_json_round_trip(tmp_path):
         (dict(tasks=["a"], alpha=float("nan")), "alpha"),          # every output NaN, even at init (0 * nan)
         (dict(tasks=["a"], alpha=float("inf")), "alpha"),
         (dict(tasks=["a"], temperature=float("inf")), "temperature"),   # silently uniform mixing
+        (dict(tasks=["a"], temperature=1e-39), "temperature"),   # w_t / τ overflows: softmax NaN (test below)
         (dict(tasks=["a"], dropout=1.5), "dropout"),
         (dict(tasks=["a"], method="adalora"), "method"),
         (dict(tasks=["a"], lambda_type="block"), "lambda_type"),
@@ -87,3 +91,12 @@ def test_a_config_with_no_task_specific_part_is_warned_about(kwargs, degenerate)
         warnings.simplefilter("always")
         mlv.MTLLoRAConfig(tasks=["a", "b"], **kwargs)
     assert any("no task-specific part left" in str(w.message) for w in seen) == degenerate
+
+
+def test_smallest_temperature_keeps_the_mixing_finite():
+    """At 1e-39 the mixing weights of a task whose w_t grew to 1 were NaN (w_t / τ = inf); at the smallest allowed τ
+    they stay finite for any float32 w_t below 3e32."""
+    w = torch.tensor([[1.0, 1.0, -2.0], [3e32, -3e32, 0.0]])
+    assert torch.isnan(mixture(w, 1e-39)).any()
+    assert torch.isfinite(mixture(w, MIN_TEMPERATURE)).all()
+    assert mlv.MTLLoRAConfig(tasks=["a"], temperature=MIN_TEMPERATURE).temperature == MIN_TEMPERATURE
