@@ -289,6 +289,22 @@ def test_a_json_config_giving_an_option_twice_is_refused(tmp_path, capsys):
         mlv.MTLLoRAConfig.from_json('{"tasks": ["a"], "r": 4, "r": 8}')
 
 
+@pytest.mark.parametrize("name", ["con", "NUL", "Com1", "lpt9", "aux"])
+def test_task_names_windows_reserves_are_refused_before_training(tmp_path, name):
+    """A task named 'con' trained on Linux, then the adapter could not be copied to Windows (tasks/con.toml is the
+    console there); save_adapter and the spec refuse it up front, naming the rule and the fix."""
+    spec = tmp_path / "a.toml"
+    spec.write_text(f'name = "{name}"\nkind = "vqa"\n{_BUILTIN_DATA}')
+    with pytest.raises(SpecError, match=rf"'name'.*device name Windows reserves.*rename the task.*{name!r}"):
+        load_spec(str(spec))
+    model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=[name, "console"], r=2))
+    ok = tmp_path / "ok.toml"
+    ok.write_text(f'name = "console"\nkind = "vqa"\n{_BUILTIN_DATA}')
+    with pytest.raises(ValueError, match=rf"task name\(s\) \[{name!r}\] are device names Windows reserves"):
+        mlv.save_adapter(model, tmp_path / "out", task_specs={name: spec, "console": ok})
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_misspelt_top_level_spec_field_names_the_likely_one(tmp_path):
     spec = tmp_path / "t.toml"
     spec.write_text(f'kind = "vqa"\ntemplate = ["the answer is {{}}."]\n{_BUILTIN_DATA}')

@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtl_lora_vl.config import reserved_file_name
 from mtl_lora_vl.data.common import ReaderOptionError
 from mtl_lora_vl.data.readers import READERS, check_reader_options, read_split, reader_option_names
 from mtl_lora_vl.data.records import Split
@@ -410,6 +411,9 @@ def _parse(path: Path, need_train: bool = True) -> TaskSpec:
                         "or rename the file")
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise _fail(path, "name", "a task name of letters, digits, '_' or '-', 64 characters at most", name)
+    if reserved_file_name(name):   # (its spec is saved beside the adapter as tasks/<name>.toml)
+        raise _fail(path, "name", "a task name that is not a device name Windows reserves (CON, PRN, AUX, NUL, "
+                    "COM1-9, LPT1-9): an adapter keeps a file named by each task; rename the task", name)
     if "kind" not in raw:
         raise _fail(path, "kind", f"one of {available_kinds()} (the field is missing)", show_got=False)
     kind_name = raw["kind"]
