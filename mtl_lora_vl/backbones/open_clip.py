@@ -421,6 +421,14 @@ def _load_dir(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackbon
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{config_path} is not valid JSON ({e}); fix or re-create the file") from None
     tokenizer_dir = local if any((local / f).is_file() for f in TOKENIZER_FILES) else None
+    cfg = config.get("model_cfg", config) if isinstance(config, dict) else None
+    text_cfg = cfg.get("text_cfg") if isinstance(cfg, dict) else None
+    named = text_cfg.get("hf_tokenizer_name") if isinstance(text_cfg, dict) else None
+    if tokenizer_dir is None and named and not text_cfg.get("hf_model_name") and local_folder(str(named)) is None:
+        raise FileNotFoundError(f"{local} has no tokenizer files ({', '.join(TOKENIZER_FILES)}) and the tokenizer its "
+                                f"{OPEN_CLIP_CONFIG} names (hf_tokenizer_name {named!r}) is neither a local folder "
+                                "nor in the local Hugging Face cache; copy the model's tokenizer files (tokenizer.json, "
+                                f"tokenizer_config.json) into {local}, or set hf_tokenizer_name to their folder")
     index = sorted(local.glob("*.safetensors.index.json"))
     ckpt = index[0] if index else _find_checkpoint_in_dir(local)
     if ckpt is None:
