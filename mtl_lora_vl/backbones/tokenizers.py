@@ -39,6 +39,8 @@ PAD, SOT, EOT, UNK = "<pad>", "<sot>", "<eot>", "<unk>"
 SPECIAL_TOKENS = (PAD, SOT, EOT, UNK)
 
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,!?;:'])")
+# The pre-tokenizer splits "don't" / "cube's" at the apostrophe: its contraction tails are joined back on.
+_CONTRACTION = re.compile(r"(\w)'\s+(t|s|d|m|re|ve|ll)\b")
 
 
 class Tokenizer(Protocol):
@@ -58,8 +60,8 @@ class Tokenizer(Protocol):
 
 
 def _tidy(text: str) -> str:
-    """Join word-level tokens back into a readable sentence ("a red cube ." -> "a red cube.")."""
-    return _SPACE_BEFORE_PUNCT.sub(r"\1", text).strip()
+    """Join word-level tokens back into a readable sentence ("a red cube ." -> "a red cube.", "don ' t" -> "don't")."""
+    return _CONTRACTION.sub(r"\1'\2", _SPACE_BEFORE_PUNCT.sub(r"\1", text)).strip()
 
 
 def _strip_ids(token_ids: Sequence[int] | Tensor, bos_id: int | None, eos_id: int, pad_id: int) -> list[int]:
