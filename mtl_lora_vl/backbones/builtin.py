@@ -63,8 +63,8 @@ def builtin_files(pretrained: str | None = None) -> tuple[Path, dict, Path]:
         raise FileNotFoundError(f"--pretrained {pretrained}: no such file; give the path of a weights file for the "
                                 "built-in backbone (a model.safetensors it wrote), or leave --pretrained out to "
                                 "use its own weights")
-    if not config_path.is_file() or not weights.is_file():
-        missing = config_path if not config_path.is_file() else weights
+    missing = next((f for f in (config_path, weights, folder / "tokenizer.json") if not f.is_file()), None)
+    if missing is not None:   # (the tokenizer's: else "save it with tokenizer.save_pretrained", which none can here)
         raise FileNotFoundError(
             f"the built-in backbone is missing {missing}. Build it once with "
             "`python scripts/pretrain_backbone.py` (about 25 minutes on 2 CPU cores), which writes "

@@ -27,11 +27,14 @@ __all__ = ["hf_dir", "hf_grad_checkpointing", "hf_model_class"]
 
 
 def hf_dir(spec: BackboneSpec) -> Path:
-    """The local directory of an ``hf:DIR`` (or ``builtin-llava``) spec, checked to hold a ``config.json``."""
+    """The local directory of an ``hf:DIR`` (or ``builtin-llava``) spec, checked to hold a ``config.json`` (the
+    built-in LLaVA's: every file it ships, whose loss is told to be fixed by a reinstall)."""
     folder = spec.path
-    if spec.kind == "builtin_llava" and (folder is None or not (folder / "config.json").is_file()):
+    shipped = ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json")
+    lost = spec.kind == "builtin_llava" and next((f for f in shipped if not (folder and (folder / f).is_file())), None)
+    if lost:
         raise FileNotFoundError(
-            f"the built-in tiny LLaVA ({spec.text}) is missing: {folder} has no config.json. It ships with the "
+            f"the built-in tiny LLaVA ({spec.text}) is missing: {folder} has no {lost}. It ships with the "
             "package as a save_pretrained directory (LlavaForConditionalGeneration + LlavaProcessor); reinstall the "
             "package, rebuild it with `python scripts/pretrain_llava.py`, or pass a local LLaVA directory with "
             "--backbone hf:/path/to/dir"
