@@ -144,6 +144,20 @@ def test_the_hf_tokenizer_takes_an_empty_batch_and_refuses_a_context_under_one(t
             tok(["a red circle"], context_length=short)
 
 
+def test_open_clips_bpe_tokenizer_refuses_a_context_under_one_as_the_others_do():
+    """Review 226: open_clip's BPE (OpenClipBPETokenizer) took context_length=0 as its default (77 columns back,
+    `context_length or self.context_length`), where the word and Hugging Face tokenizers refuse it (review 210)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from mtl_lora_vl.backbones.tokenizers import OpenClipBPETokenizer
+
+    tok = OpenClipBPETokenizer(SimpleTokenizer(context_length=77), 77)
+    assert tok(["a red circle"]).shape == (1, 77) and tok(["a red circle"], context_length=1).tolist() == [[tok.eos_id]]
+    for short in (0, -1):
+        with pytest.raises(ValueError, match=rf"context_length must be at least 1 \(the end token\), got {short}"):
+            tok(["a red circle"], context_length=short)
+
+
 @pytest.mark.parametrize(("damage", "says"), [
     ("index_json", r"model.safetensors.index.json are unreadable \(JSONDecodeError"),
     ("index_keys", r"model.safetensors.index.json are unreadable \(KeyError: 'weight_map'\)"),

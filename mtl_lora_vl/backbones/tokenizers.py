@@ -207,7 +207,10 @@ class OpenClipBPETokenizer:
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> Tensor:
         if isinstance(texts, str):
             texts = [texts]
-        return self._tok(list(texts), context_length=context_length or self.context_length)
+        length = self.context_length if context_length is None else int(context_length)
+        if length < 1:   # (0 was taken as the default context)
+            raise ValueError(f"context_length must be at least 1 (the end token), got {context_length}")
+        return self._tok(list(texts), context_length=length)
 
     def decode(self, token_ids: Sequence[int] | Tensor) -> str:
         ids = _strip_ids(token_ids, self.bos_id, self.eos_id, self.pad_id)
