@@ -75,3 +75,17 @@ def test_lr_table_bolds_the_picked_rate_of_any_precision():
     c["lr"] = lr
     row = next(line for line in render(r).splitlines() if line.startswith("| mtl_lora r=8 | ") and line.count("|") == 4)
     assert f"**{old['0.003']:.3f}**" in row, row
+
+
+def test_report_says_one_seed_and_never_minus_zero():
+    """A one-seed grid's report said '1 seeds', and a paired difference of -0.0001 printed as -0.000."""
+    from mtl_lora_vl.benchmark.report import render
+
+    r = copy.deepcopy(json.loads((REPO / "docs" / "bench_quick" / "results.json").read_text()))
+    r["settings"]["seeds"] = 1
+    cid = next(c for c, d in r["paired_vs_reference"].items() if d)
+    for d in r["paired_vs_reference"][cid].values():
+        d.update(mean=-0.0001, low=None, high=None)
+    text = render(r)
+    assert "1 seeds" not in text and "1 seed," in text and "(test split, 1 seed)" in text
+    assert "-0.000" not in text and "+0.000" in text

@@ -50,7 +50,7 @@ from .grid import (
 from .mixing import mixing_from_adapter
 from .params import ParameterCounter
 from .plots import write_all
-from .report import write_report
+from .report import seeds_text, write_report
 from .runner import Runner, Trainer, write_json_atomic
 from .specs import eval_subset_specs, joint_shares
 
@@ -253,7 +253,7 @@ def _run_grid(settings: BenchSettings, out: Path, counter: ParameterCounter, ran
     total = count_runs(settings, tuned, ablations)
     print(f"[bench] {total} runs: {len(methods)} method configurations, {len(singles)} single-task references, "
           f"{len(ablations)} ablations; {settings.steps} steps at batch {settings.batch_size}; learning rates "
-          f"{settings.lr_grid}; {settings.seeds} seeds; output {out}", file=stream, flush=True)
+          f"{settings.lr_grid}; {seeds_text(settings.seeds)}; output {out}", file=stream, flush=True)
     runner = Runner(out, settings, task_args, trainer, total, stream)
     started = time.perf_counter()
 

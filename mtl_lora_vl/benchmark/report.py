@@ -17,15 +17,26 @@ def _ms(s: dict[str, float] | None) -> str:
     return f"{s['mean']:.3f} ± {s['std']:.3f}" if s["n"] > 1 else f"{s['mean']:.3f}"
 
 
+def _signed(x: float) -> str:
+    """``x`` to 3 places with its sign; a difference that rounds to zero reads +0.000, not -0.000."""
+    text = f"{x:+.3f}"
+    return "+0.000" if text == "-0.000" else text
+
+
+def seeds_text(n: int) -> str:
+    """"1 seed", "3 seeds"."""
+    return f"{n} seed" + ("" if n == 1 else "s")
+
+
 def _diff(d: dict[str, Any] | None) -> str:
     if not d:
         return "–"
     if d["low"] is None:
-        return f"{d['mean']:+.3f}"
+        return _signed(d['mean'])
     if PairedDiff(**d).no_spread:
-        return f"{d['mean']:+.3f} (the same at every seed)"
+        return f"{_signed(d['mean'])} (the same at every seed)"
     sig = "**" if PairedDiff(**d).significant else ""
-    return f"{sig}{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{sig}"
+    return f"{sig}{_signed(d['mean'])} [{_signed(d['low'])}, {_signed(d['high'])}]{sig}"
 
 
 def _diverged_note(c: dict[str, Any]) -> str:
@@ -89,7 +100,7 @@ def _against_reference(r: dict[str, Any], group: str) -> str | None:
         if cfgs[cid]["group"] != group or not d:
             continue
         a = d[AVERAGE]
-        text = f"{cfgs[cid]['label']} ({a['mean']:+.3f})"
+        text = f"{cfgs[cid]['label']} ({_signed(a['mean'])})"
         if a["low"] is None:
             untested.append(text)
         elif PairedDiff(**a).significant:
@@ -110,7 +121,7 @@ def render(r: dict[str, Any]) -> str:
     """report.md as a string."""
     s, tasks, cfgs = r["settings"], r["tasks"], r["configs"]
     lines = [f"# Method benchmark: {', '.join(tasks)} on `{s['backbone']}`", ""]
-    lines += [f"{r['runs_total']} training runs, {s['seeds']} seeds, {s['steps']} steps at batch {s['batch_size']} "
+    lines += [f"{r['runs_total']} training runs, {seeds_text(s['seeds'])}, {s['steps']} steps at batch {s['batch_size']} "
               f"each ({s['steps'] * s['batch_size']:,} training samples), same trainer, data order and budget for "
               f"every method. Test scores (headline metric per task, higher is better) are mean ± sample std over "
               f"seeds; differences are paired over seeds with a 95 % t-interval; **bold** = the interval "
@@ -142,7 +153,7 @@ def render(r: dict[str, Any]) -> str:
         rows.append(["single-task lora (each task alone)", singles[0]["options"]["rank"], f"{params} per task",
                      lrs, *(_ms(st[t]) for t in tasks), _ms(st[AVERAGE]), "–",
                      f"{sum(c['step_s'] or 0 for c in singles) / len(singles):.3f}"])
-    lines += [f"## Methods (test split, {s['seeds']} seeds)", "", *_table(head, rows)]
+    lines += [f"## Methods (test split, {seeds_text(s['seeds'])})", "", *_table(head, rows)]
     if r["single_task"]:
         lines += [f"The single-task reference trains `lora` on one task alone for the same {s['steps']} steps at "
                   f"batch {batches} -- its task's share of the rows of a joint batch of {s['batch_size']}, rounded -- so it "
@@ -165,7 +176,7 @@ def render(r: dict[str, Any]) -> str:
                   *_table(["configuration", *tasks, AVERAGE], rows)]
         same = r.get("interference_same_lr") or {}
         if same:
-            rows = [[cfgs[cid]["label"], f"{cfgs[cid]['lr']:g}", *(f"{d[k]:+.3f}" for k in [*tasks, AVERAGE])]
+            rows = [[cfgs[cid]["label"], f"{cfgs[cid]['lr']:g}", *(_signed(d[k]) for k in [*tasks, AVERAGE])]
                     for cid, d in same.items()]
             lines += ["The same at one learning rate (test split): seed 0, each task alone at the joint method's rate "
                       "(from the single-task tuning runs; one seed, no interval):", "",
