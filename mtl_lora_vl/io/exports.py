@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -231,7 +232,7 @@ def _write_peft(inner: nn.Module, task: str, pairs: dict[str, tuple[torch.Tensor
         "peft_type": "LORA", "task_type": None, "base_model_name_or_path": _name_or_path(inner), "revision": None,
         "inference_mode": True, "r": R, "lora_alpha": R, "lora_dropout": 0.0, "bias": "none",
         "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "init_lora_weights": True,
-        "target_modules": sorted(pairs), "modules_to_save": None, "layers_to_transform": None,
+        "target_modules": _peft_targets(inner, sorted(pairs)), "modules_to_save": None, "layers_to_transform": None,
         "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {},
     }
     if len(ranks) > 1:  # cannot happen with one config, but keep PEFT's scaling at 1 per module
@@ -239,6 +240,16 @@ def _write_peft(inner: nn.Module, task: str, pairs: dict[str, tuple[torch.Tensor
         peft_cfg["alpha_pattern"] = dict(peft_cfg["rank_pattern"])
     (out / PEFT_CONFIG).write_text(json.dumps(peft_cfg, indent=2) + "\n")
     return R
+
+
+def _peft_targets(inner: nn.Module, names: list[str]) -> list[str] | str:
+    """PEFT's ``target_modules`` for exactly the modules ``names``: the list, or where PEFT would also take another
+    module (it takes every name ending in ``.<target>``: open_clip's ``visual.transformer.resblocks.0.mlp.c_fc`` for
+    the text tower's ``transformer.resblocks.0.mlp.c_fc``), a regular expression it matches whole names against."""
+    suffixes, chosen = tuple("." + n for n in names), set(names)
+    if not any(n.endswith(suffixes) for n, _ in inner.named_modules() if n not in chosen):
+        return names
+    return "(?:" + "|".join(re.escape(n) for n in names) + ")"
 
 
 def _write_plain(inner: nn.Module, task: str, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],

@@ -1,0 +1,43 @@
+"""export_lora's PEFT ``target_modules`` name exactly the adapted layers: PEFT also takes any module whose name ends
+with ``.<target>``, and open_clip's text tower (``transformer.resblocks.N``) is a suffix of its image tower's names
+(``visual.transformer.resblocks.N``)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from conftest import tiny_open_clip
+from test_adapter_io import _fresh, _oc_run, _randomize
+
+import mtl_lora_vl as mlv
+
+
+def test_a_text_tower_only_adapter_loads_on_the_text_tower_only(tmp_path):
+    peft = pytest.importorskip("peft")
+    cfg = mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, n_up=2, targets={"text": [r"^transformer\.resblocks\.\d+\.mlp\.c_fc$"]})
+    model = mlv.attach(_fresh(tiny_open_clip), cfg)
+    _randomize(model)
+    inp = (torch.randn(2, 3, 32, 32), torch.randint(1, 60, (2, 12)))
+    with torch.no_grad(), mlv.route(model, "a"):
+        ref = _oc_run(model, inp)
+    path = mlv.export_lora(model, "a", tmp_path / "peft", format="peft")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = peft.PeftModel.from_pretrained(_fresh(tiny_open_clip), str(path)).eval()
+    # PEFT 0.21 put LoRA layers (A random, B zero) on visual.transformer.resblocks.N.mlp.c_fc too, and warned
+    # "Found missing adapter keys while loading the checkpoint: [...visual.transformer.resblocks.0.mlp.c_fc...]"
+    assert not [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]
+    lora = sorted(n.removeprefix("base_model.model.").removesuffix(".lora_A") for n, _ in loaded.named_modules()
+                  if n.endswith(".lora_A"))
+    assert lora == sorted(model._mtl_lora.layers) == ["transformer.resblocks.0.mlp.c_fc",
+                                                      "transformer.resblocks.1.mlp.c_fc"]
+    with torch.no_grad():
+        torch.testing.assert_close(_oc_run(loaded, inp), ref, atol=1e-5, rtol=1e-5)
+    # where no other module's name ends with a target's, target_modules stays the plain list of names
+    both = mlv.attach(_fresh(tiny_open_clip), mlv.MTLLoRAConfig(tasks=["a"], r=2, targets={
+        "image": [r"^visual\.transformer\.resblocks\.\d+\.mlp\.c_fc$"], "text": [r"^transformer\.resblocks\.\d+\.mlp\.c_fc$"]}))
+    doc = json.loads((mlv.export_lora(both, "a", tmp_path / "both", format="peft") / "adapter_config.json").read_text())
+    assert doc["target_modules"] == sorted(both._mtl_lora.layers)
