@@ -214,6 +214,14 @@ class MTLLoRAModel(nn.Module):
     def add_adapter(self, *args: Any, **kwargs: Any) -> None:
         raise _no_such("add_adapter(name, config)", "model.add_task(name): one adapter serves every task")
 
+    def delete_adapter(self, *args: Any, **kwargs: Any) -> None:
+        raise _no_such("delete_adapter(name)", "a task cannot be taken out of the adapter; model.unload() takes the "
+                       "adapters out of the model (merge_and_unload(task) keeps one task merged in)")
+
+    def get_adapter_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        raise _no_such("get_adapter_state_dict()", "model.save_pretrained(dir) writes every task's tensors; "
+                       "mlv.export_lora(model, task, dir) one task's as a PEFT LoRA")
+
     def add_task(self, name: str) -> AddedTask:
         """Grow the adapter by task ``name`` (only its own tensors train); see ``mlv.add_task``. Returns the
         handle whose ``trainable`` counts the new values and whose ``freeze_old_rows(optimizer)`` keeps the
