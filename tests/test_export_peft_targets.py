@@ -1,15 +1,16 @@
 """export_lora's PEFT ``target_modules`` name exactly the adapted layers: PEFT also takes any module whose name ends
 with ``.<target>``, and open_clip's text tower (``transformer.resblocks.N``) is a suffix of its image tower's names
-(``visual.transformer.resblocks.N``)."""
+(``visual.transformer.resblocks.N``); the README of several tasks is Python for any task name."""
 
 from __future__ import annotations
 
+import ast
 import json
 import warnings
 
 import pytest
 import torch
-from conftest import tiny_open_clip
+from conftest import tiny_hf_clip, tiny_open_clip
 from test_adapter_io import _fresh, _oc_run, _randomize
 
 import mtl_lora_vl as mlv
@@ -41,3 +42,16 @@ def test_a_text_tower_only_adapter_loads_on_the_text_tower_only(tmp_path):
         "image": [r"^visual\.transformer\.resblocks\.\d+\.mlp\.c_fc$"], "text": [r"^transformer\.resblocks\.\d+\.mlp\.c_fc$"]}))
     doc = json.loads((mlv.export_lora(both, "a", tmp_path / "both", format="peft") / "adapter_config.json").read_text())
     assert doc["target_modules"] == sorted(both._mtl_lora.layers)
+
+
+@pytest.mark.parametrize("format", ["peft", "plain"])
+def test_the_readme_of_several_tasks_is_python_for_any_task_name(format, tmp_path):
+    """Task names were put between single quotes: 'it's' made the README's loading lines a syntax error."""
+    names = ["it's", 'say "hi"', "vqa"]
+    model = mlv.attach(_fresh(tiny_hf_clip), mlv.MTLLoRAConfig(tasks=names, r=2))
+    out = tmp_path / "all"
+    mlv.export_lora(model, names, out, format=format)
+    code = "\n".join(line[4:].split("   #")[0] for line in (out / "README.md").read_text().splitlines()
+                     if line.startswith("    "))
+    ast.parse(code)
+    assert "base_model, \"it's\"" in code and ("adapter_name='say \"hi\"'" in code) == (format == "peft")

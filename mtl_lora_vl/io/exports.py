@@ -196,11 +196,11 @@ def _multi_readme(inner: nn.Module, tasks: list[str], format: str) -> str:
             f"{__version__}: one LoRA per task in <task>/, scaling and task mixture folded into lora_B.\n\n")
     if format == "plain":
         return head + ("Each folder is the plain LoRA layout (lora_config.json, lora_model.safetensors):\n\n"
-                       f"    mtl_lora_vl.io.apply_plain_lora(base_model, '{tasks[0]}')\n")
+                       f"    mtl_lora_vl.io.apply_plain_lora(base_model, {tasks[0]!r})\n")
     a, b = tasks[0], tasks[1] if len(tasks) > 1 else tasks[0]
     load = ("This is the layout peft.PeftModel.save_pretrained writes for adapters named by the tasks:\n\n"
-            f"    model = peft.PeftModel.from_pretrained(base_model, '{a}', adapter_name='{a}')\n"
-            + "".join(f"    model.load_adapter('{t}', adapter_name='{t}')\n" for t in tasks[1:])
+            f"    model = peft.PeftModel.from_pretrained(base_model, {a!r}, adapter_name={a!r})\n"
+            + "".join(f"    model.load_adapter({t!r}, adapter_name={t!r})\n" for t in tasks[1:])
             + "    model.eval()\n")
     info = inner._mtl_lora
     fam = family_named(info.family)
@@ -208,12 +208,12 @@ def _multi_readme(inner: nn.Module, tasks: list[str], format: str) -> str:
            "reads each image as several tiles" if fam is not None and fam.image_views and "image" in info.towers.values()
            else None)
     if why:   # PEFT wants a name per input row in every adapted layer
-        return head + load + (f"    model.set_adapter('{a}')   # one task per call: PEFT's adapter_names cannot route "
+        return head + load + (f"    model.set_adapter({a!r})   # one task per call: PEFT's adapter_names cannot route "
                               f"a vision tower that {why}\n")
     return head + load + (
-        f"    out = model(**inputs, adapter_names=['{a}', '{b}', ...])   # one task per input row (rows of one "
+        f"    out = model(**inputs, adapter_names=[{a!r}, {b!r}, ...])   # one task per input row (rows of one "
         "image each: PEFT takes a row's images for rows)\n"
-        f"    model.set_adapter('{a}')                                  # or one task for every row (rows of "
+        f"    model.set_adapter({a!r})                                  # or one task for every row (rows of "
         "several images, NLVR2's pairs, too)\n")
 
 
