@@ -94,3 +94,17 @@ def test_peft_format_for_an_attention_adapter_is_refused_before_the_base_model_l
     monkeypatch.setattr(cli, "load_pretrained", lambda *a, **k: pytest.fail("base model loaded before the refusal"))
     err = _error(capsys, ["--adapter", str(ad), "--task", "vqa", "--format", "peft", "--out", str(tmp_path / "o")])
     assert "MultiheadAttention" in err and "--format plain" in err and "--format merged" in err
+
+
+def test_export_says_which_tasks_leave_a_trained_head_behind(tmp_path, capsys):
+    """An exported task whose head holds trained tensors (a classifier, NLVR2's pair head: PEFT's modules_to_save)
+    loses it silently: no export format carries the package's heads."""
+    from torch import nn
+
+    bb = load_backbone("builtin")
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["vqa", "captioning"], r=2, n_up=2))
+    ad = mlv.save_adapter(bb.model, tmp_path / "ad", base={"backbone": "builtin"}, heads={"vqa": nn.Linear(4, 3)})
+    for task in ("vqa", "captioning"):
+        assert export_main(["--adapter", str(ad), "--task", task, "--format", "plain", "--out", str(tmp_path / task)]) == 0
+        err = capsys.readouterr().err
+        assert ("task(s) 'vqa' have trained heads" in err and "heads.safetensors" in err) == (task == "vqa"), err

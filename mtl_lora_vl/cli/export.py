@@ -37,6 +37,7 @@ from ..io.atomic import check_target
 from ..io.exports import check_suffix_case, export_format
 from ..io.layout import (
     EXPORT_RECORD,
+    HEADS_WEIGHTS,
     MERGED_TASK_KEY,
     check_output,
     check_outputs_folder,
@@ -146,6 +147,11 @@ def export(opts: ExportOptions) -> list[Path]:
     if repeated:
         raise ValueError(f"--task: {', '.join(map(repr, repeated))} given more than once; name each task once")
     doc = _check_tasks(tasks, opts.adapter)
+    headed = [t for t in tasks if (doc.get("heads") or {}).get(t)]
+    if headed:   # (PEFT's modules_to_save: here the heads live beside the model, not in it)
+        logger.warning("task(s) %s have trained heads (%s) that no export holds: it carries the adapted model only; "
+                       "score or serve them with their heads through the adapter (eval --adapter, "
+                       "mtl_lora_vl.load_pretrained)", ", ".join(map(repr, headed)), Path(opts.adapter) / HEADS_WEIGHTS)
     _check_out_kind(out, opts.format, str((doc.get("base_model") or {}).get("family") or ""))
     _check_peft_expressible(doc, opts.format)
     targets = {task: out if len(tasks) == 1 else out / task for task in tasks}
