@@ -228,18 +228,30 @@ class MTLLoRAModel(nn.Module):
         old tasks exact through that optimizer's steps."""
         return add_task(self.base_model, name)
 
-    def merge_adapter(self, task: str) -> None:
-        """Fold ``task`` into the base weights in place (undo with :meth:`unmerge_adapter`)."""
-        merge(self.base_model, task)
+    def merge_adapter(self, task: str | None = None) -> None:
+        """Fold ``task`` into the base weights in place (undo with :meth:`unmerge_adapter`); ``task`` may be left
+        out of a one-task adapter only (PEFT's argument-free call)."""
+        merge(self.base_model, self._one_task(task, "merge_adapter"))
 
     def unmerge_adapter(self) -> None:
         """Restore the exact base weights after :meth:`merge_adapter`."""
         unmerge(self.base_model)
 
-    def merge_and_unload(self, task: str) -> nn.Module:
+    def merge_and_unload(self, task: str | None = None) -> nn.Module:
         """The plain base model (its own class, no adapter modules left) with ``task`` merged into its
-        weights; modifies the wrapped model in place, so use the returned model afterwards."""
-        return unload(self.base_model, task)
+        weights; modifies the wrapped model in place, so use the returned model afterwards. ``task`` may be left
+        out of a one-task adapter only."""
+        return unload(self.base_model, self._one_task(task, "merge_and_unload"))
+
+    def _one_task(self, task: str | None, call: str) -> str:
+        """``task``, or the adapter's only task when it was left out (as a PEFT user calls ``merge_and_unload()``)."""
+        if task is not None:
+            return task
+        tasks = self.tasks
+        if len(tasks) == 1:
+            return tasks[0]
+        raise TypeError(f"{call}() needs the task to merge: each task merges into different weights, and this "
+                        f"adapter has {len(tasks)} ({tasks}); e.g. {call}({tasks[0]!r})")
 
     def unload(self) -> nn.Module:
         """The plain base model with the adapters taken out and the original weights (nothing merged)."""
