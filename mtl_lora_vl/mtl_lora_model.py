@@ -365,9 +365,10 @@ def unload(model: nn.Module, task: str | None = None) -> nn.Module:
 
     With ``task``, that task is merged into the weights first (PEFT's ``merge_and_unload``); without, the
     exact base weights come back (PEFT's ``unload``), without the image reading / area ``load_adapter`` put on a
-    bare model (merged, they stay: its images are read as the task was trained). Each adapted ``nn.Linear``
-    becomes an ``nn.Linear`` again and each adapted ``nn.MultiheadAttention`` an ``nn.MultiheadAttention``,
-    holding the same weight tensors; base parameters keep ``requires_grad=False`` as ``attach`` left them.
+    bare model (merged, they stay: its images are read as the task was trained). Each adapted layer is the
+    module ``attach`` replaced again (its own class, e.g. a subclass of ``nn.Linear``, and its hooks kept; PEFT
+    gives back its base layers so too), holding the adapted layer's weight tensors; base parameters keep
+    ``requires_grad=False`` as ``attach`` left them.
     """
     inner = adapted_module(model)
     if task is not None:
@@ -396,18 +397,25 @@ def unload(model: nn.Module, task: str | None = None) -> nn.Module:
     return model
 
 
-def _plain_linear(m: LoRALinear, cls: type[nn.Linear] = nn.Linear) -> nn.Linear:
-    lin = cls(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+def _plain_linear(m: LoRALinear) -> nn.Linear:
+    """The linear layer ``m`` replaced, with ``m``'s weight tensors (the same, unless replaced since: a load with
+    ``assign=True``)."""
+    lin = m.__dict__.get("original")
+    if lin is None:   # (an adapted layer pickled before it kept the original)
+        lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
     lin.weight = m.weight
     lin.bias = m.bias
     return lin
 
 
 def _plain_attention(m: LoRAMultiheadAttention) -> nn.MultiheadAttention:
-    mha = nn.MultiheadAttention(m.embed_dim, m.num_heads, dropout=m.dropout, bias=m.in_proj_bias is not None,
-                                batch_first=m.batch_first, device="meta")
+    """As :func:`_plain_linear`, for an adapted ``nn.MultiheadAttention``."""
+    mha = m.__dict__.get("original")
+    if mha is None:
+        mha = nn.MultiheadAttention(m.embed_dim, m.num_heads, dropout=m.dropout, bias=m.in_proj_bias is not None,
+                                    batch_first=m.batch_first, device="meta")
     mha.in_proj_weight = m.in_proj_weight
     mha.in_proj_bias = m.in_proj_bias
-    mha.out_proj = _plain_linear(m.out_proj, type(mha.out_proj))
+    mha.out_proj = _plain_linear(m.out_proj)
     return mha
 

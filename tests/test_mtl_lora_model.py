@@ -155,6 +155,46 @@ def test_unload_restores_the_exact_base_model():
     mlv.attach(plain, mlv.MTLLoRAConfig(tasks=["a"], r=2))  # a plain model again: it can be adapted anew
 
 
+class _TaggedLinear(nn.Linear):
+    """A subclass of nn.Linear with nn.Linear's forward (attach takes those), as some models' layers are."""
+
+    tag = "mine"
+
+
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc = _TaggedLinear(8, 8)
+
+    def forward(self, x):
+        return self.fc(self.attn(x, x, x, need_weights=False)[0])
+
+
+def test_unload_gives_back_the_layers_attach_replaced():
+    """unload rebuilt each adapted layer as a plain nn.Linear / nn.MultiheadAttention: a subclass lost its class
+    (and what it adds) and a hook registered on the layer was gone. Now the modules attach replaced
+    come back, holding the adapted layers' weights, and the outputs equal the base model's."""
+    torch.manual_seed(0)
+    block = _Block().eval()
+    fc, attn = block.fc, block.attn
+    seen = []
+    fc.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        want = block(x)
+    with pytest.warns(UserWarning, match="hooks registered on them"):   # (adapted, the hook does not run)
+        wrapped = mlv.MTLLoRAModel(block, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2,
+                                                            targets={"image": [r"^fc$", r"^attn$"]}))
+    assert isinstance(block.fc, LoRALinear) and isinstance(block.attn, LoRAMultiheadAttention)
+    plain = wrapped.unload()
+    assert plain.fc is fc and plain.attn is attn and type(plain.fc) is _TaggedLinear
+    seen.clear()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), want, rtol=0, atol=0)
+    assert seen == [torch.Size([2, 5, 8])]
+
+
 def test_the_functional_api_given_the_wrapper_works_on_the_model_inside(tmp_path):
     """The wrapper forwarded attach's marker to its base model, so save_adapter(wrapper) recorded the wrapper's
     class and `base_model.`-prefixed keys (refused when loaded), merged_state_dict(wrapper) gave keys no base

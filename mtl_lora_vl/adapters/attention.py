@@ -43,6 +43,7 @@ class LoRAMultiheadAttention(nn.Module):
         slices = tuple(c in cfg.qkv_slices for c in "qkv")
         self.in_proj = AdapterBank(self.embed_dim, 3 * self.embed_dim, cfg, slices, device=base.in_proj_weight.device)
         self.out_proj = LoRALinear(base.out_proj, cfg)
+        self.__dict__["original"] = base   # (not a submodule) what ``unload`` puts back: its class and hooks kept
 
     def adapted_weights(self) -> list[tuple[AdapterBank, nn.Parameter]]:
         return [(self.in_proj, self.in_proj_weight)]

@@ -422,6 +422,7 @@ class LoRALinear(AdapterBank):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight
         self.bias = base.bias
+        self.__dict__["original"] = base   # (not a submodule) what ``unload`` puts back: its class and hooks kept
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x, self.weight, self.bias)
