@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from gemma3_tiny import IMAGE_TOKEN, inputs, tiny_gemma3, tiny_gemma3_backbone
+from gemma3_tiny import IMAGE_TOKEN, inputs, save_tiny_gemma3, tiny_gemma3, tiny_gemma3_backbone
 from PIL import Image
 from test_generative_tasks import _attach
 from vlm_checks import (
@@ -27,8 +27,11 @@ from vlm_checks import (
 )
 
 import mtl_lora_vl as mlv
+import mtl_lora_vl.backbones.base as base_module
+import mtl_lora_vl.backbones.hf_vlm as hf_vlm_module
 from mtl_lora_vl.backbones import Gemma3Backbone
 from mtl_lora_vl.backbones.base import GENERATE, GRAD_CHECKPOINTING, LM_LOGITS
+from mtl_lora_vl.backbones.spec import parse_spec
 from mtl_lora_vl.data.resize import resize_to_square
 from mtl_lora_vl.families import family_named, find_family
 
@@ -255,3 +258,24 @@ def test_a_merged_exports_processor_files_read_images_whole(tmp_path):
         (folder / name).write_text(json.dumps(data))
     Gemma3Backbone.fit_processor_files(folder)
     assert files and all(fields(name)["do_pan_and_scan"] is False for name in files)
+
+
+def test_gemma3_never_loads_in_fp16_by_itself(monkeypatch, tmp_path):
+    """Gemma 3's activations pass float16's 65504 (transformers#36822: NaN losses, empty generations): --base-dtype
+    auto loaded it in fp16 on a GPU without bf16 (a T4, a V100). Now fp32 there, and an fp16 asked for is warned
+    about; other families keep fp16. The device is faked: the dtype is what the load is asked for."""
+    monkeypatch.setattr(base_module, "cuda_has_bf16", lambda device: False)
+    asked = []
+
+    def fake_load(model_cls, folder, dtype, device):
+        asked.append(dtype)
+        raise hf_vlm_module.BackboneError("stop here")
+
+    monkeypatch.setattr(hf_vlm_module, "load_hf_weights", fake_load)
+    folder = save_tiny_gemma3(tmp_path / "g")
+    for cls in (Gemma3Backbone, hf_vlm_module.HFVLMBackbone):
+        with pytest.raises(hf_vlm_module.BackboneError, match="stop here"):
+            cls.load(parse_spec(f"hf:{folder}"), device="cuda")
+    assert asked == [torch.float32, torch.float16]
+    with pytest.warns(UserWarning, match="--base-dtype fp16: this model family's activations overflow float16"):
+        assert base_module.resolve_base_dtype("fp16", "cuda", fp16_overflows=True) == torch.float16

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ..data.resize import ImageResize
 from ..data.text_columns import drop_padding
 from ..families import FAMILIES, find_family
+from ..log import warn_user
 from ..precision import cuda_has_bf16
 from .spec import BackboneSpec
 from .tokenizers import Tokenizer
@@ -174,17 +175,28 @@ def check_prompts(prompts: Any, n_images: int, what: str, several: str | None = 
     return prompts
 
 
-def resolve_base_dtype(base_dtype: str, device: str | torch.device, large: bool = True) -> torch.dtype:
+def resolve_base_dtype(base_dtype: str, device: str | torch.device, large: bool = True,
+                       fp16_overflows: bool = False) -> torch.dtype:
     """The dtype base weights load in: ``fp32`` / ``bf16`` / ``fp16`` as asked; ``auto`` = bf16 on a GPU (fp16
     where bf16 is unsupported) and fp32 on a CPU. ``large=False`` (small contrastive models) makes ``auto`` fp32
-    everywhere."""
+    everywhere; ``fp16_overflows`` (a family whose activations leave fp16's range: Gemma 3) makes it fp32 where it
+    would be fp16, and an fp16 asked for is warned about."""
     if base_dtype not in BASE_DTYPES:
         raise ValueError(f"--base-dtype: must be one of {list(BASE_DTYPES)}, got {base_dtype!r}")
+    if base_dtype == "fp16" and fp16_overflows:
+        warn_user("--base-dtype fp16: this model family's activations overflow float16 (inf, then NaN losses and "
+                  "empty generations); use bf16 where the GPU has it, else fp32")
     if base_dtype != "auto":
         return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[base_dtype]
     if not large or torch.device(device).type != "cuda":
         return torch.float32
-    return torch.bfloat16 if cuda_has_bf16(device) else torch.float16
+    if cuda_has_bf16(device):
+        return torch.bfloat16
+    if fp16_overflows:
+        logging.getLogger(__name__).warning("this GPU has no bfloat16, and this model family's activations "
+                                            "overflow float16: its base weights load in float32 (--base-dtype auto)")
+        return torch.float32
+    return torch.float16
 
 
 @dataclass(eq=False)
@@ -212,6 +224,7 @@ class Backbone:
     #: text tower pooled at each row's end token (:meth:`drop_text_padding`).
     short_text: ClassVar[bool] = False
     casts_inputs: ClassVar[bool] = True      # the model casts its inputs to its weights' dtype (HF models do)
+    fp16_overflows: ClassVar[bool] = False   # activations leave float16's range (``resolve_base_dtype``)
     #: The language-model path takes prompts of several images (one placeholder per image, NLVR2's pair): its
     #: ``lm_loss`` / ``generate`` / ``sequence_scores`` take every row's images, in row order, as one image batch.
     several_images: ClassVar[bool] = False

@@ -35,6 +35,7 @@ __all__ = ["Gemma3Backbone"]
 class Gemma3Backbone(HFVLMBackbone):
     """``Gemma3ForConditionalGeneration`` (see the module doc)."""
 
+    fp16_overflows = True   # (transformers#36822: its activations pass 65504; bf16 or fp32 only)
 
     @classmethod
     def _placeholder(cls, processor: Any) -> str:

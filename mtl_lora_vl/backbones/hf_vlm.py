@@ -108,7 +108,7 @@ class HFVLMBackbone(Backbone):
         folder = hf_dir(spec)
         model_cls = hf_model_class(folder)
         processor = load_processor(folder, spec.text)
-        dtype = resolve_base_dtype(base_dtype, device)
+        dtype = resolve_base_dtype(base_dtype, device, fp16_overflows=cls.fp16_overflows)
         try:
             model = load_hf_weights(model_cls, folder, dtype, device)
         except BackboneError:
