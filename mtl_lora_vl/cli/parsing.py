@@ -313,6 +313,8 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
     values = {f.name: _expand_home(f.name, getattr(ns, f.name)) for f in fields(cls)}
     for f in fields(cls):
         value = values[f.name]
+        if f.name in _NOT_EMPTY and isinstance(value, str) and not value.strip():
+            _fail(parser, f"{flag(f.name)} {value!r}: an empty value (an unset shell variable?); {_NOT_EMPTY[f.name]}")
         if out_of_range(f.metadata, value):
             _fail(parser, f"{flag(f.name)}: must be {range_text(f.metadata, value)}, got {value}")
         unless = f.metadata.get("unless")
@@ -321,6 +323,12 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
                           + (f"; {unless[1]}" if unless else ""))
     return cls(**values), level, frozenset(given)
 
+
+#: Options whose empty value (``--resume "$RUN"`` with RUN unset) would silently mean another kind of run: a new run
+#: instead of the resumed one, a new adapter instead of the extended one, no options file.
+_NOT_EMPTY = {"resume": "give the directory of the run to continue, or leave --resume out to start a new run",
+              "extend": "give the run (or adapter) directory whose adapter takes the new tasks, or leave --extend out",
+              "config": "give a JSON or TOML file of options, or leave --config out"}
 
 #: Options that name files or folders; the shell leaves ``~`` alone in ``--out=~/x``, in quotes and in config files.
 _PATH_OPTIONS = frozenset({"out", "resume", "extend", "data_root", "pretrained", "adapter", "config"})
