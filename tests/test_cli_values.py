@@ -63,3 +63,21 @@ def test_bench_out_tilde_is_home(tmp_path, monkeypatch):
     assert main(["--out=~/bench", "--quick", "--device", "cpu", "--no-single"]) == 0
     assert not (cwd / "~").exists()
     assert (home / "bench" / "settings.json").is_file()
+
+
+# 4. A list in a config file is a comma-separated list only for the options that take one (tasks, export's task):
+#    out = ["a", "b"] made a run directory named "a,b", data_root = ["/d1", "/d2"] the folder "/d1,/d2" (review 225).
+@pytest.mark.parametrize("key, value", [("out", ["a", "b"]), ("data_root", ["d1", "d2"]), ("backbone", ["builtin"])])
+def test_a_list_is_refused_for_a_single_value_option(tmp_path, capsys, key, value):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({key: value}))
+    with pytest.raises(SystemExit):
+        _parse(TrainOptions, ["--config", str(cfg)])
+    assert f"{key} = {json.dumps(value)} is not allowed; {key} takes a string" in capsys.readouterr().err
+
+
+def test_a_list_of_tasks_is_still_joined(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('tasks = ["vqa", "retrieval"]\n')
+    assert _parse(TrainOptions, ["--config", str(cfg)]).tasks == "vqa,retrieval"
+    assert _parse(EvalOptions, ["--config", str(cfg), "--adapter", "a"]).tasks == "vqa,retrieval"

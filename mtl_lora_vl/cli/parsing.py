@@ -244,7 +244,7 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
         if name == "targets" and isinstance(value, list):   # joined by commas it was an invalid regex string
             _fail(parser, f"{where}: targets = {json.dumps(value)} is not allowed; targets takes \"default\" or a "
                           'table of tower -> regexes, e.g. targets = {image = ["attn"], text = ["attn"]}')
-        if isinstance(value, list) and _non_none(tp)[0] is str and all(isinstance(v, str) for v in value):
+        if name in _LIST_OPTIONS and isinstance(value, list) and all(isinstance(v, str) for v in value):
             value = ",".join(value)  # tasks = ["vqa", "retrieval"] means --tasks vqa,retrieval
         if name == "targets" and isinstance(value, dict):
             value = json.dumps(value)  # a table of tower -> regexes, as --targets takes it in JSON
@@ -323,6 +323,10 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
                           + (f"; {unless[1]}" if unless else ""))
     return cls(**values), level, frozenset(given)
 
+
+#: Options that take a comma-separated list, which a config file may give as a list of strings (out = ["a", "b"] is no
+#: folder "a,b").
+_LIST_OPTIONS = frozenset({"tasks", "task"})
 
 #: Options whose empty value (``--resume "$RUN"`` with RUN unset) would silently mean another kind of run: a new run
 #: instead of the resumed one, a new adapter instead of the extended one, no options file.
