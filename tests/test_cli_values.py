@@ -81,3 +81,23 @@ def test_a_list_of_tasks_is_still_joined(tmp_path):
     cfg.write_text('tasks = ["vqa", "retrieval"]\n')
     assert _parse(TrainOptions, ["--config", str(cfg)]).tasks == "vqa,retrieval"
     assert _parse(EvalOptions, ["--config", str(cfg), "--adapter", "a"]).tasks == "vqa,retrieval"
+
+
+# 5. A bad value of an `X | None` option (--steps, --epochs, --image-max-pixels, --image-reading) is named as given,
+#    without jsonargparse's dump: "--steps 1e2" said "got 100.0 - Expected a <class 'NoneType'>. Got value: 100.0 Given
+#    value type: <class 'str'> Given value: 1e2", and an empty value "(Does not validate against any of the Union
+#    subtypes Subtypes: [...] Errors: ...)" (review 225).
+@pytest.mark.parametrize("argv, said", [
+    (["--steps", "1e2"], "--steps: expected an integer >= 1 (or leave it out), got 1e2\n"),
+    (["--steps", "true"], "--steps: expected an integer >= 1 (or leave it out), got true\n"),
+    (["--image-max-pixels", "1e6"], "--image-max-pixels: expected an integer >= 1 (or leave it out), got 1e6\n"),
+    (["--steps", ""], "--steps: expected an integer >= 1 (or leave it out), got an empty value\n"),
+    (["--image-reading", ""], 'expected one of "native", "square" (or leave it out), got an empty value\n'),
+    (["--lr", ""], "--lr: expected a number > 0, got an empty value\n"),
+    (["--steps", "abc"], "--steps: expected an integer >= 1 (or leave it out), got abc\n"),
+])
+def test_a_bad_value_is_named_as_given(argv, said, capsys):
+    with pytest.raises(SystemExit):
+        _parse(TrainOptions, argv)
+    err = capsys.readouterr().err
+    assert said in err and "<class" not in err, err

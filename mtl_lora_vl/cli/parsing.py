@@ -183,10 +183,8 @@ def _parse(parser: ArgumentParser, cls: type, argv: list[str]) -> Any:
         hints = field_types(cls)
         for f in fields(cls):
             if f'key "{f.name}"' in message:
-                detail = " ".join(message.split("\n", 1)[-1].split())
-                given = re.search(r"(?:Given|Got) value: (.*)$", detail)   # the value, not jsonargparse's dump
-                detail = f", got {given.group(1)}" if given else f" ({detail})"
-                _fail(parser, f"{flag(f.name)}: expected {describe_allowed(f, _field_type(f, hints))}{detail}")
+                _fail(parser, f"{flag(f.name)}: expected {describe_allowed(f, _field_type(f, hints))}"
+                              f"{_given_value(message)}")
         if message.startswith("unrecognized arguments:"):   # abbreviations are refused (jsonargparse 5 drops them)
             flags = [*_flags(cls), "--log-level", "--verbose", "--quiet", "--help"]
             hints = [f"{tok.partition('=')[0]} (did you mean {close}?)" for tok in message.split(":", 1)[1].split()
@@ -194,6 +192,19 @@ def _parse(parser: ArgumentParser, cls: type, argv: list[str]) -> Any:
             if hints:
                 message += "; " + "; ".join(hints) + "; options are spelt in full"
         _fail(parser, message)
+
+
+def _given_value(message: str) -> str:
+    """``, got VALUE`` from jsonargparse's message: the text given (an ``X | None`` option's "Given value:" line; its
+    "Got value:" lines hold the value converted, e.g. 100.0 for 1e2, and a dump followed), not the whole dump."""
+    lines = [line.strip() for line in message.splitlines()]
+    given = [m.group(1) for line in lines if (m := re.match(r"Given value:(.*)$", line))]
+    got = [m.group(1) for line in lines if (m := re.search(r"Got value:(.*)$", line))]
+    value = (given or got or [None])[0]
+    if value is None:
+        return " (" + " ".join(message.split("\n", 1)[-1].split()) + ")"
+    value = value.strip()
+    return f", got {value}" if value else ", got an empty value"
 
 
 def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
