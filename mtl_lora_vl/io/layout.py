@@ -153,6 +153,10 @@ def adapter_layout(path: str | Path) -> AdapterLayout:
     (``adapter_config.json`` with a ``peft_type``), a multi-task PEFT export, a training run directory.
     """
     path = Path(path)
+    if not path.exists() and path.name == RUN_ADAPTER_DIR and is_run_dir(path.parent):   # stopped, or still training
+        raise AdapterFileError(f"{path}: does not exist yet: {path.parent} is a training run that has not finished (it "
+                               f"writes {RUN_ADAPTER_DIR}/ when it does); finish it first with `train_vl.py --resume "
+                               f"{path.parent}`, then use {path}")
     if not path.exists():
         raise AdapterFileError(f"{path}: does not exist (moved or renamed?); give the adapter directory's path")
     if not path.is_dir():
