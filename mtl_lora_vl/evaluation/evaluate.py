@@ -155,6 +155,15 @@ def evaluate_setup(setup: Setup, *, split: str, data_root: str | None, device: t
     return result
 
 
+def _check_task_item(item: str, known: list[str], adapter: Path) -> None:
+    """Refuse an ``eval --tasks`` entry that is neither a task of the adapter nor a spec file (by its name)."""
+    path = Path(item).expanduser()
+    if item not in known and not (path.suffix == ".toml" or path.is_file()):
+        raise ValueError(f"--tasks: {item!r} is not a task of the adapter {adapter} (it has {list(known)}) nor a spec "
+                         "file; name its tasks, or give a spec file (.toml) whose name is one of them to score that "
+                         "task on the spec's data")
+
+
 def _scoring_spec(item: str, lp: Pretrained, adapter: Path) -> TaskSpec:
     """An ``eval --tasks`` entry: a task of the adapter, scored on its saved spec's data; or a spec file whose
     ``name`` is a task of the adapter, for its ``[data]`` (and ``metrics``): the adapter's task, on other data.
@@ -164,11 +173,8 @@ def _scoring_spec(item: str, lp: Pretrained, adapter: Path) -> TaskSpec:
             raise ValueError(f"{adapter}: no saved task spec or head for {item!r}; save the adapter with "
                              "task_specs= and heads= to evaluate it")
         return lp.specs[item]
+    _check_task_item(item, lp.config.tasks, adapter)
     path = Path(item).expanduser()
-    if not (path.suffix == ".toml" or path.is_file()):
-        raise ValueError(f"--tasks: {item!r} is not a task of the adapter {adapter} (it has {list(lp.config.tasks)}) "
-                         "nor a spec file; name its tasks, or give a spec file (.toml) whose name is one of them to "
-                         "score that task on the spec's data")
     if not path.is_file():
         raise ValueError(f"--tasks: {item}: spec file not found; give an existing spec file, or one of the adapter's "
                          f"tasks {list(lp.config.tasks)}")
@@ -295,6 +301,9 @@ def evaluate_adapter(adapter: str | Path | None, tasks: str | None = None, backb
                          "without --adapter)")
     adapter = Path(adapter)
     doc = read_adapter_config(adapter, verify=False)   # a wrong --adapter is named before any check of --out
+    for item in (t.strip() for t in (tasks or "").split(",")):   # a misspelt task: before the base model loads
+        if item:
+            _check_task_item(item, config_of(doc, adapter).tasks, adapter)
     recorded = (doc.get("base") or {}).get("image_reading")
     if image_reading is not None and image_reading != recorded:
         raise ValueError(f"--image-reading {image_reading}: the adapter records how its tasks' images were read "

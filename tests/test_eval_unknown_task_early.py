@@ -1,0 +1,23 @@
+"""``eval --adapter A --tasks NAME`` with a NAME that is neither a task of the adapter nor a spec file is refused
+before the base model loads (the adapter's config names its tasks); it was refused only once the base model had
+loaded, minutes for a 7B LLaVA (review 225)."""
+import mtl_lora_vl as mlv
+import mtl_lora_vl.evaluation.evaluate as evaluate
+from mtl_lora_vl.backbones import load_backbone
+from mtl_lora_vl.cli import eval_main
+
+
+def test_an_unknown_task_is_refused_before_the_base_model_loads(tmp_path, capsys, monkeypatch):
+    bb = load_backbone("builtin", device="cpu")
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["vqa", "retrieval"], r=2, n_up=1, lambda_type="diagonal"))
+    adapter = mlv.save_adapter(bb.model, tmp_path / "adapter", base={"backbone": "builtin", "pretrained": None})
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the base model was loaded")
+
+    monkeypatch.setattr(evaluate, "load_pretrained", no_load)
+    assert eval_main(["--adapter", str(adapter), "--tasks", "vqa,retreival", "--device", "cpu",
+                      "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert "--tasks: 'retreival' is not a task of the adapter" in err and "['vqa', 'retrieval']" in err, err
+    assert not (tmp_path / "ev").exists()
