@@ -360,3 +360,15 @@ def test_eval_under_a_spec_heading_consistency_on_rows_without_groups_is_refused
     assert eval_main(["--adapter", str(run / "adapter"), "--tasks", scoring, "--batch-size", "16",
                       "--out", str(tmp_path / "ev"), "-q"]) == 2
     assert "no evaluation row carries a group" in capsys.readouterr().err
+
+
+def test_accuracy_is_the_exact_fraction_of_rows_right(clip, monkeypatch):
+    """The accuracy was a float32 mean: 5 right of 9 read 0.5555555820465088 in eval.json, not 5/9."""
+    kinds, splits = _kinds(clip, ("nlvr",))
+    kind, split = kinds["nlvr"], Split(splits["nlvr"].examples[:9])
+    labels = [ex.label for ex in split.examples]
+    wrong = {0, 1, 2, 3}   # the head's scores: the sign of the label, flipped on four rows
+    scores = torch.tensor([(1.0 if y == 1 else -1.0) * (-1.0 if i in wrong else 1.0) for i, y in enumerate(labels)])
+    monkeypatch.setattr(kind, "scores", lambda *a, **k: scores)
+    out = kind.evaluate(clip, kind.build_head(clip), split, batch_size=4, device="cpu")
+    assert out["accuracy"] == 5 / 9

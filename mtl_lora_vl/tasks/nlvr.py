@@ -219,7 +219,7 @@ class NLVRKind(TaskKind):
                              "overflow in half precision?); nothing can be ranked")
         threshold = float(scores.median()) if head is None and not self.generative else 0.0
         pred = scores > threshold
-        right = (pred == torch.tensor([ex.label == 1 for ex in examples])).float()
+        right = (pred == torch.tensor([ex.label == 1 for ex in examples])).double()   # float32 read 5/9 as 0.55555558
         out = {"accuracy": float(right.mean()), "n": float(len(examples))}
         by_type: dict[str, list[float]] = defaultdict(list)
         for ex, r in zip(examples, right.tolist()):
