@@ -296,9 +296,9 @@ def topk_accuracy(logits: Any, labels: Any, ks: Sequence[int] = (1, 5)) -> dict[
     if int(labels.min()) < 0 or int(labels.max()) >= c:
         raise ValueError(f"topk_accuracy: labels must lie in [0, {c - 1}], got [{int(labels.min())}, "
                          f"{int(labels.max())}]")
+    if not ks or any(isinstance(k, bool) or int(k) != k or k < 1 for k in ks):   # (2.9 was reported as top2)
+        raise ValueError(f"topk_accuracy: ks must be positive integers, got {tuple(ks)}")
     ks = tuple(int(k) for k in ks)
-    if any(k < 1 for k in ks):
-        raise ValueError(f"topk_accuracy: ks must be positive, got {ks}")
     scores = logits.float()
     if torch.isnan(scores).any():
         raise ValueError("topk_accuracy: logits contain NaN (an overflow in half precision?); nothing can be ranked")

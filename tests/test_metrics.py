@@ -268,3 +268,11 @@ def test_integer_labels_still_accepted():
 
 def test_per_class_accuracy_of_no_samples_still_nan():
     assert all(v != v for v in per_class_accuracy([], [], 2))   # [] reads as float64; still accepted
+
+
+@pytest.mark.parametrize("ks", [(2.9,), (1.5, 5), (True,), ()])
+def test_topk_accuracy_refuses_a_k_that_is_not_a_positive_integer(ks):
+    """As retrieval_recall does: ks=(2.9,) came back as {"top2": ...}, True as top1, and () as no score at all."""
+    with pytest.raises(ValueError, match="topk_accuracy: ks must be positive integers"):
+        topk_accuracy(torch.eye(3), [0, 1, 2], ks=ks)
+    assert topk_accuracy(torch.eye(3), [0, 1, 2], ks=(1, 2.0)) == {"top1": 1.0, "top2": 1.0}
