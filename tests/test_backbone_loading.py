@@ -182,3 +182,15 @@ def test_a_damaged_open_clip_weights_file_is_named(tmp_path, damage, says):
         (d / "open_clip_pytorch_model.bin").write_bytes(b"not a torch archive")
     with pytest.raises(ValueError, match=says):
         load_backbone(f"open_clip:{d}")
+
+
+@pytest.mark.parametrize("name", ["builtin-llava", "builtin"])
+def test_hf_prefix_on_a_builtin_name_says_to_drop_it(name, tmp_path, monkeypatch):
+    """hf:builtin-llava was told it 'is not a local directory' and to find a hub id in the cache; it names the
+    package's own backbone and the form to give. A local folder of that name is still read as one."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=rf"'{name}' is one of the package's own backbones.*--backbone {name}\)"):
+        load_backbone(f"hf:{name}")
+    (tmp_path / name).mkdir()
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        load_backbone(f"hf:{name}")

@@ -20,6 +20,7 @@ import torch
 from ..families import FAMILIES, OPEN_CLIP_CONFIG
 from ..log import interactive, quiet
 from .base import BackboneError
+from .builtin import BUILTIN_LLAVA_NAME, BUILTIN_NAME
 from .cache import hf_hub_cache
 from .spec import BackboneSpec
 
@@ -40,6 +41,10 @@ def hf_dir(spec: BackboneSpec) -> Path:
             "--backbone hf:/path/to/dir"
         )
     if folder is None or not folder.is_dir():
+        own = spec.text.removeprefix("hf:")
+        if own in (BUILTIN_NAME, BUILTIN_LLAVA_NAME) and spec.text != own:   # (a local folder of that name: read it)
+            raise FileNotFoundError(f"{spec.text}: {own!r} is one of the package's own backbones, not a folder; "
+                                    f"give it without hf: (--backbone {own})")
         raise FileNotFoundError(
             f"{spec.text} is not a local directory; hf: takes a folder written by save_pretrained "
             "(config.json + model.safetensors + tokenizer files), or a hub id already in the local Hugging "
