@@ -194,3 +194,13 @@ def test_hf_prefix_on_a_builtin_name_says_to_drop_it(name, tmp_path, monkeypatch
     (tmp_path / name).mkdir()
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         load_backbone(f"hf:{name}")
+
+
+def test_pretrained_given_a_folder_says_so(tmp_path):
+    """--pretrained DIR was told 'no such file' (the built-in) or 'not a local file' (open_clip): it is there, and
+    a folder; the built-in's message names the weights files inside it."""
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"a folder \(holding \['model.safetensors'\]: give the file\)"):
+        load_backbone("builtin", pretrained=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="is a folder, not a checkpoint file, nor a pretrained tag"):
+        load_backbone("open_clip:ViT-B-32", pretrained=str(tmp_path))

@@ -60,7 +60,10 @@ def builtin_files(pretrained: str | None = None) -> tuple[Path, dict, Path]:
     config_path = folder / BUILTIN_CONFIG
     weights = Path(pretrained).expanduser() if pretrained else folder / BUILTIN_WEIGHTS
     if pretrained and not weights.is_file():
-        raise FileNotFoundError(f"--pretrained {pretrained}: no such file; give the path of a weights file for the "
+        inside = sorted(f.name for f in weights.glob("*.safetensors")) if weights.is_dir() else []
+        what = f"a folder (holding {inside}: give the file)" if inside else "a folder" if weights.is_dir() else \
+            "no such file"
+        raise FileNotFoundError(f"--pretrained {pretrained}: {what}; give the path of a weights file for the "
                                 "built-in backbone (a model.safetensors it wrote), or leave --pretrained out to "
                                 "use its own weights")
     missing = next((f for f in (config_path, weights, folder / "tokenizer.json") if not f.is_file()), None)

@@ -466,10 +466,11 @@ def _load_named(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackb
         cached = cached_open_clip_weights(name, pretrained)
         if cached is None:
             raise FileNotFoundError(
-                f"--pretrained {pretrained!r} for {label} is not a local file, nor a pretrained tag whose weights "
-                f"are in the local cache ({hf_hub_cache()} or {clip_url_cache()}); downloading them would need "
-                "the network, which this package never does. Download the checkpoint elsewhere and pass its "
-                "path: --pretrained /path/to/open_clip_pytorch_model.bin"
+                f"--pretrained {pretrained!r} for {label} is "
+                f"{'a folder, not a checkpoint file,' if path.is_dir() else 'not a local file,'} nor a pretrained "
+                f"tag whose weights are in the local cache ({hf_hub_cache()} or {clip_url_cache()}); downloading "
+                "them would need the network, which this package never does. Download the checkpoint elsewhere and "
+                "pass its path: --pretrained /path/to/open_clip_pytorch_model.bin"
             )
         path, tag_cfg = cached
         if bool(tag_cfg.get("quick_gelu", False)) != bool(model_cfg.get("quick_gelu", False)):
