@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import warnings
 
 import pytest
@@ -840,3 +841,19 @@ def test_hooks_on_a_replaced_layer_are_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a"], r=2, targets={"image": [r"^0$"]}))
+
+
+def test_adapter_tensors_that_do_not_fit_name_the_rank(monkeypatch):
+    """An absurd --rank ended in the allocator's bare "DefaultCPUAllocator: can't allocate memory: you tried to
+    allocate 512000000000 bytes" (CUDA: "CUDA out of memory. Tried to allocate ..."); it names the layer and r."""
+    attach_module = importlib.import_module("mtl_lora_vl.adapters.attach")   # (the package's attach is the function)
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 476.84 GiB")
+
+    model = tiny_open_clip()
+    monkeypatch.setattr(attach_module, "LoRALinear", no_memory)
+    monkeypatch.setattr(attach_module, "LoRAMultiheadAttention", no_memory)
+    with pytest.raises(mlv.AttachError, match=r"do not fit in memory at r = 8 \(--rank\).*smaller rank.*476.84 GiB"):
+        mlv.attach(model, mlv.MTLLoRAConfig(tasks=["a"], r=8))
+    assert getattr(model, "_mtl_lora", None) is None   # nothing replaced

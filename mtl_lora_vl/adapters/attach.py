@@ -231,12 +231,18 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
     formation = Formation() if cfg.method == "mtl_lora" else None   # the layers' M_t formed together
     built: list[tuple[list[str], nn.Module, dict[str, AdapterBank], str, int]] = []
     for name, module, tower, slices in chosen:   # every replacement first: one that fails changes nothing
-        if isinstance(module, nn.MultiheadAttention):
-            new: nn.Module = LoRAMultiheadAttention(module, cfg)
+        try:
+            new: nn.Module = (LoRAMultiheadAttention(module, cfg) if isinstance(module, nn.MultiheadAttention)
+                              else LoRALinear(module, cfg, slices))
+        except (RuntimeError, MemoryError) as e:   # (torch.OutOfMemoryError is a RuntimeError)
+            if "alloc" not in str(e).lower() and not isinstance(e, MemoryError):
+                raise
+            raise AttachError(f"attach: the adapter tensors of {name!r} do not fit in memory at r = {cfg.r} (--rank) "
+                              f"and n_up = {cfg.n_up}; give a smaller rank (LoRA ranks are usually 4-64): {e}") from None
+        if isinstance(new, LoRAMultiheadAttention):
             banks = {name + ".in_proj": new.in_proj, name + ".out_proj": new.out_proj}
             bdim = 0  # the replacement attends batch-first internally
         else:
-            new = LoRALinear(module, cfg, slices)
             banks = {name: new}
             found = _batch_dim(model, name)
             if found is None and cfg.targets != "default" and _has_sequence_first(model):
