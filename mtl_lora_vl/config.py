@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import numbers
@@ -116,6 +117,10 @@ class MTLLoRAConfig:
             hint = ""
             if isinstance(name, int) and not isinstance(name, bool) and 0 <= name < len(self.tasks):
                 hint = f" (pass the task's name: id {name} is {self.tasks[name]!r})"
+            elif isinstance(name, str):
+                close = ([t for t in self.tasks if t.casefold() == name.casefold()]
+                         or difflib.get_close_matches(name, self.tasks, n=1, cutoff=0.6))
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UnknownTaskError(f"unknown task {name!r}; this adapter knows {self.tasks}{hint}") from None
 
     def validate(self) -> None:

@@ -7,7 +7,7 @@ import torch
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.adapters.rows import mixture
-from mtl_lora_vl.config import MIN_TEMPERATURE
+from mtl_lora_vl.config import MIN_TEMPERATURE, UnknownTaskError
 
 
 def test_json_round_trip(tmp_path):
@@ -100,3 +100,14 @@ def test_smallest_temperature_keeps_the_mixing_finite():
     assert torch.isnan(mixture(w, 1e-39)).any()
     assert torch.isfinite(mixture(w, MIN_TEMPERATURE)).all()
     assert mlv.MTLLoRAConfig(tasks=["a"], temperature=MIN_TEMPERATURE).temperature == MIN_TEMPERATURE
+
+
+def test_an_unknown_task_name_suggests_the_close_one():
+    """export --task VQA of an adapter of 'vqa' said only 'unknown task'; a case or spelling slip is named."""
+    cfg = mlv.MTLLoRAConfig(tasks=["vqa", "retrieval"])
+    with pytest.raises(UnknownTaskError, match=r"unknown task 'VQA'.*\(did you mean 'vqa'\?\)"):
+        cfg.task_index("VQA")
+    with pytest.raises(UnknownTaskError, match=r"did you mean 'retrieval'"):
+        cfg.task_index("retreival")
+    with pytest.raises(UnknownTaskError, match=r"knows \['vqa', 'retrieval'\]$"):
+        cfg.task_index("captioning")
