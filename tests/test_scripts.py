@@ -314,3 +314,11 @@ def test_pretrain_llava_evaluate_scores_the_seed_it_was_trained_with(tmp_path, m
     assert seeds == [4] and json.loads((model / "pretrain.json").read_text())["zero_shot_val"] == {"vqa": {"accuracy": 0.5}}
     assert pl.main(["--evaluate", str(model), "--seed", "0", "--eval-scenes", "1"]) == 0
     assert seeds == [4, 0] and "not stored" in capsys.readouterr().out
+
+
+def test_check_gpu_compares_the_cpu_with_the_same_adapted_model():
+    """The CPU copy of check_generate was a second build, whose adapters attach drew anew (A and w random): it
+    compared another model's tokens (0 of 6 rows equal even on one device; the H200 run's "0 of 6" was that)."""
+    check_gpu = _script("check_gpu")
+    out = check_gpu.check_generate("cpu", "fp32", compare_cpu=True)
+    assert out["passed"] and out["cpu_rows_equal_greedy"] == 6
