@@ -328,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--evaluate", type=Path, default=None, metavar="DIR",
                     help="only score a saved backbone on the val splits and update its recorded zero-shot scores")
     args = ap.parse_args(argv)
+    if args.threads is not None and args.threads < 1:   # --evaluate too: torch's own error otherwise
+        ap.error(f"--threads must be >= 1, got {args.threads}")
     if args.evaluate is not None:
         ignored = sorted(f"--{k.replace('_', '-')}" for k, v in vars(args).items()   # parsed: abbreviations too
                          if k not in ("evaluate", "seed", "threads") and v != ap.get_default(k))
@@ -335,14 +337,12 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--evaluate only scores a saved backbone; {', '.join(ignored)} would be ignored")
         if not (args.evaluate / OPEN_CLIP_CONFIG).is_file():
             ap.error(f"--evaluate {args.evaluate}: not a saved open_clip backbone (no {OPEN_CLIP_CONFIG})")
-        if args.threads:
+        if args.threads is not None:
             torch.set_num_threads(args.threads)
         return evaluate_saved(args.evaluate, args.seed)
     args.seed = 0 if args.seed is None else args.seed
     if args.steps < 1 or args.batch_size < 2:
         ap.error("--steps must be >= 1 and --batch-size >= 2")
-    if args.threads is not None and args.threads < 1:
-        ap.error(f"--threads must be >= 1, got {args.threads}")
     if args.n_pretrain is not None and args.n_pretrain < 1:
         ap.error(f"--n-pretrain must be >= 1, got {args.n_pretrain}")
     if not (0 <= args.lr < math.inf and 0 <= args.weight_decay < math.inf):   # < 0: gradient ascent; inf: NaN

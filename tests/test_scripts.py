@@ -322,3 +322,18 @@ def test_check_gpu_compares_the_cpu_with_the_same_adapted_model():
     check_gpu = _script("check_gpu")
     out = check_gpu.check_generate("cpu", "fp32", compare_cpu=True)
     assert out["passed"] and out["cpu_rows_equal_greedy"] == 6
+
+
+@pytest.mark.parametrize("threads", ["-1", "0"])
+def test_pretrain_backbone_evaluate_refuses_threads_below_one(threads, tmp_path, monkeypatch, capsys):
+    """--evaluate DIR --threads -1 ended in torch's RuntimeError from set_num_threads, and --threads 0 was taken
+    silently, where a training run refuses both."""
+    import shutil
+
+    pb = _script("pretrain_backbone")
+    monkeypatch.setattr(pb, "zero_shot_report", lambda bb, seed: {})
+    own = tmp_path / "own"
+    shutil.copytree(REPO / "assets" / "builtin_clip", own)
+    with pytest.raises(SystemExit) as e:
+        pb.main(["--evaluate", str(own), "--threads", threads])
+    assert e.value.code == 2 and f"--threads must be >= 1, got {threads}" in capsys.readouterr().err
