@@ -404,6 +404,25 @@ def llava_cases(args, device, amp) -> tuple[dict, dict]:
 # ---------------------------------------------------------------------------------------------- running
 
 
+def model_size_error(args) -> str | None:
+    """What is wrong with the model options, or None: heads of 64 (one below 64) that divide the widths, the LM's of
+    an even size (rotary embeddings), text ids drawn from 10 up, an open_clip model name that open_clip knows."""
+    if args.case == "clip":
+        if ":" not in args.model and args.model not in open_clip.list_models():
+            return f"--model {args.model!r}: not an open_clip model config; e.g. ViT-B-32 (open_clip.list_models())"
+        return None
+    lm_heads, vision_heads = args.lm_width // 64, max(1, args.vision_width // 64)
+    if lm_heads < 1 or args.lm_width % lm_heads or args.lm_width // lm_heads % 2:
+        return (f"--lm-width {args.lm_width}: the language model has width // 64 heads, which must split it into "
+                "heads of an even size; give a multiple of 64 (e.g. 64, 1024)")
+    if args.vision_width % vision_heads:
+        return (f"--vision-width {args.vision_width}: the vision tower has width // 64 heads (1 below 64), which "
+                "must divide it; give a multiple of 64 (e.g. 64, 768) or a width below 64")
+    if args.vocab < 11:
+        return f"--vocab must be at least 11 (text ids are drawn from 10 up), got {args.vocab}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", choices=["clip", "llava"], default="clip")
@@ -449,6 +468,9 @@ def main(argv: list[str] | None = None) -> dict:
                  f"steps reuse, so the counts would not be a step's), got {args.warmup}")
     if args.threads < 0:
         ap.error("--threads must be >= 0")
+    size_error = model_size_error(args)
+    if size_error:   # torch's, transformers' or open_clip's own error otherwise, after building the first models
+        ap.error(size_error)
     if args.json:   # checked now, not after minutes of timing: its place, and that a file can be written there
         try:
             check_writable_file(args.json, "--json")

@@ -150,3 +150,17 @@ def test_compiled_cases_time_compiled_steps_and_count_an_eager_steps_operators(t
     assert all(m["kernel_ms_per_step"] is None for m in result["memory"].values())   # --profile: kernels on a GPU
     ops = {k: v["aten_ops_per_step"] for k, v in result["memory"].items()}
     assert ops["lora"] < ops["mtl_lora_grouped"] < 1.3 * ops["lora"]
+
+
+def test_model_sizes_it_cannot_build_are_refused_before_any_model(capsys):
+    """--lm-width 32 ended in a ZeroDivisionError (no heads), 130 in transformers' RoPE error (heads of 65),
+    --vision-width 200 in a validation error (3 heads), --vocab 10 in torch's randint error, an unknown --model in
+    open_clip's error listing every model: tracebacks after the first models were built (review 227)."""
+    for args, says in ((["--case", "llava", "--lm-width", "32"], "--lm-width 32: .* multiple of 64"),
+                       (["--case", "llava", "--lm-width", "130"], "--lm-width 130: .* even size"),
+                       (["--case", "llava", "--vision-width", "200"], "--vision-width 200: .* must divide it"),
+                       (["--case", "llava", "--vocab", "10"], "--vocab must be at least 11"),
+                       (["--case", "clip", "--model", "ViT-B-33"], "--model 'ViT-B-33': not an open_clip model")):
+        with pytest.raises(SystemExit) as e:
+            _bench().main([*args, "--threads", "1"])
+        assert e.value.code == 2 and re.search(says, capsys.readouterr().err)
