@@ -448,7 +448,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = torch default)")
-    ap.add_argument("--json", default=None, help="write results to this JSON file")
+    ap.add_argument("--json", default=None, help="write results to this JSON file (an earlier result there is "
+                                                        "replaced, any other file refused)")
     ap.add_argument("--no-peft", action="store_true", help="skip the PEFT baseline")
     ap.add_argument("--profile", action="store_true",
                     help="on a GPU: each case's kernel time in one step (torch.profiler, after the timed rounds), "
@@ -473,9 +474,11 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(size_error)
     if args.json:   # checked now, not after minutes of timing: its place, and that a file can be written there
         try:
-            check_writable_file(args.json, "--json")
+            replacing = check_writable_file(args.json, "--json", own_keys=("median_s",))
         except OSError as e:
             ap.error(str(e))
+        if replacing:   # a file of another kind was refused above
+            print(f"bench_adapters: --json {args.json} holds earlier results; this run replaces them", flush=True)
     try:
         device = pick_device(args.device)
     except RuntimeError as e:   # a bad name, or cuda without a GPU: said now, not from inside model.to()

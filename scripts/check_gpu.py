@@ -248,7 +248,8 @@ CHECKS: dict[str, Callable[[str], dict]] = {
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", help="write every figure to this file")
+    ap.add_argument("--json", help="write every figure to this file (an earlier result there is replaced, "
+                                         "any other file refused)")
     ap.add_argument("--device", default="cuda", help="cuda (default) | cuda:N | cpu (the tests' smoke run)")
     ap.add_argument("--only", default="", help="comma-separated check names (default: all): " + ", ".join(CHECKS))
     args = ap.parse_args(argv)
@@ -262,9 +263,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(e))
     if args.json:   # checked now: a place no file can be written failed after every check had run
         try:
-            check_writable_file(args.json, "--json")
+            replacing = check_writable_file(args.json, "--json", own_keys=("device",))
         except OSError as e:
             ap.error(str(e))
+        if replacing:   # a file of another kind was refused above
+            print(f"check_gpu: --json {args.json} holds earlier results; this run replaces them", flush=True)
     names = [n for n in args.only.split(",") if n] or list(CHECKS)
     unknown = [n for n in names if n not in CHECKS]
     if unknown:

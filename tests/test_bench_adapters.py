@@ -85,6 +85,8 @@ def test_bad_arguments_are_refused_before_any_timing(tmp_path, capsys):
     ended in a StatisticsError or a division by zero after the warm-ups."""
     import torch
 
+    user = tmp_path / "notes.json"
+    user.write_text('{"mine": 1}')
     for args, says in ((["--json", str(tmp_path)], "--json: .* is a directory"),
                        (["--repeats", "0"], "--repeats must be at least 1"),
                        (["--steps-per-round", "0"], "--steps-per-round must be at least 1"),
@@ -92,12 +94,17 @@ def test_bad_arguments_are_refused_before_any_timing(tmp_path, capsys):
                        (["--warmup", "0"], "--warmup must be at least 1"),
                        # a place no file can be written: it failed after every case had run
                        (["--json", "/proc/bench.json"], "--json /proc/bench.json: cannot write there"),
+                       # any existing file was replaced silently after the timing (review 227)
+                       (["--json", str(user), "--vision-layers", "1", "--vision-width", "64", "--lm-layers", "1",
+                         "--lm-width", "64", "--vocab", "300", "--text-len", "4", "--batch-size", "2", "--repeats", "1",
+                         "--warmup", "1", "--no-peft"], "--json .*notes.json: exists and is not an earlier result"),
                        (["--device", "foo"], "--device .foo.: not a device"),
                        *([(["--device", "cuda"], "--device cuda: CUDA is not available")]
                          if not torch.cuda.is_available() else [])):
         with pytest.raises(SystemExit):
             _bench().main(["--case", "llava", *args])
         assert re.search(says, capsys.readouterr().err)
+    assert user.read_text() == '{"mine": 1}'
 
 
 def test_every_case_routes_from_host_ids(monkeypatch):

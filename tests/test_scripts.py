@@ -337,3 +337,21 @@ def test_pretrain_backbone_evaluate_refuses_threads_below_one(threads, tmp_path,
     with pytest.raises(SystemExit) as e:
         pb.main(["--evaluate", str(own), "--threads", threads])
     assert e.value.code == 2 and f"--threads must be >= 1, got {threads}" in capsys.readouterr().err
+
+
+def test_check_gpu_json_replaces_only_its_own_earlier_results_and_says_so(tmp_path, capsys):
+    """--json replaced any file silently (a task spec, a README) once every check had run; now a file that is not
+    an earlier result is refused before the checks, and an earlier result is replaced with a line saying so."""
+    check_gpu = _script("check_gpu")
+    for name, text in (("notes.json", '{"mine": 1}'), ("vqa.toml", 'kind = "vqa"\n')):
+        user = tmp_path / name
+        user.write_text(text)
+        with pytest.raises(SystemExit) as e:
+            check_gpu.main(["--device", "cpu", "--only", "nope", "--json", str(user)])
+        assert e.value.code == 2 and "is not an earlier result of this script" in capsys.readouterr().err
+        assert user.read_text() == text
+    out = tmp_path / "checks.json"
+    out.write_text(json.dumps({"device": {"name": "cpu"}, "old_check": {"passed": False}}))
+    assert check_gpu.main(["--device", "cpu", "--only", "clip_mixed_route_fp32", "--json", str(out)]) == 0
+    assert "holds earlier results; this run replaces them" in capsys.readouterr().out
+    assert "old_check" not in json.loads(out.read_text())

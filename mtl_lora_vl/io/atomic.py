@@ -63,10 +63,12 @@ def check_target(path: str | Path, *, directory: bool, overwrite: bool = False, 
                               "choose another path")
 
 
-def check_writable_file(path: str | Path, what: str) -> None:
+def check_writable_file(path: str | Path, what: str, own_keys: tuple[str, ...] = ()) -> bool:
     """:func:`check_target` for a file that may be replaced, and that a file can be made in its folder (or, where
     that folder is still to be made, in the nearest one that exists): for a result written after minutes of work (a
-    benchmark's JSON), checked before the work; nothing is left behind."""
+    benchmark's JSON), checked before the work; nothing is left behind. ``own_keys``: an existing file is replaced
+    only where it is a JSON object holding these keys (an earlier result of the same writer). Returns whether a
+    file is there to be replaced."""
     check_target(path, directory=False, overwrite=True, what=what)
     folder = next(p for p in Path(path).absolute().parents if p.exists())
     try:
@@ -74,6 +76,19 @@ def check_writable_file(path: str | Path, what: str) -> None:
             pass
     except OSError as e:
         raise OSError(f"{what} {path}: cannot write there ({e.strerror or e})") from None
+    target = _through_link(Path(path), what)
+    if not target.is_file():
+        return False
+    if own_keys:
+        try:
+            doc = json.loads(target.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            doc = None
+        if not (isinstance(doc, dict) and all(k in doc for k in own_keys)):
+            raise FileExistsError(f"{what} {path}: exists and is not an earlier result of this script (a JSON object "
+                                  f"with {', '.join(map(repr, own_keys))}), so it is not replaced; choose another "
+                                  "path, or delete the file first")
+    return True
 
 
 def _through_link(path: Path, what: str) -> Path:
