@@ -355,3 +355,24 @@ def test_check_gpu_json_replaces_only_its_own_earlier_results_and_says_so(tmp_pa
     assert check_gpu.main(["--device", "cpu", "--only", "clip_mixed_route_fp32", "--json", str(out)]) == 0
     assert "holds earlier results; this run replaces them" in capsys.readouterr().out
     assert "old_check" not in json.loads(out.read_text())
+
+
+def test_check_gpu_sh_dry_run_benches_a_small_clip_within_cpu_time_limits(tmp_path):
+    """QUICK=1 DEVICE=cpu (the dry run) benched ViT-B-32 within the GPU's 120 s: 102 s on two CPU cores, killed
+    under load, as were the fp16 step (CPU fp16: 18 s a step) and the pairs step. Each step's command and limit are
+    read from a stand-in ``timeout`` that runs nothing."""
+    import os
+    import subprocess
+
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    (bin_dir / "timeout").write_text('#!/bin/sh\nshift\necho "$*" >> "$CALLS"\n')   # drops --kill-after=10
+    (bin_dir / "timeout").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(log), "QUICK": "1", "DEVICE": "cpu",
+           "OUT": str(tmp_path / "out"), "PY": "true"}
+    subprocess.run(["bash", str(REPO / "scripts" / "check_gpu.sh")], cwd=REPO, env=env, check=True, timeout=60,
+                   capture_output=True)
+    calls = [line.split() for line in log.read_text().splitlines()]
+    assert len(calls) == 13 and all(int(c[0]) >= 360 for c in calls)   # the GPU's limits (90 s and up) x 4
+    clip = [c for c in calls if "--case" in c and c[c.index("--case") + 1] == "clip"]
+    assert len(clip) == 3 and all(c[c.index("--model") + 1] == "ViT-S-32" for c in clip)
