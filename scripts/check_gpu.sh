@@ -51,7 +51,7 @@ step() {   # step NAME LIMIT_SECONDS COMMAND...
     if [ -n "${ONLY:-}" ] && [[ ",$ONLY," != *",$name,"* ]]; then return; fi
     local t0=$SECONDS
     echo "=== $name: $*"
-    timeout --kill-after=10 "$limit" "$@" 2>&1 | grep --line-buffered -v "it/s\]$"
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | grep --line-buffered -v -E "(it|step)/s\]$|s/(it|step)\]$"   # (tqdm progress lines)
     local rc=${PIPESTATUS[0]}
     echo "$name rc=$rc seconds=$((SECONDS - t0))" | tee -a "$OUT/steps.txt"
 }
