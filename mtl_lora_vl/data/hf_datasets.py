@@ -135,7 +135,7 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
     datasets = load_datasets()
     base = _find(root, path)
     if base.is_dir() and ((base / "dataset_dict.json").is_file() or (base / "state.json").is_file()):
-        with quiet_progress(datasets):
+        with quiet_progress():
             ds = datasets.load_from_disk(str(base))
         if isinstance(ds, datasets.DatasetDict):
             if split is None and len(ds) == 1:

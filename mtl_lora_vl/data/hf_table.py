@@ -30,8 +30,9 @@ def load_datasets() -> Any:
 
 
 @contextlib.contextmanager
-def quiet_progress(datasets: Any) -> Iterator[None]:
-    """No progress bars while opening (the names below exist from datasets 2.x to 5.x)."""
+def quiet_progress() -> Iterator[None]:
+    """No progress bars while opening (the names below exist from datasets 2.x to 5.x; call it after
+    :func:`load_datasets`)."""
     from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
 
     was = is_progress_bar_enabled()
@@ -66,7 +67,7 @@ class DatasetTable:
 
     def open(self) -> Any:
         datasets = load_datasets()
-        with quiet_progress(datasets):
+        with quiet_progress():
             if self.kind == "parquet":
                 return datasets.Dataset.from_parquet(list(self.location), cache_dir=self.cache_dir)
             ds = datasets.load_from_disk(self.location[0])
