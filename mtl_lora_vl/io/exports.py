@@ -118,7 +118,7 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
     if format not in ("peft", "plain"):
         raise ValueError(f"export_lora: format must be 'auto', 'peft' or 'plain', got {format!r}")
     several = not isinstance(task, str)
-    tasks = _task_list(task, format) if several else [task]
+    tasks = _task_list(task) if several else [task]
     index = {t: info.config.task_index(t) for t in tasks}
     if format == "peft":
         mha = sorted(n for n, b in info.layers.items() if not isinstance(b, LoRALinear))
@@ -169,8 +169,8 @@ def _write_record(folder: Path, task: str | Sequence[str], format: str) -> None:
     (folder / EXPORT_RECORD).write_text(json.dumps(doc, indent=2) + "\n")
 
 
-def _task_list(tasks: Sequence[str], format: str) -> list[str]:
-    """The task names of a multi-task export, checked as folder (and, for PEFT, adapter) names."""
+def _task_list(tasks: Sequence[str]) -> list[str]:
+    """The task names of a multi-task export, checked as folder names (``path/<task>/``)."""
     if not isinstance(tasks, Sequence) or not tasks or not all(isinstance(t, str) for t in tasks):
         raise TypeError(f"export_lora: task must be a task name or a non-empty list of task names, got {tasks!r}")
     dup = sorted({t for t in tasks if list(tasks).count(t) > 1})
