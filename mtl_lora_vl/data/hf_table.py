@@ -129,10 +129,7 @@ def is_image_feature(feature: Any) -> bool:
 
 def image_kind(feature: Any, where: str, column: str) -> str:
     refuse_list_column(feature, where, column)
-    datasets = load_datasets()
-    if isinstance(feature, datasets.Image):
-        return "struct"
-    if isinstance(feature, dict) and set(feature) >= {"bytes", "path"}:
+    if is_image_feature(feature):
         return "struct"
     dtype = getattr(feature, "dtype", None)
     if dtype in ("string", "large_string"):
