@@ -208,7 +208,7 @@ def test_scenes_that_do_not_fit_are_drawn_again(monkeypatch):
         return None if len(calls) == 1 else place(rng, specs)
 
     monkeypatch.setattr(scenes, "_place", fails_once)
-    scene = scenes._sample_scene("vqa", __import__("random").Random(0))
+    scene = scenes.sample_scene("vqa", __import__("random").Random(0))
     assert len(calls) == 2 and len(scene.objects) == calls[1]
 
 

@@ -5,9 +5,9 @@ own). The built-in LLaVA is pretrained on them (``scripts/pretrain_llava.py``), 
 from __future__ import annotations
 
 import random
-from collections import Counter
 
 from . import world
+from .scenes import Scene, unique_objects
 
 __all__ = ["DEFAULT_KINDS", "INSTRUCTION_TYPES", "KNOWN_KINDS", "PHRASINGS", "instruction", "instruction_words"]
 
@@ -30,17 +30,12 @@ DEFAULT_KINDS = ("color", "shape", "count", "existence", "position")   # what th
 KNOWN_KINDS = INSTRUCTION_TYPES + EXTRA_KINDS
 
 
-def instruction(kind: str, scene, rng: random.Random) -> tuple[str, str] | None:
+def instruction(kind: str, scene: Scene, rng: random.Random) -> tuple[str, str] | None:
     """One (question, answer) of ``kind`` about ``scene``, or None when the scene cannot support it."""
     objs = scene.objects
-
-    def unique(key):
-        c = Counter(key(o) for o in objs)
-        return [o for o in objs if c[key(o)] == 1]
-
     if kind in ("color", "shape"):   # ask one attribute of the object the other names uniquely
         named = "shape" if kind == "color" else "color"
-        cands = unique(lambda o: getattr(o, named))
+        cands = unique_objects(objs, lambda o: getattr(o, named))
         if not cands:
             return None
         o = rng.choice(cands)
@@ -66,7 +61,7 @@ def instruction(kind: str, scene, rng: random.Random) -> tuple[str, str] | None:
             answer = "no"
         return rng.choice(PHRASINGS["existence"]).format(obj=world.article(f"{color} {shape}")), answer
     if kind == "relation":
-        cands = unique(lambda o: (o.color, o.shape))
+        cands = unique_objects(objs, lambda o: (o.color, o.shape))
         pairs = [(a, r, b) for a in cands for b in cands if a is not b for r in world.RELATIONS
                  if world.relation_holds(a, r, b)]
         if not pairs:
@@ -76,7 +71,7 @@ def instruction(kind: str, scene, rng: random.Random) -> tuple[str, str] | None:
         q = rng.choice(PHRASINGS["relation"]).format(a=a.name(), rel=rel if truth else world.OPPOSITE[rel], b=b.name())
         return q, "yes" if truth else "no"
     if kind == "position":
-        cands = [o for o in unique(lambda o: (o.color, o.shape)) if world.region(o) is not None]
+        cands = [o for o in unique_objects(objs, lambda o: (o.color, o.shape)) if world.region(o) is not None]
         if not cands:
             return None
         o = rng.choice(cands)

@@ -8,7 +8,7 @@ nlvr kind's statements about a pair of scenes), which both build on it; ``world`
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
@@ -143,7 +143,8 @@ def article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def _join(items: Sequence[str]) -> str:
+def join_and(items: Sequence[str]) -> str:
+    """``items`` as one listing: "a", "a and b", "a, b and c"."""
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
@@ -174,7 +175,7 @@ def _random_spec(rng: random.Random, size: str | None = None) -> tuple[str, str,
     return rng.choice(SHAPES), rng.choice(COLOR_NAMES), size or rng.choice(tuple(SIZES))
 
 
-def _sample_scene(kind: str, rng: random.Random) -> Scene:
+def sample_scene(kind: str, rng: random.Random) -> Scene:
     """A random scene of ``kind``; objects that do not fit without overlap (say five large ones) are drawn
     again from the same generator, so every seed gives a split (and a scene that fits is what it was)."""
     lo, hi = _OBJECT_RANGE[kind]
@@ -194,7 +195,9 @@ def _sample_scene(kind: str, rng: random.Random) -> Scene:
             return Scene(objects, rng.choice(BACKGROUNDS))
 
 
-def _unique(objs: Sequence[Obj], key) -> list[Obj]:
+def unique_objects(objs: Sequence[Obj], key: Callable[[Obj], Hashable]) -> list[Obj]:
+    """The objects whose ``key`` (a shape, a colour, ...) no other object of ``objs`` shares: those a text can name
+    by it alone. In their order in ``objs``."""
     counts: dict = {}
     for o in objs:
         counts[key(o)] = counts.get(key(o), 0) + 1

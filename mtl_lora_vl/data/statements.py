@@ -19,10 +19,10 @@ from .scenes import (
     SHAPES,
     Obj,
     Scene,
-    _sample_scene,
-    _unique,
     article,
     relation_holds,
+    sample_scene,
+    unique_objects,
 )
 
 #: The nlvr statement types (``Example.question_type``); each is drawn about equally often.
@@ -106,7 +106,7 @@ def _statement(stype: str, truth: bool, scenes: tuple[Scene, Scene], rng: random
         side = rng.randrange(2)
 
         def facts(scene: Scene) -> list[tuple[Obj, str, Obj]]:   # between objects unique by colour and shape
-            cands = _unique(scene.objects, lambda o: (o.color, o.shape))
+            cands = unique_objects(scene.objects, lambda o: (o.color, o.shape))
             return [(a, r, b) for a in cands for b in cands if a is not b for r in RELATIONS if relation_holds(a, r, b)]
 
         here = facts(scenes[side])
@@ -135,7 +135,7 @@ def nlvr_example(image_id: str, rng: random.Random) -> Example:
     truth = rng.random() < 0.5
     form_seed = rng.getrandbits(64)
     while True:
-        scenes = (_sample_scene("nlvr", rng), _sample_scene("nlvr", rng))
+        scenes = (sample_scene("nlvr", rng), sample_scene("nlvr", rng))
         text = _statement(stype, truth, scenes, random.Random(form_seed))
         if text is not None:
             return Example(scenes, image_id, text=text, label=int(truth), question_type=stype,

@@ -54,12 +54,12 @@ from .scenes import (
     SIZES,
     Obj,
     Scene,
-    _join,
-    _sample_scene,
-    _unique,
     article,
+    join_and,
     region,
     relation_holds,
+    sample_scene,
+    unique_objects,
 )
 from .statements import STATEMENT_TYPES, nlvr_example
 
@@ -149,7 +149,7 @@ def _position_captions(scene: Scene) -> list[str]:
 def _listing_caption(scene: Scene) -> str:
     n = len(scene.objects)
     noun = "shape" if n == 1 else "shapes"
-    return f"{NUMBER_WORDS[n]} {noun}: " + _join([article(o.name(True)) for o in scene.objects])
+    return f"{NUMBER_WORDS[n]} {noun}: " + join_and([article(o.name(True)) for o in scene.objects])
 
 
 def _captions(scene: Scene, rng: random.Random) -> tuple[str, ...]:
@@ -188,13 +188,13 @@ def _question(qtype: str, scene: Scene, rng: random.Random) -> tuple[str, str] |
     """A (question, canonical answer) of the given type, or None when the scene cannot support it."""
     objs = scene.objects
     if qtype == "color":
-        cands = _unique(objs, lambda o: o.shape)
+        cands = unique_objects(objs, lambda o: o.shape)
         if not cands:
             return None
         o = rng.choice(cands)
         return f"what color is the {o.shape}?", o.color
     if qtype == "shape":
-        cands = _unique(objs, lambda o: o.color)
+        cands = unique_objects(objs, lambda o: o.color)
         if not cands:
             return None
         o = rng.choice(cands)
@@ -220,7 +220,7 @@ def _question(qtype: str, scene: Scene, rng: random.Random) -> tuple[str, str] |
         color, shape = rng.choice(absent)
         return f"is there {article(f'{color} {shape}')}?", "no"
     if qtype == "relation":
-        cands = _unique(objs, lambda o: (o.color, o.shape))
+        cands = unique_objects(objs, lambda o: (o.color, o.shape))
         pairs = [(a, r, b) for a in cands for b in cands if a is not b for r in RELATIONS if relation_holds(a, r, b)]
         if not pairs:
             return None
@@ -277,7 +277,7 @@ def build_split(kind: str, split: str, n: int | None = None, seed: int = 0) -> S
         if kind == "nlvr":
             examples.append(nlvr_example(image_id, rng))
             continue
-        scene = _sample_scene(kind, rng)
+        scene = sample_scene(kind, rng)
         examples.extend(_examples(kind, split, scene, image_id, rng))
     return Split(examples, class_names=class_names() if kind == "classification" else None)
 
