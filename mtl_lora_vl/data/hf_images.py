@@ -59,8 +59,8 @@ def _element_kind(ds: Any, column: str, source: str) -> str:
 
 
 def _list_items(column: Any, kind: str) -> list[list[tuple[bool, str | None]] | None]:
-    """Per row of the list ``column`` (an Arrow chunked array): its elements as :func:`_images` gives them (None
-    for a null list), without copying the bytes."""
+    """Per row of the list ``column`` (an Arrow chunked array): its elements as :func:`~.hf_table.image_cells`
+    gives them (None for a null list), without copying the bytes."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
