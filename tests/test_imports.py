@@ -9,6 +9,7 @@ is a module. Imports under ``if TYPE_CHECKING:`` never run and are left out.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = "mtl_lora_vl"
@@ -163,3 +164,18 @@ def test_evaluation_does_not_import_training():
     for module, targets in graph.items():
         if module.startswith(f"{PACKAGE}.evaluation"):
             assert not any(t.startswith(f"{PACKAGE}.training") for t in targets), module
+
+
+def test_io_training_tasks_import_no_family_backbone():
+    """Model-family knowledge stays in families.py and the backbone classes: io, training, tasks, evaluation and
+    multitask reach a family's backbone through the table (``backbone_class``), never by importing its module (io
+    imported Qwen2VLBackbone for the default image area)."""
+    graph, _ = import_graph()
+    families = {m for m, p in MODULES.items() if m.startswith(f"{PACKAGE}.backbones.")
+                and re.search(r"^@register_backbone\(", p.read_text(encoding="utf-8"), re.M)}
+    assert f"{PACKAGE}.backbones.qwen2_vl" in families and f"{PACKAGE}.backbones.base" not in families
+    parts = ("io", "training", "tasks", "evaluation", "multitask")
+    found = sorted((m, t) for m, targets in graph.items() if m.partition(".")[2].split(".")[0] in parts
+                   for t in targets & families)
+    assert not found, "family backbone modules imported outside the backbones:\n" + "\n".join(
+        f"{m} imports {t}" for m, t in found)

@@ -13,22 +13,29 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-__all__ = ["ImageRecord", "forget_loaded", "image_record", "set_area", "set_reading"]
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageRecord", "forget_loaded", "image_record", "set_area", "set_reading"]
 
 _ATTR = "_mtl_image_record"
+#: The area a capped reading that records no ``max_pixels`` reads within (Qwen2-VL's loader: ``preferred_side``²).
+DEFAULT_MAX_PIXELS = 448 * 448
 
 
 @dataclass
 class ImageRecord:
     """``reading``: "native" (each image at its own aspect, as the processor reads it) or "square" (squashed to one
     square); None where nothing chose. ``capped``: images are read within an area cap (Qwen2-VL's loader), of
-    ``max_pixels`` pixels (None: the backbone's default, 448²). ``loaded``: the fields ("reading", "area") a loaded
-    adapter set on a bare model."""
+    ``max_pixels`` pixels (None: the default, :data:`DEFAULT_MAX_PIXELS`; :attr:`area` says which). ``loaded``: the
+    fields ("reading", "area") a loaded adapter set on a bare model."""
 
     reading: str | None = None
     capped: bool = False
     max_pixels: int | None = None
     loaded: set[str] = field(default_factory=set)
+
+    @property
+    def area(self) -> int:
+        """The area cap in pixels where ``capped``: ``max_pixels``, else :data:`DEFAULT_MAX_PIXELS`."""
+        return self.max_pixels or DEFAULT_MAX_PIXELS
 
 
 def image_record(model: nn.Module) -> ImageRecord:

@@ -35,7 +35,7 @@ from ..log import warn_user
 from .base import BackboneError, register_backbone
 from .hf_processor import edit_image_processor_files
 from .hf_vlm import HFVLMBackbone
-from .image_record import image_record, set_area
+from .image_record import DEFAULT_MAX_PIXELS, image_record, set_area
 
 __all__ = ["Qwen2VLBackbone", "patchify", "pixel_bounds", "qwen_image_side"]
 
@@ -69,7 +69,7 @@ def qwen_image_side(factor: int, min_pixels: int | None, max_pixels: int | None,
 class Qwen2VLBackbone(HFVLMBackbone):
     """``Qwen2VLForConditionalGeneration`` / ``Qwen2_5_VLForConditionalGeneration`` (see the module doc)."""
 
-    preferred_side: ClassVar[int] = 448
+    preferred_side: ClassVar[int] = math.isqrt(DEFAULT_MAX_PIXELS)   # 448: the default area cap's side
 
     # ------------------------------------------------------------------------------------------ building
     @classmethod

@@ -13,8 +13,7 @@ from torch import nn
 
 from ..backbones import backbone_class
 from ..backbones.image_reading import NativeImageReading
-from ..backbones.image_record import image_record, set_area, set_reading
-from ..backbones.qwen2_vl import Qwen2VLBackbone
+from ..backbones.image_record import DEFAULT_MAX_PIXELS, image_record, set_area, set_reading
 from ..families import family_named
 from ..log import warn_user
 from .layout import AdapterFileError
@@ -62,7 +61,7 @@ def take_images(model: nn.Module, base: dict[str, Any], path: Path) -> None:
     about."""
     recorded, area = base.get("image_reading"), base.get("image_max_pixels")
     own = image_record(model)
-    default = Qwen2VLBackbone.preferred_side ** 2   # (a backbone's area without image_max_pixels)
+    default = DEFAULT_MAX_PIXELS   # (a backbone's area without image_max_pixels)
     if not own.capped:   # (a Qwen2-VL backbone's model is capped; max_pixels None: the default)
         if area:
             set_area(model, area, loaded=True)

@@ -53,7 +53,6 @@ from ..adapters.layers import LoRALinear
 from ..adapters.routing import check_module
 from ..backbones import backbone_class
 from ..backbones.image_record import image_record
-from ..backbones.qwen2_vl import Qwen2VLBackbone
 from ..families import MERGED_CONFIG, MERGED_WEIGHTS, family_named, merged_format, peft_export
 from .atomic import atomic_dir, atomic_file
 from .base_check import check_base_class, check_weight_samples, newer_package_hint, refuse_adapted
@@ -155,7 +154,7 @@ def _image_note(inner: nn.Module) -> str:
                 "processor with do_image_splitting=False (Idefics3 / SmolVLM); LLaVA-NeXT's and LLaVA-OneVision's "
                 "processors read pictures at their own aspect only, not as the tasks were trained.\n")
     if record.capped:   # (Qwen2-VL: the loader's cap, not the released processors' 12.8 M)
-        area = record.max_pixels or Qwen2VLBackbone.preferred_side ** 2
+        area = record.area
         return (f"\nThe adapter's images were read within {area} pixels (or the processor's own max_pixels, where "
                 f"lower): load the base model's processor with max_pixels={area} at most (the released processors "
                 "allow 12.8 M, larger pictures than the tasks were trained on).\n")
