@@ -107,6 +107,7 @@ class MTLLoRAConfig:
 
     @property
     def num_tasks(self) -> int:
+        """T, the number of tasks."""
         return len(self.tasks)
 
     def task_index(self, name: str) -> int:
@@ -191,10 +192,12 @@ class MTLLoRAConfig:
 
     # JSON round-trip -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (JSON-able)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MTLLoRAConfig:
+        """A validated config from :meth:`to_dict`'s dict; unknown fields or no ``tasks`` are refused."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -204,6 +207,7 @@ class MTLLoRAConfig:
         return cls(**d)
 
     def to_json(self, path: str | Path | None = None) -> str:
+        """The config as JSON text (keys sorted), also written to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         if path is not None:
             Path(path).write_text(text + "\n")
@@ -211,6 +215,7 @@ class MTLLoRAConfig:
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> MTLLoRAConfig:
+        """A config from JSON text (``{...}``) or a JSON file's path (repeated keys are refused)."""
         p = Path(text_or_path) if not str(text_or_path).lstrip().startswith("{") else None
         if p is not None and not p.is_file():
             raise ConfigError(f"from_json: {str(text_or_path)[:80]!r} is neither a JSON object ('{{...}}') nor an "

@@ -31,6 +31,8 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place in a run: its rank and the world size (1: no DDP), its local rank and device."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -38,10 +40,12 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
+        """Whether the run is distributed (more than one process)."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0, the process that logs and writes."""
         return self.rank == 0
 
 

@@ -202,23 +202,29 @@ class MTLLoRAModel(nn.Module):
     # PEFT / transformers adapter methods with other shapes here: a clear error, not transformers' own
     # (reached through attribute pass-through, it asked for another PEFT version or a PEFT adapter file).
     def set_adapter(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: PEFT's method has no MTL-LoRA meaning here; the error names what to use instead."""
         raise _no_such("set_adapter(name)", "a route scope: `with model.route(name):` (or tasks=... per call)")
 
     def enable_adapters(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: PEFT's method has no MTL-LoRA meaning here; the error names what to use instead."""
         raise _no_such("enable_adapters()", "adapters are on unless inside `with model.disable_adapters():`")
 
     def load_adapter(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: PEFT's method has no MTL-LoRA meaning here; the error names what to use instead."""
         raise _no_such("load_adapter(path)", "MTLLoRAModel.from_pretrained(base_model, path), or "
                        "mlv.load_adapter(model, path) on a model without adapters")
 
     def add_adapter(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: PEFT's method has no MTL-LoRA meaning here; the error names what to use instead."""
         raise _no_such("add_adapter(name, config)", "model.add_task(name): one adapter serves every task")
 
     def delete_adapter(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: PEFT's method has no MTL-LoRA meaning here; the error names what to use instead."""
         raise _no_such("delete_adapter(name)", "a task cannot be taken out of the adapter; model.unload() takes the "
                        "adapters out of the model (merge_and_unload(task) keeps one task merged in)")
 
     def get_adapter_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: PEFT's method has no MTL-LoRA meaning here; the error names what to use instead."""
         raise _no_such("get_adapter_state_dict()", "model.save_pretrained(dir) writes every task's tensors; "
                        "mlv.export_lora(model, task, dir) one task's as a PEFT LoRA")
 

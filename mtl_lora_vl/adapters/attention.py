@@ -46,6 +46,7 @@ class LoRAMultiheadAttention(nn.Module):
         self.__dict__["original"] = base   # (not a submodule) what ``unload`` puts back: its class and hooks kept
 
     def adapted_weights(self) -> list[tuple[AdapterBank, nn.Parameter]]:
+        """(bank, base weight it updates) pairs, for merging: the packed in-projection (``out_proj`` merges itself)."""
         return [(self.in_proj, self.in_proj_weight)]
 
     def project(self, x: torch.Tensor, part: slice) -> torch.Tensor:

@@ -116,10 +116,12 @@ class AdapterBank(nn.Module):
 
     @property
     def task_dependent(self) -> bool:
+        """Whether rows of different tasks get different updates (False: one update serves every row, as one LoRA)."""
         return self.method in ("mtl_lora", "moe_lora", "task_lora")
 
     @property
     def num_tasks(self) -> int:
+        """How many tasks the bank holds rows for (1 for the methods without per-task tensors)."""
         for name in ("lora_w", "lora_lambda"):
             if hasattr(self, name):
                 return getattr(self, name).shape[0]
@@ -428,6 +430,7 @@ class LoRALinear(AdapterBank):
         return self.linear(x, self.weight, self.bias)
 
     def adapted_weights(self) -> list[tuple[AdapterBank, nn.Parameter]]:
+        """(bank, base weight it updates) pairs, for merging: this layer and its ``weight``."""
         return [(self, self.weight)]
 
     def extra_repr(self) -> str:

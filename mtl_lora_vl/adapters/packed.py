@@ -43,6 +43,7 @@ class PackedImages:
         return {**self.__dict__, "_open": []}
 
     def before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook: open the scope routing this call's packed patches by their images' rows (mixed routes)."""
         scope = ExitStack()
         self._open.append(scope)   # first: a refusal below still leaves one entry for after() (always_call) to pop
         route = self.router.resolve(self.name)
@@ -74,6 +75,7 @@ class PackedImages:
                 )
 
     def after(self, module: nn.Module, args: tuple, output: object) -> None:
+        """Forward hook (also after a failed forward): close the scope :meth:`before` opened."""
         if self._open:
             self._open.pop().close()
 

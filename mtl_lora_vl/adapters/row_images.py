@@ -82,6 +82,7 @@ class RowImagesCheck:
         self._counts[-1] = [int(n) for n in per_row]
 
     def after(self, module: nn.Module, args: tuple, output: object) -> None:
+        """Forward hook (also after a failed forward): drop the count :meth:`__call__` pushed for this forward."""
         if self._counts:
             self._counts.pop()
 
@@ -110,6 +111,7 @@ class ImageRoutes:
         return {**self.__dict__, "_open": []}
 
     def before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook: open the scope routing this call's images (one task for all, or image by image)."""
         scope = ExitStack()
         self._open.append(scope)
         counts = self.check.current()
@@ -132,6 +134,7 @@ class ImageRoutes:
         scope.enter_context(route_scope(self.router, route.per_image(counts), recompute=False))
 
     def after(self, module: nn.Module, args: tuple, output: object) -> None:
+        """Forward hook (also after a failed forward): close the scope :meth:`before` opened."""
         if self._open:
             self._open.pop().close()
 

@@ -26,6 +26,7 @@ _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
 def square_side(size: Any, name: str) -> int:
+    """The side of a square image size (an int, or a list of equal sides); a non-square size is refused."""
     if isinstance(size, (list, tuple)):
         if len(set(size)) != 1:
             raise BackboneError(f"{name}: non-square image size {size} is not supported")

@@ -135,8 +135,7 @@ class HFVLMBackbone(Backbone):
             raise BackboneError(
                 f"{name}: the tokenizer maps the image placeholder {image_token!r} to "
                 f"{tok.convert_tokens_to_ids(image_token)}, but the model's config.image_token_id is {image_id}; save "
-                "the tokenizer the model was trained with (its image token must be that id)"
-            )
+                "the tokenizer the model was trained with (its image token must be that id)")
         text_config = config.get_text_config()
         image_size = cls._image_side(config, image_processor, name)
         n_image = cls._image_tokens(model, image_size)
@@ -215,6 +214,7 @@ class HFVLMBackbone(Backbone):
 
     @property
     def layout(self) -> PromptLayout:
+        """The prompt facts the collator lays prompts out by (placeholder, image tokens, wraps, special ids)."""
         return PromptLayout(self.image_token_str, self.image_token_id, self.num_image_tokens, self.eos_id,
                             self.pad_id, self.prefix_ids, self.image_first, self.prompt_end, self.image_open,
                             self.image_close, self._token_side(), self.image_text, self.several_images)
@@ -394,8 +394,7 @@ class HFVLMBackbone(Backbone):
                 f"{what}: row {r} of input_ids has {counts[r]} image tokens (id {self.image_token_id}) but its "
                 f"image gives {want[r]} features in {self.name}; build the ids with backbone.lm_collator() (with "
                 f"the images' image_sizes), whose prompts hold {self.image_token!r} "
-                f"{'once per image' if self.several_images else 'once'} and expand it"
-            )
+                f"{'once per image' if self.several_images else 'once'} and expand it")
 
     def _stop_ids(self) -> list[int]:
         """The end token, any other stop ids the model's ``generation_config`` lists, and the chat template's end

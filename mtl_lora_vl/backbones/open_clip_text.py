@@ -71,10 +71,13 @@ class OpenClipText:
 
     @property
     def short_text(self: Backbone) -> bool:
+        """Whether text runs at the batch's own width (:func:`short_text_tower`: a causal tower pooled at the end)."""
         return short_text_tower(self.model, self.pad_id, self.eos_id)
 
     @property
-    def pads_to_context(self: Backbone) -> bool:   # open_clip's own encode_text adds its whole positional table
+    def pads_to_context(self: Backbone) -> bool:
+        """Whether tokens must be padded to the whole context: open_clip's own ``encode_text`` adds its whole
+        positional table (where :attr:`short_text` is False)."""
         return not self.short_text
 
     def _text_features(self: Backbone, tokens: Tensor) -> Tensor:

@@ -56,7 +56,8 @@ class Tokenizer(Protocol):
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> Tensor: ...
 
-    def decode(self, token_ids: Sequence[int] | Tensor) -> str: ...
+    def decode(self, token_ids: Sequence[int] | Tensor) -> str:
+        """The text of ``token_ids``, without the begin, end and padding tokens."""
 
 
 def _tidy(text: str) -> str:
@@ -127,6 +128,7 @@ class WordTokenizer:
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, token_ids: Sequence[int] | Tensor) -> str:
+        """The words of ``token_ids`` (an unknown id as the unknown word), without begin, end and padding tokens."""
         ids = _strip_ids(token_ids, self.bos_id, self.eos_id, self.pad_id)
         words = [self._tok.id_to_token(i) or UNK for i in ids]
         return _tidy(" ".join(words))
@@ -213,6 +215,7 @@ class OpenClipBPETokenizer:
         return self._tok(list(texts), context_length=length)
 
     def decode(self, token_ids: Sequence[int] | Tensor) -> str:
+        """open_clip's decoding of ``token_ids``, without begin, end and padding tokens."""
         ids = _strip_ids(token_ids, self.bos_id, self.eos_id, self.pad_id)
         return self._tok.decode(ids).strip()
 
@@ -268,6 +271,7 @@ class HFTokenizer:
         return out
 
     def decode(self, token_ids: Sequence[int] | Tensor) -> str:
+        """The Hugging Face tokenizer's decoding of ``token_ids``, special tokens skipped."""
         ids = _strip_ids(token_ids, self.bos_id, self.eos_id, self.pad_id)
         return self._tok.decode(ids, skip_special_tokens=True).strip()
 

@@ -69,6 +69,7 @@ class BenchSettings:
         return cls(**{**base, **overrides})
 
     def validate(self) -> None:
+        """Refuse what the grid cannot run: unknown methods or ablations, ablations without the reference method."""
         if not self.methods:
             raise ValueError(f"--methods names no method; choose from {list(METHODS)}")
         bad = [m for m in self.methods if m not in METHODS]
@@ -145,6 +146,7 @@ class Config:
 
     @property
     def options(self) -> dict[str, Any]:
+        """The adapter options this configuration sets, as a dict."""
         return dict(self.adapter)
 
     def attach_kwargs(self) -> dict[str, Any]:

@@ -37,6 +37,7 @@ class Summary:
     n: int
 
     def to_dict(self) -> dict[str, float | int]:
+        """The fields, for JSON."""
         return asdict(self)
 
 
@@ -78,6 +79,7 @@ class PairedDiff:
         return self.low is not None and self.high is not None and not self.no_spread and (self.low > 0 or self.high < 0)
 
     def to_dict(self) -> dict[str, float | int | None]:
+        """The fields, for JSON."""
         return asdict(self)
 
 

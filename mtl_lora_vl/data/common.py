@@ -52,6 +52,7 @@ def class_name_problems(names: Sequence[Any]) -> tuple[list[Any], list[str]]:
 
 
 def data_root_dir(data_root: str | os.PathLike) -> Path:
+    """The data root, resolved; refused unless it is a directory."""
     root = Path(data_root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"data root {root} is not a directory; pass --data-root pointing at your data")
@@ -106,6 +107,7 @@ def file_relative_hint(root: Path, images: str, annotations: Path, image: Any) -
 
 
 def annotation_file(root: Path, path: str | os.PathLike, what: str) -> Path:
+    """The annotation file ``path`` (relative: under ``root``); refused, naming ``what``, unless it is a file."""
     p = Path(path).expanduser()
     p = p if p.is_absolute() else root / p
     if not p.is_file():
@@ -156,6 +158,7 @@ def load_json(path: Path, object_hook: Callable[[dict], Any] | None = None) -> A
 
 
 def require(obj: Any, key: str, where: str, path: Path) -> Any:
+    """``obj[key]``; refused, naming ``path`` and ``where``, when ``obj`` is not a dict holding ``key``."""
     if not isinstance(obj, dict) or key not in obj:
         raise DataFormatError(f"{path}: {where} has no {key!r} field; is this the right file and format?")
     return obj[key]
@@ -217,6 +220,7 @@ class ImageChecker:
         return ok
 
     def finish(self, examples: list[Example], source: str, class_names: list[str] | None = None) -> Split:
+        """The split of ``examples``, after logging the images skipped; refused when no example is left."""
         if self._bar is not None:
             self._bar.close()
         skipped = len(self.failures)

@@ -21,6 +21,7 @@ _LIST_TYPES = ("Sequence", "List", "LargeList")
 
 
 def load_datasets() -> Any:
+    """The optional ``datasets`` module; refused, saying how to install it, when it is missing."""
     try:
         import datasets
     except ImportError as e:
@@ -66,6 +67,7 @@ class DatasetTable:
         return self.opened[name]
 
     def open(self) -> Any:
+        """The table as a ``datasets.Dataset`` (its split of a saved ``DatasetDict``)."""
         datasets = load_datasets()
         with quiet_progress():
             if self.kind == "parquet":
@@ -123,11 +125,13 @@ def refuse_list_column(feature: Any, where: str, column: str) -> None:
 
 
 def is_image_feature(feature: Any) -> bool:
+    """Whether ``feature`` holds images as structs: ``datasets.Image``, or a ``{bytes, path}`` struct."""
     datasets = load_datasets()
     return isinstance(feature, datasets.Image) or (isinstance(feature, dict) and set(feature) >= {"bytes", "path"})
 
 
 def image_kind(feature: Any, where: str, column: str) -> str:
+    """How image column ``column`` stores its images: "struct", "path" (file paths) or "bytes" (encoded images)."""
     refuse_list_column(feature, where, column)
     if is_image_feature(feature):
         return "struct"

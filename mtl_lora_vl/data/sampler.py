@@ -138,6 +138,7 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, int]]]):
 
     @property
     def num_tasks(self) -> int:
+        """How many tasks the sampler draws from."""
         return len(self.sizes)
 
     def __len__(self) -> int:

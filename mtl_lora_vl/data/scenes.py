@@ -56,9 +56,11 @@ class Obj:
 
     @property
     def radius(self) -> float:
+        """The object's radius, a fraction of the side (its size's)."""
         return SIZES[self.size]
 
     def name(self, with_size: bool = False) -> str:
+        """How a text names it: "red circle", or "large red circle" ``with_size``."""
         return f"{self.size} {self.color} {self.shape}" if with_size else f"{self.color} {self.shape}"
 
 

@@ -75,6 +75,7 @@ class RetrievalHead(nn.Module):
 
     @property
     def scale(self) -> Tensor:
+        """The logit scale ``exp(log_scale)``, capped at ``max_scale``."""
         return _Capped.apply(self.log_scale, self.max_log_scale).exp()
 
     def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:

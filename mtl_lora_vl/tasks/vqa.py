@@ -185,6 +185,7 @@ class VQAKind(TaskKind):
         return None if self.generative else self.question(example)
 
     def question(self, example: Example) -> str:
+        """The question text of ``example``; refused when it has none."""
         if not example.text:
             raise ValueError(f"task {self.name!r}: example {example.image_id!r} has no question text")
         return example.text

@@ -46,6 +46,7 @@ class MetricsLog:
                             self._to_tensorboard(row)
 
     def log(self, row: dict[str, Any]) -> None:
+        """Append ``row`` to metrics.jsonl and TensorBoard (where enabled: rank 0; elsewhere nothing)."""
         if not self.enabled:
             return
         with self.path.open("a") as f:
@@ -72,6 +73,7 @@ class LossWindow:
         self.t0 = time.perf_counter()
 
     def count(self, samples: int) -> None:
+        """Add ``samples`` seen this step (for ``samples_per_s``)."""
         self.samples += samples
 
     @contextlib.contextmanager
@@ -84,6 +86,7 @@ class LossWindow:
             self.t0 += time.perf_counter() - start
 
     def add(self, step_losses: dict[str, float]) -> None:
+        """Add one step's losses (``loss`` and one per task) to the window."""
         for k, v in step_losses.items():
             self.losses.setdefault(k, []).append(v)
 

@@ -45,10 +45,12 @@ class Optimization:
         return next((lr for g, lr in zip(self.optimizer.param_groups, rates) if g["params"]), rates[0])
 
     def state_dict(self) -> dict[str, Any]:
+        """The optimizer's, scheduler's and scaler's states, for a checkpoint."""
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s states (an older checkpoint's single head group split as this version's)."""
         optimizer, scheduler = state["optimizer"], state["scheduler"]
         if len(optimizer["param_groups"]) == len(self.optimizer.param_groups) - 1:
             optimizer, scheduler = self._split_head_group(optimizer, scheduler)

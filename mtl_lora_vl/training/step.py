@@ -130,6 +130,7 @@ class ScalerSkips:
         return self.total, self.logged
 
     def add(self, step: int, run_dir: Path) -> None:
+        """Count a skipped step; a loss scale below 1 stops the run (:func:`check_loss_scale`)."""
         self.total += 1
         check_loss_scale(self.optim, step, run_dir)
 

@@ -29,6 +29,7 @@ class RunStopped(Exception):
 
     @property
     def exit_code(self) -> int:
+        """The command's exit status: 128 + the signal number."""
         return 128 + self.signum
 
 

@@ -55,11 +55,13 @@ class Best:
         return patience > 0 and self.since >= patience
 
     def state_dict(self) -> dict[str, Any]:
+        """The fields, for a checkpoint (:meth:`from_state` reads them back)."""
         return {"step": self.step, "score": self.score, "since": self.since, "last": self.last,
                 "trainable": self.state}
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | None) -> Best:
+        """A Best from :meth:`state_dict`'s dict (None or empty: nothing kept yet)."""
         if not state:
             return cls()
         return cls(int(state["step"]), float(state["score"]), int(state["since"]), dict(state["trainable"]),
