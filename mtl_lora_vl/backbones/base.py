@@ -280,8 +280,7 @@ class Backbone:
         need, fix = _NEEDS[capability]
         raise BackboneError(
             f"{what} needs {need}, but backbone {self.name!r} ({type(self.model).__name__}, family {self.family}) "
-            f"has none (it supports {', '.join(sorted(self.capabilities)) or 'nothing'}); {fix}"
-        )
+            f"has none (it supports {', '.join(sorted(self.capabilities)) or 'nothing'}); {fix}")
 
     def _unavailable(self, capability: str, what: str) -> NoReturn:
         """The base body of a capability method, reached only when this backbone cannot serve ``what``.
@@ -296,8 +295,7 @@ class Backbone:
             f"{what} needs a language model that reads a text prompt beside the image, but backbone {self.name!r} "
             f"({type(self.model).__name__}) only captions images; use a LLaVA-style backbone (--backbone "
             "builtin-llava, or hf:DIR of a local LLaVA, PaliGemma, Qwen2-VL or Idefics3 / SmolVLM) for prompts, or "
-            "generate(images) for captions"
-        )
+            "generate(images) for captions")
 
     @property
     def has_decoder(self) -> bool:
@@ -342,8 +340,7 @@ class Backbone:
         if length > self.context_length:
             raise ValueError(
                 f"text tokens have length {length} but {self.name} has context length {self.context_length}; "
-                "tokenize with backbone.tokenizer, which truncates to the context length"
-            )
+                "tokenize with backbone.tokenizer, which truncates to the context length")
         return self.pad_to_context(tokens) if self.pads_to_context else tokens
 
     def drop_text_padding(self, tokens: Tensor) -> Tensor:
@@ -459,6 +456,8 @@ class Backbone:
 
 # -------------------------------------------------------------------------------------------------- registry
 
+# Process-wide: key -> Backbone class, filled by @register_backbone as each family's module is imported (by
+# backbones/__init__), read by backbone_class; a second class under one key is refused.
 _REGISTRY: dict[str, type[Backbone]] = {}
 B = TypeVar("B", bound=type[Backbone])
 
