@@ -48,6 +48,17 @@ MAX_RUNS_PER_TASK = {"cpu": 64}
 MAX_RUNS_PER_TASK_DEFAULT = 2
 
 
+def id_runs(ids: Sequence[int]) -> list[Segment]:
+    """The maximal runs of equal consecutive ``ids``, as ``(id, start, stop)`` (a route's segments; the loader's)."""
+    segs: list[Segment] = []
+    for i, t in enumerate(ids):
+        if segs and segs[-1][0] == t:
+            segs[-1] = (t, segs[-1][1], i + 1)
+        else:
+            segs.append((t, i, i + 1))
+    return segs
+
+
 class Route:
     """What one forward pass is routed to (immutable; host-side ints, plus an optional ids tensor).
 
@@ -102,13 +113,7 @@ class Route:
     @classmethod
     def from_ids(cls, ids: Sequence[int], tensor: torch.Tensor | None = None) -> Route:
         """A route from per-row task ids given on the host (a list of ints)."""
-        segs: list[Segment] = []
-        for i, t in enumerate(ids):
-            if segs and segs[-1][0] == t:
-                segs[-1] = (t, segs[-1][1], i + 1)
-            else:
-                segs.append((t, i, i + 1))
-        return cls.from_segments(segs, tensor)
+        return cls.from_segments(id_runs(ids), tensor)
 
     @property
     def grouped(self) -> bool:

@@ -97,6 +97,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from mtl_lora_vl.adapters.routing import id_runs
 from mtl_lora_vl.data.anyres import pad_images
 from mtl_lora_vl.data.fallback import ImageFallback, current_policy
 from mtl_lora_vl.data.records import Example, Split
@@ -188,17 +189,6 @@ class MultiTaskDataset(Dataset):
         return row
 
 
-def _segments(ids: list[int]) -> tuple[tuple[int, int, int], ...]:
-    """Runs of equal consecutive ids as ``(id, start, stop)``."""
-    segs: list[tuple[int, int, int]] = []
-    for i, t in enumerate(ids):
-        if segs and segs[-1][0] == t:
-            segs[-1] = (t, segs[-1][1], i + 1)
-        else:
-            segs.append((t, i, i + 1))
-    return tuple(segs)
-
-
 class MultiTaskCollate:
     """Collate rows of several tasks into the batch layout of the module docstring (runs in workers).
 
@@ -229,7 +219,7 @@ class MultiTaskCollate:
         ids = [aid[r["task_id"]] for r in rows]
         batch: dict[str, Any] = {
             "task_ids": torch.tensor(ids, dtype=torch.long),
-            "segments": _segments(ids),
+            "segments": tuple(id_runs(ids)),
             "indices": torch.tensor([r["index"] for r in rows], dtype=torch.long),
             # rows given another row's image, per task: counted by the training loop as batches are consumed
             "replaced": dict(Counter(self.task_names[r["task_id"]] for r in rows if r.get("replaced"))),
@@ -242,7 +232,7 @@ class MultiTaskCollate:
         several = any(c != 1 for c in counts)
         starts = [0, *itertools.accumulate(counts)]   # row i's images: starts[i] .. starts[i + 1]
         if several:   # rows of several images: the image tower's route and each task's images go by image
-            batch["image_segments"] = _segments([t for t, c in zip(ids, counts) for _ in range(c)])
+            batch["image_segments"] = tuple(id_runs([t for t, c in zip(ids, counts) for _ in range(c)]))
         lm_weight = None
         if self.lm_collator is not None:   # (a row of several images: its prompt holds one placeholder per image)
             lm = [r.get("lm") for r in rows]
@@ -281,7 +271,7 @@ class MultiTaskCollate:
                 view["lm_weight"] = lm_weight[idx]
             tasks[self.task_names[t]] = view
         batch["text_rows"] = torch.tensor(text_rows, dtype=torch.long)
-        batch["text_segments"] = _segments([ids[i] for i in text_rows])
+        batch["text_segments"] = tuple(id_runs([ids[i] for i in text_rows]))
         batch["tasks"] = tasks
         return batch
 
