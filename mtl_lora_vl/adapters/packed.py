@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from contextlib import ExitStack
 
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .layers import AdapterBank
 from .routing import Router, RoutingError
-from .row_images import RowImagesCheck
+from .row_images import RowImagesCheck, ScopeHooks
 from .scopes import route as route_scope
 
 __all__ = ["PackedImages", "pack_towers"]
 
 
-class PackedImages:
+class PackedImages(ScopeHooks):
     """Forward hooks on a packing tower: before it, under a mixed-task route, each image's rows of patches get its
     row's task, the images counted per row by ``check`` (:mod:`.row_images`), or else one image per routed sample
     (or per beam); otherwise the route is refused. The route scope is closed after the forward (also when it
@@ -35,17 +34,12 @@ class PackedImages:
 
     def __init__(self, router: Router, image_rows: Callable[[tuple, dict], list[int]], name: str,
                  check: RowImagesCheck | None = None) -> None:
+        super().__init__()
         self.router, self.image_rows, self.name, self.check = router, image_rows, name, check
-        self._open: list[ExitStack] = []   # the scope of each tower forward in progress (nested: a stack)
-
-    def __getstate__(self) -> dict:
-        """A copy (deepcopy, pickle) holds no open scope: the scopes are the original's forwards'."""
-        return {**self.__dict__, "_open": []}
 
     def before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook: open the scope routing this call's packed patches by their images' rows (mixed routes)."""
-        scope = ExitStack()
-        self._open.append(scope)   # first: a refusal below still leaves one entry for after() (always_call) to pop
+        scope = self._opened()
         route = self.router.resolve(self.name)
         if route is not None and route.task is None:   # one task for every row needs nothing
             if getattr(module, "_is_replica", False):
@@ -74,11 +68,6 @@ class PackedImages:
                        "of their own too)" if len(rows) < route.batch_size else "")
                 )
 
-    def after(self, module: nn.Module, args: tuple, output: object) -> None:
-        """Forward hook (also after a failed forward): close the scope :meth:`before` opened."""
-        if self._open:
-            self._open.pop().close()
-
 
 def pack_towers(model: nn.Module, tower: str, image_rows: Callable[[tuple, dict], list[int]], router: Router,
                 layers: dict[str, AdapterBank], check: RowImagesCheck | None = None) -> list[RemovableHandle]:
@@ -93,7 +82,5 @@ def pack_towers(model: nn.Module, tower: str, image_rows: Callable[[tuple, dict]
             continue
         for bank in inside:
             bank.packed_rows = True
-        hooks = PackedImages(router, image_rows, name, check)
-        handles.append(module.register_forward_pre_hook(hooks.before, with_kwargs=True))
-        handles.append(module.register_forward_hook(hooks.after, always_call=True))
+        handles += PackedImages(router, image_rows, name, check).register(module)
     return handles

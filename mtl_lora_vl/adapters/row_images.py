@@ -31,7 +31,7 @@ from .layers import AdapterBank
 from .routing import Router, RoutingError
 from .scopes import route as route_scope
 
-__all__ = ["ImageRoutes", "RowImagesCheck", "route_image_path"]
+__all__ = ["ImageRoutes", "RowImagesCheck", "ScopeHooks", "route_image_path"]
 
 Counts = Callable[[nn.Module, tuple, dict], list[float] | None]
 
@@ -95,7 +95,39 @@ def _batch_of(args: tuple, kwargs: dict) -> int | None:
     return None if x is None else x.shape[0]
 
 
-class ImageRoutes:
+class ScopeHooks:
+    """Forward hooks that open a route scope before a module's forward (``before``, which subclasses define) and close
+    it after it (``after``, also after a failed forward); nested forwards stack their scopes."""
+
+    def __init__(self) -> None:
+        self._open: list[ExitStack] = []   # the scope of each forward in progress (nested: a stack)
+
+    def __getstate__(self) -> dict:
+        """A copy (deepcopy, pickle) holds no open scope: the scopes are the original's forwards'."""
+        return {**self.__dict__, "_open": []}
+
+    def _opened(self) -> ExitStack:
+        """A new scope for the forward starting (pushed first: a refusal after it still leaves one for after())."""
+        scope = ExitStack()
+        self._open.append(scope)
+        return scope
+
+    def before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook: open this forward's scope (:meth:`_opened`) and enter what it routes."""
+        raise NotImplementedError
+
+    def after(self, module: nn.Module, args: tuple, output: object) -> None:
+        """Forward hook (also after a failed forward): close the scope :meth:`before` opened."""
+        if self._open:
+            self._open.pop().close()
+
+    def register(self, module: nn.Module) -> list[RemovableHandle]:
+        """Put :meth:`before` and :meth:`after` on ``module``; returns their handles."""
+        return [module.register_forward_pre_hook(self.before, with_kwargs=True),
+                module.register_forward_hook(self.after, always_call=True)]
+
+
+class ImageRoutes(ScopeHooks):
     """Forward hooks on a module of a VLM's image path (its vision tower, its projector) that takes a batch of
     images: under a mixed-task route whose rows hold other than one image each, the module's forward is routed
     image by image; under ids all equal, as that one task for any number of images (the ids' count checks rows, not
@@ -104,16 +136,12 @@ class ImageRoutes:
     ``recompute=False``, pays nothing for them)."""
 
     def __init__(self, router: Router, check: RowImagesCheck, name: str) -> None:
+        super().__init__()
         self.router, self.check, self.name = router, check, name
-        self._open: list[ExitStack] = []
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_open": []}
 
     def before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook: open the scope routing this call's images (one task for all, or image by image)."""
-        scope = ExitStack()
-        self._open.append(scope)
+        scope = self._opened()
         counts = self.check.current()
         routed = counts is not None or self.router.current is not None or self.router.replaying()
         route = self.router.resolve(self.name) if routed else None
@@ -133,11 +161,6 @@ class ImageRoutes:
                                "the images of its rows, in row order")
         scope.enter_context(route_scope(self.router, route.per_image(counts), recompute=False))
 
-    def after(self, module: nn.Module, args: tuple, output: object) -> None:
-        """Forward hook (also after a failed forward): close the scope :meth:`before` opened."""
-        if self._open:
-            self._open.pop().close()
-
 
 def route_image_path(model: nn.Module, path: str, check: RowImagesCheck, router: Router,
                      layers: dict[str, AdapterBank]) -> list[RemovableHandle]:
@@ -150,7 +173,5 @@ def route_image_path(model: nn.Module, path: str, check: RowImagesCheck, router:
         if not any(b.startswith(name + ".") for b in layers):
             continue
         hooked.append(name)
-        hooks = ImageRoutes(router, check, name)
-        handles.append(module.register_forward_pre_hook(hooks.before, with_kwargs=True))
-        handles.append(module.register_forward_hook(hooks.after, always_call=True))
+        handles += ImageRoutes(router, check, name).register(module)
     return handles
