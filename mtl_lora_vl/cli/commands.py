@@ -25,8 +25,8 @@ from ..training.stopping import RunStopped
 from ..training.train import train
 from .parsing import build_parser, parse_options, parse_options_given
 
-__all__ = ["build_train_parser", "eval_main", "parse_eval_args", "parse_train_args", "program_name", "run_command",
-           "train_main"]
+__all__ = ["build_train_parser", "eval_main", "exit_code", "parse_eval_args", "parse_train_args", "program_name",
+           "run_command", "train_main"]
 
 logger = logging.getLogger("mtl_lora_vl.cli")
 
@@ -67,7 +67,8 @@ def run_command(level: str, fn: Callable[..., Any], *args: Any) -> int:
     return 0
 
 
-def _exit_code(e: SystemExit) -> int:
+def exit_code(e: SystemExit) -> int:
+    """The exit status a command returns for argparse's ``SystemExit``: its int code, 0 for None, else 2."""
     return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
 
 
@@ -89,7 +90,7 @@ def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         opts, level, given = parse_options_given(TrainOptions, argv, prog or program_name(), TRAIN_HELP)
     except SystemExit as e:
-        return _exit_code(e)
+        return exit_code(e)
     return run_command(level, train, opts, given)
 
 
@@ -115,5 +116,5 @@ def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         opts, level = parse_options(EvalOptions, argv, prog or program_name(), EVAL_HELP)
     except SystemExit as e:
-        return _exit_code(e)
+        return exit_code(e)
     return run_command(level, evaluate, opts)

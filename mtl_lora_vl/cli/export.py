@@ -47,7 +47,7 @@ from ..io.layout import (
 )
 from ..log import progress
 from ..options import ExportOptions
-from .commands import _exit_code, program_name, run_command
+from .commands import exit_code, program_name, run_command
 from .parsing import parse_options
 
 __all__ = ["export", "export_command", "export_main"]
@@ -229,6 +229,6 @@ def export_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         export_command(argv, prog)
     except SystemExit as e:
-        return _exit_code(e)
+        return exit_code(e)
     return 0
 

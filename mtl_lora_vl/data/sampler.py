@@ -42,7 +42,7 @@ MODES = ("homogeneous", "mixed")
 _HISTORY = 4096      # batches whose starting state is remembered (covers any DataLoader prefetch)
 
 
-def _mix(*parts: int) -> int:
+def mix_seed(*parts: int) -> int:
     """A 63-bit seed from integers (splitmix64-style), so (seed, task, epoch) streams do not collide."""
     h = 0x9E3779B97F4A7C15
     for p in parts:
@@ -152,7 +152,7 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, int]]]):
         epoch = self._epochs[task]
         cached = self._perms.get(task)
         if cached is None or cached[0] != epoch:
-            g = torch.Generator().manual_seed(_mix(self.seed, 1, task, epoch))
+            g = torch.Generator().manual_seed(mix_seed(self.seed, 1, task, epoch))
             cached = (epoch, torch.randperm(self.sizes[task], generator=g))
             self._perms[task] = cached
         return cached[1]
@@ -196,7 +196,7 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, int]]]):
         step = self.step // self.per_step
         if self.strategy == "round_robin":
             return step % self.num_tasks
-        g = torch.Generator().manual_seed(_mix(self.seed, 2, step))
+        g = torch.Generator().manual_seed(mix_seed(self.seed, 2, step))
         return int(torch.multinomial(self._probs, 1, generator=g).item())
 
     def next_batch(self) -> list[tuple[int, int]]:

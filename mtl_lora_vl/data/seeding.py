@@ -26,14 +26,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from mtl_lora_vl.data.sampler import MultiTaskBatchSampler, _mix
+from mtl_lora_vl.data.sampler import MultiTaskBatchSampler, mix_seed
 
-_ROW, _LOADER = 4, 5      # stream tags for _mix (the sampler uses 1 and 2)
+_ROW, _LOADER = 4, 5      # stream tags for mix_seed (the sampler uses 1 and 2)
 
 
 def row_seed(seed: int, rank: int, step: int, position: int) -> int:
     """The seed of the row at ``position`` of batch ``step`` on ``rank``."""
-    return _mix(seed, _ROW, rank, step, position)
+    return mix_seed(seed, _ROW, rank, step, position)
 
 
 def seed_global_rngs(key: int) -> None:
@@ -105,4 +105,4 @@ def loader_generator() -> torch.Generator:
 
 def reseed_loader(generator: torch.Generator, seed: int, rank: int, step: int) -> None:
     """Seed the loader generator for an iterator starting at ``step``; its workers' base seed follows from it."""
-    generator.manual_seed(_mix(seed, _LOADER, rank, step))
+    generator.manual_seed(mix_seed(seed, _LOADER, rank, step))

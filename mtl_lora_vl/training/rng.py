@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.sampler import _mix
+from ..data.sampler import mix_seed
 from ..log import warn_user
 
-_RANK = 6      # stream tag for _mix (the loader uses 1, 2, 4 and 5)
+_RANK = 6      # stream tag for mix_seed (the loader uses 1, 2, 4 and 5)
 
 
 def seed_everything(seed: int) -> None:
@@ -39,7 +39,7 @@ def seed_rank(seed: int, rank: int, step: int = 0) -> None:
     """Give rank ``rank`` its own streams for training from ``step`` on (rank 0 at step 0 keeps ``seed``'s)."""
     if rank == 0 and step == 0:
         return
-    key = _mix(seed, _RANK, rank, step)
+    key = mix_seed(seed, _RANK, rank, step)
     random.seed(key)
     np.random.seed([key & 0xFFFFFFFF, key >> 32])
     torch.manual_seed(key)
