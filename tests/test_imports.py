@@ -179,3 +179,16 @@ def test_io_training_tasks_import_no_family_backbone():
                    for t in targets & families)
     assert not found, "family backbone modules imported outside the backbones:\n" + "\n".join(
         f"{m} imports {t}" for m, t in found)
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A name other modules import is public (no leading underscore), with a docstring (tests/test_public_docs.py):
+    the world's scene helpers, the seed mixer, the truth-value table and the CLI's exit code were imported as
+    ``_name``."""
+    found = []
+    for module, path in MODULES.items():
+        for node, _ in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and _targets(module, node):
+                found += [f"{module} imports {a.name} from {node.module or '.'}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, "private names imported across modules:\n" + "\n".join(found)

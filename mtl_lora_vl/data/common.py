@@ -261,3 +261,20 @@ def fill_image_pattern(pattern: str, id_name: str, **values: Any) -> str:
         fields = " and ".join("{" + k + "}" for k in values)
         raise DataFormatError(f"image_pattern {pattern!r} cannot be filled for {id_name} {values['image_id']!r} "
                               f"({e!r}); it may use {fields}") from e
+
+
+#: A statement row's label as text (any case): its truth value.
+TRUTH_VALUES = {"true": 1, "yes": 1, "1": 1, "false": 0, "no": 0, "0": 0}
+
+
+def truth_label(value: Any, where: str) -> int:
+    """The label of a statement row: 1 (true) or 0 (false), from ``true``/``false``, ``yes``/``no`` or ``1``/``0``
+    (text in any case, a JSON boolean, an integer 0 or 1) -- a truth value, not a class name."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and value in (0, 1):
+        return value
+    if isinstance(value, str) and value.strip().lower() in TRUTH_VALUES:
+        return TRUTH_VALUES[value.strip().lower()]
+    raise DataFormatError(f"{where}: label {value!r} of a statement about several images must be a truth value: "
+                          "true/false, yes/no or 1/0 (1: the statement is true)")

@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import DataFormatError
+from .common import TRUTH_VALUES, DataFormatError
 from .images import ImageError
-from .rows import _TRUTH
 
 __all__ = ["DatasetImage", "DatasetTable", "image_cells", "image_kind", "is_image_feature", "list_element",
            "load_datasets", "quiet_progress", "refuse_list_column", "truth_names"]
@@ -163,7 +162,7 @@ def image_cells(column: Any, kind: str) -> list[tuple[bool, str | None]]:
 
 def truth_names(names: list[str], column: str, source: str) -> list[str]:
     """The names of a ``ClassLabel`` label column of statements, checked to be truth values (read by name)."""
-    bad = [n for n in names if str(n).strip().lower() not in _TRUTH]
+    bad = [n for n in names if str(n).strip().lower() not in TRUTH_VALUES]
     if bad:
         raise DataFormatError(f"{source}: label column {column!r} is a ClassLabel of names {names}; a statement about "
                               f"several images has a truth value, read by its class's name: true/false (or yes/no, "

@@ -40,6 +40,7 @@ from .common import (
     file_relative_hint,
     open_text,
     resolve_under,
+    truth_label,
 )
 from .images import ImageError
 from .records import Example, Split
@@ -152,22 +153,6 @@ def _answers(value: Any, where: str) -> tuple[str, ...]:
         answers = tuple(str(a).strip() for a in value)
         return answers if any(answers) else ()
     raise DataFormatError(f"{where}: 'answers' must be a list of strings or a '|'-separated string, got {value!r}")
-
-
-_TRUTH = {"true": 1, "yes": 1, "1": 1, "false": 0, "no": 0, "0": 0}
-
-
-def _truth(value: Any, where: str) -> int:
-    """The label of a statement row: 1 (true) or 0 (false), from ``true``/``false``, ``yes``/``no`` or ``1``/``0``
-    (text in any case, a JSON boolean, an integer 0 or 1) -- a truth value, not a class name."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int) and value in (0, 1):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUTH:
-        return _TRUTH[value.strip().lower()]
-    raise DataFormatError(f"{where}: label {value!r} of a statement about several images must be a truth value: "
-                          "true/false, yes/no or 1/0 (1: the statement is true)")
 
 
 class ImageSources(tuple):
@@ -330,7 +315,7 @@ def examples_from_rows(
             if not _present(row.get("label")) or (isinstance(row["label"], str) and not row["label"].strip()):
                 raise DataFormatError(f"{where}: {'label is blank' if 'label' in row else 'no label'}; a statement "
                                       "about several images needs 'label': true or false (yes/no, 1/0)")
-            label = _truth(row["label"], where)
+            label = truth_label(row["label"], where)
             qtype = row.get("question_type")
             if qtype is not None and not isinstance(qtype, (str, int, float)) or isinstance(qtype, bool):
                 raise DataFormatError(f"{where}: 'question_type' must be text, got {qtype!r}")
