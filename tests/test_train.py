@@ -1117,6 +1117,16 @@ def test_a_warmup_as_long_as_the_run_is_warned_about(tmp_path, capsys):
     assert "--warmup 2 is not shorter than the run's 2 steps" in capsys.readouterr().err
 
 
+def test_the_opening_line_names_the_run_directory(tmp_path, capsys, monkeypatch):
+    """Without --out a run picks runs/TASKS-METHOD-STAMP, and its adapter is loaded or scored from there: the
+    opening line names the folder (nothing the run printed said where its files went)."""
+    monkeypatch.chdir(tmp_path)
+    args = base_args(tmp_path, tmp_path / "unused", steps=2)
+    assert train_main(args[:args.index("--out")] + ["--skip-zero-shot"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert f"; run directory {Path('runs') / run.name}\n" in capsys.readouterr().err
+
+
 def test_a_second_ctrl_c_exits_130(tmp_path, monkeypatch, capsys):
     import mtl_lora_vl.training.train as train_mod
 

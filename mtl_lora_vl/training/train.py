@@ -261,12 +261,12 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
 
 
 def describe(run: Run) -> str:
-    """The run's opening line: what trains (adapter and head sizes), where, in which precision."""
+    """The run's opening line: what trains (adapter and head sizes), where, in which precision, into which folder."""
     setup, opts, info = run.setup, run.opts, run.info
     model = setup.model
     heads_n = sum(p.numel() for p in model.heads.parameters() if p.requires_grad)
     where = (f"device {info.device}, precision {str(run.amp_dtype).replace('torch.', '')}, "
-             f"world size {info.world_size}")
+             f"world size {info.world_size}; run directory {run.dir}")
     if opts.extend:
         return (f"extending {opts.extend} (tasks {setup.extended_from}, frozen) with {run.trained}: "
                 f"training {setup.new_adapter_values:,} adapter values (their Lambda_t, w_t) and {heads_n:,} "
