@@ -83,7 +83,7 @@ class TrainOptions:
                                   "weights are already in open_clip's local cache")
     base_dtype: Literal["auto", "fp32", "bf16", "fp16"] = _opt(
         "auto", "dtype of the frozen base weights: auto = bf16 for a language model (LLaVA-style) on a GPU (fp16 on "
-        "one without native bf16), else fp32; adapters stay fp32")
+        "one without native bf16; fp32 for Gemma 3, which overflows fp16), else fp32; adapters stay fp32")
     image_max_pixels: int | None = _opt(None, "largest image area, in pixels, for a backbone that keeps each image's "
                                         "own size (Qwen2-VL / Qwen2.5-VL; default 448² = 200704, 256 image tokens; "
                                         "its processor's own max_pixels still bounds it); eval and export read it "
@@ -236,7 +236,7 @@ class EvalOptions:
                         "without a val split is not scored on val)")
     base_dtype: Literal["auto", "fp32", "bf16", "fp16"] = _opt(
         "auto", "dtype of the frozen base weights: auto = bf16 for a language model (LLaVA-style) on a GPU (fp16 on "
-        "one without native bf16), else fp32; adapters stay fp32")
+        "one without native bf16; fp32 for Gemma 3, which overflows fp16), else fp32; adapters stay fp32")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
     precision: Precision = _opt("auto", "auto = bf16 on a GPU that supports it, else fp32; with half-precision base weights "
                                       "(--base-dtype, or auto on a GPU), their dtype")
