@@ -67,6 +67,7 @@ class MTLLoRAModel(nn.Module):
         set_adapter(name)             route(name), a context manager
         disable_adapter()             disable_adapters() (both spellings work)
         merge_and_unload()            merge_and_unload(task); merge_adapter(task), unmerge_adapter(), unload()
+                                      (task may be left out of a one-task adapter)
         get_peft_model(model, cfg)    MTLLoRAModel(model, cfg) or mlv.attach(model, cfg)
         adapter_config.json           mtl_lora_config.json (names of their own, so PEFT cannot take
         adapter_model.safetensors     mtl_lora_model.safetensors   the directory for one of its own)
