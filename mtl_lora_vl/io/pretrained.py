@@ -60,6 +60,9 @@ def load_pretrained(
 ) -> Pretrained:
     """Build the base model named in the adapter file, rebuild the task heads, attach and load, in one call.
 
+    Returns a :class:`Pretrained`: ``backbone, heads, config = load_pretrained(path)`` (the adapted model is
+    ``backbone.model``; ``.kinds`` and ``.specs`` hold the rebuilt task kinds and the saved specs).
+
     The base model comes from ``mtl_lora_vl.backbones.load_backbone(base.backbone, base.pretrained)``
     as recorded by ``save_adapter``; ``backbone`` / ``pretrained`` override those (e.g. the checkpoint
     lives elsewhere on this machine). With ``heads=True`` each task whose spec was saved gets its kind
