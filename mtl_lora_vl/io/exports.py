@@ -105,7 +105,9 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
         peft_model.load_adapter(path / "captioning", adapter_name="captioning")
         peft_model.eval()(**inputs, adapter_names=["vqa", "captioning", ...])   # one task per row
 
-    serves every task, also in one mixed batch, with the MTL-LoRA model's outputs.
+    serves every task, also in one mixed batch, with the MTL-LoRA model's outputs -- for rows of one image each:
+    PEFT routes a tower's images as if they were rows, so Qwen2-VL's packed tower, LLaVA-NeXT / OneVision's tiles
+    with the tower adapted and rows of several images or none take one task per call (``set_adapter``).
     ``format="peft"`` writes PEFT LoRA (needs every adapted projection to be an ``nn.Linear``), ``"plain"``
     the layout in the module docstring (per-task subfolders the same way). ``"auto"`` is PEFT for the families
     whose ``peft_export`` is set in the family table (``families.py``), plain for the others.
