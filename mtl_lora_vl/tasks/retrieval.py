@@ -147,8 +147,8 @@ def refuse_without_text_tower(spec: TaskSpec, backbone: Backbone) -> None:
         f"which needs a contrastive text tower, but backbone {backbone.name!r} ({type(backbone.model).__name__}) "
         f"has none: it is a generative model (it supports {can}). Train retrieval on a contrastive backbone "
         "(--backbone builtin, open_clip:NAME --pretrained FILE, or hf:DIR of a CLIP model), or give this backbone "
-        "tasks it can do: captioning (caption generation), caption_cls (classification by caption likelihood) "
-        "or vqa (answer generation)")
+        "tasks it can do: captioning (caption generation), caption_cls (classification by caption likelihood), "
+        "nlvr (a statement about an image pair, answered yes or no) or vqa (answer generation)")
 
 
 @register_kind("retrieval")
