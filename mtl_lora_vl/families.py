@@ -121,6 +121,8 @@ def _llava_unused_vision_layers(model: Any) -> tuple[str, ...]:
     return tuple(rf"(^|\.)vision_tower(\.\w+)*\.encoder\.layers\.{i}\." for i in range(first_unused, layers))
 
 
+#: Every model family the package knows, in match order (``find_family(model)`` takes the first whose classes the
+#: model's MRO holds); ``mlv.FAMILIES`` lists them, e.g. ``[f.name for f in mlv.FAMILIES]``.
 FAMILIES: tuple[Family, ...] = (
     Family(
         "open_clip",
