@@ -9,6 +9,7 @@ import dataclasses
 
 import pytest
 import torch
+from tokenizers import AddedToken
 
 from mtl_lora_vl.backbones import load_backbone
 from mtl_lora_vl.data import world
@@ -134,3 +135,20 @@ def test_special_token_in_nlvr_answers_is_refused_when_built_and_rebuilt(llava, 
     assert str(base.source_file) in str(err.value)
     with pytest.raises(ValueError, match=pattern):
         build_kind(spec, None, llava, state=state)
+
+
+def test_added_tokens_marked_special_are_refused_too():
+    """An added token marked special that no named or extra special token names (Gemma 3's <end_of_turn>) was missed:
+    'red <end_of_turn> cube' was accepted, and the tokenizer reads the token as a control token mid-row. Found now,
+    among thousands of special tokens too (one regex search)."""
+    bb = load_backbone("builtin-llava", device="cpu")   # (its own: the tokenizer is changed)
+    tok = bb.hf_processor.tokenizer
+    tok.add_tokens([AddedToken("<end_of_turn>", special=True), AddedToken("\n\n", special=True),
+                    AddedToken("cube", special=True)] + [AddedToken(f"<unused{i}>", special=True) for i in range(3000)])
+    assert "<end_of_turn>" not in tok.all_special_tokens
+    base = load_spec("vqa")
+    kind = build_kind(base, _train(base), bb)
+    assert kind.special_in("red <end_of_turn> cube") == "<end_of_turn>"
+    assert kind.special_in("a <unused2999> b <image>") == "<unused2999>" and kind.special_in("a red\n\ncube") is None
+    with pytest.raises(ValueError, match=r"holds '<end_of_turn>', a special token"):
+        kind.refuse_special("is it <end_of_turn>?", "a question", "rephrase it")

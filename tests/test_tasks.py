@@ -775,8 +775,8 @@ def test_texts_the_word_level_tokenizer_cannot_read_are_named(caplog):
 
     from mtl_lora_vl.backbones import load_backbone
     from mtl_lora_vl.data.records import Example, Split
-    from mtl_lora_vl.tasks.base import split_texts, warn_text_coverage
     from mtl_lora_vl.tasks.spec import DataSpec, TaskSpec
+    from mtl_lora_vl.tasks.texts import split_texts, warn_text_coverage
 
     bb = load_backbone("builtin")
     spec = TaskSpec(name="mine", kind="retrieval", data=DataSpec("builtin", None, {}, {}))

@@ -19,7 +19,7 @@ from mtl_lora_vl.backbones.tokenizers import (
     cut_texts,
 )
 from mtl_lora_vl.tasks import load_spec
-from mtl_lora_vl.tasks.base import warn_text_coverage
+from mtl_lora_vl.tasks.texts import warn_text_coverage
 
 WORDS = ["a", "red", "blue", "circle", "square", "left", "of", "the"]
 
@@ -69,9 +69,9 @@ def test_a_contrastive_task_with_long_captions_is_warned_about(tokenizer, caplog
 def test_many_texts_are_measured_on_a_sample_spread_over_them(tokenizer, caplog, monkeypatch):
     """Past MEASURED_TEXTS distinct texts a sample is measured (start-up time), spread over the sorted texts: the
     first ones alphabetically would all start alike."""
-    import mtl_lora_vl.tasks.base as base
+    import mtl_lora_vl.tasks.texts as texts
 
-    monkeypatch.setattr(base, "MEASURED_TEXTS", 4)
+    monkeypatch.setattr(texts, "MEASURED_TEXTS", 4)
     backbone = SimpleNamespace(tokenizer=tokenizer, name="t", supports=lambda capability: capability != "generate")
     short = [f"a {w}" for w in WORDS[1:6]]                     # sorted first
     long = [f"the {w} " + _texts([30])[0] for w in WORDS[1:6]]  # sorted last: the first 4 would hold none

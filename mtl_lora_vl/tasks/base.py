@@ -56,9 +56,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 import string
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -68,7 +69,6 @@ from torch import Tensor, nn
 from mtl_lora_vl.adapters.rows import autocast_off
 from mtl_lora_vl.backbones.base import BackboneError
 from mtl_lora_vl.backbones.chat import ChatWrap
-from mtl_lora_vl.backbones.tokenizers import cut_texts
 from mtl_lora_vl.data.fallback import decode_policy, failure_keys
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
@@ -76,69 +76,12 @@ from mtl_lora_vl.distributed import union_over_shards
 from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.generative import eval_subset, uses_language_model, warn_lm_context
 from mtl_lora_vl.tasks.spec import SpecError, TaskSpec
+from mtl_lora_vl.tasks.texts import special_texts, split_texts, warn_text_coverage
 
 if TYPE_CHECKING:
     from mtl_lora_vl.backbones import Backbone
 
 logger = logging.getLogger(__name__)
-
-
-def special_texts(backbone: Backbone, generative: bool) -> tuple[str, ...]:
-    """The texts ``backbone``'s tokenizer reads as special tokens: a language model's (and its image placeholder)
-    on the generative path, the text tower's tokenizer's otherwise (an end token inside a caption ends it there)."""
-    if generative:
-        tok = getattr(getattr(backbone, "hf_processor", None), "tokenizer", None)
-        found = {str(t) for t in (getattr(tok, "all_special_tokens", None) or []) if t}
-        found.add(str(backbone.image_token))
-    else:
-        found = set(getattr(getattr(backbone, "tokenizer", None), "special_tokens", ()))
-    return tuple(sorted(found))
-
-
-def split_texts(split: Split) -> set[str]:
-    """The distinct texts of a split's examples (texts, captions, answers)."""
-    return {t for ex in split.examples for t in (ex.text, *ex.captions, *ex.answers) if t}
-
-
-#: Distinct texts a subword tokenizer tokenises at start-up (twice) to count those its context cuts: about 2 s.
-MEASURED_TEXTS = 5_000
-
-
-def warn_text_coverage(spec: TaskSpec, texts: Iterable[str], backbone: Backbone, what: str = "training texts") -> None:
-    """Say when a word-level tokenizer (the built-in backbones', 450 words) cannot read a task's ``texts`` (``what``
-    they are, for the message): words it does not know become ``<unk>``, and texts longer than its context are
-    cut, so captions in another language or long ones -- or class names -- collapse into the same tokens and the
-    task trains nothing, silently otherwise. A subword tokenizer (open_clip's BPE, a Hugging Face CLIP's) knows every
-    word but cuts at its context (77 tokens) as silently: the texts it cuts are counted too."""
-    tok = getattr(backbone, "tokenizer", None)
-    texts = sorted(set(texts))
-    if not texts or not hasattr(tok, "context_length"):
-        return
-    where = f"task {spec.name!r}" + (f" ({spec.source_file})" if spec.source_file else "")
-    if not (hasattr(tok, "encode_words") and hasattr(tok, "unk_id")):   # a subword tokenizer reads any text, but cuts
-        if uses_language_model(backbone):
-            return   # no text tower: a language model's prompts are measured against its context (warn_lm_context)
-        every = -(-len(texts) // MEASURED_TEXTS)   # a sample spread over the sorted texts, not their first ones
-        measured = texts[::every]
-        cut = cut_texts(tok, measured)
-        if cut:
-            logger.warning("%s: %d of %s%d distinct %s are longer than the text tower's context of %d tokens and are "
-                           "cut; what follows the cut is not read", where, cut,
-                           f"{len(measured)} measured (one in {every}) of its " if every > 1 else "its ",
-                           len(texts), what, tok.context_length)
-        return
-    ids = [tok.encode_words(t) for t in texts]
-    unknown = sum(tok.unk_id in row for row in ids)
-    cut = sum(len(row) > tok.context_length - 2 for row in ids)
-    if unknown:
-        logger.warning("%s: %d of its %d distinct %s hold words the %s tokenizer does not know (they become <unk>, "
-                       "e.g. %r); texts that differ only there look the same to the model: use a backbone with a "
-                       "subword tokenizer (open_clip:NAME, hf:DIR) for this data", where, unknown, len(texts), what,
-                       backbone.name, next(t for t, r in zip(texts, ids) if tok.unk_id in r))
-    if cut:
-        logger.warning("%s: %d of its %d distinct %s are longer than the tokenizer's context of %d tokens and are "
-                       "cut; texts that differ only after the cut look the same to the model",
-                       where, cut, len(texts), what, tok.context_length)
 
 
 class TaskKind(ABC):
@@ -197,6 +140,7 @@ class TaskKind(ABC):
         #: Text a row, prompt or template may not hold: the tokenizer's special tokens, which it would read as such
         #: (a second image placeholder, an end of text in the middle of a target or caption).
         self.special_texts: tuple[str, ...] = special_texts(backbone, self.generative)
+        self._special_pattern = "|".join(re.escape(t) for t in sorted(self.special_texts, key=len, reverse=True))
         in_file = f" in {spec.source_file}" if spec.source_file else ""
         if self.prompt_wrap is not None:
             self.refuse_special(str(spec.generative.get("system") or ""), "[generative] system",
@@ -285,8 +229,10 @@ class TaskKind(ABC):
                                     "remove it from the data")
 
     def special_in(self, text: str | None) -> str | None:
-        """The first of :attr:`special_texts` that ``text`` holds (None: none)."""
-        return next((t for t in self.special_texts if t in text), None) if text else None
+        """The first of :attr:`special_texts` that ``text`` holds (None: none); one regex search (``re`` caches the
+        pattern), whatever the count of special tokens (thousands in some vocabularies)."""
+        found = re.search(self._special_pattern, text) if text and self.special_texts else None
+        return found.group(0) if found else None
 
     def refuse_special(self, text: str | None, what: str, fix: str, *, backbone: str | None = None) -> None:
         """Raise ValueError when ``text`` holds one of :attr:`special_texts`: the one check of every text this task
