@@ -3,6 +3,9 @@ disable_adapters / parameter counts / pass-through) over the functional one."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from conftest import llava_inputs, tiny_hf_clip, tiny_llava, tiny_open_clip, tiny_timm_vit
@@ -193,6 +196,29 @@ def test_unload_gives_back_the_layers_attach_replaced():
     with torch.no_grad():
         torch.testing.assert_close(plain(x), want, rtol=0, atol=0)
     assert seen == [torch.Size([2, 5, 8])]
+
+
+def test_the_replaced_modules_kept_for_unload_hold_no_replaced_weights():
+    """The modules attach replaced (kept for unload) held the weight tensors they had: after a load with
+    assign=True, or a .to() that makes new parameters, the adapted layers' old weights stayed alive as long as
+    the adapters (a second copy of every adapted weight). They follow the adapted layers now."""
+    torch.manual_seed(0)
+    block = _Block().eval()
+    mlv.attach(block, mlv.MTLLoRAConfig(tasks=["a"], r=2, targets={"image": [r"^fc$", r"^attn$"]}))
+    old = [weakref.ref(p) for p in (block.fc.weight, block.attn.in_proj_weight, block.attn.out_proj.weight)]
+    block.load_state_dict({k: v.clone() for k, v in block.state_dict().items()}, assign=True)
+    gc.collect()
+    assert [r() for r in old] == [None, None, None]   # nothing keeps the replaced weights
+    for adapted in (block.fc, block.attn, block.attn.out_proj):
+        mine = dict(adapted.named_parameters(recurse=False))
+        assert all(p is mine[n] for n, p in adapted.original.named_parameters(recurse=False))
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+    try:
+        block.double()   # new parameters, not the old ones converted in place
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(False)
+    assert block.fc.original.weight is block.fc.weight and block.fc.original.weight.dtype == torch.float64
+    assert block.attn.original.in_proj_weight is block.attn.in_proj_weight
 
 
 def test_the_functional_api_given_the_wrapper_works_on_the_model_inside(tmp_path):

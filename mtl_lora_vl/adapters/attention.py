@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MTLLoRAConfig
-from .layers import AdapterBank, LoRALinear
+from .layers import AdapterBank, KeepsReplaced, LoRALinear
 
 
-class LoRAMultiheadAttention(nn.Module):
+class LoRAMultiheadAttention(KeepsReplaced):
     """Drop-in replacement for ``nn.MultiheadAttention`` with adapters on the packed in-projection
     (``in_proj``) and on ``out_proj``. Attention runs through ``F.scaled_dot_product_attention`` and
     the adapters act on activations, so no full weight is rebuilt per step. State-dict keys of the

@@ -416,7 +416,29 @@ def _task_index(tasks: tuple[int, ...], device: torch.device) -> slice | torch.T
     return torch.tensor(tasks, device=device)
 
 
-class LoRALinear(AdapterBank):
+class KeepsReplaced(nn.Module):
+    """A module that replaced another, kept as ``original`` (in ``__dict__``, not a submodule) for ``unload`` and
+    sharing its parameters: one replaced here (``load_state_dict(assign=True)``, a ``.to()`` that makes new
+    parameters) is replaced there too, so the kept module holds no tensor the model no longer uses."""
+
+    def share_parameters(self) -> None:
+        """Point ``original``'s parameters at this module's of the same names."""
+        original = self.__dict__.get("original")
+        for name in original._parameters if original is not None else ():
+            if name in self._parameters:
+                original._parameters[name] = self._parameters[name]
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> nn.Module:
+        out = super()._apply(fn, recurse)
+        self.share_parameters()
+        return out
+
+    def _load_from_state_dict(self, *args: object, **kwargs: object) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.share_parameters()
+
+
+class LoRALinear(KeepsReplaced, AdapterBank):
     """An ``nn.Linear`` plus adapters. Keeps the base ``weight``/``bias`` under their original names."""
 
     def __init__(self, base: nn.Linear, cfg: MTLLoRAConfig, out_slices: tuple[bool, ...] | None = None):
