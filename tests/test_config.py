@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.adapters.rows import mixture
@@ -100,6 +101,21 @@ def test_smallest_temperature_keeps_the_mixing_finite():
     assert torch.isnan(mixture(w, 1e-39)).any()
     assert torch.isfinite(mixture(w, MIN_TEMPERATURE)).all()
     assert mlv.MTLLoRAConfig(tasks=["a"], temperature=MIN_TEMPERATURE).temperature == MIN_TEMPERATURE
+
+
+def test_smallest_temperature_keeps_a_half_precision_adapter_finite():
+    """A model .half()-ed after attach mixed its up-projections in float16: at τ = 1e-6 a w_t of 0.1 gave
+    w_t / τ = inf and NaN outputs (float16 stops at 65504). The mixing is computed in float32 now."""
+    w = torch.tensor([[0.1, 0.0, -0.4]], dtype=torch.float16)
+    pi = mixture(w, MIN_TEMPERATURE)
+    assert pi.dtype == torch.float16 and torch.equal(pi, torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float16))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8))
+    mlv.attach(model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, temperature=MIN_TEMPERATURE, targets={"image": ["^0$"]}))
+    nn.init.normal_(model[0].lora_B)
+    model.half()
+    with torch.no_grad(), mlv.route(model, "a"):
+        assert torch.isfinite(model(torch.randn(2, 8, dtype=torch.float16))).all()
 
 
 def test_an_unknown_task_name_suggests_the_close_one():

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from .rows import autocast_off
+from .rows import autocast_off, mixture
 
 __all__ = ["Formation"]
 
@@ -162,7 +162,7 @@ def _formed(inputs: _Inputs, params: list[tuple]) -> tuple[torch.Tensor, torch.T
     present = inputs.present
     W = torch.stack([w for w, _, _ in params])
     W = W[:, present] if isinstance(present, slice) else W.index_select(1, present)
-    pi = torch.softmax(W / inputs.tau, dim=-1)
+    pi = mixture(W, inputs.tau)
     B = torch.stack([b for _, _, b in params])
     G, n, d, r = B.shape
     Bbar = torch.bmm(pi, B.view(G, n, d * r)).view(G, pi.shape[1], d, r)

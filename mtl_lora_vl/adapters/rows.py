@@ -169,8 +169,9 @@ def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
 
 
 def mixture(w: torch.Tensor, tau: float) -> torch.Tensor:
-    """MTL-LoRA's mixing weights π_t = softmax(w_t / τ) over the n up-projections (the last dimension)."""
-    return torch.softmax(w / tau, dim=-1)
+    """MTL-LoRA's mixing weights π_t = softmax(w_t / τ) over the n up-projections (the last dimension), formed in
+    float32 at least (w_t / τ of a float16 w_t passes 65504 at small τ) and given in ``w``'s dtype."""
+    return torch.softmax(w.to(torch.promote_types(w.dtype, torch.float32)) / tau, dim=-1).to(w.dtype)
 
 
 def mtl_matrices(pi: torch.Tensor, B: torch.Tensor, lam: torch.Tensor | None) -> torch.Tensor:
