@@ -39,11 +39,11 @@ def task_name_problem(name: object) -> str | None:
 
 
 def reserved_file_name(name: str) -> bool:
-    """Whether ``name`` is a device name Windows reserves (CON, PRN, AUX, NUL, COM1-9, LPT1-9, any case, with or
+    """Whether ``name`` is a device name Windows reserves (CON, PRN, AUX, NUL, COM0-9, LPT0-9, any case, with or
     without an extension): a file so named (an adapter's ``tasks/<task>.toml``) cannot be written or copied there."""
     stem = name.split(".")[0].rstrip(" ").upper()
     return stem in ("CON", "PRN", "AUX", "NUL") or (len(stem) == 4 and stem[:3] in ("COM", "LPT") and stem[3] in
-                                                    "123456789\u00b9\u00b2\u00b3")
+                                                    "0123456789\u00b9\u00b2\u00b3")
 
 
 def unrepeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -150,7 +150,8 @@ class MTLLoRAConfig:
                 raise ConfigError(f"{name}: must be a finite number > 0, got {v!r}")
         if self.temperature < MIN_TEMPERATURE:   # w_t / τ overflows float32 (softmax of inf: NaN) once |w_t| > τ * 3e38
             raise ConfigError(f"temperature: must be at least {MIN_TEMPERATURE:g}, got {self.temperature!r}; below "
-                              "that softmax(w_t / τ) overflows to NaN, and at 1e-6 the mixing is already as good as one-hot")
+                              "that softmax(w_t / τ) overflows to NaN, and at 1e-6 the mixing is already as good as "
+                              "one-hot")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout!r}")
         if self.method not in METHODS:

@@ -289,7 +289,7 @@ def test_a_json_config_giving_an_option_twice_is_refused(tmp_path, capsys):
         mlv.MTLLoRAConfig.from_json('{"tasks": ["a"], "r": 4, "r": 8}')
 
 
-@pytest.mark.parametrize("name", ["con", "NUL", "Com1", "lpt9", "aux"])
+@pytest.mark.parametrize("name", ["con", "NUL", "Com1", "lpt9", "aux", "com0"])
 def test_task_names_windows_reserves_are_refused_before_training(tmp_path, name):
     """A task named 'con' trained on Linux, then the adapter could not be copied to Windows (tasks/con.toml is the
     console there); save_adapter and the spec refuse it up front, naming the rule and the fix."""

@@ -146,7 +146,8 @@ def _check_save_arguments(cfg: MTLLoRAConfig, heads: dict[str, Any], task_specs:
         why = ("contain '/' or '\\'" if slashed else "differ only in case (one file on macOS and Windows file systems)"
                if folded else "are device names Windows reserves (no file there can be named so)")
         raise ValueError(f"save_adapter: task name(s) {slashed or folded or reserved} {why}, and a task's spec and "
-                         "vocabulary are saved in files named by it; save without task_specs= / kinds= for those tasks, or rename them")
+                         "vocabulary are saved in files named by it; save without task_specs= / kinds= for those "
+                         "tasks, or rename them")
     for task, spec in task_specs.items():
         if isinstance(spec, TaskSpec):
             if spec.source_text is None:

@@ -413,7 +413,7 @@ def _parse(path: Path, need_train: bool = True) -> TaskSpec:
         raise _fail(path, "name", "a task name of letters, digits, '_' or '-', 64 characters at most", name)
     if reserved_file_name(name):   # (its spec is saved beside the adapter as tasks/<name>.toml)
         raise _fail(path, "name", "a task name that is not a device name Windows reserves (CON, PRN, AUX, NUL, "
-                    "COM1-9, LPT1-9): an adapter keeps a file named by each task; rename the task", name)
+                    "COM0-9, LPT0-9): an adapter keeps a file named by each task; rename the task", name)
     if "kind" not in raw:
         raise _fail(path, "kind", f"one of {available_kinds()} (the field is missing)", show_got=False)
     kind_name = raw["kind"]
