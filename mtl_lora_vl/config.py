@@ -148,7 +148,7 @@ class MTLLoRAConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise ConfigError(f"{name}: must be a finite number > 0, got {v!r}")
-        if self.temperature < MIN_TEMPERATURE:   # w_t / τ overflows float32 (softmax of inf: NaN) once |w_t| > τ * 3e38
+        if self.temperature < MIN_TEMPERATURE:   # w_t / τ overflows float32 (softmax of inf: NaN): |w_t| > τ·3e38
             raise ConfigError(f"temperature: must be at least {MIN_TEMPERATURE:g}, got {self.temperature!r}; below "
                               "that softmax(w_t / τ) overflows to NaN, and at 1e-6 the mixing is already as good as "
                               "one-hot")

@@ -1034,8 +1034,8 @@ def test_vqa_question_that_is_not_text_is_refused(tmp_path):
 
 
 def test_blank_answers_among_others_count_as_human_answers_in_a_list_and_a_pipe_string(tmp_path):
-    """Both forms left a blank answer out: three 'red', six 'blue' and one blank scored 0.889 for red (over nine) where the official VQA script (and
-    the VQAv2 reader, which keeps it) gives 0.9. Now both keep it; only blanks are no answers."""
+    """Both forms left a blank answer out: three 'red', six 'blue' and one blank scored 0.889 for red (over nine)
+    where the official VQA script (and the VQAv2 reader, which keeps it) gives 0.9. Now both keep it; only blanks are no answers."""
     _images(tmp_path)
     rows = [{"image": "0.png", "question": "q?", "answers": ["red", " red ", "", " "]},
             {"image": "0.png", "question": "r?", "answers": ["red"] * 3 + ["blue"] * 6 + [""]},

@@ -238,7 +238,8 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
             if "alloc" not in str(e).lower() and not isinstance(e, MemoryError):
                 raise
             raise AttachError(f"attach: the adapter tensors of {name!r} do not fit in memory at r = {cfg.r} (--rank) "
-                              f"and n_up = {cfg.n_up}; give a smaller rank (LoRA ranks are usually 4-64): {e}") from None
+                              f"and n_up = {cfg.n_up}; give a smaller rank (LoRA ranks are usually 4-64): "
+                              f"{e}") from None
         if isinstance(new, LoRAMultiheadAttention):
             banks = {name + ".in_proj": new.in_proj, name + ".out_proj": new.out_proj}
             bdim = 0  # the replacement attends batch-first internally

@@ -121,7 +121,8 @@ def render(r: dict[str, Any]) -> str:
     """report.md as a string."""
     s, tasks, cfgs = r["settings"], r["tasks"], r["configs"]
     lines = [f"# Method benchmark: {', '.join(tasks)} on `{s['backbone']}`", ""]
-    lines += [f"{r['runs_total']} training runs, {seeds_text(s['seeds'])}, {s['steps']} steps at batch {s['batch_size']} "
+    lines += [f"{r['runs_total']} training runs, {seeds_text(s['seeds'])}, {s['steps']} steps at batch "
+              f"{s['batch_size']} "
               f"each ({s['steps'] * s['batch_size']:,} training samples), same trainer, data order and budget for "
               f"every method. Test scores (headline metric per task, higher is better) are mean ± sample std over "
               f"seeds; differences are paired over seeds with a 95 % t-interval; **bold** = the interval "
