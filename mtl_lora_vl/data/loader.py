@@ -46,7 +46,7 @@ Batch layout (what :class:`MultiTaskLoader` yields; B rows, grouped by task in a
                                               (n_t,) for a task of one image per row)
         <fields>:     Tensor (n_t, ...)       the kind's own per-row tensors, stacked
                                               (vqa "targets", classification "labels",
-                                               retrieval "image_key")
+                                               retrieval "image_key", "text_key")
         "lm_weight":  FloatTensor (n_t,)      generative path: the weight the kind gave each row's
                                               LM loss (VQA: the sampled answer's soft score)
     }}

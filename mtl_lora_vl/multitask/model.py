@@ -101,7 +101,7 @@ class MultiTaskModel(nn.Module):
                     rows: dict) -> tuple[Tensor, Tensor | None, dict]:
         """This task's embeddings and ``cross_rank_fields`` from every rank, in rank order."""
         assert self.ranks is not None
-        rows = {**rows, **{f: gather_with_grad(rows[f], self.ranks) for f in kind.cross_rank_fields}}
+        rows = {**rows, **{f: gather_with_grad(rows[f], self.ranks) for f in kind.cross_rank_fields if f in rows}}
         text = gather_with_grad(text, self.ranks) if text is not None else None
         return gather_with_grad(img, self.ranks), text, rows
 

@@ -2,7 +2,9 @@
 
 Training rows are (image, caption) pairs. Rows of the same image (COCO has five captions per image)
 are all positives of each other, so a batch holding two captions of one image does not push them
-apart. Evaluation embeds each distinct image once and every caption of it (``Example.captions``
+apart; so are rows of the same caption (up to case and spacing: COCO repeats "A man riding a wave on top
+of a surfboard." over many images), which no image could rank above its twin: as a negative it held the
+loss above log 2 however well the model matched. Evaluation embeds each distinct image once and every caption of it (``Example.captions``
 when given, else the ``text`` of every example of that image) and scores with
 :func:`mtl_lora_vl.metrics.retrieval_recall`. The zero-shot rule is the same cosine similarity on the
 unadapted towers; the head only holds the learnable temperature.
@@ -90,6 +92,11 @@ def _image_key(image_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(image_id.encode("utf-8"), digest_size=8).digest(), "little") >> 1
 
 
+def _text_key(text: str) -> int:
+    """A stable 63-bit integer for a caption, equal for captions that differ only in case and spacing."""
+    return _image_key(" ".join(text.split()).casefold())
+
+
 def infonce(logits: Tensor, positives: Tensor) -> Tensor:
     """Symmetric InfoNCE where ``positives[i, j]`` marks text j as true of image i (several may be).
 
@@ -104,12 +111,16 @@ def infonce(logits: Tensor, positives: Tensor) -> Tensor:
     return 0.5 * (one_side(logits, positives) + one_side(logits.t(), positives.t()))
 
 
-def multi_positive_infonce(logits: Tensor, keys: Tensor) -> Tensor:
-    """:func:`infonce` on a square batch where every pair with the same image key is a positive.
+def multi_positive_infonce(logits: Tensor, keys: Tensor, text_keys: Tensor | None = None) -> Tensor:
+    """:func:`infonce` on a square batch where every pair with the same image key (or text key) is a positive.
 
-    ``keys`` (n,) is the image key of each row, so two captions of one image are not pushed apart.
+    ``keys`` (n,) is the image key of each row, so two captions of one image are not pushed apart;
+    ``text_keys`` (n,) the caption key of each row, so one caption of two images is not a negative of either.
     """
-    return infonce(logits, keys[:, None] == keys[None, :])
+    positives = keys[:, None] == keys[None, :]
+    if text_keys is not None:
+        positives = positives | (text_keys[:, None] == text_keys[None, :])
+    return infonce(logits, positives)
 
 
 def retrieval_texts(split: Split) -> tuple[list[Example], list[str], list[int]]:
@@ -161,7 +172,7 @@ class RetrievalKind(TaskKind):
     metric_names = ("mean_recall", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
     uses_text = True
     min_batch_rows = 2     # in-batch negatives: one row alone has a loss of 0
-    cross_rank_fields = ("image_key",)   # under DDP, every rank's rows are negatives (the global batch's loss)
+    cross_rank_fields = ("image_key", "text_key")   # under DDP, every rank's rows are negatives (the global batch's)
     head_defaults = {"max_logit_scale": 100.0, "learn_temperature": True}
     option_defaults = {"ks": [1, 5, 10]}
 
@@ -198,7 +209,8 @@ class RetrievalKind(TaskKind):
         return caption_of(self.name, example)
 
     def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]:
-        return {"image_key": torch.tensor(_image_key(example.image_id), dtype=torch.long)}
+        return {"image_key": torch.tensor(_image_key(example.image_id), dtype=torch.long),
+                "text_key": torch.tensor(_text_key(self.sample_text(example)), dtype=torch.long)}
 
     def build_head(self, backbone: Backbone) -> RetrievalHead:
         head = RetrievalHead(min(logit_scale_of(backbone), self.spec.head["max_logit_scale"]),
@@ -211,7 +223,7 @@ class RetrievalKind(TaskKind):
         if text_emb is None:
             raise ValueError(f"task {self.name!r}: the retrieval loss needs the text embeddings of its rows")
         logits = head(F.normalize(image_emb.float(), dim=-1), F.normalize(text_emb.float(), dim=-1))
-        return multi_positive_infonce(logits, batch["image_key"])
+        return multi_positive_infonce(logits, batch["image_key"], batch.get("text_key"))
 
     def check_eval_split(self, split: Split, spec: TaskSpec | None = None) -> None:
         super().check_eval_split(split, spec)

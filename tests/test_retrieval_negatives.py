@@ -1,0 +1,59 @@
+"""Retrieval's in-batch negatives: a caption repeated over images (COCO repeats some) is not a negative of itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from vl_tiny import tiny_backbone
+
+from mtl_lora_vl.data import world
+from mtl_lora_vl.data.loader import MultiTaskCollate, TaskDataset, to_device
+from mtl_lora_vl.data.records import Split
+from mtl_lora_vl.tasks import build_kind, load_spec
+from mtl_lora_vl.tasks.retrieval import multi_positive_infonce
+
+
+def _by_hand(logits: torch.Tensor, positive: list[list[bool]]) -> float:
+    """Symmetric multi-positive InfoNCE, one row and one column at a time."""
+    n = logits.shape[0]
+
+    def side(lg: list[list[float]], pos: list[list[bool]]) -> float:
+        return sum(math.log(sum(math.exp(v) for v in row)) -
+                   math.log(sum(math.exp(v) for v, p in zip(row, ps) if p)) for row, ps in zip(lg, pos)) / n
+    lg = logits.tolist()
+    cols = [list(c) for c in zip(*lg)]
+    return 0.5 * (side(lg, positive) + side(cols, [list(c) for c in zip(*positive)]))
+
+
+def test_one_caption_of_two_images_is_a_positive_of_both():
+    # images 0 and 1 share their caption: the text embeddings are one, so both images score it alike
+    big = 40.0 * torch.tensor([[1.0, 1.0, -1.0], [1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]])
+    apart = multi_positive_infonce(big, torch.tensor([1, 2, 3]))   # image keys only: rows 0 and 1 held at log 2
+    assert abs(float(apart) - 2 / 3 * math.log(2)) < 1e-4
+    assert float(multi_positive_infonce(big, torch.tensor([1, 2, 3]), torch.tensor([5, 5, 6]))) < 1e-6
+
+
+def test_the_kind_keys_captions_so_a_repeated_one_is_no_negative(tmp_path):
+    clip = tiny_backbone(tmp_path)
+    spec = load_spec("retrieval")
+    train = world.build_split("retrieval", "train", n=4, seed=0)
+    kind = build_kind(spec, train, clip)
+    firsts = {}
+    for ex in train.examples:
+        firsts.setdefault(ex.image_id, ex)
+    a, b, c = list(firsts.values())[:3]
+    rows = [a, dataclasses.replace(b, text="  " + a.text.upper() + " "), c]   # b: a's caption, other case/spaces
+    ds = TaskDataset(kind, Split(rows), clip.image_size)
+    batch = MultiTaskCollate([kind.name], [True], clip.tokenizer)([dict(ds[i], task_id=0) for i in range(3)])
+    batch = to_device(batch, "cpu", torch.float32, clip)
+    view = dict(batch["tasks"][kind.name], images=batch["images"], tokens=batch["tokens"])
+    head = kind.build_head(clip)
+    with torch.no_grad():
+        img, txt = clip.encode_image(view["images"]), clip.encode_text(view["tokens"])
+        loss = kind.loss(head, clip, view, img, txt)
+        logits = float(head.scale) * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).t()
+    same = [[i == j or {i, j} == {0, 1} for j in range(3)] for i in range(3)]
+    assert abs(float(loss) - _by_hand(logits, same)) < 1e-4
