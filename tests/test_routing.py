@@ -1003,3 +1003,14 @@ def test_torch_compile_under_a_route_opened_outside_compiles_once(ids):
             loss = step(x)
         loss.backward()
     assert counters["frames"]["total"] == 1
+
+
+@pytest.mark.parametrize("empty", [[], (), torch.tensor([], dtype=torch.long)])
+def test_an_empty_list_of_ids_says_a_batch_needs_a_sample(empty):
+    """route(model, []) said 'expected a task name, an id, a list of names or a LongTensor of ids, got []' (an empty
+    tensor already got the clearer message); both say the batch needs one id per row (review 233)."""
+    model = mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a", "b"], r=2,
+                                                                         targets={"image": [r"^0$"]}))
+    with pytest.raises(mlv.RoutingError, match="empty; a batch needs at least one sample"):
+        with mlv.route(model, empty):
+            pass

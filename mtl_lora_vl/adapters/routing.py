@@ -321,6 +321,9 @@ class Router:
                 raise RoutingError(f"route: task ids must have shape (batch,), got {tuple(tasks.shape)}")
             host = tasks.tolist()
             tensor: torch.Tensor | None = tasks
+        elif isinstance(tasks, Sequence) and not isinstance(tasks, str) and len(tasks) == 0:
+            raise RoutingError("route: the list of task ids is empty; a batch needs at least one sample (one id or "
+                               "task name per input row)")
         elif isinstance(tasks, Sequence) and len(tasks) > 0:
             if all(isinstance(t, str) for t in tasks):
                 host = [self._index(t) for t in tasks]

@@ -4,8 +4,8 @@ Training rows are (image, caption) pairs. Rows of the same image (COCO has five 
 are all positives of each other, so a batch holding two captions of one image does not push them
 apart; so are rows of the same caption (up to case and spacing: COCO repeats "A man riding a wave on top
 of a surfboard." over many images), which no image could rank above its twin: as a negative it held the
-loss above log 2 however well the model matched. Evaluation embeds each distinct image once and every caption of it (``Example.captions``
-when given, else the ``text`` of every example of that image) and scores with
+loss above log 2 however well the model matched. Evaluation embeds each distinct image once and every caption
+of it (``Example.captions`` when given, else the ``text`` of every example of that image) and scores with
 :func:`mtl_lora_vl.metrics.retrieval_recall`. The zero-shot rule is the same cosine similarity on the
 unadapted towers; the head only holds the learnable temperature.
 
