@@ -19,6 +19,7 @@ prefill), where the models' own image-token checks read the device already.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import ExitStack
 
@@ -95,7 +96,7 @@ def _batch_of(args: tuple, kwargs: dict) -> int | None:
     return None if x is None else x.shape[0]
 
 
-class ScopeHooks:
+class ScopeHooks(ABC):
     """Forward hooks that open a route scope before a module's forward (``before``, which subclasses define) and close
     it after it (``after``, also after a failed forward); nested forwards stack their scopes."""
 
@@ -112,9 +113,9 @@ class ScopeHooks:
         self._open.append(scope)
         return scope
 
+    @abstractmethod
     def before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook: open this forward's scope (:meth:`_opened`) and enter what it routes."""
-        raise NotImplementedError
 
     def after(self, module: nn.Module, args: tuple, output: object) -> None:
         """Forward hook (also after a failed forward): close the scope :meth:`before` opened."""
