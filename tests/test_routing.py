@@ -1014,3 +1014,64 @@ def test_an_empty_list_of_ids_says_a_batch_needs_a_sample(empty):
     with pytest.raises(mlv.RoutingError, match="empty; a batch needs at least one sample"):
         with mlv.route(model, empty):
             pass
+
+
+@pytest.mark.parametrize("second_scope", ["route", "disabled"])
+def test_two_threads_opening_scopes_at_the_same_instant_cannot_both_pass(monkeypatch, second_scope):
+    """The one-thread check read the router's thread and current route, and the scope set them a moment later: a
+    second thread opening a scope in between passed the check too, and both threads' forwards ran one task. The
+    check and the entry are one step now: thread 1 is held inside that step until thread 2 has tried."""
+    import threading
+
+    from mtl_lora_vl.adapters import scopes
+
+    model, _, _ = _two_task_linear(1)
+    first_in, second_done = threading.Event(), threading.Event()
+    real = threading.get_ident
+    first_ident = []
+
+    def slow_ident() -> int:   # called inside the check: hold thread 1 there until thread 2 tried (or 1 s passed)
+        me = real()
+        if first_ident and me == first_ident[0] and not first_in.is_set():
+            first_in.set()
+            second_done.wait(1)
+        return me
+
+    monkeypatch.setattr(scopes.threading, "get_ident", slow_ident)
+    errors, inside = [], []
+
+    def first():
+        first_ident.append(real())
+        with mlv.route(model, "a"):
+            inside.append("a")
+            second_done.wait(5)
+
+    def second():
+        first_in.wait(5)
+        try:
+            with mlv.route(model, "b") if second_scope == "route" else mlv.disabled(model):
+                inside.append("b")
+        except mlv.RoutingError as e:
+            errors.append(str(e))
+        second_done.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert inside == ["a"] and len(errors) == 1 and "several threads at once" in errors[0]
+    router = model._mtl_lora.router
+    assert router.current is None and router.thread is None and not router.disabled
+
+
+def test_a_copied_router_has_a_lock_of_its_own():
+    """deepcopy and pickle of an adapted model give its router a fresh lock (a lock cannot be copied)."""
+    import pickle
+
+    model, x, want = _two_task_linear(1)
+    for copy_ in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        router = copy_._mtl_lora.router
+        assert router.claim_lock is not model._mtl_lora.router.claim_lock and not router.claim_lock.locked()
+        with torch.no_grad(), mlv.route(copy_, "a"):
+            torch.testing.assert_close(copy_(x), want)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -262,6 +263,7 @@ class Router:
         self.merged_task: int | None = None
         self.disabled = 0
         self.thread: int | None = None    # the thread whose route scopes are open (scopes.py refuses others)
+        self.claim_lock = threading.Lock()  # makes scopes.py's check of `thread` and the scope's entry one step
         self.scope = 0                    # the number of the innermost open scope (0: none), of scopes_opened
         self.scopes_opened = 0
         self._one: dict[int, Route] = {}
@@ -269,8 +271,15 @@ class Router:
     def __getstate__(self) -> dict:
         """A copy (deepcopy, pickle) holds no open scope: the scopes are the caller's, around the original. The
         merged task stays (the copied weights are merged)."""
-        return {**self.__dict__, "current": None, "replay": None, "replay_graph": -1, "disabled": 0, "thread": None,
-                "scope": 0}
+        state = {**self.__dict__, "current": None, "replay": None, "replay_graph": -1, "disabled": 0, "thread": None,
+                 "scope": 0}
+        del state["claim_lock"]   # a lock cannot be copied; the copy gets its own
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        """Restore a copy made through :meth:`__getstate__`, with a lock of its own."""
+        self.__dict__.update(state)
+        self.claim_lock = threading.Lock()
 
     @property
     def active(self) -> bool:

@@ -40,7 +40,7 @@ backward recomputes from traced values and does not ask the router).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -138,21 +138,26 @@ def _scope(router: Router, r: Route, recompute: bool = True) -> Iterator[None]:
             router.scope = outer
 
 
-def _claim(router: Router, what: str) -> int | None:
-    """Record the calling thread as the one routing ``router``, refusing a scope while another thread has one open
-    (its forwards would run this scope's task); return the record to restore on exit. Checked once per scope, never
-    per layer. A scope opened inside backward (a recomputation re-entering a route, possibly on the autograd
-    engine's device thread while the forward's thread waits) is neither checked nor recorded."""
-    held = router.thread
+def _claim(router: Router, what: str, enter: Callable[[], None]) -> int | None:
+    """Record the calling thread as the one routing ``router`` and ``enter`` the scope (set its route or disabled
+    count), refusing a scope while another thread has one open (its forwards would run this scope's task); return
+    the record to restore on exit. The check and the entry are one step under the router's lock: two threads opening
+    scopes at the same instant cannot both pass. Checked once per scope, never per layer. A scope opened inside
+    backward (a recomputation re-entering a route, possibly on the autograd engine's device thread while the
+    forward's thread waits) is neither checked nor recorded."""
     if torch.compiler.is_compiling() or torch._C._current_graph_task_id() != -1:
-        return held
-    me = threading.get_ident()
-    if held is not None and held != me and (router.current is not None or router.disabled):
-        raise RoutingError(
-            f"{what}: another thread has a route or disabled scope open on this model; a model's route is one per "
-            "model, not per thread, so a model must not be routed from several threads at once (that thread's "
-            "forward would run this scope's task): give each thread its own copy (copy.deepcopy(model))")
-    router.thread = me
+        enter()
+        return router.thread
+    with router.claim_lock:
+        held = router.thread
+        me = threading.get_ident()
+        if held is not None and held != me and (router.current is not None or router.disabled):
+            raise RoutingError(
+                f"{what}: another thread has a route or disabled scope open on this model; a model's route is one "
+                "per model, not per thread, so a model must not be routed from several threads at once (that "
+                "thread's forward would run this scope's task): give each thread its own copy (copy.deepcopy(model))")
+        router.thread = me
+        enter()
     return held
 
 
@@ -190,8 +195,7 @@ def route(model: nn.Module | Router,
             "mtl_lora_vl.unmerge(model) before routing to another task"
         )
     outer = router.current
-    held = _claim(router, "route")
-    router.current = new
+    held = _claim(router, "route", lambda: setattr(router, "current", new))
     try:
         try:
             # under disabled() the forward runs unadapted (resolve ignores `new`), so its recomputation must too
@@ -246,8 +250,7 @@ def disabled(model: nn.Module | Router, *, recompute: bool = True) -> Iterator[N
             f"disabled: the adapters are merged into the weights for task {router.tasks[router.merged_task]!r}, so "
             "the model cannot run as its base model; call mtl_lora_vl.unmerge(model) first (and merge again after)"
         )
-    held = _claim(router, "disabled")
-    router.disabled += 1
+    held = _claim(router, "disabled", lambda: setattr(router, "disabled", router.disabled + 1))
     try:
         with _scope(router, ADAPTERS_OFF, recompute):
             yield
