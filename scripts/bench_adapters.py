@@ -425,11 +425,12 @@ def model_size_error(args) -> str | None:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--case", choices=["clip", "llava"], default="clip")
+    ap.add_argument("--case", choices=["clip", "llava"], default="clip",
+                    help="clip: an open_clip model, both towers; llava: a LLaVA (vision tower + LM) (default clip)")
     ap.add_argument("--model", default="ViT-B-32", help="open_clip model name (random init, no download)")
     ap.add_argument("--batch-size", type=int, default=None, help="default 16 (clip) / 4 (llava)")
-    ap.add_argument("--rank", type=int, default=8)
-    ap.add_argument("--n-up", type=int, default=3)
+    ap.add_argument("--rank", type=int, default=8, help="adapter rank r of every method (default 8)")
+    ap.add_argument("--n-up", type=int, default=3, help="MTL-LoRA's shared up-projections B_i (default 3)")
     ap.add_argument("--vision-layers", type=int, default=12,
                     help="llava: CLIP vision layers (12 = ViT-B/32's)")
     ap.add_argument("--vision-width", type=int, default=768,
@@ -445,8 +446,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=2,
                     help="untimed steps per case before the (also untimed) step that measures memory (at least 1: "
                          "a case's first step creates the optimizer state and forms state the later steps reuse)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu | cuda | cuda:N (default cuda where there is one)")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                    help="bf16 / fp16: base weights in that dtype under autocast, adapters fp32 (default fp32)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = torch default)")
     ap.add_argument("--json", default=None, help="write results to this JSON file (an earlier result there is "
                                                         "replaced, any other file refused)")

@@ -50,11 +50,12 @@ def build(device: torch.device):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--images", type=int, default=8)
-    p.add_argument("--max-len", type=int, default=30)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--images", type=int, default=8, help="images captioned per case, one row each (default 8)")
+    p.add_argument("--max-len", type=int, default=30, help="tokens decoded per caption (default 30)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed rounds of every case after one warm-up round; medians are printed (default 3)")
     args = p.parse_args(argv)
     for name in ("threads", "images", "max_len", "repeats"):
         if getattr(args, name) < 1:

@@ -376,3 +376,26 @@ def test_check_gpu_sh_dry_run_benches_a_small_clip_within_cpu_time_limits(tmp_pa
     assert len(calls) == 13 and all(int(c[0]) >= 360 for c in calls)   # the GPU's limits (90 s and up) x 4
     clip = [c for c in calls if "--case" in c and c[c.index("--case") + 1] == "clip"]
     assert len(clip) == 3 and all(c[c.index("--model") + 1] == "ViT-S-32" for c in clip)
+
+
+@pytest.mark.parametrize("name", ["bench_adapters", "bench_generation", "bench_image_check", "check_gpu",
+                                  "pretrain_backbone", "pretrain_llava", "show_world"])
+def test_every_script_option_says_what_it_does(name, monkeypatch):
+    """`bench_generation.py --help` listed its five options with no word on any of them. Every option of every
+    script has help text (read off the parser just before it parses)."""
+    import argparse
+    import inspect as inspect_
+
+    seen = []
+
+    def inspect(self, *args, **kwargs):
+        seen.extend(a for a in self._actions if a.option_strings and not a.help)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", inspect)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", inspect)
+    monkeypatch.setattr("sys.argv", [name])
+    main = _script(name).main
+    with pytest.raises(SystemExit):
+        main([]) if inspect_.signature(main).parameters else main()
+    assert not [a.option_strings for a in seen]
