@@ -115,9 +115,9 @@ class TrainOptions:
     head_lr: float = _opt(3e-3, "learning rate of the task heads", gt=0)
     task_lr_mult: float = _opt(1.0, "learning-rate multiplier for the task-specific adapter tensors "
                                "Lambda_t and w_t (lora_lambda, lora_w)", gt=0)
-    weight_decay: float = _opt(0.01, "AdamW weight decay of every adapter tensor (A, B_i, Lambda_t, w_t; none in an "
-                               "--extend run) and of the heads' weight matrices (not their biases, nor retrieval's "
-                               "temperature)", ge=0)
+    weight_decay: float = _opt(0.01, "AdamW weight decay of every trained adapter tensor (A, B_i, Lambda_t, "
+                               "w_t; in an --extend run, the new tasks' own, as in a joint run) and of the heads' "
+                               "weight matrices (not their biases, nor retrieval's temperature)", ge=0)
     warmup: int = _opt(20, "linear warm-up steps before the cosine schedule", ge=0)
     grad_clip: float = _opt(1.0, "clip the gradient norm to this (0 = off)", ge=0)
     accumulate: int = _opt(1, "gradient accumulation: micro-batches per optimizer step", ge=1)

@@ -445,18 +445,40 @@ def test_grad_clip_bounds_the_true_gradient_norm(fp16):
     torch.testing.assert_close(_one_step(scaler, [3.0, 4.0], 0.0), torch.tensor([3.0, 4.0]))   # 0: no clipping
 
 
-def test_an_extend_run_puts_no_weight_decay_on_the_adapters():
-    """build_optimization sets the adapters' weight decay to 0 for an --extend run (AdamW's decay moves every row,
-    the old tasks' frozen rows too); the heads keep --weight-decay. Nothing tested it (the step hook that restores
-    the old rows hides it from the extend test)."""
-    grown = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=["a"], r=4, n_up=2))
-    mlv.add_task(grown, "c")
-    mm = types.SimpleNamespace(model=grown, heads=torch.nn.ModuleDict({"c": torch.nn.Linear(2, 2)}))
-    for extend, adapter_wd in ((None, 0.05), ("x", 0.0)):
-        o = build_optimization(mm, TrainOptions(steps=10, batch_size=1, warmup=0, weight_decay=0.05, extend=extend),
-                               10, torch.device("cpu"), torch.float32)
-        groups = o.optimizer.param_groups
-        assert [g["weight_decay"] for g in groups] == [adapter_wd, 0.05, 0.0], extend
+def test_an_extend_run_decays_the_new_task_s_rows_as_a_fresh_run_and_keeps_the_old_rows_exact():
+    """--weight-decay follows one rule: the new task's Λ_t / w_t of an --extend run take it as a fresh run's do (it
+    was 0 for every adapter tensor of an --extend run, so an explicit --weight-decay was ignored for them), and the
+    old tasks' rows stay bit-identical through AdamW's decay (freeze_old_rows puts them back after each step)."""
+    for mult in (1.0, 10.0):
+        fresh = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=["a", "c"], r=4, n_up=2))
+        grown = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=["a"], r=4, n_up=2))
+        with torch.no_grad():   # trained up-projections (all-zero ones make add_task warn)
+            for n, p in grown.named_parameters():
+                if n.endswith("lora_B"):
+                    p.add_(0.01)
+        added = mlv.add_task(grown, "c")
+        runs = {}
+        for extend, model in ((None, fresh), ("x", grown)):
+            mm = types.SimpleNamespace(model=model, heads=torch.nn.ModuleDict({"c": torch.nn.Linear(2, 2)}))
+            o = build_optimization(mm, TrainOptions(steps=10, batch_size=1, warmup=0, weight_decay=0.05,
+                                                    task_lr_mult=mult, extend=extend), 10, torch.device("cpu"),
+                                   torch.float32)
+            names = {id(p): n.rsplit(".", 1)[-1] for n, p in model.named_parameters()}
+            runs[extend] = {names[id(p)]: g["weight_decay"] for g in o.optimizer.param_groups[:-2] for p in g["params"]}
+            assert [g["weight_decay"] for g in o.optimizer.param_groups[-2:]] == [0.05, 0.0]   # heads: as before
+        assert runs[None] == dict.fromkeys(["lora_A", "lora_B", "lora_lambda", "lora_w"], 0.05), mult
+        assert runs["x"] == {"lora_lambda": 0.05, "lora_w": 0.05}, mult
+    before = {n: p.detach().clone() for n, p in grown.named_parameters() if n.endswith(("lora_lambda", "lora_w"))}
+    added.freeze_old_rows(o.optimizer)
+    for _ in range(3):   # gradients of zero: AdamW's decay alone moves the parameters
+        for group in o.optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = torch.zeros_like(p)
+        o.optimizer.step()
+    for n, p in grown.named_parameters():
+        if n in before:
+            assert torch.equal(p[:1], before[n][:1]), n                      # task "a": exact
+            assert not torch.equal(p[1:], before[n][1:]), n                   # task "c": decayed
 
 
 def _heads_run(seed: int = 0):

@@ -66,8 +66,8 @@ def add_task(model: nn.Module, name: str) -> AddedTask:
     trains and ``trainable`` is 0: train the new head only). A and every B_i are frozen and the existing
     tasks' rows get zero gradients. Build the optimizer after this call (the grown tensors are new
     parameters), then ``added.freeze_old_rows(optimizer)`` so those rows are restored after each of its
-    steps and stay bit-identical whatever the optimizer (weight_decay=0 for them is still advised, so the
-    optimizer's own view of those tensors matches). Several tasks may be added in turn; all of them
+    steps and stay bit-identical whatever the optimizer (weight decay included: the training loop gives the
+    new rows the decay a joint run gives them). Several tasks may be added in turn; all of them
     train. Save with ``save_adapter`` as usual.
 
     The new task does not start as the base model for ``mtl_lora`` and ``moe_lora``: its w_t mixes the

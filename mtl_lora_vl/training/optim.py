@@ -93,22 +93,21 @@ def adamw(params: Iterable[Any], **kwargs: Any) -> torch.optim.AdamW:
 def build_optimization(model: MultiTaskModel, opts: TrainOptions, total_steps: int, device: torch.device,
                        amp_dtype: torch.dtype) -> Optimization:
     """AdamW groups (adapters at ``--lr``, Λ_t/w_t at ``--lr × --task-lr-mult`` when that is not 1, heads at
-    ``--head-lr``: their biases and scalars without weight decay), warm-up + cosine, a scaler for fp16."""
+    ``--head-lr``), all at ``--weight-decay`` but the heads' biases and scalars; warm-up + cosine, a fp16 scaler.
+    A fresh and an --extend run follow the one rule (the latter trains only the new tasks' rows)."""
     adapter_params = [p for p in model.model.parameters() if p.requires_grad]
     head_params = [p for p in model.heads.parameters() if p.requires_grad]
-    # An --extend run keeps the old tasks' rows of the grown tensors fixed: no weight decay on them.
-    adapter_wd = 0.0 if opts.extend else opts.weight_decay
-    groups = [{"params": adapter_params, "lr": opts.lr, "weight_decay": adapter_wd}]
+    # --weight-decay on every trained adapter tensor, an --extend run's too: the old tasks' rows of its grown
+    # tensors are put back after each step (freeze_old_rows), so decay trains the new rows as a joint run does
+    groups = [{"params": adapter_params, "lr": opts.lr}]
     if opts.task_lr_mult != 1.0:  # Lambda_t and w_t in a group of their own (only then: old checkpoints resume)
         task_specific = {id(p) for n, p in model.model.named_parameters() if n.endswith(("lora_lambda", "lora_w"))}
         if not any(id(p) in task_specific for p in adapter_params):
             raise ValueError(f"--task-lr-mult {opts.task_lr_mult:g}: these adapters train no task-specific Lambda_t / "
                              "w_t tensors (only mtl_lora and moe_lora have them), so it would change nothing; drop it "
                              "(or raise --lr)")
-        groups = [{"params": [p for p in adapter_params if id(p) not in task_specific], "lr": opts.lr,
-                   "weight_decay": adapter_wd},
-                  {"params": [p for p in adapter_params if id(p) in task_specific], "lr": opts.lr * opts.task_lr_mult,
-                   "weight_decay": adapter_wd}]
+        groups = [{"params": [p for p in adapter_params if id(p) not in task_specific], "lr": opts.lr},
+                  {"params": [p for p in adapter_params if id(p) in task_specific], "lr": opts.lr * opts.task_lr_mult}]
     optimizer = adamw([*groups, {"params": [p for p in head_params if not _no_decay(p)], "lr": opts.head_lr},
                        {"params": [p for p in head_params if _no_decay(p)], "lr": opts.head_lr, "weight_decay": 0.0}],
                       weight_decay=opts.weight_decay)
