@@ -320,6 +320,12 @@ def test_extend_with_nothing_to_train_is_refused_at_start(tmp_path, capsys):
                        "--workers", "0", "--out", str(tmp_path / "ext2")]) == 2
     err = capsys.readouterr().err
     assert "load it onto the base model it was trained on" in err and "--extend reads the adapter's own base" in err
+    upper = tmp_path / "upper.toml"   # a task named as an old one but for case: refused as --extend's, not add_task's
+    upper.write_text(small_spec(tmp_path, "vqa").read_text().replace('name = "vqa"', 'name = "VQA"'))
+    assert train_main(["--extend", str(run), "--tasks", str(upper), "--steps", "1", "--workers", "0",
+                       "--out", str(tmp_path / "ext3")]) == 2
+    assert f"--extend {run}: task(s) ['VQA'] are already in the adapter ['vqa'] (names that differ only in case" \
+        in capsys.readouterr().err
 
 
 def test_the_peft_shaped_round_trip_keeps_what_the_adapter_recorded(tmp_path, monkeypatch):

@@ -173,9 +173,10 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
     if missing:
         raise ValueError(f"--extend {src}: the adapter has no saved spec or head for task(s) {missing}; "
                          "it cannot be evaluated or re-saved whole")
-    clash = [s.name for s in new_specs if s.name in old]
+    clash = [s.name for s in new_specs if s.name.casefold() in {t.casefold() for t in old}]   # (add_task's rule)
     if clash:
-        raise ValueError(f"--extend {src}: task(s) {clash} are already in the adapter {old}; --tasks must name new tasks")
+        raise ValueError(f"--extend {src}: task(s) {clash} are already in the adapter {old} (names that differ only "
+                         "in case count as one: one file per task); --tasks must name new tasks")
     bb = lp.backbone
     train_splits, new_kinds = task_kinds(new_specs, bb, opts.data_root)
     if opts.grad_checkpointing:
