@@ -20,9 +20,11 @@ import torch
 from mtl_lora_vl.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from mtl_lora_vl.multitask import build_setup
 from mtl_lora_vl.options import TrainOptions
+from mtl_lora_vl.training.loading import build_loader
 from mtl_lora_vl.training.optim import build_optimization
+from mtl_lora_vl.training.run import Run
 from mtl_lora_vl.training.step import forward_backward
-from mtl_lora_vl.training.train import Run, build_loader, wrap_model
+from mtl_lora_vl.training.train import wrap_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rng_kind import small_spec  # noqa: E402

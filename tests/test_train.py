@@ -1360,7 +1360,8 @@ def test_a_batch_too_small_for_the_tasks_is_named_at_start(tmp_path, caplog):
     import logging
 
     from mtl_lora_vl.distributed import DistInfo, cleanup
-    from mtl_lora_vl.training.train import build_loader, start, warn_small_batches
+    from mtl_lora_vl.training.loading import build_loader, warn_small_batches
+    from mtl_lora_vl.training.train import start
 
     tasks = ",".join(str(small_spec(tmp_path, n)) for n in ("vqa", "retrieval", "caption_cls"))
     for batch, warned in (("2", True), ("8", False)):

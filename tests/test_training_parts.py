@@ -17,7 +17,7 @@ from mtl_lora_vl.distributed import DistInfo
 from mtl_lora_vl.options import TrainOptions
 from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.retrieval import infonce, multi_positive_infonce
-from mtl_lora_vl.training import train as train_module
+from mtl_lora_vl.training import loading
 from mtl_lora_vl.training.metrics_log import LossWindow, truncate_metrics
 from mtl_lora_vl.training.optim import Optimization, build_optimization
 from mtl_lora_vl.training.schedule import cosine_with_warmup
@@ -534,10 +534,10 @@ def test_default_workers_share_the_usable_cores_among_the_local_ranks(monkeypatc
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
-    assert train_module.default_workers(DistInfo()) == 1          # (16 cores - 8 trainers) / 8 ranks
+    assert loading.default_workers(DistInfo()) == 1          # (16 cores - 8 trainers) / 8 ranks
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)   # 3 usable cores
-    assert train_module.default_workers(DistInfo()) == 2
+    assert loading.default_workers(DistInfo()) == 2
 
 
 def test_default_workers_count_the_cores_of_ranks_pinned_to_their_own(monkeypatch):
@@ -558,13 +558,13 @@ def test_default_workers_count_the_cores_of_ranks_pinned_to_their_own(monkeypatc
         parts[:] = [((host, "0"), own[r]) for r in range(4)] + [(other, list(range(64)))] * 4
 
     monkeypatch.setattr(dist_mod.dist, "all_gather_object", gather)
-    assert train_module.default_workers(DistInfo(world_size=8)) == 3          # its own 4 cores less its trainer
+    assert loading.default_workers(DistInfo(world_size=8)) == 3          # its own 4 cores less its trainer
     monkeypatch.setattr(dist_mod.dist, "all_gather_object", partial(gather, own={r: masks[0] for r in range(4)}))
-    assert train_module.default_workers(DistInfo(world_size=8)) == 0          # 4 ranks sharing 4 cores
+    assert loading.default_workers(DistInfo(world_size=8)) == 0          # 4 ranks sharing 4 cores
     # containers on another machine with the same host name: torchrun's node index tells them apart (counted
     # by host name alone, the 8 ranks pooled 64 cores and took 4 workers each)
     monkeypatch.setattr(dist_mod.dist, "all_gather_object", partial(gather, other=(host, "1")))
-    assert train_module.default_workers(DistInfo(world_size=8)) == 3
+    assert loading.default_workers(DistInfo(world_size=8)) == 3
 
 
 def test_evaluation_during_training_uses_the_run_workers(monkeypatch):

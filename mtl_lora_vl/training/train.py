@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Collection
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +28,6 @@ from ..distributed import (
     cleanup,
     init_distributed,
     max_over_ranks,
-    node_cores,
     sharded_evaluation,
 )
 from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, read_eval_splits, write_outputs
@@ -64,38 +63,16 @@ from .checkpoint import (
     restore_training_state,
     save_training_checkpoint,
 )
+from .loading import build_loader, default_workers
 from .metrics_log import LossWindow, MetricsLog, progress_bar, replaced_rows, truncate_metrics
 from .optim import Optimization, build_optimization
 from .rng import preserved_rng, seed_everything, seed_rank
+from .run import Run
 from .step import ScalerSkips, forward_backward, optimizer_step, skip_bad_step
 from .stopping import RunStopped, stop_at_step_boundary
 from .validation import Best, check_selection_splits, finish_with_best, stopped_early, validate
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Run:
-    """What every phase of a run reads: its options, process, directory, precision and built setup."""
-
-    opts: TrainOptions
-    info: DistInfo
-    dir: Path
-    amp_dtype: torch.dtype
-    setup: Setup
-    total_steps: int
-    workers: int
-    #: The checkpoint a resumed run read at start-up (dropped once restored).
-    saved: dict | None = None
-    #: --keep-best: the validation evaluation the run finished with (eval.json "selected").
-    selected: dict | None = None
-    #: Rank 0's open RUN/.lock (rundir.hold_run_dir): another --resume or --overwrite of the run is refused meanwhile.
-    lock: IO | None = None
-
-    @property
-    def trained(self) -> list[str]:
-        """The tasks this run trains, in adapter order (all, or the new ones of an ``--extend`` run)."""
-        return list(self.setup.train_splits)
 
 
 def train(opts: TrainOptions, given: Collection[str] | None = None) -> Path:
@@ -277,53 +254,7 @@ def describe(run: Run) -> str:
             f"projections, {heads_n:,} head parameters, {report['base_frozen']:,} frozen; {where}")
 
 
-def default_workers(info: DistInfo) -> int:
-    """Loader workers when not given: this rank's share of the cores the ranks on this machine may use
-    (their affinity masks, not the machine's count) left after one per rank, at most four."""
-    cores, local = node_cores(info)
-    return max(0, min(4, (cores - local) // local))
-
-
-# Data, resume, model wrapping --------------------------------------------------------------------
-def build_loader(run: Run) -> MultiTaskLoader:
-    """The multi-task loader over the trained tasks, sized for every micro-batch of the run on this rank."""
-    opts, setup, info = run.opts, run.setup, run.info
-    loader = MultiTaskLoader([setup.kinds[n] for n in run.trained], [setup.train_splits[n] for n in run.trained],
-                           setup.backbone, batch_size=opts.batch_size, strategy=opts.sampling,
-                           temperature=opts.sampling_temperature, mode=opts.batch_mode, seed=opts.seed,
-                           steps=run.total_steps * opts.accumulate, num_workers=run.workers, rank=info.rank,
-                           world_size=info.world_size, adapter_tasks=setup.config.tasks,
-                           pin_memory=info.device.type == "cuda", per_step=opts.accumulate)
-    if info.is_main:
-        warn_small_batches(run, loader)
-    return loader
-
-
-def warn_small_batches(run: Run, loader: MultiTaskLoader) -> None:
-    """Say when --batch-size does not fit the tasks: too small, a mixed batch leaves tasks out of most steps and a
-    contrastive task with fewer than two rows in a batch has no negatives (its loss is 0); larger than a task's
-    training data, its rows in a batch repeat examples."""
-    opts, b = run.opts, run.opts.batch_size
-    if opts.batch_mode == "mixed" and b < len(run.trained):
-        logger.warning("--batch-size %d is smaller than the %d tasks: a mixed batch cannot hold every task, so each "
-                       "step trains only some of them; give --batch-size %d or more", b, len(run.trained),
-                       len(run.trained))
-    per_batch = b if opts.batch_mode == "homogeneous" else None
-    for name, share, n_examples in zip(run.trained, loader.sampler.shares, loader.sampler.sizes):
-        kind = run.setup.kinds[name]
-        rows = (per_batch if per_batch is not None else b * share) * (run.info.world_size if kind.cross_rank_fields
-                                                                      else 1)   # the loss sees every rank's rows
-        need = kind.min_batch_rows
-        if need > 1 and rows < need:
-            logger.warning("task %s gets %.2g rows a batch on average; its loss needs %d (in-batch negatives: a "
-                           "row alone scores 0 and trains nothing); raise --batch-size", name, rows, need)
-        drawn = (per_batch if per_batch is not None else b * share) * run.info.world_size   # all ranks' rows
-        if drawn > n_examples:
-            logger.warning("task %s has %d training examples and gets %.3g rows a batch (over all processes), so its "
-                           "rows in a batch repeat examples; lower --batch-size or give the task more data", name,
-                           n_examples, drawn)
-
-
+# Resume, model wrapping --------------------------------------------------------------------
 def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> Progress:
     """Load the last checkpoint into the model, optimizer and loader; drop log rows written after it.
     Returns where the run stands (step, loss window, bad-step streak, replaced-image counts)."""

@@ -24,7 +24,7 @@ from .metrics_log import MetricsLog
 from .rng import preserved_rng
 
 if TYPE_CHECKING:   # (train imports this module)
-    from .train import Run
+    from .run import Run
 
 logger = logging.getLogger(__name__)
 

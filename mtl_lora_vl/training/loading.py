@@ -1,0 +1,60 @@
+"""A training run's data loader: the multi-task loader sized for the run, its worker count, and the warnings
+about a --batch-size that does not fit the tasks."""
+
+from __future__ import annotations
+
+import logging
+
+from ..data.loader import MultiTaskLoader
+from ..distributed import DistInfo, node_cores
+from .run import Run
+
+__all__ = ["build_loader", "default_workers", "warn_small_batches"]
+
+logger = logging.getLogger(__name__)
+
+
+def default_workers(info: DistInfo) -> int:
+    """Loader workers when not given: this rank's share of the cores the ranks on this machine may use
+    (their affinity masks, not the machine's count) left after one per rank, at most four."""
+    cores, local = node_cores(info)
+    return max(0, min(4, (cores - local) // local))
+
+
+def build_loader(run: Run) -> MultiTaskLoader:
+    """The multi-task loader over the trained tasks, sized for every micro-batch of the run on this rank."""
+    opts, setup, info = run.opts, run.setup, run.info
+    loader = MultiTaskLoader([setup.kinds[n] for n in run.trained], [setup.train_splits[n] for n in run.trained],
+                           setup.backbone, batch_size=opts.batch_size, strategy=opts.sampling,
+                           temperature=opts.sampling_temperature, mode=opts.batch_mode, seed=opts.seed,
+                           steps=run.total_steps * opts.accumulate, num_workers=run.workers, rank=info.rank,
+                           world_size=info.world_size, adapter_tasks=setup.config.tasks,
+                           pin_memory=info.device.type == "cuda", per_step=opts.accumulate)
+    if info.is_main:
+        warn_small_batches(run, loader)
+    return loader
+
+
+def warn_small_batches(run: Run, loader: MultiTaskLoader) -> None:
+    """Say when --batch-size does not fit the tasks: too small, a mixed batch leaves tasks out of most steps and a
+    contrastive task with fewer than two rows in a batch has no negatives (its loss is 0); larger than a task's
+    training data, its rows in a batch repeat examples."""
+    opts, b = run.opts, run.opts.batch_size
+    if opts.batch_mode == "mixed" and b < len(run.trained):
+        logger.warning("--batch-size %d is smaller than the %d tasks: a mixed batch cannot hold every task, so each "
+                       "step trains only some of them; give --batch-size %d or more", b, len(run.trained),
+                       len(run.trained))
+    per_batch = b if opts.batch_mode == "homogeneous" else None
+    for name, share, n_examples in zip(run.trained, loader.sampler.shares, loader.sampler.sizes):
+        kind = run.setup.kinds[name]
+        rows = (per_batch if per_batch is not None else b * share) * (run.info.world_size if kind.cross_rank_fields
+                                                                      else 1)   # the loss sees every rank's rows
+        need = kind.min_batch_rows
+        if need > 1 and rows < need:
+            logger.warning("task %s gets %.2g rows a batch on average; its loss needs %d (in-batch negatives: a "
+                           "row alone scores 0 and trains nothing); raise --batch-size", name, rows, need)
+        drawn = (per_batch if per_batch is not None else b * share) * run.info.world_size   # all ranks' rows
+        if drawn > n_examples:
+            logger.warning("task %s has %d training examples and gets %.3g rows a batch (over all processes), so its "
+                           "rows in a batch repeat examples; lower --batch-size or give the task more data", name,
+                           n_examples, drawn)
