@@ -165,3 +165,27 @@ def test_a_run_with_zero_shot_skipped_is_not_titled_zero_shot_vs_adapted(tmp_pat
     assert dict(figs)["zero_shot_vs_adapted.png"].axes[0].get_title() == "Adapted (zero-shot skipped)"
     write_outputs(tmp_path, _result(0.3, 0.4, "top1", "a"), nn.Linear(1, 1))
     assert (tmp_path / "report.md").read_text().startswith("# Zero-shot vs adapted\n")
+
+
+@pytest.mark.parametrize("adapted", [True, False])
+def test_names_with_markdown_markup_keep_each_score_under_its_column(adapted):
+    """A '|' in a class name (``per_class/T-shirt|top``) or a task given in code split its row into one cell too many,
+    so Markdown showed the scores under the wrong columns; '*' and a word-edge '_' (``__background__``) turned into
+    emphasis. Each is escaped: every row has the header's cells, and the names read back as given."""
+    import re
+
+    from mtl_lora_vl.evaluation.report import details_table, markdown_table
+
+    names = ["top1", "per_class/T-shirt|top", "per_class/__background__", "per_class/x_y*"]
+    scores = {k: 0.25 * i for i, k in enumerate(names)}
+    r = {"metric": "top1", "zero_shot": 0.0, "adapted": 0.5 if adapted else None, "kind": "classification",
+         "split": "val", "n": 8, "metrics": ["top1", "per_class"],
+         "details": {"zero_shot": scores, "adapted": scores if adapted else None}}
+    result = {"tasks": {"a|b": r, "vqa": dict(r, split="test")}, "split": "test"}
+    for table in (markdown_table(result), details_table(result)):
+        rows = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in table.splitlines()]
+        assert {len(row) for row in rows} == {len(rows[0])}, table
+        assert rows[2][0] == "a\\|b", table
+    assert "| a\\|b | val | top1 | 0.0000 |" in markdown_table(result)
+    shown = [row.split(" | ")[1] for row in details_table(result).splitlines()[2:5]]
+    assert shown == ["per_class/T-shirt\\|top", "per_class/\\_\\_background\\_\\_", "per_class/x_y\\*"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,17 @@ from ..io.atomic import atomic_file
 from ..tasks.registry import get_kind
 
 logger = logging.getLogger(__name__)
+
+#: What Markdown reads as markup in a name taken from data or a spec (a class, a question type, a task given in code):
+#: '|' ends a table cell, '*' and '`' open emphasis and code, '_' does so at a word's edge (not inside "vqa_accuracy").
+_MARKUP = re.compile(r"[\\|*`<\[\]]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+
+
+def cell(text: object) -> str:
+    """``text`` as Markdown shows it literally in a table cell (``a|b`` -> ``a\\|b``, ``__bg__`` -> ``\\_\\_bg\\_\\_``):
+    a '|' in a class name split its row into one cell too many, and the scores showed under the wrong columns."""
+    return _MARKUP.sub(lambda m: "\\" + m.group(0), str(text)).replace("\n", " ")
+
 
 def _change(adapted: float, zero_shot: float) -> str:
     """The change between two scores as the table shows them (each to 4 places), so a row adds up as printed
@@ -54,12 +66,13 @@ def markdown_table(result: dict[str, Any]) -> str:
     rule = "|---|---|" + ("---|" if split_col else "") + ("---:|---:|---:|" if adapted else "---:|")
     rows = [head + scores, rule]
     for name, r in result["tasks"].items():
-        split = f" {r.get('split', asked)} |" if split_col else ""
+        split = f" {cell(r.get('split', asked))} |" if split_col else ""
+        name, metric = cell(name), cell(r["metric"])
         if not adapted:
-            rows.append(f"| {name} |{split} {r['metric']} | {r['zero_shot']:.4f} |")
+            rows.append(f"| {name} |{split} {metric} | {r['zero_shot']:.4f} |")
             continue
         zs, change = ("–", "–") if r["zero_shot"] is None else (f"{r['zero_shot']:.4f}", _change(r["adapted"], r["zero_shot"]))
-        rows.append(f"| {name} |{split} {r['metric']} | {zs} | {r['adapted']:.4f} | {change} |")
+        rows.append(f"| {name} |{split} {metric} | {zs} | {r['adapted']:.4f} | {change} |")
     return "\n".join(rows)
 
 
@@ -132,10 +145,10 @@ def details_table(result: dict[str, Any]) -> str:
         zs, ad = r["details"].get("zero_shot") or {}, r["details"].get("adapted")
         for k in detail_keys(r):
             if not adapted:
-                rows.append(f"| {name} | {k} | {zs[k]:.4f} |")
+                rows.append(f"| {cell(name)} | {cell(k)} | {zs[k]:.4f} |")
                 continue
             z, change = ("–", "–") if k not in zs else (f"{zs[k]:.4f}", _change(ad[k], zs[k]))
-            rows.append(f"| {name} | {k} | {z} | {ad[k]:.4f} | {change} |")
+            rows.append(f"| {cell(name)} | {cell(k)} | {z} | {ad[k]:.4f} | {change} |")
     if not rows:
         return ""
     if not adapted:
