@@ -189,3 +189,19 @@ def test_names_with_markdown_markup_keep_each_score_under_its_column(adapted):
     assert "| a\\|b | val | top1 | 0.0000 |" in markdown_table(result)
     shown = [row.split(" | ")[1] for row in details_table(result).splitlines()[2:5]]
     assert shown == ["per_class/T-shirt\\|top", "per_class/\\_\\_background\\_\\_", "per_class/x_y\\*"]
+
+
+def test_training_curves_mark_whole_steps(tmp_path, monkeypatch):
+    """A short run's curves (steps 1, 2, 3) were ticked at steps 1.25, 1.5, 1.75, ...: steps are whole numbers."""
+    from mtl_lora_vl.evaluation import report
+
+    rows = [{"loss/a": 1.0 / s, "loss": 1.0 / s, "step": s} for s in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(report, "mixing_matrices", lambda model: {})
+    figs = []
+    monkeypatch.setattr(report, "_save", lambda fig, path, tight=True: figs.append((path.name, fig)) or path)
+    report.write_plots(tmp_path, _result(0.3, 0.4, "top1", "a"), nn.Linear(1, 1))
+    ax = dict(figs)["training_curves.png"].axes[0]
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks

@@ -225,6 +225,7 @@ def write_plots(run_dir: Path, result: dict[str, Any], model: nn.Module | None) 
             ax.plot(*zip(*pts), marker="o" if len(pts) == 1 else None, label=k.removeprefix("loss/"))
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], "k--", lw=1,
                 marker="o" if len(rows) == 1 else None, label="total (weighted)")
+        ax.xaxis.get_major_locator().set_params(integer=True)   # steps are whole (a short run's were ticked 1.25, ...)
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
         ax.set_title("Training loss per task")
