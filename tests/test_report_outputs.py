@@ -205,3 +205,18 @@ def test_training_curves_mark_whole_steps(tmp_path, monkeypatch):
     lo, hi = ax.get_xlim()
     ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
     assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_eval_says_where_it_wrote_the_results(tmp_path, caplog):
+    """eval printed the table and nothing else: where its results went (the default --out, ADAPTER/../eval-<split>,
+    is chosen for the user) was said nowhere."""
+    import logging
+
+    from mtl_lora_vl.distributed import DistInfo
+    from mtl_lora_vl.evaluation.evaluate import _write
+
+    out = tmp_path / "eval-test"
+    with caplog.at_level(logging.INFO, logger="mtl_lora_vl"):
+        _write(out, _result(0.3, 0.4), None, DistInfo())
+    assert (out / "eval.json").is_file()
+    assert any(str(out) in r.getMessage() and "report.md" in r.getMessage() for r in caplog.records), caplog.text

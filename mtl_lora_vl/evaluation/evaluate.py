@@ -387,6 +387,7 @@ def _write(out: Path, result: dict[str, Any], adapted_model: nn.Module | None, i
         except OSError:
             logger.warning("the results could not be written to %s; the scores were:\n%s", out, markdown_table(result))
             raise
+        logger.info("wrote eval.json, report.md and plots/ to %s", out)   # (the default --out is nowhere printed)
     barrier(info)
     return table
 
