@@ -75,6 +75,9 @@ def test_truncate_metrics(tmp_path):
     path.write_text(json.dumps({"step": 2, "loss": 1.0}) + "\n" + '{"step": 4, "lo')   # killed mid-write
     truncate_metrics(path, 4)   # the resume failed with a bare JSONDecodeError
     assert path.read_text() == json.dumps({"step": 2, "loss": 1.0}) + "\n"
+    path.write_text(json.dumps({"step": 2}) + "\n5\n[1]\n" + json.dumps({"step": "3"}) + "\n")   # JSON, not a row
+    truncate_metrics(path, 4)   # AttributeError / TypeError: a traceback, and --resume could not go on
+    assert path.read_text() == json.dumps({"step": 2}) + "\n"
 
 
 def test_epochs_count_steps_in_exact_decimals():

@@ -122,7 +122,10 @@ def truncate_metrics(path: Path, step: int, offered: int | None = None) -> None:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            logger.warning("%s:%d: a damaged log line (the run was killed while writing it) is dropped", path, n)
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("step", 0), (int, float)):
+            logger.warning("%s:%d: not a log row (the run was killed while writing it, or it was edited); dropped",
+                           path, n)
             continue
         stale = offered is not None and offered != step and row.get("step") == step and "eval/selection" in row
         if row.get("step", 0) <= step and not stale:
