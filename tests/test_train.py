@@ -1130,7 +1130,11 @@ def test_the_opening_line_names_the_run_directory(tmp_path, capsys, monkeypatch)
     args = base_args(tmp_path, tmp_path / "unused", steps=2)
     assert train_main(args[:args.index("--out")] + ["--skip-zero-shot"]) == 0
     (run,) = (tmp_path / "runs").iterdir()
-    assert f"; run directory {Path('runs') / run.name}\n" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"; run directory {Path('runs') / run.name}\n" in err
+    # and its last line says where the adapter and the report went
+    assert err.rstrip().endswith(f"wrote the adapter to {Path('runs') / run.name / 'adapter'}, and eval.json, "
+                                 f"report.md and plots/ to {Path('runs') / run.name}"), err[-400:]
 
 
 def test_a_second_ctrl_c_exits_130(tmp_path, monkeypatch, capsys):

@@ -428,3 +428,4 @@ def finish(run: Run) -> None:
         result["extended_from"] = {"run": str(Path(opts.extend).resolve()), "tasks": setup.extended_from,
                                    "trained_adapter_values": setup.new_adapter_values}
     print(write_outputs(run.dir, result, model.model))  # the finished run's table: the result, on stdout
+    logger.info("wrote the adapter to %s, and eval.json, report.md and plots/ to %s", run.dir / "adapter", run.dir)
