@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -24,6 +25,9 @@ from .records import Example, Split
 logger = logging.getLogger(__name__)
 
 _SKIP_EXAMPLES_SHOWN = 5
+#: A URL's scheme as a path part ("https:" of "https://x.org/a.jpg", whose "//" a Path folds to "/"); two letters or
+#: more, so a Windows drive ("C:") is not one.
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
 
 
 class ReaderOptionError(TypeError, ValueError):
@@ -79,6 +83,12 @@ def resolve_under(root: Path, relative: str | os.PathLike, what: str = "image pa
         raise PathEscapeError(f"empty {what} in a data file under {root}")
     if "\x00" in rel:
         raise PathEscapeError(f"{what} {rel!r} holds a NUL character; fix the path in the data file")
+    parts = Path(rel).parts
+    scheme = next((p for p in parts[:-1] if _URL_SCHEME.fullmatch(p)), None)
+    if scheme is not None:   # was looked for as the file <root>/https:/x.org/a.jpg and skipped as "not found"
+        url = rel[rel.index(scheme):].replace(f"{scheme}/", f"{scheme}//", 1)
+        raise PathEscapeError(f"{what} {url!r} is a URL; images are read from files, not downloaded: download them "
+                              f"under the data root {root} and give their paths relative to it")
     if os.path.isabs(rel) or Path(rel).is_absolute() or (len(rel) > 1 and rel[0].isalpha() and rel[1] == ":"):
         raise PathEscapeError(f"{what} {rel!r} is absolute; paths in data files must be relative to the data "
                               f"root {root}")

@@ -53,6 +53,7 @@ from typing import Any
 from .common import (
     DataFormatError,
     ImageChecker,
+    PathEscapeError,
     ReaderOptionError,
     data_root_dir,
     resolve_under,
@@ -297,7 +298,10 @@ def read_hf_datasets(
             ref = first_ref
             row["image"] = ref
         elif img_path:
-            row["image"] = resolve_under(root, Path(images) / img_path)
+            try:
+                row["image"] = resolve_under(root, Path(images) / img_path)
+            except PathEscapeError as e:   # a URL, an absolute path or '..': name the row
+                raise PathEscapeError(f"{source} row {i}: {e}") from None
         else:
             raise DataFormatError(f"{source} row {i}: no image in column {image_col!r}")
         rows.append((i, row))
