@@ -37,6 +37,7 @@ decode in a worker (otherwise its row is replaced by another row of the task; se
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import itertools
 import logging
@@ -385,8 +386,10 @@ def check_reader_options(format: str, options: dict[str, Any]) -> None:
     unknown = [k for k in options if k not in params or k == "data_root"]
     if unknown:
         allowed = [p for p in params if p != "data_root"]
-        raise ReaderOptionError(f"format {format!r} does not take option(s) {', '.join(map(repr, unknown))}; its options "
-                        f"are: {', '.join(allowed)}")
+        close = {k: difflib.get_close_matches(k, allowed, n=1, cutoff=0.6) for k in unknown}
+        hint = "; ".join(f"{k!r}: did you mean {c[0]!r}?" for k, c in close.items() if c)
+        raise ReaderOptionError(f"format {format!r} does not take option(s) {', '.join(map(repr, unknown))}"
+                                f"{' (' + hint + ')' if hint else ''}; its options are: {', '.join(allowed)}")
     missing = [p.name for p in params.values()
                if p.default is inspect.Parameter.empty and p.name != "data_root" and p.name not in options]
     if missing:

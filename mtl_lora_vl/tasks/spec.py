@@ -298,7 +298,9 @@ def _check_table(path: Path, fld: str, given: Any, defaults: dict[str, Any]) -> 
     for key, value in given.items():
         if key not in defaults:
             known = ", ".join(sorted(defaults)) or "none"
-            raise _fail(path, f"{fld}.{key}", f"one of the known keys ({known})", key)
+            close = difflib.get_close_matches(key, list(defaults), n=1, cutoff=0.6)
+            raise _fail(path, f"{fld}.{key}", f"one of the known keys ({known})"
+                        + (f" (did you mean {close[0]!r}?)" if close else ""), key)
         out[key] = _check_value(path, f"{fld}.{key}", value, defaults[key])
     return out
 

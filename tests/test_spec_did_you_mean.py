@@ -1,0 +1,41 @@
+"""A misspelt key of a spec's [head], [options], [generative] or [data] tables is named with the key it was likely
+meant to be, as a misspelt top-level field is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mtl_lora_vl.tasks import SpecError, load_spec
+
+_DATA = '[data]\nformat = "jsonl"\n{shared}[data.train]\n{train}\n[data.val]\nfile = "val.jsonl"\n'
+
+
+def _spec(tmp_path: Path, kind: str, tail: str = "", shared: str = "", train: str = 'file = "train.jsonl"') -> Path:
+    path = tmp_path / "mine.toml"
+    path.write_text(f'kind = "{kind}"\n' + _DATA.format(shared=shared, train=train) + tail)
+    return path
+
+
+@pytest.mark.parametrize(("kind", "tail", "field", "meant"), [
+    ("vqa", "[options]\nanswer_vocab = 100\n", "options.answer_vocab", "answer_vocab_size"),
+    ("vqa", '[generative]\nprompts = "{image} q: {question} a:"\n', "generative.prompts", "prompt"),
+    ("classification", "[head]\nlabel_smooting = 0.1\n", "head.label_smooting", "label_smoothing"),
+])
+def test_a_misspelt_table_key_names_the_known_key(tmp_path, kind, tail, field, meant):
+    with pytest.raises(SpecError, match=rf"mine\.toml: field '{field}': .*\(did you mean '{meant}'\?\)"):
+        load_spec(_spec(tmp_path, kind, tail))
+
+
+def test_a_misspelt_reader_option_names_the_option(tmp_path):
+    with pytest.raises(SpecError, match=r"field 'data.train': format 'jsonl' does not take option\(s\) 'fiel' "
+                                        r"\('fiel': did you mean 'file'\?\); its options are: file"):
+        load_spec(_spec(tmp_path, "vqa", train='fiel = "train.jsonl"'))
+    with pytest.raises(SpecError, match=r"field 'data': .*'strickt': did you mean 'strict'\?"):
+        load_spec(_spec(tmp_path, "vqa", shared="strickt = true\n"))
+
+
+def test_a_key_like_none_gets_no_guess(tmp_path):
+    with pytest.raises(SpecError, match=r"known keys \(answer_vocab_size, filter_by_type\), got 'zzz'$"):
+        load_spec(_spec(tmp_path, "vqa", "[options]\nzzz = 1\n"))
