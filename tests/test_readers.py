@@ -1068,3 +1068,11 @@ def test_image_path_outside_the_root_names_the_row(tmp_path):
     f = _jsonl(tmp_path / "a.jsonl", [{"image": "0.png", "caption": "a"}, {"image": "../../x.png", "caption": "b"}])
     with pytest.raises(ValueError, match=r"a\.jsonl:2"):
         read_split("jsonl", tmp_path, file=f, images="img")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_an_empty_class_names_list_is_named(root, fmt):
+    text = ('{"image": "images/good.jpg", "label": 0}\n' if fmt == "jsonl" else "image,label\nimages/good.jpg,0\n")
+    (root / f"rows.{fmt}").write_text(text)
+    with pytest.raises(DataFormatError, match=rf"{fmt.upper()} rows\.{fmt}: the reader's class_names is empty; list"):
+        read_split(fmt, root, file=f"rows.{fmt}", class_names=[])

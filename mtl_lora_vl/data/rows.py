@@ -372,6 +372,9 @@ def examples_from_rows(
         return isinstance(v, int) and not isinstance(v, bool) or (isinstance(v, str) and v.strip().isdecimal())
 
     names = list(class_names) if class_names is not None else None
+    if names == []:   # every label was then "out of range for 0 classes"
+        raise DataFormatError(f"{source}: the reader's class_names is empty; list the class names in the order of the "
+                              "label indices, or leave class_names out to take the classes from the labels")
     if names is not None:
         blank, twice = class_name_problems(names)
         if blank or twice:
