@@ -77,12 +77,15 @@ def same_folder(a: str | os.PathLike | None, b: str | os.PathLike | None) -> boo
 
 
 def resolve_under(root: Path, relative: str | os.PathLike, what: str = "image path") -> Path:
-    """Resolve ``relative`` inside ``root``; refuse absolute paths, '..' escapes and symlinks out."""
+    """Resolve ``relative`` inside ``root``; refuse absolute paths, '..' escapes, symlinks out and URLs. A Windows path
+    (``img\\0.jpg``) names the file it names on Windows unless a file of that very name exists."""
     rel = str(relative)
     if not rel:
         raise PathEscapeError(f"empty {what} in a data file under {root}")
     if "\x00" in rel:
         raise PathEscapeError(f"{what} {rel!r} holds a NUL character; fix the path in the data file")
+    if "\\" in rel and os.sep == "/" and not (root / rel).exists():
+        rel = rel.replace("\\", "/")   # a file written on Windows ("img\\0.jpg"), read as it is there
     parts = Path(rel).parts
     scheme = next((p for p in parts[:-1] if _URL_SCHEME.fullmatch(p)), None)
     if scheme is not None:   # was looked for as the file <root>/https:/x.org/a.jpg and skipped as "not found"
