@@ -131,6 +131,9 @@ class ClassificationKind(TaskKind):
         elif train.class_names and len(names) != len(train.class_names):
             raise ValueError(f"task {spec.name!r}: options.class_names has {len(names)} names but the data has "
                              f"{len(train.class_names)} classes ({train.class_names[:5]}...)")
+        if len(names) < 2:   # one class: a loss of 0 from the first step, and every prediction right (top-1 1.0)
+            raise ValueError(f"task {spec.name!r}: the training data has {len(names)} class ({list(names)}); a "
+                             "classifier needs two or more: check the split's labels or options.class_names")
         self.class_names: list[str] = list(names)
         #: The data's own class names in training label order: another split's labels are mapped by name.
         self.data_class_names: list[str] | None = list(train.class_names) if train.class_names else None
