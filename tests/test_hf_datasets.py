@@ -298,3 +298,15 @@ def test_split_named_anywhere_in_a_file_or_folder_name_as_datasets_reads_it(tmp_
     _caption_parquet(root / "coco" / "train2017" / "part-0.parquet", 0, 4)
     _caption_parquet(root / "coco" / "val2017" / "part-0.parquet", 1, 1)
     assert len(read_split("hf_datasets", root, path="coco", split="val", cache_dir=cache).examples) == 1
+
+
+def test_a_misspelt_columns_field_names_the_spec_file_and_the_field_meant(tmp_path):
+    """It was a bare ValueError ('columns: unknown field(s) ['imgae']'), naming neither the spec nor the field meant."""
+    root = tmp_path / "data"
+    _vqa_dict(2).save_to_disk(root / "one")
+    spec = tmp_path / "mine.toml"
+    spec.write_text('kind = "vqa"\n[data]\nformat = "hf_datasets"\npath = "one"\n'
+                    '[data.train]\ncolumns = {imgae = "img", question = "q", answers = "ans"}\n[data.val]\n')
+    with pytest.raises(ValueError, match=r"mine\.toml: field 'data.train': .*unknown field\(s\) \['imgae'\]; 'imgae': "
+                                         r"did you mean 'image'\?"):
+        load_spec(spec).load_split("train", root)

@@ -43,6 +43,7 @@ Needs the optional ``datasets`` package (``pip install "mtl-lora-vl[datasets]"``
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
@@ -178,7 +179,9 @@ def _column_map(columns: dict | None, names: list[str], where: str,
                             f"got {columns!r}")
         unknown = [k for k in columns if k not in FIELDS]
         if unknown:
-            raise ValueError(f"columns: unknown field(s) {unknown}; the fields are {list(FIELDS)}")
+            close = {k: difflib.get_close_matches(k, list(FIELDS), n=1, cutoff=0.6) for k in unknown}
+            hint = "".join(f"; {k!r}: did you mean {c[0]!r}?" for k, c in close.items() if c)
+            raise ReaderOptionError(f"columns: unknown field(s) {unknown}{hint}; the fields are {list(FIELDS)}")
         mapping = dict(columns)
         if "images" in mapping:
             cols = mapping["images"]
