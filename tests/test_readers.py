@@ -1076,3 +1076,13 @@ def test_an_empty_class_names_list_is_named(root, fmt):
     (root / f"rows.{fmt}").write_text(text)
     with pytest.raises(DataFormatError, match=rf"{fmt.upper()} rows\.{fmt}: the reader's class_names is empty; list"):
         read_split(fmt, root, file=f"rows.{fmt}", class_names=[])
+
+
+@pytest.mark.parametrize(("fmt", "text", "meant"), [
+    ("jsonl", '{"image": "images/good.jpg", "lable": "cat"}\n', "'lable': did you mean 'label'?"),
+    ("csv", "image,captoin\nimages/good.jpg,a red square\n", "'captoin': did you mean 'caption'?"),
+])
+def test_a_row_without_a_task_field_names_its_fields_and_the_one_meant(root, fmt, text, meant):
+    (root / f"rows.{fmt}").write_text(text)
+    with pytest.raises(DataFormatError, match=rf"rows\.{fmt}:(1|2): a row needs .*the row's fields: .*{re.escape(meant)}"):
+        read_split(fmt, root, file=f"rows.{fmt}")

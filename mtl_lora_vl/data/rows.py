@@ -244,10 +244,14 @@ def examples_from_rows(
     kinds: dict[str, int] = {}
     for n, k in row_kinds.items():
         kinds.setdefault(k, n)
-    if "unknown" in kinds:
+    if "unknown" in kinds:   # named with the row's fields, and the field a misspelt one ("lable") was meant to be
+        row = dict(rows)[kinds["unknown"]]
+        fields = ("text", "caption", "captions", "question", "label", "statement")
+        meant = {k: difflib.get_close_matches(k, fields, n=1, cutoff=0.7) for k in row if k not in fields}
         raise DataFormatError(f"{at(kinds['unknown'])}: a row needs 'text', 'caption' or 'captions', 'question' "
                               "(+ 'answers') or 'label' besides 'image' (or 'images' + 'statement' + 'label' for a "
-                              "statement about several images)")
+                              f"statement about several images); the row's fields: {sorted(row)[:8]}"
+                              + "".join(f"; {k!r}: did you mean {c[0]!r}?" for k, c in meant.items() if c))
     if len(kinds) > 1:
         first = ", ".join(f"{'nlvr (images + statement)' if k == 'nlvr' else k} ({at(n)})" for k, n in kinds.items())
         raise DataFormatError(f"{source}: rows mix task kinds: {first}; use one file per task"
