@@ -39,3 +39,11 @@ def test_a_misspelt_reader_option_names_the_option(tmp_path):
 def test_a_key_like_none_gets_no_guess(tmp_path):
     with pytest.raises(SpecError, match=r"known keys \(answer_vocab_size, filter_by_type\), got 'zzz'$"):
         load_spec(_spec(tmp_path, "vqa", "[options]\nzzz = 1\n"))
+
+
+def test_a_metric_listed_twice_is_named(tmp_path):
+    path = _spec(tmp_path, "vqa", "")
+    path.write_text('metrics = ["vqa_accuracy", "per_type", "vqa_accuracy"]\n' + path.read_text())
+    with pytest.raises(SpecError, match=r"field 'metrics\[2\]': expected each metric once \('vqa_accuracy' is "
+                                        r"metrics\[0\] too\)"):
+        load_spec(path)

@@ -450,6 +450,8 @@ def _parse(path: Path, need_train: bool = True) -> TaskSpec:
     for i, m in enumerate(metrics):
         if m not in known:
             raise _fail(path, f"metrics[{i}]", f"one of the {kind_name} metrics {list(known)}", m)
+        if need_train and m in metrics[:i]:   # (an adapter saved before this check still loads)
+            raise _fail(path, f"metrics[{i}]", f"each metric once ({m!r} is metrics[{metrics.index(m)}] too)", m)
 
     templates = raw.get("templates", list(kind_cls.default_templates))
     if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
