@@ -1086,3 +1086,18 @@ def test_a_row_without_a_task_field_names_its_fields_and_the_one_meant(root, fmt
     (root / f"rows.{fmt}").write_text(text)
     with pytest.raises(DataFormatError, match=rf"rows\.{fmt}:(1|2): a row needs .*the row's fields: .*{re.escape(meant)}"):
         read_split(fmt, root, file=f"rows.{fmt}")
+
+
+def test_labels_that_differ_only_in_case_are_warned_about(root, caplog):
+    rows = ['{"image": "images/good.jpg", "label": "cat"}', '{"image": "images/good2.png", "label": "Cat"}',
+            '{"image": "images/gray.png", "label": "dog"}']
+    (root / "rows.jsonl").write_text("\n".join(rows) + "\n")
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+        split = read_split("jsonl", root, file="rows.jsonl")
+    assert split.class_names == ["Cat", "cat", "dog"]   # still read as written
+    assert "the labels ['Cat', 'cat'] differ only in case or spaces and are read as 2 classes" in caplog.text
+    caplog.clear()
+    (root / "rows.jsonl").write_text("\n".join(rows[::2]) + "\n")
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+        read_split("jsonl", root, file="rows.jsonl")
+    assert "differ only in case" not in caplog.text

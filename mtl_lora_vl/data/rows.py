@@ -402,6 +402,12 @@ def examples_from_rows(
                 raise DataFormatError(f"{at(ints[0])}: label {row_label(ints[0])!r} is an integer class index but other "
                                       "rows give class names; write every label as a name, or give class_names")
             names = sorted({str(v).strip() for _, v in labels_raw})
+            folded = Counter(" ".join(n.casefold().split()) for n in names)   # CLIP tokenizers lowercase
+            if any(c > 1 for c in folded.values()):
+                same = [n for n in names if folded[" ".join(n.casefold().split())] > 1]
+                logger.warning("%s: the labels %s differ only in case or spaces and are read as %d classes (whose "
+                               "prompts a lowercasing tokenizer reads alike); write each class one way", source,
+                               same[:6], len(same))
     index = {n: i for i, n in enumerate(names)}
     examples = []
     for n, row in rows:
