@@ -325,6 +325,17 @@ def _decoded(source: Any, draft: int | None, alpha: str = "white") -> Image.Imag
             raise ImageError(f"image {name}: cannot be decoded ({type(e).__name__}: {e})") from e
 
 
+def _pil_rgb(img: Image.Image, alpha: str = "white") -> Image.Image:
+    """A PIL image given as the source, in RGB: one opened lazily (``Image.open``) reads its file here, so a broken
+    file is an :class:`ImageError` naming it (a row replaced or named), not PIL's bare ``OSError``."""
+    name = getattr(img, "filename", "") or "<PIL image>"
+    try:
+        img.load()   # (to_rgb returns an RGB image as it is: unread)
+        return to_rgb(img, alpha)
+    except Exception as e:  # truncated or corrupt data, a closed file, a mode that does not convert
+        raise ImageError(f"image {name}: cannot be decoded ({type(e).__name__}: {e})") from e
+
+
 def load_image(source: Any, size: int | None = None) -> Image.Image:
     """Decode an image (file, bytes, reference or PIL image), or render a scene, to an RGB PIL image.
 
@@ -338,7 +349,7 @@ def load_image(source: Any, size: int | None = None) -> Image.Image:
     if is_scene(source):
         return to_rgb(source.render(size) if size is not None else source.render())
     if isinstance(source, Image.Image):
-        return _resize_short_side(to_rgb(source), size, "<PIL image>")
+        return _resize_short_side(_pil_rgb(source), size, "<PIL image>")
     return _resize_short_side(_decoded(source, size), size, _source_name(source))
 
 
@@ -371,9 +382,11 @@ def to_uint8_tensor(img: Any, resize: ImageResize | int, several: bool = False) 
                              "image's own size (use a backbone that resizes to a square)")
         return torch.stack([to_uint8_tensor(part, resize) for part in img])
     name = "<PIL image>"
-    if is_scene(img):
+    if isinstance(img, Image.Image):
+        img = _pil_rgb(img, resize.alpha)
+    elif is_scene(img):
         img = load_image(img, resize.size)
-    elif not isinstance(img, Image.Image):
+    else:
         name = _source_name(img)
         img = _decoded(img, resize.draft_side, resize.alpha)
     if img.size[0] < 1 or img.size[1] < 1:

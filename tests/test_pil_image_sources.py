@@ -1,0 +1,41 @@
+"""A PIL image given as an example's image (documented in ``Example``) that was opened lazily reads its file in the
+loader worker: a broken file must be an ImageError naming it, so its row is replaced (or, strict, named)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mtl_lora_vl.data.fallback import ImageFallback
+from mtl_lora_vl.data.images import ImageError, load_image, to_uint8_tensor
+from mtl_lora_vl.data.records import Example
+
+
+def _jpegs(tmp_path: Path) -> tuple[Path, Path]:
+    arr = (np.random.default_rng(0).random((40, 60, 3)) * 255).astype(np.uint8)
+    good, cut = tmp_path / "good.jpg", tmp_path / "cut.jpg"
+    Image.fromarray(arr).save(good, quality=90)
+    data = good.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    return good, cut
+
+
+def test_a_truncated_lazily_opened_pil_image_is_an_image_error_naming_its_file(tmp_path):
+    _, cut = _jpegs(tmp_path)
+    with pytest.raises(ImageError, match=r"cut\.jpg: cannot be decoded \(OSError: image file is truncated"):
+        to_uint8_tensor(Image.open(cut), 16)
+    with pytest.raises(ImageError, match=r"cut\.jpg: cannot be decoded"):
+        load_image(Image.open(cut), 16)
+
+
+def test_a_row_whose_pil_image_fails_is_replaced_or_named_when_strict(tmp_path):
+    good, cut = _jpegs(tmp_path)
+    rows = [Example(Image.open(good), "good-0"), Example(Image.open(cut), "row-7")]
+    index, pixels = ImageFallback("t", rows, 16).decode(1)
+    assert index == 0 and tuple(pixels.shape) == (3, 16, 16)
+    rows = [Example(Image.open(good), "good-0"), Example(Image.open(cut), "row-7")]
+    with pytest.raises(ImageError, match=r"task 't': example 'row-7': image .*cut\.jpg: cannot be decoded.*strict"):
+        ImageFallback("t", rows, 16, strict=True).decode(1)
