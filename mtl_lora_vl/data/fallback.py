@@ -199,6 +199,7 @@ class ImageFallback:
         """``(row, pixels)``: row ``index`` when its image decodes, else a replacement row of the task (rows
         count in the whole sequence when ``examples`` was a shard of it)."""
         index += self.offset
+        last: ImageError | None = None   # the latest failure: the row's own, then its substitutes'
         if not self._known_bad(index):
             try:
                 return index, self._decode(index)
@@ -207,9 +208,9 @@ class ImageFallback:
                     raise type(err)(f"task {self.task!r}: {err} (strict = true in the task spec; set it to "
                                     "false to replace rows whose image cannot be used)") from err
                 self._mark(index, err)
+                last = err
         n = len(self.examples)
         start = random.Random(index).randrange(n)
-        last: ImageError | None = None
         for k in range(n):
             j = (start + k) % n
             if j == index or self._known_bad(j):
