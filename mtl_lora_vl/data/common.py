@@ -209,9 +209,10 @@ class ImageChecker:
         self.failures: list[tuple[Any, str]] = []
         self._bar = progress(desc="checking images", unit="img") if verify else None
 
-    def __call__(self, path: Any) -> bool:
+    def __call__(self, path: Any, where: str | None = None) -> bool:
         """Whether the image is usable; ``path`` is a file path, or another source with ``verify=False``
-        meaning "do not look at it" (in-memory images have no file to test for existence)."""
+        meaning "do not look at it" (in-memory images have no file to test for existence). ``where``: the row
+        (``file:line``) that names the image, put before a strict stop's message."""
         if path in self._ok:
             return self._ok[path]
         try:
@@ -224,6 +225,8 @@ class ImageChecker:
             if self.strict:
                 if self._bar is not None:
                     self._bar.close()
+                if where:
+                    raise type(e)(f"{where}: {e}") from e
                 raise
             self.failures.append((path, str(e)))
             ok = False

@@ -290,7 +290,7 @@ def examples_from_rows(
             iid = image_id(row, n, p)
             if not texts:
                 blank.append(n)
-            elif check(p):
+            elif check(p, at(n)):
                 groups.setdefault(p, (iid, []))[1].extend(texts)
         if blank:
             logger.warning("%s: %d row(s) have no caption text (blank or only spaces) and are left out, e.g. %s",
@@ -325,7 +325,7 @@ def examples_from_rows(
                 raise DataFormatError(f"{where}: 'question_type' must be text, got {qtype!r}")
             qtype = None if qtype is None or (isinstance(qtype, str) and not qtype.strip()) else str(qtype).strip()
             ps = tuple(image_at({**row, "image": x}, n) for x in paths)
-            ok = [check(p) for p in ps]   # every image checked: each unreadable one is named in the summary
+            ok = [check(p, where) for p in ps]   # every image checked: each unreadable one is named in the summary
             iid = row.get("image_id")
             if iid is None or iid == "":
                 row = {**row, "image": "|".join(map(str, paths))}   # the default id: the row's paths
@@ -354,7 +354,7 @@ def examples_from_rows(
             qtype = None if qtype is None or (isinstance(qtype, str) and not qtype.strip()) else str(qtype).strip()
             p = image_at(row, n)
             answers = _answers(row.get("answers"), at(n))
-            if check(p):
+            if check(p, at(n)):
                 meta = {k: row[k] for k in ("question_id",) if k in row}
                 if "filter_type" in row:
                     meta["filter_type"] = str(row["filter_type"] or "")
@@ -427,7 +427,7 @@ def examples_from_rows(
             raise DataFormatError(f"{at(n)}: label {v!r} is not one of the class names {names[:10]}"
                                   f"{'...' if len(names) > 10 else ''}")
         p = image_at(row, n)
-        if check(p):
+        if check(p, at(n)):
             examples.append(Example(stored(p), image_id(row, n, p), label=label, meta={"class_name": names[label]}))
     return check.finish(examples, source, class_names=names)
 
