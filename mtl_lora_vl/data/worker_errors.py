@@ -1,4 +1,4 @@
-"""A data loader's batches with its workers' errors told as the user needs them: an image error with its own one-line
+"""A data loader's batches with its workers' errors told as the user needs them: an error a worker raised with its own
 message (PyTorch wraps it in the worker's traceback), a killed worker with what to do about it."""
 
 from __future__ import annotations
@@ -11,35 +11,54 @@ from torch.utils.data import DataLoader
 
 from .images import ImageError
 
-__all__ = ["worker_errors_unwrapped"]
+__all__ = ["WorkerTraceback", "worker_errors_unwrapped"]
+
+
+class WorkerTraceback(Exception):
+    """The traceback of an error raised in a data-loader worker: the cause of the error re-raised with its own message
+    (shown where the command line shows tracebacks: ``--log-level debug``)."""
 
 
 def worker_errors_unwrapped(loader: DataLoader) -> Iterator[Any]:
-    """``loader``'s batches; an :class:`ImageError` a worker raised comes out with its own message (PyTorch
-    re-raises it as "Caught ImageError in DataLoader worker process 0." plus the worker's traceback, which the
-    command line then printed as its one-line error)."""
+    """``loader``'s batches; an error a worker raised comes out with its own message, as with ``--workers 0`` (PyTorch
+    re-raises it as "Caught ValueError in DataLoader worker process 0." plus the worker's traceback, which the command
+    line then printed as its one-line error); the worker's traceback is its cause (an :class:`ImageError`'s message
+    names the file and suffices: none)."""
     it = iter(loader)
     while True:
         try:
             batch = next(it)
         except StopIteration:
             return
-        except ImageError as e:
-            text, kind = str(e), type(e)   # (a subclass too: ImageShapeError)
-            if not text.startswith(f"Caught {kind.__name__} in DataLoader worker"):
-                raise
-            shutdown = getattr(it, "_shutdown_workers", None)
-            if shutdown is not None:   # now: the error's traceback keeps this iterator (and its workers) alive
-                shutdown()
-            own = f"\n{kind.__module__}.{kind.__qualname__}: "   # the traceback's last line starts so
-            raise kind(text.rpartition(own)[2].strip() if own in text else text) from None
         except RuntimeError as e:
-            if not str(e).startswith("DataLoader worker ("):
-                raise
-            codes = {w.exitcode for w in getattr(it, "_workers", []) if w.exitcode}
-            raise RuntimeError(f"{e}: {_why_died(codes)}; a training run continues with --resume from its last "
-                               "saved checkpoint") from None
+            if str(e).startswith("DataLoader worker ("):
+                codes = {w.exitcode for w in getattr(it, "_workers", []) if w.exitcode}
+                raise RuntimeError(f"{e}: {_why_died(codes)}; a training run continues with --resume from its last "
+                                   "saved checkpoint") from None
+            _raise_own(e, it)
+            raise
+        except Exception as e:
+            _raise_own(e, it)
+            raise
         yield batch
+
+
+def _raise_own(e: Exception, it: Any) -> None:
+    """Raise the error a worker raised, with its own message, if ``e`` is PyTorch's wrapping of one; else return."""
+    text, kind = str(e), type(e)   # (a subclass too: ImageShapeError)
+    module = "" if kind.__module__ in ("builtins", "__main__") else f"{kind.__module__}."
+    named = f"{module}{kind.__qualname__}"
+    own = f"\n{named}: "   # the traceback's last line starts so
+    if not text.startswith(f"Caught {kind.__name__} in DataLoader worker") or own not in text:
+        return
+    try:
+        new = kind(text.rpartition(own)[2].strip())
+    except Exception:  # noqa: BLE001 - a type that is not made from a message alone: PyTorch's wrapping stays
+        return
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is not None:   # now: the error's traceback keeps this iterator (and its workers) alive
+        shutdown()
+    raise new from (None if isinstance(e, ImageError) else WorkerTraceback(text))
 
 
 def _why_died(codes: set[int]) -> str:

@@ -1,0 +1,44 @@
+"""An error a loader worker raises comes out as with ``--workers 0``: its own type and one-line message (the command
+line prints it as its error), with the worker's traceback as its cause -- not PyTorch's "Caught ValueError in
+DataLoader worker process 0." plus the whole traceback as the message."""
+
+from __future__ import annotations
+
+import pytest
+from torch.utils.data import DataLoader, Dataset
+
+from mtl_lora_vl.data.common import DataFormatError
+from mtl_lora_vl.data.images import ImageError
+from mtl_lora_vl.data.worker_errors import WorkerTraceback, worker_errors_unwrapped
+
+
+class _Rows(Dataset):
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> int:
+        if index == 2:
+            raise self.error
+        return index
+
+
+@pytest.mark.parametrize("error", [DataFormatError("rows.jsonl:3: label 'x' is not a class; fix the row"),
+                                   ValueError("task 'vqa': a bad row"), RuntimeError("task 'vqa': cannot tokenise")])
+def test_a_worker_error_keeps_its_type_and_message_and_the_traceback_as_cause(error):
+    for workers in (0, 1):
+        loader = DataLoader(_Rows(error), batch_size=1, num_workers=workers)
+        with pytest.raises(type(error)) as got:
+            list(worker_errors_unwrapped(loader))
+        assert str(got.value) == str(error)
+        if workers:
+            assert isinstance(got.value.__cause__, WorkerTraceback) and "__getitem__" in str(got.value.__cause__)
+
+
+def test_an_image_error_from_a_worker_keeps_its_one_line_message_without_cause():
+    loader = DataLoader(_Rows(ImageError("image a.jpg: file is empty (0 bytes)")), batch_size=1, num_workers=1)
+    with pytest.raises(ImageError) as got:
+        list(worker_errors_unwrapped(loader))
+    assert str(got.value) == "image a.jpg: file is empty (0 bytes)" and got.value.__cause__ is None
