@@ -365,7 +365,7 @@ def test_image_paths_written_relative_to_the_file_say_where_the_data_root_takes_
     fix = r"not the file's folder: 'img/a.png' is beside train\.\w+, so give images = 'coco' in the split's options"
     with pytest.raises(DataFormatError, match=r"no usable examples .*file not found\); image paths .*" + fix):
         read_split(fmt, root, file=f"coco/train.{fmt}")
-    with pytest.raises(ImageError, match=r"file not found; image paths .*" + fix):
+    with pytest.raises(ImageError, match=r"file not found; fix or remove .*; image paths .*" + fix):
         read_split(fmt, root, file=f"coco/train.{fmt}", strict=True)
     assert len(read_split(fmt, root, file=f"coco/train.{fmt}", images="coco").examples) == 1
     (tmp_path / "other").mkdir()
@@ -473,7 +473,8 @@ def test_a_folder_named_as_an_image_is_not_called_missing(root, verify):
     'is not a regular file')."""
     (root / "dir.jsonl").write_text(json.dumps({"image": "images", "text": "x"}) + "\n"
                                     + json.dumps({"image": "images/good.jpg", "text": "y"}) + "\n")
-    with pytest.raises(ImageError, match=r"image .*images: is not a regular file$"):
+    with pytest.raises(ImageError, match=r"image .*images: is not a regular file; fix or remove the image, or set strict = false to skip "
+                                         r"unreadable images with a warning$"):
         read_split("jsonl", root, file="dir.jsonl", verify=verify, strict=True)
 
 

@@ -225,9 +225,8 @@ class ImageChecker:
             if self.strict:
                 if self._bar is not None:
                     self._bar.close()
-                if where:
-                    raise type(e)(f"{where}: {e}") from e
-                raise
+                fix = "; fix or remove the image, or set strict = false to skip unreadable images with a warning"
+                raise type(e)(f"{where + ': ' if where else ''}{e}{fix}") from e
             self.failures.append((path, str(e)))
             ok = False
         self._ok[path] = ok
