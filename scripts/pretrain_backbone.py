@@ -47,6 +47,8 @@ from mtl_lora_vl.tasks.retrieval import infonce  # noqa: E402
 from mtl_lora_vl.training.schedule import cosine_with_warmup  # noqa: E402
 
 IMAGE_SIZE = 64
+#: What the script writes in --out; an earlier output holding anything else is not replaced.
+CLIP_FILES = (OPEN_CLIP_CONFIG, "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a {}.")
 
 # Common English words, so that prompts a user types are not all <unk>.
@@ -269,7 +271,7 @@ def zero_shot_report(bb: Backbone, seed: int, log: Callable[[str], None] = print
 def save_assets(bb: Backbone, config: dict, tokenizer_dir: Path, out: Path, meta: dict) -> dict[str, int]:
     """Write config, fp16 weights and tokenizer files as the folder ``out``, all at once (a temporary folder
     renamed into place: an interrupted save never leaves new weights beside an old config and tokenizer)."""
-    check_asset_dir(out, OPEN_CLIP_CONFIG, "pretrain", "--out")
+    check_asset_dir(out, OPEN_CLIP_CONFIG, "pretrain", "--out", own=CLIP_FILES)
     state = {k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.contiguous()
              for k, v in bb.model.state_dict().items()}
     with atomic_dir(out, overwrite=True, what="--out") as tmp:
@@ -348,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (0 <= args.lr < math.inf and 0 <= args.weight_decay < math.inf):   # < 0: gradient ascent; inf: NaN
         ap.error(f"--lr and --weight-decay must be finite and >= 0, got {args.lr} and {args.weight_decay}")
     try:  # before training (minutes), not at the save
-        check_asset_dir(args.out, OPEN_CLIP_CONFIG, "pretrain", "--out")
+        check_asset_dir(args.out, OPEN_CLIP_CONFIG, "pretrain", "--out", own=CLIP_FILES)
     except OSError as e:
         ap.error(str(e))
     if args.threads:

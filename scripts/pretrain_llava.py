@@ -78,6 +78,11 @@ SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, IMAGE)             # ids 0..4
 PROMPTS = {"vqa": "<image> question: {question} answer:", "captioning": "<image> caption:"}
 TURNS = {"vqa": "question: {question} answer:", "captioning": "caption:"}
 CLIP_DIR = REPO / "assets" / "builtin_clip"
+#: What --out may hold from an earlier run: the model's and processor's save_pretrained files (by transformers
+#: version) and pretrain.json; an earlier output holding anything else is not replaced.
+LLAVA_FILES = ("config.json", "generation_config.json", "model.safetensors", "pretrain.json", "processor_config.json",
+               "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+               "chat_template.json", "chat_template.jinja")
 
 # --------------------------------------------------------------------------------------------------
 # Generic instructions from a pretraining scene
@@ -533,7 +538,7 @@ def save_asset(model, processor, out: Path, meta: dict) -> dict[str, int]:
     """Write the model (fp16 weights; config dtype float32), the processor and ``pretrain.json`` into a
     temporary sibling folder, then swap it into ``out`` (only a new or empty folder or an earlier asset)."""
     out = out.resolve()
-    check_asset_dir(out, "pretrain.json", "settings", "--out")
+    check_asset_dir(out, "pretrain.json", "settings", "--out", own=LLAVA_FILES)
     with atomic_dir(out, overwrite=True, what="--out") as tmp:   # swapped in whole, in one step where it can be
         model.half().save_pretrained(tmp)
         model.float()
@@ -649,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         ap.error(str(e))
     try:  # before training, not at the save
-        check_asset_dir(args.out, "pretrain.json", "settings", "--out")
+        check_asset_dir(args.out, "pretrain.json", "settings", "--out", own=LLAVA_FILES)
     except OSError as e:
         ap.error(str(e))
     kinds = tuple(k.strip() for k in args.instruction_types.split(",") if k.strip())

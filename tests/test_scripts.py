@@ -399,3 +399,25 @@ def test_every_script_option_says_what_it_does(name, monkeypatch):
     with pytest.raises(SystemExit):
         main([]) if inspect_.signature(main).parameters else main()
     assert not [a.option_strings for a in seen]
+
+
+@pytest.mark.parametrize("script, asset", [("pretrain_backbone", "builtin_clip"), ("pretrain_llava", "builtin_llava")])
+def test_asset_scripts_never_delete_what_a_user_put_in_an_earlier_output(script, asset, tmp_path, monkeypatch, capsys):
+    """--out DIR, an earlier output of the script, was replaced whole: a LLaVA built into DIR/llava from that CLIP
+    (pretrain_llava --clip DIR --out DIR/llava) and a NOTES.txt were deleted without a word. Now such a folder is
+    refused before any work, naming what it holds; an earlier output holding only the script's files still goes."""
+    import shutil
+
+    mod = _script(script)
+    _no_training(monkeypatch, mod)
+    out = tmp_path / "out"
+    shutil.copytree(REPO / "assets" / asset, out)
+    with pytest.raises(_WouldTrain):   # accepted: it goes on to build the world
+        mod.main(["--steps", "1", "--out", str(out)])
+    (out / "llava").mkdir()
+    (out / "llava" / "config.json").write_text("{}")
+    (out / "NOTES.txt").write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--steps", "1", "--out", str(out)])
+    assert e.value.code == 2 and "NOTES.txt, llava" in capsys.readouterr().err
+    assert (out / "NOTES.txt").read_text() == "mine" and (out / "llava" / "config.json").is_file()

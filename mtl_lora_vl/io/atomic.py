@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -102,11 +102,13 @@ def _through_link(path: Path, what: str) -> Path:
     return path.resolve()
 
 
-def check_asset_dir(path: str | Path, marker: str, key: str, what: str) -> None:
+def check_asset_dir(path: str | Path, marker: str, key: str, what: str, own: Collection[str] = ()) -> None:
     """Raise unless ``path`` is new, empty, or a folder whose JSON file ``marker`` holds ``key`` -- one the same
     writer made, which ``atomic_dir(path, overwrite=True)`` may then replace. For writers with a default output
     folder (the asset scripts): they replace their own output, never a folder of the user's (every open_clip model
-    folder holds an open_clip_config.json: the file alone replaced a user's weights)."""
+    folder holds an open_clip_config.json: the file alone replaced a user's weights). ``own``: the names the writer
+    puts there; an earlier output holding anything else (a user's notes, a model built into a subfolder) is
+    refused too, since replacing the folder would delete it."""
     path = Path(path)
     check_target(path, directory=True, overwrite=True, what=what)
     if not path.is_dir() or not any(path.iterdir()):
@@ -118,6 +120,11 @@ def check_asset_dir(path: str | Path, marker: str, key: str, what: str) -> None:
     if not isinstance(doc, dict) or key not in doc:
         raise FileExistsError(f"{what}: {path} is not empty and holds no {marker} with {key!r} in it, so it is not an "
                               "earlier output of this script and is not replaced; choose a new or empty folder")
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in own) if own else []
+    if foreign:
+        raise FileExistsError(f"{what}: {path} is an earlier output of this script but also holds "
+                              f"{', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}, which replacing the "
+                              "folder would delete; move them out first, or choose a new or empty folder")
 
 
 @contextmanager
