@@ -345,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     args.seed = 0 if args.seed is None else args.seed
     if args.steps < 1 or args.batch_size < 2:
         ap.error("--steps must be >= 1 and --batch-size >= 2")
-    if args.n_pretrain is not None and args.n_pretrain < 1:
-        ap.error(f"--n-pretrain must be >= 1, got {args.n_pretrain}")
+    if args.n_pretrain is not None and args.n_pretrain < 2:   # one pair: every InfoNCE gradient is 0
+        ap.error(f"--n-pretrain must be >= 2 (a contrastive batch needs two pairs), got {args.n_pretrain}")
     if not (0 <= args.lr < math.inf and 0 <= args.weight_decay < math.inf):   # < 0: gradient ascent; inf: NaN
         ap.error(f"--lr and --weight-decay must be finite and >= 0, got {args.lr} and {args.weight_decay}")
     try:  # before training (minutes), not at the save

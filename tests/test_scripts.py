@@ -200,6 +200,7 @@ def test_pretrain_llava_evaluate_leaves_a_foreign_folder_unmarked_and_out_never_
 
 @pytest.mark.parametrize(("script", "args"), [
     ("pretrain_backbone", ["--lr", "inf"]),               # trained to NaN and wrote a NaN asset
+    ("pretrain_backbone", ["--n-pretrain", "1"]),         # a batch of one pair: loss and gradients 0, an untrained asset
     ("pretrain_llava", ["--lr", "inf"]),
     ("pretrain_llava", ["--hidden", "6", "--heads", "2"]),   # head size 3: rotary embeddings failed after set-up
     ("pretrain_llava", ["--eval-every", "-5"]),
