@@ -90,12 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     default = out.resolve() == (REPO / "assets" / "world_samples.png").resolve()
     if out.exists() and not (args.overwrite or default):   # a picture of the user's
         ap.error(f"--out {out} exists; pass --overwrite to replace it, or choose another path")
+    from mtl_lora_vl.io.atomic import atomic_file, check_writable_file
+
+    try:   # before drawing, not as a traceback after it
+        check_writable_file(out, "--out")
+    except OSError as e:
+        ap.error(str(e))
 
     # the object API: no pyplot, no backend switch
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from mtl_lora_vl.io.atomic import atomic_file
 
     rows = _panels(args.per_row, args.seed)
     fig = Figure(figsize=(3.9 * args.per_row, 4.6 * len(rows)))

@@ -422,3 +422,14 @@ def test_asset_scripts_never_delete_what_a_user_put_in_an_earlier_output(script,
         mod.main(["--steps", "1", "--out", str(out)])
     assert e.value.code == 2 and "NOTES.txt, llava" in capsys.readouterr().err
     assert (out / "NOTES.txt").read_text() == "mine" and (out / "llava" / "config.json").is_file()
+
+
+def test_show_world_refuses_an_out_it_cannot_write_before_drawing(tmp_path, monkeypatch, capsys):
+    """--out under a file (or in a folder it cannot write) drew the whole grid, then ended in a traceback."""
+    show_world = _script("show_world")
+    monkeypatch.setattr(show_world, "_panels", lambda *a: pytest.fail("drew before checking --out"))
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        show_world.main(["--out", str(tmp_path / "notes.txt" / "x.png")])
+    assert e.value.code == 2 and "notes.txt is a file" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
