@@ -433,3 +433,15 @@ def test_show_world_refuses_an_out_it_cannot_write_before_drawing(tmp_path, monk
         show_world.main(["--out", str(tmp_path / "notes.txt" / "x.png")])
     assert e.value.code == 2 and "notes.txt is a file" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, a folder nothing can be made in")
+@pytest.mark.parametrize("script", ["pretrain_backbone", "pretrain_llava"])
+def test_asset_scripts_refuse_an_out_they_cannot_write_before_training(script, monkeypatch, capsys):
+    """--out /proc/clip passed every check, trained (25 minutes for the default CLIP) and failed at the save with
+    a FileNotFoundError traceback; now a usage error before any work."""
+    mod = _script(script)
+    _no_training(monkeypatch, mod)
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--steps", "1", "--out", "/proc/mtl-lora-vl-out"])
+    assert e.value.code == 2 and "cannot write there" in capsys.readouterr().err

@@ -111,6 +111,11 @@ def check_asset_dir(path: str | Path, marker: str, key: str, what: str, own: Col
     refused too, since replacing the folder would delete it."""
     path = Path(path)
     check_target(path, directory=True, overwrite=True, what=what)
+    folder = next(p for p in path.absolute().parents if p.exists())   # where the temporary folder will be made
+    try:   # before the minutes of work whose result goes there
+        tempfile.TemporaryDirectory(dir=folder, prefix=".write-check-").cleanup()
+    except OSError as e:
+        raise OSError(f"{what} {path}: cannot write there ({e.strerror or e})") from None
     if not path.is_dir() or not any(path.iterdir()):
         return
     try:
