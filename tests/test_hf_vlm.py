@@ -94,6 +94,13 @@ def test_collator_errors(bb):
     assert b["input_ids"].shape[1] == 22 and b["labels"][0, -1] not in (bb.eos_id, -100)  # cut: no end token
 
 
+def test_a_target_holding_the_image_placeholder_is_refused_by_the_collator(bb):
+    """Its id made one more image token than the row's image fills: lm_loss then refused the collator's own batch,
+    telling the caller to build the ids with lm_collator() (sequence_scores refuses such a candidate already)."""
+    with pytest.raises(ValueError, match=r"target 1 \('a .* b'\) holds the image placeholder .*take the placeholder out"):
+        bb.lm_collator()(prompts(bb, 2), ["red", f"a {bb.image_token} b"])
+
+
 def test_lm_loss_is_per_row_target_mean(bb):
     b = bb.lm_collator()(prompts(bb, 3), ["red", "a blue square", "two"])
     images = torch.randn(3, 3, 32, 32)

@@ -177,6 +177,11 @@ class LMCollator:
         targets = list(targets)
         if len(targets) != len(prompts):
             raise ValueError(f"lm_collator: {len(prompts)} prompts but {len(targets)} targets; give one target per prompt")
+        held = next((i for i, t in enumerate(targets) if self.layout.image_token in t), None)
+        if held is not None:   # its id would be one more image token than the row's images fill
+            raise ValueError(f"lm_collator: target {held} ({targets[held][:60]!r}) holds the image placeholder "
+                             f"{self.layout.image_token!r}; a target is text after the prompt (the image goes in the "
+                             "prompt): take the placeholder out of the target")
         enc = self.continuation_ids(texts, targets, prompt_ids)
         ends = [""] * len(targets) if ends is None else list(ends)
         if len(ends) != len(targets):
