@@ -306,9 +306,7 @@ class Backbone:
     def encode_image(self, images: Tensor) -> Tensor:
         """Normalised float images ``(B, 3, H, W)`` -> L2-normalised image embeddings ``(B, D)``."""
         self.require(IMAGE_EMBEDDINGS, "encode_image")
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"encode_image expects float images of shape (B, 3, H, W), got {tuple(images.shape)}")
-        return F.normalize(self._image_features(images), dim=-1)
+        return F.normalize(self._image_features(self.resize.checked(images, "encode_image", self.name)), dim=-1)
 
     def encode_text(self, tokens: Tensor) -> Tensor:
         """Token ids ``(N, L)`` (L <= context_length; shorter is padded where the model reads the whole context, else

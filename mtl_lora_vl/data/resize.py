@@ -112,6 +112,16 @@ class ImageResize:
         ``size`` squares."""
         return self.mode in ("native", "anyres")
 
+    def checked(self, images: Any, what: str, name: str) -> Any:
+        """``images`` when they are a ``(B, 3, size, size)`` batch (any size where :attr:`keeps_size`), else a
+        ValueError naming ``what`` took them, the size backbone ``name`` takes and the fix."""
+        shape = tuple(images.shape)
+        if len(shape) != 4 or shape[1] != 3 or (shape[2:] != (self.size, self.size) and not self.keeps_size):
+            raise ValueError(f"{what} expects float images of shape (B, 3, {self.size}, {self.size}) for backbone "
+                             f"{name!r}, got {shape}; give uint8 images of any size to backbone.preprocess_uint8 "
+                             f"(it resizes them) or resize them to {self.size}x{self.size} yourself")
+        return images
+
     @property
     def budget(self) -> int:
         """The largest area a ``native`` resize makes (``max_pixels``, default ``size²``)."""

@@ -1,0 +1,36 @@
+"""Images of another size than the contrastive backbone takes are refused by name, with the fix.
+
+open_clip's towers failed deep inside with "The size of tensor a (37) must match the size of tensor b (17)" (a 48 px
+batch for a 32 px model): encode_image, CoCa's caption_logits and generate now say what size they take and how to
+get there.
+"""
+
+import pytest
+import torch
+from vl_tiny import tiny_backbone
+
+
+@pytest.mark.parametrize("coca", [False, True])
+@pytest.mark.parametrize("side", [48, 16])
+def test_encode_image_refuses_another_size_naming_the_size_and_the_fix(tmp_path, coca, side):
+    bb = tiny_backbone(tmp_path, coca=coca)
+    with pytest.raises(ValueError, match=rf"encode_image.*\(B, 3, 32, 32\).*got \(2, 3, {side}, {side}\).*preprocess_uint8"):
+        bb.encode_image(torch.randn(2, 3, side, side))
+    assert bb.encode_image(torch.randn(2, 3, 32, 32)).shape == (2, 32)   # its own size still works
+
+
+def test_coca_caption_paths_refuse_another_size(tmp_path):
+    bb = tiny_backbone(tmp_path, coca=True)
+    images = torch.randn(2, 3, 48, 48)
+    with pytest.raises(ValueError, match=r"generate.*\(B, 3, 32, 32\)"):
+        bb.generate(images, max_len=3)
+    tokens = torch.tensor([[bb.bos_id, 5, bb.eos_id]] * 2)
+    with pytest.raises(ValueError, match=r"caption_logits.*\(B, 3, 32, 32\)"):
+        bb.caption_logits(images, tokens)
+    assert bb.caption_logits(torch.randn(2, 3, 32, 32), tokens).shape[:2] == (2, 2)
+
+
+def test_encode_image_still_refuses_a_batch_that_is_not_rgb(tmp_path):
+    bb = tiny_backbone(tmp_path)
+    with pytest.raises(ValueError, match=r"encode_image.*got \(2, 1, 32, 32\)"):
+        bb.encode_image(torch.randn(2, 1, 32, 32))
