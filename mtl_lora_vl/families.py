@@ -91,6 +91,8 @@ def _is_class(c: type, ref: str) -> bool:
 
 
 _OC_BLOCK = r"\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"
+# An open_clip image tower that is a timm ViT (open_clip's TimmModel: visual.trunk), as timm_vit's blocks.
+_OC_TIMM_TRUNK = r"^visual\.trunk\.blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc1_g|mlp\.fc1_x|mlp\.fc2)$"
 _HF_CLIP_BLOCK = r"\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$"
 
 # Hugging Face image-text-to-text models (transformers 5 names: model.vision_tower.encoder.layers.N...,
@@ -128,10 +130,11 @@ FAMILIES: tuple[Family, ...] = (
         "open_clip",
         ("open_clip.CLIP", "open_clip.CustomTextCLIP", "open_clip.CoCa"),
         {
-            "image": (r"^visual\.transformer" + _OC_BLOCK,),
+            "image": (r"^visual\.transformer" + _OC_BLOCK, _OC_TIMM_TRUNK),   # a timm trunk: the SigLIP models
             "text": (r"^(text\.)?transformer" + _OC_BLOCK,
                      r"^text_decoder\.(resblocks|cross_attn)\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"),
         },
+        packed_qkv=r"^visual\.trunk\.blocks\.\d+\.attn\.qkv$",
         backbone="open_clip",
         merged_format="open_clip",
     ),
