@@ -72,8 +72,8 @@ class MTLLoRAConfig:
     family table in ``families.py``) or ``{"image": [regex, ...], "text": [regex, ...]}`` matched with
     ``re.search`` against full module names. ``qkv_slices`` restricts which of the q, k and v projections
     adapt (``"qkv"``, ``"qv"``, ...): slices of a packed projection (timm's ``qkv``, ``nn.MultiheadAttention``),
-    or whole ``q_proj`` / ``k_proj`` / ``v_proj`` layers (Hugging Face models). For ``moe_lora`` and ``multi_lora`` ``n_up`` is the
-    number of experts / parallel LoRAs.
+    or whole ``q_proj`` / ``k_proj`` / ``v_proj`` layers (Hugging Face models). For ``moe_lora`` and ``multi_lora``
+    ``n_up`` is the number of experts / parallel LoRAs.
     """
 
     tasks: list[str]
@@ -166,7 +166,8 @@ class MTLLoRAConfig:
         same = ((self.method == "mtl_lora" and self.lambda_type == "none" and self.n_up == 1)
                 or (self.method == "moe_lora" and self.n_up == 1))
         if same and len(self.tasks) > 1:
-            warn_user(f"method={self.method!r} with n_up=1{' and lambda_type=none' if self.method == 'mtl_lora' else ''} "
+            warn_user(f"method={self.method!r} with "
+                      f"n_up=1{' and lambda_type=none' if self.method == 'mtl_lora' else ''} "
                           "has no task-specific part left: every task gets the same update (lora with extra "
                           "parameters); raise n_up, or use method='lora' or 'task_lora'")
 

@@ -1,8 +1,8 @@
 """The family table: the one place that names model families and what the package knows of each.
 
 A leaf module (it imports nothing from the package but its own counting functions, :mod:`.family_images`, a
-leaf too), so adapters, backbones and exports can all read it without import cycles. Everything else asks the table (``find_family``, ``family_named``,
-``peft_export``, ``merged_format``) instead of comparing family names.
+leaf too), so adapters, backbones and exports can all read it without import cycles. Everything else asks the table
+(``find_family``, ``family_named``, ``peft_export``, ``merged_format``) instead of comparing family names.
 
 A family's classes are written ``"package.prefix.ClassName"``: a model belongs to the family when a
 class in its MRO has that name **and** lives in that module or below it. So ``open_clip.CLIP`` matches
@@ -100,14 +100,16 @@ _HF_CLIP_BLOCK = r"\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[
 _HF_VLM_TARGETS = {
     "image": (r"(^|\.)vision_tower(\.\w+)*" + _HF_CLIP_BLOCK,),
     # (qkv_proj and gate_up_proj: language models that pack them, e.g. Phi-3; each adapts as one projection)
-    "text": (r"(^|\.)language_model\.(.*\.)?layers\.\d+\.(self_attn\.(q|k|v|o|qkv)_proj|mlp\.(gate|up|down|gate_up)_proj)$",),
+    "text": (r"(^|\.)language_model\.(.*\.)?layers\.\d+\."
+             r"(self_attn\.(q|k|v|o|qkv)_proj|mlp\.(gate|up|down|gate_up)_proj)$",),
 }
 
 # The modules of an HF VLM that take the batch's images: its vision tower and its projector.
 _IMAGE_PATH = r"(^|\.)(vision_tower|multi_modal_projector)$"
 
 # Idefics3 / SmolVLM name their language model model.text_model (a Llama-style decoder).
-_IDEFICS3_TEXT = r"(^|\.)text_model\.(.*\.)?layers\.\d+\.(self_attn\.(q|k|v|o|qkv)_proj|mlp\.(gate|up|down|gate_up)_proj)$"
+_IDEFICS3_TEXT = (r"(^|\.)text_model\.(.*\.)?layers\.\d+\."
+                  r"(self_attn\.(q|k|v|o|qkv)_proj|mlp\.(gate|up|down|gate_up)_proj)$")
 
 
 def _llava_unused_vision_layers(model: Any) -> tuple[str, ...]:
@@ -230,7 +232,8 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "timm_vit",
         ("timm.models.VisionTransformer",),
-        {"image": (r"^blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc1_g|mlp\.fc1_x|mlp\.fc2)$",)},  # fc1_g/x: SwiGLU
+        # fc1_g/x: SwiGLU
+        {"image": (r"^blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc1_g|mlp\.fc1_x|mlp\.fc2)$",)},
         packed_qkv=r"(^|\.)qkv$",
         no_backbone="a timm VisionTransformer is image-only (it has no text tower), so it cannot serve the "
                     "package's image-text task kinds; attach adapters to it directly with mtl_lora_vl.attach(model, "

@@ -185,7 +185,8 @@ def retrieval_recall(similarity: Any, text_to_image: Any, ks: Sequence[int] = (1
     texts is among their top K texts; ``t2i_rK`` the fraction of texts whose image is among their top K
     images; ``mean_recall`` the mean of all those numbers. Images that own no text are left out of the
     i2t average (they still compete as distractors in t2i). Ties count against the query: an item
-    scored equal to the correct one is ranked ahead of it, so a constant matrix scores the worst possible (0 where K is below the candidates), not 1.
+    scored equal to the correct one is ranked ahead of it, so a constant matrix scores the worst possible (0 where K is
+    below the candidates), not 1.
     """
     sim = _as_tensor(similarity, "similarity")
     t2i = _as_index_tensor(text_to_image, "text_to_image", "retrieval_recall", "image indices")

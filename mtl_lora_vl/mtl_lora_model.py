@@ -152,8 +152,8 @@ class MTLLoRAModel(nn.Module):
             doc = read_adapter_config(source, verify=False)
         except AdapterFileError as e:   # e.g. a temporary download folder, removed since
             warn_user(f"save_pretrained: the directory this model was loaded from cannot be read any more ({e}); "
-                          "its base model, task specs, vocabularies and data folders are not saved (pass base=, task_specs=, "
-                          "kinds=, data_roots=)")
+                          "its base model, task specs, vocabularies and data folders are not saved (pass base=, "
+                          "task_specs=, kinds=, data_roots=)")
             return base, task_specs, kinds, data_roots
         tasks = set(self.tasks)
         # a recorded head without tensors (a generative task's) loses nothing: load_pretrained rebuilds it

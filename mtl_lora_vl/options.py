@@ -121,10 +121,12 @@ class TrainOptions:
     warmup: int = _opt(20, "linear warm-up steps before the cosine schedule", ge=0)
     grad_clip: float = _opt(1.0, "clip the gradient norm to this (0 = off)", ge=0)
     accumulate: int = _opt(1, "gradient accumulation: micro-batches per optimizer step", ge=1)
-    precision: Precision = _opt("auto", "auto = bf16 on a GPU that supports it, else fp32; with half-precision base weights "
+    precision: Precision = _opt("auto", "auto = bf16 on a GPU that supports it, else fp32; with half-precision base "
+                                        "weights "
                                       "(--base-dtype, or auto on a GPU), their dtype")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
-    workers: int = _opt(-1, "data loader workers (-1 = this rank's share of its machine's usable cores, at most 4)", ge=-1)
+    workers: int = _opt(-1, "data loader workers (-1 = this rank's share of its machine's usable cores, at most 4)",
+                        ge=-1)
     batch_mode: Literal["mixed", "homogeneous"] = _opt(
         "mixed", "mixed: several tasks per batch; homogeneous: one task per optimizer step (all its --accumulate "
                  "micro-batches)")
@@ -143,7 +145,8 @@ class TrainOptions:
     eval_split: Split = _opt("test", "split scored at the end (test falls back to val when a task has no test "
                              "split; a task without a val split is not scored on val)")
     eval_val: bool = _opt(False, "also score the adapted model on the validation split at the end (eval.json 'val')")
-    skip_zero_shot: bool = _opt(False, "skip the zero-shot score of the base model at the end (benchmarks compute it once)")
+    skip_zero_shot: bool = _opt(False, "skip the zero-shot score of the base model at the end (benchmarks compute it "
+                                       "once)")
     out: str | None = _opt(None, "run directory (default runs/<tasks>-<method>-<time>)")
     resume: str | None = _opt(None, "continue the killed or stopped run in this directory")
     extend: str | None = _opt(None, "add --tasks to the trained adapter of this run directory (or adapter directory), "
@@ -238,7 +241,8 @@ class EvalOptions:
         "auto", "dtype of the frozen base weights: auto = bf16 for a language model (LLaVA-style) on a GPU (fp16 on "
         "one without native bf16; fp32 for Gemma 3, which overflows fp16), else fp32; adapters stay fp32")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
-    precision: Precision = _opt("auto", "auto = bf16 on a GPU that supports it, else fp32; with half-precision base weights "
+    precision: Precision = _opt("auto", "auto = bf16 on a GPU that supports it, else fp32; with half-precision base "
+                                        "weights "
                                       "(--base-dtype, or auto on a GPU), their dtype")
     batch_size: int = _opt(256, "evaluation batch size", ge=1)
     workers: int = _opt(0, "image-decoding workers", ge=0)

@@ -4,10 +4,11 @@ A run directory is chosen (and checked) before anything is built, and claimed --
 only after the run's setup was built: a run that fails at start-up (an unknown task, a bad backbone or
 spec) leaves an existing directory as it was. Without ``--out`` the run takes the first free name of
 ``runs/TASKS-METHOD-STAMP``, ``...-2``, ``...-3``: two runs started in the same second get one each. Under
-torchrun, rank 0 claims the directory and every rank takes its answer (the directory, or the error). ``config.json`` records the run's options with paths made
-absolute, so ``--resume`` works from any working directory. While a run trains, its rank 0 holds ``RUN/.lock`` (an
-advisory ``flock``, let go however the process ends): a ``--resume`` or ``--overwrite`` of a run still training is
-refused, not run beside it (the two wrote one metrics.jsonl, checkpoint and adapter).
+torchrun, rank 0 claims the directory and every rank takes its answer (the directory, or the error). ``config.json``
+records the run's options with paths made absolute, so ``--resume`` works from any working directory. While a run
+trains, its rank 0 holds ``RUN/.lock`` (an advisory ``flock``, let go however the process ends): a ``--resume`` or
+``--overwrite`` of a run still training is refused, not run beside it (the two wrote one metrics.jsonl, checkpoint and
+adapter).
 """
 
 from __future__ import annotations
@@ -100,8 +101,8 @@ def choose_run_dir(opts: TrainOptions) -> Path:
         raise RunDirError(f"--out {run}: is a file, not a directory; choose another --out")
     _check_parent(run)
     if opts.overwrite and run.is_symlink():   # renaming it aside would move the link, and the run would land beside it
-        raise RunDirError(f"--out {run}: is a symbolic link (to {run.resolve()}); --overwrite replaces a directory, not "
-                          f"a link: give its target, --out {run.resolve()}")
+        raise RunDirError(f"--out {run}: is a symbolic link (to {run.resolve()}); --overwrite replaces a directory, "
+                          f"not a link: give its target, --out {run.resolve()}")
     if opts.extend and holds(run, opts.extend):
         raise RunDirError(f"--out {run}: holds the adapter that --extend {opts.extend} extends; choose another --out")
     if opts.overwrite and holds(run, Path.cwd()) and run.is_dir() and any(run.iterdir()):
@@ -320,7 +321,8 @@ def config_doc(run: Path, opts: TrainOptions) -> dict[str, Any]:
     """The options as ``run/config.json`` records them: local paths (task spec files, data root, weights, the
     extended adapter, a backbone directory, the ``--config`` file) made absolute, ``out`` the directory claimed."""
     doc = asdict(opts)
-    doc["tasks"] = ",".join(_absolute(t) if looks_like_path(t) else t for t in (x.strip() for x in opts.tasks.split(",")))
+    doc["tasks"] = ",".join(_absolute(t) if looks_like_path(t) else t
+                            for t in (x.strip() for x in opts.tasks.split(",")))
     for key in ("data_root", "extend", "config"):
         doc[key] = _absolute(doc[key])
     doc["out"] = str(run.resolve())  # the directory claimed (a default name may have gained a -k)

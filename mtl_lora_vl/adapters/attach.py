@@ -85,8 +85,8 @@ def select_targets(model: nn.Module, cfg: MTLLoRAConfig,
             supported = ", ".join(f"{f.name} ({'/'.join(f.classes)})" for f in FAMILIES)
             raise AttachError(
                 f"{type(model).__name__} is not a supported model class; supported: {supported}. For any other "
-                "model pass explicit targets, e.g. MTLLoRAConfig(..., targets={'image': [r'blocks\\.\\d+\\.mlp\\.fc1$'], "
-                "'text': [...]})"
+                "model pass explicit targets, e.g. MTLLoRAConfig(..., targets={'image': "
+                "[r'blocks\\.\\d+\\.mlp\\.fc1$'], 'text': [...]})"
             )
         targets = fam.targets
     else:
@@ -124,8 +124,8 @@ def select_targets(model: nn.Module, cfg: MTLLoRAConfig,
     other = [(n, c) for n, c in other if n and not any(m.startswith(n + ".") for m, _, _, _ in chosen)]
     if other and warn_overlap:   # e.g. open_clip's own Attention (qk_norm, scaled_cosine_attn, scale_heads blocks)
         warn_user(f"attach: {len(other)} module(s) that the targets name are neither nn.Linear nor "
-                  f"nn.MultiheadAttention and get no adapter (e.g. {other[0][0]!r}, class {other[0][1]}); name the linear "
-                  "layers inside them in targets to adapt them")
+                  f"nn.MultiheadAttention and get no adapter (e.g. {other[0][0]!r}, class {other[0][1]}); name the "
+                  "linear layers inside them in targets to adapt them")
     whole = [n for n, m, _, sl in chosen if isinstance(m, nn.Linear) and sl is None and re.search(r"qkv(_proj)?$", n)]
     if whole and cfg.qkv_slices != "qkv" and warn_overlap:
         warn_user(f"attach: qkv_slices={cfg.qkv_slices!r} does not apply to {len(whole)} packed q/k/v layer(s) "
@@ -331,7 +331,8 @@ def parameter_report(model: nn.Module) -> dict[str, int]:
     info = model._mtl_lora
     per = {t: 0 for t in TOWERS}
     for name, bank in info.layers.items():
-        per[info.towers[name]] += sum(p.numel() for n, p in bank.named_parameters(recurse=False) if n in ADAPTER_PARAM_NAMES)
+        per[info.towers[name]] += sum(p.numel() for n, p in bank.named_parameters(recurse=False)
+                                      if n in ADAPTER_PARAM_NAMES)
     total = trainable_parameters(model)
     base = sum(p.numel() for p in model.parameters()) - total
     return {"image": per["image"], "text": per["text"], "adapter_total": total, "base_frozen": base,
@@ -413,9 +414,9 @@ def _refuse_shared_weights(model: nn.Module, pairs: list[tuple[AdapterBank, nn.P
         owners = {id(model.get_submodule(n.rpartition(".")[0])) for n in shared}   # one module under two names:
         if len(owners) > 1:                                                        # the same adapted layer
             raise RuntimeError(
-                f"{what}: the weight of {bank.layer_name} is shared with {', '.join(shared)} (tied weights), so merging "
-                f"into it would change the other layer too; run the adapters routed (mlv.route) instead of merged, "
-                f"or leave {bank.layer_name} out of the targets")
+                f"{what}: the weight of {bank.layer_name} is shared with {', '.join(shared)} (tied weights), so "
+                "merging into it would change the other layer too; run the adapters routed (mlv.route) instead of "
+                f"merged, or leave {bank.layer_name} out of the targets")
 
 
 @torch.no_grad()

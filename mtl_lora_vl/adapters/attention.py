@@ -98,7 +98,8 @@ class LoRAMultiheadAttention(KeepsReplaced):
             weights = attn.mean(dim=1) if average_attn_weights else attn
             out = attn @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal and mask is None)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                                 is_causal=is_causal and mask is None)
         out = self.out_proj(out.transpose(1, 2).reshape(Bsz, L, E))
         if not batched:
             out = out.squeeze(0)

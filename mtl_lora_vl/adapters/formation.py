@@ -20,10 +20,10 @@ With gradients, the formed M_t are let go once every member has taken its own (t
 a forward keeps); otherwise (evaluation, a generation's decoding steps) they are kept, one set per signature, until
 other tasks are routed, the route scope that formed them closes (outside any scope: the forward ends), a forward
 with gradients runs (a fused optimizer step or a write through ``p.data`` counts no version), or a parameter is
-written to in place or replaced (version counter, storage, identity: ``load_state_dict``, ``grow_tasks``). A node is never reused after a backward pass went
-through it: an optimizer step may follow, and a fused one writes the parameters without counting a version; one
-formed inside a backward pass (a checkpointed region's recomputation, whose node's backward never runs) is never
-used outside that pass. The node saves no tensors: it
+written to in place or replaced (version counter, storage, identity: ``load_state_dict``, ``grow_tasks``). A node is
+never reused after a backward pass went through it: an optimizer step may follow, and a fused one writes the parameters
+without counting a version; one formed inside a backward pass (a checkpointed region's recomputation, whose node's
+backward never runs) is never used outside that pass. The node saves no tensors: it
 reads the parameters back in backward and refuses ones modified in place since.
 """
 
@@ -94,7 +94,8 @@ class _Inputs:
             with torch.no_grad(), autocast_off(self.params[i][2].device.type):
                 formed = _formed(self, self.params)
                 if self.parts is None:
-                    self.parts = formed[:3]   # not M or the stacked B: only B̄ (M's size) stays until the node's backward
+                    # not M or the stacked B: only B̄ (M's size) stays until the node's backward
+                    self.parts = formed[:3]
                 Ms = self.again[dtype] = formed[3].to(dtype).unbind(0)
         return Ms[i]
 
@@ -155,8 +156,8 @@ class _Group:
         return Ms[i], inputs
 
 
-def _formed(inputs: _Inputs, params: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor,
-                                                           torch.Tensor]:
+def _formed(inputs: _Inputs, params: list[tuple]
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """(π, B̄, Λ, M, B) of the layers whose ``params`` are given: (G, P, n), (G, P, d, r), (G, P, r, r) / (G, P, r) /
     None, (G, P, d, r), in the parameters' dtype, for the present task rows; and their B stacked, (G, n, d, r)."""
     present = inputs.present

@@ -11,8 +11,8 @@ task is therefore one LoRA's cost (one fused addmm). ``mtl_lora`` forms its M_t 
 them (:mod:`.formation`), and adds its rows in a node of its own (:func:`.rows.update_formed_rows`); a layer
 outside an attached model, compiled or in an ``nn.DataParallel`` replica forms its own inside its row update
 (:func:`.rows.update_mtl_rows`). A mixed batch gathers each sample's M_t and adds every sample's update in one
-batched product, whatever the order of the rows. The other task-dependent methods add each present task's ``M_t z`` to that task's
-rows in place -- one matrix product per run of rows when the rows are grouped by task, one gathered index
+batched product, whatever the order of the rows. The other task-dependent methods add each present task's ``M_t z`` to
+that task's rows in place -- one matrix product per run of rows when the rows are grouped by task, one gathered index
 set per task when they are finely interleaved (see :meth:`Route.plan` and :func:`.rows.update_rows`).
 No path masks the output; the only per-sample copy is the mixed ``mtl_lora`` batch's gathered M_t.
 
@@ -349,7 +349,8 @@ class AdapterBank(nn.Module):
                     B = B[:, rows]
                 lam = self.lora_lambda if self.lambda_type != "none" else None
                 update = partial(update_mtl_rows, w=self.lora_w, lam=lam, B=B, tasks=tasks, n_batch=n_batch,
-                                 scale=self.scaling, tau=self.temperature, present=None if route.task is not None else present)
+                                 scale=self.scaling, tau=self.temperature,
+                                 present=None if route.task is not None else present)
         else:
             if route.task is not None or not self.task_dependent:  # one matrix for every row: one LoRA
                 t = route.task if route.task is not None else 0

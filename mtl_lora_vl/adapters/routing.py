@@ -212,7 +212,8 @@ class Route:
         return Route.from_segments(segments)
 
     def _spread(self, sizes: Sequence[int]) -> list[Segment]:
-        """Each segment of rows as one of items, row i having ``sizes[i]`` items in a row of them (empty ones left out)."""
+        """Each segment of rows as one of items, row i having ``sizes[i]`` items in a row of them (empty ones left
+        out)."""
         start = [0, *itertools.accumulate(int(n) for n in sizes)]
         return [(t, start[a], start[b]) for t, a, b in self.segments if start[b] > start[a]]
 

@@ -94,7 +94,8 @@ def _replay_hooks(router: Router, r: Route, recompute: bool = True) -> _ReplayHo
     return _ReplayHooks(((router, r),), top)
 
 
-#: Module attributes that switch activation checkpointing on: Hugging Face's layers and encoders; open_clip's and timm's.
+#: Module attributes that switch activation checkpointing on: Hugging Face's layers and encoders; open_clip's and
+#: timm's.
 CHECKPOINT_FLAGS = ("gradient_checkpointing", "grad_checkpointing")
 
 

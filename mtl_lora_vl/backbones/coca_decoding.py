@@ -39,7 +39,8 @@ def supports_kv_cache(model: nn.Module) -> bool:
         attn = getattr(block, "attn", None)
         packed = isinstance(attn, LoRAMultiheadAttention) or (
             isinstance(attn, nn.MultiheadAttention) and attn._qkv_same_embed_dim and attn.bias_k is None)
-        if not (packed and attn.batch_first and all(hasattr(block, n) for n in ("ln_1", "ln_2", "mlp", "ls_1", "ls_2"))):
+        if not (packed and attn.batch_first
+                and all(hasattr(block, n) for n in ("ln_1", "ln_2", "mlp", "ls_1", "ls_2"))):
             return False
     return True
 

@@ -133,9 +133,9 @@ def load_hf_weights(model_cls: type, folder: Path, dtype: torch.dtype,
             if "mismatched_sizes" not in str(e):
                 raise
             # transformers' "You set `ignore_mismatched_sizes` to `False`...": its table above names the weights
-            raise BackboneError(f"{folder}: weights in the checkpoint have other shapes than {model_cls.__name__} built "
-                                f"from its config.json (listed above); the config and the weights are of different "
-                                "models: save them together again with save_pretrained") from e
+            raise BackboneError(f"{folder}: weights in the checkpoint have other shapes than {model_cls.__name__} "
+                                "built from its config.json (listed above); the config and the weights are of "
+                                "different models: save them together again with save_pretrained") from e
         except (OSError, ValueError):
             raise
         except Exception as e:   # safetensors' own error type (a truncated or corrupt file) is none of those

@@ -116,9 +116,9 @@ def mismatch_fix(layout: Any, processor: Any = None, config: Any = None) -> str:
     if layout.token_side:   # a native-resolution model: each image's own count
         u = layout.token_side
         return (f"Each image fills (h/{u})·(w/{u}) {tokens} for its own size (h, w): give images of different sizes "
-                "on one canvas with image_sizes=[(h, w), ...] (mtl_lora_vl.data.loader.pad_images makes both) and build "
-                "input_ids with backbone.lm_collator()(..., image_sizes=...); a processor of your own must have the "
-                "model's patch_size and merge_size")
+                "on one canvas with image_sizes=[(h, w), ...] (mtl_lora_vl.data.loader.pad_images makes both) and "
+                "build input_ids with backbone.lm_collator()(..., image_sizes=...); a processor of your own must have "
+                "the model's patch_size and merge_size")
     n = layout.num_image_tokens
     return (f"Each image fills {n} {tokens} per row; build input_ids with backbone.lm_collator(), or, when using the "
             f"processor yourself, {_count_fields(processor, config, n)}")

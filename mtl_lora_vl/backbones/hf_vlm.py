@@ -252,8 +252,8 @@ class HFVLMBackbone(Backbone):
         return -sums / counts.clamp(min=1)
 
     @torch.no_grad()
-    def generate(self, images: Tensor, max_len: int = 20, beam_size: int = 1,
-                 prompts: Sequence[str] | None = None, image_sizes: Sequence[tuple[int, int]] | None = None) -> list[str]:
+    def generate(self, images: Tensor, max_len: int = 20, beam_size: int = 1, prompts: Sequence[str] | None = None,
+                 image_sizes: Sequence[tuple[int, int]] | None = None) -> list[str]:
         """One text per row (prompt): greedy (``beam_size=1``) or beam search through Hugging Face ``generate`` with the
         KV cache; only the new tokens are decoded, special tokens stripped. The image placeholder and the ids around
         it are never generated (:meth:`_banned_ids`). ``prompts`` default to the bare image placeholder
@@ -279,11 +279,11 @@ class HFVLMBackbone(Backbone):
     def sequence_scores(self, images: Tensor, prompts: Sequence[str], candidates: Sequence[str],
                         per_token: bool = False, end: str = "",
                         image_sizes: Sequence[tuple[int, int]] | None = None) -> Tensor:
-        """Total log-probability ``(B, C)`` of each candidate (its tokens and the end token, as targets are
-        trained: ``end``, a chat template's end of turn, else the tokenizer's) after each row's prompt; ``per_token``: divided by that number of tokens. One prefill of the prompts, then every candidate of every row in one
-        batched step from the cache (``B·C`` language-model rows, routed like beams). Under activation
-        checkpointing in training (where transformers drops the cache) the ``B·C`` full sequences run instead.
-        ``image_sizes``: see the module doc."""
+        """Total log-probability ``(B, C)`` of each candidate (its tokens and the end token, as targets are trained:
+        ``end``, a chat template's end of turn, else the tokenizer's) after each row's prompt; ``per_token``: divided by
+        that number of tokens. One prefill of the prompts, then every candidate of every row in one batched step from
+        the cache (``B·C`` language-model rows, routed like beams). Under activation checkpointing in training (where
+        transformers drops the cache) the ``B·C`` full sequences run instead. ``image_sizes``: see the module doc."""
         check_candidates(candidates, self.image_token)
         batch, sizes = self._prompts(images, prompts, "sequence_scores", image_sizes)
         prompts = list(prompts)
@@ -303,10 +303,10 @@ class HFVLMBackbone(Backbone):
         return scores
 
     def caption_logits(self, images: Tensor, tokens: Tensor) -> Tensor:
-        """Teacher-forced logits ``(B, L-1, vocab)`` of ``tokens`` (from :attr:`tokenizer`) after the image, laid
-        out as the family's processor lays out a prompt of the bare image placeholder (:meth:`lm_collator`: Gemma 3's
-        and LLaVA's start token first, then the image; PaliGemma's image, then the start token and ``"\\n"``); a start
-        token that ``tokens`` begin with is that prompt's own, not read twice. Position i predicts ``tokens[:, i + 1]``."""
+        """Teacher-forced logits ``(B, L-1, vocab)`` of ``tokens`` (from :attr:`tokenizer`) after the image, laid out as
+        the family's processor lays out a prompt of the bare image placeholder (:meth:`lm_collator`: Gemma 3's and
+        LLaVA's start token first, then the image; PaliGemma's image, then the start token and ``"\\n"``); a start token
+        that ``tokens`` begin with is that prompt's own, not read twice. Position i predicts ``tokens[:, i + 1]``."""
         check_image_batch(images, "caption_logits")
         if tokens.dim() != 2 or tokens.shape[1] < 2 or tokens.shape[0] != images.shape[0]:
             raise ValueError(f"caption_logits: tokens must be (B, L >= 2) for {images.shape[0]} images, "
@@ -425,7 +425,8 @@ class HFVLMBackbone(Backbone):
         return [self.lm_collator().end_id(end)] if end else []
 
     def _prompts(self, images: Tensor, prompts: Sequence[str] | None, what: str,
-                 image_sizes: Sequence[tuple[int, int]] | None) -> tuple[dict[str, Tensor], list[tuple[int, int]] | None]:
+                 image_sizes: Sequence[tuple[int, int]] | None
+                 ) -> tuple[dict[str, Tensor], list[tuple[int, int]] | None]:
         """The collated prompts (default: the bare image placeholder, one per image), checked; and the images'
         sizes, checked."""
         check_image_batch(images, what)

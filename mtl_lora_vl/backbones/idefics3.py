@@ -105,8 +105,8 @@ class Idefics3Backbone(NativeImageReading, HFVLMBackbone):
         patch, scale = int(config.vision_config.patch_size), int(config.scale_factor)
         if (side // patch) % scale:
             raise BackboneError(f"{name}: the image processor's max_image_size ({side}) gives {side // patch} patches "
-                                f"of {patch} px per side, not a multiple of scale_factor ({scale}), which the connector "
-                                "needs; save the processor with max_image_size={'longest_edge': "
+                                f"of {patch} px per side, not a multiple of scale_factor ({scale}), which the "
+                                "connector needs; save the processor with max_image_size={'longest_edge': "
                                 f"{config.vision_config.image_size}}} (the vision tower's image_size)")
         return side
 

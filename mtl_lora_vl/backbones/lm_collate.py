@@ -176,7 +176,8 @@ class LMCollator:
                 raise TypeError(f"lm_collator: {arg} must be a list of strings (one per row), not one string {val!r}")
         targets = list(targets)
         if len(targets) != len(prompts):
-            raise ValueError(f"lm_collator: {len(prompts)} prompts but {len(targets)} targets; give one target per prompt")
+            raise ValueError(f"lm_collator: {len(prompts)} prompts but {len(targets)} targets; give one target per "
+                             "prompt")
         held = next((i for i, t in enumerate(targets) if self.layout.image_token in t), None)
         if held is not None:   # its id would be one more image token than the row's images fill
             raise ValueError(f"lm_collator: target {held} ({targets[held][:60]!r}) holds the image placeholder "
@@ -235,8 +236,9 @@ class LMCollator:
             if n != 1 and not (lay.several_images and n > 1):
                 several = " (or one per image of its row)" if lay.several_images else ""
                 raise ValueError(
-                    f"lm_collator: prompt {i} ({p[:60]!r}) has {n} image placeholders {lay.image_token!r}; every prompt "
-                    f"needs exactly one{several}, e.g. '{lay.image_token} question: ... answer:' (backbone.image_token)"
+                    f"lm_collator: prompt {i} ({p[:60]!r}) has {n} image placeholders {lay.image_token!r}; every "
+                    f"prompt needs exactly one{several}, e.g. '{lay.image_token} question: ... answer:' "
+                    "(backbone.image_token)"
                 )
             if lay.image_first:
                 p = p.replace(lay.image_token, "").strip()

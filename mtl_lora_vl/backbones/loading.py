@@ -1,8 +1,9 @@
 """``load_backbone``: a backbone string -> the Backbone of its family, from local files only.
 
 The string is parsed once (:func:`parse_spec`); ``builtin`` and ``open_clip:`` build with open_clip;
-an ``hf:DIR`` (and ``builtin-llava``, a directory shipped with the package) is matched against the family table by the class its ``config.json`` names, and loaded
-by the Backbone class the table registers for that family (or refused with the table's reason).
+an ``hf:DIR`` (and ``builtin-llava``, a directory shipped with the package) is matched against the family table by the
+class its ``config.json`` names, and loaded by the Backbone class the table registers for that family (or refused with
+the table's reason).
 """
 
 from __future__ import annotations

@@ -376,7 +376,7 @@ def _load_state(model: nn.Module, path: Path, what: str) -> None:
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if isinstance(state, dict) and state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}  # saved from a DDP-wrapped model (open_clip's training)
+        state = {k[len("module."):]: v for k, v in state.items()}  # a DDP-wrapped model's save (open_clip's training)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -427,8 +427,9 @@ def _load_dir(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackbon
     if tokenizer_dir is None and named and not text_cfg.get("hf_model_name") and local_folder(str(named)) is None:
         raise FileNotFoundError(f"{local} has no tokenizer files ({', '.join(TOKENIZER_FILES)}) and the tokenizer its "
                                 f"{OPEN_CLIP_CONFIG} names (hf_tokenizer_name {named!r}) is neither a local folder "
-                                "nor in the local Hugging Face cache; copy the model's tokenizer files (tokenizer.json, "
-                                f"tokenizer_config.json) into {local}, or set hf_tokenizer_name to their folder")
+                                "nor in the local Hugging Face cache; copy the model's tokenizer files "
+                                f"(tokenizer.json, tokenizer_config.json) into {local}, or set hf_tokenizer_name to "
+                                "their folder")
     index = sorted(local.glob("*.safetensors.index.json"))
     ckpt = index[0] if index else _find_checkpoint_in_dir(local)
     if ckpt is None:

@@ -244,7 +244,8 @@ def _run_grid(settings: BenchSettings, out: Path, counter: ParameterCounter, ran
     tasks = list(task_args)
     methods = method_configs(settings, tasks, {m: v["matched"] for m, v in ranks.items() if "matched" in v})
     reference = reference_config(methods)
-    singles = (single_task_configs(tasks, settings.batch_size, joint_shares(task_args, settings.batch_size, settings.data_root))
+    singles = (single_task_configs(tasks, settings.batch_size,
+                                   joint_shares(task_args, settings.batch_size, settings.data_root))
                if settings.single_task and len(tasks) > 1 else [])
     ablations = ablation_configs(settings, tasks) if reference else []
     tuned = methods + singles

@@ -64,9 +64,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "parameter count), a single-task reference and MTL-LoRA ablations through the same trainer, budget and "
         "data order; tunes each method's learning rate on the validation split; reports test scores over seeds "
         "with paired 95 % intervals. Resumable: rerun the same command to continue a killed grid.")
-    p.add_argument("--out", default="bench-methods", help="output folder (report.md, results.json, plots/, runs/; default bench-methods)")
-    p.add_argument("--tasks", default=",".join(d.tasks), help=f"comma-separated task names or spec paths (default {','.join(d.tasks)})")
-    p.add_argument("--backbone", default=d.backbone, help="builtin | builtin-llava | open_clip:NAME | hf:DIR (default builtin)")
+    p.add_argument("--out", default="bench-methods", help="output folder (report.md, results.json, plots/, runs/; "
+                                                          "default bench-methods)")
+    p.add_argument("--tasks", default=",".join(d.tasks), help="comma-separated task names or spec paths (default "
+                                                              f"{','.join(d.tasks)})")
+    p.add_argument("--backbone", default=d.backbone, help="builtin | builtin-llava | open_clip:NAME | hf:DIR (default "
+                                                          "builtin)")
     p.add_argument("--pretrained", default=None, help="local weights for open_clip:NAME")
     p.add_argument("--data-root", default=None, help="folder that file-based task specs are relative to")
     p.add_argument("--methods", default=None, help=f"comma-separated subset of {list(METHODS)} (default all; "

@@ -1,7 +1,7 @@
 """Task sharing of a trained MTL-LoRA adapter, read from its files: softmax(w_t / τ) per tower.
 
-Read from the adapter's weights file (the ``*.lora_w`` tensors, T × n each) and its config (τ, the task names and which tower each projection belongs to), so any saved
-adapter can be inspected without building a model.
+Read from the adapter's weights file (the ``*.lora_w`` tensors, T × n each) and its config (τ, the task names and which
+tower each projection belongs to), so any saved adapter can be inspected without building a model.
 """
 
 from __future__ import annotations

@@ -157,9 +157,9 @@ def render(r: dict[str, Any]) -> str:
     lines += [f"## Methods (test split, {seeds_text(s['seeds'])})", "", *_table(head, rows)]
     if r["single_task"]:
         lines += [f"The single-task reference trains `lora` on one task alone for the same {s['steps']} steps at "
-                  f"batch {batches} -- its task's share of the rows of a joint batch of {s['batch_size']}, rounded -- so it "
-                  "sees as many examples of its task as a joint run; joint minus single-task then measures what sharing the "
-                  "adapter costs, not the extra data a full batch of one task would give.", ""]
+                  f"batch {batches} -- its task's share of the rows of a joint batch of {s['batch_size']}, rounded -- "
+                  "so it sees as many examples of its task as a joint run; joint minus single-task then measures what "
+                  "sharing the adapter costs, not the extra data a full batch of one task would give.", ""]
 
     if r["paired_vs_reference"]:
         rows = [[cfgs[cid]["label"], *(_diff(d[k]) for k in [*tasks, AVERAGE])]
@@ -192,7 +192,8 @@ def render(r: dict[str, Any]) -> str:
                     continue
                 c = cfgs[e["config"]]
                 d = r["paired_vs_reference"].get(e["config"])
-                rows.append([axis, f"{e['value']}{_diverged_note(c)}", f"{c['params']:,}", *(_ms(c["scores"][t]) for t in tasks),
+                rows.append([axis, f"{e['value']}{_diverged_note(c)}", f"{c['params']:,}",
+                             *(_ms(c["scores"][t]) for t in tasks),
                              _ms(c["scores"][AVERAGE]), "(reference)" if e["config"] == ref else
                              _diff(d[AVERAGE] if d else None)])
         lines += [f"## MTL-LoRA ablations (test split, at {cfgs[ref]['label']}'s learning rate {cfgs[ref]['lr']:g})"

@@ -305,7 +305,8 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
     if named.count("config") > 1:   # the parser keeps the last; the first file's values would be dropped unsaid
         _fail(parser, f"--config is given {named.count('config')} times; give one file (merge them into one, or "
                       "give the options of the other on the command line, where they win over the file's)")
-    for name in ("tasks", "task"):   # the parser keeps the last: `--tasks vqa --tasks retrieval` trained retrieval alone
+    # the parser keeps the last: `--tasks vqa --tasks retrieval` trained retrieval alone
+    for name in ("tasks", "task"):
         if named.count(name) > 1:
             _fail(parser, f"{flag(name)} is given {named.count(name)} times, and only the last would count; name every "
                           f"task in one comma-separated {flag(name)}, e.g. {flag(name)} vqa,retrieval")
@@ -411,7 +412,8 @@ def _flags(cls: type) -> dict[str, str]:
     """Every flag of an options class (``--name``; ``--no-name`` for a boolean) -> the option it sets."""
     types_ = field_types(cls)
     flags = {flag(f.name): f.name for f in fields(cls)}
-    return flags | {"--no-" + f.name.replace("_", "-"): f.name for f in fields(cls) if _non_none(types_[f.name])[0] is bool}
+    return flags | {"--no-" + f.name.replace("_", "-"): f.name for f in fields(cls)
+                    if _non_none(types_[f.name])[0] is bool}
 
 
 def _flag_name(cls: type, token: str) -> str | None:

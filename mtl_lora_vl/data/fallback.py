@@ -76,8 +76,9 @@ class ImageFallback:
     """Decode the images of one task's examples, replacing rows whose image fails (see the module doc).
 
     ``task`` names the task in messages; ``examples`` are its rows; ``size`` how images become the square
-    uint8 tensors (an :class:`~mtl_lora_vl.data.resize.ImageResize`, or the side: shorter side, crop). ``replaced`` counts replaced rows and ``failed_files()`` lists the files that
-    failed, both over every worker of every loader built on this object.
+    uint8 tensors (an :class:`~mtl_lora_vl.data.resize.ImageResize`, or the side: shorter side, crop). ``replaced``
+    counts replaced rows and ``failed_files()`` lists the files that failed, both over every worker of every loader
+    built on this object.
     """
 
     def __init__(self, task: str, examples: Sequence[Example], size: ImageResize | int, *,

@@ -110,8 +110,8 @@ def _parquet_files(base: Path, split: str | None) -> list[str]:
         if split is not None and not _in_split(base, base.parent, split):
             raise ValueError(f"hf_datasets {base}: one parquet file is one table, and its name does not say split "
                              f"{split!r} ('{split}-*.parquet', '*_{split}.parquet'), so split = {split!r} selects "
-                             "nothing (every split would read the same rows); leave split out where the file is that split's data, or give the "
-                             "folder that holds every split's files")
+                             "nothing (every split would read the same rows); leave split out where the file is that "
+                             "split's data, or give the folder that holds every split's files")
         return [str(base)]
     files = sorted(base.rglob("*.parquet"))
     if not files:
@@ -175,7 +175,8 @@ def _column_map(columns: dict | None, names: list[str], where: str,
         mapping: dict[str, Any] = {f: f for f in _AUTO_FIELDS if f in names}
     else:
         if not isinstance(columns, dict) or not all(isinstance(v, str) for k, v in columns.items() if k != "images"):
-            raise ReaderOptionError(f"columns must map fields to column names, e.g. {{image = \"img\", question = \"q\"}}, "
+            raise ReaderOptionError("columns must map fields to column names, e.g. {image = \"img\", question = "
+                                    "\"q\"}, "
                             f"got {columns!r}")
         unknown = [k for k in columns if k not in FIELDS]
         if unknown:
@@ -281,7 +282,8 @@ def read_hf_datasets(
         row = {f: values[c] for f, c in others.items()}
         given_id = row.get("image_id") not in (None, "")
         if not given_id:   # a made-up id must not collide with the column's real ones ("1"): it would share that image
-            row["image_id"] = img_path if img_path and not has_bytes else f"row {i}" if "image_id" in mapping else str(i)
+            row["image_id"] = (img_path if img_path and not has_bytes
+                               else f"row {i}" if "image_id" in mapping else str(i))
         if has_bytes:
             # Rows of one given image_id share one reference: checked once, grouped for captions.
             ref = DatasetImage(table, image_col, i)

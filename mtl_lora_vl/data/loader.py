@@ -340,7 +340,8 @@ class MultiTaskLoader:
         if adapter_tasks is not None:
             unknown = [n for n in names if n not in adapter_tasks]
             if unknown:
-                raise ValueError(f"MultiTaskLoader: task(s) {unknown} are not in the adapter's tasks {list(adapter_tasks)}")
+                raise ValueError(f"MultiTaskLoader: task(s) {unknown} are not in the adapter's tasks "
+                                 f"{list(adapter_tasks)}")
             task_ids = [list(adapter_tasks).index(n) for n in names]
         generative = [bool(getattr(k, "generative", False)) for k in kinds]
         if any(generative) and not all(generative):

@@ -105,8 +105,9 @@ def _rows_csv(path: Path) -> list[tuple[int, dict]]:
             raise DataFormatError(f"{path}:{lineno}: more fields than header columns; quote fields with commas")
         short = [k for k, v in row.items() if v is None]   # DictReader's restval: the row ended early
         if short:
-            raise DataFormatError(f"{path}:{lineno}: fewer fields than header columns (no {', '.join(map(repr, short))}); "
-                                  "give every row a cell per column (an empty one: a comma with nothing after it)")
+            raise DataFormatError(f"{path}:{lineno}: fewer fields than header columns (no "
+                                  f"{', '.join(map(repr, short))}); give every row a cell per column (an empty one: a "
+                                  "comma with nothing after it)")
         for key, value in row.items():   # "img/0.jpg , cat": the space before a comma is no part of the value
             if isinstance(value, str):
                 row[key] = value.strip()
@@ -224,7 +225,7 @@ def examples_from_rows(
         only = next(iter(known))
         for n, row in rows:
             if row_kinds[n] == "unknown" and any(k in row for k in _KIND_FIELDS[only]):
-                if only != "caption":   # a blank caption is left out with a count below; a blank question or label is not
+                if only != "caption":   # blank captions are left out (counted below); a blank question or label is not
                     field = _KIND_FIELDS[only][0]
                     raise DataFormatError(f"{at(n)}: {field!r} is blank; give the row its {field}, or remove the row")
                 row_kinds[n] = only
@@ -399,8 +400,8 @@ def examples_from_rows(
         else:
             ints = [n for n, v in labels_raw if isinstance(v, int) and not isinstance(v, bool)]
             if ints:   # an int beside names: an index into which list? (it was read as one into the sorted names)
-                raise DataFormatError(f"{at(ints[0])}: label {row_label(ints[0])!r} is an integer class index but other "
-                                      "rows give class names; write every label as a name, or give class_names")
+                raise DataFormatError(f"{at(ints[0])}: label {row_label(ints[0])!r} is an integer class index but "
+                                      "other rows give class names; write every label as a name, or give class_names")
             names = sorted({str(v).strip() for _, v in labels_raw})
             folded = Counter(" ".join(n.casefold().split()) for n in names)   # CLIP tokenizers lowercase
             if any(c > 1 for c in folded.values()):

@@ -248,8 +248,8 @@ def build_split(kind: str, split: str, n: int | None = None, seed: int = 0) -> S
     * ``pretrain`` (train only): one example per scene, ``text`` one simple caption, ``captions`` all.
     * ``retrieval`` / ``captioning``: train gives one example per (image, caption); val/test one per
       image with ``text`` its first caption. ``captions`` always holds all of the image's captions.
-    * ``vqa``: three distinct questions per scene, of different types where the scene allows, ``answers`` ten, ``question_type`` set,
-      ``meta["answer"]`` the canonical answer.
+    * ``vqa``: three distinct questions per scene, of different types where the scene allows, ``answers`` ten,
+      ``question_type`` set, ``meta["answer"]`` the canonical answer.
     * ``classification``: one example per scene, ``label`` the class of the large object,
       ``Split.class_names`` = :func:`class_names`.
     * ``nlvr``: ``n`` counts pairs of scenes; one example per pair, ``image`` the tuple ``(left, right)`` of

@@ -193,8 +193,9 @@ def _scoring_spec(item: str, lp: Pretrained, adapter: Path) -> TaskSpec:
         if extra and spec.metrics == tuple(get_kind(spec.kind).metrics_for(spec.options)):
             spec, extra = dataclasses.replace(spec, metrics=saved.metrics), []   # (no `metrics`: its own options')
         if extra:
-            raise ValueError(f"--tasks {item}: `metrics` lists {extra}, which the adapter's task {spec.name!r} does not "
-                             f"compute (its options, which score the task, give {list(computed)}); list some of those")
+            raise ValueError(f"--tasks {item}: `metrics` lists {extra}, which the adapter's task {spec.name!r} does "
+                             f"not compute (its options, which score the task, give {list(computed)}); list some of "
+                             "those")
         ignored = [f for f in ("head", "options", "templates", "generative") if getattr(spec, f) != getattr(saved, f)]
         if ignored:
             logger.warning("--tasks %s: scoring task %r on this spec's [data]; its %s differ from the adapter's, "
@@ -286,8 +287,9 @@ def evaluate_adapter(adapter: str | Path | None, tasks: str | None = None, backb
                      image_max_pixels: int | None = None, image_reading: str | None = None) -> str:
     """``evaluate_vl.py``: load an adapter directory onto a fresh base model, score zero-shot vs adapted,
     write the outputs to ``out``; returns the table. Needs nothing but the adapter directory (and
-    ``data_root`` for file-based tasks); ``base_dtype`` as ``load_backbone`` takes it. Under torchrun every rank scores its shard of each split and
-    rank 0 writes the outputs (the other ranks return an empty string); the scores equal one process's.
+    ``data_root`` for file-based tasks); ``base_dtype`` as ``load_backbone`` takes it. Under torchrun every rank scores
+    its shard of each split and rank 0 writes the outputs (the other ranks return an empty string); the scores equal one
+    process's.
     ``adapter`` None: the base model ``backbone`` scored zero-shot on ``tasks`` (:func:`evaluate_base`), read with
     ``image_max_pixels`` / ``image_reading`` as ``load_backbone`` takes them; an adapter records its own."""
     if not adapter:   # (None, or "" from an unset shell variable: not the current directory)

@@ -71,7 +71,8 @@ def markdown_table(result: dict[str, Any]) -> str:
         if not adapted:
             rows.append(f"| {name} |{split} {metric} | {r['zero_shot']:.4f} |")
             continue
-        zs, change = ("–", "–") if r["zero_shot"] is None else (f"{r['zero_shot']:.4f}", _change(r["adapted"], r["zero_shot"]))
+        zs, change = (("–", "–") if r["zero_shot"] is None
+                      else (f"{r['zero_shot']:.4f}", _change(r["adapted"], r["zero_shot"])))
         rows.append(f"| {name} |{split} {metric} | {zs} | {r['adapted']:.4f} | {change} |")
     return "\n".join(rows)
 
@@ -206,7 +207,8 @@ def _plottable(row: dict[str, Any]) -> bool:
     """A loss row the curves can draw: a step and numbers for its losses."""
     number = (int, float)
     return isinstance(row.get("step"), number) and all(
-        isinstance(v, number) and not isinstance(v, bool) for k, v in row.items() if k == "loss" or k.startswith("loss/"))
+        isinstance(v, number) and not isinstance(v, bool)
+        for k, v in row.items() if k == "loss" or k.startswith("loss/"))
 
 
 def write_plots(run_dir: Path, result: dict[str, Any], model: nn.Module | None) -> list[Path]:

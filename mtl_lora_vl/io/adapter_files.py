@@ -403,8 +403,9 @@ def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Mo
         hint = " (a Backbone: pass backbone.model)" if isinstance(getattr(base_model, "model", None), nn.Module) else ""
         raise TypeError(f"load_adapter: base_model must be an nn.Module, got {type(base_model).__name__}{hint}")
     if isinstance(getattr(base_model, "_orig_mod", None), nn.Module):
-        raise TypeError(f"load_adapter: base_model is a torch.compile wrapper of {type(base_model._orig_mod).__name__}; "
-                        "pass the model itself (compiled._orig_mod) and compile after loading")
+        raise TypeError("load_adapter: base_model is a torch.compile wrapper of "
+                        f"{type(base_model._orig_mod).__name__}; pass the model itself (compiled._orig_mod) and "
+                        "compile after loading")
     if heads is not None and not isinstance(heads, Mapping):
         raise TypeError(f"load_adapter: heads must map task -> nn.Module, got {type(heads).__name__}")
     heads = dict(heads or {})

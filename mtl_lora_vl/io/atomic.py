@@ -52,9 +52,9 @@ def check_target(path: str | Path, *, directory: bool, overwrite: bool = False, 
         if path.is_dir() and any(path.iterdir()) and not overwrite:
             held = sorted(p.name for p in path.iterdir())
             raise FileExistsError(f"{what}: {path} already exists and is not empty; pass overwrite=True "
-                                  f"(--overwrite) to replace it -- the whole folder: everything in it ({', '.join(held[:5])}"
-                                  f"{', ...' if len(held) > 5 else ''}) is deleted, not only the files {what} writes "
-                                  "-- or choose another path")
+                                  "(--overwrite) to replace it -- the whole folder: everything in it "
+                                  f"({', '.join(held[:5])}{', ...' if len(held) > 5 else ''}) is deleted, not only the "
+                                  f"files {what} writes -- or choose another path")
         return
     if path.is_dir():
         raise IsADirectoryError(f"{what}: {path} is a directory; choose a file path")

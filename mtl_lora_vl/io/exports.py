@@ -125,7 +125,8 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
         mha = sorted(n for n, b in info.layers.items() if not isinstance(b, LoRALinear))
         if mha:
             raise ValueError(f"export_lora: PEFT LoRA cannot express adapters on the packed in-projection of "
-                             f"nn.MultiheadAttention ({few(mha, 3)}); use format='plain' (--format plain) or a merged checkpoint")
+                             f"nn.MultiheadAttention ({few(mha, 3)}); use format='plain' (--format plain) or a merged "
+                             "checkpoint")
     write = _write_peft if format == "peft" else _write_plain
     if overwrite:
         check_replace(path, what="export_lora", keep=_base_files(inner))
@@ -206,7 +207,8 @@ def _multi_readme(inner: nn.Module, tasks: list[str], format: str) -> str:
     info = inner._mtl_lora
     fam = family_named(info.family)
     why = ("packs every image's patches into one sequence" if any(b.packed_rows for b in info.layers.values()) else
-           "reads each image as several tiles" if fam is not None and fam.image_views and "image" in info.towers.values()
+           "reads each image as several tiles"
+           if fam is not None and fam.image_views and "image" in info.towers.values()
            else None)
     if why:   # PEFT wants a name per input row in every adapted layer
         return head + load + (f"    model.set_adapter({a!r})   # one task per call: PEFT's adapter_names cannot route "

@@ -117,7 +117,8 @@ def _not_native(path: Path, peft_type: str | None = None) -> str:
                 f"{path / RUN_ADAPTER_DIR}")
     if is_run_dir(path):   # a run that has not finished
         return (f"{path}: a training run directory without its {RUN_ADAPTER_DIR}/, which a run writes when it "
-                f"finishes; finish it first with `train_vl.py --resume {path}`, then use it (or {path / RUN_ADAPTER_DIR})")
+                f"finishes; finish it first with `train_vl.py --resume {path}`, then use it (or "
+                f"{path / RUN_ADAPTER_DIR})")
     peft = _peft_dirs(path)
     if peft:
         return (f"{path}: no {ADAPTER_CONFIG}; it holds PEFT adapters in subfolders ({few(peft)}), as "
@@ -263,8 +264,8 @@ def check_outputs_folder(out: str | Path, *, command: str,
     for folder in (out, *out.parents):
         kind = _kept_kind(folder) if folder.is_dir() else None
         if kind:
-            raise FileExistsError(f"--out {out}: {'is' if folder == out else f'lies inside {folder}, which is'} {kind}; "
-                                  f"{command} does not write into one; choose another --out")
+            raise FileExistsError(f"--out {out}: {'is' if folder == out else f'lies inside {folder}, which is'} "
+                                  f"{kind}; {command} does not write into one; choose another --out")
 
 
 def check_output(out: str | Path, *, marker: str, command: str, overwrite: bool,

@@ -153,8 +153,8 @@ def _base_backbone(path: Path, doc: dict[str, Any], backbone: str | None, pretra
     spec = backbone or base.get("backbone")
     if not spec:
         raise AdapterFileError(f"{config_path(path)}: does not say which base model it was trained on "
-                               "('base.backbone'); pass backbone='builtin' | 'open_clip:...' | 'hf:DIR' (--backbone), or build "
-                               "the base model yourself and call mtl_lora_vl.load_adapter(model, path)")
+                               "('base.backbone'); pass backbone='builtin' | 'open_clip:...' | 'hf:DIR' (--backbone), "
+                               "or build the base model yourself and call mtl_lora_vl.load_adapter(model, path)")
     weights = pretrained if pretrained is not None else base.get("pretrained")
     if base_dtype == "auto" and base.get("base_dtype"):   # checked when the adapter file was read
         base_dtype = base["base_dtype"]   # the run's explicit --base-dtype: its scores are reproduced on that dtype

@@ -152,5 +152,6 @@ class MultiTaskModel(nn.Module):
         with torch.no_grad():
             for n, t in state.items():
                 if mine[n].shape != t.shape:
-                    raise ValueError(f"checkpoint tensor {n} has shape {tuple(t.shape)}, this run {tuple(mine[n].shape)}")
+                    raise ValueError(f"checkpoint tensor {n} has shape {tuple(t.shape)}, this run "
+                                     f"{tuple(mine[n].shape)}")
                 mine[n].copy_(t)

@@ -215,8 +215,8 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
 def extended_options(opts: TrainOptions, setup: Setup, given: Collection[str] | None = None) -> TrainOptions:
     """An --extend run's options completed from the adapter it extends (``setup``, :func:`extend_setup`): the new
     tasks take its shape, base model, image area and image reading; another one asked for (``given``: as
-    :meth:`TrainOptions.check_extend_shape` takes it) is refused by name, as it would be ignored. A resumed run keeps the
-    image reading its config.json records (:func:`~mtl_lora_vl.rundir.check_options_unchanged` compares it)."""
+    :meth:`TrainOptions.check_extend_shape` takes it) is refused by name, as it would be ignored. A resumed run keeps
+    the image reading its config.json records (:func:`~mtl_lora_vl.rundir.check_options_unchanged` compares it)."""
     c = setup.config
     shape = dict(rank=c.r, alpha=c.alpha, n_up=c.n_up, temperature=c.temperature, dropout=c.dropout,
                  lambda_type=c.lambda_type, method=c.method,

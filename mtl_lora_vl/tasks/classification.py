@@ -231,8 +231,8 @@ class ClassificationKind(TaskKind):
     def logits(self, backbone: Backbone, head: nn.Module | None, examples: list[Example], *, batch_size: int,
                device: torch.device | str, dtype: torch.dtype = torch.float32, num_workers: int = 0) -> Tensor:
         """Class logits ``(N, C)`` on CPU; ``head=None`` uses the zero-shot classifier. On a generative backbone:
-        each class's total (or per-token) log-probability as a continuation of the prompt (the caller's scope decides between
-        the base model and the routed one)."""
+        each class's total (or per-token) log-probability as a continuation of the prompt (the caller's scope decides
+        between the base model and the routed one)."""
         if self.generative:
             return candidate_scores(backbone, examples, [self.prompt()] * len(examples), self.candidates(),
                                     batch_size=batch_size, device=device, dtype=dtype, num_workers=num_workers,

@@ -19,8 +19,8 @@ the metrics to report and the prompt templates of its zero-shot rule::
     n = 2000                          # optional; the world's default size otherwise
 
     [data]                            # ... or files in a standard format under --data-root
-    format = "vqav2"                  # vqav2 | coco_captions (or coco) | karpathy | imagefolder | jsonl | csv | hf_datasets
-    strict = false                    # any other key is a reader option shared by every split
+    format = "vqav2"                  # vqav2 | coco_captions (or coco) | karpathy | imagefolder | jsonl | csv |
+    hf_datasets strict = false                    # any other key is a reader option shared by every split
     [data.train]                      # reader options of one split; paths are relative to --data-root
     questions = "v2_OpenEnded_mscoco_train2014_questions.json"
 

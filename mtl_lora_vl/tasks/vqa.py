@@ -258,7 +258,8 @@ class VQAKind(TaskKind):
     def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]:
         if self.generative:
             return {}
-        return {"targets": self.soft_targets(example.answers), "answer_mask": self.answer_mask(self.filter_type(example))}
+        return {"targets": self.soft_targets(example.answers),
+                "answer_mask": self.answer_mask(self.filter_type(example))}
 
     # ------------------------------------------------------------------ head, loss, evaluation
 

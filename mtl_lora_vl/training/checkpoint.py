@@ -330,5 +330,6 @@ def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
         shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
         gone.append(tmp)
     if gone:
-        warn_user(f"{run_dir}: removed {len(gone)} unfinished file(s) a killed run left ({', '.join(p.name for p in gone)})")
+        warn_user(f"{run_dir}: removed {len(gone)} unfinished file(s) a killed run left "
+                  f"({', '.join(p.name for p in gone)})")
     return gone

@@ -138,5 +138,5 @@ def progress_bar(enabled: bool, start: int, total: int) -> tqdm:
     """The step progress bar (rank 0); a log file, not a terminal, gets a line every 15 s, not every step;
     off at ``-q``."""
     interval = 0.1 if sys.stderr.isatty() else 15.0
-    return tqdm(total=total, initial=start, disable=not enabled or quiet(), desc="train", unit="step", dynamic_ncols=True,
-                mininterval=interval)
+    return tqdm(total=total, initial=start, disable=not enabled or quiet(), desc="train", unit="step",
+                dynamic_ncols=True, mininterval=interval)
