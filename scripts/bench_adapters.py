@@ -7,8 +7,8 @@ always follows the same case (the order of every round is in the JSON);
 the script prints medians (wall clock, and process CPU time, which a loaded machine disturbs less)
 and the ratios issues 8 and 9 target -- as ratios of the medians and as the median of the round-by-round
 ratios with its quartiles ("paired": two cases of one round ran seconds apart, so a slow spell of the
-machine touches both; the verdict against a target uses it) -- activation memory saved for backward (and CUDA peak memory on a
-GPU), and the number of aten operators each step dispatches (kernels launched: the cost a loaded CPU
+machine touches both; the verdict against a target uses it) -- activation memory saved for backward (and CUDA peak
+memory on a GPU), and the number of aten operators each step dispatches (kernels launched: the cost a loaded CPU
 or a launch-bound GPU pays per op, which timing noise cannot blur), and writes them as JSON with
 ``--json PATH``.
 
@@ -26,8 +26,8 @@ would add a device-to-host read per step on a GPU, which is not routing's cost.
         --repeats 15 --steps-per-round 5     # host-bound, as a GPU at these sizes: what the Python costs
 
 The LLaVA case (random init, no download: a CLIP vision tower of ``--vision-width`` (768, ViT-B/32's), 224 px and
-patch 32, with ``--vision-layers`` layers, and a Llama language model of ``--lm-layers`` x ``--lm-width``; the defaults, a
-ViT-B/32-sized tower and an 8 x 1024 Llama, step in 1.5 s on two CPU cores -- on a GPU add e.g. ``--vocab 32000
+patch 32, with ``--vision-layers`` layers, and a Llama language model of ``--lm-layers`` x ``--lm-width``; the defaults,
+a ViT-B/32-sized tower and an 8 x 1024 Llama, step in 1.5 s on two CPU cores -- on a GPU add e.g. ``--vocab 32000
 --batch-size 16``) compares mixed-task MTL-LoRA steps with our ``lora`` and
 PEFT LoRA on one adapter (same rank and targets), each also with activation checkpointing, and two controls:
 the mixed case's own model stepped on one task's rows (mixed / one task: what routing a mixed batch costs,
@@ -390,7 +390,8 @@ def llava_cases(args, device, amp) -> tuple[dict, dict]:
               ("ckpt: mixed grouped / lora", "mtl_lora_grouped_ckpt", "lora_ckpt", 1.05),
               ("ckpt: mixed grouped / peft_lora", "mtl_lora_grouped_ckpt", "peft_lora_ckpt", 0.85),
               ("ckpt / no ckpt: mixed grouped", "mtl_lora_grouped_ckpt", "mtl_lora_grouped", None)]
-    memory_checks = [(f"saved MB {k}_ckpt / {k}", f"{k}_ckpt", k, 1.0) for k in ("lora", "mtl_lora_grouped", "peft_lora")]
+    memory_checks = [(f"saved MB {k}_ckpt / {k}", f"{k}_ckpt", k, 1.0)
+                     for k in ("lora", "mtl_lora_grouped", "peft_lora")]
     memory_checks.append(("saved MB mtl_lora_grouped / lora", "mtl_lora_grouped", "lora", None))
     model = (f"llava(vit-b/32 {args.vision_width} wide x{args.vision_layers} layers, "
              f"llama {args.lm_layers}x{args.lm_width}, "
@@ -463,8 +464,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.batch_size is None:
         args.batch_size = 16 if args.case == "clip" else 4
-    for name in ("batch_size", "rank", "n_up", "vision_layers", "vision_width", "lm_layers", "lm_width", "vocab", "text_len",
-                 "repeats", "steps_per_round"):
+    for name in ("batch_size", "rank", "n_up", "vision_layers", "vision_width", "lm_layers", "lm_width", "vocab",
+                 "text_len", "repeats", "steps_per_round"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.warmup < 1:   # the measured step would be the first: 2.1-2.4x the operators of a later one, mixed

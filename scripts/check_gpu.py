@@ -162,12 +162,14 @@ def check_mixed_loss(device: str, dtype_name: str) -> dict:
     gap = float(min((each[a] - each[c]).abs().max() for a, c in ((0, 1), (0, 2), (1, 2))))
     mixed.mean().backward()
     grads = [(n, p.grad) for n, p in bb.model.named_parameters() if p.requires_grad]
-    out = {"max_abs_loss_diff": diff, "task_gap": gap, "loss": float(mixed.detach().mean()), "adapter_tensors": len(grads),
+    out = {"max_abs_loss_diff": diff, "task_gap": gap, "loss": float(mixed.detach().mean()),
+           "adapter_tensors": len(grads),
            "grads_fp32": all(g is not None and g.dtype == torch.float32 for _, g in grads),
            "grads_finite": all(g is not None and bool(torch.isfinite(g).all()) for _, g in grads),
            "grads_nonzero": sum(g is not None and bool(g.abs().sum() > 0) for _, g in grads),
            "base_dtype": str(next(p for p in bb.model.parameters() if not p.requires_grad).dtype)}
-    out["passed"] = diff <= tolerance(device, dtype) < gap / 10 and out["grads_fp32"] and out["grads_finite"] and out["grads_nonzero"] > 0
+    out["passed"] = (diff <= tolerance(device, dtype) < gap / 10 and out["grads_fp32"] and out["grads_finite"]
+                     and out["grads_nonzero"] > 0)
     return out
 
 
@@ -219,7 +221,8 @@ def check_clip(device: str, dtype_name: str) -> dict:
     out = {}
     with torch.no_grad(), autocast(device, dtype):
         with mlv.route(bb.model, ids):   # the sliced causal mask through the device's attention kernels
-            out["text_cut_max_abs_diff"] = float((bb.encode_text(cut).float() - bb.encode_text(tokens).float()).abs().max())
+            out["text_cut_max_abs_diff"] = float(
+                (bb.encode_text(cut).float() - bb.encode_text(tokens).float()).abs().max())
         for what, fn, x in (("image", bb.encode_image, images), ("text", bb.encode_text, tokens)):
             with mlv.route(bb.model, ids):
                 mixed = fn(x).float()

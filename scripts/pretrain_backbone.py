@@ -7,7 +7,8 @@
 
 It renders the world's pretraining split once into an in-memory uint8 cache, builds a small word-level
 tokenizer over the world's words plus a few hundred common English words, trains both towers with the
-symmetric InfoNCE loss of the retrieval task (AdamW, the package's warm-up + cosine schedule, fp32), then writes ``assets/builtin_clip/``:
+symmetric InfoNCE loss of the retrieval task (AdamW, the package's warm-up + cosine schedule, fp32), then writes
+``assets/builtin_clip/``:
 ``open_clip_config.json``, ``model.safetensors`` (fp16; loaded back as fp32), ``tokenizer.json`` and
 ``tokenizer_config.json``. It ends by printing zero-shot scores on the world's retrieval and
 classification validation splits next to chance.
@@ -305,7 +306,8 @@ def evaluate_saved(path: Path, seed: int | None) -> int:
         print(f"not stored: {config_path} has no 'pretrain' record (it is not a backbone this script wrote)")
         return 0
     if seed is not None and seed != trained_with:
-        print(f"not stored: scored on seed {seed}'s val splits; {config_path} records a backbone of seed {trained_with}")
+        print(f"not stored: scored on seed {seed}'s val splits; {config_path} records a backbone of seed "
+              f"{trained_with}")
         return 0
     record["zero_shot_val"] = report
     with atomic_file(config_path, overwrite=True, what=OPEN_CLIP_CONFIG) as tmp:
@@ -317,7 +319,8 @@ def evaluate_saved(path: Path, seed: int | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=700, help="optimizer steps (default 700: 8-25 minutes on 2 CPU cores; the committed asset took 24)")
+    ap.add_argument("--steps", type=int, default=700, help="optimizer steps (default 700: 8-25 minutes on 2 CPU cores; "
+                                                           "the committed asset took 24)")
     ap.add_argument("--batch-size", type=int, default=128, help="pairs per step (default 128)")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     ap.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices (default 0.1)")

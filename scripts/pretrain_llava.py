@@ -7,8 +7,8 @@
     python scripts/pretrain_llava.py --clip /tmp/clip --out /tmp/llava  # from a CLIP rebuilt by pretrain_backbone.py
 
 The model is a CLIP vision tower (64 px, patch 8, 4 x 128: the built-in CLIP's image tower from
-``assets/builtin_clip``, or ``--clip DIR``'s, mapped into ``CLIPVisionModel`` and kept frozen unless ``--vision-lr`` > 0; its
-last layer's 64 patch features feed the projector), LLaVA's two-layer projector and a small Llama language
+``assets/builtin_clip``, or ``--clip DIR``'s, mapped into ``CLIPVisionModel`` and kept frozen unless ``--vision-lr`` >
+0; its last layer's 64 patch features feed the projector), LLaVA's two-layer projector and a small Llama language
 model (3 x 160, tied embeddings) over a word-level vocabulary (the built-in CLIP's words plus every word of
 the world's splits and of the prompts below). With the tower frozen its features are computed once, and a
 step trains only the projector and the language model.
@@ -472,7 +472,8 @@ def evaluate(model, processor, seed: int, n_scenes: int | None = None) -> dict:
                    "relation": {"yes", "no"}, "count": {str(i) for i in range(world.MAX_OBJECTS + 1)}}
     for ex in vqa:      # a question type this table does not know: chance over the answers seen
         answer_sets.setdefault(ex.question_type, set()).add(normalize_answer(ex.meta["answer"]))
-    majority = {t: Counter(normalize_answer(ex.meta["answer"]) for ex in vqa if ex.question_type == t).most_common(1)[0][0]
+    majority = {t: Counter(normalize_answer(ex.meta["answer"])
+                           for ex in vqa if ex.question_type == t).most_common(1)[0][0]
                 for t in {ex.question_type for ex in vqa}}
     per: dict[str, list[tuple[float, float, float]]] = {}
     for ex, p in zip(vqa, preds):
@@ -511,7 +512,8 @@ def print_report(report: dict, log: Callable[[str], None] = print, brief: bool =
     v = report["vqa"]
     if brief:
         c = report["captioning"]
-        log(f"  eval: vqa {v['accuracy']:.3f} (" + ", ".join(f"{t} {d['accuracy']:.2f}" for t, d in v["per_type"].items())
+        log(f"  eval: vqa {v['accuracy']:.3f} ("
+            + ", ".join(f"{t} {d['accuracy']:.2f}" for t, d in v["per_type"].items())
             + f"); captioning BLEU-4 {c['bleu4']:.3f} CIDEr {c['cider']:.3f}")
         return
     log(f"zero-shot vqa (val, {v['questions']} questions): accuracy {v['accuracy']:.3f}  "
@@ -589,13 +591,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=800, help="optimizer steps (default 800)")
     ap.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
-    ap.add_argument("--turns", type=int, default=8, help="turns per image and step: one caption + questions (default 8)")
+    ap.add_argument("--turns", type=int, default=8, help="turns per image and step: one caption + "
+                                                         "questions (default 8)")
     ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of projector and LM (default 2e-3)")
     ap.add_argument("--vision-lr", type=float, default=0.0,
-                    help="peak learning rate of the vision tower; 0 (the default) keeps the built-in CLIP's tower frozen")
+                    help="peak learning rate of the vision tower; 0 (the default) keeps the built-in "
+                         "CLIP's tower frozen")
     ap.add_argument("--instruction-types", default=",".join(DEFAULT_KINDS),
-                    help=f"comma-separated kinds of generic question to pretrain on (default {','.join(DEFAULT_KINDS)}; "
-                         f"known: {','.join(KNOWN_KINDS)})")
+                    help="comma-separated kinds of generic question to pretrain on (default "
+                         f"{','.join(DEFAULT_KINDS)}; known: {','.join(KNOWN_KINDS)})")
     ap.add_argument("--feature-layer", type=int, default=-1,
                     help="vision tower layer whose patch features feed the projector (default -1, the last)")
     ap.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on matrices (default 0.05)")
@@ -611,7 +615,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-pretrain", type=int, default=None, help="pretraining scenes (default: the world's split)")
     ap.add_argument("--eval-scenes", type=int, default=None, help="val scenes to evaluate (default: all)")
     ap.add_argument("--eval-every", type=int, default=0,
-                    help="also evaluate (on --eval-scenes) every this many steps while training (default: only at the end)")
+                    help="also evaluate (on --eval-scenes) every this many steps while training "
+                         "(default: only at the end)")
     ap.add_argument("--seed", type=int, default=None,
                     help="world and training seed (default 0; with --evaluate, the one the model was trained with)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -620,7 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--evaluate", type=Path, default=None, metavar="DIR",
                     help="only evaluate a saved model directory on the val splits and update its pretrain.json")
     args = ap.parse_args(argv)
-    for flag, value in (("--threads", args.threads), ("--n-pretrain", args.n_pretrain), ("--eval-scenes", args.eval_scenes)):
+    for flag, value in (("--threads", args.threads), ("--n-pretrain", args.n_pretrain),
+                        ("--eval-scenes", args.eval_scenes)):
         if value is not None and value < 1:   # found after training (minutes) otherwise, or a raw error
             ap.error(f"{flag} must be >= 1, got {value}")
     if args.evaluate is not None:
@@ -698,7 +704,8 @@ def main(argv: list[str] | None = None) -> int:
                    seed=args.seed, kinds=kinds, eval_every=args.eval_every,
                    eval_fn=lambda: print_report(evaluate(model, processor, args.seed, args.eval_scenes), brief=True))
     train_s, train_cpu = time.perf_counter() - t_train, time.process_time() - cpu_train
-    print(f"trained {args.steps} steps in {train_s:.0f}s ({train_s / args.steps:.2f} s/step; {train_cpu:.0f} CPU-seconds)")
+    print(f"trained {args.steps} steps in {train_s:.0f}s ({train_s / args.steps:.2f} s/step; "
+          f"{train_cpu:.0f} CPU-seconds)")
     with torch.no_grad():   # evaluate exactly what gets saved: fp16 weights loaded back as fp32
         for p in model.parameters():
             p.copy_(p.half().float())
