@@ -182,7 +182,8 @@ def _untouched(model):
 def test_another_family_or_class_is_refused(oc_adapter):
     path = oc_adapter[0]
     hf = tiny_hf_clip()
-    with pytest.raises(AdapterFileError, match=r"made for a model of family open_clip \(open_clip.model.CLIP\).*hf_clip"):
+    with pytest.raises(AdapterFileError, match=r"made for a model of family open_clip "
+                                               r"\(open_clip.model.CLIP\).*hf_clip"):
         mlv.load_adapter(hf, path)
     assert _untouched(hf)
     custom = tiny_open_clip("custom")
@@ -342,8 +343,8 @@ def test_other_weights_of_the_same_architecture_are_refused(oc_adapter, tmp_path
     finally:
         mlv.unmerge(model)
     with pytest.raises(AdapterFileError, match=r"trained on other weights of this architecture: \d+ of 62 sampled base "
-                                               r"weights differ .*check_base_weights=False to the Python function .*the commands "
-                                               r"have no such switch"):
+                                               r"weights differ .*check_base_weights=False to the Python function "
+                                               r".*the commands have no such switch"):
         mlv.load_adapter(_fresh(tiny_open_clip, seed=1), path)
     mlv.load_adapter(_fresh(tiny_open_clip, seed=1), path, check_base_weights=False)  # asked for
     mlv.MTLLoRAModel.from_pretrained(_fresh(tiny_open_clip, seed=1), path, check_base_weights=False)   # as advised

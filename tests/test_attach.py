@@ -318,7 +318,8 @@ def test_second_attach_is_refused():
 
 def test_unknown_model_class_says_what_is_supported_and_how_to_target():
     model = nn.Sequential(nn.Linear(4, 4))
-    with pytest.raises(mlv.AttachError, match=r"not a supported model class.*open_clip.*hf_clip.*llava.*timm.*targets="):
+    with pytest.raises(mlv.AttachError, match=r"not a supported model "
+                                              r"class.*open_clip.*hf_clip.*llava.*timm.*targets="):
         mlv.attach(model, mlv.MTLLoRAConfig(tasks=TASKS))
     mlv.attach(model, mlv.MTLLoRAConfig(tasks=TASKS, targets={"image": [r"^0$"]}))
     assert mlv.trainable_parameters(model) > 0
@@ -341,7 +342,8 @@ def test_routing_errors():
     with pytest.raises(mlv.RoutingError, match=r"task id -1 is out of range"):   # would index the last task
         with mlv.route(model, [0, -1, 1]):
             pass
-    with pytest.raises(mlv.RoutingError, match=r"visual\.transformer\.resblocks\.0\.attn\.in_proj: routed 2 task ids but the batch here has 3"):
+    with pytest.raises(mlv.RoutingError, match=r"visual\.transformer\.resblocks\.0\.attn\.in_proj: routed 2 task ids "
+                                               r"but the batch here has 3"):
         with mlv.route(model, torch.tensor([0, 1])):
             model.encode_image(img)
     with pytest.raises(mlv.RoutingError, match=r"serve 3 tasks .* no task was given; wrap the forward pass"):
@@ -370,10 +372,10 @@ def test_single_task_adapter_needs_no_scope_and_route_works_through_wrappers():
 
 
 def test_a_module_holding_several_adapted_models_is_refused_and_one_under_several_paths_is_not(tmp_path):
-    """route, merge, save_adapter, parameter_report and expanded_rows (beams) on a student-teacher pair silently acted on the first adapted
-    model found (the student): the teacher was never routed, saved or counted. A wrapper reaching one adapted model
-    under several paths (MultiTaskModel's ``model`` and ``backbone.model``, DataParallel replicas sharing its router,
-    torch.compile's ``_orig_mod``) still finds it."""
+    """route, merge, save_adapter, parameter_report and expanded_rows (beams) on a student-teacher pair silently acted
+    on the first adapted model found (the student): the teacher was never routed, saved or counted. A wrapper reaching
+    one adapted model under several paths (MultiTaskModel's ``model`` and ``backbone.model``, DataParallel replicas
+    sharing its router, torch.compile's ``_orig_mod``) still finds it."""
 
     def adapted():
         return mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^0$"]}))

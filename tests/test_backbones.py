@@ -424,8 +424,8 @@ def test_capabilities_state_what_each_backbone_can_do(tok_dir):
     assert clip.family == coca.family == "open_clip"
     with pytest.raises(ValueError, match="unknown backbone capability 'generation'"):
         clip.supports("generation")
-    with pytest.raises(BackboneError, match=r"caption_logits needs a language model or caption decoder, but backbone 'tiny' \(CLIP, "
-                                            r"family open_clip\) has none.*CoCa"):
+    with pytest.raises(BackboneError, match=r"caption_logits needs a language model or caption decoder, but backbone "
+                                            r"'tiny' \(CLIP, family open_clip\) has none.*CoCa"):
         clip.caption_logits(_images(clip, 1), clip.tokenizer(["a red circle"]))
     with pytest.raises(ValueError, match="without prompts"):
         coca.generate(_images(coca, 1), prompts=["what is this?"])
@@ -559,7 +559,8 @@ def test_hf_directories_of_families_without_a_backbone_are_refused_by_the_table(
     timm_dir.mkdir()
     (timm_dir / "config.json").write_text(json.dumps({"architecture": "vit_tiny_patch16_224", "num_classes": 10,
                                                       "pretrained_cfg": {"input_size": [3, 224, 224]}}))
-    with pytest.raises(BackboneError, match="VisionTransformer \\(timm_vit\\) cannot be used as a backbone: .*image-only"):
+    with pytest.raises(BackboneError, match="VisionTransformer \\(timm_vit\\) cannot be used as a backbone: "
+                                            ".*image-only"):
         load_backbone(f"hf:{timm_dir}")
 
 
@@ -647,7 +648,8 @@ def test_a_backbone_class_that_declares_a_capability_must_implement_it():
     from mtl_lora_vl.backbones import Backbone
     from mtl_lora_vl.backbones.base import GENERATE, IMAGE_EMBEDDINGS
 
-    with pytest.raises(TypeError, match=r"NoGenerate declares capabilities it does not implement: generate \(generate\)"):
+    with pytest.raises(TypeError, match=r"NoGenerate declares capabilities it does not implement: generate "
+                                        r"\(generate\)"):
         @dataclass
         class NoGenerate(Backbone):
             capabilities = frozenset({GENERATE})
@@ -675,7 +677,8 @@ def test_coca_refuses_the_prompt_conditioned_lm_methods_with_what_to_use(tok_dir
              "lm_collator": lambda: coca.lm_collator(), "sequence_scores": lambda: coca.sequence_scores(images, ["q"], ["a"]),
              "lm_loss": lambda: coca.lm_loss(images, *(torch.zeros(1, 2, dtype=torch.long),) * 3)}
     for what, call in calls.items():
-        with pytest.raises(BackboneError, match=rf"{what} needs a language model that reads a text prompt.*builtin-llava"):
+        with pytest.raises(BackboneError, match=rf"{what} needs a language model that reads a text "
+                                                r"prompt.*builtin-llava"):
             call()
 
 

@@ -1,5 +1,5 @@
-"""(helper 141) Generative caption_cls: a class name (options.class_names or the data's) or a [generative] target holding one
-of the tokenizer's special tokens is refused when the kind is built, naming the task and the token, as data
+"""(helper 141) Generative caption_cls: a class name (options.class_names or the data's) or a [generative] target
+holding one of the tokenizer's special tokens is refused when the kind is built, naming the task and the token, as data
 rows and [generative] system are (README: "A row whose text holds one of the tokenizer's special tokens ... is
 refused"). Today it is built: '</s>' silently trains an end token inside the target, and '<image>' passes
 start-up and crashes at the first training step with a message about the processor's patch size."""

@@ -127,7 +127,8 @@ def test_device_patches_equal_the_processors(bb):
     torch.testing.assert_close(mine["pixel_values"], theirs["pixel_values"], atol=1e-5, rtol=1e-5)
     assert mine["image_grid_thw"].tolist() == [[1, 4, 4]] * 2
     torch.testing.assert_close(bb._vision_inputs(images)["pixel_values"], mine["pixel_values"])   # sizes None
-    with pytest.raises(ValueError, match=r"sides are multiples of 16 \(patch 8 x merge 2\), got 40x48.*backbone.resize"):
+    with pytest.raises(ValueError, match=r"sides are multiples of 16 \(patch 8 x merge 2\), got "
+                                         r"40x48.*backbone.resize"):
         bb._vision_inputs(torch.zeros(1, 3, 40, 48))
 
 

@@ -258,7 +258,8 @@ def test_karpathy(root):
         test = read_split("karpathy", root, annotations="dataset_coco.json", split="test")
     assert "truncated.jpg" in _one_warning(rec) and "truncated" in _one_warning(rec)
     assert len(test.examples) == 1 and test.skipped == 1
-    with pytest.raises(ValueError, match="split' of format 'karpathy' must be one of 'train', 'val', 'test', 'restval'"):
+    with pytest.raises(ValueError, match="split' of format 'karpathy' must be one of 'train', 'val', 'test', "
+                                         "'restval'"):
         read_split("karpathy", root, annotations="dataset_coco.json", split="dev")
 
 
@@ -473,8 +474,8 @@ def test_a_folder_named_as_an_image_is_not_called_missing(root, verify):
     'is not a regular file')."""
     (root / "dir.jsonl").write_text(json.dumps({"image": "images", "text": "x"}) + "\n"
                                     + json.dumps({"image": "images/good.jpg", "text": "y"}) + "\n")
-    with pytest.raises(ImageError, match=r"image .*images: is not a regular file; fix or remove the image, or set strict = false to skip "
-                                         r"unreadable images with a warning$"):
+    with pytest.raises(ImageError, match=r"image .*images: is not a regular file; fix or remove the image, or set "
+                                         r"strict = false to skip unreadable images with a warning$"):
         read_split("jsonl", root, file="dir.jsonl", verify=verify, strict=True)
 
 
@@ -505,7 +506,8 @@ def test_malformed_annotation_fields_are_named(root, tmp_path):
                           ("vqav2", {"questions": "q.json", "annotations": "a_bad.json", "images": "images",
                                      "image_pattern": "good.jpg"},
                            "a_bad.json: an answer of annotation 1 has no 'answer' field"),
-                          ("coco_captions", {"annotations": "coco_int.json"}, "'annotations' field must be a list, got int")):
+                          ("coco_captions", {"annotations": "coco_int.json"}, "'annotations' field must be a list, got "
+                                                                              "int")):
         with pytest.raises(DataFormatError, match=re.escape(says)):
             read_split(fmt, root, **kw)
     spec = tmp_path / "v.toml"
@@ -1036,7 +1038,8 @@ def test_vqa_question_that_is_not_text_is_refused(tmp_path):
 
 def test_blank_answers_among_others_count_as_human_answers_in_a_list_and_a_pipe_string(tmp_path):
     """Both forms left a blank answer out: three 'red', six 'blue' and one blank scored 0.889 for red (over nine)
-    where the official VQA script (and the VQAv2 reader, which keeps it) gives 0.9. Now both keep it; only blanks are no answers."""
+    where the official VQA script (and the VQAv2 reader, which keeps it) gives 0.9. Now both keep it; only blanks are no
+    answers."""
     _images(tmp_path)
     rows = [{"image": "0.png", "question": "q?", "answers": ["red", " red ", "", " "]},
             {"image": "0.png", "question": "r?", "answers": ["red"] * 3 + ["blue"] * 6 + [""]},
@@ -1085,7 +1088,8 @@ def test_an_empty_class_names_list_is_named(root, fmt):
 ])
 def test_a_row_without_a_task_field_names_its_fields_and_the_one_meant(root, fmt, text, meant):
     (root / f"rows.{fmt}").write_text(text)
-    with pytest.raises(DataFormatError, match=rf"rows\.{fmt}:(1|2): a row needs .*the row's fields: .*{re.escape(meant)}"):
+    with pytest.raises(DataFormatError, match=rf"rows\.{fmt}:(1|2): a row needs .*the row's fields: "
+                                              rf".*{re.escape(meant)}"):
         read_split(fmt, root, file=f"rows.{fmt}")
 
 
