@@ -1075,3 +1075,45 @@ def test_a_copied_router_has_a_lock_of_its_own():
         assert router.claim_lock is not model._mtl_lora.router.claim_lock and not router.claim_lock.locked()
         with torch.no_grad(), mlv.route(copy_, "a"):
             torch.testing.assert_close(copy_(x), want)
+
+
+def test_a_scope_closing_on_one_thread_keeps_the_claim_of_a_scope_opened_meanwhile(monkeypatch):
+    """A closing scope restored its route and then, a moment later, the thread record: a scope another thread opened in
+    between was claimed, then lost its claim (the record went back to None), so a third thread's scope would pass the
+    check. Leaving is one step under the lock now, as entering is (disabled() leaves so too)."""
+    import threading
+
+    from mtl_lora_vl.adapters import scopes
+
+    model, _, _ = _two_task_linear(1)
+    router = model._mtl_lora.router
+    left, second_in, first_done = threading.Event(), threading.Event(), threading.Event()
+    real_close = scopes._close
+
+    def slow_close(*args) -> None:   # hold the first scope's exit between its route and its thread record
+        real_close(*args)
+        left.set()
+        second_in.wait(1)
+
+    monkeypatch.setattr(scopes, "_close", slow_close)
+    seen = []
+
+    def first():
+        with mlv.route(model, "a"):
+            pass
+        first_done.set()
+
+    def second():
+        left.wait(5)
+        with mlv.route(model, "b"):
+            second_in.set()
+            first_done.wait(5)
+            seen.append(router.thread)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == [threads[1].ident]
+    assert router.current is None and router.thread is None and not router.disabled

@@ -162,6 +162,23 @@ def _claim(router: Router, what: str, enter: Callable[[], None]) -> int | None:
     return held
 
 
+def _release(router: Router, held: int | None, leave: Callable[[], None]) -> None:
+    """``leave`` the scope (restore its route or disabled count) and put back the thread record ``held`` as one step
+    under the router's lock, as :func:`_claim` entered it: a scope another thread opened between the two was
+    claimed, then lost its claim to this restore, and a third thread's scope passed the check."""
+    if torch.compiler.is_compiling() or torch._C._current_graph_task_id() != -1:
+        try:
+            leave()
+        finally:
+            router.thread = held
+        return
+    with router.claim_lock:
+        try:
+            leave()
+        finally:
+            router.thread = held
+
+
 #: nn.DataParallel copies modules shallowly, so its replicas (one thread each) share one Router.
 _REPLICA = ("route: this is an nn.DataParallel replica; the replicas share one router and run in threads, so "
             "routes opened in them mix (rows got another task's adapters); train with DistributedDataParallel "
@@ -197,20 +214,20 @@ def route(model: nn.Module | Router,
         )
     outer = router.current
     held = _claim(router, "route", lambda: setattr(router, "current", new))
+    failed = True
     try:
-        try:
-            # under disabled() the forward runs unadapted (resolve ignores `new`), so its recomputation must too
-            with _scope(router, ADAPTERS_OFF if router.disabled else new, recompute):
-                yield new
-        except GeneratorExit:   # a generator holding the scope was closed: an exit like any other
-            _close(router, new, outer)
-            raise
-        except BaseException:   # the error in flight is the one to see, not the scope order it may have caused
-            router.current = outer if router.current is new else None
-            raise
-        _close(router, new, outer)
+        # under disabled() the forward runs unadapted (resolve ignores `new`), so its recomputation must too
+        with _scope(router, ADAPTERS_OFF if router.disabled else new, recompute):
+            yield new
+        failed = False
+    except GeneratorExit:   # a generator holding the scope was closed: an exit like any other
+        failed = False
+        raise
     finally:
-        router.thread = held
+        if failed:   # the error in flight is the one to see, not the scope order it may have caused
+            _release(router, held, lambda: setattr(router, "current", outer if router.current is new else None))
+        else:
+            _release(router, held, lambda: _close(router, new, outer))
 
 
 @contextmanager
@@ -256,5 +273,4 @@ def disabled(model: nn.Module | Router, *, recompute: bool = True) -> Iterator[N
         with _scope(router, ADAPTERS_OFF, recompute):
             yield
     finally:
-        router.disabled -= 1
-        router.thread = held
+        _release(router, held, lambda: setattr(router, "disabled", router.disabled - 1))
