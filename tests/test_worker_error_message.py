@@ -4,6 +4,8 @@ DataLoader worker process 0." plus the whole traceback as the message."""
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 from torch.utils.data import DataLoader, Dataset
 
@@ -42,3 +44,16 @@ def test_an_image_error_from_a_worker_keeps_its_one_line_message_without_cause()
     with pytest.raises(ImageError) as got:
         list(worker_errors_unwrapped(loader))
     assert str(got.value) == "image a.jpg: file is empty (0 bytes)" and got.value.__cause__ is None
+
+
+@pytest.mark.parametrize("error", [KeyError("cat"), KeyError(3),
+                                   FileNotFoundError(errno.ENOENT, "No such file or directory", "a.png")])
+def test_a_worker_error_made_from_more_than_its_text_reads_as_with_no_workers(error):
+    """A KeyError's text is its key's repr: made from the text it read "'cat'" with its quotes twice (``--workers 0``:
+    'cat'); an OSError lost its errno and file name."""
+    got = []
+    for workers in (0, 1):
+        with pytest.raises(type(error)) as caught:
+            list(worker_errors_unwrapped(DataLoader(_Rows(error), batch_size=1, num_workers=workers)))
+        got.append((str(caught.value), caught.value.args, getattr(caught.value, "filename", None)))
+    assert got[1] == got[0] == (str(error), error.args, getattr(error, "filename", None))

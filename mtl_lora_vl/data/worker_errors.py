@@ -3,6 +3,8 @@ message (PyTorch wraps it in the worker's traceback), a killed worker with what 
 
 from __future__ import annotations
 
+import ast
+import re
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +14,9 @@ from torch.utils.data import DataLoader
 from .images import ImageError
 
 __all__ = ["WorkerTraceback", "worker_errors_unwrapped"]
+
+#: An OSError's message as Python writes it: "[Errno 2] No such file or directory: 'a.png'".
+_ERRNO = re.compile(r"\[Errno (\d+)\] (.*?)(?:: ('.*'|\".*\"))?", re.DOTALL)
 
 
 class WorkerTraceback(Exception):
@@ -51,14 +56,32 @@ def _raise_own(e: Exception, it: Any) -> None:
     own = f"\n{named}: "   # the traceback's last line starts so
     if not text.startswith(f"Caught {kind.__name__} in DataLoader worker") or own not in text:
         return
-    try:
-        new = kind(text.rpartition(own)[2].strip())
-    except Exception:  # noqa: BLE001 - a type that is not made from a message alone: PyTorch's wrapping stays
+    new = _rebuilt(kind, text.rpartition(own)[2].strip())
+    if new is None:   # a type that is not made back from its message: PyTorch's wrapping stays
         return
     shutdown = getattr(it, "_shutdown_workers", None)
     if shutdown is not None:   # now: the error's traceback keeps this iterator (and its workers) alive
         shutdown()
     raise new from (None if isinstance(e, ImageError) else WorkerTraceback(text))
+
+
+def _rebuilt(kind: type[BaseException], message: str) -> BaseException | None:
+    """An error of type ``kind`` whose text is ``message`` (the last line of the worker's traceback), as the worker
+    raised it: a KeyError from its key (``KeyError('cat')``'s text is ``'cat'``: made from the text, it read
+    ``"'cat'"``), an OSError with its errno and file name; None when no such error can be made."""
+    args: tuple[Any, ...] = (message,)
+    try:
+        if issubclass(kind, KeyError):
+            args = (ast.literal_eval(message),)
+        elif issubclass(kind, OSError) and (m := _ERRNO.fullmatch(message)):
+            args = (int(m[1]), m[2], *((ast.literal_eval(m[3]),) if m[3] else ()))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass   # not a literal: the message as it is
+    try:
+        new = kind(*args)
+    except Exception:  # noqa: BLE001 - a constructor that needs more than a message
+        return None
+    return new if str(new) == message else None
 
 
 def _why_died(codes: set[int]) -> str:
