@@ -45,3 +45,10 @@ def test_a_file_whose_name_holds_a_backslash_is_still_that_file(root):
     odd = root / "img" / "a\\b.png"
     Image.new("RGB", (8, 8)).save(odd, format="PNG")
     assert resolve_under(root, "img/a\\b.png") == odd.resolve()
+
+
+def test_a_backslash_path_too_long_to_look_up_resolves_as_a_plain_long_name_does(root):
+    """Looking for a file named as written ('img\\xxx...') raised OSError 'File name too long' out of the reader; a
+    long name without a backslash resolves (and is then skipped as any missing file is)."""
+    long = "x" * 300
+    assert resolve_under(root, f"img\\{long}.png") == resolve_under(root, f"img/{long}.png")

@@ -84,7 +84,7 @@ def resolve_under(root: Path, relative: str | os.PathLike, what: str = "image pa
         raise PathEscapeError(f"empty {what} in a data file under {root}")
     if "\x00" in rel:
         raise PathEscapeError(f"{what} {rel!r} holds a NUL character; fix the path in the data file")
-    if "\\" in rel and os.sep == "/" and not (root / rel).exists():
+    if "\\" in rel and os.sep == "/" and not _exists(root / rel):
         rel = rel.replace("\\", "/")   # a file written on Windows ("img\\0.jpg"), read as it is there
     parts = Path(rel).parts
     scheme = next((p for p in parts[:-1] if _URL_SCHEME.fullmatch(p)), None)
@@ -103,6 +103,14 @@ def resolve_under(root: Path, relative: str | os.PathLike, what: str = "image pa
         raise PathEscapeError(f"{what} {rel!r} resolves to {resolved}, outside the data root {root}; move the "
                               "data under the root (symlinks that point outside it are refused too)")
     return resolved
+
+
+def _exists(path: Path) -> bool:
+    """Whether ``path`` exists; False where it cannot be asked (a name too long: no such file, as for any other)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def file_relative_hint(root: Path, images: str, annotations: Path, image: Any) -> str:
