@@ -220,3 +220,12 @@ def test_eval_says_where_it_wrote_the_results(tmp_path, caplog):
         _write(out, _result(0.3, 0.4), None, DistInfo())
     assert (out / "eval.json").is_file()
     assert any(str(out) in r.getMessage() and "report.md" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_a_word_inner_underscore_after_a_non_ascii_letter_is_left_as_is():
+    """Markdown reads '_' between letters of any script as text ('café_noir', 'straße_2'): such a name was fine
+    before escaping and prints unchanged; edge underscores are still escaped."""
+    from mtl_lora_vl.evaluation.report import cell
+
+    assert [cell(n) for n in ("per_class/café_noir", "straße_2", "été_", "_ñ")] == [
+        "per_class/café_noir", "straße_2", "été\\_", "\\_ñ"]

@@ -22,8 +22,9 @@ from ..tasks.registry import get_kind
 logger = logging.getLogger(__name__)
 
 #: What Markdown reads as markup in a name taken from data or a spec (a class, a question type, a task given in code):
-#: '|' ends a table cell, '*' and '`' open emphasis and code, '_' does so at a word's edge (not inside "vqa_accuracy").
-_MARKUP = re.compile(r"[\\|*`<\[\]]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+#: '|' ends a table cell, '*' and '`' open emphasis and code, '_' does so at a word's edge (not inside a word of any
+#: script: "vqa_accuracy", "café_noir").
+_MARKUP = re.compile(r"[\\|*`<\[\]]|(?<![^\W_])_|_(?![^\W_])")
 
 
 def cell(text: object) -> str:
