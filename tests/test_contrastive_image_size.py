@@ -35,3 +35,13 @@ def test_encode_image_still_refuses_a_batch_that_is_not_rgb(tmp_path):
     bb = tiny_backbone(tmp_path)
     with pytest.raises(ValueError, match=r"encode_image.*got \(2, 1, 32, 32\)"):
         bb.encode_image(torch.randn(2, 1, 32, 32))
+
+
+def test_a_tower_that_takes_other_sizes_still_gets_them(tmp_path, monkeypatch):
+    """The size check refused every batch that was not the model's own square before running the tower: an open_clip
+    model on a convolutional timm trunk (it pools over any size) lost the 320 px images it took before. The refusal
+    now replaces only the tower's own failure."""
+    bb = tiny_backbone(tmp_path)
+    pooled = torch.nn.Linear(3, 32)
+    monkeypatch.setattr(bb, "_image_features", lambda x: pooled(x.mean(dim=(2, 3))))   # a trunk that pools any size
+    assert bb.encode_image(torch.randn(2, 3, 48, 48)).shape == (2, 32)

@@ -308,7 +308,7 @@ class Backbone:
     def encode_image(self, images: Tensor) -> Tensor:
         """Normalised float images ``(B, 3, H, W)`` -> L2-normalised image embeddings ``(B, D)``."""
         self.require(IMAGE_EMBEDDINGS, "encode_image")
-        return F.normalize(self._image_features(self.resize.checked(images, "encode_image", self.name)), dim=-1)
+        return F.normalize(self.resize.checked(self._image_features, images, "encode_image", self.name), dim=-1)
 
     def encode_text(self, tokens: Tensor) -> Tensor:
         """Token ids ``(N, L)`` (L <= context_length; shorter is padded where the model reads the whole context, else

@@ -109,7 +109,7 @@ class CoCaBackbone(OpenClipBackbone):
         if tokens.shape[0] != images.shape[0]:
             raise ValueError(f"caption_logits got {images.shape[0]} images but {tokens.shape[0]} token rows")
         tokens = self.fit_tokens(tokens)
-        _, image_embs = self.model._encode_image(self.resize.checked(images, "caption_logits", self.name))
+        _, image_embs = self.resize.checked(self.model._encode_image, images, "caption_logits", self.name)
         _, token_embs = self.model._encode_text(tokens)
         return self.model.text_decoder(image_embs, token_embs[:, :-1])
 
@@ -128,7 +128,7 @@ class CoCaBackbone(OpenClipBackbone):
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         if self.bos_id is None:
             raise ValueError(f"backbone {self.name!r} has no start token; cannot generate")
-        _, image_embs = self.model._encode_image(self.resize.checked(images, "generate", self.name))
+        _, image_embs = self.resize.checked(self.model._encode_image, images, "generate", self.name)
         image_embs = image_embs.repeat_interleave(beam_size, dim=0)
 
         def full_step(seqs: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ crops and global image: :mod:`mtl_lora_vl.data.splits`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,15 +112,23 @@ class ImageResize:
         ``size`` squares."""
         return self.mode in ("native", "anyres")
 
-    def checked(self, images: Any, what: str, name: str) -> Any:
-        """``images`` when they are a ``(B, 3, size, size)`` batch (any size where :attr:`keeps_size`), else a
-        ValueError naming ``what`` took them, the size backbone ``name`` takes and the fix."""
+    def checked(self, encode: Callable[[Any], Any], images: Any, what: str, name: str) -> Any:
+        """``encode(images)`` for a ``(B, 3, H, W)`` batch; where it fails on images that are not ``size`` squares
+        (and the mode does not keep sizes, :attr:`keeps_size`), a ValueError naming ``what`` took them, the size
+        backbone ``name`` takes and the fix, instead of the tower's shape error deep inside. A tower that takes other
+        sizes (a convolutional trunk pools any) still gets them."""
         shape = tuple(images.shape)
-        if len(shape) != 4 or shape[1] != 3 or (shape[2:] != (self.size, self.size) and not self.keeps_size):
-            raise ValueError(f"{what} expects float images of shape (B, 3, {self.size}, {self.size}) for backbone "
-                             f"{name!r}, got {shape}; give uint8 images of any size to backbone.preprocess_uint8 "
-                             f"(it resizes them) or resize them to {self.size}x{self.size} yourself")
-        return images
+        message = (f"{what} expects float images of shape (B, 3, {self.size}, {self.size}) for backbone {name!r}, "
+                   f"got {shape}; give uint8 images of any size to backbone.preprocess_uint8 (it resizes them) or "
+                   f"resize them to {self.size}x{self.size} yourself")
+        if len(shape) != 4 or shape[1] != 3:
+            raise ValueError(message)
+        try:
+            return encode(images)
+        except RuntimeError as e:
+            if shape[2:] != (self.size, self.size) and not self.keeps_size:
+                raise ValueError(message) from e
+            raise
 
     @property
     def budget(self) -> int:
