@@ -453,7 +453,8 @@ def test_task_names_that_differ_only_in_case_are_not_saved_with_their_files(tmp_
     with pytest.raises(ValueError, match=r"task name\(s\) \['VQA', 'vqa'\] differ only in case"):
         mlv.save_adapter(model, tmp_path / "out", task_specs={"VQA": spec, "vqa": spec})
     assert not (tmp_path / "out").exists()
-    mlv.load_adapter(_fresh(tiny_open_clip), mlv.save_adapter(model, tmp_path / "plain"))   # no files named by the tasks: saved
+    # no files named by the tasks: saved
+    mlv.load_adapter(_fresh(tiny_open_clip), mlv.save_adapter(model, tmp_path / "plain"))
 
 
 def test_save_argument_errors(tmp_path):

@@ -78,7 +78,8 @@ def test_the_context_warning_counts_each_image_by_its_own_size(ov_bb, tmp_path, 
     (tmp_path / "caps.jsonl").write_text("".join(json.dumps({"image": f"{i}.png", "caption": "a red circle"}) + "\n"
                                                  for i in range(4)))
     (tmp_path / "caps.toml").write_text('name = "caps"\nkind = "captioning"\n[data]\nformat = "jsonl"\n'
-                                        + "".join(f'[data.{s}]\nfile = "caps.jsonl"\n' for s in ("train", "val", "test")))
+                                        + "".join(f'[data.{s}]\nfile = "caps.jsonl"\n'
+                                                  for s in ("train", "val", "test")))
     split = read_split("jsonl", tmp_path, file="caps.jsonl")
     kind = build_kind(load_spec(str(tmp_path / "caps.toml")), split, bb)
     col = bb.lm_collator()

@@ -378,7 +378,8 @@ def test_a_module_holding_several_adapted_models_is_refused_and_one_under_severa
     sharing its router, torch.compile's ``_orig_mod``) still finds it."""
 
     def adapted():
-        return mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^0$"]}))
+        return mlv.attach(nn.Sequential(nn.Linear(4, 4)),
+                          mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^0$"]}))
 
     pair = nn.ModuleDict({"student": adapted(), "teacher": adapted()})
     before = copy.deepcopy(pair.state_dict())
@@ -829,7 +830,8 @@ def test_a_linear_subclass_with_its_own_forward_is_refused():
     plain = nn.Sequential(nn.modules.linear.NonDynamicallyQuantizableLinear(4, 4))   # no forward of its own
     mlv.attach(plain, mlv.MTLLoRAConfig(tasks=["a"], r=2, targets={"image": [r"^0$"]}))
     timm_layers = pytest.importorskip("timm.layers")
-    mlv.attach(nn.Sequential(timm_layers.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["a"], r=2, targets={"image": [r"^0$"]}))
+    mlv.attach(nn.Sequential(timm_layers.Linear(4, 4)),
+               mlv.MTLLoRAConfig(tasks=["a"], r=2, targets={"image": [r"^0$"]}))
 
 
 def test_hooks_on_a_replaced_layer_are_warned_about():

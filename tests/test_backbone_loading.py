@@ -119,8 +119,9 @@ def test_a_config_of_remote_code_or_an_unknown_class_says_which_and_what_to_do(t
     save_pretrained", which a model of its own code (auto_map) or a class newer than this transformers can't follow."""
     from mtl_lora_vl.backbones import BackboneError
 
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["InternVLChatModel"], "model_type": "internvl_chat",
-                                                      "auto_map": {"AutoModel": "modeling_internvl_chat.InternVLChatModel"}}))
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"architectures": ["InternVLChatModel"], "model_type": "internvl_chat",
+         "auto_map": {"AutoModel": "modeling_internvl_chat.InternVLChatModel"}}))
     with pytest.raises(BackboneError, match=r"a model of its own code \(auto_map.*no trust_remote_code.*hf_clip, "
                                             r"llava"):
         load_backbone(f"hf:{tmp_path}")

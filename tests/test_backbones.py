@@ -24,7 +24,8 @@ from mtl_lora_vl.backbones import (
 from mtl_lora_vl.backbones.base import OPENAI_MEAN
 
 REPO = Path(__file__).resolve().parent.parent
-WORDS = "a an the photo of red green blue circle square triangle left right above below is there what color shape".split()
+WORDS = ("a an the photo of red green blue circle square triangle left right "
+         "above below is there what color shape").split()
 CTX = 12
 
 
@@ -373,7 +374,8 @@ def test_pretrain_loop_learns_a_toy_world(tok_dir):
 
 
 @pytest.mark.parametrize("args,says", [(["--n-pretrain", "0"], "--n-pretrain must be >= 1"),   # a raw ValueError
-                                       (["--lr", "-1"], "--lr and --weight-decay must be finite and >= 0")])  # after rendering
+                                       # after rendering
+                                       (["--lr", "-1"], "--lr and --weight-decay must be finite and >= 0")])
 def test_pretrain_backbone_refuses_bad_options_before_work(tmp_path, capsys, args, says):
     with pytest.raises(SystemExit) as e:
         _load_script().main(["--steps", "1", "--out", str(tmp_path / "new"), *args])
@@ -674,7 +676,8 @@ def test_coca_refuses_the_prompt_conditioned_lm_methods_with_what_to_use(tok_dir
     coca = build_open_clip(_coca_cfg(tok.vocab_size), tokenizer_dir=tok_dir, name="tiny-coca")
     images = _images(coca, 1)
     calls = {"image_token": lambda: coca.image_token, "processor": lambda: coca.processor,
-             "lm_collator": lambda: coca.lm_collator(), "sequence_scores": lambda: coca.sequence_scores(images, ["q"], ["a"]),
+             "lm_collator": lambda: coca.lm_collator(),
+             "sequence_scores": lambda: coca.sequence_scores(images, ["q"], ["a"]),
              "lm_loss": lambda: coca.lm_loss(images, *(torch.zeros(1, 2, dtype=torch.long),) * 3)}
     for what, call in calls.items():
         with pytest.raises(BackboneError, match=rf"{what} needs a language model that reads a text "

@@ -58,7 +58,8 @@ def test_paired_ratio_pairs_rounds():
     p = _bench().paired_ratio(a, b)
     assert p == {"median": 1.0, "q1": 1.0, "q3": 1.0}   # the ratio of the medians would be 0.5
     # quartiles within the data (they were "exclusive": two rounds of 1.119 and 1.815 gave 0.945-1.989) (helper 142)
-    assert _bench().paired_ratio([1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0]) == {"median": 1.25, "q1": 0.875, "q3": 1.625}
+    assert _bench().paired_ratio([1.0, 2.0, 3.0, 4.0],
+                                 [2.0, 2.0, 2.0, 2.0]) == {"median": 1.25, "q1": 0.875, "q3": 1.625}
     two = _bench().paired_ratio([1.119, 1.815], [1.0, 1.0])
     assert 1.119 <= two["q1"] <= two["median"] <= two["q3"] <= 1.815
     assert _bench().paired_ratio([3.0], [2.0]) == {"median": 1.5, "q1": 1.5, "q3": 1.5}

@@ -216,11 +216,13 @@ def test_tiny_grid_resumes_and_reports(tmp_path, monkeypatch):
     assert saved["interference"]["mtl_lora-r8"]["average"]["low"] is not None
     # interference with the single-task runs at the joint method's learning rate (seed 0; one lr here)
     by_key = {(r["config"], r["seed"]): r for r in saved["runs"] if r["lr"] == saved["configs"]["mtl_lora-r8"]["lr"]}
-    want = [by_key[("mtl_lora-r8", 0)]["tasks"][t] - by_key[(f"single-{t}", 0)]["tasks"][t] for t in ("vqa", "retrieval")]
+    want = [by_key[("mtl_lora-r8", 0)]["tasks"][t] - by_key[(f"single-{t}", 0)]["tasks"][t]
+            for t in ("vqa", "retrieval")]
     got = saved["interference_same_lr"]["mtl_lora-r8"]
     assert [got["vqa"], got["retrieval"]] == pytest.approx(want) and got["average"] == pytest.approx(sum(want) / 2)
     assert "The same at one learning rate" in report and "cost of sharing a rate" in report
-    assert f"**Code: the runs come from 2 versions** (a grid resumed on other code): 3 run(s) with {__version__}" in report
+    assert (f"**Code: the runs come from 2 versions** (a grid resumed on other code): "
+            f"3 run(s) with {__version__}" in report)
     assert f"{total - 3} run(s) with 9.9.9+gother." in report
     assert [r["value"] for r in saved["ablations"]["task_lr_mult"]] == [1.0, 10.0]
     assert saved["task_mixing"]["seeds"]["0"]["towers"]["image"]

@@ -214,7 +214,8 @@ def test_packed_turns_train_like_single_prompts(llava, meta):
     pixels = processor(images=[image], text=["<image>"], return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         feats = torch.cat(list(model.get_image_features(pixel_values=pixels).pooler_output))
-        embeds = model.get_input_embeddings()(ids).masked_scatter((ids == model.config.image_token_id).unsqueeze(-1), feats)
+        embeds = model.get_input_embeddings()(ids).masked_scatter((ids == model.config.image_token_id).unsqueeze(-1),
+                                                                  feats)
         packed = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits[0]
         start = 65
         for prompt, answer in turns:
@@ -240,7 +241,8 @@ def test_pretraining_asks_only_the_chosen_kinds(meta):
     examples = world.build_split("pretrain", "train", n=60).examples
     rng = random.Random(0)
     kinds = ("color", "count_total", "existence")
-    questions = [p for ex in examples for p, _ in script.turns_about(ex, rng, 6, kinds) if p != script.TURNS["captioning"]]
+    questions = [p for ex in examples for p, _ in script.turns_about(ex, rng, 6, kinds)
+                 if p != script.TURNS["captioning"]]
     assert questions
     allowed = [re.compile(re.escape(script.TURNS["vqa"].format(question=t)).replace(r"\{", "{")
                           .replace(r"\}", "}").replace("{shape}", ".+").replace("{obj}", ".+") + "$")

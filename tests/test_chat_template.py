@@ -133,7 +133,8 @@ def test_a_qwen2vl_chat_prompt_gives_the_processors_ids_with_one_vision_start(tm
     backbone = load_backbone(f"hf:{folder}")
     wrap = backbone.chat_wrap()
     before, after = wrap.before, wrap.after
-    assert wrap.before_image == before and before.endswith("<|im_start|>user\n") and after == "<|im_end|>\n<|im_start|>assistant\n"
+    assert (wrap.before_image == before and before.endswith("<|im_start|>user\n")
+            and after == "<|im_end|>\n<|im_start|>assistant\n")
     spec = load_spec(_chat_spec(tmp_path, "vqa", "{image}{question}"))
     kind = build_kind(spec, _split(spec, "train", 6), backbone)
     example = _split(spec, "val", 1).examples[0]
@@ -206,7 +207,8 @@ def test_a_template_that_writes_text_after_the_images_gets_the_image_opening_too
     the text opening 'user \\n' served, and no prompt gave the processor's 'user <image>\\nQ'."""
     backbone, processor = _with_template(chat_dir, tmp_path / "interleave", INTERLEAVE)
     assert backbone.chat_wrap().before_image == "<|im_start|>user "
-    path = Path(_chat_spec(tmp_path, "vqa"))   # (a TOML basic string: _chat_spec's re.sub would turn the \\n into a line break)
+    # (a TOML basic string: _chat_spec's re.sub would turn the \\n into a line break)
+    path = Path(_chat_spec(tmp_path, "vqa"))
     path.write_text(re.sub(r"^prompt = .*$", lambda _: 'prompt = "{image}\\n{question}"', path.read_text(), flags=re.M))
     spec = load_spec(str(path))
     kind = build_kind(spec, _split(spec, "train", 6), backbone)
@@ -301,7 +303,8 @@ def test_a_template_that_raises_on_a_system_role_names_system_not_the_missing_te
 def test_a_system_message_is_not_written_as_the_python_repr_of_a_content_list(system_processor):
     """The system text is inside "[{'type': 'text', 'text': ...}]", so the presence check passed and every prompt
     began with the repr."""
-    assert _wrap(system_processor, SYSTEM_AS_STRING, "answer in one word").before == "system: answer in one word\nuser: "
+    assert _wrap(system_processor, SYSTEM_AS_STRING,
+                 "answer in one word").before == "system: answer in one word\nuser: "
 
 
 def test_a_string_system_message_keeps_the_image_first_opening(system_processor):
@@ -318,7 +321,8 @@ def test_a_system_message_found_only_in_the_templates_default_is_refused(system_
 
 def test_a_system_message_with_a_trailing_newline_is_found_in_a_template_that_trims(system_processor):
     """A TOML multi-line string ends with a newline; Llama-3-style templates trim it: refused as 'does not write'."""
-    assert _wrap(system_processor, TRIMS, "answer in one word\n").before == "<|system|>\nanswer in one word<|eot|><|user|>\n"
+    assert _wrap(system_processor, TRIMS,
+                 "answer in one word\n").before == "<|system|>\nanswer in one word<|eot|><|user|>\n"
 
 
 def test_a_system_message_holding_a_special_token_is_refused_when_the_task_is_built(chat_dir, tmp_path):
@@ -409,7 +413,8 @@ def test_idefics3s_end_of_utterance_ends_a_chat_target_and_stops_generation(tmp_
     bb = load_backbone(f"hf:{folder}")
     eou = processor.tokenizer.convert_tokens_to_ids("<end_of_utterance>")
     assert bb.chat_wrap().end == "<end_of_utterance>" and eou in bb._stop_ids()
-    labels = bb.lm_collator()([bb.chat_wrap().wrap("<image>q", "<image>")], ["red"], ends=["<end_of_utterance>"])["labels"]
+    labels = bb.lm_collator()([bb.chat_wrap().wrap("<image>q", "<image>")], ["red"],
+                              ends=["<end_of_utterance>"])["labels"]
     assert labels[0][labels[0] != -100].tolist()[-1] == eou
     processor.chat_template = TEMPLATE   # llava-style: nothing after the answer
     assert assistant_end(processor) == ""

@@ -168,7 +168,8 @@ def test_every_rank_takes_rank_0s_run_dir_or_its_error(tmp_path, procs):
     assert got[0]["default"] == got[1]["default"] == str(tmp_path / "default-rank0")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("default")) == ["default-rank0"]
     assert got[0]["taken"] == got[1]["taken"] and "another run created or wrote to it" in got[0]["taken"]
-    assert got[0]["under_a_file"] == got[1]["under_a_file"] and "cannot make the run directory" in got[0]["under_a_file"]
+    assert (got[0]["under_a_file"] == got[1]["under_a_file"]
+            and "cannot make the run directory" in got[0]["under_a_file"])
     assert (tmp_path / "taken" / "config.json").read_text() == "{}"
 
 

@@ -1,4 +1,5 @@
-"""``eval`` without ``--adapter``: a base model scored zero-shot on ``--tasks``, as ``train`` scores it before training."""
+"""``eval`` without ``--adapter``: a base model scored zero-shot on ``--tasks``, as ``train`` scores it before
+training."""
 
 from __future__ import annotations
 

@@ -256,7 +256,8 @@ def test_a_config_from_a_newer_package_says_to_upgrade(tmp_path):
     from mtl_lora_vl.io.adapter_files import ADAPTER_WEIGHTS
     from mtl_lora_vl.io.tensor_files import record_sha256, sha256_file
     weights = path / ADAPTER_WEIGHTS   # as that package writes them: with the digest of its config
-    save_file(load_file(str(weights)), str(weights), {"format": doc["format"], "config_sha256": record_sha256(doc["config"])})
+    save_file(load_file(str(weights)), str(weights),
+              {"format": doc["format"], "config_sha256": record_sha256(doc["config"])})
     doc["files"][ADAPTER_WEIGHTS] = sha256_file(weights)
     cfg_file.write_text(json.dumps(doc))
     with pytest.raises(AdapterFileError, match="unknown config field.*use_dora.*written by mtl-lora-vl 9.0.0, newer "

@@ -81,7 +81,8 @@ def test_the_export_command_can_overwrite_a_multi_task_export_written_by_export_
     out = mlv.export_lora(lp.backbone.model, ["vqa", "captioning"], tmp_path / "loras")
     code = export_main(["--adapter", str(ad), "--task", "vqa,captioning", "--format", "plain", "--out", str(out),
                         "--overwrite"])
-    assert code == 0, capsys.readouterr().err   # today: 2, "--out .../vqa: is not empty and holds no mtl_lora_export.json"
+    # today: 2, "--out .../vqa: is not empty and holds no mtl_lora_export.json"
+    assert code == 0, capsys.readouterr().err
 
 
 def test_peft_format_for_an_attention_adapter_is_refused_before_the_base_model_loads(tmp_path, capsys, monkeypatch):
@@ -105,6 +106,7 @@ def test_export_says_which_tasks_leave_a_trained_head_behind(tmp_path, capsys):
     mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["vqa", "captioning"], r=2, n_up=2))
     ad = mlv.save_adapter(bb.model, tmp_path / "ad", base={"backbone": "builtin"}, heads={"vqa": nn.Linear(4, 3)})
     for task in ("vqa", "captioning"):
-        assert export_main(["--adapter", str(ad), "--task", task, "--format", "plain", "--out", str(tmp_path / task)]) == 0
+        assert export_main(["--adapter", str(ad), "--task", task, "--format", "plain",
+                            "--out", str(tmp_path / task)]) == 0
         err = capsys.readouterr().err
         assert ("task(s) 'vqa' have trained heads" in err and "heads.safetensors" in err) == (task == "vqa"), err

@@ -18,7 +18,8 @@ import mtl_lora_vl as mlv
 
 def test_a_text_tower_only_adapter_loads_on_the_text_tower_only(tmp_path):
     peft = pytest.importorskip("peft")
-    cfg = mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, n_up=2, targets={"text": [r"^transformer\.resblocks\.\d+\.mlp\.c_fc$"]})
+    cfg = mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, n_up=2,
+                            targets={"text": [r"^transformer\.resblocks\.\d+\.mlp\.c_fc$"]})
     model = mlv.attach(_fresh(tiny_open_clip), cfg)
     _randomize(model)
     inp = (torch.randn(2, 3, 32, 32), torch.randint(1, 60, (2, 12)))
@@ -39,7 +40,8 @@ def test_a_text_tower_only_adapter_loads_on_the_text_tower_only(tmp_path):
         torch.testing.assert_close(_oc_run(loaded, inp), ref, atol=1e-5, rtol=1e-5)
     # where no other module's name ends with a target's, target_modules stays the plain list of names
     both = mlv.attach(_fresh(tiny_open_clip), mlv.MTLLoRAConfig(tasks=["a"], r=2, targets={
-        "image": [r"^visual\.transformer\.resblocks\.\d+\.mlp\.c_fc$"], "text": [r"^transformer\.resblocks\.\d+\.mlp\.c_fc$"]}))
+        "image": [r"^visual\.transformer\.resblocks\.\d+\.mlp\.c_fc$"],
+        "text": [r"^transformer\.resblocks\.\d+\.mlp\.c_fc$"]}))
     doc = json.loads((mlv.export_lora(both, "a", tmp_path / "both", format="peft") / "adapter_config.json").read_text())
     assert doc["target_modules"] == sorted(both._mtl_lora.layers)
 

@@ -96,7 +96,8 @@ def test_outputs_and_gradients_equal_forming_layer_by_layer(lambda_type, family,
 
 def _op_count():
     """scripts/bench_adapters.py's count of the aten operators a step dispatches."""
-    spec = importlib.util.spec_from_file_location("bench_adapters", Path(__file__).parents[1] / "scripts" / "bench_adapters.py")
+    spec = importlib.util.spec_from_file_location("bench_adapters",
+                                                  Path(__file__).parents[1] / "scripts" / "bench_adapters.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     return bench.OpCount()
@@ -400,7 +401,8 @@ def test_adapter_tensors_held_as_plain_attributes_still_form_together():
         loss.backward()
         want = _step(per_layer, "llava", inputs, MIXED)
         torch.testing.assert_close(loss.detach(), want[0])
-    want = {(b.layer_name, n): getattr(b, n).grad for b in _banks(per_layer) for n in ("lora_w", "lora_lambda", "lora_B")}
+    want = {(b.layer_name, n): getattr(b, n).grad
+            for b in _banks(per_layer) for n in ("lora_w", "lora_lambda", "lora_B")}
     assert len(plain) > len(_banks(model))
     for key, t in plain.items():   # two steps' gradients accumulated in the attributes
         torch.testing.assert_close(t.grad, 2 * want[key])

@@ -290,7 +290,8 @@ def test_attach_targets_both_towers_and_projector_on_request(bb):
 
 def test_projector_targets(dirs):
     bb = tiny_llava_backbone(dirs, "llava")
-    targets = {"image": [r"multi_modal_projector\.linear_[12]$"], "text": [r"language_model\.layers\.0\.mlp\.down_proj$"]}
+    targets = {"image": [r"multi_modal_projector\.linear_[12]$"],
+               "text": [r"language_model\.layers\.0\.mlp\.down_proj$"]}
     mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a"], r=2, targets=targets))
     assert sorted(bb.model._mtl_lora.layers) == ["model.language_model.layers.0.mlp.down_proj",
                                                  "model.multi_modal_projector.linear_1",
@@ -316,7 +317,8 @@ def test_base_dtype_resolution():
 
     cpu = torch.device("cpu")  # autocast follows a half-precision base (fp32 activations would not meet it)
     assert resolve_precision("auto", cpu) == resolve_precision("auto", cpu, "fp32") == torch.float32
-    assert resolve_precision("auto", cpu, "bf16") == torch.bfloat16 and resolve_precision("auto", cpu, "fp16") == torch.float16
+    assert (resolve_precision("auto", cpu, "bf16") == torch.bfloat16
+            and resolve_precision("auto", cpu, "fp16") == torch.float16)
     assert resolve_precision("fp32", cpu, "bf16") == torch.float32  # asked for: as given
     # --base-dtype auto loads a language model in fp16 on a GPU without bf16: autocast follows what was loaded
     assert resolve_precision("auto", cpu, "auto", torch.float16) == torch.float16

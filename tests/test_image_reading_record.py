@@ -225,5 +225,6 @@ def test_a_backbone_made_on_a_bare_model_reads_as_its_loaded_adapter(next_folder
         assert bb.resize.mode == "squash" and not bb.needs_image_sizes, backbone.__name__
         again = mlv.save_adapter(bare, tmp_path / f"again-{backbone.__name__}", base={"backbone": f"hf:{folder}"})
         assert _reading(again) == "square"
-        assert backbone.from_model(cls.from_pretrained(str(folder)), AutoProcessor.from_pretrained(folder)).resize.mode \
-            == "anyres"   # a model without an adapter: the processor's reading
+        # a model without an adapter: the processor's reading
+        assert backbone.from_model(cls.from_pretrained(str(folder)),
+                                   AutoProcessor.from_pretrained(folder)).resize.mode == "anyres"

@@ -72,7 +72,8 @@ def test_linear_matches_dense_reference_per_sample(method, lambda_type):
     for b in range(6):
         W = layer.weight + reference_delta(layer, int(ids[b]))
         torch.testing.assert_close(y[b], x[b] @ W.T + layer.bias, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(layer.delta_weight(int(ids[b])), reference_delta(layer, int(ids[b])), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(layer.delta_weight(int(ids[b])),
+                                   reference_delta(layer, int(ids[b])), atol=1e-5, rtol=1e-5)
 
 
 class _scope:
@@ -384,7 +385,8 @@ def test_mtl_rows_update_gradients(lambda_type, tasks):
     elif tasks == "runs":
         arg = ((2, slice(0, 1)), (0, slice(1, 2)), (2, slice(2, 3)), (1, slice(3, 4)))
     elif tasks == "gathered_runs":
-        present, arg = torch.tensor([2, 0, 1]), ((1, torch.tensor([1])), (2, torch.tensor([3])), (0, torch.tensor([0, 2])))
+        present, arg = torch.tensor([2, 0, 1]), ((1, torch.tensor([1])), (2, torch.tensor([3])),
+                                                 (0, torch.tensor([0, 2])))
     inputs = tuple(t for t in (out, z, w, lam, B) if t is not None)
 
     def f(out, z, w, *rest):

@@ -45,9 +45,9 @@ def build(out, tower: str = "clip", strategy: str = "default"):
     text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                        num_key_value_heads=2, max_position_embeddings=512, vocab_size=len(tok),
                        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    cfg = LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
-                          vision_feature_layer=-1, vision_feature_select_strategy=strategy,
-                          image_grid_pinpoints=PINPOINTS)
+    cfg = LlavaNextConfig(vision_config=vision, text_config=text,
+                          image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
+                          vision_feature_select_strategy=strategy, image_grid_pinpoints=PINPOINTS)
     torch.manual_seed(0)
     LlavaNextForConditionalGeneration(cfg).save_pretrained(str(out))
     images = LlavaNextImageProcessor(size={"shortest_edge": SIDE}, crop_size={"height": SIDE, "width": SIDE},

@@ -11,9 +11,10 @@ from conftest import tiny_hf_clip
 import mtl_lora_vl as mlv
 
 
-@pytest.mark.parametrize("call,says", [(lambda m: m.delete_adapter("a"), "delete_adapter.*unload"),
-                                       (lambda m: m.get_adapter_state_dict(), "get_adapter_state_dict.*save_pretrained"),
-                                       (lambda m: m.get_adapter_state_dict("a"), "get_adapter_state_dict.*export_lora")])
+@pytest.mark.parametrize("call,says", [
+    (lambda m: m.delete_adapter("a"), "delete_adapter.*unload"),
+    (lambda m: m.get_adapter_state_dict(), "get_adapter_state_dict.*save_pretrained"),
+    (lambda m: m.get_adapter_state_dict("a"), "get_adapter_state_dict.*export_lora")])
 def test_transformers_adapter_methods_say_what_to_use_here(call, says):
     model = mlv.MTLLoRAModel(tiny_hf_clip(), mlv.MTLLoRAConfig(tasks=["a", "b"], r=2))
     with pytest.raises(RuntimeError, match=f"MTLLoRAModel has no PEFT-style {says}"):

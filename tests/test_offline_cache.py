@@ -173,7 +173,8 @@ def test_open_clip_hub_schema_loads_the_cached_folder_offline(tok_dir, tmp_path,
     hub_layout(cache, "acme/tiny-oc", folder)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     again = load_backbone("open_clip:hf-hub:acme/tiny-oc")
-    assert parse_spec("open_clip:hf-hub:acme/tiny-oc").absolute() == "open_clip:hf-hub:acme/tiny-oc"   # not the snapshot
+    # not the snapshot
+    assert parse_spec("open_clip:hf-hub:acme/tiny-oc").absolute() == "open_clip:hf-hub:acme/tiny-oc"
     tokens = again.tokenizer(["a red circle"])
     assert torch.allclose(again.encode_text(tokens), bb.encode_text(tokens), atol=1e-6)
     with pytest.raises(ValueError, match="carries its own weights; drop --pretrained"):

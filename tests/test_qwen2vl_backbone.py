@@ -536,7 +536,8 @@ def _recorded_area(adapter, root):
     from mtl_lora_vl.io import load_pretrained
 
     doc = json.loads((adapter / "mtl_lora_config.json").read_text())
-    return doc["base"].get("image_max_pixels"), load_pretrained(adapter, heads=False, data_root=root).backbone.resize.budget
+    return (doc["base"].get("image_max_pixels"),
+            load_pretrained(adapter, heads=False, data_root=root).backbone.resize.budget)
 
 
 def test_extend_keeps_the_adapters_image_area(tmp_path, capsys):

@@ -94,7 +94,8 @@ def test_karpathy_file_name_that_is_not_text_is_refused_by_type(root, field, val
 
 def test_karpathy_without_filepath_reads(root):   # Flickr30k's file has no filepath
     _karpathy(root, [{"split": "test", "filename": "a.jpg", "sentences": [{"raw": "a red square"}]}])
-    assert read_split("karpathy", root, annotations="k.json", split="test", images="im").examples[0].text == "a red square"
+    assert read_split("karpathy", root, annotations="k.json", split="test",
+                      images="im").examples[0].text == "a red square"
 
 
 def test_jsonl_image_that_is_not_text_is_refused_by_type(root):

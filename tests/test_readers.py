@@ -497,7 +497,8 @@ def test_verify_switch(root):
 def test_malformed_annotation_fields_are_named(root, tmp_path):
     """A field of the wrong type or an answer without its text: the file and field are named (they were a bare
     TypeError or KeyError, and through a spec a TypeError was blamed on the spec's options)."""
-    _write_json(root / "q.json", {"data_subtype": "x", "questions": [{"question_id": 1, "image_id": 1, "question": "q"}]})
+    _write_json(root / "q.json", {"data_subtype": "x",
+                                  "questions": [{"question_id": 1, "image_id": 1, "question": "q"}]})
     _write_json(root / "q_null.json", {"questions": None})
     _write_json(root / "a_bad.json", {"annotations": [{"question_id": 1, "answers": [{"ans": "red"}]}]})
     _write_json(root / "coco_int.json", {"images": [], "annotations": 5})
@@ -612,7 +613,8 @@ def test_integer_labels_with_empty_classes_and_padded_names_are_named(tmp_path, 
     from PIL import Image
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
-    (tmp_path / "one.jsonl").write_text("".join(json.dumps({"image": "a.png", "label": i}) + "\n" for i in (1, 2, 3, 4)))
+    (tmp_path / "one.jsonl").write_text("".join(json.dumps({"image": "a.png", "label": i}) + "\n"
+                                                for i in (1, 2, 3, 4)))
     with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
         s = read_split("jsonl", tmp_path, file="one.jsonl")
     assert s.class_names == ["0", "1", "2", "3", "4"]   # still indices: a split may lack a class
@@ -648,7 +650,8 @@ def test_rows_with_blank_captions_are_counted(tmp_path, caplog):
     (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
         s = read_split("jsonl", tmp_path, file="c.jsonl")
-    assert len(s.examples) == 1 and "1 row(s) have no caption text (blank or only spaces) and are left out" in caplog.text
+    assert (len(s.examples) == 1
+            and "1 row(s) have no caption text (blank or only spaces) and are left out" in caplog.text)
     assert "c.jsonl:2" in caplog.text
 
 
@@ -1045,8 +1048,8 @@ def test_blank_answers_among_others_count_as_human_answers_in_a_list_and_a_pipe_
             {"image": "0.png", "question": "r?", "answers": ["red"] * 3 + ["blue"] * 6 + [""]},
             {"image": "0.png", "question": "s?", "answers": ["", " "]}]
     f = _jsonl(tmp_path / "a.jsonl", rows)
-    (tmp_path / "a.csv").write_text("image,question,answers\n0.png,q?,red| red ||  \n0.png,r?," + "red|" * 3 + "blue|" * 6
-                                    + "\n0.png,s?,| \n")
+    (tmp_path / "a.csv").write_text("image,question,answers\n0.png,q?,red| red ||  \n0.png,r?,"
+                                    + "red|" * 3 + "blue|" * 6 + "\n0.png,s?,| \n")
     from_jsonl = [e.answers for e in read_split("jsonl", tmp_path, file=f, images="img").examples]
     from_csv = [e.answers for e in read_split("csv", tmp_path, file="a.csv", images="img").examples]
     assert from_jsonl == from_csv == [("red", "red", "", ""), ("red",) * 3 + ("blue",) * 6 + ("",), ()]

@@ -86,7 +86,8 @@ def test_backbones_carry_their_declared_resize(tmp_path):
     from llava_tiny import IMAGE, save_tiny_llava, save_tiny_paligemma
 
     assert load_backbone("builtin").resize == ImageResize(64, "squash", "bilinear", alpha="drop")   # open_clip config
-    assert load_backbone("builtin-llava").resize == ImageResize(64, "shortest", "bicubic", resize_to=64, floor_crop=True)
+    assert load_backbone("builtin-llava").resize == ImageResize(64, "shortest", "bicubic",
+                                                                resize_to=64, floor_crop=True)
     pali = load_backbone(f"hf:{save_tiny_paligemma(tmp_path / 'pali')}")
     assert pali.resize == ImageResize(IMAGE, "squash", "bicubic")     # SiglipImageProcessor: resample 3
     llava = load_backbone(f"hf:{save_tiny_llava(tmp_path / 'llava')}")

@@ -125,7 +125,8 @@ def test_resume_without_each_piece_of_state_differs(straight, tmp_path, monkeypa
     if dropped == "python_numpy_state":
         monkeypatch.setattr(checkpoint, "set_rng_state", _torch_state_only)
     elif dropped == "torch_state":
-        monkeypatch.setattr(checkpoint, "set_rng_state", lambda s, d=None: set_rng_state({**s, "torch": torch.get_rng_state()}, d))
+        monkeypatch.setattr(checkpoint, "set_rng_state",
+                            lambda s, d=None: set_rng_state({**s, "torch": torch.get_rng_state()}, d))
     else:  # rows drawn from the workers' running streams, as a plain DataLoader does
         monkeypatch.setattr(seeding, "seed_global_rngs", lambda key: None)
     assert not same_run(full, resume_copy(snapshot, tmp_path))

@@ -521,7 +521,8 @@ def _layer(method: str, batch_dim: int = 0) -> LoRALinear:
     return layer
 
 
-def _layer_run(layer: LoRALinear, x: torch.Tensor, ids, upstream: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+def _layer_run(layer: LoRALinear, x: torch.Tensor, ids,
+               upstream: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Outputs and adapter gradients of a copy of ``layer``; ``upstream``: the output's gradient (by default a
     fixed non-uniform one)."""
     layer = copy.deepcopy(layer)
@@ -902,7 +903,8 @@ def test_a_wrapper_follows_its_inner_model_when_replaced():
     wrapper = nn.Sequential(mlv.attach(nn.Sequential(nn.Linear(4, 4)), cfg))
     with mlv.route(wrapper, "a"):
         wrapper(torch.randn(1, 4))
-    wrapper[0] = mlv.attach(nn.Sequential(nn.Linear(4, 4)), mlv.MTLLoRAConfig(tasks=["x", "y"], targets={"image": [r"^0$"]}))
+    wrapper[0] = mlv.attach(nn.Sequential(nn.Linear(4, 4)),
+                            mlv.MTLLoRAConfig(tasks=["x", "y"], targets={"image": [r"^0$"]}))
     with mlv.route(wrapper, "y"):   # it routed the old model's router ("unknown task 'y'")
         wrapper(torch.randn(1, 4))
 
@@ -985,7 +987,8 @@ def test_data_parallel_replicas_refuse_routes_they_would_mix():
             layer_replica(x)
 
 
-@pytest.mark.parametrize("ids", ["a", [0, 0, 1, 1, 2, 2], [0, 1, 2, 0, 1, 2]], ids=["one_task", "grouped", "interleaved"])
+@pytest.mark.parametrize("ids", ["a", [0, 0, 1, 1, 2, 2], [0, 1, 2, 0, 1, 2]],
+                         ids=["one_task", "grouped", "interleaved"])
 def test_torch_compile_under_a_route_opened_outside_compiles_once(ids):
     """The public form with a compiled model -- ``with mlv.route(model, ids): loss = compiled(x)`` -- compiled a
     one-task route twice: its first traced call filled the route's per-device index cache, which that graph's

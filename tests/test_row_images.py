@@ -195,7 +195,8 @@ def test_generate_with_two_images_in_one_row_and_none_in_the_other(family, beams
                                                                **kw).scores, 1).view(2, beams, 3, -1))
 
 
-TARGETS = {"image": [r"(vision_tower|vision_model).*layers\.\d+\.self_attn\.(q|k|v|out)_proj$"], "text": [r"language_model.*\.(q|v)_proj$"]}
+TARGETS = {"image": [r"(vision_tower|vision_model).*layers\.\d+\.self_attn\.(q|k|v|out)_proj$"],
+           "text": [r"language_model.*\.(q|v)_proj$"]}
 
 
 @pytest.mark.parametrize("family", ["llava", "paligemma"])

@@ -130,7 +130,8 @@ def test_shares_are_the_probabilities_when_no_task_is_below_the_floor():
     s = MultiTaskBatchSampler([6000, 7314, 3000], 16, strategy="proportional", mode="mixed", seed=0)
     assert s.shares == s.probabilities  # bit for bit: the built-in jobs' batches are unchanged
     assert floored_shares([0.5, 0.45, 0.05], 4) == pytest.approx([0.75 * 0.5 / 0.95, 0.75 * 0.45 / 0.95, 0.25])
-    assert floored_shares([0.8, 0.13, 0.07], 8) == pytest.approx([0.75, 0.125, 0.125])  # 0.13 falls below on the 2nd pass
+    # 0.13 falls below on the 2nd pass
+    assert floored_shares([0.8, 0.13, 0.07], 8) == pytest.approx([0.75, 0.125, 0.125])
 
 
 def test_each_task_walks_epochs_without_replacement():

@@ -109,7 +109,8 @@ def test_check_gpu_runs_its_checks_on_the_cpu_and_fails_a_wrong_route(tmp_path, 
     assert res["llava_merged_fp32"]["max_abs_loss_diff"] < 1e-2 < res["llava_merged_fp32"]["task_gap"] / 10
     assert 0 < res["clip_mixed_route_fp32"]["text_cut_max_abs_diff"] < 1e-5   # text at its own width, routed
     route = check_gpu.mlv.route
-    monkeypatch.setattr(check_gpu.mlv, "route", lambda model, ids: route(model, ids[0] if isinstance(ids, list) else ids))
+    monkeypatch.setattr(check_gpu.mlv, "route",
+                        lambda model, ids: route(model, ids[0] if isinstance(ids, list) else ids))
     assert check_gpu.main(["--device", "cpu", "--only", "llava_mixed_loss_fp32,clip_mixed_route_fp32"]) == 1
     assert capsys.readouterr().out.count("FAIL") == 2
 
@@ -200,7 +201,7 @@ def test_pretrain_llava_evaluate_leaves_a_foreign_folder_unmarked_and_out_never_
 
 @pytest.mark.parametrize(("script", "args"), [
     ("pretrain_backbone", ["--lr", "inf"]),               # trained to NaN and wrote a NaN asset
-    ("pretrain_backbone", ["--n-pretrain", "1"]),         # a batch of one pair: loss and gradients 0, an untrained asset
+    ("pretrain_backbone", ["--n-pretrain", "1"]),   # a batch of one pair: loss and gradients 0, an untrained asset
     ("pretrain_llava", ["--lr", "inf"]),
     ("pretrain_llava", ["--hidden", "6", "--heads", "2"]),   # head size 3: rotary embeddings failed after set-up
     ("pretrain_llava", ["--eval-every", "-5"]),
@@ -312,7 +313,8 @@ def test_pretrain_llava_evaluate_scores_the_seed_it_was_trained_with(tmp_path, m
     monkeypatch.setattr(pl, "evaluate", lambda m, p, seed, n: seeds.append(seed) or {"vqa": {"accuracy": 0.5}})
     monkeypatch.setattr(pl, "print_report", lambda *a, **k: None)
     assert pl.main(["--evaluat", str(model), "--eval-scenes", "1"]) == 0   # an abbreviation, as argparse takes it
-    assert seeds == [4] and json.loads((model / "pretrain.json").read_text())["zero_shot_val"] == {"vqa": {"accuracy": 0.5}}
+    assert (seeds == [4]
+            and json.loads((model / "pretrain.json").read_text())["zero_shot_val"] == {"vqa": {"accuracy": 0.5}})
     assert pl.main(["--evaluate", str(model), "--seed", "0", "--eval-scenes", "1"]) == 0
     assert seeds == [4, 0] and "not stored" in capsys.readouterr().out
 

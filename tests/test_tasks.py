@@ -465,7 +465,8 @@ def test_vqa_questions_without_a_type_are_not_mixed_into_vqav2s_other(clip, monk
     spec = load_spec("vqa")
     kind = build_kind(spec, _world(spec, "train", 12), clip)
     val = _world(spec, "val", 4)
-    examples = [dataclasses.replace(ex, question_type=qt) for ex, qt in zip(val.examples, ["other", None, None, "color"])]
+    examples = [dataclasses.replace(ex, question_type=qt)
+                for ex, qt in zip(val.examples, ["other", None, None, "color"])]
     monkeypatch.setattr(kind, "predict", lambda *a, **k: [ex.answers[0] for ex in examples])
     m = kind.evaluate(clip, None, Split(examples), batch_size=4, device="cpu")
     assert {k for k in m if k.startswith("vqa_accuracy/")} == {"vqa_accuracy/other", "vqa_accuracy/untyped",
@@ -547,7 +548,8 @@ def test_classification_eval_split_missing_a_class_is_mapped_by_name(clip, tmp_p
     kind = build_kind(spec, train, clip)
     seen = []
     real = kind.logits
-    kind.logits = lambda bb, head, examples, **kw: seen.extend(e.label for e in examples) or real(bb, head, examples, **kw)
+    kind.logits = lambda bb, head, examples, **kw: (seen.extend(e.label for e in examples)
+                                                    or real(bb, head, examples, **kw))
     out = kind.evaluate(clip, None, val, batch_size=4, device="cpu")
     assert seen == [0, 2] and set(k for k in out if k.startswith("per_class/")) == {"per_class/cat", "per_class/fox"}
     restored = build_kind(spec, None, clip, state=json.loads(json.dumps(kind.state())))  # as a saved adapter has it

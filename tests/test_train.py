@@ -131,7 +131,8 @@ def test_eval_of_an_adapter_loads_the_base_dtype_the_run_trained_on(tmp_path, mo
         return loaded
 
     monkeypatch.setattr(evaluate_module, "load_pretrained", spy)
-    assert eval_main(["--adapter", str(run / "adapter"), "--batch-size", "32", "--out", str(tmp_path / "ev"), "-q"]) == 0
+    assert eval_main(["--adapter", str(run / "adapter"), "--batch-size", "32",
+                      "--out", str(tmp_path / "ev"), "-q"]) == 0
     assert seen == [torch.bfloat16]
     ours, again = (json.loads((p / "eval.json").read_text())["tasks"] for p in (run, tmp_path / "ev"))
     assert {t: (r["zero_shot"], r["adapted"]) for t, r in again.items()} == \
@@ -285,7 +286,8 @@ def test_extend_reads_the_adapter_s_tasks_from_their_own_data_folders(tmp_path, 
     err = capsys.readouterr().err
     assert f"task(s) ['color'] were trained on files under {d}, which is no longer a folder; put it back, or score " \
            "it on the folder it moved to with --tasks color --data-root DIR" in err, err
-    assert json.loads((tmp_path / "ev2" / "eval.json").read_text())["tasks"]["color"]["adapted"] == a["color"]["adapted"]
+    assert (json.loads((tmp_path / "ev2" / "eval.json").read_text())["tasks"]["color"]["adapted"]
+            == a["color"]["adapted"])
     third = data(tmp_path / "d3", "color3", ("red", "blue"))   # (its rows read from --data-root d2)
     capsys.readouterr()
     assert train_main(["--extend", str(tmp_path / "b"), "--tasks", str(third), "--data-root", str(d2), *common,
@@ -531,7 +533,8 @@ def test_resume_refuses_what_it_would_ignore_and_bad_config(tmp_path, capsys, mo
     # From the command line: a flag set back to its default, --out elsewhere and --overwrite are refused too;
     # a relative spec path naming the run's own spec is its value.
     default_log = TrainOptions().log_every
-    assert train_main(["--resume", str(run), "--log-every", str(default_log), "--out", str(tmp_path / "elsewhere")]) == 2
+    assert train_main(["--resume", str(run), "--log-every", str(default_log),
+                       "--out", str(tmp_path / "elsewhere")]) == 2
     err = capsys.readouterr().err
     assert f"--log-every {default_log} (the run has 2)" in err and "--out" in err
     assert not (tmp_path / "elsewhere").exists()
@@ -1213,7 +1216,8 @@ def test_help_lists_the_fixed_flags():
     for flag in ("--tasks", "--backbone", "--pretrained", "--data-root", "--method", "--rank", "--alpha", "--n-up",
                  "--temperature", "--steps", "--batch-size", "--lr", "--precision", "--device", "--workers",
                  "--batch-mode", "--seed", "--out", "--resume", "--overwrite", "--save-every", "--eval-every",
-                 "--config", "--extend", "--compile", "--no-compile", "--grad-checkpointing", "-v", "-q", "--log-level"):
+                 "--config", "--extend", "--compile", "--no-compile", "--grad-checkpointing",
+                 "-v", "-q", "--log-level"):
         assert flag in text, flag
     assert build_train_parser(prog="mtl-lora-vl train").format_usage().startswith("usage: mtl-lora-vl train")
 
@@ -1278,7 +1282,8 @@ def test_a_bad_evaluation_split_stops_the_run_before_it_trains(tmp_path, capsys,
     (root / "test.jsonl").write_text((root / "train.jsonl").read_text())
     reads = []
     real = TaskSpec.load_split
-    monkeypatch.setattr(TaskSpec, "load_split", lambda self, split, root=None: reads.append(split) or real(self, split, root))
+    monkeypatch.setattr(TaskSpec, "load_split",
+                        lambda self, split, root=None: reads.append(split) or real(self, split, root))
     assert train_main(args + ["--skip-zero-shot"]) == 0
     assert sorted(reads) == ["test", "train"]
 
@@ -1464,8 +1469,9 @@ def test_extend_checks_an_explicit_backbone_builtin_like_any_other(tmp_path, cap
                        "--out", str(run)]) == 0
     capsys.readouterr()
     ext = tmp_path / "ext"
-    assert train_main(["--extend", str(run), "--backbone", "builtin", "--tasks", str(small_spec(tmp_path, "captioning")),
-                       "--steps", "1", "--workers", "0", "--out", str(ext)]) == 2
+    assert train_main(["--extend", str(run), "--backbone", "builtin",
+                       "--tasks", str(small_spec(tmp_path, "captioning")), "--steps", "1", "--workers", "0",
+                       "--out", str(ext)]) == 2
     err = capsys.readouterr().err
     assert "--extend reads the adapter's own base" in err and not ext.exists()
 

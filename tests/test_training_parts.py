@@ -416,7 +416,8 @@ def test_the_other_half_precision_is_refused_even_where_the_model_casts_its_inpu
     step with torch's "Unexpected floating ScalarType in at::autocast::prioritize"."""
     from mtl_lora_vl.precision import check_base_precision
 
-    for loaded, autocast_dtype, name in ((torch.bfloat16, torch.float16, "fp16"), (torch.float16, torch.bfloat16, "bf16")):
+    for loaded, autocast_dtype, name in ((torch.bfloat16, torch.float16, "fp16"),
+                                         (torch.float16, torch.bfloat16, "bf16")):
         with pytest.raises(ValueError, match=rf"--precision {name} with .* meet in operations that take one dtype"):
             check_base_precision(name, autocast_dtype, loaded, casts_inputs=True)
     check_base_precision("fp32", torch.float32, torch.bfloat16, casts_inputs=True)   # it casts: fine

@@ -67,7 +67,8 @@ def tiny_backbone_dir(folder: Path, coca: bool = False) -> Path:
         f.replace(folder / f.name)
     (folder / "open_clip_config.json").write_text(
         json.dumps({"model_cfg": _config(folder, coca), "preprocess_cfg": {}}))
-    save_file({k: v.contiguous() for k, v in bb.model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    save_file({k: v.contiguous() for k, v in bb.model.state_dict().items()},
+              str(folder / "open_clip_model.safetensors"))
     return folder
 
 
