@@ -48,8 +48,8 @@ def test_peft_only_attributes_do_not_break_hasattr_getattr():
 
 def test_comma_in_task_name_is_refused():
     # tasks="vqa,retrieval" (the CLI's spelling) silently makes ONE task named 'vqa,retrieval'
-    with pytest.raises(mlv.ConfigError, match=r"may not contain ','; pass a list of names, e.g. \['vqa', "
-                                              r"'retrieval'\]"):
+    with pytest.raises(mlv.ConfigError, match=r"may not contain ','; pass a list of names, "
+                                              r"e.g. \['vqa', 'retrieval'\]"):
         mlv.MTLLoRAConfig(tasks="vqa,retrieval")
 
 

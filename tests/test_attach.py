@@ -318,8 +318,8 @@ def test_second_attach_is_refused():
 
 def test_unknown_model_class_says_what_is_supported_and_how_to_target():
     model = nn.Sequential(nn.Linear(4, 4))
-    with pytest.raises(mlv.AttachError, match=r"not a supported model "
-                                              r"class.*open_clip.*hf_clip.*llava.*timm.*targets="):
+    with pytest.raises(mlv.AttachError, match=r"not a supported model class"
+                                              r".*open_clip.*hf_clip.*llava.*timm.*targets="):
         mlv.attach(model, mlv.MTLLoRAConfig(tasks=TASKS))
     mlv.attach(model, mlv.MTLLoRAConfig(tasks=TASKS, targets={"image": [r"^0$"]}))
     assert mlv.trainable_parameters(model) > 0

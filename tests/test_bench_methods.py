@@ -233,8 +233,8 @@ def test_tiny_grid_resumes_and_reports(tmp_path, monkeypatch):
     assert tune and all(set(r["val"]) == set(r["tasks"]) for r in tune)
     for name in ("methods.png", "paired_vs_mtl_lora.png", "ablations.png", "task_mixing.png", "params_vs_score.png"):
         assert (out / "plots" / name).is_file(), name
-    # Grid runs skip the zero-shot score; task_lr_mult puts Λ_t, w_t in a group of their own at 10x (the heads: decayed,
-    # not decayed).
+    # Grid runs skip the zero-shot score; task_lr_mult puts Λ_t, w_t in a group of their own at 10x
+    # (the heads: decayed, not decayed).
     run = out / "runs" / "ablation-task_lr_mult=10" / "lr0.003-seed0" / "train"
     assert json.loads((run / "eval.json").read_text())["tasks"]["vqa"]["zero_shot"] is None
     groups = torch.load(run / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]

@@ -164,10 +164,10 @@ PTB_CASES = [
     ('the No. 5 bus; a sign that says no.', 'the no. 5 bus a sign that says no'),
     ('A man in Wash. state doing his wash.', 'a man in wash. state doing his wash'),
     # CoreNLP 3.4.1's lists hold these too (helper 213; they lost their period)
-    ('Adj. Adv. Asst. Assoc. Ens. Insp. Mlle. Mme. Msgr. Sfc. x', 'adj. adv. asst. assoc. ens. insp. mlle. mme. msgr. '
-                                                                  'sfc. x'),
-    ('Az. az. Pte. pte. Ppty. Ptes. Bldg. bldg. art. 5 art. x', 'az. az pte. pte. ppty. ptes. bldg. bldg. art. 5 art '
-                                                                'x'),
+    ('Adj. Adv. Asst. Assoc. Ens. Insp. Mlle. Mme. Msgr. Sfc. x',
+     'adj. adv. asst. assoc. ens. insp. mlle. mme. msgr. sfc. x'),
+    ('Az. az. Pte. pte. Ppty. Ptes. Bldg. bldg. art. 5 art. x',
+     'az. az pte. pte. ppty. ptes. bldg. bldg. art. 5 art x'),
     ('the Ph.D. student and 5 p.m.', 'the ph.d. student and 5 p.m.'),
     ('gonna gotta wanna lemme gimme', 'gon na got ta wan na lem me gim me'),
     ("music of the '80s, rock 'n' roll 'cause 'em", "music of the '80s rock 'n' roll 'cause 'em"),

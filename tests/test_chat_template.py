@@ -195,9 +195,10 @@ def test_a_turn_that_opens_with_the_image_gets_the_templates_image_opening(chat_
 #: llava-hf/llava-interleave-qwen-0.5b-hf's template (a LlavaForConditionalGeneration): the role and a space, the
 #: images, then '\n' before the text -- 'user \ntext' for a text turn but 'user <image>\ntext' for an image turn.
 INTERLEAVE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}{# Render all images first #}"
-              "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% "
-              "endfor %}{# Render all text next #}{% for content in message['content'] | selectattr('type', 'equalto', "
-              "'text') %}{{ '\n' + content['text'] }}{% endfor %}{{'<|im_end|>' + '\n'}}{% endfor %}"
+              "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}"
+              "{% endfor %}{# Render all text next #}"
+              "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+              "{{ '\n' + content['text'] }}{% endfor %}{{'<|im_end|>' + '\n'}}{% endfor %}"
               "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
@@ -418,8 +419,8 @@ def test_idefics3s_end_of_utterance_ends_a_chat_target_and_stops_generation(tmp_
     assert labels[0][labels[0] != -100].tolist()[-1] == eou
     processor.chat_template = TEMPLATE   # llava-style: nothing after the answer
     assert assistant_end(processor) == ""
-    processor.chat_template = TEMPLATE.replace("m['content'][0]['text'] }}", "m['content'][0]['text'] }}{{ eos_token "
-                                                                             "}}")
+    processor.chat_template = TEMPLATE.replace("m['content'][0]['text'] }}",
+                                               "m['content'][0]['text'] }}{{ eos_token }}")
     assert assistant_end(processor) == ""   # the tokenizer's end token: nothing changes
 
 

@@ -14,8 +14,8 @@ from vl_tiny import tiny_backbone
 @pytest.mark.parametrize("side", [48, 16])
 def test_encode_image_refuses_another_size_naming_the_size_and_the_fix(tmp_path, coca, side):
     bb = tiny_backbone(tmp_path, coca=coca)
-    with pytest.raises(ValueError, match=rf"encode_image.*\(B, 3, 32, 32\).*got \(2, 3, {side}, "
-                                         rf"{side}\).*preprocess_uint8"):
+    with pytest.raises(ValueError, match=r"encode_image.*\(B, 3, 32, 32\)"
+                                         rf".*got \(2, 3, {side}, {side}\).*preprocess_uint8"):
         bb.encode_image(torch.randn(2, 3, side, side))
     assert bb.encode_image(torch.randn(2, 3, 32, 32)).shape == (2, 32)   # its own size still works
 

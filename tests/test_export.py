@@ -503,8 +503,7 @@ def test_heads_are_plain_modules_not_pickles(trained_run):
     assert isinstance(trained_run[2]["retrieval"], nn.Module)
 
 
-# ---------------------------------------------------------------------------------------------- overwrite and partial
-# failure
+# ---------------------------------------------------------------------------------------- overwrite and partial failure
 
 
 def test_export_overwrite_never_replaces_an_adapter_a_run_or_the_base_models_own_folder(tmp_path):

@@ -127,8 +127,8 @@ def test_layers_stay_strict_outside_generation(dirs):
     images, prompts = inputs(bb, 4)
     b = bb.lm_collator()(prompts[:2] * 2, ["red", "blue"] * 2)
     bb.model.train()
-    with mlv.route(bb.model, torch.tensor([0, 1])), pytest.raises(mlv.RoutingError, match="routed 2 task ids but the "
-                                                                                          "batch"):
+    with (mlv.route(bb.model, torch.tensor([0, 1])),
+          pytest.raises(mlv.RoutingError, match="routed 2 task ids but the batch")):
         bb.lm_loss(images, **b)  # 4 rows = 2 x 2 routed ids: refused in training
     with mlv.route(bb.model, torch.tensor([0, 1])), expanded_rows(bb.model, 2):
         bb.lm_loss(images, **b)  # the same batch inside an expansion scope of this model is routed

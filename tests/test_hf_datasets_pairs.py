@@ -164,8 +164,8 @@ def test_rows_of_one_image_id_share_their_references(tmp_path):
      r"image column 'label' has type .*bool.*expected images"),
     ({"image": "left_image", "images": ["left_image", "right_image"], "statement": "sentence", "label": "label"},
      r"both image \('left_image'\) and images .* are mapped"),
-    ({"images": "left_image", "statement": "sentence", "label": "label"}, r"images must be a list of the image "
-                                                                          r"columns"),
+    ({"images": "left_image", "statement": "sentence", "label": "label"},
+     r"images must be a list of the image columns"),
     ({"image": "left_image", "statement": "sentence", "label": "label"}, r"statement is the text of a row of several"),
     ({"images": ["left_image", "right_image"], "label": "label"}, r"row 0: no statement"),
 ])

@@ -139,8 +139,8 @@ def test_cached_sequence_scores_equal_the_full_computation(bb):
 def test_a_wrong_image_token_count_is_refused(bb):
     ids, b = one_image_token_short(bb)
     n = bb.num_image_tokens
-    with pytest.raises(BackboneError, match=f"row 0 of input_ids has {n - 1} image tokens.*gives {n} "
-                                            "features.*lm_coll"):
+    with pytest.raises(BackboneError, match=f"row 0 of input_ids has {n - 1} image tokens"
+                                            f".*gives {n} features.*lm_coll"):
         bb.lm_loss(torch.randn(2, 3, 64, 64), ids, b["attention_mask"], b["labels"])
 
 
@@ -227,8 +227,8 @@ def test_onevisions_aspect_ratio_must_name_its_tiles_and_be_the_processors(tmp_p
     proc.vision_aspect_ratio = "anyres_max_16"
     proc.save_pretrained(str(folder))
     with pytest.raises(BackboneError, match=r"vision_aspect_ratio 'anyres_max_16' is not the model's \(config\."
-                                            r"vision_aspect_ratio "
-                                            r"'anyres_max_2'\).*vision_aspect_ratio='anyres_max_2'"):
+                                            r"vision_aspect_ratio 'anyres_max_2'\)"
+                                            r".*vision_aspect_ratio='anyres_max_2'"):
         load_backbone(f"hf:{folder}")
 
 
@@ -273,8 +273,8 @@ def test_a_tower_and_strategy_the_model_cannot_lay_out_are_refused(tmp_path, tow
     """A tile's features must be grid² (16 here): CLIP under "full" (17) and SigLIP under "default" (15) loaded, and
     the first forward failed inside transformers on a reshape (helper 166)."""
     test_llava_next.build(tmp_path, tower, strategy)
-    with pytest.raises(BackboneError, match=rf"'{strategy}' gives \d+ features per tile.*4 x 4 = 16; set it to "
-                                            rf"'{fix}'"):
+    with pytest.raises(BackboneError, match=rf"'{strategy}' gives \d+ features per tile"
+                                            rf".*4 x 4 = 16; set it to '{fix}'"):
         load_backbone(f"hf:{tmp_path}")
 
 

@@ -232,6 +232,6 @@ def test_an_open_clip_name_whose_tokenizer_is_a_cached_hub_id_loads(tmp_path, mo
         assert bb.tokenizer(["A red cube."]).tolist() == [[3, 4, 5, 1, 1, 1, 1, 1]]   # canonicalized, padded with 1
     monkeypatch.setitem(text, "hf_tokenizer_name", "acme/other-tok")
     with pytest.raises(ValueError, match=r"'acme/other-tok', which would need a download \(it is not in the local "
-                                         r"Hugging Face cache, .*huggingface-cli download "
-                                         r"acme/other-tok\).*open_clip:DIR"):
+                                         r"Hugging Face cache, .*huggingface-cli download acme/other-tok\)"
+                                         r".*open_clip:DIR"):
         load_backbone(f"open_clip:{TINY}", pretrained="acme_tag")

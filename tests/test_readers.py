@@ -258,8 +258,8 @@ def test_karpathy(root):
         test = read_split("karpathy", root, annotations="dataset_coco.json", split="test")
     assert "truncated.jpg" in _one_warning(rec) and "truncated" in _one_warning(rec)
     assert len(test.examples) == 1 and test.skipped == 1
-    with pytest.raises(ValueError, match="split' of format 'karpathy' must be one of 'train', 'val', 'test', "
-                                         "'restval'"):
+    with pytest.raises(ValueError, match="split' of format 'karpathy' "
+                                         "must be one of 'train', 'val', 'test', 'restval'"):
         read_split("karpathy", root, annotations="dataset_coco.json", split="dev")
 
 
@@ -507,8 +507,8 @@ def test_malformed_annotation_fields_are_named(root, tmp_path):
                           ("vqav2", {"questions": "q.json", "annotations": "a_bad.json", "images": "images",
                                      "image_pattern": "good.jpg"},
                            "a_bad.json: an answer of annotation 1 has no 'answer' field"),
-                          ("coco_captions", {"annotations": "coco_int.json"}, "'annotations' field must be a list, got "
-                                                                              "int")):
+                          ("coco_captions", {"annotations": "coco_int.json"},
+                           "'annotations' field must be a list, got int")):
         with pytest.raises(DataFormatError, match=re.escape(says)):
             read_split(fmt, root, **kw)
     spec = tmp_path / "v.toml"

@@ -1429,8 +1429,8 @@ def test_eval_refuses_a_spec_file_whose_metrics_the_adapter_does_not_compute(tmp
                        "--workers", "0", "--out", str(run)]) == 0
     spec = tmp_path / "r2.toml"
     spec.write_text((REPO / "tasks" / "retrieval.toml").read_text()
-                    .replace('metrics = ["mean_recall", "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5"]', 'metrics = '
-                                                                                                  '["i2t_r2"]')
+                    .replace('metrics = ["mean_recall", "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5"]',
+                             'metrics = ["i2t_r2"]')
                     .replace("ks = [1, 5, 10]", "ks = [1, 2]"))
 
     def no_scoring(*a, **k):
