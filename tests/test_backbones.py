@@ -373,7 +373,7 @@ def test_pretrain_loop_learns_a_toy_world(tok_dir):
     assert r["r@1"] == 1.0
 
 
-@pytest.mark.parametrize("args,says", [(["--n-pretrain", "0"], "--n-pretrain must be >= 1"),   # a raw ValueError
+@pytest.mark.parametrize("args,says", [(["--n-pretrain", "0"], "--n-pretrain must be >= 2"),   # a raw ValueError
                                        # after rendering
                                        (["--lr", "-1"], "--lr and --weight-decay must be finite and >= 0")])
 def test_pretrain_backbone_refuses_bad_options_before_work(tmp_path, capsys, args, says):

@@ -41,23 +41,17 @@ from .cache import cached_open_clip_weights, clip_url_cache, hf_hub_cache, local
 from .coca_decoding import CoCaStepper, supports_kv_cache
 from .offline import offline
 from .open_clip_text import OpenClipText
+from .open_clip_tokenizer import check_pooling, hf_text_tower_message, open_clip_tokenizer
 from .spec import SPEC_FORMS, BackboneSpec
 from .tokenizers import (
     TOKENIZER_FILES,
     HFTokenizer,
-    OpenClipBPETokenizer,
     Tokenizer,
-    WordTokenizer,
-    is_word_tokenizer,
-    load_hf_tokenizer,
 )
 
 __all__ = ["CoCaBackbone", "OpenClipBackbone", "build_open_clip", "registry_config"]
 
 logger = logging.getLogger(__name__)
-
-_BPE_VOCAB = 49408
-
 
 @register_backbone("open_clip")
 class OpenClipBackbone(OpenClipText, Backbone):
@@ -172,82 +166,6 @@ def _model_class(model_cfg: dict) -> type[nn.Module]:
     return open_clip.CustomTextCLIP if custom else open_clip.CLIP
 
 
-def _tokenizer(model_cfg: dict, tokenizer_dir: str | os.PathLike | None, name: str) -> Tokenizer:
-    """Pick the tokenizer an open_clip model config implies, from local files only."""
-    text_cfg = model_cfg.get("text_cfg", {})
-    context_length = int(text_cfg.get("context_length", 77))
-    vocab_size = int(text_cfg.get("vocab_size", _BPE_VOCAB))
-    hf_name = text_cfg.get("hf_tokenizer_name")
-    if tokenizer_dir is None and hf_name:   # a folder; else (no hub text model beside it) a hub id's cached snapshot
-        tokenizer_dir = local_folder(str(hf_name), cached=not text_cfg.get("hf_model_name"))
-    if tokenizer_dir is not None:
-        tdir = Path(tokenizer_dir)
-        if (tdir / "tokenizer.json").is_file() and is_word_tokenizer(tdir):
-            tok: Tokenizer = WordTokenizer(tdir, context_length)
-        else:
-            tok = load_hf_tokenizer(tdir, context_length, name, **_hf_tokenizer_options(text_cfg, name))
-        if tok.vocab_size > vocab_size:
-            raise ValueError(
-                f"tokenizer in {tdir} has {tok.vocab_size} tokens but model {name} embeds only {vocab_size}; "
-                "use the tokenizer the model was trained with, or set text_cfg.vocab_size to at least "
-                f"{tok.vocab_size}"
-            )
-        return tok
-    if hf_name or text_cfg.get("hf_model_name"):
-        raise ValueError(_hf_text_tower_message(name, hf_name or text_cfg.get("hf_model_name"),
-                                                cached=not text_cfg.get("hf_model_name")))
-    if vocab_size != _BPE_VOCAB:
-        raise ValueError(
-            f"open_clip model {name} has a {vocab_size}-token vocabulary but no tokenizer was found (open_clip's "
-            f"own has {_BPE_VOCAB}); put the model's Hugging Face tokenizer files (tokenizer.json, "
-            "tokenizer_config.json) in its directory, or set text_cfg.hf_tokenizer_name to a tokenizer folder "
-            "(from Python: build_open_clip(..., tokenizer_dir=))"
-        )
-    from open_clip.tokenizer import SimpleTokenizer
-
-    return OpenClipBPETokenizer(SimpleTokenizer(context_length=context_length), context_length)
-
-
-def _hf_tokenizer_options(text_cfg: dict, name: str) -> dict[str, Any]:
-    """What open_clip's own ``HFTokenizer`` does with the config's ``tokenizer_kwargs``: its text cleaning
-    (``clean``, whitespace by default) and ``strip_sep_token``; a ``tokenizer_mode`` it is refused."""
-    from open_clip.tokenizer import get_clean_fn
-
-    kwargs = text_cfg.get("tokenizer_kwargs") or {}
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"open_clip model {name}: text_cfg.tokenizer_kwargs must be a table, got {kwargs!r}")
-    unknown = sorted(set(kwargs) - {"clean", "strip_sep_token"})
-    mode = text_cfg.get("tokenizer_mode") or kwargs.get("tokenizer_mode")
-    if unknown or mode:
-        raise ValueError(f"open_clip model {name}: its tokenizer settings {unknown or ['tokenizer_mode']} are not "
-                         "reproduced here (only clean and strip_sep_token are); its text would be tokenized otherwise "
-                         "than open_clip does")
-    clean = kwargs.get("clean", "whitespace")
-    if clean not in ("canonicalize", "lower", "whitespace"):
-        raise ValueError(f"open_clip model {name}: tokenizer_kwargs.clean = {clean!r}; open_clip knows "
-                         "'canonicalize', 'lower' and 'whitespace'")
-    return {"clean": get_clean_fn(clean), "strip_sep": bool(kwargs.get("strip_sep_token", False))}
-
-
-def _check_pooling(model_cfg: dict, tokenizer: Tokenizer, name: str) -> None:
-    """open_clip pools text at the highest token id by default; that is the end token only in its BPE."""
-    text_cfg = model_cfg.get("text_cfg", {})
-    if "multimodal_cfg" in model_cfg or text_cfg.get("embed_cls") or text_cfg.get("hf_model_name"):
-        return
-    pool = text_cfg.get("pool_type", "argmax")
-    if pool == "eos" and int(text_cfg.get("eos_id", 2)) != int(tokenizer.eos_id):
-        raise ValueError(
-            f"model {name} pools text at eos_id={text_cfg.get('eos_id', 2)} but its tokenizer's end token is "
-            f"{tokenizer.eos_id}; set text_cfg.eos_id to {tokenizer.eos_id}"
-        )
-    if pool == "argmax" and int(tokenizer.eos_id) != int(tokenizer.vocab_size) - 1:
-        raise ValueError(
-            f"model {name} pools text at the highest token id (pool_type='argmax'), but its tokenizer's end "
-            f"token {tokenizer.eos_id} is not the highest id; set text_cfg.pool_type='eos' and "
-            f"text_cfg.eos_id={tokenizer.eos_id}"
-        )
-
-
 def _image_size(visual: nn.Module, fallback: Any) -> int:
     size = getattr(visual, "image_size", fallback)
     if isinstance(size, (list, tuple)):
@@ -315,9 +233,9 @@ def build_open_clip(config: dict, tokenizer_dir: str | os.PathLike | None = None
     model_cfg, preprocess_cfg = _split_config(config)
     hf_model = (model_cfg.get("text_cfg") or {}).get("hf_model_name")
     if hf_model and not Path(str(hf_model)).is_dir():   # open_clip would fetch its config (and weights) from the hub
-        raise ValueError(_hf_text_tower_message(name, hf_model))
-    tokenizer = _tokenizer(model_cfg, tokenizer_dir, name)
-    _check_pooling(model_cfg, tokenizer, name)
+        raise ValueError(hf_text_tower_message(name, hf_model))
+    tokenizer = open_clip_tokenizer(model_cfg, tokenizer_dir, name)
+    check_pooling(model_cfg, tokenizer, name)
     cls = _model_class(model_cfg)
     kwargs = {k: v for k, v in model_cfg.items() if k != "custom_text"}
     with offline():
@@ -343,15 +261,6 @@ def registry_config(architecture: str, model: nn.Module) -> dict | None:
     preprocess = getattr(getattr(model, "visual", None), "preprocess_cfg", None) or {}
     return {"model_cfg": model_cfg, "preprocess_cfg": {k: list(v) if isinstance(v, tuple) else v
                                                        for k, v in preprocess.items()}}
-
-
-def _hf_text_tower_message(name: str, hf_name: str, cached: bool = False) -> str:
-    fetch = (f" (it is not in the local Hugging Face cache, {hf_hub_cache()}: fetch it where there is a network, "
-             f"huggingface-cli download {hf_name})" if cached else "")
-    return (f"open_clip model {name} uses the Hugging Face tokenizer/text model {hf_name!r}, which would need a "
-            f"download{fetch}; this package loads local files only. Or save that model and its tokenizer with "
-            "save_pretrained into local folders, set text_cfg.hf_model_name and text_cfg.hf_tokenizer_name in an "
-            "open_clip_config.json to those folders' paths and load that folder with --backbone open_clip:DIR")
 
 
 # -------------------------------------------------------------------------------------------------- loading
@@ -478,7 +387,7 @@ def _load_named(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackb
             logger.warning("open_clip %s: the %r weights were trained with quick_gelu=%s but the architecture has "
                            "quick_gelu=%s; use the matching name (e.g. %s-quickgelu)", name, pretrained,
                            tag_cfg.get("quick_gelu", False), model_cfg.get("quick_gelu", False), name)
-    tokenizer = _tokenizer(model_cfg, None, label)
+    tokenizer = open_clip_tokenizer(model_cfg, None, label)
     with offline():
         try:
             model = open_clip.create_model(name, pretrained=str(path), device=device, weights_only=True)

@@ -1,0 +1,109 @@
+"""Which tokenizer an open_clip model reads, from its config and local files only: the built-in word tokenizer, a
+Hugging Face tokenizer folder (with open_clip's text cleaning), or open_clip's own BPE; and the checks that the text
+tower pools at the tokenizer's end token."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .cache import hf_hub_cache, local_folder
+from .tokenizers import (
+    OpenClipBPETokenizer,
+    Tokenizer,
+    WordTokenizer,
+    is_word_tokenizer,
+    load_hf_tokenizer,
+)
+
+__all__ = ["check_pooling", "hf_text_tower_message", "open_clip_tokenizer"]
+
+_BPE_VOCAB = 49408
+
+
+def open_clip_tokenizer(model_cfg: dict, tokenizer_dir: str | os.PathLike | None, name: str) -> Tokenizer:
+    """The tokenizer an open_clip model config implies, from local files only."""
+    text_cfg = model_cfg.get("text_cfg", {})
+    context_length = int(text_cfg.get("context_length", 77))
+    vocab_size = int(text_cfg.get("vocab_size", _BPE_VOCAB))
+    hf_name = text_cfg.get("hf_tokenizer_name")
+    if tokenizer_dir is None and hf_name:   # a folder; else (no hub text model beside it) a hub id's cached snapshot
+        tokenizer_dir = local_folder(str(hf_name), cached=not text_cfg.get("hf_model_name"))
+    if tokenizer_dir is not None:
+        tdir = Path(tokenizer_dir)
+        if (tdir / "tokenizer.json").is_file() and is_word_tokenizer(tdir):
+            tok: Tokenizer = WordTokenizer(tdir, context_length)
+        else:
+            tok = load_hf_tokenizer(tdir, context_length, name, **_hf_tokenizer_options(text_cfg, name))
+        if tok.vocab_size > vocab_size:
+            raise ValueError(
+                f"tokenizer in {tdir} has {tok.vocab_size} tokens but model {name} embeds only {vocab_size}; "
+                "use the tokenizer the model was trained with, or set text_cfg.vocab_size to at least "
+                f"{tok.vocab_size}"
+            )
+        return tok
+    if hf_name or text_cfg.get("hf_model_name"):
+        raise ValueError(hf_text_tower_message(name, hf_name or text_cfg.get("hf_model_name"),
+                                               cached=not text_cfg.get("hf_model_name")))
+    if vocab_size != _BPE_VOCAB:
+        raise ValueError(
+            f"open_clip model {name} has a {vocab_size}-token vocabulary but no tokenizer was found (open_clip's "
+            f"own has {_BPE_VOCAB}); put the model's Hugging Face tokenizer files (tokenizer.json, "
+            "tokenizer_config.json) in its directory, or set text_cfg.hf_tokenizer_name to a tokenizer folder "
+            "(from Python: build_open_clip(..., tokenizer_dir=))"
+        )
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return OpenClipBPETokenizer(SimpleTokenizer(context_length=context_length), context_length)
+
+
+def _hf_tokenizer_options(text_cfg: dict, name: str) -> dict[str, Any]:
+    """What open_clip's own ``HFTokenizer`` does with the config's ``tokenizer_kwargs``: its text cleaning
+    (``clean``, whitespace by default) and ``strip_sep_token``; a ``tokenizer_mode`` it is refused."""
+    from open_clip.tokenizer import get_clean_fn
+
+    kwargs = text_cfg.get("tokenizer_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"open_clip model {name}: text_cfg.tokenizer_kwargs must be a table, got {kwargs!r}")
+    unknown = sorted(set(kwargs) - {"clean", "strip_sep_token"})
+    mode = text_cfg.get("tokenizer_mode") or kwargs.get("tokenizer_mode")
+    if unknown or mode:
+        raise ValueError(f"open_clip model {name}: its tokenizer settings {unknown or ['tokenizer_mode']} are not "
+                         "reproduced here (only clean and strip_sep_token are); its text would be tokenized otherwise "
+                         "than open_clip does")
+    clean = kwargs.get("clean", "whitespace")
+    if clean not in ("canonicalize", "lower", "whitespace"):
+        raise ValueError(f"open_clip model {name}: tokenizer_kwargs.clean = {clean!r}; open_clip knows "
+                         "'canonicalize', 'lower' and 'whitespace'")
+    return {"clean": get_clean_fn(clean), "strip_sep": bool(kwargs.get("strip_sep_token", False))}
+
+
+def check_pooling(model_cfg: dict, tokenizer: Tokenizer, name: str) -> None:
+    """Refuse a tokenizer whose end token is not where the text tower pools: open_clip pools text at the highest
+    token id by default, which is the end token only in its own BPE."""
+    text_cfg = model_cfg.get("text_cfg", {})
+    if "multimodal_cfg" in model_cfg or text_cfg.get("embed_cls") or text_cfg.get("hf_model_name"):
+        return
+    pool = text_cfg.get("pool_type", "argmax")
+    if pool == "eos" and int(text_cfg.get("eos_id", 2)) != int(tokenizer.eos_id):
+        raise ValueError(
+            f"model {name} pools text at eos_id={text_cfg.get('eos_id', 2)} but its tokenizer's end token is "
+            f"{tokenizer.eos_id}; set text_cfg.eos_id to {tokenizer.eos_id}"
+        )
+    if pool == "argmax" and int(tokenizer.eos_id) != int(tokenizer.vocab_size) - 1:
+        raise ValueError(
+            f"model {name} pools text at the highest token id (pool_type='argmax'), but its tokenizer's end "
+            f"token {tokenizer.eos_id} is not the highest id; set text_cfg.pool_type='eos' and "
+            f"text_cfg.eos_id={tokenizer.eos_id}"
+        )
+
+
+def hf_text_tower_message(name: str, hf_name: str, cached: bool = False) -> str:
+    """Why a model whose text side is a Hugging Face hub model does not load here, and how to give it locally."""
+    fetch = (f" (it is not in the local Hugging Face cache, {hf_hub_cache()}: fetch it where there is a network, "
+             f"huggingface-cli download {hf_name})" if cached else "")
+    return (f"open_clip model {name} uses the Hugging Face tokenizer/text model {hf_name!r}, which would need a "
+            f"download{fetch}; this package loads local files only. Or save that model and its tokenizer with "
+            "save_pretrained into local folders, set text_cfg.hf_model_name and text_cfg.hf_tokenizer_name in an "
+            "open_clip_config.json to those folders' paths and load that folder with --backbone open_clip:DIR")
