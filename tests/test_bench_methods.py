@@ -454,7 +454,11 @@ def test_code_version_names_the_commit_and_uncommitted_changes(tmp_path):
     (tmp_path / "new.py").write_text("")
     assert code_version(tmp_path) == f"{__version__}+g{sha}"
     (tmp_path / "a.py").write_text("x = 2\n")
-    assert code_version(tmp_path) == f"{__version__}+g{sha}.dirty"
+    dirty = code_version(tmp_path)
+    assert dirty.startswith(f"{__version__}+g{sha}.dirty") and code_version(tmp_path) == dirty
+    # other uncommitted changes on the same commit are other code: a grid resumed after an edit says so
+    (tmp_path / "a.py").write_text("x = 3\n")
+    assert code_version(tmp_path).startswith(f"{__version__}+g{sha}.dirty") and code_version(tmp_path) != dirty
 
 
 def test_abbreviated_flags_are_refused_with_the_option_they_are_close_to(tmp_path, capsys):

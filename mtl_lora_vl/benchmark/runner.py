@@ -8,6 +8,7 @@ with ``result.json`` is never redone; a folder without it (a killed run) is wipe
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import shutil
 import statistics
@@ -51,20 +52,23 @@ def _fmt_time(seconds: float) -> str:
 
 
 def code_version(root: Path | None = None) -> str:
-    """The package version, plus the git commit (``+g<sha>``, ``.dirty`` with uncommitted changes to tracked
-    files) when it runs from a checkout: every run records it, so a grid resumed on other code says so.
+    """The package version, plus the git commit (``+g<sha>``; ``.dirty<hash>`` with uncommitted changes to tracked
+    files, the hash that of ``git diff HEAD``, so two different edits of one commit read as two versions) when it
+    runs from a checkout: every run records it, so a grid resumed on other code says so.
     ``root``: the checkout (by default the one this package runs from)."""
     root = Path(__file__).resolve().parents[2] if root is None else root
     if not (root / ".git").exists():
         return __version__
+    git = ["git", "-C", str(root)]
     try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        diff = subprocess.run([*git, "diff", "HEAD", "--no-ext-diff", "--no-color", "--binary"], capture_output=True,
+                              timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return __version__
-    return f"{__version__}+g{sha}{'.dirty' if dirty else ''}" if sha else __version__
+    dirty = f".dirty{hashlib.sha256(diff).hexdigest()[:8]}" if diff else ""
+    return f"{__version__}+g{sha}{dirty}" if sha else __version__
 
 
 class Runner:
