@@ -72,6 +72,16 @@ def test_ablation_values_that_share_a_folder_are_refused():
         s.validate()
 
 
+@pytest.mark.parametrize("flag", ["rank=8", "lambda_type=full", "task_lr_mult=1"])
+def test_an_ablation_of_only_the_default_value_is_refused(flag):
+    """'--ablate rank=8' ran no ablation run (8 is the reference itself) and reported a table of one row, silently."""
+    with pytest.raises(ValueError, match=f"--ablate {flag.split('=')[0]}=.*the reference run itself.*another value"):
+        settings_from_args(build_parser().parse_args(["--ablate", flag])).validate()
+    name, default = flag.split("=")
+    other = {"rank": "4", "lambda_type": "none", "task_lr_mult": "10"}[name]
+    settings_from_args(build_parser().parse_args(["--ablate", f"{name}={default},{other}"])).validate()
+
+
 # 3. An empty --methods / --lr-grid silently means the defaults --------------------------------------------
 @pytest.mark.parametrize("argv", [["--methods", ""], ["--lr-grid", ""]])
 def test_empty_list_flags_are_refused_not_defaulted(argv):

@@ -118,6 +118,10 @@ class BenchSettings:
                 except (ValueError, TypeError) as e:
                     raise ValueError(f"--ablate {axis}={v}: {e}") from None
             names = [f"{v:g}" if isinstance(v, float) else str(v) for v in values if v != ref[axis]]
+            if not names:   # no run of its own: the ablation table held the reference row alone, silently
+                raise ValueError(f"--ablate {axis}={','.join(map(str, values))}: {ref[axis]} is MTL-LoRA's default, "
+                                 f"the reference run itself, so this ablates nothing; give another value too (e.g. "
+                                 f"{axis}={','.join(map(str, DEFAULT_ABLATIONS[axis]))}) or drop this --ablate")
             same = sorted({n for n in names if names.count(n) > 1})
             if same:
                 raise ValueError(f"--ablate {axis}: values {same} are one value to 6 significant digits: their runs "
