@@ -82,6 +82,14 @@ def test_an_ablation_of_only_the_default_value_is_refused(flag):
     settings_from_args(build_parser().parse_args(["--ablate", f"{name}={default},{other}"])).validate()
 
 
+@pytest.mark.parametrize("argv", [["--methods", "lora"], ["--quick", "--methods", "lora"]])
+def test_methods_without_mtl_lora_name_the_flag_that_turns_the_default_ablations_off(argv):
+    """The ablations are on by default (--quick too): the refusal said 'turn ablations off' and named no flag."""
+    with pytest.raises(ValueError, match="--no-ablations"):
+        settings_from_args(build_parser().parse_args(argv)).validate()
+    settings_from_args(build_parser().parse_args([*argv, "--no-ablations"])).validate()
+
+
 # 3. An empty --methods / --lr-grid silently means the defaults --------------------------------------------
 @pytest.mark.parametrize("argv", [["--methods", ""], ["--lr-grid", ""]])
 def test_empty_list_flags_are_refused_not_defaulted(argv):

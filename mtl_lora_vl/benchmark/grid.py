@@ -78,7 +78,7 @@ class BenchSettings:
         self._validate_ablations()
         if self.ablations and REFERENCE_METHOD not in self.methods:
             raise ValueError(f"ablations run at {REFERENCE_METHOD}'s tuned learning rate: keep {REFERENCE_METHOD} in "
-                             "--methods or turn ablations off")
+                             "--methods or pass --no-ablations (ablations are on by default)")
         for flag, value in (("--seeds", self.seeds), ("--steps", self.steps), ("--batch-size", self.batch_size)):
             if value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
