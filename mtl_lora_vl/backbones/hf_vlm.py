@@ -26,9 +26,7 @@ which multiply the language model's rows, are routed by :mod:`mtl_lora_vl.adapte
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -52,7 +50,8 @@ from .base import (
     warn_past_context,
 )
 from .candidate_scores import scores_cached, scores_full, target_logprobs
-from .chat import ChatWrap, assistant_end, read_chat_wrap
+from .chat import ChatWrap, read_chat_wrap
+from .generation_ids import GenerationIds, plain_decoding
 from .hf import hf_dir, hf_grad_checkpointing, hf_model_class, load_hf_weights
 from .hf_processor import (
     check_processor_count,
@@ -69,15 +68,11 @@ from .tokenizers import HFTokenizer
 __all__ = ["HFVLMBackbone"]
 
 _MISMATCH = "image tokens do not match"
-# Config fields naming image / video marker ids beside the image token (Gemma 3's start / end of image, Qwen2-VL's
-# video placeholder and vision start / end): ids generate must not write (HFVLMBackbone._banned_ids).
-_IMAGE_MARKS = ("boi_token_index", "eoi_token_index", "boi_token_id", "eoi_token_id", "video_token_id",
-                "video_token_index", "vision_start_token_id", "vision_end_token_id")
 
 
 @register_backbone("llava")
 @dataclass(eq=False)
-class HFVLMBackbone(Backbone):
+class HFVLMBackbone(GenerationIds, Backbone):
     """A Hugging Face image-text-to-text model (``LlavaForConditionalGeneration``; subclasses for others)."""
 
     hf_processor: Any = None
@@ -268,7 +263,7 @@ class HFVLMBackbone(Backbone):
         warn_past_context(batch["input_ids"].shape[1], int(max_len), self.lm_context, "generate")
         ids = batch["input_ids"]
         kwargs = {**self._extra_inputs(ids, None), **self._row_inputs(ids, images.shape[0], sizes)}
-        with _plain_decoding(self.model):
+        with plain_decoding(self.model):
             out = self._hf_call(self.model.generate, **self._vision_inputs(images, sizes), **batch, **kwargs,
                                 max_new_tokens=int(max_len), num_beams=int(beam_size), do_sample=False,
                                 num_return_sequences=1, eos_token_id=self._stop_ids(), pad_token_id=self.pad_id,
@@ -396,34 +391,6 @@ class HFVLMBackbone(Backbone):
                 f"the images' image_sizes), whose prompts hold {self.image_token!r} "
                 f"{'once per image' if self.several_images else 'once'} and expand it")
 
-    def _stop_ids(self) -> list[int]:
-        """The end token, any other stop ids the model's ``generation_config`` lists, and the chat template's end
-        of an assistant turn (:func:`.chat.assistant_end`; Idefics3 lists only Llama's end tokens, not its
-        ``<end_of_utterance>``): a chat model, and one trained with ``chat = true``, ends its answer there."""
-        ids = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-        return list(dict.fromkeys([self.eos_id, *map(int, ids), *self._chat_end_ids]))
-
-    def _banned_ids(self) -> list[int]:
-        """The ids :meth:`generate` never writes: the image placeholder and the ids around it (Qwen2-VL's
-        ``<|vision_start|>`` / ``<|vision_end|>``, Idefics3's ``<fake_token_around_image>`` / ``<global-img>``) and
-        the model's other image and video markers its config names (Gemma 3's ``<start_of_image>`` /
-        ``<end_of_image>``, a video placeholder). A generated one is a special token, stripped from the text (a
-        caption of image tokens decoded as ""), and a row holding it no longer matches its image (a forward over
-        prompt and answer counts one more image token than the image fills); a model that never writes them
-        decodes as before. Stop ids are never banned."""
-        config = self.model.config
-        marks = (getattr(config, k, None) for k in _IMAGE_MARKS)
-        ids = [self.image_token_id, *self.image_open, *self.image_close, *(m for m in marks if isinstance(m, int))]
-        stop = set(self._stop_ids())
-        return [int(i) for i in dict.fromkeys(ids) if 0 <= int(i) < self.vocab_size and int(i) not in stop]
-
-    @functools.cached_property
-    def _chat_end_ids(self) -> list[int]:
-        """The chat template's end of an assistant turn as a stop id (none without one), read once."""
-        end = assistant_end(self.hf_processor)
-        return [self.lm_collator().end_id(end)] if end else []
-
     def _prompts(self, images: Tensor, prompts: Sequence[str] | None, what: str,
                  image_sizes: Sequence[tuple[int, int]] | None
                  ) -> tuple[dict[str, Tensor], list[tuple[int, int]] | None]:
@@ -463,28 +430,6 @@ class HFVLMBackbone(Backbone):
 
 
 # -------------------------------------------------------------------------------------------------- helpers
-
-
-@contextmanager
-def _plain_decoding(model: nn.Module) -> Iterator[None]:
-    """Decode greedily or by plain beam search, as the scores say: Hugging Face fills every setting ``generate``
-    is not given from the model's own ``generation_config.json``, so a saved ``repetition_penalty``,
-    ``no_repeat_ngram_size``, ``min_new_tokens`` or ``length_penalty`` changed both the zero-shot and the
-    adapted scores (``min_new_tokens: 6`` took VQA to 0). Only the special-token ids are kept."""
-    from transformers import GenerationConfig
-
-    saved = getattr(model, "generation_config", None)
-    if saved is None:
-        yield
-        return
-    model.generation_config = GenerationConfig(**{k: getattr(saved, k, None) for k in _TOKEN_IDS})
-    try:
-        yield
-    finally:
-        model.generation_config = saved
-
-
-_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 
 
 def _encodes_before_beams(model: nn.Module) -> bool:

@@ -1,0 +1,79 @@
+"""Which token ids a Hugging Face VLM's ``generate`` stops at and never writes, and the plain decoding it runs
+under: the part of :class:`~.hf_vlm.HFVLMBackbone` that reads the model's generation config, its chat template's
+end of turn and its image markers."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from torch import nn
+
+from .chat import assistant_end
+
+__all__ = ["IMAGE_MARKS", "GenerationIds", "plain_decoding"]
+
+# Config fields naming image / video marker ids beside the image token (Gemma 3's start / end of image, Qwen2-VL's
+# video placeholder and vision start / end): ids generate must not write (GenerationIds._banned_ids).
+IMAGE_MARKS = ("boi_token_index", "eoi_token_index", "boi_token_id", "eoi_token_id", "video_token_id",
+               "video_token_index", "vision_start_token_id", "vision_end_token_id")
+
+
+class GenerationIds:
+    """Mixin of :class:`~.hf_vlm.HFVLMBackbone`: the stop and banned ids of its ``generate`` (it reads the
+    backbone's ``model``, ``hf_processor``, ``eos_id``, image token ids, ``vocab_size`` and ``lm_collator``)."""
+
+    model: nn.Module
+    hf_processor: Any
+
+    def _stop_ids(self) -> list[int]:
+        """The end token, any other stop ids the model's ``generation_config`` lists, and the chat template's end
+        of an assistant turn (:func:`.chat.assistant_end`; Idefics3 lists only Llama's end tokens, not its
+        ``<end_of_utterance>``): a chat model, and one trained with ``chat = true``, ends its answer there."""
+        ids = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+        return list(dict.fromkeys([self.eos_id, *map(int, ids), *self._chat_end_ids]))
+
+    def _banned_ids(self) -> list[int]:
+        """The ids :meth:`generate` never writes: the image placeholder and the ids around it (Qwen2-VL's
+        ``<|vision_start|>`` / ``<|vision_end|>``, Idefics3's ``<fake_token_around_image>`` / ``<global-img>``) and
+        the model's other image and video markers its config names (Gemma 3's ``<start_of_image>`` /
+        ``<end_of_image>``, a video placeholder). A generated one is a special token, stripped from the text (a
+        caption of image tokens decoded as ""), and a row holding it no longer matches its image (a forward over
+        prompt and answer counts one more image token than the image fills); a model that never writes them
+        decodes as before. Stop ids are never banned."""
+        config = self.model.config
+        marks = (getattr(config, k, None) for k in IMAGE_MARKS)
+        ids = [self.image_token_id, *self.image_open, *self.image_close, *(m for m in marks if isinstance(m, int))]
+        stop = set(self._stop_ids())
+        return [int(i) for i in dict.fromkeys(ids) if 0 <= int(i) < self.vocab_size and int(i) not in stop]
+
+    @functools.cached_property
+    def _chat_end_ids(self) -> list[int]:
+        """The chat template's end of an assistant turn as a stop id (none without one), read once."""
+        end = assistant_end(self.hf_processor)
+        return [self.lm_collator().end_id(end)] if end else []
+
+
+@contextmanager
+def plain_decoding(model: nn.Module) -> Iterator[None]:
+    """Decode greedily or by plain beam search, as the scores say: Hugging Face fills every setting ``generate``
+    is not given from the model's own ``generation_config.json``, so a saved ``repetition_penalty``,
+    ``no_repeat_ngram_size``, ``min_new_tokens`` or ``length_penalty`` changed both the zero-shot and the
+    adapted scores (``min_new_tokens: 6`` took VQA to 0). Only the special-token ids are kept."""
+    from transformers import GenerationConfig
+
+    saved = getattr(model, "generation_config", None)
+    if saved is None:
+        yield
+        return
+    model.generation_config = GenerationConfig(**{k: getattr(saved, k, None) for k in _TOKEN_IDS})
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
