@@ -57,8 +57,10 @@ _APOSTROPHE_WORDS = (
 _MARK_CODES = [c for c in range(0x300, 0x10000) if unicodedata.category(chr(c))[0] == "M"]
 _MARKS = "".join(f"{chr(run[0][1])}-{chr(run[-1][1])}" for run in (   # as ranges of consecutive code points
     list(r) for _, r in itertools.groupby(enumerate(_MARK_CODES), key=lambda p: p[1] - p[0])))
-_ASSIMILATION = re.compile(r"(?<![\w-])(can(?=not(?![\w-]))|gon(?=na(?![\w-]))|got(?=ta(?![\w-]))|wan(?=na(?![\w-]))"
-                           r"|lem(?=me(?![\w-]))|gim(?=me(?![\w-])))", re.I)   # whole words ("wanna-be" stays)
+# Whole words: a hyphen joins one only to a letter or digit beyond it ("wanna-be" stays; "gonna-", "--cannot" split)
+_WORD_END = r"(?!\w|-[^\W_])"
+_ASSIMILATION = re.compile(rf"(?<!\w)(?<![^\W_]-)(can(?=not{_WORD_END})|gon(?=na{_WORD_END})|got(?=ta{_WORD_END})"
+                           rf"|wan(?=na{_WORD_END})|lem(?=me{_WORD_END})|gim(?=me{_WORD_END}))", re.I)
 # Web and chat tokens PTB keeps whole: SGML tags, URLs (its FULLURL and LIKELYURL), e-mail addresses, @names,
 # #hashtags, smileys (its parentheses spelled -lrb- -rrb-).
 _WEB = (

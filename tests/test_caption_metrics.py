@@ -173,6 +173,9 @@ PTB_CASES = [
     ("music of the '80s, rock 'n' roll 'cause 'em", "music of the '80s rock 'n' roll 'cause 'em"),
     ("'tis 'twas", "'t is 't was"),
     ('A wanna-be rock star, a cannot-miss event', 'a wanna-be rock star a cannot-miss event'),
+    # a hyphen with no letter or digit beyond it does not join: these still split (they stayed whole)
+    ('I am gonna- go, he cannot--no', 'i am gon na go he can not no'),
+    ('He--cannot go; -gonna and gotta-', 'he can not go gon na and got ta'),
     # no space after a period (a typo in a reference), a leading-period number, the Unicode ellipsis of generated
     # text: PTB keeps "bed.it" and ".5" whole and drops "…" (they were "bed it", "5" and a "…" token)
     ('a dog on a bed.it is sleeping', 'a dog on a bed.it is sleeping'),
