@@ -103,8 +103,9 @@ def init_distributed(requested_device: str = "auto") -> DistInfo:
     device = pick_device(requested_device, local, int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
     if device.type == "cuda":  # the current device: kernels, pinned-memory copies and NCCL all use it
         torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if world > 1 and not dist.is_initialized():   # NCCL bound to this rank's GPU: its barrier and object
+        cuda = device.type == "cuda"                # collectives use it (unbound, rank 0 warned at the first barrier)
+        dist.init_process_group(backend="nccl" if cuda else "gloo", **({"device_id": device} if cuda else {}))
     return DistInfo(rank, world, local, device)
 
 
