@@ -2,7 +2,8 @@
 # One GPU session, prepared to run unattended within a few minutes: the CUDA checks (check_gpu.py), the adapter
 # benchmark's CLIP and LLaVA cases in bf16 (at the default sizes and at sizes whose arithmetic outweighs the
 # launches: bench_*_large), both main jobs, nlvr's pairs beside vqa on both backbones (bf16), an fp16 run (loss
-# scaling), a one-rank torchrun (NCCL) and a torch.compile run. Every step has its own time limit and the script
+# scaling), a one-rank torchrun (the launch only: with WORLD_SIZE 1 no process group starts, so neither NCCL nor
+# DDP runs; they need two GPUs) and a torch.compile run. Every step has its own time limit and the script
 # goes on after a failure;
 # logs and JSON land in $OUT (default gpu_out/), and each step's exit status and seconds in $OUT/steps.txt.
 #
