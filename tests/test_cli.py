@@ -455,7 +455,7 @@ def test_overwrite_replaces_only_an_earlier_output_of_the_same_command(trained_r
     for _ in range(2):
         assert main(["export", "--adapter", adapter, "--task", "vqa", "--out", str(merged), "--overwrite"],
                     prog="mtl-lora-vl") == 0
-    for argv in (["eval", "--adapter", adapter],
+    for argv in (["eval", "--adapter", adapter, "--split", "val"],   # (10 rows a task, not the built-in test split)
                  ["export", "--adapter", adapter, "--task", "vqa", "--format", "plain"]):
         out = tmp_path / argv[0]
         assert main([*argv, "--out", str(out)], prog="mtl-lora-vl") == 0
