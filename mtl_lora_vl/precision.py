@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .log import warn_user
+
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -21,6 +23,9 @@ def resolve_precision(precision: str, device: torch.device, base_dtype: str = "a
         if device.type == "cuda" and cuda_has_bf16(device):
             return torch.bfloat16
         return torch.float32
+    if precision == "bf16" and device.type == "cuda" and not cuda_has_bf16(device):
+        warn_user(f"--precision bf16 on {device} ({torch.cuda.get_device_name(device)}), which only emulates bf16: "
+                  "every step runs slowly; use --precision fp16 (loss scaling, on its tensor cores) or auto")
     return _DTYPES[precision]
 
 

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,25 @@ def test_a_gpu_that_only_emulates_bf16_gets_fp16(monkeypatch):
         assert resolve_base_dtype("auto", cuda1) == want
         assert resolve_precision("auto", cuda1) == (torch.bfloat16 if native[gpu] else torch.float32)
     assert asked and all(torch.device(d) == torch.device("cuda", 1) for d in asked)
+
+
+def test_explicit_bf16_on_a_gpu_that_only_emulates_it_is_warned_about(monkeypatch):
+    """--precision bf16 on a V100 / T4 ran every step in emulated bf16 (slowly) without a word; auto avoided it."""
+    import contextlib
+
+    from mtl_lora_vl.precision import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Tesla V100")
+    for native in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, n=native:
+                            including_emulation or n)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            assert resolve_precision("bf16", torch.device("cuda", 0)) == torch.bfloat16
+        said = [str(w.message) for w in seen]
+        assert bool(said) != native
+        assert native or "Tesla V100" in said[0] and "only emulates bf16" in said[0] and "--precision fp16" in said[0]
 
 
 def test_a_cpu_run_on_a_gpu_machine_does_not_pin_memory(monkeypatch):
