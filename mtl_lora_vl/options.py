@@ -255,6 +255,8 @@ class EvalOptions:
         "backbone's own), as train takes it; an adapter records its own")
     out: str | None = _opt(None, "where eval.json, report.md and plots/ go (default: ADAPTER/../eval-<split>; "
                            "required without --adapter)")
+    predictions: bool = _opt(False, "also write each task's per-row predictions (input, reference, the adapted and "
+                             "zero-shot answers) to OUT/predictions/<task>.jsonl, for error analysis")
     overwrite: bool = _opt(False, "replace an earlier evaluation in --out (a folder holding eval.json; never an "
                                      "adapter, a run directory or a folder of other files)")
     config: str | None = _opt(None, "JSON or TOML file with any of these options (flags given on the command line win)")

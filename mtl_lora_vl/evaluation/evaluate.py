@@ -36,6 +36,7 @@ from ..rundir import RunDirError
 from ..tasks import resolve_tasks
 from ..tasks.registry import get_kind
 from ..tasks.spec import TaskSpec, load_spec
+from .predictions import merge_passes, write_predictions
 from .report import details_table, markdown_table, scored_line, selected_line, title, write_plots
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def read_eval_splits(setup: Setup, splits: list[str], data_root: str | None) -> 
 
 
 def _score(setup: Setup, name: str, data: Split, *, adapted: bool, device: torch.device | str, dtype: torch.dtype,
-           batch_size: int, workers: int) -> dict:
+           batch_size: int, workers: int, records: list[dict[str, Any]] | None = None) -> dict:
     """Task ``name``'s metrics on ``data``: the routed model and its head (``adapted``), else the zero-shot rule on
     the base model -- the adapted model with its adapters disabled, or a setup's model without adapters as it is."""
     kind, model = setup.kinds[name], setup.model
@@ -76,7 +77,7 @@ def _score(setup: Setup, name: str, data: Split, *, adapted: bool, device: torch
     scope = (route(model.model, name) if adapted else disabled(model.model)) if model is not None else nullcontext()
     with scope:
         return kind.evaluate(setup.backbone, model.heads[name] if adapted else None, data, batch_size=batch_size,
-                             device=device, dtype=dtype, num_workers=workers)
+                             device=device, dtype=dtype, num_workers=workers, records=records)
 
 
 def evaluate_adapted(setup: Setup, *, split: str, data_root: str | None, device: torch.device | str,
@@ -102,13 +103,14 @@ def evaluate_adapted(setup: Setup, *, split: str, data_root: str | None, device:
 
 def evaluate_setup(setup: Setup, *, split: str, data_root: str | None, device: torch.device | str,
                    dtype: torch.dtype, batch_size: int, workers: int = 0, zero_shot: bool = True,
-                   adapted: bool = True) -> dict[str, Any]:
+                   adapted: bool = True, predictions: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
     """``{"tasks": {name: {"metric", "zero_shot", "adapted", "change", "split", "n", "metrics", "details"}},
     "split": split, "config": ...}`` (a task's own ``split`` differs when it has no ``split``: see ``_split_for``)
     (``n``: the examples scored; ``metrics``: the spec's metrics, which the report's second table shows beside
     the headline); with ``zero_shot=False`` the base model is not scored and ``zero_shot`` / ``change`` are None;
     with ``adapted=False`` (a base model without adapters) only the zero-shot pass runs, ``adapted`` / ``change``
-    are None and there is no ``config``."""
+    are None and there is no ``config``. ``predictions``: a dict that gets each scored task's rows
+    (:func:`~mtl_lora_vl.evaluation.predictions.merge_passes`), from the same passes."""
     if not (zero_shot or adapted):
         raise ValueError("evaluate_setup: zero_shot=False and adapted=False leave nothing to score")
     passes = int(zero_shot) + int(adapted)
@@ -121,13 +123,16 @@ def evaluate_setup(setup: Setup, *, split: str, data_root: str | None, device: t
             bar.update(passes)
             continue
         data = setup.split_data(spec, split_name, data_root)
+        rows: dict[str, list] | None = {"adapted": [], "zero_shot": []} if predictions is not None else None
         bar.set_postfix_str(f"{name}: zero-shot")
         zs = _score(setup, name, data, adapted=False, device=device, dtype=dtype, batch_size=batch_size,
-                    workers=workers) if zero_shot else None
+                    workers=workers, records=None if rows is None else rows["zero_shot"]) if zero_shot else None
         bar.update(int(zero_shot))
         bar.set_postfix_str(f"{name}: adapted")
         ad = _score(setup, name, data, adapted=True, device=device, dtype=dtype, batch_size=batch_size,
-                    workers=workers) if adapted else None
+                    workers=workers, records=None if rows is None else rows["adapted"]) if adapted else None
+        if rows is not None and predictions is not None:
+            predictions[name] = merge_passes(rows)
         bar.update(int(adapted))
         metric = kind.headline(spec)
         missing = [p for p, d in (("zero-shot", zs), ("adapted", ad)) if d is not None and metric not in d]
@@ -284,19 +289,22 @@ def evaluate_adapter(adapter: str | Path | None, tasks: str | None = None, backb
                      pretrained: str | None = None, data_root: str | None = None, split: str = "test",
                      device: str = "auto", precision: str = "auto", batch_size: int = 256, workers: int = 0,
                      out: str | Path | None = None, overwrite: bool = False, base_dtype: str = "auto",
-                     image_max_pixels: int | None = None, image_reading: str | None = None) -> str:
+                     image_max_pixels: int | None = None, image_reading: str | None = None,
+                     predictions: bool = False) -> str:
     """``evaluate_vl.py``: load an adapter directory onto a fresh base model, score zero-shot vs adapted,
     write the outputs to ``out``; returns the table. Needs nothing but the adapter directory (and
     ``data_root`` for file-based tasks); ``base_dtype`` as ``load_backbone`` takes it. Under torchrun every rank scores
     its shard of each split and rank 0 writes the outputs (the other ranks return an empty string); the scores equal one
     process's.
     ``adapter`` None: the base model ``backbone`` scored zero-shot on ``tasks`` (:func:`evaluate_base`), read with
-    ``image_max_pixels`` / ``image_reading`` as ``load_backbone`` takes them; an adapter records its own."""
+    ``image_max_pixels`` / ``image_reading`` as ``load_backbone`` takes them; an adapter records its own.
+    ``predictions``: also write each task's per-row predictions to ``out/predictions/<task>.jsonl``
+    (:mod:`~mtl_lora_vl.evaluation.predictions`)."""
     if not adapter:   # (None, or "" from an unset shell variable: not the current directory)
         return evaluate_base(tasks, backbone=backbone, pretrained=pretrained, data_root=data_root, split=split,
                              device=device, precision=precision, batch_size=batch_size, workers=workers, out=out,
                              overwrite=overwrite, base_dtype=base_dtype, image_max_pixels=image_max_pixels,
-                             image_reading=image_reading)
+                             image_reading=image_reading, predictions=predictions)
     if image_max_pixels is not None:
         raise ValueError(f"--image-max-pixels {image_max_pixels}: the adapter records the image area its tasks were "
                          "trained at, and eval reads it from there; leave the option out (it scores a base model "
@@ -322,14 +330,14 @@ def evaluate_adapter(adapter: str | Path | None, tasks: str | None = None, backb
     info = init_distributed(device)
     try:
         return _evaluate_adapter(adapter, tasks, backbone, pretrained, data_root, split, info, precision,
-                                 batch_size, workers, out, base_dtype)
+                                 batch_size, workers, out, base_dtype, predictions)
     finally:
         cleanup(info)
 
 
 def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pretrained: str | None,
                       data_root: str | None, split: str, info: DistInfo, precision: str, batch_size: int,
-                      workers: int, out: Path, base_dtype: str = "auto") -> str:
+                      workers: int, out: Path, base_dtype: str = "auto", predictions: bool = False) -> str:
     dev = info.device
     items = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else []
     if tasks is not None and not items:   # said before the base model loads ('' is not "all": that is no --tasks)
@@ -356,8 +364,9 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
         dtype = resolve_precision(precision, dev, base_dtype, loaded)
         check_base_precision(precision, dtype, loaded, lp.backbone.casts_inputs)
     with sharded_evaluation(info), main_rank_logging(info.is_main):   # every rank warns alike: rank 0 says it
+        rows: dict[str, list] | None = {} if predictions else None
         result = evaluate_setup(setup, split=split, data_root=data_root, device=dev, dtype=dtype,
-                                batch_size=batch_size, workers=workers)
+                                batch_size=batch_size, workers=workers, predictions=rows)
     result["adapter"] = str(Path(adapter).absolute())
     for spec in specs:
         if spec.name not in result["tasks"]:
@@ -365,7 +374,7 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
         if spec is not lp.specs.get(spec.name):   # a task scored on the data of another spec file says which
             result["tasks"][spec.name]["data_spec"] = str(spec.source_file)
     _record_roots(result, setup, specs, data_root)
-    return _write(out, result, lp.backbone.model, info)
+    return _write(out, result, lp.backbone.model, info, rows)
 
 
 def _record_roots(result: dict[str, Any], setup: Setup, specs: list[TaskSpec], data_root: str | None) -> None:
@@ -379,17 +388,22 @@ def _record_roots(result: dict[str, Any], setup: Setup, specs: list[TaskSpec], d
             result["tasks"][spec.name]["data_root"] = str(Path(root).expanduser().absolute())
 
 
-def _write(out: Path, result: dict[str, Any], adapted_model: nn.Module | None, info: DistInfo) -> str:
-    """Rank 0 writes the outputs to ``out`` (and returns the table; the other ranks ""), then every rank waits."""
+def _write(out: Path, result: dict[str, Any], adapted_model: nn.Module | None, info: DistInfo,
+           predictions: dict[str, list[dict[str, Any]]] | None = None) -> str:
+    """Rank 0 writes the outputs to ``out`` (and returns the table; the other ranks ""), then every rank waits;
+    ``predictions``: also each task's rows to ``out/predictions/<task>.jsonl``."""
     table = ""
     if info.is_main:  # a new directory replaces an old one whole (--overwrite): no stale plot stays behind
         try:
             with atomic_dir(out, overwrite=True, what="--out") as tmp:
+                if predictions is not None:
+                    write_predictions(tmp, predictions)
                 table = write_outputs(tmp, result, adapted_model)
         except OSError:
             logger.warning("the results could not be written to %s; the scores were:\n%s", out, markdown_table(result))
             raise
-        logger.info("wrote eval.json, report.md and plots/ to %s", out)   # (the default --out is nowhere printed)
+        logger.info("wrote eval.json, report.md%s and plots/ to %s",   # (the default --out is nowhere printed)
+                    ", predictions/" if predictions is not None else "", out)
     barrier(info)
     return table
 
@@ -398,7 +412,7 @@ def evaluate_base(tasks: str | None, backbone: str | None = None, pretrained: st
                   data_root: str | None = None, split: str = "test", device: str = "auto", precision: str = "auto",
                   batch_size: int = 256, workers: int = 0, out: str | Path | None = None, overwrite: bool = False,
                   base_dtype: str = "auto", image_max_pixels: int | None = None,
-                  image_reading: str | None = None) -> str:
+                  image_reading: str | None = None, predictions: bool = False) -> str:
     """``evaluate_vl.py`` without ``--adapter``: score a base model (``backbone``, as train takes it; default the
     built-in CLIP) zero-shot on ``tasks`` (built-in names or spec files, read as train reads them), without
     training, and write eval.json, report.md and plots/ to ``out``; returns the table. The kinds are built on
@@ -421,14 +435,15 @@ def evaluate_base(tasks: str | None, backbone: str | None = None, pretrained: st
     info = init_distributed(device)
     try:
         return _evaluate_base(specs, backbone, pretrained, data_root, split, info, precision, batch_size, workers,
-                              out, base_dtype, image_max_pixels, image_reading)
+                              out, base_dtype, image_max_pixels, image_reading, predictions)
     finally:
         cleanup(info)
 
 
 def _evaluate_base(specs: list[TaskSpec], backbone: str, pretrained: str | None, data_root: str | None, split: str,
                    info: DistInfo, precision: str, batch_size: int, workers: int, out: Path, base_dtype: str,
-                   image_max_pixels: int | None = None, image_reading: str | None = None) -> str:
+                   image_max_pixels: int | None = None, image_reading: str | None = None,
+                   predictions: bool = False) -> str:
     dev = info.device
     with main_rank_logging(info.is_main):   # every rank reads the same model and data: said once
         bb = load_backbone(backbone, pretrained, dev, base_dtype=base_dtype, image_max_pixels=image_max_pixels,
@@ -441,13 +456,14 @@ def _evaluate_base(specs: list[TaskSpec], backbone: str, pretrained: str | None,
         dtype = resolve_precision(precision, dev, base_dtype, loaded)
         check_base_precision(precision, dtype, loaded, bb.casts_inputs)
     with sharded_evaluation(info), main_rank_logging(info.is_main):
+        rows: dict[str, list] | None = {} if predictions else None
         result = evaluate_setup(setup, split=split, data_root=data_root, device=dev, dtype=dtype,
-                                batch_size=batch_size, workers=workers, adapted=False)
+                                batch_size=batch_size, workers=workers, adapted=False, predictions=rows)
     result["backbone"] = {**_scored_base(backbone, pretrained, base_dtype, loaded),
                           **({"image_max_pixels": image_max_pixels} if image_max_pixels else {}),
                           **({"image_reading": image_reading} if image_reading else {})}
     _record_roots(result, setup, specs, data_root)
-    return _write(out, result, None, info)
+    return _write(out, result, None, info, rows)
 
 
 def _scored_base(backbone: str, pretrained: str | None, base_dtype: str, loaded: torch.dtype | None) -> dict[str, Any]:

@@ -60,6 +60,7 @@ import re
 import string
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -82,6 +83,9 @@ if TYPE_CHECKING:
     from mtl_lora_vl.backbones import Backbone
 
 logger = logging.getLogger(__name__)
+
+#: One scored row a kind records (``TaskKind._evaluate``): the split's example, its input and reference, the prediction.
+Row = tuple[Example, dict[str, Any], dict[str, Any]]
 
 
 class TaskKind(ABC):
@@ -294,12 +298,15 @@ class TaskKind(ABC):
     @torch.no_grad()
     def evaluate(self, backbone: Backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                  device: torch.device | str, dtype: torch.dtype = torch.float32,
-                 num_workers: int = 0) -> dict[str, float]:
+                 num_workers: int = 0, records: list[dict[str, Any]] | None = None) -> dict[str, float]:
         """Metrics on ``split``; ``head=None`` applies the zero-shot rule. Runs without gradients, with
         the model and head in eval mode (their training flags are restored afterwards). Rows whose image
         cannot be decoded are left out of the scores (the pass that found them ran with substitute images,
         which kept the rows' labels: it is run again without them, until a pass finds none: an ``eval_limit``
-        lets rows in that the first pass did not score), or stop the evaluation when ``split.strict``."""
+        lets rows in that the first pass did not score), or stop the evaluation when ``split.strict``.
+        ``records``: a list that gets one dict per scored row, in split order (``index`` in ``split``, ``image``:
+        its file path(s) or None, the kind's input and ``reference``, and ``prediction``), from the predictions the
+        metrics are computed from (no second pass); rows left out of the scores are left out of it too."""
         strict = getattr(split, "strict", False)
         with eval_mode(backbone.model, head), decode_policy(self.name, strict) as failed:
             # images an earlier evaluation of this task found unusable are left out up front (not decoded, warned
@@ -307,8 +314,9 @@ class TaskKind(ABC):
             bad: set[str] = set() if strict else set(self.unusable_images)
             scored = self._without(split, bad) if bad else split
             while True:
+                rows: list[Row] | None = [] if records is not None else None   # (the last pass's rows are kept)
                 out = self._evaluate(backbone, head, scored, batch_size=batch_size, device=device, dtype=dtype,
-                                     num_workers=num_workers)
+                                     num_workers=num_workers, records=rows)
                 found = union_over_shards(failed)   # (the same on every rank: they stop together)
                 if found <= bad:
                     break
@@ -319,6 +327,10 @@ class TaskKind(ABC):
                 kept = len(scored.examples)
                 logger.warning("task %r: %d evaluation row(s) whose image cannot be used are left out of its scores "
                                "(%d of %d rows kept)", self.name, len(split.examples) - kept, kept, len(split.examples))
+            if records is not None:
+                place = {id(ex): i for i, ex in enumerate(split.examples)}
+                records.extend({"index": place[id(ex)], "image": image_paths(ex), **fields, "prediction": pred}
+                               for ex, fields, pred in rows or ())
             return out
 
     @staticmethod
@@ -327,14 +339,25 @@ class TaskKind(ABC):
 
     @abstractmethod
     def _evaluate(self, backbone: Backbone, head: nn.Module | None, split: Split, *, batch_size: int,
-                  device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
-        """What ``evaluate`` computes; each kind implements this."""
+                  device: torch.device | str, dtype: torch.dtype, num_workers: int,
+                  records: list[Row] | None = None) -> dict[str, float]:
+        """What ``evaluate`` computes; each kind implements this. ``records`` (None: nothing is recorded) gets
+        ``(example, fields, prediction)`` per scored row, in split order: ``example`` the split's own object,
+        ``fields`` the row's input text and ``reference``, ``prediction`` what the model gave it."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def image_paths(example: Example) -> str | list[str | None] | None:
+    """The file path of ``example``'s image as the split gives it (a list for several images), None for one held in
+    memory (bytes, a PIL image, a built-in scene, a ``datasets`` row)."""
+    def path(image: Any) -> str | None:
+        return str(image) if isinstance(image, (str, PurePath)) else None
+    return [path(p) for p in example.image] if isinstance(example.image, tuple) else path(example.image)
 
 
 def require_captions(spec: TaskSpec, train: Split | None) -> None:

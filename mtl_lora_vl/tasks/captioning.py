@@ -31,7 +31,7 @@ from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.distributed import map_shards
 from mtl_lora_vl.metrics import caption_scores
 from mtl_lora_vl.precision import autocast
-from mtl_lora_vl.tasks.base import TaskKind, caption_of, require_captions, spec_error
+from mtl_lora_vl.tasks.base import Row, TaskKind, caption_of, require_captions, spec_error
 from mtl_lora_vl.tasks.generative import (
     GenerationHead,
     check_template,
@@ -167,7 +167,8 @@ class CaptioningKind(TaskKind):
                              "or captions); evaluate on a split with captions")
 
     def _evaluate(self, backbone: Backbone, head: nn.Module | None, split: Split, *, batch_size: int,
-                  device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
+                  device: torch.device | str, dtype: torch.dtype, num_workers: int,
+                  records: list[Row] | None = None) -> dict[str, float]:
         images, refs = caption_references(split)
         images = self.scored([ex for ex in images if refs[ex.image_id]])
         if not images:
@@ -175,6 +176,9 @@ class CaptioningKind(TaskKind):
         captions = map_shards(lambda part: self.generate(backbone, head, part, batch_size=batch_size, device=device,
                                                          dtype=dtype, num_workers=num_workers), images)
         preds = {ex.image_id: c for ex, c in zip(images, captions)}
+        if records is not None:   # one row per image: its first row in the split
+            records.extend((ex, {"reference": {"captions": refs[ex.image_id]}}, {"caption": c})
+                           for ex, c in zip(images, captions))
         out = caption_scores(preds, {k: refs[k] for k in preds})
         out["n_images"] = float(len(images))
         return out

@@ -40,6 +40,7 @@ from mtl_lora_vl.distributed import map_shards
 from mtl_lora_vl.metrics import per_class_accuracy, topk_accuracy
 from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.base import (
+    Row,
     TaskKind,
     logit_scale_of,
     model_device,
@@ -250,7 +251,8 @@ class ClassificationKind(TaskKind):
         return torch.cat(out)
 
     def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
-                  device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
+                  device: torch.device | str, dtype: torch.dtype, num_workers: int,
+                  records: list[Row] | None = None) -> dict[str, float]:
         examples = self.scored(split.examples)
         if self.generative:
             left_out = sorted({ex.label for ex in split.examples} - {ex.label for ex in examples})

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from mtl_lora_vl.backbones.base import TEXT_EMBEDDINGS, Backbone, BackboneError
 from mtl_lora_vl.data.records import Example, Split, image_count, image_parts
 from mtl_lora_vl.distributed import map_shards
-from mtl_lora_vl.tasks.base import TaskKind, encode_texts, image_embeddings, model_device, spec_error
+from mtl_lora_vl.tasks.base import Row, TaskKind, encode_texts, image_embeddings, model_device, spec_error
 from mtl_lora_vl.tasks.generative import (
     GenerationHead,
     candidate_scores,
@@ -207,7 +207,8 @@ class NLVRKind(TaskKind):
         return (logits[:, 1] - logits[:, 0]).cpu()
 
     def _evaluate(self, backbone: Backbone, head: nn.Module | None, split: Split, *, batch_size: int,
-                  device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
+                  device: torch.device | str, dtype: torch.dtype, num_workers: int,
+                  records: list[Row] | None = None) -> dict[str, float]:
         examples = self.scored(split.examples)
         if not examples:
             raise ValueError(f"task {self.name!r}: the evaluation split is empty")

@@ -31,6 +31,7 @@ from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.distributed import map_shards
 from mtl_lora_vl.metrics import retrieval_recall
 from mtl_lora_vl.tasks.base import (
+    Row,
     TaskKind,
     caption_of,
     encode_texts,
@@ -244,7 +245,8 @@ class RetrievalKind(TaskKind):
                            "is" if len(trivial) == 1 else "are")
 
     def _evaluate(self, backbone: Backbone, head: nn.Module | None, split: Split, *, batch_size: int,
-                  device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
+                  device: torch.device | str, dtype: torch.dtype, num_workers: int,
+                  records: list[Row] | None = None) -> dict[str, float]:
         images, texts, text_to_image = retrieval_texts(split)
         if not texts:
             raise ValueError(f"task {self.name!r}: the evaluation split has no captions")

@@ -51,6 +51,7 @@ from mtl_lora_vl.distributed import map_shards
 from mtl_lora_vl.metrics import normalize_answer, vqa_accuracy
 from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.base import (
+    Row,
     TaskKind,
     encode_texts,
     logit_scale_of,
@@ -311,7 +312,8 @@ class VQAKind(TaskKind):
                              f"(e.g. image {missing[0]!r}); evaluate on a split with annotations")
 
     def _evaluate(self, backbone: Backbone, head: nn.Module | None, split: Split, *, batch_size: int,
-                  device: torch.device | str, dtype: torch.dtype, num_workers: int) -> dict[str, float]:
+                  device: torch.device | str, dtype: torch.dtype, num_workers: int,
+                  records: list[Row] | None = None) -> dict[str, float]:
         examples = self.scored(split.examples)
         if not examples:
             raise ValueError(f"task {self.name!r}: the evaluation split is empty")
@@ -324,6 +326,12 @@ class VQAKind(TaskKind):
             acc = vqa_accuracy(pred, ex.answers)
             scores.append(acc)
             by_type[ex.question_type or "untyped"].append(acc)   # ("other" is one of VQAv2's own types)
+            if records is not None:
+                given = sorted({normalize_answer(a) for a in ex.answers} - {""})
+                records.append((ex, {"question": ex.text, "question_type": ex.question_type,
+                                     "reference": {"answers": list(ex.answers),
+                                                   "scores": {a: vqa_accuracy(a, ex.answers) for a in given}}},
+                                {"answer": pred, "vqa_accuracy": acc}))
         out = {"vqa_accuracy": sum(scores) / len(scores), "n": float(len(scores))}
         for qtype in sorted(by_type):
             out[f"vqa_accuracy/{qtype}"] = sum(by_type[qtype]) / len(by_type[qtype])

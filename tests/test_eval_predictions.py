@@ -1,0 +1,98 @@
+"""``eval --predictions``: per-row predictions in OUT/predictions/<task>.jsonl, those the metrics came from."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from mtl_lora_vl.backbones import builtin_dir
+from mtl_lora_vl.backbones.builtin import builtin_llava_dir
+from mtl_lora_vl.cli import eval_main, train_main
+from mtl_lora_vl.metrics import caption_scores, normalize_answer, vqa_accuracy
+from mtl_lora_vl.tasks.spec import builtin_spec_dirs, load_spec
+
+pytestmark = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file()
+                                or not (builtin_llava_dir() / "config.json").is_file(),
+                                reason="built-in backbones not built (scripts/pretrain_backbone.py, pretrain_llava.py)")
+
+
+def _small_spec(tmp: Path, name: str, n_train: int, n_eval: int, limit: int = 4) -> str:
+    """A copy of a built-in spec with small splits (and a small ``[generative] eval_limit``)."""
+    src = next(d / f"{name}.toml" for d in builtin_spec_dirs() if (d / f"{name}.toml").is_file())
+    text = src.read_text()
+    for split, n in (("train", n_train), ("val", n_eval), ("test", n_eval)):
+        text = re.sub(rf"^\[data\.{split}\]$", f"[data.{split}]\nn = {n}", text, flags=re.M)
+    text = re.sub(r"^eval_limit = \d+", f"eval_limit = {limit}", text, flags=re.M)
+    path = tmp / f"{name}.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def _rows(ev: Path, task: str) -> list[dict]:
+    lines = (ev / "predictions" / f"{task}.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _check_vqa(rows: list[dict], spec_file: str, passes: tuple[str, ...], task: dict) -> None:
+    """Rows in split order with the split's questions and answers; each pass's per-row accuracies are those of its
+    answers, and average to its eval.json score."""
+    examples = load_spec(spec_file).load_split(task["split"], None).examples
+    assert [r["index"] for r in rows] == list(range(task["n"]))
+    for r in rows:
+        ex = examples[r["index"]]
+        assert r["image"] is None   # built-in scenes are held in memory
+        assert r["question"] == ex.text and r["reference"]["answers"] == list(ex.answers)
+        assert r["reference"]["scores"] == {a: vqa_accuracy(a, ex.answers)
+                                            for a in {normalize_answer(a) for a in ex.answers} - {""}}
+        assert set(r) - {"index", "image", "question", "question_type", "reference"} == set(passes)
+        for p in passes:
+            assert r[p]["vqa_accuracy"] == vqa_accuracy(r[p]["answer"], ex.answers)
+    for p in passes:
+        assert _mean([r[p]["vqa_accuracy"] for r in rows]) == pytest.approx(task["details"][p]["vqa_accuracy"],
+                                                                             abs=1e-12)
+
+
+def test_adapter_predictions_adapted_and_zero_shot(tmp_path):
+    """An adapter on the built-in CLIP: each row has the adapted and zero-shot answers (the top candidate), whose
+    accuracies average to eval.json's; without --predictions no folder is written."""
+    vqa = _small_spec(tmp_path, "vqa", 24, 12)
+    run, ev, plain = tmp_path / "run", tmp_path / "ev", tmp_path / "plain"
+    assert train_main(["--tasks", vqa, "--steps", "2", "--batch-size", "8", "--warmup", "0", "--workers", "0",
+                       "--lr", "0.05", "--no-eval-val", "--eval-batch-size", "16", "--out", str(run), "-q"]) == 0
+    adapter = str(run / "adapter")
+    assert eval_main(["--adapter", adapter, "--batch-size", "16", "--out", str(ev), "--predictions", "-q"]) == 0
+    result = json.loads((ev / "eval.json").read_text())
+    rows = _rows(ev, "vqa")
+    _check_vqa(rows, vqa, ("adapted", "zero_shot"), result["tasks"]["vqa"])
+    assert any(r["adapted"]["answer"] != r["zero_shot"]["answer"] for r in rows)   # two models' answers
+    assert sorted(p.name for p in (ev / "predictions").iterdir()) == ["vqa.jsonl"]
+    assert eval_main(["--adapter", adapter, "--batch-size", "16", "--out", str(plain), "-q"]) == 0
+    assert not (plain / "predictions").exists()
+    assert json.loads((plain / "eval.json").read_text())["tasks"] == result["tasks"]   # no metric changed
+
+
+def test_generative_predictions_vqa_and_captioning(tmp_path):
+    """The built-in LLaVA scored zero-shot (no adapter): generated answers and captions, only ``zero_shot``; the
+    file's captions are the scored ones (their BLEU-4 and CIDEr are eval.json's)."""
+    vqa, cap = (_small_spec(tmp_path, t, 8, 6, limit=4) for t in ("vqa", "captioning"))
+    ev = tmp_path / "ev"
+    assert eval_main(["--backbone", "builtin-llava", "--tasks", f"{vqa},{cap}", "--batch-size", "4", "--out", str(ev),
+                      "--predictions", "-q"]) == 0
+    result = json.loads((ev / "eval.json").read_text())
+    _check_vqa(_rows(ev, "vqa"), vqa, ("zero_shot",), result["tasks"]["vqa"])
+    rows = _rows(ev, "captioning")
+    task = result["tasks"]["captioning"]
+    assert len(rows) == task["n"] == 4
+    assert all(set(r) == {"index", "image", "reference", "zero_shot"} for r in rows)
+    assert all(r["reference"]["captions"] and isinstance(r["zero_shot"]["caption"], str) for r in rows)
+    scores = caption_scores({r["index"]: r["zero_shot"]["caption"] for r in rows},
+                            {r["index"]: r["reference"]["captions"] for r in rows})
+    assert scores["bleu4"] == pytest.approx(task["details"]["zero_shot"]["bleu4"], abs=1e-12)
+    assert scores["cider"] == pytest.approx(task["details"]["zero_shot"]["cider"], abs=1e-12)
