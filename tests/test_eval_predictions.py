@@ -96,3 +96,58 @@ def test_generative_predictions_vqa_and_captioning(tmp_path):
                             {r["index"]: r["reference"]["captions"] for r in rows})
     assert scores["bleu4"] == pytest.approx(task["details"]["zero_shot"]["bleu4"], abs=1e-12)
     assert scores["cider"] == pytest.approx(task["details"]["zero_shot"]["cider"], abs=1e-12)
+
+
+def _check_classification(rows: list[dict], spec_file: str, passes: tuple[str, ...], task: dict) -> None:
+    """Each row's class is the split's; the share of right top-1 classes is top1, of rows whose class is among the
+    top five is top5."""
+    split = load_spec(spec_file).load_split(task["split"], None)
+    assert [r["index"] for r in rows] == list(range(task["n"]))
+    for r in rows:
+        assert r["reference"]["label"] == split.class_names[split.examples[r["index"]].label]
+        for p in passes:
+            assert r[p]["correct"] == (r[p]["label"] == r["reference"]["label"])
+            scores = [s for _, s in r[p]["top5"]]
+            assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    for p in passes:
+        metrics = task["details"][p]
+        assert _mean([r[p]["correct"] for r in rows]) == pytest.approx(metrics["top1"], abs=1e-12)
+        top5 = [r["reference"]["label"] in [c for c, _ in r[p]["top5"]] for r in rows]
+        assert _mean(top5) == pytest.approx(metrics["top5"], abs=1e-12)
+
+
+def _check_nlvr(rows: list[dict], spec_file: str, passes: tuple[str, ...], task: dict) -> None:
+    """Each row's statement, two images and truth are the split's; the share of predicted truths that are right is
+    the accuracy."""
+    examples = load_spec(spec_file).load_split(task["split"], None).examples
+    assert [r["index"] for r in rows] == list(range(task["n"]))
+    for r in rows:
+        ex = examples[r["index"]]
+        assert r["statement"] == ex.text and r["reference"]["truth"] == (ex.label == 1) and r["image"] == [None, None]
+        for p in passes:
+            assert r[p]["truth"] == (r[p]["score"] > r[p]["threshold"])
+    for p in passes:
+        right = [r[p]["truth"] == r["reference"]["truth"] for r in rows]
+        assert _mean(right) == pytest.approx(task["details"][p]["accuracy"], abs=1e-12)
+
+
+def test_classification_and_nlvr_predictions(tmp_path):
+    """The built-in CLIP, zero-shot: classification's top-1 and top five with their scores, nlvr's predicted
+    truths; both agree with eval.json's scores."""
+    cls, nlvr = (_small_spec(tmp_path, t, 24, 20) for t in ("caption_cls", "nlvr"))
+    ev = tmp_path / "ev"
+    assert eval_main(["--tasks", f"{cls},{nlvr}", "--batch-size", "16", "--out", str(ev), "--predictions", "-q"]) == 0
+    result = json.loads((ev / "eval.json").read_text())
+    _check_classification(_rows(ev, "caption_cls"), cls, ("zero_shot",), result["tasks"]["caption_cls"])
+    _check_nlvr(_rows(ev, "nlvr"), nlvr, ("zero_shot",), result["tasks"]["nlvr"])
+
+
+def test_generative_classification_and_nlvr_predictions(tmp_path):
+    """The built-in LLaVA, zero-shot: the classes and truths its candidate likelihoods chose."""
+    cls, nlvr = (_small_spec(tmp_path, t, 24, 6, limit=4) for t in ("caption_cls", "nlvr"))
+    ev = tmp_path / "ev"
+    assert eval_main(["--backbone", "builtin-llava", "--tasks", f"{cls},{nlvr}", "--batch-size", "8", "--out", str(ev),
+                      "--predictions", "-q"]) == 0
+    result = json.loads((ev / "eval.json").read_text())
+    _check_classification(_rows(ev, "caption_cls"), cls, ("zero_shot",), result["tasks"]["caption_cls"])
+    _check_nlvr(_rows(ev, "nlvr"), nlvr, ("zero_shot",), result["tasks"]["nlvr"])

@@ -250,6 +250,17 @@ class ClassificationKind(TaskKind):
             out.append(scores.float().cpu())
         return torch.cat(out)
 
+    def _record(self, records: list[Row], examples: list[Example], labels: Tensor, pred: Tensor,
+                scores: Tensor) -> None:
+        """Each row's class, its top-1 (the class the metrics count: a rival tied with the true class wins) and the
+        top five classes with their scores."""
+        top = scores.topk(min(5, scores.shape[1]), dim=1)
+        for ex, label, p, values, ids in zip(examples, labels.tolist(), pred.tolist(), top.values.tolist(),
+                                             top.indices.tolist()):
+            records.append((ex, {"reference": {"label": self.class_names[label]}},
+                            {"label": self.class_names[p], "correct": p == label,
+                             "top5": [[self.class_names[i], v] for i, v in zip(ids, values)]}))
+
     def _evaluate(self, backbone, head: nn.Module | None, split: Split, *, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype, num_workers: int,
                   records: list[Row] | None = None) -> dict[str, float]:
@@ -264,7 +275,7 @@ class ClassificationKind(TaskKind):
                                "the split's rows or raise eval_limit", self.name, len(examples), len(left_out))
         if not examples:
             raise ValueError(f"task {self.name!r}: the evaluation split is empty")
-        examples = self._in_training_order(split, examples)
+        given, examples = examples, self._in_training_order(split, examples)   # (given: the split's own rows)
         self._check_labels(examples, "evaluation")
         logits = map_shards(lambda part: self.logits(backbone, head, part, batch_size=batch_size, device=device,
                                                      dtype=dtype, num_workers=num_workers), examples)
@@ -276,6 +287,8 @@ class ClassificationKind(TaskKind):
         true = scores.gather(1, labels[:, None])
         rival = scores.masked_fill(F.one_hot(labels, scores.shape[1]).bool(), float("-inf"))
         pred = torch.where((rival >= true).any(1), rival.argmax(1), labels)
+        if records is not None:
+            self._record(records, given, labels, pred, scores)
         per_class = per_class_accuracy(pred, labels, len(self.class_names))
         present = [a for a in per_class if not math.isnan(a)]
         out["mean_per_class"] = sum(present) / len(present)

@@ -222,6 +222,10 @@ class NLVRKind(TaskKind):
         pred = scores > threshold
         right = (pred == torch.tensor([ex.label == 1 for ex in examples])).double()   # float32 read 5/9 as 0.55555558
         out = {"accuracy": float(right.mean()), "n": float(len(examples))}
+        if records is not None:   # (score: the zero-shot rule's cosines, or the logit margin of true over false)
+            records.extend((ex, {"statement": ex.text, "reference": {"truth": ex.label == 1}},
+                            {"truth": t, "score": s, "threshold": threshold})
+                           for ex, t, s in zip(examples, pred.tolist(), scores.tolist()))
         by_type: dict[str, list[float]] = defaultdict(list)
         for ex, r in zip(examples, right.tolist()):
             if ex.question_type:
