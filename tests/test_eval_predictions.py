@@ -151,3 +151,35 @@ def test_generative_classification_and_nlvr_predictions(tmp_path):
     result = json.loads((ev / "eval.json").read_text())
     _check_classification(_rows(ev, "caption_cls"), cls, ("zero_shot",), result["tasks"]["caption_cls"])
     _check_nlvr(_rows(ev, "nlvr"), nlvr, ("zero_shot",), result["tasks"]["nlvr"])
+
+
+def test_retrieval_predictions(tmp_path):
+    """Retrieval on the built-in CLIP, adapted and zero-shot: per image its captions, the five best-scored caption
+    indices and whether its own caption is among them; the hits average to i2t_r5, and each row's rank to i2t_r1."""
+    spec = _small_spec(tmp_path, "retrieval", 24, 12)
+    run, ev = tmp_path / "run", tmp_path / "ev"
+    assert train_main(["--tasks", spec, "--steps", "2", "--batch-size", "8", "--warmup", "0", "--workers", "0",
+                       "--lr", "0.05", "--no-eval-val", "--eval-batch-size", "16", "--out", str(run), "-q"]) == 0
+    assert eval_main(["--adapter", str(run / "adapter"), "--batch-size", "16", "--out", str(ev), "--predictions",
+                      "-q"]) == 0
+    task = json.loads((ev / "eval.json").read_text())["tasks"]["retrieval"]
+    rows = _rows(ev, "retrieval")
+    examples = load_spec(spec).load_split(task["split"], None).examples
+    assert len(rows) == task["n"] == 12
+    indices = [i for r in rows for i in r["reference"]["captions"]]
+    assert indices == list(range(len(indices)))   # every caption once, listed image by image
+    texts = [t for r in rows for t in r["reference"]["texts"]]
+    for r in rows:
+        ex = examples[r["index"]]
+        assert ex.text in r["reference"]["texts"] or set(ex.captions) <= set(r["reference"]["texts"])
+        assert [rr["index"] for rr in rows if examples[rr["index"]].image_id == ex.image_id] == [r["index"]]
+        for p in ("adapted", "zero_shot"):
+            assert len(r[p]["top5"]) == 5 and all(0 <= j < len(texts) for j in r[p]["top5"])
+            assert r[p]["hit"] == (r[p]["rank"] < 5)
+            if r[p]["rank"] == 0:   # its best own caption leads
+                assert r[p]["top5"][0] in r["reference"]["captions"]
+    for p in ("adapted", "zero_shot"):
+        metrics = task["details"][p]
+        assert _mean([r[p]["hit"] for r in rows]) == pytest.approx(metrics["i2t_r5"], abs=1e-12)
+        assert _mean([r[p]["rank"] == 0 for r in rows]) == pytest.approx(metrics["i2t_r1"], abs=1e-12)
+    assert any(r["adapted"]["top5"] != r["zero_shot"]["top5"] for r in rows)

@@ -258,4 +258,26 @@ class RetrievalKind(TaskKind):
         out = retrieval_recall(sim.cpu(), torch.tensor(text_to_image), ks=tuple(self.spec.options["ks"]))
         out["n_images"] = float(len(images))
         out["n_texts"] = float(len(texts))
+        if records is not None:
+            _record(records, images, texts, text_to_image, sim.cpu())
         return out
+
+
+def _record(records: list[Row], images: list[Example], texts: list[str], text_to_image: list[int],
+            sim: Tensor) -> None:
+    """Per image query (an image with captions): its captions (indices into the split's captions, listed image by
+    image, and texts), the five best-scored captions, and the rank of its best own caption among the others as
+    ``i2t_rK`` counts it (ties count against the query), with ``hit``: that rank is below 5."""
+    own = torch.zeros(sim.shape, dtype=torch.bool)
+    own[torch.tensor(text_to_image), torch.arange(len(texts))] = True
+    best = sim.masked_fill(~own, float("-inf")).amax(1)
+    ranks = ((sim >= best[:, None]) & ~own).sum(1).tolist()
+    top = sim.topk(min(5, len(texts)), dim=1).indices.tolist()
+    owned: dict[int, list[int]] = {}
+    for j, i in enumerate(text_to_image):
+        owned.setdefault(i, []).append(j)
+    for i, ex in enumerate(images):
+        mine = owned.get(i)
+        if mine:
+            records.append((ex, {"reference": {"captions": mine, "texts": [texts[j] for j in mine]}},
+                            {"top5": top[i], "hit": ranks[i] < 5, "rank": ranks[i]}))
