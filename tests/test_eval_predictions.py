@@ -183,3 +183,32 @@ def test_retrieval_predictions(tmp_path):
         assert _mean([r[p]["hit"] for r in rows]) == pytest.approx(metrics["i2t_r5"], abs=1e-12)
         assert _mean([r[p]["rank"] == 0 for r in rows]) == pytest.approx(metrics["i2t_r1"], abs=1e-12)
     assert any(r["adapted"]["top5"] != r["zero_shot"]["top5"] for r in rows)
+
+
+def test_rows_of_unusable_images_are_left_out(tmp_path):
+    """Rows whose image file cannot be decoded are left out of the records as of the scores; the others keep their
+    index in the split and their file path. Without a sink nothing is recorded (the default)."""
+    import dataclasses
+
+    from mtl_lora_vl.backbones import load_backbone
+    from mtl_lora_vl.data import world
+    from mtl_lora_vl.tasks import build_kind
+
+    backbone = load_backbone("builtin", device="cpu")
+    kind = build_kind(load_spec("vqa"), world.build_split("vqa", "train", n=8, seed=0), backbone)
+    split = world.build_split("vqa", "test", n=4, seed=1)
+    rows = []
+    for i, ex in enumerate(split.examples):
+        path = tmp_path / f"{i}.png"
+        ex.image.render(backbone.image_size).save(path)
+        rows.append(dataclasses.replace(ex, image=str(path)))
+    bad = Path(rows[1].image)
+    bad.write_bytes(bad.read_bytes()[:60])   # truncated: the row's image cannot be decoded
+    split = dataclasses.replace(split, examples=rows)
+    records: list[dict] = []
+    scores = kind.evaluate(backbone, None, split, batch_size=4, device="cpu", records=records)
+    left = [i for i, ex in enumerate(rows) if ex.image != str(bad)]
+    assert [r["index"] for r in records] == left and scores["n"] == len(left) < len(rows)
+    assert [r["image"] for r in records] == [rows[i].image for i in left]
+    assert _mean([r["prediction"]["vqa_accuracy"] for r in records]) == pytest.approx(scores["vqa_accuracy"])
+    assert kind.evaluate(backbone, None, split, batch_size=4, device="cpu") == scores
