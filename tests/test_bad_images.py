@@ -334,6 +334,12 @@ def test_task_evaluation_goes_on_or_stops_with_strict(images, tmp_path, caplog):
         assert kind.evaluate(backbone, None, split, batch_size=4, device="cpu") == out
     assert len(passes) == 1 and "substitute image" not in caplog.text and "cannot be decoded" not in caplog.text
     assert "task 'pets': 2 evaluation row(s) whose image cannot be used are left out" in caplog.text
+
+    def written_before_predictions(backbone, head, split, *, batch_size, device, dtype, num_workers):
+        return inner(backbone, head, split, batch_size=batch_size, device=device, dtype=dtype, num_workers=num_workers)
+
+    kind._evaluate = written_before_predictions   # a kind without `records` scores as before where none are asked
+    assert kind.evaluate(backbone, None, split, batch_size=4, device="cpu") == out
     del kind._evaluate
     strict = Split(split.examples, class_names=split.class_names, strict=True)
     with pytest.raises(ImageError, match=r"task 'pets'.*truncated\.jpg: cannot be decoded.*strict = true"):

@@ -315,8 +315,9 @@ class TaskKind(ABC):
             scored = self._without(split, bad) if bad else split
             while True:
                 rows: list[Row] | None = [] if records is not None else None   # (the last pass's rows are kept)
+                # (records only where asked: a kind registered elsewhere, written before --predictions, still scores)
                 out = self._evaluate(backbone, head, scored, batch_size=batch_size, device=device, dtype=dtype,
-                                     num_workers=num_workers, records=rows)
+                                     num_workers=num_workers, **({"records": rows} if rows is not None else {}))
                 found = union_over_shards(failed)   # (the same on every rank: they stop together)
                 if found <= bad:
                     break
