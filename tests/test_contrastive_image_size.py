@@ -5,6 +5,8 @@ batch for a 32 px model): encode_image, CoCa's caption_logits and generate now s
 get there.
 """
 
+import re
+
 import pytest
 import torch
 from vl_tiny import tiny_backbone
@@ -45,3 +47,18 @@ def test_a_tower_that_takes_other_sizes_still_gets_them(tmp_path, monkeypatch):
     pooled = torch.nn.Linear(3, 32)
     monkeypatch.setattr(bb, "_image_features", lambda x: pooled(x.mean(dim=(2, 3))))   # a trunk that pools any size
     assert bb.encode_image(torch.randn(2, 3, 48, 48)).shape == (2, 32)
+
+
+@pytest.mark.parametrize("error", [ValueError("Input image size (48*48) doesn't match model (32*32)."),
+                                   AssertionError("Input height (48) doesn't match model (32)."),
+                                   RuntimeError("Input type (double) and bias type (float) should be the same")])
+def test_a_towers_own_failure_on_another_size_reads_as_the_refusal_with_its_words(tmp_path, monkeypatch, error):
+    """Hugging Face CLIP refuses another size with a ValueError, a timm ViT trunk (open_clip timm_model_name) with
+    an AssertionError: only a RuntimeError was turned into the refusal, so these lost the size and the fix (both
+    read so before the check ran the tower). And the tower's own words were dropped: a wrong-size batch that failed
+    otherwise (a dtype error) read as the size alone."""
+    bb = tiny_backbone(tmp_path)
+    monkeypatch.setattr(bb, "_image_features", lambda x: (_ for _ in ()).throw(error))
+    with pytest.raises(ValueError, match=r"encode_image expects .*\(B, 3, 32, 32\).*got \(2, 3, 48, 48\)"
+                                         r".*preprocess_uint8.*the image tower said: " + re.escape(str(error))):
+        bb.encode_image(torch.randn(2, 3, 48, 48))

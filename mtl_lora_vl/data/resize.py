@@ -115,8 +115,9 @@ class ImageResize:
     def checked(self, encode: Callable[[Any], Any], images: Any, what: str, name: str) -> Any:
         """``encode(images)`` for a ``(B, 3, H, W)`` batch; where it fails on images that are not ``size`` squares
         (and the mode does not keep sizes, :attr:`keeps_size`), a ValueError naming ``what`` took them, the size
-        backbone ``name`` takes and the fix, instead of the tower's shape error deep inside. A tower that takes other
-        sizes (a convolutional trunk pools any) still gets them."""
+        backbone ``name`` takes and the fix, with the tower's own error (a shape error deep inside, Hugging Face
+        CLIP's ValueError, a timm trunk's AssertionError) at its end. A tower that takes other sizes (a
+        convolutional trunk pools any) still gets them."""
         shape = tuple(images.shape)
         message = (f"{what} expects float images of shape (B, 3, {self.size}, {self.size}) for backbone {name!r}, "
                    f"got {shape}; give uint8 images of any size to backbone.preprocess_uint8 (it resizes them) or "
@@ -125,9 +126,10 @@ class ImageResize:
             raise ValueError(message)
         try:
             return encode(images)
-        except RuntimeError as e:
+        except (RuntimeError, ValueError, AssertionError) as e:
             if shape[2:] != (self.size, self.size) and not self.keeps_size:
-                raise ValueError(message) from e
+                said = str(e).strip().splitlines()
+                raise ValueError(f"{message} (the image tower said: {said[0] if said else type(e).__name__})") from e
             raise
 
     @property
