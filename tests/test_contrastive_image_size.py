@@ -62,3 +62,13 @@ def test_a_towers_own_failure_on_another_size_reads_as_the_refusal_with_its_word
     with pytest.raises(ValueError, match=r"encode_image expects .*\(B, 3, 32, 32\).*got \(2, 3, 48, 48\)"
                                          r".*preprocess_uint8.*the image tower said: " + re.escape(str(error))):
         bb.encode_image(torch.randn(2, 3, 48, 48))
+
+
+def test_out_of_memory_on_another_size_stays_out_of_memory(tmp_path, monkeypatch):
+    """A convolutional trunk out of memory on large images became the size ValueError: a caller that catches
+    torch.cuda.OutOfMemoryError (to retry with a smaller batch) never saw it."""
+    bb = tiny_backbone(tmp_path)
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(bb, "_image_features", lambda x: (_ for _ in ()).throw(oom))
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="CUDA out of memory"):
+        bb.encode_image(torch.randn(2, 3, 48, 48))

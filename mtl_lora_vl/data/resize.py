@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from PIL import Image
 
 from .anyres import AnyresGeometry
@@ -127,7 +128,8 @@ class ImageResize:
         try:
             return encode(images)
         except (RuntimeError, ValueError, AssertionError) as e:
-            if shape[2:] != (self.size, self.size) and not self.keeps_size:
+            oom = isinstance(e, torch.cuda.OutOfMemoryError)   # out of memory stays so (a caller may retry)
+            if shape[2:] != (self.size, self.size) and not self.keeps_size and not oom:
                 said = str(e).strip().splitlines()
                 raise ValueError(f"{message} (the image tower said: {said[0] if said else type(e).__name__})") from e
             raise
