@@ -461,6 +461,31 @@ def test_code_version_names_the_commit_and_uncommitted_changes(tmp_path):
     assert code_version(tmp_path).startswith(f"{__version__}+g{sha}.dirty") and code_version(tmp_path) != dirty
 
 
+def test_code_version_of_one_edit_does_not_depend_on_the_users_git_config(tmp_path):
+    """The .dirty hash was that of `git diff HEAD`'s text, which git config shapes (diff.noprefix, diff.context):
+    the same edited checkout read as two code versions for two users (a grid resumed by the other one said so)."""
+    import shutil
+    import subprocess
+
+    from mtl_lora_vl.benchmark.runner import code_version
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.py").write_text("".join(f"x{i} = {i}\n" for i in range(20)))
+    (tmp_path / "b.py").write_text("y = 1\n")
+    subprocess.run([*git, "add", "a.py", "b.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    (tmp_path / "a.py").write_text("".join(f"x{i} = {i * (i in (3, 15))}\n" for i in range(20)))
+    (tmp_path / "b.py").unlink()
+    plain = code_version(tmp_path)
+    assert ".dirty" in plain
+    for key, value in (("diff.noprefix", "true"), ("diff.context", "8"), ("diff.mnemonicPrefix", "true")):
+        subprocess.run([*git, "config", key, value], check=True)
+        assert code_version(tmp_path) == plain, key
+
+
 def test_abbreviated_flags_are_refused_with_the_option_they_are_close_to(tmp_path, capsys):
     """'--seed 3' was taken as '--seeds 3' (three seeds) and '--lr 1e-3' as a one-value --lr-grid, silently."""
     from mtl_lora_vl.benchmark.cli import main

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -53,8 +54,8 @@ def _fmt_time(seconds: float) -> str:
 
 def code_version(root: Path | None = None) -> str:
     """The package version, plus the git commit (``+g<sha>``; ``.dirty<hash>`` with uncommitted changes to tracked
-    files, the hash that of ``git diff HEAD``, so two different edits of one commit read as two versions) when it
-    runs from a checkout: every run records it, so a grid resumed on other code says so.
+    files, the hash that of the changed files' names and contents, so two different edits of one commit read as two
+    versions) when it runs from a checkout: every run records it, so a grid resumed on other code says so.
     ``root``: the checkout (by default the one this package runs from)."""
     root = Path(__file__).resolve().parents[2] if root is None else root
     if not (root / ".git").exists():
@@ -63,12 +64,27 @@ def code_version(root: Path | None = None) -> str:
     try:
         sha = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              timeout=10).stdout.strip()
-        diff = subprocess.run([*git, "diff", "HEAD", "--no-ext-diff", "--no-color", "--binary"], capture_output=True,
-                              timeout=30).stdout
+        changed = subprocess.run([*git, "diff", "HEAD", "--name-only", "--no-renames", "--no-relative", "-z"],
+                                 capture_output=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return __version__
-    dirty = f".dirty{hashlib.sha256(diff).hexdigest()[:8]}" if diff else ""
-    return f"{__version__}+g{sha}{dirty}" if sha else __version__
+    return f"{__version__}+g{sha}{_dirty(root, changed)}" if sha else __version__
+
+
+def _dirty(root: Path, changed: bytes) -> str:
+    """``.dirty<hash>`` of the changed files (``git diff --name-only -z``) as they are now, "" with none: hashed
+    from their contents, not from ``git diff``'s text, which the user's git config shapes (prefixes, context)."""
+    names = sorted(n for n in changed.split(b"\0") if n)
+    if not names:
+        return ""
+    digest = hashlib.sha256()
+    for name in names:
+        path = root / os.fsdecode(name)
+        digest.update(name + b"\0")
+        if path.is_file():   # else deleted (or a submodule: its name alone)
+            with open(path, "rb") as f:
+                digest.update(hashlib.file_digest(f, "sha256").digest())
+    return f".dirty{digest.hexdigest()[:8]}"
 
 
 class Runner:
