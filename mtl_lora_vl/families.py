@@ -20,6 +20,8 @@ from .family_images import (
     image_token_rows,
     llava_next_row_tiles,
     llava_onevision_row_tiles,
+    pixtral_image_rows,
+    pixtral_row_images,
     qwen_image_rows,
     qwen_row_images,
 )
@@ -51,9 +53,11 @@ class Family:
       vision layers after ``vision_feature_layer``): default targets leave them out, since their adapters
       would never get a gradient (which also stops DDP at its second step).
     * ``packed_tower``: regex of a module that packs every image's rows into one 2-D (rows, dim) sequence
-      (Qwen2-VL's vision tower: each image's patches, image after image) instead of a batch dimension;
+      (Qwen2-VL's vision tower: each image's patches, image after image; Pixtral's: one (1, rows, dim) batch of one)
+      instead of a batch dimension;
       adapters inside it read k rows per routed sample, and ``image_rows`` (given that module's forward
-      ``args`` and ``kwargs``) says how many rows each image has, so that a mixed-task route is checked there;
+      ``args`` and ``kwargs``, and the module) says how many rows each image has, so that a mixed-task route is
+      checked there;
     * ``row_images`` (given the model and its forward ``args`` and ``kwargs``) says how many images each input row
       holds (LLaVA-NeXT: how many tiles; None: the call encodes no image; a :class:`CountsOnly`: counts that cannot
       route images), so that under a mixed-task route each row's images take its task: the vision tower takes the
@@ -74,7 +78,7 @@ class Family:
     merged_format: str = "safetensors"
     unused: Callable[[Any], tuple[str, ...]] | None = None
     packed_tower: str | None = None
-    image_rows: Callable[[tuple, dict], list[int]] | None = None
+    image_rows: Callable[[tuple, dict, Any], list[int]] | None = None
     row_images: Callable[[Any, tuple, dict], list[float] | None] | None = None
     image_path: str | None = None
     image_views: bool = False
@@ -106,6 +110,10 @@ _HF_VLM_TARGETS = {
 
 # The modules of an HF VLM that take the batch's images: its vision tower and its projector.
 _IMAGE_PATH = r"(^|\.)(vision_tower|multi_modal_projector)$"
+
+# Mistral 3's Pixtral tower packs every image's patches into one (1, patches, dim) sequence, and its projector takes
+# them as (patches, dim) rows: both are routed image by image by the images' own sizes.
+_PIXTRAL_PACKED = r"(^|\.)(vision_tower|multi_modal_projector)$"
 
 # Idefics3 / SmolVLM name their language model model.text_model (a Llama-style decoder).
 _IDEFICS3_TEXT = (r"(^|\.)text_model\.(.*\.)?layers\.\d+\."
@@ -204,6 +212,20 @@ FAMILIES: tuple[Family, ...] = (
         image_path=_IMAGE_PATH,
     ),
     Family(
+        "mistral3",
+        ("transformers.models.mistral3.Mistral3ForConditionalGeneration",),
+        {"image": (r"(^|\.)vision_tower\.transformer\.layers\.\d+\."
+                   r"(attention\.(q|k|v|o)_proj|feed_forward\.(gate|up|down)_proj)$",),
+         "text": _HF_VLM_TARGETS["text"]},
+        no_backbone="no backbone class for Mistral 3 yet (its prompts write image rows with [IMG_BREAK] / [IMG_END]); "
+                    "attach adapters with mtl_lora_vl.attach(model, cfg) and run the model in your own loop",
+        peft_export=True,
+        merged_format="hf",
+        packed_tower=_PIXTRAL_PACKED,
+        image_rows=pixtral_image_rows,
+        row_images=pixtral_row_images,
+    ),
+    Family(
         "qwen2_vl",
         ("transformers.models.qwen2_vl.Qwen2VLForConditionalGeneration",
          "transformers.models.qwen2_5_vl.Qwen2_5_VLForConditionalGeneration"),
@@ -251,6 +273,7 @@ INNER_MODELS: tuple[tuple[str, str], ...] = (
     ("transformers.models.llava_onevision.LlavaOnevisionModel", "llava_onevision"),
     ("transformers.models.paligemma.PaliGemmaModel", "paligemma"),
     ("transformers.models.gemma3.Gemma3Model", "gemma3"),
+    ("transformers.models.mistral3.Mistral3Model", "mistral3"),
     ("transformers.models.idefics3.Idefics3Model", "idefics3"),
     ("transformers.models.smolvlm.SmolVLMModel", "idefics3"),
     ("transformers.models.qwen2_vl.Qwen2VLModel", "qwen2_vl"),

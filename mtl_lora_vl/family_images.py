@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = ["CountsOnly", "image_token_rows", "llava_next_image", "llava_next_row_tiles", "llava_onevision_image",
-           "llava_onevision_row_tiles", "qwen_image_rows", "qwen_row_images", "view_tokens"]
+           "llava_onevision_row_tiles", "pixtral_image_rows", "pixtral_row_images", "qwen_image_rows",
+           "qwen_row_images", "view_tokens"]
 
 
 class CountsOnly(list):
@@ -29,10 +30,39 @@ class CountsOnly(list):
 _ENCODED = "their features were made before the call (mm_encoder_outputs), under the caller's route"
 
 
-def qwen_image_rows(args: tuple, kwargs: dict) -> list[int]:
+def qwen_image_rows(args: tuple, kwargs: dict, module: Any = None) -> list[int]:
     """Patches per image of a Qwen2-VL vision tower call, ``visual(pixel_values, grid_thw=...)``: t·h·w."""
     grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
     return [int(t) * int(h) * int(w) for t, h, w in grid.tolist()]
+
+
+def pixtral_image_rows(args: tuple, kwargs: dict, module: Any) -> list[int]:
+    """Patches per image of a Mistral 3 call of its Pixtral vision tower, ``vision_tower(pixel_values, image_sizes)``,
+    or of its projector, ``multi_modal_projector(features, image_sizes)``: (h / patch)·(w / patch) each (an image
+    without a size fills its whole canvas, as the tower reads it)."""
+    sizes = kwargs["image_sizes"] if "image_sizes" in kwargs else args[1] if len(args) > 1 else None
+    patch = int(getattr(module, "patch_size", None) or module.patch_merger.patch_size)
+    if sizes is None:
+        pixels = kwargs.get("pixel_values", args[0] if args else None)
+        sizes = [tuple(pixels.shape[-2:])] * pixels.shape[0]
+    return [(int(h) // patch) * (int(w) // patch) for h, w in (s.tolist() if hasattr(s, "tolist") else s
+                                                               for s in sizes)]
+
+
+def pixtral_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
+    """Images per row of a Mistral 3 forward: each row's image tokens matched in order to the images' token counts
+    ((h / d)·(w / d) for ``d`` = patch x spatial merge, from ``image_sizes``: Pixtral reads each image at its own
+    size); without ``image_sizes`` (every image fills its canvas) as :func:`image_token_rows`."""
+    sizes = _forward_input(model, args, kwargs, "image_sizes")
+    if sizes is None or _forward_input(model, args, kwargs, "pixel_values") is None:
+        return image_token_rows(model, args, kwargs)
+    tokens = _token_rows(model, args, kwargs, model.config.image_token_id)
+    if tokens is None:
+        return None
+    d = int(model.config.vision_config.patch_size) * int(model.config.spatial_merge_size)
+    sizes = sizes.tolist() if hasattr(sizes, "tolist") else sizes
+    per_row = _rows_of_images(tokens, [(int(h) // d) * (int(w) // d) for h, w in sizes])
+    return [len(whole) + part if part else len(whole) for whole, part in per_row]
 
 
 def _forward_input(model: Any, args: tuple, kwargs: dict, name: str) -> Any:

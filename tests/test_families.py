@@ -83,7 +83,7 @@ def test_table_is_complete_and_consistent():
         else:
             assert backbone_class(fam.backbone).__name__.endswith("Backbone")
     assert [f.name for f in FAMILIES if f.peft_export] == ["hf_clip", "llava", "llava_next", "llava_onevision",
-                                                          "paligemma", "gemma3", "qwen2_vl", "idefics3"]
+                                                          "paligemma", "gemma3", "mistral3", "qwen2_vl", "idefics3"]
     assert peft_export("hf_clip") and not peft_export("open_clip") and not peft_export("custom")
     assert merged_format("open_clip", object()) == "open_clip" and merged_format("llava", object()) == "hf"
     assert merged_format("custom", tiny_hf_clip()) == "hf" and merged_format("custom", nn.Linear(2, 2)) == "safetensors"

@@ -309,6 +309,8 @@ class AdapterBank(nn.Module):
         route = router.resolve(self.layer_name)
         if route is None:
             return out
+        if self.packed_rows and x.dim() == 3 and x.shape[0] == 1:
+            x = x[0]   # a packed tower's one sequence as a batch of one (Pixtral's): its rows
         bd = self.batch_dim if x.dim() > 2 else 0   # 2-D rows (pooled features) are batch-first
         if route.batch_size is not None:
             got = x.shape[bd] if x.dim() > 1 else 1

@@ -32,7 +32,7 @@ class PackedImages(ScopeHooks):
     (or per beam); otherwise the route is refused. The route scope is closed after the forward (also when it
     fails)."""
 
-    def __init__(self, router: Router, image_rows: Callable[[tuple, dict], list[int]], name: str,
+    def __init__(self, router: Router, image_rows: Callable[[tuple, dict, nn.Module], list[int]], name: str,
                  check: RowImagesCheck | None = None) -> None:
         super().__init__()
         self.router, self.image_rows, self.name, self.check = router, image_rows, name, check
@@ -46,7 +46,7 @@ class PackedImages(ScopeHooks):
                 raise RoutingError(f"{self.name} is an nn.DataParallel replica, which sees its chunk of the packed "
                                    "patches, not whole images: per-sample routes need DistributedDataParallel "
                                    "(torchrun, one process per GPU), or route one task for the whole batch")
-            rows = self.image_rows(args, kwargs)
+            rows = self.image_rows(args, kwargs, module)
             counts = None if self.check is None else self.check.current()
             for r in (route, route.wide):   # (wide: k rows per routed id, expanded_rows)
                 if counts is not None and r is not None and len(counts) == r.batch_size and sum(counts) == len(rows):
@@ -69,7 +69,7 @@ class PackedImages(ScopeHooks):
                 )
 
 
-def pack_towers(model: nn.Module, tower: str, image_rows: Callable[[tuple, dict], list[int]], router: Router,
+def pack_towers(model: nn.Module, tower: str, image_rows: Callable[[tuple, dict, nn.Module], list[int]], router: Router,
                 layers: dict[str, AdapterBank], check: RowImagesCheck | None = None) -> list[RemovableHandle]:
     """Mark the banks inside every module of ``model`` whose name matches ``tower`` as reading packed rows and
     put :class:`PackedImages` hooks on each such module (reading ``check``'s counts); returns the hooks' handles."""
