@@ -217,8 +217,7 @@ FAMILIES: tuple[Family, ...] = (
         {"image": (r"(^|\.)vision_tower\.transformer\.layers\.\d+\."
                    r"(attention\.(q|k|v|o)_proj|feed_forward\.(gate|up|down)_proj)$",),
          "text": _HF_VLM_TARGETS["text"]},
-        no_backbone="no backbone class for Mistral 3 yet (its prompts write image rows with [IMG_BREAK] / [IMG_END]); "
-                    "attach adapters with mtl_lora_vl.attach(model, cfg) and run the model in your own loop",
+        backbone="mistral3",
         peft_export=True,
         merged_format="hf",
         packed_tower=_PIXTRAL_PACKED,

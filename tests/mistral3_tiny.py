@@ -8,6 +8,8 @@ by ``[IMG_END]`` instead; the model scatters the image's features over its ``[IM
 
 from __future__ import annotations
 
+import json
+
 import torch
 from vl_tiny import left_padded
 
@@ -46,3 +48,64 @@ def inputs(n: int = 2, text: int = 5, seed: int = 0, sizes: list[tuple[int, int]
     ids, mask = left_padded(rows)
     return dict(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(n, 3, SIDE, SIDE, generator=g),
                 image_sizes=torch.tensor(sizes))
+
+
+IMAGE_TOKEN, BREAK_TOKEN, END_TOKEN = "[IMG]", "[IMG_BREAK]", "[IMG_END]"
+
+
+def save_tiny_mistral3(out, seed: int = 0):
+    """A tiny Mistral 3 directory at ``out``: weights, config, generation config and its ``PixtralProcessor`` (a
+    ``PixtralImageProcessor`` of 32-px longest edge: a 32 x 32 image, 2 x 2 ``[IMG]`` tokens, and the word-level
+    tokenizer with ``[IMG]``, ``[IMG_BREAK]``, ``[IMG_END]`` as special tokens)."""
+    from pathlib import Path
+
+    from llava_tiny import EXTRA_WORDS
+    from transformers import (
+        Mistral3Config,
+        Mistral3ForConditionalGeneration,
+        PixtralImageProcessor,
+        PixtralProcessor,
+        PreTrainedTokenizerFast,
+    )
+    from vl_tiny import world_words
+
+    from mtl_lora_vl.backbones import build_word_tokenizer
+    from mtl_lora_vl.backbones.tokenizers import SOT
+
+    out = Path(out)
+    build_word_tokenizer([*world_words(), *EXTRA_WORDS], out / "_tok", context_length=64)
+    spec = json.loads((out / "_tok" / "tokenizer.json").read_text())   # Mistral's tokenizer adds bos only
+    sot = spec["model"]["vocab"][SOT]
+    first = [{"SpecialToken": {"id": SOT, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]
+    spec["post_processor"] = {"type": "TemplateProcessing", "single": first,
+                              "pair": [*first, {"Sequence": {"id": "B", "type_id": 1}}],
+                              "special_tokens": {SOT: {"id": SOT, "ids": [sot], "tokens": [SOT]}}}
+    (out / "_tok" / "tokenizer.json").write_text(json.dumps(spec))
+    tok = PreTrainedTokenizerFast.from_pretrained(str(out / "_tok"))
+    tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN, BREAK_TOKEN, END_TOKEN]})
+    processor = PixtralProcessor(image_processor=PixtralImageProcessor(size={"longest_edge": SIDE}, patch_size=PATCH),
+                                 tokenizer=tok, patch_size=PATCH, spatial_merge_size=MERGE)
+    vision = dict(model_type="pixtral", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, head_dim=16, image_size=SIDE, patch_size=PATCH)
+    text = dict(model_type="mistral", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
+                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = Mistral3Config(vision_config=vision, text_config=text, spatial_merge_size=MERGE, vision_feature_layer=-1,
+                         image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN))
+    torch.manual_seed(seed)
+    model = Mistral3ForConditionalGeneration(cfg)
+    model.save_pretrained(str(out))
+    processor.save_pretrained(str(out))
+    return out
+
+
+def tiny_mistral3_backbone(tmp):
+    """A loaded tiny Mistral 3 backbone from a directory under ``tmp`` (built once)."""
+    from pathlib import Path
+
+    from mtl_lora_vl.backbones import load_backbone
+
+    folder = Path(tmp) / "tiny_mistral3"
+    if not (folder / "config.json").is_file():
+        save_tiny_mistral3(folder)
+    return load_backbone(f"hf:{folder}")

@@ -10,6 +10,7 @@ import pytest
 from conftest import tiny_hf_clip, tiny_llava, tiny_open_clip, tiny_paligemma, tiny_timm_vit
 from gemma3_tiny import tiny_gemma3
 from idefics3_tiny import tiny_idefics3
+from mistral3_tiny import tiny_mistral3
 from qwen_tiny import tiny_qwen2vl
 from torch import nn
 
@@ -111,6 +112,7 @@ def test_backbone_classes_come_from_the_table():
     assert backbone_class_for(tiny_qwen2vl(True)) is Qwen2VLBackbone
     assert backbone_class_for(tiny_idefics3(False)) is Idefics3Backbone
     assert backbone_class_for(tiny_idefics3(True)) is Idefics3Backbone
+    assert backbone_class_for(tiny_mistral3()).__name__ == "Mistral3Backbone"
     with pytest.raises(BackboneError, match="not a model family with a backbone class; supported: open_clip"):
         backbone_class_for(nn.Linear(2, 2))
 

@@ -1,22 +1,33 @@
 """Mistral 3 (tiny, from its config): the family row on the bare model -- default targets in the Pixtral tower and
 the Mistral decoder, mixed-task routes (logits, greedy and beam generate, gradients) through the tower that packs
 every image's patches into one sequence, images of different sizes, the projector when targets name it, the PEFT
-export and the merged checkpoint."""
+export and the merged checkpoint; and the backbone class (--backbone hf:DIR, square images): the collator's ids and
+the device pixels against the processor's, per-row losses, mixed-task routes, routed generate, cached candidate
+scores, the train and eval commands."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from mistral3_tiny import inputs, tiny_mistral3
+from mistral3_tiny import IMAGE_TOKEN, inputs, save_tiny_mistral3, tiny_mistral3, tiny_mistral3_backbone
+from PIL import Image
+from test_generative_tasks import _attach
 from vlm_checks import (
+    assert_lm_loss_per_row,
     assert_mixed_gradients_are_per_task_sums,
+    assert_mixed_lm_loss_per_task,
     assert_mixed_route_per_task,
     assert_peft_export_matches,
+    assert_routed_generate_per_task,
+    assert_train_and_eval_commands,
+    cached_and_full_scores,
     perturb_adapters,
 )
 
 import mtl_lora_vl as mlv
-from mtl_lora_vl.backbones import BackboneError, backbone_class_for
+from mtl_lora_vl.backbones import Mistral3Backbone
+from mtl_lora_vl.data.resize import resize_to_square
 from mtl_lora_vl.families import find_family
 
 
@@ -40,11 +51,6 @@ def test_default_targets_take_the_pixtral_layers_and_the_language_model():
     assert {n for n, t in info.towers.items() if t == "text"} == text
 
 
-def test_no_backbone_class_yet_says_so():
-    with pytest.raises(BackboneError, match=r"no backbone class for Mistral 3 yet .*mtl_lora_vl.attach"):
-        backbone_class_for(tiny_mistral3())
-
-
 @pytest.mark.parametrize("method", ["mtl_lora", "task_lora"])
 def test_a_mixed_route_equals_each_task_alone(method):
     """Logits, greedy and 3-beam generate under route [0, 1]: the Pixtral tower reads both images as one sequence of
@@ -55,6 +61,18 @@ def test_a_mixed_route_equals_each_task_alone(method):
 def test_images_of_different_sizes_take_their_rows_task():
     """Pixtral reads each image at its own size (image_sizes): a 32 x 32 image (16 patches) and a 16 x 32 one (8)."""
     assert_mixed_route_per_task(_adapted(), inputs(2, sizes=[(32, 32), (16, 32)]), [1, 0])
+
+
+def test_a_row_of_two_images_takes_its_task():
+    """Row 0 holds two images (32 x 32 and 16 x 32), row 1 one: each image's patches take its row's task."""
+    from mistral3_tiny import image_ids
+    from vl_tiny import left_padded
+
+    ids, mask = left_padded([[1, *image_ids(32, 32), *image_ids(16, 32), 20, 21], [1, *image_ids(32, 32), 22, 23, 24]])
+    torch.manual_seed(4)
+    x = dict(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(3, 3, 32, 32),
+             image_sizes=torch.tensor([(32, 32), (16, 32), (32, 32)]))
+    assert_mixed_route_per_task(_adapted(), x, [1, 0])
 
 
 def test_the_projector_when_targets_name_it():
@@ -91,3 +109,72 @@ def test_a_merged_checkpoint_loads_with_from_pretrained_and_the_same_outputs(tmp
     with torch.no_grad():
         torch.testing.assert_close(merged(**x).logits, logits, atol=1e-4, rtol=1e-4)   # (fp32 rounding of W + ΔW)
         assert torch.equal(merged.generate(**x, **kw), tokens)
+
+
+# ------------------------------------------------------------------------------------------ the backbone
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    return tmp_path_factory.mktemp("mistral3")
+
+
+@pytest.fixture
+def bb(dirs):
+    return tiny_mistral3_backbone(dirs)
+
+
+def _plain_inputs(images, ids):
+    """What the processor gives beside the ids: the pixels and each image's size."""
+    return dict(pixel_values=images, image_sizes=torch.tensor([tuple(images.shape[-2:])] * images.shape[0]))
+
+
+def test_loads_from_a_directory_with_its_processor(bb):
+    assert type(bb) is Mistral3Backbone and bb.family == "mistral3"
+    assert bb.image_token == IMAGE_TOKEN and bb.image_size == 32 and bb.num_image_tokens == 4
+    assert bb.resize.mode == "squash" and bb.resize.size == 32
+    assert set(bb.image_breaks) <= set(bb._banned_ids())   # [IMG_BREAK] / [IMG_END] never generated
+
+
+def test_the_collators_ids_and_the_device_pixels_equal_the_processors(bb):
+    """The prompt's ids ([IMG] rows ended by [IMG_BREAK], the last by [IMG_END]) and the loader's pixels equal what
+    PixtralProcessor makes of the squares."""
+    rng = np.random.default_rng(0)
+    pics = [Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)) for _ in range(2)]
+    squares = [resize_to_square(p, bb.resize) for p in pics]
+    uint8 = torch.stack([torch.from_numpy(np.asarray(s).copy()).permute(2, 0, 1) for s in squares])
+    theirs = bb.processor(text=[f"{IMAGE_TOKEN} caption:"] * 2, images=squares, return_tensors="pt")
+    mine = bb.lm_collator()([f"{bb.image_token} caption:"] * 2)
+    assert mine["input_ids"].tolist() == theirs["input_ids"].tolist()
+    assert theirs["image_sizes"].tolist() == [[32, 32]] * 2
+    torch.testing.assert_close(bb.preprocess_uint8(uint8), theirs["pixel_values"], atol=1e-5, rtol=1e-5)
+
+
+def test_lm_loss_per_row_equals_each_row_alone_and_the_plain_model(bb):
+    assert_lm_loss_per_row(bb, _plain_inputs)
+
+
+def test_mixed_task_lm_loss_equals_each_task_alone(bb):
+    _attach(bb, ("a", "b"), std=0.3)
+    assert_mixed_lm_loss_per_task(bb)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_routed_generate_equals_each_task_alone(bb, beams):
+    _attach(bb, ("a", "b"), std=0.3)
+    assert_routed_generate_per_task(bb, beams, _plain_inputs)
+
+
+def test_cached_sequence_scores_equal_the_full_computation(bb):
+    _attach(bb, ("a", "b"), std=0.3)
+    cached_and_full_scores(bb)
+
+
+def test_images_of_another_size_are_refused_by_name(bb):
+    with pytest.raises(ValueError, match="takes whole 32x32 images"):
+        bb.generate(torch.zeros(1, 3, 32, 32), max_len=2, image_sizes=[(16, 32)])
+
+
+def test_train_and_eval_commands(dirs, tmp_path, capsys):
+    folder = dirs / "tiny_mistral3"
+    if not (folder / "config.json").is_file():
+        save_tiny_mistral3(folder)
+    assert_train_and_eval_commands(folder, tmp_path, capsys)

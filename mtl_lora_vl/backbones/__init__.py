@@ -9,7 +9,7 @@ processor and its image-token count check in ``hf_processor``), ``paligemma`` (i
 3: its image wrap and attention), ``qwen2_vl`` (Qwen2-VL and Qwen2.5-VL: their image patches and M-RoPE positions),
 ``idefics3`` (Idefics3 and SmolVLM: each image split into crops and its global image, as their processor),
 ``llava_next`` (LLaVA-NeXT and LLaVA-OneVision: each image's views at its own aspect, as their processor),
-``image_reading`` (the switch both share),
+``image_reading`` (the switch both share), ``mistral3`` (Mistral 3: its ``[IMG_BREAK]`` / ``[IMG_END]`` image rows),
 ``hf`` (Hugging Face directories), ``beam`` (beam search) and ``loading`` (:func:`load_backbone`).
 """
 
@@ -21,6 +21,7 @@ from .hf_vlm import HFVLMBackbone
 from .idefics3 import Idefics3Backbone
 from .llava_next import LlavaNextBackbone, LlavaOnevisionBackbone
 from .loading import load_backbone
+from .mistral3 import Mistral3Backbone
 from .open_clip import CoCaBackbone, OpenClipBackbone, build_open_clip
 from .paligemma import PaliGemmaBackbone
 from .qwen2_vl import Qwen2VLBackbone
@@ -40,6 +41,7 @@ __all__ = [
     "Idefics3Backbone",
     "LlavaNextBackbone",
     "LlavaOnevisionBackbone",
+    "Mistral3Backbone",
     "OpenClipBackbone",
     "PaliGemmaBackbone",
     "Qwen2VLBackbone",

@@ -22,6 +22,7 @@ the model to stop there); a prompt that does not fit alone is an error naming th
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,7 +67,9 @@ class PromptLayout:
     ``several_image_tokens``: the tokens each image of a row of several fills where the model reads those otherwise
     than an image alone (LLaVA-OneVision: its base view, no tiles); 0: as alone. ``anyres``: a native-aspect anyres
     model's geometry (:mod:`mtl_lora_vl.data.anyres`), or Idefics3's splitting (:mod:`mtl_lora_vl.data.splits`,
-    which also writes the ids around each crop): an image's count depends on its original size.
+    which also writes the ids around each crop): an image's count depends on its original size. ``image_breaks``:
+    ``(break id, end id)`` where the model writes an image as rows of image tokens, each row ended by the break id,
+    the last by the end id instead (Pixtral's ``[IMG_BREAK]`` / ``[IMG_END]``; a square image: √n rows).
     """
 
     image_token: str
@@ -84,6 +87,7 @@ class PromptLayout:
     several_images: bool = False
     several_image_tokens: int = 0
     anyres: AnyresGeometry | SplitGeometry | None = None
+    image_breaks: tuple[int, ...] = ()
 
     def image_tokens(self, size: Sequence[int] | None = None) -> int:
         """How many image tokens an image of ``size`` ``(h, w)`` fills (``num_image_tokens`` without a size, or
@@ -105,7 +109,12 @@ class PromptLayout:
         own = self.anyres.image_ids(size) if self.anyres is not None and size is not None else None
         if own is not None:
             return own
-        return [*self.image_open, *[self.image_token_id] * self.image_tokens(size), *self.image_close]
+        n = self.image_tokens(size)
+        if self.image_breaks:
+            rows = int(size[0]) // self.token_side if self.token_side and size is not None else math.isqrt(n)
+            grid = ([self.image_token_id] * (n // rows) + [self.image_breaks[0]]) * rows
+            return [*self.image_open, *grid[:-1], self.image_breaks[1], *self.image_close]
+        return [*self.image_open, *[self.image_token_id] * n, *self.image_close]
 
     @property
     def image_ids(self) -> list[int]:
