@@ -88,7 +88,7 @@ def test_a_non_finite_score_gives_nan_spread_not_a_crash(bad):
 def test_every_score_table_of_the_report_names_its_split():
     """The paired-difference, interference and ablation tables showed test scores under headings that named no
     split (only the methods table did), beside a tuning table on the validation split."""
-    r = json.loads((Path(__file__).parent.parent / "docs" / "bench_methods" / "results.json").read_text())
+    r = json.loads((Path(__file__).parent / "fixtures" / "bench" / "clip_methods_results.json").read_text())
     r["interference_same_lr"] = {"mtl_lora-r8": {t: 0.0 for t in [*r["tasks"], "average"]}}
     heads = [line for line in render(r).splitlines() if line.startswith("## ") or line.startswith("The same at")]
     for start in ("## Methods", "## Paired difference", "## Interference", "The same at one", "## MTL-LoRA ablations"):
@@ -101,7 +101,7 @@ def test_findings_name_the_ablations_against_the_reference_and_untested_one_seed
     """The findings sorted only the methods' differences: an ablation significantly above the default MTL-LoRA (its
     defaults losing) was left to the table; and with one seed every difference, which has no interval, was called
     'not distinguishable' as if tested."""
-    r = json.loads((Path(__file__).parent.parent / "docs" / "bench_methods" / "results.json").read_text())
+    r = json.loads((Path(__file__).parent / "fixtures" / "bench" / "clip_methods_results.json").read_text())
     r["paired_vs_reference"]["ablation-rank=16"]["average"].update(mean=0.05, low=0.01, high=0.09)
     r["paired_vs_reference"]["lora-r8"]["average"].update(low=None, high=None, n=1)
     lines = [x for x in render(r).split("## Methods")[0].splitlines() if x.startswith("- ")]
@@ -117,7 +117,7 @@ def test_the_best_line_names_ties_as_printed_and_a_single_task_reference_above_i
     """'Best average test score: lora r=8, 0.514' where mtl_lora r=8 also printed 0.514 (docs/bench_quick), and on the
     built-in LLaVA the joint best without the each-task-alone reference that scored above it."""
     docs = Path(__file__).parent.parent / "docs"
-    quick = render(json.loads((docs / "bench_quick" / "results.json").read_text()))
+    quick = render(json.loads((Path(__file__).parent / "fixtures" / "bench" / "clip_quick_results.json").read_text()))
     assert ("**lora r=8**, 0.514 ± 0.012 (131,072 adapter parameters); the same to three decimals: mtl_lora r=8 "
             "0.514 ± 0.001.") in quick
     llava = render(json.loads((docs / "bench_llava_methods" / "results.json").read_text()))

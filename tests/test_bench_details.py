@@ -65,7 +65,7 @@ def test_lr_table_bolds_the_picked_rate_of_any_precision():
     picked one is found by float(key) == lr: a rate with more digits is never bold."""
     from mtl_lora_vl.benchmark.report import render
 
-    r = json.loads((REPO / "docs" / "bench_quick" / "results.json").read_text())
+    r = json.loads((REPO / "tests" / "fixtures" / "bench" / "clip_quick_results.json").read_text())
     r = copy.deepcopy(r)
     lr = 0.0123456789
     r["settings"]["lr_grid"] = [0.003, lr]
@@ -81,7 +81,7 @@ def test_report_says_one_seed_and_never_minus_zero():
     """A one-seed grid's report said '1 seeds', and a paired difference of -0.0001 printed as -0.000."""
     from mtl_lora_vl.benchmark.report import render
 
-    r = copy.deepcopy(json.loads((REPO / "docs" / "bench_quick" / "results.json").read_text()))
+    r = copy.deepcopy(json.loads((REPO / "tests" / "fixtures" / "bench" / "clip_quick_results.json").read_text()))
     r["settings"]["seeds"] = 1
     cid = next(c for c, d in r["paired_vs_reference"].items() if d)
     for d in r["paired_vs_reference"][cid].values():

@@ -629,7 +629,7 @@ def test_a_grid_recorded_before_per_task_validation_sizes_renders_its_protocol_l
 
     from mtl_lora_vl.benchmark.report import render
 
-    results = json.loads((Path(__file__).parents[1] / "docs" / "bench_methods" / "results.json").read_text())
+    results = json.loads((Path(__file__).parent / "fixtures" / "bench" / "clip_methods_results.json").read_text())
     text = render(results)
     assert ("validation: 150 scenes per built-in task, subsets of the built-in world's splits (the same for every "
             "run)") in text and "splits) (" not in text

@@ -124,7 +124,7 @@ def test_report_says_what_ranks_are_matched_to_without_mtl_lora(tmp_path):
 
 def test_report_names_a_grid_resumed_on_another_thread_count():
     """A grid resumed with another --threads mixed runs of both counts and the report named only the last."""
-    r = json.loads((Path(__file__).parent.parent / "docs" / "bench_quick" / "results.json").read_text())
+    r = json.loads((Path(__file__).parent / "fixtures" / "bench" / "clip_quick_results.json").read_text())
     for i, run in enumerate(r["runs"]):
         run["threads"] = 1 if i < 5 else 2
     assert "**runs trained with 5 run(s) on 1 thread(s), 18 run(s) on 2 thread(s)**" in render(r)
