@@ -4,7 +4,9 @@
 (gloo): every rank scores its shards inside ``sharded_evaluation``; rank 0 writes ``OUT.json``. The
 model is the built-in backbone with vqa, retrieval and caption_cls adapters whose trainable tensors
 are moved off their initial values (so adapted differs from zero-shot), plus captioning on a tiny
-CoCa (the built-in backbone has no decoder). Splits have odd sizes, so the shards differ in length.
+CoCa (the built-in backbone has no decoder). Splits have odd sizes, so the shards differ in length. The per-row
+predictions (``eval --predictions``) of the test passes and of captioning are compared too: the same rows, in the
+same order, with the same content.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ def scores(tmp: Path) -> dict:
             if p.requires_grad:
                 p.add_(0.05 * torch.randn(p.shape, generator=g))
     kw = {"data_root": None, "device": torch.device("cpu"), "dtype": torch.float32, "batch_size": 4}
-    out = {"test": evaluate_setup(setup, split="test", **kw)["tasks"],
-           "val_adapted": evaluate_adapted(setup, split="val", **kw)}
+    predictions: dict = {}   # the per-row records (eval --predictions) every rank gets from the gathered shards
+    out = {"test": evaluate_setup(setup, split="test", predictions=predictions, **kw)["tasks"],
+           "val_adapted": evaluate_adapted(setup, split="val", **kw), "predictions": predictions}
 
     torch.manual_seed(0)
     coca = tiny_backbone(tmp / "coca", coca=True)
@@ -49,7 +52,9 @@ def scores(tmp: Path) -> dict:
     val = world.build_split("captioning", "val", n=5, seed=0)
     kind = build_kind(spec, world.build_split("captioning", "train", n=3, seed=0), coca)
     head = kind.build_head(coca)
-    out["captioning"] = {"zero_shot": kind.evaluate(coca, None, val, batch_size=2, device="cpu"),
+    records: list = []
+    out["captioning"] = {"zero_shot": kind.evaluate(coca, None, val, batch_size=2, device="cpu", records=records),
+                         "records": records,
                          "head": kind.evaluate(coca, head, val, batch_size=2, device="cpu"),
                          "captions": map_shards(lambda part: kind.generate(coca, head, part, batch_size=2,
                                                                            device="cpu"), val.examples)}
