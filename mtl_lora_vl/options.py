@@ -147,6 +147,8 @@ class TrainOptions:
     eval_val: bool = _opt(False, "also score the adapted model on the validation split at the end (eval.json 'val')")
     skip_zero_shot: bool = _opt(False, "skip the zero-shot score of the base model at the end (benchmarks compute it "
                                        "once)")
+    predictions: bool = _opt(False, "also write each task's per-row predictions (input, reference, the adapted and "
+                             "zero-shot answers) to OUT/predictions/<task>.jsonl, for error analysis")
     out: str | None = _opt(None, "run directory (default runs/<tasks>-<method>-<time>)")
     resume: str | None = _opt(None, "continue the killed or stopped run in this directory")
     extend: str | None = _opt(None, "add --tasks to the trained adapter of this run directory (or adapter directory), "

@@ -67,6 +67,7 @@ def test_adapter_predictions_adapted_and_zero_shot(tmp_path):
     assert train_main(["--tasks", vqa, "--steps", "2", "--batch-size", "8", "--warmup", "0", "--workers", "0",
                        "--lr", "0.05", "--no-eval-val", "--eval-batch-size", "16", "--out", str(run), "-q"]) == 0
     adapter = str(run / "adapter")
+    assert not (run / "predictions").exists()   # train writes them only with --predictions
     assert eval_main(["--adapter", adapter, "--batch-size", "16", "--out", str(ev), "--predictions", "-q"]) == 0
     result = json.loads((ev / "eval.json").read_text())
     rows = _rows(ev, "vqa")
@@ -183,6 +184,20 @@ def test_retrieval_predictions(tmp_path):
         assert _mean([r[p]["hit"] for r in rows]) == pytest.approx(metrics["i2t_r5"], abs=1e-12)
         assert _mean([r[p]["rank"] == 0 for r in rows]) == pytest.approx(metrics["i2t_r1"], abs=1e-12)
     assert any(r["adapted"]["top5"] != r["zero_shot"]["top5"] for r in rows)
+
+
+def test_train_predictions_from_the_final_evaluation(tmp_path):
+    """``train --predictions``: the finished run's RUN/predictions/<task>.jsonl, adapted and zero-shot, from the final
+    evaluation it runs; the rows average to the run's eval.json scores."""
+    vqa, cls = _small_spec(tmp_path, "vqa", 24, 12), _small_spec(tmp_path, "caption_cls", 24, 10)
+    run = tmp_path / "run"
+    assert train_main(["--tasks", f"{vqa},{cls}", "--steps", "2", "--batch-size", "8", "--warmup", "0", "--workers",
+                       "0", "--lr", "0.05", "--no-eval-val", "--eval-batch-size", "16", "--out", str(run),
+                       "--predictions", "-q"]) == 0
+    tasks = json.loads((run / "eval.json").read_text())["tasks"]
+    assert sorted(p.name for p in (run / "predictions").iterdir()) == ["caption_cls.jsonl", "vqa.jsonl"]
+    _check_vqa(_rows(run, "vqa"), vqa, ("adapted", "zero_shot"), tasks["vqa"])
+    _check_classification(_rows(run, "caption_cls"), cls, ("adapted", "zero_shot"), tasks["caption_cls"])
 
 
 def test_rows_of_unusable_images_are_left_out(tmp_path):

@@ -31,6 +31,7 @@ from ..distributed import (
     sharded_evaluation,
 )
 from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, read_eval_splits, write_outputs
+from ..evaluation.predictions import write_predictions
 from ..io import save_adapter
 from ..io.layout import RUN_ADAPTER_DIR
 from ..log import main_rank_logging
@@ -399,7 +400,7 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
 # Finish -----------------------------------------------------------------------------------------
 def finish(run: Run) -> None:
     """Rank 0 writes the adapter files; every rank scores its shard of zero-shot vs adapted on
-    ``--eval-split``; rank 0 writes eval.json, report.md and plots."""
+    ``--eval-split``; rank 0 writes eval.json, report.md and plots (and predictions/ with ``--predictions``)."""
     opts, setup = run.opts, run.setup
     model = setup.model
     if run.info.is_main:
@@ -411,10 +412,11 @@ def finish(run: Run) -> None:
                            **({"image_max_pixels": opts.image_max_pixels} if opts.image_max_pixels else {})},
                      kinds=setup.kinds, overwrite=True,
                      data_roots=setup.recorded_roots(opts.data_root))
+    rows: dict[str, list] | None = {} if opts.predictions else None
     with sharded_evaluation(run.info), main_rank_logging(run.info.is_main):   # every rank warns alike: rank 0 says it
         result = evaluate_setup(setup, split=opts.eval_split, data_root=opts.data_root, device=run.info.device,
                                 dtype=run.amp_dtype, batch_size=opts.eval_batch_size, workers=run.workers,
-                                zero_shot=not opts.skip_zero_shot)
+                                zero_shot=not opts.skip_zero_shot, predictions=rows)
         if opts.eval_val:
             result["val"] = evaluate_adapted(setup, split="val", data_root=opts.data_root, device=run.info.device,
                                              dtype=run.amp_dtype, batch_size=opts.eval_batch_size,
@@ -427,5 +429,8 @@ def finish(run: Run) -> None:
     if opts.extend:
         result["extended_from"] = {"run": str(Path(opts.extend).resolve()), "tasks": setup.extended_from,
                                    "trained_adapter_values": setup.new_adapter_values}
+    if rows is not None:   # (before eval.json, which marks a finished run)
+        write_predictions(run.dir, rows)
     print(write_outputs(run.dir, result, model.model))  # the finished run's table: the result, on stdout
-    logger.info("wrote the adapter to %s, and eval.json, report.md and plots/ to %s", run.dir / "adapter", run.dir)
+    logger.info("wrote the adapter to %s, and eval.json, report.md%s and plots/ to %s", run.dir / "adapter",
+                ", predictions/" if rows is not None else "", run.dir)
