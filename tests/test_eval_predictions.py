@@ -227,3 +227,34 @@ def test_rows_of_unusable_images_are_left_out(tmp_path):
     assert [r["image"] for r in records] == [rows[i].image for i in left]
     assert _mean([r["prediction"]["vqa_accuracy"] for r in records]) == pytest.approx(scores["vqa_accuracy"])
     assert kind.evaluate(backbone, None, split, batch_size=4, device="cpu") == scores
+
+
+def test_written_rows_non_ascii_nan_and_no_rows(tmp_path):
+    """The file's edge cases: text is written as eval.json writes it (ASCII, ``\\u`` escapes: the same bytes in any
+    locale) and reads back as given; a non-finite score is null (JSON has no NaN); a task with no rows gets an
+    empty file; a pass that left a row out has no entry in it."""
+    import dataclasses
+
+    from mtl_lora_vl.backbones import load_backbone
+    from mtl_lora_vl.data import world
+    from mtl_lora_vl.evaluation.predictions import merge_passes, write_predictions
+    from mtl_lora_vl.tasks import build_kind
+
+    backbone = load_backbone("builtin", device="cpu")
+    kind = build_kind(load_spec("vqa"), world.build_split("vqa", "train", n=8, seed=0), backbone)
+    split = world.build_split("vqa", "test", n=2, seed=1)
+    first = dataclasses.replace(split.examples[0], text="qué color?", answers=("café crème",) * 10)
+    split = dataclasses.replace(split, examples=[first, *split.examples[1:]])
+    records: list[dict] = []
+    kind.evaluate(backbone, None, split, batch_size=4, device="cpu", records=records)
+    rows = merge_passes({"zero_shot": records, "adapted": records[1:]})
+    rows[1]["zero_shot"]["vqa_accuracy"] = float("nan")
+    rows[1]["adapted"]["top5"] = [["a", float("inf")], ["b", 1.5]]
+    write_predictions(tmp_path, {"vqa": rows, "empty": []})
+    raw = (tmp_path / "predictions" / "vqa.jsonl").read_bytes()
+    assert raw.isascii() and b"caf\\u00e9 cr\\u00e8me" in raw
+    back = _rows(tmp_path, "vqa")
+    assert back[0]["question"] == "qué color?" and back[0]["reference"]["answers"] == ["café crème"] * 10
+    assert "adapted" not in back[0] and back[1]["zero_shot"]["vqa_accuracy"] is None
+    assert back[1]["adapted"]["top5"] == [["a", None], ["b", 1.5]]
+    assert (tmp_path / "predictions" / "empty.jsonl").read_text() == ""
