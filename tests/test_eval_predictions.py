@@ -258,3 +258,24 @@ def test_written_rows_non_ascii_nan_and_no_rows(tmp_path):
     assert "adapted" not in back[0] and back[1]["zero_shot"]["vqa_accuracy"] is None
     assert back[1]["adapted"]["top5"] == [["a", None], ["b", 1.5]]
     assert (tmp_path / "predictions" / "empty.jsonl").read_text() == ""
+
+
+def test_predictions_are_written_line_by_line(tmp_path):
+    """Writing a large split's rows holds one line at a time, not the file's whole text beside the rows (which
+    took twice the file's size: every line, then the joined text)."""
+    import tracemalloc
+
+    from mtl_lora_vl.evaluation.predictions import write_predictions
+
+    rows = [{"index": i, "image": f"images/{i:06d}.jpg", "question": "what colour is the cube?",
+             "reference": {"answers": ["red"] * 10}, "adapted": {"answer": "red", "vqa_accuracy": 1.0}}
+            for i in range(20000)]
+    tracemalloc.start()
+    try:
+        write_predictions(tmp_path, {"vqa": rows})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    size = (tmp_path / "predictions" / "vqa.jsonl").stat().st_size
+    assert size > 3_000_000 and peak < size / 10, (size, peak)
+    assert len(_rows(tmp_path, "vqa")) == 20000

@@ -44,13 +44,14 @@ def _plain(value: Any) -> Any:
 
 def write_predictions(run_dir: str | Path, predictions: dict[str, list[dict[str, Any]]]) -> list[Path]:
     """``run_dir/predictions/<task>.jsonl`` for each task of ``predictions`` (task -> rows of :func:`merge_passes`),
-    each written whole or not at all; returns the files."""
+    each written whole or not at all, one line at a time; returns the files."""
     folder = Path(run_dir) / "predictions"
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for task, rows in predictions.items():
         path = folder / f"{task}.jsonl"
-        with atomic_file(path, overwrite=True, what=f"the predictions of task {task!r}") as tmp:
-            tmp.write_text("".join(json.dumps(_plain(row), allow_nan=False) + "\n" for row in rows))
+        with atomic_file(path, overwrite=True, what=f"the predictions of task {task!r}") as tmp, tmp.open("w") as f:
+            for row in rows:   # line by line: the whole file's text is not held beside the rows (a large split)
+                f.write(json.dumps(_plain(row), allow_nan=False) + "\n")
         files.append(path)
     return files
