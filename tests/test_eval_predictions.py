@@ -279,3 +279,27 @@ def test_predictions_are_written_line_by_line(tmp_path):
     size = (tmp_path / "predictions" / "vqa.jsonl").stat().st_size
     assert size > 3_000_000 and peak < size / 10, (size, peak)
     assert len(_rows(tmp_path, "vqa")) == 20000
+
+
+def test_a_kind_that_records_nothing_is_refused_before_training(tmp_path, monkeypatch, capsys, caplog):
+    """A kind registered elsewhere, written before --predictions (its ``_evaluate`` takes no ``records``): train
+    --predictions stops at start-up, naming the task and kind, not with a TypeError after training; so does eval."""
+    from mtl_lora_vl.tasks.vqa import VQAKind
+
+    inner = VQAKind._evaluate
+
+    def written_before_predictions(self, backbone, head, split, *, batch_size, device, dtype, num_workers):
+        return inner(self, backbone, head, split, batch_size=batch_size, device=device, dtype=dtype,
+                     num_workers=num_workers)
+
+    monkeypatch.setattr(VQAKind, "_evaluate", written_before_predictions)
+    vqa = _small_spec(tmp_path, "vqa", 24, 12)
+    run = tmp_path / "run"
+    assert train_main(["--tasks", vqa, "--steps", "2", "--batch-size", "8", "--warmup", "0", "--workers", "0",
+                       "--no-eval-val", "--out", str(run), "--predictions", "-q"]) == 2
+    said = capsys.readouterr().err + caplog.text
+    assert "--predictions: the kind of task(s) 'vqa' (VQAKind) records no per-row predictions" in said
+    assert not (run / "adapter").exists() and not (run / "checkpoint.pt").exists()   # refused before training
+    assert eval_main(["--tasks", vqa, "--out", str(tmp_path / "ev"), "--predictions", "-q"]) == 2
+    assert "'vqa' (VQAKind) records no per-row predictions" in capsys.readouterr().err + caplog.text
+    assert not (tmp_path / "ev" / "eval.json").exists()

@@ -36,7 +36,7 @@ from ..rundir import RunDirError
 from ..tasks import resolve_tasks
 from ..tasks.registry import get_kind
 from ..tasks.spec import TaskSpec, load_spec
-from .predictions import merge_passes, write_predictions
+from .predictions import check_recordable, merge_passes, write_predictions
 from .report import details_table, markdown_table, scored_line, selected_line, title, write_plots
 
 logger = logging.getLogger(__name__)
@@ -360,6 +360,8 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
         setup = Setup(lp.backbone, specs, kinds, model, lp.config,
                       data_roots=_saved_task_roots(lp, specs, data_root))
         read_eval_splits(setup, [split], data_root)   # the kinds' checks of the data they will score
+        if predictions:
+            check_recordable(setup.kinds)
         loaded = base_weights_dtype(lp.backbone.model)
         dtype = resolve_precision(precision, dev, base_dtype, loaded)
         check_base_precision(precision, dtype, loaded, lp.backbone.casts_inputs)
@@ -452,6 +454,8 @@ def _evaluate_base(specs: list[TaskSpec], backbone: str, pretrained: str | None,
         kinds = task_kinds(specs, bb, data_root)[1]   # as train builds them, on their training splits
         setup = Setup(bb, specs, kinds, None, None)   # no adapters or heads: the zero-shot rule needs none
         read_eval_splits(setup, [split], data_root)   # the kinds' checks of the data they will score
+        if predictions:
+            check_recordable(setup.kinds)
         loaded = base_weights_dtype(bb.model)
         dtype = resolve_precision(precision, dev, base_dtype, loaded)
         check_base_precision(precision, dtype, loaded, bb.casts_inputs)

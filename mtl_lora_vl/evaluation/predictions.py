@@ -10,14 +10,30 @@ scored too, ``zero_shot``. The kinds record them from the predictions their metr
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..io.atomic import atomic_file
 
-__all__ = ["merge_passes", "write_predictions"]
+__all__ = ["check_recordable", "merge_passes", "write_predictions"]
+
+
+def check_recordable(kinds: Mapping[str, Any]) -> None:
+    """Refuse ``--predictions`` at start-up, not after training and scoring, when a task's kind records no rows: a
+    kind registered elsewhere, written before ``--predictions``, whose ``_evaluate`` takes no ``records``."""
+    lacking = {}
+    for name, kind in kinds.items():
+        params = inspect.signature(kind._evaluate).parameters.values()
+        if not any(p.name == "records" or p.kind is p.VAR_KEYWORD for p in params):
+            lacking[name] = type(kind).__name__
+    if lacking:
+        raise ValueError(f"--predictions: the kind of task(s) {', '.join(f'{t!r} ({k})' for t, k in lacking.items())} "
+                         "records no per-row predictions (its _evaluate takes no records=); leave out --predictions, "
+                         "or give the kind's _evaluate the records parameter of TaskKind._evaluate")
 
 
 def merge_passes(passes: dict[str, list[dict[str, Any]] | None]) -> list[dict[str, Any]]:

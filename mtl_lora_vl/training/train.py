@@ -31,7 +31,7 @@ from ..distributed import (
     sharded_evaluation,
 )
 from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, read_eval_splits, write_outputs
-from ..evaluation.predictions import write_predictions
+from ..evaluation.predictions import check_recordable, write_predictions
 from ..io import save_adapter
 from ..io.layout import RUN_ADAPTER_DIR
 from ..log import main_rank_logging
@@ -224,6 +224,8 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
         opts = extended_options(opts, setup, given)
     opts = opts.with_path_defaults(any(kind.generative for kind in setup.kinds.values()))
     read_eval_splits(setup, [opts.eval_split, *(["val"] if opts.eval_every or opts.eval_val else [])], opts.data_root)
+    if opts.predictions:
+        check_recordable(setup.kinds)
     if opts.keep_best:
         check_selection_splits(setup.specs, opts.eval_split, info.is_main)
     seed_rank(opts.seed, info.rank)  # every rank builds the same model, then draws its own dropout masks
