@@ -225,7 +225,7 @@ def test_ddp_resume_repeats_the_run_and_its_sharded_scores_match_one_process(tmp
             "--log-every", "2", "--save-every", "3", "--eval-every", "4", "--eval-batch-size", "32",
             "--warmup", "2", "--device", "cpu"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    proc = torchrun(str(TESTS / "rng_kind.py"), *args, "--out", str(straight))
+    proc = torchrun(str(TESTS / "rng_kind.py"), *args, "--out", str(straight), "--predictions")
     procs.append(proc)
     at = _copy_at_checkpoint(straight, killed, proc)
     out, err = finish(proc)
@@ -255,7 +255,7 @@ def test_ddp_resume_repeats_the_run_and_its_sharded_scores_match_one_process(tmp
     ddp = json.loads((straight / "eval.json").read_text())["tasks"]
     with rng_kind.registered():
         assert eval_main(["--adapter", str(straight / "adapter"), "--batch-size", "32", "--out",
-                          str(tmp_path / "one")]) == 0
+                          str(tmp_path / "one"), "--predictions"]) == 0
     one = json.loads((tmp_path / "one" / "eval.json").read_text())["tasks"]
     assert set(ddp) == {"vqa", "sampled"}
     for task in ddp:
@@ -264,12 +264,20 @@ def test_ddp_resume_repeats_the_run_and_its_sharded_scores_match_one_process(tmp
 
     # evaluate_vl under torchrun: each rank scores its shard, rank 0 alone prints and writes; same scores.
     out, err = finish(torchrun(str(TESTS / "rng_kind.py"), "eval", "--adapter", str(straight / "adapter"),
-                               "--batch-size", "32", "--device", "cpu", "--out", str(tmp_path / "two")))
+                               "--batch-size", "32", "--device", "cpu", "--out", str(tmp_path / "two"),
+                               "--predictions"))
     assert out.count("| vqa | vqa_accuracy |") == 1
     two = json.loads((tmp_path / "two" / "eval.json").read_text())["tasks"]
     for task in one:
         assert (two[task]["zero_shot"], two[task]["adapted"], two[task]["details"]) == \
             (one[task]["zero_shot"], one[task]["adapted"], one[task]["details"])
+    # train --predictions and eval --predictions under torchrun: rank 0 writes one process's rows
+    for task in ("vqa", "sampled"):
+        rows = [(d / "predictions" / f"{task}.jsonl").read_text().splitlines() for d in (straight, tmp_path / "two")]
+        mine = [json.loads(line) for line in (tmp_path / "one" / "predictions" / f"{task}.jsonl").open()]
+        assert len(mine) == one[task]["n"] and all({"adapted", "zero_shot"} <= set(r) for r in mine), task
+        for lines in rows:
+            assert [json.loads(line) for line in lines] == _floats_near(mine), task
 
 
 def test_ddp_trains_a_task_that_never_runs_the_text_tower(tmp_path, procs):
