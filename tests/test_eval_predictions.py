@@ -303,3 +303,28 @@ def test_a_kind_that_records_nothing_is_refused_before_training(tmp_path, monkey
     assert eval_main(["--tasks", vqa, "--out", str(tmp_path / "ev"), "--predictions", "-q"]) == 2
     assert "'vqa' (VQAKind) records no per-row predictions" in capsys.readouterr().err + caplog.text
     assert not (tmp_path / "ev" / "eval.json").exists()
+
+
+def test_only_rank_0_records_the_rows(tmp_path, monkeypatch):
+    """Under torchrun rank 0 alone writes the rows, so the other ranks keep none (they held every task's rows, ~2.5
+    KB a row for two passes, to throw them away); they still score."""
+    from mtl_lora_vl.distributed import DistInfo
+    from mtl_lora_vl.evaluation import evaluate as ev
+    from mtl_lora_vl.tasks import resolve_tasks
+
+    asked = []
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs["predictions"])
+        return real(*args, **kwargs)
+
+    real = ev.evaluate_setup
+    monkeypatch.setattr(ev, "evaluate_setup", spy)
+    specs = resolve_tasks(_small_spec(tmp_path, "vqa", 16, 6))
+    for rank in (1, 0):
+        out = tmp_path / f"rank{rank}"
+        ev._evaluate_base(specs, "builtin", None, None, "test", DistInfo(rank=rank), "auto", 16, 0, out, "auto",
+                          predictions=True)
+        assert (out / "predictions" / "vqa.jsonl").is_file() == (rank == 0)
+    n = json.loads((tmp_path / "rank0" / "eval.json").read_text())["tasks"]["vqa"]["n"]
+    assert asked[0] is None and len(asked[1]["vqa"]) == n > 0

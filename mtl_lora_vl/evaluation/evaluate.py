@@ -366,7 +366,7 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
         dtype = resolve_precision(precision, dev, base_dtype, loaded)
         check_base_precision(precision, dtype, loaded, lp.backbone.casts_inputs)
     with sharded_evaluation(info), main_rank_logging(info.is_main):   # every rank warns alike: rank 0 says it
-        rows: dict[str, list] | None = {} if predictions else None
+        rows: dict[str, list] | None = {} if predictions and info.is_main else None   # (rank 0 writes them)
         result = evaluate_setup(setup, split=split, data_root=data_root, device=dev, dtype=dtype,
                                 batch_size=batch_size, workers=workers, predictions=rows)
     result["adapter"] = str(Path(adapter).absolute())
@@ -460,7 +460,7 @@ def _evaluate_base(specs: list[TaskSpec], backbone: str, pretrained: str | None,
         dtype = resolve_precision(precision, dev, base_dtype, loaded)
         check_base_precision(precision, dtype, loaded, bb.casts_inputs)
     with sharded_evaluation(info), main_rank_logging(info.is_main):
-        rows: dict[str, list] | None = {} if predictions else None
+        rows: dict[str, list] | None = {} if predictions and info.is_main else None   # (rank 0 writes them)
         result = evaluate_setup(setup, split=split, data_root=data_root, device=dev, dtype=dtype,
                                 batch_size=batch_size, workers=workers, adapted=False, predictions=rows)
     result["backbone"] = {**_scored_base(backbone, pretrained, base_dtype, loaded),

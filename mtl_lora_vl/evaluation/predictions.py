@@ -5,7 +5,7 @@ path, a list for several images, null for an image held in memory), the kind's i
 ``statement``), ``reference``, and the prediction of each model scored: ``adapted`` and, when the base model is
 scored too, ``zero_shot``. The kinds record them from the predictions their metrics are computed from
 (``TaskKind.evaluate(records=...)``); under sharded evaluation those are gathered to every rank with the metrics
-(:func:`~mtl_lora_vl.distributed.map_shards`), and rank 0 writes the files.
+(:func:`~mtl_lora_vl.distributed.map_shards`), and rank 0 alone records the rows and writes the files.
 """
 
 from __future__ import annotations

@@ -414,7 +414,7 @@ def finish(run: Run) -> None:
                            **({"image_max_pixels": opts.image_max_pixels} if opts.image_max_pixels else {})},
                      kinds=setup.kinds, overwrite=True,
                      data_roots=setup.recorded_roots(opts.data_root))
-    rows: dict[str, list] | None = {} if opts.predictions else None
+    rows: dict[str, list] | None = {} if opts.predictions and run.info.is_main else None   # (rank 0 writes them)
     with sharded_evaluation(run.info), main_rank_logging(run.info.is_main):   # every rank warns alike: rank 0 says it
         result = evaluate_setup(setup, split=opts.eval_split, data_root=opts.data_root, device=run.info.device,
                                 dtype=run.amp_dtype, batch_size=opts.eval_batch_size, workers=run.workers,
