@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
+from test_eval_zero_shot import _small_spec  # (the same small built-in specs)
 
 from mtl_lora_vl.backbones import builtin_dir
 from mtl_lora_vl.backbones.builtin import builtin_llava_dir
 from mtl_lora_vl.cli import eval_main, train_main
 from mtl_lora_vl.metrics import caption_scores, normalize_answer, vqa_accuracy
-from mtl_lora_vl.tasks.spec import builtin_spec_dirs, load_spec
+from mtl_lora_vl.tasks.spec import load_spec
 
 pytestmark = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file()
                                 or not (builtin_llava_dir() / "config.json").is_file(),
                                 reason="built-in backbones not built (scripts/pretrain_backbone.py, pretrain_llava.py)")
-
-
-def _small_spec(tmp: Path, name: str, n_train: int, n_eval: int, limit: int = 4) -> str:
-    """A copy of a built-in spec with small splits (and a small ``[generative] eval_limit``)."""
-    src = next(d / f"{name}.toml" for d in builtin_spec_dirs() if (d / f"{name}.toml").is_file())
-    text = src.read_text()
-    for split, n in (("train", n_train), ("val", n_eval), ("test", n_eval)):
-        text = re.sub(rf"^\[data\.{split}\]$", f"[data.{split}]\nn = {n}", text, flags=re.M)
-    text = re.sub(r"^eval_limit = \d+", f"eval_limit = {limit}", text, flags=re.M)
-    path = tmp / f"{name}.toml"
-    path.write_text(text)
-    return str(path)
 
 
 def _rows(ev: Path, task: str) -> list[dict]:

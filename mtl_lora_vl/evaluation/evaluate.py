@@ -131,7 +131,7 @@ def evaluate_setup(setup: Setup, *, split: str, data_root: str | None, device: t
         bar.set_postfix_str(f"{name}: adapted")
         ad = _score(setup, name, data, adapted=True, device=device, dtype=dtype, batch_size=batch_size,
                     workers=workers, records=None if rows is None else rows["adapted"]) if adapted else None
-        if rows is not None and predictions is not None:
+        if rows is not None:
             predictions[name] = merge_passes(rows)
         bar.update(int(adapted))
         metric = kind.headline(spec)
