@@ -43,7 +43,7 @@ def scores(tmp: Path) -> dict:
                 p.add_(0.05 * torch.randn(p.shape, generator=g))
     kw = {"data_root": None, "device": torch.device("cpu"), "dtype": torch.float32, "batch_size": 4}
     predictions: dict = {}   # the per-row records (eval --predictions) every rank gets from the gathered shards
-    out = {"test": evaluate_setup(setup, split="test", predictions=predictions, **kw)["tasks"],
+    out = {"test": evaluate_setup(setup, split="test", predictions=predictions.__setitem__, **kw)["tasks"],
            "val_adapted": evaluate_adapted(setup, split="val", **kw), "predictions": predictions}
 
     torch.manual_seed(0)

@@ -315,4 +315,65 @@ def test_only_rank_0_records_the_rows(tmp_path, monkeypatch):
                           predictions=True)
         assert (out / "predictions" / "vqa.jsonl").is_file() == (rank == 0)
     n = json.loads((tmp_path / "rank0" / "eval.json").read_text())["tasks"]["vqa"]["n"]
-    assert asked[0] is None and len(asked[1]["vqa"]) == n > 0
+    assert asked[0] is None and list(asked[1].written) == ["vqa"] and len(_rows(tmp_path / "rank0", "vqa")) == n > 0
+
+
+def test_each_task_file_is_written_as_the_task_is_scored(tmp_path, monkeypatch, capsys, caplog):
+    """eval --predictions writes a task's file as soon as the task is scored and drops its rows: while the next task
+    is scored the file is complete in OUT/predictions.partial/ and no row of it is held (the rows of every task were
+    held to the end, ~2.5 KB a row); a run stopped there keeps that file, whole, and no half-written one. A rerun
+    with --overwrite replaces the stopped run's folder, and writes the same bytes to OUT/predictions/."""
+    import gc
+
+    from mtl_lora_vl.evaluation.evaluate import evaluate_adapter
+    from mtl_lora_vl.tasks.classification import ClassificationKind
+
+    vqa, cls = _small_spec(tmp_path, "vqa", 16, 10), _small_spec(tmp_path, "caption_cls", 16, 6)
+    ev, seen = tmp_path / "ev", {}
+
+    def stopped(self, *args, **kwargs):   # task 2's scoring: look at task 1's file and rows, then stop the run
+        gc.collect()
+        seen["files"] = sorted(p.name for p in (ev / "predictions.partial").iterdir())
+        seen["vqa"] = (ev / "predictions.partial" / "vqa.jsonl").read_bytes()
+        seen["held"] = sum(type(o) is dict and "question_type" in o and "reference" in o for o in gc.get_objects())
+        raise RuntimeError("stopped")
+
+    with monkeypatch.context() as m:
+        m.setattr(ClassificationKind, "_evaluate", stopped)
+        with pytest.raises(RuntimeError, match="stopped"):
+            evaluate_adapter(None, tasks=f"{vqa},{cls}", out=ev, batch_size=8, predictions=True)
+    assert seen["files"] == ["vqa.jsonl"] and seen["held"] == 0
+    rows = [json.loads(line) for line in seen["vqa"].decode().splitlines()]
+    assert [r["index"] for r in rows] == list(range(len(rows))) and len(rows) >= 10
+    assert sorted(p.name for p in ev.iterdir()) == ["predictions.partial"]
+    assert sorted(p.name for p in (ev / "predictions.partial").iterdir()) == ["vqa.jsonl"]   # no temporary left
+    assert eval_main(["--tasks", f"{vqa},{cls}", "--out", str(ev), "--batch-size", "8", "--predictions", "-q"]) == 2
+    assert "holds only predictions.partial/" in capsys.readouterr().err + caplog.text
+    assert eval_main(["--tasks", f"{vqa},{cls}", "--out", str(ev), "--batch-size", "8", "--predictions", "-q",
+                      "--overwrite"]) == 0
+    assert sorted(p.name for p in ev.iterdir()) == ["eval.json", "plots", "predictions", "report.md"]
+    assert sorted(p.name for p in (ev / "predictions").iterdir()) == ["caption_cls.jsonl", "vqa.jsonl"]
+    assert (ev / "predictions" / "vqa.jsonl").read_bytes() == seen["vqa"]
+
+
+def test_train_writes_each_task_file_as_the_task_is_scored(tmp_path, monkeypatch):
+    """train --predictions: the final evaluation writes RUN/predictions/<task>.jsonl as each task is scored, so a run
+    stopped in a later task keeps the earlier tasks' files (and eval.json is not written)."""
+    from mtl_lora_vl.tasks.classification import ClassificationKind
+
+    vqa, cls = _small_spec(tmp_path, "vqa", 16, 10), _small_spec(tmp_path, "caption_cls", 16, 6)
+    run, seen = tmp_path / "run", {}
+    inner = ClassificationKind._evaluate
+
+    def stopped(self, backbone, head, *args, **kwargs):   # the final evaluation's adapted pass of task 2
+        if head is not None and kwargs.get("records") is not None:
+            seen["files"] = sorted(p.name for p in (run / "predictions").iterdir())
+            raise KeyboardInterrupt
+        return inner(self, backbone, head, *args, **kwargs)
+
+    monkeypatch.setattr(ClassificationKind, "_evaluate", stopped)
+    args = ["--steps", "1", "--batch-size", "8", "--warmup", "0", "--workers", "0", "--no-eval-val"]
+    assert train_main(["--tasks", f"{vqa},{cls}", *args, "--out", str(run), "--predictions", "-q"]) == 130
+    assert seen["files"] == ["vqa.jsonl"] and not (run / "eval.json").exists()
+    assert sorted(p.name for p in (run / "predictions").iterdir()) == ["vqa.jsonl"]
+    assert len(_rows(run, "vqa")) >= 10

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from ..rundir import RunDirError
 from ..tasks import resolve_tasks
 from ..tasks.registry import get_kind
 from ..tasks.spec import TaskSpec, load_spec
-from .predictions import check_recordable, merge_passes, write_predictions
+from .predictions import PARTIAL, PredictionFiles, check_recordable, merge_passes, stopped_predictions
 from .report import details_table, markdown_table, scored_line, selected_line, title, write_plots
 
 logger = logging.getLogger(__name__)
@@ -103,14 +104,16 @@ def evaluate_adapted(setup: Setup, *, split: str, data_root: str | None, device:
 
 def evaluate_setup(setup: Setup, *, split: str, data_root: str | None, device: torch.device | str,
                    dtype: torch.dtype, batch_size: int, workers: int = 0, zero_shot: bool = True,
-                   adapted: bool = True, predictions: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+                   adapted: bool = True,
+                   predictions: Callable[[str, list[dict[str, Any]]], Any] | None = None) -> dict[str, Any]:
     """``{"tasks": {name: {"metric", "zero_shot", "adapted", "change", "split", "n", "metrics", "details"}},
     "split": split, "config": ...}`` (a task's own ``split`` differs when it has no ``split``: see ``_split_for``)
     (``n``: the examples scored; ``metrics``: the spec's metrics, which the report's second table shows beside
     the headline); with ``zero_shot=False`` the base model is not scored and ``zero_shot`` / ``change`` are None;
     with ``adapted=False`` (a base model without adapters) only the zero-shot pass runs, ``adapted`` / ``change``
-    are None and there is no ``config``. ``predictions``: a dict that gets each scored task's rows
-    (:func:`~mtl_lora_vl.evaluation.predictions.merge_passes`), from the same passes."""
+    are None and there is no ``config``. ``predictions``: called with each task and its rows
+    (:func:`~mtl_lora_vl.evaluation.predictions.merge_passes`), from the same passes, as soon as the task is scored
+    (a :class:`~mtl_lora_vl.evaluation.predictions.PredictionFiles` writes its file), then the rows are dropped."""
     if not (zero_shot or adapted):
         raise ValueError("evaluate_setup: zero_shot=False and adapted=False leave nothing to score")
     passes = int(zero_shot) + int(adapted)
@@ -131,8 +134,9 @@ def evaluate_setup(setup: Setup, *, split: str, data_root: str | None, device: t
         bar.set_postfix_str(f"{name}: adapted")
         ad = _score(setup, name, data, adapted=True, device=device, dtype=dtype, batch_size=batch_size,
                     workers=workers, records=None if rows is None else rows["adapted"]) if adapted else None
-        if rows is not None:
-            predictions[name] = merge_passes(rows)
+        if rows is not None:   # written now, not held through the next tasks (~2.5 KB a row)
+            predictions(name, merge_passes(rows))
+            rows = None
         bar.update(int(adapted))
         metric = kind.headline(spec)
         missing = [p for p, d in (("zero-shot", zs), ("adapted", ad)) if d is not None and metric not in d]
@@ -261,7 +265,8 @@ def _check_out(out: Path, overwrite: bool, keep: list[tuple[str, Any]]) -> None:
     except OSError as e:
         raise RunDirError(str(e)) from None
     try:  # every rank checks before anyone writes
-        check_output(out, marker="eval.json", command="eval", overwrite=overwrite, keep=keep)
+        if not stopped_predictions(out, overwrite):
+            check_output(out, marker="eval.json", command="eval", overwrite=overwrite, keep=keep)
     except FileExistsError as e:
         raise RunDirError(str(e)) from None
     parent = next(p for p in (out.absolute().parent, *out.absolute().parents) if p.exists())
@@ -366,7 +371,7 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
         dtype = resolve_precision(precision, dev, base_dtype, loaded)
         check_base_precision(precision, dtype, loaded, lp.backbone.casts_inputs)
     with sharded_evaluation(info), main_rank_logging(info.is_main):   # every rank warns alike: rank 0 says it
-        rows: dict[str, list] | None = {} if predictions and info.is_main else None   # (rank 0 writes them)
+        rows = PredictionFiles(out / PARTIAL) if predictions and info.is_main else None   # (rank 0 writes them)
         result = evaluate_setup(setup, split=split, data_root=data_root, device=dev, dtype=dtype,
                                 batch_size=batch_size, workers=workers, predictions=rows)
     result["adapter"] = str(Path(adapter).absolute())
@@ -391,16 +396,16 @@ def _record_roots(result: dict[str, Any], setup: Setup, specs: list[TaskSpec], d
 
 
 def _write(out: Path, result: dict[str, Any], adapted_model: nn.Module | None, info: DistInfo,
-           predictions: dict[str, list[dict[str, Any]]] | None = None) -> str:
+           predictions: PredictionFiles | None = None) -> str:
     """Rank 0 writes the outputs to ``out`` (and returns the table; the other ranks ""), then every rank waits;
-    ``predictions``: also each task's rows to ``out/predictions/<task>.jsonl``."""
+    ``predictions``: the task files written while scoring, moved to ``out/predictions/``."""
     table = ""
     if info.is_main:  # a new directory replaces an old one whole (--overwrite): no stale plot stays behind
         try:
             with atomic_dir(out, overwrite=True, what="--out") as tmp:
-                if predictions is not None:
-                    write_predictions(tmp, predictions)
                 table = write_outputs(tmp, result, adapted_model)
+                if predictions is not None:   # (the files stay in out/predictions.partial if the outputs fail)
+                    predictions.move_to(tmp / "predictions")
         except OSError:
             logger.warning("the results could not be written to %s; the scores were:\n%s", out, markdown_table(result))
             raise
@@ -460,7 +465,7 @@ def _evaluate_base(specs: list[TaskSpec], backbone: str, pretrained: str | None,
         dtype = resolve_precision(precision, dev, base_dtype, loaded)
         check_base_precision(precision, dtype, loaded, bb.casts_inputs)
     with sharded_evaluation(info), main_rank_logging(info.is_main):
-        rows: dict[str, list] | None = {} if predictions and info.is_main else None   # (rank 0 writes them)
+        rows = PredictionFiles(out / PARTIAL) if predictions and info.is_main else None   # (rank 0 writes them)
         result = evaluate_setup(setup, split=split, data_root=data_root, device=dev, dtype=dtype,
                                 batch_size=batch_size, workers=workers, adapted=False, predictions=rows)
     result["backbone"] = {**_scored_base(backbone, pretrained, base_dtype, loaded),

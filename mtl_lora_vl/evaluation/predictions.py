@@ -6,6 +6,11 @@ path, a list for several images, null for an image held in memory), the kind's i
 scored too, ``zero_shot``. The kinds record them from the predictions their metrics are computed from
 (``TaskKind.evaluate(records=...)``); under sharded evaluation those are gathered to every rank with the metrics
 (:func:`~mtl_lora_vl.distributed.map_shards`), and rank 0 alone records the rows and writes the files.
+
+Each task's file is written as soon as the task is scored (:class:`PredictionFiles`), atomically, and its rows are
+then dropped: at most one task's rows are held (~2.5 KB a row), and a run stopped in a later task keeps the files of
+the tasks scored before it. ``eval`` writes them to ``OUT/predictions.partial/`` while it scores, and moves them to
+``OUT/predictions/`` with eval.json when it ends (its ``OUT`` is replaced whole); ``train`` to ``RUN/predictions/``.
 """
 
 from __future__ import annotations
@@ -13,13 +18,18 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..io.atomic import atomic_file
 
-__all__ = ["check_recordable", "merge_passes", "write_predictions"]
+__all__ = ["PARTIAL", "PredictionFiles", "check_recordable", "merge_passes", "stopped_predictions",
+           "write_predictions"]
+
+#: The folder of ``eval``'s OUT that holds the task files written so far (moved to OUT/predictions at the end).
+PARTIAL = "predictions.partial"
 
 
 def check_recordable(kinds: Mapping[str, Any]) -> None:
@@ -58,16 +68,52 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _write_task(folder: Path, task: str, rows: Iterable[dict[str, Any]]) -> Path:
+    """``folder/<task>.jsonl``: ``rows`` one JSON line each, written whole or not at all."""
+    path = folder / f"{task}.jsonl"
+    with atomic_file(path, overwrite=True, what=f"the predictions of task {task!r}") as tmp, tmp.open("w") as f:
+        for row in rows:   # line by line: the whole file's text is not held beside the rows (a large split)
+            f.write(json.dumps(_plain(row), allow_nan=False) + "\n")
+    return path
+
+
 def write_predictions(run_dir: str | Path, predictions: dict[str, list[dict[str, Any]]]) -> list[Path]:
     """``run_dir/predictions/<task>.jsonl`` for each task of ``predictions`` (task -> rows of :func:`merge_passes`),
     each written whole or not at all, one line at a time; returns the files."""
     folder = Path(run_dir) / "predictions"
     folder.mkdir(parents=True, exist_ok=True)
-    files = []
-    for task, rows in predictions.items():
-        path = folder / f"{task}.jsonl"
-        with atomic_file(path, overwrite=True, what=f"the predictions of task {task!r}") as tmp, tmp.open("w") as f:
-            for row in rows:   # line by line: the whole file's text is not held beside the rows (a large split)
-                f.write(json.dumps(_plain(row), allow_nan=False) + "\n")
-        files.append(path)
-    return files
+    return [_write_task(folder, task, rows) for task, rows in predictions.items()]
+
+
+class PredictionFiles:
+    """The sink of an evaluation's rows (``evaluate_setup(predictions=...)``): called with a task's rows as soon as
+    the task is scored, it writes ``folder/<task>.jsonl`` and keeps only the file's path, not the rows."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.written: dict[str, Path] = {}   # task -> its file: all the sink holds
+
+    def __call__(self, task: str, rows: list[dict[str, Any]]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.written[task] = _write_task(self.folder, task, rows)
+
+    def move_to(self, folder: Path) -> None:
+        """Move the files written to ``folder`` (on the same filesystem), which is made; a file left in this sink's
+        folder by an earlier run that was stopped is not taken."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for task, path in self.written.items():
+            os.replace(path, folder / path.name)
+            self.written[task] = folder / path.name
+        self.folder = folder
+
+
+def stopped_predictions(out: Path, overwrite: bool) -> bool:
+    """Whether ``eval``'s ``out`` holds nothing but the :data:`PARTIAL` folder of an evaluation that was stopped,
+    which ``--overwrite`` replaces (it has no eval.json to mark it an earlier output of eval)."""
+    if not out.is_dir() or {p.name for p in out.iterdir()} != {PARTIAL}:
+        return False
+    if not overwrite:
+        raise FileExistsError(f"--out {out}: holds only {PARTIAL}/, the per-row predictions of an evaluation that was "
+                              "stopped; pass --overwrite to replace them with this evaluation's results, or choose "
+                              "another --out")
+    return True

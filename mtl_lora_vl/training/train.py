@@ -31,7 +31,7 @@ from ..distributed import (
     sharded_evaluation,
 )
 from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, read_eval_splits, write_outputs
-from ..evaluation.predictions import check_recordable, write_predictions
+from ..evaluation.predictions import PredictionFiles, check_recordable
 from ..io import save_adapter
 from ..io.layout import RUN_ADAPTER_DIR
 from ..log import main_rank_logging
@@ -414,7 +414,8 @@ def finish(run: Run) -> None:
                            **({"image_max_pixels": opts.image_max_pixels} if opts.image_max_pixels else {})},
                      kinds=setup.kinds, overwrite=True,
                      data_roots=setup.recorded_roots(opts.data_root))
-    rows: dict[str, list] | None = {} if opts.predictions and run.info.is_main else None   # (rank 0 writes them)
+    # (rank 0 writes each task's file as the task is scored, before eval.json, which marks a finished run)
+    rows = PredictionFiles(run.dir / "predictions") if opts.predictions and run.info.is_main else None
     with sharded_evaluation(run.info), main_rank_logging(run.info.is_main):   # every rank warns alike: rank 0 says it
         result = evaluate_setup(setup, split=opts.eval_split, data_root=opts.data_root, device=run.info.device,
                                 dtype=run.amp_dtype, batch_size=opts.eval_batch_size, workers=run.workers,
@@ -431,8 +432,6 @@ def finish(run: Run) -> None:
     if opts.extend:
         result["extended_from"] = {"run": str(Path(opts.extend).resolve()), "tasks": setup.extended_from,
                                    "trained_adapter_values": setup.new_adapter_values}
-    if rows is not None:   # (before eval.json, which marks a finished run)
-        write_predictions(run.dir, rows)
     print(write_outputs(run.dir, result, model.model))  # the finished run's table: the result, on stdout
     logger.info("wrote the adapter to %s, and eval.json, report.md%s and plots/ to %s", run.dir / "adapter",
                 ", predictions/" if rows is not None else "", run.dir)
