@@ -130,13 +130,17 @@ def _plain_inputs(images, ids):
 def test_loads_from_a_directory_with_its_processor(bb):
     assert type(bb) is Mistral3Backbone and bb.family == "mistral3"
     assert bb.image_token == IMAGE_TOKEN and bb.image_size == 32 and bb.num_image_tokens == 4
-    assert bb.resize.mode == "squash" and bb.resize.size == 32
+    assert bb.resize.mode == "native" and bb.resize.longest and bb.resize.size == 32   # each image at its own size
+    assert bb.layout.token_side == 16 and not bb.needs_image_sizes
+    bb.native_aspect(False)   # --image-reading square: today's squash
+    assert bb.resize.mode == "squash" and bb.resize.size == 32 and bb.layout.token_side == 0
     assert set(bb.image_breaks) <= set(bb._banned_ids())   # [IMG_BREAK] / [IMG_END] never generated
 
 
 def test_the_collators_ids_and_the_device_pixels_equal_the_processors(bb):
     """The prompt's ids ([IMG] rows ended by [IMG_BREAK], the last by [IMG_END]) and the loader's pixels equal what
-    PixtralProcessor makes of the squares."""
+    PixtralProcessor makes of the squares (--image-reading square)."""
+    bb.native_aspect(False)
     rng = np.random.default_rng(0)
     pics = [Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)) for _ in range(2)]
     squares = [resize_to_square(p, bb.resize) for p in pics]
@@ -169,6 +173,9 @@ def test_cached_sequence_scores_equal_the_full_computation(bb):
 
 
 def test_images_of_another_size_are_refused_by_name(bb):
+    with pytest.raises(ValueError, match=r"16x24 pixels does not fill whole 16x16 image tokens.*backbone.resize"):
+        bb.generate(torch.zeros(1, 3, 32, 32), max_len=2, image_sizes=[(16, 24)])
+    bb.native_aspect(False)
     with pytest.raises(ValueError, match="takes whole 32x32 images"):
         bb.generate(torch.zeros(1, 3, 32, 32), max_len=2, image_sizes=[(16, 32)])
 

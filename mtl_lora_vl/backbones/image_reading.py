@@ -59,7 +59,7 @@ def read_images(bb: Backbone, reading: str) -> None:
     if not isinstance(bb, NativeImageReading):
         raise BackboneError(f"image_reading {reading!r} (--image-reading) applies to backbones that can read each "
                             "image at its own aspect or on one square (LLaVA-NeXT, LLaVA-OneVision, Idefics3 / "
-                            f"SmolVLM); {bb.name} reads images one way only: leave the option out")
+                            f"SmolVLM, Mistral 3); {bb.name} reads images one way only: leave the option out")
     try:
         bb.native_aspect(reading == "native")
     except BackboneError as e:

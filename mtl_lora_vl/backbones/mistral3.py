@@ -1,13 +1,19 @@
 """Mistral 3 (``Mistral3ForConditionalGeneration``: Mistral Small 3.1's Pixtral vision tower, patch merger and
-Mistral decoder) from a local directory: the language-model API of :mod:`.hf_vlm` on square images.
+Mistral decoder) from a local directory: the language-model API of :mod:`.hf_vlm`, each image at its own size.
 
 * **Prompts.** The processor writes an image of h x w image tokens as h rows of w ``[IMG]`` each ended by
   ``[IMG_BREAK]``, the last by ``[IMG_END]`` instead; the model scatters the image's features over its ``[IMG]``
   tokens only. The backbone's placeholder is ``[IMG]`` (the processor's own), expanded so
   (:class:`~.lm_collate.PromptLayout`'s ``image_breaks``); the break and end ids are never generated.
-* **Images.** Pixtral reads each image at its own size (``image_sizes``); this first version reads square images only:
-  each squashed to the processor's ``size["longest_edge"]`` square (with its resampling filter), as the processor
-  reads a square picture of that side, and every forward gets ``image_sizes`` of that square.
+* **Images at their own size** (the default, ``--image-reading native``): the loader resizes each image as the
+  Pixtral image processor does (shrunk to fit the ``size["longest_edge"]`` square ``S``, aspect kept, each side
+  rounded up to a multiple of patch x spatial merge; its resampling filter): a ``native``, ``longest``
+  :class:`~mtl_lora_vl.data.resize.ImageResize`. A batch's images share one canvas, each at its top left (as the
+  processor pads them) with its ``(h, w)`` in ``image_sizes``; an image of ``h x w`` pixels fills ``h/u`` rows of
+  ``w/u`` ``[IMG]`` tokens (``u`` = patch x merge). ``S`` is ``image_size``, its ``(S/u)²`` tokens the most one
+  image fills (``num_image_tokens``).
+* **On one square** (``--image-reading square``, :meth:`Mistral3Backbone.native_aspect` False): each image squashed
+  to the ``S`` square (as the processor reads a square picture of that side), ``(S/u)²`` tokens every one.
 * **Positions.** 1-D, as for LLaVA.
 """
 
@@ -22,6 +28,8 @@ from torch import Tensor, nn
 from ..data.resize import ImageResize, size_fields
 from .base import BackboneError, register_backbone
 from .hf_vlm import HFVLMBackbone
+from .image_reading import NativeImageReading
+from .image_record import image_record, set_reading
 from .lm_collate import PromptLayout
 
 __all__ = ["Mistral3Backbone"]
@@ -29,10 +37,11 @@ __all__ = ["Mistral3Backbone"]
 
 @register_backbone("mistral3")
 @dataclass(eq=False)
-class Mistral3Backbone(HFVLMBackbone):
-    """``Mistral3ForConditionalGeneration`` on square images (see the module doc)."""
+class Mistral3Backbone(NativeImageReading, HFVLMBackbone):
+    """``Mistral3ForConditionalGeneration``, each image at its own size or on one square (see the module doc)."""
 
     image_breaks: tuple[int, ...] = ()   # ([IMG_BREAK], [IMG_END]) ids
+    square_resize: ImageResize | None = None   # the squash to the S square (native_aspect(False))
 
     @classmethod
     def from_model(cls, model: nn.Module, processor: Any, name: str = "hf:custom") -> Mistral3Backbone:
@@ -45,7 +54,30 @@ class Mistral3Backbone(HFVLMBackbone):
                                 f"tokens the tokenizer knows ({marks} -> {ids}); load the model's PixtralProcessor")
         bb = super().from_model(model, processor, name)
         bb.image_breaks = tuple(int(i) for i in ids)
+        bb.square_resize = bb.resize
+        bb.native_aspect(image_record(model).reading != "square")   # (a loaded adapter's record)
         return bb
+
+    @property
+    def needs_image_sizes(self) -> bool:
+        """No: an image without its size fills the canvas (one view per image, no strips)."""
+        return False
+
+    def native_aspect(self, on: bool = True) -> None:
+        """Read each image at its own size, as the Pixtral processor does (on), or squashed to the square (off:
+        every image fills ``num_image_tokens``)."""
+        self.resize = (replace(self.square_resize, mode="native", factor=self._token_unit(), longest=True)
+                       if on else self.square_resize)
+        self._collators.clear()   # their layouts hold the token side
+        set_reading(self.model, "native" if on else "square")   # what save_adapter records
+
+    def _token_unit(self) -> int:
+        """Pixels per ``[IMG]`` token along each side: patch x spatial merge."""
+        cfg = self.model.config
+        return int(cfg.vision_config.patch_size) * int(cfg.spatial_merge_size)
+
+    def _token_side(self) -> int:
+        return self._token_unit() if self.resize.native else 0
 
     @classmethod
     def _image_side(cls, config: Any, image_processor: Any, name: str) -> int:
@@ -84,8 +116,15 @@ class Mistral3Backbone(HFVLMBackbone):
 
     def _vision_inputs(self, pixel_values: Tensor, image_sizes: list[tuple[int, int]] | None = None
                        ) -> dict[str, Tensor]:
-        """The squares, with ``image_sizes`` (each image fills its square; the model needs them)."""
-        out = super()._vision_inputs(pixel_values, image_sizes)
-        side = tuple(pixel_values.shape[-2:])
-        out["image_sizes"] = torch.tensor([side] * pixel_values.shape[0], device=pixel_values.device)
-        return out
+        """The canvas (each image at its top left) with each image's ``image_sizes`` (None: every image fills it); on
+        one square, the squares."""
+        if not self.resize.native:
+            return {**super()._vision_inputs(pixel_values, image_sizes), "image_sizes": torch.tensor(
+                [tuple(pixel_values.shape[-2:])] * pixel_values.shape[0], device=pixel_values.device)}
+        sizes, unit = self._sizes_of(pixel_values, image_sizes), self._token_unit()
+        odd = [s for s in sizes if s[0] % unit or s[1] % unit]
+        if odd:
+            raise ValueError(f"{self.name}: expected images whose sides are multiples of {unit} (patch x spatial "
+                             f"merge), got {odd[0][0]}x{odd[0][1]} in {tuple(pixel_values.shape)}; resize them with "
+                             "backbone.resize (the loader does)")
+        return {"pixel_values": pixel_values, "image_sizes": torch.tensor(sizes, device=pixel_values.device)}

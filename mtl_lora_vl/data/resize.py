@@ -16,6 +16,7 @@ crops and global image: :mod:`mtl_lora_vl.data.splits`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +47,8 @@ class ImageResize:
     ``"native"`` keeps the image's aspect: both sides rounded to a multiple of ``factor`` and the area
     brought within ``[min_pixels, max_pixels]`` (default ``max_pixels``: ``size²``, the square's budget), as
     the Qwen2-VL image processor's ``smart_resize`` computes (it also refuses an aspect ratio over 200), with no
-    crop (images of one batch then differ in size).
+    crop (images of one batch then differ in size); with ``longest``, as the Pixtral image processor does instead:
+    shrunk (never enlarged) to fit a ``size`` square, aspect kept, sides floored, then each rounded up to ``factor``.
     ``interpolation``: one of :data:`INTERPOLATIONS`. ``floor_crop``: the centre crop starts at
     ``(side - size) // 2``, as Hugging Face image processors crop; otherwise rounded, as torchvision's
     ``center_crop`` (open_clip) does -- the two differ by one pixel when the difference is 3 mod 4.
@@ -67,6 +69,7 @@ class ImageResize:
     min_pixels: int | None = None
     max_pixels: int | None = None
     anyres: AnyresGeometry | SplitGeometry | None = None
+    longest: bool = False   # native: Pixtral's fit of the longest side (no area bounds)
 
     def __post_init__(self) -> None:
         for name in ("size", "resize_to", "factor", "min_pixels", "max_pixels"):
@@ -98,9 +101,12 @@ class ImageResize:
             if self.budget < self.factor ** 2:
                 raise ValueError(f"ImageResize: max_pixels {self.budget} is below one {self.factor}x{self.factor} "
                                  "block")
-        elif any(v is not None for v in native):
-            raise ValueError(f"ImageResize: factor, min_pixels and max_pixels apply to mode 'native' only, not "
-                             f"{self.mode!r}")
+            if self.longest and (self.min_pixels is not None or self.max_pixels is not None):
+                raise ValueError("ImageResize: longest (Pixtral's fit within the size square) takes no min_pixels / "
+                                 "max_pixels")
+        elif any(v is not None for v in native) or self.longest:
+            raise ValueError(f"ImageResize: factor, min_pixels, max_pixels and longest apply to mode 'native' "
+                             f"only, not {self.mode!r}")
 
     @property
     def native(self) -> bool:
@@ -155,6 +161,11 @@ class ImageResize:
         its size inside its best pinpoint; Idefics3's splitting: after the longest-edge resize)."""
         if self.anyres is not None:
             return self.anyres.resized(w, h)
+        if self.native and self.longest:   # PixtralImageProcessor's arithmetic, at least one factor block a side
+            f, ratio = self.factor or 1, max(h / self.size, w / self.size)
+            if ratio > 1:
+                h, w = int(math.floor(h / ratio)), int(math.floor(w / ratio))
+            return max(f, -(-w // f) * f), max(f, -(-h // f) * f)
         if self.native:
             from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 

@@ -190,14 +190,14 @@ def _read_images_as_trained(bb: Backbone, base: dict[str, Any], path: Path) -> N
                                    "Load the base model the adapter was trained on") from None
     if not isinstance(bb, NativeImageReading):
         return
-    if reading == "native" and not bb.needs_image_sizes:
+    if reading == "native" and not bb.resize.keeps_size:
         try:
             bb.native_aspect(True)
         except BackboneError as e:
             raise AdapterFileError(f"{path}: the adapter's images were read at their own aspect (base.image_reading "
                                    f"'native'), which this base model's processor cannot give: {e}. Restore the "
                                    "processor files the adapter was trained with") from None
-    elif reading in ("square", None) and bb.needs_image_sizes:
+    elif reading in ("square", None) and bb.resize.keeps_size:
         if reading is None:
             warn_user(f"{path}: the adapter does not record how its images were read; adapters saved before this "
                       f"version read {bb.name}'s images squashed to one square, so they are read so "

@@ -1,0 +1,152 @@
+"""Mistral 3 reading each image at its own size (the default, --image-reading native): the sizes, ids and pixels
+equal what transformers' PixtralProcessor makes of the same pictures, several sizes in one batch; routed mixed-task
+loss and generation over such a batch equal each task alone; --image-reading square keeps the squash. Tiny model
+from its config, CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from mistral3_tiny import IMAGE_TOKEN, save_tiny_mistral3, tiny_mistral3_backbone
+from PIL import Image
+from test_generative_tasks import _attach
+from vlm_checks import prompts
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.backbones import load_backbone
+from mtl_lora_vl.backbones.image_record import image_record
+from mtl_lora_vl.data.images import to_uint8_tensor
+from mtl_lora_vl.data.loader import pad_images
+from mtl_lora_vl.data.resize import ImageResize
+
+SHAPES = [(48, 40), (30, 64), (90, 30), (1, 1), (7, 33)]
+# (no one-token image: transformers' Mistral 3 squeezes a lone image's single feature row away)
+LM_SHAPES = [(48, 40), (30, 64), (90, 30), (2, 20), (7, 33)]
+TARGETS = ["red", "a blue square", "two", "a circle", "green"]
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    return tmp_path_factory.mktemp("mistral3_native")
+
+
+@pytest.fixture
+def bb(dirs):
+    return tiny_mistral3_backbone(dirs)
+
+
+def _pictures(shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
+
+
+def _loader_images(bb, pics):
+    """What the loader gives for ``pics``: each resized in a worker, the batch on one canvas, normalised."""
+    canvas, sizes = pad_images([to_uint8_tensor(p, bb.resize) for p in pics])
+    return bb.preprocess_uint8(canvas), [tuple(s) for s in sizes]
+
+
+def _pil_processor(bb):
+    """The backbone's PixtralProcessor on PIL's resampling (``PixtralImageProcessorPil``), as the loader resizes."""
+    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+
+    ip = bb.processor.image_processor
+    bb.processor.image_processor = PixtralImageProcessorPil(size={"longest_edge": 32}, patch_size=ip.patch_size,
+                                                            image_mean=ip.image_mean, image_std=ip.image_std)
+    return bb.processor
+
+
+def test_sizes_are_the_pixtral_processors():
+    """1 x 1 to 399 x 399 pictures, square or not: the processor's size (longest edge fitted, sides up to 16)."""
+    from transformers.models.pixtral.image_processing_pixtral import get_resize_output_image_size
+
+    resize = ImageResize(32, mode="native", factor=16, longest=True)
+    big = ImageResize(1540, mode="native", factor=28, longest=True)   # Mistral Small 3.1's
+    for h in range(1, 400, 6):
+        for w in range(1, 400, 7):
+            for r, side, unit in ((resize, 32, 16), (big, 1540, 28)):
+                want = get_resize_output_image_size(np.empty((3, h, w)), (side, side), (unit, unit), "channels_first")
+                if min(want) > 0:   # (a sliver the processor shrinks to no row at all: one block here)
+                    assert r.resized_size(w, h) == want[::-1], (h, w, side)
+    assert resize.resized_size(1, 399) == (16, 32) and big.resized_size(4000, 3000) == (1540, 1176)
+    with pytest.raises(ValueError, match="longest .* takes no min_pixels"):
+        ImageResize(32, mode="native", factor=16, longest=True, max_pixels=1024)
+
+
+def test_ids_sizes_and_pixels_equal_the_processors(bb):
+    """Five pictures of their own sizes in one batch: the collator's ids (rows of [IMG], [IMG_BREAK] / [IMG_END])
+    equal PixtralProcessor's id for id, image_sizes too, and the pixels inside each image (its padding is 0 after
+    normalising there, the loader's a black picture: the model reads neither)."""
+    pics = _pictures(SHAPES)
+    images, sizes = _loader_images(bb, pics)
+    text = [f"{IMAGE_TOKEN} caption:"] * len(pics)
+    theirs = _pil_processor(bb)(text=text, images=[[p] for p in pics], return_tensors="pt", padding=True)
+    assert sizes == [tuple(s) for s in theirs["image_sizes"].tolist()] == [(32, 32), (16, 32), (32, 16), (16, 16),
+                                                                            (16, 32)]
+    assert images.shape == theirs["pixel_values"].shape == (5, 3, 32, 32)
+    for i, (h, w) in enumerate(sizes):
+        torch.testing.assert_close(images[i, :, :h, :w], theirs["pixel_values"][i, :, :h, :w], atol=1e-5, rtol=1e-5)
+    mine = bb.lm_collator()(text, image_sizes=sizes)
+    pad = bb.pad_id
+    for row, want, mask in zip(mine["input_ids"].tolist(), theirs["input_ids"].tolist(), theirs["attention_mask"]):
+        assert [i for i in row if i != pad] == [i for i, m in zip(want, mask.tolist()) if m], (row, want)
+    counts = (mine["input_ids"] == bb.image_token_id).sum(1).tolist()
+    assert counts == [4, 2, 2, 1, 2]
+    vision = bb._vision_inputs(images, sizes)
+    assert vision["image_sizes"].tolist() == theirs["image_sizes"].tolist()
+
+
+def _own_size(images, sizes, r):
+    h, w = sizes[r]
+    return images[r:r + 1, :, :h, :w]
+
+
+def test_mixed_task_loss_over_images_of_their_own_sizes_equals_each_task_alone(bb):
+    _attach(bb, ("a", "b"), std=0.3)
+    images, sizes = _loader_images(bb, _pictures(LM_SHAPES))
+    assert len(set(sizes)) == 3   # images of their own sizes on one canvas
+    p = prompts(bb, 5)
+    b = bb.lm_collator()(p, TARGETS, image_sizes=sizes)
+    ids = [0, 1, 1, 0, 1]
+    with torch.no_grad():
+        with mlv.route(bb.model, ids):
+            mixed = bb.lm_loss(images, **b, image_sizes=sizes)
+        for r, t in enumerate(ids):
+            one = bb.lm_collator()(p[r:r + 1], TARGETS[r:r + 1], image_sizes=sizes[r:r + 1])
+            with mlv.route(bb.model, t):
+                alone = bb.lm_loss(_own_size(images, sizes, r), **one)
+            torch.testing.assert_close(mixed[r], alone[0], atol=1e-5, rtol=1e-5)
+        with mlv.route(bb.model, 1):
+            other = bb.lm_loss(images, **b, image_sizes=sizes)
+    assert (mixed[[0, 3]] - other[[0, 3]]).abs().max() > 1e-4   # the routes differ
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_routed_generate_over_images_of_their_own_sizes_equals_each_task_alone(bb, beams):
+    _attach(bb, ("a", "b"), std=0.3)
+    images, sizes = _loader_images(bb, _pictures(LM_SHAPES[:4]))
+    assert len(set(sizes)) == 3
+    p = prompts(bb, 4)
+    route = [0, 1, 1, 0]
+    with torch.no_grad():
+        with mlv.route(bb.model, route):
+            routed = bb.generate(images, max_len=4, beam_size=beams, prompts=p, image_sizes=sizes)
+        alone = []
+        for r, t in enumerate(route):
+            with mlv.route(bb.model, t):
+                alone += bb.generate(_own_size(images, sizes, r), max_len=4, beam_size=beams, prompts=p[r:r + 1])
+    assert routed == alone
+
+
+def test_image_reading_square_keeps_the_squash(dirs):
+    folder = dirs / "tiny_mistral3"
+    if not (folder / "config.json").is_file():
+        save_tiny_mistral3(folder)
+    square = load_backbone(f"hf:{folder}", image_reading="square")
+    assert square.resize.mode == "squash" and image_record(square.model).reading == "square"
+    assert to_uint8_tensor(_pictures([(30, 64)])[0], square.resize).shape == (3, 32, 32)
+    row = square.lm_collator()([f"{IMAGE_TOKEN} caption:"])["input_ids"][0].tolist()
+    assert row.count(square.image_token_id) == 4
+    native = load_backbone(f"hf:{folder}", image_reading="native")
+    assert native.resize.native and image_record(native.model).reading == "native"
