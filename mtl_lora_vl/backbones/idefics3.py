@@ -29,6 +29,7 @@ directory: the language-model API of :mod:`.hf_vlm` on the family's own image la
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,31 @@ class Idefics3Backbone(NativeImageReading, HFVLMBackbone):
         if pixel_values.dim() != 4 or pixel_values.shape[-2:] != (m, m):
             raise ValueError(f"{self.name}: expected images (B, 3, {m}, {m}) (the backbone's image_size), got {shape}")
         return {"pixel_values": super()._vision_inputs(pixel_values, image_sizes)["pixel_values"].unsqueeze(1)}
+
+    def _banned_ids(self) -> list[int]:
+        """Beside the image markers (:meth:`.GenerationIds._banned_ids`), the crop tags (``<row_r_col_c>``): the
+        processor writes them, so a model leaning to one wrote it as its caption (split or not)."""
+        stop = set(self._stop_ids())
+        tags = (i for i in self._crop_tag_ids if 0 <= i < self.vocab_size and i not in stop)
+        return list(dict.fromkeys([*super()._banned_ids(), *tags]))
+
+    @functools.cached_property
+    def _crop_tag_ids(self) -> tuple[int, ...]:
+        """The tokenizer's own tokens in the processor's text for its largest grid (transformers' prompt string,
+        with no image tokens; the newlines between rows are text and kept), and the tags Idefics3's processor lists
+        (``row_col_ids``: every one its tokenizer holds, 6 x 6); read once."""
+        from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
+
+        processor, tok = self.hf_processor, self.hf_processor.tokenizer
+        longest = size_fields(getattr(processor.image_processor, "size", None)).get("longest_edge")
+        grid = most_grid(self.image_size, int(longest)) if longest else 1
+        fake = getattr(processor, "fake_image_token", "<fake_token_around_image>")
+        glob = getattr(processor, "global_image_tag", None) or getattr(processor, "global_image_token", "<global-img>")
+        added = {int(i) for i in tok.get_added_vocab().values()}
+        ids = [i for i in _ids(tok, get_image_prompt_string(grid, grid, 0, fake, "", glob)) if i in added]
+        listed = [int(i) for i in getattr(processor, "row_col_ids", None) or () if isinstance(i, int)]
+        ids = [i for i in dict.fromkeys([*ids, *listed]) if i != tok.unk_token_id]
+        return tuple(i for i in ids if tok.decode([i]).strip())
 
     def _hf_call(self, fn: Any, **kwargs: Any) -> Any:
         try:

@@ -1,0 +1,80 @@
+"""Idefics3 / SmolVLM never generate the crop tags their processor writes (``<row_r_col_c>``), beside the image
+placeholder and its ``<fake_token_around_image>`` / ``<global-img>`` (helper 257)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from idefics3_tiny import _num2words, tiny_idefics3_backbone  # noqa: F401  (SmolVLM's processor needs num2words)
+from PIL import Image
+from test_generative_tasks import _attach
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.data.anyres import pad_images
+from mtl_lora_vl.data.images import to_uint8_tensor
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    return tmp_path_factory.mktemp("h257")
+
+
+def _bias(bb, token_id: int, amount: float = 8.0):
+    """A hook on the output head making ``token_id`` every step's most likely token."""
+    def hook(module, args, out):
+        out = out.clone()
+        out[..., token_id] += amount
+        return out
+    return bb.model.get_output_embeddings().register_forward_hook(hook)
+
+
+def _spy_generate(bb) -> dict:
+    seen: dict = {}
+    orig = bb.model.generate
+
+    def generate(*args, **kwargs):
+        out = orig(*args, **kwargs)
+        seen["new"] = out[:, kwargs["input_ids"].shape[1]:]
+        return out
+
+    bb.model.generate = generate
+    return seen
+
+
+@pytest.mark.parametrize("smolvlm", [False, True], ids=["idefics3", "smolvlm"])
+@pytest.mark.parametrize("split", [True, False], ids=["split", "unsplit"])
+def test_generate_never_writes_crop_tags(dirs, smolvlm, split):
+    """Before: a model leaning to a crop tag wrote it at every step (``<row_1_col_1>`` x 4 as the caption). After:
+    the tags the processor writes for its largest grid (Idefics3's processor also names its tokenizer's 6 x 6) are
+    suppressed, split or not, and greedy decoding chooses what the unbiased model chooses."""
+    bb = tiny_idefics3_backbone(dirs, smolvlm)
+    bb.native_aspect(split)
+    tok = bb.processor.tokenizer
+    tags = [f"<row_{r}_col_{c}>" for r in range(1, 5) for c in range(1, 5)]   # the processor's grid: 4 x 4
+    if not smolvlm:
+        tags += ["<row_6_col_6>"]   # Idefics3Processor.row_col_ids: every tag its tokenizer holds
+    tag_ids = torch.tensor(tok.convert_tokens_to_ids(tags))
+    assert set(tag_ids.tolist()) <= set(bb._banned_ids())
+    assert tok.convert_tokens_to_ids("\n") not in bb._banned_ids()   # the rows' newline is text
+    _attach(bb, ("a", "b"), std=0.3)
+    rng = np.random.default_rng(0)
+    pictures = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(40, 150), (50, 50)]]
+    if split:
+        canvas, sizes = pad_images([to_uint8_tensor(p, bb.resize) for p in pictures])
+        images, kw = bb.preprocess_uint8(canvas), {"image_sizes": list(sizes)}
+    else:
+        images, kw = torch.randn(2, 3, bb.image_size, bb.image_size), {}
+    prompts = [bb.image_token + " caption:"] * 2
+    seen = _spy_generate(bb)
+    with torch.no_grad(), mlv.route(bb.model, [0, 1]):
+        plain = bb.generate(images, max_len=4, prompts=prompts, **kw)
+    for tid in (int(tag_ids[0]), int(tag_ids[-1])):
+        h = _bias(bb, tid)
+        try:
+            with torch.no_grad(), mlv.route(bb.model, [0, 1]):
+                got = bb.generate(images, max_len=4, prompts=prompts, **kw)
+            assert not torch.isin(seen["new"], tag_ids).any(), tok.convert_ids_to_tokens(seen["new"][0])
+            assert got == plain
+        finally:
+            h.remove()
