@@ -229,3 +229,20 @@ def test_a_word_inner_underscore_after_a_non_ascii_letter_is_left_as_is():
 
     assert [cell(n) for n in ("per_class/café_noir", "straße_2", "été_", "_ñ")] == [
         "per_class/café_noir", "straße_2", "été\\_", "\\_ñ"]
+
+
+def test_scored_line_escapes_task_and_group_names():
+    """The "Scored:" line under the tables wrote a task's and its groups' names as given: a question type
+    ``what_is`` (word-edge '_' is fine inside a word) or ``__bg__`` / ``a|b`` / ``*star*`` showed as emphasis or lost
+    characters in report.md. It escapes them as the tables do (``cell``); plain names are unchanged."""
+    from mtl_lora_vl.evaluation.report import cell, scored_line
+
+    r = _result(0.3, 0.4, "vqa_accuracy", "my_vqa")
+    r["tasks"]["my_vqa"]["kind"] = "vqa"
+    groups = ["__bg__", "a|b", "*star*", "`code`", "yes_no", "color"]
+    r["tasks"]["my_vqa"]["details"]["adapted"].update({f"n/{g}": 2 for g in groups})
+    want = ", ".join(f"{cell(g)} 2" for g in groups)
+    assert scored_line(r) == f"Scored: my_vqa 500 questions ({want})."
+    assert "\\_\\_bg\\_\\_ 2, a\\|b 2, \\*star\\* 2, \\`code\\` 2, yes_no 2, color 2" in scored_line(r)
+    r["tasks"]["_edge"] = r["tasks"].pop("my_vqa")
+    assert scored_line(r).startswith("Scored: \\_edge 500 questions")

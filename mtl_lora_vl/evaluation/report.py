@@ -91,16 +91,17 @@ _UNITS = {"vqa": "questions", "retrieval": "images", "classification": "images",
 def scored_line(result: dict[str, Any]) -> str:
     """How many examples each task's scores cover (a generative kind may score only its first ``eval_limit``), and
     of each breakdown's group where the scores count them (``n/<group>``), e.g. ``Scored: vqa 600 questions (color
-    107, count 141, ...), retrieval 1000 images.``; "" when the result records none."""
+    107, count 141, ...), retrieval 1000 images.``, names escaped as in the tables (:func:`cell`); "" when the result
+    records none."""
     parts = []
     for name, r in result["tasks"].items():
         if r.get("n") is None:
             continue
         groups = {k[2:]: v for k, v in _shown_scores(r).items() if k.startswith("n/")}
-        within = f" ({', '.join(f'{g} {int(v)}' for g, v in groups.items())})" if groups else ""
+        within = f" ({', '.join(f'{cell(g)} {int(v)}' for g, v in groups.items())})" if groups else ""
         whole = _shown_scores(r).get("groups")   # nlvr: the statements whose rows were all scored (consistency's)
         within += f" in {int(whole)} groups" if whole is not None else ""
-        parts.append(f"{name} {int(r['n'])} {_UNITS.get(r.get('kind', ''), 'examples')}{within}")
+        parts.append(f"{cell(name)} {int(r['n'])} {_UNITS.get(r.get('kind', ''), 'examples')}{within}")
     return f"Scored: {', '.join(parts)}." if parts else ""
 
 
