@@ -173,6 +173,19 @@ def test_open_clip_name_without_weights_fails_before_download(monkeypatch):
         load_backbone("open_clip:NoSuchNet-99", pretrained="/x")
 
 
+def test_open_clip_name_typo_suggests_the_close_names():
+    """A misspelt open_clip name listed the first 12 known names (coca_base, convnext_base, ...), not the one
+    meant; it now names the close ones (any case: open_clip's names are case-sensitive), else a short list."""
+    with pytest.raises(ValueError, match=r"did you mean 'ViT-B-32-quickgelu'") as e:
+        load_backbone("open_clip:ViT-B-32-quickgel", pretrained="/x")
+    assert "convnext_base" not in str(e.value)
+    with pytest.raises(ValueError, match=r"did you mean 'ViT-B-32'"):
+        load_backbone("open_clip:vit-b-32", pretrained="/x")
+    with pytest.raises(ValueError, match=r"unknown open_clip model 'Zzqx'; use a name from open_clip.list_models\(\) "
+                                         r"\(\d+ names, e.g. [^;]*\.\.\.\)"):
+        load_backbone("open_clip:Zzqx", pretrained="/x")
+
+
 def test_unknown_spec_lists_accepted_forms():
     with pytest.raises(ValueError, match="accepted forms") as info:
         load_backbone("resnet50")

@@ -9,6 +9,7 @@ or tokenizer that would need the hub fails with a message saying how to point at
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -350,6 +351,16 @@ def _load_dir(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackbon
                          "compare its keys with open_clip's model configs (open_clip/model_configs/*.json)") from e
 
 
+def _name_hint(name: str, known: list[str]) -> str:
+    """What to use instead of an unknown ``name``: the close names (in any case: open_clip's are case-sensitive),
+    else a few of the ``known`` ones."""
+    by_lower = {k.lower(): k for k in known}
+    close = [by_lower[c] for c in difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)]
+    if close:
+        return f" (did you mean {' or '.join(map(repr, close))}?); use a name from open_clip.list_models()"
+    return f"; use a name from open_clip.list_models() ({len(known)} names, e.g. {', '.join(known[:6])}, ...)"
+
+
 def _load_named(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackbone:
     """An open_clip architecture by name with a local checkpoint file."""
     import open_clip
@@ -358,11 +369,8 @@ def _load_named(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackb
     name, label, pretrained = spec.name, spec.label, spec.pretrained
     model_cfg = get_model_config(name)
     if model_cfg is None:
-        known = ", ".join(open_clip.list_models()[:12])
-        raise ValueError(
-            f"unknown open_clip model {name!r}; use a name from open_clip.list_models() (e.g. {known}, ...) "
-            f"or a local directory. Accepted backbone forms: {SPEC_FORMS}"
-        )
+        raise ValueError(f"unknown open_clip model {name!r}{_name_hint(name, open_clip.list_models())} or a local "
+                         f"directory. Accepted backbone forms: {SPEC_FORMS}")
     if not pretrained:
         raise ValueError(
             f"backbone {label} needs local weights: this package never downloads. Pass the checkpoint file, e.g. "
