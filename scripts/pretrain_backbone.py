@@ -346,8 +346,10 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         return evaluate_saved(args.evaluate, args.seed)
     args.seed = 0 if args.seed is None else args.seed
-    if args.steps < 1 or args.batch_size < 2:
-        ap.error("--steps must be >= 1 and --batch-size >= 2")
+    if args.steps < 1:
+        ap.error(f"--steps must be >= 1, got {args.steps}")
+    if args.batch_size < 2:   # one pair: every InfoNCE gradient is 0
+        ap.error(f"--batch-size must be >= 2 (a contrastive batch needs two pairs), got {args.batch_size}")
     if args.n_pretrain is not None and args.n_pretrain < 2:   # one pair: every InfoNCE gradient is 0
         ap.error(f"--n-pretrain must be >= 2 (a contrastive batch needs two pairs), got {args.n_pretrain}")
     if not (0 <= args.lr < math.inf and 0 <= args.weight_decay < math.inf):   # < 0: gradient ascent; inf: NaN

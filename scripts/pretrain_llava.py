@@ -638,13 +638,16 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--evaluate {args.evaluate}: not a saved model directory (no config.json)")
         return evaluate_saved(args.evaluate, args.seed, args.eval_scenes, args.threads)
     args.seed = 0 if args.seed is None else args.seed
-    if args.steps < 1 or args.batch_size < 1 or args.turns < 1:
-        ap.error("--steps, --batch-size and --turns must be >= 1")
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--turns", args.turns),
+                        ("--hidden", args.hidden), ("--layers", args.layers), ("--heads", args.heads),
+                        ("--intermediate", args.intermediate)):
+        if value < 1:
+            ap.error(f"{flag} must be >= 1, got {value}")
     if args.eval_every < 0:
         ap.error(f"--eval-every must be >= 0 (0: only at the end), got {args.eval_every}")
-    if min(args.hidden, args.layers, args.heads, args.intermediate) < 1 or args.hidden % (2 * args.heads):
-        ap.error(f"--hidden, --layers, --heads and --intermediate must be >= 1, and --hidden ({args.hidden}) a "
-                 f"multiple of --heads ({args.heads}) with an even head size (rotary embeddings)")
+    if args.hidden % (2 * args.heads):
+        ap.error(f"--hidden ({args.hidden}) must be a multiple of --heads ({args.heads}) with an even head size "
+                 f"(rotary embeddings), got a head size of {args.hidden / args.heads:g}")
     for flag, value in (("--lr", args.lr), ("--vision-lr", args.vision_lr), ("--weight-decay", args.weight_decay)):
         if not 0 <= value < math.inf:   # a negative rate trains by gradient ascent; inf writes a NaN asset
             ap.error(f"{flag} must be finite and >= 0, got {value}")

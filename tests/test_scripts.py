@@ -447,3 +447,24 @@ def test_asset_scripts_refuse_an_out_they_cannot_write_before_training(script, m
     with pytest.raises(SystemExit) as e:
         mod.main(["--steps", "1", "--out", "/proc/mtl-lora-vl-out"])
     assert e.value.code == 2 and "cannot write there" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("script", "args", "want"), [
+    ("pretrain_backbone", ["--steps", "0"], "--steps must be >= 1, got 0"),
+    ("pretrain_backbone", ["--batch-size", "1"], "--batch-size must be >= 2 (a contrastive batch needs two pairs), "
+                                                 "got 1"),
+    ("pretrain_llava", ["--steps", "-3"], "--steps must be >= 1, got -3"),
+    ("pretrain_llava", ["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    ("pretrain_llava", ["--turns", "0"], "--turns must be >= 1, got 0"),
+    ("pretrain_llava", ["--layers", "0"], "--layers must be >= 1, got 0"),
+    ("pretrain_llava", ["--intermediate", "-1"], "--intermediate must be >= 1, got -1"),
+    ("pretrain_llava", ["--hidden", "6", "--heads", "2"], "--hidden (6) must be a multiple of --heads (2)"),
+])
+def test_asset_script_refusals_name_the_value_given(script, args, want, tmp_path, monkeypatch, capsys):
+    """Before: "--steps must be >= 1 and --batch-size >= 2" (pretrain_backbone), "--steps, --batch-size and --turns
+    must be >= 1" (pretrain_llava), without saying which value was wrong or what it was."""
+    mod = _script(script)
+    _no_training(monkeypatch, mod)
+    with pytest.raises(SystemExit) as e:
+        mod.main([*args, "--out", str(tmp_path / "out")])
+    assert e.value.code == 2 and want in capsys.readouterr().err
