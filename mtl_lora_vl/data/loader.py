@@ -105,7 +105,7 @@ from mtl_lora_vl.data.resize import ImageResize
 from mtl_lora_vl.data.sampler import MultiTaskBatchSampler
 from mtl_lora_vl.data.seeding import SeededBatches, SeededDataset, loader_generator, reseed_loader
 from mtl_lora_vl.data.text_columns import drop_padding
-from mtl_lora_vl.data.worker_errors import worker_errors_unwrapped
+from mtl_lora_vl.data.worker_errors import carry_errors, worker_errors_unwrapped
 from mtl_lora_vl.log import progress
 
 
@@ -366,8 +366,8 @@ class MultiTaskLoader:
         # Rows are made under their own seeds and the workers' seeds come from the loader's generator
         # (mtl_lora_vl.data.seeding), so batches do not depend on workers or resumption.
         self.generator = loader_generator()
-        self.loader = DataLoader(SeededDataset(MultiTaskDataset(self.datasets)),
-                                 batch_sampler=SeededBatches(self.sampler), collate_fn=self.collate,
+        dataset, collate = carry_errors(SeededDataset(MultiTaskDataset(self.datasets)), self.collate)
+        self.loader = DataLoader(dataset, batch_sampler=SeededBatches(self.sampler), collate_fn=collate,
                                  num_workers=num_workers, generator=self.generator,
                                  pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
                                  worker_init_fn=ignore_stop_signals, **extra)
@@ -441,7 +441,8 @@ def iter_sized_image_batches(backbone: Any, examples: Sequence[Example], *, batc
     policy_task, policy_strict = current_policy() or ("evaluation", False)
     images = ImageFallback(policy_task if task is None else task, examples, _resize_of(backbone),
                            strict=policy_strict if strict is None else strict, several=several)
-    loader = DataLoader(_ImageDataset(images), batch_size=batch_size, shuffle=False, collate_fn=pad_images,
+    dataset, collate = carry_errors(_ImageDataset(images), pad_images)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate,
                         num_workers=num_workers, pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
     for batch, sizes in progress(worker_errors_unwrapped(loader), desc="images", unit="batch", total=len(loader)):
         yield backbone.preprocess_uint8(batch.to(device, non_blocking=True), dtype), sizes

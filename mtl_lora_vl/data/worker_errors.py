@@ -1,19 +1,25 @@
-"""A data loader's batches with its workers' errors told as the user needs them: an error a worker raised with its own
-message (PyTorch wraps it in the worker's traceback), a killed worker with what to do about it."""
+"""A data loader's batches with its workers' errors told as the user needs them: an error a worker raised as
+``--workers 0`` raises it (PyTorch sends only its type and traceback text), a killed worker with what to do about it.
+
+A loader built with :func:`carry_errors` sends an error raised in a worker's dataset or collate function to the main
+process in its batch's place, pickled (:class:`WorkerError`): it comes out as the same object, its type, arguments and
+attributes kept. An error that does not pickle is raised in the worker as before and made back from PyTorch's text."""
 
 from __future__ import annotations
 
 import ast
+import pickle
 import re
 import signal
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from .images import ImageError
 
-__all__ = ["WorkerTraceback", "worker_errors_unwrapped"]
+__all__ = ["WorkerError", "WorkerTraceback", "carry_errors", "worker_errors_unwrapped"]
 
 #: An OSError's message as Python writes it: "[Errno 2] No such file or directory: 'a.png'".
 _ERRNO = re.compile(r"\[Errno (\d+)\] (.*?)(?:: ('.*'|\".*\"))?", re.DOTALL)
@@ -24,11 +30,111 @@ class WorkerTraceback(Exception):
     (shown where the command line shows tracebacks: ``--log-level debug``)."""
 
 
+class WorkerError:
+    """An error raised in a data-loader worker, sent in its batch's place: the error pickled and the worker's
+    traceback text. Made by :meth:`of` only in a worker and for an error that comes back from its pickle as itself."""
+
+    def __init__(self, payload: bytes, text: str) -> None:
+        self.payload = payload
+        self.text = text
+
+    @classmethod
+    def of(cls, error: BaseException) -> WorkerError | None:
+        """``error`` carried, or None: not in a worker (``--workers 0`` raises it), or it does not pickle."""
+        info = get_worker_info()
+        if info is None or (payload := _pickled(error)) is None:
+            return None
+        return cls(payload, f"in DataLoader worker process {info.id}:\n" + "".join(traceback.format_exception(error)))
+
+    def error(self) -> BaseException:
+        """The error the worker raised (its traceback and cause stay in :attr:`text`)."""
+        return _unpickled(self.payload)
+
+
+class _ByState:
+    """An error as its type, arguments and attributes, for a type whose own pickle fails (an ``__init__`` with
+    other parameters than its ``args``): made back without calling ``__init__``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.kind, self.args, self.state = type(error), error.args, dict(vars(error))
+
+    def error(self) -> BaseException:
+        new = self.kind.__new__(self.kind, *self.args)
+        new.args = self.args
+        vars(new).update(self.state)
+        return new
+
+
+def _unpickled(payload: bytes) -> BaseException:
+    back = pickle.loads(payload)
+    return back.error() if isinstance(back, _ByState) else back
+
+
+def _pickled(error: BaseException) -> bytes | None:
+    """``error`` pickled (as itself, else as :class:`_ByState`) if it comes back of its type with its message."""
+    for form in (error, _ByState(error)):
+        try:
+            payload = pickle.dumps(form)
+            back = _unpickled(payload)
+            if type(back) is type(error) and str(back) == str(error):
+                return payload
+        except Exception:  # noqa: BLE001, S110 - any failure to pickle or rebuild: the next form, or none
+            pass
+    return None
+
+
+def _carrying(fn: Callable[[Any], Any], arg: Any) -> Any:
+    """``fn(arg)``; in a worker, an error it raises that pickles is returned as a :class:`WorkerError`."""
+    try:
+        return fn(arg)
+    except Exception as e:
+        if (carried := WorkerError.of(e)) is None:
+            raise
+        return carried
+
+
+class _CarryingDataset(Dataset):
+    """``dataset`` whose error in a worker becomes a :class:`WorkerError` in place of the batch's rows."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitems__(self, keys: list[Any]) -> Any:
+        return _carrying(self._rows, keys)
+
+    def _rows(self, keys: list[Any]) -> list[Any]:
+        many = getattr(self.dataset, "__getitems__", None)
+        return many(keys) if many else [self.dataset[k] for k in keys]
+
+    def __getitem__(self, key: Any) -> Any:
+        return _carrying(self.dataset.__getitem__, key)
+
+
+class _CarryingCollate:
+    """``collate`` passing a :class:`WorkerError` on, and whose own error in a worker becomes one."""
+
+    def __init__(self, collate: Callable[[Any], Any]) -> None:
+        self.collate = collate
+
+    def __call__(self, rows: Any) -> Any:
+        return rows if isinstance(rows, WorkerError) else _carrying(self.collate, rows)
+
+
+def carry_errors(dataset: Dataset, collate: Callable[[Any], Any]) -> tuple[Dataset, Callable[[Any], Any]]:
+    """``(dataset, collate_fn)`` for a ``DataLoader`` (with a batch size or batch sampler) whose workers send their
+    errors as :class:`WorkerError` batches, which :func:`worker_errors_unwrapped` raises as the worker raised them."""
+    return _CarryingDataset(dataset), _CarryingCollate(collate)
+
+
 def worker_errors_unwrapped(loader: DataLoader) -> Iterator[Any]:
-    """``loader``'s batches; an error a worker raised comes out with its own message, as with ``--workers 0`` (PyTorch
-    re-raises it as "Caught ValueError in DataLoader worker process 0." plus the worker's traceback, which the command
-    line then printed as its one-line error); the worker's traceback is its cause (an :class:`ImageError`'s message
-    names the file and suffices: none)."""
+    """``loader``'s batches; an error a worker raised comes out as with ``--workers 0``: a :class:`WorkerError` batch
+    (:func:`carry_errors`) as the error itself, else made back from its message (PyTorch re-raises it as "Caught
+    ValueError in DataLoader worker process 0." plus the worker's traceback, which the command line then printed as
+    its one-line error); the worker's traceback is its cause (made back, an :class:`ImageError`'s message names the
+    file and suffices: none)."""
     it = iter(loader)
     while True:
         try:
@@ -45,7 +151,17 @@ def worker_errors_unwrapped(loader: DataLoader) -> Iterator[Any]:
         except Exception as e:
             _raise_own(e, it)
             raise
+        if isinstance(batch, WorkerError):
+            _shut_down(it)
+            raise batch.error() from WorkerTraceback(batch.text)
         yield batch
+
+
+def _shut_down(it: Any) -> None:
+    """Stop ``it``'s workers now: the error's traceback keeps the iterator (and its workers) alive."""
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def _raise_own(e: Exception, it: Any) -> None:
@@ -59,9 +175,7 @@ def _raise_own(e: Exception, it: Any) -> None:
     new = _rebuilt(kind, text.rpartition(own)[2].strip())
     if new is None:   # a type that is not made back from its message: PyTorch's wrapping stays
         return
-    shutdown = getattr(it, "_shutdown_workers", None)
-    if shutdown is not None:   # now: the error's traceback keeps this iterator (and its workers) alive
-        shutdown()
+    _shut_down(it)
     raise new from (None if isinstance(e, ImageError) else WorkerTraceback(text))
 
 
