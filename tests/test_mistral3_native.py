@@ -21,7 +21,6 @@ from mtl_lora_vl.data.loader import pad_images
 from mtl_lora_vl.data.resize import ImageResize
 
 SHAPES = [(48, 40), (30, 64), (90, 30), (1, 1), (7, 33)]
-# (no one-token image: transformers' Mistral 3 squeezes a lone image's single feature row away)
 LM_SHAPES = [(48, 40), (30, 64), (90, 30), (2, 20), (7, 33)]
 TARGETS = ["red", "a blue square", "two", "a circle", "green"]
 
@@ -137,6 +136,25 @@ def test_routed_generate_over_images_of_their_own_sizes_equals_each_task_alone(b
             with mlv.route(bb.model, t):
                 alone += bb.generate(_own_size(images, sizes, r), max_len=4, beam_size=beams, prompts=p[r:r + 1])
     assert routed == alone
+
+
+def test_a_lone_image_of_one_token_reads_as_in_a_batch(bb):
+    """A 7 x 7 picture alone (16 x 16: one [IMG] token, as the processor gives it): transformers squeezed the batch's
+    one feature row to (D,) and failed ('split_with_sizes expects split_sizes to sum exactly to 32'); now its loss,
+    scores and generation equal the same row's beside a larger image."""
+    _attach(bb, ("a", "b"), std=0.3)
+    images, sizes = _loader_images(bb, _pictures([(7, 7), (48, 40)]))
+    assert sizes[0] == (16, 16)
+    p = prompts(bb, 2)
+    with torch.no_grad(), mlv.route(bb.model, 1):
+        both = bb.lm_loss(images, **bb.lm_collator()(p, TARGETS[:2], image_sizes=sizes), image_sizes=sizes)
+        alone = bb.lm_loss(_own_size(images, sizes, 0), **bb.lm_collator()(p[:1], TARGETS[:1], image_sizes=sizes[:1]))
+        torch.testing.assert_close(alone[0], both[0], atol=1e-5, rtol=1e-5)
+        scores = bb.sequence_scores(images, p, ["red", "two"], image_sizes=sizes)
+        one = bb.sequence_scores(_own_size(images, sizes, 0), p[:1], ["red", "two"])
+        torch.testing.assert_close(one[0], scores[0], atol=1e-4, rtol=1e-4)
+        assert bb.generate(_own_size(images, sizes, 0), max_len=3, prompts=p[:1]) == bb.generate(
+            images, max_len=3, prompts=p, image_sizes=sizes)[:1]
 
 
 def test_image_reading_square_keeps_the_squash(dirs):

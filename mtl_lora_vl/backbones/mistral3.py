@@ -15,6 +15,10 @@ Mistral decoder) from a local directory: the language-model API of :mod:`.hf_vlm
 * **On one square** (``--image-reading square``, :meth:`Mistral3Backbone.native_aspect` False): each image squashed
   to the ``S`` square (as the processor reads a square picture of that side), ``(S/u)²`` tokens every one.
 * **Positions.** 1-D, as for LLaVA.
+* **One image token in all.** transformers' ``get_image_features`` squeezes the projector's ``(N, D)`` features
+  to ``(D,)`` when the batch's images make one token in all (one image of at most ``u x u`` pixels alone: the
+  processor gives it one token), then fails to split them (``split_with_sizes expects split_sizes to sum exactly
+  to D``); the backbone's hook on the projector (:func:`_keep_one_row`) gives that one row a leading axis to lose.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ class Mistral3Backbone(NativeImageReading, HFVLMBackbone):
         bb = super().from_model(model, processor, name)
         bb.image_breaks = tuple(int(i) for i in ids)
         bb.square_resize = bb.resize
+        projector = getattr(getattr(model, "model", model), "multi_modal_projector", None)
+        if projector is not None and not any(h is _keep_one_row for h in projector._forward_hooks.values()):
+            projector.register_forward_hook(_keep_one_row)
         bb.native_aspect(image_record(model).reading != "square")   # (a loaded adapter's record)
         return bb
 
@@ -128,3 +135,9 @@ class Mistral3Backbone(NativeImageReading, HFVLMBackbone):
                              f"merge), got {odd[0][0]}x{odd[0][1]} in {tuple(pixel_values.shape)}; resize them with "
                              "backbone.resize (the loader does)")
         return {"pixel_values": pixel_values, "image_sizes": torch.tensor(sizes, device=pixel_values.device)}
+
+
+def _keep_one_row(module: nn.Module, args: Any, out: Tensor) -> Tensor | None:
+    """The projector's features of a batch of one image token in all, ``(1, D)``, as ``(1, 1, D)``: transformers'
+    ``squeeze(0)`` then leaves the row it needs (see the module doc); any other output as it is."""
+    return out.unsqueeze(0) if out.dim() == 2 and out.shape[0] == 1 else None
