@@ -168,3 +168,29 @@ def test_image_reading_square_keeps_the_squash(dirs):
     assert row.count(square.image_token_id) == 4
     native = load_backbone(f"hf:{folder}", image_reading="native")
     assert native.resize.native and image_record(native.model).reading == "native"
+
+
+def test_exports_of_a_square_adapter_say_the_processor_reads_pictures_at_their_own_size(dirs, tmp_path, caplog):
+    """A merged export (and a LoRA export's README) of an adapter trained with --image-reading square: Pixtral's
+    processor, copied into the merged directory, fits each picture within its longest edge and cannot squash it to
+    the square, so the merged model reads pictures otherwise than its task was trained -- said as for LLaVA-NeXT.
+    A native adapter's exports say nothing."""
+    folder = dirs / "tiny_mistral3"
+    if not (folder / "config.json").is_file():
+        save_tiny_mistral3(folder)
+    square = load_backbone(f"hf:{folder}", image_reading="square")
+    model = mlv.attach(square.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2))
+    with caplog.at_level("WARNING"):
+        mlv.save_merged(model, "a", tmp_path / "merged")
+    assert "square" in caplog.text and "Mistral3" in caplog.text and "own aspect" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        out = mlv.export_lora(model, "a", tmp_path / "peft", format="plain")
+    assert "read on one square" in caplog.text and "Mistral 3" in caplog.text
+    caplog.clear()
+    native = load_backbone(f"hf:{folder}")
+    model = mlv.attach(native.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2))
+    with caplog.at_level("WARNING"):
+        mlv.save_merged(model, "a", tmp_path / "merged_native")
+        mlv.export_lora(model, "a", tmp_path / "peft_native", format="plain")
+    assert "square" not in caplog.text and out.is_dir()

@@ -13,7 +13,9 @@ Mistral decoder) from a local directory: the language-model API of :mod:`.hf_vlm
   ``w/u`` ``[IMG]`` tokens (``u`` = patch x merge). ``S`` is ``image_size``, its ``(S/u)²`` tokens the most one
   image fills (``num_image_tokens``).
 * **On one square** (``--image-reading square``, :meth:`Mistral3Backbone.native_aspect` False): each image squashed
-  to the ``S`` square (as the processor reads a square picture of that side), ``(S/u)²`` tokens every one.
+  to the ``S`` square (as the processor reads a square picture of that side), ``(S/u)²`` tokens every one. No
+  Pixtral processor squashes a picture so: a merged export of an adapter trained so is warned about
+  (:meth:`Mistral3Backbone.fit_processor_files`).
 * **Positions.** 1-D, as for LLaVA.
 * **One image token in all.** transformers' ``get_image_features`` squeezes the projector's ``(N, D)`` features
   to ``(D,)`` when the batch's images make one token in all (one image of at most ``u x u`` pixels alone: the
@@ -23,7 +25,9 @@ Mistral decoder) from a local directory: the language-model API of :mod:`.hf_vlm
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,6 +41,8 @@ from .image_record import image_record, set_reading
 from .lm_collate import PromptLayout
 
 __all__ = ["Mistral3Backbone"]
+
+logger = logging.getLogger(__name__)
 
 
 @register_backbone("mistral3")
@@ -64,6 +70,16 @@ class Mistral3Backbone(NativeImageReading, HFVLMBackbone):
             projector.register_forward_hook(_keep_one_row)
         bb.native_aspect(image_record(model).reading != "square")   # (a loaded adapter's record)
         return bb
+
+    @classmethod
+    def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None) -> None:
+        """No Pixtral processor squashes a picture to the square: a merged export of an adapter trained so
+        (``native_aspect(False)``) is warned about (its processor reads pictures at their own aspect)."""
+        if reading == "square":
+            logger.warning("%s: the adapter's images were squashed to one square (--image-reading square, "
+                           "native_aspect(False)), which no Mistral3 (Pixtral) processor does: used with its "
+                           "processor, the merged model reads pictures at their own aspect, not as its task was "
+                           "trained", folder)
 
     @property
     def needs_image_sizes(self) -> bool:

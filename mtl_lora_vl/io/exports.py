@@ -154,8 +154,9 @@ def _image_note(inner: nn.Module) -> str:
     record = image_record(inner)
     if record.reading == "square":
         return ("\nThe adapter's images were read on one square (backbone.native_aspect(False)): load the base model's "
-                "processor with do_image_splitting=False (Idefics3 / SmolVLM); LLaVA-NeXT's and LLaVA-OneVision's "
-                "processors read pictures at their own aspect only, not as the tasks were trained.\n")
+                "processor with do_image_splitting=False (Idefics3 / SmolVLM); LLaVA-NeXT's, LLaVA-OneVision's and "
+                "Mistral 3's (Pixtral) processors read pictures at their own aspect only, not as the tasks were "
+                "trained.\n")
     if record.capped:   # (Qwen2-VL: the loader's cap, not the released processors' 12.8 M)
         area = record.area
         return (f"\nThe adapter's images were read within {area} pixels (or the processor's own max_pixels, where "
