@@ -109,3 +109,46 @@ def tiny_mistral3_backbone(tmp):
     if not (folder / "config.json").is_file():
         save_tiny_mistral3(folder)
     return load_backbone(f"hf:{folder}")
+
+
+#: Mistral Small 3.1's chat template (as released, less its date in the default system message): the start token, a
+#: system prompt (the caller's, else a default) in [SYSTEM_PROMPT] .. [/SYSTEM_PROMPT], each user turn in
+#: [INST] .. [/INST] (an image block written [IMG]), each answer ended by the end token.
+MISTRAL3_TEMPLATE = (
+    "{%- set default_system_message = 'you are a helpful assistant' %}{{- bos_token }}"
+    "{%- if messages[0]['role'] == 'system' %}{%- if messages[0]['content'] is string %}"
+    "{%- set system_message = messages[0]['content'] %}{%- else %}"
+    "{%- set system_message = messages[0]['content'][0]['text'] %}{%- endif %}"
+    "{%- set loop_messages = messages[1:] %}{%- else %}{%- set system_message = default_system_message %}"
+    "{%- set loop_messages = messages %}{%- endif %}{{- '[SYSTEM_PROMPT]' + system_message + '[/SYSTEM_PROMPT]' }}"
+    "{%- for message in loop_messages %}{%- if message['role'] == 'user' %}{%- if message['content'] is string %}"
+    "{{- '[INST]' + message['content'] + '[/INST]' }}{%- else %}{{- '[INST]' }}"
+    "{%- for block in message['content'] %}{%- if block['type'] == 'text' %}{{- block['text'] }}"
+    "{%- elif block['type'] in ['image', 'image_url'] %}{{- '[IMG]' }}{%- else %}"
+    "{{- raise_exception('Only text and image blocks are supported in message content!') }}{%- endif %}"
+    "{%- endfor %}{{- '[/INST]' }}{%- endif %}{%- elif message['role'] == 'assistant' %}"
+    "{%- if message['content'] is string %}{{- message['content'] + eos_token }}{%- else %}"
+    "{{- message['content'][0]['text'] + eos_token }}{%- endif %}{%- else %}"
+    "{{- raise_exception('Only user, system and assistant roles are supported!') }}{%- endif %}{%- endfor %}")
+
+
+def save_chat_mistral3(out):
+    """A tiny Mistral 3 with Mistral Small 3.1's chat template and its turn tokens ([INST], [/INST],
+    [SYSTEM_PROMPT], [/SYSTEM_PROMPT]) as special tokens, the embeddings grown to match."""
+    from pathlib import Path
+
+    from tokenizers import AddedToken
+    from transformers import AutoProcessor, Mistral3ForConditionalGeneration
+
+    out = Path(out)
+    save_tiny_mistral3(out)
+    proc = AutoProcessor.from_pretrained(out)
+    tok = proc.tokenizer
+    tok.add_tokens([AddedToken(t, special=True, normalized=False)
+                    for t in ("[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]")])
+    proc.chat_template = MISTRAL3_TEMPLATE
+    proc.save_pretrained(out)
+    model = Mistral3ForConditionalGeneration.from_pretrained(out)
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    model.save_pretrained(out)
+    return out

@@ -194,3 +194,41 @@ def test_exports_of_a_square_adapter_say_the_processor_reads_pictures_at_their_o
         mlv.save_merged(model, "a", tmp_path / "merged_native")
         mlv.export_lora(model, "a", tmp_path / "peft_native", format="plain")
     assert "square" not in caplog.text and out.is_dir()
+
+
+def test_a_chat_turn_with_an_image_of_its_own_size_is_the_processors_ids(tmp_path):
+    """chat = true on Mistral Small 3.1's template ([SYSTEM_PROMPT] .. [/SYSTEM_PROMPT][INST] .. [/INST], the start
+    token written by the template): a VQA turn over a 30 x 64 picture (one row of two [IMG]) gives the processor's ids
+    for the same turn, a system message goes where the template writes it, and an answer ends with the end token
+    (the template's end of an answer)."""
+    from mistral3_tiny import save_chat_mistral3
+    from test_chat_template import _chat_spec
+    from test_generative_tasks import _split
+
+    from mtl_lora_vl.backbones.chat import ChatWrap
+    from mtl_lora_vl.tasks import build_kind, load_spec
+
+    bb = load_backbone(f"hf:{save_chat_mistral3(tmp_path / 'chat')}")
+    head = "[SYSTEM_PROMPT]you are a helpful assistant[/SYSTEM_PROMPT][INST]"
+    assert bb.chat_wrap() == ChatWrap(head, "[/INST]", head, "")
+    assert bb.chat_wrap("answer in one word").before == "[SYSTEM_PROMPT]answer in one word[/SYSTEM_PROMPT][INST]"
+    spec = load_spec(_chat_spec(tmp_path, "vqa", "{image}{question}"))
+    kind = build_kind(spec, _split(spec, "train", 6), bb)
+    example = _split(spec, "val", 1).examples[0]
+    prompt = kind.prompt(example)
+    pic = _pictures([(30, 64)])[0]
+    _, sizes = _loader_images(bb, [pic])
+    assert sizes == [(16, 32)]
+    turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": kind.question(example)}]}]
+
+    def theirs(turns, **kw):
+        text = bb.processor.apply_chat_template(turns, tokenize=False, **kw)
+        return bb.processor(text=text, images=[pic], add_special_tokens=False)["input_ids"][0]
+
+    tok = bb.processor.tokenizer
+    ours = bb.lm_collator()([prompt], image_sizes=sizes)["input_ids"][0].tolist()
+    assert tok.convert_ids_to_tokens(ours) == tok.convert_ids_to_tokens(theirs(turn, add_generation_prompt=True))
+    assert ours.count(bb.image_token_id) == 2 and ours.count(tok.bos_token_id) == 1
+    trained = bb.lm_collator()([prompt], ["red"], image_sizes=sizes)["input_ids"][0].tolist()
+    answered = theirs([*turn, {"role": "assistant", "content": [{"type": "text", "text": "red"}]}])
+    assert trained == answered.tolist()[:len(trained)] and trained[-1] == tok.eos_token_id
