@@ -232,3 +232,36 @@ def test_a_chat_turn_with_an_image_of_its_own_size_is_the_processors_ids(tmp_pat
     trained = bb.lm_collator()([prompt], ["red"], image_sizes=sizes)["input_ids"][0].tolist()
     answered = theirs([*turn, {"role": "assistant", "content": [{"type": "text", "text": "red"}]}])
     assert trained == answered.tolist()[:len(trained)] and trained[-1] == tok.eos_token_id
+
+
+def test_pairs_of_their_own_sizes_train_and_evaluate(bb):
+    """NLVR2-style rows of two pictures of different sizes (the nlvr kind) read at their own sizes: each image reaches
+    the collator with its own size (no stack, no 'needs images of one size'), the mixed batch's losses are each
+    task's alone, and the kind evaluates through the language model."""
+    from test_generative_tasks import _collate, _model
+
+    from mtl_lora_vl.data import world
+    from mtl_lora_vl.data.loader import TaskDataset
+    from mtl_lora_vl.data.records import Example, Split
+    from mtl_lora_vl.tasks import build_kind, load_spec
+
+    pics = _pictures([(48, 40), (30, 64), (90, 30), (40, 40)])
+    pairs = Split([Example((pics[i], pics[i + 1]), f"p{i}", text="both images contain a square", label=i % 2)
+                   for i in range(3)])
+    vqa = world.build_split("vqa", "train", n=4, seed=0)
+    kinds = {"nlvr": build_kind(load_spec("nlvr"), pairs, bb), "vqa": build_kind(load_spec("vqa"), vqa, bb)}
+    _attach(bb, kinds)
+    rows = [dict(TaskDataset(kinds["nlvr"], pairs, bb.resize)[i], task_id=0) for i in range(3)]
+    rows += [dict(TaskDataset(kinds["vqa"], vqa, bb.resize)[i], task_id=1) for i in range(2)]
+    assert isinstance(rows[0]["image"], tuple) and rows[0]["image"][0].shape != rows[0]["image"][1].shape
+    model = _model(bb, kinds)
+    with torch.no_grad():
+        batch = _collate(kinds, bb, rows)
+        assert len(batch["image_sizes"]) == 3 * 2 + 2 and len(set(batch["image_sizes"])) > 2
+        _, mixed = model(batch)
+        for t, name in enumerate(kinds):
+            _, alone = model(_collate(kinds, bb, [r for r in rows if r["task_id"] == t]))
+            assert mixed[name].item() == pytest.approx(alone[name].item(), rel=1e-4, abs=1e-5), name
+        with mlv.route(bb.model, "nlvr"):
+            result = kinds["nlvr"].evaluate(bb, None, pairs, batch_size=2, device="cpu")
+    assert result["n"] == 3 and 0 <= result["accuracy"] <= 1

@@ -17,10 +17,10 @@ Each row holds two images (``Example.image`` a tuple: left, right), a statement 
 
 **On a generative backbone** whose prompts take several images (``backbone.several_images``: LLaVA, LLaVA-NeXT,
 LLaVA-OneVision (each image of a pair its base view alone, as its processor lays out a sample of several), Qwen2-VL,
-Idefics3 / SmolVLM, Gemma 3, PaliGemma) the statement is a question: ``[generative] prompt`` (``{images}``: one image
-placeholder per image of the row, back to back as the families' chat templates write a turn's images;
-PaliGemma moves them out of the text and puts every image's tokens first, in order, as its processor does;
-``{statement}``) continued by one of ``[generative] answers`` (false's, true's: "no", "yes" by default), the more
+Idefics3 / SmolVLM, Gemma 3, PaliGemma, Mistral 3) the statement is a question: ``[generative] prompt``
+(``{images}``: one image placeholder per image of the row, back to back as the families' chat templates write a
+turn's images; PaliGemma moves them out of the text and puts every image's tokens first, in order, as its processor
+does; ``{statement}``) continued by one of ``[generative] answers`` (false's, true's: "no", "yes" by default), the more
 likely one being the prediction (``backbone.sequence_scores``); zero-shot is the base language model, adapted the
 routed one; training is the LM loss on the row's answer. A language-model backbone whose prompts take one image
 (``several_images`` False) is refused at start-up.
@@ -106,8 +106,8 @@ class NLVRKind(TaskKind):
                     f"task {spec.name!r} (kind nlvr) reads two images per row, and the language-model path of "
                     f"backbone {backbone.name!r} ({type(backbone.model).__name__}) takes one image per prompt; train "
                     "it on a backbone whose prompts take several images (--backbone builtin-llava, or hf:DIR of a "
-                    "LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Idefics3 / SmolVLM, Gemma 3 or PaliGemma model) "
-                    "or a "
+                    "LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Idefics3 / SmolVLM, Gemma 3, PaliGemma or Mistral 3 "
+                    "model) or a "
                     "contrastive backbone (--backbone builtin, open_clip:NAME --pretrained FILE, or hf:DIR of a CLIP "
                     "model), or give this backbone vqa, captioning or caption_cls")
             return
