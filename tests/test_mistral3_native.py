@@ -265,3 +265,14 @@ def test_pairs_of_their_own_sizes_train_and_evaluate(bb):
         with mlv.route(bb.model, "nlvr"):
             result = kinds["nlvr"].evaluate(bb, None, pairs, batch_size=2, device="cpu")
     assert result["n"] == 3 and 0 <= result["accuracy"] <= 1
+
+
+def test_a_pair_given_whole_to_to_uint8_tensor_is_refused_naming_the_fix(bb):
+    """A pair passed to to_uint8_tensor at once under the native resize was refused with 'use a backbone that resizes
+    to a square' (Mistral 3 and Qwen2-VL read pairs at their own sizes: the loader converts each image alone); the
+    message names that and --image-reading square."""
+    pair = tuple(_pictures([(48, 40), (30, 64)]))
+    with pytest.raises(ValueError, match=r"2 images .* convert each alone.*--image-reading square"):
+        to_uint8_tensor(pair, bb.resize)
+    parts = tuple(to_uint8_tensor(p, bb.resize) for p in pair)
+    assert [tuple(p.shape) for p in parts] == [(3, 32, 32), (3, 16, 32)]

@@ -378,8 +378,11 @@ def to_uint8_tensor(img: Any, resize: ImageResize | int, several: bool = False) 
         if resize.anyres is not None:   # each strip carries its own size: a tuple, not a stack
             return tuple(to_uint8_tensor(part, resize, several=len(img) > 1) for part in img)
         if resize.native:
-            raise ValueError("an example of several images needs images of one size; a native resize keeps each "
-                             "image's own size (use a backbone that resizes to a square)")
+            raise ValueError(f"to_uint8_tensor: {len(img)} images (one example's) make no one stack under a native "
+                             "resize, which keeps each image's own size; convert each alone, as the loader does "
+                             "(tuple(to_uint8_tensor(part, resize) for part in img), with their sizes), or read "
+                             "images on one square (--image-reading square, backbone.native_aspect(False), where the "
+                             "backbone has it)")
         return torch.stack([to_uint8_tensor(part, resize) for part in img])
     name = "<PIL image>"
     if isinstance(img, Image.Image):
