@@ -2,6 +2,8 @@
 without a checkpoint are each named (they crashed unnamed, did nothing, or pointed at a missing checkpoint)."""
 import pytest
 
+import mtl_lora_vl.training.loading as loading
+import mtl_lora_vl.training.train as train_module
 from mtl_lora_vl.cli.commands import parse_train_args
 from mtl_lora_vl.options import TrainOptions
 from mtl_lora_vl.training.step import skip_bad_step
@@ -93,3 +95,17 @@ def test_a_fractional_count_from_python_is_refused(kw, flag):
     with pytest.raises(ValueError, match=f"{flag}: must be a whole number"):
         TrainOptions(**kw).validate()
     TrainOptions(lr=1).validate()   # an int where a float is wanted is fine
+
+
+def test_workers_beyond_the_cores_are_refused_before_any_work(tmp_path, monkeypatch):
+    # --workers 1000000 forked loader workers for minutes (100+ processes on 2 cores) before the first step
+    def no_setup(*args, **kwargs):
+        raise AssertionError("the set-up ran: --workers was not checked first")
+
+    monkeypatch.setattr(loading, "node_cores", lambda info: (2, 1))
+    monkeypatch.setattr(train_module, "prepare_rank", no_setup)
+    with pytest.raises(ValueError, match=r"--workers 1000000: .* 2 core\(s\).* give --workers 8 or fewer"):
+        train_module.train(TrainOptions(workers=1_000_000, steps=1, device="cpu", out=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(AssertionError, match="the set-up ran"):   # 4 a core still passes, and so does the default
+        train_module.train(TrainOptions(workers=8, steps=1, device="cpu", out=str(tmp_path / "run")))

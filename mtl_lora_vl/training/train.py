@@ -64,7 +64,7 @@ from .checkpoint import (
     restore_training_state,
     save_training_checkpoint,
 )
-from .loading import build_loader, default_workers
+from .loading import build_loader, check_workers, default_workers
 from .metrics_log import LossWindow, MetricsLog, progress_bar, replaced_rows, truncate_metrics
 from .optim import Optimization, build_optimization
 from .rng import preserved_rng, seed_everything, seed_rank
@@ -137,6 +137,7 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
         opts = resumed_options(run_dir, opts, given)
         opts.validate()
     info = init_distributed(opts.device)
+    check_workers(opts.workers, info)
     lock = hold_run_dir(run_dir, info) if opts.resume else None   # a resume: before it reads the checkpoint
     try:   # every rank's set-up, before rank 0 claims (and may --overwrite) the run directory
         with main_rank_logging(info.is_main):   # the same data on every rank: its warnings once
