@@ -24,6 +24,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
+from .config import MIN_TEMPERATURE
+
 __all__ = ["PATH_DEFAULTS", "EvalOptions", "ExportOptions", "TrainOptions", "check_ranges", "field_types",
            "range_text"]
 
@@ -99,7 +101,8 @@ class TrainOptions:
     rank: int = _opt(8, "adapter rank r", ge=1)
     alpha: float = _opt(16.0, "adapter scaling numerator (s = alpha / r)", gt=0)
     n_up: int = _opt(3, "number of shared up-projections B_i (experts for moe_lora / multi_lora)", ge=1)
-    temperature: float = _opt(0.5, "temperature tau of softmax(w_t / tau)", gt=0)
+    temperature: float = _opt(0.5, "temperature tau of softmax(w_t / tau) (below 1e-6 it overflows to NaN)",
+                               ge=MIN_TEMPERATURE)
     lambda_type: Literal["full", "diagonal", "none"] = _opt("full", "task-specific Lambda_t")
     dropout: float = _opt(0.0, "dropout on adapter inputs", ge=0, lt=1)
     targets: str = _opt("default", "'default' or a JSON dict {\"image\": [regex], \"text\": [regex]}")

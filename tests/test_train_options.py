@@ -109,3 +109,11 @@ def test_workers_beyond_the_cores_are_refused_before_any_work(tmp_path, monkeypa
     assert not (tmp_path / "run").exists()
     with pytest.raises(AssertionError, match="the set-up ran"):   # 4 a core still passes, and so does the default
         train_module.train(TrainOptions(workers=8, steps=1, device="cpu", out=str(tmp_path / "run")))
+
+
+def test_temperature_below_the_adapter_floor_is_refused_as_the_option(capsys):
+    # 1e-9 passed the command line (> 0) and failed later as the adapter config's "temperature: must be at least"
+    with pytest.raises(SystemExit) as e:
+        parse_train_args(["--temperature", "1e-9"])
+    assert e.value.code == 2
+    assert "--temperature: must be >= 1e-06, got 1e-09" in capsys.readouterr().err
