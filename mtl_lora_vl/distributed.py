@@ -261,6 +261,24 @@ def node_cores(info: DistInfo) -> tuple[int, int]:
     return len({c for m in here for c in m}), len(here)
 
 
+#: The most loader workers --workers may ask for per core this rank may use: more only compete for the cores, and
+#: --workers 1000000 forked processes (each a copy of the run) for minutes before the first step.
+WORKERS_PER_CORE = 4
+
+
+def check_workers(workers: int, info: DistInfo) -> None:
+    """Refuse a --workers beyond :data:`WORKERS_PER_CORE` times this rank's share of its machine's usable cores,
+    before any work (every rank calls it: :func:`node_cores` gathers under torchrun)."""
+    if workers <= 0:
+        return
+    cores, local = node_cores(info)
+    most = WORKERS_PER_CORE * max(1, cores // local)
+    if workers > most:
+        raise ValueError(f"--workers {workers}: this process may use {max(1, cores // local)} core(s) of this machine, "
+                         f"and each loader worker is a process of its own; more than {most} only compete for the "
+                         f"cores (a machine stalls forking that many); give --workers {most} or fewer")
+
+
 def _machine() -> tuple[str, str]:
     """Which machine this rank runs on: the host name, and the launcher's node index where it gives one
     (torchrun's GROUP_RANK, Slurm's SLURM_NODEID) -- containers on different machines may share a host name."""

@@ -128,8 +128,8 @@ class TrainOptions:
                                         "weights "
                                       "(--base-dtype, or auto on a GPU), their dtype")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
-    workers: int = _opt(-1, "data loader workers (-1 = this rank's share of its machine's usable cores, at most 4)",
-                        ge=-1)
+    workers: int = _opt(-1, "data loader workers (-1 = this rank's share of its machine's usable cores, at most 4; "
+                        "at most 4 per usable core)", ge=-1)
     batch_mode: Literal["mixed", "homogeneous"] = _opt(
         "mixed", "mixed: several tasks per batch; homogeneous: one task per optimizer step (all its --accumulate "
                  "micro-batches)")
@@ -250,7 +250,7 @@ class EvalOptions:
                                         "weights "
                                       "(--base-dtype, or auto on a GPU), their dtype")
     batch_size: int = _opt(256, "evaluation batch size", ge=1)
-    workers: int = _opt(0, "image-decoding workers", ge=0)
+    workers: int = _opt(0, "image-decoding workers (at most 4 per usable core)", ge=0)
     image_max_pixels: int | None = _opt(None, "without --adapter: the largest image area, in pixels, for a backbone "
                                         "that keeps each image's own size (Qwen2-VL / Qwen2.5-VL; default 448²), as "
                                         "train takes it; an adapter records its own", ge=1)

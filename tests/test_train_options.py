@@ -2,7 +2,8 @@
 without a checkpoint are each named (they crashed unnamed, did nothing, or pointed at a missing checkpoint)."""
 import pytest
 
-import mtl_lora_vl.training.loading as loading
+import mtl_lora_vl.distributed as distributed
+import mtl_lora_vl.evaluation.evaluate as evaluate_module
 import mtl_lora_vl.training.train as train_module
 from mtl_lora_vl.cli.commands import parse_train_args
 from mtl_lora_vl.options import TrainOptions
@@ -102,13 +103,28 @@ def test_workers_beyond_the_cores_are_refused_before_any_work(tmp_path, monkeypa
     def no_setup(*args, **kwargs):
         raise AssertionError("the set-up ran: --workers was not checked first")
 
-    monkeypatch.setattr(loading, "node_cores", lambda info: (2, 1))
+    monkeypatch.setattr(distributed, "node_cores", lambda info: (2, 1))
     monkeypatch.setattr(train_module, "prepare_rank", no_setup)
     with pytest.raises(ValueError, match=r"--workers 1000000: .* 2 core\(s\).* give --workers 8 or fewer"):
         train_module.train(TrainOptions(workers=1_000_000, steps=1, device="cpu", out=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
     with pytest.raises(AssertionError, match="the set-up ran"):   # 4 a core still passes, and so does the default
         train_module.train(TrainOptions(workers=8, steps=1, device="cpu", out=str(tmp_path / "run")))
+
+
+def test_eval_workers_beyond_the_cores_are_refused_before_the_model_loads(tmp_path, monkeypatch):
+    # eval --workers had no upper bound either: the same check, before the base model or the adapter loads
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model loaded: --workers was not checked first")
+
+    monkeypatch.setattr(distributed, "node_cores", lambda info: (2, 1))
+    monkeypatch.setattr(evaluate_module, "load_backbone", no_load)
+    monkeypatch.setattr(evaluate_module, "load_pretrained", no_load)
+    with pytest.raises(ValueError, match=r"--workers 9: .* 2 core\(s\).* give --workers 8 or fewer"):
+        evaluate_module.evaluate_base("vqa", device="cpu", workers=9, out=tmp_path / "ev")
+    assert not (tmp_path / "ev").exists()
+    with pytest.raises(AssertionError, match="the model loaded"):
+        evaluate_module.evaluate_base("vqa", device="cpu", workers=8, out=tmp_path / "ev")
 
 
 def test_temperature_below_the_adapter_floor_is_refused_as_the_option(capsys):

@@ -24,7 +24,7 @@ from ..adapters.scopes import disabled, route
 from ..backbones import load_backbone
 from ..data.common import same_folder
 from ..data.records import Split
-from ..distributed import DistInfo, barrier, cleanup, init_distributed, sharded_evaluation
+from ..distributed import DistInfo, barrier, check_workers, cleanup, init_distributed, sharded_evaluation
 from ..io import Pretrained, load_pretrained
 from ..io.adapter_files import base_paths, config_of, read_adapter_config, recorded_base
 from ..io.atomic import atomic_dir, atomic_file, check_target
@@ -343,6 +343,7 @@ def evaluate_adapter(adapter: str | Path | None, tasks: str | None = None, backb
 def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pretrained: str | None,
                       data_root: str | None, split: str, info: DistInfo, precision: str, batch_size: int,
                       workers: int, out: Path, base_dtype: str = "auto", predictions: bool = False) -> str:
+    check_workers(workers, info)
     dev = info.device
     items = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else []
     if tasks is not None and not items:   # said before the base model loads ('' is not "all": that is no --tasks)
@@ -451,6 +452,7 @@ def _evaluate_base(specs: list[TaskSpec], backbone: str, pretrained: str | None,
                    info: DistInfo, precision: str, batch_size: int, workers: int, out: Path, base_dtype: str,
                    image_max_pixels: int | None = None, image_reading: str | None = None,
                    predictions: bool = False) -> str:
+    check_workers(workers, info)
     dev = info.device
     with main_rank_logging(info.is_main):   # every rank reads the same model and data: said once
         bb = load_backbone(backbone, pretrained, dev, base_dtype=base_dtype, image_max_pixels=image_max_pixels,

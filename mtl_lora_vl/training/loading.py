@@ -9,7 +9,7 @@ from ..data.loader import MultiTaskLoader
 from ..distributed import DistInfo, node_cores
 from .run import Run
 
-__all__ = ["WORKERS_PER_CORE", "build_loader", "check_workers", "default_workers", "warn_small_batches"]
+__all__ = ["build_loader", "default_workers", "warn_small_batches"]
 
 logger = logging.getLogger(__name__)
 
@@ -19,25 +19,6 @@ def default_workers(info: DistInfo) -> int:
     (their affinity masks, not the machine's count) left after one per rank, at most four."""
     cores, local = node_cores(info)
     return max(0, min(4, (cores - local) // local))
-
-
-#: The most loader workers --workers may ask for per core this rank may use: more only compete for the cores, and
-#: --workers 1000000 forked processes (each a copy of the run) for minutes before the first step.
-WORKERS_PER_CORE = 4
-
-
-def check_workers(workers: int, info: DistInfo) -> None:
-    """Refuse a --workers beyond :data:`WORKERS_PER_CORE` times this rank's share of its machine's usable cores,
-    before any work (every rank calls it: :func:`node_cores` gathers under torchrun)."""
-    if workers <= 0:
-        return
-    cores, local = node_cores(info)
-    most = WORKERS_PER_CORE * max(1, cores // local)
-    if workers > most:
-        raise ValueError(f"--workers {workers}: this process may use {max(1, cores // local)} core(s) of this machine, "
-                         f"and each loader worker is a process of its own; more than {most} only compete for the "
-                         f"cores (a machine stalls forking that many); give --workers {most} or fewer, or -1 for "
-                         "the default")
 
 
 def build_loader(run: Run) -> MultiTaskLoader:

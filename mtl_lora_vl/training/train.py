@@ -25,6 +25,7 @@ from ..distributed import (
     DistInfo,
     all_ready,
     barrier,
+    check_workers,
     cleanup,
     init_distributed,
     max_over_ranks,
@@ -64,7 +65,7 @@ from .checkpoint import (
     restore_training_state,
     save_training_checkpoint,
 )
-from .loading import build_loader, check_workers, default_workers
+from .loading import build_loader, default_workers
 from .metrics_log import LossWindow, MetricsLog, progress_bar, replaced_rows, truncate_metrics
 from .optim import Optimization, build_optimization
 from .rng import preserved_rng, seed_everything, seed_rank
