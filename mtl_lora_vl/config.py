@@ -57,6 +57,17 @@ def unrepeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def unknown_task_hint(name: object, tasks: list[str]) -> str:
+    """What an unknown task's message adds: the task a case or spelling slip meant, or the name of an id given."""
+    if isinstance(name, int) and not isinstance(name, bool) and 0 <= name < len(tasks):
+        return f" (pass the task's name: id {name} is {tasks[name]!r})"
+    if isinstance(name, str):
+        close = ([t for t in tasks if t.casefold() == name.casefold()]
+                 or difflib.get_close_matches(name, tasks, n=1, cutoff=0.6))
+        return f" (did you mean {close[0]!r}?)" if close else ""
+    return ""
+
+
 class UnknownTaskError(KeyError):
     """A task name the adapter does not have (a ``KeyError`` whose message prints without KeyError's quotes)."""
 
@@ -115,13 +126,7 @@ class MTLLoRAConfig:
         try:
             return self.tasks.index(name)
         except ValueError:
-            hint = ""
-            if isinstance(name, int) and not isinstance(name, bool) and 0 <= name < len(self.tasks):
-                hint = f" (pass the task's name: id {name} is {self.tasks[name]!r})"
-            elif isinstance(name, str):
-                close = ([t for t in self.tasks if t.casefold() == name.casefold()]
-                         or difflib.get_close_matches(name, self.tasks, n=1, cutoff=0.6))
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = unknown_task_hint(name, self.tasks)
             raise UnknownTaskError(f"unknown task {name!r}; this adapter knows {self.tasks}{hint}") from None
 
     def validate(self) -> None:

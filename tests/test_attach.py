@@ -353,6 +353,19 @@ def test_routing_errors():
             pass
 
 
+def test_route_names_the_task_a_case_or_spelling_slip_meant():
+    """route(model, 'VQA') listed the tasks only; merge and export named the close one, route now does too."""
+    model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS))
+    for given, meant in (("VQA", "vqa"), ("retrival", "retrieval"), (["vqa", "Cls"], "cls")):
+        with pytest.raises(mlv.RoutingError, match=rf"unknown task .*\(did you mean '{meant}'\?\)"):
+            with mlv.route(model, given):
+                pass
+    with pytest.raises(mlv.RoutingError) as info:   # nothing close: the list of tasks, no guess
+        with mlv.route(model, "nlvr"):
+            pass
+    assert "did you mean" not in str(info.value) and "'vqa', 'retrieval', 'cls'" in str(info.value)
+
+
 def test_nested_scopes_restore_the_outer_one():
     model = mlv.attach(tiny_open_clip(), mlv.MTLLoRAConfig(tasks=TASKS))
     router = model._mtl_lora.router

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..config import unknown_task_hint
+
 
 class RoutingError(RuntimeError):
     """A forward pass could not tell which task's adapters to use, or was told inconsistently."""
@@ -390,7 +392,8 @@ class Router:
         try:
             return self.tasks.index(name)
         except ValueError:
-            raise RoutingError(f"route: unknown task {name!r}; this model's adapters know {self.tasks}") from None
+            hint = unknown_task_hint(name, self.tasks)
+            raise RoutingError(f"route: unknown task {name!r}; this model's adapters know {self.tasks}{hint}") from None
 
     def _check_host(self, ids: Sequence[int]) -> None:
         lo, hi = min(ids), max(ids)
