@@ -145,3 +145,18 @@ def test_the_trainers_error_line_is_the_one_of_zero_workers(tmp_path, bad_image,
     assert line[2] == line[0] and len(line[0]) == 1 and "bad.png" in line[0][0], line
     for text in err.values():   # the debug traceback, after the error line
         assert "PIL.UnidentifiedImageError: cannot identify image file" in text.partition(line[0][0])[2]
+
+
+def test_an_error_of_a_type_that_does_not_pickle_comes_out_instead_of_a_hang():
+    """An error class defined inside a function cannot be pickled, not even by its type (PyTorch's own sending): the
+    worker's queue failed and the main process waited forever (here: the loader's 20 s timeout). It comes out as a
+    RuntimeError naming the type and the message, the worker's traceback its cause."""
+    class Local(ValueError):
+        pass
+
+    dataset, collate_fn = carry_errors(_Rows(Local("row 2: bad")), torch.stack)
+    loader = DataLoader(dataset, batch_size=1, collate_fn=collate_fn, num_workers=2, timeout=20)
+    with pytest.raises(RuntimeError) as got:
+        list(worker_errors_unwrapped(loader))
+    assert "Local: row 2: bad" in str(got.value) and "cannot be pickled" in str(got.value)
+    assert isinstance(got.value.__cause__, WorkerTraceback) and "Local: row 2: bad" in str(got.value.__cause__)

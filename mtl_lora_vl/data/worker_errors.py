@@ -42,7 +42,15 @@ class WorkerError:
     def of(cls, error: BaseException) -> WorkerError | None:
         """``error`` carried, or None: not in a worker (``--workers 0`` raises it), or it does not pickle."""
         info = get_worker_info()
-        if info is None or (payload := _pickled(error)) is None:
+        if info is None:
+            return None
+        payload = _pickled(error)
+        if payload is None and not _pickles(type(error)):   # PyTorch's own sending pickles the type: a hang
+            payload = _pickled(RuntimeError(
+                f"{type(error).__qualname__}: {error} (an error of a type that cannot be pickled, e.g. a class "
+                "defined inside a function, so a data-loader worker cannot send it as it is; --workers 0 raises it "
+                "itself; the worker's traceback is this error's cause)"))
+        if payload is None:
             return None
         return cls(payload, f"in DataLoader worker process {info.id}:\n" + "".join(traceback.format_exception(error)))
 
@@ -68,6 +76,14 @@ class _ByState:
 def _unpickled(payload: bytes) -> BaseException:
     back = pickle.loads(payload)
     return back.error() if isinstance(back, _ByState) else back
+
+
+def _pickles(obj: Any) -> bool:
+    try:
+        pickle.dumps(obj)
+    except Exception:  # noqa: BLE001 - any failure to pickle
+        return False
+    return True
 
 
 def _pickled(error: BaseException) -> bytes | None:
