@@ -160,3 +160,16 @@ def test_an_error_of_a_type_that_does_not_pickle_comes_out_instead_of_a_hang():
         list(worker_errors_unwrapped(loader))
     assert "Local: row 2: bad" in str(got.value) and "cannot be pickled" in str(got.value)
     assert isinstance(got.value.__cause__, WorkerTraceback) and "Local: row 2: bad" in str(got.value.__cause__)
+
+
+@pytest.mark.parametrize("error", [ValueError("row 2: bad"), _RowError(2, "bad")])   # made back from text; carried
+def test_a_loader_with_persistent_workers_raises_the_error_again_in_its_next_epoch(error):
+    """The error stopped the iterator's workers, which a persistent loader kept: its next epoch read the closed
+    queues ("Queue ... is closed") instead of its rows."""
+    dataset, collate_fn = carry_errors(_Rows(error), torch.stack)
+    loader = DataLoader(dataset, batch_size=1, collate_fn=collate_fn, num_workers=2, persistent_workers=True)
+    for _ in range(2):
+        rows = []
+        with pytest.raises(type(error), match="row 2: bad"):
+            rows.extend(int(b) for b in worker_errors_unwrapped(loader))
+        assert rows == [0, 1]

@@ -162,25 +162,28 @@ def worker_errors_unwrapped(loader: DataLoader) -> Iterator[Any]:
                 codes = {w.exitcode for w in getattr(it, "_workers", []) if w.exitcode}
                 raise RuntimeError(f"{e}: {_why_died(codes)}; a training run continues with --resume from its last "
                                    "saved checkpoint") from None
-            _raise_own(e, it)
+            _raise_own(e, it, loader)
             raise
         except Exception as e:
-            _raise_own(e, it)
+            _raise_own(e, it, loader)
             raise
         if isinstance(batch, WorkerError):
-            _shut_down(it)
+            _shut_down(it, loader)
             raise batch.error() from WorkerTraceback(batch.text)
         yield batch
 
 
-def _shut_down(it: Any) -> None:
-    """Stop ``it``'s workers now: the error's traceback keeps the iterator (and its workers) alive."""
+def _shut_down(it: Any, loader: DataLoader) -> None:
+    """Stop ``it``'s workers now: the error's traceback keeps the iterator (and its workers) alive. A loader with
+    persistent workers forgets it, so that its next epoch starts new workers (it reused the closed queues)."""
     shutdown = getattr(it, "_shutdown_workers", None)
     if shutdown is not None:
         shutdown()
+    if getattr(loader, "_iterator", None) is it:
+        loader._iterator = None
 
 
-def _raise_own(e: Exception, it: Any) -> None:
+def _raise_own(e: Exception, it: Any, loader: DataLoader) -> None:
     """Raise the error a worker raised, with its own message, if ``e`` is PyTorch's wrapping of one; else return."""
     text, kind = str(e), type(e)   # (a subclass too: ImageShapeError)
     module = "" if kind.__module__ in ("builtins", "__main__") else f"{kind.__module__}."
@@ -191,7 +194,7 @@ def _raise_own(e: Exception, it: Any) -> None:
     new = _rebuilt(kind, text.rpartition(own)[2].strip())
     if new is None:   # a type that is not made back from its message: PyTorch's wrapping stays
         return
-    _shut_down(it)
+    _shut_down(it, loader)
     raise new from (None if isinstance(e, ImageError) else WorkerTraceback(text))
 
 
