@@ -45,7 +45,14 @@ def load_backbone(spec: str = "builtin", pretrained: str | None = None,
     """
     parsed = parse_spec(spec, pretrained)
     if parsed.is_hf_dir:
-        bb = backbone_class_for(hf_model_class(hf_dir(parsed))).load(parsed, device, base_dtype=base_dtype)
+        folder = hf_dir(parsed)
+        model_cls = hf_model_class(folder)
+        try:
+            backbone_cls = backbone_class_for(model_cls)
+        except BackboneError as e:   # the table's refusal names the class, not where it was read
+            raise BackboneError(f"{parsed.text}: {folder / 'config.json'} names a model this package cannot load as a "
+                                f"backbone: {e}. Give --backbone a directory of one of those families") from e
+        bb = backbone_cls.load(parsed, device, base_dtype=base_dtype)
     else:
         bb = OpenClipBackbone.load(parsed, device, base_dtype=base_dtype)  # builtin, open_clip:NAME, open_clip:DIR
     if image_max_pixels is not None:
