@@ -4,6 +4,7 @@ comes before the weights are read."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -30,3 +31,19 @@ def test_a_directory_of_a_family_without_a_backbone_is_named_with_its_config(tmp
     assert said.startswith(f"hf:{folder}: {folder}/config.json names a model this package cannot load")
     assert names in said and "supported: open_clip" in said and "Give --backbone a directory of one of those" in said
 
+
+def test_an_hf_clip_directory_without_a_tokenizer_is_refused_before_its_weights_load(tmp_path, monkeypatch):
+    """The tokenizer was read after the weights: a CLIP ViT-L's 1.7 GB loaded, then the run was refused."""
+    from conftest import tiny_hf_clip
+
+    from mtl_lora_vl.backbones import hf_clip
+
+    tiny_hf_clip().save_pretrained(tmp_path)
+
+    def weights_read(*args, **kwargs):
+        raise AssertionError("the weights were read before the tokenizer was checked")
+
+    monkeypatch.setattr(hf_clip, "load_hf_weights", weights_read)
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path} has no tokenizer files for hf:{tmp_path}")
+                       + ".*tokenizer.save_pretrained"):
+        load_backbone(f"hf:{tmp_path}")

@@ -66,9 +66,8 @@ class HFClipBackbone(Backbone):
             config = CLIPConfig.from_pretrained(str(folder), local_files_only=True)
         except Exception as e:  # wrong model type, malformed json, ...
             raise ValueError(f"{folder}/config.json is not a Hugging Face CLIP config: {e}") from e
-        model = load_hf_weights(CLIPModel, folder, resolve_base_dtype(base_dtype, device, large=False), device)
         context_length = int(config.text_config.max_position_embeddings)
-        tokenizer = load_hf_tokenizer(folder, context_length, spec.label)
+        tokenizer = load_hf_tokenizer(folder, context_length, spec.label)   # before the weights: a refusal is quick
         if tokenizer.vocab_size > config.text_config.vocab_size:
             raise ValueError(
                 f"tokenizer in {folder} has {tokenizer.vocab_size} tokens but the text model embeds only "
@@ -76,6 +75,7 @@ class HFClipBackbone(Backbone):
             )
         image_size = int(config.vision_config.image_size)
         mean, std, resize = _image_preprocessing(folder, image_size)
+        model = load_hf_weights(CLIPModel, folder, resolve_base_dtype(base_dtype, device, large=False), device)
         model.eval().to(device)
         return cls(
             model=model,
