@@ -47,3 +47,37 @@ def test_an_hf_clip_directory_without_a_tokenizer_is_refused_before_its_weights_
     with pytest.raises(ValueError, match=re.escape(f"{tmp_path} has no tokenizer files for hf:{tmp_path}")
                        + ".*tokenizer.save_pretrained"):
         load_backbone(f"hf:{tmp_path}")
+
+
+def _sharded_llava(llava_dir, out):
+    """A copy of the tiny LLaVA directory with its weights in several shards and their index."""
+    import shutil
+
+    from transformers import LlavaForConditionalGeneration
+
+    shutil.copytree(llava_dir, out, ignore=shutil.ignore_patterns("model.safetensors"))
+    LlavaForConditionalGeneration.from_pretrained(str(llava_dir)).save_pretrained(str(out), max_shard_size="20KB")
+    shards = sorted(out.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 3 and not (out / "model.safetensors").exists()
+    return out, shards
+
+
+def test_missing_weights_and_shards_are_named_with_the_fix(llava_dir, tmp_path):
+    """transformers said "No such file or directory: DIR/model-00002-of-00012.safetensors" for a lost shard, and "no
+    file named model.safetensors, or pytorch_model.bin" beside a folder of shards that had lost only its index."""
+    folder, shards = _sharded_llava(llava_dir, tmp_path / "sharded")
+    assert load_backbone(f"hf:{folder}").family == "llava"
+    fix = "copy it from where the model came from, or save the model there again with save_pretrained"
+    shards[1].unlink()
+    with pytest.raises(BackboneError, match=re.escape(f"{folder}: 1 of the {len(shards)} weight shards "
+                                                      f"model.safetensors.index.json lists are missing "
+                                                      f"({shards[1].name}); {fix}")):
+        load_backbone(f"hf:{folder}")
+    (folder / "model.safetensors.index.json").unlink()
+    with pytest.raises(BackboneError, match=re.escape(f"{folder} holds weight shards ({shards[0].name}, ...) but not "
+                                                      "their index model.safetensors.index.json")):
+        load_backbone(f"hf:{folder}")
+    for shard in shards:
+        shard.unlink(missing_ok=True)
+    with pytest.raises(BackboneError, match=re.escape(f"{folder} has no weights (model.safetensors, ") + ".*" + fix):
+        load_backbone(f"hf:{folder}")

@@ -122,6 +122,7 @@ def load_hf_weights(model_cls: type, folder: Path, dtype: torch.dtype,
     (``device_map``): a copy in host memory first would cost every torchrun rank the whole model's size."""
     from transformers.utils import is_accelerate_available
 
+    _check_weight_files(folder)
     device = torch.device(device)
     # device_map needs accelerate, which is not a dependency: without it, load on the host (the caller moves it)
     placed = {"device_map": {"": device}} if device.type != "cpu" and is_accelerate_available() else {}
@@ -151,6 +152,36 @@ def load_hf_weights(model_cls: type, folder: Path, dtype: torch.dtype,
                             f"{transformers.__version__} (which names the modules differently): upgrade transformers, "
                             "or save the model again with this one")
     return model
+
+
+def _check_weight_files(folder: Path) -> None:
+    """Refuse a directory whose weights are not all there (no weights file, a shard its index lists missing, shards
+    without their index), naming the missing piece, before any weight is read. transformers said only "no file
+    named model.safetensors" beside a folder of shards, or the path of the first missing shard, without a fix."""
+    again = "copy it from where the model came from, or save the model there again with save_pretrained"
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if (folder / single).is_file():
+            return
+        if not (folder / index).is_file():
+            continue
+        try:
+            shards = set(json.loads((folder / index).read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise BackboneError(f"{folder}: the shard index {index} is unreadable or has no weight_map ({e}); "
+                                f"{again}") from e
+        lost = sorted(str(s) for s in shards if not (folder / str(s)).is_file())
+        if lost:
+            shown = ", ".join(lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
+            raise BackboneError(f"{folder}: {len(lost)} of the {len(shards)} weight shards {index} lists are missing "
+                                f"({shown}); {again}")
+        return
+    shards = sorted(p.name for p in folder.glob("model-*-of-*.safetensors"))
+    if shards:
+        raise BackboneError(f"{folder} holds weight shards ({shards[0]}, ...) but not their index "
+                            f"model.safetensors.index.json, which says which weights each holds; {again}")
+    raise BackboneError(f"{folder} has no weights (model.safetensors, model.safetensors.index.json with its shards, or "
+                        f"pytorch_model.bin); {again}")
 
 
 def _timm_class(arch: str, path: Path) -> type:
