@@ -81,3 +81,11 @@ def test_missing_weights_and_shards_are_named_with_the_fix(llava_dir, tmp_path):
         shard.unlink(missing_ok=True)
     with pytest.raises(BackboneError, match=re.escape(f"{folder} has no weights (model.safetensors, ") + ".*" + fix):
         load_backbone(f"hf:{folder}")
+
+
+def test_architectures_written_as_one_string_names_its_class(tmp_path):
+    """A hand-edited ``"architectures": "LlamaForCausalLM"`` was read letter by letter: "names no model class
+    (architectures=['L', 'l', 'a', ...])"."""
+    folder = _config_only(tmp_path / "one", architectures="LlamaForCausalLM", model_type="llama")
+    with pytest.raises(BackboneError, match="LlamaForCausalLM is not a model family with a backbone class"):
+        load_backbone(f"hf:{folder}")

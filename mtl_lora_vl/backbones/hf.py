@@ -72,7 +72,8 @@ def hf_model_class(folder: Path) -> type:
         return _timm_class(config["architecture"], path)
     import transformers
 
-    names = list(config.get("architectures") or [])
+    names = config.get("architectures") or []
+    names = [names] if isinstance(names, str) else [n for n in names if isinstance(n, str)]   # (hand-written: one)
     if not names and config.get("model_type"):   # a generating VLM's class before its bare base model's
         from transformers.models.auto import modeling_auto as auto
 
