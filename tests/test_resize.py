@@ -163,7 +163,7 @@ def test_native_images_keep_their_sizes_in_evaluation_batches():
     assert sizes_kwarg(images[2:], sizes[2:]) == {}   # every image fills the batch: called as before
     with pytest.raises(ValueError, match="'native-bb' resizes images to sizes of their own.*iter_sized_image_batches"):
         list(iter_image_batches(bb, examples, batch_size=3, device="cpu"))
-    with pytest.raises(ValueError, match="factor, min_pixels and max_pixels apply to mode 'native' only"):
+    with pytest.raises(ValueError, match="factor, min_pixels, max_pixels and longest apply to mode 'native' only"):
         ImageResize(32, factor=16)
     with pytest.raises(ValueError, match="mode 'native' needs factor"):
         ImageResize(32, mode="native")
