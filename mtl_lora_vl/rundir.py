@@ -194,7 +194,7 @@ def _claim(run: Path, opts: TrainOptions) -> Path:
             raise RunDirError(f"--out {run}: an earlier --overwrite of it did not finish, and {aside} holds the run it "
                               "was replacing; move that back (or delete it), then run again")
         _refuse_training(run, "--overwrite: --out")   # (started since choose_run_dir)
-        os.replace(run, aside)   # kept until the new run's first step: a start-up error puts it back
+        os.replace(run, aside)   # kept until the new run's first checkpoint: an error before puts it back
     try:
         run.mkdir(parents=True, exist_ok=run.is_dir() and not any(run.iterdir()))
     except FileExistsError:
@@ -215,17 +215,17 @@ def _tasks_label(tasks: str, limit: int = 120) -> str:
 
 
 def replaced_dir(run: Path) -> Path:
-    """Where ``--overwrite`` keeps the run it replaces until the new one has trained a step."""
+    """Where ``--overwrite`` keeps the run it replaces until the new one has written a checkpoint."""
     return run.with_name(f".{run.name}.replaced")
 
 
 def finish_overwrite(run: Path) -> None:
-    """The new run has started: delete the run ``--overwrite`` replaced (rank 0)."""
+    """The new run can be resumed (it wrote a checkpoint): delete the run ``--overwrite`` replaced (rank 0)."""
     shutil.rmtree(replaced_dir(run), ignore_errors=True)
 
 
 def undo_overwrite(run: Path, lock: IO | None = None) -> None:
-    """The new run failed before its first step: put back the run ``--overwrite`` replaced (rank 0; a no-op
+    """The new run failed before its first checkpoint: put back the run ``--overwrite`` replaced (rank 0; a no-op
     once :func:`finish_overwrite` ran, or without ``--overwrite``). ``lock`` (:func:`hold_run_dir`) is let go
     first (and the loader's forked workers, which hold a copy, stopped before): on NFS the new run's open .lock would
     be kept as .nfsXXXX, and the folder could not be deleted."""

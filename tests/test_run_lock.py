@@ -149,3 +149,27 @@ def test_a_resume_takes_the_lock_before_it_reads_the_checkpoint(finished, monkey
         lock.close()
     assert "a run is training in it now" in capsys.readouterr().err
     assert read == []
+
+
+def test_an_overwrite_that_fails_before_its_first_checkpoint_puts_the_old_run_back(finished, tmp_path, monkeypatch,
+                                                                                  capsys):
+    """Review 263: the replaced run was deleted after the new run's first step, though the new one had no checkpoint
+    until --save-every steps: a failure in between (step 2 of 3 here) left neither run, nor anything to resume."""
+    run = tmp_path / "run"
+    shutil.copytree(finished[0], run)
+    before = _contents(run)
+    steps: list[int] = []
+    real = train_module.forward_backward
+
+    def second_step_fails(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == 2:
+            raise RuntimeError("out of memory (test)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "forward_backward", second_step_fails)
+    args = [*("3" if a == "2" else "5" if a == "1" else a for a in _args(tmp_path, run)), "--overwrite"]
+    assert args[args.index("--steps") + 1] == "3" and args[args.index("--save-every") + 1] == "5"
+    assert train_main(args) != 0
+    assert "out of memory (test)" in capsys.readouterr().err
+    assert _contents(run) == before and not (tmp_path / ".run.replaced").exists()

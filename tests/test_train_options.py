@@ -74,8 +74,8 @@ def test_stops_name_the_checkpoint_only_where_there_is_one(tmp_path):
 
 
 def test_resume_after_a_killed_overwrite_names_the_kept_run(tmp_path):
-    """An --overwrite killed before its first step leaves the new run (config.json, no checkpoint) and the old run
-    in .OUT.replaced: --resume said "start again with --overwrite", which then named .OUT.replaced (two hops)."""
+    """An --overwrite killed before its first checkpoint leaves the new run (config.json, no checkpoint) and the old
+    run in .OUT.replaced: --resume said "start again with --overwrite", which then named .OUT.replaced (two hops)."""
     from mtl_lora_vl.training.checkpoint import CheckpointError, load_checkpoint
 
     run = tmp_path / "run"
@@ -84,8 +84,9 @@ def test_resume_after_a_killed_overwrite_names_the_kept_run(tmp_path):
     with pytest.raises(CheckpointError, match=r"start it again with --out .*run --overwrite"):
         load_checkpoint(run)   # a run that stopped before its first checkpoint, no --overwrite involved
     (tmp_path / ".run.replaced").mkdir()
-    with pytest.raises(CheckpointError, match=r"an --overwrite of .*run was stopped before its first step, and the "
-                                              r"run it was replacing is kept in .*\.run\.replaced\. To keep that run"):
+    with pytest.raises(CheckpointError, match=r"an --overwrite of .*run was stopped before its first checkpoint, and "
+                                              r"the run it was replacing is kept in .*\.run\.replaced\. "
+                                              r"To keep that run"):
         load_checkpoint(run)
 
 

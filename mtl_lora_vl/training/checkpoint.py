@@ -118,11 +118,12 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
             f"score it with `mtl-lora-vl eval --adapter {Path(run_dir) / RUN_ADAPTER_DIR}`, teach it more tasks with "
             f"--extend {Path(run_dir)}, or train a new run from scratch with more --steps (another --out)")
     aside = replaced_dir(Path(run_dir))
-    if not path.is_file() and aside.is_dir():   # an --overwrite killed before its first step (no undo ran)
+    if not path.is_file() and aside.is_dir():   # an --overwrite killed before its first checkpoint (no undo ran)
         raise CheckpointError(
-            f"{path}: no checkpoint to resume from: an --overwrite of {run_dir} was stopped before its first step, and "
-            f"the run it was replacing is kept in {aside}. To keep that run, delete {run_dir} and rename {aside} back "
-            f"to {run_dir}; to replace it, delete {aside} and start again with --out {run_dir} --overwrite")
+            f"{path}: no checkpoint to resume from: an --overwrite of {run_dir} was stopped before its first "
+            f"checkpoint, and the run it was replacing is kept in {aside}. To keep that run, delete {run_dir} and "
+            f"rename {aside} back to {run_dir}; to replace it, delete {aside} and start again with --out {run_dir} "
+            "--overwrite")
     if not path.is_file():
         raise CheckpointError(
             f"{path}: no checkpoint to resume from (the run saves one every --save-every steps and on Ctrl-C, and "

@@ -110,7 +110,7 @@ def _train(opts: TrainOptions, given: Collection[str] | None) -> Path:
         if loader is not None:
             loader.close()   # (its forked workers hold a copy of the run's lock, which undo_overwrite lets go)
         if run.info.is_main:
-            undo_overwrite(run.dir, run.lock)   # failed before its first step: the run --overwrite replaced is back
+            undo_overwrite(run.dir, run.lock)   # failed before its first checkpoint: the replaced run is back
         raise
     finally:
         if loader is not None:
@@ -337,6 +337,8 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
         save_training_checkpoint(run.dir, model, optim, loader, progress_now, info,
                                  {**run.setup.inputs, "options": recorded_options(run.dir, opts),
                                   "amp_dtype": str(run.amp_dtype)})
+        if info.is_main and opts.overwrite:   # the new run can be resumed: the run it replaces goes now
+            finish_overwrite(run.dir)
 
     with stop_at_step_boundary() as stop:
         try:
@@ -367,8 +369,6 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
                         skip_bad_step(optim, bad, step + 1, opts.max_bad_steps, run.dir, run.amp_dtype)
                 step += 1
                 progress.update(1)
-                if info.is_main and step == start_at.step + 1 and opts.overwrite:
-                    finish_overwrite(run.dir)   # the new run trains: the one it replaces goes now
 
                 if step % opts.log_every == 0 or step == run.total_steps:
                     row = {**window.flush(step, lr, info), **replaced(), **skips.flush()}
