@@ -153,7 +153,10 @@ class TrainOptions:
     predictions: bool = _opt(False, "also write each task's per-row predictions (input, reference, the adapted and "
                              "zero-shot answers) to OUT/predictions/<task>.jsonl, for error analysis")
     out: str | None = _opt(None, "run directory (default runs/<tasks>-<method>-<time>)")
-    resume: str | None = _opt(None, "continue the killed or stopped run in this directory")
+    resume: str | None = _opt(None, "continue the killed or stopped run in this directory, with the options its "
+                                    "config.json records: only --workers and --device may differ (and --data-root or "
+                                    "--extend in place of a recorded folder that moved); any other option given that "
+                                    "differs (more --steps too) is refused: start a new run for those")
     extend: str | None = _opt(None, "add --tasks to the trained adapter of this run directory (or adapter directory), "
                               "training only their Lambda_t, w_t and heads; the other tasks stay bit-identical")
     overwrite: bool = _opt(False, "replace an existing run directory")

@@ -178,6 +178,21 @@ def test_help_names_every_type_in_words():
         assert "<function" not in text and "<class" not in text and " at 0x" not in text, cls.__name__
 
 
+def test_resume_help_names_the_options_a_resume_may_change():
+    """Review 263: --resume's help said only "continue the killed or stopped run", not that every option but
+    --workers and --device is the run's own (a differing one, more --steps included, is refused)."""
+    from mtl_lora_vl.cli.parsing import build_parser
+    from mtl_lora_vl.rundir import RESUME_OWN, RESUME_RELOCATABLE
+
+    text = " ".join(build_parser(TrainOptions, "prog", "").format_help().split())
+    start = text.index("--resume RESUME ")
+    resume_help = text[start:text.index("--extend EXTEND ", start)]
+    for name in (*RESUME_OWN, *RESUME_RELOCATABLE):
+        if name != "resume":
+            assert f"--{name.replace('_', '-')}" in resume_help, name
+    assert "--steps" in resume_help and "refused" in resume_help
+
+
 def test_train_main_returns_2_on_a_bad_option(capsys):
     assert train_main(["--batch-mode", "bogus"], prog="train_vl.py") == 2
     assert "train_vl.py: error: --batch-mode" in capsys.readouterr().err
