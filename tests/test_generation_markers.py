@@ -13,6 +13,7 @@ from gemma3_tiny import tiny_gemma3_backbone
 from idefics3_tiny import tiny_idefics3_backbone
 from llava_tiny import tiny_llava_backbone
 from qwen_tiny import tiny_qwen2vl_backbone
+from vlm_checks import bias_head, spy_generate
 
 from mtl_lora_vl.backbones import load_backbone
 from mtl_lora_vl.backbones.base import BackboneError
@@ -60,28 +61,6 @@ def dirs(tmp_path_factory):
     return tmp_path_factory.mktemp("h161")
 
 
-def _bias(bb, token_id: int, amount: float = 8.0):
-    """A hook on the output head making ``token_id`` every step's most likely token."""
-    def hook(module, args, out):
-        out = out.clone()
-        out[..., token_id] += amount
-        return out
-    return bb.model.get_output_embeddings().register_forward_hook(hook)
-
-
-def _spy_generate(bb) -> dict:
-    seen: dict = {}
-    orig = bb.model.generate
-
-    def generate(*args, **kwargs):
-        out = orig(*args, **kwargs)
-        seen["new"] = out[:, kwargs["input_ids"].shape[1]:]
-        return out
-
-    bb.model.generate = generate
-    return seen
-
-
 @pytest.mark.parametrize("family", list(MAKERS))
 def test_generate_never_writes_image_tokens(dirs, family):
     """Before: a model leaning to its image token generated it at every step and every caption decoded as ''
@@ -91,13 +70,13 @@ def test_generate_never_writes_image_tokens(dirs, family):
     torch.manual_seed(0)
     images = torch.randn(2, 3, bb.image_size, bb.image_size)
     prompts = [bb.image_token + " caption:"] * 2
-    seen = _spy_generate(bb)
+    seen = spy_generate(bb)
     plain = bb.generate(images, max_len=5, prompts=prompts)
     tok = bb.processor.tokenizer
     marker_ids = [tok.convert_tokens_to_ids(t) for t in MARKERS[family]]
     assert bb.image_token_id in marker_ids
     for tid in marker_ids:
-        h = _bias(bb, tid)
+        h = bias_head(bb, tid)
         try:
             got = bb.generate(images, max_len=5, prompts=prompts)
             assert not torch.isin(seen["new"], torch.tensor(marker_ids)).any(), (family, tid, seen["new"])

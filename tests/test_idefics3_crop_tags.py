@@ -9,6 +9,7 @@ import torch
 from idefics3_tiny import _num2words, tiny_idefics3_backbone  # noqa: F401  (SmolVLM's processor needs num2words)
 from PIL import Image
 from test_generative_tasks import _attach
+from vlm_checks import bias_head, spy_generate
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.data.anyres import pad_images
@@ -18,28 +19,6 @@ from mtl_lora_vl.data.images import to_uint8_tensor
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     return tmp_path_factory.mktemp("h257")
-
-
-def _bias(bb, token_id: int, amount: float = 8.0):
-    """A hook on the output head making ``token_id`` every step's most likely token."""
-    def hook(module, args, out):
-        out = out.clone()
-        out[..., token_id] += amount
-        return out
-    return bb.model.get_output_embeddings().register_forward_hook(hook)
-
-
-def _spy_generate(bb) -> dict:
-    seen: dict = {}
-    orig = bb.model.generate
-
-    def generate(*args, **kwargs):
-        out = orig(*args, **kwargs)
-        seen["new"] = out[:, kwargs["input_ids"].shape[1]:]
-        return out
-
-    bb.model.generate = generate
-    return seen
 
 
 @pytest.mark.parametrize("smolvlm", [False, True], ids=["idefics3", "smolvlm"])
@@ -66,11 +45,11 @@ def test_generate_never_writes_crop_tags(dirs, smolvlm, split):
     else:
         images, kw = torch.randn(2, 3, bb.image_size, bb.image_size), {}
     prompts = [bb.image_token + " caption:"] * 2
-    seen = _spy_generate(bb)
+    seen = spy_generate(bb)
     with torch.no_grad(), mlv.route(bb.model, [0, 1]):
         plain = bb.generate(images, max_len=4, prompts=prompts, **kw)
     for tid in (int(tag_ids[0]), int(tag_ids[-1])):
-        h = _bias(bb, tid)
+        h = bias_head(bb, tid)
         try:
             with torch.no_grad(), mlv.route(bb.model, [0, 1]):
                 got = bb.generate(images, max_len=4, prompts=prompts, **kw)

@@ -198,3 +198,26 @@ def assert_peft_export_matches(model: torch.nn.Module, fresh: torch.nn.Module, f
             pm.set_adapter(t)
             with mlv.route(model, t):
                 torch.testing.assert_close(pm(**x).logits, model(**x).logits, atol=1e-5, rtol=1e-4)
+
+
+def bias_head(bb, token_id: int, amount: float = 8.0) -> torch.utils.hooks.RemovableHandle:
+    """A hook on the output head making ``token_id`` every step's most likely token (``.remove()`` it after)."""
+    def hook(module, args, out):
+        out = out.clone()
+        out[..., token_id] += amount
+        return out
+    return bb.model.get_output_embeddings().register_forward_hook(hook)
+
+
+def spy_generate(bb) -> dict:
+    """Wrap ``bb.model.generate``: the returned dict's ``"new"`` holds the ids its last call generated."""
+    seen: dict = {}
+    orig = bb.model.generate
+
+    def generate(*args, **kwargs):
+        out = orig(*args, **kwargs)
+        seen["new"] = out[:, kwargs["input_ids"].shape[1]:]
+        return out
+
+    bb.model.generate = generate
+    return seen
