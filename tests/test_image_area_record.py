@@ -9,7 +9,8 @@ import json
 import warnings
 
 import pytest
-from test_qwen2vl_backbone import _pictures, _tiny_sized
+from test_qwen2vl_backbone import _tiny_sized
+from vlm_checks import pictures
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import load_backbone
@@ -52,7 +53,7 @@ def test_a_bare_model_keeps_the_recorded_area_for_its_export_and_its_next_save(f
     ad = _adapter(folder, tmp_path / "ad", image_max_pixels=2048)   # (as train records it)
     bare = mlv.load_adapter(Qwen2VLForConditionalGeneration.from_pretrained(str(folder)), ad, is_trainable=True)
     merged = AutoProcessor.from_pretrained(mlv.save_merged(bare, "a", tmp_path / "merged")).image_processor
-    assert merged(images=_pictures([(800, 1000)]))["image_grid_thw"].tolist() == [[1, 4, 6]]   # 32 x 48: in 2048
+    assert merged(images=pictures([(800, 1000)]))["image_grid_thw"].tolist() == [[1, 4, 6]]   # 32 x 48: in 2048
     assert _area(mlv.save_adapter(bare, tmp_path / "again", base={"backbone": f"hf:{folder}"})) == 2048
     bb = Qwen2VLBackbone.from_model(bare, AutoProcessor.from_pretrained(folder))   # a backbone made on it reads so
     assert bb.resize.budget == 2048

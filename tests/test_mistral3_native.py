@@ -9,15 +9,20 @@ import numpy as np
 import pytest
 import torch
 from mistral3_tiny import IMAGE_TOKEN, save_tiny_mistral3, tiny_mistral3_backbone
-from PIL import Image
 from test_generative_tasks import _attach
-from vlm_checks import prompts
+from vlm_checks import (
+    assert_own_size_generate_per_task,
+    assert_own_size_loss_per_task,
+    loader_images,
+    own_size,
+    pictures,
+    prompts,
+)
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import load_backbone
 from mtl_lora_vl.backbones.image_record import image_record
 from mtl_lora_vl.data.images import to_uint8_tensor
-from mtl_lora_vl.data.loader import pad_images
 from mtl_lora_vl.data.resize import ImageResize
 
 SHAPES = [(48, 40), (30, 64), (90, 30), (1, 1), (7, 33)]
@@ -33,17 +38,6 @@ def dirs(tmp_path_factory):
 @pytest.fixture
 def bb(dirs):
     return tiny_mistral3_backbone(dirs)
-
-
-def _pictures(shapes, seed=0):
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
-
-
-def _loader_images(bb, pics):
-    """What the loader gives for ``pics``: each resized in a worker, the batch on one canvas, normalised."""
-    canvas, sizes = pad_images([to_uint8_tensor(p, bb.resize) for p in pics])
-    return bb.preprocess_uint8(canvas), [tuple(s) for s in sizes]
 
 
 def _pil_processor(bb):
@@ -77,8 +71,8 @@ def test_ids_sizes_and_pixels_equal_the_processors(bb):
     """Five pictures of their own sizes in one batch: the collator's ids (rows of [IMG], [IMG_BREAK] / [IMG_END])
     equal PixtralProcessor's id for id, image_sizes too, and the pixels inside each image (its padding is 0 after
     normalising there, the loader's a black picture: the model reads neither)."""
-    pics = _pictures(SHAPES)
-    images, sizes = _loader_images(bb, pics)
+    pics = pictures(SHAPES)
+    images, sizes = loader_images(bb, pics)
     text = [f"{IMAGE_TOKEN} caption:"] * len(pics)
     theirs = _pil_processor(bb)(text=text, images=[[p] for p in pics], return_tensors="pt", padding=True)
     assert sizes == [tuple(s) for s in theirs["image_sizes"].tolist()] == [(32, 32), (16, 32), (32, 16), (16, 16),
@@ -96,46 +90,19 @@ def test_ids_sizes_and_pixels_equal_the_processors(bb):
     assert vision["image_sizes"].tolist() == theirs["image_sizes"].tolist()
 
 
-def _own_size(images, sizes, r):
-    h, w = sizes[r]
-    return images[r:r + 1, :, :h, :w]
-
-
 def test_mixed_task_loss_over_images_of_their_own_sizes_equals_each_task_alone(bb):
     _attach(bb, ("a", "b"), std=0.3)
-    images, sizes = _loader_images(bb, _pictures(LM_SHAPES))
+    images, sizes = loader_images(bb, pictures(LM_SHAPES))
     assert len(set(sizes)) == 3   # images of their own sizes on one canvas
-    p = prompts(bb, 5)
-    b = bb.lm_collator()(p, TARGETS, image_sizes=sizes)
-    ids = [0, 1, 1, 0, 1]
-    with torch.no_grad():
-        with mlv.route(bb.model, ids):
-            mixed = bb.lm_loss(images, **b, image_sizes=sizes)
-        for r, t in enumerate(ids):
-            one = bb.lm_collator()(p[r:r + 1], TARGETS[r:r + 1], image_sizes=sizes[r:r + 1])
-            with mlv.route(bb.model, t):
-                alone = bb.lm_loss(_own_size(images, sizes, r), **one)
-            torch.testing.assert_close(mixed[r], alone[0], atol=1e-5, rtol=1e-5)
-        with mlv.route(bb.model, 1):
-            other = bb.lm_loss(images, **b, image_sizes=sizes)
-    assert (mixed[[0, 3]] - other[[0, 3]]).abs().max() > 1e-4   # the routes differ
+    assert_own_size_loss_per_task(bb, images, sizes, TARGETS, [0, 1, 1, 0, 1])
 
 
 @pytest.mark.parametrize("beams", [1, 3])
 def test_routed_generate_over_images_of_their_own_sizes_equals_each_task_alone(bb, beams):
     _attach(bb, ("a", "b"), std=0.3)
-    images, sizes = _loader_images(bb, _pictures(LM_SHAPES[:4]))
+    images, sizes = loader_images(bb, pictures(LM_SHAPES[:4]))
     assert len(set(sizes)) == 3
-    p = prompts(bb, 4)
-    route = [0, 1, 1, 0]
-    with torch.no_grad():
-        with mlv.route(bb.model, route):
-            routed = bb.generate(images, max_len=4, beam_size=beams, prompts=p, image_sizes=sizes)
-        alone = []
-        for r, t in enumerate(route):
-            with mlv.route(bb.model, t):
-                alone += bb.generate(_own_size(images, sizes, r), max_len=4, beam_size=beams, prompts=p[r:r + 1])
-    assert routed == alone
+    assert_own_size_generate_per_task(bb, images, sizes, [0, 1, 1, 0], beams)
 
 
 def test_a_lone_image_of_one_token_reads_as_in_a_batch(bb):
@@ -143,17 +110,17 @@ def test_a_lone_image_of_one_token_reads_as_in_a_batch(bb):
     one feature row to (D,) and failed ('split_with_sizes expects split_sizes to sum exactly to 32'); now its loss,
     scores and generation equal the same row's beside a larger image."""
     _attach(bb, ("a", "b"), std=0.3)
-    images, sizes = _loader_images(bb, _pictures([(7, 7), (48, 40)]))
+    images, sizes = loader_images(bb, pictures([(7, 7), (48, 40)]))
     assert sizes[0] == (16, 16)
     p = prompts(bb, 2)
     with torch.no_grad(), mlv.route(bb.model, 1):
         both = bb.lm_loss(images, **bb.lm_collator()(p, TARGETS[:2], image_sizes=sizes), image_sizes=sizes)
-        alone = bb.lm_loss(_own_size(images, sizes, 0), **bb.lm_collator()(p[:1], TARGETS[:1], image_sizes=sizes[:1]))
+        alone = bb.lm_loss(own_size(images, sizes, 0), **bb.lm_collator()(p[:1], TARGETS[:1], image_sizes=sizes[:1]))
         torch.testing.assert_close(alone[0], both[0], atol=1e-5, rtol=1e-5)
         scores = bb.sequence_scores(images, p, ["red", "two"], image_sizes=sizes)
-        one = bb.sequence_scores(_own_size(images, sizes, 0), p[:1], ["red", "two"])
+        one = bb.sequence_scores(own_size(images, sizes, 0), p[:1], ["red", "two"])
         torch.testing.assert_close(one[0], scores[0], atol=1e-4, rtol=1e-4)
-        assert bb.generate(_own_size(images, sizes, 0), max_len=3, prompts=p[:1]) == bb.generate(
+        assert bb.generate(own_size(images, sizes, 0), max_len=3, prompts=p[:1]) == bb.generate(
             images, max_len=3, prompts=p, image_sizes=sizes)[:1]
 
 
@@ -163,7 +130,7 @@ def test_image_reading_square_keeps_the_squash(dirs):
         save_tiny_mistral3(folder)
     square = load_backbone(f"hf:{folder}", image_reading="square")
     assert square.resize.mode == "squash" and image_record(square.model).reading == "square"
-    assert to_uint8_tensor(_pictures([(30, 64)])[0], square.resize).shape == (3, 32, 32)
+    assert to_uint8_tensor(pictures([(30, 64)])[0], square.resize).shape == (3, 32, 32)
     row = square.lm_collator()([f"{IMAGE_TOKEN} caption:"])["input_ids"][0].tolist()
     assert row.count(square.image_token_id) == 4
     native = load_backbone(f"hf:{folder}", image_reading="native")
@@ -216,8 +183,8 @@ def test_a_chat_turn_with_an_image_of_its_own_size_is_the_processors_ids(tmp_pat
     kind = build_kind(spec, _split(spec, "train", 6), bb)
     example = _split(spec, "val", 1).examples[0]
     prompt = kind.prompt(example)
-    pic = _pictures([(30, 64)])[0]
-    _, sizes = _loader_images(bb, [pic])
+    pic = pictures([(30, 64)])[0]
+    _, sizes = loader_images(bb, [pic])
     assert sizes == [(16, 32)]
     turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": kind.question(example)}]}]
 
@@ -245,7 +212,7 @@ def test_pairs_of_their_own_sizes_train_and_evaluate(bb):
     from mtl_lora_vl.data.records import Example, Split
     from mtl_lora_vl.tasks import build_kind, load_spec
 
-    pics = _pictures([(48, 40), (30, 64), (90, 30), (40, 40)])
+    pics = pictures([(48, 40), (30, 64), (90, 30), (40, 40)])
     pairs = Split([Example((pics[i], pics[i + 1]), f"p{i}", text="both images contain a square", label=i % 2)
                    for i in range(3)])
     vqa = world.build_split("vqa", "train", n=4, seed=0)
@@ -271,7 +238,7 @@ def test_a_pair_given_whole_to_to_uint8_tensor_is_refused_naming_the_fix(bb):
     """A pair passed to to_uint8_tensor at once under the native resize was refused with 'use a backbone that resizes
     to a square' (Mistral 3 and Qwen2-VL read pairs at their own sizes: the loader converts each image alone); the
     message names that and --image-reading square."""
-    pair = tuple(_pictures([(48, 40), (30, 64)]))
+    pair = tuple(pictures([(48, 40), (30, 64)]))
     with pytest.raises(ValueError, match=r"2 images .* convert each alone.*--image-reading square"):
         to_uint8_tensor(pair, bb.resize)
     parts = tuple(to_uint8_tensor(p, bb.resize) for p in pair)

@@ -14,10 +14,15 @@ from test_generative_tasks import _attach
 from vlm_checks import (
     assert_lm_loss_per_row,
     assert_mixed_lm_loss_per_task,
+    assert_own_size_generate_per_task,
+    assert_own_size_loss_per_task,
     assert_routed_generate_per_task,
     assert_train_and_eval_commands,
     cached_and_full_scores,
+    loader_images,
     one_image_token_short,
+    own_size,
+    pictures,
     prompts,
 )
 
@@ -26,7 +31,6 @@ from mtl_lora_vl.backbones import BackboneError, Qwen2VLBackbone, load_backbone
 from mtl_lora_vl.backbones.base import GENERATE, GRAD_CHECKPOINTING, LM_LOGITS
 from mtl_lora_vl.backbones.qwen2_vl import patchify, qwen_image_side
 from mtl_lora_vl.data.images import ImageError, to_uint8_tensor
-from mtl_lora_vl.data.loader import pad_images
 from mtl_lora_vl.data.resize import ImageResize
 
 
@@ -81,17 +85,6 @@ def _pil_processor(bb):
                                     image_mean=ip.image_mean, image_std=ip.image_std)
 
 
-def _pictures(shapes, seed=0):
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
-
-
-def _loader_images(bb, pics):
-    """What the loader gives for ``pics``: each resized in a worker, the batch on one canvas, normalised."""
-    canvas, sizes = pad_images([to_uint8_tensor(p, bb.resize) for p in pics])
-    return bb.preprocess_uint8(canvas), list(sizes)
-
-
 def test_sizes_are_the_processors_smart_resize(bb):
     """Each image keeps its aspect: its size is the Qwen processor's smart_resize of its own sides (the tiny
     processor's bounds, and the released ones' within the package's 448² budget)."""
@@ -112,16 +105,16 @@ def test_device_patches_equal_the_processors(bb):
     """Images of three aspects, resized in the worker, put on one canvas and normalised on the device, cut into
     patches: exactly what the Qwen processor (on PIL's resampling) makes of the original pictures, grids and
     all; one size for the batch: one reshape, the same patches."""
-    pics = _pictures([(48, 40), (30, 64), (90, 30)])
-    images, sizes = _loader_images(bb, pics)
+    pics = pictures([(48, 40), (30, 64), (90, 30)])
+    images, sizes = loader_images(bb, pics)
     assert sizes == [(32, 16), (16, 32), (48, 16)] and images.shape == (3, 3, 48, 32)
     mine = bb._vision_inputs(images, sizes)
     theirs = _pil_processor(bb)(images=pics, return_tensors="pt")
     torch.testing.assert_close(mine["pixel_values"], theirs["pixel_values"], atol=1e-5, rtol=1e-5)
     assert mine["image_grid_thw"].tolist() == theirs["image_grid_thw"].tolist() == [[1, 4, 2], [1, 2, 4], [1, 6, 2]]
     assert bb.processor.image_processor(images=pics)["image_grid_thw"].tolist() == [[1, 4, 2], [1, 2, 4], [1, 6, 2]]
-    squares = _pictures([(48, 48), (20, 20)], seed=1)
-    images, sizes = _loader_images(bb, squares)
+    squares = pictures([(48, 48), (20, 20)], seed=1)
+    images, sizes = loader_images(bb, squares)
     mine = bb._vision_inputs(images, sizes)
     theirs = _pil_processor(bb)(images=squares, return_tensors="pt")
     torch.testing.assert_close(mine["pixel_values"], theirs["pixel_values"], atol=1e-5, rtol=1e-5)
@@ -228,23 +221,17 @@ SHAPES = [(48, 40), (30, 64), (90, 30), (40, 40)]   # (h, w) -> (32, 16), (16, 3
 TARGETS = ["red", "a blue square", "two", "a circle"]
 
 
-def _own_size(images, sizes, r):
-    """Row ``r``'s image alone, cut to its own size (no canvas)."""
-    h, w = sizes[r]
-    return images[r:r + 1, :, :h, :w]
-
-
 def test_each_row_gets_its_images_tokens(bb):
     """A row's prompt holds as many image tokens as its image fills (h/16 · w/16), as the Qwen processor expands
     its placeholder for the same pictures."""
-    images, sizes = _loader_images(bb, _pictures(SHAPES))
+    images, sizes = loader_images(bb, pictures(SHAPES))
     p = prompts(bb, 4)
     ids = bb.lm_collator()(p, TARGETS, image_sizes=sizes)["input_ids"]
     counts = (ids == bb.image_token_id).sum(1).tolist()
     text = [f"<|vision_start|>{bb.image_token}<|vision_end|> caption:"] * 4
-    theirs = _pil_processor(bb)(images=_pictures(SHAPES), return_tensors="pt")["image_grid_thw"]
+    theirs = _pil_processor(bb)(images=pictures(SHAPES), return_tensors="pt")["image_grid_thw"]
     assert counts == [2, 2, 3, 4] == [int(t * h * w) // 4 for t, h, w in theirs.tolist()]
-    hf = bb.processor(text=text, images=_pictures(SHAPES))["input_ids"]
+    hf = bb.processor(text=text, images=pictures(SHAPES))["input_ids"]
     assert [row.count(bb.image_token_id) for row in hf] == counts
     with pytest.raises(ValueError, match="4 prompts hold 4 image placeholders but 3 image sizes"):
         bb.lm_collator()(p, TARGETS, image_sizes=sizes[:3])
@@ -256,21 +243,8 @@ def test_rows_of_their_own_sizes_each_give_their_own_loss(bb):
     """Images of four sizes on one canvas: each row's loss is the row alone at its own size (the canvas's padding
     reaches nothing); under a mixed route each row gets its task's; without the sizes the rows are refused."""
     _adapt(bb)
-    images, sizes = _loader_images(bb, _pictures(SHAPES))
-    p = prompts(bb, 4)
-    b = bb.lm_collator()(p, TARGETS, image_sizes=sizes)
-    ids = [0, 1, 1, 0]
-    with torch.no_grad():
-        with mlv.route(bb.model, ids):
-            mixed = bb.lm_loss(images, **b, image_sizes=sizes)
-        for r, t in enumerate(ids):
-            one = bb.lm_collator()(p[r:r + 1], TARGETS[r:r + 1], image_sizes=sizes[r:r + 1])
-            with mlv.route(bb.model, t):
-                alone = bb.lm_loss(_own_size(images, sizes, r), **one)
-            torch.testing.assert_close(mixed[r], alone[0], atol=1e-5, rtol=1e-5)
-        with mlv.route(bb.model, 1):
-            other = bb.lm_loss(images, **b, image_sizes=sizes)
-    assert (mixed[[0, 3]] - other[[0, 3]]).abs().max() > 1e-4   # the routes differ
+    images, sizes = loader_images(bb, pictures(SHAPES))
+    b = assert_own_size_loss_per_task(bb, images, sizes, TARGETS, [0, 1, 1, 0])
     with pytest.raises(BackboneError, match="row 0 of input_ids has 2 image tokens .* its image gives 6 features"):
         bb.lm_loss(images, **b)
     with pytest.raises(ValueError, match="image_sizes must give each of the 4 images its .* within the batch's 48x32"):
@@ -282,22 +256,14 @@ def test_routed_generate_over_images_of_their_own_sizes(bb, beams):
     """Routed generate over a canvas of four sizes: each row's text is its task's, and the row's alone at its
     own size."""
     _adapt(bb)
-    images, sizes = _loader_images(bb, _pictures(SHAPES))
-    p = prompts(bb, 4)
-    with torch.no_grad():
-        with mlv.route(bb.model, [0, 1, 1, 0]):
-            routed = bb.generate(images, max_len=4, beam_size=beams, prompts=p, image_sizes=sizes)
-        alone = []
-        for r, t in enumerate([0, 1, 1, 0]):
-            with mlv.route(bb.model, t):
-                alone += bb.generate(_own_size(images, sizes, r), max_len=4, beam_size=beams, prompts=p[r:r + 1])
-    assert routed == alone
+    images, sizes = loader_images(bb, pictures(SHAPES))
+    assert_own_size_generate_per_task(bb, images, sizes, [0, 1, 1, 0], beams)
 
 
 def test_candidate_scores_over_images_of_their_own_sizes(bb):
     """Cached candidate scores over a canvas of four sizes equal the full computation and each row alone."""
     _adapt(bb)
-    images, sizes = _loader_images(bb, _pictures(SHAPES))
+    images, sizes = loader_images(bb, pictures(SHAPES))
     p = prompts(bb, 4)
     cands = ["red", "a blue square"]
     col = bb.lm_collator()
@@ -307,7 +273,7 @@ def test_candidate_scores_over_images_of_their_own_sizes(bb):
         full = bb._scores_full(images, p, rows, sizes)
     torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)
     with torch.no_grad(), mlv.route(bb.model, 0):
-        one = bb.sequence_scores(_own_size(images, sizes, 2), p[2:3], cands)
+        one = bb.sequence_scores(own_size(images, sizes, 2), p[2:3], cands)
     torch.testing.assert_close(cached[2], one[0], atol=1e-4, rtol=1e-4)
 
 
@@ -355,7 +321,7 @@ def test_the_loader_keeps_each_images_size(bb, tmp_path):
         loss = bb.lm_loss(images, **batch["lm"], image_sizes=sizes)
         r = sizes.index((48, 16))
         one = {k: v[r:r + 1, :int(batch["lm"]["attention_mask"][r].sum())] for k, v in batch["lm"].items()}
-        torch.testing.assert_close(bb.lm_loss(_own_size(images, sizes, r), **one)[0], loss[r], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(bb.lm_loss(own_size(images, sizes, r), **one)[0], loss[r], atol=1e-5, rtol=1e-5)
 
 
 def test_train_and_eval_on_pictures_of_their_own_aspects(dirs, tmp_path, capsys):
@@ -411,7 +377,7 @@ def test_a_processors_smaller_max_pixels_is_kept(tmp_path):
     nominal square's 32² instead, so a 78x20 picture was 48x16 where the processor makes 64x16 (helper 156)."""
     bb = load_backbone(f"hf:{_tiny_sized(tmp_path, longest_edge=1100)}")
     assert bb.image_size == 32 and bb.resize.budget == 1100
-    pic = _pictures([(20, 78)])[0]
+    pic = pictures([(20, 78)])[0]
     assert bb.processor.image_processor(images=[pic])["image_grid_thw"].tolist() == [[1, 2, 8]]
     assert tuple(to_uint8_tensor(pic, bb.resize).shape[-2:]) == (16, 64)
 
@@ -429,7 +395,7 @@ def test_a_native_resize_never_makes_an_empty_side():
 def test_a_token_mismatch_on_a_canvas_names_image_sizes(bb):
     """A canvas of images of their own sizes without image_sizes (and a first_label, so Hugging Face's own check
     speaks): the message named LLaVA's processor fields and 'fills 4 tokens' where rows hold 2, 2, 3, 4 (helper 156)."""
-    images, sizes = _loader_images(bb, _pictures(SHAPES))
+    images, sizes = loader_images(bb, pictures(SHAPES))
     b = bb.lm_collator()(prompts(bb, 4), TARGETS, image_sizes=sizes)
     with torch.no_grad(), pytest.raises(BackboneError, match=r"fills \(h/16\)·\(w/16\) tokens.*image_sizes=.*"
                                                              r"pad_images") as e:
@@ -449,7 +415,7 @@ def test_a_merged_directory_reads_images_within_the_training_bounds(tmp_path):
     out = mlv.save_merged(model, "a", tmp_path / "merged")
     w, h = bb.resize.resized_size(1000, 800)
     merged = AutoProcessor.from_pretrained(out).image_processor
-    assert merged(images=_pictures([(800, 1000)]))["image_grid_thw"].tolist() == [[1, h // 8, w // 8]]
+    assert merged(images=pictures([(800, 1000)]))["image_grid_thw"].tolist() == [[1, h // 8, w // 8]]
 
 
 # ------------------------------------------------------------------------------------------ --image-max-pixels
@@ -515,7 +481,7 @@ def test_image_max_pixels_is_recorded_and_read_back(tmp_path, capsys):
     assert main(["export", "--adapter", str(out / "adapter"), "--task", "shapes_caps", "--out",
                  str(tmp_path / "merged")]) == 0
     merged = AutoProcessor.from_pretrained(tmp_path / "merged").image_processor
-    assert merged(images=_pictures([(800, 1000)]))["image_grid_thw"].tolist() == [[1, 4, 6]]   # 32 x 48: within 2048
+    assert merged(images=pictures([(800, 1000)]))["image_grid_thw"].tolist() == [[1, 4, 6]]   # 32 x 48: within 2048
     doc["base"]["image_max_pixels"] = "lots"
     (out / "adapter" / "mtl_lora_config.json").write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="base.image_max_pixels must be a positive whole number.*got 'lots'"):
@@ -573,7 +539,7 @@ def test_save_merged_of_a_loaded_adapter_keeps_its_image_area(tmp_path, capsys):
     lp = load_pretrained(tmp_path / "run" / "adapter", heads=False, data_root=tmp_path)
     merged = mlv.save_merged(lp.backbone.model, "shapes_caps", tmp_path / "merged")
     w, h = lp.backbone.resize.resized_size(1000, 800)
-    grid = AutoProcessor.from_pretrained(merged).image_processor(images=_pictures([(800, 1000)]))["image_grid_thw"]
+    grid = AutoProcessor.from_pretrained(merged).image_processor(images=pictures([(800, 1000)]))["image_grid_thw"]
     assert grid.tolist() == [[1, h // 8, w // 8]] == [[1, 4, 6]]
 
 
@@ -596,7 +562,7 @@ def test_a_merged_processor_without_a_max_pixels_field_is_capped(tmp_path):
     model = mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1))
     out = mlv.save_merged(model, "a", tmp_path / "merged")
     w, h = bb.resize.resized_size(1000, 800)
-    grid = AutoProcessor.from_pretrained(out).image_processor(images=_pictures([(800, 1000)]))["image_grid_thw"]
+    grid = AutoProcessor.from_pretrained(out).image_processor(images=pictures([(800, 1000)]))["image_grid_thw"]
     assert grid.tolist() == [[1, h // 8, w // 8]]
 
 

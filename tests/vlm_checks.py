@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
+from PIL import Image
 
 import mtl_lora_vl as mlv
+from mtl_lora_vl.data.anyres import pad_images
+from mtl_lora_vl.data.images import to_uint8_tensor
 
 PROMPTS = ["question: what colour is the circle? answer:", "caption:", "how many objects are there? answer:"]
 
@@ -221,3 +225,56 @@ def spy_generate(bb) -> dict:
 
     bb.model.generate = generate
     return seen
+
+
+# ------------------------------------------------------------------------------------------ images of their own sizes
+def pictures(shapes: list[tuple[int, int]], seed: int = 0) -> list[Image.Image]:
+    """Random RGB pictures of the given (h, w) shapes."""
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
+
+
+def loader_images(bb, pics: list[Image.Image]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """What the loader gives for ``pics``: each resized in a worker, the batch on one canvas, normalised."""
+    canvas, sizes = pad_images([to_uint8_tensor(p, bb.resize) for p in pics])
+    return bb.preprocess_uint8(canvas), [tuple(s) for s in sizes]
+
+
+def own_size(images: torch.Tensor, sizes: list[tuple[int, int]], r: int) -> torch.Tensor:
+    """Row ``r``'s image alone, cut to its own size (no canvas)."""
+    h, w = sizes[r]
+    return images[r:r + 1, :, :h, :w]
+
+
+def assert_own_size_loss_per_task(bb, images: torch.Tensor, sizes: list, targets: list[str], ids: list[int]) -> dict:
+    """Under the mixed route ``ids`` (tasks 0 at rows 0 and 3, 1 elsewhere among them), each row's loss over the
+    canvas equals the row alone at its own size under its task; route 1 for all changes rows 0 and 3. Returns the
+    collated batch."""
+    p = prompts(bb, len(ids))
+    b = bb.lm_collator()(p, targets, image_sizes=sizes)
+    with torch.no_grad():
+        with mlv.route(bb.model, ids):
+            mixed = bb.lm_loss(images, **b, image_sizes=sizes)
+        for r, t in enumerate(ids):
+            one = bb.lm_collator()(p[r:r + 1], targets[r:r + 1], image_sizes=sizes[r:r + 1])
+            with mlv.route(bb.model, t):
+                alone = bb.lm_loss(own_size(images, sizes, r), **one)
+            torch.testing.assert_close(mixed[r], alone[0], atol=1e-5, rtol=1e-5)
+        with mlv.route(bb.model, 1):
+            other = bb.lm_loss(images, **b, image_sizes=sizes)
+    assert (mixed[[0, 3]] - other[[0, 3]]).abs().max() > 1e-4   # the routes differ
+    return b
+
+
+def assert_own_size_generate_per_task(bb, images: torch.Tensor, sizes: list, route: list[int], beams: int) -> None:
+    """Routed generate over a canvas of images of their own sizes: each row's text is the row's alone at its own
+    size under its task."""
+    p = prompts(bb, len(route))
+    with torch.no_grad():
+        with mlv.route(bb.model, route):
+            routed = bb.generate(images, max_len=4, beam_size=beams, prompts=p, image_sizes=sizes)
+        alone = []
+        for r, t in enumerate(route):
+            with mlv.route(bb.model, t):
+                alone += bb.generate(own_size(images, sizes, r), max_len=4, beam_size=beams, prompts=p[r:r + 1])
+    assert routed == alone
