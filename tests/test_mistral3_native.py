@@ -10,6 +10,7 @@ import pytest
 import torch
 from mistral3_tiny import IMAGE_TOKEN, save_tiny_mistral3, tiny_mistral3_backbone
 from test_generative_tasks import _attach
+from test_nlvr_generative import assert_own_size_pairs_train_as_each_task_alone
 from vlm_checks import (
     assert_own_size_generate_per_task,
     assert_own_size_loss_per_task,
@@ -205,30 +206,9 @@ def test_pairs_of_their_own_sizes_train_and_evaluate(bb):
     """NLVR2-style rows of two pictures of different sizes (the nlvr kind) read at their own sizes: each image reaches
     the collator with its own size (no stack, no 'needs images of one size'), the mixed batch's losses are each
     task's alone, and the kind evaluates through the language model."""
-    from test_generative_tasks import _collate, _model
-
-    from mtl_lora_vl.data import world
-    from mtl_lora_vl.data.loader import TaskDataset
-    from mtl_lora_vl.data.records import Example, Split
-    from mtl_lora_vl.tasks import build_kind, load_spec
-
-    pics = pictures([(48, 40), (30, 64), (90, 30), (40, 40)])
-    pairs = Split([Example((pics[i], pics[i + 1]), f"p{i}", text="both images contain a square", label=i % 2)
-                   for i in range(3)])
-    vqa = world.build_split("vqa", "train", n=4, seed=0)
-    kinds = {"nlvr": build_kind(load_spec("nlvr"), pairs, bb), "vqa": build_kind(load_spec("vqa"), vqa, bb)}
-    _attach(bb, kinds)
-    rows = [dict(TaskDataset(kinds["nlvr"], pairs, bb.resize)[i], task_id=0) for i in range(3)]
-    rows += [dict(TaskDataset(kinds["vqa"], vqa, bb.resize)[i], task_id=1) for i in range(2)]
-    assert isinstance(rows[0]["image"], tuple) and rows[0]["image"][0].shape != rows[0]["image"][1].shape
-    model = _model(bb, kinds)
+    kinds, pairs = assert_own_size_pairs_train_as_each_task_alone(bb, pictures([(48, 40), (30, 64), (90, 30),
+                                                                               (40, 40)]))
     with torch.no_grad():
-        batch = _collate(kinds, bb, rows)
-        assert len(batch["image_sizes"]) == 3 * 2 + 2 and len(set(batch["image_sizes"])) > 2
-        _, mixed = model(batch)
-        for t, name in enumerate(kinds):
-            _, alone = model(_collate(kinds, bb, [r for r in rows if r["task_id"] == t]))
-            assert mixed[name].item() == pytest.approx(alone[name].item(), rel=1e-4, abs=1e-5), name
         with mlv.route(bb.model, "nlvr"):
             result = kinds["nlvr"].evaluate(bb, None, pairs, batch_size=2, device="cpu")
     assert result["n"] == 3 and 0 <= result["accuracy"] <= 1

@@ -12,7 +12,7 @@ from mtl_lora_vl.backbones import BackboneError, load_backbone
 from mtl_lora_vl.backbones.lm_collate import IGNORE_INDEX
 from mtl_lora_vl.data import world
 from mtl_lora_vl.data.loader import TaskDataset
-from mtl_lora_vl.data.records import image_parts
+from mtl_lora_vl.data.records import Example, Split, image_parts
 from mtl_lora_vl.tasks import build_kind, load_spec
 
 TASKS = ("nlvr", "vqa", "caption_cls")
@@ -53,6 +53,29 @@ def pair_bb(request, llava_dir, qwen_dir):
 def _split(name: str, n: int):
     kind = {"caption_cls": "classification"}.get(name, name)
     return world.build_split(kind, "train", n=n, seed=0)
+
+
+def assert_own_size_pairs_train_as_each_task_alone(bb, pics: list) -> tuple[dict, Split]:
+    """Three nlvr rows pairing ``pics`` (four, of different sizes) beside two vqa rows, on a backbone reading each
+    image at its own size: a pair's images reach the collator as two of their own sizes (no stack), and the mixed
+    batch's losses are each task's alone. Returns the kinds and the pairs' split."""
+    pairs = Split([Example((pics[i], pics[i + 1]), f"p{i}", text="both images contain a square", label=i % 2)
+                   for i in range(3)])
+    kinds = {"nlvr": build_kind(load_spec("nlvr"), pairs, bb),
+             "vqa": build_kind(load_spec("vqa"), _split("vqa", 4), bb)}
+    _attach(bb, kinds)
+    rows = [dict(TaskDataset(kinds["nlvr"], pairs, bb.resize)[i], task_id=0) for i in range(3)]
+    rows += [dict(TaskDataset(kinds["vqa"], _split("vqa", 4), bb.resize)[i], task_id=1) for i in range(2)]
+    assert isinstance(rows[0]["image"], tuple) and rows[0]["image"][0].shape != rows[0]["image"][1].shape
+    model = _model(bb, kinds)
+    with torch.no_grad():
+        batch = _collate(kinds, bb, rows)
+        assert len(batch["image_sizes"]) == 3 * 2 + 2 and len(set(batch["image_sizes"])) > 2
+        _, mixed = model(batch)
+        for t, name in enumerate(kinds):
+            _, alone = model(_collate(kinds, bb, [r for r in rows if r["task_id"] == t]))
+            assert mixed[name].item() == pytest.approx(alone[name].item(), rel=1e-4, abs=1e-5), name
+    return kinds, pairs
 
 
 def _kinds(backbone, names=TASKS):
@@ -455,27 +478,10 @@ def test_qwen_pairs_of_their_own_sizes_train_as_each_task_alone(qwen_dir):
     from PIL import Image
     from qwen_tiny import tiny_qwen2vl_backbone
 
-    from mtl_lora_vl.data.records import Example, Split
-
     bb = tiny_qwen2vl_backbone(qwen_dir)
     pics = [Image.new("RGB", size, (40 * i, 90, 200 - 30 * i)) for i, size in enumerate([(40, 48), (64, 30),
                                                                                           (30, 90), (40, 40)])]
-    pairs = Split([Example((pics[i], pics[i + 1]), f"p{i}", text="both images contain a square", label=i % 2)
-                   for i in range(3)])
-    kinds = {"nlvr": build_kind(load_spec("nlvr"), pairs, bb),
-             "vqa": build_kind(load_spec("vqa"), _split("vqa", 4), bb)}
-    _attach(bb, kinds)
-    rows = [dict(TaskDataset(kinds["nlvr"], pairs, bb.resize)[i], task_id=0) for i in range(3)]
-    rows += [dict(TaskDataset(kinds["vqa"], _split("vqa", 4), bb.resize)[i], task_id=1) for i in range(2)]
-    assert isinstance(rows[0]["image"], tuple) and rows[0]["image"][0].shape != rows[0]["image"][1].shape
-    model = _model(bb, kinds)
-    with torch.no_grad():
-        batch = _collate(kinds, bb, rows)
-        assert len(batch["image_sizes"]) == 3 * 2 + 2 and len(set(batch["image_sizes"])) > 2
-        _, mixed = model(batch)
-        for t, name in enumerate(kinds):
-            _, alone = model(_collate(kinds, bb, [r for r in rows if r["task_id"] == t]))
-            assert mixed[name].item() == pytest.approx(alone[name].item(), rel=1e-4, abs=1e-5), name
+    assert_own_size_pairs_train_as_each_task_alone(bb, pics)
 
 
 def test_a_chat_pair_turn_is_the_templates_ids(tmp_path):
