@@ -19,7 +19,8 @@ from PIL import Image
 import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import load_backbone
 from mtl_lora_vl.backbones.idefics3 import Idefics3Backbone
-from mtl_lora_vl.backbones.llava_next import LlavaNextBackbone
+from mtl_lora_vl.backbones.llava_next import LlavaNextBackbone, LlavaOnevisionBackbone
+from mtl_lora_vl.backbones.mistral3 import Mistral3Backbone
 from mtl_lora_vl.cli.export import export_main
 from mtl_lora_vl.io.layout import AdapterFileError
 from mtl_lora_vl.io.pretrained import load_pretrained
@@ -228,3 +229,25 @@ def test_a_backbone_made_on_a_bare_model_reads_as_its_loaded_adapter(next_folder
         # a model without an adapter: the processor's reading
         assert backbone.from_model(cls.from_pretrained(str(folder)),
                                    AutoProcessor.from_pretrained(folder)).resize.mode == "anyres"
+
+
+def test_a_merged_export_of_a_square_adapter_is_warned_in_each_familys_words(tmp_path, caplog):
+    """fit_processor_files("square") of the families whose processor never reads a picture on one square (LLaVA-NeXT,
+    LLaVA-OneVision, Mistral 3) warns, naming the family's processor; "native" and no reading say nothing (helper
+    265: one shared warning, each family's words kept)."""
+    tail = "processor does: used with its processor, the merged model reads pictures at their own aspect, not as its " \
+           "task was trained"
+    said = {LlavaNextBackbone: "read on the square canvas (native_aspect(False)), which no LlavaNext ",
+            LlavaOnevisionBackbone: "read on the square canvas (native_aspect(False)), which no LlavaOnevision ",
+            Mistral3Backbone: "squashed to one square (--image-reading square, native_aspect(False)), which no "
+                              "Mistral3 (Pixtral) "}
+    for cls, words in said.items():
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            cls.fit_processor_files(tmp_path, reading="square")
+        assert caplog.messages == [f"{tmp_path}: the adapter's images were {words}{tail}"], cls.__name__
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            cls.fit_processor_files(tmp_path, reading="native")
+            cls.fit_processor_files(tmp_path, max_pixels=1024)
+        assert not caplog.messages, cls.__name__

@@ -10,8 +10,10 @@ reads it back.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from ..data.resize import ImageResize
 from .base import Backbone, BackboneError
@@ -23,6 +25,8 @@ __all__ = ["IMAGE_READING_CHOICES", "NativeImageReading", "read_images"]
 #: ``--image-reading``: each image at its own aspect as the processor reads it, or squashed to one square.
 IMAGE_READING_CHOICES = ("native", "square")
 
+logger = logging.getLogger(__name__)
+
 
 class NativeImageReading:
     """Mixin before :class:`~.hf_vlm.HFVLMBackbone` for a backbone with ``geometry`` (its processor's, plain data)
@@ -30,6 +34,18 @@ class NativeImageReading:
 
     geometry: Any
     square_resize: ImageResize
+    #: How the square-export warning names the square reading and the processor (None: the class name less Backbone)
+    square_words: ClassVar[str] = "read on the square canvas (native_aspect(False))"
+    processor_words: ClassVar[str | None] = None
+
+    @classmethod
+    def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None) -> None:
+        """No processor of the family reads pictures on one square: a merged export of an adapter trained so
+        (``native_aspect(False)``) is warned about (its processor reads pictures at their own aspect)."""
+        if reading == "square":
+            logger.warning("%s: the adapter's images were %s, which no %s processor does: used with its processor, "
+                           "the merged model reads pictures at their own aspect, not as its task was trained", folder,
+                           cls.square_words, cls.processor_words or cls.__name__.removesuffix("Backbone"))
 
     @property
     def needs_image_sizes(self) -> bool:

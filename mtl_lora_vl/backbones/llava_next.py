@@ -34,7 +34,6 @@ import functools
 import logging
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -110,15 +109,6 @@ class LlavaNextBackbone(NativeImageReading, HFVLMBackbone):
                                      cls._max_tiles(model.config), bb.base_filter, cls._several_fill(bb))
         bb.native_aspect(image_record(model).reading != "square")   # (a loaded adapter's record)
         return bb
-
-    @classmethod
-    def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None) -> None:
-        """No processor reads images on the square canvas: a merged export of an adapter trained so
-        (``native_aspect(False)``) is warned about (its processor reads pictures at their own aspect)."""
-        if reading == "square":
-            logger.warning("%s: the adapter's images were read on the square canvas (native_aspect(False)), which no "
-                           "%s processor does: used with its processor, the merged model reads pictures at their own "
-                           "aspect, not as its task was trained", folder, cls.__name__.removesuffix("Backbone"))
 
     @classmethod
     def _max_tiles(cls, config: Any) -> int:

@@ -25,10 +25,8 @@ Mistral decoder) from a local directory: the language-model API of :mod:`.hf_vlm
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -42,8 +40,6 @@ from .lm_collate import PromptLayout
 
 __all__ = ["Mistral3Backbone"]
 
-logger = logging.getLogger(__name__)
-
 
 @register_backbone("mistral3")
 @dataclass(eq=False)
@@ -52,6 +48,9 @@ class Mistral3Backbone(NativeImageReading, HFVLMBackbone):
 
     image_breaks: tuple[int, ...] = ()   # ([IMG_BREAK], [IMG_END]) ids
     square_resize: ImageResize | None = None   # the squash to the S square (native_aspect(False))
+    # (no Pixtral processor squashes a picture: an export of a square adapter is warned about, fit_processor_files)
+    square_words: ClassVar[str] = "squashed to one square (--image-reading square, native_aspect(False))"
+    processor_words: ClassVar[str | None] = "Mistral3 (Pixtral)"
 
     @classmethod
     def from_model(cls, model: nn.Module, processor: Any, name: str = "hf:custom") -> Mistral3Backbone:
@@ -70,16 +69,6 @@ class Mistral3Backbone(NativeImageReading, HFVLMBackbone):
             projector.register_forward_hook(_keep_one_row)
         bb.native_aspect(image_record(model).reading != "square")   # (a loaded adapter's record)
         return bb
-
-    @classmethod
-    def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None) -> None:
-        """No Pixtral processor squashes a picture to the square: a merged export of an adapter trained so
-        (``native_aspect(False)``) is warned about (its processor reads pictures at their own aspect)."""
-        if reading == "square":
-            logger.warning("%s: the adapter's images were squashed to one square (--image-reading square, "
-                           "native_aspect(False)), which no Mistral3 (Pixtral) processor does: used with its "
-                           "processor, the merged model reads pictures at their own aspect, not as its task was "
-                           "trained", folder)
 
     @property
     def needs_image_sizes(self) -> bool:
