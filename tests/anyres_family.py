@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import pytest
-import torch
 from vlm_checks import (
+    assert_merged_checkpoint_matches,
     assert_mixed_gradients_are_per_task_sums,
     assert_mixed_route_per_task,
     assert_peft_export_matches,
@@ -57,13 +57,4 @@ class AnyresFamilyTests:
 
     def test_a_merged_checkpoint_loads_with_from_pretrained_and_the_same_outputs(self, tiny, tmp_path):
         m = self.adapted(tiny)
-        x = self.batch(tiny, [1, 2])
-        kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
-        with torch.no_grad(), mlv.route(m, "b"):
-            logits, tokens = m(**x).logits, m.generate(**x, **kw)
-        out = mlv.save_merged(m, "b", tmp_path / "merged")
-        merged = tiny[0].from_pretrained(str(out), local_files_only=True).eval()
-        assert not any("lora_" in n for n, _ in merged.named_parameters())
-        with torch.no_grad():
-            torch.testing.assert_close(merged(**x).logits, logits, atol=1e-5, rtol=1e-4)
-            assert torch.equal(merged.generate(**x, **kw), tokens)
+        assert_merged_checkpoint_matches(m, tiny[0], self.batch(tiny, [1, 2]), tmp_path / "merged")

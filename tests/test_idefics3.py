@@ -10,6 +10,7 @@ import pytest
 import torch
 from idefics3_tiny import CONNECTOR, inputs, tiny_idefics3
 from vlm_checks import (
+    assert_merged_checkpoint_matches,
     assert_mixed_gradients_are_per_task_sums,
     assert_mixed_route_per_task,
     assert_peft_export_matches,
@@ -87,13 +88,4 @@ def test_peft_export_loads_with_the_same_outputs(smolvlm, tmp_path):
 @SMOL
 def test_a_merged_checkpoint_loads_with_from_pretrained_and_the_same_outputs(smolvlm, tmp_path):
     m = _adapted(smolvlm, targets=_with_connector())
-    x = inputs(2, ragged=True)
-    kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, num_beams=1, pad_token_id=0, eos_token_id=None)
-    with torch.no_grad(), mlv.route(m, "b"):
-        logits, tokens = m(**x).logits, m.generate(**x, **kw)
-    out = mlv.save_merged(m, "b", tmp_path / "merged")
-    merged = type(tiny_idefics3(smolvlm)).from_pretrained(str(out), local_files_only=True).eval()
-    assert not any("lora_" in n for n, _ in merged.named_parameters())
-    with torch.no_grad():
-        torch.testing.assert_close(merged(**x).logits, logits, atol=1e-5, rtol=1e-4)
-        assert torch.equal(merged.generate(**x, **kw), tokens)
+    assert_merged_checkpoint_matches(m, type(tiny_idefics3(smolvlm)), inputs(2, ragged=True), tmp_path / "merged")

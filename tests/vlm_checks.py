@@ -204,6 +204,21 @@ def assert_peft_export_matches(model: torch.nn.Module, fresh: torch.nn.Module, f
                 torch.testing.assert_close(pm(**x).logits, model(**x).logits, atol=1e-5, rtol=1e-4)
 
 
+def assert_merged_checkpoint_matches(m: torch.nn.Module, model_class: type, x: dict, folder, atol: float = 1e-5
+                                     ) -> None:
+    """``save_merged(m, "b", folder)`` loads with ``model_class.from_pretrained`` with no adapter tensors, and gives
+    task b's routed logits and greedy tokens."""
+    kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, num_beams=1, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad(), mlv.route(m, "b"):
+        logits, tokens = m(**x).logits, m.generate(**x, **kw)
+    out = mlv.save_merged(m, "b", folder)
+    merged = model_class.from_pretrained(str(out), local_files_only=True).eval()
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**x).logits, logits, atol=atol, rtol=1e-4)
+        assert torch.equal(merged.generate(**x, **kw), tokens)
+
+
 def bias_head(bb, token_id: int, amount: float = 8.0) -> torch.utils.hooks.RemovableHandle:
     """A hook on the output head making ``token_id`` every step's most likely token (``.remove()`` it after)."""
     def hook(module, args, out):
