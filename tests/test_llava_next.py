@@ -5,16 +5,11 @@ the PEFT export and the merged checkpoint give the same outputs. (The backbone c
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from anyres_family import AnyresFamilyTests
+from anyres_family import AnyresFamilyTests, adapted, fresh
 from llava_tiny import PATCH, _word_tokenizer
-from PIL import Image
-from vlm_checks import (
-    assert_mixed_route_per_task,
-    perturb_adapters,
-)
+from vlm_checks import assert_mixed_route_per_task, pictures
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.families import find_family
@@ -64,38 +59,22 @@ def tiny(tmp_path_factory):
     return build(tmp_path_factory.mktemp("llava_next"))
 
 
-def _fresh(tiny):
-    cls, _, folder = tiny
-    return cls.from_pretrained(str(folder)).eval()
-
-
-def _adapted(tiny, **cfg):
-    """Adapters drawn at std 0.1: at the other families' 0.5 the tiles' tower activations reach ~1,000, and a merged
-    checkpoint's logits differ from the routed ones by fp32 rounding alone (1.7e-3; 2.7e-7 at 0.1)."""
-    torch.manual_seed(0)
-    return perturb_adapters(mlv.attach(_fresh(tiny), mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, **cfg)), std=0.1)
-
-
 def batch(tiny, counts: list[int], seed: int = 0) -> dict:
     """The processor's batch for rows holding ``counts[r]`` pictures each (sizes from SIZES in turn)."""
-    rng = np.random.default_rng(seed)
-    n = sum(counts)
-    pictures = [Image.fromarray(rng.integers(0, 256, (*SIZES[i % len(SIZES)], 3), dtype=np.uint8)) for i in range(n)]
+    drawn = pictures([SIZES[i % len(SIZES)] for i in range(sum(counts))], seed)
     words = ["what colour is the circle", "describe", "how many", "caption"]
     texts = [" ".join(["<image>"] * c + [words[r % len(words)]] * (r + 1)) for r, c in enumerate(counts)]
-    return dict(tiny[1](text=texts, images=pictures, return_tensors="pt", padding=True))
+    return dict(tiny[1](text=texts, images=drawn, return_tensors="pt", padding=True))
 
 
 
 class TestLlavaNextAnyres(AnyresFamilyTests):
-    fresh = staticmethod(_fresh)
-    adapted = staticmethod(_adapted)
     batch = staticmethod(batch)
     peft_readme_says = "set_adapter('a')   # one task per call"
 
 
 def test_the_family_row_takes_the_tower_up_to_the_feature_layer_and_the_language_model(tiny):
-    m = _adapted(tiny)
+    m = adapted(tiny)
     info = m._mtl_lora
     assert find_family(m).name == info.family == "llava_next"
     vision = [n for n, t in info.towers.items() if t == "image"]
@@ -106,14 +85,14 @@ def test_the_family_row_takes_the_tower_up_to_the_feature_layer_and_the_language
 def test_tiles_per_row_are_the_processors(tiny):
     """Each row's image tokens matched to the images' token counts (the model's arithmetic) give the processor's
     tiles: rows of 2, 0 and 1 pictures (3 + 5, none, 3 tiles)."""
-    m = _fresh(tiny)
+    m = fresh(tiny)
     x = batch(tiny, [2, 0, 1])
     assert llava_next_row_tiles(m.model, (), x) == [8, 0, 3]
     assert x["pixel_values"].shape[:2] == (3, 5)   # (images, most tiles, ...): padded tiles dropped by the model
 
 
 def test_a_row_holding_part_of_an_image_and_encoded_images_are_refused(tiny):
-    m = _adapted(tiny)
+    m = adapted(tiny)
     x = batch(tiny, [2, 0])
     ids = x["input_ids"].clone()
     image = tiny[1].tokenizer.convert_tokens_to_ids("<image>")
@@ -136,7 +115,7 @@ def test_a_siglip_tower_with_full_features_is_counted(tmp_path):
     tokens for a tile's base view where the model has grid², and refused every mixed route as rows holding 0.97 and
     1.006 images, one image per row included (helper 163)."""
     t = build(tmp_path, "siglip", "full")
-    m = _adapted(t)
+    m = adapted(t)
     assert_mixed_route_per_task(m, batch(t, [1, 1]), [0, 1])
     assert_mixed_route_per_task(m, batch(t, [2, 0, 1]), [0, 1, 0])
 
@@ -145,4 +124,4 @@ def test_image_sizes_given_as_a_list_are_counted(tiny):
     """The model takes image_sizes as a list of [h, w]; the mixed route's count failed on it ('list' object has no
     attribute 'cpu') (helper 163)."""
     x = batch(tiny, [2, 0, 1])
-    assert_mixed_route_per_task(_adapted(tiny), {**x, "image_sizes": x["image_sizes"].tolist()}, [0, 1, 0])
+    assert_mixed_route_per_task(adapted(tiny), {**x, "image_sizes": x["image_sizes"].tolist()}, [0, 1, 0])

@@ -11,13 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from anyres_family import AnyresFamilyTests
+from anyres_family import AnyresFamilyTests, adapted, fresh
 from llava_tiny import PATCH, _word_tokenizer
 from PIL import Image
-from vlm_checks import (
-    assert_mixed_route_per_task,
-    perturb_adapters,
-)
+from vlm_checks import assert_mixed_route_per_task, pictures
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.families import find_family, inner_family
@@ -75,17 +72,6 @@ def tiny(tmp_path_factory):
     return build(tmp_path_factory.mktemp("llava_onevision"))
 
 
-def _fresh(tiny):
-    cls, _, folder = tiny
-    return cls.from_pretrained(str(folder)).eval()
-
-
-def _adapted(tiny, **cfg):
-    """Adapters drawn at std 0.1, as LLaVA-NeXT's (the tiles' tower activations are large)."""
-    torch.manual_seed(0)
-    return perturb_adapters(mlv.attach(_fresh(tiny), mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, **cfg)), std=0.1)
-
-
 WORDS = ["what colour is the circle", "describe", "how many", "caption"]
 
 
@@ -93,14 +79,12 @@ def batch(tiny, counts: list[int], seed: int = 0, nested: bool = False) -> dict:
     """The processor's batch for rows holding ``counts[r]`` pictures each (sizes from SIZES in turn); ``nested``: the
     pictures given as one list per row (the processor then writes ``batch_num_images``, and an image of a row of
     several is its base view alone)."""
-    rng = np.random.default_rng(seed)
-    pictures = [Image.fromarray(rng.integers(0, 256, (*SIZES[i % len(SIZES)], 3), dtype=np.uint8))
-                for i in range(sum(counts))]
+    drawn = pictures([SIZES[i % len(SIZES)] for i in range(sum(counts))], seed)
     texts = [" ".join(["<image>"] * c + [WORDS[r % len(WORDS)]] * (r + 1)) for r, c in enumerate(counts)]
     if nested:
         starts = np.cumsum([0, *counts])
-        pictures = [pictures[a:b] for a, b in zip(starts[:-1], starts[1:])]
-    return dict(tiny[1](text=texts, images=pictures, return_tensors="pt", padding=True))
+        drawn = [drawn[a:b] for a, b in zip(starts[:-1], starts[1:])]
+    return dict(tiny[1](text=texts, images=drawn, return_tensors="pt", padding=True))
 
 
 def video_batch(tiny, videos: list[int], pictures: list[int] | None = None, frames: int = 3, seed: int = 0) -> dict:
@@ -117,14 +101,12 @@ def video_batch(tiny, videos: list[int], pictures: list[int] | None = None, fram
 
 
 class TestLlavaOnevisionAnyres(AnyresFamilyTests):
-    fresh = staticmethod(_fresh)
-    adapted = staticmethod(_adapted)
     batch = staticmethod(batch)
     peft_readme_says = "reads each image as several tiles"
 
 
 def test_the_family_row_takes_the_tower_up_to_the_feature_layer_and_the_language_model(tiny):
-    m = _adapted(tiny)
+    m = adapted(tiny)
     info = m._mtl_lora
     assert find_family(m).name == info.family == "llava_onevision"
     assert inner_family(m.model).name == "llava_onevision"
@@ -136,7 +118,7 @@ def test_the_family_row_takes_the_tower_up_to_the_feature_layer_and_the_language
 def test_tiles_per_row_are_the_processors(tiny):
     """Each row's image tokens matched to the images' token counts (the model's pack_image_features on meta tensors)
     give the processor's tiles (its unpadded tiles per image; an image of a row of several given per row: one)."""
-    m = _fresh(tiny)
+    m = fresh(tiny)
     x = batch(tiny, [2, 0, 1])
     tiles = (x["pixel_values"].flatten(2) != 0).any(-1).sum(-1).tolist()   # per image, the padding tiles left out
     assert tiles == [3, 5, 3]
@@ -150,13 +132,13 @@ def test_tiles_per_row_are_the_processors(tiny):
 
 
 def test_images_given_per_row_are_routed_by_their_base_views(tiny):
-    assert_mixed_route_per_task(_adapted(tiny), batch(tiny, [2, 0, 1], nested=True), [0, 1, 0])
+    assert_mixed_route_per_task(adapted(tiny), batch(tiny, [2, 0, 1], nested=True), [0, 1, 0])
 
 
 def test_a_mixed_route_with_videos_is_refused_by_name(tiny):
     """Videos reach the vision tower in a call of their own (frames, not tiles): a mixed route is refused, in the
     forward and in generate, naming the rows' tiles and frames and what to do."""
-    m = _adapted(tiny)
+    m = adapted(tiny)
     kw = dict(max_new_tokens=2, do_sample=False, pad_token_id=0, eos_token_id=None)
     for x, held in ((video_batch(tiny, [1, 2]), r"\[3, 6\]"), (video_batch(tiny, [0, 1], [1, 1]), r"\[3, 8\]")):
         for call in (lambda y: m(**y), lambda y: m.generate(**y, **kw)):
@@ -168,7 +150,7 @@ def test_a_mixed_route_with_videos_is_refused_by_name(tiny):
 
 def test_a_one_task_route_takes_videos(tiny):
     """Under one task the videos (and pictures beside them) run, and each task's adapters change them."""
-    m = _adapted(tiny)
+    m = adapted(tiny)
     x = video_batch(tiny, [1, 2], [1, 0])
     kw = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False, num_beams=3, pad_token_id=0, eos_token_id=None)
     with torch.no_grad():
@@ -184,12 +166,12 @@ def test_one_single_frame_video_per_row_routes_by_rows(tiny):
     """Rows holding one video of one frame each and no picture: the tower's video call has one frame per row, routed
     as the rows (the count, [1, 1, 1], lets it through)."""
     x = video_batch(tiny, [1, 1, 1], frames=1)
-    assert llava_onevision_row_tiles(_fresh(tiny).model, (), x) == [1, 1, 1]
-    assert_mixed_route_per_task(_adapted(tiny), x, [0, 1, 0])
+    assert llava_onevision_row_tiles(fresh(tiny).model, (), x) == [1, 1, 1]
+    assert_mixed_route_per_task(adapted(tiny), x, [0, 1, 0])
 
 
 def test_encoded_images_of_several_tiles_are_refused(tiny):
-    m = _adapted(tiny)
+    m = adapted(tiny)
     x = batch(tiny, [2, 0])
     with torch.no_grad():
         with mlv.route(m, "a"):
@@ -202,7 +184,7 @@ def test_encoded_images_of_several_tiles_are_refused(tiny):
 def test_a_siglip_tower_with_full_features_is_counted(tmp_path):
     """LLaVA-OneVision's own setting: a SigLIP tower (no CLS position) under vision_feature_select_strategy="full"."""
     t = build(tmp_path, "siglip", "full")
-    m = _adapted(t)
+    m = adapted(t)
     x = batch(t, [2, 0, 1])
     assert llava_onevision_row_tiles(m.model, (), x) == [8, 0, 3]
     assert_mixed_route_per_task(m, x, [0, 1, 0])
