@@ -24,7 +24,9 @@ from vlm_checks import (
     assert_train_and_eval_commands,
     cached_and_full_scores,
     perturb_adapters,
+    pictures,
     prompts,
+    square_images,
 )
 
 import mtl_lora_vl as mlv
@@ -33,7 +35,6 @@ import mtl_lora_vl.backbones.hf_vlm as hf_vlm_module
 from mtl_lora_vl.backbones import Gemma3Backbone
 from mtl_lora_vl.backbones.base import GENERATE, GRAD_CHECKPOINTING, LM_LOGITS
 from mtl_lora_vl.backbones.spec import parse_spec
-from mtl_lora_vl.data.resize import resize_to_square
 from mtl_lora_vl.families import family_named, find_family
 
 
@@ -114,15 +115,12 @@ def test_loads_from_a_directory_with_its_processor(bb):
 def test_the_collators_ids_and_the_device_pixels_equal_the_processors(bb):
     """The prompt's ids (with '\\n\\n<start_of_image>' ... '<end_of_image>\\n\\n' around the image tokens), the
     token_type_ids the backbone passes, and the loader's pixels equal what Gemma3Processor makes."""
-    rng = np.random.default_rng(0)
-    pics = [Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)) for _ in range(2)]
-    squares = [resize_to_square(p, bb.resize) for p in pics]
-    uint8 = torch.stack([torch.from_numpy(np.asarray(s).copy()).permute(2, 0, 1) for s in squares])
+    squares, pixels = square_images(bb, pictures([(48, 40)] * 2))
     theirs = bb.processor(text=["<start_of_image> caption:"] * 2, images=[[s] for s in squares], return_tensors="pt")
     mine = bb.lm_collator()([f"{bb.image_token} caption:"] * 2)
     assert mine["input_ids"].tolist() == theirs["input_ids"].tolist()
     assert bb._extra_inputs(mine["input_ids"], None)["token_type_ids"].tolist() == theirs["token_type_ids"].tolist()
-    torch.testing.assert_close(bb.preprocess_uint8(uint8), theirs["pixel_values"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pixels, theirs["pixel_values"], atol=1e-5, rtol=1e-5)
 
 
 def test_lm_loss_per_row_equals_each_row_alone_and_the_plain_model(bb):

@@ -25,11 +25,12 @@ from vlm_checks import (
     assert_train_and_eval_commands,
     cached_and_full_scores,
     one_image_token_short,
+    pictures,
+    square_images,
 )
 
 from mtl_lora_vl.backbones import BackboneError, Idefics3Backbone, load_backbone
 from mtl_lora_vl.backbones.base import GENERATE, GRAD_CHECKPOINTING, LM_LOGITS
-from mtl_lora_vl.data.resize import resize_to_square
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +47,6 @@ def bb(request, dirs):
 
 def _adapt(bb, tasks=("a", "b")):
     return _attach(bb, tasks, std=0.3)
-
-
-def _pictures(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)) for _ in range(n)]
-
-
-def _device_images(bb, pictures):
-    """What the loader and the device make of the pictures: squares, normalised (B, 3, S, S)."""
-    squares = [resize_to_square(p, bb.resize) for p in pictures]
-    uint8 = torch.stack([torch.from_numpy(np.asarray(s).copy()).permute(2, 0, 1) for s in squares])
-    return squares, bb.preprocess_uint8(uint8)
 
 
 def test_loads_from_a_directory_with_its_processor_and_reads_unsplit_squares(bb, dirs):
@@ -78,8 +67,8 @@ def test_loads_from_a_directory_with_its_processor_and_reads_unsplit_squares(bb,
 def test_the_collators_ids_and_the_device_pixels_equal_the_processors(bb):
     """For the same prompt and picture, the processor (splitting off, as the backbone sets it) writes the ids the
     collator writes (plus the end token the test tokenizer appends), and its pixels are the device's."""
-    pics = _pictures(2)
-    squares, mine = _device_images(bb, pics)
+    pics = pictures([(48, 40)] * 2)
+    squares, mine = square_images(bb, pics)
     for p in (f"{bb.image_token} caption:", f"question: what colour is the circle? {bb.image_token} answer:"):
         ours = bb.lm_collator()([p])["input_ids"][0].tolist()
         theirs = bb.processor(images=[pics[0]], text=[p], return_tensors="pt")["input_ids"][0].tolist()

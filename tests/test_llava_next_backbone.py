@@ -24,14 +24,15 @@ from vlm_checks import (
     assert_train_and_eval_commands,
     cached_and_full_scores,
     one_image_token_short,
+    pictures,
     prompts,
+    square_images,
 )
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import BackboneError, LlavaNextBackbone, LlavaOnevisionBackbone, load_backbone
 from mtl_lora_vl.backbones.base import GENERATE, GRAD_CHECKPOINTING, LM_LOGITS
 from mtl_lora_vl.backbones.llava_next import _processor_several_tokens
-from mtl_lora_vl.data.resize import resize_to_square
 from mtl_lora_vl.family_images import llava_onevision_image
 
 # Per family: its tiny directory's builder, backbone class and image tokens per 64-px canvas (LLaVA-NeXT: 16 base, 8 x 8
@@ -57,11 +58,7 @@ def _plain(bb):
 
 def _squares(bb, n: int, seed: int = 0) -> tuple[list[Image.Image], torch.Tensor]:
     """``n`` random pictures of another aspect as the loader makes them (canvases) and as the device has them."""
-    rng = np.random.default_rng(seed)
-    pictures = [Image.fromarray(rng.integers(0, 256, (48, 40 + 20 * i, 3), dtype=np.uint8)) for i in range(n)]
-    squares = [resize_to_square(p, bb.square_resize) for p in pictures]
-    uint8 = torch.stack([torch.from_numpy(np.asarray(s).copy()).permute(2, 0, 1) for s in squares])
-    return squares, bb.preprocess_uint8(uint8)
+    return square_images(bb, pictures([(48, 40 + 20 * i) for i in range(n)], seed), bb.square_resize)
 
 
 def test_loads_from_a_directory_reading_images_at_a_square_pinpoint(bb):

@@ -7,11 +7,9 @@ scores, the train and eval commands."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from mistral3_tiny import IMAGE_TOKEN, inputs, save_tiny_mistral3, tiny_mistral3, tiny_mistral3_backbone
-from PIL import Image
 from test_generative_tasks import _attach
 from vlm_checks import (
     assert_lm_loss_per_row,
@@ -24,11 +22,12 @@ from vlm_checks import (
     assert_train_and_eval_commands,
     cached_and_full_scores,
     perturb_adapters,
+    pictures,
+    square_images,
 )
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import Mistral3Backbone
-from mtl_lora_vl.data.resize import resize_to_square
 from mtl_lora_vl.families import find_family
 
 
@@ -134,15 +133,12 @@ def test_the_collators_ids_and_the_device_pixels_equal_the_processors(bb):
     """The prompt's ids ([IMG] rows ended by [IMG_BREAK], the last by [IMG_END]) and the loader's pixels equal what
     PixtralProcessor makes of the squares (--image-reading square)."""
     bb.native_aspect(False)
-    rng = np.random.default_rng(0)
-    pics = [Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)) for _ in range(2)]
-    squares = [resize_to_square(p, bb.resize) for p in pics]
-    uint8 = torch.stack([torch.from_numpy(np.asarray(s).copy()).permute(2, 0, 1) for s in squares])
+    squares, pixels = square_images(bb, pictures([(48, 40)] * 2))
     theirs = bb.processor(text=[f"{IMAGE_TOKEN} caption:"] * 2, images=squares, return_tensors="pt")
     mine = bb.lm_collator()([f"{bb.image_token} caption:"] * 2)
     assert mine["input_ids"].tolist() == theirs["input_ids"].tolist()
     assert theirs["image_sizes"].tolist() == [[32, 32]] * 2
-    torch.testing.assert_close(bb.preprocess_uint8(uint8), theirs["pixel_values"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pixels, theirs["pixel_values"], atol=1e-5, rtol=1e-5)
 
 
 def test_lm_loss_per_row_equals_each_row_alone_and_the_plain_model(bb):

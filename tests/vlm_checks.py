@@ -12,6 +12,7 @@ from PIL import Image
 import mtl_lora_vl as mlv
 from mtl_lora_vl.data.anyres import pad_images
 from mtl_lora_vl.data.images import to_uint8_tensor
+from mtl_lora_vl.data.resize import ImageResize, resize_to_square
 
 PROMPTS = ["question: what colour is the circle? answer:", "caption:", "how many objects are there? answer:"]
 
@@ -253,6 +254,15 @@ def loader_images(bb, pics: list[Image.Image]) -> tuple[torch.Tensor, list[tuple
     """What the loader gives for ``pics``: each resized in a worker, the batch on one canvas, normalised."""
     canvas, sizes = pad_images([to_uint8_tensor(p, bb.resize) for p in pics])
     return bb.preprocess_uint8(canvas), [tuple(s) for s in sizes]
+
+
+def square_images(bb, pics: list[Image.Image], resize: ImageResize | None = None
+                  ) -> tuple[list[Image.Image], torch.Tensor]:
+    """``pics`` as the loader squares them (``resize``, else ``bb.resize``) and as the device has them, normalised
+    (B, 3, S, S)."""
+    squares = [resize_to_square(p, resize or bb.resize) for p in pics]
+    uint8 = torch.stack([torch.from_numpy(np.asarray(s).copy()).permute(2, 0, 1) for s in squares])
+    return squares, bb.preprocess_uint8(uint8)
 
 
 def own_size(images: torch.Tensor, sizes: list[tuple[int, int]], r: int) -> torch.Tensor:
