@@ -1,5 +1,7 @@
 """Checks every generative VLM family's tests make the same way: on the bare model (random adapters, mixed-task
-gradients) and on its backbone (per-task language-model loss, routed generate, cached candidate scores)."""
+gradients, the merged checkpoint) and on its backbone (per-task language-model loss, routed generate, cached
+candidate scores, images of their own sizes on one canvas); and the pieces they are made of (random pictures, the
+loader's squares and canvases, a biased output head and a spy on generate)."""
 
 from __future__ import annotations
 
