@@ -377,3 +377,35 @@ def test_train_writes_each_task_file_as_the_task_is_scored(tmp_path, monkeypatch
     assert seen["files"] == ["vqa.jsonl"] and not (run / "eval.json").exists()
     assert sorted(p.name for p in (run / "predictions").iterdir()) == ["vqa.jsonl"]
     assert len(_rows(run, "vqa")) >= 10
+
+
+def test_two_evals_writing_the_same_out_each_move_their_own_rows(tmp_path, monkeypatch):
+    """Two eval --predictions runs on the same OUT at once: each stages its task files in a folder of its own, so
+    the one that ends first moves only its own rows, and the other still ends with its own (they shared
+    OUT/predictions.partial/: B's end replaced OUT, and A's staged files with it, so A failed 'No such file')."""
+    from mtl_lora_vl.evaluation.evaluate import evaluate_adapter
+    from mtl_lora_vl.tasks.classification import ClassificationKind
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    cls = _small_spec(tmp_path, "caption_cls", 16, 6)
+    vqa_a, vqa_b = _small_spec(tmp_path / "a", "vqa", 16, 10), _small_spec(tmp_path / "b", "vqa", 16, 7)
+    ev, seen = tmp_path / "ev", {}
+    inner = ClassificationKind._evaluate
+
+    def second_eval(self, *args, **kwargs):   # A's second task: B runs whole in its middle, then A goes on
+        if not seen:
+            seen["b"] = "running"
+            seen["b"] = evaluate_adapter(None, tasks=f"{vqa_b},{cls}", out=ev, batch_size=8, predictions=True,
+                                         overwrite=True)
+            seen["b_n"] = json.loads((ev / "eval.json").read_text())["tasks"]["vqa"]["n"]
+            seen["b_rows"] = len(_rows(ev, "vqa"))
+        return inner(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClassificationKind, "_evaluate", second_eval)
+    evaluate_adapter(None, tasks=f"{vqa_a},{cls}", out=ev, batch_size=8, predictions=True, overwrite=True)
+    assert seen["b_rows"] == seen["b_n"]   # B's own rows, when B ended
+    n = json.loads((ev / "eval.json").read_text())["tasks"]["vqa"]["n"]
+    assert len(_rows(ev, "vqa")) == n != seen["b_n"]   # A's own rows, with A's eval.json
+    assert sorted(p.name for p in (ev / "predictions").iterdir()) == ["caption_cls.jsonl", "vqa.jsonl"]
+    assert sorted(p.name for p in ev.iterdir()) == ["eval.json", "plots", "predictions", "report.md"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []   # no staging folder left

@@ -37,7 +37,7 @@ from ..rundir import RunDirError
 from ..tasks import resolve_tasks
 from ..tasks.registry import get_kind
 from ..tasks.spec import TaskSpec, load_spec
-from .predictions import PARTIAL, PredictionFiles, check_recordable, merge_passes, stopped_predictions
+from .predictions import PredictionFiles, StagedFiles, check_recordable, merge_passes, stopped_predictions
 from .report import details_table, markdown_table, scored_line, selected_line, title, write_plots
 
 logger = logging.getLogger(__name__)
@@ -371,18 +371,20 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
         loaded = base_weights_dtype(lp.backbone.model)
         dtype = resolve_precision(precision, dev, base_dtype, loaded)
         check_base_precision(precision, dtype, loaded, lp.backbone.casts_inputs)
-    with sharded_evaluation(info), main_rank_logging(info.is_main):   # every rank warns alike: rank 0 says it
-        rows = PredictionFiles(out / PARTIAL) if predictions and info.is_main else None   # (rank 0 writes them)
-        result = evaluate_setup(setup, split=split, data_root=data_root, device=dev, dtype=dtype,
-                                batch_size=batch_size, workers=workers, predictions=rows)
-    result["adapter"] = str(Path(adapter).absolute())
-    for spec in specs:
-        if spec.name not in result["tasks"]:
-            continue
-        if spec is not lp.specs.get(spec.name):   # a task scored on the data of another spec file says which
-            result["tasks"][spec.name]["data_spec"] = str(spec.source_file)
-    _record_roots(result, setup, specs, data_root)
-    return _write(out, result, lp.backbone.model, info, rows)
+    rows = StagedFiles(out) if predictions and info.is_main else None   # (rank 0 writes them)
+    try:
+        with sharded_evaluation(info), main_rank_logging(info.is_main):   # every rank warns alike: rank 0 says it
+            result = evaluate_setup(setup, split=split, data_root=data_root, device=dev, dtype=dtype,
+                                    batch_size=batch_size, workers=workers, predictions=rows)
+        result["adapter"] = str(Path(adapter).absolute())
+        for spec in specs:
+            if spec.name in result["tasks"] and spec is not lp.specs.get(spec.name):   # scored on another spec's
+                result["tasks"][spec.name]["data_spec"] = str(spec.source_file)       # data: says which
+        _record_roots(result, setup, specs, data_root)
+        return _write(out, result, lp.backbone.model, info, rows)
+    finally:
+        if rows is not None:
+            rows.close()
 
 
 def _record_roots(result: dict[str, Any], setup: Setup, specs: list[TaskSpec], data_root: str | None) -> None:
@@ -466,15 +468,19 @@ def _evaluate_base(specs: list[TaskSpec], backbone: str, pretrained: str | None,
         loaded = base_weights_dtype(bb.model)
         dtype = resolve_precision(precision, dev, base_dtype, loaded)
         check_base_precision(precision, dtype, loaded, bb.casts_inputs)
-    with sharded_evaluation(info), main_rank_logging(info.is_main):
-        rows = PredictionFiles(out / PARTIAL) if predictions and info.is_main else None   # (rank 0 writes them)
-        result = evaluate_setup(setup, split=split, data_root=data_root, device=dev, dtype=dtype,
-                                batch_size=batch_size, workers=workers, adapted=False, predictions=rows)
-    result["backbone"] = {**_scored_base(backbone, pretrained, base_dtype, loaded),
-                          **({"image_max_pixels": image_max_pixels} if image_max_pixels else {}),
-                          **({"image_reading": image_reading} if image_reading else {})}
-    _record_roots(result, setup, specs, data_root)
-    return _write(out, result, None, info, rows)
+    rows = StagedFiles(out) if predictions and info.is_main else None   # (rank 0 writes them)
+    try:
+        with sharded_evaluation(info), main_rank_logging(info.is_main):
+            result = evaluate_setup(setup, split=split, data_root=data_root, device=dev, dtype=dtype,
+                                    batch_size=batch_size, workers=workers, adapted=False, predictions=rows)
+        result["backbone"] = {**_scored_base(backbone, pretrained, base_dtype, loaded),
+                              **({"image_max_pixels": image_max_pixels} if image_max_pixels else {}),
+                              **({"image_reading": image_reading} if image_reading else {})}
+        _record_roots(result, setup, specs, data_root)
+        return _write(out, result, None, info, rows)
+    finally:
+        if rows is not None:
+            rows.close()
 
 
 def _scored_base(backbone: str, pretrained: str | None, base_dtype: str, loaded: torch.dtype | None) -> dict[str, Any]:

@@ -9,8 +9,10 @@ scored too, ``zero_shot``. The kinds record them from the predictions their metr
 
 Each task's file is written as soon as the task is scored (:class:`PredictionFiles`), atomically, and its rows are
 then dropped: at most one task's rows are held (~2.5 KB a row), and a run stopped in a later task keeps the files of
-the tasks scored before it. ``eval`` writes them to ``OUT/predictions.partial/`` while it scores, and moves them to
-``OUT/predictions/`` with eval.json when it ends (its ``OUT`` is replaced whole); ``train`` to ``RUN/predictions/``.
+the tasks scored before it. ``eval`` writes them to a folder of its own beside ``OUT`` (:class:`StagedFiles`), each
+also linked into ``OUT/predictions.partial/`` (what a stopped eval leaves), and moves its own files to
+``OUT/predictions/`` with eval.json when it ends (its ``OUT`` is replaced whole): two evals writing the same OUT at
+once each move their own rows. ``train`` writes them to ``RUN/predictions/``.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ import inspect
 import json
 import math
 import os
+import shutil
+import tempfile
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..io.atomic import atomic_file
 
-__all__ = ["PARTIAL", "PredictionFiles", "check_recordable", "merge_passes", "stopped_predictions",
+__all__ = ["PARTIAL", "PredictionFiles", "StagedFiles", "check_recordable", "merge_passes", "stopped_predictions",
            "write_predictions"]
 
 #: The folder of ``eval``'s OUT that holds the task files written so far (moved to OUT/predictions at the end).
@@ -105,6 +110,50 @@ class PredictionFiles:
             os.replace(path, folder / path.name)
             self.written[task] = folder / path.name
         self.folder = folder
+
+
+def _link(src: Path, dst: Path) -> None:
+    """``dst`` made (or replaced, atomically) as a hard link to ``src``; a copy where links cannot be made."""
+    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class StagedFiles(PredictionFiles):
+    """``eval``'s sink for ``out``: each task's file is written to a folder of this evaluation's own beside ``out``
+    (made at the first task), and linked into ``out/``:data:`PARTIAL` (which a stopped eval leaves, and which another
+    eval of the same ``out`` may replace); :meth:`move_to` moves this evaluation's own files. :meth:`close` removes
+    its folder (after a stop the files stay in ``out/predictions.partial``)."""
+
+    def __init__(self, out: Path) -> None:
+        super().__init__(out / PARTIAL)
+        self.out, self.stage = out, None
+
+    def __call__(self, task: str, rows: list[dict[str, Any]]) -> None:
+        if self.stage is None:
+            parent = self.out.absolute().parent
+            parent.mkdir(parents=True, exist_ok=True)
+            self.stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.predictions-", dir=parent))
+        self.written[task] = _write_task(self.stage, task, rows)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _link(self.written[task], self.folder / f"{task}.jsonl")
+
+    def move_to(self, folder: Path) -> None:
+        super().move_to(folder)
+        self.close()
+
+    def close(self) -> None:
+        """Remove this evaluation's own folder (its files moved, or linked into out/predictions.partial)."""
+        if self.stage is not None:
+            shutil.rmtree(self.stage, ignore_errors=True)
+            self.stage = None
 
 
 def stopped_predictions(out: Path, overwrite: bool) -> bool:
