@@ -186,6 +186,16 @@ def test_open_clip_name_typo_suggests_the_close_names():
         load_backbone("open_clip:Zzqx", pretrained="/x")
 
 
+def test_open_clip_name_with_a_pretrained_tag_says_the_tag_is_not_part_of_the_name():
+    """open_clip's pretrained tags written into the name (ViT-B-32:laion2b_s34b_b79k, any case)
+    listed six unrelated names (coca_base, ...); the message names the model and says to pass the weights file."""
+    for name in ("ViT-B-32:laion2b_s34b_b79k", "vit-b-32:openai", "ViT-B-32-quickgelu:metaclip_400m"):
+        model = name.split(":")[0]
+        with pytest.raises(ValueError, match=rf"(?i)'{model}' is the model and '[^']+' a pretrained tag") as e:
+            load_backbone(f"open_clip:{name}", pretrained="/x")
+        assert "coca_base" not in str(e.value) and "--pretrained" in str(e.value)
+
+
 def test_unknown_spec_lists_accepted_forms():
     with pytest.raises(ValueError, match="accepted forms") as info:
         load_backbone("resnet50")

@@ -355,6 +355,10 @@ def _name_hint(name: str, known: list[str]) -> str:
     """What to use instead of an unknown ``name``: the close names (in any case: open_clip's are case-sensitive),
     else a few of the ``known`` ones."""
     by_lower = {k.lower(): k for k in known}
+    model, sep, tag = name.partition(":")   # open_clip's (name, pretrained tag) written as one
+    if sep and model.lower() in by_lower:
+        return (f": {by_lower[model.lower()]!r} is the model and {tag!r} a pretrained tag, which this package does "
+                f"not download; give open_clip:{by_lower[model.lower()]} with --pretrained /path/to/checkpoint")
     close = [by_lower[c] for c in difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)]
     if close:
         return f" (did you mean {' or '.join(map(repr, close))}?); use a name from open_clip.list_models()"
