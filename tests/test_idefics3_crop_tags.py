@@ -57,3 +57,29 @@ def test_generate_never_writes_crop_tags(dirs, smolvlm, split):
             assert got == plain
         finally:
             h.remove()
+
+
+@pytest.mark.parametrize("smolvlm", [False, True], ids=["idefics3", "smolvlm"])
+def test_texts_holding_a_crop_tag_are_refused_at_start_up(dirs, smolvlm):
+    """A crop tag is one token of the tokenizer (added, not marked special), so a class name or answer holding it was
+    accepted: trained as that image marker, and as a target generate never writes (helper 268). Refused when the kind
+    is built, as '<image>' is, naming the task, the text and the tag."""
+    import dataclasses
+
+    from mtl_lora_vl.data import world
+    from mtl_lora_vl.data.records import Split
+    from mtl_lora_vl.tasks import build_kind, load_spec
+
+    bb = tiny_idefics3_backbone(dirs, smolvlm)
+    base, classes = load_spec("caption_cls"), world.build_split("classification", "train", n=6, seed=0)
+    build_kind(base, classes, bb)   # the world's own names pass
+    for bad, tag in (("red <row_1_col_1> circle", "<row_1_col_1>"), ("red <image> circle", "<image>")):
+        spec = dataclasses.replace(base, options={**base.options, "class_names": [bad, *world.class_names()[1:]]})
+        with pytest.raises(ValueError, match=rf"task 'caption_cls': the target 'a large {bad}' of class '{bad}' .* "
+                                             rf"holds '{tag}', a special token.*rename the class"):
+            build_kind(spec, classes, bb)
+    vqa = load_spec("vqa")
+    train = world.build_split("vqa", "train", n=6, seed=0)
+    bad_row = dataclasses.replace(train.examples[0], answers=("<row_2_col_3>",))
+    with pytest.raises(ValueError, match=r"task 'vqa': training example .* holds '<row_2_col_3>'"):
+        build_kind(vqa, Split([bad_row, *train.examples[1:]]), bb)

@@ -50,6 +50,15 @@ class GenerationIds:
         stop = set(self._stop_ids())
         return [int(i) for i in dict.fromkeys(ids) if 0 <= int(i) < self.vocab_size and int(i) not in stop]
 
+    def marker_texts(self) -> tuple[str, ...]:
+        """The tokenizer's added tokens among the ids :meth:`generate` never writes (:meth:`_banned_ids`), as text:
+        beside the special ones, Idefics3's ``<row_r_col_c>`` crop tags (plain added tokens). A task's texts may not
+        hold them (:func:`~mtl_lora_vl.tasks.texts.special_texts`): read as that image marker, and a class or
+        answer written with one never generated."""
+        tok = getattr(self.hf_processor, "tokenizer", None)
+        added = {int(i): t for t, i in (tok.get_added_vocab() if tok is not None else {}).items()}
+        return tuple(added[i] for i in self._banned_ids() if i in added)
+
     @functools.cached_property
     def _chat_end_ids(self) -> list[int]:
         """The chat template's end of an assistant turn as a stop id (none without one), read once."""

@@ -246,7 +246,7 @@ class TaskKind(ABC):
         if hit:
             of = f"backbone {backbone!r}" if backbone else "the model's tokenizer"
             raise ValueError(f"task {self.name!r}: {what} holds {hit!r}, a special token of {of}: it would be read as "
-                             f"that token (an image placeholder, or an end of text), not as text; {fix}")
+                             f"that token (an image placeholder or marker, or an end of text), not as text; {fix}")
 
     def warn_lm_context(self, examples: Sequence[Example], backbone: Backbone, limit: int = 1000) -> None:
         """Generative path: say when training rows are longer than the language model's context

@@ -22,8 +22,9 @@ logger = logging.getLogger(__name__)
 
 
 def special_texts(backbone: Backbone, generative: bool) -> tuple[str, ...]:
-    """The texts ``backbone``'s tokenizer reads as special tokens: a language model's (and its image placeholder)
-    on the generative path (added tokens marked special too: Gemma's ``<end_of_turn>`` is none of the named ones),
+    """The texts ``backbone``'s tokenizer reads as special tokens: a language model's (and its image placeholder and
+    markers) on the generative path (added tokens marked special too: Gemma's ``<end_of_turn>`` is none of the named
+    ones; the image markers its ``generate`` never writes, Idefics3's ``<row_r_col_c>`` crop tags, special or not),
     the text tower's tokenizer's otherwise (an end token inside a caption ends it there)."""
     if generative:
         tok = getattr(getattr(backbone, "hf_processor", None), "tokenizer", None)
@@ -31,6 +32,8 @@ def special_texts(backbone: Backbone, generative: bool) -> tuple[str, ...]:
                  if getattr(t, "special", False) and _markup(t.content)]
         found = {str(t) for t in [*(getattr(tok, "all_special_tokens", None) or []), *added] if t}
         found.add(str(backbone.image_token))
+        markers = getattr(backbone, "marker_texts", None)   # image markers generate never writes (crop tags)
+        found.update(t for t in (markers() if callable(markers) else ()) if _markup(t))
     else:
         found = set(getattr(getattr(backbone, "tokenizer", None), "special_tokens", ()))
     return tuple(sorted(found))
