@@ -98,7 +98,7 @@ def test_mixed_task_loss_over_images_of_their_own_sizes_equals_each_task_alone(b
     assert_own_size_loss_per_task(bb, images, sizes, TARGETS, [0, 1, 1, 0, 1])
 
 
-@pytest.mark.parametrize("beams", [1, 3])
+@pytest.mark.parametrize("beams", [1, 2, 3])
 def test_routed_generate_over_images_of_their_own_sizes_equals_each_task_alone(bb, beams):
     _attach(bb, ("a", "b"), std=0.3)
     images, sizes = loader_images(bb, pictures(LM_SHAPES[:4]))
@@ -123,6 +123,30 @@ def test_a_lone_image_of_one_token_reads_as_in_a_batch(bb):
         torch.testing.assert_close(one[0], scores[0], atol=1e-4, rtol=1e-4)
         assert bb.generate(own_size(images, sizes, 0), max_len=3, prompts=p[:1]) == bb.generate(
             images, max_len=3, prompts=p, image_sizes=sizes)[:1]
+
+
+def test_the_one_token_hook_is_registered_once_and_kept_by_copies_and_unload(bb):
+    """from_model again, attach, deepcopy and unload leave one _keep_one_row hook on the projector, and a lone
+    one-token image still generates on the copy and on the unloaded model."""
+    import copy
+
+    from mtl_lora_vl.backbones import Mistral3Backbone
+    from mtl_lora_vl.backbones.mistral3 import _keep_one_row
+    from mtl_lora_vl.mtl_lora_model import unload
+
+    def hooks(model):
+        return sum(h is _keep_one_row for h in model.model.multi_modal_projector._forward_hooks.values())
+
+    Mistral3Backbone.from_model(bb.model, bb.processor, bb.name)
+    _attach(bb, ("a", "b"), std=0.3)
+    twin = copy.deepcopy(bb.model)
+    assert hooks(bb.model) == hooks(twin) == 1
+    images, sizes = loader_images(bb, pictures([(7, 7)]))
+    x = bb.lm_collator()(prompts(bb, 1), image_sizes=sizes)
+    with torch.no_grad(), mlv.route(twin, 1):
+        twin(pixel_values=images, image_sizes=torch.tensor(sizes), **x)
+    unload(bb.model, "b")
+    assert hooks(bb.model) == 1 and len(bb.generate(images, max_len=2, prompts=prompts(bb, 1))) == 1
 
 
 def test_image_reading_square_keeps_the_squash(dirs):
