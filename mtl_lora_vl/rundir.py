@@ -100,6 +100,8 @@ def choose_run_dir(opts: TrainOptions) -> Path:
     if run.exists() and not run.is_dir():
         raise RunDirError(f"--out {run}: is a file, not a directory; choose another --out")
     _check_parent(run)
+    if opts.overwrite:
+        _refuse_unfinished_overwrite(run)
     if opts.overwrite and run.is_symlink():   # renaming it aside would move the link, and the run would land beside it
         raise RunDirError(f"--out {run}: is a symbolic link (to {run.resolve()}); --overwrite replaces a directory, "
                           f"not a link: give its target, --out {run.resolve()}")
@@ -188,19 +190,25 @@ def _claim(run: Path, opts: TrainOptions) -> Path:
                 return name
             except FileExistsError:
                 continue
+    if opts.overwrite:   # (also when --out is gone or empty: the new run's first checkpoint would delete it)
+        _refuse_unfinished_overwrite(run)
     if opts.overwrite and run.exists() and any(run.iterdir()):
-        aside = replaced_dir(run)
-        if aside.exists():
-            raise RunDirError(f"--out {run}: an earlier --overwrite of it did not finish, and {aside} holds the run it "
-                              "was replacing; move that back (or delete it), then run again")
         _refuse_training(run, "--overwrite: --out")   # (started since choose_run_dir)
-        os.replace(run, aside)   # kept until the new run's first checkpoint: an error before puts it back
+        os.replace(run, replaced_dir(run))   # kept until the new run's first checkpoint: an error before puts it back
     try:
         run.mkdir(parents=True, exist_ok=run.is_dir() and not any(run.iterdir()))
     except FileExistsError:
         raise RunDirError(f"--out {run}: another run created or wrote to it while this one was starting; "
                           "choose another --out") from None
     return run
+
+
+def _refuse_unfinished_overwrite(run: Path) -> None:
+    """An --overwrite of ``run`` refused while an earlier one's :func:`replaced_dir` is still there."""
+    aside = replaced_dir(run)
+    if aside.exists() or aside.is_symlink():
+        raise RunDirError(f"--out {run}: an earlier --overwrite of it did not finish, and {aside} holds the run it "
+                          "was replacing; move that back (or delete it), then run again")
 
 
 def _tasks_label(tasks: str, limit: int = 120) -> str:
@@ -224,15 +232,17 @@ def finish_overwrite(run: Path) -> None:
     shutil.rmtree(replaced_dir(run), ignore_errors=True)
 
 
-def undo_overwrite(run: Path, lock: IO | None = None) -> None:
+def undo_overwrite(run: Path, opts: TrainOptions, lock: IO | None = None) -> None:
     """The new run failed before its first checkpoint: put back the run ``--overwrite`` replaced (rank 0; a no-op
-    once :func:`finish_overwrite` ran, or without ``--overwrite``). ``lock`` (:func:`hold_run_dir`) is let go
-    first (and the loader's forked workers, which hold a copy, stopped before): on NFS the new run's open .lock would
-    be kept as .nfsXXXX, and the folder could not be deleted."""
+    once :func:`finish_overwrite` ran, and for a run without ``--overwrite`` or a resumed one, which set nothing
+    aside: a stale :func:`replaced_dir` left by a killed --overwrite is not theirs to put back over their own
+    checkpoints). ``lock`` (:func:`hold_run_dir`) is let go first (and the loader's forked workers, which hold a
+    copy, stopped before): on NFS the new run's open .lock would be kept as .nfsXXXX, and the folder could not be
+    deleted."""
     if lock is not None:
         lock.close()
     aside = replaced_dir(run)
-    if aside.is_dir():
+    if opts.overwrite and not opts.resume and aside.is_dir():
         shutil.rmtree(run, ignore_errors=True)
         os.replace(aside, run)
 

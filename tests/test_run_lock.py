@@ -5,6 +5,7 @@ training ran beside it, and metrics.jsonl held 207 loss rows for 150 steps)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 from pathlib import Path
@@ -173,3 +174,50 @@ def test_an_overwrite_that_fails_before_its_first_checkpoint_puts_the_old_run_ba
     assert train_main(args) != 0
     assert "out of memory (test)" in capsys.readouterr().err
     assert _contents(run) == before and not (tmp_path / ".run.replaced").exists()
+
+
+@pytest.mark.parametrize("how", ["new run", "resume"])
+def test_a_stale_replaced_folder_is_not_put_back_over_a_run_that_did_not_set_it_aside(finished, tmp_path, monkeypatch,
+                                                                                      capsys, how):
+    """Review 269: an --overwrite SIGKILLed before its first checkpoint leaves .run.replaced (hidden). A later run in
+    run/ that set nothing aside (a new one without --overwrite once the half-made run/ was removed, or a resume of
+    a run started with --overwrite) that failed -- here in its final evaluation / its restore -- deleted run/, its
+    checkpoints included, and renamed the stale .run.replaced to run/."""
+    run, aside = tmp_path / "run", tmp_path / ".run.replaced"
+    aside.mkdir()
+    (aside / "old.txt").write_text("the run a killed --overwrite replaced")
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("failed (test)")
+
+    if how == "new run":
+        monkeypatch.setattr(train_module, "evaluate_setup", fails)
+        assert train_main(_args(tmp_path, run)) != 0
+    else:
+        shutil.copytree(finished[0], run)
+        config = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps({**config, "overwrite": True}))   # as an --overwrite run records
+        monkeypatch.setattr(train_module, "restore_training_state", fails)
+        assert train_main(["--resume", str(run)]) != 0
+    assert "failed (test)" in capsys.readouterr().err
+    assert (run / "checkpoint.pt").is_file() and not (run / "old.txt").exists()
+    assert (aside / "old.txt").is_file()
+
+
+def test_an_overwrite_is_refused_before_its_set_up_while_an_earlier_ones_replaced_folder_is_there(tmp_path,
+                                                                                                 monkeypatch, capsys):
+    """Review 269: with run/ gone (or empty), an --overwrite did not look for .run.replaced: it trained, and its first
+    checkpoint deleted the run an earlier (killed) --overwrite had kept there. A non-empty run/ was refused only once
+    the backbone and data were loaded."""
+    run, aside = tmp_path / "run", tmp_path / ".run.replaced"
+    aside.mkdir()
+    (aside / "old.txt").write_text("the run a killed --overwrite replaced")
+    built: list[int] = []
+    monkeypatch.setattr(train_module, "build_setup", lambda *a, **k: built.append(1))
+    for present in (False, True):
+        if present:
+            run.mkdir()
+            (run / "config.json").write_text(json.dumps({"tasks": "vqa", "method": "mtl_lora", "out": str(run)}))
+        assert train_main([*_args(tmp_path, run), "--overwrite"]) != 0
+        assert f"an earlier --overwrite of it did not finish, and {aside} holds" in capsys.readouterr().err
+        assert not built and (aside / "old.txt").is_file() and run.exists() == present

@@ -110,7 +110,7 @@ def _train(opts: TrainOptions, given: Collection[str] | None) -> Path:
         if loader is not None:
             loader.close()   # (its forked workers hold a copy of the run's lock, which undo_overwrite lets go)
         if run.info.is_main:
-            undo_overwrite(run.dir, run.lock)   # failed before its first checkpoint: the replaced run is back
+            undo_overwrite(run.dir, run.opts, run.lock)   # failed before its first checkpoint: the replaced run is back
         raise
     finally:
         if loader is not None:
@@ -164,7 +164,7 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
             logger.info("%s", describe(run))
     except BaseException:
         if info.is_main:
-            undo_overwrite(run_dir, lock)
+            undo_overwrite(run_dir, opts, lock)
         if lock is not None:
             lock.close()
         raise
