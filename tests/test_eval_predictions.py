@@ -409,3 +409,27 @@ def test_two_evals_writing_the_same_out_each_move_their_own_rows(tmp_path, monke
     assert sorted(p.name for p in (ev / "predictions").iterdir()) == ["caption_cls.jsonl", "vqa.jsonl"]
     assert sorted(p.name for p in ev.iterdir()) == ["eval.json", "plots", "predictions", "report.md"]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []   # no staging folder left
+
+
+def test_the_folders_of_killed_evals_are_removed_by_the_next_eval_of_the_same_out(tmp_path):
+    """Review 269: an eval --predictions killed (SIGKILL, out of memory) left its hidden staging folder
+    .OUT.predictions-XXXXXXXX beside OUT, with a copy of its rows; two killed evals left two, and a later eval of the
+    same OUT that finished removed neither. A folder whose eval still runs (its .lock held) is kept."""
+    from mtl_lora_vl.evaluation.evaluate import evaluate_adapter
+    from mtl_lora_vl.io.locks import take_lock
+
+    ev = tmp_path / "ev"
+    dead, alive, other = (tmp_path / f".{n}.predictions-x1y2z3" for n in ("ev", "ev", "ev2"))
+    for folder in (dead, alive.with_name(".ev.predictions-alive"), other):
+        folder.mkdir()
+        (folder / "vqa.jsonl").write_text('{"index": 0}\n')
+        (folder / ".lock").write_text("12345\n")   # its process is gone: the lock is free
+    alive = alive.with_name(".ev.predictions-alive")
+    held = take_lock(alive / ".lock")
+    try:
+        evaluate_adapter(None, tasks=str(_small_spec(tmp_path, "vqa", 16, 6)), out=ev, batch_size=8,
+                         predictions=True)
+    finally:
+        held.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [alive.name, other.name]
+    assert sorted(p.name for p in (ev / "predictions").iterdir()) == ["vqa.jsonl"]

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io.atomic import atomic_file
+from ..io.locks import lock_holder, take_lock
 
 __all__ = ["PARTIAL", "PredictionFiles", "StagedFiles", "check_recordable", "merge_passes", "stopped_predictions",
            "write_predictions"]
@@ -130,17 +131,25 @@ class StagedFiles(PredictionFiles):
     """``eval``'s sink for ``out``: each task's file is written to a folder of this evaluation's own beside ``out``
     (made at the first task), and linked into ``out/``:data:`PARTIAL` (which a stopped eval leaves, and which another
     eval of the same ``out`` may replace); :meth:`move_to` moves this evaluation's own files. :meth:`close` removes
-    its folder (after a stop the files stay in ``out/predictions.partial``)."""
+    its folder (after a stop the files stay in ``out/predictions.partial``). The folder's ``.lock`` is held while
+    the evaluation runs: the folders of killed evaluations of the same ``out`` (their locks let go) are removed when
+    the next one starts writing, instead of piling up beside ``out``."""
 
     def __init__(self, out: Path) -> None:
         super().__init__(out / PARTIAL)
-        self.out, self.stage = out, None
+        self.out, self.stage, self.lock = out, None, None
 
     def __call__(self, task: str, rows: list[dict[str, Any]]) -> None:
         if self.stage is None:
             parent = self.out.absolute().parent
             parent.mkdir(parents=True, exist_ok=True)
             self.stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.predictions-", dir=parent))
+            try:
+                self.lock = take_lock(self.stage / ".lock")
+            except OSError:   # a file system without flock: no folder can be told stale, none is removed
+                self.lock = None
+            if self.lock is not None:
+                self._remove_stale(parent)
         self.written[task] = _write_task(self.stage, task, rows)
         self.folder.mkdir(parents=True, exist_ok=True)
         _link(self.written[task], self.folder / f"{task}.jsonl")
@@ -149,11 +158,20 @@ class StagedFiles(PredictionFiles):
         super().move_to(folder)
         self.close()
 
+    def _remove_stale(self, parent: Path) -> None:
+        """Remove the folders of this ``out``'s evaluations that were killed (their ``.lock`` is there, not held)."""
+        for folder in parent.glob(f".{self.out.name}.predictions-*"):
+            if folder != self.stage and (folder / ".lock").is_file() and lock_holder(folder / ".lock") is None:
+                shutil.rmtree(folder, ignore_errors=True)
+
     def close(self) -> None:
         """Remove this evaluation's own folder (its files moved, or linked into out/predictions.partial)."""
         if self.stage is not None:
             shutil.rmtree(self.stage, ignore_errors=True)
             self.stage = None
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
 
 def stopped_predictions(out: Path, overwrite: bool) -> bool:
