@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import test_llava_next as next_
 import torch
+from anyres_family import adapted
 
 import mtl_lora_vl as mlv
 
@@ -20,7 +21,7 @@ def tiny(tmp_path_factory):
 @pytest.mark.parametrize("counts", [[2, 0, 1], [1, 1, 1]])
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_ids_all_equal_are_the_tasks_name(tiny, counts, checkpointing):
-    m = next_._adapted(tiny)
+    m = adapted(tiny)
     x = next_.batch(tiny, counts)
     if checkpointing:
         m.train()
