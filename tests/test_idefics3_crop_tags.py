@@ -83,3 +83,36 @@ def test_texts_holding_a_crop_tag_are_refused_at_start_up(dirs, smolvlm):
     bad_row = dataclasses.replace(train.examples[0], answers=("<row_2_col_3>",))
     with pytest.raises(ValueError, match=r"task 'vqa': training example .* holds '<row_2_col_3>'"):
         build_kind(vqa, Split([bad_row, *train.examples[1:]]), bb)
+
+
+@pytest.mark.parametrize("smolvlm", [False, True], ids=["idefics3", "smolvlm"])
+def test_a_marker_the_tokenizer_splits_bans_none_of_its_pieces(tmp_path, monkeypatch, smolvlm):
+    """A tokenizer without ``<global-img>`` as a token of its own writes it as text ('<', 'global', '-', 'img', '>'):
+    every one of those pieces was banned, so generate could never write '<', '-', '>' or the words (helper 270).
+    Only the markers that are one token are banned."""
+    import idefics3_tiny
+    from vl_tiny import world_words
+
+    from mtl_lora_vl.backbones import load_backbone
+
+    monkeypatch.setattr(idefics3_tiny, "IDEFICS3_SPECIALS", [t for t in idefics3_tiny.IDEFICS3_SPECIALS
+                                                             if t != "<global-img>"])
+    words = [*world_words(), "<global-img>"]   # its pieces are words of the vocabulary
+    folder = idefics3_tiny.save_tiny_idefics3(tmp_path / "split_marker", smolvlm, words=words)
+    bb = load_backbone(f"hf:{folder}")
+    bb.native_aspect(False)
+    tok = bb.processor.tokenizer
+    pieces = tok("<global-img>", add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(pieces) == ["<", "global", "-", "img", ">"]
+    banned = bb._banned_ids()
+    assert not set(pieces) & set(banned), tok.convert_ids_to_tokens(banned)
+    assert {bb.image_token_id, tok.convert_tokens_to_ids("<fake_token_around_image>")} <= set(banned)
+    assert "<global-img>" not in bb.marker_texts() and "<" not in bb.marker_texts()
+    seen = spy_generate(bb)
+    h = bias_head(bb, pieces[1])
+    try:
+        images = torch.randn(2, 3, bb.image_size, bb.image_size)
+        bb.generate(images, max_len=3, prompts=[bb.image_token + " caption:"] * 2)
+    finally:
+        h.remove()
+    assert (seen["new"] == pieces[1]).all(), tok.convert_ids_to_tokens(seen["new"][0])

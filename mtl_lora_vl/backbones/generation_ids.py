@@ -46,9 +46,14 @@ class GenerationIds:
         decodes as before. Stop ids are never banned."""
         config = self.model.config
         marks = (getattr(config, k, None) for k in IMAGE_MARKS)
-        ids = [self.image_token_id, *self.image_open, *self.image_close, *(m for m in marks if isinstance(m, int))]
+        ids = [self.image_token_id, *self._wrap_marker_ids(), *(m for m in marks if isinstance(m, int))]
         stop = set(self._stop_ids())
         return [int(i) for i in dict.fromkeys(ids) if 0 <= int(i) < self.vocab_size and int(i) not in stop]
+
+    def _wrap_marker_ids(self) -> tuple[int, ...]:
+        """The ids around each image's tokens (``image_open`` / ``image_close``) that are markers of their own (all
+        of them here: Qwen2-VL's are its config's vision start / end ids)."""
+        return (*self.image_open, *self.image_close)
 
     def marker_texts(self) -> tuple[str, ...]:
         """The tokenizer's added tokens among the ids :meth:`generate` never writes (:meth:`_banned_ids`), as text:

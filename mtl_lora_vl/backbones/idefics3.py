@@ -167,6 +167,17 @@ class Idefics3Backbone(NativeImageReading, HFVLMBackbone):
         tags = (i for i in self._crop_tag_ids if 0 <= i < self.vocab_size and i not in stop)
         return list(dict.fromkeys([*super()._banned_ids(), *tags]))
 
+    def _wrap_marker_ids(self) -> tuple[int, ...]:
+        """The ids of ``<fake_token_around_image>`` / ``<global-img>`` where each is a token of its own: a marker the
+        tokenizer splits into text (``<``, ``global``, ``-``, ``img``, ``>``) bans none of its pieces (ordinary
+        text the model must still write)."""
+        tok = self.hf_processor.tokenizer
+        fake = getattr(self.hf_processor, "fake_image_token", "<fake_token_around_image>")
+        glob = (getattr(self.hf_processor, "global_image_tag", None)
+                or getattr(self.hf_processor, "global_image_token", "<global-img>"))
+        whole = {_ids(tok, m) for m in (fake, glob)}
+        return tuple(i for i in super()._wrap_marker_ids() if (i,) in whole)
+
     @functools.cached_property
     def _crop_tag_ids(self) -> tuple[int, ...]:
         """The tokenizer's own tokens in the processor's text for its largest grid (transformers' prompt string,
