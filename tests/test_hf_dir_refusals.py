@@ -89,3 +89,47 @@ def test_architectures_written_as_one_string_names_its_class(tmp_path):
     folder = _config_only(tmp_path / "one", architectures="LlamaForCausalLM", model_type="llama")
     with pytest.raises(BackboneError, match="LlamaForCausalLM is not a model family with a backbone class"):
         load_backbone(f"hf:{folder}")
+
+
+def test_a_shard_index_naming_a_shard_outside_the_folder_is_refused_as_such(llava_dir, tmp_path):
+    """transformers refuses an index whose shard is outside the model's folder ('../x', an absolute path) even where
+    the file is there ("points outside the model directory", no fix); a lost one was told "missing ... copy it"."""
+    folder, shards = _sharded_llava(llava_dir, tmp_path / "sharded")
+    index = folder / "model.safetensors.index.json"
+    saved = json.loads(index.read_text())
+    key = next(k for k, s in saved["weight_map"].items() if s == shards[0].name)
+    for name in ("../" + shards[0].name, str(tmp_path / "elsewhere.safetensors")):
+        if name.startswith("/"):
+            shards[0].rename(name)
+        index.write_text(json.dumps({**saved, "weight_map": {**saved["weight_map"], key: name}}))
+        with pytest.raises(BackboneError, match=re.escape(
+                f"{folder}: the shard index model.safetensors.index.json names a shard outside the model's folder "
+                f"(weight_map[{key!r}] = {name!r}), which transformers refuses to read; put the shards in {folder} "
+                "and write their bare file names in model.safetensors.index.json")):
+            load_backbone(f"hf:{folder}")
+
+
+def test_a_weights_link_to_a_deleted_cache_blob_is_named_with_where_it_points(llava_dir, tmp_path):
+    """A Hub-cache snapshot's model.safetensors is a link to a blob; with the blob deleted the folder was told "has no
+    weights" (and a sharded one's shard "missing"), though the file is there, as a broken link."""
+    import os
+    import shutil
+
+    folder = tmp_path / "snapshot"
+    shutil.copytree(llava_dir, folder)
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    (folder / "model.safetensors").rename(blobs / "abc123")
+    os.symlink("../blobs/abc123", folder / "model.safetensors")
+    assert load_backbone(f"hf:{folder}").family == "llava"
+    (blobs / "abc123").unlink()
+    with pytest.raises(BackboneError, match=re.escape(
+            f"{folder}/model.safetensors is a broken link: it points to ../blobs/abc123 ({blobs}/abc123), which does "
+            "not exist; re-download the model into the Hugging Face cache") + ".*or copy the weights file there"):
+        load_backbone(f"hf:{folder}")
+    sharded, shards = _sharded_llava(llava_dir, tmp_path / "sharded")
+    shards[1].rename(blobs / "def456")
+    os.symlink(blobs / "def456", shards[1])
+    (blobs / "def456").unlink()
+    with pytest.raises(BackboneError, match=re.escape(f"{shards[1]} is a broken link: it points to {blobs}/def456,")):
+        load_backbone(f"hf:{sharded}")

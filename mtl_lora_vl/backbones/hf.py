@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,22 +168,44 @@ def _check_weight_files(folder: Path) -> None:
         if not (folder / index).is_file():
             continue
         try:
-            shards = set(json.loads((folder / index).read_text())["weight_map"].values())
+            weight_map = json.loads((folder / index).read_text())["weight_map"]
+            shards = set(weight_map.values())
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise BackboneError(f"{folder}: the shard index {index} is unreadable or has no weight_map ({e}); "
                                 f"{again}") from e
+        # transformers refuses a shard outside the folder (an absolute path, a ".."), whether it is there or not
+        away = next(((k, s) for k, s in weight_map.items() if Path(str(s)).anchor or ".." in Path(str(s)).parts), None)
+        if away:
+            raise BackboneError(f"{folder}: the shard index {index} names a shard outside the model's folder ("
+                                f"weight_map[{away[0]!r}] = {away[1]!r}), which transformers refuses to read; put the "
+                                f"shards in {folder} and write their bare file names in {index}")
+        for shard in sorted(str(s) for s in shards):
+            _refuse_broken_link(folder / shard)
         lost = sorted(str(s) for s in shards if not (folder / str(s)).is_file())
         if lost:
             shown = ", ".join(lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
             raise BackboneError(f"{folder}: {len(lost)} of the {len(shards)} weight shards {index} lists are missing "
                                 f"({shown}); {again}")
         return
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        _refuse_broken_link(folder / single)
     shards = sorted(p.name for p in folder.glob("model-*-of-*.safetensors"))
     if shards:
         raise BackboneError(f"{folder} holds weight shards ({shards[0]}, ...) but not their index "
                             f"model.safetensors.index.json, which says which weights each holds; {again}")
     raise BackboneError(f"{folder} has no weights (model.safetensors, model.safetensors.index.json with its shards, or "
                         f"pytorch_model.bin); {again}")
+
+
+def _refuse_broken_link(path: Path) -> None:
+    """Refuse a weights file that is a link to nothing (a Hugging Face cache snapshot whose blob was deleted), naming
+    the link and where it points: "has no weights" or "missing" sent the user looking for a file that is there."""
+    if path.is_symlink() and not path.exists():
+        target = os.readlink(path)
+        shown = target if Path(target).is_absolute() else f"{target} ({os.path.normpath(path.parent / target)})"
+        raise BackboneError(f"{path} is a broken link: it points to {shown}, which does not exist; "
+                            "re-download the model into the Hugging Face cache (the file was deleted from it), or "
+                            "copy the weights file there in place of the link")
 
 
 def _timm_class(arch: str, path: Path) -> type:
