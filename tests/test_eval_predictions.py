@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -433,3 +436,35 @@ def test_the_folders_of_killed_evals_are_removed_by_the_next_eval_of_the_same_ou
         held.close()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [alive.name, other.name]
     assert sorted(p.name for p in (ev / "predictions").iterdir()) == ["vqa.jsonl"]
+
+
+def test_an_out_that_is_a_link_stages_beside_its_target(tmp_path):
+    """Review 271: with --out a symbolic link, the staging folder was made beside the link, but OUT is written beside
+    its target (atomic_dir): a target on another file system (/dev/shm) failed the eval at its end with 'Invalid
+    cross-device link', after scoring, and wrote no eval.json. The folder is now made beside the target."""
+    from mtl_lora_vl.evaluation.evaluate import evaluate_adapter
+    from mtl_lora_vl.evaluation.predictions import StagedFiles
+
+    (tmp_path / "elsewhere").mkdir(), (tmp_path / "here").mkdir()
+    target, link = tmp_path / "elsewhere" / "real", tmp_path / "here" / "ev"
+    target.mkdir()
+    link.symlink_to(target)
+    sink = StagedFiles(link)
+    try:
+        sink("vqa", [{"index": 0}])
+        assert sink.stage.parent == target.parent and sink.stage.name.startswith(".real.predictions-")
+    finally:
+        sink.close()
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != tmp_path.stat().st_dev:
+        other = Path(tempfile.mkdtemp(dir=shm))
+        try:
+            link.unlink()
+            link.symlink_to(other)
+            evaluate_adapter(None, tasks=str(_small_spec(tmp_path, "vqa", 16, 6)), out=link, batch_size=8,
+                             predictions=True, overwrite=True)
+            assert sorted(p.name for p in (other / "predictions").iterdir()) == ["vqa.jsonl"]
+            assert (other / "eval.json").is_file() and not list(other.parent.glob(f".{other.name}.predictions-*"))
+        finally:
+            shutil.rmtree(other, ignore_errors=True)
+    assert sorted(p.name for p in (tmp_path / "here").iterdir()) == ["ev"]   # nothing staged beside the link

@@ -129,11 +129,12 @@ def _link(src: Path, dst: Path) -> None:
 
 class StagedFiles(PredictionFiles):
     """``eval``'s sink for ``out``: each task's file is written to a folder of this evaluation's own beside ``out``
-    (made at the first task), and linked into ``out/``:data:`PARTIAL` (which a stopped eval leaves, and which another
-    eval of the same ``out`` may replace); :meth:`move_to` moves this evaluation's own files. :meth:`close` removes
-    its folder (after a stop the files stay in ``out/predictions.partial``). The folder's ``.lock`` is held while
-    the evaluation runs: the folders of killed evaluations of the same ``out`` (their locks let go) are removed when
-    the next one starts writing, instead of piling up beside ``out``."""
+    (beside its target when ``out`` is a symbolic link; made at the first task), and linked into ``out/``:data:`PARTIAL`
+    (which a stopped eval leaves, and which another eval of the same ``out`` may replace); :meth:`move_to` moves this
+    evaluation's own files. :meth:`close` removes its folder (after a stop the files stay in
+    ``out/predictions.partial``). The folder's ``.lock`` is held while the evaluation runs: the folders of killed
+    evaluations of the same ``out`` (their locks let go) are removed when the next one starts
+    writing, instead of piling up beside ``out``."""
 
     def __init__(self, out: Path) -> None:
         super().__init__(out / PARTIAL)
@@ -141,15 +142,16 @@ class StagedFiles(PredictionFiles):
 
     def __call__(self, task: str, rows: list[dict[str, Any]]) -> None:
         if self.stage is None:
-            parent = self.out.absolute().parent
-            parent.mkdir(parents=True, exist_ok=True)
-            self.stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.predictions-", dir=parent))
+            # beside OUT's link target, where atomic_dir writes OUT (maybe another file system): the files move there
+            target = self.out.resolve() if self.out.is_symlink() else self.out.absolute()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.predictions-", dir=target.parent))
             try:
                 self.lock = take_lock(self.stage / ".lock")
             except OSError:   # a file system without flock: no folder can be told stale, none is removed
                 self.lock = None
             if self.lock is not None:
-                self._remove_stale(parent)
+                self._remove_stale(target)
         self.written[task] = _write_task(self.stage, task, rows)
         self.folder.mkdir(parents=True, exist_ok=True)
         _link(self.written[task], self.folder / f"{task}.jsonl")
@@ -158,9 +160,9 @@ class StagedFiles(PredictionFiles):
         super().move_to(folder)
         self.close()
 
-    def _remove_stale(self, parent: Path) -> None:
+    def _remove_stale(self, target: Path) -> None:
         """Remove the folders of this ``out``'s evaluations that were killed (their ``.lock`` is there, not held)."""
-        for folder in parent.glob(f".{self.out.name}.predictions-*"):
+        for folder in target.parent.glob(f".{target.name}.predictions-*"):
             if folder != self.stage and (folder / ".lock").is_file() and lock_holder(folder / ".lock") is None:
                 shutil.rmtree(folder, ignore_errors=True)
 
