@@ -468,3 +468,20 @@ def test_an_out_that_is_a_link_stages_beside_its_target(tmp_path):
         finally:
             shutil.rmtree(other, ignore_errors=True)
     assert sorted(p.name for p in (tmp_path / "here").iterdir()) == ["ev"]   # nothing staged beside the link
+
+
+def test_the_killed_evals_folders_of_an_out_named_with_brackets_are_removed(tmp_path):
+    """Review 271: the killed evals' folders were found by a glob of OUT's name, so an OUT named 'ev[1]' matched
+    '.ev1.predictions-*' (another OUT's) and never its own '.ev[1].predictions-*', which piled up."""
+    from mtl_lora_vl.evaluation.predictions import StagedFiles
+
+    own, other = tmp_path / ".ev[1].predictions-x1y2z3", tmp_path / ".ev1.predictions-x1y2z3"
+    for folder in (own, other):
+        folder.mkdir()
+        (folder / ".lock").write_text("12345\n")   # its process is gone: the lock is free
+    sink = StagedFiles(tmp_path / "ev[1]")
+    try:
+        sink("vqa", [{"index": 0}])
+        assert sorted(p.name for p in tmp_path.iterdir() if p != sink.stage) == [other.name, "ev[1]"]
+    finally:
+        sink.close()

@@ -17,6 +17,7 @@ once each move their own rows. ``train`` writes them to ``RUN/predictions/``.
 
 from __future__ import annotations
 
+import glob
 import inspect
 import json
 import math
@@ -162,7 +163,7 @@ class StagedFiles(PredictionFiles):
 
     def _remove_stale(self, target: Path) -> None:
         """Remove the folders of this ``out``'s evaluations that were killed (their ``.lock`` is there, not held)."""
-        for folder in target.parent.glob(f".{target.name}.predictions-*"):
+        for folder in target.parent.glob(f".{glob.escape(target.name)}.predictions-*"):   # (a name may hold [ ])
             if folder != self.stage and (folder / ".lock").is_file() and lock_holder(folder / ".lock") is None:
                 shutil.rmtree(folder, ignore_errors=True)
 
