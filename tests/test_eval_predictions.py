@@ -438,6 +438,24 @@ def test_the_folders_of_killed_evals_are_removed_by_the_next_eval_of_the_same_ou
     assert sorted(p.name for p in (ev / "predictions").iterdir()) == ["vqa.jsonl"]
 
 
+def test_a_folder_whose_eval_has_not_taken_its_lock_yet_is_kept(tmp_path):
+    """Review 271: between an eval making its staging folder's .lock and taking it (the holder writes its process id
+    once it holds it), another eval of the same OUT read the lock as free and removed the folder under it. An empty
+    .lock is kept; a written, free one (its eval killed) is removed."""
+    from mtl_lora_vl.evaluation.predictions import StagedFiles
+
+    starting, dead = tmp_path / ".ev.predictions-starting", tmp_path / ".ev.predictions-dead"
+    for folder, pid in ((starting, ""), (dead, "12345\n")):
+        folder.mkdir()
+        (folder / ".lock").write_text(pid)
+    sink = StagedFiles(tmp_path / "ev")
+    try:
+        sink("vqa", [{"index": 0}])
+    finally:
+        sink.close()
+    assert starting.is_dir() and not dead.exists()
+
+
 def test_an_out_that_is_a_link_stages_beside_its_target(tmp_path):
     """Review 271: with --out a symbolic link, the staging folder was made beside the link, but OUT is written beside
     its target (atomic_dir): a target on another file system (/dev/shm) failed the eval at its end with 'Invalid

@@ -162,9 +162,11 @@ class StagedFiles(PredictionFiles):
         self.close()
 
     def _remove_stale(self, target: Path) -> None:
-        """Remove the folders of this ``out``'s evaluations that were killed (their ``.lock`` is there, not held)."""
+        """Remove the folders of this ``out``'s evaluations that were killed (their ``.lock`` written, not held; an
+        empty one is an evaluation between making its lock file and taking it)."""
         for folder in target.parent.glob(f".{glob.escape(target.name)}.predictions-*"):   # (a name may hold [ ])
-            if folder != self.stage and (folder / ".lock").is_file() and lock_holder(folder / ".lock") is None:
+            lock = folder / ".lock"
+            if folder != self.stage and lock.is_file() and lock.stat().st_size and lock_holder(lock) is None:
                 shutil.rmtree(folder, ignore_errors=True)
 
     def close(self) -> None:
