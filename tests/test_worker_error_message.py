@@ -9,6 +9,7 @@ import errno
 import pytest
 from torch.utils.data import DataLoader, Dataset
 
+from mtl_lora_vl.cli.commands import run_command
 from mtl_lora_vl.data.common import DataFormatError
 from mtl_lora_vl.data.images import ImageError
 from mtl_lora_vl.data.worker_errors import WorkerTraceback, worker_errors_unwrapped
@@ -39,11 +40,28 @@ def test_a_worker_error_keeps_its_type_and_message_and_the_traceback_as_cause(er
             assert isinstance(got.value.__cause__, WorkerTraceback) and "__getitem__" in str(got.value.__cause__)
 
 
-def test_an_image_error_from_a_worker_keeps_its_one_line_message_without_cause():
-    loader = DataLoader(_Rows(ImageError("image a.jpg: file is empty (0 bytes)")), batch_size=1, num_workers=1)
+def _read_all(loader: DataLoader) -> None:
+    list(worker_errors_unwrapped(loader))
+
+
+def test_an_image_error_from_a_worker_keeps_its_one_line_message_and_the_traceback_as_cause(capsys, monkeypatch):
+    """Made back from PyTorch's text, an ImageError was raised ``from None`` while one carried whole (carry_errors)
+    had the worker's traceback as its cause: ``--log-level debug`` showed the worker's traceback for the one and not
+    the other. Both have it now; the command line's ``error:`` is the message alone either way (one line), the
+    traceback only at debug."""
+    message = "image a.jpg: file is empty (0 bytes)"
+    loader = DataLoader(_Rows(ImageError(message)), batch_size=1, num_workers=1)
     with pytest.raises(ImageError) as got:
         list(worker_errors_unwrapped(loader))
-    assert str(got.value) == "image a.jpg: file is empty (0 bytes)" and got.value.__cause__ is None
+    assert str(got.value) == message
+    assert isinstance(got.value.__cause__, WorkerTraceback) and "__getitem__" in str(got.value.__cause__)
+    monkeypatch.delenv("MTL_LORA_VL_DEBUG", raising=False)
+    for level in ("info", "debug"):
+        assert run_command(level, _read_all, DataLoader(_Rows(ImageError(message)), batch_size=1, num_workers=1)) == 2
+        err = capsys.readouterr().err
+        lines = [x for x in err.splitlines() if x.startswith("[mtl-lora-vl] error")]
+        assert lines == [f"[mtl-lora-vl] error: {message}"], err
+        assert ("in DataLoader worker process 0" in err and "WorkerTraceback" in err) == (level == "debug"), err
 
 
 @pytest.mark.parametrize("error", [KeyError("cat"), KeyError(3),

@@ -17,8 +17,6 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from .images import ImageError
-
 __all__ = ["WorkerError", "WorkerTraceback", "carry_errors", "worker_errors_unwrapped"]
 
 #: An OSError's message as Python writes it: "[Errno 2] No such file or directory: 'a.png'".
@@ -149,8 +147,8 @@ def worker_errors_unwrapped(loader: DataLoader) -> Iterator[Any]:
     """``loader``'s batches; an error a worker raised comes out as with ``--workers 0``: a :class:`WorkerError` batch
     (:func:`carry_errors`) as the error itself, else made back from its message (PyTorch re-raises it as "Caught
     ValueError in DataLoader worker process 0." plus the worker's traceback, which the command line then printed as
-    its one-line error); the worker's traceback is its cause (made back, an :class:`ImageError`'s message names the
-    file and suffices: none)."""
+    its one-line error); the worker's traceback is its cause either way (the command line's ``error:`` line is the
+    message alone; ``--log-level debug`` adds the traceback and its causes)."""
     it = iter(loader)
     while True:
         try:
@@ -195,7 +193,7 @@ def _raise_own(e: Exception, it: Any, loader: DataLoader) -> None:
     if new is None:   # a type that is not made back from its message: PyTorch's wrapping stays
         return
     _shut_down(it, loader)
-    raise new from (None if isinstance(e, ImageError) else WorkerTraceback(text))
+    raise new from WorkerTraceback(text)   # as a carried one (--log-level debug shows the traceback)
 
 
 def _rebuilt(kind: type[BaseException], message: str) -> BaseException | None:
