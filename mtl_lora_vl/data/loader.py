@@ -105,7 +105,7 @@ from mtl_lora_vl.data.resize import ImageResize
 from mtl_lora_vl.data.sampler import MultiTaskBatchSampler
 from mtl_lora_vl.data.seeding import SeededBatches, SeededDataset, loader_generator, reseed_loader
 from mtl_lora_vl.data.text_columns import drop_padding
-from mtl_lora_vl.data.worker_errors import carry_errors, worker_errors_unwrapped
+from mtl_lora_vl.data.worker_errors import RefuseStopIteration, carry_errors, worker_errors_unwrapped
 from mtl_lora_vl.log import progress
 
 
@@ -162,6 +162,11 @@ class TaskDataset(Dataset):
         return len(self.examples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        with RefuseStopIteration(lambda: f"task {self.kind.name!r}, row {index} (example "
+                                         f"{self.examples[index].image_id!r})"):
+            return self._row(index)
+
+    def _row(self, index: int) -> dict[str, Any]:
         asked = index
         index, image = self.images.decode(index)   # another row of the task if this image fails
         ex = self.examples[index]
@@ -419,7 +424,8 @@ class _ImageDataset(Dataset):
         return self.images.count
 
     def __getitem__(self, index: int) -> Tensor:
-        return self.images.decode(index)[1]   # a row whose image fails gets a substitute image
+        with RefuseStopIteration(lambda: f"task {self.images.task!r}, reading the image of row {index}"):
+            return self.images.decode(index)[1]   # a row whose image fails gets a substitute image
 
 
 def iter_sized_image_batches(backbone: Any, examples: Sequence[Example], *, batch_size: int,

@@ -3,7 +3,11 @@
 
 A loader built with :func:`carry_errors` sends an error raised in a worker's dataset or collate function to the main
 process in its batch's place, pickled (:class:`WorkerError`): it comes out as the same object, its type, arguments and
-attributes kept. An error that does not pickle is raised in the worker as before and made back from PyTorch's text."""
+attributes kept. An error that does not pickle is raised in the worker as before and made back from PyTorch's text.
+
+A ``StopIteration`` raised while reading rows or collating them is refused (:class:`RefuseStopIteration`): PyTorch's
+loader takes it for the end of the data, so ``--workers 0`` ended the pass early, its rows lost without a word, and
+with workers it came out as "generator raised StopIteration"."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-__all__ = ["WorkerError", "WorkerTraceback", "carry_errors", "worker_errors_unwrapped"]
+__all__ = ["RefuseStopIteration", "WorkerError", "WorkerTraceback", "carry_errors", "worker_errors_unwrapped"]
 
 #: An OSError's message as Python writes it: "[Errno 2] No such file or directory: 'a.png'".
 _ERRNO = re.compile(r"\[Errno (\d+)\] (.*?)(?:: ('.*'|\".*\"))?", re.DOTALL)
@@ -26,6 +30,25 @@ _ERRNO = re.compile(r"\[Errno (\d+)\] (.*?)(?:: ('.*'|\".*\"))?", re.DOTALL)
 class WorkerTraceback(Exception):
     """The traceback of an error raised in a data-loader worker: the cause of the error re-raised with its own message
     (shown where the command line shows tracebacks: ``--log-level debug``)."""
+
+
+class RefuseStopIteration:
+    """A context in which a ``StopIteration`` (raised by a dataset's code: a task kind, an image source, a collate
+    function) becomes a RuntimeError naming ``what`` was being read (a callable: made only then), in the main process
+    and in a worker alike."""
+
+    def __init__(self, what: str | Callable[[], str]) -> None:
+        self.what = what
+
+    def __enter__(self) -> RefuseStopIteration:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        if isinstance(error, StopIteration):
+            what = self.what if isinstance(self.what, str) else self.what()
+            raise RuntimeError(f"{what} raised StopIteration, which a dataset or collate function must not raise: the "
+                               "data loader takes it for the end of the data and ends the pass early, losing rows; "
+                               "raise another error (e.g. ValueError) naming what is wrong") from error
 
 
 class WorkerError:
@@ -97,10 +120,12 @@ def _pickled(error: BaseException) -> bytes | None:
     return None
 
 
-def _carrying(fn: Callable[[Any], Any], arg: Any) -> Any:
-    """``fn(arg)``; in a worker, an error it raises that pickles is returned as a :class:`WorkerError`."""
+def _carrying(fn: Callable[[Any], Any], arg: Any, what: str | Callable[[], str]) -> Any:
+    """``fn(arg)``; in a worker, an error it raises that pickles is returned as a :class:`WorkerError` (a
+    ``StopIteration``: a RuntimeError naming ``what``)."""
     try:
-        return fn(arg)
+        with RefuseStopIteration(what):
+            return fn(arg)
     except Exception as e:
         if (carried := WorkerError.of(e)) is None:
             raise
@@ -117,14 +142,14 @@ class _CarryingDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitems__(self, keys: list[Any]) -> Any:
-        return _carrying(self._rows, keys)
+        return _carrying(self._rows, keys, lambda: f"the dataset, reading rows {keys}")
 
     def _rows(self, keys: list[Any]) -> list[Any]:
         many = getattr(self.dataset, "__getitems__", None)
         return many(keys) if many else [self.dataset[k] for k in keys]
 
     def __getitem__(self, key: Any) -> Any:
-        return _carrying(self.dataset.__getitem__, key)
+        return _carrying(self.dataset.__getitem__, key, lambda: f"the dataset, reading row {key!r}")
 
 
 class _CarryingCollate:
@@ -134,7 +159,7 @@ class _CarryingCollate:
         self.collate = collate
 
     def __call__(self, rows: Any) -> Any:
-        return rows if isinstance(rows, WorkerError) else _carrying(self.collate, rows)
+        return rows if isinstance(rows, WorkerError) else _carrying(self.collate, rows, "the collate function")
 
 
 def carry_errors(dataset: Dataset, collate: Callable[[Any], Any]) -> tuple[Dataset, Callable[[Any], Any]]:
