@@ -4,6 +4,13 @@
 A loader built with :func:`carry_errors` sends an error raised in a worker's dataset or collate function to the main
 process in its batch's place, pickled (:class:`WorkerError`): it comes out as the same object, its type, arguments and
 attributes kept. An error that does not pickle is raised in the worker as before and made back from PyTorch's text.
+``SystemExit``, ``GeneratorExit`` and a ``KeyboardInterrupt`` the dataset's code raised are carried too (PyTorch's
+worker died of them and the main process got "worker exited unexpectedly", ConnectionResetError or
+FileNotFoundError), so that the command exits as with ``--workers 0`` (a KeyboardInterrupt: 130, the trainer saying
+the step was not saved). A KeyboardInterrupt only where the worker ignores SIGINT (the package's loaders do:
+``ignore_stop_signals``): there it cannot be the terminal's Ctrl-C, which such workers ignore and the main process
+handles itself (the trainer: stop at the step's end, saving); a worker that takes SIGINT leaves its KeyboardInterrupt
+to PyTorch (the worker exits quietly), as the main process got the signal too.
 
 A ``StopIteration`` raised while reading rows or collating them is refused (:class:`RefuseStopIteration`): PyTorch's
 loader takes it for the end of the data, so ``--workers 0`` ended the pass early, its rows lost without a word, and
@@ -122,14 +129,21 @@ def _pickled(error: BaseException) -> bytes | None:
 
 def _carrying(fn: Callable[[Any], Any], arg: Any, what: str | Callable[[], str]) -> Any:
     """``fn(arg)``; in a worker, an error it raises that pickles is returned as a :class:`WorkerError` (a
-    ``StopIteration``: a RuntimeError naming ``what``)."""
+    ``StopIteration``: a RuntimeError naming ``what``), and so is a SystemExit, GeneratorExit or (the worker
+    ignoring SIGINT: not the terminal's Ctrl-C) KeyboardInterrupt."""
     try:
         with RefuseStopIteration(what):
             return fn(arg)
-    except Exception as e:
-        if (carried := WorkerError.of(e)) is None:
+    except BaseException as e:
+        if not _carries(e) or (carried := WorkerError.of(e)) is None:
             raise
         return carried
+
+
+def _carries(error: BaseException) -> bool:
+    """Whether ``error`` is sent to the main process: a KeyboardInterrupt only where SIGINT is ignored (in a worker
+    that takes SIGINT it may be a Ctrl-C, which the main process received too and handles itself)."""
+    return not isinstance(error, KeyboardInterrupt) or signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 class _CarryingDataset(Dataset):
