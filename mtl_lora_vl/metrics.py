@@ -53,10 +53,11 @@ from mtl_lora_vl.ptb_tokens import tokenize_caption
 
 _PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",",
           "?", "!")
-_COMMA_IN_NUMBER = re.compile(r"(\d)(,)(\d)")
+# re.ASCII: the official script is Python 2 and compiles these without re.UNICODE, so its \d is [0-9] only.
+_COMMA_IN_NUMBER = re.compile(r"(\d)(,)(\d)", re.ASCII)
 # The official pattern is "(?!<=\d)(\.)(?!\d)"; its first group is a (mistyped) look-ahead that always
 # holds, so in effect a period is removed whenever no digit follows it. We state that effect directly.
-_PERIOD = re.compile(r"\.(?!\d)")
+_PERIOD = re.compile(r"\.(?!\d)", re.ASCII)
 
 _NUMBER_WORDS = {
     "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",

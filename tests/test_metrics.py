@@ -47,6 +47,20 @@ def test_normalize_answer_official_rules(raw, expected):
     assert normalize_answer(raw) == expected
 
 
+@pytest.mark.parametrize("raw, expected", [
+    # vqaEval.py is Python 2 and compiles its patterns without re.UNICODE, so its \d is [0-9]: a comma between
+    # other digits (Arabic-Indic, fullwidth) is no number comma, and a period before one is stripped.
+    ("\u0661,\u0662", "\u0661 \u0662"),
+    ("\uff11,\uff10\uff10\uff10", "\uff11 \uff10\uff10\uff10"),
+    ("yes/\uff12,\uff13", "yes \uff12 \uff13"),      # the "/" is spaced, not deleted: no ASCII digit,digit
+    ("\u0663.\u0665", "\u0663\u0665"),
+    ("1,000", "1000"),
+    ("3.5", "3.5"),
+])
+def test_normalize_answer_digit_rules_are_ascii_as_in_the_official_script(raw, expected):
+    assert normalize_answer(raw) == expected
+
+
 def test_normalize_answer_rejects_non_strings():
     with pytest.raises(TypeError, match="expects a str"):
         normalize_answer(3)
