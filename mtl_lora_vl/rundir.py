@@ -100,8 +100,6 @@ def choose_run_dir(opts: TrainOptions) -> Path:
     if run.exists() and not run.is_dir():
         raise RunDirError(f"--out {run}: is a file, not a directory; choose another --out")
     _check_parent(run)
-    if opts.overwrite:
-        _refuse_unfinished_overwrite(run)
     if opts.overwrite and run.is_symlink():   # renaming it aside would move the link, and the run would land beside it
         raise RunDirError(f"--out {run}: is a symbolic link (to {run.resolve()}); --overwrite replaces a directory, "
                           f"not a link: give its target, --out {run.resolve()}")
@@ -110,6 +108,8 @@ def choose_run_dir(opts: TrainOptions) -> Path:
     if opts.overwrite and holds(run, Path.cwd()) and run.is_dir() and any(run.iterdir()):
         raise RunDirError(f"--out {run}: is the current directory or holds it, and --overwrite would delete it "
                           "with everything in it; choose another --out (e.g. a new folder)")
+    if opts.overwrite:
+        _refuse_unfinished_overwrite(run)
     if opts.overwrite and run.is_dir() and any(run.iterdir()):
         _refuse_training(run, "--overwrite: --out")
         if not (run / "config.json").is_file():
@@ -224,6 +224,7 @@ def _tasks_label(tasks: str, limit: int = 120) -> str:
 
 def replaced_dir(run: Path) -> Path:
     """Where ``--overwrite`` keeps the run it replaces until the new one has written a checkpoint."""
+    run = Path(os.path.abspath(run))   # (--out . has no name of its own)
     return run.with_name(f".{run.name}.replaced")
 
 

@@ -221,3 +221,14 @@ def test_an_overwrite_is_refused_before_its_set_up_while_an_earlier_ones_replace
         assert train_main([*_args(tmp_path, run), "--overwrite"]) != 0
         assert f"an earlier --overwrite of it did not finish, and {aside} holds" in capsys.readouterr().err
         assert not built and (aside / "old.txt").is_file() and run.exists() == present
+
+
+def test_the_replaced_folder_of_the_current_directory_has_a_name(tmp_path, monkeypatch):
+    """--out . --overwrite: replaced_dir(Path('.')) raised "PosixPath('.') has an empty name" (the check of an
+    unfinished --overwrite, now made before the set-up, reached it before the current-directory refusal)."""
+    from mtl_lora_vl.rundir import replaced_dir
+
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    assert replaced_dir(Path(".")) == tmp_path / ".here.replaced"
+    assert replaced_dir(Path("sub")) == tmp_path / "here" / ".sub.replaced"
