@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader, Dataset
 from vl_tiny import tiny_backbone
 
 from mtl_lora_vl.data import world
-from mtl_lora_vl.data.loader import MultiTaskLoader, iter_image_batches
-from mtl_lora_vl.data.records import Example
+from mtl_lora_vl.data.loader import MultiTaskLoader, TaskDataset, iter_image_batches
+from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.data.worker_errors import carry_errors, worker_errors_unwrapped
 from mtl_lora_vl.tasks import build_kind, resolve_tasks
 
@@ -107,3 +107,26 @@ def test_any_dataset_or_collate_given_to_carry_errors_refuses_stop_iteration(whe
     with pytest.raises(RuntimeError, match=f"{says} {REFUSED}".replace("[", r"\[").replace("]", r"\]")):
         rows.extend(int(b) for b in worker_errors_unwrapped(loader))
     assert rows == ([0] if where == "collate" else [0, 1])
+
+
+class _StoppingElsewhere(_StoppingKind):
+    """Its ``sample_fields`` raises StopIteration on every row but 3."""
+
+    def sample_fields(self, example, index):
+        if index != 3:
+            next(iter(()))
+        return self._k.sample_fields(example, index)
+
+
+def test_the_refusal_names_the_row_read_in_place_of_one_whose_image_fails(clip, tmp_path):
+    """Row 3's image is missing, so another row is read in its place; that row raised, not row 3 (the message
+    named row 3 and its broken example)."""
+    split = world.build_split("classification", "train", n=8, seed=0)
+    examples = list(split.examples)
+    examples[3] = Example(str(tmp_path / "missing.png"), "broken", label=0)
+    kind = _StoppingElsewhere(build_kind(resolve_tasks("caption_cls")[0], split, clip))
+    dataset = TaskDataset(kind, Split(examples, class_names=split.class_names), clip.image_size)
+    with pytest.raises(RuntimeError) as got:
+        dataset[3]
+    text = str(got.value)
+    assert REFUSED in text and ", in place of row 3)" in text and "'broken'" not in text, text

@@ -162,13 +162,16 @@ class TaskDataset(Dataset):
         return len(self.examples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        with RefuseStopIteration(lambda: f"task {self.kind.name!r}, row {index} (example "
-                                         f"{self.examples[index].image_id!r})"):
-            return self._row(index)
+        read = [index]   # the row read: another one when this row's image fails (the one a StopIteration names)
+        with RefuseStopIteration(lambda: f"task {self.kind.name!r}, row {read[0]} (example "
+                                         f"{self.examples[read[0]].image_id!r}"
+                                         f"{f', in place of row {index}' if read[0] != index else ''})"):
+            return self._row(index, read)
 
-    def _row(self, index: int) -> dict[str, Any]:
+    def _row(self, index: int, read: list[int]) -> dict[str, Any]:
         asked = index
         index, image = self.images.decode(index)   # another row of the task if this image fails
+        read[0] = index
         ex = self.examples[index]
         row = {"image": image, "text": self.kind.sample_text(ex), "replaced": index != asked,
                "index": index, "fields": self.kind.sample_fields(ex, index)}
