@@ -7,6 +7,7 @@ process gets too and handles itself (the trainer: stop at the step's end)."""
 from __future__ import annotations
 
 import json
+import signal
 import warnings
 from pathlib import Path
 
@@ -57,11 +58,17 @@ def test_a_base_exception_from_a_worker_is_the_one_zero_workers_raise(error):
     assert two[2] is WorkerTraceback
 
 
+def _takes_sigint(worker_id: int) -> None:
+    """The worker takes SIGINT whatever it inherited: a test run started in the background (a shell's `cmd &`, CI
+    scripts) ignores SIGINT in every process it starts, and the worker then looked like the package's."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def test_a_keyboard_interrupt_in_a_worker_that_takes_sigint_is_left_to_pytorch():
     """Not carried where the worker takes SIGINT: there it may be a Ctrl-C, which the main process got too (a trainer
     stopping at the step's end must not get it again from a batch). A guard of that choice: passes without the fix.
     (PyTorch's worker then exits quietly; the main process finds it gone within its 5 s status check.)"""
-    got = _outcome(KeyboardInterrupt(), 1, init=None)
+    got = _outcome(KeyboardInterrupt(), 1, init=_takes_sigint)
     assert got[0] is not KeyboardInterrupt, got
 
 
