@@ -443,6 +443,24 @@ def test_load_pretrained_rebuilds_backbone_and_heads(trained_run):
     assert bare.specs["vqa"].kind == "vqa" and bare.specs["retrieval"].name == "retrieval"
 
 
+def test_a_task_that_cannot_be_rebuilt_is_told_the_data_folder_only_when_a_file_was_not_read(trained_run,
+                                                                                                monkeypatch):
+    """Review 271: every failure to rebuild a task's kind said "give the data folder (--data-root ...)", also a
+    refusal of its texts (a class name holding an image marker), which no data folder fixes."""
+    import mtl_lora_vl.io.pretrained as pretrained
+
+    path = trained_run[0]
+    for error, hinted in ((ValueError("the class 'a <row_1_col_1>' holds a marker"), False),
+                          (FileNotFoundError("rows.jsonl: no such file"), True)):
+        def refuse(*args, _error=error, **kwargs):
+            raise _error
+
+        monkeypatch.setattr(pretrained, "build_kind", refuse)
+        with pytest.raises(AdapterFileError, match="cannot rebuild task") as e:
+            mlv.load_pretrained(path)
+        assert ("--data-root" in str(e.value)) is hinted and "heads=False" in str(e.value), str(e.value)
+
+
 def test_load_pretrained_needs_a_base_model_name(trained_run, tmp_path):
     import shutil
 

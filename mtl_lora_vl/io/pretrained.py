@@ -105,10 +105,10 @@ def load_pretrained(
                 root = data_root if data_root is not None else (doc.get("data_roots") or {}).get(task)
                 train = None if state is not None else specs[task].load_split("train", root)
                 kinds[task] = build_kind(specs[task], train, bb, state=state)
-            except (ValueError, FileNotFoundError, OSError) as e:
+            except (ValueError, OSError) as e:   # (only a file not read is fixed by the data folder)
+                where = "give the data folder (--data-root, data_root=...), or " if isinstance(e, OSError) else ""
                 raise AdapterFileError(f"{path}: cannot rebuild task {task!r} from {rel}: {e}. For file-based "
-                                       "tasks give the data folder (--data-root, data_root=...), or load without "
-                                       "heads (heads=False)") from e
+                                       f"tasks {where}load without heads (heads=False)") from e
         if heads:
             with torch.no_grad():  # on the base model: head shapes do not depend on adapters
                 head = kinds[task].build_head(bb)
