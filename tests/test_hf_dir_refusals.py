@@ -133,3 +133,11 @@ def test_a_weights_link_to_a_deleted_cache_blob_is_named_with_where_it_points(ll
     (blobs / "def456").unlink()
     with pytest.raises(BackboneError, match=re.escape(f"{shards[1]} is a broken link: it points to {blobs}/def456,")):
         load_backbone(f"hf:{sharded}")
+
+
+def test_a_file_given_for_its_folder_names_the_folder(tmp_path):
+    """hf:DIR/config.json was told "is not a local directory ... or a hub id already in the local cache", as a hub
+    id is: it names the file and the folder to give (review 264)."""
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"is a file, not a folder.*--backbone hf:" + re.escape(str(tmp_path))):
+        load_backbone(f"hf:{tmp_path / 'config.json'}")

@@ -46,6 +46,9 @@ def hf_dir(spec: BackboneSpec) -> Path:
         if own in (BUILTIN_NAME, BUILTIN_LLAVA_NAME) and spec.text != own:   # (a local folder of that name: read it)
             raise FileNotFoundError(f"{spec.text}: {own!r} is one of the package's own backbones, not a folder; "
                                     f"give it without hf: (--backbone {own})")
+        if folder is not None and folder.is_file():   # (config.json or a weights file given for its folder)
+            raise FileNotFoundError(f"{spec.text}: {folder} is a file, not a folder; hf: takes the folder that "
+                                    f"save_pretrained wrote: --backbone hf:{folder.parent}")
         raise FileNotFoundError(
             f"{spec.text} is not a local directory; hf: takes a folder written by save_pretrained "
             "(config.json + model.safetensors + tokenizer files), or a hub id already in the local Hugging "
