@@ -70,6 +70,9 @@ def test_config_file_errors_name_the_file(tmp_path, capsys):
     bad_json = tmp_path / "broken.json"
     bad_json.write_text('{"rank": 4,')
     assert "not valid JSON" in _refused(capsys, ["--config", str(bad_json)])
+    yaml = tmp_path / "options.yaml"   # it was read as JSON: "not valid JSON (Expecting value ...)"
+    yaml.write_text("rank: 4\n")
+    assert "YAML is not read; write the options as JSON" in _refused(capsys, ["--config", str(yaml)])
     listed = tmp_path / "list.json"
     listed.write_text("[1, 2]")
     assert "expected a table of options" in _refused(capsys, ["--config", str(listed)])

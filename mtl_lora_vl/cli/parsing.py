@@ -217,6 +217,9 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
     if not p.is_file():
         _fail(parser, f"{where}: no such file")
     is_toml = p.suffix.lower() == ".toml"
+    if p.suffix.lower() in (".yaml", ".yml"):   # (it was read as JSON and told "not valid JSON")
+        _fail(parser, f"{where}: YAML is not read; write the options as JSON (a .json file) or TOML (a .toml file, "
+                      "key = value lines)")
     try:
         text = p.read_text(encoding="utf-8-sig")
         raw = tomllib.loads(text) if is_toml else json.loads(text, object_pairs_hook=unrepeated_keys)
