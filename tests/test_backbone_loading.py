@@ -207,3 +207,16 @@ def test_pretrained_given_a_folder_says_so(tmp_path):
         load_backbone("builtin", pretrained=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="is a folder, not a checkpoint file, nor a pretrained tag"):
         load_backbone("open_clip:ViT-B-32", pretrained=str(tmp_path))
+
+
+def test_a_config_naming_remote_code_beside_a_transformers_class_says_which_loads(tmp_path, caplog):
+    """Review 264: an auto_map beside an architectures class transformers ships loaded that class without a word, as
+    transformers does without trust_remote_code; one who expects the model's own code to run is told it does not."""
+    from mtl_lora_vl.backbones.hf import hf_model_class
+
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"architectures": ["LlavaForConditionalGeneration"], "auto_map": {"AutoModel": "modeling_x.XModel"}}))
+    with caplog.at_level("WARNING", logger="mtl_lora_vl.backbones.hf"):
+        assert hf_model_class(tmp_path).__name__ == "LlavaForConditionalGeneration"
+    assert "auto_map names code of the model's own, which this package does not run" in caplog.text
+    assert "LlavaForConditionalGeneration" in caplog.text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 import os
 import warnings
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from .base import BackboneError
 from .builtin import BUILTIN_LLAVA_NAME, BUILTIN_NAME
 from .cache import hf_hub_cache
 from .spec import BackboneSpec
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["hf_dir", "hf_grad_checkpointing", "hf_model_class"]
 
@@ -86,6 +89,9 @@ def hf_model_class(folder: Path) -> type:
     for name in names:
         cls = getattr(transformers, name, None) if name else None
         if isinstance(cls, type):
+            if config.get("auto_map"):   # (as transformers without trust_remote_code: said, as one may expect it run)
+                logger.warning("%s: its auto_map names code of the model's own, which this package does not run; "
+                               "loading transformers' %s, which it also names", path, name)
             return cls
     if config.get("auto_map"):   # trust_remote_code: the model's own Python files, which this package never runs
         raise BackboneError(f"{path} names a model of its own code (auto_map, architectures={names}), which this "
