@@ -54,8 +54,8 @@ def run_command(level: str, fn: Callable[..., Any], *args: Any) -> int:
     with cli_logging(level) as log:
         try:
             fn(*args)
-        except KeyboardInterrupt:
-            return 130
+        except KeyboardInterrupt as e:
+            return getattr(e, "exit_code", 130)   # 143: SIGTERM outside the loop (stopping.Terminated)
         except RunStopped as e:  # the loop logged it; not 0, so `train && evaluate` does not go on
             return e.exit_code
         except EXPECTED as e:

@@ -10,7 +10,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["RunStopped", "StopRequest", "stop_at_step_boundary"]
+__all__ = ["RunStopped", "StopRequest", "Terminated", "stop_at_step_boundary", "stop_signals_ignored",
+           "terminate_raises"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,47 @@ def stop_at_step_boundary() -> Iterator[StopRequest]:
     old = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield request
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the loop's step boundaries (set-up, final evaluation): it ends the run as Ctrl-C does, its
+    clean-up included, and the command exits 143."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+def _raise_terminated(signum: int, frame: object) -> None:  # noqa: ARG001
+    raise Terminated
+
+
+@contextlib.contextmanager
+def terminate_raises() -> Iterator[None]:
+    """While open (main thread), SIGTERM raises :class:`Terminated` instead of killing the process at once: the
+    run's clean-up runs. Under torchrun a rank that fails gets the others SIGTERMed; rank 0, killed outright, left
+    the run ``--overwrite`` replaced set aside in ``.RUN.replaced``, the new run's directory in its place."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def stop_signals_ignored() -> Iterator[None]:
+    """While open (main thread), SIGINT and SIGTERM are ignored: a clean-up that puts the run ``--overwrite``
+    replaced back is not cut half-way (torchrun's SIGTERM to the other ranks races a failed rank's own clean-up)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)

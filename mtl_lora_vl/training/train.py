@@ -71,7 +71,7 @@ from .optim import Optimization, build_optimization
 from .rng import preserved_rng, seed_everything, seed_rank
 from .run import Run
 from .step import ScalerSkips, forward_backward, optimizer_step, skip_bad_step
-from .stopping import RunStopped, stop_at_step_boundary
+from .stopping import RunStopped, stop_at_step_boundary, stop_signals_ignored, terminate_raises
 from .validation import Best, check_selection_splits, finish_with_best, stopped_early, validate
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def train(opts: TrainOptions, given: Collection[str] | None = None) -> Path:
     """Run (or resume) one training run and its final evaluation; returns the run directory. ``given``: the
     options the user set (the command line's); ``--resume`` refuses any of them it would ignore. The run
     seeds Python's, NumPy's and torch's generators from ``--seed``; the caller's come back afterwards."""
-    with preserved_rng():
+    with preserved_rng(), terminate_raises():   # SIGTERM outside the loop: the clean-up below still runs
         return _train(opts, given)
 
 
@@ -107,10 +107,11 @@ def _train(opts: TrainOptions, given: Collection[str] | None) -> Path:
         if run.info.is_main:
             finish_overwrite(run.dir)   # (a run of no steps: done here)
     except BaseException:
-        if loader is not None:
-            loader.close()   # (its forked workers hold a copy of the run's lock, which undo_overwrite lets go)
-        if run.info.is_main:
-            undo_overwrite(run.dir, run.opts, run.lock)   # failed before its first checkpoint: the replaced run is back
+        with stop_signals_ignored():   # (torchrun's SIGTERM after a peer failed must not cut the put-back short)
+            if loader is not None:
+                loader.close()   # (its forked workers hold a copy of the run's lock, which undo_overwrite lets go)
+            if run.info.is_main:
+                undo_overwrite(run.dir, run.opts, run.lock)   # failed before its first checkpoint: the old run is back
         raise
     finally:
         if loader is not None:
@@ -164,7 +165,8 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
             logger.info("%s", describe(run))
     except BaseException:
         if info.is_main:
-            undo_overwrite(run_dir, opts, lock)
+            with stop_signals_ignored():
+                undo_overwrite(run_dir, opts, lock)
         if lock is not None:
             lock.close()
         raise

@@ -1,0 +1,64 @@
+"""SIGTERM outside the training loop of an ``--overwrite`` run (torchrun sends it to the other ranks when one fails):
+the replaced run is put back whole, even when a second SIGTERM arrives while it is being put back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mtl_lora_vl.backbones import builtin_dir
+
+TESTS = Path(__file__).resolve().parent
+pytestmark = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
+                                reason="built-in backbone not built (python scripts/pretrain_backbone.py)")
+
+# The run gets SIGTERM once its directory is claimed (the old run set aside), outside the loop's step boundaries,
+# and again as the put-back starts deleting the new run's directory.
+SCRIPT = textwrap.dedent("""
+    import os, shutil, signal, sys
+    sys.path.insert(0, sys.argv[1])
+    import rng_kind
+    import mtl_lora_vl.training.train as train_module
+    from mtl_lora_vl.cli import train_main
+
+    real_optim, real_rmtree = train_module.build_optimization, shutil.rmtree
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_optim(*args, **kwargs)
+
+    def rmtree(path, *args, **kwargs):
+        if os.path.basename(str(path)) == "run":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_rmtree(path, *args, **kwargs)
+
+    train_module.build_optimization, shutil.rmtree = terminated, rmtree
+    sys.exit(train_main(sys.argv[2:]))
+""")
+
+
+def test_sigterm_after_the_claim_puts_the_replaced_run_back(tmp_path):
+    """It killed the process at once (exit -15): the old run stayed in .run.replaced, the new run's config.json and
+    .lock in its place, and the next --overwrite was refused until the user moved it back by hand."""
+    import rng_kind
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"tasks": "caption_cls", "method": "mtl_lora", "out": str(run)}))
+    (run / "metrics.jsonl").write_text("old\n")
+    spec = rng_kind.small_spec(tmp_path, "caption_cls")
+    (tmp_path / "script.py").write_text(SCRIPT)
+    proc = subprocess.run([sys.executable, str(tmp_path / "script.py"), str(TESTS), "--tasks", str(spec), "--steps",
+                           "2", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--out", str(run),
+                           "--overwrite"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["caption_cls.toml", "run", "script.py"]
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl"]
+    assert (run / "metrics.jsonl").read_text() == "old\n"
