@@ -97,6 +97,22 @@ class CoCaBackbone(OpenClipBackbone):
         # depends on the width unless every row is the full context (as open_clip's tokenizer gives them).
         return super()._text_features(self.pad_to_context(tokens))
 
+    def check_caption_tokens(self) -> None:
+        """Refuse a tokenizer whose rows do not begin with its start token: the decoder is trained to predict
+        ``tokens[:, 1:]`` from ``tokens[:, 0]`` and generates from the start token, so a row that begins with its
+        first word would never train that word, and generation would start from a token training never saw."""
+        if self.bos_id is None:
+            raise ValueError(f"backbone {self.name!r} (CoCa): its tokenizer has no start token (neither bos nor cls), "
+                             "which the caption decoder starts from; use a tokenizer that puts a start token first "
+                             "(a bos_token its post-processor adds), or caption with a LLaVA-style backbone")
+        first = int(self.tokenizer(["a"])[0, 0])
+        if first != self.bos_id:
+            raise ValueError(f"backbone {self.name!r} (CoCa): its tokenizer's rows begin with token {first}, not its "
+                             f"start token {self.bos_id}, which the caption decoder starts from (the first word would "
+                             "never be trained; generation would start from an unseen token); use a tokenizer that "
+                             "adds its bos token (a post-processor template '<bos> $A <eos>', or add_bos_token in "
+                             "tokenizer_config.json), or caption with a LLaVA-style backbone")
+
     def caption_logits(self, images: Tensor, tokens: Tensor) -> Tensor:
         """Teacher-forced decoder logits ``(B, L-1, vocab)``; position i predicts ``tokens[:, i + 1]``."""
         if tokens.dim() != 2 or tokens.shape[1] < 2:
@@ -121,8 +137,7 @@ class CoCaBackbone(OpenClipBackbone):
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
-        if self.bos_id is None:
-            raise ValueError(f"backbone {self.name!r} has no start token; cannot generate")
+        self.check_caption_tokens()
         _, image_embs = self.resize.checked(self.model._encode_image, images, "generate", self.name)
         image_embs = image_embs.repeat_interleave(beam_size, dim=0)
 

@@ -38,6 +38,7 @@ from mtl_lora_vl.tasks.generative import (
     format_prompt,
     generate_texts,
     lm_task_loss,
+    uses_language_model,
 )
 from mtl_lora_vl.tasks.registry import register_kind
 from mtl_lora_vl.tasks.spec import TaskSpec
@@ -116,6 +117,8 @@ class CaptioningKind(TaskKind):
                 f"{backbone.name!r} ({type(backbone.model).__name__}) has none; use a generative backbone "
                 f"(--backbone builtin-llava, or hf:DIR of a LLaVA model) or an open_clip CoCa, e.g. "
                 f"--backbone open_clip:coca_ViT-B-32 --pretrained /path/to/coca_weights.bin")
+        if not uses_language_model(backbone):   # CoCa: teacher-forced from each row's start token
+            backbone.check_caption_tokens()
 
     def __init__(self, spec: TaskSpec, train: Split | None, backbone: Backbone, state: dict | None = None) -> None:
         super().__init__(spec, train, backbone, state)
