@@ -274,6 +274,10 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
             parsed = getattr(parser.parse_object({name: value}, defaults=False), name)
         except (ArgumentError, TypeError, ValueError):
             _fail(parser, f"{where}: {shown} is not allowed; {key} takes {describe_allowed(f, tp)}")
+        if isinstance(value, str) and _non_none(tp)[0] in (int, float, bool):   # "4", "1e-3", "0x4", "yes"
+            fix = f"{key} = {json.dumps(parsed)}" if is_toml else f'"{key}": {json.dumps(parsed)}'
+            _fail(parser, f"{where}: {shown} is a string (in quotes); {key} takes {describe_allowed(f, tp)}: write "
+                          f"{fix}, without the quotes")
         if out_of_range(f.metadata, parsed):
             _fail(parser, f"{where}: {shown} is out of range; {key} must be {range_text(f.metadata, parsed)}")
         out[name] = parsed
