@@ -186,6 +186,9 @@ def test_a_lora_export_of_a_square_adapter_says_how_its_images_were_read(folder,
     with caplog.at_level("WARNING"):
         out = mlv.export_lora(model, ["a", "b"], tmp_path / "peft", format="peft")
     assert "native_aspect(False)" in (out / "README.md").read_text() and "read on one square" in caplog.text
+    # the adapter's own family only (review 274): it named Idefics3's do_image_splitting and three other families
+    assert "LLaVA-NeXT's processor reads pictures at their own aspect only" in caplog.text
+    assert not any(w in caplog.text for w in ("do_image_splitting", "Idefics3", "OneVision", "Mistral")), caplog.text
     caplog.clear()
     bb.native_aspect(True)
     with caplog.at_level("WARNING"):
@@ -194,6 +197,17 @@ def test_a_lora_export_of_a_square_adapter_says_how_its_images_were_read(folder,
 
 
 # Review 215 ---------------------------------------------------------------------------------------------------
+def test_a_lora_export_of_a_square_idefics3_adapter_names_its_own_processor_only(tmp_path, caplog):
+    """The note named every square-reading family's processor (review 274); an Idefics3 adapter's says
+    do_image_splitting=False, and nothing of LLaVA-NeXT, LLaVA-OneVision or Mistral 3."""
+    bb = load_backbone(f"hf:{save_tiny_idefics3(tmp_path / 'idefics3')}", image_reading="square")
+    model = mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1))
+    with caplog.at_level("WARNING"):
+        mlv.export_lora(model, "a", tmp_path / "lora", format="plain")
+    assert "read on one square" in caplog.text and "do_image_splitting=False" in caplog.text
+    assert not any(w in caplog.text for w in ("LLaVA", "Mistral", "own aspect")), caplog.text
+
+
 def test_unload_takes_the_loaded_reading_off_a_bare_model(next_folder, tmp_path):
     """A square adapter loaded onto a bare LLaVA-NeXT, unloaded, then a native one loaded: the square stayed, so the
     native adapter was warned about ('call backbone.native_aspect(True)', with no backbone) and a save recorded it

@@ -148,15 +148,23 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
     return Path(path)
 
 
+#: What a square-read adapter's LoRA user does with the base model's processor, per family that can read so.
+_SQUARE_PROCESSOR = {
+    "idefics3": "load the base model's processor with do_image_splitting=False (Idefics3 / SmolVLM)",
+    **{family: f"{name}'s processor reads pictures at their own aspect only, not as the tasks were trained"
+       for family, name in (("llava_next", "LLaVA-NeXT"), ("llava_onevision", "LLaVA-OneVision"),
+                            ("mistral3", "Mistral 3 (Pixtral)"))},
+}
+
+
 def _image_note(inner: nn.Module) -> str:
     """What a LoRA's user gives the base model's processor so that it reads images as the adapter's were read
     ("": as its processor does)."""
     record = image_record(inner)
     if record.reading == "square":
-        return ("\nThe adapter's images were read on one square (backbone.native_aspect(False)): load the base model's "
-                "processor with do_image_splitting=False (Idefics3 / SmolVLM); LLaVA-NeXT's, LLaVA-OneVision's and "
-                "Mistral 3's (Pixtral) processors read pictures at their own aspect only, not as the tasks were "
-                "trained.\n")
+        how = _SQUARE_PROCESSOR.get(inner._mtl_lora.family, "its processor reads pictures otherwise than the tasks "
+                                                              "were trained")
+        return f"\nThe adapter's images were read on one square (backbone.native_aspect(False)): {how}.\n"
     if record.capped:   # (Qwen2-VL: the loader's cap, not the released processors' 12.8 M)
         area = record.area
         return (f"\nThe adapter's images were read within {area} pixels (or the processor's own max_pixels, where "
