@@ -449,8 +449,12 @@ def test_code_version_names_the_commit_and_uncommitted_changes(tmp_path):
     (tmp_path / "a.py").write_text("x = 1\n")
     subprocess.run([*git, "add", "a.py"], check=True)
     subprocess.run([*git, "commit", "-qm", "one"], check=True)
-    sha = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()[:12]
     assert code_version(tmp_path) == f"{__version__}+g{sha}"
+    # the same commit reads the same in every clone: `--short` took core.abbrev (and grows with a clone's objects)
+    for abbrev in ("4", "20", "auto"):
+        subprocess.run([*git, "config", "core.abbrev", abbrev], check=True)
+        assert code_version(tmp_path) == f"{__version__}+g{sha}", abbrev
     (tmp_path / "new.py").write_text("")
     assert code_version(tmp_path) == f"{__version__}+g{sha}"
     (tmp_path / "a.py").write_text("x = 2\n")

@@ -53,17 +53,20 @@ def _fmt_time(seconds: float) -> str:
 
 
 def code_version(root: Path | None = None) -> str:
-    """The package version, plus the git commit (``+g<sha>``; ``.dirty<hash>`` with uncommitted changes to tracked
-    files, the hash that of the changed files' names and contents, so two different edits of one commit read as two
-    versions) when it runs from a checkout: every run records it, so a grid resumed on other code says so.
+    """The package version, plus the git commit (``+g<sha>``, 12 hex digits; ``.dirty<hash>`` with uncommitted
+    changes to tracked files, the hash that of the changed files' names and contents, so two different edits of one
+    commit read as two versions) when it runs from a checkout: every run records it, so a grid resumed on other code
+    says so.
     ``root``: the checkout (by default the one this package runs from)."""
     root = Path(__file__).resolve().parents[2] if root is None else root
     if not (root / ".git").exists():
         return __version__
     git = ["git", "-C", str(root)]
     try:
-        sha = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=10).stdout.strip()
+        # 12 hex digits of the full sha: `--short` grows with the clone's object count and takes core.abbrev, so one
+        # commit read as two versions in two clones
+        sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()[:12]
         changed = subprocess.run([*git, "diff", "HEAD", "--name-only", "--no-renames", "--no-relative", "-z"],
                                  capture_output=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
