@@ -77,7 +77,7 @@ from mtl_lora_vl.distributed import union_over_shards
 from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.generative import eval_subset, uses_language_model, warn_lm_context
 from mtl_lora_vl.tasks.spec import SpecError, TaskSpec
-from mtl_lora_vl.tasks.texts import special_texts, split_texts, warn_text_coverage
+from mtl_lora_vl.tasks.texts import NormalizedSpecials, special_texts, split_texts, warn_text_coverage
 
 if TYPE_CHECKING:
     from mtl_lora_vl.backbones import Backbone
@@ -145,6 +145,7 @@ class TaskKind(ABC):
         #: (a second image placeholder, an end of text in the middle of a target or caption).
         self.special_texts: tuple[str, ...] = special_texts(backbone, self.generative)
         self._special_pattern = "|".join(re.escape(t) for t in sorted(self.special_texts, key=len, reverse=True))
+        self._normalized_special = NormalizedSpecials(backbone, self.generative, self.special_texts)
         in_file = f" in {spec.source_file}" if spec.source_file else ""
         if self.prompt_wrap is not None:
             self.refuse_special(str(spec.generative.get("system") or ""), "[generative] system",
@@ -236,7 +237,7 @@ class TaskKind(ABC):
         """The first of :attr:`special_texts` that ``text`` holds (None: none); one regex search (``re`` caches the
         pattern), whatever the count of special tokens (thousands in some vocabularies)."""
         found = re.search(self._special_pattern, text) if text and self.special_texts else None
-        return found.group(0) if found else None
+        return found.group(0) if found else self._normalized_special(text)   # <ROW_1_COL_1> under a lowercaser
 
     def refuse_special(self, text: str | None, what: str, fix: str, *, backbone: str | None = None) -> None:
         """Raise ValueError when ``text`` holds one of :attr:`special_texts`: the one check of every text this task

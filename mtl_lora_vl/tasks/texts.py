@@ -5,6 +5,7 @@ the task kinds refuse in rows, class names, templates and prompts), and words an
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ from mtl_lora_vl.tasks.spec import TaskSpec
 if TYPE_CHECKING:
     from mtl_lora_vl.backbones import Backbone
 
-__all__ = ["MEASURED_TEXTS", "special_texts", "split_texts", "warn_text_coverage"]
+__all__ = ["MEASURED_TEXTS", "NormalizedSpecials", "special_texts", "split_texts", "warn_text_coverage"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,30 @@ def special_texts(backbone: Backbone, generative: bool) -> tuple[str, ...]:
     else:
         found = set(getattr(getattr(backbone, "tokenizer", None), "special_tokens", ()))
     return tuple(sorted(found))
+
+
+class NormalizedSpecials:
+    """The special texts a Hugging Face tokenizer matches in the text as its normaliser leaves it (added tokens with
+    ``normalized=True``, as Idefics3's crop tags are): under a lowercasing normaliser ``<ROW_1_COL_1>`` is read as
+    ``<row_1_col_1>``, which a literal search of the text misses. Calling it gives the special text a text holds so
+    (None: none)."""
+
+    def __init__(self, backbone: Backbone, generative: bool, specials: Iterable[str]) -> None:
+        tok = getattr(getattr(backbone, "hf_processor", None), "tokenizer", None) if generative else None
+        normalizer = getattr(getattr(tok, "backend_tokenizer", None), "normalizer", None)
+        wanted = set(specials)
+        normalized = [t.content for t in (getattr(tok, "added_tokens_decoder", None) or {}).values()
+                      if getattr(t, "normalized", False) and t.content in wanted] if normalizer is not None else []
+        self._normalize = normalizer.normalize_str if normalized else None
+        self._by_form = {self._normalize(t): t for t in normalized} if self._normalize else {}
+        forms = sorted((f for f in self._by_form if f), key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, forms))) if forms else None
+
+    def __call__(self, text: str | None) -> str | None:
+        if not text or self._pattern is None or self._normalize is None:
+            return None
+        found = self._pattern.search(self._normalize(text))
+        return self._by_form[found.group(0)] if found else None
 
 
 def _markup(token: str) -> bool:
