@@ -209,3 +209,17 @@ def test_strips_without_their_sizes_are_refused_by_name(bb):
     images, _ = _loaded(bb, [pictures[0], pictures[2]])   # 3 and 5 views: a 160 x 32 image would have 3
     with pytest.raises(ValueError, match=r"need their images' original sizes, image_sizes="):
         bb._vision_inputs(images)
+
+
+def test_max_length_is_measured_on_each_images_own_count(bb):
+    """lm_collator(max_length) was refused below the C x C square's count (88 tokens in the tiny LLaVA-NeXT, 46 in
+    OneVision) although a wide picture's row (34 image tokens with its prompt and answer: 40) fits: each row is
+    measured as it is made."""
+    pictures = _pictures()[:1]   # 90 x 30
+    _, sizes = _loaded(bb, pictures)
+    row = bb.lm_collator()([_prompt(bb)], ["a b"], image_sizes=sizes)["input_ids"].shape[1]
+    assert row < bb.num_image_tokens + 2   # the square's count: what the check read
+    fits = bb.lm_collator(max_length=row)([_prompt(bb)], ["a b"], image_sizes=sizes)
+    assert fits["input_ids"].shape[1] == row and (fits["labels"][0, -1] != -100)   # nothing cut
+    with pytest.raises(ValueError, match="leaves no room for an answer within max_length"):
+        bb.lm_collator(max_length=row - 4)([_prompt(bb)], ["a b"], image_sizes=sizes)

@@ -153,9 +153,10 @@ class LMCollator:
     (see the module doc; ``image_sizes``: each image's ``(h, w)``, in row order, for a native-resolution model)."""
 
     def __init__(self, tokenizer: Any, layout: PromptLayout, max_length: int | None = None) -> None:
-        if max_length is not None and max_length < layout.num_image_tokens + 2:
-            raise ValueError(f"max_length={max_length} cannot hold the {layout.num_image_tokens} image tokens, "
-                             "a prompt and an answer; raise max_length")
+        fewest = _fewest_image_tokens(layout)
+        if max_length is not None and max_length < fewest + 2:
+            raise ValueError(f"max_length={max_length} cannot hold an image's {fewest} image tokens (the fewest one "
+                             "fills), a prompt and an answer; raise max_length")
         ids = list(tokenizer(layout.image_token, add_special_tokens=False)["input_ids"])
         if ids != [layout.image_token_id]:
             raise ValueError(
@@ -336,6 +337,15 @@ class LMCollator:
             mask[r, :n] = 1
             labels[r, len(p):n] = torch.tensor(t, dtype=torch.long)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _fewest_image_tokens(layout: PromptLayout) -> int:
+    """The fewest image tokens an image fills in a row: ``num_image_tokens`` where every image fills as many (an
+    image of a row of several: ``several_image_tokens`` where fewer); 1 where an image's count depends on its size
+    (``token_side``, ``anyres``: a wide image fills fewer than the square's; each row is then measured as it is
+    made)."""
+    fewest = 1 if layout.token_side or layout.anyres is not None else layout.num_image_tokens
+    return min(fewest, layout.several_image_tokens or fewest)
 
 
 def _image_size(size: Any) -> tuple[int, int]:
