@@ -223,3 +223,14 @@ def test_max_length_is_measured_on_each_images_own_count(bb):
     assert fits["input_ids"].shape[1] == row and (fits["labels"][0, -1] != -100)   # nothing cut
     with pytest.raises(ValueError, match="leaves no room for an answer within max_length"):
         bb.lm_collator(max_length=row - 4)([_prompt(bb)], ["a b"], image_sizes=sizes)
+
+
+def test_a_token_mismatch_at_the_native_aspect_names_image_sizes(bb):
+    """ids built without the image's size (the square's 88 tokens for a 90 x 30 picture that fills 34): the error
+    said "Each image fills 88 tokens" and named only the processor's fields; it names image_sizes."""
+    images, sizes = _loaded(bb, _pictures()[:1])
+    batch = bb.lm_collator()([_prompt(bb)], ["a b"])   # (no image_sizes)
+    with pytest.raises(mlv.backbones.BackboneError) as e:
+        bb.lm_loss(images, **batch, first_label=3, image_sizes=sizes)
+    assert "image_sizes=" in str(e.value) and f"fills {bb.num_image_tokens} " not in str(e.value)
+    assert "fills as many" in str(e.value) and "its original size gives" in str(e.value)

@@ -120,6 +120,12 @@ def mismatch_fix(layout: Any, processor: Any = None, config: Any = None) -> str:
                 "build input_ids with backbone.lm_collator()(..., image_sizes=...); a processor of your own must have "
                 "the model's patch_size and merge_size")
     n = layout.num_image_tokens
+    if getattr(layout, "anyres", None) is not None:   # at its own aspect: LLaVA-NeXT's tiles, Idefics3's crops
+        return (f"Each image read at its own aspect fills as many {tokens} as its original size gives ({n} for the "
+                "square canvas): give the loader's strips with image_sizes=[(h, w), ...] "
+                "(mtl_lora_vl.data.anyres.pad_images makes both) and build input_ids with "
+                "backbone.lm_collator()(..., image_sizes=...); when using the processor yourself, "
+                f"{_count_fields(processor, config, n)}")
     return (f"Each image fills {n} {tokens} per row; build input_ids with backbone.lm_collator(), or, when using the "
             f"processor yourself, {_count_fields(processor, config, n)}")
 
