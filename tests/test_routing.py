@@ -1120,3 +1120,35 @@ def test_a_scope_closing_on_one_thread_keeps_the_claim_of_a_scope_opened_meanwhi
         t.join(20)
     assert seen == [threads[1].ident]
     assert router.current is None and router.thread is None and not router.disabled
+
+
+def test_torch_compile_under_mixed_routes_opened_outside_does_not_recompile_for_each_mix():
+    """A mixed route made outside the compiled code (``with mlv.route(model, ids): compiled(x)``; in training, the
+    frames dynamo compiles after a graph break inside the route scope, as in transformers' LLaVA) had its segments'
+    ints guarded as constants: a graph per mix of rows, 7 for 7 mixes, then past dynamo's limit the frame ran
+    eagerly. Each mix's gradients stay its own."""
+    from torch._dynamo.utils import counters
+
+    def run(compiled: bool) -> list[dict]:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+        mlv.attach(net, mlv.MTLLoRAConfig(tasks=["a", "b", "c"], r=2, n_up=2, targets={"image": [r"^(0|2)$"]}))
+        _randomize(net)
+        loss_of = (lambda x: net(x).square().mean())   # noqa: E731
+        step = torch.compile(loss_of, backend="eager") if compiled else loss_of
+        grads = []
+        for k in (2, 3, 4, 5, 6, 7, 1, 3):
+            net.zero_grad(set_to_none=True)
+            with mlv.route(net, Route.from_segments(((0, 0, k), (2, k, 8)))):
+                loss = step(x)
+            loss.backward()
+            grads.append(_grads(net))
+        return grads
+
+    x = torch.randn(8, 8)
+    torch._dynamo.reset()
+    counters.clear()
+    grads = run(compiled=True)
+    assert counters["frames"]["total"] == 1, f"{counters['frames']['total']} compilations for 8 mixes of rows"
+    for r, g in zip(run(compiled=False), grads):
+        _assert_same_grads(r, g)

@@ -74,7 +74,7 @@ class Route:
     """
 
     __slots__ = ("task", "segments", "batch_size", "ids", "present", "_run", "_plans", "_index", "_positions", "wide",
-                 "packed", "_at")
+                 "packed", "_at", "_host")
 
     def __init__(self, task: int | None = None, segments: Sequence[Segment] = (), batch_size: int | None = None,
                  ids: torch.Tensor | None = None):
@@ -91,6 +91,10 @@ class Route:
         self.wide: Route | None = None  # see allowing()
         self.packed = False
         self._at: dict[int, Route] = {}   # packed_at(n), made once per row count
+        # A mixed route made outside torch.compile: its rows' positions as a host tensor, which a compiled layer takes
+        # as a graph input; the segments' ints, read from outside the trace, would be guarded as constants (a graph
+        # per mix of rows: the public form with a compiled model, and frames after a graph break in a route scope)
+        self._host = None if len(self.segments) < 2 or torch.compiler.is_compiling() else self._host_positions()
 
     @classmethod
     def from_segments(cls, segments: Sequence[Segment], ids: torch.Tensor | None = None) -> Route:
@@ -159,16 +163,23 @@ class Route:
     def sample_positions(self, device: torch.device) -> torch.Tensor:
         """Each row's task as its position in :attr:`present` (the row of the present tasks' matrices it uses),
         a LongTensor on ``device``; from the segments, made once per route and device."""
-        if torch.compiler.is_compiling():   # traced: from the segments' bounds as graph values, not a list of
-            return self._traced_positions(device)   # constants (which torch.compile specializes on: a recompile
-        positions = self._positions.get(device)     # for every new mix of rows)
+        if torch.compiler.is_compiling():   # traced: a graph input, or from the segments' bounds as graph values,
+            if self._host is not None:      # not a list of constants (which torch.compile specializes on: a
+                return self._host.to(device)   # recompile for every new mix of rows)
+            return self._traced_positions(device)
+        positions = self._positions.get(device)
         if positions is None:
-            pos = {t: p for p, t in enumerate(self.present)}
             with torch.inference_mode(False):
-                positions = torch.tensor([pos[t] for t, a, b in self.segments for _ in range(a, b)])
-                positions = positions.to(device, non_blocking=True)
+                positions = (self._host if self._host is not None else self._host_positions()).to(device,
+                                                                                                 non_blocking=True)
             self._positions[device] = positions
         return positions
+
+    def _host_positions(self) -> torch.Tensor:
+        """Each row's position in :attr:`present`, a LongTensor on the host."""
+        pos = {t: p for p, t in enumerate(self.present)}
+        with torch.inference_mode(False):
+            return torch.tensor([pos[t] for t, a, b in self.segments for _ in range(a, b)])
 
     def _traced_positions(self, device: torch.device) -> torch.Tensor:
         """:meth:`sample_positions` under torch.compile: each segment's rows found by comparing an arange with its
