@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterable
@@ -68,7 +69,7 @@ from .hf_table import (
     is_image_feature,
     list_element,
     load_datasets,
-    quiet_progress,
+    load_saved,
 )
 from .records import Split
 from .rows import examples_from_rows
@@ -137,9 +138,9 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
     datasets = load_datasets()
     base = _find(root, path)
     if base.is_dir() and ((base / "dataset_dict.json").is_file() or (base / "state.json").is_file()):
-        with quiet_progress():
-            ds = datasets.load_from_disk(str(base))
-        if isinstance(ds, datasets.DatasetDict):
+        # a DatasetDict by its split names, each split loaded alone (a dict with a split saved empty cannot be loaded)
+        ds = saved_splits(base) or load_saved(base, str(base))
+        if isinstance(ds, (list, datasets.DatasetDict)):
             if split is None and len(ds) == 1:
                 split = next(iter(ds))
             if split not in ds:
@@ -152,12 +153,24 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
                              "folder is that split's data, or save the splits together (DatasetDict.save_to_disk)")
         elif split is not None and str(ds.split) != split:
             raise ValueError(f"hf_datasets {base}: this saved dataset is the {str(ds.split)!r} split, not {split!r}")
-        table = DatasetTable("disk", (str(base),), split if isinstance(ds, datasets.DatasetDict) else None,
+        table = DatasetTable("disk", (str(base),), split if isinstance(ds, (list, datasets.DatasetDict)) else None,
                        stamp=_stamp(sorted(base.rglob("*"))))
     else:
         files = _parquet_files(base, split)
         table = DatasetTable("parquet", tuple(files), split, cache_dir, stamp=_stamp(map(Path, files)))
     return table, table.open()
+
+
+def saved_splits(base: Path) -> list[str] | None:
+    """The split names a ``DatasetDict.save_to_disk`` folder's ``dataset_dict.json`` lists (each saved in the folder
+    of its name); None where there is no such list."""
+    try:
+        names = json.loads((base / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+    except (OSError, ValueError, KeyError, TypeError):   # not a dict folder, or unusual: load_from_disk reads it
+        return None
+    ok = isinstance(names, list) and names and all(isinstance(n, str) and (base / n / "state.json").is_file()
+                                                   for n in names)
+    return list(names) if ok else None
 
 
 def _stamp(files: Iterable[Path]) -> str:

@@ -5,6 +5,7 @@ about the images it holds."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from .common import TRUTH_VALUES, DataFormatError
 from .images import ImageError
 
 __all__ = ["DatasetImage", "DatasetTable", "image_cells", "image_kind", "is_image_feature", "list_element",
-           "load_datasets", "quiet_progress", "refuse_list_column", "truth_names"]
+           "load_datasets", "load_saved", "quiet_progress", "refuse_list_column", "truth_names"]
 
 _LIST_TYPES = ("Sequence", "List", "LargeList")
 
@@ -44,6 +45,20 @@ def quiet_progress() -> Iterator[None]:
             enable_progress_bar()
 
 
+def load_saved(folder: Path, what: str) -> Any:
+    """``datasets.load_from_disk`` of one saved ``Dataset`` folder; refused, naming ``what``, when it was saved with
+    no rows (``datasets`` writes no data file then, and its loader fails with a bare IndexError)."""
+    try:
+        empty = json.loads((folder / "state.json").read_text(encoding="utf-8")).get("_data_files") == []
+    except (OSError, ValueError, AttributeError):   # unreadable or unusual: load_from_disk says what is wrong
+        empty = False
+    if empty:
+        raise DataFormatError(f"hf_datasets {what} was saved with no rows; give a split that has rows, or leave that "
+                              "split out of the task spec")
+    with quiet_progress():
+        return load_datasets().load_from_disk(str(folder))
+
+
 @dataclass(frozen=True)
 class DatasetTable:
     """Where a dataset lives: how to open it again in a loader worker."""
@@ -68,10 +83,14 @@ class DatasetTable:
     def open(self) -> Any:
         """The table as a ``datasets.Dataset`` (its split of a saved ``DatasetDict``)."""
         datasets = load_datasets()
-        with quiet_progress():
-            if self.kind == "parquet":
+        if self.kind == "parquet":
+            with quiet_progress():
                 return datasets.Dataset.from_parquet(list(self.location), cache_dir=self.cache_dir)
-            ds = datasets.load_from_disk(self.location[0])
+        base = Path(self.location[0])
+        if self.split is not None and (base / self.split / "state.json").is_file():
+            # the split's own folder: a dict with a split saved empty cannot be loaded whole
+            return load_saved(base / self.split, f"{base}: split {self.split!r}")
+        ds = load_saved(base, str(base))
         if isinstance(ds, datasets.DatasetDict):
             return ds[self.split]
         return ds

@@ -1,0 +1,43 @@
+"""A save_to_disk folder with a split saved empty (no rows): ``datasets.load_from_disk`` cannot load the whole
+dict (IndexError), so the reader loads the asked split alone and refuses an empty one by name."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+datasets = pytest.importorskip("datasets", reason="the hf_datasets reader needs the optional `datasets` package "
+                                                   "(pip install \"mtl-lora-vl[datasets]\")")
+
+from mtl_lora_vl.data.common import DataFormatError  # noqa: E402
+from mtl_lora_vl.data.readers import read_split  # noqa: E402
+
+FEATURES = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+
+
+def _captions(n: int) -> datasets.Dataset:
+    return datasets.Dataset.from_dict({"image": [Image.new("RGB", (16, 12), (40 * i, 90, 30)) for i in range(n)],
+                                       "caption": [f"picture {i}" for i in range(n)]}, features=FEATURES)
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+
+
+def test_a_split_saved_empty_beside_others_leaves_the_others_readable(tmp_path):
+    datasets.DatasetDict({"train": _captions(3), "test": _captions(0)}).save_to_disk(tmp_path / "ds")
+    train = read_split("hf_datasets", tmp_path, path="ds", split="train")   # was: IndexError from datasets
+    assert sorted(c for e in train.examples for c in e.captions) == ["picture 0", "picture 1", "picture 2"]
+    with pytest.raises(DataFormatError, match=r"ds: split 'test' was saved with no rows; .*give a split that has "
+                                              r"rows, or leave that split out of the task spec"):
+        read_split("hf_datasets", tmp_path, path="ds", split="test")
+
+
+def test_a_lone_dataset_saved_empty_is_named(tmp_path):
+    _captions(0).save_to_disk(tmp_path / "empty")
+    with pytest.raises(DataFormatError, match=r"hf_datasets \S*empty was saved with no rows; give a split that "
+                                              r"has rows"):
+        read_split("hf_datasets", tmp_path, path="empty")
