@@ -151,7 +151,7 @@ def _answers(value: Any, where: str) -> tuple[str, ...]:
     if isinstance(value, (list, tuple)) and all(isinstance(a, dict) and "answer" in a for a in value):
         value = [a["answer"] for a in value]   # VQAv2-style answer objects
     if isinstance(value, (list, tuple)) and all(isinstance(a, (str, int, float)) for a in value):
-        answers = tuple(str(a).strip() for a in value)
+        answers = tuple((str(int(a)) if isinstance(a, float) and a.is_integer() else str(a)).strip() for a in value)
         return answers if any(answers) else ()
     raise DataFormatError(f"{where}: 'answers' must be a list of strings or a '|'-separated string, got {value!r}")
 
