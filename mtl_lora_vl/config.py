@@ -46,6 +46,44 @@ def reserved_file_name(name: str) -> bool:
                                                     "0123456789\u00b9\u00b2\u00b3")
 
 
+#: What a task name that names a file may not hold: '/' and '\\' make it a path (one out of the folder when it begins
+#: with one), and Windows refuses the rest in any file name.
+FILE_NAME_FORBIDDEN = '/\\:*?"<>|'
+#: The longest task name that names files, in UTF-8 bytes: <task>.state.json and a temporary file's marks stay within a
+#: file name's 255.
+MAX_TASK_FILE_BYTES = 128
+
+
+def task_file_problem(name: str) -> str | None:
+    """Why task ``name`` cannot name a file or folder (None when it can), phrased to follow "task name(s) [...]": the
+    one rule for every file named by a task (an adapter's ``tasks/<task>.toml``, ``predictions/<task>.jsonl``, an
+    export's ``<task>/``). A config may hold other names: they work until a file is named by one."""
+    if not isinstance(name, str) or name in ("", ".", ".."):
+        return "are not file names"
+    chars = "".join(dict.fromkeys(c for c in name if c in FILE_NAME_FORBIDDEN))
+    if chars:
+        return f"contain {' '.join(map(repr, chars))} (no file name may hold {' '.join(FILE_NAME_FORBIDDEN)})"
+    control = [c for c in name if ord(c) < 32 or ord(c) == 127]
+    if control:
+        return f"contain control characters (e.g. {control[0]!r})"
+    if reserved_file_name(name):
+        return "are device names Windows reserves (CON, PRN, AUX, NUL, COM0-9, LPT0-9: no file there can be named so)"
+    if name[-1] in ". ":
+        return "end with '.' or a space (Windows drops it from a file name)"
+    if len(name.encode("utf-8")) > MAX_TASK_FILE_BYTES:
+        return f"are longer than {MAX_TASK_FILE_BYTES} bytes (UTF-8; a file name holds at most 255 with its suffix)"
+    return None
+
+
+def check_task_file_names(names: Iterable[str], what: str, tail: str) -> None:
+    """ValueError ``"<what>: task name(s) [...] <problem>, <tail>"`` for the first names that break
+    :func:`task_file_problem` (``tail`` says which files they name and the fix)."""
+    bad = {n: p for n in names if (p := task_file_problem(n))}
+    if bad:
+        first = next(iter(bad.values()))
+        raise ValueError(f"{what}: task name(s) {sorted(n for n, p in bad.items() if p == first)} {first}, {tail}")
+
+
 def unrepeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object's ``object_pairs_hook`` that refuses a key given twice (``json`` keeps the last silently; TOML
     refuses it)."""

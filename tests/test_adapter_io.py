@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import struct
 
 import pytest
@@ -996,3 +997,19 @@ def test_the_refusal_for_a_deeper_random_base_names_the_architecture_not_the_wei
     with pytest.raises(mlv.AdapterFileError) as e:
         mlv.load_adapter(_llava_of_depth(3), path)
     assert "other weights of this architecture" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("name,problem", [("a:b", r"contain ':'"), ("a?b", r"contain '\?'"), ('a"b', "contain '\"'"),
+                                          ("a\x01b", r"contain control characters \(e.g. '\\x01'\)"),
+                                          ("x" * 300, "are longer than 128 bytes")])
+def test_task_names_that_cannot_name_files_are_not_saved_with_their_files(tmp_path, name, problem):
+    """'a:b', 'a?b', control characters and 300-character names reached tasks/<task>.toml (no file on Windows, or
+    none anywhere: ENAMETOOLONG after training); the one file-name rule refuses them before anything is written."""
+    model = mlv.attach(_fresh(tiny_open_clip), mlv.MTLLoRAConfig(tasks=[name, "vqa"], r=2))
+    spec = tmp_path / "vqa.toml"
+    spec.write_text('kind = "vqa"\n')
+    with pytest.raises(ValueError, match=rf"save_adapter: task name\(s\) \[{re.escape(repr(name))}\] {problem}.*"
+                                         r"tasks/<task>\.toml.*save without task_specs="):
+        mlv.save_adapter(model, tmp_path / "out", task_specs={name: spec})
+    assert not (tmp_path / "out").exists()
+    mlv.load_adapter(_fresh(tiny_open_clip), mlv.save_adapter(model, tmp_path / "plain"))  # no file named by it

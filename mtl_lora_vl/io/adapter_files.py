@@ -39,7 +39,7 @@ from .._version import __version__
 from ..adapters.attach import attach
 from ..adapters.layers import ADAPTER_PARAM_NAMES
 from ..backbones.spec import parse_spec
-from ..config import ConfigError, MTLLoRAConfig, reserved_file_name
+from ..config import ConfigError, MTLLoRAConfig, check_task_file_names
 from ..tasks.spec import SpecError, TaskSpec, load_spec
 from .adapter_images import check_image_fields, record_images, take_images
 from .atomic import atomic_dir, holds
@@ -139,15 +139,14 @@ def _check_save_arguments(cfg: MTLLoRAConfig, heads: dict[str, Any], task_specs:
                              f"its tasks are {cfg.tasks}")
     require_head_modules(heads, "save_adapter")
     names = {*task_specs, *kinds}   # their files: tasks/<task>.toml, tasks/<task>.state.json
-    slashed = sorted(t for t in names if "/" in t or "\\" in t)
+    check_task_file_names(names, "save_adapter", "and a task's spec and vocabulary are saved in files named by it "
+                          "(tasks/<task>.toml, tasks/<task>.state.json); save without task_specs= / kinds= for those "
+                          "tasks, or rename them")
     folded = sorted(t for t in names if [u.lower() for u in names].count(t.lower()) > 1)
-    reserved = sorted(t for t in names if reserved_file_name(t))
-    if slashed or folded or reserved:
-        why = ("contain '/' or '\\'" if slashed else "differ only in case (one file on macOS and Windows file systems)"
-               if folded else "are device names Windows reserves (no file there can be named so)")
-        raise ValueError(f"save_adapter: task name(s) {slashed or folded or reserved} {why}, and a task's spec and "
-                         "vocabulary are saved in files named by it; save without task_specs= / kinds= for those "
-                         "tasks, or rename them")
+    if folded:
+        raise ValueError(f"save_adapter: task name(s) {folded} differ only in case (one file on macOS and Windows file "
+                         "systems), and a task's spec and vocabulary are saved in files named by it; save without "
+                         "task_specs= / kinds= for those tasks, or rename them")
     for task, spec in task_specs.items():
         if isinstance(spec, TaskSpec):
             if spec.source_text is None:
