@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -503,3 +504,35 @@ def test_the_killed_evals_folders_of_an_out_named_with_brackets_are_removed(tmp_
         assert sorted(p.name for p in tmp_path.iterdir() if p != sink.stage) == [other.name, "ev[1]"]
     finally:
         sink.close()
+
+
+def test_a_task_name_that_cannot_name_its_file_is_refused_before_scoring(tmp_path):
+    """A Python-built TaskSpec named '<dir>/outside' wrote <dir>/outside.jsonl, out of the predictions folder ('a/b'
+    a subfolder); the predictions sinks refuse such a name with the one file-name rule, before any task is scored."""
+    import dataclasses
+
+    import torch
+
+    from mtl_lora_vl.backbones import load_backbone
+    from mtl_lora_vl.data import world
+    from mtl_lora_vl.evaluation.evaluate import evaluate_setup
+    from mtl_lora_vl.evaluation.predictions import PredictionFiles, write_predictions
+    from mtl_lora_vl.multitask.setup import Setup
+    from mtl_lora_vl.tasks import build_kind
+
+    outside = str(tmp_path / "outside")
+    for name in (outside, "a/b", "a:b"):
+        with pytest.raises(ValueError, match=r"predictions: task name\(s\) \[.*\] contain '[/:]'.*"
+                                             r"predictions/<task>\.jsonl; rename the task"):
+            write_predictions(tmp_path / "run", {name: [{"index": 0}]})
+    backbone = load_backbone("builtin", device="cpu")
+    spec = dataclasses.replace(load_spec("vqa"), name=outside)
+    kind = build_kind(spec, world.build_split("vqa", "train", n=8, seed=0), backbone)
+    setup = Setup(backbone, [spec], {outside: kind}, None, None)
+    scored = []
+    kind.evaluate = lambda *a, **k: scored.append(1)   # (not reached)
+    said = rf"predictions: task name\(s\) \[{re.escape(repr(outside))}\] contain '/'"
+    with pytest.raises(ValueError, match=said):
+        evaluate_setup(setup, split="test", data_root=None, device="cpu", dtype=torch.float32, batch_size=4,
+                       adapted=False, predictions=PredictionFiles(tmp_path / "run" / "predictions"))
+    assert not scored and not (tmp_path / "outside.jsonl").exists() and not (tmp_path / "run" / "predictions").exists()

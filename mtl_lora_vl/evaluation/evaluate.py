@@ -116,6 +116,8 @@ def evaluate_setup(setup: Setup, *, split: str, data_root: str | None, device: t
     (a :class:`~mtl_lora_vl.evaluation.predictions.PredictionFiles` writes its file), then the rows are dropped."""
     if not (zero_shot or adapted):
         raise ValueError("evaluate_setup: zero_shot=False and adapted=False leave nothing to score")
+    if isinstance(predictions, PredictionFiles):   # before scoring: a task named '/tmp/x' would write /tmp/x.jsonl
+        predictions.check_tasks(spec.name for spec in setup.specs)
     passes = int(zero_shot) + int(adapted)
     tasks: dict[str, Any] = {}
     bar = progress(desc="evaluate", total=passes * len(setup.specs), unit="pass")

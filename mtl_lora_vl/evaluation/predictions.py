@@ -29,19 +29,28 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..config import check_task_file_names
 from ..io.atomic import atomic_file
 from ..io.locks import lock_holder, take_lock
 
-__all__ = ["PARTIAL", "PredictionFiles", "StagedFiles", "check_recordable", "merge_passes", "stopped_predictions",
-           "write_predictions"]
+__all__ = ["PARTIAL", "PredictionFiles", "StagedFiles", "check_file_names", "check_recordable", "merge_passes",
+           "stopped_predictions", "write_predictions"]
 
 #: The folder of ``eval``'s OUT that holds the task files written so far (moved to OUT/predictions at the end).
 PARTIAL = "predictions.partial"
 
 
+def check_file_names(tasks: Iterable[str]) -> None:
+    """ValueError unless every task can name its ``<task>.jsonl`` (a name such as '/tmp/x' wrote /tmp/x.jsonl)."""
+    check_task_file_names(tasks, "predictions", "and each task's rows are written to predictions/<task>.jsonl; rename "
+                          "the task (its spec's name), or leave out predictions")
+
+
 def check_recordable(kinds: Mapping[str, Any]) -> None:
-    """Refuse ``--predictions`` at start-up, not after training and scoring, when a task's kind records no rows: a
-    kind registered elsewhere, written before ``--predictions``, whose ``_evaluate`` takes no ``records``."""
+    """Refuse ``--predictions`` at start-up, not after training and scoring, when a task's kind records no rows (a
+    kind registered elsewhere, written before ``--predictions``, whose ``_evaluate`` takes no ``records``) or its
+    name cannot name its file."""
+    check_file_names(kinds)
     lacking = {}
     for name, kind in kinds.items():
         params = inspect.signature(kind._evaluate).parameters.values()
@@ -77,6 +86,7 @@ def _plain(value: Any) -> Any:
 
 def _write_task(folder: Path, task: str, rows: Iterable[dict[str, Any]]) -> Path:
     """``folder/<task>.jsonl``: ``rows`` one JSON line each, written whole or not at all."""
+    check_file_names([task])
     path = folder / f"{task}.jsonl"
     with atomic_file(path, overwrite=True, what=f"the predictions of task {task!r}") as tmp, tmp.open("w") as f:
         for row in rows:   # line by line: the whole file's text is not held beside the rows (a large split)
@@ -87,6 +97,7 @@ def _write_task(folder: Path, task: str, rows: Iterable[dict[str, Any]]) -> Path
 def write_predictions(run_dir: str | Path, predictions: dict[str, list[dict[str, Any]]]) -> list[Path]:
     """``run_dir/predictions/<task>.jsonl`` for each task of ``predictions`` (task -> rows of :func:`merge_passes`),
     each written whole or not at all, one line at a time; returns the files."""
+    check_file_names(predictions)   # every name before any file
     folder = Path(run_dir) / "predictions"
     folder.mkdir(parents=True, exist_ok=True)
     return [_write_task(folder, task, rows) for task, rows in predictions.items()]
@@ -99,6 +110,10 @@ class PredictionFiles:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.written: dict[str, Path] = {}   # task -> its file: all the sink holds
+
+    def check_tasks(self, tasks: Iterable[str]) -> None:
+        """ValueError unless every task of ``tasks`` can name its file (:func:`check_file_names`), before scoring."""
+        check_file_names(tasks)
 
     def __call__(self, task: str, rows: list[dict[str, Any]]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
