@@ -150,7 +150,7 @@ def test_several_tasks_in_the_plain_layout(tmp_path):
 
 
 def test_several_tasks_argument_errors(tmp_path):
-    model = _trained(tiny_hf_clip, mlv.MTLLoRAConfig(tasks=["vqa", "v-2"], r=2))   # ('a/b' is refused by the config)
+    model = _trained(tiny_hf_clip, mlv.MTLLoRAConfig(tasks=["vqa", "v-2"], r=2))   # ('a/b': the next test)
     out = tmp_path / "x"
     with pytest.raises(ValueError, match=r"task\(s\) \['vqa'\] named more than once"):
         mlv.export_lora(model, ["vqa", "vqa"], out)
@@ -161,6 +161,27 @@ def test_several_tasks_argument_errors(tmp_path):
     assert not out.exists()
     mlv.export_lora(model, ["vqa", "v-2"], out, format="plain")  # (a task name may not hold a dot: MTLLoRAConfig)
     assert (out / "v-2" / "lora_config.json").is_file()
+
+
+def test_several_tasks_whose_names_cannot_name_folders_are_refused(tmp_path):
+    """A config accepts 'a/b', 'a:b' or an absolute path as a task name (a plain save_adapter keeps it), but a folder
+    per task cannot be named so: '<dir>/outside' was written to <dir>/outside (out of OUT) by export --task, and
+    'a:b' (no folder on Windows) by export_lora. The one file-name rule refuses them before anything is written."""
+    import mtl_lora_vl.cli.export as ce
+    from mtl_lora_vl.backbones import load_backbone
+
+    outside = str(tmp_path / "outside")
+    for name, shown in (("a:b", "contain ':'"), ("a/b", "contain '/'"), (outside, "contain '/'")):
+        model = mlv.attach(tiny_hf_clip(), mlv.MTLLoRAConfig(tasks=["vqa", name], r=2))
+        with pytest.raises(ValueError, match=rf"export_lora: task name\(s\) \[{re.escape(repr(name))}\] {shown}.*"
+                                             r"path/<task>/; export it alone"):
+            mlv.export_lora(model, ["vqa", name], tmp_path / "x", format="plain")
+    bb = load_backbone("builtin")
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["vqa", outside], r=2))
+    adapter = mlv.save_adapter(bb.model, tmp_path / "ad", base={"backbone": "builtin"})
+    assert ce.export_main(["--adapter", str(adapter), "--task", f"vqa,{outside}", "--out", str(tmp_path / "o"),
+                           "--format", "plain"]) == 2
+    assert not (tmp_path / "x").exists() and not (tmp_path / "o").exists() and not (tmp_path / "outside").exists()
 
 
 # ---------------------------------------------------------------------------------------------- plain layout

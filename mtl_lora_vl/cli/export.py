@@ -30,6 +30,7 @@ from typing import Any
 
 from ..backbones import parse_spec
 from ..backbones.open_clip import registry_config
+from ..config import check_task_file_names
 from ..families import OPEN_CLIP_CONFIG, merged_format, peft_export
 from ..io import AdapterFileError, export_lora, load_pretrained, save_merged
 from ..io.adapter_files import base_paths, config_of, read_adapter_config
@@ -154,6 +155,9 @@ def export(opts: ExportOptions) -> list[Path]:
                        "mtl_lora_vl.load_pretrained)", ", ".join(map(repr, headed)), Path(opts.adapter) / HEADS_WEIGHTS)
     _check_out_kind(out, opts.format, str((doc.get("base_model") or {}).get("family") or ""))
     _check_peft_expressible(doc, opts.format)
+    if len(tasks) > 1:   # OUT/<task>: a task named '/x' (the Python API allows it) was written to /x
+        check_task_file_names(tasks, "--task", "and each task of several is written to OUT/<task>/; export it alone "
+                              "with --out DIR")
     targets = {task: out if len(tasks) == 1 else out / task for task in tasks}
     if len(tasks) > 1 and out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out}: exists and is a file; several tasks are written to OUT/<task>, "

@@ -53,6 +53,7 @@ from ..adapters.layers import LoRALinear
 from ..adapters.routing import check_module
 from ..backbones import backbone_class
 from ..backbones.image_record import image_record
+from ..config import check_task_file_names
 from ..families import MERGED_CONFIG, MERGED_WEIGHTS, family_named, merged_format, peft_export
 from .atomic import atomic_dir, atomic_file
 from .base_check import check_base_class, check_weight_samples, newer_package_hint, refuse_adapted
@@ -187,10 +188,8 @@ def _task_list(tasks: Sequence[str]) -> list[str]:
     dup = sorted({t for t in tasks if list(tasks).count(t) > 1})
     if dup:
         raise ValueError(f"export_lora: task(s) {dup} named more than once")
-    for t in tasks:
-        if t in ("", ".", "..") or any(c in t for c in "/\\\0") or t != t.strip():
-            raise ValueError(f"export_lora: task {t!r} cannot be a folder name (path/<task>/); export it alone "
-                             "with export_lora(model, task, path)")
+    check_task_file_names(tasks, "export_lora", "and each task of several is written to path/<task>/; export it "
+                          "alone with export_lora(model, task, path), or rename the task")
     return list(tasks)
 
 
