@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from mtl_lora_vl.benchmark.report import _code_line
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -89,3 +91,19 @@ def test_report_says_one_seed_and_never_minus_zero():
     text = render(r)
     assert "1 seeds" not in text and "1 seed," in text and "(test split, 1 seed)" in text
     assert "-0.000" not in text and "+0.000" in text
+
+
+def test_code_line_reads_short_and_long_shas_of_one_commit_as_one_version():
+    """Before 34168f9 a run recorded `git rev-parse --short` (7+ digits, more in a big clone or with core.abbrev),
+    now 12 digits: a grid resumed across it, or trained from two clones, named one commit as two versions."""
+    runs = ([{"code": "0.1.0+gf2c8559"}] * 3 + [{"code": "0.1.0+gf2c8559a1b2c"}] * 2
+            + [{"code": "0.1.0+gf2c8559a"}])
+    assert _code_line(runs) == "- Code: mtl-lora-vl 0.1.0+gf2c8559a1b2c."
+    # other code stays apart: another commit, the same commit with uncommitted changes, another package version
+    runs += [{"code": "0.1.0+ga74141d"}, {"code": "0.1.0+gf2c8559.dirty0123abcd"}, {"code": "0.2.0+gf2c8559a1b2c"}]
+    assert _code_line(runs) == ("- **Code: the runs come from 4 versions** (a grid resumed on other code): "
+                                "1 run(s) with 0.1.0+ga74141d, 1 run(s) with 0.1.0+gf2c8559.dirty0123abcd, "
+                                "6 run(s) with 0.1.0+gf2c8559a1b2c, 1 run(s) with 0.2.0+gf2c8559a1b2c.")
+    # a short sha that two longer ones extend names neither for sure: it stays a version of its own
+    two = [{"code": "0.1.0+gf2c8559"}, {"code": "0.1.0+gf2c8559aaaa"}, {"code": "0.1.0+gf2c8559bbbb"}]
+    assert "3 versions" in _code_line(two)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -249,11 +250,30 @@ def render(r: dict[str, Any]) -> str:
 
 def _code_line(runs: list[dict[str, Any]]) -> str:
     """Which code trained the runs (a resumed grid may mix versions: then the report says so)."""
-    counts = Counter(r.get("code", "not recorded") for r in runs)
+    counts = _one_commit_once(Counter(r.get("code", "not recorded") for r in runs))
     if len(counts) == 1:
         return f"- Code: mtl-lora-vl {next(iter(counts))}."
     return ("- **Code: the runs come from " + str(len(counts)) + " versions** (a grid resumed on other code): "
             + ", ".join(f"{n} run(s) with {v}" for v, n in sorted(counts.items())) + ".")
+
+
+#: ``<version>+g<sha>[.dirty<hash>]`` as :func:`~.runner.code_version` writes it (7+ hex digits: git's shortest).
+_CODE = re.compile(r"(?P<version>.+)\+g(?P<sha>[0-9a-f]{7,40})(?P<dirty>\.dirty[0-9a-f]+)?")
+
+
+def _one_commit_once(counts: Counter[str]) -> Counter[str]:
+    """``counts`` with a version whose sha is a prefix of a longer one's (same package version and changes) counted
+    under the longer one: runs before 34168f9 recorded ``git rev-parse --short`` (7 digits or more, by clone), later
+    ones 12 digits, so one commit read as two versions. A prefix of two different shas stays on its own."""
+    parsed = {v: m for v in counts if (m := _CODE.fullmatch(v))}
+    out: Counter[str] = Counter()
+    for v, n in counts.items():
+        m = parsed.get(v)
+        longer = sorted((w for w, o in parsed.items() if m and o["sha"] != m["sha"] and o["sha"].startswith(m["sha"])
+                         and (o["version"], o["dirty"]) == (m["version"], m["dirty"])), key=len)
+        one = longer and all(parsed[longer[-1]]["sha"].startswith(parsed[w]["sha"]) for w in longer)
+        out[longer[-1] if one else v] += n
+    return out
 
 
 def _threads_text(r: dict[str, Any]) -> str:
