@@ -223,7 +223,8 @@ class HFVLMBackbone(GenerationIds, Backbone):
         return self._collators[max_length]
 
     def lm_loss(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor,
-                first_label: int | None = None, image_sizes: Sequence[tuple[int, int]] | None = None) -> Tensor:
+                first_label: int | None = None, image_sizes: Sequence[tuple[int, int]] | None = None,
+                image_counts: Sequence[int] | None = None) -> Tensor:
         """Per-row mean token cross-entropy ``(B,)`` over the row's labelled tokens (target and end token), fp32;
         one forward for all rows, logits only from the first labelled position on. Rows without labels give 0.
 
@@ -231,18 +232,21 @@ class HFVLMBackbone(GenerationIds, Backbone):
         on the host (the training loader: :meth:`~.lm_collate.LMCollator.first_labelled`); the image-token count
         of each row is then not checked either (the collator's rows hold them by construction, and Hugging Face's
         own check still runs), so the call makes no GPU wait. Without it both are read from the tensors.
-        ``image_sizes``: see the module doc."""
+        ``image_sizes``: see the module doc. ``image_counts``: each row's images (the image placeholders of its
+        prompt: the training loader's ``lm_image_counts``), where rows may hold several; without them a family that
+        needs them (LLaVA-OneVision's ``batch_num_images``) reads them from the ids, and refuses a batch whose ids
+        read more than one way."""
         check_image_batch(pixel_values, "lm_loss")
         sizes = check_image_sizes(pixel_values, image_sizes, "lm_loss", not self.resize.anyres, self.needs_image_sizes)
         if first_label is None:
-            self._check_rows(pixel_values, input_ids, "lm_loss", sizes)
+            self._check_rows(pixel_values, input_ids, "lm_loss", sizes, image_counts)
         if labels.shape != input_ids.shape:
             raise ValueError(f"lm_loss: labels {tuple(labels.shape)} and input_ids {tuple(input_ids.shape)} differ")
         L = input_ids.shape[1]
         first = LMCollator.first_labelled(labels) if first_label is None else int(first_label)
         keep = L - max(first - 1, 0)
         out = self._forward(pixel_values, input_ids, attention_mask, labels=labels, image_sizes=sizes,
-                            logits_to_keep=keep, use_cache=False)
+                            image_counts=image_counts, logits_to_keep=keep, use_cache=False)
         sums, counts = target_logprobs(out.logits[:, :-1], labels[:, L - keep + 1:])
         return -sums / counts.clamp(min=1)
 
@@ -255,14 +259,14 @@ class HFVLMBackbone(GenerationIds, Backbone):
         (captioning); ``image_sizes``: see the module doc."""
         if beam_size < 1 or max_len < 1 or int(beam_size) != beam_size or int(max_len) != max_len:
             raise ValueError(f"generate: beam_size and max_len must be integers >= 1, got {beam_size} and {max_len}")
-        batch, sizes = self._prompts(images, prompts, "generate", image_sizes)
+        batch, sizes, held = self._prompts(images, prompts, "generate", image_sizes)
         if beam_size > 1 and batch["input_ids"].shape[0] != images.shape[0] and not _encodes_before_beams(self.model):
             raise ValueError("generate: beam search over prompts of several images needs a transformers that encodes "
                              "the images before it repeats the rows for the beams (older ones repeat each image, not "
                              "each row's images); upgrade transformers, or use beam_size=1")
         warn_past_context(batch["input_ids"].shape[1], int(max_len), self.lm_context, "generate")
         ids = batch["input_ids"]
-        kwargs = {**self._extra_inputs(ids, None), **self._row_inputs(ids, images.shape[0], sizes)}
+        kwargs = {**self._extra_inputs(ids, None), **self._row_inputs(ids, images.shape[0], sizes, held)}
         with plain_decoding(self.model):
             out = self._hf_call(self.model.generate, **self._vision_inputs(images, sizes), **batch, **kwargs,
                                 max_new_tokens=int(max_len), num_beams=int(beam_size), do_sample=False,
@@ -280,7 +284,7 @@ class HFVLMBackbone(GenerationIds, Backbone):
         the cache (``B·C`` language-model rows, routed like beams). Under activation checkpointing in training (where
         transformers drops the cache) the ``B·C`` full sequences run instead. ``image_sizes``: see the module doc."""
         check_candidates(candidates, self.image_token)
-        batch, sizes = self._prompts(images, prompts, "sequence_scores", image_sizes)
+        batch, sizes, held = self._prompts(images, prompts, "sequence_scores", image_sizes)
         prompts = list(prompts)
         collator = self.lm_collator()   # candidates read as they continue each row's own prompt
         texts = collator.prompt_texts(prompts)
@@ -291,7 +295,7 @@ class HFVLMBackbone(GenerationIds, Backbone):
         if self.model.training and torch.is_grad_enabled() and _checkpointing(self.model):
             scores = self._scores_full(images, prompts, cands, sizes)
         else:
-            scores = self._scores_cached(images, batch, cands, sizes)
+            scores = self._scores_cached(images, batch, cands, sizes, held)
         if per_token:
             scores = scores / torch.tensor([[len(c) for c in row] for row in cands], dtype=scores.dtype,
                                            device=scores.device)
@@ -351,9 +355,11 @@ class HFVLMBackbone(GenerationIds, Backbone):
                              f"{self.image_size}x{self.image_size} images (backbone.resize makes them)")
         return {"pixel_values": pixel_values}
 
-    def _row_inputs(self, input_ids: Tensor, n_images: int, image_sizes: Any = None) -> dict[str, Tensor]:
-        """Inputs saying how the ``n_images`` images split into the rows of ``input_ids`` (none here: the model
-        scatters the features over the image tokens in order; LLaVA-OneVision's ``batch_num_images``)."""
+    def _row_inputs(self, input_ids: Tensor, n_images: int, image_sizes: Any = None,
+                    image_counts: Sequence[int] | None = None) -> dict[str, Tensor]:
+        """Inputs saying how the ``n_images`` images split into the rows of ``input_ids`` (``image_counts`` each, where
+        the caller knows them) (none here: the model scatters the features over the image tokens in order;
+        LLaVA-OneVision's ``batch_num_images``)."""
         return {}
 
     def _prefill_positions(self, mask: Tensor) -> Tensor | None:
@@ -366,7 +372,9 @@ class HFVLMBackbone(GenerationIds, Backbone):
         return self._positions(step_mask)[:, prompt_len:]
 
     def _check_rows(self, pixel_values: Tensor, input_ids: Tensor, what: str,
-                    image_sizes: list[tuple[int, int]] | None = None) -> None:
+                    image_sizes: list[tuple[int, int]] | None = None,
+                    image_counts: Sequence[int] | None = None) -> None:
+        """The rows' image tokens against the images' features (``image_counts``: read by families that need them)."""
         several = (self.several_images and input_ids.dim() == 2 and pixel_values.dim() == 4
                    and pixel_values.shape[0] != input_ids.shape[0])
         if input_ids.dim() != 2 or pixel_values.dim() != 4 or (pixel_values.shape[0] != input_ids.shape[0]
@@ -393,15 +401,17 @@ class HFVLMBackbone(GenerationIds, Backbone):
 
     def _prompts(self, images: Tensor, prompts: Sequence[str] | None, what: str,
                  image_sizes: Sequence[tuple[int, int]] | None
-                 ) -> tuple[dict[str, Tensor], list[tuple[int, int]] | None]:
-        """The collated prompts (default: the bare image placeholder, one per image), checked; and the images'
-        sizes, checked."""
+                 ) -> tuple[dict[str, Tensor], list[tuple[int, int]] | None, list[int]]:
+        """The collated prompts (default: the bare image placeholder, one per image), checked; the images' sizes,
+        checked; and each row's images (its prompt's placeholders)."""
         check_image_batch(images, what)
         sizes = check_image_sizes(images, image_sizes, what, not self.resize.anyres, self.needs_image_sizes)
         prompts = [self.image_token] * images.shape[0] if prompts is None else prompts
         prompts = check_prompts(prompts, images.shape[0], what, self.image_token if self.several_images else None)
-        batch = self.lm_collator()(prompts, image_sizes=self._sizes_of(images, sizes))
-        return {k: v.to(images.device, non_blocking=True) for k, v in batch.items()}, sizes
+        collate = self.lm_collator()
+        batch = collate(prompts, image_sizes=self._sizes_of(images, sizes))
+        moved = {k: v.to(images.device, non_blocking=True) for k, v in batch.items()}
+        return moved, sizes, collate.image_counts(prompts)
 
     @staticmethod
     def _sizes_of(images: Tensor, sizes: list[tuple[int, int]] | None) -> list[tuple[int, int]]:
@@ -419,9 +429,10 @@ class HFVLMBackbone(GenerationIds, Backbone):
                                 f"{mismatch_fix(self.layout, self.hf_processor, self.model.config)}") from e
 
     def _forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor,
-                 labels: Tensor | None = None, image_sizes: list[tuple[int, int]] | None = None, **kwargs: Any) -> Any:
+                 labels: Tensor | None = None, image_sizes: list[tuple[int, int]] | None = None,
+                 image_counts: Sequence[int] | None = None, **kwargs: Any) -> Any:
         extra = self._extra_inputs(input_ids, labels)
-        extra.update(self._row_inputs(input_ids, pixel_values.shape[0], image_sizes))
+        extra.update(self._row_inputs(input_ids, pixel_values.shape[0], image_sizes, image_counts))
         return self._hf_call(self.model, **self._vision_inputs(pixel_values, image_sizes), input_ids=input_ids,
                              attention_mask=attention_mask, **extra, **kwargs)
 

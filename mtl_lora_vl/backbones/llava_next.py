@@ -31,8 +31,10 @@ their anyres images.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -217,8 +219,9 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
 
     A row of several images (NLVR2's pair) is laid out as the model and its processor lay out a sample of several:
     each image its base view alone, no tiles (``several_tokens`` tokens each: 730 for the released 1152-px canvas,
-    instead of 7,371), the model told each row's image count (``batch_num_images``, read from the rows' image
-    tokens); a row of one image keeps its base view and tiles, so rows of one and of several mix in a batch."""
+    instead of 7,371), the model told each row's image count (``batch_num_images``: the prompts' placeholders,
+    the loader's ``lm_image_counts``, or ``image_counts=``; read from the rows' image tokens only where they read one
+    way); a row of one image keeps its base view and tiles, so rows of one and of several mix in a batch."""
 
     several_tokens: int = 0   # the tokens of an image of a row of several: its base view and a newline
 
@@ -256,44 +259,79 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
     def layout(self) -> PromptLayout:
         return replace(super().layout, several_image_tokens=self.several_tokens)
 
-    def _images_per_row(self, counts: list[int], n_images: int, sizes: list[tuple[int, int]] | None = None
-                        ) -> list[int] | None:
-        """Each row's image count, from its image-token count (``counts``, read on the host: one wait for the
-        device): its next image's whole count (one image, tiled: ``num_image_tokens``, or under the native aspect
-        its size's, ``sizes``), a multiple of two or more of ``several_tokens`` (that many base views), or none;
-        a count that reads both ways (a 34-token image, two 17-token base views) is read as the split of all rows
-        into ``n_images`` images allows. None where the rows do not split so."""
+    def _images_per_row(self, counts: list[int], n_images: int, sizes: list[tuple[int, int]] | None = None,
+                        image_counts: Sequence[int] | None = None) -> list[int] | None:
+        """Each row's image count: ``image_counts`` where the caller knows it (the image placeholders each prompt
+        holds), checked against the rows' image-token ``counts``; else read from ``counts`` (on the host: one wait
+        for the device): a row holds its next image's whole count (one image, tiled: ``num_image_tokens``, or under
+        the native aspect its size's, ``sizes``), a multiple of two or more of ``several_tokens`` (that many base
+        views), or none. None where the rows do not split so; a batch that splits into the ``n_images`` images more
+        than one way (a 34-token image alone, or two 17-token base views) is refused: only the counts tell."""
         base, lay = self.several_tokens, self.layout
         full = [lay.image_tokens(size) for size in sizes] if sizes is not None else []
 
+        def readings(r: int, at: int) -> list[int]:   # row r's image counts that fit its tokens, from image at
+            c, one = counts[r], full[at] if at < len(full) else self.num_image_tokens
+            return [k for k in dict.fromkeys([1 if c == one else -1, c // base if c % base == 0 and c // base != 1
+                                              else -1]) if k >= 0 and at + k <= n_images]
+
+        if image_counts is not None:
+            given, at = [int(k) for k in image_counts], [0, *itertools.accumulate(int(k) for k in image_counts)]
+            return given if len(given) == len(counts) and at[-1] == n_images and all(
+                k in readings(r, at[r]) for r, k in enumerate(given)) else None
+
         @functools.cache   # (each (row, image) once: backtracking through ambiguous rows stays linear)
-        def split(r: int, at: int) -> list[int] | None:   # rows r.. from image at; both readings tried
-            if r == len(counts):
-                return [] if at == n_images else None
-            c = counts[r]
-            one = full[at] if at < len(full) else self.num_image_tokens
-            for k in dict.fromkeys([1 if c == one else -1, c // base if c % base == 0 and c // base != 1 else -1]):
-                rest = split(r + 1, at + k) if k >= 0 and at + k <= n_images else None
-                if rest is not None:
-                    return [k, *rest]
+        def ways(r: int, at: int) -> int:   # the splits of rows r.. from image at (0, 1, or 2: several)
+            return int(at == n_images) if r == len(counts) else min(2, sum(ways(r + 1, at + k) for k in
+                                                                           readings(r, at)))
+
+        if ways(0, 0) > 1:
+            raise BackboneError(
+                f"{self.name}: rows of {counts} image tokens split into the {n_images} images more than one way (an "
+                f"image alone fills as many tokens as base views of a row of several, {base} each), so each row's "
+                "image count cannot be read from its ids; pass image_counts=[...] (the image placeholders each "
+                "row's prompt holds: backbone.lm_collator().image_counts(prompts)), or call generate / "
+                "sequence_scores with the prompts")
+        if not ways(0, 0):
             return None
+        split, at = [], 0
+        for r in range(len(counts)):   # (the one split: each row's one reading that the rest complete)
+            split.append(next(k for k in readings(r, at) if ways(r + 1, at + k)))
+            at += split[-1]
+        return split
 
-        return split(0, 0)
-
-    def _row_inputs(self, input_ids: Tensor, n_images: int, image_sizes: Any = None) -> dict[str, Tensor]:
-        """``batch_num_images``: each row's images (an image of a row of several is its base view alone)."""
-        per_row = (self._images_per_row((input_ids == self.image_token_id).sum(dim=1).tolist(), n_images,
-                                        image_sizes) if input_ids.dim() == 2 else None)
+    def _row_inputs(self, input_ids: Tensor, n_images: int, image_sizes: Any = None,
+                    image_counts: Sequence[int] | None = None) -> dict[str, Tensor]:
+        """``batch_num_images``: each row's images (an image of a row of several is its base view alone):
+        ``image_counts`` where given (checked on the host against the rows and images only: no wait for the
+        device), else read from the ids (:meth:`_images_per_row`)."""
+        if image_counts is not None:
+            per_row = [int(k) for k in image_counts]
+            if len(per_row) != input_ids.shape[0] or sum(per_row) != n_images or min(per_row, default=0) < 0:
+                raise BackboneError(f"{self.name}: image_counts {per_row} do not give the {input_ids.shape[0]} rows "
+                                    f"of input_ids the {n_images} images given; pass each row's image count (the "
+                                    "image placeholders its prompt holds), rows in order")
+        else:
+            per_row = (self._images_per_row((input_ids == self.image_token_id).sum(dim=1).tolist(), n_images,
+                                            image_sizes) if input_ids.dim() == 2 else None)
         # on the host: the model loops over it in Python (on the device every element would be a wait)
         return {} if per_row is None else {"batch_num_images": torch.tensor(per_row)}
 
     def _check_rows(self, pixel_values: Tensor, input_ids: Tensor, what: str,
-                    image_sizes: list[tuple[int, int]] | None = None) -> None:
+                    image_sizes: list[tuple[int, int]] | None = None,
+                    image_counts: Sequence[int] | None = None) -> None:
         """Rows of several images hold their base views' tokens; other rows are checked as LLaVA-NeXT's, and rows of
-        several tiled images (a layout the model never reads) refused."""
+        several tiled images (a layout the model never reads) refused. ``image_counts``: each row's images, known
+        to the caller (else read from the ids, :meth:`_images_per_row`)."""
         shaped = input_ids.dim() == 2 and pixel_values.dim() == 4
         counts = (input_ids == self.image_token_id).sum(dim=1).tolist() if shaped else []
-        per_row = self._images_per_row(counts, pixel_values.shape[0], image_sizes) if shaped else None
+        per_row = self._images_per_row(counts, pixel_values.shape[0], image_sizes, image_counts) if shaped else None
+        if shaped and image_counts is not None and per_row is None:
+            raise BackboneError(
+                f"{what}: input_ids hold {counts} image tokens (id {self.image_token_id}) per row, which is not "
+                f"image_counts {list(image_counts)} of the {pixel_values.shape[0]} images given ({self.several_tokens} "
+                f"per image of a row of several, an image alone its whole count); build the ids with "
+                "backbone.lm_collator() from prompts holding each row's image placeholders")
         if per_row is not None and max(per_row, default=0) > 1:
             return
         base = self.several_tokens

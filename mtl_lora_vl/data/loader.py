@@ -38,6 +38,8 @@ Batch layout (what :class:`MultiTaskLoader` yields; B rows, grouped by task in a
     }
     batch["lm_first_label"]  int              generative path: the first labelled position (host int:
                                               lm_loss needs it and would otherwise read the labels on the device)
+    batch["lm_image_counts"]  list[int]       generative path: each row's images (its prompt's placeholders),
+                                              which lm_loss passes on (LLaVA-OneVision's batch_num_images)
     batch["text_rows"]  LongTensor (N_text,)  rows whose task ``uses_text``: the text-tower rows
     batch["tasks"]      {task_name: {         only the tasks present in this batch
         "rows":       LongTensor (n_t,)       this task's rows of the batch (contiguous)
@@ -73,6 +75,7 @@ route (the vision tower and the language model both read it)::
 
     with route(router, Route.from_segments(batch["segments"])):
         row_loss = backbone.lm_loss(batch["images"], **batch["lm"], first_label=batch["lm_first_label"],
+                                    image_counts=batch["lm_image_counts"],
                                     **sizes_kwarg(batch["images"], batch["image_sizes"],
                                                 backbone.needs_image_sizes))  # (B,)
     for name, rows in task_views(batch):
@@ -251,6 +254,7 @@ class MultiTaskCollate:
             batch["lm"] = dict(self.lm_collator([p for p, _, _ in lm], [t for _, t, _ in lm],
                                                 [r["lm_end"] for r in rows], image_sizes=batch["image_sizes"]))
             batch["lm_first_label"] = self.lm_collator.first_labelled(batch["lm"]["labels"])   # here, not on the device
+            batch["lm_image_counts"] = counts   # (known here: from the ids they can read two ways)
             lm_weight = torch.tensor([float(w) for _, _, w in lm], dtype=torch.float32)
         else:
             batch["tokens"] = self.tokenizer([r["text"] if r["text"] is not None else "" for r in rows])

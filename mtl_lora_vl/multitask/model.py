@@ -110,7 +110,7 @@ class MultiTaskModel(nn.Module):
         bb, lm = self.backbone, batch["lm"]
         with route(self.router, self._route(batch, "segments"), recompute=self.recompute):
             row_loss = bb.lm_loss(batch["images"], lm["input_ids"], lm["attention_mask"], lm["labels"],
-                                  first_label=batch.get("lm_first_label"),
+                                  first_label=batch.get("lm_first_label"), image_counts=batch.get("lm_image_counts"),
                                   **sizes_kwarg(batch["images"], batch.get("image_sizes"), bb.needs_image_sizes))
         losses: dict[str, Tensor] = {}
         total = row_loss.new_zeros((), dtype=torch.float32)
