@@ -392,10 +392,11 @@ class Backbone:
         self._unavailable(LM_LOGITS, "lm_collator")
 
     def lm_loss(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor,
-                first_label: int | None = None, image_sizes: Sequence[tuple[int, int]] | None = None) -> Tensor:
+                first_label: int | None = None, image_sizes: Sequence[tuple[int, int]] | None = None,
+                image_counts: Sequence[int] | None = None) -> Tensor:
         """Per-row mean token cross-entropy ``(B,)`` over each row's labelled (target) tokens. ``first_label``:
         the first labelled position when the caller read it on the host (the training loader does), else None;
-        ``image_sizes`` as for :meth:`generate`."""
+        ``image_sizes`` as for :meth:`generate`; ``image_counts``: each row's images (the loader passes them)."""
         self._unavailable(LM_LOGITS, "lm_loss")
 
     def sequence_scores(self, images: Tensor, prompts: Sequence[str], candidates: Sequence[str],
