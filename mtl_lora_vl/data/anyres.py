@@ -8,7 +8,7 @@ side S, and puts first a base view: the whole image squashed to S x S. ``image_s
 
 :func:`anyres_views` does the same in a loader worker, with the processor's own calls (torchvision's antialiased
 resize of the uint8 image, its pad): the views stacked top to bottom, a ``(3, V·S, S)`` uint8 strip (V = 1 + tiles),
-the original size attached (:func:`image_size_of`). A batch puts strips on one canvas (:func:`pad_images`, shorter
+the original size attached (a :class:`SizedStrip`). A batch puts strips on one canvas (:func:`pad_images`, shorter
 strips zero below), its ``image_sizes`` the originals; the backbone cuts the views back out on the device
 (a reshape). :func:`anyres_tokens` is the model's count for a size, by its arithmetic (``unpad_image``, and
 OneVision's ``anyres_max_N`` shrink), in plain Python so the collator can run it in workers.
@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["AnyresGeometry", "anyres_tokens", "anyres_views", "carries_size", "image_size_of", "pad_images",
-           "with_size"]
+__all__ = ["AnyresGeometry", "SizedStrip", "anyres_tokens", "anyres_views", "carries_size", "image_size_of",
+           "pad_images", "with_size"]
 
 _SIZE_ATTR = "mtl_image_size"   # the original (h, w) a strip carries from the worker's decode to the collate
 
@@ -133,16 +133,45 @@ def anyres_views(img: Any, geo: AnyresGeometry, several: bool = False) -> Tensor
     return with_size(torch.cat([base[None], tiles]).transpose(0, 1).reshape(3, -1, s).contiguous(), (h, w))
 
 
-def with_size(strip: Tensor, size: tuple[int, int]) -> Tensor:
-    """``strip`` carrying its image's original ``(h, w)`` (:func:`image_size_of`); it is kept until the collate reads
-    it, in the same worker: a new tensor (a copy, ``.to()``) does not carry it."""
-    setattr(strip, _SIZE_ATTR, (int(size[0]), int(size[1])))
-    return strip
+class SizedStrip(Tensor):
+    """A strip (:func:`anyres_views`, :func:`mtl_lora_vl.data.splits.split_views`) that keeps its image's original
+    ``(h, w)`` (``mtl_image_size``) through whatever gives a tensor of its own shape (``.clone()``, ``.to(dtype)``,
+    ``.contiguous()``, ``.pin_memory()``, ``.float() / 255``, pickling to and from loader workers, ``deepcopy``).
+    A tensor made from it of another shape (``torch.stack``, ``unbind``, ``x[None]``) stays a strip without its
+    size, which :func:`image_size_of` refuses rather than read as a picture of the strip's own shape."""
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = super().__torch_function__(func, types, args, kwargs or {})
+        src = args[0] if args else None
+        if isinstance(out, SizedStrip) and isinstance(src, SizedStrip) and out is not src and out.shape == src.shape:
+            size = getattr(src, _SIZE_ATTR, None)
+            if size is not None:
+                setattr(out, _SIZE_ATTR, size)
+        return out
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SizedStrip:
+        out = memo[id(self)] = self.clone()
+        return out
+
+
+def with_size(strip: Tensor, size: tuple[int, int]) -> SizedStrip:
+    """``strip`` (the same storage) as a :class:`SizedStrip` carrying its image's original ``(h, w)``."""
+    out = strip.as_subclass(SizedStrip)
+    setattr(out, _SIZE_ATTR, (int(size[0]), int(size[1])))
+    return out
 
 
 def image_size_of(x: Tensor) -> tuple[int, int]:
-    """The ``(h, w)`` an image tensor stands for: an anyres strip's original size, else its own."""
+    """The ``(h, w)`` an image tensor stands for: a strip's original size, else its own; a strip that lost its size
+    (see :class:`SizedStrip`) is refused."""
     size = getattr(x, _SIZE_ATTR, None)
+    if size is None and isinstance(x, SizedStrip):
+        raise ValueError(f"a strip of views {tuple(x.shape)} lost its picture's original size (a torch.stack, "
+                         "unbind or indexing made a new tensor of another shape), and read as a picture of its own "
+                         "shape it would be wrong: give pad_images the strips as to_uint8_tensor / anyres_views "
+                         "returned them (.clone(), .to(), pin_memory and pickling keep the size), or re-attach it "
+                         "with mtl_lora_vl.data.anyres.with_size(strip, (h, w))")
     return tuple(size) if size is not None else (int(x.shape[-2]), int(x.shape[-1]))
 
 
@@ -158,6 +187,7 @@ def pad_images(images: Sequence[Tensor]) -> tuple[Tensor, tuple[tuple[int, int],
     image's original one (:func:`image_size_of`), the canvas as tall as the longest strip."""
     shapes = [(int(x.shape[-2]), int(x.shape[-1])) for x in images]
     sizes = tuple(image_size_of(x) for x in images)
+    images = [x.as_subclass(Tensor) for x in images]   # (the batch: a plain tensor)
     if len(set(shapes)) <= 1:
         return torch.stack(list(images)), sizes
     out = images[0].new_zeros((len(images), images[0].shape[0], max(h for h, _ in shapes), max(w for _, w in shapes)))
