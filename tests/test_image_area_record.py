@@ -36,6 +36,18 @@ def _area(adapter):
     return json.loads((adapter / "mtl_lora_config.json").read_text())["base"].get("image_max_pixels")
 
 
+def _saved_before(adapter, asked=None):
+    """``adapter``'s record as saved before the area read was recorded: no ``image_min_pixels``, ``image_max_pixels``
+    the area asked for (None: none asked, the default)."""
+    path = adapter / "mtl_lora_config.json"
+    doc = json.loads(path.read_text())
+    doc["base"].pop("image_min_pixels", None)
+    doc["base"].pop("image_max_pixels", None)
+    doc["base"].update({"image_max_pixels": asked} if asked else {})
+    path.write_text(json.dumps(doc))
+    return adapter
+
+
 def test_an_adapter_saved_from_python_records_its_image_area(folder, tmp_path):
     """load_backbone(image_max_pixels=2048) and save_adapter: nothing was recorded, so load_pretrained read the
     adapter's pictures within 448² (a 300 x 200 picture: 228 image tokens where the task was trained on 6)."""
@@ -109,18 +121,26 @@ def test_the_area_warning_names_a_fix_that_exists_and_only_for_another_area(fold
     bb = load_backbone(f"hf:{folder}")
     default = mlv.save_adapter(mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1)),
                                tmp_path / "default", base={"backbone": f"hf:{folder}"})
-    said = _area_warnings(load_backbone(f"hf:{folder}", image_max_pixels=2048).model, default)
-    assert len(said) == 1 and "load the backbone without image_max_pixels" in said[0], said
-    assert "image_max_pixels=None" not in said[0] and "within the default 200704" in said[0]
-    explicit = _adapter(folder, tmp_path / "explicit", image_max_pixels=200704)
+    said = _area_warnings(load_backbone(f"hf:{folder}", image_max_pixels=2048).model, default)   # (now recorded)
+    assert len(said) == 1 and "within 1024 to 200704 pixels" in said[0] and "within 1024 to 2048;" in said[0], said
+    assert "image_max_pixels=200704" in said[0]
+    explicit = mlv.save_adapter(mlv.attach(load_backbone(f"hf:{folder}", image_max_pixels=200704).model,
+                                           mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1)),
+                                tmp_path / "explicit", base={"backbone": f"hf:{folder}", "image_max_pixels": 200704})
     assert not _area_warnings(load_backbone(f"hf:{folder}").model, explicit)
     assert not _area_warnings(load_backbone(f"hf:{folder}", image_max_pixels=200704).model, default)
+    old = _saved_before(default)   # an adapter saved before the area read was recorded: as then
+    said = _area_warnings(load_backbone(f"hf:{folder}", image_max_pixels=2048).model, old)
+    assert len(said) == 1 and "load the backbone without image_max_pixels" in said[0], said
+    assert "image_max_pixels=None" not in said[0] and "within the default 200704" in said[0]
+    assert not _area_warnings(load_backbone(f"hf:{folder}").model, _saved_before(explicit, 200704))
 
 
 def test_unload_takes_the_loaded_area_off_a_bare_model(folder, tmp_path):
     """MTLLoRAModel.from_pretrained(bare Qwen2-VL, 2048-pixel adapter).unload(), then another adapter of the default
     area loaded onto the same model: the 2048 stayed, so it was warned about as 'this model's backbone' (there is
-    none) and a save recorded image_max_pixels 2048 for the default-area adapter. A backbone's own area stays."""
+    none) and a save recorded image_max_pixels 2048 for the default-area adapter (which records its own 448² now). A
+    backbone's own area stays."""
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
     ad = _adapter(folder, tmp_path / "ad", image_max_pixels=2048)
@@ -129,7 +149,7 @@ def test_unload_takes_the_loaded_area_off_a_bare_model(folder, tmp_path):
                                tmp_path / "default", base={"backbone": f"hf:{folder}"})
     bare = mlv.MTLLoRAModel.from_pretrained(Qwen2VLForConditionalGeneration.from_pretrained(str(folder)), ad).unload()
     assert not _area_warnings(bare, default)
-    assert _area(mlv.save_adapter(bare, tmp_path / "again", base={"backbone": f"hf:{folder}"})) is None
+    assert _area(mlv.save_adapter(bare, tmp_path / "again", base={"backbone": f"hf:{folder}"})) == 200704   # its own
     merged = mlv.MTLLoRAModel.from_pretrained(Qwen2VLForConditionalGeneration.from_pretrained(str(folder)), ad)
     assert image_record(merged.merge_and_unload("a")).max_pixels == 2048   # the merged task's pictures: within 2048
     two = load_backbone(f"hf:{folder}", image_max_pixels=2048)
@@ -138,3 +158,57 @@ def test_unload_takes_the_loaded_area_off_a_bare_model(folder, tmp_path):
     made = mlv.load_adapter(Qwen2VLForConditionalGeneration.from_pretrained(str(folder)), ad)
     Qwen2VLBackbone.from_model(made, AutoProcessor.from_pretrained(folder))   # the area is this backbone's now
     assert image_record(unload(made)).max_pixels == 2048
+
+
+# Review 276 ---------------------------------------------------------------------------------------------------
+def _read_on(adapter, proc):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bb = load_pretrained(adapter, heads=False, backbone=f"hf:{proc}").backbone
+    return bb.resize.resized_size(300, 200), [str(w.message) for w in caught if "max_pixels" in str(w.message)]
+
+
+def test_the_record_is_the_area_read_not_the_area_asked(folder, tmp_path):
+    """Trained at --image-max-pixels 4096 on a processor capped at 2048, a 300 x 200 picture was read at 48 x 32 but
+    4096 was recorded: loaded on a processor allowing 1M pixels it was read at 64 x 48 (12 tokens for 6), and on the
+    training processor the 'above its processor's max_pixels' warning came back at every load. Nothing asked: nothing
+    recorded, and the 1M processor read 304 x 192."""
+    small = _tiny_sized(tmp_path / "small", longest_edge=2048)
+    for asked in (4096, None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # (the training run's own warning, once)
+            bb = load_backbone(f"hf:{small}", image_max_pixels=asked)
+        model = mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1))
+        ad = mlv.save_adapter(model, tmp_path / f"ad{asked}",
+                              base={"backbone": f"hf:{small}", **({"image_max_pixels": asked} if asked else {})})
+        base = json.loads((ad / "mtl_lora_config.json").read_text())["base"]
+        assert (base["image_min_pixels"], base["image_max_pixels"]) == (1024, 2048)
+        assert _read_on(ad, small) == ((48, 32), [])
+        assert _read_on(ad, folder) == ((48, 32), [])
+    assert _read_on(_saved_before(ad, 4096), folder)[0] == (64, 48)   # saved before: the area asked for, as then
+    assert _read_on(ad, small)[0] == (48, 32)
+    assert _read_on(_saved_before(ad), folder)[0] == (304, 192)
+
+
+def test_a_bare_model_carries_the_area_read_to_its_backbone(folder, tmp_path):
+    """An adapter read within 1024..2048 pixels, loaded onto a bare model of a 1M-pixel processor: a backbone made on
+    it reads within 1024..2048, whatever that processor allows."""
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    small = _tiny_sized(tmp_path / "small", longest_edge=2048)
+    ad = _adapter(small, tmp_path / "ad")
+    bare = mlv.load_adapter(Qwen2VLForConditionalGeneration.from_pretrained(str(folder)), ad, is_trainable=True)
+    assert image_record(bare).bounds == (1024, 2048)
+    bb = Qwen2VLBackbone.from_model(bare, AutoProcessor.from_pretrained(folder))
+    assert (bb.resize.min_pixels, bb.resize.budget, bb.resize.resized_size(300, 200)) == (1024, 2048, (48, 32))
+
+
+def test_a_hand_edited_minimum_is_refused_by_name(folder, tmp_path):
+    ad = _adapter(folder, tmp_path / "ad")
+    path = ad / "mtl_lora_config.json"
+    doc = json.loads(path.read_text())
+    for low, high in ((4096, 2048), (0, 2048), (1024, None)):
+        doc["base"].update(image_min_pixels=low, image_max_pixels=high)
+        path.write_text(json.dumps(doc))
+        with pytest.raises(AdapterFileError, match=r"base\.image_(min|max)_pixels"):
+            load_pretrained(ad, heads=False)

@@ -1,6 +1,8 @@
 """How a model's images are read, recorded on the model itself: ``save_adapter`` writes it (``base.image_reading``,
 ``base.image_max_pixels``), ``load_adapter`` puts an adapter's on a bare model, a backbone built on that model reads
-images so, and the exports fit the merged processor to it.
+images so, and the exports fit the merged processor to it. ``base.image_min_pixels`` beside it marks a record of the
+area the images were read within (the effective one); without it (adapters saved before), ``image_max_pixels`` is the
+area asked for, which the loading processor's own ``max_pixels`` still bounds.
 
 One typed record per model (:class:`ImageRecord`), set by the backbones that read images more than one way
 (:mod:`.image_reading`) or within an area cap (:mod:`.qwen2_vl`), and by ``load_adapter``. What a loaded adapter set
@@ -24,18 +26,22 @@ DEFAULT_MAX_PIXELS = 448 * 448
 class ImageRecord:
     """``reading``: "native" (each image at its own aspect, as the processor reads it) or "square" (squashed to one
     square); None where nothing chose. ``capped``: images are read within an area cap (Qwen2-VL's loader), of
-    ``max_pixels`` pixels (None: the default, :data:`DEFAULT_MAX_PIXELS`; :attr:`area` says which). ``loaded``: the
-    fields ("reading", "area") a loaded adapter set on a bare model."""
+    ``max_pixels`` pixels asked for (None: the default, :data:`DEFAULT_MAX_PIXELS`; :attr:`area` says which).
+    ``bounds``: the ``(min_pixels, max_pixels)`` images are read within, the asked area bounded by the processor's
+    own (None: not known, an adapter saved before they were recorded). ``loaded``: the fields ("reading", "area") a
+    loaded adapter set on a bare model."""
 
     reading: str | None = None
     capped: bool = False
     max_pixels: int | None = None
+    bounds: tuple[int, int] | None = None
     loaded: set[str] = field(default_factory=set)
 
     @property
     def area(self) -> int:
-        """The area cap in pixels where ``capped``: ``max_pixels``, else :data:`DEFAULT_MAX_PIXELS`."""
-        return self.max_pixels or DEFAULT_MAX_PIXELS
+        """The area cap in pixels where ``capped``: the bounds' maximum where known, else ``max_pixels``, else
+        :data:`DEFAULT_MAX_PIXELS`."""
+        return self.bounds[1] if self.bounds else self.max_pixels or DEFAULT_MAX_PIXELS
 
 
 def image_record(model: nn.Module) -> ImageRecord:
@@ -54,11 +60,12 @@ def set_reading(model: nn.Module, reading: str, loaded: bool = False) -> None:
     (rec.loaded.add if loaded else rec.loaded.discard)("reading")
 
 
-def set_area(model: nn.Module, max_pixels: int | None, loaded: bool = False) -> None:
-    """Record that ``model``'s images are read within ``max_pixels`` (None: the default cap); ``loaded``: as a loaded
-    adapter's."""
+def set_area(model: nn.Module, max_pixels: int | None, loaded: bool = False,
+             bounds: tuple[int, int] | None = None) -> None:
+    """Record that ``model``'s images are read within ``max_pixels`` asked for (None: the default cap), ``bounds``
+    the ``(min_pixels, max_pixels)`` they are read within where known; ``loaded``: as a loaded adapter's."""
     rec = _stored(model)
-    rec.capped, rec.max_pixels = True, max_pixels
+    rec.capped, rec.max_pixels, rec.bounds = True, max_pixels, bounds
     (rec.loaded.add if loaded else rec.loaded.discard)("area")
 
 
@@ -70,5 +77,5 @@ def forget_loaded(model: nn.Module) -> None:
     if "reading" in rec.loaded:
         rec.reading = None
     if "area" in rec.loaded:
-        rec.capped, rec.max_pixels = False, None
+        rec.capped, rec.max_pixels, rec.bounds = False, None, None
     rec.loaded.clear()

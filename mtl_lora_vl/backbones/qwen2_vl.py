@@ -111,9 +111,14 @@ class Qwen2VLBackbone(HFVLMBackbone):
         image area an adapter loaded onto the bare model records."""
         bb = super().from_model(model, processor, name)
         bb.num_image_tokens = bb._nominal_tokens()
-        area = image_record(model).max_pixels   # (a loaded adapter's, on a bare model)
-        set_area(model, None)   # the default cap (load_adapter tells a backbone's model by it)
-        if area:
+        record = image_record(model)   # (a loaded adapter's, on a bare model)
+        area, bounds = record.max_pixels, record.bounds
+        unit = bb._token_side()
+        # the default cap, as read (load_adapter tells a backbone's model by it)
+        set_area(model, None, bounds=(min(bb.resize.min_pixels or unit * unit, bb.resize.budget), bb.resize.budget))
+        if bounds:
+            bb.read_within(*bounds)
+        elif area:
             bb.limit_pixels(area)
         return bb
 
@@ -133,16 +138,28 @@ class Qwen2VLBackbone(HFVLMBackbone):
             raise BackboneError(f"{self.name}: image_max_pixels {max_pixels} is below one {unit}x{unit} merged patch "
                                 f"({unit * unit} pixels); give at least that")
         low, high = pixel_bounds(self.hf_processor.image_processor, max_pixels)
-        if high < max_pixels:   # (said: the run records the area asked for, and trains at this one)
+        if high < max_pixels:   # (an adapter records the area read: this one)
             warn_user(f"{self.name}: image_max_pixels {max_pixels} is above its processor's own max_pixels {high}; "
-                      f"images are read within {high} pixels. Give --image-max-pixels {high} or less to record what "
-                      "the run reads, or raise the processor's max_pixels (preprocessor_config.json)")
-        side = qwen_image_side(unit, min(low, high) if low else None, high, math.isqrt(high))
+                      f"images are read within {high} pixels, the area an adapter records. Give --image-max-pixels "
+                      f"{high} or less, or raise the processor's max_pixels (preprocessor_config.json)")
+        self.read_within(min(low or unit * unit, high), high, asked=max_pixels)
+
+    def read_within(self, min_pixels: int, max_pixels: int, asked: int | None = None) -> None:
+        """Resize images within exactly ``[min_pixels, max_pixels]`` whatever the processor allows (an adapter's
+        recorded area, ``base.image_min_pixels`` / ``base.image_max_pixels``); ``asked``: the
+        ``--image-max-pixels`` they came from (:meth:`limit_pixels`), default ``max_pixels``."""
+        unit = self._token_side()
+        if max_pixels < unit * unit or not 1 <= min_pixels <= max_pixels:
+            raise BackboneError(f"{self.name}: an image area of {min_pixels} to {max_pixels} pixels is empty or below "
+                                f"one {unit}x{unit} merged patch ({unit * unit} pixels); give a maximum of at least "
+                                "that and a minimum no larger than it")
+        side = qwen_image_side(unit, min_pixels, max_pixels, math.isqrt(max_pixels))
         self.image_size = side
-        self.resize = _native_resize(side, unit, low, high, self.resize.interpolation)
+        self.resize = _native_resize(side, unit, min_pixels, max_pixels, self.resize.interpolation)
         self.num_image_tokens = self._nominal_tokens()
         self._collators.clear()   # their layouts hold the image-token count
-        set_area(self.model, max_pixels)   # save_merged's cap for the merged processor (io/exports.py)
+        # what save_adapter records, and save_merged's cap for the merged processor (io/exports.py)
+        set_area(self.model, asked or max_pixels, bounds=(min_pixels, max_pixels))
 
     @classmethod
     def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None) -> None:

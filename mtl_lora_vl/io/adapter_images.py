@@ -1,7 +1,8 @@
 """How an adapter's images were read, in its ``mtl_lora_config.json`` (``base.image_reading``,
-``base.image_max_pixels``): written from the model's :class:`~mtl_lora_vl.backbones.image_record.ImageRecord` by
-``save_adapter``, checked when read, and put back on a bare model by ``load_adapter`` (a backbone's model that reads
-otherwise is warned about).
+``base.image_min_pixels`` / ``base.image_max_pixels``: the area they were read within; an adapter saved before the
+minimum was recorded holds the maximum asked for, bounded by its processor's own, unknown here): written from the
+model's :class:`~mtl_lora_vl.backbones.image_record.ImageRecord` by ``save_adapter``, checked when read, and put back
+on a bare model by ``load_adapter`` (a backbone's model that reads otherwise is warned about).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..families import family_named
 from ..log import warn_user
 from .layout import AdapterFileError
 
-__all__ = ["IMAGE_READINGS", "check_image_fields", "record_images", "take_images"]
+__all__ = ["IMAGE_READINGS", "check_image_fields", "record_images", "recorded_bounds", "take_images"]
 
 #: ``base.image_reading``: each image at its own aspect as the processor reads it, on one square
 #: (``native_aspect(False)``), or as the model's own processor does (attached to a bare model, no backbone chose).
@@ -39,16 +40,31 @@ def record_images(model: nn.Module, family: str | None, base: dict[str, Any]) ->
     reading = record.reading or _processor_reading(family)
     if reading and "image_reading" not in base:   # load_pretrained reads the adapter's images the same way
         base["image_reading"] = reading
-    if record.max_pixels and "image_max_pixels" not in base:   # (Qwen2-VL's limit_pixels, or a loaded adapter's)
+    if record.bounds:   # the area read, whatever was asked for (the caller's image_max_pixels included)
+        base["image_min_pixels"], base["image_max_pixels"] = (int(n) for n in record.bounds)
+    elif record.max_pixels and "image_max_pixels" not in base:   # (an older adapter's, loaded on a bare model)
         base["image_max_pixels"] = int(record.max_pixels)
 
 
+def recorded_bounds(base: dict[str, Any]) -> tuple[int, int] | None:
+    """The ``(min_pixels, max_pixels)`` an adapter's images were read within (None: not recorded, an adapter saved
+    before; its ``image_max_pixels`` is the area asked for)."""
+    low, high = base.get("image_min_pixels"), base.get("image_max_pixels")
+    return (int(low), int(high)) if low and high else None
+
+
 def check_image_fields(base: dict[str, Any], cfg_file: Path) -> None:
-    """Refuse a hand-edited ``base.image_max_pixels`` / ``base.image_reading`` naming the file and the field."""
-    pixels = base.get("image_max_pixels")
-    if pixels is not None and (not isinstance(pixels, int) or isinstance(pixels, bool) or pixels < 1):
-        raise AdapterFileError(f"{cfg_file}: base.image_max_pixels must be a positive whole number (the largest image "
-                               f"area the adapter was trained on), got {pixels!r}; fix the field or remove it")
+    """Refuse a hand-edited ``base.image_min_pixels`` / ``base.image_max_pixels`` / ``base.image_reading`` naming the
+    file and the field."""
+    for key, what in (("image_max_pixels", "largest"), ("image_min_pixels", "smallest")):
+        pixels = base.get(key)
+        if pixels is not None and (not isinstance(pixels, int) or isinstance(pixels, bool) or pixels < 1):
+            raise AdapterFileError(f"{cfg_file}: base.{key} must be a positive whole number (the {what} image area "
+                                   f"the adapter was trained on), got {pixels!r}; fix the field or remove it")
+    low, high = base.get("image_min_pixels"), base.get("image_max_pixels")
+    if low is not None and (high is None or low > high):
+        raise AdapterFileError(f"{cfg_file}: base.image_min_pixels {low} needs a base.image_max_pixels at least as "
+                               f"large, got {high!r}; fix the fields or remove both")
     reading = base.get("image_reading")
     if reading is not None and reading not in IMAGE_READINGS:
         raise AdapterFileError(f"{cfg_file}: base.image_reading must be one of {list(IMAGE_READINGS)} (how the "
@@ -59,12 +75,19 @@ def take_images(model: nn.Module, base: dict[str, Any], path: Path) -> None:
     """After ``load_adapter``: a model no backbone set a reading (or Qwen2-VL's image area) on takes the recorded one
     (a save keeps it, a merged export's processor follows it); a backbone's model that reads otherwise is warned
     about."""
-    recorded, area = base.get("image_reading"), base.get("image_max_pixels")
+    recorded, area, bounds = base.get("image_reading"), base.get("image_max_pixels"), recorded_bounds(base)
     own = image_record(model)
     default = DEFAULT_MAX_PIXELS   # (a backbone's area without image_max_pixels)
     if not own.capped:   # (a Qwen2-VL backbone's model is capped; max_pixels None: the default)
         if area:
-            set_area(model, area, loaded=True)
+            set_area(model, area, loaded=True, bounds=bounds)
+    elif bounds and own.bounds:
+        if tuple(own.bounds) != bounds:
+            warn_user(f"{path}: the adapter's images were read within {bounds[0]} to {bounds[1]} pixels "
+                      f"(base.image_min_pixels / base.image_max_pixels), and this model's backbone reads them within "
+                      f"{own.bounds[0]} to {own.bounds[1]}; load the backbone with image_max_pixels={bounds[1]} "
+                      f"(--image-max-pixels {bounds[1]}), or call backbone.read_within({bounds[0]}, {bounds[1]}) "
+                      "(load_pretrained does: it reads the recorded area on any processor)")
     elif (own.max_pixels or default) != (area or default):   # (448² given or left out: the same)
         theirs, mine = (f"{n} pixels" if n else f"the default {default}" for n in (area, own.max_pixels))
         fix = f"with image_max_pixels={area}" if area else "without image_max_pixels"

@@ -52,7 +52,7 @@ from ..adapters.attach import adapted_module, merged_state_dict, parameter_names
 from ..adapters.layers import LoRALinear
 from ..adapters.routing import check_module
 from ..backbones import backbone_class
-from ..backbones.image_record import image_record
+from ..backbones.image_record import ImageRecord, image_record
 from ..config import check_task_file_names
 from ..families import MERGED_CONFIG, MERGED_WEIGHTS, family_named, merged_format, peft_export
 from .atomic import atomic_dir, atomic_file
@@ -156,6 +156,11 @@ _SQUARE_PROCESSOR = {
        for family, name in (("llava_next", "LLaVA-NeXT"), ("llava_onevision", "LLaVA-OneVision"),
                             ("mistral3", "Mistral 3 (Pixtral)"))},
 }
+
+
+def _area_read(record: ImageRecord) -> int | None:
+    """The largest image area ``record``'s images were read within (asked for, for an adapter saved before)."""
+    return record.bounds[1] if record.bounds else record.max_pixels
 
 
 def _image_note(inner: nn.Module) -> str:
@@ -426,7 +431,7 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
             fit = getattr(backbone_class(family.backbone), "fit_processor_files", None) if family and family.backbone \
                 else None
             if fit is not None:   # the processor reads images as the package's backbone trained them
-                fit(tmp, image_max_pixels or image_record(inner).max_pixels, image_record(inner).reading)
+                fit(tmp, image_max_pixels or _area_read(image_record(inner)), image_record(inner).reading)
     return out
 
 

@@ -21,6 +21,7 @@ from ..config import MTLLoRAConfig
 from ..log import warn_user
 from ..tasks import build_kind, load_spec
 from .adapter_files import config_of, load_adapter, read_adapter_config, read_kind_state
+from .adapter_images import recorded_bounds
 from .base_check import check_base_class
 from .layout import AdapterFileError, config_path
 
@@ -171,19 +172,24 @@ def _base_backbone(path: Path, doc: dict[str, Any], backbone: str | None, pretra
 
 
 def _read_images_as_trained(bb: Backbone, base: dict[str, Any], path: Path) -> None:
-    """Read images within the adapter's image area (``base.image_max_pixels``, Qwen2-VL's ``limit_pixels``) and as
+    """Read images within the adapter's image area (``base.image_min_pixels`` / ``base.image_max_pixels``: exactly
+    that, Qwen2-VL's ``read_within``; ``image_max_pixels`` alone, an adapter saved before: that area asked for, within
+    this processor's ``max_pixels``, ``limit_pixels``) and as
     the adapter's were read (``base.image_reading``): each at its own aspect as the processor reads it
     ("native"), squashed to one square ("square", ``native_aspect(False)``), or as the model's processor does
     ("processor": attached to a bare model; the backbone's default). An adapter that records none was saved before
     images were read at their own aspect: on squares, with a warning. A backbone that reads images one way
     (Qwen2-VL: its native resolution, within its area) has nothing to switch."""
-    area, reading = base.get("image_max_pixels"), base.get("image_reading")
+    area, reading, bounds = base.get("image_max_pixels"), base.get("image_reading"), recorded_bounds(base)
     if area:
-        limit = getattr(bb, "limit_pixels", None)
+        limit, within = getattr(bb, "limit_pixels", None), getattr(bb, "read_within", None)
         try:
-            if limit is None:
+            if limit is None or within is None:
                 raise BackboneError(f"{bb.name} takes {bb.image_size}x{bb.image_size} images")
-            limit(int(area))
+            if bounds:   # the area read, on any processor
+                within(*bounds)
+            else:   # (an adapter saved before: the area asked for, within this processor's max_pixels)
+                limit(int(area))
         except BackboneError as e:
             raise AdapterFileError(f"{path}: the adapter's images were read within {area} pixels "
                                    f"(base.image_max_pixels), which this base model cannot read them within: {e}. "
