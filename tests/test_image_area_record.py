@@ -212,3 +212,42 @@ def test_a_hand_edited_minimum_is_refused_by_name(folder, tmp_path):
         path.write_text(json.dumps(doc))
         with pytest.raises(AdapterFileError, match=r"base\.image_(min|max)_pixels"):
             load_pretrained(ad, heads=False)
+
+
+def test_the_context_warning_counts_a_qwen_image_by_its_resized_size(folder, tmp_path, caplog):
+    """warn_lm_context counted every Qwen2-VL image at the nominal square's tokens (4 within 1024 pixels here), but a
+    1000 x 16 picture is resized to 240 x 16 (15 tokens): rows past the context by those 11 were not named (review
+    276; released: 28 x 5000 within 3136 pixels fills 26 tokens for 4). Each image is counted at its resized size."""
+    import logging
+
+    from PIL import Image
+
+    from mtl_lora_vl.data.readers import read_split
+    from mtl_lora_vl.tasks import build_kind, load_spec
+
+    bb = load_backbone(f"hf:{folder}", image_max_pixels=1024)
+    w, h = bb.resize.resized_size(1000, 16)
+    wide = (w // 16) * (h // 16)
+    assert bb.num_image_tokens == 4 and wide > bb.num_image_tokens, (w, h)
+    for i in range(2):
+        Image.new("RGB", (1000, 16), (200, 10 * i, 0)).save(tmp_path / f"{i}.png")
+    (tmp_path / "caps.jsonl").write_text("".join(json.dumps({"image": f"{i}.png", "caption": "a red bar"}) + "\n"
+                                                 for i in range(2)))
+    (tmp_path / "caps.toml").write_text('name = "caps"\nkind = "captioning"\n[data]\nformat = "jsonl"\n'
+                                        + "".join(f'[data.{s}]\nfile = "caps.jsonl"\n'
+                                                  for s in ("train", "val", "test")))
+    split = read_split("jsonl", tmp_path, file="caps.jsonl")
+    kind = build_kind(load_spec(str(tmp_path / "caps.toml")), split, bb)
+    col = bb.lm_collator()
+    prompt, target = kind.sample_lm(split.examples[0], 0)[:2]
+    square = col([prompt], [target])["input_ids"].shape[1]
+    cfg = bb.model.config.get_text_config()
+    old = cfg.max_position_embeddings
+    cfg.max_position_embeddings = square + 1     # the nominal count fits; the picture's own does not
+    try:
+        with caplog.at_level(logging.WARNING):
+            kind.warn_lm_context(split.examples, bb)
+    finally:
+        cfg.max_position_embeddings = old
+    assert "2 of its 2 training rows are longer than the language model's context" in caplog.text
+    assert f"its {wide} image tokens" in caplog.text

@@ -208,14 +208,19 @@ def warn_lm_context(kind: Any, examples: Sequence[Example], backbone: Any, limit
     """Say when ``kind``'s training rows (prompt with its image tokens, target, end token) are longer than the
     language model's context -- past it a model with learned positions fails mid-run and one with rotary positions
     trains on positions it never saw; the loader cuts nothing. The first ``limit`` rows are measured (start-up time),
-    each image by its own size where the backbone counts tokens so (its header read: LLaVA-NeXT, Idefics3)."""
+    each image by its own size where the backbone counts tokens so (its header read: LLaVA-NeXT, Idefics3; resized as
+    the loader does: Qwen2-VL, whose extreme aspects fill more than the nominal square's count)."""
     context = backbone.lm_context
     if not context or not examples:
         return
     rows = list(examples[:limit])
     collate = backbone.lm_collator()
     prompts, targets = zip(*(kind.sample_lm(ex, 0)[:2] for ex in rows))
-    sizes = _image_sizes(rows, backbone) if getattr(backbone, "needs_image_sizes", False) else None
+    sizes = None
+    if getattr(backbone, "needs_image_sizes", False):   # (the layout counts from the original size)
+        sizes = _image_sizes(rows, backbone)
+    elif collate.layout.token_side:   # a native-resolution model counts from the size its loader resizes to
+        sizes = [backbone.resize.resized_size(w, h)[::-1] for h, w in _image_sizes(rows, backbone)]
     ids, texts, prompt_ids = collate.prompt_rows(prompts, sizes)
     lengths = [len(p) + len(t) + 1 for p, t in zip(ids, collate.continuation_ids(texts, targets, prompt_ids))]
     image_tokens = max(row.count(collate.layout.image_token_id) for row in ids)   # (rows of two images: twice)
