@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Collection
 from dataclasses import asdict, fields
@@ -229,8 +230,17 @@ def replaced_dir(run: Path) -> Path:
 
 
 def finish_overwrite(run: Path) -> None:
-    """The new run can be resumed (it wrote a checkpoint): delete the run ``--overwrite`` replaced (rank 0)."""
-    shutil.rmtree(replaced_dir(run), ignore_errors=True)
+    """The new run can be resumed (it wrote a checkpoint): delete the run ``--overwrite`` replaced (rank 0). It is
+    renamed first, in one step: a Ctrl-C or SIGTERM during a long delete found it half gone, and
+    :func:`undo_overwrite` put those remains in the new run's place, deleting its checkpoint."""
+    aside = replaced_dir(run)
+    if not aside.is_dir():
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f"{aside.name}.", suffix=".old", dir=aside.parent))
+    try:
+        os.replace(aside, trash / "dir")
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def undo_overwrite(run: Path, opts: TrainOptions, lock: IO | None = None) -> None:

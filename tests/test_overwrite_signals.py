@@ -62,3 +62,51 @@ def test_sigterm_after_the_claim_puts_the_replaced_run_back(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["caption_cls.toml", "run", "script.py"]
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl"]
     assert (run / "metrics.jsonl").read_text() == "old\n"
+
+
+# SIGTERM once the new run's final checkpoint is written, while the replaced run is being deleted (a large old run
+# takes seconds): part of it is gone when the signal lands.
+DELETING = textwrap.dedent("""
+    import os, shutil, signal, sys
+    sys.path.insert(0, sys.argv[1])
+    import rng_kind
+    from mtl_lora_vl.cli import train_main
+
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        if os.path.basename(str(path)).startswith(".run.replaced") or str(path).endswith(".old/dir"):
+            shutil.rmtree = real_rmtree
+            for p in sorted(os.listdir(path)):
+                if p.startswith("part"):
+                    os.remove(os.path.join(path, p))   # half-way through the old run
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_rmtree(path, *args, **kwargs)
+
+    shutil.rmtree = rmtree
+    sys.exit(train_main(sys.argv[2:]))
+""")
+
+
+def test_sigterm_while_the_replaced_run_is_deleted_keeps_the_new_run(tmp_path):
+    """The put-back saw the half-deleted .run.replaced, deleted the new run (its checkpoint of 2 trained steps) and
+    moved the old run's remains into its place: neither run was left, and --resume had nothing to continue."""
+    import rng_kind
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"tasks": "caption_cls", "method": "mtl_lora", "out": str(run)}))
+    for i in range(3):
+        (run / f"part{i}.txt").write_text("old\n")
+    spec = rng_kind.small_spec(tmp_path, "caption_cls")
+    (tmp_path / "script.py").write_text(DELETING)
+    args = ["--tasks", str(spec), "--steps", "2", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
+    proc = subprocess.run([sys.executable, str(tmp_path / "script.py"), str(TESTS), *args, "--out", str(run),
+                           "--overwrite"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert not (tmp_path / ".run.replaced").exists()   # (the cut delete's remains: a hidden .run.replaced.*.old)
+    assert (run / "checkpoint.pt").is_file() and not list(run.glob("part*")), sorted(p.name for p in run.iterdir())
+    from mtl_lora_vl.cli import train_main
+    assert train_main(["--resume", str(run)]) == 0   # the trained run: its final evaluation now
+    assert (run / "eval.json").is_file()
