@@ -70,7 +70,11 @@ def task_file_problem(name: str) -> str | None:
         return "are device names Windows reserves (CON, PRN, AUX, NUL, COM0-9, LPT0-9: no file there can be named so)"
     if name[-1] in ". ":
         return "end with '.' or a space (Windows drops it from a file name)"
-    if len(name.encode("utf-8")) > MAX_TASK_FILE_BYTES:
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError as e:   # a lone surrogate: no file system's name
+        return f"contain a character UTF-8 cannot encode ({name[e.start]!r})"
+    if size > MAX_TASK_FILE_BYTES:
         return f"are longer than {MAX_TASK_FILE_BYTES} bytes (UTF-8; a file name holds at most 255 with its suffix)"
     return None
 
