@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import ddp_step
@@ -32,10 +33,19 @@ pytestmark = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_fil
                                 reason="built-in backbone not built (python scripts/pretrain_backbone.py)")
 
 
+#: Marks every process of one torchrun (the agent, its ranks, their loader workers: they inherit the environment), so
+#: that a test's clean-up finds those an agent that died left running under PID 1.
+RUN_MARK = "MTL_LORA_VL_TEST_TORCHRUN"
+
+
 def torchrun(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**ENV, **(env or {})})
+    mark = uuid.uuid4().hex
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**ENV, **(env or {}), RUN_MARK: mark})
+    proc.mark = mark   # type: ignore[attr-defined]
+    return proc
 
 
 def finish(proc: subprocess.Popen, timeout: float = 400, ok: bool = True) -> tuple[str, str]:
@@ -83,26 +93,41 @@ def _stacks(proc: subprocess.Popen) -> str:
     return "\n".join(states) + f"\nagent exit status {proc.returncode}\nstderr:\n{err}"
 
 
-def kill_tree(pid: int) -> None:
-    """Kill process ``pid`` and its descendants (torchrun's ranks run in sessions of their own)."""
+def run_processes(proc: subprocess.Popen) -> list:
+    """Every process of the torchrun ``proc`` still there, the agent's descendants and those its mark names (a
+    rank whose agent died is no longer the agent's descendant)."""
     import psutil
 
-    with contextlib.suppress(psutil.Error):
-        root = psutil.Process(pid)
-        for p in [*root.children(recursive=True), root]:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
+    found = {}
+    if proc.poll() is None:   # (an agent reaped already: its pid may be another process's now)
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(proc.pid)
+            found = {p.pid: p for p in [*root.children(recursive=True), root]}
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if p.pid not in found and p.environ().get(RUN_MARK) == proc.mark:
+                found[p.pid] = p
+    return list(found.values())
+
+
+def kill_run(proc: subprocess.Popen) -> None:
+    """Kill every process of the torchrun ``proc`` (its ranks run in sessions of their own), then reap it."""
+    import psutil
+
+    for p in run_processes(proc):
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    proc.communicate()
 
 
 @pytest.fixture
 def procs():
-    """Started torchrun processes; any still running when the test ends (it failed) are killed."""
+    """Started torchrun processes; any of their processes still running when the test ends (it failed) are killed,
+    ranks whose agent is gone included."""
     started: list[subprocess.Popen] = []
     yield started
-    for p in started:
-        if p.poll() is None:   # the agent and its ranks, which hold the pipes: killing the agent alone left
-            kill_tree(p.pid)     # communicate() waiting on them for ever
-            p.communicate()
+    for p in started:   # the agent and its ranks hold the pipes: killing the agent alone left communicate()
+        kill_run(p)     # waiting on them for ever
 
 
 def _floats_near(value: object) -> object:
