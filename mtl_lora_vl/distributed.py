@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ctypes
 import os
+import signal
 import socket
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -104,9 +107,34 @@ def init_distributed(requested_device: str = "auto") -> DistInfo:
     if device.type == "cuda":  # the current device: kernels, pinned-memory copies and NCCL all use it
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():   # NCCL bound to this rank's GPU: its barrier and object
-        cuda = device.type == "cuda"                # collectives use it (unbound, rank 0 warned at the first barrier)
+        end_with_the_agent()                        # collectives use it (unbound, rank 0 warned at the first barrier)
+        cuda = device.type == "cuda"
         dist.init_process_group(backend="nccl" if cuda else "gloo", **({"device_id": device} if cuda else {}))
     return DistInfo(rank, world, local, device)
+
+
+_PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
+
+
+def end_with_the_agent() -> bool:
+    """Under torchrun on Linux, have the kernel send this rank SIGTERM when the agent that started it dies; whether
+    it was asked. A ``kill -9`` of the agent (an OOM kill, a lost job step) left the ranks training under PID 1,
+    holding the run's lock and ports; SIGTERM stops the loop at its step boundary with a checkpoint. The signal
+    follows the agent thread that forked the rank: torchrun's ``agent.run()`` thread, which forks every rank and
+    polls them until they end. A rank whose agent died during the call SIGTERMs itself. Elsewhere (no torchrun, not
+    Linux) nothing is asked."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return False
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            return False
+    except (AttributeError, OSError):   # no prctl in this C library
+        return False
+    if os.getppid() != parent:   # the agent died before the call: reparented, no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
 
 
 def all_reduce_mean(values: dict[str, float], info: DistInfo) -> dict[str, float]:

@@ -440,3 +440,58 @@ def test_a_failed_start_up_names_the_rank_and_destroys_the_process_group(monkeyp
     monkeypatch.setattr(distributed, "max_over_ranks", lambda value, info: 0)
     distributed.all_ready(info)   # no rank failed: the group stays
     assert destroyed == []
+
+
+def test_ranks_stop_with_a_checkpoint_when_the_agent_is_killed(tmp_path, procs):
+    """Review 275: ``kill -9`` of the torchrun agent left both ranks training under PID 1, holding the run's lock (a
+    --resume was refused "a run is training in it now") and ports. Now the kernel SIGTERMs each rank when the agent
+    dies: both stop at a step boundary, save a checkpoint and let the lock go."""
+    import psutil
+
+    from mtl_lora_vl.rundir import RUN_LOCK, lock_holder
+
+    run = tmp_path / "run"
+    proc = torchrun(str(TESTS / "rng_kind.py"), "--tasks", str(rng_kind.small_spec(tmp_path, "caption_cls")),
+                    "--steps", "5000", "--batch-size", "2", "--workers", "1", "--log-every", "1", "--save-every",
+                    "5000", "--skip-zero-shot", "--device", "cpu", "--out", str(run))
+    procs.append(proc)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:   # training: a few steps logged
+        if (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().count("\n") >= 3:
+            break
+        time.sleep(0.1)
+    ranks = psutil.Process(proc.pid).children()
+    assert len(ranks) == 2 and lock_holder(run / RUN_LOCK) is not None
+    proc.kill()
+    proc.wait()
+    _, alive = psutil.wait_procs(ranks, timeout=60)   # (here 5 to 9 s: the step in progress, the checkpoint)
+    assert not alive, f"ranks {[p.pid for p in alive]} still running 60 s after their agent was killed"
+    _, err = proc.communicate(timeout=30)   # (loader workers, which hold the pipes too, ended with their ranks)
+    step = _step(run / "checkpoint.pt")
+    assert err.count(f"stopped at step {step}; checkpoint saved") == 1, err[-3000:]   # rank 0 says it
+    assert 3 <= step < 5000 and (run / "checkpoint-rank1.pt").is_file() and not (run / "adapter").exists()
+    assert lock_holder(run / RUN_LOCK) is None   # a --resume may continue it
+
+
+def test_a_rank_asks_for_sigterm_when_its_agent_dies_only_under_torchrun_on_linux(monkeypatch):
+    """The kernel's parent-death signal is asked for under torchrun on Linux only; a rank whose agent died between
+    reading its parent and asking (reparented: no signal would come) SIGTERMs itself. In a process of its own."""
+    import mtl_lora_vl.distributed as distributed
+
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert distributed.end_with_the_agent() is False   # not torchrun
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    monkeypatch.setattr(distributed.sys, "platform", "darwin")
+    assert distributed.end_with_the_agent() is False
+    if not sys.platform.startswith("linux"):
+        return
+    code = ("import ctypes, os, signal\nimport mtl_lora_vl.distributed as d\ngot = []\n"
+            "signal.signal(signal.SIGTERM, lambda *a: got.append(a[0]))\nparents = iter([os.getppid(), 1])\n"
+            "d.os.getppid = lambda: next(parents)   # the agent dies during the call\n"
+            "assert d.end_with_the_agent() is True\nsig = ctypes.c_int()\n"
+            "assert ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0) == 0   # PR_GET_PDEATHSIG\n"
+            "print(sig.value, got)\n")
+    out = subprocess.run([sys.executable, "-c", code], env={**ENV, "TORCHELASTIC_RUN_ID": "x"}, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == [str(int(signal.SIGTERM)), f"[{int(signal.SIGTERM)}]"]
