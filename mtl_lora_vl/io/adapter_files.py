@@ -39,7 +39,7 @@ from .._version import __version__
 from ..adapters.attach import attach
 from ..adapters.layers import ADAPTER_PARAM_NAMES
 from ..backbones.spec import parse_spec
-from ..config import ConfigError, MTLLoRAConfig, check_task_file_names
+from ..config import ConfigError, MTLLoRAConfig, check_task_file_names, task_file_problem
 from ..tasks.spec import SpecError, TaskSpec, load_spec
 from .adapter_images import check_image_fields, record_images, take_images
 from .atomic import atomic_dir, holds
@@ -55,6 +55,7 @@ from .layout import (
     AdapterFileError,
     AdapterLayout,
     adapter_layout,
+    check_inside,
     config_path,
     is_adapter_dir,
     is_run_dir,
@@ -327,6 +328,14 @@ def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
     for rel in [*doc["files"], *(doc.get("task_specs") or {}).values()]:
         if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise AdapterFileError(f"{cfg_file}: file entry {rel!r} must be a path inside the adapter directory")
+    bad = sorted(t for t in doc.get("task_specs") or {} if task_file_problem(t))
+    if bad:   # tasks/<task>.state.json is read for each: '../x' read a file outside the directory
+        raise AdapterFileError(f"{cfg_file}: task_specs names task(s) {bad}, which {task_file_problem(bad[0])}, so "
+                               "they cannot name their files tasks/<task>.toml / .state.json; the file was edited by "
+                               "hand: fix the key or save the adapter again")
+    specs = (doc.get("task_specs") or {}).items()   # (the weights, heads and tasks/ files are all in 'files')
+    check_inside(path, [*(("'files'", r) for r in doc["files"]), *((f"task_specs[{t!r}]", r) for t, r in specs)],
+                 cfg_file)
     if verify:
         for rel, digest in doc["files"].items():
             f = path / rel
