@@ -55,6 +55,19 @@ def class_name_problems(names: Sequence[Any]) -> tuple[list[Any], list[str]]:
     return blank, sorted(x for x, c in counts.items() if c > 1)
 
 
+def label_type_hint(value: Any) -> str:
+    """The fix for a classification label that is neither a class name nor an integer index, as " (...)"."""
+    if isinstance(value, bool):
+        return f" (write {int(value)} or the class name, not {value!r})"
+    if isinstance(value, float):   # 0.0: pandas writes an int column holding NaN as floats
+        return f" (write {int(value)}, not {value!r})" if value.is_integer() else " (an index is a whole number)"
+    if isinstance(value, (list, tuple)):
+        if len(value) == 1 and isinstance(value[0], (str, int)) and not isinstance(value[0], bool):
+            return f" (one label per row, not a list: write {json.dumps(value[0])}, not {json.dumps(value)})"
+        return " (one class per row, not a list: rows with several labels are not read)"
+    return ""
+
+
 def data_root_dir(data_root: str | os.PathLike) -> Path:
     """The data root, resolved; refused unless it is a directory."""
     root = Path(data_root).expanduser()

@@ -38,6 +38,7 @@ from .common import (
     class_name_problems,
     data_root_dir,
     file_relative_hint,
+    label_type_hint,
     open_text,
     resolve_under,
     truth_label,
@@ -423,7 +424,7 @@ def examples_from_rows(
                 raise DataFormatError(f"{at(n)}: label index {label} out of range for {len(names)} classes")
         elif not isinstance(v, str):   # 0.0 (pandas writes an int column holding NaN as floats), True, ...
             raise DataFormatError(f"{at(n)}: label {v!r} is a {type(v).__name__}; labels are class-name strings or "
-                                  "integer class indices (write 0, not 0.0)")
+                                  f"integer class indices{label_type_hint(v)}")
         else:
             raise DataFormatError(f"{at(n)}: label {v!r} is not one of the class names {names[:10]}"
                                   f"{'...' if len(names) > 10 else ''}")
