@@ -48,6 +48,7 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ from .hf_images import column_image_rows, list_image_rows
 from .hf_table import (
     DatasetImage,
     DatasetTable,
+    byte_lengths,
     image_cells,
     image_kind,
     is_image_feature,
@@ -275,7 +277,12 @@ def read_hf_datasets(
     digests: dict[int, str] = {}
     by_bytes: dict[str, tuple[Any, int]] = {}   # digest of the bytes -> (reference, first row), rows without an id
 
+    lengths = byte_lengths(column, kind) if kind != "path" else []
+    sizes = Counter(lengths)
+
     def digest(row: int) -> str:   # the row's encoded image, hashed once (rows whose image_id repeats or is blank)
+        if row not in digests and lengths[row] is not None and sizes[lengths[row]] == 1:
+            digests[row] = f"{lengths[row]} bytes"   # no other row's image is as long, so none is this one: not read
         if row not in digests:
             value = column[row]
             data = (value["bytes"] if kind == "struct" else value).as_py()

@@ -179,6 +179,17 @@ def image_cells(column: Any, kind: str) -> list[tuple[bool, str | None]]:
     return out
 
 
+def byte_lengths(column: Any, kind: str) -> list[int | None]:
+    """Per row of the image ``column`` (an Arrow chunked array of kind "bytes" or "struct"): the length of its encoded
+    image (None without one), from the Arrow offsets: no byte of an image is read."""
+    import pyarrow.compute as pc
+
+    out: list[int | None] = []
+    for chunk in column.chunks:
+        out.extend(pc.binary_length(chunk if kind == "bytes" else chunk.field("bytes")).to_pylist())
+    return out
+
+
 def truth_names(names: list[str], column: str, source: str) -> list[str]:
     """The names of a ``ClassLabel`` label column of statements, checked to be truth values (read by name)."""
     bad = [n for n in names if str(n).strip().lower() not in TRUTH_VALUES]

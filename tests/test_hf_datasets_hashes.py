@@ -1,0 +1,50 @@
+"""Helper 288: without an image_id column the hf_datasets reader hashed every row's encoded image at each start,
+resume and eval (about 1 s per 600 MB; the whole table read). A row whose image no other row's matches in length
+holds an image of its own: only rows of a shared length are hashed, and rows of the same bytes still group."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+datasets = pytest.importorskip("datasets")
+
+import mtl_lora_vl.data.hf_datasets as hf  # noqa: E402
+from mtl_lora_vl.data.readers import read_split  # noqa: E402
+
+
+def _png(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("as_struct", [True, False])
+def test_only_rows_whose_image_length_is_shared_are_hashed(tmp_path, monkeypatch, as_struct):
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+    red, wide = _png((8, 8), (200, 0, 0)), _png((40, 8), (0, 200, 0))
+    blue = red[:-1] + bytes([red[-1] ^ 1])   # as long as red, other bytes (not decoded: verify=False)
+    assert len(red) == len(blue) != len(wide)
+    images = [red, wide, red, blue]   # rows 0 and 2 one image; row 3 as long but another image; row 1 alone
+    column = [{"bytes": b, "path": None} for b in images] if as_struct else images
+    features = datasets.Features({"image": datasets.Image() if as_struct else datasets.Value("binary"),
+                                  "caption": datasets.Value("string")})
+    datasets.Dataset.from_dict({"image": column, "caption": ["c0", "c1", "c2", "c3"]},
+                               features=features).save_to_disk(tmp_path / "ds")
+    hashed = []
+    real = hf.hashlib.sha256
+
+    def counted(data=b""):
+        hashed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(hf.hashlib, "sha256", counted)
+    s = read_split("hf_datasets", tmp_path, path="ds", verify=False)
+    monkeypatch.undo()
+    assert sorted({(e.image_id, e.captions) for e in s.examples}) == [("0", ("c0", "c2")), ("1", ("c1",)),
+                                                                       ("3", ("c3",))]
+    assert hashed.count(len(red)) == 3 and len(wide) not in hashed   # rows 0, 2, 3; row 1 not read
