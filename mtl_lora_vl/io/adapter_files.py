@@ -55,7 +55,6 @@ from .layout import (
     AdapterFileError,
     AdapterLayout,
     adapter_layout,
-    check_inside,
     config_path,
     is_adapter_dir,
     is_run_dir,
@@ -333,9 +332,6 @@ def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
         raise AdapterFileError(f"{cfg_file}: task_specs names task(s) {bad}, which {task_file_problem(bad[0])}, so "
                                "they cannot name their files tasks/<task>.toml / .state.json; the file was edited by "
                                "hand: fix the key or save the adapter again")
-    specs = (doc.get("task_specs") or {}).items()   # (the weights, heads and tasks/ files are all in 'files')
-    check_inside(path, [*(("'files'", r) for r in doc["files"]), *((f"task_specs[{t!r}]", r) for t, r in specs)],
-                 cfg_file)
     if verify:
         for rel, digest in doc["files"].items():
             f = path / rel

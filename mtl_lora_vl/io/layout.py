@@ -32,7 +32,6 @@ __all__ = [
     "AdapterLayout",
     "EXPORT_RECORD",
     "adapter_layout",
-    "check_inside",
     "check_output",
     "is_run_dir",
     "config_path",
@@ -72,22 +71,6 @@ def state_file(task: str) -> str:
 
 class AdapterFileError(ValueError):
     """An adapter directory is missing, corrupt, or made for another base model; the message says which."""
-
-
-def check_inside(path: Path, entries: Iterable[tuple[str, str]], cfg_file: Path) -> None:
-    """Refuse a file of adapter directory ``path`` that resolves outside it (a symlink pointing out, from a hand-edited
-    or foreign directory): ``entries`` are (key in ``cfg_file``, path relative to ``path``) pairs."""
-    root = path.resolve()
-    for key, rel in entries:
-        try:
-            resolved = (path / rel).resolve()
-        except (OSError, RuntimeError):   # a symlink loop: no file to read; reading it says it is missing
-            continue
-        if resolved != root and root not in resolved.parents:
-            raise AdapterFileError(f"{cfg_file}: {key} names {rel!r}, which resolves to {resolved}, outside the "
-                                   f"adapter directory {root} (a symlink pointing out); an adapter reads only its own "
-                                   "files: copy the adapter directory with the files themselves (cp -rL) or save it "
-                                   "again")
 
 
 def few(items: list[str], n: int = 6) -> str:
