@@ -7,6 +7,7 @@ import json
 import math
 import numbers
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -79,13 +80,36 @@ def task_file_problem(name: str) -> str | None:
     return None
 
 
+def file_name_twins(names: Iterable[str]) -> tuple[list[str], str] | None:
+    """The first set of names that are distinct strings but one file name on some file system, with why (phrased to
+    follow "task name(s) [...]"); None when there is none. Only str names are compared."""
+    groups: dict[str, list[str]] = {}
+    for n in dict.fromkeys(n for n in names if isinstance(n, str)):
+        groups.setdefault(unicodedata.normalize("NFC", unicodedata.normalize("NFD", n).lower()), []).append(n)
+    for group in (g for g in groups.values() if len(g) > 1):
+        if len({unicodedata.normalize("NFC", n) for n in group}) == 1:
+            return sorted(group), ("differ only in Unicode normalisation (a composed and a decomposed accent, e.g. "
+                                   f"{ascii(group[0])} and {ascii(group[1])}: one file on macOS file systems)")
+        if len({n.lower() for n in group}) > 1:
+            return sorted(group), "differ only in case and Unicode normalisation (one file on macOS file systems)"
+        return sorted(group), "differ only in case (one file on macOS and Windows file systems)"
+    return None
+
+
 def check_task_file_names(names: Iterable[str], what: str, tail: str) -> None:
     """ValueError ``"<what>: task name(s) [...] <problem>, <tail>"`` for the first names that break
-    :func:`task_file_problem` (``tail`` says which files they name and the fix)."""
-    bad = {n: p for n in names if (p := task_file_problem(n))}
+    :func:`task_file_problem`, or that are one file name together (:func:`file_name_twins`); ``tail`` says which
+    files they name and the fix."""
+    names = list(names)
+    bad = [(n, p) for n in names if (p := task_file_problem(n))]
     if bad:
-        first = next(iter(bad.values()))
-        raise ValueError(f"{what}: task name(s) {sorted(n for n, p in bad.items() if p == first)} {first}, {tail}")
+        first = bad[0][1]
+        shown = [n for n, p in bad if p == first]   # (None and 1 together: sorted() raised TypeError)
+        shown = sorted(shown) if all(isinstance(n, str) for n in shown) else shown
+        raise ValueError(f"{what}: task name(s) {shown} {first}, {tail}")
+    twins = file_name_twins(names)
+    if twins:
+        raise ValueError(f"{what}: task name(s) {twins[0]} {twins[1]}, {tail}")
 
 
 def unrepeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

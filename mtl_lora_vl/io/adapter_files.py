@@ -142,11 +142,6 @@ def _check_save_arguments(cfg: MTLLoRAConfig, heads: dict[str, Any], task_specs:
     check_task_file_names(names, "save_adapter", "and a task's spec and vocabulary are saved in files named by it "
                           "(tasks/<task>.toml, tasks/<task>.state.json); save without task_specs= / kinds= for those "
                           "tasks, or rename them")
-    folded = sorted(t for t in names if [u.lower() for u in names].count(t.lower()) > 1)
-    if folded:
-        raise ValueError(f"save_adapter: task name(s) {folded} differ only in case (one file on macOS and Windows file "
-                         "systems), and a task's spec and vocabulary are saved in files named by it; save without "
-                         "task_specs= / kinds= for those tasks, or rename them")
     for task, spec in task_specs.items():
         if isinstance(spec, TaskSpec):
             if spec.source_text is None:
