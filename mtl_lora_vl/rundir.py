@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -241,6 +242,23 @@ def finish_overwrite(run: Path) -> None:
         os.replace(aside, trash / "dir")
     finally:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_overwrite_leftovers(run: Path) -> list[Path]:
+    """Delete what a :func:`finish_overwrite` cut short (a Ctrl-C, SIGTERM or crash during its delete) left of the
+    run it replaced: ``.RUN.replaced.XXXXXXXX.old`` beside ``run``, of ``run`` only (``.RUN.replaced`` itself, which
+    an unfinished --overwrite keeps to put back, and another run's, are left alone). Rank 0 only, while it holds
+    ``run/.lock`` (:func:`hold_run_dir`): a run deleting its own leftovers holds that lock, so none is mid-delete.
+    Returns those deleted."""
+    aside = replaced_dir(run)
+    pattern = re.compile(re.escape(aside.name) + r"\.[a-z0-9_]{8}\.old")   # tempfile.mkdtemp's 8 characters
+    try:
+        found = [p for p in aside.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return []
+    for p in found:
+        shutil.rmtree(p, ignore_errors=True)   # (cut short again: the next run takes the rest)
+    return found
 
 
 def undo_overwrite(run: Path, opts: TrainOptions, lock: IO | None = None) -> None:

@@ -105,8 +105,24 @@ def test_sigterm_while_the_replaced_run_is_deleted_keeps_the_new_run(tmp_path):
                            "--overwrite"], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 143, proc.stderr[-3000:]
-    assert not (tmp_path / ".run.replaced").exists()   # (the cut delete's remains: a hidden .run.replaced.*.old)
+    assert not (tmp_path / ".run.replaced").exists()
+    assert len(list(tmp_path.glob(".run.replaced.*.old"))) == 1   # the cut delete's remains
     assert (run / "checkpoint.pt").is_file() and not list(run.glob("part*")), sorted(p.name for p in run.iterdir())
     from mtl_lora_vl.cli import train_main
     assert train_main(["--resume", str(run)]) == 0   # the trained run: its final evaluation now
     assert (run / "eval.json").is_file()
+    assert not list(tmp_path.glob(".run.replaced.*.old"))   # the next run of it removed them (nothing else did)
+
+
+def test_only_the_runs_own_leftovers_are_removed(tmp_path):
+    """.run.replaced (an unfinished --overwrite's, to put back) and other runs' leftovers stay; so does a file."""
+    from mtl_lora_vl.rundir import remove_overwrite_leftovers
+
+    names = [".run.replaced.ab_9cdef.old", ".run.replaced", ".run.replaced.abcdefgh.old.x",
+             ".run2.replaced.abcdefgh.old", ".run.replaced.x.replaced.abcdefgh.old",
+             ".run.replaced.abc.old"]   # (the 5th: run "run.replaced.x"s own)
+    for name in names:
+        (tmp_path / name / "dir").mkdir(parents=True)
+    (tmp_path / ".run.replaced.zzzzzzzz.old").write_text("a file")
+    assert remove_overwrite_leftovers(tmp_path / "run") == [tmp_path / names[0]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*names[1:], ".run.replaced.zzzzzzzz.old"])

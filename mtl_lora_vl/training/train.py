@@ -48,6 +48,7 @@ from ..rundir import (
     moved_folders,
     record_moved_folders,
     recorded_options,
+    remove_overwrite_leftovers,
     resumed_options,
     undo_overwrite,
     write_config,
@@ -153,6 +154,10 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     run_dir = claim_run_dir(run_dir, opts, info)  # a default name taken meanwhile: the next free one
     lock = lock if opts.resume else hold_run_dir(run_dir, info)   # (a run training in it now: refused)
     try:
+        if info.is_main and lock is not None:   # (unlocked, a run may be deleting them now)
+            for gone in remove_overwrite_leftovers(run_dir):
+                logger.info("removed %s, what an earlier --overwrite's cut-short delete left of the run it replaced",
+                            gone)
         if info.is_main and not opts.resume:
             write_config(run_dir, opts)
         if info.is_main and 0 < total_steps <= opts.warmup:
