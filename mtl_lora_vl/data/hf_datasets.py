@@ -49,7 +49,6 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +65,7 @@ from .hf_table import (
     DatasetImage,
     DatasetTable,
     byte_lengths,
+    files_stamp,
     image_cells,
     image_kind,
     is_image_feature,
@@ -156,10 +156,10 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
         elif split is not None and str(ds.split) != split:
             raise ValueError(f"hf_datasets {base}: this saved dataset is the {str(ds.split)!r} split, not {split!r}")
         table = DatasetTable("disk", (str(base),), split if isinstance(ds, (list, datasets.DatasetDict)) else None,
-                       stamp=_stamp(sorted(base.rglob("*"))))
+                       stamp=files_stamp(sorted(base.rglob("*"))))
     else:
         files = _parquet_files(base, split)
-        table = DatasetTable("parquet", tuple(files), split, cache_dir, stamp=_stamp(map(Path, files)))
+        table = DatasetTable("parquet", tuple(files), split, cache_dir, stamp=files_stamp(map(Path, files)))
     return table, table.open()
 
 
@@ -173,13 +173,6 @@ def saved_splits(base: Path) -> list[str] | None:
     ok = isinstance(names, list) and names and all(isinstance(n, str) and (base / n / "state.json").is_file()
                                                    for n in names)
     return list(names) if ok else None
-
-
-def _stamp(files: Iterable[Path]) -> str:
-    """A short hash of each file's name, size and time: what tells a rewritten dataset from the one read before
-    (the images of a table stay open per process, see DatasetImage.fetch)."""
-    seen = [(str(f), st.st_size, st.st_mtime_ns) for f in files if f.is_file() for st in (f.stat(),)]
-    return hashlib.sha1(repr(seen).encode()).hexdigest()[:16]
 
 
 def _column_map(columns: dict | None, names: list[str], where: str,

@@ -5,8 +5,9 @@ about the images it holds."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,8 @@ from typing import Any
 from .common import TRUTH_VALUES, DataFormatError
 from .images import ImageError
 
-__all__ = ["DatasetImage", "DatasetTable", "image_cells", "image_kind", "is_image_feature", "list_element",
-           "load_datasets", "load_saved", "quiet_progress", "refuse_list_column", "truth_names"]
+__all__ = ["DatasetImage", "DatasetTable", "files_stamp", "image_cells", "image_kind", "is_image_feature",
+           "list_element", "load_datasets", "load_saved", "quiet_progress", "refuse_list_column", "truth_names"]
 
 _LIST_TYPES = ("Sequence", "List", "LargeList")
 
@@ -59,6 +60,13 @@ def load_saved(folder: Path, what: str) -> Any:
         return load_datasets().load_from_disk(str(folder))
 
 
+def files_stamp(files: Iterable[Path]) -> str:
+    """A short hash of each file's name, size and time: what tells a rewritten dataset from the one read before
+    (the images of a table stay open per process, see DatasetImage.fetch)."""
+    seen = [(str(f), st.st_size, st.st_mtime_ns) for f in files if f.is_file() for st in (f.stat(),)]
+    return hashlib.sha1(repr(seen).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class DatasetTable:
     """Where a dataset lives: how to open it again in a loader worker."""
@@ -83,6 +91,10 @@ class DatasetTable:
     def open(self) -> Any:
         """The table as a ``datasets.Dataset`` (its split of a saved ``DatasetDict``)."""
         datasets = load_datasets()
+        files = map(Path, self.location) if self.kind == "parquet" else sorted(Path(self.location[0]).rglob("*"))
+        if self.stamp and files_stamp(files) != self.stamp:   # (a loader worker read other rows at the same numbers)
+            raise DataFormatError(f"hf_datasets {self}: the dataset's files changed since it was read (saved again, "
+                                  "or replaced); its rows are numbered as read then, so start again to read it anew")
         if self.kind == "parquet":
             with quiet_progress():
                 return datasets.Dataset.from_parquet(list(self.location), cache_dir=self.cache_dir)
