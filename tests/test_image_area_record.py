@@ -10,12 +10,13 @@ import warnings
 
 import pytest
 from test_qwen2vl_backbone import _tiny_sized
-from vlm_checks import pictures
+from vlm_checks import loader_images, pictures
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import load_backbone
 from mtl_lora_vl.backbones.image_record import image_record
 from mtl_lora_vl.backbones.qwen2_vl import Qwen2VLBackbone
+from mtl_lora_vl.cli.export import export_command
 from mtl_lora_vl.io.layout import AdapterFileError
 from mtl_lora_vl.io.pretrained import load_pretrained
 from mtl_lora_vl.mtl_lora_model import unload
@@ -251,3 +252,45 @@ def test_the_context_warning_counts_a_qwen_image_by_its_resized_size(folder, tmp
         cfg.max_position_embeddings = old
     assert "2 of its 2 training rows are longer than the language model's context" in caplog.text
     assert f"its {wide} image tokens" in caplog.text
+
+
+# Helper 292 ---------------------------------------------------------------------------------------------------
+def _read_alike(bb, exported) -> None:
+    """transformers' own processor of ``exported`` (AutoProcessor, and on PIL's resampling the same pixels) reads a
+    300 x 200, a 28 x 5000 and a 20 x 12 picture as ``bb`` does."""
+    import torch
+    from transformers import AutoProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    auto = AutoProcessor.from_pretrained(exported).image_processor
+    pil = Qwen2VLImageProcessorPil.from_pretrained(exported)
+    for hw in [(200, 300), (5000, 28), (12, 20)]:
+        pic = pictures([hw])
+        mine = bb._vision_inputs(*loader_images(bb, pic))
+        assert auto(images=pic)["image_grid_thw"].tolist() == mine["image_grid_thw"].tolist(), hw
+        torch.testing.assert_close(pil(images=pic, return_tensors="pt")["pixel_values"], mine["pixel_values"])
+
+
+def test_a_merged_processor_reads_exactly_the_recorded_area(folder, tmp_path):
+    """An adapter read within 1024..4096 pixels, merged from a base whose processor allows 256..2048: the export only
+    lowered max_pixels (to 2048) and kept the source's minimum, so the merged processor read a 300 x 200 picture at
+    48 x 32 (6 tokens where training read 64 x 48, 12), a 28 x 5000 at 592 x 16 for 848 x 16 and a 20 x 12 at 16 x 16
+    for 48 x 32. It carries exactly the recorded min_pixels / max_pixels now, from Python and from the export
+    command; a save_merged given image_max_pixels still caps the source's processor at it, as before."""
+    small = _tiny_sized(tmp_path / "small", longest_edge=2048, shortest_edge=256)
+    bb = load_backbone(f"hf:{folder}", image_max_pixels=4096)
+    model = mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1))
+    ad = mlv.save_adapter(model, tmp_path / "ad", base={"backbone": f"hf:{folder}", "image_max_pixels": 4096})
+    read = load_pretrained(ad, heads=False, backbone=f"hf:{small}").backbone
+    assert (read.resize.min_pixels, read.resize.budget, read.resize.resized_size(300, 200)) == (1024, 4096, (64, 48))
+    merged = mlv.save_merged(read.model, "a", tmp_path / "merged")
+    fields = json.loads((merged / "processor_config.json").read_text())["image_processor"]
+    assert (fields["min_pixels"], fields["max_pixels"]) == (1024, 4096)
+    assert (fields["size"]["shortest_edge"], fields["size"]["longest_edge"]) == (1024, 4096)
+    _read_alike(read, merged)
+    [cli] = export_command(["--adapter", str(ad), "--task", "a", "--backbone", f"hf:{small}",
+                            "--out", str(tmp_path / "cli")])
+    _read_alike(read, cli)
+    capped = mlv.save_merged(read.model, "a", tmp_path / "capped", image_max_pixels=1_000_000)
+    fields = json.loads((capped / "processor_config.json").read_text())["image_processor"]
+    assert (fields["size"]["shortest_edge"], fields["max_pixels"]) == (256, 2048)   # the area asked for, as then

@@ -175,9 +175,11 @@ class HFVLMBackbone(GenerationIds, Backbone):
         return (), ()
 
     @classmethod
-    def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None) -> None:
+    def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None,
+                            min_pixels: int | None = None) -> None:
         """Edit the processor files in ``folder`` (a merged export's copies of the source's) so that the processor
-        reads images as this backbone did (``max_pixels``: a native-resolution run's; ``reading``: how it read them)."""
+        reads images as this backbone did (``max_pixels``: a native-resolution run's area cap, ``min_pixels`` with it
+        where the exact area read is known; ``reading``: how it read them)."""
 
     @classmethod
     def _prefix(cls, tokenizer: Any) -> tuple[int, ...]:

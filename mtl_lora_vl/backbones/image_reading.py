@@ -39,7 +39,8 @@ class NativeImageReading:
     processor_words: ClassVar[str | None] = None
 
     @classmethod
-    def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None) -> None:
+    def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None,
+                            min_pixels: int | None = None) -> None:
         """No processor of the family reads pictures on one square: a merged export of an adapter trained so
         (``native_aspect(False)``) is warned about (its processor reads pictures at their own aspect)."""
         if reading == "square":

@@ -162,21 +162,33 @@ class Qwen2VLBackbone(HFVLMBackbone):
         set_area(self.model, asked or max_pixels, bounds=(min_pixels, max_pixels))
 
     @classmethod
-    def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None) -> None:
-        """The processor's ``max_pixels`` capped as the loader caps it (:func:`pixel_bounds`; ``max_pixels``: a
-        run's ``image_max_pixels``): a model merged from a task trained on images of at most 448² was otherwise fed
-        released processors' 12.8 M-pixel images (a 1080p photo: 2,691 image tokens where training used 252)."""
+    def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None,
+                            min_pixels: int | None = None) -> None:
+        """The processor reads within the area the adapter's images were read within: with ``min_pixels`` (a
+        record's ``(min_pixels, max_pixels)``), exactly those, whatever the source processor allowed; without (an
+        area asked for, ``image_max_pixels``) its ``max_pixels`` capped as the loader caps it (:func:`pixel_bounds`):
+        a model merged from a task trained on images of at most 448² was otherwise fed released processors'
+        12.8 M-pixel images (a 1080p photo: 2,691 image tokens where training used 252)."""
         def cap(fields: dict) -> None:
+            size = fields.get("size") if isinstance(fields.get("size"), dict) else {}
+            if min_pixels:   # (min_pixels / max_pixels override size in transformers; both written, to agree)
+                for holder, key, n in ((fields, "min_pixels", min_pixels), (fields, "max_pixels", max_pixels),
+                                       (size, "shortest_edge", min_pixels), (size, "longest_edge", max_pixels)):
+                    if holder is fields or key in holder:
+                        holder[key] = int(n)
+                return
             _, high = pixel_bounds(fields, max_pixels or cls.preferred_side ** 2)
-            if isinstance(fields.get("size"), dict) and "longest_edge" in fields["size"]:
-                fields["size"]["longest_edge"] = min(int(fields["size"]["longest_edge"]), high)
+            if "longest_edge" in size:
+                size["longest_edge"] = min(int(size["longest_edge"]), high)
             # written even where the file has none: the processor's default (28·28·1280 pixels) is not the cap
             fields["max_pixels"] = min(int(fields.get("max_pixels") or high), high)
-            size = fields.get("size") if isinstance(fields.get("size"), dict) else {}
             for holder, key in ((fields, "min_pixels"), (size, "shortest_edge")):   # a cap below the minimum
                 if holder.get(key):
                     holder[key] = min(int(holder[key]), high)
 
+        if min_pixels and not (max_pixels and 1 <= min_pixels <= max_pixels):
+            raise ValueError(f"fit_processor_files: an image area of {min_pixels} to {max_pixels} pixels is empty; "
+                             "give a max_pixels at least min_pixels")
         edit_image_processor_files(folder, cap)
 
     # ------------------------------------------------------------------------------------------ inputs

@@ -189,7 +189,7 @@ def export(opts: ExportOptions) -> list[Path]:
         source = _source_dir(spec) or _open_clip_config(spec, model, Path(scratch))
         for task in progress(tasks, desc="export", unit="task"):
             try:
-                written.append(_export_one(opts, model, task, targets[task], source, base.get("image_max_pixels")))
+                written.append(_export_one(opts, model, task, targets[task], source))
             except OSError as e:   # say which task failed and which folders are complete
                 done = f"; written (complete): {', '.join(map(str, written))}" if written else ""
                 left = tasks[tasks.index(task):]
@@ -199,13 +199,11 @@ def export(opts: ExportOptions) -> list[Path]:
     return written
 
 
-def _export_one(opts: ExportOptions, model: Any, task: str, target: Path, source: Path | None,
-                image_max_pixels: int | None = None) -> Path:
-    """One task to ``target`` (merged, or a LoRA); prints what was written. ``image_max_pixels``: the adapter's
-    recorded one (the merged processor's cap)."""
+def _export_one(opts: ExportOptions, model: Any, task: str, target: Path, source: Path | None) -> Path:
+    """One task to ``target`` (merged, or a LoRA); prints what was written. A merged processor reads images within
+    the area the model records (``load_pretrained`` read the adapter's)."""
     if opts.format == "merged":
-        path = save_merged(model, task, target, source_dir=source, overwrite=opts.overwrite,
-                           image_max_pixels=image_max_pixels)
+        path = save_merged(model, task, target, source_dir=source, overwrite=opts.overwrite)
         what = f"task {task!r} merged into {type(model).__name__}"
     else:
         path = export_lora(model, task, target, format=opts.format, overwrite=opts.overwrite)

@@ -389,9 +389,10 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     models: a ``save_pretrained`` directory plus the tokenizer/processor files of ``source_dir`` (default: the
     local directory the model was loaded from), so a merged LLaVA loads with its processor, edited to read images
     as the package's backbone does (``fit_processor_files``: Gemma 3's pan-and-scan off, Qwen2-VL's
-    ``max_pixels`` capped at ``image_max_pixels``: by default the cap the backbone was loaded with, 448² unless
-    ``--image-max-pixels`` / ``load_pretrained`` of such a run set another); a ``.safetensors``
-    ``out`` is refused, as by the ``export`` command.
+    ``min_pixels`` / ``max_pixels`` exactly the area the model's images were read within, an adapter's
+    ``base.image_min_pixels`` / ``base.image_max_pixels``, whatever the source processor allows; where that is not
+    known, an adapter saved before, or ``image_max_pixels`` is given, the processor's ``max_pixels`` capped at that
+    area asked for); a ``.safetensors`` ``out`` is refused, as by the ``export`` command.
     """
     out = Path(out)
     check_suffix_case(out, "save_merged")
@@ -431,7 +432,10 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
             fit = getattr(backbone_class(family.backbone), "fit_processor_files", None) if family and family.backbone \
                 else None
             if fit is not None:   # the processor reads images as the package's backbone trained them
-                fit(tmp, image_max_pixels or _area_read(image_record(inner)), image_record(inner).reading)
+                record = image_record(inner)
+                asked = (None, image_max_pixels) if image_max_pixels else None   # (the area asked: capped as then)
+                low, high = asked or record.bounds or (None, _area_read(record))
+                fit(tmp, high, record.reading, min_pixels=low)
     return out
 
 
