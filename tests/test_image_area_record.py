@@ -294,3 +294,23 @@ def test_a_merged_processor_reads_exactly_the_recorded_area(folder, tmp_path):
     capped = mlv.save_merged(read.model, "a", tmp_path / "capped", image_max_pixels=1_000_000)
     fields = json.loads((capped / "processor_config.json").read_text())["image_processor"]
     assert (fields["size"]["shortest_edge"], fields["max_pixels"]) == (256, 2048)   # the area asked for, as then
+
+
+def test_a_lora_exports_note_names_the_exact_area(folder, tmp_path, caplog):
+    """export_lora of an adapter read within 1024..4096 pixels said 'load the base model's processor with
+    max_pixels=4096 at most' and nothing of the minimum: a base processor of 256..2048 kept so read a 20 x 12 picture
+    at 16 x 16 (1 token for 6). The note names both bounds, and a processor loaded as it says reads as training did."""
+    from transformers import AutoProcessor
+
+    small = _tiny_sized(tmp_path / "small", longest_edge=2048, shortest_edge=256)
+    bb = load_backbone(f"hf:{folder}", image_max_pixels=4096)
+    model = mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1))
+    with caplog.at_level("WARNING"):
+        out = mlv.export_lora(model, "a", tmp_path / "peft", format="peft")
+    note = (out / "README.md").read_text()
+    assert "min_pixels=1024, max_pixels=4096" in note and "at most" not in note, note
+    assert "min_pixels=1024, max_pixels=4096" in caplog.text
+    proc = AutoProcessor.from_pretrained(small, min_pixels=1024, max_pixels=4096).image_processor
+    for hw in [(200, 300), (5000, 28), (12, 20)]:
+        mine = bb._vision_inputs(*loader_images(bb, pictures([hw])))
+        assert proc(images=pictures([hw]))["image_grid_thw"].tolist() == mine["image_grid_thw"].tolist(), hw

@@ -171,7 +171,13 @@ def _image_note(inner: nn.Module) -> str:
         how = _SQUARE_PROCESSOR.get(inner._mtl_lora.family, "its processor reads pictures otherwise than the tasks "
                                                               "were trained")
         return f"\nThe adapter's images were read on one square (backbone.native_aspect(False)): {how}.\n"
-    if record.capped:   # (Qwen2-VL: the loader's cap, not the released processors' 12.8 M)
+    if record.capped and record.bounds:   # (Qwen2-VL: the area read, whatever the base's processor allows)
+        low, high = record.bounds
+        return (f"\nThe adapter's images were read within {low} to {high} pixels: load the base model's processor "
+                f"with min_pixels={low}, max_pixels={high} (size={{'shortest_edge': {low}, 'longest_edge': {high}}}), "
+                "whatever its own files say (the released processors allow 3136 to 12.8 M pixels), so that it reads "
+                "pictures at the sizes the tasks were trained on.\n")
+    if record.capped:   # (an adapter saved before the area read was recorded: the cap asked for)
         area = record.area
         return (f"\nThe adapter's images were read within {area} pixels (or the processor's own max_pixels, where "
                 f"lower): load the base model's processor with max_pixels={area} at most (the released processors "
