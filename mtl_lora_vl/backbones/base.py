@@ -435,7 +435,7 @@ class Backbone:
         if images_uint8.dim() != 4 or images_uint8.shape[1] != 3:
             raise ValueError(f"preprocess_uint8 expects images of shape (B, 3, H, W), got {tuple(images_uint8.shape)}")
         mean, std = self.normalisers(images_uint8.device)
-        x = images_uint8.float().div_(255.0)
+        x = images_uint8.as_subclass(Tensor).float().div_(255.0)   # (stacked strips: a plain batch, as pad_images')
         if x.shape[-2:] != (self.image_size, self.image_size) and not self.resize.keeps_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                               align_corners=False, antialias=True)
