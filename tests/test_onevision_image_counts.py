@@ -132,3 +132,12 @@ def test_a_two_way_batch_without_its_counts_is_refused_by_name(ov, pictures):
         ov._forward(images, batch["input_ids"], batch["attention_mask"], image_sizes=sizes, image_counts=[2, 2])
     one_way = ov.lm_collator()(_prompts(ov)[:1], ["yes"], image_sizes=sizes[:2])
     assert ov._row_inputs(one_way["input_ids"], 2, sizes[:2])["batch_num_images"].tolist() == [2]
+
+
+def test_the_split_of_a_thousand_rows_is_read_or_refused_by_name(ov):
+    """The split search recursed once per row: a batch of 1,000 rows read from its ids (lm_loss without image_counts)
+    raised a bare RecursionError, whether its rows read one way or two."""
+    one = ov.num_image_tokens
+    assert ov._images_per_row([one] * 1000, 1000) == [1] * 1000
+    with pytest.raises(BackboneError, match="more than one way"):
+        ov._images_per_row([34] * 1000, 1001, [SMALL] * 1001)

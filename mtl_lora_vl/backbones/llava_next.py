@@ -30,7 +30,6 @@ their anyres images.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import math
@@ -280,23 +279,27 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
             return given if len(given) == len(counts) and at[-1] == n_images and all(
                 k in readings(r, at[r]) for r, k in enumerate(given)) else None
 
-        @functools.cache   # (each (row, image) once: backtracking through ambiguous rows stays linear)
-        def ways(r: int, at: int) -> int:   # the splits of rows r.. from image at (0, 1, or 2: several)
-            return int(at == n_images) if r == len(counts) else min(2, sum(ways(r + 1, at + k) for k in
-                                                                           readings(r, at)))
-
-        if ways(0, 0) > 1:
+        reach = [{0}]   # the images each row can start at (in a loop, not a recursion: a batch of 1,000 rows)
+        for r in range(len(counts)):
+            reach.append({at + k for at in reach[r] for k in readings(r, at)})
+        tails = [{n_images: 1} if n_images in reach[-1] else {}]   # splits of rows r.. from an image (2: several)
+        for r in range(len(counts) - 1, -1, -1):
+            tails.append({at: n for at in reach[r]
+                          if (n := min(2, sum(tails[-1].get(at + k, 0) for k in readings(r, at))))})
+        tails.reverse()
+        total = tails[0].get(0, 0)
+        if total > 1:
             raise BackboneError(
                 f"{self.name}: rows of {counts} image tokens split into the {n_images} images more than one way (an "
                 f"image alone fills as many tokens as base views of a row of several, {base} each), so each row's "
                 "image count cannot be read from its ids; pass image_counts=[...] (the image placeholders each "
                 "row's prompt holds: backbone.lm_collator().image_counts(prompts)), or call generate / "
                 "sequence_scores with the prompts")
-        if not ways(0, 0):
+        if not total:
             return None
         split, at = [], 0
         for r in range(len(counts)):   # (the one split: each row's one reading that the rest complete)
-            split.append(next(k for k in readings(r, at) if ways(r + 1, at + k)))
+            split.append(next(k for k in readings(r, at) if at + k in tails[r + 1]))
             at += split[-1]
         return split
 
