@@ -314,3 +314,25 @@ def test_a_lora_exports_note_names_the_exact_area(folder, tmp_path, caplog):
     for hw in [(200, 300), (5000, 28), (12, 20)]:
         mine = bb._vision_inputs(*loader_images(bb, pictures([hw])))
         assert proc(images=pictures([hw]))["image_grid_thw"].tolist() == mine["image_grid_thw"].tolist(), hw
+
+
+def test_a_merged_export_on_a_processor_of_another_minimum_reads_the_adapters_pixels(tmp_path):
+    """An adapter read within 256 to 4096 pixels, loaded on a processor of min_pixels 2048 (load_pretrained reads the
+    recorded area there), then save_merged from that processor: the merged processor kept min_pixels 2048 and read a
+    12x20 picture at 48x64 (12 image tokens) where the adapter read it at 16x16 (1 token)."""
+    from transformers import AutoProcessor
+
+    from mtl_lora_vl.data.images import to_uint8_tensor
+
+    trained_on = _tiny_sized(tmp_path / "a", shortest_edge=256, longest_edge=4096)
+    loaded_on = _tiny_sized(tmp_path / "b", shortest_edge=2048, longest_edge=1_000_000)
+    bb = load_backbone(f"hf:{trained_on}")
+    ad = mlv.save_adapter(mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1)), tmp_path / "ad",
+                          base={"backbone": f"hf:{trained_on}"})
+    pic = pictures([(12, 20)])[0]
+    back = load_pretrained(ad, heads=False, backbone=f"hf:{loaded_on}").backbone
+    read = tuple(to_uint8_tensor(pic, back.resize).shape[1:])
+    assert read == tuple(to_uint8_tensor(pic, bb.resize).shape[1:]) == (16, 16)
+    merged = AutoProcessor.from_pretrained(mlv.save_merged(back.model, "a", tmp_path / "m", source_dir=loaded_on))
+    grid = merged.image_processor(images=[pic], return_tensors="pt")["image_grid_thw"][0].tolist()
+    assert (grid[1] * 8, grid[2] * 8) == read   # (patch 8)
