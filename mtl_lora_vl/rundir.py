@@ -237,11 +237,22 @@ def finish_overwrite(run: Path) -> None:
     aside = replaced_dir(run)
     if not aside.is_dir():
         return
-    trash = Path(tempfile.mkdtemp(prefix=f"{aside.name}.", suffix=".old", dir=aside.parent))
+    trash = Path(tempfile.mkdtemp(prefix=_trash_prefix(run), suffix=".old", dir=aside.parent))
     try:
         os.replace(aside, trash / "dir")
     finally:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def _trash_prefix(run: Path) -> str:
+    """The start of the name :func:`finish_overwrite` gives the run it deletes (mkdtemp adds 8 characters and
+    ``.old``): ``.RUN.replaced.``, or for a name too long to take those 13 bytes more (a file name holds 255), its
+    first 230 bytes and a short hash of it (mkdtemp failed: the new run stopped and its checkpoint was deleted)."""
+    name = replaced_dir(run).name
+    if len(name.encode()) <= 242:
+        return f"{name}."
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name.encode()[:230].decode(errors='ignore')}-{digest}."
 
 
 def remove_overwrite_leftovers(run: Path) -> list[Path]:
@@ -251,7 +262,7 @@ def remove_overwrite_leftovers(run: Path) -> list[Path]:
     ``run/.lock`` (:func:`hold_run_dir`): a run deleting its own leftovers holds that lock, so none is mid-delete.
     Returns those deleted."""
     aside = replaced_dir(run)
-    pattern = re.compile(re.escape(aside.name) + r"\.[a-z0-9_]{8}\.old")   # tempfile.mkdtemp's 8 characters
+    pattern = re.compile(re.escape(_trash_prefix(run)) + r"[a-z0-9_]{8}\.old")   # tempfile.mkdtemp's 8 characters
     try:
         found = [p for p in aside.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
     except OSError:

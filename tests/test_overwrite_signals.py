@@ -126,3 +126,32 @@ def test_only_the_runs_own_leftovers_are_removed(tmp_path):
     (tmp_path / ".run.replaced.zzzzzzzz.old").write_text("a file")
     assert remove_overwrite_leftovers(tmp_path / "run") == [tmp_path / names[0]]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*names[1:], ".run.replaced.zzzzzzzz.old"])
+
+
+@pytest.mark.parametrize("length", [232, 240, 245])
+def test_a_run_whose_name_is_long_finishes_its_overwrite_and_its_leftovers_are_found(tmp_path, monkeypatch, length):
+    """A run name of 233 to 245 bytes (its .RUN.replaced fits in 255) made finish_overwrite's mkdtemp fail with
+    'File name too long' at the first checkpoint: the new run stopped, and undo_overwrite deleted its checkpoint."""
+    from mtl_lora_vl import rundir
+
+    run = tmp_path / ("r" * (length - 5) + "é-ü")   # (multi-byte characters where a cut may fall)
+    assert len(run.name.encode()) == length
+    run.mkdir()
+    for folder in (rundir.replaced_dir(run), tmp_path / "other"):
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "old.txt").write_text("old run\n")
+    rundir.finish_overwrite(run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([run.name, "other"])
+    (rundir.replaced_dir(run) / "sub").mkdir(parents=True)
+
+    def cut_short(path, ignore_errors=False):   # a Ctrl-C as the delete starts: the renamed run stays
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rundir.shutil, "rmtree", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        rundir.finish_overwrite(run)
+    monkeypatch.undo()
+    left = [p for p in tmp_path.iterdir() if p.name not in (run.name, "other")]
+    assert len(left) == 1 and all(len(p.name.encode()) <= 255 for p in left)
+    assert rundir.remove_overwrite_leftovers(run) == left and not left[0].exists()
+    assert rundir.remove_overwrite_leftovers(tmp_path / "other") == []
