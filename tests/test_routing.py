@@ -400,6 +400,36 @@ def test_torch_compile_mixed_route_and_checkpoint_match_eager():
 
 
 
+class _BreakingNet(_Net):
+    """A forward that opens its route itself and graph-breaks inside the scope (as transformers' LLaVA does with
+    ``Tensor.item()``): dynamo runs this frame eagerly, so the checkpoints it calls are eager too (not traced into a
+    graph) and recompute in backward, asking the router."""
+
+    def forward(self, x, segments):
+        with mlv.route(self, Route.from_segments(segments)):   # host segments, as the trainer routes
+            torch._dynamo.graph_break()
+            for b in self.blocks:
+                x = checkpoint(b, x, use_reentrant=self.reentrant)
+            return x
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_torch_compile_graph_break_inside_a_route_scope_still_replays_the_route(reentrant):
+    """The scope's hooks were decided in a helper dynamo compiled as a frame of its own (is_compiling() true), so the
+    eager fallback's checkpoints saved no route: backward's recomputation was refused (RoutingError)."""
+    torch.manual_seed(0)
+    net = mlv.attach(_BreakingNet(), mlv.MTLLoRAConfig(tasks=TASKS, r=2, targets={"image": [r"fc\d$"]}))
+    _randomize(net)
+    x = torch.randn(5, 3, 8, requires_grad=True)
+    segments = [(2, 0, 1), (0, 1, 3), (1, 3, 5)]
+    net.reentrant = reentrant
+    ref = copy.deepcopy(net)
+    ref(x, segments).square().sum().backward()
+    torch._dynamo.reset()
+    torch.compile(net, backend="eager")(x, segments).square().sum().backward()
+    _assert_same_grads(_grads(ref), _grads(net))
+
+
 class _CompiledStep(nn.Module):
     """What MultiTaskModel.forward does under ``--compile``: the route built inside the compiled forward from the
     loader's segments (host ints), then one task's own route (a kind's loss)."""

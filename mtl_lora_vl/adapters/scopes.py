@@ -34,7 +34,8 @@ so hooks a user opens *inside* a route scope shadow the route's (open them outsi
 opened inside a checkpointed function installs no hooks (the recomputation re-enters that scope
 itself); the replay slot is per router, so two backward passes of one model running concurrently on
 different threads are not supported; inside ``torch.compile``d code the hooks are skipped (the compiled
-backward recomputes from traced values and does not ask the router).
+backward recomputes from traced values and does not ask the router), but a scope that dynamo runs eagerly (a frame
+that graph-breaks inside the scope falls back to eager, e.g. transformers' LLaVA) installs them as in eager code.
 """
 
 from __future__ import annotations
@@ -73,11 +74,12 @@ class _ReplayHooks(torch.autograd.graph.saved_tensors_hooks):
         return self.outer[1](packed)
 
 
+@torch.compiler.disable   # called only where the scope really runs (_scope), never traced: see _scope
 def _replay_hooks(router: Router, r: Route, recompute: bool = True) -> _ReplayHooks | None:
     """The hooks to install for a scope routing ``router`` to ``r``, or None where none are needed. Without
     ``recompute`` (the caller knows its forward is not checkpointed) none, unless an outer scope's hooks route this
     router: tensors saved here would go through them and replay the outer route, so this scope takes its own."""
-    if torch.compiler.is_compiling() or not torch._C._autograd._saved_tensors_hooks_is_enabled():
+    if not torch._C._autograd._saved_tensors_hooks_is_enabled():
         return None
     top_fn = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
     top = top_fn(False) if top_fn is not None else None
@@ -117,8 +119,13 @@ def _scope(router: Router, r: Route, recompute: bool = True) -> Iterator[None]:
     """Arm ``router``'s replay hooks for this scope (see :func:`_replay_hooks` for ``recompute``) and number it (M_t
     formed without gradients are reused only inside the scope that formed them: see formation.py); a scope opened
     inside backward (a recomputation that re-enters a route) hides the replay route so that its own route counts."""
-    hooks = _replay_hooks(router, r, recompute)
-    compiling = torch.compiler.is_compiling()   # a traced forward forms no M_t (and must not guard on a number)
+    # A traced forward forms no M_t (and must not guard on a number), and installs no hooks: its checkpoints are in
+    # the compiled graph. Asked here, in the generator, which dynamo inlines into a trace or leaves to run eagerly
+    # (a frame that graph-breaks inside the scope falls back to eager) -- not in a function called from it, which
+    # dynamo compiles as a frame of its own even when the scope runs eagerly: the eager fallback's checkpoints
+    # then saved their inputs with no hooks and their recomputation in backward had no route.
+    compiling = torch.compiler.is_compiling()
+    hooks = None if compiling else _replay_hooks(router, r, recompute)
     in_backward = not compiling and torch._C._current_graph_task_id() != -1
     replay, outer = (router.replay, router.replay_graph), router.scope
     if in_backward:
