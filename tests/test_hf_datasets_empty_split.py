@@ -3,6 +3,8 @@ dict (IndexError), so the reader loads the asked split alone and refuses an empt
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from PIL import Image
 
@@ -41,3 +43,14 @@ def test_a_lone_dataset_saved_empty_is_named(tmp_path):
     with pytest.raises(DataFormatError, match=r"hf_datasets \S*empty was saved with no rows; give a split that "
                                               r"has rows"):
         read_split("hf_datasets", tmp_path, path="empty")
+
+
+def test_a_listed_split_whose_folder_is_missing_leaves_the_others_readable(tmp_path):
+    datasets.DatasetDict({"train": _captions(2), "test": _captions(1)}).save_to_disk(tmp_path / "ds")
+    shutil.rmtree(tmp_path / "ds" / "test")   # dataset_dict.json still lists it
+    train = read_split("hf_datasets", tmp_path, path="ds", split="train")   # was: a bare FileNotFoundError
+    assert sorted(c for e in train.examples for c in e.captions) == ["picture 0", "picture 1"]
+    with pytest.raises(DataFormatError, match=r"ds: split 'test' is listed in dataset_dict.json \(\['train', "
+                                              r"'test'\]\) but its folder \S+ holds no saved dataset \(present: "
+                                              r"\['train'\]\); save the DatasetDict again"):
+        read_split("hf_datasets", tmp_path, path="ds", split="test")

@@ -149,6 +149,12 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
                 what = "no split is given" if split is None else f"split {split!r} not found"
                 raise ValueError(f"hf_datasets {base}: {what}; the saved dataset has splits {list(ds)} (set "
                                  "split = ... in the [data.<split>] table)")
+            if isinstance(ds, list) and not (base / split / "state.json").is_file():
+                present = [n for n in ds if (base / n / "state.json").is_file()]
+                raise DataFormatError(
+                    f"hf_datasets {base}: split {split!r} is listed in dataset_dict.json ({ds}) but its folder "
+                    f"{base / split} holds no saved dataset (present: {present}); save the DatasetDict again "
+                    "(save_to_disk), or give a present split")
         elif split is not None and ds.split is None:
             raise ValueError(f"hf_datasets {base}: this saved dataset has no split name, so split = {split!r} "
                              "selects nothing (every split would read the same rows); leave split out where the "
@@ -165,13 +171,13 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
 
 def saved_splits(base: Path) -> list[str] | None:
     """The split names a ``DatasetDict.save_to_disk`` folder's ``dataset_dict.json`` lists (each saved in the folder
-    of its name); None where there is no such list."""
+    of its name; a missing one is refused when asked for, the others stay readable); None where there is no such
+    list."""
     try:
         names = json.loads((base / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
     except (OSError, ValueError, KeyError, TypeError):   # not a dict folder, or unusual: load_from_disk reads it
         return None
-    ok = isinstance(names, list) and names and all(isinstance(n, str) and (base / n / "state.json").is_file()
-                                                   for n in names)
+    ok = isinstance(names, list) and names and all(isinstance(n, str) for n in names)
     return list(names) if ok else None
 
 
