@@ -430,6 +430,42 @@ def test_torch_compile_graph_break_inside_a_route_scope_still_replays_the_route(
     _assert_same_grads(_grads(ref), _grads(net))
 
 
+def test_torch_compile_graph_break_inside_a_route_scope_still_refuses_another_threads_scope():
+    """The thread record was also kept by a helper dynamo compiled as a frame of its own: under the eager fallback
+    the scope recorded no thread, so another thread's scope on the same model passed (its forward mixing tasks)."""
+    import threading
+
+    net = mlv.attach(_BreakingNet(), mlv.MTLLoRAConfig(tasks=TASKS, r=2, targets={"image": [r"fc\d$"]}))
+    net.reentrant, errors = False, []
+
+    def other_thread():
+        try:
+            with mlv.route(net, "cls"):
+                pass
+        except routing.RoutingError as e:
+            errors.append(str(e))
+
+    def block(b, x):   # runs while the compiled forward's scope is open
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join()
+        return b(x)
+
+    net.blocks[0] = _Probe(net.blocks[0], block)
+    torch._dynamo.reset()
+    torch.compile(net, backend="eager")(torch.randn(2, 3, 8), [(0, 0, 1), (1, 1, 2)])
+    assert len(errors) == 1 and "another thread has a route or disabled scope open" in errors[0]
+
+
+class _Probe(nn.Module):
+    def __init__(self, inner, fn):
+        super().__init__()
+        self.inner, self.fn = inner, fn
+
+    def forward(self, x):
+        return self.fn(self.inner, x)
+
+
 class _CompiledStep(nn.Module):
     """What MultiTaskModel.forward does under ``--compile``: the route built inside the compiled forward from the
     loader's segments (host ints), then one task's own route (a kind's loss)."""

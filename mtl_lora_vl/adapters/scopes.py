@@ -146,14 +146,24 @@ def _scope(router: Router, r: Route, recompute: bool = True) -> Iterator[None]:
             router.scope = outer
 
 
-def _claim(router: Router, what: str, enter: Callable[[], None]) -> int | None:
+def _claim(router: Router, what: str, enter: Callable[[], None], compiling: bool) -> int | None:
+    """:func:`_claim_now`, or just ``enter`` in a traced forward (``compiling``: asked by the caller's generator, as
+    in :func:`_scope`; a function called from a scope that runs eagerly may itself be compiled by dynamo)."""
+    if compiling:
+        enter()
+        return router.thread
+    return _claim_now(router, what, enter)
+
+
+@torch.compiler.disable   # called only where the scope really runs
+def _claim_now(router: Router, what: str, enter: Callable[[], None]) -> int | None:
     """Record the calling thread as the one routing ``router`` and ``enter`` the scope (set its route or disabled
     count), refusing a scope while another thread has one open (its forwards would run this scope's task); return
     the record to restore on exit. The check and the entry are one step under the router's lock: two threads opening
     scopes at the same instant cannot both pass. Checked once per scope, never per layer. A scope opened inside
     backward (a recomputation re-entering a route, possibly on the autograd engine's device thread while the
     forward's thread waits) is neither checked nor recorded."""
-    if torch.compiler.is_compiling() or torch._C._current_graph_task_id() != -1:
+    if torch._C._current_graph_task_id() != -1:
         enter()
         return router.thread
     with router.claim_lock:
@@ -169,11 +179,23 @@ def _claim(router: Router, what: str, enter: Callable[[], None]) -> int | None:
     return held
 
 
-def _release(router: Router, held: int | None, leave: Callable[[], None]) -> None:
+def _release(router: Router, held: int | None, leave: Callable[[], None], compiling: bool) -> None:
+    """:func:`_release_now`, or just ``leave`` and restore ``held`` in a traced forward (as :func:`_claim`)."""
+    if compiling:
+        try:
+            leave()
+        finally:
+            router.thread = held
+        return
+    _release_now(router, held, leave)
+
+
+@torch.compiler.disable
+def _release_now(router: Router, held: int | None, leave: Callable[[], None]) -> None:
     """``leave`` the scope (restore its route or disabled count) and put back the thread record ``held`` as one step
     under the router's lock, as :func:`_claim` entered it: a scope another thread opened between the two was
     claimed, then lost its claim to this restore, and a third thread's scope passed the check."""
-    if torch.compiler.is_compiling() or torch._C._current_graph_task_id() != -1:
+    if torch._C._current_graph_task_id() != -1:
         try:
             leave()
         finally:
@@ -219,8 +241,8 @@ def route(model: nn.Module | Router,
             f"route: the adapters are merged into the weights for task {merged!r}; call "
             "mtl_lora_vl.unmerge(model) before routing to another task"
         )
-    outer = router.current
-    held = _claim(router, "route", lambda: setattr(router, "current", new))
+    outer, compiling = router.current, torch.compiler.is_compiling()
+    held = _claim(router, "route", lambda: setattr(router, "current", new), compiling)
     failed = True
     try:
         # under disabled() the forward runs unadapted (resolve ignores `new`), so its recomputation must too
@@ -232,9 +254,10 @@ def route(model: nn.Module | Router,
         raise
     finally:
         if failed:   # the error in flight is the one to see, not the scope order it may have caused
-            _release(router, held, lambda: setattr(router, "current", outer if router.current is new else None))
+            _release(router, held, lambda: setattr(router, "current", outer if router.current is new else None),
+                     compiling)
         else:
-            _release(router, held, lambda: _close(router, new, outer))
+            _release(router, held, lambda: _close(router, new, outer), compiling)
 
 
 @contextmanager
@@ -275,9 +298,10 @@ def disabled(model: nn.Module | Router, *, recompute: bool = True) -> Iterator[N
             f"disabled: the adapters are merged into the weights for task {router.tasks[router.merged_task]!r}, so "
             "the model cannot run as its base model; call mtl_lora_vl.unmerge(model) first (and merge again after)"
         )
-    held = _claim(router, "disabled", lambda: setattr(router, "disabled", router.disabled + 1))
+    compiling = torch.compiler.is_compiling()
+    held = _claim(router, "disabled", lambda: setattr(router, "disabled", router.disabled + 1), compiling)
     try:
         with _scope(router, ADAPTERS_OFF, recompute):
             yield
     finally:
-        _release(router, held, lambda: setattr(router, "disabled", router.disabled - 1))
+        _release(router, held, lambda: setattr(router, "disabled", router.disabled - 1), compiling)
