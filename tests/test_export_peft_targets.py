@@ -48,12 +48,13 @@ def test_a_text_tower_only_adapter_loads_on_the_text_tower_only(tmp_path):
 
 @pytest.mark.parametrize("format", ["peft", "plain"])
 def test_the_readme_of_several_tasks_is_python_for_any_task_name(format, tmp_path):
-    """Task names were put between single quotes: 'it's' made the README's loading lines a syntax error."""
-    names = ["it's", 'say "hi"', "vqa"]
+    """Task names were put between single quotes: 'it's' made the README's loading lines a syntax error. (A name
+    holding '"' is refused by export now: no file name may hold one; see test_task_file_names.py.)"""
+    names = ["it's", "vqa"]
     model = mlv.attach(_fresh(tiny_hf_clip), mlv.MTLLoRAConfig(tasks=names, r=2))
     out = tmp_path / "all"
     mlv.export_lora(model, names, out, format=format)
     code = "\n".join(line[4:].split("   #")[0] for line in (out / "README.md").read_text().splitlines()
                      if line.startswith("    "))
     ast.parse(code)
-    assert "base_model, \"it's\"" in code and ("adapter_name='say \"hi\"'" in code) == (format == "peft")
+    assert "base_model, \"it's\"" in code and ("adapter_name=\"it's\"" in code) == (format == "peft")
