@@ -639,3 +639,22 @@ def test_a_grid_recorded_before_per_task_validation_sizes_renders_its_protocol_l
             "run)") in text and "splits) (" not in text
     results["settings"].update(steps=2, warmup=3)   # each run warms up min(warmup, steps) steps (review 189)
     assert "2 steps, batch" in render(results) and "2 warm-up steps then cosine" in render(results)
+
+
+@needs_builtin
+def test_a_grid_names_the_fp16_autocast_its_language_model_runs_in_on_a_gpu_without_bf16(monkeypatch):
+    """The identity's autocast ignored the base weights' dtype: on a GPU without bf16 (V100, T4) builtin-llava loads
+    in fp16 and trains under fp16 autocast, but the grid recorded float32, so a grid begun there was resumed on a
+    CPU (fp32) as the same grid. Checked without a GPU: CUDA is faked up to the dtype choice."""
+    import mtl_lora_vl.backbones.base as base
+    import mtl_lora_vl.precision as precision
+    from mtl_lora_vl.benchmark.bench import grid_identity
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for module in (base, precision):
+        monkeypatch.setattr(module, "cuda_has_bf16", lambda device=None: False)
+    llava = BenchSettings(tasks=["vqa"], backbone="builtin-llava", device="cuda")
+    assert grid_identity(llava, [load_spec("vqa")])["runtime"] == {"device": "cuda", "autocast": "torch.float16"}
+    clip = BenchSettings(tasks=["vqa"], device="cuda")   # open_clip: fp32 weights, fp32 without bf16
+    assert grid_identity(clip, [load_spec("vqa")])["runtime"] == {"device": "cuda", "autocast": "torch.float32"}

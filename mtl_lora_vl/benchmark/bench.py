@@ -24,6 +24,9 @@ from typing import Any, TextIO
 import torch
 
 from ..backbones import builtin_dir
+from ..backbones.base import BackboneError, backbone_class_for, resolve_base_dtype
+from ..backbones.hf import hf_dir, hf_model_class
+from ..backbones.hf_vlm import HFVLMBackbone
 from ..backbones.spec import parse_spec
 from ..distributed import pick_device
 from ..io.atomic import holds
@@ -72,9 +75,23 @@ def grid_identity(settings: BenchSettings, specs: list[TaskSpec]) -> dict[str, A
     data = {spec.name: {split: spec.load_split(split, settings.data_root).rows_sha256[:16]
                         for split in spec.data.splits}
             for spec in specs if spec.data.source != "builtin"}   # (the built-in world's rows follow from its spec)
+    autocast = resolve_precision(settings.precision, device, loaded=_loads_in(settings, device))
     return {**settings.identity(), "spec_sha256": texts, "base_sha256": base_fingerprint(settings),
             **({"data_sha256": data} if data else {}),
-            "runtime": {"device": device.type, "autocast": str(resolve_precision(settings.precision, device))}}
+            "runtime": {"device": device.type, "autocast": str(autocast)}}
+
+
+def _loads_in(settings: BenchSettings, device: torch.device) -> torch.dtype | None:
+    """The dtype the runs' base weights load in (``--base-dtype auto``) where it decides ``--precision auto``: a
+    language model's (fp16 on a GPU without bf16, whose runs train under fp16 autocast); None for the others."""
+    try:
+        spec = parse_spec(settings.backbone, settings.pretrained)
+        cls = backbone_class_for(hf_model_class(hf_dir(spec))) if spec.is_hf_dir else None
+    except (ValueError, OSError, ImportError, BackboneError):
+        return None   # (the runs refuse such a backbone themselves)
+    if cls is None or not issubclass(cls, HFVLMBackbone):
+        return None
+    return resolve_base_dtype("auto", device, fp16_overflows=cls.fp16_overflows)
 
 
 _WEIGHTS = (".safetensors", ".bin", ".pth", ".pt")
