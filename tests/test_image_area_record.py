@@ -336,3 +336,29 @@ def test_a_merged_export_on_a_processor_of_another_minimum_reads_the_adapters_pi
     merged = AutoProcessor.from_pretrained(mlv.save_merged(back.model, "a", tmp_path / "m", source_dir=loaded_on))
     grid = merged.image_processor(images=[pic], return_tensors="pt")["image_grid_thw"][0].tolist()
     assert (grid[1] * 8, grid[2] * 8) == read   # (patch 8)
+
+
+# Review 292 ---------------------------------------------------------------------------------------------------
+def test_an_older_records_area_above_the_processors_names_the_record_not_the_option(folder, tmp_path):
+    """An adapter saved before the area read was recorded (base.image_max_pixels 4096, asked for) loaded where the
+    processor allows 2048: load_pretrained and a backbone made on a bare model were told 'Give --image-max-pixels
+    2048 or less' -- an option nobody gave, and one eval --adapter refuses; the fix is the training processor."""
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    small = _tiny_sized(tmp_path / "p", longest_edge=2048)
+    ad = _saved_before(_adapter(folder, tmp_path / "ad", backbone=f"hf:{small}"), 4096)
+
+    def said(load):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            budget = load().resize.budget
+        return budget, [str(w.message) for w in caught if "pixels" in str(w.message)]
+
+    bare = mlv.load_adapter(Qwen2VLForConditionalGeneration.from_pretrained(str(small)), ad)
+    for budget, messages in (said(lambda: load_pretrained(ad, heads=False).backbone),
+                             said(lambda: Qwen2VLBackbone.from_model(bare, AutoProcessor.from_pretrained(small)))):
+        assert budget == 2048 and len(messages) == 1, messages
+        assert "--image-max-pixels" not in messages[0], messages[0]
+        assert "trained reading images within 4096 pixels asked for (base.image_max_pixels" in messages[0]
+        assert "this processor allows 2048" in messages[0]
+        assert "Load the adapter on the processor it was trained with" in messages[0]

@@ -119,7 +119,7 @@ class Qwen2VLBackbone(HFVLMBackbone):
         if bounds:
             bb.read_within(*bounds)
         elif area:
-            bb.limit_pixels(area)
+            bb.limit_pixels(area, recorded=True)
         return bb
 
     def _nominal_tokens(self) -> int:
@@ -128,17 +128,24 @@ class Qwen2VLBackbone(HFVLMBackbone):
         patch, merge, _ = _vision_geometry(self.model.config)
         return max((self.image_size // patch) ** 2 // merge ** 2, self.resize.budget // (patch * merge) ** 2)
 
-    def limit_pixels(self, max_pixels: int) -> None:
+    def limit_pixels(self, max_pixels: int, recorded: bool = False) -> None:
         """Resize images within ``max_pixels`` (still within the processor's own ``max_pixels``) instead of the
         448² cap (``--image-max-pixels``: more image tokens per image, a GPU run's choice); the nominal side and
-        image-token count follow."""
+        image-token count follow. ``recorded``: ``max_pixels`` is an adapter's ``base.image_max_pixels`` (one saved
+        before the area read was recorded), not an area the user gave."""
         patch, merge, _ = _vision_geometry(self.model.config)
         unit = patch * merge
         if max_pixels < unit * unit:
             raise BackboneError(f"{self.name}: image_max_pixels {max_pixels} is below one {unit}x{unit} merged patch "
                                 f"({unit * unit} pixels); give at least that")
         low, high = pixel_bounds(self.hf_processor.image_processor, max_pixels)
-        if high < max_pixels:   # (an adapter records the area read: this one)
+        if high < max_pixels and recorded:   # (the training processor's own max_pixels is not in the record)
+            warn_user(f"{self.name}: the adapter was trained reading images within {max_pixels} pixels asked for "
+                      f"(base.image_max_pixels; bounded by that run's processor, which it does not record), and this "
+                      f"processor allows {high} (its max_pixels), so images are read within {high} pixels: fewer "
+                      "than in training if its processor allowed more. Load the adapter on the processor it was "
+                      "trained with, or raise this one's max_pixels (preprocessor_config.json) to that one's")
+        elif high < max_pixels:   # (an adapter records the area read: this one)
             warn_user(f"{self.name}: image_max_pixels {max_pixels} is above its processor's own max_pixels {high}; "
                       f"images are read within {high} pixels, the area an adapter records. Give --image-max-pixels "
                       f"{high} or less, or raise the processor's max_pixels (preprocessor_config.json)")

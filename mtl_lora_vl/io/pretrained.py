@@ -189,7 +189,7 @@ def _read_images_as_trained(bb: Backbone, base: dict[str, Any], path: Path) -> N
             if bounds:   # the area read, on any processor
                 within(*bounds)
             else:   # (an adapter saved before: the area asked for, within this processor's max_pixels)
-                limit(int(area))
+                limit(int(area), recorded=True)
         except BackboneError as e:
             raise AdapterFileError(f"{path}: the adapter's images were read within {area} pixels "
                                    f"(base.image_max_pixels), which this base model cannot read them within: {e}. "
