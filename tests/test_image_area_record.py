@@ -362,3 +362,20 @@ def test_an_older_records_area_above_the_processors_names_the_record_not_the_opt
         assert "trained reading images within 4096 pixels asked for (base.image_max_pixels" in messages[0]
         assert "this processor allows 2048" in messages[0]
         assert "Load the adapter on the processor it was trained with" in messages[0]
+
+
+def test_a_records_area_above_the_backbones_processor_names_read_within_first(tmp_path):
+    """load_adapter(bb.model) of an adapter read within 1024 to 4096 pixels, on a backbone whose processor allows
+    2048: told to 'load the backbone with image_max_pixels=4096 (--image-max-pixels 4096)', which reads 1024 to
+    2048 again (the processor's cap) and names an option eval --adapter refuses; read_within gives the area."""
+    big, small = (_tiny_sized(tmp_path / name, longest_edge=edge) for name, edge in (("b", 1_000_000), ("s", 2048)))
+    bb = load_backbone(f"hf:{big}", image_max_pixels=4096)
+    ad = mlv.save_adapter(mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1)), tmp_path / "ad",
+                          base={"backbone": f"hf:{small}"})
+    said = _area_warnings(load_backbone(f"hf:{small}").model, ad)
+    assert len(said) == 1 and "within 1024 to 4096 pixels" in said[0] and "within 1024 to 2048;" in said[0], said
+    assert "--image-max-pixels" not in said[0] and "call backbone.read_within(1024, 4096)" in said[0]
+    assert "image_max_pixels=4096 where its processor's own min_pixels is 1024 and its max_pixels at least 4096" \
+        in said[0]
+    with pytest.warns(UserWarning, match="images are read within 2048 pixels"):   # what that option gives here
+        assert load_backbone(f"hf:{small}", image_max_pixels=4096).resize.budget == 2048

@@ -85,9 +85,10 @@ def take_images(model: nn.Module, base: dict[str, Any], path: Path) -> None:
         if tuple(own.bounds) != bounds:
             warn_user(f"{path}: the adapter's images were read within {bounds[0]} to {bounds[1]} pixels "
                       f"(base.image_min_pixels / base.image_max_pixels), and this model's backbone reads them within "
-                      f"{own.bounds[0]} to {own.bounds[1]}; load the backbone with image_max_pixels={bounds[1]} "
-                      f"(--image-max-pixels {bounds[1]}), or call backbone.read_within({bounds[0]}, {bounds[1]}) "
-                      "(load_pretrained does: it reads the recorded area on any processor)")
+                      f"{own.bounds[0]} to {own.bounds[1]}; call backbone.read_within({bounds[0]}, {bounds[1]}) "
+                      "(load_pretrained does: it reads the recorded area on any processor), or load the backbone "
+                      f"with image_max_pixels={bounds[1]} where its processor's own min_pixels is {bounds[0]} and "
+                      f"its max_pixels at least {bounds[1]}")
     elif (own.max_pixels or default) != (area or default):   # (448² given or left out: the same)
         theirs, mine = (f"{n} pixels" if n else f"the default {default}" for n in (area, own.max_pixels))
         fix = f"with image_max_pixels={area}" if area else "without image_max_pixels"
