@@ -33,7 +33,8 @@ PEFT LoRA on one adapter (same rank and targets), each also with activation chec
 the mixed case's own model stepped on one task's rows (mixed / one task: what routing a mixed batch costs,
 whichever model copy is faster) and a second copy of the ``lora`` model (lora copy / lora: the spread between two
 copies of one computation, a floor under every other ratio). With a non-fp32
-``--precision`` its base weights are in that dtype (adapters stay fp32) and the step runs under autocast.
+``--precision`` its base weights are in that dtype (adapters stay fp32) and the step runs under autocast
+(fp16: through a GradScaler, as the trainer's).
 On a CPU, memory is what autograd saves for backward plus the inputs that checkpointed layers keep for
 their recomputation; on CUDA, ``torch.cuda.max_memory_allocated``.
 """
@@ -131,13 +132,16 @@ class OpCount(TorchDispatchMode):
 
 
 def make_train_case(model, route_arg, batch, amp_dtype, device, loss_fn=contrastive_loss, compile: str | None = None):
-    """One case's training step (forward, backward, AdamW); ``compile``: a torch.compile backend for the forward and
-    its backward (the step that measures memory runs eager: saved-tensor hooks do not reach into compiled code)."""
+    """One case's training step (forward, backward, AdamW; fp16 through a GradScaler, as the trainer steps it);
+    ``compile``: a torch.compile backend for the forward and its backward (the step that measures memory runs eager:
+    saved-tensor hooks do not reach into compiled code)."""
     params = [p for p in model.parameters() if p.requires_grad]
     forward = partial(loss_fn, model)
     if compile:
         forward = torch.compile(forward, backend=compile)
     opt = adamw(params, lr=1e-4)  # the trainer's optimizer (fused where torch has it), the same for every case
+    # fp16 gradients underflow unscaled; the scaler's unscale and inf check are part of the trainer's step
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     held = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
     recompute = mlv.may_recompute(model)   # as the trainer routes: no saved-tensor hooks unless checkpointed
 
@@ -155,8 +159,9 @@ def make_train_case(model, route_arg, batch, amp_dtype, device, loss_fn=contrast
                         h.remove()
                 else:
                     loss = forward(*batch)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             opt.zero_grad(set_to_none=True)
 
     return step
