@@ -346,11 +346,12 @@ def test_a_language_model_path_of_one_image_per_prompt_refuses_nlvr(llava_dir, m
         backbone.lm_collator()([f"{backbone.image_token} {backbone.image_token} x"])
 
 
-def test_onevision_whose_one_image_count_is_a_multiple_of_a_base_view_takes_one_image_per_prompt(
-        tmp_path, monkeypatch, caplog):
+def test_onevision_whose_one_image_count_is_a_multiple_of_a_base_view_takes_pairs(tmp_path, monkeypatch, caplog):
     """A 16-px SigLIP tower of 8-px patches and one 16-px pinpoint: an image alone fills 10 tokens, an image of a row
     of several 5, so a pair row's 10 tokens read as one image and failed in HF ("tokens: 10, features: 20"; review
-    183). Such a model takes one image per prompt, warned at load, and nlvr refuses it by name."""
+    183). It took one image per prompt (nlvr refused) until each row's image count was carried (review 300): it
+    takes nlvr, and a pair row beside a one-image row reads as its counts say (tests/test_onevision_multiple_counts.py
+    for a 32-px canvas)."""
     import logging
 
     import test_llava_onevision as t
@@ -358,12 +359,22 @@ def test_onevision_whose_one_image_count_is_a_multiple_of_a_base_view_takes_one_
     for k, v in dict(SIDE=16, PATCH=8, PINPOINTS=[[16, 16]], ASPECT="anyres_max_1").items():
         monkeypatch.setattr(t, k, v)
     t.build(tmp_path / "ov", "siglip", "full")
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         bb = load_backbone(f"hf:{tmp_path / 'ov'}")
-    assert (bb.num_image_tokens, bb.several_tokens, bb.several_images) == (10, 5, False)
-    assert "takes one image per prompt (nlvr's pairs are refused)" in caplog.text
-    with pytest.raises(BackboneError, match=r"reads two images per row.*takes one image per prompt"):
-        build_kind(load_spec("nlvr"), _split("nlvr", 2), bb)
+    assert (bb.num_image_tokens, bb.several_tokens, bb.several_images) == (10, 5, True)
+    assert "told apart by their image counts" in caplog.text
+    kind = build_kind(load_spec("nlvr"), _split("nlvr", 2), bb)   # (refused before)
+    bb.native_aspect(False)   # (square canvases without sizes)
+    pair, alone = _split("nlvr", 2).examples
+    prompts = [kind.prompt(pair), f"{bb.image_token} what is it?"]
+    images = _images(bb, [pair, image_parts(alone)[0]])
+    batch = bb.lm_collator()(prompts)
+    assert (batch["input_ids"] == bb.image_token_id).sum(1).tolist() == [10, 10]
+    with torch.no_grad():
+        mixed = bb.sequence_scores(images, prompts, ["no", "yes"])
+        for r, idx in enumerate(([0, 1], [2])):
+            one = bb.sequence_scores(images[idx], prompts[r:r + 1], ["no", "yes"])
+            torch.testing.assert_close(mixed[r:r + 1], one, rtol=0, atol=1e-5)
 
 
 def test_a_miscounted_onevision_pair_row_is_named_in_base_views(tmp_path):

@@ -240,12 +240,11 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
         bb.several_tokens = llava_onevision_image(getattr(model, "model", model), (c, c), tiled=False)[0]
         bb._collators.clear()   # (none made yet; a collator made before would lack the count)
         one, base = bb.num_image_tokens, bb.several_tokens
-        if one % base == 0:   # (released: 7,371 and 730) a row's image count cannot be read from its tokens
-            bb.several_images = False   # type: ignore[misc]  (this model's rows: one image each)
-            logger.warning("%s: an image alone fills %d tokens, %d times an image of a row of several (%d), so the "
-                           "backbone cannot tell a row's images apart by their tokens (batch_num_images): it takes "
-                           "one image per prompt (nlvr's pairs are refused); other image_grid_pinpoints avoid it",
-                           name, one, one // base, base)
+        if one % base == 0:   # (not the released model: 7,371 = 10 x 730 + 71) an image alone reads as base views
+            logger.info("%s: an image alone fills %d tokens, %d times an image of a row of several (%d): rows of "
+                        "one and of several images are told apart by their image counts (the prompts' placeholders, "
+                        "the loader's lm_image_counts); in your own loop pass lm_loss(..., image_counts=)",
+                        name, one, one // base, base)
         said = _processor_several_tokens(processor)
         if said is not None and said != bb.several_tokens:
             raise BackboneError(f"{name}: the processor expands each image of a sample of several to {said} tokens "
