@@ -1218,3 +1218,12 @@ def test_torch_compile_under_mixed_routes_opened_outside_does_not_recompile_for_
     assert counters["frames"]["total"] == 1, f"{counters['frames']['total']} compilations for 8 mixes of rows"
     for r, g in zip(run(compiled=False), grads):
         _assert_same_grads(r, g)
+
+
+def test_a_mixed_route_made_under_another_default_device_keeps_its_positions_on_the_host():
+    # Route._host is made at construction: under `with torch.device("meta")` it was a meta tensor, and the route's
+    # first CPU forward raised "Cannot copy out of meta tensor" (the positions were made lazily before 14248c6)
+    with torch.device("meta"):
+        r = Route.from_ids([0, 1, 0])
+    assert r.sample_positions(torch.device("cpu")).tolist() == [0, 1, 0]
+    assert r.sample_positions(torch.device("meta")).device.type == "meta"

@@ -176,10 +176,11 @@ class Route:
         return positions
 
     def _host_positions(self) -> torch.Tensor:
-        """Each row's position in :attr:`present`, a LongTensor on the host."""
+        """Each row's position in :attr:`present`, a LongTensor on the host (whatever the default device: a route
+        made under ``with torch.device("meta")`` must still serve the CPU)."""
         pos = {t: p for p, t in enumerate(self.present)}
         with torch.inference_mode(False):
-            return torch.tensor([pos[t] for t, a, b in self.segments for _ in range(a, b)])
+            return torch.tensor([pos[t] for t, a, b in self.segments for _ in range(a, b)], device="cpu")
 
     def _traced_positions(self, device: torch.device) -> torch.Tensor:
         """:meth:`sample_positions` under torch.compile: each segment's rows found by comparing an arange with its
