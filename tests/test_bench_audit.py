@@ -121,8 +121,8 @@ def test_the_best_line_names_ties_as_printed_and_a_single_task_reference_above_i
     assert ("**lora r=8**, 0.514 ± 0.012 (131,072 adapter parameters); the same to three decimals: mtl_lora r=8 "
             "0.514 ± 0.001.") in quick
     llava = render(json.loads((docs / "bench_llava_methods" / "results.json").read_text()))
-    assert "**task_lora r=8**, 0.534 ± 0.000 (444,672 adapter parameters); each task trained alone (the single-task " \
-           "reference) scores 0.537 ± 0.006, higher." in llava
+    assert "**task_lora r=8**, 0.536 ± 0.005 (444,672 adapter parameters); each task trained alone (the single-task " \
+           "reference) scores 0.538 ± 0.006, higher." in llava
 
 
 class _Killed(Exception):
