@@ -9,6 +9,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = ["RunStopped", "StopRequest", "Terminated", "stop_at_step_boundary", "stop_signals_ignored",
            "terminate_raises"]
@@ -59,12 +60,20 @@ def stop_at_step_boundary() -> Iterator[StopRequest]:
     """While open, SIGINT and SIGTERM set the yielded request instead of interrupting (main thread only:
     Python delivers signals there, and only there can handlers be set)."""
     request = StopRequest()
+    with _signal_handlers(dict.fromkeys((signal.SIGINT, signal.SIGTERM), request)):
+        yield request
+
+
+@contextlib.contextmanager
+def _signal_handlers(handlers: dict[int, Any]) -> Iterator[None]:
+    """While open, ``handlers`` (signal -> handler) replace the process's, put back on exit; in any thread but the
+    main one nothing is set (Python delivers signals there, and only there can handlers be set)."""
     if threading.current_thread() is not threading.main_thread():
-        yield request
+        yield
         return
-    old = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, handler) for s, handler in handlers.items()}
     try:
-        yield request
+        yield
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
@@ -86,26 +95,13 @@ def terminate_raises() -> Iterator[None]:
     """While open (main thread), SIGTERM raises :class:`Terminated` instead of killing the process at once: the
     run's clean-up runs. Under torchrun a rank that fails gets the others SIGTERMed; rank 0, killed outright, left
     the run ``--overwrite`` replaced set aside in ``.RUN.replaced``, the new run's directory in its place."""
-    if threading.current_thread() is not threading.main_thread():
+    with _signal_handlers({signal.SIGTERM: _raise_terminated}):
         yield
-        return
-    old = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 @contextlib.contextmanager
 def stop_signals_ignored() -> Iterator[None]:
     """While open (main thread), SIGINT and SIGTERM are ignored: a clean-up that puts the run ``--overwrite``
     replaced back is not cut half-way (torchrun's SIGTERM to the other ranks races a failed rank's own clean-up)."""
-    if threading.current_thread() is not threading.main_thread():
+    with _signal_handlers(dict.fromkeys((signal.SIGINT, signal.SIGTERM), signal.SIG_IGN)):
         yield
-        return
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
