@@ -32,15 +32,15 @@ def _cache_kwarg(model_cls: type) -> str:
 
 
 def scores_cached(self: HFVLMBackbone, images: Tensor, batch: dict[str, Tensor], cands: list[list[list[int]]],
-                  sizes: list[tuple[int, int]] | None = None, held: Sequence[int] | None = None) -> Tensor:
+                  sizes: list[tuple[int, int]] | None = None, image_counts: Sequence[int] | None = None) -> Tensor:
     """``(B, C)`` log-probabilities of each row's candidate id lists ``cands`` after its prompt (``batch``, the
-    collated prompts; ``held``: each row's images): one prefill, then all ``B·C`` continuations in one step from the
-    repeated cache."""
+    collated prompts; ``image_counts``: each row's images): one prefill, then all ``B·C`` continuations in one step
+    from the repeated cache."""
     B, C = len(cands), len(cands[0])
     ids, mask = batch["input_ids"], batch["attention_mask"]
     prefill = self._prefill_positions(mask)
     out = self._forward(images, ids, mask, **({} if prefill is None else {"position_ids": prefill}), use_cache=True,
-                        logits_to_keep=1, image_sizes=sizes, image_counts=held)
+                        logits_to_keep=1, image_sizes=sizes, image_counts=image_counts)
     first_ids = torch.tensor([[c[0] for c in row] for row in cands], device=ids.device)
     first = out.logits[:, -1].float().log_softmax(-1).gather(1, first_ids)  # (B, C)
     width = max(len(c) for row in cands for c in row)

@@ -261,14 +261,14 @@ class HFVLMBackbone(GenerationIds, Backbone):
         (captioning); ``image_sizes``: see the module doc."""
         if beam_size < 1 or max_len < 1 or int(beam_size) != beam_size or int(max_len) != max_len:
             raise ValueError(f"generate: beam_size and max_len must be integers >= 1, got {beam_size} and {max_len}")
-        batch, sizes, held = self._prompts(images, prompts, "generate", image_sizes)
+        batch, sizes, image_counts = self._prompts(images, prompts, "generate", image_sizes)
         if beam_size > 1 and batch["input_ids"].shape[0] != images.shape[0] and not _encodes_before_beams(self.model):
             raise ValueError("generate: beam search over prompts of several images needs a transformers that encodes "
                              "the images before it repeats the rows for the beams (older ones repeat each image, not "
                              "each row's images); upgrade transformers, or use beam_size=1")
         warn_past_context(batch["input_ids"].shape[1], int(max_len), self.lm_context, "generate")
         ids = batch["input_ids"]
-        kwargs = {**self._extra_inputs(ids, None), **self._row_inputs(ids, images.shape[0], sizes, held)}
+        kwargs = {**self._extra_inputs(ids, None), **self._row_inputs(ids, images.shape[0], sizes, image_counts)}
         with plain_decoding(self.model):
             out = self._hf_call(self.model.generate, **self._vision_inputs(images, sizes), **batch, **kwargs,
                                 max_new_tokens=int(max_len), num_beams=int(beam_size), do_sample=False,
@@ -286,7 +286,7 @@ class HFVLMBackbone(GenerationIds, Backbone):
         the cache (``B·C`` language-model rows, routed like beams). Under activation checkpointing in training (where
         transformers drops the cache) the ``B·C`` full sequences run instead. ``image_sizes``: see the module doc."""
         check_candidates(candidates, self.image_token)
-        batch, sizes, held = self._prompts(images, prompts, "sequence_scores", image_sizes)
+        batch, sizes, image_counts = self._prompts(images, prompts, "sequence_scores", image_sizes)
         prompts = list(prompts)
         collator = self.lm_collator()   # candidates read as they continue each row's own prompt
         texts = collator.prompt_texts(prompts)
@@ -297,7 +297,7 @@ class HFVLMBackbone(GenerationIds, Backbone):
         if self.model.training and torch.is_grad_enabled() and _checkpointing(self.model):
             scores = self._scores_full(images, prompts, cands, sizes)
         else:
-            scores = self._scores_cached(images, batch, cands, sizes, held)
+            scores = self._scores_cached(images, batch, cands, sizes, image_counts)
         if per_token:
             scores = scores / torch.tensor([[len(c) for c in row] for row in cands], dtype=scores.dtype,
                                            device=scores.device)
