@@ -182,10 +182,7 @@ def _claim_now(router: Router, what: str, enter: Callable[[], None]) -> int | No
 def _release(router: Router, held: int | None, leave: Callable[[], None], compiling: bool) -> None:
     """:func:`_release_now`, or just ``leave`` and restore ``held`` in a traced forward (as :func:`_claim`)."""
     if compiling:
-        try:
-            leave()
-        finally:
-            router.thread = held
+        _leave(router, held, leave)
         return
     _release_now(router, held, leave)
 
@@ -196,16 +193,18 @@ def _release_now(router: Router, held: int | None, leave: Callable[[], None]) ->
     under the router's lock, as :func:`_claim` entered it: a scope another thread opened between the two was
     claimed, then lost its claim to this restore, and a third thread's scope passed the check."""
     if torch._C._current_graph_task_id() != -1:
-        try:
-            leave()
-        finally:
-            router.thread = held
+        _leave(router, held, leave)
         return
     with router.claim_lock:
-        try:
-            leave()
-        finally:
-            router.thread = held
+        _leave(router, held, leave)
+
+
+def _leave(router: Router, held: int | None, leave: Callable[[], None]) -> None:
+    """``leave`` the scope, then put back the thread record ``held`` even where leaving raised."""
+    try:
+        leave()
+    finally:
+        router.thread = held
 
 
 #: nn.DataParallel copies modules shallowly, so its replicas (one thread each) share one Router.
