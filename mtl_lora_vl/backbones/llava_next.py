@@ -274,7 +274,8 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
                                               else -1]) if k >= 0 and at + k <= n_images]
 
         if image_counts is not None:
-            given, at = [int(k) for k in image_counts], [0, *itertools.accumulate(int(k) for k in image_counts)]
+            given = [int(k) for k in image_counts]
+            at = [0, *itertools.accumulate(given)]   # the image each row starts at
             return given if len(given) == len(counts) and at[-1] == n_images and all(
                 k in readings(r, at[r]) for r, k in enumerate(given)) else None
 
