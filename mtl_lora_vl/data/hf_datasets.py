@@ -141,7 +141,7 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
     base = _find(root, path)
     if base.is_dir() and ((base / "dataset_dict.json").is_file() or (base / "state.json").is_file()):
         # a DatasetDict by its split names, each split loaded alone (a dict with a split saved empty cannot be loaded)
-        ds = saved_splits(base) or load_saved(base, str(base))
+        ds = _saved_splits(base) or load_saved(base, str(base))
         if isinstance(ds, (list, datasets.DatasetDict)):
             if split is None and len(ds) == 1:
                 split = next(iter(ds))
@@ -169,7 +169,7 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
     return table, table.open()
 
 
-def saved_splits(base: Path) -> list[str] | None:
+def _saved_splits(base: Path) -> list[str] | None:
     """The split names a ``DatasetDict.save_to_disk`` folder's ``dataset_dict.json`` lists (each saved in the folder
     of its name; a missing one is refused when asked for, the others stay readable); None where there is no such
     list."""
