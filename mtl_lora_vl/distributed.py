@@ -107,8 +107,8 @@ def init_distributed(requested_device: str = "auto") -> DistInfo:
     if device.type == "cuda":  # the current device: kernels, pinned-memory copies and NCCL all use it
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():   # NCCL bound to this rank's GPU: its barrier and object
-        end_with_the_agent()                        # collectives use it (unbound, rank 0 warned at the first barrier)
-        cuda = device.type == "cuda"
+        cuda = device.type == "cuda"                # collectives use it (unbound, rank 0 warned at the first barrier)
+        end_with_the_agent()
         dist.init_process_group(backend="nccl" if cuda else "gloo", **({"device_id": device} if cuda else {}))
     return DistInfo(rank, world, local, device)
 
