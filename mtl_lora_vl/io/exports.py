@@ -54,7 +54,7 @@ from ..adapters.routing import check_module
 from ..backbones import backbone_class
 from ..backbones.image_record import ImageRecord, image_record
 from ..config import check_task_file_names
-from ..families import MERGED_CONFIG, MERGED_WEIGHTS, family_named, merged_format, peft_export
+from ..families import MERGED_CONFIG, MERGED_WEIGHTS, family_named, find_family, merged_format, peft_export
 from .atomic import atomic_dir, atomic_file
 from .base_check import check_base_class, check_weight_samples, newer_package_hint, refuse_adapted
 from .identity import model_identity, plan_attached
@@ -129,13 +129,15 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
                              f"nn.MultiheadAttention ({few(mha, 3)}); use format='plain' (--format plain) or a merged "
                              "checkpoint")
     write = _write_peft if format == "peft" else _write_plain
+    owner, prefix = _peft_root(model, inner) if format == "peft" else (inner, "")
     if overwrite:
         check_replace(path, what="export_lora", keep=_base_files(inner))
     with atomic_dir(path, overwrite=overwrite, what="export_lora") as tmp:
         for t in tasks:
             out = tmp / t if several else tmp
             out.mkdir(exist_ok=True)
-            rank = write(inner, t, {name: bank.lora_pair(index[t]) for name, bank in info.layers.items()}, out)
+            rank = write(owner, t, {prefix + name: bank.lora_pair(index[t]) for name, bank in info.layers.items()},
+                         out)
             if several:   # each OUT/<task> is an export of its own too (the command's --overwrite replaces it)
                 _write_record(out, t, format)
         _write_record(tmp, tasks if several else task, format)
@@ -147,6 +149,16 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
     if note:   # (a merged export's processor is edited so: fit_processor_files)
         logger.warning("%s: %s", path, note.strip())
     return Path(path)
+
+
+def _peft_root(model: nn.Module, inner: nn.Module) -> tuple[nn.Module, str]:
+    """The model a PEFT export's module names are relative to, and the adapted module's path in it (``"model."``):
+    ``model`` itself where it is a model of a family whose inner model was adapted on its own (PEFT then loads the
+    LoRA onto a fresh such model: names relative to the inner model matched its modules by suffix but none of its
+    weights, and PEFT left the update out with a warning), else the adapted module (a wrapper's: DDP, compile)."""
+    if model is inner or find_family(model) is None:
+        return inner, ""
+    return model, next(n for n, m in model.named_modules() if m is inner) + "."
 
 
 #: What a square-read adapter's LoRA user does with the base model's processor, per family that can read so.

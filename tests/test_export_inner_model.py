@@ -1,0 +1,35 @@
+"""A PEFT export of a model whose inner multimodal model was adapted on its own (family "custom")."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import llava_inputs, tiny_llava
+from test_adapter_io import _fresh, _randomize
+
+import mtl_lora_vl as mlv
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")   # PEFT 0.21 reads it
+def test_peft_export_of_the_whole_model_loads_onto_the_whole_model(tmp_path):
+    from peft import PeftModel
+
+    model = _fresh(tiny_llava)   # adapters on model.model (a LlavaModel) only
+    targets = {"text": [r"language_model\.layers\.\d+\.self_attn\.[qv]_proj$"]}
+    mlv.attach(model.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, n_up=2, targets=targets))
+    _randomize(model)
+    x = llava_inputs(2)
+    with torch.no_grad(), mlv.route(model, "b"):
+        ref = model(**x).logits
+    path = mlv.export_lora(model, "b", tmp_path / "peft", format="peft")
+    targets = json.loads((path / "adapter_config.json").read_text())["target_modules"]
+    assert "model.language_model.layers.0.self_attn.q_proj" in targets
+    fresh = _fresh(tiny_llava)
+    with torch.no_grad():
+        zero_shot = fresh(**x).logits
+    peft_model = PeftModel.from_pretrained(fresh, str(path)).eval()
+    with torch.no_grad():   # the keys named model.language_model...: PEFT loaded none and kept the zero-shot model
+        torch.testing.assert_close(peft_model(**x).logits, ref, atol=1e-5, rtol=1e-5)
+    assert (ref - zero_shot).abs().max() > 1e-2
