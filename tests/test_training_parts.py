@@ -45,11 +45,43 @@ def test_infonce_with_a_positive_mask():
 
 def test_loss_window_rows():
     w = LossWindow({"loss": [1.0]})
-    w.add({"loss": 3.0, "vqa": 2.0})
+    w.add({"loss": 3.0, "loss/vqa": 2.0})
     w.count(8)
     row = w.flush(step=2, lr=0.1, info=DistInfo())
     assert row["loss"] == 2.0 and row["loss/vqa"] == 2.0 and row["step"] == 2 and row["lr"] == 0.1
     assert row["samples_per_s"] > 0 and w.losses == {} and w.samples == 0
+
+
+def test_a_task_named_loss_logs_its_own_loss_beside_the_total(monkeypatch):
+    """A step's losses shared one dict keyed by task name with the total under "loss", so a task named "loss" had
+    its own loss overwritten by the total: metrics.jsonl had no loss/loss column (4.0 here), silently."""
+    import itertools
+
+    import mtl_lora_vl.training.step as step_mod
+    from mtl_lora_vl.training.optim import Optimization
+
+    monkeypatch.setattr(step_mod, "to_device", lambda batch, *a: batch)
+    net = _ScaledConstantLosses()
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    optim = Optimization(opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                         torch.amp.GradScaler("cpu", enabled=False), list(net.parameters()))
+    four = torch.arange(4)
+    batches = itertools.repeat({"tasks": {"vqa": {"rows": four}, "loss": {"rows": four + 4}},
+                                "task_ids": torch.zeros(8)})
+    r = step_mod.forward_backward(net, batches, optim, accumulate=1, backbone=None, amp_dtype=torch.float32,
+                                  info=DistInfo())
+    w = LossWindow()
+    w.add(r.losses)
+    row = w.flush(step=1, lr=0.1, info=DistInfo())
+    assert (row["loss"], row["loss/vqa"], row["loss/loss"]) == pytest.approx((6.0, 2.0, 4.0))
+
+
+def test_a_loss_window_saved_with_bare_task_names_resumes_under_the_row_names():
+    """A checkpoint written before windows took the row's names keys its tasks by name: they join the same column."""
+    w = LossWindow({"loss": [1.0], "vqa": [2.0]})
+    w.add({"loss": 3.0, "loss/vqa": 4.0})
+    row = w.flush(step=2, lr=0.1, info=DistInfo())
+    assert row["loss"] == 2.0 and row["loss/vqa"] == 3.0 and "loss/loss/vqa" not in row and "vqa" not in row
 
 
 def test_loss_window_rate_leaves_out_paused_time(monkeypatch):
@@ -176,7 +208,7 @@ def test_accumulated_micro_batches_weigh_each_task_as_one_batch_of_their_rows(mo
                                {"tasks": {"retrieval": {"rows": four}}, "task_ids": torch.ones(4)}])
     r = step_mod.forward_backward(net, batches, optim, accumulate=4, backbone=None, amp_dtype=torch.float32,
                                   info=DistInfo())
-    assert r.losses == pytest.approx({"vqa": 2.0, "retrieval": 4.0, "loss": 6.0}) and r.samples == 16
+    assert r.losses == pytest.approx({"loss/vqa": 2.0, "loss/retrieval": 4.0, "loss": 6.0}) and r.samples == 16
     assert float(net.p.grad) == pytest.approx(6.0)
 
 
@@ -274,7 +306,7 @@ def test_a_step_reads_its_losses_from_the_device_once(monkeypatch):
         r = step_mod.forward_backward(net, batches, optim, accumulate=4, backbone=None, amp_dtype=torch.float32,
                                       info=DistInfo())
     assert h.reads == [] and r.finite   # the one read is a tolist(), below the dispatcher
-    assert r.losses == pytest.approx({"vqa": 2.0, "retrieval": 4.0, "loss": 6.0})
+    assert r.losses == pytest.approx({"loss/vqa": 2.0, "loss/retrieval": 4.0, "loss": 6.0})
     net.p.data.fill_(float("nan"))
     assert not step_mod.forward_backward(net, batches, optim, accumulate=2, backbone=None,
                                          amp_dtype=torch.float32, info=DistInfo()).finite

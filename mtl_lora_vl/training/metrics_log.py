@@ -64,11 +64,15 @@ class MetricsLog:
 class LossWindow:
     """Per-step losses and the samples seen since the last log line, averaged into the next row.
 
-    ``losses`` goes into checkpoints, so a resumed run logs the same rows as an uninterrupted one.
+    ``losses`` (keyed by the row's names: ``loss``, ``loss/<task>``) goes into checkpoints, so a resumed run logs
+    the same rows as an uninterrupted one.
     """
 
     def __init__(self, losses: dict[str, list[float]] | None = None) -> None:
-        self.losses: dict[str, list[float]] = losses or {}
+        """``losses``: a checkpoint's window; one saved before windows took the row's names keys each task by its
+        bare name (and a task named ``loss`` was lost in the total): renamed ``loss/<task>`` here."""
+        self.losses: dict[str, list[float]] = {k if k == "loss" or k.startswith("loss/") else f"loss/{k}": list(v)
+                                               for k, v in (losses or {}).items()}
         self.samples = 0
         self.t0 = time.perf_counter()
 
@@ -86,7 +90,7 @@ class LossWindow:
             self.t0 += time.perf_counter() - start
 
     def add(self, step_losses: dict[str, float]) -> None:
-        """Add one step's losses (``loss`` and one per task) to the window."""
+        """Add one step's losses (``loss`` and ``loss/<task>``, :class:`~.step.StepResult`) to the window."""
         for k, v in step_losses.items():
             self.losses.setdefault(k, []).append(v)
 
@@ -95,7 +99,6 @@ class LossWindow:
         then start a new window. Every rank must call it (it all-reduces)."""
         rate = self.samples / max(1e-9, time.perf_counter() - self.t0)
         row = all_reduce_mean({k: sum(v) / len(v) for k, v in self.losses.items()}, info)
-        row = {("loss" if k == "loss" else f"loss/{k}"): v for k, v in row.items()}
         row.update(step=step, lr=lr, samples_per_s=rate)
         self.losses, self.samples, self.t0 = {}, 0, time.perf_counter()
         return row

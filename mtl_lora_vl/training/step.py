@@ -24,9 +24,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class StepResult:
-    """What one step's forward passes gave: the loss averaged over micro-batches and each task's loss over the
-    micro-batches it was in, whether all were finite, the samples seen by all ranks, and this rank's rows
-    that were given a substitute image, per task."""
+    """What one step's forward passes gave: ``losses`` under metrics.jsonl's names, ``loss`` the loss averaged
+    over micro-batches and ``loss/<task>`` each task's loss over the micro-batches it was in (a task named
+    ``loss`` is ``loss/loss``, not the total), whether all were finite, the samples seen by all ranks, and this
+    rank's rows that were given a substitute image, per task."""
 
     losses: dict[str, float]
     finite: bool
@@ -93,7 +94,7 @@ def forward_backward(net: nn.Module, batches: Iterator[dict[str, Any]], optim: O
         torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
     values = torch.cat([ok, total_sum.reshape(1), *(sums[k].reshape(1) for k in keys)]).tolist()
     # with loss_scales (accumulate > 1) a task's scaled losses sum to `accumulate` times its mean over its rows
-    losses = {k: v / (accumulate if accumulate > 1 else micro_batches[k]) for k, v in zip(keys, values[2:])}
+    losses = {f"loss/{k}": v / (accumulate if accumulate > 1 else micro_batches[k]) for k, v in zip(keys, values[2:])}
     losses["loss"] = values[1]
     return StepResult(losses, values[0] == 1.0, samples, replaced)
 
