@@ -82,15 +82,21 @@ def task_file_problem(name: str) -> str | None:
 
 def file_name_twins(names: Iterable[str]) -> tuple[list[str], str] | None:
     """The first set of names that are distinct strings but one file name on some file system, with why (phrased to
-    follow "task name(s) [...]"); None when there is none. Only str names are compared."""
+    follow "task name(s) [...]"); None when there is none. Only str names are compared.
+
+    Names are compared as Unicode's canonical caseless match (``NFD(casefold(NFD(name)))``): APFS and HFS+ (macOS)
+    ignore canonical normalisation and case, NTFS (Windows) case. ``casefold`` folds what ``lower`` leaves apart
+    ('σ' and final 'ς', one file on NTFS; 'ß' and 'ss'), and is broader than any one system: a pair only one system
+    folds is refused too (a rename, where a pair a system merges would lose one task's file there). Compatibility
+    forms (NFKC: fullwidth 'Ａ' and 'A', '²' and '2') are left apart: none of these file systems merges them."""
     groups: dict[str, list[str]] = {}
     for n in dict.fromkeys(n for n in names if isinstance(n, str)):
-        groups.setdefault(unicodedata.normalize("NFC", unicodedata.normalize("NFD", n).lower()), []).append(n)
+        groups.setdefault(unicodedata.normalize("NFD", unicodedata.normalize("NFD", n).casefold()), []).append(n)
     for group in (g for g in groups.values() if len(g) > 1):
         if len({unicodedata.normalize("NFC", n) for n in group}) == 1:
             return sorted(group), ("differ only in Unicode normalisation (a composed and a decomposed accent, e.g. "
                                    f"{ascii(group[0])} and {ascii(group[1])}: one file on macOS file systems)")
-        if len({n.lower() for n in group}) > 1:
+        if len({n.casefold() for n in group}) > 1:
             return sorted(group), "differ only in case and Unicode normalisation (one file on macOS file systems)"
         return sorted(group), "differ only in case (one file on macOS and Windows file systems)"
     return None

@@ -51,3 +51,12 @@ def test_export_lora_and_predictions_refuse_case_twins():
         check_file_names({"VQA": None, "vqa": None})
     with pytest.raises(ValueError, match=r"export_lora: task name\(s\) \['VQA', 'vqa'\] differ only in case"):
         _task_list(["vqa", "VQA"])
+
+
+@pytest.mark.parametrize("names", [["σ", "ς"], ["Straße", "STRASSE"], ["ΣΊΣΥΦΟΣ", "Σίσυφος"]])
+def test_case_twins_are_found_by_case_folding_not_lower_case(names):
+    """Twins were keyed on lower(): 'σ' and final 'ς' (one file on NTFS, whose upcase table maps both to 'Σ') and
+    'Straße' / 'STRASSE' passed. casefold() folds them; compatibility forms (NFKC) are left apart."""
+    with pytest.raises(ValueError, match=r"predictions: task name\(s\) .* differ only in case"):
+        check_task_file_names(names, "predictions", "rename one")
+    check_task_file_names(["\uff21", "A"], "predictions", "rename one")   # fullwidth 'Ａ': no file system folds it
