@@ -141,3 +141,15 @@ def test_the_split_of_a_thousand_rows_is_read_or_refused_by_name(ov):
     assert ov._images_per_row([one] * 1000, 1000) == [1] * 1000
     with pytest.raises(BackboneError, match="more than one way"):
         ov._images_per_row([34] * 1000, 1001, [SMALL] * 1001)
+
+
+def test_the_refusal_of_a_big_ambiguous_batch_lists_a_few_rows(ov):
+    """The refusal of a batch that reads two ways listed every row's count: 4,400 characters for 1,000 rows. It lists
+    the first 8 and how many more, and still names the fix."""
+    with pytest.raises(BackboneError) as e:
+        ov._images_per_row([34] * 1000, 1001, [SMALL] * 1001)
+    said = str(e.value)
+    assert "rows of [34, 34, 34, 34, 34, 34, 34, 34, ... 992 more rows] image tokens" in said
+    assert "pass image_counts=[...]" in said and len(said) < 600
+    with pytest.raises(BackboneError, match=r"rows of \[34, 34\] image tokens"):   # a short batch: every row
+        ov._images_per_row([34, 34], 3, [SMALL] * 3)

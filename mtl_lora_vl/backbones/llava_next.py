@@ -55,6 +55,14 @@ __all__ = ["LlavaNextBackbone", "LlavaOnevisionBackbone"]
 logger = logging.getLogger(__name__)
 
 _DEVICE_FILTERS = ("bilinear", "bicubic")   # the resampling filters torch's antialiased interpolate has
+_ROWS_SHOWN = 8   # the rows a message lists of a batch's per-row counts
+
+
+def _per_row(values: Sequence[int]) -> str:
+    """A batch's per-row counts for a message: the first rows and how many more (a 1,000-row batch: not all)."""
+    shown = ", ".join(str(int(v)) for v in values[:_ROWS_SHOWN])
+    more = len(values) - _ROWS_SHOWN
+    return f"[{shown}, ... {more} more rows]" if more > 0 else f"[{shown}]"
 
 
 @register_backbone("llava_next")
@@ -290,11 +298,11 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
         total = tails[0].get(0, 0)
         if total > 1:
             raise BackboneError(
-                f"{self.name}: rows of {counts} image tokens split into the {n_images} images more than one way (an "
-                f"image alone fills as many tokens as base views of a row of several, {base} each), so each row's "
-                "image count cannot be read from its ids; pass image_counts=[...] (the image placeholders each "
-                "row's prompt holds: backbone.lm_collator().image_counts(prompts)), or call generate / "
-                "sequence_scores with the prompts")
+                f"{self.name}: rows of {_per_row(counts)} image tokens split into the {n_images} images more than "
+                f"one way (an image alone fills as many tokens as base views of a row of several, {base} each), so "
+                "each row's image count cannot be read from its ids; pass image_counts=[...] (the image "
+                "placeholders each row's prompt holds: backbone.lm_collator().image_counts(prompts)), or call "
+                "generate / sequence_scores with the prompts")
         if not total:
             return None
         split, at = [], 0
@@ -311,9 +319,9 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
         if image_counts is not None:
             per_row = [int(k) for k in image_counts]
             if len(per_row) != input_ids.shape[0] or sum(per_row) != n_images or min(per_row, default=0) < 0:
-                raise BackboneError(f"{self.name}: image_counts {per_row} do not give the {input_ids.shape[0]} rows "
-                                    f"of input_ids the {n_images} images given; pass each row's image count (the "
-                                    "image placeholders its prompt holds), rows in order")
+                raise BackboneError(f"{self.name}: image_counts {_per_row(per_row)} do not give the "
+                                    f"{input_ids.shape[0]} rows of input_ids the {n_images} images given; pass each "
+                                    "row's image count (the image placeholders its prompt holds), rows in order")
         else:
             per_row = (self._images_per_row((input_ids == self.image_token_id).sum(dim=1).tolist(), n_images,
                                             image_sizes) if input_ids.dim() == 2 else None)
@@ -331,27 +339,27 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
         per_row = self._images_per_row(counts, pixel_values.shape[0], image_sizes, image_counts) if shaped else None
         if shaped and image_counts is not None and per_row is None:
             raise BackboneError(
-                f"{what}: input_ids hold {counts} image tokens (id {self.image_token_id}) per row, which is not "
-                f"image_counts {list(image_counts)} of the {pixel_values.shape[0]} images given ({self.several_tokens} "
-                f"per image of a row of several, an image alone its whole count); build the ids with "
-                "backbone.lm_collator() from prompts holding each row's image placeholders")
+                f"{what}: input_ids hold {_per_row(counts)} image tokens (id {self.image_token_id}) per row, which "
+                f"is not image_counts {_per_row(list(image_counts))} of the {pixel_values.shape[0]} images given "
+                f"({self.several_tokens} per image of a row of several, an image alone its whole count); build the "
+                "ids with backbone.lm_collator() from prompts holding each row's image placeholders")
         if per_row is not None and max(per_row, default=0) > 1:
             return
         base = self.several_tokens
         views = [c // base for c in counts if c != self.num_image_tokens and c % base == 0]
         if shaped and per_row is None and views and min(views) > 1:   # base views, but not of the images given
             raise BackboneError(
-                f"{what}: input_ids hold {counts} image tokens (id {self.image_token_id}) per row, "
+                f"{what}: input_ids hold {_per_row(counts)} image tokens (id {self.image_token_id}) per row, "
                 f"{self.several_tokens} per image of a row of several (its base view alone) and "
                 f"{self.num_image_tokens} for an image alone, which does not add up to the {pixel_values.shape[0]} "
                 "images given; give each row one placeholder per image (backbone.lm_collator() expands them)")
         super()._check_rows(pixel_values, input_ids, what, image_sizes)
         if shaped and per_row is None:   # whole images, some rows holding several of them tiled
             raise BackboneError(
-                f"{what}: input_ids hold {counts} image tokens (id {self.image_token_id}) per row: rows of several "
-                f"images of {self.num_image_tokens} tokens each (base view and tiles), but {self.name} reads each "
-                f"image of a row of several as its base view alone, {self.several_tokens} tokens (as its processor "
-                f"lays out a sample of several); build the ids with backbone.lm_collator()")
+                f"{what}: input_ids hold {_per_row(counts)} image tokens (id {self.image_token_id}) per row: rows "
+                f"of several images of {self.num_image_tokens} tokens each (base view and tiles), but {self.name} "
+                f"reads each image of a row of several as its base view alone, {self.several_tokens} tokens (as its "
+                f"processor lays out a sample of several); build the ids with backbone.lm_collator()")
 
     @classmethod
     def _image_side(cls, config: Any, image_processor: Any, name: str) -> int:
