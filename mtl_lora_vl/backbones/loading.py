@@ -58,10 +58,11 @@ def load_backbone(spec: str = "builtin", pretrained: str | None = None,
     if image_max_pixels is not None:
         limit = getattr(bb, "limit_pixels", None)
         if limit is None or not bb.resize.native:
-            raise BackboneError(f"image_max_pixels {image_max_pixels} (--image-max-pixels, or an adapter's recorded "
-                                "base) applies to backbones that keep each image's own size (Qwen2-VL / Qwen2.5-VL); "
+            # (an adapter's recorded area never comes here: load_pretrained applies it once the family is checked)
+            raise BackboneError(f"image_max_pixels {image_max_pixels} (--image-max-pixels) applies to backbones that "
+                                "keep each image's own size (Qwen2-VL / Qwen2.5-VL); "
                                 f"{bb.name} takes {bb.image_size}x{bb.image_size} images: leave the option out, or "
-                                "load the base model the adapter was trained on")
+                                "load a Qwen2-VL / Qwen2.5-VL model (--backbone hf:DIR)")
         limit(int(image_max_pixels))
     if image_reading is not None:
         read_images(bb, image_reading)
