@@ -34,7 +34,8 @@ the mixed case's own model stepped on one task's rows (mixed / one task: what ro
 whichever model copy is faster) and a second copy of the ``lora`` model (lora copy / lora: the spread between two
 copies of one computation, a floor under every other ratio). With a non-fp32
 ``--precision`` its base weights are in that dtype (adapters stay fp32) and the step runs under autocast
-(fp16: through a GradScaler, as the trainer's).
+(fp16: through a GradScaler, as the trainer's). Each step is the trainer's optimizer step: the gradient norm clipped to
+``--grad-clip`` (the trainer's default, 1.0; 0 turns it off, as steps were timed before the option), then AdamW.
 On a CPU, memory is what autograd saves for backward plus the inputs that checkpointed layers keep for
 their recomputation; on CUDA, ``torch.cuda.max_memory_allocated``.
 """
@@ -63,7 +64,9 @@ from mtl_lora_vl.adapters.routing import Route  # noqa: E402
 from mtl_lora_vl.backbones.hf import hf_grad_checkpointing  # noqa: E402
 from mtl_lora_vl.distributed import pick_device  # noqa: E402
 from mtl_lora_vl.io.atomic import atomic_file, check_writable_file  # noqa: E402
-from mtl_lora_vl.training.optim import adamw  # noqa: E402
+from mtl_lora_vl.options import TrainOptions  # noqa: E402
+from mtl_lora_vl.training.optim import Optimization, adamw  # noqa: E402
+from mtl_lora_vl.training.step import optimizer_step  # noqa: E402
 
 TARGETS = {"image": [r"^visual\.transformer\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"],
            "text": [r"^transformer\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"]}
@@ -131,10 +134,11 @@ class OpCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def make_train_case(model, route_arg, batch, amp_dtype, device, loss_fn=contrastive_loss, compile: str | None = None):
-    """One case's training step (forward, backward, AdamW; fp16 through a GradScaler, as the trainer steps it);
-    ``compile``: a torch.compile backend for the forward and its backward (the step that measures memory runs eager:
-    saved-tensor hooks do not reach into compiled code)."""
+def make_train_case(model, route_arg, batch, amp_dtype, device, loss_fn=contrastive_loss, compile: str | None = None,
+                    grad_clip: float = TrainOptions().grad_clip):
+    """One case's training step (forward, backward, then the trainer's optimizer step: the gradient norm clipped to
+    ``grad_clip`` when > 0, AdamW, fp16 through a GradScaler); ``compile``: a torch.compile backend for the forward and
+    its backward (the step that measures memory runs eager: saved-tensor hooks do not reach into compiled code)."""
     params = [p for p in model.parameters() if p.requires_grad]
     forward = partial(loss_fn, model)
     if compile:
@@ -142,6 +146,8 @@ def make_train_case(model, route_arg, batch, amp_dtype, device, loss_fn=contrast
     opt = adamw(params, lr=1e-4)  # the trainer's optimizer (fused where torch has it), the same for every case
     # fp16 gradients underflow unscaled; the scaler's unscale and inf check are part of the trainer's step
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    # a constant schedule: the trainer's warm-up and cosine change the rate, not the step's work
+    optim = Optimization(opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0), scaler, params)
     held = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
     recompute = mlv.may_recompute(model)   # as the trainer routes: no saved-tensor hooks unless checkpointed
 
@@ -160,8 +166,7 @@ def make_train_case(model, route_arg, batch, amp_dtype, device, loss_fn=contrast
                 else:
                     loss = forward(*batch)
             scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            optimizer_step(optim, grad_clip)   # the trainer's: clip (grad_clip > 0), scaler step and update
             opt.zero_grad(set_to_none=True)
 
     return step
@@ -227,7 +232,7 @@ def sync(device):
 def clip_cases(args, device, amp) -> tuple[dict, dict]:
     """open_clip: our lora, MTL-LoRA one task / grouped / interleaved, PEFT LoRA, merged vs base inference."""
     base_dtype = amp or torch.float32  # bf16/fp16 runs keep the base weights in that dtype, adapters in fp32
-    train_case = partial(make_train_case, compile=args.compile)
+    train_case = partial(make_train_case, compile=args.compile, grad_clip=args.grad_clip)
     probe = build(args.model, device)
     size = probe.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
@@ -336,7 +341,7 @@ def llava_cases(args, device, amp) -> tuple[dict, dict]:
     """Mixed MTL-LoRA (grouped and interleaved rows) vs our lora vs PEFT LoRA on one adapter, each also with
     activation checkpointing (mixed: grouped rows, as the loader gives them)."""
     base_dtype = amp or torch.float32  # bf16/fp16 runs keep the base weights in that dtype, adapters in fp32
-    train_case = partial(make_train_case, compile=args.compile)
+    train_case = partial(make_train_case, compile=args.compile, grad_clip=args.grad_clip)
     g = torch.Generator().manual_seed(0)
     B, n_img, n_text, n_ans = args.batch_size, (224 // 32) ** 2, args.text_len, 8
     ids = torch.randint(10, args.vocab, (B, n_img + n_text), generator=g)
@@ -456,6 +461,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="cpu | cuda | cuda:N (default cuda where there is one)")
     ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                     help="bf16 / fp16: base weights in that dtype under autocast, adapters fp32 (default fp32)")
+    ap.add_argument("--grad-clip", type=float, default=TrainOptions().grad_clip,
+                    help="clip each step's gradient norm to this, as the trainer's --grad-clip does (default "
+                         f"{TrainOptions().grad_clip:g}, the trainer's; 0 = off: the step timed before this option)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = torch default)")
     ap.add_argument("--json", default=None, help="write results to this JSON file (an earlier result there is "
                                                         "replaced, any other file refused)")
@@ -478,6 +486,8 @@ def main(argv: list[str] | None = None) -> dict:
                  f"steps reuse, so the counts would not be a step's), got {args.warmup}")
     if args.threads < 0:
         ap.error("--threads must be >= 0")
+    if not args.grad_clip >= 0:   # (nan too)
+        ap.error(f"--grad-clip must be >= 0 (0 = no clipping), got {args.grad_clip}")
     size_error = model_size_error(args)
     if size_error:   # torch's, transformers' or open_clip's own error otherwise, after building the first models
         ap.error(size_error)
@@ -555,7 +565,8 @@ def main(argv: list[str] | None = None) -> dict:
                     for label, _, _, t in plan["memory_checks"] if t is not None})
     result = {
         "case": args.case, **plan["info"], "device": str(device), "precision": args.precision,
-        "rank": args.rank, "n_up": args.n_up, "repeats": args.repeats, "threads": torch.get_num_threads(),
+        "rank": args.rank, "n_up": args.n_up, "grad_clip": args.grad_clip, "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "median_s": {k: round(v, 4) for k, v in med.items()},
         "median_cpu_s": {k: round(v, 4) for k, v in med_cpu.items()},
@@ -568,6 +579,7 @@ def main(argv: list[str] | None = None) -> dict:
         "times_s": times, "cpu_s": cpu, "rounds": rounds,   # every round's figures and order: the ratios re-derive
     }
     print(f"{plan['title']} on {device} ({args.precision}), r={args.rank}, n_up={args.n_up}, "
+          f"grad_clip={args.grad_clip:g}, "
           f"{args.repeats} interleaved rounds, {torch.get_num_threads()} threads"
           + (f", compiled ({args.compile}; memory and operators: eager)" if args.compile else ""))
     kernels = args.profile and device.type == "cuda"

@@ -29,6 +29,7 @@ def test_llava_case_reports_ratios_memory_and_ops(tmp_path):
                             "--steps-per-round", "2", "--warmup", "1", "--threads", "1", "--json", str(out)])
     assert json.loads(out.read_text()) == result
     assert result["model"].startswith("llava(vit-b/32 128 wide x1 layers")
+    assert result["grad_clip"] == 1.0   # each step clips as the trainer's does (its default)
     cases = {"lora", "lora_copy", "mtl_lora_grouped", "mtl_lora_one_task", "mtl_lora_interleaved", "peft_lora",
              "lora_ckpt", "mtl_lora_grouped_ckpt", "peft_lora_ckpt"}
     assert set(result["median_s"]) == cases and all(v > 0 for v in result["median_s"].values())
@@ -93,6 +94,7 @@ def test_bad_arguments_are_refused_before_any_timing(tmp_path, capsys):
                        (["--steps-per-round", "0"], "--steps-per-round must be at least 1"),
                        # (helper 142) the first step counts 2.1-2.4x a later step's operators, mixed
                        (["--warmup", "0"], "--warmup must be at least 1"),
+                       (["--grad-clip", "-1"], "--grad-clip must be >= 0"),
                        # a place no file can be written: it failed after every case had run
                        (["--json", "/proc/bench.json"], "--json /proc/bench.json: cannot write there"),
                        # any existing file was replaced silently after the timing (review 227)
@@ -119,7 +121,8 @@ def test_every_case_routes_from_host_ids(monkeypatch):
     bench = _bench()
     monkeypatch.setattr(bench, "make_train_case", lambda model, route_arg, *a, **k: route_arg)
     args = argparse.Namespace(batch_size=4, text_len=4, vocab=300, rank=2, n_up=2, vision_layers=1, vision_width=64,
-                              lm_layers=1, lm_width=64, no_peft=True, compile=None)
+                              lm_layers=1, lm_width=64, no_peft=True, compile=None,
+                              grad_clip=1.0)
     cases, _ = bench.llava_cases(args, torch.device("cpu"), None)
     routes = {k: v for k, v in cases.items() if v is not None}
     assert not [k for k, v in routes.items() if isinstance(v, torch.Tensor)]
@@ -206,3 +209,26 @@ def test_an_fp16_step_goes_through_a_grad_scaler(monkeypatch, amp):
     step()
     assert len(made) == 1 and made[0].is_enabled() == (amp == "float16") and made[0].calls == ["scale", "step"]
     assert not torch.equal(model.weight, before)   # the step was taken
+
+
+@pytest.mark.parametrize("clip", [None, 0.0])
+def test_a_step_clips_the_gradient_norm_as_the_trainer_does(monkeypatch, clip):
+    """The trainer clips the gradient norm to --grad-clip (1.0 by default) before AdamW's step; the bench's step did
+    not, so its timed steps left out the norm and the clip (review h306). It now takes the trainer's optimizer step,
+    clipping to the trainer's default unless told 0."""
+    import torch
+
+    from mtl_lora_vl.options import TrainOptions
+
+    clipped = []
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, norm, *a, **k: clipped.append(norm) or
+                        real(params, norm, *a, **k))
+    model = torch.nn.Linear(4, 2)
+    kw = {} if clip is None else {"grad_clip": clip}
+    step = _bench().make_train_case(model, None, (torch.randn(3, 4),), None, torch.device("cpu"),
+                                    loss_fn=lambda m, x: m(x).pow(2).mean() * 1e6, **kw)
+    step()
+    step()
+    assert clipped == ([TrainOptions().grad_clip] * 2 if clip is None else [])
+    assert TrainOptions().grad_clip == 1.0
