@@ -277,6 +277,9 @@ class MTLLoRAConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MTLLoRAConfig:
         """A validated config from :meth:`to_dict`'s dict; unknown fields or no ``tasks`` are refused."""
+        if not isinstance(d, Mapping):   # a JSON file holding a list or a string: its items were named as fields
+            raise ConfigError(f"a config must be an object of fields, e.g. {{\"tasks\": [\"vqa\", \"retrieval\"], "
+                              f"\"r\": 8}}, got a {type(d).__name__}: {str(d)[:80]}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
