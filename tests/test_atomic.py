@@ -190,3 +190,30 @@ def test_a_dangling_link_or_a_file_on_the_way_is_refused_before_writing(tmp_path
     with pytest.raises(NotADirectoryError, match=r"a\.txt is a file, so .*a\.txt/out/x cannot be made inside it"):
         check_target(tmp_path / "a.txt" / "out" / "x", directory=True, what="--out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "gone", "loop"]
+
+
+@pytest.mark.parametrize("after", ["old moved aside", "new moved in"])
+def test_a_signal_right_after_a_rename_leaves_one_whole_directory_and_no_leftover(tmp_path, monkeypatch, after):
+    """Review h304: on the two-rename path a SIGTERM (Terminated) just after ``os.replace(tmp, target)`` made the
+    put-back fail with ENOTEMPTY (an OSError in place of the signal, the old one left in ``.t.*.old``); just after
+    the old one was moved aside, the target vanished. Now: the new one in place is kept, else the old one is back."""
+    from mtl_lora_vl.training.stopping import Terminated
+
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "old").write_text("old")
+    real, signalled = os.replace, []
+
+    def then_a_signal(src, dst):
+        real(src, dst)
+        if not signalled and Path(src if after == "old moved aside" else dst) == target:
+            signalled.append(1)
+            raise Terminated
+
+    monkeypatch.setattr(atomic_mod.os, "replace", then_a_signal)
+    monkeypatch.setattr(atomic_mod, "_exchange", lambda a, b: False)  # the two-rename path (no atomic swap)
+    with pytest.raises(Terminated):
+        with atomic_dir(target, overwrite=True) as d:
+            (d / "new").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["t"]
+    assert [p.name for p in target.iterdir()] == ["new" if after == "new moved in" else "old"]

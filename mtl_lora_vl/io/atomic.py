@@ -203,7 +203,8 @@ def _replace_dir(tmp: Path, path: Path) -> None:
 
     Where the system can swap two directories atomically the old one is exchanged with ``tmp`` and then
     deleted, so there is no moment without ``path``; elsewhere it is moved aside first, and a crash between
-    the two renames leaves it in a hidden ``.<name>.*.old`` folder beside the target."""
+    the two renames leaves it in a hidden ``.<name>.*.old`` folder beside the target. Once the new one is in
+    place the write is done: an exception after that (a Ctrl-C or SIGTERM) deletes the old one and propagates."""
     if path.is_dir() and not path.is_symlink() and any(path.iterdir()) and _exchange(tmp, path):
         shutil.rmtree(tmp, ignore_errors=True)   # now the old directory
         return
@@ -211,23 +212,29 @@ def _replace_dir(tmp: Path, path: Path) -> None:
     if path.is_dir():
         if any(path.iterdir()):
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            try:
-                os.replace(path, old / "dir")
-            except BaseException:
-                old.rmdir()
-                raise
         else:
             path.rmdir()
     try:
+        if old is not None:
+            os.replace(path, old / "dir")
         os.replace(tmp, path)
     except BaseException:
-        if old is not None:  # put the old directory back
-            os.replace(old / "dir", path)
-            old.rmdir()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            _put_back(old, tmp, path)
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _put_back(old: Path, tmp: Path, path: Path) -> None:
+    """Undo :func:`_replace_dir`'s two renames, whichever were done when an exception (a signal between two
+    bytecodes included) stopped it: the old directory back at ``path``, unless the new one is there already."""
+    if not os.path.lexists(tmp):   # the new one is in place: the write is done
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    if os.path.lexists(old / "dir"):
+        os.replace(old / "dir", path)
+    old.rmdir()
 
 
 def _normal_permissions(root: Path) -> None:
