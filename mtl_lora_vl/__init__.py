@@ -10,6 +10,7 @@ The public API (DESIGN §4)::
 or, in PEFT's shape, ``MTLLoRAModel(model, cfg)`` / ``MTLLoRAModel.from_pretrained(base_model, adapter_dir)``.
 """
 
+from . import process_start  # noqa: F401  (first: reads the parent before the seconds of imports below)
 from ._version import __version__
 from .adapters.attach import (
     AttachError,

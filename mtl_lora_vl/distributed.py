@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from .process_start import parent_died
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -121,8 +123,9 @@ def end_with_the_agent() -> bool:
     it was asked. A ``kill -9`` of the agent (an OOM kill, a lost job step) left the ranks training under PID 1,
     holding the run's lock and ports; SIGTERM stops the loop at its step boundary with a checkpoint. The signal
     follows the agent thread that forked the rank: torchrun's ``agent.run()`` thread, which forks every rank and
-    polls them until they end. A rank whose agent died during the call SIGTERMs itself. Elsewhere (no torchrun, not
-    Linux) nothing is asked."""
+    polls them until they end. A rank whose agent died during the call, or before it (since the package was imported:
+    :mod:`.process_start`), SIGTERMs itself (the latter waited 30 minutes for the dead agent's store). Elsewhere (no
+    torchrun, not Linux) nothing is asked."""
     if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
         return False
     parent = os.getppid()
@@ -132,7 +135,7 @@ def end_with_the_agent() -> bool:
             return False
     except (AttributeError, OSError):   # no prctl in this C library
         return False
-    if os.getppid() != parent:   # the agent died before the call: reparented, no signal will come
+    if os.getppid() != parent or parent_died():   # the agent died already: reparented, no signal will come
         os.kill(os.getpid(), signal.SIGTERM)
     return True
 

@@ -495,3 +495,30 @@ def test_a_rank_asks_for_sigterm_when_its_agent_dies_only_under_torchrun_on_linu
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == [str(int(signal.SIGTERM)), f"[{int(signal.SIGTERM)}]"]
+
+
+def test_a_rank_whose_agent_died_before_it_joined_the_group_stops(tmp_path, procs):
+    """Review h304: a ``kill -9`` of the agent while its ranks were still importing (seconds: torch, the model
+    libraries) left them waiting in ``init_process_group`` for the dead agent's store for 30 minutes (gloo), under PID
+    1: the parent-death signal is asked for only there. Now a rank whose parent changed since the package's import
+    SIGTERMs itself there. The script waits for a file in place of the long imports."""
+    import psutil
+
+    script = tmp_path / "late_join.py"
+    script.write_text("import os, pathlib, time\nimport mtl_lora_vl.distributed as d\n"
+                      f"here = pathlib.Path({str(tmp_path)!r})\n(here / os.environ['RANK']).touch()\n"
+                      "while not (here / 'go').exists():\n    time.sleep(0.05)\n"
+                      "d.init_distributed('cpu')\n(here / ('joined' + os.environ['RANK'])).touch()\n")
+    proc = torchrun(str(script), env={"PYTHONPATH": str(TESTS.parent)})
+    procs.append(proc)
+    deadline = time.time() + 120
+    while not all((tmp_path / r).exists() for r in "01") and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    ranks = psutil.Process(proc.pid).children()
+    assert len(ranks) == 2, proc.communicate()[1][-3000:]
+    proc.kill()
+    proc.wait()
+    (tmp_path / "go").touch()
+    _, alive = psutil.wait_procs(ranks, timeout=30)
+    assert not alive, f"ranks {[p.pid for p in alive]} still waiting 30 s after their agent was killed"
+    assert not list(tmp_path.glob("joined*"))
