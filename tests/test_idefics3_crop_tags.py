@@ -122,3 +122,35 @@ def test_a_marker_the_tokenizer_splits_bans_none_of_its_pieces(tmp_path, monkeyp
     finally:
         h.remove()
     assert (seen["new"] == pieces[1]).all(), tok.convert_ids_to_tokens(seen["new"][0])
+
+
+@pytest.mark.parametrize("smolvlm", [False, True], ids=["idefics3", "smolvlm"])
+def test_a_crop_tag_past_the_processors_grid_is_banned_and_refused(dirs, smolvlm):
+    """The tokenizer holds 6 x 6 crop tags, the processor's grid is 4 x 4; SmolVLM's processor lists no tags, so
+    ``<row_6_col_6>`` was neither banned in generate (a model leaning to it wrote it at every step) nor refused in a
+    task's texts (helper 310). Every tag the tokenizer holds is now both, for either family."""
+    import dataclasses
+
+    from mtl_lora_vl.data import world
+    from mtl_lora_vl.tasks import build_kind, load_spec
+
+    bb = tiny_idefics3_backbone(dirs, smolvlm)
+    bb.native_aspect(False)
+    tok = bb.processor.tokenizer
+    tag = "<row_6_col_6>"
+    tid = tok.convert_tokens_to_ids(tag)
+    assert tid in bb._banned_ids() and tag in bb.marker_texts()
+    _attach(bb, ("a", "b"), std=0.3)
+    seen = spy_generate(bb)
+    h = bias_head(bb, tid)
+    try:
+        with torch.no_grad(), mlv.route(bb.model, [0, 1]):
+            bb.generate(torch.randn(2, 3, bb.image_size, bb.image_size), max_len=3, prompts=[bb.image_token] * 2)
+    finally:
+        h.remove()
+    assert not (seen["new"] == tid).any(), tok.convert_ids_to_tokens(seen["new"][0])
+    base, classes = load_spec("caption_cls"), world.build_split("classification", "train", n=6, seed=0)
+    bad = f"red {tag} circle"
+    spec = dataclasses.replace(base, options={**base.options, "class_names": [bad, *world.class_names()[1:]]})
+    with pytest.raises(ValueError, match=rf"task 'caption_cls': .* holds '{tag}', a special token"):
+        build_kind(spec, classes, bb)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ from .image_record import image_record
 __all__ = ["Idefics3Backbone"]
 
 logger = logging.getLogger(__name__)
+
+_CROP_TAG = re.compile(r"<row_\d+_col_\d+>")   # a crop's tag, as the processors write it
 
 
 @register_backbone("idefics3")
@@ -182,8 +185,10 @@ class Idefics3Backbone(NativeImageReading, HFVLMBackbone):
     @functools.cached_property
     def _crop_tag_ids(self) -> tuple[int, ...]:
         """The tokenizer's own tokens in the processor's text for its largest grid (transformers' prompt string,
-        with no image tokens; the newlines between rows are text and kept), and the tags Idefics3's processor lists
-        (``row_col_ids``: every one its tokenizer holds, 6 x 6); read once."""
+        with no image tokens; the newlines between rows are text and kept), the tags Idefics3's processor lists
+        (``row_col_ids``: 6 x 6), and every other ``<row_r_col_c>`` the tokenizer holds as a token (SmolVLM's
+        processor lists none: a tag past its grid, ``<row_6_col_6>`` of a 4 x 4 one, was written and accepted in
+        texts as the crop marker it reads as); read once."""
         from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
 
         processor, tok = self.hf_processor, self.hf_processor.tokenizer
@@ -194,7 +199,8 @@ class Idefics3Backbone(NativeImageReading, HFVLMBackbone):
         added = {int(i) for i in tok.get_added_vocab().values()}
         ids = [i for i in _ids(tok, get_image_prompt_string(grid, grid, 0, fake, "", glob)) if i in added]
         listed = [int(i) for i in getattr(processor, "row_col_ids", None) or () if isinstance(i, int)]
-        ids = [i for i in dict.fromkeys([*ids, *listed]) if i != tok.unk_token_id]
+        held = [int(i) for t, i in tok.get_added_vocab().items() if _CROP_TAG.fullmatch(t)]
+        ids = [i for i in dict.fromkeys([*ids, *listed, *held]) if i != tok.unk_token_id]
         return tuple(i for i in ids if tok.decode([i]).strip())
 
     def _hf_call(self, fn: Any, **kwargs: Any) -> Any:
