@@ -144,5 +144,7 @@ class Mistral3Backbone(NativeImageReading, HFVLMBackbone):
 
 def _keep_one_row(module: nn.Module, args: Any, out: Tensor) -> Tensor | None:
     """The projector's features of a batch of one image token in all, ``(1, D)``, as ``(1, 1, D)``: transformers'
-    ``squeeze(0)`` then leaves the row it needs (see the module doc); any other output as it is."""
+    ``squeeze(0)`` then leaves the row it needs (see the module doc); any other output as it is. A transformers that
+    kept the axis (split and concatenated the features unsqueezed) reads ``(1, 1, D)`` as ``(1, D)``: its token
+    check and ``masked_scatter`` count elements (the logits equal, checked on 5.25 with the squeeze taken out)."""
     return out.unsqueeze(0) if out.dim() == 2 and out.shape[0] == 1 else None
