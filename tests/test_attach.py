@@ -517,7 +517,7 @@ def test_a_failed_merge_puts_back_the_layers_it_had_merged(monkeypatch):
     with torch.no_grad(), mlv.route(model, "a"):
         routed = model(x)
     info = attach_info(model)
-    monkeypatch.setattr(info.layers["attn.in_proj"], "delta_weight", lambda t: 1 / 0)   # after fc was merged
+    monkeypatch.setattr(info.layers["attn.in_proj"], "delta_weight", lambda *a: 1 / 0)   # after fc was merged
     with pytest.raises(ZeroDivisionError):
         mlv.merge(model, "a")
     assert info.router.merged_task is None and all(b.merge_backup is None for b in info.layers.values())
@@ -554,6 +554,27 @@ def test_a_float64_model_merges_to_float64_precision():
     with torch.no_grad():
         assert (model(x) - routed).abs().max().item() < 1e-12
         assert (plain(x) - routed).abs().max().item() < 1e-12
+
+
+def test_fp32_adapters_on_a_float64_base_merge_to_float64_precision():
+    """Adapters attached to a ``.double()`` base stay fp32; the merge formed ΔW = M A in fp32 and added it in fp64,
+    so merged outputs were off routed ones (A x and M z in fp64) by fp32 rounding: 7.3e-8 here (helper 310). ΔW is
+    now formed in the base's dtype where that is wider: within 1e-12, in place and in ``merged_state_dict``."""
+    torch.manual_seed(0)
+    cfg = mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^fc$", r"^attn$"]})
+    model = mlv.attach(_WithMHA().double(), cfg)
+    _randomize_adapters(model)
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.float32}
+    x = torch.randn(2, 3, 8, dtype=torch.float64)
+    with torch.no_grad(), mlv.route(model, "b"):
+        routed = model(x)
+    plain = _WithMHA().double()
+    plain.load_state_dict(mlv.merged_state_dict(model, "b"))
+    mlv.merge(model, "b")
+    with torch.no_grad():
+        assert (model(x) - routed).abs().max().item() < 1e-12
+        assert (plain(x) - routed).abs().max().item() < 1e-12
+    assert attach_info(model).layers["fc"].delta_weight(0).dtype == torch.float32   # fp32 unless asked wider
 
 
 def test_wrapper_checks_head_names_before_attaching():

@@ -384,7 +384,7 @@ def merge(model: nn.Module, task: str) -> nn.Module:
     try:
         for bank, weight in pairs:
             bank.merge_backup = weight.detach().clone()
-            weight.copy_(_plus(weight, bank.delta_weight(t)).to(weight.dtype))
+            weight.copy_(_plus(weight, bank.delta_weight(t, weight.dtype)).to(weight.dtype))
     except BaseException:  # e.g. out of memory half-way: put back the layers already merged
         for bank, weight in pairs:
             if bank.merge_backup is not None:
@@ -446,7 +446,7 @@ def merged_state_dict(model: nn.Module, task: str) -> dict[str, torch.Tensor]:
     names = parameter_names(model)
     for bank, weight in _weight_pairs(model):
         base = bank.merge_backup if bank.merge_backup is not None else weight
-        merged = _plus(base, bank.delta_weight(t)).to(weight.dtype)
+        merged = _plus(base, bank.delta_weight(t, weight.dtype)).to(weight.dtype)
         for name in names[id(weight)]:   # every name of a module reachable under several
             sd[name] = merged
     return sd

@@ -271,10 +271,13 @@ class AdapterBank(nn.Module):
             return self._full_rows(self.task_matrices((task,))[0]).to(dtype), self.a_matrix(task).to(dtype)
 
     @torch.no_grad()
-    def delta_weight(self, task: int) -> torch.Tensor:
-        """ΔW_t = M_t A_t as a dense (d_out, d_in) matrix, for merging: fp32, or fp64 for a float64 adapter
-        (so that a ``.double()`` model's merge is exact to fp64, not fp32, rounding)."""
-        B, A = self._pair(task, torch.promote_types(self.lora_B.dtype, torch.float32))
+    def delta_weight(self, task: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """ΔW_t = M_t A_t as a dense (d_out, d_in) matrix, for merging: fp32, or fp64 for a float64 adapter or
+        ``dtype`` (the base weight's: fp32 adapters on a float64 base multiply in fp64, as the routed forward does,
+        not in fp32, whose rounding left merged outputs off routed ones by that much)."""
+        wide = torch.promote_types(self.lora_B.dtype, torch.float32)
+        B, A = self._pair(task, wide if dtype is None or not dtype.is_floating_point
+                          else torch.promote_types(wide, dtype))
         with autocast_off(B.device.type):
             return B @ A
 
