@@ -1013,3 +1013,27 @@ def test_task_names_that_cannot_name_files_are_not_saved_with_their_files(tmp_pa
         mlv.save_adapter(model, tmp_path / "out", task_specs={name: spec})
     assert not (tmp_path / "out").exists()
     mlv.load_adapter(_fresh(tiny_open_clip), mlv.save_adapter(model, tmp_path / "plain"))  # no file named by it
+
+
+def test_an_adapter_file_of_another_float_dtype_loads_cast_to_fp32_and_fp64_is_warned(oc_adapter, tmp_path, caplog):
+    """The sha256 covers a file's bytes, not what dtype they should be: a file rewritten in another float dtype with
+    its digest updated loads, cast to the fp32 parameters attach makes (documented). fp16 / bf16 widen exactly; a
+    float64 file (a ``.double()`` model's adapter) was rounded to fp32 without a word (helper 310): now warned."""
+    import logging
+
+    from safetensors.torch import load_file
+
+    saved = load_file(str(oc_adapter[0] / ADAPTER_WEIGHTS))
+    for dtype, warned in ((torch.float16, False), (torch.bfloat16, False), (torch.float64, True)):
+        path = _copy(oc_adapter[0], tmp_path / str(dtype))
+        wanted = {n: t.to(dtype) + (1e-12 if dtype == torch.float64 else 0) for n, t in saved.items()}
+        _rewrite(path, wanted)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mtl_lora_vl.io.base_check"):
+            model = mlv.load_adapter(_fresh(tiny_open_clip), path)
+        params = dict(model.named_parameters())
+        for n, t in wanted.items():
+            assert params[n].dtype == torch.float32 and torch.equal(params[n], t.float()), n
+        said = [r.getMessage() for r in caplog.records if "float64" in r.getMessage()]
+        assert bool(said) == warned, said
+    assert re.search(rf"{len(saved)} adapter tensor\(s\) are float64 .*rounded to fp32", said[0])

@@ -223,7 +223,9 @@ def check_tensors(header: dict[str, tuple[tuple[int, ...], str]], expected: dict
                    file: Path) -> None:
     """The adapter tensors in ``file``'s safetensors ``header`` (name -> (shape, dtype)) are exactly ``expected``
     (name -> shape), floating point: read from the header alone, before any tensor is loaded or the model is
-    touched, so a file that does not fit is one clear error, not a half-loaded model."""
+    touched, so a file that does not fit is one clear error, not a half-loaded model. Any float dtype loads, cast to
+    the fp32 parameters ``attach`` makes (the file's digest covers its bytes, dtype included, not what they should
+    be): fp16 / bf16 exactly; fp64 rounded, which is warned about."""
     missing = sorted(set(expected) - set(header))
     if missing:
         raise AdapterFileError(f"{file}: missing adapter tensor(s) {few(missing)}; the file does not match its "
@@ -240,6 +242,11 @@ def check_tensors(header: dict[str, tuple[tuple[int, ...], str]], expected: dict
                                    f"the model expects {shape}")
         if dtype not in ("F32", "F16", "BF16", "F64"):
             raise AdapterFileError(f"{file}: {name} has dtype {dtype}; adapter tensors are floating point")
+    wide = sorted(n for n in expected if header[n][1] == "F64")
+    if wide:
+        logger.warning("%s: %d adapter tensor(s) are float64 (%s): they load into the fp32 parameters attach makes, "
+                       "rounded to fp32 (a .double() model's adapter loads to fp32 precision)", file, len(wide),
+                       few(wide, 3))
 
 
 def check_heads(heads: dict[str, nn.Module], doc: dict[str, Any], header: dict[str, tuple[tuple[int, ...], str]],
