@@ -15,19 +15,20 @@ command cannot run (given on the command line or in the config file); ``metadata
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import operator
 import types
 import typing
 from collections.abc import Collection
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
 from .config import MIN_TEMPERATURE
 
-__all__ = ["PATH_DEFAULTS", "EvalOptions", "ExportOptions", "TrainOptions", "check_ranges", "field_types",
-           "range_text"]
+__all__ = ["PATH_DEFAULTS", "EvalOptions", "ExportOptions", "TrainOptions", "check_ranges", "describe_allowed",
+           "field_types", "non_none", "range_text"]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Split = Literal["train", "val", "test"]
@@ -351,18 +352,42 @@ def type_problem(options: Any) -> str | None:
             if ok:
                 break
         if not ok:
-            return f"--{f.name.replace('_', '-')}: expected {typing_text(hint)}, got {value!r}"
+            return f"--{f.name.replace('_', '-')}: expected {describe_allowed(f, hint)}, got {value!r}"
     return None
 
 
-def typing_text(hint: Any) -> str:
-    """A type annotation as a reader would say it ("int or None", "one of 'a', 'b'")."""
-    if typing.get_origin(hint) is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    args = typing.get_args(hint)
-    if args:
-        return " or ".join(typing_text(a) for a in args)
-    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
+def non_none(tp: Any) -> tuple[Any, bool]:
+    """``X | None`` -> (X, True); anything else -> (tp, False)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) < len(typing.get_args(tp)):
+            return functools.reduce(operator.or_, args), True
+    return tp, False
+
+
+def describe_allowed(f: Field, tp: Any) -> str:
+    """What a field of type ``tp`` accepts, in words: ``one of "a", "b"``, ``an integer >= 1``, ``true or false``,
+    ... (its range from the metadata; "or leave it out" where it may be None): the one description of a field, in
+    the command line's and config files' messages and :func:`type_problem`'s."""
+    inner, optional = non_none(tp)
+    rng = range_text(f.metadata)
+    if typing.get_origin(inner) is Literal:
+        text = "one of " + ", ".join(json.dumps(c) for c in typing.get_args(inner))
+    elif inner is bool:
+        text = "true or false"
+    elif inner is int:
+        text = "an integer"
+    elif inner is float:
+        text = "a number"
+    elif inner is str:
+        text = "a string"
+    else:
+        text = f"a value of type {getattr(inner, '__name__', str(inner))}"
+    if rng:
+        text += f" {rng}"
+    if optional:
+        text += " (or leave it out)"
+    return text
 
 
 def field_types(cls: type) -> dict[str, Any]:

@@ -590,7 +590,7 @@ def test_resume_refuses_what_it_would_ignore_and_bad_config(tmp_path, capsys, mo
     with pytest.raises(RunDirError, match=r"config.json holds options this version does not know \(\['old_option'\]\)"):
         resumed_options(run, TrainOptions(resume=str(run)))
     (run / "config.json").write_text(json.dumps({**saved, "tasks": 5}))   # hand-edited: 'int' has no 'split'
-    with pytest.raises(RunDirError, match=r"holds a value of the wrong type \(--tasks: expected str, got 5\)"):
+    with pytest.raises(RunDirError, match=r"holds a value of the wrong type \(--tasks: expected a string, got 5\)"):
         resumed_options(run, TrainOptions(resume=str(run)))
     (run / "config.json").write_text('{"tasks": ')
     assert train_main(["--resume", str(run)]) == 2

@@ -7,10 +7,14 @@ from mtl_lora_vl.training.train import train
 
 
 @pytest.mark.parametrize("kw, said", [
-    (dict(tasks=["vqa", "retrieval"]), "--tasks: expected str, got ['vqa', 'retrieval']; give tasks='vqa,retrieval'"),
-    (dict(lr="1e-3"), "--lr: expected float, got '1e-3'"),
-    (dict(steps="5"), "--steps: expected int or None, got '5'"),
-    (dict(compile=1), "--compile: expected bool, got 1"),
+    (dict(tasks=["vqa", "retrieval"]),
+     "--tasks: expected a string, got ['vqa', 'retrieval']; give tasks='vqa,retrieval'"),
+    (dict(lr="1e-3"), "--lr: expected a number > 0, got '1e-3'"),
+    (dict(steps="5"), "--steps: expected an integer >= 1 (or leave it out), got '5'"),
+    (dict(compile=1), "--compile: expected true or false, got 1"),
+    # (helper 310) in the words (and with the range) the command line and config files use, from one describer;
+    # it said "expected one of 'native', 'square' or None" here and 'one of "native", "square" (or leave it out)' there
+    (dict(image_reading=5), '--image-reading: expected one of "native", "square" (or leave it out), got 5'),
 ])
 def test_a_value_of_the_wrong_type_is_named(kw, said, tmp_path):
     with pytest.raises(ValueError) as e:

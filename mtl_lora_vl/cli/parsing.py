@@ -28,13 +28,10 @@ import argparse
 import difflib
 import functools
 import json
-import operator
 import os
 import re
 import sys
 import tomllib
-import types
-import typing
 from collections.abc import Sequence
 from dataclasses import MISSING, Field, fields
 from pathlib import Path
@@ -44,9 +41,9 @@ from jsonargparse import ArgumentError, ArgumentParser
 
 from ..config import unrepeated_keys
 from ..log import LEVELS
-from ..options import ADAPTER_SHAPE, field_types, out_of_range, range_text
+from ..options import ADAPTER_SHAPE, describe_allowed, field_types, non_none, out_of_range, range_text
 
-__all__ = ["build_parser", "closest_flag", "describe_allowed", "parse_options", "parse_options_given", "read_config"]
+__all__ = ["build_parser", "closest_flag", "parse_options", "parse_options_given", "read_config"]
 
 
 def flag(name: str) -> str:
@@ -62,48 +59,16 @@ def _fail(parser: ArgumentParser, message: str) -> NoReturn:
 # --------------------------------------------------------------------------------------------- types
 
 
-def _non_none(tp: Any) -> tuple[Any, bool]:
-    """``X | None`` -> (X, True); anything else -> (tp, False)."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) < len(typing.get_args(tp)):
-            return functools.reduce(operator.or_, args), True
-    return tp, False
-
-
 def _field_type(f: Field, hints: dict[str, Any]) -> Any:
     """The type a flag parses to: the annotation, narrowed to ``Literal[choices]`` when metadata lists choices."""
     tp = hints[f.name]
     choices = f.metadata.get("choices")
     if choices:
-        inner, optional = _non_none(tp)
+        inner, optional = non_none(tp)
         tp = Literal[tuple(choices)]
         if optional:
             tp = tp | None
     return tp
-
-
-def describe_allowed(f: Field, tp: Any) -> str:
-    """What a field accepts, in words: ``one of 'a', 'b'``, ``an integer >= 1``, ``true or false``, ..."""
-    inner, optional = _non_none(tp)
-    rng = range_text(f.metadata)
-    if typing.get_origin(inner) is Literal:
-        text = "one of " + ", ".join(json.dumps(c) for c in typing.get_args(inner))
-    elif inner is bool:
-        text = "true or false"
-    elif inner is int:
-        text = "an integer"
-    elif inner is float:
-        text = "a number"
-    elif inner is str:
-        text = "a string"
-    else:
-        text = f"a value of type {getattr(inner, '__name__', str(inner))}"
-    if rng:
-        text += f" {rng}"
-    if optional:
-        text += " (or leave it out)"
-    return text
 
 
 # --------------------------------------------------------------------------------------------- parser
@@ -129,7 +94,7 @@ def build_parser(cls: type, prog: str, description: str) -> ArgumentParser:
             parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_const", const=False,
                                 default=argparse.SUPPRESS, help=f"same as {flag(f.name)} false")
         else:   # an optional string as str: the YAML loader read null, NULL, '#x', '&x' as None (the default)
-            parser.add_argument(*names, dest=f.name, type=str if _non_none(tp) == (str, True) else tp,
+            parser.add_argument(*names, dest=f.name, type=str if non_none(tp) == (str, True) else tp,
                                 default=default, help=text)
     add_logging_flags(parser)
     return parser
@@ -265,7 +230,7 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
         if name in _PATH_OPTIONS and value == "~":   # the parser reads a bare ~ as YAML's null
             value = os.path.expanduser("~")
         shown = f"{key} = {json.dumps(value, default=str)}"   # (TOML dates and times are no JSON)
-        if value is None and not _non_none(tp)[1]:   # parse_object lets null through for any type
+        if value is None and not non_none(tp)[1]:   # parse_object lets null through for any type
             _fail(parser, f"{where}: {key} = null is not allowed; {key} takes {describe_allowed(f, tp)}")
         if value is None:
             out[name] = None
@@ -274,7 +239,7 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
             parsed = getattr(parser.parse_object({name: value}, defaults=False), name)
         except (ArgumentError, TypeError, ValueError):
             _fail(parser, f"{where}: {shown} is not allowed; {key} takes {describe_allowed(f, tp)}")
-        if isinstance(value, str) and _non_none(tp)[0] in (int, float, bool):   # "4", "1e-3", "0x4", "yes"
+        if isinstance(value, str) and non_none(tp)[0] in (int, float, bool):   # "4", "1e-3", "0x4", "yes"
             fix = f"{key} = {json.dumps(parsed)}" if is_toml else f'"{key}": {json.dumps(parsed)}'
             _fail(parser, f"{where}: {shown} is a string (in quotes); {key} takes {describe_allowed(f, tp)}: write "
                           f"{fix}, without the quotes")
@@ -397,7 +362,7 @@ def _negative_values(cls: type, argv: list[str]) -> list[str]:
         token = argv[i]
         name = _flag_name(cls, token) if token.startswith("--") else None
         value = argv[i + 1] if i + 1 < len(argv) else ""
-        if name is not None and _non_none(types_[name])[0] is not bool and value.startswith("-") and _is_number(value):
+        if name is not None and non_none(types_[name])[0] is not bool and value.startswith("-") and _is_number(value):
             out.append(f"{token}={value}")
             i += 2
         else:
@@ -420,7 +385,7 @@ def _flags(cls: type) -> dict[str, str]:
     types_ = field_types(cls)
     flags = {flag(f.name): f.name for f in fields(cls)}
     return flags | {"--no-" + f.name.replace("_", "-"): f.name for f in fields(cls)
-                    if _non_none(types_[f.name])[0] is bool}
+                    if non_none(types_[f.name])[0] is bool}
 
 
 def _flag_name(cls: type, token: str) -> str | None:
