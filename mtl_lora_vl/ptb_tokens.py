@@ -75,11 +75,15 @@ _WEB = (
     r"|(?-i:[-^=~<>']_[-^=~<>']|\([-^x=~<>'][_.]?[-^x=~<>']\)|\([\^x=~<>']-[\^x=~<>'`]\))"   # ^_^ (^_^) (-.-)
 )
 _KEEP_PERIOD = r"(?:\.(?=[,;:\u3001]))?"   # a word keeps a period that a comma, semicolon or colon follows
+_ASCII_HYPHENS = r"(?:-(?:[a-z0-9]+|[a-z](?:\.[a-z])+\.))+"
 _PTB_TOKEN = re.compile(
     rf"{_WEB}|n't(?![a-z])|{_REDAUX}(?![a-z])|{_APOSTROPHE_WORDS}"   # clitics and the apostrophe words above
     rf"|[a-z]*[a-mo-z](?=n't)|[^\W\d_][^\W_]*(?={_REDAUX})"   # the word before a clitic ("do n't", "it 's")
     r"|y'(?=[^\W\d_])|[ldj]'"                                # y'all -> y' all, j'adore -> j' adore
-    rf"|[a-z0-9][a-z0-9.,]*(?:-(?:[a-z0-9]+|[a-z](?:\.[a-z])+\.))+{_KEEP_PERIOD}"   # ASCII: "3.5-inch", "u.s.-made"
+    # ASCII hyphenated words: with [.,] ("3.5-inch", "u.s.-made"; "3.5-café" is "3.5-caf é" in PTB), or without them
+    # where no other letter goes on (PTB's longest match: "pan-sautéed", "2-año" stay whole, in the word rule below)
+    rf"|[a-z0-9]+[.,][a-z0-9.,]*{_ASCII_HYPHENS}{_KEEP_PERIOD}"
+    rf"|[a-z0-9]+{_ASCII_HYPHENS}(?!-?(?:[^\W_]|[{_MARKS}])){_KEEP_PERIOD}"
     r"|(?:ed|ph)\.d\.|(?-i:[A-Za-z]\.){2,}(?![^\W\d_])"    # ph.d., u.s., e.g. (ASCII letters, as in PTB)
     rf"|[^\W\d_][^\W_]*(?:[.!?][^\W\d_][^\W_]*)+{_KEEP_PERIOD}"   # no space after . ! ?: "bed.it", "hi!there"
     rf"|(?<![\w'.-])[a-z](?=\.\s+(?:{_SENTENCE_STARTS})(?!\S))"

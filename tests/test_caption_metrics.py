@@ -198,7 +198,7 @@ def test_tokenize_caption_against_the_live_ptb_tokenizer():
 
     cases = (PTB_CASES + PTB_AMPERSAND_CASES + PTB_APOSTROPHE_CASES + PTB_NUMBER_CASES + PTB_SYMBOL_CASES
              + PTB_MARK_CASES + PTB_LETTER_PERIOD_CASES + PTB_ASCII_LETTER_CASES + PTB_WEB_CASES
-             + PTB_SMILEY_AND_PERIOD_CASES)
+             + PTB_SMILEY_AND_PERIOD_CASES + PTB_NON_ASCII_HYPHEN_CASES)
     out = PTBTokenizer().tokenize({i: [{"caption": c}] for i, (c, _) in enumerate(cases)})
     assert [out[i][0] for i in range(len(cases))] == [ptb for _, ptb in cases]   # the recorded outputs still hold
     assert [tokenize_caption(c) for c, _ in cases] == [ptb for _, ptb in cases]
@@ -399,3 +399,27 @@ PTB_SMILEY_AND_PERIOD_CASES = [
 def test_tokenize_caption_smileys_and_kept_periods_as_ptb(caption, ptb):
     assert tokenize_caption(caption) == ptb
 
+
+
+# An ASCII hyphenated word whose next part holds a non-ASCII letter, recorded from the Java PTBTokenizer (helper 307):
+# PTB takes the longest match, its Unicode word-with-hyphens ("pan-sautéed"); the ASCII rule cut the word at the first
+# non-ASCII letter ("pan-saut éed", "a 2-a ño old"). With [.,] in it, the ASCII rule is PTB's longest ("3.5-caf é").
+PTB_NON_ASCII_HYPHEN_CASES = [
+    ("pan-sautéed vegetables, a 2-año old, 10-piñatas", "pan-sautéed vegetables a 2-año old 10-piñatas"),
+    ("an x-ray-México sign, a co-op-é, hi-fi-中文 and t-shirt-ﬁ",
+     "an x-ray-méxico sign a co-op-é hi-fi-中文 and t-shirt-ﬁ"),
+    ("a 3.5-café sign, the u.s.-café and a 1,000-café", "a 3.5-caf é sign the u.s.-caf é and a 1,000-caf é"),
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), PTB_NON_ASCII_HYPHEN_CASES)
+def test_tokenize_caption_non_ascii_after_a_hyphen_as_ptb(caption, ptb):
+    assert tokenize_caption(caption) == ptb
+
+
+def test_caption_scores_of_a_non_ascii_hyphenated_word_as_pycocoevalcap():
+    """Figures from pycocoevalcap 1.2 with its Java tokenizer: "pan-sautéed" split in two gave CIDEr 3.1854."""
+    got = caption_scores({1: "pan-sautéed vegetables", 2: "a 2-año old boy"},
+                         {1: ["pan-sautéed vegetables on a plate", "some vegetables"],
+                          2: ["a 2-año old boy with a ball", "a boy"]})
+    assert got["cider"] == pytest.approx(2.7615032214924624, abs=1e-9)
