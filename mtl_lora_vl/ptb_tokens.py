@@ -80,6 +80,9 @@ _PTB_TOKEN = re.compile(
     rf"{_WEB}|n't(?![a-z])|{_REDAUX}(?![a-z])|{_APOSTROPHE_WORDS}"   # clitics and the apostrophe words above
     rf"|[a-z]*[a-mo-z](?=n't)|[^\W\d_][^\W_]*(?={_REDAUX})"   # the word before a clitic ("do n't", "it 's")
     r"|y'(?=[^\W\d_])|[ldj]'"                                # y'all -> y' all, j'adore -> j' adore
+    # ASCII words joined by one or two slashes, each with up to two hyphens (PTB's THING3): "t-shirt/jeans" whole,
+    # "a/b/c/d" is "a/b/c / d", "bed/café" is "bed/caf é"; the word rule below joins no slash ("café/bar" splits)
+    r"|(?-i:[A-Za-z0-9]+(?:-[A-Za-z]+){0,2}(?:\\?/[A-Za-z0-9]+(?:-[A-Za-z]+){0,2}){1,2})"   # (ASCII: not ı, ſ, K)
     # ASCII hyphenated words: with [.,] ("3.5-inch", "u.s.-made"; "3.5-café" is "3.5-caf é" in PTB), or without them
     # where no other letter goes on (PTB's longest match: "pan-sautéed", "2-año" stay whole, in the word rule below)
     rf"|[a-z0-9]+[.,][a-z0-9.,]*{_ASCII_HYPHENS}{_KEEP_PERIOD}"
@@ -93,7 +96,7 @@ _PTB_TOKEN = re.compile(
     rf"|(?-i:S&P-500|S&Ls|[A-Z]+(?:&[A-Z]+)+){_KEEP_PERIOD}"   # capitals joined by & ("B&W", "AT&T"); "b&w" splits
     r"|&(?:ht|tl|ur|lr|qc|ql|qr|odq|cdq|#\d+);"               # entities PTB keeps as they are ("&#39;")
     r"|(?-i:[A-Z]+)\$"                                          # "US$"
-    rf"|(?:[^\W_]|[{_MARKS}])+(?:[-/_\u2010\u2011](?:[^\W_]|[{_MARKS}])+)*{_KEEP_PERIOD}"   # words, inner hyphens
+    rf"|(?:[^\W_]|[{_MARKS}])+(?:[-_\u2010\u2011](?:[^\W_]|[{_MARKS}])+)*{_KEEP_PERIOD}"   # words, inner hyphens
     r"|[!?]{2,}|@+|#+|_+|\*+"                                 # runs ("!" and "?" alone are dropped by the filter)
     r"|[^\w\s.,:;?!'\"`\u2010\u2011-]",                     # a symbol PTB keeps as a token (& % $ # @ + = brackets)
     re.I,

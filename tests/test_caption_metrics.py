@@ -198,7 +198,7 @@ def test_tokenize_caption_against_the_live_ptb_tokenizer():
 
     cases = (PTB_CASES + PTB_AMPERSAND_CASES + PTB_APOSTROPHE_CASES + PTB_NUMBER_CASES + PTB_SYMBOL_CASES
              + PTB_MARK_CASES + PTB_LETTER_PERIOD_CASES + PTB_ASCII_LETTER_CASES + PTB_WEB_CASES
-             + PTB_SMILEY_AND_PERIOD_CASES + PTB_NON_ASCII_HYPHEN_CASES)
+             + PTB_SMILEY_AND_PERIOD_CASES + PTB_NON_ASCII_HYPHEN_CASES + PTB_SLASH_CASES)
     out = PTBTokenizer().tokenize({i: [{"caption": c}] for i, (c, _) in enumerate(cases)})
     assert [out[i][0] for i in range(len(cases))] == [ptb for _, ptb in cases]   # the recorded outputs still hold
     assert [tokenize_caption(c) for c, _ in cases] == [ptb for _, ptb in cases]
@@ -423,3 +423,29 @@ def test_caption_scores_of_a_non_ascii_hyphenated_word_as_pycocoevalcap():
                          {1: ["pan-sautéed vegetables on a plate", "some vegetables"],
                           2: ["a 2-año old boy with a ball", "a boy"]})
     assert got["cider"] == pytest.approx(2.7615032214924624, abs=1e-9)
+
+
+# Words joined by slashes, recorded from the Java PTBTokenizer (helper 307): PTB's THING3 rule joins ASCII words with
+# one or two slashes, each with up to two hyphens whose parts start with a letter ("t-shirt/jeans" was
+# "t-shirt / jeans"); no other rule joins a slash ("café/bar" and "a/b/c/d" were whole).
+PTB_SLASH_CASES = [
+    ("a t-shirt/jeans outfit, a hot-dog/hamburger stand, a black-and-white/color photo",
+     "a t-shirt/jeans outfit a hot-dog/hamburger stand a black-and-white/color photo"),
+    ("a one-way/two-way sign, red/white/blue and a/b/c/d, a cat/dog-x-y-z",
+     "a one-way/two-way sign red/white/blue and a/b/c / d a cat/dog-x-y z"),
+    ("a café/bar, a naïve/simple cat/café, b/in-1 and a-1/b a-2b/c, co-op/ı b/ſ",
+     "a café / bar a naïve / simple cat/caf é b/in -1 and a-1 / b a-2b / c co-op / ı b / ſ"),
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), PTB_SLASH_CASES)
+def test_tokenize_caption_slashes_as_ptb(caption, ptb):
+    assert tokenize_caption(caption) == ptb
+
+
+def test_caption_scores_of_slashed_words_as_pycocoevalcap():
+    """Figures from pycocoevalcap 1.2 with its Java tokenizer: "t-shirt / jeans" split gave CIDEr 4.7143."""
+    got = caption_scores({1: "a man in a t-shirt/jeans outfit", 2: "a hot-dog/hamburger stand"},
+                         {1: ["a man in a t-shirt/jeans outfit", "a man"],
+                          2: ["a hot-dog/hamburger stand on a street", "a stand"]})
+    assert got["cider"] == pytest.approx(4.4245194611877405, abs=1e-9)
