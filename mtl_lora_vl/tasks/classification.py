@@ -75,6 +75,22 @@ class ClassifierHead(nn.Module):
         return prompt_scores(image_emb, self.weight, self.logit_scale) + self.bias
 
 
+def _check_name_order(spec: TaskSpec, names: list[str], data_names: list[str]) -> None:
+    """Refuse ``options.class_names`` that name one of the data's classes at another class's position: the names are
+    read in label order, so a list of the data's own names in another order gave every class another's name."""
+    def key(name: str) -> str:
+        return " ".join(str(name).split()).casefold()
+    data_index = {key(n): i for i, n in enumerate(data_names)}
+    moved = [(i, n, data_index[key(n)]) for i, n in enumerate(names) if data_index.get(key(n), i) != i]
+    if moved:
+        i, name, j = moved[0]
+        raise ValueError(f"task {spec.name!r}: options.class_names[{i}] is {name!r}, but in the data {data_names[j]!r} "
+                         f"is class {j} ({len(moved)} name(s) so misplaced); the names are read in the order of the "
+                         f"data's labels ({data_names[:10]}{'...' if len(data_names) > 10 else ''}): list them in "
+                         "that order, or leave options.class_names empty to use the data's names"
+                         + (f" (in {spec.source_file})" if spec.source_file else ""))
+
+
 @register_kind("classification")
 class ClassificationKind(TaskKind):
     """Image classification by class names and prompt templates (zero-shot CLIP classifier, linear probe)."""
@@ -132,6 +148,8 @@ class ClassificationKind(TaskKind):
         elif train.class_names and len(names) != len(train.class_names):
             raise ValueError(f"task {spec.name!r}: options.class_names has {len(names)} names but the data has "
                              f"{len(train.class_names)} classes ({train.class_names[:5]}...)")
+        elif train.class_names:
+            _check_name_order(spec, names, train.class_names)
         if len(names) < 2:   # one class: a loss of 0 from the first step, and every prediction right (top-1 1.0)
             raise ValueError(f"task {spec.name!r}: the training data has {len(names)} class ({list(names)}); a "
                              "classifier needs two or more: check the split's labels or options.class_names")
