@@ -397,7 +397,11 @@ def _parse(path: Path, need_train: bool = True) -> TaskSpec:
         text = path.read_text(encoding="utf-8-sig")
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise SpecError(f"{path}: not valid TOML: {err}") from err
+        other = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}.get(path.suffix.lower())
+        fix = (f"task specs are TOML, not {other}: write it as `key = value` lines and [tables] (see the built-in "
+               "specs in tasks/)" if other else "fix the TOML there (`key = value`, strings in double quotes, "
+               "[table] headers)")
+        raise SpecError(f"{path}: not valid TOML: {err}; {fix}") from err
     except (OSError, UnicodeDecodeError) as err:
         raise SpecError(f"{path}: cannot read the task spec: {err}") from err
     for key in raw:
