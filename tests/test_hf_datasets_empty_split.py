@@ -54,3 +54,16 @@ def test_a_listed_split_whose_folder_is_missing_leaves_the_others_readable(tmp_p
                                               r"'test'\]\) but its folder \S+ holds no saved dataset \(present: "
                                               r"\['train'\]\); save the DatasetDict again"):
         read_split("hf_datasets", tmp_path, path="ds", split="test")
+
+
+@pytest.mark.parametrize("name", ["../outside", "ABS"])
+def test_a_split_name_that_leaves_the_folder_is_refused(tmp_path, name):
+    import json
+
+    datasets.DatasetDict({"train": _captions(2)}).save_to_disk(tmp_path / "data" / "ds")
+    _captions(3).save_to_disk(tmp_path / "outside")   # another dataset, beside the data root
+    name = str(tmp_path / "outside") if name == "ABS" else "../" + name
+    (tmp_path / "data" / "ds" / "dataset_dict.json").write_text(json.dumps({"splits": ["train", name]}))
+    with pytest.raises(DataFormatError, match=r"ds/dataset_dict.json: split name\(s\) \[.*outside'\] are not plain "
+                                              r"folder names in the dataset's folder .*fix the file's \"splits\" list"):
+        read_split("hf_datasets", tmp_path / "data", path="ds", split=name)   # was: the 3 rows of outside/

@@ -177,6 +177,13 @@ def _saved_splits(base: Path) -> list[str] | None:
         names = json.loads((base / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
     except (OSError, ValueError, KeyError, TypeError):   # not a dict folder, or unusual: load_from_disk reads it
         return None
+    # each split is read from the folder of its name: a hand-edited "../x" or "/x" would read a dataset elsewhere
+    away = [n for n in names if isinstance(n, str) and (n in ("", ".", "..") or Path(n).name != n or "\\" in n)] \
+        if isinstance(names, list) else []
+    if away:
+        raise DataFormatError(f"hf_datasets {base / 'dataset_dict.json'}: split name(s) {away} are not plain folder "
+                              "names in the dataset's folder (a split is read from the folder of its name, and these "
+                              "leave it); fix the file's \"splits\" list, or save the DatasetDict again (save_to_disk)")
     ok = isinstance(names, list) and names and all(isinstance(n, str) for n in names)
     return list(names) if ok else None
 
