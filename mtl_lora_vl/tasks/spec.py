@@ -476,6 +476,6 @@ def _parse(path: Path, need_train: bool = True) -> TaskSpec:
                     "template), or no system", generative["system"])
     spec = TaskSpec(name=name, kind=kind_name, data=data, head=head, options=options,
                     loss_weight=float(loss_weight), metrics=tuple(metrics), templates=tuple(templates),
-                    description=description, source_file=path.resolve(), generative=generative, source_text=text)
+                    description=description, source_file=path.absolute(), generative=generative, source_text=text)
     kind_cls.check_spec(spec)
     return spec
