@@ -43,3 +43,21 @@ def test_a_worker_refuses_a_split_folder_replaced_since_the_start(tmp_path):
     with pytest.raises(DataFormatError, match=r"ds \[train\]: the dataset's files changed since it was read .*start "
                                               "again"):
         again.fetch()
+
+
+def test_another_split_saved_again_leaves_a_workers_split_readable(tmp_path):
+    datasets.DatasetDict({"train": _captions(3, 90), "test": _captions(2, 90)}).save_to_disk(tmp_path / "ds")
+    train = read_split("hf_datasets", tmp_path, path="ds", split="train")
+    ref = pickle.loads(pickle.dumps(train.examples[1].image))   # as a loader worker gets it
+    _captions(4, 200).save_to_disk(tmp_path / "new")   # only the test split saved again (the rows train does not read)
+    shutil.rmtree(tmp_path / "ds" / "test")
+    (tmp_path / "new").rename(tmp_path / "ds" / "test")
+    assert ref.fetch() == train.examples[1].image.fetch()   # was: refused, "the dataset's files changed"
+
+
+def test_a_dataset_read_whole_is_stamped_whole(tmp_path):
+    _captions(3, 90).save_to_disk(tmp_path / "one")   # a lone Dataset: no split folder, the whole folder is read
+    ref = pickle.loads(pickle.dumps(read_split("hf_datasets", tmp_path, path="one").examples[1].image))
+    (tmp_path / "one" / "state.json").write_text((tmp_path / "one" / "state.json").read_text() + " ")
+    with pytest.raises(DataFormatError, match="the dataset's files changed since it was read"):
+        ref.fetch()

@@ -43,6 +43,7 @@ Needs the optional ``datasets`` package (``pip install "mtl-lora-vl[datasets]"``
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import json
@@ -161,11 +162,10 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
                              "folder is that split's data, or save the splits together (DatasetDict.save_to_disk)")
         elif split is not None and str(ds.split) != split:
             raise ValueError(f"hf_datasets {base}: this saved dataset is the {str(ds.split)!r} split, not {split!r}")
-        table = DatasetTable("disk", (str(base),), split if isinstance(ds, (list, datasets.DatasetDict)) else None,
-                       stamp=files_stamp(sorted(base.rglob("*"))))
+        table = DatasetTable("disk", (str(base),), split if isinstance(ds, (list, datasets.DatasetDict)) else None)
     else:
-        files = _parquet_files(base, split)
-        table = DatasetTable("parquet", tuple(files), split, cache_dir, stamp=files_stamp(map(Path, files)))
+        table = DatasetTable("parquet", tuple(_parquet_files(base, split)), split, cache_dir)
+    table = dataclasses.replace(table, stamp=files_stamp(table.files()))
     return table, table.open()
 
 

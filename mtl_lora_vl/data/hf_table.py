@@ -88,11 +88,20 @@ class DatasetTable:
             self.opened[name] = self.open().select_columns([name]).with_format("arrow")
         return self.opened[name]
 
+    def files(self) -> list[Path]:
+        """The files the table is read from, which its stamp covers: the parquet files, else the split's own folder
+        of a saved ``DatasetDict`` (a split saved again alone leaves the others' stamps), else the whole folder."""
+        if self.kind == "parquet":
+            return [Path(f) for f in self.location]
+        base = Path(self.location[0])
+        if self.split is not None and (base / self.split / "state.json").is_file():
+            base = base / self.split   # what open() loads alone
+        return sorted(base.rglob("*"))
+
     def open(self) -> Any:
         """The table as a ``datasets.Dataset`` (its split of a saved ``DatasetDict``)."""
         datasets = load_datasets()
-        files = map(Path, self.location) if self.kind == "parquet" else sorted(Path(self.location[0]).rglob("*"))
-        if self.stamp and files_stamp(files) != self.stamp:   # (a loader worker read other rows at the same numbers)
+        if self.stamp and files_stamp(self.files()) != self.stamp:   # (a worker would read other rows at those numbers)
             raise DataFormatError(f"hf_datasets {self}: the dataset's files changed since it was read (saved again, "
                                   "or replaced); its rows are numbered as read then, so start again to read it anew")
         if self.kind == "parquet":
