@@ -16,7 +16,8 @@ Fields: ``image``, ``text``/``caption``/``captions``, ``question``, ``answers``,
 ``question_type``, ``question_id``, ``filter_type``. Without ``columns`` every column named like a field is used. An
 image column may hold images (the ``datasets.Image`` feature: encoded bytes, or a path), raw bytes, or
 file paths; paths are resolved under the data root (``images`` is a folder prefix) and refused when
-they leave it. A ``ClassLabel`` label column gives the class names.
+they leave it. A ``ClassLabel`` label column gives the class names; beside the reader's ``class_names`` its
+rows are read by name, in any order of those (see :func:`.hf_table.class_label_names`).
 
 A row of several images (the ``nlvr`` kind; NLVR2 copies on the hub keep a pair as two image columns) maps
 ``images`` to a list of two or more image columns, in order, with ``statement`` (or ``text``) and ``label``::
@@ -66,6 +67,7 @@ from .hf_table import (
     DatasetImage,
     DatasetTable,
     byte_lengths,
+    class_label_names,
     files_stamp,
     image_cells,
     image_kind,
@@ -272,8 +274,12 @@ def read_hf_datasets(
     image_col = mapping["image"]
     kind = image_kind(ds.features[image_col], source, image_col)
     label_feature = ds.features.get(mapping["label"]) if "label" in mapping else None
-    if class_names is None and isinstance(label_feature, load_datasets().ClassLabel):
-        class_names = list(label_feature.names)
+    by_name = None   # the ClassLabel's names, where its indices are read by name into the given class_names
+    if isinstance(label_feature, load_datasets().ClassLabel):
+        if class_names is None:
+            class_names = list(label_feature.names)
+        else:
+            by_name = class_label_names(list(label_feature.names), list(class_names), source, mapping["label"])
 
     column = ds.select_columns([image_col]).with_format("arrow")[:].column(0)
     others = {f: c for f, c in mapping.items() if f != "image"}
@@ -306,6 +312,8 @@ def read_hf_datasets(
     rows = []
     for i, ((has_bytes, img_path), values) in enumerate(zip(images_of, meta)):
         row = {f: values[c] for f, c in others.items()}
+        if by_name is not None and isinstance(row["label"], int) and 0 <= row["label"] < len(by_name):
+            row["label"] = by_name[row["label"]]
         given_id = row.get("image_id") not in (None, "")
         if not given_id:   # a made-up id must not collide with the column's real ones ("1"): it would share that image
             row["image_id"] = (img_path if img_path and not has_bytes

@@ -15,8 +15,9 @@ from typing import Any
 from .common import TRUTH_VALUES, DataFormatError
 from .images import ImageError
 
-__all__ = ["DatasetImage", "DatasetTable", "files_stamp", "image_cells", "image_kind", "is_image_feature",
-           "list_element", "load_datasets", "load_saved", "quiet_progress", "refuse_list_column", "truth_names"]
+__all__ = ["DatasetImage", "DatasetTable", "class_label_names", "files_stamp", "image_cells", "image_kind",
+           "is_image_feature", "list_element", "load_datasets", "load_saved", "quiet_progress",
+           "refuse_list_column", "truth_names"]
 
 _LIST_TYPES = ("Sequence", "List", "LargeList")
 
@@ -219,3 +220,21 @@ def truth_names(names: list[str], column: str, source: str) -> list[str]:
                               f"several images has a truth value, read by its class's name: true/false (or yes/no, "
                               f"1/0), and {bad} is none of those")
     return names
+
+
+def class_label_names(names: list[str], class_names: list[str], source: str, column: str) -> list[str] | None:
+    """How a ``ClassLabel`` label column of ``names`` is read beside the reader's ``class_names``: by name (its
+    names, to look up in ``class_names``) where ``class_names`` holds them all, in any order; by index (None) where
+    ``class_names`` renames the classes; refused where a name of both stands at another index in each (its rows would
+    be read as another class)."""
+    if set(names) <= set(class_names):
+        return names
+    moved = [(i, n, class_names.index(n)) for i, n in enumerate(names) if n in class_names and class_names[i] != n]
+    if moved:
+        i, n, j = moved[0]
+        raise DataFormatError(f"{source}: label column {column!r} is a ClassLabel whose class {i} is {n!r}, but "
+                              f"class_names puts {n!r} at {j} (and lacks {sorted(set(names) - set(class_names))[:5]}),"
+                              " so its rows would be read as another class; give class_names in the ClassLabel's "
+                              f"order {names[:10]}{' ...' if len(names) > 10 else ''}, give them all, or leave "
+                              "class_names out")
+    return None
