@@ -61,3 +61,19 @@ def test_a_dataset_read_whole_is_stamped_whole(tmp_path):
     (tmp_path / "one" / "state.json").write_text((tmp_path / "one" / "state.json").read_text() + " ")
     with pytest.raises(DataFormatError, match="the dataset's files changed since it was read"):
         ref.fetch()
+
+
+def test_a_folder_saved_again_in_place_is_refused_by_a_process_holding_it_open(tmp_path):
+    # save_to_disk into the same folder (another process) truncates and rewrites its files in place, under the memory
+    # map of a process that already read the table (workers=0, or a persistent loader worker)
+    datasets.DatasetDict({"train": _captions(3, 90)}).save_to_disk(tmp_path / "ds")
+    _captions(3, 200).save_to_disk(tmp_path / "new")
+    train = read_split("hf_datasets", tmp_path, path="ds", split="train")
+    image = train.examples[1].image
+    before = image.fetch()   # the table is open (memory-mapped) in this process now
+    data = next((tmp_path / "ds" / "train").glob("*.arrow"))
+    new = next((tmp_path / "new").glob("*.arrow")).read_bytes()
+    with open(data, "r+b") as f:   # (as long as before, at least: a file cut short under the map is a bus error)
+        f.write(new + bytes(max(0, data.stat().st_size - len(new))))
+    with pytest.raises(DataFormatError, match=r"ds \[train\]: the dataset's files changed since it was read"):
+        assert image.fetch() == before   # was: the new table's image, beside the start's caption

@@ -7,10 +7,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .common import TRUTH_VALUES, DataFormatError
 from .images import ImageError
@@ -79,9 +80,11 @@ class DatasetTable:
     stamp: str = ""                 # of the files' sizes and times when read: a rewritten dataset is another table
     # column -> that column opened, once per process (a worker opens its own: not pickled); freed with the table
     opened: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # the saved folder's files (name, size, time) as checked first in this process: stat'ed again by check_read
+    listed: list[tuple[str, int, int]] = field(default_factory=list, compare=False, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "opened": {}}
+        return {**self.__dict__, "opened": {}, "listed": []}
 
     def column(self, name: str) -> Any:
         """Column ``name`` of the table as Arrow rows, opened on first use."""
@@ -102,9 +105,7 @@ class DatasetTable:
     def open(self) -> Any:
         """The table as a ``datasets.Dataset`` (its split of a saved ``DatasetDict``)."""
         datasets = load_datasets()
-        if self.stamp and files_stamp(self.files()) != self.stamp:   # (a worker would read other rows at those numbers)
-            raise DataFormatError(f"hf_datasets {self}: the dataset's files changed since it was read (saved again, "
-                                  "or replaced); its rows are numbered as read then, so start again to read it anew")
+        self.check(self.files())   # (a worker would read other rows at those numbers)
         if self.kind == "parquet":
             with quiet_progress():
                 return datasets.Dataset.from_parquet(list(self.location), cache_dir=self.cache_dir)
@@ -116,6 +117,35 @@ class DatasetTable:
         if isinstance(ds, datasets.DatasetDict):
             return ds[self.split]
         return ds
+
+    def check(self, files: list[Path]) -> None:
+        """Refuse the table where ``files`` (its files) changed since it was read at the start."""
+        if self.stamp and files_stamp(files) != self.stamp:
+            self._refuse()
+
+    def _refuse(self) -> NoReturn:
+        raise DataFormatError(f"hf_datasets {self}: the dataset's files changed since it was read (saved again, "
+                              "or replaced); its rows are numbered as read then, so start again to read it anew")
+
+    def check_read(self) -> None:
+        """:meth:`check` around an image read from the open table: ``save_to_disk`` into the same folder rewrites
+        its files in place, under the memory map a process holds (workers=0, or a persistent worker), which then
+        reads the new rows' images beside the start's captions. (Parquet tables are read from ``datasets``' Arrow
+        copy, which is never rewritten.) One ``stat`` call per file (a few microseconds)."""
+        if self.kind != "disk" or not self.stamp:
+            return
+        if not self.listed:
+            files = self.files()
+            self.check(files)
+            self.listed.extend((str(f), st.st_size, st.st_mtime_ns) for f in files if f.is_file() for st in (f.stat(),))
+            return
+        for name, size, mtime in self.listed:
+            try:
+                st = os.stat(name)
+            except OSError:
+                st = None
+            if st is None or (st.st_size, st.st_mtime_ns) != (size, mtime):
+                self._refuse()
 
     def __str__(self) -> str:
         where = self.location[0] if len(self.location) == 1 else f"{Path(self.location[0]).parent} (parquet)"
@@ -132,7 +162,9 @@ class DatasetImage:
 
     def fetch(self) -> bytes:
         """The encoded image bytes (what :func:`mtl_lora_vl.data.images.load_image` decodes)."""
+        self.table.check_read()   # before: a file cut short under the memory map is not read (a bus error)
         value = self.stored().as_py()
+        self.table.check_read()   # after: nor bytes that a save in place changed while they were read
         if isinstance(value, dict):
             value = value.get("bytes")
         if not value:
