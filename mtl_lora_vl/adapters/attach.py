@@ -435,15 +435,17 @@ def unmerge(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def merged_state_dict(model: nn.Module, task: str) -> dict[str, torch.Tensor]:
+def merged_state_dict(model: nn.Module, task: str, *, root: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """The base model class's plain state dict with task ``task`` merged in (adapter tensors dropped).
-    Refused for a weight tied to another (loaded into a tied model, the merged value would reach both)."""
+    Refused for a weight tied to another (loaded into a tied model, the merged value would reach both).
+    ``root``: a model holding the adapted one, whose whole state dict is wanted (its keys, its ties)."""
     model = adapted_module(model)  # the base model's keys, not a wrapper's
+    root = model if root is None else root
     info = model._mtl_lora
     t = info.config.task_index(task)
-    _refuse_shared_weights(model, _weight_pairs(model), "merged_state_dict")
-    sd = {k: v for k, v in model.state_dict().items() if k.rpartition(".")[2] not in ADAPTER_PARAM_NAMES}
-    names = parameter_names(model)
+    _refuse_shared_weights(root, _weight_pairs(model), "merged_state_dict")
+    sd = {k: v for k, v in root.state_dict().items() if k.rpartition(".")[2] not in ADAPTER_PARAM_NAMES}
+    names = parameter_names(root)
     for bank, weight in _weight_pairs(model):
         base = bank.merge_backup if bank.merge_backup is not None else weight
         merged = _plus(base, bank.delta_weight(t, weight.dtype)).to(weight.dtype)

@@ -129,7 +129,7 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
                              f"nn.MultiheadAttention ({few(mha, 3)}); use format='plain' (--format plain) or a merged "
                              "checkpoint")
     write = _write_peft if format == "peft" else _write_plain
-    owner, prefix = _peft_root(model, inner) if format == "peft" else (inner, "")
+    owner, prefix = _whole_model(model, inner) if format == "peft" else (inner, "")
     if overwrite:
         check_replace(path, what="export_lora", keep=_base_files(inner))
     with atomic_dir(path, overwrite=overwrite, what="export_lora") as tmp:
@@ -151,11 +151,13 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
     return Path(path)
 
 
-def _peft_root(model: nn.Module, inner: nn.Module) -> tuple[nn.Module, str]:
-    """The model a PEFT export's module names are relative to, and the adapted module's path in it (``"model."``):
+def _whole_model(model: nn.Module, inner: nn.Module) -> tuple[nn.Module, str]:
+    """The model a PEFT or merged export is written from, and the adapted module's path in it (``"model."``):
     ``model`` itself where it is a model of a family whose inner model was adapted on its own (PEFT then loads the
     LoRA onto a fresh such model: names relative to the inner model matched its modules by suffix but none of its
-    weights, and PEFT left the update out with a warning), else the adapted module (a wrapper's: DDP, compile)."""
+    weights, and PEFT left the update out with a warning; a merged export of the inner model alone lacked the outer
+    one's weights, the LM head, which ``from_pretrained`` made random), else the adapted module (a wrapper's: DDP,
+    compile)."""
     if model is inner or find_family(model) is None:
         return inner, ""
     return model, next(n for n, m in model.named_modules() if m is inner) + "."
@@ -415,11 +417,12 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     out = Path(out)
     check_suffix_case(out, "save_merged")
     inner = adapted_module(model)
-    sd = merged_state_dict(inner, task)
+    whole, _ = _whole_model(model, inner)   # the outer model where its inner model was adapted
+    sd = merged_state_dict(inner, task, root=whole)
     if overwrite:
-        check_replace(out, what="save_merged", keep=[*_base_files(inner), ("source_dir", source_dir)])
+        check_replace(out, what="save_merged", keep=[*_base_files(whole), ("source_dir", source_dir)])
     meta = {"format": "pt", MERGED_TASK_KEY: task}
-    fmt = merged_format(inner._mtl_lora.family, inner)
+    fmt = merged_format(inner._mtl_lora.family if whole is inner else find_family(whole).name, whole)
     if out.suffix == ".safetensors" and fmt == "hf":   # a bare state dict that no from_pretrained reads
         raise ValueError(f"save_merged: {out}: a Hugging Face model is written as a save_pretrained directory "
                          "(weights, config and processor, for from_pretrained); give out= a folder name, without "
@@ -437,9 +440,9 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     with atomic_dir(out, overwrite=overwrite, what="save_merged") as tmp:
         _write_record(tmp, task, "merged")
         if weights_name is None:
-            inner.save_pretrained(str(tmp), state_dict=sd)
+            whole.save_pretrained(str(tmp), state_dict=sd)
             if source_dir is None:  # the directory the model was loaded from (tokenizer, processor files)
-                source_dir = _loaded_from(inner)
+                source_dir = _loaded_from(whole)
         else:
             save_tensors(sd, tmp / weights_name, meta)
         if source_dir is not None:
