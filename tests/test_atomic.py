@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
+import tempfile
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -217,3 +221,72 @@ def test_a_signal_right_after_a_rename_leaves_one_whole_directory_and_no_leftove
             (d / "new").write_text("new")
     assert [p.name for p in tmp_path.iterdir()] == ["t"]
     assert [p.name for p in target.iterdir()] == ["new" if after == "new moved in" else "old"]
+
+
+_KILLED_WRITER = """\
+import importlib.util, os, signal, sys
+spec = importlib.util.spec_from_file_location("atomic", sys.argv[3])   # the module alone: no torch to import
+atomic = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(atomic)
+write = atomic.atomic_dir if sys.argv[2] == "dir" else atomic.atomic_file
+with write(sys.argv[1], overwrite=True) as tmp:
+    (tmp / "weights.bin" if sys.argv[2] == "dir" else tmp).write_bytes(b"x" * 4096)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(find_spec("fcntl") is None, reason="no flock: no temporary is known to be stale")
+@pytest.mark.parametrize("kind", ["dir", "file"])
+def test_a_killed_writers_temporary_is_deleted_by_the_next_write_of_the_target(tmp_path, kind):
+    """SIGKILL mid-write left a hidden .out.XXXXXXXX.tmp each time (a merged LLaVA's: gigabytes), never deleted."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(out), kind, atomic_mod.__file__],
+                          capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(".out.") and left.name.endswith(".tmp")
+    write = atomic_dir if kind == "dir" else atomic_file
+    with write(out, overwrite=True) as tmp:
+        (tmp / "a" if kind == "dir" else tmp).write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.mark.skipif(find_spec("fcntl") is None, reason="no flock: no temporary is known to be stale")
+def test_only_this_targets_temporaries_of_gone_writers_are_deleted(tmp_path):
+    import fcntl
+
+    stale_dir, stale_file, live = (tmp_path / ".out.abcd_123.tmp", tmp_path / ".out.zz99zz99.tmp",
+                                   tmp_path / ".out.live0000.tmp")
+    stale_dir.mkdir()
+    (stale_dir / "w").write_text("half")
+    stale_file.write_text("half")
+    live.mkdir()
+    others = [tmp_path / ".other.abcdefgh.tmp", tmp_path / ".out.abcdefgh.old", tmp_path / ".out.notmine.tmp",
+              tmp_path / ".out.x.abcdefgh.tmp", tmp_path / "out.abcdefgh.tmp"]
+    for p in others:
+        p.write_text("not a killed writer's")
+    (tmp_path / ".out.link0000.tmp").symlink_to(tmp_path / "elsewhere")
+    fd = os.open(live, os.O_RDONLY)   # a writer alive: it holds the lock on its temporary
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with atomic_dir(tmp_path / "out", what="test") as tmp:
+            (tmp / "a").write_text("1")
+    finally:
+        os.close(fd)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["out", live.name, ".out.link0000.tmp", *(p.name for p in others)])
+
+
+def test_a_temporary_that_a_clean_up_took_before_it_was_locked_is_not_used(tmp_path, monkeypatch):
+    """Another writer's clean-up may find a temporary between its making and its locking: a fresh one is made."""
+    made = []
+
+    def make():
+        made.append(Path(tempfile.mkdtemp(prefix=".out.", suffix=".tmp", dir=tmp_path)))
+        if len(made) == 1:
+            made[0].rmdir()   # deleted before the writer locked it
+        return made[-1]
+
+    tmp, fd = atomic_mod._claimed(make, os.rmdir)
+    atomic_mod._release(fd)
+    assert tmp == made[1] and tmp.is_dir() and len(made) == 2

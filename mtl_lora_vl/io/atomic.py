@@ -3,9 +3,13 @@
 Everything that persists results (training checkpoints, adapter directories, exports, merged
 checkpoints) writes through :func:`atomic_file` or :func:`atomic_dir`: the content goes to a temporary
 entry beside the target (same filesystem), is flushed to disk, gets the usual umask-based permissions
-(``mkstemp`` / ``mkdtemp`` create private 0600 / 0700 entries) and is then renamed into place. A crash
-or an exception leaves the old target as it was and no temporary behind. An existing target is
-replaced only with ``overwrite=True``; an old directory is removed only once the new one is in place.
+(``mkstemp`` / ``mkdtemp`` create private 0600 / 0700 entries) and is then renamed into place. An exception
+leaves the old target as it was and no temporary behind. A killed process (SIGKILL, power loss) leaves its
+temporary (``.<name>.XXXXXXXX.tmp``, as large as what it was writing): the next write of the same target deletes
+those whose writer is gone. A writer holds a ``flock`` on its temporary while it writes, which the kernel lets go
+however the process ends; a temporary whose lock cannot be taken (a writer alive, on this machine or, where the
+file system's locks are shared, another), or where the file system cannot lock, is left alone. An existing target
+is replaced only with ``overwrite=True``; an old directory is removed only once the new one is in place.
 A target that is a symbolic link is written through it: its target gets the new content, the link stays.
 """
 
@@ -14,13 +18,22 @@ from __future__ import annotations
 import ctypes
 import errno
 import json
+import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:   # not POSIX: no locks, so no temporary is known to be stale and none is deleted
+    fcntl = None
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["atomic_dir", "atomic_file", "check_asset_dir", "check_target", "holds"]
 
@@ -141,9 +154,8 @@ def atomic_file(path: str | Path, *, overwrite: bool = False, what: str = "write
     path = _through_link(Path(path), what)
     check_target(path, directory=False, overwrite=overwrite, what=what)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    _remove_stale(path)
+    tmp, lock = _claimed(lambda: _mkstemp(path), os.unlink)
     try:
         yield tmp
         _fsync(tmp)
@@ -152,6 +164,8 @@ def atomic_file(path: str | Path, *, overwrite: bool = False, what: str = "write
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        _release(lock)
     _fsync_dir(path.parent)
 
 
@@ -165,7 +179,9 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, what: str = "write"
     path = _through_link(Path(path), what)
     check_target(path, directory=True, overwrite=overwrite, what=what)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _remove_stale(path)
+    tmp, lock = _claimed(lambda: Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)),
+                         os.rmdir)
     try:
         yield tmp
         for f in tmp.rglob("*"):
@@ -176,7 +192,91 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, what: str = "write"
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _release(lock)
     _fsync_dir(path.parent)
+
+
+def _mkstemp(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _lock(entry: Path) -> int | None:
+    """An open descriptor of ``entry`` (a file or a folder) holding an exclusive ``flock`` on it; None where the
+    system or file system cannot lock. BlockingIOError when another holds it; FileNotFoundError when it is gone."""
+    if fcntl is None:
+        return None
+    fd = os.open(entry, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise
+    except OSError:   # (NFS's flock of a read-only descriptor: EBADF; ENOLCK, ENOSYS ...)
+        os.close(fd)
+        return None
+    if not os.path.samestat(os.fstat(fd), os.lstat(entry)):   # deleted (by a cleaner) before the lock was had
+        os.close(fd)
+        raise FileNotFoundError(errno.ENOENT, "removed before it was locked", str(entry))
+    return fd
+
+
+def _claimed(make: Callable[[], Path], remove: Callable[[Path], None]) -> tuple[Path, int | None]:
+    """A new temporary from ``make`` and the lock that marks its writer alive (:func:`_remove_stale`): one that
+    another writer's clean-up took between its making and its locking is left to that clean-up, and another made."""
+    for _ in range(100):
+        tmp = make()
+        try:
+            return tmp, _lock(tmp)
+        except FileNotFoundError:
+            continue
+        except BlockingIOError:   # a clean-up holds it and deletes it
+            continue
+        except BaseException:
+            remove(tmp)
+            raise
+    raise OSError(f"cannot make a temporary beside {tmp.parent / tmp.name.rsplit('.', 2)[0][1:]}: each one made "
+                  "was deleted at once by another process")
+
+
+def _release(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+def _remove_stale(path: Path) -> list[Path]:
+    """Delete the temporaries that writers of ``path`` killed mid-write left (``.<name>.XXXXXXXX.tmp``, the names
+    :func:`atomic_file` and :func:`atomic_dir` make, of this target only), where their lock can be taken: its writer
+    is gone. One held (a writer alive), one that cannot be locked and anything else are left. Returns those deleted."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")   # tempfile's 8 characters
+    try:
+        found = [p for p in path.parent.iterdir() if pattern.fullmatch(p.name) and not p.is_symlink()]
+    except OSError:
+        return []
+    gone = []
+    for tmp in found:
+        try:
+            fd = _lock(tmp)
+        except OSError:   # held by a live writer, or gone already
+            continue
+        if fd is None:
+            continue
+        try:
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+            gone.append(tmp)
+        except OSError as e:
+            logger.warning("%s: could not delete %s, which a killed writer left (%s)", path, tmp.name, e)
+        finally:
+            os.close(fd)
+    if gone:
+        logger.warning("%s: deleted %d unfinished temporar%s that killed writers left (%s)", path, len(gone),
+                       "y" if len(gone) == 1 else "ies", ", ".join(p.name for p in gone))
+    return gone
 
 
 def _exchange(a: Path, b: Path) -> bool:
