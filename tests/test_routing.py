@@ -1220,9 +1220,59 @@ def test_torch_compile_under_mixed_routes_opened_outside_does_not_recompile_for_
         _assert_same_grads(r, g)
 
 
+class _RoutedInsideStep(nn.Module):
+    """What MultiTaskModel's generative path does under ``--compile``: the route made by a helper of the compiled
+    forward (which dynamo compiles as a frame of its own), then a graph break inside the route scope (transformers'
+    LLaVA reads its image-token counts with ``.item()``): the scope runs eagerly, the model's frames compile apart."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def _route(self, segments):
+        return Route.from_segments(segments)
+
+    def forward(self, x, segments):
+        with mlv.route(self.net, self._route(segments)):
+            torch._dynamo.graph_break()
+            y = self.net(x)
+        return y.square().sum()
+
+
+def test_torch_compile_route_made_in_a_traced_frame_and_entered_eagerly_does_not_recompile_for_each_mix():
+    """The route's host positions (Route._host) were made in Route(), inside the helper's traced frame, so there were
+    none: the model's frames traced the segments' ints as constants, a graph per mix of rows (6 graphs for 6 mixes;
+    the LLaVA job compiled ~20 s more at each new mix). The route scope, which runs eagerly, now makes them."""
+    from torch._dynamo.utils import counters
+
+    net = _net()
+    x = torch.randn(6, 3, 8)
+    mixes = [((0, 0, k), (1, k, 6)) for k in (2, 3, 4, 1, 5, 2, 3)]
+    _, grads = _compiles(torch.compile(_RoutedInsideStep(copy.deepcopy(net)), backend="eager"), x, mixes)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs == 1, f"{graphs} graphs for {len(set(mixes))} mixes of rows"
+    _, ref = _compiles(_RoutedInsideStep(copy.deepcopy(net)), x, mixes)   # eager
+    for r, g in zip(ref, grads):
+        _assert_same_grads(r, g)
+
+
+def test_a_packed_route_makes_no_host_positions():
+    """Every mixed route made its rows' host positions in Route(), also a packed one, which mtl_lora layers apply
+    per run of rows and never read: 8.8 ms (CPU) per route of 65,536 patches (16 images of 4,096), per packed_at too."""
+    net = mlv.attach(_Net(), mlv.MTLLoRAConfig(tasks=TASKS, r=2, targets={"image": [r"fc\d$"]}))
+    r = Route.from_ids([0, 1, 0]).packed_images([16, 32, 24])
+    assert r._host is None and r.packed_at(9)._host is None
+    with mlv.route(net, r):
+        assert r._host is None
+    mixed = Route.from_ids([0, 1, 0])
+    assert mixed._host is None   # made by the scope that enters it (a compiled layer takes it as a graph input)
+    with mlv.route(net, mixed):
+        assert mixed._host.tolist() == [0, 1, 0]
+
+
 def test_a_mixed_route_made_under_another_default_device_keeps_its_positions_on_the_host():
-    # Route._host is made at construction: under `with torch.device("meta")` it was a meta tensor, and the route's
-    # first CPU forward raised "Cannot copy out of meta tensor" (the positions were made lazily before 14248c6)
+    # Route._host, made at construction (14248c6 to h303), was a meta tensor under `with torch.device("meta")`, and the
+    # route's first CPU forward raised "Cannot copy out of meta tensor"; the host positions are made on the CPU
     with torch.device("meta"):
         r = Route.from_ids([0, 1, 0])
     assert r.sample_positions(torch.device("cpu")).tolist() == [0, 1, 0]

@@ -91,10 +91,7 @@ class Route:
         self.wide: Route | None = None  # see allowing()
         self.packed = False
         self._at: dict[int, Route] = {}   # packed_at(n), made once per row count
-        # A mixed route made outside torch.compile: its rows' positions as a host tensor, which a compiled layer takes
-        # as a graph input; the segments' ints, read from outside the trace, would be guarded as constants (a graph
-        # per mix of rows: the public form with a compiled model, and frames after a graph break in a route scope)
-        self._host = None if len(self.segments) < 2 or torch.compiler.is_compiling() else self._host_positions()
+        self._host: torch.Tensor | None = None   # see host_positions
 
     @classmethod
     def from_segments(cls, segments: Sequence[Segment], ids: torch.Tensor | None = None) -> Route:
@@ -170,17 +167,21 @@ class Route:
         positions = self._positions.get(device)
         if positions is None:
             with torch.inference_mode(False):
-                positions = (self._host if self._host is not None else self._host_positions()).to(device,
-                                                                                                 non_blocking=True)
+                positions = self.host_positions().to(device, non_blocking=True)
             self._positions[device] = positions
         return positions
 
-    def _host_positions(self) -> torch.Tensor:
-        """Each row's position in :attr:`present`, a LongTensor on the host (whatever the default device: a route
-        made under ``with torch.device("meta")`` must still serve the CPU)."""
-        pos = {t: p for p, t in enumerate(self.present)}
-        with torch.inference_mode(False):
-            return torch.tensor([pos[t] for t, a, b in self.segments for _ in range(a, b)], device="cpu")
+    @torch.compiler.disable   # dynamo compiles a call made from a frame it runs eagerly as a frame of its own
+    def host_positions(self) -> torch.Tensor:
+        """Each row's position in :attr:`present`, a LongTensor on the host made once (whatever the default device: a
+        route made under ``with torch.device("meta")`` must still serve the CPU). A route scope opened outside compiled
+        code makes it for a mixed route read by ``mtl_lora`` layers (:func:`.scopes.route`), and a compiled layer takes
+        it as a graph input: the segments' ints, read from outside the trace, would be guarded as constants."""
+        if self._host is None:
+            pos = {t: p for p, t in enumerate(self.present)}
+            with torch.inference_mode(False):
+                self._host = torch.tensor([pos[t] for t, a, b in self.segments for _ in range(a, b)], device="cpu")
+        return self._host
 
     def _traced_positions(self, device: torch.device) -> torch.Tensor:
         """:meth:`sample_positions` under torch.compile: each segment's rows found by comparing an arange with its
@@ -209,7 +210,7 @@ class Route:
         if k == 1 or self.batch_size is None:
             return self
         r = Route(self.task, self.segments, self.batch_size, self.ids)
-        r._plans, r._index, r._positions = self._plans, self._index, self._positions
+        r._plans, r._index, r._positions, r._host = self._plans, self._index, self._positions, self._host
         r.wide = self.expand(k)
         return r
 
