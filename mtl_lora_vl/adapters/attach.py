@@ -228,6 +228,7 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
     for n, m in model.named_modules(remove_duplicate=False):
         names.setdefault(id(m), []).append(n)
     router = Router(cfg.tasks)
+    router.reads_positions = cfg.method == "mtl_lora"
     formation = Formation() if cfg.method == "mtl_lora" else None   # the layers' M_t formed together
     built: list[tuple[list[str], nn.Module, dict[str, AdapterBank], str, int]] = []
     for name, module, tower, slices in chosen:   # every replacement first: one that fails changes nothing

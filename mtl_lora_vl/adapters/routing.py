@@ -271,6 +271,9 @@ ADAPTERS_OFF = Route()
 class Router:
     """Routing state shared by all adapted layers of one model."""
 
+    #: Whether its layers read the rows' task positions (``mtl_lora``: :meth:`Route.host_positions`); attach sets it.
+    reads_positions = True
+
     def __init__(self, tasks: Sequence[str]):
         self.tasks = list(tasks)
         self.current: Route | None = None
