@@ -147,6 +147,33 @@ class UnknownTaskError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def check_targets(targets: Any, what: str = "targets") -> None:
+    """Raise ConfigError (its message starting with ``what``) unless ``targets`` is ``"default"`` or a dict of tower ->
+    regex list naming at least one regex; an empty list leaves its tower unadapted, as leaving the tower out does."""
+    t = targets
+    if isinstance(t, str):
+        if t != "default":
+            raise ConfigError(f"{what}: must be 'default' or a dict like {{'image': [regex], 'text': [regex]}}, "
+                              f"got {t!r}")
+        return
+    if not isinstance(t, dict) or not t:
+        raise ConfigError(f"{what}: must be 'default' or a non-empty dict of tower -> regex list, got {t!r}")
+    for tower, patterns in t.items():
+        if tower not in TOWERS:
+            raise ConfigError(f"{what}: unknown tower {tower!r}; use {list(TOWERS)}")
+        if isinstance(patterns, str) or not isinstance(patterns, (list, tuple)):
+            raise ConfigError(f"{what}[{tower!r}]: must be a list of regular expressions, got {patterns!r}")
+        for p in patterns:
+            try:
+                re.compile(p)
+            except (re.error, TypeError) as e:
+                raise ConfigError(f"{what}[{tower!r}]: {p!r} is not a valid regular expression ({e})") from None
+    if not any(t.values()):   # attach then blamed the model: "matched no nn.Linear or nn.MultiheadAttention"
+        raise ConfigError(f"{what}: {t!r} names no regular expression for any tower, so nothing would be adapted; "
+                          "give at least one, e.g. {'image': ['attn'], 'text': ['attn']}, or 'default' (an empty list "
+                          "leaves its tower unadapted)")
+
+
 @dataclass
 class MTLLoRAConfig:
     """Hyper-parameters of the adapters (DESIGN §2, §4).
@@ -239,7 +266,7 @@ class MTLLoRAConfig:
             self.qkv_slices
         ):
             raise ConfigError(f"qkv_slices: must be a non-empty subset of 'qkv' such as 'qv', got {self.qkv_slices!r}")
-        self._validate_targets()
+        check_targets(self.targets)
         same = ((self.method == "mtl_lora" and self.lambda_type == "none" and self.n_up == 1)
                 or (self.method == "moe_lora" and self.n_up == 1))
         if same and len(self.tasks) > 1:
@@ -247,27 +274,6 @@ class MTLLoRAConfig:
                       f"n_up=1{' and lambda_type=none' if self.method == 'mtl_lora' else ''} "
                           "has no task-specific part left: every task gets the same update (lora with extra "
                           "parameters); raise n_up, or use method='lora' or 'task_lora'")
-
-    def _validate_targets(self) -> None:
-        t = self.targets
-        if isinstance(t, str):
-            if t != "default":
-                raise ConfigError(
-                    f"targets: must be 'default' or a dict like {{'image': [regex], 'text': [regex]}}, got {t!r}"
-                )
-            return
-        if not isinstance(t, dict) or not t:
-            raise ConfigError(f"targets: must be 'default' or a non-empty dict of tower -> regex list, got {t!r}")
-        for tower, patterns in t.items():
-            if tower not in TOWERS:
-                raise ConfigError(f"targets: unknown tower {tower!r}; use {list(TOWERS)}")
-            if isinstance(patterns, str) or not isinstance(patterns, (list, tuple)):
-                raise ConfigError(f"targets[{tower!r}]: must be a list of regular expressions, got {patterns!r}")
-            for p in patterns:
-                try:
-                    re.compile(p)
-                except (re.error, TypeError) as e:
-                    raise ConfigError(f"targets[{tower!r}]: {p!r} is not a valid regular expression ({e})") from None
 
     # JSON round-trip -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
