@@ -25,7 +25,7 @@ from collections.abc import Collection
 from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
-from .config import MIN_TEMPERATURE
+from .config import MIN_TEMPERATURE, check_targets
 
 __all__ = ["PATH_DEFAULTS", "EvalOptions", "ExportOptions", "TrainOptions", "check_ranges", "describe_allowed",
            "field_types", "non_none", "range_text"]
@@ -184,6 +184,7 @@ class TrainOptions:
                                  '\'{"image": ["regex"], "text": ["regex"]}\'') from None
             if not isinstance(targets, dict):
                 raise ValueError(f"--targets: must be 'default' or a JSON dict of tower -> regex list, got {targets!r}")
+            check_targets(targets, "--targets")   # (else refused once the backbone had loaded, as "targets: ...")
         unused = {"n_up": ("mtl_lora", "multi_lora", "moe_lora"), "temperature": ("mtl_lora", "moe_lora"),
                   "lambda_type": ("mtl_lora",)}
         default = TrainOptions()
