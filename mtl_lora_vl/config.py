@@ -303,7 +303,8 @@ class MTLLoRAConfig:
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> MTLLoRAConfig:
-        """A config from JSON text (``{...}``) or a JSON file's path (repeated keys are refused)."""
+        """A config from JSON text (``{...}``) or a JSON file's path (repeated keys are refused); a file's problem
+        names the file."""
         p = Path(text_or_path) if not str(text_or_path).lstrip().startswith("{") else None
         if p is not None and not p.is_file():
             raise ConfigError(f"from_json: {str(text_or_path)[:80]!r} is neither a JSON object ('{{...}}') nor an "
@@ -314,4 +315,9 @@ class MTLLoRAConfig:
         except ValueError as e:
             where = f"{p}: " if p else ""
             raise ConfigError(f"{where}not valid JSON ({e})") from None
-        return cls.from_dict(d)
+        try:
+            return cls.from_dict(d)
+        except ConfigError as e:
+            if p is None:
+                raise
+            raise ConfigError(f"{p}: {e}") from None
