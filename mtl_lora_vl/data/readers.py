@@ -83,6 +83,9 @@ _UNREAD_IMAGE_EXTENSIONS = (".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", "
                             ".psd", ".tga", ".exr", ".hdr", ".dng", ".raw", ".cr2", ".cr3", ".nef",
                             ".arw", ".orf", ".rw2")
 
+#: The subset whose images a VQAv2 question file's ``data_subtype`` names (test-dev's are among test2015's, named so).
+_IMAGE_SUBTYPES = {"test-dev2015": "test2015"}
+
 __all__ = ["READERS", "DataFormatError", "PathEscapeError", "read_coco_captions", "read_csv", "read_hf_datasets",
            "read_gqa", "read_imagefolder", "read_jsonl", "read_karpathy", "read_nlvr2", "read_split", "read_vqav2",
            "resolve_under"]
@@ -105,7 +108,8 @@ def read_vqav2(
     """Official VQAv2 JSON: ``questions`` (``{"questions": [...]}``) and optional ``annotations``.
 
     Image files are ``images/image_pattern`` formatted with ``image_id`` and ``data_subtype`` (read
-    from the question file, e.g. "val2014", unless given). ``question_type`` of each example is the
+    from the question file, e.g. "val2014", unless given; the test-dev file's "test-dev2015" reads its images
+    as "test2015", where COCO keeps them). ``question_type`` of each example is the
     annotation's ``answer_type`` ("yes/no", "number", "other") by default, the usual VQAv2 breakdown;
     ``question_type_field="question_type"`` gives the finer official types ("what color is the").
     ``answer_type`` is derived from the human answers, so it only groups the scores: the answers a question
@@ -117,6 +121,8 @@ def read_vqav2(
     qdata = load_json(qpath)
     qs = require_list(qdata, "questions", "the top level", qpath)
     subtype = data_subtype or (qdata.get("data_subtype") if isinstance(qdata, dict) else None) or ""
+    if not data_subtype:   # test-dev is a subset of test2015: its images are test2015/COCO_test2015_*.jpg
+        subtype = _IMAGE_SUBTYPES.get(subtype, subtype)
     if "{data_subtype" in image_pattern and not subtype:
         raise DataFormatError(f"{qpath}: no 'data_subtype' field to build image names from {image_pattern!r}; "
                               "pass data_subtype='val2014' (or the right subset) or another image_pattern")
