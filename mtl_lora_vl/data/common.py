@@ -144,6 +144,9 @@ def annotation_file(root: Path, path: str | os.PathLike, what: str) -> Path:
     """The annotation file ``path`` (relative: under ``root``); refused, naming ``what``, unless it is a file."""
     p = Path(path).expanduser()
     p = p if p.is_absolute() else root / p
+    if p.is_dir():   # (a folder of files, or the images' folder given for the annotations)
+        raise IsADirectoryError(f"{what} file {p} is a folder, not a file; give the path of the {what} file in it "
+                                f"(relative paths are taken under the data root {root})")
     if not p.is_file():
         raise FileNotFoundError(f"{what} file {p} not found (relative paths are taken under the data root {root})")
     return p
