@@ -44,6 +44,7 @@ from .common import (
     truth_label,
 )
 from .images import ImageError
+from .list_cells import refuse_list_cells
 from .records import Example, Split
 
 logger = logging.getLogger(__name__)
@@ -475,8 +476,8 @@ def read_jsonl(
     """
     root = data_root_dir(data_root)
     path = annotation_file(root, file, "JSONL")
-    return _read_file_rows("jsonl", _rows_jsonl(path), path, root, images, class_names, one_per_image, strict,
-                           verify)
+    return _read_file_rows("jsonl", refuse_list_cells(path, _rows_jsonl(path), False), path, root, images, class_names,
+                           one_per_image, strict, verify)
 
 
 def read_csv(
@@ -493,4 +494,5 @@ def read_csv(
     :func:`read_jsonl`."""
     root = data_root_dir(data_root)
     path = annotation_file(root, file, "CSV")
-    return _read_file_rows("csv", _rows_csv(path), path, root, images, class_names, one_per_image, strict, verify)
+    rows = refuse_list_cells(path, _rows_csv(path), True)
+    return _read_file_rows("csv", rows, path, root, images, class_names, one_per_image, strict, verify)
