@@ -43,6 +43,7 @@ from .common import (
     resolve_under,
     truth_label,
 )
+from .csv_header import refuse_repeated_header
 from .images import ImageError
 from .list_cells import refuse_list_cells
 from .records import Example, Split
@@ -494,5 +495,5 @@ def read_csv(
     :func:`read_jsonl`."""
     root = data_root_dir(data_root)
     path = annotation_file(root, file, "CSV")
-    rows = refuse_list_cells(path, _rows_csv(path), True)
+    rows = refuse_list_cells(path, refuse_repeated_header(path, _rows_csv(path)), True)
     return _read_file_rows("csv", rows, path, root, images, class_names, one_per_image, strict, verify)
