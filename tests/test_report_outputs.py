@@ -246,3 +246,34 @@ def test_scored_line_escapes_task_and_group_names():
     assert "\\_\\_bg\\_\\_ 2, a\\|b 2, \\*star\\* 2, \\`code\\` 2, yes_no 2, color 2" in scored_line(r)
     r["tasks"]["_edge"] = r["tasks"].pop("my_vqa")
     assert scored_line(r).startswith("Scored: \\_edge 500 questions")
+
+
+def test_report_says_which_split_and_what_was_scored(tmp_path, monkeypatch):
+    """`eval --split val --out X` wrote a report.md, a printed table and a plot that read like the run's test report
+    (the split was in eval.json only): the report names the split and what was scored, the plot's axis the split."""
+    from mtl_lora_vl.evaluation import report
+    from mtl_lora_vl.evaluation.evaluate import write_outputs
+
+    monkeypatch.setattr(report, "mixing_matrices", lambda model: {})
+    figs = []
+    monkeypatch.setattr(report, "_save", lambda fig, path, tight=True: figs.append((path.name, fig)) or path)
+    run = _result(0.3752, 0.3941)
+    printed = write_outputs(tmp_path / "run", run, nn.Linear(1, 1))
+    assert "\n\nScored on the test split, at the end of the training run.\n" in printed
+    assert "test split" in dict(figs)["zero_shot_vs_adapted.png"].axes[0].get_ylabel()
+
+    ev = _result(0.3801, 0.3702)
+    ev["split"] = ev["tasks"]["retrieval"]["split"] = "val"
+    ev["adapter"] = "/runs/a/adapter"
+    ev["tasks"]["retrieval"]["data_spec"] = "/specs/other.toml"
+    printed = write_outputs(tmp_path / "ev", ev, nn.Linear(1, 1))
+    line = ("Scored on the val split, by `eval` of the adapter /runs/a/adapter; retrieval on the data of "
+            "/specs/other.toml.")
+    assert line in printed and line in (tmp_path / "ev" / "report.md").read_text()
+    assert figs[-1][0] == "zero_shot_vs_adapted.png" and "val split" in figs[-1][1].axes[0].get_ylabel()
+
+    fell_back = _result(0.3, 0.4)
+    fell_back["tasks"]["retrieval"]["split"] = "val"   # (no test split: scored on val, as the split column says)
+    fell_back["backbone"] = {"backbone": "builtin"}
+    assert ("Scored on the test split (retrieval on val), by `eval` of the base model builtin, without an adapter."
+            in write_outputs(tmp_path / "base", fell_back, None))

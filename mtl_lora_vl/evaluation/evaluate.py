@@ -38,7 +38,7 @@ from ..tasks import resolve_tasks
 from ..tasks.registry import get_kind
 from ..tasks.spec import TaskSpec, load_spec
 from .predictions import PredictionFiles, StagedFiles, check_recordable, merge_passes, stopped_predictions
-from .report import details_table, markdown_table, scored_line, selected_line, title, write_plots
+from .report import details_table, markdown_table, scored_line, selected_line, source_line, title, write_plots
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model: nn
     details = details_table(result)
     if details:
         table += "\n\n" + details
-    for line in (scored_line(result), selected_line(result)):
+    for line in (source_line(result), scored_line(result), selected_line(result)):
         if line:
             table += "\n\n" + line
     plots = write_plots(run_dir, result, adapted_model)

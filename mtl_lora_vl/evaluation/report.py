@@ -105,6 +105,25 @@ def scored_line(result: dict[str, Any]) -> str:
     return f"Scored: {', '.join(parts)}." if parts else ""
 
 
+def source_line(result: dict[str, Any]) -> str:
+    """What was scored, and on which split: the run at its end, an adapter by ``eval`` (its path), or a base model
+    without one; the tables alone read the same for a test and a val score, or for a run and a later ``eval`` of
+    part of it. A task scored on another split, or on the data of another spec file, is named."""
+    split = result.get("split")
+    if "adapter" in result:
+        what = f"by `eval` of the adapter {cell(result['adapter'])}"
+    elif "backbone" in result:
+        what = f"by `eval` of the base model {cell((result['backbone'] or {}).get('backbone'))}, without an adapter"
+    else:
+        what = "at the end of the training run"
+    other = [f"{cell(name)} on {cell(r['split'])}" for name, r in result["tasks"].items()
+             if r.get("split", split) != split]
+    specs = [f"{cell(name)} on the data of {cell(r['data_spec'])}" for name, r in result["tasks"].items()
+             if r.get("data_spec")]
+    line = f"Scored on the {cell(split)} split{' (' + ', '.join(other) + ')' if other else ''}, {what}"
+    return line + (f"; {', '.join(specs)}" if specs else "") + "."
+
+
 def selected_line(result: dict[str, Any]) -> str:
     """Which step's adapter a ``--keep-best`` run finished with (and where ``--patience`` stopped it); "" otherwise."""
     chosen = result.get("selected")
@@ -249,7 +268,7 @@ def write_plots(run_dir: Path, result: dict[str, Any], model: nn.Module | None) 
         ax.bar(x + 0.2, ad, 0.4, label="adapted", color="#2f6fba")
     ax.set_xticks(x.tolist(), [f"{t}\n({result['tasks'][t]['metric']})" for t in tasks], fontsize=8)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("headline score")
+    ax.set_ylabel(f"headline score ({result.get('split')} split)")
     ax.set_title(title(result))
     ax.legend(fontsize=8)
     written.append(_save(fig, out / ("zero_shot_vs_adapted.png" if adapted else "zero_shot.png")))
