@@ -39,6 +39,7 @@ from ..tasks.registry import get_kind
 from ..tasks.spec import TaskSpec, load_spec
 from .predictions import PredictionFiles, StagedFiles, check_recordable, merge_passes, stopped_predictions
 from .report import details_table, markdown_table, scored_line, selected_line, source_line, title, write_plots
+from .scored import adapter_base, scored_base
 
 logger = logging.getLogger(__name__)
 
@@ -379,6 +380,8 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
             result = evaluate_setup(setup, split=split, data_root=data_root, device=dev, dtype=dtype,
                                     batch_size=batch_size, workers=workers, predictions=rows)
         result["adapter"] = str(Path(adapter).absolute())
+        result["base"] = adapter_base(lp.doc.get("base") or {}, backbone, pretrained, base_dtype, precision, loaded,
+                                      dtype)
         for spec in specs:
             if spec.name in result["tasks"] and spec is not lp.specs.get(spec.name):   # scored on another spec's
                 result["tasks"][spec.name]["data_spec"] = str(spec.source_file)       # data: says which
@@ -475,7 +478,7 @@ def _evaluate_base(specs: list[TaskSpec], backbone: str, pretrained: str | None,
         with sharded_evaluation(info), main_rank_logging(info.is_main):
             result = evaluate_setup(setup, split=split, data_root=data_root, device=dev, dtype=dtype,
                                     batch_size=batch_size, workers=workers, adapted=False, predictions=rows)
-        result["backbone"] = {**_scored_base(backbone, pretrained, base_dtype, loaded),
+        result["backbone"] = {**scored_base(backbone, pretrained, base_dtype, loaded),
                               **({"image_max_pixels": image_max_pixels} if image_max_pixels else {}),
                               **({"image_reading": image_reading} if image_reading else {})}
         _record_roots(result, setup, specs, data_root)
@@ -484,11 +487,3 @@ def _evaluate_base(specs: list[TaskSpec], backbone: str, pretrained: str | None,
         if rows is not None:
             rows.close()
 
-
-def _scored_base(backbone: str, pretrained: str | None, base_dtype: str, loaded: torch.dtype | None) -> dict[str, Any]:
-    """What :func:`evaluate_base` scored, for eval.json: the options as given, the local files they named (absolute:
-    a relative ``hf:DIR`` is found again from anywhere) and the dtype the base weights loaded in."""
-    files = {what: str(path.expanduser().absolute()) for what, path in base_paths({}, backbone, pretrained)}
-    return {"backbone": backbone, "pretrained": pretrained, "base_dtype": base_dtype,
-            "folder": files.get("the base model's folder"), "weights_file": files.get("the base weights"),
-            "weights_dtype": str(loaded).removeprefix("torch.") if loaded is not None else None}

@@ -1,0 +1,37 @@
+"""``eval`` of an adapter records the base model it scored and the options that scored it otherwise than its run (a
+bf16 re-evaluation read like the run's fp32 one: eval.json and the report said nothing of it)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_eval_zero_shot import _small_spec  # (the same small built-in specs)
+
+from mtl_lora_vl.backbones import builtin_dir
+from mtl_lora_vl.cli import eval_main, train_main
+
+pytestmark = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
+                                reason="built-in backbone not built (scripts/pretrain_backbone.py)")
+
+
+def test_eval_records_the_base_and_the_options_that_changed_the_scores(tmp_path):
+    vqa = _small_spec(tmp_path, "vqa", 16, 8)
+    run = tmp_path / "run"
+    assert train_main(["--tasks", vqa, "--steps", "1", "--batch-size", "8", "--warmup", "0", "--workers", "0",
+                       "--no-eval-val", "--skip-zero-shot", "--eval-batch-size", "16", "--out", str(run), "-q"]) == 0
+    assert eval_main(["--adapter", str(run / "adapter"), "--batch-size", "16", "--out", str(tmp_path / "same"),
+                      "-q"]) == 0
+    base = json.loads((tmp_path / "same" / "eval.json").read_text())["base"]
+    assert base == {"backbone": "builtin", "pretrained": None, "weights_dtype": "float32",
+                    "computed_in": "float32", "overrides": []}
+    assert ", not as its run scored it" not in (tmp_path / "same" / "report.md").read_text()
+
+    other = tmp_path / "bf16"
+    assert eval_main(["--adapter", str(run / "adapter"), "--batch-size", "16", "--out", str(other), "--device", "cpu",
+                      "--base-dtype", "bf16", "--precision", "bf16", "-q"]) == 0
+    base = json.loads((other / "eval.json").read_text())["base"]
+    assert base["weights_dtype"] == "bfloat16" and base["computed_in"] == "bfloat16"
+    assert base["overrides"] == ["--base-dtype bf16", "--precision bf16"]
+    assert (f"Scored on the test split, by `eval` of the adapter {(run / 'adapter').absolute()} with --base-dtype "
+            "bf16 --precision bf16, not as its run scored it." in (other / "report.md").read_text())
