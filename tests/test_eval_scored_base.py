@@ -25,7 +25,7 @@ def test_eval_records_the_base_and_the_options_that_changed_the_scores(tmp_path)
     base = json.loads((tmp_path / "same" / "eval.json").read_text())["base"]
     assert base == {"backbone": "builtin", "pretrained": None, "weights_dtype": "float32",
                     "computed_in": "float32", "overrides": []}
-    assert ", not as its run scored it" not in (tmp_path / "same" / "report.md").read_text()
+    assert "given to eval" not in (tmp_path / "same" / "report.md").read_text()
 
     other = tmp_path / "bf16"
     assert eval_main(["--adapter", str(run / "adapter"), "--batch-size", "16", "--out", str(other), "--device", "cpu",
@@ -34,4 +34,4 @@ def test_eval_records_the_base_and_the_options_that_changed_the_scores(tmp_path)
     assert base["weights_dtype"] == "bfloat16" and base["computed_in"] == "bfloat16"
     assert base["overrides"] == ["--base-dtype bf16", "--precision bf16"]
     assert (f"Scored on the test split, by `eval` of the adapter {(run / 'adapter').absolute()} with --base-dtype "
-            "bf16 --precision bf16, not as its run scored it." in (other / "report.md").read_text())
+            "bf16 --precision bf16 (given to eval, not read from the adapter)." in (other / "report.md").read_text())

@@ -115,7 +115,7 @@ def source_line(result: dict[str, Any]) -> str:
         what = f"by `eval` of the adapter {cell(result['adapter'])}"
         overrides = (result.get("base") or {}).get("overrides")
         if overrides:   # (eval.json "base" says what the base model was and how it was computed)
-            what += f" with {cell(' '.join(overrides))}, not as its run scored it"
+            what += f" with {cell(' '.join(overrides))} (given to eval, not read from the adapter)"
     elif "backbone" in result:
         what = f"by `eval` of the base model {cell((result['backbone'] or {}).get('backbone'))}, without an adapter"
     else:

@@ -27,8 +27,8 @@ def adapter_base(recorded: dict[str, Any], backbone: str | None, pretrained: str
                  precision: str, loaded: torch.dtype | None, computed: torch.dtype) -> dict[str, Any]:
     """The base model an adapter was scored on (``recorded``: the adapter's ``base``; ``backbone`` / ``pretrained`` /
     ``base_dtype`` as ``eval`` was given them), the dtypes its weights loaded and its scores were computed in, and
-    ``overrides``: the options given that score it otherwise than the adapter records (and than its run scored it:
-    ``--precision`` other than auto), e.g. ``["--base-dtype bf16", "--precision bf16"]``."""
+    ``overrides``: the options given that score it otherwise than the adapter records (``--precision`` other than
+    auto: the adapter records none), e.g. ``["--base-dtype bf16", "--precision bf16"]``."""
     given = {"backbone": backbone, "pretrained": pretrained, "base_dtype": None if base_dtype == "auto" else base_dtype}
     overrides = [f"--{k.replace('_', '-')} {v}" for k, v in given.items()
                  if v is not None and v != recorded.get(k, "auto" if k == "base_dtype" else None)]
