@@ -4,6 +4,7 @@ about the images it holds."""
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import json
@@ -65,8 +66,34 @@ def load_saved(folder: Path, what: str) -> Any:
 def files_stamp(files: Iterable[Path]) -> str:
     """A short hash of each file's name, size and time: what tells a rewritten dataset from the one read before
     (the images of a table stay open per process, see DatasetImage.fetch)."""
-    seen = [(str(f), st.st_size, st.st_mtime_ns) for f in files if f.is_file() for st in (f.stat(),)]
-    return hashlib.sha1(repr(seen).encode()).hexdigest()[:16]
+    return _stamp_of(_listing(files))
+
+
+def _listing(files: Iterable[Path]) -> list[tuple[str, int, int]]:
+    return [(str(f), st.st_size, st.st_mtime_ns) for f in files if f.is_file() for st in (f.stat(),)]
+
+
+def _stamp_of(listing: list[tuple[str, int, int]]) -> str:
+    return hashlib.sha1(repr(listing).encode()).hexdigest()[:16]
+
+
+def row_shards(ds: Any) -> list[tuple[int, list[str]]] | None:
+    """Per Arrow file of the opened ``datasets.Dataset`` ``ds``, in row order: (the row after its last, its path);
+    each row is read from its file's memory map alone. None where that does not hold: rows held in memory, or
+    numbered through an indices mapping (a ``select``ed or filtered dataset)."""
+    from datasets.table import ConcatenationTable, MemoryMappedTable
+
+    if getattr(ds, "_indices", None) is not None:
+        return None
+    table = ds.data
+    out: list[tuple[int, list[str]]] = []
+    end = 0
+    for block in table.blocks if isinstance(table, ConcatenationTable) else [[table]]:   # rows of blocks, in order
+        if not block or not all(isinstance(t, MemoryMappedTable) for t in block):
+            return None
+        end += block[0].num_rows
+        out.append((end, [t.path for t in block]))
+    return out if out and end == len(ds) else None
 
 
 @dataclass(frozen=True)
@@ -80,11 +107,13 @@ class DatasetTable:
     stamp: str = ""                 # of the files' sizes and times when read: a rewritten dataset is another table
     # column -> that column opened, once per process (a worker opens its own: not pickled); freed with the table
     opened: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    # the saved folder's files (name, size, time) as checked first in this process: stat'ed again by check_read
-    listed: list[tuple[str, int, int]] = field(default_factory=list, compare=False, repr=False)
+    # per Arrow file in row order, as checked first in this process: (row after its last, ((file, size, time), ...)),
+    # what check_read stats again for a row (one entry of every file where the rows' files are not known)
+    shards: list[tuple[int, tuple[tuple[str, int, int], ...]]] = field(default_factory=list, compare=False,
+                                                                       repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "opened": {}, "listed": []}
+        return {**self.__dict__, "opened": {}, "shards": []}
 
     def column(self, name: str) -> Any:
         """Column ``name`` of the table as Arrow rows, opened on first use."""
@@ -127,25 +156,41 @@ class DatasetTable:
         raise DataFormatError(f"hf_datasets {self}: the dataset's files changed since it was read (saved again, "
                               "or replaced); its rows are numbered as read then, so start again to read it anew")
 
-    def check_read(self) -> None:
-        """:meth:`check` around an image read from the open table: ``save_to_disk`` into the same folder rewrites
-        its files in place, under the memory map a process holds (workers=0, or a persistent worker), which then
-        reads the new rows' images beside the start's captions. (Parquet tables are read from ``datasets``' Arrow
-        copy, which is never rewritten.) One ``stat`` call per file (a few microseconds)."""
+    def check_read(self, row: int, column: str) -> None:
+        """:meth:`check` around a read of row ``row`` of ``column`` from the open table: ``save_to_disk`` into the
+        same folder rewrites its files in place, under the memory map a process holds (workers=0, or a persistent
+        worker), which then reads the new rows' images beside the start's captions. (Parquet tables are read from
+        ``datasets``' Arrow copy, which is never rewritten.) Every file is checked once per process; then one
+        ``stat`` per read: of the Arrow file that holds the row, whose memory map alone the row is read from. A
+        change to another file (another shard, ``state.json``) is not refused here: its rows are refused when read,
+        and the metadata is read only when the table is opened, which checks every file."""
         if self.kind != "disk" or not self.stamp:
             return
-        if not self.listed:
-            files = self.files()
-            self.check(files)
-            self.listed.extend((str(f), st.st_size, st.st_mtime_ns) for f in files if f.is_file() for st in (f.stat(),))
-            return
-        for name, size, mtime in self.listed:
+        if not self.shards:
+            self._map_shards(column)
+        i = bisect.bisect_right(self.shards, row, key=lambda s: s[0])
+        for name, size, mtime in self.shards[min(i, len(self.shards) - 1)][1]:
             try:
                 st = os.stat(name)
             except OSError:
                 st = None
             if st is None or (st.st_size, st.st_mtime_ns) != (size, mtime):
                 self._refuse()
+
+    def _map_shards(self, column: str) -> None:
+        """Fill :attr:`shards` (once per process) from the table opened, its files then checked against the stamp:
+        the stat taken here must be that of the files as mapped."""
+        shards = row_shards(self.column(column))
+        listing = _listing(self.files())
+        if _stamp_of(listing) != self.stamp:
+            self._refuse()
+        if shards is None:   # the rows' files are not known: every file for every row
+            self.shards[:] = [(2 ** 63, tuple(listing))]
+            return
+        seen = {os.path.realpath(name): (name, size, mtime) for name, size, mtime in listing}
+        # (a file not in the folder, which the stamp does not cover, is stat'ed as it is now)
+        self.shards[:] = [(end, tuple(seen.get(os.path.realpath(p)) or _listing([Path(p)])[0] for p in paths))
+                          for end, paths in shards]
 
     def __str__(self) -> str:
         where = self.location[0] if len(self.location) == 1 else f"{Path(self.location[0]).parent} (parquet)"
@@ -162,9 +207,9 @@ class DatasetImage:
 
     def fetch(self) -> bytes:
         """The encoded image bytes (what :func:`mtl_lora_vl.data.images.load_image` decodes)."""
-        self.table.check_read()   # before: a file cut short under the memory map is not read (a bus error)
+        self.table.check_read(self.row, self.column)   # before: a file cut short under the map is not read (bus error)
         value = self.stored().as_py()
-        self.table.check_read()   # after: nor bytes that a save in place changed while they were read
+        self.table.check_read(self.row, self.column)   # after: nor bytes that a save in place changed while read
         if isinstance(value, dict):
             value = value.get("bytes")
         if not value:
