@@ -20,6 +20,9 @@ def test_eval_records_the_base_and_the_options_that_changed_the_scores(tmp_path)
     run = tmp_path / "run"
     assert train_main(["--tasks", vqa, "--steps", "1", "--batch-size", "8", "--warmup", "0", "--workers", "0",
                        "--no-eval-val", "--skip-zero-shot", "--eval-batch-size", "16", "--out", str(run), "-q"]) == 0
+    # the run records what it scored in too (its config.json says only "precision": "auto")
+    assert json.loads((run / "eval.json").read_text())["base"] == {
+        "backbone": "builtin", "pretrained": None, "weights_dtype": "float32", "computed_in": "float32"}
     assert eval_main(["--adapter", str(run / "adapter"), "--batch-size", "16", "--out", str(tmp_path / "same"),
                       "-q"]) == 0
     base = json.loads((tmp_path / "same" / "eval.json").read_text())["base"]

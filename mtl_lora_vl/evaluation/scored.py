@@ -23,6 +23,15 @@ def scored_base(backbone: str, pretrained: str | None, base_dtype: str, loaded: 
             "weights_dtype": _dtype_name(loaded)}
 
 
+def run_base(backbone: str, pretrained: str | None, loaded: torch.dtype | None,
+             computed: torch.dtype | None) -> dict[str, Any]:
+    """The base model a training run scored at its end: as given, with the dtypes its weights loaded and its scores
+    were computed in (``--precision auto`` is recorded as what it chose, so that a later ``eval`` of the adapter in
+    another dtype can be told apart from the run's scores)."""
+    return {"backbone": backbone, "pretrained": pretrained, "weights_dtype": _dtype_name(loaded),
+            "computed_in": _dtype_name(computed or torch.float32)}
+
+
 def adapter_base(recorded: dict[str, Any], backbone: str | None, pretrained: str | None, base_dtype: str,
                  precision: str, loaded: torch.dtype | None, computed: torch.dtype) -> dict[str, Any]:
     """The base model an adapter was scored on (``recorded``: the adapter's ``base``; ``backbone`` / ``pretrained`` /

@@ -33,6 +33,7 @@ from ..distributed import (
 )
 from ..evaluation.evaluate import evaluate_adapted, evaluate_setup, read_eval_splits, write_outputs
 from ..evaluation.predictions import PredictionFiles, check_recordable
+from ..evaluation.scored import run_base
 from ..io import save_adapter
 from ..io.layout import RUN_ADAPTER_DIR
 from ..log import main_rank_logging
@@ -435,6 +436,7 @@ def finish(run: Run) -> None:
                                              workers=run.workers, scored=result)
     if not run.info.is_main:
         return
+    result["base"] = run_base(opts.backbone, opts.pretrained, base_weights_dtype(model.model), run.amp_dtype)
     result["trained_tasks"] = run.trained
     if run.selected:
         result["selected"] = run.selected
