@@ -55,6 +55,17 @@ def _table(header: list[str], rows: list[list[Any]], right_from: int = 1) -> lis
     return [_row(header), _row(align), *(_row(r) for r in rows), ""]
 
 
+def _interval_scope(r: dict[str, Any]) -> str:
+    """What the intervals hold and what they do not: every run scores the same test rows, so an interval is the seeds'
+    spread on those rows, not the rows' own sampling error; and the report draws many intervals, uncorrected."""
+    diffs = [*(r.get("paired_vs_reference") or {}).values(), *(r.get("interference") or {}).values()]
+    n = sum(1 for d in diffs if d and d[AVERAGE]["low"] is not None)
+    many = (f"; the report's {n} intervals on averages are not corrected for their number (at 95 %, about one in "
+            "twenty differences with no effect behind it comes out bold)") if n > 1 else ""
+    return ("Every run scores the same test rows: an interval holds the spread over seeds on those rows, not the rows' "
+            f"own sampling error{many}.")
+
+
 def _findings(r: dict[str, Any]) -> list[str]:
     cfgs = r["configs"]
     joint = {cid: c for cid, c in cfgs.items() if c["group"] in ("method", "ablation")}
@@ -127,7 +138,7 @@ def render(r: dict[str, Any]) -> str:
               f"each ({s['steps'] * s['batch_size']:,} training samples), same trainer, data order and budget for "
               f"every method. Test scores (headline metric per task, higher is better) are mean ± sample std over "
               f"seeds; differences are paired over seeds with a 95 % t-interval; **bold** = the interval "
-              f"excludes 0.", ""]
+              f"excludes 0. {_interval_scope(r)}", ""]
     lines += ["## Findings", "", *_findings(r), ""]
 
     ref = r["reference"]

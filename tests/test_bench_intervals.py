@@ -1,0 +1,45 @@
+"""What the benchmark's intervals hold, from review 321: every run scores the same test rows, so a paired t-interval
+over three seeds holds the seeds' spread on those rows, not the rows' own sampling error, and a grid draws dozens of
+them uncorrected; the report said neither. The committed reports are what the report code makes of their results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mtl_lora_vl.benchmark.report import render
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+GRIDS = ["bench_methods", "bench_llava_methods", "bench_quick", "bench_llava_quick"]
+
+
+def _results(grid: str) -> dict:
+    return json.loads((DOCS / grid / "results.json").read_text())
+
+
+def test_the_report_says_what_its_intervals_hold_and_how_many_it_draws():
+    """The CLIP grid: 18 differences to MTL-LoRA (8 methods, 10 ablations) and 9 interference averages."""
+    r = _results("bench_methods")
+    intro = render(r).split("## Findings")[0]
+    assert "an interval holds the spread over seeds on those rows, not the rows' own sampling error" in intro
+    assert (len(r["paired_vs_reference"]), len(r["interference"])) == (18, 9)
+    assert "the report's 27 intervals on averages are not corrected for their number" in intro
+
+
+def test_one_interval_says_nothing_of_a_count():
+    """A grid with a single interval on averages has nothing to correct for."""
+    r = _results("bench_quick")
+    keep = next(iter(r["paired_vs_reference"]))
+    r["paired_vs_reference"] = {keep: r["paired_vs_reference"][keep]}
+    r["interference"] = {}
+    intro = render(r).split("## Findings")[0]
+    assert "not the rows' own sampling error." in intro and "not corrected" not in intro
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_committed_reports_are_rendered_from_their_results(grid):
+    """docs/bench_*/report.md is what render() makes of the results.json beside it (a change to the report's text
+    regenerates them: `render(json.load(results.json))`, no grid re-run)."""
+    assert (DOCS / grid / "report.md").read_text() == render(_results(grid))
