@@ -43,3 +43,19 @@ def test_committed_reports_are_rendered_from_their_results(grid):
     """docs/bench_*/report.md is what render() makes of the results.json beside it (a change to the report's text
     regenerates them: `render(json.load(results.json))`, no grid re-run)."""
     assert (DOCS / grid / "report.md").read_text() == render(_results(grid))
+
+
+def test_results_md_says_what_the_intervals_hold_with_the_committed_grids_counts():
+    """docs/results.md gave every interval as a plain '95 % interval': its counts of intervals drawn and the
+    three seeds' differences it cites are the committed results' own."""
+    text = " ".join((DOCS / "results.md").read_text().split())
+    clip, llava = _results("bench_methods"), _results("bench_llava_methods")
+    n = {g: (len(r["paired_vs_reference"]), len(r["interference"])) for g, r in (("clip", clip), ("llava", llava))}
+    assert (f"not the test rows' own sampling error, and it is not corrected for the number drawn — {sum(n['clip'])} "
+            f"on averages in this grid ({n['clip'][0]} against `mtl_lora`, {n['clip'][1]} against each task alone) "
+            f"and {sum(n['llava'])} in the LLaVA one") in text
+    seeds = llava["configs"]["mtl_lora-r8"]["per_seed"]
+    alone = llava["single_task"]["per_seed"]
+    diffs = ", ".join(f"{seeds[s]['average'] - alone[s]['average']:+.3f}".replace("-", "−") for s in sorted(seeds))
+    first, second, third = diffs.split(", ")
+    assert f"its three seeds agree, {first}, {second} and {third}, on the same test rows" in text
