@@ -454,7 +454,7 @@ def test_capabilities_state_what_each_backbone_can_do(tok_dir):
         clip.caption_logits(_images(clip, 1), clip.tokenizer(["a red circle"]))
     with pytest.raises(ValueError, match="without prompts"):
         coca.generate(_images(coca, 1), prompts=["what is this?"])
-    with pytest.raises(ValueError, match="max_len must be >= 1, got 0"):   # as the LLaVA backbone says
+    with pytest.raises(ValueError, match="max_len must be an integer >= 1, got 0"):
         coca.generate(_images(coca, 1), max_len=0)
 
 

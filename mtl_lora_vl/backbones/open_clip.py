@@ -133,10 +133,11 @@ class CoCaBackbone(OpenClipBackbone):
         values; without, each step re-runs the whole prefix."""
         if prompts is not None:
             raise ValueError(f"backbone {self.name!r} (CoCa) captions images without prompts; pass prompts=None")
-        if int(max_len) < 1:   # (it was taken as 1: a one-word caption)
-            raise ValueError(f"max_len must be >= 1, got {max_len}")
-        if beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        for name, value in (("max_len", max_len), ("beam_size", beam_size)):
+            # (max_len 0.5 was taken as 1, 2.5 as 2; beam_size 2.0 failed inside torch's repeat_interleave)
+            if isinstance(value, bool) or value < 1 or int(value) != value:
+                raise ValueError(f"generate: {name} must be an integer >= 1, got {value!r}")
+        max_len, beam_size = int(max_len), int(beam_size)
         self.check_caption_tokens()
         _, image_embs = self.resize.checked(self.model._encode_image, images, "generate", self.name)
         image_embs = image_embs.repeat_interleave(beam_size, dim=0)
