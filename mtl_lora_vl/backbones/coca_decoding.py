@@ -29,9 +29,12 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
 def supports_kv_cache(model: nn.Module) -> bool:
     """True for an open_clip CoCa whose text tower and decoder are batch-first blocks of one packed
     ``nn.MultiheadAttention`` (or its adapted form) with ``ln_1``/``ln_2``/``mlp``: what :class:`CoCaStepper`
-    reads. Other layouts (custom attention, sequence-first) decode without a cache."""
+    reads. Other layouts (custom attention, sequence-first, a text tower without a causal mask: its early positions
+    read later tokens, so each step changes them) decode without a cache."""
     text, decoder = getattr(model, "text", None), getattr(model, "text_decoder", None)
     if text is None or decoder is None or getattr(text, "cls_emb", None) is None:
+        return False
+    if getattr(text, "attn_mask", None) is None or getattr(decoder, "attn_mask", None) is None:
         return False
     if not (getattr(text.transformer, "batch_first", False) and getattr(decoder, "batch_first", False)):
         return False
