@@ -82,8 +82,18 @@ class OpenClipBackbone(OpenClipText, Backbone):
         else:
             bb = _load_named(spec, device)
         if dtype != torch.float32:
-            bb.model.to(dtype)
+            _to_dtype(bb.model, dtype)
         return bb
+
+
+def _to_dtype(model: nn.Module, dtype: torch.dtype) -> None:
+    """``model``'s weights in ``dtype``, but for its logit scale and bias: scalars kept fp32, as open_clip's own bf16 /
+    fp16 precision keeps them (bf16 rounds CLIP's log-scale ln 100 to 4.594: a scale of 99.0)."""
+    scalars = ("logit_scale", "logit_bias")
+    kept = {n: p.detach().clone() for n, p in model.named_parameters(recurse=False) if n in scalars}
+    model.to(dtype)
+    for n, value in kept.items():
+        getattr(model, n).data = value
 
 
 class CoCaBackbone(OpenClipBackbone):
