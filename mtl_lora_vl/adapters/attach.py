@@ -314,6 +314,22 @@ def adapted_module(model: nn.Module) -> nn.Module:
     return find_adapted(model)
 
 
+def whole_model(model: nn.Module) -> tuple[nn.Module, str]:
+    """The model a merged or PEFT export of ``model`` is written from, and the adapted module's path in it (``""``,
+    or ``"model."`` for a family's inner model adapted on its own): the outermost model of a family in the table that
+    holds the adapted module, so a LLaVA whose inner model was adapted is written whole, with its LM head, also
+    inside a wrapper (DDP, torch.compile, MTLLoRAModel); else the adapted module, never a wrapper's keys."""
+    inner = adapted_module(model)
+    path = next(n for n, m in model.named_modules() if m is inner)
+    parts = path.split(".") if path else []
+    for i in range(len(parts) + 1):   # the model, then each module on the way down to the adapted one
+        outer = model.get_submodule(".".join(parts[:i]))
+        if find_family(outer) is not None:
+            rest = ".".join(parts[i:])
+            return outer, rest + "." if rest else ""
+    return inner, ""
+
+
 def _adapter_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if n.rpartition(".")[2] in ADAPTER_PARAM_NAMES]
 
@@ -439,9 +455,11 @@ def unmerge(model: nn.Module) -> nn.Module:
 def merged_state_dict(model: nn.Module, task: str, *, root: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """The base model class's plain state dict with task ``task`` merged in (adapter tensors dropped).
     Refused for a weight tied to another (loaded into a tied model, the merged value would reach both).
-    ``root``: a model holding the adapted one, whose whole state dict is wanted (its keys, its ties)."""
-    model = adapted_module(model)  # the base model's keys, not a wrapper's
-    root = model if root is None else root
+    Its keys are those of the model passed in, or of the model a wrapper holds (:func:`whole_model`: a LLaVA whose
+    inner model was adapted gives its own keys, for ``llava.load_state_dict``). ``root``: a model holding the adapted
+    one, whose whole state dict is wanted (its keys, its ties)."""
+    root = whole_model(model)[0] if root is None else root
+    model = adapted_module(model)
     info = model._mtl_lora
     t = info.config.task_index(task)
     _refuse_shared_weights(root, _weight_pairs(model), "merged_state_dict")

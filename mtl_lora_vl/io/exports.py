@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..adapters.attach import adapted_module, merged_state_dict, parameter_names
+from ..adapters.attach import adapted_module, merged_state_dict, parameter_names, whole_model
 from ..adapters.layers import LoRALinear
 from ..adapters.routing import check_module
 from ..backbones import backbone_class
@@ -129,7 +129,9 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
                              f"nn.MultiheadAttention ({few(mha, 3)}); use format='plain' (--format plain) or a merged "
                              "checkpoint")
     write = _write_peft if format == "peft" else _write_plain
-    owner, prefix = _whole_model(model, inner) if format == "peft" else (inner, "")
+    # PEFT loads onto a fresh whole model: a LoRA named relative to a LLaVA's inner model matched its modules by
+    # suffix but none of its weights (PEFT left the update out with a warning)
+    owner, prefix = whole_model(model) if format == "peft" else (inner, "")
     if overwrite:
         check_replace(path, what="export_lora", keep=_base_files(inner))
     with atomic_dir(path, overwrite=overwrite, what="export_lora") as tmp:
@@ -149,18 +151,6 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
     if note:   # (a merged export's processor is edited so: fit_processor_files)
         logger.warning("%s: %s", path, note.strip())
     return Path(path)
-
-
-def _whole_model(model: nn.Module, inner: nn.Module) -> tuple[nn.Module, str]:
-    """The model a PEFT or merged export is written from, and the adapted module's path in it (``"model."``):
-    ``model`` itself where it is a model of a family whose inner model was adapted on its own (PEFT then loads the
-    LoRA onto a fresh such model: names relative to the inner model matched its modules by suffix but none of its
-    weights, and PEFT left the update out with a warning; a merged export of the inner model alone lacked the outer
-    one's weights, the LM head, which ``from_pretrained`` made random), else the adapted module (a wrapper's: DDP,
-    compile)."""
-    if model is inner or find_family(model) is None:
-        return inner, ""
-    return model, next(n for n, m in model.named_modules() if m is inner) + "."
 
 
 #: What a square-read adapter's LoRA user does with the base model's processor, per family that can read so.
@@ -417,7 +407,7 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     out = Path(out)
     check_suffix_case(out, "save_merged")
     inner = adapted_module(model)
-    whole, _ = _whole_model(model, inner)   # the outer model where its inner model was adapted
+    whole, _ = whole_model(model)   # the outer model where its inner model was adapted (its LM head too)
     sd = merged_state_dict(inner, task, root=whole)
     if overwrite:
         check_replace(out, what="save_merged", keep=[*_base_files(whole), ("source_dir", source_dir)])
