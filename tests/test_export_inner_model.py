@@ -117,3 +117,18 @@ def test_merged_state_dict_of_the_whole_model_loads_into_it():
     fresh.load_state_dict(sd)   # strict: every key of the whole model, none other
     with torch.no_grad():
         torch.testing.assert_close(fresh(**x).logits, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_format_of_a_llava_whose_inner_model_was_adapted_is_peft(tmp_path):
+    """Review h322: format="auto" read the adapted inner model's family ("custom") and wrote the plain layout of the
+    inner model, which apply_plain_lora refused on the LLaVA; the LLaVA family's default, PEFT, is written."""
+    from mtl_lora_vl.io.exports import export_format
+
+    model = _fresh(tiny_llava)
+    targets = {"text": [r"language_model\.layers\.\d+\.self_attn\.[qv]_proj$"]}
+    mlv.attach(model.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, n_up=2, targets=targets))
+    assert export_format(model) == export_format(mlv.MTLLoRAModel(model)) == "peft"
+    assert export_format(model.model) == "plain"   # the inner model itself, of no family
+    path = mlv.export_lora(model, "b", tmp_path / "auto")
+    doc = json.loads((path / "adapter_config.json").read_text())
+    assert "model.language_model.layers.0.self_attn.q_proj" in doc["target_modules"]

@@ -80,14 +80,12 @@ PLAIN_CONFIG = "lora_config.json"
 PLAIN_WEIGHTS = "lora_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
-def _export_format(family: str) -> str:
-    """The default ``export_lora`` format of a model family: ``"peft"`` where PEFT loads the base model."""
-    return "peft" if peft_export(family) else "plain"
-
-
 def export_format(model: nn.Module) -> str:
-    """The format ``export_lora(..., format="auto")`` writes for ``model``: ``"peft"`` or ``"plain"``."""
-    return _export_format(adapted_module(model)._mtl_lora.family)
+    """The format ``export_lora(..., format="auto")`` writes for ``model``: ``"peft"`` where PEFT loads the base model
+    (the family of the model written, a LLaVA's whose inner model was adapted on its own too), else ``"plain"``."""
+    whole, _ = whole_model(model)
+    fam = find_family(whole)
+    return "peft" if peft_export(fam.name if fam is not None else adapted_module(model)._mtl_lora.family) else "plain"
 
 
 # ---------------------------------------------------------------------------------------------- LoRA exports
@@ -116,7 +114,7 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
     inner = adapted_module(model)
     info = inner._mtl_lora
     if format == "auto":
-        format = _export_format(info.family)
+        format = export_format(model)
     if format not in ("peft", "plain"):
         raise ValueError(f"export_lora: format must be 'auto', 'peft' or 'plain', got {format!r}")
     several = not isinstance(task, str)
