@@ -126,7 +126,7 @@ class MTLLoRAModel(nn.Module):
     def save_pretrained(self, save_directory: str | Path, *, heads: dict[str, nn.Module] | None = None,
                         task_specs: dict[str, str | Path] | None = None, base: dict[str, Any] | None = None,
                         kinds: dict[str, Any] | None = None, overwrite: bool = False,
-                        data_roots: dict[str, str | Path] | None = None) -> Path:
+                        data_roots: dict[str, str | Path] | None = None, safe_serialization: bool = True) -> Path:
         """Write the native adapter directory (every task, and the heads) with ``save_adapter``; return it.
 
         ``heads`` defaults to the wrapper's own; ``task_specs``, ``base``, ``kinds`` and ``data_roots`` are as in
@@ -134,8 +134,12 @@ class MTLLoRAModel(nn.Module):
         recorded (base model, task specs, answer / class vocabularies, data folders), so a round trip keeps them;
         the per-task ones given add to (or replace, task by task) the recorded ones. Unlike
         PEFT, an existing non-empty directory is replaced only with ``overwrite=True``. For PEFT LoRA files
-        of some tasks use ``mlv.export_lora``.
+        of some tasks use ``mlv.export_lora``. ``safe_serialization`` is PEFT's argument: the files are always
+        safetensors (False is refused).
         """
+        if safe_serialization is not True:
+            raise ValueError("MTLLoRAModel.save_pretrained writes safetensors only (no pickled .bin files): leave "
+                             "safe_serialization out")
         heads = dict(self.heads) if heads is None else heads
         source = getattr(self, "_source", None)
         if source is not None:
@@ -228,6 +232,12 @@ class MTLLoRAModel(nn.Module):
         """Refused: PEFT's method has no MTL-LoRA meaning here; the error names what to use instead."""
         raise _no_such("get_adapter_state_dict()", "model.save_pretrained(dir) writes every task's tensors; "
                        "mlv.export_lora(model, task, dir) one task's as a PEFT LoRA")
+
+    def push_to_hub(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: the base model's own ``push_to_hub`` would upload its full weights, not the adapter."""
+        raise _no_such("push_to_hub(repo_id)", "model.save_pretrained(dir), then huggingface_hub's "
+                       "upload_folder(folder_path=dir, repo_id=...) uploads the adapter (the base model's "
+                       "push_to_hub, which this wrapper would otherwise reach, uploads the whole base model)")
 
     def add_task(self, name: str) -> AddedTask:
         """Grow the adapter by task ``name`` (only its own tensors train); see ``mlv.add_task``. Returns the

@@ -32,8 +32,12 @@ RUNS = {
 def test_from_pretrained_is_frozen_for_inference_and_matches_the_functional_api(tmp_path):
     model = _trained(tiny_open_clip)
     head = nn.Linear(32, 5)
-    path = mlv.MTLLoRAModel(model, heads={"vqa": head}).save_pretrained(tmp_path / "a")
+    # PEFT's safe_serialization=True is taken (the files are safetensors); False, which asks for .bin, is refused
+    path = mlv.MTLLoRAModel(model, heads={"vqa": head}).save_pretrained(tmp_path / "a", safe_serialization=True)
     assert (path / "mtl_lora_config.json").is_file() and (path / "heads.safetensors").is_file()
+    with pytest.raises(ValueError, match="safetensors only"):
+        mlv.MTLLoRAModel(model, heads={"vqa": head}).save_pretrained(tmp_path / "b", safe_serialization=False)
+    assert not (tmp_path / "b").exists()
 
     new_head = nn.Linear(32, 5)
     wrapped = mlv.MTLLoRAModel.from_pretrained(_fresh(tiny_open_clip).train(), path, heads={"vqa": new_head})
@@ -245,7 +249,9 @@ def test_peft_adapter_methods_say_what_to_use_here():
                        (lambda: wrapped.load_adapter("x"), "from_pretrained"),
                        (lambda: wrapped.add_adapter("x", None), "add_task"),
                        (lambda: wrapped.enable_adapters(), "disable_adapters"),
-                       (lambda: wrapped.active_adapters, "route scope")):
+                       (lambda: wrapped.active_adapters, "route scope"),
+                       # the base model's push_to_hub (reached through pass-through) would upload the whole base
+                       (lambda: wrapped.push_to_hub("me/x"), "upload_folder")):
         with pytest.raises((RuntimeError, AttributeError), match=f"MTLLoRAModel has no PEFT-style .*{says}"):
             call()
     assert not hasattr(wrapped, "active_adapters") and getattr(wrapped, "active_adapter", None) is None
