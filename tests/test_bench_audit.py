@@ -114,8 +114,9 @@ def test_findings_name_the_ablations_against_the_reference_and_untested_one_seed
 
 
 def test_the_best_line_names_ties_as_printed_and_a_single_task_reference_above_it():
-    """'Best average test score: lora r=8, 0.514' where mtl_lora r=8 also printed 0.514 (docs/bench_quick), and on the
-    built-in LLaVA the joint best without the each-task-alone reference that scored above it."""
+    """'Best average test score: lora r=8, 0.514' where mtl_lora r=8 also printed 0.514 (an earlier
+    docs/bench_quick, kept as tests/fixtures/bench/clip_quick_results.json), and on the built-in LLaVA the joint
+    best without the each-task-alone reference that scored above it."""
     docs = Path(__file__).parent.parent / "docs"
     quick = render(json.loads((Path(__file__).parent / "fixtures" / "bench" / "clip_quick_results.json").read_text()))
     assert ("**lora r=8**, 0.514 ± 0.012 (131,072 adapter parameters); the same to three decimals: mtl_lora r=8 "
