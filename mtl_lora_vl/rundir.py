@@ -225,9 +225,15 @@ def _tasks_label(tasks: str, limit: int = 120) -> str:
 
 
 def replaced_dir(run: Path) -> Path:
-    """Where ``--overwrite`` keeps the run it replaces until the new one has written a checkpoint."""
+    """Where ``--overwrite`` keeps the run it replaces until the new one has written a checkpoint: ``.RUN.replaced``,
+    or for a name too long to take those 10 bytes more (a file name holds 255) its first 236 bytes and a short hash
+    of it (the rename failed: every --overwrite of a run named with 246 to 255 bytes was refused)."""
     run = Path(os.path.abspath(run))   # (--out . has no name of its own)
-    return run.with_name(f".{run.name}.replaced")
+    name = f".{run.name}.replaced"
+    if len(name.encode()) > 255:
+        digest = hashlib.sha256(run.name.encode()).hexdigest()[:8]
+        name = f".{run.name.encode()[:236].decode(errors='ignore')}-{digest}.replaced"
+    return run.with_name(name)
 
 
 def finish_overwrite(run: Path) -> None:

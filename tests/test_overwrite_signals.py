@@ -128,14 +128,17 @@ def test_only_the_runs_own_leftovers_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*names[1:], ".run.replaced.zzzzzzzz.old"])
 
 
-@pytest.mark.parametrize("length", [232, 240, 245])
+@pytest.mark.parametrize("length", [232, 240, 245, 250, 255])
 def test_a_run_whose_name_is_long_finishes_its_overwrite_and_its_leftovers_are_found(tmp_path, monkeypatch, length):
     """A run name of 233 to 245 bytes (its .RUN.replaced fits in 255) made finish_overwrite's mkdtemp fail with
-    'File name too long' at the first checkpoint: the new run stopped, and undo_overwrite deleted its checkpoint."""
+    'File name too long' at the first checkpoint: the new run stopped, and undo_overwrite deleted its checkpoint.
+    From 246 bytes .RUN.replaced itself did not fit: every --overwrite of such a run was refused at its start."""
     from mtl_lora_vl import rundir
 
     run = tmp_path / ("r" * (length - 5) + "é-ü")   # (multi-byte characters where a cut may fall)
     assert len(run.name.encode()) == length
+    twin = tmp_path / ("r" * (length - 5) + "é-a")   # the same first bytes: another run's folder
+    assert rundir.replaced_dir(run) != rundir.replaced_dir(twin)
     run.mkdir()
     for folder in (rundir.replaced_dir(run), tmp_path / "other"):
         (folder / "sub").mkdir(parents=True)
