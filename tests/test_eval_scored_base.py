@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from test_eval_zero_shot import _small_spec  # (the same small built-in specs)
 
 from mtl_lora_vl.backbones import builtin_dir
 from mtl_lora_vl.cli import eval_main, train_main
+from mtl_lora_vl.evaluation.scored import adapter_base
 
 pytestmark = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
                                 reason="built-in backbone not built (scripts/pretrain_backbone.py)")
@@ -38,3 +40,13 @@ def test_eval_records_the_base_and_the_options_that_changed_the_scores(tmp_path)
     assert base["overrides"] == ["--base-dtype bf16", "--precision bf16"]
     assert (f"Scored on the test split, by `eval` of the adapter {(run / 'adapter').absolute()} with --base-dtype "
             "bf16 --precision bf16 (given to eval, not read from the adapter)." in (other / "report.md").read_text())
+
+
+def test_overrides_are_the_options_given_that_the_adapter_does_not_record():
+    """README: the report names the options given to eval that the adapter does not record -- another base model or
+    base dtype, and any --precision but auto (the adapter records none, so fp32 on an fp32 run is named too)."""
+    recorded = {"backbone": "builtin", "pretrained": None, "base_dtype": "auto"}
+    same = adapter_base(recorded, "builtin", None, "auto", "auto", torch.float32, torch.float32)
+    assert same["overrides"] == []
+    named = adapter_base(recorded, "builtin", None, "bf16", "fp32", torch.bfloat16, torch.float32)
+    assert named["overrides"] == ["--base-dtype bf16", "--precision fp32"]
