@@ -1,5 +1,5 @@
-"""``eval`` of an adapter records the base model it scored and the options that scored it otherwise than its run (a
-bf16 re-evaluation read like the run's fp32 one: eval.json and the report said nothing of it)."""
+"""``eval`` of an adapter records the base model it scored and the options given to eval that the adapter does not
+record (a bf16 re-evaluation read like the run's fp32 one: eval.json and the report said nothing of it)."""
 
 from __future__ import annotations
 
