@@ -106,10 +106,10 @@ def scored_line(result: dict[str, Any]) -> str:
 
 
 def source_line(result: dict[str, Any]) -> str:
-    """What was scored, and on which split: the run at its end, an adapter by ``eval`` (its path, and the options that
-    scored it otherwise than its run: another base model or dtype), or a base model without one; the tables alone read
-    the same for a test and a val score, or for a run and a later ``eval`` of part of it. A task scored on another
-    split, or on the data of another spec file, is named."""
+    """What was scored, and on which split: the run at its end, an adapter by ``eval`` (its path, and the options
+    given to eval that the adapter does not record: another base model or dtype, any --precision but auto), or a
+    base model without one; the tables alone read the same for a test and a val score, or for a run and a later
+    ``eval`` of part of it. A task scored on another split, or on the data of another spec file, is named."""
     split = result.get("split")
     if "adapter" in result:
         what = f"by `eval` of the adapter {cell(result['adapter'])}"
