@@ -5,6 +5,7 @@ end of turn and its image markers."""
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -76,18 +77,43 @@ def plain_decoding(model: nn.Module) -> Iterator[None]:
     """Decode greedily or by plain beam search, as the scores say: Hugging Face fills every setting ``generate``
     is not given from the model's own ``generation_config.json``, so a saved ``repetition_penalty``,
     ``no_repeat_ngram_size``, ``min_new_tokens`` or ``length_penalty`` changed both the zero-shot and the
-    adapted scores (``min_new_tokens: 6`` took VQA to 0). Only the special-token ids are kept."""
+    adapted scores (``min_new_tokens: 6`` took VQA to 0). Only the special-token ids are kept.
+
+    The config is swapped on the model (a ``generation_config=`` given to ``generate`` still takes every setting it
+    leaves unset from the model's): while scopes are open on the model (several threads generating), the first
+    one swaps it and the last one to close puts the model's own back, in whatever order they close."""
     from transformers import GenerationConfig
 
-    saved = getattr(model, "generation_config", None)
-    if saved is None:
-        yield
-        return
-    model.generation_config = GenerationConfig(**{k: getattr(saved, k, None) for k in _TOKEN_IDS})
+    state = model.__dict__.setdefault("_mtl_lora_plain_decoding", _PlainDecoding())   # setdefault: atomic
+    with state.lock:
+        if not state.open:
+            state.saved = getattr(model, "generation_config", None)
+            if state.saved is not None:
+                model.generation_config = GenerationConfig(**{k: getattr(state.saved, k, None) for k in _TOKEN_IDS})
+        state.open += 1
     try:
         yield
     finally:
-        model.generation_config = saved
+        with state.lock:
+            state.open -= 1
+            if not state.open and state.saved is not None:
+                model.generation_config, state.saved = state.saved, None
+
+
+class _PlainDecoding:
+    """A model's open :func:`plain_decoding` scopes: how many, and the model's own generation config they hide.
+    A copy or pickle of the model gets a fresh one (no scope is open on the copy)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.open = 0
+        self.saved: Any = None
+
+    def __deepcopy__(self, memo: dict) -> _PlainDecoding:
+        return _PlainDecoding()
+
+    def __reduce__(self) -> tuple:
+        return _PlainDecoding, ()
 
 
 _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
