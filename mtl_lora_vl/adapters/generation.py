@@ -92,6 +92,32 @@ def _check_input_rows(model: nn.Module, given: dict[str, Any]) -> None:
             "input row (generate repeats each row's id for its beams and returned sequences itself)")
 
 
+#: generate's modes that keep k rows per input row through every step (greedy, sampling, beams; assisted decoding
+#: of one row), which a per-row route follows; others (contrastive search, DoLa, group or constrained beams: Hub code
+#: in transformers 5) and a ``custom_generate`` may run several candidates per row after the prefill.
+_ROUTED_MODES = ("greedy_search", "sample", "beam_search", "beam_sample", "assisted_generation")
+
+
+def _check_generation_mode(model: nn.Module, given: dict[str, Any]) -> None:
+    """RoutingError before anything runs for a call under a per-row route whose decoding this routing cannot follow
+    (it failed after the prefill, naming a layer: "routed 2 task ids but the batch here has 6 samples")."""
+    info = model.__dict__.get("_mtl_lora")
+    current = None if info is None else info.router.current
+    if current is None or current.batch_size is None or not info.router.active:
+        return
+    mode = "custom_generate" if given.get("custom_generate") is not None else None
+    config = given.get("generation_config") or getattr(model, "generation_config", None)
+    if mode is None and hasattr(config, "get_generation_mode"):
+        config = copy.deepcopy(config)
+        config.update(**{k: v for k, v in given.items() if hasattr(config, k)})
+        mode = getattr(config.get_generation_mode(given.get("assistant_model")), "value", None)
+    if mode is not None and mode not in _ROUTED_MODES:
+        raise RoutingError(
+            f"generate: {mode} under a route of one task per row: it may run several candidates per row, which the "
+            "route cannot follow; use greedy, sampling or beam search (num_beams, num_return_sequences), or route "
+            "one task for the whole batch (mlv.route(model, 'task'))")
+
+
 class RoutedGenerate:
     """The ``generate`` of an adapted model: the class's own, inside :func:`expanded_rows` for the call's k.
 
@@ -110,6 +136,7 @@ class RoutedGenerate:
         if isinstance(given.get("inputs"), Tensor):
             given.setdefault("inputs_embeds" if given["inputs"].is_floating_point() else "input_ids", given["inputs"])
         _check_input_rows(model, given)
+        _check_generation_mode(model, given)
         check = getattr(model.__dict__.get("_mtl_lora"), "row_check", None)
         if check is None:
             with expanded_rows(model, generation_rows(model, given)):
