@@ -159,7 +159,8 @@ class TrainOptions:
                                     "--extend in place of a recorded folder that moved); any other option given that "
                                     "differs (more --steps too) is refused: start a new run for those")
     extend: str | None = _opt(None, "add --tasks to the trained adapter of this run directory (or adapter directory), "
-                              "training only their Lambda_t, w_t and heads; the other tasks stay bit-identical")
+                              "training only their heads and their own adapter rows (Lambda_t, w_t; moe_lora: w_t; "
+                              "task_lora: A_t, B_t); the other tasks stay bit-identical")
     overwrite: bool = _opt(False, "replace an existing run directory")
     seed: int = _opt(0, "random seed", ge=-(2**63), lt=2**64)
     compile: bool = _opt(False, "torch.compile the training forward pass (towers, adapters and heads)")
