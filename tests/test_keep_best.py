@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import signal
 from pathlib import Path
 
 import pytest
 import torch
+from rng_kind import sigterm_in_step
 from test_train import adapter_tensors, small_specs
 
 from mtl_lora_vl.cli import eval_main, train_main
 from mtl_lora_vl.training import step as step_module
+from mtl_lora_vl.training import validation as validation_module
 from mtl_lora_vl.training.validation import Best
 
 
@@ -271,3 +274,27 @@ def test_a_run_dying_between_its_early_stop_and_its_final_checkpoint_resumes(tmp
     assert json.loads((run / "eval.json").read_text())["selected"]["stopped_early_at"] == 4
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [3, 4]   # step 4's window logged once
+
+
+@pytest.mark.parametrize("where", ["last step", "final validation"])
+def test_a_stop_after_the_loop_says_how_to_continue(tmp_path, monkeypatch, capsys, where):
+    """SIGTERM in the last step, or during --keep-best's final validation: the run exited 143 without a word (the
+    stop inside the loop says "checkpoint saved. Continue the run with --resume"); a preempted job's log showed
+    nothing to say the run was not finished nor how to finish it (review 327)."""
+    if where == "last step":
+        monkeypatch.setattr("mtl_lora_vl.training.train.forward_backward", sigterm_in_step(4))
+    else:
+        real, calls = validation_module.evaluate_adapted, []
+
+        def sigterm_in_final(*a, **k):
+            calls.append(1)
+            if len(calls) == 2:   # the final validation (step 4); the first was step 2's
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real(*a, **k)
+
+        monkeypatch.setattr(validation_module, "evaluate_adapted", sigterm_in_final)
+    run = tmp_path / "run"
+    assert train_main(_args4(tmp_path, run, "--save-every", "100")) == 143
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 4
+    err = capsys.readouterr().err
+    assert f"--resume {run}" in err, err

@@ -415,9 +415,18 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
     checkpoint()   # the trained state, before the final validation: a failure or Ctrl-C in it loses no step
     signum = max_over_ranks(stop.signum, info)  # a signal in the last step: stopped before the evaluation
     if signum:
+        if info.is_main:
+            logger.warning("stopped at step %d, before the final evaluation; checkpoint saved. Continue the run with "
+                           "--resume %s (it trains no further and evaluates)", step, run.dir)
         raise RunStopped(run.dir, step, signum)
     if best is not None:
-        run.selected = finish_with_best(run, best, step, log)
+        try:
+            run.selected = finish_with_best(run, best, step, log)
+        except KeyboardInterrupt:   # Ctrl-C, or SIGTERM (Terminated): the trained steps are checkpointed above
+            if info.is_main:
+                logger.warning("interrupted during the final validation (--keep-best); step %d is checkpointed: "
+                               "--resume %s finishes the run without training again", step, run.dir)
+            raise
         checkpoint()   # the chosen adapter, and best.last = step (a resume does not score the last step again)
 
 
