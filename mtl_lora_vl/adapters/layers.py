@@ -371,7 +371,14 @@ class AdapterBank(nn.Module):
                 else:
                     z = F.linear(xd, self.a_matrix().to(xd.dtype))
                     cols = 0
-                plan, n_batch = route.plan(x.device), route.batch_size
+                if torch.compiler.is_compiling() and not route.packed:
+                    # Each sample's position in M (rows.update_rows): a graph input where the plan's slices would
+                    # be constants (a graph per mix of rows); from here on, route scopes make it on the host.
+                    router.reads_positions = True
+                    plan = route.sample_positions(x.device)
+                else:
+                    plan = route.plan(x.device)
+                n_batch = route.batch_size
             if rows is not None:
                 M = M[:, rows]
             update = partial(update_rows, M=M.to(z.dtype), plan=plan, cols=cols, n_batch=n_batch, scale=self.scaling)

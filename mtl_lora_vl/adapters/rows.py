@@ -23,16 +23,19 @@ import torch
 WHOLE_BATCH = ((0, slice(None)),)
 
 
-def update_rows(out: torch.Tensor, z: torch.Tensor, M: torch.Tensor, plan: tuple, cols: int, n_batch: int,
-                scale: float = 1.0) -> torch.Tensor:
+def update_rows(out: torch.Tensor, z: torch.Tensor, M: torch.Tensor, plan: tuple | torch.Tensor, cols: int,
+                n_batch: int, scale: float = 1.0) -> torch.Tensor:
     """``out + scale · z M_pᵀ`` on each plan entry's rows of the ``n_batch`` samples (batch-first), in place.
 
     In place it is one LoRA's fused addmm without the copy of ``out`` that an out-of-place addmm makes;
     ``scale`` rides on the GEMM (no kernel of its own). ``out`` must be batch-first and a fresh tensor
     (not a view), else a copy is updated. Under torch.compile the out-of-place form is traced instead
-    (the compiler fuses it).
+    (the compiler fuses it), and ``plan`` may be each sample's position in M instead (a LongTensor, as
+    :meth:`.routing.Route.sample_positions` gives it): one graph for every mix of rows.
     """
     if torch.compiler.is_compiling():
+        if isinstance(plan, torch.Tensor):
+            return _rows_by_position(out, z, M, plan, cols, n_batch, scale)
         return _rows_out_of_place(out, z, M, plan, cols, n_batch, scale)
     if not out.is_contiguous() or out._is_view():
         out = out.clone(memory_format=torch.contiguous_format)
@@ -156,6 +159,17 @@ def _rows_out_of_place(out, z, M, plan, cols, n_batch, scale) -> torch.Tensor:
         idx = torch.arange(rows.start, rows.stop, device=out.device) if isinstance(rows, slice) else rows
         o3 = o3.index_add(0, idx, torch.matmul(zs, M[p].t()), alpha=scale)
     return o3.reshape(out.shape)
+
+
+def _rows_by_position(out, z, M, positions, cols, n_batch, scale) -> torch.Tensor:
+    """What :func:`_rows_add_` computes, out of place, each sample's M_p gathered by its position ``p`` (a tensor:
+    the slices of a plan have host bounds, which the compiler bakes into the graph) and added in one batched
+    product, as a mixed ``mtl_lora`` batch is; with ``cols`` (task_lora) each sample takes its own block of z."""
+    z3 = _rows3(z, n_batch)
+    if cols:
+        z4 = z3.unflatten(-1, (-1, cols))   # (n_batch, rows per sample, P, cols)
+        z3 = z4.gather(2, positions.view(-1, 1, 1, 1).expand(-1, z4.shape[1], 1, cols)).squeeze(2)
+    return torch.baddbmm(_rows3(out, n_batch), z3, M.index_select(0, positions).mT, alpha=scale).view(out.shape)
 
 
 # ---------------------------------------------------------------------------------------- MTL-LoRA rows
