@@ -12,15 +12,21 @@ from test_adapter_io import _fresh, _randomize
 import mtl_lora_vl as mlv
 
 
+def _inner_adapted(randomized: bool = True):
+    """A tiny LLaVA with adapters on its inner LlavaModel only (text q/v), random adapter values, and two rows."""
+    model = _fresh(tiny_llava)
+    targets = {"text": [r"language_model\.layers\.\d+\.self_attn\.[qv]_proj$"]}
+    mlv.attach(model.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, n_up=2, targets=targets))
+    if randomized:
+        _randomize(model)
+    return model, llava_inputs(2)
+
+
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")   # PEFT 0.21 reads it
 def test_peft_export_of_the_whole_model_loads_onto_the_whole_model(tmp_path):
     from peft import PeftModel
 
-    model = _fresh(tiny_llava)   # adapters on model.model (a LlavaModel) only
-    targets = {"text": [r"language_model\.layers\.\d+\.self_attn\.[qv]_proj$"]}
-    mlv.attach(model.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, n_up=2, targets=targets))
-    _randomize(model)
-    x = llava_inputs(2)
+    model, x = _inner_adapted()   # adapters on model.model (a LlavaModel) only
     with torch.no_grad(), mlv.route(model, "b"):
         ref = model(**x).logits
     path = mlv.export_lora(model, "b", tmp_path / "peft", format="peft")
@@ -39,11 +45,7 @@ def test_merged_export_of_the_whole_model_loads_with_its_lm_head(tmp_path):
     """save_merged wrote the inner LlavaModel alone: from_pretrained of the whole model made lm_head random."""
     from transformers import LlavaForConditionalGeneration
 
-    model = _fresh(tiny_llava)
-    targets = {"text": [r"language_model\.layers\.\d+\.self_attn\.[qv]_proj$"]}
-    mlv.attach(model.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, n_up=2, targets=targets))
-    _randomize(model)
-    x = llava_inputs(2)
+    model, x = _inner_adapted()
     greedy = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
     with torch.no_grad(), mlv.route(model, "b"):
         ref, ref_tokens = model(**x).logits, model.generate(**x, **greedy)
@@ -75,11 +77,7 @@ def test_exports_of_a_wrapped_model_whose_inner_model_was_adapted_are_of_the_who
     from peft import PeftModel
     from transformers import LlavaForConditionalGeneration
 
-    model = _fresh(tiny_llava)
-    targets = {"text": [r"language_model\.layers\.\d+\.self_attn\.[qv]_proj$"]}
-    mlv.attach(model.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, n_up=2, targets=targets))
-    _randomize(model)
-    x = llava_inputs(2)
+    model, x = _inner_adapted()
     with torch.no_grad(), mlv.route(model, "b"):
         ref = model(**x).logits
     try:
@@ -102,11 +100,7 @@ def test_exports_of_a_wrapped_model_whose_inner_model_was_adapted_are_of_the_who
 def test_merged_state_dict_of_the_whole_model_loads_into_it():
     """Review h322: mlv.merged_state_dict(llava, task) gave the inner model's keys (no lm_head, no "model."), which
     llava.load_state_dict refused; it gives those of the model passed in, also through a wrapper."""
-    model = _fresh(tiny_llava)
-    targets = {"text": [r"language_model\.layers\.\d+\.self_attn\.[qv]_proj$"]}
-    mlv.attach(model.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, n_up=2, targets=targets))
-    _randomize(model)
-    x = llava_inputs(2)
+    model, x = _inner_adapted()
     with torch.no_grad(), mlv.route(model, "b"):
         ref = model(**x).logits
     sd = mlv.merged_state_dict(model, "b")
@@ -124,9 +118,7 @@ def test_auto_format_of_a_llava_whose_inner_model_was_adapted_is_peft(tmp_path):
     inner model, which apply_plain_lora refused on the LLaVA; the LLaVA family's default, PEFT, is written."""
     from mtl_lora_vl.io.exports import export_format
 
-    model = _fresh(tiny_llava)
-    targets = {"text": [r"language_model\.layers\.\d+\.self_attn\.[qv]_proj$"]}
-    mlv.attach(model.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, n_up=2, targets=targets))
+    model, _ = _inner_adapted(randomized=False)
     assert export_format(model) == export_format(mlv.MTLLoRAModel(model)) == "peft"
     assert export_format(model.model) == "plain"   # the inner model itself, of no family
     path = mlv.export_lora(model, "b", tmp_path / "auto")
