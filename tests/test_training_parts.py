@@ -52,11 +52,9 @@ def test_loss_window_rows():
     assert row["samples_per_s"] > 0 and w.losses == {} and w.samples == 0
 
 
-def test_a_task_named_loss_logs_its_own_loss_beside_the_total(monkeypatch):
-    """A step's losses shared one dict keyed by task name with the total under "loss", so a task named "loss" had
-    its own loss overwritten by the total: metrics.jsonl had no loss/loss column (4.0 here), silently."""
-    import itertools
-
+def _constant_losses_step(monkeypatch):
+    """A net of constant per-task losses, an SGD Optimization and the trainer's forward_backward, batches kept on
+    the host (no device copy)."""
     import mtl_lora_vl.training.step as step_mod
     from mtl_lora_vl.training.optim import Optimization
 
@@ -65,11 +63,20 @@ def test_a_task_named_loss_logs_its_own_loss_beside_the_total(monkeypatch):
     opt = torch.optim.SGD(net.parameters(), lr=1.0)
     optim = Optimization(opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
                          torch.amp.GradScaler("cpu", enabled=False), list(net.parameters()))
+    return net, optim, step_mod.forward_backward
+
+
+def test_a_task_named_loss_logs_its_own_loss_beside_the_total(monkeypatch):
+    """A step's losses shared one dict keyed by task name with the total under "loss", so a task named "loss" had
+    its own loss overwritten by the total: metrics.jsonl had no loss/loss column (4.0 here), silently."""
+    import itertools
+
+    net, optim, forward_backward = _constant_losses_step(monkeypatch)
     four = torch.arange(4)
     batches = itertools.repeat({"tasks": {"vqa": {"rows": four}, "loss": {"rows": four + 4}},
                                 "task_ids": torch.zeros(8)})
-    r = step_mod.forward_backward(net, batches, optim, accumulate=1, backbone=None, amp_dtype=torch.float32,
-                                  info=DistInfo())
+    r = forward_backward(net, batches, optim, accumulate=1, backbone=None, amp_dtype=torch.float32,
+                         info=DistInfo())
     w = LossWindow()
     w.add(r.losses)
     row = w.flush(step=1, lr=0.1, info=DistInfo())
@@ -291,25 +298,18 @@ def test_a_step_reads_its_losses_from_the_device_once(monkeypatch):
     finite check before each backward, each made a GPU wait); the values are those of the old path."""
     import itertools
 
-    import mtl_lora_vl.training.step as step_mod
-    from mtl_lora_vl.training.optim import Optimization
-
-    monkeypatch.setattr(step_mod, "to_device", lambda batch, *a: batch)
-    net = _ScaledConstantLosses()
-    opt = torch.optim.SGD(net.parameters(), lr=1.0)
-    optim = Optimization(opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-                         torch.amp.GradScaler("cpu", enabled=False), list(net.parameters()))
+    net, optim, forward_backward = _constant_losses_step(monkeypatch)
     four = torch.arange(4)
     batches = itertools.cycle([{"tasks": {"vqa": {"rows": four}}, "task_ids": torch.zeros(4)},
                                {"tasks": {"retrieval": {"rows": four}}, "task_ids": torch.ones(4)}])
     with _HostReads() as h:
-        r = step_mod.forward_backward(net, batches, optim, accumulate=4, backbone=None, amp_dtype=torch.float32,
-                                      info=DistInfo())
+        r = forward_backward(net, batches, optim, accumulate=4, backbone=None, amp_dtype=torch.float32,
+                             info=DistInfo())
     assert h.reads == [] and r.finite   # the one read is a tolist(), below the dispatcher
     assert r.losses == pytest.approx({"loss/vqa": 2.0, "loss/retrieval": 4.0, "loss": 6.0})
     net.p.data.fill_(float("nan"))
-    assert not step_mod.forward_backward(net, batches, optim, accumulate=2, backbone=None,
-                                         amp_dtype=torch.float32, info=DistInfo()).finite
+    assert not forward_backward(net, batches, optim, accumulate=2, backbone=None,
+                                amp_dtype=torch.float32, info=DistInfo()).finite
 
 
 def _nan_gradient_step(monkeypatch, scaler):
