@@ -18,7 +18,10 @@ rank 0) is one ``torch.save`` file of tensors and plain values, loaded with ``we
     spec_sha256         each task's spec file (SHA-256): a resume refuses specs edited since the checkpoint
     data_sha256         each trained task's training rows (SHA-256, ``Split.rows_sha256``): a resume refuses
                         data that changed since the checkpoint (the sampler's state indexes those rows)
-    options             the run's recorded options (a resume refuses a config.json edited since)
+    options             the run's recorded options, every one this version has (a resume refuses a config.json
+                        edited since, and one the record lacks unless the run's value does what runs did
+                        before the option existed: OPTIONS_ADDED)
+    package_version     the mtl-lora-vl that wrote it (named when a resume is refused for an option it lacks)
     amp_dtype           the autocast dtype the run trained in
     scaler_skips        fp16 steps the grad scaler skipped: two counts, in all and already logged
     best                --keep-best: the best validation score so far, its step and its adapter and heads
@@ -39,6 +42,7 @@ rank, step) (:mod:`mtl_lora_vl.data.seeding`).
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -47,6 +51,7 @@ from typing import Any
 
 import torch
 
+from .._version import __version__
 from ..data.loader import MultiTaskLoader
 from ..distributed import DistInfo, barrier
 from ..io.atomic import atomic_file
@@ -54,7 +59,8 @@ from ..io.identity import same_weights
 from ..io.layout import ADAPTER_CONFIG, RUN_ADAPTER_DIR, is_adapter_dir
 from ..log import warn_user
 from ..multitask import MultiTaskModel, Setup
-from ..rundir import replaced_dir
+from ..options import TrainOptions
+from ..rundir import recorded_options, replaced_dir
 from ..tasks.spec import TaskSpec, spec_digests
 from .optim import Optimization
 from .rng import rng_state, seed_rank, set_rng_state
@@ -63,6 +69,11 @@ CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 2
 _REQUIRED = ("step", "trainable", "optimizer", "scheduler", "sampler")   # in every version's checkpoint.pt
 _KEEP = 2     # checkpoints whose generator states a rank file keeps
+#: The options TrainOptions gained since checkpoints record the run's options, each with the value that does what
+#: runs did before it existed. An option added to TrainOptions (and to the record) must be added here, with that
+#: value -- not necessarily its default: a resume of an older run takes the default, which may differ.
+OPTIONS_ADDED: dict[str, Any] = {"image_max_pixels": None, "image_reading": None, "keep_best": False, "patience": 0,
+                                 "predictions": False}
 
 
 class CheckpointError(RuntimeError):
@@ -161,7 +172,37 @@ def training_state(model: MultiTaskModel, optim: Optimization, loader: MultiTask
             "world_size": world_size, "rng_state": rng_state(device), "rng": torch.get_rng_state(),
             "bad_streak": progress.bad_streak, "replaced_images": dict(progress.replaced),
             "scaler_skips": list(progress.scaler_skips), **({"best": progress.best} if progress.best else {}),
-            **(inputs or {})}
+            "package_version": __version__, **(inputs or {})}
+
+
+def check_options_known(saved: dict[str, Any], run_dir: str | Path, opts: TrainOptions) -> None:
+    """Refuse to resume a run whose checkpoint records its options without one this version has (it was written
+    before the option existed: config.json lacks it too, so the run would continue with today's default) unless
+    the run's value is :data:`OPTIONS_ADDED`'s, what runs did before it; an option missing from that table is
+    refused as unknown. A checkpoint written before options were recorded is not checked."""
+    recorded = saved.get("options")
+    if not isinstance(recorded, dict):
+        return
+    now = {k: v for k, v in recorded_options(Path(run_dir), opts).items() if k not in recorded}
+    wrote = (f"mtl-lora-vl {saved['package_version']}" if saved.get("package_version")
+             else "an earlier mtl-lora-vl (one that did not record its version)")
+    flags = {k: "--" + k.replace("_", "-") for k in now}
+    unknown = sorted(k for k in now if k not in OPTIONS_ADDED)
+    if unknown:
+        raise CheckpointError(
+            f"--resume {run_dir}: the run's checkpoint was written by {wrote}, before the option(s) "
+            f"{', '.join(flags[k] for k in unknown)} existed, and this version does not know which value does what "
+            f"that run did (it would continue with {', '.join(f'{flags[k]} {now[k]!r}' for k in unknown)}); resume "
+            "the run with that version, or start a new run")
+    differ = sorted(k for k in now if now[k] != OPTIONS_ADDED[k])
+    if differ:
+        fix = ", ".join(f'"{k}": {json.dumps(OPTIONS_ADDED[k])}' for k in differ)
+        raise CheckpointError(
+            f"--resume {run_dir}: the run's checkpoint was written by {wrote}, before the option(s) "
+            f"{', '.join(flags[k] for k in differ)} existed: the run trained as "
+            f"{', '.join(f'{flags[k]} {OPTIONS_ADDED[k]!r}' for k in differ)} does, and would continue with "
+            f"{', '.join(f'{flags[k]} {now[k]!r}' for k in differ)}. To continue it as it trained, write {fix} into "
+            f"{Path(run_dir) / 'config.json'}; or start a new run")
 
 
 def check_specs_unchanged(saved: dict[str, Any], specs: Iterable[TaskSpec], run_dir: str | Path) -> None:

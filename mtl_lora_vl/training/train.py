@@ -61,6 +61,7 @@ from .checkpoint import (
     Progress,
     check_inputs_unchanged,
     check_moves_checkable,
+    check_options_known,
     check_specs_unchanged,
     load_checkpoint,
     remove_stale_temporaries,
@@ -193,6 +194,7 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
                        saved["step"], opts.steps, run_dir / RUN_ADAPTER_DIR, run_dir)
     if saved is not None:   # before the set-up (the sampler refused it after, asking for the same tasks and options)
         check_options_unchanged(saved, run_dir, opts)
+        check_options_known(saved, run_dir, opts)
         saved_world = int(saved.get("world_size", 1))
         if saved_world != info.world_size:
             how = (f"{saved_world} processes in all: torchrun --nnodes N --nproc_per_node M with N x M = {saved_world}"
