@@ -106,3 +106,19 @@ def test_an_option_added_since_that_the_table_lacks_is_refused(finished_run, tmp
 def test_an_option_whose_value_did_what_runs_did_before_it_resumes(finished_run, tmp_path, capsys):
     old = _older(finished_run, tmp_path, "keep_best")   # default False: no selection, as before the option
     assert train_main(["--resume", str(old), "-q"]) == 0, capsys.readouterr().err
+
+
+def test_a_finished_run_refused_on_resume_does_not_first_say_it_repeats_its_evaluation(finished_run, tmp_path,
+                                                                                        capsys):
+    """It said "the run finished ... this repeats its final evaluation only", then refused the edited config.json."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "lr": 0.5}))
+    capsys.readouterr()
+    assert train_main(["--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "config.json was edited since the run's checkpoint: lr 0.5" in err and "the run finished" not in err, err
+    (run / "config.json").write_text(json.dumps(config))
+    assert train_main(["--resume", str(run)]) == 0
+    assert "the run finished (step 1/1, eval.json written)" in capsys.readouterr().err

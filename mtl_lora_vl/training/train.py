@@ -186,12 +186,6 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
     precision; the options completed (an --extend run's shape and base, path defaults, steps for --epochs)."""
     saved = load_checkpoint(run_dir) if opts.resume else None
     done = saved is not None and (int(saved.get("step", 0)) >= opts.steps or stopped_early(saved, opts))
-    if done and (run_dir / "eval.json").is_file():
-        # eval.json is written last: a run stopped in its final evaluation has none (and finishes it here)
-        logger.warning("--resume %s: the run finished (step %s/%s, eval.json written); there is nothing to train, "
-                       "so this repeats its final evaluation only (to score it again: `mtl-lora-vl eval --adapter "
-                       "%s`; to train longer: a new run with more --steps; more tasks: --extend %s)", run_dir,
-                       saved["step"], opts.steps, run_dir / RUN_ADAPTER_DIR, run_dir)
     if saved is not None:   # before the set-up (the sampler refused it after, asking for the same tasks and options)
         check_options_unchanged(saved, run_dir, opts)
         check_options_known(saved, run_dir, opts)
@@ -249,6 +243,13 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
     if opts.epochs:   # config.json records the steps the epochs come to
         opts = replace(opts, steps=steps_for_epochs(opts.epochs, n_train,
                                                     opts.batch_size * opts.accumulate * info.world_size))
+    if done and (run_dir / "eval.json").is_file():
+        # once every check passed (a refused resume repeats nothing); eval.json is written last: a run stopped in
+        # its final evaluation has none (and finishes it here)
+        logger.warning("--resume %s: the run finished (step %s/%s, eval.json written); there is nothing to train, "
+                       "so this repeats its final evaluation only (to score it again: `mtl-lora-vl eval --adapter "
+                       "%s`; to train longer: a new run with more --steps; more tasks: --extend %s)", run_dir,
+                       saved["step"], opts.steps, run_dir / RUN_ADAPTER_DIR, run_dir)
     return opts, saved, setup, amp_dtype
 
 
