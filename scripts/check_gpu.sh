@@ -12,7 +12,13 @@
 #                                                     # CLIP benches on ViT-S-32, time limits x LIMIT_SCALE=4)
 #   ONLY=checks,compile bash scripts/check_gpu.sh     # some steps only (names as below)
 #   REPEATS=11 bash scripts/check_gpu.sh              # fewer rounds in the two default-size benchmarks
+#   BUDGET=0 bash scripts/check_gpu.sh                # no time budget (see below)
 #
+# A device call ends at 600 s and all the steps take ~12-14 minutes: the steps run within BUDGET seconds of the
+# script's start (default 570, none with QUICK=1; lower it by what the same call ran before, e.g. installing the
+# wheels). A step's limit is cut to the seconds left, and a step with less than half its limit left is not started:
+# steps.txt lists it as skipped and its last line names the ONLY= that runs the skipped steps in the next call (a
+# call killed mid-step loses that step's figures and the rest).
 # On one H100 (2026-12-05, REPEATS=11) the steps took: checks 23 s, bench_llava 80 s, bench_clip 38 s,
 # bench_llava_large 120 s, bench_clip_large 56 s, main_clip 39 s, main_llava 31 s, torchrun 24 s (7 min 5 s with
 # the wheels' install), and compile 71 s in a second call (two compilations, 29 s and 24 s); fp16 took 31 s on an
@@ -47,9 +53,19 @@ else
     CLIP_LARGE=(--model ViT-L-14 --batch-size 64); LARGE=(--repeats 7 --steps-per-round 2 --profile)
 fi
 
+BUDGET=${BUDGET:-$([ "${QUICK:-0}" = 1 ] && echo 0 || echo 570)}
+SKIPPED=()
 step() {   # step NAME LIMIT_SECONDS COMMAND...
     local name=$1 limit=$(($2 * ${LIMIT_SCALE:-1})); shift 2
     if [ -n "${ONLY:-}" ] && [[ ",$ONLY," != *",$name,"* ]]; then return; fi
+    if [ "$BUDGET" -gt 0 ]; then
+        local left=$((BUDGET - SECONDS))
+        if [ $((2 * left)) -lt "$limit" ]; then
+            echo "$name skipped: ${left} s of BUDGET=$BUDGET left, limit $limit s" | tee -a "$OUT/steps.txt"
+            SKIPPED+=("$name"); return
+        fi
+        if [ "$left" -lt "$limit" ]; then limit=$left; fi
+    fi
     local t0=$SECONDS
     echo "=== $name: $*"
     timeout --kill-after=10 "$limit" "$@" 2>&1 | grep --line-buffered -v -E "(it|step)/s\]$|s/(it|step)\]$"   # (tqdm progress lines)
@@ -88,4 +104,8 @@ step bench_clip_compiled 300 "$PY" scripts/bench_adapters.py --case clip --devic
 step compile 240 "$PY" scripts/train_vl.py --tasks vqa,retrieval --device "$DEVICE" --compile --steps 100 \
     --skip-zero-shot --out "$RUNS/compile" "${STEPS[@]}"
 rm -rf "$RUNS"
+if [ ${#SKIPPED[@]} -gt 0 ]; then
+    (IFS=,; echo "skipped for the time budget; next call: ONLY=${SKIPPED[*]} bash scripts/check_gpu.sh") \
+        >> "$OUT/steps.txt"
+fi
 cat "$OUT/steps.txt"

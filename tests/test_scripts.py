@@ -381,6 +381,32 @@ def test_check_gpu_sh_dry_run_benches_a_small_clip_within_cpu_time_limits(tmp_pa
     assert len(clip) == 3 and all(c[c.index("--model") + 1] == "ViT-S-32" for c in clip)
 
 
+def test_check_gpu_sh_keeps_within_its_time_budget(tmp_path):
+    """All of check_gpu.sh's steps take ~12-14 minutes on an H100 and a device call ends at 600 s: the call was
+    killed mid-step, losing that step's figures and every later one, and steps.txt never said what had not run. Under
+    BUDGET a step's limit is cut to the seconds left and a step with less than half its limit left is skipped, named
+    in steps.txt with the ONLY= that runs it next."""
+    import os
+    import subprocess
+
+    bin_dir, log, out = tmp_path / "bin", tmp_path / "calls.txt", tmp_path / "out"
+    bin_dir.mkdir()
+    (bin_dir / "timeout").write_text('#!/bin/sh\nshift\necho "$*" >> "$CALLS"\n')   # drops --kill-after=10
+    (bin_dir / "timeout").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(log), "OUT": str(out), "PY": "true",
+           "BUDGET": "110"}
+    for key in ("QUICK", "ONLY", "LIMIT_SCALE"):
+        env.pop(key, None)
+    run = subprocess.run(["bash", str(REPO / "scripts" / "check_gpu.sh")], cwd=REPO, env=env, check=True, timeout=60,
+                         capture_output=True, text=True)
+    calls = [line.split() for line in log.read_text().splitlines()]
+    assert len(calls) == 11 and all(100 <= int(c[0]) <= 110 for c in calls if int(c[0]) != 90)   # cut to the budget
+    steps = (out / "steps.txt").read_text()
+    assert "bench_clip_compiled skipped" in steps and "compile skipped" in steps
+    assert "ONLY=bench_clip_compiled,compile bash scripts/check_gpu.sh" in steps.splitlines()[-1]
+    assert "ONLY=bench_clip_compiled,compile" in run.stdout
+
+
 @pytest.mark.parametrize("name", ["bench_adapters", "bench_generation", "bench_image_check", "check_gpu",
                                   "pretrain_backbone", "pretrain_llava", "show_world"])
 def test_every_script_option_says_what_it_does(name, monkeypatch):
