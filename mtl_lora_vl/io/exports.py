@@ -83,9 +83,15 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 def export_format(model: nn.Module) -> str:
     """The format ``export_lora(..., format="auto")`` writes for ``model``: ``"peft"`` where PEFT loads the base model
     (the family of the model written, a LLaVA's whose inner model was adapted on its own too), else ``"plain"``."""
+    return "peft" if peft_export(_written_family(model)[1]) else "plain"
+
+
+def _written_family(model: nn.Module) -> tuple[nn.Module, str]:
+    """The model an export of ``model`` is written from (:func:`whole_model`) and its family's name: the adapter's
+    recorded family where that is the adapted module itself."""
     whole, _ = whole_model(model)
-    fam = find_family(whole)
-    return "peft" if peft_export(fam.name if fam is not None else adapted_module(model)._mtl_lora.family) else "plain"
+    inner = adapted_module(model)
+    return whole, inner._mtl_lora.family if whole is inner else find_family(whole).name
 
 
 # ---------------------------------------------------------------------------------------------- LoRA exports
@@ -405,12 +411,12 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     out = Path(out)
     check_suffix_case(out, "save_merged")
     inner = adapted_module(model)
-    whole, _ = whole_model(model)   # the outer model where its inner model was adapted (its LM head too)
+    whole, family = _written_family(model)   # the outer model where its inner model was adapted (its LM head too)
     sd = merged_state_dict(inner, task, root=whole)
     if overwrite:
         check_replace(out, what="save_merged", keep=[*_base_files(whole), ("source_dir", source_dir)])
     meta = {"format": "pt", MERGED_TASK_KEY: task}
-    fmt = merged_format(inner._mtl_lora.family if whole is inner else find_family(whole).name, whole)
+    fmt = merged_format(family, whole)
     if out.suffix == ".safetensors" and fmt == "hf":   # a bare state dict that no from_pretrained reads
         raise ValueError(f"save_merged: {out}: a Hugging Face model is written as a save_pretrained directory "
                          "(weights, config and processor, for from_pretrained); give out= a folder name, without "
