@@ -126,10 +126,13 @@ class DatasetTable:
         of a saved ``DatasetDict`` (a split saved again alone leaves the others' stamps), else the whole folder."""
         if self.kind == "parquet":
             return [Path(f) for f in self.location]
+        return sorted(self._split_folder().rglob("*"))
+
+    def _split_folder(self) -> Path:
+        """The saved folder :meth:`open` loads: the split's own folder of a saved ``DatasetDict`` (a dict with a split
+        saved empty cannot be loaded whole), else the whole folder."""
         base = Path(self.location[0])
-        if self.split is not None and (base / self.split / "state.json").is_file():
-            base = base / self.split   # what open() loads alone
-        return sorted(base.rglob("*"))
+        return base / self.split if self.split is not None and (base / self.split / "state.json").is_file() else base
 
     def open(self) -> Any:
         """The table as a ``datasets.Dataset`` (its split of a saved ``DatasetDict``)."""
@@ -138,11 +141,10 @@ class DatasetTable:
         if self.kind == "parquet":
             with quiet_progress():
                 return datasets.Dataset.from_parquet(list(self.location), cache_dir=self.cache_dir)
-        base = Path(self.location[0])
-        if self.split is not None and (base / self.split / "state.json").is_file():
-            # the split's own folder: a dict with a split saved empty cannot be loaded whole
-            return load_saved(base / self.split, f"{base}: split {self.split!r}")
-        ds = load_saved(base, str(base))
+        folder = self._split_folder()
+        if folder != Path(self.location[0]):
+            return load_saved(folder, f"{self.location[0]}: split {self.split!r}")
+        ds = load_saved(folder, str(folder))
         if isinstance(ds, datasets.DatasetDict):
             return ds[self.split]
         return ds
