@@ -271,7 +271,8 @@ ADAPTERS_OFF = Route()
 class Router:
     """Routing state shared by all adapted layers of one model."""
 
-    #: Whether its layers read the rows' task positions (``mtl_lora``: :meth:`Route.host_positions`); attach sets it.
+    #: Whether its layers read the rows' task positions (:meth:`Route.host_positions`): attach sets it for
+    #: ``mtl_lora``; a compiled ``task_lora`` / ``moe_lora`` layer sets it as it reads them.
     reads_positions = True
 
     def __init__(self, tasks: Sequence[str]):
