@@ -1109,3 +1109,19 @@ def test_labels_that_differ_only_in_case_are_warned_about(root, caplog):
     with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
         read_split("jsonl", root, file="rows.jsonl")
     assert "differ only in case" not in caplog.text
+
+
+def test_a_csv_captions_cell_is_pipe_separated_as_answers_is(tmp_path):
+    """A CSV cell cannot hold a list: a ``captions`` cell ``a|b`` was one caption "a|b" (a target no reference
+    matches, and a reference no caption matches); it is two, as an ``answers`` cell is. ``caption`` / ``text``
+    stay one caption each, '|' and all."""
+    _small_image(tmp_path / "a.png")
+    _small_image(tmp_path / "b.png")
+    (tmp_path / "c.csv").write_text("image,captions\na.png,a red cube | a cube on grass\nb.png,one|\n")
+    (tmp_path / "d.csv").write_text("image,caption\na.png,a red cube | a cube on grass\n")
+    (tmp_path / "e.jsonl").write_text(json.dumps({"image": "a.png", "captions": "x|y"}) + "\n")
+    got = {Path(e.image).name: e.captions for e in read_split("csv", tmp_path, file="c.csv").examples}
+    assert got == {"a.png": ("a red cube", "a cube on grass"), "b.png": ("one",)}
+    one = read_split("csv", tmp_path, file="d.csv").examples
+    assert [e.captions for e in one] == [("a red cube | a cube on grass",)]
+    assert {e.captions for e in read_split("jsonl", tmp_path, file="e.jsonl").examples} == {("x", "y")}

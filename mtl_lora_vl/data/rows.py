@@ -2,7 +2,7 @@
 
 A row has ``image`` plus the fields of one task kind:
 
-* captions: ``text`` or ``caption`` (one caption), or ``captions`` (a list); rows of the same image are
+* captions: ``text`` or ``caption`` (one caption), or ``captions`` (a list, or '|'-separated); rows of one image are
   grouped, so ``Example.captions`` holds all of an image's captions;
 * VQA: ``question`` and ``answers`` (a list of strings, VQAv2-style ``{"answer": ...}`` objects, a
   ``{"answer": [...]}`` table of lists, or a '|'-separated string);
@@ -185,14 +185,14 @@ def _image_list(value: Any, where: str) -> list[Any]:
 
 
 def _captions(row: dict, where: str) -> list[str]:
-    """A row's captions: ``captions``, else ``text``, else ``caption`` -- each a string or a list of strings (a
-    Hugging Face ``Sequence(string)`` column such as Flickr30k's ``caption`` is a list)."""
+    """A row's captions: ``captions`` (a list, or '|'-separated as ``answers``: a CSV cell holds no list), else
+    ``text``, else ``caption`` (a string, or a list: a ``datasets`` ``Sequence(string)`` such as Flickr30k's)."""
     key = next((k for k in ("captions", "text", "caption") if _present(row.get(k))), None)
     if key is None:
         return []
     caps = row[key]
     if isinstance(caps, str) or (key != "captions" and isinstance(caps, (int, float)) and not isinstance(caps, bool)):
-        caps = [str(caps)]
+        caps = caps.split("|") if key == "captions" and isinstance(caps, str) else [str(caps)]
     if not isinstance(caps, (list, tuple)) or not all(isinstance(c, str) for c in caps):
         raise DataFormatError(f"{where}: {key!r} must be a string or a list of strings, got {caps!r}")
     return [c.strip() for c in caps if c.strip()]   # a blank caption is no caption (as an empty list is)
