@@ -420,6 +420,22 @@ def test_a_dark_16_bit_pgm_is_scaled_by_its_depth(tmp_path):
     assert np.asarray(load_image(dark)).max() == 0   # 200 / 65535 of white, not 200 / 255
 
 
+def test_a_16_bit_grey_png_with_a_transparent_level_is_composited_on_white(tmp_path):
+    """A 16-bit grey PNG's tRNS names one grey level transparent; it was ignored (those pixels kept their stored
+    near-black), where every other transparency is composited on white. ``alpha="drop"`` keeps the stored level,
+    as open_clip's conversion does."""
+    from mtl_lora_vl.data.images import to_rgb
+
+    path = tmp_path / "g16.png"
+    Image.fromarray(np.array([[0, 1000], [65535, 1000]], dtype=np.uint16)).save(path, transparency=1000)
+    with Image.open(path) as img:
+        img.load()
+        assert img.mode == "I;16" and img.info["transparency"] == 1000
+        assert np.asarray(to_rgb(img))[..., 0].tolist() == [[0, 255], [255, 255]]
+        assert np.asarray(to_rgb(img, "drop"))[..., 0].tolist() == [[0, 3], [255, 3]]
+    assert np.asarray(load_image(path))[0, 1].tolist() == [255, 255, 255]
+
+
 def test_the_pass_report_counts_the_rows_of_the_batches_taken(images, caplog):
     """The count at the end of a pass summed every row the workers replaced, batches made ahead that nobody
     took included (4 and 5 reported where the batches taken held 3)."""

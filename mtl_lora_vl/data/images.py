@@ -248,9 +248,10 @@ def _upright(img: Image.Image) -> Image.Image:
     return out
 
 
-def _to_8bit_gray(img: Image.Image) -> Image.Image:
-    """Integer/float single-channel modes (16-bit PNGs, 32-bit TIFFs) scaled to 8 bits, not clipped."""
-    arr = np.asarray(img)
+def _to_8bit_gray(img: Image.Image, clear: int | None = None) -> Image.Image:
+    """Integer/float single-channel modes (16-bit PNGs, 32-bit TIFFs) scaled to 8 bits, not clipped; pixels of
+    the level ``clear`` (a 16-bit PNG's tRNS) white, as transparency is composited elsewhere."""
+    raw = arr = np.asarray(img)
     if arr.dtype.kind == "f":
         arr = np.nan_to_num(arr.astype(np.float64))
         hi = float(arr.max()) if arr.size else 0.0
@@ -261,6 +262,8 @@ def _to_8bit_gray(img: Image.Image) -> Image.Image:
         sixteen = img.mode.startswith("I;16") or (img.mode == "I" and img.format in ("PNG", "PPM"))  # 16-bit
         if sixteen or hi > 255:  # a 16-bit file is scaled by its depth, however dark it is
             arr = arr * 255 // (65535 if hi <= 65535 else hi)
+    if clear is not None:
+        arr = np.where(raw == clear, 255, arr)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
 
 
@@ -278,7 +281,8 @@ def to_rgb(img: Image.Image, alpha: str = "white") -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        return _to_8bit_gray(img).convert("RGB")
+        clear = img.info.get("transparency") if alpha != "drop" else None
+        return _to_8bit_gray(img, clear if isinstance(clear, int) else None).convert("RGB")
     return img.convert("RGB")
 
 
