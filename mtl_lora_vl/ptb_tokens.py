@@ -34,6 +34,8 @@ _ABBREVIATIONS = (
 )
 _CAPITALISED_ABBREVIATIONS = "A(?i:rk|z)|D(?i:el)|I(?i:ll)|L(?i:a)|M(?i:ass|iss)|O(?i:re)|P(?i:a)|T(?i:ex)|W(?i:ash)"
 _NUMBER_ABBREVIATIONS = "nos?|prop|figs?|pp|op|ca|art"   # kept only before a number ("no. 5"; "says no." is "no")
+# PTB's SPACENL, one of which may stand between such an abbreviation and its number ("no.  5" is "no 5")
+_SPACENL = "[ \t\xa0\u2000-\u200a\u3000\r\n\u2028\u2029\x0b\x0c\x85]"
 # A single letter's period goes when a capitalised word of this list follows it, as PTB reads it as a sentence end
 # ("plan B. The dog" is "plan b the dog"; "plan B. the dog" keeps "b.").
 _SENTENCE_STARTS = "|".join(f"(?-i:{w[0]}){re.escape(w[1:])}" for w in (
@@ -91,7 +93,7 @@ _PTB_TOKEN = re.compile(
     rf"|[^\W\d_][^\W_]*(?:[.!?][^\W\d_][^\W_]*)+{_KEEP_PERIOD}"   # no space after . ! ?: "bed.it", "hi!there"
     rf"|(?<![\w'.-])[a-z](?=\.\s+(?:{_SENTENCE_STARTS})(?!\S))"
     rf"|(?<![\w'.-])(?:(?:{_ABBREVIATIONS})|(?-i:{_CAPITALISED_ABBREVIATIONS}))\.(?!\w)"
-    rf"|(?<![\w'.-])(?:{_NUMBER_ABBREVIATIONS})\.(?=\s*\d)"
+    rf"|(?<![\w'.-])(?:{_NUMBER_ABBREVIATIONS})\.(?={_SPACENL}?\d)"
     r"|(?<!-)(?:[-+]?\d+(?:[.:,]\d+)+|[-+]\d+|[-+]?(?<!\.\.)(?:[.:,]\d+)+)"   # "10:30", "-5", ".5"; "v1.2": "v1 .2"
     rf"|(?-i:S&P-500|S&Ls|[A-Z]+(?:&[A-Z]+)+){_KEEP_PERIOD}"   # capitals joined by & ("B&W", "AT&T"); "b&w" splits
     r"|&(?:ht|tl|ur|lr|qc|ql|qr|odq|cdq|#\d+);"               # entities PTB keeps as they are ("&#39;")
