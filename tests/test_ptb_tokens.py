@@ -19,3 +19,21 @@ NUMBER_ABBREVIATION_CASES = [
 @pytest.mark.parametrize(("caption", "ptb"), NUMBER_ABBREVIATION_CASES)
 def test_a_number_abbreviation_keeps_its_period_only_close_to_its_number(caption, ptb):
     assert tokenize_caption(caption) == ptb
+
+
+# A quote "'" before an abbreviation is a token of its own ('/[A-Za-z][^ \t\n\r\u00A0] or {QUOTES}), so the
+# abbreviation after it keeps its period as anywhere else ({ABBREV1}/[^][^], {ABBREV2}, {ABBREV3}); "gov't." splits
+# into "gov", "'" and the one-letter ACRONYM "t.". Only before a capitalised sentence start ({ACRONYM}/... The) does a
+# single letter still lose its period.
+APOSTROPHE_BEFORE_ABBREVIATION_CASES = [
+    ("apples 'etc.' here", "apples etc. here"),          # was "apples etc here"
+    ("a 'Dr. Who' poster and the 'No. 5' bus", "a dr. who poster and the no. 5 bus"),
+    ("the gov't. building", "the gov t. building"),
+    ("\u2018etc.\u2019 and ''etc.'' x", "etc. and etc. x"),
+    ("plan 'B. The dog and plan 'B. the dog", "plan b the dog and plan b. the dog"),
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), APOSTROPHE_BEFORE_ABBREVIATION_CASES)
+def test_an_abbreviation_after_a_quote_keeps_its_period(caption, ptb):
+    assert tokenize_caption(caption) == ptb
