@@ -133,6 +133,17 @@ _PTB_DELETES = re.compile(
 )
 
 
+# PTB's {QUOTES} takes two quote characters as one token and rewrites each as LaTeX quotes (latexQuotes): "``" and
+# "''" are dropped by pycocoevalcap's filter, any other pair ("““" -> "````", "“”" -> "``''") stays a
+# token. A right single quote that ends one of PTB's apostrophe words (APOWORD: "l’", "ol’", "’n’")
+# is not the start of a pair.
+_QUOTE_PAIR = re.compile("(?<![\\w'\u2019\x92])(?:[ldj]|ol|dunkin|somethin|['\u2019\x92]n)[\u2019\x92]"
+                         "|([`\u2018\u2019\u201a-\u201f\x91-\x94\u2039\u203a\xab\xbb]{2})", re.I)
+_LATEX_QUOTES = str.maketrans({"\u2018": "`", "\u201b": "`", "\x91": "`", "\u2039": "`", "\u2019": "'", "\x92": "'",
+                               "\u203a": "'", "\u201c": "``", "\x93": "``", "\xab": "``", "\u201d": "''", "\x94": "''",
+                               "\xbb": "''"})
+
+
 def tokenize_caption(text: str) -> str:
     """Lowercase and tokenise a caption as pycocoevalcap's PTB tokenizer does, punctuation tokens dropped.
 
@@ -141,8 +152,19 @@ def tokenize_caption(text: str) -> str:
     exercise each rule). What still differs is listed in docs/dependencies.md ("Captioning metrics without
     pycocoevalcap"). Returns the tokens joined by single spaces.
     """
-    text = _ENTITY.sub(lambda m: _ENTITIES[m[1].lower()], text).translate(_TYPOGRAPHIC)
-    text = _OWN_TOKEN.sub(r" \g<0> ", _PTB_DELETES.sub(" ", text))
+    text = _ENTITY.sub(lambda m: _ENTITIES[m[1].lower()], text)
+    pieces, start, before = [], 0, ""
+    for m in _QUOTE_PAIR.finditer(text):
+        if m[1] and (quotes := m[1].translate(_LATEX_QUOTES)) not in ("``", "''"):
+            # a '"' on each side keeps the context the rules see as it was (a quote, read as '"')
+            pieces += [_tokens(before + text[start:m.start()] + '"'), quotes]
+            start, before = m.end(), '"'
+    return " ".join(p for p in [*pieces, _tokens(before + text[start:])] if p)
+
+
+def _tokens(text: str) -> str:
+    """:func:`tokenize_caption` of a text without PTB's kept quote pairs, its entities decoded."""
+    text = _OWN_TOKEN.sub(r" \g<0> ", _PTB_DELETES.sub(" ", text.translate(_TYPOGRAPHIC)))
     text = _ASSIMILATION.sub(r"\1 ", text)
     tokens = (t.lower() for t in _PTB_TOKEN.findall(text))
     return " ".join(_BRACKETS.get(tok) or (tok.translate(_PARENS) if tok[-1] in "()" else tok) for tok in tokens)

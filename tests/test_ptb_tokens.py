@@ -37,3 +37,19 @@ APOSTROPHE_BEFORE_ABBREVIATION_CASES = [
 @pytest.mark.parametrize(("caption", "ptb"), APOSTROPHE_BEFORE_ABBREVIATION_CASES)
 def test_an_abbreviation_after_a_quote_keeps_its_period(caption, ptb):
     assert tokenize_caption(caption) == ptb
+
+
+# {QUOTES} = {APOS}|''|[`\u2018\u2019\u201A-\u201F\u0091-\u0094\u2039\u203A\u00AB\u00BB]{1,2}: two adjacent quote
+# characters are one token, which latexQuotes rewrites character by character (\u201c -> ``, \u201d -> '', \u2018 -> `,
+# \u2019 -> '); pycocoevalcap drops only "``", "''", "`" and "'", so a doubled curly double quote stays a token.
+QUOTE_PAIR_CASES = [
+    ("a \u201c\u201cstop\u201d\u201d sign", "a ```` stop '''' sign"),   # was "a stop sign"
+    ("an empty \u201c\u201d and \u00ab\u00bb, \u201c\u2018x\u2019\u201d", "an empty ``'' and ``'' ``` x '''"),
+    ("dogs\u2019\u201d toys and a \u201e\u201c sign", "dogs ''' toys and a \u201e`` sign"),
+    ("\u2018\u2018x\u2019\u2019 and \u201c x \u201d and \u201c \u201c y", "x and x and y"),   # dropped, as before
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), QUOTE_PAIR_CASES)
+def test_two_adjacent_quote_characters_are_one_token(caption, ptb):
+    assert tokenize_caption(caption) == ptb
