@@ -49,8 +49,28 @@ def test_class_names_that_rename_the_classes_are_read_by_index(root):
     assert _labels(split) == ["a cat", "a dog", "a dog", "a fox", "a cat"]
 
 
+@pytest.mark.parametrize("class_names", [["Fox", "Dog", "Cat"], ["Dog", "Cat", "Fox"], ["DOG ", "cat", "FOX"]])
+def test_class_names_in_another_case_and_order_are_read_by_name(root, class_names):
+    """Compared exactly, no name matched, so the ClassLabel's indices were read by position: ["Dog", "Cat", "Fox"]
+    gave Dog, Cat, Cat, Fox, Dog for cat, dog, dog, fox, cat (1 row of 5 right), silently. The case and spaces aside
+    (as the task's options.class_names are compared) they name every class, so rows are read by name."""
+    split = read_split("hf_datasets", root, path="pets", class_names=class_names)
+    assert [n.strip().lower() for n in _labels(split)] == TRUTH
+    assert split.class_names == class_names
+
+
 def test_a_name_at_another_index_beside_renamed_ones_is_refused(root):
-    with pytest.raises(DataFormatError, match=r"label column 'label' is a ClassLabel whose class 0 is 'cat', but "
-                                              r"class_names puts 'cat' at 1 .*give class_names in the ClassLabel's "
-                                              r"order \['cat', 'dog', 'fox'\]"):
+    with pytest.raises(DataFormatError, match=r"pets: class_names puts 'cat' at 1, but 'cat' is class 0 of the "
+                                              r"ClassLabel of label column 'label' .*lacks \['dog', 'fox'\].*give "
+                                              r"class_names in the order of the ClassLabel of label column 'label' "
+                                              r"\['cat', 'dog', 'fox'\]"):
         read_split("hf_datasets", root, path="pets", class_names=["a dog", "cat", "a fox"])
+
+
+@pytest.mark.parametrize("class_names", [["fox", "dog"], ["dog"], ["fox"]])
+def test_fewer_class_names_with_a_moved_one_are_refused_by_name(root, class_names):
+    """A list shorter than the ClassLabel, naming one of its classes at another index, failed with a bare
+    IndexError (the check read class_names at the ClassLabel's index)."""
+    with pytest.raises(DataFormatError, match=r"class_names puts .* is class [12] of the ClassLabel of label column "
+                                              r"'label'.* or leave class_names out"):
+        read_split("hf_datasets", root, path="pets", class_names=class_names)

@@ -307,6 +307,9 @@ def test_jsonl_all_row_kinds(root):
     assert s.class_names == ["green", "red"] and [e.label for e in s.examples] == [1, 0]
     s = read_split("jsonl", root, file="cls.jsonl", class_names=["red", "green", "blue"])
     assert [e.label for e in s.examples] == [0, 1]
+    # labels are read stripped, and so are the given names: "red " was refused as not one of ['red ', ' green']
+    s = read_split("jsonl", root, file="cls.jsonl", class_names=["red ", " green"])
+    assert [e.label for e in s.examples] == [0, 1]
 
 
 def test_image_ids_zero_blank_captions_and_ids_shared_by_two_images(root):

@@ -55,6 +55,40 @@ def class_name_problems(names: Sequence[Any]) -> tuple[list[Any], list[str]]:
     return blank, sorted(x for x, c in counts.items() if c > 1)
 
 
+def class_name_key(name: Any) -> str:
+    """A class name as names are compared across lists: case and runs of spaces aside (CLIP tokenizers lowercase)."""
+    return " ".join(str(name).split()).casefold()
+
+
+def class_name_order(given: Sequence[str], data: Sequence[str], *, where: str, given_as: str, data_as: str,
+                     leave_out: str, error: type[Exception] = DataFormatError) -> list[int] | None:
+    """The one rule for class names ``given`` beside the data's own ``data`` (in label order): per data class, the
+    position in ``given`` of its name where ``given`` names every data class, in any order (read by name); None
+    where no given name is a data class's at another position (``given`` renames the classes: read by position).
+    A name matches its exact twin, else the one name of the same :func:`class_name_key` in both lists. Refused:
+    a data class's name at another position beside names that are not the data's (read by position, that class's
+    rows would be read as another class)."""
+    exact = {n: j for j, n in reversed(list(enumerate(given)))}   # a repeated name: its first position
+    keys = Counter(class_name_key(n) for n in given)
+    data_keys = Counter(class_name_key(n) for n in data)
+    by_key = {class_name_key(n): j for j, n in enumerate(given) if keys[class_name_key(n)] == 1}
+    pos = [exact[n] if n in exact else by_key.get(class_name_key(n)) if data_keys[class_name_key(n)] == 1 else None
+           for n in data]
+    if None not in pos:
+        return pos
+    moved = [(i, j) for i, j in enumerate(pos) if j is not None and j != i]
+    if not moved:
+        return None
+    i, j = moved[0]
+    lacks = [n for n, k in zip(data, pos) if k is None]
+    shown = f"{list(data[:10])}{' ...' if len(data) > 10 else ''}"
+    raise error(f"{where}: {given_as} puts {given[j]!r} at {j}, but {data[i]!r} is class {i} of {data_as} "
+                f"({len(moved)} name(s) so moved), and {given_as} lacks {lacks[:5]}{' ...' if len(lacks) > 5 else ''}"
+                " of its classes: a list that does not name them all is read by position, so those classes' rows "
+                f"would be read as others; give {given_as} in the order of {data_as} {shown}, give every one of its "
+                f"names (read by name, in any order), or {leave_out}")
+
+
 def label_type_hint(value: Any) -> str:
     """The fix for a classification label that is neither a class name nor an integer index, as " (...)"."""
     if isinstance(value, bool):

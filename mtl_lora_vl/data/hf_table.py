@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .common import TRUTH_VALUES, DataFormatError
+from .common import TRUTH_VALUES, DataFormatError, class_name_order
 from .images import ImageError
 
 __all__ = ["DatasetImage", "DatasetTable", "class_label_names", "files_stamp", "image_cells", "image_kind",
@@ -302,18 +302,10 @@ def truth_names(names: list[str], column: str, source: str) -> list[str]:
 
 
 def class_label_names(names: list[str], class_names: list[str], source: str, column: str) -> list[str] | None:
-    """How a ``ClassLabel`` label column of ``names`` is read beside the reader's ``class_names``: by name (its
-    names, to look up in ``class_names``) where ``class_names`` holds them all, in any order; by index (None) where
-    ``class_names`` renames the classes; refused where a name of both stands at another index in each (its rows would
-    be read as another class)."""
-    if set(names) <= set(class_names):
-        return names
-    moved = [(i, n, class_names.index(n)) for i, n in enumerate(names) if n in class_names and class_names[i] != n]
-    if moved:
-        i, n, j = moved[0]
-        raise DataFormatError(f"{source}: label column {column!r} is a ClassLabel whose class {i} is {n!r}, but "
-                              f"class_names puts {n!r} at {j} (and lacks {sorted(set(names) - set(class_names))[:5]}),"
-                              " so its rows would be read as another class; give class_names in the ClassLabel's "
-                              f"order {names[:10]}{' ...' if len(names) > 10 else ''}, give them all, or leave "
-                              "class_names out")
-    return None
+    """How a ``ClassLabel`` label column of ``names`` is read beside the reader's ``class_names``, by the rule of
+    :func:`.common.class_name_order`: by name (per ClassLabel index, its name as ``class_names`` spells it, to look up
+    there) where ``class_names`` holds them all, in any order; by index (None) where ``class_names`` renames the
+    classes; refused where a name of both stands at another index in each beside renamed ones."""
+    order = class_name_order(class_names, names, where=source, given_as="class_names",
+                             data_as=f"the ClassLabel of label column {column!r}", leave_out="leave class_names out")
+    return None if order is None else [class_names[j] for j in order]

@@ -412,7 +412,7 @@ def examples_from_rows(
                 logger.warning("%s: the labels %s differ only in case or spaces and are read as %d classes (whose "
                                "prompts a lowercasing tokenizer reads alike); write each class one way", source,
                                same[:6], len(same))
-    index = {n: i for i, n in enumerate(names)}
+    index = {n.strip(): i for i, n in enumerate(names)}   # a label is read stripped: so is a given name
     examples = []
     for n, row in rows:
         v = row["label"]
