@@ -17,8 +17,10 @@ class's target text (the prompt masked). Evaluation runs on the first ``[generat
 (0 = all).
 
 Class names come from the training split (``Split.class_names``, e.g. ImageFolder folder names) unless
-the spec's ``options.class_names`` gives readable ones (same count, same order). An evaluation split's labels
-are mapped to the training split's classes by name (a split that lacks a class numbers the rest differently).
+the spec's ``options.class_names`` gives readable ones (same count, in the data's label order; a list of the data's
+own names, case and spaces aside, is read by name in any order: ``data.common.class_name_order``, the rule of the
+readers' ``class_names`` too). An evaluation split's labels are mapped to the training split's classes by name (a
+split that lacks a class numbers the rest differently).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtl_lora_vl.backbones.base import Backbone
-from mtl_lora_vl.data.common import class_name_problems
+from mtl_lora_vl.data.common import class_name_order, class_name_problems
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.distributed import map_shards
@@ -73,22 +75,6 @@ class ClassifierHead(nn.Module):
 
     def forward(self, image_emb: Tensor) -> Tensor:
         return prompt_scores(image_emb, self.weight, self.logit_scale) + self.bias
-
-
-def _check_name_order(spec: TaskSpec, names: list[str], data_names: list[str]) -> None:
-    """Refuse ``options.class_names`` that name one of the data's classes at another class's position: the names are
-    read in label order, so a list of the data's own names in another order gave every class another's name."""
-    def key(name: str) -> str:
-        return " ".join(str(name).split()).casefold()
-    data_index = {key(n): i for i, n in enumerate(data_names)}
-    moved = [(i, n, data_index[key(n)]) for i, n in enumerate(names) if data_index.get(key(n), i) != i]
-    if moved:
-        i, name, j = moved[0]
-        raise ValueError(f"task {spec.name!r}: options.class_names[{i}] is {name!r}, but in the data {data_names[j]!r} "
-                         f"is class {j} ({len(moved)} name(s) so misplaced); the names are read in the order of the "
-                         f"data's labels ({data_names[:10]}{'...' if len(data_names) > 10 else ''}): list them in "
-                         "that order, or leave options.class_names empty to use the data's names"
-                         + (f" (in {spec.source_file})" if spec.source_file else ""))
 
 
 @register_kind("classification")
@@ -148,8 +134,12 @@ class ClassificationKind(TaskKind):
         elif train.class_names and len(names) != len(train.class_names):
             raise ValueError(f"task {spec.name!r}: options.class_names has {len(names)} names but the data has "
                              f"{len(train.class_names)} classes ({train.class_names[:5]}...)")
-        elif train.class_names:
-            _check_name_order(spec, names, train.class_names)
+        elif train.class_names:   # the data's own names in another order are read by name: put in the data's order
+            order = class_name_order(names, train.class_names, where=f"task {spec.name!r}" + (
+                f" ({spec.source_file})" if spec.source_file else ""), given_as="options.class_names",
+                data_as="the training data", leave_out="leave options.class_names empty to use the data's names",
+                error=ValueError)
+            names = names if order is None else [names[j] for j in order]
         if len(names) < 2:   # one class: a loss of 0 from the first step, and every prediction right (top-1 1.0)
             raise ValueError(f"task {spec.name!r}: the training data has {len(names)} class ({list(names)}); a "
                              "classifier needs two or more: check the split's labels or options.class_names")
