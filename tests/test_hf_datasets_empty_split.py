@@ -67,3 +67,38 @@ def test_a_split_name_that_leaves_the_folder_is_refused(tmp_path, name):
     with pytest.raises(DataFormatError, match=r"ds/dataset_dict.json: split name\(s\) \[.*outside'\] are not plain "
                                               r"folder names in the dataset's folder .*fix the file's \"splits\" list"):
         read_split("hf_datasets", tmp_path / "data", path="ds", split=name)   # was: the 3 rows of outside/
+
+
+@pytest.mark.parametrize("entry", ["../outside", 3, None])
+def test_a_bad_entry_of_dataset_dict_json_leaves_the_listed_good_splits_readable(tmp_path, entry):
+    import json
+
+    datasets.DatasetDict({"train": _captions(2), "test": _captions(1)}).save_to_disk(tmp_path / "ds")
+    (tmp_path / "ds" / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test", entry]}))
+    train = read_split("hf_datasets", tmp_path, path="ds", split="train")   # was: refused, or a bare TypeError
+    assert sorted(c for e in train.examples for c in e.captions) == ["picture 0", "picture 1"]
+    assert len(read_split("hf_datasets", tmp_path, path="ds", split="test").examples) == 1
+
+
+@pytest.mark.parametrize("damage", ["state.json", "arrow"])
+def test_an_asked_split_whose_files_are_damaged_is_named_and_the_others_load(tmp_path, damage):
+    datasets.DatasetDict({"train": _captions(2), "test": _captions(1)}).save_to_disk(tmp_path / "ds")
+    if damage == "state.json":
+        (tmp_path / "ds" / "test" / "state.json").write_text("{cut short")
+    else:
+        for f in (tmp_path / "ds" / "test").glob("*.arrow"):
+            f.unlink()
+    assert len(read_split("hf_datasets", tmp_path, path="ds", split="train").examples) == 2
+    with pytest.raises(DataFormatError, match=r"ds: split 'test' cannot be loaded from \S+test \((JSONDecodeError|"
+                                              r"FileNotFoundError): .*\); its files are damaged or incomplete: save "
+                                              r"the DatasetDict again"):
+        read_split("hf_datasets", tmp_path, path="ds", split="test")   # was: datasets' bare error, naming no split
+
+
+@pytest.mark.parametrize("text", ["{cut short", '{"splits": "train"}'])
+def test_an_unreadable_dataset_dict_json_is_named(tmp_path, text):
+    datasets.DatasetDict({"train": _captions(2)}).save_to_disk(tmp_path / "ds")
+    (tmp_path / "ds" / "dataset_dict.json").write_text(text)
+    with pytest.raises(DataFormatError, match=r"ds/dataset_dict.json: not a DatasetDict's list of splits \(.+\); it "
+                                              r"should read \{\"splits\": \[\"train\", ...\]\}"):
+        read_split("hf_datasets", tmp_path, path="ds", split="train")   # was: JSONDecodeError / reading ds/t/

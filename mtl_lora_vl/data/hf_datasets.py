@@ -144,7 +144,8 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
     base = _find(root, path)
     if base.is_dir() and ((base / "dataset_dict.json").is_file() or (base / "state.json").is_file()):
         # a DatasetDict by its split names, each split loaded alone (a dict with a split saved empty cannot be loaded)
-        ds = _saved_splits(base) or load_saved(base, str(base))
+        ds = _saved_splits(base)
+        ds = load_saved(base, str(base)) if ds is None else ds
         if isinstance(ds, (list, datasets.DatasetDict)):
             if split is None and len(ds) == 1:
                 split = next(iter(ds))
@@ -152,12 +153,8 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
                 what = "no split is given" if split is None else f"split {split!r} not found"
                 raise ValueError(f"hf_datasets {base}: {what}; the saved dataset has splits {list(ds)} (set "
                                  "split = ... in the [data.<split>] table)")
-            if isinstance(ds, list) and not (base / split / "state.json").is_file():
-                present = [n for n in ds if (base / n / "state.json").is_file()]
-                raise DataFormatError(
-                    f"hf_datasets {base}: split {split!r} is listed in dataset_dict.json ({ds}) but its folder "
-                    f"{base / split} holds no saved dataset (present: {present}); save the DatasetDict again "
-                    "(save_to_disk), or give a present split")
+            if isinstance(ds, list):
+                _check_split_folder(base, split, ds)
         elif split is not None and ds.split is None:
             raise ValueError(f"hf_datasets {base}: this saved dataset has no split name, so split = {split!r} "
                              "selects nothing (every split would read the same rows); leave split out where the "
@@ -168,26 +165,56 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
     else:
         table = DatasetTable("parquet", tuple(_parquet_files(base, split)), split, cache_dir)
     table = dataclasses.replace(table, stamp=files_stamp(table.files()))
-    return table, table.open()
-
-
-def _saved_splits(base: Path) -> list[str] | None:
-    """The split names a ``DatasetDict.save_to_disk`` folder's ``dataset_dict.json`` lists (each saved in the folder
-    of its name; a missing one is refused when asked for, the others stay readable); None where there is no such
-    list."""
+    if table.kind != "disk" or table.split is None:
+        return table, table.open()
     try:
-        names = json.loads((base / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
-    except (OSError, ValueError, KeyError, TypeError):   # not a dict folder, or unusual: load_from_disk reads it
-        return None
+        return table, table.open()
+    except DataFormatError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:   # datasets' own, naming a file at most
+        raise DataFormatError(f"hf_datasets {base}: split {table.split!r} cannot be loaded from {base / table.split} "
+                              f"({type(e).__name__}: {e}); its files are damaged or incomplete: save the DatasetDict "
+                              "again (save_to_disk), or leave that split out (the other splits load alone)") from e
+
+
+def _plain(name: Any) -> bool:
+    """Whether a split name of ``dataset_dict.json`` is a folder of the dataset's own folder."""
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
+
+
+def _check_split_folder(base: Path, split: str, listed: list[Any]) -> None:
+    """Refuse split ``split`` of a saved ``DatasetDict`` (``listed`` in its ``dataset_dict.json``) where its folder
+    is not a plain folder of the dataset's, or holds no saved dataset; the other splits stay readable."""
     # each split is read from the folder of its name: a hand-edited "../x" or "/x" would read a dataset elsewhere
-    away = [n for n in names if isinstance(n, str) and (n in ("", ".", "..") or Path(n).name != n or "\\" in n)] \
-        if isinstance(names, list) else []
-    if away:
-        raise DataFormatError(f"hf_datasets {base / 'dataset_dict.json'}: split name(s) {away} are not plain folder "
+    if not _plain(split):
+        raise DataFormatError(f"hf_datasets {base / 'dataset_dict.json'}: split name(s) {[split]} are not plain folder "
                               "names in the dataset's folder (a split is read from the folder of its name, and these "
                               "leave it); fix the file's \"splits\" list, or save the DatasetDict again (save_to_disk)")
-    ok = isinstance(names, list) and names and all(isinstance(n, str) for n in names)
-    return list(names) if ok else None
+    if not (base / split / "state.json").is_file():
+        present = [n for n in listed if _plain(n) and (base / n / "state.json").is_file()]
+        raise DataFormatError(
+            f"hf_datasets {base}: split {split!r} is listed in dataset_dict.json ({listed}) but its folder "
+            f"{base / split} holds no saved dataset (present: {present}); save the DatasetDict again "
+            "(save_to_disk), or give a present split")
+
+
+def _saved_splits(base: Path) -> list[Any] | None:
+    """The split names a ``DatasetDict.save_to_disk`` folder's ``dataset_dict.json`` lists, as listed (each saved in
+    the folder of its name; a missing or bad one is refused when asked for, the others stay readable); None where the
+    folder has no such file (one saved ``Dataset``)."""
+    file = base / "dataset_dict.json"
+    if not file.is_file():
+        return None
+    try:
+        names = json.loads(file.read_text(encoding="utf-8"))["splits"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        names = e
+    if not isinstance(names, list):
+        why = f"{type(names).__name__}: {names}" if isinstance(names, Exception) else f"splits = {names!r}"
+        raise DataFormatError(f"hf_datasets {file}: not a DatasetDict's list of splits ({why}); it should read "
+                              "{\"splits\": [\"train\", ...]}: save the DatasetDict again (save_to_disk), or fix the "
+                              "file to list the split folders")
+    return names
 
 
 def _column_map(columns: dict | None, names: list[str], where: str,
