@@ -1,8 +1,9 @@
 """The family table: the one place that names model families and what the package knows of each.
 
-A leaf module (it imports nothing from the package but its own counting functions, :mod:`.family_images`, a
-leaf too), so adapters, backbones and exports can all read it without import cycles. Everything else asks the table
-(``find_family``, ``family_named``, ``peft_export``, ``merged_format``) instead of comparing family names.
+A leaf module (it imports nothing from the package but its own functions, :mod:`.family_images` and
+:mod:`.family_processors`, leaves too), so adapters, backbones and exports can all read it without import
+cycles. Everything else asks the table (``find_family``, ``family_named``, ``peft_export``, ``merged_format``)
+instead of comparing family names.
 
 A family's classes are written ``"package.prefix.ClassName"``: a model belongs to the family when a
 class in its MRO has that name **and** lives in that module or below it. So ``open_clip.CLIP`` matches
@@ -24,6 +25,15 @@ from .family_images import (
     pixtral_row_images,
     qwen_image_rows,
     qwen_row_images,
+)
+from .family_processors import (
+    gemma3_fields,
+    idefics3_fields,
+    llava_fields,
+    llava_onevision_fields,
+    paligemma_fields,
+    pixtral_fields,
+    qwen_fields,
 )
 
 __all__ = ["FAMILIES", "MERGED_CONFIG", "MERGED_WEIGHTS", "OPEN_CLIP_CONFIG", "Family", "family_named", "find_family",
@@ -65,7 +75,9 @@ class Family:
     * ``image_path``: regex of the modules that take the batch's images (vision tower, projector), routed image by
       image by those counts (``packed_tower`` routes its own);
     * ``image_views``: each image reaches the vision tower as several views (anyres: a base view and tiles), so the
-      tower's batch is never one image per row (PEFT's per-row ``adapter_names`` cannot route it).
+      tower's batch is never one image per row (PEFT's per-row ``adapter_names`` cannot route it);
+    * ``count_fields``: given its Hugging Face processor, the model's config and the image-token count the model
+      fills, what to set in the processor so that it writes that many (a count mismatch's message says it).
     """
 
     name: str
@@ -82,6 +94,7 @@ class Family:
     row_images: Callable[[Any, tuple, dict], list[float] | None] | None = None
     image_path: str | None = None
     image_views: bool = False
+    count_fields: Callable[[Any, Any, int], str] | None = None
 
     def matches(self, cls: type) -> bool:
         """True when a class in ``cls``'s MRO is one of this family's (qualified) classes."""
@@ -161,6 +174,7 @@ FAMILIES: tuple[Family, ...] = (
         ("transformers.models.llava.LlavaForConditionalGeneration",),
         _HF_VLM_TARGETS,
         backbone="llava",
+        count_fields=llava_fields,
         peft_export=True,
         merged_format="hf",
         unused=_llava_unused_vision_layers,
@@ -172,6 +186,7 @@ FAMILIES: tuple[Family, ...] = (
         ("transformers.models.llava_next.LlavaNextForConditionalGeneration",),
         _HF_VLM_TARGETS,
         backbone="llava_next",
+        count_fields=llava_fields,
         peft_export=True,
         merged_format="hf",
         unused=_llava_unused_vision_layers,
@@ -184,6 +199,7 @@ FAMILIES: tuple[Family, ...] = (
         ("transformers.models.llava_onevision.LlavaOnevisionForConditionalGeneration",),
         _HF_VLM_TARGETS,  # SigLIP layers under model.vision_tower, Qwen2's under model.language_model
         backbone="llava_onevision",
+        count_fields=llava_onevision_fields,
         peft_export=True,
         merged_format="hf",
         unused=_llava_unused_vision_layers,
@@ -196,6 +212,7 @@ FAMILIES: tuple[Family, ...] = (
         ("transformers.models.paligemma.PaliGemmaForConditionalGeneration",),
         _HF_VLM_TARGETS,  # SigLIP layers are named like CLIP's, Gemma's like Llama's
         backbone="paligemma",
+        count_fields=paligemma_fields,
         peft_export=True,
         merged_format="hf",
         row_images=image_token_rows,
@@ -206,6 +223,7 @@ FAMILIES: tuple[Family, ...] = (
         ("transformers.models.gemma3.Gemma3ForConditionalGeneration",),
         _HF_VLM_TARGETS,  # SigLIP layers under model.vision_tower, Gemma 3's under model.language_model
         backbone="gemma3",
+        count_fields=gemma3_fields,
         peft_export=True,
         merged_format="hf",
         row_images=image_token_rows,
@@ -218,6 +236,7 @@ FAMILIES: tuple[Family, ...] = (
                    r"(attention\.(q|k|v|o)_proj|feed_forward\.(gate|up|down)_proj)$",),
          "text": _HF_VLM_TARGETS["text"]},
         backbone="mistral3",
+        count_fields=pixtral_fields,
         peft_export=True,
         merged_format="hf",
         packed_tower=_PIXTRAL_PACKED,
@@ -232,6 +251,7 @@ FAMILIES: tuple[Family, ...] = (
          "text": _HF_VLM_TARGETS["text"]},   # the merger (visual.merger.mlp.N) only when targets name it
         packed_qkv=r"(^|\.)visual\.blocks\.\d+\.attn\.qkv$",
         backbone="qwen2_vl",
+        count_fields=qwen_fields,
         peft_export=True,
         merged_format="hf",
         packed_tower=r"(^|\.)visual$",
@@ -245,6 +265,7 @@ FAMILIES: tuple[Family, ...] = (
         {"image": (r"(^|\.)vision_model" + _HF_CLIP_BLOCK,),   # SigLIP layers under model.vision_model
          "text": (_IDEFICS3_TEXT,)},   # the connector (connector.modality_projection.proj) only when targets name it
         backbone="idefics3",
+        count_fields=idefics3_fields,
         peft_export=True,
         merged_format="hf",
         row_images=image_token_rows,

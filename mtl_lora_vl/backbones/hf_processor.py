@@ -17,6 +17,7 @@ from torch import nn
 
 from ..adapters.scopes import disabled
 from ..data.resize import size_fields
+from ..families import Family
 from .base import OPENAI_MEAN, OPENAI_STD, BackboneError, as_rgb
 from .tokenizers import TOKENIZER_FILES as _TOKENIZER_FILES
 
@@ -108,10 +109,10 @@ def edit_image_processor_files(folder: Path, edit: Callable[[dict], None]) -> No
             path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def mismatch_fix(layout: Any, processor: Any = None, config: Any = None) -> str:
+def mismatch_fix(layout: Any, processor: Any = None, config: Any = None, family: Family | None = None) -> str:
     """What to do when Hugging Face finds the prompts' image tokens and the image features differ in number
-    (``layout``: the backbone's :class:`.lm_collate.PromptLayout`; ``processor`` / ``config``: the model's, for the
-    fields of its own family that set the count)."""
+    (``layout``: the backbone's :class:`.lm_collate.PromptLayout`; ``processor`` / ``config`` / ``family``: the
+    model's, for the fields of its family that set the count, as the family table names them)."""
     tokens = f"tokens {layout.image_token!r} (id {layout.image_token_id})"
     if layout.token_side:   # a native-resolution model: each image's own count
         u = layout.token_side
@@ -125,9 +126,9 @@ def mismatch_fix(layout: Any, processor: Any = None, config: Any = None) -> str:
                 "square canvas): give the loader's strips with image_sizes=[(h, w), ...] "
                 "(mtl_lora_vl.data.anyres.pad_images makes both) and build input_ids with "
                 "backbone.lm_collator()(..., image_sizes=...); when using the processor yourself, "
-                f"{_count_fields(processor, config, n)}")
+                f"{_count_fields(processor, config, n, family)}")
     return (f"Each image fills {n} {tokens} per row; build input_ids with backbone.lm_collator(), or, when using the "
-            f"processor yourself, {_count_fields(processor, config, n)}")
+            f"processor yourself, {_count_fields(processor, config, n, family)}")
 
 
 def pixel_normalisation(image_processor: Any, name: str) -> tuple[tuple[float, float, float],
@@ -153,17 +154,13 @@ def pixel_normalisation(image_processor: Any, name: str) -> tuple[tuple[float, f
     return tuple(m / scale for m in mean), tuple(s / scale for s in std)   # type: ignore[return-value]
 
 
-def _count_fields(processor: Any, config: Any, n: int) -> str:
-    """The processor fields that set how many image tokens it writes per image, in the model's family."""
-    if getattr(processor, "image_seq_len", None) is not None:   # Idefics3 / SmolVLM
-        return (f"set its image_seq_len to {n} and its image processor's do_image_splitting as the backbone's "
-                "(backbone.processor: on where images are split, the default; off for unsplit squares)")
-    if getattr(config, "mm_tokens_per_image", None) is not None:   # Gemma 3
-        return f"set its image_seq_length to {n}, the model's config.mm_tokens_per_image"
-    if getattr(processor, "image_seq_length", None) is not None:   # PaliGemma: read from its image processor
-        return f"set its image processor's image_seq_length to {n}"
-    return ("fix its patch_size, num_additional_image_tokens and vision_feature_select_strategy to match the model "
-            "(LLaVA's processor fields)")
+def _count_fields(processor: Any, config: Any, n: int, family: Family | None) -> str:
+    """The processor fields that set how many image tokens it writes per image: the family table's
+    ``count_fields`` of the model's family."""
+    if family is not None and family.count_fields is not None:
+        return family.count_fields(processor, config, n)
+    return (f"set the fields that count its image tokens so that it writes {n} per image, as the model's config says "
+            "(the model is of no family in mtl_lora_vl.FAMILIES)")
 
 
 def _processor_side(image_processor: Any) -> int | None:

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.resize import ImageResize
+from ..families import find_family
 from .base import (
     GENERATE,
     GRAD_CHECKPOINTING,
@@ -427,8 +428,9 @@ class HFVLMBackbone(GenerationIds, Backbone):
         except ValueError as e:
             if _MISMATCH not in str(e):
                 raise
+            fix = mismatch_fix(self.layout, self.hf_processor, self.model.config, find_family(self.model))
             raise BackboneError(f"{self.name}: the prompts' image tokens do not match the image features ({e}). "
-                                f"{mismatch_fix(self.layout, self.hf_processor, self.model.config)}") from e
+                                f"{fix}") from e
 
     def _forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor,
                  labels: Tensor | None = None, image_sizes: list[tuple[int, int]] | None = None,
