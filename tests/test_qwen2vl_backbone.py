@@ -418,6 +418,23 @@ def test_a_merged_directory_reads_images_within_the_training_bounds(tmp_path):
     assert merged(images=pictures([(800, 1000)]))["image_grid_thw"].tolist() == [[1, h // 8, w // 8]]
 
 
+def test_an_inner_adapted_models_merged_processor_and_lora_note_follow_the_whole_model(tmp_path, caplog):
+    """Adapters on the inner Qwen2VLModel only (family "custom"): save_merged read the inner model's family and
+    image record, so it left the processor's 1,000,000-pixel cap (a 1000x800 picture: 3,100 image tokens where
+    training read 775) and export_lora gave no min_pixels / max_pixels note (helper 338)."""
+    from transformers import AutoProcessor
+
+    bb = load_backbone(f"hf:{_tiny_sized(tmp_path, longest_edge=1_000_000)}")
+    targets = {"text": [r"language_model\.layers\.\d+\.self_attn\.[qv]_proj$"]}
+    mlv.attach(bb.model.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1, targets=targets))
+    out = mlv.save_merged(bb.model, "a", tmp_path / "merged")
+    w, h = bb.resize.resized_size(1000, 800)
+    merged = AutoProcessor.from_pretrained(out).image_processor
+    assert merged(images=pictures([(800, 1000)]))["image_grid_thw"].tolist() == [[1, h // 8, w // 8]]
+    lora = mlv.export_lora(bb.model, "a", tmp_path / "lora")
+    assert f"max_pixels={448 * 448}" in (lora / "README.md").read_text()
+
+
 # ------------------------------------------------------------------------------------------ --image-max-pixels
 def test_image_max_pixels_sets_the_area_within_the_processors_own(tmp_path):
     """load_backbone(image_max_pixels=N): images within N pixels (the processor's own max_pixels still bounds it),

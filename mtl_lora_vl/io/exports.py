@@ -94,6 +94,14 @@ def _written_family(model: nn.Module) -> tuple[nn.Module, str]:
     return whole, inner._mtl_lora.family if whole is inner else find_family(whole).name
 
 
+def _written_images(model: nn.Module) -> tuple[ImageRecord, str]:
+    """How the images of the model an export is written from were read (the backbone records it on its model, the
+    whole one where its inner model was adapted; else the adapted module's record), and that model's family."""
+    whole, family = _written_family(model)
+    own = image_record(whole)
+    return own if own.reading or own.capped else image_record(adapted_module(model)), family
+
+
 # ---------------------------------------------------------------------------------------------- LoRA exports
 
 
@@ -147,7 +155,7 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
             if several:   # each OUT/<task> is an export of its own too (the command's --overwrite replaces it)
                 _write_record(out, t, format)
         _write_record(tmp, tasks if several else task, format)
-        note = _image_note(inner)
+        note = _image_note(model)
         if several:
             (tmp / "README.md").write_text(_multi_readme(inner, tasks, format) + note)
         elif format == "peft":
@@ -171,13 +179,12 @@ def _area_read(record: ImageRecord) -> int | None:
     return record.bounds[1] if record.bounds else record.max_pixels
 
 
-def _image_note(inner: nn.Module) -> str:
+def _image_note(model: nn.Module) -> str:
     """What a LoRA's user gives the base model's processor so that it reads images as the adapter's were read
     ("": as its processor does)."""
-    record = image_record(inner)
+    record, family = _written_images(model)
     if record.reading == "square":
-        how = _SQUARE_PROCESSOR.get(inner._mtl_lora.family, "its processor reads pictures otherwise than the tasks "
-                                                              "were trained")
+        how = _SQUARE_PROCESSOR.get(family, "its processor reads pictures otherwise than the tasks were trained")
         return f"\nThe adapter's images were read on one square (backbone.native_aspect(False)): {how}.\n"
     if record.capped and record.bounds:   # (Qwen2-VL: the area read, whatever the base's processor allows)
         low, high = record.bounds
@@ -412,6 +419,7 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     check_suffix_case(out, "save_merged")
     inner = adapted_module(model)
     whole, family = _written_family(model)   # the outer model where its inner model was adapted (its LM head too)
+    record = _written_images(model)[0]
     sd = merged_state_dict(inner, task, root=whole)
     if overwrite:
         check_replace(out, what="save_merged", keep=[*_base_files(whole), ("source_dir", source_dir)])
@@ -443,11 +451,9 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
             for f in Path(source_dir).iterdir():
                 if f.is_file() and not _weights_or_adapter(f) and not (tmp / f.name).exists():
                     shutil.copyfile(f, tmp / f.name)
-            family = family_named(inner._mtl_lora.family)
-            fit = getattr(backbone_class(family.backbone), "fit_processor_files", None) if family and family.backbone \
-                else None
+            fam = family_named(family)   # (the whole model's: its inner model adapted, the family still fits)
+            fit = getattr(backbone_class(fam.backbone), "fit_processor_files", None) if fam and fam.backbone else None
             if fit is not None:   # the processor reads images as the package's backbone trained them
-                record = image_record(inner)
                 asked = (None, image_max_pixels) if image_max_pixels else None   # (the area asked: capped as then)
                 low, high = asked or record.bounds or (None, _area_read(record))
                 fit(tmp, high, record.reading, min_pixels=low)
