@@ -29,6 +29,13 @@ def resolve_precision(precision: str, device: torch.device, base_dtype: str = "a
     return _DTYPES[precision]
 
 
+def dtype_flag(dtype: torch.dtype | None) -> str | None:
+    """The ``--precision`` / ``--base-dtype`` value naming ``dtype`` (fp32, bf16, fp16); None for None."""
+    if dtype is None:
+        return None
+    return next((k for k, v in _DTYPES.items() if v == dtype), str(dtype).removeprefix("torch."))
+
+
 def check_base_precision(precision: str, autocast_dtype: torch.dtype, loaded: torch.dtype | None,
                          casts_inputs: bool) -> None:
     """Refuse an explicit ``--precision`` the half-precision base weights cannot run in: any other autocast dtype on

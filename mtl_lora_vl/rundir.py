@@ -5,7 +5,8 @@ only after the run's setup was built: a run that fails at start-up (an unknown t
 spec) leaves an existing directory as it was. Without ``--out`` the run takes the first free name of
 ``runs/TASKS-METHOD-STAMP``, ``...-2``, ``...-3``: two runs started in the same second get one each. Under
 torchrun, rank 0 claims the directory and every rank takes its answer (the directory, or the error). ``config.json``
-records the run's options with paths made absolute, so ``--resume`` works from any working directory. While a run
+records the run's options with paths made absolute, so ``--resume`` works from any working directory, and under
+``resolved`` what the ``auto`` options and those a resume takes anew came to (:func:`record_resolved`). While a run
 trains, its rank 0 holds ``RUN/.lock`` (an advisory ``flock``, let go however the process ends): a ``--resume`` or
 ``--overwrite`` of a run still training is refused, not run beside it (the two wrote one metrics.jsonl, checkpoint and
 adapter).
@@ -39,6 +40,8 @@ RESUME_OWN = ("resume", "workers", "device")
 #: Folders a resumed run takes from the command line when the one config.json records is gone (moved data or
 #: adapter); the checkpoint's digests of the training rows and the extended adapter refuse other contents.
 RESUME_RELOCATABLE = ("data_root", "extend")
+#: config.json's key for what the run resolved (:func:`record_resolved`): a record, not an option.
+RESOLVED = "resolved"
 
 
 #: The lock file a training run's rank 0 holds in its directory.
@@ -306,6 +309,8 @@ def resumed_options(run: Path, given: TrainOptions, explicit: Collection[str] | 
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RunDirError(f"--resume {run}: cannot read {path} ({e}); it must be the config.json the run wrote") from e
     known = {f.name for f in fields(TrainOptions)}
+    if isinstance(saved, dict):
+        saved.pop(RESOLVED, None)
     if not isinstance(saved, dict) or set(saved) - known:
         extra = sorted(set(saved) - known) if isinstance(saved, dict) else "not a JSON object"
         raise RunDirError(f"--resume {run}: {path} holds options this version does not know ({extra}); resume it "
@@ -410,10 +415,25 @@ def check_options_unchanged(saved: dict[str, Any], run: Path, opts: TrainOptions
                           "the new options")
 
 
-def write_config(run: Path, opts: TrainOptions) -> None:
-    """``run/config.json`` (:func:`config_doc`)."""
+def write_config(run: Path, opts: TrainOptions, resolved: dict[str, Any] | None = None) -> None:
+    """``run/config.json`` (:func:`config_doc`), with ``resolved`` as its first :func:`record_resolved` entry."""
+    doc = {**config_doc(run, opts), **({RESOLVED: [{"from_step": 0, **resolved}]} if resolved is not None else {})}
     with atomic_file(run / "config.json", overwrite=True, what="train") as tmp:   # a run needs it whole to resume
-        tmp.write_text(json.dumps(config_doc(run, opts), indent=2) + "\n")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def record_resolved(run: Path, step: int, resolved: dict[str, Any]) -> bool:
+    """Add to ``run/config.json``'s ``resolved`` list what a resume at ``step`` trains with (device, processes,
+    workers, precision and base dtype, as ``auto`` and the resume's own options came to), unless its last entry
+    says the same: each entry holds from its ``from_step`` on. True when it added one."""
+    path = run / "config.json"
+    doc = json.loads(path.read_text())
+    entries = doc.get(RESOLVED) if isinstance(doc.get(RESOLVED), list) else []
+    if entries and {k: v for k, v in entries[-1].items() if k != "from_step"} == resolved:
+        return False
+    with atomic_file(path, overwrite=True, what="train") as tmp:
+        tmp.write_text(json.dumps({**doc, RESOLVED: [*entries, {"from_step": step, **resolved}]}, indent=2) + "\n")
+    return True
 
 
 def _absolute(value: str | None) -> str | None:

@@ -83,6 +83,11 @@ def test_a_resumed_llava_run_equals_the_uninterrupted_one(straight, tmp_path):
     scores = [{t: r["adapted"] for t, r in json.loads((run / "eval.json").read_text())["tasks"].items()}
               for run in (full, resumed)]
     assert scores[0] == scores[1] and set(scores[0]) == {"vqa", "captioning"}
+    # config.json: precision "auto" as asked, and what it came to (resumed alike: no second entry)
+    for run in (full, resumed):
+        doc = json.loads((run / "config.json").read_text())
+        assert doc["precision"] == "auto" and doc["resolved"] == [
+            {"from_step": 0, "device": "cpu", "world_size": 1, "workers": 0, "precision": "fp32", "base_dtype": "fp32"}]
 
 
 def test_a_llava_resume_without_the_torch_generator_differs(straight, tmp_path, monkeypatch):

@@ -42,6 +42,7 @@ from jsonargparse import ArgumentError, ArgumentParser
 from ..config import unrepeated_keys
 from ..log import LEVELS
 from ..options import ADAPTER_SHAPE, describe_allowed, field_types, non_none, out_of_range, range_text
+from ..rundir import RESOLVED
 
 __all__ = ["build_parser", "closest_flag", "parse_options", "parse_options_given", "read_config"]
 
@@ -202,8 +203,8 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
     run_config = "config" in raw and "out" in raw and (raw["config"] is None or isinstance(raw["config"], str))
     for key, value in raw.items():
         name = key.replace("-", "_")
-        if run_config and name in ("config", "out", "resume", "overwrite"):
-            continue  # where that run went and how: a new run takes its own --out (never the old run's)
+        if run_config and name in ("config", "out", "resume", "overwrite", RESOLVED):
+            continue  # where that run went and how (and what it resolved): a new run takes its own --out
         if run_config and raw.get("extend") and name in ADAPTER_SHAPE:
             continue  # an --extend run recorded the adapter's shape, which --extend takes again by itself
         if name == "config" and value is None:

@@ -48,6 +48,7 @@ from ..rundir import (
     hold_run_dir,
     moved_folders,
     record_moved_folders,
+    record_resolved,
     recorded_options,
     remove_overwrite_leftovers,
     resumed_options,
@@ -160,14 +161,14 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
             for gone in remove_overwrite_leftovers(run_dir):
                 logger.info("removed %s, what an earlier --overwrite's cut-short delete left of the run it replaced",
                             gone)
-        if info.is_main and not opts.resume:
-            write_config(run_dir, opts)
         if info.is_main and 0 < total_steps <= opts.warmup:
             logger.warning("--warmup %d is not shorter than the run's %d steps: the learning rate reaches --lr at "
                            "the last step at best and the cosine decay never starts; lower --warmup", opts.warmup,
                            total_steps)
         workers = default_workers(info) if opts.workers < 0 else opts.workers
         run = Run(opts, info, run_dir, amp_dtype, setup, total_steps, workers, saved, lock=lock)
+        if info.is_main and not opts.resume:
+            write_config(run_dir, opts, run.resolved)
         if info.is_main:
             logger.info("%s", describe(run))
     except BaseException:
@@ -296,6 +297,7 @@ def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> Progress:
         for key, folder in record_moved_folders(run.dir, run.opts).items():   # checked and restored: recorded
             logger.info("--resume: the run's --%s moved; %s now records %s", key.replace("_", "-"),
                         run.dir / "config.json", folder)
+        record_resolved(run.dir, at.step, run.resolved)
         logger.info("resumed %s at step %d/%d", run.dir, at.step, run.total_steps)
     return at
 
