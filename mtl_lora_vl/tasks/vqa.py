@@ -24,11 +24,11 @@ generation, as in VL-T5:
   they gave, in proportion. The draw is fixed by the row's seed (the loader's seed, rank, step and
   position: the same with any number of workers and after a resume; each epoch draws anew). As VL-T5
   samples only answers of its frequent-answer vocabulary, only *consensus answers* are drawn: answers that
-  are the majority answer of some training question (a rare spelling such as "yep" beside "yes" is never
-  one); a question with no consensus answer among its answers draws from all of them. (The built-in LLaVA
-  never says "yep": its loss there is ~16 nats, so a drawn "yep" would swamp the batch's gradient.) The
-  loss covers only the answer tokens and the end token (the prompt ``[generative] prompt``, default
-  ``"{image} question: {question} answer:"``, is masked).
+  are the majority answer of some training question, ties included (a rare spelling such as "yep" beside
+  "yes" is never one; two answers given by five humans each both are); a question with no consensus answer
+  among its answers draws from all of them. (The built-in LLaVA never says "yep": its loss there is ~16 nats,
+  so a drawn "yep" would swamp the batch's gradient.) The loss covers only the answer tokens and the end
+  token (the prompt ``[generative] prompt``, default ``"{image} question: {question} answer:"``, is masked).
 * **Evaluation**: greedy generation of at most ``[generative] max_len`` tokens, scored with the official
   normalisation and VQA accuracy, overall and per question type, on the first ``[generative] eval_limit``
   questions (0 = all). Zero-shot is the base language model (adapters off), adapted the routed one.
@@ -101,9 +101,15 @@ class VQAHead(nn.Module):
 
 def majority_answer(answers: tuple[str, ...] | list[str]) -> str:
     """The most common normalised answer of one question (ties: the alphabetically first), "" for none."""
+    return min(top_answers(answers), default="")
+
+
+def top_answers(answers: tuple[str, ...] | list[str]) -> set[str]:
+    """Every normalised answer given by the most humans of one question (several when they tie), none for none."""
     counts = Counter(normalize_answer(a) for a in answers)
     counts.pop("", None)
-    return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0] if counts else ""
+    most = max(counts.values(), default=0)
+    return {a for a, n in counts.items() if n == most}
 
 
 @register_kind("vqa")
@@ -174,8 +180,8 @@ class VQAKind(TaskKind):
                 if qtype and top in self.answer_index:
                     by_type[qtype].add(self.answer_index[top])
         self.type_answers: dict[str, list[int]] = {t: sorted(ids) for t, ids in sorted(by_type.items())}
-        #: Answers that are the majority answer of at least one training question (generative targets).
-        self.consensus: frozenset[str] = frozenset(majority_answer(ex.answers) for ex in train.examples) - {""}
+        #: Answers given by the most humans of at least one training question, ties included (generative targets).
+        self.consensus: frozenset[str] = frozenset(a for ex in train.examples for a in top_answers(ex.answers))
 
     def state(self) -> dict:
         return {"answers": list(self.answers), "type_answers": self.type_answers, "consensus": sorted(self.consensus)}
