@@ -168,6 +168,7 @@ class LMCollator:
         self.tokenizer = tokenizer
         self.layout = layout
         self.max_length = max_length
+        self._control_ids = _control_ids(tokenizer, layout.image_token_id)
         self._end_ids: dict[str, int] = {}   # end token -> id: read once, not per row of every batch
 
     def __call__(self, prompts: Sequence[str], targets: Sequence[str] | None = None,
@@ -213,14 +214,17 @@ class LMCollator:
     def continuation_ids(self, prompt_texts: Sequence[str], texts: Sequence[str],
                          prompt_ids: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
         """Each of ``texts`` tokenised as it continues its prompt text (after a space unless the prompt ends in
-        whitespace): the ids the model reads in running text -- a byte-level BPE (GPT-2, Qwen) writes
-        "answer: red" with 'Ġred', while "red" alone is 'red'. A text whose ids do not simply extend the
-        prompt's (a token merged across the boundary) keeps its own tokenisation. ``prompt_ids``: the prompt
-        texts' ids when the caller has them (two tokenizer calls instead of three)."""
+        whitespace or a special token other than the image placeholder: a chat template writes the answer right
+        after Mistral 3's ``[/INST]``, and 'Ġred' there is a token the chat model never wrote): the ids the model
+        reads in running text -- a byte-level BPE (GPT-2, Qwen) writes "answer: red" with 'Ġred', while "red"
+        alone is 'red'. A text whose ids do not simply extend the prompt's (a token merged across the boundary)
+        keeps its own tokenisation. ``prompt_ids``: the prompt texts' ids when the caller has them (two tokenizer
+        calls instead of three)."""
         prompt_texts, texts = list(prompt_texts), list(texts)
-        joined = [p + ("" if not p or p[-1].isspace() else " ") + t for p, t in zip(prompt_texts, texts)]
         tok = self.tokenizer
         base = prompt_ids if prompt_ids is not None else tok(prompt_texts, add_special_tokens=False)["input_ids"]
+        joined = [p + ("" if not p or p[-1].isspace() or (b and int(b[-1]) in self._control_ids) else " ") + t
+                  for p, t, b in zip(prompt_texts, texts, base)]
         full, alone = (tok(x, add_special_tokens=False)["input_ids"] for x in (joined, texts))
         out = []
         for b, f, a in zip(base, full, alone):
@@ -337,6 +341,15 @@ class LMCollator:
             mask[r, :n] = 1
             labels[r, len(p):n] = torch.tensor(t, dtype=torch.long)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _control_ids(tokenizer: Any, image_token_id: int) -> frozenset[int]:
+    """The tokenizer's special ids (named, extra, and added tokens marked special: Mistral's ``[/INST]``) other
+    than the image placeholder: a text after one follows it without a space."""
+    named = getattr(tokenizer, "all_special_ids", None) or ()
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    ids = {int(i) for i in named} | {int(i) for i, t in added.items() if getattr(t, "special", False)}
+    return frozenset(ids - {int(image_token_id)})
 
 
 def _fewest_image_tokens(layout: PromptLayout) -> int:
