@@ -282,14 +282,14 @@ def _mtl_rows_grads(g, z, M, tasks, n_batch, scale, need_z: bool) -> tuple[torch
     gz = None
     if isinstance(tasks, int):  # every row is one task's, whose M_t is M's only row
         g2, z2 = g.reshape(-1, g.shape[-1]), z.reshape(-1, z.shape[-1])
-        if need_z:
-            gz = torch.addmm(z2.new_empty(z2.shape), g2, M[0], beta=0, alpha=scale).view(z.shape)
-        return gz, torch.addmm(M[0].new_empty(M[0].shape), g2.t(), z2, beta=0, alpha=scale)[None]
+        if need_z:   # beta=0: the input only gives the shape (ignored, as an empty one was), no allocation op
+            gz = torch.addmm(z2, g2, M[0], beta=0, alpha=scale).view(z.shape)
+        return gz, torch.addmm(M[0], g2.t(), z2, beta=0, alpha=scale)[None]
     if isinstance(tasks, tuple):
         return _rows_grads(g, z, M, tasks, 0, n_batch, scale, need_z, True)
     g3, z3 = _rows3(g, n_batch), _rows3(z, n_batch)
     if need_z:
-        gz = torch.baddbmm(z3.new_empty(z3.shape), g3, M.index_select(0, tasks), beta=0, alpha=scale).view(z.shape)
+        gz = torch.baddbmm(z3, g3, M.index_select(0, tasks), beta=0, alpha=scale).view(z.shape)
     return gz, torch.zeros_like(M).index_add_(0, tasks, torch.bmm(g3.mT, z3), alpha=scale)
 
 

@@ -1,0 +1,69 @@
+"""The aten operators an ``mtl_lora`` layer's row update dispatches in backward (adapters/rows.py): on a launch-bound
+GPU each one is a kernel launch a ``lora`` layer does not pay, so one that comes back fails here; the gradients stay
+those of the plain formula (float64)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from mtl_lora_vl.adapters.rows import update_formed_rows, update_mtl_rows
+
+
+class _Ops(TorchDispatchMode):
+    """The aten operators dispatched inside the context, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _tensors(n_batch: int = 4, per: int = 3, d_in: int = 6, d_out: int = 5, r: int = 2, P: int = 3):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n_batch * per, d_in, generator=g, dtype=torch.float64)
+    A = torch.randn(r, d_in, generator=g, dtype=torch.float64, requires_grad=True)
+    M = torch.randn(P, d_out, r, generator=g, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(d_out, d_in, generator=g, dtype=torch.float64, requires_grad=True)
+    return x, A, M, W, torch.randn(n_batch * per, d_out, generator=g, dtype=torch.float64)
+
+
+def test_a_mixed_batch_backward_allocates_no_empty_gradient_and_keeps_its_gradients():
+    """z's gradient of a mixed batch is one baddbmm (beta=0 on z itself: no ``new_empty`` launched first)."""
+    x, A, M, W, gout = _tensors()
+    positions = torch.tensor([2, 0, 1, 0])
+    scale = 2.0
+    out = update_formed_rows(x @ W.t(), x @ A.t(), M, positions, 4, scale)
+    with _Ops() as counted:
+        got = torch.autograd.grad(out, (A, M, W), gout)
+    assert counted.ops["new_empty"] == 0 and counted.ops["empty"] == 0, counted.ops
+    assert sum(counted.ops.values()) <= 18, counted.ops
+    z3 = (x @ A.t()).view(4, 3, -1)
+    want_out = x @ W.t() + scale * torch.einsum("bkr,bdr->bkd", z3, M[positions]).reshape(12, -1)
+    want = torch.autograd.grad(want_out, (A, M, W), gout)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_one_task_per_layer_backward_allocates_no_empty_gradient_and_keeps_its_gradients():
+    """The per-layer node's one-task backward: z's and M's gradients are one addmm each, no ``new_empty`` before."""
+    x, A, _, W, gout = _tensors()
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(3, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    B = torch.randn(2, 5, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    lam = torch.randn(3, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    scale, tau = 2.0, 0.5
+    out = update_mtl_rows(x @ W.t(), x @ A.t(), w, lam, B, 1, 1, scale, tau)
+    with _Ops() as counted:
+        got = torch.autograd.grad(out, (A, w, lam, B, W), gout)
+    assert counted.ops["new_empty"] == 0 and counted.ops["empty"] == 0, counted.ops
+    Mt = torch.einsum("i,idr->dr", torch.softmax(w[1] / tau, -1), B) @ lam[1]
+    want_out = x @ W.t() + scale * (x @ A.t()) @ Mt.t()
+    want = torch.autograd.grad(want_out, (A, w, lam, B, W), gout)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
