@@ -267,6 +267,10 @@ def widened(router: Router, r: Route) -> Iterator[None]:
     :func:`~.generation.expanded_rows`). Not a new routing decision, so not claimed (:func:`_claim`): a ``generate``
     on a worker thread inside the caller's ``route`` scope is routed by that scope, with beams as without."""
     outer = router.current
+    if not torch.compiler.is_compiling():   # (as route() makes them for its route) a compiled layer takes the rows'
+        for each in (r, r.wide):            # positions as a graph input, not the segments' ints as constants
+            if router.reads_positions and each is not None and len(each.segments) > 1 and not each.packed:
+                each.host_positions()
     router.current = r
     try:
         with _scope(router, ADAPTERS_OFF if router.disabled else r):
