@@ -42,3 +42,39 @@ def test_a_wide_route_does_not_recompile_for_each_mix_of_rows(method):
     assert graphs <= (2 if method == "mtl_lora" else 3), f"{graphs} graphs for {len(set(mixes))} mixes of rows"
     for want, out in zip(run(lambda x: net(x).square().sum(dim=(1, 2))), got):
         torch.testing.assert_close(out, want, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["mtl_lora", "task_lora"])
+def test_a_packed_towers_route_does_not_recompile_for_each_mix_of_images(method):
+    """A packed tower (Qwen2-VL's) under a mixed route takes each image's patches as a route made by its forward
+    pre-hook (images of different sizes: Route.packed_images); compiled layers applied its plan, whose slices have
+    host bounds, so every new mix of the images' tasks compiled the tower's 5 adapted frames again (5 graphs a mix).
+    A compiled layer now reads each patch's position (a graph input the route scope makes once a compiled layer has
+    read one), with one product of every present task's matrix side by side: no graph after the second mix."""
+    from qwen_tiny import inputs, tiny_qwen2vl
+    from torch._dynamo.utils import counters
+    from vlm_checks import perturb_adapters
+
+    torch.manual_seed(0)
+    m = tiny_qwen2vl().eval()
+    mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a", "b", "c"], method=method, r=4))
+    perturb_adapters(m).double()
+    x = inputs(sizes=[(32, 32), (32, 64), (48, 32)], ragged=True)   # 16, 32 and 24 patches
+    pv, grid = x["pixel_values"].double(), x["image_grid_thw"]
+    mixes = [[0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 1], [1, 1, 0]]
+
+    def run(step) -> list[tuple[torch.Tensor, int]]:
+        outs = []
+        with torch.no_grad():
+            for ids in mixes:
+                with mlv.route(m, ids):
+                    outs.append((step(pv, grid), counters["stats"]["unique_graphs"]))
+        return outs
+
+    torch._dynamo.reset()
+    counters.clear()
+    got = run(torch.compile(lambda pv, grid: m.model.visual(pv, grid_thw=grid).pooler_output, backend="eager"))
+    graphs = [n for _, n in got]
+    assert graphs[1:] == [graphs[1]] * (len(mixes) - 1), f"graphs after each mix of images' tasks: {graphs}"
+    for (want, _), (out, _) in zip(run(lambda pv, grid: m.model.visual(pv, grid_thw=grid).pooler_output), got):
+        torch.testing.assert_close(out, want, atol=1e-9, rtol=1e-9)

@@ -335,9 +335,11 @@ class AdapterBank(nn.Module):
             z = F.linear(xd, self.a_matrix().to(xd.dtype))
             if route.task is not None:
                 tasks, n_batch = route.task, 1
-            elif route.packed:   # images of different sizes: each image's run of rows
-                tasks, n_batch = route.plan(x.device), route.batch_size
+            elif route.packed and not torch.compiler.is_compiling():   # images of different sizes: each image's run
+                tasks, n_batch = route.plan(x.device), route.batch_size   # of rows (compiled: each row's position)
             else:  # the present tasks' M_t only; each sample's position among them
+                if route.packed:   # compiled: route scopes make a packed route's positions from here on
+                    router.packed_positions = True
                 tasks, n_batch = route.sample_positions(x.device), route.batch_size
             present = route.present_index(x.device)
             formed = self._formed_matrix(route, present, z.dtype)
@@ -371,10 +373,12 @@ class AdapterBank(nn.Module):
                 else:
                     z = F.linear(xd, self.a_matrix().to(xd.dtype))
                     cols = 0
-                if torch.compiler.is_compiling() and not route.packed:
+                if torch.compiler.is_compiling():
                     # Each sample's position in M (rows.update_rows): a graph input where the plan's slices would
                     # be constants (a graph per mix of rows); from here on, route scopes make it on the host.
                     router.reads_positions = True
+                    if route.packed:
+                        router.packed_positions = True
                     plan = route.sample_positions(x.device)
                 else:
                     plan = route.plan(x.device)

@@ -179,8 +179,9 @@ class Route:
         it as a graph input: the segments' ints, read from outside the trace, would be guarded as constants."""
         if self._host is None:
             pos = {t: p for p, t in enumerate(self.present)}
-            with torch.inference_mode(False):
-                self._host = torch.tensor([pos[t] for t, a, b in self.segments for _ in range(a, b)], device="cpu")
+            with torch.inference_mode(False):   # (a packed route's many rows: one repeat_interleave, no list of them)
+                self._host = torch.tensor([pos[t] for t, _, _ in self.segments]).repeat_interleave(
+                    torch.tensor([b - a for _, a, b in self.segments]))
         return self._host
 
     def _traced_positions(self, device: torch.device) -> torch.Tensor:
@@ -274,6 +275,7 @@ class Router:
     #: Whether its layers read the rows' task positions (:meth:`Route.host_positions`): attach sets it for
     #: ``mtl_lora``; a compiled ``task_lora`` / ``moe_lora`` layer sets it as it reads them.
     reads_positions = True
+    packed_positions = False   # and a packed route's: set by a compiled layer that reads them (layers.add_delta)
 
     def __init__(self, tasks: Sequence[str]):
         self.tasks = list(tasks)

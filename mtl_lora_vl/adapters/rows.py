@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import Callable
 
 import torch
+from torch.nn import functional as F
 
 #: The plan of a batch whose rows all use the same matrix.
 WHOLE_BATCH = ((0, slice(None)),)
@@ -165,11 +166,22 @@ def _rows_by_position(out, z, M, positions, cols, n_batch, scale) -> torch.Tenso
     """What :func:`_rows_add_` computes, out of place, each sample's M_p gathered by its position ``p`` (a tensor:
     the slices of a plan have host bounds, which the compiler bakes into the graph) and added in one batched
     product, as a mixed ``mtl_lora`` batch is; with ``cols`` (task_lora) each sample takes its own block of z."""
+    if z.numel() // z.shape[-1] == n_batch:   # one row per sample (a packed tower's patches): no copy of M per row
+        return _rows_by_mask(out, z, M, positions, cols, scale)
     z3 = _rows3(z, n_batch)
     if cols:
         z4 = z3.unflatten(-1, (-1, cols))   # (n_batch, rows per sample, P, cols)
         z3 = z4.gather(2, positions.view(-1, 1, 1, 1).expand(-1, z4.shape[1], 1, cols)).squeeze(2)
     return torch.baddbmm(_rows3(out, n_batch), z3, M.index_select(0, positions).mT, alpha=scale).view(out.shape)
+
+
+def _rows_by_mask(out, z, M, positions, cols, scale) -> torch.Tensor:
+    """:func:`_rows_by_position` for one row per sample: each row's z in its task's block of columns (zeros in the
+    others), then one product with every present M_p side by side (inner size P·r; no (rows, d_out, r) gather)."""
+    P, d_out, r = M.shape
+    z3 = z.reshape(-1, P if cols else 1, r) * F.one_hot(positions, P).to(z.dtype)[:, :, None]
+    return torch.addmm(out.reshape(-1, d_out), z3.reshape(-1, P * r), M.permute(1, 0, 2).reshape(d_out, P * r).t(),
+                       alpha=scale).view(out.shape)
 
 
 # ---------------------------------------------------------------------------------------- MTL-LoRA rows
@@ -228,8 +240,7 @@ def update_mtl_rows(out: torch.Tensor, z: torch.Tensor, w: torch.Tensor, lam: to
         if isinstance(tasks, int):
             return torch.addmm(out.reshape(-1, out.shape[-1]), z.reshape(-1, z.shape[-1]), M[tasks].t(),
                                alpha=scale).view(out.shape)
-        return torch.baddbmm(_rows3(out, n_batch), _rows3(z, n_batch), M.index_select(0, tasks).mT,
-                             alpha=scale).view(out.shape)
+        return _rows_by_position(out, z, M, tasks, 0, n_batch, scale)
     if not out.is_contiguous() or out._is_view():
         out = out.clone(memory_format=torch.contiguous_format)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (out, z, w, lam, B)):

@@ -241,7 +241,8 @@ def route(model: nn.Module | Router,
             "mtl_lora_vl.unmerge(model) before routing to another task"
         )
     outer, compiling = router.current, torch.compiler.is_compiling()
-    if router.reads_positions and not compiling and len(new.segments) > 1 and not new.packed:
+    positions = router.reads_positions and (router.packed_positions or not new.packed)
+    if positions and not compiling and len(new.segments) > 1:
         new.host_positions()   # made here, not in Route(): a route made in a traced frame (LLaVA's) is entered eagerly
     held = _claim(router, "route", lambda: setattr(router, "current", new), compiling)
     failed = True
