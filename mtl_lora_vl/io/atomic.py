@@ -35,7 +35,7 @@ except ImportError:   # not POSIX: no locks, so no temporary is known to be stal
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["atomic_dir", "atomic_file", "check_asset_dir", "check_target", "holds"]
+__all__ = ["atomic_dir", "atomic_file", "check_asset_dir", "check_target", "holds", "linked_out_of"]
 
 _AT_FDCWD = -100        # renameat2: paths relative to the working directory
 _RENAME_EXCHANGE = 2    # renameat2: swap the two entries
@@ -46,6 +46,16 @@ def holds(folder: str | Path, path: str | Path) -> bool:
     folder, path = Path(folder).resolve(), Path(path).resolve()
     return path == folder or folder in path.parents
 
+
+def linked_out_of(folder: str | Path, entry: str | Path) -> Path | None:
+    """Where ``entry`` (a file in ``folder``) leads when a symbolic link takes it out of ``folder``, else None. A
+    Hugging Face hub cache snapshot's links to its own blobs (``snapshots/<rev>/f -> ../../blobs/<sha>``) stay in."""
+    folder, target = Path(folder).resolve(), Path(entry).resolve()
+    if target.is_relative_to(folder):
+        return None
+    if folder.parent.name == "snapshots" and target.parent == folder.parent.parent / "blobs":
+        return None
+    return target
 
 def check_target(path: str | Path, *, directory: bool, overwrite: bool = False, what: str = "write") -> None:
     """Raise what :func:`atomic_dir` (``directory``) or :func:`atomic_file` would raise for ``path`` before

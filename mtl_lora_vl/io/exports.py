@@ -55,7 +55,7 @@ from ..backbones import backbone_class
 from ..backbones.image_record import ImageRecord, image_record
 from ..config import check_task_file_names
 from ..families import MERGED_CONFIG, MERGED_WEIGHTS, family_named, find_family, merged_format, peft_export
-from .atomic import atomic_dir, atomic_file
+from .atomic import atomic_dir, atomic_file, linked_out_of
 from .base_check import check_base_class, check_weight_samples, newer_package_hint, refuse_adapted
 from .identity import model_identity, plan_attached
 from .layout import (
@@ -450,6 +450,7 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
         if source_dir is not None:
             for f in Path(source_dir).iterdir():
                 if f.is_file() and not _weights_or_adapter(f) and not (tmp / f.name).exists():
+                    _refuse_linked_out(source_dir, f)
                     shutil.copyfile(f, tmp / f.name)
             fam = family_named(family)   # (the whole model's: its inner model adapted, the family still fits)
             fit = getattr(backbone_class(fam.backbone), "fit_processor_files", None) if fam and fam.backbone else None
@@ -459,6 +460,15 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
                 fit(tmp, high, record.reading, min_pixels=low)
     return out
 
+
+def _refuse_linked_out(folder: str | Path, f: Path) -> None:
+    """Refuse to copy ``f``, a link out of the source folder: a downloaded folder's link could put a private file
+    (a key, a token) into the merged folder, which is then shared."""
+    target = linked_out_of(folder, f)
+    if target is not None:
+        raise ValueError(f"save_merged: {f} is a symbolic link to {target}, outside the source folder {folder}, and "
+                         "only the folder's own files are copied into a merged folder; put the file itself there in "
+                         "place of the link, or remove the link")
 
 def _weights_or_adapter(f: Path) -> bool:
     """A weights file, or an adapter's config: not copied into a merged directory (an adapter_config.json

@@ -1,0 +1,47 @@
+"""Helper 345: a merged folder copies only the source folder's own files. ``save_merged`` copied every file of
+``source_dir`` through its links, so a downloaded model folder holding ``tokenizer_extra.json -> ../secret`` put that
+private file into the merged folder, made to be shared; a hub cache snapshot's links to its blobs still copy."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_open_clip
+
+import mtl_lora_vl as mlv
+
+
+def _source(folder):
+    folder.mkdir(parents=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {}, "preprocess_cfg": {}}))
+    return folder
+
+
+def _model():
+    torch.manual_seed(0)
+    return mlv.attach(tiny_open_clip().eval(), mlv.MTLLoRAConfig(tasks=["a", "b"], r=2))
+
+
+def test_a_link_out_of_the_source_folder_is_not_copied_into_a_merged_folder(tmp_path):
+    (tmp_path / "secret.txt").write_text("PRIVATE KEY")
+    src = _source(tmp_path / "downloaded")
+    (src / "tokenizer_extra.json").symlink_to("../secret.txt")
+    with pytest.raises(ValueError, match=r"tokenizer_extra.json is a symbolic link to .*secret.txt, outside the "
+                                         r"source folder .*put the file itself there"):
+        mlv.save_merged(_model(), "a", tmp_path / "merged", source_dir=src)
+    assert not (tmp_path / "merged").exists()
+
+
+def test_links_inside_the_folder_and_to_the_hub_cache_blobs_still_copy(tmp_path):
+    repo = tmp_path / "hub" / "models--org--tiny"
+    src = _source(repo / "snapshots" / "abc123")
+    (repo / "blobs").mkdir()
+    (repo / "blobs" / "f00d").write_text('{"vocab": 1}')
+    (src / "tokenizer.json").symlink_to("../../blobs/f00d")
+    (src / "notes.txt").write_text("hello")
+    (src / "readme.txt").symlink_to("notes.txt")
+    out = mlv.save_merged(_model(), "a", tmp_path / "merged", source_dir=src)
+    assert (out / "tokenizer.json").read_text() == '{"vocab": 1}' and not (out / "tokenizer.json").is_symlink()
+    assert (out / "readme.txt").read_text() == "hello"
