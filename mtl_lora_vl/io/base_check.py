@@ -219,6 +219,9 @@ def newer_package_hint(doc: dict[str, Any]) -> str:
         if newer else ""
 
 
+_FLOATS = ("F32", "F16", "BF16", "F64")   # safetensors' names of the float dtypes a tensor loads from
+
+
 def check_tensors(header: dict[str, tuple[tuple[int, ...], str]], expected: dict[str, tuple[int, ...]],
                    file: Path) -> None:
     """The adapter tensors in ``file``'s safetensors ``header`` (name -> (shape, dtype)) are exactly ``expected``
@@ -240,7 +243,7 @@ def check_tensors(header: dict[str, tuple[tuple[int, ...], str]], expected: dict
             module = name.rpartition(".")[0]
             raise AdapterFileError(f"{file}: shape mismatch in module {module}: {name} is {got} in the file but "
                                    f"the model expects {shape}")
-        if dtype not in ("F32", "F16", "BF16", "F64"):
+        if dtype not in _FLOATS:
             raise AdapterFileError(f"{file}: {name} has dtype {dtype}; adapter tensors are floating point")
     wide = sorted(n for n in expected if header[n][1] == "F64")
     if wide:
@@ -271,3 +274,7 @@ def check_heads(heads: dict[str, nn.Module], doc: dict[str, Any], header: dict[s
             if header[k][0] != shape:
                 raise AdapterFileError(f"{file}: shape mismatch in the head of task {task!r}: {k} is "
                                        f"{header[k][0]} in the file but the head module has {shape}")
+            if (header[k][1] in _FLOATS) != sd[k[len(task) + 1:]].is_floating_point():   # (copy_ casts silently)
+                raise AdapterFileError(f"{file}: dtype mismatch in the head of task {task!r}: {k} is {header[k][1]} in "
+                                       f"the file but {sd[k[len(task) + 1:]].dtype} in the head module; the file was "
+                                       "edited or is not this adapter's: copy the adapter directory again")

@@ -1,0 +1,60 @@
+"""Helper 345: a head tensor's dtype is checked as the adapter tensors' are. ``heads.safetensors`` holding a head's
+float weight as int64 (and its bias as bool) loaded without a word -- ``copy_`` cast them, weight [289., 182., ...] --
+where an int adapter tensor is refused; the file's digest is the config's, so an edited pair passed the sha256 check."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_open_clip
+from safetensors.torch import load_file, save_file
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.io.adapter_files import ADAPTER_CONFIG, HEADS_WEIGHTS, AdapterFileError
+from mtl_lora_vl.io.tensor_files import sha256_file
+
+
+def _saved(tmp_path):
+    torch.manual_seed(0)
+    model = mlv.attach(tiny_open_clip().eval(), mlv.MTLLoRAConfig(tasks=["a", "b"], r=2))
+    head = torch.nn.Linear(4, 3)
+    head.register_buffer("steps", torch.tensor([7]))   # an integer buffer: loads from an integer tensor
+    return mlv.save_adapter(model, tmp_path / "ad", heads={"a": head})
+
+
+def _rewrite_heads(path, change):
+    tensors = {k: change(k, v) for k, v in load_file(str(path / HEADS_WEIGHTS)).items()}
+    save_file(tensors, str(path / HEADS_WEIGHTS), metadata={"format": "mtl-lora-vl-adapter"})
+    doc = json.loads((path / ADAPTER_CONFIG).read_text())
+    doc["files"][HEADS_WEIGHTS] = sha256_file(path / HEADS_WEIGHTS)
+    (path / ADAPTER_CONFIG).write_text(json.dumps(doc))
+
+
+def _head():
+    head = torch.nn.Linear(4, 3)
+    head.register_buffer("steps", torch.tensor([0]))
+    return head
+
+
+def test_a_float_head_weight_stored_as_integers_is_refused(tmp_path):
+    path = _saved(tmp_path)
+    _rewrite_heads(path, lambda k, v: (v * 1000).long() if k == "a.weight" else v)
+    torch.manual_seed(0)
+    with pytest.raises(AdapterFileError, match=r"dtype mismatch in the head of task 'a': a.weight is I64 in the file "
+                                               r"but torch.float32 in the head module"):
+        mlv.load_adapter(tiny_open_clip(), path, heads={"a": _head()})
+
+
+def test_an_integer_buffer_stored_as_floats_is_refused_and_other_float_dtypes_load(tmp_path):
+    path = _saved(tmp_path)
+    _rewrite_heads(path, lambda k, v: v.half() if k == "a.weight" else v)   # fp16 of a float weight: loads
+    head = _head()
+    torch.manual_seed(0)
+    mlv.load_adapter(tiny_open_clip(), path, heads={"a": head})
+    assert head.steps.tolist() == [7] and head.weight.dtype == torch.float32
+    _rewrite_heads(path, lambda k, v: v.float() if k == "a.steps" else v)
+    torch.manual_seed(0)
+    with pytest.raises(AdapterFileError, match=r"a.steps is F32 in the file but torch.int64 in the head module"):
+        mlv.load_adapter(tiny_open_clip(), path, heads={"a": _head()})
