@@ -94,6 +94,7 @@ def choose_run_dir(opts: TrainOptions) -> Path:
         if not (run / "config.json").is_file():
             raise RunDirError(f"--resume {run}: not a run directory (no config.json); give the --out folder of a run")
         _refuse_training(run, "--resume")
+        _refuse_linked_outputs(run)
         return run
     if not opts.out:  # a new name: claim_run_dir takes the first free one of NAME, NAME-2, ...
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -134,6 +135,22 @@ def choose_run_dir(opts: TrainOptions) -> Path:
             f"--resume {run} to continue it, or choose another --out"
         )
     return run
+
+
+#: What a run writes in its folder, by name; a resumed run writes each again (through a link, to the link's target).
+_RUN_ENTRIES = ("adapter", "predictions", "plots", "checkpoint.pt", "config.json", "metrics.jsonl", "eval.json",
+                "report.md")
+
+
+def _refuse_linked_outputs(run: Path) -> None:
+    """Refuse a resume whose run folder holds a link out of it where the run writes (a run folder unpacked from
+    someone's archive): the final ``save_adapter`` would replace the folder ``adapter`` leads to, files and all."""
+    for name in _RUN_ENTRIES:
+        entry = run / name
+        if entry.is_symlink() and not holds(run, entry):
+            raise RunDirError(f"--resume {run}: {entry} is a symbolic link to {os.readlink(entry)}, out of the run "
+                              f"folder; the run writes its {name} there and would replace what the link leads to: "
+                              "remove the link (the run writes its own there)")
 
 
 def _check_parent(run: Path) -> None:

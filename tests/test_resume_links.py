@@ -1,0 +1,40 @@
+"""A resumed run folder holding a symbolic link out of it where the run writes is refused before anything runs:
+the final ``save_adapter(RUN/adapter, overwrite=True)`` writes through the link, and replaced the folder it led to
+(a run folder unpacked from a colleague's archive with ``adapter -> ~/Documents`` deleted Documents' files)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mtl_lora_vl.options import TrainOptions
+from mtl_lora_vl.rundir import RunDirError, choose_run_dir
+
+
+def _run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"tasks": "vqa", "method": "mtl_lora", "out": str(run)}))
+    docs = tmp_path / "Documents"
+    docs.mkdir()
+    (docs / "thesis.tex").write_text("years of work")
+    return run, docs
+
+
+@pytest.mark.parametrize("name", ["adapter", "predictions", "report.md", "metrics.jsonl"])
+def test_a_link_out_of_the_run_folder_where_the_run_writes_is_refused_on_resume(tmp_path, name):
+    run, docs = _run(tmp_path)
+    (run / name).symlink_to(docs if name in ("adapter", "predictions") else docs / "thesis.tex")
+    with pytest.raises(RunDirError, match=rf"{name} is a symbolic link to .*Documents.*out of the run folder.*"
+                                          r"remove the link"):
+        choose_run_dir(TrainOptions(resume=str(run)))
+    assert (docs / "thesis.tex").read_text() == "years of work"
+
+
+def test_links_inside_the_run_folder_and_links_elsewhere_in_it_are_left_alone(tmp_path):
+    run, docs = _run(tmp_path)
+    (run / "old_adapter").mkdir()
+    (run / "adapter").symlink_to("old_adapter")          # stays in the folder
+    (run / "notes").symlink_to(docs)                     # not something the run writes
+    assert choose_run_dir(TrainOptions(resume=str(run))) == run
