@@ -19,6 +19,11 @@ def _vision(config: Any, name: str) -> Any:
     return "?" if value is None else value
 
 
+def _field(size: Any, name: str) -> Any:
+    """``size[name]`` of a size field (a dict, or an object with that attribute), else None."""
+    return size.get(name) if isinstance(size, dict) else getattr(size, name, None)
+
+
 def llava_fields(processor: Any, config: Any, n: int) -> str:
     """LLaVA / LLaVA-NeXT: the vision tower's patch, its CLS token and whether the processor drops it."""
     return ("fix its patch_size, num_additional_image_tokens and vision_feature_select_strategy to match the model "
@@ -47,19 +52,29 @@ def gemma3_fields(processor: Any, config: Any, n: int) -> str:
 
 
 def idefics3_fields(processor: Any, config: Any, n: int) -> str:
-    """Idefics3 / SmolVLM: tokens per crop, and whether the image processor splits images into crops."""
+    """Idefics3 / SmolVLM: tokens per crop, and whether the image processor splits images into crops; first, an
+    image side (``max_image_size``) other than the vision tower's (a count fitted to it would feed the tower images
+    of another size)."""
+    side = _field(getattr(getattr(processor, "image_processor", None), "max_image_size", None), "longest_edge")
+    tower = _vision(config, "image_size")
+    if isinstance(side, int) and isinstance(tower, int) and side != tower:
+        return (f"its images are {side}x{side} (max_image_size) where the vision tower was built for {tower}x{tower} "
+                f"(config.vision_config.image_size); set max_image_size to {{'longest_edge': {tower}}}")
     return (f"set its image_seq_len to {n} and its image processor's do_image_splitting as the backbone's "
             "(backbone.processor: on where images are split, the default; off for unsplit squares)")
 
 
 def pixtral_fields(processor: Any, config: Any, n: int) -> str:
     """Mistral 3 (Pixtral): the patch and its merge, which count each picture's tokens from its own size."""
-    return ("set its patch_size and spatial_merge_size to the model's vision_config.patch_size "
+    return (f"set its patch_size (now {getattr(processor, 'patch_size', '?')}) and spatial_merge_size (now "
+            f"{getattr(processor, 'spatial_merge_size', '?')}) to the model's vision_config.patch_size "
             f"({_vision(config, 'patch_size')}) and spatial_merge_size ({getattr(config, 'spatial_merge_size', '?')}) "
             "(Pixtral's processor fields)")
 
 
 def qwen_fields(processor: Any, config: Any, n: int) -> str:
     """Qwen2-VL: its image processor's patch and merge, which count each image's tokens from its own size."""
-    return ("set its image processor's patch_size and merge_size to the model's vision_config.patch_size "
+    image_processor = getattr(processor, "image_processor", None)
+    return (f"set its image processor's patch_size (now {getattr(image_processor, 'patch_size', '?')}) and merge_size "
+            f"(now {getattr(image_processor, 'merge_size', '?')}) to the model's vision_config.patch_size "
             f"({_vision(config, 'patch_size')}) and spatial_merge_size ({_vision(config, 'spatial_merge_size')})")

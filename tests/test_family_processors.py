@@ -14,7 +14,7 @@ from qwen_tiny import tiny_qwen2vl_backbone
 from test_generation_markers import _anyres_backbone
 
 from mtl_lora_vl.backbones import BackboneError, backbone_class
-from mtl_lora_vl.backbones.hf_processor import mismatch_fix
+from mtl_lora_vl.backbones.hf_processor import check_processor_count, mismatch_fix
 from mtl_lora_vl.backbones.hf_vlm import HFVLMBackbone
 from mtl_lora_vl.families import FAMILIES, find_family
 
@@ -81,3 +81,22 @@ def test_onevisions_count_mismatch_names_its_own_fields(tmp_path):
     with pytest.raises(BackboneError, match="image tokens do not match the image features") as e:
         bb._forward(torch.randn(2, 3, bb.image_size, bb.image_size), ids, b["attention_mask"])
     assert "its num_image_tokens" in str(e.value) and _LLAVA_ONLY not in str(e.value)
+
+
+@pytest.mark.parametrize("family", list(CASES))
+def test_the_load_checks_count_message_names_the_tables_fields(tmp_path_factory, family):
+    """check_processor_count (a loaded processor whose count is not the model's) names the fields the table's
+    count_fields names: it guessed them from processor attributes, so Mistral 3 was told LLaVA's patch_size /
+    num_additional_image_tokens / vision_feature_select_strategy, and LLaVA-NeXT / OneVision that their 32-px tiles
+    should be the 64-px canvas ('set its size / crop_size to 64')."""
+    make, fields, _ = CASES[family]
+    bb = make(tmp_path_factory.mktemp(family))
+    fam, config, processor = find_family(bb.model), bb.model.config, bb.processor
+    if hasattr(processor.image_processor, "do_image_splitting"):   # (as the backbone checks: one view)
+        processor.image_processor.do_image_splitting = False
+    said = processor._get_num_multimodal_tokens(image_sizes=[[bb.image_size] * 2])["num_image_tokens"][0]
+    with pytest.raises(BackboneError, match=f"to {said} tokens but the vision tower gives {said + 1}") as e:
+        check_processor_count(processor, bb.image_size, said + 1, family, config, fam)
+    assert fam.count_fields(processor, config, said + 1) in str(e.value), str(e.value)
+    assert "size / crop_size" not in str(e.value) and (_LLAVA_ONLY in str(e.value)) == (family in ("llava",
+                                                                                                 "llava_next"))

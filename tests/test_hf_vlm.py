@@ -390,7 +390,7 @@ def test_processor_disagreeing_with_the_model(tmp_path):
     cfg["image_seq_length"] = cfg["image_processor"]["image_seq_length"] = 9
     (pg / "processor_config.json").write_text(json.dumps(cfg))
     with pytest.raises(BackboneError, match=r"to 9 tokens but the vision tower gives 16"
-                                            r".*set its image_seq_length to 16"):
+                                            r".*set its image processor's image_seq_length to 16"):
         load_backbone(f"hf:{pg}")
 
 

@@ -49,9 +49,11 @@ def count_image_tokens(model: nn.Module, image_size: int) -> int:
     return int(feats.shape[-2])
 
 
-def check_processor_count(processor: Any, image_size: int, n_image: int, name: str, config: Any = None) -> None:
+def check_processor_count(processor: Any, image_size: int, n_image: int, name: str, config: Any = None,
+                          family: Family | None = None) -> None:
     """Refuse a processor that expands the image placeholder to another count than the model fills, naming the
-    processor field to fix (``config``: the model's, for the vision tower's own side, patch and merge)."""
+    processor fields to fix: an image side other than the vision tower's, else the fields the family table's
+    ``count_fields`` names (``config``: the model's, for its figures; ``family``: the model's)."""
     counter = getattr(processor, "_get_num_multimodal_tokens", None)
     if counter is None or getattr(processor, "patch_size", 1) is None:
         return
@@ -62,29 +64,14 @@ def check_processor_count(processor: Any, image_size: int, n_image: int, name: s
     said = data.get("num_image_tokens") if isinstance(data, dict) else getattr(data, "num_image_tokens", None)
     if said and int(said[0]) != n_image:
         said = int(said[0])
-        image_processor = getattr(processor, "image_processor", None)
-        made = _processor_side(image_processor)
-        vision = getattr(config, "vision_config", None)
-        tower = getattr(vision, "image_size", None)
-        if made is not None and made != image_size:
-            fix = (f"its image processor makes {made}x{made} images where the vision tower takes {image_size}x"
-                   f"{image_size} (config.vision_config.image_size); set its size / crop_size to {image_size}")
-        elif isinstance(tower, int) and tower != image_size:   # Idefics3: the side read from max_image_size
-            fix = (f"its images are {image_size}x{image_size} (max_image_size) where the vision tower was built for "
-                   f"{tower}x{tower} (config.vision_config.image_size); set max_image_size to "
-                   f"{{'longest_edge': {tower}}}")
-        elif getattr(image_processor, "merge_size", None) is not None:   # Qwen2-VL: patches merged m x m
-            fix = (f"set its image processor's patch_size ({getattr(image_processor, 'patch_size', None)}) and "
-                   f"merge_size ({image_processor.merge_size}) to the model's vision_config.patch_size "
-                   f"({getattr(vision, 'patch_size', '?')}) and spatial_merge_size "
-                   f"({getattr(vision, 'spatial_merge_size', '?')})")
-        elif getattr(processor, "image_seq_length", None) is not None:
-            fix = f"set its image_seq_length to {n_image}"
-        elif getattr(processor, "image_seq_len", None) is not None:   # Idefics3 / SmolVLM
-            fix = f"set its image_seq_len to {n_image}"
+        made = _processor_side(getattr(processor, "image_processor", None))
+        tower = getattr(getattr(config, "vision_config", None), "image_size", None)
+        side = tower if isinstance(tower, int) else image_size   # (an anyres canvas holds tiles of the tower's side)
+        if made is not None and made != side:
+            fix = (f"its image processor makes {made}x{made} images where the vision tower takes {side}x{side} "
+                   f"(config.vision_config.image_size); set its size / crop_size to {side}")
         else:
-            fix = ("set patch_size, num_additional_image_tokens (1 for a CLS token) and vision_feature_select_strategy "
-                   "as in the model config")
+            fix = _count_fields(processor, config, n_image, family)
         raise BackboneError(
             f"{name}: the processor expands {getattr(processor, 'image_token', '<image>')!r} to {said} tokens but the "
             f"vision tower gives {n_image} features per image; fix the processor ({fix}) and save it again with "

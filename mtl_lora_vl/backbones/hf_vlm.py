@@ -135,7 +135,7 @@ class HFVLMBackbone(GenerationIds, Backbone):
         text_config = config.get_text_config()
         image_size = cls._image_side(config, image_processor, name)
         n_image = cls._image_tokens(model, image_size)
-        check_processor_count(processor, image_size, n_image, name, config)
+        check_processor_count(processor, image_size, n_image, name, config, find_family(model))
         hf_tok = HFTokenizer(tok, context_length=max(8, min(77, int(text_config.max_position_embeddings) - n_image)))
         mean, std = pixel_normalisation(image_processor, name)   # as the processor scales and normalises levels
         resize = cls._image_resize(config, image_size, image_processor, f"{name}: {type(image_processor).__name__}")
