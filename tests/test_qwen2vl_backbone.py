@@ -435,6 +435,29 @@ def test_an_inner_adapted_models_merged_processor_and_lora_note_follow_the_whole
     assert f"max_pixels={448 * 448}" in (lora / "README.md").read_text()
 
 
+def test_an_inner_adapted_models_adapter_records_the_whole_models_image_area(tmp_path):
+    """Adapters on the inner Qwen2VLModel only: save_adapter read the inner model's image record (none), so the
+    adapter recorded no image_min_pixels / image_max_pixels where training read within 1024 to 448² pixels (a
+    1000x800 picture: 775 image tokens; the source processor's own 1,000,000-pixel cap reads it as 3,100), and
+    load_adapter put no area on the model it loaded onto."""
+    import json
+
+    from mtl_lora_vl.backbones.image_record import image_record
+
+    folder = _tiny_sized(tmp_path, longest_edge=1_000_000)
+    targets = {"text": [r"language_model\.layers\.\d+\.self_attn\.[qv]_proj$"]}
+    cfg = mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1, targets=targets)
+    bb = load_backbone(f"hf:{folder}")
+    mlv.attach(bb.model.model, cfg)
+    out = mlv.save_adapter(bb.model, tmp_path / "adapter", base={"backbone": f"hf:{folder}"})
+    base = json.loads((out / "mtl_lora_config.json").read_text())["base"]
+    assert (base.get("image_min_pixels"), base.get("image_max_pixels")) == image_record(bb.model).bounds \
+        == (1024, 448 * 448)
+    again = load_backbone(f"hf:{folder}").model.model
+    mlv.load_adapter(again, out)
+    assert image_record(again).bounds == (1024, 448 * 448)
+
+
 # ------------------------------------------------------------------------------------------ --image-max-pixels
 def test_image_max_pixels_sets_the_area_within_the_processors_own(tmp_path):
     """load_backbone(image_max_pixels=N): images within N pixels (the processor's own max_pixels still bounds it),

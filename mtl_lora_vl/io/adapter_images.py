@@ -12,10 +12,11 @@ from typing import Any
 
 from torch import nn
 
+from ..adapters.attach import adapted_module, whole_model
 from ..backbones import backbone_class
 from ..backbones.image_reading import NativeImageReading
 from ..backbones.image_record import DEFAULT_MAX_PIXELS, image_record, set_area, set_reading
-from ..families import family_named
+from ..families import family_named, find_family
 from ..log import warn_user
 from .layout import AdapterFileError
 
@@ -35,8 +36,15 @@ def _processor_reading(family: str | None) -> str | None:
 
 
 def record_images(model: nn.Module, family: str | None, base: dict[str, Any]) -> None:
-    """Add how ``model``'s images are read to ``base`` (a save's record), where the caller's ``base`` does not say."""
-    record = image_record(model)
+    """Add how ``model``'s images are read to ``base`` (a save's record), where the caller's ``base`` does not say:
+    the backbone records it on its model, the whole one (:func:`whole_model`, with its family) where a family's inner
+    model was adapted on its own; else the adapted module's record (``family``: the adapter's)."""
+    whole, inner = whole_model(model)[0], adapted_module(model)
+    record = image_record(whole)
+    if whole is inner or not (record.reading or record.capped):
+        record = image_record(inner)
+    if whole is not inner:
+        family = find_family(whole).name
     reading = record.reading or _processor_reading(family)
     if reading and "image_reading" not in base:   # load_pretrained reads the adapter's images the same way
         base["image_reading"] = reading
