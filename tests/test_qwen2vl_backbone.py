@@ -354,7 +354,7 @@ def test_a_processor_of_another_patch_names_qwens_fields(tmp_path):
     cfg = json.loads((folder / "processor_config.json").read_text())
     cfg["image_processor"]["patch_size"] = 4
     (folder / "processor_config.json").write_text(json.dumps(cfg))
-    with pytest.raises(BackboneError, match=r"patch_size \(4\) and merge_size \(2\) to the model's "
+    with pytest.raises(BackboneError, match=r"patch_size \(now 4\) and merge_size \(now 2\) to the model's "
                                             r"vision_config.patch_size \(8\) and spatial_merge_size \(2\)") as e:
         load_backbone(f"hf:{folder}")
     assert "num_additional_image_tokens" not in str(e.value)

@@ -214,7 +214,7 @@ def save_adapter(
                          f"tasks are {cfg.tasks}")
     roots = {t: str(Path(r).expanduser().absolute()) for t, r in (data_roots or {}).items() if r is not None}
     base = absolute_base(dict(base or {}))
-    record_images(model, info.family, base)
+    record_images(model, base)
     try:
         json.dumps(base)
     except (TypeError, ValueError) as e:

@@ -15,7 +15,7 @@ from torch import nn
 from ..adapters.attach import adapted_module, whole_model
 from ..backbones import backbone_class
 from ..backbones.image_reading import NativeImageReading
-from ..backbones.image_record import DEFAULT_MAX_PIXELS, image_record, set_area, set_reading
+from ..backbones.image_record import DEFAULT_MAX_PIXELS, ImageRecord, image_record, set_area, set_reading
 from ..families import family_named, find_family
 from ..log import warn_user
 from .layout import AdapterFileError
@@ -35,16 +35,26 @@ def _processor_reading(family: str | None) -> str | None:
     return "processor" if cls is not None and issubclass(cls, NativeImageReading) else None
 
 
-def record_images(model: nn.Module, family: str | None, base: dict[str, Any]) -> None:
-    """Add how ``model``'s images are read to ``base`` (a save's record), where the caller's ``base`` does not say:
-    the backbone records it on its model, the whole one (:func:`whole_model`, with its family) where a family's inner
-    model was adapted on its own; else the adapted module's record (``family``: the adapter's)."""
+def written_family(model: nn.Module) -> tuple[nn.Module, str]:
+    """The model a save or export of ``model`` is written from (:func:`whole_model`: the outer model of a family
+    whose inner model was adapted on its own) and its family's name: the adapter's recorded family where that is
+    the adapted module itself."""
     whole, inner = whole_model(model)[0], adapted_module(model)
-    record = image_record(whole)
-    if whole is inner or not (record.reading or record.capped):
-        record = image_record(inner)
-    if whole is not inner:
-        family = find_family(whole).name
+    return whole, inner._mtl_lora.family if whole is inner else find_family(whole).name
+
+
+def written_images(model: nn.Module) -> tuple[ImageRecord, str]:
+    """How the images of the model a save or export is written from were read (the backbone records it on its
+    model, the whole one where its inner model was adapted; else the adapted module's record), and its family."""
+    whole, family = written_family(model)
+    own = image_record(whole)
+    return own if own.reading or own.capped else image_record(adapted_module(model)), family
+
+
+def record_images(model: nn.Module, base: dict[str, Any]) -> None:
+    """Add how ``model``'s images are read to ``base`` (a save's record), where the caller's ``base`` does not say
+    (:func:`written_images`)."""
+    record, family = written_images(model)
     reading = record.reading or _processor_reading(family)
     if reading and "image_reading" not in base:   # load_pretrained reads the adapter's images the same way
         base["image_reading"] = reading

@@ -52,9 +52,10 @@ from ..adapters.attach import adapted_module, merged_state_dict, parameter_names
 from ..adapters.layers import LoRALinear
 from ..adapters.routing import check_module
 from ..backbones import backbone_class
-from ..backbones.image_record import ImageRecord, image_record
+from ..backbones.image_record import ImageRecord
 from ..config import check_task_file_names
-from ..families import MERGED_CONFIG, MERGED_WEIGHTS, family_named, find_family, merged_format, peft_export
+from ..families import MERGED_CONFIG, MERGED_WEIGHTS, family_named, merged_format, peft_export
+from .adapter_images import written_family, written_images
 from .atomic import atomic_dir, atomic_file, linked_out_of
 from .base_check import check_base_class, check_weight_samples, newer_package_hint, refuse_adapted
 from .identity import model_identity, plan_attached
@@ -83,23 +84,7 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 def export_format(model: nn.Module) -> str:
     """The format ``export_lora(..., format="auto")`` writes for ``model``: ``"peft"`` where PEFT loads the base model
     (the family of the model written, a LLaVA's whose inner model was adapted on its own too), else ``"plain"``."""
-    return "peft" if peft_export(_written_family(model)[1]) else "plain"
-
-
-def _written_family(model: nn.Module) -> tuple[nn.Module, str]:
-    """The model an export of ``model`` is written from (:func:`whole_model`) and its family's name: the adapter's
-    recorded family where that is the adapted module itself."""
-    whole, _ = whole_model(model)
-    inner = adapted_module(model)
-    return whole, inner._mtl_lora.family if whole is inner else find_family(whole).name
-
-
-def _written_images(model: nn.Module) -> tuple[ImageRecord, str]:
-    """How the images of the model an export is written from were read (the backbone records it on its model, the
-    whole one where its inner model was adapted; else the adapted module's record), and that model's family."""
-    whole, family = _written_family(model)
-    own = image_record(whole)
-    return own if own.reading or own.capped else image_record(adapted_module(model)), family
+    return "peft" if peft_export(written_family(model)[1]) else "plain"
 
 
 # ---------------------------------------------------------------------------------------------- LoRA exports
@@ -182,7 +167,7 @@ def _area_read(record: ImageRecord) -> int | None:
 def _image_note(model: nn.Module) -> str:
     """What a LoRA's user gives the base model's processor so that it reads images as the adapter's were read
     ("": as its processor does)."""
-    record, family = _written_images(model)
+    record, family = written_images(model)
     if record.reading == "square":
         how = _SQUARE_PROCESSOR.get(family, "its processor reads pictures otherwise than the tasks were trained")
         return f"\nThe adapter's images were read on one square (backbone.native_aspect(False)): {how}.\n"
@@ -418,8 +403,8 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     out = Path(out)
     check_suffix_case(out, "save_merged")
     inner = adapted_module(model)
-    whole, family = _written_family(model)   # the outer model where its inner model was adapted (its LM head too)
-    record = _written_images(model)[0]
+    whole, family = written_family(model)   # the outer model where its inner model was adapted (its LM head too)
+    record = written_images(model)[0]
     sd = merged_state_dict(inner, task, root=whole)
     if overwrite:
         check_replace(out, what="save_merged", keep=[*_base_files(whole), ("source_dir", source_dir)])
