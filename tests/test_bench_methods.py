@@ -658,3 +658,29 @@ def test_a_grid_names_the_fp16_autocast_its_language_model_runs_in_on_a_gpu_with
     assert grid_identity(llava, [load_spec("vqa")])["runtime"] == {"device": "cuda", "autocast": "torch.float16"}
     clip = BenchSettings(tasks=["vqa"], device="cuda")   # open_clip: fp32 weights, fp32 without bf16
     assert grid_identity(clip, [load_spec("vqa")])["runtime"] == {"device": "cuda", "autocast": "torch.float32"}
+
+
+def test_two_runners_started_together_do_not_delete_each_others_grid(tmp_path, monkeypatch):
+    """Two `bench --overwrite` on one --out started at once: both found the folder free (the lock was taken only
+    after the settings check), the later one deleted the earlier one's grid and lock file, and both ran."""
+    import mtl_lora_vl.benchmark.bench as bench_mod
+    from mtl_lora_vl.benchmark.bench import BenchDirError
+
+    settings = _vqa_settings(tmp_path)
+    out = tmp_path / "grid"
+    out.mkdir()
+    (out / "settings.json").write_text("{}")
+    real, other = bench_mod.grid_identity, []
+
+    def identity_while_another_starts(*args, **kwargs):   # the other runner takes the folder meanwhile
+        other.append(bench_mod.grid_lock(out))
+        other[0].__enter__()
+        (out / "runs").mkdir()
+        (out / "runs" / "theirs.json").write_text("{}")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench_mod, "grid_identity", identity_while_another_starts)
+    with pytest.raises(BenchDirError, match="another benchmark is running in it"):
+        run_benchmark(settings, out, trainer=None, overwrite=True)
+    other[0].__exit__(None, None, None)
+    assert (out / "runs" / "theirs.json").is_file() and (out / "settings.json").read_text() == "{}"

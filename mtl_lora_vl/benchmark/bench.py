@@ -180,9 +180,8 @@ def _val_scenes(task_args: dict[str, str]) -> dict[str, int | None]:
     return out
 
 
-def _check_settings(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
-    """Make ``out`` this grid's folder: a new or empty one, or one holding a grid (``settings.json``) that is
-    resumed when its settings are these, or replaced with ``--overwrite``. Anything else is refused before a
+def _check_folder(out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that is not a new or empty folder or one holding a grid (``settings.json``), before a
     file is touched (``--overwrite`` deleted whatever ``--out`` named, the current directory included)."""
     path = out / "settings.json"
     if out.is_symlink() and not out.exists():
@@ -193,14 +192,28 @@ def _check_settings(out: Path, identity: dict[str, Any], overwrite: bool) -> Non
                             "not a link: give its target as --out")
     if out.exists() and not out.is_dir():
         raise BenchDirError(f"--out {out}: is a file, not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not path.is_file():
+    if out.is_dir() and any(p.name != _LOCK for p in out.iterdir()) and not path.is_file():
         raise BenchDirError(f"--out {out}: is not empty and holds no benchmark (no settings.json), so it is "
                             "neither resumed nor replaced; choose another --out (a new or empty folder)")
     if overwrite and holds(out, Path.cwd()):
         raise BenchDirError(f"--out {out}: is the current directory or holds it, and --overwrite would delete it; "
                             "choose another --out")
+
+
+def _check_settings(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
+    """Make ``out`` this grid's folder (checked by :func:`_check_folder` again; its caller holds the grid's lock): a
+    new or empty one, or one holding a grid that is resumed when its settings are these, or emptied with
+    ``--overwrite`` (all but the lock file, which must stay the one held)."""
+    _check_folder(out, overwrite)
+    path = out / "settings.json"
     if overwrite and out.exists():
-        shutil.rmtree(out)
+        for entry in out.iterdir():
+            if entry.name == _LOCK:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     out.mkdir(parents=True, exist_ok=True)
     if path.is_file():
         try:
@@ -249,8 +262,11 @@ def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer 
     counter = ParameterCounter(settings.backbone, settings.pretrained)
     ranks = plan_ranks(settings, counter, len(specs))   # (a base model that does not load: refused, nothing written)
     check_unlocked(out)
-    _check_settings(out, grid_identity(settings, specs), overwrite)
-    with grid_lock(out):
+    identity = grid_identity(settings, specs)
+    _check_folder(out, overwrite)   # (before the lock file is made in a folder that is not this grid's)
+    out.mkdir(parents=True, exist_ok=True)
+    with grid_lock(out):   # held from the settings check on: another runner can neither delete nor relabel the grid
+        _check_settings(out, identity, overwrite)
         return _run_grid(settings, out, counter, ranks, trainer, stream)
 
 
