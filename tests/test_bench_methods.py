@@ -684,3 +684,23 @@ def test_two_runners_started_together_do_not_delete_each_others_grid(tmp_path, m
         run_benchmark(settings, out, trainer=None, overwrite=True)
     other[0].__exit__(None, None, None)
     assert (out / "runs" / "theirs.json").is_file() and (out / "settings.json").read_text() == "{}"
+
+
+def test_a_run_out_of_memory_is_one_line_naming_the_run(tmp_path, capsys, monkeypatch):
+    """A run that ran out of host memory (MemoryError: numpy's 'Unable to allocate', torch's CPU allocator) ended
+    bench with a traceback and exit status 1, where CUDA's out of memory (a RuntimeError) was one line and 2."""
+    import mtl_lora_vl.benchmark.cli as cli_mod
+
+    def out_of_memory(opts: TrainOptions) -> Path:
+        raise MemoryError("Unable to allocate 3.2 GiB for an array (test)")
+
+    real = cli_mod.run_benchmark
+    monkeypatch.setattr(cli_mod, "run_benchmark", lambda *a, **k: real(*a, **k, trainer=out_of_memory,
+                                                                            stream=io.StringIO()))
+    spec = _small_spec(tmp_path / "specs", "vqa")
+    argv = ["--out", str(tmp_path / "b"), "--tasks", spec, "--methods", "mtl_lora", "--no-ablations", "--seeds", "1",
+            "--lr-grid", "1e-3", "--device", "cpu"]
+    assert cli_mod.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: Unable to allocate 3.2 GiB") and "in bench run zero_shot" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1

@@ -161,7 +161,8 @@ def _run(args: argparse.Namespace, traceback: bool = False) -> int:
     except KeyboardInterrupt as e:
         print(f"[bench] stopped; rerun the same command to continue ({args.out})", file=sys.stderr)
         return getattr(e, "exit_code", 130)   # 143 when SIGTERM stopped a run
-    except (BenchDirError, ValueError, RuntimeError, OSError, ImportError) as e:   # (a bad --device: RuntimeError)
+    # (a bad --device: RuntimeError; a run out of memory: torch.OutOfMemoryError, a RuntimeError, or MemoryError)
+    except (BenchDirError, ValueError, RuntimeError, OSError, ImportError, MemoryError) as e:
         if debug_tracebacks():
             raise
         if traceback:   # -v: the error's traceback, as the other commands print it
