@@ -356,6 +356,11 @@ class HFVLMBackbone(GenerationIds, Backbone):
             raise ValueError(f"{self.name}: each image must fill its {tuple(pixel_values.shape[-2:])} place in the "
                              f"batch (image_sizes {sorted(set(image_sizes))}); this model takes whole "
                              f"{self.image_size}x{self.image_size} images (backbone.resize makes them)")
+        s = self.image_size
+        if tuple(pixel_values.shape[1:]) != (3, s, s):   # (the tower failed deep inside: "size of tensor a (36) ...")
+            raise ValueError(f"{self.name}: expected float images of shape (B, 3, {s}, {s}) (the backbone's "
+                             f"image_size), got {tuple(pixel_values.shape)}; give uint8 images of any size to "
+                             f"backbone.preprocess_uint8 (it resizes them) or resize them to {s}x{s} yourself")
         return {"pixel_values": pixel_values}
 
     def _row_inputs(self, input_ids: Tensor, n_images: int, image_sizes: Any = None,

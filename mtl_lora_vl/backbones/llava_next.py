@@ -172,10 +172,10 @@ class LlavaNextBackbone(NativeImageReading, HFVLMBackbone):
         strips = pixel_values.dim() == 4 and pixel_values.shape[-1] == s != c and h % s == 0 and (h > s or one_view)
         if self.resize.anyres is not None and (image_sizes is not None or strips):
             return self._strip_views(pixel_values, image_sizes)
-        pixel_values = super()._vision_inputs(pixel_values, image_sizes)["pixel_values"]
         if pixel_values.dim() != 4 or pixel_values.shape[-2:] != (c, c):
             raise ValueError(f"{self.name}: expected images (B, 3, {c}, {c}) (the backbone's image_size: the square "
                              f"pinpoint it reads images at), got {tuple(pixel_values.shape)}")
+        pixel_values = super()._vision_inputs(pixel_values, image_sizes)["pixel_values"]
         b, g = pixel_values.shape[0], c // s
         base = self._base_view(pixel_values)
         tiles = pixel_values.unfold(2, s, s).unfold(3, s, s)              # (B, 3, g, g, S, S)
