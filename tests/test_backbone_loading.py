@@ -186,6 +186,22 @@ def test_a_damaged_open_clip_weights_file_is_named(tmp_path, damage, says):
         load_backbone(f"open_clip:{d}")
 
 
+def test_a_shard_index_naming_a_file_out_of_its_folder_is_refused(tmp_path):
+    """The index's weight_map names shards by file name; one naming '../x.safetensors' (or an absolute path) read a
+    file out of the model folder (a downloaded folder's index chose what was read)."""
+    d, _ = _sharded_dir(tmp_path)
+    index = d / "model.safetensors.index.json"
+    outside = tmp_path / "elsewhere.safetensors"
+    (d / "model-00001-of-00002.safetensors").rename(outside)
+    doc = json.loads(index.read_text())
+    for shard in ("../elsewhere.safetensors", str(outside)):
+        doc["weight_map"] = {k: shard if v.startswith("model-00001") else v for k, v in doc["weight_map"].items()}
+        index.write_text(json.dumps(doc))
+        with pytest.raises(ValueError, match=r"unreadable \(ValueError: the index names the shard '.*elsewhere"
+                                             r"\.safetensors', not a file name beside it\)"):
+            load_backbone(f"open_clip:{d}")
+
+
 @pytest.mark.parametrize("name", ["builtin-llava", "builtin"])
 def test_hf_prefix_on_a_builtin_name_says_to_drop_it(name, tmp_path, monkeypatch):
     """hf:builtin-llava was told it 'is not a local directory' and to find a hub id in the cache; it names the

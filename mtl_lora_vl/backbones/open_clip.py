@@ -301,6 +301,8 @@ def _load_state(model: nn.Module, path: Path, what: str) -> None:
         if path.name.endswith(".safetensors.index.json"):   # shards: each file the index's weight_map names
             state = {}
             for shard in sorted(set(json.loads(path.read_text())["weight_map"].values())):
+                if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
+                    raise ValueError(f"the index names the shard {shard!r}, not a file name beside it")
                 state.update(load_file(str(path.parent / shard)))
         elif path.suffix == ".safetensors":
             state = load_file(str(path))
