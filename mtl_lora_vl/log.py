@@ -5,7 +5,9 @@ library never configures handlers (no ``basicConfig``): an application decides w
 command line does, through :func:`cli_logging`: one handler on the package logger that writes
 ``[mtl-lora-vl] message`` lines to stderr through ``tqdm.write`` (so they do not break a progress bar),
 at the level of ``-v`` / ``-q`` / ``--log-level``, removed again when the command returns (meanwhile the
-package logger does not propagate, so a root handler does not print each line twice).
+package logger does not propagate, so a root handler does not print each line twice). There, the package's
+own Python warnings (:func:`warn_user`) print as ``[mtl-lora-vl] warning: ...`` lines too, not as
+``train_vl.py:21: UserWarning: ...`` with the script's ``sys.exit`` line under them.
 
 :func:`progress` makes the tqdm bar of a pass that takes a while (evaluation, image checks, exports). It
 is shown only on an interactive terminal (or a notebook) and is off when the package logger is set
@@ -71,16 +73,27 @@ def cli_logging(level: int | str = logging.INFO) -> Iterator[logging.Logger]:
     logger = logging.getLogger(PACKAGE_LOGGER)
     handler = _TqdmHandler(level)
     handler.setFormatter(_Formatter())
-    saved, saved_propagate = logger.level, logger.propagate
+    saved, saved_propagate, saved_show = logger.level, logger.propagate, warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        if getattr(message, _OURS, False):   # warn_user's: a package message, printed as one
+            logger.warning("%s", message)
+        else:   # a third party's keeps Python's format (and its file and line)
+            saved_show(message, category, filename, lineno, file, line)
+
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+    warnings.showwarning = show
     try:
         yield logger
     finally:
         logger.removeHandler(handler)
         logger.setLevel(saved)
         logger.propagate = saved_propagate
+        if warnings.showwarning is show:
+            warnings.showwarning = saved_show
 
 
 @contextlib.contextmanager
@@ -104,16 +117,20 @@ def main_rank_logging(is_main: bool) -> Iterator[None]:
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__)) + os.sep
+_OURS = "_mtl_lora_vl"   # the attribute that marks a warning as warn_user's
 
 
 def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn`` attributed to the first caller outside this package -- the user's line, however deep
-    in the package the warning is raised (what Python 3.12's ``skip_file_prefixes`` does)."""
+    in the package the warning is raised (what Python 3.12's ``skip_file_prefixes`` does). Under
+    :func:`cli_logging` it prints as a ``[mtl-lora-vl] warning:`` line; filters (``-W``) apply as to any warning."""
     frame, level = inspect.currentframe(), 1
     frame = frame.f_back if frame is not None else None
     while frame is not None and os.path.realpath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level + 1)
+    warning = category(message)
+    setattr(warning, _OURS, True)
+    warnings.warn(warning, stacklevel=level + 1)
 
 
 def debug_tracebacks() -> bool:

@@ -1,0 +1,33 @@
+"""What a command prints for the package's Python warnings, and third parties' (console output)."""
+
+import warnings
+
+from mtl_lora_vl.log import cli_logging, warn_user
+
+
+def test_package_warnings_print_as_prefixed_lines_in_a_command(capsys, monkeypatch):
+    """`train_vl.py --rank 300` printed 'scripts/train_vl.py:21: UserWarning: attach: r = 300 ...' and the
+    script's `sys.exit(train_main(...))` line under it: the warning pointed at the user's script, not a log line."""
+    shown = []   # what Python's own display received (a third party's warnings keep it)
+    monkeypatch.setattr(warnings, "showwarning", lambda message, category, *a, **k: shown.append((category, message)))
+    saved = warnings.showwarning
+    with cli_logging("info"), warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warn_user("attach: r = 300 (--rank) is above the widths")
+        warnings.warn("a third party's deprecation", DeprecationWarning, stacklevel=1)
+    err = capsys.readouterr().err
+    assert "[mtl-lora-vl] warning: attach: r = 300 (--rank) is above the widths" in err.splitlines()
+    assert "UserWarning" not in err and "warn_user(" not in err and "deprecation" not in err
+    assert [(c, str(m)) for c, m in shown] == [(DeprecationWarning, "a third party's deprecation")]
+    assert warnings.showwarning is saved   # put back
+
+
+def test_package_warnings_stay_python_warnings_for_library_users():
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        warn_user("careful", FutureWarning)
+    [w] = said
+    assert w.category is FutureWarning and str(w.message) == "careful" and w.filename == __file__
+    with cli_logging("info"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # -W ignore / PYTHONWARNINGS still silence them
+        warn_user("hidden")
