@@ -12,7 +12,7 @@ own Python warnings (:func:`warn_user`) print as ``[mtl-lora-vl] warning: ...`` 
 :func:`progress` makes the tqdm bar of a pass that takes a while (evaluation, image checks, exports). It
 is shown only on an interactive terminal (or a notebook) and is off when the package logger is set
 quieter than INFO (``-q``). The training bar (``training.metrics_log.progress_bar``) instead writes one
-line every 15 s to a log file, and is off at ``-q`` too.
+``[mtl-lora-vl] train: ...`` line every 15 s to a log file (:func:`line_bar`), and is off at ``-q`` too.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["LEVELS", "PACKAGE_LOGGER", "cli_logging", "interactive", "main_rank_logging", "progress", "quiet",
-           "warn_user"]
+__all__ = ["LEVELS", "PACKAGE_LOGGER", "cli_logging", "interactive", "line_bar", "main_rank_logging", "progress",
+           "quiet", "warn_user"]
 
 PACKAGE_LOGGER = "mtl_lora_vl"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -157,3 +157,38 @@ def progress(iterable: Iterable[Any] | None = None, *, desc: str, total: int | N
     other_rank = os.environ.get("RANK", "0") != "0"
     return tqdm(iterable, desc=desc, total=total, unit=unit, disable=quiet() or not interactive() or other_rank,
                 dynamic_ncols=True, **kwargs)
+
+
+class _Lines:
+    """The file a :func:`line_bar` writes to: each state tqdm draws (``\\r`` + text + padding) becomes one
+    ``[mtl-lora-vl] text`` line on the current ``sys.stderr``, so a piped log gets lines, not carriage returns."""
+
+    def __init__(self) -> None:
+        self.last = ""
+
+    def write(self, text: str) -> None:
+        for part in text.split("\r"):
+            part = part.strip()
+            if part and part != self.last:   # tqdm redraws the last state when it closes
+                sys.stderr.write(f"[mtl-lora-vl] {part}\n")
+                self.last = part
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+class _LineTqdm(tqdm):
+    """tqdm that draws no bar and refreshes only every ``mininterval``: ``set_postfix`` does not draw at once."""
+
+    def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None:
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+
+def line_bar(*, desc: str, total: int, initial: int = 0, unit: str = "it", disable: bool = False,
+             interval: float = 15.0) -> tqdm:
+    """A progress "bar" for a log file or CI log (stderr not a terminal): a line at most every ``interval``
+    seconds, e.g. ``[mtl-lora-vl] train: 50% 10/20 [00:07<00:07, 1.36step/s, loss=2.320]``."""
+    return _LineTqdm(total=total, initial=initial, desc=desc, unit=unit, disable=disable, file=_Lines(),
+                     mininterval=interval, ncols=0, leave=True,
+                     bar_format="{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, "
+                                "{rate_fmt}{postfix}]")

@@ -31,3 +31,28 @@ def test_package_warnings_stay_python_warnings_for_library_users():
     with cli_logging("info"), warnings.catch_warnings():
         warnings.simplefilter("ignore")   # -W ignore / PYTHONWARNINGS still silence them
         warn_user("hidden")
+
+
+def test_the_training_bar_writes_whole_prefixed_lines_to_a_log_file(capsys):
+    """Piped to a file (CI logs), the bar was one line of '\\r'-separated states, redrawn at every set_postfix
+    (each --log-every) whatever the 15 s interval; a log line printed meanwhile followed the bar on its line."""
+    import logging
+
+    from mtl_lora_vl.training.metrics_log import progress_bar
+
+    with cli_logging("info"):
+        bar = progress_bar(True, 0, 20)
+        for step in range(1, 21):
+            bar.update(1)
+            if step % 5 == 0:
+                bar.set_postfix(loss=f"{3 - step / 10:.3f}")
+            if step == 12:
+                logging.getLogger("mtl_lora_vl.training").warning("stopping after this step")
+        bar.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err and "█" not in err
+    lines = err.splitlines()
+    assert lines[0].startswith("[mtl-lora-vl] train:   0% 0/20 [")
+    assert lines[1] == "[mtl-lora-vl] warning: stopping after this step"
+    assert lines[2].startswith("[mtl-lora-vl] train: 100% 20/20 [") and lines[2].endswith("loss=1.000]")
+    assert len(lines) == 3   # no line per set_postfix: one per 15 s at most, and the last

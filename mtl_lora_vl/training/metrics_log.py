@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..distributed import DistInfo, all_reduce_mean
 from ..io.atomic import atomic_file
-from ..log import quiet
+from ..log import interactive, line_bar, quiet
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +137,10 @@ def truncate_metrics(path: Path, step: int, offered: int | None = None) -> None:
 
 
 def progress_bar(enabled: bool, start: int, total: int) -> tqdm:
-    """The step progress bar (rank 0); a log file, not a terminal, gets a line every 15 s, not every step;
-    off at ``-q``."""
-    interval = 0.1 if sys.stderr.isatty() else 15.0
-    return tqdm(total=total, initial=start, disable=not enabled or quiet(), desc="train", unit="step",
-                dynamic_ncols=True, mininterval=interval)
+    """The step progress bar (rank 0); a log file, not a terminal, gets a ``[mtl-lora-vl] train: ...`` line every
+    15 s, not a bar redrawn with carriage returns; off at ``-q``."""
+    disable = not enabled or quiet()
+    if not interactive():
+        return line_bar(desc="train", total=total, initial=start, unit="step", disable=disable)
+    return tqdm(total=total, initial=start, disable=disable, desc="train", unit="step", dynamic_ncols=True,
+                mininterval=0.1)
