@@ -29,7 +29,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 __all__ = ["LEVELS", "PACKAGE_LOGGER", "cli_logging", "interactive", "line_bar", "main_rank_logging", "progress",
-           "quiet", "warn_user"]
+           "quiet", "say", "warn_user"]
 
 PACKAGE_LOGGER = "mtl_lora_vl"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -131,6 +131,12 @@ def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
     warning = category(message)
     setattr(warning, _OURS, True)
     warnings.warn(warning, stacklevel=level + 1)
+
+
+def say(text: str) -> None:
+    """A command's result line on stdout (``print``) that clears an open progress bar first and redraws it after:
+    a plain ``print`` during a bar continued the bar's line (``export:   0%|  | 0/2 [...]wrote OUT/vqa ...``)."""
+    tqdm.write(text, file=sys.stdout)
 
 
 def debug_tracebacks() -> bool:

@@ -56,3 +56,26 @@ def test_the_training_bar_writes_whole_prefixed_lines_to_a_log_file(capsys):
     assert lines[1] == "[mtl-lora-vl] warning: stopping after this step"
     assert lines[2].startswith("[mtl-lora-vl] train: 100% 20/20 [") and lines[2].endswith("loss=1.000]")
     assert len(lines) == 3   # no line per set_postfix: one per 15 s at most, and the last
+
+
+def test_export_result_lines_do_not_continue_the_progress_bar_line(monkeypatch):
+    """On a terminal, `export --task vqa,retrieval` printed 'export:   0%|   | 0/2 [00:00<?, ?task/s]wrote
+    OUT/vqa (task 'vqa' merged into CLIP)': the result line was printed on the bar's line."""
+    import io
+    import sys
+    import types
+
+    from mtl_lora_vl.cli import export as export_cli
+    from mtl_lora_vl.log import progress
+
+    screen = io.StringIO()   # one terminal for both streams
+    screen.isatty = lambda: True
+    monkeypatch.setattr(sys, "stdout", screen)
+    monkeypatch.setattr(sys, "stderr", screen)
+    monkeypatch.setattr(export_cli, "save_merged", lambda model, task, target, **kw: target)
+    opts = types.SimpleNamespace(format="merged", overwrite=False)
+    for task in progress(["vqa", "retrieval"], desc="export", unit="task", mininterval=0):
+        export_cli._export_one(opts, object(), task, f"OUT/{task}", None)
+    wrote = [line.split("\r")[-1] for line in screen.getvalue().split("\n") if "wrote" in line]
+    assert wrote == ["wrote OUT/vqa (task 'vqa' merged into object)",
+                     "wrote OUT/retrieval (task 'retrieval' merged into object)"]

@@ -46,7 +46,7 @@ from ..io.layout import (
     is_adapter_dir,
     is_merged_export,
 )
-from ..log import progress
+from ..log import progress, say
 from ..options import ExportOptions
 from .commands import exit_code, program_name, run_command
 from .parsing import parse_options
@@ -210,7 +210,7 @@ def _export_one(opts: ExportOptions, model: Any, task: str, target: Path, source
         chosen = export_format(model) if opts.format == "auto" else opts.format
         what = f"task {task!r} as a {chosen} LoRA" + (" (--format auto)" if opts.format == "auto" else "")
     logger.debug("exported %s to %s", task, path)
-    print(f"wrote {path} ({what})")
+    say(f"wrote {path} ({what})")
     return path
 
 
