@@ -79,3 +79,13 @@ def test_export_result_lines_do_not_continue_the_progress_bar_line(monkeypatch):
     wrote = [line.split("\r")[-1] for line in screen.getvalue().split("\n") if "wrote" in line]
     assert wrote == ["wrote OUT/vqa (task 'vqa' merged into object)",
                      "wrote OUT/retrieval (task 'retrieval' merged into object)"]
+
+
+def test_bench_errors_are_prefixed_like_the_other_commands(tmp_path, capsys):
+    """`mtl-lora-vl bench --tasks nope` printed 'error: unknown task ...' where train, eval and export print
+    '[mtl-lora-vl] error: ...'."""
+    from mtl_lora_vl.cli import main
+
+    assert main(["bench", "--tasks", "nope", "--out", str(tmp_path / "b")]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("[mtl-lora-vl] error: unknown task 'nope'")

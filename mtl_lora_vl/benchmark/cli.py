@@ -170,6 +170,6 @@ def _run(args: argparse.Namespace, traceback: bool = False) -> int:
 
             tb.print_exc()
         notes = "".join(f" ({n})" for n in getattr(e, "__notes__", ()))
-        print(f"error: {e}{notes}", file=sys.stderr)
+        print(f"[mtl-lora-vl] error: {e}{notes}", file=sys.stderr)   # as the other commands print it
         return 2
     return 0
