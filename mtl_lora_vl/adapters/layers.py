@@ -320,7 +320,7 @@ class AdapterBank(nn.Module):
             if got != route.batch_size and route.wide is not None and got == route.wide.batch_size:
                 route = route.wide  # generation: k rows per routed row (adapters/generation.py)
             elif got != route.batch_size and route.packed:   # the merger of a packed tower: k patches a row
-                route = route.packed_at(got)
+                route = route.packed_at(got, router)
             elif got != route.batch_size and not (self.packed_rows and x.dim() == 2
                                                     and (route.task is not None or got % route.batch_size == 0)):
                 replica = (" -- this layer is an nn.DataParallel replica, which sees its chunk of the batch: "

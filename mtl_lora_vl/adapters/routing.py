@@ -21,6 +21,7 @@ are in :mod:`.scopes`.
 from __future__ import annotations
 
 import itertools
+import math
 import operator
 import threading
 from collections.abc import Sequence
@@ -217,12 +218,16 @@ class Route:
         r.packed = True
         return r
 
-    def packed_at(self, n: int) -> Route:
+    def packed_at(self, n: int, router: Router | None = None) -> Route:
         """A :attr:`packed` route over ``n`` rows instead of :attr:`batch_size` (a layer after the tower merged
         every k patches into one row, or before it split them): segments scaled by n / batch_size, each
-        image's boundary landing on a whole row; RoutingError where one does not."""
+        image's boundary landing on a whole row; RoutingError where one does not. The scale is noted in
+        ``router``'s :attr:`~Router.packed_scales` (route scopes make its route ahead: see :mod:`.scopes`)."""
         r = self._at.get(n)
         if r is None:
+            scale = (n // math.gcd(n, self.batch_size), self.batch_size // math.gcd(n, self.batch_size))
+            if router is not None and scale not in router.packed_scales:
+                router.packed_scales = router.packed_scales | {scale}
             segs = [(t, a * n // self.batch_size, b * n // self.batch_size) for t, a, b in self.segments]
             if any(a * n % self.batch_size or b * n % self.batch_size for _, a, b in self.segments):
                 raise RoutingError(
@@ -230,6 +235,8 @@ class Route:
                     f"image's rows {[(a, b) for _, a, b in self.segments]} do not map onto whole rows of it")
             r = Route.from_segments(segs)
             r.packed = True
+            if self._host is not None and self.batch_size % n == 0 and not torch.compiler.is_compiling():
+                r._host = self._host[:: self.batch_size // n].clone()   # each merged row's first patch's
             self._at[n] = r
         return r
 
@@ -250,6 +257,8 @@ class Router:
     #: ``mtl_lora``; a compiled ``task_lora`` / ``moe_lora`` layer sets it as it reads them.
     reads_positions = True
     packed_positions = False   # and a packed route's: set by a compiled layer that reads them (layers.add_delta)
+    #: n / batch_size (reduced) of the layers that read a packed route over n rows, not its own (Route.packed_at)
+    packed_scales: frozenset[tuple[int, int]] = frozenset()
 
     def __init__(self, tasks: Sequence[str]):
         self.tasks = list(tasks)

@@ -244,6 +244,8 @@ def route(model: nn.Module | Router,
     positions = router.reads_positions and (router.packed_positions or not new.packed)
     if positions and not compiling and len(new.segments) > 1:
         new.host_positions()   # made here, not in Route(): a route made in a traced frame (LLaVA's) is entered eagerly
+        if new.packed:
+            _scaled_positions(router, new)
     held = _claim(router, "route", lambda: setattr(router, "current", new), compiling)
     failed = True
     try:
@@ -260,6 +262,18 @@ def route(model: nn.Module | Router,
                      compiling)
         else:
             _release(router, held, lambda: _close(router, new, outer), compiling)
+
+
+@torch.compiler.disable   # called only where the scope really runs (as _claim_now)
+def _scaled_positions(router: Router, r: Route) -> None:
+    """Make ahead, on the host, the packed route ``r`` over the rows of each layer that read such a route over other
+    rows before (Qwen2-VL's merger: 4 patches a row; :meth:`Route.packed_at`), with its rows' positions (every k-th
+    of ``r``'s): a compiled merger takes them as a graph input, where it read the scaled segments' ints as constants
+    (a graph per mix of images' tasks). Where an image's rows do not land on whole rows, none: the layer refuses it."""
+    for num, den in router.packed_scales:
+        n, part = divmod(r.batch_size * num, den)
+        if n and not part and not any(a * n % r.batch_size for _, a, _ in r.segments):
+            r.packed_at(n).host_positions()
 
 
 @contextmanager
