@@ -116,3 +116,33 @@ def test_an_adapted_merger_does_not_recompile_for_each_mix_of_images():
     assert m._mtl_lora.router.packed_scales == {(1, 4)}   # the merger's 4 patches a row, noted as it read them
     for (want, _), (out, _) in zip(run(lambda pv, grid: m.model.visual(pv, grid_thw=grid).pooler_output), got):
         torch.testing.assert_close(out, want, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("method", ["task_lora", "moe_lora"])
+def test_a_compiled_model_routed_mixed_compiles_one_graph(method, in_place):
+    """A task_lora / moe_lora router learned that its layers read the rows' positions only as the first compiled call
+    traced them, after that call's route scope had made none: the second call compiled a graph more (2 graphs for 4
+    mixes of rows). A scope given a compiled model (``torch.compile(model)``, ``model.compile()``) now knows."""
+    from torch._dynamo.utils import counters
+
+    kw = {"n_up": 2} if method == "moe_lora" else {}
+    net = mlv.attach(_Net(), mlv.MTLLoRAConfig(tasks=TASKS, r=2, method=method, targets={"image": [r"fc\d$"]}, **kw))
+    _randomize(net)
+    net.double()
+    x = torch.randn(6, 3, 8, dtype=torch.float64)
+    mixes = [((0, 0, k), (1, k, 6)) for k in (2, 3, 4, 1)]
+    with torch.no_grad():
+        want = []
+        for segs in mixes:
+            with mlv.route(net, Route.from_segments(segs)):
+                want.append(net(x))
+        torch._dynamo.reset()
+        counters.clear()
+        if in_place:
+            net.compile(backend="eager")
+        compiled = net if in_place else torch.compile(net, backend="eager")
+        for segs, w in zip(mixes, want):
+            with mlv.route(compiled, Route.from_segments(segs)):
+                torch.testing.assert_close(compiled(x), w, atol=1e-9, rtol=1e-9)
+    assert counters["stats"]["unique_graphs"] == 1

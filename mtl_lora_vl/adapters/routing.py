@@ -254,7 +254,8 @@ class Router:
     """Routing state shared by all adapted layers of one model."""
 
     #: Whether its layers read the rows' task positions (:meth:`Route.host_positions`): attach sets it for
-    #: ``mtl_lora``; a compiled ``task_lora`` / ``moe_lora`` layer sets it as it reads them.
+    #: ``mtl_lora``; a route scope given a compiled model, or a compiled ``task_lora`` / ``moe_lora`` layer as it
+    #: reads them, for the others (scopes.route).
     reads_positions = True
     packed_positions = False   # and a packed route's: set by a compiled layer that reads them (layers.add_delta)
     #: n / batch_size (reduced) of the layers that read a packed route over n rows, not its own (Route.packed_at)

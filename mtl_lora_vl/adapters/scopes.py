@@ -241,6 +241,8 @@ def route(model: nn.Module | Router,
             "mtl_lora_vl.unmerge(model) before routing to another task"
         )
     outer, compiling = router.current, torch.compiler.is_compiling()
+    if not compiling and _compiled(model):   # its layers read the rows' positions from the first call (a graph input)
+        router.reads_positions = router.packed_positions = True
     positions = router.reads_positions and (router.packed_positions or not new.packed)
     if positions and not compiling and len(new.segments) > 1:
         new.host_positions()   # made here, not in Route(): a route made in a traced frame (LLaVA's) is entered eagerly
@@ -262,6 +264,14 @@ def route(model: nn.Module | Router,
                      compiling)
         else:
             _release(router, held, lambda: _close(router, new, outer), compiling)
+
+
+def _compiled(model: nn.Module | Router) -> bool:
+    """Whether ``model`` is a ``torch.compile`` wrapper or a module compiled in place (``model.compile()``): routed,
+    its compiled layers will read the rows' positions, which a compiled layer otherwise notes only as its first call
+    is traced (the flags :class:`Router` documents), after this scope, so the second call compiled a graph more."""
+    return isinstance(model, nn.Module) and (isinstance(model.__dict__.get("_modules", {}).get("_orig_mod"), nn.Module)
+                                             or model.__dict__.get("_compiled_call_impl") is not None)
 
 
 @torch.compiler.disable   # called only where the scope really runs (as _claim_now)
