@@ -295,7 +295,8 @@ class AdapterBank(nn.Module):
         """This layer's M_t of the route's present tasks as its group formed them, and what forms them again for
         backward (:meth:`.formation.Formation.matrix`); None on the per-layer path (not attached; compiled -- the
         compiler fuses that path --; an ``nn.DataParallel`` replica, which holds copies of the tensors)."""
-        if self.formation is None or torch.compiler.is_compiling() or getattr(self, "_is_replica", False):
+        # (``__dict__``: a missing name read through nn.Module.__getattr__ raises, ~3 us a layer on every forward)
+        if self.formation is None or torch.compiler.is_compiling() or self.__dict__.get("_is_replica", False):
             return None
         if torch._C._functorch.peek_interpreter_stack() is not None:   # inside torch.func.grad / vjp / jacrev:
             return None   # its tensors have no storage to key the group on; the per-layer path names the limit
