@@ -37,3 +37,35 @@ def test_a_mixed_step_reads_no_missing_module_attribute(monkeypatch):
         out = model(x)
     out.sum().backward()
     assert [m for m in missed if m[0] == "LoRALinear"] == []
+
+
+def test_a_member_of_the_held_group_is_handed_its_matrix_without_forming_its_signature(monkeypatch):
+    """Only the layer that forms a step's group reads a signature; the others find the group by their id."""
+    from mtl_lora_vl.adapters import formation
+
+    model, x = _model(), torch.randn(4, 8)
+    for _ in range(2):   # members, then a group of all four
+        with mlv.route(model, torch.tensor([0, 1, 2, 0])):
+            model(x).sum().backward()
+    calls: list[object] = []
+    signature = formation._signature
+    monkeypatch.setattr(formation, "_signature", lambda bank: calls.append(bank) or signature(bank))
+    with mlv.route(model, torch.tensor([0, 1, 2, 0])):
+        model(x).sum().backward()
+    assert len(calls) == 1
+
+
+def test_adapters_unfrozen_inside_a_scope_get_gradients():
+    """Frozen adapters' M_t (no graph) are reused within their route scope; once they require gradients again the
+    next forward forms M_t with a graph (the signature's requires_grad, checked on the fast path too)."""
+    model, x = _model(), torch.randn(4, 8)
+    adapters = [p for n, p in model.named_parameters() if "lora_" in n]
+    with mlv.route(model, torch.tensor([0, 1, 2, 0])):
+        for p in adapters:
+            p.requires_grad_(False)
+        for _ in range(3):
+            model(x)
+        for p in adapters:
+            p.requires_grad_(True)
+        model(x).sum().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_B" in n)

@@ -65,6 +65,12 @@ def _signature(bank: Any) -> tuple:
             B.device, B.requires_grad, None if lam is None else (lam.shape, lam.dtype, lam.requires_grad))
 
 
+def _flags(sig: tuple) -> tuple:
+    """The parts of a signature that can change while the tensors and their storage stay: Λ's type, τ and whether
+    w, B and Λ require gradients (as :meth:`_Group.valid_for` reads them back)."""
+    return sig[0], sig[1], sig[5], sig[9], None if sig[10] is None else sig[10][2]
+
+
 class _Inputs:
     """What a group's node reads in backward: the layers' tensors and their versions at forming, the present task
     rows, τ and Λ's type; and what the node and its group tell each other (the layers that took their M, and whether a
@@ -119,21 +125,27 @@ class _Group:
         # formed inside a backward pass (a checkpointed region's recomputation): its node's backward never runs, and
         # its layers outside the region never take their M, so neither ``spent`` nor ``done`` ends it: that pass does
         self.graph = torch._C._current_graph_task_id()
+        self.key: tuple | None = None     # while held (Formation._groups): its present tasks and grad mode
+        self.flags: tuple | None = None   # and what of its signature a tensor's identity and storage leave open
 
-    def valid_for(self, i: int, bank: Any) -> bool:
+    def valid_for(self, i: int, bank: Any, flags: tuple | None = None) -> bool:
         """Layer i's tensors are the ones formed from, unmodified. A fused optimizer step (the trainer's AdamW) or a
         write through ``p.data`` changes them without counting a version: so a node is never reused after its
         backward pass, and M_t formed without gradients (an evaluation batch, a ``generate`` call's decoding steps)
         only inside the route scope that formed them -- outside any scope (a one-task adapter runs without one)
         only within one forward -- and never after a forward with gradients (:meth:`Formation.matrix`); the next
-        evaluation batch added the old M_t to a fresh A x after such a step."""
+        evaluation batch added the old M_t to a fresh A x after such a step. ``flags``: the layer's signature
+        must still be the group's (:func:`_flags`; the rest of it is fixed by the tensors' identity and storage)."""
         inputs = self.inputs
         if inputs.spent or self.done or (self.graph != -1 and self.graph != torch._C._current_graph_task_id()):
             return False
         if self.scope is not None and (bank.router.scope != self.scope or (self.scope == 0 and i in inputs.handed)):
             return False
         (w, lam, B), (w0, lam0, B0) = _params(bank), inputs.params[i]
-        return w is w0 and lam is lam0 and B is B0 and _versions((w, lam, B)) == inputs.versions[i]
+        if w is not w0 or lam is not lam0 or B is not B0 or _versions((w, lam, B)) != inputs.versions[i]:
+            return False
+        return flags is None or flags == (bank.lambda_type, bank.temperature, w.requires_grad, B.requires_grad,
+                                          None if lam is None else lam.requires_grad)
 
     def matrix(self, i: int, dtype: torch.dtype) -> tuple[torch.Tensor, _Inputs | None]:
         """Layer i's M in ``dtype`` (every layer's formed on the first call for a dtype), and where its backward
@@ -283,10 +295,12 @@ class Formation:
         self._members: dict[tuple, dict[tuple, dict[int, Any]]] = {}
         # signature -> (key, its formed group): one group per signature, the last formed
         self._groups: dict[tuple, tuple[tuple, _Group]] = {}
+        # id of a layer -> the held group it is a member of: found without forming the layer's signature again
+        self._hot: dict[int, _Group] = {}
 
     def __getstate__(self) -> dict:
         """A copy (deepcopy, pickle) starts afresh: members and formed matrices are the original's."""
-        return {"_members": {}, "_groups": {}}
+        return {"_members": {}, "_groups": {}, "_hot": {}}
 
     def matrix(self, bank: Any, present: tuple[int, ...], index: slice | torch.Tensor,
                dtype: torch.dtype) -> tuple[torch.Tensor, Callable[[bool], torch.Tensor] | None]:
@@ -298,10 +312,15 @@ class Formation:
         for backward whichever group formed its M_t: a checkpointed forward's recomputation, which may find the
         layer a member when its first forward did not, must save what that forward saved."""
         key = (present, torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+        group = self._hot.get(id(bank))   # the held group of the layer's signature when it was formed
+        if group is not None and group.key == key:
+            i = group.position[id(bank)]
+            if group.valid_for(i, bank, group.flags):   # (and the signature is still the group's)
+                return _with_again(*group.matrix(i, dtype), i, dtype)
         sig = _signature(bank)
         held = self._groups.get(sig)
         if key[1] and held is not None and not held[0][1]:   # a forward with gradients: an optimizer step, which
-            del self._groups[sig]                              # may write without a version, can follow it
+            self._release(self._groups.pop(sig)[1])            # may write without a version, can follow it
             held = None
         members = self._members.setdefault(key, {}).setdefault(sig, {})
         if id(bank) not in members:
@@ -311,9 +330,19 @@ class Formation:
         i = None if group is None else group.position.get(id(bank))
         if i is None or not group.valid_for(i, bank):
             group = _Group(list(members.values()), index)
+            if held is not None:
+                self._release(held[1])
             self._groups[sig] = (key, group)
+            group.key, group.flags = key, _flags(sig)
+            self._hot.update(dict.fromkeys(group.position, group))
             i = group.position[id(bank)]
         return _with_again(*group.matrix(i, dtype), i, dtype)
+
+    def _release(self, group: _Group) -> None:
+        """``group`` is no longer its signature's held group: its layers no longer find it first."""
+        for b in group.position:
+            if self._hot.get(b) is group:
+                del self._hot[b]
 
 
 def _with_again(M: torch.Tensor, inputs: _Inputs | None, i: int,
