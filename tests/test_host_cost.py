@@ -82,3 +82,34 @@ def test_a_mixed_step_builds_no_partial_per_layer(monkeypatch):
         with mlv.route(model, torch.tensor([0, 1, 2, 0])):
             model(x).sum().backward()
     assert built == []
+
+
+def test_a_tensor_written_between_two_layers_of_one_forward_is_seen_by_the_later_layer():
+    """The group formed every layer's M_t at the first layer; a later layer whose B a hook wrote to in place since
+    forms its M_t again (the fast path keeps valid_for's version checks): the per-layer path's output."""
+    model, x = _model(), torch.randn(4, 8)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    plain = _model()
+    plain.load_state_dict(model.state_dict())
+    for m in plain.modules():
+        if hasattr(m, "formation"):
+            m.formation = None
+    ids = torch.tensor([0, 1, 2, 0])
+    for _ in range(2):   # members, then a held group of all four
+        with mlv.route(model, ids):
+            model(x).sum().backward()
+
+    def write(module, args):
+        with torch.no_grad():
+            module.lora_B.mul_(2.0)
+
+    for m in (model, plain):
+        m[2].register_forward_pre_hook(write)
+    with mlv.route(model, ids):
+        got = model(x)
+    with mlv.route(plain, ids):
+        want = plain(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
