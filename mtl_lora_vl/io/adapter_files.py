@@ -43,7 +43,7 @@ from ..config import ConfigError, MTLLoRAConfig, check_task_file_names, task_fil
 from ..tasks.spec import SpecError, TaskSpec, load_spec
 from .adapter_images import check_image_fields, record_images, take_images
 from .atomic import atomic_dir, holds
-from .base_check import check_base, check_heads, check_tensors, newer_package_hint
+from .base_check import adapted_part, check_base, check_heads, check_tensors, newer_package_hint, refuse_adapted
 from .identity import adapted_module, expected_tensors, model_identity
 from .layout import (
     ADAPTER_CONFIG,
@@ -391,7 +391,9 @@ def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Mo
     a fine-tuned copy), every tensor name and shape. ``heads``
     (task -> module) are loaded strictly from ``heads.safetensors``. Reads both format versions (see the
     module docstring); a PEFT directory (e.g. an ``export_lora`` output) is refused with a message that
-    says how to load it instead.
+    says how to load it instead. An adapter saved from a model whose inner multimodal model was adapted on its own
+    (``attach(model.model, cfg)``) goes back onto that inner model of the whole ``base_model`` given, whose image
+    reading it is checked against.
 
     As PEFT's ``load_adapter``: with ``is_trainable=False`` (the default) the model is for inference, its
     adapter tensors and the heads get ``requires_grad=False`` and model and heads are put in eval mode;
@@ -416,16 +418,19 @@ def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Mo
     header = read_header(weights)
     head_file = path / HEADS_WEIGHTS
     head_header = read_header(head_file) if head_file.is_file() else {}
-    plan, cfg = check_base(base_model, doc, cfg, path, check_base_weights)
+    part = adapted_part(base_model, doc)   # (an adapter of a family's inner model: onto the whole's inner model)
+    refuse_adapted(base_model, f"load_adapter: this {type(base_model).__name__} already has MTL-LoRA adapters; pass "
+                               "a freshly built base model (or use the adapted model as it is)")
+    plan, cfg = check_base(part, doc, cfg, path, check_base_weights)
     check_tensors(header, expected_tensors(plan, cfg), weights)
     if heads:
         check_heads(heads, doc, head_header, head_file)
     tensors = load_tensors(weights)
     head_tensors = load_tensors(head_file) if heads else {}
 
-    attach(base_model, cfg)
-    take_images(base_model, doc.get("base") or {}, path)
-    params = dict(base_model.named_parameters())
+    attach(part, cfg)
+    take_images(base_model, doc.get("base") or {}, path)   # (the whole model's record: its backbone reads it)
+    params = dict(part.named_parameters())
     with torch.no_grad():
         for name, t in tensors.items():
             params[name].copy_(t)

@@ -20,7 +20,7 @@ from torch import nn
 from .._version import __version__
 from ..adapters.attach import AttachError
 from ..config import TOWERS, MTLLoRAConfig
-from ..families import find_family
+from ..families import find_family, inner_family
 from .identity import (
     BankPlan,
     class_name,
@@ -34,6 +34,17 @@ from .layout import ADAPTER_CONFIG, AdapterFileError, config_path, few
 
 logger = logging.getLogger(__name__)
 
+
+def adapted_part(base_model: nn.Module, doc: dict[str, Any]) -> nn.Module:
+    """The module of ``base_model`` the adapter in ``doc`` goes onto: the family's inner multimodal model
+    (``model.model``) where the adapter was saved from a model whose inner model was adapted on its own (recorded as
+    family "custom" of that inner class) and ``base_model`` is a whole model of that family; else ``base_model``."""
+    ident = doc["base_model"]
+    fam = find_family(base_model)
+    if fam is None or ident.get("family") != "custom" or ident.get("class") == class_name(base_model):
+        return base_model
+    parts = [m for m in base_model.modules() if class_name(m) == ident.get("class") and inner_family(m) is fam]
+    return parts[0] if len(parts) == 1 else base_model   # (none or several: check_base_class names the mismatch)
 
 
 def check_base_class(base_model: nn.Module, doc: dict[str, Any], path: Path) -> None:

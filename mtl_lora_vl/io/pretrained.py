@@ -22,7 +22,7 @@ from ..log import warn_user
 from ..tasks import build_kind, load_spec
 from .adapter_files import config_of, load_adapter, read_adapter_config, read_kind_state
 from .adapter_images import recorded_bounds
-from .base_check import check_base_class
+from .base_check import adapted_part, check_base_class
 from .layout import AdapterFileError, config_path
 
 __all__ = ["Pretrained", "load_pretrained"]
@@ -83,7 +83,8 @@ def load_pretrained(
     cfg = config_of(doc, path)
     bb = _base_backbone(path, doc, backbone, pretrained, device, base_dtype)
     with _overrides_named(doc, backbone, pretrained):
-        check_base_class(bb.model, doc, path)  # a wrong --backbone is named as such, before the tasks are rebuilt
+        # a wrong --backbone is named as such, before the tasks are rebuilt (an inner model's adapter: on that part)
+        check_base_class(adapted_part(bb.model, doc), doc, path)
     _read_images_as_trained(bb, doc.get("base") or {}, path)   # (on the right family)
 
     built: dict[str, nn.Module] = {}

@@ -1,0 +1,73 @@
+"""Loading an adapter saved from a model whose inner multimodal model was adapted on its own
+(``attach(bb.model.model, cfg)``, recorded as family "custom" of the inner class): ``load_pretrained`` and
+``load_adapter`` of the whole model put it back on that inner model (helper 343's items 1 and 2)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from llava_tiny import save_tiny_llava
+from qwen_tiny import save_tiny_qwen2vl
+from test_qwen2vl_backbone import _tiny_sized
+from vlm_checks import perturb_adapters, prompts
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.backbones import load_backbone
+from mtl_lora_vl.io import AdapterFileError
+
+TARGETS = {"text": [r"language_model\.layers\.\d+\.self_attn\.[qv]_proj$"]}
+
+
+def _inner_adapted(folder, **load):
+    """The backbone of ``folder`` with random adapters on its inner multimodal model only."""
+    bb = load_backbone(f"hf:{folder}", **load)
+    mlv.attach(bb.model.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1, targets=TARGETS))
+    perturb_adapters(bb.model, std=0.3)
+    return bb
+
+
+def _routed_losses(bb, route: tuple[int, ...] = (0, 1, 1, 0)) -> torch.Tensor:
+    """Per-row language-model losses of four rows under a mixed route (a, b, b, a)."""
+    b = bb.lm_collator()(prompts(bb, 4), ["red", "a blue square", "two", "a circle"])
+    torch.manual_seed(1)
+    images = torch.randn(4, 3, bb.image_size, bb.image_size)
+    with torch.no_grad(), mlv.route(bb.model, list(route)):
+        return bb.lm_loss(images, **b)
+
+
+@pytest.mark.parametrize("save", [save_tiny_qwen2vl, save_tiny_llava], ids=["qwen2_vl", "llava"])
+def test_load_pretrained_puts_an_inner_models_adapter_back_on_the_inner_model(tmp_path, save):
+    """It refused: 'the adapter was made for a model of family custom (...Qwen2VLModel), but this base model is of
+    family qwen2_vl (...Qwen2VLForConditionalGeneration)', the model the adapter records as its base."""
+    folder = save(tmp_path / "base")
+    bb = _inner_adapted(folder)
+    ref = _routed_losses(bb)
+    out = mlv.save_adapter(bb.model, tmp_path / "adapter", base={"backbone": f"hf:{folder}"})
+    assert json.loads((out / "mtl_lora_config.json").read_text())["base_model"]["family"] == "custom"
+    bb2 = mlv.load_pretrained(out, heads=False).backbone
+    assert getattr(bb2.model.model, "_mtl_lora", None) is not None and getattr(bb2.model, "_mtl_lora", None) is None
+    got = _routed_losses(bb2)
+    assert (got - ref).abs().max() < 1e-5
+    assert (_routed_losses(bb2, (1, 0, 0, 1)) - got).abs().max() > 1e-4   # the tasks differ
+    again = load_backbone(f"hf:{folder}").model
+    assert mlv.load_adapter(again, out) is again and getattr(again.model, "_mtl_lora", None) is not None
+    with pytest.raises(AdapterFileError, match="already has MTL-LoRA adapters"):
+        mlv.load_adapter(again, out)
+
+
+def test_load_adapter_of_the_whole_model_checks_its_backbones_image_area(tmp_path):
+    """``load_adapter(bb2.model.model, ...)`` of an adapter trained within 1024 to 4096 pixels on a backbone that
+    reads within 1024 to 448² said nothing (the inner model has no image record; the area it set there no backbone
+    reads); the whole model given, its backbone's area is checked and named."""
+    folder = _tiny_sized(tmp_path, longest_edge=1_000_000)
+    bb = _inner_adapted(folder, image_max_pixels=4096)
+    out = mlv.save_adapter(bb.model, tmp_path / "adapter", base={"backbone": f"hf:{folder}"})
+    with pytest.warns(UserWarning, match=r"read within 1024 to 4096 pixels.*reads them within 1024 to 200704; "
+                                         r"call backbone.read_within\(1024, 4096\)"):
+        mlv.load_adapter(load_backbone(f"hf:{folder}").model, out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mlv.load_adapter(load_backbone(f"hf:{folder}", image_max_pixels=4096).model, out)
