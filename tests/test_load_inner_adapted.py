@@ -71,3 +71,14 @@ def test_load_adapter_of_the_whole_model_checks_its_backbones_image_area(tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mlv.load_adapter(load_backbone(f"hf:{folder}", image_max_pixels=4096).model, out)
+
+
+def test_load_adapter_of_the_inner_model_alone_says_the_reading_is_not_checked(tmp_path):
+    """``load_adapter(bb2.model.model, ...)``: the inner model cannot show its owner's backbone, which went on reading
+    within 1024 to 448² (a 1000x800 picture: 775 image tokens where training read 12) with no word said."""
+    folder = _tiny_sized(tmp_path, longest_edge=1_000_000)
+    bb = _inner_adapted(folder, image_max_pixels=4096)
+    out = mlv.save_adapter(bb.model, tmp_path / "adapter", base={"backbone": f"hf:{folder}"})
+    with pytest.warns(UserWarning, match=r"loaded onto a Qwen2VLModel alone, the inner model of a qwen2_vl model.*"
+                                         r"read within 1024 to 4096 pixels.*load_adapter\(backbone.model, path\)"):
+        mlv.load_adapter(load_backbone(f"hf:{folder}").model.model, out)

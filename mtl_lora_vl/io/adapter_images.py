@@ -16,7 +16,7 @@ from ..adapters.attach import adapted_module, whole_model
 from ..backbones import backbone_class
 from ..backbones.image_reading import NativeImageReading
 from ..backbones.image_record import DEFAULT_MAX_PIXELS, ImageRecord, image_record, set_area, set_reading
-from ..families import family_named, find_family
+from ..families import family_named, find_family, inner_family
 from ..log import warn_user
 from .layout import AdapterFileError
 
@@ -94,7 +94,14 @@ def take_images(model: nn.Module, base: dict[str, Any], path: Path) -> None:
     (a save keeps it, a merged export's processor follows it); a backbone's model that reads otherwise is warned
     about."""
     recorded, area, bounds = base.get("image_reading"), base.get("image_max_pixels"), recorded_bounds(base)
-    own = image_record(model)
+    own, inner = image_record(model), inner_family(model)
+    if inner is not None and not (own.reading or own.capped) and (area or recorded in ("native", "square")):
+        read = f"within {bounds[0]} to {bounds[1]} pixels" if bounds else \
+            f"within {area} pixels" if area else f"'{recorded}' (base.image_reading)"
+        warn_user(f"{path}: loaded onto a {type(model).__name__} alone, the inner model of a {inner.name} model, whose "
+                  f"backbone's image reading cannot be seen from it: the adapter's images were read {read}, which is "
+                  "recorded on this inner model only and not checked against the backbone; pass the whole model "
+                  "(load_adapter(backbone.model, path) puts the adapter on its inner model and checks the reading)")
     default = DEFAULT_MAX_PIXELS   # (a backbone's area without image_max_pixels)
     if not own.capped:   # (a Qwen2-VL backbone's model is capped; max_pixels None: the default)
         if area:
