@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters.attach import adapted_module, attach, attach_info, check_config, merge, unmerge
+from .adapters.attach import adapted_module, attach, attach_info, check_config, merge, unmerge, whole_model
 from .adapters.attention import LoRAMultiheadAttention
 from .adapters.generation import uninstall_routed_generate
 from .adapters.grow import AddedTask, add_task
@@ -387,7 +387,7 @@ def unload(model: nn.Module, task: str | None = None) -> nn.Module:
     gives back its base layers so too), holding the adapted layer's weight tensors; base parameters keep
     ``requires_grad=False`` as ``attach`` left them.
     """
-    inner = adapted_module(model)
+    inner, whole = adapted_module(model), whole_model(model)[0]   # (load_adapter's record: on the whole model)
     if task is not None:
         merge(inner, task)
     else:
@@ -411,6 +411,7 @@ def unload(model: nn.Module, task: str | None = None) -> nn.Module:
     uninstall_routed_generate(inner)
     if task is None:   # the base as it was: the image reading / area load_adapter put on it go (a backbone's stay)
         forget_loaded(inner)
+        forget_loaded(whole)
     return model
 
 

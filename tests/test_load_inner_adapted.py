@@ -82,3 +82,20 @@ def test_load_adapter_of_the_inner_model_alone_says_the_reading_is_not_checked(t
     with pytest.warns(UserWarning, match=r"loaded onto a Qwen2VLModel alone, the inner model of a qwen2_vl model.*"
                                          r"read within 1024 to 4096 pixels.*load_adapter\(backbone.model, path\)"):
         mlv.load_adapter(load_backbone(f"hf:{folder}").model.model, out)
+
+
+def test_unload_takes_off_the_image_area_load_adapter_put_on_the_whole_model(tmp_path):
+    """load_adapter of a bare whole Qwen2-VL puts the adapter's area on it (no backbone set one); unload gave the
+    adapters back but kept that area, read by the next backbone built on the model (only the inner one's went)."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from mtl_lora_vl.backbones.image_record import image_record
+    from mtl_lora_vl.mtl_lora_model import unload
+
+    folder = _tiny_sized(tmp_path, longest_edge=1_000_000)
+    bb = _inner_adapted(folder, image_max_pixels=4096)
+    out = mlv.save_adapter(bb.model, tmp_path / "adapter", base={"backbone": f"hf:{folder}"})
+    bare = mlv.load_adapter(Qwen2VLForConditionalGeneration.from_pretrained(folder), out)
+    assert image_record(bare).bounds == (1024, 4096)
+    unload(bare)
+    assert not image_record(bare).capped and image_record(bare).bounds is None
