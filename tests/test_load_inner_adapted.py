@@ -99,3 +99,27 @@ def test_unload_takes_off_the_image_area_load_adapter_put_on_the_whole_model(tmp
     assert image_record(bare).bounds == (1024, 4096)
     unload(bare)
     assert not image_record(bare).capped and image_record(bare).bounds is None
+
+
+def test_a_plain_lora_export_of_an_inner_model_folds_into_the_whole_model(tmp_path):
+    """export_lora(format="plain") of a model whose inner Qwen2VLModel was adapted records the inner model; its
+    apply_plain_lora onto the whole model was refused ('made for a model of family custom (...Qwen2VLModel)')."""
+    from mtl_lora_vl.io.exports import apply_plain_lora
+
+    folder = save_tiny_qwen2vl(tmp_path / "base")
+    bb = _inner_adapted(folder)
+    ref = _routed_losses(bb, (0, 0, 0, 0))
+    plain = mlv.export_lora(bb.model, "a", tmp_path / "plain", format="plain")
+    bb2 = load_backbone(f"hf:{folder}")
+    zero_shot = _plain_losses(bb2)
+    assert apply_plain_lora(bb2.model, plain) is bb2.model
+    got = _plain_losses(bb2)
+    assert (got - ref).abs().max() < 1e-5 and (zero_shot - ref).abs().max() > 1e-4
+
+
+def _plain_losses(bb) -> torch.Tensor:
+    """``_routed_losses``'s rows on a model without adapters."""
+    b = bb.lm_collator()(prompts(bb, 4), ["red", "a blue square", "two", "a circle"])
+    torch.manual_seed(1)
+    with torch.no_grad():
+        return bb.lm_loss(torch.randn(4, 3, bb.image_size, bb.image_size), **b)

@@ -57,7 +57,7 @@ from ..config import check_task_file_names
 from ..families import MERGED_CONFIG, MERGED_WEIGHTS, family_named, merged_format, peft_export
 from .adapter_images import written_family, written_images
 from .atomic import atomic_dir, atomic_file, linked_out_of
-from .base_check import check_base_class, check_weight_samples, newer_package_hint, refuse_adapted
+from .base_check import adapted_part, check_base_class, check_weight_samples, newer_package_hint, refuse_adapted
 from .identity import model_identity, plan_attached
 from .layout import (
     ADAPTER_CONFIG,
@@ -323,22 +323,24 @@ def apply_plain_lora(base_model: nn.Module, path: str | Path, check_base_weights
     if not isinstance(modules, dict) or not all(isinstance(m, dict) and "base_weight" in m for m in modules.values()):
         raise AdapterFileError(f"{cfg_file}: 'modules' must map each module to {{'base_weight': ...}}; "
                                "export the adapter again with export_lora(format='plain')")
+    part = base_model   # (an export of a family's inner model adapted on its own: folded into the whole's inner one)
     if isinstance(doc.get("base_model"), dict):   # files record the base they were exported from
-        check_base_class(base_model, doc, cfg_file)
+        part = adapted_part(base_model, doc)
+        check_base_class(part, doc, cfg_file)
         if check_base_weights:
-            check_weight_samples(base_model, doc, cfg_file)
+            check_weight_samples(part, doc, cfg_file)
     tensors = load_tensors(path / PLAIN_WEIGHTS)
     missing = [f"{name}.{t}" for name in modules for t in ("lora_A", "lora_B") if f"{name}.{t}" not in tensors]
     if missing:
         raise AdapterFileError(f"{path / PLAIN_WEIGHTS}: lacks tensor(s) {few(missing)} that {PLAIN_CONFIG} lists; the "
                                "directory is incomplete: export the adapter again")
-    names = parameter_names(base_model)
-    params = dict(base_model.named_parameters(remove_duplicate=False))
+    names = parameter_names(base_model)   # (the whole model's: a weight tied outside the part is shared too)
+    params = dict(part.named_parameters(remove_duplicate=False))
     updates = []
     for name, m in modules.items():
         key = m["base_weight"]
         if key not in params:
-            raise AdapterFileError(f"{path}: base weight {key} (for {name}) is not in this {type(base_model).__name__}")
+            raise AdapterFileError(f"{path}: base weight {key} (for {name}) is not in this {type(part).__name__}")
         w = params[key]
         if len(names[id(w)]) > 1:
             raise AdapterFileError(f"{path}: base weight {key} (for {name}) is shared with "
