@@ -98,11 +98,13 @@ def select_targets(model: nn.Module, cfg: MTLLoRAConfig,
     covered: list[str] = []
     both: list[str] = []   # custom targets: modules that more than one tower's regexes match
     other: list[tuple[str, str]] = []   # modules the targets name that are neither kind (no adapter)
+    named: set[str] = set()   # towers whose regexes match some module name
     for name, module in model.named_modules():
         if any(name.startswith(c + ".") for c in covered):
             continue  # inside a MultiheadAttention already taken whole
         supported = isinstance(module, (nn.Linear, nn.MultiheadAttention))
         towers = [t for t in TOWERS if any(re.search(p, name) for p in targets.get(t, ()))]
+        named.update(towers if name else ())
         tower = towers[0] if towers else None
         if tower is None or any(re.search(p, name) for p in unused):
             continue
@@ -143,10 +145,17 @@ def select_targets(model: nn.Module, cfg: MTLLoRAConfig,
             f"some candidate names: {names}"
         )
     bare = [t for t in targets if targets[t] and not any(tower == t for _, _, tower, _ in chosen)]
-    if cfg.targets == "default" and bare:  # e.g. an open_clip ResNet or timm-trunk image tower: a silent half
+    typo = [t for t in bare if t not in named]   # custom targets: a typo in one tower's regexes, a silent half
+    if (cfg.targets == "default" and bare) or (cfg.targets != "default" and typo):
         taken = {n for n, *_ in chosen}
         names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.MultiheadAttention))
                  and n not in taken and not any(n.startswith(c + ".") for c in covered)][:6]
+    if cfg.targets != "default" and typo:
+        raise AttachError(
+            f"targets[{typo[0]!r}]: {list(targets[typo[0]])} match no module of this {type(model).__name__}, so its "
+            f"{typo[0]} tower would get no adapters; fix the regexes (searched in the full module names; unadapted "
+            f"layers include {names}), or leave the tower out of targets to adapt only the other")
+    if cfg.targets == "default" and bare:  # e.g. an open_clip ResNet or timm-trunk image tower: a silent half
         raise AttachError(
             f"the default targets of the {fam.name} family match nothing in the {' and '.join(bare)} tower of this "
             f"{type(model).__name__} (a tower built differently from the family's usual one); pass targets for both "

@@ -1,0 +1,51 @@
+"""Wrong calls of the Python API (``import mtl_lora_vl as mlv``): each is refused with a message naming the thing and
+the fix, and the model still works after the refusal (helper 352's survey)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import mtl_lora_vl as mlv
+
+
+class _TwoTowers(nn.Module):
+    """A tiny model of two towers, adapted with custom targets."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.vis = nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 4))
+        self.txt = nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vis(x) + self.txt(x)
+
+
+def _cfg(**kw) -> mlv.MTLLoRAConfig:
+    return mlv.MTLLoRAConfig(**{"tasks": ["a", "b"], "r": 2, "targets": {"image": [r"^vis\."], "text": [r"^txt\."]},
+                                **kw})
+
+
+def test_a_tower_whose_regexes_match_nothing_is_refused_not_left_unadapted():
+    """A typo in one tower's regexes left that tower without adapters, silently (parameter_report's text: 0)."""
+    model = _TwoTowers()
+    typo = {"image": [r"^vis\."], "text": [r"^txt\.O$"]}
+    with pytest.raises(mlv.AttachError, match=r"^targets\['text'\]: \['\^txt\\\\.O\$'\] match no module of this "
+                                              r"_TwoTowers, so its text tower would get no adapters; fix the regexes "
+                                              r".*unadapted layers include \['txt.0', 'txt.1'\].*or leave the tower "
+                                              "out of targets"):
+        mlv.attach(model, _cfg(targets=typo))
+    assert all(type(m) is nn.Linear for m in model.modules() if isinstance(m, nn.Linear))   # nothing half-done
+    mlv.attach(model, _cfg())                                                                 # the corrected call
+    assert mlv.parameter_report(model)["text"] > 0
+
+
+def test_a_tower_left_out_or_sharing_the_other_towers_layers_is_still_taken():
+    only_image = _TwoTowers()
+    mlv.attach(only_image, _cfg(targets={"image": [r"^vis\."]}))
+    assert mlv.parameter_report(only_image)["text"] == 0
+    both = _TwoTowers()   # the text regexes match, but only layers the image tower takes first: the overlap warning
+    with pytest.warns(UserWarning, match="more than one tower"):
+        mlv.attach(both, _cfg(targets={"image": [r"^vis\.0$"], "text": [r"^vis\.0$"]}))
