@@ -49,3 +49,24 @@ def test_a_tower_left_out_or_sharing_the_other_towers_layers_is_still_taken():
     both = _TwoTowers()   # the text regexes match, but only layers the image tower takes first: the overlap warning
     with pytest.warns(UserWarning, match="more than one tower"):
         mlv.attach(both, _cfg(targets={"image": [r"^vis\.0$"], "text": [r"^vis\.0$"]}))
+
+
+@pytest.mark.parametrize("wrap", [lambda m: mlv.MTLLoRAModel(m), lambda m: nn.Sequential(m)],
+                         ids=["MTLLoRAModel", "Sequential"])
+@pytest.mark.parametrize("targets", ["default", "custom"])
+def test_attach_to_a_model_holding_an_adapted_one_says_so(wrap, targets):
+    """attach(MTLLoRAModel(...), cfg) said 'MTLLoRAModel is not a supported model class' (default targets) or
+    'matched no nn.Linear ...; some candidate names: []' (custom ones): its layers are adapted already."""
+    model = _TwoTowers()
+    mlv.attach(model, _cfg())
+    x = torch.randn(3, 6)
+    with mlv.route(model, ["a", "b", "a"]):
+        before = model(x)
+    outer = wrap(model)
+    cfg = _cfg() if targets == "custom" else mlv.MTLLoRAConfig(tasks=["c"])
+    with pytest.raises(mlv.AttachError, match=r"^attach: this (MTLLoRAModel|Sequential) holds a model that has "
+                                              r"MTL-LoRA adapters already \('(base_model|0)', a _TwoTowers\); use it "
+                                              "as it is .*add_task.*or build a fresh base model"):
+        mlv.attach(outer, cfg)
+    with mlv.route(outer, ["a", "b", "a"]):
+        assert torch.equal(outer(x), before)

@@ -228,6 +228,12 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
             f"{type(model).__name__} already has MTL-LoRA adapters; build a fresh base model to attach again, "
             "or use mtl_lora_vl.add_task to add a task to these adapters"
         )
+    held = next((n for n, m in model.named_modules() if m.__dict__.get("_mtl_lora") is not None), None)
+    if held is not None:   # a wrapper (MTLLoRAModel, DDP) or a model around an adapted one: not an unsupported class
+        raise AttachError(
+            f"attach: this {type(model).__name__} holds a model that has MTL-LoRA adapters already ({held!r}, a "
+            f"{type(model.get_submodule(held)).__name__}); use it as it is (mtl_lora_vl.add_task adds a task to its "
+            "adapters), or build a fresh base model to attach again")
     cfg = copy.deepcopy(cfg)  # the model's own: add_task grows its task list, never the caller's object
     fam = find_family(model)
     chosen = select_targets(model, cfg)
