@@ -141,6 +141,7 @@ class MTLLoRAModel(nn.Module):
             raise ValueError("MTLLoRAModel.save_pretrained writes safetensors only (no pickled .bin files): leave "
                              "safe_serialization out")
         heads = dict(self.heads) if heads is None else heads
+        self._check_adapted()
         source = getattr(self, "_source", None)
         if source is not None:
             base, task_specs, kinds, data_roots = self._recorded(source, heads, base, task_specs, kinds, data_roots)
@@ -180,6 +181,7 @@ class MTLLoRAModel(nn.Module):
     @property
     def mtl_lora_config(self) -> MTLLoRAConfig:
         """The adapter's :class:`MTLLoRAConfig` (PEFT's ``peft_config``)."""
+        self._check_adapted()
         return attach_info(self.base_model).config
 
     @property
@@ -194,12 +196,14 @@ class MTLLoRAModel(nn.Module):
     def route(self, tasks: TaskSpec, *, recompute: bool = True) -> AbstractContextManager:
         """Context manager: every forward inside serves ``tasks`` (a name, or one name / id per input row);
         ``recompute=False`` where no forward inside is checkpointed (see :func:`mtl_lora_vl.route`)."""
+        self._check_adapted()
         return route(self.base_model, tasks, recompute=recompute)
 
     def disable_adapters(self) -> AbstractContextManager:
         """Context manager: the base model without adapters inside (zero-shot); PEFT's ``disable_adapter``.
         Called as a statement (transformers' in-place ``disable_adapters()``) it would do nothing: a warning
         says so when the returned scope is dropped without being entered."""
+        self._check_adapted()
         return _MustEnter(disabled(self.base_model), "disable_adapters()")
 
     disable_adapter = disable_adapters  # PEFT's spelling
@@ -243,22 +247,29 @@ class MTLLoRAModel(nn.Module):
         """Grow the adapter by task ``name`` (only its own tensors train); see ``mlv.add_task``. Returns the
         handle whose ``trainable`` counts the new values and whose ``freeze_old_rows(optimizer)`` keeps the
         old tasks exact through that optimizer's steps."""
+        self._check_adapted()
         return add_task(self.base_model, name)
 
     def merge_adapter(self, task: str | None = None) -> None:
         """Fold ``task`` into the base weights in place (undo with :meth:`unmerge_adapter`); ``task`` may be left
         out of a one-task adapter only (PEFT's argument-free call)."""
+        self._check_adapted()
         merge(self.base_model, self._one_task(task, "merge_adapter"))
 
     def unmerge_adapter(self) -> None:
         """Restore the exact base weights after :meth:`merge_adapter`."""
+        self._check_adapted()
         unmerge(self.base_model)
 
     def merge_and_unload(self, task: str | None = None) -> nn.Module:
         """The plain base model (its own class, no adapter modules left) with ``task`` merged into its
         weights; modifies the wrapped model in place, so use the returned model afterwards. ``task`` may be left
         out of a one-task adapter only."""
-        return unload(self.base_model, self._one_task(task, "merge_and_unload"))
+        self._check_adapted()
+        task = self._one_task(task, "merge_and_unload")
+        model = unload(self.base_model, task)
+        self._unloaded = f"merge_and_unload({task!r})"
+        return model
 
     def _one_task(self, task: str | None, call: str) -> str:
         """``task``, or the adapter's only task when it was left out (as a PEFT user calls ``merge_and_unload()``)."""
@@ -272,7 +283,20 @@ class MTLLoRAModel(nn.Module):
 
     def unload(self) -> nn.Module:
         """The plain base model with the adapters taken out and the original weights (nothing merged)."""
-        return unload(self.base_model)
+        self._check_adapted()
+        model = unload(self.base_model)
+        self._unloaded = "unload()"
+        return model
+
+    def _check_adapted(self) -> None:
+        """RoutingError naming the call that took the adapters out, where :meth:`unload` or :meth:`merge_and_unload`
+        did (the base model's own 'has no MTL-LoRA adapters; call attach first' misled: this wrapper had them)."""
+        call = self.__dict__.get("_unloaded")
+        if call is not None:
+            raise RoutingError(
+                f"MTLLoRAModel: its adapters were taken out of the {type(self.base_model).__name__} by {call}; use "
+                "the model that call returned (a plain model now), or MTLLoRAModel(model, MTLLoRAConfig(...)) / "
+                "MTLLoRAModel.from_pretrained(fresh_base_model, ADAPTER_DIR) for adapters again")
 
     # ------------------------------------------------------------------------------------------ counting
 
@@ -307,6 +331,8 @@ class MTLLoRAModel(nn.Module):
         if tasks is not None and adapter_names is not None:
             raise TypeError("MTLLoRAModel: pass tasks= or adapter_names= (PEFT's name for it), not both")
         chosen = tasks if tasks is not None else adapter_names
+        if chosen is not None:
+            self._check_adapted()
         return nullcontext() if chosen is None else route(self.base_model, chosen)
 
     def forward(self, *args: Any, tasks: TaskSpec | None = None, adapter_names: Sequence[str] | None = None,

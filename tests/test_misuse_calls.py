@@ -70,3 +70,24 @@ def test_attach_to_a_model_holding_an_adapted_one_says_so(wrap, targets):
         mlv.attach(outer, cfg)
     with mlv.route(outer, ["a", "b", "a"]):
         assert torch.equal(outer(x), before)
+
+
+@pytest.mark.parametrize("taken_out_by", ["unload()", "merge_and_unload('a')"])
+@pytest.mark.parametrize("call", [lambda w: w.tasks, lambda w: w.unload(), lambda w: w.merge_and_unload("a"),
+                                  lambda w: w.route("a"), lambda w: w.merge_adapter("a"), lambda w: w.add_task("c"),
+                                  lambda w: w(torch.randn(2, 6), tasks=["a", "b"]), lambda w: w.save_pretrained("x")],
+                         ids=["tasks", "unload", "merge_and_unload", "route", "merge_adapter", "add_task", "forward",
+                              "save_pretrained"])
+def test_the_wrapper_after_unload_names_the_call_that_took_its_adapters_out(taken_out_by, call, tmp_path,
+                                                                             monkeypatch):
+    """After model.unload() / merge_and_unload(task), the wrapper's methods said 'CLIP has no MTL-LoRA adapters;
+    call mtl_lora_vl.attach(model, config) first' (unload twice, merge_and_unload after unload, ...)."""
+    monkeypatch.chdir(tmp_path)
+    wrapped = mlv.MTLLoRAModel(_TwoTowers(), _cfg())
+    plain = wrapped.unload() if taken_out_by == "unload()" else wrapped.merge_and_unload("a")
+    assert type(plain) is _TwoTowers and getattr(plain, "_mtl_lora", None) is None
+    with pytest.raises(mlv.RoutingError, match=rf"^MTLLoRAModel: its adapters were taken out of the _TwoTowers by "
+                                               rf"{taken_out_by.replace('(', '[(]').replace(')', '[)]')}; use the "
+                                               "model that call returned"):
+        call(wrapped)
+    assert plain(torch.randn(2, 6)).shape == (2, 4) and not (tmp_path / "x").exists()
