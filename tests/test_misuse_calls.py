@@ -91,3 +91,18 @@ def test_the_wrapper_after_unload_names_the_call_that_took_its_adapters_out(take
                                                "model that call returned"):
         call(wrapped)
     assert plain(torch.randn(2, 6)).shape == (2, 4) and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("tasks, match", [
+    (b"a", r"^route: task names are str, got bytes b'a'; pass 'a'$"),
+    (torch.tensor([0, 1], device="meta"), r"^route: the task ids are a tensor on the meta device, which holds no "
+                                          r"values; make them on the CPU or the model's device$")])
+def test_route_refuses_bytes_and_meta_ids_by_name(tasks, match):
+    """route(model, b"a") read the bytes as ids ('task id 97 is out of range'); meta-device ids failed in torch
+    ('Cannot copy out of meta tensor; no data!')."""
+    model = mlv.attach(_TwoTowers(), _cfg())
+    with pytest.raises(mlv.RoutingError, match=match):
+        with mlv.route(model, tasks):
+            pass
+    with mlv.route(model, ["a", "b"]):
+        assert model(torch.randn(2, 6)).shape == (2, 4)

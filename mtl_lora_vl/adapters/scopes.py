@@ -233,6 +233,11 @@ def route(model: nn.Module | Router,
     if getattr(model, "_is_replica", False):
         raise RoutingError(_REPLICA)
     router = find_router(model)
+    if isinstance(tasks, (bytes, bytearray)):   # a sequence of ints to make_route: 'task id 118 is out of range'
+        raise RoutingError(f"route: task names are str, got bytes {tasks!r}; pass {tasks.decode(errors='replace')!r}")
+    if isinstance(tasks, torch.Tensor) and tasks.is_meta:   # (torch's 'Cannot copy out of meta tensor; no data!')
+        raise RoutingError("route: the task ids are a tensor on the meta device, which holds no values; make them on "
+                           "the CPU or the model's device")
     new = router.make_route(tasks)
     if router.merged_task is not None and new.task != router.merged_task:
         merged = router.tasks[router.merged_task]
