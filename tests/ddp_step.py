@@ -32,13 +32,15 @@ from rng_kind import small_spec  # noqa: E402
 ACCUMULATE = 2
 
 
-def step_grads(tmp: Path, info: DistInfo) -> dict:
-    """The losses and (DDP-averaged) gradients of one accumulated step, at 8 rows a micro-batch in all."""
+def step_grads(tmp: Path, info: DistInfo, backbone: str = "builtin",
+               names: tuple[str, ...] = ("vqa", "retrieval")) -> dict:
+    """The losses and (DDP-averaged) gradients of one accumulated step, at 8 rows a micro-batch in all, of tasks
+    ``names`` on ``backbone``."""
     tmp = tmp / f"rank{info.rank}"   # each rank writes its own spec files
     tmp.mkdir(parents=True, exist_ok=True)
-    tasks = ",".join(str(small_spec(tmp, n, n_train=16, n_eval=4)) for n in ("vqa", "retrieval"))
-    opts = TrainOptions(tasks=tasks, rank=4, batch_size=8 // info.world_size, accumulate=ACCUMULATE,
-                        sampling="round_robin", workers=0, steps=1)
+    tasks = ",".join(str(small_spec(tmp, n, n_train=16, n_eval=4)) for n in names)
+    opts = TrainOptions(tasks=tasks, backbone=backbone, rank=4, batch_size=8 // info.world_size,
+                        accumulate=ACCUMULATE, sampling="round_robin", workers=0, steps=1)
     torch.manual_seed(0)
     setup = build_setup(opts, info.device)
     g = torch.Generator().manual_seed(1)

@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+import ddp_lm
 import ddp_step
 import gathered_negatives
 import pytest
@@ -194,6 +195,32 @@ def test_two_ranks_take_the_accumulated_step_one_process_takes_on_their_rows(tmp
     assert two["grads"].keys() == one["grads"].keys() and len(one["grads"]) > 100
     for name, grad in one["grads"].items():
         assert torch.tensor(two["grads"][name]) == pytest.approx(torch.tensor(grad), abs=1e-5), name
+
+
+def test_generative_step_and_sharded_generation_on_two_ranks_are_one_processs(tmp_path, procs):
+    """The generative path (built-in LLaVA, vqa + captioning): two ranks at batch 4 take the accumulated step one
+    process takes at batch 8 -- each task's loss the mean of its rows' LM losses, the ranks holding equal counts of
+    each task's rows, so DDP's average weighs every row alike -- and greedy generation split over the ranks scores
+    and records what one process does, on splits of odd sizes (15 questions, 5 images: no row scored twice)."""
+    proc = torchrun(str(TESTS / "ddp_lm.py"), str(tmp_path / "ddp"), str(tmp_path / "ddp.json"))
+    procs.append(proc)
+    one = json.loads(json.dumps(ddp_lm.step_and_scores(tmp_path / "one", DistInfo())))   # while it runs
+    finish(proc)
+    two = json.loads((tmp_path / "ddp.json").read_text())
+    assert two["samples"] == one["samples"] == 16
+    assert two["losses"] == pytest.approx(one["losses"], abs=1e-6)
+    assert two["grads"].keys() == one["grads"].keys() and len(one["grads"]) > 100
+    for name, grad in one["grads"].items():
+        assert torch.tensor(two["grads"][name]) == pytest.approx(torch.tensor(grad), abs=1e-5), name
+    # rank 0 generated for its half of each split only (zero-shot and adapted), and the scores are one process's
+    assert sorted(two["shards"]) == [[5, 0, 2]] * 2 + [[15, 0, 7]] * 2
+    assert two["test"] == one["test"] and set(one["test"]) == {"vqa", "captioning"}
+    assert {t: r["n"] for t, r in one["test"].items()} == {"vqa": 15, "captioning": 5}
+    assert one["test"]["captioning"]["adapted"] != one["test"]["captioning"]["zero_shot"]
+    assert two["predictions"] == _floats_near(one["predictions"])
+    for task, rows in one["predictions"].items():   # every row once, in split order, with both passes
+        assert [r["index"] for r in rows] == list(range(one["test"][task]["n"])), task
+        assert all("adapted" in r and "zero_shot" in r for r in rows), task
 
 
 def test_every_rank_takes_rank_0s_run_dir_or_its_error(tmp_path, procs):
