@@ -225,12 +225,17 @@ class LMCollator:
         base = prompt_ids if prompt_ids is not None else tok(prompt_texts, add_special_tokens=False)["input_ids"]
         joined = [p + ("" if not p or p[-1].isspace() or (b and int(b[-1]) in self._control_ids) else " ") + t
                   for p, t, b in zip(prompt_texts, texts, base)]
-        full, alone = (tok(x, add_special_tokens=False)["input_ids"] for x in (joined, texts))
-        out = []
-        for b, f, a in zip(base, full, alone):
+        full = tok(joined, add_special_tokens=False)["input_ids"]
+        out: list[list[int] | None] = []
+        for b, f in zip(base, full):
             b, f = [int(t) for t in b], [int(t) for t in f]
-            out.append(f[len(b):] if len(f) > len(b) and f[:len(b)] == b else [int(t) for t in a])
-        return out
+            out.append(f[len(b):] if len(f) > len(b) and f[:len(b)] == b else None)
+        merged = [i for i, ids in enumerate(out) if ids is None]
+        if merged:   # only these rows are tokenised alone (one call per batch fewer where none merges)
+            alone = tok([texts[i] for i in merged], add_special_tokens=False)["input_ids"]
+            for i, a in zip(merged, alone):
+                out[i] = [int(t) for t in a]
+        return out  # type: ignore[return-value]
 
     @staticmethod
     def first_labelled(labels: Tensor) -> int:
@@ -315,11 +320,9 @@ class LMCollator:
 
     def _left_padded(self, rows: list[list[int]]) -> dict[str, Tensor]:
         width = max(map(len, rows))
-        ids = torch.full((len(rows), width), self.layout.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):
-            ids[r, width - len(row):] = torch.tensor(row, dtype=torch.long)
-            mask[r, width - len(row):] = 1
+        pad = self.layout.pad_id
+        ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], dtype=torch.long)
         return {"input_ids": ids, "attention_mask": mask}
 
     def _right_padded(self, rows: list[list[int]], targets: list[list[int]]) -> dict[str, Tensor]:
@@ -332,14 +335,14 @@ class LMCollator:
             targets = [t if len(p) + len(t) <= self.max_length else t[:self.max_length - len(p)]
                        for p, t in zip(rows, targets)]
         width = max(len(p) + len(t) for p, t in zip(rows, targets))
-        ids = torch.full((len(rows), width), self.layout.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        for r, (p, t) in enumerate(zip(rows, targets)):
-            n = len(p) + len(t)
-            ids[r, :n] = torch.tensor(p + t, dtype=torch.long)
-            mask[r, :n] = 1
-            labels[r, len(p):n] = torch.tensor(t, dtype=torch.long)
+        pad, ignore = self.layout.pad_id, IGNORE_INDEX
+        # one tensor per field from padded lists: no per-row tensors or slice writes
+        ids = torch.tensor([[*p, *t] + [pad] * (width - len(p) - len(t)) for p, t in zip(rows, targets)],
+                           dtype=torch.long)
+        mask = torch.tensor([[1] * (len(p) + len(t)) + [0] * (width - len(p) - len(t)) for p, t in zip(rows, targets)],
+                            dtype=torch.long)
+        labels = torch.tensor([[ignore] * len(p) + t + [ignore] * (width - len(p) - len(t))
+                               for p, t in zip(rows, targets)], dtype=torch.long)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
