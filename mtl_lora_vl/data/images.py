@@ -405,4 +405,12 @@ def to_uint8_tensor(img: Any, resize: ImageResize | int, several: bool = False) 
     _check_resized(name, img.size, new)
     if resize.anyres is not None:   # the processor's views, at the image's own aspect (anyres tiles, Idefics3 crops)
         return resize.anyres.strip(to_rgb(img, resize.alpha), several)
-    return TF.pil_to_tensor(resize_to_square(to_rgb(img, resize.alpha), resize)).contiguous()
+    out = resize_to_square(to_rgb(img, resize.alpha), resize)
+    return _rgb_tensor(out) if out.mode == "RGB" else TF.pil_to_tensor(out).contiguous()
+
+
+def _rgb_tensor(img: Image.Image) -> torch.Tensor:
+    """An RGB image's ``(3, H, W)`` uint8 tensor, what ``pil_to_tensor(img).contiguous()`` gives, from its bytes
+    (without NumPy's array interface: about half the host time a row)."""
+    w, h = img.size
+    return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(h, w, 3).permute(2, 0, 1).contiguous()
