@@ -26,6 +26,7 @@ tensors are safetensors, the rest is JSON and TOML.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tomllib
 from collections.abc import Mapping
@@ -130,6 +131,11 @@ def require_head_modules(heads: dict[str, Any], what: str) -> None:
         raise TypeError(f"{what}: heads must be nn.Modules (task -> module); not for {bad}")
 
 
+#: What each of save_adapter's dict arguments maps, for its message.
+_SAVE_MAPS = {"heads": "task -> nn.Module", "task_specs": "task -> spec file or TaskSpec",
+              "base": "e.g. {'backbone': 'builtin'}", "kinds": "task -> task kind", "data_roots": "task -> folder"}
+
+
 def _check_save_arguments(cfg: MTLLoRAConfig, heads: dict[str, Any], task_specs: dict[str, Any],
                           kinds: dict[str, Any]) -> None:
     for what, d in (("heads", heads), ("task_specs", task_specs), ("kinds", kinds)):
@@ -206,6 +212,11 @@ def save_adapter(
     inner = adapted_module(model)
     info = inner._mtl_lora
     cfg = info.config
+    for what, given in (("heads", heads), ("task_specs", task_specs), ("base", base), ("kinds", kinds),
+                        ("data_roots", data_roots)):
+        if given is not None and not isinstance(given, Mapping):
+            raise TypeError(f"save_adapter: {what} must be a dict ({_SAVE_MAPS[what]}), got {type(given).__name__} "
+                            f"{given!r:.60}")
     heads, task_specs, kinds = dict(heads or {}), dict(task_specs or {}), dict(kinds or {})
     _check_save_arguments(cfg, heads, task_specs, kinds)
     unknown = sorted(set(data_roots or {}) - set(cfg.tasks))
@@ -272,6 +283,9 @@ def save_adapter(
 def read_adapter_config(path: str | Path, verify: bool = True) -> dict[str, Any]:
     """The parsed config (``mtl_lora_config.json``; format 1: ``adapter_config.json``) of an adapter
     directory; ``verify`` checks every file's sha256."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"read_adapter_config: path must be an adapter directory (a str or Path), got "
+                        f"{type(path).__name__}; it reads the folder save_adapter wrote, not a model")
     return _read(Path(path), verify)[0]
 
 
@@ -409,6 +423,8 @@ def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Mo
                         "compile after loading")
     if heads is not None and not isinstance(heads, Mapping):
         raise TypeError(f"load_adapter: heads must map task -> nn.Module, got {type(heads).__name__}")
+    if not isinstance(is_trainable, bool):   # (the string "no" is true)
+        raise TypeError(f"load_adapter: is_trainable must be True or False, got {is_trainable!r}")
     heads = dict(heads or {})
     require_head_modules(heads, "load_adapter")
     path = Path(path)
