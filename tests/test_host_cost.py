@@ -113,3 +113,26 @@ def test_a_tensor_written_between_two_layers_of_one_forward_is_seen_by_the_later
     with mlv.route(plain, ids):
         want = plain(x)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_a_tensor_given_a_view_of_its_own_storage_of_another_shape_is_formed_again():
+    """The fast path keys on a tensor's identity, version and storage address; ``p.data = p.data[:k]`` keeps all
+    three: evaluation inside the scope reused the M_t of the old shape (0.47 off) instead of forming them again."""
+    import copy
+
+    model, x, ids = _model(), torch.randn(4, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    model.double().eval()
+    bank = next(m for m in model[1].modules() if hasattr(m, "lora_w"))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.normal_(0, 0.5)
+    with torch.no_grad(), mlv.route(model, ids):
+        model(x), model(x)   # the second forward forms the group and keeps it
+        bank.lora_B.data = bank.lora_B.data[:2]   # drop one basis matrix: same storage address, other shape
+        bank.lora_w.data = bank.lora_w.data[:, :2]
+        got = model(x)
+    fresh = copy.deepcopy(model)   # a copy forms its own
+    with torch.no_grad(), mlv.route(fresh, ids):
+        want = fresh(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)

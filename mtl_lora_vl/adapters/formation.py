@@ -66,9 +66,11 @@ def _signature(bank: Any) -> tuple:
 
 
 def _flags(sig: tuple) -> tuple:
-    """The parts of a signature that can change while the tensors and their storage stay: Λ's type, τ and whether
-    w, B and Λ require gradients (as :meth:`_Group.valid_for` reads them back)."""
-    return sig[0], sig[1], sig[5], sig[9], None if sig[10] is None else sig[10][2]
+    """The parts of a signature that can change while the tensors and their storage stay: Λ's type, τ, whether
+    w, B and Λ require gradients, and their shapes (``p.data = p.data[:k]`` keeps the storage's address) -- as
+    :meth:`_Group.valid_for` reads them back."""
+    return (sig[0], sig[1], sig[5], sig[9], None if sig[10] is None else sig[10][2], sig[2], sig[6],
+            None if sig[10] is None else sig[10][0])
 
 
 class _Inputs:
@@ -145,7 +147,8 @@ class _Group:
         if w is not w0 or lam is not lam0 or B is not B0 or _versions((w, lam, B)) != inputs.versions[i]:
             return False
         return flags is None or flags == (bank.lambda_type, bank.temperature, w.requires_grad, B.requires_grad,
-                                          None if lam is None else lam.requires_grad)
+                                          None if lam is None else lam.requires_grad, w.shape, B.shape,
+                                          None if lam is None else lam.shape)
 
     def matrix(self, i: int, dtype: torch.dtype) -> tuple[torch.Tensor, _Inputs | None]:
         """Layer i's M in ``dtype`` (every layer's formed on the first call for a dtype), and where its backward
