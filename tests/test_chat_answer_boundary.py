@@ -3,6 +3,8 @@ after a special token such as Mistral 3's ``[/INST]`` (no space), after a space 
 
 from __future__ import annotations
 
+import re
+
 from mistral3_tiny import MISTRAL3_TEMPLATE
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -54,3 +56,25 @@ def test_a_chat_answer_after_inst_is_tokenised_as_the_template_writes_it():
     # candidates are scored as they are trained; a plain-text prompt still takes the answer after a space
     assert col.continuation_ids([col.prompt_texts([wrap.wrap(question, "<image>")])[0]], ["red"]) == [target[:1]]
     assert tok.convert_ids_to_tokens(col.continuation_ids(["answer:"], ["red"])[0]) == ["Ġred"]
+
+
+class _UnknownCharTokenizer:
+    """One id per ASCII character, ``<image>`` one id, any other character the unknown token (a special id)."""
+
+    image_id, eos_id, pad_id, unk_token_id = 1000, 1001, 1002, 1003
+    all_special_ids = [1000, 1001, 1002, 1003]
+
+    def _ids(self, text: str) -> list[int]:
+        return [self.image_id if t == "<image>" else ord(t) if ord(t) < 128 else self.unk_token_id
+                for t in re.findall(r"<image>|.", text, flags=re.S)]
+
+    def __call__(self, text: str | list[str], add_special_tokens: bool = True) -> dict:
+        return {"input_ids": self._ids(text) if isinstance(text, str) else [self._ids(t) for t in text]}
+
+
+def test_a_target_after_an_unknown_token_follows_a_space_as_in_running_text():
+    """The unknown token is special, but stands for the prompt's own text (a character the vocabulary lacks): the
+    target after "... 東" was trained as "東red" (no space) where running text, and the code before, wrote "東 red"."""
+    tok = _UnknownCharTokenizer()
+    col = LMCollator(tok, PromptLayout("<image>", tok.image_id, 1, tok.eos_id, tok.pad_id))
+    assert col.continuation_ids(["<image> the sign reads 東"], ["red"]) == [[ord(c) for c in " red"]]

@@ -348,11 +348,13 @@ class LMCollator:
 
 def _control_ids(tokenizer: Any, image_token_id: int) -> frozenset[int]:
     """The tokenizer's special ids (named, extra, and added tokens marked special: Mistral's ``[/INST]``) other
-    than the image placeholder: a text after one follows it without a space."""
+    than the image placeholder and the unknown token (it stands for the prompt's own text, which a text follows
+    after a space): a text after one follows it without a space."""
     named = getattr(tokenizer, "all_special_ids", None) or ()
     added = getattr(tokenizer, "added_tokens_decoder", None) or {}
     ids = {int(i) for i in named} | {int(i) for i, t in added.items() if getattr(t, "special", False)}
-    return frozenset(ids - {int(image_token_id)})
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return frozenset(ids - {int(image_token_id)} - ({int(unk)} if isinstance(unk, int) else set()))
 
 
 def _fewest_image_tokens(layout: PromptLayout) -> int:
