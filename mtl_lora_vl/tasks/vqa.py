@@ -70,6 +70,7 @@ from mtl_lora_vl.tasks.generative import (
 )
 from mtl_lora_vl.tasks.registry import register_kind
 from mtl_lora_vl.tasks.spec import TaskSpec
+from mtl_lora_vl.tasks.vqa_targets import AnswerNormalizer, PackedTargets, pack_lm_candidates, pack_soft_targets
 
 logger = logging.getLogger(__name__)
 _ANSWER_TYPES = frozenset({"yes/no", "number", "other"})   # VQAv2's answer_type values
@@ -106,7 +107,12 @@ def majority_answer(answers: tuple[str, ...] | list[str]) -> str:
 
 def top_answers(answers: tuple[str, ...] | list[str]) -> set[str]:
     """Every normalised answer given by the most humans of one question (several when they tie), none for none."""
-    counts = Counter(normalize_answer(a) for a in answers)
+    return _top_normalized([normalize_answer(a) for a in answers])
+
+
+def _top_normalized(gts: list[str]) -> set[str]:
+    """:func:`top_answers` of answers already normalised."""
+    counts = Counter(gts)
     counts.pop("", None)
     most = max(counts.values(), default=0)
     return {a for a, n in counts.items() if n == most}
@@ -154,15 +160,18 @@ class VQAKind(TaskKind):
             self.type_answers = {t: [int(i) for i in ids] for t, ids in state.get("type_answers", {}).items()}
             self._stale_filter = bool(self.type_answers) and set(self.type_answers) <= _ANSWER_TYPES
             self.consensus = frozenset(state.get("consensus", self.answers))
+            self.packed = None   # no training rows to pack: targets are computed per visit
             return
+        norm = AnswerNormalizer()   # each distinct answer string normalised once while the kind is built
+        norm_rows = [[norm(a) for a in ex.answers] for ex in train.examples]
         counts: Counter[str] = Counter()
-        for ex in train.examples:
-            counts.update(normalize_answer(a) for a in ex.answers)
+        for gts in norm_rows:
+            counts.update(gts)
         counts.pop("", None)
         if not counts:
             raise ValueError(f"task {spec.name!r}: no training example has answers; a VQA split needs "
                              f"Example.answers (check its [data] section)")
-        empty = sum(1 for ex in train.examples if not any(normalize_answer(a) for a in ex.answers))
+        empty = sum(1 for gts in norm_rows if not any(gts))
         if empty:
             logger.warning("task %r: %d training question(s) have no answer, or only answers the VQA normalisation "
                            "empties (articles such as 'a'); they train with weight 0", spec.name, empty)
@@ -174,14 +183,19 @@ class VQAKind(TaskKind):
         # answer), so rare synonyms ("yep") do not split the vote.
         by_type: dict[str, set[int]] = defaultdict(set)
         if spec.options.get("filter_by_type", True):
-            for ex in train.examples:
-                top = majority_answer(ex.answers)
+            for ex, gts in zip(train.examples, norm_rows):
+                top = min(_top_normalized(gts), default="")   # majority_answer
                 qtype = self.filter_type(ex)
                 if qtype and top in self.answer_index:
                     by_type[qtype].add(self.answer_index[top])
         self.type_answers: dict[str, list[int]] = {t: sorted(ids) for t, ids in sorted(by_type.items())}
         #: Answers given by the most humans of at least one training question, ties included (generative targets).
-        self.consensus: frozenset[str] = frozenset(a for ex in train.examples for a in top_answers(ex.answers))
+        self.consensus: frozenset[str] = frozenset(a for gts in norm_rows for a in _top_normalized(gts))
+        #: The training rows' soft targets (contrastive) or candidate answers (generative), computed once.
+        rows = [ex.answers for ex in train.examples]
+        self.packed: PackedTargets | None = (
+            pack_lm_candidates(rows, norm_rows, self.consensus, norm) if self.generative
+            else pack_soft_targets(rows, norm_rows, self.answer_index, norm))
 
     def state(self) -> dict:
         return {"answers": list(self.answers), "type_answers": self.type_answers, "consensus": sorted(self.consensus)}
@@ -205,6 +219,12 @@ class VQAKind(TaskKind):
     def sample_lm(self, example: Example, draw: int) -> tuple[str, str, float]:
         """Prompt, a consensus answer drawn by soft score (``draw`` fixes the choice), and that answer's soft
         score (see the module docstring)."""
+        packed = self.packed.row(example.answers) if self.packed is not None else None
+        if packed is not None and len(packed[0]):   # (a row without answers: the per-visit code below)
+            ids, scores = packed
+            weights = scores.tolist()
+            i = weighted_index(draw, weights)
+            return self.prompt(example), self.packed.names[ids[i]], weights[i]
         answers = sorted({normalize_answer(a) for a in example.answers} - {""})
         if not answers:  # none, or only answers the normalisation empties ("a", "the"): nothing scores them,
             raw = next((a.strip() for a in example.answers if a.strip()), "")   # so the row weighs 0, as on
@@ -265,7 +285,13 @@ class VQAKind(TaskKind):
     def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]:
         if self.generative:
             return {}
-        return {"targets": self.soft_targets(example.answers),
+        packed = self.packed.row(example.answers) if self.packed is not None else None
+        if packed is None:
+            targets = self.soft_targets(example.answers)
+        else:   # the training row's soft targets, computed when the kind was built
+            targets = torch.zeros(len(self.answers))
+            targets[torch.from_numpy(packed[0]).long()] = torch.from_numpy(packed[1])
+        return {"targets": targets,
                 "answer_mask": self.answer_mask(self.filter_type(example))}
 
     # ------------------------------------------------------------------ head, loss, evaluation

@@ -1,0 +1,120 @@
+"""VQA's per-row targets are computed once, when the kind is built: no answer is normalised again when a training
+row is made, and the batches are exactly those of the per-visit computation (the kind with ``packed = None``)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import pickle
+
+import pytest
+import torch
+
+from mtl_lora_vl import metrics
+from mtl_lora_vl.backbones import load_backbone
+from mtl_lora_vl.data import world
+from mtl_lora_vl.data.loader import MultiTaskLoader
+from mtl_lora_vl.tasks import build_kind, load_spec, vqa, vqa_targets
+
+# Answers that exercise the normalisation and the scoring: articles only, number words, contractions, punctuation,
+# one / two / three answers (exact match below three), ties, out-of-vocabulary spellings.
+_ODD = [("a", "the", "an"), ("two", "2", "Two.", "2", "none"), ("dont", "don't", "do not"), ("red",), ("red", "blue"),
+        ("red", "Red!", "blue"), ("black/white", "black and white", "white-black") * 3, ("yes",) * 5 + ("no",) * 5,
+        ("1,000", "1000", "one thousand"), ("yep", "yeah", "yes", "sure"), ()]
+
+
+def _split(n: int, seed: int = 0):
+    spec = load_spec("vqa")
+    split = world.build_split(spec.data.options.get("world_kind", spec.kind), "train", n=n, seed=seed)
+    odd = [dataclasses.replace(split.examples[i], answers=a) for i, a in enumerate(_ODD)]
+    return spec, dataclasses.replace(split, examples=split.examples + odd)
+
+
+def _unpacked(kind):
+    old = copy.copy(kind)
+    old.packed = None   # the per-visit computation (what every row did before)
+    return old
+
+
+def _assert_same(a, b):
+    assert type(a) is type(b)
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _assert_same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same(x, y)
+    else:
+        assert a == b
+
+
+def _count_normalisations(monkeypatch) -> list[int]:
+    calls = [0]
+    real = metrics.normalize_answer
+
+    def counting(text):
+        calls[0] += 1
+        return real(text)
+    for module in (metrics, vqa, vqa_targets):
+        monkeypatch.setattr(module, "normalize_answer", counting)
+    return calls
+
+
+def test_soft_targets_are_packed_once_and_equal_per_visit_ones(monkeypatch):
+    bb = load_backbone("builtin")
+    spec, split = _split(96)
+    kind = build_kind(spec, split, bb)
+    old = _unpacked(kind)
+    calls = _count_normalisations(monkeypatch)
+    for i, ex in enumerate(split.examples):
+        got = kind.sample_fields(ex, i)
+        assert calls[0] == 0, f"row {i}: answers normalised again when the row was made"
+        _assert_same(got, old.sample_fields(ex, i))
+        calls[0] = 0
+    other = world.build_split("vqa", "val", n=16, seed=3).examples   # not training rows: computed per visit
+    for i, ex in enumerate(other):
+        _assert_same(kind.sample_fields(ex, i), old.sample_fields(ex, i))
+    for seed in (0, 1, 2):   # whole batches, several seeds
+        new = list(MultiTaskLoader([kind], [split], bb, batch_size=12, steps=3, seed=seed))
+        ref = list(MultiTaskLoader([old], [split], bb, batch_size=12, steps=3, seed=seed))
+        _assert_same(new, ref)
+
+
+def test_generative_candidates_are_packed_once_and_draw_as_per_visit(monkeypatch, llava):
+    spec, split = _split(64)
+    kind = build_kind(spec, split, llava)
+    old = _unpacked(kind)
+    answered = [any(metrics.normalize_answer(a) for a in ex.answers) for ex in split.examples]
+    calls = _count_normalisations(monkeypatch)
+    for ex, has in zip(split.examples, answered):
+        for draw in range(0, 2 ** 62, 2 ** 57):   # 32 draws a row
+            got = kind.sample_lm(ex, draw)
+            assert calls[0] == 0 or not has, f"{ex.answers}: answers normalised again when the row was made"
+            _assert_same(got, old.sample_lm(ex, draw))
+            calls[0] = 0
+    for seed in (0, 5):
+        new = list(MultiTaskLoader([kind], [split], llava, batch_size=8, steps=3, seed=seed))
+        ref = list(MultiTaskLoader([old], [split], llava, batch_size=8, steps=3, seed=seed))
+        _assert_same(new, ref)
+
+
+def test_packed_scores_are_vqa_accuracy():
+    norm = vqa_targets.AnswerNormalizer()
+    for answers in _ODD[:-1] + [("a",), ("x", "the")]:
+        gts = [norm(a) for a in answers]
+        for pred in {*answers, *gts, "", "zzz"}:
+            assert vqa_targets.normalized_accuracy(pred, gts, norm) == metrics.vqa_accuracy(pred, answers)
+
+
+@pytest.mark.parametrize("n", [200])
+def test_kind_stays_small_to_pickle(n):
+    spec, split = _split(n)
+    kind = build_kind(spec, split, load_backbone("builtin"))
+    packed = len(pickle.dumps(kind.packed))
+    assert packed < 40 * len(split.examples), packed   # a few bytes per candidate answer, not the answers' text
+    assert pickle.loads(pickle.dumps(kind)).sample_fields(split.examples[0], 0)["targets"].equal(
+        kind.soft_targets(split.examples[0].answers))
