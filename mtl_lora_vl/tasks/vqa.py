@@ -24,8 +24,9 @@ generation, as in VL-T5:
   they gave, in proportion. The draw is fixed by the row's seed (the loader's seed, rank, step and
   position: the same with any number of workers and after a resume; each epoch draws anew). As VL-T5
   samples only answers of its frequent-answer vocabulary, only *consensus answers* are drawn: answers that
-  are the majority answer of some training question, ties included (a rare spelling such as "yep" beside
-  "yes" is never one; two answers given by five humans each both are); a question with no consensus answer
+  are the majority answer of some training question, ties included, given by two humans or more (a rare
+  spelling such as "yep" beside "yes" is never one; two answers given by five humans each both are; a question
+  whose ten humans all answered differently adds none); a question with no consensus answer
   among its answers draws from all of them. (The built-in LLaVA never says "yep": its loss there is ~16 nats,
   so a drawn "yep" would swamp the batch's gradient.) The loss covers only the answer tokens and the end
   token (the prompt ``[generative] prompt``, default ``"{image} question: {question} answer:"``, is masked).
@@ -110,12 +111,12 @@ def top_answers(answers: tuple[str, ...] | list[str]) -> set[str]:
     return _top_normalized([normalize_answer(a) for a in answers])
 
 
-def _top_normalized(gts: list[str]) -> set[str]:
-    """:func:`top_answers` of answers already normalised."""
+def _top_normalized(gts: list[str], least: int = 1) -> set[str]:
+    """:func:`top_answers` of answers already normalised; none where the top count is below ``least``."""
     counts = Counter(gts)
     counts.pop("", None)
     most = max(counts.values(), default=0)
-    return {a for a, n in counts.items() if n == most}
+    return {a for a, n in counts.items() if n == most} if most >= least else set()
 
 
 @register_kind("vqa")
@@ -189,8 +190,9 @@ class VQAKind(TaskKind):
                 if qtype and top in self.answer_index:
                     by_type[qtype].add(self.answer_index[top])
         self.type_answers: dict[str, list[int]] = {t: sorted(ids) for t, ids in sorted(by_type.items())}
-        #: Answers given by the most humans of at least one training question, ties included (generative targets).
-        self.consensus: frozenset[str] = frozenset(a for gts in norm_rows for a in _top_normalized(gts))
+        #: Answers given by the most humans of at least one training question, ties included, where two or more
+        #: gave it (a question whose humans all disagree has no majority to add); the generative targets.
+        self.consensus: frozenset[str] = frozenset(a for gts in norm_rows for a in _top_normalized(gts, least=2))
         #: The training rows' soft targets (contrastive) or candidate answers (generative), computed once.
         rows = [ex.answers for ex in train.examples]
         self.packed: PackedTargets | None = (
