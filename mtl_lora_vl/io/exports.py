@@ -142,7 +142,7 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
         _write_record(tmp, tasks if several else task, format)
         note = _image_note(model)
         if several:
-            (tmp / "README.md").write_text(_multi_readme(inner, tasks, format) + note)
+            (tmp / "README.md").write_text(_multi_readme(inner, tasks, format, written_family(model)[1]) + note)
         elif format == "peft":
             (tmp / "README.md").write_text(_peft_readme(inner, task, rank) + note)
     if note:   # (a merged export's processor is edited so: fit_processor_files)
@@ -211,7 +211,8 @@ def _peft_readme(inner: nn.Module, task: str, R: int) -> str:
             "lora_B.\n\n    model = peft.PeftModel.from_pretrained(base_model, this_directory)\n")
 
 
-def _multi_readme(inner: nn.Module, tasks: list[str], format: str) -> str:
+def _multi_readme(inner: nn.Module, tasks: list[str], format: str, family: str) -> str:
+    """``family``: the written model's (a LLaVA-NeXT's whose inner model was adapted on its own reads tiles too)."""
     cfg = inner._mtl_lora.config
     head = (f"Tasks {', '.join(tasks)} of an MTL-LoRA adapter ({cfg.method}, r={cfg.r}), exported by mtl-lora-vl "
             f"{__version__}: one LoRA per task in <task>/, scaling and task mixture folded into lora_B.\n\n")
@@ -224,7 +225,7 @@ def _multi_readme(inner: nn.Module, tasks: list[str], format: str) -> str:
             + "".join(f"    model.load_adapter({t!r}, adapter_name={t!r})\n" for t in tasks[1:])
             + "    model.eval()\n")
     info = inner._mtl_lora
-    fam = family_named(info.family)
+    fam = family_named(family)
     why = ("packs every image's patches into one sequence" if any(b.packed_rows for b in info.layers.values()) else
            "reads each image as several tiles"
            if fam is not None and fam.image_views and "image" in info.towers.values()
