@@ -123,3 +123,19 @@ def _plain_losses(bb) -> torch.Tensor:
     torch.manual_seed(1)
     with torch.no_grad():
         return bb.lm_loss(torch.randn(4, 3, bb.image_size, bb.image_size), **b)
+
+
+def test_saving_the_inner_model_alone_says_its_image_area_cannot_be_recorded(tmp_path):
+    """Helper 358: ``save_adapter(bb.model.model, ...)`` of a backbone reading within 1024 to 4096 pixels recorded no
+    area without a word (the backbone's record is on the whole model), so load_pretrained read within 1024 to 448²
+    (200704 pixels); the whole model given records it, and says nothing."""
+    folder = _tiny_sized(tmp_path, longest_edge=1_000_000)
+    bb = _inner_adapted(folder, image_max_pixels=4096)
+    with pytest.warns(UserWarning, match=r"a Qwen2VLModel given alone, the inner model of a qwen2_vl model: .*pass "
+                                         r"the whole model \(backbone.model"):
+        out = mlv.save_adapter(bb.model.model, tmp_path / "inner", base={"backbone": f"hf:{folder}"})
+    assert "image_max_pixels" not in json.loads((out / "mtl_lora_config.json").read_text())["base"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = mlv.save_adapter(bb.model, tmp_path / "whole", base={"backbone": f"hf:{folder}"})
+    assert json.loads((out / "mtl_lora_config.json").read_text())["base"]["image_max_pixels"] == 4096

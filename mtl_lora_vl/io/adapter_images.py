@@ -47,8 +47,17 @@ def written_images(model: nn.Module) -> tuple[ImageRecord, str]:
     """How the images of the model a save or export is written from were read (the backbone records it on its
     model, the whole one where its inner model was adapted; else the adapted module's record), and its family."""
     whole, family = written_family(model)
-    own = image_record(whole)
-    return own if own.reading or own.capped else image_record(adapted_module(model)), family
+    own, inner = image_record(whole), adapted_module(model)
+    if own.reading or own.capped:
+        return own, family
+    fam = inner_family(inner) if whole is inner else None
+    record = image_record(inner)
+    if fam is not None and not (record.reading or record.capped):
+        warn_user(f"a {type(inner).__name__} given alone, the inner model of a {fam.name} model: how a backbone read "
+                  "its images (an image area, a reading) is recorded on the whole model and cannot be seen from this "
+                  "one, so none is written, and the result reads images as its processor does; where a backbone "
+                  "read them, pass the whole model (backbone.model: its adapter goes on the same inner model)")
+    return record, family
 
 
 def record_images(model: nn.Module, base: dict[str, Any]) -> None:
