@@ -45,3 +45,19 @@ def test_links_inside_the_folder_and_to_the_hub_cache_blobs_still_copy(tmp_path)
     out = mlv.save_merged(_model(), "a", tmp_path / "merged", source_dir=src)
     assert (out / "tokenizer.json").read_text() == '{"vocab": 1}' and not (out / "tokenizer.json").is_symlink()
     assert (out / "readme.txt").read_text() == "hello"
+
+
+def test_links_of_a_hub_snapshots_subfolder_to_its_blobs_still_copy(tmp_path):
+    """Helper 358: source_dir a model folder inside a hub snapshot (``from_pretrained(repo, subfolder="llava")``):
+    its links ``../../../blobs/<sha>`` were refused as links out of the folder ('put the file itself there')."""
+    repo = tmp_path / "hub" / "models--org--tiny"
+    src = _source(repo / "snapshots" / "abc123" / "llava")
+    (repo / "blobs").mkdir()
+    (repo / "blobs" / "f00d").write_text('{"vocab": 1}')
+    (src / "tokenizer.json").symlink_to("../../../blobs/f00d")
+    out = mlv.save_merged(_model(), "a", tmp_path / "merged", source_dir=src)
+    assert (out / "tokenizer.json").read_text() == '{"vocab": 1}'
+    (tmp_path / "secret.txt").write_text("PRIVATE KEY")
+    (src / "extra.json").symlink_to("../../../../../secret.txt")
+    with pytest.raises(ValueError, match=r"extra.json is a symbolic link to .*secret.txt, outside the source folder"):
+        mlv.save_merged(_model(), "a", tmp_path / "merged2", source_dir=src)

@@ -49,13 +49,16 @@ def holds(folder: str | Path, path: str | Path) -> bool:
 
 def linked_out_of(folder: str | Path, entry: str | Path) -> Path | None:
     """Where ``entry`` (a file in ``folder``) leads when a symbolic link takes it out of ``folder``, else None. A
-    Hugging Face hub cache snapshot's links to its own blobs (``snapshots/<rev>/f -> ../../blobs/<sha>``) stay in."""
+    Hugging Face hub cache snapshot's links to its own blobs (``snapshots/<rev>/f -> ../../blobs/<sha>``, also from a
+    subfolder of the snapshot: a model saved under ``subfolder=``) stay in."""
     folder, target = Path(folder).resolve(), Path(entry).resolve()
     if target.is_relative_to(folder):
         return None
-    if folder.parent.name == "snapshots" and target.parent == folder.parent.parent / "blobs":
+    snapshot = next((p for p in (folder, *folder.parents) if p.parent.name == "snapshots"), None)
+    if snapshot is not None and target.parent == snapshot.parent.parent / "blobs":
         return None
     return target
+
 
 def check_target(path: str | Path, *, directory: bool, overwrite: bool = False, what: str = "write") -> None:
     """Raise what :func:`atomic_dir` (``directory``) or :func:`atomic_file` would raise for ``path`` before
