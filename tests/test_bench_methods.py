@@ -702,5 +702,5 @@ def test_a_run_out_of_memory_is_one_line_naming_the_run(tmp_path, capsys, monkey
             "--lr-grid", "1e-3", "--device", "cpu"]
     assert cli_mod.main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: Unable to allocate 3.2 GiB") and "in bench run zero_shot" in err
+    assert err.startswith("[mtl-lora-vl] error: Unable to allocate 3.2 GiB") and "in bench run zero_shot" in err
     assert "Traceback" not in err and len(err.splitlines()) == 1
