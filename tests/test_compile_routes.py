@@ -146,3 +146,29 @@ def test_a_compiled_model_routed_mixed_compiles_one_graph(method, in_place):
             with mlv.route(compiled, Route.from_segments(segs)):
                 torch.testing.assert_close(compiled(x), w, atol=1e-9, rtol=1e-9)
     assert counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.parametrize("method", ["mtl_lora", "task_lora"])
+def test_a_compiled_inference_call_leaves_no_inference_tensor_for_training(method):
+    """Route.present_index cached the index of non-consecutive present tasks ({0, 2}) from inside the trace: a compiled
+    call under torch.inference_mode (aot_eager, as inductor) stored an inference tensor, and a training call under the
+    same route then failed ('Inference tensors cannot be saved for backward'). Compiled: a graph constant."""
+    net = mlv.attach(_Net(), mlv.MTLLoRAConfig(tasks=TASKS, r=2, method=method, targets={"image": [r"fc\d$"]}))
+    _randomize(net)
+    net.double()
+    x = torch.randn(6, 3, 8, dtype=torch.float64)
+    segs = ((2, 0, 2), (0, 2, 6))
+    with mlv.route(net, Route.from_segments(segs)):   # (a Route of its own: its eager cache would serve the trace)
+        net(x).square().sum().backward()
+    want = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    net.zero_grad()
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend="aot_eager")
+    with mlv.route(compiled, Route.from_segments(segs)):
+        with torch.inference_mode():
+            compiled(x)
+        compiled(x).square().sum().backward()
+    got = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
+    assert set(got) == set(want)
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], atol=1e-9, rtol=1e-9)

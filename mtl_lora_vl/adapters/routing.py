@@ -125,6 +125,8 @@ class Route:
         LongTensor on ``device`` made once per route (no host-to-device copy per layer)."""
         if self._run is not None:   # not cached per device: under torch.compile a cache filled by the first call
             return self._run         # fails its guard at the second (one recompilation per route)
+        if torch.compiler.is_compiling():   # a constant of the graph (present is guarded anyway): a cache written
+            return torch.tensor(self.present, device=device)   # by a trace held an inference_mode call's tensor
         index = self._index.get(device)
         if index is None:
             with torch.inference_mode(False):
