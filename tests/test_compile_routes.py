@@ -172,3 +172,38 @@ def test_a_compiled_inference_call_leaves_no_inference_tensor_for_training(metho
     assert set(got) == set(want)
     for n in want:
         torch.testing.assert_close(got[n], want[n], atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("wrap", ["ddp_of_compiled", "ddp_of_compiled_in_place"])
+def test_a_ddp_wrapped_compiled_model_routed_mixed_compiles_one_graph(wrap, tmp_path):
+    """The route scope's check for a compiled model did not look inside DDP: ``DDP(torch.compile(net))`` and
+    ``net.compile(); DDP(net)`` (task_lora) compiled 2 graphs for 4 mixes of rows; torch.compile(net) compiles 1."""
+    import torch.distributed as dist
+    from torch._dynamo.utils import counters
+
+    net = mlv.attach(_Net(), mlv.MTLLoRAConfig(tasks=TASKS, r=2, method="task_lora", targets={"image": [r"fc\d$"]}))
+    _randomize(net)
+    net.double()
+    x = torch.randn(6, 3, 8, dtype=torch.float64)
+    mixes = [((0, 0, k), (1, k, 6)) for k in (2, 3, 4, 1)]
+    with torch.no_grad():
+        want = []
+        for segs in mixes:
+            with mlv.route(net, Route.from_segments(segs)):
+                want.append(net(x))
+    torch._dynamo.reset()
+    counters.clear()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        if wrap == "ddp_of_compiled":
+            model = torch.nn.parallel.DistributedDataParallel(torch.compile(net, backend="eager"))
+        else:
+            net.compile(backend="eager")
+            model = torch.nn.parallel.DistributedDataParallel(net)
+        with torch.no_grad():
+            for segs, w in zip(mixes, want):
+                with mlv.route(model, Route.from_segments(segs)):
+                    torch.testing.assert_close(model(x), w, atol=1e-9, rtol=1e-9)
+    finally:
+        dist.destroy_process_group()
+    assert counters["stats"]["unique_graphs"] == 1

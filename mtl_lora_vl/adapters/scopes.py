@@ -274,9 +274,14 @@ def route(model: nn.Module | Router,
 def _compiled(model: nn.Module | Router) -> bool:
     """Whether ``model`` is a ``torch.compile`` wrapper or a module compiled in place (``model.compile()``): routed,
     its compiled layers will read the rows' positions, which a compiled layer otherwise notes only as its first call
-    is traced (the flags :class:`Router` documents), after this scope, so the second call compiled a graph more."""
-    return isinstance(model, nn.Module) and (isinstance(model.__dict__.get("_modules", {}).get("_orig_mod"), nn.Module)
-                                             or model.__dict__.get("_compiled_call_impl") is not None)
+    is traced (the flags :class:`Router` documents), after this scope, so the second call compiled a graph more. A
+    DDP / DataParallel wrapper is looked through (its ``module``): ``DDP(torch.compile(model))``."""
+    while isinstance(model, nn.Module):
+        d = model.__dict__
+        if isinstance(d.get("_modules", {}).get("_orig_mod"), nn.Module) or d.get("_compiled_call_impl") is not None:
+            return True
+        model = d.get("_modules", {}).get("module")
+    return False
 
 
 @torch.compiler.disable   # called only where the scope really runs (as _claim_now)
