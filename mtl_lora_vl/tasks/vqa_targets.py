@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from mtl_lora_vl.metrics import normalize_answer
+from ..metrics import normalize_answer
 
 
 class AnswerNormalizer:
@@ -49,7 +49,8 @@ def normalized_accuracy(pred: str, gts: Sequence[str], norm: Callable[[str], str
 
 
 def answers_digest(answers: Sequence[str]) -> int:
-    """A 64-bit digest of a row's human answers (their repr: unambiguous), to check a packed row is this row's."""
+    """A 64-bit digest of a row's human answers (their repr: unambiguous), to find a packed row (training rows whose
+    digests collide are not packed: :func:`_distinct`)."""
     return int.from_bytes(hashlib.blake2b(repr(tuple(answers)).encode(), digest_size=8).digest(), "little",
                           signed=True)
 
@@ -93,11 +94,9 @@ def pack_soft_targets(rows: Sequence[Sequence[str]], norm_rows: Sequence[list[st
                       norm: Callable[[str], str]) -> PackedTargets:
     """Every row's in-vocabulary answers and their soft scores (what ``VQAKind.soft_targets`` gives)."""
     packed: dict[int, tuple[list[int], list[float]]] = {}
-    for answers, gts in zip(rows, norm_rows):
-        digest = answers_digest(answers)
-        if digest not in packed:
-            vocab = [a for a in set(gts) if a in answer_index]
-            packed[digest] = ([answer_index[a] for a in vocab], [normalized_accuracy(a, gts, norm) for a in vocab])
+    for digest, gts in _distinct(rows, norm_rows):
+        vocab = [a for a in sorted(set(gts)) if a in answer_index]
+        packed[digest] = ([answer_index[a] for a in vocab], [normalized_accuracy(a, gts, norm) for a in vocab])
     return PackedTargets(packed, np.float32)
 
 
@@ -107,11 +106,22 @@ def pack_lm_candidates(rows: Sequence[Sequence[str]], norm_rows: Sequence[list[s
     and their soft scores (what ``VQAKind.sample_lm`` draws from). A row without any answer packs no candidate."""
     packed: dict[int, tuple[list[int], list[float]]] = {}
     name_ids: dict[str, int] = {}
-    for answers, gts in zip(rows, norm_rows):
-        digest = answers_digest(answers)
-        if digest not in packed:
-            given = sorted(set(gts) - {""})
-            chosen = [a for a in given if a in consensus] or given
-            packed[digest] = ([name_ids.setdefault(a, len(name_ids)) for a in chosen],
-                              [normalized_accuracy(a, gts, norm) for a in chosen])
+    for digest, gts in _distinct(rows, norm_rows):
+        given = sorted(set(gts) - {""})
+        chosen = [a for a in given if a in consensus] or given
+        packed[digest] = ([name_ids.setdefault(a, len(name_ids)) for a in chosen],
+                          [normalized_accuracy(a, gts, norm) for a in chosen])
     return PackedTargets(packed, np.float64, list(name_ids))
+
+
+def _distinct(rows: Sequence[Sequence[str]], norm_rows: Sequence[list[str]]) -> list[tuple[int, list[str]]]:
+    """Each distinct row's digest and normalised answers, once; a digest two different answer tuples share (~1e-9
+    odds at VQAv2's size) is left out, so those rows miss the pack and are computed per visit."""
+    first: dict[int, tuple[tuple[str, ...], list[str]]] = {}
+    clash: set[int] = set()
+    for answers, gts in zip(rows, norm_rows):
+        key = tuple(answers)
+        digest = answers_digest(key)
+        if first.setdefault(digest, (key, gts))[0] != key:
+            clash.add(digest)
+    return [(d, gts) for d, (_, gts) in first.items() if d not in clash]
