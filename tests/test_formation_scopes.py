@@ -82,3 +82,29 @@ def test_is_causal_with_key_padding_mask_is_causal_or_refused(need_weights):
         return   # refused, as torch refuses it: acceptable
     want = lm(x, x, x, key_padding_mask=kpm, attn_mask=causal, need_weights=need_weights)[0]
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("update", ["p.data", "fused_adamw"])
+def test_a_forward_with_gradients_that_leaves_a_member_out_does_not_hand_its_mt_to_the_next_forward(update):
+    """Helper 356: an image-only forward with gradients leaves the text tower's layers (one group with the image
+    tower's) without their M_t, so the group stayed open; after a write that counts no version (p.data; a fused
+    AdamW step with the gradients of an earlier backward) and no backward through it, the next forward under those
+    tasks reused its M_t (3.7 off here; 4.9 on a 3-layer MLP in float64)."""
+    m = _model().train()
+    ids, img, tok = torch.tensor([1, 0, 2, 1]), torch.randn(4, 3, 32, 32), torch.randint(0, 60, (4, 12))
+    ps = [p for n, p in m.named_parameters() if n.rpartition(".")[2] in ADAPTER_PARAM_NAMES]
+    opt = torch.optim.AdamW(ps, lr=0.05, fused=True)
+    for _ in range(2):   # members of both towers, then one group of them
+        with mlv.route(m, ids):
+            (m.encode_image(img) * m.encode_text(tok)).sum().backward()
+    with mlv.route(m, ids):
+        m.encode_image(img)   # the text tower's members do not run; no backward (a loss left unused)
+    if update == "fused_adamw":
+        opt.step()   # the first two backwards' gradients
+    else:
+        with torch.no_grad():
+            for p in ps:
+                p.data.mul_(0.5)
+    with mlv.route(m, ids):
+        got = m.encode_image(img)
+    torch.testing.assert_close(got.detach(), _fresh(m, ids, img))

@@ -16,15 +16,16 @@ tasks (a decoder that retrieval does not use) is never an input of the node and 
 per-layer path; one that ran gets gradients, zero where its output did not reach the loss (as an input of a node
 the loss reaches, DDP's search for unused parameters waits for them).
 
-With gradients, the formed M_t are let go once every member has taken its own (they do not add to the activations
-a forward keeps); otherwise (evaluation, a generation's decoding steps) they are kept, one set per signature, until
-other tasks are routed, the route scope that formed them closes (outside any scope: the forward ends), a forward
-with gradients runs (a fused optimizer step or a write through ``p.data`` counts no version), or a parameter is
-written to in place or replaced (version counter, storage, identity: ``load_state_dict``, ``grow_tasks``). A node is
-never reused after a backward pass went through it: an optimizer step may follow, and a fused one writes the parameters
-without counting a version; one formed inside a backward pass (a checkpointed region's recomputation, whose node's
-backward never runs) is never used outside that pass. The node saves no tensors: it
-reads the parameters back in backward and refuses ones modified in place since.
+With gradients, the formed M_t are handed to each member once (a layer's next forward forms them again, also where
+a member did not run and left the group open) and let go once every member has taken its own (they do not add to
+the activations a forward keeps); otherwise (evaluation, a generation's decoding steps) they are kept, one set per
+signature, until other tasks are routed, the route scope that formed them closes (outside any scope: the forward
+ends), a forward with gradients runs (a fused optimizer step or a write through ``p.data`` counts no version), or a
+parameter is written to in place or replaced (version counter, storage, identity: ``load_state_dict``,
+``grow_tasks``). A node is never reused after a backward pass went through it: an optimizer step may follow, and a
+fused one writes the parameters without counting a version; one formed inside a backward pass (a checkpointed
+region's recomputation, whose node's backward never runs) is never used outside that pass. The node saves no
+tensors: it reads the parameters back in backward and refuses ones modified in place since.
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ class _Group:
         self.inputs = _Inputs(banks, present)
         self.position = {id(b): i for i, b in enumerate(banks)}
         # M_t without a graph (no gradients, or frozen adapters): the route scope it was formed in (0: none); with a
-        # graph ``spent`` guards it instead (frozen adapters under gradients were reused in every later scope)
+        # graph ``spent`` and ``handed`` guard it instead (frozen adapters under gradients were reused in every later
+        # scope)
         graph = torch.is_grad_enabled() and any(t is not None and t.requires_grad for ps in self.inputs.params
                                                 for t in ps)
         self.scope = None if graph else banks[0].router.scope
@@ -136,13 +138,15 @@ class _Group:
         backward pass, and M_t formed without gradients (an evaluation batch, a ``generate`` call's decoding steps)
         only inside the route scope that formed them -- outside any scope (a one-task adapter runs without one)
         only within one forward -- and never after a forward with gradients (:meth:`Formation.matrix`); the next
-        evaluation batch added the old M_t to a fresh A x after such a step. ``flags``: the layer's signature
+        evaluation batch added the old M_t to a fresh A x after such a step. M_t with a graph are handed to each layer
+        once: a layer asking again runs a later forward (a member that did not run left the group open, and its next
+        forward, with no backward between, reused M_t a ``p.data`` write had made stale). ``flags``: the signature
         must still be the group's (:func:`_flags`; the rest of it is fixed by the tensors' identity and storage)."""
         inputs = self.inputs
         if inputs.spent or self.done or (self.graph != -1 and self.graph != torch._C._current_graph_task_id()):
             return False
-        if self.scope is not None and (bank.router.scope != self.scope or (self.scope == 0 and i in inputs.handed)):
-            return False
+        if (not self.scope and i in inputs.handed) or (self.scope is not None and bank.router.scope != self.scope):
+            return False   # (a layer asking again under a graph or outside any scope: a later forward)
         (w, lam, B), (w0, lam0, B0) = _params(bank), inputs.params[i]
         if w is not w0 or lam is not lam0 or B is not B0 or _versions((w, lam, B)) != inputs.versions[i]:
             return False
