@@ -184,7 +184,9 @@ class _Lines:
 
 
 class _LineTqdm(tqdm):
-    """tqdm that draws no bar and refreshes only every ``mininterval``: ``set_postfix`` does not draw at once."""
+    """tqdm that draws no bar and refreshes only every ``mininterval``: ``set_postfix`` does not draw at once.
+    Made with ``miniters=1``: tqdm's monitor thread redraws only a bar whose ``miniters`` grew above 1, and it drew
+    a line in a pause (validation) after 10 s, from its thread, with another at the next step."""
 
     def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None:
         super().set_postfix(ordered_dict, refresh=False, **kwargs)
@@ -195,6 +197,6 @@ def line_bar(*, desc: str, total: int, initial: int = 0, unit: str = "it", disab
     """A progress "bar" for a log file or CI log (stderr not a terminal): a line at most every ``interval``
     seconds, e.g. ``[mtl-lora-vl] train: 50% 10/20 [00:07<00:07, 1.36step/s, loss=2.320]``."""
     return _LineTqdm(total=total, initial=initial, desc=desc, unit=unit, disable=disable, file=_Lines(),
-                     mininterval=interval, ncols=0, leave=True,
+                     mininterval=interval, miniters=1, ncols=0, leave=True,
                      bar_format="{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, "
                                 "{rate_fmt}{postfix}]")

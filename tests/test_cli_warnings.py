@@ -89,3 +89,32 @@ def test_bench_errors_are_prefixed_like_the_other_commands(tmp_path, capsys):
     assert main(["bench", "--tasks", "nope", "--out", str(tmp_path / "b")]) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("[mtl-lora-vl] error: unknown task 'nope'")
+
+
+def test_the_training_bar_prints_no_extra_line_from_tqdm_monitor_after_a_pause(capsys, monkeypatch):
+    """A 12 s pause (validation) after the bar's 15 s line: tqdm's monitor thread, which wakes every 10 s, drew a
+    line from its own thread in the pause (n unchanged), and the next update drew another one ~1 s later."""
+    import time
+
+    from tqdm import TMonitor
+
+    from mtl_lora_vl.log import line_bar
+
+    bar = line_bar(desc="train", total=100, unit="step")   # a line at most every 15 s
+    clock = [bar.last_print_t]
+    bar._time = lambda: clock[0]
+    for _ in range(20):   # 1 step/s: the line at step 15 (tqdm then awaits 15 steps before looking at the time)
+        clock[0] += 1.0
+        bar.update(1)
+    clock[0] += 12.0   # the pause; the monitor wakes in it
+    monkeypatch.setitem(TMonitor._test, "time", lambda: clock[0])
+    monitor = TMonitor(type(bar), 0.01)
+    time.sleep(0.2)
+    monitor.exit()
+    for _ in range(20):
+        clock[0] += 1.0
+        bar.update(1)
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    steps = [line.split("% ")[1].split(" ")[0] for line in lines]
+    assert steps == ["0/100", "15/100", "21/100", "36/100", "40/100"]   # 15 s apart or more, and the last
