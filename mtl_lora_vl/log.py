@@ -74,13 +74,16 @@ def cli_logging(level: int | str = logging.INFO) -> Iterator[logging.Logger]:
     handler = _TqdmHandler(level)
     handler.setFormatter(_Formatter())
     saved, saved_propagate, saved_show = logger.level, logger.propagate, warnings.showwarning
+    # a catch_warnings(record=True) (pytest.warns) open around the command: it records the package's warnings too
+    record = saved_show is getattr(warnings, "_showwarning_orig", None) and _recording()
 
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
              line: str | None = None) -> None:
         if getattr(message, _OURS, False):   # warn_user's: a package message, printed as one
             logger.warning("%s", message)
-        else:   # a third party's keeps Python's format (and its file and line)
-            saved_show(message, category, filename, lineno, file, line)
+            if not record:
+                return
+        saved_show(message, category, filename, lineno, file, line)   # a third party's: Python's format
 
     logger.addHandler(handler)
     logger.setLevel(level)
@@ -118,6 +121,11 @@ def main_rank_logging(is_main: bool) -> Iterator[None]:
 
 _PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__)) + os.sep
 _OURS = "_mtl_lora_vl"   # the attribute that marks a warning as warn_user's
+
+
+def _recording() -> bool:
+    """Whether a ``warnings.catch_warnings(record=True)`` is open: it collects warnings in a list's ``append``."""
+    return isinstance(getattr(getattr(warnings, "_showwarnmsg_impl", None), "__self__", None), list)
 
 
 def warn_user(message: str, category: type[Warning] = UserWarning) -> None:

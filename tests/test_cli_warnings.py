@@ -118,3 +118,24 @@ def test_the_training_bar_prints_no_extra_line_from_tqdm_monitor_after_a_pause(c
     lines = capsys.readouterr().err.splitlines()
     steps = [line.split("% ")[1].split(" ")[0] for line in lines]
     assert steps == ["0/100", "15/100", "21/100", "36/100", "40/100"]   # 15 s apart or more, and the last
+
+
+def test_a_command_in_catch_warnings_record_still_records_the_package_warnings(capsys):
+    """A library user's `catch_warnings(record=True)` (or `pytest.warns`) around `train_main(...)` got none of the
+    package's warnings (the command printed them instead); a third party's were recorded."""
+    import pytest
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        with cli_logging("info"):
+            warn_user("attach: r = 300 (--rank) is above the widths")
+            warnings.warn("a third party's deprecation", DeprecationWarning, stacklevel=1)
+    assert [(w.category, str(w.message)) for w in said] == [
+        (UserWarning, "attach: r = 300 (--rank) is above the widths"),
+        (DeprecationWarning, "a third party's deprecation")]
+    assert said[0].filename == __file__   # the user's line, as outside a command
+    with pytest.warns(FutureWarning, match="careful"), cli_logging("info"):
+        warn_user("careful", FutureWarning)
+    err = capsys.readouterr().err.splitlines()   # the command's lines are still printed
+    assert "[mtl-lora-vl] warning: attach: r = 300 (--rank) is above the widths" in err
+    assert "[mtl-lora-vl] warning: careful" in err
