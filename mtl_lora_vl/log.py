@@ -76,10 +76,11 @@ def cli_logging(level: int | str = logging.INFO) -> Iterator[logging.Logger]:
     saved, saved_propagate, saved_show = logger.level, logger.propagate, warnings.showwarning
     # a catch_warnings(record=True) (pytest.warns) open around the command: it records the package's warnings too
     record = saved_show is getattr(warnings, "_showwarning_orig", None) and _recording()
+    active = [True]   # closed: passes all on (a hook another one saved, e.g. captureWarnings, may be put back later)
 
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
              line: str | None = None) -> None:
-        if getattr(message, _OURS, False):   # warn_user's: a package message, printed as one
+        if active[0] and getattr(message, _OURS, False):   # warn_user's: a package message, printed as one
             logger.warning("%s", message)
             if not record:
                 return
@@ -95,6 +96,7 @@ def cli_logging(level: int | str = logging.INFO) -> Iterator[logging.Logger]:
         logger.removeHandler(handler)
         logger.setLevel(saved)
         logger.propagate = saved_propagate
+        active[0] = False
         if warnings.showwarning is show:
             warnings.showwarning = saved_show
 

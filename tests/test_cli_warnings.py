@@ -139,3 +139,19 @@ def test_a_command_in_catch_warnings_record_still_records_the_package_warnings(c
     err = capsys.readouterr().err.splitlines()   # the command's lines are still printed
     assert "[mtl-lora-vl] warning: attach: r = 300 (--rank) is above the widths" in err
     assert "[mtl-lora-vl] warning: careful" in err
+
+
+def test_a_command_hook_left_installed_after_the_command_passes_warnings_on(monkeypatch):
+    """A library that calls `logging.captureWarnings(True)` during a command, and `(False)` after it, puts the
+    command's hook back for good: the package's warnings then went to the package logger, not the user's hook."""
+    import logging
+
+    seen = []
+    monkeypatch.setattr(warnings, "showwarning", lambda message, *a, **k: seen.append(str(message)))
+    with cli_logging("info"):
+        logging.captureWarnings(True)
+    logging.captureWarnings(False)   # the command's hook is back in place
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warn_user("after the command")
+    assert seen == ["after the command"]
