@@ -51,15 +51,24 @@ def test_a_packed_towers_route_does_not_recompile_for_each_mix_of_images(method)
     host bounds, so every new mix of the images' tasks compiled the tower's 5 adapted frames again (5 graphs a mix).
     A compiled layer now reads each patch's position (a graph input the route scope makes once a compiled layer has
     read one), with one product of every present task's matrix side by side: no graph after the second mix."""
-    from qwen_tiny import inputs, tiny_qwen2vl
-    from torch._dynamo.utils import counters
-    from vlm_checks import perturb_adapters
+    from qwen_tiny import tiny_qwen2vl
 
     torch.manual_seed(0)
     m = tiny_qwen2vl().eval()
     mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a", "b", "c"], method=method, r=4))
+    graphs = _tower_graphs_over_mixes(m)
+    assert graphs[1:] == [graphs[1]] * (len(graphs) - 1), f"graphs after each mix of images' tasks: {graphs}"
+
+
+def _tower_graphs_over_mixes(m) -> list[int]:
+    """The graphs compiled after each of five mixes of three images' tasks (16, 32 and 24 patches) through the
+    compiled vision tower of ``m`` (a tiny Qwen2-VL, attached), its outputs checked against eager in float64."""
+    from qwen_tiny import inputs
+    from torch._dynamo.utils import counters
+    from vlm_checks import perturb_adapters
+
     perturb_adapters(m).double()
-    x = inputs(sizes=[(32, 32), (32, 64), (48, 32)], ragged=True)   # 16, 32 and 24 patches
+    x = inputs(sizes=[(32, 32), (32, 64), (48, 32)], ragged=True)
     pv, grid = x["pixel_values"].double(), x["image_grid_thw"]
     mixes = [[0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 1], [1, 1, 0]]
 
@@ -74,20 +83,16 @@ def test_a_packed_towers_route_does_not_recompile_for_each_mix_of_images(method)
     torch._dynamo.reset()
     counters.clear()
     got = run(torch.compile(lambda pv, grid: m.model.visual(pv, grid_thw=grid).pooler_output, backend="eager"))
-    graphs = [n for _, n in got]
-    assert graphs[1:] == [graphs[1]] * (len(mixes) - 1), f"graphs after each mix of images' tasks: {graphs}"
     for (want, _), (out, _) in zip(run(lambda pv, grid: m.model.visual(pv, grid_thw=grid).pooler_output), got):
         torch.testing.assert_close(out, want, atol=1e-9, rtol=1e-9)
-
+    return [n for _, n in got]
 
 def test_an_adapted_merger_does_not_recompile_for_each_mix_of_images():
     """Qwen2-VL's patch merger in the targets reads the packed route over 4 patches a row (Route.packed_at): compiled,
     it mapped the route's segments onto its rows as ints, constants of its graph, so every new mix of the images'
     tasks compiled the merger's frame again (18 graphs for 5 mixes, one more per mix). The route scope now makes the
     merger's route ahead on the host, with its rows' positions (a graph input): no graph after the second mix."""
-    from qwen_tiny import MERGER, inputs, tiny_qwen2vl
-    from torch._dynamo.utils import counters
-    from vlm_checks import perturb_adapters
+    from qwen_tiny import MERGER, tiny_qwen2vl
 
     from mtl_lora_vl.families import family_named
 
@@ -95,27 +100,9 @@ def test_an_adapted_merger_does_not_recompile_for_each_mix_of_images():
     m = tiny_qwen2vl().eval()
     mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a", "b", "c"], r=4,
                                     targets={"image": [*family_named("qwen2_vl").targets["image"], MERGER]}))
-    perturb_adapters(m).double()
-    x = inputs(sizes=[(32, 32), (32, 64), (48, 32)], ragged=True)   # 16, 32 and 24 patches: 4, 8 and 6 merged rows
-    pv, grid = x["pixel_values"].double(), x["image_grid_thw"]
-    mixes = [[0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 1], [1, 1, 0]]
-
-    def run(step) -> list[tuple[torch.Tensor, int]]:
-        outs = []
-        with torch.no_grad():
-            for ids in mixes:
-                with mlv.route(m, ids):
-                    outs.append((step(pv, grid), counters["stats"]["unique_graphs"]))
-        return outs
-
-    torch._dynamo.reset()
-    counters.clear()
-    got = run(torch.compile(lambda pv, grid: m.model.visual(pv, grid_thw=grid).pooler_output, backend="eager"))
-    graphs = [n for _, n in got]
-    assert graphs[1:] == [graphs[1]] * (len(mixes) - 1), f"graphs after each mix of images' tasks: {graphs}"
+    graphs = _tower_graphs_over_mixes(m)   # (the merger's rows: 4, 8 and 6)
+    assert graphs[1:] == [graphs[1]] * (len(graphs) - 1), f"graphs after each mix of images' tasks: {graphs}"
     assert m._mtl_lora.router.packed_scales == {(1, 4)}   # the merger's 4 patches a row, noted as it read them
-    for (want, _), (out, _) in zip(run(lambda pv, grid: m.model.visual(pv, grid_thw=grid).pooler_output), got):
-        torch.testing.assert_close(out, want, atol=1e-9, rtol=1e-9)
 
 
 @pytest.mark.parametrize("in_place", [False, True])
