@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .log import warn_user
+from .whole_files import FileTooLarge, read_whole
 
 METHODS = ("mtl_lora", "lora", "task_lora", "multi_lora", "moe_lora")
 LAMBDA_TYPES = ("full", "diagonal", "none")
@@ -309,7 +310,11 @@ class MTLLoRAConfig:
         if p is not None and not p.is_file():
             raise ConfigError(f"from_json: {str(text_or_path)[:80]!r} is neither a JSON object ('{{...}}') nor an "
                               "existing file")
-        text = p.read_text() if p is not None else str(text_or_path)
+        try:
+            text = read_whole(p) if p is not None else str(text_or_path)
+        except FileTooLarge as e:
+            raise ConfigError(f"{e}; it is not a config MTLLoRAConfig.to_json wrote (those are under 1 KB), give "
+                              "that file") from None
         try:
             d = json.loads(text, object_pairs_hook=unrepeated_keys)
         except ValueError as e:

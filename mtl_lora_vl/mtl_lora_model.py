@@ -30,6 +30,7 @@ from .config import MTLLoRAConfig
 from .io.adapter_files import load_adapter, read_adapter_config, require_head_modules, save_adapter
 from .io.layout import AdapterFileError, state_file
 from .log import warn_user
+from .whole_files import FileTooLarge, read_whole
 
 __all__ = ["MTLLoRAModel", "unload"]
 
@@ -170,8 +171,11 @@ class MTLLoRAModel(nn.Module):
             base = doc.get("base") or None
         recorded_specs = {t: source / f for t, f in (doc.get("task_specs") or {}).items()
                           if t in tasks and (source / f).is_file()}
-        recorded_kinds = {t: _SavedState(json.loads((source / state_file(t)).read_text()))
-                          for t in tasks if (source / state_file(t)).is_file()}
+        try:
+            recorded_kinds = {t: _SavedState(json.loads(read_whole(source / state_file(t))))
+                              for t in tasks if (source / state_file(t)).is_file()}
+        except FileTooLarge as e:
+            raise AdapterFileError(f"{e}; it is not the task state save_adapter wrote: copy {source} again") from None
         recorded_roots = {t: r for t, r in (doc.get("data_roots") or {}).items() if t in tasks}
         return (base, {**recorded_specs, **(task_specs or {})}, {**recorded_kinds, **(kinds or {})},
                 {**recorded_roots, **(data_roots or {})})

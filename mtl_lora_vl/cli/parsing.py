@@ -43,6 +43,7 @@ from ..config import unrepeated_keys
 from ..log import LEVELS
 from ..options import ADAPTER_SHAPE, describe_allowed, field_types, non_none, out_of_range, range_text
 from ..rundir import RESOLVED
+from ..whole_files import FileTooLarge, read_whole
 
 __all__ = ["build_parser", "closest_flag", "parse_options", "parse_options_given", "read_config"]
 
@@ -187,8 +188,10 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
         _fail(parser, f"{where}: YAML is not read; write the options as JSON (a .json file) or TOML (a .toml file, "
                       "key = value lines)")
     try:
-        text = p.read_text(encoding="utf-8-sig")
+        text = read_whole(p, encoding="utf-8-sig")
         raw = tomllib.loads(text) if is_toml else json.loads(text, object_pairs_hook=unrepeated_keys)
+    except FileTooLarge as e:
+        _fail(parser, f"--config {e}; an options file is a few KB: give the JSON or TOML file of options")
     except (OSError, UnicodeDecodeError) as e:
         _fail(parser, f"{where}: cannot be read ({e})")
     except (ValueError, tomllib.TOMLDecodeError) as e:

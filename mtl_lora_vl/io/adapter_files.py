@@ -42,6 +42,7 @@ from ..adapters.layers import ADAPTER_PARAM_NAMES
 from ..backbones.spec import parse_spec
 from ..config import ConfigError, MTLLoRAConfig, check_task_file_names, task_file_problem
 from ..tasks.spec import SpecError, TaskSpec, load_spec
+from ..whole_files import FileTooLarge, read_whole
 from .adapter_images import check_image_fields, record_images, take_images
 from .atomic import atomic_dir, holds
 from .base_check import adapted_part, check_base, check_heads, check_tensors, newer_package_hint, refuse_adapted
@@ -293,7 +294,10 @@ def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
     layout = adapter_layout(path)
     cfg_file = path / layout.config
     try:
-        doc = json.loads(cfg_file.read_text(encoding="utf-8-sig"))   # -sig: saved again by an editor that adds a BOM
+        doc = json.loads(read_whole(cfg_file, encoding="utf-8-sig"))   # -sig: saved again by an editor that adds a BOM
+    except FileTooLarge as e:
+        raise AdapterFileError(f"{e}; it is not the config save_adapter wrote (a LLaVA-7B adapter's is ~0.2 MB): "
+                               "copy the adapter directory again") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AdapterFileError(f"{cfg_file}: not valid JSON ({e}); the file is damaged, save the adapter again") from e
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
@@ -387,7 +391,10 @@ def read_kind_state(path: str | Path, task: str) -> dict[str, Any] | None:
     if not file.is_file():
         return None
     try:
-        return json.loads(file.read_text())["state"]
+        return json.loads(read_whole(file))["state"]
+    except FileTooLarge as e:
+        raise AdapterFileError(f"{e}; it is not the task state save_adapter wrote (a 3,129-answer VQA vocabulary's "
+                               "is a few MB): copy the adapter directory again") from None
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise AdapterFileError(f"{file}: not a task-state file ({e}); save the adapter again") from e
 

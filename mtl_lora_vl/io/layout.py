@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..whole_files import FileTooLarge, read_whole
 from .atomic import holds
 
 __all__ = [
@@ -96,7 +97,7 @@ def _peft_dirs(path: Path) -> list[str]:
     out = []
     for sub in sorted(p for p in path.iterdir() if p.is_dir()):
         try:
-            if "peft_type" in json.loads((sub / LEGACY_ADAPTER_CONFIG).read_text()):
+            if "peft_type" in json.loads(read_whole(sub / LEGACY_ADAPTER_CONFIG)):
                 out.append(sub.name)
         except (OSError, ValueError, TypeError):
             continue
@@ -139,8 +140,8 @@ def _detect(path: Path) -> AdapterLayout | str | None:
     if not legacy.is_file():
         return None
     try:
-        doc = json.loads(legacy.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        doc = json.loads(read_whole(legacy))
+    except (json.JSONDecodeError, UnicodeDecodeError, FileTooLarge):
         return LEGACY_LAYOUT  # damaged: reading it says so
     if isinstance(doc, dict) and "peft_type" in doc and doc.get("format") != FORMAT:
         return str(doc["peft_type"])
