@@ -7,7 +7,8 @@ command line does, through :func:`cli_logging`: one handler on the package logge
 at the level of ``-v`` / ``-q`` / ``--log-level``, removed again when the command returns (meanwhile the
 package logger does not propagate, so a root handler does not print each line twice). There, the package's
 own Python warnings (:func:`warn_user`) print as ``[mtl-lora-vl] warning: ...`` lines too, not as
-``train_vl.py:21: UserWarning: ...`` with the script's ``sys.exit`` line under them.
+``train_vl.py:21: UserWarning: ...`` with the script's ``sys.exit`` line under them; so ``--log-level error``
+hides them with the logged warnings, while a third party's Python warnings still print.
 
 :func:`progress` makes the tqdm bar of a pass that takes a while (evaluation, image checks, exports). It
 is shown only on an interactive terminal (or a notebook) and is off when the package logger is set

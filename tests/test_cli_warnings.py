@@ -1,7 +1,11 @@
 """What a command prints for the package's Python warnings, and third parties' (console output)."""
 
+import logging
 import warnings
 
+import pytest
+
+from mtl_lora_vl.cli.commands import parse_train_args
 from mtl_lora_vl.log import cli_logging, warn_user
 
 
@@ -155,3 +159,21 @@ def test_a_command_hook_left_installed_after_the_command_passes_warnings_on(monk
         warnings.simplefilter("always")
         warn_user("after the command")
     assert seen == ["after the command"]
+
+
+def test_log_level_error_hides_the_package_warnings_not_third_parties(capsys, monkeypatch):
+    """README / --help: `--log-level error` hides the package's warnings (logged ones and warn_user's lines);
+    another library's Python warnings still print (helper 367)."""
+    shown = []
+    monkeypatch.setattr(warnings, "showwarning", lambda message, category, *a, **k: shown.append(str(message)))
+    with cli_logging("error"), warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warn_user("attach: r = 300 (--rank) is above the widths")
+        logging.getLogger("mtl_lora_vl.training").warning("a logged warning")
+        logging.getLogger("mtl_lora_vl.training").error("an error")
+        warnings.warn("a third party's deprecation", DeprecationWarning, stacklevel=1)
+    assert capsys.readouterr().err.splitlines() == ["[mtl-lora-vl] error: an error"]
+    assert shown == ["a third party's deprecation"]
+    with pytest.raises(SystemExit):
+        parse_train_args(["--help"], prog="train_vl.py")
+    assert "error also hides the package's warnings" in " ".join(capsys.readouterr().out.split())

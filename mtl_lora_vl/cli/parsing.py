@@ -108,7 +108,8 @@ def add_logging_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-v", "--verbose", action="store_true", help="debug messages (and tracebacks of errors)")
     group.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only; no progress bars")
     group.add_argument("--log-level", type=str, default=None,  # checked in log_level: any case
-                       help=f"explicit log level, one of {', '.join(LEVELS)} in any case (overrides -v / -q)")
+                       help=f"explicit log level, one of {', '.join(LEVELS)} in any case (overrides -v / -q); error "
+                            "also hides the package's warnings")
 
 
 def log_level(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> str:
