@@ -74,14 +74,33 @@ def test_load_adapter_of_the_whole_model_checks_its_backbones_image_area(tmp_pat
 
 
 def test_load_adapter_of_the_inner_model_alone_says_the_reading_is_not_checked(tmp_path):
-    """``load_adapter(bb2.model.model, ...)``: the inner model cannot show its owner's backbone, which went on reading
-    within 1024 to 448² (a 1000x800 picture: 775 image tokens where training read 12) with no word said."""
+    """``load_adapter(bare.model, ...)`` of a model no backbone reads: the area goes on the inner model only, which no
+    backbone built later on the whole model reads, and is said so."""
+    from transformers import Qwen2VLForConditionalGeneration
+
     folder = _tiny_sized(tmp_path, longest_edge=1_000_000)
     bb = _inner_adapted(folder, image_max_pixels=4096)
     out = mlv.save_adapter(bb.model, tmp_path / "adapter", base={"backbone": f"hf:{folder}"})
     with pytest.warns(UserWarning, match=r"loaded onto a Qwen2VLModel alone, the inner model of a qwen2_vl model.*"
                                          r"read within 1024 to 4096 pixels.*load_adapter\(backbone.model, path\)"):
+        mlv.load_adapter(Qwen2VLForConditionalGeneration.from_pretrained(folder).model, out)
+
+
+def test_load_adapter_of_a_backbones_inner_model_checks_the_backbones_image_area(tmp_path):
+    """Helper 364: ``load_adapter(bb2.model.model, ...)`` warned 'whose backbone's image reading cannot be seen from
+    it' on every load, the areas the same (1024 to 4096) or not (the backbone reading within 1024 to 448²: a
+    1000x800 picture, 775 image tokens where training read 12); the backbone's record is now on its inner model
+    too: the same area says nothing, another is named with the fix."""
+    folder = _tiny_sized(tmp_path, longest_edge=1_000_000)
+    bb = _inner_adapted(folder, image_max_pixels=4096)
+    out = mlv.save_adapter(bb.model, tmp_path / "adapter", base={"backbone": f"hf:{folder}"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mlv.load_adapter(load_backbone(f"hf:{folder}", image_max_pixels=4096).model.model, out)
+    with pytest.warns(UserWarning, match=r"read within 1024 to 4096 pixels.*reads them within 1024 to 200704; "
+                                         r"call backbone.read_within\(1024, 4096\)") as caught:
         mlv.load_adapter(load_backbone(f"hf:{folder}").model.model, out)
+    assert not any("cannot be seen" in str(w.message) for w in caught)
 
 
 def test_unload_takes_off_the_image_area_load_adapter_put_on_the_whole_model(tmp_path):
@@ -125,17 +144,16 @@ def _plain_losses(bb) -> torch.Tensor:
         return bb.lm_loss(torch.randn(4, 3, bb.image_size, bb.image_size), **b)
 
 
-def test_saving_the_inner_model_alone_says_its_image_area_cannot_be_recorded(tmp_path):
+def test_saving_the_inner_model_alone_records_the_backbones_image_area(tmp_path):
     """Helper 358: ``save_adapter(bb.model.model, ...)`` of a backbone reading within 1024 to 4096 pixels recorded no
-    area without a word (the backbone's record is on the whole model), so load_pretrained read within 1024 to 448²
-    (200704 pixels); the whole model given records it, and says nothing."""
+    area without a word (the backbone's record was on the whole model only), so load_pretrained read within 1024 to
+    448² (200704 pixels); helper 364: the backbone's record is on its inner model too, so the inner model alone
+    records the same area as the whole model, and neither save says anything."""
     folder = _tiny_sized(tmp_path, longest_edge=1_000_000)
     bb = _inner_adapted(folder, image_max_pixels=4096)
-    with pytest.warns(UserWarning, match=r"a Qwen2VLModel given alone, the inner model of a qwen2_vl model: .*pass "
-                                         r"the whole model \(backbone.model"):
-        out = mlv.save_adapter(bb.model.model, tmp_path / "inner", base={"backbone": f"hf:{folder}"})
-    assert "image_max_pixels" not in json.loads((out / "mtl_lora_config.json").read_text())["base"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        out = mlv.save_adapter(bb.model, tmp_path / "whole", base={"backbone": f"hf:{folder}"})
-    assert json.loads((out / "mtl_lora_config.json").read_text())["base"]["image_max_pixels"] == 4096
+        for name, model in (("inner", bb.model.model), ("whole", bb.model)):
+            out = mlv.save_adapter(model, tmp_path / name, base={"backbone": f"hf:{folder}"})
+            base = json.loads((out / "mtl_lora_config.json").read_text())["base"]
+            assert (base["image_min_pixels"], base["image_max_pixels"]) == (1024, 4096), name

@@ -6,7 +6,9 @@ area asked for, which the loading processor's own ``max_pixels`` still bounds.
 
 One typed record per model (:class:`ImageRecord`), set by the backbones that read images more than one way
 (:mod:`.image_reading`) or within an area cap (:mod:`.qwen2_vl`), and by ``load_adapter``. What a loaded adapter set
-is marked so, and ``unload`` takes it off again (:func:`forget_loaded`); what a backbone set stays.
+is marked so, and ``unload`` takes it off again (:func:`forget_loaded`); what a backbone set stays. A family's whole
+model shares its record with its inner multimodal model (``model.model``), so an adapter loaded onto that inner model
+alone is checked against the backbone's reading.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from torch import nn
+
+from ..families import find_family, inner_family
 
 __all__ = ["DEFAULT_MAX_PIXELS", "ImageRecord", "forget_loaded", "image_record", "set_area", "set_reading"]
 
@@ -50,7 +54,14 @@ def image_record(model: nn.Module) -> ImageRecord:
 
 
 def _stored(model: nn.Module) -> ImageRecord:
-    return model.__dict__.setdefault(_ATTR, ImageRecord())
+    """``model``'s record, made where none is; a family's whole model shares it with its inner multimodal model (the
+    inner model's own, a loaded adapter's, taken where the whole has none)."""
+    inner = getattr(model, "model", None)
+    inner = inner if isinstance(inner, nn.Module) and find_family(model) and inner_family(inner) else None
+    rec = model.__dict__.get(_ATTR) or (inner.__dict__.get(_ATTR) if inner is not None else None) or ImageRecord()
+    for m in (model, inner) if inner is not None else (model,):
+        m.__dict__[_ATTR] = rec
+    return rec
 
 
 def set_reading(model: nn.Module, reading: str, loaded: bool = False) -> None:
