@@ -157,3 +157,36 @@ def test_saving_the_inner_model_alone_records_the_backbones_image_area(tmp_path)
             out = mlv.save_adapter(model, tmp_path / name, base={"backbone": f"hf:{folder}"})
             base = json.loads((out / "mtl_lora_config.json").read_text())["base"]
             assert (base["image_min_pixels"], base["image_max_pixels"]) == (1024, 4096), name
+
+
+@pytest.mark.parametrize("base", ["other_family", "two_inner_models", "ddp"])
+def test_an_inner_models_adapter_on_a_base_it_does_not_fit_says_why_and_what_to_pass(tmp_path, base):
+    """Helper 364: a LLaVA inner model's adapter loaded onto a Qwen2-VL, onto a LLaVA holding two LlavaModel modules,
+    or onto a DDP-wrapped LLaVA was refused with 'made for a model of family custom (...LlavaModel), but this base
+    model is of family llava' (DDP: 'made for class ...LlavaModel, but this base model is ...DistributedDataParallel'),
+    which says nothing of why; now: saved from the inner model of a llava model, and what to pass."""
+    import copy
+
+    import torch.distributed as dist
+
+    folder = save_tiny_llava(tmp_path / "llava")
+    out = mlv.save_adapter(_inner_adapted(folder).model, tmp_path / "adapter", base={"backbone": f"hf:{folder}"})
+    saved = r"saved from the inner multimodal model \(LlavaModel\) of a llava model, adapted on its own"
+    model = load_backbone(f"hf:{save_tiny_qwen2vl(tmp_path / 'qwen')}" if base == "other_family" else
+                          f"hf:{folder}").model
+    fix = r"Qwen2VLForConditionalGeneration \(family qwen2_vl\): load it onto a llava model"
+    if base == "two_inner_models":
+        model.extra = copy.deepcopy(model.model)
+        fix = r"holds 2 LlavaModel modules \(model, extra\).*load_adapter\(model.model, path\)"
+    elif base == "ddp":
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        model = torch.nn.parallel.DistributedDataParallel(model)
+        fix = r"a DistributedDataParallel wrapping a LlavaForConditionalGeneration: .*load_adapter\(wrapper.module"
+    try:
+        with pytest.raises(AdapterFileError, match=saved + ".*" + fix):
+            mlv.load_adapter(model, out)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if base == "ddp":
+        assert mlv.load_adapter(model.module, out) is model.module

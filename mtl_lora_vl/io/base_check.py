@@ -20,7 +20,7 @@ from torch import nn
 from .._version import __version__
 from ..adapters.attach import AttachError
 from ..config import TOWERS, MTLLoRAConfig
-from ..families import find_family, inner_family
+from ..families import INNER_MODELS, find_family, inner_family
 from .identity import (
     BankPlan,
     class_name,
@@ -52,6 +52,9 @@ def check_base_class(base_model: nn.Module, doc: dict[str, Any], path: Path) -> 
     ident = doc["base_model"]
     fam = find_family(base_model)
     fam_name = fam.name if fam else "custom"
+    inner = _inner_refusal(base_model, ident, path) if ident.get("family") == "custom" else None
+    if inner and (ident.get("family") != fam_name or ident.get("class") != class_name(base_model)):
+        raise AdapterFileError(inner)
     if ident.get("family") != fam_name:
         raise AdapterFileError(f"{path}: the adapter was made for a model of family {ident.get('family')} "
                                f"({ident.get('class')}), but this base model is of family {fam_name} "
@@ -59,6 +62,37 @@ def check_base_class(base_model: nn.Module, doc: dict[str, Any], path: Path) -> 
     if ident.get("class") != class_name(base_model) and not _same_script_class(str(ident.get("class")), base_model):
         raise AdapterFileError(f"{path}: the adapter was made for class {ident.get('class')}, but this base model "
                                f"is {class_name(base_model)}; load it onto the base model it was trained on")
+
+
+def _inner_origin(recorded: str) -> str | None:
+    """The family whose inner multimodal model class ``recorded`` (``module.qualname``) is, else None."""
+    module, _, name = recorded.rpartition(".")
+    return next((fam for ref, fam in INNER_MODELS if ref.rpartition(".")[2] == name
+                 and (module == ref.rpartition(".")[0] or module.startswith(ref.rpartition(".")[0] + "."))), None)
+
+
+def _inner_refusal(base_model: nn.Module, ident: dict[str, Any], path: Path) -> str | None:
+    """Why an adapter saved from a family's inner multimodal model adapted on its own (family "custom" of that
+    class) does not fit ``base_model``, and what to pass; None for an adapter of another custom model."""
+    recorded = str(ident.get("class"))
+    of = _inner_origin(recorded)
+    if of is None:
+        return None
+    short = recorded.rpartition(".")[2]
+    saved = (f"{path}: the adapter was saved from the inner multimodal model ({short}) of a {of} model, adapted on its "
+             "own (attach(model.model, ...)), so it is recorded as family custom of that class")
+    fam, here = find_family(base_model), type(base_model).__name__
+    parts = [n for n, m in base_model.named_modules() if n and class_name(m) == recorded and inner_family(m) is fam]
+    if fam is not None and fam.name == of and len(parts) > 1:
+        return (f"{saved}; this {here} holds {len(parts)} {short} modules ({few(parts)}), so which one it goes on is "
+                f"not known: pass the one it was saved from (e.g. load_adapter(model.{parts[0]}, path))")
+    wrapped = getattr(base_model, "module", None)
+    if fam is None and isinstance(wrapped, nn.Module):
+        return (f"{saved}; this base model is a {here} wrapping a {type(wrapped).__name__}: pass the model inside "
+                f"it (load_adapter(wrapper.module, path))")
+    return (f"{saved}; this base model is {class_name(base_model)} (family {fam.name if fam else 'custom'}): load it "
+            f"onto a {of} model of the checkpoint it was trained on (the whole model, load_adapter(backbone.model, "
+            "path), puts it on its inner model), or onto that inner model")
 
 
 def _same_script_class(recorded: str, base_model: nn.Module) -> bool:
