@@ -14,10 +14,10 @@ AVERAGE = "average"
 
 def _by_seed(records: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
     """{seed: {task: test score, "average": mean over tasks}} of one configuration's final runs (a run that
-    diverged has no scores: its seed is left out, and the report says so)."""
+    diverged or failed has no scores: its seed is left out, and the report says so)."""
     out = {}
     for r in records:
-        if r.get("diverged"):
+        if r.get("diverged") or r.get("failed"):
             continue
         scores = dict(r["tasks"])
         scores[AVERAGE] = statistics.fmean(r["tasks"].values())
@@ -61,17 +61,20 @@ def analyse(tasks: list[str], configs: list[Config], reference: Config | None, f
         ctasks = list(c.tasks)
         ck = [*ctasks, AVERAGE]
         steps = [r["step_s"] for r in final[c.cid] if r.get("step_s")]
+        ran = [r for r in final[c.cid] if not r.get("failed")]
         out_configs[c.cid] = {
             "group": c.group, "label": c.label, "tasks": ctasks, "options": c.options, "axis": c.axis,
             "value": c.value, "params": params.get(c.cid), "lr": picked.get(c.cid), "batch_size": c.batch_size,
-            "lr_val": {f"{r['lr']:g}": None if r.get("diverged") else statistics.fmean(r["val"].values())
-                       for r in tuning.get(c.cid, [])},   # None: the run diverged
+            "lr_val": {f"{r['lr']:g}": None if r.get("diverged") or r.get("failed") else
+                       statistics.fmean(r["val"].values()) for r in tuning.get(c.cid, [])},   # None: no score
+            "lr_failed": [f"{r['lr']:g}" for r in tuning.get(c.cid, []) if r.get("failed")],
             "scores": {k: summarize([s[k] for s in seeds.values()]).to_dict() for k in ck},
             "per_seed": {str(s): v for s, v in sorted(seeds.items())},
             "step_s": statistics.fmean(steps) if steps else None,
-            "wall_s": statistics.fmean(r["wall_s"] for r in final[c.cid]),
-            "cpu_s": statistics.fmean(r.get("cpu_s", r["wall_s"]) for r in final[c.cid]),
+            "wall_s": statistics.fmean(r["wall_s"] for r in ran),
+            "cpu_s": statistics.fmean(r.get("cpu_s", r["wall_s"]) for r in ran),
             "diverged_seeds": sorted(r["seed"] for r in final[c.cid] if r.get("diverged")),
+            "failed_seeds": sorted(r["seed"] for r in final[c.cid] if r.get("failed")),
         }
     singles = {c.tasks[0]: per_seed[c.cid] for c in configs if c.group == "single" and per_seed[c.cid]}
     single_ref = _single_reference(singles, tasks)
@@ -90,10 +93,36 @@ def analyse(tasks: list[str], configs: list[Config], reference: Config | None, f
         "interference": {c.cid: _paired(per_seed[c.cid], single_ref, keys)
                          for c in joint if single_ref and c.group == "method"},
     }
+    result["failed"] = _failed(configs, final, tuning, picked, out_configs)
     result["interference_same_lr"] = _same_lr_interference(tasks, configs, final, tuning, picked)
     result["ablations"] = _ablations(configs, reference if result["reference"] else None, ablation_values,
-                                     set(out_configs), {c.cid for c in configs if final.get(c.cid)}, params)
+                                     set(out_configs), {c.cid for c in configs
+                                                        if any(not r.get("failed") for r in final.get(c.cid, []))},
+                                     params)
     return result
+
+
+def _failed(configs: list[Config], final: dict[str, list[dict]], tuning: dict[str, list[dict]],
+            picked: dict[str, float], scored: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every failed run (its error line and log) and what its absence does to the results (``"effect"``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for c in configs:
+        for r in (*tuning.get(c.cid, []), *final.get(c.cid, [])):
+            if not r.get("failed") or r["key"] in out:
+                continue
+            if c.cid not in picked:
+                effect = "no learning rate finished, so the configuration has no scores and its other seeds did not run"
+            elif r["lr"] != picked[c.cid]:
+                effect = (f"the rate was left out of the tuning: {picked[c.cid]:g} was picked among the rates that "
+                          "finished")
+            elif c.cid not in scored:
+                effect = "no seed finished, so the configuration has no scores"
+            else:
+                n = len(scored[c.cid]["per_seed"])
+                effect = (f"its scores are over the {n} seed(s) that finished, and paired differences use the seeds "
+                          "both sides finished; it is left out of the best-score comparison, which needs every seed")
+            out[r["key"]] = {**{k: r[k] for k in ("label", "seed", "lr", "failed", "log")}, "effect": effect}
+    return list(out.values())
 
 
 def _same_lr_interference(tasks: list[str], configs: list[Config], final: dict[str, list[dict]],

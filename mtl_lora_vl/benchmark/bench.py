@@ -251,9 +251,10 @@ def plan_ranks(settings: BenchSettings, counter: ParameterCounter, n_tasks: int)
 
 
 def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer = train, overwrite: bool = False,
-                  stream: TextIO | None = None) -> dict[str, Any]:
+                  stream: TextIO | None = None, retry_failed: bool = False) -> dict[str, Any]:
     """Run (or resume) the grid in ``out`` and write report.md, results.json and plots/; returns the results
-    (with the thread count torch runs on, ``torch.get_num_threads()``: set it before calling)."""
+    (with the thread count torch runs on, ``torch.get_num_threads()``: set it before calling). A run that raises
+    is recorded as failed and the grid goes on; ``retry_failed`` runs the runs recorded as failed again."""
     settings.validate()
     out = Path(out)
     stream = stream if stream is not None else sys.stdout
@@ -267,11 +268,11 @@ def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer 
     out.mkdir(parents=True, exist_ok=True)
     with grid_lock(out):   # held from the settings check on: another runner can neither delete nor relabel the grid
         _check_settings(out, identity, overwrite)
-        return _run_grid(settings, out, counter, ranks, trainer, stream)
+        return _run_grid(settings, out, counter, ranks, trainer, stream, retry_failed)
 
 
 def _run_grid(settings: BenchSettings, out: Path, counter: ParameterCounter, ranks: dict[str, dict[str, int]],
-              trainer: Trainer, stream: TextIO) -> dict[str, Any]:
+              trainer: Trainer, stream: TextIO, retry_failed: bool) -> dict[str, Any]:
     """The grid of :func:`run_benchmark` in its checked, locked folder."""
     task_args = eval_subset_specs(settings.tasks, out / "specs", {"val": settings.val_n, "test": settings.test_n})
     tasks = list(task_args)
@@ -288,21 +289,32 @@ def _run_grid(settings: BenchSettings, out: Path, counter: ParameterCounter, ran
     print(f"[bench] {total} runs: {len(methods)} method configurations, {len(singles)} single-task references, "
           f"{len(ablations)} ablations; {settings.steps} steps at batch {settings.batch_size}; learning rates "
           f"{settings.lr_grid}; {seeds_text(settings.seeds)}; output {out}", file=stream, flush=True)
-    runner = Runner(out, settings, task_args, trainer, total, stream)
+    runner = Runner(out, settings, task_args, trainer, total, stream, retry_failed)
     started = time.perf_counter()
 
     seeds = list(range(settings.seeds))
-    zs = runner.run(RunSpec(zero_shot_config(tasks), seeds[0], settings.lr_grid[0], tune=False))
+    # (every run needs what the zero-shot run sets up: its failure stops the grid)
+    zs = runner.run(RunSpec(zero_shot_config(tasks), seeds[0], settings.lr_grid[0], tune=False), record_failure=False)
     tuning = {c.cid: [runner.run(RunSpec(c, seeds[0], lr, tune=True)) for lr in settings.lr_grid] for c in tuned}
-    picked = {cid: pick_lr(recs) for cid, recs in tuning.items()}
-    final = {c.cid: [next(r for r in tuning[c.cid] if r["lr"] == picked[c.cid])] for c in tuned}
+    picked = {cid: pick_lr(ok) for cid, recs in tuning.items() if (ok := [r for r in recs if not r.get("failed")])}
+    final = {c.cid: [next(r for r in tuning[c.cid] if r["lr"] == picked[c.cid])] for c in tuned if c.cid in picked}
+    unpicked = [c for c in tuned if c.cid not in picked]
+    for c in unpicked:   # no rate to run the other seeds at
+        runner.total -= settings.seeds - 1
+        print(f"[bench] {c.label}: the run failed at every learning rate, so its other seeds are not run",
+              file=stream, flush=True)
     for seed in seeds[1:]:
         for c in tuned:
-            final[c.cid].append(runner.run(RunSpec(c, seed, picked[c.cid], tune=False)))
-    if reference is not None:
+            if c.cid in picked:
+                final[c.cid].append(runner.run(RunSpec(c, seed, picked[c.cid], tune=False)))
+    if reference is not None and reference.cid in picked:
         picked.update({c.cid: picked[reference.cid] for c in ablations})
         for c in ablations:
             final[c.cid] = [runner.run(RunSpec(c, seed, picked[c.cid], tune=False)) for seed in seeds]
+    elif ablations:
+        runner.total -= len(ablations) * settings.seeds
+        print(f"[bench] {reference.label if reference else REFERENCE_METHOD}'s runs failed at every learning rate: "
+              "its ablations, run at its rate, are not run", file=stream, flush=True)
 
     for r in (r for recs in final.values() for r in recs if r.get("diverged")):   # a result: reported, marked
         print(f"[bench] {r['label']}, seed {r['seed']}: diverged at learning rate {r['lr']:g}, the rate picked on "
@@ -310,26 +322,29 @@ def _run_grid(settings: BenchSettings, out: Path, counter: ParameterCounter, ran
     results = analyse(tasks, configs, reference, final, tuning, picked, params, zs["zero_shot"], settings.ablations)
     all_runs = [zs, *(r for recs in tuning.values() for r in recs), *(r for recs in final.values() for r in recs)]
     unique = {r["key"]: r for r in all_runs}
+    timed = [r for r in unique.values() if r["group"] != "zero_shot" and not r.get("failed")]
     results.update(
         settings=asdict(settings), threads=torch.get_num_threads(), head_lr=TrainOptions().head_lr,
         ranks=ranks, runs_total=total, runs=sorted(unique.values(), key=lambda r: r["key"]),
         eval={"test": zs["eval_n"], "val_scenes": _val_scenes(task_args)},
         wall_s=time.perf_counter() - started,
-        mean_run_s=statistics.fmean(r["wall_s"] for r in unique.values() if r["group"] != "zero_shot"),
-        mean_run_cpu_s=statistics.fmean(r.get("cpu_s", r["wall_s"]) for r in unique.values()
-                                        if r["group"] != "zero_shot"),
+        mean_run_s=statistics.fmean(r["wall_s"] for r in timed) if timed else None,
+        mean_run_cpu_s=statistics.fmean(r.get("cpu_s", r["wall_s"]) for r in timed) if timed else None,
         task_mixing=_mixing(out, reference, final) if reference else None,
     )
     results["plots"] = [p.name for p in write_all(results, out / "plots")]
     path = write_report(out, results)
-    print(f"[bench] done: {path} ({runner.ran} runs trained now, {len(unique) - runner.ran} done earlier, "
-          f"{results['wall_s'] / 60:.1f} min)", file=stream, flush=True)
+    failed = len(results["failed"])
+    print(f"[bench] done: {path} ({runner.ran} runs trained now, {len(unique) - runner.ran - runner.failed} done "
+          f"earlier, {results['wall_s'] / 60:.1f} min)"
+          + (f"; {failed} run(s) FAILED (listed in the report; rerun with --retry-failed to run them again)"
+             if failed else ""), file=stream, flush=True)
     return results
 
 
 def _mixing(out: Path, reference: Config, final: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
     seeds = {}
-    for r in (r for r in final.get(reference.cid, []) if not r.get("diverged")):
+    for r in (r for r in final.get(reference.cid, []) if not r.get("diverged") and not r.get("failed")):
         m = mixing_from_adapter(out / r["folder"] / "train" / "adapter")
         if m is not None:
             seeds[str(r["seed"])] = m

@@ -96,6 +96,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="default auto")
     p.add_argument("--workers", type=int, default=0, help="data loader workers per run (default 0)")
     p.add_argument("--overwrite", action="store_true", help="delete --out and start the grid afresh")
+    p.add_argument("--retry-failed", action="store_true", help="run the runs recorded as failed (failed.json) "
+                   "again; without it a resumed grid keeps them as failed")
     add_logging_flags(p)
     return p
 
@@ -157,7 +159,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 def _run(args: argparse.Namespace, traceback: bool = False) -> int:
     try:
         settings = settings_from_args(args)
-        run_benchmark(settings, os.path.expanduser(args.out), overwrite=args.overwrite)
+        results = run_benchmark(settings, os.path.expanduser(args.out), overwrite=args.overwrite,
+                                retry_failed=args.retry_failed)
     except KeyboardInterrupt as e:
         print(f"[bench] stopped; rerun the same command to continue ({args.out})", file=sys.stderr)
         return getattr(e, "exit_code", 130)   # 143 when SIGTERM stopped a run
@@ -172,4 +175,8 @@ def _run(args: argparse.Namespace, traceback: bool = False) -> int:
         notes = "".join(f" ({n})" for n in getattr(e, "__notes__", ()))
         print(f"[mtl-lora-vl] error: {e}{notes}", file=sys.stderr)   # as the other commands print it
         return 2
+    if results["failed"]:   # the report is written; a script must still see that runs are missing
+        print(f"[bench] {len(results['failed'])} run(s) failed (see the report); rerun with --retry-failed to run "
+              "them again", file=sys.stderr)
+        return 1
     return 0

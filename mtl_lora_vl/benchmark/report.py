@@ -41,9 +41,11 @@ def _diff(d: dict[str, Any] | None) -> str:
 
 
 def _diverged_note(c: dict[str, Any]) -> str:
-    """`` (seed k diverged)`` when a seed of the configuration diverged (its scores are over the other seeds)."""
-    bad = c.get("diverged_seeds") or []
-    return f" (seed {', '.join(map(str, bad))} diverged)" if bad else ""
+    """`` (seed k diverged)`` / `` (seed k failed)`` when a seed of the configuration diverged or its run failed (its
+    scores are over the other seeds)."""
+    notes = [f"seed {', '.join(map(str, bad))} {what}" for what in ("diverged", "failed")
+             if (bad := c.get(f"{what}_seeds"))]
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def _row(cells: list[Any]) -> str:
@@ -70,8 +72,9 @@ def _findings(r: dict[str, Any]) -> list[str]:
     cfgs = r["configs"]
     joint = {cid: c for cid, c in cfgs.items() if c["group"] in ("method", "ablation")}
     lines = []
-    if joint:
-        lines.append(_best_line(r, joint))
+    complete = {cid: c for cid, c in joint.items() if not c.get("failed_seeds")}
+    if complete:   # means over other seeds are no comparison: a configuration with a failed seed is left out
+        lines.append(_best_line(r, complete))
     if r["reference"]:
         lines += [line for group in ("method", "ablation") if (line := _against_reference(r, group))]
     for d in r.get("diverged", []):
@@ -79,6 +82,10 @@ def _findings(r: dict[str, Any]) -> list[str]:
                 "seeds, and paired differences use the seeds both sides have")
         lines.append(f"- **{d['label']}, seed {d['seed']}: diverged** at learning rate {d['lr']:g}, the rate picked on "
                      f"seed 0 ({d['diverged']}); {rest}.")
+    for f in r.get("failed", []):
+        lines.append(f"- **{f['label']}, seed {f['seed']}, learning rate {f['lr']:g}: the run failed** "
+                     f"(`{f['failed']}`; log `{f['log']}`): {f['effect']}. Rerun with `--retry-failed` to run it "
+                     "again.")
     if r["interference"]:
         parts = [f"{cfgs[cid]['label']} {_diff(d[AVERAGE])}" for cid, d in r["interference"].items() if d]
         lines.append("- Interference (joint score minus each task trained alone with `lora`, averaged over tasks; "
@@ -215,6 +222,8 @@ def render(r: dict[str, Any]) -> str:
     lr_grid = [f"{lr:g}" for lr in s["lr_grid"]]
     def val(c: dict[str, Any], lr: str) -> str:
         v = c["lr_val"][lr]
+        if lr in c.get("lr_failed", []):
+            return "failed"
         return "diverged" if v is None else f"**{v:.3f}**" if lr == f"{c['lr']:g}" else f"{v:.3f}"
 
     rows = [[c["label"], *(val(c, lr) for lr in lr_grid if lr in c["lr_val"])]
@@ -253,7 +262,7 @@ def render(r: dict[str, Any]) -> str:
               "for the runs executed in the last session. Step time in the methods table: seconds per optimizer "
               "step from the trainer's throughput." if r.get("mean_run_s") else "",
               "- Each run's folder is `runs/<configuration>/lr<lr>-seed<seed>/` (trainer output in `train/`, "
-              "log in `train.log`, `result.json` = done).", _code_line(r.get("runs", [])), ""]
+              "log in `train.log`, `result.json` = done, `failed.json` = failed).", _code_line(r.get("runs", [])), ""]
     lines += _mixing_lines(r.get("task_mixing"))
     lines += ["## Plots", "", *(f"![{p}](plots/{p})" for p in r["plots"]), ""]
     return "\n".join(lines)

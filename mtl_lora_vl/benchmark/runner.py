@@ -2,7 +2,9 @@
 
 Each run lives in ``OUT/runs/<key>/``: the trainer's run directory ``train/``, its output in
 ``train.log``, and ``result.json`` -- written last, atomically, so it doubles as the done marker. A run
-with ``result.json`` is never redone; a folder without it (a killed run) is wiped and redone.
+with ``result.json`` is never redone; a folder without it (a killed run) is wiped and redone. A run whose trainer
+raised (out of memory, say) writes ``failed.json`` instead (its error line and log): the grid goes on, and a later
+start keeps it as failed unless asked to retry failed runs.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from ..training.stopping import RunStopped
 from .grid import BenchSettings, RunSpec
 
 Trainer = Callable[[TrainOptions], Path]
+#: A run's record of its failure (beside ``train.log``); ``result.json`` marks a run that finished.
+FAILED = "failed.json"
 
 
 class GridStopped(KeyboardInterrupt):
@@ -94,13 +98,15 @@ class Runner:
     """Executes runs in ``root/runs``; prints one progress line per run with an ETA."""
 
     def __init__(self, root: Path, settings: BenchSettings, task_args: dict[str, str], trainer: Trainer,
-                 total: int, stream: TextIO | None = None):
+                 total: int, stream: TextIO | None = None, retry_failed: bool = False):
         self.root, self.settings, self.task_args = root, settings, task_args
+        self.retry_failed = retry_failed
         self.trainer, self.total = trainer, total
         self.stream = stream if stream is not None else sys.stdout
         self.index = 0          # runs handled so far (done earlier or now)
         self.ran_seconds = 0.0  # wall time of the runs executed in this session
         self.ran = 0
+        self.failed = 0         # runs that failed in this session
         self.code = code_version()
 
     def options(self, spec: RunSpec, out: Path) -> TrainOptions:
@@ -115,21 +121,27 @@ class Runner:
             skip_zero_shot=not zero_shot, eval_batch_size=s.eval_batch_size, device=s.device, precision=s.precision,
             workers=s.workers, out=str(out), overwrite=True, save_every=steps, log_every=min(10, steps))
 
-    def run(self, spec: RunSpec) -> dict[str, Any]:
-        """The run's result record: read from ``result.json`` when it is done, else trained now."""
+    def run(self, spec: RunSpec, *, record_failure: bool = True) -> dict[str, Any]:
+        """The run's result record: read from ``result.json`` when it is done (from ``failed.json`` when it failed,
+        unless ``retry_failed``), else trained now. A trainer's exception is recorded as the run's failure
+        (``"failed"``: its error line; ``"log"``) and returned, or raised with ``record_failure=False``."""
         folder = self.root / "runs" / spec.key
-        done = folder / "result.json"
+        done, failed = folder / "result.json", folder / FAILED
         self.index += 1
         if done.is_file():
             record = read_record(done, spec)
             self._line(spec, record, "done earlier")
+            return record
+        if failed.is_file() and not self.retry_failed:
+            record = read_record(failed, spec)
+            self._line(spec, record, "failed earlier; --retry-failed runs it again")
             return record
         if folder.exists():
             shutil.rmtree(folder)  # a killed run: start it again
         folder.mkdir(parents=True)
         opts = self.options(spec, folder / "train")
         t0, c0 = time.perf_counter(), time.process_time()
-        diverged = None
+        diverged = error = None
         with (folder / "train.log").open("w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
                 run_dir = Path(self.trainer(opts))
@@ -140,8 +152,12 @@ class Runner:
             except Exception as e:   # its traceback into the run's log; the message names the run
                 traceback.print_exc()
                 e.add_note(f"in bench run {spec.key} (traceback in {folder / 'train.log'})")
-                raise
+                if not record_failure:
+                    raise
+                error = e
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if error is not None:   # (Ctrl-C and SIGTERM are not failures: they raised above)
+            return self._record_failure(spec, folder, error, wall, cpu)
         if diverged is not None:  # a result too (runs are deterministic: rerunning would diverge again)
             record = {**run_identity(spec, folder.relative_to(self.root)), "diverged": diverged, "tasks": None,
                       "val": None, "wall_s": wall}
@@ -158,10 +174,24 @@ class Runner:
         self._line(spec, record, f"{wall:.0f} s")
         return record
 
+    def _record_failure(self, spec: RunSpec, folder: Path, error: Exception, wall: float,
+                        cpu: float) -> dict[str, Any]:
+        """Write and return the record of a run whose trainer raised ``error``."""
+        rel = folder.relative_to(self.root)
+        record = {**run_identity(spec, rel), "failed": error_line(error), "log": str(rel / "train.log"),
+                  "tasks": None, "val": None, "wall_s": wall, "cpu_s": cpu, "code": self.code,
+                  "threads": torch.get_num_threads()}
+        write_json_atomic(folder / FAILED, record)
+        self.failed += 1   # (not in the ETA: a run failing at its start says little of the others' time)
+        self._line(spec, record, f"{wall:.0f} s")
+        return record
+
     def _line(self, spec: RunSpec, record: dict[str, Any], took: str) -> None:
         left = self.total - self.index
         eta = f"ETA {_fmt_time(left * self.ran_seconds / self.ran)}" if self.ran else "ETA –"
-        if record.get("diverged"):
+        if record.get("failed"):
+            what = f"FAILED: {record['failed']} (log: {self.root / record['log']})"
+        elif record.get("diverged"):
             what = "diverged"
         else:
             scores = record["zero_shot"] if spec.config.group == "zero_shot" else record["tasks"]
@@ -172,9 +202,16 @@ class Runner:
               f"{what} ({took}); {eta}", file=self.stream, flush=True)
 
 
+def error_line(error: BaseException) -> str:
+    """``Type: first line of the message`` (a CUDA out-of-memory message runs to several lines)."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
 def read_record(path: Path, spec: RunSpec) -> dict[str, Any]:
-    """The finished run's record in ``path`` (its ``result.json``), refused with the file named and the way out when
-    it is damaged or another run's: read as it was, it stopped the grid with a bare JSON error or a KeyError."""
+    """The run's record in ``path`` (its ``result.json``, or ``failed.json``), refused with the file named and the
+    way out when it is damaged or another run's: read as it was, it stopped the grid with a bare JSON error or a
+    KeyError."""
     try:
         record = json.loads(path.read_text())
         problem = None
@@ -183,7 +220,8 @@ def read_record(path: Path, spec: RunSpec) -> dict[str, Any]:
     if problem is None:
         problem = _record_problem(record, spec)
     if problem is not None:
-        raise ValueError(f"{path}: the record of finished run {spec.key} is damaged ({problem}); delete the folder "
+        what = "failed" if path.name == FAILED else "finished"
+        raise ValueError(f"{path}: the record of {what} run {spec.key} is damaged ({problem}); delete the folder "
                          f"{path.parent} and rerun the same command to train that run again (the grid's other runs "
                          "are kept)")
     return record
@@ -197,6 +235,8 @@ def _record_problem(record: Any, spec: RunSpec) -> str | None:
         return f"it names run {record.get('key')!r}"
     if record.get("diverged"):
         return None
+    if "failed" in record:
+        return None if isinstance(record["failed"], str) else "its error is not a message"
     wanted = ["tasks", *(["val"] if spec.tune else []), *(["zero_shot"] if spec.config.group == "zero_shot" else [])]
     bad = [k for k in wanted if not isinstance(record.get(k), dict) or not all(
         isinstance(v, (int, float)) for v in record[k].values())]

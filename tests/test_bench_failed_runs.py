@@ -1,0 +1,102 @@
+"""A run that fails (out of memory at one configuration, say) is recorded, the grid goes on, the report marks it,
+and a later start keeps it as failed unless ``--retry-failed``; Ctrl-C still stops the grid."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from test_bench_methods import _small_spec
+
+from mtl_lora_vl.benchmark import BenchSettings, run_benchmark
+from mtl_lora_vl.benchmark import cli as bench_cli
+from mtl_lora_vl.options import TrainOptions
+from mtl_lora_vl.training.train import train
+
+
+def _settings(tmp_path: Path, **over) -> BenchSettings:
+    specs = tmp_path / "specs"
+    base = dict(tasks=[_small_spec(specs, "vqa"), _small_spec(specs, "retrieval")], methods=["lora", "mtl_lora"],
+                match_params=False, single_task=False, ablations={}, seeds=2, lr_grid=[3e-3, 1e-2], steps=2,
+                batch_size=4, warmup=1, eval_batch_size=16, device="cpu")
+    return BenchSettings(**{**base, **over})
+
+
+def _oom_at(*where: tuple[str, float | None, int | None], calls: list[str] | None = None):
+    """A trainer that runs out of memory at (method, lr, seed) (None: any) but in the zero-shot run, else trains."""
+    def trainer(opts: TrainOptions) -> Path:
+        if calls is not None:
+            calls.append(opts.out)
+        for method, lr, seed in where:
+            if opts.steps > 1 and opts.method == method and lr in (None, opts.lr) and seed in (None, opts.seed):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+        return train(opts)
+    return trainer
+
+
+def test_a_failed_run_is_recorded_and_the_grid_goes_on(tmp_path):
+    settings, out = _settings(tmp_path), tmp_path / "bench"
+    log = io.StringIO()
+    results = run_benchmark(settings, out, trainer=_oom_at(("lora", None, 1), ("mtl_lora", 1e-2, 0)), stream=log)
+    # Every run was tried: 1 zero-shot + 2 configurations x (2 rates + 1 more seed).
+    assert len(results["runs"]) == 7 and "run(s) FAILED" in log.getvalue()
+    record = json.loads(next((out / "runs" / "lora-r8").glob("*-seed1/failed.json")).read_text())
+    assert record["failed"] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert "Traceback" in (out / record["log"]).read_text()
+    assert not list((out / "runs" / "lora-r8").glob("*seed1/result.json"))
+    lora, mtl = results["configs"]["lora-r8"], results["configs"]["mtl_lora-r8"]
+    assert lora["failed_seeds"] == [1] and lora["scores"]["average"]["n"] == 1 and list(lora["per_seed"]) == ["0"]
+    assert mtl["lr"] == 3e-3 and mtl["lr_failed"] == ["0.01"] and mtl["lr_val"]["0.01"] is None
+    assert mtl["scores"]["average"]["n"] == 2 and not mtl["failed_seeds"]
+    assert {(f["label"], f["seed"]) for f in results["failed"]} == {("lora r=8", 1), ("mtl_lora r=8", 0)}
+    report = (out / "report.md").read_text()
+    assert "| lora r=8 (seed 1 failed) |" in report and "**lora r=8, seed 1" in report
+    assert "the run failed** (`OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB`" in report
+    assert re.search(r"\| mtl_lora r=8 \| \*\*\d\.\d{3}\*\* \| failed \|", report)
+    best = next(line for line in report.splitlines() if line.startswith("- Best average"))
+    assert "mtl_lora r=8" in best   # lora, one seed short, is left out of the comparison of means
+
+    # A later start keeps the failed runs as failed: nothing is trained again.
+    calls: list[str] = []
+    log = io.StringIO()
+    again = run_benchmark(settings, out, trainer=_oom_at(calls=calls), stream=log)
+    assert calls == [] and len(again["failed"]) == 2 and log.getvalue().count("failed earlier") == 2
+    # --retry-failed runs exactly those again.
+    again = run_benchmark(settings, out, trainer=_oom_at(calls=calls), stream=io.StringIO(), retry_failed=True)
+    assert len(calls) == 2 and again["failed"] == [] and not list((out / "runs").rglob("failed.json"))
+    assert again["configs"]["lora-r8"]["scores"]["average"]["n"] == 2
+
+
+def test_a_configuration_failing_at_every_rate_leaves_the_others_reported(tmp_path):
+    settings = _settings(tmp_path, methods=["lora", "mtl_lora"], ablations={"task_lr_mult": [1.0, 10.0]},
+                         lr_grid=[3e-3], seeds=1)
+    log = io.StringIO()
+    results = run_benchmark(settings, tmp_path / "a", trainer=_oom_at(("mtl_lora", None, None)), stream=log)
+    assert "lora-r8" in results["configs"] and "mtl_lora-r8" not in results["configs"]
+    assert results["reference"] is None and results["ablations"] == {}
+    assert "its ablations, run at its rate, are not run" in log.getvalue()
+    assert [f["effect"] for f in results["failed"]] == [
+        "no learning rate finished, so the configuration has no scores and its other seeds did not run"]
+
+
+def test_ctrl_c_in_a_run_stops_the_grid_and_is_not_a_failure(tmp_path):
+    settings, out = _settings(tmp_path, methods=["mtl_lora"], lr_grid=[3e-3], seeds=1), tmp_path / "b"
+
+    def interrupted(opts: TrainOptions) -> Path:
+        if opts.steps > 1:   # after the zero-shot run
+            raise KeyboardInterrupt
+        return train(opts)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(settings, out, trainer=interrupted, stream=io.StringIO())
+    assert not list((out / "runs").rglob("failed.json"))
+
+
+def test_the_command_exits_1_when_runs_failed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench_cli, "run_benchmark", lambda *a, **k: {"failed": [{"label": "x"}]})
+    assert bench_cli.main(["--out", str(tmp_path / "o"), "--retry-failed"]) == 1
+    assert "1 run(s) failed (see the report); rerun with --retry-failed" in capsys.readouterr().err
