@@ -143,6 +143,17 @@ def check_splits(specs: list[TaskSpec]) -> None:
 
 
 _LOCK = ".lock"
+#: What a grid's folder holds (besides the lock file and its atomic writes' temporaries, ``.<name>.*.tmp``).
+_GRID_ENTRIES = ("settings.json", "runs", "specs", "plots", "report.md", "results.json")
+
+
+def _grid_remnant(out: Path) -> bool:
+    """``out`` holds its lock file and nothing but a grid's entries, without ``settings.json``: what an ``--overwrite``
+    stopped while emptying the folder leaves (it deletes ``settings.json`` first, the lock file never)."""
+    names = [p.name for p in out.iterdir()]
+    return _LOCK in names and "settings.json" not in names and all(
+        n == _LOCK or n in _GRID_ENTRIES or any(n.startswith(f".{g}.") and n.endswith(".tmp") for g in _GRID_ENTRIES)
+        for n in names)
 
 
 def check_unlocked(out: Path) -> None:
@@ -192,7 +203,12 @@ def _check_folder(out: Path, overwrite: bool) -> None:
                             "not a link: give its target as --out")
     if out.exists() and not out.is_dir():
         raise BenchDirError(f"--out {out}: is a file, not a folder; choose another --out")
-    if out.is_dir() and any(p.name != _LOCK for p in out.iterdir()) and not path.is_file():
+    if out.is_dir() and any(p.name != _LOCK for p in out.iterdir()) and not path.is_file() and not (
+            overwrite and _grid_remnant(out)):   # (--overwrite finishes the job)
+        if _grid_remnant(out):
+            raise BenchDirError(f"--out {out}: holds what an --overwrite stopped while deleting a grid left (its lock "
+                                "file and runs, no settings.json), which cannot be resumed; pass --overwrite to finish "
+                                "emptying it, or choose another --out")
         raise BenchDirError(f"--out {out}: is not empty and holds no benchmark (no settings.json), so it is "
                             "neither resumed nor replaced; choose another --out (a new or empty folder)")
     if overwrite and holds(out, Path.cwd()):
@@ -207,6 +223,8 @@ def _check_settings(out: Path, identity: dict[str, Any], overwrite: bool) -> Non
     _check_folder(out, overwrite)
     path = out / "settings.json"
     if overwrite and out.exists():
+        if path.is_file():   # first: a folder half emptied is no longer a grid to resume (see _grid_remnant)
+            path.unlink()
         for entry in out.iterdir():
             if entry.name == _LOCK:
                 continue
