@@ -9,7 +9,6 @@ takes the adapters out of a model again, with or without one task merged into th
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -24,7 +23,7 @@ from .adapters.generation import uninstall_routed_generate
 from .adapters.grow import AddedTask, add_task
 from .adapters.layers import AdapterBank, LoRALinear
 from .adapters.routing import RoutingError, check_module
-from .adapters.scopes import disabled, route
+from .adapters.scopes import MustEnter, disabled, route
 from .backbones.image_record import forget_loaded
 from .config import MTLLoRAConfig
 from .io.adapter_files import load_adapter, read_adapter_config, require_head_modules, save_adapter
@@ -201,14 +200,14 @@ class MTLLoRAModel(nn.Module):
         """Context manager: every forward inside serves ``tasks`` (a name, or one name / id per input row);
         ``recompute=False`` where no forward inside is checkpointed (see :func:`mtl_lora_vl.route`)."""
         self._check_adapted()
-        return route(self.base_model, tasks, recompute=recompute)
+        return _named(route(self.base_model, tasks, recompute=recompute), "model.route(tasks)")
 
     def disable_adapters(self) -> AbstractContextManager:
         """Context manager: the base model without adapters inside (zero-shot); PEFT's ``disable_adapter``.
         Called as a statement (transformers' in-place ``disable_adapters()``) it would do nothing: a warning
         says so when the returned scope is dropped without being entered."""
         self._check_adapted()
-        return _MustEnter(disabled(self.base_model), "disable_adapters()")
+        return _named(disabled(self.base_model), "model.disable_adapters()")
 
     disable_adapter = disable_adapters  # PEFT's spelling
 
@@ -384,23 +383,11 @@ def _no_such(peft_name: str, instead: str) -> RuntimeError:
     return RuntimeError(f"MTLLoRAModel has no PEFT-style {peft_name}: {instead}")
 
 
-class _MustEnter(AbstractContextManager):
-    """A scope that warns when it is dropped without being entered (a call meant to act in place)."""
-
-    def __init__(self, scope: AbstractContextManager, call: str):
-        self._scope, self._call, self._entered = scope, call, False
-
-    def __enter__(self) -> Any:
-        self._entered = True
-        return self._scope.__enter__()
-
-    def __exit__(self, *exc: Any) -> bool | None:
-        return self._scope.__exit__(*exc)
-
-    def __del__(self) -> None:
-        if not self._entered and warnings is not None:   # (None at interpreter shutdown)
-            warn_user(f"MTLLoRAModel.{self._call} returns a context manager and did nothing: use "
-                          f"`with model.{self._call}:` around the calls that should run without adapters")
+def _named(scope: AbstractContextManager, call: str) -> AbstractContextManager:
+    """``scope`` (from ``route`` / ``disabled``), its warning when dropped unentered naming ``call``."""
+    if isinstance(scope, MustEnter):
+        scope.call = call
+    return scope
 
 
 # ---------------------------------------------------------------------------------------------- unloading

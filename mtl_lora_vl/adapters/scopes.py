@@ -42,11 +42,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ContextDecorator, contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..log import warn_user
 from .routing import ADAPTERS_OFF, Route, Router, RoutingError, check_module, find_router
 
 
@@ -213,10 +215,9 @@ _REPLICA = ("route: this is an nn.DataParallel replica; the replicas share one r
             "(torchrun, one process per GPU), or route one task for the whole batch around the DataParallel call")
 
 
-@contextmanager
 def route(model: nn.Module | Router,
           tasks: str | int | torch.Tensor | Sequence[str] | Sequence[int] | Route, *,
-          recompute: bool = True) -> Iterator[Route]:
+          recompute: bool = True) -> AbstractContextManager[Route]:
     """Route every adapted layer of ``model`` to one task, or each sample to its own task.
 
     ``model`` is the adapted model, any module wrapping it, or its Router. ``tasks`` is a task name, a
@@ -229,7 +230,17 @@ def route(model: nn.Module | Router,
     when it is recomputed; :func:`may_recompute` tells whether a model checkpoints.
     Inside :func:`disabled` the route is ignored: the forward, and its recomputation in backward, run without
     adapters. A model is routed from one thread at a time: a scope opened while another thread's is open is refused.
+    A context manager: it acts only entered (``with``); called as a statement it would do nothing, so a scope
+    dropped without being entered warns (:class:`MustEnter`).
     """
+    return _must_enter(_route(model, tasks, recompute), "mtl_lora_vl.route(model, tasks)",
+                       "the forwards that should serve those tasks")
+
+
+@contextmanager
+def _route(model: nn.Module | Router, tasks: str | int | torch.Tensor | Sequence[str] | Sequence[int] | Route,
+           recompute: bool) -> Iterator[Route]:
+    """:func:`route`'s scope."""
     if getattr(model, "_is_replica", False):
         raise RoutingError(_REPLICA)
     router = find_router(model)
@@ -326,12 +337,19 @@ def _close(router: Router, new: Route, outer: Route | None) -> None:
     router.current = outer
 
 
-@contextmanager
-def disabled(model: nn.Module | Router, *, recompute: bool = True) -> Iterator[None]:
+def disabled(model: nn.Module | Router, *, recompute: bool = True) -> AbstractContextManager[None]:
     """Run ``model`` as the unadapted base model (zero-shot) inside this scope, also where a ``route`` is opened
     inside it (disabled wins, in backward's recomputation too). Refused while a task is merged into the weights
     (the base model is not what would run). ``recompute=False``: as for :func:`route`, no saved-tensor hooks (which
-    ``torch.func`` transforms refuse) where no forward in the scope is checkpointed."""
+    ``torch.func`` transforms refuse) where no forward in the scope is checkpointed. A context manager, as
+    :func:`route`: dropped without being entered it warns."""
+    return _must_enter(_disabled(model, recompute), "mtl_lora_vl.disabled(model)",
+                       "the calls that should run without adapters")
+
+
+@contextmanager
+def _disabled(model: nn.Module | Router, recompute: bool) -> Iterator[None]:
+    """:func:`disabled`'s scope."""
     router = find_router(model)
     if router.merged_task is not None:
         raise RoutingError(
@@ -345,3 +363,39 @@ def disabled(model: nn.Module | Router, *, recompute: bool = True) -> Iterator[N
             yield
     finally:
         _release(router, held, lambda: setattr(router, "disabled", router.disabled - 1), compiling)
+
+
+class MustEnter(ContextDecorator, AbstractContextManager):
+    """A scope that acts only entered (``with``, ``ExitStack.enter_context``, or as a decorator): one dropped without
+    being entered -- the call written as a statement, as if it switched the model in place (transformers'
+    ``disable_adapters()``) -- warns, naming the call (``call``) and where to put it. Not made in a traced forward
+    (:func:`_must_enter`)."""
+
+    def __init__(self, scope: AbstractContextManager, call: str, around: str) -> None:
+        self.scope, self.call, self.around, self.entered = scope, call, around, False
+
+    def __enter__(self) -> Any:
+        self.entered = True
+        return self.scope.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self.scope.__exit__(*exc)
+
+    def __call__(self, func: Callable) -> Callable:
+        """As a decorator: each call of ``func`` runs in a fresh scope."""
+        self.entered = True
+        return super().__call__(func)
+
+    def _recreate_cm(self) -> AbstractContextManager:
+        return self.scope._recreate_cm()
+
+    def __del__(self) -> None:
+        if not self.__dict__.get("entered", True) and warn_user is not None:   # (None at interpreter shutdown)
+            warn_user(f"{self.call} returns a context manager and did nothing (it was never entered): use "
+                      f"`with {self.call}:` around {self.around}")
+
+
+def _must_enter(scope: AbstractContextManager, call: str, around: str) -> AbstractContextManager:
+    """``scope`` as a :class:`MustEnter`, or as it is in a traced forward: there dynamo inlines the scope's generator
+    (a forward pre-hook's scope, a compiled ``MultiTaskModel.forward``'s), and a dropped scope could not warn."""
+    return scope if torch.compiler.is_compiling() else MustEnter(scope, call, around)
