@@ -76,3 +76,15 @@ def test_every_way_of_entering_a_scope_is_silent():
     want = step(x)
     torch.testing.assert_close(a, want[0])
     torch.testing.assert_close(b, base)
+
+
+def test_from_pretrained_and_save_pretrained_name_a_directory_that_is_not_a_path():
+    """``from_pretrained(model, None)`` / ``save_pretrained(None)`` failed in pathlib: 'expected str, bytes or
+    os.PathLike object, not NoneType', naming no argument."""
+    net = _net()
+    for call, name in ((lambda: mlv.MTLLoRAModel.from_pretrained(_Net(), None), "adapter_dir"),
+                       (lambda: mlv.MTLLoRAModel(net).save_pretrained(None), "save_directory"),
+                       (lambda: mlv.MTLLoRAModel(net).save_pretrained(b"out"), "save_directory")):
+        with pytest.raises(TypeError, match=rf"_pretrained\(.*{name}\): {name} is the adapter directory's path "
+                                            r"\(a str or pathlib\.Path\), got (None|a bytes)"):
+            call()
