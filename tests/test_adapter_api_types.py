@@ -45,3 +45,12 @@ def test_read_adapter_config_of_a_model_and_a_non_bool_is_trainable_are_named(tm
     x = torch.ones(1, 4)
     with mlv.route(loaded, "a"), mlv.route(model, "a"):
         torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_save_and_load_adapter_name_a_path_that_is_none(tmp_path):
+    model = _adapted()
+    says = r"path must be an adapter directory \(a str or Path\), got NoneType"
+    with pytest.raises(TypeError, match=rf"save_adapter: {says}"):
+        mlv.save_adapter(model, None)
+    with pytest.raises(TypeError, match=rf"load_adapter: {says}"):
+        mlv.load_adapter(nn.Sequential(nn.Linear(4, 4)), None)

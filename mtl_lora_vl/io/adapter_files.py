@@ -210,6 +210,7 @@ def save_adapter(
     its own). An existing non-empty ``path`` is replaced only with ``overwrite=True``, and only once the new
     directory is complete.
     """
+    _check_path(path, "save_adapter")
     inner = adapted_module(model)
     info = inner._mtl_lora
     cfg = info.config
@@ -284,10 +285,14 @@ def save_adapter(
 def read_adapter_config(path: str | Path, verify: bool = True) -> dict[str, Any]:
     """The parsed config (``mtl_lora_config.json``; format 1: ``adapter_config.json``) of an adapter
     directory; ``verify`` checks every file's sha256."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"read_adapter_config: path must be an adapter directory (a str or Path), got "
-                        f"{type(path).__name__}; it reads the folder save_adapter wrote, not a model")
+    _check_path(path, "read_adapter_config", "; it reads the folder save_adapter wrote, not a model")
     return _read(Path(path), verify)[0]
+
+
+def _check_path(path: Any, what: str, hint: str = "") -> None:
+    """Refuse a ``path`` that is not one (None, a model), which pathlib would refuse without naming the call."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what}: path must be an adapter directory (a str or Path), got {type(path).__name__}{hint}")
 
 
 def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
@@ -428,6 +433,7 @@ def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Mo
         raise TypeError("load_adapter: base_model is a torch.compile wrapper of "
                         f"{type(base_model._orig_mod).__name__}; pass the model itself (compiled._orig_mod) and "
                         "compile after loading")
+    _check_path(path, "load_adapter")
     if heads is not None and not isinstance(heads, Mapping):
         raise TypeError(f"load_adapter: heads must map task -> nn.Module, got {type(heads).__name__}")
     if not isinstance(is_trainable, bool):   # (the string "no" is true)
