@@ -50,9 +50,11 @@ class StopRequest:
     def __call__(self, signum: int, frame: object) -> None:  # noqa: ARG002
         if self.signum and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        first = not self.signum
         self.signum = signum
-        logger.warning("%s: stopping after this step (Ctrl-C again to stop at once, without saving)",
-                       signal.Signals(signum).name)
+        if first:   # a second SIGTERM said it again (a rank whose torchrun agent died got two)
+            logger.warning("%s: stopping after this step (Ctrl-C again to stop at once, without saving)",
+                           signal.Signals(signum).name)
 
 
 @contextlib.contextmanager

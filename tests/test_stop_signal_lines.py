@@ -1,0 +1,23 @@
+"""The line a stop signal makes: said once per process, however many signals follow the first."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import pytest
+
+from mtl_lora_vl.training.stopping import StopRequest
+
+
+def test_a_repeated_sigterm_says_stopping_once(caplog):
+    """A rank whose torchrun agent was killed got SIGTERM twice and printed its stop line twice (4 lines from 2
+    ranks, in 2 of 3 launches); the second signal still stops it (no KeyboardInterrupt: only a second Ctrl-C)."""
+    stop = StopRequest()
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+        stop(signal.SIGTERM, None)
+        stop(signal.SIGTERM, None)
+    assert stop.signum == signal.SIGTERM
+    assert [r.getMessage().count("stopping after this step") for r in caplog.records] == [1]
+    with pytest.raises(KeyboardInterrupt):   # Ctrl-C after it: at once
+        stop(signal.SIGINT, None)
