@@ -30,7 +30,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 __all__ = ["LEVELS", "PACKAGE_LOGGER", "cli_logging", "interactive", "line_bar", "main_rank_logging", "progress",
-           "quiet", "say", "warn_user"]
+           "quiet", "rank_prefix", "say", "warn_user"]
 
 PACKAGE_LOGGER = "mtl_lora_vl"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -120,6 +120,14 @@ def main_rank_logging(is_main: bool) -> Iterator[None]:
             yield
     finally:
         logger.setLevel(saved)
+
+
+def rank_prefix() -> str:
+    """``"rank N: "`` in a process of a multi-process run (torchrun's ``RANK`` and ``WORLD_SIZE``), else ``""``: the
+    start of a warning that each rank says of its own (a signal it got, a file it read), so that N lines tell whose."""
+    if int(os.environ.get("WORLD_SIZE", "1") or "1") > 1:
+        return f"rank {os.environ.get('RANK', '0')}: "
+    return ""
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__)) + os.sep

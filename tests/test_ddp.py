@@ -473,7 +473,8 @@ def test_a_failed_start_up_names_the_rank_and_destroys_the_process_group(monkeyp
 def test_ranks_stop_with_a_checkpoint_when_the_agent_is_killed(tmp_path, procs):
     """Review 275: ``kill -9`` of the torchrun agent left both ranks training under PID 1, holding the run's lock (a
     --resume was refused "a run is training in it now") and ports. Now the kernel SIGTERMs each rank when the agent
-    dies: both stop at a step boundary, save a checkpoint and let the lock go."""
+    dies: both stop at a step boundary, save a checkpoint and let the lock go; each says the signal it got, with its
+    rank."""
     import psutil
 
     from mtl_lora_vl.rundir import RUN_LOCK, lock_holder
@@ -497,6 +498,9 @@ def test_ranks_stop_with_a_checkpoint_when_the_agent_is_killed(tmp_path, procs):
     _, err = proc.communicate(timeout=30)   # (loader workers, which hold the pipes too, ended with their ranks)
     step = _step(run / "checkpoint.pt")
     assert err.count(f"stopped at step {step}; checkpoint saved") == 1, err[-3000:]   # rank 0 says it
+    # each rank got a SIGTERM and says so once, with its rank (two identical lines said neither whose nor how many)
+    assert err.count("SIGTERM: stopping after this step") == 2, err[-3000:]
+    assert all(err.count(f"rank {r}: SIGTERM: stopping after this step") == 1 for r in (0, 1)), err[-3000:]
     assert 3 <= step < 5000 and (run / "checkpoint-rank1.pt").is_file() and not (run / "adapter").exists()
     assert lock_holder(run / RUN_LOCK) is None   # a --resume may continue it
 

@@ -21,3 +21,18 @@ def test_a_repeated_sigterm_says_stopping_once(caplog):
     assert [r.getMessage().count("stopping after this step") for r in caplog.records] == [1]
     with pytest.raises(KeyboardInterrupt):   # Ctrl-C after it: at once
         stop(signal.SIGINT, None)
+
+
+def test_each_rank_names_itself_in_its_stop_line(caplog, monkeypatch):
+    """Under torchrun each rank says the signal it got with its rank (N identical lines said neither whose nor how
+    many); one process alone says it as before."""
+    for env, start in (({"RANK": "1", "WORLD_SIZE": "2"}, "rank 1: SIGTERM"), ({}, "SIGTERM")):
+        caplog.clear()
+        with monkeypatch.context() as mp:
+            for k in ("RANK", "WORLD_SIZE"):
+                mp.delenv(k, raising=False)
+            for k, v in env.items():
+                mp.setenv(k, v)
+            with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+                StopRequest()(signal.SIGTERM, None)
+        assert [r.getMessage().split(": stopping")[0] for r in caplog.records] == [start]

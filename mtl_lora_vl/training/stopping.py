@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..log import rank_prefix
+
 __all__ = ["RunStopped", "StopRequest", "Terminated", "stop_at_step_boundary", "stop_signals_ignored",
            "terminate_raises"]
 
@@ -53,8 +55,9 @@ class StopRequest:
         first = not self.signum
         self.signum = signum
         if first:   # a second SIGTERM said it again (a rank whose torchrun agent died got two)
-            logger.warning("%s: stopping after this step (Ctrl-C again to stop at once, without saving)",
-                           signal.Signals(signum).name)
+            # each rank says the signal it got (one rank alone may get it): "rank 1: SIGTERM: ..." under torchrun
+            logger.warning("%s%s: stopping after this step (Ctrl-C again to stop at once, without saving)",
+                           rank_prefix(), signal.Signals(signum).name)
 
 
 @contextlib.contextmanager
