@@ -333,6 +333,22 @@ def test_ddp_resume_repeats_the_run_and_its_sharded_scores_match_one_process(tmp
             assert [json.loads(line) for line in lines] == _floats_near(mine), task
 
 
+def test_each_rank_names_itself_in_the_broken_images_it_met_in_training(tmp_path, procs):
+    """Each rank replaces the rows whose image is broken in its own batches and warns once per file it finds: two
+    ranks meeting one file printed the same line twice, and no line said which rank met which file. Now each line
+    names its rank, and none is printed twice."""
+    from collections import Counter
+
+    proc = torchrun(str(TESTS / "broken_images.py"), "--tasks", str(rng_kind.small_spec(tmp_path, "vqa")),
+                    "--steps", "6", "--batch-size", "6", "--workers", "0", "--skip-zero-shot", "--device", "cpu",
+                    "--out", str(tmp_path / "run"))
+    procs.append(proc)
+    _, err = finish(proc, timeout=200)
+    lines = [x for x in err.splitlines() if "its rows are replaced by other rows" in x]
+    assert lines and max(Counter(lines).values()) == 1, Counter(lines).most_common(2)
+    assert all(f"rank {r}: task 'vqa': " in err for r in (0, 1)), err[-3000:]
+
+
 def test_ddp_trains_a_task_that_never_runs_the_text_tower(tmp_path, procs):
     """Classification alone leaves the text tower's adapters without gradients: DDP must be told, or it
     stops at step 2 waiting for their reduction. A warning of the final evaluation (no test split) is said
