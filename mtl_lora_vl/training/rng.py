@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..data.sampler import mix_seed
-from ..log import warn_user
+from ..log import rank_prefix, warn_user
 
 _RANK = 6      # stream tag for mix_seed (the loader uses 1, 2, 4 and 5)
 
@@ -97,8 +97,8 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
     if cuda and torch.cuda.is_available():
         present = torch.cuda.device_count()
         if present != len(cuda):
-            warn_user(f"the checkpoint holds CUDA generator states of {len(cuda)} devices, this machine has "
-                          f"{present}; restoring the first {min(present, len(cuda))}")
+            warn_user(f"{rank_prefix()}the checkpoint holds CUDA generator states of {len(cuda)} devices, this "
+                      f"machine has {present}; restoring the first {min(present, len(cuda))}")   # (each machine's)
         for i, s in enumerate(cuda[:present]):
             torch.cuda.set_rng_state(s, i)
 
