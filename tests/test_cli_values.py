@@ -59,7 +59,7 @@ def test_bench_out_tilde_is_home(tmp_path, monkeypatch):
     import mtl_lora_vl.benchmark.bench as bench
     from mtl_lora_vl.benchmark import main
 
-    monkeypatch.setattr(bench, "_run_grid", lambda *a, **k: {})   # no training: just the folder checks
+    monkeypatch.setattr(bench, "_run_grid", lambda *a, **k: {"failed": []})   # no training: just the folder checks
     assert main(["--out=~/bench", "--quick", "--device", "cpu", "--no-single"]) == 0
     assert not (cwd / "~").exists()
     assert (home / "bench" / "settings.json").is_file()
