@@ -30,6 +30,7 @@ from typing import IO, Any
 from .distributed import DistInfo, broadcast_from_main
 from .io.adapter_files import absolute_base
 from .io.atomic import atomic_file, holds
+from .io.layout import RUN_OUTPUTS
 from .io.locks import LockHeld, lock_holder, take_lock
 from .log import warn_user
 from .options import TrainOptions, type_problem
@@ -137,20 +138,14 @@ def choose_run_dir(opts: TrainOptions) -> Path:
     return run
 
 
-#: What a run writes in its folder, by name; a resumed run writes each again (through a link, to the link's target).
-_RUN_ENTRIES = ("adapter", "predictions", "plots", "checkpoint.pt", "config.json", "metrics.jsonl", "eval.json",
-                "report.md")
-
-
 def _refuse_linked_outputs(run: Path) -> None:
     """Refuse a resume whose run folder holds a link out of it where the run writes (a run folder unpacked from
     someone's archive): the final ``save_adapter`` would replace the folder ``adapter`` leads to, files and all."""
-    for name in _RUN_ENTRIES:
-        entry = run / name
+    for entry in (e for pattern in RUN_OUTPUTS for e in run.glob(pattern)):
         if entry.is_symlink() and not holds(run, entry):
             raise RunDirError(f"--resume {run}: {entry} is a symbolic link to {os.readlink(entry)}, out of the run "
-                              f"folder; the run writes its {name} there and would replace what the link leads to: "
-                              "remove the link (the run writes its own there)")
+                              f"folder; the run writes its {entry.name} there and would replace what the link leads "
+                              "to: remove the link (the run writes its own there)")
 
 
 def _check_parent(run: Path) -> None:

@@ -22,7 +22,7 @@ def _run(tmp_path):
     return run, docs
 
 
-@pytest.mark.parametrize("name", ["adapter", "predictions", "report.md", "metrics.jsonl"])
+@pytest.mark.parametrize("name", ["adapter", "predictions", "report.md", "metrics.jsonl", "checkpoint-rank1.pt"])
 def test_a_link_out_of_the_run_folder_where_the_run_writes_is_refused_on_resume(tmp_path, name):
     run, docs = _run(tmp_path)
     (run / name).symlink_to(docs if name in ("adapter", "predictions") else docs / "thesis.tex")

@@ -23,12 +23,14 @@ from .atomic import holds
 __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_WEIGHTS",
+    "CHECKPOINT_NAME",
     "FORMAT",
     "FORMAT_VERSION",
     "HEADS_WEIGHTS",
     "LEGACY_ADAPTER_CONFIG",
     "LEGACY_ADAPTER_WEIGHTS",
     "MERGED_TASK_KEY",
+    "RUN_OUTPUTS",
     "AdapterFileError",
     "AdapterLayout",
     "EXPORT_RECORD",
@@ -56,6 +58,11 @@ LEGACY_ADAPTER_WEIGHTS = "adapter_model.safetensors"  # format version 1; PEFT's
 HEADS_WEIGHTS = "heads.safetensors"
 TASKS_DIR = "tasks"
 RUN_ADAPTER_DIR = "adapter"  # where a training run keeps its adapter (RUN_DIR/adapter)
+CHECKPOINT_NAME = "checkpoint.pt"   # a training run's checkpoint (RUN_DIR/checkpoint.pt; other ranks' beside it)
+#: What a training run writes at the top of its folder (glob patterns): its temporaries are ``.<name>.*.tmp``, and a
+#: resumed run writes each again (through a link, to the link's target).
+RUN_OUTPUTS = (CHECKPOINT_NAME, "checkpoint-rank*.pt", RUN_ADAPTER_DIR, "config.json", "metrics.jsonl", "eval.json",
+               "report.md", "predictions", "plots")
 EXPORT_RECORD = "mtl_lora_export.json"  # in every exported folder: what it holds; marks it as an export
 MERGED_TASK_KEY = "mtl_lora_vl_task"    # in a merged .safetensors export's metadata: its task; marks it as one
 

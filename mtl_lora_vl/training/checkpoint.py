@@ -56,7 +56,7 @@ from ..data.loader import MultiTaskLoader
 from ..distributed import DistInfo, barrier
 from ..io.atomic import atomic_file
 from ..io.identity import same_weights
-from ..io.layout import ADAPTER_CONFIG, RUN_ADAPTER_DIR, is_adapter_dir
+from ..io.layout import ADAPTER_CONFIG, CHECKPOINT_NAME, RUN_ADAPTER_DIR, RUN_OUTPUTS, is_adapter_dir
 from ..log import warn_user
 from ..multitask import MultiTaskModel, Setup
 from ..options import TrainOptions
@@ -65,7 +65,6 @@ from ..tasks.spec import TaskSpec, spec_digests
 from .optim import Optimization
 from .rng import rng_state, seed_rank, set_rng_state
 
-CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 2
 _REQUIRED = ("step", "trainable", "optimizer", "scheduler", "sampler")   # in every version's checkpoint.pt
 _KEEP = 2     # checkpoints whose generator states a rank file keeps
@@ -357,16 +356,11 @@ def restore_training_state(state: dict[str, Any], model: MultiTaskModel, optim: 
     return Progress(step, log_window, int(state.get("bad_streak", 0)), replaced, skips, state.get("best", {}))
 
 
-#: What a run directory writes atomically (atomic_file / atomic_dir name their temporaries ``.<name>.*.tmp``).
-_RUN_OUTPUTS = (CHECKPOINT_NAME, "checkpoint-rank*.pt", RUN_ADAPTER_DIR, "config.json", "metrics.jsonl",
-                "eval.json", "report.md")
-
-
 def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
     """Delete the temporaries a run killed while writing left in ``run_dir`` (a ``.checkpoint.pt.*.tmp`` as large
     as the checkpoint, a ``.adapter.*.tmp/``): nothing reads them, and each kill left another. Returns them."""
     gone = []
-    stale = [t for pattern in _RUN_OUTPUTS for t in Path(run_dir).glob(f".{pattern}.*.tmp")]
+    stale = [t for pattern in RUN_OUTPUTS for t in Path(run_dir).glob(f".{pattern}.*.tmp")]
     stale += Path(run_dir).glob("plots/.*.png.*.tmp")   # report._save's temporaries
     for tmp in stale:
         shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
