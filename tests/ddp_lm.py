@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from mtl_lora_vl import distributed
 from mtl_lora_vl.distributed import DistInfo, barrier, cleanup, init_distributed, sharded_evaluation
 from mtl_lora_vl.evaluation.evaluate import evaluate_setup
 from mtl_lora_vl.multitask import build_setup
@@ -26,6 +25,7 @@ from mtl_lora_vl.options import TrainOptions
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ddp_step import step_grads  # noqa: E402
 from rng_kind import small_spec  # noqa: E402
+from sharded_eval import recording_shards  # noqa: E402
 
 BACKBONE = "builtin-llava"
 TASKS = ("vqa", "captioning")
@@ -58,14 +58,7 @@ def step_and_scores(tmp: Path, info: DistInfo) -> dict:
 
 def main(tmp: str, out: str) -> None:
     info = init_distributed("cpu")
-    shards = []
-    bounds = distributed.shard_bounds
-
-    def recorded(n, rank, world_size):  # which shards this rank scored
-        shards.append([n, *bounds(n, rank, world_size)])
-        return shards[-1][1:]
-
-    distributed.shard_bounds = recorded
+    shards = recording_shards()
     result = step_and_scores(Path(tmp), info)
     result["shards"] = shards
     if info.is_main:

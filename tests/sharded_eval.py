@@ -65,16 +65,23 @@ def scores(tmp: Path) -> dict:
     return out
 
 
-def main(tmp: str, out: str) -> None:
-    info = init_distributed("cpu")
-    shards = []
+def recording_shards() -> list[list[int]]:
+    """The list each later ``shard_bounds`` call of this process appends its ``[n, start, end]`` to: which shards
+    this rank scored (a launch script's process only)."""
+    shards: list[list[int]] = []
     bounds = distributed.shard_bounds
 
-    def recorded(n, rank, world_size):  # which shards this rank scored
+    def recorded(n, rank, world_size):
         shards.append([n, *bounds(n, rank, world_size)])
         return shards[-1][1:]
 
     distributed.shard_bounds = recorded
+    return shards
+
+
+def main(tmp: str, out: str) -> None:
+    info = init_distributed("cpu")
+    shards = recording_shards()
     with sharded_evaluation(info):
         result = scores(Path(tmp) / f"rank{info.rank}")
     result["shards"] = shards
