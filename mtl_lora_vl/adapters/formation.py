@@ -66,12 +66,12 @@ def _signature(bank: Any) -> tuple:
             B.device, B.requires_grad, None if lam is None else (lam.shape, lam.dtype, lam.requires_grad))
 
 
-def _flags(sig: tuple) -> tuple:
-    """The parts of a signature that can change while the tensors and their storage stay: Λ's type, τ, whether
-    w, B and Λ require gradients, and their shapes (``p.data = p.data[:k]`` keeps the storage's address) -- as
-    :meth:`_Group.valid_for` reads them back."""
-    return (sig[0], sig[1], sig[5], sig[9], None if sig[10] is None else sig[10][2], sig[2], sig[6],
-            None if sig[10] is None else sig[10][0])
+def _flags(bank: Any, w: torch.Tensor, lam: torch.Tensor | None, B: torch.Tensor) -> tuple:
+    """The parts of ``bank``'s signature that can change while its tensors (``w``, ``lam``, ``B``) and their storage
+    stay: Λ's type, τ, whether they require gradients, and their shapes (``p.data = p.data[:k]`` keeps the storage's
+    address) -- taken when a group forms and compared by :meth:`_Group.valid_for`."""
+    return (bank.lambda_type, bank.temperature, w.requires_grad, B.requires_grad,
+            None if lam is None else lam.requires_grad, w.shape, B.shape, None if lam is None else lam.shape)
 
 
 class _Inputs:
@@ -150,9 +150,7 @@ class _Group:
         (w, lam, B), (w0, lam0, B0) = _params(bank), inputs.params[i]
         if w is not w0 or lam is not lam0 or B is not B0 or _versions((w, lam, B)) != inputs.versions[i]:
             return False
-        return flags is None or flags == (bank.lambda_type, bank.temperature, w.requires_grad, B.requires_grad,
-                                          None if lam is None else lam.requires_grad, w.shape, B.shape,
-                                          None if lam is None else lam.shape)
+        return flags is None or flags == _flags(bank, w, lam, B)
 
     def matrix(self, i: int, dtype: torch.dtype) -> tuple[torch.Tensor, _Inputs | None]:
         """Layer i's M in ``dtype`` (every layer's formed on the first call for a dtype), and where its backward
@@ -340,7 +338,7 @@ class Formation:
             if held is not None:
                 self._release(held[1])
             self._groups[sig] = (key, group)
-            group.key, group.flags = key, _flags(sig)
+            group.key, group.flags = key, _flags(bank, *_params(bank))
             self._hot.update(dict.fromkeys(group.position, group))
             i = group.position[id(bank)]
         return _with_again(*group.matrix(i, dtype), i, dtype)
