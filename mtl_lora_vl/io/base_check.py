@@ -43,8 +43,14 @@ def adapted_part(base_model: nn.Module, doc: dict[str, Any]) -> nn.Module:
     fam = find_family(base_model)
     if fam is None or ident.get("family") != "custom" or ident.get("class") == class_name(base_model):
         return base_model
-    parts = [m for m in base_model.modules() if class_name(m) == ident.get("class") and inner_family(m) is fam]
-    return parts[0] if len(parts) == 1 else base_model   # (none or several: check_base_class names the mismatch)
+    parts = _inner_parts(base_model, str(ident.get("class")), fam)
+    return parts[0][1] if len(parts) == 1 else base_model   # (none or several: check_base_class names the mismatch)
+
+
+def _inner_parts(base_model: nn.Module, recorded: str, fam: Any) -> list[tuple[str, nn.Module]]:
+    """The submodules of ``base_model`` of class ``recorded`` that are family ``fam``'s inner multimodal model."""
+    return [(n, m) for n, m in base_model.named_modules() if n and class_name(m) == recorded
+            and inner_family(m) is fam]
 
 
 def check_base_class(base_model: nn.Module, doc: dict[str, Any], path: Path) -> None:
@@ -82,7 +88,7 @@ def _inner_refusal(base_model: nn.Module, ident: dict[str, Any], path: Path) -> 
     saved = (f"{path}: the adapter was saved from the inner multimodal model ({short}) of a {of} model, adapted on its "
              "own (attach(model.model, ...)), so it is recorded as family custom of that class")
     fam, here = find_family(base_model), type(base_model).__name__
-    parts = [n for n, m in base_model.named_modules() if n and class_name(m) == recorded and inner_family(m) is fam]
+    parts = [n for n, _ in _inner_parts(base_model, recorded, fam)]
     if fam is not None and fam.name == of and len(parts) > 1:
         return (f"{saved}; this {here} holds {len(parts)} {short} modules ({few(parts)}), so which one it goes on is "
                 f"not known: pass the one it was saved from (e.g. load_adapter(model.{parts[0]}, path))")
