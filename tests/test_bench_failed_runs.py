@@ -14,6 +14,7 @@ from test_bench_methods import _small_spec
 
 from mtl_lora_vl.benchmark import BenchSettings, run_benchmark
 from mtl_lora_vl.benchmark import cli as bench_cli
+from mtl_lora_vl.benchmark.report import render
 from mtl_lora_vl.options import TrainOptions
 from mtl_lora_vl.training.train import train
 
@@ -100,3 +101,15 @@ def test_the_command_exits_1_when_runs_failed(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench_cli, "run_benchmark", lambda *a, **k: {"failed": [{"label": "x"}]})
     assert bench_cli.main(["--out", str(tmp_path / "o"), "--retry-failed"]) == 1
     assert "1 run(s) failed (see the report); rerun with --retry-failed" in capsys.readouterr().err
+
+
+def test_the_single_task_row_says_which_seed_failed_or_diverged():
+    """A configuration's row said '(seed 1 failed)', the single-task reference's row nothing, though its scores then
+    leave that seed out for every task (only the findings named the run)."""
+    r = json.loads((Path(__file__).parent / "fixtures" / "bench" / "clip_quick_results.json").read_text())
+    r["configs"]["single-retrieval"]["failed_seeds"] = [1]
+    r["configs"]["single-vqa"]["diverged_seeds"] = [1]
+    row = next(line for line in render(r).splitlines() if line.startswith("| single-task lora"))
+    assert row.startswith("| single-task lora (each task alone) (seed 1 diverged: vqa; seed 1 failed: retrieval) |")
+    r["configs"]["single-vqa"]["diverged_seeds"] = []
+    assert "| single-task lora (each task alone) (seed 1 failed: retrieval) |" in render(r)

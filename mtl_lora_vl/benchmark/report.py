@@ -48,6 +48,19 @@ def _diverged_note(c: dict[str, Any]) -> str:
     return f" ({'; '.join(notes)})" if notes else ""
 
 
+def _singles_note(singles: list[dict[str, Any]]) -> str:
+    """`` (seed k failed: retrieval)`` for the single-task reference row: a seed that diverged or failed in any task's
+    run is left out of the whole reference (its average needs every task), as a configuration's row says."""
+    notes = []
+    for what in ("diverged", "failed"):
+        by_seed: dict[int, list[str]] = {}
+        for c in singles:
+            for seed in c.get(f"{what}_seeds") or []:
+                by_seed.setdefault(seed, []).append(c["tasks"][0])
+        notes += [f"seed {seed} {what}: {', '.join(tasks)}" for seed, tasks in sorted(by_seed.items())]
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
 def _row(cells: list[Any]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -170,7 +183,8 @@ def render(r: dict[str, Any]) -> str:
         lrs = ", ".join(f"{c['tasks'][0]} {c['lr']:g}" for c in singles)
         batches = ", ".join(f"{c['tasks'][0]} {c['batch_size']}" for c in singles)
         params = ", ".join(f"{c['params']:,}" for c in singles[:1])
-        rows.append(["single-task lora (each task alone)", singles[0]["options"]["rank"], f"{params} per task",
+        rows.append(["single-task lora (each task alone)" + _singles_note(singles), singles[0]["options"]["rank"],
+                     f"{params} per task",
                      lrs, *(_ms(st[t]) for t in tasks), _ms(st[AVERAGE]), "–",
                      f"{sum(c['step_s'] or 0 for c in singles) / len(singles):.3f}"])
     lines += [f"## Methods (test split, {seeds_text(s['seeds'])})", "", *_table(head, rows)]
