@@ -107,3 +107,41 @@ def test_code_line_reads_short_and_long_shas_of_one_commit_as_one_version():
     # a short sha that two longer ones extend names neither for sure: it stays a version of its own
     two = [{"code": "0.1.0+gf2c8559"}, {"code": "0.1.0+gf2c8559aaaa"}, {"code": "0.1.0+gf2c8559bbbb"}]
     assert "3 versions" in _code_line(two)
+
+
+def test_report_spec_copies_and_plots_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """report.md, the specs/ copies and the plots were written in place (results.json, settings.json and the run
+    records through a temporary renamed into place): a kill mid-write left a torn file under the final name."""
+    from matplotlib.figure import Figure
+
+    from mtl_lora_vl.benchmark import plots
+    from mtl_lora_vl.benchmark.report import write_report
+    from mtl_lora_vl.benchmark.specs import eval_subset_specs
+
+    r = json.loads((REPO / "tests" / "fixtures" / "bench" / "clip_quick_results.json").read_text())
+    write_report(tmp_path, r)
+    copies = eval_subset_specs(["vqa"], tmp_path / "specs", {"val": 5, "test": 5})
+    (tmp_path / "p.png").write_bytes(b"old image")
+    before = {p: p.read_bytes() for p in (tmp_path / "report.md", Path(copies["vqa"]), tmp_path / "p.png")}
+    write_text = Path.write_text
+
+    def killed_mid_write(self, data, *a, **k):
+        if data.startswith("# Method benchmark") or "[data." in data:   # the report, a spec copy
+            write_text(self, data[: len(data) // 2])
+            raise KeyboardInterrupt
+        return write_text(self, data, *a, **k)
+
+    def killed_mid_savefig(self, fname, *a, **k):
+        Path(fname).write_bytes(b"\x89PNG torn")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", killed_mid_write)
+    monkeypatch.setattr(Figure, "savefig", killed_mid_savefig)
+    r["settings"]["steps"] += 1   # another report
+    for write in (lambda: write_report(tmp_path, r),
+                  lambda: eval_subset_specs(["vqa"], tmp_path / "specs", {"val": 6, "test": 6}),
+                  lambda: plots._save(Figure(), tmp_path / "p.png")):
+        with pytest.raises(KeyboardInterrupt):
+            write()
+    assert {p: p.read_bytes() for p in before} == before
+    assert not [p for p in tmp_path.rglob("*.tmp")]

@@ -7,6 +7,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from ..io.atomic import atomic_file
 from .analysis import AVERAGE
 from .stats import PairedDiff
 
@@ -15,7 +16,8 @@ COLORS = ["#2f6fba", "#e07b39", "#3a9a5b", "#c0392b", "#8e44ad", "#7f8c8d", "#d4
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=110)
+    with atomic_file(path, overwrite=True, what="bench") as tmp:   # (a kill mid-write left a torn image)
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
     return path
 
 

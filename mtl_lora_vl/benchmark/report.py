@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .analysis import AVERAGE
-from .runner import write_json_atomic
+from .runner import write_json_atomic, write_text_atomic
 from .stats import PairedDiff
 
 
@@ -340,7 +340,7 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     """``results.json`` and ``report.md`` in ``out``; returns the report's path."""
     write_json_atomic(out / "results.json", results)
     path = out / "report.md"
-    path.write_text(render(results))
+    write_text_atomic(path, render(results))
     return path
 
 

@@ -45,10 +45,16 @@ class GridStopped(KeyboardInterrupt):
         self.exit_code = exit_code
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` through a temporary file renamed into place (a reader, or a start after a kill, never sees
+    half a file)."""
+    with atomic_file(path, overwrite=True, what="bench") as tmp:
+        tmp.write_text(text)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temporary file renamed into place (a reader never sees half a file)."""
-    with atomic_file(path, overwrite=True, what="bench") as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _fmt_time(seconds: float) -> str:

@@ -14,6 +14,7 @@ from ..data.sampler import MultiTaskBatchSampler
 from ..options import TrainOptions
 from ..tasks import load_spec
 from ..tasks.spec import SpecError
+from .runner import write_text_atomic
 
 
 def eval_subset_specs(tasks: list[str], out_dir: Path, sizes: dict[str, int | None]) -> dict[str, str]:
@@ -37,7 +38,7 @@ def eval_subset_specs(tasks: list[str], out_dir: Path, sizes: dict[str, int | No
                 text = f"{text.rstrip()}\n\n[data.{split}]\nn = {int(n)}\n"
         path = out_dir / f"{spec.name}.toml"
         if not path.is_file() or path.read_text() != text:
-            path.write_text(text)
+            write_text_atomic(path, text)
         try:
             copy = load_spec(str(path))
         except SpecError as e:   # e.g. an inline `val = {}` table, which a [data.val] table would declare twice
