@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import mtl_lora_vl.benchmark.bench as bench_module
 from mtl_lora_vl.backbones import builtin_dir
 from mtl_lora_vl.benchmark import BenchSettings, run_benchmark
 from mtl_lora_vl.benchmark.cli import build_parser, settings_from_args
 from mtl_lora_vl.benchmark.grid import ablation_configs, pick_lr
 from mtl_lora_vl.benchmark.report import render
+from mtl_lora_vl.tasks import load_spec
 from mtl_lora_vl.tasks.spec import builtin_spec_dirs
 
 needs_builtin = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
@@ -132,3 +134,39 @@ def test_report_names_a_grid_resumed_on_another_thread_count():
         run["threads"] = 2
     r["threads"] = 1
     assert ", 2 thread(s)." in render(r)
+
+
+
+class _Stop(KeyboardInterrupt):
+    pass
+
+
+def _stop(opts) -> Path:   # the grid's folder and settings are checked by then
+    raise _Stop()
+
+
+def test_a_spec_given_by_a_relative_then_an_absolute_path_is_one_grid(tmp_path, monkeypatch):
+    """settings.json stored --tasks as typed: the same spec file as 'specs/vqa.toml' in one start and by its absolute
+    path in the next was refused as 'a grid with other settings (tasks differ)'."""
+    _small_vqa(tmp_path / "specs")
+    monkeypatch.chdir(tmp_path)
+    settings = BenchSettings(tasks=["specs/vqa.toml"], methods=["mtl_lora"], match_params=False, ablations={},
+                             device="cpu", data_root="data")
+    out = tmp_path / "out"
+    with pytest.raises(_Stop):
+        run_benchmark(settings, out, trainer=_stop, stream=io.StringIO())
+    stored = json.loads((out / "settings.json").read_text())
+    assert stored["tasks"] == [str(tmp_path / "specs" / "vqa.toml")] and stored["data_root"] == str(tmp_path / "data")
+
+    def check(s: BenchSettings) -> None:   # what a later start checks before its first run
+        bench_module._check_settings(out, bench_module.grid_identity(s, [load_spec(t) for t in s.tasks]), False)
+
+    again = BenchSettings(**{**settings.__dict__, "tasks": [str(tmp_path / "specs" / "vqa.toml")],
+                             "data_root": str(tmp_path / "data")})
+    check(again)   # resumed, not refused
+    # a settings.json written before paths were resolved still resumes from the folder it was started in
+    (out / "settings.json").write_text(json.dumps({**stored, "tasks": ["specs/vqa.toml"], "data_root": "data"}))
+    check(again)
+    _small_vqa(tmp_path / "other")   # the same text in another file: another grid
+    with pytest.raises(RuntimeError, match=r"other settings \(tasks differ"):
+        check(BenchSettings(**{**again.__dict__, "tasks": ["other/vqa.toml"]}))

@@ -34,6 +34,7 @@ from ..io.locks import LockHeld, take_lock
 from ..options import TrainOptions
 from ..precision import resolve_precision
 from ..tasks import TaskSpec, load_spec
+from ..tasks.spec import looks_like_path
 from ..training.train import train
 from .analysis import analyse
 from .grid import (
@@ -76,9 +77,27 @@ def grid_identity(settings: BenchSettings, specs: list[TaskSpec]) -> dict[str, A
                         for split in spec.data.splits}
             for spec in specs if spec.data.source != "builtin"}   # (the built-in world's rows follow from its spec)
     autocast = resolve_precision(settings.precision, device, loaded=_loads_in(settings, device))
-    return {**settings.identity(), "spec_sha256": texts, "base_sha256": base_fingerprint(settings),
+    return {**resolved_paths(settings.identity()), "spec_sha256": texts, "base_sha256": base_fingerprint(settings),
             **({"data_sha256": data} if data else {}),
             "runtime": {"device": device.type, "autocast": str(autocast)}}
+
+
+def resolved_paths(identity: dict[str, Any]) -> dict[str, Any]:
+    """``identity`` with its paths absolute and resolved (spec files among ``tasks``, ``data_root``, a ``pretrained``
+    file): one spec given as ``specs/a.toml`` in one start and by its absolute path in the next is one grid. A
+    relative path of a ``settings.json`` written before is read against the current directory."""
+    def resolved(p: str) -> str:
+        return str(Path(p).expanduser().resolve())
+
+    out = dict(identity)
+    if isinstance(out.get("tasks"), list):
+        out["tasks"] = [resolved(t) if isinstance(t, str) and looks_like_path(t) else t for t in out["tasks"]]
+    if isinstance(out.get("data_root"), str):
+        out["data_root"] = resolved(out["data_root"])
+    pre = out.get("pretrained")   # (open_clip's pretrained may be a tag, not a file)
+    if isinstance(pre, str) and Path(pre).expanduser().exists():
+        out["pretrained"] = resolved(pre)
+    return out
 
 
 def _loads_in(settings: BenchSettings, device: torch.device) -> torch.dtype | None:
@@ -241,7 +260,7 @@ def _check_settings(out: Path, identity: dict[str, Any], overwrite: bool) -> Non
         if not isinstance(old, dict):   # a bare JSONDecodeError named no file
             raise BenchDirError(f"{path}: the grid's settings are damaged ({old}), so its runs cannot be checked "
                                 "against these settings; restore the file, or pass --overwrite to start afresh")
-        new = json.loads(json.dumps(identity))
+        old, new = resolved_paths(old), json.loads(json.dumps(identity))
         for key in ("base_sha256", "data_sha256"):   # a grid begun before the weights or rows were fingerprinted
             if key not in old:
                 new.pop(key, None)
