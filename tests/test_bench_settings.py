@@ -170,3 +170,16 @@ def test_a_spec_given_by_a_relative_then_an_absolute_path_is_one_grid(tmp_path, 
     _small_vqa(tmp_path / "other")   # the same text in another file: another grid
     with pytest.raises(RuntimeError, match=r"other settings \(tasks differ"):
         check(BenchSettings(**{**again.__dict__, "tasks": ["other/vqa.toml"]}))
+
+
+def test_a_backbone_folder_by_a_relative_then_an_absolute_path_is_one_grid(tmp_path, monkeypatch):
+    """--backbone hf:models/x in one start and hf:/abs/models/x in the next was 'backbone differ' (its weights are
+    fingerprinted by content in base_sha256 either way); a name or a missing folder stays as given."""
+    (tmp_path / "models" / "x").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    for kind in ("hf", "open_clip"):
+        rel = bench_module.resolved_paths({"backbone": f"{kind}:models/x"})
+        assert rel == bench_module.resolved_paths({"backbone": f"{kind}:{tmp_path / 'models' / 'x'}"})
+        assert rel == {"backbone": f"{kind}:{tmp_path / 'models' / 'x'}"}
+    for given in ("builtin", "open_clip:ViT-B-32", "hf:models/missing"):
+        assert bench_module.resolved_paths({"backbone": given}) == {"backbone": given}

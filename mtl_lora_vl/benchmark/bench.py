@@ -84,8 +84,9 @@ def grid_identity(settings: BenchSettings, specs: list[TaskSpec]) -> dict[str, A
 
 def resolved_paths(identity: dict[str, Any]) -> dict[str, Any]:
     """``identity`` with its paths absolute and resolved (spec files among ``tasks``, ``data_root``, a ``pretrained``
-    file): one spec given as ``specs/a.toml`` in one start and by its absolute path in the next is one grid. A
-    relative path of a ``settings.json`` written before is read against the current directory."""
+    file, the folder of ``hf:DIR`` / ``open_clip:DIR``): one spec given as ``specs/a.toml`` in one start and by its
+    absolute path in the next is one grid. A relative path of a ``settings.json`` written before is read against the
+    current directory."""
     def resolved(p: str) -> str:
         return str(Path(p).expanduser().resolve())
 
@@ -97,6 +98,11 @@ def resolved_paths(identity: dict[str, Any]) -> dict[str, Any]:
     pre = out.get("pretrained")   # (open_clip's pretrained may be a tag, not a file)
     if isinstance(pre, str) and Path(pre).expanduser().exists():
         out["pretrained"] = resolved(pre)
+    backbone = out.get("backbone")
+    kind, sep, rest = backbone.partition(":") if isinstance(backbone, str) else ("", "", "")
+    rest = rest.strip()
+    if sep and kind in ("hf", "open_clip") and looks_like_path(rest) and Path(rest).expanduser().is_dir():
+        out["backbone"] = f"{kind}:{resolved(rest)}"
     return out
 
 
