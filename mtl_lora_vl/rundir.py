@@ -35,6 +35,7 @@ from .io.locks import LockHeld, lock_holder, take_lock
 from .log import warn_user
 from .options import TrainOptions, type_problem
 from .tasks.spec import looks_like_path
+from .whole_files import read_whole
 
 #: Options a resumed run takes from the command line; every other one comes from the run's config.json.
 RESUME_OWN = ("resume", "workers", "device")
@@ -163,7 +164,7 @@ def _check_parent(run: Path) -> None:
 def _is_run_config(path: Path) -> bool:
     """Whether ``path`` is a training run's ``config.json`` (:func:`write_config`): a JSON object of run options."""
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(read_whole(path))
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     return isinstance(doc, dict) and {"tasks", "method", "out"} <= set(doc)
@@ -317,7 +318,7 @@ def resumed_options(run: Path, given: TrainOptions, explicit: Collection[str] | 
     value. So are an unreadable config.json and options this version does not know."""
     path = run / "config.json"
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads(read_whole(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RunDirError(f"--resume {run}: cannot read {path} ({e}); it must be the config.json the run wrote") from e
     known = {f.name for f in fields(TrainOptions)}
@@ -372,7 +373,7 @@ def _gone(path: Any) -> bool:
 def moved_folders(run: Path, opts: TrainOptions) -> dict[str, str]:
     """The folders (:data:`RESUME_RELOCATABLE`) a resumed run was given in place of ones ``run/config.json``
     records, by option name."""
-    saved = json.loads((run / "config.json").read_text())
+    saved = json.loads(read_whole(run / "config.json"))
     now = config_doc(run, opts)
     return {k: now[k] for k in RESUME_RELOCATABLE if saved.get(k) != now[k]}
 
@@ -382,7 +383,7 @@ def record_moved_folders(run: Path, opts: TrainOptions) -> dict[str, str]:
     recorded ones that are gone, so that the next ``--resume`` finds them; returns those changed. Called once
     the checkpoint is restored: a move that fails a later check leaves config.json as it was."""
     path = run / "config.json"
-    saved = json.loads(path.read_text())
+    saved = json.loads(read_whole(path))
     moved = moved_folders(run, opts)
     if moved:
         with atomic_file(path, overwrite=True, what="train") as tmp:
@@ -439,7 +440,7 @@ def record_resolved(run: Path, step: int, resolved: dict[str, Any]) -> bool:
     workers, precision and base dtype, as ``auto`` and the resume's own options came to), unless its last entry
     says the same: each entry holds from its ``from_step`` on. True when it added one."""
     path = run / "config.json"
-    doc = json.loads(path.read_text())
+    doc = json.loads(read_whole(path))
     entries = doc.get(RESOLVED) if isinstance(doc.get(RESOLVED), list) else []
     if entries and {k: v for k, v in entries[-1].items() if k != "from_step"} == resolved:
         return False

@@ -8,10 +8,16 @@ import torch
 from conftest import tiny_open_clip
 
 import mtl_lora_vl as mlv
+from mtl_lora_vl import whole_files
 from mtl_lora_vl.cli.commands import parse_train_args
 from mtl_lora_vl.config import ConfigError, MTLLoRAConfig
+from mtl_lora_vl.evaluation.evaluate import _check_default_out
 from mtl_lora_vl.io.adapter_files import read_adapter_config, read_kind_state
 from mtl_lora_vl.io.layout import ADAPTER_CONFIG, LEGACY_ADAPTER_CONFIG, AdapterFileError, state_file
+from mtl_lora_vl.options import TrainOptions
+from mtl_lora_vl.rundir import RunDirError, resumed_options
+from mtl_lora_vl.tasks import load_spec
+from mtl_lora_vl.tasks.spec import SpecError
 from mtl_lora_vl.whole_files import MAX_WHOLE_FILE, FileTooLarge, read_whole
 
 
@@ -103,3 +109,36 @@ def test_save_pretrained_refuses_an_oversized_task_state_of_its_source(tmp_path)
     with pytest.raises(AdapterFileError) as e:
         loaded.save_pretrained(tmp_path / "out")
     _refused(str(e.value), state)
+
+
+def test_an_oversized_task_spec_is_refused_by_name(tmp_path):
+    spec = tmp_path / "big.toml"
+    with open(spec, "wb") as f:
+        f.write(b'name = "big"\n')
+        f.truncate(MAX_WHOLE_FILE + 1)
+    start = time.perf_counter()
+    with pytest.raises(SpecError) as e:
+        load_spec(spec)
+    assert time.perf_counter() - start < 0.5
+    _refused(str(e.value), spec)
+    assert "a task spec is a few KB of TOML" in str(e.value)
+
+
+def test_a_runs_config_and_eval_json_are_read_capped(tmp_path, monkeypatch):
+    """A run's config.json (--resume) and an evaluation's eval.json go through the capped reader (a cap of 64
+    bytes here, so that the files stay small)."""
+    monkeypatch.setattr(whole_files, "MAX_WHOLE_FILE", 64)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"tasks": "vqa", "method": "mtl_lora", "out": str(run),
+                                                 "rank": 8, "lr": 0.002}, indent=2))
+    with pytest.raises(RunDirError) as e:
+        resumed_options(run, TrainOptions())
+    assert f"{run / 'config.json'}: " in str(e.value) and "more than the 0 MiB" in str(e.value)
+    out = tmp_path / "eval-test"   # another adapter's evaluation, under the default --out
+    out.mkdir()
+    (out / "eval.json").write_text(json.dumps({"adapter": str(tmp_path / "other"), "pad": "x" * 64}))
+    _check_default_out(out, tmp_path / "mine")   # too large to be an eval.json: not read, not refused
+    monkeypatch.setattr(whole_files, "MAX_WHOLE_FILE", 2**20)
+    with pytest.raises(RunDirError, match="holds the evaluation of another adapter"):
+        _check_default_out(out, tmp_path / "mine")

@@ -14,6 +14,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from ..families import OPEN_CLIP_CONFIG
+from ..whole_files import read_whole
 
 __all__ = ["BUILTIN_CONFIG", "BUILTIN_LLAVA_NAME", "BUILTIN_NAME", "BUILTIN_WEIGHTS", "builtin_dir", "builtin_files",
            "builtin_llava_dir"]
@@ -74,7 +75,7 @@ def builtin_files(pretrained: str | None = None) -> tuple[Path, dict, Path]:
             f"{folder}/{{open_clip_config.json,model.safetensors,tokenizer.json,tokenizer_config.json}}"
         )
     try:
-        config = json.loads(config_path.read_text())
+        config = json.loads(read_whole(config_path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{config_path} is not valid JSON ({e}); re-run python scripts/pretrain_backbone.py") from e
     return folder, config, weights

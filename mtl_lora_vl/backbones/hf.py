@@ -21,6 +21,7 @@ import torch
 
 from ..families import FAMILIES, OPEN_CLIP_CONFIG
 from ..log import interactive, quiet
+from ..whole_files import read_whole
 from .base import BackboneError
 from .builtin import BUILTIN_LLAVA_NAME, BUILTIN_NAME
 from .cache import hf_hub_cache
@@ -70,7 +71,7 @@ def hf_model_class(folder: Path) -> type:
     """The model class a Hugging Face (or timm hub) directory was saved from, from its ``config.json``."""
     path = folder / "config.json"
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(read_whole(path))
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is unreadable or not JSON ({e}); save the model again with save_pretrained") from e
     if not isinstance(config, dict):
@@ -177,7 +178,7 @@ def _check_weight_files(folder: Path) -> None:
         if not (folder / index).is_file():
             continue
         try:
-            weight_map = json.loads((folder / index).read_text())["weight_map"]
+            weight_map = json.loads(read_whole(folder / index))["weight_map"]
             shards = set(weight_map.values())
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise BackboneError(f"{folder}: the shard index {index} is unreadable or has no weight_map ({e}); "

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..data.resize import ImageResize
+from ..whole_files import read_whole
 from .base import (
     GRAD_CHECKPOINTING,
     IMAGE_EMBEDDINGS,
@@ -117,7 +118,7 @@ def _image_preprocessing(folder: Path, image_size: int) -> tuple[tuple[float, fl
         if not pp.is_file():
             return _openai_preprocessing(folder, image_size)
     try:
-        data = json.loads(pp.read_text())
+        data = json.loads(read_whole(pp))
     except json.JSONDecodeError as e:
         raise ValueError(f"{pp} is not valid JSON: {e}") from e
     if isinstance(data, dict) and key is not None:

@@ -18,6 +18,7 @@ from torch import nn
 from ..adapters.scopes import disabled
 from ..data.resize import size_fields
 from ..families import Family
+from ..whole_files import read_whole
 from .base import OPENAI_MEAN, OPENAI_STD, BackboneError, as_rgb
 from .tokenizers import TOKENIZER_FILES as _TOKENIZER_FILES
 
@@ -86,7 +87,7 @@ def edit_image_processor_files(folder: Path, edit: Callable[[dict], None]) -> No
         path = folder / name
         if not path.is_file():
             continue
-        data = json.loads(path.read_text())
+        data = json.loads(read_whole(path))
         fields = data.get(nested) if nested else data
         if not isinstance(fields, dict):
             continue
@@ -168,7 +169,7 @@ def _processor_class(folder: Path) -> str:
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
     try:
-        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+        model_type = json.loads(read_whole(folder / "config.json")).get("model_type")
     except (OSError, ValueError, AttributeError):
         model_type = None
     return PROCESSOR_MAPPING_NAMES.get(model_type) or "the model's processor"

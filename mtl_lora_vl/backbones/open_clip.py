@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..adapters.generation import expanded_rows
 from ..data.resize import ImageResize
 from ..families import OPEN_CLIP_CONFIG
+from ..whole_files import read_whole
 from .base import (
     GENERATE,
     GRAD_CHECKPOINTING,
@@ -300,7 +301,7 @@ def _load_state(model: nn.Module, path: Path, what: str) -> None:
     try:   # (safetensors and pickle raise their own error types for a truncated or corrupt file)
         if path.name.endswith(".safetensors.index.json"):   # shards: each file the index's weight_map names
             state = {}
-            for shard in sorted(set(json.loads(path.read_text())["weight_map"].values())):
+            for shard in sorted(set(json.loads(read_whole(path))["weight_map"].values())):
                 if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
                     raise ValueError(f"the index names the shard {shard!r}, not a file name beside it")
                 state.update(load_file(str(path.parent / shard)))
@@ -355,7 +356,7 @@ def _load_dir(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackbon
             "model.safetensors) and, for a non-BPE vocabulary, the tokenizer files"
         )
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8-sig"))
+        config = json.loads(read_whole(config_path, encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{config_path} is not valid JSON ({e}); fix or re-create the file") from None
     tokenizer_dir = local if any((local / f).is_file() for f in TOKENIZER_FILES) else None

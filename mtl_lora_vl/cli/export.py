@@ -48,6 +48,7 @@ from ..io.layout import (
 )
 from ..log import progress, say
 from ..options import ExportOptions
+from ..whole_files import read_whole
 from .commands import exit_code, program_name, run_command
 from .parsing import parse_options
 
@@ -72,7 +73,7 @@ def _source_dtype(source: Path | None) -> str:
     """The dtype a base directory's weights are stored in, as --base-dtype names it (its config.json's
     ``dtype`` / ``torch_dtype``); fp32 when it does not say."""
     try:
-        doc = json.loads((source / "config.json").read_text()) if source is not None else {}
+        doc = json.loads(read_whole(source / "config.json")) if source is not None else {}
     except (OSError, ValueError):
         doc = {}
     named = doc.get("dtype") or doc.get("torch_dtype") if isinstance(doc, dict) else None

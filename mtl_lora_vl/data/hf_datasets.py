@@ -54,6 +54,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ..whole_files import read_whole
 from .common import (
     DataFormatError,
     ImageChecker,
@@ -206,7 +207,7 @@ def _saved_splits(base: Path) -> list[Any] | None:
     if not file.is_file():
         return None
     try:
-        names = json.loads(file.read_text(encoding="utf-8"))["splits"]
+        names = json.loads(read_whole(file, encoding="utf-8"))["splits"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         names = e
     if not isinstance(names, list):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ..whole_files import read_whole
 from .common import TRUTH_VALUES, DataFormatError, class_name_order
 from .images import ImageError
 
@@ -53,7 +54,7 @@ def load_saved(folder: Path, what: str) -> Any:
     """``datasets.load_from_disk`` of one saved ``Dataset`` folder; refused, naming ``what``, when it was saved with
     no rows (``datasets`` writes no data file then, and its loader fails with a bare IndexError)."""
     try:
-        empty = json.loads((folder / "state.json").read_text(encoding="utf-8")).get("_data_files") == []
+        empty = json.loads(read_whole(folder / "state.json", encoding="utf-8")).get("_data_files") == []
     except (OSError, ValueError, AttributeError):   # unreadable or unusual: load_from_disk says what is wrong
         empty = False
     if empty:

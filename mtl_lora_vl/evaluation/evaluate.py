@@ -37,6 +37,7 @@ from ..rundir import RunDirError
 from ..tasks import resolve_tasks
 from ..tasks.registry import get_kind
 from ..tasks.spec import TaskSpec, load_spec
+from ..whole_files import read_whole
 from .predictions import PredictionFiles, StagedFiles, check_recordable, merge_passes, stopped_predictions
 from .report import details_table, markdown_table, scored_line, selected_line, source_line, title, write_plots
 from .scored import adapter_base, scored_base
@@ -283,7 +284,7 @@ def _check_default_out(out: Path, adapter: Path) -> None:
     saved side by side share it, and the fix a taken --out is told (--overwrite) deleted the other's results. One of
     this adapter's name recorded elsewhere is this adapter's, moved or copied with the folder."""
     try:
-        earlier = json.loads((out / "eval.json").read_text()).get("adapter")
+        earlier = json.loads(read_whole(out / "eval.json")).get("adapter")
     except (OSError, ValueError, AttributeError):
         return
     # a run folder moved or copied with its eval-<split> records this adapter at its old path: of the same name

@@ -161,9 +161,12 @@ def _check_save_arguments(cfg: MTLLoRAConfig, heads: dict[str, Any], task_specs:
         if not Path(spec).is_file():
             raise FileNotFoundError(f"save_adapter: task spec of {task!r} not found: {spec}")
         try:
-            named = tomllib.loads(Path(spec).read_text(encoding="utf-8-sig")).get("name", task)
+            named = tomllib.loads(read_whole(spec, encoding="utf-8-sig")).get("name", task)
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"save_adapter: task spec of {task!r} ({spec}) is not valid TOML: {e}") from e
+        except FileTooLarge as e:
+            raise ValueError(f"save_adapter: task spec of {task!r}: {e}; a task spec is a few KB of TOML: pass the "
+                             "spec file") from None
         if named != task:
             raise ValueError(f"save_adapter: task spec {spec} names its task {named!r}, but it is given for "
                              f"task {task!r}; pass it under its own name")

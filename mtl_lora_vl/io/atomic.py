@@ -28,6 +28,8 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..whole_files import read_whole
+
 try:
     import fcntl
 except ImportError:   # not POSIX: no locks, so no temporary is known to be stale and none is deleted
@@ -107,7 +109,7 @@ def check_writable_file(path: str | Path, what: str, own_keys: tuple[str, ...] =
         return False
     if own_keys:
         try:
-            doc = json.loads(target.read_text())
+            doc = json.loads(read_whole(target))
         except (OSError, UnicodeDecodeError, ValueError):
             doc = None
         if not (isinstance(doc, dict) and all(k in doc for k in own_keys)):
@@ -145,7 +147,7 @@ def check_asset_dir(path: str | Path, marker: str, key: str, what: str, own: Col
     if not path.is_dir() or not any(path.iterdir()):
         return
     try:
-        doc = json.loads((path / marker).read_text())
+        doc = json.loads(read_whole(path / marker))
     except (OSError, UnicodeDecodeError, ValueError):
         doc = None
     if not isinstance(doc, dict) or key not in doc:

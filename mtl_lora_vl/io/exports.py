@@ -55,6 +55,7 @@ from ..backbones import backbone_class
 from ..backbones.image_record import ImageRecord
 from ..config import check_task_file_names
 from ..families import MERGED_CONFIG, MERGED_WEIGHTS, family_named, merged_format, peft_export
+from ..whole_files import read_whole
 from .adapter_images import written_family, written_images
 from .atomic import atomic_dir, atomic_file, linked_out_of
 from .base_check import adapted_part, check_base_class, check_weight_samples, newer_package_hint, refuse_adapted
@@ -310,7 +311,7 @@ def apply_plain_lora(base_model: nn.Module, path: str | Path, check_base_weights
     if path.is_dir() and not cfg_file.is_file():
         _not_plain(path)
     try:
-        doc = json.loads(cfg_file.read_text())
+        doc = json.loads(read_whole(cfg_file))
     except (OSError, json.JSONDecodeError) as e:
         raise AdapterFileError(f"{cfg_file}: unreadable ({e})") from e
     if not isinstance(doc, dict) or doc.get("format") != PLAIN_FORMAT:

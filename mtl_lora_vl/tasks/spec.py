@@ -60,6 +60,7 @@ from mtl_lora_vl.data.records import Split
 from mtl_lora_vl.data.world import KINDS as WORLD_KINDS
 from mtl_lora_vl.data.world import build_split
 from mtl_lora_vl.tasks.registry import available_kinds, get_kind
+from mtl_lora_vl.whole_files import FileTooLarge, read_whole
 
 logger = logging.getLogger(__name__)
 
@@ -394,7 +395,7 @@ def _rows_chosen(shared: dict[str, Any], split: dict[str, Any]) -> dict[str, Any
 
 def _parse(path: Path, need_train: bool = True) -> TaskSpec:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_whole(path, encoding="utf-8-sig")
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         other = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}.get(path.suffix.lower())
@@ -402,6 +403,8 @@ def _parse(path: Path, need_train: bool = True) -> TaskSpec:
                "specs in tasks/)" if other else "fix the TOML there (`key = value`, strings in double quotes, "
                "[table] headers)")
         raise SpecError(f"{path}: not valid TOML: {err}; {fix}") from err
+    except FileTooLarge as err:
+        raise SpecError(f"{err}; a task spec is a few KB of TOML: give the spec file, not a data file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise SpecError(f"{path}: cannot read the task spec: {err}") from err
     for key in raw:
