@@ -4,6 +4,7 @@ private file into the merged folder, made to be shared; a hub cache snapshot's l
 
 from __future__ import annotations
 
+import errno
 import json
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from conftest import tiny_open_clip
 
 import mtl_lora_vl as mlv
+from mtl_lora_vl.io.atomic import linked_out_of
 
 
 def _source(folder):
@@ -61,3 +63,12 @@ def test_links_of_a_hub_snapshots_subfolder_to_its_blobs_still_copy(tmp_path):
     (src / "extra.json").symlink_to("../../../../../secret.txt")
     with pytest.raises(ValueError, match=r"extra.json is a symbolic link to .*secret.txt, outside the source folder"):
         mlv.save_merged(_model(), "a", tmp_path / "merged2", source_dir=src)
+
+
+def test_a_link_loop_is_refused_by_name(tmp_path):
+    """A link loop in the source folder raised a bare RuntimeError ('Symlink loop from ...'), naming no fix."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(OSError, match="a symbolic link loop") as e:
+        linked_out_of(tmp_path, tmp_path / "a")
+    assert e.value.errno == errno.ELOOP and str(tmp_path / "a") in str(e.value) and "remove the link" in str(e.value)

@@ -52,8 +52,12 @@ def holds(folder: str | Path, path: str | Path) -> bool:
 def linked_out_of(folder: str | Path, entry: str | Path) -> Path | None:
     """Where ``entry`` (a file in ``folder``) leads when a symbolic link takes it out of ``folder``, else None. A
     Hugging Face hub cache snapshot's links to its own blobs (``snapshots/<rev>/f -> ../../blobs/<sha>``, also from a
-    subfolder of the snapshot: a model saved under ``subfolder=``) stay in."""
-    folder, target = Path(folder).resolve(), Path(entry).resolve()
+    subfolder of the snapshot: a model saved under ``subfolder=``) stay in. A link loop is refused by name."""
+    try:
+        folder, target = Path(folder).resolve(), Path(entry).resolve()
+    except (RuntimeError, OSError) as e:   # a loop: RuntimeError before Python 3.13, OSError (ELOOP) from it on
+        raise OSError(errno.ELOOP, f"{entry}: a symbolic link loop (its links lead back to themselves, {e}); remove "
+                      "the link or point it at a file") from None
     if target.is_relative_to(folder):
         return None
     snapshot = next((p for p in (folder, *folder.parents) if p.parent.name == "snapshots"), None)
