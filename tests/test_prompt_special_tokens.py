@@ -153,3 +153,24 @@ def test_added_tokens_marked_special_are_refused_too():
     assert kind.special_in("a <unused2999> b <image>") == "<unused2999>" and kind.special_in("a red\n\ncube") is None
     with pytest.raises(ValueError, match=r"holds '<end_of_turn>', a special token"):
         kind.refuse_special("is it <end_of_turn>?", "a question", "rephrase it")
+
+
+@pytest.mark.parametrize("task,field", [("retrieval", "captions"), ("vqa", "answers"), ("vqa", "text")])
+def test_a_lone_surrogate_in_a_row_is_refused_naming_the_row_and_field(clip, task, field):
+    """A JSON escape "\\ud800" without its pair reads as a lone surrogate, which the tokenizer coverage check met
+    first: a bare TypeError ('TextInputSequence must be str') naming neither task nor row."""
+    from mtl_lora_vl.data.records import Split
+
+    spec = load_spec(task)
+    train = _train(spec)
+    first = train.examples[0]
+    value = "red \ud800" if field == "text" else ("red \ud800", *getattr(first, field)[1:])
+    bad = Split([dataclasses.replace(first, **{field: value}), *train.examples[1:]])
+    with pytest.raises(ValueError, match=rf"task '{task}': training example {first.image_id!r} has in its {field} the "
+                                         r"text 'red \\ud800', which holds the lone surrogate '\\ud800'"):
+        build_kind(spec, bad, clip)
+    names = ["red \udcff", *world.class_names()[1:]]   # a folder name of undecodable bytes (surrogateescape)
+    base = load_spec("caption_cls")
+    with pytest.raises(ValueError, match=r"the class name 'red \\udcff' holds the lone surrogate"):
+        build_kind(dataclasses.replace(base, options={**base.options, "class_names": names}),
+                   world.build_split("classification", "train", n=6, seed=0), clip)

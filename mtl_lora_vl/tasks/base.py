@@ -162,8 +162,8 @@ class TaskKind(ABC):
             for piece, *_ in string.Formatter().parse(template):
                 self.refuse_special(piece, f"the template {template!r}", f"take it out of templates{in_file}")
         if train is not None:
+            self.check_texts(train.examples, "training")   # (before the tokenizer reads them: a lone surrogate)
             warn_text_coverage(spec, split_texts(train), backbone)
-            self.check_texts(train.examples, "training")
             self.check_image_counts(train.examples, "training")
 
     # ------------------------------------------------------------------ spec checks
@@ -225,13 +225,13 @@ class TaskKind(ABC):
         return eval_subset(examples, self.spec.generative["eval_limit"]) if self.generative else examples
 
     def check_texts(self, examples: Sequence[Example], what: str) -> None:
-        """Refuse a row whose text holds one of :attr:`special_texts`, naming the task, the row and the token."""
-        if not self.special_texts:
-            return
+        """Refuse a row whose text holds one of :attr:`special_texts` or a lone surrogate, naming the task, the row,
+        the field and the token."""
         for ex in examples:
-            for text in (ex.text, *ex.captions, *ex.answers):
-                self.refuse_special(text, f"{what} example {ex.image_id!r} has the text {text!r}, which",
-                                    "remove it from the data")
+            for field, texts in (("text", (ex.text,)), ("captions", ex.captions), ("answers", ex.answers)):
+                for text in texts:
+                    self.refuse_special(text, f"{what} example {ex.image_id!r} has in its {field} the text {text!r}, "
+                                        "which", "remove it from the data")
 
     def special_in(self, text: str | None) -> str | None:
         """The first of :attr:`special_texts` that ``text`` holds (None: none); one regex search (``re`` caches the
@@ -242,7 +242,11 @@ class TaskKind(ABC):
     def refuse_special(self, text: str | None, what: str, fix: str, *, backbone: str | None = None) -> None:
         """Raise ValueError when ``text`` holds one of :attr:`special_texts`: the one check of every text this task
         gives the model's tokenizer (rows, class names and targets, templates, [generative] prompt and system).
-        ``what`` names the text (it is followed by "holds"), ``fix`` says what to do."""
+        ``what`` names the text (it is followed by "holds"), ``fix`` says what to do. So is a lone surrogate."""
+        half = _lone_surrogate(text)
+        if half:   # a JSON escape ("\ud800") without its pair: no character, and tokenizers raise a bare TypeError
+            raise ValueError(f"task {self.name!r}: {what} holds the lone surrogate {half!r} (half of a UTF-16 pair, "
+                             f"as a JSON escape writes it, without its other half): it is no character; {fix}")
         hit = self.special_in(text)
         if hit:
             of = f"backbone {backbone!r}" if backbone else "the model's tokenizer"
@@ -466,3 +470,12 @@ def logit_scale_of(backbone: Backbone) -> float:
     """The backbone's (exponentiated) logit scale as a float."""
     scale = backbone.logit_scale
     return float(scale.detach().float().item()) if isinstance(scale, Tensor) else float(scale)
+
+
+def _lone_surrogate(text: str | None) -> str | None:
+    """The first lone surrogate (U+D800..U+DFFF) ``text`` holds, else None (one encode, in C, for the usual text)."""
+    try:
+        (text or "").encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.object[e.start]
+    return None

@@ -156,7 +156,7 @@ class ClassificationKind(TaskKind):
         """Refuse a class name (or, on the generative path, target template) holding a special token of the
         tokenizer: an end token would be trained inside the target, or end the class's prompt in the text tower;
         an image placeholder failed at the first step, unnamed."""
-        for name in self.class_names if self.special_texts else ():
+        for name in self.class_names:   # (a lone surrogate is refused too)
             if not self.generative:
                 self.refuse_special(name, f"the class name {name!r}", "rename the class (options.class_names)")
                 continue
