@@ -58,3 +58,32 @@ def test_an_integer_buffer_stored_as_floats_is_refused_and_other_float_dtypes_lo
     torch.manual_seed(0)
     with pytest.raises(AdapterFileError, match=r"a.steps is F32 in the file but torch.int64 in the head module"):
         mlv.load_adapter(tiny_open_clip(), path, heads={"a": _head()})
+
+
+def test_an_integer_buffer_loads_into_a_narrower_dtype_only_when_its_values_survive(tmp_path):
+    """An int64 buffer into an int32 or bool buffer of the head module: copy_ cast it silently (2**40 became 0 in
+    int32, 7 became True in bool); an exact cast (7 into int32, 1 into bool) still loads."""
+    path = _saved(tmp_path)   # a.steps is int64 [7] in the file
+
+    def base():
+        torch.manual_seed(0)
+        return tiny_open_clip()
+
+    def head(dtype):
+        h = torch.nn.Linear(4, 3)
+        h.register_buffer("steps", torch.tensor([0], dtype=dtype))
+        return h
+
+    narrow = head(torch.int32)
+    mlv.load_adapter(base(), path, heads={"a": narrow})
+    assert narrow.steps.tolist() == [7] and narrow.steps.dtype == torch.int32
+    with pytest.raises(AdapterFileError, match=r"a.steps is torch.int64 in the file, and torch.bool in the head module "
+                                               r"does not hold its value 7"):
+        mlv.load_adapter(base(), path, heads={"a": head(torch.bool)})
+    _rewrite_heads(path, lambda k, v: torch.tensor([2**40]) if k == "a.steps" else v)
+    with pytest.raises(AdapterFileError, match=r"torch.int32 in the head module does not hold its value 1099511627776"):
+        mlv.load_adapter(base(), path, heads={"a": head(torch.int32)})
+    _rewrite_heads(path, lambda k, v: torch.tensor([1]) if k == "a.steps" else v)
+    flag = head(torch.bool)
+    mlv.load_adapter(base(), path, heads={"a": flag})
+    assert flag.steps.tolist() == [True]

@@ -45,7 +45,15 @@ from ..tasks.spec import SpecError, TaskSpec, load_spec
 from ..whole_files import FileTooLarge, read_whole
 from .adapter_images import check_image_fields, record_images, take_images
 from .atomic import atomic_dir, holds
-from .base_check import adapted_part, check_base, check_heads, check_tensors, newer_package_hint, refuse_adapted
+from .base_check import (
+    adapted_part,
+    check_base,
+    check_head_casts,
+    check_heads,
+    check_tensors,
+    newer_package_hint,
+    refuse_adapted,
+)
 from .identity import adapted_module, expected_tensors, model_identity
 from .layout import (
     ADAPTER_CONFIG,
@@ -459,6 +467,7 @@ def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Mo
         check_heads(heads, doc, head_header, head_file)
     tensors = load_tensors(weights)
     head_tensors = load_tensors(head_file) if heads else {}
+    check_head_casts(heads, head_tensors, head_file)
 
     attach(part, cfg)
     take_images(base_model, doc.get("base") or {}, path)   # (the whole model's record: its backbone reads it)
