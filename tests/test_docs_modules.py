@@ -1,5 +1,6 @@
 """Every module docs/architecture.md's layout table names is a module of the package where the row puts it
-(``adapters/`` row: ``mtl_lora_vl/adapters/NAME.py``; a path such as ``data/splits.py`` from the package's root)."""
+(``adapters/`` row: ``mtl_lora_vl/adapters/NAME.py``; a path such as ``data/splits.py`` from the package's root), and
+a line count the table gives a module (``layers.py`` (478, ...)) is the module's."""
 
 from __future__ import annotations
 
@@ -10,21 +11,38 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "mtl_lora_vl"
 
 
-def missing(text: str) -> list[str]:
-    """The ``*.py`` names of the layout table's rows that name no file of the package."""
+def _named(text: str) -> list[tuple[Path, str, Path | None, int | None]]:
+    """(row's folder, name, the file it names or None, the line count given after it or None) per ``*.py`` name."""
     out = []
     for line in text.splitlines():
         if not line.startswith("| `"):
             continue
         package = re.match(r"\| `(\w+)/` \|", line)
         folder = PACKAGE / package.group(1) if package else PACKAGE
-        for name in re.findall(r"`([\w/]+\.py)`", line):
+        for m in re.finditer(r"`([\w/]+\.py)`(?: \((\d+)[,:)])?", line):
+            name, count = m.group(1), m.group(2)
             if name.startswith(("scripts/", "tests/")):
-                found = (ROOT / name).is_file()
+                candidates = [ROOT / name]
             else:
-                found = (folder / name).is_file() or (PACKAGE / name).is_file()
-            if not found:
-                out.append(f"{folder.relative_to(ROOT)}: {name}")
+                candidates = [folder / name, PACKAGE / name]
+            path = next((c for c in candidates if c.is_file()), None)
+            out.append((folder, name, path, int(count) if count else None))
+    return out
+
+
+def missing(text: str) -> list[str]:
+    """The ``*.py`` names of the layout table's rows that name no file of the package."""
+    return [f"{folder.relative_to(ROOT)}: {name}" for folder, name, path, _ in _named(text) if path is None]
+
+
+def miscounted(text: str) -> list[str]:
+    """The layout table's line counts that are not their module's: ``path: says N, has M``."""
+    out = []
+    for _, _, path, count in _named(text):
+        if path is not None and count is not None:
+            lines = len(path.read_text(encoding="utf-8").splitlines())
+            if lines != count:
+                out.append(f"{path.relative_to(ROOT)}: says {count}, has {lines}")
     return out
 
 
@@ -35,3 +53,15 @@ def test_the_modules_the_layout_names_exist():
 def test_the_check_sees_a_module_that_is_not_there():
     text = "| `adapters/` | `layers.py` (1), `nothing.py` (2), `data/splits.py` |\n| `config.py` (3) | x `tasks.py` |"
     assert missing(text) == ["mtl_lora_vl/adapters: nothing.py", "mtl_lora_vl: tasks.py"]
+
+
+def test_the_line_counts_the_layout_gives_are_the_modules():
+    """A module that grows or shrinks updates its count in docs/architecture.md (the 500-line budget is read there)."""
+    assert not miscounted((ROOT / "docs" / "architecture.md").read_text(encoding="utf-8"))
+
+
+def test_the_count_check_sees_a_wrong_count():
+    lines = len((PACKAGE / "adapters" / "runs.py").read_text(encoding="utf-8").splitlines())
+    text = f"| `adapters/` | `runs.py` ({lines}, the runs), `rows.py` (1, the row updates), `layers.py` |"
+    assert miscounted(text) == [f"mtl_lora_vl/adapters/rows.py: says 1, has "
+                                f"{len((PACKAGE / 'adapters' / 'rows.py').read_text(encoding='utf-8').splitlines())}"]
