@@ -366,6 +366,35 @@ def test_forwards_without_gradients_reuse_the_formed_matrices_until_a_tensor_cha
             torch.testing.assert_close(y, per_layer(x))
 
 
+@pytest.mark.parametrize("name", ["lora_w", "lora_lambda"])
+def test_a_tensor_given_a_transposed_view_of_its_own_storage_forms_them_again(name):
+    """``p.data = p.data.t()`` of a square w (3 tasks x 3 up-projections) or Λ keeps the storage's address, shape and
+    version: M_t formed before it were reused inside the no-grad scope (1.99 off here), and a node whose tensor was
+    so replaced before its backward gave the gradients of the transposed values instead of refusing."""
+    model = _mlp()
+    with torch.no_grad():
+        for b in _banks(model):
+            b.lora_w.normal_(), b.lora_lambda.normal_()
+    x = torch.randn(4, 8)
+
+    def transpose(m):
+        for b in _banks(m):
+            p = getattr(b, name)
+            p.data = p.data.transpose(-1, -2)
+
+    with torch.no_grad(), mlv.route(model, MIXED):
+        model(x), model(x)   # alone, then together: the group is kept in the scope
+        transpose(model)
+        got = model(x)
+    with torch.no_grad(), mlv.route(per_layer := _layer_by_layer(model), MIXED):
+        torch.testing.assert_close(got, per_layer(x), rtol=1e-6, atol=1e-6)
+    with mlv.route(model, MIXED):
+        loss = model(x).square().sum()
+    transpose(model)
+    with pytest.raises(RuntimeError, match="modified in place between the forward pass"):
+        loss.backward()
+
+
 def test_frozen_adapters_still_pass_the_inputs_gradient():
     """Adapters frozen, the input's gradient wanted (a saliency map): the formed M_t have no graph, so the row
     update keeps them for its backward instead of forming them again."""

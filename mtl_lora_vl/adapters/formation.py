@@ -21,11 +21,11 @@ a member did not run and left the group open) and let go once every member has t
 the activations a forward keeps); otherwise (evaluation, a generation's decoding steps) they are kept, one set per
 signature, until other tasks are routed, the route scope that formed them closes (outside any scope: the forward
 ends), a forward with gradients runs (a fused optimizer step or a write through ``p.data`` counts no version), or a
-parameter is written to in place or replaced (version counter, storage, identity: ``load_state_dict``,
-``grow_tasks``). A node is never reused after a backward pass went through it: an optimizer step may follow, and a
-fused one writes the parameters without counting a version; one formed inside a backward pass (a checkpointed
-region's recomputation, whose node's backward never runs) is never used outside that pass. The node saves no
-tensors: it reads the parameters back in backward and refuses ones modified in place since.
+parameter is written to in place or replaced (version counter, storage, strides, identity: ``load_state_dict``,
+``grow_tasks``, ``p.data = p.data.t()``). A node is never reused after a backward pass went through it: an optimizer
+step may follow, and a fused one writes the parameters without counting a version; one formed inside a backward pass
+(a checkpointed region's recomputation, whose node's backward never runs) is never used outside that pass. The node
+saves no tensors: it reads the parameters back in backward and refuses ones modified in place or replaced since.
 """
 
 from __future__ import annotations
@@ -51,11 +51,13 @@ def _params(bank: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
     return w, lam, B
 
 
-def _versions(params: tuple[torch.Tensor | None, ...]) -> tuple[tuple[int, int], ...]:
-    """What changes when a tensor is written to in place (its version counter) or given new storage (``.data =``)."""
+def _versions(params: tuple[torch.Tensor | None, ...]) -> tuple[tuple, ...]:
+    """What changes when a tensor is written to in place (its version counter) or given new storage or another view
+    of its own (``.data =``: the address, or the strides where a transpose of a square matrix keeps both)."""
     w, lam, B = params   # always one layer's (w, Λ, B): spelled out (read for every layer, forward and backward)
-    return ((w._version, w.data_ptr()), (-1, 0) if lam is None else (lam._version, lam.data_ptr()),
-            (B._version, B.data_ptr()))
+    return ((w._version, w.data_ptr(), w.stride()),
+            (-1, 0, ()) if lam is None else (lam._version, lam.data_ptr(), lam.stride()),
+            (B._version, B.data_ptr(), B.stride()))
 
 
 def _signature(bank: Any) -> tuple:
