@@ -1,6 +1,7 @@
 """The export command and apply_plain_lora name what is wrong: a --backbone other than the recorded one, a user's
-file at --out, a folder that is not one plain LoRA, a PEFT export of attention adapters (refused before the base
-loads); and the command replaces a multi-task export that export_lora wrote."""
+file at --out, a folder that is not one plain LoRA, a PEFT export of attention adapters and a merged file of an
+inner model's adapter (both refused before the base loads); and the command replaces a multi-task export that
+export_lora wrote."""
 from __future__ import annotations
 
 import pytest
@@ -95,6 +96,21 @@ def test_peft_format_for_an_attention_adapter_is_refused_before_the_base_model_l
     monkeypatch.setattr(cli, "load_pretrained", lambda *a, **k: pytest.fail("base model loaded before the refusal"))
     err = _error(capsys, ["--adapter", str(ad), "--task", "vqa", "--format", "peft", "--out", str(tmp_path / "o")])
     assert "MultiheadAttention" in err and "--format plain" in err and "--format merged" in err
+
+
+def test_a_merged_file_of_an_inner_models_adapter_is_refused_before_the_base_model_loads(tmp_path, capsys,
+                                                                                           monkeypatch):
+    """An adapter saved from a LLaVA whose inner LlavaModel was adapted on its own records family custom: `export
+    --out m.safetensors` loaded the whole base model before save_merged refused (with its API's words, 'out=')."""
+    import mtl_lora_vl.cli.export as cli
+
+    bb = load_backbone("builtin-llava")
+    mlv.attach(bb.model.model, mlv.MTLLoRAConfig(tasks=["vqa"], r=2, n_up=1,
+                                                 targets={"text": [r"language_model\.layers\.0\.self_attn\.q_proj$"]}))
+    ad = mlv.save_adapter(bb.model, tmp_path / "ad", base={"backbone": "builtin-llava"})
+    monkeypatch.setattr(cli, "load_pretrained", lambda *a, **k: pytest.fail("base model loaded before the refusal"))
+    err = _error(capsys, ["--adapter", str(ad), "--task", "vqa", "--out", str(tmp_path / "m.safetensors")])
+    assert "--out" in err and "(llava)" in err and "save_pretrained directory" in err and "folder name" in err
 
 
 def test_export_says_which_tasks_leave_a_trained_head_behind(tmp_path, capsys):

@@ -35,6 +35,7 @@ from ..families import OPEN_CLIP_CONFIG, merged_format, peft_export
 from ..io import AdapterFileError, export_lora, load_pretrained, save_merged
 from ..io.adapter_files import base_paths, config_of, read_adapter_config
 from ..io.atomic import check_target
+from ..io.base_check import written_family_of
 from ..io.exports import check_suffix_case, export_format
 from ..io.layout import (
     EXPORT_RECORD,
@@ -109,11 +110,11 @@ def _check_out_kind(out: Path, fmt: str, family: str) -> None:
                          "(weights, config and processor, for from_pretrained); give a folder name")
 
 
-def _check_peft_expressible(doc: dict[str, Any], fmt: str) -> None:
+def _check_peft_expressible(doc: dict[str, Any], fmt: str, family: str) -> None:
     """Refuse --format peft for adapters on nn.MultiheadAttention in-projections (``<attn>.in_proj``, in the families
     whose default export is not PEFT: open_clip) before the base loads, as export_lora would after."""
     ident = doc.get("base_model") or {}
-    if fmt != "peft" or peft_export(str(ident.get("family") or "")):
+    if fmt != "peft" or peft_export(family):
         return
     mha = sorted(n for n in (ident.get("projections") or {}) if n.endswith(".in_proj"))
     if mha:
@@ -154,8 +155,10 @@ def export(opts: ExportOptions) -> list[Path]:
         logger.warning("task(s) %s have trained heads (%s) that no export holds: it carries the adapted model only; "
                        "score or serve them with their heads through the adapter (eval --adapter, "
                        "mtl_lora_vl.load_pretrained)", ", ".join(map(repr, headed)), Path(opts.adapter) / HEADS_WEIGHTS)
-    _check_out_kind(out, opts.format, str((doc.get("base_model") or {}).get("family") or ""))
-    _check_peft_expressible(doc, opts.format)
+    # (an adapter of a family's inner model adapted on its own is exported from that family's whole model)
+    family = written_family_of(doc.get("base_model") or {})
+    _check_out_kind(out, opts.format, family)
+    _check_peft_expressible(doc, opts.format, family)
     if len(tasks) > 1:   # OUT/<task>: a task named '/x' (the Python API allows it) was written to /x
         check_task_file_names(tasks, "--task", "and each task of several is written to OUT/<task>/; export it alone "
                               "with --out DIR")

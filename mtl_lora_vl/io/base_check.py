@@ -71,6 +71,14 @@ def check_base_class(base_model: nn.Module, doc: dict[str, Any], path: Path) -> 
                                f"is {class_name(base_model)}; load it onto the base model it was trained on")
 
 
+def written_family_of(ident: dict[str, Any]) -> str:
+    """The family of the model an adapter whose ``base_model`` record is ``ident`` is exported from: the recorded
+    one, or for an adapter of a family's inner multimodal model adapted on its own (family "custom" of that class)
+    that family, whose whole model ``load_pretrained`` puts it back on."""
+    family = str(ident.get("family") or "")
+    return (_inner_origin(str(ident.get("class"))) or family) if family == "custom" else family
+
+
 def _inner_origin(recorded: str) -> str | None:
     """The family whose inner multimodal model class ``recorded`` (``module.qualname``) is, else None."""
     module, _, name = recorded.rpartition(".")
