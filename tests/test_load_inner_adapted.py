@@ -73,17 +73,25 @@ def test_load_adapter_of_the_whole_model_checks_its_backbones_image_area(tmp_pat
         mlv.load_adapter(load_backbone(f"hf:{folder}", image_max_pixels=4096).model, out)
 
 
-def test_load_adapter_of_the_inner_model_alone_says_the_reading_is_not_checked(tmp_path):
-    """``load_adapter(bare.model, ...)`` of a model no backbone reads: the area goes on the inner model only, which no
-    backbone built later on the whole model reads, and is said so."""
-    from transformers import Qwen2VLForConditionalGeneration
+def test_a_backbone_built_after_a_load_onto_the_bare_inner_model_reads_the_adapters_area(tmp_path):
+    """``load_adapter(bare.model, ...)`` of a model no backbone reads put the area on the inner model only, with a
+    warning that no backbone built later would see it: one built on the whole model read within 1024 to 448² (a
+    1000x800 picture at 496x400, where training read 64x48); it now reads the adapter's 1024 to 4096, the load
+    silent, as on a bare whole model."""
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    from mtl_lora_vl.backbones.qwen2_vl import Qwen2VLBackbone
 
     folder = _tiny_sized(tmp_path, longest_edge=1_000_000)
     bb = _inner_adapted(folder, image_max_pixels=4096)
     out = mlv.save_adapter(bb.model, tmp_path / "adapter", base={"backbone": f"hf:{folder}"})
-    with pytest.warns(UserWarning, match=r"loaded onto a Qwen2VLModel alone, the inner model of a qwen2_vl model.*"
-                                         r"read within 1024 to 4096 pixels.*load_adapter\(backbone.model, path\)"):
-        mlv.load_adapter(Qwen2VLForConditionalGeneration.from_pretrained(folder).model, out)
+    bare = Qwen2VLForConditionalGeneration.from_pretrained(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mlv.load_adapter(bare.model, out)
+    built = Qwen2VLBackbone.from_model(bare, AutoProcessor.from_pretrained(folder))
+    assert (built.resize.min_pixels, built.resize.budget) == (1024, 4096)
+    assert built.resize.resized_size(1000, 800) == bb.resize.resized_size(1000, 800) == (64, 48)
 
 
 def test_load_adapter_of_a_backbones_inner_model_checks_the_backbones_image_area(tmp_path):

@@ -49,15 +49,23 @@ class ImageRecord:
 
 
 def image_record(model: nn.Module) -> ImageRecord:
-    """``model``'s record (an empty one, not stored, where nothing set it)."""
-    return model.__dict__.get(_ATTR) or ImageRecord()
+    """``model``'s record, a family's whole model's its inner multimodal model's where it has none (an adapter loaded
+    onto that inner model alone: a backbone built on the whole reads its area); an empty one, not stored, where
+    nothing set it."""
+    inner = _inner(model)
+    return model.__dict__.get(_ATTR) or (inner.__dict__.get(_ATTR) if inner is not None else None) or ImageRecord()
+
+
+def _inner(model: nn.Module) -> nn.Module | None:
+    """The inner multimodal model (``model.model``) of ``model``, a family's whole model; else None."""
+    inner = getattr(model, "model", None)
+    return inner if isinstance(inner, nn.Module) and find_family(model) and inner_family(inner) else None
 
 
 def _stored(model: nn.Module) -> ImageRecord:
     """``model``'s record, made where none is; a family's whole model shares it with its inner multimodal model (the
     inner model's own, a loaded adapter's, taken where the whole has none)."""
-    inner = getattr(model, "model", None)
-    inner = inner if isinstance(inner, nn.Module) and find_family(model) and inner_family(inner) else None
+    inner = _inner(model)
     rec = model.__dict__.get(_ATTR) or (inner.__dict__.get(_ATTR) if inner is not None else None) or ImageRecord()
     for m in (model, inner) if inner is not None else (model,):
         m.__dict__[_ATTR] = rec

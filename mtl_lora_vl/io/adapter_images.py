@@ -2,7 +2,8 @@
 ``base.image_min_pixels`` / ``base.image_max_pixels``: the area they were read within; an adapter saved before the
 minimum was recorded holds the maximum asked for, bounded by its processor's own, unknown here): written from the
 model's :class:`~mtl_lora_vl.backbones.image_record.ImageRecord` by ``save_adapter``, checked when read, and put back
-on a bare model by ``load_adapter`` (a backbone's model that reads otherwise is warned about).
+on a bare model (or a bare model's inner multimodal model, which a backbone built on the whole then reads) by
+``load_adapter`` (a backbone's model that reads otherwise is warned about).
 """
 
 from __future__ import annotations
@@ -100,17 +101,10 @@ def check_image_fields(base: dict[str, Any], cfg_file: Path) -> None:
 
 def take_images(model: nn.Module, base: dict[str, Any], path: Path) -> None:
     """After ``load_adapter``: a model no backbone set a reading (or Qwen2-VL's image area) on takes the recorded one
-    (a save keeps it, a merged export's processor follows it); a backbone's model that reads otherwise is warned
-    about."""
+    (a save keeps it, a merged export's processor follows it, a backbone built on it -- on the whole model, where
+    this is a family's inner model -- reads so); a backbone's model that reads otherwise is warned about."""
     recorded, area, bounds = base.get("image_reading"), base.get("image_max_pixels"), recorded_bounds(base)
-    own, inner = image_record(model), inner_family(model)
-    if inner is not None and not (own.reading or own.capped) and (area or recorded in ("native", "square")):
-        read = f"within {bounds[0]} to {bounds[1]} pixels" if bounds else \
-            f"within {area} pixels" if area else f"'{recorded}' (base.image_reading)"
-        warn_user(f"{path}: loaded onto a {type(model).__name__} alone, the inner model of a {inner.name} model, whose "
-                  f"backbone's image reading cannot be seen from it: the adapter's images were read {read}, which is "
-                  "recorded on this inner model only and not checked against the backbone; pass the whole model "
-                  "(load_adapter(backbone.model, path) puts the adapter on its inner model and checks the reading)")
+    own = image_record(model)   # (a backbone's inner model: the backbone's, shared with its whole model)
     default = DEFAULT_MAX_PIXELS   # (a backbone's area without image_max_pixels)
     if not own.capped:   # (a Qwen2-VL backbone's model is capped; max_pixels None: the default)
         if area:
