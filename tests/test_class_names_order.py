@@ -7,6 +7,7 @@ still taken by position."""
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 
 import pytest
 from vl_tiny import tiny_backbone
@@ -55,3 +56,11 @@ def test_data_names_that_differ_only_in_case_are_matched_exactly(clip, given):
 @pytest.mark.parametrize("given", [["cat", "dog", "fox"], ["tabby cat", "puppy", "fox"], ["kitty", "puppy", "cub"]])
 def test_names_in_the_data_order_or_readable_ones_are_taken(clip, given):
     assert build_kind(_spec(given), _split(["cat", "dog", "fox"]), clip).class_names == given
+
+
+@pytest.mark.parametrize("given", [["tea", "café"], ["Tea", "CAFÉ"]])
+def test_names_in_another_unicode_form_are_read_by_name(clip, given):
+    """A folder name read on macOS is decomposed ('cafe' + U+0301), a name typed in a spec composed ('café'): the
+    two differ as strings, so the spec's names in another order were refused as lacking 'café' (shown alike)."""
+    data = [unicodedata.normalize("NFD", "café"), "tea"]
+    assert build_kind(_spec(given), _split(data), clip).class_names == given[::-1]

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -56,8 +57,10 @@ def class_name_problems(names: Sequence[Any]) -> tuple[list[Any], list[str]]:
 
 
 def class_name_key(name: Any) -> str:
-    """A class name as names are compared across lists: case and runs of spaces aside (CLIP tokenizers lowercase)."""
-    return " ".join(str(name).split()).casefold()
+    """A class name as names are compared across lists: case and runs of spaces aside (CLIP tokenizers lowercase),
+    and Unicode's canonical forms (its canonical caseless match): a folder name read on macOS is decomposed
+    ('cafe' + U+0301) where the name typed in a spec is composed ('café')."""
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", " ".join(str(name).split())).casefold())
 
 
 def class_name_order(given: Sequence[str], data: Sequence[str], *, where: str, given_as: str, data_as: str,
