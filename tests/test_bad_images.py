@@ -7,7 +7,9 @@ import gc
 import json
 import logging
 import re
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 from PIL import Image
 
 from mtl_lora_vl.data.fallback import ImageFallback
-from mtl_lora_vl.data.images import ImageError, load_image, to_uint8_tensor, verify_image
+from mtl_lora_vl.data.images import ImageError, load_image, to_rgb, to_uint8_tensor, verify_image
 from mtl_lora_vl.data.loader import MultiTaskLoader, TaskDataset, iter_image_batches
 from mtl_lora_vl.data.readers import read_split
 from mtl_lora_vl.data.records import Example, Split
@@ -434,6 +436,26 @@ def test_a_16_bit_grey_png_with_a_transparent_level_is_composited_on_white(tmp_p
         assert np.asarray(to_rgb(img))[..., 0].tolist() == [[0, 255], [255, 255]]
         assert np.asarray(to_rgb(img, "drop"))[..., 0].tolist() == [[0, 3], [255, 3]]
     assert np.asarray(load_image(path))[0, 1].tolist() == [255, 255, 255]
+
+
+def test_a_16_bit_rgb_png_with_a_transparent_colour_is_composited_on_white(tmp_path):
+    """A 16-bit RGB PNG's tRNS colour: Pillow reads each sample as its high byte but compared the colour's low bytes,
+    so with tRNS (0x0100, 0x0100, 0x01ff) the transparent pixels stayed (1, 1, 1) and the blue (0, 0, 0xffff) ones,
+    whose 8 bits (0, 0, 255) are those low bytes, went white."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    clear, blue = (0x0100, 0x0100, 0x01FF), (0, 0, 0xFFFF)
+    rows = b"\x00" + b"".join(struct.pack(">HHH", *p) for p in (clear, blue))
+    path = tmp_path / "rgb16.png"   # (Pillow writes no 16-bit RGB PNG)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 1, 16, 2, 0, 0, 0))
+                     + chunk(b"tRNS", struct.pack(">HHH", *clear)) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+    assert np.asarray(load_image(path))[0].tolist() == [[255, 255, 255], [0, 0, 255]]
+    with Image.open(path) as img:
+        img.load()
+        assert np.asarray(to_rgb(img, "drop"))[0].tolist() == [[1, 1, 1], [0, 0, 255]]   # drop keeps the stored colour
+        assert img.info["transparency"] == clear   # the caller's image is left as it was
 
 
 def test_the_pass_report_counts_the_rows_of_the_batches_taken(images, caplog):

@@ -272,6 +272,12 @@ def to_rgb(img: Image.Image, alpha: str = "white") -> Image.Image:
     16-bit and float grayscale rescaled to 8 bits."""
     if alpha == "drop" and img.mode in ("RGBA", "LA", "PA", "RGBa", "La", "P", "L", "RGB", "1"):
         return img.convert("RGB")   # open_clip's _convert_to_rgb: transparent pixels keep their stored colour
+    clear = img.info.get("transparency")
+    if img.mode == "RGB" and isinstance(clear, tuple) and max(clear, default=0) > 255:
+        # a 16-bit PNG's tRNS colour: Pillow keeps a sample's high byte but compared the colour's low bytes, so the
+        # transparent colour stayed and another went white; compared by high bytes (a copy: the caller's is kept)
+        img = img.copy()
+        img.info["transparency"] = tuple(int(v) >> 8 for v in clear)
     if "transparency" in img.info and img.mode in ("P", "L", "RGB", "1"):   # a tRNS chunk: one colour is transparent
         img = img.convert("RGBA")
     if img.mode == "RGB":
