@@ -33,7 +33,7 @@ def test_a_pandas_list_of_answers_in_a_csv_is_refused_with_the_fix(root: Path) -
 
 
 @pytest.mark.parametrize(("field", "cell", "fix"), [
-    ("captions", "\"['a cat', 'a small cat']\"", "its own row"),
+    ("captions", "\"['a cat', 'a small cat']\"", r"the captions '\|'-separated \('a cat\|a small cat'\)"),
     ("text", "\"[\"\"a cat\"\"]\"", "its own row"),
     ("label", "\"['cat']\"", "one label"),
 ])
@@ -58,3 +58,10 @@ def test_bracketed_text_that_is_no_list_is_read_as_before(root: Path) -> None:
     assert [e.answers for e in s.examples] == [("[laughs]",), ("a", "b")]
     (root / "cap.jsonl").write_text(json.dumps({"image": "img/0.png", "captions": ["a cat", "[sic] a dog"]}) + "\n")
     assert read_split("jsonl", root, file="cap.jsonl").examples[0].captions == ("a cat", "[sic] a dog")
+
+
+def test_the_fix_given_for_a_csv_captions_cell_reads_as_it_says(root: Path) -> None:
+    """The fix for a captions list written as text named only a row per caption or JSON lines, though a CSV
+    captions cell is '|'-separated as answers are; the cell it suggests holds both captions."""
+    (root / "cap.csv").write_text("image,captions\nimg/0.png,a cat|a small cat\n")
+    assert read_split("csv", root, file="cap.csv").examples[0].captions == ("a cat", "a small cat")

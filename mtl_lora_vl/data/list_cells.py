@@ -58,7 +58,7 @@ def _fix(key: str, items: list[Any], csv: bool) -> str:
         return "leave the cell empty" if csv else f"give the {key} itself: [] or leave the field out"
     if not csv:
         return f"give the list itself ({json.dumps(items)}), not a string holding it"
-    if key in ("answers", "images"):
+    if key in ("answers", "images", "captions"):   # ('caption' and 'text' hold one caption: never split)
         return (f"give the {key} '|'-separated ({'|'.join(map(str, items))!r}), or write the rows as JSON lines "
                 "(df.to_json(path, orient='records', lines=True) keeps lists)")
     return ("give each caption its own row (rows of one image are grouped), or write the rows as JSON lines "
