@@ -190,14 +190,16 @@ class VQAKind(TaskKind):
         self.answer_index: dict[str, int] = {a: i for i, a in enumerate(self.answers)}
         # Answer filtering by question type (standard in zero-shot VQA): a "what colour" question is
         # only scored against the answers that won a training question of its type (the majority
-        # answer), so rare synonyms ("yep") do not split the vote.
+        # answer; ties included, and as for the consensus answers none where several humans all disagree: one
+        # human's answer wins its question), so rare synonyms ("yep") do not split the vote.
         by_type: dict[str, set[int]] = defaultdict(set)
         if spec.options.get("filter_by_type", True):
             for ex, gts in zip(train.examples, norm_rows):
-                top = min(_top_normalized(gts), default="")   # majority_answer
+                least = 2 if sum(map(bool, gts)) > 1 else 1
+                won = [self.answer_index[a] for a in _top_normalized(gts, least) if a in self.answer_index]
                 qtype = self.filter_type(ex)
-                if qtype and top in self.answer_index:
-                    by_type[qtype].add(self.answer_index[top])
+                if qtype and won:
+                    by_type[qtype].update(won)
         self.type_answers: dict[str, list[int]] = {t: sorted(ids) for t, ids in sorted(by_type.items())}
         #: Answers given by the most humans of at least one training question, ties included, where two or more
         #: gave it (a question whose humans all disagree has no majority to add); the generative targets.
