@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import warnings
 
 import pytest
 import torch
@@ -72,9 +71,7 @@ def _family(name: str):
         return (a @ _features(m.get_text_features(input_ids=tok)).T).square().sum()
 
     def enable(m):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # deprecated alias, still the common spelling
-            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": name == "hf_reentrant"})
+        m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": name == "hf_reentrant"})
 
     return model, loss, enable
 

@@ -84,8 +84,8 @@ def test_a_model_reentered_from_a_hook_under_another_route(mode, checkpointing):
     want, want_g = plain(ids)
     m = copy.deepcopy(base)
     if checkpointing:
-        m.train().gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": checkpointing == "reentrant"})
+        m.train().activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": checkpointing == "reentrant"})
     inner: list[torch.Tensor] = []
     entered = []
 
