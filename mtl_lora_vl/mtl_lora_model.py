@@ -9,7 +9,6 @@ takes the adapters out of a model again, with or without one task merged into th
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -28,7 +27,7 @@ from .adapters.scopes import MustEnter, disabled, route
 from .backbones.image_record import forget_loaded
 from .config import MTLLoRAConfig
 from .io.adapter_files import load_adapter, read_adapter_config, require_head_modules, save_adapter
-from .io.layout import AdapterFileError, state_file
+from .io.layout import AdapterFileError, check_adapter_path, state_file
 from .log import warn_user
 from .whole_files import FileTooLarge, read_whole
 
@@ -115,7 +114,7 @@ class MTLLoRAModel(nn.Module):
         ``is_trainable=True``. A PEFT directory is refused with a message saying how to load it instead.
         ``check_base_weights=False``: load onto other weights of the same architecture (see ``load_adapter``).
         """
-        _check_dir(adapter_dir, "from_pretrained(base_model, adapter_dir)", "adapter_dir")
+        check_adapter_path(adapter_dir, "MTLLoRAModel.from_pretrained(base_model, adapter_dir)", "adapter_dir")
         load_adapter(base_model, adapter_dir, heads=heads, is_trainable=is_trainable,
                      check_base_weights=check_base_weights)
         model = cls(base_model, heads=heads)
@@ -139,7 +138,7 @@ class MTLLoRAModel(nn.Module):
         of some tasks use ``mlv.export_lora``. ``safe_serialization`` is PEFT's argument: the files are always
         safetensors (False is refused).
         """
-        _check_dir(save_directory, "save_pretrained(save_directory)", "save_directory")
+        check_adapter_path(save_directory, "MTLLoRAModel.save_pretrained(save_directory)", "save_directory")
         if safe_serialization is not True:
             raise ValueError("MTLLoRAModel.save_pretrained writes safetensors only (no pickled .bin files): leave "
                              "safe_serialization out")
@@ -384,14 +383,6 @@ class _NoSuchAttribute(AttributeError):
 def _no_such(peft_name: str, instead: str) -> RuntimeError:
     # For PEFT's methods, called rather than probed (attributes get _NoSuchAttribute, which hasattr reads as absent).
     return RuntimeError(f"MTLLoRAModel has no PEFT-style {peft_name}: {instead}")
-
-
-def _check_dir(path: Any, call: str, name: str) -> None:
-    """Refuse a ``path`` argument that is not a path (pathlib's 'expected str, bytes or os.PathLike object')."""
-    if not isinstance(path, (str, os.PathLike)):
-        got = "None" if path is None else f"a {type(path).__name__} ({path!r:.60})"
-        raise TypeError(f"MTLLoRAModel.{call}: {name} is the adapter directory's path (a str or pathlib.Path), "
-                        f"got {got}")
 
 
 def _named(scope: AbstractContextManager, call: str) -> AbstractContextManager:

@@ -34,7 +34,8 @@ def test_save_adapter_names_an_argument_of_the_wrong_type(tmp_path, kwargs, says
 def test_read_adapter_config_of_a_model_and_a_non_bool_is_trainable_are_named(tmp_path):
     base = nn.Sequential(nn.Linear(4, 4))
     model = _adapted(base)
-    with pytest.raises(TypeError, match=r"read_adapter_config: path must be an adapter directory .*got Sequential"):
+    says = r"read_adapter_config: path must be the adapter directory's path .*got a Sequential; it reads"
+    with pytest.raises(TypeError, match=says):
         mlv.read_adapter_config(model)
     mlv.save_adapter(model, tmp_path / "a")
     fresh = copy.deepcopy(base)
@@ -47,10 +48,18 @@ def test_read_adapter_config_of_a_model_and_a_non_bool_is_trainable_are_named(tm
         torch.testing.assert_close(loaded(x), model(x))
 
 
-def test_save_and_load_adapter_name_a_path_that_is_none(tmp_path):
+def test_the_adapter_functions_and_the_wrapper_name_a_path_that_is_none_in_one_wording(tmp_path):
+    """save_adapter / load_adapter and MTLLoRAModel.save_pretrained / from_pretrained refuse a directory that is
+    not a path with one message (two checks had worded the same case differently)."""
     model = _adapted()
-    says = r"path must be an adapter directory \(a str or Path\), got NoneType"
-    with pytest.raises(TypeError, match=rf"save_adapter: {says}"):
-        mlv.save_adapter(model, None)
-    with pytest.raises(TypeError, match=rf"load_adapter: {says}"):
-        mlv.load_adapter(nn.Sequential(nn.Linear(4, 4)), None)
+    wrapper = mlv.MTLLoRAModel(model)
+    says = r"must be the adapter directory's path \(a str or pathlib\.Path\), got None$"
+    for call, name, run in (
+            ("save_adapter", "path", lambda: mlv.save_adapter(model, None)),
+            ("load_adapter", "path", lambda: mlv.load_adapter(nn.Sequential(nn.Linear(4, 4)), None)),
+            (r"MTLLoRAModel\.save_pretrained\(save_directory\)", "save_directory",
+             lambda: wrapper.save_pretrained(None)),
+            (r"MTLLoRAModel\.from_pretrained\(base_model, adapter_dir\)", "adapter_dir",
+             lambda: mlv.MTLLoRAModel.from_pretrained(nn.Sequential(nn.Linear(4, 4)), None))):
+        with pytest.raises(TypeError, match=rf"^{call}: {name} {says}"):
+            run()

@@ -85,6 +85,6 @@ def test_from_pretrained_and_save_pretrained_name_a_directory_that_is_not_a_path
     for call, name in ((lambda: mlv.MTLLoRAModel.from_pretrained(_Net(), None), "adapter_dir"),
                        (lambda: mlv.MTLLoRAModel(net).save_pretrained(None), "save_directory"),
                        (lambda: mlv.MTLLoRAModel(net).save_pretrained(b"out"), "save_directory")):
-        with pytest.raises(TypeError, match=rf"_pretrained\(.*{name}\): {name} is the adapter directory's path "
+        with pytest.raises(TypeError, match=rf"_pretrained\(.*{name}\): {name} must be the adapter directory's path "
                                             r"\(a str or pathlib\.Path\), got (None|a bytes)"):
             call()

@@ -26,7 +26,6 @@ tensors are safetensors, the rest is JSON and TOML.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tomllib
 from collections.abc import Mapping
@@ -65,6 +64,7 @@ from .layout import (
     AdapterFileError,
     AdapterLayout,
     adapter_layout,
+    check_adapter_path,
     config_path,
     is_adapter_dir,
     is_run_dir,
@@ -221,7 +221,7 @@ def save_adapter(
     its own). An existing non-empty ``path`` is replaced only with ``overwrite=True``, and only once the new
     directory is complete.
     """
-    _check_path(path, "save_adapter")
+    check_adapter_path(path, "save_adapter")
     inner = adapted_module(model)
     info = inner._mtl_lora
     cfg = info.config
@@ -296,14 +296,8 @@ def save_adapter(
 def read_adapter_config(path: str | Path, verify: bool = True) -> dict[str, Any]:
     """The parsed config (``mtl_lora_config.json``; format 1: ``adapter_config.json``) of an adapter
     directory; ``verify`` checks every file's sha256."""
-    _check_path(path, "read_adapter_config", "; it reads the folder save_adapter wrote, not a model")
+    check_adapter_path(path, "read_adapter_config", hint="; it reads the folder save_adapter wrote, not a model")
     return _read(Path(path), verify)[0]
-
-
-def _check_path(path: Any, what: str, hint: str = "") -> None:
-    """Refuse a ``path`` that is not one (None, a model), which pathlib would refuse without naming the call."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{what}: path must be an adapter directory (a str or Path), got {type(path).__name__}{hint}")
 
 
 def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
@@ -444,7 +438,7 @@ def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Mo
         raise TypeError("load_adapter: base_model is a torch.compile wrapper of "
                         f"{type(base_model._orig_mod).__name__}; pass the model itself (compiled._orig_mod) and "
                         "compile after loading")
-    _check_path(path, "load_adapter")
+    check_adapter_path(path, "load_adapter")
     if heads is not None and not isinstance(heads, Mapping):
         raise TypeError(f"load_adapter: heads must map task -> nn.Module, got {type(heads).__name__}")
     if not isinstance(is_trainable, bool):   # (the string "no" is true)

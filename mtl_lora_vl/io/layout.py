@@ -13,6 +13,7 @@ what a directory is follows which ones a command's ``--out`` may replace (:func:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ __all__ = [
     "AdapterLayout",
     "EXPORT_RECORD",
     "adapter_layout",
+    "check_adapter_path",
     "check_output",
     "is_run_dir",
     "config_path",
@@ -153,6 +155,14 @@ def _detect(path: Path) -> AdapterLayout | str | None:
     if isinstance(doc, dict) and "peft_type" in doc and doc.get("format") != FORMAT:
         return str(doc["peft_type"])
     return LEGACY_LAYOUT
+
+
+def check_adapter_path(path: object, call: str, name: str = "path", hint: str = "") -> None:
+    """Refuse an adapter-directory argument ``name`` of ``call`` that is not a path (None, a model, bytes), which
+    pathlib would refuse naming neither ('expected str, bytes or os.PathLike object')."""
+    if not isinstance(path, (str, os.PathLike)):
+        got = "None" if path is None else f"a {type(path).__name__}"
+        raise TypeError(f"{call}: {name} must be the adapter directory's path (a str or pathlib.Path), got {got}{hint}")
 
 
 def adapter_layout(path: str | Path) -> AdapterLayout:
