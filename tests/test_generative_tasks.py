@@ -136,6 +136,24 @@ def test_generative_spec_table_is_checked(tmp_path):
 # ---------------------------------------------------------------------------------------------- VQA target
 
 
+@pytest.mark.parametrize("task", ["captioning", "retrieval"])
+def test_a_caption_row_whose_caption_is_blank_is_refused_at_build(llava, clip, task):
+    """A blank caption trained an empty target: a lone space token and the end token, at weight 1."""
+    backbone = llava if task == "captioning" else clip
+    spec = load_spec(task)
+    ex = _split(spec, "train", 4).examples
+    for text, captions in (("", ("",)), ("  ", ())):
+        blank = dataclasses.replace(ex[1], text=text, captions=captions)
+        with pytest.raises(ValueError, match=rf"task '{task}': training example 1 \(image '{ex[1].image_id}'\) has no "
+                                             r"caption text .*; give the row its caption, or leave the row out"):
+            build_kind(spec, Split([ex[0], blank, *ex[2:]]), backbone)
+    # A blank text beside a reference caption: the reference is what trains.
+    row = dataclasses.replace(ex[1], text=" ", captions=("", ex[2].text))
+    kind = build_kind(spec, Split([ex[0], row, *ex[2:]]), backbone)
+    trained = kind.sample_lm(row, 0)[1] if task == "captioning" else kind.sample_text(row)
+    assert trained == ex[2].text
+
+
 def test_vqa_answer_is_drawn_by_soft_score_and_deterministic(llava):
     kind = _kinds(llava, ("vqa",), n=40)["vqa"]
     assert {"yes", "no", "red", "blue"} <= kind.consensus and not {"yep", "yeah", "nope"} & kind.consensus

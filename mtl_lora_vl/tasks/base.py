@@ -367,18 +367,29 @@ def image_paths(example: Example) -> str | list[str | None] | None:
 
 
 def require_captions(spec: TaskSpec, train: Split | None) -> None:
-    """Caption-based kinds (retrieval, captioning) need text in their training split (when given)."""
-    if train is not None and not any(ex.text or ex.captions for ex in train.examples):
+    """Caption-based kinds (retrieval, captioning) need a caption in every row of their training split (when
+    given): a blank one trained an empty target (the end token at once, after a lone space token)."""
+    if train is None:
+        return
+    if not any(ex.text or ex.captions for ex in train.examples):
         raise ValueError(f"task {spec.name!r}: {spec.kind} needs captions, but no training example has text")
+    i, ex = next(((i, ex) for i, ex in enumerate(train.examples) if _caption(ex) is None), (None, None))
+    if ex is not None:
+        raise ValueError(f"task {spec.name!r}: training example {i} (image {ex.image_id!r}) has no caption text (its "
+                         f"text {ex.text!r} and captions {ex.captions!r} are blank); give the row its caption, or "
+                         "leave the row out of the split, as the file readers leave blank captions out")
 
 
 def caption_of(task: str, example: Example) -> str:
-    """The caption a caption-based kind trains on: the example's text, else its first reference."""
-    if example.text:
-        return example.text
-    if example.captions:
-        return example.captions[0]
-    raise ValueError(f"task {task!r}: example {example.image_id!r} has no caption to train on")
+    """The caption a caption-based kind trains on: the example's text, else its first non-blank reference."""
+    text = _caption(example)
+    if text is None:
+        raise ValueError(f"task {task!r}: example {example.image_id!r} has no caption to train on")
+    return text
+
+
+def _caption(example: Example) -> str | None:
+    return next((t for t in (example.text, *example.captions) if t and t.strip()), None)
 
 
 def spec_error(spec: TaskSpec, fld: str, expected: str, got: Any) -> SpecError:
