@@ -30,7 +30,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 __all__ = ["LEVELS", "PACKAGE_LOGGER", "cli_logging", "interactive", "line_bar", "main_rank_logging", "progress",
-           "quiet", "rank_prefix", "say", "warn_user"]
+           "quiet", "rank_prefix", "rank_warning", "say", "warn_user"]
 
 PACKAGE_LOGGER = "mtl_lora_vl"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -107,12 +107,14 @@ def main_rank_logging(is_main: bool) -> Iterator[None]:
     """While open in a process that is not the main one (rank > 0 under torchrun), the package's loggers drop
     records below ERROR and Python warnings are ignored. For set-up, where every rank reads the same specs,
     data and model: their warnings and counts would print once per rank (rank 0 prints them). Errors still
-    print; restored on exit."""
+    print, and so do the warnings a rank says of its own work (:func:`rank_warning`); restored on exit."""
     if is_main:
         yield
         return
     logger = logging.getLogger(PACKAGE_LOGGER)
-    saved = logger.level
+    saved, saved_muted = logger.level, _muted_from[0]
+    if saved_muted is None:   # (nested: the level before the outermost one)
+        _muted_from[0] = logger.getEffectiveLevel()
     logger.setLevel(max(logging.ERROR, logger.getEffectiveLevel()))
     try:
         with warnings.catch_warnings():
@@ -120,6 +122,24 @@ def main_rank_logging(is_main: bool) -> Iterator[None]:
             yield
     finally:
         logger.setLevel(saved)
+        _muted_from[0] = saved_muted
+
+
+#: The package logger's level before :func:`main_rank_logging` muted this rank (None: not muted); a loader worker
+#: forked meanwhile inherits it.
+_muted_from: list[int | None] = [None]
+
+
+def rank_warning(log: logging.Logger, msg: str, *args: Any) -> None:
+    """``log.warning(msg, *args)`` of a warning this rank says of its own work (an image of its evaluation shard, its
+    count of substitutes), started with :func:`rank_prefix`; it prints on every rank, also while
+    :func:`main_rank_logging` mutes the other ranks' words (then at the level the rank had before)."""
+    text = rank_prefix() + msg
+    if log.isEnabledFor(logging.WARNING):
+        log.warning(text, *args, stacklevel=2)
+    elif _muted_from[0] is not None and (log.level or _muted_from[0]) <= logging.WARNING and not log.disabled:
+        fn, lno, func, _ = log.findCaller(stacklevel=2)
+        log.handle(log.makeRecord(log.name, logging.WARNING, fn, lno, text, args, None, func))
 
 
 def rank_prefix() -> str:

@@ -239,6 +239,30 @@ def test_a_shard_replaces_a_broken_image_as_one_process_does(images):
         assert not torch.equal(alone, whole[start:stop])   # as a plain list, its own rows held the substitutes
 
 
+def test_a_rank_muted_by_main_rank_logging_still_says_which_images_of_its_shard_failed(images, caplog, monkeypatch):
+    """Sharded evaluation runs under main_rank_logging: rank 1's reasons (per file) and its count of substitutes were
+    dropped with the warnings every rank says alike (the rows left out were counted right, from all ranks)."""
+    from mtl_lora_vl.distributed import Shard
+    from mtl_lora_vl.log import main_rank_logging
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    examples = _split(images, NAMES).examples
+    said = {}
+    for level in (logging.ERROR, logging.WARNING):   # (at -q, not said on any rank)
+        caplog.clear()
+        with caplog.at_level(level, logger="mtl_lora_vl"), main_rank_logging(False):
+            list(iter_image_batches(_Backbone(), Shard(examples, 3, 6), batch_size=2, device="cpu", task="val"))
+            logging.getLogger("mtl_lora_vl.data.rows").warning("alike on every rank")   # rank 0 says it
+        said[level] = [r.getMessage() for r in caplog.records]
+    assert not said[logging.ERROR] and "alike on every rank" not in caplog.text
+    *files, count = said[logging.WARNING]   # its row's file, and one a substitute was drawn from first (whole split)
+    for m, name in zip(files, ("corrupt", "truncated"), strict=True):
+        assert re.fullmatch(rf"rank 1: task 'val': example '{name}': .*{name}\.jpg.*; its rows are replaced .*", m)
+    assert count.startswith("rank 1: task 'val': 1 row(s) used a substitute image because 2 image(s) cannot be used")
+    assert all(r.levelno == logging.WARNING for r in caplog.records)
+
+
 def test_task_evaluation_reports_substitutes_at_the_end_of_the_pass(images, tmp_path, caplog):
     """The per-pass summary of replaced rows comes from the image generator's end, which VQA's and the
     generative path's loops never reached (a zip with a range stops first)."""

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import get_worker_info
 
-from ..log import rank_prefix
+from ..log import rank_warning
 from .anyres import carries_size
 from .images import ImageError, ImageShapeError, image_key, to_uint8_tensor
 from .records import Example, image_parts
@@ -191,8 +191,8 @@ class ImageFallback:
         if first:   # (a shape refusal's file decodes: checking it would find nothing)
             check = "" if isinstance(err, ImageShapeError) else ("; mtl_lora_vl.data.images.verify_image(path, "
                                                                  "decode=True) checks a file")
-            logger.warning("%stask %r: %s; its rows are replaced by other rows of the task (set strict = true in "
-                           "the task spec to stop instead%s)", rank_prefix(), self.task, err, check)   # this rank's
+            rank_warning(logger, "task %r: %s; its rows are replaced by other rows of the task (set strict = true in "
+                         "the task spec to stop instead%s)", self.task, err, check)   # this rank's: said on every rank
 
     def _known_bad(self, index: int) -> bool:
         return any(self._failed[s] for s in self._slots(index))
@@ -242,5 +242,5 @@ class ImageFallback:
             if policy is not None:
                 policy[2].update(files)
             shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
-            logger.warning("%stask %r: %d row(s) used a substitute image because %d image(s) cannot be used (each "
-                           "warned about once, with why): %s", rank_prefix(), self.task, n, len(files), shown)
+            rank_warning(logger, "task %r: %d row(s) used a substitute image because %d image(s) cannot be used "
+                         "(each warned about once, with why): %s", self.task, n, len(files), shown)
