@@ -20,6 +20,7 @@ are in :mod:`.scopes`.
 
 from __future__ import annotations
 
+import array
 import itertools
 import math
 import operator
@@ -156,9 +157,14 @@ class Route:
         it as a graph input: the segments' ints, read from outside the trace, would be guarded as constants."""
         if self._host is None:
             pos = {t: p for p, t in enumerate(self.present)}
-            with torch.inference_mode(False):   # (a packed route's many rows: one repeat_interleave, no list of them)
-                self._host = torch.tensor([pos[t] for t, _, _ in self.segments]).repeat_interleave(
-                    torch.tensor([b - a for _, a, b in self.segments]))
+            rows = array.array("q")   # each run's rows as one C-level repeat, read in place: 4 us for a mixed
+            for t, a, b in self.segments:   # route of 6 rows, where torch.tensor + repeat_interleave took 34 us
+                rows.extend(array.array("q", (pos[t],)) * (b - a))
+            if torch.is_inference_mode_enabled():   # not an inference tensor: a later training forward reuses it
+                with torch.inference_mode(False):
+                    self._host = torch.frombuffer(rows, dtype=torch.long)
+            else:
+                self._host = torch.frombuffer(rows, dtype=torch.long)
         return self._host
 
     def _traced_positions(self, device: torch.device) -> torch.Tensor:
@@ -237,8 +243,6 @@ class Route:
                     f"image's rows {[(a, b) for _, a, b in self.segments]} do not map onto whole rows of it")
             r = Route.from_segments(segs)
             r.packed = True
-            if self._host is not None and self.batch_size % n == 0 and not torch.compiler.is_compiling():
-                r._host = self._host[:: self.batch_size // n].clone()   # each merged row's first patch's
             self._at[n] = r
         return r
 
