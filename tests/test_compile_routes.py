@@ -226,3 +226,33 @@ def test_eager_scopes_after_a_compiled_call_make_positions_without_torch_ops():
     assert mixed._host.tolist() == [1, 1, 0, 0, 0, 1] and not mixed._host.is_inference()
     assert packed._host.tolist() == [0] * 8 + [1] * 16 + [0] * 4
     assert packed.packed_at(7)._host.tolist() == [0, 0, 1, 1, 1, 1, 0]
+
+
+def test_task_sets_routed_to_a_compiled_model_warn_once_as_they_reach_dynamos_recompile_limit(monkeypatch):
+    """Compiled layers specialize on the set of present tasks: a graph per set, per frame. Past Dynamo's recompile
+    limit (8) a frame ran eagerly from then on, which Dynamo only logged (10 one-task routes of a 10-task model: 8
+    graphs, the last 2 calls eager). A route scope given a compiled model, and the trainer's --compile (its scopes are
+    inside the compiled forward: it watches the loader's batches), now warn once, naming the setting to raise."""
+    import torch._dynamo.config as dynamo_config
+
+    from mtl_lora_vl.adapters.scopes import watch_compiled_tasks
+
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    monkeypatch.setattr(dynamo_config, name, 3)
+    tasks = [f"t{i}" for i in range(5)]
+    net = mlv.attach(_Net(), mlv.MTLLoRAConfig(tasks=tasks, r=2, targets={"image": [r"fc\d$"]}))
+    compiled = torch.compile(net, backend="eager")   # (never called: the scopes warn as they open)
+    with pytest.warns(UserWarning) as caught:
+        for ids in ([0], [1], [0, 0], [0, 1, 1], [2], [3], [4]):   # sets {0}, {1}, {0, 1}: the third reaches 3
+            with mlv.route(compiled, ids):
+                pass
+    msgs = [str(w.message) for w in caught if "present tasks" in str(w.message)]
+    assert len(msgs) == 1 and f"torch._dynamo.config.{name} (3)" in msgs[0], msgs
+    with mlv.route(net, [1, 2]), mlv.route(net, [1, 3]), mlv.route(net, [1, 4]):   # an eager model's: not noted
+        pass
+    assert net._mtl_lora.router.compiled_task_sets == {(0,), (1,), (0, 1), (2,), (3,), (4,)}
+
+    other = mlv.attach(_Net(), mlv.MTLLoRAConfig(tasks=tasks, r=2, targets={"image": [r"fc\d$"]}))
+    batches = [{"segments": ((t, 0, 2),)} for t in (0, 1, 2, 3)]
+    with pytest.warns(UserWarning, match=f"torch._dynamo.config.{name} = "):
+        assert list(watch_compiled_tasks(iter(batches), other._mtl_lora.router)) == batches

@@ -40,6 +40,7 @@ that graph-breaks inside the scope falls back to eager, e.g. transformers' LLaVA
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ContextDecorator, contextmanager
@@ -259,6 +260,7 @@ def _route(model: nn.Module | Router, tasks: str | int | torch.Tensor | Sequence
     outer, compiling = router.current, torch.compiler.is_compiling()
     if not compiling and _compiled(model):   # its layers read the rows' positions from the first call (a graph input)
         router.reads_positions = router.packed_positions = True
+        note_compiled_tasks(router, new.present)
     positions = router.reads_positions and (router.packed_positions or not new.packed)
     if positions and not compiling and len(new.segments) > 1:
         new.host_positions()   # made here, not in Route(): a route made in a traced frame (LLaVA's) is entered eagerly
@@ -293,6 +295,38 @@ def _compiled(model: nn.Module | Router) -> bool:
             return True
         model = d.get("_modules", {}).get("module")
     return False
+
+
+def note_compiled_tasks(router: Router, present: tuple[int, ...]) -> None:
+    """Note a set of present tasks routed to compiled code. Compiled layers specialize on it (a graph per set, per
+    frame), and past Dynamo's recompile limit a frame runs eagerly from then on, which Dynamo only logs: warn once,
+    as the sets noted reach the limit, naming the setting to raise. Nothing where Dynamo was never imported."""
+    cfg = sys.modules.get("torch._dynamo.config")
+    sets = router.__dict__.setdefault("compiled_task_sets", set())
+    if cfg is None or present in sets:
+        return
+    sets.add(present)
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"   # (its name before 2.6)
+    limit = getattr(cfg, name)
+    if len(sets) == limit:
+        n = len(router.tasks)
+        warn_user(f"route: {len(sets)} sets of present tasks have been routed to this compiled model, and each "
+                  f"compiles a graph of its own of every adapted frame: past torch._dynamo.config.{name} ({limit}) "
+                  "Dynamo runs such a frame eagerly from then on (its log says 'hit config." + name + "'). Raise "
+                  f"it before the first compiled call, to the sets your batches hold plus 2 (at most 2**{n} - 1 = "
+                  f"{2 ** n - 1} for {n} tasks; {n} with one task per batch): torch._dynamo.config.{name} = "
+                  f"{max(2 * limit, min(n, 2 ** n - 1) + 2)}")
+
+
+def watch_compiled_tasks(batches: Iterator[dict], router: Router) -> Iterator[dict]:
+    """``batches`` (the loader's), each batch's set of present tasks (its ``segments``) noted as routed to compiled
+    code (:func:`note_compiled_tasks`): the trainer's ``--compile`` opens its route scopes inside the compiled
+    forward, where they cannot note it."""
+    for batch in batches:
+        segments = batch.get("segments")
+        if segments:
+            note_compiled_tasks(router, tuple(sorted({int(t) for t, _, _ in segments})))
+        yield batch
 
 
 @torch.compiler.disable   # called only where the scope really runs (as _claim_now)

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..adapters.attach import parameter_report
 from ..adapters.grow import freeze_old_rows
+from ..adapters.scopes import watch_compiled_tasks
 from ..data.loader import MultiTaskLoader
 from ..distributed import (
     DistInfo,
@@ -345,6 +346,8 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
     log = MetricsLog(run.dir, info.is_main, resumed_at=step if run.opts.resume else None)
     progress = progress_bar(info.is_main, step, run.total_steps)
     batches = iter(loader)
+    if opts.compile:   # a graph per set of present tasks: warn as they reach Dynamo's recompile limit
+        batches = watch_compiled_tasks(batches, model.router)
     window = LossWindow(start_at.log_window)
 
     replaced_here = dict.fromkeys(loader.task_names, 0)   # this rank's consumed rows given a substitute image
