@@ -87,3 +87,31 @@ def test_an_integer_buffer_loads_into_a_narrower_dtype_only_when_its_values_surv
     flag = head(torch.bool)
     mlv.load_adapter(base(), path, heads={"a": flag})
     assert flag.steps.tolist() == [True]
+
+
+def test_an_integer_buffer_whose_cast_wraps_back_is_refused(tmp_path):
+    """uint8 200 into an int8 buffer is -56, and -56 cast back to uint8 is 200 again: a round trip through the
+    head's dtype passed it (as int64 -1 into uint64). The values are compared as numbers; uint8 100 still loads."""
+    path = _saved(tmp_path)
+
+    def base():
+        torch.manual_seed(0)
+        return tiny_open_clip()
+
+    _rewrite_heads(path, lambda k, v: torch.tensor([100, 200], dtype=torch.uint8) if k == "a.steps" else v)
+    with pytest.raises(AdapterFileError, match=r"a.steps is torch.uint8 in the file, and torch.int8 in the head module "
+                                               r"does not hold its value 200"):
+        mlv.load_adapter(base(), path, heads={"a": _narrow(torch.int8, 2)})
+    _rewrite_heads(path, lambda k, v: torch.tensor([-1, 3]) if k == "a.steps" else v)
+    with pytest.raises(AdapterFileError, match=r"torch.uint64 in the head module does not hold its value -1"):
+        mlv.load_adapter(base(), path, heads={"a": _narrow(torch.uint64, 2)})
+    _rewrite_heads(path, lambda k, v: torch.tensor([100, 3], dtype=torch.uint8) if k == "a.steps" else v)
+    fits = _narrow(torch.int8, 2)
+    mlv.load_adapter(base(), path, heads={"a": fits})
+    assert fits.steps.tolist() == [100, 3]
+
+
+def _narrow(dtype, n):
+    h = torch.nn.Linear(4, 3)
+    h.register_buffer("steps", torch.zeros(n, dtype=dtype))
+    return h

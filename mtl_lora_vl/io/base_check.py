@@ -343,15 +343,16 @@ def check_heads(heads: dict[str, nn.Module], doc: dict[str, Any], header: dict[s
 def check_head_casts(heads: dict[str, nn.Module], tensors: dict[str, torch.Tensor], file: Path) -> None:
     """An integer or bool head buffer stored in ``file`` as another integer / bool dtype (``tensors``: its tensors)
     loads when every value survives the cast (int64 0 / 1 into bool, int64 into int32 within its range), and is
-    refused by name otherwise: ``load_state_dict`` casts silently (int64 2**40 into int32 0, 2 into bool True)."""
+    refused by name otherwise: ``load_state_dict`` casts silently (int64 2**40 into int32 0, 2 into bool True).
+    Values are compared as Python numbers: a cast back wraps too (uint8 200 is int8 -56, and -56 uint8 200)."""
     for task, head in heads.items():
         for k, v in head.state_dict().items():
             t = tensors.get(f"{task}.{k}")
             if t is None or v.is_floating_point() or t.dtype == v.dtype:
                 continue
-            back = t.to(v.dtype).to(t.dtype)
-            if not torch.equal(back, t):
-                lost = t[back != t].flatten()[0].item()
+            stored, cast = t.flatten().tolist(), t.to(v.dtype).flatten().tolist()   # (True == 1, as the cast is)
+            lost = next((a for a, b in zip(stored, cast) if a != b), None)
+            if lost is not None:
                 raise AdapterFileError(f"{file}: dtype mismatch in the head of task {task!r}: {task}.{k} is {t.dtype} "
                                        f"in the file, and {v.dtype} in the head module does not hold its value "
                                        f"{lost!r}; the file was edited or is not this adapter's: copy the adapter "
