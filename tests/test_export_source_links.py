@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,3 +74,17 @@ def test_a_link_loop_is_refused_by_name(tmp_path):
     with pytest.raises(OSError, match="a symbolic link loop") as e:
         linked_out_of(tmp_path, tmp_path / "a")
     assert e.value.errno == errno.ELOOP and str(tmp_path / "a") in str(e.value) and "remove the link" in str(e.value)
+
+
+def test_a_link_loop_is_refused_where_resolve_says_nothing_of_it(tmp_path, monkeypatch):
+    """From Python 3.13 on, ``Path.resolve()`` (not strict) returns a loop's path unresolved and raises nothing: the
+    loop then read as a file inside the folder (None). Simulated here with 3.13's resolve, ``os.path.realpath``."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    monkeypatch.setattr(Path, "resolve", lambda self, strict=False: Path(os.path.realpath(self)))
+    with pytest.raises(OSError, match="a symbolic link loop") as e:
+        linked_out_of(tmp_path, tmp_path / "a")
+    assert e.value.errno == errno.ELOOP
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")   # a dangling link is no loop
+    assert linked_out_of(tmp_path, tmp_path / "f") is None and linked_out_of(tmp_path, tmp_path / "gone") is None

@@ -27,6 +27,7 @@ import tempfile
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 from ..whole_files import read_whole
 
@@ -55,9 +56,24 @@ def linked_out_of(folder: str | Path, entry: str | Path) -> Path | None:
     subfolder of the snapshot: a model saved under ``subfolder=``) stay in. A link loop is refused by name."""
     try:
         folder, target = Path(folder).resolve(), Path(entry).resolve()
-    except (RuntimeError, OSError) as e:   # a loop: RuntimeError before Python 3.13, OSError (ELOOP) from it on
-        raise OSError(errno.ELOOP, f"{entry}: a symbolic link loop (its links lead back to themselves, {e}); remove "
-                      "the link or point it at a file") from None
+    except RuntimeError as e:   # a loop, before Python 3.13
+        _loop(entry, e)
+    try:   # from Python 3.13 on, resolve leaves a loop unresolved and raises nothing: stat does
+        target.stat()
+    except OSError as e:   # (another error, a dangling link: where it leads is still told)
+        if e.errno == errno.ELOOP:
+            _loop(entry, e)
+    return _outside(folder, target)
+
+
+def _loop(entry: str | Path, e: Exception) -> NoReturn:
+    """Refuse ``entry``, a symbolic link loop (``e``: what resolving or reading it raised), by name."""
+    raise OSError(errno.ELOOP, f"{entry}: a symbolic link loop (its links lead back to themselves, {e}); remove the "
+                  "link or point it at a file") from None
+
+
+def _outside(folder: Path, target: Path) -> Path | None:
+    """``target`` (resolved) where it is outside ``folder`` (resolved) and not a hub snapshot's blob, else None."""
     if target.is_relative_to(folder):
         return None
     snapshot = next((p for p in (folder, *folder.parents) if p.parent.name == "snapshots"), None)
