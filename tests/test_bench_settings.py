@@ -168,8 +168,20 @@ def test_a_spec_given_by_a_relative_then_an_absolute_path_is_one_grid(tmp_path, 
     (out / "settings.json").write_text(json.dumps({**stored, "tasks": ["specs/vqa.toml"], "data_root": "data"}))
     check(again)
     _small_vqa(tmp_path / "other")   # the same text in another file: another grid
-    with pytest.raises(RuntimeError, match=r"other settings \(tasks differ"):
+    with pytest.raises(RuntimeError, match=r"other settings \(tasks differ\); rerun"):
         check(BenchSettings(**{**again.__dict__, "tasks": ["other/vqa.toml"]}))
+    # from another folder, such a file is refused saying why, and a resume from its own folder records them resolved
+    (out / "settings.json").write_text(json.dumps({**stored, "tasks": ["specs/vqa.toml"], "data_root": "data"}))
+    monkeypatch.chdir(tmp_path / "other")
+    with pytest.raises(RuntimeError, match=r"data_root, tasks differ\); its settings.json holds relative paths "
+                                           r"\(data_root, tasks\), read against the current folder .*other: start "
+                                           r"from the folder the grid was started in"):
+        check(again)
+    monkeypatch.chdir(tmp_path)
+    check(again)
+    assert json.loads((out / "settings.json").read_text()) == stored
+    monkeypatch.chdir(tmp_path / "other")
+    check(again)
 
 
 def test_a_backbone_folder_by_a_relative_then_an_absolute_path_is_one_grid(tmp_path, monkeypatch):

@@ -266,14 +266,20 @@ def _check_settings(out: Path, identity: dict[str, Any], overwrite: bool) -> Non
         if not isinstance(old, dict):   # a bare JSONDecodeError named no file
             raise BenchDirError(f"{path}: the grid's settings are damaged ({old}), so its runs cannot be checked "
                                 "against these settings; restore the file, or pass --overwrite to start afresh")
-        old, new = resolved_paths(old), json.loads(json.dumps(identity))
+        stored, old, new = old, resolved_paths(old), json.loads(json.dumps(identity))
         for key in ("base_sha256", "data_sha256"):   # a grid begun before the weights or rows were fingerprinted
             if key not in old:
                 new.pop(key, None)
         if old != new:
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise BenchDirError(f"--out {out}: holds a grid with other settings ({', '.join(changed)} differ); "
+            relative = [k for k in changed if stored.get(k) != old.get(k)]   # (paths an older version stored as typed)
+            hint = (f"; its settings.json holds relative paths ({', '.join(relative)}), read against the current "
+                    f"folder {Path.cwd()}: start from the folder the grid was started in, which records them "
+                    "resolved" if relative else "")
+            raise BenchDirError(f"--out {out}: holds a grid with other settings ({', '.join(changed)} differ){hint}; "
                                 "rerun with the same options to resume it, choose another --out, or pass --overwrite")
+        if stored != old:   # resumed from its own folder: later starts from any folder find the same paths
+            write_json_atomic(path, old)
     else:
         write_json_atomic(path, identity)
 
