@@ -113,3 +113,35 @@ def test_the_single_task_row_says_which_seed_failed_or_diverged():
     assert row.startswith("| single-task lora (each task alone) (seed 1 diverged: vqa; seed 1 failed: retrieval) |")
     r["configs"]["single-vqa"]["diverged_seeds"] = []
     assert "| single-task lora (each task alone) (seed 1 failed: retrieval) |" in render(r)
+
+
+def test_a_single_task_reference_missing_a_seed_is_not_compared_in_the_best_line():
+    """The best line set the single-task reference's mean over seed 0 alone (a run of seed 1 failed) against the
+    joint means over seeds 0 and 1 and called it 'higher'."""
+    r = json.loads((Path(__file__).parent / "fixtures" / "bench" / "clip_quick_results.json").read_text())
+    r["single_task"]["scores"]["average"]["mean"] = 0.6
+    assert "scores 0.600 ± 0.012, higher." in render(r)
+    del r["single_task"]["per_seed"]["1"]
+    r["single_task"]["scores"]["average"]["n"] = 1
+    line = next(s for s in render(r).splitlines() if s.startswith("- Best average"))
+    assert line.endswith("each task trained alone (the single-task reference) scores 0.600 over seed 0 and lora r=8 "
+                         "over seeds 0, 1 (a run failed or diverged): means over other seeds, not compared."), line
+
+
+def test_a_failed_single_task_seed_is_not_said_to_leave_the_best_score_comparison():
+    """A single-task configuration's failed seed was 'left out of the best-score comparison, which needs every seed':
+    single-task configurations are never in it."""
+    from mtl_lora_vl.benchmark.analysis import _failed
+    from mtl_lora_vl.benchmark.grid import _config
+
+    single, joint = _config("single-vqa", "single", "lora, vqa alone", ["vqa"]), _config("m", "method", "m", ["vqa"])
+    runs = {c.cid: [{"key": f"{c.cid}-1", "label": c.label, "seed": 1, "lr": 1e-3, "failed": "boom", "log": "x"}]
+            for c in (single, joint)}
+    scored = {c.cid: {"per_seed": {"0": {}}} for c in (single, joint)}
+    effects = {f["label"]: f["effect"] for f in _failed([single, joint], runs, {}, {"single-vqa": 1e-3, "m": 1e-3},
+                                                         scored)}
+    assert effects["lora, vqa alone"].startswith("its scores are over the 1 seed that finished; the single-task "
+                                                 "reference (each task trained alone) is over the seeds where every")
+    assert "best-score" not in effects["lora, vqa alone"]
+    assert effects["m"].startswith("its scores are over the 1 seed that finished, and paired differences use the")
+    assert effects["m"].endswith("left out of the best-score comparison, which needs every seed")

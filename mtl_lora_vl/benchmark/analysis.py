@@ -117,10 +117,16 @@ def _failed(configs: list[Config], final: dict[str, list[dict]], tuning: dict[st
                           "finished")
             elif c.cid not in scored:
                 effect = "no seed finished, so the configuration has no scores"
+            elif c.group == "single":   # (never in the best-score comparison: that compares joint training)
+                n = len(scored[c.cid]["per_seed"])
+                effect = (f"its scores are over the {n} seed{'' if n == 1 else 's'} that finished; the single-task "
+                          "reference (each task trained alone) is over the seeds where every task's run finished, "
+                          "and interference pairs it with each joint method on the seeds both have")
             else:
                 n = len(scored[c.cid]["per_seed"])
-                effect = (f"its scores are over the {n} seed(s) that finished, and paired differences use the seeds "
-                          "both sides finished; it is left out of the best-score comparison, which needs every seed")
+                effect = (f"its scores are over the {n} seed{'' if n == 1 else 's'} that finished, and paired "
+                          "differences use the seeds both sides finished; it is left out of the best-score "
+                          "comparison, which needs every seed")
             out[r["key"]] = {**{k: r[k] for k in ("label", "seed", "lr", "failed", "log")}, "effect": effect}
     return list(out.values())
 

@@ -116,11 +116,22 @@ def _best_line(r: dict[str, Any], joint: dict[str, dict[str, Any]]) -> str:
     tied = [c for c in joint.values() if c is not best and round(c["scores"][AVERAGE]["mean"], 3) == shown]
     if tied:
         line += "; the same to three decimals: " + ", ".join(f"{c['label']} {_ms(c['scores'][AVERAGE])}" for c in tied)
-    single = (r.get("single_task") or {}).get("scores", {}).get(AVERAGE)
+    single_task = r.get("single_task") or {}
+    single = single_task.get("scores", {}).get(AVERAGE)
     if single and round(single["mean"], 3) >= shown:
-        than = "as high" if round(single["mean"], 3) == shown else "higher"
-        line += f"; each task trained alone (the single-task reference) scores {_ms(single)}, {than}"
+        line += f"; each task trained alone (the single-task reference) scores {_ms(single)}"
+        seeds, best_seeds = sorted(single_task["per_seed"], key=int), sorted(best["per_seed"], key=int)
+        if seeds != best_seeds:   # means over other seeds: no comparison
+            line += (f" over {_seeds(seeds)} and {best['label']} over {_seeds(best_seeds)} (a run failed or "
+                     "diverged): means over other seeds, not compared")
+        else:
+            line += ", as high" if round(single["mean"], 3) == shown else ", higher"
     return line + "."
+
+
+def _seeds(seeds: list[str]) -> str:
+    """``seed 0`` / ``seeds 0, 2``."""
+    return f"seed{'' if len(seeds) == 1 else 's'} {', '.join(seeds)}"
 
 
 def _against_reference(r: dict[str, Any], group: str) -> str | None:
