@@ -15,6 +15,7 @@ from typing import Any
 
 from .log import warn_user
 from .whole_files import FileTooLarge, read_whole
+from .wording import tasks_named
 
 METHODS = ("mtl_lora", "lora", "task_lora", "multi_lora", "moe_lora")
 LAMBDA_TYPES = ("full", "diagonal", "none")
@@ -57,11 +58,12 @@ MAX_TASK_FILE_BYTES = 128
 
 
 def task_file_problem(name: str) -> str | None:
-    """Why task ``name`` cannot name a file or folder (None when it can), phrased to follow "task name(s) [...]": the
-    one rule for every file named by a task (an adapter's ``tasks/<task>.toml``, ``predictions/<task>.jsonl``, an
-    export's ``<task>/``). A config may hold other names: they work until a file is named by one."""
+    """Why task ``name`` cannot name a file or folder (None when it can), phrased to follow "task names [...]" (a verb
+    first, made singular by :func:`~.wording.agree`): the one rule for every file named by a task (an adapter's
+    ``tasks/<task>.toml``, ``predictions/<task>.jsonl``, an export's ``<task>/``). A config may hold other names: they
+    work until a file is named by one."""
     if not isinstance(name, str) or name in ("", ".", ".."):
-        return "are not file names"
+        return "cannot name a file"
     chars = "".join(dict.fromkeys(c for c in name if c in FILE_NAME_FORBIDDEN))
     if chars:
         return f"contain {' '.join(map(repr, chars))} (no file name may hold {' '.join(FILE_NAME_FORBIDDEN)})"
@@ -69,7 +71,7 @@ def task_file_problem(name: str) -> str | None:
     if control:
         return f"contain control characters (e.g. {control[0]!r})"
     if reserved_file_name(name):
-        return "are device names Windows reserves (CON, PRN, AUX, NUL, COM0-9, LPT0-9: no file there can be named so)"
+        return "name a device Windows reserves (CON, PRN, AUX, NUL, COM0-9, LPT0-9: no file there can be named so)"
     if name[-1] in ". ":
         return "end with '.' or a space (Windows drops it from a file name)"
     try:
@@ -83,7 +85,7 @@ def task_file_problem(name: str) -> str | None:
 
 def file_name_twins(names: Iterable[str]) -> tuple[list[str], str] | None:
     """The first set of names that are distinct strings but one file name on some file system, with why (phrased to
-    follow "task name(s) [...]"); None when there is none. Only str names are compared.
+    follow "task names [...]"); None when there is none. Only str names are compared.
 
     Names are compared as Unicode's canonical caseless match (``NFD(casefold(NFD(name)))``): APFS and HFS+ (macOS)
     ignore canonical normalisation and case, NTFS (Windows) case. ``casefold`` folds what ``lower`` leaves apart
@@ -104,19 +106,19 @@ def file_name_twins(names: Iterable[str]) -> tuple[list[str], str] | None:
 
 
 def check_task_file_names(names: Iterable[str], what: str, tail: str) -> None:
-    """ValueError ``"<what>: task name(s) [...] <problem>, <tail>"`` for the first names that break
-    :func:`task_file_problem`, or that are one file name together (:func:`file_name_twins`); ``tail`` says which
-    files they name and the fix."""
+    """ValueError ``"<what>: task name 'a' <problem>, <tail>"`` (or ``task names 'a', 'b' ...``) for the first
+    names that break :func:`task_file_problem`, or that are one file name together (:func:`file_name_twins`);
+    ``tail`` says which files they name and the fix."""
     names = list(names)
     bad = [(n, p) for n in names if (p := task_file_problem(n))]
     if bad:
         first = bad[0][1]
         shown = [n for n, p in bad if p == first]   # (None and 1 together: sorted() raised TypeError)
         shown = sorted(shown) if all(isinstance(n, str) for n in shown) else shown
-        raise ValueError(f"{what}: task name(s) {shown} {first}, {tail}")
+        raise ValueError(f"{what}: {tasks_named(shown, first, 'task name')}, {tail}")
     twins = file_name_twins(names)
     if twins:
-        raise ValueError(f"{what}: task name(s) {twins[0]} {twins[1]}, {tail}")
+        raise ValueError(f"{what}: {tasks_named(twins[0], twins[1], 'task name')}, {tail}")
 
 
 def unrepeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -48,8 +48,8 @@ def test_files_linked_out_of_the_folder_as_the_hub_cache_links_them_still_load(a
 def test_a_task_specs_key_that_leaves_the_tasks_folder_is_refused(adapter, tmp_path):
     (tmp_path / "evil.state.json").write_text('{"kind": "vqa", "state": {"answers": ["yes"]}}')
     _edit(adapter, lambda d: d["task_specs"].__setitem__("../../evil", "tasks/vqa.toml"))
-    with pytest.raises(AdapterFileError, match=r"task_specs names task\(s\) \['\.\./\.\./evil'\], which contain "
-                                               r"'/'.*fix the key"):
+    with pytest.raises(AdapterFileError, match=r"task_specs names task '\.\./\.\./evil', which contains "
+                                               r"'/'.*, so it cannot name its files.*fix the key"):
         read_adapter_config(adapter)
 
 

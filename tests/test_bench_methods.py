@@ -523,7 +523,7 @@ def test_grid_settings_that_would_run_less_than_they_say_are_refused(tmp_path):
     specs = tmp_path / "specs"
     vqa = _small_spec(specs, "vqa")
     for settings, message in [
-        (BenchSettings(tasks=[vqa, "vqa"], device="cpu"), r"task\(s\) \['vqa'\] are named more than once"),
+        (BenchSettings(tasks=[vqa, "vqa"], device="cpu"), r"--tasks: task 'vqa' is named more than once"),
         (BenchSettings(tasks=[vqa], methods=[], ablations={}, device="cpu"), "--methods names no method"),
         (BenchSettings(tasks=[vqa], methods=["lora", "lora", "mtl_lora"], device="cpu"),
          r"--methods names \['lora'\] more than once"),

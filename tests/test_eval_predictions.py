@@ -290,10 +290,11 @@ def test_a_kind_that_records_nothing_is_refused_before_training(tmp_path, monkey
     assert train_main(["--tasks", vqa, "--steps", "2", "--batch-size", "8", "--warmup", "0", "--workers", "0",
                        "--no-eval-val", "--out", str(run), "--predictions", "-q"]) == 2
     said = capsys.readouterr().err + caplog.text
-    assert "--predictions: the kind of task(s) 'vqa' (VQAKind) records no per-row predictions" in said
+    assert "--predictions: task 'vqa' has a kind (VQAKind) that records no per-row predictions" in said
     assert not (run / "adapter").exists() and not (run / "checkpoint.pt").exists()   # refused before training
     assert eval_main(["--tasks", vqa, "--out", str(tmp_path / "ev"), "--predictions", "-q"]) == 2
-    assert "'vqa' (VQAKind) records no per-row predictions" in capsys.readouterr().err + caplog.text
+    said = capsys.readouterr().err + caplog.text
+    assert "task 'vqa' has a kind (VQAKind) that records no per-row predictions" in said
     assert not (tmp_path / "ev" / "eval.json").exists()
 
 
@@ -522,7 +523,7 @@ def test_a_task_name_that_cannot_name_its_file_is_refused_before_scoring(tmp_pat
 
     outside = str(tmp_path / "outside")
     for name in (outside, "a/b", "a:b"):
-        with pytest.raises(ValueError, match=r"predictions: task name\(s\) \[.*\] contain '[/:]'.*"
+        with pytest.raises(ValueError, match=r"predictions: task name '.*' contains '[/:]'.*"
                                              r"predictions/<task>\.jsonl; rename the task"):
             write_predictions(tmp_path / "run", {name: [{"index": 0}]})
     backbone = load_backbone("builtin", device="cpu")
@@ -531,7 +532,7 @@ def test_a_task_name_that_cannot_name_its_file_is_refused_before_scoring(tmp_pat
     setup = Setup(backbone, [spec], {outside: kind}, None, None)
     scored = []
     kind.evaluate = lambda *a, **k: scored.append(1)   # (not reached)
-    said = rf"predictions: task name\(s\) \[{re.escape(repr(outside))}\] contain '/'"
+    said = rf"predictions: task name {re.escape(repr(outside))} contains '/'"
     with pytest.raises(ValueError, match=said):
         evaluate_setup(setup, split="test", data_root=None, device="cpu", dtype=torch.float32, batch_size=4,
                        adapted=False, predictions=PredictionFiles(tmp_path / "run" / "predictions"))

@@ -125,4 +125,4 @@ def test_export_says_which_tasks_leave_a_trained_head_behind(tmp_path, capsys):
         assert export_main(["--adapter", str(ad), "--task", task, "--format", "plain",
                             "--out", str(tmp_path / task)]) == 0
         err = capsys.readouterr().err
-        assert ("task(s) 'vqa' have trained heads" in err and "heads.safetensors" in err) == (task == "vqa"), err
+        assert ("task 'vqa' has trained heads" in err and "heads.safetensors" in err) == (task == "vqa"), err

@@ -10,7 +10,7 @@ from mtl_lora_vl.config import check_task_file_names, task_file_problem
 
 def test_a_lone_surrogate_is_refused_by_name():
     assert "UTF-8" in task_file_problem("vqa\udc80")
-    with pytest.raises(ValueError, match=r"predictions: task name\(s\) \['vqa\\udc80'\] contain a character"):
+    with pytest.raises(ValueError, match=r"predictions: task name 'vqa\\udc80' contains a character"):
         check_task_file_names(["vqa\udc80", "ok"], "predictions", "rename it")
 
 
@@ -22,7 +22,7 @@ def test_multibyte_names_at_the_byte_limit():
 def test_case_twins_are_refused_by_every_file_naming_place(names):
     """predictions/<task>.jsonl and an export's OUT/<task>/ of 'VQA' and 'vqa' are one file on macOS and Windows:
     only save_adapter refused them."""
-    with pytest.raises(ValueError, match=r"predictions: task name\(s\) \[.*\] differ only in case \(one file on "
+    with pytest.raises(ValueError, match=r"predictions: task names '.*', '.*' differ only in case \(one file on "
                                          r"macOS and Windows file systems\), rename one"):
         check_task_file_names(names + ["ok"], "predictions", "rename one")
 
@@ -30,7 +30,7 @@ def test_case_twins_are_refused_by_every_file_naming_place(names):
 def test_normalisation_twins_are_refused():
     """'café' composed (NFC) and decomposed (NFD) are two names but one file on APFS."""
     nfc, nfd = "caf\u00e9", "cafe\u0301"
-    with pytest.raises(ValueError, match=r"export_lora: task name\(s\) .* differ only in Unicode normalisation "
+    with pytest.raises(ValueError, match=r"export_lora: task names .* differ only in Unicode normalisation "
                                          r"\(.*'caf\\xe9' and 'cafe\\u0301'.*macOS.*\), rename"):
         check_task_file_names([nfc, nfd], "export_lora", "rename one")
     with pytest.raises(ValueError, match="differ only in case and Unicode normalisation"):
@@ -39,7 +39,7 @@ def test_normalisation_twins_are_refused():
 
 
 def test_names_of_other_types_get_the_message():
-    with pytest.raises(ValueError, match=r"x: task name\(s\) \[None, 1\] are not file names, fix"):
+    with pytest.raises(ValueError, match=r"x: task names None, 1 cannot name a file, fix"):
         check_task_file_names([None, 1], "x", "fix")
 
 
@@ -47,9 +47,9 @@ def test_export_lora_and_predictions_refuse_case_twins():
     from mtl_lora_vl.evaluation.predictions import check_file_names
     from mtl_lora_vl.io.exports import _task_list
 
-    with pytest.raises(ValueError, match=r"predictions: task name\(s\) \['VQA', 'vqa'\] differ only in case"):
+    with pytest.raises(ValueError, match=r"predictions: task names 'VQA', 'vqa' differ only in case"):
         check_file_names({"VQA": None, "vqa": None})
-    with pytest.raises(ValueError, match=r"export_lora: task name\(s\) \['VQA', 'vqa'\] differ only in case"):
+    with pytest.raises(ValueError, match=r"export_lora: task names 'VQA', 'vqa' differ only in case"):
         _task_list(["vqa", "VQA"])
 
 
@@ -57,6 +57,6 @@ def test_export_lora_and_predictions_refuse_case_twins():
 def test_case_twins_are_found_by_case_folding_not_lower_case(names):
     """Twins were keyed on lower(): 'σ' and final 'ς' (one file on NTFS, whose upcase table maps both to 'Σ') and
     'Straße' / 'STRASSE' passed. casefold() folds them; compatibility forms (NFKC) are left apart."""
-    with pytest.raises(ValueError, match=r"predictions: task name\(s\) .* differ only in case"):
+    with pytest.raises(ValueError, match=r"predictions: task names .* differ only in case"):
         check_task_file_names(names, "predictions", "rename one")
     check_task_file_names(["\uff21", "A"], "predictions", "rename one")   # fullwidth 'Ａ': no file system folds it

@@ -285,7 +285,7 @@ def test_extend_reads_the_adapter_s_tasks_from_their_own_data_folders(tmp_path, 
     assert eval_main(["--adapter", str(tmp_path / "b" / "adapter"), "--out", str(tmp_path / "ev_gone"),
                       "--device", "cpu"]) == 2   # tasks from two folders, one gone: score that one alone elsewhere
     err = capsys.readouterr().err
-    assert f"task(s) ['color'] were trained on files under {d}, which is no longer a folder; put it back, or score " \
+    assert f"task 'color' was trained on files under {d}, which is no longer a folder; put it back, or score " \
            "it on the folder it moved to with --tasks color --data-root DIR" in err, err
     assert (json.loads((tmp_path / "ev2" / "eval.json").read_text())["tasks"]["color"]["adapted"]
             == a["color"]["adapted"])
@@ -316,7 +316,7 @@ def test_extend_with_nothing_to_train_is_refused_at_start(tmp_path, capsys):
     capsys.readouterr()
     assert train_main(["--extend", str(run), "--tasks", str(fixed), "--steps", "1", "--batch-size", "4",
                        "--workers", "0", "--out", str(tmp_path / "ext")]) == 2
-    assert "method 'lora' shares every adapter tensor across tasks and the new task(s) ['retrieval'] have no head " \
+    assert "method 'lora' shares every adapter tensor across tasks and the new task 'retrieval' has no head " \
            "parameters, so nothing would train" in capsys.readouterr().err
     # --backbone naming another model: the base check's refusal says what --backbone is for here
     assert train_main(["--extend", str(run), "--tasks", str(fixed), "--steps", "1", "--backbone", "builtin-llava",
@@ -327,7 +327,7 @@ def test_extend_with_nothing_to_train_is_refused_at_start(tmp_path, capsys):
     upper.write_text(small_spec(tmp_path, "vqa").read_text().replace('name = "vqa"', 'name = "VQA"'))
     assert train_main(["--extend", str(run), "--tasks", str(upper), "--steps", "1", "--workers", "0",
                        "--out", str(tmp_path / "ext3")]) == 2
-    assert f"--extend {run}: task(s) ['VQA'] are already in the adapter ['vqa'] (names that differ only in case" \
+    assert f"--extend {run}: task 'VQA' is already in the adapter ['vqa'] (names that differ only in case" \
         in capsys.readouterr().err
 
 
@@ -829,7 +829,7 @@ def test_resume_refuses_training_rows_that_changed_since_the_checkpoint(tmp_path
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     capsys.readouterr()
     assert train_main(["--resume", str(run)]) == 2
-    assert "the training rows of task(s) ['colours'] changed since the run's checkpoint" in capsys.readouterr().err
+    assert "the training rows of task 'colours' changed since the run's checkpoint" in capsys.readouterr().err
     # A finished run whose checkpoint was deleted (a common clean-up): the advice was --overwrite, which
     # replaces the finished run.
     (run / "checkpoint.pt").unlink()
@@ -863,7 +863,7 @@ def test_resume_takes_a_new_data_root_in_place_of_a_moved_one(tmp_path, capsys):
     rows[0]["label"], rows[1]["label"] = "blue", "red"
     (other / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert train_main(["--resume", str(run), "--data-root", str(other)]) == 2   # other rows: refused
-    assert "the training rows of task(s) ['colours'] changed" in capsys.readouterr().err
+    assert "the training rows of task 'colours' changed" in capsys.readouterr().err
     assert json.loads((run / "config.json").read_text())["data_root"] == str(data)
     assert train_main(["--resume", str(run), "--data-root", str(moved)]) == 0
     assert json.loads((run / "config.json").read_text())["data_root"] == str(moved.resolve())
@@ -959,7 +959,7 @@ def test_resume_of_an_extend_run_refuses_to_score_an_old_task_whose_folder_is_go
     for run in (builtin_new, file_new):
         assert train_main(["--resume", str(run)]) == 2
         err = capsys.readouterr().err
-        assert "the run scores the extended adapter's task(s) ['colours'] on the files under" in err, err
+        assert "the run scores the extended adapter's task 'colours' on the files under" in err, err
         assert "under \"data_roots\" in the extended adapter's mtl_lora_config.json" in err
         assert "with --data-root DIR" not in err and "it is scored on --data-root" not in err
     assert json.loads((file_new / "eval.json").read_text())["tasks"]["colours"]["adapted"] == scores

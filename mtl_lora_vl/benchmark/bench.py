@@ -36,6 +36,7 @@ from ..precision import resolve_precision
 from ..tasks import TaskSpec, load_spec
 from ..tasks.spec import looks_like_path
 from ..training.train import train
+from ..wording import tasks_named
 from .analysis import analyse
 from .grid import (
     REFERENCE_METHOD,
@@ -155,8 +156,8 @@ def check_splits(specs: list[TaskSpec]) -> None:
     names = [s.name for s in specs]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise ValueError(f"--tasks: task(s) {twice} are named more than once; name each task once (a spec file's "
-                         "`name = ...` tells it from the built-in task)")
+        raise ValueError(f"--tasks: {tasks_named(twice, 'are')} named more than once; name each task once (a spec "
+                         "file's `name = ...` tells it from the built-in task)")
     for spec in specs:
         missing = [s for s in ("val", "test") if s not in spec.data.splits]
         if missing:

@@ -50,6 +50,7 @@ from ..io.layout import (
 from ..log import progress, say
 from ..options import ExportOptions
 from ..whole_files import read_whole
+from ..wording import tasks_named
 from .commands import exit_code, program_name, run_command
 from .parsing import parse_options
 
@@ -152,9 +153,9 @@ def export(opts: ExportOptions) -> list[Path]:
     doc = _check_tasks(tasks, opts.adapter)
     headed = [t for t in tasks if (doc.get("heads") or {}).get(t)]
     if headed:   # (PEFT's modules_to_save: here the heads live beside the model, not in it)
-        logger.warning("task(s) %s have trained heads (%s) that no export holds: it carries the adapted model only; "
+        logger.warning("%s trained heads (%s) that no export holds: it carries the adapted model only; "
                        "score or serve them with their heads through the adapter (eval --adapter, "
-                       "mtl_lora_vl.load_pretrained)", ", ".join(map(repr, headed)), Path(opts.adapter) / HEADS_WEIGHTS)
+                       "mtl_lora_vl.load_pretrained)", tasks_named(headed, "have"), Path(opts.adapter) / HEADS_WEIGHTS)
     # (an adapter of a family's inner model adapted on its own is exported from that family's whole model)
     family = written_family_of(doc.get("base_model") or {})
     _check_out_kind(out, opts.format, family)

@@ -110,6 +110,7 @@ from mtl_lora_vl.data.seeding import SeededBatches, SeededDataset, loader_genera
 from mtl_lora_vl.data.text_columns import drop_padding
 from mtl_lora_vl.data.worker_errors import RefuseStopIteration, carry_errors, worker_errors_unwrapped
 from mtl_lora_vl.log import progress
+from mtl_lora_vl.wording import tasks_named
 
 
 class _Kind(Protocol):
@@ -352,14 +353,15 @@ class MultiTaskLoader:
         if adapter_tasks is not None:
             unknown = [n for n in names if n not in adapter_tasks]
             if unknown:
-                raise ValueError(f"MultiTaskLoader: task(s) {unknown} are not in the adapter's tasks "
+                raise ValueError(f"MultiTaskLoader: {tasks_named(unknown, 'are')} not in the adapter's tasks "
                                  f"{list(adapter_tasks)}")
             task_ids = [list(adapter_tasks).index(n) for n in names]
         generative = [bool(getattr(k, "generative", False)) for k in kinds]
         if any(generative) and not all(generative):
-            raise ValueError(f"MultiTaskLoader: tasks {[n for n, g in zip(names, generative) if g]} run through a "
-                             f"language model but {[n for n, g in zip(names, generative) if not g]} do not; build "
-                             "every kind on the same backbone")
+            llm = [n for n, g in zip(names, generative) if g]
+            other = [n for n, g in zip(names, generative) if not g]
+            raise ValueError(f"MultiTaskLoader: {tasks_named(llm, 'run')} through a language model but "
+                             f"{tasks_named(other, 'do')} not; build every kind on the same backbone")
         self.task_names = names
         self.datasets = [TaskDataset(k, s, _resize_of(backbone)) for k, s in zip(kinds, splits)]
         self.sampler = MultiTaskBatchSampler([len(d) for d in self.datasets], batch_size, strategy=strategy,

@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
+from ..wording import tasks_named
+
 STRATEGIES = ("proportional", "temperature", "round_robin")
 MODES = ("homogeneous", "mixed")
 _HISTORY = 4096      # batches whose starting state is remembered (covers any DataLoader prefetch)
@@ -99,7 +101,8 @@ class MultiTaskBatchSampler(Sampler[list[tuple[int, int]]]):
             raise ValueError("MultiTaskBatchSampler needs at least one task")
         empty = [t for t, n in enumerate(sizes) if n <= 0]
         if empty:
-            raise ValueError(f"task(s) {empty} have no examples; every task needs a non-empty training split")
+            raise ValueError(f"{tasks_named(empty, 'have')} no examples (tasks by their position in sizes); every task "
+                             "needs a non-empty training split")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if mode not in MODES:

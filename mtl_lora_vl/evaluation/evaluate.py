@@ -38,6 +38,7 @@ from ..tasks import resolve_tasks
 from ..tasks.registry import get_kind
 from ..tasks.spec import TaskSpec, load_spec
 from ..whole_files import read_whole
+from ..wording import tasks_named
 from .predictions import PredictionFiles, StagedFiles, check_recordable, merge_passes, stopped_predictions
 from .report import details_table, markdown_table, scored_line, selected_line, source_line, title, write_plots
 from .scored import adapter_base, scored_base
@@ -225,9 +226,10 @@ def _saved_task_roots(lp: Pretrained, specs: list[TaskSpec], data_root: str | No
     if data_root is None:
         if gone:
             folders = ", ".join(sorted({recorded[t] for t in gone}))
-            raise ValueError(f"task(s) {gone} were trained on files under {folders}, which is no longer a folder; put "
-                             f"it back, or score {'them' if len(gone) > 1 else 'it'} on the folder it moved to with "
-                             f"--tasks {','.join(gone)} --data-root DIR (--data-root is read by every task scored)")
+            them = "them" if len(gone) > 1 else "it"
+            raise ValueError(f"{tasks_named(gone, 'were')} trained on files under {folders}, which is no longer a "
+                             f"folder; put it back, or score {them} on the folder it moved to with --tasks "
+                             f"{','.join(gone)} --data-root DIR (--data-root is read by every task scored)")
         return {s.name: recorded[s.name] for s in saved}
     for s in saved:
         if s.name in gone:

@@ -32,6 +32,7 @@ from typing import Any
 from ..config import check_task_file_names
 from ..io.atomic import atomic_file
 from ..io.locks import lock_holder, take_lock
+from ..wording import agree, tasks_named
 
 __all__ = ["PARTIAL", "PredictionFiles", "StagedFiles", "check_file_names", "check_recordable", "merge_passes",
            "stopped_predictions", "write_predictions"]
@@ -57,9 +58,12 @@ def check_recordable(kinds: Mapping[str, Any]) -> None:
         if not any(p.name == "records" or p.kind is p.VAR_KEYWORD for p in params):
             lacking[name] = type(kind).__name__
     if lacking:
-        raise ValueError(f"--predictions: the kind of task(s) {', '.join(f'{t!r} ({k})' for t, k in lacking.items())} "
-                         "records no per-row predictions (its _evaluate takes no records=); leave out --predictions, "
-                         "or give the kind's _evaluate the records parameter of TaskKind._evaluate")
+        one = len(lacking) == 1
+        kinds_of, whose = ("a kind", "the kind's") if one else ("kinds", "the kinds'")
+        raise ValueError(f"--predictions: {tasks_named(lacking, 'have')} {kinds_of} ({', '.join(lacking.values())}) "
+                         f"that {agree('record', len(lacking))} no per-row predictions ({'its' if one else 'their'} "
+                         f"_evaluate takes no records=); leave out --predictions, or give {whose} _evaluate the "
+                         "records parameter of TaskKind._evaluate")
 
 
 def merge_passes(passes: dict[str, list[dict[str, Any]] | None]) -> list[dict[str, Any]]:

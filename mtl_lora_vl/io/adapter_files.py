@@ -42,6 +42,7 @@ from ..backbones.spec import parse_spec
 from ..config import ConfigError, MTLLoRAConfig, check_task_file_names, task_file_problem
 from ..tasks.spec import SpecError, TaskSpec, load_spec
 from ..whole_files import FileTooLarge, read_whole
+from ..wording import agree, tasks_named
 from .adapter_images import check_image_fields, record_images, take_images
 from .atomic import atomic_dir, holds
 from .base_check import (
@@ -150,7 +151,7 @@ def _check_save_arguments(cfg: MTLLoRAConfig, heads: dict[str, Any], task_specs:
     for what, d in (("heads", heads), ("task_specs", task_specs), ("kinds", kinds)):
         unknown = sorted(set(d) - set(cfg.tasks))
         if unknown:
-            raise ValueError(f"save_adapter: {what} names task(s) {unknown} that the adapter does not have; "
+            raise ValueError(f"save_adapter: {what} names {tasks_named(unknown)} that the adapter does not have; "
                              f"its tasks are {cfg.tasks}")
     require_head_modules(heads, "save_adapter")
     names = {*task_specs, *kinds}   # their files: tasks/<task>.toml, tasks/<task>.state.json
@@ -234,7 +235,7 @@ def save_adapter(
     _check_save_arguments(cfg, heads, task_specs, kinds)
     unknown = sorted(set(data_roots or {}) - set(cfg.tasks))
     if unknown:
-        raise ValueError(f"save_adapter: data_roots names task(s) {unknown} that the adapter does not have; its "
+        raise ValueError(f"save_adapter: data_roots names {tasks_named(unknown)} that the adapter does not have; its "
                          f"tasks are {cfg.tasks}")
     roots = {t: str(Path(r).expanduser().absolute()) for t, r in (data_roots or {}).items() if r is not None}
     base = absolute_base(dict(base or {}))
@@ -335,7 +336,7 @@ def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
     check_image_fields(doc.get("base") or {}, cfg_file)
     bad_roots = sorted(t for t, r in (doc.get("data_roots") or {}).items() if not (isinstance(r, str) and r))
     if bad_roots:
-        raise AdapterFileError(f"{cfg_file}: data_roots of task(s) {bad_roots} must be a folder path (a string), "
+        raise AdapterFileError(f"{cfg_file}: data_roots of {tasks_named(bad_roots)} must be a folder path (a string), "
                                f"got {[doc['data_roots'][t] for t in bad_roots]}; fix the field (or remove the "
                                "task's entry) or save the adapter again")
     tasks_dir = path / TASKS_DIR
@@ -352,9 +353,11 @@ def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
             raise AdapterFileError(f"{cfg_file}: file entry {rel!r} must be a path inside the adapter directory")
     bad = sorted(t for t in doc.get("task_specs") or {} if task_file_problem(t))
     if bad:   # tasks/<task>.state.json is read for each: '../x' read a file outside the directory
-        raise AdapterFileError(f"{cfg_file}: task_specs names task(s) {bad}, which {task_file_problem(bad[0])}, so "
-                               "they cannot name their files tasks/<task>.toml / .state.json; the file was edited by "
-                               "hand: fix the key or save the adapter again")
+        problem = agree(task_file_problem(bad[0]) or "", len(bad))
+        raise AdapterFileError(f"{cfg_file}: task_specs names {tasks_named(bad)}, which {problem}, so "
+                               f"{'they cannot name their' if len(bad) > 1 else 'it cannot name its'} files "
+                               "tasks/<task>.toml / .state.json; the file was edited by hand: fix the key or save the "
+                               "adapter again")
     if verify:
         for rel, digest in doc["files"].items():
             f = path / rel

@@ -56,6 +56,7 @@ from ..backbones.image_record import ImageRecord
 from ..config import check_task_file_names
 from ..families import MERGED_CONFIG, MERGED_WEIGHTS, family_named, merged_format, peft_export
 from ..whole_files import read_whole
+from ..wording import tasks_named
 from .adapter_images import written_family, written_images
 from .atomic import atomic_dir, atomic_file, linked_out_of
 from .base_check import adapted_part, check_base_class, check_weight_samples, newer_package_hint, refuse_adapted
@@ -199,7 +200,7 @@ def _task_list(tasks: Sequence[str]) -> list[str]:
         raise TypeError(f"export_lora: task must be a task name or a non-empty list of task names, got {tasks!r}")
     dup = sorted({t for t in tasks if list(tasks).count(t) > 1})
     if dup:
-        raise ValueError(f"export_lora: task(s) {dup} named more than once")
+        raise ValueError(f"export_lora: {tasks_named(dup)} named more than once")
     check_task_file_names(tasks, "export_lora", "and each task of several is written to path/<task>/; export it "
                           "alone with export_lora(model, task, path), or rename the task")
     return list(tasks)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..whole_files import FileTooLarge, read_whole
+from ..wording import few
 from .atomic import holds
 
 __all__ = [
@@ -81,11 +82,6 @@ def state_file(task: str) -> str:
 
 class AdapterFileError(ValueError):
     """An adapter directory is missing, corrupt, or made for another base model; the message says which."""
-
-
-def few(items: list[str], n: int = 6) -> str:
-    """The first ``n`` names of a list for an error message, and how many more there are."""
-    return ", ".join(items[:n]) + (f" (and {len(items) - n} more)" if len(items) > n else "")
 
 
 @dataclass(frozen=True)

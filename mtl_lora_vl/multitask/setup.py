@@ -28,6 +28,7 @@ from ..options import TrainOptions
 from ..tasks import TaskSpec, build_kind, resolve_tasks
 from ..tasks.registry import get_kind
 from ..tasks.spec import SpecError, spec_digests
+from ..wording import tasks_named
 from .model import MultiTaskModel
 
 logger = logging.getLogger(__name__)
@@ -171,12 +172,12 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
     old = list(lp.config.tasks)
     missing = [t for t in old if t not in lp.kinds or t not in lp.heads]
     if missing:
-        raise ValueError(f"--extend {src}: the adapter has no saved spec or head for task(s) {missing}; "
+        raise ValueError(f"--extend {src}: the adapter has no saved spec or head for {tasks_named(missing)}; "
                          "it cannot be evaluated or re-saved whole")
     clash = [s.name for s in new_specs if s.name.casefold() in {t.casefold() for t in old}]   # (add_task's rule)
     if clash:
-        raise ValueError(f"--extend {src}: task(s) {clash} are already in the adapter {old} (names that differ only "
-                         "in case count as one: one file per task); --tasks must name new tasks")
+        raise ValueError(f"--extend {src}: {tasks_named(clash, 'are')} already in the adapter {old} (names that "
+                         "differ only in case count as one: one file per task); --tasks must name new tasks")
     bb = lp.backbone
     train_splits, new_kinds = task_kinds(new_specs, bb, opts.data_root)
     if opts.grad_checkpointing:
@@ -194,8 +195,9 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
     head_values = sum(p.numel() for s in new_specs for p in heads[s.name].parameters() if p.requires_grad)
     if not added and not head_values:
         raise ValueError(f"--extend {src}: method {lp.config.method!r} shares every adapter tensor across tasks and "
-                         f"the new task(s) {[s.name for s in new_specs]} have no head parameters, so nothing would "
-                         "train; extend an mtl_lora, moe_lora or task_lora adapter, or train a new run with all tasks")
+                         f"the new {tasks_named([s.name for s in new_specs], 'have')} no head parameters, so "
+                         "nothing would train; extend an mtl_lora, moe_lora or task_lora adapter, or train a new run "
+                         "with all tasks")
     specs = [lp.specs[t] for t in old] + new_specs
     roots = _old_task_roots(lp, old, opts.data_root, src, resuming=bool(opts.resume))
     model = MultiTaskModel(bb, kinds, heads).to(device)

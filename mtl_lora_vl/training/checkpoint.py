@@ -62,6 +62,7 @@ from ..multitask import MultiTaskModel, Setup
 from ..options import TrainOptions
 from ..rundir import recorded_options, replaced_dir
 from ..tasks.spec import TaskSpec, spec_digests
+from ..wording import agree, tasks_named
 from .optim import Optimization
 from .rng import rng_state, seed_rank, set_rng_state
 
@@ -229,15 +230,15 @@ def check_inputs_unchanged(saved: dict[str, Any], inputs: dict[str, Any], run_di
     changed = sorted(t for t, d in (inputs.get("data_sha256") or {}).items() if t in recorded and recorded[t] != d)
     if changed:
         raise CheckpointError(
-            f"--resume {run_dir}: the training rows of task(s) {changed} changed since the run's checkpoint (other "
-            "data files, another --data-root, data edited meanwhile, or a newer mtl-lora-vl that reads the same files "
-            "into other rows: hf_datasets rows of one image's bytes without an image_id are one image now); resume "
-            "with the data and package it trained with, or start a new run")
+            f"--resume {run_dir}: the training rows of {tasks_named(changed)} changed since the run's checkpoint "
+            "(other data files, another --data-root, data edited meanwhile, or a newer mtl-lora-vl that reads the same "
+            "files into other rows: hf_datasets rows of one image's bytes without an image_id are one image now); "
+            "resume with the data and package it trained with, or start a new run")
     lost = {t: r for t, r in (saved.get("extend_task_roots") or {}).items()
             if t not in (inputs.get("extend_task_roots") or {})}
     if lost:
         raise CheckpointError(
-            f"--resume {run_dir}: the run scores the extended adapter's task(s) {sorted(lost)} on the files under "
+            f"--resume {run_dir}: the run scores the extended adapter's {tasks_named(sorted(lost))} on the files under "
             f"{sorted(set(lost.values()))}, which are gone; resumed, it would score them on other files (those of "
             "--data-root). Put the folder(s) back, or write where they moved to under \"data_roots\" in the "
             f"extended adapter's {ADAPTER_CONFIG}")
@@ -266,14 +267,14 @@ def check_moves_checkable(saved: dict[str, Any], moved: dict[str, str], setup: S
         digests = saved.get("data_sha256") or {}
         files = [s.name for s in setup.specs if s.name in setup.train_splits and s.data.source == "files"]
         if any(t not in digests for t in files):
-            unchecked.append(f"--data-root {moved['data_root']} (task(s) {files}' training rows)")
+            unchecked.append(f"--data-root {moved['data_root']} (the training rows of {tasks_named(files)})")
     if "extend" in moved and not saved.get("source_sha256"):
         unchecked.append(f"--extend {moved['extend']} (the source adapter)")
     if unchecked:
         raise CheckpointError(
             f"--resume {run_dir}: the run's checkpoint was written before runs recorded what they read, so it "
-            f"cannot show that {' and '.join(unchecked)} hold(s) what the run trained on; put the recorded "
-            "folder(s) back where config.json names them to continue, or start a new run")
+            f"cannot show that {' and '.join(unchecked)} {agree('hold', len(unchecked))} what the run trained "
+            "on; put the recorded folder(s) back where config.json names them to continue, or start a new run")
 
 
 def save_rank_state(run_dir: str | Path, rank: int, step: int, log_window: dict[str, list[float]],
