@@ -3,9 +3,11 @@ and a later start keeps it as failed unless ``--retry-failed``; Ctrl-C still sto
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import re
+import weakref
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,9 @@ from test_bench_methods import _small_spec
 
 from mtl_lora_vl.benchmark import BenchSettings, run_benchmark
 from mtl_lora_vl.benchmark import cli as bench_cli
+from mtl_lora_vl.benchmark.grid import RunSpec, method_configs
 from mtl_lora_vl.benchmark.report import render
+from mtl_lora_vl.benchmark.runner import Runner
 from mtl_lora_vl.options import TrainOptions
 from mtl_lora_vl.training.train import train
 
@@ -145,3 +149,25 @@ def test_a_failed_single_task_seed_is_not_said_to_leave_the_best_score_compariso
     assert "best-score" not in effects["lora, vqa alone"]
     assert effects["m"].startswith("its scores are over the 1 seed that finished, and paired differences use the")
     assert effects["m"].endswith("left out of the best-score comparison, which needs every seed")
+def test_a_failed_run_lets_go_of_its_memory_when_it_is_recorded(tmp_path):
+    # The next run starts right after: a failed run's model (on the GPU after an out-of-memory; a model holds reference
+    # cycles) must be freed by then, not kept by the exception's traceback or left to the garbage collector's timing.
+    settings = _settings(tmp_path, methods=["lora"], seeds=1)
+    held: list[weakref.ref] = []
+
+    def out_of_memory(opts: TrainOptions) -> Path:
+        model = torch.nn.Linear(256, 256)
+        model.me = [model]   # a reference cycle, as an adapted model's
+        held.append(weakref.ref(model.weight))
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    runner = Runner(tmp_path / "b", settings, {"vqa": "vqa", "retrieval": "retrieval"}, out_of_memory, 1,
+                    io.StringIO())
+    config = method_configs(settings, ["vqa", "retrieval"], {})[0]
+    gc.disable()   # (a collection at the wrong moment would hide the reference)
+    try:
+        record = runner.run(RunSpec(config, 0, 3e-3, tune=True))
+        alive = held[0]() is not None
+    finally:
+        gc.enable()
+    assert record["failed"].startswith("OutOfMemoryError") and not alive

@@ -10,6 +10,7 @@ start keeps it as failed unless asked to retry failed runs.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -160,8 +161,9 @@ class Runner:
                 e.add_note(f"in bench run {spec.key} (traceback in {folder / 'train.log'})")
                 if not record_failure:
                     raise
-                error = e
+                error = error_line(e)   # not `e`: its traceback's frames (the run's model) would outlive the run
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        gc.collect()   # the run's model holds reference cycles: free it (its GPU memory) before the next run loads one
         if error is not None:   # (Ctrl-C and SIGTERM are not failures: they raised above)
             return self._record_failure(spec, folder, error, wall, cpu)
         if diverged is not None:  # a result too (runs are deterministic: rerunning would diverge again)
@@ -180,11 +182,10 @@ class Runner:
         self._line(spec, record, f"{wall:.0f} s")
         return record
 
-    def _record_failure(self, spec: RunSpec, folder: Path, error: Exception, wall: float,
-                        cpu: float) -> dict[str, Any]:
-        """Write and return the record of a run whose trainer raised ``error``."""
+    def _record_failure(self, spec: RunSpec, folder: Path, error: str, wall: float, cpu: float) -> dict[str, Any]:
+        """Write and return the record of a run whose trainer raised (``error``: its :func:`error_line`)."""
         rel = folder.relative_to(self.root)
-        record = {**run_identity(spec, rel), "failed": error_line(error), "log": str(rel / "train.log"),
+        record = {**run_identity(spec, rel), "failed": error, "log": str(rel / "train.log"),
                   "tasks": None, "val": None, "wall_s": wall, "cpu_s": cpu, "code": self.code,
                   "threads": torch.get_num_threads()}
         write_json_atomic(folder / FAILED, record)
