@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Collection
 from dataclasses import asdict, fields
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import IO, Any
 
@@ -142,7 +143,12 @@ def choose_run_dir(opts: TrainOptions) -> Path:
 def _refuse_linked_outputs(run: Path) -> None:
     """Refuse a resume whose run folder holds a link out of it where the run writes (a run folder unpacked from
     someone's archive): the final ``save_adapter`` would replace the folder ``adapter`` leads to, files and all."""
-    for entry in (e for pattern in RUN_OUTPUTS for e in run.glob(pattern)):
+    # (not run.glob: a name without a wildcard is matched only where it exists, so a dangling link went unseen)
+    for entry in sorted(e for e in run.iterdir() if any(fnmatchcase(e.name, p) for p in RUN_OUTPUTS)):
+        if entry.is_symlink() and not entry.exists():   # (the run's writes refused it only then, or wrote elsewhere)
+            raise RunDirError(f"--resume {run}: {entry} is a symbolic link to {os.readlink(entry)}, which does not "
+                              f"exist (or is a loop of links); the run writes its {entry.name} there: remove the link "
+                              "(the run writes its own there)")
         if entry.is_symlink() and not holds(run, entry):
             raise RunDirError(f"--resume {run}: {entry} is a symbolic link to {os.readlink(entry)}, out of the run "
                               f"folder; the run writes its {entry.name} there and would replace what the link leads "

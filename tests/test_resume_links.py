@@ -38,3 +38,14 @@ def test_links_inside_the_run_folder_and_links_elsewhere_in_it_are_left_alone(tm
     (run / "adapter").symlink_to("old_adapter")          # stays in the folder
     (run / "notes").symlink_to(docs)                     # not something the run writes
     assert choose_run_dir(TrainOptions(resume=str(run))) == run
+
+
+@pytest.mark.parametrize("name", ["adapter", "metrics.jsonl", "checkpoint.pt"])
+def test_a_dangling_link_where_the_run_writes_is_refused_on_resume(tmp_path, name):
+    # (an archive's absolute link into its author's home): run.glob('adapter') never listed it, so the resume trained
+    # on and failed only at its first checkpoint or final adapter save; metrics.jsonl was appended through the link
+    run, docs = _run(tmp_path)
+    (run / name).symlink_to(docs / "gone" / name)
+    with pytest.raises(RunDirError, match=rf"{name} is a symbolic link to .*gone.*which does not exist.*remove the "
+                                          "link"):
+        choose_run_dir(TrainOptions(resume=str(run)))
