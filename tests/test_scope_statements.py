@@ -88,3 +88,23 @@ def test_from_pretrained_and_save_pretrained_name_a_directory_that_is_not_a_path
         with pytest.raises(TypeError, match=rf"_pretrained\(.*{name}\): {name} must be the adapter directory's path "
                                             r"\(a str or pathlib\.Path\), got (None|a bytes)"):
             call()
+
+
+def test_a_scope_entered_a_second_time_is_refused_by_name():
+    # (contextlib's generator scope said only "'_GeneratorContextManager' object has no attribute 'args'")
+    net, x = _net(), torch.randn(2, 3, 8)
+    scope = mlv.route(net, "vqa")
+    with scope:
+        vqa = net(x)
+    with pytest.raises(mlv.RoutingError, match=r"route\(model, tasks\): this scope was entered already.*call "
+                                               r"mtl_lora_vl\.route\(model, tasks\) again for each `with`"):
+        with scope:
+            pass
+    off = mlv.disabled(net)
+    with pytest.raises(mlv.RoutingError, match=r"disabled\(model\): this scope was entered already"):
+        with off, off:
+            pass
+    with pytest.raises(mlv.RoutingError, match="entered already"):
+        scope(lambda: None)()   # as a decorator after a `with`: the scope to copy is spent
+    with mlv.route(net, "vqa"):   # the refused entries left the router as it was (not disabled, not routed)
+        torch.testing.assert_close(net(x), vqa)

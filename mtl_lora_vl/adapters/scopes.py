@@ -409,7 +409,8 @@ class MustEnter(ContextDecorator, AbstractContextManager):
         self.scope, self.call, self.around, self.entered = scope, call, around, False
 
     def __enter__(self) -> Any:
-        self.entered = True
+        self._check_fresh()
+        self.entered = self.opened = True
         return self.scope.__enter__()
 
     def __exit__(self, *exc: Any) -> bool | None:
@@ -421,7 +422,14 @@ class MustEnter(ContextDecorator, AbstractContextManager):
         return super().__call__(func)
 
     def _recreate_cm(self) -> AbstractContextManager:
+        self._check_fresh()
         return self.scope._recreate_cm()
+
+    def _check_fresh(self) -> None:
+        """A scope is entered once (contextlib's scope then said only ``... has no attribute 'args'``)."""
+        if self.__dict__.get("opened"):
+            raise RoutingError(f"{self.call}: this scope was entered already, and a scope is entered once: call "
+                               f"{self.call} again for each `with`")
 
     def __del__(self) -> None:
         if not self.__dict__.get("entered", True) and warn_user is not None:   # (None at interpreter shutdown)
