@@ -88,3 +88,21 @@ def test_a_link_loop_is_refused_where_resolve_says_nothing_of_it(tmp_path, monke
     (tmp_path / "f").write_text("x")
     (tmp_path / "gone").symlink_to(tmp_path / "nowhere")   # a dangling link is no loop
     assert linked_out_of(tmp_path, tmp_path / "f") is None and linked_out_of(tmp_path, tmp_path / "gone") is None
+
+
+def test_links_of_a_local_dir_download_to_the_hub_cache_blobs_still_copy(tmp_path):
+    """huggingface_hub before 0.23 (``local_dir_use_symlinks="auto"``) linked a ``local_dir`` download's files over
+    5 MB (Qwen2-VL's 7 MB tokenizer.json) to the cache's blobs: refused as links out of the folder."""
+    repo = tmp_path / "cache" / "hub" / "models--Qwen--Qwen2-VL-2B-Instruct"
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    (repo / "blobs" / "f00d").write_text('{"vocab": 1}')
+    src = _source(tmp_path / "models" / "qwen2-vl")
+    (src / "tokenizer.json").symlink_to(repo / "blobs" / "f00d")
+    out = mlv.save_merged(_model(), "a", tmp_path / "merged", source_dir=src)
+    assert (out / "tokenizer.json").read_text() == '{"vocab": 1}' and not (out / "tokenizer.json").is_symlink()
+    (tmp_path / "blobs").mkdir()   # a folder merely named blobs, outside a hub cache: still refused
+    (tmp_path / "blobs" / "key").write_text("PRIVATE KEY")
+    (src / "extra.json").symlink_to(tmp_path / "blobs" / "key")
+    with pytest.raises(ValueError, match=r"extra.json is a symbolic link to .*key, outside the source folder"):
+        mlv.save_merged(_model(), "a", tmp_path / "merged2", source_dir=src)

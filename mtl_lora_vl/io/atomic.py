@@ -53,7 +53,9 @@ def holds(folder: str | Path, path: str | Path) -> bool:
 def linked_out_of(folder: str | Path, entry: str | Path) -> Path | None:
     """Where ``entry`` (a file in ``folder``) leads when a symbolic link takes it out of ``folder``, else None. A
     Hugging Face hub cache snapshot's links to its own blobs (``snapshots/<rev>/f -> ../../blobs/<sha>``, also from a
-    subfolder of the snapshot: a model saved under ``subfolder=``) stay in. A link loop is refused by name."""
+    subfolder of the snapshot: a model saved under ``subfolder=``) stay in, and so do a ``local_dir`` download's links
+    to a hub cache's blobs (``models--org--name/blobs/<sha>``: huggingface_hub before 0.23 linked files over 5 MB).
+    A link loop is refused by name."""
     try:
         folder, target = Path(folder).resolve(), Path(entry).resolve()
     except RuntimeError as e:   # a loop, before Python 3.13
@@ -78,6 +80,9 @@ def _outside(folder: Path, target: Path) -> Path | None:
         return None
     snapshot = next((p for p in (folder, *folder.parents) if p.parent.name == "snapshots"), None)
     if snapshot is not None and target.parent == snapshot.parent.parent / "blobs":
+        return None
+    repo = target.parent.parent
+    if target.parent.name == "blobs" and repo.name.startswith("models--") and (repo / "snapshots").is_dir():
         return None
     return target
 
