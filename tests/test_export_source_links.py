@@ -14,6 +14,7 @@ import torch
 from conftest import tiny_open_clip
 
 import mtl_lora_vl as mlv
+from mtl_lora_vl.io import exports
 from mtl_lora_vl.io.atomic import linked_out_of
 
 
@@ -28,13 +29,19 @@ def _model():
     return mlv.attach(tiny_open_clip().eval(), mlv.MTLLoRAConfig(tasks=["a", "b"], r=2))
 
 
-def test_a_link_out_of_the_source_folder_is_not_copied_into_a_merged_folder(tmp_path):
+def test_a_link_out_of_the_source_folder_is_not_copied_into_a_merged_folder(tmp_path, monkeypatch):
     (tmp_path / "secret.txt").write_text("PRIVATE KEY")
     src = _source(tmp_path / "downloaded")
     (src / "tokenizer_extra.json").symlink_to("../secret.txt")
+    model = _model()
+
+    def merged_state_dict(*args, **kwargs):   # refused before the merge and the weights' write (minutes, GBs)
+        raise AssertionError("the link was refused only after the merged weights were made")
+
+    monkeypatch.setattr(exports, "merged_state_dict", merged_state_dict)
     with pytest.raises(ValueError, match=r"tokenizer_extra.json is a symbolic link to .*secret.txt, outside the "
                                          r"source folder .*put the file itself there"):
-        mlv.save_merged(_model(), "a", tmp_path / "merged", source_dir=src)
+        mlv.save_merged(model, "a", tmp_path / "merged", source_dir=src)
     assert not (tmp_path / "merged").exists()
 
 

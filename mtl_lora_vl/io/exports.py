@@ -410,11 +410,17 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     inner = adapted_module(model)
     whole, family = written_family(model)   # the outer model where its inner model was adapted (its LM head too)
     record = written_images(model)[0]
+    fmt = merged_format(family, whole)
+    if out.suffix != ".safetensors":   # a folder gets source_dir's files: its links checked before the minutes of work
+        if fmt == "hf" and source_dir is None:   # the directory the model was loaded from (tokenizer, processor files)
+            source_dir = _loaded_from(whole)
+        for f in Path(source_dir).iterdir() if source_dir is not None else ():
+            if f.is_file() and not _weights_or_adapter(f):
+                _refuse_linked_out(source_dir, f)
     sd = merged_state_dict(inner, task, root=whole)
     if overwrite:
         check_replace(out, what="save_merged", keep=[*_base_files(whole), ("source_dir", source_dir)])
     meta = {"format": "pt", MERGED_TASK_KEY: task}
-    fmt = merged_format(family, whole)
     if out.suffix == ".safetensors" and fmt == "hf":   # a bare state dict that no from_pretrained reads
         raise ValueError(f"save_merged: {out}: a Hugging Face model is written as a save_pretrained directory "
                          "(weights, config and processor, for from_pretrained); give out= a folder name, without "
@@ -433,14 +439,11 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
         _write_record(tmp, task, "merged")
         if weights_name is None:
             whole.save_pretrained(str(tmp), state_dict=sd)
-            if source_dir is None:  # the directory the model was loaded from (tokenizer, processor files)
-                source_dir = _loaded_from(whole)
         else:
             save_tensors(sd, tmp / weights_name, meta)
         if source_dir is not None:
             for f in Path(source_dir).iterdir():
                 if f.is_file() and not _weights_or_adapter(f) and not (tmp / f.name).exists():
-                    _refuse_linked_out(source_dir, f)
                     shutil.copyfile(f, tmp / f.name)
             fam = family_named(family)   # (the whole model's: its inner model adapted, the family still fits)
             fit = getattr(backbone_class(fam.backbone), "fit_processor_files", None) if fam and fam.backbone else None
