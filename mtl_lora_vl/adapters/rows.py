@@ -301,7 +301,9 @@ def _mtl_rows_grads(g, z, M, tasks, n_batch, scale, need_z: bool) -> tuple[torch
     g3, z3 = _rows3(g, n_batch), _rows3(z, n_batch)
     if need_z:
         gz = torch.baddbmm(z3, g3, M.index_select(0, tasks), beta=0, alpha=scale).view(z.shape)
-    return gz, torch.zeros_like(M).index_add_(0, tasks, torch.bmm(g3.mT, z3), alpha=scale)
+    # each sample's g_bᵀ z_b; on a CPU as its transpose, (r, d_out): MKL's bmm with an r-wide output runs 3-10x slower
+    gzz = torch.bmm(z3.mT, g3).mT if g.device.type == "cpu" else torch.bmm(g3.mT, z3)
+    return gz, torch.zeros_like(M).index_add_(0, tasks, gzz, alpha=scale)
 
 
 def update_formed_rows(out: torch.Tensor, z: torch.Tensor, M: torch.Tensor, tasks: int | tuple | torch.Tensor,
