@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import pickle
+import re
 
 import pytest
 import torch
@@ -125,6 +126,17 @@ def test_answers_given_as_one_string_are_refused_by_name():
     spec, split = _split(8)
     bad = dataclasses.replace(split.examples[0], answers="red")
     with pytest.raises(TypeError, match=r"answers='red', one string.*letter by letter.*\(answers=\('red',\)\)"):
+        build_kind(spec, dataclasses.replace(split, examples=[*split.examples, bad]), load_backbone("builtin"))
+
+
+@pytest.mark.parametrize(("answers", "field"), [((2, 2, 3), "answers"), (None, "answers"), (("red", 2), "answers"),
+                                               (None, "captions")])
+def test_answers_that_are_not_strings_are_refused_by_name(answers, field):
+    # built from the Python API: "'<' not supported between int and str" / "'NoneType' object is not iterable"
+    spec, split = _split(8)
+    bad = dataclasses.replace(split.examples[0], **{field: answers})
+    with pytest.raises(TypeError, match=rf"training example .* has {field}={re.escape(repr(answers))}; {field} is "
+                                        r"text: a tuple of strings, \(\) for none"):
         build_kind(spec, dataclasses.replace(split, examples=[*split.examples, bad]), load_backbone("builtin"))
 
 

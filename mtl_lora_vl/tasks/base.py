@@ -229,6 +229,11 @@ class TaskKind(ABC):
         the field and the token."""
         for ex in examples:
             for field, texts in (("text", (ex.text,)), ("captions", ex.captions), ("answers", ex.answers)):
+                if not isinstance(texts, tuple | list | str) or not all(
+                        isinstance(t, str) or (t is None and field == "text") for t in texts):
+                    raise TypeError(f"task {self.name!r}: {what} example {ex.image_id!r} has {field}="
+                                    f"{getattr(ex, field)!r}; {field} is text: " + ("a string or None" if field ==
+                                    "text" else f"a tuple of strings, () for none ({field}=('2', '2', '3'))"))
                 for text in texts:
                     self.refuse_special(text, f"{what} example {ex.image_id!r} has in its {field} the text {text!r}, "
                                         "which", "remove it from the data")
