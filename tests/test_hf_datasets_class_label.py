@@ -74,3 +74,12 @@ def test_fewer_class_names_with_a_moved_one_are_refused_by_name(root, class_name
     with pytest.raises(DataFormatError, match=r"class_names puts .* is class [12] of the ClassLabel of label column "
                                               r"'label'.* or leave class_names out"):
         read_split("hf_datasets", root, path="pets", class_names=class_names)
+
+
+@pytest.mark.parametrize("class_names", [["cat", "dog"], ["a cat", "a dog"], ["cat"]])
+def test_fewer_class_names_with_none_moved_are_refused_by_name(root, class_names):
+    """Read by position, it failed at the first fox row: "label index 2 out of range for 2 classes"."""
+    with pytest.raises(DataFormatError, match=rf"pets: class_names has {len(class_names)} names but the ClassLabel of "
+                                              r"label column 'label' has 3 classes \['cat', 'dog', 'fox'\].*give all "
+                                              r"3 names .* or leave class_names out"):
+        read_split("hf_datasets", root, path="pets", class_names=class_names)

@@ -80,11 +80,16 @@ def class_name_order(given: Sequence[str], data: Sequence[str], *, where: str, g
     if None not in pos:
         return pos
     moved = [(i, j) for i, j in enumerate(pos) if j is not None and j != i]
+    lacks = [n for n, k in zip(data, pos) if k is None]
+    shown = f"{list(data[:10])}{' ...' if len(data) > 10 else ''}"
+    if not moved and len(given) < len(data):   # read by position, the first row of class len(given) failed
+        raise error(f"{where}: {given_as} has {len(given)} names but {data_as} has {len(data)} classes {shown}, and "
+                    f"{given_as} lacks {lacks[:5]}{' ...' if len(lacks) > 5 else ''}: read by position, rows of "
+                    f"classes {len(given)} and above have no name; give all {len(data)} names (in the order of "
+                    f"{data_as} to rename them, or its own names in any order), or {leave_out}")
     if not moved:
         return None
     i, j = moved[0]
-    lacks = [n for n, k in zip(data, pos) if k is None]
-    shown = f"{list(data[:10])}{' ...' if len(data) > 10 else ''}"
     raise error(f"{where}: {given_as} puts {given[j]!r} at {j}, but {data[i]!r} is class {i} of {data_as} "
                 f"({len(moved)} name(s) so moved), and {given_as} lacks {lacks[:5]}{' ...' if len(lacks) > 5 else ''}"
                 " of its classes: a list that does not name them all is read by position, so those classes' rows "
