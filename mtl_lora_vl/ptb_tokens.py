@@ -79,7 +79,7 @@ _WEB = (
 _KEEP_PERIOD = r"(?:\.(?=[,;:\u3001]))?"   # a word keeps a period that a comma, semicolon or colon follows
 _ASCII_HYPHENS = r"(?:-(?:[a-z0-9]+|[a-z](?:\.[a-z])+\.))+"
 _PTB_TOKEN = re.compile(
-    rf"{_WEB}|n't(?![a-z])|{_REDAUX}(?![a-z])|{_APOSTROPHE_WORDS}"   # clitics and the apostrophe words above
+    rf"{_WEB}|''|n't(?![a-z])|{_REDAUX}(?![a-z])|{_APOSTROPHE_WORDS}"   # '' (a quote token), clitics, the words above
     rf"|[a-z]*[a-mo-z](?=n't)|[^\W\d_][^\W_]*(?={_REDAUX})"   # the word before a clitic ("do n't", "it 's")
     r"|y'(?=[^\W\d_])|[ldj]'"                                # y'all -> y' all, j'adore -> j' adore
     # ASCII words joined by one or two slashes, each with up to two hyphens (PTB's THING3): "t-shirt/jeans" whole,
@@ -167,4 +167,5 @@ def _tokens(text: str) -> str:
     text = _OWN_TOKEN.sub(r" \g<0> ", _PTB_DELETES.sub(" ", text.translate(_TYPOGRAPHIC)))
     text = _ASSIMILATION.sub(r"\1 ", text)
     tokens = (t.lower() for t in _PTB_TOKEN.findall(text))
-    return " ".join(_BRACKETS.get(tok) or (tok.translate(_PARENS) if tok[-1] in "()" else tok) for tok in tokens)
+    return " ".join(_BRACKETS.get(tok) or (tok.translate(_PARENS) if tok[-1] in "()" else tok) for tok in tokens
+                    if tok != "''")   # PTB's {QUOTES} token "''", which pycocoevalcap drops

@@ -53,3 +53,16 @@ QUOTE_PAIR_CASES = [
 @pytest.mark.parametrize(("caption", "ptb"), QUOTE_PAIR_CASES)
 def test_two_adjacent_quote_characters_are_one_token(caption, ptb):
     assert tokenize_caption(caption) == ptb
+
+
+# {QUOTES} also takes the ASCII "''" as one token, which pycocoevalcap drops; the letter after it then starts a token of
+# its own ([lLdDjJ]{APOS} in APOWORD: "d'"), not a clitic of the quote's second apostrophe ("'d").
+ASCII_QUOTE_PAIR_CASES = [
+    ("a \u2018\u2018d\u2019\u2019 grade", "a d' grade"),   # was "a 'd grade"; Java writes "d\u2019" (as written)
+    ("a ''d'' grade, ''s'' and dogs''em", "a d' grade s and dogs em"),
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), ASCII_QUOTE_PAIR_CASES)
+def test_two_ascii_apostrophes_are_one_quote_token(caption, ptb):
+    assert tokenize_caption(caption) == ptb
