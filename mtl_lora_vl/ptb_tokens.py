@@ -91,7 +91,7 @@ _PTB_TOKEN = re.compile(
     rf"|[a-z0-9]+{_ASCII_HYPHENS}(?!-?(?:[^\W_]|[{_MARKS}])){_KEEP_PERIOD}"
     r"|(?:ed|ph)\.d\.|(?-i:[A-Za-z]\.){2,}(?![^\W\d_])"    # ph.d., u.s., e.g. (ASCII letters, as in PTB)
     rf"|[^\W\d_][^\W_]*(?:[.!?][^\W\d_][^\W_]*)+{_KEEP_PERIOD}"   # no space after . ! ?: "bed.it", "hi!there"
-    rf"|(?<![\w.-])[a-z](?=\.\s+(?:{_SENTENCE_STARTS})(?!\S))"
+    rf"|(?<![\w.-])[a-z](?=\.{_SPACENL}+(?:{_SENTENCE_STARTS})(?!\S))"
     rf"|(?<![\w.-])(?:(?:{_ABBREVIATIONS})|(?-i:{_CAPITALISED_ABBREVIATIONS}))\.(?!\w)"
     rf"|(?<![\w.-])(?:{_NUMBER_ABBREVIATIONS})\.(?={_SPACENL}?\d)"
     r"|(?<!-)(?:[-+]?\d+(?:[.:,]\d+)+|[-+]\d+|[-+]?(?<!\.\.)(?:[.:,]\d+)+)"   # "10:30", "-5", ".5"; "v1.2": "v1 .2"
@@ -164,7 +164,9 @@ def tokenize_caption(text: str) -> str:
 
 def _tokens(text: str) -> str:
     """:func:`tokenize_caption` of a text without PTB's kept quote pairs, its entities decoded."""
-    text = _OWN_TOKEN.sub(r" \g<0> ", _PTB_DELETES.sub(" ", text.translate(_TYPOGRAPHIC)))
+    # a deleted character still ends a token but is no PTB space ({SPACENL}): \x1f, which \s matches ("No.\u200b5"
+    # loses its period, as "No." keeps it only with a SPACENL or nothing before the number)
+    text = _OWN_TOKEN.sub(r" \g<0> ", _PTB_DELETES.sub("\x1f", text.translate(_TYPOGRAPHIC)))
     text = _ASSIMILATION.sub(r"\1 ", text)
     tokens = (t.lower() for t in _PTB_TOKEN.findall(text))
     return " ".join(_BRACKETS.get(tok) or (tok.translate(_PARENS) if tok[-1] in "()" else tok) for tok in tokens

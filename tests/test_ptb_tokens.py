@@ -66,3 +66,17 @@ ASCII_QUOTE_PAIR_CASES = [
 @pytest.mark.parametrize(("caption", "ptb"), ASCII_QUOTE_PAIR_CASES)
 def test_two_ascii_apostrophes_are_one_quote_token(caption, ptb):
     assert tokenize_caption(caption) == ptb
+
+
+# A character PTB deletes (\u200b, \ufeff, \u2060: its skip rule and untokenizable ones) still ends a token, but it is
+# no {SPACENL}: {ABBREV3}/{SPACENL}?[:digit:] and {ACRONYM}/{SPACENLS}The do not see through it.
+DELETED_CHARACTER_CASES = [
+    ("the No.\u200b5 bus", "the no 5 bus"),                    # was "the no. 5 bus"
+    ("fig.\ufeff3, pp.\u2060 4 and dog\u200bcat", "fig 3 pp 4 and dog cat"),
+    ("plan B.\u200bThe dog", "plan b. the dog"),               # was "plan b the dog"
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), DELETED_CHARACTER_CASES)
+def test_a_deleted_character_is_no_space_to_ptb_rules(caption, ptb):
+    assert tokenize_caption(caption) == ptb
