@@ -9,7 +9,7 @@ from collections import Counter
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mtl_lora_vl.adapters.rows import update_formed_rows, update_mtl_rows
+from mtl_lora_vl.adapters.rows import update_formed_rows, update_mtl_rows, update_rows
 
 
 class _Ops(TorchDispatchMode):
@@ -90,3 +90,49 @@ def test_a_mixed_batch_forms_m_gradients_with_the_wide_side_last_on_a_cpu():
     z3 = (x @ A.t()).view(4, 3, -1)
     want_out = 2.0 * torch.einsum("bkr,bdr->bkd", z3, M[positions]).reshape(12, -1)
     torch.testing.assert_close(got, torch.autograd.grad(want_out, M, gout)[0], atol=1e-12, rtol=0)
+
+
+def _result_shapes(names: tuple[str, ...]):
+    """A dispatch mode that records the shapes of the results of the named aten operators."""
+    class _Shapes(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.shapes: list[tuple[int, ...]] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            res = func(*args, **(kwargs or {}))
+            if func.overloadpacket.__name__ in names:
+                self.shapes.append(tuple(res.shape))
+            return res
+    return _Shapes()
+
+
+def test_a_per_row_plan_forms_m_gradients_with_the_wide_side_last_on_a_cpu():
+    """task_lora's / moe_lora's plans (runs of samples, gathered samples): each M_p's gradient gᵀz (d_out x r) as
+    (r, d_out), transposed back on a CPU, where MKL's r-wide GEMM runs 2-7x slower (16 x 50 rows of width 768, r=8,
+    the node's backward: x0.63-0.74); a small one (rows x d_out <= 4096) keeps the direct form; the gradients stay
+    the formula's, a task's two runs added and an unused task's zero."""
+    g = torch.Generator().manual_seed(0)
+    n_batch, per, d, r, P = 4, 96, 48, 2, 3
+    z0 = torch.randn(n_batch * per, P * r, generator=g, dtype=torch.float64)
+    M = torch.randn(P, d, r, generator=g, dtype=torch.float64, requires_grad=True)
+    gout = torch.randn(n_batch * per, d, generator=g, dtype=torch.float64)
+    task = [0, 0, 1, 0]
+    for plan, cols in [(((0, slice(0, 2)), (1, slice(2, 3)), (0, slice(3, 4))), r),
+                       (((0, torch.tensor([0, 1, 3])), (1, torch.tensor([2]))), 0)]:
+        z = (z0 if cols else z0[:, :r]).clone().requires_grad_()
+        out = update_rows(torch.zeros(n_batch * per, d, dtype=torch.float64), z, M, plan, cols, n_batch, 2.0)
+        with _result_shapes(("mm", "addmm", "addmm_")) as seen:
+            got = torch.autograd.grad(out, (z, M), gout)
+        assert (d, r) not in seen.shapes and (r, d) in seen.shapes, seen.shapes
+        z3 = z.view(n_batch, per, -1)
+        zt = torch.stack([z3[b, :, task[b] * cols:task[b] * cols + r] for b in range(n_batch)])
+        want_out = 2.0 * torch.einsum("bkr,bdr->bkd", zt, M[task]).reshape(n_batch * per, d)
+        want = torch.autograd.grad(want_out, (z, M), gout)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+        assert not got[1][2].any()
+    small = update_rows(torch.zeros(8, d), torch.randn(8, r), M.float(), ((0, slice(0, 1)), (1, slice(1, 2))), 0, 2)
+    with _result_shapes(("mm", "addmm", "addmm_")) as seen:
+        torch.autograd.grad(small, M, torch.randn(8, d))
+    assert (r, d) not in seen.shapes, seen.shapes

@@ -114,6 +114,11 @@ class _TaskRowsUpdate(torch.autograd.Function):
         return g, gz, gM, None, None, None, None
 
 
+#: Below this many elements of out's gradient (rows x d_out) a transposed GEMM and its copy back cost more than the
+#: slow R-wide form on a CPU (1 thread: neutral at 64 x 64, x0.6 at 162 x 64, x0.2 at 100 x 768).
+_SMALL_TRANSPOSED_GEMM = 4096
+
+
 def _rows_grads(g, z, M, plan, cols, n_batch, scale, need_z: bool, need_M: bool):
     """The gradients of z and M (None where not needed) of :func:`_rows_add_` given out's gradient ``g``: each
     from its plan entry's rows only, written in place where they belong (one GEMM each per run of rows)."""
@@ -125,6 +130,8 @@ def _rows_grads(g, z, M, plan, cols, n_batch, scale, need_z: bool, need_M: bool)
         gz = (torch.zeros if cols else torch.empty)(z2.shape, dtype=z.dtype, device=z.device)
     if need_M:
         gM = torch.empty_like(M, memory_format=torch.contiguous_format)
+    wide_last = g.device.type == "cpu"   # M_p's gradient as its (R, d_out) transpose: see _m_grad_
+    small = _SMALL_TRANSPOSED_GEMM // d   # (fewer rows than this: the copy back costs more than it saves)
     started: set[int] = set()
     for p, rows in plan:
         if isinstance(rows, slice):
@@ -140,13 +147,26 @@ def _rows_grads(g, z, M, plan, cols, n_batch, scale, need_z: bool, need_M: bool)
             if gz is not None:
                 part = torch.mm(gs, M[p]).mul_(scale).view(-1, per, zs.shape[-1])
                 _zcols(gz.view(n_batch, per, -1), p, cols).index_copy_(0, rows, part)
-        if gM is not None:  # beta=0 the first time: the empty memory is ignored, not added
-            gM[p].addmm_(gs.t(), zs, beta=1 if p in started else 0, alpha=scale)
+        if gM is not None:
+            _m_grad_(gM[p], gs, zs, p in started, scale, wide_last and gs.shape[0] > small)
             started.add(p)
     if gM is not None and len(started) < gM.shape[0]:   # a matrix no row used
         for p in set(range(gM.shape[0])) - started:
             gM[p].zero_()
     return (gz.view(z.shape) if gz is not None else None), gM
+
+
+def _m_grad_(gMp: torch.Tensor, gs: torch.Tensor, zs: torch.Tensor, add: bool, scale: float, wide_last: bool) -> None:
+    """``gMp (+)= scale · gsᵀ zs`` (d_out x R), added when ``add``, else written (its memory ignored). ``wide_last``
+    (a CPU): formed as its (R, d_out) transpose and copied back; MKL's GEMM with an R-wide output runs 2-7x slower."""
+    if not wide_last:   # beta=0 the first time: the empty memory is ignored, not added
+        gMp.addmm_(gs.t(), zs, beta=1 if add else 0, alpha=scale)
+        return
+    part = torch.addmm(gMp.t(), zs.t(), gs, beta=0, alpha=scale)   # (beta=0: gMpᵀ only gives the shape)
+    if add:
+        gMp.add_(part.t())
+    else:
+        gMp.copy_(part.t())
 
 
 def _rows_out_of_place(out, z, M, plan, cols, n_batch, scale) -> torch.Tensor:
