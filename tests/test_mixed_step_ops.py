@@ -125,6 +125,7 @@ def test_a_per_row_plan_forms_m_gradients_with_the_wide_side_last_on_a_cpu():
         with _result_shapes(("mm", "addmm", "addmm_")) as seen:
             got = torch.autograd.grad(out, (z, M), gout)
         assert (d, r) not in seen.shapes and (r, d) in seen.shapes, seen.shapes
+        assert not any(s[1] == r and s[0] >= per for s in seen.shapes), seen.shapes   # z's gradient: (r, rows) too
         z3 = z.view(n_batch, per, -1)
         zt = torch.stack([z3[b, :, task[b] * cols:task[b] * cols + r] for b in range(n_batch)])
         want_out = 2.0 * torch.einsum("bkr,bdr->bkd", zt, M[task]).reshape(n_batch * per, d)

@@ -140,12 +140,12 @@ def _rows_grads(g, z, M, plan, cols, n_batch, scale, need_z: bool, need_M: bool)
             if gz is not None and not cols:
                 _part(gz, span).addmm_(gs, M[p], beta=0, alpha=scale)
             elif gz is not None:
-                _zcols(_part(gz, span), p, cols).copy_(torch.mm(gs, M[p]).mul_(scale))
+                _zcols(_part(gz, span), p, cols).copy_(_z_grad(gs, M[p], scale, wide_last and gs.shape[0] > small))
         else:
             gs = g2.view(n_batch, per, d).index_select(0, rows).view(-1, d)
             zs = _zcols(z2.view(n_batch, per, -1).index_select(0, rows), p, cols).reshape(-1, M.shape[-1])
             if gz is not None:
-                part = torch.mm(gs, M[p]).mul_(scale).view(-1, per, zs.shape[-1])
+                part = _z_grad(gs, M[p], scale, wide_last and gs.shape[0] > small).view(-1, per, zs.shape[-1])
                 _zcols(gz.view(n_batch, per, -1), p, cols).index_copy_(0, rows, part)
         if gM is not None:
             _m_grad_(gM[p], gs, zs, p in started, scale, wide_last and gs.shape[0] > small)
@@ -154,6 +154,11 @@ def _rows_grads(g, z, M, plan, cols, n_batch, scale, need_z: bool, need_M: bool)
         for p in set(range(gM.shape[0])) - started:
             gM[p].zero_()
     return (gz.view(z.shape) if gz is not None else None), gM
+
+
+def _z_grad(gs: torch.Tensor, Mp: torch.Tensor, scale: float, wide_last: bool) -> torch.Tensor:
+    """``scale · gs M_p`` (rows x R), a new tensor; ``wide_last`` (a CPU): formed as its (R, rows) transpose."""
+    return torch.mm(Mp.t(), gs.t()).mul_(scale).t() if wide_last else torch.mm(gs, Mp).mul_(scale)
 
 
 def _m_grad_(gMp: torch.Tensor, gs: torch.Tensor, zs: torch.Tensor, add: bool, scale: float, wide_last: bool) -> None:
