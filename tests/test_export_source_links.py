@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_open_clip
+from conftest import tiny_hf_clip, tiny_open_clip
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.io import exports
@@ -113,3 +113,26 @@ def test_links_of_a_local_dir_download_to_the_hub_cache_blobs_still_copy(tmp_pat
     (src / "extra.json").symlink_to(tmp_path / "blobs" / "key")
     with pytest.raises(ValueError, match=r"extra.json is a symbolic link to .*key, outside the source folder"):
         mlv.save_merged(_model(), "a", tmp_path / "merged2", source_dir=src)
+
+
+def test_a_linked_config_that_save_pretrained_writes_itself_is_not_refused(tmp_path):
+    """save_pretrained writes the merged folder's config.json (the source's is never copied), so a model folder whose
+    config.json links to a shared file was refused as leaking it ('put the file itself there') since the link check
+    moved before the write; a linked file that is copied is still refused, though save_pretrained might have written
+    its name (a CLIP writes no generation_config.json)."""
+    from transformers import CLIPModel
+
+    tiny_hf_clip().save_pretrained(tmp_path / "base")
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "base" / "config.json").rename(tmp_path / "shared" / "clip.json")
+    (tmp_path / "base" / "config.json").symlink_to(tmp_path / "shared" / "clip.json")
+    (tmp_path / "base" / "preprocessor_config.json").write_text("{}")
+    model = mlv.attach(CLIPModel.from_pretrained(tmp_path / "base"), mlv.MTLLoRAConfig(tasks=["a", "b"], r=2))
+    out = mlv.save_merged(model, "a", tmp_path / "merged")
+    assert json.loads((out / "config.json").read_text())["projection_dim"] == 16
+    assert not (out / "config.json").is_symlink() and (out / "preprocessor_config.json").read_text() == "{}"
+    (tmp_path / "secret.txt").write_text("PRIVATE KEY")
+    (tmp_path / "base" / "generation_config.json").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(ValueError, match=r"generation_config.json is a symbolic link to .*secret.txt, outside"):
+        mlv.save_merged(model, "a", tmp_path / "merged2")
+    assert not (tmp_path / "merged2").exists()

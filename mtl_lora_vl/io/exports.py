@@ -414,8 +414,9 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     if out.suffix != ".safetensors":   # a folder gets source_dir's files: its links checked before the minutes of work
         if fmt == "hf" and source_dir is None:   # the directory the model was loaded from (tokenizer, processor files)
             source_dir = _loaded_from(whole)
+        own = {EXPORT_RECORD, *(_HF_WRITES if fmt == "hf" else ())}   # written here, not copied: their links harmless
         for f in Path(source_dir).iterdir() if source_dir is not None else ():
-            if f.is_file() and not _weights_or_adapter(f):
+            if f.is_file() and not _weights_or_adapter(f) and f.name not in own:
                 _refuse_linked_out(source_dir, f)
     sd = merged_state_dict(inner, task, root=whole)
     if overwrite:
@@ -444,6 +445,7 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
         if source_dir is not None:
             for f in Path(source_dir).iterdir():
                 if f.is_file() and not _weights_or_adapter(f) and not (tmp / f.name).exists():
+                    _refuse_linked_out(source_dir, f)   # (one save_pretrained might have written: checked only now)
                     shutil.copyfile(f, tmp / f.name)
             fam = family_named(family)   # (the whole model's: its inner model adapted, the family still fits)
             fit = getattr(backbone_class(fam.backbone), "fit_processor_files", None) if fam and fam.backbone else None
@@ -452,6 +454,9 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
                 low, high = asked or record.bounds or (None, _area_read(record))
                 fit(tmp, high, record.reading, min_pixels=low)
     return out
+
+
+_HF_WRITES = ("config.json", "generation_config.json")   # save_pretrained's own files (generation_config: may)
 
 
 def _refuse_linked_out(folder: str | Path, f: Path) -> None:
