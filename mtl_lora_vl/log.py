@@ -137,9 +137,23 @@ def rank_warning(log: logging.Logger, msg: str, *args: Any) -> None:
     text = rank_prefix() + msg
     if log.isEnabledFor(logging.WARNING):
         log.warning(text, *args, stacklevel=2)
-    elif _muted_from[0] is not None and (log.level or _muted_from[0]) <= logging.WARNING and not log.disabled:
+    elif _muted_from[0] is not None and _warns_unmuted(log):
         fn, lno, func, _ = log.findCaller(stacklevel=2)
         log.handle(log.makeRecord(log.name, logging.WARNING, fn, lno, text, args, None, func))
+
+
+def _warns_unmuted(log: logging.Logger) -> bool:
+    """Whether ``log`` would print a warning were the package logger at its level before the muting: a level set
+    between them (``mtl_lora_vl.data`` at ERROR) and ``logging.disable`` still silence it."""
+    if log.disabled or log.manager.disable >= logging.WARNING:
+        return False
+    package = logging.getLogger(PACKAGE_LOGGER)
+    node: logging.Logger | None = log
+    while node is not None and node is not package:
+        if node.level:
+            return node.level <= logging.WARNING
+        node = node.parent
+    return node is package and _muted_from[0] <= logging.WARNING
 
 
 def rank_prefix() -> str:

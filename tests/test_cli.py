@@ -547,3 +547,26 @@ def test_run_config_records_the_config_file_absolute(tmp_path, monkeypatch):
     opts = parse_train_args(["--config", "opts.toml"])
     assert config_doc(tmp_path / "run", opts)["config"] == str((tmp_path / "opts.toml").resolve())
     assert config_doc(tmp_path / "run", parse_train_args([]))["config"] is None
+
+
+def test_a_rank_warning_on_a_muted_rank_keeps_the_silences_the_user_set(caplog):
+    """rank_warning prints a rank's own warning while main_rank_logging mutes the rank, at the level the rank had
+    before: a level set on a logger between the module's and the package's, or logging.disable, was passed over
+    (the module's own level, else the package's, decided)."""
+    from mtl_lora_vl.log import main_rank_logging, rank_warning
+
+    log, data = logging.getLogger("mtl_lora_vl.data.fallback"), logging.getLogger("mtl_lora_vl.data")
+    caplog.set_level(logging.WARNING, logger="mtl_lora_vl")
+    with main_rank_logging(False):
+        rank_warning(log, "said %d", 1)
+        data.setLevel(logging.ERROR)
+        try:
+            rank_warning(log, "silenced %d", 2)
+        finally:
+            data.setLevel(logging.NOTSET)
+        logging.disable(logging.WARNING)
+        try:
+            rank_warning(log, "disabled %d", 3)
+        finally:
+            logging.disable(logging.NOTSET)
+    assert [r.getMessage() for r in caplog.records] == ["said 1"]
