@@ -53,7 +53,8 @@ def _params(bank: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
 
 def _versions(params: tuple[torch.Tensor | None, ...]) -> tuple[tuple, ...]:
     """What changes when a tensor is written to in place (its version counter) or given new storage or another view
-    of its own (``.data =``: the address, or the strides where a transpose of a square matrix keeps both)."""
+    of its own (``.data =``: the address, which no other tensor gets while :class:`_Inputs` holds the storage; or the
+    strides, where a transpose of a square matrix keeps the address)."""
     w, lam, B = params   # always one layer's (w, Λ, B): spelled out (read for every layer, forward and backward)
     return ((w._version, w.data_ptr(), w.stride()),
             (-1, 0, ()) if lam is None else (lam._version, lam.data_ptr(), lam.stride()),
@@ -83,11 +84,15 @@ class _Inputs:
     the group back (a reference cycle through the autograd graph, which the garbage collector cannot see, kept every
     step's group and node alive)."""
 
-    __slots__ = ("params", "versions", "present", "lambda_type", "tau", "handed", "spent", "again", "parts")
+    __slots__ = ("params", "versions", "storages", "present", "lambda_type", "tau", "handed", "spent", "again",
+                 "parts")
 
     def __init__(self, banks: list[Any], present: slice | torch.Tensor) -> None:
         self.params = [_params(b) for b in banks]
         self.versions = [_versions(p) for p in self.params]
+        # the storages formed from, held: data a ``p.data =`` freed could otherwise be handed to the next tensor of
+        # its size, whose address, version, shape and strides would then all match
+        self.storages = [t.untyped_storage() for ps in self.params for t in ps if t is not None]
         self.present, self.lambda_type, self.tau = present, banks[0].lambda_type, banks[0].temperature
         self.handed: set[int] = set()   # the layers that took their M (ran)
         self.spent = False              # a backward pass went through the node: an optimizer step may follow
