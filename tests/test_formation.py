@@ -396,6 +396,35 @@ def test_a_tensor_given_a_transposed_view_of_its_own_storage_forms_them_again(na
         loss.backward()
 
 
+def test_a_tensor_given_a_dtype_view_of_its_own_storage_forms_them_again():
+    """``p.data = p.data.view(torch.float16)`` of a bfloat16 w, Λ and B keeps address, shape, strides and version: M_t
+    formed before it were reused inside the no-grad scope (2.0 off here), and a node whose tensors were so viewed
+    before its backward gave bfloat16 gradients of the float16 values instead of refusing."""
+    model = _mlp().to(torch.bfloat16)
+    with torch.no_grad():
+        for b in _banks(model):
+            b.lora_w.normal_(), b.lora_lambda.normal_()
+    x = torch.randn(4, 8, dtype=torch.bfloat16)
+
+    def view(m, dtype):
+        for b in _banks(m):
+            for p in (b.lora_w, b.lora_lambda, b.lora_B):
+                p.data = p.data.view(dtype)
+
+    with torch.no_grad(), mlv.route(model, MIXED):
+        model(x), model(x)   # alone, then together: the group is kept in the scope
+        view(model, torch.float16)
+        got = model(x)
+    with torch.no_grad(), mlv.route(per_layer := _layer_by_layer(model), MIXED):
+        torch.testing.assert_close(got, per_layer(x), rtol=0.02, atol=0.02)
+    view(model, torch.bfloat16)
+    with mlv.route(model, MIXED):
+        loss = model(x).float().square().sum()
+    view(model, torch.float16)
+    with pytest.raises(RuntimeError, match="modified in place between the forward pass"):
+        loss.backward()
+
+
 @pytest.mark.parametrize("grad", [False, True])
 def test_data_freed_by_a_replacement_is_not_handed_to_the_next_one(grad):
     """``p.data = p.data.clone()`` then ``p.data = new`` (twice in one scope, or between a forward and its backward)

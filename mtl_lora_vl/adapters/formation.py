@@ -21,7 +21,7 @@ a member did not run and left the group open) and let go once every member has t
 the activations a forward keeps); otherwise (evaluation, a generation's decoding steps) they are kept, one set per
 signature, until other tasks are routed, the route scope that formed them closes (outside any scope: the forward
 ends), a forward with gradients runs (a fused optimizer step or a write through ``p.data`` counts no version), or a
-parameter is written to in place or replaced (version counter, storage, strides, identity: ``load_state_dict``,
+parameter is written to in place or replaced (version counter, storage, strides, dtype, identity: ``load_state_dict``,
 ``grow_tasks``, ``p.data = p.data.t()``). A node is never reused after a backward pass went through it: an optimizer
 step may follow, and a fused one writes the parameters without counting a version; one formed inside a backward pass
 (a checkpointed region's recomputation, whose node's backward never runs) is never used outside that pass. The node
@@ -53,12 +53,13 @@ def _params(bank: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
 
 def _versions(params: tuple[torch.Tensor | None, ...]) -> tuple[tuple, ...]:
     """What changes when a tensor is written to in place (its version counter) or given new storage or another view
-    of its own (``.data =``: the address, which no other tensor gets while :class:`_Inputs` holds the storage; or the
-    strides, where a transpose of a square matrix keeps the address)."""
+    of its own (``.data =``: the address, which no other tensor gets while :class:`_Inputs` holds the storage; the
+    strides, where a transpose of a square matrix keeps the address; the dtype, where ``p.data.view(torch.float16)``
+    of a bfloat16 tensor keeps address, shape and strides)."""
     w, lam, B = params   # always one layer's (w, Λ, B): spelled out (read for every layer, forward and backward)
-    return ((w._version, w.data_ptr(), w.stride()),
-            (-1, 0, ()) if lam is None else (lam._version, lam.data_ptr(), lam.stride()),
-            (B._version, B.data_ptr(), B.stride()))
+    return ((w._version, w.data_ptr(), w.stride(), w.dtype),
+            (-1, 0, (), None) if lam is None else (lam._version, lam.data_ptr(), lam.stride(), lam.dtype),
+            (B._version, B.data_ptr(), B.stride(), B.dtype))
 
 
 def _signature(bank: Any) -> tuple:
