@@ -228,17 +228,28 @@ def test_eager_scopes_after_a_compiled_call_make_positions_without_torch_ops():
     assert packed.packed_at(7)._host.tolist() == [0, 0, 1, 1, 1, 1, 0]
 
 
-def test_task_sets_routed_to_a_compiled_model_warn_once_as_they_reach_dynamos_recompile_limit(monkeypatch):
+@pytest.fixture
+def recompile_limit_3():
+    """Dynamo's recompile limit (its name) at 3 for the test, set back by Dynamo's own config.patch: pytest's
+    monkeypatch deletes a config entry as it undoes (torch's config module hides a deleted one), and every later
+    torch.compile in the process failed: 'torch._dynamo.config.recompile_limit does not exist'."""
+    import torch._dynamo.config as dynamo_config
+
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    before = getattr(dynamo_config, name)
+    with dynamo_config.patch({name: 3}):
+        yield name
+    assert getattr(dynamo_config, name) == before
+
+
+def test_task_sets_routed_to_a_compiled_model_warn_once_as_they_reach_dynamos_recompile_limit(recompile_limit_3):
     """Compiled layers specialize on the set of present tasks: a graph per set, per frame. Past Dynamo's recompile
     limit (8) a frame ran eagerly from then on, which Dynamo only logged (10 one-task routes of a 10-task model: 8
     graphs, the last 2 calls eager). A route scope given a compiled model, and the trainer's --compile (its scopes are
     inside the compiled forward: it watches the loader's batches), now warn once, naming the setting to raise."""
-    import torch._dynamo.config as dynamo_config
-
     from mtl_lora_vl.adapters.scopes import watch_compiled_tasks
 
-    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-    monkeypatch.setattr(dynamo_config, name, 3)
+    name = recompile_limit_3
     tasks = [f"t{i}" for i in range(5)]
     net = mlv.attach(_Net(), mlv.MTLLoRAConfig(tasks=tasks, r=2, targets={"image": [r"fc\d$"]}))
     compiled = torch.compile(net, backend="eager")   # (never called: the scopes warn as they open)
