@@ -261,9 +261,24 @@ def test_task_sets_routed_to_a_compiled_model_warn_once_as_they_reach_dynamos_re
     assert len(msgs) == 1 and f"torch._dynamo.config.{name} (3)" in msgs[0], msgs
     with mlv.route(net, [1, 2]), mlv.route(net, [1, 3]), mlv.route(net, [1, 4]):   # an eager model's: not noted
         pass
-    assert net._mtl_lora.router.compiled_task_sets == {(0,), (1,), (0, 1), (2,), (3,), (4,)}
+    assert {p for p, _ in net._mtl_lora.router.compiled_task_sets} == {(0,), (1,), (0, 1), (2,), (3,), (4,)}
 
     other = mlv.attach(_Net(), mlv.MTLLoRAConfig(tasks=tasks, r=2, targets={"image": [r"fc\d$"]}))
     batches = [{"segments": ((t, 0, 2),)} for t in (0, 1, 2, 3)]
     with pytest.warns(UserWarning, match=f"torch._dynamo.config.{name} = "):
         assert list(watch_compiled_tasks(iter(batches), other._mtl_lora.router)) == batches
+
+
+def test_task_sets_routed_to_a_compiled_model_in_another_mode_count_as_graphs_of_their_own(recompile_limit_3):
+    """Dynamo guards on grad mode (inference mode, autocast, a module's training flag): a set of tasks routed under
+    torch.no_grad after training is a graph more of the same frame. Counting the sets alone, 2 one-task sets trained
+    then evaluated (4 graphs) passed a limit of 3 (the 4th call ran eagerly) without a warning."""
+    net = mlv.attach(_Net(), mlv.MTLLoRAConfig(tasks=TASKS, r=2, targets={"image": [r"fc\d$"]}))
+    compiled = torch.compile(net, backend="eager")   # (never called: the scopes warn as they open)
+    for t in (0, 1):
+        with mlv.route(compiled, [t, t]):
+            pass
+    compiled.eval()
+    with torch.no_grad(), pytest.warns(UserWarning, match=rf"2 here.*config\.{recompile_limit_3} = 10"):
+        with mlv.route(compiled, [0, 0]):
+            pass

@@ -260,7 +260,7 @@ def _route(model: nn.Module | Router, tasks: str | int | torch.Tensor | Sequence
     outer, compiling = router.current, torch.compiler.is_compiling()
     if not compiling and _compiled(model):   # its layers read the rows' positions from the first call (a graph input)
         router.reads_positions = router.packed_positions = True
-        note_compiled_tasks(router, new.present)
+        note_compiled_tasks(router, new.present, _compiled_mode(model))
     positions = router.reads_positions and (router.packed_positions or not new.packed)
     if positions and not compiling and len(new.segments) > 1:
         new.host_positions()   # made here, not in Route(): a route made in a traced frame (LLaVA's) is entered eagerly
@@ -297,25 +297,34 @@ def _compiled(model: nn.Module | Router) -> bool:
     return False
 
 
-def note_compiled_tasks(router: Router, present: tuple[int, ...]) -> None:
-    """Note a set of present tasks routed to compiled code. Compiled layers specialize on it (a graph per set, per
-    frame), and past Dynamo's recompile limit a frame runs eagerly from then on, which Dynamo only logs: warn once,
-    as the sets noted reach the limit, naming the setting to raise. Nothing where Dynamo was never imported."""
+def _compiled_mode(model: nn.Module) -> tuple[bool, ...]:
+    """What Dynamo guards on besides the route, as a compiled call would run now: the model's train / eval mode and
+    grad mode, inference mode and autocast (CPU, CUDA). A set of tasks run in two of them is two graphs a frame."""
+    return (model.training, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
+            torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda"))
+
+
+def note_compiled_tasks(router: Router, present: tuple[int, ...], mode: tuple[bool, ...] = ()) -> None:
+    """Note a set of present tasks routed to compiled code in ``mode`` (:func:`_compiled_mode`; the trainer's one
+    mode: empty). Compiled layers specialize on both (a graph per set and mode, per frame), and past Dynamo's
+    recompile limit a frame runs eagerly from then on, which Dynamo only logs: warn once, as the sets noted reach
+    the limit, naming the setting to raise. Nothing where Dynamo was never imported."""
     cfg = sys.modules.get("torch._dynamo.config")
     sets = router.__dict__.setdefault("compiled_task_sets", set())
-    if cfg is None or present in sets:
+    if cfg is None or (present, mode) in sets:
         return
-    sets.add(present)
+    sets.add((present, mode))
     name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"   # (its name before 2.6)
     limit = getattr(cfg, name)
     if len(sets) == limit:
-        n = len(router.tasks)
-        warn_user(f"route: {len(sets)} sets of present tasks have been routed to this compiled model, and each "
-                  f"compiles a graph of its own of every adapted frame: past torch._dynamo.config.{name} ({limit}) "
-                  "Dynamo runs such a frame eagerly from then on (its log says 'hit config." + name + "'). Raise "
-                  f"it before the first compiled call, to the sets your batches hold plus 2 (at most 2**{n} - 1 = "
-                  f"{2 ** n - 1} for {n} tasks; {n} with one task per batch): torch._dynamo.config.{name} = "
-                  f"{max(2 * limit, min(n, 2 ** n - 1) + 2)}")
+        n, modes = len(router.tasks), len({m for _, m in sets})
+        per_mode = f" (counted once per mode they ran in, {modes} here: train / eval, grad, autocast)" * (modes > 1)
+        warn_user(f"route: {len(sets)} sets of present tasks have been routed to this compiled model{per_mode}, and "
+                  f"each compiles a graph of its own of every adapted frame: past torch._dynamo.config.{name} "
+                  f"({limit}) Dynamo runs such a frame eagerly from then on (its log says 'hit config." + name + "'). "
+                  f"Raise it before the first compiled call, to the sets your batches hold plus 2 (at most 2**{n} - "
+                  f"1 = {2 ** n - 1} for {n} tasks; {n} with one task per batch), times the modes: "
+                  f"torch._dynamo.config.{name} = {max(2 * limit, modes * (min(n, 2 ** n - 1) + 2))}")
 
 
 def watch_compiled_tasks(batches: Iterator[dict], router: Router) -> Iterator[dict]:
