@@ -70,8 +70,9 @@ class Family:
       checked there;
     * ``row_images`` (given the model and its forward ``args`` and ``kwargs``) says how many images each input row
       holds (LLaVA-NeXT: how many tiles; None: the call encodes no image; a :class:`CountsOnly`: counts that cannot
-      route images), so that under a mixed-task route each row's images take its task: the vision tower takes the
-      images without the rows they belong to;
+      route images; a :class:`PerCall`: each tower call's own, Qwen2-VL's images then videos), so that under a
+      mixed-task route each row's images take its task: the vision tower takes the images without the rows they
+      belong to;
     * ``image_path``: regex of the modules that take the batch's images (vision tower, projector), routed image by
       image by those counts (``packed_tower`` routes its own);
     * ``image_views``: each image reaches the vision tower as several views (anyres: a base view and tiles), so the

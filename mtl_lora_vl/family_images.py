@@ -14,9 +14,9 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["CountsOnly", "image_token_rows", "llava_next_image", "llava_next_row_tiles", "llava_onevision_image",
-           "llava_onevision_row_tiles", "pixtral_image_rows", "pixtral_row_images", "qwen_image_rows",
-           "qwen_row_images", "view_tokens"]
+__all__ = ["CountsOnly", "PerCall", "image_token_rows", "llava_next_image", "llava_next_row_tiles",
+           "llava_onevision_image", "llava_onevision_row_tiles", "pixtral_image_rows", "pixtral_row_images",
+           "qwen_image_rows", "qwen_row_images", "view_tokens"]
 
 
 class CountsOnly(list):
@@ -89,32 +89,68 @@ def _token_rows(model: Any, args: tuple, kwargs: dict, token: int) -> list[int] 
 
 def qwen_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
     """Images and videos per row of a Qwen2-VL forward (None without pixel values of either or their encoder
-    outputs). With images only and their ``image_grid_thw``, each row's image tokens are matched, in order, to the
-    images' token counts (t·h·w / merge²; a row that starts or ends inside an image counts the part it holds);
-    otherwise its ``<|vision_start|>`` tokens are counted (the processor writes one per image, a hand-written
-    prompt may not). Counts of images and videos together, or of images encoded before the call, are
-    :class:`CountsOnly`."""
-    images, videos = (_forward_input(model, args, kwargs, k) for k in ("pixel_values", "pixel_values_videos"))
+    outputs). With each kind's grid (``image_grid_thw``, ``video_grid_thw``), each row's image tokens and video
+    tokens are matched, in order, to the images' and videos' token counts (t·h·w / merge²; a row that starts or ends
+    inside one counts the part it holds), as a :class:`PerCall`: the model encodes its images in one call of its
+    vision tower and its videos in the next. Without a grid, each row's ``<|vision_start|>`` tokens are counted (the
+    processor writes one per image, a hand-written prompt may not); counts of images and videos together, or of a
+    kind encoded before the call other than one per row, are :class:`CountsOnly`."""
+    pixels = {k: _forward_input(model, args, kwargs, p) for k, p in (("image", "pixel_values"),
+                                                                    ("video", "pixel_values_videos"))}
     encoded = _forward_input(model, args, kwargs, "mm_encoder_outputs") or {}
-    if images is None and videos is None and not any(encoded.get(k) is not None for k in ("image", "video")):
+    kinds = [k for k in ("image", "video") if pixels[k] is not None or encoded.get(k) is not None]
+    if not kinds:
         return None
-    ids, grid = (_forward_input(model, args, kwargs, k) for k in ("input_ids", "image_grid_thw"))
-    with_videos = videos is not None or encoded.get("video") is not None
-    if ids is None or grid is None or with_videos:
+    grids = [_forward_input(model, args, kwargs, f"{k}_grid_thw") for k in kinds]
+    tokens = _token_counts(model, args, kwargs, [getattr(model.config, f"{k}_token_id") for k in kinds])
+    if tokens is None or any(g is None for g in grids):
         counts = _token_rows(model, args, kwargs, model.config.vision_start_token_id)
-        if counts is None or (images is not None and not with_videos):
+        if counts is None or kinds == ["image"] and pixels["image"] is not None:
             return counts
         return CountsOnly(counts, "they count images and videos together (by their <|vision_start|> tokens)"
-                          if with_videos else _ENCODED)
+                          if len(kinds) > 1 else _ENCODED)
     import torch  # (the table itself needs no torch)
 
     merge = int(model.config.vision_config.spatial_merge_size) ** 2
-    counts = (ids == model.config.image_token_id).sum(-1)
-    both = torch.cat([grid.reshape(-1).to(counts), counts]).tolist()   # one read of the device, not two
-    g = both[:grid.numel()]
-    sizes = [int(t * h * w) // merge for t, h, w in zip(g[0::3], g[1::3], g[2::3])]
-    out = [len(whole) + part if part else len(whole) for whole, part in _rows_of_images(both[grid.numel():], sizes)]
-    return CountsOnly(out, _ENCODED) if images is None else out
+    both = torch.cat([*(g.reshape(-1).to(tokens) for g in grids), tokens.reshape(-1)]).tolist()   # one device read
+    calls, start = [], 0
+    for kind, grid in zip(kinds, grids):
+        g, start = both[start:start + grid.numel()], start + grid.numel()
+        patches = [int(t * h * w) for t, h, w in zip(g[0::3], g[1::3], g[2::3])]
+        calls.append((kind, patches, [int(p) // merge for p in patches]))
+    rows = len(both[start:]) // len(kinds)
+    per_kind = []
+    for i, (kind, patches, sizes) in enumerate(calls):
+        row_tokens = both[start + i * rows:start + (i + 1) * rows]
+        counts = [len(whole) + part if part else len(whole) for whole, part in _rows_of_images(row_tokens, sizes)]
+        if pixels[kind] is None and any(n != 1 for n in counts):
+            return CountsOnly(counts, _ENCODED)
+        per_kind.append((kind, patches, counts))
+    routed = [c for c in per_kind if pixels[c[0]] is not None]
+    return PerCall(routed) if routed else per_kind[0][2]
+
+
+class PerCall(list):
+    """Images per row of a forward whose vision tower runs once per kind of input, in the model's order (Qwen2-VL:
+    its images, then its videos): the list is each row's images and videos together; ``calls`` holds, per tower
+    call, its kind, each of its images' patches (as the tower reads them) and its images per row."""
+
+    def __init__(self, calls: list[tuple[str, list[int], list[float]]]) -> None:
+        super().__init__(sum(n) for n in zip(*(counts for _, _, counts in calls)))
+        self.calls = calls
+
+
+def _token_counts(model: Any, args: tuple, kwargs: dict, tokens: list[int]) -> Any:
+    """How often each row of a forward holds each of ``tokens``, a ``(len(tokens), rows)`` tensor (not read from
+    the device), as :func:`_token_rows` finds them. None: neither ``input_ids`` nor ``inputs_embeds`` given."""
+    ids = _forward_input(model, args, kwargs, "input_ids")
+    if ids is not None:
+        return (ids[None] == ids.new_tensor(tokens)[:, None, None]).sum(-1)
+    embeds = _forward_input(model, args, kwargs, "inputs_embeds")
+    if embeds is None:
+        return None
+    one = model.get_input_embeddings()(embeds.new_tensor(tokens).long()).to(embeds.dtype)
+    return (embeds[None] == one[:, None, None]).all(-1).sum(-1)
 
 
 def _rows_of_images(row_tokens: list[int], image_tokens: list[int]) -> list[tuple[list[int], float]]:

@@ -307,36 +307,82 @@ def test_a_refused_tower_call_inside_a_tower_forward_leaves_the_outer_images_rou
     assert m._mtl_lora.router.current is None
 
 
-def _video_rows(grids_per_row):
+def _visual_rows(items_per_row: list[list[tuple]], dtype=torch.float32) -> dict:
+    """Left-padded rows holding images ("i") and videos ("v"), each ``(kind, t, h, w)`` in patches, in row order:
+    their placeholders in the ids, their pixels and grids as the processor gives them (images, then videos)."""
+    g = torch.Generator().manual_seed(0)
     rows = []
-    for grids in grids_per_row:
+    for items in items_per_row:
         r = [5, 6]
-        for t, h, w in grids:
-            r += [VS] + [VID] * (t * h * w // 4) + [VE]
-        rows.append(r + [7, 8])
+        for kind, t, h, w in items:
+            r += [VS] + [IMG_TOK if kind == "i" else VID] * (t * h * w // 4) + [VE, 7]
+        rows.append(r + [8])
     width = max(map(len, rows))
     ids = torch.zeros(len(rows), width, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, r in enumerate(rows):
         ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
-    grids = [g for row in grids_per_row for g in row]
-    return dict(input_ids=ids, attention_mask=mask, mm_token_type_ids=2 * (ids == VID).int(),
-                pixel_values_videos=torch.randn(sum(t * h * w for t, h, w in grids), 384),
-                video_grid_thw=torch.tensor(grids))
+    x = dict(input_ids=ids, attention_mask=mask, mm_token_type_ids=(ids == IMG_TOK).int() + 2 * (ids == VID).int())
+    for kind, pixels, grid in (("i", "pixel_values", "image_grid_thw"), ("v", "pixel_values_videos", "video_grid_thw")):
+        grids = [thw for items in items_per_row for k, *thw in items if k == kind]
+        if grids:
+            n = sum(t * h * w for t, h, w in grids)
+            x[pixels], x[grid] = torch.randn(n, 384, generator=g, dtype=dtype), torch.tensor(grids)
+    return x
+
+
+@pytest.mark.parametrize("v25", [False, True])
+def test_rows_of_images_and_videos_take_their_rows_task(v25):
+    """Videos reach the tower in a call of their own, after the images': a mixed route over rows holding images
+    and videos was refused ('the rows hold [3, 1, 2, 1] images, and they count images and videos together'). Each
+    call's images and videos are now counted per row from their own tokens and grids, so every row's logits and
+    generated tokens (greedy and 3 beams) are its task's alone (float64)."""
+    m = tiny_qwen2vl(v25).double().eval()
+    perturb_adapters(mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a", "b"], r=4)))
+    x = _visual_rows([[("i", 1, 4, 4), ("v", 2, 4, 4), ("i", 1, 4, 6)], [("v", 1, 4, 4)],
+                      [("v", 2, 4, 2), ("v", 1, 4, 4)], [("i", 1, 4, 4)]], torch.float64)
+    assert_mixed_route_per_task(m, x, [0, 1, 1, 0])
 
 
 @pytest.mark.parametrize("grids", [[(2, 4, 4), (2, 4, 4)], [(2, 4, 4), (1, 4, 4)]])
-def test_two_videos_in_one_row_and_none_in_the_other_are_refused_under_a_mixed_route(grids):
-    """The model's check counted each row's vision starts only when pixel_values was given: two videos in row 0 and
-    none in row 1 passed the tower's count (two videos, two routed rows), and row 0's second video went through task
-    b's adapters (row 0 differed from task a alone by 0.027)."""
+def test_two_videos_in_one_row_and_none_in_the_other_take_row_0s_task(grids):
+    """Two videos in row 0 and none in row 1 passed the tower's one-per-row count, so row 0's second video went
+    through task b's adapters (row 0 0.027 off task a alone); that was refused, and is now routed: row 0's videos
+    take task a, as do the images of a row beside them (a one-task route takes any layout, as before)."""
     m = _three_tasks()
-    x = _video_rows([grids, []])
-    with torch.no_grad():
-        with mlv.route(m, [0, 1]), pytest.raises(mlv.RoutingError, match=r"the rows hold \[2, 0\]"):
-            m(**x)
-        with mlv.route(m, "a"):
-            m(**x)   # one task: any layout
-        ok = _video_rows([grids[:1], grids[1:]])   # one video per row: routed per row
-        with mlv.route(m, [0, 1]):
-            m(**ok)
+    for items in ([[("v", *g) for g in grids], []], [[("v", *grids[0]), ("i", 1, 4, 4)], [("v", *grids[1])]]):
+        x = _visual_rows(items)
+        with torch.no_grad():
+            alone = []
+            for t in "ab":
+                with mlv.route(m, t):
+                    alone.append(m(**x).logits)
+            with mlv.route(m, [0, 1]):
+                mixed = m(**x).logits
+        torch.testing.assert_close(mixed, torch.stack([alone[0][0], alone[1][1]]))
+        assert (alone[0][0] - alone[1][0]).abs().max() > 1e-3
+
+
+def test_a_row_holding_part_of_a_video_is_refused_naming_the_videos():
+    """Video tokens matched to each video's count (video_grid_thw): 12 and 4 tokens for two videos of 8."""
+    m = _three_tasks()
+    x = _visual_rows([[("v", 2, 4, 4)], [("v", 2, 4, 4)]])
+    ids = torch.tensor([[5, VS, *[VID] * 12, VE, 7], [0] * 8 + [9, VS, *[VID] * 4, VE, 7]])
+    x.update(input_ids=ids, attention_mask=(ids != 0).long(), mm_token_type_ids=2 * (ids == VID).int())
+    with torch.no_grad(), mlv.route(m, [0, 1]), pytest.raises(mlv.RoutingError, match=r"hold \[1.5, 0.5\] videos"):
+        m(**x)
+
+
+def test_a_tower_call_out_of_the_models_order_is_refused():
+    """Each tower call takes its kind's count in the model's order (images, then videos): the videos encoded first,
+    under a forward counted with images, would take the images' rows, so the call is refused, naming both."""
+    m = _three_tasks()
+    x = _visual_rows([[("i", 1, 4, 4), ("i", 1, 4, 4)], [("v", 2, 4, 4)]])
+    module, check = m._mtl_lora.row_check
+    with torch.no_grad(), mlv.route(m, [0, 1]):
+        check(module, (), x)   # as the model's forward pre-hook counts it
+        try:
+            with pytest.raises(mlv.RoutingError, match=r"\[32\] patches as call 1 .* images of \[16, 16\] patches"):
+                m.model.visual(x["pixel_values_videos"], grid_thw=x["video_grid_thw"])
+        finally:
+            check.after(module, (), None)

@@ -346,6 +346,13 @@ def test_qwen_row_counts_read_the_device_once(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "tolist", lambda self: calls.append(1) or real(self))
     out = qwen_row_images(model, (), {"input_ids": ids, "pixel_values": torch.zeros(1), "image_grid_thw": grid})
     assert out == [1, 2] and len(calls) == 1
+    cfg.video_token_id = 8   # and videos: both kinds' grids and tokens in the same one read, counted apart
+    ids = torch.tensor([[9, 9, 8, 8, 8, 0], [9, 9, 8, 8, 8, 8]])
+    videos = {"pixel_values_videos": torch.zeros(1), "video_grid_thw": torch.tensor([[3, 2, 2], [2, 4, 2]])}
+    out = qwen_row_images(model, (), {"input_ids": ids, "pixel_values": torch.zeros(1), "image_grid_thw": grid,
+                                      **videos})
+    assert out == [2, 3] and len(calls) == 2
+    assert out.calls == [("image", [8, 4, 4], [1, 2]), ("video", [12, 16], [1, 1])]
 
 
 def test_gemma3s_inner_model_attached_on_its_own_counts_each_rows_images():

@@ -47,7 +47,7 @@ class PackedImages(ScopeHooks):
                                    "patches, not whole images: per-sample routes need DistributedDataParallel "
                                    "(torchrun, one process per GPU), or route one task for the whole batch")
             rows = self.image_rows(args, kwargs, module)
-            counts = None if self.check is None else self.check.current()
+            counts = None if self.check is None else self.check.next_call(rows)
             for r in (route, route.wide):   # (wide: k rows per routed id, expanded_rows)
                 if counts is not None and r is not None and len(counts) == r.batch_size and sum(counts) == len(rows):
                     r = r.per_image(counts)   # the rows' images, as the model counted them
@@ -63,9 +63,8 @@ class PackedImages(ScopeHooks):
                 raise RoutingError(
                     f"{self.name} packs every image's patches into one sequence, so a mixed-task route needs one "
                     f"image per routed row; it got {len(rows)} image(s) for {route.batch_size} routed rows. Give "
-                    "each row one image, or route each task's rows in a call of their own"
-                    + (" (a batch of images and videos encodes each kind in a call of its own: route them in calls "
-                       "of their own too)" if len(rows) < route.batch_size else "")
+                    "each row one image, or route each task's rows in a call of their own (through the model's "
+                    "forward, which counts each row's images and videos, the tower takes any number per row)"
                 )
 
 

@@ -11,8 +11,10 @@ all equal) needs neither.
 
 What cannot be routed is refused: a row holding part of an image (its image tokens are not a whole number of
 images), and several images per row whose features were made before the call (``mm_encoder_outputs``: encoded
-under whatever route the caller had) or counted together with videos. The count reads the rows' ids on the
-host: one read of B numbers per forward under a mixed route with images (a training step; a generation's
+under whatever route the caller had) or counted together with videos (a model that encodes its images and its
+videos in tower calls of their own, Qwen2-VL, counts each kind apart: a
+:class:`~mtl_lora_vl.family_images.PerCall`, whose calls take their own counts in turn). The count reads the rows'
+ids on the host: one read of B numbers per forward under a mixed route with images (a training step; a generation's
 prefill), where the models' own image-token checks read the device already.
 """
 
@@ -27,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..family_images import CountsOnly
+from ..family_images import CountsOnly, PerCall
 from .layers import AdapterBank
 from .routing import Router, RoutingError
 from .scopes import route as route_scope
@@ -48,21 +50,41 @@ class RowImagesCheck:
         #: images encoded (generate's chunked prefill: one flattened feature item per chunk, not one per image).
         self.checked = False
         self._counts: list[list[int] | None] = []   # per forward in progress (nested: a stack)
+        self._calls: list[int] = []   # per forward in progress: its tower calls so far (a PerCall's next)
 
     def __getstate__(self) -> dict:
         """A copy (deepcopy, pickle) made inside a routed ``generate`` counts its own forwards: the scope is the
         original's."""
-        return {**self.__dict__, "checked": False, "_counts": []}
+        return {**self.__dict__, "checked": False, "_counts": [], "_calls": []}
 
     def current(self) -> list[int] | None:
         """Images per routed row of the forward in progress, where a row holds other than one (else None)."""
         return self._counts[-1] if self._counts else None
 
+    def next_call(self, patches: list[int]) -> list[int] | None:
+        """Images per routed row of the next vision-tower call of the forward in progress, whose images have
+        ``patches`` each: its kind's count where the model encodes each kind in a call of its own (a
+        :class:`PerCall`, its calls in the model's order), else :meth:`current`. A call other than the one expected
+        is refused: its images' rows are not known."""
+        counts = self.current()
+        if not isinstance(counts, PerCall):
+            return counts
+        i = self._calls[-1]
+        self._calls[-1] += 1
+        if i >= len(counts.calls) or counts.calls[i][1] != patches:
+            expected = [f"{kind}s of {p} patches" for kind, p, _ in counts.calls]
+            raise RoutingError(f"the vision tower got images of {patches} patches as call {i + 1} of a forward whose "
+                               f"calls encode {' then '.join(expected)}: their rows are not known. Call the model's "
+                               "forward (or generate) with its images and videos, not the tower itself")
+        return [int(n) for n in counts.calls[i][2]]
+
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self.checked:   # inside the routed generate: the images its own count found
             self._counts.append(self.current())
+            self._calls.append(0)
             return
         self._counts.append(None)   # first: a refusal below still leaves one entry for after() (always_call) to pop
+        self._calls.append(0)
         # no route given: the first adapted layer that runs says so (if any runs); a recomputation in backward of a
         # checkpointed forward whose scope has closed replays that forward's route, and counts as it did
         if self.router.current is None and not self.router.replaying():
@@ -71,21 +93,24 @@ class RowImagesCheck:
         if route is None or route.task is not None:
             return
         per_row = self.row_images(module, args, kwargs)
-        if per_row is None or all(n == 1 for n in per_row):
+        calls = per_row.calls if isinstance(per_row, PerCall) else [("image", None, per_row)]
+        if per_row is None or all(n == 1 for _, _, counts in calls for n in counts):
             return
-        if isinstance(per_row, CountsOnly) or any(n != int(n) for n in per_row):
-            why = (per_row.why if isinstance(per_row, CountsOnly) else
-                   "a row's image tokens are not a whole number of images (a row holding part of an image, or "
-                   "other images than the rows' image tokens)")
-            raise RoutingError(
-                f"{type(module).__name__} cannot route the images of a mixed-task batch to their rows' tasks: the "
-                f"rows hold {list(per_row)} images, and {why}. Route each task's rows in a call of their own")
-        self._counts[-1] = [int(n) for n in per_row]
+        for kind, _, counts in calls:
+            if isinstance(per_row, CountsOnly) or any(n != int(n) for n in counts):
+                why = (per_row.why if isinstance(per_row, CountsOnly) else
+                       f"a row's {kind} tokens are not a whole number of {kind}s (a row holding part of one, or "
+                       f"other {kind}s than the rows' {kind} tokens)")
+                raise RoutingError(
+                    f"{type(module).__name__} cannot route the {kind}s of a mixed-task batch to their rows' tasks: "
+                    f"the rows hold {list(counts)} {kind}s, and {why}. Route each task's rows in a call of their own")
+        self._counts[-1] = per_row if isinstance(per_row, PerCall) else [int(n) for n in per_row]
 
     def after(self, module: nn.Module, args: tuple, output: object) -> None:
         """Forward hook (also after a failed forward): drop the count :meth:`__call__` pushed for this forward."""
         if self._counts:
             self._counts.pop()
+            self._calls.pop()
 
 
 def _batch_of(args: tuple, kwargs: dict) -> int | None:
