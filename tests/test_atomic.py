@@ -224,10 +224,14 @@ def test_a_signal_right_after_a_rename_leaves_one_whole_directory_and_no_leftove
 
 
 _KILLED_WRITER = """\
-import importlib.util, os, signal, sys
-spec = importlib.util.spec_from_file_location("atomic", sys.argv[3])   # the module alone: no torch to import
-atomic = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(atomic)
+import importlib, os, signal, sys, types
+from pathlib import Path
+package = Path(sys.argv[3]).parents[1]   # the module and the leaves it imports alone: no torch to import
+for name, folder in (("mtl_lora_vl", package), ("mtl_lora_vl.io", package / "io")):
+    sys.modules[name] = types.ModuleType(name)
+    sys.modules[name].__path__ = [str(folder)]
+atomic = importlib.import_module("mtl_lora_vl.io.atomic")
+assert "torch" not in sys.modules
 write = atomic.atomic_dir if sys.argv[2] == "dir" else atomic.atomic_file
 with write(sys.argv[1], overwrite=True) as tmp:
     (tmp / "weights.bin" if sys.argv[2] == "dir" else tmp).write_bytes(b"x" * 4096)
