@@ -35,13 +35,19 @@ def missing(text: str) -> list[str]:
     return [f"{folder.relative_to(ROOT)}: {name}" for folder, name, path, _ in _named(text) if path is None]
 
 
-def miscounted(text: str) -> list[str]:
-    """The layout table's line counts that are not their module's: ``path: says N, has M``."""
+#: How far the layout table's count may lag its module: a few lines' change need not touch the doc (every helper's
+#: branch conflicted there); the 500-line budget itself is held by test_no_module_is_over_the_line_budget.
+SLACK = 25
+BUDGET = 500
+
+
+def miscounted(text: str, slack: int = SLACK) -> list[str]:
+    """The layout table's line counts more than ``slack`` lines off their module's: ``path: says N, has M``."""
     out = []
     for _, _, path, count in _named(text):
         if path is not None and count is not None:
             lines = len(path.read_text(encoding="utf-8").splitlines())
-            if lines != count:
+            if abs(lines - count) > slack:
                 out.append(f"{path.relative_to(ROOT)}: says {count}, has {lines}")
     return out
 
@@ -56,12 +62,18 @@ def test_the_check_sees_a_module_that_is_not_there():
 
 
 def test_the_line_counts_the_layout_gives_are_the_modules():
-    """A module that grows or shrinks updates its count in docs/architecture.md (the 500-line budget is read there)."""
+    """A module that grows or shrinks updates its count in docs/architecture.md (within SLACK lines)."""
     assert not miscounted((ROOT / "docs" / "architecture.md").read_text(encoding="utf-8"))
+
+
+def test_no_module_is_over_the_line_budget():
+    """One concept per module: a module past BUDGET lines is split by concept (docs/architecture.md)."""
+    sizes = {p: len(p.read_text(encoding="utf-8").splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert sizes and not {str(p.relative_to(ROOT)): n for p, n in sizes.items() if n > BUDGET}
 
 
 def test_the_count_check_sees_a_wrong_count():
     lines = len((PACKAGE / "adapters" / "runs.py").read_text(encoding="utf-8").splitlines())
     text = f"| `adapters/` | `runs.py` ({lines}, the runs), `rows.py` (1, the row updates), `layers.py` |"
-    assert miscounted(text) == [f"mtl_lora_vl/adapters/rows.py: says 1, has "
+    assert miscounted(text, slack=0) == [f"mtl_lora_vl/adapters/rows.py: says 1, has "
                                 f"{len((PACKAGE / 'adapters' / 'rows.py').read_text(encoding='utf-8').splitlines())}"]
