@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..data.anyres import AnyresGeometry
 from ..data.splits import SplitGeometry
-from ..log import rank_prefix
+from ..log import rank_warning
 
 logger = logging.getLogger(__name__)
 
@@ -331,8 +331,8 @@ class LMCollator:
             # A cut target keeps no end token: labelling one after the cut would teach the model to stop there.
             cut = sum(len(p) + len(t) > self.max_length for p, t in zip(rows, targets))
             if cut:
-                logger.warning("%slm_collator: %d of %d targets cut to fit max_length=%d (their end token is not "
-                               "trained)", rank_prefix(), cut, len(rows), self.max_length)   # this rank's batch
+                rank_warning(logger, "lm_collator: %d of %d targets cut to fit max_length=%d (their end token is not "
+                             "trained)", cut, len(rows), self.max_length)   # this rank's batch: said on every rank
             targets = [t if len(p) + len(t) <= self.max_length else t[:self.max_length - len(p)]
                        for p, t in zip(rows, targets)]
         width = max(len(p) + len(t) for p, t in zip(rows, targets))
