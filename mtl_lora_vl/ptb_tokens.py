@@ -22,17 +22,22 @@ __all__ = ["tokenize_caption"]
 # (lowercased, they escape pycocoevalcap's filter: "-lrb-"); words joined by a period with no space after it
 # kept whole ("bed.it", "mt.everest"), as is a number's leading period (".5"); the PTB punctuation tokens
 # (. , : ; ? ! - -- ... "…" and quotes) dropped, runs such as "!!" kept.
+# PTB's ABBREV1 ({ABBREV1}/[^][^]: two more characters count in its longest match, so its period stays unless a word
+# of two or more characters follows it, "Feb.A x" is "feb. a x", "Feb.Ab" one word) and ABBREV2 ({ABBREV4}\., no such
+# context: a word, any letter, after its period takes it, "Mr.A" is one word); either keeps it before a digit ("mr. 5")
 _ABBREVIATIONS = (
     "jan|feb|mar|apr|jun|jul|aug|sept?|oct|nov|dec|mon|tues?|wed|thu(?:rs)?|fri"        # months, days
     "|ala|ariz|calif|colo|conn|ct|dak|fla|ga|ind|kans?|ky|md|mich|minn|mo|mont|neb|nev|okla|penn|tenn|va|vt"
     "|wisc?|wyo"                                                                          # states
-    "|mrs?|ms|drs?|profs?|sens?|reps?|attys?|lt|col|gen|messrs|govs?|adm|rev|maj|sgt|cpl|pvt|mt|capt|ste?|ave"
-    "|pres|lieut|hon|brig|co?mdr|pfc|spc|supts?|det|adj|adv|asst|assoc|ens|insp|mlle|mme|msgr|sfc"   # titles
     "|jr|sr|bros|blvd|rd|esq|bldg"                                                        # addresses
-    "|inc|cos?|corp|p?pt(?-i:[ye])s?|ltd|plc|rt|bancorp|dept|bhd|assn|univ|intl|sys|invt|elec|natl|m(?-i:[ft])g"
-    "|ph|tel|est|ext|sq|ft|etc|al|seq|vs|alex|wm|jos|cie|cf|treas|(?-i:[A-Za-z])"     # and an ASCII letter
+    "|inc|cos?|corp|p?pt(?-i:[ye])s?|ltd|plc|rt|bancorp|bhd|assn|univ|intl|sys|tel|est|ext|sq|etc|al|seq"
 )
 _CAPITALISED_ABBREVIATIONS = "A(?i:rk|z)|D(?i:el)|I(?i:ll)|L(?i:a)|M(?i:ass|iss)|O(?i:re)|P(?i:a)|T(?i:ex)|W(?i:ash)"
+_TITLE_ABBREVIATIONS = (
+    "mrs?|ms|drs?|profs?|sens?|reps?|attys?|lt|col|gen|messrs|govs?|adm|rev|maj|sgt|cpl|pvt|mt|capt|ste?|ave"
+    "|pres|lieut|hon|brig|co?mdr|pfc|spc|supts?|det|adj|adv|asst|assoc|ens|insp|mlle|mme|msgr|sfc"   # titles
+    "|dept|invt|elec|natl|m(?-i:[ft])g|ph|ft|vs|alex|wm|jos|cie|cf|treas|(?-i:[A-Za-z])"  # and an ASCII letter
+)
 _NUMBER_ABBREVIATIONS = "nos?|prop|figs?|pp|op|ca|art"   # kept only before a number ("no. 5"; "says no." is "no")
 # PTB's SPACENL, one of which may stand between such an abbreviation and its number ("no.  5" is "no 5")
 _SPACENL = "[ \t\xa0\u2000-\u200a\u3000\r\n\u2028\u2029\x0b\x0c\x85]"
@@ -59,6 +64,9 @@ _APOSTROPHE_WORDS = (
 _MARK_CODES = [c for c in range(0x300, 0x10000) if unicodedata.category(chr(c))[0] == "M"]
 _MARKS = "".join(f"{chr(run[0][1])}-{chr(run[-1][1])}" for run in (   # as ranges of consecutive code points
     list(r) for _, r in itertools.groupby(enumerate(_MARK_CODES), key=lambda p: p[1] - p[0])))
+# An ABBREV1 period stays unless the letter after it starts a longer PTB WORD: a letter, digit or mark goes on,
+# [.!?] and a letter, a clitic ({WORD}/{REDAUX}) or ".," ({WORD}\./{INSENTP}) follows it
+_ABBREVIATION_KEPT = rf"(?![^\W\d_](?:[^\W_]|[{_MARKS}]|[.!?][^\W\d_]|{_REDAUX}|\.[,;:\u3001]))"
 # Whole words: a hyphen joins one only to a letter or digit beyond it ("wanna-be" stays; "gonna-", "--cannot" split)
 _WORD_END = r"(?!\w|-[^\W_])"
 _ASSIMILATION = re.compile(rf"(?<!\w)(?<![^\W_]-)(can(?=not{_WORD_END})|gon(?=na{_WORD_END})|got(?=ta{_WORD_END})"
@@ -89,10 +97,11 @@ _PTB_TOKEN = re.compile(
     # where no other letter goes on (PTB's longest match: "pan-sautéed", "2-año" stay whole, in the word rule below)
     rf"|[a-z0-9]+[.,][a-z0-9.,]*{_ASCII_HYPHENS}{_KEEP_PERIOD}"
     rf"|[a-z0-9]+{_ASCII_HYPHENS}(?!-?(?:[^\W_]|[{_MARKS}])){_KEEP_PERIOD}"
-    r"|(?:ed|ph)\.d\.|(?-i:[A-Za-z]\.){2,}(?![^\W\d_])"    # ph.d., u.s., e.g. (ASCII letters, as in PTB)
+    rf"|(?:ed|ph)\.d\.{_ABBREVIATION_KEPT}|(?-i:[A-Za-z]\.){{2,}}(?![^\W\d_])"   # ph.d., u.s., e.g. (ASCII, as PTB)
+    rf"|(?<![\w.-])(?:(?:{_ABBREVIATIONS})|(?-i:{_CAPITALISED_ABBREVIATIONS}))\.{_ABBREVIATION_KEPT}"
     rf"|[^\W\d_][^\W_]*(?:[.!?][^\W\d_][^\W_]*)+{_KEEP_PERIOD}"   # no space after . ! ?: "bed.it", "hi!there"
     rf"|(?<![\w.-])[a-z](?=\.{_SPACENL}+(?:{_SENTENCE_STARTS})(?!\S))"
-    rf"|(?<![\w.-])(?:(?:{_ABBREVIATIONS})|(?-i:{_CAPITALISED_ABBREVIATIONS}))\.(?!\w)"
+    rf"|(?<![\w.-])(?:{_TITLE_ABBREVIATIONS})\.(?![^\W\d_])"
     rf"|(?<![\w.-])(?:{_NUMBER_ABBREVIATIONS})\.(?={_SPACENL}?\d)"
     r"|(?<!-)(?:[-+]?\d+(?:[.:,]\d+)+|[-+]\d+|[-+]?(?<!\.\.)(?:[.:,]\d+)+)"   # "10:30", "-5", ".5"; "v1.2": "v1 .2"
     rf"|(?-i:S&P-500|S&Ls|[A-Z]+(?:&[A-Z]+)+){_KEEP_PERIOD}"   # capitals joined by & ("B&W", "AT&T"); "b&w" splits

@@ -80,3 +80,22 @@ DELETED_CHARACTER_CASES = [
 @pytest.mark.parametrize(("caption", "ptb"), DELETED_CHARACTER_CASES)
 def test_a_deleted_character_is_no_space_to_ptb_rules(caption, ptb):
     assert tokenize_caption(caption) == ptb
+
+
+# {ABBREV1}/[^][^] ("Feb.", "etc.", "al.", states, "Inc.") counts two characters past its period in the longest match,
+# so it beats {WORD} unless the word after the period is two characters or more (a tie goes to {WORD}, the earlier
+# rule), or {WORD}/{REDAUX} or {WORD}\./{INSENTP} is longer still; {ABBREV2} ("Mr.", a single letter) has no trailing
+# context, so any {WORD} after its period takes it. Before a digit both keep their period (a WORD cannot go on).
+# "Feb.A" and "et al.a" are Java's output in docs/dependencies.md's fuzz record; the others are derived from the rules.
+ABBREVIATION_BEFORE_A_WORD_CASES = [
+    ("in Feb.A x and et al.a x", "in feb. a x and et al. a x"),     # were "feb.a", "al.a"
+    ("Feb.5 x, Mr.5 x, Dr.5 and x.5 cm", "feb. 5 x mr. 5 x dr. 5 and x. 5 cm"),   # were "feb .5", "mr .5", "x .5"
+    ("Feb.Ab Feb.A5 Feb.A.B Feb.A!b Mr.A x", "feb.ab feb.a5 feb.a.b feb.a!b mr.a x"),   # {WORD} as before
+    ("Jan.I'm Feb.A's Feb.A., Mass.A x", "jan.i 'm feb.a 's feb.a. mass. a x"),
+    ("Ph.D.A x and Ph.D.student", "ph.d. a x and ph.d.student"),   # {ABBREV1} holds (Ed|Ph)\.D\. (was "ph.d. student")
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), ABBREVIATION_BEFORE_A_WORD_CASES)
+def test_an_abbreviation_keeps_its_period_unless_a_longer_word_takes_it(caption, ptb):
+    assert tokenize_caption(caption) == ptb
