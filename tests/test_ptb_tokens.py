@@ -99,3 +99,17 @@ ABBREVIATION_BEFORE_A_WORD_CASES = [
 @pytest.mark.parametrize(("caption", "ptb"), ABBREVIATION_BEFORE_A_WORD_CASES)
 def test_an_abbreviation_keeps_its_period_unless_a_longer_word_takes_it(caption, ptb):
     assert tokenize_caption(caption) == ptb
+
+
+# PTB starts a token where the last one ended: after a "..." or "--" token (dropped by pycocoevalcap's filter) or after
+# "Feb." an abbreviation is read as anywhere else ({ABBREV2} "Mr.", "A."; {ABBREV1}; {ACRONYM}/... The), as derived.
+ABBREVIATION_AFTER_PUNCTUATION_CASES = [
+    ("wait...Mr. Smith and --Dr. Who", "wait mr. smith and dr. who"),     # were "mr", "dr"
+    ("wait...etc. x, wait...No. 5 and 5.Mr. x", "wait etc. x wait no. 5 and 5 mr. x"),
+    ("Feb.A. x, Feb.A.5 and x..B. The dog", "feb. a. x feb. a. 5 and x. b the dog"),
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), ABBREVIATION_AFTER_PUNCTUATION_CASES)
+def test_an_abbreviation_after_dropped_punctuation_keeps_its_period(caption, ptb):
+    assert tokenize_caption(caption) == ptb
