@@ -1,0 +1,159 @@
+"""The GPU path's forward, checked on the CPU: the model's weights faked onto ``device="cuda"`` under torch's
+``FakeTensorMode`` (frozen base weights bf16, trainable ones kept fp32, as a bf16 run has them) and the loader's batch
+moved there with ``to_device``, as the training step does. No data is computed and no GPU is needed, but a CPU tensor
+meeting a "CUDA" one raises a device-mismatch error, and a read of device data on the host (``.item()``,
+``.tolist()``, ``nonzero``, a data-dependent shape) raises a data-dependent error: device mixing and host syncs in the
+hot path fail here, where the other tests (all on the CPU) cannot see them.
+
+Not covered: the backward (fake CUDA tensors cannot run it without a CUDA device: torch asks the driver for its
+context), autocast (disabled without CUDA: the step's autocast(cuda, bf16) is a no-op here, so the dtypes are those of
+the weights), values (fake tensors have none), DDP, and the loader's workers and pinned memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import mtl_lora_vl as mlv
+import mtl_lora_vl.family_images as family_images
+from mtl_lora_vl.backbones import load_backbone
+from mtl_lora_vl.data import world
+from mtl_lora_vl.data.loader import MultiTaskLoader, to_device
+from mtl_lora_vl.multitask import MultiTaskModel
+from mtl_lora_vl.tasks import build_kind, resolve_tasks
+
+CUDA = torch.device("cuda")
+
+
+def _fake_cuda_works() -> bool:
+    try:
+        with FakeTensorMode():
+            return torch.empty(2, device=CUDA, dtype=torch.bfloat16).device.type == "cuda"
+    except Exception:   # an old or odd torch build: nothing to check with
+        return False
+
+
+pytestmark = [pytest.mark.skipif(not _fake_cuda_works(),
+                                 reason="this torch cannot fake device='cuda' tensors under FakeTensorMode"),
+              # adapters/formation's cache key reads each adapter tensor's address: torch warns for fake tensors
+              pytest.mark.filterwarnings("ignore:Accessing the data pointer of FakeTensor")]
+
+
+def _fake_onto_cuda(net: nn.Module) -> None:
+    """Replace every parameter and buffer of ``net`` by a fake CUDA one of its shape (call under the fake mode):
+    frozen floating-point parameters bf16, trainable ones and buffers in their own dtype."""
+    for m in net.modules():
+        for n, p in list(m._parameters.items()):
+            if p is not None:
+                dtype = torch.bfloat16 if not p.requires_grad and p.is_floating_point() else p.dtype
+                m._parameters[n] = nn.Parameter(torch.empty(p.shape, device=CUDA, dtype=dtype),
+                                                requires_grad=p.requires_grad)
+        for n, b in list(m._buffers.items()):
+            if b is not None:
+                m._buffers[n] = torch.zeros(b.shape, device=CUDA, dtype=b.dtype)
+
+
+def _model_and_loader(backbone: str, tasks: list[str], mode: str,
+                      steps: int = 1) -> tuple[MultiTaskModel, MultiTaskLoader]:
+    """A MultiTaskModel on the built-in ``backbone`` with MTL-LoRA for ``tasks`` (8 world rows each), in train mode,
+    and its training loader (``steps`` batches of 8 rows, on the host)."""
+    bb = load_backbone(backbone, device="cpu")
+    specs = resolve_tasks(",".join(tasks))
+    splits = {s.name: world.build_split(s.data.options.get("world_kind", s.kind), "train", n=8, seed=0)
+              for s in specs}
+    kinds = {s.name: build_kind(s, splits[s.name], bb) for s in specs}
+    heads = nn.ModuleDict({n: k.build_head(bb) for n, k in kinds.items()})
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=tasks, r=4, n_up=2))
+    loader = MultiTaskLoader(list(kinds.values()), list(splits.values()), bb, batch_size=8, mode=mode, steps=steps)
+    return MultiTaskModel(bb, kinds, heads).train(), loader
+
+
+def _fake_forward(net: MultiTaskModel, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training step's forward of ``batch`` on a fake CUDA device; its losses are checked to be there."""
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        _fake_onto_cuda(net)
+        total, losses = net(to_device(batch, CUDA, torch.bfloat16, net.backbone))
+    assert total.device.type == "cuda" and total.dtype == torch.float32 and total.shape == ()
+    assert all(v.device.type == "cuda" and v.shape == () for v in losses.values())
+    return total, losses
+
+
+def test_a_mixed_clip_batch_stays_on_the_device_without_host_reads():
+    net, loader = _model_and_loader("builtin", ["vqa", "retrieval"], "mixed")
+    batch = next(iter(loader))
+    assert set(batch["task_ids"].tolist()) == {0, 1}   # rows of both tasks: a mixed route through both towers
+    _, losses = _fake_forward(net, batch)
+    assert set(losses) == {"vqa", "retrieval"}
+
+
+def test_homogeneous_clip_batches_stay_on_the_device_without_host_reads():
+    """One task per batch, nlvr's rows holding two images each among them."""
+    net, loader = _model_and_loader("builtin", ["vqa", "retrieval", "nlvr"], "homogeneous", steps=8)
+    batches = {}
+    for b in loader:
+        batches.setdefault(next(iter(b["tasks"])), b)
+    assert set(batches) == {"vqa", "retrieval", "nlvr"}
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        _fake_onto_cuda(net)
+        for name, b in batches.items():
+            total, losses = net(to_device(b, CUDA, torch.bfloat16, net.backbone))
+            assert set(losses) == {name} and total.device.type == "cuda"
+
+
+class _TwoLayers(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.mark.parametrize("method", ["lora", "task_lora", "mtl_lora"])
+def test_each_adapter_method_routes_interleaved_rows_on_the_device_in_the_base_dtype(method):
+    """32 rows whose tasks alternate (a route of 32 one-row segments) through bf16 base layers: the adapters are
+    made on the base's device, index it with device tensors, and give back the base's dtype."""
+    tasks = ["all"] if method == "lora" else ["a", "b", "c"]
+    ids = [0] * 32 if method == "lora" else [i % 3 for i in range(32)]
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        base = _TwoLayers()
+        for p in base.parameters():
+            p.requires_grad_(False)
+        _fake_onto_cuda(base)
+        cfg = mlv.MTLLoRAConfig(tasks=tasks, r=4, alpha=8, n_up=2 if method == "mtl_lora" else 1, method=method,
+                                targets={"image": ["fc1", "fc2"]})
+        model = mlv.attach(base, cfg)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        assert trainable and all(p.device.type == "cuda" and p.dtype == torch.float32 for p in trainable)
+        with mlv.route(model, ids):
+            y = model(torch.empty(32, 5, 16, device=CUDA, dtype=torch.bfloat16))
+    assert y.device.type == "cuda" and y.dtype == torch.bfloat16 and y.shape == (32, 5, 16)
+
+
+def test_a_mixed_llava_batch_reads_the_host_once_for_its_rows_images(monkeypatch):
+    """The built-in LLaVA's mixed caption_cls + captioning batch: one language-model pass under a mixed route.
+    Allowed, by name, is the one deliberate host read of our forward: ``family_images._token_rows`` counts each
+    row's image tokens (``.tolist()`` of B numbers) for the image path's routing (:mod:`mtl_lora_vl.adapters.
+    row_images`); the test answers it from the batch's host copy of the ids and checks it ran once. transformers'
+    LLaVA checks its image-token count against its features (a host read of its own, not ours):
+    ``TRANSFORMERS_DISABLE_TORCH_CHECK=1`` turns that check off."""
+    monkeypatch.setenv("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")
+    net, loader = _model_and_loader("builtin-llava", ["caption_cls", "captioning"], "mixed")
+    batch = next(iter(loader))
+    assert "lm" in batch and set(batch["task_ids"].tolist()) == {0, 1}
+    image_token = net.backbone.model.config.image_token_id
+    host_counts = (batch["lm"]["input_ids"] == image_token).sum(-1).tolist()   # the read's answer, made on the host
+    reads = []
+
+    def token_rows(model, args, kwargs, token):
+        ids = family_images._forward_input(model, args, kwargs, "input_ids")
+        assert token == image_token and ids is not None and ids.shape[0] == len(host_counts)
+        reads.append(token)
+        return list(host_counts)
+
+    monkeypatch.setattr(family_images, "_token_rows", token_rows)
+    _, losses = _fake_forward(net, batch)
+    assert set(losses) == {"caption_cls", "captioning"}
+    assert reads == [image_token]   # once per forward
