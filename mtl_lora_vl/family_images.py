@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import math
 from collections.abc import Callable
 from typing import Any
 
 __all__ = ["CountsOnly", "PerCall", "image_token_rows", "llava_next_image", "llava_next_row_tiles",
-           "llava_onevision_image", "llava_onevision_row_tiles", "pixtral_image_rows", "pixtral_row_images",
-           "qwen_image_rows", "qwen_row_images", "view_tokens"]
+           "llava_onevision_image", "llava_onevision_row_tiles", "llava_onevision_video_tokens", "pixtral_image_rows",
+           "pixtral_row_images", "qwen_image_rows", "qwen_row_images", "view_tokens"]
 
 
 class CountsOnly(list):
@@ -131,11 +132,12 @@ def qwen_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | None
 
 
 class PerCall(list):
-    """Images per row of a forward whose vision tower runs once per kind of input, in the model's order (Qwen2-VL:
-    its images, then its videos): the list is each row's images and videos together; ``calls`` holds, per tower
-    call, its kind, each of its images' patches (as the tower reads them) and its images per row."""
+    """Images per row of a forward whose vision tower runs once per kind of input, in the model's order (Qwen2-VL,
+    LLaVA-OneVision: its images, then its videos): the list is each row's images and videos together; ``calls``
+    holds, per tower call, its kind, each of its images' patches as a packing tower reads them (None for a tower
+    that takes a batch: its size is checked against the counts) and its images (or views) per row."""
 
-    def __init__(self, calls: list[tuple[str, list[int], list[float]]]) -> None:
+    def __init__(self, calls: list[tuple[str, list[int] | None, list[float]]]) -> None:
         super().__init__(sum(n) for n in zip(*(counts for _, _, counts in calls)))
         self.calls = calls
 
@@ -180,8 +182,10 @@ def llava_next_row_tiles(model: Any, args: tuple, kwargs: dict) -> list[float] |
 def llava_onevision_row_tiles(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
     """What a LLaVA-OneVision forward's vision tower gets per row: its images' tiles, counted as LLaVA-NeXT's, each
     image's token count by :func:`llava_onevision_image` (an image of a row of several, by ``batch_num_images``, is
-    its base view alone). With videos (their frames reach the tower in a call of their own, not routed by rows yet)
-    the rows' tiles and frames are a :class:`CountsOnly`. None without images or videos."""
+    its base view alone). With videos, a :class:`PerCall`: the model encodes its images (tiles) in one call of its
+    tower and projector and its videos (frames) in the next, so each row's video tokens are matched in order to the
+    videos' token counts (:func:`llava_onevision_video_tokens`) and the row's frames counted apart (a row holding
+    part of a video gives its videos, not whole). None without images or videos."""
     import torch
 
     per_row = _forward_input(model, args, kwargs, "batch_num_images")
@@ -190,16 +194,23 @@ def llava_onevision_row_tiles(model: Any, args: tuple, kwargs: dict) -> list[flo
     tiles = _anyres_row_tiles(model, args, kwargs, lambda size, t: llava_onevision_image(model, size, t), tiled)
     videos = _forward_input(model, args, kwargs, "pixel_values_videos")
     tokens = None if videos is None else _token_rows(model, args, kwargs, model.config.video_token_id)
-    if not tokens or not sum(tokens):
+    if tokens is None:
         return tiles
-    n, total = videos.shape[0] * videos.shape[1], sum(tokens)   # the call's frames; each video as many, as tokens
-    frames = [c * n // total if c * n % total == 0 else c * n / total for c in tokens]
-    return CountsOnly([f + t for f, t in zip(frames, tiles or itertools.repeat(0))], _VIDEOS)
+    if isinstance(tiles, CountsOnly) and any(n != 1 for n in tiles):
+        return tiles   # (images encoded before the call, other than one per row: refused as without videos)
+    frames = int(videos.shape[1])
+    per_video = _rows_of_images(tokens, [llava_onevision_video_tokens(model, frames)] * int(videos.shape[0]))
+    parts = any(part for _, part in per_video)
+    counts = [len(whole) + part if parts else len(whole) * frames for whole, part in per_video]
+    calls = [] if tiles is None or isinstance(tiles, CountsOnly) else [("image", None, tiles)]
+    return PerCall([*calls, ("video", None, counts)])
 
 
-_VIDEOS = ("they count the rows' video frames with their images' tiles: LLaVA-OneVision's videos reach the vision "
-           "tower in a call of their own, which this first version does not route by rows (a call with videos takes "
-           "one task)")
+def llava_onevision_video_tokens(model: Any, frames: int) -> int:
+    """The tokens one LLaVA-OneVision video of ``frames`` frames fills, by the model's ``apply_pooling``: each
+    frame's grid x grid features pooled to ceil(grid / 2)², and a newline after the video."""
+    grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    return frames * math.ceil(grid / 2) ** 2 + 1
 
 
 def _anyres_row_tiles(model: Any, args: tuple, kwargs: dict, image: Callable[[Any, bool], tuple[int, int]],

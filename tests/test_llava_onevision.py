@@ -2,9 +2,9 @@
 vision tower as a base view and a grid of tiles at its own aspect (anyres), but a large grid's features are
 interpolated down (``vision_aspect_ratio``) and an image of a row of several (``batch_num_images``) is its base view
 alone; so a mixed-task route sends each row's tiles to its task: logits, greedy and beam generate and gradients equal
-each task alone; the PEFT export and the merged checkpoint give the same outputs. Videos reach the tower in a call of
-their own, not routed by rows: a mixed route with videos is refused by name, a one-task route takes them. (The
-backbone class: test_llava_next_backbone.py.)"""
+each task alone; the PEFT export and the merged checkpoint give the same outputs. Videos reach the tower (and the
+projector) in a call of their own, after the images': each call's tiles or frames are counted per row, so a mixed
+route takes any mix of images and videos per row. (The backbone class: test_llava_next_backbone.py.)"""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import torch
 from anyres_family import AnyresFamilyTests, adapted, fresh
 from llava_tiny import PATCH, _word_tokenizer
 from PIL import Image
-from vlm_checks import assert_mixed_route_per_task, pictures
+from vlm_checks import assert_mixed_gradients_are_per_task_sums, assert_mixed_route_per_task, pictures
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.families import find_family, inner_family
-from mtl_lora_vl.family_images import llava_onevision_row_tiles
+from mtl_lora_vl.family_images import llava_onevision_row_tiles, llava_onevision_video_tokens
 
 SIDE = 32
 PINPOINTS = [[32, 64], [64, 32], [64, 64]]
@@ -135,17 +135,35 @@ def test_images_given_per_row_are_routed_by_their_base_views(tiny):
     assert_mixed_route_per_task(adapted(tiny), batch(tiny, [2, 0, 1], nested=True), [0, 1, 0])
 
 
-def test_a_mixed_route_with_videos_is_refused_by_name(tiny):
-    """Videos reach the vision tower in a call of their own (frames, not tiles): a mixed route is refused, in the
-    forward and in generate, naming the rows' tiles and frames and what to do."""
+def test_rows_of_images_and_videos_take_their_rows_task(tiny):
+    """Videos reach the tower and the projector in a call of their own, after the images': a mixed route over rows
+    holding them was refused ('the rows hold [6, 8, 6] images, and they count the rows' video frames with their
+    images' tiles'). Each call's tiles and frames are now counted per row (a PerCall), and each module of the image
+    path takes its calls' counts in turn, so every row's logits, generated tokens (greedy and 3 beams) and gradients
+    are its task's alone (float64)."""
+    m = adapted(tiny, targets={"image": [r"vision_tower\..*\.(q|v)_proj$", r"multi_modal_projector\.linear_(1|2)$"],
+                               "text": [r"language_model\..*\.(q|v)_proj$"]}).double()
+    x = {k: v.double() if v.is_floating_point() else v for k, v in video_batch(tiny, [1, 0, 2], [1, 2, 0]).items()}
+    counts = llava_onevision_row_tiles(m.model, (), x)
+    assert counts == [6, 8, 6] and counts.calls == [("image", None, [3, 8, 0]), ("video", None, [3, 0, 6])]
+    assert_mixed_route_per_task(m, x, [0, 1, 0])
+    m.train()
+    assert_mixed_gradients_are_per_task_sums(m, x, ("vision_tower", "multi_modal_projector", "language_model"))
+
+
+def test_a_row_holding_part_of_a_video_is_refused_naming_the_videos(tiny):
+    """Video tokens matched to each video's count (3 frames x 2 x 2 pooled features + a newline: 13): 19 and 7
+    tokens for two videos hold 1 + 6/13 and 7/13 of them."""
     m = adapted(tiny)
-    kw = dict(max_new_tokens=2, do_sample=False, pad_token_id=0, eos_token_id=None)
-    for x, held in ((video_batch(tiny, [1, 2]), r"\[3, 6\]"), (video_batch(tiny, [0, 1], [1, 1]), r"\[3, 8\]")):
-        for call in (lambda y: m(**y), lambda y: m.generate(**y, **kw)):
-            with torch.no_grad(), mlv.route(m, [0, 1]), pytest.raises(
-                    mlv.RoutingError, match=rf"(?s)rows hold {held} images, and they count the rows' video frames.*"
-                                            r"a call with videos takes one task.*in a call of their own"):
-                call(x)
+    x = video_batch(tiny, [1, 1])
+    vid, pad = m.config.video_token_id, m.config.text_config.pad_token_id
+    assert (x["input_ids"] == vid).sum(-1).tolist() == [llava_onevision_video_tokens(m.model, 3)] * 2 == [13, 13]
+    ids = torch.full((2, 21), pad)
+    ids[0, :20], ids[1, 12:] = torch.tensor([5, *[vid] * 19]), torch.tensor([5, *[vid] * 7, 6])
+    x.update(input_ids=ids, attention_mask=(ids != pad).long())
+    with torch.no_grad(), mlv.route(m, [0, 1]), pytest.raises(
+            mlv.RoutingError, match=r"(?s)rows hold \[1\.46\d*, 0\.53\d*\] videos.*in a call of their own"):
+        m(**x)
 
 
 def test_a_one_task_route_takes_videos(tiny):

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from mtl_lora_vl.data.anyres import AnyresGeometry
+from mtl_lora_vl.family_images import llava_onevision_video_tokens
 
 README = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
 
@@ -38,6 +40,13 @@ def test_onevision_tokens_and_views():
     assert (ONEVISION.tokens((1080, 1920)), ONEVISION.views((1080, 1920))) == (7269, 16)
     assert _says("2,929 tokens and 5 views for 640 x 480; 7,269 and 16 views for 1080p")
     assert ONEVISION.tokens((1152, 1152)) == 729 + 81 * 82 == 7371 == 10 * 730 + 71
+
+
+def test_onevision_video_tokens_per_frame():
+    """A video's tokens by the model's pooling (27 x 27 features pooled to 14 x 14 a frame) and a newline."""
+    model = SimpleNamespace(config=SimpleNamespace(vision_config=SimpleNamespace(image_size=384, patch_size=14)))
+    assert llava_onevision_video_tokens(model, 8) == 8 * 196 + 1
+    assert _says("196 per frame + 1 on the released model")
 
 
 def test_onevision_reaches_its_6_x_6_pinpoint_only_past_2304_px_a_side():

@@ -47,7 +47,7 @@ class PackedImages(ScopeHooks):
                                    "patches, not whole images: per-sample routes need DistributedDataParallel "
                                    "(torchrun, one process per GPU), or route one task for the whole batch")
             rows = self.image_rows(args, kwargs, module)
-            counts = None if self.check is None else self.check.next_call(rows)
+            counts = None if self.check is None else self.check.next_call(rows, self.name)
             for r in (route, route.wide):   # (wide: k rows per routed id, expanded_rows)
                 if counts is not None and r is not None and len(counts) == r.batch_size and sum(counts) == len(rows):
                     r = r.per_image(counts)   # the rows' images, as the model counted them

@@ -12,10 +12,10 @@ all equal) needs neither.
 What cannot be routed is refused: a row holding part of an image (its image tokens are not a whole number of
 images), and several images per row whose features were made before the call (``mm_encoder_outputs``: encoded
 under whatever route the caller had) or counted together with videos (a model that encodes its images and its
-videos in tower calls of their own, Qwen2-VL, counts each kind apart: a
-:class:`~mtl_lora_vl.family_images.PerCall`, whose calls take their own counts in turn). The count reads the rows'
-ids on the host: one read of B numbers per forward under a mixed route with images (a training step; a generation's
-prefill), where the models' own image-token checks read the device already.
+videos in tower calls of their own, Qwen2-VL and LLaVA-OneVision, counts each kind apart: a
+:class:`~mtl_lora_vl.family_images.PerCall`, whose calls take their own counts in turn, in each module of the image
+path). The count reads the rows' ids on the host: one read of B numbers per forward under a mixed route with images
+(a training step; a generation's prefill), where the models' own image-token checks read the device already.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ class RowImagesCheck:
         #: images encoded (generate's chunked prefill: one flattened feature item per chunk, not one per image).
         self.checked = False
         self._counts: list[list[int] | None] = []   # per forward in progress (nested: a stack)
-        self._calls: list[int] = []   # per forward in progress: its tower calls so far (a PerCall's next)
+        # per forward in progress: each image-path module's calls so far (a PerCall's next), by the module's name
+        self._calls: list[dict[str, int]] = []
 
     def __getstate__(self) -> dict:
         """A copy (deepcopy, pickle) made inside a routed ``generate`` counts its own forwards: the scope is the
@@ -61,30 +62,32 @@ class RowImagesCheck:
         """Images per routed row of the forward in progress, where a row holds other than one (else None)."""
         return self._counts[-1] if self._counts else None
 
-    def next_call(self, patches: list[int]) -> list[int] | None:
-        """Images per routed row of the next vision-tower call of the forward in progress, whose images have
-        ``patches`` each: its kind's count where the model encodes each kind in a call of its own (a
-        :class:`PerCall`, its calls in the model's order), else :meth:`current`. A call other than the one expected
-        is refused: its images' rows are not known."""
+    def next_call(self, patches: list[int] | None = None, module: str = "tower") -> list[int] | None:
+        """Images per routed row of ``module``'s next call in the forward in progress (a vision tower, a projector),
+        whose images have ``patches`` each (a packing tower; None: a batch, whose size its hook checks): its kind's
+        count where the model encodes each kind in a call of its own (a :class:`PerCall`, its calls in the model's
+        order, each module counting its own), else :meth:`current`. A call other than the one expected is refused:
+        its images' rows are not known."""
         counts = self.current()
         if not isinstance(counts, PerCall):
             return counts
-        i = self._calls[-1]
-        self._calls[-1] += 1
-        if i >= len(counts.calls) or counts.calls[i][1] != patches:
-            expected = [f"{kind}s of {p} patches" for kind, p, _ in counts.calls]
-            raise RoutingError(f"the vision tower got images of {patches} patches as call {i + 1} of a forward whose "
-                               f"calls encode {' then '.join(expected)}: their rows are not known. Call the model's "
-                               "forward (or generate) with its images and videos, not the tower itself")
+        i = self._calls[-1].get(module, 0)
+        self._calls[-1][module] = i + 1
+        if i >= len(counts.calls) or patches is not None and counts.calls[i][1] != patches:
+            expected = [f"{kind}s" + ("" if p is None else f" of {p} patches") for kind, p, _ in counts.calls]
+            got = "a batch of images" if patches is None else f"images of {patches} patches"
+            raise RoutingError(f"{module} got {got} as call {i + 1} of a forward whose calls encode "
+                               f"{' then '.join(expected)}: their rows are not known. Call the model's forward (or "
+                               "generate) with its images and videos, not the tower itself")
         return [int(n) for n in counts.calls[i][2]]
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self.checked:   # inside the routed generate: the images its own count found
             self._counts.append(self.current())
-            self._calls.append(0)
+            self._calls.append({})
             return
         self._counts.append(None)   # first: a refusal below still leaves one entry for after() (always_call) to pop
-        self._calls.append(0)
+        self._calls.append({})
         # no route given: the first adapted layer that runs says so (if any runs); a recomputation in backward of a
         # checkpointed forward whose scope has closed replays that forward's route, and counts as it did
         if self.router.current is None and not self.router.replaying():
@@ -168,7 +171,7 @@ class ImageRoutes(ScopeHooks):
     def before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook: open the scope routing this call's images (one task for all, or image by image)."""
         scope = self._opened()
-        counts = self.check.current()
+        counts = self.check.next_call(module=self.name)   # (this module's call of its kind: images, then videos)
         routed = counts is not None or self.router.current is not None or self.router.replaying()
         route = self.router.resolve(self.name) if routed else None
         if route is not None and route.task is not None and route.batch_size not in (None, _batch_of(args, kwargs)):
