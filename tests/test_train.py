@@ -1555,7 +1555,7 @@ def test_a_batch_larger_than_a_tasks_data_is_warned_about(tmp_path, capsys):
             "--out", str(tmp_path / "run")]
     assert train_main(args) == 0
     err = capsys.readouterr().err
-    assert f"task retrieval has {n} training examples and gets {n + 1} rows a batch" in err
+    assert f"task retrieval has {n} training examples and gets {n + 1} rows a step" in err
     assert "task vqa has" not in err
 
 

@@ -613,3 +613,24 @@ def test_evaluation_during_training_uses_the_run_workers(monkeypatch):
                           info=DistInfo())
     validation.validate(run, 1, SimpleNamespace(log=lambda row: None), None)
     assert seen.get("workers") == 3
+
+
+@pytest.mark.parametrize("mode", ["homogeneous", "mixed"])
+def test_a_step_whose_accumulated_rows_repeat_a_task_s_examples_is_warned_about(mode, caplog):
+    """--accumulate 4 at --batch-size 8 gives a task 32 rows a step (16 in a mixed batch of two): on 12 examples
+    they repeat within the step, unsaid (only one micro-batch's rows were counted)."""
+    import logging
+
+    kind = SimpleNamespace(min_batch_rows=1, cross_rank_fields=())
+    sampler = SimpleNamespace(shares=[0.5, 0.5], sizes=[12, 1000])
+    for accumulate in (1, 2, 4):
+        opts = SimpleNamespace(batch_size=8, batch_mode=mode, accumulate=accumulate)
+        run = SimpleNamespace(opts=opts, trained=["small", "big"], setup=SimpleNamespace(kinds={"small": kind,
+                              "big": kind}), info=DistInfo(rank=0, world_size=1))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+            loading.warn_small_batches(run, SimpleNamespace(sampler=sampler))
+        rows = 8 * accumulate // (1 if mode == "homogeneous" else 2)
+        assert (f"task small has 12 training examples and gets {rows} rows a step" in caplog.text) == (rows > 12), \
+            caplog.text
+        assert "task big" not in caplog.text

@@ -38,7 +38,7 @@ def build_loader(run: Run) -> MultiTaskLoader:
 def warn_small_batches(run: Run, loader: MultiTaskLoader) -> None:
     """Say when --batch-size does not fit the tasks: too small, a mixed batch leaves tasks out of most steps and a
     contrastive task with fewer than two rows in a batch has no negatives (its loss is 0); larger than a task's
-    training data, its rows in a batch repeat examples."""
+    training data (a step's rows: every process's and every --accumulate micro-batch's), its rows repeat examples."""
     opts, b = run.opts, run.opts.batch_size
     if opts.batch_mode == "mixed" and b < len(run.trained):
         logger.warning("--batch-size %d is smaller than the %d tasks: a mixed batch cannot hold every task, so each "
@@ -53,8 +53,10 @@ def warn_small_batches(run: Run, loader: MultiTaskLoader) -> None:
         if need > 1 and rows < need:
             logger.warning("task %s gets %.2g rows a batch on average; its loss needs %d (in-batch negatives: a "
                            "row alone scores 0 and trains nothing); raise --batch-size", name, rows, need)
-        drawn = (per_batch if per_batch is not None else b * share) * run.info.world_size   # all ranks' rows
+        # a step's rows: all ranks' and all --accumulate micro-batches' (a homogeneous step's all hold its task)
+        drawn = (per_batch if per_batch is not None else b * share) * run.info.world_size * opts.accumulate
         if drawn > n_examples:
-            logger.warning("task %s has %d training examples and gets %.3g rows a batch (over all processes), so its "
-                           "rows in a batch repeat examples; lower --batch-size or give the task more data", name,
-                           n_examples, drawn)
+            logger.warning("task %s has %d training examples and gets %.3g rows a step (over all processes%s), so its "
+                           "rows in a step repeat examples; lower --batch-size%s or give the task more data", name,
+                           n_examples, drawn, " and --accumulate micro-batches" if opts.accumulate > 1 else "",
+                           " or --accumulate" if opts.accumulate > 1 else "")
