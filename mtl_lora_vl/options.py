@@ -134,7 +134,9 @@ class TrainOptions:
     batch_mode: Literal["mixed", "homogeneous"] = _opt(
         "mixed", "mixed: several tasks per batch; homogeneous: one task per optimizer step (all its --accumulate "
                  "micro-batches)")
-    sampling: Literal["proportional", "temperature", "round_robin"] = _opt("temperature", "how tasks are drawn")
+    sampling: Literal["proportional", "temperature", "round_robin"] = _opt(
+        "temperature", "how tasks are drawn: in mixed batches each task's rows a step (its loss is its rows' mean, "
+                       "weighed by loss_weight alone); in homogeneous batches the task of each step (a task weight)")
     sampling_temperature: float = _opt(2.0, "T of temperature sampling, p ~ n^(1/T) (a large T tends to equal "
                                        "shares; --sampling round_robin gives them exactly)", gt=0)
     eval_every: int = _opt(0, "score the adapted model on the validation split every N steps during training (0 = "
