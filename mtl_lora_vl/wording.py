@@ -6,8 +6,10 @@ from collections.abc import Iterable
 
 __all__ = ["agree", "few", "tasks_named"]
 
-#: the verbs whose third person singular is not the plural form plus "s"
-_SINGULAR = {"have": "has", "are": "is", "were": "was", "do": "does", "cannot": "cannot", "can": "can"}
+#: the verbs whose third person singular is not made by the rules in :func:`agree`: irregular ones and modals
+_SINGULAR = {"have": "has", "are": "is", "were": "was", "be": "is", "cannot": "cannot", "can": "can", "could": "could",
+             "may": "may", "might": "might", "must": "must", "shall": "shall", "should": "should", "will": "will",
+             "would": "would"}
 
 
 def few(items: list[str], n: int = 6) -> str:
@@ -20,8 +22,17 @@ def agree(verb: str, count: int) -> str:
     ``agree("have", 1) == "has"``, ``agree("end with", 1) == "ends with"``, ``agree("have", 2) == "have"``."""
     if count == 1 and verb:
         first, space, rest = verb.partition(" ")
-        return _SINGULAR.get(first, first + "s") + space + rest
+        return (_SINGULAR.get(first) or _third_person(first)) + space + rest
     return verb
+
+
+def _third_person(verb: str) -> str:
+    """A regular verb's third person singular: "matches", "does", "fixes", "carries", "holds"."""
+    if verb.endswith(("s", "sh", "ch", "x", "z", "o")):
+        return verb + "es"
+    if len(verb) > 1 and verb[-1] == "y" and verb[-2] not in "aeiou":
+        return verb[:-1] + "ies"
+    return verb + "s"
 
 
 def tasks_named(names: Iterable[object], verb: str = "", noun: str = "task") -> str:

@@ -22,6 +22,10 @@ def test_tasks_named_agrees_with_the_number_of_names():
     assert tasks_named(["x"], "end with '.'", "task name") == "task name 'x' ends with '.'"
     assert [agree(v, 1) for v in ("are", "were", "do", "cannot name a file", "hold")] == \
         ["is", "was", "does", "cannot name a file", "holds"]
+    # not the plural plus "s" ("matchs", "musts", "carrys", "fixs" before)
+    assert [agree(v, 1) for v in ("match", "must be", "carry", "fix", "pass", "go", "play", "cannot")] == \
+        ["matches", "must be", "carries", "fixes", "passes", "goes", "plays", "cannot"]
+    assert agree("match", 2) == "match" and tasks_named(["a"], "push") == "task 'a' pushes"
     assert tasks_named(list("abcdefgh"), "are").endswith("'f' (and 2 more) are")
 
 
