@@ -225,11 +225,13 @@ def _saved_task_roots(lp: Pretrained, specs: list[TaskSpec], data_root: str | No
     gone = [s.name for s in saved if not Path(recorded[s.name]).is_dir()]
     if data_root is None:
         if gone:
-            folders = ", ".join(sorted({recorded[t] for t in gone}))
-            them = "them" if len(gone) > 1 else "it"
-            raise ValueError(f"{tasks_named(gone, 'were')} trained on files under {folders}, which is no longer a "
-                             f"folder; put it back, or score {them} on the folder it moved to with --tasks "
-                             f"{','.join(gone)} --data-root DIR (--data-root is read by every task scored)")
+            by_folder = {f: [t for t in gone if recorded[t] == f] for f in sorted({recorded[t] for t in gone})}
+            runs = ", ".join(f"--tasks {','.join(ts)} --data-root DIR" for ts in by_folder.values())
+            fix = (f"which is no longer a folder; put it back, or score {'them' if len(gone) > 1 else 'it'} on the "
+                   f"folder it moved to with {runs}" if len(by_folder) == 1 else "which are no longer folders; put "
+                   f"them back, or score each folder's tasks on the folder it moved to, one run each: {runs}")
+            raise ValueError(f"{tasks_named(gone, 'were')} trained on files under {', '.join(by_folder)}, {fix} "
+                             "(--data-root is read by every task scored)")
         return {s.name: recorded[s.name] for s in saved}
     for s in saved:
         if s.name in gone:
