@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import json
+import logging
 import math
 import os
 from collections import Counter
@@ -20,7 +21,7 @@ from mtl_lora_vl.data import world
 from mtl_lora_vl.data.loader import MultiTaskCollate, TaskDataset, to_device
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.evaluation.report import scored_line
-from mtl_lora_vl.metrics import normalize_answer
+from mtl_lora_vl.metrics import caption_scores, normalize_answer
 from mtl_lora_vl.tasks import (
     SpecError,
     TaskKind,
@@ -487,6 +488,26 @@ def test_caption_references_keep_repeated_captions():
     images, refs = caption_references(Split([a, dataclasses.replace(a, text="a cat sleeps"), *rows]))
     assert [ex.image_id for ex in images] == ["a", "b"]
     assert refs == {"a": ["a dog runs", "a dog runs", "a cat sleeps"], "b": ["a red car", "a red car", "a blue car"]}
+
+
+def test_caption_references_leave_blank_captions_out(caplog):
+    """A hand-built split's blank reference ("", "  ") counted as an empty reference in BLEU and CIDEr (CIDEr-D 5.53
+    -> 3.69 on these two images); the file readers leave blank captions out, and so do the references, warned."""
+    a = Example(None, "a", captions=("a dog runs on the grass", "a dog running in a field", ""))
+    b = [Example(None, "b", text="a red car parked on a street"), Example(None, "b", text="a car on the road"),
+         Example(None, "b", text="  ")]
+    c = Example(None, "c", captions=(" ",))
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl.tasks.captioning"):
+        images, refs = caption_references(Split([a, *b, c]), "cap")
+    assert refs == {"a": ["a dog runs on the grass", "a dog running in a field"],
+                    "b": ["a red car parked on a street", "a car on the road"], "c": []}
+    assert "task 'cap': 3 reference caption(s) of the evaluation split are blank (empty or only spaces) and are " \
+           "left out, as the file readers leave them out; 1 image(s) left with none are not scored" in caplog.text
+    preds = {"a": "a dog runs on the grass", "b": "a red car parked on a street"}
+    assert caption_scores(preds, refs)["cider"] == pytest.approx(5.5292, abs=1e-4)
+    caplog.clear()
+    caption_references(Split([a]))   # (no task: said once, by check_eval_split)
+    assert not caplog.text
 
 
 def test_vqa_needs_answers(clip):

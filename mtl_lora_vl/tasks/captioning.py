@@ -21,6 +21,8 @@ CoCa path:
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -43,6 +45,8 @@ from mtl_lora_vl.tasks.generative import (
 from mtl_lora_vl.tasks.registry import register_kind
 from mtl_lora_vl.tasks.spec import TaskSpec
 
+logger = logging.getLogger(__name__)
+
 #: No parameters: the decoding settings of the adapted model (the decoder itself is the backbone's).
 CaptionHead = GenerationHead
 
@@ -63,24 +67,36 @@ def caption_token_loss(logits: Tensor, tokens: Tensor, eos_id: int, pad_id: int)
     return per_row.mean()   # a mean over rows, as lm_task_loss: DDP's and accumulation's averages are exact
 
 
-def caption_references(split: Split) -> tuple[list[Example], dict[str, list[str]]]:
+def caption_references(split: Split, task: str | None = None) -> tuple[list[Example], dict[str, list[str]]]:
     """Distinct images of ``split`` (first example of each) and their reference captions.
 
     An image's references are its first example's ``captions`` when it has them, else the ``text`` of each
     of its rows (one row per caption). Repeated captions stay repeated, as pycocoevalcap keeps them: two
-    annotators who wrote the same words weigh twice in CIDEr's average over references.
+    annotators who wrote the same words weigh twice in CIDEr's average over references. Blank captions (empty
+    or only spaces) are left out, as the file readers leave them out (each counted as an empty reference in
+    BLEU and CIDEr); given ``task``, how many is warned.
     """
     images: list[Example] = []
     refs: dict[str, list[str]] = {}
     from_rows: set[str] = set()
+    blank = 0
     for ex in split.examples:
         if ex.image_id not in refs:
             images.append(ex)
-            refs[ex.image_id] = list(ex.captions)
+            refs[ex.image_id] = [c for c in ex.captions if c.strip()]
+            blank += len(ex.captions) - len(refs[ex.image_id])
             if not ex.captions:
                 from_rows.add(ex.image_id)
-        if ex.image_id in from_rows and ex.text:
-            refs[ex.image_id].append(ex.text)
+        if ex.image_id in from_rows and ex.text is not None:
+            if ex.text.strip():
+                refs[ex.image_id].append(ex.text)
+            else:
+                blank += 1
+    if blank and task is not None:
+        bare = sum(not refs[ex.image_id] for ex in images)
+        logger.warning("task %r: %d reference caption(s) of the evaluation split are blank (empty or only spaces) and "
+                       "are left out, as the file readers leave them out%s", task, blank,
+                       f"; {bare} image(s) left with none are not scored" if bare else "")
     return images, refs
 
 
@@ -164,7 +180,7 @@ class CaptioningKind(TaskKind):
 
     def check_eval_split(self, split: Split, spec: TaskSpec | None = None) -> None:
         super().check_eval_split(split, spec)
-        images, refs = caption_references(split)
+        images, refs = caption_references(split, self.name)   # (warned here, once, at start-up)
         if not self.scored([ex for ex in images if refs[ex.image_id]]):   # at start-up, not after training
             raise ValueError(f"task {self.name!r}: the evaluation split has no reference captions (rows need a text "
                              "or captions); evaluate on a split with captions")
