@@ -140,6 +140,20 @@ def test_answers_that_are_not_strings_are_refused_by_name(answers, field):
         build_kind(spec, dataclasses.replace(split, examples=[*split.examples, bad]), load_backbone("builtin"))
 
 
+@pytest.mark.parametrize("field", ["captions", "answers"])
+def test_captions_given_as_one_string_are_refused_by_name(field):
+    # captions="a dog runs" passed check_texts (a str is iterable): a captioning row trained on "a" (its first
+    # "reference") and was scored against the letters 'a', ' ', 'd', ...
+    spec, split = _split(8)
+    bad = dataclasses.replace(split.examples[0], **{field: "a dog runs"})
+    kind = build_kind(spec, split, load_backbone("builtin"))
+    with pytest.raises(TypeError, match=rf"evaluation example .* has {field}='a dog runs', one string, read "
+                                        rf"letter by letter; give a tuple \({field}=\('a dog runs',\)\)"):
+        kind.check_eval_split(dataclasses.replace(split, examples=[bad]))
+    assert kind.check_eval_split(dataclasses.replace(split, examples=[dataclasses.replace(bad, **{field: ["a"]})]))\
+        is None   # a list, as readers may give, is text too
+
+
 def test_training_rows_whose_digests_collide_are_not_packed(monkeypatch):
     """Rows are found by a 64-bit digest of their answers; two different training answer tuples with one digest
     (~1e-9 odds at VQAv2's size) shared the first one's targets silently. Such rows are left unpacked now and

@@ -225,11 +225,13 @@ class TaskKind(ABC):
         return eval_subset(examples, self.spec.generative["eval_limit"]) if self.generative else examples
 
     def check_texts(self, examples: Sequence[Example], what: str) -> None:
-        """Refuse a row whose text holds one of :attr:`special_texts` or a lone surrogate, naming the task, the row,
-        the field and the token."""
+        """Refuse a row whose texts are not strings, or hold a :attr:`special_texts` or a lone surrogate, by name."""
         for ex in examples:
             for field, texts in (("text", (ex.text,)), ("captions", ex.captions), ("answers", ex.answers)):
-                if not isinstance(texts, tuple | list | str) or not all(
+                if isinstance(texts, str):   # captions="a dog": trained "a", scored against the letters
+                    raise TypeError(f"task {self.name!r}: {what} example {ex.image_id!r} has {field}={texts!r}, one "
+                                    f"string, read letter by letter; give a tuple ({field}=({texts!r},))")
+                if not isinstance(texts, tuple | list) or not all(
                         isinstance(t, str) or (t is None and field == "text") for t in texts):
                     raise TypeError(f"task {self.name!r}: {what} example {ex.image_id!r} has {field}="
                                     f"{getattr(ex, field)!r}; {field} is text: " + ("a string or None" if field ==
