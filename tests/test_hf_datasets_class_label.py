@@ -83,3 +83,18 @@ def test_fewer_class_names_with_none_moved_are_refused_by_name(root, class_names
                                               r"label column 'label' has 3 classes \['cat', 'dog', 'fox'\].*give all "
                                               r"3 names .* or leave class_names out"):
         read_split("hf_datasets", root, path="pets", class_names=class_names)
+
+
+def test_fewer_class_names_that_name_every_class_the_rows_use_are_read(tmp_path):
+    """A subset's ClassLabel keeps every name of the whole set (a split with no fox row): class_names naming the
+    classes its rows use read it by position, as before ea89c95, which refused it for lacking 'fox'."""
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=NAMES)})
+    images = [Image.new("RGB", (16 + i, 12), COLOURS[n]) for i, n in enumerate(TRUTH)]
+    kept = [(im, NAMES.index(n)) for im, n in zip(images, TRUTH) if n != "fox"]
+    table = datasets.Dataset.from_dict({"image": [im for im, _ in kept], "label": [k for _, k in kept]},
+                                       features=features)
+    table.save_to_disk(tmp_path / "pets")
+    split = read_split("hf_datasets", tmp_path, path="pets", class_names=["a cat", "a dog"])
+    assert split.class_names == ["a cat", "a dog"] and _labels(split) == ["a cat", "a dog", "a dog", "a cat"]
+    with pytest.raises(DataFormatError, match=r"class_names has 1 names but .* has 3 classes"):   # a dog row: no name
+        read_split("hf_datasets", tmp_path, path="pets", class_names=["cat"])

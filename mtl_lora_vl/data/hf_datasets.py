@@ -301,18 +301,18 @@ def read_hf_datasets(
                                   one_per_image=one_per_image)
     image_col = mapping["image"]
     kind = image_kind(ds.features[image_col], source, image_col)
+    column = ds.select_columns([image_col]).with_format("arrow")[:].column(0)
+    others = {f: c for f, c in mapping.items() if f != "image"}
+    meta = (ds.select_columns(list(dict.fromkeys(others.values()))).with_format("arrow")[:].to_pylist()
+            if others else [{} for _ in range(len(ds))])
     label_feature = ds.features.get(mapping["label"]) if "label" in mapping else None
     by_name = None   # the ClassLabel's names, where its indices are read by name into the given class_names
     if isinstance(label_feature, load_datasets().ClassLabel):
         if class_names is None:
             class_names = list(label_feature.names)
-        else:
-            by_name = class_label_names(list(label_feature.names), list(class_names), source, mapping["label"])
-
-    column = ds.select_columns([image_col]).with_format("arrow")[:].column(0)
-    others = {f: c for f, c in mapping.items() if f != "image"}
-    meta = (ds.select_columns(list(dict.fromkeys(others.values()))).with_format("arrow")[:].to_pylist()
-            if others else [{} for _ in range(len(ds))])
+        else:   # (the classes its rows use: a subset's ClassLabel keeps every name of the whole set)
+            used = 1 + max((v for r in meta if isinstance(v := r[mapping["label"]], int)), default=-1)
+            by_name = class_label_names(list(label_feature.names), list(class_names), source, mapping["label"], used)
     by_id: dict[str, tuple[Any, int]] = {}   # image_id -> (the image reference its rows share, its first row)
     digests: dict[int, str] = {}
     by_bytes: dict[str, tuple[Any, int]] = {}   # digest of the bytes -> (reference, first row), rows without an id
