@@ -115,7 +115,7 @@ def test_links_of_a_local_dir_download_to_the_hub_cache_blobs_still_copy(tmp_pat
         mlv.save_merged(_model(), "a", tmp_path / "merged2", source_dir=src)
 
 
-def test_a_linked_config_that_save_pretrained_writes_itself_is_not_refused(tmp_path):
+def test_a_linked_config_that_save_pretrained_writes_itself_is_not_refused(tmp_path, monkeypatch):
     """save_pretrained writes the merged folder's config.json (the source's is never copied), so a model folder whose
     config.json links to a shared file was refused as leaking it ('put the file itself there') since the link check
     moved before the write; a linked file that is copied is still refused, though save_pretrained might have written
@@ -133,6 +133,11 @@ def test_a_linked_config_that_save_pretrained_writes_itself_is_not_refused(tmp_p
     assert not (out / "config.json").is_symlink() and (out / "preprocessor_config.json").read_text() == "{}"
     (tmp_path / "secret.txt").write_text("PRIVATE KEY")
     (tmp_path / "base" / "generation_config.json").symlink_to(tmp_path / "secret.txt")
+
+    def merged_state_dict(*args, **kwargs):   # a CLIP writes no generation_config.json: known before the write
+        raise AssertionError("the link was refused only after the merged weights were made")
+
+    monkeypatch.setattr(exports, "merged_state_dict", merged_state_dict)
     with pytest.raises(ValueError, match=r"generation_config.json is a symbolic link to .*secret.txt, outside"):
         mlv.save_merged(model, "a", tmp_path / "merged2")
     assert not (tmp_path / "merged2").exists()

@@ -414,7 +414,7 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     if out.suffix != ".safetensors":   # a folder gets source_dir's files: its links checked before the minutes of work
         if fmt == "hf" and source_dir is None:   # the directory the model was loaded from (tokenizer, processor files)
             source_dir = _loaded_from(whole)
-        own = {EXPORT_RECORD, *(_HF_WRITES if fmt == "hf" else ())}   # written here, not copied: their links harmless
+        own = {EXPORT_RECORD, *(_hf_writes(whole) if fmt == "hf" else ())}   # written here, not copied: links harmless
         for f in Path(source_dir).iterdir() if source_dir is not None else ():
             if f.is_file() and not _weights_or_adapter(f) and f.name not in own:
                 _refuse_linked_out(source_dir, f)
@@ -456,7 +456,9 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     return out
 
 
-_HF_WRITES = ("config.json", "generation_config.json")   # save_pretrained's own files (generation_config: may)
+def _hf_writes(model: nn.Module) -> tuple[str, ...]:
+    """The files ``model.save_pretrained`` writes besides its weights: a generation_config.json only if it generates."""
+    return ("config.json", *(("generation_config.json",) if getattr(model, "can_generate", lambda: False)() else ()))
 
 
 def _refuse_linked_out(folder: str | Path, f: Path) -> None:
