@@ -580,6 +580,19 @@ def test_classification_eval_split_missing_a_class_is_mapped_by_name(clip, tmp_p
         kind.evaluate(clip, None, spec.load_split("test", tmp_path), batch_size=4, device="cpu")
 
 
+def test_retrieval_texts_leave_blank_captions_out(caplog):
+    """A blank caption of a hand-built evaluation split was a query of its image (ranked, counted in t2i recall);
+    the file readers leave blank captions out, and so do the texts, warned once."""
+    rows = [Example(None, "a", text="", captions=("a dog runs", " ")), Example(None, "b", text="a red car"),
+            Example(None, "b", text="  "), Example(None, "c", text="a cat", captions=("",))]
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl.tasks.retrieval"):
+        images, texts, t2i = retrieval_texts(Split(rows), "ret")
+    assert [ex.image_id for ex in images] == ["a", "b", "c"]
+    assert texts == ["a dog runs", "a red car", "a cat"] and t2i == [0, 1, 2]
+    assert "task 'ret': 3 caption(s) of the evaluation split are blank (empty or only spaces) and are left out" \
+        in caplog.text   # ("a"'s blank text is not one of its texts: it has captions)
+
+
 def test_retrieval_loss_eval_and_captions_per_image(clip):
     spec = load_spec("retrieval")
     train, val = _world(spec, "train", 4), _world(spec, "val", 6)

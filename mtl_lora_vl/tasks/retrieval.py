@@ -124,22 +124,30 @@ def multi_positive_infonce(logits: Tensor, keys: Tensor, text_keys: Tensor | Non
     return infonce(logits, positives)
 
 
-def retrieval_texts(split: Split) -> tuple[list[Example], list[str], list[int]]:
+def retrieval_texts(split: Split, task: str | None = None) -> tuple[list[Example], list[str], list[int]]:
     """Distinct images of ``split`` (first example of each), their captions, and text -> image index.
 
     An image's texts are the union of its examples' ``captions`` when any are given (reference
-    captions), else the distinct ``text`` of its examples (one example per pair).
+    captions), else the distinct ``text`` of its examples (one example per pair). Blank captions (empty or only
+    spaces) are left out, as the file readers leave them out (each was a query); given ``task``, warned.
     """
     images: list[Example] = []
     refs: dict[str, list[str]] = {}
     pair_texts: dict[str, list[str]] = {}
+    blank = sum(not c.strip() for ex in split.examples for c in ex.captions)
+    blank_pairs: Counter[str] = Counter()   # (counted where the image's texts are its rows')
     for ex in split.examples:
         if ex.image_id not in refs:
             images.append(ex)
             refs[ex.image_id], pair_texts[ex.image_id] = [], []
-        refs[ex.image_id] += [c for c in ex.captions if c not in refs[ex.image_id]]
-        if ex.text and ex.text not in pair_texts[ex.image_id]:
+        refs[ex.image_id] += [c for c in ex.captions if c.strip() and c not in refs[ex.image_id]]
+        blank_pairs[ex.image_id] += ex.text is not None and not ex.text.strip()
+        if ex.text and ex.text.strip() and ex.text not in pair_texts[ex.image_id]:
             pair_texts[ex.image_id].append(ex.text)
+    blank += sum(n for i, n in blank_pairs.items() if not refs[i])
+    if blank and task is not None:
+        logger.warning("task %r: %d caption(s) of the evaluation split are blank (empty or only spaces) and are left "
+                       "out, as the file readers leave them out", task, blank)
     texts: list[str] = []
     text_to_image: list[int] = []
     for i, ex in enumerate(images):
@@ -228,7 +236,7 @@ class RetrievalKind(TaskKind):
 
     def check_eval_split(self, split: Split, spec: TaskSpec | None = None) -> None:
         super().check_eval_split(split, spec)
-        images, texts, text_to_image = retrieval_texts(split)
+        images, texts, text_to_image = retrieval_texts(split, self.name)   # (warned here, once, at start-up)
         if not texts:   # at start-up, not after training
             raise ValueError(f"task {self.name!r}: the evaluation split has no captions (rows need a text or "
                              "captions); evaluate on a split with captions")
