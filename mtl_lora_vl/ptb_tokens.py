@@ -67,10 +67,12 @@ _MARKS = "".join(f"{chr(run[0][1])}-{chr(run[-1][1])}" for run in (   # as range
 # An ABBREV1 period stays unless the letter after it starts a longer PTB WORD: a letter, digit or mark goes on,
 # [.!?] and a letter, a clitic ({WORD}/{REDAUX}) or ".," ({WORD}\./{INSENTP}) follows it
 _ABBREVIATION_KEPT = rf"(?![^\W\d_](?:[^\W_]|[{_MARKS}]|[.!?][^\W\d_]|{_REDAUX}|\.[,;:\u3001]))"
-# Whole words: a hyphen joins one only to a letter or digit beyond it ("wanna-be" stays; "gonna-", "--cannot" split)
+# Whole words: a hyphen joins one only to a letter or digit beyond it ("wanna-be" stays; "gonna-", "--cannot" split).
+# A token rule, after the rules of longer tokens, as in PTB's longest match: "bed.cannot", "cannot/x" and "gonna's"
+# (the word before a clitic) stay whole; "1,000cannot" splits.
 _WORD_END = r"(?!\w|-[^\W_])"
-_ASSIMILATION = re.compile(rf"(?<!\w)(?<![^\W_]-)(can(?=not{_WORD_END})|gon(?=na{_WORD_END})|got(?=ta{_WORD_END})"
-                           rf"|wan(?=na{_WORD_END})|lem(?=me{_WORD_END})|gim(?=me{_WORD_END}))", re.I)
+_ASSIMILATION = (rf"(?<![^\W_]-)(?:can(?=not{_WORD_END})|gon(?=na{_WORD_END})|got(?=ta{_WORD_END})"
+                 rf"|wan(?=na{_WORD_END})|lem(?=me{_WORD_END})|gim(?=me{_WORD_END}))")
 # Web and chat tokens PTB keeps whole: SGML tags, URLs (its FULLURL and LIKELYURL), e-mail addresses, @names,
 # #hashtags, smileys (its parentheses spelled -lrb- -rrb-).
 _WEB = (
@@ -108,6 +110,7 @@ _PTB_TOKEN = re.compile(
     rf"|(?-i:S&P-500|S&Ls|[A-Z]+(?:&[A-Z]+)+){_KEEP_PERIOD}"   # capitals joined by & ("B&W", "AT&T"); "b&w" splits
     r"|&(?:ht|tl|ur|lr|qc|ql|qr|odq|cdq|#\d+);"               # entities PTB keeps as they are ("&#39;")
     r"|(?-i:[A-Z]+)\$"                                          # "US$"
+    rf"|{_ASSIMILATION}"                                        # "can not", "gon na"
     rf"|(?:[^\W_]|[{_MARKS}])+(?:[-_\u2010\u2011](?:[^\W_]|[{_MARKS}])+)*{_KEEP_PERIOD}"   # words, inner hyphens
     r"|[!?]{2,}|@+|#+|_+|\*+"                                 # runs ("!" and "?" alone are dropped by the filter)
     r"|[^\w\s.,:;?!'\"`\u2010\u2011-]",                     # a symbol PTB keeps as a token (& % $ # @ + = brackets)
@@ -177,7 +180,6 @@ def _tokens(text: str) -> str:
     # a deleted character still ends a token but is no PTB space ({SPACENL}): \x1f, which \s matches ("No.\u200b5"
     # loses its period, as "No." keeps it only with a SPACENL or nothing before the number)
     text = _OWN_TOKEN.sub(r" \g<0> ", _PTB_DELETES.sub("\x1f", text.translate(_TYPOGRAPHIC)))
-    text = _ASSIMILATION.sub(r"\1 ", text)
     tokens = (t.lower() for t in _PTB_TOKEN.findall(text))
     return " ".join(_BRACKETS.get(tok) or (tok.translate(_PARENS) if tok[-1] in "()" else tok) for tok in tokens
                     if tok != "''")   # PTB's {QUOTES} token "''", which pycocoevalcap drops

@@ -113,3 +113,20 @@ ABBREVIATION_AFTER_PUNCTUATION_CASES = [
 @pytest.mark.parametrize(("caption", "ptb"), ABBREVIATION_AFTER_PUNCTUATION_CASES)
 def test_an_abbreviation_after_dropped_punctuation_keeps_its_period(caption, ptb):
     assert tokenize_caption(caption) == ptb
+
+
+# "cannot", "gonna" & co. split only where PTB's longest match gives them no longer token: a word before a clitic
+# ({WORD}/{REDAUX}), a word joined by a period, "!" or "?" ("bed.it"), THING3's slash words stay whole; after a digit
+# or punctuation they split. Outputs of the CoreNLP 3.4.1 jar (-preserveLines -lowerCase, pycocoevalcap's filter).
+ASSIMILATION_CASES = [
+    ("gonna's dog, cannot's and lemme'd", "gonna 's dog cannot 's and lemme 'd"),   # were "gon na 's" ...
+    ("bed.cannot, x?gonna, u.s.cannot, a1.cannot", "bed.cannot x?gonna u.s.cannot a1.cannot"),   # were "can not"
+    ("cannot/x and cannot.x", "cannot/x and cannot.x"),
+    ("1,000cannot, 1a.cannot, 3.cannot, wait...cannot", "1,000 can not 1a can not 3 can not wait can not"),
+    ("gonna' x, gonna-x, cannot!", "gon na x gonna-x can not"),
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), ASSIMILATION_CASES)
+def test_an_assimilation_splits_only_where_no_longer_token_takes_it(caption, ptb):
+    assert tokenize_caption(caption) == ptb
