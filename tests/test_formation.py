@@ -8,6 +8,7 @@ import copy
 import gc
 import importlib.util
 import pickle
+import weakref
 from pathlib import Path
 
 import pytest
@@ -306,6 +307,23 @@ def test_steps_do_not_keep_their_formed_matrices_alive():
     assert sum(type(o) is formation._Group for o in gc.get_objects()) == 1   # the one kept for the next forward
     ((_, group),) = _banks(model)[0].formation._groups.values()
     assert group.done and not group.formed   # every layer took its M_t: the group let them go
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_a_converted_model_does_not_keep_its_old_adapter_data(grad):
+    """A held group keeps the storages it formed M_t from; keyed by the old dtype (or device), it was never looked
+    up again after ``model.double()`` (or ``.cpu()`` of a CUDA model): the old adapter data stayed alive with the
+    model, after any later forward too."""
+    model = _mlp()
+    x = torch.randn(4, 8)
+    with torch.set_grad_enabled(grad), mlv.route(model, MIXED):
+        for _ in range(2):   # members, then a held group
+            model(x).square().sum()
+        old = [weakref.ref(p.untyped_storage()) for b in _banks(model) for p in (b.lora_w, b.lora_lambda, b.lora_B)]
+        model.double()
+        torch.testing.assert_close(model(x.double()), model(x.double()))
+    gc.collect()
+    assert not any(r() is not None for r in old)
 
 
 def _saved_bytes(model, inputs, ids) -> int:

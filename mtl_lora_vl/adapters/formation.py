@@ -351,6 +351,13 @@ class Formation:
             i = group.position[id(bank)]
         return _with_again(*group.matrix(i, dtype), i, dtype)
 
+    def release(self) -> None:
+        """Let go of every held group (their formed M_t and the storages they formed from): the layers' tensors were
+        converted (``.to()``, ``.half()``, ``.cpu()``), so a held group, keyed by the old dtype or device, would keep
+        the old data alive with the model."""
+        self._groups.clear()
+        self._hot.clear()
+
     def _release(self, group: _Group) -> None:
         """``group`` is no longer its signature's held group: its layers no longer find it first."""
         for b in group.position:

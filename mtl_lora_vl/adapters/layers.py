@@ -114,6 +114,11 @@ class AdapterBank(nn.Module):
         # A non-persistent buffer: it moves with .to(), stays out of state_dict, shows in named_buffers.
         self.register_buffer("merge_backup", None, persistent=False)
 
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> nn.Module:
+        if self.formation is not None:   # the held M_t and storages are of the tensors before the conversion
+            self.formation.release()
+        return super()._apply(fn, recurse)
+
     @property
     def task_dependent(self) -> bool:
         """Whether rows of different tasks get different updates (False: one update serves every row, as one LoRA)."""
