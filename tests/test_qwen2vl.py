@@ -386,3 +386,18 @@ def test_a_tower_call_out_of_the_models_order_is_refused():
                 m.model.visual(x["pixel_values_videos"], grid_thw=x["video_grid_thw"])
         finally:
             check.after(module, (), None)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_mixed_gradients_over_rows_of_images_and_videos_equal_the_per_task_sum(checkpointing):
+    """Each tower call (images, then videos) routes its own per-row counts: every adapter tensor's gradient under
+    rows [a, b, a] holding images and videos in any mix is task a's rows' plus task b's row's (float64), also with
+    the vision blocks recomputed in backward (the tower is not called again: each call's count holds)."""
+    m = tiny_qwen2vl(False).double()
+    perturb_adapters(mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a", "b"], r=4)))
+    m.train()
+    if checkpointing:
+        m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    x = _visual_rows([[("i", 1, 4, 4), ("v", 2, 4, 4), ("i", 1, 4, 6)], [("v", 1, 4, 4)],
+                      [("v", 2, 4, 2), ("i", 1, 4, 4)]], torch.float64)
+    assert_mixed_gradients_are_per_task_sums(m, x, ("visual",))
