@@ -401,3 +401,53 @@ def test_mixed_gradients_over_rows_of_images_and_videos_equal_the_per_task_sum(c
     x = _visual_rows([[("i", 1, 4, 4), ("v", 2, 4, 4), ("i", 1, 4, 6)], [("v", 1, 4, 4)],
                       [("v", 2, 4, 2), ("i", 1, 4, 4)]], torch.float64)
     assert_mixed_gradients_are_per_task_sums(m, x, ("visual",))
+
+
+class _CheckpointedTower(torch.nn.Module):
+    """The vision tower called through a non-reentrant checkpoint of its own (as torch's checkpoint_wrapper calls
+    it): backward calls the tower module again, its hooks included, outside the model's forward."""
+
+    def __init__(self, tower: torch.nn.Module) -> None:
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, *args, **kwargs):
+        return torch.utils.checkpoint.checkpoint(self.tower, *args, use_reentrant=False, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.tower, name)
+
+
+def test_a_tower_checkpointed_on_its_own_refuses_rows_it_could_not_route_again():
+    """Backward recomputed the tower without the model's count of each row's images: rows holding [2, 0, 1, 1]
+    images fell back to one image per routed row, and the tower's adapter gradients were up to 15.2 off each task's
+    alone (images and videos: refused in backward). Refused in forward now; one image per row, and the whole model
+    checkpointed (its count made again), still give each task's gradients."""
+    m = tiny_qwen2vl(False).double()
+    perturb_adapters(mlv.attach(m, mlv.MTLLoRAConfig(tasks=["a", "b"], r=4)))
+    m.train()
+    tower = m.model.visual
+    params = [p for n, p in m.named_parameters() if "lora_" in n and "visual" in n]
+
+    def grads(x, ids, whole=False):
+        with mlv.route(m, ids):
+            out = (torch.utils.checkpoint.checkpoint(lambda p: m(**{**x, "pixel_values": p}).logits, x["pixel_values"],
+                                                     use_reentrant=False) if whole else m(**x).logits)
+        return torch.autograd.grad(out[:, -1].pow(2).sum(), params)
+
+    x = _visual_rows([[("i", 1, 4, 4), ("i", 1, 4, 4)], [], [("i", 1, 4, 4)], [("i", 1, 4, 4)]], torch.float64)
+    one = _visual_rows([[("i", 1, 4, 4)], [("i", 1, 4, 4)], [("i", 1, 4, 4)], [("i", 1, 4, 4)]], torch.float64)
+    want, want_one = grads(x, [0, 1, 1, 0]), grads(one, [0, 1, 1, 0])
+    for g, w in zip(grads(x, [0, 1, 1, 0], whole=True), want):
+        torch.testing.assert_close(g, w)
+    m.model.visual = _CheckpointedTower(tower)
+    try:
+        with pytest.raises(mlv.RoutingError, match=r"checkpointed region of its own .* holding \[2, 0, 1, 1\] images"):
+            grads(x, [0, 1, 1, 0])
+        for g, w in zip(grads(one, [0, 1, 1, 0]), want_one):
+            torch.testing.assert_close(g, w)
+    finally:
+        m.model.visual = tower

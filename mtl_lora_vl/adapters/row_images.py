@@ -52,11 +52,12 @@ class RowImagesCheck:
         self._counts: list[list[int] | None] = []   # per forward in progress (nested: a stack)
         # per forward in progress: each image-path module's calls so far (a PerCall's next), by the module's name
         self._calls: list[dict[str, int]] = []
+        self._regions: list[tuple] = []   # per forward in progress: its recomputation region (_region)
 
     def __getstate__(self) -> dict:
         """A copy (deepcopy, pickle) made inside a routed ``generate`` counts its own forwards: the scope is the
         original's."""
-        return {**self.__dict__, "checked": False, "_counts": [], "_calls": []}
+        return {**self.__dict__, "checked": False, "_counts": [], "_calls": [], "_regions": []}
 
     def current(self) -> list[int] | None:
         """Images per routed row of the forward in progress, where a row holds other than one (else None)."""
@@ -69,6 +70,13 @@ class RowImagesCheck:
         order, each module counting its own), else :meth:`current`. A call other than the one expected is refused:
         its images' rows are not known."""
         counts = self.current()
+        if counts is not None and _region() != self._regions[-1]:
+            raise RoutingError(
+                "the vision tower runs in a checkpointed region of its own (torch.utils.checkpoint or "
+                "checkpoint_wrapper around the tower, not around the model): backward recomputes it without the "
+                f"model's count of each row's images, so the rows holding {list(counts)} images cannot be routed "
+                "again. Checkpoint the tower's blocks (model.gradient_checkpointing_enable()) or the whole model, or "
+                "route each task's rows in a call of their own")
         if not isinstance(counts, PerCall):
             return counts
         i = self._calls[-1].get(module, 0)
@@ -85,9 +93,11 @@ class RowImagesCheck:
         if self.checked:   # inside the routed generate: the images its own count found
             self._counts.append(self.current())
             self._calls.append({})
+            self._regions.append(_region())
             return
         self._counts.append(None)   # first: a refusal below still leaves one entry for after() (always_call) to pop
         self._calls.append({})
+        self._regions.append(_region())
         # no route given: the first adapted layer that runs says so (if any runs); a recomputation in backward of a
         # checkpointed forward whose scope has closed replays that forward's route, and counts as it did
         if self.router.current is None and not self.router.replaying():
@@ -114,6 +124,18 @@ class RowImagesCheck:
         if self._counts:
             self._counts.pop()
             self._calls.pop()
+            self._regions.pop()
+
+
+def _region() -> tuple:
+    """Where a call runs, as activation checkpointing recomputes it: grad mode (a reentrant checkpoint runs its
+    forward without gradients) and the innermost non-reentrant checkpoint's pack hook (None outside one)."""
+    top_fn = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    top = top_fn(False) if top_fn is not None else None
+    pack = top[0] if top is not None else None
+    inside = pack is not None and (getattr(pack, "_checkpoint_internal", False)
+                                   or "_checkpoint" in getattr(pack, "__qualname__", ""))
+    return torch.is_grad_enabled(), pack if inside else None
 
 
 def _batch_of(args: tuple, kwargs: dict) -> int | None:
