@@ -8,6 +8,7 @@ import pytest
 import torch
 from qwen_tiny import IMG_TOK, MERGER, TEXT, VE, VID, VIS, VS, inputs, tiny_qwen2vl
 from vlm_checks import (
+    CheckpointedTower,
     assert_mixed_gradients_are_per_task_sums,
     assert_mixed_route_per_task,
     assert_peft_export_matches,
@@ -403,24 +404,6 @@ def test_mixed_gradients_over_rows_of_images_and_videos_equal_the_per_task_sum(c
     assert_mixed_gradients_are_per_task_sums(m, x, ("visual",))
 
 
-class _CheckpointedTower(torch.nn.Module):
-    """The vision tower called through a non-reentrant checkpoint of its own (as torch's checkpoint_wrapper calls
-    it): backward calls the tower module again, its hooks included, outside the model's forward."""
-
-    def __init__(self, tower: torch.nn.Module) -> None:
-        super().__init__()
-        self.tower = tower
-
-    def forward(self, *args, **kwargs):
-        return torch.utils.checkpoint.checkpoint(self.tower, *args, use_reentrant=False, **kwargs)
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.tower, name)
-
-
 def test_a_tower_checkpointed_on_its_own_refuses_rows_it_could_not_route_again():
     """Backward recomputed the tower without the model's count of each row's images: rows holding [2, 0, 1, 1]
     images fell back to one image per routed row, and the tower's adapter gradients were up to 15.2 off each task's
@@ -443,7 +426,7 @@ def test_a_tower_checkpointed_on_its_own_refuses_rows_it_could_not_route_again()
     want, want_one = grads(x, [0, 1, 1, 0]), grads(one, [0, 1, 1, 0])
     for g, w in zip(grads(x, [0, 1, 1, 0], whole=True), want):
         torch.testing.assert_close(g, w)
-    m.model.visual = _CheckpointedTower(tower)
+    m.model.visual = CheckpointedTower(tower)
     try:
         with pytest.raises(mlv.RoutingError, match=r"checkpointed region of its own .* holding \[2, 0, 1, 1\] images"):
             grads(x, [0, 1, 1, 0])

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.checkpoint import checkpoint
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.data.anyres import pad_images
@@ -305,3 +306,21 @@ def assert_own_size_generate_per_task(bb, images: torch.Tensor, sizes: list, rou
             with mlv.route(bb.model, t):
                 alone += bb.generate(own_size(images, sizes, r), max_len=4, beam_size=beams, prompts=p[r:r + 1])
     assert routed == alone
+
+
+class CheckpointedTower(torch.nn.Module):
+    """The vision tower called through a non-reentrant checkpoint of its own (as torch's checkpoint_wrapper calls
+    it): backward calls the tower module again, its hooks included, outside the model's forward."""
+
+    def __init__(self, tower: torch.nn.Module) -> None:
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, *args, **kwargs):
+        return checkpoint(self.tower, *args, use_reentrant=False, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.tower, name)

@@ -70,13 +70,8 @@ class RowImagesCheck:
         order, each module counting its own), else :meth:`current`. A call other than the one expected is refused:
         its images' rows are not known."""
         counts = self.current()
-        if counts is not None and _region() != self._regions[-1]:
-            raise RoutingError(
-                "the vision tower runs in a checkpointed region of its own (torch.utils.checkpoint or "
-                "checkpoint_wrapper around the tower, not around the model): backward recomputes it without the "
-                f"model's count of each row's images, so the rows holding {list(counts)} images cannot be routed "
-                "again. Checkpoint the tower's blocks (model.gradient_checkpointing_enable()) or the whole model, or "
-                "route each task's rows in a call of their own")
+        if counts is not None:
+            self.recomputable(counts)
         if not isinstance(counts, PerCall):
             return counts
         i = self._calls[-1].get(module, 0)
@@ -88,6 +83,17 @@ class RowImagesCheck:
                                f"{' then '.join(expected)}: their rows are not known. Call the model's forward (or "
                                "generate) with its images and videos, not the tower itself")
         return [int(n) for n in counts.calls[i][2]]
+
+    def recomputable(self, counts: list) -> None:
+        """Refuse routing an image path's call by ``counts`` where backward would recompute it apart from the
+        forward that counted them (a checkpoint around the tower, not the model): it would find no count."""
+        if _region() != self._regions[-1]:
+            raise RoutingError(
+                "the vision tower runs in a checkpointed region of its own (torch.utils.checkpoint or "
+                "checkpoint_wrapper around the tower, not around the model): backward recomputes it without the "
+                f"model's count of each row's images, so the rows holding {list(counts)} images cannot be routed "
+                "again. Checkpoint the tower's blocks (model.gradient_checkpointing_enable()) or the whole model, or "
+                "route each task's rows in a call of their own")
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self.checked:   # inside the routed generate: the images its own count found
@@ -210,6 +216,7 @@ class ImageRoutes(ScopeHooks):
         if images != sum(counts):
             raise RoutingError(f"{self.name} got {images} images for rows holding {counts} images; give the model "
                                "the images of its rows, in row order")
+        self.check.recomputable(counts)
         scope.enter_context(route_scope(self.router, route.per_image(counts), recompute=False))
 
 
