@@ -510,6 +510,16 @@ def test_caption_references_leave_blank_captions_out(caplog):
     assert not caplog.text
 
 
+def test_caption_references_of_only_blank_captions_are_the_rows_texts():
+    """An image whose captions are all blank has its rows' texts as references, as retrieval's texts and training
+    (caption_of) take them and as a file reader's row (its blank captions left out: none) gives them; the image was
+    left with none and not scored."""
+    rows = [Example(None, "c", text="a cat sleeps", captions=("", " ")), Example(None, "c", text="a cat on a bed")]
+    images, refs = caption_references(Split(rows))
+    assert refs == {"c": ["a cat sleeps", "a cat on a bed"]}
+    assert retrieval_texts(Split(rows))[1] == refs["c"]
+
+
 def test_vqa_needs_answers(clip):
     spec = load_spec("vqa")
     with pytest.raises(ValueError, match="no training example has answers"):

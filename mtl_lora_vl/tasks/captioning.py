@@ -70,11 +70,11 @@ def caption_token_loss(logits: Tensor, tokens: Tensor, eos_id: int, pad_id: int)
 def caption_references(split: Split, task: str | None = None) -> tuple[list[Example], dict[str, list[str]]]:
     """Distinct images of ``split`` (first example of each) and their reference captions.
 
-    An image's references are its first example's ``captions`` when it has them, else the ``text`` of each
-    of its rows (one row per caption). Repeated captions stay repeated, as pycocoevalcap keeps them: two
-    annotators who wrote the same words weigh twice in CIDEr's average over references. Blank captions (empty
-    or only spaces) are left out, as the file readers leave them out (each counted as an empty reference in
-    BLEU and CIDEr); given ``task``, how many is warned.
+    An image's references are its first example's ``captions`` when it has any not blank, else the ``text`` of
+    each of its rows (one row per caption), as retrieval's texts. Repeated captions stay repeated, as pycocoevalcap
+    keeps them: two annotators who wrote the same words weigh twice in CIDEr's average over references. Blank
+    captions (empty or only spaces) are left out, as the file readers leave them out (each counted as an empty
+    reference in BLEU and CIDEr); given ``task``, how many is warned.
     """
     images: list[Example] = []
     refs: dict[str, list[str]] = {}
@@ -85,7 +85,7 @@ def caption_references(split: Split, task: str | None = None) -> tuple[list[Exam
             images.append(ex)
             refs[ex.image_id] = [c for c in ex.captions if c.strip()]
             blank += len(ex.captions) - len(refs[ex.image_id])
-            if not ex.captions:
+            if not refs[ex.image_id]:   # (captions all blank: none, as a file reader's row has none)
                 from_rows.add(ex.image_id)
         if ex.image_id in from_rows and ex.text is not None:
             if ex.text.strip():
