@@ -603,6 +603,20 @@ def test_retrieval_texts_leave_blank_captions_out(caplog):
         in caplog.text   # ("a"'s blank text is not one of its texts: it has captions)
 
 
+def test_retrieval_blank_captions_are_counted_as_the_texts_and_images_left_without_any_said(caplog):
+    """A blank reference repeated on each row of its image is one text left out (the texts are distinct per image:
+    counted 2), and an image left with no text is no image-to-text query (it stays a distractor), which the
+    captioning warning says of its images and this one did not."""
+    caps = ("a dog runs", " ")
+    rows = [Example(None, "a", text="a dog runs", captions=caps), Example(None, "a", text="a dog", captions=caps),
+            Example(None, "d", text=" "), Example(None, "d", text=" "), Example(None, "e", text="a red car")]
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl.tasks.retrieval"):
+        images, texts, t2i = retrieval_texts(Split(rows), "ret")
+    assert texts == ["a dog runs", "a red car"] and t2i == [0, 2] and len(images) == 3
+    assert "task 'ret': 2 caption(s) of the evaluation split are blank (empty or only spaces) and are left out, as " \
+           "the file readers leave them out; 1 image(s) left with none are not image-to-text queries" in caplog.text
+
+
 def test_retrieval_loss_eval_and_captions_per_image(clip):
     spec = load_spec("retrieval")
     train, val = _world(spec, "train", 4), _world(spec, "val", 6)

@@ -134,20 +134,27 @@ def retrieval_texts(split: Split, task: str | None = None) -> tuple[list[Example
     images: list[Example] = []
     refs: dict[str, list[str]] = {}
     pair_texts: dict[str, list[str]] = {}
-    blank = sum(not c.strip() for ex in split.examples for c in ex.captions)
-    blank_pairs: Counter[str] = Counter()   # (counted where the image's texts are its rows')
+    # the blanks left out, distinct per image as its texts are (a caption repeated on each row of its image: once)
+    blank_refs: dict[str, set[str]] = {}
+    blank_pairs: dict[str, set[str]] = {}   # (counted where the image's texts are its rows')
     for ex in split.examples:
         if ex.image_id not in refs:
             images.append(ex)
             refs[ex.image_id], pair_texts[ex.image_id] = [], []
+            blank_refs[ex.image_id], blank_pairs[ex.image_id] = set(), set()
         refs[ex.image_id] += [c for c in ex.captions if c.strip() and c not in refs[ex.image_id]]
-        blank_pairs[ex.image_id] += ex.text is not None and not ex.text.strip()
+        blank_refs[ex.image_id].update(c for c in ex.captions if not c.strip())
+        if ex.text is not None and not ex.text.strip():
+            blank_pairs[ex.image_id].add(ex.text)
         if ex.text and ex.text.strip() and ex.text not in pair_texts[ex.image_id]:
             pair_texts[ex.image_id].append(ex.text)
-    blank += sum(n for i, n in blank_pairs.items() if not refs[i])
+    blank = sum(len(blank_refs[i]) + (0 if refs[i] else len(blank_pairs[i])) for i in refs)
     if blank and task is not None:
+        bare = sum(not refs[ex.image_id] and not pair_texts[ex.image_id] for ex in images)
         logger.warning("task %r: %d caption(s) of the evaluation split are blank (empty or only spaces) and are left "
-                       "out, as the file readers leave them out", task, blank)
+                       "out, as the file readers leave them out%s", task, blank,
+                       f"; {bare} image(s) left with none are not image-to-text queries (they stay among the images "
+                       "each caption is ranked against)" if bare else "")
     texts: list[str] = []
     text_to_image: list[int] = []
     for i, ex in enumerate(images):
