@@ -152,6 +152,10 @@ def test_captions_given_as_one_string_are_refused_by_name(field):
         kind.check_eval_split(dataclasses.replace(split, examples=[bad]))
     assert kind.check_eval_split(dataclasses.replace(split, examples=[dataclasses.replace(bad, **{field: ["a"]})]))\
         is None   # a list, as readers may give, is text too
+    # a blank string: none meant, and ('',) would be a blank text (left out, or refused in training): () is the fix
+    with pytest.raises(TypeError, match=rf"has {field}='', one string, read letter by letter; give a tuple "
+                                        rf"\({field}=\(\) for none\)"):
+        kind.check_eval_split(dataclasses.replace(split, examples=[dataclasses.replace(bad, **{field: ""})]))
 
 
 def test_training_rows_whose_digests_collide_are_not_packed(monkeypatch):

@@ -229,8 +229,9 @@ class TaskKind(ABC):
         for ex in examples:
             for field, texts in (("text", (ex.text,)), ("captions", ex.captions), ("answers", ex.answers)):
                 if isinstance(texts, str):   # captions="a dog": trained "a", scored against the letters
+                    fix = f"({texts!r},)" if texts.strip() else "() for none"   # ('',): a blank text, left out
                     raise TypeError(f"task {self.name!r}: {what} example {ex.image_id!r} has {field}={texts!r}, one "
-                                    f"string, read letter by letter; give a tuple ({field}=({texts!r},))")
+                                    f"string, read letter by letter; give a tuple ({field}={fix})")
                 if not isinstance(texts, tuple | list) or not all(
                         isinstance(t, str) or (t is None and field == "text") for t in texts):
                     raise TypeError(f"task {self.name!r}: {what} example {ex.image_id!r} has {field}="
@@ -289,8 +290,7 @@ class TaskKind(ABC):
     def sample_lm(self, example: Example, draw: int) -> tuple[str, str, float]:
         """Generative path: this row's ``(prompt, target, weight)``; the LM loss covers only the target (and
         its end token). ``draw`` is an integer fixed by the row's seed (seed, rank, step, position in the batch: the
-        same with any number of workers and after a resume), for kinds that choose
-        a target at random (VQA)."""
+        same with any number of workers and after a resume), for kinds that choose a target at random (VQA)."""
         raise BackboneError(
             f"task kind {self.kind!r} has no generative path: its rows cannot be trained through a language model. "
             "Train it on a contrastive backbone (--backbone builtin, open_clip:NAME or hf:DIR of a CLIP model), or "
