@@ -1537,7 +1537,8 @@ def test_batch_larger_than_the_training_data_is_refused(tmp_path, capsys):
     args[args.index("--batch-size") + 1] = str(n + 1)
     assert train_main(args) == 2
     assert re.search(rf"--batch-size {n + 1}: larger than the training data \({n} examples over the trained tasks "
-                     rf"\['vqa', 'retrieval'\]\).*--batch-size {n} or less", capsys.readouterr().err)
+                     rf"\['vqa', 'retrieval'\]\).*--batch-size {n} or less \(--accumulate or more processes: a step "
+                     r"repeats them too\)", capsys.readouterr().err)   # (it advised --accumulate, which warns)
     args[args.index("--batch-size") + 1] = str(n)
     args[args.index("--out") + 1] = str(tmp_path / "run2")
     assert train_main(args + ["--skip-zero-shot"]) == 0

@@ -241,7 +241,7 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
     if opts.batch_size > n_train:   # each batch would repeat examples (and 100000 rows ran out of memory, unsaid)
         raise ValueError(f"--batch-size {opts.batch_size}: larger than the training data ({n_train} examples over "
                          f"the trained tasks {list(setup.train_splits)}), so every batch would repeat examples; give "
-                         f"--batch-size {n_train} or less (--accumulate N for a larger effective batch)")
+                         f"--batch-size {n_train} or less (--accumulate or more processes: a step repeats them too)")
     if opts.epochs:   # config.json records the steps the epochs come to
         opts = replace(opts, steps=steps_for_epochs(opts.epochs, n_train,
                                                     opts.batch_size * opts.accumulate * info.world_size))
