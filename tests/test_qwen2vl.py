@@ -28,6 +28,19 @@ def _adapted(v25: bool, method: str = "mtl_lora", **cfg):
     return perturb_adapters(m)
 
 
+def _rows_take_their_tasks(m, x):
+    """Under the mixed route [a, b] each of two rows gives what its task gives alone (and the tasks differ)."""
+    with torch.no_grad():
+        alone = []
+        for t in "ab":
+            with mlv.route(m, t):
+                alone.append(m(**x).logits)
+        with mlv.route(m, [0, 1]):
+            mixed = m(**x).logits
+    torch.testing.assert_close(mixed, torch.stack([alone[0][0], alone[1][1]]))
+    assert (alone[0][0] - alone[1][0]).abs().max() > 1e-3
+
+
 def test_default_targets_take_the_vision_blocks_and_the_language_model():
     m = _adapted(False)
     info = m._mtl_lora
@@ -252,15 +265,7 @@ def test_two_images_in_one_row_and_none_in_the_other_take_row_0s_task():
     r0 = [5, 6, VS] + [IMG_TOK] * 4 + [VE, VS] + [IMG_TOK] * 4 + [VE, 7, 8]
     r1 = [9, 10, 11, 12]
     x = _two_rows(r0, r1)
-    with torch.no_grad():
-        alone = []
-        for t in "ab":
-            with mlv.route(m, t):
-                alone.append(m(**x).logits)
-        with mlv.route(m, [0, 1]):
-            mixed = m(**x).logits
-    torch.testing.assert_close(mixed, torch.stack([alone[0][0], alone[1][1]]))
-    assert (alone[0][0] - alone[1][0]).abs().max() > 1e-3
+    _rows_take_their_tasks(m, x)
 
 
 def test_a_row_that_holds_part_of_an_image_is_refused_under_a_mixed_route():
@@ -353,15 +358,7 @@ def test_two_videos_in_one_row_and_none_in_the_other_take_row_0s_task(grids):
     m = _three_tasks()
     for items in ([[("v", *g) for g in grids], []], [[("v", *grids[0]), ("i", 1, 4, 4)], [("v", *grids[1])]]):
         x = _visual_rows(items)
-        with torch.no_grad():
-            alone = []
-            for t in "ab":
-                with mlv.route(m, t):
-                    alone.append(m(**x).logits)
-            with mlv.route(m, [0, 1]):
-                mixed = m(**x).logits
-        torch.testing.assert_close(mixed, torch.stack([alone[0][0], alone[1][1]]))
-        assert (alone[0][0] - alone[1][0]).abs().max() > 1e-3
+        _rows_take_their_tasks(m, x)
 
 
 def test_a_row_holding_part_of_a_video_is_refused_naming_the_videos():
