@@ -979,7 +979,8 @@ def test_resume_says_to_put_moved_base_weights_back(tmp_path, capsys):
     weights = tmp_path / "weights.safetensors"
     shutil.copy(builtin_files()[2], weights)
     run = tmp_path / "run"
-    assert train_main(["--tasks", "caption_cls", "--pretrained", str(weights), "--steps", "1", "--batch-size", "2",
+    cls = small_spec(tmp_path, "caption_cls", n_train=8, n_eval=8)   # (small: the built-in splits are slow)
+    assert train_main(["--tasks", str(cls), "--pretrained", str(weights), "--steps", "1", "--batch-size", "2",
                        "--device", "cpu", "--workers", "0", "--skip-zero-shot", "--out", str(run)]) == 0
     weights.rename(tmp_path / "moved.safetensors")
     capsys.readouterr()
