@@ -382,12 +382,13 @@ def _checkpoint_step(run: Path) -> int:
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
-    steps = 30
+    steps = 12   # the kill comes within a poll (0.05 s) of step 3's checkpoint: 9 steps and the final evaluation left
     straight = tmp_path / "straight"
-    assert train_main(base_args(tmp_path, straight, steps=steps)) == 0
+    assert train_main(base_args(tmp_path, straight, steps=steps) + ["--skip-zero-shot"]) == 0
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, str(REPO / "scripts" / "train_vl.py"), *base_args(tmp_path, killed, steps=steps)]
+    cmd = [sys.executable, str(REPO / "scripts" / "train_vl.py"), *base_args(tmp_path, killed, steps=steps),
+           "--skip-zero-shot"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 240
