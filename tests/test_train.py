@@ -1536,7 +1536,9 @@ def test_batch_larger_than_the_training_data_is_refused(tmp_path, capsys):
     from mtl_lora_vl.tasks.spec import load_spec
 
     args = base_args(tmp_path, tmp_path / "run", steps=1)
-    n = sum(len(load_spec(small_spec(tmp_path, t)).load_split("train", None).examples) for t in ("vqa", "retrieval"))
+    specs = [small_spec(tmp_path, t, n_train=8, n_eval=8) for t in ("vqa", "retrieval")]   # (small: fast to train)
+    args[args.index("--tasks") + 1] = ",".join(map(str, specs))
+    n = sum(len(load_spec(s).load_split("train", None).examples) for s in specs)
     args[args.index("--batch-size") + 1] = str(n + 1)
     assert train_main(args) == 2
     assert re.search(rf"--batch-size {n + 1}: larger than the training data \({n} examples over the trained tasks "
