@@ -146,7 +146,8 @@ def _script():
     (["--evaluate", "MINE"], "not a saved model directory"),         # a Hugging Face Hub error
     (["--evaluate", "MINE", "--threads", "0"], "--threads must be >= 1"),
 ])
-def test_pretrain_llava_refuses_bad_options_before_training(tmp_path, capsys, args, says):
+def test_pretrain_llava_refuses_bad_options_before_training(tmp_path, capsys, monkeypatch, args, says):
+    monkeypatch.setattr(world, "all_texts", lambda seed: [])   # (the vocabulary's texts: no refusal reads them)
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
@@ -154,7 +155,8 @@ def test_pretrain_llava_refuses_bad_options_before_training(tmp_path, capsys, ar
     evaluate = "--evaluate" in args
     out = [] if "--out" in args or evaluate else ["--out", str(tmp_path / "new")]
     with pytest.raises(SystemExit) as e:
-        _script().main([*([] if evaluate else ["--steps", "1"]), *out, *args])
+        _script().main([*([] if evaluate else ["--steps", "1", "--n-pretrain", "8"]), *out, *args])
+    # (--feature-layer is checked once the split and the vocabulary are built: seconds at their defaults)
     assert e.value.code == 2 and says in capsys.readouterr().err
     assert (mine / "notes.txt").read_text() == "keep me" and not (tmp_path / "new").exists()
 
