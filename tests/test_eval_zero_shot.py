@@ -118,7 +118,7 @@ def test_a_merged_export_scored_without_an_adapter_gives_the_runs_adapted_scores
 
     spec = _small_spec(tmp_path, "captioning", 16, 8, limit=8)
     run = tmp_path / "run"
-    assert train_main(["--backbone", "builtin-llava", "--tasks", spec, "--steps", "10", "--warmup", "0",
+    assert train_main(["--backbone", "builtin-llava", "--tasks", spec, "--steps", "4", "--warmup", "0",
                        "--lr", "1e-2", "--workers", "0", "--eval-batch-size", "8", "--out", str(run), "-q"]) == 0
     trained = json.loads((run / "eval.json").read_text())["tasks"]["captioning"]["details"]
     assert trained["adapted"] != trained["zero_shot"]
