@@ -662,6 +662,9 @@ def main(argv: list[str] | None = None) -> int:
         vision_width, vision_layers = clip_vision_size(args.clip)
     except ValueError as e:
         ap.error(str(e))
+    if not -(vision_layers + 1) <= args.feature_layer <= vision_layers:   # hidden states: the embeddings, each layer
+        ap.error(f"--feature-layer must be in [{-(vision_layers + 1)}, {vision_layers}] for a {vision_layers}-layer "
+                 f"vision tower, got {args.feature_layer}")
     try:  # before training, not at the save
         check_asset_dir(args.out, "pretrain.json", "settings", "--out", own=LLAVA_FILES)
     except OSError as e:
@@ -686,10 +689,6 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(len(tokenizer), hidden=args.hidden, layers=args.layers, heads=args.heads,
                         intermediate=args.intermediate, max_positions=256, feature_layer=args.feature_layer,
                         vision_width=vision_width, vision_layers=vision_layers)
-    n_vision = model.config.vision_config.num_hidden_layers   # hidden states: the embeddings, then each layer
-    if not -(n_vision + 1) <= args.feature_layer <= n_vision:
-        ap.error(f"--feature-layer must be in [{-(n_vision + 1)}, {n_vision}] for a {n_vision}-layer vision tower, "
-                 f"got {args.feature_layer}")
     clip_init = not args.no_clip_init
     if clip_init:
         print(f"vision tower from the CLIP in {args.clip}: {load_clip_vision(model, args.clip)} tensors")

@@ -156,9 +156,21 @@ def test_pretrain_llava_refuses_bad_options_before_training(tmp_path, capsys, mo
     out = [] if "--out" in args or evaluate else ["--out", str(tmp_path / "new")]
     with pytest.raises(SystemExit) as e:
         _script().main([*([] if evaluate else ["--steps", "1", "--n-pretrain", "8"]), *out, *args])
-    # (--feature-layer is checked once the split and the vocabulary are built: seconds at their defaults)
     assert e.value.code == 2 and says in capsys.readouterr().err
     assert (mine / "notes.txt").read_text() == "keep me" and not (tmp_path / "new").exists()
+
+
+def test_pretrain_llava_refuses_a_feature_layer_before_drawing_its_data(tmp_path, capsys, monkeypatch):
+    """--feature-layer was checked once the model was built, after the pretraining split and the whole world's
+    vocabulary (~16 s at the defaults for an argument error)."""
+    def drawn(*args, **kwargs):
+        raise AssertionError("the pretraining split was drawn before --feature-layer was checked")
+
+    monkeypatch.setattr(world, "build_split", drawn)
+    with pytest.raises(SystemExit) as e:
+        _script().main(["--out", str(tmp_path / "new"), "--feature-layer", "-6"])
+    assert e.value.code == 2 and "--feature-layer must be in [-5, 4] for a 4-layer vision tower" in \
+        capsys.readouterr().err
 
 
 def test_pretrain_llava_evaluate_refuses_training_flags(tmp_path, capsys):
