@@ -260,6 +260,30 @@ def test_a_tower_checkpointed_on_its_own_refuses_rows_of_several_images():
         model.model.vision_tower = tower
 
 
+@pytest.mark.parametrize("family, name", [("llava", "vision_tower"), ("qwen2_vl", "visual")])
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")   # (refused in forward)
+def test_a_tower_called_under_no_grad_routes_and_one_checkpointed_reentrant_is_refused(family, name):
+    """A tower the model calls under torch.no_grad() (frozen: nothing recomputes it) in a training forward was
+    refused as 'checkpointed region of its own' (grad mode differed from the model's forward): rows [2, 0, 1] now
+    route as in a no-grad forward. A reentrant checkpoint around the tower alone (also run without gradients, and
+    recomputed in backward) is still refused."""
+    model = _adapted(family)
+    model.train()
+    x = several_images(family, [2, 0, 1])
+    with torch.no_grad(), mlv.route(model, [0, 1, 0]):
+        want = model(**x).logits
+    tower = getattr(model.model, name)
+    try:
+        setattr(model.model, name, CheckpointedTower(tower, no_grad=True))
+        with mlv.route(model, [0, 1, 0]):
+            torch.testing.assert_close(model(**x).logits, want)
+        setattr(model.model, name, CheckpointedTower(tower, reentrant=True))
+        with mlv.route(model, [0, 1, 0]), pytest.raises(mlv.RoutingError, match=r"checkpointed region .*\[2, 0, 1\]"):
+            model(**x)
+    finally:
+        setattr(model.model, name, tower)
+
+
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
 @pytest.mark.parametrize("ids", [[0, 1, 0], [1, 1, 1]], ids=["mixed", "equal"])
 def test_the_image_paths_scopes_take_no_hooks_under_recompute_false(family, ids):

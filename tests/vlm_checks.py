@@ -5,6 +5,7 @@ loader's squares and canvases, a biased output head and a spy on generate)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -309,14 +310,20 @@ def assert_own_size_generate_per_task(bb, images: torch.Tensor, sizes: list, rou
 
 
 class CheckpointedTower(torch.nn.Module):
-    """The vision tower called through a non-reentrant checkpoint of its own (as torch's checkpoint_wrapper calls
-    it): backward calls the tower module again, its hooks included, outside the model's forward."""
+    """The vision tower called through a checkpoint of its own (non-reentrant, as torch's checkpoint_wrapper calls
+    it; or reentrant): backward calls the tower module again, its hooks included, outside the model's forward. With
+    ``no_grad``, the tower is called under ``torch.no_grad()`` instead (a frozen tower: nothing recomputes it)."""
 
-    def __init__(self, tower: torch.nn.Module) -> None:
+    def __init__(self, tower: torch.nn.Module, reentrant: bool = False, no_grad: bool = False) -> None:
         super().__init__()
-        self.tower = tower
+        self.tower, self.reentrant, self.no_grad = tower, reentrant, no_grad
 
     def forward(self, *args, **kwargs):
+        if self.no_grad:
+            with torch.no_grad():
+                return self.tower(*args, **kwargs)
+        if self.reentrant:   # (takes no keyword arguments)
+            return checkpoint(functools.partial(self.tower, **kwargs), *args, use_reentrant=True)
         return checkpoint(self.tower, *args, use_reentrant=False, **kwargs)
 
     def __getattr__(self, name: str):

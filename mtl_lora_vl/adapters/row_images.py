@@ -21,6 +21,7 @@ path). The count reads the rows' ids on the host: one read of B numbers per forw
 from __future__ import annotations
 
 import re
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -134,14 +135,21 @@ class RowImagesCheck:
 
 
 def _region() -> tuple:
-    """Where a call runs, as activation checkpointing recomputes it: grad mode (a reentrant checkpoint runs its
-    forward without gradients) and the innermost non-reentrant checkpoint's pack hook (None outside one)."""
+    """Where a call runs, as activation checkpointing recomputes it: how many reentrant checkpoints (an autograd
+    Function's forward, run without gradients and recomputed in backward) hold it, and the innermost non-reentrant
+    checkpoint's pack hook (None outside one). Not grad mode itself: a tower a model calls under ``torch.no_grad()``
+    is recomputed by nothing."""
     top_fn = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
     top = top_fn(False) if top_fn is not None else None
     pack = top[0] if top is not None else None
     inside = pack is not None and (getattr(pack, "_checkpoint_internal", False)
                                    or "_checkpoint" in getattr(pack, "__qualname__", ""))
-    return torch.is_grad_enabled(), pack if inside else None
+    reentrant, frame = 0, sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        reentrant += code.co_name == "forward" and "CheckpointFunction" in getattr(code, "co_qualname", "")
+        frame = frame.f_back
+    return reentrant, pack if inside else None
 
 
 def _batch_of(args: tuple, kwargs: dict) -> int | None:
