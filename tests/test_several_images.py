@@ -260,6 +260,21 @@ def test_a_tower_checkpointed_on_its_own_refuses_rows_of_several_images():
         model.model.vision_tower = tower
 
 
+def test_a_projector_checkpointed_on_its_own_is_refused_by_its_name():
+    """The refusal said 'the vision tower runs in a checkpointed region of its own' for a checkpointed projector
+    (the tower not checkpointed): it names the module checkpointed."""
+    model = _adapted("llava", targets={"image": [r"multi_modal_projector\.linear_1$"], "text": [r"(q|v)_proj$"]})
+    model.train()
+    proj = model.model.multi_modal_projector
+    model.model.multi_modal_projector = CheckpointedTower(proj)
+    try:
+        with mlv.route(model, [0, 1, 0]), pytest.raises(
+                mlv.RoutingError, match=r"image path's model\.multi_modal_projector runs in a checkpointed region"):
+            model(**several_images("llava", [2, 0, 1]))
+    finally:
+        model.model.multi_modal_projector = proj
+
+
 @pytest.mark.parametrize("family, name", [("llava", "vision_tower"), ("qwen2_vl", "visual")])
 @pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")   # (refused in forward)
 def test_a_tower_called_under_no_grad_routes_and_one_checkpointed_reentrant_is_refused(family, name):

@@ -72,7 +72,7 @@ class RowImagesCheck:
         its images' rows are not known."""
         counts = self.current()
         if counts is not None:
-            self.recomputable(counts)
+            self.recomputable(counts, module)
         if not isinstance(counts, PerCall):
             return counts
         i = self._calls[-1].get(module, 0)
@@ -85,13 +85,13 @@ class RowImagesCheck:
                                "generate) with its images and videos, not the tower itself")
         return [int(n) for n in counts.calls[i][2]]
 
-    def recomputable(self, counts: list) -> None:
-        """Refuse routing an image path's call by ``counts`` where backward would recompute it apart from the
-        forward that counted them (a checkpoint around the tower, not the model): it would find no count."""
+    def recomputable(self, counts: list, module: str = "tower") -> None:
+        """Refuse routing an image path's call (``module``'s) by ``counts`` where backward would recompute it apart
+        from the forward that counted them (a checkpoint around the tower, not the model): it would find no count."""
         if _region() != self._regions[-1]:
             raise RoutingError(
-                "the vision tower runs in a checkpointed region of its own (torch.utils.checkpoint or "
-                "checkpoint_wrapper around the tower, not around the model): backward recomputes it without the "
+                f"the image path's {module} runs in a checkpointed region of its own (torch.utils.checkpoint or "
+                "checkpoint_wrapper around it, not around the model): backward recomputes it without the "
                 f"model's count of each row's images, so the rows holding {list(counts)} images cannot be routed "
                 "again. Checkpoint the tower's blocks (model.gradient_checkpointing_enable()) or the whole model, or "
                 "route each task's rows in a call of their own")
@@ -224,7 +224,7 @@ class ImageRoutes(ScopeHooks):
         if images != sum(counts):
             raise RoutingError(f"{self.name} got {images} images for rows holding {counts} images; give the model "
                                "the images of its rows, in row order")
-        self.check.recomputable(counts)
+        self.check.recomputable(counts, self.name)
         scope.enter_context(route_scope(self.router, route.per_image(counts), recompute=False))
 
 
