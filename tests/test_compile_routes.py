@@ -105,14 +105,8 @@ def test_an_adapted_merger_does_not_recompile_for_each_mix_of_images():
     assert m._mtl_lora.router.packed_scales == {(1, 4)}   # the merger's 4 patches a row, noted as it read them
 
 
-@pytest.mark.parametrize("in_place", [False, True])
-@pytest.mark.parametrize("method", ["task_lora", "moe_lora"])
-def test_a_compiled_model_routed_mixed_compiles_one_graph(method, in_place):
-    """A task_lora / moe_lora router learned that its layers read the rows' positions only as the first compiled call
-    traced them, after that call's route scope had made none: the second call compiled a graph more (2 graphs for 4
-    mixes of rows). A scope given a compiled model (``torch.compile(model)``, ``model.compile()``) now knows."""
-    from torch._dynamo.utils import counters
-
+def _mixes_routed_eagerly(method):
+    """A float64 ``_Net`` adapted by ``method``, an input, four mixes of two tasks' rows, each mix's eager output."""
     kw = {"n_up": 2} if method == "moe_lora" else {}
     net = mlv.attach(_Net(), mlv.MTLLoRAConfig(tasks=TASKS, r=2, method=method, targets={"image": [r"fc\d$"]}, **kw))
     _randomize(net)
@@ -124,6 +118,19 @@ def test_a_compiled_model_routed_mixed_compiles_one_graph(method, in_place):
         for segs in mixes:
             with mlv.route(net, Route.from_segments(segs)):
                 want.append(net(x))
+    return net, x, mixes, want
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("method", ["task_lora", "moe_lora"])
+def test_a_compiled_model_routed_mixed_compiles_one_graph(method, in_place):
+    """A task_lora / moe_lora router learned that its layers read the rows' positions only as the first compiled call
+    traced them, after that call's route scope had made none: the second call compiled a graph more (2 graphs for 4
+    mixes of rows). A scope given a compiled model (``torch.compile(model)``, ``model.compile()``) now knows."""
+    from torch._dynamo.utils import counters
+
+    net, x, mixes, want = _mixes_routed_eagerly(method)
+    with torch.no_grad():
         torch._dynamo.reset()
         counters.clear()
         if in_place:
@@ -168,16 +175,7 @@ def test_a_ddp_wrapped_compiled_model_routed_mixed_compiles_one_graph(wrap, tmp_
     import torch.distributed as dist
     from torch._dynamo.utils import counters
 
-    net = mlv.attach(_Net(), mlv.MTLLoRAConfig(tasks=TASKS, r=2, method="task_lora", targets={"image": [r"fc\d$"]}))
-    _randomize(net)
-    net.double()
-    x = torch.randn(6, 3, 8, dtype=torch.float64)
-    mixes = [((0, 0, k), (1, k, 6)) for k in (2, 3, 4, 1)]
-    with torch.no_grad():
-        want = []
-        for segs in mixes:
-            with mlv.route(net, Route.from_segments(segs)):
-                want.append(net(x))
+    net, x, mixes, want = _mixes_routed_eagerly("task_lora")
     torch._dynamo.reset()
     counters.clear()
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
