@@ -77,15 +77,10 @@ def _forward_input(model: Any, args: tuple, kwargs: dict, name: str) -> Any:
 
 def _token_rows(model: Any, args: tuple, kwargs: dict, token: int) -> list[int] | None:
     """How often each row of a forward holds ``token``: in its ``input_ids``, else in its ``inputs_embeds`` (rows
-    equal to the token's embedding, as the models find their image tokens then). None: neither given."""
-    ids = _forward_input(model, args, kwargs, "input_ids")
-    if ids is not None:
-        return (ids == token).sum(-1).tolist()
-    embeds = _forward_input(model, args, kwargs, "inputs_embeds")
-    if embeds is None:
-        return None
-    one = model.get_input_embeddings()(embeds.new_tensor(token).long()).to(embeds.dtype)
-    return (embeds == one).all(-1).sum(-1).tolist()
+    equal to the token's embedding, as the models find their image tokens then), read to the host. None: neither
+    given."""
+    counts = _token_counts(model, args, kwargs, [token])
+    return None if counts is None else counts[0].tolist()
 
 
 def qwen_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
