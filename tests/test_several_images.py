@@ -179,8 +179,8 @@ def test_other_images_than_the_rows_image_tokens_are_refused():
             model(**{**x, "pixel_values": torch.randn(4, 3, 32, 32)})
         check = model._mtl_lora.row_check[1]
         with mlv.route(model, [0, 1]):
-            check(model, (), {"input_ids": x["input_ids"]})   # a forward in progress, as the model's hook opens it
-            check._counts[-1] = [2, 1]   # what the model's forward counted
+            check(model, (), x)   # a forward in progress, as the model's hook opens it
+            assert check.current() == [2, 1]   # what the model's forward counted
             try:
                 with pytest.raises(mlv.RoutingError, match=r"vision_tower got 4 images for rows holding \[2, 1\]"):
                     model.model.vision_tower(torch.randn(4, 3, 32, 32))

@@ -53,7 +53,7 @@ class RowImagesCheck:
         self._counts: list[list[int] | None] = []   # per forward in progress (nested: a stack)
         # per forward in progress: each image-path module's calls so far (a PerCall's next), by the module's name
         self._calls: list[dict[str, int]] = []
-        self._regions: list[tuple] = []   # per forward in progress: its recomputation region (_region)
+        self._regions: list[tuple | None] = []   # per forward in progress with counts: its recomputation region
 
     def __getstate__(self) -> dict:
         """A copy (deepcopy, pickle) made inside a routed ``generate`` counts its own forwards: the scope is the
@@ -98,13 +98,14 @@ class RowImagesCheck:
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self.checked:   # inside the routed generate: the images its own count found
-            self._counts.append(self.current())
+            counts = self.current()
+            self._counts.append(counts)
             self._calls.append({})
-            self._regions.append(_region())
+            self._regions.append(None if counts is None else _region())
             return
         self._counts.append(None)   # first: a refusal below still leaves one entry for after() (always_call) to pop
         self._calls.append({})
-        self._regions.append(_region())
+        self._regions.append(None)   # (where this forward runs: read only for a forward with counts, below)
         # no route given: the first adapted layer that runs says so (if any runs); a recomputation in backward of a
         # checkpointed forward whose scope has closed replays that forward's route, and counts as it did
         if self.router.current is None and not self.router.replaying():
@@ -125,6 +126,7 @@ class RowImagesCheck:
                     f"{type(module).__name__} cannot route the {kind}s of a mixed-task batch to their rows' tasks: "
                     f"the rows hold {list(counts)} {kind}s, and {why}. Route each task's rows in a call of their own")
         self._counts[-1] = per_row if isinstance(per_row, PerCall) else [int(n) for n in per_row]
+        self._regions[-1] = _region()
 
     def after(self, module: nn.Module, args: tuple, output: object) -> None:
         """Forward hook (also after a failed forward): drop the count :meth:`__call__` pushed for this forward."""
