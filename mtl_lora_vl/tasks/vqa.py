@@ -119,15 +119,6 @@ def _top_normalized(gts: list[str], least: int = 1) -> set[str]:
     return {a for a, n in counts.items() if n == most} if most >= least else set()
 
 
-def _answers_of(example: Example, task: str) -> Sequence[str]:
-    """A training row's human answers; one string (``answers="red"``) is refused, as it reads letter by letter."""
-    if isinstance(example.answers, str):
-        raise TypeError(f"task {task!r}: example {example.image_id!r} has answers={example.answers!r}, one string, "
-                        f"which would train as {len(example.answers)} answers read letter by letter; give a tuple "
-                        f"of the human answers (answers=({example.answers!r},))")
-    return example.answers
-
-
 @register_kind("vqa")
 class VQAKind(TaskKind):
     """Open-ended VQA (VQAv2 style): answer vocabulary, soft-score loss, VQA accuracy per question type."""
@@ -173,7 +164,7 @@ class VQAKind(TaskKind):
             self.packed = None   # no training rows to pack: targets are computed per visit
             return
         norm = AnswerNormalizer()   # each distinct answer string normalised once while the kind is built
-        norm_rows = [[norm(a) for a in _answers_of(ex, spec.name)] for ex in train.examples]
+        norm_rows = [[norm(a) for a in ex.answers] for ex in train.examples]   # (texts: TaskKind.check_texts)
         counts: Counter[str] = Counter()
         for gts in norm_rows:
             counts.update(gts)
