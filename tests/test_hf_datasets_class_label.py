@@ -70,9 +70,12 @@ def test_a_name_at_another_index_beside_renamed_ones_is_refused(root):
 @pytest.mark.parametrize("class_names", [["fox", "dog"], ["dog"], ["fox"]])
 def test_fewer_class_names_with_a_moved_one_are_refused_by_name(root, class_names):
     """A list shorter than the ClassLabel, naming one of its classes at another index, failed with a bare
-    IndexError (the check read class_names at the ClassLabel's index)."""
-    with pytest.raises(DataFormatError, match=r"class_names puts .* is class [12] of the ClassLabel of label column "
-                                              r"'label'.* or leave class_names out"):
+    IndexError (the check read class_names at the ClassLabel's index). Read by name, the rows of the classes it
+    leaves out (cat; cat and dog, or cat and fox) have no name."""
+    with pytest.raises(DataFormatError, match=rf"class_names names {len(class_names)} of the 3 classes of the "
+                                              r"ClassLabel of label column 'label' .*\(read by name\), but rows are "
+                                              r"of \['cat'.* too.*add those names to class_names \(in any order\), "
+                                              r"or leave class_names out"):
         read_split("hf_datasets", root, path="pets", class_names=class_names)
 
 
@@ -98,3 +101,8 @@ def test_fewer_class_names_that_name_every_class_the_rows_use_are_read(tmp_path)
     assert split.class_names == ["a cat", "a dog"] and _labels(split) == ["a cat", "a dog", "a dog", "a cat"]
     with pytest.raises(DataFormatError, match=r"class_names has 1 names but .* has 3 classes"):   # a dog row: no name
         read_split("hf_datasets", tmp_path, path="pets", class_names=["cat"])
+    # the same classes named in another order are read by name (refused before, as if fox's rows needed a name)
+    split = read_split("hf_datasets", tmp_path, path="pets", class_names=["dog", "cat"])
+    assert split.class_names == ["dog", "cat"] and _labels(split) == ["cat", "dog", "dog", "cat"]
+    with pytest.raises(DataFormatError, match=r"names 1 of the 3 classes .* but rows are of \['cat'\] too"):
+        read_split("hf_datasets", tmp_path, path="pets", class_names=["dog"])

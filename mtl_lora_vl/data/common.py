@@ -15,7 +15,7 @@ import os
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -64,15 +64,16 @@ def class_name_key(name: Any) -> str:
 
 
 def class_name_order(given: Sequence[str], data: Sequence[str], *, where: str, given_as: str, data_as: str,
-                     leave_out: str, error: type[Exception] = DataFormatError, used: int | None = None
-                     ) -> list[int] | None:
+                     leave_out: str, error: type[Exception] = DataFormatError, used: Collection[int] | None = None
+                     ) -> list[int | None] | None:
     """The one rule for class names ``given`` beside the data's own ``data`` (in label order): per data class, the
     position in ``given`` of its name where ``given`` names every data class, in any order (read by name); None
     where no given name is a data class's at another position (``given`` renames the classes: read by position).
-    A name matches its exact twin, else the one name of the same :func:`class_name_key` in both lists. Refused:
-    a data class's name at another position beside names that are not the data's (read by position, that class's
-    rows would be read as another class), and fewer names than the classes rows use (``used``: the highest label + 1;
-    None: all of ``data``), read by position."""
+    ``given`` naming some data classes, each its own name, is read by name too (None for a class it leaves out),
+    in any order. A name matches its exact twin, else the one name of the same :func:`class_name_key` in both
+    lists. Refused: a data class's name at another position beside names that are not the data's (read by
+    position, that class's rows would be read as another class), and a class the rows use (``used``: their labels;
+    None: all of ``data``) that has no name."""
     exact = {n: j for j, n in reversed(list(enumerate(given)))}   # a repeated name: its first position
     keys = Counter(class_name_key(n) for n in given)
     data_keys = Counter(class_name_key(n) for n in data)
@@ -84,7 +85,15 @@ def class_name_order(given: Sequence[str], data: Sequence[str], *, where: str, g
     moved = [(i, j) for i, j in enumerate(pos) if j is not None and j != i]
     lacks = [n for n, k in zip(data, pos) if k is None]
     shown = f"{list(data[:10])}{' ...' if len(data) > 10 else ''}"
-    if not moved and len(given) < (len(data) if used is None else used):   # read by position, a row had no name
+    used = range(len(data)) if used is None else used
+    if moved and sorted(j for j in pos if j is not None) == list(range(len(given))):   # data names only: by name
+        unnamed = sorted({data[i] for i in used if 0 <= i < len(data) and pos[i] is None})
+        if unnamed:
+            raise error(f"{where}: {given_as} names {len(given)} of the {len(data)} classes of {data_as} {shown} "
+                        f"(read by name), but rows are of {unnamed[:5]}{' ...' if len(unnamed) > 5 else ''} too, "
+                        f"which it does not name; add those names to {given_as} (in any order), or {leave_out}")
+        return pos
+    if not moved and len(given) < max(used, default=-1) + 1:   # read by position, a row had no name
         raise error(f"{where}: {given_as} has {len(given)} names but {data_as} has {len(data)} classes {shown}, and "
                     f"{given_as} lacks {lacks[:5]}{' ...' if len(lacks) > 5 else ''}: read by position, rows of "
                     f"classes {len(given)} and above have no name; give all {len(data)} names (in the order of "

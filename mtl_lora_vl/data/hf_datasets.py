@@ -311,7 +311,7 @@ def read_hf_datasets(
         if class_names is None:
             class_names = list(label_feature.names)
         else:   # (the classes its rows use: a subset's ClassLabel keeps every name of the whole set)
-            used = 1 + max((v for r in meta if isinstance(v := r[mapping["label"]], int)), default=-1)
+            used = {v for r in meta if isinstance(v := r[mapping["label"]], int) and not isinstance(v, bool)}
             by_name = class_label_names(list(label_feature.names), list(class_names), source, mapping["label"], used)
     by_id: dict[str, tuple[Any, int]] = {}   # image_id -> (the image reference its rows share, its first row)
     digests: dict[int, str] = {}

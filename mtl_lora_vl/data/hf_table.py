@@ -9,7 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -303,12 +303,12 @@ def truth_names(names: list[str], column: str, source: str) -> list[str]:
 
 
 def class_label_names(names: list[str], class_names: list[str], source: str, column: str,
-                      used: int | None = None) -> list[str] | None:
+                      used: Collection[int] | None = None) -> list[str | None] | None:
     """How a ``ClassLabel`` label column of ``names`` is read beside the reader's ``class_names``, by the rule of
     :func:`.common.class_name_order`: by name (per ClassLabel index, its name as ``class_names`` spells it, to look up
-    there) where ``class_names`` holds them all, in any order; by index (None) where ``class_names`` renames the
-    classes; refused where a name of both stands at another index in each beside renamed ones. ``used``: how many
-    of the classes the rows use (highest index + 1), None: all."""
+    there) where ``class_names`` holds them all, or some, in any order (None for a class it leaves out, which no
+    row may use); by index (None) where ``class_names`` renames the classes; refused where a name of both stands
+    at another index in each beside renamed ones. ``used``: the labels of the rows, None: all classes."""
     order = class_name_order(class_names, names, where=source, given_as="class_names", used=used,
                              data_as=f"the ClassLabel of label column {column!r}", leave_out="leave class_names out")
-    return None if order is None else [class_names[j] for j in order]
+    return None if order is None else [None if j is None else class_names[j] for j in order]
