@@ -37,6 +37,14 @@ class Example:
     label: int | None = None           # classification: class index
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 
+    def __post_init__(self) -> None:
+        # a list given for a sequence field is kept as a tuple: a list left the frozen example unhashable and its
+        # answers open to change in place; a list of images was read as one image (image_count 1)
+        for name in ("image", "captions", "answers"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+
 
 @dataclass
 class Split:
