@@ -177,6 +177,9 @@ def test_pretrain_backbone_records_every_setting_that_changes_its_asset(tmp_path
                     "--out", str(out)]) == 0
     record = json.loads((out / "open_clip_config.json").read_text())["pretrain"]
     assert record["weight_decay"] == 0.3 and record["threads"] is None
+    # the committed asset, written before the record held them, has every setting the script records now
+    asset = json.loads((REPO / "assets" / "builtin_clip" / "open_clip_config.json").read_text())["pretrain"]
+    assert sorted(set(record) - set(asset)) == []
 
 
 def test_pretrain_llava_evaluate_leaves_a_foreign_folder_unmarked_and_out_never_replaces_it(tmp_path, monkeypatch,
