@@ -206,6 +206,9 @@ def test_retrieval_metrics_follow_its_ks(tmp_path):
     assert load_spec(path).metrics == ("mean_recall", "i2t_r1", "i2t_r2", "t2i_r1", "t2i_r2")
     path.write_text('kind = "retrieval"\nmetrics = ["mean_recall", "t2i_r2"]\n' + GOOD + '[options]\nks = [1, 2]\n')
     assert load_spec(path).metrics == ("mean_recall", "t2i_r2")
+    # a k given twice was refused as 'metrics[3]', a field the spec never wrote: it counts once
+    path.write_text('kind = "retrieval"\n' + GOOD + '[options]\nks = [5, 1, 5]\n')
+    assert load_spec(path).metrics == ("mean_recall", "i2t_r5", "i2t_r1", "t2i_r5", "t2i_r1")
 
 
 def test_the_first_metric_a_spec_lists_that_can_head_the_report_is_its_headline(tmp_path):
