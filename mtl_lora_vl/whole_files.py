@@ -11,6 +11,7 @@ consensus answers is ~5.7 MB; an options file is a few KB.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 #: The largest JSON or TOML file read whole, in bytes: over ten times the largest real record above.
@@ -28,9 +29,22 @@ class FileTooLarge(OSError):
 
 def read_whole(path: str | Path, encoding: str | None = None) -> str:
     """``path``'s text (as ``Path.read_text(encoding)``), refused with :class:`FileTooLarge` before it is read when
-    the file is larger than :data:`MAX_WHOLE_FILE` (or grows past it while read)."""
+    the file is larger than :data:`MAX_WHOLE_FILE` (or grows past it while read). Only a regular file is read: a
+    FIFO, socket or device is refused by name without waiting (an ``open`` of a FIFO for reading waited for a
+    writer, for ever); a folder raises :class:`IsADirectoryError`, as ``open`` does."""
     path = Path(path)
-    with open(path, encoding=encoding) as f:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(f"{path}: a folder, not a file; give the file itself")
+        if not stat.S_ISREG(mode):
+            raise OSError(f"{path}: {_kind(mode)}, not a regular file, so it is not read (a read could wait for ever "
+                          "or never end); give a file")
+    except BaseException:
+        os.close(fd)
+        raise
+    with open(fd, encoding=encoding) as f:   # (O_NONBLOCK does nothing to a regular file's reads)
         size = os.fstat(f.fileno()).st_size
         if size > MAX_WHOLE_FILE:
             raise FileTooLarge(path, size)
@@ -38,3 +52,10 @@ def read_whole(path: str | Path, encoding: str | None = None) -> str:
     if len(text) > MAX_WHOLE_FILE:
         raise FileTooLarge(path, max(size, len(text)))
     return text
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a regular one is, for a message."""
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "a special file")

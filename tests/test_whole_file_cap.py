@@ -1,6 +1,8 @@
 """JSON / TOML files read whole are capped (helper 367): a sparse or wrong multi-GB file under the name of an adapter
 config, a task-state file or a --config file was read whole into memory (and then told "not valid JSON")."""
 import json
+import os
+import threading
 import time
 
 import pytest
@@ -142,3 +144,30 @@ def test_a_runs_config_and_eval_json_are_read_capped(tmp_path, monkeypatch):
     monkeypatch.setattr(whole_files, "MAX_WHOLE_FILE", 2**20)
     with pytest.raises(RunDirError, match="holds the evaluation of another adapter"):
         _check_default_out(out, tmp_path / "mine")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_read_whole_refuses_a_fifo_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)
+    result = {}
+
+    def read():
+        try:
+            read_whole(fifo)
+        except OSError as e:
+            result["error"] = str(e)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(2)
+    if reader.is_alive():   # (blocked in open(): let it go by opening the FIFO for writing)
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(2)
+        pytest.fail(f"read_whole({fifo}) waited for a writer")
+    assert result["error"] == (f"{fifo}: a FIFO (named pipe), not a regular file, so it is not read (a read could "
+                               "wait for ever or never end); give a file")
+    with pytest.raises(IsADirectoryError, match="a folder, not a file"):
+        read_whole(tmp_path)
+    (tmp_path / "crlf.json").write_bytes(b'{"a": 1}\r\n')
+    assert read_whole(tmp_path / "crlf.json") == '{"a": 1}\n'   # read as open() reads text: newlines translated
