@@ -144,7 +144,9 @@ def _refuse_linked_outputs(run: Path) -> None:
     """Refuse a resume whose run folder holds a link out of it where the run writes (a run folder unpacked from
     someone's archive): the final ``save_adapter`` would replace the folder ``adapter`` leads to, files and all."""
     # (not run.glob: a name without a wildcard is matched only where it exists, so a dangling link went unseen)
-    for entry in sorted(e for e in run.iterdir() if any(fnmatchcase(e.name, p) for p in RUN_OUTPUTS)):
+    fold = str.casefold if _folds_case(run) else str   # (macOS, Windows: a link named ADAPTER is where adapter goes)
+    outputs = [fold(p) for p in RUN_OUTPUTS]
+    for entry in sorted(e for e in run.iterdir() if any(fnmatchcase(fold(e.name), p) for p in outputs)):
         if entry.is_symlink() and not entry.exists():   # (the run's writes refused it only then, or wrote elsewhere)
             raise RunDirError(f"--resume {run}: {entry} is a symbolic link to {os.readlink(entry)}, which does not "
                               f"exist (or is a loop of links); the run writes its {entry.name} there: remove the link "
@@ -153,6 +155,15 @@ def _refuse_linked_outputs(run: Path) -> None:
             raise RunDirError(f"--resume {run}: {entry} is a symbolic link to {os.readlink(entry)}, out of the run "
                               f"folder; the run writes its {entry.name} there and would replace what the link leads "
                               "to: remove the link (the run writes its own there)")
+
+
+def _folds_case(run: Path) -> bool:
+    """Whether ``run``'s file system takes a name in any case for the same entry (macOS's and Windows' by default):
+    its ``config.json`` is found again as ``CONFIG.JSON``, the same file. Nothing is written."""
+    try:
+        return os.path.samestat(os.stat(run / "config.json"), os.stat(run / "CONFIG.JSON"))
+    except OSError:   # (no CONFIG.JSON: the names are told apart)
+        return False
 
 
 def _check_parent(run: Path) -> None:

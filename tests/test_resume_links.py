@@ -5,9 +5,11 @@ the final ``save_adapter(RUN/adapter, overwrite=True)`` writes through the link,
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
+from mtl_lora_vl import rundir
 from mtl_lora_vl.options import TrainOptions
 from mtl_lora_vl.rundir import RunDirError, choose_run_dir
 
@@ -49,3 +51,27 @@ def test_a_dangling_link_where_the_run_writes_is_refused_on_resume(tmp_path, nam
     with pytest.raises(RunDirError, match=rf"{name} is a symbolic link to .*gone.*which does not exist.*remove the "
                                           "link"):
         choose_run_dir(TrainOptions(resume=str(run)))
+
+
+@pytest.mark.parametrize("dangling", [True, False])
+def test_a_link_named_in_another_case_is_refused_where_the_file_system_folds_case(tmp_path, monkeypatch, dangling):
+    # (macOS, Windows: the run's RUN/adapter is the entry ADAPTER, so save_adapter wrote through the link)
+    run, docs = _run(tmp_path)
+    (run / "ADAPTER").symlink_to(docs / "gone" if dangling else docs)
+    if not rundir._folds_case(run):   # (Linux) ADAPTER is not where the run writes
+        assert choose_run_dir(TrainOptions(resume=str(run))) == run
+    monkeypatch.setattr(rundir, "_folds_case", lambda folder: folder == run)
+    with pytest.raises(RunDirError, match=r"ADAPTER is a symbolic link to .*(does not exist|out of the run folder)"):
+        choose_run_dir(TrainOptions(resume=str(run)))
+
+
+def test_the_case_probe_finds_config_json_again_in_another_case_only_as_the_same_file(tmp_path):
+    run, _ = _run(tmp_path)
+    if (run / "CONFIG.JSON").exists():
+        pytest.skip("this file system folds case: the probe is checked where names are told apart")
+    assert not rundir._folds_case(run)
+    (run / "CONFIG.JSON").write_text("{}")        # another file: the names are told apart
+    assert not rundir._folds_case(run)
+    (run / "CONFIG.JSON").unlink()
+    os.link(run / "config.json", run / "CONFIG.JSON")   # the same file under both names, as a folding system finds it
+    assert rundir._folds_case(run)
