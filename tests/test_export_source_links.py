@@ -141,3 +141,31 @@ def test_a_linked_config_that_save_pretrained_writes_itself_is_not_refused(tmp_p
     with pytest.raises(ValueError, match=r"generation_config.json is a symbolic link to .*secret.txt, outside"):
         mlv.save_merged(model, "a", tmp_path / "merged2")
     assert not (tmp_path / "merged2").exists()
+
+
+def test_a_linked_remote_code_file_that_save_pretrained_writes_itself_is_not_refused(tmp_path, monkeypatch):
+    """A model of its own code (``trust_remote_code``: its class registered for an auto class) is saved with that
+    code: ``save_pretrained`` copies its module file (and the files it imports relatively) into the folder, so the
+    source folder's own copy, linked to a shared file, is never copied and was refused as leaking it; a linked
+    ``.py`` that save_pretrained does not write is still refused before the merge."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "modeling_tinyx.py").write_text("from transformers import CLIPModel\n\n\n"
+                                            "class TinyX(CLIPModel):\n    pass\n")
+    monkeypatch.syspath_prepend(str(code))
+    monkeypatch.delitem(__import__("sys").modules, "modeling_tinyx", raising=False)
+    from modeling_tinyx import TinyX
+
+    tiny_hf_clip().save_pretrained(tmp_path / "base")
+    (tmp_path / "base" / "modeling_tinyx.py").symlink_to(code / "modeling_tinyx.py")   # a shared copy of the code
+    base = TinyX.from_pretrained(tmp_path / "base")
+    monkeypatch.setattr(TinyX, "_auto_class", "AutoModel")   # what TinyX.register_for_auto_class("AutoModel") sets
+    model = mlv.attach(base, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2))
+    out = mlv.save_merged(model, "a", tmp_path / "merged")
+    assert "class TinyX" in (out / "modeling_tinyx.py").read_text() and not (out / "modeling_tinyx.py").is_symlink()
+    assert json.loads((out / "config.json").read_text())["auto_map"] == {"AutoModel": "modeling_tinyx.TinyX"}
+    (tmp_path / "secret.py").write_text("KEY = 'PRIVATE'")
+    (tmp_path / "base" / "helpers.py").symlink_to(tmp_path / "secret.py")   # not the model's code: copied, refused
+    monkeypatch.setattr(exports, "merged_state_dict", lambda *a, **k: pytest.fail("refused only after the merge"))
+    with pytest.raises(ValueError, match=r"helpers.py is a symbolic link to .*secret.py, outside"):
+        mlv.save_merged(model, "a", tmp_path / "merged2")

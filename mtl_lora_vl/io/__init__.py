@@ -6,6 +6,7 @@
 - :mod:`.tensor_files`: safetensors files (write, read, header and metadata only) and the recorded digests;
 - :mod:`.base_check`: an adapter file against the base model it is loaded onto, before anything is touched;
 - :mod:`.adapter_files`: the native adapter directory (``save_adapter``, ``load_adapter``);
+- :mod:`.source_files`: what a merged folder copies from its source folder, and what save_pretrained writes;
 - :mod:`.exports`: tasks as PEFT or plain LoRAs (one, or several named), or a merged base-model checkpoint;
 - :mod:`.pretrained`: ``load_pretrained``, base model + task heads + adapter in one call.
 """

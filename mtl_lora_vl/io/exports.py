@@ -58,19 +58,18 @@ from ..families import MERGED_CONFIG, MERGED_WEIGHTS, family_named, merged_forma
 from ..whole_files import read_whole
 from ..wording import tasks_named
 from .adapter_images import written_family, written_images
-from .atomic import atomic_dir, atomic_file, linked_out_of
+from .atomic import atomic_dir, atomic_file
 from .base_check import adapted_part, check_base_class, check_weight_samples, newer_package_hint, refuse_adapted
 from .identity import model_identity, plan_attached
 from .layout import (
-    ADAPTER_CONFIG,
     EXPORT_RECORD,
-    LEGACY_ADAPTER_CONFIG,
     MERGED_TASK_KEY,
     AdapterFileError,
     adapter_layout,
     check_replace,
     few,
 )
+from .source_files import hf_writes, refuse_linked_out, weights_or_adapter
 from .tensor_files import load_tensors, save_tensors
 
 logger = logging.getLogger(__name__)
@@ -414,10 +413,10 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     if out.suffix != ".safetensors":   # a folder gets source_dir's files: its links checked before the minutes of work
         if fmt == "hf" and source_dir is None:   # the directory the model was loaded from (tokenizer, processor files)
             source_dir = _loaded_from(whole)
-        own = {EXPORT_RECORD, *(_hf_writes(whole) if fmt == "hf" else ())}   # written here, not copied: links harmless
+        own = {EXPORT_RECORD, *(hf_writes(whole) if fmt == "hf" else ())}   # written here, not copied: links harmless
         for f in Path(source_dir).iterdir() if source_dir is not None else ():
-            if f.is_file() and not _weights_or_adapter(f) and f.name not in own:
-                _refuse_linked_out(source_dir, f)
+            if f.is_file() and not weights_or_adapter(f) and f.name not in own:
+                refuse_linked_out(source_dir, f)
     sd = merged_state_dict(inner, task, root=whole)
     if overwrite:
         check_replace(out, what="save_merged", keep=[*_base_files(whole), ("source_dir", source_dir)])
@@ -444,8 +443,8 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
             save_tensors(sd, tmp / weights_name, meta)
         if source_dir is not None:
             for f in Path(source_dir).iterdir():
-                if f.is_file() and not _weights_or_adapter(f) and not (tmp / f.name).exists():
-                    _refuse_linked_out(source_dir, f)   # (one save_pretrained might have written: checked only now)
+                if f.is_file() and not weights_or_adapter(f) and not (tmp / f.name).exists():
+                    refuse_linked_out(source_dir, f)   # (one save_pretrained might have written: checked only now)
                     shutil.copyfile(f, tmp / f.name)
             fam = family_named(family)   # (the whole model's: its inner model adapted, the family still fits)
             fit = getattr(backbone_class(fam.backbone), "fit_processor_files", None) if fam and fam.backbone else None
@@ -454,27 +453,6 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
                 low, high = asked or record.bounds or (None, _area_read(record))
                 fit(tmp, high, record.reading, min_pixels=low)
     return out
-
-
-def _hf_writes(model: nn.Module) -> tuple[str, ...]:
-    """The files ``model.save_pretrained`` writes besides its weights: a generation_config.json only if it generates."""
-    return ("config.json", *(("generation_config.json",) if getattr(model, "can_generate", lambda: False)() else ()))
-
-
-def _refuse_linked_out(folder: str | Path, f: Path) -> None:
-    """Refuse to copy ``f``, a link out of the source folder: a downloaded folder's link could put a private file
-    (a key, a token) into the merged folder, which is then shared."""
-    target = linked_out_of(folder, f)
-    if target is not None:
-        raise ValueError(f"save_merged: {f} is a symbolic link to {target}, outside the source folder {folder}, and "
-                         "only the folder's own files are copied into a merged folder; put the file itself there in "
-                         "place of the link, or remove the link")
-
-def _weights_or_adapter(f: Path) -> bool:
-    """A weights file, or an adapter's config: not copied into a merged directory (an adapter_config.json
-    there makes ``from_pretrained`` load it as a PEFT adapter, whose weights are not there)."""
-    weights = f.suffix in (".safetensors", ".bin", ".pth", ".pt") or f.name.endswith(".index.json")
-    return weights or f.name in (LEGACY_ADAPTER_CONFIG, ADAPTER_CONFIG)
 
 
 def _not_plain(path: Path) -> None:

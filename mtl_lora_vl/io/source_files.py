@@ -1,0 +1,52 @@
+"""What a merged folder takes from its source folder (the base model's): which files are copied, which the
+model's own ``save_pretrained`` writes instead, and the refusal of a copied file that links out of the folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from torch import nn
+
+from .atomic import linked_out_of
+from .layout import ADAPTER_CONFIG, LEGACY_ADAPTER_CONFIG
+
+__all__ = ["hf_writes", "refuse_linked_out", "weights_or_adapter"]
+
+
+def hf_writes(model: nn.Module) -> tuple[str, ...]:
+    """The files ``model.save_pretrained`` writes besides its weights: config.json, a generation_config.json only if
+    it generates, and for a model or config of its own code (registered for an auto class: ``trust_remote_code``)
+    the Python files that code is in."""
+    generates = getattr(model, "can_generate", lambda: False)()
+    code = [name for obj in (model, getattr(model, "config", None)) for name in _code_files(obj)]
+    return ("config.json", *(("generation_config.json",) if generates else ()), *code)
+
+
+def _code_files(obj: object) -> list[str]:
+    """The names of the files transformers' ``custom_object_save`` copies for ``obj``, a model or config of a class
+    registered for an auto class: its module's file and those it imports relatively; none for another."""
+    module = sys.modules.get(type(obj).__module__) if getattr(obj, "_auto_class", None) is not None else None
+    file = getattr(module, "__file__", None)
+    if not file or type(obj).__module__ == "__main__":
+        return []
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    return [Path(file).name, *(Path(f).name for f in get_relative_import_files(file))]
+
+
+def refuse_linked_out(folder: str | Path, f: Path) -> None:
+    """Refuse to copy ``f``, a link out of the source folder: a downloaded folder's link could put a private file
+    (a key, a token) into the merged folder, which is then shared."""
+    target = linked_out_of(folder, f)
+    if target is not None:
+        raise ValueError(f"save_merged: {f} is a symbolic link to {target}, outside the source folder {folder}, and "
+                         "only the folder's own files are copied into a merged folder; put the file itself there in "
+                         "place of the link, or remove the link")
+
+
+def weights_or_adapter(f: Path) -> bool:
+    """A weights file, or an adapter's config: not copied into a merged directory (an adapter_config.json
+    there makes ``from_pretrained`` load it as a PEFT adapter, whose weights are not there)."""
+    weights = f.suffix in (".safetensors", ".bin", ".pth", ".pt") or f.name.endswith(".index.json")
+    return weights or f.name in (LEGACY_ADAPTER_CONFIG, ADAPTER_CONFIG)
