@@ -101,13 +101,18 @@ def test_links_of_a_local_dir_download_to_the_hub_cache_blobs_still_copy(tmp_pat
     """huggingface_hub before 0.23 (``local_dir_use_symlinks="auto"``) linked a ``local_dir`` download's files over
     5 MB (Qwen2-VL's 7 MB tokenizer.json) to the cache's blobs: refused as links out of the folder."""
     repo = tmp_path / "cache" / "hub" / "models--Qwen--Qwen2-VL-2B-Instruct"
-    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "llava").mkdir(parents=True)
     (repo / "blobs").mkdir()
     (repo / "blobs" / "f00d").write_text('{"vocab": 1}')
+    (repo / "snapshots" / "abc123" / "tokenizer.json").symlink_to("../../blobs/f00d")
+    (repo / "snapshots" / "abc123" / "llava" / "vocab.json").symlink_to("../../../blobs/f00d")
     src = _source(tmp_path / "models" / "qwen2-vl")
     (src / "tokenizer.json").symlink_to(repo / "blobs" / "f00d")
     out = mlv.save_merged(_model(), "a", tmp_path / "merged", source_dir=src)
     assert (out / "tokenizer.json").read_text() == '{"vocab": 1}' and not (out / "tokenizer.json").is_symlink()
+    sub = _source(tmp_path / "models" / "qwen2-vl-sub" / "llava")   # a download of the repo's subfolder llava/
+    (sub / "vocab.json").symlink_to(repo / "blobs" / "f00d")
+    assert linked_out_of(sub, sub / "vocab.json") is None
     (tmp_path / "blobs").mkdir()   # a folder merely named blobs, outside a hub cache: still refused
     (tmp_path / "blobs" / "key").write_text("PRIVATE KEY")
     (src / "extra.json").symlink_to(tmp_path / "blobs" / "key")
@@ -169,3 +174,22 @@ def test_a_linked_remote_code_file_that_save_pretrained_writes_itself_is_not_ref
     monkeypatch.setattr(exports, "merged_state_dict", lambda *a, **k: pytest.fail("refused only after the merge"))
     with pytest.raises(ValueError, match=r"helpers.py is a symbolic link to .*secret.py, outside"):
         mlv.save_merged(model, "a", tmp_path / "merged2")
+
+
+def test_a_link_into_the_hub_cache_blobs_that_no_download_made_is_refused(tmp_path):
+    """A link into a hub cache's blobs is a download's own only where a snapshot of that repo holds the file under
+    the link's name as that blob: any link into any ``models--*/blobs`` was taken, so a folder's ``notes.txt``
+    leading to a private repo's file (its ``secrets.json``) was copied into the merged folder, made to be shared."""
+    repo = tmp_path / "cache" / "hub" / "models--me--private"
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    (repo / "blobs" / "beef").write_text('{"token": "PRIVATE"}')
+    (repo / "snapshots" / "abc123" / "secrets.json").symlink_to("../../blobs/beef")
+    src = _source(tmp_path / "downloaded")
+    (src / "notes.txt").symlink_to(repo / "blobs" / "beef")
+    with pytest.raises(ValueError, match=r"notes.txt is a symbolic link to .*models--me--private/blobs/beef, outside"):
+        mlv.save_merged(_model(), "a", tmp_path / "merged", source_dir=src)
+    assert not (tmp_path / "merged").exists()
+    (src / "notes.txt").unlink()
+    (src / "secrets.json").symlink_to(repo / "blobs" / "beef")   # the repo's own file under its own name: a download
+    assert linked_out_of(src, src / "secrets.json") is None

@@ -54,8 +54,9 @@ def linked_out_of(folder: str | Path, entry: str | Path) -> Path | None:
     """Where ``entry`` (a file in ``folder``) leads when a symbolic link takes it out of ``folder``, else None. A
     Hugging Face hub cache snapshot's links to its own blobs (``snapshots/<rev>/f -> ../../blobs/<sha>``, also from a
     subfolder of the snapshot: a model saved under ``subfolder=``) stay in, and so do a ``local_dir`` download's links
-    to a hub cache's blobs (``models--org--name/blobs/<sha>``: huggingface_hub before 0.23 linked files over 5 MB).
-    A link loop is refused by name."""
+    to a hub cache's blobs (``models--org--name/blobs/<sha>``: huggingface_hub before 0.23 linked files over 5 MB)
+    where a snapshot of that repo holds the file under the link's name, as that blob: the link is the download's own,
+    not one into another repo's blobs (a private repo's file). A link loop is refused by name."""
     try:
         folder, target = Path(folder).resolve(), Path(entry).resolve()
     except RuntimeError as e:   # a loop, before Python 3.13
@@ -65,7 +66,7 @@ def linked_out_of(folder: str | Path, entry: str | Path) -> Path | None:
     except OSError as e:   # (another error, a dangling link: where it leads is still told)
         if e.errno == errno.ELOOP:
             _loop(entry, e)
-    return _outside(folder, target)
+    return _outside(folder, target, Path(entry).absolute().parts)
 
 
 def _loop(entry: str | Path, e: Exception) -> NoReturn:
@@ -74,8 +75,9 @@ def _loop(entry: str | Path, e: Exception) -> NoReturn:
                   "link or point it at a file") from None
 
 
-def _outside(folder: Path, target: Path) -> Path | None:
-    """``target`` (resolved) where it is outside ``folder`` (resolved) and not a hub snapshot's blob, else None."""
+def _outside(folder: Path, target: Path, entry: tuple[str, ...]) -> Path | None:
+    """``target`` (resolved) where it is outside ``folder`` (resolved) and not a hub snapshot's blob, else None.
+    ``entry``: the parts of the link's own path (a download's file name in its repo is its last one or more)."""
     if target.is_relative_to(folder):
         return None
     snapshot = next((p for p in (folder, *folder.parents) if p.parent.name == "snapshots"), None)
@@ -83,7 +85,10 @@ def _outside(folder: Path, target: Path) -> Path | None:
         return None
     repo = target.parent.parent
     if target.parent.name == "blobs" and repo.name.startswith("models--") and (repo / "snapshots").is_dir():
-        return None
+        names = [Path(*entry[-k:]) for k in range(1, min(len(entry), 8))]   # tokenizer.json, llava/tokenizer.json...
+        snapshots = [s for s in (repo / "snapshots").iterdir() if s.is_dir()]
+        if any(os.path.realpath(s / name) == str(target) for s in snapshots for name in names):
+            return None
     return target
 
 
