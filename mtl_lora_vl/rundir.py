@@ -32,7 +32,7 @@ from .distributed import DistInfo, broadcast_from_main
 from .io.adapter_files import absolute_base
 from .io.atomic import atomic_file, holds
 from .io.layout import RUN_OUTPUTS
-from .io.locks import LockHeld, lock_holder, take_lock
+from .io.locks import LockHeld, NotALockFile, lock_holder, take_lock
 from .log import warn_user
 from .options import TrainOptions, type_problem
 from .tasks.spec import looks_like_path
@@ -67,6 +67,8 @@ def hold_run_dir(run: Path, info: DistInfo) -> IO | None:
         except LockHeld as e:
             error = (f"{run}: a run is training in it now (process {e.holder}); wait for it to finish or stop it "
                      "(Ctrl-C saves a checkpoint), then --resume it, or choose another --out")
+        except NotALockFile as e:
+            error = f"{run}: {e}"
         except OSError as e:   # a file system without flock (some network and FUSE mounts): trained unlocked
             warn_user(f"{run}: cannot lock {RUN_LOCK} ({e.strerror or e}; its file system may not support flock), "
                       "so a --resume or --overwrite of it is not refused while it trains; start neither until it ends")

@@ -18,6 +18,7 @@ import mtl_lora_vl.rundir as rundir
 import mtl_lora_vl.training.checkpoint as checkpoint
 import mtl_lora_vl.training.train as train_module
 from mtl_lora_vl.backbones import builtin_dir
+from mtl_lora_vl.benchmark.bench import BenchDirError, grid_lock
 from mtl_lora_vl.cli import train_main
 from mtl_lora_vl.distributed import DistInfo
 from mtl_lora_vl.rundir import RunDirError, hold_run_dir
@@ -229,3 +230,30 @@ def test_the_replaced_folder_of_the_current_directory_has_a_name(tmp_path, monke
     monkeypatch.chdir(tmp_path / "here")
     assert replaced_dir(Path(".")) == tmp_path / ".here.replaced"
     assert replaced_dir(Path("sub")) == tmp_path / "here" / ".sub.replaced"
+
+
+def test_a_lock_file_that_is_a_link_or_no_file_is_refused_with_nothing_written_through_it(tmp_path):
+    # (a run folder from an archive with .lock -> ~/thesis.tex: --resume truncated the thesis to its process id)
+    thesis = tmp_path / "thesis.tex"
+    thesis.write_text("years of work")
+    for folder in (tmp_path / "run", tmp_path / "grid"):
+        folder.mkdir()
+        (folder / ".lock").symlink_to(thesis)
+    with pytest.raises(RunDirError, match=r"run/.lock: a symbolic link \(to .*thesis.tex\), where this process "
+                                          r"writes its lock .*remove the link"):
+        hold_run_dir(tmp_path / "run", DistInfo())
+    with pytest.raises(BenchDirError, match=r"--out .*grid: .*grid/.lock: a symbolic link"):
+        grid_lock(tmp_path / "grid").__enter__()
+    assert thesis.read_text() == "years of work"
+    (tmp_path / "run" / ".lock").unlink()
+    (tmp_path / "run" / ".lock").symlink_to(tmp_path / "gone")   # dangling: nothing made where it leads
+    with pytest.raises(RunDirError, match="a symbolic link"):
+        hold_run_dir(tmp_path / "run", DistInfo())
+    assert not (tmp_path / "gone").exists()
+    (tmp_path / "run" / ".lock").unlink()
+    os.mkfifo(tmp_path / "run" / ".lock")
+    with pytest.raises(RunDirError, match=r"run/.lock: not a regular file \(a FIFO"):
+        hold_run_dir(tmp_path / "run", DistInfo())
+    (tmp_path / "run" / ".lock").unlink()
+    hold_run_dir(tmp_path / "run", DistInfo()).close()   # a plain lock file: taken
+    assert (tmp_path / "run" / ".lock").read_text() == f"{os.getpid()}\n"

@@ -30,7 +30,7 @@ from ..backbones.hf_vlm import HFVLMBackbone
 from ..backbones.spec import parse_spec
 from ..distributed import pick_device
 from ..io.atomic import holds
-from ..io.locks import LockHeld, take_lock
+from ..io.locks import LockHeld, NotALockFile, take_lock
 from ..options import TrainOptions
 from ..precision import resolve_precision
 from ..tasks import TaskSpec, load_spec
@@ -200,6 +200,8 @@ def grid_lock(out: Path) -> Iterator[None]:
     except LockHeld as e:
         raise BenchDirError(f"--out {out}: another benchmark is running in it (process {e.holder}); wait for it to "
                             "finish, or stop it, then rerun to resume the grid") from None
+    except NotALockFile as e:
+        raise BenchDirError(f"--out {out}: {e}") from None
     try:
         yield
     finally:

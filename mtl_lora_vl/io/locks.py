@@ -4,7 +4,9 @@ holder writes its process id into the file, so a refusal can name it."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 from typing import IO
 
@@ -13,7 +15,7 @@ try:
 except ImportError:   # not POSIX: no locks (one process per folder is then the user's to keep)
     fcntl = None
 
-__all__ = ["LockHeld", "lock_holder", "take_lock"]
+__all__ = ["LockHeld", "NotALockFile", "lock_holder", "take_lock"]
 
 
 class LockHeld(RuntimeError):
@@ -24,13 +26,34 @@ class LockHeld(RuntimeError):
         self.holder = holder
 
 
+class NotALockFile(RuntimeError):
+    """The lock's path is a symbolic link or not a regular file; the message names it and the fix."""
+
+
 def take_lock(path: Path) -> IO | None:
     """Hold ``path`` (an exclusive ``flock``, not waited for) for as long as the returned file stays open, with this
     process's id written in it; None where there is no ``flock``. :class:`LockHeld` when another process holds it;
-    another ``OSError`` where the file system cannot lock (some network and FUSE mounts)."""
+    :class:`NotALockFile` when ``path`` is a symbolic link or not a regular file (the id was written through a link,
+    over the file it led to: a run folder from an archive with ``.lock -> ~/thesis.tex``); another ``OSError`` where
+    the file system cannot lock (some network and FUSE mounts)."""
     if fcntl is None:
         return None
-    fh = open(path, "a+")   # noqa: SIM115 - held open by the caller
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as e:
+        if path.is_symlink():   # (ELOOP; EMLINK on FreeBSD)
+            raise NotALockFile(f"{path}: a symbolic link (to {os.readlink(path)}), where this process writes its "
+                               "lock (its process id), which would write over what the link leads to; remove the "
+                               "link (a lock file of its own is made there)") from None
+        if e.errno == errno.EISDIR:
+            raise NotALockFile(f"{path}: a folder, where this process makes its lock file; move it away") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotALockFile(f"{path}: not a regular file (a FIFO, socket or device), where this process makes its lock "
+                           "file; remove it")
+    os.set_blocking(fd, True)
+    fh = open(fd, "r+")   # noqa: SIM115 - held open by the caller
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         fh.seek(0)
