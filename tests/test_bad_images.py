@@ -462,23 +462,29 @@ def test_a_16_bit_grey_png_with_a_transparent_level_is_composited_on_white(tmp_p
     assert np.asarray(load_image(path))[0, 1].tolist() == [255, 255, 255]
 
 
-def test_a_16_bit_rgb_png_with_a_transparent_colour_is_composited_on_white(tmp_path):
+@pytest.mark.parametrize("clear, blue", [((0x0100, 0x0100, 0x01FF), (0, 0, 0xFFFF)),
+                                         ((0x0001, 0x0001, 0x00FF), (0x0100, 0x0100, 0xFFFF))])
+def test_a_16_bit_rgb_png_with_a_transparent_colour_is_composited_on_white(tmp_path, clear, blue):
     """A 16-bit RGB PNG's tRNS colour: Pillow reads each sample as its high byte but compared the colour's low bytes,
     so with tRNS (0x0100, 0x0100, 0x01ff) the transparent pixels stayed (1, 1, 1) and the blue (0, 0, 0xffff) ones,
-    whose 8 bits (0, 0, 255) are those low bytes, went white."""
+    whose 8 bits (0, 0, 255) are those low bytes, went white. A colour under 256 in every sample, (1, 1, 0xff), is
+    no sign of 16 bits: the file's sample depth says it (the transparent pixels stayed (0, 0, 0), and (1, 1, 255)
+    went white)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    clear, blue = (0x0100, 0x0100, 0x01FF), (0, 0, 0xFFFF)
     rows = b"\x00" + b"".join(struct.pack(">HHH", *p) for p in (clear, blue))
     path = tmp_path / "rgb16.png"   # (Pillow writes no 16-bit RGB PNG)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 1, 16, 2, 0, 0, 0))
                      + chunk(b"tRNS", struct.pack(">HHH", *clear)) + chunk(b"IDAT", zlib.compress(rows))
                      + chunk(b"IEND", b""))
-    assert np.asarray(load_image(path))[0].tolist() == [[255, 255, 255], [0, 0, 255]]
+    eight = [[v >> 8 for v in p] for p in (clear, blue)]
+    assert np.asarray(load_image(path))[0].tolist() == [[255, 255, 255], eight[1]]
+    with Image.open(path) as img:
+        assert np.asarray(load_image(img))[0].tolist() == [[255, 255, 255], eight[1]]   # a lazily opened PIL image
     with Image.open(path) as img:
         img.load()
-        assert np.asarray(to_rgb(img, "drop"))[0].tolist() == [[1, 1, 1], [0, 0, 255]]   # drop keeps the stored colour
+        assert np.asarray(to_rgb(img, "drop"))[0].tolist() == eight   # drop keeps the stored colour
         assert img.info["transparency"] == clear   # the caller's image is left as it was
 
 

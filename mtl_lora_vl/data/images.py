@@ -267,13 +267,16 @@ def _to_8bit_gray(img: Image.Image, clear: int | None = None) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
 
 
-def to_rgb(img: Image.Image, alpha: str = "white") -> Image.Image:
+def to_rgb(img: Image.Image, alpha: str = "white", sixteen: bool | None = None) -> Image.Image:
     """Convert any PIL mode to RGB: transparency composited on white, CMYK and palettes converted,
-    16-bit and float grayscale rescaled to 8 bits."""
+    16-bit and float grayscale rescaled to 8 bits. ``sixteen``: whether an RGB image was read from 16-bit samples
+    (:func:`_rgb16`, asked before it is loaded); None: where its tRNS colour says so (a sample over 255)."""
     if alpha == "drop" and img.mode in ("RGBA", "LA", "PA", "RGBa", "La", "P", "L", "RGB", "1"):
         return img.convert("RGB")   # open_clip's _convert_to_rgb: transparent pixels keep their stored colour
     clear = img.info.get("transparency")
-    if img.mode == "RGB" and isinstance(clear, tuple) and max(clear, default=0) > 255:
+    if sixteen is None:
+        sixteen = isinstance(clear, tuple) and max(clear, default=0) > 255
+    if img.mode == "RGB" and isinstance(clear, tuple) and sixteen:
         # a 16-bit PNG's tRNS colour: Pillow keeps a sample's high byte but compared the colour's low bytes, so the
         # transparent colour stayed and another went white; compared by high bytes (a copy: the caller's is kept)
         img = img.copy()
@@ -290,6 +293,16 @@ def to_rgb(img: Image.Image, alpha: str = "white") -> Image.Image:
         clear = img.info.get("transparency") if alpha != "drop" else None
         return _to_8bit_gray(img, clear if isinstance(clear, int) else None).convert("RGB")
     return img.convert("RGB")
+
+
+def _rgb16(img: Image.Image) -> bool | None:
+    """Whether ``img``, not loaded yet, decodes 16-bit RGB samples (a 16-bit PNG: rawmode ``RGB;16B``); None once
+    loaded (Pillow keeps no sign of it). A tRNS colour of such a file under 256 in every sample, (1, 1, 1), reads as
+    an 8-bit one."""
+    if img.mode != "RGB" or not img.tile:
+        return None
+    modes = [t[3][0] if isinstance(t[3], tuple) else t[3] for t in img.tile if len(t) > 3]
+    return any(isinstance(m, str) and m.startswith("RGB;16") for m in modes)
 
 
 def _resize_short_side(img: Image.Image, size: int | None, name: str) -> Image.Image:
@@ -329,8 +342,9 @@ def _decoded(source: Any, draft: int | None, alpha: str = "white") -> Image.Imag
                 s = next((s for s in (8, 4, 2) if w % s == 0 and h % s == 0 and min(w, h) // s >= draft), 1)
                 if s > 1:
                     img.draft("RGB", (w // s, h // s))
+            sixteen = _rgb16(img)
             img.load()
-            return to_rgb(_upright(img), alpha)   # a new image: independent of the closed file
+            return to_rgb(_upright(img), alpha, sixteen)   # a new image: independent of the closed file
         except Exception as e:  # truncated or corrupt data surfaces as OSError, SyntaxError, ValueError, ...
             raise ImageError(f"image {name}: cannot be decoded ({type(e).__name__}: {e})") from e
 
@@ -340,8 +354,9 @@ def _pil_rgb(img: Image.Image, alpha: str = "white") -> Image.Image:
     file is an :class:`ImageError` naming it (a row replaced or named), not PIL's bare ``OSError``."""
     name = getattr(img, "filename", "") or "<PIL image>"
     try:
+        sixteen = _rgb16(img)
         img.load()   # (to_rgb returns an RGB image as it is: unread)
-        return to_rgb(img, alpha)
+        return to_rgb(img, alpha, sixteen)
     except Exception as e:  # truncated or corrupt data, a closed file, a mode that does not convert
         raise ImageError(f"image {name}: cannot be decoded ({type(e).__name__}: {e})") from e
 
