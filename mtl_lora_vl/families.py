@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .family_images import (
+    idefics3_row_images,
     image_token_rows,
     llava_next_row_tiles,
     llava_onevision_row_tiles,
@@ -269,7 +270,7 @@ FAMILIES: tuple[Family, ...] = (
         count_fields=idefics3_fields,
         peft_export=True,
         merged_format="hf",
-        row_images=image_token_rows,
+        row_images=idefics3_row_images,
         image_path=r"(^|\.)(vision_model|connector)$",
     ),
     Family(

@@ -15,9 +15,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["CountsOnly", "PerCall", "image_token_rows", "llava_next_image", "llava_next_row_tiles",
-           "llava_onevision_image", "llava_onevision_row_tiles", "llava_onevision_video_tokens", "pixtral_image_rows",
-           "pixtral_row_images", "qwen_image_rows", "qwen_row_images", "view_tokens"]
+__all__ = ["CountsOnly", "PerCall", "idefics3_row_images", "image_token_rows", "llava_next_image",
+           "llava_next_row_tiles", "llava_onevision_image", "llava_onevision_row_tiles", "llava_onevision_video_tokens",
+           "pixtral_image_rows", "pixtral_row_images", "qwen_image_rows", "qwen_row_images", "view_tokens"]
 
 
 class CountsOnly(list):
@@ -296,13 +296,16 @@ def llava_onevision_image(model: Any, size: Any, tiled: bool = True) -> tuple[in
     return int(packed[0].shape[0]), views
 
 
-def _images_given(model: Any, args: tuple, kwargs: dict) -> int | None:
+def _images_given(model: Any, args: tuple, kwargs: dict, rows_of_features: bool = False) -> int | None:
     """How many images a forward gets: as pixel values, or already encoded (``mm_encoder_outputs["image"]``, one
-    feature tensor per image: what ``generate`` passes the prefill, or a caller who encoded them under a route)."""
+    feature tensor per image: what ``generate`` passes the prefill, or a caller who encoded them under a route;
+    ``rows_of_features``: one per row, its images' features flattened, so the images are counted by the vision
+    tower's output, ``last_hidden_state``, one item per image)."""
     pixels = _forward_input(model, args, kwargs, "pixel_values")
     if pixels is None:
         encoded = (_forward_input(model, args, kwargs, "mm_encoder_outputs") or {}).get("image")
-        features = getattr(encoded, "pooler_output", None)
+        tower = getattr(encoded, "last_hidden_state", None) if rows_of_features else None
+        features = getattr(encoded, "pooler_output", None) if tower is None else tower
         return None if features is None else len(features)
     if pixels.dim() == 4:   # (images, 3, H, W)
         return pixels.shape[0]
@@ -311,12 +314,19 @@ def _images_given(model: Any, args: tuple, kwargs: dict) -> int | None:
     return None
 
 
-def image_token_rows(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
+def idefics3_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
+    """As :func:`image_token_rows`, for Idefics3 / SmolVLM, whose encoded images (``get_image_features``'s
+    ``pooler_output``) hold one item per row, not per image: they are counted by the vision tower's output (counted
+    by item, two rows of two images each passed for one image per row)."""
+    return image_token_rows(model, args, kwargs, rows_of_features=True)
+
+
+def image_token_rows(model: Any, args: tuple, kwargs: dict, rows_of_features: bool = False) -> list[float] | None:
     """Images per row of a forward of a model in which every image fills as many image tokens as the others (LLaVA,
     PaliGemma, Gemma 3, Idefics3 and its crops): each row's image tokens over one image's, that being all rows'
     image tokens over the images given (:class:`CountsOnly` for images encoded before the call). None without
     images, or where the counts do not divide (the model refuses those itself)."""
-    images = _images_given(model, args, kwargs)
+    images = _images_given(model, args, kwargs, rows_of_features)
     if images is None:
         return None
     cfg = model.config

@@ -8,7 +8,9 @@ what cannot be routed is refused."""
 from __future__ import annotations
 
 import copy
+import re
 
+import idefics3_tiny
 import pytest
 import torch
 from conftest import tiny_llava, tiny_paligemma
@@ -234,6 +236,29 @@ def test_images_encoded_before_the_forward_are_counted_too(family):
         ids1, mask1 = _rows([1, 5, *image, 7], [1, 9, *image, 10])
         with mlv.route(model, [0, 1]):   # one image per row: routed
             model(input_ids=ids1, attention_mask=mask1, mm_encoder_outputs=encoded)
+
+
+@pytest.mark.parametrize("counts", [[2, 2], [1, 0, 1], [1, 1]])
+def test_idefics3_images_encoded_before_the_forward_are_counted_by_image_not_by_row(counts):
+    """Idefics3's get_image_features gives one pooler_output item per row (its images' features flattened): counted
+    as one image each, rows of [2, 2] encoded images ran under a mixed route as one per row (row 1's images encoded
+    under task a: 0.61 off its task b) and [1, 0, 1] went unchecked (12 tokens over 3 items). Counted by the tower's
+    output (one per image) they are refused as LLaVA's are; one per row still runs, as its pixels do."""
+    from test_several_images import several_images
+
+    model, x = _adapted(idefics3_tiny.tiny_idefics3()), several_images("idefics3", counts)
+    ids = [0, 1, 0][:len(counts)]
+    rest = {k: v for k, v in x.items() if k != "pixel_values"}
+    with torch.no_grad():
+        with mlv.route(model, ids if counts == [1, 1] else "a"):
+            encoded = {"image": model.model.get_image_features(pixel_values=x["pixel_values"], return_dict=True)}
+        with mlv.route(model, ids):
+            if counts != [1, 1]:
+                refused = re.escape(f"{counts} images, and their features were made before")
+                with pytest.raises(mlv.RoutingError, match=refused):
+                    model(**rest, mm_encoder_outputs=encoded)
+                return
+            torch.testing.assert_close(model(**rest, mm_encoder_outputs=encoded).logits, model(**x).logits)
 
 
 @pytest.mark.parametrize("family", ["llava", "paligemma", "idefics3"])
