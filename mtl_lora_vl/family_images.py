@@ -53,9 +53,12 @@ def pixtral_image_rows(args: tuple, kwargs: dict, module: Any) -> list[int]:
 def pixtral_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
     """Images per row of a Mistral 3 forward: each row's image tokens matched in order to the images' token counts
     ((h / d)·(w / d) for ``d`` = patch x spatial merge, from ``image_sizes``: Pixtral reads each image at its own
-    size); without ``image_sizes`` (every image fills its canvas) as :func:`image_token_rows`."""
+    size), also for images encoded before the call (a :class:`CountsOnly`: one per row of sizes that differ was read
+    as [1.33, 0.67] and refused); without ``image_sizes`` (every image fills its canvas) as :func:`image_token_rows`."""
     sizes = _forward_input(model, args, kwargs, "image_sizes")
-    if sizes is None or _forward_input(model, args, kwargs, "pixel_values") is None:
+    encoded = _forward_input(model, args, kwargs, "pixel_values") is None
+    features = (_forward_input(model, args, kwargs, "mm_encoder_outputs") or {}).get("image")
+    if sizes is None or encoded and features is None:
         return image_token_rows(model, args, kwargs)
     tokens = _token_rows(model, args, kwargs, model.config.image_token_id)
     if tokens is None:
@@ -63,7 +66,8 @@ def pixtral_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | N
     d = int(model.config.vision_config.patch_size) * int(model.config.spatial_merge_size)
     sizes = sizes.tolist() if hasattr(sizes, "tolist") else sizes
     per_row = _rows_of_images(tokens, [(int(h) // d) * (int(w) // d) for h, w in sizes])
-    return [len(whole) + part if part else len(whole) for whole, part in per_row]
+    counts = [len(whole) + part if part else len(whole) for whole, part in per_row]
+    return CountsOnly(counts, _ENCODED) if encoded else counts
 
 
 def _forward_input(model: Any, args: tuple, kwargs: dict, name: str) -> Any:

@@ -75,6 +75,25 @@ def test_a_row_of_two_images_takes_its_task():
     assert_mixed_route_per_task(_adapted(), x, [1, 0])
 
 
+def test_images_encoded_before_the_call_one_per_row_of_their_own_sizes_run_under_a_mixed_route():
+    """mm_encoder_outputs of a 32 x 32 and a 16 x 32 image, one per row: the count ignored image_sizes (as every
+    image filled its canvas), read [1.33, 0.67] images and refused; counted by size they run, as their pixels do,
+    and a row of two encoded images beside none is still refused."""
+    m = _adapted()
+    x = inputs(2, sizes=[(32, 32), (16, 32)])
+    from mistral3_tiny import image_ids
+    from vl_tiny import left_padded
+
+    rest = {k: v for k, v in x.items() if k != "pixel_values"}
+    with torch.no_grad(), mlv.route(m, [0, 1]):
+        encoded = {"image": m.model.get_image_features(pixel_values=x["pixel_values"], image_sizes=x["image_sizes"],
+                                                       return_dict=True)}
+        torch.testing.assert_close(m(**rest, mm_encoder_outputs=encoded).logits, m(**x).logits)
+        ids, mask = left_padded([[1, *image_ids(32, 32), *image_ids(16, 32), 20], [1, 21, 22]])
+        with pytest.raises(mlv.RoutingError, match=r"\[2, 0\] images, and their features were made before the call"):
+            m(input_ids=ids, attention_mask=mask, image_sizes=x["image_sizes"], mm_encoder_outputs=encoded)
+
+
 def test_the_projector_when_targets_name_it():
     """The projector's patch merger and linear layers (every 4 patches one row) are routed image by image too."""
     m = _adapted(targets={"image": [r"multi_modal_projector\.(patch_merger\.merging_layer|linear_[12])$"]})
