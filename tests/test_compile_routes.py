@@ -4,6 +4,8 @@ rows, and outputs compared with eager in float64."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from test_routing import TASKS, _Net, _randomize
@@ -240,43 +242,143 @@ def recompile_limit_3():
     assert getattr(dynamo_config, name) == before
 
 
+def _counted(tasks=TASKS, cls=None):
+    """A model of one adapted Linear (fast to compile), of a class of its own unless ``cls``: Dynamo keeps a frame's
+    graphs on its code object, shared by every model of the class, and the sets routed to compiled models are
+    counted on the class that defines ``forward``."""
+    if cls is None:
+        cls = type("_Counted", (torch.nn.Module,), {"forward": lambda self, x: self.fc1(x)})
+    model = cls()
+    torch.nn.Module.__setattr__(model, "fc1", torch.nn.Linear(8, 8))
+    return mlv.attach(model, mlv.MTLLoRAConfig(tasks=tasks, r=2, targets={"image": [r"fc1$"]}))
+
+
+def _limit_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if "present tasks" in str(w.message)]
+
+
 def test_task_sets_routed_to_a_compiled_model_warn_once_as_they_reach_dynamos_recompile_limit(recompile_limit_3):
     """Compiled layers specialize on the set of present tasks: a graph per set, per frame. Past Dynamo's recompile
     limit (8) a frame ran eagerly from then on, which Dynamo only logged (10 one-task routes of a 10-task model: 8
-    graphs, the last 2 calls eager). A route scope given a compiled model, and the trainer's --compile (its scopes are
-    inside the compiled forward: it watches the loader's batches), now warn once, naming the setting to raise."""
-    from mtl_lora_vl.adapters.scopes import watch_compiled_tasks
+    graphs, the last 2 calls eager). A compiled model's calls, routed by a scope given it, now warn once as the sets
+    reach it, naming the setting to raise; a scope whose model is not called notes nothing, nor an eager model's."""
+    from torch._dynamo.utils import counters
 
     name = recompile_limit_3
-    tasks = [f"t{i}" for i in range(5)]
-    net = mlv.attach(_Net(), mlv.MTLLoRAConfig(tasks=tasks, r=2, targets={"image": [r"fc\d$"]}))
-    compiled = torch.compile(net, backend="eager")   # (never called: the scopes warn as they open)
-    with pytest.warns(UserWarning) as caught:
-        for ids in ([0], [1], [0, 0], [0, 1, 1], [2], [3], [4]):   # sets {0}, {1}, {0, 1}: the third reaches 3
+    net = _counted([f"t{i}" for i in range(5)])
+    compiled = torch.compile(net, backend="eager")
+    x = torch.randn(2, 3, 8)
+    torch._dynamo.reset()
+    counters.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for ids in ([2, 3], [4, 4]):   # scopes with no call: no graph
             with mlv.route(compiled, ids):
                 pass
-    msgs = [str(w.message) for w in caught if "present tasks" in str(w.message)]
+        with mlv.route(net, [1, 2]):   # an eager model's
+            net(x)
+        for ids in ([0, 0], [1, 1], [0, 0], [0, 1], [2, 2]):   # sets {0}, {1}, {0, 1}: the third reaches 3
+            with mlv.route(compiled, ids):
+                compiled(x)
+    msgs = _limit_warnings(caught)
     assert len(msgs) == 1 and f"torch._dynamo.config.{name} (3)" in msgs[0], msgs
-    with mlv.route(net, [1, 2]), mlv.route(net, [1, 3]), mlv.route(net, [1, 4]):   # an eager model's: not noted
-        pass
-    assert {p for p, _ in net._mtl_lora.router.compiled_task_sets} == {(0,), (1,), (0, 1), (2,), (3,), (4,)}
-
-    other = mlv.attach(_Net(), mlv.MTLLoRAConfig(tasks=tasks, r=2, targets={"image": [r"fc\d$"]}))
-    batches = [{"segments": ((t, 0, 2),)} for t in (0, 1, 2, 3)]
-    with pytest.warns(UserWarning, match=f"torch._dynamo.config.{name} = "):
-        assert list(watch_compiled_tasks(iter(batches), other._mtl_lora.router)) == batches
+    assert {p for p, _ in type(net)._mtl_lora_compiled_sets} == {(0,), (1,), (0, 1), (2,)}
+    assert counters["stats"]["unique_graphs"] == 3   # (the 4th set's call ran eagerly: 'hit config.recompile_limit')
 
 
 def test_task_sets_routed_to_a_compiled_model_in_another_mode_count_as_graphs_of_their_own(recompile_limit_3):
     """Dynamo guards on grad mode (inference mode, autocast, a module's training flag): a set of tasks routed under
-    torch.no_grad after training is a graph more of the same frame. Counting the sets alone, 2 one-task sets trained
-    then evaluated (4 graphs) passed a limit of 3 (the 4th call ran eagerly) without a warning."""
-    net = mlv.attach(_Net(), mlv.MTLLoRAConfig(tasks=TASKS, r=2, targets={"image": [r"fc\d$"]}))
-    compiled = torch.compile(net, backend="eager")   # (never called: the scopes warn as they open)
+    torch.no_grad after training is a graph more of the same frame. The mode was read as the scope opened, so
+    ``with route(m, ids): with torch.no_grad(): m(x)`` counted a grad-mode graph: 2 one-task sets trained, then one
+    of them run under no_grad inside its scope, were 3 graphs (the limit) and 2 counted. Now read as the call runs."""
+    from torch._dynamo.utils import counters
+
+    net = _counted()
+    compiled = torch.compile(net, backend="eager")
+    x = torch.randn(2, 3, 8)
+    torch._dynamo.reset()
+    counters.clear()
     for t in (0, 1):
         with mlv.route(compiled, [t, t]):
-            pass
-    compiled.eval()
-    with torch.no_grad(), pytest.warns(UserWarning, match=rf"2 here.*config\.{recompile_limit_3} = 10"):
-        with mlv.route(compiled, [0, 0]):
-            pass
+            compiled(x)
+    with mlv.route(compiled, [0, 0]), pytest.warns(UserWarning, match=rf"2 here.*config\.{recompile_limit_3} = 10"):
+        with torch.no_grad():
+            compiled(x)
+    assert counters["stats"]["unique_graphs"] == 3
+
+
+def test_task_sets_of_compiled_models_of_one_class_are_counted_together(recompile_limit_3):
+    """Dynamo's recompile limit is per code object, which two models of one class share (their forward): sets were
+    counted per model, so 2 models routed to 2 one-task sets each compiled 4 graphs of the frame (the 4th call ran
+    eagerly) and counted 2 each, without a warning. Now counted on the class; a set both route is one graph."""
+    from torch._dynamo.utils import counters
+
+    first = _counted()
+    second = _counted(cls=type(first))
+    x = torch.randn(2, 3, 8)
+    torch._dynamo.reset()
+    counters.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for net, t in ((first, 0), (second, 0), (first, 1), (second, 2)):
+            compiled = torch.compile(net, backend="eager")
+            with mlv.route(compiled, [t, t]):
+                compiled(x)
+    assert counters["stats"]["unique_graphs"] == 3
+    assert len(_limit_warnings(caught)) == 1
+
+
+def test_compiled_task_sets_are_counted_afresh_after_dynamo_is_reset(recompile_limit_3):
+    """torch._dynamo.reset() drops the graphs: the sets counted for the class before it no longer count."""
+    net = _counted()
+    compiled = torch.compile(net, backend="eager")
+    x = torch.randn(2, 3, 8)
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for t in (0, 1):
+            if t == 1:
+                torch._dynamo.reset()
+            with mlv.route(compiled, [t, t]):
+                compiled(x)
+    assert not _limit_warnings(caught)
+    assert {p for p, _ in type(net)._mtl_lora_compiled_sets} == {(1,)}
+
+
+def test_the_trainers_compiled_calls_count_their_batches_sets_in_the_mode_they_run(recompile_limit_3):
+    """The trainer's --compile routes inside the compiled forward (MultiTaskModel's, from the batch's segments): its
+    loader's batches were noted with an empty mode, which no call runs in (a scope around the compiled model in
+    training mode counted a mode more: warned early), and its evaluation's mode not at all. The call now notes the
+    batch's set in the mode it runs in: 2 sets trained and one evaluated are 3 graphs, as counted."""
+    from torch._dynamo.utils import counters
+
+    from mtl_lora_vl.adapters.compiled import watch_compiled
+
+    class Batched(torch.nn.Module):   # routes each batch by its segments inside its forward, as MultiTaskModel
+        def __init__(self):
+            super().__init__()
+            self.net = _counted()
+            self.router = self.net._mtl_lora.router
+
+        def forward(self, batch):
+            with mlv.route(self.router, Route.from_segments(batch["segments"])):
+                return self.net(batch["x"])
+
+    model = Batched()
+    net = torch.compile(model, backend="eager")
+    watch_compiled(net, model.router)
+    x = torch.randn(2, 3, 8)
+    torch._dynamo.reset()
+    counters.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for t in (0, 1, 0):
+            net({"segments": ((t, 0, 2),), "x": x})
+        assert not _limit_warnings(caught)
+        train_grad = (True, True, False, False, False)
+        assert Batched._mtl_lora_compiled_sets == {((0,), train_grad), ((1,), train_grad)}
+        model.eval()
+        with torch.no_grad():
+            net({"segments": ((0, 0, 2),), "x": x})
+    assert len(_limit_warnings(caught)) == 1 and "2 here" in _limit_warnings(caught)[0]
+    assert counters["stats"]["unique_graphs"] == 3

@@ -40,7 +40,6 @@ that graph-breaks inside the scope falls back to eager, e.g. transformers' LLaVA
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ContextDecorator, contextmanager
@@ -50,6 +49,7 @@ import torch
 from torch import nn
 
 from ..log import warn_user
+from .compiled import watch_compiled
 from .routing import ADAPTERS_OFF, Route, Router, RoutingError, check_module, find_router
 
 
@@ -258,9 +258,10 @@ def _route(model: nn.Module | Router, tasks: str | int | torch.Tensor | Sequence
             "mtl_lora_vl.unmerge(model) before routing to another task"
         )
     outer, compiling = router.current, torch.compiler.is_compiling()
-    if not compiling and _compiled(model):   # its layers read the rows' positions from the first call (a graph input)
+    if not compiling and watch_compiled(model, router):   # (its calls note their sets of tasks toward Dynamo's
+        # recompile limit) its layers read the rows' positions from the first call (a graph input): were they to note
+        # it only as the first call is traced, after this scope, the second call would compile a graph more
         router.reads_positions = router.packed_positions = True
-        note_compiled_tasks(router, new.present, _compiled_mode(model))
     positions = router.reads_positions and (router.packed_positions or not new.packed)
     if positions and not compiling and len(new.segments) > 1:
         new.host_positions()   # made here, not in Route(): a route made in a traced frame (LLaVA's) is entered eagerly
@@ -282,60 +283,6 @@ def _route(model: nn.Module | Router, tasks: str | int | torch.Tensor | Sequence
                      compiling)
         else:
             _release(router, held, lambda: _close(router, new, outer), compiling)
-
-
-def _compiled(model: nn.Module | Router) -> bool:
-    """Whether ``model`` is a ``torch.compile`` wrapper or a module compiled in place (``model.compile()``): routed,
-    its compiled layers will read the rows' positions, which a compiled layer otherwise notes only as its first call
-    is traced (the flags :class:`Router` documents), after this scope, so the second call compiled a graph more. A
-    DDP / DataParallel wrapper is looked through (its ``module``): ``DDP(torch.compile(model))``."""
-    while isinstance(model, nn.Module):
-        d = model.__dict__
-        if isinstance(d.get("_modules", {}).get("_orig_mod"), nn.Module) or d.get("_compiled_call_impl") is not None:
-            return True
-        model = d.get("_modules", {}).get("module")
-    return False
-
-
-def _compiled_mode(model: nn.Module) -> tuple[bool, ...]:
-    """What Dynamo guards on besides the route, as a compiled call would run now: the model's train / eval mode and
-    grad mode, inference mode and autocast (CPU, CUDA). A set of tasks run in two of them is two graphs a frame."""
-    return (model.training, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
-            torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda"))
-
-
-def note_compiled_tasks(router: Router, present: tuple[int, ...], mode: tuple[bool, ...] = ()) -> None:
-    """Note a set of present tasks routed to compiled code in ``mode`` (:func:`_compiled_mode`; the trainer's one
-    mode: empty). Compiled layers specialize on both (a graph per set and mode, per frame), and past Dynamo's
-    recompile limit a frame runs eagerly from then on, which Dynamo only logs: warn once, as the sets noted reach
-    the limit, naming the setting to raise. Nothing where Dynamo was never imported."""
-    cfg = sys.modules.get("torch._dynamo.config")
-    sets = router.__dict__.setdefault("compiled_task_sets", set())
-    if cfg is None or (present, mode) in sets:
-        return
-    sets.add((present, mode))
-    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"   # (its name before 2.6)
-    limit = getattr(cfg, name)
-    if len(sets) == limit:
-        n, modes = len(router.tasks), len({m for _, m in sets})
-        per_mode = f" (counted once per mode they ran in, {modes} here: train / eval, grad, autocast)" * (modes > 1)
-        warn_user(f"route: {len(sets)} sets of present tasks have been routed to this compiled model{per_mode}, and "
-                  f"each compiles a graph of its own of every adapted frame: past torch._dynamo.config.{name} "
-                  f"({limit}) Dynamo runs such a frame eagerly from then on (its log says 'hit config." + name + "'). "
-                  f"Raise it before the first compiled call, to the sets your batches hold plus 2 (at most 2**{n} - "
-                  f"1 = {2 ** n - 1} for {n} tasks; {n} with one task per batch), times the modes: "
-                  f"torch._dynamo.config.{name} = {max(2 * limit, modes * (min(n, 2 ** n - 1) + 2))}")
-
-
-def watch_compiled_tasks(batches: Iterator[dict], router: Router) -> Iterator[dict]:
-    """``batches`` (the loader's), each batch's set of present tasks (its ``segments``) noted as routed to compiled
-    code (:func:`note_compiled_tasks`): the trainer's ``--compile`` opens its route scopes inside the compiled
-    forward, where they cannot note it."""
-    for batch in batches:
-        segments = batch.get("segments")
-        if segments:
-            note_compiled_tasks(router, tuple(sorted({int(t) for t, _, _ in segments})))
-        yield batch
 
 
 @torch.compiler.disable   # called only where the scope really runs (as _claim_now)

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ..adapters.attach import parameter_report
+from ..adapters.compiled import watch_compiled
 from ..adapters.grow import freeze_old_rows
-from ..adapters.scopes import watch_compiled_tasks
 from ..data.loader import MultiTaskLoader
 from ..distributed import (
     DistInfo,
@@ -346,8 +346,8 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
     log = MetricsLog(run.dir, info.is_main, resumed_at=step if run.opts.resume else None)
     progress = progress_bar(info.is_main, step, run.total_steps)
     batches = iter(loader)
-    if opts.compile:   # a graph per set of present tasks: warn as they reach Dynamo's recompile limit
-        batches = watch_compiled_tasks(batches, model.router)
+    if opts.compile:   # a graph per set of present tasks and mode: warn as they reach Dynamo's recompile limit
+        watch_compiled(net, model.router)   # (its route scopes are inside the compiled forward: it notes its batches)
     window = LossWindow(start_at.log_window)
 
     replaced_here = dict.fromkeys(loader.task_names, 0)   # this rank's consumed rows given a substitute image

@@ -1,0 +1,141 @@
+"""Counting the graphs that routes make of a compiled model, toward Dynamo's recompile limit.
+
+Compiled adapted layers specialize on the set of tasks present in the route and on the mode the call runs in
+(train / eval, grad, inference mode, autocast): a graph per set and mode of every frame. Past
+``torch._dynamo.config.recompile_limit`` a frame runs eagerly from then on, which Dynamo only logs, so a route
+scope given a compiled model (and the trainer's ``--compile``) watches it: the compiled model's call notes the set
+and the mode as the forward runs (a scope opened around ``torch.no_grad()`` runs no-grad forwards). Dynamo keeps
+the graphs per code object, which every model of one class shares (its ``forward``), so the sets are noted on the
+class of the compiled model (dropped as Dynamo's cache of its forward is found empty: ``torch._dynamo.reset()``).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..log import warn_user
+from .routing import Router
+
+#: The attribute of a compiled model's class holding the (present tasks, mode) pairs its compiled calls ran.
+_NOTED = "_mtl_lora_compiled_sets"
+#: The attribute of a torch.compile wrapper holding the router it notes for and its forward pre-hook's handle.
+_WATCHED = "_mtl_lora_watched"
+
+
+def compiled_entry(model: nn.Module | Router) -> tuple[nn.Module, nn.Module] | None:
+    """(The module whose call enters compiled code, the module whose ``forward`` Dynamo compiles) of ``model``: a
+    ``torch.compile`` wrapper (``_orig_mod``, a DDP it wraps looked through) or a module compiled in place
+    (``model.compile()``); a DDP / DataParallel wrapper around either is looked through (``module``). None where
+    ``model`` is not compiled."""
+    while isinstance(model, nn.Module):
+        d = model.__dict__
+        mods = d.get("_modules", {})
+        inner = mods.get("_orig_mod")
+        if isinstance(inner, nn.Module):
+            while isinstance(inner.__dict__.get("_modules", {}).get("module"), nn.Module):   # torch.compile(DDP(m))
+                inner = inner.__dict__["_modules"]["module"]
+            return model, inner
+        if d.get("_compiled_call_impl") is not None:
+            return model, model
+        model = mods.get("module")
+    return None
+
+
+def watch_compiled(model: nn.Module | Router, router: Router) -> bool:
+    """Whether ``model`` is compiled (:func:`compiled_entry`); if so, make its calls note the set of present tasks
+    and the mode they run in (once per model: a forward pre-hook on a ``torch.compile`` wrapper, a wrapper around a
+    module's own compiled call). The set is that of a batch's ``segments`` where the call is given a batch (the
+    trainer's: its scopes are inside the compiled forward, from the batch), else the router's current route's."""
+    found = compiled_entry(model)
+    if found is None:
+        return False
+    entry, inner = found
+    d = entry.__dict__
+    impl = d.get("_compiled_call_impl")
+    if impl is not None:   # compiled in place: the module's own hooks run inside the compiled call
+        if not isinstance(impl, _WatchedCall) or impl.router is not router:
+            d["_compiled_call_impl"] = _WatchedCall(getattr(impl, "impl", impl), router, inner)
+    elif d.get(_WATCHED, (None,))[0] is not router:   # a torch.compile wrapper: its hooks run before the compiled call
+        if _WATCHED in d:
+            d[_WATCHED][1].remove()
+        d[_WATCHED] = (router, entry.register_forward_pre_hook(_WatchedCall(None, router, inner).before))
+    return True
+
+
+class _WatchedCall:
+    """A compiled call (``impl``) that first notes its set of present tasks and mode (:func:`watch_compiled`)."""
+
+    def __init__(self, impl: Any, router: Router, model: nn.Module):
+        self.impl, self.router, self.model = impl, router, model
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.before(None, args)
+        return self.impl(*args, **kwargs)
+
+    def before(self, _module: nn.Module | None, args: tuple) -> None:
+        """Note the set of present tasks this call routes, in the mode it runs in (a forward pre-hook)."""
+        router = self.router
+        if torch.compiler.is_compiling() or router.disabled:
+            return
+        if args and isinstance(args[0], dict) and args[0].get("segments"):   # a batch: the model routes it itself
+            present = tuple(sorted({int(t) for t, _, _ in args[0]["segments"]}))
+        elif router.current is not None:
+            present = router.current.present
+        else:
+            return
+        note_compiled_tasks(router, _forward_owner(type(self.model)), present, compiled_mode(self.model))
+
+
+def compiled_mode(model: nn.Module) -> tuple[bool, ...]:
+    """What Dynamo guards on besides the route, as a compiled call runs now: the model's train / eval mode and
+    grad mode, inference mode and autocast (CPU, CUDA). A set of tasks run in two of them is two graphs a frame."""
+    return (model.training, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
+            torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda"))
+
+
+def note_compiled_tasks(router: Router, cls: type, present: tuple[int, ...], mode: tuple[bool, ...]) -> None:
+    """Note a set of present tasks run by a compiled model of class ``cls`` in ``mode`` (:func:`compiled_mode`), and
+    warn once, as the pairs noted for the class reach Dynamo's recompile limit, naming the setting to raise.
+    Nothing where Dynamo was never imported."""
+    cfg = sys.modules.get("torch._dynamo.config")
+    if cfg is None:
+        return
+    sets = cls.__dict__.get(_NOTED)
+    if sets is not None and (present, mode) in sets:
+        return
+    if sets is None or (sets and not _compiled_before(cls)):   # (none yet, or Dynamo's cache was reset since)
+        sets = set()
+        setattr(cls, _NOTED, sets)
+    sets.add((present, mode))
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"   # (its name before 2.6)
+    limit = getattr(cfg, name)
+    if len(sets) == limit:
+        n, modes = len(router.tasks), len({m for _, m in sets})
+        per_mode = f" (counted once per mode they ran in, {modes} here: train / eval, grad, autocast)" * (modes > 1)
+        warn_user(f"route: {len(sets)} sets of present tasks have been routed to compiled {cls.__name__} models"
+                  f"{per_mode}, and each compiles a graph of its own of every adapted frame (of every model of the "
+                  f"class): past torch._dynamo.config.{name} ({limit}) Dynamo runs such a frame eagerly from then on "
+                  f"(its log says 'hit config." + name + "'). Raise it before the first compiled call, to the sets "
+                  f"your batches hold plus 2 (at most 2**{n} - 1 = {2 ** n - 1} for {n} tasks; {n} with one task per "
+                  f"batch), times the modes: torch._dynamo.config.{name} = "
+                  f"{max(2 * limit, modes * (min(n, 2 ** n - 1) + 2))}")
+
+
+def _forward_owner(cls: type) -> type:
+    """The class among ``cls`` and its bases that defines the ``forward`` a compiled ``cls`` model runs: its code
+    object holds the graphs (and counts them toward the limit) for the models of every class that inherits it."""
+    return next((c for c in cls.__mro__ if "forward" in c.__dict__), cls)
+
+
+def _compiled_before(cls: type) -> bool:
+    """Whether Dynamo's cache holds a graph of ``cls.forward`` (False after ``torch._dynamo.reset()``). True where
+    that cannot be told: a wrapped ``forward`` (Dynamo compiles the wrapper's frame), or no such Dynamo function."""
+    forward = cls.__dict__.get("forward")
+    entries = getattr(sys.modules.get("torch._dynamo.eval_frame"), "_debug_get_cache_entry_list", None)
+    if entries is None or forward is None or hasattr(forward, "__wrapped__") or not hasattr(forward, "__code__"):
+        return True
+    return bool(entries(forward.__code__))
