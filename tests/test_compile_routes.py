@@ -242,13 +242,10 @@ def recompile_limit_3():
     assert getattr(dynamo_config, name) == before
 
 
-def _counted(tasks=TASKS, cls=None):
-    """A model of one adapted Linear (fast to compile), of a class of its own unless ``cls``: Dynamo keeps a frame's
-    graphs on its code object, shared by every model of the class, and the sets routed to compiled models are
-    counted on the class that defines ``forward``."""
-    if cls is None:
-        cls = type("_Counted", (torch.nn.Module,), {"forward": lambda self, x: self.fc1(x)})
-    model = cls()
+def _counted(tasks=TASKS):
+    """A model of one adapted Linear (fast to compile), of a class of its own: Dynamo keeps a frame's graphs on its
+    code object, shared by every model of the class (which one model's router does not count)."""
+    model = type("_Counted", (torch.nn.Module,), {"forward": lambda self, x: self.fc1(x)})()
     torch.nn.Module.__setattr__(model, "fc1", torch.nn.Linear(8, 8))
     return mlv.attach(model, mlv.MTLLoRAConfig(tasks=tasks, r=2, targets={"image": [r"fc1$"]}))
 
@@ -282,7 +279,7 @@ def test_task_sets_routed_to_a_compiled_model_warn_once_as_they_reach_dynamos_re
                 compiled(x)
     msgs = _limit_warnings(caught)
     assert len(msgs) == 1 and f"torch._dynamo.config.{name} (3)" in msgs[0], msgs
-    assert {p for p, _ in type(net)._mtl_lora_compiled_sets} == {(0,), (1,), (0, 1), (2,)}
+    assert {p for p, _ in net._mtl_lora.router.compiled_task_sets} == {(0,), (1,), (0, 1), (2,)}
     assert counters["stats"]["unique_graphs"] == 3   # (the 4th set's call ran eagerly: 'hit config.recompile_limit')
 
 
@@ -305,44 +302,6 @@ def test_task_sets_routed_to_a_compiled_model_in_another_mode_count_as_graphs_of
         with torch.no_grad():
             compiled(x)
     assert counters["stats"]["unique_graphs"] == 3
-
-
-def test_task_sets_of_compiled_models_of_one_class_are_counted_together(recompile_limit_3):
-    """Dynamo's recompile limit is per code object, which two models of one class share (their forward): sets were
-    counted per model, so 2 models routed to 2 one-task sets each compiled 4 graphs of the frame (the 4th call ran
-    eagerly) and counted 2 each, without a warning. Now counted on the class; a set both route is one graph."""
-    from torch._dynamo.utils import counters
-
-    first = _counted()
-    second = _counted(cls=type(first))
-    x = torch.randn(2, 3, 8)
-    torch._dynamo.reset()
-    counters.clear()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for net, t in ((first, 0), (second, 0), (first, 1), (second, 2)):
-            compiled = torch.compile(net, backend="eager")
-            with mlv.route(compiled, [t, t]):
-                compiled(x)
-    assert counters["stats"]["unique_graphs"] == 3
-    assert len(_limit_warnings(caught)) == 1
-
-
-def test_compiled_task_sets_are_counted_afresh_after_dynamo_is_reset(recompile_limit_3):
-    """torch._dynamo.reset() drops the graphs: the sets counted for the class before it no longer count."""
-    net = _counted()
-    compiled = torch.compile(net, backend="eager")
-    x = torch.randn(2, 3, 8)
-    torch._dynamo.reset()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for t in (0, 1):
-            if t == 1:
-                torch._dynamo.reset()
-            with mlv.route(compiled, [t, t]):
-                compiled(x)
-    assert not _limit_warnings(caught)
-    assert {p for p, _ in type(net)._mtl_lora_compiled_sets} == {(1,)}
 
 
 def test_the_trainers_compiled_calls_count_their_batches_sets_in_the_mode_they_run(recompile_limit_3):
@@ -376,7 +335,7 @@ def test_the_trainers_compiled_calls_count_their_batches_sets_in_the_mode_they_r
             net({"segments": ((t, 0, 2),), "x": x})
         assert not _limit_warnings(caught)
         train_grad = (True, True, False, False, False)
-        assert Batched._mtl_lora_compiled_sets == {((0,), train_grad), ((1,), train_grad)}
+        assert model.router.compiled_task_sets == {((0,), train_grad), ((1,), train_grad)}
         model.eval()
         with torch.no_grad():
             net({"segments": ((0, 0, 2),), "x": x})

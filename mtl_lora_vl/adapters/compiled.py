@@ -4,9 +4,11 @@ Compiled adapted layers specialize on the set of tasks present in the route and 
 (train / eval, grad, inference mode, autocast): a graph per set and mode of every frame. Past
 ``torch._dynamo.config.recompile_limit`` a frame runs eagerly from then on, which Dynamo only logs, so a route
 scope given a compiled model (and the trainer's ``--compile``) watches it: the compiled model's call notes the set
-and the mode as the forward runs (a scope opened around ``torch.no_grad()`` runs no-grad forwards). Dynamo keeps
-the graphs per code object, which every model of one class shares (its ``forward``), so the sets are noted on the
-class of the compiled model (dropped as Dynamo's cache of its forward is found empty: ``torch._dynamo.reset()``).
+and the mode as the forward runs (a scope opened around ``torch.no_grad()`` runs no-grad forwards). The sets are
+counted on the model's router. Dynamo keeps the graphs per code object, which every model of one class shares (its
+``forward``): two compiled models of one class reach the limit sooner than either's count says, and after
+``torch._dynamo.reset()`` the count is higher than the graphs. Counting them right needs state for the whole
+process, which this package does not keep.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from torch import nn
 from ..log import warn_user
 from .routing import Router
 
-#: The attribute of a compiled model's class holding the (present tasks, mode) pairs its compiled calls ran.
-_NOTED = "_mtl_lora_compiled_sets"
+#: The attribute of a router holding the (present tasks, mode) pairs its compiled models' calls ran.
+_NOTED = "compiled_task_sets"
 #: The attribute of a torch.compile wrapper holding the router it notes for and its forward pre-hook's handle.
 _WATCHED = "_mtl_lora_watched"
 
@@ -87,7 +89,7 @@ class _WatchedCall:
             present = router.current.present
         else:
             return
-        note_compiled_tasks(router, _forward_owner(type(self.model)), present, compiled_mode(self.model))
+        note_compiled_tasks(router, present, compiled_mode(self.model))
 
 
 def compiled_mode(model: nn.Module) -> tuple[bool, ...]:
@@ -97,45 +99,24 @@ def compiled_mode(model: nn.Module) -> tuple[bool, ...]:
             torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda"))
 
 
-def note_compiled_tasks(router: Router, cls: type, present: tuple[int, ...], mode: tuple[bool, ...]) -> None:
-    """Note a set of present tasks run by a compiled model of class ``cls`` in ``mode`` (:func:`compiled_mode`), and
-    warn once, as the pairs noted for the class reach Dynamo's recompile limit, naming the setting to raise.
-    Nothing where Dynamo was never imported."""
+def note_compiled_tasks(router: Router, present: tuple[int, ...], mode: tuple[bool, ...]) -> None:
+    """Note a set of present tasks run by a compiled model of ``router`` in ``mode`` (:func:`compiled_mode`), and
+    warn once, as the pairs noted reach Dynamo's recompile limit, naming the setting to raise. Nothing where Dynamo
+    was never imported."""
     cfg = sys.modules.get("torch._dynamo.config")
-    if cfg is None:
+    sets = router.__dict__.setdefault(_NOTED, set())
+    if cfg is None or (present, mode) in sets:
         return
-    sets = cls.__dict__.get(_NOTED)
-    if sets is not None and (present, mode) in sets:
-        return
-    if sets is None or (sets and not _compiled_before(cls)):   # (none yet, or Dynamo's cache was reset since)
-        sets = set()
-        setattr(cls, _NOTED, sets)
     sets.add((present, mode))
     name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"   # (its name before 2.6)
     limit = getattr(cfg, name)
     if len(sets) == limit:
         n, modes = len(router.tasks), len({m for _, m in sets})
         per_mode = f" (counted once per mode they ran in, {modes} here: train / eval, grad, autocast)" * (modes > 1)
-        warn_user(f"route: {len(sets)} sets of present tasks have been routed to compiled {cls.__name__} models"
-                  f"{per_mode}, and each compiles a graph of its own of every adapted frame (of every model of the "
-                  f"class): past torch._dynamo.config.{name} ({limit}) Dynamo runs such a frame eagerly from then on "
-                  f"(its log says 'hit config." + name + "'). Raise it before the first compiled call, to the sets "
-                  f"your batches hold plus 2 (at most 2**{n} - 1 = {2 ** n - 1} for {n} tasks; {n} with one task per "
-                  f"batch), times the modes: torch._dynamo.config.{name} = "
-                  f"{max(2 * limit, modes * (min(n, 2 ** n - 1) + 2))}")
+        warn_user(f"route: {len(sets)} sets of present tasks have been routed to this compiled model{per_mode}, "
+                  f"and each compiles a graph of its own of every adapted frame: past torch._dynamo.config.{name} "
+                  f"({limit}) Dynamo runs such a frame eagerly from then on (its log says 'hit config." + name + "'). "
+                  f"Raise it before the first compiled call, to the sets your batches hold plus 2 (at most 2**{n} - "
+                  f"1 = {2 ** n - 1} for {n} tasks; {n} with one task per batch), times the modes: "
+                  f"torch._dynamo.config.{name} = {max(2 * limit, modes * (min(n, 2 ** n - 1) + 2))}")
 
-
-def _forward_owner(cls: type) -> type:
-    """The class among ``cls`` and its bases that defines the ``forward`` a compiled ``cls`` model runs: its code
-    object holds the graphs (and counts them toward the limit) for the models of every class that inherits it."""
-    return next((c for c in cls.__mro__ if "forward" in c.__dict__), cls)
-
-
-def _compiled_before(cls: type) -> bool:
-    """Whether Dynamo's cache holds a graph of ``cls.forward`` (False after ``torch._dynamo.reset()``). True where
-    that cannot be told: a wrapped ``forward`` (Dynamo compiles the wrapper's frame), or no such Dynamo function."""
-    forward = cls.__dict__.get("forward")
-    entries = getattr(sys.modules.get("torch._dynamo.eval_frame"), "_debug_get_cache_entry_list", None)
-    if entries is None or forward is None or hasattr(forward, "__wrapped__") or not hasattr(forward, "__code__"):
-        return True
-    return bool(entries(forward.__code__))
