@@ -73,7 +73,8 @@ class Family:
       holds (LLaVA-NeXT: how many tiles; None: the call encodes no image; a :class:`CountsOnly`: counts that cannot
       route images; a :class:`PerCall`: each tower call's own, Qwen2-VL's images then videos), so that under a
       mixed-task route each row's images take its task: the vision tower takes the images without the rows they
-      belong to;
+      belong to (one that takes an ``image_counts`` keyword gets each row's images where the caller knows them
+      on the host: :func:`~mtl_lora_vl.adapters.row_images.host_image_counts`);
     * ``image_path``: regex of the modules that take the batch's images (vision tower, projector), routed image by
       image by those counts (``packed_tower`` routes its own);
     * ``image_views``: each image reaches the vision tower as several views (anyres: a base view and tiles), so the

@@ -318,6 +318,19 @@ def _images_given(model: Any, args: tuple, kwargs: dict, rows_of_features: bool 
     return None
 
 
+def _given_rows(model: Any, args: tuple, kwargs: dict, image_counts: list[int]) -> list[int]:
+    """``image_counts`` (each row's images, from the caller) checked against the forward's rows: a whole number
+    of images (none or more) per row, for as many rows as its ids (or embeddings) have."""
+    ids = _forward_input(model, args, kwargs, "input_ids")
+    ids = _forward_input(model, args, kwargs, "inputs_embeds") if ids is None else ids
+    given = [int(k) for k in image_counts]
+    if ids is not None and len(given) != ids.shape[0] or given != list(image_counts) or min(given, default=0) < 0:
+        rows = "" if ids is None else f" the {ids.shape[0]} rows of"
+        raise ValueError(f"image_counts {list(image_counts)} do not give{rows} the forward each row's image count; "
+                         "pass each row's images (the image placeholders its prompt holds), rows in order")
+    return given
+
+
 def idefics3_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
     """As :func:`image_token_rows`, for Idefics3 / SmolVLM, whose encoded images (``get_image_features``'s
     ``pooler_output``) hold one item per row, not per image: they are counted by the vision tower's output (counted
@@ -325,11 +338,24 @@ def idefics3_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | 
     return image_token_rows(model, args, kwargs, rows_of_features=True)
 
 
-def image_token_rows(model: Any, args: tuple, kwargs: dict, rows_of_features: bool = False) -> list[float] | None:
+def image_token_rows(model: Any, args: tuple, kwargs: dict, image_counts: list[int] | None = None,
+                     rows_of_features: bool = False) -> list[float] | None:
     """Images per row of a forward of a model in which every image fills as many image tokens as the others (LLaVA,
     PaliGemma, Gemma 3, Idefics3 and its crops): each row's image tokens over one image's, that being all rows'
     image tokens over the images given (:class:`CountsOnly` for images encoded before the call). None without
-    images, or where the counts do not divide (the model refuses those itself)."""
+    images, or where the counts do not divide (the model refuses those itself).
+
+    ``image_counts``: each row's images (its prompt's placeholders) as the caller knows them on the host, taken
+    without reading the ids where they add up to the images given (read from their shape: a (images, 3, H, W)
+    batch, or encoded features): each placeholder is at least one image, so then exactly one, in row order. Else
+    (crops: more images than placeholders) the ids are read as without them. A count for other rows than the
+    forward's is refused. ``rows_of_features``: encoded images hold one item per row (:func:`idefics3_row_images`)."""
+    pixels = _forward_input(model, args, kwargs, "pixel_values")
+    if image_counts is not None and (pixels is None or pixels.dim() == 4):   # (its images: a shape, not a read)
+        images = _images_given(model, args, kwargs, rows_of_features)
+        given = _given_rows(model, args, kwargs, image_counts)
+        if images is not None and sum(given) == images:
+            return given if pixels is not None else CountsOnly(given, _ENCODED)
     images = _images_given(model, args, kwargs, rows_of_features)
     if images is None:
         return None
@@ -344,4 +370,4 @@ def image_token_rows(model: Any, args: tuple, kwargs: dict, rows_of_features: bo
         return None
     per = total // images
     out = [c // per if c % per == 0 else c / per for c in counts]
-    return CountsOnly(out, _ENCODED) if _forward_input(model, args, kwargs, "pixel_values") is None else out
+    return CountsOnly(out, _ENCODED) if pixels is None else out

@@ -70,10 +70,18 @@ def _model_and_loader(backbone: str, tasks: list[str], mode: str,
     return MultiTaskModel(bb, kinds, heads).train(), loader
 
 
-def _fake_forward(net: MultiTaskModel, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The training step's forward of ``batch`` on a fake CUDA device; its losses are checked to be there."""
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        _fake_onto_cuda(net)
+def _mode_of(net: nn.Module) -> FakeTensorMode:
+    """The fake mode ``net``'s weights were faked under (a second forward runs in it: modes do not mix)."""
+    return next(net.parameters()).fake_mode
+
+
+def _fake_forward(net: MultiTaskModel, batch: dict,
+                  faked: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training step's forward of ``batch`` on a fake CUDA device (``faked``: ``net`` is there already, from an
+    earlier call); its losses are checked to be there."""
+    with FakeTensorMode(allow_non_fake_inputs=True) if not faked else _mode_of(net):
+        if not faked:
+            _fake_onto_cuda(net)
         total, losses = net(to_device(batch, CUDA, torch.bfloat16, net.backbone))
     assert total.device.type == "cuda" and total.dtype == torch.float32 and total.shape == ()
     assert all(v.device.type == "cuda" and v.shape == () for v in losses.values())
@@ -132,17 +140,29 @@ def test_each_adapter_method_routes_interleaved_rows_on_the_device_in_the_base_d
     assert y.device.type == "cuda" and y.dtype == torch.bfloat16 and y.shape == (32, 5, 16)
 
 
-def test_a_mixed_llava_batch_reads_the_host_once_for_its_rows_images(monkeypatch):
-    """The built-in LLaVA's mixed caption_cls + captioning batch: one language-model pass under a mixed route.
-    Allowed, by name, is the one deliberate host read of our forward: ``family_images._token_rows`` counts each
-    row's image tokens (``.tolist()`` of B numbers) for the image path's routing (:mod:`mtl_lora_vl.adapters.
-    row_images`); the test answers it from the batch's host copy of the ids and checks it ran once. transformers'
-    LLaVA checks its image-token count against its features (a host read of its own, not ours):
+def test_a_mixed_llava_batch_stays_on_the_device_with_its_rows_image_counts(monkeypatch):
+    """The built-in LLaVA's mixed caption_cls + captioning batch: one language-model pass under a mixed route. The
+    training step gives the row check (:mod:`mtl_lora_vl.adapters.row_images`) each row's images from the host (the
+    loader's ``lm_image_counts``): no host read of ours. Without them (a caller's ``lm_loss`` without
+    ``image_counts``) the check reads the rows' image tokens, ``family_images._token_rows`` (``.tolist()`` of B
+    numbers), allowed here by name: answered from the batch's host copy of the ids, and checked to run once.
+    transformers' LLaVA checks its image-token count against its features (a host read of its own, not ours):
     ``TRANSFORMERS_DISABLE_TORCH_CHECK=1`` turns that check off."""
     monkeypatch.setenv("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")
     net, loader = _model_and_loader("builtin-llava", ["caption_cls", "captioning"], "mixed")
     batch = next(iter(loader))
     assert "lm" in batch and set(batch["task_ids"].tolist()) == {0, 1}
+    check = net.backbone.model._mtl_lora.row_check[1]
+    given, row_images = [], check.row_images
+
+    def counted(model, args, kwargs, image_counts=None):
+        given.append(image_counts)
+        return row_images(model, args, kwargs, **({} if image_counts is None else {"image_counts": image_counts}))
+
+    monkeypatch.setattr(check, "row_images", counted)
+    _, losses = _fake_forward(net, batch)   # (a host read raises in it)
+    assert set(losses) == {"caption_cls", "captioning"} and given == [batch["lm_image_counts"]]
+
     image_token = net.backbone.model.config.image_token_id
     host_counts = (batch["lm"]["input_ids"] == image_token).sum(-1).tolist()   # the read's answer, made on the host
     reads = []
@@ -154,6 +174,7 @@ def test_a_mixed_llava_batch_reads_the_host_once_for_its_rows_images(monkeypatch
         return list(host_counts)
 
     monkeypatch.setattr(family_images, "_token_rows", token_rows)
-    _, losses = _fake_forward(net, batch)
-    assert set(losses) == {"caption_cls", "captioning"}
+    without = {k: v for k, v in batch.items() if k != "lm_image_counts"}
+    _, losses = _fake_forward(net, without, faked=True)
+    assert set(losses) == {"caption_cls", "captioning"} and given[-1] is None
     assert reads == [image_token]   # once per forward

@@ -20,11 +20,12 @@ path). The count reads the rows' ids on the host: one read of B numbers per forw
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -35,7 +36,7 @@ from .layers import AdapterBank
 from .routing import Router, RoutingError
 from .scopes import route as route_scope
 
-__all__ = ["ImageRoutes", "RowImagesCheck", "ScopeHooks", "route_image_path"]
+__all__ = ["ImageRoutes", "RowImagesCheck", "ScopeHooks", "host_image_counts", "route_image_path"]
 
 Counts = Callable[[nn.Module, tuple, dict], list[float] | None]
 
@@ -54,11 +55,24 @@ class RowImagesCheck:
         # per forward in progress: each image-path module's calls so far (a PerCall's next), by the module's name
         self._calls: list[dict[str, int]] = []
         self._regions: list[tuple | None] = []   # per forward in progress with counts: its recomputation region
+        self._given: list[list[int]] = []   # each row's images, from the host, per open given() scope (a stack)
+        self._takes_given = "image_counts" in inspect.signature(row_images).parameters
 
     def __getstate__(self) -> dict:
         """A copy (deepcopy, pickle) made inside a routed ``generate`` counts its own forwards: the scope is the
         original's."""
-        return {**self.__dict__, "checked": False, "_counts": [], "_calls": [], "_regions": []}
+        return {**self.__dict__, "checked": False, "_counts": [], "_calls": [], "_regions": [], "_given": []}
+
+    @contextmanager
+    def given(self, counts: Sequence[int]) -> Iterator[None]:
+        """Each input row's images as the caller knows them on the host, for the forwards in this scope: passed to
+        a ``row_images`` that takes ``image_counts`` (checked there against what is on the host), which then need
+        not read the rows' ids from the device."""
+        self._given.append([int(k) for k in counts])
+        try:
+            yield
+        finally:
+            self._given.pop()
 
     def current(self) -> list[int] | None:
         """Images per routed row of the forward in progress, where a row holds other than one (else None)."""
@@ -113,7 +127,8 @@ class RowImagesCheck:
         route = self.router.resolve(type(module).__name__)
         if route is None or route.task is not None:
             return
-        per_row = self.row_images(module, args, kwargs)
+        given = {"image_counts": self._given[-1]} if self._given and self._takes_given else {}
+        per_row = self.row_images(module, args, kwargs, **given)
         calls = per_row.calls if isinstance(per_row, PerCall) else [("image", None, per_row)]
         if per_row is None or all(n == 1 for _, _, counts in calls for n in counts):
             return
@@ -134,6 +149,13 @@ class RowImagesCheck:
             self._counts.pop()
             self._calls.pop()
             self._regions.pop()
+
+
+def host_image_counts(model: nn.Module, counts: Sequence[int] | None) -> AbstractContextManager[None]:
+    """A scope giving ``model``'s row check (where attach put one) each input row's images, known on the host, for
+    the forwards (or the ``generate``) run in it (:meth:`RowImagesCheck.given`); a no-op without counts or check."""
+    check = getattr(model.__dict__.get("_mtl_lora"), "row_check", None)
+    return nullcontext() if counts is None or check is None else check[1].given(counts)
 
 
 def _region() -> tuple:

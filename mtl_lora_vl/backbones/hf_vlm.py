@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..adapters.row_images import host_image_counts
 from ..data.resize import ImageResize
 from ..families import find_family
 from .base import (
@@ -238,7 +239,7 @@ class HFVLMBackbone(GenerationIds, Backbone):
         ``image_sizes``: see the module doc. ``image_counts``: each row's images (the image placeholders of its
         prompt: the training loader's ``lm_image_counts``), where rows may hold several; without them a family that
         needs them (LLaVA-OneVision's ``batch_num_images``) reads them from the ids, and refuses a batch whose ids
-        read more than one way."""
+        read more than one way. A mixed-task route's row check takes them instead of reading the ids."""
         check_image_batch(pixel_values, "lm_loss")
         sizes = check_image_sizes(pixel_values, image_sizes, "lm_loss", not self.resize.anyres, self.needs_image_sizes)
         if first_label is None:
@@ -270,7 +271,7 @@ class HFVLMBackbone(GenerationIds, Backbone):
         warn_past_context(batch["input_ids"].shape[1], int(max_len), self.lm_context, "generate")
         ids = batch["input_ids"]
         kwargs = {**self._extra_inputs(ids, None), **self._row_inputs(ids, images.shape[0], sizes, image_counts)}
-        with plain_decoding(self.model):
+        with plain_decoding(self.model), host_image_counts(self.model, image_counts):
             out = self._hf_call(self.model.generate, **self._vision_inputs(images, sizes), **batch, **kwargs,
                                 max_new_tokens=int(max_len), num_beams=int(beam_size), do_sample=False,
                                 num_return_sequences=1, eos_token_id=self._stop_ids(), pad_token_id=self.pad_id,
@@ -442,8 +443,9 @@ class HFVLMBackbone(GenerationIds, Backbone):
                  image_counts: Sequence[int] | None = None, **kwargs: Any) -> Any:
         extra = self._extra_inputs(input_ids, labels)
         extra.update(self._row_inputs(input_ids, pixel_values.shape[0], image_sizes, image_counts))
-        return self._hf_call(self.model, **self._vision_inputs(pixel_values, image_sizes), input_ids=input_ids,
-                             attention_mask=attention_mask, **extra, **kwargs)
+        with host_image_counts(self.model, image_counts):   # (the row check's count, without reading the ids)
+            return self._hf_call(self.model, **self._vision_inputs(pixel_values, image_sizes), input_ids=input_ids,
+                                 attention_mask=attention_mask, **extra, **kwargs)
 
     _scores_cached = scores_cached   # candidate scoring (sequence_scores): candidate_scores.py
     _scores_full = scores_full
