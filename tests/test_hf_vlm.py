@@ -125,6 +125,25 @@ def test_lm_loss_refuses_wrong_image_token_count(bb):
         bb._forward(torch.randn(2, 3, 32, 32), ids, b["attention_mask"])
 
 
+def test_lm_loss_checks_image_counts_against_the_rows_tokens_and_routes_by_them_unread(bb, monkeypatch):
+    """Rows of 2 and 1 images under a mixed route: ``image_counts`` [2, 1] give the loss the ids give, with the row
+    check reading no ids (``family_images._token_rows``) where ``first_label`` is given (the training step's call);
+    without it lm_loss reads the rows' image tokens anyway, so counts that do not give them ([1, 2]) are refused."""
+    from mtl_lora_vl import family_images
+
+    t = bb.image_token
+    b = bb.lm_collator()([f"{t}{t} two things:", f"{t} caption:"], ["red", "a blue square"])
+    images = torch.randn(3, 3, 32, 32)
+    mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=4))
+    first = bb.lm_collator().first_labelled(b["labels"])
+    with torch.no_grad(), mlv.route(bb.model, [0, 1]):
+        want = bb.lm_loss(images, **b)
+        with pytest.raises(BackboneError, match=r"image_counts \[1, 2\] do not give the rows' image tokens"):
+            bb.lm_loss(images, **b, image_counts=[1, 2])
+        monkeypatch.setattr(family_images, "_token_rows", lambda *a: pytest.fail("the row check read the ids"))
+        torch.testing.assert_close(bb.lm_loss(images, **b, first_label=first, image_counts=[2, 1]), want)
+
+
 @pytest.mark.parametrize("beams", [1, 3])
 def test_generate_decodes_new_tokens_only(bb, beams):
     images = torch.randn(2, 3, 32, 32)

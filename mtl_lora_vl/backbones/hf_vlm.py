@@ -26,6 +26,7 @@ which multiply the language model's rows, are routed by :mod:`mtl_lora_vl.adapte
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,7 +240,8 @@ class HFVLMBackbone(GenerationIds, Backbone):
         ``image_sizes``: see the module doc. ``image_counts``: each row's images (the image placeholders of its
         prompt: the training loader's ``lm_image_counts``), where rows may hold several; without them a family that
         needs them (LLaVA-OneVision's ``batch_num_images``) reads them from the ids, and refuses a batch whose ids
-        read more than one way. A mixed-task route's row check takes them instead of reading the ids."""
+        read more than one way. A mixed-task route's row check takes them instead of reading the ids (with
+        ``first_label`` as the collator's; without it checked here against the rows' image tokens)."""
         check_image_batch(pixel_values, "lm_loss")
         sizes = check_image_sizes(pixel_values, image_sizes, "lm_loss", not self.resize.anyres, self.needs_image_sizes)
         if first_label is None:
@@ -393,6 +395,14 @@ class HFVLMBackbone(GenerationIds, Backbone):
         counts = (input_ids == self.image_token_id).sum(dim=1).tolist()
         count = self.layout.image_tokens   # (the layout is built on each read of the property: once here)
         want = [count(s) for s in self._sizes_of(pixel_values, image_sizes)]
+        if image_counts is not None:   # (checked here, where the rows' counts are on the host: the forward trusts them)
+            at = [0, *itertools.accumulate(int(k) for k in image_counts)]
+            if len(at) != len(counts) + 1 or at[-1] != len(want) or any(
+                    c != sum(want[a:b]) for c, a, b in zip(counts, at, at[1:])):
+                raise BackboneError(
+                    f"{what}: image_counts {list(image_counts)} do not give the rows' image tokens {counts} (id "
+                    f"{self.image_token_id}) from the {len(want)} images' {want}; pass each row's images (the image "
+                    "placeholders its prompt holds), rows in order")
         if self.several_images and counts != want and whole_images(counts, want):
             return   # rows of several images, or of none ([2, 0, 1]): each row's tokens are its images', in order
         if several:
