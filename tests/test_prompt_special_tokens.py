@@ -174,3 +174,19 @@ def test_a_lone_surrogate_in_a_row_is_refused_naming_the_row_and_field(clip, tas
     with pytest.raises(ValueError, match=r"the class name 'red \\udcff' holds the lone surrogate"):
         build_kind(dataclasses.replace(base, options={**base.options, "class_names": names}),
                    world.build_split("classification", "train", n=6, seed=0), clip)
+
+
+def test_a_special_token_in_a_later_text_of_a_row_is_named_and_one_across_two_texts_is_none(llava):
+    """Rows are searched whole first (one search per row, not per text), then text by text where that finds one:
+    the text holding it is named, and a token's halves in two texts of a row are no token."""
+    from mtl_lora_vl.data.records import Split
+
+    spec = load_spec("vqa")
+    train = _train(spec)
+    first = train.examples[0]
+    bad = Split([dataclasses.replace(first, answers=("red", "blue", "a <image>")), *train.examples[1:]])
+    with pytest.raises(ValueError, match=rf"example {first.image_id!r} has in its answers the text 'a <image>', "
+                                         r"which holds '<image>'"):
+        build_kind(spec, bad, llava)
+    halves = Split([dataclasses.replace(first, text="is it <ima", answers=("ge>",)), *train.examples[1:]])
+    build_kind(spec, halves, llava)

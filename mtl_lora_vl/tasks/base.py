@@ -77,7 +77,7 @@ from mtl_lora_vl.distributed import union_over_shards
 from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.generative import eval_subset, uses_language_model, warn_lm_context
 from mtl_lora_vl.tasks.spec import SpecError, TaskSpec
-from mtl_lora_vl.tasks.texts import NormalizedSpecials, special_texts, split_texts, warn_text_coverage
+from mtl_lora_vl.tasks.texts import NormalizedSpecials, lone_surrogate, special_texts, split_texts, warn_text_coverage
 
 if TYPE_CHECKING:
     from mtl_lora_vl.backbones import Backbone
@@ -237,9 +237,13 @@ class TaskKind(ABC):
                     raise TypeError(f"task {self.name!r}: {what} example {ex.image_id!r} has {field}="
                                     f"{getattr(ex, field)!r}; {field} is text: " + ("a string or None" if field ==
                                     "text" else f"a tuple of strings, () for none ({field}=('2', '2', '3'))"))
+            joined = "\n".join(t for t in (ex.text, *ex.captions, *ex.answers) if t)   # one search for the usual row
+            if lone_surrogate(joined) is None and self.special_in(joined) is None:
+                continue
+            for field, texts in (("text", (ex.text,)), ("captions", ex.captions), ("answers", ex.answers)):
                 for text in texts:
-                    self.refuse_special(text, f"{what} example {ex.image_id!r} has in its {field} the text {text!r}, "
-                                        "which", "remove it from the data")
+                    self.refuse_special(text, f"{what} example {ex.image_id!r} has in its {field} the text "
+                                        f"{text!r}, which", "remove it from the data")
 
     def special_in(self, text: str | None) -> str | None:
         """The first of :attr:`special_texts` that ``text`` holds (None: none); one regex search (``re`` caches the
@@ -251,7 +255,7 @@ class TaskKind(ABC):
         """Raise ValueError when ``text`` holds one of :attr:`special_texts`: the one check of every text this task
         gives the model's tokenizer (rows, class names and targets, templates, [generative] prompt and system).
         ``what`` names the text (it is followed by "holds"), ``fix`` says what to do. So is a lone surrogate."""
-        half = _lone_surrogate(text)
+        half = lone_surrogate(text)
         if half:   # a JSON escape ("\ud800") without its pair: no character, and tokenizers raise a bare TypeError
             raise ValueError(f"task {self.name!r}: {what} holds the lone surrogate {half!r} (half of a UTF-16 pair, "
                              f"as a JSON escape writes it, without its other half): it is no character; {fix}")
@@ -488,12 +492,3 @@ def logit_scale_of(backbone: Backbone) -> float:
     """The backbone's (exponentiated) logit scale as a float."""
     scale = backbone.logit_scale
     return float(scale.detach().float().item()) if isinstance(scale, Tensor) else float(scale)
-
-
-def _lone_surrogate(text: str | None) -> str | None:
-    """The first lone surrogate (U+D800..U+DFFF) ``text`` holds, else None (one encode, in C, for the usual text)."""
-    try:
-        (text or "").encode("utf-8")
-    except UnicodeEncodeError as e:
-        return e.object[e.start]
-    return None

@@ -17,7 +17,8 @@ from mtl_lora_vl.tasks.spec import TaskSpec
 if TYPE_CHECKING:
     from mtl_lora_vl.backbones import Backbone
 
-__all__ = ["MEASURED_TEXTS", "NormalizedSpecials", "special_texts", "split_texts", "warn_text_coverage"]
+__all__ = ["MEASURED_TEXTS", "NormalizedSpecials", "lone_surrogate", "special_texts", "split_texts",
+           "warn_text_coverage"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,15 @@ def _markup(token: str) -> bool:
     """A control token's text (``<end_of_turn>``, ``[multimodal]``): no space in it and not a plain word, so that an
     added token a vocabulary marks special but writes as ordinary text (a whitespace run, a word) refuses nothing."""
     return bool(token) and not token.isalnum() and not any(c.isspace() for c in token)
+
+
+def lone_surrogate(text: str | None) -> str | None:
+    """The first lone surrogate (U+D800..U+DFFF) ``text`` holds, else None (one encode, in C, for the usual text)."""
+    try:
+        (text or "").encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.object[e.start]
+    return None
 
 
 def split_texts(split: Split) -> set[str]:
