@@ -67,7 +67,8 @@ def cli_logging(level: int | str = logging.INFO) -> Iterator[logging.Logger]:
     Only the command line calls this; a library user configures ``logging`` as they like. While open, the
     package logger does not propagate to the root logger, so a root handler that a third-party library
     installs (``logging.basicConfig``, e.g. through a module-level ``logging.info`` call) does not print
-    each line a second time.
+    each line a second time. Nested (a command run inside another's logging), the inner one's handler stands in
+    for the outer one's until it closes: each line prints once, at the inner level.
     """
     if isinstance(level, str):
         level = LEVELS[level.lower()]
@@ -87,6 +88,9 @@ def cli_logging(level: int | str = logging.INFO) -> Iterator[logging.Logger]:
                 return
         saved_show(message, category, filename, lineno, file, line)   # a third party's: Python's format
 
+    outer = [h for h in logger.handlers if isinstance(h, _TqdmHandler)]
+    for h in outer:
+        logger.removeHandler(h)
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
@@ -95,6 +99,8 @@ def cli_logging(level: int | str = logging.INFO) -> Iterator[logging.Logger]:
         yield logger
     finally:
         logger.removeHandler(handler)
+        for h in outer:
+            logger.addHandler(h)
         logger.setLevel(saved)
         logger.propagate = saved_propagate
         active[0] = False

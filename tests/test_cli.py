@@ -289,6 +289,26 @@ def test_cli_logging_levels_and_restores(capsys):
     assert (list(root.handlers), root.level) == before  # nothing left configured
 
 
+def test_nested_cli_logging_prints_each_line_once(capsys):
+    """A command run inside another's logging (``with cli_logging(): train_main(...)``) added a second handler:
+    every line and warn_user warning printed twice."""
+    from mtl_lora_vl.log import warn_user
+
+    log = logging.getLogger("mtl_lora_vl.some.module")
+    root = logging.getLogger("mtl_lora_vl")
+    before = list(root.handlers)
+    with cli_logging("info"):
+        with cli_logging("warning"):
+            log.info("inner info")
+            log.warning("inner warn")
+            warn_user("inner user")
+        log.info("outer info")
+    assert list(root.handlers) == before
+    err = capsys.readouterr().err
+    assert err.count("inner warn") == 1 and err.count("inner user") == 1 and err.count("outer info") == 1
+    assert "inner info" not in err
+
+
 def test_ranks_other_than_the_main_one_log_only_errors_while_setting_up(capsys):
     """Under torchrun every rank read the same specs and data and printed each set-up warning once per rank."""
     import warnings
