@@ -1094,6 +1094,13 @@ def test_data_parallel_replicas_refuse_routes_they_would_mix():
     with mlv.route(model, ["a", "b", "a", "b"]):
         with pytest.raises(mlv.RoutingError, match="is an nn.DataParallel replica, which sees its chunk"):
             layer_replica(x)
+    # a chunk as long as the route (4 ids routed around 8 rows on 2 GPUs; a VLM chunk of 2 rows holding 2 images
+    # each, in its tower) passed the size check: each replica ran rows 0-3's tasks on its own rows, without a word
+    with mlv.route(model, ["a", "b", "b", "a"]):
+        with pytest.raises(mlv.RoutingError, match="is an nn.DataParallel replica, which sees its chunk"):
+            layer_replica(torch.randn(4, layer.in_features))
+    with mlv.route(model, "b"):   # one task for the whole batch: any chunk runs it
+        layer_replica(torch.randn(4, layer.in_features))
 
 
 @pytest.mark.parametrize("ids", ["a", [0, 0, 1, 1, 2, 2], [0, 1, 2, 0, 1, 2]],

@@ -323,6 +323,12 @@ class AdapterBank(nn.Module):
         if self.packed_rows and x.dim() == 3 and x.shape[0] == 1:
             x = x[0]   # a packed tower's one sequence as a batch of one (Pixtral's): its rows
         bd = self.batch_dim if x.dim() > 2 else 0   # 2-D rows (pooled features) are batch-first
+        if route.task is None and self.__dict__.get("_is_replica", False):   # its chunk's rows are not the route's
+            raise RoutingError(
+                f"{self.layer_name} is an nn.DataParallel replica, which sees its chunk of the batch, not the "
+                f"{route.batch_size} rows the per-sample route was made for (a chunk the route's size or a row's "
+                "images ran other rows' tasks): per-sample routes need DistributedDataParallel (torchrun), or "
+                "route one task for the whole batch around the DataParallel call")
         if route.batch_size is not None:
             got = x.shape[bd] if x.dim() > 1 else 1
             if got != route.batch_size and route.wide is not None and got == route.wide.batch_size:
