@@ -36,6 +36,7 @@ from .io.locks import LockHeld, NotALockFile, lock_holder, take_lock
 from .log import warn_user
 from .options import TrainOptions, type_problem
 from .tasks.spec import looks_like_path
+from .training.stopping import stop_signals_ignored
 from .whole_files import read_whole
 
 #: Options a resumed run takes from the command line; every other one comes from the run's config.json.
@@ -204,21 +205,28 @@ def claim_run_dir(run: Path, opts: TrainOptions, info: DistInfo) -> Path:
     claimed. A resumed run keeps its own; a default name (no --out) taken meanwhile moves on to the next
     free ``NAME-k``. Without --overwrite, an --out directory that another run wrote to (or created) since
     :func:`choose_run_dir` is refused, not shared. Every rank returns (or raises) what rank 0 got."""
-    claimed, error = run, None
-    if not opts.resume and info.is_main:
-        try:
-            claimed = _claim(run, opts)
-        except RunDirError as e:
-            error = str(e)
-        except OSError as e:   # e.g. a file where a parent folder should be, no permission
-            error = f"--out {run}: cannot make the run directory ({e}); choose another --out"
-    claimed, error = broadcast_from_main((str(claimed), error), info)
+    claimed, error, aside = run, None, [False]
+    try:
+        if not opts.resume and info.is_main:
+            try:
+                claimed = _claim(run, opts, aside)
+            except RunDirError as e:
+                error = str(e)
+            except OSError as e:   # e.g. a file where a parent folder should be, no permission
+                error = f"--out {run}: cannot make the run directory ({e}); choose another --out"
+        claimed, error = broadcast_from_main((str(claimed), error), info)
+    except BaseException:   # SIGTERM (torchrun's, a peer failed) or Ctrl-C once the old run was set aside: put back
+        if aside[0]:
+            with stop_signals_ignored():
+                undo_overwrite(run, opts)
+        raise
     if error is not None:
         raise RunDirError(error)
     return Path(claimed)
 
 
-def _claim(run: Path, opts: TrainOptions) -> Path:
+def _claim(run: Path, opts: TrainOptions, aside: list[bool]) -> Path:
+    """Make ``run`` (or the next free ``NAME-k``); ``aside[0]`` is set as an --overwrite sets the old run aside."""
     if not opts.out:
         for k in itertools.count(1):
             name = run if k == 1 else run.with_name(f"{run.name}-{k}")
@@ -231,6 +239,7 @@ def _claim(run: Path, opts: TrainOptions) -> Path:
         _refuse_unfinished_overwrite(run)
     if opts.overwrite and run.exists() and any(run.iterdir()):
         _refuse_training(run, "--overwrite: --out")   # (started since choose_run_dir)
+        aside[0] = True
         os.replace(run, replaced_dir(run))   # kept until the new run's first checkpoint: an error before puts it back
     try:
         run.mkdir(parents=True, exist_ok=run.is_dir() and not any(run.iterdir()))

@@ -158,3 +158,36 @@ def test_a_run_whose_name_is_long_finishes_its_overwrite_and_its_leftovers_are_f
     assert len(left) == 1 and all(len(p.name.encode()) <= 255 for p in left)
     assert rundir.remove_overwrite_leftovers(run) == left and not left[0].exists()
     assert rundir.remove_overwrite_leftovers(tmp_path / "other") == []
+
+
+@pytest.mark.parametrize("where", ["claim", "lock"])
+def test_a_signal_between_the_claim_and_the_lock_puts_the_replaced_run_back(tmp_path, monkeypatch, where):
+    """SIGTERM (torchrun's, a peer failed) or Ctrl-C inside claim_run_dir's broadcast or start's hold_run_dir -- once
+    the old run was set aside, before start's put-back was armed -- left it in .run.replaced, an empty run/ in its
+    place: --resume run/ found no run and the next --overwrite was refused until it was moved back by hand."""
+    import mtl_lora_vl.rundir as rundir
+    import mtl_lora_vl.training.train as train_module
+    from mtl_lora_vl.distributed import DistInfo
+    from mtl_lora_vl.options import TrainOptions
+    from mtl_lora_vl.training.stopping import Terminated
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"tasks": "vqa", "method": "mtl_lora", "out": str(run)}))
+    (run / "metrics.jsonl").write_text("old\n")
+    opts = TrainOptions(tasks="vqa", out=str(run), overwrite=True, device="cpu")
+
+    def terminated(*args, **kwargs):
+        raise Terminated
+
+    if where == "claim":
+        monkeypatch.setattr(rundir, "broadcast_from_main", terminated)
+        with pytest.raises(Terminated):
+            rundir.claim_run_dir(run, opts, DistInfo())
+    else:
+        monkeypatch.setattr(train_module, "prepare_rank", lambda o, *a: (o, None, None, None))
+        monkeypatch.setattr(train_module, "hold_run_dir", terminated)
+        with pytest.raises(Terminated):
+            train_module.start(opts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert (run / "metrics.jsonl").read_text() == "old\n"

@@ -42,6 +42,7 @@ from ..multitask import Setup, build_setup, extend_setup, extended_options
 from ..options import TrainOptions
 from ..precision import base_weights_dtype, check_base_precision, resolve_precision
 from ..rundir import (
+    RunDirError,
     check_options_unchanged,
     choose_run_dir,
     claim_run_dir,
@@ -156,8 +157,14 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     all_ready(info)
     total_steps = opts.steps
     run_dir = claim_run_dir(run_dir, opts, info)  # a default name taken meanwhile: the next free one
-    lock = lock if opts.resume else hold_run_dir(run_dir, info)   # (a run training in it now: refused)
+    held_elsewhere = False
     try:
+        if not opts.resume:
+            try:
+                lock = hold_run_dir(run_dir, info)
+            except RunDirError:   # a run training in it now: its directory, nothing of ours to put back there
+                held_elsewhere = True
+                raise
         if info.is_main and lock is not None:   # (unlocked, a run may be deleting them now)
             for gone in remove_overwrite_leftovers(run_dir):
                 logger.info("removed %s, what an earlier --overwrite's cut-short delete left of the run it replaced",
@@ -172,8 +179,8 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
             write_config(run_dir, opts, run.resolved)
         if info.is_main:
             logger.info("%s", describe(run))
-    except BaseException:
-        if info.is_main:
+    except BaseException:   # (also a SIGTERM or Ctrl-C before the lock: the replaced run is put back)
+        if info.is_main and not held_elsewhere:
             with stop_signals_ignored():
                 undo_overwrite(run_dir, opts, lock)
         if lock is not None:
