@@ -329,11 +329,25 @@ def test_a_sharded_evaluation_scope_shards_only_its_own_thread():
 @pytest.mark.parametrize("at_step", [6, STEPS])
 def test_sigterm_during_a_step_finishes_it_saves_and_resumes_exactly(straight, tmp_path, monkeypatch, at_step):
     """SIGTERM arrives after the step's batch is drawn: the step completes before the checkpoint, so the
-    saved loader is not a batch ahead of the saved step (which made --resume run out of batches)."""
+    saved loader is not a batch ahead of the saved step (which made --resume run out of batches). After the last
+    step a second SIGTERM arrives while its checkpoint is written (outside the loop's signal handling, it cut that
+    save short: --resume went back to the step-4 checkpoint)."""
+    import os
+    import signal
+
     full, _ = straight
     run = tmp_path / "stopped"
+    real, sent = train_module.save_training_checkpoint, []
+
+    def save(run_dir, model, optim, loader, progress, *args, **kwargs):
+        if progress.step == STEPS and not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGTERM))
+        return real(run_dir, model, optim, loader, progress, *args, **kwargs)
+
     with monkeypatch.context() as mp:
         mp.setattr(train_module, "forward_backward", rng_kind.sigterm_in_step(at_step))
+        if at_step == STEPS:
+            mp.setattr(train_module, "save_training_checkpoint", save)
         assert train_main(run_args(tmp_path) + ["--out", str(run)]) == 143  # stopped, not finished (was 0)
     assert int(torch.load(run / "checkpoint.pt", weights_only=True)["step"]) == at_step
     assert not (run / "adapter").exists()  # stopped: no final adapter (nor evaluation) yet, even after the last step

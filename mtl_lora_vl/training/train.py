@@ -425,10 +425,12 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
             raise   # the command exits 130, so `train && evaluate` stops
         finally:
             progress.close()
-    if info.is_main:
-        skips.report(step)
-    checkpoint()   # the trained state, before the final validation: a failure or Ctrl-C in it loses no step
-    signum = max_over_ranks(stop.signum, info)  # a signal in the last step: stopped before the evaluation
+        if info.is_main:
+            skips.report(step)
+        # the trained state, before the final validation: a failure or Ctrl-C in it loses no step. A signal while
+        # it saves waits for it, as in the loop (outside, SIGTERM cut it short: the steps since the last save lost)
+        checkpoint()
+    signum = max_over_ranks(stop.signum, info)  # a signal in the last step or its save: stopped before the evaluation
     if signum:
         if info.is_main:
             logger.warning("stopped at step %d, before the final evaluation; checkpoint saved. Continue the run with "
