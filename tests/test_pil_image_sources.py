@@ -39,3 +39,12 @@ def test_a_row_whose_pil_image_fails_is_replaced_or_named_when_strict(tmp_path):
     rows = [Example(Image.open(good), "good-0"), Example(Image.open(cut), "row-7")]
     with pytest.raises(ImageError, match=r"task 't': example 'row-7': image .*cut\.jpg: cannot be decoded.*strict"):
         ImageFallback("t", rows, 16, strict=True).decode(1)
+
+
+def test_an_in_memory_pil_image_is_read_whatever_pillow_keeps_on_it():
+    """Pillow 13 keeps ``tile`` on images read from files only: an in-memory image (``Image.fromarray``, ``Image.new``)
+    was refused as 'cannot be decoded (AttributeError: ... no attribute 'tile')', so every such row was replaced."""
+    arr = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    for img in (Image.fromarray(arr), Image.new("RGB", (16, 16), (10, 200, 30))):
+        assert to_uint8_tensor(img, 16).permute(1, 2, 0).numpy().tolist() == np.asarray(img).tolist()
+        assert load_image(img).tobytes() == img.tobytes()

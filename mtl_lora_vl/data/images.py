@@ -299,9 +299,10 @@ def _rgb16(img: Image.Image) -> bool | None:
     """Whether ``img``, not loaded yet, decodes 16-bit RGB samples (a 16-bit PNG: rawmode ``RGB;16B``); None once
     loaded (Pillow keeps no sign of it). A tRNS colour of such a file under 256 in every sample, (1, 1, 1), reads as
     an 8-bit one."""
-    if img.mode != "RGB" or not img.tile:
+    tile = getattr(img, "tile", None)   # (Pillow 13 keeps it on files only: an in-memory image has none)
+    if img.mode != "RGB" or not tile:
         return None
-    modes = [t[3][0] if isinstance(t[3], tuple) else t[3] for t in img.tile if len(t) > 3]
+    modes = [t[3][0] if isinstance(t[3], tuple) else t[3] for t in tile if len(t) > 3]
     return any(isinstance(m, str) and m.startswith("RGB;16") for m in modes)
 
 
