@@ -176,6 +176,8 @@ class ImageFallback:
                 new = type(err)(f"example {ex.image_id!r}: {err}")   # (its kind kept: a shape refusal)
                 new.slot = slot                                       # the image that failed, for _mark
                 raise new from err
+            except TypeError as err:   # a source of no image type (None, a number): the reader's bug, named
+                raise TypeError(f"task {self.task!r}: example {ex.image_id!r}: {err}") from err
         if len(pixels) == 1:
             return pixels[0]
         # several images: one (k, 3, S, S) stack, or (a native resize: each at its own size) a tuple of them
