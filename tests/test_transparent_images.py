@@ -68,3 +68,14 @@ def test_a_zero_size_image_in_a_split_has_its_row_replaced():
     rows = [Example(Image.new("RGB", (0, 4)), "empty"), Example(Image.new("RGB", (4, 4), (9, 9, 9)), "ok")]
     index, pixels = ImageFallback("t", rows, 8).decode(0)
     assert index == 1 and pixels.shape == (3, 8, 8)
+
+
+@pytest.mark.parametrize("alpha", ["white", "drop"])
+def test_a_premultiplied_grey_alpha_image_reads_as_its_la_image(alpha):
+    """A PIL image in mode La (grey, premultiplied alpha) was refused: Pillow converts La to LA only ('conversion from
+    La to L not supported'), so its row was replaced."""
+    la = Image.fromarray(np.array([[[100, 255], [60, 128]], [[0, 0], [200, 255]]], dtype=np.uint8))
+    assert la.mode == "LA"
+    pre = la.convert("La")
+    resize = ImageResize(2, alpha=alpha)
+    assert torch.equal(to_uint8_tensor(pre, resize), to_uint8_tensor(pre.convert("LA"), resize))

@@ -271,7 +271,9 @@ def to_rgb(img: Image.Image, alpha: str = "white", sixteen: bool | None = None) 
     """Convert any PIL mode to RGB: transparency composited on white, CMYK and palettes converted,
     16-bit and float grayscale rescaled to 8 bits. ``sixteen``: whether an RGB image was read from 16-bit samples
     (:func:`_rgb16`, asked before it is loaded); None: where its tRNS colour says so (a sample over 255)."""
-    if alpha == "drop" and img.mode in ("RGBA", "LA", "PA", "RGBa", "La", "P", "L", "RGB", "1"):
+    if img.mode == "La":   # (premultiplied: Pillow converts it to LA only)
+        img = img.convert("LA")
+    if alpha == "drop" and img.mode in ("RGBA", "LA", "PA", "RGBa", "P", "L", "RGB", "1"):
         return img.convert("RGB")   # open_clip's _convert_to_rgb: transparent pixels keep their stored colour
     clear = img.info.get("transparency")
     if sixteen is None:
@@ -285,7 +287,7 @@ def to_rgb(img: Image.Image, alpha: str = "white", sixteen: bool | None = None) 
         img = img.convert("RGBA")
     if img.mode == "RGB":
         return img
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if img.mode in ("RGBA", "LA", "PA", "RGBa"):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
