@@ -265,6 +265,25 @@ def test_plain_lora_finds_and_refuses_a_tied_weight(tmp_path):
         apply_plain_lora(fresh, path)
 
 
+def test_plain_lora_folds_into_a_module_reachable_under_two_names(tmp_path):
+    """One nn.Linear under two names has one weight and one owner: it was refused as tied ('load the adapter routed
+    instead'), although merge folds it in."""
+    from test_attach import _randomize_adapters, _SharedProj
+
+    torch.manual_seed(0)
+    model = mlv.attach(_SharedProj(), mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, targets={"image": [r"img_proj$"]}))
+    _randomize_adapters(model)
+    x = torch.randn(3, 8)
+    with torch.no_grad(), mlv.route(model, "a"):
+        want = model(x)
+    path = mlv.export_lora(model, "a", tmp_path / "plain", format="plain")
+    torch.manual_seed(0)
+    fresh = apply_plain_lora(_SharedProj(), path)
+    with torch.no_grad():
+        got = fresh(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_a_config_from_a_newer_package_says_to_upgrade(tmp_path):
     model = _trained(tiny_open_clip, mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2))
     path = mlv.save_adapter(model, tmp_path / "ad")

@@ -344,7 +344,8 @@ def apply_plain_lora(base_model: nn.Module, path: str | Path, check_base_weights
         if key not in params:
             raise AdapterFileError(f"{path}: base weight {key} (for {name}) is not in this {type(part).__name__}")
         w = params[key]
-        if len(names[id(w)]) > 1:
+        # one module reachable under several names holds one weight: only another module's use of it is a tie
+        if len({id(base_model.get_submodule(n.rpartition(".")[0])) for n in names[id(w)]}) > 1:
             raise AdapterFileError(f"{path}: base weight {key} (for {name}) is shared with "
                                    f"{', '.join(n for n in names[id(w)] if n != key)} (tied weights): folding the "
                                    "update in would change that layer too; load the adapter routed instead")
