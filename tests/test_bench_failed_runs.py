@@ -171,3 +171,22 @@ def test_a_failed_run_lets_go_of_its_memory_when_it_is_recorded(tmp_path):
     finally:
         gc.enable()
     assert record["failed"].startswith("OutOfMemoryError") and not alive
+
+
+def test_a_single_task_run_that_failed_at_a_joint_method_s_rate_leaves_the_same_rate_table():
+    """The same-rate interference took the single-task tuning run at the joint method's rate whatever it held: one that
+    failed (no scores) ended the analysis with a TypeError after the whole grid had run, and every rerun again."""
+    from mtl_lora_vl.benchmark.analysis import _same_lr_interference
+    from mtl_lora_vl.benchmark.grid import _config
+
+    tasks = ["vqa", "retrieval"]
+    joint = _config("lora-r8", "method", "lora r=8", tasks, method="lora")
+    singles = [_config(f"single-{t}", "single", f"lora, {t} alone", [t], method="lora") for t in tasks]
+    final = {"lora-r8": [{"seed": 0, "lr": 1e-3, "tasks": {"vqa": 0.5, "retrieval": 0.7}}]}
+    tuning = {"single-vqa": [{"seed": 0, "lr": 1e-3, "tasks": {"vqa": 0.4}}],
+              "single-retrieval": [{"seed": 0, "lr": 1e-3, "tasks": {"retrieval": 0.6}}]}
+    picked = {"lora-r8": 1e-3, "single-vqa": 1e-3, "single-retrieval": 1e-3}
+    same = _same_lr_interference(tasks, [joint, *singles], final, tuning, picked)
+    assert same["lora-r8"]["vqa"] == pytest.approx(0.1) and same["lora-r8"]["average"] == pytest.approx(0.1)
+    tuning["single-vqa"] = [{"seed": 0, "lr": 1e-3, "failed": "OutOfMemoryError: boom", "tasks": None, "val": None}]
+    assert _same_lr_interference(tasks, [joint, *singles], final, tuning, picked) == {}

@@ -131,6 +131,11 @@ def _failed(configs: list[Config], final: dict[str, list[dict]], tuning: dict[st
     return list(out.values())
 
 
+def _scored(record: dict[str, Any]) -> bool:
+    """Whether a run record holds scores (a run that diverged or failed has none)."""
+    return not record.get("diverged") and not record.get("failed")
+
+
 def _same_lr_interference(tasks: list[str], configs: list[Config], final: dict[str, list[dict]],
                           tuning: dict[str, list[dict]], picked: dict[str, float]) -> dict[str, dict[str, float]]:
     """Seed 0: each joint method's test score minus each task trained alone *at the method's learning rate*
@@ -143,9 +148,10 @@ def _same_lr_interference(tasks: list[str], configs: list[Config], final: dict[s
     for c in configs:
         if c.group != "method" or c.cid not in picked:
             continue
-        joint = next((r for r in final.get(c.cid, []) if r["seed"] == 0 and not r.get("diverged")), None)
-        alone = {t: next((r for r in tuning.get(singles[t], []) if r["lr"] == picked[c.cid]
-                          and not r.get("diverged")), None) for t in tasks}
+        # (a run that diverged or failed has no scores: a failed one crashed the analysis after the whole grid)
+        joint = next((r for r in final.get(c.cid, []) if r["seed"] == 0 and _scored(r)), None)
+        alone = {t: next((r for r in tuning.get(singles[t], []) if r["lr"] == picked[c.cid] and _scored(r)), None)
+                 for t in tasks}
         if joint is None or any(r is None for r in alone.values()):
             continue
         row = {t: joint["tasks"][t] - alone[t]["tasks"][t] for t in tasks}   # type: ignore[index]
