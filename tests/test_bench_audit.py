@@ -167,3 +167,17 @@ def test_a_grid_on_files_is_not_resumed_on_other_rows(tmp_path):
     (tmp_path / "out" / "settings.json").write_text(json.dumps(saved))
     with pytest.raises(_Killed):
         run_benchmark(s, tmp_path / "out", trainer=killed, stream=io.StringIO())
+
+
+@needs_builtin
+def test_a_task_whose_test_rows_are_val_rows_is_refused(tmp_path):
+    """A spec whose [data.test] read the files of [data.val] (VQAv2 has no test answers: both point at val2014) was
+    benchmarked: learning rates were chosen on the very rows the report scores, with nothing said."""
+    root = tmp_path / "data"
+    spec = Path(_folder_task(root))
+    spec.write_text(spec.read_text().replace('folder = "test"', 'folder = "val"'))
+    s = _tiny(tmp_path, tasks=[str(spec)], ablations={}, seeds=1, data_root=str(root), batch_size=2)
+    with pytest.raises(ValueError, match=r"colors.toml: every one of the 2 rows of its test split is also a row of its "
+                                         r"val split, so the benchmark would choose learning rates on the rows it"):
+        run_benchmark(s, tmp_path / "out", trainer=train, stream=io.StringIO())
+    assert not (tmp_path / "out").exists()

@@ -28,6 +28,7 @@ from ..backbones.base import BackboneError, backbone_class_for, resolve_base_dty
 from ..backbones.hf import hf_dir, hf_model_class
 from ..backbones.hf_vlm import HFVLMBackbone
 from ..backbones.spec import parse_spec
+from ..data.records import Split, row_key
 from ..distributed import pick_device
 from ..io.atomic import holds
 from ..io.locks import LockHeld, NotALockFile, take_lock
@@ -74,9 +75,12 @@ def grid_identity(settings: BenchSettings, specs: list[TaskSpec]) -> dict[str, A
     for task, spec in zip(settings.tasks, specs):
         text = Path(spec.source_file).read_bytes() if spec.source_file else task.encode()
         texts[spec.name] = hashlib.sha256(text).hexdigest()[:16]
-    data = {spec.name: {split: spec.load_split(split, settings.data_root).rows_sha256[:16]
-                        for split in spec.data.splits}
-            for spec in specs if spec.data.source != "builtin"}   # (the built-in world's rows follow from its spec)
+    data = {}
+    for spec in specs:   # (the built-in world's rows follow from its spec, its val and test scenes from their seeds)
+        if spec.data.source != "builtin":
+            splits = {split: spec.load_split(split, settings.data_root) for split in spec.data.splits}
+            check_held_out(spec, splits)
+            data[spec.name] = {split: rows.rows_sha256[:16] for split, rows in splits.items()}
     autocast = resolve_precision(settings.precision, device, loaded=_loads_in(settings, device))
     return {**resolved_paths(settings.identity()), "spec_sha256": texts, "base_sha256": base_fingerprint(settings),
             **({"data_sha256": data} if data else {}),
@@ -166,6 +170,18 @@ def check_splits(specs: list[TaskSpec]) -> None:
                 f"{where}: the benchmark needs a val split (to choose learning rates) and a test split (to report "
                 f"on), but this spec has no {' and no '.join(missing)} split; add a [data.{missing[0]}] table "
                 "(e.g. hold out part of the training files) so that no split both tunes and reports")
+
+
+def check_held_out(spec: TaskSpec, splits: dict[str, Split]) -> None:
+    """Refuse a task whose test rows are all validation rows (its [data.val] and [data.test] read the same files, or
+    test a part of them): learning rates would be chosen on the rows the report scores."""
+    val, test = ({row_key(ex) for ex in splits[s].examples} for s in ("val", "test"))
+    if test and test <= val:
+        where = spec.source_file or f"task {spec.name!r}"
+        raise ValueError(f"{where}: every one of the {len(test):,} rows of its test split is also a row of its val "
+                         "split, so the benchmark would choose learning rates on the rows it reports; point "
+                         "[data.val] and [data.test] at different files (e.g. hold out part of the training files "
+                         "as val)")
 
 
 _LOCK = ".lock"

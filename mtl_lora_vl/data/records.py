@@ -63,12 +63,18 @@ class Split:
         the data changed."""
         h = hashlib.sha256(json.dumps(self.class_names).encode())
         for ex in self.examples:
-            file = _file_names(ex.image)
-            row = [str(ex.image_id), file, ex.text, list(ex.captions), list(ex.answers), ex.question_type, ex.label]
-            if "filter_type" in ex.meta:   # only where a reader keeps it: other rows' digests stay as they were
-                row.append(ex.meta["filter_type"])
-            h.update(json.dumps(row, default=str).encode())
+            h.update(row_key(ex).encode())
         return h.hexdigest()
+
+
+def row_key(ex: Example) -> str:
+    """One row as :attr:`Split.rows_sha256` reads it (image id and file name, texts, answers, question type, label), as
+    JSON: two splits holding the same row hold the same key."""
+    row = [str(ex.image_id), _file_names(ex.image), ex.text, list(ex.captions), list(ex.answers), ex.question_type,
+           ex.label]
+    if "filter_type" in ex.meta:   # only where a reader keeps it: other rows' digests stay as they were
+        row.append(ex.meta["filter_type"])
+    return json.dumps(row, default=str)
 
 
 def _file_names(image: Any) -> str | list[str | None] | None:
