@@ -181,3 +181,24 @@ def test_a_task_whose_test_rows_are_val_rows_is_refused(tmp_path):
                                          r"val split, so the benchmark would choose learning rates on the rows it"):
         run_benchmark(s, tmp_path / "out", trainer=train, stream=io.StringIO())
     assert not (tmp_path / "out").exists()
+
+
+@needs_builtin
+def test_an_out_that_cannot_be_made_or_locked_names_the_flag(tmp_path, monkeypatch):
+    """--out under a file (or in a folder this user cannot write) ended `bench` with a bare "[Errno 20] Not a
+    directory" / "[Errno 13] Permission denied: '.../.lock'", naming neither --out nor the way out."""
+    from mtl_lora_vl.benchmark import bench
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(bench.BenchDirError, match=r"--out .*notes.txt/grid: the folder cannot be made \(Not a "
+                                                  r"directory: .*\); choose an --out in a folder you can write"):
+        run_benchmark(_tiny(tmp_path), tmp_path / "notes.txt" / "grid", trainer=train, stream=io.StringIO())
+
+    def denied(path: Path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(bench, "take_lock", denied)
+    with pytest.raises(bench.BenchDirError, match=r"--out .*: its lock file cannot be made \(Permission denied: "
+                                                  r".*\.lock\); choose an --out you can write in"):
+        run_benchmark(_tiny(tmp_path), tmp_path / "grid", trainer=train, stream=io.StringIO())
+    assert (tmp_path / "notes.txt").read_text() == "mine"

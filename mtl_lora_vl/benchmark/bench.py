@@ -218,6 +218,9 @@ def grid_lock(out: Path) -> Iterator[None]:
                             "finish, or stop it, then rerun to resume the grid") from None
     except NotALockFile as e:
         raise BenchDirError(f"--out {out}: {e}") from None
+    except OSError as e:   # e.g. a folder this user cannot write in: the grid could write none of its runs either
+        raise BenchDirError(f"--out {out}: its lock file cannot be made ({e.strerror}: {e.filename}); choose an --out "
+                            "you can write in") from None
     try:
         yield
     finally:
@@ -333,7 +336,11 @@ def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer 
     check_unlocked(out)
     identity = grid_identity(settings, specs)
     _check_folder(out, overwrite)   # (before the lock file is made in a folder that is not this grid's)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:   # (a bare "[Errno 20] Not a directory" without the flag or the way out)
+        raise BenchDirError(f"--out {out}: the folder cannot be made ({e.strerror}: {e.filename}); choose an --out "
+                            "in a folder you can write") from None
     with grid_lock(out):   # held from the settings check on: another runner can neither delete nor relabel the grid
         _check_settings(out, identity, overwrite)
         return _run_grid(settings, out, counter, ranks, trainer, stream, retry_failed)
