@@ -50,3 +50,17 @@ def test_overrides_are_the_options_given_that_the_adapter_does_not_record():
     assert same["overrides"] == []
     named = adapter_base(recorded, "builtin", None, "bf16", "fp32", torch.bfloat16, torch.float32)
     assert named["overrides"] == ["--base-dtype bf16", "--precision fp32"]
+
+
+def test_a_base_given_by_another_spelling_of_the_recorded_path_is_no_override(tmp_path, monkeypatch):
+    """The adapter records its base's paths absolute: ``--pretrained ./w.pt`` (or ``hf:./dir``) from the folder
+    holding them named the same files, yet was reported as an option given to eval."""
+    (tmp_path / "w.pt").write_bytes(b"x")
+    (tmp_path / "llava").mkdir()
+    monkeypatch.chdir(tmp_path)
+    recorded = {"backbone": f"hf:{tmp_path / 'llava'}", "pretrained": str(tmp_path / "w.pt")}
+    same = adapter_base(recorded, "hf:./llava", "./w.pt", "auto", "auto", torch.float32, torch.float32)
+    assert same["overrides"] == [] and same["pretrained"] == "./w.pt"
+    (tmp_path / "v.pt").write_bytes(b"x")
+    other = adapter_base(recorded, "hf:./llava", "v.pt", "auto", "auto", torch.float32, torch.float32)
+    assert other["overrides"] == ["--pretrained v.pt"]

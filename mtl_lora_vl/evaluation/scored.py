@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..io.adapter_files import base_paths
+from ..io.adapter_files import absolute_base, base_paths
 
 
 def _dtype_name(dtype: torch.dtype | None) -> str | None:
@@ -39,8 +39,9 @@ def adapter_base(recorded: dict[str, Any], backbone: str | None, pretrained: str
     ``overrides``: the options given that score it otherwise than the adapter records (``--precision`` other than
     auto: the adapter records none), e.g. ``["--base-dtype bf16", "--precision bf16"]``."""
     given = {"backbone": backbone, "pretrained": pretrained, "base_dtype": None if base_dtype == "auto" else base_dtype}
+    same = {**given, **absolute_base({"backbone": backbone, "pretrained": pretrained})}   # (./w.pt: the file recorded)
     overrides = [f"--{k.replace('_', '-')} {v}" for k, v in given.items()
-                 if v is not None and v != recorded.get(k, "auto" if k == "base_dtype" else None)]
+                 if v is not None and same[k] != recorded.get(k, "auto" if k == "base_dtype" else None)]
     if precision != "auto":
         overrides.append(f"--precision {precision}")
     return {"backbone": backbone or recorded.get("backbone"),
