@@ -117,6 +117,11 @@ def test_the_single_task_row_says_which_seed_failed_or_diverged():
     assert row.startswith("| single-task lora (each task alone) (seed 1 diverged: vqa; seed 1 failed: retrieval) |")
     r["configs"]["single-vqa"]["diverged_seeds"] = []
     assert "| single-task lora (each task alone) (seed 1 failed: retrieval) |" in render(r)
+    # a task whose runs all failed has no step time: it counted as 0 s in the row's mean
+    r["configs"]["single-retrieval"]["step_s"] = None
+    row = next(line for line in render(r).splitlines() if line.startswith("| single-task lora"))
+    left = [c["step_s"] for c in r["configs"].values() if c["group"] == "single" and c["step_s"]]
+    assert len(left) == 2 and row.endswith(f"| {sum(left) / 2:.3f} |"), row
 
 
 def test_a_single_task_reference_missing_a_seed_is_not_compared_in_the_best_line():
