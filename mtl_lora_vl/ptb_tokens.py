@@ -50,15 +50,18 @@ _SENTENCE_STARTS = "|".join(f"(?-i:{w[0]}){re.escape(w[1:])}" for w in (
 # Apostrophe words PTB keeps whole (its APOWORD and THING rules); any other apostrophe inside a word splits it and
 # is dropped ("6'2" -> "6 2", "gov't" -> "gov t", "y'all" -> "y' all"). A clitic ('s 're 've 'll 'd 'm) or n't
 # always splits off the word before it; it is a token of its own unless a letter follows ("it'sa" -> "it sa").
-_REDAUX = "'(?:[sdm]|re|ve|ll)"
+_APOS = "['\u2019\x92]"                 # PTB's APOS; APOSETCETERA (in a word) adds ` \u2018 \u201b \x91
+_APOSX = "['\u2019\x92`\u2018\u201b\x91]"
+_REDAUX = f"{_APOS}(?:[sdm]|re|ve|ll)"
 _NOT_REDAUX = r"(?!(?:[sdm]|re|ve|ll)(?![\w-]))"   # where the clitic rule ties with a longer one, the clitic wins
 _APOSTROPHE_WORDS = (
-    r"cont'd\.|nor'easter|c'mon|e'er|s'mores|ev'ry|li'l|nat'l|cap'n|c'est|(?-i:O)'o"
-    rf"|(?:dunkin|somethin|ol)'{_NOT_REDAUX}"
-    rf"|[dol]'{_NOT_REDAUX}[^\W_]{{2,}}(?:[-_](?:[dol]')?[^\W_]+)*"       # o'clock, d'oh, l'oreal, o'neil
-    rf"|(?-i:[A-HJ-XZn])'{_NOT_REDAUX}[^\W\d_]{{2,}}"                    # O'Neil, B'nai, n'ts ("do n'ts")
-    rf"|[^\W\d_]+(?-i:[aeiouyAEIOUY])'{_NOT_REDAUX}(?-i:[aeiouA-Z])[^\W\d_]*"   # ne'er, Hawai'i
-    r"|'(?:em|till?|cause|[2-9]0s|n'|n(?![a-z]))|'t(?=is|was)|'\d\d(?!\S)"   # 'em, 'n', '80s, 'tis, '08
+    r"cont'd\.|nor'easter|c'mon|e'er|s'mores|ev'ry|li'l|nat'l|cap'n|c'est"
+    rf"|(?-i:O){_APOSX}o"
+    rf"|(?:dunkin|somethin|ol){_APOS}{_NOT_REDAUX}"
+    rf"|[dol]{_APOSX}{_NOT_REDAUX}[^\W_]{{2,}}(?:[-_](?:[dol]{_APOSX})?[^\W_]+)*"       # o'clock, d'oh, l'oreal, o'neil
+    rf"|(?-i:[A-HJ-XZn]){_APOSX}{_NOT_REDAUX}[^\W\d_]{{2,}}"                    # O'Neil, B'nai, n'ts ("do n'ts")
+    rf"|[^\W\d_]+(?-i:[aeiouyAEIOUY]){_APOSX}{_NOT_REDAUX}(?-i:[aeiouA-Z])[^\W\d_]*"   # ne'er, Hawai'i
+    rf"|{_APOS}(?:em|till?|cause|[2-9]0s|n{_APOS}|n(?![a-z]))|'t(?=is|was)|{_APOS}\d\d(?!\S)"   # 'em, 'n', '80s, '08
 )
 # Combining marks stay inside their word, as in PTB ("e\u0301", Devanagari and Thai vowel signs); \w lacks them.
 _MARK_CODES = [c for c in range(0x300, 0x10000) if unicodedata.category(chr(c))[0] == "M"]
@@ -79,7 +82,7 @@ _WEB = (
     r"<(?:[!?][a-z-][^>\r\n]*|/[a-z][a-z0-9_:.-]*"
     r"|[a-z][a-z0-9_:.-]*(?: +[a-z][a-z0-9_:.-]*(?: *= *(?:'[^']*'|\"[^\"]*\"))?)* */?) *>"
     r"|https?://[^\s\"<>|(){}]+[^\s\"<>|.!?(){},-]"
-    r"|(?:www\.(?:[^\s\"<>|.!?(){},]+\.)+[a-z]{2,4}|(?-i:(?:[^\s\"`'<>|.!?(){}$\x2c-\x5f]+\.)+)(?:com|net|org|edu))"
+    r"|(?:www\.(?:[^\s\"<>|.!?(){},]+\.)+[a-z]{2,4}|(?-i:(?:[^\s\"`'\u2018\u2019\u201b\x91\x92<>|.!?(){}$\x2c-\x5f]+\.)+)(?:com|net|org|edu))"
     r"(?:/[^\s\"<>|()]+[^\s\"<>|.!?(){},-])?"
     r"|<?[a-z0-9][^\s\"<>|(){}]*@(?:[^\s\"<>|(){}.]+\.)*[^\s\"<>|(){}.]+>?"
     rf"|c\+\+|[cf]#|@[a-z_][a-z_0-9]*|#(?:[^\W\d_]|[{_MARKS}])+"
@@ -89,9 +92,10 @@ _WEB = (
 _KEEP_PERIOD = r"(?:\.(?=[,;:\u3001]))?"   # a word keeps a period that a comma, semicolon or colon follows
 _ASCII_HYPHENS = r"(?:-(?:[a-z0-9]+|[a-z](?:\.[a-z])+\.))+"
 _PTB_TOKEN = re.compile(
-    rf"{_WEB}|''|n't(?![a-z])|{_REDAUX}(?![a-z])|{_APOSTROPHE_WORDS}"   # '' (a quote token), clitics, the words above
-    rf"|[a-z]*[a-mo-z](?=n't)|[^\W\d_][^\W_]*(?={_REDAUX})"   # the word before a clitic ("do n't", "it 's")
-    r"|y'(?=[^\W\d_])|[ldj]'"                                # y'all -> y' all, j'adore -> j' adore
+    rf"{_WEB}|''|[`\u2018\u2019\u201b\x91\x92]{{2}}|n{_APOSX}t(?![a-z])|'(?:[sdm]|re|ve|ll)(?![a-z])"
+    rf"|[\u2019\x92](?:[sdm]|re|ve|ll)|{_APOSTROPHE_WORDS}"   # '' (a quote token), clitics, the words above
+    rf"|[a-z]*[a-mo-z](?=n{_APOSX}t)|[^\W\d_][^\W_]*(?={_REDAUX})"   # the word before a clitic ("do n't", "it 's")
+    rf"|y{_APOS}(?=[^\W\d_])|[ldj]{_APOS}"                                # y'all -> y' all, j'adore -> j' adore
     # ASCII words joined by one or two slashes, each with up to two hyphens (PTB's THING3): "t-shirt/jeans" whole,
     # "a/b/c/d" is "a/b/c / d", "bed/café" is "bed/caf é"; the word rule below joins no slash ("café/bar" splits)
     r"|(?-i:[A-Za-z0-9]+(?:-[A-Za-z]+){0,2}(?:\\?/[A-Za-z0-9]+(?:-[A-Za-z]+){0,2}){1,2})"   # (ASCII: not ı, ſ, K)
@@ -113,17 +117,19 @@ _PTB_TOKEN = re.compile(
     rf"|{_ASSIMILATION}"                                        # "can not", "gon na"
     rf"|(?:[^\W_]|[{_MARKS}])+(?:[-_\u2010\u2011](?:[^\W_]|[{_MARKS}])+)*{_KEEP_PERIOD}"   # words, inner hyphens
     r"|[!?]{2,}|@+|#+|_+|\*+"                                 # runs ("!" and "?" alone are dropped by the filter)
-    r"|[^\w\s.,:;?!'\"`\u2010\u2011-]",                     # a symbol PTB keeps as a token (& % $ # @ + = brackets)
+    # a symbol PTB keeps as a token (& % $ # @ + = brackets)
+    r"|[^\w\s.,:;?!'\"`\u2010\u2011\u2018\u2019\u201b\x91\x92-]",
     re.I,
 )
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
 _PARENS = str.maketrans({"(": "-lrb-", ")": "-rrb-"})   # inside a smiley
-# Characters read as PTB reads them: ’ as an apostrophe ("man’s" -> "man 's"), other quotes and dashes as its quote
+# Characters read as PTB reads them (single quotes stay: the rules above take ’ \x92 as PTB's APOS, "‘" "`" "‛" \x91 in
+# a word as its APOSETCETERA; "man’s" -> "man 's", "o’clock" as written): double quotes and dashes as its quote
 # and dash tokens, which its filter drops; the currency signs and fractions it rewrites, as it rewrites them
 # ("€5" -> "$ 5", "25¢" -> "25 cents", "½" -> "1/2"); other fractions, super- and subscript digits and circled
 # numbers as tokens of their own ("m²" -> "m ²"); the HTML entities it decodes. A soft hyphen vanishes.
 _TYPOGRAPHIC = str.maketrans({
-    "‘": "'", "’": "'", "‛": "'", "\x91": "'", "\x92": "'", "“": '"', "”": '"', "«": '"', "»": '"', "‹": '"', "›": '"',
+    "“": '"', "”": '"', "«": '"', "»": '"', "‹": '"', "›": '"',
     "\x93": '"', "\x94": '"', "–": " - ", "—": " - ", "―": " - ", "\x96": " - ", "\x97": " - ", "…": " ... ",
     "¢": " cents ", "£": " # ", "€": " $ ", "¤": " $ ", "₠": " $ ", "\x80": " $ ", "\xad": "",
     "¼": " 1/4 ", "½": " 1/2 ", "¾": " 3/4 ", "⅓": " 1/3 ", "⅔": " 2/3 ",
@@ -152,6 +158,11 @@ _PTB_DELETES = re.compile(
 # is not the start of a pair.
 _QUOTE_PAIR = re.compile("(?<![\\w'\u2019\x92])(?:[ldj]|ol|dunkin|somethin|['\u2019\x92]n)[\u2019\x92]"
                          "|([`\u2018\u2019\u201a-\u201f\x91-\x94\u2039\u203a\xab\xbb]{2})", re.I)
+# PTB's {QUOTES} tokens "''" and two single quotes that latexQuotes makes "``" or "''", which pycocoevalcap drops
+_DROPPED_QUOTES = frozenset(["''", *(a + b for a in "`\u2018\u201b\x91" for b in "`\u2018\u201b\x91"),
+                             *(a + b for a in "\u2019\x92" for b in "\u2019\x92")])
+# A clitic PTB writes with LaTeX quotes ("’s" -> "'s", "n‘t" -> "n`t"); its other apostrophe words stay as written
+_CLITIC = re.compile(f"{_REDAUX}|n{_APOSX}t")
 _LATEX_QUOTES = str.maketrans({"\u2018": "`", "\u201b": "`", "\x91": "`", "\u2039": "`", "\u2019": "'", "\x92": "'",
                                "\u203a": "'", "\u201c": "``", "\x93": "``", "\xab": "``", "\u201d": "''", "\x94": "''",
                                "\xbb": "''"})
@@ -181,5 +192,6 @@ def _tokens(text: str) -> str:
     # loses its period, as "No." keeps it only with a SPACENL or nothing before the number)
     text = _OWN_TOKEN.sub(r" \g<0> ", _PTB_DELETES.sub("\x1f", text.translate(_TYPOGRAPHIC)))
     tokens = (t.lower() for t in _PTB_TOKEN.findall(text))
-    return " ".join(_BRACKETS.get(tok) or (tok.translate(_PARENS) if tok[-1] in "()" else tok) for tok in tokens
-                    if tok != "''")   # PTB's {QUOTES} token "''", which pycocoevalcap drops
+    return " ".join(_BRACKETS.get(tok) or (tok.translate(_PARENS) if tok[-1] in "()" else
+                                           tok.translate(_LATEX_QUOTES) if _CLITIC.fullmatch(tok) else tok)
+                    for tok in tokens if tok not in _DROPPED_QUOTES)

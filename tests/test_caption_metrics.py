@@ -198,7 +198,8 @@ def test_tokenize_caption_against_the_live_ptb_tokenizer():
 
     cases = (PTB_CASES + PTB_AMPERSAND_CASES + PTB_APOSTROPHE_CASES + PTB_NUMBER_CASES + PTB_SYMBOL_CASES
              + PTB_MARK_CASES + PTB_LETTER_PERIOD_CASES + PTB_ASCII_LETTER_CASES + PTB_WEB_CASES
-             + PTB_SMILEY_AND_PERIOD_CASES + PTB_NON_ASCII_HYPHEN_CASES + PTB_SLASH_CASES)
+             + PTB_SMILEY_AND_PERIOD_CASES + PTB_NON_ASCII_HYPHEN_CASES + PTB_SLASH_CASES
+             + PTB_CURLY_APOSTROPHE_CASES)
     out = PTBTokenizer().tokenize({i: [{"caption": c}] for i, (c, _) in enumerate(cases)})
     assert [out[i][0] for i in range(len(cases))] == [ptb for _, ptb in cases]   # the recorded outputs still hold
     assert [tokenize_caption(c) for c, _ in cases] == [ptb for _, ptb in cases]
@@ -449,3 +450,20 @@ def test_caption_scores_of_slashed_words_as_pycocoevalcap():
                          {1: ["a man in a t-shirt/jeans outfit", "a man"],
                           2: ["a hot-dog/hamburger stand on a street", "a stand"]})
     assert got["cider"] == pytest.approx(4.4245194611877405, abs=1e-9)
+
+
+# Curly and other apostrophes inside words, from the CoreNLP 3.4.1 jar (helper 399's fuzz): PTB's apostrophe words keep
+# theirs as written ("o’clock", "ne‘er", "d`oh"), a clitic takes LaTeX quotes ("’s" -> "'s", "n‘t" -> "n`t") and a
+# curly one splits off before a letter too ("it’sa" -> "it 's a"); "‘" and "`" are no clitic apostrophe ("she‘s").
+PTB_CURLY_APOSTROPHE_CASES = [
+    ("It’s 5 o’clock, rock ’n’ roll in the ’80s and ’em", "it 's 5 o’clock rock ’n’ roll in the ’80s and ’em"),
+    ("ne‘er o`clock, ma’am, d`oh and O’Neil’s Hawai‘i", "ne‘er o`clock ma’am d`oh and o’neil 's hawai‘i"),
+    ("can‘t can`t y’all j’adore ol’ ol‘ c’mon li’l ’tis", "ca n`t ca n`t y’ all j’ adore ol’ ol c 'm on li l tis"),
+    ("‘em ’cause ’till ‘till it’sa can’tdog she‘s", "em ’cause ’till till it 's a ca n’tdog she s"),
+    ("o\x92clock o\x91clock can\x91t she\x92sa can‛t o‛clock", "o\x92clock o\x91clock ca n`t she 's a ca n`t o‛clock"),
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), PTB_CURLY_APOSTROPHE_CASES)
+def test_tokenize_caption_curly_apostrophes_as_ptb(caption, ptb):
+    assert tokenize_caption(caption) == ptb

@@ -58,7 +58,7 @@ def test_two_adjacent_quote_characters_are_one_token(caption, ptb):
 # {QUOTES} also takes the ASCII "''" as one token, which pycocoevalcap drops; the letter after it then starts a token of
 # its own ([lLdDjJ]{APOS} in APOWORD: "d'"), not a clitic of the quote's second apostrophe ("'d").
 ASCII_QUOTE_PAIR_CASES = [
-    ("a \u2018\u2018d\u2019\u2019 grade", "a d' grade"),   # was "a 'd grade"; Java writes "d\u2019" (as written)
+    ("a \u2018\u2018d\u2019\u2019 grade", "a d\u2019 grade"),   # "a 'd grade", then "a d' grade"; Java's
     ("a ''d'' grade, ''s'' and dogs''em", "a d' grade s and dogs em"),
 ]
 
