@@ -67,9 +67,12 @@ _APOSTROPHE_WORDS = (
 _MARK_CODES = [c for c in range(0x300, 0x10000) if unicodedata.category(chr(c))[0] == "M"]
 _MARKS = "".join(f"{chr(run[0][1])}-{chr(run[-1][1])}" for run in (   # as ranges of consecutive code points
     list(r) for _, r in itertools.groupby(enumerate(_MARK_CODES), key=lambda p: p[1] - p[0])))
+# PTB's LETTER holds the combining marks: a mark after a period ("Mr.\u0301", "U.S.\u0301") goes on a WORD.
+_LETTER = rf"(?:[^\W\d_]|[{_MARKS}])"
+_ALNUM = rf"(?:[^\W_]|[{_MARKS}])"
 # An ABBREV1 period stays unless the letter after it starts a longer PTB WORD: a letter, digit or mark goes on,
 # [.!?] and a letter, a clitic ({WORD}/{REDAUX}) or ".," ({WORD}\./{INSENTP}) follows it
-_ABBREVIATION_KEPT = rf"(?![^\W\d_](?:[^\W_]|[{_MARKS}]|[.!?][^\W\d_]|{_REDAUX}|\.[,;:\u3001]))"
+_ABBREVIATION_KEPT = rf"(?!{_LETTER}(?:{_ALNUM}|[.!?][^\W\d_]|{_REDAUX}|\.[,;:\u3001]))"
 # Whole words: a hyphen joins one only to a letter or digit beyond it ("wanna-be" stays; "gonna-", "--cannot" split).
 # A token rule, after the rules of longer tokens, as in PTB's longest match: "bed.cannot", "cannot/x" and "gonna's"
 # (the word before a clitic) stay whole; "1,000cannot" splits.
@@ -103,10 +106,10 @@ _PTB_TOKEN = re.compile(
     # where no other letter goes on (PTB's longest match: "pan-sautéed", "2-año" stay whole, in the word rule below)
     rf"|[a-z0-9]+[.,][a-z0-9.,]*{_ASCII_HYPHENS}{_KEEP_PERIOD}"
     rf"|[a-z0-9]+{_ASCII_HYPHENS}(?!-?(?:[^\W_]|[{_MARKS}])){_KEEP_PERIOD}"
-    rf"|(?:ed|ph)\.d\.{_ABBREVIATION_KEPT}|(?-i:[A-Za-z]\.){{2,}}(?![^\W\d_])"   # ph.d., u.s., e.g. (ASCII, as PTB)
+    rf"|(?:ed|ph)\.d\.{_ABBREVIATION_KEPT}|(?-i:[A-Za-z]\.){{2,}}(?!{_LETTER})"   # ph.d., u.s., e.g. (ASCII, as PTB)
     # abbreviations start a token after any non-word character, "..." and "--" too ((?=[a-z]) only for speed)
     rf"|(?<!\w)(?=[a-z])(?:(?:{_ABBREVIATIONS})|(?-i:{_CAPITALISED_ABBREVIATIONS}))\.{_ABBREVIATION_KEPT}"
-    rf"|[^\W\d_][^\W_]*(?:[.!?][^\W\d_][^\W_]*)+{_KEEP_PERIOD}"   # no space after . ! ?: "bed.it", "hi!there"
+    rf"|{_LETTER}{_ALNUM}*(?:[.!?]{_LETTER}{_ALNUM}*)+{_KEEP_PERIOD}"   # no space after . ! ?: "bed.it", "hi!there"
     rf"|(?<!\w)[a-z](?=\.{_SPACENL}+(?:{_SENTENCE_STARTS})(?!\S))"
     rf"|(?<!\w)(?=[a-z])(?:{_TITLE_ABBREVIATIONS})\.(?![^\W\d_])"
     rf"|(?<!\w)(?=[a-z])(?:{_NUMBER_ABBREVIATIONS})\.(?={_SPACENL}?\d)"

@@ -327,6 +327,12 @@ PTB_MARK_CASES = [
     ("हिन्दी भाषा में एक कुत्ता", "हिन्दी भाषा में एक कुत्ता"),
     ("สุนัขบนเตียง ภาษาไทย", "สุนัขบนเตียง ภาษาไทย"),
     ("שָׁלוֹם and مَرْحَبًا", "שָׁלוֹם and مَرْحَبًا"),
+    # a mark is a LETTER to PTB, also after a period (helper 399, from the jar): these were "mr. \u0301", "u.s. \u0301"
+    ("Mr.\u0301 x, carMr.\u0301red, U.S.\u0301 x, e.g.\u0301 no.\u0301 a!\u0301 a?\u0301b",
+     "mr.\u0301 x carmr.\u0301red u.s.\u0301 x e.g.\u0301 no.\u0301 a!\u0301 a?\u0301b"),
+    ("bed.\u0301 Feb.\u0301x etc.\u0301 x", "bed.\u0301 feb.\u0301x etc. \u0301 x"),
+    ("e\u0301.x and cafe\u0301.it, Ph.D.\u0301 x and x.\u0301. The dog, Dr.\u0301x",
+     "e\u0301.x and cafe\u0301.it ph.d. \u0301 x and x.\u0301 the dog dr.\u0301x"),
 ]
 
 
