@@ -97,6 +97,9 @@ _ASCII_HYPHENS = r"(?:-(?:[a-z0-9]+|[a-z](?:\.[a-z])+\.))+"
 _PTB_TOKEN = re.compile(
     rf"{_WEB}|''|[`\u2018\u2019\u201b\x91\x92]{{2}}|n{_APOSX}t(?![a-z])|'(?:[sdm]|re|ve|ll)(?![a-z])"
     rf"|[\u2019\x92](?:[sdm]|re|ve|ll)|{_APOSTROPHE_WORDS}"   # '' (a quote token), clitics, the words above
+    # PTB's PHONE with brackets ("(555) 123-4567" is "-lrb-555-rrb- 123-4567") and FRAC with a whole number ("3 1/2in"
+    # is "3 1/2 in", "3-1/2" whole): longer than the number or slash word that starts there
+    r"|\([0-9]{2,3}\)[ \xa0]?[0-9]{3,4}[- \xa0]?[0-9]{3,5}|\d{1,4}[- \xa0]\d{1,4}(?:\\?/|\u2044)\d{1,4}"
     rf"|[a-z]*[a-mo-z](?=n{_APOSX}t)|[^\W\d_][^\W_]*(?={_REDAUX})"   # the word before a clitic ("do n't", "it 's")
     rf"|y{_APOS}(?=[^\W\d_])|[ldj]{_APOS}"                                # y'all -> y' all, j'adore -> j' adore
     # ASCII words joined by one or two slashes, each with up to two hyphens (PTB's THING3): "t-shirt/jeans" whole,
@@ -125,7 +128,7 @@ _PTB_TOKEN = re.compile(
     re.I,
 )
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
-_PARENS = str.maketrans({"(": "-lrb-", ")": "-rrb-"})   # inside a smiley
+_PARENS = str.maketrans({"(": "-lrb-", ")": "-rrb-", "\xa0": " "})   # inside a smiley or a phone number
 # Characters read as PTB reads them (single quotes stay: the rules above take ’ \x92 as PTB's APOS, "‘" "`" "‛" \x91 in
 # a word as its APOSETCETERA; "man’s" -> "man 's", "o’clock" as written): double quotes and dashes as its quote
 # and dash tokens, which its filter drops; the currency signs and fractions it rewrites, as it rewrites them
@@ -195,6 +198,10 @@ def _tokens(text: str) -> str:
     # loses its period, as "No." keeps it only with a SPACENL or nothing before the number)
     text = _OWN_TOKEN.sub(r" \g<0> ", _PTB_DELETES.sub("\x1f", text.translate(_TYPOGRAPHIC)))
     tokens = (t.lower() for t in _PTB_TOKEN.findall(text))
-    return " ".join(_BRACKETS.get(tok) or (tok.translate(_PARENS) if tok[-1] in "()" else
-                                           tok.translate(_LATEX_QUOTES) if _CLITIC.fullmatch(tok) else tok)
-                    for tok in tokens if tok not in _DROPPED_QUOTES)
+    # brackets spelled as PTB spells them (in a smiley, in a phone number: "(555) 123-4567" is "-lrb-555-rrb-
+    # 123-4567", its no-break space a space), a clitic's quotes as LaTeX quotes; PTB's quote tokens dropped as
+    # pycocoevalcap drops them
+    return " ".join(_BRACKETS.get(tok) or (
+        tok.translate(_PARENS) if tok[-1] in "()" or tok[0] == "(" or "\xa0" in tok
+        else tok.translate(_LATEX_QUOTES) if _CLITIC.fullmatch(tok) else tok)
+        for tok in tokens if tok not in _DROPPED_QUOTES)
