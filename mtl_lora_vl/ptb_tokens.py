@@ -61,7 +61,7 @@ _APOSTROPHE_WORDS = (
     rf"|[dol]{_APOSX}{_NOT_REDAUX}[^\W_]{{2,}}(?:[-_](?:[dol]{_APOSX})?[^\W_]+)*"       # o'clock, d'oh, l'oreal, o'neil
     rf"|(?-i:[A-HJ-XZn]){_APOSX}{_NOT_REDAUX}[^\W\d_]{{2,}}"                    # O'Neil, B'nai, n'ts ("do n'ts")
     rf"|[^\W\d_]+(?-i:[aeiouyAEIOUY]){_APOSX}{_NOT_REDAUX}(?-i:[aeiouA-Z])[^\W\d_]*"   # ne'er, Hawai'i
-    rf"|{_APOS}(?:em|till?|cause|[2-9]0s|n{_APOS}|n(?![a-z]))|'t(?=is|was)|{_APOS}\d\d(?!\S)"   # 'em, 'n', '80s, '08
+    rf"|{_APOS}(?:em|till?|cause|[2-9]0s|n{_APOS})|'n(?![a-z])|[\u2019\x92]n|'t(?=is|was)|{_APOS}\d\d(?!\S)"
 )
 # Combining marks stay inside their word, as in PTB ("e\u0301", Devanagari and Thai vowel signs); \w lacks them.
 _MARK_CODES = [c for c in range(0x300, 0x10000) if unicodedata.category(chr(c))[0] == "M"]

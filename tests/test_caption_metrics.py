@@ -473,6 +473,7 @@ PTB_CURLY_APOSTROPHE_CASES = [
     ("can‘t can`t y’all j’adore ol’ ol‘ c’mon li’l ’tis", "ca n`t ca n`t y’ all j’ adore ol’ ol c 'm on li l tis"),
     ("‘em ’cause ’till ‘till it’sa can’tdog she‘s", "em ’cause ’till till it 's a ca n’tdog she s"),
     ("o\x92clock o\x91clock can\x91t she\x92sa can‛t o‛clock", "o\x92clock o\x91clock ca n`t she 's a ca n`t o‛clock"),
+    ("’near, ’n x and \x92nx", "’n ear ’n x and \x92n x"),   # {APOS}n{APOS}?: no trailing context ("'near" is "near")
 ]
 
 
