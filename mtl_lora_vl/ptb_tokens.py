@@ -110,12 +110,13 @@ _PTB_TOKEN = re.compile(
     rf"|[a-z0-9]+[.,][a-z0-9.,]*{_ASCII_HYPHENS}{_KEEP_PERIOD}"
     rf"|[a-z0-9]+{_ASCII_HYPHENS}(?!-?(?:[^\W_]|[{_MARKS}])){_KEEP_PERIOD}"
     rf"|(?:ed|ph)\.d\.{_ABBREVIATION_KEPT}|(?-i:[A-Za-z]\.){{2,}}(?!{_LETTER})"   # ph.d., u.s., e.g. (ASCII, as PTB)
-    # abbreviations start a token after any non-word character, "..." and "--" too ((?=[a-z]) only for speed)
-    rf"|(?<!\w)(?=[a-z])(?:(?:{_ABBREVIATIONS})|(?-i:{_CAPITALISED_ABBREVIATIONS}))\.{_ABBREVIATION_KEPT}"
+    # abbreviations start a token wherever the last one ended: after "..." and "--", a number ("10:30al." is
+    # "10:30 al.", "3 1/2Mr." is "3 1/2 mr."), a curly "’n" ("’No." is "’n o."); (?=[a-z]) only for speed
+    rf"|(?=[a-z])(?:(?:{_ABBREVIATIONS})|(?-i:{_CAPITALISED_ABBREVIATIONS}))\.{_ABBREVIATION_KEPT}"
     rf"|{_LETTER}{_ALNUM}*(?:[.!?]{_LETTER}{_ALNUM}*)+{_KEEP_PERIOD}"   # no space after . ! ?: "bed.it", "hi!there"
-    rf"|(?<!\w)[a-z](?=\.{_SPACENL}+(?:{_SENTENCE_STARTS})(?!\S))"
-    rf"|(?<!\w)(?=[a-z])(?:{_TITLE_ABBREVIATIONS})\.(?![^\W\d_])"
-    rf"|(?<!\w)(?=[a-z])(?:{_NUMBER_ABBREVIATIONS})\.(?={_SPACENL}?\d)"
+    rf"|[a-z](?=\.{_SPACENL}+(?:{_SENTENCE_STARTS})(?!\S))"
+    rf"|(?=[a-z])(?:{_TITLE_ABBREVIATIONS})\.(?![^\W\d_])"
+    rf"|(?=[a-z])(?:{_NUMBER_ABBREVIATIONS})\.(?={_SPACENL}?\d)"
     r"|(?<!-)(?:[-+]?\d+(?:[.:,]\d+)+|[-+]\d+|[-+]?(?<!\.\.)(?:[.:,]\d+)+)"   # "10:30", "-5", ".5"; "v1.2": "v1 .2"
     rf"|(?-i:S&P-500|S&Ls|[A-Z]+(?:&[A-Z]+)+){_KEEP_PERIOD}"   # capitals joined by & ("B&W", "AT&T"); "b&w" splits
     r"|&(?:ht|tl|ur|lr|qc|ql|qr|odq|cdq|#\d+);"               # entities PTB keeps as they are ("&#39;")

@@ -199,7 +199,7 @@ def test_tokenize_caption_against_the_live_ptb_tokenizer():
     cases = (PTB_CASES + PTB_AMPERSAND_CASES + PTB_APOSTROPHE_CASES + PTB_NUMBER_CASES + PTB_SYMBOL_CASES
              + PTB_MARK_CASES + PTB_LETTER_PERIOD_CASES + PTB_ASCII_LETTER_CASES + PTB_WEB_CASES
              + PTB_SMILEY_AND_PERIOD_CASES + PTB_NON_ASCII_HYPHEN_CASES + PTB_SLASH_CASES
-             + PTB_CURLY_APOSTROPHE_CASES)
+             + PTB_CURLY_APOSTROPHE_CASES + PTB_ABBREVIATION_AFTER_A_TOKEN_CASES)
     out = PTBTokenizer().tokenize({i: [{"caption": c}] for i, (c, _) in enumerate(cases)})
     # the recorded outputs still hold (a no-break space PTB writes inside a phone number or fraction read as a space)
     assert [out[i][0].replace("\xa0", " ") for i in range(len(cases))] == [ptb for _, ptb in cases]
@@ -479,4 +479,17 @@ PTB_CURLY_APOSTROPHE_CASES = [
 
 @pytest.mark.parametrize(("caption", "ptb"), PTB_CURLY_APOSTROPHE_CASES)
 def test_tokenize_caption_curly_apostrophes_as_ptb(caption, ptb):
+    assert tokenize_caption(caption) == ptb
+
+
+# An abbreviation starts a token wherever the last one ended, a word character before it or not (helper 399, from the
+# jar): these lost their period ("o", "al", "mr", "co", "etc")
+PTB_ABBREVIATION_AFTER_A_TOKEN_CASES = [
+    ("a ’No. 5 and 10:30al. x, 3 1/2Mr. x, $5.99Co. x and 1,000etc. x",
+     "a ’n o. 5 and 10:30 al. x 3 1/2 mr. x $ 5.99 co. x and 1,000 etc. x"),
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), PTB_ABBREVIATION_AFTER_A_TOKEN_CASES)
+def test_tokenize_caption_abbreviation_after_a_token_as_ptb(caption, ptb):
     assert tokenize_caption(caption) == ptb
