@@ -64,9 +64,23 @@ _APOSTROPHE_WORDS = (
     rf"|{_APOS}(?:em|till?|cause|[2-9]0s|n{_APOS})|'n(?![a-z])|[\u2019\x92]n|'t(?=is|was)|{_APOS}\d\d(?!\S)"
 )
 # Combining marks stay inside their word, as in PTB ("e\u0301", Devanagari and Thai vowel signs); \w lacks them.
-_MARK_CODES = [c for c in range(0x300, 0x10000) if unicodedata.category(chr(c))[0] == "M"]
-_MARKS = "".join(f"{chr(run[0][1])}-{chr(run[-1][1])}" for run in (   # as ranges of consecutive code points
-    list(r) for _, r in itertools.groupby(enumerate(_MARK_CODES), key=lambda p: p[1] - p[0])))
+# The marks in these ranges PTB's LETTER lacks and Java deletes, in a word and alone ("x\u20dd" is "x"; checked mark by
+# mark against the jar, U+0614 aside: a token of its own there); no rule here takes them but a URL's, as in PTB.
+_DELETED_MARK_RANGES = ((0x488, 0x489), (0x610, 0x613), (0x65f, 0x65f), (0x7fd, 0x8ff), (0x93a, 0x93b), (0x94f, 0x94f),
+                        (0x956, 0x957), (0x9fe, 0x9fe), (0xa51, 0xa75), (0xae2, 0xb63), (0xbd7, 0xc00), (0xc04, 0xc3c),
+                        (0xc62, 0xd3c), (0xd4a, 0xdf3), (0xf18, 0x180f), (0x18a9, 0xfe2f))
+_ALL_MARK_CODES = [c for c in range(0x300, 0x10000) if unicodedata.category(chr(c))[0] == "M"]
+_DELETED_MARK_CODES = [c for c in _ALL_MARK_CODES if any(lo <= c <= hi for lo, hi in _DELETED_MARK_RANGES)]
+_MARK_CODES = sorted(set(_ALL_MARK_CODES) - set(_DELETED_MARK_CODES))
+
+
+def _ranges(codes: list) -> str:
+    """Code points, ascending, as a character class's ranges of consecutive ones."""
+    return "".join(f"{chr(run[0][1])}-{chr(run[-1][1])}" for run in (
+        list(r) for _, r in itertools.groupby(enumerate(codes), key=lambda p: p[1] - p[0])))
+
+
+_MARKS = _ranges(_MARK_CODES)
 # PTB's LETTER holds the combining marks: a mark after a period ("Mr.\u0301", "U.S.\u0301") goes on a WORD.
 _LETTER = rf"(?:[^\W\d_]|[{_MARKS}])"
 _ALNUM = rf"(?:[^\W_]|[{_MARKS}])"
@@ -125,7 +139,7 @@ _PTB_TOKEN = re.compile(
     rf"|(?:[^\W_]|[{_MARKS}])+(?:[-_\u2010\u2011](?:[^\W_]|[{_MARKS}])+)*{_KEEP_PERIOD}"   # words, inner hyphens
     r"|[!?]{2,}|@+|#+|_+|\*+"                                 # runs ("!" and "?" alone are dropped by the filter)
     # a symbol PTB keeps as a token (& % $ # @ + = brackets)
-    r"|[^\w\s.,:;?!'\"`\u2010\u2011\u2018\u2019\u201b\x91\x92-]",
+    rf"|[^\w\s.,:;?!'\"`\u2010\u2011\u2018\u2019\u201b\x91\x92{_ranges(_DELETED_MARK_CODES)}-]",
     re.I,
 )
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
