@@ -84,6 +84,7 @@ _MARKS = _ranges(_MARK_CODES)
 # PTB's LETTER holds the combining marks: a mark after a period ("Mr.\u0301", "U.S.\u0301") goes on a WORD.
 _LETTER = rf"(?:[^\W\d_]|[{_MARKS}])"
 _ALNUM = rf"(?:[^\W_]|[{_MARKS}])"
+_ALNUMS = rf"[^\W_]*(?:[{_MARKS}][^\W_]*)*"   # {_ALNUM}* unrolled, for speed
 # An ABBREV1 period stays unless the letter after it starts a longer PTB WORD: a letter, digit or mark goes on,
 # [.!?] and a letter, a clitic ({WORD}/{REDAUX}) or ".," ({WORD}\./{INSENTP}) follows it
 _ABBREVIATION_KEPT = rf"(?!{_LETTER}(?:{_ALNUM}|[.!?][^\W\d_]|{_REDAUX}|\.[,;:\u3001]))"
@@ -127,7 +128,8 @@ _PTB_TOKEN = re.compile(
     # abbreviations start a token wherever the last one ended: after "..." and "--", a number ("10:30al." is
     # "10:30 al.", "3 1/2Mr." is "3 1/2 mr."), a curly "’n" ("’No." is "’n o."); (?=[a-z]) only for speed
     rf"|(?=[a-z])(?:(?:{_ABBREVIATIONS})|(?-i:{_CAPITALISED_ABBREVIATIONS}))\.{_ABBREVIATION_KEPT}"
-    rf"|{_LETTER}{_ALNUM}*(?:[.!?]{_LETTER}{_ALNUM}*)+{_KEEP_PERIOD}"   # no space after . ! ?: "bed.it", "hi!there"
+    # no space after . ! ?: "bed.it", "hi!there" (the lookahead only for speed)
+    rf"|(?=[^\W_]*[.!?{_MARKS}]){_LETTER}{_ALNUMS}(?:[.!?]{_LETTER}{_ALNUMS})+{_KEEP_PERIOD}"
     rf"|[a-z](?=\.{_SPACENL}+(?:{_SENTENCE_STARTS})(?!\S))"
     rf"|(?=[a-z])(?:{_TITLE_ABBREVIATIONS})\.(?![^\W\d_])"
     rf"|(?=[a-z])(?:{_NUMBER_ABBREVIATIONS})\.(?={_SPACENL}?\d)"
@@ -182,11 +184,13 @@ _QUOTE_PAIR = re.compile("(?<![\\w'\u2019\x92])(?:[ldj]|ol|dunkin|somethin|['\u2
 # PTB's {QUOTES} tokens "''" and two single quotes that latexQuotes makes "``" or "''", which pycocoevalcap drops
 _DROPPED_QUOTES = frozenset(["''", *(a + b for a in "`\u2018\u201b\x91" for b in "`\u2018\u201b\x91"),
                              *(a + b for a in "\u2019\x92" for b in "\u2019\x92")])
-# A clitic PTB writes with LaTeX quotes ("’s" -> "'s", "n‘t" -> "n`t"); its other apostrophe words stay as written
-_CLITIC = re.compile(f"{_REDAUX}|n{_APOSX}t")
 _LATEX_QUOTES = str.maketrans({"\u2018": "`", "\u201b": "`", "\x91": "`", "\u2039": "`", "\u2019": "'", "\x92": "'",
                                "\u203a": "'", "\u201c": "``", "\x93": "``", "\xab": "``", "\u201d": "''", "\x94": "''",
                                "\xbb": "''"})
+# Tokens PTB spells otherwise: brackets, a clitic with LaTeX quotes ("’s" -> "'s", "n‘t" -> "n`t"; its other apostrophe
+# words stay as written)
+_SPELLED = {**_BRACKETS, **{clitic: clitic.translate(_LATEX_QUOTES) for clitic in (
+    *(a + c for a in "'\u2019\x92" for c in ("s", "d", "m", "re", "ve", "ll")), *(f"n{a}t" for a in _APOSX[1:-1]))}}
 
 
 def tokenize_caption(text: str) -> str:
@@ -213,10 +217,10 @@ def _tokens(text: str) -> str:
     # loses its period, as "No." keeps it only with a SPACENL or nothing before the number)
     text = _OWN_TOKEN.sub(r" \g<0> ", _PTB_DELETES.sub("\x1f", text.translate(_TYPOGRAPHIC)))
     tokens = (t.lower() for t in _PTB_TOKEN.findall(text))
-    # brackets spelled as PTB spells them (in a smiley, in a phone number: "(555) 123-4567" is "-lrb-555-rrb-
+    # brackets spelled as PTB spells them (also in a smiley, in a phone number: "(555) 123-4567" is "-lrb-555-rrb-
     # 123-4567", its no-break space a space), a clitic's quotes as LaTeX quotes; PTB's quote tokens dropped as
     # pycocoevalcap drops them
-    return " ".join(_BRACKETS.get(tok) or (
+    return " ".join(_SPELLED.get(tok) or (
         tok.translate(_PARENS) if tok[-1] in "()" or tok[0] == "(" or "\xa0" in tok
-        else tok.translate(_LATEX_QUOTES) if _CLITIC.fullmatch(tok) else tok)
+        else tok)
         for tok in tokens if tok not in _DROPPED_QUOTES)
