@@ -202,3 +202,30 @@ def test_an_out_that_cannot_be_made_or_locked_names_the_flag(tmp_path, monkeypat
                                                   r".*\.lock\); choose an --out you can write in"):
         run_benchmark(_tiny(tmp_path), tmp_path / "grid", trainer=train, stream=io.StringIO())
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_held_out_rows_are_told_by_their_images(tmp_path):
+    """A Hugging Face task's val and test parquet files, two classes sorted alike and no image_id column: the rows'
+    keys (row number, label) matched, so different images were refused as 'every one of the 4 rows of its test
+    split is also a row of its val split'. The same file read as both is still refused."""
+    datasets = pytest.importorskip("datasets")
+    import numpy as np
+    from PIL import Image
+
+    from mtl_lora_vl.benchmark.bench import check_held_out
+    from mtl_lora_vl.data.readers import read_split
+    from mtl_lora_vl.tasks import load_spec
+
+    rng = np.random.default_rng(0)
+    feat = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])})
+    for name in ("val", "test"):
+        images = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(4)]
+        datasets.Dataset.from_dict({"image": images, "label": [0, 0, 1, 1]}, features=feat).to_parquet(
+            tmp_path / f"{name}.parquet")
+    spec = load_spec("vqa")   # (only its name is read)
+    splits = {s: read_split("hf_datasets", tmp_path, path=f"{s}.parquet", cache_dir=str(tmp_path / "cache"))
+              for s in ("val", "test")}
+    check_held_out(spec, splits)   # different files: taken
+    splits["test"] = read_split("hf_datasets", tmp_path, path="val.parquet", cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="every one of the 4 rows of its test split is also a row of its val"):
+        check_held_out(spec, splits)

@@ -28,6 +28,7 @@ from ..backbones.base import BackboneError, backbone_class_for, resolve_base_dty
 from ..backbones.hf import hf_dir, hf_model_class
 from ..backbones.hf_vlm import HFVLMBackbone
 from ..backbones.spec import parse_spec
+from ..data.hf_table import DatasetImage
 from ..data.records import Split, row_key
 from ..distributed import pick_device
 from ..io.atomic import holds
@@ -174,14 +175,31 @@ def check_splits(specs: list[TaskSpec]) -> None:
 
 def check_held_out(spec: TaskSpec, splits: dict[str, Split]) -> None:
     """Refuse a task whose test rows are all validation rows (its [data.val] and [data.test] read the same files, or
-    test a part of them): learning rates would be chosen on the rows the report scores."""
-    val, test = ({row_key(ex) for ex in splits[s].examples} for s in ("val", "test"))
+    test a part of them): learning rates would be chosen on the rows the report scores. A row is told by its image's
+    source too: the row keys of two files' rows (a table's row number and label, no file name) can match."""
+    val, test = ({(row_key(ex), image_source(ex.image)) for ex in splits[s].examples} for s in ("val", "test"))
     if test and test <= val:
         where = spec.source_file or f"task {spec.name!r}"
         raise ValueError(f"{where}: every one of the {len(test):,} rows of its test split is also a row of its val "
                          "split, so the benchmark would choose learning rates on the rows it reports; point "
                          "[data.val] and [data.test] at different files (e.g. hold out part of the training files "
                          "as val)")
+
+
+def image_source(image: Any) -> Any:
+    """Where an example's image is read from: its file (resolved), its table's files, split, column and row, its
+    bytes' digest; an image held in memory by the object itself (a tuple of them for several images)."""
+    if isinstance(image, tuple):
+        return tuple(image_source(part) for part in image)
+    if isinstance(image, dict) and ("bytes" in image or "path" in image):
+        return image_source(image["bytes"] if image.get("bytes") is not None else image.get("path"))
+    if isinstance(image, str | os.PathLike):
+        return os.path.realpath(image)
+    if isinstance(image, bytes | bytearray | memoryview):
+        return hashlib.sha256(image).hexdigest()
+    if isinstance(image, DatasetImage):
+        return tuple(image.table.location), image.table.split, image.column, image.row
+    return id(image)
 
 
 _LOCK = ".lock"
