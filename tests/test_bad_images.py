@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import pickle
 import re
 import struct
 import warnings
@@ -482,6 +483,10 @@ def test_a_16_bit_rgb_png_with_a_transparent_colour_is_composited_on_white(tmp_p
     assert np.asarray(load_image(path))[0].tolist() == [[255, 255, 255], eight[1]]
     with Image.open(path) as img:
         assert np.asarray(load_image(img))[0].tolist() == [[255, 255, 255], eight[1]]   # a lazily opened PIL image
+        # read again (the next epoch), or pickled into a loader worker once read: its tile is gone then, and the
+        # guess read (1, 1, 0xff) as 8-bit ([[0, 0, 0], [255, 255, 255]])
+        assert np.asarray(load_image(img))[0].tolist() == [[255, 255, 255], eight[1]]
+        assert np.asarray(load_image(pickle.loads(pickle.dumps(img))))[0].tolist() == [[255, 255, 255], eight[1]]
     with Image.open(path) as img:
         img.load()
         assert np.asarray(to_rgb(img, "drop"))[0].tolist() == eight   # drop keeps the stored colour

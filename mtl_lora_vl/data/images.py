@@ -297,13 +297,17 @@ def to_rgb(img: Image.Image, alpha: str = "white", sixteen: bool | None = None) 
     return img.convert("RGB")
 
 
+#: ``info`` key of a PIL image given as a source: what :func:`_rgb16` read before it was loaded (kept for a next read)
+_RGB16 = "mtl_lora_vl.rgb16"
+
+
 def _rgb16(img: Image.Image) -> bool | None:
-    """Whether ``img``, not loaded yet, decodes 16-bit RGB samples (a 16-bit PNG: rawmode ``RGB;16B``); None once
-    loaded (Pillow keeps no sign of it). A tRNS colour of such a file under 256 in every sample, (1, 1, 1), reads as
-    an 8-bit one."""
+    """Whether ``img``, not loaded yet, decodes 16-bit RGB samples (a 16-bit PNG: rawmode ``RGB;16B``); once loaded,
+    what an earlier read noted in its ``info`` (see :func:`_pil_rgb`), else None (Pillow keeps no sign of it). A tRNS
+    colour of such a file under 256 in every sample, (1, 1, 1), reads as an 8-bit one."""
     tile = getattr(img, "tile", None)   # (Pillow 13 keeps it on files only: an in-memory image has none)
     if img.mode != "RGB" or not tile:
-        return None
+        return img.info.get(_RGB16) if img.mode == "RGB" else None
     modes = [t[3][0] if isinstance(t[3], tuple) else t[3] for t in tile if len(t) > 3]
     return any(isinstance(m, str) and m.startswith("RGB;16") for m in modes)
 
@@ -358,6 +362,9 @@ def _pil_rgb(img: Image.Image, alpha: str = "white") -> Image.Image:
     name = getattr(img, "filename", "") or "<PIL image>"
     try:
         sixteen = _rgb16(img)
+        if sixteen and isinstance(img.info.get("transparency"), tuple):
+            # loaded, it keeps no sign of its depth: a next read (an epoch, a loader worker's pickled copy) reads this
+            img.info[_RGB16] = sixteen
         img.load()   # (to_rgb returns an RGB image as it is: unread)
         return to_rgb(img, alpha, sixteen)
     except Exception as e:  # truncated or corrupt data, a closed file, a mode that does not convert
