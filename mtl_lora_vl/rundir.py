@@ -212,8 +212,12 @@ def claim_run_dir(run: Path, opts: TrainOptions, info: DistInfo) -> Path:
                 claimed = _claim(run, opts, aside)
             except RunDirError as e:
                 error = str(e)
-            except OSError as e:   # e.g. a file where a parent folder should be, no permission
+            except OSError as e:   # e.g. a file where a parent folder should be, no permission, a full disk
                 error = f"--out {run}: cannot make the run directory ({e}); choose another --out"
+                if aside[0] and not run.exists() and replaced_dir(run).is_dir():   # the run set aside: put back
+                    os.replace(replaced_dir(run), run)
+                    aside[0] = False
+                    error += " (the run it would replace is left as it was)"
         claimed, error = broadcast_from_main((str(claimed), error), info)
     except BaseException:   # SIGTERM (torchrun's, a peer failed) or Ctrl-C once the old run was set aside: put back
         if aside[0]:

@@ -192,3 +192,31 @@ def test_a_signal_between_the_claim_and_the_lock_puts_the_replaced_run_back(tmp_
             train_module.start(opts)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert (run / "metrics.jsonl").read_text() == "old\n"
+
+
+def test_a_run_folder_that_cannot_be_made_again_puts_the_replaced_run_back(tmp_path, monkeypatch):
+    """--overwrite set the old run aside, then making the new run's folder failed (a full disk or quota: the rename
+    takes no space, the folder does): the error said 'cannot make the run directory' and left the old run in
+    .run.replaced, nothing in run/, so --resume found no run and the next --overwrite was refused."""
+    import errno
+
+    import mtl_lora_vl.rundir as rundir
+    from mtl_lora_vl.distributed import DistInfo
+    from mtl_lora_vl.options import TrainOptions
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("old\n")
+    opts = TrainOptions(tasks="vqa", out=str(run), overwrite=True, device="cpu")
+    mkdir = Path.mkdir
+
+    def full(self, *args, **kwargs):
+        if self == run:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", full)
+    with pytest.raises(rundir.RunDirError, match="cannot make the run directory.*Disk quota exceeded"):
+        rundir.claim_run_dir(run, opts, DistInfo())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert (run / "metrics.jsonl").read_text() == "old\n"
