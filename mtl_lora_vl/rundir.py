@@ -100,7 +100,7 @@ def choose_run_dir(opts: TrainOptions) -> Path:
         if not (run / "config.json").is_file():
             raise RunDirError(f"--resume {run}: not a run directory (no config.json); give the --out folder of a run")
         _refuse_training(run, "--resume")
-        _refuse_linked_outputs(run)
+        refuse_linked_outputs(run)
         return run
     if not opts.out:  # a new name: claim_run_dir takes the first free one of NAME, NAME-2, ...
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -143,21 +143,23 @@ def choose_run_dir(opts: TrainOptions) -> Path:
     return run
 
 
-def _refuse_linked_outputs(run: Path) -> None:
-    """Refuse a resume whose run folder holds a link out of it where the run writes (a run folder unpacked from
-    someone's archive): the final ``save_adapter`` would replace the folder ``adapter`` leads to, files and all."""
+def refuse_linked_outputs(run: Path, outputs: Collection[str] = RUN_OUTPUTS, flag: str = "--resume",
+                          writer: str = "the run", place: str = "the run folder") -> None:
+    """Refuse a ``run`` folder holding a link out of it where ``writer`` writes (``outputs``: glob patterns), before
+    anything is written: a run folder unpacked from someone's archive (the final ``save_adapter`` would replace the
+    folder ``adapter`` leads to, files and all), an ``eval --out`` whose ``predictions.partial`` leads elsewhere."""
     # (not run.glob: a name without a wildcard is matched only where it exists, so a dangling link went unseen)
     fold = str.casefold if _folds_case(run) else str   # (macOS, Windows: a link named ADAPTER is where adapter goes)
-    outputs = [fold(p) for p in RUN_OUTPUTS]
-    for entry in sorted(e for e in run.iterdir() if any(fnmatchcase(fold(e.name), p) for p in outputs)):
+    patterns = [fold(p) for p in outputs]
+    for entry in sorted(e for e in run.iterdir() if any(fnmatchcase(fold(e.name), p) for p in patterns)):
         if entry.is_symlink() and not entry.exists():   # (the run's writes refused it only then, or wrote elsewhere)
-            raise RunDirError(f"--resume {run}: {entry} is a symbolic link to {os.readlink(entry)}, which does not "
-                              f"exist (or is a loop of links); the run writes its {entry.name} there: remove the link "
-                              "(the run writes its own there)")
+            raise RunDirError(f"{flag} {run}: {entry} is a symbolic link to {os.readlink(entry)}, which does not "
+                              f"exist (or is a loop of links); {writer} writes its {entry.name} there: remove the "
+                              f"link ({writer} writes its own there)")
         if entry.is_symlink() and not holds(run, entry):
-            raise RunDirError(f"--resume {run}: {entry} is a symbolic link to {os.readlink(entry)}, out of the run "
-                              f"folder; the run writes its {entry.name} there and would replace what the link leads "
-                              "to: remove the link (the run writes its own there)")
+            raise RunDirError(f"{flag} {run}: {entry} is a symbolic link to {os.readlink(entry)}, out of {place}; "
+                              f"{writer} writes its {entry.name} there and would replace what the link leads to: "
+                              f"remove the link ({writer} writes its own there)")
 
 
 def _folds_case(run: Path) -> bool:

@@ -537,3 +537,32 @@ def test_a_task_name_that_cannot_name_its_file_is_refused_before_scoring(tmp_pat
         evaluate_setup(setup, split="test", data_root=None, device="cpu", dtype=torch.float32, batch_size=4,
                        adapted=False, predictions=PredictionFiles(tmp_path / "run" / "predictions"))
     assert not scored and not (tmp_path / "outside.jsonl").exists() and not (tmp_path / "run" / "predictions").exists()
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_a_staging_link_out_of_out_is_refused_before_anything_is_written(tmp_path, capsys, caplog, dangling):
+    """eval --predictions links each scored task's file into OUT/predictions.partial/: where that was a symbolic link
+    out of OUT (an OUT unpacked from an archive), the files were written where it led, replacing a vqa.jsonl of the
+    user's there. It is refused by name before the base model loads, as a resumed run's links are (rundir); a link
+    that stays in OUT, and the same link without --predictions (OUT is replaced whole), are left alone."""
+    from mtl_lora_vl.evaluation.evaluate import _check_out
+    from mtl_lora_vl.rundir import RunDirError
+
+    victim, ev = tmp_path / "victim", tmp_path / "ev"
+    victim.mkdir(), ev.mkdir()
+    (victim / "vqa.jsonl").write_text("precious\n")
+    (ev / "predictions.partial").symlink_to(victim / "gone" if dangling else victim)
+    said = "which does not exist" if dangling else "out of the --out folder"
+    assert eval_main(["--tasks", "vqa", "--out", str(ev), "--predictions", "--overwrite", "-q"]) == 2
+    assert "predictions.partial is a symbolic link" in capsys.readouterr().err + caplog.text
+    with pytest.raises(RunDirError, match=rf"--out {re.escape(str(ev))}: .*predictions\.partial is a symbolic link "
+                                          rf"to .*victim.*{said}.*eval --predictions writes its predictions\.partial "
+                                          "there.*remove the link"):
+        _check_out(ev, True, [], predictions=True)
+    assert (victim / "vqa.jsonl").read_text() == "precious\n" and sorted(p.name for p in ev.iterdir()) == [
+        "predictions.partial"]
+    _check_out(ev, True, [])   # without --predictions nothing is written through it
+    (ev / "predictions.partial").unlink()
+    (ev / "kept").mkdir(), (ev / "eval.json").write_text("{}")
+    (ev / "predictions.partial").symlink_to("kept")   # stays in OUT (an earlier eval's, replaced with --overwrite)
+    _check_out(ev, True, [("x", None)], predictions=True)

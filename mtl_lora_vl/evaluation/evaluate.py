@@ -33,13 +33,13 @@ from ..log import main_rank_logging, progress
 from ..multitask import MultiTaskModel, Setup
 from ..multitask.setup import check_data_root_read, task_kinds
 from ..precision import base_weights_dtype, check_base_precision, resolve_precision
-from ..rundir import RunDirError
+from ..rundir import RunDirError, refuse_linked_outputs
 from ..tasks import resolve_tasks
 from ..tasks.registry import get_kind
 from ..tasks.spec import TaskSpec, load_spec
 from ..whole_files import read_whole
 from ..wording import tasks_named
-from .predictions import PredictionFiles, StagedFiles, check_recordable, merge_passes, stopped_predictions
+from .predictions import PARTIAL, PredictionFiles, StagedFiles, check_recordable, merge_passes, stopped_predictions
 from .report import details_table, markdown_table, scored_line, selected_line, source_line, title, write_plots
 from .scored import adapter_base, scored_base
 
@@ -265,13 +265,16 @@ def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model: nn
     return table
 
 
-def _check_out(out: Path, overwrite: bool, keep: list[tuple[str, Any]]) -> None:
+def _check_out(out: Path, overwrite: bool, keep: list[tuple[str, Any]], predictions: bool = False) -> None:
     """What writing the results to ``out`` would refuse, checked before the scoring, not after it: ``keep`` are
-    (what, path) pairs ``out`` must not hold or replace."""
+    (what, path) pairs ``out`` must not hold or replace; with ``predictions``, a link out of ``out`` where the task
+    files are staged while scoring (out/predictions.partial)."""
     try:
         check_target(out, directory=True, overwrite=True, what="--out")
     except OSError as e:
         raise RunDirError(str(e)) from None
+    if predictions and out.is_dir():
+        refuse_linked_outputs(out, (PARTIAL,), "--out", "eval --predictions", "the --out folder")
     try:  # every rank checks before anyone writes
         if not stopped_predictions(out, overwrite):
             check_output(out, marker="eval.json", command="eval", overwrite=overwrite, keep=keep)
@@ -339,7 +342,7 @@ def evaluate_adapter(adapter: str | Path | None, tasks: str | None = None, backb
     specs = [Path(t.strip()) for t in (tasks or "").split(",") if t.strip().endswith(".toml")]
     _check_out(out, overwrite, [("the adapter being evaluated", adapter), ("the data (--data-root)", data_root),
                                 *base_paths(recorded_base(adapter), backbone, pretrained),
-                                *(("a task spec (--tasks)", f) for f in specs)])
+                                *(("a task spec (--tasks)", f) for f in specs)], predictions)
     info = init_distributed(device)
     try:
         return _evaluate_adapter(adapter, tasks, backbone, pretrained, data_root, split, info, precision,
@@ -451,7 +454,8 @@ def evaluate_base(tasks: str | None, backbone: str | None = None, pretrained: st
     backbone = backbone or "builtin"
     out = Path(out)
     _check_out(out, overwrite, [("the data (--data-root)", data_root), *base_paths({}, backbone, pretrained),
-                                *(("a task spec (--tasks)", s.source_file) for s in specs if s.source_file)])
+                                *(("a task spec (--tasks)", s.source_file) for s in specs if s.source_file)],
+               predictions)
     info = init_distributed(device)
     try:
         return _evaluate_base(specs, backbone, pretrained, data_root, split, info, precision, batch_size, workers,
