@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -294,3 +295,23 @@ def test_a_temporary_that_a_clean_up_took_before_it_was_locked_is_not_used(tmp_p
     tmp, fd = atomic_mod._claimed(make, os.rmdir)
     atomic_mod._release(fd)
     assert tmp == made[1] and tmp.is_dir() and len(made) == 2
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_that_cannot_be_read_is_refused_by_name(tmp_path, monkeypatch, overwrite):
+    # (a folder of another user's, or chmod 0300: listing it raised a bare "[Errno 13] Permission denied: '.../out'"
+    # naming neither the flag nor the fix; root reads any folder, so the error is simulated)
+    out = tmp_path / "out"
+    out.mkdir()
+    listing = Path.iterdir
+
+    def denied(self):
+        if self == out:
+            raise PermissionError(13, "Permission denied", str(self))
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", denied)
+    with pytest.raises(PermissionError, match=rf"^--out: {re.escape(str(out))} is a folder that cannot be read "
+                                              r"\(Permission denied.*make it readable \(chmod u\+rwx .*\) or choose "
+                                              "another path"):
+        check_target(out, directory=True, overwrite=overwrite, what="--out")

@@ -107,8 +107,8 @@ def check_target(path: str | Path, *, directory: bool, overwrite: bool = False, 
                                     f"are in: choose a new folder (e.g. {path / 'out'})")
         if path.exists() and not path.is_dir():
             raise FileExistsError(f"{what}: {path} exists and is a file; choose a directory path")
-        if path.is_dir() and any(path.iterdir()) and not overwrite:
-            held = sorted(p.name for p in path.iterdir())
+        held = _listing(path, what) if path.is_dir() else []
+        if held and not overwrite:
             raise FileExistsError(f"{what}: {path} already exists and is not empty; pass overwrite=True "
                                   "(--overwrite) to replace it -- the whole folder: everything in it "
                                   f"({', '.join(held[:5])}{', ...' if len(held) > 5 else ''}) is deleted, not only the "
@@ -119,6 +119,17 @@ def check_target(path: str | Path, *, directory: bool, overwrite: bool = False, 
     if path.exists() and not overwrite:
         raise FileExistsError(f"{what}: {path} already exists; pass overwrite=True (--overwrite) or "
                               "choose another path")
+
+
+def _listing(folder: Path, what: str) -> list[str]:
+    """The sorted names in ``folder``; a folder that cannot be read is refused by name, not with a bare
+    PermissionError: whether it holds anything (and what replacing it deletes) cannot be told."""
+    try:
+        return sorted(p.name for p in folder.iterdir())
+    except PermissionError as e:
+        raise PermissionError(f"{what}: {folder} is a folder that cannot be read ({e.strerror or e}: not yours, or its "
+                              "permissions), so what it holds cannot be told, nor whether writing there replaces it; "
+                              f"make it readable (chmod u+rwx {folder}) or choose another path") from None
 
 
 def check_writable_file(path: str | Path, what: str, own_keys: tuple[str, ...] = ()) -> bool:
