@@ -18,6 +18,7 @@ from mtl_lora_vl.benchmark import BenchSettings, run_benchmark
 from mtl_lora_vl.benchmark.report import _diff, _ms, render
 from mtl_lora_vl.benchmark.stats import paired_diff, summarize
 from mtl_lora_vl.options import TrainOptions
+from mtl_lora_vl.tasks import load_spec
 from mtl_lora_vl.training.train import train
 
 
@@ -229,3 +230,31 @@ def test_held_out_rows_are_told_by_their_images(tmp_path):
     splits["test"] = read_split("hf_datasets", tmp_path, path="val.parquet", cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ValueError, match="every one of the 4 rows of its test split is also a row of its val"):
         check_held_out(spec, splits)
+
+
+def test_a_task_whose_test_rows_are_partly_val_rows_is_warned_about(tmp_path):
+    """Test rows all among the val rows are refused (above); some of them were accepted with nothing said, though the
+    rates are tuned on the very rows the report scores. A warning names the task and counts them by the rows'
+    digest key and image file; splits sharing no row are left quiet."""
+    import warnings
+
+    from mtl_lora_vl.benchmark.bench import check_held_out
+    from mtl_lora_vl.data.records import Example, Split
+
+    spec = load_spec(_folder_task(tmp_path / "data"))
+
+    def split(names: list[str]) -> Split:   # "val/c": val's file c.png
+        return Split([Example(image=tmp_path / f"{n}.png", image_id=n.split("/")[1], label=i % 2)
+                      for i, n in enumerate(names)], class_names=["red", "blue"])
+
+    val = split(["val/a", "val/b", "val/c", "val/d"])
+    test = split(["val/c", "val/d", "test/e", "test/f", "test/g"])
+    with pytest.warns(UserWarning, match=r"task 'colors' \(.*colors\.toml\): 2 of the 5 rows of its test split are "
+                                         r"also rows of its val split: learning rates are chosen on the val rows, so "
+                                         r"the report scores those test rows with rates tuned on them"):
+        check_held_out(spec, {"val": val, "test": test})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_held_out(spec, {"val": val, "test": split(["test/e", "test/f", "test/c"])})   # (another c.png)
+    with pytest.raises(ValueError, match="every one of the 2 rows of its test split"):
+        check_held_out(spec, {"val": val, "test": split(["val/c", "val/d"])})

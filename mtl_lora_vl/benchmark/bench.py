@@ -33,6 +33,7 @@ from ..data.records import Split, row_key
 from ..distributed import pick_device
 from ..io.atomic import holds
 from ..io.locks import LockHeld, NotALockFile, take_lock
+from ..log import warn_user
 from ..options import TrainOptions
 from ..precision import resolve_precision
 from ..tasks import TaskSpec, load_spec
@@ -175,15 +176,25 @@ def check_splits(specs: list[TaskSpec]) -> None:
 
 def check_held_out(spec: TaskSpec, splits: dict[str, Split]) -> None:
     """Refuse a task whose test rows are all validation rows (its [data.val] and [data.test] read the same files, or
-    test a part of them): learning rates would be chosen on the rows the report scores. A row is told by its image's
-    source too: the row keys of two files' rows (a table's row number and label, no file name) can match."""
+    test a part of them): learning rates would be chosen on the rows the report scores. Some of them: a warning
+    with their count. A row is told by its key (:func:`~mtl_lora_vl.data.records.row_key`, the rows' digest's) and its
+    image's source: the row keys of two files' rows (a table's row number and label, no file name) can match."""
     val, test = ({(row_key(ex), image_source(ex.image)) for ex in splits[s].examples} for s in ("val", "test"))
+    where = spec.source_file or f"task {spec.name!r}"
     if test and test <= val:
-        where = spec.source_file or f"task {spec.name!r}"
         raise ValueError(f"{where}: every one of the {len(test):,} rows of its test split is also a row of its val "
                          "split, so the benchmark would choose learning rates on the rows it reports; point "
                          "[data.val] and [data.test] at different files (e.g. hold out part of the training files "
                          "as val)")
+    shared = sum((row_key(ex), image_source(ex.image)) in val for ex in splits["test"].examples)
+    if shared:
+        rows = splits["test"].examples
+        named = f"task {spec.name!r}" + (f" ({spec.source_file})" if spec.source_file else "")
+        warn_user(f"{named}: {shared:,} of the {len(rows):,} rows of its test split "
+                  f"{'is' if shared == 1 else 'are'} also {'a row' if shared == 1 else 'rows'} of its val split: "
+                  "learning rates are chosen on the val rows, so the report scores those test rows with rates tuned "
+                  "on them and its test scores are not wholly held out; give [data.val] and [data.test] files that "
+                  "share no rows")
 
 
 def image_source(image: Any) -> Any:
