@@ -23,6 +23,7 @@ from .family_images import (
     llava_next_row_tiles,
     llava_onevision_row_tiles,
     pixtral_image_rows,
+    pixtral_keep_one_row,
     pixtral_row_images,
     qwen_image_rows,
     qwen_row_images,
@@ -80,7 +81,10 @@ class Family:
     * ``image_views``: each image reaches the vision tower as several views (anyres: a base view and tiles), so the
       tower's batch is never one image per row (PEFT's per-row ``adapter_names`` cannot route it);
     * ``count_fields``: given its Hugging Face processor, the model's config and the image-token count the model
-      fills, what to set in the processor so that it writes that many (a count mismatch's message says it).
+      fills, what to set in the processor so that it writes that many (a count mismatch's message says it);
+    * ``mends``: ``(regex, forward hook)`` pairs mending a transformers bug in the modules the regex names (Mistral
+      3's batch of one image token, :func:`~.family_images.pixtral_keep_one_row`), outputs the bug does not touch
+      left as they are: ``attach`` installs each where it is missing (a backbone's stays), unload takes off its own.
     """
 
     name: str
@@ -98,6 +102,7 @@ class Family:
     image_path: str | None = None
     image_views: bool = False
     count_fields: Callable[[Any, Any, int], str] | None = None
+    mends: tuple[tuple[str, Callable[[Any, tuple, Any], Any]], ...] = ()
 
     def matches(self, cls: type) -> bool:
         """True when a class in ``cls``'s MRO is one of this family's (qualified) classes."""
@@ -245,6 +250,7 @@ FAMILIES: tuple[Family, ...] = (
         packed_tower=_PIXTRAL_PACKED,
         image_rows=pixtral_image_rows,
         row_images=pixtral_row_images,
+        mends=((r"(^|\.)multi_modal_projector$", pixtral_keep_one_row),),
     ),
     Family(
         "qwen2_vl",

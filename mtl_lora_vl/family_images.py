@@ -12,12 +12,14 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
 __all__ = ["CountsOnly", "PerCall", "idefics3_row_images", "image_token_rows", "llava_next_image",
            "llava_next_row_tiles", "llava_onevision_image", "llava_onevision_row_tiles", "llava_onevision_video_tokens",
-           "pixtral_image_rows", "pixtral_row_images", "qwen_image_rows", "qwen_row_images", "view_tokens"]
+           "mend_outputs", "pixtral_image_rows", "pixtral_keep_one_row", "pixtral_row_images", "qwen_image_rows",
+           "qwen_row_images", "view_tokens"]
 
 
 class CountsOnly(list):
@@ -68,6 +70,23 @@ def pixtral_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | N
     per_row = _rows_of_images(tokens, [(int(h) // d) * (int(w) // d) for h, w in sizes])
     counts = [len(whole) + part if part else len(whole) for whole, part in per_row]
     return CountsOnly(counts, _ENCODED) if encoded else counts
+
+
+def pixtral_keep_one_row(module: Any, args: tuple, out: Any) -> Any:
+    """Forward hook on Mistral 3's projector: its features of a batch of one image token in all, ``(1, D)``, as
+    ``(1, 1, D)``; any other output as it is (None). transformers' ``get_image_features`` squeezes ``(1, D)`` to
+    ``(D,)`` and then fails to split it (``split_with_sizes expects split_sizes to sum exactly to D``: one picture
+    of at most patch x merge pixels alone, which the processor gives one token); its ``squeeze(0)`` leaves the row
+    it needs from ``(1, 1, D)``. A transformers that kept the axis reads ``(1, 1, D)`` as ``(1, D)``: its token
+    check and ``masked_scatter`` count elements (the logits equal, checked on 5.25 with the squeeze taken out)."""
+    return out.unsqueeze(0) if out.dim() == 2 and out.shape[0] == 1 else None
+
+
+def mend_outputs(model: Any, mends: tuple[tuple[str, Callable[[Any, tuple, Any], Any]], ...]) -> list[Any]:
+    """Register each ``(regex, hook)`` of a family's ``mends`` as a forward hook on every module of ``model`` whose
+    name the regex finds and that lacks that hook; returns the new hooks' handles (what attach's unload removes)."""
+    return [module.register_forward_hook(hook) for pattern, hook in mends for name, module in model.named_modules()
+            if re.search(pattern, name) and not any(h is hook for h in module._forward_hooks.values())]
 
 
 def _forward_input(model: Any, args: tuple, kwargs: dict, name: str) -> Any:

@@ -94,6 +94,32 @@ def test_images_encoded_before_the_call_one_per_row_of_their_own_sizes_run_under
             m(input_ids=ids, attention_mask=mask, image_sizes=x["image_sizes"], mm_encoder_outputs=encoded)
 
 
+def test_a_bare_model_gets_the_one_image_token_mend_at_attach():
+    """A batch whose one image (16 x 16) makes one [IMG] token in all, beside a row without an image: transformers
+    squeezed the projector's (1, D) features to (D,) and failed ('split_with_sizes expects split_sizes to sum exactly
+    to 32') also on the bare attached model; attach installs the family's mend, so logits and generate under route
+    [0, 1] equal each task alone. Unload takes the mend off (the model as it was); the inner model gets it too."""
+    from mistral3_tiny import image_ids
+    from vl_tiny import left_padded
+
+    from mtl_lora_vl.family_images import pixtral_keep_one_row
+    from mtl_lora_vl.mtl_lora_model import unload
+
+    def mends(model):
+        return sum(h is pixtral_keep_one_row for m in model.modules() for h in m._forward_hooks.values())
+
+    ids, mask = left_padded([[1, *image_ids(16, 16), 20, 21], [1, 22, 23, 24, 25]])
+    x = dict(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(1, 3, 32, 32, generator=torch.Generator()
+             .manual_seed(3)), image_sizes=torch.tensor([(16, 16)]))
+    m = _adapted()
+    assert mends(m) == 1
+    assert_mixed_route_per_task(m, x, [0, 1])
+    unload(m)
+    assert mends(m) == 0
+    inner = mlv.attach(tiny_mistral3().model, mlv.MTLLoRAConfig(tasks=["a"], r=2, targets={"text": ["q_proj$"]}))
+    assert mends(inner) == 1
+
+
 def test_the_projector_when_targets_name_it():
     """The projector's patch merger and linear layers (every 4 patches one row) are routed image by image too."""
     m = _adapted(targets={"image": [r"multi_modal_projector\.(patch_merger\.merging_layer|linear_[12])$"]})

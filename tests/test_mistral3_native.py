@@ -126,16 +126,16 @@ def test_a_lone_image_of_one_token_reads_as_in_a_batch(bb):
 
 
 def test_the_one_token_hook_is_registered_once_and_kept_by_copies_and_unload(bb):
-    """from_model again, attach, deepcopy and unload leave one _keep_one_row hook on the projector, and a lone
+    """from_model again, attach, deepcopy and unload leave one pixtral_keep_one_row hook on the projector, and a lone
     one-token image still generates on the copy and on the unloaded model."""
     import copy
 
     from mtl_lora_vl.backbones import Mistral3Backbone
-    from mtl_lora_vl.backbones.mistral3 import _keep_one_row
+    from mtl_lora_vl.family_images import pixtral_keep_one_row
     from mtl_lora_vl.mtl_lora_model import unload
 
     def hooks(model):
-        return sum(h is _keep_one_row for h in model.model.multi_modal_projector._forward_hooks.values())
+        return sum(h is pixtral_keep_one_row for h in model.model.multi_modal_projector._forward_hooks.values())
 
     Mistral3Backbone.from_model(bb.model, bb.processor, bb.name)
     _attach(bb, ("a", "b"), std=0.3)

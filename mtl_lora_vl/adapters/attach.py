@@ -17,6 +17,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..config import TOWERS, MTLLoRAConfig
 from ..families import FAMILIES, find_family, inner_family
+from ..family_images import mend_outputs
 from ..log import warn_user
 from .attention import LoRAMultiheadAttention
 from .formation import Formation
@@ -297,6 +298,8 @@ def attach(model: nn.Module, cfg: MTLLoRAConfig) -> nn.Module:
         hooks.append(row_check[0].register_forward_hook(row_check[1].after, always_call=True))
         if runs_as.image_path:
             hooks += route_image_path(model, runs_as.image_path, row_check[1], router, layers)
+    if runs_as is not None:   # transformers bugs the family mends (Mistral 3's batch of one image token)
+        hooks += mend_outputs(model, runs_as.mends)
     if runs_as is not None and runs_as.packed_tower and runs_as.image_rows:
         hooks += pack_towers(model, runs_as.packed_tower, runs_as.image_rows, router, layers,
                              row_check[1] if row_check else None)

@@ -20,7 +20,9 @@ Mistral decoder) from a local directory: the language-model API of :mod:`.hf_vlm
 * **One image token in all.** transformers' ``get_image_features`` squeezes the projector's ``(N, D)`` features
   to ``(D,)`` when the batch's images make one token in all (one image of at most ``u x u`` pixels alone: the
   processor gives it one token), then fails to split them (``split_with_sizes expects split_sizes to sum exactly
-  to D``); the backbone's hook on the projector (:func:`_keep_one_row`) gives that one row a leading axis to lose.
+  to D``); the family table's hook on the projector (:func:`~mtl_lora_vl.family_images.pixtral_keep_one_row`,
+  the family's ``mends``) gives that one row a leading axis to lose: the backbone installs it at load, ``attach``
+  on a bare model.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from ..data.resize import ImageResize, size_fields
+from ..families import family_named
+from ..family_images import mend_outputs, pixtral_keep_one_row
 from .base import BackboneError, register_backbone
 from .hf_vlm import HFVLMBackbone
 from .image_reading import NativeImageReading
@@ -64,9 +68,7 @@ class Mistral3Backbone(NativeImageReading, HFVLMBackbone):
         bb = super().from_model(model, processor, name)
         bb.image_breaks = tuple(int(i) for i in ids)
         bb.square_resize = bb.resize
-        projector = getattr(getattr(model, "model", model), "multi_modal_projector", None)
-        if projector is not None and not any(h is _keep_one_row for h in projector._forward_hooks.values()):
-            projector.register_forward_hook(_keep_one_row)
+        mend_outputs(model, family_named("mistral3").mends)   # (kept for good: not attach's, which unload removes)
         bb.native_aspect(image_record(model).reading != "square")   # (a loaded adapter's record)
         return bb
 
@@ -142,9 +144,4 @@ class Mistral3Backbone(NativeImageReading, HFVLMBackbone):
         return {"pixel_values": pixel_values, "image_sizes": torch.tensor(sizes, device=pixel_values.device)}
 
 
-def _keep_one_row(module: nn.Module, args: Any, out: Tensor) -> Tensor | None:
-    """The projector's features of a batch of one image token in all, ``(1, D)``, as ``(1, 1, D)``: transformers'
-    ``squeeze(0)`` then leaves the row it needs (see the module doc); any other output as it is. A transformers that
-    kept the axis (split and concatenated the features unsqueezed) reads ``(1, 1, D)`` as ``(1, D)``: its token
-    check and ``masked_scatter`` count elements (the logits equal, checked on 5.25 with the squeeze taken out)."""
-    return out.unsqueeze(0) if out.dim() == 2 and out.shape[0] == 1 else None
+_keep_one_row = pixtral_keep_one_row   # (its name before the family table held it: models pickled so still load)
