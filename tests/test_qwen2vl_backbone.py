@@ -326,6 +326,30 @@ def test_the_loader_keeps_each_images_size(bb, tmp_path):
         torch.testing.assert_close(bb.lm_loss(own_size(images, sizes, r), **one)[0], loss[r], atol=1e-5, rtol=1e-5)
 
 
+def test_a_canvas_is_converted_image_by_image(bb):
+    """A 64 x 16 picture beside a 16 x 64 one share a 64 x 64 canvas: to_device (and the evaluation loader's
+    to_floats) convert each image's own region only (the whole canvas in fp32 was 4x the images' pixels), the values
+    those of the whole canvas's conversion, fp32 and bf16 alike; the padding, never read, is a black pixel's value
+    even where a canvas holds something else there."""
+    from mtl_lora_vl.data.anyres import pad_images
+    from mtl_lora_vl.data.loader import to_device, to_floats
+
+    g = torch.Generator().manual_seed(0)
+    canvas, sizes = pad_images([torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+                                for h, w in [(64, 16), (16, 64)]])
+    assert canvas.shape == (2, 3, 64, 64)
+    dirty = canvas.clone()
+    dirty[0, :, :, 16:] = dirty[1, :, 16:] = 255
+    for dtype in (torch.float32, torch.bfloat16):
+        whole = bb.preprocess_uint8(canvas, dtype)
+        assert torch.equal(to_device({"images": canvas, "image_sizes": sizes}, "cpu", dtype, bb)["images"], whole)
+        assert torch.equal(to_floats(bb, dirty, dtype, sizes), whole)
+    assert torch.equal(to_floats(bb, canvas[:1, :, :, :16], torch.float32, sizes[:1]),
+                       bb.preprocess_uint8(canvas[:1, :, :, :16]))   # (images that fill it: one conversion)
+    with pytest.raises(ValueError, match=r"image_sizes \[\(64, 16\)\] do not fit a canvas of \(2, 3, 64, 64\)"):
+        bb.preprocess_uint8(canvas, image_sizes=sizes[:1])
+
+
 def test_train_and_eval_on_pictures_of_their_own_aspects(dirs, tmp_path, capsys):
     """train (VQA + captioning from JSONL files of four aspects) and eval of its adapter give the same scores."""
     import json

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters.row_images import host_image_counts
+from ..data.anyres import normalise_regions
 from ..data.resize import ImageResize
 from ..families import find_family
 from .base import (
@@ -332,6 +333,17 @@ class HFVLMBackbone(GenerationIds, Backbone):
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """transformers' switch on the vision and language layers, non-reentrant; acts in training mode only."""
         hf_grad_checkpointing(self.model, enabled)
+
+    def preprocess_uint8(self, images_uint8: Tensor, dtype: torch.dtype = torch.float32,
+                         image_sizes: Sequence[tuple[int, int]] | None = None) -> Tensor:
+        """As the base class's; with the ``image_sizes`` of a canvas of images at their own sizes (a ``native``
+        resize: Qwen2-VL, Mistral 3), only each image's own region is converted, the padding set to a black pixel's
+        value (:func:`~mtl_lora_vl.data.anyres.normalise_regions`): the same values, without whole-canvas copies."""
+        shape = tuple(images_uint8.shape)
+        if (image_sizes is None or not self.resize.native or images_uint8.dtype != torch.uint8 or len(shape) != 4
+                or shape[1] != 3 or all(tuple(s) == shape[2:] for s in image_sizes)):
+            return super().preprocess_uint8(images_uint8, dtype)
+        return normalise_regions(images_uint8, image_sizes, *self.normalisers(images_uint8.device), dtype)
 
     # ------------------------------------------------------------------------------------------ internals
     def _extra_inputs(self, input_ids: Tensor, labels: Tensor | None) -> dict[str, Tensor]:

@@ -89,6 +89,7 @@ they are the same with any number of workers and after a resume, and differ from
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import random
 import signal
@@ -310,8 +311,17 @@ def to_device(batch: dict[str, Any], device: torch.device | str, dtype: torch.dt
     """Copy a batch to ``device`` (non-blocking) and turn its uint8 images into normalised ``dtype`` floats there."""
     device = torch.device(device)
     out = _move(batch, device)
-    out["images"] = backbone.preprocess_uint8(out["images"], dtype)
+    out["images"] = to_floats(backbone, out["images"], dtype, out.get("image_sizes"))
     return out
+
+
+def to_floats(backbone: Any, images: Tensor, dtype: torch.dtype, sizes: Sequence[tuple[int, int]] | None) -> Tensor:
+    """``backbone.preprocess_uint8``, given the images' sizes where the backbone reads them at their own (a ``native``
+    resize) and takes them (an HF VLM's: only each image's region of the canvas is converted)."""
+    if sizes is not None and getattr(getattr(backbone, "resize", None), "native", False) and \
+            "image_sizes" in inspect.signature(backbone.preprocess_uint8).parameters:
+        return backbone.preprocess_uint8(images, dtype, image_sizes=sizes)
+    return backbone.preprocess_uint8(images, dtype)
 
 
 def task_views(batch: dict[str, Any]) -> Iterator[tuple[str, dict[str, Tensor]]]:
@@ -460,7 +470,7 @@ def iter_sized_image_batches(backbone: Any, examples: Sequence[Example], *, batc
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate,
                         num_workers=num_workers, pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
     for batch, sizes in progress(worker_errors_unwrapped(loader), desc="images", unit="batch", total=len(loader)):
-        yield backbone.preprocess_uint8(batch.to(device, non_blocking=True), dtype), sizes
+        yield to_floats(backbone, batch.to(device, non_blocking=True), dtype, sizes), sizes
     images.report()
 
 
