@@ -330,6 +330,12 @@ def test_extend_with_nothing_to_train_is_refused_at_start(tmp_path, capsys):
                        "--out", str(tmp_path / "ext3")]) == 2
     assert f"--extend {run}: task 'VQA' is already in the adapter ['vqa'] (names that differ only in case" \
         in capsys.readouterr().err
+    # a --data-root that no task reads (built-in new and old tasks) was taken and left unread (helper 416)
+    assert train_main(["--extend", str(run), "--tasks", str(small_spec(tmp_path, "caption_cls")), "--steps", "1",
+                       "--data-root", str(tmp_path), "--workers", "0", "--out", str(tmp_path / "ext4")]) == 2
+    err = capsys.readouterr().err
+    assert f"--data-root {tmp_path}: no task of --tasks or of the adapter --extend grows reads files (vqa, " \
+           "caption_cls are built-in tasks" in err and not (tmp_path / "ext4").exists()
 
 
 def test_the_peft_shaped_round_trip_keeps_what_the_adapter_recorded(tmp_path, monkeypatch):
