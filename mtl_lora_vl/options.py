@@ -81,7 +81,8 @@ class TrainOptions:
     tasks: str = _opt("vqa,retrieval", "comma-separated task names (built-in specs) or paths to task TOML files")
     backbone: str = _opt("builtin", "builtin | builtin-llava | open_clip:NAME (with --pretrained FILE or TAG) | hf:DIR "
                          "or hf:ORG/NAME (a local Hugging Face CLIP, LLaVA, LLaVA-NeXT, LLaVA-OneVision, PaliGemma, "
-                         "Gemma 3, Qwen2-VL or Idefics3 / SmolVLM directory, or a hub id in the local cache)")
+                         "Gemma 3, Qwen2-VL, Idefics3 / SmolVLM or Mistral 3 directory, or a hub id in the local "
+                         "cache)")
     pretrained: str | None = _opt(None, "local checkpoint file for open_clip:NAME, or a pretrained tag whose "
                                   "weights are already in open_clip's local cache")
     base_dtype: Literal["auto", "fp32", "bf16", "fp16"] = _opt(
@@ -93,9 +94,9 @@ class TrainOptions:
                                         "from the adapter", ge=1)
     image_reading: Literal["native", "square"] | None = _opt(
         None, "how a backbone that can read images either way reads them (LLaVA-NeXT, LLaVA-OneVision, Idefics3 / "
-        "SmolVLM): native = each at its own aspect, as its processor does (their default: anyres tiles, Idefics3's "
-        "crops); square = squashed to one square (fewer image tokens for large pictures, no splitting); default: the "
-        "backbone's own. The adapter records it; eval, export and --extend read it from there")
+        "SmolVLM, Mistral 3): native = each at its own aspect, as its processor does (their default: anyres tiles, "
+        "Idefics3's crops); square = squashed to one square (fewer image tokens for large pictures, no splitting); "
+        "default: the backbone's own. The adapter records it; eval, export and --extend read it from there")
     data_root: str | None = _opt(None, "folder that task specs' data paths are relative to (--extend: the new "
                                  "tasks'; the adapter's tasks are read from the folders it records)")
     method: Literal["mtl_lora", "lora", "task_lora", "multi_lora", "moe_lora"] = _opt("mtl_lora", "adapter method")
@@ -264,8 +265,8 @@ class EvalOptions:
                                         "train takes it; an adapter records its own", ge=1)
     image_reading: Literal["native", "square"] | None = _opt(
         None, "without --adapter: how a backbone that can read images either way reads them (LLaVA-NeXT, "
-        "LLaVA-OneVision, Idefics3 / SmolVLM: native = at their own aspect, square = on one square; default the "
-        "backbone's own), as train takes it; an adapter records its own")
+        "LLaVA-OneVision, Idefics3 / SmolVLM, Mistral 3: native = at their own aspect, square = on one square; "
+        "default the backbone's own), as train takes it; an adapter records its own")
     out: str | None = _opt(None, "where eval.json, report.md and plots/ go (default: ADAPTER/../eval-<split>; "
                            "required without --adapter)")
     predictions: bool = _opt(False, "also write each task's per-row predictions (input, reference, the adapted and "

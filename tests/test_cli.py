@@ -3,6 +3,7 @@ checks, logging and progress, and plots that leave matplotlib's global state alo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -179,6 +180,20 @@ def test_help_names_every_type_in_words():
     for cls in (TrainOptions, EvalOptions, ExportOptions):
         text = build_parser(cls, "prog", "").format_help()
         assert "<function" not in text and "<class" not in text and " at 0x" not in text, cls.__name__
+
+
+def test_help_names_every_family_the_options_serve():
+    """--backbone's and --image-reading's help left out Mistral 3, which hf:DIR loads and which reads either way."""
+    from mtl_lora_vl.options import EvalOptions
+
+    loads = ["CLIP", "LLaVA", "LLaVA-NeXT", "LLaVA-OneVision", "PaliGemma", "Gemma 3", "Qwen2-VL", "Idefics3",
+             "SmolVLM", "Mistral 3"]
+    either_way = ["LLaVA-NeXT", "LLaVA-OneVision", "Idefics3", "SmolVLM", "Mistral 3"]   # NativeImageReading
+    fields = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainOptions)}
+    assert [n for n in loads if n not in fields["backbone"]] == []
+    assert [n for n in either_way if n not in fields["image_reading"]] == []
+    eval_reading = next(f.metadata["help"] for f in dataclasses.fields(EvalOptions) if f.name == "image_reading")
+    assert [n for n in either_way if n not in eval_reading] == []
 
 
 def test_resume_help_names_the_options_a_resume_may_change():
