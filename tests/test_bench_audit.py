@@ -208,7 +208,7 @@ def test_an_out_that_cannot_be_made_or_locked_names_the_flag(tmp_path, monkeypat
 def test_held_out_rows_are_told_by_their_images(tmp_path):
     """A Hugging Face task's val and test parquet files, two classes sorted alike and no image_id column: the rows'
     keys (row number, label) matched, so different images were refused as 'every one of the 4 rows of its test
-    split is also a row of its val split'. The same file read as both is still refused."""
+    split is also a row of its val split'. The same file read as both is still refused, and so is a copy of it."""
     datasets = pytest.importorskip("datasets")
     import numpy as np
     from PIL import Image
@@ -228,6 +228,14 @@ def test_held_out_rows_are_told_by_their_images(tmp_path):
               for s in ("val", "test")}
     check_held_out(spec, splits)   # different files: taken
     splits["test"] = read_split("hf_datasets", tmp_path, path="val.parquet", cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="every one of the 4 rows of its test split is also a row of its val"):
+        check_held_out(spec, splits)
+    # a copy of the val file as the test file: the same rows, images told by their bytes (by file and row they were
+    # other images, so it was taken where the row keys alone refused it)
+    import shutil
+
+    shutil.copy(tmp_path / "val.parquet", tmp_path / "copy.parquet")
+    splits["test"] = read_split("hf_datasets", tmp_path, path="copy.parquet", cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ValueError, match="every one of the 4 rows of its test split is also a row of its val"):
         check_held_out(spec, splits)
 

@@ -29,6 +29,7 @@ from ..backbones.hf import hf_dir, hf_model_class
 from ..backbones.hf_vlm import HFVLMBackbone
 from ..backbones.spec import parse_spec
 from ..data.hf_table import DatasetImage
+from ..data.images import ImageError
 from ..data.records import Split, row_key
 from ..distributed import pick_device
 from ..io.atomic import holds
@@ -179,14 +180,18 @@ def check_held_out(spec: TaskSpec, splits: dict[str, Split]) -> None:
     test a part of them): learning rates would be chosen on the rows the report scores. Some of them: a warning
     with their count. A row is told by its key (:func:`~mtl_lora_vl.data.records.row_key`, the rows' digest's) and its
     image's source: the row keys of two files' rows (a table's row number and label, no file name) can match."""
-    val, test = ({(row_key(ex), image_source(ex.image)) for ex in splits[s].examples} for s in ("val", "test"))
+    keys = {s: [row_key(ex) for ex in splits[s].examples] for s in ("val", "test")}
+    both = set(keys["val"]) & set(keys["test"])   # (only these rows' images are read: a table's are hashed)
+    val, test_rows = ([(k, image_source(ex.image) if k in both else None) for k, ex in zip(keys[s], splits[s].examples)]
+                      for s in ("val", "test"))
+    val, test = set(val), set(test_rows)
     where = spec.source_file or f"task {spec.name!r}"
     if test and test <= val:
         raise ValueError(f"{where}: every one of the {len(test):,} rows of its test split is also a row of its val "
                          "split, so the benchmark would choose learning rates on the rows it reports; point "
                          "[data.val] and [data.test] at different files (e.g. hold out part of the training files "
                          "as val)")
-    shared = sum((row_key(ex), image_source(ex.image)) in val for ex in splits["test"].examples)
+    shared = sum(row[0] in both and row in val for row in test_rows)
     if shared:
         rows = splits["test"].examples
         named = f"task {spec.name!r}" + (f" ({spec.source_file})" if spec.source_file else "")
@@ -198,8 +203,8 @@ def check_held_out(spec: TaskSpec, splits: dict[str, Split]) -> None:
 
 
 def image_source(image: Any) -> Any:
-    """Where an example's image is read from: its file (resolved), its table's files, split, column and row, its
-    bytes' digest; an image held in memory by the object itself (a tuple of them for several images)."""
+    """Where an example's image is read from: its file (resolved), its bytes' digest (a table's image: its cell's);
+    an image held in memory by the object itself (a tuple of them for several images)."""
     if isinstance(image, tuple):
         return tuple(image_source(part) for part in image)
     if isinstance(image, dict) and ("bytes" in image or "path" in image):
@@ -208,8 +213,11 @@ def image_source(image: Any) -> Any:
         return os.path.realpath(image)
     if isinstance(image, bytes | bytearray | memoryview):
         return hashlib.sha256(image).hexdigest()
-    if isinstance(image, DatasetImage):
-        return tuple(image.table.location), image.table.split, image.column, image.row
+    if isinstance(image, DatasetImage):   # its bytes: a copy of a table in another file holds the same images
+        try:
+            return hashlib.sha256(image.fetch()).hexdigest()
+        except (ImageError, OSError):   # (unreadable: told by its place, as the training's substitute would be)
+            return tuple(image.table.location), image.table.split, image.column, image.row
     return id(image)
 
 
