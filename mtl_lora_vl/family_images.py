@@ -18,8 +18,8 @@ from typing import Any
 
 __all__ = ["CountsOnly", "PerCall", "idefics3_row_images", "image_token_rows", "llava_next_image",
            "llava_next_row_tiles", "llava_onevision_image", "llava_onevision_row_tiles", "llava_onevision_video_tokens",
-           "mend_outputs", "pixtral_image_rows", "pixtral_keep_one_row", "pixtral_row_images", "qwen_image_rows",
-           "qwen_row_images", "view_tokens"]
+           "keep_mends", "mend_outputs", "pixtral_image_rows", "pixtral_keep_one_row", "pixtral_row_images",
+           "qwen_image_rows", "qwen_row_images", "view_tokens"]
 
 
 class CountsOnly(list):
@@ -87,6 +87,20 @@ def mend_outputs(model: Any, mends: tuple[tuple[str, Callable[[Any, tuple, Any],
     name the regex finds and that lacks that hook; returns the new hooks' handles (what attach's unload removes)."""
     return [module.register_forward_hook(hook) for pattern, hook in mends for name, module in model.named_modules()
             if re.search(pattern, name) and not any(h is hook for h in module._forward_hooks.values())]
+
+
+def keep_mends(model: Any, mends: tuple[tuple[str, Callable[[Any, tuple, Any], Any]], ...]) -> None:
+    """``model``'s ``mends`` for good (a backbone's): installed where missing, and those ``attach`` installed on a
+    bare model before the backbone took it taken off its list, so that its unload leaves them (the backbone reads
+    through them, as one that wrapped the bare model first)."""
+    mend_outputs(model, mends)
+    hooks = [hook for _, hook in mends]
+    kept = {(id(m._forward_hooks), key) for m in model.modules() for key, h in m._forward_hooks.items()
+            if any(h is hook for hook in hooks)}
+    for module in model.modules():
+        info = module.__dict__.get("_mtl_lora")   # (attach's record: its hooks' handles, which unload removes)
+        if info is not None:
+            info.hooks[:] = [h for h in info.hooks if (id(h.hooks_dict_ref()), h.id) not in kept]
 
 
 def _forward_input(model: Any, args: tuple, kwargs: dict, name: str) -> Any:

@@ -149,6 +149,26 @@ def test_the_one_token_hook_is_registered_once_and_kept_by_copies_and_unload(bb)
     assert hooks(bb.model) == 1 and len(bb.generate(images, max_len=2, prompts=prompts(bb, 1))) == 1
 
 
+def test_a_backbone_of_an_attached_bare_model_keeps_the_one_token_hook_after_unload(bb, dirs):
+    """A bare model attached (attach installs the hook, unload takes its own off) then given to the backbone: the
+    backbone found the hook there and left it attach's, so unload took it off under the backbone and a lone
+    one-token image failed ('split_with_sizes expects split_sizes to sum exactly to 32'); the backbone keeps it."""
+    from transformers import Mistral3ForConditionalGeneration
+
+    from mtl_lora_vl.backbones import Mistral3Backbone
+    from mtl_lora_vl.family_images import pixtral_keep_one_row
+    from mtl_lora_vl.mtl_lora_model import unload
+
+    bare = Mistral3ForConditionalGeneration.from_pretrained(dirs / "tiny_mistral3").eval()
+    mlv.attach(bare, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2))
+    wrapped = Mistral3Backbone.from_model(bare, bb.processor, bb.name)
+    unload(bare)
+    hooks = bare.model.multi_modal_projector._forward_hooks.values()
+    assert sum(h is pixtral_keep_one_row for h in hooks) == 1
+    images, sizes = loader_images(wrapped, pictures([(7, 7)]))
+    assert len(wrapped.generate(images, max_len=2, prompts=prompts(wrapped, 1))) == 1
+
+
 def test_image_reading_square_keeps_the_squash(dirs):
     folder = dirs / "tiny_mistral3"
     if not (folder / "config.json").is_file():

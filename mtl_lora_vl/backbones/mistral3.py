@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..data.resize import ImageResize, size_fields
 from ..families import family_named
-from ..family_images import mend_outputs, pixtral_keep_one_row
+from ..family_images import keep_mends, pixtral_keep_one_row
 from .base import BackboneError, register_backbone
 from .hf_vlm import HFVLMBackbone
 from .image_reading import NativeImageReading
@@ -68,7 +68,7 @@ class Mistral3Backbone(NativeImageReading, HFVLMBackbone):
         bb = super().from_model(model, processor, name)
         bb.image_breaks = tuple(int(i) for i in ids)
         bb.square_resize = bb.resize
-        mend_outputs(model, family_named("mistral3").mends)   # (kept for good: not attach's, which unload removes)
+        keep_mends(model, family_named("mistral3").mends)   # (for good: not attach's, which unload removes)
         bb.native_aspect(image_record(model).reading != "square")   # (a loaded adapter's record)
         return bb
 
