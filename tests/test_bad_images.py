@@ -487,6 +487,9 @@ def test_a_16_bit_rgb_png_with_a_transparent_colour_is_composited_on_white(tmp_p
         # guess read (1, 1, 0xff) as 8-bit ([[0, 0, 0], [255, 255, 255]])
         assert np.asarray(load_image(img))[0].tolist() == [[255, 255, 255], eight[1]]
         assert np.asarray(load_image(pickle.loads(pickle.dumps(img))))[0].tolist() == [[255, 255, 255], eight[1]]
+    with Image.open(path) as img:   # pickled unread into a spawned loader worker: the loader noted its depth first
+        ImageFallback("t", [Example(img, "a")], 2)
+        assert np.asarray(load_image(pickle.loads(pickle.dumps(img))))[0].tolist() == [[255, 255, 255], eight[1]]
     with Image.open(path) as img:
         img.load()
         assert np.asarray(to_rgb(img, "drop"))[0].tolist() == eight   # drop keeps the stored colour

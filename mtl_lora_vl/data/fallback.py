@@ -35,7 +35,7 @@ from torch.utils.data import get_worker_info
 
 from ..log import rank_warning
 from .anyres import carries_size
-from .images import ImageError, ImageShapeError, image_key, to_uint8_tensor
+from .images import ImageError, ImageShapeError, image_key, note_depth, to_uint8_tensor
 from .records import Example, image_parts
 from .resize import ImageResize
 
@@ -100,6 +100,8 @@ class ImageFallback:
         # and skipped as a file: its images' slots are parts[first[i]:first[i] + k] (first[i] = -1: one image).
         first, parts, own = array("q"), array("q"), []
         for i, ex in enumerate(self.examples):
+            for part in ex.image if isinstance(ex.image, tuple) else (ex.image,):
+                note_depth(part)   # (a PIL image not read yet: pickled into a worker, it keeps no sign of its depth)
             if isinstance(ex.image, tuple):
                 ids.append(-1 - i)
                 first.append(len(parts))

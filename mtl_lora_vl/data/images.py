@@ -356,15 +356,24 @@ def _decoded(source: Any, draft: int | None, alpha: str = "white") -> Image.Imag
             raise ImageError(f"image {name}: cannot be decoded ({type(e).__name__}: {e})") from e
 
 
+def note_depth(source: Any) -> bool | None:
+    """:func:`_rgb16` of a PIL image given as a source, noted in its ``info`` where it has a transparent colour: loaded
+    (read, or pickled: a loader worker's copy), it keeps no sign of its file's depth, and a next read reads the note
+    (the loader notes its rows' images before any is pickled). Anything else: None, left as it is."""
+    if not isinstance(source, Image.Image):
+        return None
+    sixteen = _rgb16(source)
+    if sixteen and isinstance(source.info.get("transparency"), tuple):
+        source.info[_RGB16] = sixteen
+    return sixteen
+
+
 def _pil_rgb(img: Image.Image, alpha: str = "white") -> Image.Image:
     """A PIL image given as the source, in RGB: one opened lazily (``Image.open``) reads its file here, so a broken
     file is an :class:`ImageError` naming it (a row replaced or named), not PIL's bare ``OSError``."""
     name = getattr(img, "filename", "") or "<PIL image>"
     try:
-        sixteen = _rgb16(img)
-        if sixteen and isinstance(img.info.get("transparency"), tuple):
-            # loaded, it keeps no sign of its depth: a next read (an epoch, a loader worker's pickled copy) reads this
-            img.info[_RGB16] = sixteen
+        sixteen = note_depth(img)
         img.load()   # (to_rgb returns an RGB image as it is: unread)
         return to_rgb(img, alpha, sixteen)
     except Exception as e:  # truncated or corrupt data, a closed file, a mode that does not convert
