@@ -21,8 +21,8 @@ Mistral decoder) from a local directory: the language-model API of :mod:`.hf_vlm
   to ``(D,)`` when the batch's images make one token in all (one image of at most ``u x u`` pixels alone: the
   processor gives it one token), then fails to split them (``split_with_sizes expects split_sizes to sum exactly
   to D``); the family table's hook on the projector (:func:`~mtl_lora_vl.family_images.pixtral_keep_one_row`,
-  the family's ``mends``) gives that one row a leading axis to lose: the backbone installs it at load, ``attach``
-  on a bare model.
+  the family's ``mends``) gives that one row a leading axis to lose: the backbone installs it at load (and keeps
+  one ``attach`` put on the bare model before: unload leaves it), ``attach`` on a bare model.
 """
 
 from __future__ import annotations
