@@ -164,11 +164,19 @@ def refuse_linked_outputs(run: Path, outputs: Collection[str] = RUN_OUTPUTS, fla
 
 def _folds_case(run: Path) -> bool:
     """Whether ``run``'s file system takes a name in any case for the same entry (macOS's and Windows' by default):
-    its ``config.json`` is found again as ``CONFIG.JSON``, the same file. Nothing is written."""
+    an entry of it (a run's ``config.json``, an eval's ``eval.json`` or ``predictions.partial``: the first few with
+    letters) is found again under its name in the other case, the same entry. Nothing is written."""
     try:
-        return os.path.samestat(os.stat(run / "config.json"), os.stat(run / "CONFIG.JSON"))
-    except OSError:   # (no CONFIG.JSON: the names are told apart)
+        names = [e.name for e in itertools.islice(run.iterdir(), 64) if e.name.swapcase() != e.name]
+    except OSError:
         return False
+    for name in names[:8]:
+        try:
+            if os.path.samestat(os.lstat(run / name), os.lstat(run / name.swapcase())):
+                return True
+        except OSError:   # (not there in the other case: the names are told apart)
+            continue
+    return False
 
 
 def _check_parent(run: Path) -> None:

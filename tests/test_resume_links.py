@@ -75,3 +75,10 @@ def test_the_case_probe_finds_config_json_again_in_another_case_only_as_the_same
     (run / "CONFIG.JSON").unlink()
     os.link(run / "config.json", run / "CONFIG.JSON")   # the same file under both names, as a folding system finds it
     assert rundir._folds_case(run)
+    out = tmp_path / "eval-out"   # an eval --out has no config.json: its own entries are probed (PREDICTIONS.PARTIAL
+    out.mkdir()                   # out of it was missed on macOS / Windows)
+    (out / "predictions.partial").symlink_to(tmp_path)
+    (out / "eval.json").write_text("{}")
+    assert not rundir._folds_case(out)
+    os.link(out / "eval.json", out / "EVAL.JSON")
+    assert rundir._folds_case(out)
