@@ -6,7 +6,7 @@ model the caller built; ``load_pretrained`` builds it from what ``save_adapter``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +55,7 @@ def load_pretrained(
     pretrained: str | None = None,
     data_root: str | Path | None = None,
     heads: bool = True,
+    data_roots: Mapping[str, str | Path] | None = None,
     is_trainable: bool = False,
     base_dtype: str = "auto",
     check_base_weights: bool = True,
@@ -69,9 +70,9 @@ def load_pretrained(
     lives elsewhere on this machine). With ``heads=True`` each task whose spec was saved gets its kind
     rebuilt through the task registry from what it learned in training (``tasks/<t>.state.json``: answer
     vocabulary, class names), so no training data is needed; an adapter saved without that state
-    rebuilds it from the training split (of ``data_root`` for file-based specs, else of the folder the adapter
-    records for the task). Each head is built by its
-    kind, then filled from ``heads.safetensors``.
+    rebuilds it from the training split (of ``data_roots[task]`` for file-based specs, else of ``data_root``, else
+    of the folder the adapter records for the task: ``--extend`` gives each old task its own folder in ``data_roots``,
+    its ``--data-root`` being the new tasks'). Each head is built by its kind, then filled from ``heads.safetensors``.
 
     ``base_dtype`` is the base weights' dtype, as ``load_backbone`` takes it (adapters stay fp32);
     ``check_base_weights`` as in ``load_adapter``.
@@ -104,7 +105,8 @@ def load_pretrained(
         if heads:
             try:
                 state = read_kind_state(path, task)
-                root = data_root if data_root is not None else (doc.get("data_roots") or {}).get(task)
+                root = (data_roots or {}).get(task) or (data_root if data_root is not None
+                                                        else (doc.get("data_roots") or {}).get(task))
                 train = None if state is not None else specs[task].load_split("train", root)
                 kinds[task] = build_kind(specs[task], train, bb, state=state)
             except (ValueError, OSError) as e:   # (only a file not read is fixed by the data folder)

@@ -21,7 +21,7 @@ from ..backbones.image_record import image_record
 from ..config import MTLLoRAConfig
 from ..data.common import same_folder
 from ..data.records import Split
-from ..io import ADAPTER_CONFIG, AdapterFileError, Pretrained, find_adapter_dir, load_pretrained
+from ..io import ADAPTER_CONFIG, AdapterFileError, Pretrained, find_adapter_dir, load_pretrained, read_adapter_config
 from ..io.identity import model_identity
 from ..io.tensor_files import record_sha256
 from ..options import TrainOptions
@@ -165,9 +165,11 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
     named = ("backbone" in given_names if given_names is not None and not opts.resume
              else opts.backbone != "builtin")   # (a resumed run's config.json holds what its first start used)
     given = opts.backbone if named else None
-    try:
-        lp = load_pretrained(find_adapter_dir(src), device, backbone=given, pretrained=opts.pretrained,
-                             data_root=opts.data_root, is_trainable=True, base_dtype=opts.base_dtype)
+    adapter_dir = find_adapter_dir(src)
+    try:   # an old task saved without its state rebuilds it from its own folder, as it is scored (not --data-root)
+        own = _own_folders(read_adapter_config(adapter_dir, verify=False), opts.data_root)
+        lp = load_pretrained(adapter_dir, device, backbone=given, pretrained=opts.pretrained,
+                             data_root=opts.data_root, data_roots=own, is_trainable=True, base_dtype=opts.base_dtype)
     except AdapterFileError as e:
         if given is None and opts.pretrained is None:
             raise
@@ -205,7 +207,7 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
                          "nothing would train; extend an mtl_lora, moe_lora or task_lora adapter, or train a new run "
                          "with all tasks")
     specs = [lp.specs[t] for t in old] + new_specs
-    roots = _old_task_roots(lp, old, opts.data_root, src, resuming=bool(opts.resume))
+    roots = _old_task_roots(lp, old, opts.data_root, src, own, resuming=bool(opts.resume))
     model = MultiTaskModel(bb, kinds, heads).to(device)
     recorded = lp.doc.get("base") or {}
     base = {"backbone": recorded.get("backbone") if opts.backbone == "builtin" else opts.backbone,
@@ -247,11 +249,19 @@ def extended_options(opts: TrainOptions, setup: Setup, given: Collection[str] | 
                    base_dtype=setup.base["base_dtype"], image_max_pixels=area, image_reading=reading, **shape)
 
 
-def _old_task_roots(lp: Pretrained, old: list[str], data_root: str | None, src: Path,
+def _own_folders(doc: dict[str, Any], data_root: str | None) -> dict[str, str]:
+    """The folders an adapter (``doc``: its config) records for its tasks that differ from ``data_root`` and are
+    still folders: an --extend run reads those tasks from them (rebuilding a task's state, scoring it)."""
+    return {task: root for task, root in (doc.get("data_roots") or {}).items()
+            if not same_folder(root, data_root) and Path(root).is_dir()}
+
+
+def _old_task_roots(lp: Pretrained, old: list[str], data_root: str | None, src: Path, own: dict[str, str],
                     resuming: bool = False) -> dict[str, str]:
     """The folders an --extend run reads its old file-based tasks from: the ones their adapter recorded (the
-    run's --data-root is the new tasks'), when they differ from --data-root and still exist. ``resuming``: a
-    ``--resume`` (which takes no per-task folder; its checkpoint check refuses a task that loses its own)."""
+    run's --data-root is the new tasks'), when they differ from --data-root and still exist (``own``, as
+    :func:`_own_folders` found them for ``load_pretrained``). ``resuming``: a ``--resume`` (which takes no per-task
+    folder; its checkpoint check refuses a task that loses its own)."""
     recorded = lp.doc.get("data_roots") or {}
     roots = {}
     for task in old:
@@ -263,8 +273,8 @@ def _old_task_roots(lp: Pretrained, old: list[str], data_root: str | None, src: 
                            "adapters recorded it); it is read from --data-root %s: if that folder holds other files "
                            "under the same names, its scores are on other data", src, task, data_root)
             continue
-        if Path(root).is_dir():
-            roots[task] = root
+        if task in own:
+            roots[task] = own[task]
         elif resuming:
             logger.warning("--extend %s: task %r was trained on files under %s, which is no longer a folder; put it "
                            "back, or write the folder it moved to as data_roots[%r] in %s", src, task, root, task,

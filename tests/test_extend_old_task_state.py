@@ -1,0 +1,69 @@
+"""--extend rebuilds an old file-based task saved without its state (``tasks/<t>.state.json``) from the folder the
+adapter records for it, the folder it is scored on, not from the new tasks' --data-root."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.adapters.attach import attach
+from mtl_lora_vl.backbones import builtin_dir, load_backbone
+from mtl_lora_vl.config import MTLLoRAConfig
+from mtl_lora_vl.multitask.setup import extend_setup
+from mtl_lora_vl.options import TrainOptions
+from mtl_lora_vl.tasks import build_kind, load_spec
+
+pytestmark = [pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
+                                 reason="built-in backbone not built (python scripts/pretrain_backbone.py)"),
+              pytest.mark.filterwarnings("ignore::UserWarning")]   # (test rows = train rows: said, and meant here)
+
+
+def folder(root: Path, classes: tuple[str, str], answers: tuple[str, str]) -> Path:
+    """Images, a classification split (rows.jsonl) and a VQA split (qa.jsonl) under the same names in each folder."""
+    root.mkdir()
+    for c in ("red", "blue"):
+        Image.new("RGB", (16, 16), c).save(root / f"{c}.png")
+    rows = [{"image": f"{c}.png", "label": lab} for c, lab in zip(("red", "blue"), classes)] * 2
+    qa = [{"image": f"{c}.png", "question": "what colour?", "answers": [a]} for c, a in zip(("red", "blue"), answers)]
+    (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qa * 2))
+    return root
+
+
+def spec(where: Path, name: str, kind: str, file: str) -> Path:
+    path = where / f"{name}.toml"
+    path.write_text(f'name = "{name}"\nkind = "{kind}"\ntemplates = ["a {{}} square."]\n[data]\nformat = "jsonl"\n'
+                    f'[data.train]\nfile = "{file}"\n[data.test]\nfile = "{file}"\n')
+    return path
+
+
+def test_extend_rebuilds_an_old_task_without_state_from_its_own_folder(tmp_path):
+    """Repro: classes blue/red and answers red/blue trained under d; the adapter saved without their state;
+    --extend --data-root d2 (green/yellow, left/right under the same file names) rebuilt 'color' as green/yellow
+    and 'ask' with d2's answers -- silently, as the counts match -- while it scored them on d's rows."""
+    d = folder(tmp_path / "d", ("red", "blue"), ("red", "blue"))
+    d2 = folder(tmp_path / "d2", ("green", "yellow"), ("left", "right"))
+    specs = {"color": load_spec(spec(tmp_path, "color", "classification", "rows.jsonl")),
+             "ask": load_spec(spec(tmp_path, "ask", "vqa", "qa.jsonl"))}
+    bb = load_backbone("builtin")
+    kinds = {t: build_kind(s, s.load_split("train", d), bb) for t, s in specs.items()}
+    heads = {t: k.build_head(bb) for t, k in kinds.items()}
+    attach(bb.model, MTLLoRAConfig(tasks=list(specs), r=2))
+    adapter = mlv.save_adapter(bb.model, tmp_path / "adapter", heads=heads, task_specs=specs,
+                               base={"backbone": "builtin"}, data_roots={t: d for t in specs})   # no kinds: no state
+    assert not list((adapter / "tasks").glob("*.state.json"))
+    new = spec(d2, "shade", "classification", "rows.jsonl")
+    setup = extend_setup(TrainOptions(extend=str(adapter), tasks=str(new), data_root=str(d2)), torch.device("cpu"))
+    assert setup.kinds["color"].class_names == kinds["color"].class_names == ["blue", "red"]
+    assert setup.kinds["ask"].answers == kinds["ask"].answers and set(kinds["ask"].answers) == {"red", "blue"}
+    assert setup.data_root("color", str(d2)) == str(d)   # scored where it is rebuilt from
+    assert setup.kinds["shade"].class_names == ["green", "yellow"]
+    # its folder gone: rebuilt from --data-root, as it is scored
+    d.rename(tmp_path / "gone")
+    setup = extend_setup(TrainOptions(extend=str(adapter), tasks=str(new), data_root=str(d2)), torch.device("cpu"))
+    assert setup.kinds["color"].class_names == ["green", "yellow"] and "color" not in setup.data_roots
