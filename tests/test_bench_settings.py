@@ -64,6 +64,18 @@ def test_bad_ablation_value_writes_no_settings_json(tmp_path):
     assert not (tmp_path / "out" / "settings.json").exists()
 
 
+
+@pytest.mark.parametrize("workers", [-5, 10_000])
+def test_bad_workers_are_refused_before_the_grid_folder_is_made(workers, tmp_path):
+    """--workers -5 (or more than the cores take) was refused by the first run only, after settings.json, specs/ and
+    the run's folder were written."""
+    s = BenchSettings(workers=workers, device="cpu")
+    with pytest.raises(ValueError, match="--workers"):
+        run_benchmark(s, tmp_path / "out", trainer=None)
+    assert not (tmp_path / "out").exists()
+    BenchSettings(workers=-1).validate()
+
+
 # 2. Two ablation values with the same 6-digit name share one run folder ----------------------------------
 def test_ablation_values_that_share_a_folder_are_refused():
     s = BenchSettings(ablations={"temperature": [0.25, 0.2500001]})

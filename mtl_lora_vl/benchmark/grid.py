@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..config import MTLLoRAConfig
+from ..distributed import DistInfo, check_workers
 from ..options import TrainOptions
 
 METHODS = ("lora", "task_lora", "multi_lora", "moe_lora", "mtl_lora")
@@ -100,6 +101,10 @@ class BenchSettings:
         for flag, n in (("--val-n", self.val_n), ("--test-n", self.test_n)):
             if n is not None and n < 1:
                 raise ValueError(f"{flag} must be >= 1 (or left out for the spec's own size), got {n}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < -1:
+            raise ValueError(f"--workers must be an integer >= -1 (-1 = the cores' share, 0 = in the main process), "
+                             f"got {self.workers!r}")   # (the first run refused it, after the grid's folder was made)
+        check_workers(self.workers, DistInfo())
 
     def _validate_ablations(self) -> None:
         """Each ablation value as the trainer would check it, and one run folder per value -- before
