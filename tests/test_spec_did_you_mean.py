@@ -1,5 +1,6 @@
 """A misspelt key of a spec's [head], [options], [generative] or [data] tables is named with the key it was likely
-meant to be, as a misspelt top-level field is."""
+meant to be, as a misspelt top-level field is; --tasks written with spaces is told to use commas, and a spec path
+holding a comma is named rather than split."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mtl_lora_vl.tasks import SpecError, load_spec
+from mtl_lora_vl.tasks import SpecError, load_spec, resolve_tasks
 
 _DATA = '[data]\nformat = "jsonl"\n{shared}[data.train]\n{train}\n[data.val]\nfile = "val.jsonl"\n'
 
@@ -47,3 +48,22 @@ def test_a_metric_listed_twice_is_named(tmp_path):
     with pytest.raises(SpecError, match=r"field 'metrics\[2\]': expected each metric once \('vqa_accuracy' is "
                                         r"metrics\[0\] too\)"):
         load_spec(path)
+
+
+@pytest.mark.parametrize(("tasks", "fix"), [("vqa retrieval", "vqa,retrieval"), ("vqa; retrieval", "vqa,retrieval"),
+                                           ("vqa,caption_cls retrieval", "caption_cls,retrieval")])
+def test_tasks_separated_by_spaces_are_told_to_use_commas(tasks, fix):
+    """'vqa retrieval' was told "did you mean 'retrieval'?", a fix that drops a task."""
+    with pytest.raises(SpecError, match=rf"\(task names are separated by commas: --tasks {fix}\)") as e:
+        resolve_tasks(tasks)
+    assert "did you mean" not in str(e.value)
+
+
+def test_a_spec_path_with_a_comma_is_named_not_split(tmp_path, monkeypatch):
+    """'my,data/a.toml' was read as the tasks 'my' and 'data/a.toml': "unknown task 'my'"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my,data").mkdir()
+    spec = _spec(tmp_path / "my,data", "vqa")
+    with pytest.raises(SpecError, match=r"'my,data/mine\.toml' has a ',' in its path.*copy or link it"):
+        resolve_tasks("vqa,my,data/mine.toml")
+    assert load_spec(spec).kind == "vqa"   # (the file itself is a good spec)

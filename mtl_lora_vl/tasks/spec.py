@@ -212,6 +212,9 @@ def load_spec(name_or_path: str | Path, *, need_train: bool = True) -> TaskSpec:
             return _parse(candidate)
     close = difflib.get_close_matches(name.lower(), available_specs(), n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
+    parts = re.split(r"[\s;]+", name)
+    if len(parts) > 1:   # 'vqa retrieval' was told "did you mean 'retrieval'?"
+        hint = f" (task names are separated by commas: --tasks {','.join(parts)})"
     raise SpecError(f"unknown task {name!r}{hint}: the built-in tasks are {available_specs()}; "
                     f"or give the path to your own task spec (.toml)")
 
@@ -223,6 +226,11 @@ def resolve_tasks(tasks: str | Sequence[str | Path]) -> list[TaskSpec]:
     if not items:
         raise SpecError(f"no tasks given; name at least one, e.g. --tasks vqa,retrieval "
                         f"(built-in: {available_specs()})")
+    for i, item in enumerate(items if isinstance(tasks, str) else []):   # 'my,d/a.toml' was the tasks 'my', 'd/a.toml'
+        comma = next((j for j in range(i + 2, len(items) + 1) if Path(",".join(items[i:j])).is_file()), 0)
+        if comma and not Path(item).is_file():
+            raise SpecError(f"--tasks: the spec file {','.join(items[i:comma])!r} has a ',' in its path, and ',' "
+                            "separates the tasks; copy or link it to a path without one")
     specs = [load_spec(t) for t in items]
     seen: dict[str, TaskSpec] = {}
     for spec in specs:   # by case-folded name: an adapter's file per task is one file on macOS or Windows
