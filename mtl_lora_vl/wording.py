@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 __all__ = ["agree", "few", "tasks_named"]
@@ -41,3 +42,10 @@ def tasks_named(names: Iterable[object], verb: str = "", noun: str = "task") -> 
     names = list(names)
     head = f"{noun}{'' if len(names) == 1 else 's'} {few([repr(n) for n in names])}"
     return f"{head} {agree(verb, len(names))}" if verb else head
+
+
+def comma_hint(name: str, flag: str) -> str:
+    """`` (task names are separated by commas: FLAG a,b)`` when ``name`` is several words (``'vqa retrieval'``,
+    ``'vqa;retrieval'``), else ``""``: a did-you-mean of one of the words would drop the others."""
+    parts = [p for p in re.split(r"[\s;]+", name.strip()) if p]
+    return f" (task names are separated by commas: {flag} {','.join(parts)})" if len(parts) > 1 else ""

@@ -21,3 +21,6 @@ def test_an_unknown_task_is_refused_before_the_base_model_loads(tmp_path, capsys
     err = capsys.readouterr().err
     assert "--tasks: 'retreival' is not a task of the adapter" in err and "['vqa', 'retrieval']" in err, err
     assert not (tmp_path / "ev").exists()
+    assert eval_main(["--adapter", str(adapter), "--tasks", "vqa retrieval", "--out", str(tmp_path / "ev")]) == 2
+    assert "(task names are separated by commas: --tasks vqa,retrieval)" in capsys.readouterr().err
+    assert not (tmp_path / "ev").exists()

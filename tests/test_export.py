@@ -366,6 +366,7 @@ def test_export_of_an_open_clip_name_base_writes_a_local_dir_that_loads(tmp_path
 
     monkeypatch.setattr(export_cli, "load_pretrained", no_load)
     for args, says in ((["--task", "vqq"], r"--task 'vqq': the adapter has no such task.*did you mean 'vqa'"),
+                       (["--task", "vqa cls"], r"no such task.*\(task names are separated by commas: --task vqa,cls\)"),
                        (["--task", "vqa", "--format", "plain", "--out", str(tmp_path / "l.safetensors")],
                         r"--format plain writes a LoRA directory")):
         assert export_main(["--adapter", str(ad), "--out", str(tmp_path / "x"), *args]) == 2

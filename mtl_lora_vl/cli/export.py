@@ -50,7 +50,7 @@ from ..io.layout import (
 from ..log import progress, say
 from ..options import ExportOptions
 from ..whole_files import read_whole
-from ..wording import tasks_named
+from ..wording import comma_hint, tasks_named
 from .commands import exit_code, program_name, run_command
 from .parsing import parse_options
 
@@ -93,7 +93,8 @@ def _check_tasks(tasks: list[str], adapter: str) -> dict[str, Any]:
     unknown = [t for t in tasks if t not in known]
     if unknown:
         close = {t: difflib.get_close_matches(t, known, n=1) for t in unknown}
-        hint = "".join(f" (did you mean {c[0]!r} for {t!r}?)" for t, c in close.items() if c)
+        hint = "".join(comma_hint(t, "--task") or (f" (did you mean {c[0]!r} for {t!r}?)" if c else "")
+                       for t, c in close.items())
         raise AdapterFileError(f"--task {', '.join(map(repr, unknown))}: the adapter has no such task; its tasks "
                                f"are {known}{hint}")
     return doc

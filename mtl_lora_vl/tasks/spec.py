@@ -61,6 +61,7 @@ from mtl_lora_vl.data.world import KINDS as WORLD_KINDS
 from mtl_lora_vl.data.world import build_split
 from mtl_lora_vl.tasks.registry import available_kinds, get_kind
 from mtl_lora_vl.whole_files import FileTooLarge, read_whole
+from mtl_lora_vl.wording import comma_hint
 
 logger = logging.getLogger(__name__)
 
@@ -212,9 +213,7 @@ def load_spec(name_or_path: str | Path, *, need_train: bool = True) -> TaskSpec:
             return _parse(candidate)
     close = difflib.get_close_matches(name.lower(), available_specs(), n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    parts = re.split(r"[\s;]+", name)
-    if len(parts) > 1:   # 'vqa retrieval' was told "did you mean 'retrieval'?"
-        hint = f" (task names are separated by commas: --tasks {','.join(parts)})"
+    hint = comma_hint(name, "--tasks") or hint   # 'vqa retrieval' was told "did you mean 'retrieval'?"
     raise SpecError(f"unknown task {name!r}{hint}: the built-in tasks are {available_specs()}; "
                     f"or give the path to your own task spec (.toml)")
 
