@@ -17,6 +17,7 @@ from mtl_lora_vl.config import MTLLoRAConfig
 from mtl_lora_vl.multitask.setup import extend_setup
 from mtl_lora_vl.options import TrainOptions
 from mtl_lora_vl.tasks import build_kind, load_spec
+from mtl_lora_vl.tasks.spec import SpecError
 
 pytestmark = [pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
                                  reason="built-in backbone not built (python scripts/pretrain_backbone.py)"),
@@ -63,6 +64,11 @@ def test_extend_rebuilds_an_old_task_without_state_from_its_own_folder(tmp_path)
     assert setup.kinds["ask"].answers == kinds["ask"].answers and set(kinds["ask"].answers) == {"red", "blue"}
     assert setup.data_root("color", str(d2)) == str(d)   # scored where it is rebuilt from
     assert setup.kinds["shade"].class_names == ["green", "yellow"]
+    # a built-in new task: --data-root d2 is read by no task (the old ones read d), so it is refused as unread
+    with pytest.raises(SpecError, match=r"--data-root .*d2: no task of --tasks or of the adapter --extend grows reads "
+                                        r"files \(vqa are built-in tasks, made by the built-in world; tasks 'color', "
+                                        r"'ask' read the folder the adapter records \(.*d\)\)"):
+        extend_setup(TrainOptions(extend=str(adapter), tasks="vqa", data_root=str(d2)), torch.device("cpu"))
     # its folder gone: rebuilt from --data-root, as it is scored
     d.rename(tmp_path / "gone")
     setup = extend_setup(TrainOptions(extend=str(adapter), tasks=str(new), data_root=str(d2)), torch.device("cpu"))

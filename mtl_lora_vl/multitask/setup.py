@@ -120,17 +120,23 @@ def task_kinds(specs: list[TaskSpec], backbone: Any, data_root: str | None) -> t
     return train_splits, {s.name: build_kind(s, train_splits[s.name], backbone) for s in specs}
 
 
-def check_data_root_read(specs: list[TaskSpec], data_root: str | None,
-                         extended: Collection[TaskSpec] = ()) -> None:
+def check_data_root_read(specs: list[TaskSpec], data_root: str | None, extended: Collection[TaskSpec] = (),
+                         own: dict[str, str] | None = None) -> None:
     """Refuse a ``--data-root`` that no task reads: built-in tasks are made by the built-in world, so ``--tasks vqa
     --data-root /data/vqav2`` trained and scored the world's VQA, not the files. ``extended``: an --extend run's
-    old tasks (the adapter's), which may read it too."""
+    old tasks (the adapter's), which may read it too, unless ``own`` holds the folder one reads instead (as
+    :func:`_own_folders` found it)."""
+    elsewhere = [s.name for s in extended if s.data.source != "builtin" and s.name in (own or {})]
     every = [*extended, *specs]
-    if data_root and every and all(s.data.source == "builtin" for s in every):
+    if data_root and every and all(s.data.source == "builtin" or s.name in elsewhere for s in every):
         which = "of --tasks" if not extended else "of --tasks or of the adapter --extend grows"
-        raise SpecError(f"--data-root {data_root}: no task {which} reads files ({', '.join(s.name for s in every)} "
-                        "are built-in tasks, made by the built-in world), so it would change nothing; drop it, or name "
-                        "task spec files (.toml) whose [data] reads files under it (README: Tasks)")
+        builtin = ", ".join(s.name for s in every if s.name not in elsewhere)
+        folders = sorted({(own or {})[t] for t in elsewhere})
+        others = (f"; {tasks_named(elsewhere, 'read')} the folder{'s' if len(folders) > 1 else ''} the adapter "
+                  f"records ({', '.join(folders)})" if elsewhere else "")
+        raise SpecError(f"--data-root {data_root}: no task {which} reads files ({builtin} are built-in tasks, made by "
+                        f"the built-in world{others}), so it would change nothing; drop it, or name task spec files "
+                        "(.toml) whose [data] reads files under it (README: Tasks)")
 
 
 def build_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec] | None = None) -> Setup:
@@ -185,7 +191,7 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
         raise ValueError(f"--extend {src}: {tasks_named(clash, 'are')} already in the adapter {old} (names that "
                          "differ only in case count as one: one file per task); --tasks must name new tasks")
     if not opts.resume:   # (a resumed run keeps what it started with)
-        check_data_root_read(new_specs, opts.data_root, [lp.specs[t] for t in old])
+        check_data_root_read(new_specs, opts.data_root, [lp.specs[t] for t in old], own)
     bb = lp.backbone
     train_splits, new_kinds = task_kinds(new_specs, bb, opts.data_root)
     if opts.grad_checkpointing:
