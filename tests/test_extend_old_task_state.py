@@ -18,6 +18,7 @@ from mtl_lora_vl.multitask.setup import extend_setup
 from mtl_lora_vl.options import TrainOptions
 from mtl_lora_vl.tasks import build_kind, load_spec
 from mtl_lora_vl.tasks.spec import SpecError
+from mtl_lora_vl.training.checkpoint import CheckpointError, check_inputs_unchanged
 
 pytestmark = [pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
                                  reason="built-in backbone not built (python scripts/pretrain_backbone.py)"),
@@ -73,3 +74,14 @@ def test_extend_rebuilds_an_old_task_without_state_from_its_own_folder(tmp_path)
     d.rename(tmp_path / "gone")
     setup = extend_setup(TrainOptions(extend=str(adapter), tasks=str(new), data_root=str(d2)), torch.device("cpu"))
     assert setup.kinds["color"].class_names == ["green", "yellow"] and "color" not in setup.data_roots
+    # back for the --resume: it would rebuild and score 'color' on d, not d2 as the run started (refused)
+    (tmp_path / "gone").rename(d)
+    resumed = extend_setup(TrainOptions(extend=str(adapter), tasks=str(new), data_root=str(d2), resume=str(tmp_path)),
+                           torch.device("cpu"))
+    assert resumed.kinds["color"].class_names == ["blue", "red"]
+    saved = {"extend_task_roots": setup.inputs["extend_task_roots"]}
+    with pytest.raises(CheckpointError, match=r"tasks 'ask', 'color' on --data-root's files, as the folder\(s\) "
+                                              r"the adapter records, \[.*d'\], were gone when it started; they are "
+                                              r"back"):
+        check_inputs_unchanged(saved, resumed.inputs, tmp_path)
+    check_inputs_unchanged({}, resumed.inputs, tmp_path)   # (a checkpoint from before the folders were recorded)

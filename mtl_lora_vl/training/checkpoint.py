@@ -224,7 +224,8 @@ def check_inputs_unchanged(saved: dict[str, Any], inputs: dict[str, Any], run_di
     indexes the rows it was saved with, so the rest of the run would draw other rows -- silently when their
     number is the same; and an extend run's checkpoint holds only what trains, so the frozen A, B_i and old
     tasks would come from the changed source. An --extend run's old task whose own folder is gone would be
-    scored on --data-root's files, other data than the run's: refused too; so are base weights replaced under the
+    scored on --data-root's files, other data than the run's: refused too, as is one gone when the run started
+    and back now; so are base weights replaced under the
     recorded path (``base_samples``: the frozen base is read again, not saved)."""
     recorded = saved.get("data_sha256") or {}
     changed = sorted(t for t, d in (inputs.get("data_sha256") or {}).items() if t in recorded and recorded[t] != d)
@@ -242,6 +243,14 @@ def check_inputs_unchanged(saved: dict[str, Any], inputs: dict[str, Any], run_di
             f"{sorted(set(lost.values()))}, which are gone; resumed, it would score them on other files (those of "
             "--data-root). Put the folder(s) back, or write where they moved to under \"data_roots\" in the "
             f"extended adapter's {ADAPTER_CONFIG}")
+    back = {t: r for t, r in (inputs.get("extend_task_roots") or {}).items()
+            if "extend_task_roots" in saved and t not in (saved["extend_task_roots"] or {})}
+    if back:   # (gone when the run started: scored on --data-root, and a task saved without its state rebuilt there)
+        raise CheckpointError(
+            f"--resume {run_dir}: the run scores the extended adapter's {tasks_named(sorted(back))} on --data-root's "
+            f"files, as the folder(s) the adapter records, {sorted(set(back.values()))}, were gone when it started; "
+            "they are back, so resumed it would score them on other files. Move the folder(s) away again to finish "
+            "the run as it started, or start a new run")
     was, now = saved.get("base_samples") or {}, inputs.get("base_samples") or {}
     differ = [n for n in was if n in now and not same_weights(now[n], was[n])]
     if differ:
