@@ -85,3 +85,17 @@ def test_extend_rebuilds_an_old_task_without_state_from_its_own_folder(tmp_path)
                                               r"back"):
         check_inputs_unchanged(saved, resumed.inputs, tmp_path)
     check_inputs_unchanged({}, resumed.inputs, tmp_path)   # (a checkpoint from before the folders were recorded)
+
+
+def test_extend_says_a_damaged_config_without_the_base_model_advice(tmp_path):
+    """--extend A --backbone builtin, A's config not valid JSON: the error added "give --backbone / --pretrained
+    only where that model now lives elsewhere", advice for a base model not found, not for a damaged file."""
+    bb = load_backbone("builtin")
+    attach(bb.model, MTLLoRAConfig(tasks=["vqa"], r=2))
+    adapter = mlv.save_adapter(bb.model, tmp_path / "adapter", task_specs={"vqa": load_spec("vqa")},
+                               base={"backbone": "builtin"})
+    (adapter / "mtl_lora_config.json").write_text("{")
+    with pytest.raises(mlv.AdapterFileError, match="not valid JSON") as e:
+        extend_setup(TrainOptions(extend=str(adapter), tasks="caption_cls"), torch.device("cpu"),
+                     given_names={"backbone"})
+    assert "--backbone" not in str(e.value)

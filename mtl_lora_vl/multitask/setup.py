@@ -172,8 +172,10 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
              else opts.backbone != "builtin")   # (a resumed run's config.json holds what its first start used)
     given = opts.backbone if named else None
     adapter_dir = find_adapter_dir(src)
-    try:   # an old task saved without its state rebuilds it from its own folder, as it is scored (not --data-root)
-        own = _own_folders(read_adapter_config(adapter_dir, verify=False), opts.data_root)
+    # an old task saved without its state rebuilds it from its own folder, as it is scored (not --data-root); a config
+    # that cannot be read is said as such (not as a base model to give elsewhere: the AdapterFileError below)
+    own = _own_folders(read_adapter_config(adapter_dir, verify=False), opts.data_root)
+    try:
         lp = load_pretrained(adapter_dir, device, backbone=given, pretrained=opts.pretrained,
                              data_root=opts.data_root, data_roots=own, is_trainable=True, base_dtype=opts.base_dtype)
     except AdapterFileError as e:
