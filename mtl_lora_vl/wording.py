@@ -44,8 +44,12 @@ def tasks_named(names: Iterable[object], verb: str = "", noun: str = "task") -> 
     return f"{head} {agree(verb, len(names))}" if verb else head
 
 
-def comma_hint(name: str, flag: str) -> str:
+def comma_hint(name: str, flag: str, known: Iterable[str] = ()) -> str:
     """`` (task names are separated by commas: FLAG a,b)`` when ``name`` is several words (``'vqa retrieval'``,
-    ``'vqa;retrieval'``), else ``""``: a did-you-mean of one of the words would drop the others."""
+    ``'vqa;retrieval'``), else ``""``: a did-you-mean of one of the words would drop the others. Also ``""`` when
+    the words joined by '_', '-' or nothing are one of the ``known`` task names (``'caption cls'``: caption_cls)."""
     parts = [p for p in re.split(r"[\s;]+", name.strip()) if p]
-    return f" (task names are separated by commas: {flag} {','.join(parts)})" if len(parts) > 1 else ""
+    spelt = {sep.join(parts).casefold() for sep in ("_", "-", "")}
+    if len(parts) < 2 or any(k.casefold() in spelt for k in known):
+        return ""
+    return f" (task names are separated by commas: {flag} {','.join(parts)})"

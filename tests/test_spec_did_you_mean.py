@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mtl_lora_vl.tasks import SpecError, load_spec, resolve_tasks
+from mtl_lora_vl.wording import comma_hint
 
 _DATA = '[data]\nformat = "jsonl"\n{shared}[data.train]\n{train}\n[data.val]\nfile = "val.jsonl"\n'
 
@@ -57,6 +58,16 @@ def test_tasks_separated_by_spaces_are_told_to_use_commas(tasks, fix):
     with pytest.raises(SpecError, match=rf"\(task names are separated by commas: --tasks {fix}\)") as e:
         resolve_tasks(tasks)
     assert "did you mean" not in str(e.value)
+
+
+def test_a_task_name_spelt_with_a_space_is_not_told_to_use_commas():
+    """'caption cls' (for caption_cls) was told "--tasks caption,cls", two tasks that do not exist; also by name in
+    the wording helper that eval and export share (with the adapter's tasks)."""
+    with pytest.raises(SpecError, match=r"unknown task 'caption cls' \(did you mean 'caption_cls'\?\)") as e:
+        resolve_tasks("vqa,caption cls")
+    assert "separated by commas" not in str(e.value)
+    assert comma_hint("my task  two", "--task", ["vqa", "My_Task_Two"]) == ""
+    assert comma_hint("vqa cls", "--task", ["vqa", "cls"]) == " (task names are separated by commas: --task vqa,cls)"
 
 
 def test_a_spec_path_with_a_comma_is_named_not_split(tmp_path, monkeypatch):

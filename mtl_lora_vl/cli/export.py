@@ -93,7 +93,7 @@ def _check_tasks(tasks: list[str], adapter: str) -> dict[str, Any]:
     unknown = [t for t in tasks if t not in known]
     if unknown:
         close = {t: difflib.get_close_matches(t, known, n=1) for t in unknown}
-        hint = "".join(comma_hint(t, "--task") or (f" (did you mean {c[0]!r} for {t!r}?)" if c else "")
+        hint = "".join(comma_hint(t, "--task", known) or (f" (did you mean {c[0]!r} for {t!r}?)" if c else "")
                        for t, c in close.items())
         raise AdapterFileError(f"--task {', '.join(map(repr, unknown))}: the adapter has no such task; its tasks "
                                f"are {known}{hint}")

@@ -173,9 +173,9 @@ def _check_task_item(item: str, known: list[str], adapter: Path) -> None:
     """Refuse an ``eval --tasks`` entry that is neither a task of the adapter nor a spec file (by its name)."""
     path = Path(item).expanduser()
     if item not in known and not (path.suffix == ".toml" or path.is_file()):
-        raise ValueError(f"--tasks: {item!r} is not a task of the adapter {adapter} (it has {list(known)}) nor a spec "
-                         f"file{comma_hint(item, '--tasks')}; name its tasks, or give a spec file (.toml) whose name "
-                         "is one of them to score that task on the spec's data")
+        raise ValueError(f"--tasks: {item!r} is not a task of the adapter {adapter} (it has {list(known)}) nor a "
+                         f"spec file{comma_hint(item, '--tasks', known)}; name its tasks, or give a spec file (.toml) "
+                         "whose name is one of them to score that task on the spec's data")
 
 
 def _scoring_spec(item: str, lp: Pretrained, adapter: Path) -> TaskSpec:

@@ -213,7 +213,7 @@ def load_spec(name_or_path: str | Path, *, need_train: bool = True) -> TaskSpec:
             return _parse(candidate)
     close = difflib.get_close_matches(name.lower(), available_specs(), n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    hint = comma_hint(name, "--tasks") or hint   # 'vqa retrieval' was told "did you mean 'retrieval'?"
+    hint = comma_hint(name, "--tasks", available_specs()) or hint   # ('vqa retrieval': not "did you mean 'retrieval'")
     raise SpecError(f"unknown task {name!r}{hint}: the built-in tasks are {available_specs()}; "
                     f"or give the path to your own task spec (.toml)")
 
