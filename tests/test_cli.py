@@ -194,6 +194,12 @@ def test_help_names_every_family_the_options_serve():
     assert [n for n in either_way if n not in fields["image_reading"]] == []
     eval_reading = next(f.metadata["help"] for f in dataclasses.fields(EvalOptions) if f.name == "image_reading")
     assert [n for n in either_way if n not in eval_reading] == []
+    # so do the messages that list the backbone forms and the generative backbones (helper 419)
+    from mtl_lora_vl.backbones import SPEC_FORMS
+    from mtl_lora_vl.backbones.base import _GENERATIVE
+
+    assert [n for n in loads if n not in SPEC_FORMS] == []
+    assert [n for n in loads[1:] if n not in _GENERATIVE] == []
 
 
 def test_resume_help_names_the_options_a_resume_may_change():

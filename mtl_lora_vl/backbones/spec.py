@@ -27,8 +27,8 @@ SPEC_FORMS = (
     "/models/vit_b_32.bin, or a pretrained tag already in open_clip's local cache), 'open_clip:/path/to/dir' "
     "(a folder with open_clip_config.json and weights; 'open_clip:hf-hub:ORG/NAME' when that folder is in the local "
     "Hugging Face cache), or 'hf:/path/to/dir' (a local Hugging Face CLIP, LLaVA, LLaVA-NeXT, LLaVA-OneVision, "
-    "PaliGemma, Gemma 3, Qwen2-VL / Qwen2.5-VL or Idefics3 / SmolVLM directory; 'hf:ORG/NAME' when that model is in "
-    "the local Hugging Face cache)"
+    "PaliGemma, Gemma 3, Qwen2-VL / Qwen2.5-VL, Idefics3 / SmolVLM or Mistral 3 directory; 'hf:ORG/NAME' when that "
+    "model is in the local Hugging Face cache)"
 )
 
 SpecKind = Literal["builtin", "builtin_llava", "open_clip", "open_clip_dir", "hf"]
