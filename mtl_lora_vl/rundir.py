@@ -167,7 +167,8 @@ def _folds_case(run: Path) -> bool:
     an entry of it (a run's ``config.json``, an eval's ``eval.json`` or ``predictions.partial``: the first few with
     letters) is found again under its name in the other case, the same entry. Nothing is written."""
     try:
-        names = [e.name for e in itertools.islice(run.iterdir(), 64) if e.name.swapcase() != e.name]
+        with os.scandir(run) as entries:   # (read lazily: at most 64 of a large folder's entries)
+            names = [e.name for e in itertools.islice(entries, 64) if e.name.swapcase() != e.name]
     except OSError:
         return False
     for name in names[:8]:
