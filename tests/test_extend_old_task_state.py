@@ -99,3 +99,15 @@ def test_extend_says_a_damaged_config_without_the_base_model_advice(tmp_path):
         extend_setup(TrainOptions(extend=str(adapter), tasks="caption_cls"), torch.device("cpu"),
                      given_names={"backbone"})
     assert "--backbone" not in str(e.value)
+
+
+def test_resume_with_data_root_moved_into_an_old_tasks_own_folder_is_not_lost(tmp_path):
+    """Repro: an extend run read old task 'color' from its own folder d and the new task from --data-root d2; d2
+    gone, ``--resume --data-root d`` (the new task's files now under d) read 'color' from d, the same files, but was
+    refused as if d were gone ("the files under [d], which are gone")."""
+    d, d2 = tmp_path / "d", tmp_path / "d2"
+    d.mkdir()
+    saved = {"extend_task_roots": {"color": str(d)}}
+    check_inputs_unchanged(saved, {"extend_task_roots": {}}, tmp_path, str(d))   # read from --data-root d: d itself
+    with pytest.raises(CheckpointError, match=r"task 'color' on the files under \[.*d'\], which are gone"):
+        check_inputs_unchanged(saved, {"extend_task_roots": {}}, tmp_path, str(d2))

@@ -52,6 +52,7 @@ from typing import Any
 import torch
 
 from .._version import __version__
+from ..data.common import same_folder
 from ..data.loader import MultiTaskLoader
 from ..distributed import DistInfo, barrier
 from ..io.atomic import atomic_file
@@ -218,15 +219,16 @@ def check_specs_unchanged(saved: dict[str, Any], specs: Iterable[TaskSpec], run_
                               "put them back as they were to continue it, or start a new run with the edited specs")
 
 
-def check_inputs_unchanged(saved: dict[str, Any], inputs: dict[str, Any], run_dir: str | Path) -> None:
+def check_inputs_unchanged(saved: dict[str, Any], inputs: dict[str, Any], run_dir: str | Path,
+                           data_root: str | None = None) -> None:
     """Refuse to resume a run whose training rows, or whose ``--extend`` source adapter, changed since its
     checkpoint (a checkpoint written before these digests were recorded is not checked). The sampler's state
     indexes the rows it was saved with, so the rest of the run would draw other rows -- silently when their
     number is the same; and an extend run's checkpoint holds only what trains, so the frozen A, B_i and old
     tasks would come from the changed source. An --extend run's old task whose own folder is gone would be
     scored on --data-root's files, other data than the run's: refused too, as is one gone when the run started
-    and back now; so are base weights replaced under the
-    recorded path (``base_samples``: the frozen base is read again, not saved)."""
+    and back now (not one whose folder is the resumed run's ``data_root``: the same files); so are base weights
+    replaced under the recorded path (``base_samples``: the frozen base is read again, not saved)."""
     recorded = saved.get("data_sha256") or {}
     changed = sorted(t for t, d in (inputs.get("data_sha256") or {}).items() if t in recorded and recorded[t] != d)
     if changed:
@@ -236,7 +238,7 @@ def check_inputs_unchanged(saved: dict[str, Any], inputs: dict[str, Any], run_di
             "files into other rows: hf_datasets rows of one image's bytes without an image_id are one image now); "
             "resume with the data and package it trained with, or start a new run")
     lost = {t: r for t, r in (saved.get("extend_task_roots") or {}).items()
-            if t not in (inputs.get("extend_task_roots") or {})}
+            if t not in (inputs.get("extend_task_roots") or {}) and not same_folder(r, data_root)}
     if lost:
         raise CheckpointError(
             f"--resume {run_dir}: the run scores the extended adapter's {tasks_named(sorted(lost))} on the files under "

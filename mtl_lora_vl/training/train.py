@@ -224,7 +224,7 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
 
     setup = extend_setup(opts, info.device, specs, given) if opts.extend else build_setup(opts, info.device, specs)
     if saved is not None:
-        check_inputs_unchanged(saved, setup.inputs, run_dir)
+        check_inputs_unchanged(saved, setup.inputs, run_dir, opts.data_root)
         check_moves_checkable(saved, moved_folders(run_dir, opts), setup, run_dir)
     loaded = base_weights_dtype(setup.model.model)
     amp_dtype = resolve_precision(opts.precision, info.device, opts.base_dtype, loaded)
