@@ -1,9 +1,11 @@
 """--extend rebuilds an old file-based task saved without its state (``tasks/<t>.state.json``) from the folder the
-adapter records for it, the folder it is scored on, not from the new tasks' --data-root."""
+adapter records for it, the folder it is scored on, not from the new tasks' --data-root; ``eval --data-root`` scores
+such a task on that folder, its state still rebuilt from the recorded one."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import mtl_lora_vl as mlv
 from mtl_lora_vl.adapters.attach import attach
 from mtl_lora_vl.backbones import builtin_dir, load_backbone
 from mtl_lora_vl.config import MTLLoRAConfig
+from mtl_lora_vl.evaluation.evaluate import evaluate_adapter
 from mtl_lora_vl.multitask.setup import extend_setup
 from mtl_lora_vl.options import TrainOptions
 from mtl_lora_vl.tasks import build_kind, load_spec
@@ -44,12 +47,9 @@ def spec(where: Path, name: str, kind: str, file: str) -> Path:
     return path
 
 
-def test_extend_rebuilds_an_old_task_without_state_from_its_own_folder(tmp_path):
-    """Repro: classes blue/red and answers red/blue trained under d; the adapter saved without their state;
-    --extend --data-root d2 (green/yellow, left/right under the same file names) rebuilt 'color' as green/yellow
-    and 'ask' with d2's answers -- silently, as the counts match -- while it scored them on d's rows."""
-    d = folder(tmp_path / "d", ("red", "blue"), ("red", "blue"))
-    d2 = folder(tmp_path / "d2", ("green", "yellow"), ("left", "right"))
+def stateless_adapter(tmp_path: Path, d: Path) -> tuple[Path, dict]:
+    """An adapter of 'color' (classification) and 'ask' (VQA) built on d's training rows (untrained), saved as older
+    adapters were: without their state (class names, answer list); and the kinds it was built with."""
     specs = {"color": load_spec(spec(tmp_path, "color", "classification", "rows.jsonl")),
              "ask": load_spec(spec(tmp_path, "ask", "vqa", "qa.jsonl"))}
     bb = load_backbone("builtin")
@@ -59,6 +59,16 @@ def test_extend_rebuilds_an_old_task_without_state_from_its_own_folder(tmp_path)
     adapter = mlv.save_adapter(bb.model, tmp_path / "adapter", heads=heads, task_specs=specs,
                                base={"backbone": "builtin"}, data_roots={t: d for t in specs})   # no kinds: no state
     assert not list((adapter / "tasks").glob("*.state.json"))
+    return adapter, kinds
+
+
+def test_extend_rebuilds_an_old_task_without_state_from_its_own_folder(tmp_path):
+    """Repro: classes blue/red and answers red/blue trained under d; the adapter saved without their state;
+    --extend --data-root d2 (green/yellow, left/right under the same file names) rebuilt 'color' as green/yellow
+    and 'ask' with d2's answers -- silently, as the counts match -- while it scored them on d's rows."""
+    d = folder(tmp_path / "d", ("red", "blue"), ("red", "blue"))
+    d2 = folder(tmp_path / "d2", ("green", "yellow"), ("left", "right"))
+    adapter, kinds = stateless_adapter(tmp_path, d)
     new = spec(d2, "shade", "classification", "rows.jsonl")
     setup = extend_setup(TrainOptions(extend=str(adapter), tasks=str(new), data_root=str(d2)), torch.device("cpu"))
     assert setup.kinds["color"].class_names == kinds["color"].class_names == ["blue", "red"]
@@ -85,6 +95,25 @@ def test_extend_rebuilds_an_old_task_without_state_from_its_own_folder(tmp_path)
                                               r"back"):
         check_inputs_unchanged(saved, resumed.inputs, tmp_path)
     check_inputs_unchanged({}, resumed.inputs, tmp_path)   # (a checkpoint from before the folders were recorded)
+
+
+def test_eval_data_root_rebuilds_a_task_without_state_from_its_own_folder(tmp_path):
+    """Repro: the adapter above (blue/red, answers red/blue, trained under d), eval --data-root d2 (green/yellow,
+    left/right): 'color' was rebuilt as green/yellow and scored on d2, each green row on blue's head row, and 'ask'
+    answered from d2's answer list. The state now comes from d: d2's unknown classes are refused; a copy of d (the
+    data moved) is still scored where --data-root says, on the recorded vocabulary."""
+    d = folder(tmp_path / "d", ("red", "blue"), ("red", "blue"))
+    d2 = folder(tmp_path / "d2", ("green", "yellow"), ("left", "right"))
+    adapter, _ = stateless_adapter(tmp_path, d)
+    with pytest.raises(ValueError, match=r"task 'color': the evaluation split has class\(es\) \['green', 'yellow'\] "
+                                         r"that training did not have \(training classes: \['blue', 'red'\]"):
+        evaluate_adapter(adapter, tasks="color", data_root=str(d2), device="cpu", out=tmp_path / "ev2")
+    moved = Path(shutil.copytree(d, tmp_path / "moved"))
+    evaluate_adapter(adapter, data_root=str(moved), device="cpu", out=tmp_path / "ev", predictions=True)
+    result = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert {t["data_root"] for t in result["tasks"].values()} == {str(moved)}   # scored on --data-root
+    rows = [json.loads(line) for line in (tmp_path / "ev" / "predictions" / "ask.jsonl").read_text().splitlines()]
+    assert {r["adapted"]["answer"] for r in rows} <= {"red", "blue"}   # answered from d's list
 
 
 def test_extend_says_a_damaged_config_without_the_base_model_advice(tmp_path):

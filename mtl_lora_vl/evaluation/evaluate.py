@@ -31,7 +31,7 @@ from ..io.atomic import atomic_dir, atomic_file, check_target
 from ..io.layout import check_output
 from ..log import main_rank_logging, progress
 from ..multitask import MultiTaskModel, Setup
-from ..multitask.setup import check_data_root_read, task_kinds
+from ..multitask.setup import check_data_root_read, own_folders, task_kinds
 from ..precision import base_weights_dtype, check_base_precision, resolve_precision
 from ..rundir import RunDirError, refuse_linked_outputs
 from ..tasks import resolve_tasks
@@ -361,8 +361,9 @@ def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pr
         adapter_tasks = config_of(read_adapter_config(adapter, verify=False), adapter).tasks
         raise ValueError(f"--tasks {tasks!r} names no task; give some of the adapter's tasks {list(adapter_tasks)}")
     with main_rank_logging(info.is_main):   # every rank reads the same adapter and data: said once
+        own = own_folders(read_adapter_config(adapter, verify=False), data_root)   # state rebuilt where trained
         lp = load_pretrained(adapter, dev, backbone=backbone, pretrained=pretrained, data_root=data_root,
-                             base_dtype=base_dtype)
+                             data_roots=own, base_dtype=base_dtype)
         items = items or list(lp.config.tasks)
         specs = [_scoring_spec(item, lp, adapter) for item in items]
         names = [s.name for s in specs]

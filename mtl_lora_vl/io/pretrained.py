@@ -71,8 +71,9 @@ def load_pretrained(
     rebuilt through the task registry from what it learned in training (``tasks/<t>.state.json``: answer
     vocabulary, class names), so no training data is needed; an adapter saved without that state
     rebuilds it from the training split (of ``data_roots[task]`` for file-based specs, else of ``data_root``, else
-    of the folder the adapter records for the task: ``--extend`` gives each old task its own folder in ``data_roots``,
-    its ``--data-root`` being the new tasks'). Each head is built by its kind, then filled from ``heads.safetensors``.
+    of the folder the adapter records for the task: ``--extend`` and ``eval`` give each task its own folder in
+    ``data_roots`` while it still exists, as the head's rows are its classes, not ``--data-root``'s). Each head is
+    built by its kind, then filled from ``heads.safetensors``.
 
     ``base_dtype`` is the base weights' dtype, as ``load_backbone`` takes it (adapters stay fp32);
     ``check_base_weights`` as in ``load_adapter``.

@@ -125,7 +125,7 @@ def check_data_root_read(specs: list[TaskSpec], data_root: str | None, extended:
     """Refuse a ``--data-root`` that no task reads: built-in tasks are made by the built-in world, so ``--tasks vqa
     --data-root /data/vqav2`` trained and scored the world's VQA, not the files. ``extended``: an --extend run's
     old tasks (the adapter's), which may read it too, unless ``own`` holds the folder one reads instead (as
-    :func:`_own_folders` found it)."""
+    :func:`own_folders` found it)."""
     elsewhere = [s.name for s in extended if s.data.source != "builtin" and s.name in (own or {})]
     every = [*extended, *specs]
     if data_root and every and all(s.data.source == "builtin" or s.name in elsewhere for s in every):
@@ -174,7 +174,7 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
     adapter_dir = find_adapter_dir(src)
     # an old task saved without its state rebuilds it from its own folder, as it is scored (not --data-root); a config
     # that cannot be read is said as such (not as a base model to give elsewhere: the AdapterFileError below)
-    own = _own_folders(read_adapter_config(adapter_dir, verify=False), opts.data_root)
+    own = own_folders(read_adapter_config(adapter_dir, verify=False), opts.data_root)
     try:
         lp = load_pretrained(adapter_dir, device, backbone=given, pretrained=opts.pretrained,
                              data_root=opts.data_root, data_roots=own, is_trainable=True, base_dtype=opts.base_dtype)
@@ -257,9 +257,11 @@ def extended_options(opts: TrainOptions, setup: Setup, given: Collection[str] | 
                    base_dtype=setup.base["base_dtype"], image_max_pixels=area, image_reading=reading, **shape)
 
 
-def _own_folders(doc: dict[str, Any], data_root: str | None) -> dict[str, str]:
+def own_folders(doc: dict[str, Any], data_root: str | None) -> dict[str, str]:
     """The folders an adapter (``doc``: its config) records for its tasks that differ from ``data_root`` and are
-    still folders: an --extend run reads those tasks from them (rebuilding a task's state, scoring it)."""
+    still folders: a task saved without its state is rebuilt from its own (``load_pretrained(data_roots=)``: the
+    head's rows are that folder's classes, answers), where ``eval`` scores it on ``data_root`` and an --extend run
+    on its own folder."""
     return {task: root for task, root in (doc.get("data_roots") or {}).items()
             if not same_folder(root, data_root) and Path(root).is_dir()}
 
@@ -268,7 +270,7 @@ def _old_task_roots(lp: Pretrained, old: list[str], data_root: str | None, src: 
                     resuming: bool = False) -> dict[str, str]:
     """The folders an --extend run reads its old file-based tasks from: the ones their adapter recorded (the
     run's --data-root is the new tasks'), when they differ from --data-root and still exist (``own``, as
-    :func:`_own_folders` found them for ``load_pretrained``). ``resuming``: a ``--resume`` (which takes no per-task
+    :func:`own_folders` found them for ``load_pretrained``). ``resuming``: a ``--resume`` (which takes no per-task
     folder; its checkpoint check refuses a task that loses its own)."""
     recorded = lp.doc.get("data_roots") or {}
     roots = {}
