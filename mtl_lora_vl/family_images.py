@@ -120,20 +120,30 @@ def _token_rows(model: Any, args: tuple, kwargs: dict, token: int) -> list[int] 
     return None if counts is None else counts[0].tolist()
 
 
-def qwen_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
+def qwen_row_images(model: Any, args: tuple, kwargs: dict, image_counts: list[int] | None = None
+                    ) -> list[float] | None:
     """Images and videos per row of a Qwen2-VL forward (None without pixel values of either or their encoder
     outputs). With each kind's grid (``image_grid_thw``, ``video_grid_thw``), each row's image tokens and video
     tokens are matched, in order, to the images' and videos' token counts (t·h·w / merge²; a row that starts or ends
     inside one counts the part it holds), as a :class:`PerCall`: the model encodes its images in one call of its
     vision tower and its videos in the next. Without a grid, each row's ``<|vision_start|>`` tokens are counted (the
     processor writes one per image, a hand-written prompt may not); counts of images and videos together, or of a
-    kind encoded before the call other than one per row, are :class:`CountsOnly`."""
+    kind encoded before the call other than one per row, are :class:`CountsOnly`.
+
+    ``image_counts``: each row's images from the host, as :func:`image_token_rows` takes them: for images alone
+    (pixel values, no videos) taken without reading the ids where they add up to the grid's images (its shape);
+    else the ids are read as without them."""
     pixels = {k: _forward_input(model, args, kwargs, p) for k, p in (("image", "pixel_values"),
                                                                     ("video", "pixel_values_videos"))}
     encoded = _forward_input(model, args, kwargs, "mm_encoder_outputs") or {}
     kinds = [k for k in ("image", "video") if pixels[k] is not None or encoded.get(k) is not None]
     if not kinds:
         return None
+    grid = _forward_input(model, args, kwargs, "image_grid_thw")
+    if image_counts is not None and kinds == ["image"] and pixels["image"] is not None and grid is not None:
+        given = _given_rows(model, args, kwargs, image_counts)   # (a placeholder is one image: no crops)
+        if sum(given) == grid.shape[0]:
+            return given   # (the packed tower checks its call's images against them)
     grids = [_forward_input(model, args, kwargs, f"{k}_grid_thw") for k in kinds]
     tokens = _token_counts(model, args, kwargs, [getattr(model.config, f"{k}_token_id") for k in kinds])
     if tokens is None or any(g is None for g in grids):

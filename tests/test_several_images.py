@@ -154,19 +154,20 @@ def test_mixed_gradients_over_several_images_per_row_equal_the_per_task_sums(fam
                                              if family != "idefics3" else "text_model"))
 
 
-def test_host_image_counts_route_as_the_ids_without_reading_them(monkeypatch):
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_host_image_counts_route_as_the_ids_without_reading_them(monkeypatch, family):
     """Each row's images given from the host (host_image_counts: lm_loss(image_counts=), the loader's
-    lm_image_counts) route [2, 0, 1] as counting the ids does, without reading them (family_images._token_rows); a
-    count for other rows is refused by name, one that does not add up to the images (crops: more images than
-    placeholders) is left for the ids' count."""
+    lm_image_counts) route [2, 0, 1] as counting the ids does, without reading them (family_images._token_counts;
+    Qwen2-VL's images of three sizes too); a count for other rows is refused by name, one that does not add up to
+    the images (crops: more images than placeholders) is left for the ids' count."""
     from mtl_lora_vl import family_images
     from mtl_lora_vl.adapters.row_images import host_image_counts
 
-    model, x = _adapted("llava"), several_images("llava", [2, 0, 1])
-    read, reads = family_images._token_rows, []
+    model, x = _adapted(family), several_images(family, [2, 0, 1])
+    read, reads = family_images._token_counts, []
     with torch.no_grad(), mlv.route(model, [0, 1, 0]):
         want = model(**x).logits
-        monkeypatch.setattr(family_images, "_token_rows", lambda *a: reads.append(a) or read(*a))
+        monkeypatch.setattr(family_images, "_token_counts", lambda *a: reads.append(a) or read(*a))
         with host_image_counts(model, [2, 0, 1]):
             torch.testing.assert_close(model(**x).logits, want)
         assert not reads
