@@ -211,29 +211,35 @@ def _rows_of_images(row_tokens: list[int], image_tokens: list[int]) -> list[tupl
     return out
 
 
-def llava_next_row_tiles(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
+def llava_next_row_tiles(model: Any, args: tuple, kwargs: dict, image_counts: list[int] | None = None
+                         ) -> list[float] | None:
     """What a LLaVA-NeXT forward's vision tower gets per row: each image is its base view plus a grid of tiles
     (anyres, from its ``image_sizes`` row and ``image_grid_pinpoints``), so each row's image tokens are matched in
     order to the images' token counts (:func:`llava_next_image`) and the row's tiles summed. A row holding part of
     an image gives its images (not whole); images encoded before the call give a :class:`CountsOnly` of images.
-    None without images."""
+    None without images. ``image_counts``: each row's images from the host, taken for the ids where they add up to
+    the images (``image_sizes``' rows), as :func:`image_token_rows` takes them."""
     strategy = _forward_input(model, args, kwargs, "vision_feature_select_strategy")
-    return _anyres_row_tiles(model, args, kwargs, lambda size, tiled: llava_next_image(model, size, strategy))
+    return _anyres_row_tiles(model, args, kwargs, lambda size, tiled: llava_next_image(model, size, strategy),
+                             image_counts=image_counts)
 
 
-def llava_onevision_row_tiles(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
+def llava_onevision_row_tiles(model: Any, args: tuple, kwargs: dict, image_counts: list[int] | None = None
+                              ) -> list[float] | None:
     """What a LLaVA-OneVision forward's vision tower gets per row: its images' tiles, counted as LLaVA-NeXT's, each
     image's token count by :func:`llava_onevision_image` (an image of a row of several, by ``batch_num_images``, is
     its base view alone). With videos, a :class:`PerCall`: the model encodes its images (tiles) in one call of its
     tower and projector and its videos (frames) in the next, so each row's video tokens are matched in order to the
     videos' token counts (:func:`llava_onevision_video_tokens`) and the row's frames counted apart (a row holding
-    part of a video gives its videos, not whole). None without images or videos."""
+    part of a video gives its videos, not whole). None without images or videos. ``image_counts``: each row's
+    images from the host, taken for the image tokens as :func:`llava_next_row_tiles` takes them."""
     import torch
 
     per_row = _forward_input(model, args, kwargs, "batch_num_images")
     # as get_image_features: without batch_num_images every image has its tiles; with it, only a row's only image
     tiled = None if per_row is None else [n == 1 for n in torch.as_tensor(per_row).tolist() for _ in range(n)]
-    tiles = _anyres_row_tiles(model, args, kwargs, lambda size, t: llava_onevision_image(model, size, t), tiled)
+    tiles = _anyres_row_tiles(model, args, kwargs, lambda size, t: llava_onevision_image(model, size, t), tiled,
+                              image_counts)
     videos = _forward_input(model, args, kwargs, "pixel_values_videos")
     tokens = None if videos is None else _token_rows(model, args, kwargs, model.config.video_token_id)
     if tokens is None:
@@ -256,20 +262,38 @@ def llava_onevision_video_tokens(model: Any, frames: int) -> int:
 
 
 def _anyres_row_tiles(model: Any, args: tuple, kwargs: dict, image: Callable[[Any, bool], tuple[int, int]],
-                      tiled: list[bool] | None = None) -> list[float] | None:
+                      tiled: list[bool] | None = None, image_counts: list[int] | None = None) -> list[float] | None:
     """Tiles per row of an anyres forward (LLaVA-NeXT, LLaVA-OneVision): each row's image tokens matched in order to
     the images' token counts, ``image(size, tiled)`` giving an image's (tokens, tiles) from its ``image_sizes`` row
-    (``tiled[i]``: image i has its tiles; default all), once per distinct size in the call."""
+    (``tiled[i]``: image i has its tiles; default all), once per distinct size in the call. ``image_counts``: each
+    row's images from the host (a placeholder is one image, its tiles its views), taken without reading the ids
+    where pixel values are given and the counts add up to the images."""
     pixels = _forward_input(model, args, kwargs, "pixel_values")
     encoded = (_forward_input(model, args, kwargs, "mm_encoder_outputs") or {}).get("image")
     sizes = _forward_input(model, args, kwargs, "image_sizes")
     if (pixels is None and encoded is None) or sizes is None:
         return None
-    import torch
-
+    given = None if image_counts is None or pixels is None else _given_rows(model, args, kwargs, image_counts)
+    if given is not None and sum(given) == len(sizes):
+        counted = _anyres_images(sizes, image, tiled)
+        ends = list(itertools.accumulate(given))
+        return [sum(n for _, n in counted[end - k:end]) for k, end in zip(given, ends)]
     tokens = _token_rows(model, args, kwargs, model.config.image_token_id)
     if tokens is None:
         return None
+    counted = _anyres_images(sizes, image, tiled)
+    per_row = _rows_of_images(tokens, [n for n, _ in counted])
+    if encoded is not None or any(part for _, part in per_row):
+        images = [len(whole) + part if part else len(whole) for whole, part in per_row]
+        return CountsOnly(images, _ENCODED) if encoded is not None else images
+    return [sum(counted[i][1] for i in whole) for whole, _ in per_row]
+
+
+def _anyres_images(sizes: Any, image: Callable[[Any, bool], tuple[int, int]],
+                   tiled: list[bool] | None) -> list[tuple[int, int]]:
+    """Each image's (tokens, tiles) of an anyres forward, by ``image(size, tiled)`` once per distinct size."""
+    import torch
+
     seen: dict[tuple, tuple[int, int]] = {}
     counted = []
     # (tensor rows, as the model reads them: its unpadding's arithmetic; one read of the device)
@@ -278,11 +302,7 @@ def _anyres_row_tiles(model: Any, args: tuple, kwargs: dict, image: Callable[[An
         if key not in seen:
             seen[key] = image(size, key[-1])
         counted.append(seen[key])
-    per_row = _rows_of_images(tokens, [n for n, _ in counted])
-    if encoded is not None or any(part for _, part in per_row):
-        images = [len(whole) + part if part else len(whole) for whole, part in per_row]
-        return CountsOnly(images, _ENCODED) if encoded is not None else images
-    return [sum(counted[i][1] for i in whole) for whole, _ in per_row]
+    return counted
 
 
 def view_tokens(model: Any, strategy: str | None) -> int:

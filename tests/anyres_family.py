@@ -48,6 +48,25 @@ class AnyresFamilyTests:
         route could not run at all)."""
         assert_mixed_route_per_task(self.adapted(tiny), self.batch(tiny, counts), [0, 1, 0])
 
+    def test_host_image_counts_route_the_tiles_as_the_ids_without_reading_them(self, tiny, monkeypatch):
+        """Each row's images from the host (host_image_counts: lm_loss(image_counts=), the loader's lm_image_counts)
+        route [2, 0, 1] pictures' tiles as counting the ids does, without reading them; counts that do not add up
+        to the images are left for the ids' count."""
+        from mtl_lora_vl import family_images
+        from mtl_lora_vl.adapters.row_images import host_image_counts
+
+        m, x = self.adapted(tiny), self.batch(tiny, [2, 0, 1])
+        read, reads = family_images._token_counts, []
+        with torch.no_grad(), mlv.route(m, [0, 1, 0]):
+            want = m(**x).logits
+            monkeypatch.setattr(family_images, "_token_counts", lambda *a: reads.append(a) or read(*a))
+            with host_image_counts(m, [2, 0, 1]):
+                torch.testing.assert_close(m(**x).logits, want)
+            assert not reads
+            with host_image_counts(m, [1, 0, 1]):
+                torch.testing.assert_close(m(**x).logits, want)
+            assert len(reads) == 1
+
     def test_the_projector_routes_tiles_too(self, tiny):
         m = self.adapted(tiny, targets={"image": [r"multi_modal_projector\.linear_(1|2)$"], "text": [r"(q|v)_proj$"]})
         assert_mixed_route_per_task(m, self.batch(tiny, [1, 2, 0]), [1, 0, 1])
