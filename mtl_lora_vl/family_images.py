@@ -52,16 +52,24 @@ def pixtral_image_rows(args: tuple, kwargs: dict, module: Any) -> list[int]:
                                                                for s in sizes)]
 
 
-def pixtral_row_images(model: Any, args: tuple, kwargs: dict) -> list[float] | None:
+def pixtral_row_images(model: Any, args: tuple, kwargs: dict, image_counts: list[int] | None = None
+                       ) -> list[float] | None:
     """Images per row of a Mistral 3 forward: each row's image tokens matched in order to the images' token counts
     ((h / d)·(w / d) for ``d`` = patch x spatial merge, from ``image_sizes``: Pixtral reads each image at its own
     size), also for images encoded before the call (a :class:`CountsOnly`: one per row of sizes that differ was read
-    as [1.33, 0.67] and refused); without ``image_sizes`` (every image fills its canvas) as :func:`image_token_rows`."""
+    as [1.33, 0.67] and refused); without ``image_sizes`` (every image fills its canvas) as :func:`image_token_rows`.
+    ``image_counts``: each row's images from the host, taken without reading the ids where pixel values are given
+    and they add up to the images (their batch's shape), as :func:`image_token_rows` takes them."""
     sizes = _forward_input(model, args, kwargs, "image_sizes")
-    encoded = _forward_input(model, args, kwargs, "pixel_values") is None
+    pixels = _forward_input(model, args, kwargs, "pixel_values")
+    encoded = pixels is None
     features = (_forward_input(model, args, kwargs, "mm_encoder_outputs") or {}).get("image")
     if sizes is None or encoded and features is None:
-        return image_token_rows(model, args, kwargs)
+        return image_token_rows(model, args, kwargs, image_counts)
+    if image_counts is not None and pixels.dim() == 4 and len(sizes) == pixels.shape[0]:
+        given = _given_rows(model, args, kwargs, image_counts)   # (a placeholder is one image: no crops)
+        if sum(given) == pixels.shape[0]:
+            return given
     tokens = _token_rows(model, args, kwargs, model.config.image_token_id)
     if tokens is None:
         return None

@@ -75,6 +75,32 @@ def test_a_row_of_two_images_takes_its_task():
     assert_mixed_route_per_task(_adapted(), x, [1, 0])
 
 
+def test_host_image_counts_route_as_the_ids_without_reading_them(monkeypatch):
+    """Each row's images from the host (host_image_counts: lm_loss(image_counts=), the loader's lm_image_counts):
+    rows of two images of their own sizes and one route as counting the ids does, without reading them; counts
+    that do not add up to the images are left for the ids' count."""
+    from mistral3_tiny import image_ids
+    from vl_tiny import left_padded
+
+    from mtl_lora_vl import family_images
+    from mtl_lora_vl.adapters.row_images import host_image_counts
+
+    m = _adapted()
+    ids, mask = left_padded([[1, *image_ids(32, 32), *image_ids(16, 32), 20, 21], [1, *image_ids(32, 32), 22, 23, 24]])
+    x = dict(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(3, 3, 32, 32),
+             image_sizes=torch.tensor([(32, 32), (16, 32), (32, 32)]))
+    read, reads = family_images._token_counts, []
+    with torch.no_grad(), mlv.route(m, [1, 0]):
+        want = m(**x).logits
+        monkeypatch.setattr(family_images, "_token_counts", lambda *a: reads.append(a) or read(*a))
+        with host_image_counts(m, [2, 1]):
+            torch.testing.assert_close(m(**x).logits, want)
+        assert not reads
+        with host_image_counts(m, [1, 1]):
+            torch.testing.assert_close(m(**x).logits, want)
+        assert len(reads) == 1
+
+
 def test_images_encoded_before_the_call_one_per_row_of_their_own_sizes_run_under_a_mixed_route():
     """mm_encoder_outputs of a 32 x 32 and a 16 x 32 image, one per row: the count ignored image_sizes (as every
     image filled its canvas), read [1.33, 0.67] images and refused; counted by size they run, as their pixels do,
