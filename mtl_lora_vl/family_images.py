@@ -13,7 +13,6 @@ import inspect
 import itertools
 import math
 import re
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -367,7 +366,7 @@ def llava_onevision_image(model: Any, size: Any, tiled: bool = True) -> tuple[in
     # (the config fields it reads in the key: a model whose config is edited counts afresh)
     key = (*size.tolist(), bool(tiled), repr(cfg.image_grid_pinpoints), cfg.vision_config.image_size,
            cfg.vision_config.patch_size, cfg.vision_aspect_ratio, cfg.vision_feature_select_strategy)
-    known = _ONEVISION_IMAGES.setdefault(model, {})
+    known = model.__dict__.setdefault("_mtl_lora_onevision_images", {})   # (the model's own: no state of ours)
     if key not in known:   # (the meta interpolation of a large tile grid: 5 ms of CPU, on every mixed forward)
         views = image_size_to_num_patches(size.tolist(), cfg.image_grid_pinpoints, cfg.vision_config.image_size)
         views = int(views) if tiled else 1
@@ -377,9 +376,6 @@ def llava_onevision_image(model: Any, size: Any, tiled: bool = True) -> tuple[in
         known[key] = int(packed[0].shape[0]), views
     return known[key]
 
-
-#: each model's LLaVA-OneVision images counted so far (:func:`llava_onevision_image`), by size and config
-_ONEVISION_IMAGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _images_given(model: Any, args: tuple, kwargs: dict, rows_of_features: bool = False) -> int | None:

@@ -14,8 +14,10 @@ images), and several images per row whose features were made before the call (``
 under whatever route the caller had) or counted together with videos (a model that encodes its images and its
 videos in tower calls of their own, Qwen2-VL and LLaVA-OneVision, counts each kind apart: a
 :class:`~mtl_lora_vl.family_images.PerCall`, whose calls take their own counts in turn, in each module of the image
-path). The count reads the rows' ids on the host: one read of B numbers per forward under a mixed route with images
-(a training step; a generation's prefill), where the models' own image-token checks read the device already.
+path). The count takes each row's images from the host where the caller gives them (:func:`host_image_counts`: the
+trainer's ``lm_image_counts``, ``lm_loss(image_counts=)``, ``generate``'s prompts) and they add up to the images
+given; else it reads the rows' ids: one read of B numbers per forward under a mixed route with images (LLaVA-NeXT /
+OneVision read the images' sizes too), where the models' own image-token checks read the device already.
 """
 
 from __future__ import annotations
