@@ -119,4 +119,3 @@ def note_compiled_tasks(router: Router, present: tuple[int, ...], mode: tuple[bo
                   f"Raise it before the first compiled call, to the sets your batches hold plus 2 (at most 2**{n} - "
                   f"1 = {2 ** n - 1} for {n} tasks; {n} with one task per batch), times the modes: "
                   f"torch._dynamo.config.{name} = {max(2 * limit, modes * (min(n, 2 ** n - 1) + 2))}")
-
