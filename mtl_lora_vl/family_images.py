@@ -377,7 +377,6 @@ def llava_onevision_image(model: Any, size: Any, tiled: bool = True) -> tuple[in
     return known[key]
 
 
-
 def _images_given(model: Any, args: tuple, kwargs: dict, rows_of_features: bool = False) -> int | None:
     """How many images a forward gets: as pixel values, or already encoded (``mm_encoder_outputs["image"]``, one
     feature tensor per image: what ``generate`` passes the prefill, or a caller who encoded them under a route;
