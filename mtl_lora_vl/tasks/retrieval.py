@@ -198,7 +198,7 @@ class RetrievalKind(TaskKind):
         ks = options.get("ks")
         if not isinstance(ks, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in ks):
             return cls.metric_names
-        ks = list(dict.fromkeys(ks))   # a k given twice counts once
+        ks = _distinct(ks)
         return ("mean_recall", *(f"i2t_r{k}" for k in ks), *(f"t2i_r{k}" for k in ks))
 
     @classmethod
@@ -250,7 +250,7 @@ class RetrievalKind(TaskKind):
                              "captions); evaluate on a split with captions")
         own = Counter(text_to_image)
         others = len(texts) - min(own.values())   # the most captions of other images an image ranks its own among
-        ks = tuple(dict.fromkeys(self.spec.options["ks"]))
+        ks = _distinct(self.spec.options["ks"])
         # an image's own caption is always among its top k when k > the other captions, and a caption's image
         # among the top k when k >= the images there are to rank
         trivial = [f"i2t_r{k}" for k in ks if k > others] + [f"t2i_r{k}" for k in ks if k >= len(images)]
@@ -271,7 +271,7 @@ class RetrievalKind(TaskKind):
         txt = map_shards(lambda part: encode_texts(backbone, part, device=device, dtype=dtype,
                                                    batch_size=batch_size), texts)
         sim = F.normalize(img.float(), dim=-1) @ txt.t()
-        ks = tuple(dict.fromkeys(self.spec.options["ks"]))
+        ks = _distinct(self.spec.options["ks"])
         out = retrieval_recall(sim.cpu(), torch.tensor(text_to_image), ks=ks)
         out["n_images"] = float(len(images))
         out["n_texts"] = float(len(texts))
@@ -298,3 +298,8 @@ def _record(records: list[Row], images: list[Example], texts: list[str], text_to
         if mine:
             records.append((ex, {"reference": {"captions": mine, "texts": [texts[j] for j in mine]}},
                             {"top5": top[i], "hit": ranks[i] < 5, "rank": ranks[i]}))
+
+
+def _distinct(ks: list[int]) -> tuple[int, ...]:
+    """``options.ks`` in order, a k given twice counted once (its metrics named once)."""
+    return tuple(dict.fromkeys(ks))
