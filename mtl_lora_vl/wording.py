@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["agree", "few", "tasks_named"]
+__all__ = ["agree", "comma_hint", "few", "tasks_named"]
 
 #: the verbs whose third person singular is not made by the rules in :func:`agree`: irregular ones and modals
 _SINGULAR = {"have": "has", "are": "is", "were": "was", "be": "is", "cannot": "cannot", "can": "can", "could": "could",
