@@ -190,3 +190,29 @@ def test_a_special_token_in_a_later_text_of_a_row_is_named_and_one_across_two_te
         build_kind(spec, bad, llava)
     halves = Split([dataclasses.replace(first, text="is it <ima", answers=("ge>",)), *train.examples[1:]])
     build_kind(spec, halves, llava)
+
+
+def test_a_normalized_special_token_after_another_text_of_the_row_is_found(llava):
+    """A tokenizer whose normaliser prepends '▁' (Llama's legacy one, here with a lowercaser) reads a normalized
+    special token '<mark>' written '<MARK>' at a text's start as '▁<mark>': the row searched joined put it after a
+    newline, where its normalized form is not, so an answer '<MARK>' (read by the tokenizer as the token) was taken
+    (review 424). Each text is normalized alone."""
+    import copy
+
+    from tokenizers import normalizers
+
+    from mtl_lora_vl.data.records import Split
+
+    bb = copy.copy(llava)
+    bb.hf_processor = copy.deepcopy(llava.hf_processor)   # the module's backbone keeps its tokenizer
+    tok = bb.hf_processor.tokenizer
+    tok.backend_tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁"),
+                                                             normalizers.Lowercase()])
+    tok.add_special_tokens({"additional_special_tokens": [AddedToken("<mark>", normalized=True, special=True)]})
+    assert tok.tokenize("<MARK>") == ["▁<mark>"]
+    spec = load_spec("vqa")
+    train = _train(spec)
+    first = train.examples[0]
+    bad = Split([dataclasses.replace(first, answers=("<MARK>",)), *train.examples[1:]])
+    with pytest.raises(ValueError, match=r"has in its answers the text '<MARK>', which holds '<mark>'"):
+        build_kind(spec, bad, bb)

@@ -237,8 +237,10 @@ class TaskKind(ABC):
                     raise TypeError(f"task {self.name!r}: {what} example {ex.image_id!r} has {field}="
                                     f"{getattr(ex, field)!r}; {field} is text: " + ("a string or None" if field ==
                                     "text" else f"a tuple of strings, () for none ({field}=('2', '2', '3'))"))
-            joined = "\n".join(t for t in (ex.text, *ex.captions, *ex.answers) if t)   # one search for the usual row
-            if lone_surrogate(joined) is None and self.special_in(joined) is None:
+            row = [t for t in (ex.text, *ex.captions, *ex.answers) if t]
+            joined = "\n".join(row)   # one literal search for the usual row; a normaliser reads each text alone
+            if (lone_surrogate(joined) is None and not (self.special_texts and re.search(self._special_pattern, joined))
+                    and not any(map(self._normalized_special, row))):   # (Prepend: not after the joins' newlines)
                 continue
             for field, texts in (("text", (ex.text,)), ("captions", ex.captions), ("answers", ex.answers)):
                 for text in texts:
