@@ -48,3 +48,14 @@ def test_an_in_memory_pil_image_is_read_whatever_pillow_keeps_on_it():
     for img in (Image.fromarray(arr), Image.new("RGB", (16, 16), (10, 200, 30))):
         assert to_uint8_tensor(img, 16).permute(1, 2, 0).numpy().tolist() == np.asarray(img).tolist()
         assert load_image(img).tobytes() == img.tobytes()
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([0.0, 0.5, 1.0], [0, 127, 255]),               # levels 0-1 (a float array from a model or a library)
+    ([0.0, 50.0, 100.0], [0, 50, 100]),             # levels 0-255, as convert("F") of an 8-bit image: not brightened
+    ([0.0, 32767.5, 65535.0], [0, 127, 255]),       # levels 0-65535, as convert("F") of a 16-bit image
+    ([0.0, 1e6, 2e6], [0, 127, 255]),               # beyond 16 bits: nothing to go by but its brightest pixel
+])
+def test_a_float_image_is_read_by_the_levels_its_values_fall_in(values, expected):
+    img = Image.fromarray(np.array([values], dtype=np.float32), mode="F")
+    assert [load_image(img).getpixel((i, 0))[0] for i in range(3)] == expected

@@ -249,13 +249,16 @@ def _upright(img: Image.Image) -> Image.Image:
 
 
 def _to_8bit_gray(img: Image.Image, clear: int | None = None) -> Image.Image:
-    """Integer/float single-channel modes (16-bit PNGs, 32-bit TIFFs) scaled to 8 bits, not clipped; pixels of
-    the level ``clear`` (a 16-bit PNG's tRNS) white, as transparency is composited elsewhere."""
+    """Integer/float single-channel modes (16-bit PNGs, 32-bit TIFFs) scaled to 8 bits by the levels their values fall
+    in, not clipped; pixels of the level ``clear`` (a 16-bit PNG's tRNS) white, as transparency is composited
+    elsewhere."""
     raw = arr = np.asarray(img)
     if arr.dtype.kind == "f":
         arr = np.nan_to_num(arr.astype(np.float64))
         hi = float(arr.max()) if arr.size else 0.0
-        arr = arr * 255.0 if hi <= 1.0 else arr * (255.0 / hi)
+        # the smallest of the levels 0-1, 0-255 (Pillow's own for "F": convert("F") of an 8-bit image) and 0-65535 (of
+        # a 16-bit one) that holds the brightest pixel, so a dark image stays dark; beyond them, that pixel
+        arr = arr * (255.0 / next((top for top in (1.0, 255.0, 65535.0) if hi <= top), hi))
     else:
         arr = arr.astype(np.int64)
         hi = int(arr.max()) if arr.size else 0
