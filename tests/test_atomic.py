@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -222,6 +223,36 @@ def test_a_signal_right_after_a_rename_leaves_one_whole_directory_and_no_leftove
             (d / "new").write_text("new")
     assert [p.name for p in tmp_path.iterdir()] == ["t"]
     assert [p.name for p in target.iterdir()] == ["new" if after == "new moved in" else "old"]
+
+
+def test_a_second_ctrl_c_during_the_put_back_leaves_the_directory_whole(tmp_path, monkeypatch):
+    """Review h429: on the two-rename path a Ctrl-C just after the old directory was moved aside started the put-back,
+    and a second Ctrl-C as it began (before its rename) cut it: the target was gone and the old directory sat in
+    ``.t.XXXXXXXX.old/dir``. Now both signals wait until the renames are done, then the first is delivered."""
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "old").write_text("old")
+    real = os.replace
+
+    def with_signals(src, dst):
+        if Path(src).name == "dir":   # the put-back moving the old one back: a second Ctrl-C first
+            signal.raise_signal(signal.SIGINT)
+        real(src, dst)
+        if Path(src) == target:   # the old one moved aside: the first Ctrl-C
+            signal.raise_signal(signal.SIGINT)
+
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        monkeypatch.setattr(atomic_mod.os, "replace", with_signals)
+        monkeypatch.setattr(atomic_mod, "_exchange", lambda a, b: False)  # the two-rename path (no atomic swap)
+        with pytest.raises(KeyboardInterrupt):
+            with atomic_dir(target, overwrite=True) as d:
+                (d / "new").write_text("new")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert [p.name for p in tmp_path.iterdir()] == ["t"]
+    assert [p.name for p in target.iterdir()] == ["new"]
 
 
 _KILLED_WRITER = """\

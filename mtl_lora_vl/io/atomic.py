@@ -22,8 +22,10 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -358,28 +360,53 @@ def _replace_dir(tmp: Path, path: Path) -> None:
     """Move the finished ``tmp`` to ``path``; an old ``path`` is removed only once the new one is there.
 
     Where the system can swap two directories atomically the old one is exchanged with ``tmp`` and then
-    deleted, so there is no moment without ``path``; elsewhere it is moved aside first, and a crash between
-    the two renames leaves it in a hidden ``.<name>.*.old`` folder beside the target. Once the new one is in
-    place the write is done: an exception after that (a Ctrl-C or SIGTERM) deletes the old one and propagates."""
+    deleted, so there is no moment without ``path``; elsewhere it is moved aside first, and a crash (SIGKILL)
+    between the two renames leaves it in a hidden ``.<name>.*.old`` folder beside the target. A Ctrl-C or SIGTERM
+    there waits until both renames are done (or, where the second fails, undone); once the new one is in place the
+    write is done: an exception after that deletes the old one and propagates."""
     if path.is_dir() and not path.is_symlink() and any(path.iterdir()) and _exchange(tmp, path):
         shutil.rmtree(tmp, ignore_errors=True)   # now the old directory
         return
     old = None
-    if path.is_dir():
-        if any(path.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-        else:
-            path.rmdir()
     try:
-        if old is not None:
-            os.replace(path, old / "dir")
-        os.replace(tmp, path)
-    except BaseException:
-        if old is not None:
-            _put_back(old, tmp, path)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        with _signals_held():   # (a second Ctrl-C in the put-back below left the old one in .<name>.*.old)
+            if path.is_dir():
+                if any(path.iterdir()):
+                    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+                else:
+                    path.rmdir()
+            try:
+                if old is not None:
+                    os.replace(path, old / "dir")
+                os.replace(tmp, path)
+            except BaseException:
+                if old is not None:
+                    _put_back(old, tmp, path)
+                raise
+    finally:   # (also when a signal held above is delivered: the new one is in place)
+        if old is not None and not os.path.lexists(tmp):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """While open (main thread), SIGINT and SIGTERM wait: each is delivered to its own handler as the block ends
+    (what that handler raises comes from there), so the block's renames are never cut between two of them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    # (getsignal's None: a handler not set from Python, which could not be put back: left as it is)
+    old = {s: h for s in (signal.SIGINT, signal.SIGTERM) if (h := signal.getsignal(s)) is not None}
+    for s in old:
+        signal.signal(s, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        for signum in got:
+            signal.raise_signal(signum)
 
 
 def _put_back(old: Path, tmp: Path, path: Path) -> None:
