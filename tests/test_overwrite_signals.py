@@ -117,7 +117,7 @@ def test_sigterm_while_the_replaced_run_is_deleted_keeps_the_new_run(tmp_path):
 
 def test_only_the_runs_own_leftovers_are_removed(tmp_path):
     """.run.replaced (an unfinished --overwrite's, to put back) and other runs' leftovers stay; so does a file."""
-    from mtl_lora_vl.rundir import remove_overwrite_leftovers
+    from mtl_lora_vl.run_overwrite import remove_overwrite_leftovers
 
     names = [".run.replaced.ab_9cdef.old", ".run.replaced", ".run.replaced.abcdefgh.old.x",
              ".run2.replaced.abcdefgh.old", ".run.replaced.x.replaced.abcdefgh.old",
@@ -134,7 +134,7 @@ def test_a_run_whose_name_is_long_finishes_its_overwrite_and_its_leftovers_are_f
     """A run name of 233 to 245 bytes (its .RUN.replaced fits in 255) made finish_overwrite's mkdtemp fail with
     'File name too long' at the first checkpoint: the new run stopped, and undo_overwrite deleted its checkpoint.
     From 246 bytes .RUN.replaced itself did not fit: every --overwrite of such a run was refused at its start."""
-    from mtl_lora_vl import rundir
+    from mtl_lora_vl import run_overwrite, rundir
 
     run = tmp_path / ("r" * (length - 5) + "é-ü")   # (multi-byte characters where a cut may fall)
     assert len(run.name.encode()) == length
@@ -144,21 +144,21 @@ def test_a_run_whose_name_is_long_finishes_its_overwrite_and_its_leftovers_are_f
     for folder in (rundir.replaced_dir(run), tmp_path / "other"):
         (folder / "sub").mkdir(parents=True)
         (folder / "sub" / "old.txt").write_text("old run\n")
-    rundir.finish_overwrite(run)
+    run_overwrite.finish_overwrite(run)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([run.name, "other"])
     (rundir.replaced_dir(run) / "sub").mkdir(parents=True)
 
     def cut_short(path, ignore_errors=False):   # a Ctrl-C as the delete starts: the renamed run stays
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rundir.shutil, "rmtree", cut_short)
+    monkeypatch.setattr(run_overwrite.shutil, "rmtree", cut_short)
     with pytest.raises(KeyboardInterrupt):
-        rundir.finish_overwrite(run)
+        run_overwrite.finish_overwrite(run)
     monkeypatch.undo()
     left = [p for p in tmp_path.iterdir() if p.name not in (run.name, "other")]
     assert len(left) == 1 and all(len(p.name.encode()) <= 255 for p in left)
-    assert rundir.remove_overwrite_leftovers(run) == left and not left[0].exists()
-    assert rundir.remove_overwrite_leftovers(tmp_path / "other") == []
+    assert run_overwrite.remove_overwrite_leftovers(run) == left and not left[0].exists()
+    assert run_overwrite.remove_overwrite_leftovers(tmp_path / "other") == []
 
 
 @pytest.mark.parametrize("where", ["claim", "lock"])

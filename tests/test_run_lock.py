@@ -14,6 +14,7 @@ import pytest
 import rng_kind
 
 import mtl_lora_vl.io.locks as locks
+import mtl_lora_vl.run_overwrite as run_overwrite
 import mtl_lora_vl.rundir as rundir
 import mtl_lora_vl.training.checkpoint as checkpoint
 import mtl_lora_vl.training.train as train_module
@@ -124,7 +125,7 @@ def test_an_overwrite_that_fails_at_its_first_step_lets_go_of_its_lock_before_pu
         next(batches)   # the loader's workers start
         raise RuntimeError("out of memory (test)")
 
-    monkeypatch.setattr(rundir.shutil, "rmtree", probing_rmtree)
+    monkeypatch.setattr(run_overwrite.shutil, "rmtree", probing_rmtree)
     monkeypatch.setattr(train_module, "forward_backward", first_step_fails)
     args = [*("2" if a == "0" else a for a in _args(tmp_path, run)), "--overwrite"]   # --workers 2: forked workers
     assert train_main(args) != 0

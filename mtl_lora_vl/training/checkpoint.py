@@ -61,7 +61,8 @@ from ..io.layout import ADAPTER_CONFIG, CHECKPOINT_NAME, RUN_ADAPTER_DIR, RUN_OU
 from ..log import warn_user
 from ..multitask import MultiTaskModel, Setup
 from ..options import TrainOptions
-from ..rundir import recorded_options, replaced_dir
+from ..run_overwrite import replaced_dir
+from ..rundir import recorded_options
 from ..tasks.spec import TaskSpec, spec_digests
 from ..wording import agree, tasks_named
 from .optim import Optimization

@@ -41,20 +41,18 @@ from ..log import main_rank_logging
 from ..multitask import Setup, build_setup, extend_setup, extended_options
 from ..options import TrainOptions
 from ..precision import base_weights_dtype, check_base_precision, resolve_precision
+from ..run_overwrite import finish_overwrite, remove_overwrite_leftovers, undo_overwrite
 from ..rundir import (
     RunDirError,
     check_options_unchanged,
     choose_run_dir,
     claim_run_dir,
-    finish_overwrite,
     hold_run_dir,
     moved_folders,
     record_moved_folders,
     record_resolved,
     recorded_options,
-    remove_overwrite_leftovers,
     resumed_options,
-    undo_overwrite,
     write_config,
 )
 from ..tasks import SpecError, resolve_tasks
