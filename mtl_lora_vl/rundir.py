@@ -254,9 +254,15 @@ def _claim(run: Path, opts: TrainOptions, aside: list[bool]) -> Path:
         _refuse_training(run, "--overwrite: --out")   # (started since choose_run_dir)
         aside[0] = True
         os.replace(run, replaced_dir(run))   # kept until the new run's first checkpoint: an error before puts it back
-    try:
-        run.mkdir(parents=True, exist_ok=run.is_dir() and not any(run.iterdir()))
+    try:   # (once the old run is aside, a folder there, even empty, is another run's)
+        run.mkdir(parents=True, exist_ok=not aside[0] and run.is_dir() and not any(run.iterdir()))
     except FileExistsError:
+        if aside[0]:   # (a second --overwrite, or a new run that found --out gone): not ours to put the old one over
+            raise RunDirError(
+                f"--out {run}: another run started in it while this --overwrite was starting, after the run it "
+                f"replaces had been moved to {replaced_dir(run)}, where it is kept (an --overwrite run in {run} "
+                "deletes it at its first checkpoint): to keep it, move it to a folder of its own now, else delete "
+                "it; then choose another --out") from None
         raise RunDirError(f"--out {run}: another run created or wrote to it while this one was starting; "
                           "choose another --out") from None
     return run
