@@ -141,7 +141,7 @@ def test_refusals_name_the_fix(tmp_path, capsys):
     assert eval_main(["--tasks", "vqa"]) == 2
     assert "--out is required without --adapter" in capsys.readouterr().err
     assert eval_main(["--tasks", "vqa", "--out", ""]) == 2   # (not the current directory)
-    assert "--out is required without --adapter" in capsys.readouterr().err
+    assert "--out '': an empty value" in capsys.readouterr().err
     # --adapter "" (an unset shell variable) with --tasks: no adapter, not '.: no mtl_lora_config.json' (helper 169)
     assert eval_main(["--adapter", "", "--tasks", "vqa"]) == 2
     assert "--out is required without --adapter" in capsys.readouterr().err

@@ -76,9 +76,23 @@ def _field_type(f: Field, hints: dict[str, Any]) -> Any:
 # --------------------------------------------------------------------------------------------- parser
 
 
+class _Parser(ArgumentParser):
+    """jsonargparse's parser, never reading options from environment variables: ``JSONARGPARSE_DEFAULT_ENV=true``
+    in the environment overrides its ``default_env=False`` (options were read from variables such as
+    ``MTL-LORA-VL TRAIN_STEPS``, and ``--help`` listed them)."""
+
+    @property
+    def default_env(self) -> bool:
+        return False
+
+    @default_env.setter
+    def default_env(self, value: bool) -> None:   # noqa: ARG002 - always off
+        self._default_env = False
+
+
 def build_parser(cls: type, prog: str, description: str) -> ArgumentParser:
     """The parser of an options dataclass, plus ``-v`` / ``-q`` / ``--log-level``."""
-    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False, allow_abbrev=False)
+    parser = _Parser(prog=prog, description=description, exit_on_error=False, allow_abbrev=False)
     hints = field_types(cls)
     for f in fields(cls):
         tp = _field_type(f, hints)
@@ -303,7 +317,8 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
     for f in fields(cls):
         value = values[f.name]
         if f.name in _NOT_EMPTY and isinstance(value, str) and not value.strip():
-            _fail(parser, f"{flag(f.name)} {value!r}: an empty value (an unset shell variable?); {_NOT_EMPTY[f.name]}")
+            fix = "give the path to write to" if f.metadata.get("required") else _NOT_EMPTY[f.name]
+            _fail(parser, f"{flag(f.name)} {value!r}: an empty value (an unset shell variable?); {fix}")
         if out_of_range(f.metadata, value):
             _fail(parser, f"{flag(f.name)}: must be {range_text(f.metadata, value)}, got {value}")
         unless = f.metadata.get("unless")
@@ -318,10 +333,11 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
 _LIST_OPTIONS = frozenset({"tasks", "task"})
 
 #: Options whose empty value (``--resume "$RUN"`` with RUN unset) would silently mean another kind of run: a new run
-#: instead of the resumed one, a new adapter instead of the extended one, no options file.
+#: instead of the resumed one, a new adapter instead of the extended one, no options file, the default output folder.
 _NOT_EMPTY = {"resume": "give the directory of the run to continue, or leave --resume out to start a new run",
               "extend": "give the run (or adapter) directory whose adapter takes the new tasks, or leave --extend out",
-              "config": "give a JSON or TOML file of options, or leave --config out"}
+              "config": "give a JSON or TOML file of options, or leave --config out",
+              "out": "give the folder to write to, or leave --out out for its default (see --help)"}
 
 #: Options that name files or folders; the shell leaves ``~`` alone in ``--out=~/x``, in quotes and in config files.
 _PATH_OPTIONS = frozenset({"out", "resume", "extend", "data_root", "pretrained", "adapter", "config"})
