@@ -2,9 +2,11 @@
 to pass --overwrite, which deleted the first one's evaluation (review 207)."""
 import json
 
+from test_eval_zero_shot import _small_spec  # (the same small built-in specs)
+
 import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import load_backbone
-from mtl_lora_vl.cli import eval_main
+from mtl_lora_vl.cli import eval_main, train_main
 
 
 def test_the_default_out_of_another_adapter_is_refused_even_with_overwrite(tmp_path, capsys):
@@ -37,3 +39,20 @@ def test_the_default_out_of_a_moved_or_copied_adapter_is_its_own(tmp_path, capsy
     assert eval_main(["--adapter", str(adapter), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "holds an earlier output of eval; pass --overwrite" in err and "another adapter" not in err, err
+
+
+def test_an_out_inside_the_adapter_directory_is_refused(tmp_path, capsys):
+    """Review h429: eval --out ADAPTER/eval wrote eval.json, report.md and plots/ into the adapter's folder, which the
+    adapter saved again (save_adapter(overwrite=True), a --keep-best run's next best) replaces whole, deleting the
+    results unsaid (export refused the same --out since review 207). Now eval refuses it too, before scoring."""
+    run = tmp_path / "run"
+    assert train_main(["--tasks", _small_spec(tmp_path, "vqa", 16, 8), "--steps", "1", "--batch-size", "8",
+                       "--workers", "0", "--no-eval-val", "--skip-zero-shot", "--out", str(run), "-q"]) == 0
+    adapter = run / "adapter"
+    before = sorted(p.relative_to(adapter) for p in adapter.rglob("*"))
+    for extra in ([], ["--overwrite"]):
+        assert eval_main(["--adapter", str(adapter), "--device", "cpu", "--out",
+                          str(adapter / "eval"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"lies inside the adapter directory {adapter.absolute()}, which eval does not write into" in err, err
+    assert sorted(p.relative_to(adapter) for p in adapter.rglob("*")) == before

@@ -44,7 +44,6 @@ from ..io.layout import (
     check_output,
     check_outputs_folder,
     few,
-    is_adapter_dir,
     is_merged_export,
 )
 from ..log import progress, say
@@ -180,10 +179,6 @@ def export(opts: ExportOptions) -> list[Path]:
                                   f"metadata has no {MERGED_TASK_KEY}), so --overwrite does not replace it; choose "
                                   "another --out")
         check_target(target, directory=not file, overwrite=opts.overwrite, what=f"--out {out}")
-    adapter_dir = next((p for p in out.absolute().parents if is_adapter_dir(p)), None)
-    if adapter_dir is not None:   # (several tasks: check_outputs_folder said so) its own --overwrite would delete it
-        raise FileExistsError(f"--out {out}: lies inside the adapter directory {adapter_dir}, which export does not "
-                              "write into; choose another --out (beside the adapter, e.g. in its run directory)")
     # the base it names, to read its dtype (load_pretrained below checks the files' sha256 once)
     spec = opts.backbone or base.get("backbone") or ""
     dtype = _source_dtype(_source_dir(spec)) if opts.base_dtype == "source" else opts.base_dtype

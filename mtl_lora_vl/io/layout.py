@@ -287,9 +287,9 @@ def check_output(out: str | Path, *, marker: str, command: str, overwrite: bool,
     """Refuse an output path that writing ``command``'s results would replace but must not.
 
     ``keep`` names (what, path) pairs the output may neither hold nor be a file inside: the adapter being
-    read, the data, the base model's files. A non-empty folder is replaced only when it holds ``marker``
-    (an earlier output of ``command``; an adapter or a training run directory never is), and then only with
-    ``overwrite``. An existing file is left to the caller, which knows its format. Raises
+    read, the data, the base model's files; nor may it lie inside an adapter directory. A non-empty folder is
+    replaced only when it holds ``marker`` (an earlier output of ``command``; an adapter or a training run directory
+    never is), and then only with ``overwrite``. An existing file is left to the caller, which knows its format. Raises
     ``FileExistsError`` naming the path and the fix.
     """
     out = Path(out)
@@ -302,6 +302,11 @@ def check_output(out: str | Path, *, marker: str, command: str, overwrite: bool,
         if out.is_file() and holds(path, out):
             raise FileExistsError(f"--out {out}: is a file of {name} {path}, which writing the results would "
                                   "replace; choose another --out")
+    adapter = next((p for p in out.absolute().parents if is_adapter_dir(p)), None)
+    if adapter is not None:   # the adapter saved again (overwrite=True) replaces its whole folder, results and all
+        raise FileExistsError(f"--out {out}: lies inside the adapter directory {adapter}, which {command} does not "
+                              "write into (saving the adapter again replaces the whole folder, and the results with "
+                              "it); choose another --out (beside the adapter, e.g. in its run directory)")
     if not out.is_dir() or not any(out.iterdir()):
         return
     kind = _kept_kind(out)
