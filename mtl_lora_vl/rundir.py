@@ -258,6 +258,7 @@ def _claim(run: Path, opts: TrainOptions, aside: list[bool]) -> Path:
         run.mkdir(parents=True, exist_ok=not aside[0] and run.is_dir() and not any(run.iterdir()))
     except FileExistsError:
         if aside[0]:   # (a second --overwrite, or a new run that found --out gone): not ours to put the old one over
+            aside[0] = False   # (a signal in claim_run_dir's broadcast put it back, deleting the other run's folder)
             raise RunDirError(
                 f"--out {run}: another run started in it while this --overwrite was starting, after the run it "
                 f"replaces had been moved to {replaced_dir(run)}, where it is kept (an --overwrite run in {run} "

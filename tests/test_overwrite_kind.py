@@ -54,3 +54,30 @@ def test_a_run_that_starts_in_out_after_the_old_run_was_set_aside_is_not_shared_
         rundir.claim_run_dir(run, TrainOptions(out=str(run), overwrite=True), DistInfo())
     assert sorted(p.name for p in tmp_path.iterdir()) == [".run.replaced", "run"]
     assert (tmp_path / ".run.replaced" / "config.json").is_file()
+
+
+def test_a_sigterm_after_that_refusal_leaves_the_other_runs_folder_alone(tmp_path, monkeypatch):
+    """Review h429: a SIGTERM (torchrun's) during claim_run_dir's broadcast of that refusal ran the put-back of the
+    old run, which deleted run/ -- the other run's folder, its config.json -- and moved .run.replaced over it."""
+    from mtl_lora_vl.training.stopping import Terminated
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config_doc(run, TrainOptions(out=str(run)))))
+    real = os.replace
+
+    def another_run_starts(src, dst):
+        real(src, dst)
+        if Path(src) == run:
+            run.mkdir()
+            (run / "config.json").write_text("{}")
+
+    def terminated(*args, **kwargs):
+        raise Terminated
+
+    monkeypatch.setattr(rundir.os, "replace", another_run_starts)
+    monkeypatch.setattr(rundir, "broadcast_from_main", terminated)
+    with pytest.raises(Terminated):
+        rundir.claim_run_dir(run, TrainOptions(out=str(run), overwrite=True), DistInfo())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.replaced", "run"]
+    assert (run / "config.json").read_text() == "{}"
