@@ -355,10 +355,16 @@ def apply_plain_lora(base_model: nn.Module, path: str | Path, check_base_weights
                                    f"lora_B {tuple(B.shape)} @ lora_A {tuple(A.shape)} does not give it")
         updates.append((w, B, A))
     with torch.no_grad():
-        new = [(w.float() + B.to(w.device).float() @ A.to(w.device).float()).to(w.dtype) for w, B, A in updates]
+        new = [_folded(w, B, A) for w, B, A in updates]
         for (w, _, _), value in zip(updates, new):
             w.copy_(value)
     return base_model
+
+
+def _folded(w: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """``w + B @ A`` in ``w``'s dtype, summed in the wider of fp32 and ``w``'s dtype (as merge sums it)."""
+    acc = torch.promote_types(w.dtype, torch.float32)
+    return (w.to(acc) + B.to(w.device, acc) @ A.to(w.device, acc)).to(w.dtype)
 
 
 # ---------------------------------------------------------------------------------------------- merged
