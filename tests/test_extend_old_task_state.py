@@ -15,6 +15,7 @@ from PIL import Image
 import mtl_lora_vl as mlv
 from mtl_lora_vl.adapters.attach import attach
 from mtl_lora_vl.backbones import builtin_dir, load_backbone
+from mtl_lora_vl.cli import train_main
 from mtl_lora_vl.config import MTLLoRAConfig
 from mtl_lora_vl.evaluation.evaluate import evaluate_adapter
 from mtl_lora_vl.multitask.setup import extend_setup
@@ -140,3 +141,32 @@ def test_resume_with_data_root_moved_into_an_old_tasks_own_folder_is_not_lost(tm
     check_inputs_unchanged(saved, {"extend_task_roots": {}}, tmp_path, str(d))   # read from --data-root d: d itself
     with pytest.raises(CheckpointError, match=r"task 'color' on the files under \[.*d'\], which are gone"):
         check_inputs_unchanged(saved, {"extend_task_roots": {}}, tmp_path, str(d2))
+
+
+def test_resume_with_data_root_moved_into_an_old_tasks_folder_that_came_back_is_refused(tmp_path, capsys):
+    """Repro: the stateless adapter's folder d gone, ``--extend --data-root d2`` rebuilt and scored 'color' on d2
+    (green/yellow); d back and the new task's file moved under it, ``--resume --data-root d`` rebuilt 'color' from d
+    (blue/red) and went on silently: the old tasks' own folder equal to --data-root was not "own", so the check
+    for a folder come back never saw it. Refused now; a run that started on d itself resumes on d."""
+    d = folder(tmp_path / "d", ("red", "blue"), ("red", "blue"))
+    d2 = folder(tmp_path / "d2", ("green", "yellow"), ("left", "right"))
+    adapter, _ = stateless_adapter(tmp_path, d)
+    (d2 / "shades.jsonl").write_text((d2 / "rows.jsonl").read_text())
+    new = spec(tmp_path, "shade", "classification", "shades.jsonl")
+    common = ["--steps", "1", "--batch-size", "4", "--device", "cpu", "--workers", "0", "--skip-zero-shot"]
+    d.rename(tmp_path / "gone")
+    assert train_main(["--extend", str(adapter), "--tasks", str(new), "--data-root", str(d2), *common,
+                       "--out", str(tmp_path / "ext")]) == 0
+    (tmp_path / "gone").rename(d)
+    (d2 / "shades.jsonl").rename(d / "shades.jsonl")
+    shutil.rmtree(d2)
+    capsys.readouterr()
+    assert train_main(["--resume", str(tmp_path / "ext"), "--workers", "0", "--data-root", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert "tasks 'ask', 'color' on the files of its earlier --data-root" in err, err
+    assert f"the --data-root {d} given now is that folder, back" in err
+    assert json.loads((tmp_path / "ext" / "config.json").read_text())["data_root"] == str(d2)   # left as it was
+    # started on d (the folder the adapter records): read from it, and resumed on it
+    assert train_main(["--extend", str(adapter), "--tasks", str(new), "--data-root", str(d), *common,
+                       "--out", str(tmp_path / "ext_d")]) == 0
+    assert train_main(["--resume", str(tmp_path / "ext_d"), "--workers", "0", "--data-root", str(d)]) == 0

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,15 +221,18 @@ def check_specs_unchanged(saved: dict[str, Any], specs: Iterable[TaskSpec], run_
 
 
 def check_inputs_unchanged(saved: dict[str, Any], inputs: dict[str, Any], run_dir: str | Path,
-                           data_root: str | None = None) -> None:
+                           data_root: str | None = None, recorded_roots: Mapping[str, str] | None = None,
+                           data_root_moved: bool = False) -> None:
     """Refuse to resume a run whose training rows, or whose ``--extend`` source adapter, changed since its
     checkpoint (a checkpoint written before these digests were recorded is not checked). The sampler's state
     indexes the rows it was saved with, so the rest of the run would draw other rows -- silently when their
     number is the same; and an extend run's checkpoint holds only what trains, so the frozen A, B_i and old
     tasks would come from the changed source. An --extend run's old task whose own folder is gone would be
     scored on --data-root's files, other data than the run's: refused too, as is one gone when the run started
-    and back now (not one whose folder is the resumed run's ``data_root``: the same files); so are base weights
-    replaced under the recorded path (``base_samples``: the frozen base is read again, not saved)."""
+    and back now (not one whose folder is the resumed run's ``data_root``: the same files, unless ``data_root_moved``
+    -- given in place of config.json's, gone -- and it is the folder the adapter records for the task,
+    ``recorded_roots``: the run read it from the old --data-root); so are base weights replaced under the recorded
+    path (``base_samples``: the frozen base is read again, not saved)."""
     recorded = saved.get("data_sha256") or {}
     changed = sorted(t for t, d in (inputs.get("data_sha256") or {}).items() if t in recorded and recorded[t] != d)
     if changed:
@@ -254,6 +257,15 @@ def check_inputs_unchanged(saved: dict[str, Any], inputs: dict[str, Any], run_di
             f"files, as the folder(s) the adapter records, {sorted(set(back.values()))}, were gone when it started; "
             "they are back, so resumed it would score them on other files. Move the folder(s) away again to finish "
             "the run as it started, or start a new run")
+    came = {t: r for t, r in (recorded_roots or {}).items() if data_root_moved and "extend_task_roots" in saved
+            and t not in (saved["extend_task_roots"] or {}) and same_folder(r, data_root)}
+    if came:   # (own_folders leaves out a folder that is --data-root: read from it, and not in inputs)
+        raise CheckpointError(
+            f"--resume {run_dir}: the run scores the extended adapter's {tasks_named(sorted(came))} on the files of "
+            f"its earlier --data-root, as the folder(s) the adapter records, {sorted(set(came.values()))}, were gone "
+            f"when it started; the --data-root {data_root} given now is that folder, back, so resumed it would rebuild "
+            "and score them on other files. Put the new tasks' files in a folder of their own and give that with "
+            "--data-root, or start a new run")
     was, now = saved.get("base_samples") or {}, inputs.get("base_samples") or {}
     differ = [n for n in was if n in now and not same_weights(now[n], was[n])]
     if differ:

@@ -222,8 +222,10 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
 
     setup = extend_setup(opts, info.device, specs, given) if opts.extend else build_setup(opts, info.device, specs)
     if saved is not None:
-        check_inputs_unchanged(saved, setup.inputs, run_dir, opts.data_root)
-        check_moves_checkable(saved, moved_folders(run_dir, opts), setup, run_dir)
+        moved = moved_folders(run_dir, opts)
+        check_inputs_unchanged(saved, setup.inputs, run_dir, opts.data_root, setup.source_data_roots,
+                               data_root_moved="data_root" in moved)
+        check_moves_checkable(saved, moved, setup, run_dir)
     loaded = base_weights_dtype(setup.model.model)
     amp_dtype = resolve_precision(opts.precision, info.device, opts.base_dtype, loaded)
     check_base_precision(opts.precision, amp_dtype, loaded, setup.backbone.casts_inputs)
