@@ -170,3 +170,22 @@ def test_resume_with_data_root_moved_into_an_old_tasks_folder_that_came_back_is_
     assert train_main(["--extend", str(adapter), "--tasks", str(new), "--data-root", str(d), *common,
                        "--out", str(tmp_path / "ext_d")]) == 0
     assert train_main(["--resume", str(tmp_path / "ext_d"), "--workers", "0", "--data-root", str(d)]) == 0
+
+
+def test_a_data_root_written_from_home_by_hand_is_the_folder_it_names(tmp_path, monkeypatch):
+    """Repro: the adapter's data_roots edited by hand to '~/d' (d under $HOME): it counted as gone (no expanduser):
+    --extend --data-root d2 rebuilt 'color' from d2 (green/yellow), warning that '~/d' "is no longer a folder", and
+    eval without --data-root was refused as if the folder were gone."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    d = folder(tmp_path / "d", ("red", "blue"), ("red", "blue"))
+    d2 = folder(tmp_path / "d2", ("green", "yellow"), ("left", "right"))
+    adapter, kinds = stateless_adapter(tmp_path, d)
+    cfg = adapter / "mtl_lora_config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "data_roots": {"color": "~/d", "ask": "~/d"}}))
+    new = spec(d2, "shade", "classification", "rows.jsonl")
+    setup = extend_setup(TrainOptions(extend=str(adapter), tasks=str(new), data_root=str(d2)), torch.device("cpu"))
+    assert setup.kinds["color"].class_names == kinds["color"].class_names == ["blue", "red"]
+    assert setup.data_root("color", str(d2)) == str(d)
+    evaluate_adapter(adapter, device="cpu", out=tmp_path / "ev")
+    result = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert {t["data_root"] for t in result["tasks"].values()} == {str(d)}
