@@ -38,7 +38,7 @@ from ..tasks import resolve_tasks
 from ..tasks.registry import get_kind
 from ..tasks.spec import TaskSpec, load_spec
 from ..whole_files import read_whole
-from ..wording import comma_hint, tasks_named
+from ..wording import name_hint, tasks_named
 from .predictions import PARTIAL, PredictionFiles, StagedFiles, check_recordable, merge_passes, stopped_predictions
 from .report import details_table, markdown_table, scored_line, selected_line, source_line, title, write_plots
 from .scored import adapter_base, scored_base
@@ -174,7 +174,7 @@ def _check_task_item(item: str, known: list[str], adapter: Path) -> None:
     path = Path(item).expanduser()
     if item not in known and not (path.suffix == ".toml" or path.is_file()):
         raise ValueError(f"--tasks: {item!r} is not a task of the adapter {adapter} (it has {list(known)}) nor a "
-                         f"spec file{comma_hint(item, '--tasks', known)}; name its tasks, or give a spec file (.toml) "
+                         f"spec file{name_hint(item, '--tasks', known)}; name its tasks, or give a spec file (.toml) "
                          "whose name is one of them to score that task on the spec's data")
 
 

@@ -61,7 +61,7 @@ from mtl_lora_vl.data.world import KINDS as WORLD_KINDS
 from mtl_lora_vl.data.world import build_split
 from mtl_lora_vl.tasks.registry import available_kinds, get_kind
 from mtl_lora_vl.whole_files import FileTooLarge, read_whole
-from mtl_lora_vl.wording import comma_hint
+from mtl_lora_vl.wording import name_hint
 
 logger = logging.getLogger(__name__)
 
@@ -211,11 +211,8 @@ def load_spec(name_or_path: str | Path, *, need_train: bool = True) -> TaskSpec:
         candidate = d / f"{name}.toml"
         if candidate.is_file():
             return _parse(candidate)
-    close = difflib.get_close_matches(name.lower(), available_specs(), n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    hint = comma_hint(name, "--tasks", available_specs()) or hint   # ('vqa retrieval': not "did you mean 'retrieval'")
-    raise SpecError(f"unknown task {name!r}{hint}: the built-in tasks are {available_specs()}; "
-                    f"or give the path to your own task spec (.toml)")
+    raise SpecError(f"unknown task {name!r}{name_hint(name, '--tasks', available_specs())}: the built-in tasks are "
+                    f"{available_specs()}; or give the path to your own task spec (.toml)")
 
 
 def resolve_tasks(tasks: str | Sequence[str | Path]) -> list[TaskSpec]:
