@@ -93,3 +93,20 @@ def test_an_empty_normalised_prediction_scores_zero(prediction):
 def test_retrieval_recall_refuses_a_non_integer_k():
     with pytest.raises((ValueError, TypeError), match="ks"):
         retrieval_recall(torch.eye(3), [0, 1, 2], ks=(1.5,))
+
+
+def test_evaluation_questions_with_no_answer_in_the_head_s_vocabulary_are_counted(clip, caplog):
+    """Repro: a test split whose questions' answers the training answers never gave (purple, red) was scored 0 on
+    those rows silently: the head picks among its fixed vocabulary, so the task's score could not pass 1/3."""
+    train = Split([_q("what color is the ball?", ["green"] * 4), _q("what color is the box?", ["yellow"] * 4)])
+    kind = build_kind(load_spec("vqa"), train, clip)
+    test = Split([_q("what color is it?", ["green"] * 4), _q("what color is it?", ["purple", "violet"] * 2),
+                  _q("what color is it?", ["red"] * 4)])
+    caplog.set_level(logging.WARNING)
+    kind.check_eval_split(test)
+    assert "task 'vqa': 2 of its 3 evaluation questions have no answer among the 2 the model picks from (the most " \
+           "frequent training answers, up to the spec's answer_vocab_size), so they score 0 whatever it predicts: " \
+           "the task's score is at most 0.333" in caplog.text
+    caplog.clear()
+    kind.check_eval_split(Split(test.examples[:1]))
+    assert "picks from" not in caplog.text

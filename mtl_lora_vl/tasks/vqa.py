@@ -340,6 +340,14 @@ class VQAKind(TaskKind):
                            "accuracy (leave-one-out over the humans) scores them at most 0.667, even when the "
                            "prediction matches all three; compare such scores only with scores of the same formula",
                            self.name, three, len(examples))
+        known = self.answer_index.keys()   # (a generative model answers in free text: no fixed list)
+        unknown = 0 if self.generative else sum(not {normalize_answer(a) for a in ex.answers} & known
+                                                for ex in examples)
+        if unknown:
+            logger.warning("task %r: %d of its %d evaluation questions have no answer among the %d the model picks "
+                           "from (the most frequent training answers, up to the spec's answer_vocab_size), so they "
+                           "score 0 whatever it predicts: the task's score is at most %.3f", self.name, unknown,
+                           len(examples), len(self.answers), 1 - unknown / len(examples))
 
     def _check_answers(self, examples: Sequence[Example]) -> None:
         missing = [ex.image_id for ex in examples if not ex.answers]
