@@ -189,3 +189,20 @@ def test_a_data_root_written_from_home_by_hand_is_the_folder_it_names(tmp_path, 
     evaluate_adapter(adapter, device="cpu", out=tmp_path / "ev")
     result = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert {t["data_root"] for t in result["tasks"].values()} == {str(d)}
+
+
+def test_eval_reads_the_adapter_config_once_before_load_pretrained(tmp_path, monkeypatch):
+    """eval read the adapter's config three times before load_pretrained read it again (checking its files): for
+    --tasks, for the base model's paths (recorded_base) and for the tasks' own folders (own_folders). One
+    document now serves the three."""
+    import mtl_lora_vl.evaluation.evaluate as evaluate_module
+    import mtl_lora_vl.io.adapter_files as adapter_files
+
+    d = folder(tmp_path / "d", ("red", "blue"), ("red", "blue"))
+    adapter, _ = stateless_adapter(tmp_path, d)
+    reads = []
+    real = adapter_files.read_adapter_config
+    for module in (evaluate_module, adapter_files):
+        monkeypatch.setattr(module, "read_adapter_config", lambda *a, **k: reads.append(a) or real(*a, **k))
+    evaluate_adapter(adapter, tasks="color", device="cpu", out=tmp_path / "ev")
+    assert len(reads) == 1

@@ -26,7 +26,7 @@ from ..data.common import same_folder
 from ..data.records import Split
 from ..distributed import DistInfo, barrier, check_workers, cleanup, init_distributed, sharded_evaluation
 from ..io import Pretrained, load_pretrained
-from ..io.adapter_files import base_paths, config_of, read_adapter_config, recorded_base
+from ..io.adapter_files import base_paths, config_of, read_adapter_config
 from ..io.atomic import atomic_dir, atomic_file, check_target
 from ..io.layout import check_output
 from ..log import main_rank_logging, progress
@@ -341,27 +341,27 @@ def evaluate_adapter(adapter: str | Path | None, tasks: str | None = None, backb
     out = Path(out)
     specs = [Path(t.strip()) for t in (tasks or "").split(",") if t.strip().endswith(".toml")]
     _check_out(out, overwrite, [("the adapter being evaluated", adapter), ("the data (--data-root)", data_root),
-                                *base_paths(recorded_base(adapter), backbone, pretrained),
+                                *base_paths(doc.get("base") or {}, backbone, pretrained),
                                 *(("a task spec (--tasks)", f) for f in specs)], predictions)
     info = init_distributed(device)
     try:
-        return _evaluate_adapter(adapter, tasks, backbone, pretrained, data_root, split, info, precision,
+        return _evaluate_adapter(adapter, doc, tasks, backbone, pretrained, data_root, split, info, precision,
                                  batch_size, workers, out, base_dtype, predictions)
     finally:
         cleanup(info)
 
 
-def _evaluate_adapter(adapter: Path, tasks: str | None, backbone: str | None, pretrained: str | None,
+def _evaluate_adapter(adapter: Path, doc: dict, tasks: str | None, backbone: str | None, pretrained: str | None,
                       data_root: str | None, split: str, info: DistInfo, precision: str, batch_size: int,
                       workers: int, out: Path, base_dtype: str = "auto", predictions: bool = False) -> str:
     check_workers(workers, info)
     dev = info.device
     items = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else []
     if tasks is not None and not items:   # said before the base model loads ('' is not "all": that is no --tasks)
-        adapter_tasks = config_of(read_adapter_config(adapter, verify=False), adapter).tasks
+        adapter_tasks = config_of(doc, adapter).tasks
         raise ValueError(f"--tasks {tasks!r} names no task; give some of the adapter's tasks {list(adapter_tasks)}")
     with main_rank_logging(info.is_main):   # every rank reads the same adapter and data: said once
-        own = own_folders(read_adapter_config(adapter, verify=False), data_root)   # state rebuilt where trained
+        own = own_folders(doc, data_root)   # state rebuilt where trained (doc: the config evaluate_adapter read)
         lp = load_pretrained(adapter, dev, backbone=backbone, pretrained=pretrained, data_root=data_root,
                              data_roots=own, base_dtype=base_dtype)
         items = items or list(lp.config.tasks)

@@ -107,18 +107,9 @@ def absolute_base(base: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
-def recorded_base(adapter: str | Path) -> dict[str, Any]:
-    """The base model an adapter directory records (``{"backbone", "pretrained"}``); ``{}`` when it cannot be
-    read (the load that follows says why)."""
-    try:
-        return read_adapter_config(adapter, verify=False).get("base") or {}
-    except (AdapterFileError, OSError):
-        return {}
-
-
 def base_paths(base: dict[str, Any], backbone: str | None = None,
                pretrained: str | None = None) -> list[tuple[str, Path]]:
-    """The local files the base model ``base`` (see :func:`recorded_base`) is read from (``backbone`` /
+    """The local files the base model ``base`` (an adapter config's) is read from (``backbone`` /
     ``pretrained`` override it), as (what, path) pairs: what writing an output must not replace."""
     out = []
     spec, pre = backbone or base.get("backbone"), pretrained or base.get("pretrained")
