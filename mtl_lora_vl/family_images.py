@@ -33,21 +33,40 @@ class CountsOnly(list):
 _ENCODED = "their features were made before the call (mm_encoder_outputs), under the caller's route"
 
 
-def qwen_image_rows(args: tuple, kwargs: dict, module: Any = None) -> list[int]:
-    """Patches per image of a Qwen2-VL vision tower call, ``visual(pixel_values, grid_thw=...)``: t·h·w."""
+def qwen_image_rows(args: tuple, kwargs: dict, module: Any = None, host: dict[str, list] | None = None) -> list[int]:
+    """Patches per image of a Qwen2-VL vision tower call, ``visual(pixel_values, grid_thw=...)``: t·h·w. ``host``:
+    host copies of the forward's vision inputs (:meth:`~.adapters.row_images.RowImagesCheck.host_inputs`): its
+    ``image_grid_thw`` is taken, without reading the call's grid, where it has the grid's rows and its patches add
+    up to the call's (a video call's grid, or a beam search's repeated images, read their own)."""
     grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
+    given = (host or {}).get("image_grid_thw")
+    if given is not None and len(given) == grid.shape[0]:
+        rows = [int(t) * int(h) * int(w) for t, h, w in given]
+        patches = kwargs.get("hidden_states", args[0] if args else None)
+        if patches is not None and sum(rows) == patches.shape[0]:
+            return rows
     return [int(t) * int(h) * int(w) for t, h, w in grid.tolist()]
 
 
-def pixtral_image_rows(args: tuple, kwargs: dict, module: Any) -> list[int]:
+def pixtral_image_rows(args: tuple, kwargs: dict, module: Any, host: dict[str, list] | None = None) -> list[int]:
     """Patches per image of a Mistral 3 call of its Pixtral vision tower, ``vision_tower(pixel_values, image_sizes)``,
     or of its projector, ``multi_modal_projector(features, image_sizes)``: (h / patch)·(w / patch) each (an image
-    without a size fills its whole canvas, as the tower reads it)."""
+    without a size fills its whole canvas, as the tower reads it). ``host``: host copies of the forward's vision
+    inputs; its ``image_sizes`` are taken, without reading the call's (one read per image), where they have the
+    call's images and fit the tower's canvas, or add up to the projector's patches."""
     sizes = kwargs["image_sizes"] if "image_sizes" in kwargs else args[1] if len(args) > 1 else None
     patch = int(getattr(module, "patch_size", None) or module.patch_merger.patch_size)
-    if sizes is None:
-        pixels = kwargs.get("pixel_values", args[0] if args else None)
-        sizes = [tuple(pixels.shape[-2:])] * pixels.shape[0]
+    x = kwargs.get("pixel_values", args[0] if args else None)
+    given = (host or {}).get("image_sizes")
+    if sizes is None:   # (each image fills the canvas: nothing to read, and no host size to take)
+        sizes = [tuple(x.shape[-2:])] * x.shape[0]
+    elif given is not None and len(given) == len(sizes) and x is not None:
+        rows = [(int(h) // patch) * (int(w) // patch) for h, w in given]
+        H, W = x.shape[-2:]
+        fits = all(h <= H and w <= W for h, w in given) if x.dim() == 4 else sum(rows) == H
+        if fits:
+            return rows
+    sizes = sizes.tolist() if hasattr(sizes, "tolist") else sizes   # (one read, not one per image)
     return [(int(h) // patch) * (int(w) // patch) for h, w in (s.tolist() if hasattr(s, "tolist") else s
                                                                for s in sizes)]
 

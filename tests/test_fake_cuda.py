@@ -5,19 +5,28 @@ meeting a "CUDA" one raises a device-mismatch error, and a read of device data o
 ``.tolist()``, ``nonzero``, a data-dependent shape) raises a data-dependent error: device mixing and host syncs in the
 hot path fail here, where the other tests (all on the CPU) cannot see them.
 
+Qwen2-VL's and Mistral 3's forwards read their images' sizes themselves (transformers' code), which no fake tensor
+answers: their steps run on the CPU instead, each host read attributed to its caller (:class:`_PackageReads`), and
+the package's own are checked to be none.
+
 Not covered: the backward (fake CUDA tensors cannot run it without a CUDA device: torch asks the driver for its
 context), autocast (disabled without CUDA: the step's autocast(cuda, bf16) is a no-op here, so the dtypes are those of
 the weights), values (fake tensors have none), DDP, and the loader's workers and pinned memory."""
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.overrides import TorchFunctionMode
 
 import mtl_lora_vl as mlv
 import mtl_lora_vl.family_images as family_images
+from mtl_lora_vl.adapters.row_images import RowImagesCheck
 from mtl_lora_vl.backbones import load_backbone
 from mtl_lora_vl.data import world
 from mtl_lora_vl.data.loader import MultiTaskLoader, to_device
@@ -178,3 +187,65 @@ def test_a_mixed_llava_batch_stays_on_the_device_with_its_rows_image_counts(monk
     _, losses = _fake_forward(net, without, faked=True)
     assert set(losses) == {"caption_cls", "captioning"} and given[-1] is None
     assert reads == [image_token]   # once per forward
+
+
+class _PackageReads(TorchFunctionMode):
+    """Calls that read a tensor's data on the host (on CUDA: a device→host copy and a wait), made directly by the
+    package's code (the nearest caller outside torch is a file of ``mtl_lora_vl``): ``ours``, as ``name file:line``;
+    the model's own (transformers') are only counted, ``theirs``."""
+
+    READS = frozenset({"tolist", "item", "__int__", "__float__", "__bool__", "__index__", "nonzero", "numpy", "cpu",
+                       "unique", "masked_select"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ours: list[str] = []
+        self.theirs = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        mask = name == "__getitem__" and len(args) > 1 and isinstance(args[1], torch.Tensor) and \
+            args[1].dtype == torch.bool
+        if name in self.READS or mask:
+            frame = sys._getframe(1)
+            while frame is not None and f"{os.sep}torch{os.sep}" in frame.f_code.co_filename:
+                frame = frame.f_back
+            if frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+                self.ours.append(f"{name} {os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}")
+            else:
+                self.theirs += 1
+        return func(*args, **(kwargs or {}))
+
+
+_PACKAGE = os.path.dirname(mlv.__file__) + os.sep
+
+
+@pytest.fixture(scope="module")
+def packed_dirs(tmp_path_factory):
+    from mistral3_tiny import save_tiny_mistral3
+    from qwen_tiny import save_tiny_qwen2vl
+
+    root = tmp_path_factory.mktemp("packed_towers")
+    return {"qwen2_vl": save_tiny_qwen2vl(root / "qwen2_vl"), "mistral3": save_tiny_mistral3(root / "mistral3")}
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "mistral3"])
+def test_a_mixed_packed_tower_step_reads_nothing_of_ours_from_the_device(packed_dirs, family, monkeypatch):
+    """A mixed nlvr + captioning training forward (a row of two images of their own sizes among rows of one) through
+    Qwen2-VL's / Mistral 3's packed vision tower, on the CPU, its host reads attributed by caller: the tower's hook
+    took each image's patch rows from the backbone's host sizes (``image_grid_thw`` / ``image_sizes``), so the
+    package reads nothing (it read the call's grid, ``grid.tolist()``, or each image's size, one read per image).
+    transformers' own forwards read both themselves (hence not under fake CUDA: the first of theirs would stop it).
+    Without the host sizes the hook still reads the call's, once; the losses are the same."""
+    net, loader = _model_and_loader(f"hf:{packed_dirs[family]}", ["nlvr", "captioning"], "mixed")
+    batch = next(iter(loader))
+    assert max(batch["lm_image_counts"]) == 2 and set(batch["task_ids"].tolist()) == {0, 1}
+    with torch.no_grad(), _PackageReads() as reads:
+        _, losses = net(to_device(batch, torch.device("cpu"), torch.float32, net.backbone))
+    assert reads.ours == [] and reads.theirs > 0 and set(losses) == {"nlvr", "captioning"}
+
+    monkeypatch.setattr(RowImagesCheck, "host_inputs", lambda self: {})   # (the hook as without the host sizes)
+    with torch.no_grad(), _PackageReads() as reads:
+        _, read = net(to_device(batch, torch.device("cpu"), torch.float32, net.backbone))
+    assert [r.split()[0] for r in reads.ours] == ["tolist"]
+    assert all(torch.equal(losses[k], read[k]) for k in losses)

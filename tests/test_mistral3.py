@@ -245,3 +245,29 @@ def test_train_and_eval_commands(dirs, tmp_path, capsys):
     if not (folder / "config.json").is_file():
         save_tiny_mistral3(folder)
     assert_train_and_eval_commands(folder, tmp_path, capsys)
+
+
+def test_host_image_sizes_are_taken_only_where_they_fit_the_tower_or_projector_call():
+    """The backbone's host copy of ``image_sizes`` gives each image's patch rows without reading the call's (one
+    read per image before): taken where it has the call's images and fits the tower's canvas (or adds up to the
+    projector's patches); else the call's sizes are read (one read). Routed logits are the same with it."""
+    from mtl_lora_vl.adapters.row_images import host_image_counts
+    from mtl_lora_vl.family_images import pixtral_image_rows
+
+    m = _adapted()
+    tower, projector = m.model.vision_tower, m.model.multi_modal_projector
+    pixels, sizes = torch.zeros(2, 3, 32, 32), torch.tensor([(32, 32), (16, 32)])
+    call = {"image_sizes": sizes}
+    assert pixtral_image_rows((pixels,), call, tower, host={"image_sizes": [(32, 32), (16, 16)]}) == [16, 4]
+    for wrong in ([(32, 32)], [(48, 32), (16, 32)]):   # one image short; larger than the canvas: the call's own
+        assert pixtral_image_rows((pixels,), call, tower, host={"image_sizes": wrong}) == [16, 8]
+    assert pixtral_image_rows((pixels,), {}, tower, host={"image_sizes": [(32, 32), (16, 32)]}) == [16, 16]   # canvas
+    features = torch.zeros(24, 32)
+    assert pixtral_image_rows((features, sizes), {}, projector, host={"image_sizes": [(16, 32), (32, 32)]}) == [8, 16]
+    assert pixtral_image_rows((features, sizes), {}, projector, host={"image_sizes": [(16, 16), (32, 32)]}) == [16, 8]
+
+    x = inputs(sizes=[(32, 32), (16, 32)])
+    with torch.no_grad(), mlv.route(m, [0, 1]):
+        read = m(**x).logits
+        with host_image_counts(m, None, {"image_sizes": [(32, 32), (16, 32)]}):
+            assert torch.equal(m(**x).logits, read)

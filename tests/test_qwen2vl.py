@@ -431,3 +431,32 @@ def test_a_tower_checkpointed_on_its_own_refuses_rows_it_could_not_route_again()
             torch.testing.assert_close(g, w)
     finally:
         m.model.visual = tower
+
+
+def test_host_grids_route_as_the_read_grid_and_only_where_they_fit_the_towers_call():
+    """The backbone's host copy of ``image_grid_thw`` (``host_image_counts(..., inputs)``): the packed tower's hook
+    takes it instead of reading the call's grid, and the routed logits are the same; one whose images or patches
+    are not the call's (a video call's grid, a beam search's repeated images) is left, the call's grid read."""
+    from mtl_lora_vl.adapters.row_images import host_image_counts
+
+    m = _adapted(False)
+    x = inputs(sizes=SIZES, ragged=True)
+    grid = x["image_grid_thw"].tolist()
+    taken = []
+    hook = next(h.__self__ for h in m.model.visual._forward_pre_hooks.values())
+    image_rows = hook.image_rows
+
+    def spied(args, kwargs, module, host=None):
+        taken.append(host)
+        return image_rows(args, kwargs, module, host=host)
+
+    hook.image_rows = spied
+    with torch.no_grad(), mlv.route(m, [0, 1, 0]):
+        read = m(**x).logits
+        for given in (grid, grid[:2], [[1, 4, 4]] * 3):   # the call's; one image short; 48 patches, not 72
+            with host_image_counts(m, None, {"image_grid_thw": given}):
+                assert torch.equal(m(**x).logits, read)
+    assert taken == [None] + [{"image_grid_thw": g} for g in (grid, grid[:2], [[1, 4, 4]] * 3)]
+    # a call of three 16-patch images with the host's grid of 72 patches: the call's own
+    assert image_rows((x["pixel_values"][:48],), {"grid_thw": torch.tensor([[1, 4, 4]] * 3)}, None,
+                      host={"image_grid_thw": grid}) == [16] * 3

@@ -7,11 +7,14 @@ one), else one image per routed sample (or per beam), and refuses a mixed-task r
 before any row is routed to the wrong task. When the images are all of one size, the adapter banks inside the
 tower read k rows per routed image, image-major (``AdapterBank.packed_rows``); when they differ, the hook routes the
 tower's forward by each image's own rows (:meth:`Route.packed_images`, a route scope that closes with the forward).
-A one-task route (by name, index or ids all equal) needs neither: every row gets that task.
+A one-task route (by name, index or ids all equal) needs neither: every row gets that task. The images' patch rows
+come from the host where the backbone gave their sizes there (:meth:`RowImagesCheck.host_inputs`, taken by
+``image_rows`` where they agree with its call's shapes), else from the call's own size tensor (one read).
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable
 
@@ -32,10 +35,16 @@ class PackedImages(ScopeHooks):
     (or per beam); otherwise the route is refused. The route scope is closed after the forward (also when it
     fails)."""
 
-    def __init__(self, router: Router, image_rows: Callable[[tuple, dict, nn.Module], list[int]], name: str,
+    def __init__(self, router: Router, image_rows: Callable[..., list[int]], name: str,
                  check: RowImagesCheck | None = None) -> None:
         super().__init__()
         self.router, self.image_rows, self.name, self.check = router, image_rows, name, check
+        self._takes_host = "host" in inspect.signature(image_rows).parameters
+
+    def __setstate__(self, state: dict) -> None:
+        """As pickled; one pickled before ``image_rows`` took host sizes learns whether it does."""
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_takes_host", "host" in inspect.signature(self.image_rows).parameters)
 
     def before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook: open the scope routing this call's packed patches by their images' rows (mixed routes)."""
@@ -46,7 +55,8 @@ class PackedImages(ScopeHooks):
                 raise RoutingError(f"{self.name} is an nn.DataParallel replica, which sees its chunk of the packed "
                                    "patches, not whole images: per-sample routes need DistributedDataParallel "
                                    "(torchrun, one process per GPU), or route one task for the whole batch")
-            rows = self.image_rows(args, kwargs, module)
+            host = self.check.host_inputs() if self.check is not None and self._takes_host else {}
+            rows = self.image_rows(args, kwargs, module, **({"host": host} if host else {}))
             counts = None if self.check is None else self.check.next_call(rows, self.name)
             for r in (route, route.wide):   # (wide: k rows per routed id, expanded_rows)
                 if counts is not None and r is not None and len(counts) == r.batch_size and sum(counts) == len(rows):
@@ -68,7 +78,7 @@ class PackedImages(ScopeHooks):
                 )
 
 
-def pack_towers(model: nn.Module, tower: str, image_rows: Callable[[tuple, dict, nn.Module], list[int]], router: Router,
+def pack_towers(model: nn.Module, tower: str, image_rows: Callable[..., list[int]], router: Router,
                 layers: dict[str, AdapterBank], check: RowImagesCheck | None = None) -> list[RemovableHandle]:
     """Mark the banks inside every module of ``model`` whose name matches ``tower`` as reading packed rows and
     put :class:`PackedImages` hooks on each such module (reading ``check``'s counts); returns the hooks' handles."""

@@ -17,7 +17,8 @@ videos in tower calls of their own, Qwen2-VL and LLaVA-OneVision, counts each ki
 path). The count takes each row's images from the host where the caller gives them (:func:`host_image_counts`: the
 trainer's ``lm_image_counts``, ``lm_loss(image_counts=)``, ``generate``'s prompts) and they add up to the images
 given; else it reads the rows' ids: one read of B numbers per forward under a mixed route with images (LLaVA-NeXT /
-OneVision read the images' sizes too), where the models' own image-token checks read the device already.
+OneVision read the images' sizes too), where the models' own image-token checks read the device already. A packed
+tower (:mod:`.packed`) takes its images' sizes from the host so too, where the backbone gives them (``inputs``).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class RowImagesCheck:
         # per forward in progress: each image-path module's calls so far (a PerCall's next), by the module's name
         self._calls: list[dict[str, int]] = []
         self._regions: list[tuple | None] = []   # per forward in progress with counts: its recomputation region
-        self._given: list[list[int]] = []   # each row's images, from the host, per open given() scope (a stack)
+        # each row's images (None: not known) and host copies of vision inputs, per open given() scope (a stack)
+        self._given: list[tuple[list[int] | None, dict[str, list]]] = []
         self._takes_given = "image_counts" in inspect.signature(row_images).parameters
 
     def __getstate__(self) -> dict:
@@ -66,15 +68,21 @@ class RowImagesCheck:
         return {**self.__dict__, "checked": False, "_counts": [], "_calls": [], "_regions": [], "_given": []}
 
     @contextmanager
-    def given(self, counts: Sequence[int]) -> Iterator[None]:
+    def given(self, counts: Sequence[int] | None, inputs: dict[str, list] | None = None) -> Iterator[None]:
         """Each input row's images as the caller knows them on the host, for the forwards in this scope: passed to
         a ``row_images`` that takes ``image_counts`` (checked there against what is on the host), which then need
-        not read the rows' ids from the device."""
-        self._given.append([int(k) for k in counts])
+        not read the rows' ids from the device. ``inputs``: host copies of the forwards' vision inputs by the
+        model's names (Qwen2-VL's ``image_grid_thw``, Mistral 3's ``image_sizes``), for a packed tower's hook
+        (:meth:`host_inputs`), which takes them where they agree with the shapes of its call."""
+        self._given.append((None if counts is None else [int(k) for k in counts], dict(inputs or {})))
         try:
             yield
         finally:
             self._given.pop()
+
+    def host_inputs(self) -> dict[str, list]:
+        """The innermost :meth:`given` scope's host copies of the vision inputs (empty outside one)."""
+        return self._given[-1][1] if self._given else {}
 
     def current(self) -> list[int] | None:
         """Images per routed row of the forward in progress, where a row holds other than one (else None)."""
@@ -129,7 +137,8 @@ class RowImagesCheck:
         route = self.router.resolve(type(module).__name__)
         if route is None or route.task is not None:
             return
-        given = {"image_counts": self._given[-1]} if self._given and self._takes_given else {}
+        host = self._given[-1][0] if self._given else None
+        given = {"image_counts": host} if host is not None and self._takes_given else {}
         per_row = self.row_images(module, args, kwargs, **given)
         calls = per_row.calls if isinstance(per_row, PerCall) else [("image", None, per_row)]
         if per_row is None or all(n == 1 for _, _, counts in calls for n in counts):
@@ -153,11 +162,13 @@ class RowImagesCheck:
             self._regions.pop()
 
 
-def host_image_counts(model: nn.Module, counts: Sequence[int] | None) -> AbstractContextManager[None]:
-    """A scope giving ``model``'s row check (where attach put one) each input row's images, known on the host, for
-    the forwards (or the ``generate``) run in it (:meth:`RowImagesCheck.given`); a no-op without counts or check."""
+def host_image_counts(model: nn.Module, counts: Sequence[int] | None,
+                      inputs: dict[str, list] | None = None) -> AbstractContextManager[None]:
+    """A scope giving ``model``'s row check (where attach put one) each input row's images, known on the host, and
+    host copies of vision inputs (``inputs``: a packed tower's image sizes), for the forwards (or the ``generate``)
+    run in it (:meth:`RowImagesCheck.given`); a no-op without either, or without a check."""
     check = getattr(model.__dict__.get("_mtl_lora"), "row_check", None)
-    return nullcontext() if counts is None or check is None else check[1].given(counts)
+    return nullcontext() if counts is None and not inputs or check is None else check[1].given(counts, inputs)
 
 
 def _region() -> tuple:

@@ -274,7 +274,7 @@ class HFVLMBackbone(GenerationIds, Backbone):
         warn_past_context(batch["input_ids"].shape[1], int(max_len), self.lm_context, "generate")
         ids = batch["input_ids"]
         kwargs = {**self._extra_inputs(ids, None), **self._row_inputs(ids, images.shape[0], sizes, image_counts)}
-        with plain_decoding(self.model), host_image_counts(self.model, image_counts):
+        with plain_decoding(self.model), host_image_counts(self.model, image_counts, self._host_vision(images, sizes)):
             out = self._hf_call(self.model.generate, **self._vision_inputs(images, sizes), **batch, **kwargs,
                                 max_new_tokens=int(max_len), num_beams=int(beam_size), do_sample=False,
                                 num_return_sequences=1, eos_token_id=self._stop_ids(), pad_token_id=self.pad_id,
@@ -378,6 +378,12 @@ class HFVLMBackbone(GenerationIds, Backbone):
                              f"backbone.preprocess_uint8 (it resizes them) or resize them to {s}x{s} yourself")
         return {"pixel_values": pixel_values}
 
+    def _host_vision(self, pixel_values: Tensor, image_sizes: list[tuple[int, int]] | None = None
+                     ) -> dict[str, list]:
+        """Host copies of :meth:`_vision_inputs`' size inputs, by the model's names, for the forward's hooks to take
+        instead of reading the device (Qwen2-VL's ``image_grid_thw``, Mistral 3's ``image_sizes``; none here)."""
+        return {}
+
     def _row_inputs(self, input_ids: Tensor, n_images: int, image_sizes: Any = None,
                     image_counts: Sequence[int] | None = None) -> dict[str, Tensor]:
         """Inputs saying how the ``n_images`` images split into the rows of ``input_ids`` (``image_counts`` each, where
@@ -465,7 +471,8 @@ class HFVLMBackbone(GenerationIds, Backbone):
                  image_counts: Sequence[int] | None = None, **kwargs: Any) -> Any:
         extra = self._extra_inputs(input_ids, labels)
         extra.update(self._row_inputs(input_ids, pixel_values.shape[0], image_sizes, image_counts))
-        with host_image_counts(self.model, image_counts):   # (the row check's count, without reading the ids)
+        # (the row check's count, without reading the ids; a packed tower's image sizes, without reading them)
+        with host_image_counts(self.model, image_counts, self._host_vision(pixel_values, image_sizes)):
             return self._hf_call(self.model, **self._vision_inputs(pixel_values, image_sizes), input_ids=input_ids,
                                  attention_mask=attention_mask, **extra, **kwargs)
 

@@ -132,16 +132,25 @@ class Mistral3Backbone(NativeImageReading, HFVLMBackbone):
                        ) -> dict[str, Tensor]:
         """The canvas (each image at its top left) with each image's ``image_sizes`` (None: every image fills it); on
         one square, the squares."""
+        sizes = self._host_vision(pixel_values, image_sizes)["image_sizes"]
         if not self.resize.native:
             return {**super()._vision_inputs(pixel_values, image_sizes), "image_sizes": torch.tensor(
-                [tuple(pixel_values.shape[-2:])] * pixel_values.shape[0], device=pixel_values.device)}
-        sizes, unit = self._sizes_of(pixel_values, image_sizes), self._token_unit()
+                sizes, device=pixel_values.device)}
+        unit = self._token_unit()
         odd = [s for s in sizes if s[0] % unit or s[1] % unit]
         if odd:
             raise ValueError(f"{self.name}: expected images whose sides are multiples of {unit} (patch x spatial "
                              f"merge), got {odd[0][0]}x{odd[0][1]} in {tuple(pixel_values.shape)}; resize them with "
                              "backbone.resize (the loader does)")
         return {"pixel_values": pixel_values, "image_sizes": torch.tensor(sizes, device=pixel_values.device)}
+
+    def _host_vision(self, pixel_values: Tensor, image_sizes: list[tuple[int, int]] | None = None
+                     ) -> dict[str, list]:
+        """Each image's ``image_sizes`` row on the host (on one square: the canvas), which the packed tower's hook
+        takes."""
+        if not self.resize.native:
+            return {"image_sizes": [tuple(pixel_values.shape[-2:])] * pixel_values.shape[0]}
+        return {"image_sizes": self._sizes_of(pixel_values, image_sizes)}
 
 
 _keep_one_row = pixtral_keep_one_row   # (its name before the family table held it: models pickled so still load)

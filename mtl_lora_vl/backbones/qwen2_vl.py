@@ -217,12 +217,18 @@ class Qwen2VLBackbone(HFVLMBackbone):
             raise ValueError(f"{self.name}: expected images whose sides are multiples of {unit} (patch {patch} x merge "
                              f"{merge}), got {odd[0][0]}x{odd[0][1]} in {tuple(pixel_values.shape)}; resize them with "
                              "backbone.resize (the loader does)")
-        grid = torch.tensor([[1, h // patch, w // patch] for h, w in sizes], device=pixel_values.device)
+        grid = torch.tensor(self._host_vision(pixel_values, sizes)["image_grid_thw"], device=pixel_values.device)
         if len(set(sizes)) == 1:   # one size: one reshape for the batch
             h, w = sizes[0]
             return {"pixel_values": patchify(pixel_values[..., :h, :w], patch, merge, temporal), "image_grid_thw": grid}
         parts = [patchify(x[None, :, :h, :w], patch, merge, temporal) for x, (h, w) in zip(pixel_values, sizes)]
         return {"pixel_values": torch.cat(parts), "image_grid_thw": grid}
+
+    def _host_vision(self, pixel_values: Tensor, image_sizes: list[tuple[int, int]] | None = None
+                     ) -> dict[str, list]:
+        """Each image's ``image_grid_thw`` row on the host, ``[1, h/P, w/P]`` (the packed tower's hook takes it)."""
+        patch = _vision_geometry(self.model.config)[0]
+        return {"image_grid_thw": [[1, h // patch, w // patch] for h, w in self._sizes_of(pixel_values, image_sizes)]}
 
     def _extra_inputs(self, input_ids: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
         """``mm_token_type_ids``: 1 on image tokens (the model's M-RoPE numbers them by their place in the image)."""
