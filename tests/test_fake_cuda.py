@@ -21,6 +21,7 @@ import sys
 import pytest
 import torch
 from torch import nn
+from torch._subclasses import fake_tensor
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.overrides import TorchFunctionMode
 
@@ -249,3 +250,28 @@ def test_a_mixed_packed_tower_step_reads_nothing_of_ours_from_the_device(packed_
         _, read = net(to_device(batch, torch.device("cpu"), torch.float32, net.backbone))
     assert [r.split()[0] for r in reads.ours] == ["tolist"]
     assert all(torch.equal(losses[k], read[k]) for k in losses)
+
+
+@pytest.mark.parametrize("family", ["llava_next", "llava_onevision"])
+def test_a_mixed_anyres_batch_stays_on_the_device_without_host_reads(tmp_path, monkeypatch, family):
+    """A tiny LLaVA-NeXT / OneVision at each image's own aspect: the mixed caption_cls + captioning batch's images
+    reach the model as strips cut into views on the device, with the loader's host ``image_sizes``. The row check
+    counts each image's tiles from those sizes, and the model iterates them (transformers'
+    ``image_size_to_num_patches`` and ``unpad_image`` call ``.tolist()`` on each row): the sizes stay on the host, so
+    neither reads the device (they were put there, and read back by the check once per forward and by the model
+    per image). transformers' own image-token check is turned off, as for LLaVA."""
+    import test_llava_next
+    import test_llava_onevision
+
+    monkeypatch.setenv("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")
+    # a small tensor made on the host keeps its values under the fake mode (torch keeps only scalars'), so reading
+    # it works, as on a GPU; one on the (fake) device, or moved there, still has none: its read still raises
+    monkeypatch.setattr(fake_tensor, "CONSTANT_NUMEL_LIMIT", 1024)
+    build = test_llava_next.build if family == "llava_next" else test_llava_onevision.build
+    folder = build(tmp_path / family)[2]
+    net, loader = _model_and_loader(f"hf:{folder}", ["caption_cls", "captioning"], "mixed")
+    batch = next(iter(loader))
+    assert "lm" in batch and set(batch["task_ids"].tolist()) == {0, 1}
+    assert batch["image_sizes"] and batch["images"].shape[-1] == 32   # (strips of 32-px views, the sizes apart)
+    _, losses = _fake_forward(net, batch)   # (a host read raises in it)
+    assert set(losses) == {"caption_cls", "captioning"}

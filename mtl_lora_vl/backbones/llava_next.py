@@ -180,7 +180,7 @@ class LlavaNextBackbone(NativeImageReading, HFVLMBackbone):
         base = self._base_view(pixel_values)
         tiles = pixel_values.unfold(2, s, s).unfold(3, s, s)              # (B, 3, g, g, S, S)
         tiles = tiles.permute(0, 2, 3, 1, 4, 5).reshape(b, g * g, 3, s, s)
-        sizes = torch.tensor([[c, c]] * b, device=pixel_values.device)
+        sizes = torch.tensor([[c, c]] * b)   # (on the host: see _strip_views)
         return {"pixel_values": torch.cat([base[:, None], tiles], dim=1), "image_sizes": sizes}
 
     def _strip_views(self, pixel_values: Tensor, image_sizes: list[tuple[int, int]] | None) -> dict[str, Tensor]:
@@ -201,7 +201,9 @@ class LlavaNextBackbone(NativeImageReading, HFVLMBackbone):
         if min(counts) < h // s:   # (the processor pads an image's views with zeros, after normalising)
             keep = torch.arange(h // s, device=views.device)[None] < torch.tensor(counts, device=views.device)[:, None]
             views = views * keep[:, :, None, None, None].to(views.dtype)
-        return {"pixel_values": views, "image_sizes": torch.tensor(sizes, device=pixel_values.device)}
+        # on the host, as the processor gives them: the model reads each row (.tolist()) and the row check counts
+        # each image's tokens from them; on the device, every forward waited for it
+        return {"pixel_values": views, "image_sizes": torch.tensor(sizes)}
 
     def _base_view(self, pixel_values: Tensor) -> Tensor:
         """The normalised canvases resized to the tile side as the processor's torchvision backend resizes 8-bit
