@@ -13,7 +13,7 @@ import inspect
 import itertools
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["CountsOnly", "PerCall", "idefics3_row_images", "image_token_rows", "llava_next_image",
@@ -31,6 +31,7 @@ class CountsOnly(list):
 
 
 _ENCODED = "their features were made before the call (mm_encoder_outputs), under the caller's route"
+ImageCount = Callable[[Any, bool], tuple[int, int]]   # an anyres image's (tokens, views) from its size and tiling
 
 
 def qwen_image_rows(args: tuple, kwargs: dict, module: Any = None, host: dict[str, list] | None = None) -> list[int]:
@@ -259,14 +260,22 @@ def llava_onevision_row_tiles(model: Any, args: tuple, kwargs: dict, image_count
     tower and projector and its videos (frames) in the next, so each row's video tokens are matched in order to the
     videos' token counts (:func:`llava_onevision_video_tokens`) and the row's frames counted apart (a row holding
     part of a video gives its videos, not whole). None without images or videos. ``image_counts``: each row's
-    images from the host, taken for the image tokens as :func:`llava_next_row_tiles` takes them."""
+    images from the host, taken for the image tokens as :func:`llava_next_row_tiles` takes them.
+
+    A large image's tokens depend on the ``vision_aspect_ratio`` its encoding packs by: transformers (5.25) encodes
+    a ``generate``'s images by the call's (its ``get_image_features`` takes generate's arguments) and a forward's by
+    the config's (the forward takes the argument and does not pass it on). So where the call gives one other than
+    the config's, the rows' image tokens are read by the config's and else by the call's: the first under which
+    they hold every image whole (at most one can: the images' token total differs)."""
     import torch
 
     per_row = _forward_input(model, args, kwargs, "batch_num_images")
     # as get_image_features: without batch_num_images every image has its tiles; with it, only a row's only image
     tiled = None if per_row is None else [n == 1 for n in torch.as_tensor(per_row).tolist() for _ in range(n)]
-    tiles = _anyres_row_tiles(model, args, kwargs, lambda size, t: llava_onevision_image(model, size, t), tiled,
-                              image_counts)
+    own, given = model.config.vision_aspect_ratio, _forward_input(model, args, kwargs, "vision_aspect_ratio")
+    readings = [own, *([given] if given is not None and given != own else [])]
+    tiles = _anyres_row_tiles(model, args, kwargs, [lambda size, t, a=a: llava_onevision_image(model, size, t, a)
+                                                    for a in readings], tiled, image_counts)
     videos = _forward_input(model, args, kwargs, "pixel_values_videos")
     tokens = None if videos is None else _token_rows(model, args, kwargs, model.config.video_token_id)
     if tokens is None:
@@ -288,36 +297,43 @@ def llava_onevision_video_tokens(model: Any, frames: int) -> int:
     return frames * math.ceil(grid / 2) ** 2 + 1
 
 
-def _anyres_row_tiles(model: Any, args: tuple, kwargs: dict, image: Callable[[Any, bool], tuple[int, int]],
+def _anyres_row_tiles(model: Any, args: tuple, kwargs: dict, image: ImageCount | Sequence[ImageCount],
                       tiled: list[bool] | None = None, image_counts: list[int] | None = None) -> list[float] | None:
     """Tiles per row of an anyres forward (LLaVA-NeXT, LLaVA-OneVision): each row's image tokens matched in order to
     the images' token counts, ``image(size, tiled)`` giving an image's (tokens, tiles) from its ``image_sizes`` row
-    (``tiled[i]``: image i has its tiles; default all), once per distinct size in the call. ``image_counts``: each
-    row's images from the host (a placeholder is one image, its tiles its views), taken without reading the ids
-    where pixel values are given and the counts add up to the images."""
+    (``tiled[i]``: image i has its tiles; default all), once per distinct size in the call; several ``image``
+    readings (the same tiles, other token counts): the first under which the rows hold every image whole, else the
+    first. ``image_counts``: each row's images from the host (a placeholder is one image, its tiles its views),
+    taken without reading the ids where pixel values are given and the counts add up to the images."""
     pixels = _forward_input(model, args, kwargs, "pixel_values")
     encoded = (_forward_input(model, args, kwargs, "mm_encoder_outputs") or {}).get("image")
     sizes = _forward_input(model, args, kwargs, "image_sizes")
     if (pixels is None and encoded is None) or sizes is None:
         return None
+    readings = list(image) if isinstance(image, Sequence) else [image]
     given = None if image_counts is None or pixels is None else _given_rows(model, args, kwargs, image_counts)
     if given is not None and sum(given) == len(sizes):
-        counted = _anyres_images(sizes, image, tiled)
+        counted = _anyres_images(sizes, readings[0], tiled)
         ends = list(itertools.accumulate(given))
         return [sum(n for _, n in counted[end - k:end]) for k, end in zip(given, ends)]
     tokens = _token_rows(model, args, kwargs, model.config.image_token_id)
     if tokens is None:
         return None
-    counted = _anyres_images(sizes, image, tiled)
-    per_row = _rows_of_images(tokens, [n for n, _ in counted])
+    for i, read in enumerate(readings):
+        split = _anyres_images(sizes, read, tiled)
+        rows = _rows_of_images(tokens, [n for n, _ in split])
+        if not i:   # (the first reading: kept where none holds every image whole)
+            counted, per_row = split, rows
+        if not any(part for _, part in rows) and sum(len(whole) for whole, _ in rows) == len(split):
+            counted, per_row = split, rows
+            break
     if encoded is not None or any(part for _, part in per_row):
         images = [len(whole) + part if part else len(whole) for whole, part in per_row]
         return CountsOnly(images, _ENCODED) if encoded is not None else images
     return [sum(counted[i][1] for i in whole) for whole, _ in per_row]
 
 
-def _anyres_images(sizes: Any, image: Callable[[Any, bool], tuple[int, int]],
-                   tiled: list[bool] | None) -> list[tuple[int, int]]:
+def _anyres_images(sizes: Any, image: ImageCount, tiled: list[bool] | None) -> list[tuple[int, int]]:
     """Each image's (tokens, tiles) of an anyres forward, by ``image(size, tiled)`` once per distinct size."""
     import torch
 
@@ -372,26 +388,27 @@ def llava_next_image(model: Any, size: Any, strategy: str | None = None) -> tupl
     return view_tokens(model, strategy) + uh * (uw + 1), int(image_size_to_num_patches(size.tolist(), pins, side))
 
 
-def llava_onevision_image(model: Any, size: Any, tiled: bool = True) -> tuple[int, int]:
+def llava_onevision_image(model: Any, size: Any, tiled: bool = True, aspect: str | None = None) -> tuple[int, int]:
     """One LLaVA-OneVision image of ``size`` in ``model`` (the inner multimodal model): its tokens and views, by the
     model's own ``pack_image_features`` on meta tensors (a large tile grid's features interpolated down past
-    ``vision_aspect_ratio``, which the model reads from its config, not from the forward's arguments); ``tiled``
-    False: the base view alone (an image of a row of several)."""
+    ``aspect``, the ``vision_aspect_ratio`` its encoding packs by: default the config's); ``tiled`` False: the base
+    view alone (an image of a row of several)."""
     import torch
     from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
     cfg = model.config
     size = torch.as_tensor(size)
+    aspect = cfg.vision_aspect_ratio if aspect is None else aspect
     # (the config fields it reads in the key: a model whose config is edited counts afresh)
     key = (*size.tolist(), bool(tiled), repr(cfg.image_grid_pinpoints), cfg.vision_config.image_size,
-           cfg.vision_config.patch_size, cfg.vision_aspect_ratio, cfg.vision_feature_select_strategy)
+           cfg.vision_config.patch_size, aspect, cfg.vision_feature_select_strategy)
     known = model.__dict__.setdefault("_mtl_lora_onevision_images", {})   # (the model's own: no state of ours)
     if key not in known:   # (the meta interpolation of a large tile grid: 5 ms of CPU, on every mixed forward)
         views = image_size_to_num_patches(size.tolist(), cfg.image_grid_pinpoints, cfg.vision_config.image_size)
         views = int(views) if tiled else 1
         packed, _ = model.pack_image_features([torch.empty(views, view_tokens(model, None), 1, device="meta")],
                                               size[None], image_newline=torch.empty(1, device="meta"),
-                                              vision_aspect_ratio=cfg.vision_aspect_ratio)
+                                              vision_aspect_ratio=aspect)
         known[key] = int(packed[0].shape[0]), views
     return known[key]
 

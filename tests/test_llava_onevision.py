@@ -147,6 +147,42 @@ def test_each_images_count_is_packed_once_per_size_and_config(tiny, monkeypatch)
     assert llava_onevision_image(m.model, (40, 40))[0] == 16 + 8 * 8 + 8 and big[0] == 34 + 46
 
 
+def test_the_vision_aspect_ratio_the_call_encodes_by_is_counted(tiny, monkeypatch):
+    """transformers (5.25) encodes generate's images by generate's ``vision_aspect_ratio`` (its get_image_features
+    takes it), and its forward's by the config's (the forward takes the argument, and does not pass it on). Rows of
+    [2, 0, 1] pictures under "anyres_max_9" (the processor too: (40, 40) fills 88 tokens, not 46) were counted by
+    the config's "anyres_max_2", so a routed generate was refused ("the rows hold [2.75, 0, 0.25] images"); now
+    each reading is tried, the config's first: greedy and 3-beam generate equal each task alone, and a forward given
+    the argument (which the model does not use) still routes by the config's count."""
+    m = adapted(tiny)
+    assert llava_onevision_image(m.model, (40, 40), aspect="anyres_max_9")[0] == 16 + 8 * 8 + 8
+    assert llava_onevision_image(m.model, (40, 40))[0] == 16 + 5 * 5 + 5   # (each aspect its own cache entry)
+    y = {**batch(tiny, [2, 0, 1]), "vision_aspect_ratio": "anyres_max_9"}   # (ids of the config's counts)
+    with torch.no_grad():
+        alone = []
+        for t in ("a", "b"):
+            with mlv.route(m, t):
+                alone.append(m(**y).logits)
+        with mlv.route(m, [0, 1, 0]):
+            torch.testing.assert_close(m(**y).logits, torch.stack([alone[0][0], alone[1][1], alone[0][2]]))
+    monkeypatch.setattr(tiny[1], "vision_aspect_ratio", "anyres_max_9")
+    x = batch(tiny, [2, 0, 1])
+    assert (x["input_ids"] == m.config.image_token_id).sum(-1).tolist() == [34 + 88, 0, 56]
+    assert llava_onevision_row_tiles(m.model, (), {**x, "vision_aspect_ratio": "anyres_max_9"}) == [8, 0, 3]
+    L = x["input_ids"].shape[1]
+    for beams in (1, 3):
+        kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, num_beams=beams, pad_token_id=0,
+                  eos_token_id=None, vision_aspect_ratio="anyres_max_9")
+        with torch.no_grad():
+            each = []
+            for t in ("a", "b"):
+                with mlv.route(m, t):
+                    each.append(m.generate(**x, **kw)[:, L:])
+            with mlv.route(m, [0, 1, 0]):
+                routed = m.generate(**x, **kw)[:, L:]
+        assert torch.equal(routed, torch.stack([each[t][i] for i, t in enumerate([0, 1, 0])])), beams
+
+
 def test_images_given_per_row_are_routed_by_their_base_views(tiny):
     assert_mixed_route_per_task(adapted(tiny), batch(tiny, [2, 0, 1], nested=True), [0, 1, 0])
 
