@@ -380,12 +380,18 @@ def llava_next_image(model: Any, size: Any, strategy: str | None = None) -> tupl
     )
 
     cfg = model.config
-    side, pins = cfg.vision_config.image_size, cfg.image_grid_pinpoints
-    grid = side // cfg.vision_config.patch_size
+    side, pins, patch = cfg.vision_config.image_size, cfg.image_grid_pinpoints, cfg.vision_config.patch_size
     size = torch.as_tensor(size)
-    rows, cols = get_anyres_image_grid_shape(size.tolist(), pins, side)
-    _, uh, uw = unpad_image(torch.empty(0, rows * grid, cols * grid, device="meta"), size).shape
-    return view_tokens(model, strategy) + uh * (uw + 1), int(image_size_to_num_patches(size.tolist(), pins, side))
+    strategy = strategy or cfg.vision_feature_select_strategy
+    key = (*size.tolist(), strategy, repr(pins), side, patch)   # (the config fields it reads: an edit counts afresh)
+    known = model.__dict__.setdefault("_mtl_lora_next_images", {})   # (the model's own: no state of ours)
+    if key not in known:   # (~30 us of CPU, most of it config reads, per distinct size of every mixed forward)
+        rows, cols = get_anyres_image_grid_shape(size.tolist(), pins, side)
+        grid = side // patch
+        _, uh, uw = unpad_image(torch.empty(0, rows * grid, cols * grid, device="meta"), size).shape
+        known[key] = (view_tokens(model, strategy) + uh * (uw + 1),
+                      int(image_size_to_num_patches(size.tolist(), pins, side)))
+    return known[key]
 
 
 def llava_onevision_image(model: Any, size: Any, tiled: bool = True, aspect: str | None = None) -> tuple[int, int]:
