@@ -236,6 +236,13 @@ def _plottable(row: dict[str, Any]) -> bool:
         for k, v in row.items() if k == "loss" or k.startswith("loss/"))
 
 
+def _tick(name: str, r: dict[str, Any], asked: str | None) -> str:
+    """A task's label on the score plot: its name and headline, and its split where it is not the one the axis names
+    (a task without a test split is scored on val)."""
+    split = r.get("split", asked)
+    return f"{name}\n({r['metric']}" + (f", {split} split)" if split != asked else ")")
+
+
 def write_plots(run_dir: Path, result: dict[str, Any], model: nn.Module | None) -> list[Path]:
     """plots/training_curves.png, plots/zero_shot_vs_adapted.png, plots/task_mixing.png (when it applies); for a
     result without adapted scores (``model`` None: a base model without adapters), plots/zero_shot.png alone."""
@@ -270,9 +277,10 @@ def write_plots(run_dir: Path, result: dict[str, Any], model: nn.Module | None) 
         ax.bar(x - 0.2 if adapted else x, zs, 0.4, label="zero-shot", color="#9aa5b1")
     if adapted:
         ax.bar(x + 0.2, ad, 0.4, label="adapted", color="#2f6fba")
-    ax.set_xticks(x.tolist(), [f"{t}\n({result['tasks'][t]['metric']})" for t in tasks], fontsize=8)
+    asked = result.get("split")
+    ax.set_xticks(x.tolist(), [_tick(t, result["tasks"][t], asked) for t in tasks], fontsize=8)
     ax.set_ylim(0, 1)
-    ax.set_ylabel(f"headline score ({result.get('split')} split)")
+    ax.set_ylabel(f"headline score ({asked} split)")
     ax.set_title(title(result))
     ax.legend(fontsize=8)
     written.append(_save(fig, out / ("zero_shot_vs_adapted.png" if adapted else "zero_shot.png")))
