@@ -2,11 +2,13 @@
 to pass --overwrite, which deleted the first one's evaluation (review 207)."""
 import json
 
+import pytest
 from test_eval_zero_shot import _small_spec  # (the same small built-in specs)
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import load_backbone
 from mtl_lora_vl.cli import eval_main, train_main
+from mtl_lora_vl.io.layout import ADAPTER_CONFIG, check_output, check_outputs_folder
 
 
 def test_the_default_out_of_another_adapter_is_refused_even_with_overwrite(tmp_path, capsys):
@@ -56,3 +58,22 @@ def test_an_out_inside_the_adapter_directory_is_refused(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"lies inside the adapter directory {adapter.absolute()}, which eval does not write into" in err, err
     assert sorted(p.relative_to(adapter) for p in adapter.rglob("*")) == before
+
+
+def test_an_out_beside_the_adapter_spelt_through_it_is_not_refused(tmp_path):
+    """Review h436: the adapter-directory check walked --out's parents as spelt, so --out ADAPTER/../eval (RUN/eval,
+    beside the adapter: the very fix its message gives) and LINK/../eval (LINK a symbolic link to the adapter) were
+    refused as lying inside the adapter. They are judged by where they lead; LINK/eval, inside it, is still refused,
+    and so is a folder of outputs (export's several tasks) inside it."""
+    adapter = tmp_path / "saved" / "best"   # (not a run's adapter/: export's folder may not lie inside a run either)
+    adapter.mkdir(parents=True)
+    (adapter / ADAPTER_CONFIG).write_text("{}")
+    (tmp_path / "link").symlink_to(adapter)
+    for out in (adapter / ".." / "eval", tmp_path / "link" / ".." / "eval"):
+        check_output(out, marker="eval.json", command="eval", overwrite=False)
+        check_outputs_folder(out, command="export")
+    for out in (adapter / "eval", tmp_path / "link" / "eval"):
+        with pytest.raises(FileExistsError, match=f"lies inside .*{adapter}"):
+            check_output(out, marker="eval.json", command="eval", overwrite=False)
+        with pytest.raises(FileExistsError, match=f"lies inside {adapter}"):
+            check_outputs_folder(out, command="export")

@@ -275,10 +275,11 @@ def check_outputs_folder(out: str | Path, *, command: str,
         if path and Path(path).exists() and holds(path, out):
             raise FileExistsError(f"--out {out}: is or lies inside {name} {path}, which {command} does not write "
                                   "into; choose another --out")
-    for folder in (out, *out.parents):
+    real = out.resolve()   # (ADAPTER/../x is beside the adapter, LINK/x inside what LINK leads to)
+    for folder in (real, *real.parents):
         kind = _kept_kind(folder) if folder.is_dir() else None
         if kind:
-            raise FileExistsError(f"--out {out}: {'is' if folder == out else f'lies inside {folder}, which is'} "
+            raise FileExistsError(f"--out {out}: {'is' if folder == real else f'lies inside {folder}, which is'} "
                                   f"{kind}; {command} does not write into one; choose another --out")
 
 
@@ -302,7 +303,7 @@ def check_output(out: str | Path, *, marker: str, command: str, overwrite: bool,
         if out.is_file() and holds(path, out):
             raise FileExistsError(f"--out {out}: is a file of {name} {path}, which writing the results would "
                                   "replace; choose another --out")
-    adapter = next((p for p in out.absolute().parents if is_adapter_dir(p)), None)
+    adapter = next((p for p in out.resolve().parents if is_adapter_dir(p)), None)   # (ADAPTER/../x is beside it)
     if adapter is not None:   # the adapter saved again (overwrite=True) replaces its whole folder, results and all
         raise FileExistsError(f"--out {out}: lies inside the adapter directory {adapter}, which {command} does not "
                               "write into (saving the adapter again replaces the whole folder, and the results with "
