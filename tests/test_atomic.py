@@ -255,6 +255,40 @@ def test_a_second_ctrl_c_during_the_put_back_leaves_the_directory_whole(tmp_path
     assert [p.name for p in target.iterdir()] == ["new"]
 
 
+_TERMINATED_SWAP = """\
+import importlib, os, signal, sys, types
+from pathlib import Path
+package = Path(sys.argv[2]).parents[1]   # the module and the leaves it imports alone: no torch to import
+for name, folder in (("mtl_lora_vl", package), ("mtl_lora_vl.io", package / "io")):
+    sys.modules[name] = types.ModuleType(name)
+    sys.modules[name].__path__ = [str(folder)]
+atomic = importlib.import_module("mtl_lora_vl.io.atomic")
+target, real = Path(sys.argv[1]), os.replace
+def replace(src, dst):
+    real(src, dst)
+    if Path(src) == target:   # the old one moved aside: SIGTERM, whose handler is the default (it kills)
+        signal.raise_signal(signal.SIGTERM)
+atomic.os.replace, atomic._exchange = replace, lambda a, b: False   # the two-rename path (no atomic swap)
+with atomic.atomic_dir(target, overwrite=True) as tmp:
+    (tmp / "new").write_text("new")
+"""
+
+
+def test_a_sigterm_held_over_the_renames_leaves_no_old_directory_behind(tmp_path):
+    """Review h436: on the two-rename path a SIGTERM whose handler is the default one (an eval or export command) was
+    held until the renames were done and then killed the process before the old directory was deleted: a hidden
+    .t.XXXXXXXX.old (as large as the old output) was left beside the target, which no later write deletes. The old
+    one is now deleted before the held signal is delivered."""
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "old").write_bytes(b"x" * 4096)
+    proc = subprocess.run([sys.executable, "-c", _TERMINATED_SWAP, str(target), atomic_mod.__file__],
+                          capture_output=True)
+    assert proc.returncode == -signal.SIGTERM, proc.stderr.decode()
+    assert [p.name for p in tmp_path.iterdir()] == ["t"]
+    assert [p.name for p in target.iterdir()] == ["new"]
+
+
 _KILLED_WRITER = """\
 import importlib, os, signal, sys, types
 from pathlib import Path

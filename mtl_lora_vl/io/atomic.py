@@ -362,29 +362,27 @@ def _replace_dir(tmp: Path, path: Path) -> None:
     Where the system can swap two directories atomically the old one is exchanged with ``tmp`` and then
     deleted, so there is no moment without ``path``; elsewhere it is moved aside first, and a crash (SIGKILL)
     between the two renames leaves it in a hidden ``.<name>.*.old`` folder beside the target. A Ctrl-C or SIGTERM
-    there waits until both renames are done (or, where the second fails, undone); once the new one is in place the
-    write is done: an exception after that deletes the old one and propagates."""
+    there waits until both renames are done and the old one deleted (or, where the second rename fails, until they
+    are undone): a SIGTERM whose default handler kills the process left that folder behind."""
     if path.is_dir() and not path.is_symlink() and any(path.iterdir()) and _exchange(tmp, path):
         shutil.rmtree(tmp, ignore_errors=True)   # now the old directory
         return
     old = None
-    try:
-        with _signals_held():   # (a second Ctrl-C in the put-back below left the old one in .<name>.*.old)
-            if path.is_dir():
-                if any(path.iterdir()):
-                    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-                else:
-                    path.rmdir()
-            try:
-                if old is not None:
-                    os.replace(path, old / "dir")
-                os.replace(tmp, path)
-            except BaseException:
-                if old is not None:
-                    _put_back(old, tmp, path)
-                raise
-    finally:   # (also when a signal held above is delivered: the new one is in place)
-        if old is not None and not os.path.lexists(tmp):
+    with _signals_held():   # (a second Ctrl-C in the put-back below left the old one in .<name>.*.old)
+        if path.is_dir():
+            if any(path.iterdir()):
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            else:
+                path.rmdir()
+        try:
+            if old is not None:
+                os.replace(path, old / "dir")
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:
+                _put_back(old, tmp, path)
+            raise
+        if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
 
