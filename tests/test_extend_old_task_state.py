@@ -206,3 +206,15 @@ def test_eval_reads_the_adapter_config_once_before_load_pretrained(tmp_path, mon
         monkeypatch.setattr(module, "read_adapter_config", lambda *a, **k: reads.append(a) or real(*a, **k))
     evaluate_adapter(adapter, tasks="color", device="cpu", out=tmp_path / "ev")
     assert len(reads) == 1
+
+
+def test_a_data_root_from_an_unknown_users_home_still_lets_the_adapter_load(tmp_path):
+    """Review h436: since '~' is expanded in data_roots, one written as '~someone/d' where no user someone exists (a
+    config edited on another machine) made every read of the adapter raise "RuntimeError: Could not determine home
+    directory." (pathlib's expanduser), load_adapter and eval included. It is left as written (a folder not there)."""
+    d = folder(tmp_path / "d", ("red", "blue"), ("red", "blue"))
+    adapter, _ = stateless_adapter(tmp_path, d)
+    cfg = adapter / "mtl_lora_config.json"
+    gone = "~no-such-user-h436/d"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "data_roots": {"color": gone, "ask": str(d)}}))
+    assert mlv.read_adapter_config(adapter)["data_roots"] == {"color": gone, "ask": str(d)}

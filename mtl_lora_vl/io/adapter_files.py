@@ -26,6 +26,7 @@ tensors are safetensors, the rest is JSON and TOML.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tomllib
 from collections.abc import Mapping
@@ -330,8 +331,9 @@ def _read(path: Path, verify: bool) -> tuple[dict[str, Any], AdapterLayout]:
         raise AdapterFileError(f"{cfg_file}: data_roots of {tasks_named(bad_roots)} must be a folder path (a string), "
                                f"got {[doc['data_roots'][t] for t in bad_roots]}; fix the field (or remove the "
                                "task's entry) or save the adapter again")
-    if doc.get("data_roots"):   # one written by hand as ~/x names that folder (save_adapter writes it expanded)
-        doc["data_roots"] = {t: str(Path(r).expanduser()) for t, r in doc["data_roots"].items()}
+    if doc.get("data_roots"):   # one written by hand as ~/x names that folder (save_adapter writes it expanded);
+        # (os.path's leaves a ~user it cannot find as written: pathlib's raised, and no reader could load the adapter)
+        doc["data_roots"] = {t: os.path.expanduser(r) for t, r in doc["data_roots"].items()}
     tasks_dir = path / TASKS_DIR
     task_files = sorted(f.relative_to(path).as_posix() for f in tasks_dir.rglob("*") if f.is_file()) \
         if tasks_dir.is_dir() else []
