@@ -14,6 +14,7 @@ from conftest import tiny_open_clip
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.io.adapter_files import AdapterFileError, read_adapter_config
+from mtl_lora_vl.io.layout import ADAPTER_CONFIG, check_replace
 
 SPEC = Path(__file__).resolve().parents[1] / "tasks" / "vqa.toml"
 
@@ -81,3 +82,19 @@ def test_an_edited_task_file_left_out_of_files_is_refused(adapter, rel):
         f.write_text(f.read_text() + "\n# edited\n")
     with pytest.raises(AdapterFileError, match=rel.replace(".", r"\.")):
         read_adapter_config(adapter)
+
+
+def test_a_target_spelt_through_an_adapter_is_judged_by_where_it_leads(tmp_path):
+    """Review h436: check_replace walked the target's parents as spelt, so export_lora / save_merged of
+    saved/best/../peft (saved/peft, beside the adapter saved/best) with overwrite=True was refused as lying inside the
+    adapter. It is judged by where it leads; LINK/peft (LINK a link to the adapter), which is inside it, is refused."""
+    adapter = tmp_path / "saved" / "best"
+    adapter.mkdir(parents=True)
+    (adapter / ADAPTER_CONFIG).write_text("{}")
+    (tmp_path / "saved" / "peft").mkdir()
+    (adapter / "peft").mkdir()
+    (tmp_path / "link").symlink_to(adapter)
+    check_replace(adapter / ".." / "peft", what="export_lora")
+    check_replace(tmp_path / "link" / ".." / "peft", what="export_lora")
+    with pytest.raises(FileExistsError, match=f"lies inside {adapter}, which is an MTL-LoRA adapter directory"):
+        check_replace(tmp_path / "link" / "peft", what="export_lora")

@@ -250,10 +250,11 @@ def check_replace(out: str | Path, *, what: str, keep: Iterable[tuple[str, str |
     out = Path(out)
     if not out.exists():
         return
-    for folder in (out, *out.absolute().parents):
+    real = out.resolve()   # (ADAPTER/../x is beside the adapter, LINK/x inside what LINK leads to)
+    for folder in (real, *real.parents):
         kind = _kept_kind(folder) if folder.is_dir() else None
-        if kind and (folder == out or not _earlier_export(out)):   # an earlier export kept inside one is replaced
-            where = "is" if folder == out else f"lies inside {folder}, which is"
+        if kind and (folder == real or not _earlier_export(out)):   # an earlier export kept inside one is replaced
+            where = "is" if folder == real else f"lies inside {folder}, which is"
             raise FileExistsError(f"{what}: {out} {where} {kind}, which overwrite=True never replaces; write to "
                                   "another path")
     inner = kept_inside(out)   # an adapter or a run inside out is deleted with it
