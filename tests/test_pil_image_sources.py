@@ -59,3 +59,16 @@ def test_an_in_memory_pil_image_is_read_whatever_pillow_keeps_on_it():
 def test_a_float_image_is_read_by_the_levels_its_values_fall_in(values, expected):
     img = Image.fromarray(np.array([values], dtype=np.float32), mode="F")
     assert [load_image(img).getpixel((i, 0))[0] for i in range(3)] == expected
+
+
+@pytest.mark.parametrize("top", [1.0, 255.0])
+def test_a_resized_float_image_whose_ringing_passes_its_level_keeps_that_level(top):
+    """A float image resized with Pillow's default bicubic rings past its level's top at a sharp edge (a 0-1 image's
+    white reads 1.14, a convert("F") 0-255 one's 291): it was read by the next level (0-255 / 0-65535), so its white
+    read as 1 of 255 and the whole image black; its level is kept (the ringing clipped, as an 8-bit resize clips it)."""
+    arr = np.zeros((64, 64), dtype=np.float32)
+    arr[16:48, 16:32] = top   # a white bar on black, its sharp edges ring when resized
+    img = Image.fromarray(arr, mode="F").resize((100, 100))
+    assert 1.1 * top < float(np.asarray(img).max()) < 1.2 * top
+    read = np.asarray(load_image(img))[..., 0]
+    assert read.max() == 255 and read[50, 37] == 255 and read[5, 5] == 0

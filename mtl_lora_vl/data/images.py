@@ -257,8 +257,10 @@ def _to_8bit_gray(img: Image.Image, clear: int | None = None) -> Image.Image:
         arr = np.nan_to_num(arr.astype(np.float64))
         hi = float(arr.max()) if arr.size else 0.0
         # the smallest of the levels 0-1, 0-255 (Pillow's own for "F": convert("F") of an 8-bit image) and 0-65535 (of
-        # a 16-bit one) that holds the brightest pixel, so a dark image stays dark; beyond them, that pixel
-        arr = arr * (255.0 / next((top for top in (1.0, 255.0, 65535.0) if hi <= top), hi))
+        # a 16-bit one) that holds the brightest pixel, so a dark image stays dark; beyond them, that pixel. A level
+        # holds half its top more: a resize rings past it at sharp edges (Pillow's bicubic: 1.14 on a 0-1 image), and
+        # the ringing is clipped; no integer (convert("F") of an 8-bit image) falls in (1, 1.5]
+        arr = arr * (255.0 / next((top for top in (1.0, 255.0, 65535.0) if hi <= 1.5 * top), hi))
     else:
         arr = arr.astype(np.int64)
         hi = int(arr.max()) if arr.size else 0
