@@ -72,3 +72,16 @@ def test_a_resized_float_image_whose_ringing_passes_its_level_keeps_that_level(t
     assert 1.1 * top < float(np.asarray(img).max()) < 1.2 * top
     read = np.asarray(load_image(img))[..., 0]
     assert read.max() == 255 and read[50, 37] == 255 and read[5, 5] == 0
+
+
+def test_a_float_image_with_an_infinite_pixel_is_read_by_the_levels_of_its_finite_ones():
+    """A 0-1 float image with one +inf pixel (a division by zero) was read by that pixel (as 1.8e308, the largest
+    float): every other pixel 0, the image black; now its level is its finite pixels' (+inf white, -inf and NaN
+    black)."""
+    arr = np.array([[0.0, 0.5, 1.0, np.inf, -np.inf, np.nan]], dtype=np.float32)
+    img = Image.fromarray(arr, mode="F")
+    assert [load_image(img).getpixel((i, 0))[0] for i in range(6)] == [0, 127, 255, 255, 0, 0]
+    dark = Image.fromarray(np.array([[0.0, 50.0, 100.0, np.inf]], dtype=np.float32), mode="F")
+    assert [load_image(dark).getpixel((i, 0))[0] for i in range(4)] == [0, 50, 100, 255]
+    assert [load_image(Image.fromarray(np.full((1, 2), np.nan, np.float32), mode="F")).getpixel((i, 0))[0]
+            for i in range(2)] == [0, 0]

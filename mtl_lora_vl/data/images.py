@@ -254,13 +254,15 @@ def _to_8bit_gray(img: Image.Image, clear: int | None = None) -> Image.Image:
     elsewhere."""
     raw = arr = np.asarray(img)
     if arr.dtype.kind == "f":
-        arr = np.nan_to_num(arr.astype(np.float64))
-        hi = float(arr.max()) if arr.size else 0.0
+        arr = arr.astype(np.float64)
+        finite = np.isfinite(arr)   # (the level is the finite pixels': +inf is white, -inf and NaN black)
+        hi = float(arr[finite].max()) if finite.any() else 0.0
         # the smallest of the levels 0-1, 0-255 (Pillow's own for "F": convert("F") of an 8-bit image) and 0-65535 (of
         # a 16-bit one) that holds the brightest pixel, so a dark image stays dark; beyond them, that pixel. A level
         # holds half its top more: a resize rings past it at sharp edges (Pillow's bicubic: 1.14 on a 0-1 image), and
         # the ringing is clipped; no integer (convert("F") of an 8-bit image) falls in (1, 1.5]
         arr = arr * (255.0 / next((top for top in (1.0, 255.0, 65535.0) if hi <= 1.5 * top), hi))
+        arr = np.nan_to_num(arr, nan=0.0, posinf=255.0, neginf=0.0)
     else:
         arr = arr.astype(np.int64)
         hi = int(arr.max()) if arr.size else 0
