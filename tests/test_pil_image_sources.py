@@ -85,3 +85,17 @@ def test_a_float_image_with_an_infinite_pixel_is_read_by_the_levels_of_its_finit
     assert [load_image(dark).getpixel((i, 0))[0] for i in range(4)] == [0, 50, 100, 255]
     assert [load_image(Image.fromarray(np.full((1, 2), np.nan, np.float32), mode="F")).getpixel((i, 0))[0]
             for i in range(2)] == [0, 0]
+
+
+def test_an_integer_image_resized_past_255_keeps_its_8_bit_level():
+    """convert("I") of an 8-bit image resized with Pillow's bicubic rings to 292 at a sharp edge: a mode I image over
+    255 was read as 16-bit (x 255 / 65535), its white as 1 and the whole image black; as the float rule, up to half
+    the level's top more is ringing, clipped. A 16-bit file (I;16) is still scaled by its depth, however dark."""
+    arr = np.zeros((64, 64), dtype=np.uint8)
+    arr[16:48, 16:32] = 255
+    img = Image.fromarray(arr).convert("I").resize((100, 100))
+    assert 280 < int(np.asarray(img).max()) < 300
+    read = np.asarray(load_image(img))[..., 0]
+    assert read.max() == 255 and read[50, 37] == 255 and read[5, 5] == 0
+    deep = Image.fromarray(np.array([[0, 300, 600]], dtype=np.uint16))   # (I;16: a 16-bit image's depth)
+    assert deep.mode.startswith("I;16") and [load_image(deep).getpixel((i, 0))[0] for i in range(3)] == [0, 1, 2]

@@ -250,8 +250,8 @@ def _upright(img: Image.Image) -> Image.Image:
 
 def _to_8bit_gray(img: Image.Image, clear: int | None = None) -> Image.Image:
     """Integer/float single-channel modes (16-bit PNGs, 32-bit TIFFs) scaled to 8 bits by the levels their values fall
-    in, not clipped; pixels of the level ``clear`` (a 16-bit PNG's tRNS) white, as transparency is composited
-    elsewhere."""
+    in, not clipped (but for a resize's ringing a little past a level); pixels of the level ``clear`` (a 16-bit PNG's
+    tRNS) white, as transparency is composited elsewhere."""
     raw = arr = np.asarray(img)
     if arr.dtype.kind == "f":
         arr = arr.astype(np.float64)
@@ -267,7 +267,9 @@ def _to_8bit_gray(img: Image.Image, clear: int | None = None) -> Image.Image:
         arr = arr.astype(np.int64)
         hi = int(arr.max()) if arr.size else 0
         sixteen = img.mode.startswith("I;16") or (img.mode == "I" and img.format in ("PNG", "PPM"))  # 16-bit
-        if sixteen or hi > 255:  # a 16-bit file is scaled by its depth, however dark it is
+        # a 16-bit file is scaled by its depth, however dark it is; else 0-255 holds half its top more (a resize's
+        # ringing, clipped), as the float levels do
+        if sixteen or hi > 382:
             arr = arr * 255 // (65535 if hi <= 65535 else hi)
     if clear is not None:
         arr = np.where(raw == clear, 255, arr)
