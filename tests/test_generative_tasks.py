@@ -543,3 +543,33 @@ def test_a_target_cut_by_max_length_does_not_train_the_end_token(llava, caplog):
     assert cut and cut[-1] != llava.eos_id          # the cut answer's tokens only
     assert whole[-1] == llava.eos_id                # a row that fits keeps its end token
     assert "max_length" in caplog.text
+
+
+def test_texts_the_language_model_s_tokenizer_cannot_read_are_named(caplog):
+    """The built-in LLaVA's tokenizer is word-level (450 words): class names it does not know read <unk>, so
+    'a large sheep' and 'a large cow' were the same candidate ids and tied on every image, and an unknown VQA answer
+    trained the model to write <unk> (decoded as ""), without a word: the check of the contrastive path returned
+    early on a language model."""
+    from mtl_lora_vl.backbones import load_backbone
+    from mtl_lora_vl.tasks import resolve_tasks
+
+    bb = load_backbone("builtin-llava")
+    spec = resolve_tasks("caption_cls")[0]
+    names = ["circle", "sheep", "cow", "square"]
+    spec = dataclasses.replace(spec, options={**spec.options, "class_names": names})
+    split = spec.load_split("train")
+    split = dataclasses.replace(split, class_names=names, examples=[e for e in split.examples if e.label < 4][:40])
+    with caplog.at_level("WARNING", logger="mtl_lora_vl"):
+        kind = build_kind(spec, split, bb)
+    assert kind.generative
+    assert ("task 'caption_cls' (" in caplog.text and "2 of its 4 distinct class prompts hold words the language "
+            "model's tokenizer does not know" in caplog.text and "'a large cow'" in caplog.text)
+    caplog.clear()
+    vqa = load_spec("vqa")
+    train = _split(vqa, "train", 6)
+    with caplog.at_level("WARNING", logger="mtl_lora_vl"):
+        build_kind(vqa, train, bb)   # the world's words: nothing to say
+        assert "does not know" not in caplog.text
+        odd = dataclasses.replace(train.examples[0], answers=("dalmatian",) * 10)
+        build_kind(vqa, Split([odd, *train.examples[1:]]), bb)
+    assert "task 'vqa' (" in caplog.text and "'dalmatian'" in caplog.text

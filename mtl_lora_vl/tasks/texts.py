@@ -94,15 +94,17 @@ def warn_text_coverage(spec: TaskSpec, texts: Iterable[str], backbone: Backbone,
     they are, for the message): words it does not know become ``<unk>``, and texts longer than its context are
     cut, so captions in another language or long ones -- or class names -- collapse into the same tokens and the
     task trains nothing, silently otherwise. A subword tokenizer (open_clip's BPE, a Hugging Face CLIP's) knows every
-    word but cuts at its context (77 tokens) as silently: the texts it cuts are counted too."""
+    word but cuts at its context (77 tokens) as silently: the texts it cuts are counted too. On a language model (no
+    text tower) its own tokenizer's unknown words are counted (the built-in LLaVA's is word-level too)."""
     tok = getattr(backbone, "tokenizer", None)
     texts = sorted(set(texts))
+    where = f"task {spec.name!r}" + (f" ({spec.source_file})" if spec.source_file else "")
+    if texts and uses_language_model(backbone):   # no text tower: the language model's tokenizer reads the texts
+        _warn_lm_unknown(where, texts, backbone, what)   # (its context: warn_lm_context measures the rows)
+        return
     if not texts or not hasattr(tok, "context_length"):
         return
-    where = f"task {spec.name!r}" + (f" ({spec.source_file})" if spec.source_file else "")
     if not (hasattr(tok, "encode_words") and hasattr(tok, "unk_id")):   # a subword tokenizer reads any text, but cuts
-        if uses_language_model(backbone):
-            return   # no text tower: a language model's prompts are measured against its context (warn_lm_context)
         every = -(-len(texts) // MEASURED_TEXTS)   # a sample spread over the sorted texts, not their first ones
         measured = texts[::every]
         cut = cut_texts(tok, measured)
@@ -124,3 +126,24 @@ def warn_text_coverage(spec: TaskSpec, texts: Iterable[str], backbone: Backbone,
         logger.warning("%s: %d of its %d distinct %s are longer than the tokenizer's context of %d tokens and are "
                        "cut; texts that differ only after the cut look the same to the model",
                        where, cut, len(texts), what, tok.context_length)
+
+
+def _warn_lm_unknown(where: str, texts: list[str], backbone: Backbone, what: str) -> None:
+    """Say when the language model's tokenizer reads some of ``texts`` (sorted, distinct) as its unknown token (the
+    built-in LLaVA's word-level one, 450 words): class targets that differ only there are the same candidate ids and
+    tie on every image, and a target holding it trains the model to write a token that decodes to nothing. A sample
+    of :data:`MEASURED_TEXTS` is read; a tokenizer without an unknown token (byte-level BPE) reads every text."""
+    tok = getattr(getattr(backbone, "hf_processor", None), "tokenizer", None)
+    unk = getattr(tok, "unk_token_id", None)
+    if not isinstance(unk, int) or not callable(tok):
+        return
+    every = -(-len(texts) // MEASURED_TEXTS)   # a sample spread over the sorted texts, not their first ones
+    measured = texts[::every]
+    held = [t for t, ids in zip(measured, tok(measured, add_special_tokens=False)["input_ids"]) if unk in ids]
+    if held:
+        some = f"{len(measured)} measured (one in {every}) of its " if every > 1 else "its "
+        logger.warning("%s: %d of %s%d distinct %s hold words the language model's tokenizer does not know (they "
+                       "become %r, e.g. %r); texts that differ only there look the same to the model, and a target "
+                       "holding one is trained to write a token that decodes to nothing: use a backbone whose "
+                       "tokenizer reads this data (hf:DIR of a model with a subword vocabulary)", where, len(held),
+                       some, len(texts), what, tok.unk_token, held[0])
