@@ -52,3 +52,19 @@ def test_generating_past_the_language_models_context_is_said(bb, caplog):
             assert "context" in str(e)
             return
     assert any("context" in r.getMessage() for r in caplog.records)
+
+
+def test_scoring_candidates_past_the_language_models_context_is_said(bb, caplog):
+    """generate and the training rows say when a row passes the 256 positions of the built-in LLaVA; candidate
+    scoring (classification, NLVR) scored a 309-token prompt's candidates there with no word, so an evaluation of a
+    saved adapter (no training rows read) ranked classes on positions the model never saw, silently."""
+    tok = bb.image_token
+    images = torch.randn(1, 3, bb.image_size, bb.image_size)
+    with caplog.at_level(logging.WARNING):
+        bb.sequence_scores(images, [f"{tok} caption:"], ["a large red circle", "a small blue square"])
+        assert not any("context" in r.getMessage() for r in caplog.records)
+        long = tok + " question:" + " what colour is the cube ?" * 40 + " answer:"
+        bb.sequence_scores(images, [long], ["a large red circle", "yes"])
+    said = [r.getMessage() for r in caplog.records if "context" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("sequence_scores: prompts of up to ")
+    assert "candidates of up to 5 tokens (their end token included) pass the language model's context of 256" in said[0]

@@ -53,7 +53,7 @@ from .base import (
     resolve_base_dtype,
     warn_past_context,
 )
-from .candidate_scores import scores_cached, scores_full, target_logprobs
+from .candidate_scores import scores_cached, scores_full, target_logprobs, warn_scored_past_context
 from .chat import ChatWrap, read_chat_wrap
 from .generation_ids import GenerationIds, plain_decoding
 from .hf import hf_dir, hf_grad_checkpointing, hf_model_class, load_hf_weights
@@ -299,6 +299,7 @@ class HFVLMBackbone(GenerationIds, Backbone):
         per_text = {t: [[*ids, end_id] for ids in collator.continuation_ids([t] * len(candidates), candidates)]
                     for t in dict.fromkeys(texts)}
         cands = [per_text[t] for t in texts]   # (B, C) id lists: rows with one prompt text share them
+        warn_scored_past_context(batch["input_ids"].shape[1], cands, self.lm_context)
         if self.model.training and torch.is_grad_enabled() and _checkpointing(self.model):
             scores = self._scores_full(images, prompts, cands, sizes)
         else:
