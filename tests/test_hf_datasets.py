@@ -300,6 +300,32 @@ def test_split_named_anywhere_in_a_file_or_folder_name_as_datasets_reads_it(tmp_
     assert len(read_split("hf_datasets", root, path="coco", split="val", cache_dir=cache).examples) == 1
 
 
+def test_hub_shard_names_are_splits_of_their_own_as_datasets_reads_them(tmp_path):
+    """A hub snapshot's ``data/test-00000-of-00001.parquet`` and ``data/test_hard-00000-of-00001.parquet`` are the
+    splits 'test' and 'test_hard' to ``datasets``; split = "test" read both (6 rows where datasets gives 2), and a
+    folder of only those two read as one split without split = ...; 'validation' beside validation_matched and
+    validation_mismatched shards merged the two."""
+    root = tmp_path / "root"
+    cache = str(tmp_path / "cache")
+    _caption_parquet(root / "hub" / "data" / "train-00000-of-00001.parquet", 0, 3)
+    _caption_parquet(root / "hub" / "data" / "test-00000-of-00001.parquet", 1, 2)
+    _caption_parquet(root / "hub" / "data" / "test_hard-00000-of-00001.parquet", 2, 4)
+    assert len(read_split("hf_datasets", root, path="hub", split="test", cache_dir=cache).examples) == 2
+    assert len(read_split("hf_datasets", root, path="hub", split="test_hard", cache_dir=cache).examples) == 4
+    assert len(read_split("hf_datasets", root, path="hub/data", split="train", cache_dir=cache).examples) == 3
+    (root / "hub" / "data" / "train-00000-of-00001.parquet").unlink()
+    with pytest.raises(ValueError, match=r"hold the splits \['test', 'test_hard'\]"):
+        read_split("hf_datasets", root, path="hub", cache_dir=cache)
+    _caption_parquet(root / "mnli" / "validation_matched-00000-of-00001.parquet", 0, 2)
+    _caption_parquet(root / "mnli" / "validation_mismatched-00000-of-00001.parquet", 1, 2)
+    with pytest.raises(ValueError, match=r"split 'validation' names no split of its own here.*'validation_matched', "
+                                         r"'validation_mismatched'"):
+        read_split("hf_datasets", root, path="mnli", split="validation", cache_dir=cache)
+    _caption_parquet(root / "mine" / "mydata_train-00000-of-00002.parquet", 0, 2)   # one shard name: still 'train'
+    _caption_parquet(root / "mine" / "mydata_train-00001-of-00002.parquet", 1, 1)
+    assert len(read_split("hf_datasets", root, path="mine", split="train", cache_dir=cache).examples) == 3
+
+
 def test_a_misspelt_columns_field_names_the_spec_file_and_the_field_meant(tmp_path):
     """It was a bare ValueError ('columns: unknown field(s) ['imgae']'), naming neither the spec nor the field meant."""
     root = tmp_path / "data"

@@ -9,8 +9,8 @@ A task spec points at it and maps its columns to the fields of :mod:`mtl_lora_vl
     columns = {image = "img", question = "q", answers = "answers"}
     [data.train]
     split = "train"                   # a split of a saved DatasetDict, or of a parquet folder
-    [data.val]                        #   (files named "<split>-*.parquet", "*_<split>.parquet" or under "<split>/")
-    split = "validation"
+    [data.val]                        #   (files named "<split>-*.parquet", "*_<split>.parquet" or under "<split>/";
+    split = "validation"              #   a hub shard "<split>-00000-of-00002.parquet" is of "<split>", whole)
 
 Fields: ``image``, ``text``/``caption``/``captions``, ``question``, ``answers``, ``label``, ``image_id``,
 ``question_type``, ``question_id``, ``filter_type``. Without ``columns`` every column named like a field is used. An
@@ -107,9 +107,20 @@ def _in_split(f: Path, base: Path, split: str) -> bool:
     return any(alone.search(part) for part in f.relative_to(base).parts)
 
 
+#: A hub shard's name, ``<split>-00000-of-00003.parquet``: ``datasets`` reads ``<split>`` as the file's split, whole
+#: (``test_hard-...`` is the split "test_hard", not "test").
+_SHARD = re.compile(r"^(.+)-[0-9]{5}-of-[0-9]{5}")
+
+
+def _shard_split(f: Path) -> str | None:
+    """The split a hub shard's file name spells, whole; None for another name."""
+    m = _SHARD.match(f.name)
+    return m.group(1) if m else None
+
+
 def _split_of(f: Path, base: Path) -> str | None:
-    """The usual split name a parquet file's name or folder gives, if any."""
-    return next((s for s in _SPLIT_NAMES if _in_split(f, base, s)), None)
+    """The split a parquet file's name or folder gives, if any: a hub shard's own, else a usual split name in it."""
+    return _shard_split(f) or next((s for s in _SPLIT_NAMES if _in_split(f, base, s)), None)
 
 
 def _parquet_files(base: Path, split: str | None) -> list[str]:
@@ -131,6 +142,13 @@ def _parquet_files(base: Path, split: str | None) -> list[str]:
                              "[data.<split>] table (every file was read as one split)")
         return [str(f) for f in files]
     mine = [f for f in files if _in_split(f, base, split)]
+    shards = sorted({n for n in map(_shard_split, mine) if n is not None})
+    if split in shards:   # test-00000-of-00001 beside test_hard-00000-of-00001: the first alone, as datasets reads it
+        mine = [f for f in mine if _shard_split(f) == split]
+    elif len(shards) > 1:
+        raise ValueError(f"hf_datasets {base}: split {split!r} names no split of its own here, and the parquet files "
+                         f"it matches are the shards of the splits {shards} (named '<split>-00000-of-000NN'); set "
+                         "split to one of them")
     if not mine:
         shown = ", ".join(str(f.relative_to(base)) for f in files[:6])
         raise FileNotFoundError(f"{base}: no parquet file of split {split!r} (named '{split}-*.parquet', "
