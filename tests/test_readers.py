@@ -312,6 +312,30 @@ def test_jsonl_all_row_kinds(root):
     assert [e.label for e in s.examples] == [0, 1]
 
 
+def test_a_json_nan_in_a_jsonl_row_is_a_missing_value_not_the_text_nan(root):
+    """``json.dumps`` of ``df.to_dict("records")`` writes pandas' missing cells as ``NaN``: a row whose caption was
+    missing trained on the caption "nan", a question type NaN made the type "nan" (scored and filtered as such), and
+    a NaN image_id on two images was "image_id 'nan' was given to another image"."""
+    rows = ['{"image": "images/good.jpg", "caption": "red", "image_id": NaN}',
+            '{"image": "images/good2.png", "caption": NaN, "image_id": NaN}',
+            '{"image": "images/gray.png", "caption": "gray", "image_id": NaN}']
+    (root / "nan.jsonl").write_text("\n".join(rows) + "\n")
+    with _warns() as msgs:
+        s = read_split("jsonl", root, file="nan.jsonl")
+    assert [(e.image_id, e.text) for e in s.examples] == [("images/good.jpg", "red"), ("images/gray.png", "gray")]
+    assert any("1 row(s) have no caption text" in m for m in msgs)
+    rows = ['{"image": "good.jpg", "question": "color?", "answers": ["red"], "question_type": NaN, '
+            '"filter_type": NaN}',
+            '{"image": "good2.png", "question": "what?", "answers": ["green"], "question_type": "what"}']
+    (root / "nan_vqa.jsonl").write_text("\n".join(rows))
+    s = read_split("jsonl", root, file="nan_vqa.jsonl", images="images")
+    assert [e.question_type for e in s.examples] == [None, "what"]
+    assert s.examples[0].meta["filter_type"] == ""
+    (root / "nan_q.jsonl").write_text(rows[1] + '\n{"image": "good.jpg", "question": NaN, "answers": ["red"]}\n')
+    with pytest.raises(DataFormatError, match=r"nan_q.jsonl:2: 'question' is blank"):
+        read_split("jsonl", root, file="nan_q.jsonl", images="images")
+
+
 def test_image_ids_zero_blank_captions_and_ids_shared_by_two_images(root):
     rows = [{"image": "images/good.jpg", "image_id": 0, "caption": "red"},
             {"image": "images/good2.png", "image_id": "", "caption": "green"},

@@ -18,8 +18,15 @@ logger = logging.getLogger(__name__)
 __all__ = ["csv_rows", "jsonl_rows"]
 
 
+def _constant(name: str) -> float | None:
+    """A JSON ``NaN`` is a missing value (``json.dumps`` of a pandas row writes a blank cell so), as null is: read as
+    it stood it was the caption, question or type "nan". ``Infinity`` stays a number."""
+    return None if name == "NaN" else float(name)
+
+
 def jsonl_rows(path: Path) -> list[tuple[int, dict]]:
-    """``(line, row)`` of each JSON object line of ``path``; blank lines are passed over, anything else refused."""
+    """``(line, row)`` of each JSON object line of ``path`` (a ``NaN`` read as null); blank lines are passed over,
+    anything else refused."""
     rows = []
     with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
@@ -28,7 +35,7 @@ def jsonl_rows(path: Path) -> list[tuple[int, dict]]:
             # a first line "[" or "{", or a list: one JSON document (LLaVA's .json, an indented file), not JSON lines
             whole = "; the file looks like one JSON document, not JSON lines: write one JSON object per line"
             try:
-                row = json.loads(line)
+                row = json.loads(line, parse_constant=_constant)
             except json.JSONDecodeError as e:
                 one = whole if not rows and line.strip() in ("[", "{") else ""
                 raise DataFormatError(f"{path}:{lineno}: not valid JSON ({e.msg}){one}") from e
