@@ -285,6 +285,28 @@ def test_imagefolder(root):
             read_split("imagefolder", root, folder="folder", strict=strict)
 
 
+def test_imagefolder_reads_a_linked_subfolder_once_as_torchvision_does(root):
+    """A class folder's subfolder that is a symlink (a subset built by linking folders of a pool under the data root)
+    was passed over without a word: cat/ held a.png and the link more/ -> pool/ of two images, and cat had 1 image
+    (torchvision's ImageFolder reads 3). A link back up (a loop) is walked once; a linked folder out of the data root
+    is refused as a linked file is."""
+    base = root / "folder"
+    _rgb(base / "cat" / "a.png")
+    _rgb(base / "dog" / "b.png")
+    _rgb(root / "pool" / "c.png")
+    _rgb(root / "pool" / "d.png")
+    (base / "cat" / "more").symlink_to(root / "pool")
+    (base / "cat" / "more_again").symlink_to(root / "pool")   # one folder linked twice: its images read once
+    (root / "pool" / "up").symlink_to(base / "cat")   # a loop: cat/more/up is cat again
+    s = read_split("imagefolder", root, folder="folder")
+    assert sorted(e.image_id for e in s.examples if e.label == 0) == ["folder/cat/a.png", "folder/cat/more/c.png",
+                                                                      "folder/cat/more/d.png"]
+    assert len(s.examples) == 4
+    (base / "dog" / "out").symlink_to(root.parent / "outside")
+    with pytest.raises(PathEscapeError, match=r"image folder 'folder/dog/out' resolves to .*outside the data root"):
+        read_split("imagefolder", root, folder="folder")
+
+
 def test_jsonl_all_row_kinds(root):
     rows = [{"image": "images/good.jpg", "caption": "a red box"}, {"image": "images/good.jpg", "text": "red"},
             {"image": "images/good2.png", "caption": "green"}, {"image": "images/empty.jpg", "caption": "none"}]

@@ -311,7 +311,8 @@ def read_imagefolder(
     strict: bool = False,
     verify: bool | str = True,
 ) -> Split:
-    """``folder/<class>/<image>``: label = index of the class in the sorted subfolder names.
+    """``folder/<class>/<image>``: label = index of the class in the sorted subfolder names; images in a class's
+    subfolders (linked ones too, each folder once) are the class's.
 
     Examples come interleaved across classes (the first image of every class, then the second, ...), not
     class by class, so that the first N of a split -- what ``[generative] eval_limit`` scores -- span the
@@ -328,8 +329,18 @@ def read_imagefolder(
     other: list[Path] = []   # images of formats the reader does not read (.heic, .avif, ...), said once
     for label, cls in enumerate(classes):
         found = []
-        for dirpath, dirnames, filenames in os.walk(base / cls):
-            dirnames.sort()
+        walked = {os.path.realpath(base / cls)}
+        for dirpath, dirnames, filenames in os.walk(base / cls, followlinks=True):
+            # a linked subfolder is read (as torchvision's ImageFolder reads it), once: a loop or a second link is not
+            keep = []
+            for d in sorted(dirnames):
+                real = os.path.realpath(os.path.join(dirpath, d))
+                if not Path(real).is_relative_to(root):   # refused before its tree is walked
+                    resolve_under(root, (Path(dirpath) / d).relative_to(root), "image folder")
+                if real not in walked:
+                    walked.add(real)
+                    keep.append(d)
+            dirnames[:] = keep
             for fn in sorted(filenames):
                 if fn.startswith("."):
                     continue
