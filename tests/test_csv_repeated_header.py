@@ -34,3 +34,13 @@ def test_a_row_naming_some_columns_is_read(root: Path) -> None:
     (root / "ok.csv").write_text("image,label\nimg/0.png,cat\nimage,dog\n")
     s = read_split("csv", root, file="ok.csv")
     assert s.class_names == ["cat", "dog"] and [e.label for e in s.examples] == [0, 1]
+
+
+def test_a_header_of_the_same_columns_in_another_order_is_refused_by_line(root: Path) -> None:
+    """A second file written with its columns in another order (``label,image``) joined on: its header row gave the
+    class "image", and every row after it was read with its cells under the wrong columns (the class "2.png", the
+    image "bird"): 4 classes for a cat/dog/bird file, the bird row lost, and only "skipped 2 unreadable image(s)"."""
+    (root / "joined.csv").write_text("image,label\nimg/0.png,cat\nimg/1.png,dog\nlabel,image\nbird,img/2.png\n")
+    with pytest.raises(DataFormatError, match=r"joined\.csv:4: the row names the header's columns in another order "
+                                              r"\(label,image\).*Remove"):
+        read_split("csv", root, file="joined.csv")
