@@ -358,6 +358,21 @@ def test_a_json_nan_in_a_jsonl_row_is_a_missing_value_not_the_text_nan(root):
         read_split("jsonl", root, file="nan_q.jsonl", images="images")
 
 
+def test_a_question_id_given_twice_in_row_files_is_refused_by_line(root):
+    """A JSONL of VQA rows joined twice (``cat a.jsonl a.jsonl``) read every question twice, weighed twice in training
+    and counted twice in evaluation, without a word; the VQAv2 reader refuses such a file ("question_id ... is given
+    to two questions")."""
+    rows = [{"image": "good.jpg", "question": "color?", "answers": ["red"], "question_id": 10},
+            {"image": "good2.png", "question": "color?", "answers": ["green"], "question_id": 11}]
+    text = "\n".join(json.dumps(r) for r in rows) + "\n"
+    (root / "twice.jsonl").write_text(text + text)
+    with pytest.raises(DataFormatError, match=r"twice.jsonl:3: question_id 10 is given to another row at "
+                                              r".*twice.jsonl:1"):
+        read_split("jsonl", root, file="twice.jsonl", images="images")
+    (root / "once.jsonl").write_text(text + json.dumps({**rows[0], "question_id": "10b"}) + "\n")
+    assert len(read_split("jsonl", root, file="once.jsonl", images="images").examples) == 3
+
+
 def test_image_ids_zero_blank_captions_and_ids_shared_by_two_images(root):
     rows = [{"image": "images/good.jpg", "image_id": 0, "caption": "red"},
             {"image": "images/good2.png", "image_id": "", "caption": "green"},
