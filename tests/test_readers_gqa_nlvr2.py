@@ -86,6 +86,17 @@ def test_gqa_reads_a_folder_of_question_files_in_numeric_order(gqa_root):
         read_gqa(gqa_root, "empty", images="images")
 
 
+def test_gqa_folder_of_several_splits_question_files_is_refused(gqa_root):
+    """A folder holding the balanced files of several splits (testdev_balanced_questions.json beside
+    test_balanced_questions.json, or train_ beside val_) was read as one split: testdev's 2 usable questions and
+    test's unanswered one together, without a word (the ids differ, so the repeated-id check said nothing)."""
+    with pytest.raises(DataFormatError, match=r"holds the question files of several sets \['test_balanced_questions', "
+                                              r"'testdev_balanced_questions'\].*give one file"):
+        read_gqa(gqa_root, ".", images="images")
+    (gqa_root / "test_balanced_questions.json").unlink()   # one set's file alone in the folder: read
+    assert len(read_gqa(gqa_root, ".", images="images").examples) == 2
+
+
 def test_gqa_keeps_only_the_fields_it_reads_as_it_parses(gqa_root):
     """A question's program, annotations and entailments are dropped as each is parsed (the balanced train file
     holds 943k questions), and the examples are as before."""

@@ -54,7 +54,8 @@ def read_gqa(
     its answer, and the structural one keeps verify/logical questions to the yes/no answers and the others to
     their own answers. ``""`` for either field gives no type (no filtering). The balanced files hold only
     balanced questions; for the "all" files, ``meta["is_balanced"]`` says which ones GQA's accuracy counts.
-    ``questions`` may be a folder of question files (GQA's ``train_all_questions/``), read in numeric order. Only
+    ``questions`` may be a folder of one set's question files (GQA's ``train_all_questions/``), read in numeric
+    order; a folder of several sets' files (``train_`` beside ``val_balanced_questions.json``) is refused. Only
     the fields used are kept as each question is parsed, so memory goes with the questions' text.
     """
     root = data_root_dir(data_root)
@@ -124,6 +125,11 @@ def _question_files(root: Path, questions: str | os.PathLike) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"GQA questions folder {p} holds no *.json files; give a *_questions.json file or a "
                                 "folder of them (GQA's train_all_questions/)")
+    sets = sorted({re.sub(r"_\d+$", "", f.stem) for f in files})   # train_all_questions_0 ... _9: one set
+    if len(sets) > 1:   # (train_ beside val_balanced_questions.json: both splits read as one)
+        raise DataFormatError(f"GQA questions folder {p} holds the question files of several sets {sets}, which "
+                              "would be read as one split; give one file (e.g. train_balanced_questions.json), or a "
+                              "folder of one set's numbered files (GQA's train_all_questions/)")
     return files
 
 
