@@ -1160,6 +1160,19 @@ def test_a_row_without_a_task_field_names_its_fields_and_the_one_meant(root, fmt
         read_split(fmt, root, file=f"rows.{fmt}")
 
 
+def test_labels_that_differ_only_in_unicode_form_are_warned_about(root, caplog):
+    """'café' typed (one character) and 'café' from a macOS file name (e + a combining accent) print alike and were
+    read as 2 classes without a word (the warning looked at case and spaces only): zero-shot prompts that a tokenizer
+    reads alike tie, and each class's rows score against the other."""
+    rows = ['{"image": "images/good.jpg", "label": "caf\u00e9"}', '{"image": "images/good2.png", "label": '
+            '"cafe\u0301"}', '{"image": "images/gray.png", "label": "tea"}']
+    (root / "rows.jsonl").write_text("\n".join(rows) + "\n")
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+        split = read_split("jsonl", root, file="rows.jsonl")
+    assert len(split.class_names) == 3   # still read as written
+    assert "differ only in case, spaces or Unicode form and are read as 2 classes" in caplog.text
+
+
 def test_labels_that_differ_only_in_case_are_warned_about(root, caplog):
     rows = ['{"image": "images/good.jpg", "label": "cat"}', '{"image": "images/good2.png", "label": "Cat"}',
             '{"image": "images/gray.png", "label": "dog"}']
@@ -1167,7 +1180,8 @@ def test_labels_that_differ_only_in_case_are_warned_about(root, caplog):
     with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
         split = read_split("jsonl", root, file="rows.jsonl")
     assert split.class_names == ["Cat", "cat", "dog"]   # still read as written
-    assert "the labels ['Cat', 'cat'] differ only in case or spaces and are read as 2 classes" in caplog.text
+    assert "the labels ['Cat', 'cat'] differ only in case, spaces or Unicode form and are read as 2 classes" in \
+        caplog.text
     caplog.clear()
     (root / "rows.jsonl").write_text("\n".join(rows[::2]) + "\n")
     with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):

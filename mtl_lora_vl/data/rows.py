@@ -33,6 +33,7 @@ from .common import (
     ImageChecker,
     annotation_file,
     caption_examples,
+    class_name_key,
     class_name_problems,
     data_root_dir,
     file_relative_hint,
@@ -341,12 +342,12 @@ def examples_from_rows(
                 raise DataFormatError(f"{at(ints[0])}: label {row_label(ints[0])!r} is an integer class index but "
                                       "other rows give class names; write every label as a name, or give class_names")
             names = sorted({str(v).strip() for _, v in labels_raw})
-            folded = Counter(" ".join(n.casefold().split()) for n in names)   # CLIP tokenizers lowercase
+            folded = Counter(map(class_name_key, names))   # CLIP tokenizers lowercase; NFC and NFD print alike
             if any(c > 1 for c in folded.values()):
-                same = [n for n in names if folded[" ".join(n.casefold().split())] > 1]
-                logger.warning("%s: the labels %s differ only in case or spaces and are read as %d classes (whose "
-                               "prompts a lowercasing tokenizer reads alike); write each class one way", source,
-                               same[:6], len(same))
+                same = [n for n in names if folded[class_name_key(n)] > 1]
+                logger.warning("%s: the labels %s differ only in case, spaces or Unicode form and are read as %d "
+                               "classes (whose prompts a lowercasing tokenizer reads alike); write each class one "
+                               "way", source, same[:6], len(same))
     index = {n.strip(): i for i, n in enumerate(names)}   # a label is read stripped: so is a given name
     examples = []
     for n, row in rows:
