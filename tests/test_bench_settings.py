@@ -149,6 +149,19 @@ def test_report_names_a_grid_resumed_on_another_thread_count():
 
 
 
+def _colors_task(root: Path) -> str:
+    """A file-based classification task: two classes of tiny images in train, val and test folders."""
+    from PIL import Image
+
+    for split in ("train", "val", "test"):
+        for label, color in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+            (root / split / label).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (16, 16), color).save(root / split / label / "a.png")
+    (root / "colors.toml").write_text('name = "colors"\nkind = "classification"\n[data]\nformat = "imagefolder"\n'
+                                      + "".join(f'[data.{s}]\nfolder = "{s}"\n' for s in ("train", "val", "test")))
+    return str(root / "colors.toml")
+
+
 class _Stop(KeyboardInterrupt):
     pass
 
@@ -161,29 +174,33 @@ def test_a_spec_given_by_a_relative_then_an_absolute_path_is_one_grid(tmp_path, 
     """settings.json stored --tasks as typed: the same spec file as 'specs/vqa.toml' in one start and by its absolute
     path in the next was refused as 'a grid with other settings (tasks differ)'."""
     _small_vqa(tmp_path / "specs")
+    _colors_task(tmp_path / "data")   # (a task that reads files: one that reads none refuses a --data-root)
     monkeypatch.chdir(tmp_path)
-    settings = BenchSettings(tasks=["specs/vqa.toml"], methods=["mtl_lora"], match_params=False, ablations={},
-                             device="cpu", data_root="data")
+    settings = BenchSettings(tasks=["specs/vqa.toml", "data/colors.toml"], methods=["mtl_lora"], match_params=False,
+                             ablations={}, device="cpu", data_root="data")
     out = tmp_path / "out"
     with pytest.raises(_Stop):
         run_benchmark(settings, out, trainer=_stop, stream=io.StringIO())
     stored = json.loads((out / "settings.json").read_text())
-    assert stored["tasks"] == [str(tmp_path / "specs" / "vqa.toml")] and stored["data_root"] == str(tmp_path / "data")
+    assert stored["tasks"] == [str(tmp_path / "specs" / "vqa.toml"), str(tmp_path / "data" / "colors.toml")]
+    assert stored["data_root"] == str(tmp_path / "data")
 
     def check(s: BenchSettings) -> None:   # what a later start checks before its first run
         bench_module._check_settings(out, bench_module.grid_identity(s, [load_spec(t) for t in s.tasks]), False)
 
-    again = BenchSettings(**{**settings.__dict__, "tasks": [str(tmp_path / "specs" / "vqa.toml")],
+    again = BenchSettings(**{**settings.__dict__, "tasks": [str(tmp_path / "specs" / "vqa.toml"),
+                                                            str(tmp_path / "data" / "colors.toml")],
                              "data_root": str(tmp_path / "data")})
     check(again)   # resumed, not refused
+    typed = {**stored, "tasks": ["specs/vqa.toml", "data/colors.toml"], "data_root": "data"}
     # a settings.json written before paths were resolved still resumes from the folder it was started in
-    (out / "settings.json").write_text(json.dumps({**stored, "tasks": ["specs/vqa.toml"], "data_root": "data"}))
+    (out / "settings.json").write_text(json.dumps(typed))
     check(again)
     _small_vqa(tmp_path / "other")   # the same text in another file: another grid
     with pytest.raises(RuntimeError, match=r"other settings \(tasks differ\); rerun"):
-        check(BenchSettings(**{**again.__dict__, "tasks": ["other/vqa.toml"]}))
+        check(BenchSettings(**{**again.__dict__, "tasks": ["other/vqa.toml", again.tasks[1]]}))
     # from another folder, such a file is refused saying why, and a resume from its own folder records them resolved
-    (out / "settings.json").write_text(json.dumps({**stored, "tasks": ["specs/vqa.toml"], "data_root": "data"}))
+    (out / "settings.json").write_text(json.dumps(typed))
     monkeypatch.chdir(tmp_path / "other")
     with pytest.raises(RuntimeError, match=r"data_root, tasks differ\); its settings.json holds relative paths "
                                            r"\(data_root, tasks\), read against the current folder .*other: start "

@@ -35,6 +35,7 @@ from ..distributed import pick_device
 from ..io.atomic import holds
 from ..io.locks import LockHeld, NotALockFile, take_lock
 from ..log import warn_user
+from ..multitask.setup import check_data_root_read
 from ..options import TrainOptions
 from ..precision import resolve_precision
 from ..tasks import TaskSpec, load_spec
@@ -72,7 +73,8 @@ def grid_identity(settings: BenchSettings, specs: list[TaskSpec]) -> dict[str, A
     """What decides a grid's results, for resuming: the settings, each task spec's text (an edited spec
     changes the data or the loss), and the device type and autocast dtype the runs resolve to (a grid
     begun on a CPU in fp32 must not be finished on a GPU in bf16). A task reading files adds its splits' rows
-    (``data_sha256``: files added, removed or relabelled under an unchanged spec are other data)."""
+    (``data_sha256``: files added, removed or relabelled under an unchanged spec are other data); with none,
+    ``data_root`` is None (it is read by no run)."""
     device = pick_device(settings.device)
     texts = {}
     for task, spec in zip(settings.tasks, specs):
@@ -85,7 +87,8 @@ def grid_identity(settings: BenchSettings, specs: list[TaskSpec]) -> dict[str, A
             check_held_out(spec, splits)
             data[spec.name] = {split: rows.rows_sha256[:16] for split, rows in splits.items()}
     autocast = resolve_precision(settings.precision, device, loaded=_loads_in(settings, device))
-    return {**resolved_paths(settings.identity()), "spec_sha256": texts, "base_sha256": base_fingerprint(settings),
+    read = resolved_paths({**settings.identity(), **({} if data else {"data_root": None})})
+    return {**read, "spec_sha256": texts, "base_sha256": base_fingerprint(settings),
             **({"data_sha256": data} if data else {}),
             "runtime": {"device": device.type, "autocast": str(autocast)}}
 
@@ -300,10 +303,16 @@ def _check_folder(out: Path, overwrite: bool) -> None:
                             "choose another --out")
 
 
-def _check_settings(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
+#: Settings whose order decides only the order of the runs and of the report's rows: a grid is resumed with them
+#: in another order, and keeps its own (its zero-shot run's folder names its first rate).
+_UNORDERED = ("lr_grid", "methods")
+
+
+def _check_settings(out: Path, identity: dict[str, Any], overwrite: bool) -> dict[str, Any]:
     """Make ``out`` this grid's folder (checked by :func:`_check_folder` again; its caller holds the grid's lock): a
     new or empty one, or one holding a grid that is resumed when its settings are these, or emptied with
-    ``--overwrite`` (all but the lock file, which must stay the one held)."""
+    ``--overwrite`` (all but the lock file, which must stay the one held). Returns the grid's identity: a resumed
+    grid's (:data:`_UNORDERED` settings in its order), else ``identity``."""
     _check_folder(out, overwrite)
     path = out / "settings.json"
     if overwrite and out.exists():
@@ -326,6 +335,12 @@ def _check_settings(out: Path, identity: dict[str, Any], overwrite: bool) -> Non
             raise BenchDirError(f"{path}: the grid's settings are damaged ({old}), so its runs cannot be checked "
                                 "against these settings; restore the file, or pass --overwrite to start afresh")
         stored, old, new = old, resolved_paths(old), json.loads(json.dumps(identity))
+        if "data_sha256" not in new:   # no task reads files: a --data-root an older start stored was read by no run
+            old["data_root"] = None
+        for key in _UNORDERED:
+            if isinstance(old.get(key), list) and isinstance(new.get(key), list) and sorted(
+                    old[key], key=repr) == sorted(new[key], key=repr):
+                new[key] = old[key]
         for key in ("base_sha256", "data_sha256"):   # a grid begun before the weights or rows were fingerprinted
             if key not in old:
                 new.pop(key, None)
@@ -339,8 +354,9 @@ def _check_settings(out: Path, identity: dict[str, Any], overwrite: bool) -> Non
                                 "rerun with the same options to resume it, choose another --out, or pass --overwrite")
         if stored != old:   # resumed from its own folder: later starts from any folder find the same paths
             write_json_atomic(path, old)
-    else:
-        write_json_atomic(path, identity)
+        return old
+    write_json_atomic(path, identity)
+    return identity
 
 
 def plan_ranks(settings: BenchSettings, counter: ParameterCounter, n_tasks: int) -> dict[str, dict[str, int]]:
@@ -368,6 +384,7 @@ def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer 
     stream = stream if stream is not None else sys.stdout
     specs = [load_spec(task) for task in settings.tasks]
     check_splits(specs)
+    check_data_root_read(specs, settings.data_root)   # (every run would refuse it, the first after settings.json)
     counter = ParameterCounter(settings.backbone, settings.pretrained)
     ranks = plan_ranks(settings, counter, len(specs))   # (a base model that does not load: refused, nothing written)
     check_unlocked(out)
@@ -379,7 +396,8 @@ def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer 
         raise BenchDirError(f"--out {out}: the folder cannot be made ({e.strerror}: {e.filename}); choose an --out "
                             "in a folder you can write") from None
     with grid_lock(out):   # held from the settings check on: another runner can neither delete nor relabel the grid
-        _check_settings(out, identity, overwrite)
+        kept = _check_settings(out, identity, overwrite)
+        settings.lr_grid, settings.methods = list(kept["lr_grid"]), list(kept["methods"])
         return _run_grid(settings, out, counter, ranks, trainer, stream, retry_failed)
 
 

@@ -1,0 +1,81 @@
+"""A grid is resumed with settings that cannot change its results (helper 428): --lr-grid's rates in another order,
+--methods in another order, a --data-root an older start stored on tasks that read no files; a real change is still
+refused naming the setting, and a --data-root no task reads is refused before anything is written."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from mtl_lora_vl.benchmark import BenchSettings, run_benchmark
+from mtl_lora_vl.benchmark.bench import BenchDirError
+from mtl_lora_vl.tasks.spec import builtin_spec_dirs
+
+
+def _small_vqa(tmp: Path) -> str:
+    src = next(d / "vqa.toml" for d in builtin_spec_dirs() if (d / "vqa.toml").is_file()).read_text()
+    for split, n in (("train", 24), ("val", 8), ("test", 8)):
+        src = re.sub(rf"^\[data\.{split}\]$", f"[data.{split}]\nn = {n}", src, flags=re.M)
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "vqa.toml").write_text(src)
+    return str(tmp / "vqa.toml")
+
+
+class _Stop(KeyboardInterrupt):
+    pass
+
+
+def _stopper(seen: list[float]):
+    def stop(opts) -> Path:   # the first run: the grid's folder and settings are checked by then
+        seen.append(opts.lr)
+        raise _Stop()
+    return stop
+
+
+def _settings(tmp_path: Path, **over) -> BenchSettings:
+    base = dict(tasks=[_small_vqa(tmp_path / "specs")], methods=["lora", "mtl_lora"], match_params=False,
+                ablations={}, seeds=1, lr_grid=[1e-3, 3e-4], steps=1, device="cpu")
+    return BenchSettings(**{**base, **over})
+
+
+def test_rates_and_methods_in_another_order_resume_the_grid(tmp_path):
+    """`--lr-grid 1e-3,3e-4` then `--lr-grid 3e-4,1e-3` (the same rates; the pick is the best val score, the smaller
+    rate on a tie, whatever the order) was refused as 'a grid with other settings (lr_grid differ)'. Resumed, the grid
+    keeps its first order: its zero-shot run, at the first rate, is found where it was."""
+    out, seen = tmp_path / "out", []
+    with pytest.raises(_Stop):
+        run_benchmark(_settings(tmp_path), out, trainer=_stopper(seen), stream=io.StringIO())
+    stored = (out / "settings.json").read_text()
+    with pytest.raises(_Stop):
+        run_benchmark(_settings(tmp_path, lr_grid=[3e-4, 1e-3], methods=["mtl_lora", "lora"]), out,
+                      trainer=_stopper(seen), stream=io.StringIO())
+    assert seen == [1e-3, 1e-3]   # the zero-shot run's folder names the grid's first rate
+    assert (out / "settings.json").read_text() == stored
+    for over, says in (({"lr_grid": [1e-3, 1e-2]}, "lr_grid"), ({"lr_grid": [1e-3]}, "lr_grid"),
+                       ({"methods": ["lora"]}, "methods")):
+        with pytest.raises(BenchDirError, match=rf"holds a grid with other settings \({says} differ\)"):
+            run_benchmark(_settings(tmp_path, **over), out, trainer=_stopper(seen), stream=io.StringIO())
+
+
+def test_a_data_root_no_task_reads_is_refused_up_front_and_ignored_on_resume(tmp_path):
+    """`bench --tasks vqa --data-root D` wrote settings.json, then its zero-shot run failed in the trainer ('no task of
+    --tasks reads files'); rerun without --data-root, the grid was refused as 'other settings (data_root differ)'.
+    Now it is refused before anything is written, and a settings.json holding such a --data-root resumes without it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    out, seen = tmp_path / "out", []
+    with pytest.raises(ValueError, match=rf"--data-root {re.escape(str(data))}: no task of --tasks reads files"):
+        run_benchmark(_settings(tmp_path, data_root=str(data)), out, trainer=_stopper(seen), stream=io.StringIO())
+    assert not out.exists() and not seen
+    with pytest.raises(_Stop):
+        run_benchmark(_settings(tmp_path), out, trainer=_stopper(seen), stream=io.StringIO())
+    stored = json.loads((out / "settings.json").read_text())
+    assert stored["data_root"] is None
+    (out / "settings.json").write_text(json.dumps({**stored, "data_root": str(data)}))   # as an older start stored it
+    with pytest.raises(_Stop):
+        run_benchmark(_settings(tmp_path), out, trainer=_stopper(seen), stream=io.StringIO())
+    assert seen == [1e-3, 1e-3]
