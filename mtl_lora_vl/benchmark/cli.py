@@ -13,6 +13,7 @@ import torch
 
 from ..cli.parsing import add_logging_flags, closest_flag, log_level
 from ..config import LAMBDA_TYPES
+from ..distributed import DistInfo, node_cores
 from ..log import cli_logging, debug_tracebacks
 from .bench import BenchDirError, run_benchmark
 from .grid import DEFAULT_ABLATIONS, METHODS, BenchSettings
@@ -91,7 +92,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--test-n", type=int, default=None, help=f"test scenes per built-in task (default {d.test_n})")
     p.add_argument("--quick", action="store_true", help="a small grid (lora and mtl_lora, 2 seeds, 2 learning rates, "
                    "30 steps at batch 16, 2 ablations): minutes on two CPU cores")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: a shared machine)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads, at most the cores this process "
+                   "may use (default 1: a shared machine)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="default auto")
     p.add_argument("--workers", type=int, default=0, help="data loader workers per run (default 0)")
@@ -144,6 +146,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         parser.error("unrecognized arguments: " + " ".join(_with_hints(unknown, parser)))
     if args.threads < 1:   # was silently 1
         parser.error(f"--threads: must be >= 1, got {args.threads}")
+    cores = node_cores(DistInfo())[0]
+    if args.threads > cores:   # (--threads 100000 stopped the first run with a tokenizer's error on starting threads)
+        parser.error(f"--threads {args.threads}: this process may use {cores} core(s) of this machine, and torch's "
+                     "threads beyond them only compete for the cores (thousands exhaust the process's threads); give "
+                     f"--threads between 1 and {cores}")
     level = log_level(parser, args)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
