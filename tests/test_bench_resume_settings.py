@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import mtl_lora_vl.benchmark.bench as bench_module
 from mtl_lora_vl.benchmark import BenchSettings, run_benchmark
 from mtl_lora_vl.benchmark.bench import BenchDirError
 from mtl_lora_vl.tasks.spec import builtin_spec_dirs
@@ -79,3 +80,45 @@ def test_a_data_root_no_task_reads_is_refused_up_front_and_ignored_on_resume(tmp
     with pytest.raises(_Stop):
         run_benchmark(_settings(tmp_path), out, trainer=_stopper(seen), stream=io.StringIO())
     assert seen == [1e-3, 1e-3]
+
+
+def _colors_task(root: Path) -> str:
+    """A file-based classification task: two classes of tiny images in train, val and test folders."""
+    from PIL import Image
+
+    for split in ("train", "val", "test"):
+        for label, color in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+            (root / split / label).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (16, 16), color).save(root / split / label / "a.png")
+    (root / "colors.toml").write_text('name = "colors"\nkind = "classification"\n[data]\nformat = "imagefolder"\n'
+                                      + "".join(f'[data.{s}]\nfolder = "{s}"\n' for s in ("train", "val", "test")))
+    return str(root / "colors.toml")
+
+
+def test_test_rows_among_the_val_rows_are_warned_of_once_per_grid(tmp_path, recwarn, monkeypatch):
+    """The warning that some test rows are val rows came again on every start and resume of the grid. Now a grid's
+    start says it (and an --overwrite's, a new grid), a resume does not; settings.json and the report record it.
+    (Which rows are shared: test_bench_audit; here one of the test rows is said to be.)"""
+    from mtl_lora_vl.benchmark.report import render
+
+    monkeypatch.setattr(bench_module, "check_held_out", lambda spec, splits, warn=True: 1)
+    settings = _settings(tmp_path, tasks=[_colors_task(tmp_path / "data")], methods=["mtl_lora"], batch_size=2,
+                         data_root=str(tmp_path / "data"))
+    out, seen = tmp_path / "out", []
+
+    def said() -> list[str]:
+        texts = [str(w.message) for w in recwarn if "of its val split" in str(w.message)]
+        recwarn.clear()
+        return texts
+
+    for overwrite, times in ((False, 1), (False, 0), (False, 0), (True, 1), (False, 0)):
+        with pytest.raises(_Stop):
+            run_benchmark(settings, out, trainer=_stopper(seen), stream=io.StringIO(), overwrite=overwrite)
+        assert len(texts := said()) == times, texts
+        if times:
+            assert "task 'colors' (" in texts[0] and "1 of the 2 rows of its test split is also a row" in texts[0]
+    assert json.loads((out / "settings.json").read_text())["test_in_val"] == {"colors": [1, 2]}
+    r = json.loads((Path(__file__).parent / "fixtures" / "bench" / "clip_quick_results.json").read_text())
+    assert "not wholly held out" not in render(r)
+    r["test_in_val"] = {r["tasks"][0]: [1, 3]}
+    assert f"**Test rows not wholly held out**: {r['tasks'][0]}: 1 of its 3 test rows is also a val row" in render(r)

@@ -28,9 +28,6 @@ from ..backbones.base import BackboneError, backbone_class_for, resolve_base_dty
 from ..backbones.hf import hf_dir, hf_model_class
 from ..backbones.hf_vlm import HFVLMBackbone
 from ..backbones.spec import parse_spec
-from ..data.hf_table import DatasetImage
-from ..data.images import ImageError
-from ..data.records import Split, row_key
 from ..distributed import pick_device
 from ..io.atomic import holds
 from ..io.locks import LockHeld, NotALockFile, take_lock
@@ -41,7 +38,6 @@ from ..precision import resolve_precision
 from ..tasks import TaskSpec, load_spec
 from ..tasks.spec import looks_like_path
 from ..training.train import train
-from ..wording import tasks_named
 from .analysis import analyse
 from .grid import (
     REFERENCE_METHOD,
@@ -57,6 +53,7 @@ from .grid import (
     single_task_configs,
     zero_shot_config,
 )
+from .held_out import check_held_out, check_splits, overlap_warning
 from .mixing import mixing_from_adapter
 from .params import ParameterCounter
 from .plots import write_all
@@ -73,23 +70,25 @@ def grid_identity(settings: BenchSettings, specs: list[TaskSpec]) -> dict[str, A
     """What decides a grid's results, for resuming: the settings, each task spec's text (an edited spec
     changes the data or the loss), and the device type and autocast dtype the runs resolve to (a grid
     begun on a CPU in fp32 must not be finished on a GPU in bf16). A task reading files adds its splits' rows
-    (``data_sha256``: files added, removed or relabelled under an unchanged spec are other data); with none,
-    ``data_root`` is None (it is read by no run)."""
+    (``data_sha256``: files added, removed or relabelled under an unchanged spec are other data), and how many of
+    its test rows are val rows where some are (``test_in_val``: ``[shared, rows]``); with none, ``data_root`` is None
+    (it is read by no run)."""
     device = pick_device(settings.device)
     texts = {}
     for task, spec in zip(settings.tasks, specs):
         text = Path(spec.source_file).read_bytes() if spec.source_file else task.encode()
         texts[spec.name] = hashlib.sha256(text).hexdigest()[:16]
-    data = {}
+    data, overlap = {}, {}
     for spec in specs:   # (the built-in world's rows follow from its spec, its val and test scenes from their seeds)
         if spec.data.source != "builtin":
             splits = {split: spec.load_split(split, settings.data_root) for split in spec.data.splits}
-            check_held_out(spec, splits)
+            if shared := check_held_out(spec, splits, warn=False):
+                overlap[spec.name] = [shared, len(splits["test"].examples)]
             data[spec.name] = {split: rows.rows_sha256[:16] for split, rows in splits.items()}
     autocast = resolve_precision(settings.precision, device, loaded=_loads_in(settings, device))
     read = resolved_paths({**settings.identity(), **({} if data else {"data_root": None})})
     return {**read, "spec_sha256": texts, "base_sha256": base_fingerprint(settings),
-            **({"data_sha256": data} if data else {}),
+            **({"data_sha256": data} if data else {}), **({"test_in_val": overlap} if overlap else {}),
             "runtime": {"device": device.type, "autocast": str(autocast)}}
 
 
@@ -157,71 +156,6 @@ def base_fingerprint(settings: BenchSettings) -> dict[str, str]:
             h.update(fh.read(1 << 20))
         out[f.name] = h.hexdigest()[:16]
     return out
-
-
-def check_splits(specs: list[TaskSpec]) -> None:
-    """Refuse tasks without both a val and a test split: learning rates are chosen on val and results
-    reported on test, and a missing test split would be scored on val -- the split the choice was made on.
-    And a task named twice (one would replace the other: a grid of fewer tasks, silently)."""
-    names = [s.name for s in specs]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ValueError(f"--tasks: {tasks_named(twice, 'are')} named more than once; name each task once (a spec "
-                         "file's `name = ...` tells it from the built-in task)")
-    for spec in specs:
-        missing = [s for s in ("val", "test") if s not in spec.data.splits]
-        if missing:
-            where = spec.source_file or f"task {spec.name!r}"
-            raise ValueError(
-                f"{where}: the benchmark needs a val split (to choose learning rates) and a test split (to report "
-                f"on), but this spec has no {' and no '.join(missing)} split; add a [data.{missing[0]}] table "
-                "(e.g. hold out part of the training files) so that no split both tunes and reports")
-
-
-def check_held_out(spec: TaskSpec, splits: dict[str, Split]) -> None:
-    """Refuse a task whose test rows are all validation rows (its [data.val] and [data.test] read the same files, or
-    test a part of them): learning rates would be chosen on the rows the report scores. Some of them: a warning
-    with their count. A row is told by its key (:func:`~mtl_lora_vl.data.records.row_key`, the rows' digest's) and its
-    image's source: the row keys of two files' rows (a table's row number and label, no file name) can match."""
-    keys = {s: [row_key(ex) for ex in splits[s].examples] for s in ("val", "test")}
-    both = set(keys["val"]) & set(keys["test"])   # (only these rows' images are read: a table's are hashed)
-    val, test_rows = ([(k, image_source(ex.image) if k in both else None) for k, ex in zip(keys[s], splits[s].examples)]
-                      for s in ("val", "test"))
-    val, test = set(val), set(test_rows)
-    where = spec.source_file or f"task {spec.name!r}"
-    if test and test <= val:
-        raise ValueError(f"{where}: every one of the {len(test):,} rows of its test split is also a row of its val "
-                         "split, so the benchmark would choose learning rates on the rows it reports; point "
-                         "[data.val] and [data.test] at different files (e.g. hold out part of the training files "
-                         "as val)")
-    shared = sum(row[0] in both and row in val for row in test_rows)
-    if shared:
-        rows = splits["test"].examples
-        named = f"task {spec.name!r}" + (f" ({spec.source_file})" if spec.source_file else "")
-        warn_user(f"{named}: {shared:,} of the {len(rows):,} rows of its test split "
-                  f"{'is' if shared == 1 else 'are'} also {'a row' if shared == 1 else 'rows'} of its val split: "
-                  "learning rates are chosen on the val rows, so the report scores those test rows with rates tuned "
-                  "on them and its test scores are not wholly held out; give [data.val] and [data.test] files that "
-                  "share no rows")
-
-
-def image_source(image: Any) -> Any:
-    """Where an example's image is read from: its file (resolved), its bytes' digest (a table's image: its cell's);
-    an image held in memory by the object itself (a tuple of them for several images)."""
-    if isinstance(image, tuple):
-        return tuple(image_source(part) for part in image)
-    if isinstance(image, dict) and ("bytes" in image or "path" in image):
-        return image_source(image["bytes"] if image.get("bytes") is not None else image.get("path"))
-    if isinstance(image, str | os.PathLike):
-        return os.path.realpath(image)
-    if isinstance(image, bytes | bytearray | memoryview):
-        return hashlib.sha256(image).hexdigest()
-    if isinstance(image, DatasetImage):   # its bytes: a copy of a table in another file holds the same images
-        try:
-            return hashlib.sha256(image.fetch()).hexdigest()
-        except (ImageError, OSError):   # (unreadable: told by its place, as the training's substitute would be)
-            return tuple(image.table.location), image.table.split, image.column, image.row
-    return id(image)
 
 
 _LOCK = ".lock"
@@ -341,7 +275,7 @@ def _check_settings(out: Path, identity: dict[str, Any], overwrite: bool) -> dic
             if isinstance(old.get(key), list) and isinstance(new.get(key), list) and sorted(
                     old[key], key=repr) == sorted(new[key], key=repr):
                 new[key] = old[key]
-        for key in ("base_sha256", "data_sha256"):   # a grid begun before the weights or rows were fingerprinted
+        for key in ("base_sha256", "data_sha256", "test_in_val"):   # a grid begun before these were recorded
             if key not in old:
                 new.pop(key, None)
         if old != new:
@@ -396,14 +330,22 @@ def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer 
         raise BenchDirError(f"--out {out}: the folder cannot be made ({e.strerror}: {e.filename}); choose an --out "
                             "in a folder you can write") from None
     with grid_lock(out):   # held from the settings check on: another runner can neither delete nor relabel the grid
+        resumed = not overwrite and (out / "settings.json").is_file()
         kept = _check_settings(out, identity, overwrite)
         settings.lr_grid, settings.methods = list(kept["lr_grid"]), list(kept["methods"])
-        return _run_grid(settings, out, counter, ranks, trainer, stream, retry_failed)
+        overlap = identity.get("test_in_val") or {}
+        if not resumed:   # once per grid (its report says it too): the rows are those its start warned of
+            for spec in specs:
+                if spec.name in overlap:
+                    warn_user(overlap_warning(spec, *overlap[spec.name]))
+        return _run_grid(settings, out, counter, ranks, trainer, stream, retry_failed, overlap)
 
 
 def _run_grid(settings: BenchSettings, out: Path, counter: ParameterCounter, ranks: dict[str, dict[str, int]],
-              trainer: Trainer, stream: TextIO, retry_failed: bool) -> dict[str, Any]:
-    """The grid of :func:`run_benchmark` in its checked, locked folder."""
+              trainer: Trainer, stream: TextIO, retry_failed: bool,
+              test_in_val: dict[str, list[int]] | None = None) -> dict[str, Any]:
+    """The grid of :func:`run_benchmark` in its checked, locked folder (``test_in_val``: each task's test rows that are
+    val rows, as ``[shared, rows]``, where some are)."""
     task_args = eval_subset_specs(settings.tasks, out / "specs", {"val": settings.val_n, "test": settings.test_n})
     tasks = list(task_args)
     methods = method_configs(settings, tasks, {m: v["matched"] for m, v in ranks.items() if "matched" in v})
@@ -460,7 +402,7 @@ def _run_grid(settings: BenchSettings, out: Path, counter: ParameterCounter, ran
         wall_s=time.perf_counter() - started,
         mean_run_s=statistics.fmean(r["wall_s"] for r in timed) if timed else None,
         mean_run_cpu_s=statistics.fmean(r.get("cpu_s", r["wall_s"]) for r in timed) if timed else None,
-        task_mixing=_mixing(out, reference, final) if reference else None,
+        task_mixing=_mixing(out, reference, final) if reference else None, test_in_val=test_in_val or {},
     )
     results["plots"] = [p.name for p in write_all(results, out / "plots")]
     path = write_report(out, results)

@@ -160,6 +160,18 @@ def _against_reference(r: dict[str, Any], group: str) -> str | None:
     return line + (f"; one seed, so no interval and no test: {', '.join(untested)}." if untested else ".")
 
 
+def _held_out_note(r: dict[str, Any]) -> list[str]:
+    """The tasks some of whose test rows are val rows (``test_in_val``: ``[shared, rows]``), said where the grid's start
+    warned of them: their test scores are partly on rows the learning rates were tuned on."""
+    overlap = r.get("test_in_val") or {}
+    if not overlap:
+        return []
+    each = "; ".join(f"{t}: {n:,} of its {rows:,} test rows {'is also a val row' if n == 1 else 'are also val rows'}"
+                     for t, (n, rows) in overlap.items())
+    return [f"**Test rows not wholly held out**: {each}. Learning rates are chosen on the val split, so those tasks' "
+            "test scores are partly on rows the rates were tuned on.", ""]
+
+
 def render(r: dict[str, Any]) -> str:
     """report.md as a string."""
     s, tasks, cfgs = r["settings"], r["tasks"], r["configs"]
@@ -170,6 +182,7 @@ def render(r: dict[str, Any]) -> str:
               f"every method. Test scores (headline metric per task, higher is better) are mean ± sample std over "
               f"seeds; differences are paired over seeds with a 95 % t-interval; **bold** = the interval "
               f"excludes 0. {_interval_scope(r)}", ""]
+    lines += _held_out_note(r)
     lines += ["## Findings", "", *_findings(r), ""]
 
     ref = r["reference"]
