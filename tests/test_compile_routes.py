@@ -313,17 +313,7 @@ def test_the_trainers_compiled_calls_count_their_batches_sets_in_the_mode_they_r
 
     from mtl_lora_vl.adapters.compiled import watch_compiled
 
-    class Batched(torch.nn.Module):   # routes each batch by its segments inside its forward, as MultiTaskModel
-        def __init__(self):
-            super().__init__()
-            self.net = _counted()
-            self.router = self.net._mtl_lora.router
-
-        def forward(self, batch):
-            with mlv.route(self.router, Route.from_segments(batch["segments"])):
-                return self.net(batch["x"])
-
-    model = Batched()
+    model = _Batched()
     net = torch.compile(model, backend="eager")
     watch_compiled(net, model.router)
     x = torch.randn(2, 3, 8)
@@ -341,3 +331,67 @@ def test_the_trainers_compiled_calls_count_their_batches_sets_in_the_mode_they_r
             net({"segments": ((0, 0, 2),), "x": x})
     assert len(_limit_warnings(caught)) == 1 and "2 here" in _limit_warnings(caught)[0]
     assert counters["stats"]["unique_graphs"] == 3
+
+
+class _Batched(torch.nn.Module):
+    """Routes each batch by its segments inside its forward, as MultiTaskModel."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = _counted()
+        self.router = self.net._mtl_lora.router
+
+    def forward(self, batch):
+        with mlv.route(self.router, Route.from_segments(batch["segments"])):
+            return self.net(batch["x"])
+
+
+def test_calls_under_disabled_count_as_a_set_of_their_own(recompile_limit_3):
+    """A compiled call under ``disabled`` runs no task's adapters, a graph of its own (Dynamo guards on the router's
+    disabled count), and was not noted: 2 one-task sets and a disabled call were 3 graphs (the limit), 2 counted, no
+    warning. A disabled call now notes the empty set (one graph whatever route is open inside it)."""
+    from torch._dynamo.utils import counters
+
+    net = _counted()
+    compiled = torch.compile(net, backend="eager")
+    x = torch.randn(2, 3, 8)
+    torch._dynamo.reset()
+    counters.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for t in (0, 1):
+            with mlv.route(compiled, [t, t]):
+                compiled(x)
+        with mlv.disabled(compiled):
+            compiled(x)
+            with mlv.route(compiled, [0, 1]):
+                compiled(x)
+    assert counters["stats"]["unique_graphs"] == 3
+    assert {p for p, _ in net._mtl_lora.router.compiled_task_sets} == {(0,), (1,), ()}
+    assert len(_limit_warnings(caught)) == 1
+
+
+@pytest.mark.parametrize("outer", ["route", "disabled"])
+def test_a_scope_around_a_model_that_routes_its_batches_counts_as_a_mode(recompile_limit_3, outer):
+    """A model that routes each batch itself (the trainer's) compiles a graph per batch's set with a scope open around
+    it or not: its own scope restores the outer route (None or a route), or runs disabled. Both were noted as one: 2
+    sets, then one of them under ``route(model, ids)`` (or ``disabled``), were 3 graphs and 2 counted. Now a mode."""
+    from torch._dynamo.utils import counters
+
+    from mtl_lora_vl.adapters.compiled import watch_compiled
+
+    model = _Batched()
+    net = torch.compile(model, backend="eager")
+    watch_compiled(net, model.router)
+    x = torch.randn(2, 3, 8)
+    torch._dynamo.reset()
+    counters.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for t in (0, 1):
+            net({"segments": ((t, 0, 2),), "x": x})
+        assert not _limit_warnings(caught)
+        with mlv.route(net, [1, 1]) if outer == "route" else mlv.disabled(net):
+            net({"segments": ((0, 0, 2),), "x": x})
+    assert counters["stats"]["unique_graphs"] == 3
+    assert len(_limit_warnings(caught)) == 1 and "2 here" in _limit_warnings(caught)[0]

@@ -4,11 +4,12 @@ Compiled adapted layers specialize on the set of tasks present in the route and 
 (train / eval, grad, inference mode, autocast): a graph per set and mode of every frame. Past
 ``torch._dynamo.config.recompile_limit`` a frame runs eagerly from then on, which Dynamo only logs, so a route
 scope given a compiled model (and the trainer's ``--compile``) watches it: the compiled model's call notes the set
-and the mode as the forward runs (a scope opened around ``torch.no_grad()`` runs no-grad forwards). The sets are
-counted on the model's router. Dynamo keeps the graphs per code object, which every model of one class shares (its
-``forward``): two compiled models of one class reach the limit sooner than either's count says, and after
-``torch._dynamo.reset()`` the count is higher than the graphs. Counting them right needs state for the whole
-process, which this package does not keep.
+and the mode as the forward runs (a scope opened around ``torch.no_grad()`` runs no-grad forwards); a call under
+``disabled`` runs no task's adapters (the empty set), and a model that routes each batch itself compiles another
+graph of a batch's set under a scope opened around it (a mode more). The sets are counted on the model's router.
+Dynamo keeps the graphs per code object, which every model of one class shares (its ``forward``): two compiled
+models of one class reach the limit sooner than either's count says, and after ``torch._dynamo.reset()`` the count
+is higher than the graphs. Counting them right needs state for the whole process, which this package does not keep.
 """
 
 from __future__ import annotations
@@ -79,12 +80,20 @@ class _WatchedCall:
         return self.impl(*args, **kwargs)
 
     def before(self, _module: nn.Module | None, args: tuple) -> None:
-        """Note the set of present tasks this call routes, in the mode it runs in (a forward pre-hook)."""
-        router = self.router
-        if torch.compiler.is_compiling() or router.disabled:
+        """Note the set of present tasks this call routes, in the mode it runs in (a forward pre-hook). Under
+        ``disabled`` no task's adapters run: the empty set. A model that routes each batch itself compiles a graph
+        per batch's set with a scope open around it or not (its scope restores the outer route, or runs disabled):
+        that counts as a mode more."""
+        if torch.compiler.is_compiling():
             return
+        router = self.router
         if args and isinstance(args[0], dict) and args[0].get("segments"):   # a batch: the model routes it itself
             present = tuple(sorted({int(t) for t, _, _ in args[0]["segments"]}))
+            outer = "disabled" if router.disabled else "routed" if router.current is not None else None
+            note_compiled_tasks(router, present, compiled_mode(self.model) + (outer,) * (outer is not None))
+            return
+        if router.disabled:
+            present = ()
         elif router.current is not None:
             present = router.current.present
         else:
@@ -112,7 +121,8 @@ def note_compiled_tasks(router: Router, present: tuple[int, ...], mode: tuple[bo
     limit = getattr(cfg, name)
     if len(sets) == limit:
         n, modes = len(router.tasks), len({m for _, m in sets})
-        per_mode = f" (counted once per mode they ran in, {modes} here: train / eval, grad, autocast)" * (modes > 1)
+        per_mode = (f" (counted once per mode they ran in, {modes} here: train / eval, grad, autocast, a scope "
+                    "around a model that routes its batches)") * (modes > 1)
         warn_user(f"route: {len(sets)} sets of present tasks have been routed to this compiled model{per_mode}, "
                   f"and each compiles a graph of its own of every adapted frame: past torch._dynamo.config.{name} "
                   f"({limit}) Dynamo runs such a frame eagerly from then on (its log says 'hit config." + name + "'). "
