@@ -19,6 +19,7 @@ from torch import nn
 
 from .adapters.attach import adapted_module, attach, attach_info, check_config, merge, unmerge, whole_model
 from .adapters.attention import LoRAMultiheadAttention
+from .adapters.compiled import unwatch_compiled
 from .adapters.generation import uninstall_routed_generate
 from .adapters.grow import AddedTask, add_task
 from .adapters.layers import AdapterBank, LoRALinear
@@ -426,6 +427,7 @@ def unload(model: nn.Module, task: str | None = None) -> nn.Module:
         setattr(inner.get_submodule(parent) if parent else inner, child, new)
     for hook in inner._mtl_lora.hooks:
         hook.remove()
+    unwatch_compiled(inner._mtl_lora.router)
     del inner._mtl_lora
     uninstall_routed_generate(inner)
     if task is None:   # the base as it was: the image reading / area load_adapter put on it go (a backbone's stay)

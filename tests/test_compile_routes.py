@@ -395,3 +395,34 @@ def test_a_scope_around_a_model_that_routes_its_batches_counts_as_a_mode(recompi
             net({"segments": ((0, 0, 2),), "x": x})
     assert counters["stats"]["unique_graphs"] == 3
     assert len(_limit_warnings(caught)) == 1 and "2 here" in _limit_warnings(caught)[0]
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_unload_takes_the_compiled_models_note_taking_off(in_place):
+    """A scope given a compiled model makes its calls note their sets (a forward pre-hook on a torch.compile wrapper, a
+    wrapper around a model's own compiled call), holding the router: ``unload(model)`` left both on, so the unloaded
+    model's compiled calls kept a router no model has. Unload now takes them off; the compiled model still runs, and
+    a copy of the routed model (deepcopy, pickle) is made as before."""
+    import copy
+    import pickle
+
+    from mtl_lora_vl.adapters.compiled import _WatchedCall
+    from mtl_lora_vl.mtl_lora_model import unload
+
+    net = _counted()
+    if in_place:
+        net.compile(backend="eager")
+    compiled = net if in_place else torch.compile(net, backend="eager")
+    x = torch.randn(2, 3, 8)
+    with mlv.route(compiled, [0, 0]):
+        compiled(x)
+    router = net._mtl_lora.router
+    copies = [copy.deepcopy(net)._mtl_lora.router, pickle.loads(pickle.dumps(router))]
+    unload(net)
+    if in_place:
+        assert not isinstance(net._compiled_call_impl, _WatchedCall)
+    else:
+        assert not compiled._forward_pre_hooks and "_mtl_lora_watched" not in compiled.__dict__
+    assert "compiled_watches" not in router.__dict__
+    compiled(x)
+    assert [c.compiled_watches.alive() for c in copies] == [[], []]   # a copy's router: no wrapper notes for it

@@ -15,6 +15,7 @@ is higher than the graphs. Counting them right needs state for the whole process
 from __future__ import annotations
 
 import sys
+import weakref
 from typing import Any
 
 import torch
@@ -27,6 +28,8 @@ from .routing import Router
 _NOTED = "compiled_task_sets"
 #: The attribute of a torch.compile wrapper holding the router it notes for and its forward pre-hook's handle.
 _WATCHED = "_mtl_lora_watched"
+#: The attribute of a router holding the compiled modules that note for it (:class:`_Watches`).
+_WATCHES = "compiled_watches"
 
 
 def compiled_entry(model: nn.Module | Router) -> tuple[nn.Module, nn.Module] | None:
@@ -62,11 +65,49 @@ def watch_compiled(model: nn.Module | Router, router: Router) -> bool:
     if impl is not None:   # compiled in place: the module's own hooks run inside the compiled call
         if not isinstance(impl, _WatchedCall) or impl.router is not router:
             d["_compiled_call_impl"] = _WatchedCall(getattr(impl, "impl", impl), router, inner)
+            _watches(router).add(entry)
     elif d.get(_WATCHED, (None,))[0] is not router:   # a torch.compile wrapper: its hooks run before the compiled call
         if _WATCHED in d:
             d[_WATCHED][1].remove()
         d[_WATCHED] = (router, entry.register_forward_pre_hook(_WatchedCall(None, router, inner).before))
+        _watches(router).add(entry)
     return True
+
+
+def unwatch_compiled(router: Router) -> None:
+    """Take :func:`watch_compiled`'s note-taking for ``router`` off every compiled module it is on (``unload``): the
+    forward pre-hook of a ``torch.compile`` wrapper, the wrapper around a module's own compiled call."""
+    for entry in router.__dict__.pop(_WATCHES, _Watches()).alive():
+        d = entry.__dict__
+        impl = d.get("_compiled_call_impl")
+        if isinstance(impl, _WatchedCall) and impl.router is router:
+            d["_compiled_call_impl"] = impl.impl
+        if d.get(_WATCHED, (None,))[0] is router:
+            d.pop(_WATCHED)[1].remove()
+
+
+class _Watches:
+    """The compiled modules that note for a router, held weakly (the router must not keep a wrapper alive). A copy
+    (deepcopy, pickle) holds none: the wrappers watch the original's router."""
+
+    def __init__(self) -> None:
+        self.refs: list[weakref.ref] = []
+
+    def add(self, entry: nn.Module) -> None:
+        self.refs = [r for r in self.refs if r() is not None and r() is not entry] + [weakref.ref(entry)]
+
+    def alive(self) -> list[nn.Module]:
+        return [m for m in (r() for r in self.refs) if m is not None]
+
+    def __reduce__(self) -> tuple:
+        return _Watches, ()
+
+    def __deepcopy__(self, memo: dict) -> _Watches:
+        return _Watches()
+
+
+def _watches(router: Router) -> _Watches:
+    return router.__dict__.setdefault(_WATCHES, _Watches())
 
 
 class _WatchedCall:
