@@ -426,3 +426,37 @@ def test_unload_takes_the_compiled_models_note_taking_off(in_place):
     assert "compiled_watches" not in router.__dict__
     compiled(x)
     assert [c.compiled_watches.alive() for c in copies] == [[], []]   # a copy's router: no wrapper notes for it
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_the_sets_noted_before_torch_dynamo_reset_are_forgotten(recompile_limit_3, in_place):
+    """``torch._dynamo.reset()`` drops every graph, but the sets noted before it stayed: 2 one-task sets, a reset, then
+    a third set warned of the limit (3) with one graph compiled. The next call after a reset now forgets them (Dynamo
+    converted the model's forward before and no longer has it): the warning comes as 3 sets are compiled again."""
+    from torch._dynamo.utils import counters
+
+    net = _counted()
+    if in_place:
+        net.compile(backend="eager")
+    compiled = net if in_place else torch.compile(net, backend="eager")
+    x = torch.randn(2, 3, 8)
+
+    def run(t):
+        with mlv.route(compiled, [t, t]):
+            compiled(x)
+
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(0)
+        run(1)
+        torch._dynamo.reset()
+        counters.clear()
+        run(2)
+        run(2)
+        assert not _limit_warnings(caught)
+        run(0)
+        run(1)
+    assert counters["stats"]["unique_graphs"] == 3
+    assert len(_limit_warnings(caught)) == 1
+    assert {p for p, _ in net._mtl_lora.router.compiled_task_sets} == {(0,), (1,), (2,)}

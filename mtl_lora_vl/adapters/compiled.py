@@ -7,9 +7,12 @@ scope given a compiled model (and the trainer's ``--compile``) watches it: the c
 and the mode as the forward runs (a scope opened around ``torch.no_grad()`` runs no-grad forwards); a call under
 ``disabled`` runs no task's adapters (the empty set), and a model that routes each batch itself compiles another
 graph of a batch's set under a scope opened around it (a mode more). The sets are counted on the model's router.
-Dynamo keeps the graphs per code object, which every model of one class shares (its ``forward``): two compiled
-models of one class reach the limit sooner than either's count says, and after ``torch._dynamo.reset()`` the count
-is higher than the graphs. Counting them right needs state for the whole process, which this package does not keep.
+After ``torch._dynamo.reset()`` the next call forgets them (the sets' graphs are gone), told by Dynamo's private
+record of the code it converted where it has one (:func:`_forget_if_reset`). Dynamo keeps the graphs per code object,
+which every model of one class shares (its ``forward``): two compiled models of one class reach the limit sooner
+than either's count says, and a reset after which another model of the class ran first is not seen (nor
+``reset_code_caches``): the count stays higher than the graphs. Counting them right needs state for the whole
+process, which this package does not keep.
 """
 
 from __future__ import annotations
@@ -87,11 +90,13 @@ def unwatch_compiled(router: Router) -> None:
 
 
 class _Watches:
-    """The compiled modules that note for a router, held weakly (the router must not keep a wrapper alive). A copy
-    (deepcopy, pickle) holds none: the wrappers watch the original's router."""
+    """The compiled modules that note for a router, held weakly (the router must not keep a wrapper alive), and the
+    ids of their forwards' code Dynamo was seen to have converted (:func:`_forget_if_reset`). A copy (deepcopy,
+    pickle) holds none: the wrappers watch the original's router."""
 
     def __init__(self) -> None:
         self.refs: list[weakref.ref] = []
+        self.seen: set[int] = set()
 
     def add(self, entry: nn.Module) -> None:
         self.refs = [r for r in self.refs if r() is not None and r() is not entry] + [weakref.ref(entry)]
@@ -115,6 +120,8 @@ class _WatchedCall:
 
     def __init__(self, impl: Any, router: Router, model: nn.Module):
         self.impl, self.router, self.model = impl, router, model
+        self.code = getattr(getattr(model, "forward", None), "__code__", None)   # the frame Dynamo converts
+        self.converted = getattr(sys.modules.get("torch._dynamo.convert_frame"), "input_codes", None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.before(None, args)
@@ -128,6 +135,8 @@ class _WatchedCall:
         if torch.compiler.is_compiling():
             return
         router = self.router
+        if self.converted is not None and self.code is not None:
+            _forget_if_reset(router, self.code, self.converted)
         if args and isinstance(args[0], dict) and args[0].get("segments"):   # a batch: the model routes it itself
             present = tuple(sorted({int(t) for t, _, _ in args[0]["segments"]}))
             outer = "disabled" if router.disabled else "routed" if router.current is not None else None
@@ -140,6 +149,23 @@ class _WatchedCall:
         else:
             return
         note_compiled_tasks(router, present, compiled_mode(self.model))
+
+
+def _forget_if_reset(router: Router, code: Any, tracker: Any) -> None:
+    """Forget the sets ``router`` noted where ``torch._dynamo.reset()`` dropped their graphs: Dynamo converted the
+    compiled forward's ``code`` before (it was in ``tracker``, Dynamo's record of the code it converted, which the
+    reset clears) and has not since. That record is private (``torch._dynamo.convert_frame.input_codes``): where it
+    is missing or changed, nothing is forgotten (the count stays, higher than the graphs)."""
+    try:
+        converted = code in tracker
+    except TypeError:
+        return
+    seen = (router.__dict__.get(_WATCHES) or _watches(router)).seen
+    if converted:
+        seen.add(id(code))
+    elif id(code) in seen:
+        seen.clear()
+        router.__dict__.pop(_NOTED, None)
 
 
 def compiled_mode(model: nn.Module) -> tuple[bool, ...]:
