@@ -460,3 +460,25 @@ def test_the_sets_noted_before_torch_dynamo_reset_are_forgotten(recompile_limit_
     assert counters["stats"]["unique_graphs"] == 3
     assert len(_limit_warnings(caught)) == 1
     assert {p for p, _ in net._mtl_lora.router.compiled_task_sets} == {(0,), (1,), (2,)}
+
+
+def test_a_disabled_scope_given_a_compiled_model_watches_it(recompile_limit_3):
+    """Only ``route`` made a compiled model's calls note their sets: a compiled model run zero-shot first (under
+    ``disabled``, a graph of its own) and then routed to 2 one-task sets compiled 3 graphs (the limit), 2 counted, no
+    warning. A ``disabled`` scope given a compiled model now watches it as ``route`` does."""
+    from torch._dynamo.utils import counters
+
+    net = _counted()
+    compiled = torch.compile(net, backend="eager")
+    x = torch.randn(2, 3, 8)
+    torch._dynamo.reset()
+    counters.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with mlv.disabled(compiled):
+            compiled(x)
+        for t in (0, 1):
+            with mlv.route(compiled, [t, t]):
+                compiled(x)
+    assert counters["stats"]["unique_graphs"] == 3
+    assert len(_limit_warnings(caught)) == 1

@@ -347,6 +347,8 @@ def _disabled(model: nn.Module | Router, recompute: bool) -> Iterator[None]:
             "the model cannot run as its base model; call mtl_lora_vl.unmerge(model) first (and merge again after)"
         )
     compiling = torch.compiler.is_compiling()
+    if not compiling:
+        watch_compiled(model, router)   # (its calls under this scope note the empty set, as route()'s note theirs)
     held = _claim(router, "disabled", lambda: setattr(router, "disabled", router.disabled + 1), compiling)
     try:
         with _scope(router, ADAPTERS_OFF, recompute):
