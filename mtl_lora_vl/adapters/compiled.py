@@ -122,6 +122,7 @@ class _WatchedCall:
         self.impl, self.router, self.model = impl, router, model
         self.code = getattr(getattr(model, "forward", None), "__code__", None)   # the frame Dynamo converts
         self.converted = getattr(sys.modules.get("torch._dynamo.convert_frame"), "input_codes", None)
+        self.seen = _watches(router).seen
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.before(None, args)
@@ -136,7 +137,7 @@ class _WatchedCall:
             return
         router = self.router
         if self.converted is not None and self.code is not None:
-            _forget_if_reset(router, self.code, self.converted)
+            _forget_if_reset(router, self.code, self.converted, self.seen)
         if args and isinstance(args[0], dict) and args[0].get("segments"):   # a batch: the model routes it itself
             present = tuple(sorted({int(t) for t, _, _ in args[0]["segments"]}))
             outer = "disabled" if router.disabled else "routed" if router.current is not None else None
@@ -151,16 +152,16 @@ class _WatchedCall:
         note_compiled_tasks(router, present, compiled_mode(self.model))
 
 
-def _forget_if_reset(router: Router, code: Any, tracker: Any) -> None:
+def _forget_if_reset(router: Router, code: Any, tracker: Any, seen: set[int]) -> None:
     """Forget the sets ``router`` noted where ``torch._dynamo.reset()`` dropped their graphs: Dynamo converted the
     compiled forward's ``code`` before (it was in ``tracker``, Dynamo's record of the code it converted, which the
-    reset clears) and has not since. That record is private (``torch._dynamo.convert_frame.input_codes``): where it
-    is missing or changed, nothing is forgotten (the count stays, higher than the graphs)."""
+    reset clears; ``seen``: the ids of such code, the router's) and has not since. That record is private
+    (``torch._dynamo.convert_frame.input_codes``): where it is missing or changed, nothing is forgotten (the count
+    stays, higher than the graphs)."""
     try:
         converted = code in tracker
     except TypeError:
         return
-    seen = (router.__dict__.get(_WATCHES) or _watches(router)).seen
     if converted:
         seen.add(id(code))
     elif id(code) in seen:
