@@ -265,8 +265,8 @@ def llava_onevision_row_tiles(model: Any, args: tuple, kwargs: dict, image_count
     A large image's tokens depend on the ``vision_aspect_ratio`` its encoding packs by: transformers (5.25) encodes
     a ``generate``'s images by the call's (its ``get_image_features`` takes generate's arguments) and a forward's by
     the config's (the forward takes the argument and does not pass it on). So where the call gives one other than
-    the config's, the rows' image tokens are read by the config's and else by the call's: the first under which
-    they hold every image whole (at most one can: the images' token total differs)."""
+    the config's, the rows' image tokens are read by the config's and else by the call's: the one whose images fill
+    them exactly, each whole in a row (at most one can: the images' token total differs)."""
     import torch
 
     per_row = _forward_input(model, args, kwargs, "batch_num_images")
@@ -302,9 +302,10 @@ def _anyres_row_tiles(model: Any, args: tuple, kwargs: dict, image: ImageCount |
     """Tiles per row of an anyres forward (LLaVA-NeXT, LLaVA-OneVision): each row's image tokens matched in order to
     the images' token counts, ``image(size, tiled)`` giving an image's (tokens, tiles) from its ``image_sizes`` row
     (``tiled[i]``: image i has its tiles; default all), once per distinct size in the call; several ``image``
-    readings (the same tiles, other token counts): the first under which the rows hold every image whole, else the
-    first. ``image_counts``: each row's images from the host (a placeholder is one image, its tiles its views),
-    taken without reading the ids where pixel values are given and the counts add up to the images."""
+    readings (the same tiles, other token counts): the first whose images fill the rows' image tokens exactly, each
+    whole in a row, else the first. ``image_counts``: each row's images from the host (a placeholder is one image,
+    its tiles its views), taken without reading the ids where pixel values are given and the counts add up to the
+    images."""
     pixels = _forward_input(model, args, kwargs, "pixel_values")
     encoded = (_forward_input(model, args, kwargs, "mm_encoder_outputs") or {}).get("image")
     sizes = _forward_input(model, args, kwargs, "image_sizes")
@@ -322,9 +323,11 @@ def _anyres_row_tiles(model: Any, args: tuple, kwargs: dict, image: ImageCount |
     for i, read in enumerate(readings):
         split = _anyres_images(sizes, read, tiled)
         rows = _rows_of_images(tokens, [n for n, _ in split])
-        if not i:   # (the first reading: kept where none holds every image whole)
+        if not i:   # (the first reading: kept where none fills the rows)
             counted, per_row = split, rows
-        if not any(part for _, part in rows) and sum(len(whole) for whole, _ in rows) == len(split):
+        # (every image whole in a row, and no token left over: a reading of fewer tokens per image can fit them
+        # all in the first rows, the last rows' tokens over)
+        if sum(n for n, _ in split) == sum(tokens) and not any(part for _, part in rows):
             counted, per_row = split, rows
             break
     if encoded is not None or any(part for _, part in per_row):

@@ -183,6 +183,30 @@ def test_the_vision_aspect_ratio_the_call_encodes_by_is_counted(tiny, monkeypatc
         assert torch.equal(routed, torch.stack([each[t][i] for i, t in enumerate([0, 1, 0])])), beams
 
 
+def test_a_reading_that_leaves_image_tokens_over_is_not_taken(tiny, monkeypatch):
+    """Rows of a (40, 40) picture then a (20, 60) one under generate's "anyres_max_9": [88, 34] image tokens. The
+    config's "anyres_max_2" reads the images as 46 and 34 tokens, both inside row 0's 88 (row 1's 34 left over), so
+    it too held "every image whole" and, tried first, won: tiles [8, 0], row 1's picture through row 0's task (its
+    routed greedy tokens not task b's). A reading is taken only where its images fill the rows' tokens exactly."""
+    m = adapted(tiny)
+    monkeypatch.setattr(tiny[1], "vision_aspect_ratio", "anyres_max_9")
+    x = dict(tiny[1](text=["<image> describe", "<image> how many"], images=pictures([(40, 40), (20, 60)]),
+                     return_tensors="pt", padding=True))
+    assert (x["input_ids"] == m.config.image_token_id).sum(-1).tolist() == [88, 34]
+    assert llava_onevision_row_tiles(m.model, (), {**x, "vision_aspect_ratio": "anyres_max_9"}) == [5, 3]
+    L = x["input_ids"].shape[1]
+    kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None,
+              vision_aspect_ratio="anyres_max_9")
+    with torch.no_grad():
+        each = []
+        for t in ("a", "b"):
+            with mlv.route(m, t):
+                each.append(m.generate(**x, **kw)[:, L:])
+        with mlv.route(m, [0, 1]):
+            routed = m.generate(**x, **kw)[:, L:]
+    assert torch.equal(routed, torch.stack([each[0][0], each[1][1]]))
+
+
 def test_images_given_per_row_are_routed_by_their_base_views(tiny):
     assert_mixed_route_per_task(adapted(tiny), batch(tiny, [2, 0, 1], nested=True), [0, 1, 0])
 
