@@ -275,3 +275,45 @@ def test_a_mixed_anyres_batch_stays_on_the_device_without_host_reads(tmp_path, m
     assert batch["image_sizes"] and batch["images"].shape[-1] == 32   # (strips of 32-px views, the sizes apart)
     _, losses = _fake_forward(net, batch)   # (a host read raises in it)
     assert set(losses) == {"caption_cls", "captioning"}
+
+
+class _BlockingCopies(TorchFunctionMode):
+    """Records each host-to-device copy that blocks the host until the device's queue drains: a
+    ``torch.tensor(..., device=cuda)``, or a host tensor's ``.to(cuda)`` without ``non_blocking=True``
+    (torch copies them with a stream synchronise)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        if name == "tensor" and torch.device(kwargs.get("device") or "cpu").type == "cuda":
+            self.seen.append("torch.tensor(..., device=cuda)")
+        if (name == "to" and args and isinstance(args[0], torch.Tensor) and args[0].device.type == "cpu"
+                and not kwargs.get("non_blocking") and any(getattr(a, "type", a) in ("cuda", CUDA) for a in args[1:])):
+            self.seen.append("Tensor.to(cuda)")
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("family", ["llava_next", "llava_onevision"])
+def test_anyres_views_of_mixed_sizes_are_made_without_waiting_for_the_device(tmp_path, monkeypatch, family):
+    """Strips of images with 3 and 5 views: the views past an image's own are zeroed by a mask made from the
+    images' host view counts. It was made with torch.tensor(counts, device=cuda): a blocking copy, so every mixed
+    forward waited, before its vision tower was queued, for all the device's queued work (the last step's
+    backward and optimizer, the batch's own copies). Now the counts go over with non_blocking=True."""
+    import test_llava_next
+    import test_llava_onevision
+
+    build = test_llava_next.build if family == "llava_next" else test_llava_onevision.build
+    bb = load_backbone(f"hf:{build(tmp_path / family)[2]}", device="cpu")
+    sizes = [(20, 60), (40, 40)]   # 3 and 5 views of 32 px
+    monkeypatch.setattr(fake_tensor, "CONSTANT_NUMEL_LIMIT", 1024)   # (host-made sizes keep their values, as on a GPU)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        strips = torch.zeros(2, 3, 5 * 32, 32, device=CUDA)
+        with _BlockingCopies() as copies:
+            made = bb._vision_inputs(strips, sizes)
+    assert copies.seen == []
+    assert made["pixel_values"].shape == (2, 5, 3, 32, 32) and made["pixel_values"].device.type == "cuda"
+    assert made["image_sizes"].device.type == "cpu" and made["image_sizes"].tolist() == [[20, 60], [40, 40]]

@@ -199,7 +199,9 @@ class LlavaNextBackbone(NativeImageReading, HFVLMBackbone):
         # (an image of a row of several, OneVision, holds its one view: the model reads no more of it)
         counts = [min(geo.views(size), h // s) for size in sizes]
         if min(counts) < h // s:   # (the processor pads an image's views with zeros, after normalising)
-            keep = torch.arange(h // s, device=views.device)[None] < torch.tensor(counts, device=views.device)[:, None]
+            # (non_blocking: torch.tensor(counts, device=...) copies with a stream synchronise, a wait for the device)
+            own = torch.tensor(counts).to(views.device, non_blocking=True)
+            keep = torch.arange(h // s, device=views.device)[None] < own[:, None]
             views = views * keep[:, :, None, None, None].to(views.dtype)
         # on the host, as the processor gives them: the model reads each row (.tolist()) and the row check counts
         # each image's tokens from them; on the device, every forward waited for it
