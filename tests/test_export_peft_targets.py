@@ -1,6 +1,7 @@
 """export_lora's PEFT ``target_modules`` name exactly the adapted layers: PEFT also takes any module whose name ends
 with ``.<target>``, and open_clip's text tower (``transformer.resblocks.N``) is a suffix of its image tower's names
-(``visual.transformer.resblocks.N``); the README of several tasks is Python for any task name."""
+(``visual.transformer.resblocks.N``); ``base_model_name_or_path`` names a local base folder from anywhere; the README
+of several tasks is Python for any task name."""
 
 from __future__ import annotations
 
@@ -44,6 +45,25 @@ def test_a_text_tower_only_adapter_loads_on_the_text_tower_only(tmp_path):
         "text": [r"^transformer\.resblocks\.\d+\.mlp\.c_fc$"]}))
     doc = json.loads((mlv.export_lora(both, "a", tmp_path / "both", format="peft") / "adapter_config.json").read_text())
     assert doc["target_modules"] == sorted(both._mtl_lora.layers)
+
+
+def test_a_base_loaded_from_a_relative_folder_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):
+    """PEFT's AutoPeftModel loads the base from ``base_model_name_or_path`` in whatever folder it runs in: a base
+    loaded as CLIPModel.from_pretrained("base") was recorded as "base", which from another folder named nothing (or
+    that folder's own "base", another model) and a hub id "base"."""
+    from transformers import CLIPModel
+
+    monkeypatch.chdir(tmp_path)
+    _fresh(tiny_hf_clip).save_pretrained("base")
+    model = mlv.attach(CLIPModel.from_pretrained("base"), mlv.MTLLoRAConfig(tasks=["a"], r=2))
+    assert model.name_or_path == "base"
+    for out in ("one", "all"):
+        path = mlv.export_lora(model, "a" if out == "one" else ["a"], out, format="peft")
+        doc = json.loads((path / ("adapter_config.json" if out == "one" else "a/adapter_config.json")).read_text())
+        assert doc["base_model_name_or_path"] == str(tmp_path / "base")
+    model.name_or_path = "org/model"   # a hub id (no such folder here) stays as it is
+    doc = json.loads((mlv.export_lora(model, "a", "hub", format="peft") / "adapter_config.json").read_text())
+    assert doc["base_model_name_or_path"] == "org/model"
 
 
 @pytest.mark.parametrize("format", ["peft", "plain"])

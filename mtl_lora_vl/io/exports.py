@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 from collections.abc import Sequence
@@ -371,9 +372,12 @@ def _folded(w: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
 
 
 def _name_or_path(model: nn.Module) -> str | None:
-    """A Hugging Face model's ``name_or_path`` (hub id or directory it was loaded from); None for others."""
+    """A Hugging Face model's ``name_or_path``: a hub id as it is, the directory it was loaded from made absolute
+    (AutoPeftModel reads it in whatever folder it runs in); None for others."""
     name = getattr(model, "name_or_path", None)
-    return name if isinstance(name, str) and name else None
+    if not isinstance(name, str) or not name:
+        return None
+    return os.path.abspath(name) if Path(name).is_dir() else name
 
 
 def _base_files(model: nn.Module) -> list[tuple[str, Path | None]]:
