@@ -139,7 +139,7 @@ _PTB_TOKEN = re.compile(
     r"|(?-i:[A-Z]+)\$"                                          # "US$"
     rf"|{_ASSIMILATION}"                                        # "can not", "gon na"
     rf"|(?:[^\W_]|[{_MARKS}])+(?:[-_\u2010\u2011](?:[^\W_]|[{_MARKS}])+)*{_KEEP_PERIOD}"   # words, inner hyphens
-    r"|[!?]{2,}|@+|#+|_+|\*+"                                 # runs ("!" and "?" alone are dropped by the filter)
+    r"|[!?]{2,}|@+|#+|_+|\*+|<<|>>"                           # runs ("!" and "?" alone are dropped by the filter)
     # a symbol PTB keeps as a token (& % $ # @ + = brackets)
     rf"|[^\w\s.,:;?!'\"`\u2010\u2011\u2018\u2019\u201b\x91\x92{_ranges(_DELETED_MARK_CODES)}-]",
     re.I,
