@@ -96,21 +96,28 @@ _ASSIMILATION = (rf"(?<![^\W_]-)(?:can(?=not{_WORD_END})|gon(?=na{_WORD_END})|go
                  rf"|wan(?=na{_WORD_END})|lem(?=me{_WORD_END})|gim(?=me{_WORD_END}))")
 # Web and chat tokens PTB keeps whole: SGML tags, URLs (its FULLURL and LIKELYURL), e-mail addresses, @names,
 # #hashtags, smileys (its parentheses spelled -lrb- -rrb-).
-_WEB = (
-    r"<(?:[!?][a-z-][^>\r\n]*|/[a-z][a-z0-9_:.-]*"
-    r"|[a-z][a-z0-9_:.-]*(?: +[a-z][a-z0-9_:.-]*(?: *= *(?:'[^']*'|\"[^\"]*\"))?)* */?) *>"
-    r"|https?://[^\s\"<>|(){}]+[^\s\"<>|.!?(){},-]"
-    r"|(?:www\.(?:[^\s\"<>|.!?(){},]+\.)+[a-z]{2,4}|(?-i:(?:[^\s\"`'\u2018\u2019\u201b\x91\x92<>|.!?(){}$\x2c-\x5f]+\.)+)(?:com|net|org|edu))"
-    r"(?:/[^\s\"<>|()]+[^\s\"<>|.!?(){},-])?"
-    r"|<?[a-z0-9][^\s\"<>|(){}]*@(?:[^\s\"<>|(){}.]+\.)*[^\s\"<>|(){}.]+>?"
+_SGML = (r"<(?:[!?][a-z-][^>\r\n]*|/[a-z][a-z0-9_:.-]*"
+         r"|[a-z][a-z0-9_:.-]*(?: +[a-z][a-z0-9_:.-]*(?: *= *(?:'[^']*'|\"[^\"]*\"))?)* */?) *>")
+# PTB's URL rules stop only at " \t\n\f\r" (here also at the line breaks, and \x1f, a deleted character): a no-break or
+# other Unicode space is inside a URL ("with\xa0x.com" is one token), though none starts one
+_URL_SPACE = r"\t-\r \x1c-\x1f\x85\u2028\u2029"
+_URL_HOST = rf"[^{_URL_SPACE}\"`'\u2018\u2019\u201b\x91\x92<>|.!?(){{}}$\x2c-\x5f]"
+_URL = (
+    rf"https?://[^{_URL_SPACE}\"<>|(){{}}]+[^{_URL_SPACE}\"<>|.!?(){{}},-]"
+    rf"|(?:www\.(?:[^{_URL_SPACE}\"<>|.!?(){{}},]+\.)+[a-z]{{2,4}}"
+    rf"|(?-i:(?!\s){_URL_HOST}+\.(?:{_URL_HOST}+\.)*)(?:com|net|org|edu))"
+    rf"(?:/[^{_URL_SPACE}\"<>|()]+[^{_URL_SPACE}\"<>|.!?(){{}},-])?"
+)
+_EMAIL_AND_CHAT = (
+    r"<?[a-z0-9][^\s\"<>|(){}]*@(?:[^\s\"<>|(){}.]+\.)*[^\s\"<>|(){}.]+>?"
     rf"|c\+\+|[cf]#|@[a-z_][a-z_0-9]*|#(?:[^\W\d_]|[{_MARKS}])+"
     r"|(?-i:[<>]?[:;=][-o*']?[()DPdpO\\{@|\[\]])(?![a-z0-9])"
     r"|(?-i:[-^=~<>']_[-^=~<>']|\([-^x=~<>'][_.]?[-^x=~<>']\)|\([\^x=~<>']-[\^x=~<>'`]\))"   # ^_^ (^_^) (-.-)
 )
 _KEEP_PERIOD = r"(?:\.(?=[,;:\u3001]))?"   # a word keeps a period that a comma, semicolon or colon follows
 _ASCII_HYPHENS = r"(?:-(?:[a-z0-9]+|[a-z](?:\.[a-z])+\.))+"
-_PTB_TOKEN = re.compile(
-    rf"{_WEB}|''|[`\u2018\u2019\u201b\x91\x92]{{2}}|n{_APOSX}t(?![a-z])|'(?:[sdm]|re|ve|ll)(?![a-z])"
+_TOKEN_RULES = (
+    rf"''|[`\u2018\u2019\u201b\x91\x92]{{2}}|n{_APOSX}t(?![a-z])|'(?:[sdm]|re|ve|ll)(?![a-z])"
     rf"|[\u2019\x92](?:[sdm]|re|ve|ll)|{_APOSTROPHE_WORDS}"   # '' (a quote token), clitics, the words above
     # PTB's PHONE with brackets ("(555) 123-4567" is "-lrb-555-rrb- 123-4567") and FRAC with a whole number ("3 1/2in"
     # is "3 1/2 in", "3-1/2" whole): longer than the number or slash word that starts there
@@ -141,9 +148,15 @@ _PTB_TOKEN = re.compile(
     rf"|(?:[^\W_]|[{_MARKS}])+(?:[-_\u2010\u2011](?:[^\W_]|[{_MARKS}])+)*{_KEEP_PERIOD}"   # words, inner hyphens
     r"|[!?]{2,}|@+|#+|_+|\*+|<<|>>"                           # runs ("!" and "?" alone are dropped by the filter)
     # a symbol PTB keeps as a token (& % $ # @ + = brackets)
-    rf"|[^\w\s.,:;?!'\"`\u2010\u2011\u2018\u2019\u201b\x91\x92{_ranges(_DELETED_MARK_CODES)}-]",
-    re.I,
+    rf"|[^\w\s.,:;?!'\"`\u2010\u2011\u2018\u2019\u201b\x91\x92{_ranges(_DELETED_MARK_CODES)}-]"
 )
+_PTB_TOKEN = re.compile(rf"{_SGML}|{_URL}|{_EMAIL_AND_CHAT}|{_TOKEN_RULES}", re.I)
+# PTB takes the longest match of all its rules, and a URL is not always it: a word goes on past a URL's ending
+# ("www.x.comdog", "a.orgs" are one WORD), an e-mail address past its host ("a.org@b"), a word keeps its period
+# before a comma ("x.com.,"). Where such a token is longer it is taken, from the rules without the URL.
+_URL_TOKEN = re.compile(_URL, re.I)
+_NON_URL_TOKEN = re.compile(rf"{_SGML}|{_EMAIL_AND_CHAT}|{_TOKEN_RULES}", re.I)
+_URL_HINT = re.compile(r"://|www\.|\.(?:com|net|org|edu)", re.I)   # no URL rule matches a text without one
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
 _PARENS = str.maketrans({"(": "-lrb-", ")": "-rrb-", "\xa0": " "})   # inside a smiley or a phone number
 # Characters read as PTB reads them (single quotes stay: the rules above take ’ \x92 as PTB's APOS, "‘" "`" "‛" \x91 in
@@ -216,7 +229,7 @@ def _tokens(text: str) -> str:
     # a deleted character still ends a token but is no PTB space ({SPACENL}): \x1f, which \s matches ("No.\u200b5"
     # loses its period, as "No." keeps it only with a SPACENL or nothing before the number)
     text = _OWN_TOKEN.sub(r" \g<0> ", _PTB_DELETES.sub("\x1f", text.translate(_TYPOGRAPHIC)))
-    tokens = (t.lower() for t in _PTB_TOKEN.findall(text))
+    tokens = (t.lower() for t in (_longest_tokens(text) if _URL_HINT.search(text) else _PTB_TOKEN.findall(text)))
     # brackets spelled as PTB spells them (also in a smiley, in a phone number: "(555) 123-4567" is "-lrb-555-rrb-
     # 123-4567", its no-break space a space), a clitic's quotes as LaTeX quotes; PTB's quote tokens dropped as
     # pycocoevalcap drops them
@@ -224,3 +237,15 @@ def _tokens(text: str) -> str:
         tok.translate(_PARENS) if tok[-1] in "()" or tok[0] == "(" or "\xa0" in tok
         else tok)
         for tok in tokens if tok not in _DROPPED_QUOTES)
+
+
+def _longest_tokens(text: str) -> list:
+    """``_PTB_TOKEN.findall(text)``, but a URL gives way to a longer token of PTB's other rules starting there."""
+    tokens, pos = [], 0
+    while m := _PTB_TOKEN.search(text, pos):
+        if (url := _URL_TOKEN.match(text, m.start())) and url.end() == m.end():
+            other = _NON_URL_TOKEN.match(text, m.start())
+            m = other if other and other.end() > m.end() else m
+        tokens.append(m[0])
+        pos = m.end()
+    return tokens

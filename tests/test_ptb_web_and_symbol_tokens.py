@@ -23,7 +23,37 @@ def test_two_angle_brackets_are_one_token(caption, ptb):
     assert tokenize_caption(caption) == ptb
 
 
-ALL_CASES = DOUBLED_ANGLE_BRACKET_CASES
+# PTB takes the longest match of all its rules; a URL (LIKELYURL: up to its "com", "org"... or a 2-4 letter ending after
+# "www.") gives way to a longer WORD, e-mail address or hyphenated word starting at the same character.
+URL_LONGEST_MATCH_CASES = [
+    ("see www.x.comdog and a.orgs here", "see www.x.comdog and a.orgs here"),   # was "www.x.comd og", "a.org s"
+    ("the on.two.are.orgs sign, sittingtwo.orgs@sitting", "the on.two.are.orgs sign sittingtwo.orgs@sitting"),
+    ("WWW.two.comdog/to the x.com.; y", "www.two.comdog / to the x.com. y"),   # was "www.two.comd og/to", "x.com"
+    ("visit bluewww.pizza.holding.comdog now", "visit bluewww.pizza.holding.comdog now"),
+    ("a www.x.com/dog, x.org-dog and a_b.small.commons", "a www.x.com/dog x.org-dog and a_b small.commons"),
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), URL_LONGEST_MATCH_CASES)
+def test_a_url_gives_way_to_a_longer_token(caption, ptb):
+    assert tokenize_caption(caption) == ptb
+
+
+# A no-break space or other Unicode space is a character like any other inside LIKELYURL's host ([^ \t\n\f\r...]), so
+# the URL runs over it ("with\xa0man.com" is one token; its no-break space read as a space, as in a phone number), and
+# "mons" after it is a word of its own; no URL starts with one.
+URL_UNICODE_SPACE_CASES = [
+    ("a with\xa0man.commons and dog\u3000man.com y", "a with man.com mons and dog\u3000man.com y"),   # were "man.com"
+    ("x \xa0\xa0www.woman.net y", "x www.woman.net y"),
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), URL_UNICODE_SPACE_CASES)
+def test_a_unicode_space_is_inside_a_url(caption, ptb):
+    assert tokenize_caption(caption) == ptb
+
+
+ALL_CASES = DOUBLED_ANGLE_BRACKET_CASES + URL_LONGEST_MATCH_CASES + URL_UNICODE_SPACE_CASES
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's PTB tokenizer needs Java")
