@@ -109,7 +109,7 @@ _URL = (
     rf"(?:/[^{_URL_SPACE}\"<>|()]+[^{_URL_SPACE}\"<>|.!?(){{}},-])?"
 )
 _EMAIL_AND_CHAT = (
-    r"<?[a-z0-9][^\s\"<>|(){}]*@(?:[^\s\"<>|(){}.]+\.)*[^\s\"<>|(){}.]+>?"
+    r"(?:<|&lt;)?[a-z0-9][^\s\"<>|(){}]*@(?:[^\s\"<>|(){}.]+\.)*[^\s\"<>|(){}.]+>?"
     rf"|c\+\+|[cf]#|@[a-z_][a-z_0-9]*|#(?:[^\W\d_]|[{_MARKS}])+"
     r"|(?-i:[<>]?[:;=][-o*']?[()DPdpO\\{@|\[\]])(?![a-z0-9])"
     r"|(?-i:[-^=~<>']_[-^=~<>']|\([-^x=~<>'][_.]?[-^x=~<>']\)|\([\^x=~<>']-[\^x=~<>'`]\))"   # ^_^ (^_^) (-.-)
@@ -142,7 +142,7 @@ _TOKEN_RULES = (
     rf"|(?=[a-z])(?:{_NUMBER_ABBREVIATIONS})\.(?={_SPACENL}?\d)"
     r"|(?<!-)(?:[-+]?\d+(?:[.:,]\d+)+|[-+]\d+|[-+]?(?<!\.\.)(?:[.:,]\d+)+)"   # "10:30", "-5", ".5"; "v1.2": "v1 .2"
     rf"|(?-i:S&P-500|S&Ls|[A-Z]+(?:&[A-Z]+)+){_KEEP_PERIOD}"   # capitals joined by & ("B&W", "AT&T"); "b&w" splits
-    r"|&(?:ht|tl|ur|lr|qc|ql|qr|odq|cdq|#\d+);"               # entities PTB keeps as they are ("&#39;")
+    r"|&(?:ht|tl|ur|lr|qc|ql|qr|odq|cdq|#\d+);|&[lg]t;"       # entities PTB keeps as they are ("&#39;"), "&lt;"
     r"|(?-i:[A-Z]+)\$"                                          # "US$"
     rf"|{_ASSIMILATION}"                                        # "can not", "gon na"
     rf"|(?:[^\W_]|[{_MARKS}])+(?:[-_\u2010\u2011](?:[^\W_]|[{_MARKS}])+)*{_KEEP_PERIOD}"   # words, inner hyphens
@@ -172,8 +172,9 @@ _TYPOGRAPHIC = str.maketrans({
 })
 _OWN_TOKEN = re.compile("[\u2155-\u215e\u2460-\u24ff\u2776-\u2793]"
                         "|[\u207a\u207b\u208a\u208b]?(?:[\u2070\u00b9\u00b2\u00b3\u2074-\u2079]+|[\u2080-\u2089]+)")
-_ENTITY = re.compile("&(amp|lt|gt|quot|apos|nbsp|md|mdash|ndash);", re.I)
-_ENTITIES = {"amp": "&", "lt": " < ", "gt": " > ", "quot": '"', "apos": "'", "nbsp": " ", "md": " - ", "mdash": " - ",
+# ("&lt;" and "&gt;" are read by the rules: an e-mail address keeps them, "&lt;a@b.com&gt;", elsewhere "<" and ">")
+_ENTITY = re.compile("&(amp|quot|apos|nbsp|md|mdash|ndash);", re.I)
+_ENTITIES = {"amp": "&", "quot": '"', "apos": "'", "nbsp": " ", "md": " - ", "mdash": " - ",
              "ndash": " - "}
 # Characters the Java tokenizer cannot tokenize and deletes (they still separate tokens): every one outside the
 # Basic Multilingual Plane (emoji among them), format and private-use characters, variation selectors, C1
@@ -202,7 +203,7 @@ _LATEX_QUOTES = str.maketrans({"\u2018": "`", "\u201b": "`", "\x91": "`", "\u203
                                "\xbb": "''"})
 # Tokens PTB spells otherwise: brackets, a clitic with LaTeX quotes ("’s" -> "'s", "n‘t" -> "n`t"; its other apostrophe
 # words stay as written)
-_SPELLED = {**_BRACKETS, **{clitic: clitic.translate(_LATEX_QUOTES) for clitic in (
+_SPELLED = {**_BRACKETS, "&lt;": "<", "&gt;": ">", **{clitic: clitic.translate(_LATEX_QUOTES) for clitic in (
     *(a + c for a in "'\u2019\x92" for c in ("s", "d", "m", "re", "ve", "ll")), *(f"n{a}t" for a in _APOSX[1:-1]))}}
 
 

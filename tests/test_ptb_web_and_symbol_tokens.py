@@ -53,7 +53,22 @@ def test_a_unicode_space_is_inside_a_url(caption, ptb):
     assert tokenize_caption(caption) == ptb
 
 
-ALL_CASES = DOUBLED_ANGLE_BRACKET_CASES + URL_LONGEST_MATCH_CASES + URL_UNICODE_SPACE_CASES
+# PTB's EMAIL is (&lt;|<)?...@...(&gt;|>)? and its URLs hold "&lt;" like any other characters: they stay as written
+# there; elsewhere "&lt;" and "&gt;" are the tokens "<" and ">" (LESSTHAN, GREATERTHAN), never joined to another "<".
+ANGLE_BRACKET_ENTITY_CASES = [
+    ("<white@bike.org&gt; and &lt;cat@small.de,= x", "<white@bike.org&gt; and &lt;cat@small.de,= x"),   # were split
+    ("&LT;a@b.com&GT; and http://x.com/a&lt;b c", "&lt;a@b.com&gt; and http://x.com/a&lt;b c"),
+    ("x&lt;y, &lt;:) 5&gt;3, &gt;&gt; b and &lt;b>", "x < y < :-rrb- 5 > 3 > > b and < b >"),   # as before
+]
+
+
+@pytest.mark.parametrize(("caption", "ptb"), ANGLE_BRACKET_ENTITY_CASES)
+def test_an_angle_bracket_entity_stays_in_an_email_address_or_url(caption, ptb):
+    assert tokenize_caption(caption) == ptb
+
+
+ALL_CASES = (DOUBLED_ANGLE_BRACKET_CASES + URL_LONGEST_MATCH_CASES + URL_UNICODE_SPACE_CASES
+             + ANGLE_BRACKET_ENTITY_CASES)
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's PTB tokenizer needs Java")
