@@ -1,9 +1,9 @@
 """The family table: the one place that names model families and what the package knows of each.
 
-A leaf module (it imports nothing from the package but its own functions, :mod:`.family_images` and
-:mod:`.family_processors`, leaves too), so adapters, backbones and exports can all read it without import
-cycles. Everything else asks the table (``find_family``, ``family_named``, ``peft_export``, ``merged_format``)
-instead of comparing family names.
+A leaf module (it imports nothing from the package but its own functions, :mod:`.family_images` (which reads the
+anyres families' per-image arithmetic from :mod:`.family_anyres`) and :mod:`.family_processors`, leaves too), so
+adapters, backbones and exports can all read it without import cycles. Everything else asks the table
+(``find_family``, ``family_named``, ``peft_export``, ``merged_format``) instead of comparing family names.
 
 A family's classes are written ``"package.prefix.ClassName"``: a model belongs to the family when a
 class in its MRO has that name **and** lives in that module or below it. So ``open_clip.CLIP`` matches

@@ -18,7 +18,7 @@ import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import load_backbone
 from mtl_lora_vl.data.anyres import anyres_tokens, pad_images
 from mtl_lora_vl.data.images import to_uint8_tensor
-from mtl_lora_vl.family_images import llava_next_image, llava_onevision_image
+from mtl_lora_vl.family_anyres import llava_next_image, llava_onevision_image
 
 BUILDERS = {"llava_next": test_llava_next.build, "llava_onevision": test_llava_onevision.build}
 

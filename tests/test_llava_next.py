@@ -13,7 +13,8 @@ from vlm_checks import assert_mixed_route_per_task, pictures
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.families import find_family
-from mtl_lora_vl.family_images import llava_next_image, llava_next_row_tiles
+from mtl_lora_vl.family_anyres import llava_next_image
+from mtl_lora_vl.family_images import llava_next_row_tiles
 
 SIDE = 32
 PINPOINTS = [[32, 64], [64, 32], [64, 64]]

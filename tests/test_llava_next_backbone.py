@@ -33,7 +33,7 @@ import mtl_lora_vl as mlv
 from mtl_lora_vl.backbones import BackboneError, LlavaNextBackbone, LlavaOnevisionBackbone, load_backbone
 from mtl_lora_vl.backbones.base import GENERATE, GRAD_CHECKPOINTING, LM_LOGITS
 from mtl_lora_vl.backbones.llava_next import _processor_several_tokens
-from mtl_lora_vl.family_images import llava_onevision_image
+from mtl_lora_vl.family_anyres import llava_onevision_image
 
 # Per family: its tiny directory's builder, backbone class and image tokens per 64-px canvas (LLaVA-NeXT: 16 base, 8 x 8
 # grid, 8 newlines; OneVision under "anyres_max_2": the grid interpolated down to 5 x 5, 5 newlines)

@@ -18,7 +18,8 @@ from vlm_checks import assert_mixed_gradients_are_per_task_sums, assert_mixed_ro
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.families import find_family, inner_family
-from mtl_lora_vl.family_images import llava_onevision_image, llava_onevision_row_tiles, llava_onevision_video_tokens
+from mtl_lora_vl.family_anyres import llava_onevision_image, llava_onevision_video_tokens
+from mtl_lora_vl.family_images import llava_onevision_row_tiles
 
 SIDE = 32
 PINPOINTS = [[32, 64], [64, 32], [64, 64]]

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from mtl_lora_vl.data.anyres import AnyresGeometry
-from mtl_lora_vl.family_images import llava_onevision_video_tokens
+from mtl_lora_vl.family_anyres import llava_onevision_video_tokens
 
 README = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
 

@@ -19,7 +19,7 @@ their anyres images.
   resampling filter); on the device the canvas is cut into its (C / S)² tiles and resized to S for the base view
   (antialiased and rounded to 8 bits pass by pass, as the processor's torchvision backend resizes): what the
   processor makes of a C x C image, so every image fills the same count, by the model's own arithmetic
-  (:mod:`mtl_lora_vl.family_images`): 2,928 tokens for LLaVA-1.6 (576 base, a 48 x 48 grid, 48 newlines). The
+  (:mod:`mtl_lora_vl.family_anyres`): 2,928 tokens for LLaVA-1.6 (576 base, a 48 x 48 grid, 48 newlines). The
   aspect is not kept: a merged model used with its own processor sees wide and tall pictures laid out otherwise.
 * **Rows of several images** (LLaVA-OneVision). Its model and processor read each image of a sample of several as
   its base view alone (``batch_num_images``; the processor pads it square with the image mean first, and so does
@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from ..data.anyres import AnyresGeometry
 from ..data.resize import ImageResize, size_fields
-from ..family_images import llava_next_image, llava_onevision_image, view_tokens
+from ..family_anyres import llava_next_image, llava_onevision_image, view_tokens
 from .base import OPENAI_MEAN, BackboneError, as_rgb, register_backbone
 from .hf_vlm import HFVLMBackbone
 from .image_reading import NativeImageReading
@@ -103,7 +103,7 @@ class LlavaNextBackbone(NativeImageReading, HFVLMBackbone):
             bb = super().from_model(model, processor, name)
         except BackboneError:
             raise
-        except ValueError as e:   # the tower / strategy pair the model cannot lay out (family_images.view_tokens)
+        except ValueError as e:   # the tower / strategy pair the model cannot lay out (family_anyres.view_tokens)
             raise BackboneError(f"{name}: {e}") from e
         bb.tile_size = side
         bb.base_filter = bb.resize.interpolation
