@@ -317,3 +317,23 @@ def test_anyres_views_of_mixed_sizes_are_made_without_waiting_for_the_device(tmp
     assert copies.seen == []
     assert made["pixel_values"].shape == (2, 5, 3, 32, 32) and made["pixel_values"].device.type == "cuda"
     assert made["image_sizes"].device.type == "cpu" and made["image_sizes"].tolist() == [[20, 60], [40, 40]]
+
+
+def test_idefics3_views_of_mixed_sizes_are_made_without_waiting_for_the_device(tmp_path, monkeypatch):
+    """Idefics3's strips of a wide and a square image (9 and 17 views): the views past an image's own are zeroed by
+    a mask made from the images' host view counts, with torch.tensor(counts, device=cuda): a blocking copy, so every
+    mixed forward waited for all the device's queued work before its vision tower was queued. Now the counts go over
+    with non_blocking=True, as LLaVA-NeXT's do."""
+    from idefics3_tiny import tiny_idefics3_backbone
+
+    bb = tiny_idefics3_backbone(tmp_path)
+    m, sizes = bb.image_size, [(40, 150), (50, 50)]
+    counts = [bb.resize.anyres.views(s) for s in sizes]
+    assert counts == [9, 17]
+    monkeypatch.setattr(fake_tensor, "CONSTANT_NUMEL_LIMIT", 1024)   # (host-made counts keep their values)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        strips = torch.zeros(2, 3, 17 * m, m, device=CUDA)
+        with _BlockingCopies() as copies:
+            made = bb._vision_inputs(strips, sizes)
+    assert copies.seen == []
+    assert made["pixel_values"].shape == (2, 17, 3, m, m) and made["pixel_values"].device.type == "cuda"

@@ -157,8 +157,9 @@ class Idefics3Backbone(NativeImageReading, HFVLMBackbone):
                                  "(mtl_lora_vl.data.splits) with image_sizes=[(h, w), ...] (pad_images gives both), "
                                  f"or call backbone.native_aspect(False) to read {m}x{m} squares unsplit")
             views = pixel_values.reshape(b, 3, n, m, m).transpose(1, 2)[:, :max(counts)]
-            keep = torch.arange(views.shape[1], device=views.device)[None] < torch.tensor(counts, device=views.device)[
-                :, None]
+            # (non_blocking: torch.tensor(counts, device=...) copies with a stream synchronise, a wait for the device)
+            own = torch.tensor(counts).to(views.device, non_blocking=True)
+            keep = torch.arange(views.shape[1], device=views.device)[None] < own[:, None]
             return {"pixel_values": (views * keep[:, :, None, None, None].to(views.dtype)).contiguous()}
         if pixel_values.dim() != 4 or pixel_values.shape[-2:] != (m, m):
             raise ValueError(f"{self.name}: expected images (B, 3, {m}, {m}) (the backbone's image_size), got {shape}")
