@@ -337,3 +337,23 @@ def test_idefics3_views_of_mixed_sizes_are_made_without_waiting_for_the_device(t
             made = bb._vision_inputs(strips, sizes)
     assert copies.seen == []
     assert made["pixel_values"].shape == (2, 17, 3, m, m) and made["pixel_values"].device.type == "cuda"
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["own_sizes", "square"])
+def test_mistral3_image_sizes_are_handed_over_on_the_host(packed_dirs, monkeypatch, native):
+    """Mistral 3's image_sizes were made on the device (torch.tensor(sizes, device=cuda)): Pixtral's tower slices
+    each image's patches by them and its patch merger splits and reshapes by them (reads of each row: on a GPU, the
+    first right after the patch conv was queued, so the tower waited for the device's queued work, and more per
+    image); the package's own row check read them too. transformers only reads them on the host (iteration,
+    ``//``, slices and ``split`` sizes; get_image_features copies them over itself), so now they stay there."""
+    bb = load_backbone(f"hf:{packed_dirs['mistral3']}", device="cpu")
+    bb.native_aspect(native)
+    sizes = [(16, 32), (32, 16)] if native else None
+    monkeypatch.setattr(fake_tensor, "CONSTANT_NUMEL_LIMIT", 1024)   # (host-made sizes keep their values)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        canvas = torch.zeros(2, 3, 32, 32, device=CUDA)
+        with _BlockingCopies() as copies:
+            made = bb._vision_inputs(canvas, sizes)
+    assert copies.seen == [] and made["pixel_values"].device.type == "cuda"
+    assert made["image_sizes"].device.type == "cpu"
+    assert made["image_sizes"].tolist() == ([[16, 32], [32, 16]] if native else [[32, 32], [32, 32]])

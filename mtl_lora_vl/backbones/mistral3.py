@@ -133,16 +133,17 @@ class Mistral3Backbone(NativeImageReading, HFVLMBackbone):
         """The canvas (each image at its top left) with each image's ``image_sizes`` (None: every image fills it); on
         one square, the squares."""
         sizes = self._host_vision(pixel_values, image_sizes)["image_sizes"]
+        # (on the host, as the processor gives them: transformers only reads them there, per image, in the tower's
+        # slices and the merger's split; on the device each read waited for it)
         if not self.resize.native:
-            return {**super()._vision_inputs(pixel_values, image_sizes), "image_sizes": torch.tensor(
-                sizes, device=pixel_values.device)}
+            return {**super()._vision_inputs(pixel_values, image_sizes), "image_sizes": torch.tensor(sizes)}
         unit = self._token_unit()
         odd = [s for s in sizes if s[0] % unit or s[1] % unit]
         if odd:
             raise ValueError(f"{self.name}: expected images whose sides are multiples of {unit} (patch x spatial "
                              f"merge), got {odd[0][0]}x{odd[0][1]} in {tuple(pixel_values.shape)}; resize them with "
                              "backbone.resize (the loader does)")
-        return {"pixel_values": pixel_values, "image_sizes": torch.tensor(sizes, device=pixel_values.device)}
+        return {"pixel_values": pixel_values, "image_sizes": torch.tensor(sizes)}
 
     def _host_vision(self, pixel_values: Tensor, image_sizes: list[tuple[int, int]] | None = None
                      ) -> dict[str, list]:
