@@ -1,12 +1,15 @@
 """Review 191: bad input on the generative path that was accepted silently -- a bare string of targets or ends
 (read letter by letter), a candidate holding the image placeholder, and generation past the language model's
 context (now warned about)."""
+import dataclasses
 import logging
 
 import pytest
 import torch
 
 from mtl_lora_vl.backbones import load_backbone
+from mtl_lora_vl.data import world
+from mtl_lora_vl.tasks import build_kind, load_spec
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +71,27 @@ def test_scoring_candidates_past_the_language_models_context_is_said(bb, caplog)
     said = [r.getMessage() for r in caplog.records if "context" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith("sequence_scores: prompts of up to ")
     assert "candidates of up to 5 tokens (their end token included) pass the language model's context of 256" in said[0]
+
+
+@pytest.mark.parametrize("task", ["caption_cls", "vqa"])
+def test_a_task_evaluated_past_the_context_is_told_once_not_on_every_batch(bb, task, caplog):
+    """sequence_scores and generate say when a call passes the built-in LLaVA's 256 positions; an evaluation calls them
+    once a batch (and a group of candidates), so caption_cls with a 307-token prompt printed the same line 88 times
+    for 64 rows (vqa: 12), again on every pass. Within a task's evaluations it is said once; a direct call still
+    says it every time."""
+    spec = load_spec(task)
+    spec = dataclasses.replace(spec, generative={**spec.generative, "prompt": "{image} " + "what is it ? " * 80})
+    made = spec.data.options.get("world_kind", spec.kind)
+    kind = build_kind(spec, world.build_split(made, "train", n=4, seed=0), bb)
+    val = world.build_split(made, "val", n=6, seed=0)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):   # zero-shot, then again (adapted, a validation)
+            kind.evaluate(bb, None, val, batch_size=2, device="cpu")
+    said = [r.getMessage() for r in caplog.records if "pass the language model's context of 256" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith("(said once for this task)"), said
+    caplog.clear()
+    images = torch.randn(1, 3, bb.image_size, bb.image_size)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            bb.sequence_scores(images, [bb.image_token + " what is it ?" * 80], ["red", "blue"])
+    assert sum("context of 256" in r.getMessage() for r in caplog.records) == 2

@@ -147,15 +147,6 @@ def check_candidates(candidates: Sequence[str], image_token: str) -> None:
                          "candidate is text after the prompt (the image goes in the prompt)")
 
 
-def warn_past_context(width: int, new_tokens: int, context: int | None, what: str) -> None:
-    """Warn when prompts ``width`` tokens wide plus ``new_tokens`` pass the language model's ``context`` (its
-    positions past it were never trained: generation there goes silently wrong)."""
-    if context and width + new_tokens > context:
-        logging.getLogger(__name__).warning(
-            "%s: prompts of up to %d tokens plus %d new ones pass the language model's context of %d tokens; shorten "
-            "the prompts or lower max_len", what, width, new_tokens, context)
-
-
 def check_prompts(prompts: Any, n_images: int, what: str, several: str | None = None) -> list[str]:
     """``prompts`` as a list of ``n_images`` strings, or a ValueError naming what is wrong. ``several``: the image
     placeholder of a backbone whose prompts may take several images each; the prompts then hold one per image."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
-import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -23,9 +22,7 @@ from .lm_collate import IGNORE_INDEX
 if TYPE_CHECKING:
     from .hf_vlm import HFVLMBackbone
 
-__all__ = ["scores_cached", "scores_full", "target_logprobs", "warn_scored_past_context"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["scores_cached", "scores_full", "target_logprobs"]
 
 
 @functools.cache
@@ -84,17 +81,6 @@ def scores_full(self: HFVLMBackbone, images: Tensor, prompts: Sequence[str], can
                             image_sizes=None if sizes is None else [sizes[i] for i in index])
     sums, _ = target_logprobs(out.logits[:, :-1], full["labels"][:, 1:])
     return sums.view(B, C)
-
-
-def warn_scored_past_context(width: int, cands: list[list[list[int]]], context: int | None) -> None:
-    """Warn when prompts ``width`` tokens wide and the longest of the candidate id lists ``cands`` (each with its end
-    token, as a training row counts it) pass the language model's ``context``: its positions past it were never
-    trained, and the scores there go wrong silently (as ``generate`` and the training rows are said to)."""
-    longest = max(len(c) for row in cands for c in row)
-    if context and width + longest > context:
-        logger.warning("sequence_scores: prompts of up to %d tokens and candidates of up to %d tokens (their end token "
-                       "included) pass the language model's context of %d tokens; shorten the prompt or the "
-                       "candidates (class names, generative.target)", width, longest, context)
 
 
 def target_logprobs(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:

@@ -51,10 +51,10 @@ from .base import (
     check_prompts,
     register_backbone,
     resolve_base_dtype,
-    warn_past_context,
 )
-from .candidate_scores import scores_cached, scores_full, target_logprobs, warn_scored_past_context
+from .candidate_scores import scores_cached, scores_full, target_logprobs
 from .chat import ChatWrap, read_chat_wrap
+from .context_warnings import warn_past_context, warn_scored_past_context
 from .generation_ids import GenerationIds, plain_decoding
 from .hf import hf_dir, hf_grad_checkpointing, hf_model_class, load_hf_weights
 from .hf_processor import (
@@ -271,7 +271,7 @@ class HFVLMBackbone(GenerationIds, Backbone):
             raise ValueError("generate: beam search over prompts of several images needs a transformers that encodes "
                              "the images before it repeats the rows for the beams (older ones repeat each image, not "
                              "each row's images); upgrade transformers, or use beam_size=1")
-        warn_past_context(batch["input_ids"].shape[1], int(max_len), self.lm_context, "generate")
+        warn_past_context(self, batch["input_ids"].shape[1], int(max_len), "generate")
         ids = batch["input_ids"]
         kwargs = {**self._extra_inputs(ids, None), **self._row_inputs(ids, images.shape[0], sizes, image_counts)}
         with plain_decoding(self.model), host_image_counts(self.model, image_counts, self._host_vision(images, sizes)):
@@ -299,7 +299,7 @@ class HFVLMBackbone(GenerationIds, Backbone):
         per_text = {t: [[*ids, end_id] for ids in collator.continuation_ids([t] * len(candidates), candidates)]
                     for t in dict.fromkeys(texts)}
         cands = [per_text[t] for t in texts]   # (B, C) id lists: rows with one prompt text share them
-        warn_scored_past_context(batch["input_ids"].shape[1], cands, self.lm_context)
+        warn_scored_past_context(self, batch["input_ids"].shape[1], cands)
         if self.model.training and torch.is_grad_enabled() and _checkpointing(self.model):
             scores = self._scores_full(images, prompts, cands, sizes)
         else:

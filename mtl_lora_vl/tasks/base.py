@@ -70,6 +70,7 @@ from torch import Tensor, nn
 from mtl_lora_vl.adapters.rows import autocast_off
 from mtl_lora_vl.backbones.base import BackboneError
 from mtl_lora_vl.backbones.chat import ChatWrap
+from mtl_lora_vl.backbones.context_warnings import once_per_task
 from mtl_lora_vl.data.fallback import decode_policy, failure_keys
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
@@ -326,7 +327,7 @@ class TaskKind(ABC):
         its file path(s) or None, the kind's input and ``reference``, and ``prediction``), from the predictions the
         metrics are computed from (no second pass); rows left out of the scores are left out of it too."""
         strict = getattr(split, "strict", False)
-        with eval_mode(backbone.model, head), decode_policy(self.name, strict) as failed:
+        with eval_mode(backbone.model, head), decode_policy(self.name, strict) as failed, once_per_task(backbone, self):
             # images an earlier evaluation of this task found unusable are left out up front (not decoded, warned
             # about and scored again on every pass: zero-shot, adapted, each validation); a strict split decodes all
             bad: set[str] = set() if strict else set(self.unusable_images)
