@@ -3,6 +3,7 @@ loader worker: a broken file must be an ImageError naming it, so its row is repl
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,19 @@ def test_an_integer_image_resized_past_255_keeps_its_8_bit_level():
     assert read.max() == 255 and read[50, 37] == 255 and read[5, 5] == 0
     deep = Image.fromarray(np.array([[0, 300, 600]], dtype=np.uint16))   # (I;16: a 16-bit image's depth)
     assert deep.mode.startswith("I;16") and [load_image(deep).getpixel((i, 0))[0] for i in range(3)] == [0, 1, 2]
+
+
+def test_a_signed_16_bit_tiff_is_scaled_by_its_depth_however_dark():
+    """Pillow opens a signed 16-bit TIFF (SampleFormat 2, numpy int16 written by tifffile / imageio) as mode I, not
+    I;16: the rule that keeps the 0-255 level up to 382 for a mode I image not from a 16-bit file read its
+    [0, 100, 200, 300] of 65535 as [0, 100, 200, 255] (a near-black image bright and clipped); it is scaled by its
+    depth as a 16-bit PNG or unsigned TIFF is: [0, 0, 0, 1]."""
+    data = io.BytesIO()
+    Image.fromarray(np.array([[0, 100, 200, 300]], dtype=np.uint16)).save(data, format="TIFF", tiffinfo={339: 2})
+    with Image.open(io.BytesIO(data.getvalue())) as opened:
+        assert opened.mode == "I"
+    assert [load_image(data.getvalue()).getpixel((i, 0))[0] for i in range(4)] == [0, 0, 0, 1]
+    assert [load_image(Image.open(io.BytesIO(data.getvalue()))).getpixel((i, 0))[0] for i in range(4)] == [0, 0, 0, 1]
+    wide = io.BytesIO()   # a 32-bit integer TIFF keeps the levels: its 0-255 data reads as it is
+    Image.fromarray(np.array([[0, 100, 200, 255]], dtype=np.int32)).save(wide, format="TIFF")
+    assert [load_image(wide.getvalue()).getpixel((i, 0))[0] for i in range(4)] == [0, 100, 200, 255]

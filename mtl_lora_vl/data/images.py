@@ -248,10 +248,10 @@ def _upright(img: Image.Image) -> Image.Image:
     return out
 
 
-def _to_8bit_gray(img: Image.Image, clear: int | None = None) -> Image.Image:
+def _to_8bit_gray(img: Image.Image, clear: int | None = None, sixteen: bool | None = None) -> Image.Image:
     """Integer/float single-channel modes (16-bit PNGs, 32-bit TIFFs) scaled to 8 bits by the levels their values fall
     in, not clipped (but for a resize's ringing a little past a level); pixels of the level ``clear`` (a 16-bit PNG's
-    tRNS) white, as transparency is composited elsewhere."""
+    tRNS) white, as transparency is composited elsewhere. ``sixteen``: a mode I file decoded from 16-bit samples."""
     raw = arr = np.asarray(img)
     if arr.dtype.kind == "f":
         arr = arr.astype(np.float64)
@@ -266,7 +266,7 @@ def _to_8bit_gray(img: Image.Image, clear: int | None = None) -> Image.Image:
     else:
         arr = arr.astype(np.int64)
         hi = int(arr.max()) if arr.size else 0
-        sixteen = img.mode.startswith("I;16") or (img.mode == "I" and img.format in ("PNG", "PPM"))  # 16-bit
+        sixteen = sixteen or img.mode.startswith("I;16") or (img.mode == "I" and img.format in ("PNG", "PPM"))
         # a 16-bit file is scaled by its depth, however dark it is; else 0-255 holds half its top more (a resize's
         # ringing, clipped), as the float levels do
         if sixteen or hi > 382:
@@ -279,7 +279,8 @@ def _to_8bit_gray(img: Image.Image, clear: int | None = None) -> Image.Image:
 def to_rgb(img: Image.Image, alpha: str = "white", sixteen: bool | None = None) -> Image.Image:
     """Convert any PIL mode to RGB: transparency composited on white, CMYK and palettes converted,
     16-bit and float grayscale rescaled to 8 bits. ``sixteen``: whether an RGB image was read from 16-bit samples
-    (:func:`_rgb16`, asked before it is loaded); None: where its tRNS colour says so (a sample over 255)."""
+    (:func:`_rgb16`, asked before it is loaded); None: where its tRNS colour says so (a sample over 255). For a mode I
+    image, whether its file's samples are 16-bit (a signed 16-bit TIFF)."""
     if img.mode == "La":   # (premultiplied: Pillow converts it to LA only)
         img = img.convert("LA")
     if alpha == "drop" and img.mode in ("RGBA", "LA", "PA", "RGBa", "P", "L", "RGB", "1"):
@@ -302,7 +303,7 @@ def to_rgb(img: Image.Image, alpha: str = "white", sixteen: bool | None = None) 
         return Image.alpha_composite(white, rgba).convert("RGB")
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         clear = img.info.get("transparency") if alpha != "drop" else None
-        return _to_8bit_gray(img, clear if isinstance(clear, int) else None).convert("RGB")
+        return _to_8bit_gray(img, clear if isinstance(clear, int) else None, sixteen).convert("RGB")
     return img.convert("RGB")
 
 
@@ -313,12 +314,13 @@ _RGB16 = "mtl_lora_vl.rgb16"
 def _rgb16(img: Image.Image) -> bool | None:
     """Whether ``img``, not loaded yet, decodes 16-bit RGB samples (a 16-bit PNG: rawmode ``RGB;16B``); once loaded,
     what an earlier read noted in its ``info`` (see :func:`_pil_rgb`), else None (Pillow keeps no sign of it). A tRNS
-    colour of such a file under 256 in every sample, (1, 1, 1), reads as an 8-bit one."""
+    colour of such a file under 256 in every sample, (1, 1, 1), reads as an 8-bit one. A mode I file: whether its
+    samples are 16-bit (a signed 16-bit TIFF, rawmode ``I;16S``: not mode I;16), not loaded yet."""
     tile = getattr(img, "tile", None)   # (Pillow 13 keeps it on files only: an in-memory image has none)
-    if img.mode != "RGB" or not tile:
+    if img.mode not in ("RGB", "I") or not tile:
         return img.info.get(_RGB16) if img.mode == "RGB" else None
     modes = [t[3][0] if isinstance(t[3], tuple) else t[3] for t in tile if len(t) > 3]
-    return any(isinstance(m, str) and m.startswith("RGB;16") for m in modes)
+    return any(isinstance(m, str) and m.startswith(f"{img.mode};16") for m in modes)
 
 
 def _resize_short_side(img: Image.Image, size: int | None, name: str) -> Image.Image:
