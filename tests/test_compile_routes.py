@@ -397,6 +397,36 @@ def test_a_scope_around_a_model_that_routes_its_batches_counts_as_a_mode(recompi
     assert len(_limit_warnings(caught)) == 1 and "2 here" in _limit_warnings(caught)[0]
 
 
+
+def test_a_route_and_a_disabled_scope_both_around_a_model_that_routes_its_batches_are_a_mode_of_their_own(
+        recompile_limit_3):
+    """A batch's set run under ``disabled`` alone and under ``route`` then ``disabled`` are two graphs (the model's
+    scope restores the outer route, None or not, and Dynamo guards on it), and were noted as one mode ('disabled'):
+    a set run plain, under disabled, and under route + disabled compiled 3 graphs (the limit) with 2 counted, no
+    warning. The scopes open around such a call now make its mode together."""
+    from torch._dynamo.utils import counters
+
+    from mtl_lora_vl.adapters.compiled import watch_compiled
+
+    model = _Batched()
+    net = torch.compile(model, backend="eager")
+    watch_compiled(net, model.router)
+    x = torch.randn(2, 3, 8)
+    batch = {"segments": ((0, 0, 2),), "x": x}
+    torch._dynamo.reset()
+    counters.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net(batch)
+        with mlv.disabled(net):
+            net(batch)
+        assert not _limit_warnings(caught)
+        with mlv.route(net, [1, 1]), mlv.disabled(net):
+            net(batch)
+    assert counters["stats"]["unique_graphs"] == 3
+    assert len(model.router.compiled_task_sets) == 3
+    assert len(_limit_warnings(caught)) == 1 and "3 here" in _limit_warnings(caught)[0]
+
 @pytest.mark.parametrize("in_place", [False, True])
 def test_unload_takes_the_compiled_models_note_taking_off(in_place):
     """A scope given a compiled model makes its calls note their sets (a forward pre-hook on a torch.compile wrapper, a

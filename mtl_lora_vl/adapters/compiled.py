@@ -132,7 +132,7 @@ class _WatchedCall:
         """Note the set of present tasks this call routes, in the mode it runs in (a forward pre-hook). Under
         ``disabled`` no task's adapters run: the empty set. A model that routes each batch itself compiles a graph
         per batch's set with a scope open around it or not (its scope restores the outer route, or runs disabled):
-        that counts as a mode more."""
+        the scopes open around it (route, disabled, both) count as a mode more."""
         if torch.compiler.is_compiling():
             return
         router = self.router
@@ -140,8 +140,8 @@ class _WatchedCall:
             _forget_if_reset(router, self.code, self.converted, self.seen)
         if args and isinstance(args[0], dict) and args[0].get("segments"):   # a batch: the model routes it itself
             present = tuple(sorted({int(t) for t, _, _ in args[0]["segments"]}))
-            outer = "disabled" if router.disabled else "routed" if router.current is not None else None
-            note_compiled_tasks(router, present, compiled_mode(self.model) + (outer,) * (outer is not None))
+            outer = ("disabled",) * bool(router.disabled) + ("routed",) * (router.current is not None)
+            note_compiled_tasks(router, present, compiled_mode(self.model) + outer)
             return
         if router.disabled:
             present = ()
