@@ -326,6 +326,22 @@ def test_hub_shard_names_are_splits_of_their_own_as_datasets_reads_them(tmp_path
     assert len(read_split("hf_datasets", root, path="mine", split="train", cache_dir=cache).examples) == 3
 
 
+def test_split_folders_of_shards_named_otherwise_are_the_folders_splits(tmp_path):
+    """train/data-00000-of-00001.parquet beside test/data-00000-of-00001.parquet are the splits train and test (as
+    datasets reads a split's folder); without split = ... the folder was read as one split 'data' (5 rows: the test
+    rows trained on) where it was refused before shard names counted, and two shard names in test/ refused split =
+    "test"."""
+    root = tmp_path / "root"
+    cache = str(tmp_path / "cache")
+    _caption_parquet(root / "ds" / "train" / "data-00000-of-00001.parquet", 0, 3)
+    _caption_parquet(root / "ds" / "test" / "data-00000-of-00001.parquet", 1, 2)
+    with pytest.raises(ValueError, match=r"the parquet files hold the splits \['test', 'train'\]; set split"):
+        read_split("hf_datasets", root, path="ds", cache_dir=cache)
+    assert len(read_split("hf_datasets", root, path="ds", split="train", cache_dir=cache).examples) == 3
+    _caption_parquet(root / "ds" / "test" / "extra-00000-of-00001.parquet", 2, 4)
+    assert len(read_split("hf_datasets", root, path="ds", split="test", cache_dir=cache).examples) == 6
+
+
 def test_a_misspelt_columns_field_names_the_spec_file_and_the_field_meant(tmp_path):
     """It was a bare ValueError ('columns: unknown field(s) ['imgae']'), naming neither the spec nor the field meant."""
     root = tmp_path / "data"

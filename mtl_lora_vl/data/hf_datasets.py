@@ -118,9 +118,16 @@ def _shard_split(f: Path) -> str | None:
     return m.group(1) if m else None
 
 
+def _folder_split(f: Path, base: Path) -> str | None:
+    """The usual split name a folder of parquet file ``f`` under ``base`` gives (``train/data-00000-of-00001``)."""
+    return next((s for s in _SPLIT_NAMES if _in_split(f.parent, base, s)), None)
+
+
 def _split_of(f: Path, base: Path) -> str | None:
-    """The split a parquet file's name or folder gives, if any: a hub shard's own, else a usual split name in it."""
-    return _shard_split(f) or next((s for s in _SPLIT_NAMES if _in_split(f, base, s)), None)
+    """The split a parquet file's folder or name gives, if any: a usual split name of a folder, else a hub shard's
+    own name, else a usual split name in the file's name."""
+    return (_folder_split(f, base) or _shard_split(f)
+            or next((s for s in _SPLIT_NAMES if _in_split(f, base, s)), None))
 
 
 def _parquet_files(base: Path, split: str | None) -> list[str]:
@@ -142,9 +149,11 @@ def _parquet_files(base: Path, split: str | None) -> list[str]:
                              "[data.<split>] table (every file was read as one split)")
         return [str(f) for f in files]
     mine = [f for f in files if _in_split(f, base, split)]
-    shards = sorted({n for n in map(_shard_split, mine) if n is not None})
+    # a file in a folder of the split (test/data-00000-of-00001) is the split's whatever its shard name
+    by_name = [f for f in mine if not _in_split(f.parent, base, split)]
+    shards = sorted({n for n in map(_shard_split, by_name) if n is not None})
     if split in shards:   # test-00000-of-00001 beside test_hard-00000-of-00001: the first alone, as datasets reads it
-        mine = [f for f in mine if _shard_split(f) == split]
+        mine = [f for f in mine if f not in by_name or _shard_split(f) == split]
     elif len(shards) > 1:
         raise ValueError(f"hf_datasets {base}: split {split!r} names no split of its own here, and the parquet files "
                          f"it matches are the shards of the splits {shards} (named '<split>-00000-of-000NN'); set "
