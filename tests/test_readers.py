@@ -373,6 +373,26 @@ def test_a_question_id_given_twice_in_row_files_is_refused_by_line(root):
     assert len(read_split("jsonl", root, file="once.jsonl", images="images").examples) == 3
 
 
+def test_a_question_id_shared_by_different_rows_is_read_as_datasets_number_them(root):
+    """MME gives each image two questions under one question_id (the image's name), and POPE numbers each category's
+    questions from 1: rows that share a question_id but differ are different questions, and such a file was refused
+    as 'joined twice'. Only a row repeated whole is refused."""
+    rows = [{"image": "good.jpg", "question": "Is it red? Answer yes or no.", "answers": ["yes"],
+             "question_id": "code/good.jpg"},
+            {"image": "good.jpg", "question": "Is it blue? Answer yes or no.", "answers": ["no"],
+             "question_id": "code/good.jpg"},
+            {"image": "good2.png", "question": "Is there a cat?", "answers": ["no"], "question_id": 1,
+             "question_type": "adversarial"},
+            {"image": "good.jpg", "question": "Is there a dog?", "answers": ["no"], "question_id": 1,
+             "question_type": "popular"}]
+    (root / "mme.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    s = read_split("jsonl", root, file="mme.jsonl", images="images")
+    assert [e.meta["question_id"] for e in s.examples] == ["code/good.jpg", "code/good.jpg", 1, 1]
+    (root / "mme.jsonl").write_text("\n".join(json.dumps(r) for r in rows + rows[2:3]) + "\n")
+    with pytest.raises(DataFormatError, match=r"mme.jsonl:5: question_id 1 is given to another row at .*mme.jsonl:3"):
+        read_split("jsonl", root, file="mme.jsonl", images="images")
+
+
 def test_image_ids_zero_blank_captions_and_ids_shared_by_two_images(root):
     rows = [{"image": "images/good.jpg", "image_id": 0, "caption": "red"},
             {"image": "images/good2.png", "image_id": "", "caption": "green"},

@@ -13,9 +13,9 @@ A row has ``image`` plus the fields of one task kind:
   class name. ``Example.image`` is then the tuple of the paths, in order. An optional ``group`` names the rows of
   one statement written about several image sets (NLVR2's sentences), for the ``consistency`` metric.
 
-``image_id``, ``question_type`` and ``question_id`` are optional (one question_id on two rows is refused); so is
-``filter_type`` (VQA), the type that chooses a question's candidate answers when ``question_type`` holds VQAv2's
-answer type, which comes from the human answers (see :meth:`mtl_lora_vl.tasks.vqa.VQAKind.filter_type`).
+``image_id``, ``question_type`` and ``question_id`` are optional (a row repeated whole with its question_id is
+refused); so is ``filter_type`` (VQA), the type that chooses a question's candidate answers when ``question_type``
+holds VQAv2's answer type, which comes from the human answers (see :meth:`mtl_lora_vl.tasks.vqa.VQAKind.filter_type`).
 """
 
 from __future__ import annotations
@@ -191,13 +191,17 @@ def examples_from_rows(
                               + ("; a row of one image gives 'image', a statement about several images gives "
                                  "'images' (and no 'image')" if "nlvr" in kinds else ""))
     kind = next(iter(kinds))
-    qids: dict[str, int] = {}
+    qids: dict[str, tuple[int, dict]] = {}
     for n, row in rows:   # (a file joined twice: every question read, weighed and scored twice)
         qid = row.get("question_id")
-        if qid is not None and qid != "" and qids.setdefault(str(qid), n) != n:
-            raise DataFormatError(f"{at(n)}: question_id {qid!r} is given to another row at {at(qids[str(qid)])}; "
-                                  "each question has its own id (is a file joined twice?): remove the repeated "
-                                  "rows, or leave question_id out")
+        if qid is None or qid == "" or qid != qid:   # (NaN: a blank cell of a pandas table)
+            continue
+        first, first_row = qids.setdefault(str(qid), (n, row))
+        # rows that share an id but differ are questions of their own (MME's id is the image's name, POPE's restart)
+        if first != n and first_row == row:
+            raise DataFormatError(f"{at(n)}: question_id {qid!r} is given to another row at {at(first)}, and the "
+                                  "row repeats it whole (is a file joined twice?): remove the repeated rows, or "
+                                  "leave question_id out where rows repeat on purpose (one per answer given)")
 
     def image_at(row: dict, n: int) -> Any:   # a path out of the root (PathEscapeError) names the file and line
         try:
