@@ -307,6 +307,27 @@ def test_imagefolder_reads_a_linked_subfolder_once_as_torchvision_does(root):
         read_split("imagefolder", root, folder="folder")
 
 
+def test_imagefolder_refuses_a_folder_linked_into_two_classes(root):
+    """Since linked subfolders are followed, cat/dogs -> ../dog read dog's images as cat's too: b.png was an example
+    of both classes (training on two labels for one image, scored wrong in one of them) without a word. A folder
+    reached from two classes is refused, naming both; linked within one class it is still read once."""
+    base = root / "folder"
+    _rgb(base / "cat" / "a.png")
+    _rgb(base / "dog" / "b.png")
+    (base / "cat" / "dogs").symlink_to(base / "dog")
+    with pytest.raises(DataFormatError, match=r"folder/cat/dogs and folder/dog are one folder .*classes 'cat' and "
+                                              r"'dog'"):
+        read_split("imagefolder", root, folder="folder")
+    (base / "cat" / "dogs").unlink()
+    _rgb(root / "pool" / "c.png")
+    (base / "cat" / "more").symlink_to(root / "pool")
+    (base / "dog" / "more").symlink_to(root / "pool")
+    with pytest.raises(DataFormatError, match=r"folder/cat/more and folder/dog/more are one folder"):
+        read_split("imagefolder", root, folder="folder")
+    (base / "dog" / "more").unlink()
+    assert len(read_split("imagefolder", root, folder="folder").examples) == 3
+
+
 def test_jsonl_all_row_kinds(root):
     rows = [{"image": "images/good.jpg", "caption": "a red box"}, {"image": "images/good.jpg", "text": "red"},
             {"image": "images/good2.png", "caption": "green"}, {"image": "images/empty.jpg", "caption": "none"}]

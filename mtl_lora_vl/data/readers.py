@@ -327,20 +327,26 @@ def read_imagefolder(
     check = ImageChecker(verify, strict)
     per_class: list[list[Example]] = []
     other: list[Path] = []   # images of formats the reader does not read (.heic, .avif, ...), said once
+    owner: dict[str, tuple[str, Path]] = {}   # real folder -> the class that reads it, and the path it was read as
+
+    def claim(folder: Path, cls: str) -> bool:
+        """Whether ``folder`` is still to be walked for ``cls``; refused where another class reads it."""
+        first_cls, first = owner.setdefault(os.path.realpath(folder), (cls, folder))
+        if first_cls != cls:   # (its images would be examples of both classes)
+            raise DataFormatError(f"image folder {base}: {first.relative_to(root)} and {folder.relative_to(root)} are "
+                                  f"one folder (a symlink), read under the classes {first_cls!r} and {cls!r}; an image "
+                                  "is of one class: remove the link")
+        return first == folder
+
     for label, cls in enumerate(classes):
         found = []
-        walked = {os.path.realpath(base / cls)}
+        claim(base / cls, cls)
         for dirpath, dirnames, filenames in os.walk(base / cls, followlinks=True):
             # a linked subfolder is read (as torchvision's ImageFolder reads it), once: a loop or a second link is not
-            keep = []
             for d in sorted(dirnames):
-                real = os.path.realpath(os.path.join(dirpath, d))
-                if not Path(real).is_relative_to(root):   # refused before its tree is walked
+                if not Path(os.path.realpath(os.path.join(dirpath, d))).is_relative_to(root):   # before its tree
                     resolve_under(root, (Path(dirpath) / d).relative_to(root), "image folder")
-                if real not in walked:
-                    walked.add(real)
-                    keep.append(d)
-            dirnames[:] = keep
+            dirnames[:] = [d for d in sorted(dirnames) if claim(Path(dirpath) / d, cls)]
             for fn in sorted(filenames):
                 if fn.startswith("."):
                     continue
