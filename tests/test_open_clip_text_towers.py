@@ -116,3 +116,29 @@ def test_a_timm_tower_marked_pretrained_is_not_fetched_when_the_checkpoint_holds
     _save_dir(timm, cfg)
     (timm / "open_clip_config.json").write_text(json.dumps({"model_cfg": {**cfg, "vision_cfg": vision}}))
     assert load_backbone(f"open_clip:{timm}").image_size == 160
+
+
+def test_a_bpe_tokenizers_cleaning_is_open_clips(tmp_path):
+    """open_clip builds its own BPE tokenizer with the config's tokenizer_kwargs (``clean``); they were ignored here:
+    with ``clean: canonicalize`` open_clip writes "A Red-Cube, please!" as 4 tokens (punctuation dropped), this package
+    wrote 7 (lower-cased only: "-", ",", "!" kept), so the text tower read other ids than it was trained on."""
+    import open_clip
+
+    text = {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1,
+            "tokenizer_kwargs": {"clean": "canonicalize"}}
+    _save_dir(tmp_path, {"embed_dim": 16, "text_cfg": text, "vision_cfg": VISION})
+    bb = load_backbone(f"open_clip:{tmp_path}")
+    texts = ["A Red-Cube, please!", "two  blue\tballs."]
+    theirs = open_clip.get_tokenizer(f"local-dir:{tmp_path}")(texts)
+    assert bb.tokenizer(texts).tolist() == theirs.tolist()
+
+
+@pytest.mark.parametrize("kwargs, named", [({"reduction_mask": "random"}, "reduction_mask"),
+                                           ({"clean": "upper"}, "clean"), ({"strip_sep_token": True}, "strip_sep")])
+def test_bpe_tokenizer_settings_not_reproduced_are_refused(kwargs, named):
+    """open_clip's other BPE settings (a reduction mask: random tokens dropped at every call) are refused by name,
+    not ignored."""
+    text = {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1,
+            "tokenizer_kwargs": kwargs}
+    with pytest.raises(ValueError, match=named):
+        build_open_clip({"embed_dim": 16, "text_cfg": text, "vision_cfg": VISION})

@@ -55,28 +55,38 @@ def open_clip_tokenizer(model_cfg: dict, tokenizer_dir: str | os.PathLike | None
         )
     from open_clip.tokenizer import SimpleTokenizer
 
-    return OpenClipBPETokenizer(SimpleTokenizer(context_length=context_length), context_length)
+    clean = _tokenizer_kwargs(text_cfg, name, {"clean"}).get("clean", "lower")   # (open_clip's SimpleTokenizer's)
+    return OpenClipBPETokenizer(SimpleTokenizer(context_length=context_length, clean=clean), context_length)
+
+
+def _tokenizer_kwargs(text_cfg: dict, name: str, known: set[str]) -> dict[str, Any]:
+    """The config's ``tokenizer_kwargs``, refused where they hold a setting other than ``known`` (open_clip's
+    tokenizer would apply it; this package would not), or a ``clean`` open_clip does not know."""
+    kwargs = text_cfg.get("tokenizer_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"open_clip model {name}: text_cfg.tokenizer_kwargs must be a table, got {kwargs!r}")
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(f"open_clip model {name}: its tokenizer settings {unknown} are not reproduced here (only "
+                         f"{' and '.join(sorted(known))}); its text would be tokenized otherwise than open_clip does. "
+                         "Remove them from text_cfg.tokenizer_kwargs only where the model was trained without them")
+    if kwargs.get("clean", "lower") not in ("canonicalize", "lower", "whitespace"):
+        raise ValueError(f"open_clip model {name}: tokenizer_kwargs.clean = {kwargs['clean']!r}; open_clip knows "
+                         "'canonicalize', 'lower' and 'whitespace': set it to the one the model was trained with")
+    return kwargs
 
 
 def _hf_tokenizer_options(text_cfg: dict, name: str) -> dict[str, Any]:
     """What open_clip's own ``HFTokenizer`` does with the config's ``tokenizer_kwargs``: its text cleaning
-    (``clean``, whitespace by default) and ``strip_sep_token``; a ``tokenizer_mode`` it is refused."""
+    (``clean``, whitespace by default) and ``strip_sep_token``; a ``tokenizer_mode`` is refused."""
     from open_clip.tokenizer import get_clean_fn
 
-    kwargs = text_cfg.get("tokenizer_kwargs") or {}
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"open_clip model {name}: text_cfg.tokenizer_kwargs must be a table, got {kwargs!r}")
-    unknown = sorted(set(kwargs) - {"clean", "strip_sep_token"})
-    mode = text_cfg.get("tokenizer_mode") or kwargs.get("tokenizer_mode")
-    if unknown or mode:
-        raise ValueError(f"open_clip model {name}: its tokenizer settings {unknown or ['tokenizer_mode']} are not "
-                         "reproduced here (only clean and strip_sep_token are); its text would be tokenized otherwise "
-                         "than open_clip does")
-    clean = kwargs.get("clean", "whitespace")
-    if clean not in ("canonicalize", "lower", "whitespace"):
-        raise ValueError(f"open_clip model {name}: tokenizer_kwargs.clean = {clean!r}; open_clip knows "
-                         "'canonicalize', 'lower' and 'whitespace'")
-    return {"clean": get_clean_fn(clean), "strip_sep": bool(kwargs.get("strip_sep_token", False))}
+    if text_cfg.get("tokenizer_mode"):
+        raise ValueError(f"open_clip model {name}: its tokenizer settings ['tokenizer_mode'] are not reproduced here "
+                         "(only clean and strip_sep_token); its text would be tokenized otherwise than open_clip does")
+    kwargs = _tokenizer_kwargs(text_cfg, name, {"clean", "strip_sep_token"})
+    return {"clean": get_clean_fn(kwargs.get("clean", "whitespace")),
+            "strip_sep": bool(kwargs.get("strip_sep_token", False))}
 
 
 def check_pooling(model_cfg: dict, tokenizer: Tokenizer, name: str) -> None:
