@@ -4,6 +4,7 @@ loader worker: a broken file must be an ImageError naming it, so its row is repl
 from __future__ import annotations
 
 import io
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mtl_lora_vl.data.fallback import ImageFallback
-from mtl_lora_vl.data.images import ImageError, load_image, to_uint8_tensor
+from mtl_lora_vl.data.images import ImageError, load_image, note_depth, to_uint8_tensor
 from mtl_lora_vl.data.records import Example
 
 
@@ -116,3 +117,17 @@ def test_a_signed_16_bit_tiff_is_scaled_by_its_depth_however_dark():
     wide = io.BytesIO()   # a 32-bit integer TIFF keeps the levels: its 0-255 data reads as it is
     Image.fromarray(np.array([[0, 100, 200, 255]], dtype=np.int32)).save(wide, format="TIFF")
     assert [load_image(wide.getvalue()).getpixel((i, 0))[0] for i in range(4)] == [0, 100, 200, 255]
+
+
+def test_a_signed_16_bit_tiff_given_opened_reads_the_same_again_and_in_a_worker():
+    """A signed 16-bit TIFF given as a lazily opened PIL image was scaled by its depth on its first read only: that
+    read loads it, which drops the tile its depth was told by, so the next read (the adapted evaluation after the
+    zero-shot one) and a loader worker's pickled copy read its [0, 100, 200, 300] as [0, 100, 200, 255]."""
+    data = io.BytesIO()
+    Image.fromarray(np.array([[0, 100, 200, 300]], dtype=np.uint16)).save(data, format="TIFF", tiffinfo={339: 2})
+    opened = Image.open(io.BytesIO(data.getvalue()))
+    assert [[load_image(opened).getpixel((i, 0))[0] for i in range(4)] for _ in range(2)] == [[0, 0, 0, 1]] * 2
+    noted = Image.open(io.BytesIO(data.getvalue()))
+    note_depth(noted)   # (the loader notes its rows' images before a worker gets its pickled copy)
+    copy = pickle.loads(pickle.dumps(noted))
+    assert [load_image(copy).getpixel((i, 0))[0] for i in range(4)] == [0, 0, 0, 1]

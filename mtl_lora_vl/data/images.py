@@ -315,10 +315,11 @@ def _rgb16(img: Image.Image) -> bool | None:
     """Whether ``img``, not loaded yet, decodes 16-bit RGB samples (a 16-bit PNG: rawmode ``RGB;16B``); once loaded,
     what an earlier read noted in its ``info`` (see :func:`_pil_rgb`), else None (Pillow keeps no sign of it). A tRNS
     colour of such a file under 256 in every sample, (1, 1, 1), reads as an 8-bit one. A mode I file: whether its
-    samples are 16-bit (a signed 16-bit TIFF, rawmode ``I;16S``: not mode I;16), not loaded yet."""
+    samples are 16-bit (a signed 16-bit TIFF, rawmode ``I;16S``: not mode I;16), not loaded yet; once loaded, the
+    note."""
     tile = getattr(img, "tile", None)   # (Pillow 13 keeps it on files only: an in-memory image has none)
     if img.mode not in ("RGB", "I") or not tile:
-        return img.info.get(_RGB16) if img.mode == "RGB" else None
+        return img.info.get(_RGB16) if img.mode in ("RGB", "I") else None
     modes = [t[3][0] if isinstance(t[3], tuple) else t[3] for t in tile if len(t) > 3]
     return any(isinstance(m, str) and m.startswith(f"{img.mode};16") for m in modes)
 
@@ -368,13 +369,14 @@ def _decoded(source: Any, draft: int | None, alpha: str = "white") -> Image.Imag
 
 
 def note_depth(source: Any) -> bool | None:
-    """:func:`_rgb16` of a PIL image given as a source, noted in its ``info`` where it has a transparent colour: loaded
-    (read, or pickled: a loader worker's copy), it keeps no sign of its file's depth, and a next read reads the note
-    (the loader notes its rows' images before any is pickled). Anything else: None, left as it is."""
+    """:func:`_rgb16` of a PIL image given as a source, noted in its ``info`` where it has a transparent colour or is
+    mode I (its levels): loaded (read, or pickled: a loader worker's copy), it keeps no sign of its file's depth, and a
+    next read reads the note (the loader notes its rows' images before any is pickled). Anything else: None, left as
+    it is."""
     if not isinstance(source, Image.Image):
         return None
     sixteen = _rgb16(source)
-    if sixteen and isinstance(source.info.get("transparency"), tuple):
+    if sixteen and (source.mode == "I" or isinstance(source.info.get("transparency"), tuple)):
         source.info[_RGB16] = sixteen
     return sixteen
 
