@@ -131,3 +131,20 @@ def test_a_signed_16_bit_tiff_given_opened_reads_the_same_again_and_in_a_worker(
     note_depth(noted)   # (the loader notes its rows' images before a worker gets its pickled copy)
     copy = pickle.loads(pickle.dumps(noted))
     assert [load_image(copy).getpixel((i, 0))[0] for i in range(4)] == [0, 0, 0, 1]
+
+
+def test_a_multi_page_tiffs_next_page_is_not_read_by_the_depth_noted_for_its_first():
+    """A PIL image of a multi-page TIFF given as the source keeps the note of its first page's depth (a signed 16-bit
+    page) when it is moved to its next page (seek): that page, 32-bit integers of 0-255, read [0, 100, 200, 255] once
+    and [0, 0, 0, 0] on the next read (the note of the page before: scaled by 65535). The page's own file answer now
+    replaces the note."""
+    data = io.BytesIO()
+    first = Image.fromarray(np.array([[0, 100, 200, 300]], dtype=np.uint16))
+    first.save(data, format="TIFF", save_all=True, tiffinfo={339: 2},
+               append_images=[Image.fromarray(np.array([[0, 100, 200, 255]], dtype=np.int32))])
+    opened = Image.open(io.BytesIO(data.getvalue()))
+    assert [load_image(opened).getpixel((i, 0))[0] for i in range(4)] == [0, 0, 0, 1]
+    opened.seek(1)
+    assert [[load_image(opened).getpixel((i, 0))[0] for i in range(4)] for _ in range(2)] == [[0, 100, 200, 255]] * 2
+    opened.seek(0)
+    assert [[load_image(opened).getpixel((i, 0))[0] for i in range(4)] for _ in range(2)] == [[0, 0, 0, 1]] * 2

@@ -371,13 +371,15 @@ def _decoded(source: Any, draft: int | None, alpha: str = "white") -> Image.Imag
 def note_depth(source: Any) -> bool | None:
     """:func:`_rgb16` of a PIL image given as a source, noted in its ``info`` where it has a transparent colour or is
     mode I (its levels): loaded (read, or pickled: a loader worker's copy), it keeps no sign of its file's depth, and a
-    next read reads the note (the loader notes its rows' images before any is pickled). Anything else: None, left as
-    it is."""
+    next read reads the note (the loader notes its rows' images before any is pickled). A frame not of 16-bit samples
+    (another page of a TIFF, after ``seek``) drops an earlier frame's note. Anything else: None, left as it is."""
     if not isinstance(source, Image.Image):
         return None
     sixteen = _rgb16(source)
     if sixteen and (source.mode == "I" or isinstance(source.info.get("transparency"), tuple)):
         source.info[_RGB16] = sixteen
+    elif getattr(source, "tile", None):   # (the frame's own file answer: not loaded yet)
+        source.info.pop(_RGB16, None)
     return sixteen
 
 
