@@ -142,3 +142,26 @@ def test_bpe_tokenizer_settings_not_reproduced_are_refused(kwargs, named):
             "tokenizer_kwargs": kwargs}
     with pytest.raises(ValueError, match=named):
         build_open_clip({"embed_dim": 16, "text_cfg": text, "vision_cfg": VISION})
+
+
+def test_a_word_tokenizer_folder_reads_the_configs_tokenizer_kwargs(tmp_path):
+    """A folder whose tokenizer.json is this package's word tokenizer ignored text_cfg.tokenizer_kwargs: with
+    ``clean: canonicalize`` open_clip's tokenizer writes "A red cube, please!" as <sot> a red cube please <eot> (the
+    punctuation dropped), this package as <sot> a red cube , please ! <eot> (8 tokens, not 6); and a setting
+    not reproduced (reduction_mask) was taken silently. The config's clean is applied, others refused by name."""
+    import open_clip
+
+    from mtl_lora_vl.backbones import build_word_tokenizer
+
+    build_word_tokenizer(["a", "red", "cube", "please", ",", "!"], tmp_path)
+    text = {"context_length": 10, "vocab_size": 16, "width": 32, "heads": 2, "layers": 1, "pool_type": "eos",
+            "eos_id": 2, "hf_tokenizer_name": str(tmp_path), "tokenizer_kwargs": {"clean": "canonicalize"}}
+    _save_dir(tmp_path, {"embed_dim": 16, "text_cfg": text, "vision_cfg": VISION})
+    bb = load_backbone(f"open_clip:{tmp_path}")
+    texts = ["A red cube, please!", "a  red\tcube"]
+    theirs = open_clip.get_tokenizer(f"local-dir:{tmp_path}")(texts)
+    assert bb.tokenizer(texts).tolist() == theirs.tolist()
+    assert int((theirs[0] != 0).sum()) == 6
+    text["tokenizer_kwargs"] = {"reduction_mask": "random"}
+    with pytest.raises(ValueError, match=r"its tokenizer settings \['reduction_mask'\] are not reproduced here"):
+        build_open_clip({"embed_dim": 16, "text_cfg": text, "vision_cfg": VISION}, tokenizer_dir=tmp_path)

@@ -33,7 +33,9 @@ def open_clip_tokenizer(model_cfg: dict, tokenizer_dir: str | os.PathLike | None
     if tokenizer_dir is not None:
         tdir = Path(tokenizer_dir)
         if (tdir / "tokenizer.json").is_file() and is_word_tokenizer(tdir):
-            tok: Tokenizer = WordTokenizer(tdir, context_length)
+            # cleaned only where the config says (open_clip's default, whitespace, is not how this package trained it)
+            clean = _hf_tokenizer_options(text_cfg, name, default_clean=None)["clean"]
+            tok: Tokenizer = WordTokenizer(tdir, context_length, clean)
         else:
             tok = load_hf_tokenizer(tdir, context_length, name, **_hf_tokenizer_options(text_cfg, name))
         if tok.vocab_size > vocab_size:
@@ -76,16 +78,18 @@ def _tokenizer_kwargs(text_cfg: dict, name: str, known: set[str]) -> dict[str, A
     return kwargs
 
 
-def _hf_tokenizer_options(text_cfg: dict, name: str) -> dict[str, Any]:
+def _hf_tokenizer_options(text_cfg: dict, name: str, default_clean: str | None = "whitespace") -> dict[str, Any]:
     """What open_clip's own ``HFTokenizer`` does with the config's ``tokenizer_kwargs``: its text cleaning
-    (``clean``, whitespace by default) and ``strip_sep_token``; a ``tokenizer_mode`` is refused."""
+    (``clean``, ``default_clean`` where it names none: None, no cleaning) and ``strip_sep_token``; a
+    ``tokenizer_mode`` is refused."""
     from open_clip.tokenizer import get_clean_fn
 
     if text_cfg.get("tokenizer_mode"):
         raise ValueError(f"open_clip model {name}: its tokenizer settings ['tokenizer_mode'] are not reproduced here "
                          "(only clean and strip_sep_token); its text would be tokenized otherwise than open_clip does")
     kwargs = _tokenizer_kwargs(text_cfg, name, {"clean", "strip_sep_token"})
-    return {"clean": get_clean_fn(kwargs.get("clean", "whitespace")),
+    clean = kwargs.get("clean", default_clean)
+    return {"clean": get_clean_fn(clean) if clean is not None else None,
             "strip_sep": bool(kwargs.get("strip_sep_token", False))}
 
 

@@ -80,10 +80,11 @@ class WordTokenizer:
 
     ``tok(["a red circle."])`` gives a LongTensor ``(N, context_length)``: ``<sot> words <eot>`` then
     ``<pad>``; text longer than the context is truncated but always keeps its ``<eot>``, which the
-    text tower pools at.
+    text tower pools at. ``clean``: an open_clip model's text cleaning (its ``tokenizer_kwargs``), or None.
     """
 
-    def __init__(self, tokenizer_dir: str | os.PathLike, context_length: int) -> None:
+    def __init__(self, tokenizer_dir: str | os.PathLike, context_length: int,
+                 clean: Callable[[str], str] | None = None) -> None:
         from tokenizers import Tokenizer as _HFTok
 
         path = Path(tokenizer_dir) / "tokenizer.json"
@@ -96,6 +97,7 @@ class WordTokenizer:
             raise ValueError(f"context_length must be at least 2 (<sot> and <eot>), got {context_length}")
         self.dir = Path(tokenizer_dir)
         self.context_length = int(context_length)
+        self.clean = clean
         self._tok = _HFTok.from_file(str(path))
         ids = {t: self._tok.token_to_id(t) for t in SPECIAL_TOKENS}
         missing = [t for t, i in ids.items() if i is None]
@@ -117,7 +119,8 @@ class WordTokenizer:
         if length < 2:   # (a shape mismatch deep in the copy below)
             raise ValueError(f"context_length must be at least 2 (<sot> and <eot>), got {context_length}")
         out = torch.full((len(texts), length), self.pad_id, dtype=torch.long)
-        encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        texts = [self.clean(t) for t in texts] if self.clean is not None else list(texts)
+        encodings = self._tok.encode_batch(texts, add_special_tokens=False)
         for row, enc in enumerate(encodings):
             ids = [self.bos_id, *enc.ids[: length - 2], self.eos_id]
             out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
@@ -125,7 +128,7 @@ class WordTokenizer:
 
     def encode_words(self, text: str) -> list[int]:
         """Token ids of ``text`` without special tokens (for vocabulary checks)."""
-        return self._tok.encode(text, add_special_tokens=False).ids
+        return self._tok.encode(self.clean(text) if self.clean is not None else text, add_special_tokens=False).ids
 
     def decode(self, token_ids: Sequence[int] | Tensor) -> str:
         """The words of ``token_ids`` (an unknown id as the unknown word), without begin, end and padding tokens."""
