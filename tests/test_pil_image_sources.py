@@ -148,3 +148,24 @@ def test_a_multi_page_tiffs_next_page_is_not_read_by_the_depth_noted_for_its_fir
     assert [[load_image(opened).getpixel((i, 0))[0] for i in range(4)] for _ in range(2)] == [[0, 100, 200, 255]] * 2
     opened.seek(0)
     assert [[load_image(opened).getpixel((i, 0))[0] for i in range(4)] for _ in range(2)] == [[0, 0, 0, 1]] * 2
+
+
+def test_a_signed_16_bit_tiff_loaded_before_it_is_given_is_scaled_by_its_depth():
+    """A PIL image loaded before it is given (``datasets`` decodes an Image column with Image.open and load()) has no
+    tile left to tell its samples' depth: a signed 16-bit TIFF's [0, 100, 200, 300] of 65535 read [0, 100, 200, 255]
+    (from its path: [0, 0, 0, 1]), and so did a loader worker's pickled copy. Its TIFF tags (16 bits a sample) tell it;
+    a 32-bit integer TIFF keeps its 0-255 levels."""
+    data = io.BytesIO()
+    Image.fromarray(np.array([[0, 100, 200, 300]], dtype=np.uint16)).save(data, format="TIFF", tiffinfo={339: 2})
+    loaded = Image.open(io.BytesIO(data.getvalue()))
+    loaded.load()
+    assert [load_image(loaded).getpixel((i, 0))[0] for i in range(4)] == [0, 0, 0, 1]
+    loaded = Image.open(io.BytesIO(data.getvalue()))
+    loaded.load()
+    note_depth(loaded)
+    assert [load_image(pickle.loads(pickle.dumps(loaded))).getpixel((i, 0))[0] for i in range(4)] == [0, 0, 0, 1]
+    wide = io.BytesIO()
+    Image.fromarray(np.array([[0, 100, 200, 255]], dtype=np.int32)).save(wide, format="TIFF")
+    loaded = Image.open(io.BytesIO(wide.getvalue()))
+    loaded.load()
+    assert [load_image(loaded).getpixel((i, 0))[0] for i in range(4)] == [0, 100, 200, 255]

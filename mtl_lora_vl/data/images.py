@@ -316,10 +316,15 @@ def _rgb16(img: Image.Image) -> bool | None:
     what an earlier read noted in its ``info`` (see :func:`_pil_rgb`), else None (Pillow keeps no sign of it). A tRNS
     colour of such a file under 256 in every sample, (1, 1, 1), reads as an 8-bit one. A mode I file: whether its
     samples are 16-bit (a signed 16-bit TIFF, rawmode ``I;16S``: not mode I;16), not loaded yet; once loaded, the
-    note."""
+    note, else a TIFF's tags (one loaded before it was given, as ``datasets`` decodes an image)."""
     tile = getattr(img, "tile", None)   # (Pillow 13 keeps it on files only: an in-memory image has none)
-    if img.mode not in ("RGB", "I") or not tile:
-        return img.info.get(_RGB16) if img.mode in ("RGB", "I") else None
+    if img.mode not in ("RGB", "I"):
+        return None
+    if not tile:
+        if _RGB16 in img.info or img.mode != "I":
+            return img.info.get(_RGB16)
+        bits = getattr(img, "tag_v2", {}).get(258)   # BitsPerSample of a TiffImageFile, kept when it is loaded
+        return None if bits is None else max((bits,) if isinstance(bits, int) else bits, default=0) == 16
     modes = [t[3][0] if isinstance(t[3], tuple) else t[3] for t in tile if len(t) > 3]
     return any(isinstance(m, str) and m.startswith(f"{img.mode};16") for m in modes)
 
