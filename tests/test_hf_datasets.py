@@ -255,6 +255,23 @@ def test_an_image_id_given_to_two_images_is_refused_and_shared_by_one(tmp_path):
         read_split("hf_datasets", tmp_path, path="clash", split="train", cache_dir=str(tmp_path / "c2"))
 
 
+def test_a_table_row_repeated_whole_with_a_nan_cell_is_refused(tmp_path):
+    """A parquet row with a float NaN cell, concatenated with itself, was read twice: NaN != NaN, so the repeated row
+    did not compare equal to the first (a JSONL NaN is one shared object, and was refused)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(buf, "PNG")
+    row = pa.table({"image": [buf.getvalue()], "q": ["Is it red?"], "ans": [["yes"]], "qid": [7],
+                    "kind": [float("nan")]})
+    pq.write_table(pa.concat_tables([row, row]), tmp_path / "twice.parquet")
+    cols = {"image": "image", "question": "q", "answers": "ans", "question_id": "qid", "question_type": "kind"}
+    with pytest.raises(Exception, match=r"row 1: question_id 7 is given to another row at .* row 0, and the row "
+                                        r"repeats it whole"):
+        read_split("hf_datasets", tmp_path, path="twice.parquet", columns=cols, cache_dir=str(tmp_path / "c"))
+
+
 def test_a_split_name_that_selects_nothing_is_refused(tmp_path):
     """One saved Dataset (no split name) or one parquet file read the same rows for split = "train", "validation"
     or a typo: the val split scored the training rows, and the spec's same-rows check (by split name) was silent."""

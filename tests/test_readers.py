@@ -414,6 +414,17 @@ def test_a_question_id_shared_by_different_rows_is_read_as_datasets_number_them(
         read_split("jsonl", root, file="mme.jsonl", images="images")
 
 
+def test_a_row_repeated_whole_is_refused_whichever_row_of_its_question_id_it_repeats(root):
+    """MME gives two questions one question_id: a file repeating its second question read it twice (3 examples),
+    as only the first row of an id was compared; repeating the first was refused."""
+    q1 = {"image": "good.jpg", "question": "Is it red?", "answers": ["yes"], "question_id": "code/good.jpg"}
+    q2 = {"image": "good.jpg", "question": "Is it blue?", "answers": ["no"], "question_id": "code/good.jpg"}
+    (root / "mme.jsonl").write_text("\n".join(json.dumps(r) for r in (q1, q2, q2)) + "\n")
+    with pytest.raises(DataFormatError, match=r"mme.jsonl:3: question_id 'code/good.jpg' is given to another row "
+                                              r"at .*mme.jsonl:2,"):
+        read_split("jsonl", root, file="mme.jsonl", images="images")
+
+
 def test_image_ids_zero_blank_captions_and_ids_shared_by_two_images(root):
     rows = [{"image": "images/good.jpg", "image_id": 0, "caption": "red"},
             {"image": "images/good2.png", "image_id": "", "caption": "green"},

@@ -127,6 +127,22 @@ def _captions(row: dict, where: str) -> list[str]:
     return [c.strip() for c in caps if c.strip()]   # a blank caption is no caption (as an empty list is)
 
 
+def _whole(value: Any) -> Any:
+    """``value`` (a row, or a value in it) as a hashable key equal to another's where the values are equal, NaN
+    equal to NaN (a table's float cell: each read is another float object, and NaN != NaN)."""
+    if isinstance(value, dict):
+        return "dict", frozenset((k, _whole(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value) is list, tuple(_whole(v) for v in value)
+    if isinstance(value, float) and value != value:
+        return "nan", None
+    try:
+        hash(value)
+    except TypeError:   # (an unknown unhashable value: equal to itself alone)
+        return "object", id(value)
+    return value
+
+
 def examples_from_rows(
     rows: list[tuple[int, dict]], *, at: Callable[[int], str], source: str, image_of: Callable[[dict], Any],
     check: ImageChecker, class_names: list[str] | None, one_per_image: bool,
@@ -191,14 +207,14 @@ def examples_from_rows(
                               + ("; a row of one image gives 'image', a statement about several images gives "
                                  "'images' (and no 'image')" if "nlvr" in kinds else ""))
     kind = next(iter(kinds))
-    qids: dict[str, tuple[int, dict]] = {}
+    seen: dict[Any, int] = {}   # a row with a question_id, as compared -> its first row
     for n, row in rows:   # (a file joined twice: every question read, weighed and scored twice)
         qid = row.get("question_id")
         if qid is None or qid == "" or qid != qid:   # (NaN: a blank cell of a pandas table)
             continue
-        first, first_row = qids.setdefault(str(qid), (n, row))
         # rows that share an id but differ are questions of their own (MME's id is the image's name, POPE's restart)
-        if first != n and first_row == row:
+        first = seen.setdefault(_whole(row), n)
+        if first != n:
             raise DataFormatError(f"{at(n)}: question_id {qid!r} is given to another row at {at(first)}, and the "
                                   "row repeats it whole (is a file joined twice?): remove the repeated rows, or "
                                   "leave question_id out where rows repeat on purpose (one per answer given)")
