@@ -357,3 +357,20 @@ def test_mistral3_image_sizes_are_handed_over_on_the_host(packed_dirs, monkeypat
     assert copies.seen == [] and made["pixel_values"].device.type == "cuda"
     assert made["image_sizes"].device.type == "cpu"
     assert made["image_sizes"].tolist() == ([[16, 32], [32, 16]] if native else [[32, 32], [32, 32]])
+
+
+def test_qwen2vl_grid_goes_over_without_waiting_for_the_device(packed_dirs, monkeypatch):
+    """Qwen2-VL's ``image_grid_thw`` is made from the host sizes; made with torch.tensor(grid, device=cuda) it was a
+    blocking copy, so every forward waited for the device's queued work (the last step's backward and optimizer)
+    before its vision tower was queued. It goes over with non_blocking=True, as LLaVA-NeXT's view counts do (the
+    model needs it on the device: its cu_seqlens are computed there)."""
+    bb = load_backbone(f"hf:{packed_dirs['qwen2_vl']}", device="cpu")
+    vision = bb.model.config.vision_config
+    unit = vision.patch_size * vision.spatial_merge_size   # (a side's multiple)
+    sizes = [(unit, 2 * unit), (2 * unit, unit)]
+    monkeypatch.setattr(fake_tensor, "CONSTANT_NUMEL_LIMIT", 1024)   # (host-made values keep their values)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        canvas = torch.zeros(2, 3, 2 * unit, 2 * unit, device=CUDA)
+        with _BlockingCopies() as copies:
+            made = bb._vision_inputs(canvas, sizes)
+    assert copies.seen == [] and made["image_grid_thw"].device.type == "cuda"

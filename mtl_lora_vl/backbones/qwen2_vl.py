@@ -217,7 +217,9 @@ class Qwen2VLBackbone(HFVLMBackbone):
             raise ValueError(f"{self.name}: expected images whose sides are multiples of {unit} (patch {patch} x merge "
                              f"{merge}), got {odd[0][0]}x{odd[0][1]} in {tuple(pixel_values.shape)}; resize them with "
                              "backbone.resize (the loader does)")
-        grid = torch.tensor(self._host_vision(pixel_values, sizes)["image_grid_thw"], device=pixel_values.device)
+        # (non_blocking: torch.tensor(grid, device=...) copies with a stream synchronise, a wait for the device)
+        grid = torch.tensor(self._host_vision(pixel_values, sizes)["image_grid_thw"]).to(pixel_values.device,
+                                                                                     non_blocking=True)
         if len(set(sizes)) == 1:   # one size: one reshape for the batch
             h, w = sizes[0]
             return {"pixel_values": patchify(pixel_values[..., :h, :w], patch, merge, temporal), "image_grid_thw": grid}
