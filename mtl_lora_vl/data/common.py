@@ -144,7 +144,8 @@ def same_folder(a: str | os.PathLike | None, b: str | os.PathLike | None) -> boo
 
 def resolve_under(root: Path, relative: str | os.PathLike, what: str = "image path") -> Path:
     """Resolve ``relative`` inside ``root``; refuse absolute paths, '..' escapes, symlinks out and URLs. A Windows path
-    (``img\\0.jpg``) names the file it names on Windows unless a file of that very name exists."""
+    (``img\\0.jpg``) names the file it names on Windows unless a file of that very name exists; a name found only in
+    its other Unicode normal form (NFC / NFD) names that file."""
     rel = str(relative)
     if not rel:
         raise PathEscapeError(f"empty {what} in a data file under {root}")
@@ -161,6 +162,8 @@ def resolve_under(root: Path, relative: str | os.PathLike, what: str = "image pa
     if os.path.isabs(rel) or Path(rel).is_absolute() or (len(rel) > 1 and rel[0].isalpha() and rel[1] == ":"):
         raise PathEscapeError(f"{what} {rel!r} is absolute; paths in data files must be relative to the data "
                               f"root {root}")
+    if not rel.isascii() and not _exists(root / rel):
+        rel = _other_normal_form(root, rel)
     try:
         resolved = (root / rel).resolve()
     except (RuntimeError, OSError):   # a symlink loop: no file to read, inside the root; the image check skips it
@@ -169,6 +172,15 @@ def resolve_under(root: Path, relative: str | os.PathLike, what: str = "image pa
         raise PathEscapeError(f"{what} {rel!r} resolves to {resolved}, outside the data root {root}; move the "
                               "data under the root (symlinks that point outside it are refused too)")
     return resolved
+
+
+def _other_normal_form(root: Path, rel: str) -> str:
+    """``rel`` as the file under ``root`` is named where only its other Unicode normal form exists: a zip made on
+    macOS names 'café.jpg' decomposed (NFD, 'e' + U+0301) where a JSONL written elsewhere names it composed (NFC),
+    and Linux takes the two for different names (the image was skipped as not found). ``rel`` itself where neither
+    form is there, or both are (two files: which one is meant cannot be told)."""
+    found = [f for f in {unicodedata.normalize(form, rel) for form in ("NFC", "NFD")} - {rel} if _exists(root / f)]
+    return found[0] if len(found) == 1 else rel
 
 
 def _exists(path: Path) -> bool:
