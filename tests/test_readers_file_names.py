@@ -51,3 +51,23 @@ def test_a_name_whose_two_unicode_forms_are_two_files_is_not_guessed(tmp_path, c
     with caplog.at_level(logging.WARNING):
         s = read_split("jsonl", tmp_path, file="a.jsonl")
     assert s.skipped == 1 and "file not found" in caplog.text
+
+
+def test_a_macos_zips_folder_is_no_class_of_an_imagefolder(tmp_path, caplog):
+    """A zip made on macOS unpacks a __MACOSX/ folder (AppleDouble "._1.png" files) beside the class folders: it
+    became class 0 of no image (warned), so every real class's label was shifted by one and '__MACOSX' was among a
+    zero-shot classifier's choices."""
+    base = tmp_path / "folder"
+    for cls in ("cat", "dog"):
+        _png(base / cls / "1.png")
+        (base / "__MACOSX" / cls).mkdir(parents=True)
+        (base / "__MACOSX" / cls / "._1.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+        (base / cls / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (base / "cat" / "__MACOSX").mkdir()   # a class folder zipped on its own, unpacked in place
+    _png(base / "cat" / "__MACOSX" / "2.png")
+    with caplog.at_level(logging.INFO, logger="mtl_lora_vl.data.readers"):
+        s = read_split("imagefolder", tmp_path, folder="folder")
+    assert s.class_names == ["cat", "dog"]
+    assert sorted((e.label, Path(e.image).name) for e in s.examples) == [(0, "1.png"), (1, "1.png")]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sum("__MACOSX" in r.getMessage() for r in caplog.records) == 1

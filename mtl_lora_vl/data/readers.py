@@ -83,6 +83,9 @@ _UNREAD_IMAGE_EXTENSIONS = (".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", "
                             ".psd", ".tga", ".exr", ".hdr", ".dng", ".raw", ".cr2", ".cr3", ".nef",
                             ".arw", ".orf", ".rw2")
 
+#: The folder of resource forks ("._x.jpg") and ".DS_Store" files a zip made on macOS holds beside its files: no class.
+_MACOS_ZIP_FOLDER = "__MACOSX"
+
 #: The subset whose images a VQAv2 question file's ``data_subtype`` names (test-dev's are among test2015's, named so).
 _IMAGE_SUBTYPES = {"test-dev2015": "test2015"}
 
@@ -312,7 +315,8 @@ def read_imagefolder(
     verify: bool | str = True,
 ) -> Split:
     """``folder/<class>/<image>``: label = index of the class in the sorted subfolder names; images in a class's
-    subfolders (linked ones too, each folder once) are the class's.
+    subfolders (linked ones too, each folder once) are the class's. Hidden files and folders, and the ``__MACOSX/``
+    a zip made on macOS holds, are passed over.
 
     Examples come interleaved across classes (the first image of every class, then the second, ...), not
     class by class, so that the first N of a split -- what ``[generative] eval_limit`` scores -- span the
@@ -321,7 +325,11 @@ def read_imagefolder(
     base = resolve_under(root, folder, "image folder") if folder else root
     if not base.is_dir():
         raise FileNotFoundError(f"image folder {base} not found under the data root {root}")
-    classes = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+    folders = [d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    classes = sorted(d for d in folders if d != _MACOS_ZIP_FOLDER)
+    if len(classes) < len(folders):   # (its AppleDouble copies "._x.jpg" made it a class of no image, label 0)
+        logger.info("ImageFolder %s: %s/ (what a zip made on macOS adds) is passed over, not read as a class",
+                    base, _MACOS_ZIP_FOLDER)
     if not classes:
         raise DataFormatError(f"image folder {base} has no class subfolders; expected {base}/<class>/<image>")
     check = ImageChecker(verify, strict)
@@ -346,7 +354,7 @@ def read_imagefolder(
             for d in sorted(dirnames):
                 if not Path(os.path.realpath(os.path.join(dirpath, d))).is_relative_to(root):   # before its tree
                     resolve_under(root, (Path(dirpath) / d).relative_to(root), "image folder")
-            dirnames[:] = [d for d in sorted(dirnames) if claim(Path(dirpath) / d, cls)]
+            dirnames[:] = [d for d in sorted(dirnames) if d != _MACOS_ZIP_FOLDER and claim(Path(dirpath) / d, cls)]
             for fn in sorted(filenames):
                 if fn.startswith("."):
                     continue
