@@ -380,5 +380,16 @@ def truth_label(value: Any, where: str) -> int:
         return value
     if isinstance(value, str) and value.strip().lower() in TRUTH_VALUES:
         return TRUTH_VALUES[value.strip().lower()]
+    whole = value if isinstance(value, float) else _float(value) if isinstance(value, str) else None
+    hint = (f"; write {int(whole)}, not {value!r} (pandas writes an integer column holding a blank as floats)"
+            if whole in (0.0, 1.0) else "")
     raise DataFormatError(f"{where}: label {value!r} of a statement about several images must be a truth value: "
-                          "true/false, yes/no or 1/0 (1: the statement is true)")
+                          f"true/false, yes/no or 1/0 (1: the statement is true){hint}")
+
+
+def _float(text: str) -> float | None:
+    """``text`` as a float, or None where it spells none."""
+    try:
+        return float(text)
+    except ValueError:
+        return None

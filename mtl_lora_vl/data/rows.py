@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -451,5 +452,30 @@ def read_csv(
     :func:`read_jsonl`."""
     root = data_root_dir(data_root)
     path = annotation_file(root, file, "CSV")
-    rows = refuse_list_cells(path, refuse_repeated_header(path, csv_rows(path)), True)
+    rows = _refuse_float_labels(path, refuse_list_cells(path, refuse_repeated_header(path, csv_rows(path)), True),
+                                class_names)
     return _read_file_rows("csv", rows, path, root, images, class_names, one_per_image, strict, verify)
+
+
+#: A CSV cell holding a whole number written as a float: what pandas' ``to_csv`` writes for an integer column
+#: holding a blank (NaN makes the column float).
+_WHOLE_FLOAT = re.compile(r"[+-]?\d+\.0*")
+
+
+def _refuse_float_labels(path: Path, rows: list[tuple[int, dict]], class_names: list[str] | None
+                         ) -> list[tuple[int, dict]]:
+    """``rows`` as they are; refused where every label of the rows of one image is a whole number written as a
+    float ("1.0", "0.0"), as JSON lines refuse the number 1.0: read as text they were class names sorted as text
+    ("10.0" before "2.0"), not the indices they are. Labels among ``class_names`` are names (a statement's label,
+    beside its ``images``, is a truth value: :func:`~mtl_lora_vl.data.common.truth_label` reads it)."""
+    given = {str(n).strip() for n in class_names or ()}
+    labels = [(n, row["label"]) for n, row in rows
+              if not _present(row.get("images")) and isinstance(row.get("label"), str) and row["label"]
+              and row["label"] not in given]
+    if labels and all(_WHOLE_FLOAT.fullmatch(v) for _, v in labels):
+        n, v = labels[0]
+        raise DataFormatError(f"{path}:{n}: label {v!r} is a whole number written as a float, as every label of the "
+                              "file is (pandas writes an integer column holding a blank so); labels are class names "
+                              f"or integer class indices: write {int(float(v))}, not {v} (or give class_names to "
+                              "read the labels as names)")
+    return rows

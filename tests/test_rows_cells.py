@@ -1,0 +1,50 @@
+"""Row cells as a JSONL / CSV (or a table's) row gives them: float-written labels, NaN ids, array cells."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mtl_lora_vl.data.common import DataFormatError
+from mtl_lora_vl.data.readers import read_split
+
+
+def _png(path: Path, color: tuple[int, int, int] = (200, 30, 30)) -> str:
+    Image.new("RGB", (8, 8), color).save(path)
+    return path.name
+
+
+def test_csv_labels_written_as_floats_are_refused_as_jsonl_refuses_them(tmp_path):
+    """pandas writes an integer label column holding a blank as floats: a CSV's '1.0', '0.0', '10.0', '2.0' became
+    the classes ['0.0', '1.0', '10.0', '2.0'] (sorted as text: label 10 read as class 2), where JSONL's 1.0 is
+    refused."""
+    a, b = _png(tmp_path / "a.png"), _png(tmp_path / "b.png", (10, 200, 10))
+    (tmp_path / "f.csv").write_text(f"image,label\n{a},1.0\n{b},0.0\n{a},10.0\n{b},2.0\n")
+    (tmp_path / "f.jsonl").write_text(f'{{"image": "{a}", "label": 1.0}}\n{{"image": "{b}", "label": 0.0}}\n')
+    with pytest.raises(DataFormatError, match=r"f\.csv:2: label '1\.0' is a whole number written as a float.*"
+                                              r"write 1, not 1\.0"):
+        read_split("csv", tmp_path, file="f.csv")
+    with pytest.raises(DataFormatError, match=r"label 1\.0 is a float.*write 1, not 1\.0"):
+        read_split("jsonl", tmp_path, file="f.jsonl")
+    # read as names where they are: the class_names given, or beside other names, or not whole numbers
+    s = read_split("csv", tmp_path, file="f.csv", class_names=["0.0", "1.0", "2.0", "10.0"])
+    assert [e.label for e in s.examples] == [1, 0, 3, 2]
+    (tmp_path / "g.csv").write_text(f"image,label\n{a},1.0\n{b},1.5\n{a},cat\n")
+    assert read_split("csv", tmp_path, file="g.csv").class_names == ["1.0", "1.5", "cat"]
+    (tmp_path / "i.csv").write_text(f"image,label\n{a},1\n{b},0\n")   # integers: indices, as before
+    assert [e.label for e in read_split("csv", tmp_path, file="i.csv").examples] == [1, 0]
+
+
+def test_a_statements_float_written_label_says_to_write_the_integer(tmp_path):
+    """A statement's '1.0' was refused (as JSONL's 1.0 is) without saying what to write."""
+    a, b = _png(tmp_path / "a.png"), _png(tmp_path / "b.png", (10, 200, 10))
+    (tmp_path / "p.csv").write_text(f"images,statement,label\n{a}|{b},two images,1.0\n")
+    with pytest.raises(DataFormatError, match=r"p\.csv:2: label '1\.0' of a statement .* must be a truth value.*"
+                                              r"write 1, not '1\.0'"):
+        read_split("csv", tmp_path, file="p.csv")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"images": [a, b], "statement": "two images", "label": 0.0}) + "\n")
+    with pytest.raises(DataFormatError, match=r"write 0, not 0\.0"):
+        read_split("jsonl", tmp_path, file="p.jsonl")
