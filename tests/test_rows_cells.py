@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from mtl_lora_vl.data.common import DataFormatError
+from mtl_lora_vl.data.common import DataFormatError, ImageChecker
 from mtl_lora_vl.data.readers import read_split
+from mtl_lora_vl.data.rows import examples_from_rows
 
 
 def _png(path: Path, color: tuple[int, int, int] = (200, 30, 30)) -> str:
@@ -48,3 +50,24 @@ def test_a_statements_float_written_label_says_to_write_the_integer(tmp_path):
     (tmp_path / "p.jsonl").write_text(json.dumps({"images": [a, b], "statement": "two images", "label": 0.0}) + "\n")
     with pytest.raises(DataFormatError, match=r"write 0, not 0\.0"):
         read_split("jsonl", tmp_path, file="p.jsonl")
+
+
+def _from_rows(root: Path, rows: list[dict]):
+    return examples_from_rows(list(enumerate(rows, 1)), at=lambda n: f"rows:{n}", source="rows",
+                              image_of=lambda r: root / r["image"], check=ImageChecker(True, False),
+                              class_names=None, one_per_image=False)
+
+
+def test_a_row_repeated_whole_with_array_cells_is_refused(tmp_path):
+    """The repeated-row check keyed an unhashable cell by its identity: rows of a pandas table read from parquet
+    (DataFrame.to_dict("records"): list columns are numpy arrays) joined twice held two equal arrays, "different",
+    and every question was read, weighed and scored twice; so was a numpy float32 NaN cell (no float: NaN != NaN)."""
+    a = _png(tmp_path / "a.png")
+    for cell in (np.array(["yes", "yes", "no"]), np.float32("nan")):
+        row = {"image": a, "question": "is it red?", "answers": ["yes"], "question_id": 7}
+        with pytest.raises(DataFormatError, match=r"rows:2: question_id 7 is given to another row at rows:1, and the "
+                                                  r"row repeats it whole"):
+            _from_rows(tmp_path, [{**row, "extra": cell}, {**row, "extra": cell.copy()}])
+    row = {"image": a, "question": "is it red?", "answers": ["yes"], "question_id": 7}   # differing arrays: two
+    s = _from_rows(tmp_path, [{**row, "extra": np.array([1, 2])}, {**row, "extra": np.array([1, 3])}])
+    assert len(s.examples) == 2

@@ -130,7 +130,10 @@ def _captions(row: dict, where: str) -> list[str]:
 
 def _whole(value: Any) -> Any:
     """``value`` (a row, or a value in it) as a hashable key equal to another's where the values are equal, NaN
-    equal to NaN (a table's float cell: each read is another float object, and NaN != NaN)."""
+    equal to NaN (a table's float cell: each read is another float object, and NaN != NaN); an array's cell (numpy's,
+    a tensor, unhashable) as the list of its values, so two equal arrays are equal, not two objects."""
+    if not isinstance(value, (str, bytes)) and callable(getattr(value, "tolist", None)):
+        value = value.tolist()   # (a numpy scalar too: np.float32's NaN is no float, so was never equal to itself)
     if isinstance(value, dict):
         return "dict", frozenset((k, _whole(v)) for k, v in value.items())
     if isinstance(value, (list, tuple)):
