@@ -71,3 +71,18 @@ def test_a_row_repeated_whole_with_array_cells_is_refused(tmp_path):
     row = {"image": a, "question": "is it red?", "answers": ["yes"], "question_id": 7}   # differing arrays: two
     s = _from_rows(tmp_path, [{**row, "extra": np.array([1, 2])}, {**row, "extra": np.array([1, 3])}])
     assert len(s.examples) == 2
+
+
+def test_a_nan_image_id_is_no_id(tmp_path):
+    """A pandas table's blank image_id cell is NaN: read as the id 'nan', rows without an id were all one image's,
+    refused as "image_id 'nan' was given to another image" (or, of one image, grouped under the id 'nan')."""
+    a, b = _png(tmp_path / "a.png"), _png(tmp_path / "b.png", (10, 200, 10))
+    nan = float("nan")
+    s = _from_rows(tmp_path, [{"image": a, "caption": "red", "image_id": nan},
+                              {"image": b, "caption": "green", "image_id": nan},
+                              {"image": b, "caption": "a green square", "image_id": "g"}])
+    assert [(e.image_id, e.text) for e in s.examples] == [("a.png", "red"), ("b.png", "green"),
+                                                        ("b.png", "a green square")]
+    s = _from_rows(tmp_path, [{"images": [a, b], "statement": "two", "label": 1, "image_id": nan},
+                              {"images": [b, a], "statement": "two", "label": 0, "image_id": np.float64("nan")}])
+    assert [e.image_id for e in s.examples] == ["a.png|b.png", "b.png|a.png"]

@@ -128,6 +128,12 @@ def _captions(row: dict, where: str) -> list[str]:
     return [c.strip() for c in caps if c.strip()]   # a blank caption is no caption (as an empty list is)
 
 
+def _no_id(value: Any) -> bool:
+    """Whether a row's ``image_id`` is missing: null, blank, or NaN (a pandas table's blank cell), which read as the
+    id 'nan' made every row without an id one image's (refused: "given to another image")."""
+    return value is None or value == "" or (isinstance(value, float) and value != value)
+
+
 def _whole(value: Any) -> Any:
     """``value`` (a row, or a value in it) as a hashable key equal to another's where the values are equal, NaN
     equal to NaN (a table's float cell: each read is another float object, and NaN != NaN); an array's cell (numpy's,
@@ -237,7 +243,7 @@ def examples_from_rows(
     def image_id(row: dict, n: int, p: Any) -> str:
         """The row's image id (its image's path when none is given), refused if it names another image."""
         iid = row.get("image_id")
-        iid = str(row["image"] if iid is None or iid == "" else iid)
+        iid = str(row["image"] if _no_id(iid) else iid)
         seen = first_of.setdefault(iid, (p, n))
         if seen[0] != p:
             raise DataFormatError(f"{at(n)}: image_id {iid!r} was given to another image at {at(seen[1])} "
@@ -290,8 +296,7 @@ def examples_from_rows(
             qtype = None if qtype is None or (isinstance(qtype, str) and not qtype.strip()) else str(qtype).strip()
             ps = tuple(image_at({**row, "image": x}, n) for x in paths)
             ok = [check(p, where) for p in ps]   # every image checked: each unreadable one is named in the summary
-            iid = row.get("image_id")
-            if iid is None or iid == "":
+            if _no_id(row.get("image_id")):
                 row = {**row, "image": "|".join(map(str, paths))}   # the default id: the row's paths
             if all(ok):
                 meta = {k: row[k] for k in ("question_id",) if k in row}
