@@ -97,6 +97,18 @@ def test_gqa_folder_of_several_splits_question_files_is_refused(gqa_root):
     assert len(read_gqa(gqa_root, ".", images="images").examples) == 2
 
 
+def test_gqa_folder_of_question_files_passes_over_macos_appledouble_files(gqa_root):
+    """A tar made on macOS (or a copy to a FAT/SMB volume) holds '._train_all_questions_0.json' beside each file:
+    the folder was refused as holding two sets, ['._train_all_questions', 'train_all_questions']."""
+    folder = gqa_root / "train_all_questions"
+    folder.mkdir()
+    for n, qid in ((0, "a"), (1, "b")):
+        (folder / f"train_all_questions_{n}.json").write_text(json.dumps({qid: _gqa_q("2354786", f"q {qid}?", "no")}))
+        (folder / f"._train_all_questions_{n}.json").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X  ")
+    s = read_gqa(gqa_root, "train_all_questions", images="images")
+    assert [e.meta["question_id"] for e in s.examples] == ["a", "b"]
+
+
 def test_gqa_keeps_only_the_fields_it_reads_as_it_parses(gqa_root):
     """A question's program, annotations and entailments are dropped as each is parsed (the balanced train file
     holds 943k questions), and the examples are as before."""

@@ -115,13 +115,14 @@ def _slim(obj: dict) -> dict:
 
 def _question_files(root: Path, questions: str | os.PathLike) -> list[Path]:
     """The question file, or the ``*.json`` files of a folder (GQA's "all" questions come as
-    ``train_all_questions/train_all_questions_0.json`` ... ``_9.json``), in numeric order."""
+    ``train_all_questions/train_all_questions_0.json`` ... ``_9.json``), in numeric order; hidden files (the
+    AppleDouble "._train_all_questions_0.json" a tar made on macOS holds beside each file) are no question file."""
     p = Path(questions).expanduser()
     p = p if p.is_absolute() else root / p
     if not p.is_dir():
         return [annotation_file(root, questions, "GQA questions")]
-    files = sorted(p.glob("*.json"), key=lambda f: [int(t) if t.isdigit() else t
-                                                     for t in re.split(r"(\d+)", f.name)])
+    files = sorted((f for f in p.glob("*.json") if not f.name.startswith(".")),   # ("._x.json": macOS's tar, copies)
+                   key=lambda f: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", f.name)])
     if not files:
         raise FileNotFoundError(f"GQA questions folder {p} holds no *.json files; give a *_questions.json file or a "
                                 "folder of them (GQA's train_all_questions/)")
