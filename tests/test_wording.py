@@ -11,7 +11,7 @@ from mtl_lora_vl.benchmark.bench import check_splits
 from mtl_lora_vl.config import check_task_file_names
 from mtl_lora_vl.data.loader import MultiTaskLoader
 from mtl_lora_vl.data.sampler import MultiTaskBatchSampler
-from mtl_lora_vl.evaluation.evaluate import _saved_task_roots
+from mtl_lora_vl.evaluation.adapter_tasks import saved_task_roots
 from mtl_lora_vl.io.exports import _task_list
 from mtl_lora_vl.wording import agree, tasks_named
 
@@ -68,7 +68,7 @@ def test_trained_folders_that_are_gone_read_in_the_plural_for_several(tmp_path):
     gone_a, gone_b = str(tmp_path / "gone_a"), str(tmp_path / "gone_b")
     lp = SimpleNamespace(specs={s.name: s for s in specs}, doc={"data_roots": {"a": gone_a, "b": gone_b, "c": gone_a}})
     with pytest.raises(ValueError) as e:
-        _saved_task_roots(lp, specs, None)
+        saved_task_roots(lp, specs, None)
     assert str(e.value) == (
         f"tasks 'a', 'b', 'c' were trained on files under {gone_a}, {gone_b}, which are no longer folders; put them "
         "back, or score each folder's tasks on the folder it moved to, one run each: --tasks a,c --data-root DIR, "
@@ -77,4 +77,4 @@ def test_trained_folders_that_are_gone_read_in_the_plural_for_several(tmp_path):
     with pytest.raises(ValueError, match=r"^tasks 'a', 'c' were trained on files under .*gone_a, which is no longer "
                                          r"a folder; put it back, or score them on the folder it moved to with "
                                          r"--tasks a,c --data-root DIR \(--data-root"):
-        _saved_task_roots(lp, specs, None)
+        saved_task_roots(lp, specs, None)

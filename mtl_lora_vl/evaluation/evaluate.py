@@ -8,7 +8,6 @@ scored by the zero-shot rule alone, as ``train`` scores it before training.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -22,10 +21,9 @@ from torch import nn
 
 from ..adapters.scopes import disabled, route
 from ..backbones import load_backbone
-from ..data.common import same_folder
 from ..data.records import Split
 from ..distributed import DistInfo, barrier, check_workers, cleanup, init_distributed, sharded_evaluation
-from ..io import Pretrained, load_pretrained
+from ..io import load_pretrained
 from ..io.adapter_files import base_paths, config_of, read_adapter_config
 from ..io.atomic import atomic_dir, atomic_file, check_target
 from ..io.layout import check_output
@@ -35,10 +33,9 @@ from ..multitask.setup import check_data_root_read, own_folders, task_kinds
 from ..precision import base_weights_dtype, check_base_precision, resolve_precision
 from ..rundir import RunDirError, refuse_linked_outputs
 from ..tasks import resolve_tasks
-from ..tasks.registry import get_kind
-from ..tasks.spec import TaskSpec, load_spec
+from ..tasks.spec import TaskSpec
 from ..whole_files import read_whole
-from ..wording import name_hint, tasks_named
+from .adapter_tasks import check_task_item, saved_task_roots, scoring_spec
 from .predictions import PARTIAL, PredictionFiles, StagedFiles, check_recordable, merge_passes, stopped_predictions
 from .report import details_table, markdown_table, scored_line, selected_line, source_line, title, write_plots
 from .scored import adapter_base, scored_base
@@ -169,80 +166,6 @@ def evaluate_setup(setup: Setup, *, split: str, data_root: str | None, device: t
     return result
 
 
-def _check_task_item(item: str, known: list[str], adapter: Path) -> None:
-    """Refuse an ``eval --tasks`` entry that is neither a task of the adapter nor a spec file (by its name)."""
-    path = Path(item).expanduser()
-    if item not in known and not (path.suffix == ".toml" or path.is_file()):
-        raise ValueError(f"--tasks: {item!r} is not a task of the adapter {adapter} (it has {list(known)}) nor a "
-                         f"spec file{name_hint(item, '--tasks', known)}; name its tasks, or give a spec file (.toml) "
-                         "whose name is one of them to score that task on the spec's data")
-
-
-def _scoring_spec(item: str, lp: Pretrained, adapter: Path) -> TaskSpec:
-    """An ``eval --tasks`` entry: a task of the adapter, scored on its saved spec's data; or a spec file whose
-    ``name`` is a task of the adapter, for its ``[data]`` (and ``metrics``): the adapter's task, on other data.
-    The adapter's own settings (head, options, templates, ``[generative]``) still score it."""
-    if item in lp.config.tasks:
-        if item not in lp.specs or item not in lp.heads:
-            raise ValueError(f"{adapter}: no saved task spec or head for {item!r}; save the adapter with "
-                             "task_specs= and heads= to evaluate it")
-        return lp.specs[item]
-    _check_task_item(item, lp.config.tasks, adapter)
-    path = Path(item).expanduser()
-    if not path.is_file():
-        raise ValueError(f"--tasks: {item}: spec file not found; give an existing spec file, or one of the adapter's "
-                         f"tasks {list(lp.config.tasks)}")
-    spec = load_spec(path, need_train=False)   # scored only: no training split needed
-    if spec.name not in lp.config.tasks:
-        raise ValueError(f"--tasks {item}: the spec's task {spec.name!r} is not a task of the adapter {adapter} (it "
-                         f"has {list(lp.config.tasks)}); set `name = ...` in the spec to the task whose adapter should "
-                         "score its data")
-    saved = lp.specs.get(spec.name)
-    if saved is not None and saved.kind != spec.kind:
-        raise ValueError(f"--tasks {item}: the spec's task {spec.name!r} is of kind {spec.kind!r}, but the adapter "
-                         f"trained it as {saved.kind!r}; give a {saved.kind} spec")
-    if saved is not None:
-        computed = get_kind(saved.kind).metrics_for(saved.options)
-        extra = [m for m in spec.metrics if m not in computed]
-        if extra and spec.metrics == tuple(get_kind(spec.kind).metrics_for(spec.options)):
-            spec, extra = dataclasses.replace(spec, metrics=saved.metrics), []   # (no `metrics`: its own options')
-        if extra:
-            raise ValueError(f"--tasks {item}: `metrics` lists {extra}, which the adapter's task {spec.name!r} does "
-                             f"not compute (its options, which score the task, give {list(computed)}); list some of "
-                             "those")
-        ignored = [f for f in ("head", "options", "templates", "generative") if getattr(spec, f) != getattr(saved, f)]
-        if ignored:
-            logger.warning("--tasks %s: scoring task %r on this spec's [data]; its %s differ from the adapter's, "
-                           "which score the task (what it was trained with)", item, spec.name, ", ".join(ignored))
-    return spec
-
-
-def _saved_task_roots(lp: Pretrained, specs: list[TaskSpec], data_root: str | None) -> dict[str, str]:
-    """Where an evaluation reads each task the adapter saved: the folder it recorded, unless ``--data-root``
-    is given (the data moved), which is said when it is not the recorded folder."""
-    recorded = lp.doc.get("data_roots") or {}
-    saved = [s for s in specs if lp.specs.get(s.name) is s and s.data.source == "files" and s.name in recorded]
-    gone = [s.name for s in saved if not Path(recorded[s.name]).is_dir()]
-    if data_root is None:
-        if gone:
-            by_folder = {f: [t for t in gone if recorded[t] == f] for f in sorted({recorded[t] for t in gone})}
-            runs = ", ".join(f"--tasks {','.join(ts)} --data-root DIR" for ts in by_folder.values())
-            fix = (f"which is no longer a folder; put it back, or score {'them' if len(gone) > 1 else 'it'} on the "
-                   f"folder it moved to with {runs}" if len(by_folder) == 1 else "which are no longer folders; put "
-                   f"them back, or score each folder's tasks on the folder it moved to, one run each: {runs}")
-            raise ValueError(f"{tasks_named(gone, 'were')} trained on files under {', '.join(by_folder)}, {fix} "
-                             "(--data-root is read by every task scored)")
-        return {s.name: recorded[s.name] for s in saved}
-    for s in saved:
-        if s.name in gone:
-            logger.warning("task %r was trained on files under %s, which is no longer a folder; it is scored on "
-                           "--data-root %s", s.name, recorded[s.name], data_root)
-        elif not same_folder(recorded[s.name], data_root):
-            logger.warning("task %r was trained on files under %s; it is scored on --data-root %s (leave --data-root "
-                           "out to read each task from its own folder)", s.name, recorded[s.name], data_root)
-    return {}
-
-
 def write_outputs(run_dir: str | Path, result: dict[str, Any], adapted_model: nn.Module | None) -> str:
     """eval.json, report.md and plots/ in ``run_dir``; returns the printed table. ``adapted_model`` None: a base
     model scored zero-shot only (no task-mixing plot; the report says zero-shot)."""
@@ -329,7 +252,7 @@ def evaluate_adapter(adapter: str | Path | None, tasks: str | None = None, backb
     doc = read_adapter_config(adapter, verify=False)   # a wrong --adapter is named before any check of --out
     for item in (t.strip() for t in (tasks or "").split(",")):   # a misspelt task: before the base model loads
         if item:
-            _check_task_item(item, config_of(doc, adapter).tasks, adapter)
+            check_task_item(item, config_of(doc, adapter).tasks, adapter)
     recorded = (doc.get("base") or {}).get("image_reading")
     if image_reading is not None and image_reading != recorded:
         raise ValueError(f"--image-reading {image_reading}: the adapter records how its tasks' images were read "
@@ -365,7 +288,7 @@ def _evaluate_adapter(adapter: Path, doc: dict, tasks: str | None, backbone: str
         lp = load_pretrained(adapter, dev, backbone=backbone, pretrained=pretrained, data_root=data_root,
                              data_roots=own, base_dtype=base_dtype)
         items = items or list(lp.config.tasks)
-        specs = [_scoring_spec(item, lp, adapter) for item in items]
+        specs = [scoring_spec(item, lp, adapter) for item in items]
         names = [s.name for s in specs]
         if len(set(names)) < len(names):
             raise ValueError(f"--tasks {tasks}: a task is named twice ({names}); name each once")
@@ -376,7 +299,7 @@ def _evaluate_adapter(adapter: Path, doc: dict, tasks: str | None, backbone: str
         kinds = {t: lp.kinds[t] for t in names}
         model = MultiTaskModel(lp.backbone, kinds, nn.ModuleDict({t: lp.heads[t] for t in names}))
         setup = Setup(lp.backbone, specs, kinds, model, lp.config,
-                      data_roots=_saved_task_roots(lp, specs, data_root))
+                      data_roots=saved_task_roots(lp, specs, data_root))
         read_eval_splits(setup, [split], data_root)   # the kinds' checks of the data they will score
         if predictions:
             check_recordable(setup.kinds)
