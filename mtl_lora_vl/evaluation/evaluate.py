@@ -111,21 +111,25 @@ def evaluate_setup(setup: Setup, *, split: str, data_root: str | None, device: t
     (``n``: the examples scored; ``metrics``: the spec's metrics, which the report's second table shows beside
     the headline); with ``zero_shot=False`` the base model is not scored and ``zero_shot`` / ``change`` are None;
     with ``adapted=False`` (a base model without adapters) only the zero-shot pass runs, ``adapted`` / ``change``
-    are None and there is no ``config``. ``predictions``: called with each task and its rows
-    (:func:`~mtl_lora_vl.evaluation.predictions.merge_passes`), from the same passes, as soon as the task is scored
-    (a :class:`~mtl_lora_vl.evaluation.predictions.PredictionFiles` writes its file), then the rows are dropped."""
+    are None and there is no ``config``. A task with nothing to score (no val split, for val) is listed under
+    ``"not_scored"`` (``{name: {"metric", "kind", "reason"}}``), so the report shows it was asked for.
+    ``predictions``: called with each task and its rows (:func:`~mtl_lora_vl.evaluation.predictions.merge_passes`),
+    from the same passes, as soon as the task is scored (a
+    :class:`~mtl_lora_vl.evaluation.predictions.PredictionFiles` writes its file), then the rows are dropped."""
     if not (zero_shot or adapted):
         raise ValueError("evaluate_setup: zero_shot=False and adapted=False leave nothing to score")
     if isinstance(predictions, PredictionFiles):   # before scoring: a task named '/tmp/x' would write /tmp/x.jsonl
         predictions.check_tasks(spec.name for spec in setup.specs)
     passes = int(zero_shot) + int(adapted)
     tasks: dict[str, Any] = {}
+    not_scored: dict[str, Any] = {}
     bar = progress(desc="evaluate", total=passes * len(setup.specs), unit="pass")
     for spec in setup.specs:
         name, kind = spec.name, setup.kinds[spec.name]
         split_name = _split_for(spec, split)
         if split_name is None:
             bar.update(passes)
+            not_scored[name] = {"metric": kind.headline(spec), "kind": spec.kind, "reason": f"no {split} split"}
             continue
         data = setup.split_data(spec, split_name, data_root)
         rows: dict[str, list] | None = {"adapted": [], "zero_shot": []} if predictions is not None else None
@@ -160,7 +164,7 @@ def evaluate_setup(setup: Setup, *, split: str, data_root: str | None, device: t
     if not tasks:
         raise ValueError(f"no task has a {split} split to score; give each spec a [data.{split}] table or score "
                          "another split")
-    result: dict[str, Any] = {"tasks": tasks, "split": split}
+    result: dict[str, Any] = {"tasks": tasks, "split": split, **({"not_scored": not_scored} if not_scored else {})}
     if setup.config is not None:   # a base model scored without adapters has no adapter configuration
         result["config"] = setup.config.to_dict()
     return result

@@ -55,10 +55,17 @@ def title(result: dict[str, Any]) -> str:
     return "Adapted (zero-shot skipped)" if skipped else "Zero-shot vs adapted"
 
 
+def not_scored(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The tasks asked for that had nothing to score (``eval --split val``: no val split), by name: each one's
+    ``metric``, ``kind`` and ``reason``."""
+    return result.get("not_scored") or {}
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     """| task | metric | zero-shot | adapted | change | as Markdown (also readable printed), with a split
     column after the task when some task was scored on another split than the one asked for (a task
-    without a test split is scored on val); | task | metric | zero-shot | for a result without adapted scores."""
+    without a test split is scored on val); | task | metric | zero-shot | for a result without adapted scores.
+    A task asked for with nothing to score (no val split) has a row too, saying why it is not scored."""
     asked = result.get("split")
     split_col = any(r.get("split", asked) != asked for r in result["tasks"].values())
     adapted = has_adapted(result)
@@ -75,6 +82,10 @@ def markdown_table(result: dict[str, Any]) -> str:
         zs, change = (("–", "–") if r["zero_shot"] is None
                       else (f"{r['zero_shot']:.4f}", _change(r["adapted"], r["zero_shot"])))
         rows.append(f"| {name} |{split} {metric} | {zs} | {r['adapted']:.4f} | {change} |")
+    for name, r in not_scored(result).items():
+        split = " – |" if split_col else ""
+        rows.append(f"| {cell(name)} |{split} {cell(r['metric'])} | not scored: {cell(r['reason'])} |"
+                    + (" – | – |" if adapted else ""))
     return "\n".join(rows)
 
 
@@ -122,6 +133,7 @@ def source_line(result: dict[str, Any]) -> str:
         what = "at the end of the training run"
     other = [f"{cell(name)} on {cell(r['split'])}" for name, r in result["tasks"].items()
              if r.get("split", split) != split]
+    other += [f"{cell(name)} not scored: {cell(r['reason'])}" for name, r in not_scored(result).items()]
     specs = [f"{cell(name)} on the data of {cell(r['data_spec'])}" for name, r in result["tasks"].items()
              if r.get("data_spec")]
     line = f"Scored on the {cell(split)} split{' (' + ', '.join(other) + ')' if other else ''}, {what}"
@@ -266,8 +278,8 @@ def write_plots(run_dir: Path, result: dict[str, Any], model: nn.Module | None) 
         ax.legend(fontsize=8)
         written.append(_save(fig, out / "training_curves.png"))
 
-    tasks = list(result["tasks"])
-    fig = _figure(figsize=(1.6 + 1.3 * len(tasks), 3.5))
+    tasks, skipped = list(result["tasks"]), not_scored(result)
+    fig = _figure(figsize=(1.6 + 1.3 * (len(tasks) + len(skipped)), 3.5))
     ax = fig.subplots()
     x = torch.arange(len(tasks)).float()
     zs = [result["tasks"][t]["zero_shot"] for t in tasks]
@@ -278,7 +290,9 @@ def write_plots(run_dir: Path, result: dict[str, Any], model: nn.Module | None) 
     if adapted:
         ax.bar(x + 0.2, ad, 0.4, label="adapted", color="#2f6fba")
     asked = result.get("split")
-    ax.set_xticks(x.tolist(), [_tick(t, result["tasks"][t], asked) for t in tasks], fontsize=8)
+    ticks = [_tick(t, result["tasks"][t], asked) for t in tasks]   # a task not scored: a tick without bars
+    ticks += [f"{t}\n(not scored:\n{r['reason']})" for t, r in skipped.items()]
+    ax.set_xticks(list(range(len(ticks))), ticks, fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel(f"headline score ({asked} split)")
     ax.set_title(title(result))
