@@ -41,15 +41,16 @@ def scores_cached(self: HFVLMBackbone, images: Tensor, batch: dict[str, Tensor],
     prefill = self._prefill_positions(mask)
     out = self._forward(images, ids, mask, **({} if prefill is None else {"position_ids": prefill}), use_cache=True,
                         logits_to_keep=1, image_sizes=sizes, image_counts=image_counts)
-    first_ids = torch.tensor([[c[0] for c in row] for row in cands], device=ids.device)
-    first = out.logits[:, -1].float().log_softmax(-1).gather(1, first_ids)  # (B, C)
     width = max(len(c) for row in cands for c in row)
-    if width == 1:
-        return first
     labels = torch.full((B * C, width), IGNORE_INDEX, dtype=torch.long)
     for i, toks in enumerate(c for row in cands for c in row):   # row b*C + c: candidate c of image b
         labels[i, :len(toks)] = torch.tensor(toks)
-    labels = labels.to(ids.device)
+    # made on the host, sent in one copy that does not wait for the device's queued work (the prefill): a
+    # torch.tensor(..., device=cuda) or .to(cuda) copies with a stream synchronise, twice a call before
+    labels = labels.to(ids.device, non_blocking=True)
+    first = out.logits[:, -1].float().log_softmax(-1).gather(1, labels[:, 0].view(B, C))  # (B, C)
+    if width == 1:
+        return first
     step_ids = labels[:, :-1].masked_fill(labels[:, :-1] == IGNORE_INDEX, self.pad_id)
     cache = out.cache if hasattr(out, "cache") else out.past_key_values   # named cache from transformers 5.24
     cache.batch_repeat_interleave(C)
