@@ -88,7 +88,7 @@ def test_a_task_evaluated_past_the_context_is_told_once_not_on_every_batch(bb, t
         for _ in range(2):   # zero-shot, then again (adapted, a validation)
             kind.evaluate(bb, None, val, batch_size=2, device="cpu")
     said = [r.getMessage() for r in caplog.records if "pass the language model's context of 256" in r.getMessage()]
-    assert len(said) == 1 and said[0].endswith("(said once for this task)"), said
+    assert len(said) == 1 and said[0].endswith("(said once for this task, of its widest call)"), said
     caplog.clear()
     images = torch.randn(1, 3, bb.image_size, bb.image_size)
     with caplog.at_level(logging.WARNING):

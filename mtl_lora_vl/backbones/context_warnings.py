@@ -1,33 +1,53 @@
 """Saying when a language model's rows pass its context (its positions past it were never trained: what is generated
 or scored there goes silently wrong): ``generate``'s prompts plus the new tokens, ``sequence_scores``' prompts plus the
 longest candidate. Said on every call, but once per task inside :func:`once_per_task`, which a task's evaluation opens:
-there every batch (and every group of candidates, every pass) would say it again."""
+there every batch (and every group of candidates, every pass) would say it again. That one line is said when the scope
+closes, of the widest call (the first call past the context can be far narrower than the longest prompt)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["once_per_task", "warn_past_context", "warn_scored_past_context"]
 
 logger = logging.getLogger(__name__)
 
-#: Key in a backbone's and a task's ``__dict__``: what the open :func:`once_per_task` scope has said for its task.
+#: Key in a backbone's ``__dict__``: the open :func:`once_per_task` scope (a :class:`_Scope`); in a task's: the widths
+#: said for it (``{what: width}``).
 _SAID = "_context_said"
+
+
+@dataclass
+class _Scope:
+    """An open :func:`once_per_task` scope: the widths already said for its task, and the widest call of each warning
+    seen in it, ``{what: (width, message, args)}``, said when it closes."""
+
+    said: dict[str, int]
+    widest: dict[str, tuple[int, str, tuple[Any, ...]]] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Say each warning's widest call, unless as wide a one was said for the task before."""
+        for what, (width, message, args) in self.widest.items():
+            if width > self.said.get(what, 0):
+                self.said[what] = width
+                logger.warning(message + " (said once for this task, of its widest call)", *args)
 
 
 @contextmanager
 def once_per_task(backbone: Any, task: Any) -> Iterator[None]:
-    """Within: each of ``backbone``'s context warnings said at most once for ``task`` (a task kind); what was said is
-    kept on the task, so its next evaluation (adapted after zero-shot, each validation) says nothing again."""
-    state, said = getattr(backbone, "__dict__", None), getattr(task, "__dict__", None)
-    if state is None or said is None:
+    """Within: each of ``backbone``'s context warnings said once for ``task`` (a task kind), when the scope closes, of
+    the widest call; what was said is kept on the task, so its next evaluation (adapted after zero-shot, each
+    validation) says nothing again unless a call is wider."""
+    state, kept = getattr(backbone, "__dict__", None), getattr(task, "__dict__", None)
+    if state is None or kept is None:
         yield
         return
     before = state.get(_SAID)
-    state[_SAID] = said.setdefault(_SAID, set())
+    scope = state[_SAID] = _Scope(kept.setdefault(_SAID, {}))
     try:
         yield
     finally:
@@ -35,24 +55,24 @@ def once_per_task(backbone: Any, task: Any) -> Iterator[None]:
             state.pop(_SAID, None)
         else:
             state[_SAID] = before
+        scope.close()
 
 
-def _say(backbone: Any, what: str, message: str, *args: Any) -> None:
-    said = getattr(backbone, "__dict__", {}).get(_SAID)
-    if said is not None:
-        if what in said:
-            return
-        said.add(what)
-        message += " (said once for this task)"
-    logger.warning(message, *args)
+def _say(backbone: Any, what: str, width: int, message: str, *args: Any) -> None:
+    """Warn now, or (inside :func:`once_per_task`) keep the call if it is the widest of ``what`` so far."""
+    scope = getattr(backbone, "__dict__", {}).get(_SAID)
+    if not isinstance(scope, _Scope):
+        logger.warning(message, *args)
+    elif what not in scope.widest or width > scope.widest[what][0]:
+        scope.widest[what] = (width, message, args)
 
 
 def warn_past_context(backbone: Any, width: int, new_tokens: int, what: str) -> None:
     """Warn when prompts ``width`` tokens wide plus ``new_tokens`` pass ``backbone.lm_context``."""
     context = backbone.lm_context
     if context and width + new_tokens > context:
-        _say(backbone, what, "%s: prompts of up to %d tokens plus %d new ones pass the language model's context of %d "
-             "tokens; shorten the prompts or lower max_len", what, width, new_tokens, context)
+        _say(backbone, what, width + new_tokens, "%s: prompts of up to %d tokens plus %d new ones pass the language "
+             "model's context of %d tokens; shorten the prompts or lower max_len", what, width, new_tokens, context)
 
 
 def warn_scored_past_context(backbone: Any, width: int, cands: list[list[list[int]]]) -> None:
@@ -61,6 +81,6 @@ def warn_scored_past_context(backbone: Any, width: int, cands: list[list[list[in
     context = backbone.lm_context
     longest = max(len(c) for row in cands for c in row)
     if context and width + longest > context:
-        _say(backbone, "sequence_scores", "sequence_scores: prompts of up to %d tokens and candidates of up to %d "
-             "tokens (their end token included) pass the language model's context of %d tokens; shorten the prompt "
-             "or the candidates (class names, generative.target)", width, longest, context)
+        _say(backbone, "sequence_scores", width + longest, "sequence_scores: prompts of up to %d tokens and "
+             "candidates of up to %d tokens (their end token included) pass the language model's context of %d "
+             "tokens; shorten the prompt or the candidates (class names, generative.target)", width, longest, context)

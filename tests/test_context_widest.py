@@ -1,0 +1,48 @@
+"""The language model's context warnings: within a task's evaluations (``once_per_task``) the one line is of the
+widest call, not the first past the context."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+from mtl_lora_vl.backbones.context_warnings import once_per_task, warn_past_context, warn_scored_past_context
+
+
+def _said(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "context of 100" in r.getMessage()]
+
+
+def test_a_task_s_context_line_is_of_its_widest_call(caplog):
+    """An evaluation's batches past the context: 110, then 190, then 130 tokens wide. The line said once for the task
+    read 'prompts of up to 105 tokens' (the first batch's), hiding the 185-token prompts."""
+    bb, task = SimpleNamespace(lm_context=100), SimpleNamespace(name="t")
+    cands = [[[1, 2, 3], [4, 5]]]   # the longest: 3 tokens
+    with caplog.at_level(logging.WARNING):
+        with once_per_task(bb, task):
+            for width in (107, 187, 127, 90):
+                warn_scored_past_context(bb, width, cands)
+                warn_past_context(bb, width, 5, "generate")
+            assert _said(caplog) == []   # (said when the task's evaluation ends)
+    said = _said(caplog)
+    assert len(said) == 2, said
+    assert said[0].startswith("sequence_scores: prompts of up to 187 tokens and candidates of up to 3 tokens")
+    assert said[1].startswith("generate: prompts of up to 187 tokens plus 5 new ones")
+    assert all(s.endswith("(said once for this task, of its widest call)") for s in said)
+
+    caplog.clear()   # the task's next evaluation (adapted after zero-shot): nothing new unless wider
+    with caplog.at_level(logging.WARNING):
+        with once_per_task(bb, task):
+            warn_scored_past_context(bb, 150, cands)
+        assert _said(caplog) == []
+        with once_per_task(bb, task):
+            warn_scored_past_context(bb, 200, cands)
+    said = _said(caplog)
+    assert len(said) == 1 and "prompts of up to 200 tokens" in said[0]
+
+    caplog.clear()   # outside a task's evaluation: every call says it, as it comes
+    with caplog.at_level(logging.WARNING):
+        warn_past_context(bb, 120, 5, "generate")
+        warn_past_context(bb, 110, 5, "generate")
+    assert [s.split(" tokens")[0] for s in _said(caplog)] == ["generate: prompts of up to 120",
+                                                             "generate: prompts of up to 110"]
