@@ -1,12 +1,19 @@
 """The language model's context warnings: within a task's evaluations (``once_per_task``) the one line is of the
-widest call, not the first past the context."""
+widest call, not the first past the context; and the training rows measured at start-up (``warn_lm_context``) are
+spread over the split, not its first ``limit``."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from types import SimpleNamespace
 
+import pytest
+
+from mtl_lora_vl.backbones.builtin import builtin_llava_dir
 from mtl_lora_vl.backbones.context_warnings import once_per_task, warn_past_context, warn_scored_past_context
+from mtl_lora_vl.data import world
+from mtl_lora_vl.data.records import Split
 
 
 def _said(caplog) -> list[str]:
@@ -46,3 +53,25 @@ def test_a_task_s_context_line_is_of_its_widest_call(caplog):
         warn_past_context(bb, 110, 5, "generate")
     assert [s.split(" tokens")[0] for s in _said(caplog)] == ["generate: prompts of up to 120",
                                                              "generate: prompts of up to 110"]
+
+
+@pytest.mark.skipif(not (builtin_llava_dir() / "config.json").is_file(),
+                    reason="built-in LLaVA not built (python scripts/pretrain_llava.py)")
+def test_the_training_rows_measured_are_spread_over_the_split(caplog):
+    """A captioning split of 40 rows whose last 8 captions pass the built-in LLaVA's 256 positions, measured 10 at a
+    time: the first 10 rows were measured, so nothing was said."""
+    from mtl_lora_vl.backbones import load_backbone
+    from mtl_lora_vl.tasks import build_kind, load_spec
+
+    bb = load_backbone("builtin-llava")
+    spec = load_spec("captioning")
+    rows = world.build_split(spec.data.options.get("world_kind", spec.kind), "train", n=40, seed=0).examples[:40]
+    long = " ".join(["red square"] * 150)
+    rows = [*rows[:32], *(dataclasses.replace(ex, text=long, captions=(long,)) for ex in rows[32:])]
+    kind = build_kind(spec, Split(rows[:4]), bb)
+    with caplog.at_level(logging.WARNING):
+        kind.warn_lm_context(rows[:32], bb, limit=10)
+        assert "longer than the language model's context" not in caplog.text
+        kind.warn_lm_context(rows, bb, limit=10)
+    assert (f"task 'captioning': 2 of 10 (spread evenly over the split) of its 40 training rows are longer than the "
+            f"language model's context of {bb.lm_context} tokens") in caplog.text

@@ -207,13 +207,16 @@ def candidate_scores(backbone: Any, examples: Sequence[Example], prompts: Sequen
 def warn_lm_context(kind: Any, examples: Sequence[Example], backbone: Any, limit: int = 1000) -> None:
     """Say when ``kind``'s training rows (prompt with its image tokens, target, end token) are longer than the
     language model's context -- past it a model with learned positions fails mid-run and one with rotary positions
-    trains on positions it never saw; the loader cuts nothing. The first ``limit`` rows are measured (start-up time),
-    each image by its own size where the backbone counts tokens so (its header read: LLaVA-NeXT, Idefics3; resized as
-    the loader does: Qwen2-VL, whose extreme aspects fill more than the nominal square's count)."""
+    trains on positions it never saw; the loader cuts nothing. At most ``limit`` rows are measured (start-up time),
+    spread evenly over the split, first and last included (the first ``limit`` missed the long rows of a file sorted
+    by length or source), each image by its own size where the backbone counts tokens so (its header read:
+    LLaVA-NeXT, Idefics3; resized as the loader does: Qwen2-VL, whose extreme aspects fill more than the nominal
+    square's count)."""
     context = backbone.lm_context
     if not context or not examples:
         return
-    rows = list(examples[:limit])
+    n, limit = len(examples), max(1, limit)
+    rows = list(examples) if n <= limit else [examples[i * (n - 1) // max(1, limit - 1)] for i in range(limit)]
     collate = backbone.lm_collator()
     prompts, targets = zip(*(kind.sample_lm(ex, 0)[:2] for ex in rows))
     sizes = None
@@ -226,7 +229,7 @@ def warn_lm_context(kind: Any, examples: Sequence[Example], backbone: Any, limit
     image_tokens = max(row.count(collate.layout.image_token_id) for row in ids)   # (rows of two images: twice)
     over = sum(n > context for n in lengths)
     if over:
-        some = "" if len(rows) == len(examples) else f"the first {len(rows)} of "
+        some = "" if len(rows) == n else f"{len(rows)} (spread evenly over the split) of "
         logger.warning("task %r: %d of %sits %d training rows are longer than the language model's context of %d "
                        "tokens (prompt with its %d image tokens, target and end token; the longest is %d): shorten "
                        "the targets or the prompt, or use a model with a longer context", kind.name, over, some,
