@@ -124,6 +124,7 @@ class ClassificationKind(TaskKind):
             data_names = state.get("data_class_names")  # absent in adapters saved before it was recorded
             self.data_class_names = None if data_names is None else [str(n) for n in data_names]
             self._check_targets()
+            self._check_distinct_targets(backbone, refuse=False)   # (trained so: its scores still said to tie)
             return
         names = spec.options["class_names"]
         if not names:
@@ -148,6 +149,7 @@ class ClassificationKind(TaskKind):
         self.data_class_names: list[str] | None = list(train.class_names) if train.class_names else None
         self._check_labels(train.examples, "training")
         self._check_targets()
+        self._check_distinct_targets(backbone, refuse=True)
         prompts = ([spec.generative["target"].format(n) for n in self.class_names] if self.generative
                    else [t.format(n) for n in self.class_names for t in spec.templates])
         warn_text_coverage(spec, prompts, backbone, "class prompts")   # a class's examples carry no text of their own
@@ -163,6 +165,31 @@ class ClassificationKind(TaskKind):
             text = self.spec.generative["target"].format(name)
             self.refuse_special(text, f"the target {text!r} of class {name!r} (generative.target with the class name)",
                                 "rename the class (options.class_names) or change the target")
+
+    def _check_distinct_targets(self, backbone: Backbone, refuse: bool) -> None:
+        """Generative path: classes whose targets the tokenizer reads as the same ids (``Cube`` and ``cube`` under a
+        lowercasing tokenizer; two words it does not know, both its unknown token) are refused (``refuse``), else
+        warned about: their scores always tie, so one is never predicted, and training teaches both the same text."""
+        if not self.generative:
+            return
+        collate = backbone.lm_collator()
+        prompt = collate.prompt_texts([self.prompt()])[0]   # (the targets as they continue the prompt, as scored)
+        ids = collate.continuation_ids([prompt] * len(self.class_names), self.candidates())
+        same: dict[tuple[int, ...], list[str]] = {}
+        for name, row in zip(self.class_names, ids):
+            same.setdefault(tuple(row), []).append(name)
+        tied = [names for names in same.values() if len(names) > 1]
+        if not tied:
+            return
+        shown = "; ".join(" and ".join(repr(n) for n in names) for names in tied[:5])
+        more = f" (and {len(tied) - 5} more groups)" if len(tied) > 5 else ""
+        message = (f"task {self.name!r}: the classes {shown}{more} are one text to the tokenizer of backbone "
+                   f"{backbone.name!r} (their targets, generative.target with the class name, read as the same ids: "
+                   "it lowercases, or knows none of their words), so their scores always tie and one of them is never "
+                   "predicted")
+        if refuse:
+            raise ValueError(f"{message}; rename one of each (options.class_names), or merge them in the data")
+        logger.warning("%s; the adapter was trained so: rename one of each and train again", message)
 
     def state(self) -> dict:
         return {"class_names": list(self.class_names), "data_class_names": self.data_class_names}
