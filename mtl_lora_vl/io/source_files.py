@@ -45,8 +45,19 @@ def refuse_linked_out(folder: str | Path, f: Path) -> None:
                          "place of the link, or remove the link")
 
 
+#: Weights files' suffixes, in any framework's format: PyTorch's, and Flax's (flax_model.msgpack), TensorFlow's and
+#: Keras' (tf_model.h5, saved_model.pb, model.ckpt), ONNX's, llama.cpp's (.gguf, .ggml), TF Lite's, Core ML's, NumPy's
+#: (big_vision .npz). A merged folder holds its own weights: the base's in another format, beside them, are the base
+#: model without the task (what a user of that framework would load).
+WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".msgpack", ".h5", ".hdf5", ".keras", ".pb", ".ckpt",
+                    ".onnx", ".onnx_data", ".gguf", ".ggml", ".tflite", ".mlmodel", ".npz")
+
+
 def weights_or_adapter(f: Path) -> bool:
-    """A weights file, or an adapter's config: not copied into a merged directory (an adapter_config.json
+    """A weights file (:data:`WEIGHTS_SUFFIXES`, a sharded index, an ONNX model's external data, a TensorFlow
+    checkpoint's index and data), or an adapter's config: not copied into a merged directory (an adapter_config.json
     there makes ``from_pretrained`` load it as a PEFT adapter, whose weights are not there)."""
-    weights = f.suffix in (".safetensors", ".bin", ".pth", ".pt") or f.name.endswith(".index.json")
+    name = f.name.lower()
+    weights = (name.endswith(WEIGHTS_SUFFIXES) or name.endswith((".index.json", ".onnx.data"))
+               or ".ckpt." in name)   # (model.ckpt.index, model.ckpt.data-00000-of-00001)
     return weights or f.name in (LEGACY_ADAPTER_CONFIG, ADAPTER_CONFIG)
