@@ -653,3 +653,30 @@ def test_export_overwrite_replaces_an_earlier_export_inside_a_run_directory(tmp_
         mlv.export_lora(bb.model, "vqa", tmp_path / "run", format="plain", overwrite=True)
     with pytest.raises(FileExistsError, match="adapter"):
         mlv.export_lora(bb.model, "vqa", adapter, format="plain", overwrite=True)
+
+
+@pytest.mark.parametrize("fold", ["apply_plain_lora", "save_merged"])
+def test_a_float8_base_is_refused_by_name_before_any_weight_is_written(fold, tmp_path):
+    """Helper 455: a float8 base gave torch's own "Promotion for Float8 Types is not supported" (apply_plain_lora,
+    save_merged). Widened and cast back, an update 1% the size of the weights would change none of them: refused, by
+    weight name, with what to do; the model is left as it was."""
+    torch.manual_seed(0)
+    layers = (nn.Linear(16, 16), nn.Linear(16, 8))
+    config = mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, alpha=8, targets={"image": [r"^\d$"]})
+    model = mlv.attach(nn.Sequential(*layers), config)
+    _randomize(model)
+    if fold == "apply_plain_lora":
+        path = mlv.export_lora(model, "b", tmp_path / "plain", format="plain")
+        torch.manual_seed(0)
+        base = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 8))
+        base[1].to(torch.float8_e4m3fn)
+        before = base[1].weight.detach().clone()
+        with pytest.raises(TypeError, match=r"apply_plain_lora: the base weight 1.weight is float8_e4m3fn: a LoRA "
+                                            r"update folded into it .*load the base model in bfloat16 or float32"):
+            apply_plain_lora(base, path)
+        assert torch.equal(base[1].weight.view(torch.uint8), before.view(torch.uint8))
+    else:
+        model.to(torch.float8_e5m2)
+        with pytest.raises(TypeError, match=r"save_merged: the base weight 0.weight is float8_e5m2 \(and 1 more\)"):
+            mlv.save_merged(model, "a", tmp_path / "merged.safetensors")
+        assert not (tmp_path / "merged.safetensors").exists()

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..adapters.attach import adapted_module, merged_state_dict, parameter_names, whole_model
+from ..adapters.attach import adapted_module, base_weights, merged_state_dict, parameter_names, whole_model
 from ..adapters.layers import LoRALinear
 from ..adapters.routing import check_module
 from ..backbones import backbone_class
@@ -60,7 +60,14 @@ from ..whole_files import read_whole
 from ..wording import tasks_named
 from .adapter_images import written_family, written_images
 from .atomic import atomic_dir, atomic_file
-from .base_check import adapted_part, check_base_class, check_weight_samples, newer_package_hint, refuse_adapted
+from .base_check import (
+    adapted_part,
+    check_base_class,
+    check_weight_samples,
+    newer_package_hint,
+    refuse_adapted,
+    refuse_float8,
+)
 from .identity import model_identity, plan_attached
 from .layout import (
     EXPORT_RECORD,
@@ -330,6 +337,10 @@ def apply_plain_lora(base_model: nn.Module, path: str | Path, check_base_weights
     if isinstance(doc.get("base_model"), dict):   # files record the base they were exported from
         part = adapted_part(base_model, doc)
         check_base_class(part, doc, cfg_file)
+    params = dict(part.named_parameters(remove_duplicate=False))   # (a float8 base: said so, not as other weights)
+    refuse_float8({m["base_weight"]: params[m["base_weight"]] for m in modules.values() if m["base_weight"] in params},
+                  "apply_plain_lora")
+    if isinstance(doc.get("base_model"), dict):
         if check_base_weights:
             check_weight_samples(part, doc, cfg_file)
     tensors = load_tensors(path / PLAIN_WEIGHTS)
@@ -338,7 +349,6 @@ def apply_plain_lora(base_model: nn.Module, path: str | Path, check_base_weights
         raise AdapterFileError(f"{path / PLAIN_WEIGHTS}: lacks tensor(s) {few(missing)} that {PLAIN_CONFIG} lists; the "
                                "directory is incomplete: export the adapter again")
     names = parameter_names(base_model)   # (the whole model's: a weight tied outside the part is shared too)
-    params = dict(part.named_parameters(remove_duplicate=False))
     updates = []
     for name, m in modules.items():
         key = m["base_weight"]
@@ -428,6 +438,7 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
         for f in Path(source_dir).iterdir() if source_dir is not None else ():
             if f.is_file() and not weights_or_adapter(f) and f.name not in own:
                 refuse_linked_out(source_dir, f)
+    refuse_float8(base_weights(inner), "save_merged")
     sd = merged_state_dict(inner, task, root=whole)
     if overwrite:
         check_replace(out, what="save_merged", keep=[*_base_files(whole), ("source_dir", source_dir)])
