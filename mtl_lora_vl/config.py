@@ -20,6 +20,8 @@ from .wording import tasks_named
 METHODS = ("mtl_lora", "lora", "task_lora", "multi_lora", "moe_lora")
 LAMBDA_TYPES = ("full", "diagonal", "none")
 TOWERS = ("image", "text")
+#: The name PEFT's ``adapter_names=`` gives a row that runs on the base model, which no task may take.
+PEFT_NO_ADAPTER = "__base__"
 #: The smallest softmax temperature τ: below it, w_t / τ overflows float32 for a trained w_t.
 MIN_TEMPERATURE = 1e-6
 
@@ -38,6 +40,9 @@ def task_name_problem(name: object) -> str | None:
         return f"{name!r}: a task name may not contain ','; pass a list of names, e.g. {name.split(',')!r}"
     if name != name.strip():  # the commands strip what they are given: such a task could not be named there
         return f"{name!r}: a task name may not begin or end with a space; use {name.strip()!r}"
+    if name == PEFT_NO_ADAPTER:  # a PEFT export's rows of this task would run on the base model, silently
+        return (f"{name!r} is PEFT's name for no adapter (adapter_names=[{name!r}, ...] runs that row on the base "
+                "model), so a PEFT export of the task could not be served by its name; choose another task name")
     return None
 
 
