@@ -380,3 +380,50 @@ def test_a_folder_that_cannot_be_read_is_refused_by_name(tmp_path, monkeypatch, 
                                               r"\(Permission denied.*make it readable \(chmod u\+rwx .*\) or choose "
                                               "another path"):
         check_target(out, directory=True, overwrite=overwrite, what="--out")
+
+
+_BOTH_SIGNALS = _TERMINATED_SWAP.replace(
+    "        signal.raise_signal(signal.SIGTERM)\n",
+    "        signal.raise_signal(signal.SIGINT)   # Ctrl-C, then SIGTERM (default handlers: KeyboardInterrupt; kill)\n"
+    "        signal.raise_signal(signal.SIGTERM)\n")
+
+
+def test_a_ctrl_c_and_a_sigterm_held_together_end_the_process_as_the_sigterm_does(tmp_path):
+    """Helper 455: both held over the two renames, the Ctrl-C was delivered first and its KeyboardInterrupt lost the
+    SIGTERM: the process ended by SIGINT (exit 130) where the SIGTERM it was sent kills it (143). Now the stronger
+    one, SIGTERM, is delivered first; the directory is whole either way."""
+    assert _BOTH_SIGNALS != _TERMINATED_SWAP
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "old").write_text("old")
+    proc = subprocess.run([sys.executable, "-c", _BOTH_SIGNALS, str(target), atomic_mod.__file__], capture_output=True)
+    assert proc.returncode == -signal.SIGTERM, (proc.returncode, proc.stderr.decode())
+    assert [p.name for p in tmp_path.iterdir()] == ["t"]
+    assert [p.name for p in target.iterdir()] == ["new"]
+
+
+def test_held_signals_reach_each_handler_once_strongest_first_while_none_raises(tmp_path, monkeypatch):
+    """A SIGTERM handler that returns (the training loop's, which stops at the next step) lets the Ctrl-C through
+    after it; a signal sent twice while held reaches its handler once."""
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "old").write_text("old")
+    real, seen = os.replace, []
+
+    def with_signals(src, dst):
+        real(src, dst)
+        if Path(src) == target:
+            for s in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):
+                signal.raise_signal(s)
+
+    handlers = {s: signal.signal(s, lambda signum, frame: seen.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        monkeypatch.setattr(atomic_mod.os, "replace", with_signals)
+        monkeypatch.setattr(atomic_mod, "_exchange", lambda a, b: False)  # the two-rename path (no atomic swap)
+        with atomic_dir(target, overwrite=True) as d:
+            (d / "new").write_text("new")
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert seen == [signal.SIGTERM, signal.SIGINT]
+    assert [p.name for p in target.iterdir()] == ["new"]

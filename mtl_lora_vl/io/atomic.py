@@ -386,24 +386,33 @@ def _replace_dir(tmp: Path, path: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+#: The signals :func:`_signals_held` holds, strongest first: the order it delivers them in.
+_HELD = (signal.SIGTERM, signal.SIGINT)
+
+
 @contextmanager
 def _signals_held() -> Iterator[None]:
-    """While open (main thread), SIGINT and SIGTERM wait: each is delivered to its own handler as the block ends
-    (what that handler raises comes from there), so the block's renames are never cut between two of them."""
+    """While open (main thread), SIGINT and SIGTERM wait: each is delivered once to its own handler as the block
+    ends (what that handler raises comes from there), so the block's renames are never cut between two of them.
+    Both come as :data:`_HELD` orders them, SIGTERM first: a Ctrl-C and a SIGTERM held together end the process as
+    the SIGTERM would (its default handler kills it, exit 143; the training's raises ``Terminated``), and SIGINT is
+    delivered only where SIGTERM's handler returns. Off the main thread nothing is held: Python runs a signal's
+    handler in the main thread, so what it raises does not cut this thread's renames, but a SIGTERM with the default
+    handler (the process killed) between them leaves the old directory in ``.<name>.*.old``, as a SIGKILL does."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    got: list[int] = []
+    got: set[int] = set()
     # (getsignal's None: a handler not set from Python, which could not be put back: left as it is)
-    old = {s: h for s in (signal.SIGINT, signal.SIGTERM) if (h := signal.getsignal(s)) is not None}
+    old = {s: h for s in _HELD if (h := signal.getsignal(s)) is not None}
     for s in old:
-        signal.signal(s, lambda signum, frame: got.append(signum))
+        signal.signal(s, lambda signum, frame: got.add(signum))
     try:
         yield
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-        for signum in got:
+        for signum in (s for s in _HELD if s in got):
             signal.raise_signal(signum)
 
 
