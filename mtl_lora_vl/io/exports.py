@@ -77,7 +77,7 @@ from .layout import (
     check_replace,
     few,
 )
-from .source_files import hf_writes, refuse_linked_out, weights_or_adapter
+from .source_files import hf_writes, loaded_from, refuse_linked_out, source_folder, weights_or_adapter
 from .tensor_files import load_tensors, save_tensors
 
 logger = logging.getLogger(__name__)
@@ -392,13 +392,7 @@ def _name_or_path(model: nn.Module) -> str | None:
 
 def _base_files(model: nn.Module) -> list[tuple[str, Path | None]]:
     """What an export's ``overwrite=True`` must not delete: the folder the base model was loaded from."""
-    return [("the base model's own folder", _loaded_from(model))]
-
-
-def _loaded_from(model: nn.Module) -> Path | None:
-    """The local directory a Hugging Face model was ``from_pretrained`` from, if any."""
-    name = getattr(model, "name_or_path", "") or ""
-    return Path(name) if name and Path(name).is_dir() else None
+    return [("the base model's own folder", loaded_from(model))]
 
 
 def check_suffix_case(out: Path, what: str) -> None:
@@ -432,8 +426,8 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
     record = written_images(model)[0]
     fmt = merged_format(family, whole)
     if out.suffix != ".safetensors":   # a folder gets source_dir's files: its links checked before the minutes of work
-        if fmt == "hf" and source_dir is None:   # the directory the model was loaded from (tokenizer, processor files)
-            source_dir = _loaded_from(whole)
+        if fmt == "hf" and source_dir is None:   # where the model was loaded from (tokenizer, processor files)
+            source_dir = source_folder(whole, out)
         own = {EXPORT_RECORD, *(hf_writes(whole) if fmt == "hf" else ())}   # written here, not copied: links harmless
         for f in Path(source_dir).iterdir() if source_dir is not None else ():
             if f.is_file() and not weights_or_adapter(f) and f.name not in own:

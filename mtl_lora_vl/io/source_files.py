@@ -1,5 +1,6 @@
-"""What a merged folder takes from its source folder (the base model's): which files are copied, which the
-model's own ``save_pretrained`` writes instead, and the refusal of a copied file that links out of the folder."""
+"""What a merged folder takes from its source folder (the base model's): where that folder is (the model's own, or its
+hub id's snapshot in the local cache), which files are copied, which the model's own ``save_pretrained`` writes
+instead, and the refusal of a copied file that links out of the folder."""
 
 from __future__ import annotations
 
@@ -8,10 +9,38 @@ from pathlib import Path
 
 from torch import nn
 
+from ..backbones.cache import cached_hub_snapshot, hf_hub_cache, is_hub_id
 from .atomic import linked_out_of
 from .layout import ADAPTER_CONFIG, LEGACY_ADAPTER_CONFIG
 
-__all__ = ["hf_writes", "refuse_linked_out", "weights_or_adapter"]
+__all__ = ["hf_writes", "loaded_from", "refuse_linked_out", "source_folder", "weights_or_adapter"]
+
+
+def loaded_from(model: nn.Module) -> Path | None:
+    """The local directory a Hugging Face model was ``from_pretrained`` from, if any."""
+    name = getattr(model, "name_or_path", "") or ""
+    return Path(name) if name and Path(name).is_dir() else None
+
+
+def source_folder(model: nn.Module, out: str | Path) -> Path | None:
+    """The folder whose processor and tokenizer files a merged Hugging Face folder ``out`` of ``model`` takes when no
+    ``source_dir`` is given: the local directory it was loaded from, else the snapshot of its hub id in the local hub
+    cache (the revision it was loaded at; no network). None for a model built from a config (no files to take). A
+    model loaded from a folder or hub id that cannot be found is refused: the merged folder would hold no processor
+    files and fail only when loaded."""
+    name = getattr(model, "name_or_path", "") or ""
+    if not name or loaded_from(model) is not None:
+        return loaded_from(model)
+    revision = getattr(getattr(model, "config", None), "_commit_hash", None) or "main"
+    snapshot = cached_hub_snapshot(name, revision)   # (that revision only: another's processor may differ)
+    if snapshot is not None:
+        return snapshot
+    where = (f"a hub id whose files are not in the local hub cache ({hf_hub_cache()})" if is_hub_id(name) else
+             "a folder that is not there any more")
+    raise ValueError(f"save_merged: {out}: the model was loaded from {name!r}, {where}, so the processor and "
+                     "tokenizer files cannot be copied beside its weights and the merged folder would not load with "
+                     "its processor; pass source_dir= a folder holding them (the base model's, e.g. "
+                     f"huggingface_hub.snapshot_download({name!r}) where it is a hub id)")
 
 
 def hf_writes(model: nn.Module) -> tuple[str, ...]:

@@ -1,0 +1,71 @@
+"""Helper 455: ``save_merged`` of a Hugging Face model loaded from a hub id, called without ``source_dir``, took its
+processor and tokenizer files from the folder the model was loaded from -- none for a hub id -- and wrote a merged
+folder without them, which failed only when its processor was loaded. They are now taken from the hub id's snapshot
+in the local hub cache (the revision the model was loaded at, no network); where it is not there, save_merged refuses
+at once, naming source_dir."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_hf_clip
+
+import mtl_lora_vl as mlv
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _hub_model(name):
+    torch.manual_seed(0)
+    clip = tiny_hf_clip().eval()
+    clip.name_or_path = clip.config.name_or_path = name   # as from_pretrained(name) sets them
+    clip.config._commit_hash = COMMIT
+    return mlv.attach(clip, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2))
+
+
+def _cache(root, name, files):
+    """A hub cache holding ``files`` in the snapshot COMMIT of model ``name`` (as huggingface_hub lays it out)."""
+    repo = root / f"models--{name.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+    (repo / "blobs").mkdir()
+    snapshot = repo / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    for i, (file, text) in enumerate(files.items()):
+        (repo / "blobs" / f"b{i}").write_text(text)
+        (snapshot / file).symlink_to(f"../../blobs/b{i}")
+    return snapshot
+
+
+def test_a_hub_id_models_processor_files_come_from_the_local_hub_cache(tmp_path, monkeypatch):
+    files = {"preprocessor_config.json": json.dumps({"image_processor_type": "CLIPImageProcessor"}),
+             "tokenizer.json": '{"vocab": 1}', "config.json": "{}", "model.safetensors": "base weights"}
+    _cache(tmp_path / "hub", "org/tiny-clip", files)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = mlv.save_merged(_hub_model("org/tiny-clip"), "a", tmp_path / "merged")
+    assert (out / "tokenizer.json").read_text() == '{"vocab": 1}'
+    assert json.loads((out / "preprocessor_config.json").read_text())["image_processor_type"] == "CLIPImageProcessor"
+    assert json.loads((out / "config.json").read_text())["model_type"] == "clip"   # the model's own, not the cache's
+    assert not (out / "tokenizer.json").is_symlink()
+
+
+@pytest.mark.parametrize("cached", ["nothing", "another revision"])
+def test_a_hub_id_not_in_the_local_hub_cache_is_refused_naming_source_dir(tmp_path, monkeypatch, cached):
+    if cached == "another revision":   # (another commit's processor files may differ: not taken)
+        snapshot = _cache(tmp_path / "hub", "org/tiny-clip", {"tokenizer.json": "{}"})
+        snapshot.rename(snapshot.with_name("f" * 40))
+        (tmp_path / "hub" / "models--org--tiny-clip" / "refs" / "main").write_text("f" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=r"save_merged: .*merged: the model was loaded from 'org/tiny-clip', a hub id "
+                                         r"whose files are not in the local hub cache .*pass source_dir= a folder"):
+        mlv.save_merged(_hub_model("org/tiny-clip"), "a", tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "tokenizer.json").write_text('{"vocab": 2}')
+    out = mlv.save_merged(_hub_model("org/tiny-clip"), "a", tmp_path / "merged", source_dir=src)
+    assert (out / "tokenizer.json").read_text() == '{"vocab": 2}'
