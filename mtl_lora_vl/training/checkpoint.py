@@ -264,8 +264,10 @@ def check_inputs_unchanged(saved: dict[str, Any], inputs: dict[str, Any], run_di
             f"--resume {run_dir}: the run scores the extended adapter's {tasks_named(sorted(came))} on the files of "
             f"its earlier --data-root, as the folder(s) the adapter records, {sorted(set(came.values()))}, were gone "
             f"when it started; the --data-root {data_root} given now is that folder, back, so resumed it would rebuild "
-            "and score them on other files. Put the new tasks' files in a folder of their own and give that with "
-            "--data-root, or start a new run")
+            "and score them on other files (the run records no digest of them: the same files cannot be told). To "
+            "continue it as it started, move that folder to another name and give that with --data-root (its "
+            "recorded place gone again, the old tasks are read from --data-root, as the run read them), with the "
+            "files the earlier --data-root held; or start a new run")
     was, now = saved.get("base_samples") or {}, inputs.get("base_samples") or {}
     differ = [n for n in was if n in now and not same_weights(now[n], was[n])]
     if differ:
