@@ -512,3 +512,41 @@ def test_a_disabled_scope_given_a_compiled_model_watches_it(recompile_limit_3):
                 compiled(x)
     assert counters["stats"]["unique_graphs"] == 3
     assert len(_limit_warnings(caught)) == 1
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_nested_disabled_scopes_count_a_graph_per_depth(recompile_limit_3, batched):
+    """Dynamo guards on the router's count of open ``disabled`` scopes, not on whether it is 0: a compiled call under
+    ``disabled(disabled(m))`` compiles a graph more than one under ``disabled(m)``, and both were noted as one set
+    (depths 1, 2 and 3: 3 graphs, the limit, with 1 counted and no warning; a model that routes its batches: depths
+    1 and 2 and a plain call, 3 graphs, 2 counted). Each depth is now a mode of its own."""
+    from torch._dynamo.utils import counters
+
+    from mtl_lora_vl.adapters.compiled import watch_compiled
+
+    x = torch.randn(2, 3, 8)
+    if batched:
+        model = _Batched()
+        compiled, router = torch.compile(model, backend="eager"), model.router
+        watch_compiled(compiled, router)
+        args = ({"segments": ((0, 0, 2),), "x": x},)
+    else:
+        net = _counted()
+        compiled, router = torch.compile(net, backend="eager"), net._mtl_lora.router
+        args = (x,)
+    torch._dynamo.reset()
+    counters.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if batched:
+            compiled(*args)
+        with mlv.disabled(compiled):
+            compiled(*args)
+            with mlv.disabled(compiled):
+                compiled(*args)
+                if not batched:
+                    with mlv.disabled(compiled):
+                        compiled(*args)
+    assert counters["stats"]["unique_graphs"] == 3
+    assert len(router.compiled_task_sets) == 3
+    assert len(_limit_warnings(caught)) == 1

@@ -130,7 +130,8 @@ class _WatchedCall:
 
     def before(self, _module: nn.Module | None, args: tuple) -> None:
         """Note the set of present tasks this call routes, in the mode it runs in (a forward pre-hook). Under
-        ``disabled`` no task's adapters run: the empty set. A model that routes each batch itself compiles a graph
+        ``disabled`` no task's adapters run: the empty set, in a mode of each depth of nested ``disabled`` scopes (the
+        router's count, which Dynamo guards on). A model that routes each batch itself compiles a graph
         per batch's set with a scope open around it or not (its scope restores the outer route, or runs disabled):
         the scopes open around it (route, disabled, both) count as a mode more."""
         if torch.compiler.is_compiling():
@@ -140,16 +141,13 @@ class _WatchedCall:
             _forget_if_reset(router, self.code, self.converted, self.seen)
         if args and isinstance(args[0], dict) and args[0].get("segments"):   # a batch: the model routes it itself
             present = tuple(sorted({int(t) for t, _, _ in args[0]["segments"]}))
-            outer = ("disabled",) * bool(router.disabled) + ("routed",) * (router.current is not None)
+            outer = ("disabled",) * router.disabled + ("routed",) * (router.current is not None)
             note_compiled_tasks(router, present, compiled_mode(self.model) + outer)
             return
-        if router.disabled:
-            present = ()
+        if router.disabled:   # Dynamo guards on the depth of nested disabled scopes: a graph per depth
+            note_compiled_tasks(router, (), compiled_mode(self.model) + ("disabled",) * router.disabled)
         elif router.current is not None:
-            present = router.current.present
-        else:
-            return
-        note_compiled_tasks(router, present, compiled_mode(self.model))
+            note_compiled_tasks(router, router.current.present, compiled_mode(self.model))
 
 
 def _forget_if_reset(router: Router, code: Any, tracker: Any, seen: set[int]) -> None:
@@ -189,8 +187,8 @@ def note_compiled_tasks(router: Router, present: tuple[int, ...], mode: tuple[bo
     limit = getattr(cfg, name)
     if len(sets) == limit:
         n, modes = len(router.tasks), len({m for _, m in sets})
-        per_mode = (f" (counted once per mode they ran in, {modes} here: train / eval, grad, autocast, a scope "
-                    "around a model that routes its batches)") * (modes > 1)
+        per_mode = (f" (counted once per mode they ran in, {modes} here: train / eval, grad, autocast, the depth "
+                    "of nested disabled scopes, a scope around a model that routes its batches)") * (modes > 1)
         warn_user(f"route: {len(sets)} sets of present tasks have been routed to this compiled model{per_mode}, "
                   f"and each compiles a graph of its own of every adapted frame: past torch._dynamo.config.{name} "
                   f"({limit}) Dynamo runs such a frame eagerly from then on (its log says 'hit config." + name + "'). "
