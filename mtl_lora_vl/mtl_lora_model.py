@@ -19,11 +19,11 @@ from torch import nn
 
 from .adapters.attach import adapted_module, attach, attach_info, check_config, merge, unmerge, whole_model
 from .adapters.attention import LoRAMultiheadAttention
-from .adapters.compiled import unwatch_compiled
+from .adapters.compiled import unwatch_compiled, watch_compiled, watch_routed
 from .adapters.generation import uninstall_routed_generate
 from .adapters.grow import AddedTask, add_task
 from .adapters.layers import AdapterBank, LoRALinear
-from .adapters.routing import RoutingError, check_module
+from .adapters.routing import RoutingError, check_module, find_router
 from .adapters.scopes import MustEnter, disabled, route
 from .backbones.image_record import forget_loaded
 from .config import MTLLoRAConfig
@@ -201,15 +201,22 @@ class MTLLoRAModel(nn.Module):
 
     def route(self, tasks: TaskSpec, *, recompute: bool = True) -> AbstractContextManager:
         """Context manager: every forward inside serves ``tasks`` (a name, or one name / id per input row);
-        ``recompute=False`` where no forward inside is checkpointed (see :func:`mtl_lora_vl.route`)."""
+        ``recompute=False`` where no forward inside is checkpointed (see :func:`mtl_lora_vl.route`). This wrapper
+        compiled in place (``model.compile()``) is watched toward Dynamo's recompile limit as the scope's model is; a
+        ``torch.compile(model)`` wrapper cannot be seen from here: route it by ``mlv.route(compiled, tasks)``."""
         self._check_adapted()
+        if not torch.compiler.is_compiling():   # (the scope is given the base model, found without a module walk)
+            watch_routed(self, find_router(self.base_model))
         return _named(route(self.base_model, tasks, recompute=recompute), "model.route(tasks)")
 
     def disable_adapters(self) -> AbstractContextManager:
         """Context manager: the base model without adapters inside (zero-shot); PEFT's ``disable_adapter``.
         Called as a statement (transformers' in-place ``disable_adapters()``) it would do nothing: a warning
-        says so when the returned scope is dropped without being entered."""
+        says so when the returned scope is dropped without being entered. Compiled in place, watched as
+        :meth:`route`'s."""
         self._check_adapted()
+        if not torch.compiler.is_compiling():
+            watch_compiled(self, find_router(self.base_model))
         return _named(disabled(self.base_model), "model.disable_adapters()")
 
     disable_adapter = disable_adapters  # PEFT's spelling

@@ -550,3 +550,30 @@ def test_nested_disabled_scopes_count_a_graph_per_depth(recompile_limit_3, batch
     assert counters["stats"]["unique_graphs"] == 3
     assert len(router.compiled_task_sets) == 3
     assert len(_limit_warnings(caught)) == 1
+
+
+
+def test_a_model_wrapper_compiled_in_place_is_watched_by_its_own_scopes(recompile_limit_3):
+    """``MTLLoRAModel.route`` / ``disable_adapters`` gave their scopes the uncompiled base model, so the wrapper
+    compiled in place (``model.compile()``) was never watched: zero-shot, then 2 one-task sets, were 3 graphs (the
+    limit) with none counted and no warning. Its scopes now watch the wrapper itself."""
+    from torch._dynamo.utils import counters
+
+    from mtl_lora_vl.mtl_lora_model import MTLLoRAModel
+
+    net = _counted()
+    model = MTLLoRAModel(net)
+    model.compile(backend="eager")
+    x = torch.randn(2, 3, 8)
+    torch._dynamo.reset()
+    counters.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with model.disable_adapters():
+            model(x)
+        for t in ("vqa", "retrieval"):
+            with model.route([t, t]):
+                model(x)
+    assert counters["stats"]["unique_graphs"] == 3
+    assert {p for p, _ in net._mtl_lora.router.compiled_task_sets} == {(), (0,), (1,)}
+    assert len(_limit_warnings(caught)) == 1

@@ -77,6 +77,16 @@ def watch_compiled(model: nn.Module | Router, router: Router) -> bool:
     return True
 
 
+def watch_routed(model: nn.Module | Router, router: Router) -> bool:
+    """:func:`watch_compiled` for a ``route`` scope: where ``model`` is compiled, its layers also read the rows'
+    positions from the first call (a graph input): were they to note it only as the first call is traced, after the
+    scope, the second call would compile a graph more."""
+    if not watch_compiled(model, router):
+        return False
+    router.reads_positions = router.packed_positions = True
+    return True
+
+
 def unwatch_compiled(router: Router) -> None:
     """Take :func:`watch_compiled`'s note-taking for ``router`` off every compiled module it is on (``unload``): the
     forward pre-hook of a ``torch.compile`` wrapper, the wrapper around a module's own compiled call."""

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from ..log import warn_user
-from .compiled import watch_compiled
+from .compiled import watch_compiled, watch_routed
 from .routing import ADAPTERS_OFF, Route, Router, RoutingError, check_module, find_router
 
 
@@ -258,10 +258,8 @@ def _route(model: nn.Module | Router, tasks: str | int | torch.Tensor | Sequence
             "mtl_lora_vl.unmerge(model) before routing to another task"
         )
     outer, compiling = router.current, torch.compiler.is_compiling()
-    if not compiling and watch_compiled(model, router):   # (its calls note their sets of tasks toward Dynamo's
-        # recompile limit) its layers read the rows' positions from the first call (a graph input): were they to note
-        # it only as the first call is traced, after this scope, the second call would compile a graph more
-        router.reads_positions = router.packed_positions = True
+    if not compiling:   # a compiled model's calls note their sets of tasks toward Dynamo's recompile limit
+        watch_routed(model, router)
     positions = router.reads_positions and (router.packed_positions or not new.packed)
     if positions and not compiling and len(new.segments) > 1:
         new.host_positions()   # made here, not in Route(): a route made in a traced frame (LLaVA's) is entered eagerly
