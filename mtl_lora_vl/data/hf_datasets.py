@@ -13,11 +13,12 @@ A task spec points at it and maps its columns to the fields of :mod:`mtl_lora_vl
     split = "validation"              #   a hub shard "<split>-00000-of-00002.parquet" is of "<split>", whole)
 
 Fields: ``image``, ``text``/``caption``/``captions``, ``question``, ``answers``, ``label``, ``image_id``,
-``question_type``, ``question_id``, ``filter_type``. Without ``columns`` every column named like a field is used. An
-image column may hold images (the ``datasets.Image`` feature: encoded bytes, or a path), raw bytes, or
-file paths; paths are resolved under the data root (``images`` is a folder prefix) and refused when
-they leave it. A ``ClassLabel`` label column gives the class names; beside the reader's ``class_names`` its
-rows are read by name, in any order of those (see :func:`.hf_table.class_label_names`).
+``question_type``, ``question_id``, ``filter_type``. A key that is no field (a typo) is refused when the task spec
+loads, with a did-you-mean; a column name the dataset lacks, when the split is read. Without ``columns`` every
+column named like a field is used. An image column may hold images (the ``datasets.Image`` feature: encoded bytes,
+or a path), raw bytes, or file paths; paths are resolved under the data root (``images`` is a folder prefix) and
+refused when they leave it. A ``ClassLabel`` label column gives the class names; beside the reader's ``class_names``
+its rows are read by name, in any order of those (see :func:`.hf_table.class_label_names`).
 
 A row of several images (the ``nlvr`` kind; NLVR2 copies on the hub keep a pair as two image columns) maps
 ``images`` to a list of two or more image columns, in order, with ``statement`` (or ``text``) and ``label``::
@@ -245,42 +246,56 @@ def _saved_splits(base: Path) -> list[Any] | None:
     return names
 
 
+def check_columns(columns: Any) -> None:
+    """Refuse a ``columns`` option whose field names (its keys) or shape are wrong: what can be checked without the
+    dataset, so a task spec's typo is named when the spec loads, not after a model has loaded. The column names
+    (its values) are checked against the dataset when the split is read."""
+    if columns is None:
+        return
+    if not isinstance(columns, dict) or not all(isinstance(v, str) for k, v in columns.items() if k != "images"):
+        raise ReaderOptionError("option 'columns' must map fields to column names, e.g. {image = \"img\", question "
+                                f"= \"q\"}}, got {columns!r}")
+    unknown = [k for k in columns if k not in FIELDS]
+    if unknown:
+        close = {k: difflib.get_close_matches(k, list(FIELDS), n=1, cutoff=0.6) for k in unknown}
+        hint = "".join(f"; {k!r}: did you mean {c[0]!r}?" for k, c in close.items() if c)
+        raise ReaderOptionError(f"option 'columns': unknown field(s) {unknown}{hint}; the fields are {list(FIELDS)} "
+                                "(each key is a field, each value a column of the dataset)")
+    if "images" in columns:
+        cols = columns["images"]
+        one = isinstance(cols, str)   # one column whose rows are lists of images (data/hf_images.py)
+        if not one and (not isinstance(cols, list) or not all(isinstance(c, str) for c in cols)):
+            raise ReaderOptionError(f"option 'columns': images must be a list of the image columns of a row, in order, "
+                                    f"e.g. {_PAIR_EXAMPLE}, or one column of lists of images; got images = {cols!r}")
+        if "image" in columns:
+            raise ReaderOptionError(f"option 'columns': both image ({columns['image']!r}) and images ({cols}) are "
+                                    "mapped; a row of one image maps image, a row of several maps images (a list of "
+                                    "columns) and no image")
+        if not one and len(cols) < 2:
+            raise ReaderOptionError(f"option 'columns': images names {len(cols)} column(s) ({cols}); a row of several "
+                                    "images needs two or more image columns, in order (for one image per row, map it "
+                                    "as image)")
+        twice = [] if one else sorted({c for c in cols if cols.count(c) > 1})
+        if twice:
+            raise ReaderOptionError(f"option 'columns': images names the column(s) {twice} more than once ({cols}); "
+                                    "give each image of a row its own column")
+    elif "statement" in columns:
+        raise ReaderOptionError(f"option 'columns': statement is the text of a row of several images; map those with "
+                                f"images = [...] too ({_PAIR_EXAMPLE}), or map a row of one image's text as text or "
+                                "caption")
+
+
+def check_hf_options(options: dict[str, Any]) -> None:
+    """The checks of :func:`read_hf_datasets`' options that need no file: run when a task spec loads."""
+    check_columns(options.get("columns"))
+
+
 def _column_map(columns: dict | None, names: list[str], where: str,
                 image_columns: list[str] = (), list_columns: list[str] = ()) -> dict[str, Any]:
     """Field -> column (``images``: a list of columns, or one column of lists); ``image_columns`` / ``list_columns``:
     the table's columns of images / of lists of images, named when no image column is mapped."""
-    if columns is None:
-        mapping: dict[str, Any] = {f: f for f in _AUTO_FIELDS if f in names}
-    else:
-        if not isinstance(columns, dict) or not all(isinstance(v, str) for k, v in columns.items() if k != "images"):
-            raise ReaderOptionError("columns must map fields to column names, e.g. {image = \"img\", question = "
-                                    "\"q\"}, "
-                            f"got {columns!r}")
-        unknown = [k for k in columns if k not in FIELDS]
-        if unknown:
-            close = {k: difflib.get_close_matches(k, list(FIELDS), n=1, cutoff=0.6) for k in unknown}
-            hint = "".join(f"; {k!r}: did you mean {c[0]!r}?" for k, c in close.items() if c)
-            raise ReaderOptionError(f"columns: unknown field(s) {unknown}{hint}; the fields are {list(FIELDS)}")
-        mapping = dict(columns)
-        if "images" in mapping:
-            cols = mapping["images"]
-            one = isinstance(cols, str)   # one column whose rows are lists of images (data/hf_images.py)
-            if not one and (not isinstance(cols, list) or not all(isinstance(c, str) for c in cols)):
-                raise ReaderOptionError(f"columns: images must be a list of the image columns of a row, in order, e.g. "
-                                        f"{_PAIR_EXAMPLE}, or one column of lists of images; got images = {cols!r}")
-            if "image" in mapping:
-                raise ValueError(f"columns: both image ({mapping['image']!r}) and images ({cols}) are mapped; a row of "
-                                 "one image maps image, a row of several maps images (a list of columns) and no image")
-            if not one and len(cols) < 2:
-                raise ValueError(f"columns: images names {len(cols)} column(s) ({cols}); a row of several images needs "
-                                 "two or more image columns, in order (for one image per row, map it as image)")
-            twice = [] if one else sorted({c for c in cols if cols.count(c) > 1})
-            if twice:
-                raise ValueError(f"columns: images names the column(s) {twice} more than once ({cols}); give each "
-                                 "image of a row its own column")
-        elif "statement" in mapping:
-            raise ValueError(f"columns: statement is the text of a row of several images; map those with images = "
-                             f"[...] too ({_PAIR_EXAMPLE}), or map a row of one image's text as text or caption")
+    check_columns(columns)
+    mapping: dict[str, Any] = {f: f for f in _AUTO_FIELDS if f in names} if columns is None else dict(columns)
     wanted = [(f, c) for f, cs in mapping.items() for c in (cs if isinstance(cs, list) else [cs])]
     missing = [(f, c) for f, c in wanted if c not in names]
     if missing:

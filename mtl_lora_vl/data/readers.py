@@ -65,7 +65,7 @@ from .common import (
     resolve_under,
 )
 from .gqa import read_gqa
-from .hf_datasets import read_hf_datasets
+from .hf_datasets import check_hf_options, read_hf_datasets
 from .images import IMAGE_EXTENSIONS
 from .nlvr2 import read_nlvr2
 from .records import Example, Split
@@ -393,6 +393,8 @@ READERS: dict[str, Callable[..., Split]] = {
     "csv": read_csv,
     "hf_datasets": read_hf_datasets,
 }
+#: Per format, the checks of its options' values that need no file (beyond their types), run with the others.
+_OPTION_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {"hf_datasets": check_hf_options}
 
 
 def read_split(format: str, data_root: str | os.PathLike, **paths_and_options: Any) -> Split:
@@ -432,6 +434,9 @@ def check_reader_options(format: str, options: dict[str, Any]) -> None:
             raise ReaderOptionError(f"option {key!r} of format {format!r} must be {_describe(expected)}, got {value!r}")
         if key == "verify" and value not in (True, False, "decode"):
             raise ReaderOptionError(f"option 'verify' must be true, false or \"decode\", got {value!r}")
+    more = _OPTION_CHECKS.get(str(format).lower())
+    if more is not None:
+        more(options)
 
 
 def _matches(value: Any, tp: Any) -> bool:
