@@ -106,3 +106,33 @@ def test_fewer_class_names_that_name_every_class_the_rows_use_are_read(tmp_path)
     assert split.class_names == ["dog", "cat"] and _labels(split) == ["cat", "dog", "dog", "cat"]
     with pytest.raises(DataFormatError, match=r"names 1 of the 3 classes .* but rows are of \['cat'\] too"):
         read_split("hf_datasets", tmp_path, path="pets", class_names=["dog"])
+
+
+def _unlabelled(folder, labels, names=NAMES, **images) -> None:
+    features = datasets.Features({**{c: datasets.Image() for c in images}, "label": datasets.ClassLabel(names=names)})
+    datasets.Dataset.from_dict({**images, "label": labels}, features=features).save_to_disk(folder)
+
+
+@pytest.mark.parametrize("class_names", [None, NAMES, ["fox", "dog", "cat"]])
+def test_a_label_of_minus_one_is_refused_as_unlabelled(tmp_path, class_names):
+    """-1 is how ``datasets`` writes a row with no label (a hub test split's rows): it was refused as "label index -1
+    out of range for 3 classes", which read as a bad class list, not as rows that have no label."""
+    images = [Image.new("RGB", (16 + i, 12), COLOURS["cat"]) for i in range(4)]
+    _unlabelled(tmp_path / "pets", [0, -1, 2, -1], image=images)
+    with pytest.raises(DataFormatError, match=r"pets row 1: label -1 in ClassLabel column 'label' \(2 of 4 rows\); "
+                                              r"-1 means unlabelled .*give a split with labels, or remove those rows "
+                                              r"\(ds.filter\(lambda r: r\['label'\] != -1\)"):
+        read_split("hf_datasets", tmp_path, path="pets", class_names=class_names)
+
+
+def test_a_pair_statement_labelled_minus_one_is_refused_as_unlabelled(tmp_path):
+    """A pair table's ClassLabel -1 was read as a blank label: "label is blank", no word of -1."""
+    left = [Image.new("RGB", (16 + i, 12), COLOURS["cat"]) for i in range(3)]
+    right = [Image.new("RGB", (16 + i, 12), COLOURS["dog"]) for i in range(3)]
+    _unlabelled(tmp_path / "pairs", [1, 0, -1], names=["false", "true"], left=left, right=right)
+    table = datasets.load_from_disk(str(tmp_path / "pairs")).add_column("s", ["a", "b", "c"])
+    table.save_to_disk(tmp_path / "pairs2")
+    cols = {"images": ["left", "right"], "statement": "s", "label": "label"}
+    with pytest.raises(DataFormatError, match=r"pairs2 row 2: label -1 in ClassLabel column 'label' \(1 of 3 rows\); "
+                                              r"-1 means unlabelled"):
+        read_split("hf_datasets", tmp_path, path="pairs2", columns=cols)

@@ -18,7 +18,8 @@ loads, with a did-you-mean; a column name the dataset lacks, when the split is r
 column named like a field is used. An image column may hold images (the ``datasets.Image`` feature: encoded bytes,
 or a path), raw bytes, or file paths; paths are resolved under the data root (``images`` is a folder prefix) and
 refused when they leave it. A ``ClassLabel`` label column gives the class names; beside the reader's ``class_names``
-its rows are read by name, in any order of those (see :func:`.hf_table.class_label_names`).
+its rows are read by name, in any order of those (see :func:`.hf_table.class_label_names`). A ClassLabel's
+-1 (``datasets``' "no label") is refused naming its rows, as a blank label is by the other readers.
 
 A row of several images (the ``nlvr`` kind; NLVR2 copies on the hub keep a pair as two image columns) maps
 ``images`` to a list of two or more image columns, in order, with ``statement`` (or ``text``) and ``label``::
@@ -77,6 +78,7 @@ from .hf_table import (
     list_element,
     load_datasets,
     load_saved,
+    refuse_unlabelled,
 )
 from .records import Split
 from .rows import examples_from_rows
@@ -350,6 +352,7 @@ def read_hf_datasets(
     label_feature = ds.features.get(mapping["label"]) if "label" in mapping else None
     by_name = None   # the ClassLabel's names, where its indices are read by name into the given class_names
     if isinstance(label_feature, load_datasets().ClassLabel):
+        refuse_unlabelled([r[mapping["label"]] for r in meta], mapping["label"], source)
         if class_names is None:
             class_names = list(label_feature.names)
         else:   # (the classes its rows use: a subset's ClassLabel keeps every name of the whole set)

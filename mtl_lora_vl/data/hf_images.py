@@ -23,6 +23,7 @@ from .hf_table import (
     image_kind,
     list_element,
     load_datasets,
+    refuse_unlabelled,
     truth_names,
 )
 from .rows import ImageSources
@@ -123,6 +124,8 @@ def _image_rows(root: Path, ds: Any, mapping: dict[str, Any], images: str, sourc
     others = {f: c for f, c in mapping.items() if f != "images"}
     meta = (ds.select_columns(list(dict.fromkeys(others.values()))).with_format("arrow")[:].to_pylist()
             if others else [{} for _ in range(len(ds))])
+    if label_names is not None:
+        refuse_unlabelled([r[mapping["label"]] for r in meta], mapping["label"], source)
 
     def same(j: int, a: Any, b: Any) -> bool:   # two rows' images at position j: the same bytes, or the same path
         if isinstance(a, DatasetImage) and isinstance(b, DatasetImage):
@@ -133,7 +136,7 @@ def _image_rows(root: Path, ds: Any, mapping: dict[str, Any], images: str, sourc
     rows = []
     for i, values in enumerate(meta):
         row = {f: values[c] for f, c in others.items()}
-        if label_names is not None and isinstance(row.get("label"), int):   # by name (-1: no class, a blank label)
+        if label_names is not None and isinstance(row.get("label"), int):   # by name
             row["label"] = label_names[row["label"]] if 0 <= row["label"] < len(label_names) else None
         items = cells(i)
         parts = []

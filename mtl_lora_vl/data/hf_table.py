@@ -20,7 +20,7 @@ from .images import ImageError
 
 __all__ = ["DatasetImage", "DatasetTable", "class_label_names", "files_stamp", "image_cells", "image_kind",
            "is_image_feature", "list_element", "load_datasets", "load_saved", "quiet_progress",
-           "refuse_list_column", "truth_names"]
+           "refuse_list_column", "refuse_unlabelled", "truth_names"]
 
 _LIST_TYPES = ("Sequence", "List", "LargeList")
 
@@ -314,6 +314,19 @@ def truth_names(names: list[str], column: str, source: str) -> list[str]:
                               f"several images has a truth value, read by its class's name: true/false (or yes/no, "
                               f"1/0), and {bad} is none of those")
     return names
+
+
+def refuse_unlabelled(labels: list[Any], column: str, source: str) -> None:
+    """Refuse the rows of a ``ClassLabel`` label column ``column`` that hold -1: ``datasets``' value for a row with
+    no label (a hub test split's rows often have none). Such a row can neither train nor be scored, and a blank
+    label is refused by every other reader, so it is named here rather than as an index out of range."""
+    rows = [i for i, v in enumerate(labels) if v == -1 and not isinstance(v, bool)]
+    if rows:
+        raise DataFormatError(f"{source} row {rows[0]}: label -1 in ClassLabel column {column!r} ({len(rows)} of "
+                              f"{len(labels)} rows); -1 means unlabelled (the datasets convention for a row without "
+                              "a label, as in many hub test splits), and a row needs its label to train or be "
+                              "scored: give a split with labels, or remove those rows "
+                              f"(ds.filter(lambda r: r[{column!r}] != -1) and save it again)")
 
 
 def class_label_names(names: list[str], class_names: list[str], source: str, column: str,
