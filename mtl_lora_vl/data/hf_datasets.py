@@ -12,6 +12,9 @@ A task spec points at it and maps its columns to the fields of :mod:`mtl_lora_vl
     [data.val]                        #   (files named "<split>-*.parquet", "*_<split>.parquet" or under "<split>/";
     split = "validation"              #   a hub shard "<split>-00000-of-00002.parquet" is of "<split>", whole)
 
+A folder of several configs, each in a folder of its own (``en/train-00000-of-00001.parquet`` beside ``de/...``, as
+``push_to_hub(config_name=...)`` writes them), is refused naming them: ``path = "my_vqa/en"`` reads one config.
+
 Fields: ``image``, ``text``/``caption``/``captions``, ``question``, ``answers``, ``label``, ``image_id``,
 ``question_type``, ``question_id``, ``filter_type``. A key that is no field (a typo) is refused when the task spec
 loads, with a did-you-mean; a column name the dataset lacks, when the split is read. Without ``columns`` every
@@ -133,6 +136,33 @@ def _split_of(f: Path, base: Path) -> str | None:
             or next((s for s in _SPLIT_NAMES if _in_split(f, base, s)), None))
 
 
+def _config_folder(f: Path, base: Path, split: str | None) -> tuple[str, ...] | None:
+    """The folders of parquet file ``f`` under ``base`` above the part that names its split (``split``, or the one
+    its name gives): ``("en",)`` for ``en/train-00000-of-00001.parquet`` or ``en/train/0000.parquet``, ``()`` for
+    ``train/0.parquet``; None where no part names a split."""
+    split = split if split is not None else _split_of(f, base)
+    if split is None:
+        return None
+    alone = re.compile(rf"(?:^|[-._ 0-9]){re.escape(split)}(?:[-._ 0-9]|$)")
+    parts = f.relative_to(base).parts
+    return next((parts[:i] for i, part in enumerate(parts) if alone.search(part)), None)
+
+
+def _refuse_configs(base: Path, files: list[Path], split: str | None) -> None:
+    """Refuse a split whose files lie in several folders above their split's name: the configs of a dataset as
+    ``datasets`` writes them (``en/train-00000-of-00001.parquet`` beside ``de/train-...``), which read together
+    would mix each config's rows into one split."""
+    folders = sorted({c for c in (_config_folder(f, base, split) for f in files) if c is not None})
+    if len(folders) > 1:
+        shown = [str(Path(*c)) if c else "." for c in folders]
+        first = next((c for c in folders if c), folders[0])
+        which = "" if split is None else f" of split {split!r}"
+        raise ValueError(f"hf_datasets {base}: the parquet files{which} lie in the folders {shown}, as the configs "
+                         "of a dataset do (each config's files in a folder of its own: read together, their rows "
+                         "would mix in one split); pick one config by giving its folder as path, e.g. path = "
+                         f"\"{base / Path(*first)}\" (or that folder under the data root)")
+
+
 def _parquet_files(base: Path, split: str | None) -> list[str]:
     if base.is_file():
         if split is not None and not _in_split(base, base.parent, split):
@@ -146,6 +176,7 @@ def _parquet_files(base: Path, split: str | None) -> list[str]:
         raise FileNotFoundError(f"{base} is neither a save_to_disk folder (no dataset_dict.json or state.json) "
                                 "nor a folder of .parquet files")
     if split is None:
+        _refuse_configs(base, files, None)
         found = sorted({s for s in (_split_of(f, base) for f in files) if s is not None})
         if len(found) > 1:
             raise ValueError(f"hf_datasets {base}: the parquet files hold the splits {found}; set split = ... in the "
@@ -166,6 +197,7 @@ def _parquet_files(base: Path, split: str | None) -> list[str]:
         raise FileNotFoundError(f"{base}: no parquet file of split {split!r} (named '{split}-*.parquet', "
                                 f"'*_{split}.parquet' or under '{split}/'); found {shown}"
                                 f"{' ...' if len(files) > 6 else ''}")
+    _refuse_configs(base, mine, split)
     return [str(f) for f in mine]
 
 

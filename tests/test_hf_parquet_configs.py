@@ -1,0 +1,78 @@
+"""Parquet folders of a dataset with several configs, as ``datasets`` writes them (``push_to_hub(config_name=...)``:
+``en/train-00000-of-00001.parquet`` beside ``de/train-...``; the hub's parquet branch: ``en/train/0000.parquet``).
+Such a folder was read as one split mixing every config's rows; it is refused, naming the configs' folders, and one
+config is read by giving its folder as ``path``."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from PIL import Image
+
+datasets = pytest.importorskip("datasets", reason="the hf_datasets reader needs the optional `datasets` package "
+                                                   "(pip install \"mtl-lora-vl[datasets]\")")
+
+from mtl_lora_vl.data.readers import read_split  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+
+
+def _write(path, config: str, n: int = 3) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_dict({"image": [Image.new("RGB", (16 + i, 12), (200, 30, 30)) for i in range(n)],
+                                "caption": [f"{config} picture {i}" for i in range(n)]}).to_parquet(str(path))
+
+
+def _configs(split) -> set[str]:
+    return {c.split()[0] for e in split.examples for c in e.captions}
+
+
+@pytest.mark.parametrize("shard", ["train-00000-of-00001.parquet", "train/0000.parquet"])
+def test_a_folder_of_configs_is_refused_naming_them_and_one_is_read_by_its_folder(tmp_path, shard):
+    root, cache = tmp_path / "root", str(tmp_path / "cache")
+    for config in ("en", "de"):
+        _write(root / "multi" / config / shard, config)
+        _write(root / "multi" / config / shard.replace("train", "test"), config, 2)
+    hint = re.escape(f'path = "{root / "multi" / "de"}"')
+    with pytest.raises(ValueError, match=r"multi: the parquet files of split 'train' lie in the folders \['de', 'en'\]"
+                                         rf", as the configs of a dataset do .*giving its folder as path, e.g. {hint}"):
+        read_split("hf_datasets", root, path="multi", split="train", cache_dir=cache)   # was: 6 rows, en and de
+    with pytest.raises(ValueError, match=r"multi: the parquet files lie in the folders \['de', 'en'\]"):
+        read_split("hf_datasets", root, path="multi", cache_dir=cache)
+    en = read_split("hf_datasets", root, path="multi/en", split="train", cache_dir=cache)
+    assert len(en.examples) == 3 and _configs(en) == {"en"}
+    assert _configs(read_split("hf_datasets", root, path="multi/de", split="test", cache_dir=cache)) == {"de"}
+
+
+def test_one_config_in_a_data_folder_is_not_taken_for_several(tmp_path):
+    """The default config's ``data/`` folder and a split's own folder of shards stay one split each."""
+    root, cache = tmp_path / "root", str(tmp_path / "cache")
+    _write(root / "hub" / "data" / "train-00000-of-00002.parquet", "en", 2)
+    _write(root / "hub" / "data" / "train-00001-of-00002.parquet", "en", 1)
+    _write(root / "hub" / "data" / "test-00000-of-00001.parquet", "en", 2)
+    assert len(read_split("hf_datasets", root, path="hub", split="train", cache_dir=cache).examples) == 3
+    _write(root / "split" / "train" / "a" / "0.parquet", "en", 2)
+    _write(root / "split" / "train" / "b" / "0.parquet", "en", 1)
+    assert len(read_split("hf_datasets", root, path="split", split="train", cache_dir=cache).examples) == 3
+
+
+def test_config_prefixed_shards_side_by_side_are_refused_and_read_by_their_full_name(tmp_path):
+    """``en_train-00000-of-00001.parquet`` beside ``de_train-...`` (outside ``data/``): each hub shard's name is its
+    split, whole, so split = "train" names none of them and would mix the two; refused, naming both, and each is
+    read as split = "en_train" / "de_train"."""
+    root, cache = tmp_path / "root", str(tmp_path / "cache")
+    for config in ("en", "de"):
+        _write(root / "flat" / f"{config}_train-00000-of-00001.parquet", config)
+    with pytest.raises(ValueError, match=r"split 'train' names no split of its own here, and the parquet files it "
+                                         r"matches are the shards of the splits \['de_train', 'en_train'\].*set split "
+                                         "to one of them"):
+        read_split("hf_datasets", root, path="flat", split="train", cache_dir=cache)
+    with pytest.raises(ValueError, match=r"hold the splits \['de_train', 'en_train'\]; set split"):
+        read_split("hf_datasets", root, path="flat", cache_dir=cache)
+    assert _configs(read_split("hf_datasets", root, path="flat", split="en_train", cache_dir=cache)) == {"en"}
