@@ -42,7 +42,8 @@ per row (the ``nlvr`` kind then wants training's count in every row); such a col
 Images stored in the dataset stay there: each example holds a small :class:`DatasetImage` reference
 (table + row) and loader workers read the bytes themselves from the memory-mapped table, so nothing is
 copied into the example list. Parquet files are converted once into ``datasets``' Arrow cache
-(``cache_dir``, default ``~/.cache/huggingface/datasets``), as ``datasets.load_dataset`` would.
+(``cache_dir``, default ``~/.cache/huggingface/datasets``; a relative one is under the data root, as ``path`` is), as
+``datasets.load_dataset`` would.
 
 Needs the optional ``datasets`` package (``pip install "mtl-lora-vl[datasets]"``).
 """
@@ -322,6 +323,20 @@ def check_columns(columns: Any) -> None:
 def check_hf_options(options: dict[str, Any]) -> None:
     """The checks of :func:`read_hf_datasets`' options that need no file: run when a task spec loads."""
     check_columns(options.get("columns"))
+    if isinstance(options.get("cache_dir"), str) and not options["cache_dir"].strip():
+        raise ReaderOptionError("option 'cache_dir' is blank; give the folder of the parquet files' Arrow cache "
+                                "(relative: under the data root), or leave it out for datasets' default")
+
+
+def _cache_under(root: Path, cache_dir: str | None) -> str | None:
+    """``cache_dir`` as a full path: a relative one under the data root, as the spec's other paths are (it was taken
+    from the process's working directory, so one spec wrote its cache wherever it was run from)."""
+    if cache_dir is None:
+        return None
+    if not cache_dir.strip():
+        check_hf_options({"cache_dir": cache_dir})
+    p = Path(cache_dir).expanduser()
+    return str(p if p.is_absolute() else root / p)
 
 
 def _column_map(columns: dict | None, names: list[str], where: str,
@@ -363,7 +378,7 @@ def read_hf_datasets(
 ) -> Split:
     """A Hugging Face dataset (``save_to_disk`` folder or parquet files) as a split; see the module doc."""
     root = data_root_dir(data_root)
-    table, ds = _open_table(root, path, split, cache_dir)
+    table, ds = _open_table(root, path, split, _cache_under(root, cache_dir))
     source = f"datasets {table}"
     names = list(ds.column_names)
 
