@@ -76,3 +76,17 @@ def test_config_prefixed_shards_side_by_side_are_refused_and_read_by_their_full_
     with pytest.raises(ValueError, match=r"hold the splits \['de_train', 'en_train'\]; set split"):
         read_split("hf_datasets", root, path="flat", cache_dir=cache)
     assert _configs(read_split("hf_datasets", root, path="flat", split="en_train", cache_dir=cache)) == {"en"}
+
+
+def test_a_folder_of_saved_configs_names_them(tmp_path):
+    """``en/`` and ``de/`` each saved with ``save_to_disk``: the folder was refused as "neither a save_to_disk folder
+    nor a folder of .parquet files", with no word of the saved datasets inside it."""
+    for config in ("en", "de"):
+        table = datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))], "caption": [config]})
+        datasets.DatasetDict({"train": table}).save_to_disk(tmp_path / "multi" / config)
+    hint = re.escape(f'path = "{tmp_path / "multi" / "de"}"')
+    with pytest.raises(FileNotFoundError, match=r"multi is neither a save_to_disk folder .*; its folders "
+                                                rf"\['de', 'en'\] are saved datasets .*give one of them as path, "
+                                                rf"e.g. {hint}"):
+        read_split("hf_datasets", tmp_path, path="multi", split="train")
+    assert _configs(read_split("hf_datasets", tmp_path, path="multi/en", split="train")) == {"en"}

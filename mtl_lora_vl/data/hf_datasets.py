@@ -174,8 +174,12 @@ def _parquet_files(base: Path, split: str | None) -> list[str]:
         return [str(base)]
     files = sorted(base.rglob("*.parquet"))
     if not files:
+        saved = sorted(d.name for d in base.iterdir()
+                       if d.is_dir() and ((d / "dataset_dict.json").is_file() or (d / "state.json").is_file()))
+        inside = (f"; its folders {saved} are saved datasets (a dataset's configs, or splits saved one by one): give "
+                  f"one of them as path, e.g. path = \"{base / saved[0]}\"" if saved else "")
         raise FileNotFoundError(f"{base} is neither a save_to_disk folder (no dataset_dict.json or state.json) "
-                                "nor a folder of .parquet files")
+                                f"nor a folder of .parquet files{inside}")
     if split is None:
         _refuse_configs(base, files, None)
         found = sorted({s for s in (_split_of(f, base) for f in files) if s is not None})
