@@ -52,3 +52,17 @@ def test_a_mapping_of_the_wrong_shape_is_refused_at_spec_load(tmp_path, columns,
 def test_a_well_formed_mapping_loads_and_its_column_names_wait_for_the_dataset(tmp_path):
     spec = load_spec(_spec(tmp_path, HEAD + 'columns = {image = "no such column", question = "q"}\n' + SPLITS))
     assert spec.data.options["columns"] == {"image": "no such column", "question": "q"}
+
+
+def test_a_column_name_the_dataset_lacks_is_refused_at_read_with_a_did_you_mean(tmp_path):
+    """The values wait for the dataset; their refusal listed its columns but did not say which one was meant."""
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    from mtl_lora_vl.data.readers import read_split
+
+    datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))], "caption": ["a"]}).save_to_disk(tmp_path / "t")
+    with pytest.raises(ValueError, match=re.escape("column(s) ['captoin'] not found (mapped from ['caption']); "
+                                                   "'captoin': did you mean 'caption'?; the dataset has columns "
+                                                   "['image', 'caption']")):
+        read_split("hf_datasets", tmp_path, path="t", columns={"image": "image", "caption": "captoin"})

@@ -352,8 +352,10 @@ def _column_map(columns: dict | None, names: list[str], where: str,
     wanted = [(f, c) for f, cs in mapping.items() for c in (cs if isinstance(cs, list) else [cs])]
     missing = [(f, c) for f, c in wanted if c not in names]
     if missing:
+        close = {c: difflib.get_close_matches(c, names, n=1, cutoff=0.6) for _, c in missing}
+        hint = "".join(f"; {c!r}: did you mean {m[0]!r}?" for c, m in close.items() if m)
         raise ValueError(f"{where}: column(s) {[c for _, c in missing]} not found (mapped from "
-                         f"{list(dict.fromkeys(f for f, _ in missing))}); the dataset has columns {names}")
+                         f"{list(dict.fromkeys(f for f, _ in missing))}){hint}; the dataset has columns {names}")
     if "image" not in mapping and "images" not in mapping:
         if list_columns:
             raise ValueError(f"{where}: no image column, and column(s) {list(list_columns)} hold lists of images; a "
