@@ -43,7 +43,7 @@ def test_a_folder_of_configs_is_refused_naming_them_and_one_is_read_by_its_folde
     with pytest.raises(ValueError, match=r"multi: the parquet files of split 'train' lie in the folders \['de', 'en'\]"
                                          rf", as the configs of a dataset do .*giving its folder as path, e.g. {hint}"):
         read_split("hf_datasets", root, path="multi", split="train", cache_dir=cache)   # was: 6 rows, en and de
-    with pytest.raises(ValueError, match=r"multi: the parquet files lie in the folders \['de', 'en'\]"):
+    with pytest.raises(ValueError, match=r"multi: the parquet files of split 'test' lie in the folders \['de', 'en'\]"):
         read_split("hf_datasets", root, path="multi", cache_dir=cache)
     en = read_split("hf_datasets", root, path="multi/en", split="train", cache_dir=cache)
     assert len(en.examples) == 3 and _configs(en) == {"en"}
@@ -57,6 +57,10 @@ def test_one_config_in_a_data_folder_is_not_taken_for_several(tmp_path):
     _write(root / "hub" / "data" / "train-00001-of-00002.parquet", "en", 1)
     _write(root / "hub" / "data" / "test-00000-of-00001.parquet", "en", 2)
     assert len(read_split("hf_datasets", root, path="hub", split="train", cache_dir=cache).examples) == 3
+    _write(root / "mixed" / "train" / "0.parquet", "en", 2)
+    _write(root / "mixed" / "data" / "test-00000-of-00001.parquet", "en", 2)
+    with pytest.raises(ValueError, match=r"the parquet files hold the splits \['test', 'train'\]; set split"):
+        read_split("hf_datasets", root, path="mixed", cache_dir=cache)   # two splits, each in one folder: no configs
     _write(root / "split" / "train" / "a" / "0.parquet", "en", 2)
     _write(root / "split" / "train" / "b" / "0.parquet", "en", 1)
     assert len(read_split("hf_datasets", root, path="split", split="train", cache_dir=cache).examples) == 3

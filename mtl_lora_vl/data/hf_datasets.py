@@ -137,31 +137,34 @@ def _split_of(f: Path, base: Path) -> str | None:
             or next((s for s in _SPLIT_NAMES if _in_split(f, base, s)), None))
 
 
-def _config_folder(f: Path, base: Path, split: str | None) -> tuple[str, ...] | None:
-    """The folders of parquet file ``f`` under ``base`` above the part that names its split (``split``, or the one
-    its name gives): ``("en",)`` for ``en/train-00000-of-00001.parquet`` or ``en/train/0000.parquet``, ``()`` for
-    ``train/0.parquet``; None where no part names a split."""
-    split = split if split is not None else _split_of(f, base)
-    if split is None:
-        return None
+def _config_folder(f: Path, base: Path, split: str) -> tuple[str, ...] | None:
+    """The folders of parquet file ``f`` under ``base`` above the part that names ``split``: ``("en",)`` for
+    ``en/train-00000-of-00001.parquet`` or ``en/train/0000.parquet``, ``()`` for ``train/0.parquet``; None where no
+    part names it."""
     alone = re.compile(rf"(?:^|[-._ 0-9]){re.escape(split)}(?:[-._ 0-9]|$)")
     parts = f.relative_to(base).parts
     return next((parts[:i] for i, part in enumerate(parts) if alone.search(part)), None)
 
 
 def _refuse_configs(base: Path, files: list[Path], split: str | None) -> None:
-    """Refuse a split whose files lie in several folders above their split's name: the configs of a dataset as
-    ``datasets`` writes them (``en/train-00000-of-00001.parquet`` beside ``de/train-...``), which read together
-    would mix each config's rows into one split."""
-    folders = sorted({c for c in (_config_folder(f, base, split) for f in files) if c is not None})
-    if len(folders) > 1:
-        shown = [str(Path(*c)) if c else "." for c in folders]
-        first = next((c for c in folders if c), folders[0])
-        which = "" if split is None else f" of split {split!r}"
-        raise ValueError(f"hf_datasets {base}: the parquet files{which} lie in the folders {shown}, as the configs "
-                         "of a dataset do (each config's files in a folder of its own: read together, their rows "
-                         "would mix in one split); pick one config by giving its folder as path, e.g. path = "
-                         f"\"{base / Path(*first)}\" (or that folder under the data root)")
+    """Refuse a split (``split``, or each one the files' names give) whose files lie in several folders above the
+    split's name: the configs of a dataset as ``datasets`` writes them (``en/train-00000-of-00001.parquet`` beside
+    ``de/train-...``), which read together would mix each config's rows into one split."""
+    by_split: dict[str, set[tuple[str, ...]]] = {}
+    for f in files:
+        name = split if split is not None else _split_of(f, base)
+        folder = None if name is None else _config_folder(f, base, name)
+        if folder is not None:
+            by_split.setdefault(name, set()).add(folder)
+    for name, found in sorted(by_split.items()):
+        if len(found) > 1:
+            folders = sorted(found)
+            shown = [str(Path(*c)) if c else "." for c in folders]
+            first = next((c for c in folders if c), folders[0])
+            raise ValueError(f"hf_datasets {base}: the parquet files of split {name!r} lie in the folders {shown}, as "
+                             "the configs of a dataset do (each config's files in a folder of its own: read together, "
+                             "their rows would mix in one split); pick one config by giving its folder as path, e.g. "
+                             f"path = \"{base / Path(*first)}\" (or that folder under the data root)")
 
 
 def _parquet_files(base: Path, split: str | None) -> list[str]:
