@@ -92,7 +92,6 @@ from __future__ import annotations
 import inspect
 import itertools
 import random
-import signal
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
@@ -110,6 +109,7 @@ from mtl_lora_vl.data.sampler import MultiTaskBatchSampler
 from mtl_lora_vl.data.seeding import SeededBatches, SeededDataset, loader_generator, reseed_loader
 from mtl_lora_vl.data.text_columns import drop_padding
 from mtl_lora_vl.data.worker_errors import RefuseStopIteration, carry_errors, worker_errors_unwrapped
+from mtl_lora_vl.data.worker_start import evaluation_workers, ignore_stop_signals
 from mtl_lora_vl.log import progress
 from mtl_lora_vl.wording import tasks_named
 
@@ -127,15 +127,6 @@ class _Kind(Protocol):
     def sample_fields(self, example: Example, index: int) -> dict[str, Tensor]: ...
 
     def sample_lm(self, example: Example, draw: int) -> tuple[str, str, float]: ...
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """Loader workers ignore SIGINT and SIGTERM. A signal sent to the whole process group (Ctrl-C in a
-    terminal, ``timeout``, ``kill -- -PGID``, a batch scheduler) then stops only the main process, which
-    finishes its step and saves a checkpoint; before, the workers died with it and the step failed ("DataLoader
-    worker is killed by signal"). The workers still end with the loader, or when the main process is gone."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _resize_of(backbone: Any) -> ImageResize:
@@ -467,8 +458,9 @@ def iter_sized_image_batches(backbone: Any, examples: Sequence[Example], *, batc
     images = ImageFallback(policy_task if task is None else task, examples, _resize_of(backbone),
                            strict=policy_strict if strict is None else strict, several=several)
     dataset, collate = carry_errors(_ImageDataset(images), pad_images)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate,
-                        num_workers=num_workers, pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
+    # (workers from the fork server: never forked from this process, which may hold threads; data/worker_start.py)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers,
+                        pin_memory=device.type == "cuda", **evaluation_workers(num_workers))
     for batch, sizes in progress(worker_errors_unwrapped(loader), desc="images", unit="batch", total=len(loader)):
         yield to_floats(backbone, batch.to(device, non_blocking=True), dtype, sizes), sizes
     images.report()

@@ -1,0 +1,120 @@
+"""The evaluation image loader's workers are not forked from the process that evaluates (a training process holds
+threads: the training loader's feeder and pin-memory threads, gloo's, torch's), so a lock another thread held at that
+moment is not held for good in them (a DDP run's validation once hung in a child so); they read the same batches as
+``--workers 0``, a broken image is still replaced, counted and warned about in the command line's format, and a strict
+one still stops the pass with its own message. Stand-in backbone, CPU."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import pickle
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mtl_lora_vl.data import world
+from mtl_lora_vl.data.images import ImageError
+from mtl_lora_vl.data.loader import iter_image_batches
+from mtl_lora_vl.data.records import Example
+from mtl_lora_vl.data.worker_start import WorkerStart
+from mtl_lora_vl.log import PACKAGE_LOGGER, cli_logging, rank_warning
+
+#: Held by another thread of the test's process while the loader starts its workers.
+_LOCK = threading.Lock()
+
+
+class _LockProbe:
+    """An image source that renders white when the worker can take :data:`_LOCK`, black when it is held there."""
+
+    def render(self, size=None):
+        free = _LOCK.acquire(blocking=False)
+        if free:
+            _LOCK.release()
+        return Image.new("RGB", (size or 8, size or 8), (255, 255, 255) if free else (0, 0, 0))
+
+
+class _Backbone:
+    image_size = 8
+
+    def preprocess_uint8(self, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return images.to(dtype)
+
+
+def test_a_lock_another_thread_holds_is_not_held_in_the_workers():
+    """Forked, the workers got the lock held (every image black): what stops a child for good when the lock is
+    one it needs (a malloc arena's, a logging handler's, a queue's)."""
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with _LOCK:
+            held.set()
+            done.wait()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        held.wait()
+        images = torch.cat(list(iter_image_batches(_Backbone(), [Example(_LockProbe(), f"p{i}") for i in range(4)],
+                                                   batch_size=2, device="cpu", num_workers=2)))
+    finally:
+        done.set()
+        thread.join()
+    assert images.shape == (4, 3, 8, 8) and bool((images == 255).all()), images.amax(dim=(1, 2, 3))
+
+
+def _png(path: Path, value: int) -> str:
+    Image.fromarray(np.full((12, 10, 3), value, np.uint8)).save(path)
+    return str(path)
+
+
+def test_workers_read_the_batches_of_no_workers_and_tell_a_broken_image(tmp_path, capfd):
+    examples = list(world.build_split("vqa", "val", n=2, seed=0).examples)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    examples[3:3] = [Example(str(tmp_path / "bad.png"), "bad"), Example(_png(tmp_path / "g.png", 90), "grey")]
+    got = {}
+    for workers in (0, 2):
+        with cli_logging(logging.INFO):
+            got[workers] = torch.cat(list(iter_image_batches(_Backbone(), examples, batch_size=4, device="cpu",
+                                                             task="val", num_workers=workers)))
+        # counted in the main process from the workers' shared record (the worker's own warning prints on the fork
+        # server's stderr: test_a_worker_warns_in_the_command_lines_format)
+        err = capfd.readouterr().err
+        assert "task 'val': 1 row(s) used a substitute image because 1 image(s)" in err and "bad.png" in err, err
+    assert got[2].shape == (len(examples), 3, 8, 8) and torch.equal(got[2], got[0])
+
+    with pytest.raises(ImageError) as e:
+        list(iter_image_batches(_Backbone(), examples, batch_size=4, device="cpu", task="val", strict=True,
+                                num_workers=2))
+    assert str(e.value).startswith("task 'val': example 'bad'") and "strict = true" in str(e.value)
+
+
+def _fresh_worker(start: WorkerStart) -> None:
+    """A worker's first steps in a process that has no logging of its own (as one the fork server starts)."""
+    package = logging.getLogger(PACKAGE_LOGGER)
+    for handler in list(package.handlers):
+        package.removeHandler(handler)
+    package.setLevel(logging.NOTSET)
+    package.propagate = True
+    start(0)
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    rank_warning(logging.getLogger("mtl_lora_vl.data.fallback"), "task %r: a bad image", "val")
+    logging.getLogger("mtl_lora_vl.data.fallback").info("not at --log-level warning")
+
+
+def test_a_worker_warns_in_the_command_lines_format(capfd):
+    """A worker that is not forked from the command line's process is given its logging: a bad image's warning (said
+    in the worker) printed as Python's bare last-resort line, and a library's worker has no handler to print it."""
+    with cli_logging(logging.WARNING):
+        start = pickle.loads(pickle.dumps(WorkerStart()))
+    child = mp.get_context("fork").Process(target=_fresh_worker, args=(start,))
+    child.start()
+    child.join()
+    err = capfd.readouterr().err
+    assert child.exitcode == 0 and err == "[mtl-lora-vl] warning: task 'val': a bad image\n", err
+    assert pickle.loads(pickle.dumps(WorkerStart())).cli_level is None   # (no command line here: nothing given)
