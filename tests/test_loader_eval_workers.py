@@ -118,3 +118,17 @@ def test_a_worker_warns_in_the_command_lines_format(capfd):
     err = capfd.readouterr().err
     assert child.exitcode == 0 and err == "[mtl-lora-vl] warning: task 'val': a bad image\n", err
     assert pickle.loads(pickle.dumps(WorkerStart())).cli_level is None   # (no command line here: nothing given)
+
+
+def test_a_process_without_other_threads_forks_its_workers_as_before(monkeypatch):
+    """The fork server costs a process one more import of torch and the package (~5-10 s): a process that only
+    evaluates (``eval``: one thread, no process group) forks its workers as before; one that holds other threads
+    (a training run's validation) starts them from the fork server."""
+    from mtl_lora_vl.data import worker_start
+
+    monkeypatch.setattr(worker_start.threading, "active_count", lambda: 1)
+    alone = worker_start.evaluation_workers(2)
+    assert "multiprocessing_context" not in alone and alone["worker_init_fn"] is worker_start.ignore_stop_signals
+    assert worker_start.evaluation_workers(0) == {}
+    monkeypatch.setattr(worker_start.threading, "active_count", lambda: 3)
+    assert worker_start.evaluation_workers(2)["multiprocessing_context"].get_start_method() == "forkserver"

@@ -1,5 +1,5 @@
 """How the package's loader workers start: the stop signals they ignore, and the evaluation loaders' workers
-started from Python's fork server, never forked from the process that evaluates.
+started from Python's fork server, never forked from a process that holds other threads (:func:`holds_threads`).
 
 A training process holds threads: the training loader's persistent workers' queue feeder threads and its
 pin-memory thread, gloo's, torch's intra-op pool. ``fork`` copies such a process with the locks those threads held
@@ -23,11 +23,14 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import signal
+import threading
 from typing import Any
+
+import torch.distributed as dist
 
 from ..log import PACKAGE_LOGGER, cli_logging
 
-__all__ = ["PRELOAD", "WorkerStart", "evaluation_workers", "ignore_stop_signals"]
+__all__ = ["PRELOAD", "WorkerStart", "evaluation_workers", "holds_threads", "ignore_stop_signals"]
 
 #: What the fork server imports before it forks a worker: the evaluation loader's modules (torch, the image sources).
 PRELOAD = ["mtl_lora_vl.data.loader"]
@@ -62,9 +65,20 @@ class WorkerStart:
 
 def evaluation_workers(num_workers: int) -> dict[str, Any]:
     """The ``DataLoader`` arguments that start an evaluation loader's ``num_workers`` workers (none: ``{}``, rows are
-    read in this process): from the fork server, with :class:`WorkerStart`."""
+    read in this process): from the fork server, with :class:`WorkerStart`, where this process holds other threads
+    (a training loader's, a process group's); else forked, as before, which costs no fork-server start (one import
+    of torch and the package, ~5-10 s) to a process that only evaluates."""
     if num_workers <= 0:
         return {}
+    if not holds_threads():
+        return {"worker_init_fn": ignore_stop_signals}
     context = mp.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)   # (read when the server starts: once a process)
     return {"multiprocessing_context": context, "worker_init_fn": WorkerStart()}
+
+
+def holds_threads() -> bool:
+    """Whether a fork of this process could copy a lock another thread holds: other Python threads are alive (a
+    training loader's queue feeders and pin-memory thread), or a process group is up (gloo's and NCCL's threads,
+    which Python does not list)."""
+    return threading.active_count() > 1 or (dist.is_available() and dist.is_initialized())
