@@ -285,21 +285,25 @@ def test_plain_lora_folds_into_a_module_reachable_under_two_names(tmp_path):
 
 
 def test_plain_lora_on_a_float64_base_keeps_its_weights_in_float64(tmp_path):
-    """A float64 base (fp32 adapters) was folded in fp32: every adapted weight, ΔW aside, was rounded to fp32, and the
-    folded model was 5e-7 off the routed one where merge is 3e-15 off; now the update is added in float64."""
+    """A float64 base (fp32 adapters) was folded in fp32: every adapted weight, ΔW aside, was rounded to fp32 (5e-7
+    off the routed model); now the update is added in float64, as ``merge`` adds it. (The routed forward forms M_t in
+    the adapters' fp32, so it sits ~1e-7 from either fold on some CPUs: the folds are compared with each other.)"""
     torch.manual_seed(0)
     model = mlv.attach(nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 8)).double(),
                        mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, alpha=8, targets={"image": [r"^\d$"]}))
     _randomize(model)
     x = torch.randn(5, 16, dtype=torch.float64)
     with torch.no_grad(), mlv.route(model, "b"):
-        want = model(x)
+        routed = model(x)
     path = mlv.export_lora(model, "b", tmp_path / "plain", format="plain")
+    merged = mlv.merge(model, "b")
     torch.manual_seed(0)
     fresh = apply_plain_lora(nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 8)).double(), path)
     assert fresh[0].weight.dtype == torch.float64
     with torch.no_grad():
-        torch.testing.assert_close(fresh(x), want, atol=1e-12, rtol=0)
+        for i in range(2):
+            torch.testing.assert_close(fresh[i].weight, merged[i].weight, atol=1e-15, rtol=0)
+        torch.testing.assert_close(fresh(x), routed, atol=1e-6, rtol=0)
 
 
 def test_a_config_from_a_newer_package_says_to_upgrade(tmp_path):
