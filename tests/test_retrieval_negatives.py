@@ -57,3 +57,49 @@ def test_the_kind_keys_captions_so_a_repeated_one_is_no_negative(tmp_path):
         logits = float(head.scale) * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).t()
     same = [[i == j or {i, j} == {0, 1} for j in range(3)] for i in range(3)]
     assert abs(float(loss) - _by_hand(logits, same)) < 1e-4
+
+
+def test_captions_that_tokenize_alike_are_no_negatives_of_each_other(tmp_path):
+    # two captions that differ only after the tokenizer's context (or "a red cube." / "a red cube ." where the
+    # tokenizer splits the full stop off) are one token row, one text embedding: each a negative no image could rank
+    # below its own
+    clip = tiny_backbone(tmp_path)
+    spec = load_spec("retrieval")
+    train = world.build_split("retrieval", "train", n=4, seed=0)
+    kind = build_kind(spec, train, clip)
+    firsts = {}
+    for ex in train.examples:
+        firsts.setdefault(ex.image_id, ex)
+    a, b, c = list(firsts.values())[:3]
+    long = " ".join([a.text] * 5)
+    longer = long + " " + c.text
+    assert torch.equal(clip.tokenizer([long]), clip.tokenizer([longer]))   # (cut at the context alike)
+    rows = [dataclasses.replace(a, text=long), dataclasses.replace(b, text=longer), c]
+    ds = TaskDataset(kind, Split(rows), clip.image_size)
+    batch = MultiTaskCollate([kind.name], [True], clip.tokenizer)([dict(ds[i], task_id=0) for i in range(3)])
+    batch = to_device(batch, "cpu", torch.float32, clip)
+    view = dict(batch["tasks"][kind.name], images=batch["images"], tokens=batch["tokens"])
+    head = kind.build_head(clip)
+    with torch.no_grad():
+        img, txt = clip.encode_image(view["images"]), clip.encode_text(view["tokens"])
+        loss = kind.loss(head, clip, view, img, txt)
+        logits = float(head.scale) * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).t()
+    same = [[i == j or {i, j} == {0, 1} for j in range(3)] for i in range(3)]
+    assert abs(float(loss) - _by_hand(logits, same)) < 1e-4
+    assert kind.cross_rank_fields == ("image_key", "text_key", "token_key")   # every rank's rows compared alike
+
+
+def test_a_caption_has_one_token_key_in_batches_of_other_widths(tmp_path):
+    # under DDP the keys of every rank's rows are compared: a short-text batch is cut to its own width, so the key
+    # must be read from the tokenizer's full rows
+    clip = tiny_backbone(tmp_path)
+    spec = load_spec("retrieval")
+    train = world.build_split("retrieval", "train", n=4, seed=0)
+    kind = build_kind(spec, train, clip)
+    a, b = train.examples[0], train.examples[1]
+    ds = TaskDataset(kind, Split([a, dataclasses.replace(b, text=" ".join([b.text] * 3))]), clip.image_size)
+    collate = MultiTaskCollate([kind.name], [True], clip.tokenizer, text_padding=(clip.pad_id, clip.eos_id))
+    short, wide = collate([dict(ds[0], task_id=0)] * 2), collate([dict(ds[0], task_id=0), dict(ds[1], task_id=0)])
+    assert short["tokens"].shape[1] < wide["tokens"].shape[1]
+    assert int(short["tasks"][kind.name]["token_key"][0]) == int(wide["tasks"][kind.name]["token_key"][0])
+    assert int(wide["tasks"][kind.name]["token_key"][0]) != int(wide["tasks"][kind.name]["token_key"][1])

@@ -46,6 +46,8 @@ Batch layout (what :class:`MultiTaskLoader` yields; B rows, grouped by task in a
         "text_index": LongTensor (n_t,)       its rows' positions among ``text_rows`` (uses_text only)
         "image_index": LongTensor (n_t, k)    its rows' images in ``images`` (only with image_segments;
                                               (n_t,) for a task of one image per row)
+        "token_key":  LongTensor (n_t,)       a key of each row's token ids (uses_text only): equal for texts
+                                              that tokenize alike (retrieval's duplicate captions)
         <fields>:     Tensor (n_t, ...)       the kind's own per-row tensors, stacked
                                               (vqa "targets", classification "labels",
                                                retrieval "image_key", "text_key")
@@ -107,7 +109,7 @@ from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.data.resize import ImageResize
 from mtl_lora_vl.data.sampler import MultiTaskBatchSampler
 from mtl_lora_vl.data.seeding import SeededBatches, SeededDataset, loader_generator, reseed_loader
-from mtl_lora_vl.data.text_columns import drop_padding
+from mtl_lora_vl.data.text_columns import drop_padding, row_keys
 from mtl_lora_vl.data.worker_errors import RefuseStopIteration, carry_errors, worker_errors_unwrapped
 from mtl_lora_vl.data.worker_start import evaluation_workers, ignore_stop_signals
 from mtl_lora_vl.log import progress
@@ -237,7 +239,7 @@ class MultiTaskCollate:
         starts = [0, *itertools.accumulate(counts)]   # row i's images: starts[i] .. starts[i + 1]
         if several:   # rows of several images: the image tower's route and each task's images go by image
             batch["image_segments"] = tuple(id_runs([t for t, c in zip(ids, counts) for _ in range(c)]))
-        lm_weight = None
+        lm_weight = token_keys = None
         if self.lm_collator is not None:   # (a row of several images: its prompt holds one placeholder per image)
             lm = [r.get("lm") for r in rows]
             if any(x is None for x in lm):
@@ -251,6 +253,7 @@ class MultiTaskCollate:
             lm_weight = torch.tensor([float(w) for _, _, w in lm], dtype=torch.float32)
         else:
             batch["tokens"] = self.tokenizer([r["text"] if r["text"] is not None else "" for r in rows])
+            token_keys = row_keys(batch["tokens"])   # (before the padding is cut: its width depends on the batch)
             if self.text_padding is not None:
                 batch["tokens"] = drop_padding(batch["tokens"], *self.text_padding)
         text_rows: list[int] = []
@@ -270,6 +273,8 @@ class MultiTaskCollate:
             if self.uses_text[t]:
                 view["text_index"] = torch.arange(len(text_rows), len(text_rows) + len(idx))
                 text_rows.extend(idx)
+                if token_keys is not None:
+                    view["token_key"] = token_keys[idx]
             for key in rows[idx[0]]["fields"]:
                 view[key] = torch.stack([rows[i]["fields"][key] for i in idx])
             if lm_weight is not None:

@@ -3,8 +3,11 @@
 Training rows are (image, caption) pairs. Rows of the same image (COCO has five captions per image)
 are all positives of each other, so a batch holding two captions of one image does not push them
 apart; so are rows of the same caption (up to case and spacing: COCO repeats "A man riding a wave on top
-of a surfboard." over many images), which no image could rank above its twin: as a negative it held the
-loss above log 2 however well the model matched. Evaluation embeds each distinct image once and every caption
+of a surfboard." over many images), and rows whose captions tokenize to the same ids ("a red cube." and
+"a red cube ." for a tokenizer that splits off punctuation; two long captions cut alike at the context), which
+the text tower cannot tell apart, so no image could rank one above its twin: as a negative it held the loss
+above log 2 however well the model matched. (The token key is the collate's ``token_key``, read from the ids it
+made: tokenizing again when rows are made cost more.) Evaluation embeds each distinct image once and every caption
 of it (``Example.captions`` when given, else the ``text`` of every example of that image) and scores with
 :func:`mtl_lora_vl.metrics.retrieval_recall`. The zero-shot rule is the same cosine similarity on the
 unadapted towers; the head only holds the learnable temperature.
@@ -112,15 +115,17 @@ def infonce(logits: Tensor, positives: Tensor) -> Tensor:
     return 0.5 * (one_side(logits, positives) + one_side(logits.t(), positives.t()))
 
 
-def multi_positive_infonce(logits: Tensor, keys: Tensor, text_keys: Tensor | None = None) -> Tensor:
-    """:func:`infonce` on a square batch where every pair with the same image key (or text key) is a positive.
+def multi_positive_infonce(logits: Tensor, keys: Tensor, *text_keys: Tensor | None) -> Tensor:
+    """:func:`infonce` on a square batch where every pair with the same image key (or a same text key) is a positive.
 
-    ``keys`` (n,) is the image key of each row, so two captions of one image are not pushed apart;
-    ``text_keys`` (n,) the caption key of each row, so one caption of two images is not a negative of either.
+    ``keys`` (n,) is the image key of each row, so two captions of one image are not pushed apart; each of
+    ``text_keys`` (n,) (None: left out) a caption key of each row (its text's, its token ids'), so one caption of two
+    images is not a negative of either.
     """
     positives = keys[:, None] == keys[None, :]
-    if text_keys is not None:
-        positives = positives | (text_keys[:, None] == text_keys[None, :])
+    for same in text_keys:
+        if same is not None:
+            positives = positives | (same[:, None] == same[None, :])
     return infonce(logits, positives)
 
 
@@ -188,7 +193,8 @@ class RetrievalKind(TaskKind):
     metric_names = ("mean_recall", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
     uses_text = True
     min_batch_rows = 2     # in-batch negatives: one row alone has a loss of 0
-    cross_rank_fields = ("image_key", "text_key")   # under DDP, every rank's rows are negatives (the global batch's)
+    # under DDP, every rank's rows are negatives (the global batch's)
+    cross_rank_fields = ("image_key", "text_key", "token_key")
     head_defaults = {"max_logit_scale": 100.0, "learn_temperature": True}
     option_defaults = {"ks": [1, 5, 10]}
 
@@ -240,7 +246,7 @@ class RetrievalKind(TaskKind):
         if text_emb is None:
             raise ValueError(f"task {self.name!r}: the retrieval loss needs the text embeddings of its rows")
         logits = head(F.normalize(image_emb.float(), dim=-1), F.normalize(text_emb.float(), dim=-1))
-        return multi_positive_infonce(logits, batch["image_key"], batch.get("text_key"))
+        return multi_positive_infonce(logits, batch["image_key"], batch.get("text_key"), batch.get("token_key"))
 
     def check_eval_split(self, split: Split, spec: TaskSpec | None = None) -> None:
         super().check_eval_split(split, spec)
