@@ -25,6 +25,7 @@ _BPE_VOCAB = 49408
 def open_clip_tokenizer(model_cfg: dict, tokenizer_dir: str | os.PathLike | None, name: str) -> Tokenizer:
     """The tokenizer an open_clip model config implies, from local files only."""
     text_cfg = model_cfg.get("text_cfg", {})
+    _refuse_tokenizer_type(text_cfg, name)
     context_length = int(text_cfg.get("context_length", 77))
     vocab_size = int(text_cfg.get("vocab_size", _BPE_VOCAB))
     hf_name = text_cfg.get("hf_tokenizer_name")
@@ -59,6 +60,19 @@ def open_clip_tokenizer(model_cfg: dict, tokenizer_dir: str | os.PathLike | None
 
     clean = _tokenizer_kwargs(text_cfg, name, {"clean"}).get("clean", "lower")   # (open_clip's SimpleTokenizer's)
     return OpenClipBPETokenizer(SimpleTokenizer(context_length=context_length, clean=clean), context_length)
+
+
+def _refuse_tokenizer_type(text_cfg: dict, name: str) -> None:
+    """Refuse a ``text_cfg.tokenizer_type`` (newer open_clip: ``"tiktoken"``, with ``tiktoken_name`` the encoding):
+    open_clip then tokenizes with it before anything else its config says (its ``hf_tokenizer_name``, its BPE), which
+    this package does not reproduce: it would tokenize with the folder's or open_clip's BPE tokenizer, other ids."""
+    kind = text_cfg.get("tokenizer_type")
+    if kind:
+        encoding = f" (encoding {text_cfg['tiktoken_name']!r})" if text_cfg.get("tiktoken_name") else ""
+        raise ValueError(f"open_clip model {name}: text_cfg.tokenizer_type = {kind!r}{encoding} is not reproduced "
+                         "here (only open_clip's BPE, a Hugging Face tokenizer folder and the word tokenizer); its "
+                         "text would be tokenized otherwise than open_clip does. Use a model whose text_cfg has no "
+                         "tokenizer_type (its tokenizer given by hf_tokenizer_name or open_clip's BPE)")
 
 
 def _tokenizer_kwargs(text_cfg: dict, name: str, known: set[str]) -> dict[str, Any]:
