@@ -55,3 +55,46 @@ def test_candidate_ids_go_over_without_waiting_for_the_device(monkeypatch):
             scores = bb.sequence_scores(images, prompts, ["red", "dark blue", "green"])
     assert copies.seen == []
     assert scores.shape == (2, 3) and scores.device.type == "cuda"
+
+
+def test_per_token_scores_go_over_without_waiting_for_the_device(monkeypatch):
+    """``per_token=True`` (classification's ``score = "mean"``) divided the sums by the candidates' token counts sent
+    over as ``torch.tensor(counts, device=cuda)``: a third blocking copy per call, after the scoring was queued. The
+    counts are now those of the labels already on the device."""
+    monkeypatch.setenv("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")
+    monkeypatch.setattr(fake_tensor, "CONSTANT_NUMEL_LIMIT", 1024)
+    bb = load_backbone("builtin-llava", device="cpu")
+    bb.model.eval()
+    prompts = [f"{bb.image_token} what colour is it?"] * 2
+    with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+        _fake_onto_cuda(bb.model)
+        images = torch.zeros(2, 3, bb.image_size, bb.image_size, device=CUDA, dtype=torch.bfloat16)
+        with _OurBlockingCopies() as copies:
+            scores = bb.sequence_scores(images, prompts, ["red", "dark blue", "green"], per_token=True)
+    assert copies.seen == []
+    assert scores.shape == (2, 3) and scores.device.type == "cuda"
+
+
+@pytest.mark.parametrize("path", ["cached", "full"])
+def test_per_token_scores_are_the_sums_over_each_candidate_s_tokens(path):
+    """Per-token scores are each candidate's summed score over its token count (its end token included), on the
+    cached path and on the full sequences that training under checkpointing scores."""
+    bb = load_backbone("builtin-llava", device="cpu")
+    bb.model.eval()
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, bb.image_size, bb.image_size)
+    prompts = [f"{bb.image_token} what colour is it?", f"{bb.image_token} what shape is it?"]
+    candidates = ["red", "dark blue circle", "green"]
+    collate = bb.lm_collator()
+    lengths = [[len(ids) + 1 for ids in collate.continuation_ids([t] * 3, candidates)]   # (+1: the end token)
+               for t in collate.prompt_texts(prompts)]
+    assert lengths[0] == lengths[1] and len(set(lengths[0])) > 1
+    with torch.no_grad():
+        if path == "cached":
+            sums, mean = (bb.sequence_scores(images, prompts, candidates, per_token=p) for p in (False, True))
+        else:
+            end = collate.end_id("")
+            cands = [[[*ids, end] for ids in collate.continuation_ids([t] * 3, candidates)]
+                     for t in collate.prompt_texts(prompts)]
+            sums, mean = (bb._scores_full(images, prompts, cands, per_token=p) for p in (False, True))
+    torch.testing.assert_close(mean, sums / torch.tensor(lengths, dtype=sums.dtype), rtol=0, atol=0)

@@ -32,10 +32,12 @@ def _cache_kwarg(model_cls: type) -> str:
 
 
 def scores_cached(self: HFVLMBackbone, images: Tensor, batch: dict[str, Tensor], cands: list[list[list[int]]],
-                  sizes: list[tuple[int, int]] | None = None, image_counts: Sequence[int] | None = None) -> Tensor:
+                  sizes: list[tuple[int, int]] | None = None, image_counts: Sequence[int] | None = None,
+                  per_token: bool = False) -> Tensor:
     """``(B, C)`` log-probabilities of each row's candidate id lists ``cands`` after its prompt (``batch``, the
     collated prompts; ``image_counts``: each row's images): one prefill, then all ``B·C`` continuations in one step
-    from the repeated cache."""
+    from the repeated cache. ``per_token``: each divided by its candidate's token count, counted on the device from
+    the labels already there (a count list sent over as torch.tensor(..., device=cuda) waited for the scoring)."""
     B, C = len(cands), len(cands[0])
     ids, mask = batch["input_ids"], batch["attention_mask"]
     prefill = self._prefill_positions(mask)
@@ -49,7 +51,7 @@ def scores_cached(self: HFVLMBackbone, images: Tensor, batch: dict[str, Tensor],
     # torch.tensor(..., device=cuda) or .to(cuda) copies with a stream synchronise, twice a call before
     labels = labels.to(ids.device, non_blocking=True)
     first = out.logits[:, -1].float().log_softmax(-1).gather(1, labels[:, 0].view(B, C))  # (B, C)
-    if width == 1:
+    if width == 1:   # (one token each: per_token's counts are all 1)
         return first
     step_ids = labels[:, :-1].masked_fill(labels[:, :-1] == IGNORE_INDEX, self.pad_id)
     cache = out.cache if hasattr(out, "cache") else out.past_key_values   # named cache from transformers 5.24
@@ -61,11 +63,12 @@ def scores_cached(self: HFVLMBackbone, images: Tensor, batch: dict[str, Tensor],
         kwargs[_cache_kwarg(type(self.model))] = cache
         logits = self.model(input_ids=step_ids, attention_mask=step_mask, position_ids=positions,
                             use_cache=True, **kwargs).logits
-    rest, _ = target_logprobs(logits, labels[:, 1:])
-    return first + rest.view(B, C)
+    rest, counts = target_logprobs(logits, labels[:, 1:])
+    scores = first + rest.view(B, C)
+    return scores / (counts.view(B, C) + 1) if per_token else scores   # (+1: the first token, scored above)
 
 def scores_full(self: HFVLMBackbone, images: Tensor, prompts: Sequence[str], cands: list[list[list[int]]],
-                 sizes: list[tuple[int, int]] | None = None) -> Tensor:
+                 sizes: list[tuple[int, int]] | None = None, per_token: bool = False) -> Tensor:
     """:func:`scores_cached` without a cache: each row's prompt and each candidate as one full sequence."""
     B, C = len(cands), len(cands[0])
     collate = self.lm_collator()
@@ -80,8 +83,8 @@ def scores_full(self: HFVLMBackbone, images: Tensor, prompts: Sequence[str], can
         out = self._forward(images[index], full["input_ids"], full["attention_mask"],
                             labels=full["labels"], use_cache=False, image_counts=[k for k in held for _ in range(C)],
                             image_sizes=None if sizes is None else [sizes[i] for i in index])
-    sums, _ = target_logprobs(out.logits[:, :-1], full["labels"][:, 1:])
-    return sums.view(B, C)
+    sums, counts = target_logprobs(out.logits[:, :-1], full["labels"][:, 1:])
+    return (sums / counts if per_token else sums).view(B, C)
 
 
 def target_logprobs(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:

@@ -301,13 +301,8 @@ class HFVLMBackbone(GenerationIds, Backbone):
         cands = [per_text[t] for t in texts]   # (B, C) id lists: rows with one prompt text share them
         warn_scored_past_context(self, batch["input_ids"].shape[1], cands)
         if self.model.training and torch.is_grad_enabled() and _checkpointing(self.model):
-            scores = self._scores_full(images, prompts, cands, sizes)
-        else:
-            scores = self._scores_cached(images, batch, cands, sizes, image_counts)
-        if per_token:
-            scores = scores / torch.tensor([[len(c) for c in row] for row in cands], dtype=scores.dtype,
-                                           device=scores.device)
-        return scores
+            return self._scores_full(images, prompts, cands, sizes, per_token=per_token)
+        return self._scores_cached(images, batch, cands, sizes, image_counts, per_token=per_token)
 
     def caption_logits(self, images: Tensor, tokens: Tensor) -> Tensor:
         """Teacher-forced logits ``(B, L-1, vocab)`` of ``tokens`` (from :attr:`tokenizer`) after the image, laid out as
