@@ -14,6 +14,7 @@ from mtl_lora_vl.backbones.builtin import builtin_llava_dir
 from mtl_lora_vl.backbones.context_warnings import once_per_task, warn_past_context, warn_scored_past_context
 from mtl_lora_vl.data import world
 from mtl_lora_vl.data.records import Split
+from mtl_lora_vl.log import main_rank_logging
 
 
 def _said(caplog) -> list[str]:
@@ -53,6 +54,23 @@ def test_a_task_s_context_line_is_of_its_widest_call(caplog):
         warn_past_context(bb, 110, 5, "generate")
     assert [s.split(" tokens")[0] for s in _said(caplog)] == ["generate: prompts of up to 120",
                                                              "generate: prompts of up to 110"]
+
+
+def test_a_rank_says_its_own_calls_past_the_context(caplog, monkeypatch):
+    """Under torchrun a task's evaluation is sharded and only rank 0 speaks (``main_rank_logging``): the context line
+    was rank 0's alone, so rows past the context in rank 1's shard were never told (and rank 0's widest call was
+    told as the task's). Each rank now says its own, as it says its substitute images."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    bb, task = SimpleNamespace(lm_context=100), SimpleNamespace(name="t")
+    with caplog.at_level(logging.WARNING), main_rank_logging(False):   # rank 1, muted for the set-up's words
+        with once_per_task(bb, task):
+            warn_scored_past_context(bb, 187, [[[1, 2, 3]]])
+        warn_past_context(bb, 120, 5, "generate")   # (outside a task's evaluation: as it comes)
+    said = _said(caplog)
+    assert len(said) == 2, said
+    assert said[0].startswith("rank 1: sequence_scores: prompts of up to 187 tokens")
+    assert said[1].startswith("rank 1: generate: prompts of up to 120 tokens")
 
 
 @pytest.mark.skipif(not (builtin_llava_dir() / "config.json").is_file(),

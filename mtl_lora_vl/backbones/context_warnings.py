@@ -2,7 +2,8 @@
 or scored there goes silently wrong): ``generate``'s prompts plus the new tokens, ``sequence_scores``' prompts plus the
 longest candidate. Said on every call, but once per task inside :func:`once_per_task`, which a task's evaluation opens:
 there every batch (and every group of candidates, every pass) would say it again. That one line is said when the scope
-closes, of the widest call (the first call past the context can be far narrower than the longest prompt)."""
+closes, of the widest call (the first call past the context can be far narrower than the longest prompt). Under
+torchrun each rank says its own calls' (``rank_warning``): the rows past the context may all be another rank's shard."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..log import rank_warning
 
 __all__ = ["once_per_task", "warn_past_context", "warn_scored_past_context"]
 
@@ -34,7 +37,7 @@ class _Scope:
         for what, (width, message, args) in self.widest.items():
             if width > self.said.get(what, 0):
                 self.said[what] = width
-                logger.warning(message + " (said once for this task, of its widest call)", *args)
+                rank_warning(logger, message + " (said once for this task, of its widest call)", *args)
 
 
 @contextmanager
@@ -62,7 +65,7 @@ def _say(backbone: Any, what: str, width: int, message: str, *args: Any) -> None
     """Warn now, or (inside :func:`once_per_task`) keep the call if it is the widest of ``what`` so far."""
     scope = getattr(backbone, "__dict__", {}).get(_SAID)
     if not isinstance(scope, _Scope):
-        logger.warning(message, *args)
+        rank_warning(logger, message, *args)
     elif what not in scope.widest or width > scope.widest[what][0]:
         scope.widest[what] = (width, message, args)
 
