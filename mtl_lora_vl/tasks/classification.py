@@ -178,18 +178,26 @@ class ClassificationKind(TaskKind):
         same: dict[tuple[int, ...], list[str]] = {}
         for name, row in zip(self.class_names, ids):
             same.setdefault(tuple(row), []).append(name)
-        tied = [names for names in same.values() if len(names) > 1]
+        tied = [(ids, names) for ids, names in same.items() if len(names) > 1]
         if not tied:
             return
-        shown = "; ".join(" and ".join(repr(n) for n in names) for names in tied[:5])
+        shown = "; ".join(" and ".join(repr(n) for n in names) for _, names in tied[:5])
         more = f" (and {len(tied) - 5} more groups)" if len(tied) > 5 else ""
+        tok = getattr(getattr(backbone, "hf_processor", None), "tokenizer", None)
+        unk = getattr(tok, "unk_token_id", None)
+        unknown = [isinstance(unk, int) and unk in ids for ids, _ in tied]   # renaming to other unknown words: no fix
+        why = "; ".join(([f"words it does not know, each its unknown token {tok.unk_token!r}"] if any(unknown) else [])
+                        + (["it lowercases or normalises them alike"] if not all(unknown) else []))
+        unknown = any(unknown)
         message = (f"task {self.name!r}: the classes {shown}{more} are one text to the tokenizer of backbone "
                    f"{backbone.name!r} (their targets, generative.target with the class name, read as the same ids: "
-                   "it lowercases, or knows none of their words), so their scores always tie and one of them is never "
-                   "predicted")
+                   f"{why}), so their scores always tie and all but one of each are never predicted")
+        fix = ("use a backbone whose tokenizer reads these names (hf:DIR of a model with a subword vocabulary), or "
+               "name the classes in words it knows (options.class_names)" if unknown
+               else "rename one of each (options.class_names), or merge them in the data")
         if refuse:
-            raise ValueError(f"{message}; rename one of each (options.class_names), or merge them in the data")
-        logger.warning("%s; the adapter was trained so: rename one of each and train again", message)
+            raise ValueError(f"{message}; {fix}")
+        logger.warning("%s; the adapter was trained so: %s, and train again", message, fix)
 
     def state(self) -> dict:
         return {"class_names": list(self.class_names), "data_class_names": self.data_class_names}
