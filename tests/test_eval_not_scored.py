@@ -58,6 +58,8 @@ def test_a_task_without_a_val_split_is_in_the_val_report_as_not_scored(tmp_path,
     assert len(labels) == 2 and labels[0].startswith("caption_cls") and "val split" not in labels[0]
     assert labels[1] == "colours\n(not scored:\nno val split)"
     assert len(ax.patches) == 2   # caption_cls's zero-shot and adapted bars only
+    left, right = ax.get_xlim()   # its tick inside the axes, with the margin the bars have: not on the right edge
+    assert left < -0.4 and right > 1.4, (left, right)
 
 
 def test_eval_split_val_of_a_base_model_reports_the_task_without_val(tmp_path):

@@ -293,6 +293,7 @@ def write_plots(run_dir: Path, result: dict[str, Any], model: nn.Module | None) 
     ticks = [_tick(t, result["tasks"][t], asked) for t in tasks]   # a task not scored: a tick without bars
     ticks += [f"{t}\n(not scored:\n{r['reason']})" for t, r in skipped.items()]
     ax.set_xticks(list(range(len(ticks))), ticks, fontsize=8)
+    ax.set_xlim(-0.6, len(ticks) - 0.4)   # (the ticks past the bars widened the axis only to the last tick itself)
     ax.set_ylim(0, 1)
     ax.set_ylabel(f"headline score ({asked} split)")
     ax.set_title(title(result))
