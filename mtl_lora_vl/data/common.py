@@ -162,12 +162,20 @@ def resolve_under(root: Path, relative: str | os.PathLike, what: str = "image pa
     if os.path.isabs(rel) or Path(rel).is_absolute() or (len(rel) > 1 and rel[0].isalpha() and rel[1] == ":"):
         raise PathEscapeError(f"{what} {rel!r} is absolute; paths in data files must be relative to the data "
                               f"root {root}")
-    if not rel.isascii() and not _exists(root / rel):
-        rel = _other_normal_form(root, rel)
+    if not rel.isascii():   # a name that may be there in its other Unicode normal form only
+        try:   # there as named (every image of a readable data set): resolved with no more asked of the disk
+            return _inside(root, rel, (root / rel).resolve(strict=True), what)
+        except (RuntimeError, OSError):
+            rel = _other_normal_form(root, rel)
     try:
         resolved = (root / rel).resolve()
     except (RuntimeError, OSError):   # a symlink loop: no file to read, inside the root; the image check skips it
         return root / rel
+    return _inside(root, rel, resolved, what)
+
+
+def _inside(root: Path, rel: str, resolved: Path, what: str) -> Path:
+    """``resolved`` (``rel`` resolved), refused where it is outside ``root``."""
     if not resolved.is_relative_to(root):
         raise PathEscapeError(f"{what} {rel!r} resolves to {resolved}, outside the data root {root}; move the "
                               "data under the root (symlinks that point outside it are refused too)")
