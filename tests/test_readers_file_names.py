@@ -94,3 +94,18 @@ def test_an_image_there_under_a_non_ascii_name_costs_no_more_disk_lookups_than_a
         return len(calls)
 
     assert lookups(NFC) <= lookups("plain.png")
+
+
+def test_a_path_whose_folder_and_file_are_in_different_unicode_forms_is_found(tmp_path, caplog):
+    """A folder made on macOS (NFD) holding files copied in from Linux (NFC): the row's path, in either single form,
+    matched neither whole form on disk, and the image was skipped as "file not found" (2 of the 2 rows here). Each
+    part is now taken in the form it is there."""
+    folder, file = unicodedata.normalize("NFD", "crème"), NFC
+    _png(tmp_path / "img" / folder / file)
+    _jsonl(tmp_path / "a.jsonl", [{"image": unicodedata.normalize(form, f"img/crème/{NFC}"), "caption": form}
+                                  for form in ("NFC", "NFD")])
+    with caplog.at_level(logging.WARNING):
+        s = read_split("jsonl", tmp_path, file="a.jsonl")
+    assert s.skipped == 0 and "file not found" not in caplog.text
+    assert [e.image for e in s.examples] == [str((tmp_path / "img" / folder / file).resolve())] * 2
+    assert s.examples[0].captions == ("NFC", "NFD")   # one image: its two rows' captions grouped

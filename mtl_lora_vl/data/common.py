@@ -185,10 +185,26 @@ def _inside(root: Path, rel: str, resolved: Path, what: str) -> Path:
 def _other_normal_form(root: Path, rel: str) -> str:
     """``rel`` as the file under ``root`` is named where only its other Unicode normal form exists: a zip made on
     macOS names 'café.jpg' decomposed (NFD, 'e' + U+0301) where a JSONL written elsewhere names it composed (NFC),
-    and Linux takes the two for different names (the image was skipped as not found). ``rel`` itself where neither
-    form is there, or both are (two files: which one is meant cannot be told)."""
-    found = [f for f in {unicodedata.normalize(form, rel) for form in ("NFC", "NFD")} - {rel} if _exists(root / f)]
-    return found[0] if len(found) == 1 else rel
+    and Linux takes the two for different names (the image was skipped as not found). Where neither whole form is
+    there, each part is taken in the form it is there (a folder made in one form, files copied into it in the other:
+    'crème/' NFD holding 'café.jpg' NFC). ``rel`` itself where a part is there in neither form, or the path or a part
+    in both (two files or folders: which one is meant cannot be told)."""
+    found = [f for f in _other_forms(rel) if _exists(root / f)]
+    if found:
+        return found[0] if len(found) == 1 else rel
+    here, named = root, []
+    for part in Path(rel).parts:
+        there = [part] if _exists(here / part) else [f for f in _other_forms(part) if _exists(here / f)]
+        if len(there) != 1:
+            return rel
+        here = here / there[0]
+        named.append(there[0])
+    return str(Path(*named))
+
+
+def _other_forms(name: str) -> set[str]:
+    """``name``'s NFC and NFD forms that differ from it."""
+    return {unicodedata.normalize(form, name) for form in ("NFC", "NFD")} - {name}
 
 
 def _exists(path: Path) -> bool:
