@@ -86,3 +86,13 @@ def test_a_nan_image_id_is_no_id(tmp_path):
     s = _from_rows(tmp_path, [{"images": [a, b], "statement": "two", "label": 1, "image_id": nan},
                               {"images": [b, a], "statement": "two", "label": 0, "image_id": np.float64("nan")}])
     assert [e.image_id for e in s.examples] == ["a.png|b.png", "b.png|a.png"]
+
+
+def test_a_vqa_csvs_float_label_column_is_not_refused_as_class_labels(tmp_path):
+    """The float-label refusal took every row's ``label``: a VQA CSV carrying a label column of its own (a 0/1 flag
+    that pandas wrote as '1.0' / '0.0'), read before as its 2 questions, was refused as if its labels were class
+    indices. Only classification rows' labels are class labels."""
+    a = _png(tmp_path / "a.png")
+    (tmp_path / "v.csv").write_text(f"image,question,answers,label\n{a},is it red?,yes,1.0\n{a},is it blue?,no,0.0\n")
+    s = read_split("csv", tmp_path, file="v.csv")
+    assert [(e.text, e.answers) for e in s.examples] == [("is it red?", ("yes",)), ("is it blue?", ("no",))]

@@ -472,14 +472,14 @@ _WHOLE_FLOAT = re.compile(r"[+-]?\d+\.0*")
 
 def _refuse_float_labels(path: Path, rows: list[tuple[int, dict]], class_names: list[str] | None
                          ) -> list[tuple[int, dict]]:
-    """``rows`` as they are; refused where every label of the rows of one image is a whole number written as a
+    """``rows`` as they are; refused where every label of the classification rows is a whole number written as a
     float ("1.0", "0.0"), as JSON lines refuse the number 1.0: read as text they were class names sorted as text
-    ("10.0" before "2.0"), not the indices they are. Labels among ``class_names`` are names (a statement's label,
-    beside its ``images``, is a truth value: :func:`~mtl_lora_vl.data.common.truth_label` reads it)."""
+    ("10.0" before "2.0"), not the indices they are. Labels among ``class_names`` are names; a statement's label
+    (beside its ``images``) is a truth value (:func:`~mtl_lora_vl.data.common.truth_label` reads it), and a VQA row's
+    ``label`` column is none of the reader's (a question's answers are its ``answers``)."""
     given = {str(n).strip() for n in class_names or ()}
     labels = [(n, row["label"]) for n, row in rows
-              if not _present(row.get("images")) and isinstance(row.get("label"), str) and row["label"]
-              and row["label"] not in given]
+              if _row_kind(row) == "classification" and isinstance(row["label"], str) and row["label"] not in given]
     if labels and all(_WHOLE_FLOAT.fullmatch(v) for _, v in labels):
         n, v = labels[0]
         raise DataFormatError(f"{path}:{n}: label {v!r} is a whole number written as a float, as every label of the "
