@@ -121,3 +121,17 @@ def test_an_array_cell_is_compared_at_once_not_value_by_value(tmp_path, monkeypa
             _from_rows(tmp_path, [{**row, "extra": cell}, {**row, "extra": cell.copy()}])
     s = _from_rows(tmp_path, [{**row, "extra": np.zeros(2, np.int32)}, {**row, "extra": np.zeros(1, np.int64)}])
     assert len(s.examples) == 2   # same bytes, other values: two rows
+
+
+def test_a_numpy_float32_nan_image_id_or_group_is_none(tmp_path):
+    """5f46b2b took a float NaN image_id as no id, but numpy's float32 NaN is no float: two such rows of two images
+    were still refused ("image_id 'nan' was given to another image"), and a float32 NaN group made every such
+    statement one group 'nan'."""
+    a, b = _png(tmp_path / "a.png"), _png(tmp_path / "b.png", (10, 200, 10))
+    nan = np.float32("nan")
+    s = _from_rows(tmp_path, [{"image": a, "label": "red", "image_id": nan},
+                              {"image": b, "label": "green", "image_id": nan}])
+    assert [e.image_id for e in s.examples] == ["a.png", "b.png"]
+    s = _from_rows(tmp_path, [{"images": [a, b], "statement": "two", "label": 1, "group": nan},
+                              {"images": [b, a], "statement": "two", "label": 0, "group": nan}])
+    assert [e.meta for e in s.examples] == [{}, {}]

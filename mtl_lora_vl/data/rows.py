@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import numbers
 import os
 import re
 from collections import Counter
@@ -131,7 +132,12 @@ def _captions(row: dict, where: str) -> list[str]:
 def _no_id(value: Any) -> bool:
     """Whether a row's ``image_id`` is missing: null, blank, or NaN (a pandas table's blank cell), which read as the
     id 'nan' made every row without an id one image's (refused: "given to another image")."""
-    return value is None or value == "" or (isinstance(value, float) and value != value)
+    return value is None or value == "" or _nan(value)
+
+
+def _nan(value: Any) -> bool:
+    """Whether ``value`` is a NaN number: a float's, or numpy's (np.float32 is no float)."""
+    return isinstance(value, numbers.Real) and value != value
 
 
 def _whole(value: Any) -> Any:
@@ -308,7 +314,7 @@ def examples_from_rows(
             if all(ok):
                 meta = {k: row[k] for k in ("question_id",) if k in row}
                 group = row.get("group")
-                if isinstance(group, float) and group != group:   # a JSON NaN (a blank cell to pandas): no group
+                if _nan(group):   # a JSON NaN (a blank cell to pandas): no group
                     group = None
                 if isinstance(group, (list, dict, bool)):
                     raise DataFormatError(f"{where}: 'group' must be text or a number (the statement's id, shared "
