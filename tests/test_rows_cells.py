@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtl_lora_vl.data import rows as rows_module
+from mtl_lora_vl.data import row_keys
 from mtl_lora_vl.data.common import DataFormatError, ImageChecker
 from mtl_lora_vl.data.readers import read_split
 from mtl_lora_vl.data.rows import examples_from_rows
@@ -106,9 +106,9 @@ def test_an_array_cell_is_compared_at_once_not_value_by_value(tmp_path, monkeypa
     Python objects (pandas' list of strings) is still compared by its values."""
     a = _png(tmp_path / "a.png")
     row = {"image": a, "question": "is it red?", "answers": ["yes"], "question_id": 7}
-    whole = rows_module._whole
+    key = row_keys.row_key
     steps: list[int] = []
-    monkeypatch.setattr(rows_module, "_whole", lambda value: (steps.append(1), whole(value))[1])
+    monkeypatch.setattr(row_keys, "row_key", lambda value: (steps.append(1), key(value))[1])
 
     def key_steps(cell: object) -> int:
         steps.clear()

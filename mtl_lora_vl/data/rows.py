@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import numbers
 import os
 import re
 from collections import Counter
@@ -48,6 +47,7 @@ from .images import ImageError
 from .list_cells import refuse_list_cells
 from .records import Example, Split
 from .row_files import csv_rows, jsonl_rows
+from .row_keys import is_nan, no_id, row_key
 
 logger = logging.getLogger(__name__)
 
@@ -129,43 +129,6 @@ def _captions(row: dict, where: str) -> list[str]:
     return [c.strip() for c in caps if c.strip()]   # a blank caption is no caption (as an empty list is)
 
 
-def _no_id(value: Any) -> bool:
-    """Whether a row's ``image_id`` is missing: null, blank, or NaN (a pandas table's blank cell), which read as the
-    id 'nan' made every row without an id one image's (refused: "given to another image")."""
-    return value is None or value == "" or _nan(value)
-
-
-def _nan(value: Any) -> bool:
-    """Whether ``value`` is a NaN number: a float's, or numpy's (np.float32 is no float)."""
-    return isinstance(value, numbers.Real) and value != value
-
-
-def _whole(value: Any) -> Any:
-    """``value`` (a row, or a value in it) as a hashable key equal to another's where the values are equal, NaN
-    equal to NaN (a table's float cell: each read is another float object, and NaN != NaN); an array's cell (numpy's,
-    a tensor, unhashable) as its values, so two equal arrays are equal, not two objects. A numpy array or scalar (a
-    float32 NaN is no float: never equal to itself) is keyed by its bytes at once (an embedding's 768 floats keyed
-    one by one cost 23x the check's time); others by the list of their values."""
-    if isinstance(value, (str, bytes)):
-        return value
-    dtype = getattr(value, "dtype", None)
-    if getattr(dtype, "hasobject", True) is False and callable(getattr(value, "tobytes", None)):
-        return "array", dtype.str, getattr(value, "shape", None), value.tobytes()   # (an object array: its pointers)
-    if callable(getattr(value, "tolist", None)):
-        value = value.tolist()   # (a tensor; an array of Python objects)
-    if isinstance(value, dict):
-        return "dict", frozenset((k, _whole(v)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return type(value) is list, tuple(_whole(v) for v in value)
-    if isinstance(value, float) and value != value:
-        return "nan", None
-    try:
-        hash(value)
-    except TypeError:   # (an unknown unhashable value: equal to itself alone)
-        return "object", id(value)
-    return value
-
-
 def examples_from_rows(
     rows: list[tuple[int, dict]], *, at: Callable[[int], str], source: str, image_of: Callable[[dict], Any],
     check: ImageChecker, class_names: list[str] | None, one_per_image: bool,
@@ -236,7 +199,7 @@ def examples_from_rows(
         if qid is None or qid == "" or qid != qid:   # (NaN: a blank cell of a pandas table)
             continue
         # rows that share an id but differ are questions of their own (MME's id is the image's name, POPE's restart)
-        first = seen.setdefault(_whole(row), n)
+        first = seen.setdefault(row_key(row), n)
         if first != n:
             raise DataFormatError(f"{at(n)}: question_id {qid!r} is given to another row at {at(first)}, and the "
                                   "row repeats it whole (is a file joined twice?): remove the repeated rows, or "
@@ -256,7 +219,7 @@ def examples_from_rows(
     def image_id(row: dict, n: int, p: Any) -> str:
         """The row's image id (its image's path when none is given), refused if it names another image."""
         iid = row.get("image_id")
-        iid = str(row["image"] if _no_id(iid) else iid)
+        iid = str(row["image"] if no_id(iid) else iid)
         seen = first_of.setdefault(iid, (p, n))
         if seen[0] != p:
             raise DataFormatError(f"{at(n)}: image_id {iid!r} was given to another image at {at(seen[1])} "
@@ -309,12 +272,12 @@ def examples_from_rows(
             qtype = None if qtype is None or (isinstance(qtype, str) and not qtype.strip()) else str(qtype).strip()
             ps = tuple(image_at({**row, "image": x}, n) for x in paths)
             ok = [check(p, where) for p in ps]   # every image checked: each unreadable one is named in the summary
-            if _no_id(row.get("image_id")):
+            if no_id(row.get("image_id")):
                 row = {**row, "image": "|".join(map(str, paths))}   # the default id: the row's paths
             if all(ok):
                 meta = {k: row[k] for k in ("question_id",) if k in row}
                 group = row.get("group")
-                if _nan(group):   # a JSON NaN (a blank cell to pandas): no group
+                if is_nan(group):   # a JSON NaN (a blank cell to pandas): no group
                     group = None
                 if isinstance(group, (list, dict, bool)):
                     raise DataFormatError(f"{where}: 'group' must be text or a number (the statement's id, shared "
