@@ -902,3 +902,28 @@ def test_adapter_tensors_that_do_not_fit_name_the_rank(monkeypatch):
     with pytest.raises(mlv.AttachError, match=r"do not fit in memory at r = 8 \(--rank\).*smaller rank.*476.84 GiB"):
         mlv.attach(model, mlv.MTLLoRAConfig(tasks=["a"], r=8))
     assert getattr(model, "_mtl_lora", None) is None   # nothing replaced
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_merge_into_a_float8_base_is_refused_by_name_and_changes_nothing(dtype):
+    """Helper 460: merge / merged_state_dict on a float8 base gave torch's 'Promotion for Float8 Types is not
+    supported' (save_merged and apply_plain_lora already refused it by name). Refused so too, before an earlier merged
+    task is unmerged: the model is left as it was. bf16 / fp16 / fp32 / fp64 bases still merge."""
+    torch.manual_seed(0)
+    config = mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, alpha=8, targets={"image": [r"^\d$"]})
+    model = mlv.attach(nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 8)), config)
+    _randomize_adapters(model)
+    mlv.merge(model, "a")
+    model.to(dtype)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    if dtype.itemsize > 1:
+        mlv.merge(model, "b")
+        assert set(mlv.merged_state_dict(model, "a")) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+        return
+    for call, fold in (("merge", mlv.merge), ("merged_state_dict", mlv.merged_state_dict)):
+        with pytest.raises(TypeError, match=rf"^{call}: the base weight 0.weight is float8_e4m3fn \(and 1 more\): .*"
+                                            r"load the base model in bfloat16 or float32"):
+            fold(model, "b")
+    assert attach_info(model).router.merged_task == 0   # still task 'a', merged
+    after = model.state_dict()
+    assert all(torch.equal(v.view(torch.uint8), after[k].view(torch.uint8)) for k, v in before.items())

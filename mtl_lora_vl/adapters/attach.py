@@ -20,6 +20,7 @@ from ..families import FAMILIES, find_family, inner_family
 from ..family_images import mend_outputs
 from ..log import warn_user
 from .attention import LoRAMultiheadAttention
+from .fold_dtype import refuse_float8
 from .formation import Formation
 from .generation import install_routed_generate
 from .layers import ADAPTER_PARAM_NAMES, AdapterBank, LoRALinear
@@ -412,6 +413,7 @@ def merge(model: nn.Module, task: str) -> nn.Module:
     if open_scope:   # the merged weights would silently override what that scope asked for
         raise RuntimeError(f"merge: {open_scope} is open on this model, and merged weights would override it; "
                            f"merge outside the scope (or route to {task!r} only)")
+    refuse_float8(base_weights(model), "merge")   # (before an earlier task is unmerged: refused, nothing changes)
     if router.merged_task is not None:
         unmerge(model)
     pairs = _weight_pairs(model)
@@ -481,6 +483,7 @@ def merged_state_dict(model: nn.Module, task: str, *, root: nn.Module | None = N
     info = model._mtl_lora
     t = info.config.task_index(task)
     _refuse_shared_weights(root, _weight_pairs(model), "merged_state_dict")
+    refuse_float8(base_weights(model), "merged_state_dict")
     sd = {k: v for k, v in root.state_dict().items() if k.rpartition(".")[2] not in ADAPTER_PARAM_NAMES}
     names = parameter_names(root)
     for bank, weight in _weight_pairs(model):

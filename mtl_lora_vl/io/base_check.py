@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -359,17 +358,3 @@ def check_head_casts(heads: dict[str, nn.Module], tensors: dict[str, torch.Tenso
                                        f"{lost!r}; the file was edited or is not this adapter's: copy the adapter "
                                        "directory again")
 
-
-def refuse_float8(weights: Mapping[str, torch.Tensor], what: str) -> None:
-    """Refuse to fold a LoRA update into a float8 base weight (``weights``: name -> the base weights to be updated).
-    Summed wide and cast back, the sum is rounded to float8's 2-3 mantissa bits: an update 1% the size of the
-    weights leaves every one of them as it was (and a float8 checkpoint's weights are often scaled by factors kept
-    apart, which the update does not know)."""
-    low = sorted((n, w.dtype) for n, w in weights.items() if w.dtype.is_floating_point and w.dtype.itemsize == 1)
-    if low:
-        raise TypeError(f"{what}: the base weight {low[0][0]} is {str(low[0][1]).removeprefix('torch.')}"
-                        f"{f' (and {len(low) - 1} more)' if len(low) > 1 else ''}: a LoRA update folded into it is "
-                        "rounded to float8's 2-3 mantissa bits, so most of it is lost (an update 1% the size of the "
-                        "weights changes none of them); load the base model in bfloat16 or float32 (e.g. "
-                        "from_pretrained(..., torch_dtype=torch.bfloat16), or model.to(torch.bfloat16)), fold the "
-                        "update in, then quantise the result to float8 if you need it")

@@ -50,6 +50,7 @@ from torch import nn
 
 from .._version import __version__
 from ..adapters.attach import adapted_module, base_weights, merged_state_dict, parameter_names, whole_model
+from ..adapters.fold_dtype import refuse_float8
 from ..adapters.layers import LoRALinear
 from ..adapters.routing import check_module
 from ..backbones import backbone_class
@@ -66,7 +67,6 @@ from .base_check import (
     check_weight_samples,
     newer_package_hint,
     refuse_adapted,
-    refuse_float8,
 )
 from .identity import model_identity, plan_attached
 from .layout import (
