@@ -69,3 +69,18 @@ def test_a_hub_id_not_in_the_local_hub_cache_is_refused_naming_source_dir(tmp_pa
     (src / "tokenizer.json").write_text('{"vocab": 2}')
     out = mlv.save_merged(_hub_model("org/tiny-clip"), "a", tmp_path / "merged", source_dir=src)
     assert (out / "tokenizer.json").read_text() == '{"vocab": 2}'
+
+
+def test_a_hub_snapshot_holding_only_the_models_own_files_is_refused_naming_source_dir(tmp_path, monkeypatch):
+    """Helper 460: from_pretrained of the model alone caches only its config, weights (and code), and that snapshot
+    was taken as the source: the merged folder again held no processor or tokenizer file, silently. Refused, naming
+    the snapshot and source_dir, before anything is written."""
+    snapshot = _cache(tmp_path / "hub", "org/tiny-clip", {"config.json": "{}", "model.safetensors": "base weights",
+                                                          "generation_config.json": "{}", "modeling_tiny.py": ""})
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=rf"the model was loaded from 'org/tiny-clip', a hub id whose snapshot in the "
+                                         rf"local hub cache \({snapshot}\) holds only the model's config and weights, "
+                                         r".*pass source_dir= a folder"):
+        mlv.save_merged(_hub_model("org/tiny-clip"), "a", tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()

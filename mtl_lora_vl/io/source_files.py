@@ -26,21 +26,32 @@ def source_folder(model: nn.Module, out: str | Path) -> Path | None:
     """The folder whose processor and tokenizer files a merged Hugging Face folder ``out`` of ``model`` takes when no
     ``source_dir`` is given: the local directory it was loaded from, else the snapshot of its hub id in the local hub
     cache (the revision it was loaded at; no network). None for a model built from a config (no files to take). A
-    model loaded from a folder or hub id that cannot be found is refused: the merged folder would hold no processor
-    files and fail only when loaded."""
+    model loaded from a folder or hub id that cannot be found, or whose cached snapshot holds nothing to copy (the
+    model alone was downloaded, not its processor), is refused: the merged folder would hold no processor files and
+    fail only when loaded."""
     name = getattr(model, "name_or_path", "") or ""
     if not name or loaded_from(model) is not None:
         return loaded_from(model)
     revision = getattr(getattr(model, "config", None), "_commit_hash", None) or "main"
     snapshot = cached_hub_snapshot(name, revision)   # (that revision only: another's processor may differ)
-    if snapshot is not None:
+    if snapshot is not None and any(f.is_file() and not _model_file(f) for f in snapshot.iterdir()):
         return snapshot
-    where = (f"a hub id whose files are not in the local hub cache ({hf_hub_cache()})" if is_hub_id(name) else
-             "a folder that is not there any more")
+    if snapshot is not None:   # (from_pretrained of the model alone downloads no processor file)
+        where = f"a hub id whose snapshot in the local hub cache ({snapshot}) holds only the model's config and weights"
+    elif is_hub_id(name):
+        where = f"a hub id whose files are not in the local hub cache ({hf_hub_cache()})"
+    else:
+        where = "a folder that is not there any more"
     raise ValueError(f"save_merged: {out}: the model was loaded from {name!r}, {where}, so the processor and "
                      "tokenizer files cannot be copied beside its weights and the merged folder would not load with "
                      "its processor; pass source_dir= a folder holding them (the base model's, e.g. "
                      f"huggingface_hub.snapshot_download({name!r}) where it is a hub id)")
+
+
+def _model_file(f: Path) -> bool:
+    """A file ``from_pretrained`` of the model alone downloads (its config, generation config, code, weights): a
+    snapshot holding only these has no processor or tokenizer file to give a merged folder."""
+    return weights_or_adapter(f) or f.suffix == ".py" or f.name in ("config.json", "generation_config.json")
 
 
 def hf_writes(model: nn.Module) -> tuple[str, ...]:
