@@ -136,3 +136,16 @@ def test_a_pair_statement_labelled_minus_one_is_refused_as_unlabelled(tmp_path):
     with pytest.raises(DataFormatError, match=r"pairs2 row 2: label -1 in ClassLabel column 'label' \(1 of 3 rows\); "
                                               r"-1 means unlabelled"):
         read_split("hf_datasets", tmp_path, path="pairs2", columns=cols)
+
+
+def test_a_question_table_with_an_unread_classlabel_of_minus_one_is_read(tmp_path):
+    """A VQA row reads no label, so a ClassLabel column beside its question (taken by name without ``columns``) holding
+    -1 is no missing label: such a table read before a9812d4, which refused it as unlabelled."""
+    images = [Image.new("RGB", (16 + i, 12), COLOURS["cat"]) for i in range(4)]
+    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
+                                  "answers": datasets.Sequence(datasets.Value("string")),
+                                  "label": datasets.ClassLabel(names=["yes/no", "other"])})
+    datasets.Dataset.from_dict({"image": images, "question": ["what?"] * 4, "answers": [["a"]] * 4,
+                                "label": [0, -1, 1, -1]}, features=features).save_to_disk(tmp_path / "vqa")
+    split = read_split("hf_datasets", tmp_path, path="vqa")
+    assert [e.text for e in split.examples] == ["what?"] * 4 and all(e.answers == ("a",) for e in split.examples)

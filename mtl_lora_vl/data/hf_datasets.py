@@ -22,7 +22,8 @@ column named like a field is used. An image column may hold images (the ``datase
 or a path), raw bytes, or file paths; paths are resolved under the data root (``images`` is a folder prefix) and
 refused when they leave it. A ``ClassLabel`` label column gives the class names; beside the reader's ``class_names``
 its rows are read by name, in any order of those (see :func:`.hf_table.class_label_names`). A ClassLabel's
--1 (``datasets``' "no label") is refused naming its rows, as a blank label is by the other readers.
+-1 (``datasets``' "no label") is refused naming its rows, as a blank label is by the other readers (not in a row
+with a question, which reads no label).
 
 A row of several images (the ``nlvr`` kind; NLVR2 copies on the hub keep a pair as two image columns) maps
 ``images`` to a list of two or more image columns, in order, with ``statement`` (or ``text``) and ``label``::
@@ -408,11 +409,15 @@ def read_hf_datasets(
     label_feature = ds.features.get(mapping["label"]) if "label" in mapping else None
     by_name = None   # the ClassLabel's names, where its indices are read by name into the given class_names
     if isinstance(label_feature, load_datasets().ClassLabel):
-        refuse_unlabelled([r[mapping["label"]] for r in meta], mapping["label"], source)
+        # a row with a question is a VQA row, which reads no label (rows.py): its -1 is no missing label
+        question = mapping.get("question")
+        labels = [None if question is not None and r[question] not in (None, "") else r[mapping["label"]]
+                  for r in meta]
+        refuse_unlabelled(labels, mapping["label"], source)
         if class_names is None:
             class_names = list(label_feature.names)
         else:   # (the classes its rows use: a subset's ClassLabel keeps every name of the whole set)
-            used = {v for r in meta if isinstance(v := r[mapping["label"]], int) and not isinstance(v, bool)}
+            used = {v for v in labels if isinstance(v, int) and not isinstance(v, bool)}
             by_name = class_label_names(list(label_feature.names), list(class_names), source, mapping["label"], used)
     by_id: dict[str, tuple[Any, int]] = {}   # image_id -> (the image reference its rows share, its first row)
     digests: dict[int, str] = {}
