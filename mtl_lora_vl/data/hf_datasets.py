@@ -56,7 +56,6 @@ import difflib
 import hashlib
 import json
 import os
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -71,6 +70,7 @@ from .common import (
     resolve_under,
 )
 from .hf_images import column_image_rows, list_image_rows
+from .hf_parquet import parquet_files
 from .hf_table import (
     DatasetImage,
     DatasetTable,
@@ -104,112 +104,6 @@ def _find(root: Path, path: str | os.PathLike) -> Path:
     return p
 
 
-_SPLIT_NAMES = ("train", "validation", "valid", "val", "dev", "test")
-
-
-def _in_split(f: Path, base: Path, split: str) -> bool:
-    """Whether parquet file ``f`` under ``base`` belongs to ``split``: the split's name stands alone (between
-    ``-._`` , spaces, digits or the ends) in the file's name or a folder's, as ``datasets`` reads it
-    (``train-0.parquet``, ``mydata_train.parquet``, ``train2017/``; not ``constrain.parquet``)."""
-    alone = re.compile(rf"(?:^|[-._ 0-9]){re.escape(split)}(?:[-._ 0-9]|$)")
-    return any(alone.search(part) for part in f.relative_to(base).parts)
-
-
-#: A hub shard's name, ``<split>-00000-of-00003.parquet``: ``datasets`` reads ``<split>`` as the file's split, whole
-#: (``test_hard-...`` is the split "test_hard", not "test").
-_SHARD = re.compile(r"^(.+)-[0-9]{5}-of-[0-9]{5}")
-
-
-def _shard_split(f: Path) -> str | None:
-    """The split a hub shard's file name spells, whole; None for another name."""
-    m = _SHARD.match(f.name)
-    return m.group(1) if m else None
-
-
-def _folder_split(f: Path, base: Path) -> str | None:
-    """The usual split name a folder of parquet file ``f`` under ``base`` gives (``train/data-00000-of-00001``)."""
-    return next((s for s in _SPLIT_NAMES if _in_split(f.parent, base, s)), None)
-
-
-def _split_of(f: Path, base: Path) -> str | None:
-    """The split a parquet file's folder or name gives, if any: a usual split name of a folder, else a hub shard's
-    own name, else a usual split name in the file's name."""
-    return (_folder_split(f, base) or _shard_split(f)
-            or next((s for s in _SPLIT_NAMES if _in_split(f, base, s)), None))
-
-
-def _config_folder(f: Path, base: Path, split: str) -> tuple[str, ...] | None:
-    """The folders of parquet file ``f`` under ``base`` above the part that names ``split``: ``("en",)`` for
-    ``en/train-00000-of-00001.parquet`` or ``en/train/0000.parquet``, ``()`` for ``train/0.parquet``; None where no
-    part names it."""
-    alone = re.compile(rf"(?:^|[-._ 0-9]){re.escape(split)}(?:[-._ 0-9]|$)")
-    parts = f.relative_to(base).parts
-    return next((parts[:i] for i, part in enumerate(parts) if alone.search(part)), None)
-
-
-def _refuse_configs(base: Path, files: list[Path], split: str | None) -> None:
-    """Refuse a split (``split``, or each one the files' names give) whose files lie in several folders above the
-    split's name: the configs of a dataset as ``datasets`` writes them (``en/train-00000-of-00001.parquet`` beside
-    ``de/train-...``), which read together would mix each config's rows into one split."""
-    by_split: dict[str, set[tuple[str, ...]]] = {}
-    for f in files:
-        name = split if split is not None else _split_of(f, base)
-        folder = None if name is None else _config_folder(f, base, name)
-        if folder is not None:
-            by_split.setdefault(name, set()).add(folder)
-    for name, found in sorted(by_split.items()):
-        if len(found) > 1:
-            folders = sorted(found)
-            shown = [str(Path(*c)) if c else "." for c in folders]
-            first = next((c for c in folders if c), folders[0])
-            raise ValueError(f"hf_datasets {base}: the parquet files of split {name!r} lie in the folders {shown}, as "
-                             "the configs of a dataset do (each config's files in a folder of its own: read together, "
-                             "their rows would mix in one split); pick one config by giving its folder as path, e.g. "
-                             f"path = \"{base / Path(*first)}\" (or that folder under the data root)")
-
-
-def _parquet_files(base: Path, split: str | None) -> list[str]:
-    if base.is_file():
-        if split is not None and not _in_split(base, base.parent, split):
-            raise ValueError(f"hf_datasets {base}: one parquet file is one table, and its name does not say split "
-                             f"{split!r} ('{split}-*.parquet', '*_{split}.parquet'), so split = {split!r} selects "
-                             "nothing (every split would read the same rows); leave split out where the file is that "
-                             "split's data, or give the folder that holds every split's files")
-        return [str(base)]
-    files = sorted(base.rglob("*.parquet"))
-    if not files:
-        saved = sorted(d.name for d in base.iterdir()
-                       if d.is_dir() and ((d / "dataset_dict.json").is_file() or (d / "state.json").is_file()))
-        inside = (f"; its folders {saved} are saved datasets (a dataset's configs, or splits saved one by one): give "
-                  f"one of them as path, e.g. path = \"{base / saved[0]}\"" if saved else "")
-        raise FileNotFoundError(f"{base} is neither a save_to_disk folder (no dataset_dict.json or state.json) "
-                                f"nor a folder of .parquet files{inside}")
-    if split is None:
-        _refuse_configs(base, files, None)
-        found = sorted({s for s in (_split_of(f, base) for f in files) if s is not None})
-        if len(found) > 1:
-            raise ValueError(f"hf_datasets {base}: the parquet files hold the splits {found}; set split = ... in the "
-                             "[data.<split>] table (every file was read as one split)")
-        return [str(f) for f in files]
-    mine = [f for f in files if _in_split(f, base, split)]
-    # a file in a folder of the split (test/data-00000-of-00001) is the split's whatever its shard name
-    by_name = [f for f in mine if not _in_split(f.parent, base, split)]
-    shards = sorted({n for n in map(_shard_split, by_name) if n is not None})
-    if split in shards:   # test-00000-of-00001 beside test_hard-00000-of-00001: the first alone, as datasets reads it
-        mine = [f for f in mine if f not in by_name or _shard_split(f) == split]
-    elif len(shards) > 1:
-        raise ValueError(f"hf_datasets {base}: split {split!r} names no split of its own here, and the parquet files "
-                         f"it matches are the shards of the splits {shards} (named '<split>-00000-of-000NN'); set "
-                         "split to one of them")
-    if not mine:
-        shown = ", ".join(str(f.relative_to(base)) for f in files[:6])
-        raise FileNotFoundError(f"{base}: no parquet file of split {split!r} (named '{split}-*.parquet', "
-                                f"'*_{split}.parquet' or under '{split}/'); found {shown}"
-                                f"{' ...' if len(files) > 6 else ''}")
-    _refuse_configs(base, mine, split)
-    return [str(f) for f in mine]
-
-
 def _open_table(root: Path, path: str | os.PathLike, split: str | None,
                 cache_dir: str | None) -> tuple[DatasetTable, Any]:
     datasets = load_datasets()
@@ -235,7 +129,7 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
             raise ValueError(f"hf_datasets {base}: this saved dataset is the {str(ds.split)!r} split, not {split!r}")
         table = DatasetTable("disk", (str(base),), split if isinstance(ds, (list, datasets.DatasetDict)) else None)
     else:
-        table = DatasetTable("parquet", tuple(_parquet_files(base, split)), split, cache_dir)
+        table = DatasetTable("parquet", tuple(parquet_files(base, split)), split, cache_dir)
     table = dataclasses.replace(table, stamp=files_stamp(table.files()))
     if table.kind != "disk" or table.split is None:
         return table, table.open()
