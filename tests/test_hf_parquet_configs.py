@@ -94,3 +94,14 @@ def test_a_folder_of_saved_configs_names_them(tmp_path):
                                                 rf"e.g. {hint}"):
         read_split("hf_datasets", tmp_path, path="multi", split="train")
     assert _configs(read_split("hf_datasets", tmp_path, path="multi/en", split="train")) == {"en"}
+
+
+def test_a_split_folder_beside_a_longer_split_folder_is_read_alone(tmp_path):
+    """The parquet branch's default/test/0000.parquet beside default/test_hard/0000.parquet: split = "test" read both
+    folders (6 rows, 3 of test_hard), as a hub shard test_hard-00000-of-00001 was read as test before 415b9e4."""
+    root = tmp_path
+    _write(root / "ds" / "default" / "test" / "0000.parquet", "test")
+    _write(root / "ds" / "default" / "test_hard" / "0000.parquet", "hard")
+    cache = str(root / "cache")
+    assert _configs(read_split("hf_datasets", root, path="ds", split="test", cache_dir=cache)) == {"test"}
+    assert _configs(read_split("hf_datasets", root, path="ds", split="test_hard", cache_dir=cache)) == {"hard"}

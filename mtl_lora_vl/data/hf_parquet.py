@@ -2,7 +2,8 @@
 
 A split is read from the files' names and folders as ``datasets`` reads it: ``train-0.parquet``,
 ``mydata_train.parquet``, ``train2017/``, a hub shard ``test_hard-00000-of-00001.parquet`` (the split "test_hard",
-whole), the parquet branch's ``<config>/<split>/0000.parquet``. A split whose files lie in several config folders
+whole), the parquet branch's ``<config>/<split>/0000.parquet`` (a folder named the split whole, ``test/``, is read
+alone beside ``test_hard/``). A split whose files lie in several config folders
 (``en/train-...`` beside ``de/train-...``) is refused, naming them, rather than read as one split of mixed rows.
 """
 
@@ -106,6 +107,8 @@ def parquet_files(base: Path, split: str | None) -> list[str]:
     mine = [f for f in files if _in_split(f, base, split)]
     # a file in a folder of the split (test/data-00000-of-00001) is the split's whatever its shard name
     by_name = [f for f in mine if not _in_split(f.parent, base, split)]
+    if any(split in f.relative_to(base).parent.parts for f in mine):   # test/ beside test_hard/: test/ alone, as
+        mine = [f for f in mine if f in by_name or split in f.relative_to(base).parent.parts]   # the shards below
     shards = sorted({n for n in map(_shard_split, by_name) if n is not None})
     if split in shards:   # test-00000-of-00001 beside test_hard-00000-of-00001: the first alone, as datasets reads it
         mine = [f for f in mine if f not in by_name or _shard_split(f) == split]
