@@ -75,6 +75,7 @@ from .hf_table import (
     DatasetImage,
     DatasetTable,
     byte_lengths,
+    byte_tails,
     class_label_names,
     files_stamp,
     image_cells,
@@ -318,11 +319,13 @@ def read_hf_datasets(
     by_bytes: dict[str, tuple[Any, int]] = {}   # digest of the bytes -> (reference, first row), rows without an id
 
     lengths = byte_lengths(column, kind) if kind != "path" else []
-    sizes = Counter(lengths)
+    keys = list(zip(lengths, byte_tails(column, kind))) if kind != "path" else []
+    sizes = Counter(keys)
 
     def digest(row: int) -> str:   # the row's encoded image, hashed once (rows whose image_id repeats or is blank)
-        if row not in digests and lengths[row] is not None and sizes[lengths[row]] == 1:
-            digests[row] = f"{lengths[row]} bytes"   # no other row's image is as long, so none is this one: not read
+        if row not in digests and lengths[row] is not None and sizes[keys[row]] == 1:
+            # no other row's image is as long and ends so, so none is this one: not read whole
+            digests[row] = f"row {row}'s {lengths[row]} bytes"
         if row not in digests:
             value = column[row]
             data = (value["bytes"] if kind == "struct" else value).as_py()
