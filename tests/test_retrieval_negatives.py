@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from vl_tiny import tiny_backbone
 
-from mtl_lora_vl.data import world
-from mtl_lora_vl.data.loader import MultiTaskCollate, TaskDataset, to_device
+from mtl_lora_vl.data import loader, world
+from mtl_lora_vl.data.loader import MultiTaskCollate, MultiTaskLoader, TaskDataset, to_device
 from mtl_lora_vl.data.records import Split
 from mtl_lora_vl.tasks import build_kind, load_spec
 from mtl_lora_vl.tasks.retrieval import multi_positive_infonce
@@ -76,7 +76,8 @@ def test_captions_that_tokenize_alike_are_no_negatives_of_each_other(tmp_path):
     assert torch.equal(clip.tokenizer([long]), clip.tokenizer([longer]))   # (cut at the context alike)
     rows = [dataclasses.replace(a, text=long), dataclasses.replace(b, text=longer), c]
     ds = TaskDataset(kind, Split(rows), clip.image_size)
-    batch = MultiTaskCollate([kind.name], [True], clip.tokenizer)([dict(ds[i], task_id=0) for i in range(3)])
+    collate = MultiTaskCollate([kind.name], [True], clip.tokenizer, token_keys=[True])
+    batch = collate([dict(ds[i], task_id=0) for i in range(3)])
     batch = to_device(batch, "cpu", torch.float32, clip)
     view = dict(batch["tasks"][kind.name], images=batch["images"], tokens=batch["tokens"])
     head = kind.build_head(clip)
@@ -98,8 +99,29 @@ def test_a_caption_has_one_token_key_in_batches_of_other_widths(tmp_path):
     kind = build_kind(spec, train, clip)
     a, b = train.examples[0], train.examples[1]
     ds = TaskDataset(kind, Split([a, dataclasses.replace(b, text=" ".join([b.text] * 3))]), clip.image_size)
-    collate = MultiTaskCollate([kind.name], [True], clip.tokenizer, text_padding=(clip.pad_id, clip.eos_id))
+    collate = MultiTaskCollate([kind.name], [True], clip.tokenizer, text_padding=(clip.pad_id, clip.eos_id),
+                               token_keys=[True])
     short, wide = collate([dict(ds[0], task_id=0)] * 2), collate([dict(ds[0], task_id=0), dict(ds[1], task_id=0)])
     assert short["tokens"].shape[1] < wide["tokens"].shape[1]
     assert int(short["tasks"][kind.name]["token_key"][0]) == int(wide["tasks"][kind.name]["token_key"][0])
     assert int(wide["tasks"][kind.name]["token_key"][0]) != int(wide["tasks"][kind.name]["token_key"][1])
+
+
+def test_only_the_kinds_that_compare_rows_by_token_key_get_it(tmp_path, monkeypatch):
+    # the key is hashed in the collate of every batch: a vqa row's (no loss reads it) cost its collate ~7 % on the
+    # built-in vqa split; a mixed batch hashes its retrieval rows alone
+    clip = tiny_backbone(tmp_path)
+    kinds, splits = [], []
+    for name in ("vqa", "retrieval"):
+        split = world.build_split(name, "train", n=8, seed=0)
+        kinds.append(build_kind(load_spec(name), split, clip))
+        splits.append(split)
+    hashed = []
+    real = loader.row_keys
+    monkeypatch.setattr(loader, "row_keys", lambda tokens: hashed.append(tokens.shape[0]) or real(tokens))
+    batch = next(iter(MultiTaskLoader(kinds, splits, clip, batch_size=8, mode="mixed", seed=0, steps=1)))
+    views = batch["tasks"]
+    assert set(views) == {"vqa", "retrieval"} and kinds[0].uses_text
+    assert "token_key" not in views["vqa"]
+    assert views["retrieval"]["token_key"].shape == views["retrieval"]["rows"].shape
+    assert sum(hashed) == len(views["retrieval"]["rows"])

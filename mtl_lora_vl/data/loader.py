@@ -46,8 +46,9 @@ Batch layout (what :class:`MultiTaskLoader` yields; B rows, grouped by task in a
         "text_index": LongTensor (n_t,)       its rows' positions among ``text_rows`` (uses_text only)
         "image_index": LongTensor (n_t, k)    its rows' images in ``images`` (only with image_segments;
                                               (n_t,) for a task of one image per row)
-        "token_key":  LongTensor (n_t,)       a key of each row's token ids (uses_text only): equal for texts
-                                              that tokenize alike (retrieval's duplicate captions)
+        "token_key":  LongTensor (n_t,)       a key of each row's token ids, only for a kind whose loss compares
+                                              rows by it (``"token_key"`` in its ``cross_rank_fields``: retrieval's
+                                              duplicate captions): equal for texts that tokenize alike
         <fields>:     Tensor (n_t, ...)       the kind's own per-row tensors, stacked
                                               (vqa "targets", classification "labels",
                                                retrieval "image_key", "text_key")
@@ -202,15 +203,20 @@ class MultiTaskCollate:
     tasks are the adapter's tasks in order). With ``lm_collator`` (a generative backbone's picklable
     ``backbone.lm_collator()``), every row's ``(prompt, target)`` is tokenised into ``batch["lm"]`` and
     ``tokens`` is left out; else ``tokenizer`` makes ``tokens`` (without the padding columns every row shares
-    when ``text_padding`` gives the ``(pad, end)`` ids: a backbone's ``short_text``). Images of different sizes (a
-    ``native`` resize) go on one canvas (:func:`pad_images`).
+    when ``text_padding`` gives the ``(pad, end)`` ids: a backbone's ``short_text``), and the tasks ``token_keys``
+    marks get their rows' ``token_key`` (hashed only for them: the other kinds' collates do not pay for it). Images of
+    different sizes (a ``native`` resize) go on one canvas (:func:`pad_images`).
     """
 
     def __init__(self, task_names: Sequence[str], uses_text: Sequence[bool], tokenizer: Any,
                  task_ids: Sequence[int] | None = None, *, lm_collator: Any = None,
-                 text_padding: tuple[int, int] | None = None) -> None:
+                 text_padding: tuple[int, int] | None = None, token_keys: Sequence[bool] | None = None) -> None:
         self.task_names = list(task_names)
         self.uses_text = list(uses_text)
+        self.token_keys = [False] * len(self.task_names) if token_keys is None else [bool(k) for k in token_keys]
+        if len(self.token_keys) != len(self.task_names):
+            raise ValueError(f"MultiTaskCollate: token_keys {self.token_keys} must give one flag per task "
+                             f"{self.task_names}")
         self.tokenizer = tokenizer
         self.text_padding = text_padding
         self.lm_collator = lm_collator
@@ -239,7 +245,7 @@ class MultiTaskCollate:
         starts = [0, *itertools.accumulate(counts)]   # row i's images: starts[i] .. starts[i + 1]
         if several:   # rows of several images: the image tower's route and each task's images go by image
             batch["image_segments"] = tuple(id_runs([t for t, c in zip(ids, counts) for _ in range(c)]))
-        lm_weight = token_keys = None
+        lm_weight = full_tokens = None
         if self.lm_collator is not None:   # (a row of several images: its prompt holds one placeholder per image)
             lm = [r.get("lm") for r in rows]
             if any(x is None for x in lm):
@@ -253,7 +259,7 @@ class MultiTaskCollate:
             lm_weight = torch.tensor([float(w) for _, _, w in lm], dtype=torch.float32)
         else:
             batch["tokens"] = self.tokenizer([r["text"] if r["text"] is not None else "" for r in rows])
-            token_keys = row_keys(batch["tokens"])   # (before the padding is cut: its width depends on the batch)
+            full_tokens = batch["tokens"]   # (keys read before the padding is cut: its width depends on the batch)
             if self.text_padding is not None:
                 batch["tokens"] = drop_padding(batch["tokens"], *self.text_padding)
         text_rows: list[int] = []
@@ -273,8 +279,8 @@ class MultiTaskCollate:
             if self.uses_text[t]:
                 view["text_index"] = torch.arange(len(text_rows), len(text_rows) + len(idx))
                 text_rows.extend(idx)
-                if token_keys is not None:
-                    view["token_key"] = token_keys[idx]
+                if full_tokens is not None and self.token_keys[t]:
+                    view["token_key"] = row_keys(full_tokens[idx])
             for key in rows[idx[0]]["fields"]:
                 view[key] = torch.stack([rows[i]["fields"][key] for i in idx])
             if lm_weight is not None:
@@ -379,7 +385,9 @@ class MultiTaskLoader:
         else:
             self.collate = MultiTaskCollate(names, [k.uses_text for k in kinds], backbone.tokenizer, task_ids,
                                             text_padding=(backbone.pad_id, backbone.eos_id)
-                                            if getattr(backbone, "short_text", False) else None)
+                                            if getattr(backbone, "short_text", False) else None,
+                                            token_keys=["token_key" in getattr(k, "cross_rank_fields", ())
+                                                        for k in kinds])
         extra: dict[str, Any] = {}
         if num_workers > 0:
             extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor or 2}
