@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
 from ..data.resize import ImageResize
@@ -79,7 +78,6 @@ class HFClipBackbone(Backbone):
         mean, std, resize = _image_preprocessing(folder, image_size)
         model = load_hf_weights(CLIPModel, folder, resolve_base_dtype(base_dtype, device, large=False), device)
         model.eval().to(device)
-        _fp32_logit_scale(model, folder)
         return cls(
             model=model,
             name=spec.label,
@@ -95,40 +93,6 @@ class HFClipBackbone(Backbone):
             context_length=context_length,
             vocab_size=int(config.text_config.vocab_size),
         )
-
-
-def _fp32_logit_scale(model: torch.nn.Module, folder: Path) -> None:
-    """Keep ``model``'s logit scale fp32 under a bf16 / fp16 base, read again from the checkpoint: transformers casts
-    it with the rest, and bf16 rounds CLIP's log-scale ln 100 = 4.6052 to 4.594, a scale of 99.0 (98.9 in fp32) that
-    the retrieval head starts its temperature from and the classification and VQA heads multiply every score by.
-    open_clip's own half precisions keep it fp32, and so does our open_clip path. A checkpoint without it under
-    that name (a renamed layout) keeps the cast value, in fp32."""
-    scale = model.logit_scale
-    if scale.dtype == torch.float32:
-        return
-    stored = _stored_tensor(folder, "logit_scale")
-    value = stored if stored is not None and stored.numel() == scale.numel() else scale.detach()
-    scale.data = value.to(device=scale.device, dtype=torch.float32).reshape(scale.shape)
-
-
-def _stored_tensor(folder: Path, name: str) -> Tensor | None:
-    """The tensor ``name`` as the checkpoint in ``folder`` stores it (one tensor read: a safetensors file, or a
-    shard its index names; a ``pytorch_model.bin`` memory-mapped), or None where it holds no such tensor."""
-    for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
-        file: Path | None = folder / single
-        if not file.is_file():
-            if not (folder / index).is_file():
-                continue
-            shard = json.loads(read_whole(folder / index)).get("weight_map", {}).get(name)
-            file = folder / shard if isinstance(shard, str) else None
-        if file is None or not file.is_file():
-            return None
-        if file.suffix == ".safetensors":
-            with safe_open(str(file), framework="pt") as f:
-                return f.get_tensor(name) if name in f.keys() else None
-        return torch.load(file, map_location="cpu", weights_only=True, mmap=True).get(name)
-    return None
 
 
 def _openai_preprocessing(folder: Path, image_size: int) -> tuple[tuple[float, float, float],
