@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mtl_lora_vl.data import world
+from mtl_lora_vl.data import worker_start, world
 from mtl_lora_vl.data.images import ImageError
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example
@@ -124,11 +124,47 @@ def test_a_process_without_other_threads_forks_its_workers_as_before(monkeypatch
     """The fork server costs a process one more import of torch and the package (~5-10 s): a process that only
     evaluates (``eval``: one thread, no process group) forks its workers as before; one that holds other threads
     (a training run's validation) starts them from the fork server."""
-    from mtl_lora_vl.data import worker_start
-
     monkeypatch.setattr(worker_start.threading, "active_count", lambda: 1)
     alone = worker_start.evaluation_workers(2)
     assert "multiprocessing_context" not in alone and alone["worker_init_fn"] is worker_start.ignore_stop_signals
     assert worker_start.evaluation_workers(0) == {}
     monkeypatch.setattr(worker_start.threading, "active_count", lambda: 3)
     assert worker_start.evaluation_workers(2)["multiprocessing_context"].get_start_method() == "forkserver"
+
+
+class _Unpicklable:
+    """An image source a fork-server worker cannot be sent: it holds a lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def render(self, size=None):
+        return Image.new("RGB", (size or 8, size or 8))
+
+
+def _alive_thread():
+    """A thread alive while a pass starts its workers (as a training run's loader's): they start from the fork
+    server. Returns the event that ends it and the thread."""
+    done = threading.Event()
+    thread = threading.Thread(target=done.wait)
+    thread.start()
+    return done, thread
+
+
+def test_an_image_source_that_does_not_pickle_is_named_with_the_fix():
+    """From the fork server, the workers are sent the examples pickled: a source that does not pickle raised
+    Python's own "cannot pickle '_thread.lock' object" (a TypeError: a traceback from the command line), naming
+    neither the task, the example nor what to do."""
+    examples = [Example(_LockProbe(), "p0"), Example(_Unpicklable(), "locked"), Example(_LockProbe(), "p2")]
+    done, thread = _alive_thread()
+    try:
+        with pytest.raises(ValueError) as e:
+            list(iter_image_batches(_Backbone(), examples, batch_size=2, device="cpu", task="val", num_workers=2))
+    finally:
+        done.set()
+        thread.join()
+    text = str(e.value)
+    assert text.startswith("task 'val': example 'locked': its image source (_Unpicklable) cannot be pickled"), text
+    assert "_thread.lock" in text and "--workers 0" in text, text
+    assert isinstance(e.value.__cause__, TypeError)
+

@@ -112,7 +112,7 @@ from mtl_lora_vl.data.sampler import MultiTaskBatchSampler
 from mtl_lora_vl.data.seeding import SeededBatches, SeededDataset, loader_generator, reseed_loader
 from mtl_lora_vl.data.text_columns import drop_padding, row_keys
 from mtl_lora_vl.data.worker_errors import RefuseStopIteration, carry_errors, worker_errors_unwrapped
-from mtl_lora_vl.data.worker_start import evaluation_workers, ignore_stop_signals
+from mtl_lora_vl.data.worker_start import evaluation_workers, ignore_stop_signals, sent_or_named
 from mtl_lora_vl.log import progress
 from mtl_lora_vl.wording import tasks_named
 
@@ -471,10 +471,14 @@ def iter_sized_image_batches(backbone: Any, examples: Sequence[Example], *, batc
     images = ImageFallback(policy_task if task is None else task, examples, _resize_of(backbone),
                            strict=policy_strict if strict is None else strict, several=several)
     dataset, collate = carry_errors(_ImageDataset(images), pad_images)
-    # (workers from the fork server: never forked from this process, which may hold threads; data/worker_start.py)
+    # (workers from the fork server where this process holds other threads, never forked; data/worker_start.py)
+    start = evaluation_workers(num_workers)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", **evaluation_workers(num_workers))
-    for batch, sizes in progress(worker_errors_unwrapped(loader), desc="images", unit="batch", total=len(loader)):
+                        pin_memory=device.type == "cuda", **start)
+    batches = worker_errors_unwrapped(loader)
+    if "multiprocessing_context" in start:   # sent pickled: an example that does not pickle is named
+        batches = sent_or_named(batches, images.examples, images.task)
+    for batch, sizes in progress(batches, desc="images", unit="batch", total=len(loader)):
         yield to_floats(backbone, batch.to(device, non_blocking=True), dtype, sizes), sizes
     images.report()
 

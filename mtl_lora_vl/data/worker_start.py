@@ -15,22 +15,26 @@ worker imports torch and the package itself: 9-15 s a pass on the loaded two-cor
 What such a worker reads comes to it pickled (the dataset with its examples, the collate function, the worker's
 start, :class:`WorkerStart`); the shared record of failed images (:class:`~mtl_lora_vl.data.fallback.ImageFallback`)
 goes with it. A forked worker had the command line's logging; this one is given it (:class:`WorkerStart`), so that
-a bad image's warning, said in the worker, prints as in the main process.
+a bad image's warning, said in the worker, prints as in the main process. An example that does not pickle stops
+the pass naming itself and the fix (:func:`sent_or_named`): Python's own error named neither.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import pickle
 import signal
 import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch.distributed as dist
 
 from ..log import PACKAGE_LOGGER, cli_logging
 
-__all__ = ["PRELOAD", "WorkerStart", "evaluation_workers", "holds_threads", "ignore_stop_signals"]
+__all__ = ["PRELOAD", "WorkerStart", "evaluation_workers", "holds_threads", "ignore_stop_signals", "not_sent",
+           "sent_or_named"]
 
 #: What the fork server imports before it forks a worker: the evaluation loader's modules (torch, the image sources).
 PRELOAD = ["mtl_lora_vl.data.loader"]
@@ -82,3 +86,47 @@ def holds_threads() -> bool:
     training loader's queue feeders and pin-memory thread), or a process group is up (gloo's and NCCL's threads,
     which Python does not list)."""
     return threading.active_count() > 1 or (dist.is_available() and dist.is_initialized())
+
+
+def sent_or_named(batches: Iterator[Any], examples: Sequence[Any], task: str) -> Iterator[Any]:
+    """``batches`` of a loader whose workers start from the fork server; where they could not start because an
+    example does not pickle, the :func:`not_sent` error naming it (Python's own, e.g. "cannot pickle '_thread.lock'
+    object", named neither the task, the example nor the fix) instead."""
+    try:
+        first = next(batches)
+    except StopIteration:
+        return
+    except (pickle.PicklingError, TypeError, AttributeError) as e:   # what pickling raises
+        named = not_sent(examples, task)
+        if named is None:
+            raise
+        raise named from e
+    yield first
+    yield from batches
+
+
+def not_sent(examples: Sequence[Any], task: str) -> ValueError | None:
+    """The error for the first of ``examples`` (:class:`~mtl_lora_vl.data.records.Example`) that does not pickle,
+    naming it and the fix (``--workers 0``); None where each pickles. Checked only after a start failed."""
+    for ex in examples:
+        if (why := _pickle_error(ex)) is None:
+            continue
+        parts = ex.image if isinstance(ex.image, tuple) else (ex.image,)
+        bad = [(p, w) for p in parts if (w := _pickle_error(p)) is not None]
+        what = f"its image source ({type(bad[0][0]).__qualname__})" if bad else "its fields"
+        return ValueError(
+            f"task {task!r}: example {ex.image_id!r}: {what} cannot be pickled ({bad[0][1] if bad else why}), which "
+            "the evaluation loader's workers need: where this process holds other threads (a training run's "
+            "validation) they start from Python's fork server and are sent the examples pickled; make it picklable "
+            "(a class defined at module level, holding no lock, open file or generator), or use --workers 0 "
+            "(num_workers=0: rows read in this process)")
+    return None
+
+
+def _pickle_error(obj: Any) -> str | None:
+    """Why ``obj`` does not pickle (``"TypeError: ..."``), or None."""
+    try:
+        pickle.dumps(obj)
+    except Exception as e:  # noqa: BLE001 - any failure to pickle
+        return f"{type(e).__name__}: {e}"
+    return None
