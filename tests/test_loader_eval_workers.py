@@ -11,6 +11,7 @@ import multiprocessing as mp
 import pickle
 import signal
 import threading
+from multiprocessing import forkserver
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,23 @@ def test_an_image_source_that_does_not_pickle_is_named_with_the_fix():
     assert "_thread.lock" in text and "--workers 0" in text, text
     assert isinstance(e.value.__cause__, TypeError)
 
+
+def test_a_workers_warning_prints_on_the_stderr_of_the_pass(tmp_path, capfd):
+    """The fork server's workers printed on the stderr the process had when the server started (once a process):
+    under pytest an earlier test's capture, in a program that redirects its stderr the old one. They now print on
+    the stderr the process has when the pass starts them, as forked ones did."""
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    examples = [Example(_png(tmp_path / f"g{i}.png", 60 * i), f"g{i}") for i in range(3)]
+    examples.insert(1, Example(str(tmp_path / "bad.png"), "bad"))
+    done, thread = _alive_thread()
+    try:
+        with capfd.disabled():   # the server started where this test's capture is not
+            assert "multiprocessing_context" in worker_start.evaluation_workers(2)   # (sets its preload)
+            forkserver.ensure_running()
+        with cli_logging(logging.WARNING):
+            list(iter_image_batches(_Backbone(), examples, batch_size=2, device="cpu", task="val", num_workers=2))
+    finally:
+        done.set()
+        thread.join()
+    err = capfd.readouterr().err
+    assert "[mtl-lora-vl] warning: task 'val': example 'bad': " in err and "its rows are replaced" in err, err

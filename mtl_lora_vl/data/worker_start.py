@@ -23,10 +23,14 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import pickle
 import signal
+import sys
 import threading
 from collections.abc import Iterator, Sequence
+from multiprocessing import reduction
+from multiprocessing.context import get_spawning_popen
 from typing import Any
 
 import torch.distributed as dist
@@ -52,7 +56,10 @@ def ignore_stop_signals(worker_id: int) -> None:
 class WorkerStart:
     """A worker's ``worker_init_fn`` (picklable): :func:`ignore_stop_signals`, and the command line's logging (its
     handler's level on the package logger, as :func:`~mtl_lora_vl.log.cli_logging` installs it) where the process
-    that made the loader had it: a worker that is not forked from it does not inherit it."""
+    that made the loader had it: a worker that is not forked from it does not inherit it. Sent to a worker it
+    carries that process's stderr (file descriptor 2) as it is then, which the worker writes to: the fork server's
+    own is the one the process had when the server started (once a process), and a bad image's warning printed
+    there (a program that redirected its stderr since: the old file; under pytest an earlier test's capture)."""
 
     def __init__(self) -> None:
         package = logging.getLogger(PACKAGE_LOGGER)
@@ -60,8 +67,20 @@ class WorkerStart:
         # logger's: a rank muted by main_rank_logging keeps its own, at which rank_warning prints)
         self.cli_level = package.handlers[-1].level if package.handlers and not package.propagate else None
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = {"cli_level": self.cli_level}
+        if get_spawning_popen() is not None and _is_open(2):   # a worker's start: sent along with it
+            state["stderr"] = reduction.DupFd(2)
+        return state
+
     def __call__(self, worker_id: int) -> None:
         ignore_stop_signals(worker_id)
+        stderr = self.__dict__.pop("stderr", None)
+        if stderr is not None:   # the worker's stderr: its loader's process's
+            sys.stderr.flush()
+            fd = stderr.detach()
+            os.dup2(fd, 2)
+            os.close(fd)
         if self.cli_level is not None:   # open for the worker's life (held here: a dropped one would close)
             self._logging = cli_logging(self.cli_level)
             self._logging.__enter__()
@@ -79,6 +98,14 @@ def evaluation_workers(num_workers: int) -> dict[str, Any]:
     context = mp.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)   # (read when the server starts: once a process)
     return {"multiprocessing_context": context, "worker_init_fn": WorkerStart()}
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def holds_threads() -> bool:
