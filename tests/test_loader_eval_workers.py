@@ -47,6 +47,14 @@ class _Backbone:
         return images.to(dtype)
 
 
+@pytest.fixture(autouse=True)
+def _as_in_a_process_group(monkeypatch):
+    """These tests exercise the fork-server start, which the loader takes in a process group (torchrun)."""
+    from mtl_lora_vl.data import worker_start
+
+    monkeypatch.setattr(worker_start, "in_process_group", lambda: True)
+
+
 def test_a_lock_another_thread_holds_is_not_held_in_the_workers():
     """Forked, the workers got the lock held (every image black): what stops a child for good when the lock is
     one it needs (a malloc arena's, a logging handler's, a queue's)."""
@@ -121,16 +129,21 @@ def test_a_worker_warns_in_the_command_lines_format(capfd):
     assert pickle.loads(pickle.dumps(WorkerStart())).cli_level is None   # (no command line here: nothing given)
 
 
-def test_a_process_without_other_threads_forks_its_workers_as_before(monkeypatch):
-    """The fork server costs a process one more import of torch and the package (~5-10 s): a process that only
-    evaluates (``eval``: one thread, no process group) forks its workers as before; one that holds other threads
-    (a training run's validation) starts them from the fork server."""
-    monkeypatch.setattr(worker_start.threading, "active_count", lambda: 1)
+def test_a_process_outside_a_process_group_forks_its_workers_as_before(monkeypatch):
+    """The fork server re-runs a script without a ``__main__`` guard in every worker and costs a process one more
+    import of torch and the package (~10 s): outside a process group (a plain ``eval``, a notebook, a one-process
+    training run) workers are forked as before; in one (torchrun, where a validation hung in a forked child) they
+    start from the fork server."""
+    from mtl_lora_vl.data import worker_start
+
+    monkeypatch.setattr(worker_start, "in_process_group", lambda: False)
     alone = worker_start.evaluation_workers(2)
     assert "multiprocessing_context" not in alone and alone["worker_init_fn"] is worker_start.ignore_stop_signals
     assert worker_start.evaluation_workers(0) == {}
-    monkeypatch.setattr(worker_start.threading, "active_count", lambda: 3)
+    monkeypatch.setattr(worker_start, "in_process_group", lambda: True)
     assert worker_start.evaluation_workers(2)["multiprocessing_context"].get_start_method() == "forkserver"
+    monkeypatch.undo()
+    assert worker_start.in_process_group() is False   # (no process group in this test process)
 
 
 class _Unpicklable:

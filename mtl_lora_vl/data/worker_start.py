@@ -1,12 +1,13 @@
 """How the package's loader workers start: the stop signals they ignore, and the evaluation loaders' workers
-started from Python's fork server, never forked from a process that holds other threads (:func:`holds_threads`).
+started from Python's fork server, never forked from a process in a process group (:func:`in_process_group`).
 
 A training process holds threads: the training loader's persistent workers' queue feeder threads and its
 pin-memory thread, gloo's, torch's intra-op pool. ``fork`` copies such a process with the locks those threads held
 at that instant held for good, and the child can wait on one forever: a DDP run's validation once hung so (the
 evaluation loader's child stopped inside ``os.fork``, the other rank waited in ``all_gather`` until the test's
 time ran out). Every validation and evaluation pass starts new workers, task by task, so each pass took that risk
-again. :func:`evaluation_workers` starts them from the fork server instead: one single-threaded process, itself
+again. In a process group :func:`evaluation_workers` starts them from the fork server instead (elsewhere they are
+forked, as PyTorch's default: see :func:`in_process_group` for why not everywhere): one single-threaded process, itself
 started by fork + exec (which holds no such risk) the first time a process needs it, having imported the loader's
 modules (torch among them; ``set_forkserver_preload``), so a worker is forked from it about as fast as from the
 main process (measured with two workers: 0.14-0.22 s a pass against fork's 0.33-0.48 s; without the preload each
@@ -27,7 +28,6 @@ import os
 import pickle
 import signal
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 from multiprocessing import reduction
 from multiprocessing.context import get_spawning_popen
@@ -37,7 +37,7 @@ import torch.distributed as dist
 
 from ..log import PACKAGE_LOGGER, cli_logging
 
-__all__ = ["PRELOAD", "WorkerStart", "evaluation_workers", "holds_threads", "ignore_stop_signals", "not_sent",
+__all__ = ["PRELOAD", "WorkerStart", "evaluation_workers", "in_process_group", "ignore_stop_signals", "not_sent",
            "sent_or_named"]
 
 #: What the fork server imports before it forks a worker: the evaluation loader's modules (torch, the image sources).
@@ -88,12 +88,11 @@ class WorkerStart:
 
 def evaluation_workers(num_workers: int) -> dict[str, Any]:
     """The ``DataLoader`` arguments that start an evaluation loader's ``num_workers`` workers (none: ``{}``, rows are
-    read in this process): from the fork server, with :class:`WorkerStart`, where this process holds other threads
-    (a training loader's, a process group's); else forked, as before, which costs no fork-server start (one import
-    of torch and the package, ~5-10 s) to a process that only evaluates."""
+    read in this process): from the fork server, with :class:`WorkerStart`, where a process group is up
+    (:func:`in_process_group`); else forked, as before."""
     if num_workers <= 0:
         return {}
-    if not holds_threads():
+    if not in_process_group():
         return {"worker_init_fn": ignore_stop_signals}
     context = mp.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)   # (read when the server starts: once a process)
@@ -108,11 +107,12 @@ def _is_open(fd: int) -> bool:
     return True
 
 
-def holds_threads() -> bool:
-    """Whether a fork of this process could copy a lock another thread holds: other Python threads are alive (a
-    training loader's queue feeders and pin-memory thread), or a process group is up (gloo's and NCCL's threads,
-    which Python does not list)."""
-    return threading.active_count() > 1 or (dist.is_available() and dist.is_initialized())
+def in_process_group() -> bool:
+    """Whether a process group is up (torchrun): gloo's / NCCL's threads, beside the training loader's queue feeders,
+    make a fork of this process risky -- a DDP run's validation hung so once, its worker stopped inside ``os.fork``.
+    Elsewhere workers are forked, as PyTorch forks them by default: the fork server re-runs a script without an
+    ``if __name__ == "__main__":`` guard in every worker, costs ~10 s to start, and a notebook always holds threads."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def sent_or_named(batches: Iterator[Any], examples: Sequence[Any], task: str) -> Iterator[Any]:
@@ -143,8 +143,8 @@ def not_sent(examples: Sequence[Any], task: str) -> ValueError | None:
         what = f"its image source ({type(bad[0][0]).__qualname__})" if bad else "its fields"
         return ValueError(
             f"task {task!r}: example {ex.image_id!r}: {what} cannot be pickled ({bad[0][1] if bad else why}), which "
-            "the evaluation loader's workers need: where this process holds other threads (a training run's "
-            "validation) they start from Python's fork server and are sent the examples pickled; make it picklable "
+            "the evaluation loader's workers need: in a process group (torchrun) they start from Python's fork "
+            "server and are sent the examples pickled; make it picklable "
             "(a class defined at module level, holding no lock, open file or generator), or use --workers 0 "
             "(num_workers=0: rows read in this process)")
     return None
