@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import llava_inputs, tiny_llava, tiny_open_clip
+from gemm_rounding import SCALE_FRACTION, assert_close_at_scale
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.checkpoint import checkpoint
@@ -48,6 +49,18 @@ def _layer_by_layer(model):
     for b in _banks(copied):
         b.formation = None
     return copied
+
+
+def _assert_tasks_differ(model, x: torch.Tensor) -> None:
+    """Each row of ``MIXED`` routed to another task moves the output by far more than a comparison at scale allows
+    (0.15 to 2.0 of outputs up to 1.0 here, against 2e-3): such comparisons still see a row on the wrong task."""
+    copied = _layer_by_layer(model)   # a copy: the model's own formation state is left as it was
+    with torch.no_grad():
+        with mlv.route(copied, MIXED):
+            mixed = copied(x)
+        with mlv.route(copied, MIXED.roll(1)):
+            moved = copied(x)
+    assert ((mixed - moved).abs().amax(-1) > 10 * SCALE_FRACTION * mixed.abs().max()).all(), (mixed - moved)
 
 
 def _loss(model, family: str, inputs, ids):
@@ -270,9 +283,11 @@ def test_second_derivatives_equal_forming_layer_by_layer():
             gx, = torch.autograd.grad(m(xs).square().sum(), xs, create_graph=True)
         return torch.autograd.grad(gx.square().sum(), params)
 
+    _assert_tasks_differ(model, x)
     for _ in range(2):   # alone, then together
         for a, b in zip(penalty(model), penalty(per_layer)):
-            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+            # the group's GEMMs and the layers' accumulate apart (MKL, AVX-512): 5.0e-6 past rtol, gradients to 274
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
 
 
 def test_copies_start_afresh_and_form_their_own():
@@ -395,6 +410,7 @@ def test_a_tensor_given_a_transposed_view_of_its_own_storage_forms_them_again(na
         for b in _banks(model):
             b.lora_w.normal_(), b.lora_lambda.normal_()
     x = torch.randn(4, 8)
+    _assert_tasks_differ(model, x)
 
     def transpose(m):
         for b in _banks(m):
@@ -406,7 +422,7 @@ def test_a_tensor_given_a_transposed_view_of_its_own_storage_forms_them_again(na
         transpose(model)
         got = model(x)
     with torch.no_grad(), mlv.route(per_layer := _layer_by_layer(model), MIXED):
-        torch.testing.assert_close(got, per_layer(x), rtol=1e-6, atol=1e-6)
+        assert_close_at_scale(got, per_layer(x))   # stale M_t: 1.99 off
     with mlv.route(model, MIXED):
         loss = model(x).square().sum()
     transpose(model)
@@ -704,6 +720,7 @@ def test_a_group_formed_in_a_checkpoints_recomputation_is_not_reused_after_that_
     model = _checkpointed(reentrant=False, plain=1)
     ref = _layer_by_layer(model)
     x = torch.randn(4, 8)
+    _assert_tasks_differ(ref, x)
     opts = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=0.1, fused=True) for m in (model, ref)]
     for step in range(4):
         losses = []
@@ -714,7 +731,7 @@ def test_a_group_formed_in_a_checkpoints_recomputation_is_not_reused_after_that_
             loss.backward()
             opt.step()
             losses.append(loss.item())
-        assert losses[0] == pytest.approx(losses[1], rel=1e-5), (step, losses)
+        assert_close_at_scale(torch.tensor(losses[0]), torch.tensor(losses[1]), msg=f"step {step}: {losses}")
 
 
 # torch.func.grad through mtl_lora layers failed inside the formation ("Cannot access data pointer of Tensor that
