@@ -3,9 +3,11 @@ result is constant per route or per step (adapters/layers.py, adapters/formation
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
+from gemm_rounding import SCALE_FRACTION, assert_close_at_scale
 from torch import nn
 
 import mtl_lora_vl as mlv
@@ -98,6 +100,12 @@ def test_a_tensor_written_between_two_layers_of_one_forward_is_seen_by_the_later
         if hasattr(m, "formation"):
             m.formation = None
     ids = torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():   # each row on another task moves by far more than the comparison at scale allows
+        with mlv.route(other := copy.deepcopy(plain), ids):
+            mixed = other(x)
+        with mlv.route(other, (ids + 1) % len(TASKS)):
+            moved = other(x)
+    assert ((mixed - moved).abs().amax(-1) > 10 * SCALE_FRACTION * mixed.abs().max()).all(), (mixed - moved)
     for _ in range(2):   # members, then a held group of all four
         with mlv.route(model, ids):
             model(x).sum().backward()
@@ -112,14 +120,12 @@ def test_a_tensor_written_between_two_layers_of_one_forward_is_seen_by_the_later
         got = model(x)
     with mlv.route(plain, ids):
         want = plain(x)
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert_close_at_scale(got, want)   # the group's GEMMs against the layers' (a missed write: 602 off of 1371)
 
 
 def test_a_tensor_given_a_view_of_its_own_storage_of_another_shape_is_formed_again():
     """The fast path keys on a tensor's identity, version and storage address; ``p.data = p.data[:k]`` keeps all
     three: evaluation inside the scope reused the M_t of the old shape (0.47 off) instead of forming them again."""
-    import copy
-
     model, x, ids = _model(), torch.randn(4, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
     model.double().eval()
     bank = next(m for m in model[1].modules() if hasattr(m, "lora_w"))
