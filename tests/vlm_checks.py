@@ -20,8 +20,12 @@ from mtl_lora_vl.data.images import to_uint8_tensor
 from mtl_lora_vl.data.resize import ImageResize, resize_to_square
 
 #: A gradient tensor that is all but zero (idefics3's: 1e-7) carries the rounding of the larger terms cancelled in
-#: it (2e-7 there): below this absolute tolerance (the one these checks had) its own scale is not the measure.
+#: it (2e-7 there): below this absolute tolerance its own scale is not the measure.
 GRAD_ATOL = 1e-5
+#: A gradient tensor's terms cancel too, so it is compared at a larger fraction of its own scale than an output:
+#: Qwen2-VL's lora_A / lora_B over several images a row are 1.5e-5 off at a scale of 8.3e-4 and 6.9e-5 off at 5.2e-3
+#: (1.8e-2, 1.3e-2; 1.3e-11 in float64), where a row on the wrong task moves every tensor by more than 0.15 of it.
+GRAD_FRACTION = 5e-2
 
 PROMPTS = ["question: what colour is the circle? answer:", "caption:", "how many objects are there? answer:"]
 
@@ -39,7 +43,7 @@ def perturb_adapters(model: torch.nn.Module, std: float = 0.5, seed: int = 1) ->
 def assert_gradient_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     """One gradient over two GEMM shapes: equal to a fraction of ``expected``'s scale, or to ``GRAD_ATOL``."""
     scale = expected.detach().abs().max().item() if expected.numel() else 0.0
-    assert_close_at_scale(actual, expected, fraction=max(SCALE_FRACTION, GRAD_ATOL / max(scale, 1e-12)))
+    assert_close_at_scale(actual, expected, fraction=max(GRAD_FRACTION, GRAD_ATOL / max(scale, 1e-12)))
 
 
 def assert_mixed_gradients_are_per_task_sums(model: torch.nn.Module, x: dict, parts: tuple[str, ...]) -> None:
