@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from gemm_rounding import SCALE_FRACTION, assert_close_at_scale
+from gemm_rounding import assert_close_at_scale
 from PIL import Image
 from torch.utils.checkpoint import checkpoint
 
