@@ -69,5 +69,8 @@ def autocast(device: torch.device | str, dtype: torch.dtype) -> torch.autocast:
 
 
 def base_weights_dtype(model: torch.nn.Module) -> torch.dtype | None:
-    """The dtype of ``model``'s frozen floating-point weights (the base model under the adapters); None if none."""
-    return next((p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()), None)
+    """The dtype of ``model``'s frozen floating-point weights (the base model under the adapters); None if none. Scalar
+    parameters are passed over where the model has others: open_clip's logit scale (and bias) stays fp32 under a bf16
+    / fp16 base, and is the first parameter of a CoCa or a ``CustomTextCLIP`` (its only own ones)."""
+    frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
+    return next((p.dtype for p in frozen if p.numel() > 1), frozen[0].dtype if frozen else None)
