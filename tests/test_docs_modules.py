@@ -1,6 +1,7 @@
 """Every module docs/architecture.md's layout table names is a module of the package where the row puts it
 (``adapters/`` row: ``mtl_lora_vl/adapters/NAME.py``; a path such as ``data/splits.py`` from the package's root), and
-a line count the table gives a module (``layers.py`` (478, ...)) is the module's."""
+a line count the table gives a module (``layers.py`` (478, ...)) is the module's, and every module of the package
+(but ``__init__.py`` / ``__main__.py``) is named there, in its package's row."""
 
 from __future__ import annotations
 
@@ -33,6 +34,14 @@ def _named(text: str) -> list[tuple[Path, str, Path | None, int | None]]:
 def missing(text: str) -> list[str]:
     """The ``*.py`` names of the layout table's rows that name no file of the package."""
     return [f"{folder.relative_to(ROOT)}: {name}" for folder, name, path, _ in _named(text) if path is None]
+
+
+def unnamed(text: str, package: Path = PACKAGE) -> list[str]:
+    """The modules of ``package`` (but ``__init__.py`` / ``__main__.py``) the layout table's rows do not name where
+    they live: ``evaluation/report.py`` named in the ``evaluation/`` row does not name ``benchmark/report.py``."""
+    named = {path.resolve() for _, _, path, _ in _named(text) if path is not None}
+    return sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                  if p.name not in ("__init__.py", "__main__.py") and p.resolve() not in named)
 
 
 #: How far the layout table's count may lag its module: a few lines' change need not touch the doc (every helper's
@@ -77,3 +86,18 @@ def test_the_count_check_sees_a_wrong_count():
     text = f"| `adapters/` | `runs.py` ({lines}, the runs), `rows.py` (1, the row updates), `layers.py` |"
     assert miscounted(text, slack=0) == [f"mtl_lora_vl/adapters/rows.py: says 1, has "
                                 f"{len((PACKAGE / 'adapters' / 'rows.py').read_text(encoding='utf-8').splitlines())}"]
+
+
+def test_every_module_is_named_in_the_layout():
+    """A new module gets a row entry in docs/architecture.md: what it holds, one clause."""
+    assert not unnamed((ROOT / "docs" / "architecture.md").read_text(encoding="utf-8"))
+
+
+def test_the_check_sees_a_module_the_layout_does_not_name():
+    text = ("| `evaluation/` | `report.py` (1), `evaluate.py` |\n| `adapters/` | `runs.py` |\n"
+            "| `config.py` (2) | x |\n| `wording.py` | x |")
+    left = unnamed(text)
+    assert "adapters/runs.py" not in left and "evaluation/report.py" not in left and "config.py" not in left
+    assert "wording.py" not in left and "evaluation/evaluate.py" not in left
+    assert "benchmark/report.py" in left and "adapters/rows.py" in left and "families.py" in left
+    assert not any(name.endswith(("__init__.py", "__main__.py")) for name in left)
