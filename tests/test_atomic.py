@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -390,8 +391,9 @@ _BOTH_SIGNALS = _TERMINATED_SWAP.replace(
 
 def test_a_ctrl_c_and_a_sigterm_held_together_end_the_process_as_the_sigterm_does(tmp_path):
     """Helper 455: both held over the two renames, the Ctrl-C was delivered first and its KeyboardInterrupt lost the
-    SIGTERM: the process ended by SIGINT (exit 130) where the SIGTERM it was sent kills it (143). Now the stronger
-    one, SIGTERM, is delivered first; the directory is whole either way."""
+    SIGTERM: the process ended by SIGINT (exit 130) where the SIGTERM it was sent kills it (143). Now the SIGTERM is
+    delivered from a ``finally`` after the Ctrl-C's handler (arrival order, review 460); the directory is whole
+    either way."""
     assert _BOTH_SIGNALS != _TERMINATED_SWAP
     target = tmp_path / "t"
     target.mkdir()
@@ -402,9 +404,9 @@ def test_a_ctrl_c_and_a_sigterm_held_together_end_the_process_as_the_sigterm_doe
     assert [p.name for p in target.iterdir()] == ["new"]
 
 
-def test_held_signals_reach_each_handler_once_strongest_first_while_none_raises(tmp_path, monkeypatch):
-    """A SIGTERM handler that returns (the training loop's, which stops at the next step) lets the Ctrl-C through
-    after it; a signal sent twice while held reaches its handler once."""
+def test_held_signals_reach_each_handler_once_in_arrival_order_while_none_raises(tmp_path, monkeypatch):
+    """Handlers that return all run, in the order their signals arrived (Ctrl-C, SIGTERM: review 460; 622ca43 ran
+    SIGTERM's first); a signal sent twice while held reaches its handler once."""
     target = tmp_path / "t"
     target.mkdir()
     (target / "old").write_text("old")
@@ -425,5 +427,80 @@ def test_held_signals_reach_each_handler_once_strongest_first_while_none_raises(
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
-    assert seen == [signal.SIGTERM, signal.SIGINT]
+    assert seen == [signal.SIGINT, signal.SIGTERM]
+    assert [p.name for p in target.iterdir()] == ["new"]
+
+
+def _signals_during_the_renames(target, monkeypatch, signals):
+    """On the two-rename path, raise ``signals`` (in that order) once the old directory is moved aside."""
+    real = os.replace
+
+    def with_signals(src, dst):
+        real(src, dst)
+        if Path(src) == target:
+            for s in signals:
+                signal.raise_signal(s)
+
+    monkeypatch.setattr(atomic_mod.os, "replace", with_signals)
+    monkeypatch.setattr(atomic_mod, "_exchange", lambda a, b: False)  # the two-rename path (no atomic swap)
+
+
+@pytest.mark.parametrize("signals", [(signal.SIGINT, signal.SIGTERM), (signal.SIGTERM, signal.SIGINT),
+                                     (signal.SIGINT, signal.SIGTERM, signal.SIGINT)],
+                         ids=["INT-TERM", "TERM-INT", "INT-TERM-INT"])
+def test_signals_held_in_the_training_loop_stop_it_as_the_same_signals_unheld_would(tmp_path, monkeypatch, signals):
+    """Review 460: inside ``stop_at_step_boundary`` (a Ctrl-C sets a flag for a clean stop at the next step, a second
+    Ctrl-C after it aborts) a Ctrl-C then a SIGTERM held over the renames were delivered SIGTERM first, so the Ctrl-C
+    came second and raised KeyboardInterrupt (an abort, no checkpoint) where the same signals unheld stop cleanly with
+    SIGTERM's exit 143. Held signals now come in their arrival order, each once (a third signal repeating the first is
+    not delivered again: INT-TERM-INT stops as INT-TERM does)."""
+    from mtl_lora_vl.training.stopping import stop_at_step_boundary
+
+    def outcome(held):
+        with stop_at_step_boundary() as request:
+            try:
+                if held:
+                    target = tmp_path / "t"
+                    shutil.rmtree(target, ignore_errors=True)
+                    target.mkdir()
+                    (target / "old").write_text("old")
+                    with monkeypatch.context() as m:
+                        _signals_during_the_renames(target, m, signals)
+                        with atomic_dir(target, overwrite=True) as d:
+                            (d / "new").write_text("new")
+                    assert [p.name for p in target.iterdir()] == ["new"]
+                else:
+                    for s in dict.fromkeys(signals):   # each once, as held signals are delivered
+                        signal.raise_signal(s)
+            except KeyboardInterrupt:
+                return "KeyboardInterrupt", request.signum
+            return "stop at the step boundary", request.signum
+
+    unheld = outcome(held=False)
+    assert unheld == ({(signal.SIGINT, signal.SIGTERM): ("stop at the step boundary", signal.SIGTERM),
+                       (signal.SIGTERM, signal.SIGINT): ("KeyboardInterrupt", signal.SIGTERM)}[signals[:2]])
+    assert outcome(held=True) == unheld
+    assert [p.name for p in tmp_path.iterdir()] == ["t"]
+
+
+def test_a_held_signal_whose_handler_raises_does_not_lose_the_next(tmp_path, monkeypatch):
+    """Outside the loop with the default Ctrl-C handler and ``terminate_raises`` (SIGTERM raises ``Terminated``): a
+    Ctrl-C then a SIGTERM held over the renames end the command as the SIGTERM does (``Terminated``, exit 143), the
+    Ctrl-C's KeyboardInterrupt chained under it; the SIGTERM is delivered from a ``finally`` after the first."""
+    from mtl_lora_vl.training.stopping import Terminated, terminate_raises
+
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "old").write_text("old")
+    _signals_during_the_renames(target, monkeypatch, (signal.SIGINT, signal.SIGTERM))
+    handler, raised = signal.signal(signal.SIGINT, signal.default_int_handler), None
+    try:
+        with terminate_raises(), atomic_dir(target, overwrite=True) as d:
+            (d / "new").write_text("new")
+    except KeyboardInterrupt as e:   # (Terminated is one: caught here, a plain one does not end the test session)
+        raised = e
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert type(raised) is Terminated and type(raised.__context__) is KeyboardInterrupt, repr(raised)
+    assert [p.name for p in tmp_path.iterdir()] == ["t"]
     assert [p.name for p in target.iterdir()] == ["new"]

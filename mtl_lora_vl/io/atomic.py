@@ -386,34 +386,45 @@ def _replace_dir(tmp: Path, path: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-#: The signals :func:`_signals_held` holds, strongest first: the order it delivers them in.
-_HELD = (signal.SIGTERM, signal.SIGINT)
+#: The signals :func:`_signals_held` holds.
+_HELD = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextmanager
 def _signals_held() -> Iterator[None]:
     """While open (main thread), SIGINT and SIGTERM wait: each is delivered once to its own handler as the block
     ends (what that handler raises comes from there), so the block's renames are never cut between two of them.
-    Both come as :data:`_HELD` orders them, SIGTERM first: a Ctrl-C and a SIGTERM held together end the process as
-    the SIGTERM would (its default handler kills it, exit 143; the training's raises ``Terminated``), and SIGINT is
-    delivered only where SIGTERM's handler returns. Off the main thread nothing is held: Python runs a signal's
-    handler in the main thread, so what it raises does not cut this thread's renames, but a SIGTERM with the default
-    handler (the process killed) between them leaves the old directory in ``.<name>.*.old``, as a SIGKILL does."""
+    They come in the order they arrived, as unheld they would have: inside the training loop a Ctrl-C then a SIGTERM
+    stop it cleanly at the next step (a SIGTERM then a Ctrl-C abort it), and each later one is delivered even where an
+    earlier one's handler raises (:func:`_deliver`): with the default handlers a Ctrl-C then a SIGTERM end the process
+    as the SIGTERM does (exit 143). Off the main thread nothing is held: Python runs a signal's handler in the main
+    thread, so what it raises does not cut this thread's renames, but a SIGTERM with the default handler (the process
+    killed) between them leaves the old directory in ``.<name>.*.old``, as a SIGKILL does."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    got: set[int] = set()
+    got: dict[int, None] = {}   # the signals as they arrived, each once
     # (getsignal's None: a handler not set from Python, which could not be put back: left as it is)
     old = {s: h for s in _HELD if (h := signal.getsignal(s)) is not None}
     for s in old:
-        signal.signal(s, lambda signum, frame: got.add(signum))
+        signal.signal(s, lambda signum, frame: got.setdefault(signum))
     try:
         yield
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-        for signum in (s for s in _HELD if s in got):
-            signal.raise_signal(signum)
+        _deliver(list(got))
+
+
+def _deliver(signums: list[int]) -> None:
+    """Raise ``signums`` in order, each later one from a ``finally``: an exception from one handler (a Ctrl-C's
+    KeyboardInterrupt) does not lose the next signal (a SIGTERM whose default handler kills the process)."""
+    if not signums:
+        return
+    try:
+        signal.raise_signal(signums[0])
+    finally:
+        _deliver(signums[1:])
 
 
 def _put_back(old: Path, tmp: Path, path: Path) -> None:
