@@ -4,6 +4,9 @@
   averaged over the templates and normalised; the logits are ``logit_scale * image @ W.T``.
 * **Head**: a linear layer whose weight starts as that classifier and whose bias starts at zero, so
   it reproduces the zero-shot predictions exactly at initialisation; trained with cross-entropy.
+* **Tied classes**: classes whose prompts the tokenizer reads as the same ids (``Red circle`` and ``red circle``
+  under a lowercasing tokenizer) get one zero-shot embedding and tie on every image: warned about at start-up
+  (a trained head can still tell them apart; on a generative backbone they are refused).
 * **Metrics**: ``top1``, ``top5`` (clipped to the number of classes), ``mean_per_class`` and
   ``per_class/<name>`` accuracies.
 
@@ -29,12 +32,15 @@ import dataclasses
 import logging
 import math
 import weakref
+from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtl_lora_vl.backbones.base import Backbone
+from mtl_lora_vl.backbones.tokenizers import UNK
 from mtl_lora_vl.data.common import class_name_order, class_name_problems
 from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
@@ -63,6 +69,33 @@ from mtl_lora_vl.tasks.spec import TaskSpec
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+
+def same_ids_groups(items: Sequence[T], ids: Sequence[tuple[int, ...]]) -> list[tuple[tuple[int, ...], list[T]]]:
+    """The groups of two or more ``items`` (classes) whose ``ids`` (their texts as the tokenizer reads them) are
+    equal, each with those ids, in the order of each group's first item: the classes a tokenizer cannot tell apart."""
+    same: dict[tuple[int, ...], list[T]] = {}
+    for item, key in zip(items, ids, strict=True):
+        same.setdefault(key, []).append(item)
+    return [(key, group) for key, group in same.items() if len(group) > 1]
+
+
+def _tie_report(tied: list[tuple[tuple[int, ...], list[str]]], unk_id: int | None, unk_token: str | None,
+                cut: Sequence[bool] = ()) -> tuple[str, str, bool]:
+    """For a tied-classes message: the groups named (the first five, then how many more), why the tokenizer reads
+    them as one text, and whether any group holds its unknown token ``unk_id`` (renaming a class to another word it
+    does not know ties again, so the fix differs). ``cut``: per group, whether its texts fill the tokenizer's
+    context (what differs may be cut off)."""
+    shown = "; ".join(" and ".join(repr(n) for n in names) for _, names in tied[:5])
+    shown += f" (and {len(tied) - 5} more groups)" if len(tied) > 5 else ""
+    unknown = [isinstance(unk_id, int) and unk_id in ids for ids, _ in tied]
+    cut = [bool(c) for c in cut] or [False] * len(tied)
+    why = ([f"words it does not know, each its unknown token {unk_token!r}"] if any(unknown) else []) + (
+        ["they fill its context, and what differs is cut off"] if any(c and not u for c, u in zip(cut, unknown))
+        else []) + (["it lowercases or normalises them alike"] if any(not (c or u) for c, u in zip(cut, unknown))
+                    else [])
+    return shown, "; ".join(why), any(unknown)
 
 class ClassifierHead(nn.Module):
     """Linear classifier over image embeddings, initialised from class-prompt embeddings."""
@@ -169,27 +202,20 @@ class ClassificationKind(TaskKind):
     def _check_distinct_targets(self, backbone: Backbone, refuse: bool) -> None:
         """Generative path: classes whose targets the tokenizer reads as the same ids (``Cube`` and ``cube`` under a
         lowercasing tokenizer; two words it does not know, both its unknown token) are refused (``refuse``), else
-        warned about: their scores always tie, so one is never predicted, and training teaches both the same text."""
+        warned about: their scores always tie, so one is never predicted, and training teaches both the same text.
+        Contrastive path: :meth:`_check_distinct_prompts`."""
         if not self.generative:
+            self._check_distinct_prompts(backbone)
             return
         collate = backbone.lm_collator()
         prompt = collate.prompt_texts([self.prompt()])[0]   # (the targets as they continue the prompt, as scored)
         ids = collate.continuation_ids([prompt] * len(self.class_names), self.candidates())
-        same: dict[tuple[int, ...], list[str]] = {}
-        for name, row in zip(self.class_names, ids):
-            same.setdefault(tuple(row), []).append(name)
-        tied = [(ids, names) for ids, names in same.items() if len(names) > 1]
+        tied = same_ids_groups(self.class_names, [tuple(row) for row in ids])
         if not tied:
             return
-        shown = "; ".join(" and ".join(repr(n) for n in names) for _, names in tied[:5])
-        more = f" (and {len(tied) - 5} more groups)" if len(tied) > 5 else ""
         tok = getattr(getattr(backbone, "hf_processor", None), "tokenizer", None)
-        unk = getattr(tok, "unk_token_id", None)
-        unknown = [isinstance(unk, int) and unk in ids for ids, _ in tied]   # renaming to other unknown words: no fix
-        why = "; ".join(([f"words it does not know, each its unknown token {tok.unk_token!r}"] if any(unknown) else [])
-                        + (["it lowercases or normalises them alike"] if not all(unknown) else []))
-        unknown = any(unknown)
-        message = (f"task {self.name!r}: the classes {shown}{more} are one text to the tokenizer of backbone "
+        shown, why, unknown = _tie_report(tied, getattr(tok, "unk_token_id", None), getattr(tok, "unk_token", None))
+        message = (f"task {self.name!r}: the classes {shown} are one text to the tokenizer of backbone "
                    f"{backbone.name!r} (their targets, generative.target with the class name, read as the same ids: "
                    f"{why}), so their scores always tie and all but one of each are never predicted")
         fix = ("use a backbone whose tokenizer reads these names (hf:DIR of a model with a subword vocabulary), or "
@@ -198,6 +224,40 @@ class ClassificationKind(TaskKind):
         if refuse:
             raise ValueError(f"{message}; {fix}")
         logger.warning("%s; the adapter was trained so: %s, and train again", message, fix)
+
+    def _check_distinct_prompts(self, backbone: Backbone) -> None:
+        """Contrastive path: warn about classes whose prompts (each template with the class name) the text tower's
+        tokenizer reads as the same ids under every template (``Red circle`` and ``red circle`` under the built-in
+        CLIP's lowercasing one): they get the same zero-shot class embedding, so zero-shot they tie on every image
+        and a tie counts against the true class. A warning, not a refusal: a trained head, though it starts from
+        that one embedding, can tell them apart."""
+        tok = backbone.tokenizer
+        pad = getattr(tok, "pad_id", None)
+        rows = list(range(len(self.class_names)))   # the classes still tied under the templates read so far
+        keys: list[tuple[int, ...]] = [() for _ in rows]
+        full: set[int] = set()   # classes with a prompt that fills the context (cut there)
+        for template in self.spec.templates:   # (each later template reads only the classes tied so far)
+            for i, row in zip(rows, tok([template.format(self.class_names[i]) for i in rows]).tolist()):
+                keys[i] += tuple(row)
+                if isinstance(pad, int) and row[-1] != pad:
+                    full.add(i)
+            rows = [i for _, group in same_ids_groups(rows, [keys[i] for i in rows]) for i in group]
+            if not rows:
+                return
+        groups = same_ids_groups(rows, [keys[i] for i in rows])
+        tied = [(key, [self.class_names[i] for i in group]) for key, group in groups]
+        shown, why, unknown = _tie_report(tied, getattr(tok, "unk_id", None), UNK,
+                                          cut=[any(i in full for i in group) for _, group in groups])
+        within = " within its context" if full & set(rows) else ""
+        fix = ("use a backbone with a subword tokenizer (open_clip:NAME, hf:DIR), or name the classes in words it "
+               "knows (options.class_names)" if unknown else
+               f"rename one of each (options.class_names) so that their prompts differ{within}, or merge them in the "
+               "data")
+        logger.warning("task %r: the classes %s are one text to the tokenizer of backbone %r (their class prompts, "
+                       "each template with the class name, read as the same ids: %s), so they get the same zero-shot "
+                       "class embedding: zero-shot their scores tie on every image, and a tie counts against the "
+                       "true class, so none of them is ever right zero-shot (a trained head starts from that one "
+                       "embedding and only training tells them apart); %s", self.name, shown, backbone.name, why, fix)
 
     def state(self) -> dict:
         return {"class_names": list(self.class_names), "data_class_names": self.data_class_names}
