@@ -105,3 +105,23 @@ def test_a_split_folder_beside_a_longer_split_folder_is_read_alone(tmp_path):
     cache = str(root / "cache")
     assert _configs(read_split("hf_datasets", root, path="ds", split="test", cache_dir=cache)) == {"test"}
     assert _configs(read_split("hf_datasets", root, path="ds", split="test_hard", cache_dir=cache)) == {"hard"}
+
+
+def test_split_names_in_part_two_folders_are_refused_and_one_is_read(tmp_path):
+    """MNLI's test_matched/ beside test_mismatched/ (no test/): split = "test" read both folders as one split (6 rows,
+    two splits' rows); refused naming the folders and what to set, as two hub shard names are. One such folder alone
+    (val2014/) is read as the split, as train2017/ is; without split = ... the two are two splits."""
+    root = tmp_path
+    _write(root / "ds" / "x" / "test_matched" / "0.parquet", "matched")
+    _write(root / "ds" / "x" / "test_mismatched" / "0.parquet", "mismatched")
+    cache = str(root / "cache")
+    with pytest.raises(ValueError, match=r"\['test_matched', 'test_mismatched'\].*split = \"test_matched\""):
+        read_split("hf_datasets", root, path="ds", split="test", cache_dir=cache)
+    with pytest.raises(ValueError, match=r"\['test_matched', 'test_mismatched'\]; set split"):
+        read_split("hf_datasets", root, path="ds", cache_dir=cache)
+    assert _configs(read_split("hf_datasets", root, path="ds", split="test_matched", cache_dir=cache)) == {"matched"}
+    _write(root / "coco" / "val2014" / "0.parquet", "v14")
+    assert _configs(read_split("hf_datasets", root, path="coco", split="val", cache_dir=cache)) == {"v14"}
+    _write(root / "coco" / "val2017" / "0.parquet", "v17")
+    with pytest.raises(ValueError, match=r"\['val2014', 'val2017'\].*split = \"val2014\""):
+        read_split("hf_datasets", root, path="coco", split="val", cache_dir=cache)

@@ -3,16 +3,21 @@
 A split is read from the files' names and folders as ``datasets`` reads it: ``train-0.parquet``,
 ``mydata_train.parquet``, ``train2017/``, a hub shard ``test_hard-00000-of-00001.parquet`` (the split "test_hard",
 whole), the parquet branch's ``<config>/<split>/0000.parquet`` (a folder named the split whole, ``test/``, is read
-alone beside ``test_hard/``). A split whose files lie in several config folders
+alone beside ``test_hard/``; a folder naming it only in part, ``val2014/``, is read as the split where it is the
+only one, and refused beside another, ``val2017/``, as MNLI's ``test_matched/`` beside ``test_mismatched/`` is). A split
+whose files lie in several config folders
 (``en/train-...`` beside ``de/train-...``) is refused, naming them, rather than read as one split of mixed rows.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 __all__ = ["parquet_files"]
+
+logger = logging.getLogger(__name__)
 
 _SPLIT_NAMES = ("train", "validation", "valid", "val", "dev", "test")
 
@@ -36,9 +41,18 @@ def _shard_split(f: Path) -> str | None:
     return m.group(1) if m else None
 
 
+def _split_folder(f: Path, base: Path, split: str) -> str | None:
+    """The name of the first folder of parquet file ``f`` under ``base`` that names ``split`` (whole, ``test/``, or
+    in part, ``test_matched/``, ``val2014/``); None where none does."""
+    alone = re.compile(rf"(?:^|[-._ 0-9]){re.escape(split)}(?:[-._ 0-9]|$)")
+    return next((part for part in f.relative_to(base).parent.parts if alone.search(part)), None)
+
+
 def _folder_split(f: Path, base: Path) -> str | None:
-    """The usual split name a folder of parquet file ``f`` under ``base`` gives (``train/data-00000-of-00001``)."""
-    return next((s for s in _SPLIT_NAMES if _in_split(f.parent, base, s)), None)
+    """The split a folder of parquet file ``f`` under ``base`` gives: the folder's whole name where it names a usual
+    split (``train/``, ``train2017/``; MNLI's ``test_matched/`` and ``test_mismatched/`` are two splits, as the
+    hub shards ``test_matched-00000-of-00001`` are)."""
+    return next((d for d in (_split_folder(f, base, s) for s in _SPLIT_NAMES) if d is not None), None)
 
 
 def _split_of(f: Path, base: Path) -> str | None:
@@ -76,6 +90,20 @@ def _refuse_configs(base: Path, files: list[Path], split: str | None) -> None:
                              "the configs of a dataset do (each config's files in a folder of its own: read together, "
                              "their rows would mix in one split); pick one config by giving its folder as path, e.g. "
                              f"path = \"{base / Path(*first)}\" (or that folder under the data root)")
+
+
+def _one_longer_folder(base: Path, files: list[Path], split: str) -> None:
+    """Where no folder is named ``split`` whole, the folders of ``files`` that name it in part: one (``val2014/``) is
+    the split, as ``datasets`` reads it (noted); several (``val2014/`` beside ``val2017/``, MNLI's ``test_matched/``
+    beside ``test_mismatched/``) are as many splits, refused naming them, as several hub shard names are."""
+    folders = sorted({d for d in (_split_folder(f, base, split) for f in files) if d is not None})
+    if len(folders) > 1:
+        raise ValueError(f"hf_datasets {base}: no folder is named split {split!r} whole, and the parquet files it "
+                         f"matches lie in the folders {folders}, each a split of its own (read together, their rows "
+                         f"would mix in one split); set split to one of them, e.g. split = \"{folders[0]}\"")
+    if folders:
+        logger.info("hf_datasets %s: split %r is read from the folder %s/ (the one folder naming it)", base, split,
+                    folders[0])
 
 
 def parquet_files(base: Path, split: str | None) -> list[str]:
@@ -116,6 +144,8 @@ def parquet_files(base: Path, split: str | None) -> list[str]:
         raise ValueError(f"hf_datasets {base}: split {split!r} names no split of its own here, and the parquet files "
                          f"it matches are the shards of the splits {shards} (named '<split>-00000-of-000NN'); set "
                          "split to one of them")
+    if not any(split in f.relative_to(base).parent.parts for f in mine):
+        _one_longer_folder(base, [f for f in mine if f not in by_name], split)
     if not mine:
         shown = ", ".join(str(f.relative_to(base)) for f in files[:6])
         raise FileNotFoundError(f"{base}: no parquet file of split {split!r} (named '{split}-*.parquet', "
