@@ -135,3 +135,23 @@ def test_a_numpy_float32_nan_image_id_or_group_is_none(tmp_path):
     s = _from_rows(tmp_path, [{"images": [a, b], "statement": "two", "label": 1, "group": nan},
                               {"images": [b, a], "statement": "two", "label": 0, "group": nan}])
     assert [e.meta for e in s.examples] == [{}, {}]
+
+
+def test_a_pandas_na_image_id_or_question_id_is_no_id(tmp_path):
+    """A pandas nullable column's blank cell is pd.NA (string, Int64 dtypes): `examples_from_rows` raised
+    "TypeError: boolean value of NA is ambiguous" on an image_id or question_id of pd.NA (a row read by itertuples or
+    iloc), where NaN is read as no id."""
+    pd = pytest.importorskip("pandas")
+    a, b = _png(tmp_path / "a.png"), _png(tmp_path / "b.png", (10, 200, 10))
+    table = pd.DataFrame({"image": [a, b, b], "question": ["q1", "q2", "q3"], "answers": ["red", "green", "green"],
+                          "image_id": pd.array([None, None, "g"], dtype="string"),
+                          "question_id": pd.array([None, 7, None], dtype="Int64")})
+    rows = [dict(zip(table.columns, r)) for r in table.itertuples(index=False)]   # (to_dict gives None)
+    assert rows[0]["image_id"] is pd.NA and rows[0]["question_id"] is pd.NA
+    s = _from_rows(tmp_path, rows)
+    assert [e.image_id for e in s.examples] == ["a.png", "b.png", "g"]
+    s = _from_rows(tmp_path, [{"images": [a, b], "statement": "two", "label": 1, "image_id": pd.NA, "group": pd.NA}])
+    assert [(e.image_id, e.meta.get("group")) for e in s.examples] == [("a.png|b.png", None)]
+    assert row_keys.no_id(pd.NA) and row_keys.no_id(pd.NaT) and not row_keys.no_id(np.array([1.0, 2.0]))
+    with pytest.raises(DataFormatError, match=r"question_id \S*7\S* is given to another row"):
+        _from_rows(tmp_path, [rows[1], rows[1]])

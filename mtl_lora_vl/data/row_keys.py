@@ -8,14 +8,30 @@ from typing import Any
 
 
 def no_id(value: Any) -> bool:
-    """Whether a row's ``image_id`` is missing: null, blank, or NaN (a pandas table's blank cell), which read as the
-    id 'nan' made every row without an id one image's (refused: "given to another image")."""
-    return value is None or value == "" or is_nan(value)
+    """Whether a row's ``image_id`` (or ``question_id``) is missing: null, blank, NaN (a pandas table's blank cell),
+    or pandas' NA (a nullable column's), which read as the id 'nan' made every row without an id one image's
+    (refused: "given to another image"); ``pd.NA == ""`` is NA, whose truth raised a TypeError."""
+    return value is None or is_nan(value) or (isinstance(value, str) and value == "")
 
 
 def is_nan(value: Any) -> bool:
-    """Whether ``value`` is a NaN number: a float's, or numpy's (np.float32 is no float)."""
-    return isinstance(value, numbers.Real) and value != value
+    """Whether ``value`` is a missing scalar: a NaN number, a float's or numpy's (np.float32 is no float), or a
+    pandas nullable column's ``pd.NA`` / ``pd.NaT``: a scalar not equal to itself, or whose equality with itself is
+    neither true nor false (NA's; found so, pandas, an optional package, is not imported)."""
+    if isinstance(value, numbers.Real):
+        return value != value
+    if value is None or isinstance(value, (str, bytes, list, tuple, dict)):
+        return False
+    try:
+        same = value == value
+    except (TypeError, ValueError):   # (an object that compares with nothing)
+        return False
+    if getattr(same, "ndim", 0):   # an array's cell: equal value by value, not missing
+        return False
+    try:
+        return not bool(same)
+    except TypeError:   # pd.NA: "boolean value of NA is ambiguous"
+        return True
 
 
 def row_key(value: Any) -> Any:

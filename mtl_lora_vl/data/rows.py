@@ -196,7 +196,7 @@ def examples_from_rows(
     seen: dict[Any, int] = {}   # a row with a question_id, as compared -> its first row
     for n, row in rows:   # (a file joined twice: every question read, weighed and scored twice)
         qid = row.get("question_id")
-        if qid is None or qid == "" or qid != qid:   # (NaN: a blank cell of a pandas table)
+        if no_id(qid):   # (NaN, pd.NA: a blank cell of a pandas table)
             continue
         # rows that share an id but differ are questions of their own (MME's id is the image's name, POPE's restart)
         first = seen.setdefault(row_key(row), n)
