@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +156,18 @@ def test_a_pandas_na_image_id_or_question_id_is_no_id(tmp_path):
     assert row_keys.no_id(pd.NA) and row_keys.no_id(pd.NaT) and not row_keys.no_id(np.array([1.0, 2.0]))
     with pytest.raises(DataFormatError, match=r"question_id \S*7\S* is given to another row"):
         _from_rows(tmp_path, [rows[1], rows[1]])
+
+
+def test_one_image_named_in_nfc_and_nfd_has_one_id(tmp_path):
+    """Rows without an image_id naming one image café.png, one in NFC and one in NFD (a file written on macOS), both
+    resolve to the file but got two ids (the names as written): the image counted as two in anything keyed by id."""
+    nfc, nfd = unicodedata.normalize("NFC", "café.png"), unicodedata.normalize("NFD", "café.png")
+    _png(tmp_path / nfc)
+    rows = [{"image": nfc, "question": "colour?", "answers": ["red"]},
+            {"image": nfd, "question": "shape?", "answers": ["square"]},
+            {"image": "./" + nfc, "question": "size?", "answers": ["small"]}]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                      encoding="utf-8")
+    s = read_split("jsonl", tmp_path, file="q.jsonl")
+    assert len({e.image for e in s.examples}) == 1
+    assert [e.image_id for e in s.examples] == [nfc, nfc, nfc]

@@ -215,11 +215,13 @@ def examples_from_rows(
         return tuple(map(stored, p)) if isinstance(p, tuple) else str(p) if isinstance(p, Path) else p
 
     first_of: dict[str, tuple[Any, int]] = {}
+    named: dict[Any, str] = {}   # a resolved image, as compared -> the id of the first row naming it without one
 
     def image_id(row: dict, n: int, p: Any) -> str:
-        """The row's image id (its image's path when none is given), refused if it names another image."""
+        """The row's image id (when none is given: the resolved image's, its first row's name for it, so one image
+        named in NFC and NFD, or as ./a.jpg and a.jpg, has one id), refused if it names another image."""
         iid = row.get("image_id")
-        iid = str(row["image"] if no_id(iid) else iid)
+        iid = named.setdefault(row_key(p), str(row["image"])) if no_id(iid) else str(iid)
         seen = first_of.setdefault(iid, (p, n))
         if seen[0] != p:
             raise DataFormatError(f"{at(n)}: image_id {iid!r} was given to another image at {at(seen[1])} "
