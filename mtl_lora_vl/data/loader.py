@@ -471,7 +471,7 @@ def iter_sized_image_batches(backbone: Any, examples: Sequence[Example], *, batc
     images = ImageFallback(policy_task if task is None else task, examples, _resize_of(backbone),
                            strict=policy_strict if strict is None else strict, several=several)
     dataset, collate = carry_errors(_ImageDataset(images), pad_images)
-    # (workers from the fork server where this process holds other threads, never forked; data/worker_start.py)
+    # (workers from the fork server in a process group, where a fork may copy held locks; data/worker_start.py)
     start = evaluation_workers(num_workers)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers,
                         pin_memory=device.type == "cuda", **start)
