@@ -1,8 +1,8 @@
 """In a process group the evaluation image loader's workers are not forked from the process that evaluates (a
 training process holds threads: the training loader's feeder and pin-memory threads, gloo's, torch's), so a lock
-another thread held at that moment is not held for good in them (a DDP run's validation once hung in a child so); they read the same batches as
-``--workers 0``, a broken image is still replaced, counted and warned about in the command line's format, and a strict
-one still stops the pass with its own message. Stand-in backbone, CPU."""
+another thread held at that moment is not held for good in them (a DDP run's validation once hung in a child so);
+they read the same batches as ``--workers 0``, a broken image is still replaced, counted and warned about in the
+command line's format, and a strict one still stops the pass with its own message. Stand-in backbone, CPU."""
 
 from __future__ import annotations
 
