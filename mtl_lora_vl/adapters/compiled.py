@@ -87,6 +87,19 @@ def watch_routed(model: nn.Module | Router, router: Router) -> bool:
     return True
 
 
+def watch_in_place(module: nn.Module, router: Router, routed: bool = False) -> bool:
+    """:func:`watch_routed` (``routed``: for a ``route`` scope) or :func:`watch_compiled` of ``module`` compiled in
+    place (``module.compile()``), with nothing looked up where its compiled call already notes for ``router``: the
+    watched call on the module is the record. A caller that may hold an uncompiled module asks
+    ``_compiled_call_impl`` first (``MTLLoRAModel``'s scopes: an uncompiled wrapper pays one dict read)."""
+    impl = module.__dict__.get("_compiled_call_impl")
+    if not (isinstance(impl, _WatchedCall) and impl.router is router) and not watch_compiled(module, router):
+        return False
+    if routed:
+        router.reads_positions = router.packed_positions = True
+    return True
+
+
 def unwatch_compiled(router: Router) -> None:
     """Take :func:`watch_compiled`'s note-taking for ``router`` off every compiled module it is on (``unload``): the
     forward pre-hook of a ``torch.compile`` wrapper, the wrapper around a module's own compiled call."""
