@@ -226,7 +226,9 @@ class MTLLoRAModel(nn.Module):
         raised an eager ``disable_adapters`` scope 19.2 -> 30.4 µs, review 463)."""
         if self.__dict__.get("_compiled_call_impl") is None or torch.compiler.is_compiling():
             return
-        watch_in_place(self, find_router(self.base_model), routed)   # (the base model's router: no module walk)
+        # the base model's router, no module walk; read from _modules (self.base_model is nn.Module.__getattr__'s
+        # fallback after a failed lookup: 1 us, the most of this call)
+        watch_in_place(self, find_router(self._modules["base_model"]), routed)
 
     # PEFT / transformers adapter methods with other shapes here: a clear error, not transformers' own
     # (reached through attribute pass-through, it asked for another PEFT version or a PEFT adapter file).
