@@ -30,8 +30,9 @@ def source_folder(model: nn.Module, out: str | Path) -> Path | None:
     model alone was downloaded, not its processor), is refused: the merged folder would hold no processor files and
     fail only when loaded."""
     name = getattr(model, "name_or_path", "") or ""
-    if not name or loaded_from(model) is not None:
-        return loaded_from(model)
+    folder = loaded_from(model)
+    if not name or folder is not None:
+        return folder
     revision = getattr(getattr(model, "config", None), "_commit_hash", None) or "main"
     snapshot = cached_hub_snapshot(name, revision)   # (that revision only: another's processor may differ)
     if snapshot is not None and any(f.is_file() and not _model_file(f) for f in snapshot.iterdir()):
