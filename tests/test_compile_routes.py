@@ -492,6 +492,35 @@ def test_the_sets_noted_before_torch_dynamo_reset_are_forgotten(recompile_limit_
     assert {p for p, _ in net._mtl_lora.router.compiled_task_sets} == {(0,), (1,), (2,)}
 
 
+def test_a_reset_is_seen_after_another_model_of_the_class_compiled_its_forward(recompile_limit_3):
+    """The reset was told by Dynamo's record of the code it converted: a model of the same class compiled after the
+    reset put the forward's code back in it, so the sets noted before the reset stayed (2 sets, a reset, another
+    model's call, a third set: the limit (3) warned of with 2 graphs). A graph of the forward seen in Dynamo's cache
+    and gone now tells it: the 2 sets are forgotten, no warning."""
+    from torch._dynamo.utils import counters
+
+    net = _counted()
+    compiled = torch.compile(net, backend="eager")
+    other = _counted()
+    other.__class__ = type(net)   # (one class: one forward's code, Dynamo's graphs shared)
+    x = torch.randn(2, 3, 8)
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for t in (0, 1):
+            with mlv.route(compiled, [t, t]):
+                compiled(x)
+        torch._dynamo.reset()
+        counters.clear()
+        with mlv.route(other, [0, 0]):
+            torch.compile(other, backend="eager")(x)
+        with mlv.route(compiled, [2, 2]):
+            compiled(x)
+    assert counters["stats"]["unique_graphs"] == 2
+    assert not _limit_warnings(caught)
+    assert {p for p, _ in net._mtl_lora.router.compiled_task_sets} == {(2,)}
+
+
 def test_a_disabled_scope_given_a_compiled_model_watches_it(recompile_limit_3):
     """Only ``route`` made a compiled model's calls note their sets: a compiled model run zero-shot first (under
     ``disabled``, a graph of its own) and then routed to 2 one-task sets compiled 3 graphs (the limit), 2 counted, no

@@ -7,12 +7,11 @@ scope given a compiled model (and the trainer's ``--compile``) watches it: the c
 and the mode as the forward runs (a scope opened around ``torch.no_grad()`` runs no-grad forwards); a call under
 ``disabled`` runs no task's adapters (the empty set), and a model that routes each batch itself compiles another
 graph of a batch's set under a scope opened around it (a mode more). The sets are counted on the model's router.
-After ``torch._dynamo.reset()`` the next call forgets them (the sets' graphs are gone), told by Dynamo's private
-record of the code it converted where it has one (:func:`_forget_if_reset`). Dynamo keeps the graphs per code object,
-which every model of one class shares (its ``forward``): two compiled models of one class reach the limit sooner
-than either's count says, and a reset after which another model of the class ran first is not seen (nor
-``reset_code_caches``): the count stays higher than the graphs. Counting them right needs state for the whole
-process, which this package does not keep.
+After ``torch._dynamo.reset()`` (or ``reset_code_caches``) the next call forgets them: a graph of the forward seen in
+Dynamo's cache is gone (:func:`_forget_if_reset`), also where another model of the class compiled it again since.
+Dynamo keeps the graphs per code object, which every model of one class shares (its ``forward``): two compiled
+models of one class routed to different sets reach the limit sooner than either's count says. Counting them right
+needs state for the whole process, which this package does not keep.
 """
 
 from __future__ import annotations
@@ -33,6 +32,9 @@ _NOTED = "compiled_task_sets"
 _WATCHED = "_mtl_lora_watched"
 #: The attribute of a router holding the compiled modules that note for it (:class:`_Watches`).
 _WATCHES = "compiled_watches"
+#: Dynamo's cache entries (graphs) of a code object, where this torch has the (private) function.
+_CACHE_ENTRIES = getattr(getattr(getattr(torch._C, "_dynamo", None), "eval_frame", None),
+                         "_debug_get_cache_entry_list", None)
 
 
 def compiled_entry(model: nn.Module | Router) -> tuple[nn.Module, nn.Module] | None:
@@ -113,13 +115,14 @@ def unwatch_compiled(router: Router) -> None:
 
 
 class _Watches:
-    """The compiled modules that note for a router, held weakly (the router must not keep a wrapper alive), and the
-    ids of their forwards' code Dynamo was seen to have converted (:func:`_forget_if_reset`). A copy (deepcopy,
-    pickle) holds none: the wrappers watch the original's router."""
+    """The compiled modules that note for a router, held weakly (the router must not keep a wrapper alive), and, for
+    each compiled forward's code (by id), a weak reference to the code of a graph Dynamo compiled of it, once one
+    was seen (:func:`_forget_if_reset`). A copy (deepcopy, pickle) holds none: the wrappers watch the original's
+    router."""
 
     def __init__(self) -> None:
         self.refs: list[weakref.ref] = []
-        self.seen: set[int] = set()
+        self.seen: dict[int, weakref.ref] = {}
 
     def add(self, entry: nn.Module) -> None:
         self.refs = [r for r in self.refs if r() is not None and r() is not entry] + [weakref.ref(entry)]
@@ -144,7 +147,6 @@ class _WatchedCall:
     def __init__(self, impl: Any, router: Router, model: nn.Module):
         self.impl, self.router, self.model = impl, router, model
         self.code = getattr(getattr(model, "forward", None), "__code__", None)   # the frame Dynamo converts
-        self.converted = getattr(sys.modules.get("torch._dynamo.convert_frame"), "input_codes", None)
         self.seen = _watches(router).seen
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -160,8 +162,8 @@ class _WatchedCall:
         if torch.compiler.is_compiling():
             return
         router = self.router
-        if self.converted is not None and self.code is not None:
-            _forget_if_reset(router, self.code, self.converted, self.seen)
+        if self.code is not None:
+            _forget_if_reset(router, self.code, self.seen)
         if args and isinstance(args[0], dict) and args[0].get("segments"):   # a batch: the model routes it itself
             present = tuple(sorted({int(t) for t, _, _ in args[0]["segments"]}))
             outer = ("disabled",) * router.disabled + ("routed",) * (router.current is not None)
@@ -173,21 +175,23 @@ class _WatchedCall:
             note_compiled_tasks(router, router.current.present, compiled_mode(self.model))
 
 
-def _forget_if_reset(router: Router, code: Any, tracker: Any, seen: set[int]) -> None:
-    """Forget the sets ``router`` noted where ``torch._dynamo.reset()`` dropped their graphs: Dynamo converted the
-    compiled forward's ``code`` before (it was in ``tracker``, Dynamo's record of the code it converted, which the
-    reset clears; ``seen``: the ids of such code, the router's) and has not since. That record is private
-    (``torch._dynamo.convert_frame.input_codes``): where it is missing or changed, nothing is forgotten (the count
-    stays, higher than the graphs)."""
-    try:
-        converted = code in tracker
-    except TypeError:
-        return
-    if converted:
-        seen.add(id(code))
-    elif id(code) in seen:
+def _forget_if_reset(router: Router, code: Any, seen: dict[int, weakref.ref]) -> None:
+    """Forget the sets ``router`` noted where ``torch._dynamo.reset()`` (or ``reset_code_caches``) dropped their
+    graphs: a graph Dynamo compiled of the forward's ``code`` was seen (``seen``, the router's: a weak reference to
+    the graph's own code, which Dynamo's cache entry held) and is gone. Told so also where another model of the class
+    compiled its forward again since the reset (Dynamo's record of the code it converted, which an earlier count read,
+    then held the code again). The cache entries are read through a private function
+    (``torch._C._dynamo.eval_frame._debug_get_cache_entry_list``): where it is missing, nothing is forgotten (the
+    count stays, higher than the graphs)."""
+    ref = seen.get(id(code))
+    if ref is not None:
+        if ref() is not None:
+            return
         seen.clear()
         router.__dict__.pop(_NOTED, None)
+    entries = _CACHE_ENTRIES(code) if _CACHE_ENTRIES is not None else ()
+    if entries:
+        seen[id(code)] = weakref.ref(entries[0].code)
 
 
 def compiled_mode(model: nn.Module) -> tuple[bool, ...]:
