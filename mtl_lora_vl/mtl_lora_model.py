@@ -219,6 +219,16 @@ class MTLLoRAModel(nn.Module):
 
     disable_adapter = disable_adapters  # PEFT's spelling
 
+    #: The keywords by which a call routes itself (:meth:`forward`), which a compiled call notes by their value.
+    route_keywords = ("tasks", "adapter_names")
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """``nn.Module.compile`` (compile in place), then watch this wrapper toward Dynamo's recompile limit from its
+        first call: a call given its own tasks (``model(x, tasks=[...])``) opens no scope that would watch it."""
+        super().compile(*args, **kwargs)
+        if self.__dict__.get("_unloaded") is None:
+            watch_in_place(self, find_router(self._modules["base_model"]), routed=True)
+
     def _watch_in_place(self, routed: bool) -> None:
         """Watch this wrapper, where it is compiled in place (``model.compile()``), toward Dynamo's recompile limit for
         one of its scopes (``routed``: a route scope's). Uncompiled (``_compiled_call_impl`` unset) nothing is looked

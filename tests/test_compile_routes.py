@@ -606,3 +606,37 @@ def test_a_model_wrapper_compiled_in_place_is_watched_by_its_own_scopes(recompil
     assert counters["stats"]["unique_graphs"] == 3
     assert {p for p, _ in net._mtl_lora.router.compiled_task_sets} == {(), (0,), (1,)}
     assert len(_limit_warnings(caught)) == 1
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_calls_given_their_tasks_count_a_graph_per_value(recompile_limit_3, in_place):
+    """``model(x, tasks=[...])`` routes inside the compiled forward, where no scope watches the model, and Dynamo
+    guards on each name of the list (a graph per list: ``["vqa", "retrieval"]`` and ``["retrieval", "vqa"]`` two):
+    3 lists compiled 3 graphs (the limit) with none counted, no warning (compiled in place; a torch.compile wrapper
+    watched by a scope: its pre-hook did not see keywords). Such a call now notes its value; ``model.compile()``
+    watches the model from its first call."""
+    from torch._dynamo.utils import counters
+
+    from mtl_lora_vl.mtl_lora_model import MTLLoRAModel
+
+    net = _counted()
+    model = MTLLoRAModel(net)
+    if in_place:
+        model.compile(backend="eager")
+    compiled = model if in_place else torch.compile(model, backend="eager")
+    x = torch.randn(2, 3, 8)
+    torch._dynamo.reset()
+    counters.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if not in_place:   # (a scope given the wrapper watches it)
+            with mlv.disabled(compiled):
+                pass
+        for tasks in (["vqa", "retrieval"], ["vqa", "retrieval"], ["retrieval", "vqa"]):
+            compiled(x, tasks=tasks)
+        assert not _limit_warnings(caught)
+        compiled(x, adapter_names=["vqa", "vqa"])
+    assert counters["stats"]["unique_graphs"] == 3
+    assert len(_limit_warnings(caught)) == 1
+    assert {p for p, _ in net._mtl_lora.router.compiled_task_sets} == {
+        ("tasks=", "vqa", "retrieval"), ("tasks=", "retrieval", "vqa"), ("tasks=", "vqa", "vqa")}

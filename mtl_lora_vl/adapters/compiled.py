@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..log import warn_user
-from .routing import Router
+from .routing import Route, Router
 
 #: The attribute of a router holding the (present tasks, mode) pairs its compiled models' calls ran.
 _NOTED = "compiled_task_sets"
@@ -74,7 +74,8 @@ def watch_compiled(model: nn.Module | Router, router: Router) -> bool:
     elif d.get(_WATCHED, (None,))[0] is not router:   # a torch.compile wrapper: its hooks run before the compiled call
         if _WATCHED in d:
             d[_WATCHED][1].remove()
-        d[_WATCHED] = (router, entry.register_forward_pre_hook(_WatchedCall(None, router, inner).before))
+        d[_WATCHED] = (router, entry.register_forward_pre_hook(_WatchedCall(None, router, inner).before,
+                                                                with_kwargs=True))
         _watches(router).add(entry)
     return True
 
@@ -148,24 +149,28 @@ class _WatchedCall:
         self.impl, self.router, self.model = impl, router, model
         self.code = getattr(getattr(model, "forward", None), "__code__", None)   # the frame Dynamo converts
         self.seen = _watches(router).seen
+        self.keywords = getattr(type(model), "route_keywords", ())   # a call's own tasks (MTLLoRAModel's tasks=)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.before(None, args)
+        self.before(None, args, kwargs)
         return self.impl(*args, **kwargs)
 
-    def before(self, _module: nn.Module | None, args: tuple) -> None:
+    def before(self, _module: nn.Module | None, args: tuple, kwargs: dict | None = None) -> None:
         """Note the set of present tasks this call routes, in the mode it runs in (a forward pre-hook). Under
         ``disabled`` no task's adapters run: the empty set, in a mode of each depth of nested ``disabled`` scopes (the
         router's count, which Dynamo guards on). A model that routes each batch itself compiles a graph
         per batch's set with a scope open around it or not (its scope restores the outer route, or runs disabled):
-        the scopes open around it (route, disabled, both) count as a mode more."""
+        the scopes open around it (route, disabled, both) count as a mode more. A call given its tasks
+        (``model(x, tasks=[...])``, one of the model's ``route_keywords``) routes itself too (:func:`_call_tasks`)."""
         if torch.compiler.is_compiling():
             return
         router = self.router
         if self.code is not None:
             _forget_if_reset(router, self.code, self.seen)
-        if args and isinstance(args[0], dict) and args[0].get("segments"):   # a batch: the model routes it itself
+        present = _call_tasks(kwargs, self.keywords) if kwargs and self.keywords else None
+        if present is None and args and isinstance(args[0], dict) and args[0].get("segments"):   # a batch
             present = tuple(sorted({int(t) for t, _, _ in args[0]["segments"]}))
+        if present is not None:   # the model routes this call itself
             outer = ("disabled",) * router.disabled + ("routed",) * (router.current is not None)
             note_compiled_tasks(router, present, compiled_mode(self.model) + outer)
             return
@@ -173,6 +178,24 @@ class _WatchedCall:
             note_compiled_tasks(router, (), compiled_mode(self.model) + ("disabled",) * router.disabled)
         elif router.current is not None:
             note_compiled_tasks(router, router.current.present, compiled_mode(self.model))
+
+
+def _call_tasks(kwargs: dict, keywords: tuple[str, ...]) -> tuple | None:
+    """What a compiled call given its own tasks (``keywords``: ``tasks=`` / ``adapter_names=``) compiles a graph
+    per, or None where it was given none. Names, ids and lists of them are constants of the graph, which Dynamo
+    guards on one by one: a graph per value (``["a", "b"]`` and ``["b", "a"]`` two), the value tagged ``tasks=``.
+    Per-row ids in a tensor break the graph before the route (its ids are read on the host): the frames after it
+    compile a graph per set of present tasks, as a route scope's (read here, a host copy of the ids)."""
+    for key in keywords:
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        if isinstance(value, torch.Tensor):
+            return tuple(sorted({int(t) for t in value.reshape(-1).tolist()}))
+        if isinstance(value, Route):
+            return value.present
+        return ("tasks=", *value) if isinstance(value, (list, tuple)) else ("tasks=", value)
+    return None
 
 
 def _forget_if_reset(router: Router, code: Any, seen: dict[int, weakref.ref]) -> None:
