@@ -404,9 +404,9 @@ def test_a_ctrl_c_and_a_sigterm_held_together_end_the_process_as_the_sigterm_doe
     assert [p.name for p in target.iterdir()] == ["new"]
 
 
-def test_held_signals_reach_each_handler_once_in_arrival_order_while_none_raises(tmp_path, monkeypatch):
+def test_held_signals_reach_their_handlers_in_arrival_order_each_time_while_none_raises(tmp_path, monkeypatch):
     """Handlers that return all run, in the order their signals arrived (Ctrl-C, SIGTERM: review 460; 622ca43 ran
-    SIGTERM's first); a signal sent twice while held reaches its handler once."""
+    SIGTERM's first); a signal sent twice while held reaches its handler twice, as unheld (helper 473: once)."""
     target = tmp_path / "t"
     target.mkdir()
     (target / "old").write_text("old")
@@ -427,7 +427,7 @@ def test_held_signals_reach_each_handler_once_in_arrival_order_while_none_raises
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
-    assert seen == [signal.SIGINT, signal.SIGTERM]
+    assert seen == [signal.SIGINT, signal.SIGTERM, signal.SIGINT]
     assert [p.name for p in target.iterdir()] == ["new"]
 
 
@@ -445,15 +445,24 @@ def _signals_during_the_renames(target, monkeypatch, signals):
     monkeypatch.setattr(atomic_mod, "_exchange", lambda a, b: False)  # the two-rename path (no atomic swap)
 
 
-@pytest.mark.parametrize("signals", [(signal.SIGINT, signal.SIGTERM), (signal.SIGTERM, signal.SIGINT),
-                                     (signal.SIGINT, signal.SIGTERM, signal.SIGINT)],
-                         ids=["INT-TERM", "TERM-INT", "INT-TERM-INT"])
+_IN_THE_LOOP = {   # what the signals do unheld inside stop_at_step_boundary: the first a clean stop, a Ctrl-C after it
+    (signal.SIGINT, signal.SIGTERM): ("stop at the step boundary", signal.SIGTERM),   # an abort (KeyboardInterrupt)
+    (signal.SIGTERM, signal.SIGINT): ("KeyboardInterrupt", signal.SIGTERM),
+    (signal.SIGINT, signal.SIGTERM, signal.SIGINT): ("KeyboardInterrupt", signal.SIGTERM),
+    (signal.SIGINT, signal.SIGINT): ("KeyboardInterrupt", signal.SIGINT),
+    (signal.SIGTERM, signal.SIGTERM): ("stop at the step boundary", signal.SIGTERM),
+}
+
+
+@pytest.mark.parametrize("signals", list(_IN_THE_LOOP), ids=["INT-TERM", "TERM-INT", "INT-TERM-INT", "INT-INT",
+                                                             "TERM-TERM"])
 def test_signals_held_in_the_training_loop_stop_it_as_the_same_signals_unheld_would(tmp_path, monkeypatch, signals):
     """Review 460: inside ``stop_at_step_boundary`` (a Ctrl-C sets a flag for a clean stop at the next step, a second
     Ctrl-C after it aborts) a Ctrl-C then a SIGTERM held over the renames were delivered SIGTERM first, so the Ctrl-C
     came second and raised KeyboardInterrupt (an abort, no checkpoint) where the same signals unheld stop cleanly with
-    SIGTERM's exit 143. Held signals now come in their arrival order, each once (a third signal repeating the first is
-    not delivered again: INT-TERM-INT stops as INT-TERM does)."""
+    SIGTERM's exit 143. Held signals now come in their arrival order. Helper 473: a signal repeated while held was
+    delivered once, so a double Ctrl-C during the renames stopped cleanly where unheld it aborts at once (and
+    INT-TERM-INT stopped as INT-TERM); now each one is delivered."""
     from mtl_lora_vl.training.stopping import stop_at_step_boundary
 
     def outcome(held):
@@ -470,16 +479,14 @@ def test_signals_held_in_the_training_loop_stop_it_as_the_same_signals_unheld_wo
                             (d / "new").write_text("new")
                     assert [p.name for p in target.iterdir()] == ["new"]
                 else:
-                    for s in dict.fromkeys(signals):   # each once, as held signals are delivered
+                    for s in signals:
                         signal.raise_signal(s)
             except KeyboardInterrupt:
                 return "KeyboardInterrupt", request.signum
             return "stop at the step boundary", request.signum
 
-    unheld = outcome(held=False)
-    assert unheld == ({(signal.SIGINT, signal.SIGTERM): ("stop at the step boundary", signal.SIGTERM),
-                       (signal.SIGTERM, signal.SIGINT): ("KeyboardInterrupt", signal.SIGTERM)}[signals[:2]])
-    assert outcome(held=True) == unheld
+    assert outcome(held=False) == _IN_THE_LOOP[signals]
+    assert outcome(held=True) == _IN_THE_LOOP[signals]
     assert [p.name for p in tmp_path.iterdir()] == ["t"]
 
 

@@ -392,10 +392,11 @@ _HELD = (signal.SIGINT, signal.SIGTERM)
 
 @contextmanager
 def _signals_held() -> Iterator[None]:
-    """While open (main thread), SIGINT and SIGTERM wait: each is delivered once to its own handler as the block
-    ends (what that handler raises comes from there), so the block's renames are never cut between two of them.
-    They come in the order they arrived, as unheld they would have: inside the training loop a Ctrl-C then a SIGTERM
-    stop it cleanly at the next step (a SIGTERM then a Ctrl-C abort it), and each later one is delivered even where an
+    """While open (main thread), SIGINT and SIGTERM wait: each is delivered to its own handler as the block ends
+    (what that handler raises comes from there), so the block's renames are never cut between two of them. They come
+    in the order they arrived, each as often as it came, as unheld they would have: inside the training loop a Ctrl-C
+    then a SIGTERM stop it cleanly at the next step (a SIGTERM then a Ctrl-C abort it, and so do two Ctrl-Cs: held
+    once, they stopped it cleanly), and each later one is delivered even where an
     earlier one's handler raises (:func:`_deliver`): with the default handlers a Ctrl-C then a SIGTERM end the process
     as the SIGTERM does (exit 143). Off the main thread nothing is held: Python runs a signal's handler in the main
     thread, so what it raises does not cut this thread's renames, but a SIGTERM with the default handler (the process
@@ -403,17 +404,17 @@ def _signals_held() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    got: dict[int, None] = {}   # the signals as they arrived, each once
+    got: list[int] = []   # the signals as they arrived
     # (getsignal's None: a handler not set from Python, which could not be put back: left as it is)
     old = {s: h for s in _HELD if (h := signal.getsignal(s)) is not None}
     for s in old:
-        signal.signal(s, lambda signum, frame: got.setdefault(signum))
+        signal.signal(s, lambda signum, frame: got.append(signum))
     try:
         yield
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-        _deliver(list(got))
+        _deliver(got)
 
 
 def _deliver(signums: list[int]) -> None:
