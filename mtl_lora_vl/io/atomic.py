@@ -22,15 +22,14 @@ import logging
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
+from ..signal_handlers import signals_held
 from ..whole_files import read_whole
 
 try:
@@ -368,7 +367,7 @@ def _replace_dir(tmp: Path, path: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)   # now the old directory
         return
     old = None
-    with _signals_held():   # (a second Ctrl-C in the put-back below left the old one in .<name>.*.old)
+    with signals_held():   # (a second Ctrl-C in the put-back below left the old one in .<name>.*.old)
         if path.is_dir():
             if any(path.iterdir()):
                 old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
@@ -384,48 +383,6 @@ def _replace_dir(tmp: Path, path: Path) -> None:
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-
-
-#: The signals :func:`_signals_held` holds.
-_HELD = (signal.SIGINT, signal.SIGTERM)
-
-
-@contextmanager
-def _signals_held() -> Iterator[None]:
-    """While open (main thread), SIGINT and SIGTERM wait: each is delivered to its own handler as the block ends
-    (what that handler raises comes from there), so the block's renames are never cut between two of them. They come
-    in the order they arrived, each as often as it came, as unheld they would have: inside the training loop a Ctrl-C
-    then a SIGTERM stop it cleanly at the next step (a SIGTERM then a Ctrl-C abort it, and so do two Ctrl-Cs: held
-    once, they stopped it cleanly), and each later one is delivered even where an
-    earlier one's handler raises (:func:`_deliver`): with the default handlers a Ctrl-C then a SIGTERM end the process
-    as the SIGTERM does (exit 143). Off the main thread nothing is held: Python runs a signal's handler in the main
-    thread, so what it raises does not cut this thread's renames, but a SIGTERM with the default handler (the process
-    killed) between them leaves the old directory in ``.<name>.*.old``, as a SIGKILL does."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    got: list[int] = []   # the signals as they arrived
-    # (getsignal's None: a handler not set from Python, which could not be put back: left as it is)
-    old = {s: h for s in _HELD if (h := signal.getsignal(s)) is not None}
-    for s in old:
-        signal.signal(s, lambda signum, frame: got.append(signum))
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-        _deliver(got)
-
-
-def _deliver(signums: list[int]) -> None:
-    """Raise ``signums`` in order, each later one from a ``finally``: an exception from one handler (a Ctrl-C's
-    KeyboardInterrupt) does not lose the next signal (a SIGTERM whose default handler kills the process)."""
-    if not signums:
-        return
-    try:
-        signal.raise_signal(signums[0])
-    finally:
-        _deliver(signums[1:])
 
 
 def _put_back(old: Path, tmp: Path, path: Path) -> None:

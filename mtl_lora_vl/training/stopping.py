@@ -6,12 +6,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from ..log import rank_prefix
+from ..signal_handlers import handlers_set
 
 __all__ = ["RunStopped", "StopRequest", "Terminated", "stop_at_step_boundary", "stop_signals_ignored",
            "terminate_raises"]
@@ -65,23 +64,8 @@ def stop_at_step_boundary() -> Iterator[StopRequest]:
     """While open, SIGINT and SIGTERM set the yielded request instead of interrupting (main thread only:
     Python delivers signals there, and only there can handlers be set)."""
     request = StopRequest()
-    with _signal_handlers(dict.fromkeys((signal.SIGINT, signal.SIGTERM), request)):
+    with handlers_set(dict.fromkeys((signal.SIGINT, signal.SIGTERM), request)):
         yield request
-
-
-@contextlib.contextmanager
-def _signal_handlers(handlers: dict[int, Any]) -> Iterator[None]:
-    """While open, ``handlers`` (signal -> handler) replace the process's, put back on exit; in any thread but the
-    main one nothing is set (Python delivers signals there, and only there can handlers be set)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.signal(s, handler) for s, handler in handlers.items()}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
 
 
 class Terminated(KeyboardInterrupt):
@@ -100,7 +84,7 @@ def terminate_raises() -> Iterator[None]:
     """While open (main thread), SIGTERM raises :class:`Terminated` instead of killing the process at once: the
     run's clean-up runs. Under torchrun a rank that fails gets the others SIGTERMed; rank 0, killed outright, left
     the run ``--overwrite`` replaced set aside in ``.RUN.replaced``, the new run's directory in its place."""
-    with _signal_handlers({signal.SIGTERM: _raise_terminated}):
+    with handlers_set({signal.SIGTERM: _raise_terminated}):
         yield
 
 
@@ -108,5 +92,5 @@ def terminate_raises() -> Iterator[None]:
 def stop_signals_ignored() -> Iterator[None]:
     """While open (main thread), SIGINT and SIGTERM are ignored: a clean-up that puts the run ``--overwrite``
     replaced back is not cut half-way (torchrun's SIGTERM to the other ranks races a failed rank's own clean-up)."""
-    with _signal_handlers(dict.fromkeys((signal.SIGINT, signal.SIGTERM), signal.SIG_IGN)):
+    with handlers_set(dict.fromkeys((signal.SIGINT, signal.SIGTERM), signal.SIG_IGN)):
         yield

@@ -1,0 +1,109 @@
+"""Signal handlers set for a while (``stop_at_step_boundary``, ``terminate_raises``, atomic_dir's held signals) are
+put back whole, whenever a signal comes: Python runs a handler between any two bytecodes of the main thread, the
+lines that set or put back the handlers included."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from mtl_lora_vl.io import atomic as atomic_mod
+from mtl_lora_vl.io.atomic import atomic_dir
+from mtl_lora_vl.training.stopping import stop_at_step_boundary
+
+_REAL_SIGNAL = signal.signal
+
+
+class _Interrupt(KeyboardInterrupt):
+    """What the test's handlers raise (a KeyboardInterrupt, as Ctrl-C's and SIGTERM's ``Terminated`` are)."""
+
+
+@pytest.fixture
+def handlers():
+    """The test's own SIGINT and SIGTERM handlers (they note the signal and raise :class:`_Interrupt`), put back after
+    with the real ``signal.signal`` (the tests patch it); yields (handlers by signal, the signals they saw)."""
+    seen = []
+
+    def handler(signum, frame):
+        seen.append(signum)
+        raise _Interrupt(signal.Signals(signum).name)
+
+    before = {s: _REAL_SIGNAL(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield dict.fromkeys(before, handler), seen
+    finally:
+        for s, h in before.items():
+            _REAL_SIGNAL(s, h)
+
+
+def _a_signal_when(monkeypatch, set_to, sent):
+    """Patch ``signal.signal``: once a handler that ``set_to(signum, handler)`` picks is set, ``sent`` comes (once)."""
+    came = []
+
+    def signal_then(signum, handler):
+        previous = _REAL_SIGNAL(signum, handler)
+        if not came and set_to(signum, handler):
+            came.append(sent)
+            signal.raise_signal(sent)
+        return previous
+
+    monkeypatch.setattr(signal, "signal", signal_then)
+    return came
+
+
+def test_a_ctrl_c_as_the_held_signals_handlers_are_put_back_leaves_no_holder_and_loses_no_signal(
+        tmp_path, monkeypatch, handlers):
+    """Helper 473: a SIGTERM held over atomic_dir's renames, then a Ctrl-C just after SIGINT's handler was put back
+    (before SIGTERM's): the Ctrl-C's KeyboardInterrupt cut the put-back, so SIGTERM's holder stayed set for good (every
+    later SIGTERM noted in a list no one reads: the process could no longer be terminated) and the held SIGTERM was
+    never delivered. Now the held one is delivered first, then the Ctrl-C, and both handlers are back."""
+    mine, seen = handlers
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "old").write_text("old")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        if Path(src) == target:   # the old one moved aside: a SIGTERM, held
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(atomic_mod.os, "replace", replace)
+    monkeypatch.setattr(atomic_mod, "_exchange", lambda a, b: False)  # the two-rename path (no atomic swap)
+    came = _a_signal_when(monkeypatch, lambda s, h: s == signal.SIGINT and h is mine[s], signal.SIGINT)
+    with pytest.raises(_Interrupt):
+        with atomic_dir(target, overwrite=True) as d:
+            (d / "new").write_text("new")
+    assert came == [signal.SIGINT]
+    assert {s: signal.getsignal(s) for s in mine} == mine
+    assert seen == [signal.SIGTERM, signal.SIGINT]
+    assert [p.name for p in target.iterdir()] == ["new"]
+
+
+def test_a_ctrl_c_as_the_loops_handlers_are_put_back_leaves_sigterms_back_too(monkeypatch, handlers):
+    """Helper 473: a Ctrl-C just after ``stop_at_step_boundary`` put SIGINT's handler back cut the put-back of
+    SIGTERM's: the loop's StopRequest stayed SIGTERM's handler after the loop (a SIGTERM then only noted, the final
+    evaluation and the clean-up not ended by it)."""
+    mine, seen = handlers
+    came = _a_signal_when(monkeypatch, lambda s, h: s == signal.SIGINT and h is mine[s], signal.SIGINT)
+    with pytest.raises(_Interrupt):
+        with stop_at_step_boundary():
+            pass
+    assert came == [signal.SIGINT] and seen == [signal.SIGINT]
+    assert {s: signal.getsignal(s) for s in mine} == mine
+
+
+def test_a_sigterm_as_the_loops_handlers_are_set_leaves_sigints_as_it_was(monkeypatch, handlers):
+    """Helper 473: a SIGTERM just after ``stop_at_step_boundary`` set SIGINT's handler (before SIGTERM's) raised
+    before its ``try``: the StopRequest stayed SIGINT's handler for good, so every later Ctrl-C in the process (a
+    notebook's, the caller's) only logged "stopping after this step"."""
+    mine, seen = handlers
+    came = _a_signal_when(monkeypatch, lambda s, h: s == signal.SIGINT and h is not mine[s], signal.SIGTERM)
+    with pytest.raises(_Interrupt):
+        with stop_at_step_boundary():
+            pytest.fail("the SIGTERM came before the block")
+    assert came == [signal.SIGTERM] and seen == [signal.SIGTERM]
+    assert {s: signal.getsignal(s) for s in mine} == mine
