@@ -31,14 +31,20 @@ def _main_thread() -> bool:
 @contextmanager
 def handlers_set(handlers: Mapping[int, Any]) -> Iterator[None]:
     """While open (main thread), ``handlers`` (signal -> handler) replace the process's, put back on exit (all of
-    them, even where a signal comes meanwhile). Off the main thread nothing is set."""
+    them, even where a signal comes meanwhile). A signal the process ignores (SIG_IGN: a shell's background job
+    ``cmd &`` ignores SIGINT, so that the script's Ctrl-C does not reach it) stays ignored, as Python itself leaves
+    it, and a handler not set from Python (``getsignal``'s None, which ``signal.signal`` cannot put back) is left as
+    it is. Off the main thread nothing is set."""
     if not _main_thread():
         yield
         return
     old: dict[int, Any] = {}
     try:
         for s, handler in handlers.items():
-            old[s] = signal.getsignal(s)   # noted first: a signal right after the next line still finds it put back
+            current = signal.getsignal(s)
+            if current is None or current is signal.SIG_IGN:
+                continue
+            old[s] = current   # noted first: a signal right after the next line still finds it put back
             signal.signal(s, handler)
         yield
     finally:

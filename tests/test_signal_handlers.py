@@ -107,3 +107,43 @@ def test_a_sigterm_as_the_loops_handlers_are_set_leaves_sigints_as_it_was(monkey
             pytest.fail("the SIGTERM came before the block")
     assert came == [signal.SIGTERM] and seen == [signal.SIGTERM]
     assert {s: signal.getsignal(s) for s in mine} == mine
+
+
+@pytest.mark.parametrize("ignored", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_a_signal_the_process_ignores_stays_ignored_in_and_out_of_the_loop(ignored, handlers):
+    """Helper 473: a stop signal the process ignores (SIG_IGN: a shell starts a background job ``cmd &`` with SIGINT
+    ignored, so that the script's Ctrl-C does not reach it; a caller's own ``signal.signal(SIGTERM, SIG_IGN)``) was
+    replaced by ``stop_at_step_boundary``'s StopRequest and ``terminate_raises``' handler: that Ctrl-C stopped a
+    background training run, a SIGTERM raised Terminated. Python itself leaves an ignored SIGINT ignored; so do they
+    now. The other signal is still theirs."""
+    from mtl_lora_vl.training.stopping import StopRequest, Terminated, terminate_raises
+
+    mine, seen = handlers
+    _REAL_SIGNAL(ignored, signal.SIG_IGN)
+    other = ({signal.SIGINT, signal.SIGTERM} - {ignored}).pop()
+    with stop_at_step_boundary() as request:
+        assert signal.getsignal(ignored) is signal.SIG_IGN and isinstance(signal.getsignal(other), StopRequest)
+        signal.raise_signal(ignored)
+    assert request.signum == 0
+    with terminate_raises():
+        if ignored == signal.SIGTERM:
+            signal.raise_signal(signal.SIGTERM)   # ignored: nothing raised
+        else:
+            with pytest.raises(Terminated):
+                signal.raise_signal(signal.SIGTERM)
+    assert signal.getsignal(ignored) is signal.SIG_IGN and signal.getsignal(other) is mine[other] and seen == []
+
+
+def test_a_handler_not_set_from_python_is_left_as_it_is(monkeypatch, handlers):
+    """Helper 473: where ``signal.getsignal`` says None (a handler a C program that embeds Python set before it
+    started: Python cannot put it back), ``terminate_raises`` replaced it and then raised TypeError on exit
+    (``signal.signal(SIGTERM, None)``), over whatever the block raised. It is now left as it is, as atomic_dir's
+    held signals already left it."""
+    from mtl_lora_vl.training.stopping import terminate_raises
+
+    mine, seen = handlers
+    real_getsignal = signal.getsignal
+    monkeypatch.setattr(signal, "getsignal", lambda s: None if s == signal.SIGTERM else real_getsignal(s))
+    with terminate_raises():
+        assert real_getsignal(signal.SIGTERM) is mine[signal.SIGTERM]
+    assert real_getsignal(signal.SIGTERM) is mine[signal.SIGTERM] and seen == []

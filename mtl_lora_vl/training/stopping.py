@@ -62,7 +62,7 @@ class StopRequest:
 @contextlib.contextmanager
 def stop_at_step_boundary() -> Iterator[StopRequest]:
     """While open, SIGINT and SIGTERM set the yielded request instead of interrupting (main thread only:
-    Python delivers signals there, and only there can handlers be set)."""
+    Python delivers signals there, and only there can handlers be set; one the process ignores stays ignored)."""
     request = StopRequest()
     with handlers_set(dict.fromkeys((signal.SIGINT, signal.SIGTERM), request)):
         yield request
