@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,57 @@ def test_a_handler_not_set_from_python_is_left_as_it_is(monkeypatch, handlers):
     with terminate_raises():
         assert real_getsignal(signal.SIGTERM) is mine[signal.SIGTERM]
     assert real_getsignal(signal.SIGTERM) is mine[signal.SIGTERM] and seen == []
+
+
+def test_many_signals_held_are_each_delivered_without_deep_recursion(tmp_path, monkeypatch, handlers):
+    """Helper 473: once a repeated held signal was delivered each time, the delivery recursed once per signal: 1500
+    Ctrl-Cs held over the renames (a key held down over a long delete of the old directory) raised RecursionError
+    in place of the handlers' own outcome. The delivery is a loop."""
+    seen = []
+    for s in (signal.SIGINT, signal.SIGTERM):
+        _REAL_SIGNAL(s, lambda signum, frame: seen.append(signum))
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "old").write_text("old")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        if Path(src) == target:
+            for _ in range(1500):
+                signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(atomic_mod.os, "replace", replace)
+    monkeypatch.setattr(atomic_mod, "_exchange", lambda a, b: False)  # the two-rename path (no atomic swap)
+    with atomic_dir(target, overwrite=True) as d:
+        (d / "new").write_text("new")
+    assert seen == [signal.SIGINT] * 1500 + [signal.SIGTERM]
+    assert [p.name for p in target.iterdir()] == ["new"]
+
+
+def test_off_the_main_thread_nothing_is_set_or_held(tmp_path, handlers):
+    """The package used from a worker thread (a notebook's executor, a thread pool): ``signal.signal`` raises
+    ValueError there, so the stop contexts and atomic_dir's held signals set nothing; the writes are done and the
+    main thread's handlers are untouched."""
+    from mtl_lora_vl.training.stopping import stop_signals_ignored, terminate_raises
+
+    mine, seen = handlers
+    done, raised = [], []
+
+    def work():
+        try:
+            with terminate_raises(), stop_at_step_boundary() as request, stop_signals_ignored():
+                for i in range(2):
+                    with atomic_dir(tmp_path / "t", overwrite=True) as d:
+                        (d / "x").write_text(str(i))
+            done.append(request.signum)
+        except BaseException as e:
+            raised.append(e)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert raised == [] and done == [0]
+    assert (tmp_path / "t" / "x").read_text() == "1"
+    assert {s: signal.getsignal(s) for s in mine} == mine and seen == []
