@@ -125,3 +125,37 @@ def test_split_names_in_part_two_folders_are_refused_and_one_is_read(tmp_path):
     _write(root / "coco" / "val2017" / "0.parquet", "v17")
     with pytest.raises(ValueError, match=r"\['val2014', 'val2017'\].*split = \"val2014\""):
         read_split("hf_datasets", root, path="coco", split="val", cache_dir=cache)
+
+
+def test_file_names_naming_the_split_in_part_follow_the_folder_rule(tmp_path, caplog):
+    """MNLI's test_matched.parquet beside test_mismatched.parquet (files, not folders or hub shards): split = "test"
+    read both (6 rows, two splits' rows mixed), and without split = ... both were the one split 'test'. As folders
+    are: two longer names are refused naming them and what to set; one alone is read with a note; a file named the
+    split whole (test.parquet, test-0.parquet) is read without the longer-named one beside it."""
+    root, cache = tmp_path / "root", str(tmp_path / "cache")
+    _write(root / "mnli" / "test_matched.parquet", "matched")
+    _write(root / "mnli" / "test_mismatched.parquet", "mismatched")
+    with pytest.raises(ValueError, match=r"mnli: no file or folder is named split 'test' whole, and the parquet files "
+                                         r"it matches are named for the splits \['test_matched', 'test_mismatched'\] "
+                                         r".*set split to one of them, e.g. split = \"test_matched\""):
+        read_split("hf_datasets", root, path="mnli", split="test", cache_dir=cache)
+    with pytest.raises(ValueError, match=r"hold the splits \['test_matched', 'test_mismatched'\]; set split"):
+        read_split("hf_datasets", root, path="mnli", cache_dir=cache)
+    assert _configs(read_split("hf_datasets", root, path="mnli", split="test_matched", cache_dir=cache)) == {"matched"}
+    _write(root / "coco" / "captions_val2014.parquet", "v14")
+    with caplog.at_level("INFO", logger="mtl_lora_vl.data.hf_parquet"):
+        assert _configs(read_split("hf_datasets", root, path="coco", split="val", cache_dir=cache)) == {"v14"}
+    assert "split 'val' is read from the file(s) named for the split 'val2014'" in caplog.text
+    _write(root / "coco" / "captions_val2017.parquet", "v17")
+    with pytest.raises(ValueError, match=r"\['val2014', 'val2017'\].*split = \"val2014\""):
+        read_split("hf_datasets", root, path="coco", split="val", cache_dir=cache)
+    for name in ("test-0.parquet", "test-1.parquet"):   # the split named whole (two shards of it): read alone
+        _write(root / "hard" / name, "test", 1)
+    _write(root / "hard" / "test_hard.parquet", "hard")
+    _write(root / "hard" / "train_0.parquet", "train", 1)
+    split = read_split("hf_datasets", root, path="hard", split="test", cache_dir=cache)
+    assert len(split.examples) == 2 and _configs(split) == {"test"}
+    assert _configs(read_split("hf_datasets", root, path="hard", split="test_hard", cache_dir=cache)) == {"hard"}
+    for name in ("train_part_1.parquet", "train_part_2.parquet", "train.snappy.parquet", "my_train_data.parquet"):
+        _write(root / "parts" / name, "train", 1)   # no longer split names: all four read, none left out
+    assert len(read_split("hf_datasets", root, path="parts", split="train", cache_dir=cache).examples) == 4

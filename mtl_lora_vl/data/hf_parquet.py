@@ -4,7 +4,9 @@ A split is read from the files' names and folders as ``datasets`` reads it: ``tr
 ``mydata_train.parquet``, ``train2017/``, a hub shard ``test_hard-00000-of-00001.parquet`` (the split "test_hard",
 whole), the parquet branch's ``<config>/<split>/0000.parquet`` (a folder named the split whole, ``test/``, is read
 alone beside ``test_hard/``; a folder naming it only in part, ``val2014/``, is read as the split where it is the
-only one, and refused beside another, ``val2017/``, as MNLI's ``test_matched/`` beside ``test_mismatched/`` is). A split
+only one, and refused beside another, ``val2017/``, as MNLI's ``test_matched/`` beside ``test_mismatched/`` is; a
+file's own name likewise: ``test_matched.parquet`` beside ``test_mismatched.parquet`` is refused for "test", and
+``test_hard.parquet`` is left out beside ``test-0.parquet``). A split
 whose files lie in several config folders
 (``en/train-...`` beside ``de/train-...``) is refused, naming them, rather than read as one split of mixed rows.
 """
@@ -57,9 +59,10 @@ def _folder_split(f: Path, base: Path) -> str | None:
 
 def _split_of(f: Path, base: Path) -> str | None:
     """The split a parquet file's folder or name gives, if any: a usual split name of a folder, else a hub shard's
-    own name, else a usual split name in the file's name."""
+    own name, else the split the file's name spells holding a usual split name (``test_matched.parquet``:
+    "test_matched", as the folder ``test_matched/`` is; ``train-0.parquet``: "train")."""
     return (_folder_split(f, base) or _shard_split(f)
-            or next((s for s in _SPLIT_NAMES if _in_split(f, base, s)), None))
+            or next((n for n in (_file_split(f, s) for s in _SPLIT_NAMES) if n is not None), None))
 
 
 def _config_folder(f: Path, base: Path, split: str) -> tuple[str, ...] | None:
@@ -92,18 +95,60 @@ def _refuse_configs(base: Path, files: list[Path], split: str | None) -> None:
                              f"path = \"{base / Path(*first)}\" (or that folder under the data root)")
 
 
-def _one_longer_folder(base: Path, files: list[Path], split: str) -> None:
-    """Where no folder is named ``split`` whole, the folders of ``files`` that name it in part: one (``val2014/``) is
-    the split, as ``datasets`` reads it (noted); several (``val2014/`` beside ``val2017/``, MNLI's ``test_matched/``
-    beside ``test_mismatched/``) are as many splits, refused naming them, as several hub shard names are."""
-    folders = sorted({d for d in (_split_folder(f, base, split) for f in files) if d is not None})
-    if len(folders) > 1:
-        raise ValueError(f"hf_datasets {base}: no folder is named split {split!r} whole, and the parquet files it "
-                         f"matches lie in the folders {folders}, each a split of its own (read together, their rows "
-                         f"would mix in one split); set split to one of them, e.g. split = \"{folders[0]}\"")
-    if folders:
-        logger.info("hf_datasets %s: split %r is read from the folder %s/ (the one folder naming it)", base, split,
-                    folders[0])
+#: Words after a split's name in a file's name that name no split of their own (``train_data.parquet``,
+#: ``train_part_1.parquet``: the split "train").
+_NO_SPLIT_WORDS = ("data", "set", "split", "part", "shard", "chunk", "file")
+
+
+def _file_split(f: Path, split: str) -> str | None:
+    """The split parquet file ``f``'s own name spells where it names ``split``: the name's word holding it, and the
+    words of letters joined on to it by ``-``, ``_`` or a space (``test_matched.parquet``, ``captions_val2014.parquet``:
+    "test_matched", "val2014"; ``train-0.parquet``, ``mydata_train_part_1.parquet``: "train", :data:`_NO_SPLIT_WORDS`
+    ending it); None where the name does not name it."""
+    stem = f.name[: -len(".parquet")] if f.name.endswith(".parquet") else f.stem
+    m = re.search(rf"(?<![^-._ 0-9]){re.escape(split)}(?![^-._ 0-9])", stem)
+    if m is None:
+        return None
+    start, end = m.start(), m.end()
+    while start > 0 and stem[start - 1] not in "-._ ":
+        start -= 1
+    while end < len(stem) and stem[end] not in "-._ ":
+        end += 1
+    while end < len(stem) and stem[end] in "-_ ":   # (not "."; train.snappy.parquet is of "train")
+        word = re.match(r"[A-Za-z]+(?=[-._ ]|$)", stem[end + 1:])
+        if word is None or word.group().lower() in _NO_SPLIT_WORDS:
+            break
+        end += 1 + word.end()
+    return stem[start:end]
+
+
+def _longer_names(base: Path, mine: list[Path], by_name: list[Path], split: str) -> list[Path]:
+    """``mine`` (the parquet files under ``base`` matching ``split``; ``by_name``: those matching it by their own
+    name) without the files whose name spells a longer split (``test_hard.parquet``) where a file or folder names
+    ``split`` whole (``test-0.parquet``, ``test/``): that one is the split, as ``datasets`` reads a hub shard. Where
+    none does, the folders and files naming it in part: one name (``val2014/``, ``captions_val2014.parquet``) is the
+    split, as ``datasets`` reads it (noted); several (MNLI's ``test_matched`` beside ``test_mismatched``, ``val2014``
+    beside ``val2017``) are as many splits, refused naming them, as several hub shard names are."""
+    plain = {f: _file_split(f, split) for f in by_name if _shard_split(f) is None}
+    folders = {f: _split_folder(f, base, split) for f in mine if f not in by_name}
+    whole = split in plain.values() or any(split in f.relative_to(base).parent.parts for f in folders)
+    longer = {f: n for f, n in plain.items() if n is not None and n != split}
+    if whole:
+        if longer:
+            logger.info("hf_datasets %s: split %r is read without the file(s) %s, named for the longer split(s) %s",
+                        base, split, sorted(f.name for f in longer), sorted(set(longer.values())))
+        return [f for f in mine if f not in longer]
+    names = sorted({n for n in [*longer.values(), *folders.values()] if n is not None})
+    if len(names) > 1:
+        raise ValueError(f"hf_datasets {base}: no file or folder is named split {split!r} whole, and the parquet files "
+                         f"it matches are named for the splits {names} (in their folders' or their own names), each "
+                         "a split of its own (read together, their rows would mix in one split); set split to one of "
+                         f"them, e.g. split = \"{names[0]}\"")
+    if names:
+        where = "folder" if names[0] in folders.values() else "file(s) named for the split"
+        logger.info("hf_datasets %s: split %r is read from the %s %r (the one name holding it)", base, split, where,
+                    names[0])
+    return mine
 
 
 def parquet_files(base: Path, split: str | None) -> list[str]:
@@ -144,8 +189,7 @@ def parquet_files(base: Path, split: str | None) -> list[str]:
         raise ValueError(f"hf_datasets {base}: split {split!r} names no split of its own here, and the parquet files "
                          f"it matches are the shards of the splits {shards} (named '<split>-00000-of-000NN'); set "
                          "split to one of them")
-    if not any(split in f.relative_to(base).parent.parts for f in mine):
-        _one_longer_folder(base, [f for f in mine if f not in by_name], split)
+    mine = _longer_names(base, mine, [f for f in by_name if f in mine], split)
     if not mine:
         shown = ", ".join(str(f.relative_to(base)) for f in files[:6])
         raise FileNotFoundError(f"{base}: no parquet file of split {split!r} (named '{split}-*.parquet', "
