@@ -154,8 +154,10 @@ def test_a_pandas_na_image_id_or_question_id_is_no_id(tmp_path):
     s = _from_rows(tmp_path, [{"images": [a, b], "statement": "two", "label": 1, "image_id": pd.NA, "group": pd.NA}])
     assert [(e.image_id, e.meta.get("group")) for e in s.examples] == [("a.png|b.png", None)]
     assert row_keys.no_id(pd.NA) and row_keys.no_id(pd.NaT) and not row_keys.no_id(np.array([1.0, 2.0]))
-    with pytest.raises(DataFormatError, match=r"question_id \S*7\S* is given to another row"):
+    with pytest.raises(DataFormatError, match=r"rows:2: question_id 7 is given to another row"):   # not np.int64(7)
         _from_rows(tmp_path, [rows[1], rows[1]])
+    with pytest.raises(DataFormatError, match=r"question_id 'q7' is given to another row"):   # text keeps its quotes
+        _from_rows(tmp_path, [{**rows[1], "question_id": np.str_("q7")}] * 2)
 
 
 def test_one_image_named_in_nfc_and_nfd_has_one_id(tmp_path):

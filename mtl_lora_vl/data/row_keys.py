@@ -34,6 +34,19 @@ def is_nan(value: Any) -> bool:
         return True
 
 
+def plain(value: Any) -> Any:
+    """``value`` as a message shows it: a numpy scalar (a pandas row's cell: ``np.int64`` of an ``Int64`` column,
+    whose repr reads ``np.int64(7)`` in numpy 2; ``np.str_``, ``np.float64``, subclasses of str and float, too) as its
+    Python value; others as they are."""
+    if type(value) not in (str, bytes, int, float, bool) and getattr(value, "shape", None) == () \
+            and callable(getattr(value, "item", None)):
+        try:
+            return value.item()
+        except (TypeError, ValueError):   # (an object that names item() for something else)
+            return value
+    return value
+
+
 def row_key(value: Any) -> Any:
     """``value`` (a row, or a value in it) as a hashable key equal to another's where the values are equal, NaN
     equal to NaN (a table's float cell: each read is another float object, and NaN != NaN); an array's cell (numpy's,

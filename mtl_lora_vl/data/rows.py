@@ -47,7 +47,7 @@ from .images import ImageError
 from .list_cells import refuse_list_cells
 from .records import Example, Split
 from .row_files import csv_rows, jsonl_rows
-from .row_keys import is_nan, no_id, row_key
+from .row_keys import is_nan, no_id, plain, row_key
 
 logger = logging.getLogger(__name__)
 
@@ -201,8 +201,8 @@ def examples_from_rows(
         # rows that share an id but differ are questions of their own (MME's id is the image's name, POPE's restart)
         first = seen.setdefault(row_key(row), n)
         if first != n:
-            raise DataFormatError(f"{at(n)}: question_id {qid!r} is given to another row at {at(first)}, and the "
-                                  "row repeats it whole (is a file joined twice?): remove the repeated rows, or "
+            raise DataFormatError(f"{at(n)}: question_id {plain(qid)!r} is given to another row at {at(first)}, and "
+                                  "the row repeats it whole (is a file joined twice?): remove the repeated rows, or "
                                   "leave question_id out where rows repeat on purpose (one per answer given)")
 
     def image_at(row: dict, n: int) -> Any:   # a path out of the root (PathEscapeError) names the file and line
