@@ -173,3 +173,37 @@ def test_one_image_named_in_nfc_and_nfd_has_one_id(tmp_path):
     s = read_split("jsonl", tmp_path, file="q.jsonl")
     assert len({e.image for e in s.examples}) == 1
     assert [e.image_id for e in s.examples] == [nfc, nfc, nfc]
+
+
+def _nan_with_bits(bits: int, dtype=np.float64):
+    """A NaN of the given bit pattern: x86's default NaN (what inf - inf or 0 / 0 compute) has its sign bit set,
+    numpy's np.nan has not; both are NaN, with other bytes."""
+    return np.array([bits], np.uint64 if dtype == np.float64 else np.uint32).view(dtype)
+
+
+def test_a_row_repeated_whole_with_signed_zeros_or_other_nans_is_one_row(tmp_path):
+    """The key of a row repeated whole took a numpy scalar or array cell by its bytes: a row with 0.0 and its repeat
+    with -0.0 (equal under ==), or with np.nan and a computed NaN (inf - inf: the sign bit set), were two rows, so a
+    file joined to itself whose float column was written twice (one copy recomputed) read every question twice.
+    Values equal under == are one key (a float32 0.5 and a float64 0.5 too), NaN is NaN whatever its bits; other
+    values (float32 0.1 is not float64 0.1; a (2,) and a (1, 2) array) stay other rows."""
+    a = _png(tmp_path / "a.png")
+    row = {"image": a, "question": "is it red?", "answers": ["yes"], "question_id": 7}
+    neg_nan = _nan_with_bits(0xFFF8000000000000)
+    odd_nan32 = _nan_with_bits(0x7FC00001, np.float32)
+    pairs = [(np.float64(0.0), np.float64(-0.0)), (np.float32(0.0), np.float32(-0.0)), (0.0, np.float64(-0.0)),
+             (np.float64("nan"), neg_nan[0]), (np.float32("nan"), odd_nan32[0]),
+             (np.array([0.0, 1.5]), np.array([-0.0, 1.5])), (np.array([np.nan, 1.0]), np.array([neg_nan[0], 1.0])),
+             (np.array([np.nan], np.float32), odd_nan32),
+             (np.array([complex(-0.0, np.nan)]), np.array([complex(0.0, -np.nan)])),
+             (np.int64(7), 7), (np.array([0.5], np.float32), np.array([0.5])),
+             (np.arange(3, dtype=np.int8), np.arange(3))]
+    for first, second in pairs:
+        assert row_keys.row_key(first) == row_keys.row_key(second), (first, second)
+        with pytest.raises(DataFormatError, match="rows:2: question_id 7 is given to another row at rows:1, and the "
+                                                  "row repeats it whole"):
+            _from_rows(tmp_path, [{**row, "extra": first}, {**row, "extra": second}])
+    for first, second in [(np.float64(0.0), np.float64(5e-324)), (np.array([0.0, np.nan]), np.array([np.nan, 0.0])),
+                          (np.array([0.1], np.float32), np.array([0.1])), (np.array([1, 2]), np.array([[1, 2]]))]:
+        assert row_keys.row_key(first) != row_keys.row_key(second), (first, second)
+        assert len(_from_rows(tmp_path, [{**row, "extra": first}, {**row, "extra": second}]).examples) == 2

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+import numpy as np
+
 
 def no_id(value: Any) -> bool:
     """Whether a row's ``image_id`` (or ``question_id``) is missing: null, blank, NaN (a pandas table's blank cell),
@@ -47,16 +49,40 @@ def plain(value: Any) -> Any:
     return value
 
 
+def _canonical(value: Any) -> tuple[str, Any]:
+    """A numpy array of numbers as ``(kind, array)`` whose bytes are equal where the values are equal under ``==``:
+    floats as float64 and complex numbers as complex128 (a float32 0.5 is a float64 0.5), -0.0 as 0.0, each NaN as
+    numpy's one NaN (x86 computes NaN with the sign bit set: inf - inf is not np.nan's bytes); integers and booleans
+    as int64 (uint64 as itself). Integers and floats stay two kinds (an int64 past 2**53 has no float64 of its own)."""
+    kind = value.dtype.kind
+    if kind in "fc":
+        wide = np.array(value, dtype=np.complex128 if kind == "c" else np.float64, order="C")   # (a copy)
+        parts = wide.view(np.float64)
+        parts += 0.0   # -0.0 + 0.0 is 0.0
+        parts[np.isnan(parts)] = np.nan
+        return kind, wide
+    if kind in "biu" and value.dtype != np.uint64:
+        return "i", np.ascontiguousarray(value, dtype=np.int64)
+    return value.dtype.str, value
+
+
 def row_key(value: Any) -> Any:
-    """``value`` (a row, or a value in it) as a hashable key equal to another's where the values are equal, NaN
-    equal to NaN (a table's float cell: each read is another float object, and NaN != NaN); an array's cell (numpy's,
-    a tensor, unhashable) as its values, so two equal arrays are equal, not two objects. A numpy array or scalar (a
-    float32 NaN is no float: never equal to itself) is keyed by its bytes at once (an embedding's 768 floats keyed
-    one by one cost 23x the check's time); others by the list of their values."""
+    """``value`` (a row, or a value in it) as a hashable key equal to another's where the values are equal under
+    ``==``, NaN equal to NaN (a table's float cell: each read is another float object, and NaN != NaN; a repeated
+    row is the same row whatever its NaNs' bits); an array's cell (numpy's, a tensor, unhashable) as its values, so
+    two equal arrays are equal, not two objects. A numpy array is keyed by its bytes at once (an embedding's 768
+    floats keyed one by one cost 23x the check's time), made equal for equal values (:func:`_canonical`); a numpy
+    scalar (a float32 NaN is no float: never equal to itself) as its Python value; others by the list of their
+    values."""
     if isinstance(value, (str, bytes)):
         return value
     dtype = getattr(value, "dtype", None)
     if getattr(dtype, "hasobject", True) is False and callable(getattr(value, "tobytes", None)):
+        if getattr(value, "shape", None) == () and callable(getattr(value, "item", None)):   # a numpy scalar
+            return row_key(value.item())
+        if isinstance(value, np.ndarray):
+            kind, value = _canonical(value)
+            return "array", kind, value.shape, value.tobytes()
         return "array", dtype.str, getattr(value, "shape", None), value.tobytes()   # (an object array: its pointers)
     if callable(getattr(value, "tolist", None)):
         value = value.tolist()   # (a tensor; an array of Python objects)
@@ -66,6 +92,8 @@ def row_key(value: Any) -> Any:
         return type(value) is list, tuple(row_key(v) for v in value)
     if isinstance(value, float) and value != value:
         return "nan", None
+    if isinstance(value, complex) and value != value:   # complex("nan+1j"): each part NaN-equal alone
+        return "complex", row_key(value.real), row_key(value.imag)
     try:
         hash(value)
     except TypeError:   # (an unknown unhashable value: equal to itself alone)
