@@ -159,3 +159,29 @@ def test_file_names_naming_the_split_in_part_follow_the_folder_rule(tmp_path, ca
     for name in ("train_part_1.parquet", "train_part_2.parquet", "train.snappy.parquet", "my_train_data.parquet"):
         _write(root / "parts" / name, "train", 1)   # no longer split names: all four read, none left out
     assert len(read_split("hf_datasets", root, path="parts", split="train", cache_dir=cache).examples) == 4
+
+
+def test_a_file_or_folder_of_another_format_is_refused_naming_the_format_to_read_it(tmp_path):
+    """path = a .jsonl, .csv or .arrow file was read as parquet: a bare pyarrow ArrowInvalid "Parquet magic bytes not
+    found in footer" naming no fix; a folder of such files was "neither a save_to_disk folder nor a folder of .parquet
+    files", with no word of what it holds. Each is refused naming the format that reads it."""
+    root = tmp_path
+    (root / "rows").mkdir()
+    (root / "rows" / "train.jsonl").write_text('{"image": "a.png", "caption": "red"}\n')
+    (root / "rows" / "test.csv").write_text("image,caption\na.png,red\n")
+    table = datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))], "caption": ["red"]})
+    table.save_to_disk(str(root / "saved"))
+    arrow = next((root / "saved").glob("*.arrow"))
+    with pytest.raises(ValueError, match=r"train.jsonl is a \.jsonl file, not parquet.*format = \"jsonl\""):
+        read_split("hf_datasets", root, path="rows/train.jsonl")
+    with pytest.raises(ValueError, match=r"test.csv is a \.csv file, not parquet.*format = \"csv\""):
+        read_split("hf_datasets", root, path="rows/test.csv")
+    hint = re.escape(f'path = "{root / "saved"}"')
+    with pytest.raises(ValueError, match=rf"{arrow.name} is a \.arrow file, not parquet.*{hint}"):
+        read_split("hf_datasets", root, path=f"saved/{arrow.name}")
+    with pytest.raises(FileNotFoundError, match=r"nor a folder of .parquet files; it holds \.csv, \.jsonl files "
+                                                r"\(test.csv, train.jsonl\).*format = \"jsonl\""):
+        read_split("hf_datasets", root, path="rows", split="train")
+    assert len(read_split("hf_datasets", root, path="saved").examples) == 1
+    _write(root / "pq" / "rows.pq", "pq", 2)   # a parquet file by its bytes, whatever its name: read
+    assert len(read_split("hf_datasets", root, path="pq/rows.pq", cache_dir=str(root / "cache")).examples) == 2

@@ -151,11 +151,36 @@ def _longer_names(base: Path, mine: list[Path], by_name: list[Path], split: str)
     return mine
 
 
+#: What reads a file of another format than parquet, by its suffix (a file given as an ``hf_datasets`` path).
+_OTHER_FORMATS = {
+    ".jsonl": 'format = "jsonl" (JSON lines), with file = "{file}"',
+    ".json": 'the reader of its dataset (format = "coco_captions", "vqav2", "gqa", "karpathy", "nlvr2"), or format = '
+             '"jsonl" with file = "{file}" where it holds one JSON object per line',
+    ".csv": 'format = "csv", with file = "{file}"',
+    ".arrow": "its saved dataset: give the folder that holds its state.json as path{saved}; an Arrow file of "
+              "datasets' cache (no state.json) is read from the dataset's parquet files, or after save_to_disk",
+}
+
+
+def _other_format(base: Path) -> str:
+    """What reads ``base``, a file that is no parquet file, as :data:`_OTHER_FORMATS` says."""
+    saved = next((d for d in (base.parent, base.parent.parent) if (d / "state.json").is_file()
+                  or (d / "dataset_dict.json").is_file()), None)
+    how = _OTHER_FORMATS.get(base.suffix.lower(), "a .parquet file, a folder of them or a save_to_disk folder as path")
+    return how.format(file=base, saved=f', e.g. path = "{saved}"' if saved else "")
+
+
 def parquet_files(base: Path, split: str | None) -> list[str]:
     """The parquet files under ``base`` (a file, or a folder of them) that hold split ``split`` (None: every file, one
     split), as ``datasets`` reads a split from file and folder names; refused, saying what to set, where the split
     selects nothing, would mix several splits or configs, or ``base`` holds no parquet file."""
     if base.is_file():
+        with open(base, "rb") as f:   # (read as parquet: pyarrow's bare "Parquet magic bytes not found")
+            magic = f.read(4)
+        if magic != b"PAR1":   # every parquet file starts so, whatever its name (.pq, .parquet)
+            raise ValueError(f"hf_datasets {base} is a {base.suffix or 'suffix-less'} file, not parquet: the "
+                             "hf_datasets format reads parquet files or a save_to_disk folder; read this one with "
+                             f"{_other_format(base)}")
         if split is not None and not _in_split(base, base.parent, split):
             raise ValueError(f"hf_datasets {base}: one parquet file is one table, and its name does not say split "
                              f"{split!r} ('{split}-*.parquet', '*_{split}.parquet'), so split = {split!r} selects "
@@ -168,8 +193,15 @@ def parquet_files(base: Path, split: str | None) -> list[str]:
                        if d.is_dir() and ((d / "dataset_dict.json").is_file() or (d / "state.json").is_file()))
         inside = (f"; its folders {saved} are saved datasets (a dataset's configs, or splits saved one by one): give "
                   f"one of them as path, e.g. path = \"{base / saved[0]}\"" if saved else "")
+        other = sorted(f for f in base.rglob("*") if f.suffix.lower() in _OTHER_FORMATS and f.is_file())
+        kinds = sorted({f.suffix.lower() for f in other})
+        order = list(_OTHER_FORMATS)   # the hint's file: the split's, of the first format listed (JSON lines)
+        first = min(other, key=lambda f: (split is not None and not _in_split(f, base, split),
+                                          order.index(f.suffix.lower())), default=None)
+        held = (f"; it holds {', '.join(kinds)} files ({', '.join(str(f.relative_to(base)) for f in other[:3])}"
+                f"{' ...' if len(other) > 3 else ''}): read them with {_other_format(first)}" if other else "")
         raise FileNotFoundError(f"{base} is neither a save_to_disk folder (no dataset_dict.json or state.json) "
-                                f"nor a folder of .parquet files{inside}")
+                                f"nor a folder of .parquet files{inside or held}")
     if split is None:
         _refuse_configs(base, files, None)
         found = sorted({s for s in (_split_of(f, base) for f in files) if s is not None})
