@@ -207,3 +207,15 @@ def test_a_row_repeated_whole_with_signed_zeros_or_other_nans_is_one_row(tmp_pat
                           (np.array([0.1], np.float32), np.array([0.1])), (np.array([1, 2]), np.array([[1, 2]]))]:
         assert row_keys.row_key(first) != row_keys.row_key(second), (first, second)
         assert len(_from_rows(tmp_path, [{**row, "extra": first}, {**row, "extra": second}]).examples) == 2
+
+
+def test_numpy_integer_labels_of_a_pandas_table_are_class_indices(tmp_path):
+    """A pandas Int64 (nullable) label column gives np.int64 cells (itertuples, iloc): no Python int, so each label
+    was refused as "label np.int64(1) is a int64; labels are class-name strings or integer class indices"; a pair
+    row's np.bool_ / np.int64 truth label too."""
+    a, b = _png(tmp_path / "a.png"), _png(tmp_path / "b.png", (10, 200, 10))
+    s = _from_rows(tmp_path, [{"image": a, "label": np.int64(1)}, {"image": b, "label": np.int64(0)}])
+    assert [e.label for e in s.examples] == [1, 0] and s.class_names == ["0", "1"]
+    s = _from_rows(tmp_path, [{"images": [a, b], "statement": "two", "label": np.bool_(True)},
+                              {"images": [b, a], "statement": "two", "label": np.int64(0)}])
+    assert [e.label for e in s.examples] == [1, 0]

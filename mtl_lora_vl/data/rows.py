@@ -52,6 +52,9 @@ from .row_keys import is_nan, no_id, plain, row_key
 logger = logging.getLogger(__name__)
 
 
+_PLAIN = (str, int, float, bool, type(None), list, dict)
+
+
 def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, (str, list, tuple)) and len(value) == 0)
 
@@ -140,6 +143,9 @@ def examples_from_rows(
     """
     if not rows:
         raise DataFormatError(f"{source}: no rows")
+    # a pandas table's label cell is a numpy scalar (np.int64 of an Int64 column, np.bool_): read as its Python value
+    rows = [(n, {**row, "label": plain(row["label"])}) if "label" in row and type(row["label"]) not in _PLAIN
+            else (n, row) for n, row in rows]
     row_kinds = {}
     for n, row in rows:
         no_image = "image" not in row or row["image"] is None or (isinstance(row["image"], str) and not row["image"])
