@@ -84,3 +84,50 @@ def test_a_hub_snapshot_holding_only_the_models_own_files_is_refused_naming_sour
                                          r".*pass source_dir= a folder"):
         mlv.save_merged(_hub_model("org/tiny-clip"), "a", tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
+
+
+def _revisions(hub, name, revisions):
+    """A hub cache holding model ``name`` (a tiny CLIP's config and weights) at each of ``revisions`` (ref name ->
+    commit), each snapshot's tokenizer.json naming its ref."""
+    repo = hub / f"models--{name.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    for ref, commit in revisions.items():
+        snapshot = repo / "snapshots" / commit
+        tiny_hf_clip().save_pretrained(snapshot)
+        (snapshot / "tokenizer.json").write_text(json.dumps({"ref": ref}))
+        (repo / "refs" / ref).write_text(commit)
+
+
+def _loaded(hub, name, revision):
+    """``from_pretrained(name, revision=)`` as a user calls it (offline, from ``hub``), attached."""
+    from transformers import CLIPModel
+
+    clip = CLIPModel.from_pretrained(name, revision=revision, cache_dir=str(hub), local_files_only=True).eval()
+    return mlv.attach(clip, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2))
+
+
+def test_a_hub_id_model_loaded_at_one_of_several_cached_revisions_is_refused_naming_them(tmp_path, monkeypatch):
+    """Helper 477: transformers 5 records no revision on a model from_pretrained from a hub id (no config
+    _commit_hash; name_or_path is the id alone), and save_merged took the processor files of the cached 'main' for a
+    model loaded at 'v1': another revision's tokenizer, silently. With several revisions cached it is refused, each
+    snapshot named, before anything is written."""
+    hub = tmp_path / "hub"
+    _revisions(hub, "org/tiny-clip", {"main": "2" * 40, "v1": "1" * 40})
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    model = _loaded(hub, "org/tiny-clip", "v1")
+    assert getattr(model.config, "_commit_hash", None) is None   # what makes the revision unknowable
+    with pytest.raises(ValueError, match=r"save_merged: .*merged: the model was loaded from the hub id 'org/tiny-clip' "
+                                         r"and records no revision .* holds 2 snapshots of it.*1{40} \(v1\); .*2{40} "
+                                         r"\(main\)\. .*pass source_dir= the snapshot of the revision"):
+        mlv.save_merged(model, "a", tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
+def test_a_hub_id_model_whose_only_cached_revision_is_not_main_takes_that_snapshots_files(tmp_path, monkeypatch):
+    """Helper 477: a model loaded at 'v1', the only revision in the cache, was refused as 'not in the local hub cache'
+    (the lookup asked for 'main', which was never fetched); its one snapshot is the one it was loaded from."""
+    hub = tmp_path / "hub"
+    _revisions(hub, "org/tiny-clip", {"v1": "1" * 40})
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    out = mlv.save_merged(_loaded(hub, "org/tiny-clip", "v1"), "a", tmp_path / "merged")
+    assert json.loads((out / "tokenizer.json").read_text()) == {"ref": "v1"}

@@ -22,7 +22,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cached_hub_snapshot", "cached_open_clip_weights", "clip_url_cache", "hf_hub_cache", "local_folder"]
+__all__ = ["cached_hub_snapshot", "cached_hub_snapshots", "cached_open_clip_weights", "clip_url_cache", "hf_hub_cache",
+           "local_folder"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _OPEN_CLIP_BIN = "open_clip_pytorch_model.bin"  # open_clip's HF_WEIGHTS_NAME
@@ -65,6 +66,22 @@ def cached_hub_snapshot(repo_id: str, revision: str = "main") -> Path | None:
         return None
     folder = Path(path)
     return folder if folder.is_dir() else None
+
+
+def cached_hub_snapshots(repo_id: str) -> dict[Path, list[str]]:
+    """Every snapshot folder of model ``repo_id`` in the local hub cache (``models--ORG--NAME/snapshots/<commit>``),
+    each with the refs that name its commit (``main``, a tag, ``pr/1``), sorted by folder; empty when none is there."""
+    if not is_hub_id(repo_id):
+        return {}
+    repo = hf_hub_cache() / ("models--" + repo_id.replace("/", "--"))
+    snapshots = repo / "snapshots"
+    found = {f: [] for f in sorted(snapshots.iterdir()) if f.is_dir()} if snapshots.is_dir() else {}
+    refs = repo / "refs"
+    for ref in sorted(refs.rglob("*")) if refs.is_dir() else ():
+        target = snapshots / ref.read_text().strip() if ref.is_file() else None
+        if target in found:
+            found[target].append(ref.relative_to(refs).as_posix())
+    return found
 
 
 def local_folder(name: str, cached: bool = True) -> Path | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..backbones.cache import cached_hub_snapshot, hf_hub_cache, is_hub_id
+from ..backbones.cache import cached_hub_snapshot, cached_hub_snapshots, hf_hub_cache, is_hub_id
 from .atomic import linked_out_of
 from .layout import ADAPTER_CONFIG, LEGACY_ADAPTER_CONFIG
 
@@ -25,16 +25,16 @@ def loaded_from(model: nn.Module) -> Path | None:
 def source_folder(model: nn.Module, out: str | Path) -> Path | None:
     """The folder whose processor and tokenizer files a merged Hugging Face folder ``out`` of ``model`` takes when no
     ``source_dir`` is given: the local directory it was loaded from, else the snapshot of its hub id in the local hub
-    cache (the revision it was loaded at; no network). None for a model built from a config (no files to take). A
-    model loaded from a folder or hub id that cannot be found, or whose cached snapshot holds nothing to copy (the
-    model alone was downloaded, not its processor), is refused: the merged folder would hold no processor files and
-    fail only when loaded."""
+    cache (the revision it was loaded at, or its only snapshot there; no network). None for a model built from a
+    config (no files to take). A model loaded from a folder or hub id that cannot be found, or whose cached snapshot
+    holds nothing to copy (the model alone was downloaded, not its processor), is refused: the merged folder would
+    hold no processor files and fail only when loaded; so is a hub id with several snapshots cached, one of which
+    the model was loaded at (:func:`_loaded_snapshot`)."""
     name = getattr(model, "name_or_path", "") or ""
     folder = loaded_from(model)
     if not name or folder is not None:
         return folder
-    revision = getattr(getattr(model, "config", None), "_commit_hash", None) or "main"
-    snapshot = cached_hub_snapshot(name, revision)   # (that revision only: another's processor may differ)
+    snapshot = _loaded_snapshot(model, name, out)
     if snapshot is not None and any(f.is_file() and not _model_file(f) for f in snapshot.iterdir()):
         return snapshot
     if snapshot is not None:   # (from_pretrained of the model alone downloads no processor file)
@@ -47,6 +47,26 @@ def source_folder(model: nn.Module, out: str | Path) -> Path | None:
                      "tokenizer files cannot be copied beside its weights and the merged folder would not load with "
                      "its processor; pass source_dir= a folder holding them (the base model's, e.g. "
                      f"huggingface_hub.snapshot_download({name!r}) where it is a hub id)")
+
+
+def _loaded_snapshot(model: nn.Module, name: str, out: str | Path) -> Path | None:
+    """The snapshot of hub id ``name`` in the local hub cache that ``model`` was loaded from: the commit its config
+    records (``_commit_hash``, which transformers 4 set; 5 records none), else the one snapshot of ``name`` there.
+    Several (revisions whose processor files may differ) are refused, naming each: which one the model was loaded
+    at is not known. None when none is there."""
+    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
+    if commit:
+        return cached_hub_snapshot(name, commit)   # (that revision only: another's processor may differ)
+    snapshots = cached_hub_snapshots(name)
+    if len(snapshots) <= 1:
+        return next(iter(snapshots), None)
+    listed = "; ".join(f"{s}" + (f" ({', '.join(refs)})" if refs else "") for s, refs in snapshots.items())
+    raise ValueError(f"save_merged: {out}: the model was loaded from the hub id {name!r} and records no revision "
+                     f"(transformers keeps none on a loaded model), but the local hub cache holds {len(snapshots)} "
+                     f"snapshots of it, whose processor and tokenizer files may differ: {listed}. Which one it was "
+                     "loaded at cannot be known; pass source_dir= the snapshot of the revision the model was loaded "
+                     f"at, e.g. huggingface_hub.snapshot_download({name!r}, revision=REVISION, "
+                     "local_files_only=True)")
 
 
 def _model_file(f: Path) -> bool:
