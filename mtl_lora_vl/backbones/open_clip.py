@@ -43,7 +43,7 @@ from .cache import cached_open_clip_weights, clip_url_cache, hf_hub_cache, local
 from .coca_decoding import CoCaStepper, supports_kv_cache
 from .offline import offline
 from .open_clip_text import OpenClipText
-from .open_clip_tokenizer import check_pooling, hf_text_tower_message, open_clip_tokenizer
+from .open_clip_tokenizer import check_pooling, folder_tokenizer, hf_text_tower_message, open_clip_tokenizer
 from .spec import SPEC_FORMS, BackboneSpec
 from .tokenizers import (
     TOKENIZER_FILES,
@@ -359,9 +359,9 @@ def _load_dir(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackbon
         config = json.loads(read_whole(config_path, encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{config_path} is not valid JSON ({e}); fix or re-create the file") from None
-    tokenizer_dir = local if any((local / f).is_file() for f in TOKENIZER_FILES) else None
     cfg = config.get("model_cfg", config) if isinstance(config, dict) else None
     text_cfg = cfg.get("text_cfg") if isinstance(cfg, dict) else None
+    tokenizer_dir = folder_tokenizer(local, text_cfg, spec.label)   # (open_clip's BPE where the config names none)
     named = text_cfg.get("hf_tokenizer_name") if isinstance(text_cfg, dict) else None
     if tokenizer_dir is None and named and not text_cfg.get("hf_model_name") and local_folder(str(named)) is None:
         raise FileNotFoundError(f"{local} has no tokenizer files ({', '.join(TOKENIZER_FILES)}) and the tokenizer its "

@@ -4,12 +4,15 @@ tower pools at the tokenizer's end token."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from ..families import OPEN_CLIP_CONFIG
 from .cache import hf_hub_cache, local_folder
 from .tokenizers import (
+    TOKENIZER_FILES,
     OpenClipBPETokenizer,
     Tokenizer,
     WordTokenizer,
@@ -17,9 +20,38 @@ from .tokenizers import (
     load_hf_tokenizer,
 )
 
-__all__ = ["check_pooling", "hf_text_tower_message", "open_clip_tokenizer"]
+__all__ = ["check_pooling", "folder_tokenizer", "hf_text_tower_message", "open_clip_tokenizer"]
+
+logger = logging.getLogger(__name__)
 
 _BPE_VOCAB = 49408
+
+
+def folder_tokenizer(folder: Path, text_cfg: object, name: str) -> Path | None:
+    """``folder`` (an ``open_clip:DIR``) where its tokenizer files are its model's tokenizer, else None (the one its
+    ``text_cfg`` names, or open_clip's BPE). open_clip's own ``get_tokenizer('local-dir:DIR')`` reads the folder's
+    files only where ``text_cfg.hf_tokenizer_name`` is set, else its BPE; a hub download of an open_clip model
+    (``laion/CLIP-ViT-B-32-laion2B-s34B-b79K``) holds transformers' CLIP tokenizer files beside open_clip's config,
+    for transformers. Without ``hf_tokenizer_name`` the folder's files are still its tokenizer where open_clip's BPE
+    cannot be: this package's word tokenizer (the built-in CLIP's, a model trained here), a vocabulary of other than
+    49408 tokens, a Hugging Face text tower (``hf_model_name``). Otherwise the BPE, as open_clip, and a warning that
+    the folder's files are not read."""
+    files = [f for f in TOKENIZER_FILES if (folder / f).is_file()]
+    if not files:
+        return None
+    if not isinstance(text_cfg, dict) or any(text_cfg.get(k) for k in ("hf_tokenizer_name", "hf_model_name",
+                                                                        "tokenizer_type")):
+        return folder   # (a tokenizer_type is refused with its own message)
+    if text_cfg.get("vocab_size", _BPE_VOCAB) != _BPE_VOCAB:
+        return folder
+    if "tokenizer.json" in files and is_word_tokenizer(folder):
+        return folder
+    logger.warning("%s: its tokenizer files (%s) are not read: its %s names no text_cfg.hf_tokenizer_name, so "
+                   "open_clip tokenizes this model with its own BPE (open_clip.get_tokenizer('local-dir:%s')), and so "
+                   "does this package (a hub download of an open_clip model holds transformers' tokenizer files beside "
+                   "it, for transformers). Where the model was trained with the folder's tokenizer, set "
+                   "text_cfg.hf_tokenizer_name to the folder's path", name, ", ".join(files), OPEN_CLIP_CONFIG, folder)
+    return None
 
 
 def open_clip_tokenizer(model_cfg: dict, tokenizer_dir: str | os.PathLike | None, name: str) -> Tokenizer:
