@@ -428,7 +428,7 @@ def _load_named(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackb
             logger.warning("open_clip %s: the %r weights were trained with quick_gelu=%s but the architecture has "
                            "quick_gelu=%s; use the matching name (e.g. %s-quickgelu)", name, pretrained,
                            tag_cfg.get("quick_gelu", False), model_cfg.get("quick_gelu", False), name)
-    tokenizer = open_clip_tokenizer(model_cfg, None, label)
+    tokenizer = open_clip_tokenizer(model_cfg, None, label, architecture=name)
     with offline():
         try:
             model = open_clip.create_model(name, pretrained=str(path), device=device, weights_only=True)

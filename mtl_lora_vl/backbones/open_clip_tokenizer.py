@@ -54,8 +54,11 @@ def folder_tokenizer(folder: Path, text_cfg: object, name: str) -> Path | None:
     return None
 
 
-def open_clip_tokenizer(model_cfg: dict, tokenizer_dir: str | os.PathLike | None, name: str) -> Tokenizer:
-    """The tokenizer an open_clip model config implies, from local files only."""
+def open_clip_tokenizer(model_cfg: dict, tokenizer_dir: str | os.PathLike | None, name: str,
+                        architecture: str | None = None) -> Tokenizer:
+    """The tokenizer an open_clip model config implies, from local files only. ``architecture`` is the registry name
+    of an ``open_clip:NAME`` model (whose config open_clip looks up by that name: a SigLIP name means its SigLIP
+    tokenizer there, refused here)."""
     text_cfg = model_cfg.get("text_cfg", {})
     _refuse_tokenizer_type(text_cfg, name)
     context_length = int(text_cfg.get("context_length", 77))
@@ -81,17 +84,44 @@ def open_clip_tokenizer(model_cfg: dict, tokenizer_dir: str | os.PathLike | None
     if hf_name or text_cfg.get("hf_model_name"):
         raise ValueError(hf_text_tower_message(name, hf_name or text_cfg.get("hf_model_name"),
                                                cached=not text_cfg.get("hf_model_name")))
+    if architecture and "siglip" in architecture.lower():
+        raise ValueError(_siglip_message(name, architecture))
     if vocab_size != _BPE_VOCAB:
-        raise ValueError(
-            f"open_clip model {name} has a {vocab_size}-token vocabulary but no tokenizer was found (open_clip's "
-            f"own has {_BPE_VOCAB}); put the model's Hugging Face tokenizer files (tokenizer.json, "
-            "tokenizer_config.json) in its directory, or set text_cfg.hf_tokenizer_name to a tokenizer folder "
-            "(from Python: build_open_clip(..., tokenizer_dir=))"
-        )
+        fix = (f"load it from a folder (--backbone open_clip:DIR) holding its {OPEN_CLIP_CONFIG}, weights and the "
+               "model's Hugging Face tokenizer files (tokenizer.json, tokenizer_config.json), or give its config a "
+               "text_cfg.hf_tokenizer_name naming a tokenizer folder" if architecture else
+               "put the model's Hugging Face tokenizer files (tokenizer.json, tokenizer_config.json) in its "
+               "directory, or set text_cfg.hf_tokenizer_name to a tokenizer folder (from Python: "
+               "build_open_clip(..., tokenizer_dir=))")
+        raise ValueError(f"open_clip model {name} has a {vocab_size}-token vocabulary but no tokenizer was found "
+                         f"(open_clip's own has {_BPE_VOCAB}); {fix}")
     from open_clip.tokenizer import SimpleTokenizer
 
     clean = _tokenizer_kwargs(text_cfg, name, {"clean"}).get("clean", "lower")   # (open_clip's SimpleTokenizer's)
     return OpenClipBPETokenizer(SimpleTokenizer(context_length=context_length, clean=clean), context_length)
+
+
+#: open_clip's SigLIP sentencepiece vocabularies (its ``SigLipTokenizer``): (size, the Hugging Face copy its own
+#: SigLIP configs name as ``hf_tokenizer_name``).
+_SIGLIP_VOCABS = {"c4-en": (32000, "timm/ViT-B-16-SigLIP"), "mc4": (250000, "timm/ViT-B-16-SigLIP-i18n-256"),
+                  "gemma": (256000, "timm/ViT-B-16-SigLIP2")}
+
+
+def _siglip_message(name: str, architecture: str) -> str:
+    """Why an ``open_clip:NAME`` whose name says SigLIP and whose config names no ``hf_tokenizer_name`` is refused:
+    open_clip's ``get_tokenizer`` then builds its ``SigLipTokenizer`` (the vocabulary chosen by the name), downloading
+    its sentencepiece file; its BPE (what this package would otherwise use) gives other ids."""
+    low = architecture.lower()
+    variant = "gemma" if "siglip2" in low else "mc4" if "i18n" in low else "c4-en"   # (open_clip's choice)
+    size, hub = _SIGLIP_VOCABS[variant]
+    return (f"open_clip model {name}: its config names no text_cfg.hf_tokenizer_name, and for a SigLIP model name "
+            f"open_clip then tokenizes with its SigLIP sentencepiece tokenizer {variant!r} ({size} tokens), which it "
+            "downloads from storage.googleapis.com; this package loads local files only, and open_clip's BPE would "
+            f"give other ids. Set text_cfg.hf_tokenizer_name to the Hugging Face copy open_clip's own SigLIP configs "
+            f"name, {hub!r} (in the local Hugging Face cache: fetch it where there is a network, huggingface-cli "
+            f"download {hub}; or a local folder of it), and text_cfg.tokenizer_kwargs to {{\"clean\": "
+            f"\"canonicalize\"}} as they have: in the config registered for {architecture}, or in the "
+            f"{OPEN_CLIP_CONFIG} of a folder loaded with --backbone open_clip:DIR")
 
 
 def _refuse_tokenizer_type(text_cfg: dict, name: str) -> None:
