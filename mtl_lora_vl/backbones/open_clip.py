@@ -13,6 +13,7 @@ import difflib
 import json
 import logging
 import os
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -442,6 +443,15 @@ def _load_named(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackb
             raise ValueError(
                 f"could not load {path} as open_clip {name} weights: {e}. Check that the checkpoint was "
                 f"made for {name} (open_clip.list_pretrained() shows which names go with which checkpoints)"
+            ) from e
+        except (pickle.UnpicklingError, EOFError) as e:   # (torch.load's: torch's own advice is weights_only=False)
+            why = str(e).partition("WeightsUnpickler error:")[2].strip().split("\n")[0] or str(e).split("\n")[0]
+            raise ValueError(
+                f"--pretrained {path} for {label} is not a weights-only PyTorch checkpoint ({type(e).__name__}"
+                f"{': ' + why if why else ': it ends early'}): "
+                "it is empty, truncated or not a checkpoint, or it pickles objects besides tensors (a training "
+                "checkpoint's optimizer state or arguments), which this package does not unpickle. Re-download it, "
+                "or save the model's state_dict alone from a copy you trust: torch.save(checkpoint['state_dict'], path)"
             ) from e
     model.eval()
     pp = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
