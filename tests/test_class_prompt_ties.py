@@ -51,6 +51,14 @@ def test_classes_whose_prompts_tokenize_alike_are_warned_about_naming_them(bb, c
     said = _said(caplog)
     assert f"task 'caption_cls': the classes 'Red circle' and 'red circle' {TIED}" in said
     assert "it lowercases or normalises them alike" in said and "zero-shot their scores tie on every image" in said
+    assert ("as a tie counts against the true class none of their images is ever right at top-1 zero-shot (nor in "
+            "its per-class accuracy") in said
+    made = world.build_split(spec.data.options.get("world_kind", spec.kind), "val", n=64, seed=1)
+    ev = Split([ex for ex in made.examples if ex.label in (0, 4)], class_names=cased)   # (as trained)
+    out = tied.evaluate(bb, None, ev, batch_size=8, device="cpu")   # (what it says, measured)
+    assert out["top1"] == 0.0 and out["per_class/Red circle"] == 0.0 and out["per_class/red circle"] == 0.0
+    apart = Split(ev.examples, class_names=names)   # (told apart: some are right)
+    assert kind.evaluate(bb, None, apart, batch_size=8, device="cpu")["top1"] > 0
     assert said.endswith("rename one of each (options.class_names) so that their prompts differ, or merge them in "
                          "the data")
 

@@ -202,8 +202,10 @@ class ClassificationKind(TaskKind):
     def _check_distinct_targets(self, backbone: Backbone, refuse: bool) -> None:
         """Generative path: classes whose targets the tokenizer reads as the same ids (``Cube`` and ``cube`` under a
         lowercasing tokenizer; two words it does not know, both its unknown token) are refused (``refuse``), else
-        warned about: their scores always tie, so one is never predicted, and training teaches both the same text.
-        Contrastive path: :meth:`_check_distinct_prompts`."""
+        warned about: their scores are equal on every image, zero-shot and trained (the same ids score alike), and a
+        tie counts against the true class, so none of their images is ever right at top-1 (a tied rival is predicted,
+        if nothing scores higher), and training teaches them one target. Contrastive path:
+        :meth:`_check_distinct_prompts`."""
         if not self.generative:
             self._check_distinct_prompts(backbone)
             return
@@ -217,13 +219,15 @@ class ClassificationKind(TaskKind):
         shown, why, unknown = _tie_report(tied, getattr(tok, "unk_token_id", None), getattr(tok, "unk_token", None))
         message = (f"task {self.name!r}: the classes {shown} are one text to the tokenizer of backbone "
                    f"{backbone.name!r} (their targets, generative.target with the class name, read as the same ids: "
-                   f"{why}), so their scores always tie and all but one of each are never predicted")
+                   f"{why}), so their scores tie on every image, zero-shot and trained, and as a tie counts against "
+                   "the true class none of their images is ever right at top-1 (nor in its per-class accuracy)")
         fix = ("use a backbone whose tokenizer reads these names (hf:DIR of a model with a subword vocabulary), or "
                "name the classes in words it knows (options.class_names)" if unknown
                else "rename one of each (options.class_names), or merge them in the data")
         if refuse:
             raise ValueError(f"{message}; {fix}")
-        logger.warning("%s; the adapter was trained so: %s, and train again", message, fix)
+        logger.warning("%s; the adapter was trained so (each group taught one target): %s, and train again",
+                       message, fix)
 
     def _check_distinct_prompts(self, backbone: Backbone) -> None:
         """Contrastive path: warn about classes whose prompts (each template with the class name) the text tower's
@@ -255,9 +259,10 @@ class ClassificationKind(TaskKind):
                "data")
         logger.warning("task %r: the classes %s are one text to the tokenizer of backbone %r (their class prompts, "
                        "each template with the class name, read as the same ids: %s), so they get the same zero-shot "
-                       "class embedding: zero-shot their scores tie on every image, and a tie counts against the "
-                       "true class, so none of them is ever right zero-shot (a trained head starts from that one "
-                       "embedding and only training tells them apart); %s", self.name, shown, backbone.name, why, fix)
+                       "class embedding: zero-shot their scores tie on every image, and as a tie counts against the "
+                       "true class none of their images is ever right at top-1 zero-shot (nor in its per-class "
+                       "accuracy; a trained head starts from that one embedding and only training tells them "
+                       "apart); %s", self.name, shown, backbone.name, why, fix)
 
     def state(self) -> dict:
         return {"class_names": list(self.class_names), "data_class_names": self.data_class_names}
