@@ -13,6 +13,7 @@ from PIL import Image
 from test_eval_zero_shot import _small_spec  # (the same small built-in specs)
 
 from mtl_lora_vl.backbones import builtin_dir
+from mtl_lora_vl.cli import train_main
 from mtl_lora_vl.evaluation import report
 from mtl_lora_vl.evaluation.evaluate import evaluate_adapter, evaluate_setup
 from mtl_lora_vl.multitask import build_setup
@@ -74,3 +75,29 @@ def test_eval_split_val_of_a_base_model_reports_the_task_without_val(tmp_path):
     assert doc["not_scored"]["colours"]["reason"] == "no val split"
     row = "| colours | top1 | not scored: no val split |\n"   # zero-shot only: no adapted or change cells
     assert row in (out / "report.md").read_text() and row.rstrip("\n") in printed
+
+
+def test_a_task_not_scored_on_another_spec_files_data_names_that_spec(tmp_path):
+    """``eval --tasks later.toml`` of an adapter: a task scored on another spec file's data is told so by its eval.json
+    entry's ``data_spec``; a task not scored because that file's data lacks the split had none, so eval.json and the
+    report said 'no val split' of the adapter's own task, whose data may well have one."""
+    no_val = _no_val_spec(tmp_path)
+    cls = _small_spec(tmp_path, "caption_cls", 8, 6)
+    run = tmp_path / "run"
+    assert train_main(["--tasks", f"{no_val},{cls}", "--data-root", str(tmp_path), "--steps", "1", "--batch-size",
+                       "2", "--device", "cpu", "--workers", "0", "--skip-zero-shot", "--out", str(run)]) == 0
+    later = tmp_path / "later.toml"   # the adapter's task 'colours' on other data: a test split only
+    later.write_text(no_val.read_text().split("[data.train]")[0] + '[data.test]\nfile = "rows.jsonl"\n')
+    out = tmp_path / "ev"
+    evaluate_adapter(run / "adapter", tasks=f"{later},caption_cls", data_root=str(tmp_path), split="val", out=out,
+                     batch_size=16, device="cpu")
+    doc = json.loads((out / "eval.json").read_text())
+    assert doc["not_scored"]["colours"] == {"metric": "top1", "kind": "classification", "reason": "no val split",
+                                            "data_spec": str(later.resolve())}
+    assert "data_spec" not in doc["tasks"]["caption_cls"]   # (the adapter's own spec)
+    said = f"(colours not scored: no val split in the data of {later.resolve()})"
+    assert said in (out / "report.md").read_text()
+    evaluate_adapter(run / "adapter", tasks="colours,caption_cls", data_root=str(tmp_path), split="val",
+                     out=tmp_path / "ev2", batch_size=16, device="cpu")
+    doc = json.loads((tmp_path / "ev2" / "eval.json").read_text())
+    assert doc["not_scored"]["colours"] == {"metric": "top1", "kind": "classification", "reason": "no val split"}

@@ -112,7 +112,8 @@ def evaluate_setup(setup: Setup, *, split: str, data_root: str | None, device: t
     the headline); with ``zero_shot=False`` the base model is not scored and ``zero_shot`` / ``change`` are None;
     with ``adapted=False`` (a base model without adapters) only the zero-shot pass runs, ``adapted`` / ``change``
     are None and there is no ``config``. A task with nothing to score (no val split, for val) is listed under
-    ``"not_scored"`` (``{name: {"metric", "kind", "reason"}}``), so the report shows it was asked for.
+    ``"not_scored"`` (``{name: {"metric", "kind", "reason"}}``; ``eval`` of an adapter adds ``"data_spec"`` to either
+    entry of a task scored on another spec file's data), so the report shows it was asked for.
     ``predictions``: called with each task and its rows (:func:`~mtl_lora_vl.evaluation.predictions.merge_passes`),
     from the same passes, as soon as the task is scored (a
     :class:`~mtl_lora_vl.evaluation.predictions.PredictionFiles` writes its file), then the rows are dropped."""
@@ -318,9 +319,10 @@ def _evaluate_adapter(adapter: Path, doc: dict, tasks: str | None, backbone: str
         result["adapter"] = str(Path(adapter).absolute())
         result["base"] = adapter_base(lp.doc.get("base") or {}, backbone, pretrained, base_dtype, precision, loaded,
                                       dtype)
-        for spec in specs:
-            if spec.name in result["tasks"] and spec is not lp.specs.get(spec.name):   # scored on another spec's
-                result["tasks"][spec.name]["data_spec"] = str(spec.source_file)       # data: says which
+        for spec in specs:   # scored on another spec's data, or not scored for what that data lacks: says which
+            entry = result["tasks"].get(spec.name) or result.get("not_scored", {}).get(spec.name)
+            if entry is not None and spec is not lp.specs.get(spec.name):
+                entry["data_spec"] = str(spec.source_file)
         _record_roots(result, setup, specs, data_root)
         return _write(out, result, lp.backbone.model, info, rows)
     finally:

@@ -57,7 +57,8 @@ def title(result: dict[str, Any]) -> str:
 
 def not_scored(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The tasks asked for that had nothing to score (``eval --split val``: no val split), by name: each one's
-    ``metric``, ``kind`` and ``reason``."""
+    ``metric``, ``kind`` and ``reason`` (and ``data_spec``: the spec file whose data lacks the split, where ``eval
+    --tasks`` named one)."""
     return result.get("not_scored") or {}
 
 
@@ -133,7 +134,9 @@ def source_line(result: dict[str, Any]) -> str:
         what = "at the end of the training run"
     other = [f"{cell(name)} on {cell(r['split'])}" for name, r in result["tasks"].items()
              if r.get("split", split) != split]
-    other += [f"{cell(name)} not scored: {cell(r['reason'])}" for name, r in not_scored(result).items()]
+    other += [f"{cell(name)} not scored: {cell(r['reason'])}" + (f" in the data of {cell(r['data_spec'])}"
+                                                                  if r.get("data_spec") else "")
+              for name, r in not_scored(result).items()]
     specs = [f"{cell(name)} on the data of {cell(r['data_spec'])}" for name, r in result["tasks"].items()
              if r.get("data_spec")]
     line = f"Scored on the {cell(split)} split{' (' + ', '.join(other) + ')' if other else ''}, {what}"
