@@ -28,6 +28,34 @@ def _by_hand(logits: torch.Tensor, positive: list[list[bool]]) -> float:
     return 0.5 * (side(lg, positive) + side(cols, [list(c) for c in zip(*positive)]))
 
 
+def _retrieval_kind(tmp_path):
+    """The tiny CLIP backbone, the built-in retrieval kind built on a 4-row train split, and that split."""
+    clip = tiny_backbone(tmp_path)
+    spec = load_spec("retrieval")
+    train = world.build_split("retrieval", "train", n=4, seed=0)
+    return clip, build_kind(spec, train, clip), train
+
+
+def _three_images(train) -> list:
+    """The first rows of the split's first three images."""
+    firsts = {}
+    for ex in train.examples:
+        firsts.setdefault(ex.image_id, ex)
+    return list(firsts.values())[:3]
+
+
+def _loss_and_logits(clip, kind, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kind's loss on a collated batch (on the CPU, fp32) and the head's scaled image-text cosine logits."""
+    batch = to_device(batch, "cpu", torch.float32, clip)
+    view = dict(batch["tasks"][kind.name], images=batch["images"], tokens=batch["tokens"])
+    head = kind.build_head(clip)
+    with torch.no_grad():
+        img, txt = clip.encode_image(view["images"]), clip.encode_text(view["tokens"])
+        loss = kind.loss(head, clip, view, img, txt)
+        logits = float(head.scale) * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).t()
+    return loss, logits
+
+
 def test_one_caption_of_two_images_is_a_positive_of_both():
     # images 0 and 1 share their caption: the text embeddings are one, so both images score it alike
     big = 40.0 * torch.tensor([[1.0, 1.0, -1.0], [1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]])
@@ -37,24 +65,12 @@ def test_one_caption_of_two_images_is_a_positive_of_both():
 
 
 def test_the_kind_keys_captions_so_a_repeated_one_is_no_negative(tmp_path):
-    clip = tiny_backbone(tmp_path)
-    spec = load_spec("retrieval")
-    train = world.build_split("retrieval", "train", n=4, seed=0)
-    kind = build_kind(spec, train, clip)
-    firsts = {}
-    for ex in train.examples:
-        firsts.setdefault(ex.image_id, ex)
-    a, b, c = list(firsts.values())[:3]
+    clip, kind, train = _retrieval_kind(tmp_path)
+    a, b, c = _three_images(train)
     rows = [a, dataclasses.replace(b, text="  " + a.text.upper() + " "), c]   # b: a's caption, other case/spaces
     ds = TaskDataset(kind, Split(rows), clip.image_size)
     batch = MultiTaskCollate([kind.name], [True], clip.tokenizer)([dict(ds[i], task_id=0) for i in range(3)])
-    batch = to_device(batch, "cpu", torch.float32, clip)
-    view = dict(batch["tasks"][kind.name], images=batch["images"], tokens=batch["tokens"])
-    head = kind.build_head(clip)
-    with torch.no_grad():
-        img, txt = clip.encode_image(view["images"]), clip.encode_text(view["tokens"])
-        loss = kind.loss(head, clip, view, img, txt)
-        logits = float(head.scale) * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).t()
+    loss, logits = _loss_and_logits(clip, kind, batch)
     same = [[i == j or {i, j} == {0, 1} for j in range(3)] for i in range(3)]
     assert abs(float(loss) - _by_hand(logits, same)) < 1e-4
 
@@ -63,14 +79,8 @@ def test_captions_that_tokenize_alike_are_no_negatives_of_each_other(tmp_path):
     # two captions that differ only after the tokenizer's context (or "a red cube." / "a red cube ." where the
     # tokenizer splits the full stop off) are one token row, one text embedding: each a negative no image could rank
     # below its own
-    clip = tiny_backbone(tmp_path)
-    spec = load_spec("retrieval")
-    train = world.build_split("retrieval", "train", n=4, seed=0)
-    kind = build_kind(spec, train, clip)
-    firsts = {}
-    for ex in train.examples:
-        firsts.setdefault(ex.image_id, ex)
-    a, b, c = list(firsts.values())[:3]
+    clip, kind, train = _retrieval_kind(tmp_path)
+    a, b, c = _three_images(train)
     long = " ".join([a.text] * 5)
     longer = long + " " + c.text
     assert torch.equal(clip.tokenizer([long]), clip.tokenizer([longer]))   # (cut at the context alike)
@@ -78,13 +88,7 @@ def test_captions_that_tokenize_alike_are_no_negatives_of_each_other(tmp_path):
     ds = TaskDataset(kind, Split(rows), clip.image_size)
     collate = MultiTaskCollate([kind.name], [True], clip.tokenizer, token_keys=[True])
     batch = collate([dict(ds[i], task_id=0) for i in range(3)])
-    batch = to_device(batch, "cpu", torch.float32, clip)
-    view = dict(batch["tasks"][kind.name], images=batch["images"], tokens=batch["tokens"])
-    head = kind.build_head(clip)
-    with torch.no_grad():
-        img, txt = clip.encode_image(view["images"]), clip.encode_text(view["tokens"])
-        loss = kind.loss(head, clip, view, img, txt)
-        logits = float(head.scale) * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).t()
+    loss, logits = _loss_and_logits(clip, kind, batch)
     same = [[i == j or {i, j} == {0, 1} for j in range(3)] for i in range(3)]
     assert abs(float(loss) - _by_hand(logits, same)) < 1e-4
     assert kind.cross_rank_fields == ("image_key", "text_key", "token_key")   # every rank's rows compared alike
@@ -93,10 +97,7 @@ def test_captions_that_tokenize_alike_are_no_negatives_of_each_other(tmp_path):
 def test_a_caption_has_one_token_key_in_batches_of_other_widths(tmp_path):
     # under DDP the keys of every rank's rows are compared: a short-text batch is cut to its own width, so the key
     # must be read from the tokenizer's full rows
-    clip = tiny_backbone(tmp_path)
-    spec = load_spec("retrieval")
-    train = world.build_split("retrieval", "train", n=4, seed=0)
-    kind = build_kind(spec, train, clip)
+    clip, kind, train = _retrieval_kind(tmp_path)
     a, b = train.examples[0], train.examples[1]
     ds = TaskDataset(kind, Split([a, dataclasses.replace(b, text=" ".join([b.text] * 3))]), clip.image_size)
     collate = MultiTaskCollate([kind.name], [True], clip.tokenizer, text_padding=(clip.pad_id, clip.eos_id),
