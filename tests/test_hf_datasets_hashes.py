@@ -21,6 +21,24 @@ def _png(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
     return buf.getvalue()
 
 
+def _read_hashing(tmp_path, monkeypatch, images: list, features) -> tuple:
+    """The split the hf_datasets reader reads (verify=False) from a saved table of ``images`` with captions c0, c1,
+    ..., and the bytes of every image it hashed as it read."""
+    datasets.Dataset.from_dict({"image": images, "caption": [f"c{i}" for i in range(len(images))]},
+                               features=features).save_to_disk(tmp_path / "ds")
+    hashed = []
+    real = hf.hashlib.sha256
+
+    def counted(data=b""):
+        hashed.append(bytes(data))
+        return real(data)
+
+    monkeypatch.setattr(hf.hashlib, "sha256", counted)
+    s = read_split("hf_datasets", tmp_path, path="ds", verify=False)
+    monkeypatch.undo()
+    return s, hashed
+
+
 @pytest.mark.parametrize("as_struct", [True, False])
 def test_only_rows_whose_image_length_is_shared_are_hashed(tmp_path, monkeypatch, as_struct):
     from datasets.utils.logging import disable_progress_bar
@@ -33,18 +51,8 @@ def test_only_rows_whose_image_length_is_shared_are_hashed(tmp_path, monkeypatch
     column = [{"bytes": b, "path": None} for b in images] if as_struct else images
     features = datasets.Features({"image": datasets.Image() if as_struct else datasets.Value("binary"),
                                   "caption": datasets.Value("string")})
-    datasets.Dataset.from_dict({"image": column, "caption": ["c0", "c1", "c2", "c3"]},
-                               features=features).save_to_disk(tmp_path / "ds")
-    hashed = []
-    real = hf.hashlib.sha256
-
-    def counted(data=b""):
-        hashed.append(len(data))
-        return real(data)
-
-    monkeypatch.setattr(hf.hashlib, "sha256", counted)
-    s = read_split("hf_datasets", tmp_path, path="ds", verify=False)
-    monkeypatch.undo()
+    s, hashed = _read_hashing(tmp_path, monkeypatch, column, features)
+    hashed = [len(h) for h in hashed]
     assert sorted({(e.image_id, e.captions) for e in s.examples}) == [("0", ("c0", "c2")), ("1", ("c1",)),
                                                                        ("3", ("c3",))]
     assert hashed.count(len(red)) == 3 and len(wide) not in hashed   # rows 0, 2, 3; row 1 not read
@@ -64,18 +72,7 @@ def test_rows_of_one_length_that_end_otherwise_are_not_read_whole(tmp_path, monk
     head[-1] ^= 1   # as long, and alike up to the last 16 bytes: told apart by its hash
     images = [red, bytes(other), red, bytes(head)]
     features = datasets.Features({"image": datasets.Value("binary"), "caption": datasets.Value("string")})
-    datasets.Dataset.from_dict({"image": images, "caption": ["c0", "c1", "c2", "c3"]},
-                               features=features).save_to_disk(tmp_path / "ds")
-    hashed = []
-    real = hf.hashlib.sha256
-
-    def counted(data=b""):
-        hashed.append(bytes(data))
-        return real(data)
-
-    monkeypatch.setattr(hf.hashlib, "sha256", counted)
-    s = read_split("hf_datasets", tmp_path, path="ds", verify=False)
-    monkeypatch.undo()
+    s, hashed = _read_hashing(tmp_path, monkeypatch, images, features)
     assert sorted({(e.image_id, e.captions) for e in s.examples}) == [("0", ("c0", "c2")), ("1", ("c1",)),
                                                                        ("3", ("c3",))]
     assert sorted(hashed) == sorted([red, red, bytes(head)])   # row 1 not read whole
