@@ -10,24 +10,11 @@ import re
 from pathlib import Path
 
 import pytest
+from test_bench_settings import _colors_task, _small_vqa, _Stop
 
 import mtl_lora_vl.benchmark.bench as bench_module
 from mtl_lora_vl.benchmark import BenchSettings, run_benchmark
 from mtl_lora_vl.benchmark.bench import BenchDirError
-from mtl_lora_vl.tasks.spec import builtin_spec_dirs
-
-
-def _small_vqa(tmp: Path) -> str:
-    src = next(d / "vqa.toml" for d in builtin_spec_dirs() if (d / "vqa.toml").is_file()).read_text()
-    for split, n in (("train", 24), ("val", 8), ("test", 8)):
-        src = re.sub(rf"^\[data\.{split}\]$", f"[data.{split}]\nn = {n}", src, flags=re.M)
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "vqa.toml").write_text(src)
-    return str(tmp / "vqa.toml")
-
-
-class _Stop(KeyboardInterrupt):
-    pass
 
 
 def _stopper(seen: list[float]):
@@ -80,19 +67,6 @@ def test_a_data_root_no_task_reads_is_refused_up_front_and_ignored_on_resume(tmp
     with pytest.raises(_Stop):
         run_benchmark(_settings(tmp_path), out, trainer=_stopper(seen), stream=io.StringIO())
     assert seen == [1e-3, 1e-3]
-
-
-def _colors_task(root: Path) -> str:
-    """A file-based classification task: two classes of tiny images in train, val and test folders."""
-    from PIL import Image
-
-    for split in ("train", "val", "test"):
-        for label, color in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
-            (root / split / label).mkdir(parents=True, exist_ok=True)
-            Image.new("RGB", (16, 16), color).save(root / split / label / "a.png")
-    (root / "colors.toml").write_text('name = "colors"\nkind = "classification"\n[data]\nformat = "imagefolder"\n'
-                                      + "".join(f'[data.{s}]\nfolder = "{s}"\n' for s in ("train", "val", "test")))
-    return str(root / "colors.toml")
 
 
 def test_test_rows_among_the_val_rows_are_warned_of_once_per_grid(tmp_path, recwarn, monkeypatch):
