@@ -42,7 +42,9 @@ class _OurBlockingCopies(_BlockingCopies):
         return out
 
 
-def test_candidate_ids_go_over_without_waiting_for_the_device(monkeypatch):
+def _scores_on_fake_cuda(monkeypatch, **kw) -> tuple[torch.Tensor, _OurBlockingCopies]:
+    """The built-in LLaVA's ``sequence_scores`` of 3 candidates for 2 rows (``kw`` passed on) on the fake CUDA
+    device, and the package's blocking host-to-device copies made as it scored."""
     monkeypatch.setenv("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")   # (transformers' own image-token count check)
     monkeypatch.setattr(fake_tensor, "CONSTANT_NUMEL_LIMIT", 1024)   # (host-made ids keep their values)
     bb = load_backbone("builtin-llava", device="cpu")
@@ -52,7 +54,12 @@ def test_candidate_ids_go_over_without_waiting_for_the_device(monkeypatch):
         _fake_onto_cuda(bb.model)
         images = torch.zeros(2, 3, bb.image_size, bb.image_size, device=CUDA, dtype=torch.bfloat16)
         with _OurBlockingCopies() as copies:
-            scores = bb.sequence_scores(images, prompts, ["red", "dark blue", "green"])
+            scores = bb.sequence_scores(images, prompts, ["red", "dark blue", "green"], **kw)
+    return scores, copies
+
+
+def test_candidate_ids_go_over_without_waiting_for_the_device(monkeypatch):
+    scores, copies = _scores_on_fake_cuda(monkeypatch)
     assert copies.seen == []
     assert scores.shape == (2, 3) and scores.device.type == "cuda"
 
@@ -61,16 +68,7 @@ def test_per_token_scores_go_over_without_waiting_for_the_device(monkeypatch):
     """``per_token=True`` (classification's ``score = "mean"``) divided the sums by the candidates' token counts sent
     over as ``torch.tensor(counts, device=cuda)``: a third blocking copy per call, after the scoring was queued. The
     counts are now those of the labels already on the device."""
-    monkeypatch.setenv("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")
-    monkeypatch.setattr(fake_tensor, "CONSTANT_NUMEL_LIMIT", 1024)
-    bb = load_backbone("builtin-llava", device="cpu")
-    bb.model.eval()
-    prompts = [f"{bb.image_token} what colour is it?"] * 2
-    with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
-        _fake_onto_cuda(bb.model)
-        images = torch.zeros(2, 3, bb.image_size, bb.image_size, device=CUDA, dtype=torch.bfloat16)
-        with _OurBlockingCopies() as copies:
-            scores = bb.sequence_scores(images, prompts, ["red", "dark blue", "green"], per_token=True)
+    scores, copies = _scores_on_fake_cuda(monkeypatch, per_token=True)
     assert copies.seen == []
     assert scores.shape == (2, 3) and scores.device.type == "cuda"
 
