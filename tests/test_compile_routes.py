@@ -4,15 +4,22 @@ rows, and outputs compared with eager in float64."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import pickle
 import warnings
 
 import pytest
 import torch
 from test_routing import TASKS, _Net, _randomize
+from torch._dynamo.utils import counters
 
 import mtl_lora_vl as mlv
+from mtl_lora_vl.adapters.compiled import _WatchedCall, watch_compiled
 from mtl_lora_vl.adapters.generation import expanded_rows
 from mtl_lora_vl.adapters.routing import Route
+from mtl_lora_vl.families import family_named
+from mtl_lora_vl.mtl_lora_model import MTLLoRAModel, unload
 
 
 @pytest.mark.parametrize("method", ["mtl_lora", "task_lora", "moe_lora"])
@@ -20,8 +27,6 @@ def test_a_wide_route_does_not_recompile_for_each_mix_of_rows(method):
     """``with mlv.route(model, ids): model.generate(..., num_beams=k)`` runs the layers on B·k rows under the route's
     wide route, made by expanded_rows with no host positions: compiled layers traced its segments' ints as constants,
     a graph per mix of rows (4 graphs for 4 mixes over 2 sets of tasks). The wide scope now makes them."""
-    from torch._dynamo.utils import counters
-
     kw = {"n_up": 2} if method == "moe_lora" else {}
     net = mlv.attach(_Net(), mlv.MTLLoRAConfig(tasks=TASKS, r=2, method=method, targets={"image": [r"fc\d$"]}, **kw))
     _randomize(net)
@@ -37,8 +42,7 @@ def test_a_wide_route_does_not_recompile_for_each_mix_of_rows(method):
                 outs.append(step(x).detach())
         return outs
 
-    torch._dynamo.reset()
-    counters.clear()
+    _no_graphs()
     got = run(torch.compile(lambda x: net(x).square().sum(dim=(1, 2)), backend="eager"))
     graphs = counters["stats"]["unique_graphs"]   # one per set of tasks; task_lora's first call one more
     assert graphs <= (2 if method == "mtl_lora" else 3), f"{graphs} graphs for {len(set(mixes))} mixes of rows"
@@ -66,7 +70,6 @@ def _tower_graphs_over_mixes(m) -> list[int]:
     """The graphs compiled after each of five mixes of three images' tasks (16, 32 and 24 patches) through the
     compiled vision tower of ``m`` (a tiny Qwen2-VL, attached), its outputs checked against eager in float64."""
     from qwen_tiny import inputs
-    from torch._dynamo.utils import counters
     from vlm_checks import perturb_adapters
 
     perturb_adapters(m).double()
@@ -82,8 +85,7 @@ def _tower_graphs_over_mixes(m) -> list[int]:
                     outs.append((step(pv, grid), counters["stats"]["unique_graphs"]))
         return outs
 
-    torch._dynamo.reset()
-    counters.clear()
+    _no_graphs()
     got = run(torch.compile(lambda pv, grid: m.model.visual(pv, grid_thw=grid).pooler_output, backend="eager"))
     for (want, _), (out, _) in zip(run(lambda pv, grid: m.model.visual(pv, grid_thw=grid).pooler_output), got):
         torch.testing.assert_close(out, want, atol=1e-9, rtol=1e-9)
@@ -95,8 +97,6 @@ def test_an_adapted_merger_does_not_recompile_for_each_mix_of_images():
     tasks compiled the merger's frame again (18 graphs for 5 mixes, one more per mix). The route scope now makes the
     merger's route ahead on the host, with its rows' positions (a graph input): no graph after the second mix."""
     from qwen_tiny import MERGER, tiny_qwen2vl
-
-    from mtl_lora_vl.families import family_named
 
     torch.manual_seed(0)
     m = tiny_qwen2vl().eval()
@@ -129,12 +129,9 @@ def test_a_compiled_model_routed_mixed_compiles_one_graph(method, in_place):
     """A task_lora / moe_lora router learned that its layers read the rows' positions only as the first compiled call
     traced them, after that call's route scope had made none: the second call compiled a graph more (2 graphs for 4
     mixes of rows). A scope given a compiled model (``torch.compile(model)``, ``model.compile()``) now knows."""
-    from torch._dynamo.utils import counters
-
     net, x, mixes, want = _mixes_routed_eagerly(method)
     with torch.no_grad():
-        torch._dynamo.reset()
-        counters.clear()
+        _no_graphs()
         if in_place:
             net.compile(backend="eager")
         compiled = net if in_place else torch.compile(net, backend="eager")
@@ -175,11 +172,9 @@ def test_a_ddp_wrapped_compiled_model_routed_mixed_compiles_one_graph(wrap, tmp_
     """The route scope's check for a compiled model did not look inside DDP: ``DDP(torch.compile(net))`` and
     ``net.compile(); DDP(net)`` (task_lora) compiled 2 graphs for 4 mixes of rows; torch.compile(net) compiles 1."""
     import torch.distributed as dist
-    from torch._dynamo.utils import counters
 
     net, x, mixes, want = _mixes_routed_eagerly("task_lora")
-    torch._dynamo.reset()
-    counters.clear()
+    _no_graphs()
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         if wrap == "ddp_of_compiled":
@@ -250,6 +245,39 @@ def _counted(tasks=TASKS):
     return mlv.attach(model, mlv.MTLLoRAConfig(tasks=tasks, r=2, targets={"image": [r"fc1$"]}))
 
 
+def _no_graphs() -> None:
+    """Dynamo's graphs dropped and its counters cleared: ``counters["stats"]["unique_graphs"]`` counts from 0."""
+    torch._dynamo.reset()
+    counters.clear()
+
+
+def _compiled_counted(tasks=TASKS):
+    """A ``_counted`` model, its ``torch.compile`` wrapper (eager backend) and an input, with no graphs yet."""
+    net = _counted(tasks)
+    compiled = torch.compile(net, backend="eager")
+    x = torch.randn(2, 3, 8)
+    _no_graphs()
+    return net, compiled, x
+
+
+def _compiled_batched():
+    """A ``_Batched`` model, its ``torch.compile`` wrapper watched by its router and an input, with no graphs yet."""
+    model = _Batched()
+    net = torch.compile(model, backend="eager")
+    watch_compiled(net, model.router)
+    x = torch.randn(2, 3, 8)
+    _no_graphs()
+    return model, net, x
+
+
+@contextlib.contextmanager
+def _all_warnings():
+    """Every warning raised inside, recorded (none filtered out)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+
+
 def _limit_warnings(caught) -> list[str]:
     return [str(w.message) for w in caught if "present tasks" in str(w.message)]
 
@@ -259,16 +287,9 @@ def test_task_sets_routed_to_a_compiled_model_warn_once_as_they_reach_dynamos_re
     limit (8) a frame ran eagerly from then on, which Dynamo only logged (10 one-task routes of a 10-task model: 8
     graphs, the last 2 calls eager). A compiled model's calls, routed by a scope given it, now warn once as the sets
     reach it, naming the setting to raise; a scope whose model is not called notes nothing, nor an eager model's."""
-    from torch._dynamo.utils import counters
-
     name = recompile_limit_3
-    net = _counted([f"t{i}" for i in range(5)])
-    compiled = torch.compile(net, backend="eager")
-    x = torch.randn(2, 3, 8)
-    torch._dynamo.reset()
-    counters.clear()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    net, compiled, x = _compiled_counted([f"t{i}" for i in range(5)])
+    with _all_warnings() as caught:
         for ids in ([2, 3], [4, 4]):   # scopes with no call: no graph
             with mlv.route(compiled, ids):
                 pass
@@ -288,13 +309,7 @@ def test_task_sets_routed_to_a_compiled_model_in_another_mode_count_as_graphs_of
     torch.no_grad after training is a graph more of the same frame. The mode was read as the scope opened, so
     ``with route(m, ids): with torch.no_grad(): m(x)`` counted a grad-mode graph: 2 one-task sets trained, then one
     of them run under no_grad inside its scope, were 3 graphs (the limit) and 2 counted. Now read as the call runs."""
-    from torch._dynamo.utils import counters
-
-    net = _counted()
-    compiled = torch.compile(net, backend="eager")
-    x = torch.randn(2, 3, 8)
-    torch._dynamo.reset()
-    counters.clear()
+    net, compiled, x = _compiled_counted()
     for t in (0, 1):
         with mlv.route(compiled, [t, t]):
             compiled(x)
@@ -309,18 +324,8 @@ def test_the_trainers_compiled_calls_count_their_batches_sets_in_the_mode_they_r
     loader's batches were noted with an empty mode, which no call runs in (a scope around the compiled model in
     training mode counted a mode more: warned early), and its evaluation's mode not at all. The call now notes the
     batch's set in the mode it runs in: 2 sets trained and one evaluated are 3 graphs, as counted."""
-    from torch._dynamo.utils import counters
-
-    from mtl_lora_vl.adapters.compiled import watch_compiled
-
-    model = _Batched()
-    net = torch.compile(model, backend="eager")
-    watch_compiled(net, model.router)
-    x = torch.randn(2, 3, 8)
-    torch._dynamo.reset()
-    counters.clear()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    model, net, x = _compiled_batched()
+    with _all_warnings() as caught:
         for t in (0, 1, 0):
             net({"segments": ((t, 0, 2),), "x": x})
         assert not _limit_warnings(caught)
@@ -350,15 +355,8 @@ def test_calls_under_disabled_count_as_a_set_of_their_own(recompile_limit_3):
     """A compiled call under ``disabled`` runs no task's adapters, a graph of its own (Dynamo guards on the router's
     disabled count), and was not noted: 2 one-task sets and a disabled call were 3 graphs (the limit), 2 counted, no
     warning. A disabled call now notes the empty set (one graph whatever route is open inside it)."""
-    from torch._dynamo.utils import counters
-
-    net = _counted()
-    compiled = torch.compile(net, backend="eager")
-    x = torch.randn(2, 3, 8)
-    torch._dynamo.reset()
-    counters.clear()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    net, compiled, x = _compiled_counted()
+    with _all_warnings() as caught:
         for t in (0, 1):
             with mlv.route(compiled, [t, t]):
                 compiled(x)
@@ -376,18 +374,8 @@ def test_a_scope_around_a_model_that_routes_its_batches_counts_as_a_mode(recompi
     """A model that routes each batch itself (the trainer's) compiles a graph per batch's set with a scope open around
     it or not: its own scope restores the outer route (None or a route), or runs disabled. Both were noted as one: 2
     sets, then one of them under ``route(model, ids)`` (or ``disabled``), were 3 graphs and 2 counted. Now a mode."""
-    from torch._dynamo.utils import counters
-
-    from mtl_lora_vl.adapters.compiled import watch_compiled
-
-    model = _Batched()
-    net = torch.compile(model, backend="eager")
-    watch_compiled(net, model.router)
-    x = torch.randn(2, 3, 8)
-    torch._dynamo.reset()
-    counters.clear()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    model, net, x = _compiled_batched()
+    with _all_warnings() as caught:
         for t in (0, 1):
             net({"segments": ((t, 0, 2),), "x": x})
         assert not _limit_warnings(caught)
@@ -404,19 +392,9 @@ def test_a_route_and_a_disabled_scope_both_around_a_model_that_routes_its_batche
     scope restores the outer route, None or not, and Dynamo guards on it), and were noted as one mode ('disabled'):
     a set run plain, under disabled, and under route + disabled compiled 3 graphs (the limit) with 2 counted, no
     warning. The scopes open around such a call now make its mode together."""
-    from torch._dynamo.utils import counters
-
-    from mtl_lora_vl.adapters.compiled import watch_compiled
-
-    model = _Batched()
-    net = torch.compile(model, backend="eager")
-    watch_compiled(net, model.router)
-    x = torch.randn(2, 3, 8)
+    model, net, x = _compiled_batched()
     batch = {"segments": ((0, 0, 2),), "x": x}
-    torch._dynamo.reset()
-    counters.clear()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with _all_warnings() as caught:
         net(batch)
         with mlv.disabled(net):
             net(batch)
@@ -433,12 +411,6 @@ def test_unload_takes_the_compiled_models_note_taking_off(in_place):
     wrapper around a model's own compiled call), holding the router: ``unload(model)`` left both on, so the unloaded
     model's compiled calls kept a router no model has. Unload now takes them off; the compiled model still runs, and
     a copy of the routed model (deepcopy, pickle) is made as before."""
-    import copy
-    import pickle
-
-    from mtl_lora_vl.adapters.compiled import _WatchedCall
-    from mtl_lora_vl.mtl_lora_model import unload
-
     net = _counted()
     if in_place:
         net.compile(backend="eager")
@@ -463,8 +435,6 @@ def test_the_sets_noted_before_torch_dynamo_reset_are_forgotten(recompile_limit_
     """``torch._dynamo.reset()`` drops every graph, but the sets noted before it stayed: 2 one-task sets, a reset, then
     a third set warned of the limit (3) with one graph compiled. The next call after a reset now forgets them (Dynamo
     converted the model's forward before and no longer has it): the warning comes as 3 sets are compiled again."""
-    from torch._dynamo.utils import counters
-
     net = _counted()
     if in_place:
         net.compile(backend="eager")
@@ -476,12 +446,10 @@ def test_the_sets_noted_before_torch_dynamo_reset_are_forgotten(recompile_limit_
             compiled(x)
 
     torch._dynamo.reset()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with _all_warnings() as caught:
         run(0)
         run(1)
-        torch._dynamo.reset()
-        counters.clear()
+        _no_graphs()
         run(2)
         run(2)
         assert not _limit_warnings(caught)
@@ -497,21 +465,17 @@ def test_a_reset_is_seen_after_another_model_of_the_class_compiled_its_forward(r
     reset put the forward's code back in it, so the sets noted before the reset stayed (2 sets, a reset, another
     model's call, a third set: the limit (3) warned of with 2 graphs). A graph of the forward seen in Dynamo's cache
     and gone now tells it: the 2 sets are forgotten, no warning."""
-    from torch._dynamo.utils import counters
-
     net = _counted()
     compiled = torch.compile(net, backend="eager")
     other = _counted()
     other.__class__ = type(net)   # (one class: one forward's code, Dynamo's graphs shared)
     x = torch.randn(2, 3, 8)
     torch._dynamo.reset()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with _all_warnings() as caught:
         for t in (0, 1):
             with mlv.route(compiled, [t, t]):
                 compiled(x)
-        torch._dynamo.reset()
-        counters.clear()
+        _no_graphs()
         with mlv.route(other, [0, 0]):
             torch.compile(other, backend="eager")(x)
         with mlv.route(compiled, [2, 2]):
@@ -525,15 +489,8 @@ def test_a_disabled_scope_given_a_compiled_model_watches_it(recompile_limit_3):
     """Only ``route`` made a compiled model's calls note their sets: a compiled model run zero-shot first (under
     ``disabled``, a graph of its own) and then routed to 2 one-task sets compiled 3 graphs (the limit), 2 counted, no
     warning. A ``disabled`` scope given a compiled model now watches it as ``route`` does."""
-    from torch._dynamo.utils import counters
-
-    net = _counted()
-    compiled = torch.compile(net, backend="eager")
-    x = torch.randn(2, 3, 8)
-    torch._dynamo.reset()
-    counters.clear()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    net, compiled, x = _compiled_counted()
+    with _all_warnings() as caught:
         with mlv.disabled(compiled):
             compiled(x)
         for t in (0, 1):
@@ -549,10 +506,6 @@ def test_nested_disabled_scopes_count_a_graph_per_depth(recompile_limit_3, batch
     ``disabled(disabled(m))`` compiles a graph more than one under ``disabled(m)``, and both were noted as one set
     (depths 1, 2 and 3: 3 graphs, the limit, with 1 counted and no warning; a model that routes its batches: depths
     1 and 2 and a plain call, 3 graphs, 2 counted). Each depth is now a mode of its own."""
-    from torch._dynamo.utils import counters
-
-    from mtl_lora_vl.adapters.compiled import watch_compiled
-
     x = torch.randn(2, 3, 8)
     if batched:
         model = _Batched()
@@ -563,10 +516,8 @@ def test_nested_disabled_scopes_count_a_graph_per_depth(recompile_limit_3, batch
         net = _counted()
         compiled, router = torch.compile(net, backend="eager"), net._mtl_lora.router
         args = (x,)
-    torch._dynamo.reset()
-    counters.clear()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    _no_graphs()
+    with _all_warnings() as caught:
         if batched:
             compiled(*args)
         with mlv.disabled(compiled):
@@ -586,18 +537,12 @@ def test_a_model_wrapper_compiled_in_place_is_watched_by_its_own_scopes(recompil
     """``MTLLoRAModel.route`` / ``disable_adapters`` gave their scopes the uncompiled base model, so the wrapper
     compiled in place (``model.compile()``) was never watched: zero-shot, then 2 one-task sets, were 3 graphs (the
     limit) with none counted and no warning. Its scopes now watch the wrapper itself."""
-    from torch._dynamo.utils import counters
-
-    from mtl_lora_vl.mtl_lora_model import MTLLoRAModel
-
     net = _counted()
     model = MTLLoRAModel(net)
     model.compile(backend="eager")
     x = torch.randn(2, 3, 8)
-    torch._dynamo.reset()
-    counters.clear()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    _no_graphs()
+    with _all_warnings() as caught:
         with model.disable_adapters():
             model(x)
         for t in ("vqa", "retrieval"):
@@ -615,20 +560,14 @@ def test_calls_given_their_tasks_count_a_graph_per_value(recompile_limit_3, in_p
     3 lists compiled 3 graphs (the limit) with none counted, no warning (compiled in place; a torch.compile wrapper
     watched by a scope: its pre-hook did not see keywords). Such a call now notes its value; ``model.compile()``
     watches the model from its first call."""
-    from torch._dynamo.utils import counters
-
-    from mtl_lora_vl.mtl_lora_model import MTLLoRAModel
-
     net = _counted()
     model = MTLLoRAModel(net)
     if in_place:
         model.compile(backend="eager")
     compiled = model if in_place else torch.compile(model, backend="eager")
     x = torch.randn(2, 3, 8)
-    torch._dynamo.reset()
-    counters.clear()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    _no_graphs()
+    with _all_warnings() as caught:
         if not in_place:   # (a scope given the wrapper watches it)
             with mlv.disabled(compiled):
                 pass
