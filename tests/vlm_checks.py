@@ -230,6 +230,14 @@ def assert_peft_export_matches(model: torch.nn.Module, fresh: torch.nn.Module, f
     assert (b - a).abs().max() > 0.1 * a.abs().max()   # the tasks differ
 
 
+def assert_exported_peft_matches(model: torch.nn.Module, make_fresh: Callable[[], torch.nn.Module], folder,
+                                 x: dict) -> None:
+    """``export_lora(model, ["a", "b"], folder)``, then ``assert_peft_export_matches`` on ``make_fresh()`` called after
+    ``torch.manual_seed(0)`` (the base weights of ``model``, made after the same seed)."""
+    mlv.export_lora(model, ["a", "b"], folder)
+    torch.manual_seed(0)
+    assert_peft_export_matches(model, make_fresh(), folder, x)
+
 def assert_merged_checkpoint_matches(m: torch.nn.Module, model_class: type, x: dict, folder, atol: float = 1e-5
                                      ) -> None:
     """``save_merged(m, "b", folder)`` loads with ``model_class.from_pretrained`` with no adapter tensors, and gives
