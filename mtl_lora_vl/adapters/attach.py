@@ -20,7 +20,7 @@ from ..families import FAMILIES, find_family, inner_family
 from ..family_images import mend_outputs
 from ..log import warn_user
 from .attention import LoRAMultiheadAttention
-from .fold_dtype import refuse_float8
+from .fold_dtype import folded, refuse_float8
 from .formation import Formation
 from .generation import install_routed_generate
 from .layers import ADAPTER_PARAM_NAMES, AdapterBank, LoRALinear
@@ -391,12 +391,6 @@ def base_weights(model: nn.Module) -> dict[str, torch.Tensor]:
             for bank, w in _weight_pairs(model)}
 
 
-def _plus(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """weight + delta summed in the wider of the two dtypes (fp32 for a bf16 base, fp64 for a float64 one)."""
-    acc = torch.promote_types(weight.dtype, delta.dtype)
-    return weight.to(acc) + delta.to(acc)
-
-
 @torch.no_grad()
 def merge(model: nn.Module, task: str) -> nn.Module:
     """Fold task ``task``'s update into the base weights (zero inference overhead); see unmerge.
@@ -421,7 +415,7 @@ def merge(model: nn.Module, task: str) -> nn.Module:
     try:
         for bank, weight in pairs:
             bank.merge_backup = weight.detach().clone()
-            weight.copy_(_plus(weight, bank.delta_weight(t, weight.dtype)).to(weight.dtype))
+            weight.copy_(folded(weight, bank.delta_weight(t, weight.dtype)))
     except BaseException:  # e.g. out of memory half-way: put back the layers already merged
         for bank, weight in pairs:
             if bank.merge_backup is not None:
@@ -488,7 +482,7 @@ def merged_state_dict(model: nn.Module, task: str, *, root: nn.Module | None = N
     names = parameter_names(root)
     for bank, weight in _weight_pairs(model):
         base = bank.merge_backup if bank.merge_backup is not None else weight
-        merged = _plus(base, bank.delta_weight(t, weight.dtype)).to(weight.dtype)
+        merged = folded(base, bank.delta_weight(t, weight.dtype)).to(weight.dtype)
         for name in names[id(weight)]:   # every name of a module reachable under several
             sd[name] = merged
     return sd

@@ -1,6 +1,6 @@
 """Which base weights a LoRA update may be folded into: a float8 weight is refused (``merge``,
-``merged_state_dict``, ``save_merged``, ``apply_plain_lora``), by name, with what to do. A leaf, so both the adapters
-and ``io`` use the one check."""
+``merged_state_dict``, ``save_merged``, ``apply_plain_lora``), by name, with what to do; and the fold itself, summed
+wide and cast back. A leaf, so both the adapters and ``io`` use the one check and the one sum."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import torch
 
-__all__ = ["refuse_float8"]
+__all__ = ["folded", "refuse_float8"]
 
 
 def refuse_float8(weights: Mapping[str, torch.Tensor], what: str) -> None:
@@ -24,3 +24,10 @@ def refuse_float8(weights: Mapping[str, torch.Tensor], what: str) -> None:
                         "weights changes none of them); load the base model in bfloat16 or float32 (e.g. "
                         "from_pretrained(..., torch_dtype=torch.bfloat16), or model.to(torch.bfloat16)), fold the "
                         "update in, then quantise the result to float8 if you need it")
+
+
+def folded(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``weight + delta`` in ``weight``'s dtype and on its device, summed in the widest of fp32 and the two dtypes (fp32
+    for a bf16 base, fp64 for a float64 one)."""
+    acc = torch.promote_types(torch.promote_types(weight.dtype, delta.dtype), torch.float32)
+    return (weight.to(acc) + delta.to(weight.device, acc)).to(weight.dtype)

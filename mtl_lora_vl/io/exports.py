@@ -50,7 +50,7 @@ from torch import nn
 
 from .._version import __version__
 from ..adapters.attach import adapted_module, base_weights, merged_state_dict, parameter_names, whole_model
-from ..adapters.fold_dtype import refuse_float8
+from ..adapters.fold_dtype import folded, refuse_float8
 from ..adapters.layers import LoRALinear
 from ..adapters.routing import check_module
 from ..backbones import backbone_class
@@ -366,16 +366,16 @@ def apply_plain_lora(base_model: nn.Module, path: str | Path, check_base_weights
                                    f"lora_B {tuple(B.shape)} @ lora_A {tuple(A.shape)} does not give it")
         updates.append((w, B, A))
     with torch.no_grad():
-        new = [_folded(w, B, A) for w, B, A in updates]
+        new = [folded(w, _product(w, B, A)) for w, B, A in updates]
         for (w, _, _), value in zip(updates, new):
             w.copy_(value)
     return base_model
 
 
-def _folded(w: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-    """``w + B @ A`` in ``w``'s dtype, summed in the wider of fp32 and ``w``'s dtype (as merge sums it)."""
+def _product(w: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """``B @ A`` on ``w``'s device, multiplied in the wider of fp32 and ``w``'s dtype (as merge multiplies)."""
     acc = torch.promote_types(w.dtype, torch.float32)
-    return (w.to(acc) + B.to(w.device, acc) @ A.to(w.device, acc)).to(w.dtype)
+    return B.to(w.device, acc) @ A.to(w.device, acc)
 
 
 # ---------------------------------------------------------------------------------------------- merged
