@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -62,13 +63,17 @@ def finish(proc: subprocess.Popen, timeout: float = 400, ok: bool = True) -> tup
 
 def _stacks(proc: subprocess.Popen) -> str:
     """What a hung torchrun was doing: its processes (the agent, the ranks and their loader workers, found by
-    the script they run, since a worker whose rank ended is no longer the agent's descendant) dump their Python
-    stacks (``PYTHONFAULTHANDLER``, on SIGABRT) into the run's stderr, which is returned with the processes'
-    states (a run hung in CI once, at the end of a resumed run, and did not repeat in 41 tries here)."""
+    the script they run, since a worker whose rank ended is no longer the agent's descendant, then the run's others
+    its mark finds: an evaluation loader's fork server and its workers) dump their Python stacks
+    (``PYTHONFAULTHANDLER``, on SIGABRT) into the run's stderr, which is returned with the processes' states (a run
+    hung in CI once, at the end of a resumed run, and did not repeat in 41 tries here). Every process of the run is
+    killed before its output is read to the end: a fork server and its workers, which outlive a killed rank (they
+    watch the server, not the rank), held the run's pipes, and the read waited for ever."""
     import psutil
 
     script = next(a for a in proc.args[3:] if a.endswith(".py"))   # the run's script, after torchrun's options
     found = [p for p in psutil.process_iter(["cmdline"]) if script in (p.info["cmdline"] or []) and p.pid != proc.pid]
+    found += [p for p in run_processes(proc) if p.pid != proc.pid and p.pid not in {f.pid for f in found}]
     agent = [psutil.Process(proc.pid)] if proc.poll() is None else []
     states = []
     for p in found + agent:
@@ -87,7 +92,7 @@ def _stacks(proc: subprocess.Popen) -> str:
     found += agent
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.communicate(timeout=30)
-    for p in found:
+    for p in [*found, *run_processes(proc)]:   # (the latter: any started since, e.g. a fork server's new worker)
         with contextlib.suppress(psutil.Error):
             p.kill()
     out, err = proc.communicate()
@@ -448,20 +453,42 @@ def test_ddp_trains_qwen2vl_on_mixed_batches_and_its_sharded_scores_match_one_pr
 
 
 def test_a_hung_run_fails_with_its_processes_stacks(tmp_path, procs):
-    """The diagnosis a hang in CI lacked: ``finish`` reports where each process of a run that does not end is."""
+    """The diagnosis a hang in CI lacked: ``finish`` reports where each process of a run that does not end is. Each
+    rank has a child started from Python's fork server, as an evaluation loader's workers are in a process group:
+    killing the ranks left the server and its child running, holding the run's pipes, and ``finish`` waited for
+    ever (a run slowed past its time under load hung so here)."""
     script = tmp_path / "hangs.py"
-    script.write_text("import os, pathlib, time\n\ndef wait_forever():\n    time.sleep(3600)\n\n"
-                      f"pathlib.Path({str(tmp_path)!r}, os.environ['RANK']).touch()\nwait_forever()\n")
+    script.write_text("import multiprocessing, os, pathlib, time\n\ndef wait_forever():\n    time.sleep(3600)\n\n"
+                      "if __name__ == '__main__':\n"
+                      "    multiprocessing.get_context('forkserver').Process(target=time.sleep, args=(3600,)).start()\n"
+                      f"    pathlib.Path({str(tmp_path)!r}, os.environ['RANK']).touch()\n    wait_forever()\n")
     proc = torchrun(str(script))
     procs.append(proc)
     deadline = time.time() + 120
     while not all((tmp_path / r).exists() for r in "01") and time.time() < deadline:
         time.sleep(0.1)
-    with pytest.raises(AssertionError) as e:
-        finish(proc, timeout=1)
+    left: list[int] = []
+
+    def unblock() -> None:   # what finish left holding the pipes, killed so that the test ends (and fails)
+        import psutil
+
+        for p in run_processes(proc):
+            if p.pid != proc.pid:
+                left.append(p.pid)
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+
+    watchdog = threading.Timer(240, unblock)
+    watchdog.start()
+    try:
+        with pytest.raises(AssertionError) as e:
+            finish(proc, timeout=1)
+    finally:
+        watchdog.cancel()
+    assert not left, f"processes {left} of the run held its output after finish had killed its processes"
     msg = str(e.value)
     assert "did not end within 1 s" in msg and msg.count(f"{script}\", line 4 in wait_forever") == 2   # both ranks
-    assert proc.poll() is not None
+    assert proc.poll() is not None and not run_processes(proc)
 
 
 @pytest.mark.parametrize("own_error", [False, True])
