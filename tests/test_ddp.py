@@ -356,26 +356,38 @@ def test_each_rank_names_itself_in_the_broken_images_it_met_in_training(tmp_path
 
 def test_ddp_trains_a_task_that_never_runs_the_text_tower(tmp_path, procs):
     """Classification alone leaves the text tower's adapters without gradients: DDP must be told, or it
-    stops at step 2 waiting for their reduction. A warning of the final evaluation (no test split) is said
-    once, not once per rank."""
+    stops at step 2 waiting for their reduction. The set-up's warning (val reads the training rows) and those of the
+    final evaluation (no test split; --keep-best scores on val) are said once, not once per rank, and rank 0 alone
+    reports. With --eval-every and --keep-best every rank chooses the same evaluation (test_train's two-process
+    gloo run, merged here: one process group fewer)."""
     from PIL import Image
 
-    for split in ("train", "val"):   # an ImageFolder task with no test split
-        for c, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
-            (tmp_path / "data" / split / c).mkdir(parents=True)
-            for i in range(4):
-                Image.new("RGB", (32, 32), tuple(max(0, x - 20 * i) for x in colour)).save(
-                    tmp_path / "data" / split / c / f"{i}.png")
+    for c, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):   # an ImageFolder task with no test split
+        (tmp_path / "data" / "train" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (32, 32), tuple(max(0, x - 20 * i) for x in colour)).save(
+                tmp_path / "data" / "train" / c / f"{i}.png")
     spec = tmp_path / "colours.toml"
     spec.write_text('name = "colours"\nkind = "classification"\ntemplates = ["a {}."]\n[data]\nformat = '
-                    '"imagefolder"\n[data.train]\nfolder = "train"\n[data.val]\nfolder = "val"\n')
+                    '"imagefolder"\n[data.train]\nfolder = "train"\n[data.val]\nfolder = "train"\n')
+    run = tmp_path / "run"
     proc = torchrun(str(TESTS / "rng_kind.py"), "--tasks", str(spec), "--data-root", str(tmp_path / "data"),
-                    "--steps", "3", "--batch-size", "4", "--skip-zero-shot", "--eval-batch-size", "32", "--device",
-                    "cpu", "--out", str(tmp_path / "run"))
+                    "--steps", "4", "--batch-size", "4", "--log-every", "2", "--eval-every", "2", "--keep-best",
+                    "--skip-zero-shot", "--eval-batch-size", "32", "--workers", "0", "--device", "cpu",
+                    "--out", str(run))
     procs.append(proc)
-    _, err = finish(proc)
-    assert (tmp_path / "run" / "adapter").is_dir()
-    assert err.count("task colours has no test split: scored on val instead") == 1, err[-3000:]
+    out, err = finish(proc)
+    assert (run / "adapter").is_dir() and "world size 2" in err
+    for said in ("task colours has no test split: scored on val instead",
+                 "[data.val] reads the same rows as [data.train]", "--keep-best: colours scored at the end on val"):
+        assert err.count(said) == 1, (said, err[-3000:])
+    assert out.count("| colours | val |") == 1, out   # only rank 0 reports
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [2, 4]
+    evals = [r for r in rows if "eval/selection" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    chosen = max(evals, key=lambda r: r["eval/selection"])["step"]
+    assert json.loads((run / "eval.json").read_text())["selected"]["step"] == chosen
 
 
 def test_ddp_trains_a_coca_whose_decoder_no_task_runs(tmp_path, procs):

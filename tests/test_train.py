@@ -420,29 +420,6 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     assert [round(r["loss"], 5) for r in la] == [round(r["loss"], 5) for r in lb]
 
 
-def test_two_process_ddp_with_gloo(tmp_path):
-    run = tmp_path / "ddp"
-    (tmp_path / "colours").mkdir()
-    _, colours = _colour_rows(tmp_path / "colours", tmp_path / "colours.toml")
-    args = base_args(tmp_path, run, steps=4) + ["--eval-every", "2", "--keep-best"]   # every rank chooses alike
-    args[1] += f",{colours}"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "scripts" / "train_vl.py"), *args, "--data-root", str(tmp_path / "colours"), "--device", "cpu"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "world size 2" in done.stderr  # logged by rank 0
-    # The set-up's warnings, once (every rank read the same spec and printed them)
-    assert done.stderr.count("[data.val] reads the same rows as [data.train]") == 1, done.stderr
-    assert done.stdout.count("| vqa | test | vqa_accuracy |") == 1  # only rank 0 reports
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "loss" in r] == [2, 4]
-    evals = [r for r in rows if "eval/selection" in r]
-    assert [r["step"] for r in evals] == [2, 4]
-    chosen = max(evals, key=lambda r: r["eval/selection"])["step"]
-    assert json.loads((run / "eval.json").read_text())["selected"]["step"] == chosen
-
-
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_paths_on_cpu(tmp_path, precision):
     run = tmp_path / precision
