@@ -235,3 +235,33 @@ def test_an_open_clip_name_whose_tokenizer_is_a_cached_hub_id_loads(tmp_path, mo
                                          r"Hugging Face cache, .*huggingface-cli download acme/other-tok\)"
                                          r".*open_clip:DIR"):
         load_backbone(f"open_clip:{TINY}", pretrained="acme_tag")
+
+
+def test_a_hub_id_cached_at_a_tag_alone_is_its_one_snapshot(tok_dir, tmp_path, monkeypatch, no_network):  # noqa: F811
+    """hf:ORG/NAME and open_clip:hf-hub:ORG/NAME looked at the cache's ``main`` only: a model fetched at a tag
+    (snapshot_download(id, revision="v1") writes refs/v1, no refs/main) was 'not a local directory' / 'not in the
+    local Hugging Face cache'. With no main cached, the one snapshot there is the id's; several are refused naming
+    each with its refs; a main naming a commit not cached is not replaced by another revision."""
+    model_dir = tmp_path / "saved"
+    _save_tiny_hf_clip(tok_dir, model_dir)
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    snap = hub_layout(cache, "acme/tiny-clip", model_dir)
+    refs = cache / "models--acme--tiny-clip" / "refs"
+    (refs / "main").rename(refs / "v1")
+    spec = parse_spec("hf:acme/tiny-clip")
+    assert (spec.name, spec.path) == ("acme/tiny-clip", snap)
+    assert load_backbone("hf:acme/tiny-clip").family == "hf_clip"
+    (tmp_path / "oc").mkdir()
+    (tmp_path / "oc" / "open_clip_config.json").write_text("{}")
+    oc = hub_layout(cache, "acme/tiny-oc", tmp_path / "oc")
+    (cache / "models--acme--tiny-oc" / "refs" / "main").unlink()   # (a commit's download: no ref at all)
+    assert parse_spec("open_clip:hf-hub:acme/tiny-oc").path == oc
+    other = snap.with_name("f" * 40)
+    shutil.copytree(snap, other, symlinks=True)
+    with pytest.raises(ValueError, match=r"'acme/tiny-clip': the local hub cache .* holds no 'main' revision of it but "
+                                         rf"2 other snapshots, which may differ: {snap} \(v1\); {other}\. Name the "
+                                         r"folder of the one meant in place of 'acme/tiny-clip'"):
+        parse_spec("hf:acme/tiny-clip")
+    (refs / "main").write_text("e" * 40)   # main's commit is not cached: no snapshot, as before
+    assert parse_spec("hf:acme/tiny-clip").name == ""

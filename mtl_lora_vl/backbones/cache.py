@@ -3,7 +3,8 @@
 - ``hf:ORG/NAME``: the hub id's snapshot in the Hugging Face hub cache, in the layout ``huggingface_hub``
   writes (``models--ORG--NAME/refs/main`` names the commit of ``snapshots/<commit>/``). The cache is
   ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub`` (read when asked, so a
-  changed environment counts). The snapshot is then loaded like a local directory, i.e.
+  changed environment counts); a cache holding no ``main`` of the id gives its one snapshot (a tag's, a commit's),
+  and refuses several. The snapshot is then loaded like a local directory, i.e.
   ``from_pretrained(snapshot, local_files_only=True)``.
 - ``open_clip:NAME --pretrained TAG``: the weights file that open_clip's pretrained table
   (``open_clip.pretrained.get_pretrained_cfg``) names for (NAME, TAG), where open_clip 3.x downloads it:
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["cached_hub_snapshot", "cached_hub_snapshots", "cached_open_clip_weights", "clip_url_cache", "hf_hub_cache",
-           "local_folder"]
+           "hub_id_snapshot", "local_folder"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _OPEN_CLIP_BIN = "open_clip_pytorch_model.bin"  # open_clip's HF_WEIGHTS_NAME
@@ -84,13 +85,32 @@ def cached_hub_snapshots(repo_id: str) -> dict[Path, list[str]]:
     return found
 
 
+def hub_id_snapshot(repo_id: str) -> Path | None:
+    """The snapshot of model ``repo_id`` in the local hub cache that the id alone names: ``main``'s, else, where the
+    cache has no ``main`` of it, its one snapshot there (``snapshot_download(id, revision="v1")`` writes
+    ``refs/v1`` alone); None when none is there. Several snapshots and no ``main`` are refused, naming each with its
+    refs: which one is meant cannot be known."""
+    snapshot = cached_hub_snapshot(repo_id)
+    if snapshot is not None or not is_hub_id(repo_id):
+        return snapshot
+    if (hf_hub_cache() / ("models--" + repo_id.replace("/", "--")) / "refs" / "main").is_file():
+        return None   # (main names a commit not cached: not another revision in its place)
+    snapshots = cached_hub_snapshots(repo_id)
+    if len(snapshots) <= 1:
+        return next(iter(snapshots), None)
+    listed = "; ".join(f"{s}" + (f" ({', '.join(refs)})" if refs else "") for s, refs in snapshots.items())
+    raise ValueError(f"{repo_id!r}: the local hub cache ({hf_hub_cache()}) holds no 'main' revision of it but "
+                     f"{len(snapshots)} other snapshots, which may differ: {listed}. Name the folder of the one "
+                     f"meant in place of {repo_id!r}")
+
+
 def local_folder(name: str, cached: bool = True) -> Path | None:
     """The folder ``name`` names: a local directory, else (``cached``) the snapshot of hub id ``name`` in the local
-    cache; None when neither is there."""
+    cache (:func:`hub_id_snapshot`); None when neither is there."""
     folder = Path(name).expanduser()
     if folder.is_dir():
         return folder
-    return cached_hub_snapshot(name) if cached else None
+    return hub_id_snapshot(name) if cached else None
 
 
 def _hub_file(repo_id: str, filename: str) -> Path | None:

@@ -17,7 +17,7 @@ from typing import Literal
 
 from ..families import OPEN_CLIP_CONFIG
 from .builtin import BUILTIN_LLAVA_NAME, BUILTIN_NAME, builtin_dir, builtin_llava_dir
-from .cache import cached_hub_snapshot
+from .cache import hub_id_snapshot
 
 __all__ = ["SPEC_FORMS", "BackboneSpec", "SpecKind", "parse_spec"]
 
@@ -127,7 +127,7 @@ def parse_spec(spec: str, pretrained: str | None = None) -> BackboneSpec:
         if pretrained:
             raise ValueError(f"--pretrained is only for open_clip:NAME; {text} loads its own weights")
         local = _local_path(text, rest)
-        snapshot = None if local.is_dir() else cached_hub_snapshot(rest)
+        snapshot = None if local.is_dir() else hub_id_snapshot(rest)
         if snapshot is not None:
             return BackboneSpec("hf", text, name=rest, path=snapshot)
         return BackboneSpec("hf", text, path=local)
@@ -165,7 +165,7 @@ def _open_clip_schema_dir(text: str, rest: str, pretrained: str | None) -> str:
         raise ValueError(f"{text!r} names no model: write open_clip:{form}; accepted forms: {SPEC_FORMS}")
     if pretrained:
         raise ValueError(f"{text} carries its own weights; drop --pretrained {pretrained}")
-    folder = cached_hub_snapshot(name) if schema == "hf-hub" else _local_path(text, name)
+    folder = hub_id_snapshot(name) if schema == "hf-hub" else _local_path(text, name)
     if folder is None or not (Path(folder) / OPEN_CLIP_CONFIG).is_file():
         where = ("is not in the local Hugging Face cache (this package never downloads; fetch it where there is "
                  f"a network: huggingface-cli download {name})" if schema == "hf-hub"
