@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from mtl_lora_vl.data import row_keys
+from mtl_lora_vl.data import rows as rows_module
 from mtl_lora_vl.data.common import DataFormatError, ImageChecker
 from mtl_lora_vl.data.readers import read_split
 from mtl_lora_vl.data.rows import examples_from_rows
@@ -219,3 +220,27 @@ def test_numpy_integer_labels_of_a_pandas_table_are_class_indices(tmp_path):
     s = _from_rows(tmp_path, [{"images": [a, b], "statement": "two", "label": np.bool_(True)},
                               {"images": [b, a], "statement": "two", "label": np.int64(0)}])
     assert [e.label for e in s.examples] == [1, 0]
+
+
+def test_a_rows_whole_key_is_made_only_where_its_question_id_repeats(tmp_path, monkeypatch):
+    """2c10f1e made an array cell's key 2.2x dearer (canonical bytes), and every row with a question_id was keyed
+    whole; rows whose ids are all distinct cannot repeat a row, so only the rows of a repeated id are keyed whole (a
+    768-float32 cell: 49.2 -> 23.2 us a row read). Repeats are found as before."""
+    a = _png(tmp_path / "a.png")
+    whole = []
+
+    def counted(value):
+        if isinstance(value, dict):
+            whole.append(value.get("question_id"))
+        return row_keys.row_key(value)
+
+    monkeypatch.setattr(rows_module, "row_key", counted)
+    rows = [{"image": a, "question": f"q{i}?", "answers": ["yes"], "question_id": i, "emb": np.full(4, i / 3)}
+            for i in range(5)]
+    assert len(_from_rows(tmp_path, rows).examples) == 5 and whole == []
+    rows.append({**rows[3], "question": "another?"})   # id 3 again, another question: both keyed, both kept
+    assert len(_from_rows(tmp_path, rows).examples) == 6 and sorted(whole) == [3, 3]
+    rows.append({**rows[3], "emb": -rows[3]["emb"] * -1.0})   # row 4 whole again (a recomputed cell)
+    with pytest.raises(DataFormatError, match="rows:7: question_id 3 is given to another row at rows:4, and the row "
+                                              "repeats it whole"):
+        _from_rows(tmp_path, rows)

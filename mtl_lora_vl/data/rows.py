@@ -199,11 +199,19 @@ def examples_from_rows(
                               + ("; a row of one image gives 'image', a statement about several images gives "
                                  "'images' (and no 'image')" if "nlvr" in kinds else ""))
     kind = next(iter(kinds))
-    seen: dict[Any, int] = {}   # a row with a question_id, as compared -> its first row
+    # a row's whole key only where its question_id repeats: an embedding cell's key costs 2x the rest of the row's
+    by_id: dict[Any, tuple[int, dict | None]] = {}   # a question_id, as compared -> its first row (None: keyed)
+    seen: dict[Any, int] = {}   # a row whose question_id repeats, as compared -> its first row
     for n, row in rows:   # (a file joined twice: every question read, weighed and scored twice)
         qid = row.get("question_id")
         if no_id(qid):   # (NaN, pd.NA: a blank cell of a pandas table)
             continue
+        n0, row0 = by_id.setdefault(row_key(qid), (n, row))
+        if n0 == n:
+            continue
+        if row0 is not None:
+            seen.setdefault(row_key(row0), n0)
+            by_id[row_key(qid)] = (n0, None)
         # rows that share an id but differ are questions of their own (MME's id is the image's name, POPE's restart)
         first = seen.setdefault(row_key(row), n)
         if first != n:
