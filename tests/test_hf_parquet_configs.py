@@ -185,3 +185,18 @@ def test_a_file_or_folder_of_another_format_is_refused_naming_the_format_to_read
     assert len(read_split("hf_datasets", root, path="saved").examples) == 1
     _write(root / "pq" / "rows.pq", "pq", 2)   # a parquet file by its bytes, whatever its name: read
     assert len(read_split("hf_datasets", root, path="pq/rows.pq", cache_dir=str(root / "cache")).examples) == 2
+
+
+def test_a_file_named_the_split_whole_is_read_without_a_folder_naming_it_in_part(tmp_path, caplog):
+    """c1b1e76's rule -- where a file or folder names the split whole, that one is the split -- left out the longer-
+    named files beside test.parquet, but not a folder's: test.parquet beside test_hard/0.parquet read test_hard's rows
+    into split 'test' (4 rows of two splits). The folder's files are now left out too, with the note."""
+    root, cache = tmp_path / "root", str(tmp_path / "cache")
+    _write(root / "ds" / "test.parquet", "test", 2)
+    _write(root / "ds" / "test_hard" / "0.parquet", "hard", 2)
+    with caplog.at_level("INFO", logger="mtl_lora_vl.data.hf_parquet"):
+        split = read_split("hf_datasets", root, path="ds", split="test", cache_dir=cache)
+    assert len(split.examples) == 2 and _configs(split) == {"test"}
+    assert "split 'test' is read without the file(s) ['test_hard/0.parquet'], named for the longer split(s) " \
+           "['test_hard']" in caplog.text
+    assert _configs(read_split("hf_datasets", root, path="ds", split="test_hard", cache_dir=cache)) == {"hard"}

@@ -6,7 +6,8 @@ whole), the parquet branch's ``<config>/<split>/0000.parquet`` (a folder named t
 alone beside ``test_hard/``; a folder naming it only in part, ``val2014/``, is read as the split where it is the
 only one, and refused beside another, ``val2017/``, as MNLI's ``test_matched/`` beside ``test_mismatched/`` is; a
 file's own name likewise: ``test_matched.parquet`` beside ``test_mismatched.parquet`` is refused for "test", and
-``test_hard.parquet`` is left out beside ``test-0.parquet``). A split
+``test_hard.parquet`` is left out beside ``test-0.parquet``, as ``test_hard/`` is beside
+``test.parquet``). A split
 whose files lie in several config folders
 (``en/train-...`` beside ``de/train-...``) is refused, naming them, rather than read as one split of mixed rows.
 """
@@ -133,10 +134,12 @@ def _longer_names(base: Path, mine: list[Path], by_name: list[Path], split: str)
     folders = {f: _split_folder(f, base, split) for f in mine if f not in by_name}
     whole = split in plain.values() or any(split in f.relative_to(base).parent.parts for f in folders)
     longer = {f: n for f, n in plain.items() if n is not None and n != split}
-    if whole:
+    if whole:   # (test.parquet beside test_hard/0.parquet too: the folder's files are test_hard's)
+        longer.update({f: d for f, d in folders.items()
+                       if d is not None and split not in f.relative_to(base).parent.parts})
         if longer:
             logger.info("hf_datasets %s: split %r is read without the file(s) %s, named for the longer split(s) %s",
-                        base, split, sorted(f.name for f in longer), sorted(set(longer.values())))
+                        base, split, sorted(str(f.relative_to(base)) for f in longer), sorted(set(longer.values())))
         return [f for f in mine if f not in longer]
     names = sorted({n for n in [*longer.values(), *folders.values()] if n is not None})
     if len(names) > 1:
