@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 
@@ -34,6 +36,20 @@ def _close_loaders(monkeypatch):
     yield
     for loader in made:
         loader.close()
+
+
+@pytest.fixture
+def stop_signals_as_at_a_terminal():
+    """SIGINT and SIGTERM as in a process started from a terminal (KeyboardInterrupt; killed) for the test, put back
+    after: a test that sends them must not depend on how pytest was started. A non-interactive shell starts a
+    background job (``pytest ... &``, a CI step's) with SIGINT ignored, ``trap '' INT TERM`` ignores both, and an
+    ignored signal is left ignored by the package (as Python leaves it): such a test then saw nothing happen."""
+    before = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+              signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL)}
+    yield
+    for s, handler in before.items():
+        if handler is not None:   # (None: one not set from Python, which cannot be put back)
+            signal.signal(s, handler)
 
 
 @pytest.fixture(scope="module")
