@@ -52,20 +52,29 @@ def handlers_set(handlers: Mapping[int, Any]) -> Iterator[None]:
 
 
 def _put_back(old: Mapping[int, Any]) -> None:
-    """Set ``old`` (signal -> handler) again, every one of them: a handler put back already that raises (its signal
-    came meanwhile) does not stop the rest; what it raised is raised once they are all back. One that
-    ``signal.signal`` refuses three times is left (no endless retry of an error that is not a signal's)."""
-    left, error, tries = dict(old), None, dict.fromkeys(old, 0)
+    """Set ``old`` (signal -> handler) again, every one of them, whatever signals come meanwhile: a handler put back
+    already that raises (its signal came) does not stop the rest, and a set that a signal cut (CPython's
+    ``signal.signal`` runs the handlers of the signals pending before it sets, and sets nothing when one raises) is
+    tried again until the handler is set; what they raised is raised once all are back, the last one, the earlier
+    chained in it. Only an ``Exception`` can be ``signal.signal``'s own error (ValueError in a sub-interpreter, where
+    no handler can be set): three of those and the rest is left, that error raised, not retried for ever. What a
+    handler raises to stop the program (KeyboardInterrupt: Ctrl-C's, ``Terminated``; SystemExit: ``sys.exit`` in a
+    SIGTERM handler) is a signal's, and never counted: a few of them must not leave a holder or the loop's handler set
+    for good."""
+    left, error, own_errors = dict(old), None, 0
     while left:
         try:
             while left:
-                s = next(iter(left))
-                tries[s] += 1
-                if tries[s] <= 3:
-                    signal.signal(s, left[s])
+                s, handler = next(iter(left.items()))
+                if signal.getsignal(s) is not handler:   # (not set yet, or a signal cut the set)
+                    signal.signal(s, handler)
                 del left[s]
         except BaseException as e:
             error = _after(e, error)
+            if isinstance(e, Exception):
+                own_errors += 1
+                if own_errors >= 3:
+                    break
     if error is not None:
         raise error
 

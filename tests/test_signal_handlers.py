@@ -202,3 +202,78 @@ def test_off_the_main_thread_nothing_is_set_or_held(tmp_path, handlers):
     assert raised == [] and done == [0]
     assert (tmp_path / "t" / "x").read_text() == "1"
     assert {s: signal.getsignal(s) for s in mine} == mine and seen == []
+
+
+def _signals_pending_when(monkeypatch, set_to, sent, times):
+    """Patch ``signal.signal``: the first ``times`` calls that set a handler ``set_to(signum, handler)`` picks find
+    ``sent`` pending, as CPython's ``signal.signal`` does: it runs the handlers of the signals pending before it sets,
+    and sets nothing when one raises."""
+    came = []
+
+    def pending_then_set(signum, handler):
+        if len(came) < times and set_to(signum, handler):
+            came.append(sent)
+            signal.raise_signal(sent)   # the handler now set runs; what it raises leaves ``handler`` unset
+        return _REAL_SIGNAL(signum, handler)
+
+    monkeypatch.setattr(signal, "signal", pending_then_set)
+    return came
+
+
+def test_three_sigterms_as_terminate_raises_puts_sigterms_handler_back_do_not_leave_it_set(monkeypatch, handlers):
+    """Helper 479: the put-back gave a handler up after three tries, and a try that a signal cut before it set (one
+    pending as ``signal.signal`` is called) counted as one: three SIGTERMs there (each raising ``Terminated``) left
+    ``terminate_raises``' handler SIGTERM's for good, with nothing said. What a signal's handler raises to stop the
+    program (KeyboardInterrupt, Terminated, SystemExit) is not counted: the handler is set again until it is."""
+    from mtl_lora_vl.training.stopping import Terminated, terminate_raises
+
+    mine, seen = handlers
+    came = _signals_pending_when(monkeypatch, lambda s, h: s == signal.SIGTERM and h is mine[s], signal.SIGTERM, 3)
+    with pytest.raises(Terminated) as raised:
+        with terminate_raises():
+            pass
+    assert came == [signal.SIGTERM] * 3 and seen == []
+    assert type(raised.value.__context__) is Terminated   # the three chained, the last one raised
+    assert {s: signal.getsignal(s) for s in mine} == mine
+
+
+def test_three_ctrl_cs_as_the_held_signals_handlers_are_put_back_leave_no_holder(tmp_path, monkeypatch, handlers):
+    """Helper 479: the same give-up in atomic_dir's put-back: SIGINT's handler back, then three Ctrl-Cs pending as
+    SIGTERM's is put back (each raising from SIGINT's handler) left SIGTERM's holder set for good: every later SIGTERM
+    noted in a list no one reads, the process no longer terminated by it."""
+    mine, seen = handlers
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "old").write_text("old")
+    monkeypatch.setattr(atomic_mod, "_exchange", lambda a, b: False)  # the two-rename path (no atomic swap)
+    came = _signals_pending_when(monkeypatch, lambda s, h: s == signal.SIGTERM and h is mine[s], signal.SIGINT, 3)
+    with pytest.raises(_Interrupt):
+        with atomic_dir(target, overwrite=True) as d:
+            (d / "new").write_text("new")
+    assert came == [signal.SIGINT] * 3 and seen == [signal.SIGINT] * 3
+    assert {s: signal.getsignal(s) for s in mine} == mine
+    assert [p.name for p in target.iterdir()] == ["new"]
+
+
+def test_an_error_of_signal_signals_own_is_raised_after_three_tries_not_retried_for_ever(monkeypatch, handlers):
+    """The put-back's bound on errors that are not a signal's (``signal.signal``'s ValueError in a sub-interpreter):
+    three, then that error is raised (the tries counted here; a tenth ends the test rather than loop)."""
+    from mtl_lora_vl.training.stopping import terminate_raises
+
+    mine, seen = handlers
+    tries = []
+
+    def refusing(signum, handler):
+        if handler is mine[signum]:
+            tries.append(signum)
+            if len(tries) == 10:
+                raise _Interrupt("retried for ever")
+            raise ValueError("signal only works in main thread of the main interpreter")
+        return _REAL_SIGNAL(signum, handler)
+
+    monkeypatch.setattr(signal, "signal", refusing)
+    with pytest.raises(ValueError, match="main interpreter"):
+        with terminate_raises():
+            pass
+    assert tries == [signal.SIGTERM] * 3 and seen == []
+    _REAL_SIGNAL(signal.SIGTERM, mine[signal.SIGTERM])   # (left by the give-up; the fixture puts it back too)
