@@ -22,6 +22,7 @@ pytestmark = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_fil
 # and again as the put-back starts deleting the new run's directory.
 SCRIPT = textwrap.dedent("""
     import os, shutil, signal, sys
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as from a terminal, however pytest was started
     sys.path.insert(0, sys.argv[1])
     import rng_kind
     import mtl_lora_vl.training.train as train_module
@@ -68,6 +69,7 @@ def test_sigterm_after_the_claim_puts_the_replaced_run_back(tmp_path):
 # takes seconds): part of it is gone when the signal lands.
 DELETING = textwrap.dedent("""
     import os, shutil, signal, sys
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as from a terminal, however pytest was started
     sys.path.insert(0, sys.argv[1])
     import rng_kind
     from mtl_lora_vl.cli import train_main
