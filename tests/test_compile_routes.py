@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import pickle
 import warnings
 
@@ -483,6 +484,31 @@ def test_a_reset_is_seen_after_another_model_of_the_class_compiled_its_forward(r
     assert counters["stats"]["unique_graphs"] == 2
     assert not _limit_warnings(caught)
     assert {p for p, _ in net._mtl_lora.router.compiled_task_sets} == {(2,)}
+
+
+def test_a_graph_invalidated_by_dynamo_is_no_reset(recompile_limit_3):
+    """A seen graph of the forward gone was taken for a reset. Dynamo also invalidates a graph whose guarded object
+    died (here the class of another model of the same forward's code): its entry stays (code None, counted toward
+    the limit) and the other graphs with it. A model's 2 sets compiled after such a graph, the other model freed: the
+    2 sets were forgotten, and a third set ran eagerly at the limit (3) with no warning. Now it warns, the 3 counted."""
+    net, other = _counted(), _counted()   # (classes of their own: one forward's code, a graph per class)
+    compiled = torch.compile(net, backend="eager")
+    x = torch.randn(2, 3, 8)
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with mlv.route(other, [0, 0]):
+            torch.compile(other, backend="eager")(x)
+        for t in (0, 1):
+            with mlv.route(compiled, [t, t]):
+                compiled(x)
+        del other
+        gc.collect()   # (a class is freed by the collector)
+        assert not _limit_warnings(caught)
+        with mlv.route(compiled, [2, 2]):
+            compiled(x)
+    assert len(_limit_warnings(caught)) == 1
+    assert {p for p, _ in net._mtl_lora.router.compiled_task_sets} == {(0,), (1,), (2,)}
 
 
 def test_a_disabled_scope_given_a_compiled_model_watches_it(recompile_limit_3):

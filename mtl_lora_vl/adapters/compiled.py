@@ -203,18 +203,24 @@ def _forget_if_reset(router: Router, code: Any, seen: dict[int, weakref.ref]) ->
     graphs: a graph Dynamo compiled of the forward's ``code`` was seen (``seen``, the router's: a weak reference to
     the graph's own code, which Dynamo's cache entry held) and is gone. Told so also where another model of the class
     compiled its forward again since the reset (Dynamo's record of the code it converted, which an earlier count read,
-    then held the code again). The cache entries are read through a private function
+    then held the code again). A graph whose guarded object died (the class of another model of the forward, an
+    object it matched by id) is invalidated, not dropped: Dynamo keeps its entry, code None (counted toward the
+    limit), and the others; such a seen graph gone is no reset (the sets stayed, their limit warning missed: 2 sets
+    over another class's graph, the class freed, a third set run eagerly at the limit, 3, unwarned), and a live graph
+    is seen instead. (A reset followed by a graph compiled and invalidated before this model's next call is taken
+    for that: the count stays, higher than the graphs.) The cache entries are read through a private function
     (``torch._C._dynamo.eval_frame._debug_get_cache_entry_list``): where it is missing, nothing is forgotten (the
     count stays, higher than the graphs)."""
     ref = seen.get(id(code))
-    if ref is not None:
-        if ref() is not None:
-            return
+    if ref is not None and ref() is not None:
+        return
+    entries = _CACHE_ENTRIES(code) if _CACHE_ENTRIES is not None else ()
+    if ref is not None and all(e.code is not None for e in entries):   # gone with no invalidated entry: a reset
         seen.clear()
         router.__dict__.pop(_NOTED, None)
-    entries = _CACHE_ENTRIES(code) if _CACHE_ENTRIES is not None else ()
-    if entries:
-        seen[id(code)] = weakref.ref(entries[0].code)
+    live = next((e.code for e in entries if e.code is not None), None)
+    if live is not None:
+        seen[id(code)] = weakref.ref(live)
 
 
 def compiled_mode(model: nn.Module) -> tuple[bool, ...]:
