@@ -224,10 +224,15 @@ class MTLLoRAModel(nn.Module):
 
     def compile(self, *args: Any, **kwargs: Any) -> None:
         """``nn.Module.compile`` (compile in place), then watch this wrapper toward Dynamo's recompile limit from its
-        first call: a call given its own tasks (``model(x, tasks=[...])``) opens no scope that would watch it."""
+        first call: a call given its own tasks (``model(x, tasks=[...])``) opens no scope that would watch it. A base
+        model whose adapters ``unload(model.base_model)`` (the function) took out compiles unwatched, as before."""
         super().compile(*args, **kwargs)
         if self.__dict__.get("_unloaded") is None:
-            watch_in_place(self, find_router(self._modules["base_model"]), routed=True)
+            try:
+                router = find_router(self._modules["base_model"])
+            except RoutingError:   # no adapters left: nothing routes it
+                return
+            watch_in_place(self, router, routed=True)
 
     def _watch_in_place(self, routed: bool) -> None:
         """Watch this wrapper, where it is compiled in place (``model.compile()``), toward Dynamo's recompile limit for

@@ -605,3 +605,15 @@ def test_calls_given_their_tasks_count_a_graph_per_value(recompile_limit_3, in_p
     assert len(_limit_warnings(caught)) == 1
     assert {p for p, _ in net._mtl_lora.router.compiled_task_sets} == {
         ("tasks=", "vqa", "retrieval"), ("tasks=", "retrieval", "vqa"), ("tasks=", "vqa", "vqa")}
+
+
+def test_compile_of_a_wrapper_whose_adapters_the_function_unload_took_out_compiles():
+    """``MTLLoRAModel.compile()`` (a590b6f) looked up the base model's router to watch it: where ``unload(model.
+    base_model)`` (the function, not the method) had taken the adapters out, it raised 'has no MTL-LoRA adapters;
+    call attach first' after compiling, where ``nn.Module.compile`` returns None. It now compiles unwatched."""
+    model = MTLLoRAModel(_counted())
+    unload(model.base_model)
+    assert model.compile(backend="eager") is None
+    assert model.__dict__["_compiled_call_impl"] is not None
+    x = torch.randn(2, 3, 8)
+    torch.testing.assert_close(model(x), model.base_model(x))
