@@ -8,6 +8,17 @@ import pytest
 import torch
 
 
+def pytest_configure(config):
+    """SIGINT and SIGTERM as a terminal starts a process (KeyboardInterrupt; killed), in this process and so in the
+    runs the tests start: tests send them to runs, and the package leaves an ignored one ignored. A non-interactive
+    shell starts a background job (``pytest ... &``, ``nohup ... &``, a CI step's) with SIGINT ignored, and children
+    inherit an ignored signal; Python then sets no KeyboardInterrupt handler in them either."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_one_thread():
     """Same random init in every test; one intra-op thread (tiny models gain nothing from more, and

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -277,3 +279,15 @@ def test_an_error_of_signal_signals_own_is_raised_after_three_tries_not_retried_
             pass
     assert tries == [signal.SIGTERM] * 3 and seen == []
     _REAL_SIGNAL(signal.SIGTERM, mine[signal.SIGTERM])   # (left by the give-up; the fixture puts it back too)
+
+
+def test_the_suite_and_its_runs_see_stop_signals_as_from_a_terminal():
+    """conftest's ``pytest_configure``: pytest started with SIGINT / SIGTERM ignored (a background job of a script)
+    would make every test that sends them to a run see nothing happen; a child process started from here gets them
+    as from a terminal too (an ignored signal stays ignored across exec)."""
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN
+    probe = ("import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler, "
+             "signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True"]
