@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -44,6 +45,25 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+def _run_or_stacks(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """``cmd`` run to its end, or, past ``timeout``, failed with where it was: its Python stacks (dumped on SIGABRT,
+    ``PYTHONFAULTHANDLER``) and its output. Once, in a full run on a loaded machine, the first test below passed its
+    300 s (alone it takes 5-13 s; 25 tries of its script here ended in 5-20 s): the next one says where it waited."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1"))
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"{cmd[1]} still ran after {timeout} s; its stacks and output:\n{err[-6000:]}\n{out[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def test_sigterm_after_the_claim_puts_the_replaced_run_back(tmp_path):
     """It killed the process at once (exit -15): the old run stayed in .run.replaced, the new run's config.json and
     .lock in its place, and the next --overwrite was refused until the user moved it back by hand."""
@@ -55,10 +75,9 @@ def test_sigterm_after_the_claim_puts_the_replaced_run_back(tmp_path):
     (run / "metrics.jsonl").write_text("old\n")
     spec = rng_kind.small_spec(tmp_path, "caption_cls")
     (tmp_path / "script.py").write_text(SCRIPT)
-    proc = subprocess.run([sys.executable, str(tmp_path / "script.py"), str(TESTS), "--tasks", str(spec), "--steps",
+    proc = _run_or_stacks([sys.executable, str(tmp_path / "script.py"), str(TESTS), "--tasks", str(spec), "--steps",
                            "2", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--out", str(run),
-                           "--overwrite"], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+                           "--overwrite"])
     assert proc.returncode == 143, proc.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["caption_cls.toml", "run", "script.py"]
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl"]
@@ -103,9 +122,8 @@ def test_sigterm_while_the_replaced_run_is_deleted_keeps_the_new_run(tmp_path):
     spec = rng_kind.small_spec(tmp_path, "caption_cls")
     (tmp_path / "script.py").write_text(DELETING)
     args = ["--tasks", str(spec), "--steps", "2", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
-    proc = subprocess.run([sys.executable, str(tmp_path / "script.py"), str(TESTS), *args, "--out", str(run),
-                           "--overwrite"], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = _run_or_stacks([sys.executable, str(tmp_path / "script.py"), str(TESTS), *args, "--out", str(run),
+                           "--overwrite"])
     assert proc.returncode == 143, proc.stderr[-3000:]
     assert not (tmp_path / ".run.replaced").exists()
     # the save after the last step, and the delete of the replaced run it ends with, run inside the loop's signal
