@@ -106,21 +106,35 @@ def _loaded(hub, name, revision):
     return mlv.attach(clip, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2))
 
 
-def test_a_hub_id_model_loaded_at_one_of_several_cached_revisions_is_refused_naming_them(tmp_path, monkeypatch):
+def test_a_hub_id_model_of_several_cached_revisions_and_no_main_is_refused_naming_them(tmp_path, monkeypatch):
     """Helper 477: transformers 5 records no revision on a model from_pretrained from a hub id (no config
     _commit_hash; name_or_path is the id alone), and save_merged took the processor files of the cached 'main' for a
-    model loaded at 'v1': another revision's tokenizer, silently. With several revisions cached it is refused, each
-    snapshot named, before anything is written."""
+    model loaded at 'v1': another revision's tokenizer, silently. With several revisions cached and none of them
+    'main' it is refused, each snapshot named, before anything is written."""
     hub = tmp_path / "hub"
-    _revisions(hub, "org/tiny-clip", {"main": "2" * 40, "v1": "1" * 40})
+    _revisions(hub, "org/tiny-clip", {"v2": "2" * 40, "v1": "1" * 40})
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
     model = _loaded(hub, "org/tiny-clip", "v1")
     assert getattr(model.config, "_commit_hash", None) is None   # what makes the revision unknowable
     with pytest.raises(ValueError, match=r"save_merged: .*merged: the model was loaded from the hub id 'org/tiny-clip' "
-                                         r"and records no revision .* holds 2 snapshots of it.*1{40} \(v1\); .*2{40} "
-                                         r"\(main\)\. .*pass source_dir= the snapshot of the revision"):
+                                         r"and records no revision .* holds 2 snapshots of it and no 'main'.*1{40} "
+                                         r"\(v1\); .*2{40} \(v2\)\. .*pass source_dir= the snapshot of the revision"):
         mlv.save_merged(model, "a", tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
+
+
+def test_a_hub_id_model_of_several_cached_revisions_takes_mains_files_and_warns(tmp_path, monkeypatch):
+    """Several revisions cached, 'main' among them (an old one stays cached after the hub's moved on): refusing
+    (as helper 477 first did) stopped the usual case, a model loaded by id alone, which from_pretrained loads at
+    'main'. main's files are taken, with a warning naming the others and source_dir for a model loaded at one."""
+    hub = tmp_path / "hub"
+    _revisions(hub, "org/tiny-clip", {"main": "2" * 40, "v1": "1" * 40})
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    model = _loaded(hub, "org/tiny-clip", None)
+    with pytest.warns(UserWarning, match=r"records no revision.*taken from the 'main' snapshot .*2{40}.*of the 2 .*"
+                                         r"1{40} \(v1\).*If it was loaded at another revision, pass source_dir="):
+        mlv.save_merged(model, "a", tmp_path / "merged")
+    assert json.loads((tmp_path / "merged" / "tokenizer.json").read_text()) == {"ref": "main"}
 
 
 def test_a_hub_id_model_whose_only_cached_revision_is_not_main_takes_that_snapshots_files(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from pathlib import Path
 from torch import nn
 
 from ..backbones.cache import cached_hub_snapshot, cached_hub_snapshots, hf_hub_cache, is_hub_id
+from ..log import warn_user
 from .atomic import linked_out_of
 from .layout import ADAPTER_CONFIG, LEGACY_ADAPTER_CONFIG
 
@@ -51,9 +52,10 @@ def source_folder(model: nn.Module, out: str | Path) -> Path | None:
 
 def _loaded_snapshot(model: nn.Module, name: str, out: str | Path) -> Path | None:
     """The snapshot of hub id ``name`` in the local hub cache that ``model`` was loaded from: the commit its config
-    records (``_commit_hash``, which transformers 4 set; 5 records none), else the one snapshot of ``name`` there.
-    Several (revisions whose processor files may differ) are refused, naming each: which one the model was loaded
-    at is not known. None when none is there."""
+    records (``_commit_hash``, which transformers 4 set; 5 records none), else the one snapshot of ``name`` there,
+    else ``main``'s, what ``from_pretrained(name)`` loads (warned, naming the others: an old revision stays cached
+    after the hub's moves on, and a model loaded at another is told to give ``source_dir``). Several and no ``main``
+    are refused, naming each: which one the model was loaded at is not known. None when none is there."""
     commit = getattr(getattr(model, "config", None), "_commit_hash", None)
     if commit:
         return cached_hub_snapshot(name, commit)   # (that revision only: another's processor may differ)
@@ -61,12 +63,19 @@ def _loaded_snapshot(model: nn.Module, name: str, out: str | Path) -> Path | Non
     if len(snapshots) <= 1:
         return next(iter(snapshots), None)
     listed = "; ".join(f"{s}" + (f" ({', '.join(refs)})" if refs else "") for s, refs in snapshots.items())
+    main = cached_hub_snapshot(name)
+    advice = ("pass source_dir= the snapshot of the revision the model was loaded at, e.g. "
+              f"huggingface_hub.snapshot_download({name!r}, revision=REVISION, local_files_only=True)")
+    if main is not None:
+        warn_user(f"save_merged: {out}: the model was loaded from the hub id {name!r} and records no revision "
+                  "(transformers keeps none on a loaded model); its processor and tokenizer files are taken from "
+                  f"the 'main' snapshot {main}, what from_pretrained({name!r}) loads, of the {len(snapshots)} the "
+                  f"local hub cache holds: {listed}. If it was loaded at another revision, {advice}")
+        return main
     raise ValueError(f"save_merged: {out}: the model was loaded from the hub id {name!r} and records no revision "
                      f"(transformers keeps none on a loaded model), but the local hub cache holds {len(snapshots)} "
-                     f"snapshots of it, whose processor and tokenizer files may differ: {listed}. Which one it was "
-                     "loaded at cannot be known; pass source_dir= the snapshot of the revision the model was loaded "
-                     f"at, e.g. huggingface_hub.snapshot_download({name!r}, revision=REVISION, "
-                     "local_files_only=True)")
+                     f"snapshots of it and no 'main', whose processor and tokenizer files may differ: {listed}. "
+                     f"Which one it was loaded at cannot be known; {advice}")
 
 
 def _model_file(f: Path) -> bool:
