@@ -33,6 +33,9 @@ __all__ = ["PATH_DEFAULTS", "EvalOptions", "ExportOptions", "TrainOptions", "che
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Split = Literal["train", "val", "test"]
 
+#: config.json's key for what a run resolved (``rundir.record_resolved``): a record, not an option (``--config`` of
+#: a run's config.json skips it).
+RESOLVED = "resolved"
 #: The adapter's shape: an --extend run takes it from the adapter it extends.
 ADAPTER_SHAPE = ("rank", "alpha", "n_up", "temperature", "lambda_type", "dropout", "method", "targets")
 

@@ -31,7 +31,7 @@ from .io.atomic import atomic_file, holds
 from .io.layout import RUN_OUTPUTS
 from .io.locks import LockHeld, NotALockFile, lock_holder, take_lock
 from .log import warn_user
-from .options import TrainOptions, type_problem
+from .options import RESOLVED, TrainOptions, type_problem
 from .run_overwrite import replaced_dir, undo_overwrite
 from .tasks.spec import looks_like_path
 from .training.stopping import stop_signals_ignored
@@ -42,9 +42,6 @@ RESUME_OWN = ("resume", "workers", "device")
 #: Folders a resumed run takes from the command line when the one config.json records is gone (moved data or
 #: adapter); the checkpoint's digests of the training rows and the extended adapter refuse other contents.
 RESUME_RELOCATABLE = ("data_root", "extend")
-#: config.json's key for what the run resolved (:func:`record_resolved`): a record, not an option.
-RESOLVED = "resolved"
-
 
 #: The lock file a training run's rank 0 holds in its directory.
 RUN_LOCK = ".lock"

@@ -6,8 +6,14 @@ single-command entry points ``mtl-lora-vl-train`` / ``mtl-lora-vl-eval`` and ``s
 - :mod:`.commands`: train and eval, and how every command runs (logging, one-line errors, exit status);
 - :mod:`.export`: export (merged weights, PEFT / plain LoRA);
 - :mod:`.main`: the ``mtl-lora-vl`` command and its subcommand table.
+
+:mod:`.export` imports the model libraries, so its names here are imported when first read (:mod:`..lazy_names`):
+``mtl-lora-vl --help`` or ``train --help`` does not wait for torch.
 """
 
+from typing import TYPE_CHECKING
+
+from ..lazy_names import lazy_names
 from .commands import (
     build_train_parser,
     eval_main,
@@ -15,8 +21,12 @@ from .commands import (
     parse_train_args,
     train_main,
 )
-from .export import export_command, export_main
 from .main import COMMANDS, main
+
+if TYPE_CHECKING:
+    from .export import export_command, export_main
+
+__getattr__, __dir__ = lazy_names(globals(), dict.fromkeys(["export_command", "export_main"], "mtl_lora_vl.cli.export"))
 
 __all__ = [
     "COMMANDS",

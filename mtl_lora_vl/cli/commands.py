@@ -5,6 +5,10 @@ line on stderr; ``-v`` or ``MTL_LORA_VL_DEBUG=1`` shows the traceback), 130 Ctrl
 by Ctrl-C or SIGTERM after its checkpoint exits 130 or 143 (``--resume`` continues it). ``prog`` is the name
 ``--help`` shows (``mtl-lora-vl train``, ``train_vl.py``, ``mtl-lora-vl-train``, ...); by default the
 name the program was started as.
+
+Parsing a command line (and ``--help``, and refusing a bad flag) imports neither torch nor the model libraries:
+the function that does a command's work (:data:`TRAIN`, :data:`EVALUATE_ADAPTER`) is imported once its options
+are read.
 """
 
 from __future__ import annotations
@@ -18,17 +22,21 @@ from typing import Any
 
 from jsonargparse import ArgumentParser
 
-from ..evaluation.evaluate import evaluate_adapter
+from ..lazy_names import imported
 from ..log import cli_logging, debug_tracebacks
 from ..options import EvalOptions, TrainOptions
 from ..training.stopping import RunStopped
-from ..training.train import train
 from .parsing import build_parser, parse_options, parse_options_given
 
 __all__ = ["build_train_parser", "eval_main", "exit_code", "parse_eval_args", "parse_train_args", "program_name",
            "run_command", "train_main"]
 
 logger = logging.getLogger("mtl_lora_vl.cli")
+
+#: The functions that do the train and eval commands' work, imported when the command runs (torch, transformers,
+#: open_clip: seconds), not to parse its options.
+TRAIN = "mtl_lora_vl.training.train:train"
+EVALUATE_ADAPTER = "mtl_lora_vl.evaluation.evaluate:evaluate_adapter"
 
 TRAIN_HELP = ("Train MTL-LoRA adapters on both towers of a vision-language model, jointly on several tasks, "
               "then compare zero-shot and adapted scores. With no options it trains on the built-in backbone "
@@ -91,7 +99,7 @@ def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
         opts, level, given = parse_options_given(TrainOptions, argv, prog or program_name(), TRAIN_HELP)
     except SystemExit as e:
         return exit_code(e)
-    return run_command(level, train, opts, given)
+    return run_command(level, imported(TRAIN), opts, given)
 
 
 # ------------------------------------------------------------------------------------------------- eval
@@ -102,8 +110,9 @@ def parse_eval_args(argv: list[str] | None = None, prog: str | None = None) -> E
     return parse_options(EvalOptions, argv, prog or program_name(), EVAL_HELP)[0]
 
 
-def evaluate(opts: EvalOptions) -> str:
-    """Run the evaluation; the finished table goes to stdout (the result, not a log line)."""
+def evaluate(opts: EvalOptions, evaluate_adapter: Callable[..., str]) -> str:
+    """Run the evaluation (``evaluate_adapter``: :data:`EVALUATE_ADAPTER`); the finished table goes to stdout (the
+    result, not a log line)."""
     kwargs = {k: v for k, v in asdict(opts).items() if k != "config"}
     table = evaluate_adapter(**kwargs)
     if table:  # empty on ranks other than 0 under torchrun
@@ -117,4 +126,4 @@ def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
         opts, level = parse_options(EvalOptions, argv, prog or program_name(), EVAL_HELP)
     except SystemExit as e:
         return exit_code(e)
-    return run_command(level, evaluate, opts)
+    return run_command(level, evaluate, opts, imported(EVALUATE_ADAPTER))

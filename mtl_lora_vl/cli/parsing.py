@@ -41,8 +41,7 @@ from jsonargparse import ArgumentError, ArgumentParser
 
 from ..config import unrepeated_keys
 from ..log import LEVELS
-from ..options import ADAPTER_SHAPE, describe_allowed, field_types, non_none, out_of_range, range_text
-from ..rundir import RESOLVED
+from ..options import ADAPTER_SHAPE, RESOLVED, describe_allowed, field_types, non_none, out_of_range, range_text
 from ..whole_files import FileTooLarge, read_whole
 
 __all__ = ["build_parser", "closest_flag", "parse_options", "parse_options_given", "read_config"]

@@ -1,0 +1,53 @@
+"""Names a package imports when they are first read (PEP 562), so that ``import mtl_lora_vl`` and the command
+line's ``--help`` or a mistyped flag do not first import torch, transformers and open_clip (seconds on a busy
+machine): the command imports them when it runs.
+
+A package's ``__init__`` lists its public names with the module each comes from and sets
+``__getattr__, __dir__ = lazy_names(globals(), TABLE)``; ``from mtl_lora_vl import attach`` and
+``mtl_lora_vl.attach`` import ``mtl_lora_vl.adapters.attach`` then. A submodule's name imports the submodule
+(``mtl_lora_vl.backbones.load_backbone`` after ``import mtl_lora_vl``), as the eager imports it replaces did.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["imported", "lazy_names"]
+
+
+def imported(target: str) -> Any:
+    """The object a ``"module:name"`` string names, importing its module (the torch side of a command)."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _is_submodule(package: str, name: str) -> bool:
+    """Whether ``package.name`` is a module (a wrong name such as ``x.y`` or a dunder is none, without a search)."""
+    if not name.isidentifier() or name.startswith("__"):
+        return False
+    return importlib.util.find_spec(f"{package}.{name}") is not None
+
+
+def lazy_names(namespace: dict[str, Any],
+               table: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """``__getattr__`` and ``__dir__`` for the package whose ``globals()`` is ``namespace``: a name of ``table``
+    (name -> the module that defines it) is imported from that module when first read, and kept."""
+    package = namespace["__name__"]
+
+    def __getattr__(name: str) -> Any:
+        if name in table:
+            value = getattr(importlib.import_module(table[name]), name)
+        elif _is_submodule(package, name):
+            value = importlib.import_module(f"{package}.{name}")
+        else:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        namespace[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(namespace) | set(table))
+
+    return __getattr__, __dir__

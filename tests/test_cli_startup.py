@@ -1,0 +1,69 @@
+"""The command line answers ``--help`` and a mistyped flag without importing torch, transformers or open_clip.
+
+Each ``--help`` and option error imported the whole package first (``mtl_lora_vl/__init__`` imported the
+adapters, ``cli/__init__`` the train, eval and export commands): 4-8 s of torch and model-library imports on a
+busy machine before a line was printed. The package root's and ``cli``'s public names are imported when first
+read now (``lazy_names``), and the commands import their work once their options are read.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mtl_lora_vl
+import mtl_lora_vl.cli
+
+REPO = Path(__file__).resolve().parent.parent
+HEAVY = ("torch", "transformers", "open_clip", "numpy", "PIL")
+
+
+def _imported(cmd: list[str]) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run ``python -X importtime CMD``; the top-level modules it imported, from its import-time lines."""
+    done = subprocess.run([sys.executable, "-X", "importtime", *cmd], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+    names = {m.group(1).split(".")[0] for m in re.finditer(r"^import time:.*\|\s*(\S+)\s*$", done.stderr, re.M)}
+    return done, names
+
+
+@pytest.mark.parametrize(("cmd", "code", "says"), [
+    ([str(REPO / "scripts" / "train_vl.py"), "--help"], 0, "usage: train_vl.py"),
+    ([str(REPO / "scripts" / "evaluate_vl.py"), "--help"], 0, "usage: evaluate_vl.py"),
+    (["-m", "mtl_lora_vl", "--help"], 0, "usage: python -m mtl_lora_vl"),
+    (["-m", "mtl_lora_vl", "train", "--help"], 0, "usage: python -m mtl_lora_vl train"),
+    (["-m", "mtl_lora_vl", "eval", "--help"], 0, "usage: python -m mtl_lora_vl eval"),
+    (["-m", "mtl_lora_vl", "train", "--taks", "vqa"], 2, "--taks (did you mean --tasks?)"),
+    (["-m", "mtl_lora_vl", "eval", "--tasks", "vqa", "--batch-size", "x"], 2, "--batch-size: expected an integer"),
+])
+def test_help_and_option_errors_import_no_model_library(cmd, code, says):
+    done, names = _imported(cmd)
+    assert done.returncode == code, done.stderr[-2000:]
+    assert says in done.stdout + done.stderr
+    assert "mtl_lora_vl" in names   # (the import-time lines were read)
+    assert not names & set(HEAVY), f"{' '.join(cmd)} imported {sorted(names & set(HEAVY))}"
+
+
+def test_lazy_names_are_the_public_api():
+    """Every name of ``__all__`` is there (imported on first read), the type checkers' imports name the same
+    ones, submodules still read as attributes, and a wrong name is an AttributeError."""
+    for package in (mtl_lora_vl, mtl_lora_vl.cli):
+        for name in package.__all__:
+            assert getattr(package, name) is not None
+        assert set(package.__all__) <= set(dir(package))
+    tree = ast.parse(Path(mtl_lora_vl.__file__).read_text(encoding="utf-8"))
+    checked = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.If)
+               for stmt in node.body if isinstance(stmt, ast.ImportFrom) for a in stmt.names}
+    assert checked == set(mtl_lora_vl.__all__) - {"__version__"}
+    assert mtl_lora_vl.attach.__module__ == "mtl_lora_vl.adapters.attach"
+    assert mtl_lora_vl.backbones.load_backbone.__name__ == "load_backbone"
+    from mtl_lora_vl.cli import export_main
+    assert export_main.__module__ == "mtl_lora_vl.cli.export"
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        mtl_lora_vl.no_such_name  # noqa: B018
+    with pytest.raises(ImportError):
+        from mtl_lora_vl import no_such_name  # noqa: F401
