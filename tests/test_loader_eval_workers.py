@@ -6,11 +6,17 @@ command line's format, and a strict one still stops the pass with its own messag
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
+import os
 import pickle
+import select
 import signal
+import subprocess
+import sys
 import threading
+import time
 from multiprocessing import forkserver
 from pathlib import Path
 
@@ -202,3 +208,69 @@ def test_a_workers_warning_prints_on_the_stderr_of_the_pass(tmp_path, capfd):
         thread.join()
     err = capfd.readouterr().err
     assert "[mtl-lora-vl] warning: task 'val': example 'bad': " in err and "its rows are replaced" in err, err
+
+
+#: A rank (a gloo group of one) whose evaluation pass stops after its first batch, its two workers started.
+_RANK = """
+import sys, time
+import torch.distributed as dist
+from mtl_lora_vl.data import world
+from mtl_lora_vl.data.loader import iter_image_batches
+
+class Backbone:
+    image_size = 8
+
+    def preprocess_uint8(self, images, dtype):
+        return images.to(dtype)
+
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+batches = iter_image_batches(Backbone(), world.build_split("vqa", "val", n=4, seed=0).examples, batch_size=2,
+                             device="cpu", num_workers=2)
+next(batches)
+print("first batch", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_ranks_workers_and_fork_server_end_with_it(tmp_path):
+    """A rank killed mid-pass (SIGKILL, a crash) left its evaluation workers and its fork server running for good:
+    PyTorch's worker watchdog watches the worker's parent, the fork server, which ends only when no process holds
+    its "alive" pipe, which its workers hold (a rank SIGKILLed so left 4 processes running 30 s on: the 2 workers,
+    the server, the resource tracker). The workers now end with the rank that started them, and the rest with them."""
+    import psutil
+
+    err = tmp_path / "stderr"   # (the rank's, its processes': the resource tracker warns of the semaphores it frees)
+    with err.open("wb") as stderr:
+        rank = subprocess.Popen([sys.executable, "-c", _RANK, str(tmp_path / "store")], stdout=subprocess.PIPE,
+                                stderr=stderr, start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    started = []
+    try:
+        ready, _, _ = select.select([rank.stdout], [], [], 240)
+        assert ready and rank.stdout.readline() == b"first batch\n", \
+            f"the rank ended or hung (exit {rank.poll()}): {err.read_text()[-3000:]}"
+        started = psutil.Process(rank.pid).children(recursive=True)   # the workers, the fork server, the tracker
+        assert len(started) >= 3, started
+        os.kill(rank.pid, signal.SIGKILL)
+        rank.wait()
+        deadline, left = time.monotonic() + 15, started
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = [p for p in left if _running(p)]
+        assert not left, f"{len(left)} of the killed rank's {len(started)} processes still run 15 s on: {left}"
+    finally:   # what is left, whatever happened
+        if rank.poll() is None:   # (not reaped: its pid is still its process group's, which its processes are in)
+            os.killpg(rank.pid, signal.SIGKILL)
+        for p in started:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        rank.stdout.close()
+        rank.wait()
+
+
+def _running(process) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -16,8 +16,10 @@ worker imports torch and the package itself: 9-15 s a pass on the loaded two-cor
 What such a worker reads comes to it pickled (the dataset with its examples, the collate function, the worker's
 start, :class:`WorkerStart`); the shared record of failed images (:class:`~mtl_lora_vl.data.fallback.ImageFallback`)
 goes with it. A forked worker had the command line's logging; this one is given it (:class:`WorkerStart`), so that
-a bad image's warning, said in the worker, prints as in the main process. An example that does not pickle stops
-the pass naming itself and the fix (:func:`sent_or_named`): Python's own error named neither.
+a bad image's warning, said in the worker, prints as in the main process. It ends with the process that started it
+(:func:`end_with_starter`): PyTorch's own watchdog watches the fork server, which outlived a killed rank. An example
+that does not pickle stops the pass naming itself and the fix (:func:`sent_or_named`): Python's own error named
+neither.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ import os
 import pickle
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from multiprocessing import reduction
+from multiprocessing.connection import wait
 from multiprocessing.context import get_spawning_popen
 from typing import Any
 
@@ -37,8 +41,8 @@ import torch.distributed as dist
 
 from ..log import PACKAGE_LOGGER, cli_logging
 
-__all__ = ["PRELOAD", "WorkerStart", "evaluation_workers", "in_process_group", "ignore_stop_signals", "not_sent",
-           "sent_or_named"]
+__all__ = ["PRELOAD", "WorkerStart", "end_with_starter", "evaluation_workers", "in_process_group",
+           "ignore_stop_signals", "not_sent", "sent_or_named"]
 
 #: What the fork server imports before it forks a worker: the evaluation loader's modules (torch, the image sources).
 PRELOAD = ["mtl_lora_vl.data.loader"]
@@ -75,6 +79,7 @@ class WorkerStart:
 
     def __call__(self, worker_id: int) -> None:
         ignore_stop_signals(worker_id)
+        end_with_starter()
         stderr = self.__dict__.pop("stderr", None)
         if stderr is not None:   # the worker's stderr: its loader's process's
             sys.stderr.flush()
@@ -84,6 +89,28 @@ class WorkerStart:
         if self.cli_level is not None:   # open for the worker's life (held here: a dropped one would close)
             self._logging = cli_logging(self.cli_level)
             self._logging.__enter__()
+
+
+def end_with_starter() -> None:
+    """This process (a loader's worker) ends as soon as the process that started it ends. PyTorch's worker watchdog
+    watches the worker's parent (``os.getppid()``): the fork server, for a worker started from it, not the rank that
+    asked for the worker. A rank killed mid-pass (SIGKILL, a crash) left its workers and its fork server running for
+    good: the server ends at EOF of its "alive" pipe, whose write end each of its workers holds (measured: a rank
+    SIGKILLed mid-pass left its 2 workers, its fork server and its resource tracker running 30 s on; now the workers
+    end within 0.2 s, the server and the tracker with them in 1.5-2.6 s, or once the rank's forked training-loader
+    workers, which hold the pipe too, have seen it gone). A daemon thread waits on the starter's sentinel
+    (:func:`multiprocessing.parent_process`: a pipe whose write end the starter holds while it keeps the worker)
+    and ends the process at its EOF. Nothing where this process was not started by :mod:`multiprocessing`."""
+    parent = mp.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+    threading.Thread(target=_exit_at_eof, args=(parent.sentinel,), name="mtl-lora-vl: ends with the loader's process",
+                     daemon=True).start()
+
+
+def _exit_at_eof(sentinel: int) -> None:
+    wait([sentinel])
+    os._exit(1)   # (no one is left to read it: the worker's loop, its queues' feeder threads are cut short)
 
 
 def evaluation_workers(num_workers: int) -> dict[str, Any]:
