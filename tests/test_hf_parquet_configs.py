@@ -200,3 +200,33 @@ def test_a_file_named_the_split_whole_is_read_without_a_folder_naming_it_in_part
     assert "split 'test' is read without the file(s) ['test_hard/0.parquet'], named for the longer split(s) " \
            "['test_hard']" in caplog.text
     assert _configs(read_split("hf_datasets", root, path="ds", split="test_hard", cache_dir=cache)) == {"hard"}
+
+
+def test_shard_numbers_joined_to_the_split_name_are_shards_and_years_are_splits(tmp_path, caplog):
+    """train0.parquet + train1.parquet were refused (after c1b1e76) as the two splits 'train0' / 'train1', where
+    ``datasets`` reads them as 'train' (digits may follow the split's name). Digits joined on are a shard number, so
+    the files are 'train'; a year (19xx / 20xx, COCO's val2014 / val2017) still names a split of its own, and the
+    refusal names the files of each."""
+    root, cache = tmp_path / "root", str(tmp_path / "cache")
+    for name in ("train0.parquet", "train1.parquet"):
+        _write(root / "joined" / name, "train", 1)
+    assert len(read_split("hf_datasets", root, path="joined", split="train", cache_dir=cache).examples) == 2
+    assert len(read_split("hf_datasets", root, path="joined", cache_dir=cache).examples) == 2   # one split
+    for name in ("train_0.parquet", "train-01.parquet", "train02.parquet"):
+        _write(root / "apart" / name, "train", 1)
+    assert len(read_split("hf_datasets", root, path="apart", split="train", cache_dir=cache).examples) == 3
+    for name in ("val2014.parquet", "val2017.parquet"):
+        _write(root / "coco" / name, name[:7])
+    with pytest.raises(ValueError, match=r"named for the splits \['val2014', 'val2017'\] \(in their folders' or their "
+                                         r"own names: 'val2014': val2014.parquet; 'val2017': val2017.parquet\).*"
+                                         r"split = \"val2014\""):
+        read_split("hf_datasets", root, path="coco", split="val", cache_dir=cache)
+    with pytest.raises(ValueError, match=r"hold the splits \['val2014', 'val2017'\]; set split .*by their names: "
+                                         r"'val2014': val2014.parquet; 'val2017': val2017.parquet\)"):
+        read_split("hf_datasets", root, path="coco", cache_dir=cache)
+    assert _configs(read_split("hf_datasets", root, path="coco", split="val2017", cache_dir=cache)) == {"val2017"}
+    _write(root / "coco" / "val0.parquet", "val", 1)   # a file of the split itself: the years' files left out
+    with caplog.at_level("INFO", logger="mtl_lora_vl.data.hf_parquet"):
+        split = read_split("hf_datasets", root, path="coco", split="val", cache_dir=cache)
+    assert _configs(split) == {"val"}
+    assert "read without the file(s) ['val2014.parquet', 'val2017.parquet']" in caplog.text

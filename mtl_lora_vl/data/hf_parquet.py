@@ -7,9 +7,10 @@ alone beside ``test_hard/``; a folder naming it only in part, ``val2014/``, is r
 only one, and refused beside another, ``val2017/``, as MNLI's ``test_matched/`` beside ``test_mismatched/`` is; a
 file's own name likewise: ``test_matched.parquet`` beside ``test_mismatched.parquet`` is refused for "test", and
 ``test_hard.parquet`` is left out beside ``test-0.parquet``, as ``test_hard/`` is beside
-``test.parquet``). A split
-whose files lie in several config folders
-(``en/train-...`` beside ``de/train-...``) is refused, naming them, rather than read as one split of mixed rows.
+``test.parquet``; digits joined on are a shard number, ``train0.parquet`` + ``train1.parquet`` the split "train", but
+a year names a split, ``val2014.parquet`` beside ``val2017.parquet`` refused as ``val2014/`` beside ``val2017/``). A
+split whose files lie in several config folders (``en/train-...`` beside ``de/train-...``) is refused, naming them,
+rather than read as one split of mixed rows.
 """
 
 from __future__ import annotations
@@ -101,11 +102,26 @@ def _refuse_configs(base: Path, files: list[Path], split: str | None) -> None:
 _NO_SPLIT_WORDS = ("data", "set", "split", "part", "shard", "chunk", "file")
 
 
+def _shard_number(digits: str) -> bool:
+    """Whether ``digits``, joined on to a split's name in a file's name (``train0``, ``train01``), number a shard of the
+    split, as ``datasets`` reads them: digits other than a year (19xx / 20xx: COCO's ``val2014`` and ``val2017`` are
+    splits of their own)."""
+    return digits.isdigit() and digits.isascii() and not re.fullmatch(r"(?:19|20)[0-9]{2}", digits)
+
+
+def _joined_word(stem: str, end: int) -> bool:
+    """Whether a word of letters naming a split (not one of :data:`_NO_SPLIT_WORDS`) is joined on at ``stem[end]``
+    by ``-``, ``_`` or a space (``train0_hard``)."""
+    word = re.match(r"[-_ ]([A-Za-z]+)(?=[-._ ]|$)", stem[end:])
+    return word is not None and word.group(1).lower() not in _NO_SPLIT_WORDS
+
+
 def _file_split(f: Path, split: str) -> str | None:
     """The split parquet file ``f``'s own name spells where it names ``split``: the name's word holding it, and the
     words of letters joined on to it by ``-``, ``_`` or a space (``test_matched.parquet``, ``captions_val2014.parquet``:
     "test_matched", "val2014"; ``train-0.parquet``, ``mydata_train_part_1.parquet``: "train", :data:`_NO_SPLIT_WORDS`
-    ending it); None where the name does not name it."""
+    ending it; ``train0.parquet``: "train", a shard number joined on, :func:`_shard_number`); None where the name does
+    not name it."""
     stem = f.name[: -len(".parquet")] if f.name.endswith(".parquet") else f.stem
     m = re.search(rf"(?<![^-._ 0-9]){re.escape(split)}(?![^-._ 0-9])", stem)
     if m is None:
@@ -115,6 +131,8 @@ def _file_split(f: Path, split: str) -> str | None:
         start -= 1
     while end < len(stem) and stem[end] not in "-._ ":
         end += 1
+    if _shard_number(stem[m.end():end]) and not _joined_word(stem, end):
+        return stem[start:m.end()]   # train0, train1: shards of "train" (not val2014: a year names a split)
     while end < len(stem) and stem[end] in "-_ ":   # (not "."; train.snappy.parquet is of "train")
         word = re.match(r"[A-Za-z]+(?=[-._ ]|$)", stem[end + 1:])
         if word is None or word.group().lower() in _NO_SPLIT_WORDS:
@@ -143,15 +161,26 @@ def _longer_names(base: Path, mine: list[Path], by_name: list[Path], split: str)
         return [f for f in mine if f not in longer]
     names = sorted({n for n in [*longer.values(), *folders.values()] if n is not None})
     if len(names) > 1:
+        named = {**longer, **{f: d for f, d in folders.items() if d is not None}}
         raise ValueError(f"hf_datasets {base}: no file or folder is named split {split!r} whole, and the parquet files "
-                         f"it matches are named for the splits {names} (in their folders' or their own names), each "
-                         "a split of its own (read together, their rows would mix in one split); set split to one of "
-                         f"them, e.g. split = \"{names[0]}\"")
+                         f"it matches are named for the splits {names} (in their folders' or their own names: "
+                         f"{_files_by_split(base, named)}), each a split of its own (read together, their rows would "
+                         f"mix in one split); set split to one of them, e.g. split = \"{names[0]}\"")
     if names:
         where = "folder" if names[0] in folders.values() else "file(s) named for the split"
         logger.info("hf_datasets %s: split %r is read from the %s %r (the one name holding it)", base, split, where,
                     names[0])
     return mine
+
+
+def _files_by_split(base: Path, named: dict[Path, str]) -> str:
+    """The files of each split ``named`` gives them (a few each, relative to ``base``), for a refusal:
+    ``'val2014': val2014.parquet; 'val2017': val2017.parquet``."""
+    by_split: dict[str, list[str]] = {}
+    for f, name in sorted(named.items()):
+        by_split.setdefault(name, []).append(str(f.relative_to(base)))
+    return "; ".join(f"{name!r}: {', '.join(fs[:2])}{f' (+{len(fs) - 2} more)' if len(fs) > 2 else ''}"
+                     for name, fs in sorted(by_split.items()))
 
 
 #: What reads a file of another format than parquet, by its suffix (a file given as an ``hf_datasets`` path).
@@ -207,10 +236,12 @@ def parquet_files(base: Path, split: str | None) -> list[str]:
                                 f"nor a folder of .parquet files{inside or held}")
     if split is None:
         _refuse_configs(base, files, None)
-        found = sorted({s for s in (_split_of(f, base) for f in files) if s is not None})
+        named = {f: s for f, s in ((f, _split_of(f, base)) for f in files) if s is not None}
+        found = sorted(set(named.values()))
         if len(found) > 1:
             raise ValueError(f"hf_datasets {base}: the parquet files hold the splits {found}; set split = ... in the "
-                             "[data.<split>] table (every file was read as one split)")
+                             "[data.<split>] table (every file was read as one split; by their names: "
+                             f"{_files_by_split(base, named)})")
         return [str(f) for f in files]
     mine = [f for f in files if _in_split(f, base, split)]
     # a file in a folder of the split (test/data-00000-of-00001) is the split's whatever its shard name
