@@ -230,3 +230,21 @@ def test_shard_numbers_joined_to_the_split_name_are_shards_and_years_are_splits(
         split = read_split("hf_datasets", root, path="coco", split="val", cache_dir=cache)
     assert _configs(split) == {"val"}
     assert "read without the file(s) ['val2014.parquet', 'val2017.parquet']" in caplog.text
+
+
+def test_a_plain_file_beside_hub_shards_of_its_split_is_read_and_longer_shards_are_noted(tmp_path, caplog):
+    """train_0.parquet beside the hub shard train-00000-of-00001.parquet (both the split 'train', as ``datasets``
+    reads them, and as split = None read them): split = "train" read the shard alone, train_0's rows dropped with no
+    word. Both are read; a hub shard of a longer split beside them (train_hard-00000-of-00001) is left out, noted."""
+    root, cache = tmp_path / "root", str(tmp_path / "cache")
+    _write(root / "ds" / "train-00000-of-00001.parquet", "shard", 2)
+    _write(root / "ds" / "train_0.parquet", "plain", 1)
+    split = read_split("hf_datasets", root, path="ds", split="train", cache_dir=cache)
+    assert len(split.examples) == 3 and _configs(split) == {"shard", "plain"}   # was: 2 rows, the shard's
+    assert len(read_split("hf_datasets", root, path="ds", cache_dir=cache).examples) == 3
+    _write(root / "ds" / "train_hard-00000-of-00001.parquet", "hard", 2)
+    with caplog.at_level("INFO", logger="mtl_lora_vl.data.hf_parquet"):
+        split = read_split("hf_datasets", root, path="ds", split="train", cache_dir=cache)
+    assert len(split.examples) == 3 and _configs(split) == {"shard", "plain"}
+    assert "split 'train' is read without the file(s) ['train_hard-00000-of-00001.parquet'], named for the longer " \
+           "split(s) ['train_hard']" in caplog.text

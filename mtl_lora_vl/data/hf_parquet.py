@@ -147,8 +147,10 @@ def _longer_names(base: Path, mine: list[Path], by_name: list[Path], split: str)
     ``split`` whole (``test-0.parquet``, ``test/``): that one is the split, as ``datasets`` reads a hub shard. Where
     none does, the folders and files naming it in part: one name (``val2014/``, ``captions_val2014.parquet``) is the
     split, as ``datasets`` reads it (noted); several (MNLI's ``test_matched`` beside ``test_mismatched``, ``val2014``
-    beside ``val2017``) are as many splits, refused naming them, as several hub shard names are."""
-    plain = {f: _file_split(f, split) for f in by_name if _shard_split(f) is None}
+    beside ``val2017``) are as many splits, refused naming them, as several hub shard names are. A hub shard's name
+    is its split (``test-00000-of-00001``: "test" whole, read with ``test_0.parquet``; ``test_hard-00000-of-00001``
+    beside it: "test_hard", left out with the note)."""
+    plain = {f: _shard_split(f) or _file_split(f, split) for f in by_name}   # (a hub shard's name: its split, whole)
     folders = {f: _split_folder(f, base, split) for f in mine if f not in by_name}
     whole = split in plain.values() or any(split in f.relative_to(base).parent.parts for f in folders)
     longer = {f: n for f, n in plain.items() if n is not None and n != split}
@@ -249,9 +251,9 @@ def parquet_files(base: Path, split: str | None) -> list[str]:
     if any(split in f.relative_to(base).parent.parts for f in mine):   # test/ beside test_hard/: test/ alone, as
         mine = [f for f in mine if f in by_name or split in f.relative_to(base).parent.parts]   # the shards below
     shards = sorted({n for n in map(_shard_split, by_name) if n is not None})
-    if split in shards:   # test-00000-of-00001 beside test_hard-00000-of-00001: the first alone, as datasets reads it
-        mine = [f for f in mine if f not in by_name or _shard_split(f) == split]
-    elif len(shards) > 1:
+    if split not in shards and len(shards) > 1:   # (test-00000-of-00001 beside test_hard-00000-of-00001: the first
+        #   alone, as datasets reads it, test_hard's left out with a note in _longer_names; train_0.parquet beside
+        #   train-00000-of-00001: both 'train', read)
         raise ValueError(f"hf_datasets {base}: split {split!r} names no split of its own here, and the parquet files "
                          f"it matches are the shards of the splits {shards} (named '<split>-00000-of-000NN'); set "
                          "split to one of them")
