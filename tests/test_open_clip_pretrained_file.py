@@ -6,6 +6,7 @@ now a ValueError naming the file and the model, what it may be, and the fix."""
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 import torch
@@ -29,9 +30,24 @@ def test_a_checkpoint_the_weights_only_unpickler_refuses_is_named_with_the_fix(t
         torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1e-3)}, path)
     else:
         path.write_bytes(content)
-    with pytest.raises(ValueError, match=rf"--pretrained {path} for open_clip:tiny-pretrained-test is not a "
+    with pytest.raises(ValueError, match=rf"^the pretrained weights file {re.escape(str(path))} given for "
+                                         rf"open_clip:tiny-pretrained-test is not a "
                                          rf"weights-only PyTorch checkpoint \({why}.*\): it is empty, truncated or "
                                          r"not a checkpoint, or it pickles objects besides tensors .*Re-download it") \
             as e:
         load_backbone("open_clip:tiny-pretrained-test", pretrained=str(path))
     assert "weights_only` set to `False`" not in str(e.value)
+
+
+def test_weights_that_are_no_file_are_named_as_given_from_python_or_the_command_line(tmp_path, monkeypatch):
+    """The weights file given from Python (load_backbone(..., pretrained=...)) was named as the flag "--pretrained"
+    in the refusals of a file the unpickler refuses (above) and of one that is not there, and the fix said only
+    "--pretrained /path/...": both now name the file as the pretrained weights and say both ways of giving them."""
+    monkeypatch.setitem(factory._MODEL_CONFIGS, "tiny-pretrained-test", _CFG)
+    missing = tmp_path / "missing.bin"
+    with pytest.raises(FileNotFoundError, match=rf"^pretrained '{re.escape(str(missing))}' \(the weights given for "
+                                                r"open_clip:tiny-pretrained-test\) is not a local file, nor a "
+                                                r"pretrained tag .*give its path as pretrained \(--pretrained FILE, "
+                                                r"or load_backbone\('open_clip:tiny-pretrained-test', "
+                                                r"pretrained=FILE\)\)$"):
+        load_backbone("open_clip:tiny-pretrained-test", pretrained=str(missing))

@@ -418,11 +418,11 @@ def _load_named(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackb
         cached = cached_open_clip_weights(name, pretrained)
         if cached is None:
             raise FileNotFoundError(
-                f"--pretrained {pretrained!r} for {label} is "
+                f"pretrained {pretrained!r} (the weights given for {label}) is "
                 f"{'a folder, not a checkpoint file,' if path.is_dir() else 'not a local file,'} nor a pretrained "
                 f"tag whose weights are in the local cache ({hf_hub_cache()} or {clip_url_cache()}); downloading "
                 "them would need the network, which this package never does. Download the checkpoint elsewhere and "
-                "pass its path: --pretrained /path/to/open_clip_pytorch_model.bin"
+                f"give its path as pretrained (--pretrained FILE, or load_backbone({label!r}, pretrained=FILE))"
             )
         path, tag_cfg = cached
         if bool(tag_cfg.get("quick_gelu", False)) != bool(model_cfg.get("quick_gelu", False)):
@@ -447,7 +447,8 @@ def _load_named(spec: BackboneSpec, device: str | torch.device) -> OpenClipBackb
         except (pickle.UnpicklingError, EOFError) as e:   # (torch.load's: torch's own advice is weights_only=False)
             why = str(e).partition("WeightsUnpickler error:")[2].strip().split("\n")[0] or str(e).split("\n")[0]
             raise ValueError(
-                f"--pretrained {path} for {label} is not a weights-only PyTorch checkpoint ({type(e).__name__}"
+                f"the pretrained weights file {path} given for {label} is not a weights-only PyTorch checkpoint "
+                f"({type(e).__name__}"
                 f"{': ' + why if why else ': it ends early'}): "
                 "it is empty, truncated or not a checkpoint, or it pickles objects besides tensors (a training "
                 "checkpoint's optimizer state or arguments), which this package does not unpickle. Re-download it, "
