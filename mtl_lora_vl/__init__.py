@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from . import process_start  # noqa: F401  (first: reads the parent before the seconds of imports of torch)
 from ._version import __version__
-from .lazy_names import lazy_names
+from .lazy_names import lazy_names as _lazy_names  # (as: mtl_lora_vl.lazy_names stays the module)
 
 if TYPE_CHECKING:   # what the table below names, for type checkers and editors
     from .adapters.attach import (
@@ -59,7 +59,7 @@ _IMPORTED_FROM = {
     "MTLLoRAModel": "mtl_lora_vl.mtl_lora_model",
 }
 
-__getattr__, __dir__ = lazy_names(globals(), _IMPORTED_FROM)
+__getattr__, __dir__ = _lazy_names(globals(), _IMPORTED_FROM)
 
 __all__ = [
     "__version__",
