@@ -31,6 +31,18 @@ def _is_submodule(package: str, name: str) -> bool:
     return importlib.util.find_spec(f"{package}.{name}") is not None
 
 
+def _import(module: str, package: str, name: str) -> Any:
+    """``module`` imported for ``package.name``. An AttributeError raised while importing it (a library too old or
+    too new for the code: ``module 'torch' has no attribute ...``) is an ImportError naming both, with the original
+    as its cause: as an AttributeError it would read as "no such name" -- ``from package import name`` and
+    ``hasattr`` drop it, and Python said only "cannot import name 'name'", the real error gone."""
+    try:
+        return importlib.import_module(module)
+    except AttributeError as e:
+        raise ImportError(f"{package}.{name} could not be imported: importing {module} raised "
+                          f"AttributeError: {e} (see the error above)", name=module) from e
+
+
 def lazy_names(namespace: dict[str, Any],
                table: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``__getattr__`` and ``__dir__`` for the package whose ``globals()`` is ``namespace``: a name of ``table``
@@ -39,9 +51,9 @@ def lazy_names(namespace: dict[str, Any],
 
     def __getattr__(name: str) -> Any:
         if name in table:
-            value = getattr(importlib.import_module(table[name]), name)
+            value = getattr(_import(table[name], package, name), name)
         elif _is_submodule(package, name):
-            value = importlib.import_module(f"{package}.{name}")
+            value = _import(f"{package}.{name}", package, name)
         else:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         namespace[name] = value
