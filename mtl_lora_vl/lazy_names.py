@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import pkgutil
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from .wording import did_you_mean
 
 __all__ = ["imported", "lazy_names"]
 
@@ -43,6 +47,22 @@ def _import(module: str, package: str, name: str) -> Any:
                           f"AttributeError: {e} (see the error above)", name=module) from e
 
 
+def _no_attribute(namespace: dict[str, Any], table: Mapping[str, str], name: str) -> AttributeError:
+    """The error for a name the package has not (``mtl_lora_vl.atach``), with a did-you-mean of its public names
+    and submodules where one is close. Python's own suggestion (printed with an uncaught error only, and not of a
+    submodule not yet imported) is then left off, lest it be said twice."""
+    package = namespace["__name__"]
+    if name.startswith("_"):   # a tool's probe (__wrapped__, _repr_html_), not a public name misspelt: no search
+        return AttributeError(f"module {package!r} has no attribute {name!r}")
+    known = [n for n in (*namespace, *table) if not n.startswith("_")]
+    known += [m.name for m in pkgutil.iter_modules(namespace.get("__path__", []))]
+    hint = did_you_mean(name, known)
+    message = f"module {package!r} has no attribute {name!r}{hint}"
+    if not hint:
+        return AttributeError(message)
+    return AttributeError(message, name=None, obj=sys.modules.get(package))   # (obj set: Python adds no name)
+
+
 def lazy_names(namespace: dict[str, Any],
                table: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``__getattr__`` and ``__dir__`` for the package whose ``globals()`` is ``namespace``: a name of ``table``
@@ -55,7 +75,7 @@ def lazy_names(namespace: dict[str, Any],
         elif _is_submodule(package, name):
             value = _import(f"{package}.{name}", package, name)
         else:
-            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+            raise _no_attribute(namespace, table, name)
         namespace[name] = value
         return value
 

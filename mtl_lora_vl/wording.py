@@ -6,7 +6,7 @@ import difflib
 import re
 from collections.abc import Iterable
 
-__all__ = ["agree", "comma_hint", "few", "name_hint", "tasks_named"]
+__all__ = ["agree", "comma_hint", "did_you_mean", "few", "name_hint", "tasks_named"]
 
 #: the verbs whose third person singular is not made by the rules in :func:`agree`: irregular ones and modals
 _SINGULAR = {"have": "has", "are": "is", "were": "was", "be": "is", "cannot": "cannot", "can": "can", "could": "could",
@@ -60,6 +60,11 @@ def name_hint(name: str, flag: str, known: Iterable[str]) -> str:
     """What an unknown task name's message adds: :func:`comma_hint` for several words (``'vqa retrieval'``: not "did
     you mean 'retrieval'"), else `` (did you mean 'x'?)`` for the one of ``known`` it is close to (case aside)."""
     known = list(known)
+    return comma_hint(name, flag, known) or did_you_mean(name, known)
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the one of ``known`` that ``name`` is close to (case aside), else ``""``."""
     by_case = {k.casefold(): k for k in known}
     close = difflib.get_close_matches(name.strip().casefold(), list(by_case), n=1, cutoff=0.6)
-    return comma_hint(name, flag, known) or (f" (did you mean {by_case[close[0]]!r}?)" if close else "")
+    return f" (did you mean {by_case[close[0]]!r}?)" if close else ""

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import mtl_lora_vl
+import mtl_lora_vl.cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,3 +50,25 @@ def test_an_attribute_error_while_importing_a_names_module_is_not_no_such_name(t
     assert "ImportError: lazypkg.thing could not be imported: importing lazypkg.broken raised AttributeError: " \
            "module 'os' has no attribute 'no_such_function' (see the error above)" in _run(
                "from lazypkg import thing", tmp_path).stderr
+
+
+def test_a_misspelt_name_says_the_name_it_is_close_to():
+    """``mtl_lora_vl.atach`` said "has no attribute 'atach'" (Python added "Did you mean" only to an uncaught
+    error's printout, not to str(e) as logs, pytest and notebooks show it, and never a submodule not yet imported:
+    ``mtl_lora_vl.backbone``). The message names the close public name or submodule, as the package's others do."""
+    cases = {"atach": "attach", "MTLLoraModel": "MTLLoRAModel", "backbone": "backbones", "adapter": "adapters"}
+    for wrong, right in cases.items():
+        try:
+            getattr(mtl_lora_vl, wrong)
+        except AttributeError as e:
+            assert str(e) == f"module 'mtl_lora_vl' has no attribute {wrong!r} (did you mean {right!r}?)"
+        else:
+            raise AssertionError(wrong)
+    with pytest.raises(AttributeError) as e:
+        mtl_lora_vl.cli.export_mian  # noqa: B018
+    assert str(e.value) == "module 'mtl_lora_vl.cli' has no attribute 'export_mian' (did you mean 'export_main'?)"
+    # said once when uncaught (Python's own suggestion left off), and no hint where none is close
+    assert _run("import mtl_lora_vl; mtl_lora_vl.atach").stderr.splitlines()[-1] == \
+        "AttributeError: module 'mtl_lora_vl' has no attribute 'atach' (did you mean 'attach'?)"
+    assert _run("import mtl_lora_vl; mtl_lora_vl.zzzzzz").stderr.splitlines()[-1] == \
+        "AttributeError: module 'mtl_lora_vl' has no attribute 'zzzzzz'"
