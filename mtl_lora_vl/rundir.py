@@ -131,6 +131,10 @@ def choose_run_dir(opts: TrainOptions) -> Path:
             raise RunDirError(f"--out {run}: --overwrite would replace the folder that holds {', '.join(inside)}, "
                               "which this run reads; move it out or choose another --out")
     if run.exists() and any(run.iterdir()) and not opts.overwrite:
+        if not _is_run_config(run / "config.json"):   # (--overwrite and --resume both refuse a folder of your own)
+            raise RunDirError(f"--out {run}: the directory exists, is not empty and is not a run directory (no "
+                              "training run's config.json), so neither --overwrite nor --resume takes it; choose "
+                              "another --out (a new or empty folder)")
         raise RunDirError(
             f"--out {run}: the directory exists and is not empty; pass --overwrite to replace it, "
             f"--resume {run} to continue it, or choose another --out"

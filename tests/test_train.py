@@ -457,7 +457,9 @@ def test_existing_run_dir_is_never_overwritten(tmp_path, capsys, monkeypatch):
     mine.mkdir()
     (mine / "precious.txt").write_text("keep me")
     assert train_main(base_args(tmp_path, mine, steps=1)) == 2
-    assert "exists and is not empty; pass --overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err   # (it offered --overwrite and --resume, which both refuse a folder of your own)
+    assert "is not a run directory (no training run's config.json)" in err and "choose another --out" in err
+    assert "pass --overwrite" not in err and f"--resume {mine}" not in err
     assert train_main(base_args(tmp_path, mine, steps=1) + ["--overwrite"]) == 2
     assert "is not a run directory (no config.json)" in capsys.readouterr().err
     assert (mine / "precious.txt").read_text() == "keep me"
@@ -469,6 +471,8 @@ def test_existing_run_dir_is_never_overwritten(tmp_path, capsys, monkeypatch):
         return {p.relative_to(d): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
     before = files(run)
+    assert train_main(base_args(tmp_path, run, steps=1)) == 2   # a run directory: both are offered
+    assert f"pass --overwrite to replace it, --resume {run} to continue it" in capsys.readouterr().err
     bad = base_args(tmp_path, run, steps=1) + ["--overwrite"]
     bad[1] += ",no_such_task"
     assert train_main(bad) == 2  # fails at start-up: the old run is still there
