@@ -98,3 +98,21 @@ def image_parts(ex: Example) -> list[Example]:
     if not isinstance(ex.image, tuple):
         return [ex]
     return [Example(part, f"{ex.image_id}#{j}") for j, part in enumerate(ex.image)]
+
+
+def refuse_rows_of_another_kind(task: str, kind: str, split: Split, needs: str) -> None:
+    """Refuse a training ``split`` whose rows a reader took for another kind's than ``task``'s (``needs``: ``"label"``
+    for classification, ``"caption"`` for retrieval and captioning): a JSONL / CSV / table row holding a ``question``
+    is a VQA row whatever else it holds, so a classification task on rows with ``question`` and ``label`` was told to
+    list ``options.class_names``, and retrieval trained on the questions as its captions."""
+    bad = next(((i, ex) for i, ex in enumerate(split.examples)
+                if (ex.label is None if needs == "label" else bool(ex.answers))), None)
+    if bad is None:
+        return
+    i, ex = bad
+    read_as = (f"a VQA row (question {ex.text!r} with answers; a row that gives 'question' is read as VQA, whatever "
+               "else it holds)" if ex.answers else "a caption row" if ex.text or ex.captions else "a row with no label")
+    fields = "'label'" if needs == "label" else "'text', 'caption' or 'captions'"
+    raise ValueError(f"task {task!r}: training example {i} (image {ex.image_id!r}) was read as {read_as}, not a "
+                     f"{kind} row; a {kind} task's rows give {fields} and no 'question': give the task a file of its "
+                     "own rows (or leave the other kind's column out of its file)")

@@ -73,7 +73,7 @@ from mtl_lora_vl.backbones.chat import ChatWrap
 from mtl_lora_vl.backbones.context_warnings import once_per_task
 from mtl_lora_vl.data.fallback import decode_policy, failure_keys
 from mtl_lora_vl.data.loader import iter_image_batches
-from mtl_lora_vl.data.records import Example, Split
+from mtl_lora_vl.data.records import Example, Split, refuse_rows_of_another_kind
 from mtl_lora_vl.distributed import union_over_shards
 from mtl_lora_vl.precision import autocast
 from mtl_lora_vl.tasks.generative import eval_subset, uses_language_model, warn_lm_context
@@ -385,6 +385,7 @@ def require_captions(spec: TaskSpec, train: Split | None) -> None:
     given): a blank one trained an empty target (the end token at once, after a lone space token)."""
     if train is None:
         return
+    refuse_rows_of_another_kind(spec.name, spec.kind, train, "caption")   # (a VQA row's text is its question)
     if not any(ex.text or ex.captions for ex in train.examples):
         raise ValueError(f"task {spec.name!r}: {spec.kind} needs captions, but no training example has text")
     i, ex = next(((i, ex) for i, ex in enumerate(train.examples) if _caption(ex) is None), (None, None))

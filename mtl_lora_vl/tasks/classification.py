@@ -43,7 +43,7 @@ from mtl_lora_vl.backbones.base import Backbone
 from mtl_lora_vl.backbones.tokenizers import UNK
 from mtl_lora_vl.data.common import class_name_order, class_name_problems
 from mtl_lora_vl.data.loader import iter_image_batches
-from mtl_lora_vl.data.records import Example, Split
+from mtl_lora_vl.data.records import Example, Split, refuse_rows_of_another_kind
 from mtl_lora_vl.distributed import map_shards
 from mtl_lora_vl.metrics import per_class_accuracy, topk_accuracy
 from mtl_lora_vl.precision import autocast
@@ -159,6 +159,7 @@ class ClassificationKind(TaskKind):
             self._check_targets()
             self._check_distinct_targets(backbone, refuse=False)   # (trained so: its scores still said to tie)
             return
+        refuse_rows_of_another_kind(spec.name, spec.kind, train, "label")
         names = spec.options["class_names"]
         if not names:
             if not train.class_names:
