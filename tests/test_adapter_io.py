@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import struct
 
 import pytest
@@ -632,6 +633,25 @@ def test_load_adapter_refuses_a_peft_directory_and_says_what_it_is(tmp_path):
     with pytest.raises(AdapterFileError, match="PEFT adapter directory"):
         mlv.read_adapter_config(several / "cls")
     assert _untouched(fresh) and not mlv.io.is_adapter_dir(one)
+
+
+def test_load_adapter_names_an_export_of_this_package_and_the_fix(tmp_path):
+    """A plain-LoRA or merged export given where the adapter is expected (eval --adapter OUT) was 'not an adapter
+    directory written by mtl_lora_vl.save_adapter', naming neither what it is nor what to give instead."""
+    model = _trained(tiny_open_clip)
+    one = mlv.export_lora(model, "vqa", tmp_path / "plain_vqa")
+    several = mlv.export_lora(model, ["vqa", "cls"], tmp_path / "plain_all")
+    fresh = _fresh(tiny_open_clip)
+    for path, what in ((one, r"plain, task 'vqa'"), (several, r"plain, tasks 'vqa', 'cls'"),
+                      (several / "cls", r"plain, task 'cls'"), (tmp_path / "cli", r"plain, task 'cls' in cls/; "
+                                                                                 r"plain, task 'vqa' in vqa/")):
+        if path.name == "cli":   # (`export --task vqa,cls` writes a record in each task's folder only)
+            shutil.copytree(several, path)
+            (path / "mtl_lora_export.json").unlink()
+        with pytest.raises(AdapterFileError, match=rf"this is an export written by `mtl-lora-vl export` \({what}\), "
+                                                   r"not an adapter directory.*Give the adapter it was exported from"):
+            mlv.load_adapter(fresh, path)
+    assert _untouched(fresh)
 
 
 def test_run_directory_is_named_and_found(tmp_path):

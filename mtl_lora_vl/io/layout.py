@@ -109,6 +109,21 @@ def _peft_dirs(path: Path) -> list[str]:
     return out
 
 
+def _exports(path: Path) -> str:
+    """What ``path`` holds as ``export`` wrote it (its :data:`EXPORT_RECORD`, or its task subfolders'): e.g.
+    ``"merged, task 'vqa'"``; empty where it holds no export."""
+    said = []
+    for folder in [path] if (path / EXPORT_RECORD).is_file() else sorted(p for p in path.iterdir() if p.is_dir()):
+        try:
+            doc = json.loads(read_whole(folder / EXPORT_RECORD))
+            tasks = [str(t) for t in doc["tasks"]]
+            said.append(f"{doc['format']}, task{'s' * (len(tasks) > 1)} {', '.join(map(repr, tasks))}"
+                        + ("" if folder == path else f" in {folder.name}/"))
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+    return "; ".join(said[:3]) + ("; ..." if len(said) > 3 else "")
+
+
 def _not_native(path: Path, peft_type: str | None = None) -> str:
     """Why ``path`` is not a native adapter directory, and what it is instead (PEFT export, run directory)."""
     native = (f"mtl_lora_vl.load_adapter reads the native directory that save_adapter / "
@@ -130,6 +145,12 @@ def _not_native(path: Path, peft_type: str | None = None) -> str:
         return (f"{path}: no {ADAPTER_CONFIG}; it holds PEFT adapters in subfolders ({few(peft)}), as "
                 f"mtl_lora_vl.export_lora(model, [tasks], path) writes them; load one with "
                 "peft.PeftModel.from_pretrained(base_model, path/<task>, adapter_name=<task>). " + native)
+    exported = _exports(path)
+    if exported:
+        return (f"{path}: no {ADAPTER_CONFIG}; this is an export written by `mtl-lora-vl export` ({exported}), "
+                "not an adapter directory: an export holds no task heads and no other tasks' adapters. Give the "
+                "adapter it was exported from (a run's RUN_DIR/adapter); a merged model is scored zero-shot as a "
+                "base model (eval --backbone open_clip:DIR or hf:DIR, without --adapter)")
     if (path / ADAPTER_WEIGHTS).is_file():
         return (f"{path}: {ADAPTER_CONFIG} is missing beside {ADAPTER_WEIGHTS}, so the adapter directory is "
                 "incomplete (the weights cannot be read without it); copy the whole directory again")
