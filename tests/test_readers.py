@@ -756,6 +756,18 @@ def test_a_csv_with_spaces_after_its_commas_reads(tmp_path):
     assert sorted(s.examples[0].captions) == ["a dog, red", "a red dog"]
 
 
+def test_skipped_images_warning_names_the_spec_setting(tmp_path, caplog):
+    """A spec user was told 'Pass strict=True to fail instead.', a Python keyword, where the spec's [data] takes
+    strict = true (as the strict error's own fix, 'set strict = false', is spelt)."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    rows = [{"image": "a.png", "label": "red"}, {"image": "gone.png", "label": "blue"}]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+        read_split("jsonl", tmp_path, file="c.jsonl")
+    assert "skipped 1 unreadable image(s)" in caplog.text
+    assert "Set strict = true in the task spec's [data]" in caplog.text
+
+
 def test_rows_with_blank_captions_are_counted(tmp_path, caplog):
     """A caption of spaces dropped its row without a word."""
     from PIL import Image

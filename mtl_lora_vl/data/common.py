@@ -355,7 +355,8 @@ class ImageChecker:
         if skipped:
             shown = "; ".join(msg for _, msg in self.failures[:_SKIP_EXAMPLES_SHOWN])
             more = f" (and {skipped - _SKIP_EXAMPLES_SHOWN} more)" if skipped > _SKIP_EXAMPLES_SHOWN else ""
-            logger.warning("%s: skipped %d unreadable image(s): %s%s. Pass strict=True to fail instead.",
+            logger.warning("%s: skipped %d unreadable image(s): %s%s. Set strict = true in the task spec's [data] "
+                           "(strict=True to read_split) to fail instead.",
                            source, skipped, shown, more)
         logger.info("%s: %d examples, %d image(s) skipped", source, len(examples), skipped)
         if not examples:
