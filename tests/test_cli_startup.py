@@ -4,6 +4,9 @@ Each ``--help`` and option error imported the whole package first (``mtl_lora_vl
 adapters, ``cli/__init__`` the train, eval and export commands): 4-8 s of torch and model-library imports on a
 busy machine before a line was printed. The package root's and ``cli``'s public names are imported when first
 read now (``lazy_names``), and the commands import their work once their options are read.
+
+``export`` (and ``scripts/export_merged.py``) still took 5-15 s: the export command's module imported io and the
+backbones. Its work is imported when it runs now.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ def _imported(cmd: list[str]) -> tuple[subprocess.CompletedProcess, set[str]]:
     (["-m", "mtl_lora_vl", "eval", "--help"], 0, "usage: python -m mtl_lora_vl eval"),
     (["-m", "mtl_lora_vl", "train", "--taks", "vqa"], 2, "--taks (did you mean --tasks?)"),
     (["-m", "mtl_lora_vl", "eval", "--tasks", "vqa", "--batch-size", "x"], 2, "--batch-size: expected an integer"),
+    (["-m", "mtl_lora_vl", "export", "--help"], 0, "usage: python -m mtl_lora_vl export"),
+    (["-m", "mtl_lora_vl", "export", "--taks", "vqa"], 2, "--taks (did you mean --task?)"),
+    ([str(REPO / "scripts" / "export_merged.py"), "--help"], 0, "usage: export_merged.py"),
+    ([str(REPO / "scripts" / "export_merged.py"), "--adaptr", "x"], 2, "--adaptr (did you mean --adapter?)"),
 ])
 def test_help_and_option_errors_import_no_model_library(cmd, code, says):
     done, names = _imported(cmd)

@@ -69,7 +69,7 @@ def test_export_result_lines_do_not_continue_the_progress_bar_line(monkeypatch):
     import sys
     import types
 
-    from mtl_lora_vl.cli import export as export_cli
+    from mtl_lora_vl.cli import export_tasks as export_cli
     from mtl_lora_vl.log import progress
 
     screen = io.StringIO()   # one terminal for both streams

@@ -381,7 +381,7 @@ def test_export_of_an_open_clip_name_base_writes_a_local_dir_that_loads(tmp_path
     with torch.no_grad(), mlv.route(bb.model, "vqa"):
         want = bb.model.encode_image(images)
 
-    import mtl_lora_vl.cli.export as export_cli
+    import mtl_lora_vl.cli.export_tasks as export_cli
 
     def no_load(*a, **k):
         raise AssertionError("the base model was loaded before the arguments were checked")
@@ -617,12 +617,13 @@ def test_export_overwrite_never_replaces_an_adapter_a_run_or_the_base_models_own
 
 def test_a_failed_multi_task_export_says_what_was_written(tmp_path, monkeypatch, capsys):
     import mtl_lora_vl.cli.export as ce
+    import mtl_lora_vl.cli.export_tasks as work
     from mtl_lora_vl.backbones import load_backbone
 
     bb = load_backbone("builtin")
     mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=TASKS, r=4, n_up=2))
     adapter = mlv.save_adapter(bb.model, tmp_path / "ad", base={"backbone": "builtin"})
-    real, calls = ce.save_merged, []
+    real, calls = work.save_merged, []
 
     def flaky(*a, **k):
         calls.append(a[1])
@@ -630,7 +631,7 @@ def test_a_failed_multi_task_export_says_what_was_written(tmp_path, monkeypatch,
             raise OSError(28, "No space left on device")
         return real(*a, **k)
 
-    monkeypatch.setattr(ce, "save_merged", flaky)
+    monkeypatch.setattr(work, "save_merged", flaky)
     assert ce.export_main(["--adapter", str(adapter), "--task", "vqa,retrieval,cls", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "task 'retrieval'" in err and "No space left on device" in err   # which task failed, and why

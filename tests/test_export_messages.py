@@ -90,7 +90,7 @@ def test_peft_format_for_an_attention_adapter_is_refused_before_the_base_model_l
     """F5 (minor): `export --format peft` of an open_clip adapter (nn.MultiheadAttention in-projections) is refused
     only after the whole base model is built (minutes for a large checkpoint); the adapter's config already says
     so. The message's fix should also name the command's flag (--format merged), not only 'a merged checkpoint'."""
-    import mtl_lora_vl.cli.export as cli
+    import mtl_lora_vl.cli.export_tasks as cli
 
     ad = _adapter(tmp_path, "builtin")
     monkeypatch.setattr(cli, "load_pretrained", lambda *a, **k: pytest.fail("base model loaded before the refusal"))
@@ -102,7 +102,7 @@ def test_a_merged_file_of_an_inner_models_adapter_is_refused_before_the_base_mod
                                                                                            monkeypatch):
     """An adapter saved from a LLaVA whose inner LlavaModel was adapted on its own records family custom: `export
     --out m.safetensors` loaded the whole base model before save_merged refused (with its API's words, 'out=')."""
-    import mtl_lora_vl.cli.export as cli
+    import mtl_lora_vl.cli.export_tasks as cli
 
     bb = load_backbone("builtin-llava")
     mlv.attach(bb.model.model, mlv.MTLLoRAConfig(tasks=["vqa"], r=2, n_up=1,
