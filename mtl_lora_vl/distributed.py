@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from .cores import affinity, local_ranks, refuse_workers
 from .process_start import parent_died
 
 T = TypeVar("T")
@@ -279,12 +280,9 @@ def node_cores(info: DistInfo) -> tuple[int, int]:
     """(the cores the ranks on this machine may use between them, how many ranks run here). The cores are the
     union of those ranks' affinity masks: ranks that share one mask count it once, ranks a launcher pins to
     cores of their own (srun --cpu-bind) count each. Every rank calls it (a gather) when the run has several."""
-    try:
-        mask = sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        mask = list(range(os.cpu_count() or 1))
+    mask = affinity()
     if not info.enabled:
-        return len(mask), max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        return len(mask), local_ranks()
     parts: list[Any] = [None] * info.world_size
     me = _machine()
     dist.all_gather_object(parts, (me, mask))
@@ -292,22 +290,12 @@ def node_cores(info: DistInfo) -> tuple[int, int]:
     return len({c for m in here for c in m}), len(here)
 
 
-#: The most loader workers --workers may ask for per core this rank may use: more only compete for the cores, and
-#: --workers 1000000 forked processes (each a copy of the run) for minutes before the first step.
-WORKERS_PER_CORE = 4
-
-
 def check_workers(workers: int, info: DistInfo) -> None:
-    """Refuse a --workers beyond :data:`WORKERS_PER_CORE` times this rank's share of its machine's usable cores,
+    """Refuse a --workers beyond :data:`.cores.WORKERS_PER_CORE` times this rank's share of its machine's usable cores,
     before any work (every rank calls it: :func:`node_cores` gathers under torchrun)."""
     if workers <= 0:
         return
-    cores, local = node_cores(info)
-    most = WORKERS_PER_CORE * max(1, cores // local)
-    if workers > most:
-        raise ValueError(f"--workers {workers}: this process may use {max(1, cores // local)} core(s) of this machine, "
-                         f"and each loader worker is a process of its own; more than {most} only compete for the "
-                         f"cores (a machine stalls forking that many); give --workers {most} or fewer")
+    refuse_workers(workers, *node_cores(info))
 
 
 def _machine() -> tuple[str, str]:

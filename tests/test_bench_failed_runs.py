@@ -16,6 +16,7 @@ from test_bench_methods import _small_spec
 
 from mtl_lora_vl.benchmark import BenchSettings, run_benchmark
 from mtl_lora_vl.benchmark import cli as bench_cli
+from mtl_lora_vl.benchmark import command as bench_command
 from mtl_lora_vl.benchmark.grid import RunSpec, method_configs
 from mtl_lora_vl.benchmark.report import render
 from mtl_lora_vl.benchmark.runner import Runner
@@ -102,7 +103,7 @@ def test_ctrl_c_in_a_run_stops_the_grid_and_is_not_a_failure(tmp_path):
 
 
 def test_the_command_exits_1_when_runs_failed(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench_cli, "run_benchmark", lambda *a, **k: {"failed": [{"label": "x"}]})
+    monkeypatch.setattr(bench_command, "run_benchmark", lambda *a, **k: {"failed": [{"label": "x"}]})
     assert bench_cli.main(["--out", str(tmp_path / "o"), "--retry-failed"]) == 1
     assert "1 run(s) failed (see the report); rerun with --retry-failed" in capsys.readouterr().err
 

@@ -690,12 +690,13 @@ def test_a_run_out_of_memory_is_one_line_naming_the_run(tmp_path, capsys, monkey
     """A run that ran out of host memory (MemoryError: numpy's 'Unable to allocate', torch's CPU allocator) ended
     bench with a traceback and exit status 1, where CUDA's out of memory (a RuntimeError) was one line and 2."""
     import mtl_lora_vl.benchmark.cli as cli_mod
+    import mtl_lora_vl.benchmark.command as command_mod
 
     def out_of_memory(opts: TrainOptions) -> Path:
         raise MemoryError("Unable to allocate 3.2 GiB for an array (test)")
 
-    real = cli_mod.run_benchmark
-    monkeypatch.setattr(cli_mod, "run_benchmark", lambda *a, **k: real(*a, **k, trainer=out_of_memory,
+    real = command_mod.run_benchmark
+    monkeypatch.setattr(command_mod, "run_benchmark", lambda *a, **k: real(*a, **k, trainer=out_of_memory,
                                                                             stream=io.StringIO()))
     spec = _small_spec(tmp_path / "specs", "vqa")
     argv = ["--out", str(tmp_path / "b"), "--tasks", spec, "--methods", "mtl_lora", "--no-ablations", "--seeds", "1",

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-import mtl_lora_vl.benchmark.cli as cli_module
+import mtl_lora_vl.benchmark.command as command_module
 from mtl_lora_vl.benchmark.cli import main
 from mtl_lora_vl.distributed import DistInfo, node_cores
 
@@ -19,7 +19,7 @@ def _reached(*args, **kwargs):
 
 
 def test_threads_beyond_the_usable_cores_are_refused(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli_module, "run_benchmark", _reached)
+    monkeypatch.setattr(command_module, "run_benchmark", _reached)
     cores = node_cores(DistInfo())[0]
     old = torch.get_num_threads()
     for given in (cores + 1, 100000):

@@ -5,8 +5,10 @@ adapters, ``cli/__init__`` the train, eval and export commands): 4-8 s of torch 
 busy machine before a line was printed. The package root's and ``cli``'s public names are imported when first
 read now (``lazy_names``), and the commands import their work once their options are read.
 
-``export`` (and ``scripts/export_merged.py``) still took 5-15 s: the export command's module imported io and the
-backbones. Its work is imported when it runs now.
+``export`` and ``bench`` (and ``scripts/export_merged.py``, ``scripts/bench_methods.py``) still took 5-15 s: the export
+command's module imported io and the backbones, ``mtl_lora_vl.benchmark`` the grid runner and torch, and the bench
+parser's defaults (``grid``) imported torch through ``distributed``, for a core count. Their work is imported when they
+run now.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import mtl_lora_vl
+import mtl_lora_vl.benchmark
 import mtl_lora_vl.cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,6 +49,10 @@ def _imported(cmd: list[str]) -> tuple[subprocess.CompletedProcess, set[str]]:
     (["-m", "mtl_lora_vl", "export", "--taks", "vqa"], 2, "--taks (did you mean --task?)"),
     ([str(REPO / "scripts" / "export_merged.py"), "--help"], 0, "usage: export_merged.py"),
     ([str(REPO / "scripts" / "export_merged.py"), "--adaptr", "x"], 2, "--adaptr (did you mean --adapter?)"),
+    (["-m", "mtl_lora_vl", "bench", "--help"], 0, "usage: python -m mtl_lora_vl bench"),
+    (["-m", "mtl_lora_vl", "bench", "--seed", "3"], 2, "--seed (did you mean --seeds?)"),
+    (["-m", "mtl_lora_vl", "bench", "--threads", "100000"], 2, "give --threads between 1 and"),
+    ([str(REPO / "scripts" / "bench_methods.py"), "--help"], 0, "usage: bench_methods.py"),
 ])
 def test_help_and_option_errors_import_no_model_library(cmd, code, says):
     done, names = _imported(cmd)
@@ -58,7 +65,7 @@ def test_help_and_option_errors_import_no_model_library(cmd, code, says):
 def test_lazy_names_are_the_public_api():
     """Every name of ``__all__`` is there (imported on first read), the type checkers' imports name the same
     ones, submodules still read as attributes, and a wrong name is an AttributeError."""
-    for package in (mtl_lora_vl, mtl_lora_vl.cli):
+    for package in (mtl_lora_vl, mtl_lora_vl.cli, mtl_lora_vl.benchmark):
         for name in package.__all__:
             assert getattr(package, name) is not None
         assert set(package.__all__) <= set(dir(package))
@@ -70,6 +77,8 @@ def test_lazy_names_are_the_public_api():
     assert mtl_lora_vl.backbones.load_backbone.__name__ == "load_backbone"
     from mtl_lora_vl.cli import export_main
     assert export_main.__module__ == "mtl_lora_vl.cli.export"
+    assert mtl_lora_vl.benchmark.main.__module__ == "mtl_lora_vl.benchmark.cli"
+    assert mtl_lora_vl.benchmark.run_benchmark.__name__ == "run_benchmark"
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         mtl_lora_vl.no_such_name  # noqa: B018
     with pytest.raises(ImportError):

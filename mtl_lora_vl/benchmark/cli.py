@@ -1,22 +1,24 @@
 """``bench_methods``: the command line of the method benchmark (``scripts/bench_methods.py`` and
-``mtl-lora-vl bench``, which both call :func:`main`)."""
+``mtl-lora-vl bench``, which both call :func:`main`).
+
+Reading the options (and ``--help``, and refusing a bad flag) imports neither torch nor the model libraries: what the
+command does once they are read (:data:`RUN`, in :mod:`.command`) is imported then.
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import os
-import sys
-
-import torch
 
 from ..cli.parsing import add_logging_flags, closest_flag, log_level
 from ..config import LAMBDA_TYPES
-from ..distributed import DistInfo, node_cores
-from ..log import cli_logging, debug_tracebacks
-from .bench import BenchDirError, run_benchmark
+from ..cores import local_cores
+from ..lazy_names import imported
 from .grid import DEFAULT_ABLATIONS, METHODS, BenchSettings
+
+#: What the command does once its options are read (torch's threads, the grid, one line per error), imported then:
+#: torch, the trainer and the backbones take seconds to import.
+RUN = "mtl_lora_vl.benchmark.command:run"
 
 #: How each ablatable option's values are read from ``--ablate``, and what a value must satisfy.
 _ABLATE_TYPES = {"lambda_type": (str, lambda v: v in LAMBDA_TYPES, f"one of {list(LAMBDA_TYPES)}"),
@@ -146,44 +148,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         parser.error("unrecognized arguments: " + " ".join(_with_hints(unknown, parser)))
     if args.threads < 1:   # was silently 1
         parser.error(f"--threads: must be >= 1, got {args.threads}")
-    cores = node_cores(DistInfo())[0]
+    cores = local_cores()[0]   # (node_cores(DistInfo())[0]: bench runs in one process)
     if args.threads > cores:   # (--threads 100000 stopped the first run with a tokenizer's error on starting threads)
         parser.error(f"--threads {args.threads}: this process may use {cores} core(s) of this machine, and torch's "
                      "threads beyond them only compete for the cores (thousands exhaust the process's threads); give "
                      f"--threads between 1 and {cores}")
     level = log_level(parser, args)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
     # Started by `mtl-lora-vl bench` (a prog) or given a logging flag: log to stderr as the other commands do.
     flagged = args.verbose or args.quiet or args.log_level is not None
-    try:
-        with cli_logging(level) if prog is not None or flagged else contextlib.nullcontext():
-            return _run(args, traceback=level == "debug")
-    finally:
-        torch.set_num_threads(threads)   # a caller in the same process keeps its own
-
-
-def _run(args: argparse.Namespace, traceback: bool = False) -> int:
-    try:
-        settings = settings_from_args(args)
-        results = run_benchmark(settings, os.path.expanduser(args.out), overwrite=args.overwrite,
-                                retry_failed=args.retry_failed)
-    except KeyboardInterrupt as e:
-        print(f"[bench] stopped; rerun the same command to continue ({args.out})", file=sys.stderr)
-        return getattr(e, "exit_code", 130)   # 143 when SIGTERM stopped a run
-    # (a bad --device: RuntimeError; a run out of memory: torch.OutOfMemoryError, a RuntimeError, or MemoryError)
-    except (BenchDirError, ValueError, RuntimeError, OSError, ImportError, MemoryError) as e:
-        if debug_tracebacks():
-            raise
-        if traceback:   # -v: the error's traceback, as the other commands print it
-            import traceback as tb
-
-            tb.print_exc()
-        notes = "".join(f" ({n})" for n in getattr(e, "__notes__", ()))
-        print(f"[mtl-lora-vl] error: {e}{notes}", file=sys.stderr)   # as the other commands print it
-        return 2
-    if results["failed"]:   # the report is written; a script must still see that runs are missing
-        print(f"[bench] {len(results['failed'])} run(s) failed (see the report); rerun with --retry-failed to run "
-              "them again", file=sys.stderr)
-        return 1
-    return 0
+    return imported(RUN)(args, level, logged=prog is not None or flagged)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..config import MTLLoRAConfig
-from ..distributed import DistInfo, check_workers
+from ..cores import check_local_workers
 from ..options import TrainOptions
 
 METHODS = ("lora", "task_lora", "multi_lora", "moe_lora", "mtl_lora")
@@ -104,7 +104,7 @@ class BenchSettings:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < -1:
             raise ValueError(f"--workers must be an integer >= -1 (-1 = the cores' share, 0 = in the main process), "
                              f"got {self.workers!r}")   # (the first run refused it, after the grid's folder was made)
-        check_workers(self.workers, DistInfo())
+        check_local_workers(self.workers)   # (as check_workers with one process)
 
     def _validate_ablations(self) -> None:
         """Each ablation value as the trainer would check it, and one run folder per value -- before
