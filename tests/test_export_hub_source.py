@@ -7,6 +7,7 @@ at once, naming source_dir."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -145,3 +146,19 @@ def test_a_hub_id_model_whose_only_cached_revision_is_not_main_takes_that_snapsh
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
     out = mlv.save_merged(_loaded(hub, "org/tiny-clip", "v1"), "a", tmp_path / "merged")
     assert json.loads((out / "tokenizer.json").read_text()) == {"ref": "v1"}
+
+
+def test_a_main_snapshot_holding_only_the_models_files_is_refused_without_a_warning_that_it_was_taken(
+        tmp_path, monkeypatch):
+    """Several revisions cached, main's holding only the model's config and weights: save_merged warned that main's
+    processor files were taken, then refused main as holding none. Refused alone now."""
+    hub = tmp_path / "hub"
+    _revisions(hub, "org/tiny-clip", {"main": "2" * 40, "v1": "1" * 40})
+    (hub / "models--org--tiny-clip" / "snapshots" / ("2" * 40) / "tokenizer.json").unlink()
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    model = _loaded(hub, "org/tiny-clip", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"holds only the model's config and weights.*pass source_dir="):
+            mlv.save_merged(model, "a", tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()

@@ -29,14 +29,14 @@ def source_folder(model: nn.Module, out: str | Path) -> Path | None:
     cache (the revision it was loaded at, or its only snapshot there; no network). None for a model built from a
     config (no files to take). A model loaded from a folder or hub id that cannot be found, or whose cached snapshot
     holds nothing to copy (the model alone was downloaded, not its processor), is refused: the merged folder would
-    hold no processor files and fail only when loaded; so is a hub id with several snapshots cached, one of which
-    the model was loaded at (:func:`_loaded_snapshot`)."""
+    hold no processor files and fail only when loaded; so is a hub id with several snapshots cached and no
+    ``main`` (:func:`_loaded_snapshot`)."""
     name = getattr(model, "name_or_path", "") or ""
     folder = loaded_from(model)
     if not name or folder is not None:
         return folder
     snapshot = _loaded_snapshot(model, name, out)
-    if snapshot is not None and any(f.is_file() and not _model_file(f) for f in snapshot.iterdir()):
+    if snapshot is not None and _has_processor_files(snapshot):
         return snapshot
     if snapshot is not None:   # (from_pretrained of the model alone downloads no processor file)
         where = f"a hub id whose snapshot in the local hub cache ({snapshot}) holds only the model's config and weights"
@@ -66,6 +66,8 @@ def _loaded_snapshot(model: nn.Module, name: str, out: str | Path) -> Path | Non
     main = cached_hub_snapshot(name)
     advice = ("pass source_dir= the snapshot of the revision the model was loaded at, e.g. "
               f"huggingface_hub.snapshot_download({name!r}, revision=REVISION, local_files_only=True)")
+    if main is not None and not _has_processor_files(main):
+        return main   # (refused by the caller as holding none: no warning that its files are taken)
     if main is not None:
         warn_user(f"save_merged: {out}: the model was loaded from the hub id {name!r} and records no revision "
                   "(transformers keeps none on a loaded model); its processor and tokenizer files are taken from "
@@ -76,6 +78,11 @@ def _loaded_snapshot(model: nn.Module, name: str, out: str | Path) -> Path | Non
                      f"(transformers keeps none on a loaded model), but the local hub cache holds {len(snapshots)} "
                      f"snapshots of it and no 'main', whose processor and tokenizer files may differ: {listed}. "
                      f"Which one it was loaded at cannot be known; {advice}")
+
+
+def _has_processor_files(snapshot: Path) -> bool:
+    """Whether ``snapshot`` holds a file not the model's own (:func:`_model_file`): a processor's, a tokenizer's."""
+    return any(f.is_file() and not _model_file(f) for f in snapshot.iterdir())
 
 
 def _model_file(f: Path) -> bool:
