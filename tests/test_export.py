@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import llava_inputs, tiny_hf_clip, tiny_llava, tiny_open_clip, tiny_timm_vit
+from safetensors.torch import load_file
 from test_adapter_io import _fresh, _hf_run, _llava_run, _oc_run, _outputs, _randomize, _trained  # noqa: F401
 from torch import nn
 
 import mtl_lora_vl as mlv
+from mtl_lora_vl.adapters.attach import attach_info
 from mtl_lora_vl.io import ADAPTER_CONFIG, AdapterFileError, apply_plain_lora
+from mtl_lora_vl.io.exports import PLAIN_WEIGHTS
 
 TASKS = ["vqa", "retrieval", "cls"]
 REPO = Path(__file__).resolve().parent.parent
@@ -304,6 +307,35 @@ def test_plain_lora_on_a_float64_base_keeps_its_weights_in_float64(tmp_path):
         for i in range(2):
             torch.testing.assert_close(fresh[i].weight, merged[i].weight, atol=1e-15, rtol=0)
         torch.testing.assert_close(fresh(x), routed, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_base_gets_the_update_summed_in_fp32_and_rounded_once(tmp_path, dtype):
+    """``merge``, ``merged_state_dict`` and ``apply_plain_lora`` add a task's fp32 update to a bf16 / fp16 weight in
+    fp32 and round the sum once (``fold_dtype.folded``). Summed in the weight's dtype, the update is rounded first and
+    some merged values land a step off; no test told the two apart (helper 485: ``folded`` summing in the weight's
+    dtype passed test_attach and test_export), so the fold of a half-precision base is checked bit for bit here."""
+    torch.manual_seed(0)
+    model = mlv.attach(nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 8)).to(dtype),
+                       mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, alpha=8, targets={"image": [r"^\d$"]}))
+    _randomize(model)
+    base = [model[i].weight.detach().clone() for i in range(2)]
+    deltas = [attach_info(model).layers[str(i)].delta_weight(1, dtype) for i in range(2)]
+    assert {d.dtype for d in deltas} == {torch.float32}
+    want = [(w.float() + d).to(dtype) for w, d in zip(base, deltas)]
+    assert any(not torch.equal(w + d.to(dtype), x) for w, d, x in zip(base, deltas, want))   # (the narrow sum differs)
+    merged_sd = mlv.merged_state_dict(model, "b")
+    path = mlv.export_lora(model, "b", tmp_path / "plain", format="plain")
+    mlv.merge(model, "b")
+    for i in range(2):
+        assert torch.equal(merged_sd[f"{i}.weight"], want[i]) and torch.equal(model[i].weight, want[i])
+    plain = load_file(str(path / PLAIN_WEIGHTS))
+    torch.manual_seed(0)
+    fresh = apply_plain_lora(nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 8)).to(dtype), path)
+    for i in range(2):
+        B, A = plain[f"{i}.lora_B"], plain[f"{i}.lora_A"]
+        assert B.dtype == A.dtype == torch.float32
+        assert torch.equal(fresh[i].weight, (base[i].float() + B @ A).to(dtype))
 
 
 def test_a_config_from_a_newer_package_says_to_upgrade(tmp_path):
