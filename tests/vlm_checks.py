@@ -238,6 +238,7 @@ def assert_exported_peft_matches(model: torch.nn.Module, make_fresh: Callable[[]
     torch.manual_seed(0)
     assert_peft_export_matches(model, make_fresh(), folder, x)
 
+
 def assert_merged_checkpoint_matches(m: torch.nn.Module, model_class: type, x: dict, folder, atol: float = 1e-5
                                      ) -> None:
     """``save_merged(m, "b", folder)`` loads with ``model_class.from_pretrained`` with no adapter tensors, and gives
