@@ -56,3 +56,23 @@ def test_rows_of_the_kind_still_build(tmp_path, clip):
     captions = _read(tmp_path, [{"caption": "a red square"}, {"caption": "a blue square"}])
     assert build_kind(resolve_tasks("retrieval")[0], captions, clip).name == "retrieval"
     assert build_kind(resolve_tasks("vqa")[0], _read(tmp_path, QUESTIONS), clip).name == "vqa"
+
+
+# COCO-style caption rows that also carry a 'question' field (no answers): read as VQA rows all the same, whose text is
+# the question; answers alone did not tell them from caption rows, so retrieval trained on the questions silently
+UNANSWERED = [{"caption": f"a {c} square", "question": "what is it?", "label": c} for c in ("red", "blue")]
+
+
+def test_retrieval_on_unanswered_question_rows_is_refused_not_trained_on_the_questions(tmp_path, clip):
+    split = _read(tmp_path, UNANSWERED)
+    assert [ex.text for ex in split.examples] == ["what is it?"] * 2   # (the reader's rule, which the message names)
+    with pytest.raises(ValueError, match=r"task 'retrieval': training example 0 \(image '0.png'\) was read as a VQA "
+                                         r"row \(question 'what is it\?' and no answers; a row that gives 'question' "
+                                         "is read as VQA"):
+        build_kind(resolve_tasks("retrieval")[0], split, clip)
+
+
+def test_classification_on_unanswered_question_rows_names_them_vqa_rows_not_caption_rows(tmp_path, clip):
+    with pytest.raises(ValueError, match=r"task 'caption_cls': training example 0 \(image '0.png'\) was read as a VQA "
+                                         r"row \(question 'what is it\?' and no answers"):
+        build_kind(resolve_tasks("caption_cls")[0], _read(tmp_path, UNANSWERED), clip)

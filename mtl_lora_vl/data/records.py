@@ -106,13 +106,24 @@ def refuse_rows_of_another_kind(task: str, kind: str, split: Split, needs: str) 
     is a VQA row whatever else it holds, so a classification task on rows with ``question`` and ``label`` was told to
     list ``options.class_names``, and retrieval trained on the questions as its captions."""
     bad = next(((i, ex) for i, ex in enumerate(split.examples)
-                if (ex.label is None if needs == "label" else bool(ex.answers))), None)
+                if (ex.label is None if needs == "label" else is_question_row(ex))), None)
     if bad is None:
         return
     i, ex = bad
-    read_as = (f"a VQA row (question {ex.text!r} with answers; a row that gives 'question' is read as VQA, whatever "
-               "else it holds)" if ex.answers else "a caption row" if ex.text or ex.captions else "a row with no label")
+    read_as = (f"a VQA row (question {ex.text!r} {'with' if ex.answers else 'and no'} answers; a row that gives "
+               "'question' is read as VQA, whatever else it holds)" if is_question_row(ex)
+               else "a caption row" if ex.text or ex.captions else "a row with no label")
     fields = "'label'" if needs == "label" else "'text', 'caption' or 'captions'"
     raise ValueError(f"task {task!r}: training example {i} (image {ex.image_id!r}) was read as {read_as}, not a "
                      f"{kind} row; a {kind} task's rows give {fields} and no 'question': give the task a file of its "
                      "own rows (or leave the other kind's column out of its file)")
+
+
+#: ``Example.meta`` key a row reader sets on a row it read as VQA (its ``text`` the question) that gives no answers,
+#: which would otherwise look like a caption row (a caption row with an unrelated 'question' field is such a row).
+QUESTION_ROW = "question_row"
+
+
+def is_question_row(ex: Example) -> bool:
+    """Whether ``ex`` is a VQA row: it has answers, or a reader marked it one (:data:`QUESTION_ROW`)."""
+    return bool(ex.answers) or bool(ex.meta.get(QUESTION_ROW))

@@ -45,7 +45,7 @@ from .common import (
 from .csv_header import refuse_repeated_header
 from .images import ImageError
 from .list_cells import refuse_list_cells
-from .records import Example, Split
+from .records import QUESTION_ROW, Example, Split
 from .row_files import csv_rows, jsonl_rows
 from .row_keys import is_nan, no_id, plain, row_key
 
@@ -317,6 +317,8 @@ def examples_from_rows(
             answers = _answers(row.get("answers"), at(n))
             if check(p, at(n)):
                 meta = {k: row[k] for k in ("question_id",) if k in row}
+                if not answers:   # (its text, the question, then looked like a caption: answers tell the rest)
+                    meta[QUESTION_ROW] = True
                 if "filter_type" in row:
                     meta["filter_type"] = str(row["filter_type"] or "")
                 examples.append(Example(stored(p), image_id(row, n, p), text=str(row["question"]), answers=answers,
