@@ -76,3 +76,38 @@ def test_classification_on_unanswered_question_rows_names_them_vqa_rows_not_capt
     with pytest.raises(ValueError, match=r"task 'caption_cls': training example 0 \(image '0.png'\) was read as a VQA "
                                          r"row \(question 'what is it\?' and no answers"):
         build_kind(resolve_tasks("caption_cls")[0], _read(tmp_path, UNANSWERED), clip)
+
+
+def _shared_table(tmp_path):
+    """A datasets table of VQA questions and captions, one row per image, shared by a VQA spec and a caption spec."""
+    datasets = pytest.importorskip("datasets", reason="the hf_datasets reader needs the optional `datasets` package")
+    images = [Image.new("RGB", (8, 8), (40 * i, 0, 0)) for i in range(2)]
+    text = datasets.Value("string")
+    features = datasets.Features({"image": datasets.Image(), "caption": text, "question": text,
+                                  "answers": datasets.Sequence(text)})
+    datasets.Dataset.from_dict({"image": images, "caption": ["a red square", "a blue square"],
+                                "question": ["what color is it?"] * 2, "answers": [["red"], ["blue"]]},
+                               features=features).save_to_disk(tmp_path / "shared")
+    return lambda **columns: read_split("hf_datasets", tmp_path, path="shared", **columns)
+
+
+def test_a_shared_table_is_told_the_columns_mapping_that_reads_it_as_the_tasks_rows(tmp_path, clip):
+    read = _shared_table(tmp_path)
+    spec = resolve_tasks("retrieval")[0]
+    spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, format="hf_datasets"))
+    with pytest.raises(ValueError, match=r"read as a VQA row .*: map only the task's own columns in its \[data\] "
+                                         r"section, e.g. columns = \{image = \"...\", caption = \"...\"\}, leaving "
+                                         "'question' out"):
+        build_kind(spec, read(), clip)
+    mapped = read(columns={"image": "image", "caption": "caption"})   # the fix the message gives
+    assert [ex.text for ex in mapped.examples] == ["a red square", "a blue square"]
+    assert build_kind(spec, mapped, clip).name == "retrieval"
+
+
+def test_a_reader_of_another_kinds_format_is_not_told_to_leave_a_column_out(tmp_path, clip):
+    spec = resolve_tasks("retrieval")[0]
+    spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, format="vqav2"))
+    with pytest.raises(ValueError, match=r"read as a VQA row .*: the vqav2 reader reads rows of another kind; give the "
+                                         "task data of its own kind") as e:
+        build_kind(spec, _read(tmp_path, QUESTIONS), clip)
+    assert "column" not in str(e.value)

@@ -100,11 +100,14 @@ def image_parts(ex: Example) -> list[Example]:
     return [Example(part, f"{ex.image_id}#{j}") for j, part in enumerate(ex.image)]
 
 
-def refuse_rows_of_another_kind(task: str, kind: str, split: Split, needs: str) -> None:
+def refuse_rows_of_another_kind(task: str, kind: str, split: Split, needs: str,
+                                data_format: str | None = None) -> None:
     """Refuse a training ``split`` whose rows a reader took for another kind's than ``task``'s (``needs``: ``"label"``
     for classification, ``"caption"`` for retrieval and captioning): a JSONL / CSV / table row holding a ``question``
     is a VQA row whatever else it holds, so a classification task on rows with ``question`` and ``label`` was told to
-    list ``options.class_names``, and retrieval trained on the questions as its captions."""
+    list ``options.class_names``, and retrieval trained on the questions as its captions. ``data_format`` (the spec's
+    ``[data] format``) picks the fix the message gives: a table's ``columns`` mapping (one table can serve a VQA task
+    and this one), a file of the task's own rows, or another format for a reader whose rows are all of another kind."""
     bad = next(((i, ex) for i, ex in enumerate(split.examples)
                 if (ex.label is None if needs == "label" else is_question_row(ex))), None)
     if bad is None:
@@ -114,9 +117,16 @@ def refuse_rows_of_another_kind(task: str, kind: str, split: Split, needs: str) 
                "'question' is read as VQA, whatever else it holds)" if is_question_row(ex)
                else "a caption row" if ex.text or ex.captions else "a row with no label")
     fields = "'label'" if needs == "label" else "'text', 'caption' or 'captions'"
+    if data_format == "hf_datasets":   # (columns given map only those fields: the table's 'question' is not read)
+        fix = (f"map only the task's own columns in its [data] section, e.g. columns = {{image = \"...\", {needs} = "
+               "\"...\"}, leaving 'question' out (one table can serve both tasks)")
+    elif data_format in (None, "jsonl", "csv"):
+        fix = "give the task a file of its own rows (or leave the other kind's column out of its file)"
+    else:
+        fix = (f"the {data_format} reader reads rows of another kind; give the task data of its own kind (e.g. jsonl "
+               f"rows giving 'image' and {fields})")
     raise ValueError(f"task {task!r}: training example {i} (image {ex.image_id!r}) was read as {read_as}, not a "
-                     f"{kind} row; a {kind} task's rows give {fields} and no 'question': give the task a file of its "
-                     "own rows (or leave the other kind's column out of its file)")
+                     f"{kind} row; a {kind} task's rows give {fields} and no 'question': {fix}")
 
 
 #: ``Example.meta`` key a row reader sets on a row it read as VQA (its ``text`` the question) that gives no answers,

@@ -385,7 +385,7 @@ def require_captions(spec: TaskSpec, train: Split | None) -> None:
     given): a blank one trained an empty target (the end token at once, after a lone space token)."""
     if train is None:
         return
-    refuse_rows_of_another_kind(spec.name, spec.kind, train, "caption")   # (a VQA row's text is its question)
+    refuse_rows_of_another_kind(spec.name, spec.kind, train, "caption", spec.data.format)   # (a VQA row: its question)
     if not any(ex.text or ex.captions for ex in train.examples):
         raise ValueError(f"task {spec.name!r}: {spec.kind} needs captions, but no training example has text")
     i, ex = next(((i, ex) for i, ex in enumerate(train.examples) if _caption(ex) is None), (None, None))

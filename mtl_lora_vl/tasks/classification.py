@@ -159,7 +159,7 @@ class ClassificationKind(TaskKind):
             self._check_targets()
             self._check_distinct_targets(backbone, refuse=False)   # (trained so: its scores still said to tie)
             return
-        refuse_rows_of_another_kind(spec.name, spec.kind, train, "label")
+        refuse_rows_of_another_kind(spec.name, spec.kind, train, "label", spec.data.format)
         names = spec.options["class_names"]
         if not names:
             if not train.class_names:
