@@ -248,3 +248,28 @@ def test_a_plain_file_beside_hub_shards_of_its_split_is_read_and_longer_shards_a
     assert len(split.examples) == 3 and _configs(split) == {"shard", "plain"}
     assert "split 'train' is read without the file(s) ['train_hard-00000-of-00001.parquet'], named for the longer " \
            "split(s) ['train_hard']" in caplog.text
+
+
+@pytest.mark.parametrize("folders", [("train0", "train1"), ("train_0", "train_1"), ("train-00", "train 01")])
+def test_shard_numbers_joined_to_a_split_folder_are_shards_and_years_are_splits(tmp_path, folders):
+    """train0/ + train1/ (or train_0/ + train_1/) were refused as the two splits 'train0' / 'train1', where
+    ``datasets`` reads them as 'train' (and a file train0.parquet is 'train' here): a shard number after a folder's
+    split name is dropped as after a file's; a year (val2014/ beside val2017/) still names a split of its own."""
+    root, cache = tmp_path / "root", str(tmp_path / "cache")
+    for folder in folders:
+        _write(root / "ds" / folder / "0.parquet", "train", 1)
+    _write(root / "ds" / "test_hard" / "0.parquet", "hard", 1)
+    _write(root / "ds" / "train_hard" / "0.parquet", "hard", 1)   # a split of its own: left out beside train0/
+    split = read_split("hf_datasets", root, path="ds", split="train", cache_dir=cache)
+    assert len(split.examples) == 2 and _configs(split) == {"train"}
+    assert _configs(read_split("hf_datasets", root, path="ds", split="train_hard", cache_dir=cache)) == {"hard"}
+    for folder in folders:
+        _write(root / "one" / folder / "0.parquet", "train", 1)
+    assert len(read_split("hf_datasets", root, path="one", cache_dir=cache).examples) == 2   # one split, no split =
+    for year in ("val2014", "val_2017"):
+        _write(root / "coco" / year / "0.parquet", year)
+    with pytest.raises(ValueError, match=r"named for the splits \['val2014', 'val_2017'\]"):
+        read_split("hf_datasets", root, path="coco", split="val", cache_dir=cache)
+    with pytest.raises(ValueError, match=r"hold the splits \['val2014', 'val_2017'\]"):
+        read_split("hf_datasets", root, path="coco", cache_dir=cache)
+    assert _configs(read_split("hf_datasets", root, path="coco", split="val2014", cache_dir=cache)) == {"val2014"}

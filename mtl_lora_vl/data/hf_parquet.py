@@ -7,8 +7,9 @@ alone beside ``test_hard/``; a folder naming it only in part, ``val2014/``, is r
 only one, and refused beside another, ``val2017/``, as MNLI's ``test_matched/`` beside ``test_mismatched/`` is; a
 file's own name likewise: ``test_matched.parquet`` beside ``test_mismatched.parquet`` is refused for "test", and
 ``test_hard.parquet`` is left out beside ``test-0.parquet``, as ``test_hard/`` is beside
-``test.parquet``; digits joined on are a shard number, ``train0.parquet`` + ``train1.parquet`` the split "train", but
-a year names a split, ``val2014.parquet`` beside ``val2017.parquet`` refused as ``val2014/`` beside ``val2017/``). A
+``test.parquet``; digits joined on are a shard number, ``train0.parquet`` + ``train1.parquet`` the split "train", as
+are the folders ``train0/`` + ``train1/`` or ``train_0/`` + ``train_1/``, but a year names a split, ``val2014.parquet``
+beside ``val2017.parquet`` refused as ``val2014/`` beside ``val2017/``). A
 split whose files lie in several config folders (``en/train-...`` beside ``de/train-...``) is refused, naming them,
 rather than read as one split of mixed rows.
 """
@@ -46,10 +47,27 @@ def _shard_split(f: Path) -> str | None:
 
 
 def _split_folder(f: Path, base: Path, split: str) -> str | None:
-    """The name of the first folder of parquet file ``f`` under ``base`` that names ``split`` (whole, ``test/``, or
-    in part, ``test_matched/``, ``val2014/``); None where none does."""
+    """The split the first folder of parquet file ``f`` under ``base`` that names ``split`` gives (whole, ``test/``,
+    or in part, ``test_matched/``, ``val2014/``; ``train0/``, ``train_1/``: "train", :func:`_folder_name_split`);
+    None where none does."""
     alone = re.compile(rf"(?:^|[-._ 0-9]){re.escape(split)}(?:[-._ 0-9]|$)")
-    return next((part for part in f.relative_to(base).parent.parts if alone.search(part)), None)
+    return next((_folder_name_split(part, split) for part in f.relative_to(base).parent.parts if alone.search(part)),
+                None)
+
+
+def _folder_name_split(part: str, split: str) -> str:
+    """The split a folder named ``part`` (naming ``split``) gives: its whole name (``test/``, ``test_matched/``,
+    ``val2014/``, ``val_2017/``), less a shard number after the split's name (``train0/``, ``train_1/``, ``train-01/``:
+    "train", as ``datasets`` reads them and :func:`_file_split` reads ``train0.parquet``; a year is no shard number,
+    :func:`_shard_number`)."""
+    m = re.fullmatch(rf"(.*(?<![^-._ 0-9]){re.escape(split)})[-._ ]?([0-9]+)", part)
+    return m.group(1) if m is not None and _shard_number(m.group(2)) else part
+
+
+def _whole_folder(f: Path, base: Path, split: str) -> bool:
+    """Whether a folder of parquet file ``f`` under ``base`` is named ``split`` whole (``test/``; ``train0/``, a
+    shard of "train"), not in part (``test_hard/``)."""
+    return any(_folder_name_split(part, split) == split for part in f.relative_to(base).parent.parts)
 
 
 def _folder_split(f: Path, base: Path) -> str | None:
@@ -152,11 +170,11 @@ def _longer_names(base: Path, mine: list[Path], by_name: list[Path], split: str)
     beside it: "test_hard", left out with the note)."""
     plain = {f: _shard_split(f) or _file_split(f, split) for f in by_name}   # (a hub shard's name: its split, whole)
     folders = {f: _split_folder(f, base, split) for f in mine if f not in by_name}
-    whole = split in plain.values() or any(split in f.relative_to(base).parent.parts for f in folders)
+    whole = split in plain.values() or any(_whole_folder(f, base, split) for f in folders)
     longer = {f: n for f, n in plain.items() if n is not None and n != split}
     if whole:   # (test.parquet beside test_hard/0.parquet too: the folder's files are test_hard's)
         longer.update({f: d for f, d in folders.items()
-                       if d is not None and split not in f.relative_to(base).parent.parts})
+                       if d is not None and not _whole_folder(f, base, split)})
         if longer:
             logger.info("hf_datasets %s: split %r is read without the file(s) %s, named for the longer split(s) %s",
                         base, split, sorted(str(f.relative_to(base)) for f in longer), sorted(set(longer.values())))
@@ -248,8 +266,8 @@ def parquet_files(base: Path, split: str | None) -> list[str]:
     mine = [f for f in files if _in_split(f, base, split)]
     # a file in a folder of the split (test/data-00000-of-00001) is the split's whatever its shard name
     by_name = [f for f in mine if not _in_split(f.parent, base, split)]
-    if any(split in f.relative_to(base).parent.parts for f in mine):   # test/ beside test_hard/: test/ alone, as
-        mine = [f for f in mine if f in by_name or split in f.relative_to(base).parent.parts]   # the shards below
+    if any(_whole_folder(f, base, split) for f in mine):   # test/ beside test_hard/: test/ alone, as
+        mine = [f for f in mine if f in by_name or _whole_folder(f, base, split)]   # the shards below
     shards = sorted({n for n in map(_shard_split, by_name) if n is not None})
     if split not in shards and len(shards) > 1:   # (test-00000-of-00001 beside test_hard-00000-of-00001: the first
         #   alone, as datasets reads it, test_hard's left out with a note in _longer_names; train_0.parquet beside
