@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..cli.parsing import add_logging_flags, closest_flag, log_level
+from ..cli.flag_hints import unknown_flag_hints
+from ..cli.parsing import add_logging_flags, log_level
 from ..config import LAMBDA_TYPES
 from ..cores import local_cores
 from ..lazy_names import imported
@@ -136,7 +137,9 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
 def _with_hints(tokens: list[str], parser: argparse.ArgumentParser) -> list[str]:
     """Unknown command-line tokens, each flag followed by the closest option's name when one is close."""
     flags = [*("--" + name.replace("_", "-") for name in vars(parser.parse_args([]))), "--help"]
-    return [f"{tok} (did you mean {close}?)" if (close := closest_flag(tok, flags)) else tok for tok in tokens]
+    switches = [s for a in parser._actions if a.nargs == 0 for s in a.option_strings]   # (store_true, --help)
+    return [f"{tok} (did you mean {close}?)" if close else tok
+            for tok, close in unknown_flag_hints(tokens, flags, switches)]
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -43,8 +43,9 @@ from ..config import unrepeated_keys
 from ..log import LEVELS
 from ..options import ADAPTER_SHAPE, RESOLVED, describe_allowed, field_types, non_none, out_of_range, range_text
 from ..whole_files import FileTooLarge, read_whole
+from .flag_hints import unknown_flag_hints
 
-__all__ = ["build_parser", "closest_flag", "parse_options", "parse_options_given", "read_config"]
+__all__ = ["build_parser", "parse_options", "parse_options_given", "read_config"]
 
 
 def flag(name: str) -> str:
@@ -145,16 +146,6 @@ def _dashes(cls: type, argv: list[str]) -> list[str]:
     return out
 
 
-def closest_flag(token: str, flags: Sequence[str]) -> str | None:
-    """The flag of ``flags`` closest to an unknown command-line ``token`` (``--name`` or ``--name=value``),
-    or None when none is close or the token is not an unknown flag: the did-you-mean of every command."""
-    name = token.partition("=")[0]
-    if not name.startswith("--") or name in flags:
-        return None
-    close = difflib.get_close_matches(name, flags, n=1)
-    return close[0] if close else None
-
-
 def _parse(parser: ArgumentParser, cls: type, argv: list[str]) -> Any:
     """Parse the command line; a bad flag exits with a message naming it and what it accepts."""
     try:
@@ -168,8 +159,12 @@ def _parse(parser: ArgumentParser, cls: type, argv: list[str]) -> Any:
                               f"{_given_value(message)}")
         if message.startswith("unrecognized arguments:"):   # abbreviations are refused (jsonargparse 5 drops them)
             flags = [*_flags(cls), "--log-level", "--verbose", "--quiet", "--help"]
-            hints = [f"{tok.partition('=')[0]} (did you mean {close}?)" for tok in message.split(":", 1)[1].split()
-                     if (close := closest_flag(tok, flags))]
+            types_ = field_types(cls)
+            switches = [*(f for f, name in _flags(cls).items() if non_none(types_[name])[0] is bool),
+                        "--verbose", "--quiet", "--help"]
+            tokens = message.split(":", 1)[1].split()
+            hints = [f"{tok.partition('=')[0]} (did you mean {close}?)"
+                     for tok, close in unknown_flag_hints(tokens, flags, switches) if close]
             if hints:
                 message += "; " + "; ".join(hints) + "; options are spelt in full"
         _fail(parser, message)

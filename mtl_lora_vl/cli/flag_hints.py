@@ -1,0 +1,99 @@
+"""The did-you-mean of an unknown command-line flag, for every command (:func:`unknown_flag_hints`).
+
+The closest spelling alone (difflib's) named flags that look alike but mean something else: ``--checkpoint-every
+100`` was told ``--grad-checkpointing`` (a switch, which takes no number), ``--eval-steps`` ``--eval-split``,
+``--save-steps`` ``--steps``, ``--max-steps`` ``--max-bad-steps``, and ``--learning-rate`` / ``--output-dir`` nothing.
+A flag is read as words (``--eval-steps``: eval, steps), so that:
+
+- another tool's words for this package's (Hugging Face Trainer's ``--learning-rate``, ``--output-dir``,
+  ``--save-steps``, ``--num-train-epochs``) name the flag they mean, :data:`_SAME` and :data:`_FILLER`;
+- a typo given a value (``--x 100``, ``--x=100``) is never told a switch (a boolean or ``--no-...``), which takes
+  none, where a value would not be ``true`` / ``false``;
+- otherwise the closest spelling (difflib's ratio >= 0.6), a flag sharing the typo's first or last word (not a
+  filler) counting 0.1 closer (``--eval-batch`` -> ``--eval-batch-size``, ``--max-steps`` -> ``--steps`` in a
+  command without ``--max-bad-steps``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from collections.abc import Collection, Sequence
+
+__all__ = ["closest_flag", "unknown_flag_hints"]
+
+#: Another tool's word (Hugging Face Trainer, PEFT, timm, Lightning) -> this package's words for it ("": left out).
+_SAME: dict[str, tuple[str, ...]] = {
+    "checkpoint": ("save", ""), "checkpoints": ("save", ""), "ckpt": ("save", ""),
+    "steps": ("every", ""), "step": ("steps", "every", ""),
+    "learning": ("lr",), "gradient": ("grad", ""), "grad": ("",), "accumulation": ("accumulate",),
+    "accum": ("accumulate",), "output": ("out",), "outdir": ("out",), "evaluation": ("eval",), "evaluate": ("eval",),
+    "logging": ("log",), "epoch": ("epochs",),
+}
+
+#: Words that name nothing of their own in another tool's flag (``--num-workers``, ``--lora-rank``, ``--seed-value``).
+_FILLER = frozenset({"num", "max", "total", "dir", "path", "rate", "value", "lora", "mixed", "train", "from", "of"})
+
+#: The values a switch (a boolean flag) takes after it.
+_SWITCH_VALUES = frozenset({"true", "false"})
+
+
+def _words(name: str) -> list[str]:
+    """``--eval_Steps`` -> ``["eval", "steps"]``."""
+    return [w for w in name.lstrip("-").lower().replace("_", "-").split("-") if w]
+
+
+def _alternatives(word: str) -> tuple[str, ...]:
+    """What ``word`` may stand for in this package's flags: itself, :data:`_SAME`'s, or nothing (a filler)."""
+    return (word, *_SAME.get(word, ()), *(("",) if word in _FILLER else ()))
+
+
+def _same_meaning(name: str, pool: Sequence[str]) -> str | None:
+    """The flag of ``pool`` that ``name``'s words spell with another tool's words read as this package's
+    (``--learning-rate`` -> ``--lr``, ``--save-steps`` -> ``--save-every``), the closest where several do."""
+    words = _words(name)[:6]
+    spelt = {"--" + "-".join(w for w in combo if w) for combo in itertools.product(*map(_alternatives, words))}
+    found = [f for f in pool if f in spelt and f != name]
+    return max(found, key=lambda f: difflib.SequenceMatcher(None, name, f).ratio()) if found else None
+
+
+def closest_flag(token: str, flags: Sequence[str], switches: Collection[str] = (),
+                 value: str | None = None) -> str | None:
+    """The flag of ``flags`` an unknown command-line ``token`` (``--name`` or ``--name=value``) most likely means,
+    or None when none is close or the token is not an unknown flag. ``switches``: the flags of ``flags`` that take
+    no value (or only true / false), never named for a token given another ``value`` (the next token, or after
+    ``=``). The words of another tool's flag name this package's (:func:`_same_meaning`); else the closest spelling
+    wins, a flag sharing the token's first or last word first."""
+    name, eq, given = token.partition("=")
+    if not name.startswith("--") or name in flags:
+        return None
+    value = given if eq else value
+    valued = value is not None and value.lower() not in _SWITCH_VALUES
+    pool = [f for f in flags if not (valued and f in switches)]
+    same = _same_meaning(name, pool)
+    if same is not None:
+        return same
+    words = _words(name)
+    if not words:
+        return None
+    first, last = (set(_alternatives(w)) - {""} if w not in _FILLER else set() for w in (words[0], words[-1]))
+    scored = []
+    for f in pool:
+        ratio = difflib.SequenceMatcher(None, name, f).ratio()
+        fw = _words(f) or [""]
+        if ratio >= 0.6:   # a shared first or last word outweighs a slightly closer spelling, not a much closer one
+            scored.append((ratio + 0.1 * (fw[0] in first or fw[-1] in last), f))
+    return max(scored)[1] if scored else None
+
+
+def unknown_flag_hints(tokens: Sequence[str], flags: Sequence[str],
+                       switches: Collection[str] = ()) -> list[tuple[str, str | None]]:
+    """Each of the unknown command-line ``tokens`` (as the parser lists them, values included) with the flag it
+    most likely means (:func:`closest_flag`; None for a value or where none is close); a token's value is the one
+    after it, unless that is a flag too."""
+    out = []
+    for i, tok in enumerate(tokens):
+        after = tokens[i + 1] if i + 1 < len(tokens) else None
+        value = after if after is not None and not after.startswith("--") else None
+        out.append((tok, closest_flag(tok, flags, switches, value)))
+    return out

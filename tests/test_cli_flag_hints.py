@@ -1,0 +1,80 @@
+"""The did-you-mean of a mistyped flag: difflib's closest spelling alone told ``--checkpoint-every 100``
+``--grad-checkpointing`` (a switch, taking no number), ``--eval-steps`` ``--eval-split``, ``--save-steps``
+``--steps``, ``--max-steps`` ``--max-bad-steps``, and ``--learning-rate`` / ``--output-dir`` nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from mtl_lora_vl.benchmark.cli import main as bench_main
+from mtl_lora_vl.cli import parse_eval_args, parse_train_args
+from mtl_lora_vl.cli.flag_hints import closest_flag
+
+
+def _hint(capsys, parse, argv: list[str]) -> str | None:
+    """The flag the refusal of ``argv`` suggests (None: no hint)."""
+    with pytest.raises(SystemExit) as info:
+        parse(argv)
+    assert info.value.code == 2
+    line = next(line for line in capsys.readouterr().err.splitlines() if "error:" in line)
+    assert "unrecognized arguments" in line
+    return line.split("(did you mean ")[1].split("?)")[0] if "(did you mean " in line else None
+
+
+#: Typos of train's flags, many of them another tool's spelling (Hugging Face Trainer's), and the flag meant.
+TRAIN_TYPOS = [
+    (["--checkpoint-every", "100"], "--save-every"),    # was --grad-checkpointing
+    (["--save-steps", "100"], "--save-every"),          # was --steps
+    (["--eval-steps", "100"], "--eval-every"),          # was --eval-split
+    (["--max-steps", "100"], "--steps"),                # was --max-bad-steps
+    (["--learning_rate", "1e-4"], "--lr"),              # was none
+    (["--learning-rate", "1e-4"], "--lr"),              # was none
+    (["--output-dir", "runs/x"], "--out"),              # was none
+    (["--grad-accum", "4"], "--accumulate"),            # was --grad-clip
+    (["--lr_rate", "1e-4"], "--lr"),
+    (["--batchsize", "8"], "--batch-size"),
+    (["--epoch", "2"], "--epochs"),
+    (["--num-epochs", "2"], "--epochs"),
+    (["--task", "vqa"], "--tasks"),
+    (["--output", "runs/x"], "--out"),
+    (["--warmup-steps", "10"], "--warmup"),
+    (["--lora-rank", "8"], "--rank"),
+    (["--lora_alpha", "16"], "--alpha"),
+    (["--num-workers", "4"], "--workers"),
+    (["--eval-batch", "8"], "--eval-batch-size"),
+    (["--mixed-precision", "bf16"], "--precision"),
+    (["--gradient-checkpointing"], "--grad-checkpointing"),
+    (["--checkpointing"], "--grad-checkpointing"),
+    (["--gradient-clip", "1"], "--grad-clip"),
+    (["--no-compiling"], "--no-compile"),
+    (["--step", "3"], "--steps"),
+    (["--batch=4"], "--batch-size"),
+    (["--verbos"], "--verbose"),
+    (["--lr-schedule", "cosine"], None),
+]
+
+
+@pytest.mark.parametrize("argv, meant", TRAIN_TYPOS, ids=[a[0] for a, _ in TRAIN_TYPOS])
+def test_a_mistyped_train_flag_is_told_the_flag_it_means(capsys, argv, meant):
+    assert _hint(capsys, parse_train_args, argv) == meant
+
+
+def test_other_commands_are_told_only_their_own_flags(capsys):
+    assert _hint(capsys, parse_eval_args, ["--output-dir", "x"]) == "--out"
+    assert _hint(capsys, parse_eval_args, ["--checkpoint-every", "100"]) is None   # eval saves nothing
+    assert _hint(capsys, parse_eval_args, ["--lr_rate", "1e-4"]) is None   # was --overwrite, a switch
+    with pytest.raises(SystemExit):
+        bench_main(["--max-steps", "5", "--output-dir", "x"])
+    err = capsys.readouterr().err
+    assert "--max-steps (did you mean --steps?) 5 --output-dir (did you mean --out?) x" in err
+
+
+def test_a_typo_given_a_value_is_never_told_a_switch():
+    flags = ["--compile", "--no-compile", "--grad-checkpointing", "--checkpoint-dir"]
+    switches = ["--compile", "--no-compile", "--grad-checkpointing"]
+    assert closest_flag("--checkpointing", flags, switches) == "--grad-checkpointing"
+    assert closest_flag("--checkpointing", flags, switches, value="true") == "--grad-checkpointing"
+    assert closest_flag("--checkpointing", flags, switches, value="100") == "--checkpoint-dir"
+    assert closest_flag("--checkpointing=100", flags, switches) == "--checkpoint-dir"
+    assert closest_flag("--compiles", flags, switches, value="fast") is None
+    assert closest_flag("--compiles", flags, switches) == "--compile"
