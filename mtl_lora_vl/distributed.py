@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from .cores import affinity, local_ranks, refuse_workers
+from .cores import affinity, cpu_quota, local_ranks, refuse_workers, usable_cores
 from .process_start import parent_died
 
 T = TypeVar("T")
@@ -276,18 +276,23 @@ def map_shards(fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> R:
     return [x for p in parts for x in p]  # type: ignore[return-value]
 
 
-def node_cores(info: DistInfo) -> tuple[int, int]:
+def node_cores(info: DistInfo, root: str | os.PathLike[str] = "/") -> tuple[int, int]:
     """(the cores the ranks on this machine may use between them, how many ranks run here). The cores are the
     union of those ranks' affinity masks: ranks that share one mask count it once, ranks a launcher pins to
-    cores of their own (srun --cpu-bind) count each. Every rank calls it (a gather) when the run has several."""
-    mask = affinity()
+    cores of their own (srun --cpu-bind) count each; capped, where every rank here has a CPU quota (a container's
+    ``--cpus``), by the quotas of their cgroups (ranks in one cgroup share one). Every rank calls it (a gather) when
+    the run has several; ``root`` is where the quota is read (:func:`.cores.cpu_quota`)."""
+    mask, quota = affinity(), cpu_quota(root)
     if not info.enabled:
-        return len(mask), local_ranks()
+        return usable_cores(mask, quota), local_ranks()
     parts: list[Any] = [None] * info.world_size
     me = _machine()
-    dist.all_gather_object(parts, (me, mask))
-    here = [m for machine, m in parts if machine == me]
-    return len({c for m in here for c in m}), len(here)
+    dist.all_gather_object(parts, (me, mask, None if quota is None else tuple(quota)))
+    here = [(m, q) for machine, m, q in parts if machine == me]
+    cores = len({c for m, _ in here for c in m})
+    if all(q is not None for _, q in here):
+        cores = max(1, min(cores, sum({cgroup: n for n, cgroup in (q for _, q in here)}.values())))
+    return cores, len(here)
 
 
 def check_workers(workers: int, info: DistInfo) -> None:

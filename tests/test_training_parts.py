@@ -567,6 +567,9 @@ def test_a_checkpoint_with_every_head_tensor_in_one_group_still_resumes():
 
 
 def test_default_workers_share_the_usable_cores_among_the_local_ranks(monkeypatch):
+    import mtl_lora_vl.distributed as dist_mod
+
+    monkeypatch.setattr(dist_mod, "cpu_quota", lambda root="/": None)   # (no CPU quota: tests/test_cpu_quota.py)
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
@@ -586,12 +589,13 @@ def test_default_workers_count_the_cores_of_ranks_pinned_to_their_own(monkeypatc
     host = socket.gethostname()
     masks = {r: list(range(4 * r, 4 * r + 4)) for r in range(4)}
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(masks[0]), raising=False)
+    monkeypatch.setattr(dist_mod, "cpu_quota", lambda root="/": None)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     monkeypatch.setenv("GROUP_RANK", "0")
 
     def gather(parts, mine, own=masks, other=("other-node", "1")):
-        assert mine == ((host, "0"), masks[0])
-        parts[:] = [((host, "0"), own[r]) for r in range(4)] + [(other, list(range(64)))] * 4
+        assert mine == ((host, "0"), masks[0], None)
+        parts[:] = [((host, "0"), own[r], None) for r in range(4)] + [(other, list(range(64)), None)] * 4
 
     monkeypatch.setattr(dist_mod.dist, "all_gather_object", gather)
     assert loading.default_workers(DistInfo(world_size=8)) == 3          # its own 4 cores less its trainer

@@ -16,7 +16,8 @@ logger = logging.getLogger(__name__)
 
 def default_workers(info: DistInfo) -> int:
     """Loader workers when not given: this rank's share of the cores the ranks on this machine may use
-    (their affinity masks, not the machine's count) left after one per rank, at most four."""
+    (their affinity masks capped by their CPU quotas, not the machine's count) left after one per rank, at most
+    four."""
     cores, local = node_cores(info)
     return max(0, min(4, (cores - local) // local))
 

@@ -1,0 +1,125 @@
+"""Loader workers and ``--workers`` / ``--threads`` limits count a container's CPU quota (helper 492).
+
+Only the affinity mask was counted: a container limited to 2 CPUs by a cgroup quota (``docker --cpus 2``) on a
+64-core host sees all 64 cores in its mask, so it took the default 4 loader workers and allowed ``--workers 256``.
+The cores now are min(mask, ceil(quota / period)), the quota read from cgroup v2 ``cpu.max`` or v1
+``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` of this process's cgroup and those above it, as loky counts them. The
+tests read fake ``/proc`` and ``/sys`` trees."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+import mtl_lora_vl.distributed as dist_mod
+from mtl_lora_vl.cores import CpuQuota, cpu_quota, local_cores, refuse_workers
+from mtl_lora_vl.distributed import DistInfo, node_cores
+from mtl_lora_vl.training import loading
+
+
+def _tree(root: Path, cgroup: str | None, files: dict[str, str]) -> Path:
+    """A fake root: ``/proc/self/cgroup`` (none when ``cgroup`` is None) and ``/sys/fs/cgroup/...`` files."""
+    if cgroup is not None:
+        (root / "proc/self").mkdir(parents=True)
+        (root / "proc/self/cgroup").write_text(cgroup)
+    for rel, text in files.items():
+        path = root / "sys/fs/cgroup" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    return root
+
+
+def _cores(quota: CpuQuota | None) -> int | None:
+    return None if quota is None else quota.cores
+
+
+@pytest.mark.parametrize(("text", "cores"), [("200000 100000", 2), ("150000 100000", 2), ("50000 100000", 1),
+                                             ("6400000 100000", 64), ("max 100000", None)])
+def test_cgroup_v2_cpu_max_in_a_container(tmp_path, text, cores):
+    root = _tree(tmp_path, "0::/\n", {"cpu.max": text})
+    assert _cores(cpu_quota(root)) == cores
+
+
+def test_cgroup_v2_a_parents_quota_binds_its_children(tmp_path):
+    root = _tree(tmp_path, "0::/jobs/run7\n", {"cpu.max": "max 100000", "jobs/cpu.max": "300000 100000",
+                                               "jobs/run7/cpu.max": "max 100000"})
+    assert cpu_quota(root) == CpuQuota(3, str(root / "sys/fs/cgroup/jobs"))
+    (root / "sys/fs/cgroup/jobs/run7/cpu.max").write_text("100000 100000\n")   # the tighter one counts
+    assert _cores(cpu_quota(root)) == 1
+
+
+def test_cgroup_v2_the_process_own_cgroup_not_the_top(tmp_path):
+    # the top of a host's hierarchy sets none; this process's slice does (what loky, reading only the top, misses)
+    root = _tree(tmp_path, "0::/user.slice/job.scope\n", {"cpu.max": "max 100000",
+                                                         "user.slice/job.scope/cpu.max": "400000 100000"})
+    assert _cores(cpu_quota(root)) == 4
+
+
+@pytest.mark.parametrize(("quota", "cores"), [("200000", 2), ("-1", None)])
+def test_cgroup_v1_cfs_quota(tmp_path, quota, cores):
+    # a docker v1 container: /proc/self/cgroup names its host path, the mount shows that cgroup at its top
+    root = _tree(tmp_path, "5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n3:cpuset:/docker/abc\n",
+                 {"cpu,cpuacct/cpu.cfs_quota_us": quota, "cpu,cpuacct/cpu.cfs_period_us": "100000"})
+    assert _cores(cpu_quota(root)) == cores
+
+
+def test_cgroup_v1_mounted_as_cpu(tmp_path):
+    root = _tree(tmp_path, "4:cpu,cpuacct:/batch\n", {"cpu/batch/cpu.cfs_quota_us": "250000",
+                                                      "cpu/batch/cpu.cfs_period_us": "100000"})
+    assert _cores(cpu_quota(root)) == 3
+
+
+def test_without_proc_the_top_files_are_read(tmp_path):
+    assert _cores(cpu_quota(_tree(tmp_path / "v2", None, {"cpu.max": "200000 100000"}))) == 2
+    assert _cores(cpu_quota(_tree(tmp_path / "v1", None, {"cpu/cpu.cfs_quota_us": "100000",
+                                                          "cpu/cpu.cfs_period_us": "100000"}))) == 1
+
+
+def test_no_cgroups_or_unreadable_files_set_no_quota(tmp_path):
+    assert cpu_quota(tmp_path / "empty") is None
+    assert cpu_quota(_tree(tmp_path / "bad", "0::/\n", {"cpu.max": "garbage"})) is None
+    assert cpu_quota(_tree(tmp_path / "out", "0::/../../x\n", {"cpu.max": "max 100000"})) is None
+
+
+def test_local_cores_and_the_workers_limit_count_the_quota(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    root = _tree(tmp_path, "0::/\n", {"cpu.max": "200000 100000"})
+    assert local_cores(root) == (2, 1)                       # was (64, 1)
+    assert node_cores(DistInfo(), root) == (2, 1)
+    with pytest.raises(ValueError, match=r"--workers 9: .* 2 core\(s\).* give --workers 8 or fewer"):
+        refuse_workers(9, *local_cores(root))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert local_cores(root) == (1, 1)                       # the mask when it is the smaller
+
+
+def test_default_workers_in_a_two_cpu_container(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    root = _tree(tmp_path, "0::/\n", {"cpu.max": "200000 100000"})
+    monkeypatch.setattr(dist_mod, "cpu_quota", lambda _="/": cpu_quota(root))
+    assert loading.default_workers(DistInfo()) == 1          # 2 cores less the trainer; was 4
+
+
+def test_ranks_pool_the_quotas_of_their_cgroups(monkeypatch):
+    host = socket.gethostname()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setenv("GROUP_RANK", "0")
+    mine = CpuQuota(4, "/sys/fs/cgroup")
+    monkeypatch.setattr(dist_mod, "cpu_quota", lambda root="/": mine)
+
+    def gather(parts, me, quotas):
+        assert me == ((host, "0"), list(range(64)), tuple(mine))
+        parts[:] = [((host, "0"), list(range(64)), q) for q in quotas]
+
+    monkeypatch.setattr(dist_mod.dist, "all_gather_object", partial(gather, quotas=[tuple(mine)] * 2))
+    assert node_cores(DistInfo(world_size=2)) == (4, 2)      # one container's 4 CPUs, shared
+    other = (4, "/sys/fs/cgroup/other")
+    monkeypatch.setattr(dist_mod.dist, "all_gather_object", partial(gather, quotas=[tuple(mine), other]))
+    assert node_cores(DistInfo(world_size=2)) == (8, 2)      # two cgroups of 4 each
+    monkeypatch.setattr(dist_mod.dist, "all_gather_object", partial(gather, quotas=[tuple(mine), None]))
+    assert node_cores(DistInfo(world_size=2)) == (64, 2)     # a rank with no quota may use its whole mask
