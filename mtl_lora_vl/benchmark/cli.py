@@ -1,17 +1,23 @@
 """``bench_methods``: the command line of the method benchmark (``scripts/bench_methods.py`` and
 ``mtl-lora-vl bench``, which both call :func:`main`).
 
-Reading the options (and ``--help``, and refusing a bad flag) imports neither torch nor the model libraries: what the
+Reading the options (from the command line and its ``--config`` file; and ``--help``, and refusing a bad flag or
+key) imports neither torch nor the model libraries: what the
 command does once they are read (:data:`RUN`, in :mod:`.command`) is imported then.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
 import math
+import os
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from ..cli.flag_hints import unknown_flag_hints
-from ..cli.parsing import add_logging_flags, log_level
+from ..cli.parsing import add_logging_flags, command_line, fail, log_level, read_table
 from ..config import LAMBDA_TYPES
 from ..cores import local_cores
 from ..lazy_names import imported
@@ -103,6 +109,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="delete --out and start the grid afresh")
     p.add_argument("--retry-failed", action="store_true", help="run the runs recorded as failed (failed.json) "
                    "again; without it a resumed grid keeps them as failed")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="a JSON (or TOML, by a .toml name) file of these options, its keys the long flag names "
+                   "without the dashes (TOML: steps = 60, no_single = true, lr_grid = [1e-3, 3e-3], tasks = [\"vqa\", "
+                   "\"retrieval\"], and an [ablate] table: rank = [4, 16]); each value is checked as its flag's, and "
+                   "flags on the command line win over the file's")
     add_logging_flags(p)
     return p
 
@@ -142,13 +153,156 @@ def _with_hints(tokens: list[str], parser: argparse.ArgumentParser) -> list[str]
             for tok, close in unknown_flag_hints(tokens, flags, switches)]
 
 
+#: Flags that are no options of the grid, so no keys of a ``--config`` file: the file itself, logging, --help.
+_NOT_IN_FILE = frozenset({"config", "verbose", "quiet", "log_level", "help"})
+
+#: A flag given on the command line drops these keys of the file: it would contradict them (``--no-ablations`` and
+#: the file's ``ablate``), rather than win over them.
+_COMMAND_LINE_CLEARS = {"ablate": ("no_ablations",), "no_ablations": ("ablate",)}
+
+
+def _file_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.option_strings and a.dest not in _NOT_IN_FILE}
+
+
+def _on_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """The options ``argv`` sets (``--name`` or ``--name=value``; abbreviations are refused), in order."""
+    by_flag = {s: a.dest for a in parser._actions for s in a.option_strings}
+    return [by_flag[t.partition("=")[0]] for t in argv if t.startswith("-") and t.partition("=")[0] in by_flag]
+
+
+def _file_ablations(value: Any, fail_value: Callable[[str], NoReturn]) -> list[tuple[str, list]]:
+    """The file's ``ablate``, as repeated ``--ablate`` give it: a table of option -> values (``rank = [4, 16]``), or
+    ``OPTION=V1,V2`` strings; each value in the table of its option's type."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, dict):
+        texts = []
+        for name, values in value.items():
+            values = values if isinstance(values, list) else [values]
+            if name in _ABLATE_TYPES:   # (another name is refused by parse_ablation, naming those it takes)
+                kind, _, what = _ABLATE_TYPES[name]
+                types = (int, float) if kind is float else kind
+                bad = [v for v in values if isinstance(v, bool) or not isinstance(v, types)]
+                if bad:
+                    fail_value(f"ablate.{name}: {json.dumps(bad[0], default=str)} is not {what}; numbers are written "
+                               "without quotes")
+            texts.append(f"{name}={','.join(map(str, values))}")
+        value = texts
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        fail_value("")
+    if not value:   # (it ran the default ablations, as no --ablate)
+        fail_value("it names no ablation; no_ablations = true runs none")
+    try:
+        return [parse_ablation(text) for text in value]
+    except argparse.ArgumentTypeError as e:
+        fail_value(str(e))
+
+
+def read_bench_config(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
+    """The options of a JSON or TOML ``--config`` file, each checked as its flag's value is; exits 2 naming the file,
+    the key and what it takes on any problem."""
+    raw, is_toml = read_table(parser, path)
+    where = f"--config {path}"
+    options = _file_options(parser)
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name == "config":
+            fail(parser, f"{where}: config = {json.dumps(value)}: a config file cannot name another one; merge the two "
+                         "files")
+        if name not in options:
+            close = difflib.get_close_matches(name, list(options), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            fail(parser, f"{where}: unknown option {key!r}{hint}; the keys are the long flag names without the dashes "
+                         f"(see {parser.prog} --help)")
+        if name in out:
+            fail(parser, f"{where}: option {name!r} is given twice")
+        out[name] = _file_value(parser, where, key, options[name], value, is_toml)
+    return out
+
+
+def _file_value(parser: argparse.ArgumentParser, where: str, key: str, action: argparse.Action, value: Any,
+                is_toml: bool) -> Any:
+    """One key's value of a ``--config`` file, typed as its flag would give it (a list joined by commas for
+    ``tasks``, ``methods``, ``lr_grid``)."""
+    shown = f"{key} = {json.dumps(value, default=str)}"   # (TOML dates and times are no JSON)
+    name = action.dest
+    takes = ("true or false" if action.nargs == 0 else
+             "a table of option -> values (e.g. rank = [4, 16]) or a list of \"OPTION=V1,V2\" strings"
+             if name == "ablate" else "an integer" if action.type is int else
+             f"one of {list(action.choices)}" if action.choices else
+             "a list of numbers or a comma-separated string of them" if name == "lr_grid" else
+             "a list of strings or a comma-separated string" if name in ("tasks", "methods") else "a string")
+
+    def fail_value(why: str) -> NoReturn:
+        fail(parser, f"{where}: {shown} is not allowed{f' ({why})' if why else ''}; {key} takes {takes}")
+
+    if value is None:   # null: the flag left out, where that is its default
+        if action.default is None:
+            return None
+        fail_value("")
+    if action.nargs == 0 or action.type is int:
+        wanted = bool if action.nargs == 0 else int
+        if isinstance(value, str):
+            fix = value.strip().lower() if wanted is bool else value.strip()
+            fix = {"true": "true", "false": "false"}.get(fix, fix)
+            pair = f"{key} = {fix}" if is_toml else f'"{key}": {fix}'
+            fail(parser, f"{where}: {shown} is a string (in quotes); {key} takes {takes}: write {pair}, without the "
+                         "quotes")
+        if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
+            fail_value("")
+        return value
+    if name == "ablate":
+        return _file_ablations(value, fail_value)
+    if name == "lr_grid" and not isinstance(value, str):
+        values = value if isinstance(value, list) else [value]
+        if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+            fail_value("")
+        value = ",".join(repr(float(v)) for v in values)
+    if name in ("tasks", "methods") and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        value = ",".join(value)
+    if not isinstance(value, str):
+        fail_value("")
+    if name == "lr_grid":
+        try:
+            _floats(value)
+        except ValueError as e:
+            fail_value(str(e).partition(": ")[2])
+    if action.choices and value not in action.choices:
+        fail_value("")
+    return value
+
+
+def _with_config(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> None:
+    """``args`` given the ``--config`` file's options that the command line leaves out (its flags win)."""
+    named = _on_command_line(parser, argv)
+    if named.count("config") > 1:   # the last would be read, the first's options dropped unsaid
+        fail(parser, f"--config is given {named.count('config')} times; give one file (merge them into one, or give "
+                     "the options of the other on the command line, where they win over the file's)")
+    if args.config is None:
+        return
+    if not args.config.strip():
+        fail(parser, f"--config {args.config!r}: an empty value (an unset shell variable?); give a JSON or TOML file "
+                     "of options, or leave --config out")
+    from_file = read_bench_config(parser, os.path.expanduser(args.config))
+    for name in named:
+        from_file.pop(name, None)   # (--ablate would add to the file's ablations, not replace them)
+        for other in _COMMAND_LINE_CLEARS.get(name, ()):
+            from_file.pop(other, None)
+    for name, value in from_file.items():
+        setattr(args, name, value)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run (or resume) the method benchmark; returns the exit status. ``prog`` (``mtl-lora-vl bench`` from
     the ``mtl-lora-vl`` command, which then leaves the logging to this function) names it in ``--help``."""
     parser = build_parser(prog)
+    argv = command_line(argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         parser.error("unrecognized arguments: " + " ".join(_with_hints(unknown, parser)))
+    _with_config(parser, args, argv)
     if args.threads < 1:   # was silently 1
         parser.error(f"--threads: must be >= 1, got {args.threads}")
     cores = local_cores()[0]   # (node_cores(DistInfo())[0]: bench runs in one process)

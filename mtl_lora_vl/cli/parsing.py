@@ -45,17 +45,19 @@ from ..options import ADAPTER_SHAPE, RESOLVED, describe_allowed, field_types, no
 from ..whole_files import FileTooLarge, read_whole
 from .flag_hints import unknown_flag_hints
 
-__all__ = ["build_parser", "parse_options", "parse_options_given", "read_config"]
+__all__ = ["build_parser", "fail", "parse_options", "parse_options_given", "read_config", "read_table"]
 
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _fail(parser: ArgumentParser, message: str) -> NoReturn:
+def fail(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """Exit 2 with the usage and ``PROG: error: MESSAGE`` on stderr, as argparse does."""
     parser.print_usage(sys.stderr)
     sys.stderr.write(f"{parser.prog}: error: {message}\n")
     raise SystemExit(2)
+
 
 
 # --------------------------------------------------------------------------------------------- types
@@ -129,7 +131,7 @@ def add_logging_flags(parser: argparse.ArgumentParser) -> None:
 def log_level(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> str:
     """The level the logging flags of ``ns`` ask for (``info`` when none is given); a bad --log-level exits 2."""
     if ns.log_level is not None and ns.log_level.lower() not in LEVELS:  # DEBUG is the logging module's spelling
-        _fail(parser, f"--log-level: expected one of {', '.join(LEVELS)} (any case), got {ns.log_level!r}")
+        fail(parser, f"--log-level: expected one of {', '.join(LEVELS)} (any case), got {ns.log_level!r}")
     return (ns.log_level or "").lower() or ("debug" if ns.verbose else "warning" if ns.quiet else "info")
 
 
@@ -155,7 +157,7 @@ def _parse(parser: ArgumentParser, cls: type, argv: list[str]) -> Any:
         hints = field_types(cls)
         for f in fields(cls):
             if f'key "{f.name}"' in message:
-                _fail(parser, f"{flag(f.name)}: expected {describe_allowed(f, _field_type(f, hints))}"
+                fail(parser, f"{flag(f.name)}: expected {describe_allowed(f, _field_type(f, hints))}"
                               f"{_given_value(message)}")
         if message.startswith("unrecognized arguments:"):   # abbreviations are refused (jsonargparse 5 drops them)
             flags = [*_flags(cls), "--log-level", "--verbose", "--quiet", "--help"]
@@ -167,7 +169,7 @@ def _parse(parser: ArgumentParser, cls: type, argv: list[str]) -> Any:
                      for tok, close in unknown_flag_hints(tokens, flags, switches) if close]
             if hints:
                 message += "; " + "; ".join(hints) + "; options are spelt in full"
-        _fail(parser, message)
+        fail(parser, message)
 
 
 def _given_value(message: str) -> str:
@@ -183,31 +185,39 @@ def _given_value(message: str) -> str:
     return f", got {value}" if value else ", got an empty value"
 
 
-def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
-    """The options of a JSON or TOML file, each checked like its flag; exits naming the file on any problem."""
+def read_table(parser: argparse.ArgumentParser, path: str) -> tuple[dict[str, Any], bool]:
+    """The table of a ``--config`` file (JSON, or TOML by its ``.toml`` suffix) and whether it is TOML; exits naming
+    the file when it is missing, a folder, YAML, too large, unreadable, malformed or no table."""
     p = Path(path)
     where = f"--config {path}"
     if p.is_dir():   # (a run directory: its options are its config.json)
         hint = f", e.g. {p / 'config.json'}" if (p / "config.json").is_file() else ""
-        _fail(parser, f"{where}: is a folder, not a file; give a JSON or TOML file of options{hint}")
+        fail(parser, f"{where}: is a folder, not a file; give a JSON or TOML file of options{hint}")
     if not p.is_file():
-        _fail(parser, f"{where}: no such file")
+        fail(parser, f"{where}: no such file")
     is_toml = p.suffix.lower() == ".toml"
     if p.suffix.lower() in (".yaml", ".yml"):   # (it was read as JSON and told "not valid JSON")
-        _fail(parser, f"{where}: YAML is not read; write the options as JSON (a .json file) or TOML (a .toml file, "
+        fail(parser, f"{where}: YAML is not read; write the options as JSON (a .json file) or TOML (a .toml file, "
                       "key = value lines)")
     try:
         text = read_whole(p, encoding="utf-8-sig")
         raw = tomllib.loads(text) if is_toml else json.loads(text, object_pairs_hook=unrepeated_keys)
     except FileTooLarge as e:
-        _fail(parser, f"--config {e}; an options file is a few KB: give the JSON or TOML file of options")
+        fail(parser, f"--config {e}; an options file is a few KB: give the JSON or TOML file of options")
     except (OSError, UnicodeDecodeError) as e:
-        _fail(parser, f"{where}: cannot be read ({e})")
+        fail(parser, f"{where}: cannot be read ({e})")
     except (ValueError, tomllib.TOMLDecodeError) as e:
-        _fail(parser, f"{where}: not valid {'TOML' if is_toml else 'JSON'} ({e}); a config file is "
+        fail(parser, f"{where}: not valid {'TOML' if is_toml else 'JSON'} ({e}); a config file is "
                       f"{'TOML (key = value lines)' if is_toml else 'a JSON object'} (JSON, or TOML by a .toml name)")
     if not isinstance(raw, dict):
-        _fail(parser, f"{where}: expected a table of options (key = value), got {type(raw).__name__}")
+        fail(parser, f"{where}: expected a table of options (key = value), got {type(raw).__name__}")
+    return raw, is_toml
+
+
+def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
+    """The options of a JSON or TOML file, each checked like its flag; exits naming the file on any problem."""
+    raw, is_toml = read_table(parser, path)
+    where = f"--config {path}"
     hints = field_types(cls)
     by_name = {f.name: f for f in fields(cls) if f.name != "config"}
     out: dict[str, Any] = {}
@@ -222,19 +232,19 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
         if name == "config" and value is None:
             continue   # names no other file
         if name == "config" and name in {f.name for f in fields(cls)}:
-            _fail(parser, f"{where}: config = {json.dumps(value)}: a config file cannot name another one; "
+            fail(parser, f"{where}: config = {json.dumps(value)}: a config file cannot name another one; "
                           "merge the two files")
         if name not in by_name:
             close = difflib.get_close_matches(name, list(by_name), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            _fail(parser, f"{where}: unknown option {key!r}{hint}; the keys are the long flag names without "
+            fail(parser, f"{where}: unknown option {key!r}{hint}; the keys are the long flag names without "
                           f"the dashes (see {parser.prog} --help)")
         if name in out:
-            _fail(parser, f"{where}: option {name!r} is given twice")
+            fail(parser, f"{where}: option {name!r} is given twice")
         f = by_name[name]
         tp = _field_type(f, hints)
         if name == "targets" and isinstance(value, list):   # joined by commas it was an invalid regex string
-            _fail(parser, f"{where}: targets = {json.dumps(value)} is not allowed; targets takes \"default\" or a "
+            fail(parser, f"{where}: targets = {json.dumps(value)} is not allowed; targets takes \"default\" or a "
                           'table of tower -> regexes, e.g. targets = {image = ["attn"], text = ["attn"]}')
         if name in _LIST_OPTIONS and isinstance(value, list) and all(isinstance(v, str) for v in value):
             value = ",".join(value)  # tasks = ["vqa", "retrieval"] means --tasks vqa,retrieval
@@ -244,20 +254,20 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
             value = os.path.expanduser("~")
         shown = f"{key} = {json.dumps(value, default=str)}"   # (TOML dates and times are no JSON)
         if value is None and not non_none(tp)[1]:   # parse_object lets null through for any type
-            _fail(parser, f"{where}: {key} = null is not allowed; {key} takes {describe_allowed(f, tp)}")
+            fail(parser, f"{where}: {key} = null is not allowed; {key} takes {describe_allowed(f, tp)}")
         if value is None:
             out[name] = None
             continue
         try:
             parsed = getattr(parser.parse_object({name: value}, defaults=False), name)
         except (ArgumentError, TypeError, ValueError):
-            _fail(parser, f"{where}: {shown} is not allowed; {key} takes {describe_allowed(f, tp)}")
+            fail(parser, f"{where}: {shown} is not allowed; {key} takes {describe_allowed(f, tp)}")
         if isinstance(value, str) and non_none(tp)[0] in (int, float, bool):   # "4", "1e-3", "0x4", "yes"
             fix = f"{key} = {json.dumps(parsed)}" if is_toml else f'"{key}": {json.dumps(parsed)}'
-            _fail(parser, f"{where}: {shown} is a string (in quotes); {key} takes {describe_allowed(f, tp)}: write "
+            fail(parser, f"{where}: {shown} is a string (in quotes); {key} takes {describe_allowed(f, tp)}: write "
                           f"{fix}, without the quotes")
         if out_of_range(f.metadata, parsed):
-            _fail(parser, f"{where}: {shown} is out of range; {key} must be {range_text(f.metadata, parsed)}")
+            fail(parser, f"{where}: {shown} is out of range; {key} must be {range_text(f.metadata, parsed)}")
         out[name] = parsed
     return out
 
@@ -288,12 +298,12 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
     ns = _parse(parser, cls, argv)
     named = _given_on_command_line(cls, argv)
     if named.count("config") > 1:   # the parser keeps the last; the first file's values would be dropped unsaid
-        _fail(parser, f"--config is given {named.count('config')} times; give one file (merge them into one, or "
+        fail(parser, f"--config is given {named.count('config')} times; give one file (merge them into one, or "
                       "give the options of the other on the command line, where they win over the file's)")
     # the parser keeps the last: `--tasks vqa --tasks retrieval` trained retrieval alone
     for name in ("tasks", "task"):
         if named.count(name) > 1:
-            _fail(parser, f"{flag(name)} is given {named.count(name)} times, and only the last would count; name every "
+            fail(parser, f"{flag(name)} is given {named.count(name)} times, and only the last would count; name every "
                           f"task in one comma-separated {flag(name)}, e.g. {flag(name)} vqa,retrieval")
     on_command_line = set(named)
     given = set(on_command_line)
@@ -312,12 +322,12 @@ def parse_options_given(cls: type, argv: list[str] | None, prog: str,
         value = values[f.name]
         if f.name in _NOT_EMPTY and isinstance(value, str) and not value.strip():
             fix = "give the path to write to" if f.metadata.get("required") else _NOT_EMPTY[f.name]
-            _fail(parser, f"{flag(f.name)} {value!r}: an empty value (an unset shell variable?); {fix}")
+            fail(parser, f"{flag(f.name)} {value!r}: an empty value (an unset shell variable?); {fix}")
         if out_of_range(f.metadata, value):
-            _fail(parser, f"{flag(f.name)}: must be {range_text(f.metadata, value)}, got {value}")
+            fail(parser, f"{flag(f.name)}: must be {range_text(f.metadata, value)}, got {value}")
         unless = f.metadata.get("unless")
         if f.metadata.get("required") and value in (None, "") and not (unless and values[unless[0]] not in (None, "")):
-            _fail(parser, f"{flag(f.name)} is required (on the command line or in the --config file)"
+            fail(parser, f"{flag(f.name)} is required (on the command line or in the --config file)"
                           + (f"; {unless[1]}" if unless else ""))
     return cls(**values), level, frozenset(given)
 
