@@ -273,3 +273,29 @@ def test_shard_numbers_joined_to_a_split_folder_are_shards_and_years_are_splits(
     with pytest.raises(ValueError, match=r"hold the splits \['val2014', 'val_2017'\]"):
         read_split("hf_datasets", root, path="coco", cache_dir=cache)
     assert _configs(read_split("hf_datasets", root, path="coco", split="val2014", cache_dir=cache)) == {"val2014"}
+
+
+def test_a_year_after_a_separator_names_a_split_in_a_file_name_as_in_a_folder_name(tmp_path, caplog):
+    """val_2014.parquet was read as split 'val' (digits after a separator taken for a shard number) while the folder
+    val_2014/ is a split of its own: val_2014.parquet + val_2017.parquet were read together as 'val', mixing two
+    COCO splits. A year after a separator names a split in a file's name too; other digits stay a shard number."""
+    root, cache = tmp_path / "root", str(tmp_path / "cache")
+    for name in ("val_2014.parquet", "val_2017.parquet"):
+        _write(root / "coco" / name, name[:8], 1)
+    with pytest.raises(ValueError, match=r"named for the splits \['val_2014', 'val_2017'\] \(in their folders' or "
+                                         r"their own names: 'val_2014': val_2014.parquet; 'val_2017': "
+                                         r"val_2017.parquet\).*split = \"val_2014\""):
+        read_split("hf_datasets", root, path="coco", split="val", cache_dir=cache)
+    with pytest.raises(ValueError, match=r"hold the splits \['val_2014', 'val_2017'\]"):
+        read_split("hf_datasets", root, path="coco", cache_dir=cache)
+    assert _configs(read_split("hf_datasets", root, path="coco", split="val_2017", cache_dir=cache)) == {"val_2017"}
+    _write(root / "one" / "val_2014.parquet", "val_2014", 2)
+    with caplog.at_level("INFO", logger="mtl_lora_vl.data.hf_parquet"):
+        split = read_split("hf_datasets", root, path="one", split="val", cache_dir=cache)
+    assert len(split.examples) == 2 and _configs(split) == {"val_2014"}
+    assert "split 'val' is read from the file(s) named for the split 'val_2014' (the one name holding it)" \
+        in caplog.text
+    for name in ("train_0.parquet", "train_1.parquet"):
+        _write(root / "shards" / name, "train", 1)
+    assert len(read_split("hf_datasets", root, path="shards", split="train", cache_dir=cache).examples) == 2
+    assert len(read_split("hf_datasets", root, path="shards", cache_dir=cache).examples) == 2   # one split, no split =

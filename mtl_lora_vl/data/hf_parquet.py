@@ -8,8 +8,9 @@ only one, and refused beside another, ``val2017/``, as MNLI's ``test_matched/`` 
 file's own name likewise: ``test_matched.parquet`` beside ``test_mismatched.parquet`` is refused for "test", and
 ``test_hard.parquet`` is left out beside ``test-0.parquet``, as ``test_hard/`` is beside
 ``test.parquet``; digits joined on are a shard number, ``train0.parquet`` + ``train1.parquet`` the split "train", as
-are the folders ``train0/`` + ``train1/`` or ``train_0/`` + ``train_1/``, but a year names a split, ``val2014.parquet``
-beside ``val2017.parquet`` refused as ``val2014/`` beside ``val2017/``). A
+are ``train_0.parquet`` + ``train_1.parquet`` and the folders ``train0/`` + ``train1/`` or ``train_0/`` + ``train_1/``,
+but a year, joined on or after a separator, names a split, ``val2014.parquet`` beside ``val2017.parquet`` (or
+``val_2014.parquet`` beside ``val_2017.parquet``) refused as ``val2014/`` beside ``val_2017/``). A
 split whose files lie in several config folders (``en/train-...`` beside ``de/train-...``) is refused, naming them,
 rather than read as one split of mixed rows.
 """
@@ -138,7 +139,9 @@ def _file_split(f: Path, split: str) -> str | None:
     """The split parquet file ``f``'s own name spells where it names ``split``: the name's word holding it, and the
     words of letters joined on to it by ``-``, ``_`` or a space (``test_matched.parquet``, ``captions_val2014.parquet``:
     "test_matched", "val2014"; ``train-0.parquet``, ``mydata_train_part_1.parquet``: "train", :data:`_NO_SPLIT_WORDS`
-    ending it; ``train0.parquet``: "train", a shard number joined on, :func:`_shard_number`); None where the name does
+    ending it; ``train0.parquet``, ``train_0.parquet``: "train", a shard number joined on or after a separator,
+    :func:`_shard_number`; a year either way names a split, ``val2014.parquet``, ``val_2014.parquet``: "val2014",
+    "val_2014", as the folders ``val2014/`` and ``val_2014/`` do, :func:`_folder_name_split`); None where the name does
     not name it."""
     stem = f.name[: -len(".parquet")] if f.name.endswith(".parquet") else f.stem
     m = re.search(rf"(?<![^-._ 0-9]){re.escape(split)}(?![^-._ 0-9])", stem)
@@ -151,6 +154,9 @@ def _file_split(f: Path, split: str) -> str | None:
         end += 1
     if _shard_number(stem[m.end():end]) and not _joined_word(stem, end):
         return stem[start:m.end()]   # train0, train1: shards of "train" (not val2014: a year names a split)
+    year = re.match(r"[-._ ](?:19|20)[0-9]{2}(?=[-._ ]|$)", stem[end:]) if end == m.end() else None
+    if year is not None:   # val_2014 names a split, as the folder val_2014/ does (train_0: a shard of "train")
+        end += year.end()
     while end < len(stem) and stem[end] in "-_ ":   # (not "."; train.snappy.parquet is of "train")
         word = re.match(r"[A-Za-z]+(?=[-._ ]|$)", stem[end + 1:])
         if word is None or word.group().lower() in _NO_SPLIT_WORDS:
