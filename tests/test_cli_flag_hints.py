@@ -51,6 +51,14 @@ TRAIN_TYPOS = [
     (["--batch=4"], "--batch-size"),
     (["--verbos"], "--verbose"),
     (["--lr-schedule", "cosine"], None),
+    (["--compile-mode", "x"], None),                    # was --batch-mode (a mode of another thing)
+    (["--save-total-limit", "3"], None),                # was --eval-split (no word shared)
+    (["--optim", "adamw"], None),                       # was --out
+    (["--cache-dir", "x"], None),                       # was --head-lr
+    (["--max-grad-norm", "1"], None),                   # was --max-bad-steps (only a filler shared)
+    (["--temp", "0.5"], "--temperature"),               # was --steps (temp begins temperature)
+    (["--dtype", "bf16"], "--base-dtype"),              # the one word it names, last of both
+    (["--decay", "0.1"], "--weight-decay"),
 ]
 
 
@@ -78,3 +86,18 @@ def test_a_typo_given_a_value_is_never_told_a_switch():
     assert closest_flag("--checkpointing=100", flags, switches) == "--checkpoint-dir"
     assert closest_flag("--compiles", flags, switches, value="fast") is None
     assert closest_flag("--compiles", flags, switches) == "--compile"
+
+
+def test_a_flag_sharing_no_word_with_the_typo_is_named_only_for_a_very_close_spelling():
+    """difflib's ratio >= 0.6 alone told ``--compile-mode x`` ``--batch-mode`` and ``--save-total-limit 3``
+    ``--eval-split``: a wrong flag is worse than none. A flag is named where it shares a word with the typo (not a
+    filler, not only the last word both end in where the typo names another thing), or its spelling is very close."""
+    flags = ["--compile", "--batch-mode", "--batch-size", "--eval-split", "--save-every", "--temperature"]
+    switches = ["--compile"]
+    assert closest_flag("--compile-mode", flags, switches, value="x") is None
+    assert closest_flag("--compile-mode", flags, switches) == "--compile"   # (a switch, shares "compile")
+    assert closest_flag("--batch-modes", flags, switches, value="x") == "--batch-mode"
+    assert closest_flag("--save-total-limit", flags, switches, value="3") is None
+    assert closest_flag("--batchsize", flags, switches, value="8") == "--batch-size"   # no word shared; ratio 0.96
+    assert closest_flag("--temp", flags, switches, value="0.5") == "--temperature"   # begins "temperature"
+    assert closest_flag("--mode", flags, switches, value="x") == "--batch-mode"   # names nothing but "mode"

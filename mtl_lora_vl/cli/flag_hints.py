@@ -11,7 +11,10 @@ A flag is read as words (``--eval-steps``: eval, steps), so that:
   none, where a value would not be ``true`` / ``false``;
 - otherwise the closest spelling (difflib's ratio >= 0.6), a flag sharing the typo's first or last word (not a
   filler) counting 0.1 closer (``--eval-batch`` -> ``--eval-batch-size``, ``--max-steps`` -> ``--steps`` in a
-  command without ``--max-bad-steps``).
+  command without ``--max-bad-steps``); a wrong flag is worse than none, so a flag sharing no word with the typo
+  (:func:`_shares_a_word`) is named only where its spelling is very close (ratio >= 0.8, ``--batchsize`` ->
+  ``--batch-size``): ``--compile-mode x`` and ``--save-total-limit 3`` are told nothing, not ``--batch-mode`` and
+  ``--eval-split``.
 """
 
 from __future__ import annotations
@@ -81,9 +84,24 @@ def closest_flag(token: str, flags: Sequence[str], switches: Collection[str] = (
     for f in pool:
         ratio = difflib.SequenceMatcher(None, name, f).ratio()
         fw = _words(f) or [""]
-        if ratio >= 0.6:   # a shared first or last word outweighs a slightly closer spelling, not a much closer one
+        # a shared first or last word outweighs a slightly closer spelling, not a much closer one
+        if ratio >= 0.8 or (ratio >= 0.6 and _shares_a_word(words, fw)):
             scored.append((ratio + 0.1 * (fw[0] in first or fw[-1] in last), f))
     return max(scored)[1] if scored else None
+
+
+def _shares_a_word(words: Sequence[str], flag_words: Sequence[str]) -> bool:
+    """Whether a flag's words (``flag_words``) hold one of a typo's ``words`` that is not a filler: the word itself,
+    :data:`_SAME`'s for it, or one of 3 letters or more that the other begins (``--temp`` and ``--temperature``,
+    ``--checkpointing`` and ``--checkpoint-dir``). The last word both end in counts only where the typo names nothing
+    else (``--dtype``: ``--base-dtype``): it says what kind of setting, so ``--compile-mode`` and ``--batch-mode`` are
+    modes of two things."""
+    named = [w for w in words if w not in _FILLER]
+    mine = {a for w in named for a in _alternatives(w)} - {"", "no"}
+    kind = flag_words[-1] == words[-1] and len(named) > 1
+    theirs = set(flag_words) - {"no"} - ({flag_words[-1]} if kind else set())
+    return any(a == b or (min(len(a), len(b)) >= 3 and (a.startswith(b) or b.startswith(a)))
+               for a in mine for b in theirs)
 
 
 def unknown_flag_hints(tokens: Sequence[str], flags: Sequence[str],
