@@ -9,7 +9,6 @@ command does once they are read (:data:`RUN`, in :mod:`.command`) is imported th
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import math
 import os
@@ -17,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ..cli.flag_hints import unknown_flag_hints
-from ..cli.parsing import add_logging_flags, command_line, fail, log_level, read_table
+from ..cli.parsing import add_logging_flags, check_file_key, command_line, fail, log_level, read_table
 from ..config import LAMBDA_TYPES
 from ..cores import local_cores
 from ..lazy_names import imported
@@ -211,13 +210,7 @@ def read_bench_config(parser: argparse.ArgumentParser, path: str) -> dict[str, A
         if name == "config":
             fail(parser, f"{where}: config = {json.dumps(value)}: a config file cannot name another one; merge the two "
                          "files")
-        if name not in options:
-            close = difflib.get_close_matches(name, list(options), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            fail(parser, f"{where}: unknown option {key!r}{hint}; the keys are the long flag names without the dashes "
-                         f"(see {parser.prog} --help)")
-        if name in out:
-            fail(parser, f"{where}: option {name!r} is given twice")
+        check_file_key(parser, where, key, options, out)
         out[name] = _file_value(parser, where, key, options[name], value, is_toml)
     return out
 

@@ -32,7 +32,7 @@ import os
 import re
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import MISSING, Field, fields
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -45,7 +45,8 @@ from ..options import ADAPTER_SHAPE, RESOLVED, describe_allowed, field_types, no
 from ..whole_files import FileTooLarge, read_whole
 from .flag_hints import unknown_flag_hints
 
-__all__ = ["build_parser", "fail", "parse_options", "parse_options_given", "read_config", "read_table"]
+__all__ = ["build_parser", "check_file_key", "fail", "parse_options", "parse_options_given", "read_config",
+           "read_table"]
 
 
 def flag(name: str) -> str:
@@ -185,6 +186,20 @@ def _given_value(message: str) -> str:
     return f", got {value}" if value else ", got an empty value"
 
 
+def check_file_key(parser: argparse.ArgumentParser, where: str, key: str, known: Collection[str],
+                   seen: Collection[str]) -> None:
+    """Exit 2 where a ``--config`` file's ``key`` (dashes read as underscores) names no option of ``known`` (with
+    the closest as a did-you-mean) or one ``seen`` already (``lr-grid`` and ``lr_grid`` both given)."""
+    name = key.replace("-", "_")
+    if name not in known:
+        close = difflib.get_close_matches(name, list(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        fail(parser, f"{where}: unknown option {key!r}{hint}; the keys are the long flag names without "
+                      f"the dashes (see {parser.prog} --help)")
+    if name in seen:
+        fail(parser, f"{where}: option {name!r} is given twice")
+
+
 def read_table(parser: argparse.ArgumentParser, path: str) -> tuple[dict[str, Any], bool]:
     """The table of a ``--config`` file (JSON, or TOML by its ``.toml`` suffix) and whether it is TOML; exits naming
     the file when it is missing, a folder, YAML, too large, unreadable, malformed or no table."""
@@ -234,13 +249,7 @@ def read_config(parser: ArgumentParser, cls: type, path: str) -> dict[str, Any]:
         if name == "config" and name in {f.name for f in fields(cls)}:
             fail(parser, f"{where}: config = {json.dumps(value)}: a config file cannot name another one; "
                           "merge the two files")
-        if name not in by_name:
-            close = difflib.get_close_matches(name, list(by_name), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            fail(parser, f"{where}: unknown option {key!r}{hint}; the keys are the long flag names without "
-                          f"the dashes (see {parser.prog} --help)")
-        if name in out:
-            fail(parser, f"{where}: option {name!r} is given twice")
+        check_file_key(parser, where, key, by_name, out)
         f = by_name[name]
         tp = _field_type(f, hints)
         if name == "targets" and isinstance(value, list):   # joined by commas it was an invalid regex string
