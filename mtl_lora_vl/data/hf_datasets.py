@@ -20,10 +20,12 @@ Fields: ``image``, ``text``/``caption``/``captions``, ``question``, ``answers``,
 loads, with a did-you-mean; a column name the dataset lacks, when the split is read. Without ``columns`` every
 column named like a field is used. An image column may hold images (the ``datasets.Image`` feature: encoded bytes,
 or a path), raw bytes, or file paths; paths are resolved under the data root (``images`` is a folder prefix) and
-refused when they leave it. A ``ClassLabel`` label column gives the class names; beside the reader's ``class_names``
-its rows are read by name, in any order of those (see :func:`.hf_table.class_label_names`). A ClassLabel's
--1 (``datasets``' "no label") is refused naming its rows, as a blank label is by the other readers (not in a row
-with a question, which reads no label).
+refused when they leave it; a path kept in several columns (Karpathy-style parquet: ``filepath`` "val2014",
+``filename`` "COCO_val2014_...jpg") maps ``image`` to those columns, folders first, their text joined with "/"
+(``image = ["filepath", "filename"]``; a blank folder part is left out). A ``ClassLabel`` label column gives the
+class names; beside the reader's ``class_names`` its rows are read by name, in any order of those (see
+:func:`.hf_table.class_label_names`). A ClassLabel's -1 (``datasets``' "no label") is refused naming its rows, as a
+blank label is by the other readers (not in a row with a question, which reads no label).
 
 A row of several images (the ``nlvr`` kind; NLVR2 copies on the hub keep a pair as two image columns) maps
 ``images`` to a list of two or more image columns, in order, with ``statement`` (or ``text``) and ``label``::
@@ -76,6 +78,7 @@ from .hf_table import (
     DatasetTable,
     byte_lengths,
     byte_tails,
+    check_path_parts,
     class_label_names,
     files_stamp,
     image_cells,
@@ -84,6 +87,7 @@ from .hf_table import (
     list_element,
     load_datasets,
     load_saved,
+    path_cells,
     refuse_unlabelled,
 )
 from .records import Split
@@ -190,9 +194,12 @@ def check_columns(columns: Any) -> None:
     (its values) are checked against the dataset when the split is read."""
     if columns is None:
         return
-    if not isinstance(columns, dict) or not all(isinstance(v, str) for k, v in columns.items() if k != "images"):
+    if not isinstance(columns, dict) or not all(isinstance(v, str) for k, v in columns.items()
+                                                if k not in ("images", "image")):
         raise ReaderOptionError("option 'columns' must map fields to column names, e.g. {image = \"img\", question "
                                 f"= \"q\"}}, got {columns!r}")
+    if "image" in columns and not isinstance(columns["image"], str):
+        check_path_parts(columns["image"])
     unknown = [k for k in columns if k not in FIELDS]
     if unknown:
         close = {k: difflib.get_close_matches(k, list(FIELDS), n=1, cutoff=0.6) for k in unknown}
@@ -296,8 +303,12 @@ def read_hf_datasets(
                                   check=ImageChecker(verify, strict), class_names=class_names,
                                   one_per_image=one_per_image)
     image_col = mapping["image"]
-    kind = image_kind(ds.features[image_col], source, image_col)
-    column = ds.select_columns([image_col]).with_format("arrow")[:].column(0)
+    if isinstance(image_col, list):   # a path of several columns' text (Karpathy's filepath + filename)
+        kind, column, images_of = "path", None, path_cells(ds, image_col, source)
+    else:
+        kind = image_kind(ds.features[image_col], source, image_col)
+        column = ds.select_columns([image_col]).with_format("arrow")[:].column(0)
+        images_of = image_cells(column, kind)
     others = {f: c for f, c in mapping.items() if f != "image"}
     meta = (ds.select_columns(list(dict.fromkeys(others.values()))).with_format("arrow")[:].to_pylist()
             if others else [{} for _ in range(len(ds))])
@@ -332,7 +343,6 @@ def read_hf_datasets(
             digests[row] = hashlib.sha256(data or b"").hexdigest()
         return digests[row]
 
-    images_of = list(image_cells(column, kind))
     ids = [values.get(mapping["image_id"]) if "image_id" in mapping else None for values in meta]
     named: dict[str, str] = {}   # digest -> the image_id rows give those bytes, where other rows give none
     if any(v in (None, "") for v in ids) and any(v not in (None, "") for v in ids):

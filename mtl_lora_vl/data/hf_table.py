@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ..whole_files import read_whole
-from .common import TRUTH_VALUES, DataFormatError, class_name_order
+from .common import TRUTH_VALUES, DataFormatError, ReaderOptionError, class_name_order
 from .images import ImageError
 
-__all__ = ["DatasetImage", "DatasetTable", "byte_lengths", "byte_tails", "class_label_names", "files_stamp",
-           "image_cells", "image_kind", "is_image_feature", "list_element", "load_datasets", "load_saved",
-           "quiet_progress", "refuse_list_column", "refuse_unlabelled", "truth_names"]
+__all__ = ["DatasetImage", "DatasetTable", "byte_lengths", "byte_tails", "check_path_parts", "class_label_names",
+           "files_stamp", "image_cells", "image_kind", "is_image_feature", "list_element", "load_datasets",
+           "load_saved", "path_cells", "quiet_progress", "refuse_list_column", "refuse_unlabelled", "truth_names"]
 
 _LIST_TYPES = ("Sequence", "List", "LargeList")
 
@@ -292,6 +292,48 @@ def image_cells(column: Any, kind: str) -> list[tuple[bool, str | None]]:
             has = chunk.field("bytes").is_valid().to_pylist()
             paths = chunk.field("path").to_pylist()
             out.extend((v and h, p if v else None) for v, h, p in zip(valid, has, paths))
+    return out
+
+
+_PARTS_EXAMPLE = 'image = ["filepath", "filename"]'
+
+
+def check_path_parts(parts: Any) -> None:
+    """Refuse a ``columns`` mapping's ``image`` given as a list (a path made of several columns, joined as path parts
+    in order: Karpathy's ``filepath`` + ``filename``) that is not a list of two or more distinct column names."""
+    if not isinstance(parts, list) or not all(isinstance(c, str) and c.strip() for c in parts):
+        raise ReaderOptionError(f"option 'columns': image must be one column (image = \"img\"), or a list of the "
+                                f"columns whose cells join into its path, folders first ({_PARTS_EXAMPLE}); got "
+                                f"image = {parts!r}")
+    if len(parts) < 2:
+        raise ReaderOptionError(f"option 'columns': image = {parts!r} names {len(parts)} column(s); a path made of "
+                                f"several columns names two or more, folders first ({_PARTS_EXAMPLE}); for one "
+                                "column give its name alone (image = \"img\")")
+    twice = sorted({c for c in parts if parts.count(c) > 1})
+    if twice:
+        raise ReaderOptionError(f"option 'columns': image = {parts!r} names the column(s) {twice} more than once; "
+                                f"give each part of the path once, folders first ({_PARTS_EXAMPLE})")
+
+
+def path_cells(ds: Any, parts: list[str], source: str) -> list[tuple[bool, str | None]]:
+    """Per row of ``ds``: (False, the path its cells of the text columns ``parts`` make, joined with "/" in order),
+    as :func:`image_cells` gives a column of paths. A blank folder part is left out (Flickr30k's Karpathy rows have
+    no ``filepath``), a blank file name (the last part) refused naming its row."""
+    for c in parts:
+        feature = ds.features[c]
+        if getattr(feature, "dtype", None) not in ("string", "large_string"):
+            held = "images" if is_image_feature(feature) or list_element(feature) is not None else f"{feature}"
+            raise ValueError(f"{source}: columns: image = {parts} joins the text of those columns into a path, and "
+                             f"column {c!r} holds {held}, not text; map a column of images alone (image = {c!r}), "
+                             "several images of a row as images = [...], or give the columns of the path's folder "
+                             "and file names")
+    cells = ds.select_columns(parts).with_format("arrow")[:].to_pydict()
+    out: list[tuple[bool, str | None]] = []
+    for i, values in enumerate(zip(*(cells[c] for c in parts))):
+        if values[-1] is None or not values[-1].strip():
+            raise DataFormatError(f"{source} row {i}: no file name in column {parts[-1]!r} (image = {parts} joins "
+                                  f"the path from those columns, the file name last); fix or remove the row")
+        out.append((False, "/".join(v for v in values if v is not None and v.strip())))
     return out
 
 
