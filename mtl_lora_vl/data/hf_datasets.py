@@ -42,6 +42,10 @@ parquet lists of ``{bytes, path}``: Mantis, MMMU-style sets) maps it by name, ``
 reference per element (:mod:`mtl_lora_vl.data.hf_images`; a failed one named by row and position), two or more
 per row (the ``nlvr`` kind then wants training's count in every row); such a column mapped as ``image`` is refused.
 
+Images kept in another table, joined to the rows by image id (GQA on the hub: ``testdev_balanced_images`` beside
+``testdev_balanced_instructions``), are named by ``image_table = {path = ..., key = "id"}`` with ``columns =
+{image_id = "imageId", ...}`` (:mod:`mtl_lora_vl.data.hf_join`): each row's image a lazy reference to its row there.
+
 Images stored in the dataset stay there: each example holds a small :class:`DatasetImage` reference
 (table + row) and loader workers read the bytes themselves from the memory-mapped table, so nothing is
 copied into the example list. Parquet files are converted once into ``datasets``' Arrow cache
@@ -72,6 +76,8 @@ from .common import (
     resolve_under,
 )
 from .hf_images import column_image_rows, list_image_rows
+from .hf_join import EXAMPLE as JOIN_EXAMPLE
+from .hf_join import check_image_table, join_rows
 from .hf_parquet import parquet_files
 from .hf_table import (
     DatasetImage,
@@ -233,6 +239,7 @@ def check_columns(columns: Any) -> None:
 def check_hf_options(options: dict[str, Any]) -> None:
     """The checks of :func:`read_hf_datasets`' options that need no file: run when a task spec loads."""
     check_columns(options.get("columns"))
+    check_image_table(options.get("image_table"), options.get("columns"))
     if isinstance(options.get("cache_dir"), str) and not options["cache_dir"].strip():
         raise ReaderOptionError("option 'cache_dir' is blank; give the folder of the parquet files' Arrow cache "
                                 "(relative: under the data root), or leave it out for datasets' default")
@@ -250,11 +257,13 @@ def _cache_under(root: Path, cache_dir: str | None) -> str | None:
 
 
 def _column_map(columns: dict | None, names: list[str], where: str,
-                image_columns: list[str] = (), list_columns: list[str] = ()) -> dict[str, Any]:
+                image_columns: list[str] = (), list_columns: list[str] = (), joined: bool = False) -> dict[str, Any]:
     """Field -> column (``images``: a list of columns, or one column of lists); ``image_columns`` / ``list_columns``:
-    the table's columns of images / of lists of images, named when no image column is mapped."""
+    the table's columns of images / of lists of images, named when no image column is mapped; ``joined``: the images
+    come from ``image_table`` (:mod:`.hf_join`), no column of this table is taken for them."""
     check_columns(columns)
-    mapping: dict[str, Any] = {f: f for f in _AUTO_FIELDS if f in names} if columns is None else dict(columns)
+    auto = [f for f in _AUTO_FIELDS if not (joined and f == "image")]
+    mapping: dict[str, Any] = {f: f for f in auto if f in names} if columns is None else dict(columns)
     wanted = [(f, c) for f, cs in mapping.items() for c in (cs if isinstance(cs, list) else [cs])]
     missing = [(f, c) for f, c in wanted if c not in names]
     if missing:
@@ -262,7 +271,7 @@ def _column_map(columns: dict | None, names: list[str], where: str,
         hint = "".join(f"; {c!r}: did you mean {m[0]!r}?" for c, m in close.items() if m)
         raise ValueError(f"{where}: column(s) {[c for _, c in missing]} not found (mapped from "
                          f"{list(dict.fromkeys(f for f, _ in missing))}){hint}; the dataset has columns {names}")
-    if "image" not in mapping and "images" not in mapping:
+    if "image" not in mapping and "images" not in mapping and not joined:
         if list_columns:
             raise ValueError(f"{where}: no image column, and column(s) {list(list_columns)} hold lists of images; a "
                              "row of several images is not guessed from column names: map it, e.g. columns = "
@@ -272,7 +281,8 @@ def _column_map(columns: dict | None, names: list[str], where: str,
                              f"{list(image_columns)}; a row of several images is not guessed from column names: map "
                              f"them in order, e.g. {_PAIR_EXAMPLE} (or map one as image = \"...\")")
         raise ValueError(f"{where}: no image column; map one with columns = {{image = \"...\"}} (the dataset has "
-                         f"columns {names})")
+                         f"columns {names}), or, where the images are kept in another table (GQA on the hub: the "
+                         f"config ..._images beside ..._instructions), join them by image id: {JOIN_EXAMPLE}")
     return mapping
 
 
@@ -281,6 +291,7 @@ def read_hf_datasets(
     path: str | os.PathLike,
     split: str | None = None,
     columns: dict[str, str | list[str]] | None = None,
+    image_table: dict[str, str] | None = None,
     images: str = "",
     class_names: list[str] | None = None,
     one_per_image: bool = False,
@@ -290,24 +301,32 @@ def read_hf_datasets(
 ) -> Split:
     """A Hugging Face dataset (``save_to_disk`` folder or parquet files) as a split; see the module doc."""
     root = data_root_dir(data_root)
+    check_image_table(image_table, columns)
     table, ds = _open_table(root, path, split, _cache_under(root, cache_dir))
     source = f"datasets {table}"
     names = list(ds.column_names)
 
     mapping = _column_map(columns, names, source, [c for c in names if is_image_feature(ds.features[c])],
-                          [c for c in names if is_image_feature(list_element(ds.features[c]))])
+                          [c for c in names if is_image_feature(list_element(ds.features[c]))],
+                          joined=image_table is not None)
     if "images" in mapping:
         several = list_image_rows if isinstance(mapping["images"], str) else column_image_rows
         return examples_from_rows(several(root, table, ds, mapping, images, source),
                                   at=lambda n: f"{source} row {n}", source=source, image_of=lambda r: r["image"],
                                   check=ImageChecker(verify, strict), class_names=class_names,
                                   one_per_image=one_per_image)
-    image_col = mapping["image"]
+    src, src_ds, image_col, at = table, ds, mapping.get("image"), None   # at: per row, its image's row of src
+    if image_table is not None:   # the images kept in another table, joined by image id (GQA's hub configs)
+        src, src_ds = _open_table(root, image_table["path"], image_table.get("split", split),
+                                  _cache_under(root, cache_dir))
+        image_col, at = join_rows(src_ds, image_table, ds, mapping, source, f"datasets {src}")
+    row_of = (lambda i: i) if at is None else at.__getitem__
+    image_where = repr(image_col) if at is None else f"{image_col!r} of the image table {src}"
     if isinstance(image_col, list):   # a path of several columns' text (Karpathy's filepath + filename)
         kind, column, images_of = "path", None, path_cells(ds, image_col, source)
     else:
-        kind = image_kind(ds.features[image_col], source, image_col)
-        column = ds.select_columns([image_col]).with_format("arrow")[:].column(0)
+        kind = image_kind(src_ds.features[image_col], f"datasets {src}", image_col)
+        column = src_ds.select_columns([image_col]).with_format("arrow")[:].column(0)
         images_of = image_cells(column, kind)
     others = {f: c for f, c in mapping.items() if f != "image"}
     meta = (ds.select_columns(list(dict.fromkeys(others.values()))).with_format("arrow")[:].to_pylist()
@@ -333,7 +352,7 @@ def read_hf_datasets(
     keys = list(zip(lengths, byte_tails(column, kind))) if kind != "path" else []
     sizes = Counter(keys)
 
-    def digest(row: int) -> str:   # the row's encoded image, hashed once (rows whose image_id repeats or is blank)
+    def digest(row: int) -> str:   # an image row's encoded image, hashed once (rows whose image_id repeats or is blank)
         if row not in digests and lengths[row] is not None and sizes[keys[row]] == 1:
             # no other row's image is as long and ends so, so none is this one: not read whole
             digests[row] = f"row {row}'s {lengths[row]} bytes"
@@ -346,12 +365,14 @@ def read_hf_datasets(
     ids = [values.get(mapping["image_id"]) if "image_id" in mapping else None for values in meta]
     named: dict[str, str] = {}   # digest -> the image_id rows give those bytes, where other rows give none
     if any(v in (None, "") for v in ids) and any(v not in (None, "") for v in ids):
-        for i, ((has_bytes, _), v) in enumerate(zip(images_of, ids)):
-            if has_bytes and v not in (None, ""):
-                named.setdefault(digest(i), str(v))
+        for i, v in enumerate(ids):
+            if images_of[row_of(i)][0] and v not in (None, ""):
+                named.setdefault(digest(row_of(i)), str(v))
 
     rows = []
-    for i, ((has_bytes, img_path), values) in enumerate(zip(images_of, meta)):
+    for i, values in enumerate(meta):
+        j = row_of(i)   # the row of the image's table that holds its image
+        has_bytes, img_path = images_of[j]
         row = {f: values[c] for f, c in others.items()}
         if by_name is not None and isinstance(row["label"], int) and 0 <= row["label"] < len(by_name):
             row["label"] = by_name[row["label"]]
@@ -361,18 +382,18 @@ def read_hf_datasets(
                                else f"row {i}" if "image_id" in mapping else str(i))
         if has_bytes:
             # Rows of one given image_id share one reference: checked once, grouped for captions.
-            ref = DatasetImage(table, image_col, i)
+            ref = DatasetImage(src, image_col, j)
             if given_id:
                 first_ref, first = by_id.setdefault(str(row["image_id"]), (ref, i))
-                if first != i and digest(first) != digest(i):   # (rows would silently share the first one's image)
+                if row_of(first) != j and digest(row_of(first)) != digest(j):   # (rows would share the first's image)
                     raise DataFormatError(f"{source} row {i}: image_id {row['image_id']!r} was given to another image "
                                           f"at row {first}; image ids must name one image (fix the column, or map "
                                           "image_id to another one with columns=...)")
-            elif digest(i) in named:   # no id, but another row names these bytes: that image
-                row["image_id"] = named[digest(i)]
+            elif digest(j) in named:   # no id, but another row names these bytes: that image
+                row["image_id"] = named[digest(j)]
                 first_ref, _ = by_id.setdefault(row["image_id"], (ref, i))
             else:   # no id: rows holding the same encoded image are one image (its captions grouped, one key)
-                first_ref, first = by_bytes.setdefault(digest(i), (ref, i))
+                first_ref, first = by_bytes.setdefault(digest(j), (ref, i))
                 if first != i:
                     row["image_id"] = f"row {first}" if "image_id" in mapping else str(first)
             ref = first_ref
@@ -383,7 +404,7 @@ def read_hf_datasets(
             except PathEscapeError as e:   # a URL, an absolute path or '..': name the row
                 raise PathEscapeError(f"{source} row {i}: {e}") from None
         else:
-            raise DataFormatError(f"{source} row {i}: no image in column {image_col!r}")
+            raise DataFormatError(f"{source} row {i}: no image in column {image_where}")
         rows.append((i, row))
     return examples_from_rows(rows, at=lambda n: f"{source} row {n}", source=source, image_of=lambda r: r["image"],
                               check=ImageChecker(verify, strict), class_names=class_names,

@@ -1,0 +1,122 @@
+"""Images kept in another table, joined to the rows by their image id, for the ``hf_datasets`` format.
+
+GQA on the hub (``lmms-lab/GQA``) keeps a split's images and its questions in two configs, each a folder of its own:
+``testdev_balanced_images/`` (columns ``id``, ``image``) and ``testdev_balanced_instructions/`` (``id``,
+``imageId``, ``question``, ``answer``, ...). A spec reads the questions' config as ``path`` and names the images'
+as ``image_table``::
+
+    path = "GQA/testdev_balanced_instructions"
+    columns = {image_id = "imageId", question = "question", answers = "answer", question_id = "id"}
+    image_table = {path = "GQA/testdev_balanced_images", key = "id"}
+
+Each row's ``image_id`` is looked up in the image table's ``key`` column, and the row's image is a lazy reference to
+that row of the image table (loader workers read it from its memory map, as a row's own image is read). The image
+table is read at the rows' split (``split`` in ``image_table`` where it is named otherwise), from the same data root
+and ``cache_dir``; ``image`` names its image column where it has several. Used by
+:func:`mtl_lora_vl.data.hf_datasets.read_hf_datasets`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from .common import DataFormatError, ReaderOptionError
+from .hf_table import is_image_feature
+
+__all__ = ["IMAGE_TABLE_KEYS", "check_image_table", "join_rows"]
+
+#: The keys of the ``image_table`` option: where the image table is, its key column (both needed), its image column
+#: (where it has several) and its split (where the rows' split is named otherwise there).
+IMAGE_TABLE_KEYS = ("path", "key", "image", "split")
+EXAMPLE = ('image_table = {path = "GQA/testdev_balanced_images", key = "id"} with columns = {image_id = "imageId", '
+           'question = "question", answers = "answer"}')
+
+
+def check_image_table(image_table: Any, columns: Any) -> None:
+    """Refuse an ``image_table`` option of the wrong shape, or beside a ``columns`` mapping that maps an image or no
+    image id: what can be checked without the dataset, when the task spec loads."""
+    if image_table is None:
+        return
+    if not isinstance(image_table, dict) or not all(isinstance(v, str) for v in image_table.values()):
+        raise ReaderOptionError(f"option 'image_table' must be a table of strings, e.g. {EXAMPLE}; got "
+                                f"{image_table!r}")
+    unknown = [k for k in image_table if k not in IMAGE_TABLE_KEYS]
+    if unknown:
+        close = {k: difflib.get_close_matches(k, IMAGE_TABLE_KEYS, n=1, cutoff=0.6) for k in unknown}
+        hint = "".join(f"; {k!r}: did you mean {c[0]!r}?" for k, c in close.items() if c)
+        raise ReaderOptionError(f"option 'image_table': unknown key(s) {unknown}{hint}; its keys are "
+                                f"{list(IMAGE_TABLE_KEYS)} (path and key needed), e.g. {EXAMPLE}")
+    missing = [k for k in ("path", "key") if not image_table.get(k, "").strip()]
+    if missing:
+        raise ReaderOptionError(f"option 'image_table' needs {' and '.join(missing)} (the image table's path under "
+                                f"the data root, and its column of the ids the rows' image_id gives), e.g. {EXAMPLE}; "
+                                f"got {image_table!r}")
+    blank = [k for k in ("image", "split") if k in image_table and not image_table[k].strip()]
+    if blank:
+        raise ReaderOptionError(f"option 'image_table': {blank} blank; leave {' and '.join(blank)} out for the "
+                                "default (the table's one image column; the rows' split)")
+    if isinstance(columns, dict):
+        mapped = [f for f in ("image", "images") if f in columns]
+        if mapped:
+            raise ReaderOptionError(f"option 'columns' maps {mapped} beside image_table, which gives each row its "
+                                    "image from the image table; leave them out of columns (image_table = {..., "
+                                    "image = \"...\"} names the image table's column where it has several)")
+        if "image_id" not in columns:
+            raise ReaderOptionError("option 'image_table' looks each row's image up by its image_id, and columns maps "
+                                    f"no image_id; map the column that holds the image table's {image_table['key']!r} "
+                                    f"values, e.g. {EXAMPLE}")
+
+
+def _column(wanted: str, names: list[str], what: str, where: str) -> str:
+    """``wanted``, refused with a did-you-mean where the image table has no such column."""
+    if wanted not in names:
+        close = difflib.get_close_matches(wanted, names, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{where}: image_table's {what} column {wanted!r} not found{hint}; the image table has "
+                         f"columns {names}")
+    return wanted
+
+
+def _image_column(images_ds: Any, image_table: dict[str, str], where: str) -> str:
+    """The image table's image column: ``image_table["image"]``, else its one column of images."""
+    names = list(images_ds.column_names)
+    if image_table.get("image"):
+        return _column(image_table["image"], names, "image", where)
+    found = [c for c in names if is_image_feature(images_ds.features[c])]
+    if len(found) != 1:
+        has = f"columns of images {found}" if found else "no column of images (datasets.Image)"
+        raise ValueError(f"{where}: the image table has {has}; name its image column: image_table = {{path = ..., "
+                         f"key = ..., image = \"...\"}} (its columns: {names})")
+    return found[0]
+
+
+def join_rows(images_ds: Any, image_table: dict[str, str], ds: Any, mapping: dict[str, Any], source: str,
+              where: str) -> tuple[str, list[int]]:
+    """The image table's image column, and per row of ``ds`` (the rows, read as ``source``) the row of ``images_ds``
+    (the image table, read as ``where``) whose ``image_table["key"]`` is the row's image id; refused where the key
+    names two images, or a row's image id is blank or not in the image table."""
+    check_image_table(image_table, mapping)
+    image_col = _image_column(images_ds, image_table, where)
+    key = _column(image_table["key"], list(images_ds.column_names), "key", where)
+    at: dict[str, int] = {}
+    for j, k in enumerate(images_ds.select_columns([key]).with_format("arrow")[:].column(0).to_pylist()):
+        if k is not None and str(k).strip():   # (an image without a key is no row's)
+            first = at.setdefault(str(k), j)
+            if first != j:
+                raise DataFormatError(f"{where} row {j}: key {k!r} of column {key!r} is also row {first}'s; an id must "
+                                      "name one image of the image table (give it a column of unique ids as key)")
+    col = mapping["image_id"]
+    ids = ds.select_columns([col]).with_format("arrow")[:].column(0).to_pylist()
+    blank = [i for i, v in enumerate(ids) if v is None or not str(v).strip()]
+    if blank:
+        raise DataFormatError(f"{source} row {blank[0]}: no image id in column {col!r} ({len(blank)} of {len(ids)} "
+                              "rows), which image_table looks the row's image up by; fix or remove those rows")
+    missing = [i for i, v in enumerate(ids) if str(v) not in at]
+    if missing:
+        i = missing[0]
+        raise DataFormatError(f"{source} row {i}: image id {ids[i]!r} (column {col!r}) is not in column {key!r} of "
+                              f"the image table {where} ({len(missing)} of {len(ids)} rows' images missing); give the "
+                              "image table of the rows' split (image_table = {..., split = \"...\"} where its split "
+                              "is named otherwise), or remove those rows")
+    return image_col, [at[str(v)] for v in ids]

@@ -1,0 +1,144 @@
+"""``image_table``: GQA on the hub (``lmms-lab/GQA``) keeps a split's images and questions in two configs joined by
+image id (``testdev_balanced_images``: ``id``, ``image``; ``testdev_balanced_instructions``: ``id``, ``imageId``,
+``question``, ``answer``); the questions' config read alone had no image, the whole folder is refused as configs.
+Tiny parquet files in the hub layout, built here (no network)."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mtl_lora_vl.data.images import to_uint8_tensor
+from mtl_lora_vl.data.readers import read_split
+from mtl_lora_vl.tasks.spec import SpecError, load_spec
+
+datasets = pytest.importorskip("datasets", reason="the hf_datasets reader needs the optional `datasets` package")
+
+COLORS = {"n1": (200, 30, 30), "n2": (30, 200, 30), "n3": (30, 30, 200)}
+COLUMNS = {"image_id": "imageId", "question": "question", "answers": "answer", "question_id": "id"}
+IMAGES = {"path": "GQA/testdev_balanced_images", "key": "id"}
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+
+
+def _png(rgb) -> Image.Image:
+    return Image.new("RGB", (8, 8), rgb)
+
+
+def _gqa(root: Path, image_ids=("n3", "n1", "n2"), asked=("n1", "n2", "n1", "n3"), split="testdev",
+         **more_images) -> Path:
+    """lmms-lab/GQA's layout: one folder per config, a hub shard per split in each."""
+    shard = f"{split}-00000-of-00001.parquet"
+    (root / "GQA" / "testdev_balanced_images").mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_dict({"id": list(image_ids), "image": [_png(COLORS.get(k, (9, 9, 9))) for k in image_ids],
+                                **more_images}).to_parquet(str(root / "GQA" / "testdev_balanced_images" / shard))
+    (root / "GQA" / "testdev_balanced_instructions").mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_dict({
+        "id": [f"q{i}" for i in range(len(asked))], "imageId": list(asked),
+        "question": [f"what colour is {k}?" for k in asked], "answer": ["red" for _ in asked],
+        "fullAnswer": ["It is red." for _ in asked], "isBalanced": [True for _ in asked],
+    }).to_parquet(str(root / "GQA" / "testdev_balanced_instructions" / "testdev-00000-of-00001.parquet"))
+    return root
+
+
+def _read(tmp_path, root=None, **kw):
+    kw = {"path": "GQA/testdev_balanced_instructions", "split": "testdev", "columns": COLUMNS,
+          "image_table": IMAGES, "cache_dir": str(tmp_path / "cache"), **kw}
+    return read_split("hf_datasets", root or tmp_path / "data", **kw)
+
+
+def test_questions_read_their_images_from_the_image_config_by_image_id(tmp_path):
+    _gqa(tmp_path / "data")
+    split = _read(tmp_path)
+    exs = split.examples
+    assert [(e.image_id, e.text, e.answers) for e in exs] == [
+        ("n1", "what colour is n1?", ("red",)), ("n2", "what colour is n2?", ("red",)),
+        ("n1", "what colour is n1?", ("red",)), ("n3", "what colour is n3?", ("red",))]
+    # each image is its row of the image table (in another order than the questions), read lazily from it
+    assert [e.image.row for e in exs] == [1, 2, 1, 0]
+    assert {Path(e.image.table.location[0]).parent.name for e in exs} == {"testdev_balanced_images"}
+    for e in exs:
+        pixels = to_uint8_tensor(pickle.loads(pickle.dumps(e.image)), 8)   # (as a loader worker gets it)
+        assert tuple(pixels[:, 4, 4].tolist()) == COLORS[e.image_id]
+    assert exs[0].image is exs[2].image   # the rows of one image share one reference
+    assert Image.open(io.BytesIO(exs[3].image.fetch())).getpixel((0, 0)) == COLORS["n3"]
+
+
+def test_an_image_table_whose_split_is_named_otherwise_is_given_its_split(tmp_path):
+    _gqa(tmp_path / "data", split="test")   # images in test-00000-of-00001, questions in testdev-...
+    with pytest.raises(FileNotFoundError, match="no parquet file of split 'testdev'"):
+        _read(tmp_path)
+    assert len(_read(tmp_path, image_table={**IMAGES, "split": "test"}).examples) == 4
+
+
+def test_an_image_id_the_image_table_lacks_is_refused_naming_the_row_and_the_count(tmp_path):
+    _gqa(tmp_path / "data", image_ids=("n1", "n2"))
+    with pytest.raises(ValueError, match=re.escape("row 3: image id 'n3' (column 'imageId') is not in column 'id' of "
+                                                   "the image table ") + r".*\(1 of 4 rows' images missing\)"):
+        _read(tmp_path)
+
+
+def test_a_key_naming_two_images_and_a_blank_image_id_are_refused(tmp_path):
+    _gqa(tmp_path / "data", image_ids=("n1", "n2", "n1", "n3"))
+    with pytest.raises(ValueError, match=re.escape("row 2: key 'n1' of column 'id' is also row 0's")):
+        _read(tmp_path)
+    _gqa(tmp_path / "data2", asked=("n1", "", "n2"))
+    with pytest.raises(ValueError, match=re.escape("row 1: no image id in column 'imageId' (1 of 3 rows)")):
+        _read(tmp_path, root=tmp_path / "data2")
+
+
+def test_the_image_tables_columns_are_checked_by_name(tmp_path):
+    _gqa(tmp_path / "data", thumb=[_png((1, 1, 1)) for _ in range(3)])
+    with pytest.raises(ValueError, match=re.escape("image_table's key column 'imageid' not found; did you mean "
+                                                   "'image'?")):
+        _read(tmp_path, image_table={**IMAGES, "key": "imageid", "image": "image"})
+    with pytest.raises(ValueError, match=re.escape("the image table has columns of images ['image', 'thumb']; name "
+                                                   "its image column")):
+        _read(tmp_path)
+    split = _read(tmp_path, image_table={**IMAGES, "image": "image"})
+    assert {e.image.column for e in split.examples} == {"image"}
+
+
+def test_the_questions_config_alone_points_at_image_table(tmp_path):
+    _gqa(tmp_path / "data")
+    with pytest.raises(ValueError, match=re.escape("no image column; map one with") + r".*GQA on the hub.*"
+                       + re.escape('image_table = {path = "GQA/testdev_balanced_images", key = "id"}')):
+        _read(tmp_path, image_table=None)
+
+
+def _spec(tmp_path, data: str) -> Path:
+    path = tmp_path / "gqa.toml"
+    path.write_text('kind = "vqa"\n[data]\nformat = "hf_datasets"\npath = "GQA/testdev_balanced_instructions"\n'
+                    + data + '\n[data.train]\nsplit = "train"\n[data.val]\nsplit = "testdev"\n')
+    return path
+
+
+def test_a_spec_names_the_image_table_and_its_bad_forms_are_refused_at_load(tmp_path):
+    cols = 'columns = {image_id = "imageId", question = "question", answers = "answer"}\n'
+    ok = load_spec(_spec(tmp_path, cols + 'image_table = {path = "GQA/testdev_balanced_images", key = "id"}'))
+    assert ok.data.options["image_table"] == IMAGES
+    for table, said in [
+        ('{path = "GQA/x", kye = "id"}', "option 'image_table': unknown key(s) ['kye']; 'kye': did you mean 'key'?"),
+        ('{path = "GQA/x"}', "option 'image_table' needs key (the image table's path"),
+        ('{path = "GQA/x", key = "id", image = " "}', "option 'image_table': ['image'] blank"),
+        ('{path = "GQA/x", key = 3}', "option 'image_table' of format 'hf_datasets' must be a table of strings"),
+    ]:
+        with pytest.raises(SpecError, match=re.escape(said)):
+            load_spec(_spec(tmp_path, cols + f"image_table = {table}"))
+    with pytest.raises(SpecError, match=re.escape("option 'columns' maps ['image'] beside image_table")):
+        load_spec(_spec(tmp_path, 'columns = {image = "img", image_id = "imageId", question = "question"}\n'
+                        'image_table = {path = "GQA/x", key = "id"}'))
+    with pytest.raises(SpecError, match=re.escape("option 'image_table' looks each row's image up by its image_id, "
+                                                  "and columns maps no image_id; map the column that holds the image "
+                                                  "table's 'id' values")):
+        load_spec(_spec(tmp_path, 'columns = {question = "question"}\nimage_table = {path = "GQA/x", key = "id"}'))
