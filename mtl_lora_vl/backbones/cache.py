@@ -32,15 +32,21 @@ _OPEN_CLIP_SAFE = "open_clip_model.safetensors"  # open_clip's HF_SAFE_WEIGHTS_N
 
 
 def hf_hub_cache() -> Path:
-    """The Hugging Face hub cache folder, resolved from the environment as ``huggingface_hub`` does."""
+    """The Hugging Face hub cache folder, resolved from the environment as ``huggingface_hub`` does (``~`` and
+    ``$VAR`` in it expanded: ``HF_HOME='$SCRATCH/hf'`` from an env file that no shell expanded)."""
     env = os.environ
     for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
         if env.get(key):
-            return Path(env[key]).expanduser()
+            return _expanded(env[key])
     if env.get("HF_HOME"):
-        return Path(env["HF_HOME"]).expanduser() / "hub"
-    base = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else Path("~/.cache").expanduser()
+        return _expanded(env["HF_HOME"]) / "hub"
+    base = _expanded(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path("~/.cache").expanduser()
     return base / "huggingface" / "hub"
+
+
+def _expanded(path: str) -> Path:
+    """``path`` with ``~`` and environment variables expanded, as ``huggingface_hub.constants`` expands its own."""
+    return Path(os.path.expandvars(os.path.expanduser(path)))
 
 
 def clip_url_cache() -> Path:
