@@ -4,9 +4,17 @@ environment, the model's own weights."""
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
 
-from mtl_lora_vl.backbones.cache import hf_hub_cache
+import pytest
+import torch
+from conftest import tiny_hf_clip
+from huggingface_hub import constants as hub_constants
+
+import mtl_lora_vl as mlv
+from mtl_lora_vl.backbones.cache import hf_hub_cache, hub_caches
 
 
 def test_the_hub_cache_from_the_environment_expands_variables_as_huggingface_hub_does(tmp_path, monkeypatch):
@@ -21,3 +29,75 @@ def test_the_hub_cache_from_the_environment_expands_variables_as_huggingface_hub
     assert hf_hub_cache() == tmp_path / "hub"
     monkeypatch.setenv("HF_HUB_CACHE", "~/hub")
     assert hf_hub_cache() == Path("~/hub").expanduser()
+
+
+def _cache_holding(hub, name, seed, ref="main", commit="1" * 40):
+    """Hub cache ``hub`` holding model ``name`` (a tiny CLIP of weights drawn with ``seed``) at ``ref``, its
+    tokenizer.json naming the cache."""
+    repo = hub / f"models--{name.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    snapshot = repo / "snapshots" / commit
+    torch.manual_seed(seed)
+    tiny_hf_clip().save_pretrained(snapshot)
+    (snapshot / "tokenizer.json").write_text(json.dumps({"cache": hub.name}))
+    (repo / "refs" / ref).write_text(commit)
+    return snapshot
+
+
+def _attached(model):
+    return mlv.attach(model.eval(), mlv.MTLLoRAConfig(tasks=["a", "b"], r=2))
+
+
+def test_a_hub_id_model_takes_the_files_of_the_cache_huggingface_hub_read_not_of_a_later_environment(tmp_path,
+                                                                                                     monkeypatch):
+    """HF_HOME set after huggingface_hub was imported (os.environ in a notebook): from_pretrained reads the cache
+    huggingface_hub.constants fixed at its import, and save_merged took the processor files of the environment's,
+    another model's or revision's, silently."""
+    from transformers import CLIPModel
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "read"))
+    _cache_holding(tmp_path / "read", "org/tiny-clip", seed=0)
+    _cache_holding(tmp_path / "env", "org/tiny-clip", seed=1, commit="2" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "env"))
+    assert hub_caches() == [tmp_path / "read", tmp_path / "env"]
+    model = _attached(CLIPModel.from_pretrained("org/tiny-clip", local_files_only=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # (the model's own weights: nothing to warn of)
+        out = mlv.save_merged(model, "a", tmp_path / "merged")
+    assert json.loads((out / "tokenizer.json").read_text()) == {"cache": "read"}
+
+
+def test_a_model_loaded_from_another_cache_dir_is_warned_of_naming_source_dir(tmp_path, monkeypatch):
+    """from_pretrained(id, cache_dir=DIR) records neither DIR nor its files: save_merged took the processor files of
+    the default cache's snapshot of the id, another revision's, silently. That snapshot's weights are not the
+    model's: warned, naming a differing weight, cache_dir and source_dir (the files are still taken: a model whose
+    base weights were changed in memory has them right)."""
+    from transformers import CLIPModel
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "default"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "default"))
+    _cache_holding(tmp_path / "default", "org/tiny-clip", seed=0)
+    _cache_holding(tmp_path / "mine", "org/tiny-clip", seed=1, commit="2" * 40)
+    model = _attached(CLIPModel.from_pretrained("org/tiny-clip", cache_dir=str(tmp_path / "mine"),
+                                                local_files_only=True))
+    with pytest.warns(UserWarning, match=r"save_merged: .*merged: the model was loaded from the hub id "
+                                         r"'org/tiny-clip', whose snapshot .*default.*1{40} .*holds other values of "
+                                         r"its weight '[\w.]+': .*cache_dir=DIR.*pass source_dir= the snapshot of "
+                                         r"the revision"):
+        mlv.save_merged(model, "a", tmp_path / "merged")
+    src = tmp_path / "mine" / "models--org--tiny-clip" / "snapshots" / ("2" * 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = mlv.save_merged(model, "a", tmp_path / "merged2", source_dir=src)
+    assert json.loads((out / "tokenizer.json").read_text()) == {"cache": "mine"}
+
+
+def test_a_hub_id_not_cached_names_each_cache_looked_in_and_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "read"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "env"))
+    torch.manual_seed(0)
+    clip = tiny_hf_clip()
+    clip.name_or_path = clip.config.name_or_path = "org/elsewhere"   # as from_pretrained("org/elsewhere") sets them
+    with pytest.raises(ValueError, match=rf"not in the local hub cache \({tmp_path / 'read'} or {tmp_path / 'env'}\)"
+                                         r".*pass source_dir= .*with cache_dir=DIR, local_files_only=True"):
+        mlv.save_merged(_attached(clip), "a", tmp_path / "merged")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["cached_hub_snapshot", "cached_hub_snapshots", "cached_open_clip_weights", "clip_url_cache", "hf_hub_cache",
-           "hub_id_snapshot", "local_folder"]
+           "hub_caches", "hub_id_snapshot", "local_folder"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _OPEN_CLIP_BIN = "open_clip_pytorch_model.bin"  # open_clip's HF_WEIGHTS_NAME
@@ -49,6 +49,23 @@ def _expanded(path: str) -> Path:
     return Path(os.path.expandvars(os.path.expanduser(path)))
 
 
+def hub_caches() -> list[Path]:
+    """The hub caches a model ``from_pretrained`` by hub id came from, where it was given no ``cache_dir``: the one
+    ``huggingface_hub`` downloads to and reads (``huggingface_hub.constants.HF_HUB_CACHE``: read from the environment
+    when it was imported, or set on it since), then the one the environment names now (:func:`hf_hub_cache`: an
+    ``HF_HOME`` set after that import), when it is another. A model given ``cache_dir=`` came from that folder,
+    which it does not record (transformers keeps neither it nor the files' paths)."""
+    caches = []
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        constants = None
+    if constants is not None and getattr(constants, "HF_HUB_CACHE", None):
+        caches.append(Path(constants.HF_HUB_CACHE))
+    now = hf_hub_cache()
+    return caches + ([now] if now not in caches else [])
+
+
 def clip_url_cache() -> Path:
     """Where open_clip's ``download_pretrained_from_url`` keeps URL downloads (its default ``cache_dir``)."""
     return Path("~/.cache/clip").expanduser()
@@ -59,8 +76,9 @@ def is_hub_id(text: str) -> bool:
     return bool(_HUB_ID.match(text)) and ".." not in text and "--" not in text
 
 
-def cached_hub_snapshot(repo_id: str, revision: str = "main") -> Path | None:
-    """The local snapshot folder of model ``repo_id`` in the hub cache, or None when it is not there."""
+def cached_hub_snapshot(repo_id: str, revision: str = "main", cache: Path | None = None) -> Path | None:
+    """The local snapshot folder of model ``repo_id`` in the hub cache (``cache``, else :func:`hf_hub_cache`), or
+    None when it is not there."""
     if not is_hub_id(repo_id):
         return None
     try:
@@ -68,19 +86,21 @@ def cached_hub_snapshot(repo_id: str, revision: str = "main") -> Path | None:
     except ImportError:
         return None
     try:
-        path = snapshot_download(repo_id, revision=revision, cache_dir=str(hf_hub_cache()), local_files_only=True)
+        path = snapshot_download(repo_id, revision=revision, cache_dir=str(cache or hf_hub_cache()),
+                                 local_files_only=True)
     except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError), or not a valid id: not found
         return None
     folder = Path(path)
     return folder if folder.is_dir() else None
 
 
-def cached_hub_snapshots(repo_id: str) -> dict[Path, list[str]]:
-    """Every snapshot folder of model ``repo_id`` in the local hub cache (``models--ORG--NAME/snapshots/<commit>``),
-    each with the refs that name its commit (``main``, a tag, ``pr/1``), sorted by folder; empty when none is there."""
+def cached_hub_snapshots(repo_id: str, cache: Path | None = None) -> dict[Path, list[str]]:
+    """Every snapshot folder of model ``repo_id`` in the local hub cache (``cache``, else :func:`hf_hub_cache`:
+    ``models--ORG--NAME/snapshots/<commit>``), each with the refs that name its commit (``main``, a tag, ``pr/1``),
+    sorted by folder; empty when none is there."""
     if not is_hub_id(repo_id):
         return {}
-    repo = hf_hub_cache() / ("models--" + repo_id.replace("/", "--"))
+    repo = (cache or hf_hub_cache()) / ("models--" + repo_id.replace("/", "--"))
     snapshots = repo / "snapshots"
     found = {f: [] for f in sorted(snapshots.iterdir()) if f.is_dir()} if snapshots.is_dir() else {}
     refs = repo / "refs"

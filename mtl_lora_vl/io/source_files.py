@@ -7,9 +7,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from ..backbones.cache import cached_hub_snapshot, cached_hub_snapshots, hf_hub_cache, is_hub_id
+from ..backbones.cache import cached_hub_snapshot, cached_hub_snapshots, hub_caches, is_hub_id
 from ..log import warn_user
 from .atomic import linked_out_of
 from .layout import ADAPTER_CONFIG, LEGACY_ADAPTER_CONFIG
@@ -26,46 +28,65 @@ def loaded_from(model: nn.Module) -> Path | None:
 def source_folder(model: nn.Module, out: str | Path) -> Path | None:
     """The folder whose processor and tokenizer files a merged Hugging Face folder ``out`` of ``model`` takes when no
     ``source_dir`` is given: the local directory it was loaded from, else the snapshot of its hub id in the local hub
-    cache (the revision it was loaded at, or its only snapshot there; no network). None for a model built from a
-    config (no files to take). A model loaded from a folder or hub id that cannot be found, or whose cached snapshot
-    holds nothing to copy (the model alone was downloaded, not its processor), is refused: the merged folder would
-    hold no processor files and fail only when loaded; so is a hub id with several snapshots cached and no
-    ``main`` (:func:`_loaded_snapshot`)."""
+    cache it was loaded from (:func:`~..backbones.cache.hub_caches`: the revision it was loaded at, or its only
+    snapshot there; no network), warned where that snapshot's weights are not the model's (:func:`_other_weights`:
+    a model loaded with ``cache_dir=`` another cache, which it does not record, or at another revision). None for a
+    model built from a config (no files to take). A model loaded from a folder or hub id that cannot be found, or
+    whose cached snapshot holds nothing to copy (the model alone was downloaded, not its processor), is refused: the
+    merged folder would hold no processor files and fail only when loaded; so is a hub id with several snapshots
+    cached and no ``main`` (:func:`_loaded_snapshot`)."""
     name = getattr(model, "name_or_path", "") or ""
     folder = loaded_from(model)
     if not name or folder is not None:
         return folder
-    snapshot = _loaded_snapshot(model, name, out)
+    caches = hub_caches()
+    snapshot = _loaded_snapshot(model, name, out, caches)
     if snapshot is not None and _has_processor_files(snapshot):
+        differing = _other_weights(model, snapshot)
+        if differing:
+            warn_user(f"save_merged: {out}: the model was loaded from the hub id {name!r}, whose snapshot {snapshot} "
+                      f"in the local hub cache holds other values of its weight {differing!r}: the model was loaded "
+                      "from another cache (from_pretrained(..., cache_dir=DIR), which it does not record) or at "
+                      "another revision, or its weights were changed since. Its processor and tokenizer files are "
+                      f"taken from that snapshot; if they are not the model's, {_SOURCE_ADVICE.format(name=name)}")
         return snapshot
     if snapshot is not None:   # (from_pretrained of the model alone downloads no processor file)
         where = f"a hub id whose snapshot in the local hub cache ({snapshot}) holds only the model's config and weights"
     elif is_hub_id(name):
-        where = f"a hub id whose files are not in the local hub cache ({hf_hub_cache()})"
+        where = f"a hub id whose files are not in the local hub cache ({' or '.join(map(str, caches))})"
     else:
         where = "a folder that is not there any more"
     raise ValueError(f"save_merged: {out}: the model was loaded from {name!r}, {where}, so the processor and "
                      "tokenizer files cannot be copied beside its weights and the merged folder would not load with "
                      "its processor; pass source_dir= a folder holding them (the base model's, e.g. "
-                     f"huggingface_hub.snapshot_download({name!r}) where it is a hub id)")
+                     f"huggingface_hub.snapshot_download({name!r}) where it is a hub id; with cache_dir=DIR, "
+                     "local_files_only=True for a model loaded from_pretrained with cache_dir=DIR)")
 
 
-def _loaded_snapshot(model: nn.Module, name: str, out: str | Path) -> Path | None:
-    """The snapshot of hub id ``name`` in the local hub cache that ``model`` was loaded from: the commit its config
-    records (``_commit_hash``, which transformers 4 set; 5 records none), else the one snapshot of ``name`` there,
-    else ``main``'s, what ``from_pretrained(name)`` loads (warned, naming the others: an old revision stays cached
-    after the hub's moves on, and a model loaded at another is told to give ``source_dir``). Several and no ``main``
-    are refused, naming each: which one the model was loaded at is not known. None when none is there."""
+_SOURCE_ADVICE = ("pass source_dir= the snapshot of the revision the model was loaded at, in the cache it was loaded "
+                  "from, e.g. huggingface_hub.snapshot_download({name!r}, revision=REVISION, cache_dir=DIR, "
+                  "local_files_only=True)")
+
+
+def _loaded_snapshot(model: nn.Module, name: str, out: str | Path, caches: list[Path]) -> Path | None:
+    """The snapshot of hub id ``name`` in the first of the local hub ``caches`` that holds one, which ``model`` was
+    loaded from: the commit its config records (``_commit_hash``, which transformers 4 set; 5 records none), else the
+    one snapshot of ``name`` there, else ``main``'s, what ``from_pretrained(name)`` loads (warned, naming the others:
+    an old revision stays cached after the hub's moves on, and a model loaded at another is told to give
+    ``source_dir``). Several and no ``main`` are refused, naming each: which one the model was loaded at is not
+    known. None when none is there."""
     commit = getattr(getattr(model, "config", None), "_commit_hash", None)
-    if commit:
-        return cached_hub_snapshot(name, commit)   # (that revision only: another's processor may differ)
-    snapshots = cached_hub_snapshots(name)
+    if commit:   # (that revision only: another's processor may differ)
+        return next((s for s in (cached_hub_snapshot(name, commit, c) for c in caches) if s is not None), None)
+    cache = next((c for c in caches if cached_hub_snapshots(name, c)), None)
+    if cache is None:
+        return None
+    snapshots = cached_hub_snapshots(name, cache)
     if len(snapshots) <= 1:
         return next(iter(snapshots), None)
     listed = "; ".join(f"{s}" + (f" ({', '.join(refs)})" if refs else "") for s, refs in snapshots.items())
-    main = cached_hub_snapshot(name)
-    advice = ("pass source_dir= the snapshot of the revision the model was loaded at, e.g. "
-              f"huggingface_hub.snapshot_download({name!r}, revision=REVISION, local_files_only=True)")
+    main = cached_hub_snapshot(name, cache=cache)
+    advice = _SOURCE_ADVICE.format(name=name)
     if main is not None and not _has_processor_files(main):
         return main   # (refused by the caller as holding none: no warning that its files are taken)
     if main is not None:
@@ -75,9 +96,39 @@ def _loaded_snapshot(model: nn.Module, name: str, out: str | Path) -> Path | Non
                   f"local hub cache holds: {listed}. If it was loaded at another revision, {advice}")
         return main
     raise ValueError(f"save_merged: {out}: the model was loaded from the hub id {name!r} and records no revision "
-                     f"(transformers keeps none on a loaded model), but the local hub cache holds {len(snapshots)} "
-                     f"snapshots of it and no 'main', whose processor and tokenizer files may differ: {listed}. "
-                     f"Which one it was loaded at cannot be known; {advice}")
+                     f"(transformers keeps none on a loaded model), but the local hub cache ({cache}) holds "
+                     f"{len(snapshots)} snapshots of it and no 'main', whose processor and tokenizer files may "
+                     f"differ: {listed}. Which one it was loaded at cannot be known; {advice}")
+
+
+def _other_weights(model: nn.Module, snapshot: Path, most: int = 256) -> str | None:
+    """The name of a weight that ``model`` holds under the name and shape of one in ``snapshot``'s safetensors files
+    but with other values (the first row of each is compared, at most ``most`` weights: read from the files' headers
+    and those rows alone), else None: the same values, or none to compare (no safetensors file, names transformers
+    maps on loading, a quantized or offloaded model's)."""
+    state = model.state_dict()
+    compared = 0
+    for f in sorted(snapshot.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                for key in sf.keys():
+                    own = state.get(key)
+                    if own is None or own.is_meta or not own.is_floating_point():
+                        continue
+                    part = sf.get_slice(key)
+                    if tuple(part.get_shape()) != tuple(own.shape):
+                        continue
+                    theirs = part[:1] if own.dim() else sf.get_tensor(key)
+                    if not theirs.is_floating_point():
+                        continue
+                    if not torch.equal(theirs.to(own.dtype), own.detach()[:1].cpu() if own.dim() else own.cpu()):
+                        return key
+                    compared += 1
+                    if compared >= most:
+                        return None
+        except (OSError, RuntimeError, ValueError, SafetensorError):   # (a file not readable: nothing to judge by)
+            continue
+    return None
 
 
 def _has_processor_files(snapshot: Path) -> bool:
