@@ -6,7 +6,7 @@ import difflib
 import re
 from collections.abc import Iterable
 
-__all__ = ["agree", "comma_hint", "did_you_mean", "few", "name_hint", "tasks_named"]
+__all__ = ["agree", "comma_hint", "did_you_mean", "few", "given_as", "name_hint", "tasks_named"]
 
 #: the verbs whose third person singular is not made by the rules in :func:`agree`: irregular ones and modals
 _SINGULAR = {"have": "has", "are": "is", "were": "was", "be": "is", "cannot": "cannot", "can": "can", "could": "could",
@@ -17,6 +17,13 @@ _SINGULAR = {"have": "has", "are": "is", "were": "was", "be": "is", "cannot": "c
 def few(items: list[str], n: int = 6) -> str:
     """The first ``n`` names of a list for an error message, and how many more there are."""
     return ", ".join(items[:n]) + (f" (and {len(items) - n} more)" if len(items) > n else "")
+
+
+def given_as(name: str, value: object) -> str:
+    """A value as the caller gave it, for a message: ``--pretrained /w.bin`` where ``name`` is a command-line flag
+    (it starts with ``-``), ``pretrained='/w.bin'`` where it is a Python argument or a file's key (``base.pretrained``).
+    A function that both the command line and Python reach takes the name from its caller, as here."""
+    return f"{name} {value}" if name.startswith("-") else f"{name}={value!r}"
 
 
 def agree(verb: str, count: int) -> str:

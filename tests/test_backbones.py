@@ -631,7 +631,7 @@ def test_backbone_strings_parse_once_into_a_typed_spec(tmp_path):
     h = parse_spec(f"hf:{tmp_path}")
     assert h.kind == "hf" and h.label == f"hf:{tmp_path}" and h.absolute() == f"hf:{tmp_path.resolve()}"
     assert parse_spec("hf:no/such/dir").absolute() == "hf:no/such/dir"      # left as given
-    with pytest.raises(ValueError, match="drop --pretrained"):
+    with pytest.raises(ValueError, match="drop pretrained='/x.bin'"):
         parse_spec(f"open_clip:{tmp_path}", "/x.bin")
     with pytest.raises(ValueError, match="only for open_clip:NAME"):
         parse_spec(f"hf:{tmp_path}", "/x.bin")

@@ -251,7 +251,7 @@ def test_bench_help_names_the_real_program(capsys):
 def test_a_missing_pretrained_file_for_the_built_in_backbone_is_named():
     from mtl_lora_vl.backbones import load_backbone
 
-    with pytest.raises(FileNotFoundError, match=r"--pretrained /nonexistent/w.bin: no such file"):
+    with pytest.raises(FileNotFoundError, match=r"pretrained='/nonexistent/w.bin': no such file"):
         load_backbone("builtin", pretrained="/nonexistent/w.bin")
 
 

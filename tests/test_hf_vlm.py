@@ -425,7 +425,7 @@ def test_builtin_llava_spec_loads_like_hf_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(spec, "builtin_llava_dir", lambda: tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="built-in tiny LLaVA .* is missing.*pretrain_llava.py"):
         load_backbone("builtin-llava")
-    with pytest.raises(ValueError, match="--pretrained is only for"):
+    with pytest.raises(ValueError, match="pretrained='w.bin': pretrained is only for"):
         parse_spec("builtin-llava", "w.bin")
     assert builtin.builtin_llava_dir().name == "builtin_llava"
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..families import OPEN_CLIP_CONFIG
 from ..whole_files import read_whole
+from ..wording import given_as
 
 __all__ = ["BUILTIN_CONFIG", "BUILTIN_LLAVA_NAME", "BUILTIN_NAME", "BUILTIN_WEIGHTS", "builtin_dir", "builtin_files",
            "builtin_llava_dir"]
@@ -54,9 +55,10 @@ def builtin_llava_dir() -> Path:
     return _asset_dir(_LLAVA_SUBDIR, "config.json")
 
 
-def builtin_files(pretrained: str | None = None) -> tuple[Path, dict, Path]:
+def builtin_files(pretrained: str | None = None, pretrained_as: str = "pretrained") -> tuple[Path, dict, Path]:
     """``(folder, open_clip config, weights file)`` of the built-in backbone; ``pretrained`` replaces the
-    weights. Missing files raise FileNotFoundError saying how to build them."""
+    weights (a bad one is named as the caller gave it: ``pretrained_as``, e.g. ``--pretrained``, see
+    :func:`~mtl_lora_vl.wording.given_as`). Missing files raise FileNotFoundError saying how to build them."""
     folder = builtin_dir()
     config_path = folder / BUILTIN_CONFIG
     weights = Path(pretrained).expanduser() if pretrained else folder / BUILTIN_WEIGHTS
@@ -64,9 +66,9 @@ def builtin_files(pretrained: str | None = None) -> tuple[Path, dict, Path]:
         inside = sorted(f.name for f in weights.glob("*.safetensors")) if weights.is_dir() else []
         what = f"a folder (holding {inside}: give the file)" if inside else "a folder" if weights.is_dir() else \
             "no such file"
-        raise FileNotFoundError(f"--pretrained {pretrained}: {what}; give the path of a weights file for the "
-                                "built-in backbone (a model.safetensors it wrote), or leave --pretrained out to "
-                                "use its own weights")
+        raise FileNotFoundError(f"{given_as(pretrained_as, pretrained)}: {what}; give the path of a weights file "
+                                "for the built-in backbone (a model.safetensors it wrote), or leave "
+                                f"{pretrained_as} out to use its own weights")
     missing = next((f for f in (config_path, weights, folder / "tokenizer.json") if not f.is_file()), None)
     if missing is not None:   # (the tokenizer's: else "save it with tokenizer.save_pretrained", which none can here)
         raise FileNotFoundError(

@@ -30,7 +30,8 @@ __all__ = ["load_backbone"]
 
 def load_backbone(spec: str = "builtin", pretrained: str | None = None,
                   device: str | torch.device = "cpu", base_dtype: str = "auto",
-                  image_max_pixels: int | None = None, image_reading: str | None = None) -> Backbone:
+                  image_max_pixels: int | None = None, image_reading: str | None = None, *,
+                  pretrained_as: str = "pretrained") -> Backbone:
     """Load a base VL model, its tokenizer and image normalisation from local files.
 
     ``spec`` is ``builtin``, ``builtin-llava``, ``open_clip:NAME`` (with ``pretrained`` = local checkpoint
@@ -42,8 +43,10 @@ def load_backbone(spec: str = "builtin", pretrained: str | None = None,
     ``Qwen2VLBackbone.limit_pixels``); refused for backbones that take fixed squares. ``image_reading``:
     "native" or "square" for a backbone that can read each image either way (LLaVA-NeXT, LLaVA-OneVision,
     Idefics3 / SmolVLM: :func:`~.image_reading.read_images`); None keeps the backbone's default.
+    ``pretrained_as``: what messages call ``pretrained`` (this argument's name; ``--pretrained`` where a command
+    line gave it, :func:`~mtl_lora_vl.wording.given_as`).
     """
-    parsed = parse_spec(spec, pretrained)
+    parsed = parse_spec(spec, pretrained, pretrained_as=pretrained_as)
     if parsed.is_hf_dir:
         folder = hf_dir(parsed)
         model_cls = hf_model_class(folder)

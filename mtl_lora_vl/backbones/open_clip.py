@@ -77,7 +77,7 @@ class OpenClipBackbone(OpenClipText, Backbone):
         ``base_dtype`` asks for bf16/fp16 (a small contrastive model: ``auto`` is fp32)."""
         dtype = resolve_base_dtype(base_dtype, device, large=False)
         if spec.kind == "builtin":
-            folder, config, weights = builtin_files(spec.pretrained)
+            folder, config, weights = builtin_files(spec.pretrained, spec.pretrained_as)
             bb = _from_files(config, folder, weights, BUILTIN_NAME, "built-in backbone", device)
         elif spec.kind == "open_clip_dir":
             bb = _load_dir(spec, device)

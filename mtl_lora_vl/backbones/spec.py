@@ -11,11 +11,12 @@ open_clip local directory with its own weights); ``hf:DIR`` (a local Hugging Fac
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from ..families import OPEN_CLIP_CONFIG
+from ..wording import given_as
 from .builtin import BUILTIN_LLAVA_NAME, BUILTIN_NAME, builtin_dir, builtin_llava_dir
 from .cache import hub_id_snapshot
 
@@ -43,7 +44,8 @@ class BackboneSpec:
     ``builtin_llava`` (the last three with a local ``path``; a cached hub model also has its hub id in
     ``name``; ``builtin_llava`` is a Hugging Face directory that ships with the package, so it loads by the
     ``hf`` code); ``pretrained`` is the weights file given beside it (``open_clip`` and
-    ``builtin`` only); ``text`` is the string as given (stripped).
+    ``builtin`` only), ``pretrained_as`` the name it was given by (``pretrained``, ``--pretrained``,
+    ``base.pretrained``: what its messages call it); ``text`` is the string as given (stripped).
     """
 
     kind: SpecKind
@@ -51,6 +53,7 @@ class BackboneSpec:
     name: str = ""
     path: Path | None = None
     pretrained: str | None = None
+    pretrained_as: str = field(default="pretrained", compare=False)
 
     @property
     def is_hf_dir(self) -> bool:
@@ -84,21 +87,23 @@ class BackboneSpec:
         return prefix + str(self.path.resolve())
 
 
-def parse_spec(spec: str, pretrained: str | None = None) -> BackboneSpec:
-    """Parse a backbone string (and its ``--pretrained``) into a :class:`BackboneSpec`.
+def parse_spec(spec: str, pretrained: str | None = None, *, pretrained_as: str = "pretrained") -> BackboneSpec:
+    """Parse a backbone string (and its ``pretrained`` weights) into a :class:`BackboneSpec`.
 
     ``open_clip:X`` is a directory when ``X`` is an existing local folder, else an architecture name.
-    Raises ValueError (listing :data:`SPEC_FORMS`) for anything else, and for ``--pretrained`` beside a
-    directory that carries its own weights.
+    Raises ValueError (listing :data:`SPEC_FORMS`) for anything else, and for ``pretrained`` beside a
+    directory that carries its own weights, naming it as the caller gave it: ``pretrained_as`` (the Python
+    argument ``pretrained``; ``--pretrained`` from the command line).
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"backbone spec must be a non-empty string; accepted forms: {SPEC_FORMS}")
     text = spec.strip()
     if text == BUILTIN_NAME:
-        return BackboneSpec("builtin", text, pretrained=pretrained)
+        return BackboneSpec("builtin", text, pretrained=pretrained, pretrained_as=pretrained_as)
     if text == BUILTIN_LLAVA_NAME:
         if pretrained:
-            raise ValueError(f"--pretrained is only for open_clip:NAME and builtin; {text} loads its own weights")
+            raise ValueError(f"{given_as(pretrained_as, pretrained)}: {pretrained_as} is only for open_clip:NAME "
+                             f"and builtin; {text} loads its own weights: leave {pretrained_as} out")
         return BackboneSpec("builtin_llava", text, path=builtin_llava_dir())
     if text.startswith(_OPEN_CLIP):
         rest = text[len(_OPEN_CLIP):].strip()
@@ -107,7 +112,7 @@ def parse_spec(spec: str, pretrained: str | None = None) -> BackboneSpec:
             raise ValueError(f"'open_clip:' needs a model name or directory; accepted forms: {SPEC_FORMS}")
         hub = rest if rest.startswith("hf-hub:") else ""   # recorded as given: the same model on any machine
         if rest.startswith(("hf-hub:", "local-dir:")):   # open_clip's own schemas: a folder, found here, offline
-            rest = _open_clip_schema_dir(text, rest, pretrained)
+            rest = _open_clip_schema_dir(text, rest, pretrained, pretrained_as)
         local = _local_path(text, rest)
         bare = not ("/" in rest or "\\" in rest or rest.startswith((".", "~")))
         if not local.is_dir() or (bare and not hub and not (local / OPEN_CLIP_CONFIG).is_file()):
@@ -115,9 +120,10 @@ def parse_spec(spec: str, pretrained: str | None = None) -> BackboneSpec:
             if meant_dir:  # a path that is not there, not a model name
                 raise FileNotFoundError(f"{text}: the directory {local} does not exist (open_clip:DIR takes a folder "
                                         "with open_clip_config.json and weights; open_clip:NAME a model name)")
-            return BackboneSpec("open_clip", text, name=rest, pretrained=pretrained)
+            return BackboneSpec("open_clip", text, name=rest, pretrained=pretrained, pretrained_as=pretrained_as)
         if pretrained:
-            raise ValueError(f"{text} is a local directory with its own weights; drop --pretrained {pretrained}")
+            raise ValueError(f"{text} is a local directory with its own weights; drop "
+                             f"{given_as(pretrained_as, pretrained)}")
         return BackboneSpec("open_clip_dir", text, name=hub, path=local)
     if text.startswith(_HF):
         rest = text[len(_HF):].strip()
@@ -125,7 +131,8 @@ def parse_spec(spec: str, pretrained: str | None = None) -> BackboneSpec:
         if not rest:
             raise ValueError(f"'hf:' needs a local directory or a cached hub id; accepted forms: {SPEC_FORMS}")
         if pretrained:
-            raise ValueError(f"--pretrained is only for open_clip:NAME; {text} loads its own weights")
+            raise ValueError(f"{given_as(pretrained_as, pretrained)}: {pretrained_as} is only for open_clip:NAME "
+                             f"and builtin; {text} loads its own weights: leave {pretrained_as} out")
         local = _local_path(text, rest)
         snapshot = None if local.is_dir() else hub_id_snapshot(rest)
         if snapshot is not None:
@@ -155,7 +162,7 @@ def _spec_hint(text: str) -> str:
     return f" (did you mean {prefix[0]}{rest}?)" if prefix else ""
 
 
-def _open_clip_schema_dir(text: str, rest: str, pretrained: str | None) -> str:
+def _open_clip_schema_dir(text: str, rest: str, pretrained: str | None, pretrained_as: str) -> str:
     """The folder behind open_clip's ``hf-hub:ORG/NAME`` (its snapshot in the local hub cache) or
     ``local-dir:PATH``: open_clip itself would look the hub up online, and would ignore ``--pretrained``."""
     schema, _, name = rest.partition(":")
@@ -164,7 +171,7 @@ def _open_clip_schema_dir(text: str, rest: str, pretrained: str | None) -> str:
         form = "hf-hub:ORG/NAME (a hub id in the local cache)" if schema == "hf-hub" else "local-dir:/path/to/dir"
         raise ValueError(f"{text!r} names no model: write open_clip:{form}; accepted forms: {SPEC_FORMS}")
     if pretrained:
-        raise ValueError(f"{text} carries its own weights; drop --pretrained {pretrained}")
+        raise ValueError(f"{text} carries its own weights; drop {given_as(pretrained_as, pretrained)}")
     folder = hub_id_snapshot(name) if schema == "hf-hub" else _local_path(text, name)
     if folder is None or not (Path(folder) / OPEN_CLIP_CONFIG).is_file():
         where = ("is not in the local Hugging Face cache (this package never downloads; fetch it where there is "

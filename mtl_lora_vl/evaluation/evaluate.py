@@ -402,7 +402,7 @@ def _evaluate_base(specs: list[TaskSpec], backbone: str, pretrained: str | None,
     dev = info.device
     with main_rank_logging(info.is_main):   # every rank reads the same model and data: said once
         bb = load_backbone(backbone, pretrained, dev, base_dtype=base_dtype, image_max_pixels=image_max_pixels,
-                           image_reading=image_reading)
+                           image_reading=image_reading, pretrained_as="--pretrained")
         bb.model.requires_grad_(False)   # frozen, as attach leaves a trained run's base: its dtype is what loaded
         kinds = task_kinds(specs, bb, data_root)[1]   # as train builds them, on their training splits
         setup = Setup(bb, specs, kinds, None, None)   # no adapters or heads: the zero-shot rule needs none

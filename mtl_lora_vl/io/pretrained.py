@@ -164,7 +164,8 @@ def _base_backbone(path: Path, doc: dict[str, Any], backbone: str | None, pretra
     if base_dtype == "auto" and base.get("base_dtype"):   # checked when the adapter file was read
         base_dtype = base["base_dtype"]   # the run's explicit --base-dtype: its scores are reproduced on that dtype
     try:   # (its image area once the family is checked: _read_images_as_trained)
-        bb = load_backbone(spec, weights, device=device, base_dtype=base_dtype)
+        bb = load_backbone(spec, weights, device=device, base_dtype=base_dtype,   # (weights named as given)
+                           pretrained_as="pretrained" if pretrained is not None else "base.pretrained")
     except (ValueError, FileNotFoundError, OSError) as e:
         given = backbone is not None and backbone != base.get("backbone")
         which = (f"given by --backbone (the adapter was trained on {base.get('backbone')!r})" if given

@@ -146,7 +146,8 @@ def build_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec] 
     if not opts.resume:   # (a resumed run keeps what it started with)
         check_data_root_read(specs, opts.data_root)
     backbone = load_backbone(opts.backbone, opts.pretrained, device, base_dtype=opts.base_dtype,
-                             image_max_pixels=opts.image_max_pixels, image_reading=opts.image_reading)
+                             image_max_pixels=opts.image_max_pixels, image_reading=opts.image_reading,
+                             pretrained_as="--pretrained")
     if opts.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
     train_splits, kinds = task_kinds(specs, backbone, opts.data_root)
