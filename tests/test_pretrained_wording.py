@@ -8,6 +8,7 @@ import pytest
 
 from mtl_lora_vl.backbones import load_backbone
 from mtl_lora_vl.backbones.spec import parse_spec
+from mtl_lora_vl.benchmark.cli import main as bench_main
 from mtl_lora_vl.cli import train_main
 from mtl_lora_vl.wording import given_as
 
@@ -38,3 +39,12 @@ def test_weights_beside_a_backbone_with_its_own_are_named_as_given(spec, tmp_pat
     assert "--pretrained" not in str(e.value)
     with pytest.raises(ValueError, match=r"--pretrained w.bin"):
         parse_spec(spec, "w.bin", pretrained_as="--pretrained")
+
+
+def test_a_missing_weights_file_given_to_bench_is_named_by_its_flag(tmp_path, capsys):
+    """The bench command counts adapter parameters on the base before anything else; its refusal of a bad
+    ``--pretrained`` named it ``pretrained='...'`` (the Python wording), a form the user never wrote."""
+    assert bench_main(["--pretrained", "/nonexistent/w.bin", "--out", str(tmp_path / "grid"), "--quick"]) != 0
+    err = capsys.readouterr().err
+    assert "--pretrained /nonexistent/w.bin: no such file" in err and "pretrained='" not in err
+    assert not (tmp_path / "grid").exists()

@@ -309,17 +309,19 @@ def plan_ranks(settings: BenchSettings, counter: ParameterCounter, n_tasks: int)
 
 
 def run_benchmark(settings: BenchSettings, out: str | Path, *, trainer: Trainer = train, overwrite: bool = False,
-                  stream: TextIO | None = None, retry_failed: bool = False) -> dict[str, Any]:
+                  stream: TextIO | None = None, retry_failed: bool = False,
+                  pretrained_as: str = "pretrained") -> dict[str, Any]:
     """Run (or resume) the grid in ``out`` and write report.md, results.json and plots/; returns the results
     (with the thread count torch runs on, ``torch.get_num_threads()``: set it before calling). A run that raises
-    is recorded as failed and the grid goes on; ``retry_failed`` runs the runs recorded as failed again."""
+    is recorded as failed and the grid goes on; ``retry_failed`` runs the runs recorded as failed again.
+    ``pretrained_as``: what a refusal of ``settings.pretrained`` calls it (the command line's ``--pretrained``)."""
     settings.validate()
     out = Path(out)
     stream = stream if stream is not None else sys.stdout
     specs = [load_spec(task) for task in settings.tasks]
     check_splits(specs)
     check_data_root_read(specs, settings.data_root)   # (every run would refuse it, the first after settings.json)
-    counter = ParameterCounter(settings.backbone, settings.pretrained)
+    counter = ParameterCounter(settings.backbone, settings.pretrained, pretrained_as=pretrained_as)
     ranks = plan_ranks(settings, counter, len(specs))   # (a base model that does not load: refused, nothing written)
     check_unlocked(out)
     identity = grid_identity(settings, specs)

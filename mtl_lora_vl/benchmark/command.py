@@ -34,7 +34,7 @@ def _run(args: argparse.Namespace, traceback: bool = False) -> int:
     try:
         settings = settings_from_args(args)
         results = run_benchmark(settings, os.path.expanduser(args.out), overwrite=args.overwrite,
-                                retry_failed=args.retry_failed)
+                                retry_failed=args.retry_failed, pretrained_as="--pretrained")
     except KeyboardInterrupt as e:
         print(f"[bench] stopped; rerun the same command to continue ({args.out})", file=sys.stderr)
         return getattr(e, "exit_code", 130)   # 143 when SIGTERM stopped a run

@@ -20,8 +20,11 @@ from ..config import MTLLoRAConfig
 class ParameterCounter:
     """Counts adapter parameters of configurations on one backbone (loaded once, copied per count)."""
 
-    def __init__(self, backbone: str = "builtin", pretrained: str | None = None, base: nn.Module | None = None):
-        self.base = base if base is not None else load_backbone(backbone, pretrained, "cpu").model
+    def __init__(self, backbone: str = "builtin", pretrained: str | None = None, base: nn.Module | None = None, *,
+                 pretrained_as: str = "pretrained"):
+        """``pretrained_as``: what a refusal of ``pretrained`` calls it (``--pretrained`` from the command line)."""
+        self.base = base if base is not None else load_backbone(backbone, pretrained, "cpu",
+                                                                pretrained_as=pretrained_as).model
         self._cache: dict[tuple, int] = {}
 
     def count(self, n_tasks: int, **cfg: Any) -> int:
