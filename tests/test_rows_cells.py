@@ -210,6 +210,36 @@ def test_a_row_repeated_whole_with_signed_zeros_or_other_nans_is_one_row(tmp_pat
         assert len(_from_rows(tmp_path, [{**row, "extra": first}, {**row, "extra": second}]).examples) == 2
 
 
+def test_integer_and_float_arrays_of_equal_values_are_one_row_key(tmp_path):
+    """The scalars 1 and 1.0 are one key (1 == 1.0), but the arrays [1] and [1.0] were two: an integer array was
+    keyed as int64 and a float one as float64, so a table joined to itself whose array column was read once as
+    integers and once as floats (a pandas column with a blank becomes float) kept every repeated row. Arrays follow
+    the scalars now: values equal under Python's exact == are one key (floats holding whole numbers as integers,
+    complex numbers with no imaginary part as reals, uint64 as int64 in its range); values not exactly equal stay
+    two keys (2**53 + 1 is no float64: the float 2.0**53 is another value)."""
+    a = _png(tmp_path / "a.png")
+    row = {"image": a, "question": "is it red?", "answers": ["yes"], "question_id": 7}
+    equal = [(np.array([1]), np.array([1.0])), (np.array([1, 2], np.int8), np.array([1.0, 2.0], np.float32)),
+             (np.array([[3, 0]]), np.array([[3.0, -0.0]])), (np.array([2 ** 60]), np.array([2.0 ** 60])),
+             (np.array([-2 ** 63]), np.array([-2.0 ** 63])), (np.array([1 + 0j, 2]), np.array([1, 2])),
+             (np.array([1], np.uint64), np.array([1.0])), (np.array([], np.int64), np.array([], np.float32)),
+             (np.array([True, False]), np.array([1.0, 0.0]))]
+    for first, second in equal:
+        assert 1 == 1.0 and bool((first == second).all()), (first, second)   # (equal values)
+        assert row_keys.row_key(first) == row_keys.row_key(second), (first, second)
+        assert hash(row_keys.row_key(first)) == hash(row_keys.row_key(second)), (first, second)
+    with pytest.raises(DataFormatError, match="rows:2: question_id 7 is given to another row at rows:1, and the row "
+                                              "repeats it whole"):
+        _from_rows(tmp_path, [{**row, "extra": np.array([1, 2])}, {**row, "extra": np.array([1.0, 2.0])}])
+    other = [(np.array([2 ** 53 + 1]), np.array([2.0 ** 53])), (np.array([1]), np.array([1.5])),
+             (np.array([1 + 1j]), np.array([1])), (np.array([2 ** 64 - 1], np.uint64), np.array([-1])),
+             (np.array([2.0 ** 63]), np.array([-2 ** 63])), (np.array([np.inf]), np.array([2 ** 62])),
+             (np.array([1]), np.array([[1.0]])), (np.array([np.nan + 0j]), np.array([0]))]
+    for first, second in other:
+        assert row_keys.row_key(first) != row_keys.row_key(second), (first, second)
+    assert row_keys.row_key(np.array([np.nan, 1.0])) == row_keys.row_key(np.array([np.nan, 1 + 0j]))
+
+
 def test_numpy_integer_labels_of_a_pandas_table_are_class_indices(tmp_path):
     """A pandas Int64 (nullable) label column gives np.int64 cells (itertuples, iloc): no Python int, so each label
     was refused as "label np.int64(1) is a int64; labels are class-name strings or integer class indices"; a pair

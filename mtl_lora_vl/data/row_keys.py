@@ -49,19 +49,43 @@ def plain(value: Any) -> Any:
     return value
 
 
-def _canonical(value: Any) -> tuple[str, Any]:
-    """A numpy array of numbers as ``(kind, array)`` whose bytes are equal where the values are equal under ``==``:
-    floats as float64 and complex numbers as complex128 (a float32 0.5 is a float64 0.5), -0.0 as 0.0, each NaN as
-    numpy's one NaN (x86 computes NaN with the sign bit set: inf - inf is not np.nan's bytes); integers and booleans
-    as int64 (uint64 as itself). Integers and floats stay two kinds (an int64 past 2**53 has no float64 of its own)."""
+#: The float64 range that int64 holds: -2**63 up to, not including, 2**63 (both exact floats).
+_INT64_RANGE = (-2.0 ** 63, 2.0 ** 63)
+
+
+def _whole(wide: np.ndarray) -> np.ndarray | None:
+    """The float64 array ``wide`` as int64 where each value is a whole number int64 holds (-0.0 as 0); else None."""
+    if wide.size:
+        low, high = _INT64_RANGE
+        if not (low <= wide.min() and wide.max() < high):   # (a NaN fails both: NaN is the min and the max)
+            return None
+    whole = wide.astype(np.int64)   # (exact in int64's range; 1.5 as 1, found below)
+    return whole if (whole == wide).all() else None
+
+
+def _canonical(value: np.ndarray) -> tuple[str, np.ndarray]:
+    """A numpy array of numbers as ``(kind, array)`` whose bytes are equal where the values are equal under Python's
+    exact ``==``, as the scalars' keys are (1 == 1.0 == 1 + 0j): integers and booleans as int64 (uint64 too where
+    int64 holds its values), floats holding whole numbers only (int64's) as those integers, other floats as float64
+    (a float32 0.5 is a float64 0.5; -0.0 as 0.0, each NaN as numpy's one NaN: x86 computes NaN with the sign bit
+    set, inf - inf is not np.nan's bytes), complex numbers with no imaginary part as their real parts, others as
+    complex128 (likewise). An int64 past 2**53 stays itself, not its nearest float64 (2**53 + 1 is no float64)."""
     kind = value.dtype.kind
+    if kind == "c":
+        wide = np.array(value, dtype=np.complex128, order="C")   # (a copy)
+        if not wide.imag.any():   # (a NaN imaginary part is "any": stays complex)
+            value, kind = wide.real, "f"
     if kind in "fc":
         wide = np.array(value, dtype=np.complex128 if kind == "c" else np.float64, order="C")   # (a copy)
+        # (an embedding's first value is no whole number: answered without a pass over the array)
+        whole = _whole(wide) if kind == "f" and (not wide.size or wide.item(0).is_integer()) else None
+        if whole is not None:
+            return "i", whole
         parts = wide.view(np.float64)
         parts += 0.0   # -0.0 + 0.0 is 0.0
         parts[np.isnan(parts)] = np.nan
         return kind, wide
-    if kind in "biu" and value.dtype != np.uint64:
+    if kind in "biu" and (value.dtype != np.uint64 or not value.size or value.max() < 2 ** 63):
         return "i", np.ascontiguousarray(value, dtype=np.int64)
     return value.dtype.str, value
 
