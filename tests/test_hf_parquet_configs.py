@@ -299,3 +299,31 @@ def test_a_year_after_a_separator_names_a_split_in_a_file_name_as_in_a_folder_na
         _write(root / "shards" / name, "train", 1)
     assert len(read_split("hf_datasets", root, path="shards", split="train", cache_dir=cache).examples) == 2
     assert len(read_split("hf_datasets", root, path="shards", cache_dir=cache).examples) == 2   # one split, no split =
+
+
+@pytest.mark.parametrize("hard", ["train_0_hard.parquet", "train0_hard.parquet", "train_0_hard/0.parquet",
+                                  "train0_hard/0.parquet"])
+def test_a_word_after_a_shard_number_names_a_longer_split_whether_the_digits_are_joined_or_apart(tmp_path, caplog,
+                                                                                                   hard):
+    """train0_hard.parquet was the split 'train0_hard' (left out beside train.parquet, as the folders train0_hard/
+    and train_0_hard/ are), but train_0_hard.parquet was 'train': the digits after a separator ended the name, so
+    split = "train" read its rows with train.parquet's, and without split = ... it was no split of its own. A word
+    after the shard number names a longer split either way; digits with no word after them stay a shard number
+    (train_0_of_2.parquet + train_1_of_2.parquet: 'train')."""
+    root, cache = tmp_path / "root", str(tmp_path / "cache")
+    _write(root / "ds" / "train.parquet", "train", 2)
+    _write(root / "ds" / hard, "hard", 1)
+    name = hard.split("/")[0].removesuffix(".parquet")
+    with caplog.at_level("INFO", logger="mtl_lora_vl.data.hf_parquet"):
+        split = read_split("hf_datasets", root, path="ds", split="train", cache_dir=cache)
+    assert len(split.examples) == 2 and _configs(split) == {"train"}
+    assert f"named for the longer split(s) ['{name}']" in caplog.text
+    assert _configs(read_split("hf_datasets", root, path="ds", split=name, cache_dir=cache)) == {"hard"}
+    _write(root / "alone" / hard, "hard", 1)
+    _write(root / "alone" / "test.parquet", "test", 1)
+    with pytest.raises(ValueError, match=rf"hold the splits \['test', '{name}'\]; set split"):
+        read_split("hf_datasets", root, path="alone", cache_dir=cache)
+    for shard in ("train_0_of_2.parquet", "train_1_of_2.parquet"):
+        _write(root / "shards" / shard, "train", 1)
+    assert len(read_split("hf_datasets", root, path="shards", split="train", cache_dir=cache).examples) == 2
+    assert len(read_split("hf_datasets", root, path="shards", cache_dir=cache).examples) == 2   # one split

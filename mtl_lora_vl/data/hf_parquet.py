@@ -117,8 +117,8 @@ def _refuse_configs(base: Path, files: list[Path], split: str | None) -> None:
 
 
 #: Words after a split's name in a file's name that name no split of their own (``train_data.parquet``,
-#: ``train_part_1.parquet``: the split "train").
-_NO_SPLIT_WORDS = ("data", "set", "split", "part", "shard", "chunk", "file")
+#: ``train_part_1.parquet``, ``train_0_of_2.parquet``: the split "train").
+_NO_SPLIT_WORDS = ("data", "set", "split", "part", "shard", "chunk", "file", "of")
 
 
 def _shard_number(digits: str) -> bool:
@@ -140,9 +140,10 @@ def _file_split(f: Path, split: str) -> str | None:
     words of letters joined on to it by ``-``, ``_`` or a space (``test_matched.parquet``, ``captions_val2014.parquet``:
     "test_matched", "val2014"; ``train-0.parquet``, ``mydata_train_part_1.parquet``: "train", :data:`_NO_SPLIT_WORDS`
     ending it; ``train0.parquet``, ``train_0.parquet``: "train", a shard number joined on or after a separator,
-    :func:`_shard_number`; a year either way names a split, ``val2014.parquet``, ``val_2014.parquet``: "val2014",
-    "val_2014", as the folders ``val2014/`` and ``val_2014/`` do, :func:`_folder_name_split`); None where the name does
-    not name it."""
+    :func:`_shard_number`, unless a word follows it, ``train0_hard.parquet``, ``train_0_hard.parquet``:
+    "train0_hard", "train_0_hard", as the folders ``train0_hard/`` and ``train_0_hard/`` are; a year either way names
+    a split, ``val2014.parquet``, ``val_2014.parquet``: "val2014", "val_2014", as the folders ``val2014/`` and
+    ``val_2014/`` do, :func:`_folder_name_split`); None where the name does not name it."""
     stem = f.name[: -len(".parquet")] if f.name.endswith(".parquet") else f.stem
     m = re.search(rf"(?<![^-._ 0-9]){re.escape(split)}(?![^-._ 0-9])", stem)
     if m is None:
@@ -157,11 +158,14 @@ def _file_split(f: Path, split: str) -> str | None:
     year = re.match(r"[-._ ](?:19|20)[0-9]{2}(?=[-._ ]|$)", stem[end:]) if end == m.end() else None
     if year is not None:   # val_2014 names a split, as the folder val_2014/ does (train_0: a shard of "train")
         end += year.end()
-    while end < len(stem) and stem[end] in "-_ ":   # (not "."; train.snappy.parquet is of "train")
-        word = re.match(r"[A-Za-z]+(?=[-._ ]|$)", stem[end + 1:])
+    at = end
+    while at < len(stem) and stem[at] in "-_ ":   # (not "."; train.snappy.parquet is of "train")
+        word = re.match(r"(?:[A-Za-z]+|[0-9]+)(?=[-._ ]|$)", stem[at + 1:])
         if word is None or word.group().lower() in _NO_SPLIT_WORDS:
             break
-        end += 1 + word.end()
+        at += 1 + word.end()
+        if not word.group().isdigit():   # (a shard number counts only before a word: train_0_hard, not train_0)
+            end = at
     return stem[start:end]
 
 
