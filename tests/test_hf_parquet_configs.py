@@ -327,3 +327,51 @@ def test_a_word_after_a_shard_number_names_a_longer_split_whether_the_digits_are
         _write(root / "shards" / shard, "train", 1)
     assert len(read_split("hf_datasets", root, path="shards", split="train", cache_dir=cache).examples) == 2
     assert len(read_split("hf_datasets", root, path="shards", cache_dir=cache).examples) == 2   # one split
+
+
+def test_longer_named_files_left_out_or_refused_say_that_datasets_reads_them_and_are_read_joined_with_plus(
+        tmp_path, caplog):
+    """train.parquet + train_extra.parquet: split = "train" reads train.parquet alone (train_extra taken for a split
+    of its own, as test_hard is beside test), where ``datasets`` (5.2.0: any name holding the split's word followed
+    by [-._ 0-9]) reads both as 'train'. The note said nothing of that, and no split read both: now the note says
+    so and names split = "train+train_extra" (``datasets``' own syntax for joined splits), which reads both; the
+    refusal of several longer names (train_images beside train_captions) names the joined split too. A hub shard
+    left out (train_hard-00000-of-00001) is no such case: ``datasets`` keeps it apart too."""
+    root, cache = tmp_path / "root", str(tmp_path / "cache")
+    _write(root / "ds" / "train.parquet", "train", 2)
+    _write(root / "ds" / "train_extra.parquet", "extra", 1)
+    _write(root / "ds" / "test.parquet", "test", 1)
+    with caplog.at_level("INFO", logger="mtl_lora_vl.data.hf_parquet"):
+        split = read_split("hf_datasets", root, path="ds", split="train", cache_dir=cache)
+    assert len(split.examples) == 2 and _configs(split) == {"train"}
+    assert "split 'train' is read without the file(s) ['train_extra.parquet'], named for the longer split(s) " \
+           "['train_extra']" in caplog.text
+    assert "datasets' load_dataset reads a plain file or folder so named into 'train'" in caplog.text
+    assert 'set split = "train+train_extra"' in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mtl_lora_vl.data.hf_parquet"):
+        split = read_split("hf_datasets", root, path="ds", split="train+train_extra", cache_dir=cache)
+    assert len(split.examples) == 3 and _configs(split) == {"train", "extra"}
+    assert "read without" not in caplog.text   # (train_extra is read, by the second part)
+    both = read_split("hf_datasets", root, path="ds", split="train_extra+train+train", cache_dir=cache)
+    assert len(both.examples) == 3   # each file once
+    with pytest.raises(ValueError, match=r"split 'train\+' joins splits with '\+', and one of them is empty; write "
+                                         r"the splits' names between the '\+' signs, e.g. split = \"train\+test\""):
+        read_split("hf_datasets", root, path="ds", split="train+", cache_dir=cache)
+    with pytest.raises(FileNotFoundError, match=r"no parquet file of split 'nope'"):
+        read_split("hf_datasets", root, path="ds", split="train+nope", cache_dir=cache)
+    for name in ("train_images.parquet", "train_captions.parquet"):
+        _write(root / "parts" / name, name[6:-8], 1)
+    with pytest.raises(ValueError, match=r"named for the splits \['train_captions', 'train_images'\].*set split to one "
+                                         r"of them, e.g. split = \"train_captions\"; or, where they are parts of one "
+                                         r"split \(datasets' load_dataset reads them all as 'train'\), join them: "
+                                         r"split = \"train_captions\+train_images\""):
+        read_split("hf_datasets", root, path="parts", split="train", cache_dir=cache)
+    joined = read_split("hf_datasets", root, path="parts", split="train_captions+train_images", cache_dir=cache)
+    assert _configs(joined) == {"images", "captions"}
+    _write(root / "hub" / "data" / "train-00000-of-00001.parquet", "train", 1)
+    _write(root / "hub" / "data" / "train_hard-00000-of-00001.parquet", "hard", 1)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mtl_lora_vl.data.hf_parquet"):
+        assert _configs(read_split("hf_datasets", root, path="hub", split="train", cache_dir=cache)) == {"train"}
+    assert "named for the longer split(s) ['train_hard']" in caplog.text and "load_dataset" not in caplog.text

@@ -13,6 +13,13 @@ but a year, joined on or after a separator, names a split, ``val2014.parquet`` b
 ``val_2014.parquet`` beside ``val_2017.parquet``) refused as ``val2014/`` beside ``val_2017/``). A
 split whose files lie in several config folders (``en/train-...`` beside ``de/train-...``) is refused, naming them,
 rather than read as one split of mixed rows.
+
+Where a plain file or folder name holds the split's name and a word after it (``train_extra.parquet``,
+``test_hard/``), ``datasets`` 5.2 (its ``data_files`` patterns: the split's word followed by ``-._``, a space or a
+digit) reads it into the split; here it is a split of its own, as ``datasets`` itself reads a hub shard so named,
+since read into ``test`` a ``test_hard``'s rows change the scores and MNLI's two test splits mix. The note or
+refusal says so and names the joined split that reads them as ``datasets`` does: ``split = "train+train_extra"``
+(``datasets``' own ``+`` syntax for joined splits).
 """
 
 from __future__ import annotations
@@ -169,7 +176,8 @@ def _file_split(f: Path, split: str) -> str | None:
     return stem[start:end]
 
 
-def _longer_names(base: Path, mine: list[Path], by_name: list[Path], split: str) -> list[Path]:
+def _longer_names(base: Path, mine: list[Path], by_name: list[Path],
+                  split: str) -> tuple[list[Path], dict[Path, str]]:
     """``mine`` (the parquet files under ``base`` matching ``split``; ``by_name``: those matching it by their own
     name) without the files whose name spells a longer split (``test_hard.parquet``) where a file or folder names
     ``split`` whole (``test-0.parquet``, ``test/``): that one is the split, as ``datasets`` reads a hub shard. Where
@@ -177,7 +185,7 @@ def _longer_names(base: Path, mine: list[Path], by_name: list[Path], split: str)
     split, as ``datasets`` reads it (noted); several (MNLI's ``test_matched`` beside ``test_mismatched``, ``val2014``
     beside ``val2017``) are as many splits, refused naming them, as several hub shard names are. A hub shard's name
     is its split (``test-00000-of-00001``: "test" whole, read with ``test_0.parquet``; ``test_hard-00000-of-00001``
-    beside it: "test_hard", left out with the note)."""
+    beside it: "test_hard", left out). Returns the files read and those left out, each with its longer split."""
     plain = {f: _shard_split(f) or _file_split(f, split) for f in by_name}   # (a hub shard's name: its split, whole)
     folders = {f: _split_folder(f, base, split) for f in mine if f not in by_name}
     whole = split in plain.values() or any(_whole_folder(f, base, split) for f in folders)
@@ -185,22 +193,52 @@ def _longer_names(base: Path, mine: list[Path], by_name: list[Path], split: str)
     if whole:   # (test.parquet beside test_hard/0.parquet too: the folder's files are test_hard's)
         longer.update({f: d for f, d in folders.items()
                        if d is not None and not _whole_folder(f, base, split)})
-        if longer:
-            logger.info("hf_datasets %s: split %r is read without the file(s) %s, named for the longer split(s) %s",
-                        base, split, sorted(str(f.relative_to(base)) for f in longer), sorted(set(longer.values())))
-        return [f for f in mine if f not in longer]
+        return [f for f in mine if f not in longer], longer
     names = sorted({n for n in [*longer.values(), *folders.values()] if n is not None})
     if len(names) > 1:
         named = {**longer, **{f: d for f, d in folders.items() if d is not None}}
         raise ValueError(f"hf_datasets {base}: no file or folder is named split {split!r} whole, and the parquet files "
                          f"it matches are named for the splits {names} (in their folders' or their own names: "
                          f"{_files_by_split(base, named)}), each a split of its own (read together, their rows would "
-                         f"mix in one split); set split to one of them, e.g. split = \"{names[0]}\"")
+                         f"mix in one split); set split to one of them, e.g. split = \"{names[0]}\"; or, where "
+                         f"they are parts of one split{_as_datasets(split, 'all as')}, join them: split = "
+                         f"\"{'+'.join(names)}\"")
     if names:
         where = "folder" if names[0] in folders.values() else "file(s) named for the split"
         logger.info("hf_datasets %s: split %r is read from the %s %r (the one name holding it)", base, split, where,
                     names[0])
-    return mine
+    return mine, {}
+
+
+#: The split each of ``datasets``' split words in a file or folder name gives (its ``data_files.SPLIT_KEYWORDS``).
+_DATASETS_SPLITS = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
+                    "dev": "validation", "val": "validation", "test": "test", "testing": "test", "eval": "test",
+                    "evaluation": "test"}
+
+
+def _as_datasets(split: str, how: str) -> str:
+    """`` (datasets' load_dataset reads them <how> 'train')`` where ``split`` is one of ``datasets``' split words: it
+    reads every file or folder name holding the word followed by ``-._``, a space or a digit as that split."""
+    name = _DATASETS_SPLITS.get(split)
+    return f" (datasets' load_dataset reads them {how} {name!r})" if name else ""
+
+
+def _note_left_out(base: Path, split: str, left: dict[Path, str]) -> None:
+    """Note the files ``left`` out of ``split`` (each named for a longer split: ``train_extra.parquet``), saying where
+    ``datasets`` reads them into the split (a plain file or folder name; a hub shard's name it keeps apart too) and
+    the joined split that reads them with it."""
+    if not left:
+        return
+    plain = sorted({n for f, n in left.items() if _shard_split(f) is None})
+    why = ""
+    if plain:
+        reader = (f"datasets' load_dataset reads a plain file or folder so named into {_DATASETS_SPLITS[split]!r}"
+                  if split in _DATASETS_SPLITS else f"they may be parts of {split!r}")
+        why = (f"; each such name is a split of its own here, as it is to datasets in a hub shard's name "
+               f"('{plain[0]}-00000-of-00001'), so that a split such as test_hard is not scored as part of test, but "
+               f"{reader}: to read them with it, set split = \"{'+'.join([split, *plain])}\"")
+    logger.info("hf_datasets %s: split %r is read without the file(s) %s, named for the longer split(s) %s%s", base,
+                split, sorted(str(f.relative_to(base)) for f in left), sorted(set(left.values())), why)
 
 
 def _files_by_split(base: Path, named: dict[Path, str]) -> str:
@@ -235,7 +273,13 @@ def _other_format(base: Path) -> str:
 def parquet_files(base: Path, split: str | None) -> list[str]:
     """The parquet files under ``base`` (a file, or a folder of them) that hold split ``split`` (None: every file, one
     split), as ``datasets`` reads a split from file and folder names; refused, saying what to set, where the split
-    selects nothing, would mix several splits or configs, or ``base`` holds no parquet file."""
+    selects nothing, would mix several splits or configs, or ``base`` holds no parquet file. A split joined with
+    ``+`` (``train+train_extra``, as ``datasets``' ``load_dataset(split=...)`` joins splits) is each part's files, in
+    order, each file once."""
+    parts = [split] if split is None else split.split("+")
+    if split is not None and not all(parts):
+        raise ValueError(f"hf_datasets {base}: split {split!r} joins splits with '+', and one of them is empty; write "
+                         "the splits' names between the '+' signs, e.g. split = \"train+test\"")
     if base.is_file():
         with open(base, "rb") as f:   # (read as parquet: pyarrow's bare "Parquet magic bytes not found")
             magic = f.read(4)
@@ -243,7 +287,8 @@ def parquet_files(base: Path, split: str | None) -> list[str]:
             raise ValueError(f"hf_datasets {base} is a {base.suffix or 'suffix-less'} file, not parquet: the "
                              "hf_datasets format reads parquet files or a save_to_disk folder; read this one with "
                              f"{_other_format(base)}")
-        if split is not None and not _in_split(base, base.parent, split):
+        if split is not None and not all(_in_split(base, base.parent, part) for part in parts):
+            split = next(part for part in parts if not _in_split(base, base.parent, part))
             raise ValueError(f"hf_datasets {base}: one parquet file is one table, and its name does not say split "
                              f"{split!r} ('{split}-*.parquet', '*_{split}.parquet'), so split = {split!r} selects "
                              "nothing (every split would read the same rows); leave split out where the file is that "
@@ -273,6 +318,19 @@ def parquet_files(base: Path, split: str | None) -> list[str]:
                              "[data.<split>] table (every file was read as one split; by their names: "
                              f"{_files_by_split(base, named)})")
         return [str(f) for f in files]
+    chosen: list[Path] = []
+    left: dict[Path, str] = {}
+    for part in parts:
+        mine, out = _split_files(base, files, part)
+        chosen += [f for f in mine if f not in chosen]
+        left.update({f: n for f, n in out.items() if f not in left})
+    _note_left_out(base, split, {f: n for f, n in left.items() if f not in chosen})
+    return [str(f) for f in chosen]
+
+
+def _split_files(base: Path, files: list[Path], split: str) -> tuple[list[Path], dict[Path, str]]:
+    """The parquet ``files`` under ``base`` of split ``split`` (:func:`parquet_files`), and those it leaves out, each
+    named for a longer split (``test_hard.parquet`` beside ``test.parquet``)."""
     mine = [f for f in files if _in_split(f, base, split)]
     # a file in a folder of the split (test/data-00000-of-00001) is the split's whatever its shard name
     by_name = [f for f in mine if not _in_split(f.parent, base, split)]
@@ -280,16 +338,16 @@ def parquet_files(base: Path, split: str | None) -> list[str]:
         mine = [f for f in mine if f in by_name or _whole_folder(f, base, split)]   # the shards below
     shards = sorted({n for n in map(_shard_split, by_name) if n is not None})
     if split not in shards and len(shards) > 1:   # (test-00000-of-00001 beside test_hard-00000-of-00001: the first
-        #   alone, as datasets reads it, test_hard's left out with a note in _longer_names; train_0.parquet beside
+        #   alone, as datasets reads it, test_hard's left out with a note (_note_left_out); train_0.parquet beside
         #   train-00000-of-00001: both 'train', read)
         raise ValueError(f"hf_datasets {base}: split {split!r} names no split of its own here, and the parquet files "
                          f"it matches are the shards of the splits {shards} (named '<split>-00000-of-000NN'); set "
                          "split to one of them")
-    mine = _longer_names(base, mine, [f for f in by_name if f in mine], split)
+    mine, left = _longer_names(base, mine, [f for f in by_name if f in mine], split)
     if not mine:
         shown = ", ".join(str(f.relative_to(base)) for f in files[:6])
         raise FileNotFoundError(f"{base}: no parquet file of split {split!r} (named '{split}-*.parquet', "
                                 f"'*_{split}.parquet' or under '{split}/'); found {shown}"
                                 f"{' ...' if len(files) > 6 else ''}")
     _refuse_configs(base, mine, split)
-    return [str(f) for f in mine]
+    return mine, left
