@@ -55,10 +55,36 @@ TRAIN_TYPOS = [
     (["--save-total-limit", "3"], None),                # was --eval-split (no word shared)
     (["--optim", "adamw"], None),                       # was --out
     (["--cache-dir", "x"], None),                       # was --head-lr
-    (["--max-grad-norm", "1"], None),                   # was --max-bad-steps (only a filler shared)
+    (["--max-grad-norm", "1"], "--grad-clip"),          # was --max-bad-steps, then none (HF's clipping norm)
     (["--temp", "0.5"], "--temperature"),               # was --steps (temp begins temperature)
     (["--dtype", "bf16"], "--base-dtype"),              # the one word it names, last of both
     (["--decay", "0.1"], "--weight-decay"),
+    # Hugging Face Trainer's / PEFT's names for train's flags
+    (["--eval-strategy", "steps"], "--eval-every"),     # was --eval-split
+    (["--evaluation-strategy", "steps"], "--eval-every"),   # was none
+    (["--save-strategy", "steps"], "--save-every"),
+    (["--image-size", "224"], "--image-max-pixels"),    # was --image-reading (native / square, no size)
+    (["--img-size", "224"], "--image-max-pixels"),
+    (["--image-resolution", "448"], "--image-max-pixels"),   # was --image-reading
+    (["--lora-r", "8"], "--rank"),                      # was none (PEFT's r)
+    (["--r", "8"], "--rank"),                           # was --lr
+    (["--lora-alpha", "16"], "--alpha"),
+    (["--lora-dropout", "0.1"], "--dropout"),
+    (["--per-device-train-batch-size", "8"], "--batch-size"),   # was --eval-batch-size
+    (["--per-device-eval-batch-size", "8"], "--eval-batch-size"),
+    (["--num-train-epochs", "2"], "--epochs"),
+    (["--wd", "0.1"], "--weight-decay"),
+    (["--random-seed", "1"], "--seed"),
+    (["--bf16"], "--precision bf16"),                   # was none
+    (["--fp16"], "--precision fp16"),
+    (["--bf16", "false"], "--precision"),
+    (["--torch-compile"], "--compile"),                 # was --no-compile
+    (["--disable-compile"], "--no-compile"),
+    (["--model", "hf:x"], "--backbone"),                # was --batch-mode
+    (["--model-name-or-path", "hf:x"], "--backbone"),
+    (["--early-stopping-patience", "3"], "--patience"),
+    (["--dataloader-num-workers", "2"], "--workers"),
+    (["--lr-scheduler-type", "cosine"], None),          # the schedule is cosine, no flag
 ]
 
 
@@ -71,6 +97,10 @@ def test_other_commands_are_told_only_their_own_flags(capsys):
     assert _hint(capsys, parse_eval_args, ["--output-dir", "x"]) == "--out"
     assert _hint(capsys, parse_eval_args, ["--checkpoint-every", "100"]) is None   # eval saves nothing
     assert _hint(capsys, parse_eval_args, ["--lr_rate", "1e-4"]) is None   # was --overwrite, a switch
+    assert _hint(capsys, parse_eval_args, ["--eval-strategy", "steps"]) is None   # eval evaluates once
+    assert _hint(capsys, parse_eval_args, ["--per-device-eval-batch-size", "8"]) == "--batch-size"
+    assert _hint(capsys, parse_eval_args, ["--bf16"]) == "--precision bf16"
+    assert _hint(capsys, parse_eval_args, ["--image-size", "224"]) == "--image-max-pixels"
     with pytest.raises(SystemExit):
         bench_main(["--max-steps", "5", "--output-dir", "x"])
     err = capsys.readouterr().err
@@ -101,3 +131,21 @@ def test_a_flag_sharing_no_word_with_the_typo_is_named_only_for_a_very_close_spe
     assert closest_flag("--batchsize", flags, switches, value="8") == "--batch-size"   # no word shared; ratio 0.96
     assert closest_flag("--temp", flags, switches, value="0.5") == "--temperature"   # begins "temperature"
     assert closest_flag("--mode", flags, switches, value="x") == "--batch-mode"   # names nothing but "mode"
+
+
+def test_a_precision_typed_as_a_switch_is_told_the_flag_that_takes_it():
+    """Hugging Face Trainer's ``--bf16`` is a switch; here the precision is a value: ``--precision bf16`` where the
+    command has --precision, else ``--base-dtype bf16`` (export), and the flag alone for ``--bf16 false``."""
+    assert closest_flag("--bf16", ["--precision", "--base-dtype"]) == "--precision bf16"
+    assert closest_flag("--fp16", ["--base-dtype", "--out"]) == "--base-dtype fp16"
+    assert closest_flag("--bf16=false", ["--precision"]) == "--precision"
+    assert closest_flag("--bf16", ["--out"]) is None
+
+
+def test_a_no_flag_is_named_only_for_a_typo_that_says_no():
+    flags = ["--compile", "--no-compile"]
+    switches = flags
+    assert closest_flag("--torch-compile", flags, switches) == "--compile"   # was --no-compile
+    assert closest_flag("--no-compiling", flags, switches) == "--no-compile"
+    assert closest_flag("--nocompile", flags, switches) == "--no-compile"
+    assert closest_flag("--disable-compile", flags, switches) == "--no-compile"

@@ -7,6 +7,10 @@ A flag is read as words (``--eval-steps``: eval, steps), so that:
 
 - another tool's words for this package's (Hugging Face Trainer's ``--learning-rate``, ``--output-dir``,
   ``--save-steps``, ``--num-train-epochs``) name the flag they mean, :data:`_SAME` and :data:`_FILLER`;
+- PEFT's and the Trainer's other names do too: ``--lora-r`` -> ``--rank``, ``--eval-strategy`` -> ``--eval-every``
+  (not ``--eval-split``), ``--per-device-train-batch-size`` -> ``--batch-size``, ``--image-size`` ->
+  ``--image-max-pixels`` (the one flag that sizes images; ``--image-reading`` picks native or square), ``--bf16`` ->
+  ``--precision bf16`` (a flag and its value), and a ``--no-...`` flag only for a typo that says no;
 - a typo given a value (``--x 100``, ``--x=100``) is never told a switch (a boolean or ``--no-...``), which takes
   none, where a value would not be ``true`` / ``false``;
 - otherwise the closest spelling (difflib's ratio >= 0.6), a flag sharing the typo's first or last word (not a
@@ -28,14 +32,24 @@ __all__ = ["closest_flag", "unknown_flag_hints"]
 #: Another tool's word (Hugging Face Trainer, PEFT, timm, Lightning) -> this package's words for it ("": left out).
 _SAME: dict[str, tuple[str, ...]] = {
     "checkpoint": ("save", ""), "checkpoints": ("save", ""), "ckpt": ("save", ""),
-    "steps": ("every", ""), "step": ("steps", "every", ""),
+    "steps": ("every", ""), "step": ("steps", "every", ""), "strategy": ("every",),
     "learning": ("lr",), "gradient": ("grad", ""), "grad": ("",), "accumulation": ("accumulate",),
     "accum": ("accumulate",), "output": ("out",), "outdir": ("out",), "evaluation": ("eval",), "evaluate": ("eval",),
-    "logging": ("log",), "epoch": ("epochs",),
+    "logging": ("log",), "epoch": ("epochs",), "r": ("rank",), "norm": ("clip", ""), "model": ("backbone",),
+    "base": ("base", ""), "device": ("device", ""), "wd": ("weight-decay",), "bs": ("batch-size",),
+    "disable": ("no",), "enable": ("",), "img": ("image",), "size": ("size", "max-pixels"),
+    "resolution": ("max-pixels", "image-max-pixels"),
 }
 
-#: Words that name nothing of their own in another tool's flag (``--num-workers``, ``--lora-rank``, ``--seed-value``).
-_FILLER = frozenset({"num", "max", "total", "dir", "path", "rate", "value", "lora", "mixed", "train", "from", "of"})
+#: Words that name nothing of their own in another tool's flag (``--num-workers``, ``--lora-rank``, ``--seed-value``,
+#: ``--per-device-train-batch-size``, ``--early-stopping-patience``, ``--model-name-or-path``).
+_FILLER = frozenset({"num", "max", "total", "dir", "path", "rate", "value", "lora", "mixed", "train", "from", "of",
+                     "per", "torch", "random", "early", "stopping", "dataloader", "name", "or"})
+
+#: A precision typed as a switch (Hugging Face Trainer's ``--bf16``) -> the flags that take it as a value, the first
+#: the command has named (``--precision bf16``; export has only ``--base-dtype``).
+_PRECISION_SWITCHES = {"bf16": ("--precision", "--base-dtype"), "fp16": ("--precision", "--base-dtype"),
+                       "fp32": ("--precision", "--base-dtype")}
 
 #: The values a switch (a boolean flag) takes after it.
 _SWITCH_VALUES = frozenset({"true", "false"})
@@ -66,19 +80,26 @@ def closest_flag(token: str, flags: Sequence[str], switches: Collection[str] = (
     or None when none is close or the token is not an unknown flag. ``switches``: the flags of ``flags`` that take
     no value (or only true / false), never named for a token given another ``value`` (the next token, or after
     ``=``). The words of another tool's flag name this package's (:func:`_same_meaning`); else the closest spelling
-    wins, a flag sharing the token's first or last word first."""
+    wins, a flag sharing the token's first or last word first. A ``--no-...`` flag is named only for a typo that
+    says no (``--no-compiling``, ``--disable-compile``): ``--torch-compile`` means ``--compile``. A precision typed
+    as a switch is told the flag and value (``--bf16`` -> ``--precision bf16``)."""
     name, eq, given = token.partition("=")
     if not name.startswith("--") or name in flags:
         return None
     value = given if eq else value
     valued = value is not None and value.lower() not in _SWITCH_VALUES
-    pool = [f for f in flags if not (valued and f in switches)]
-    same = _same_meaning(name, pool)
-    if same is not None:
-        return same
     words = _words(name)
     if not words:
         return None
+    if len(words) == 1 and words[0] in _PRECISION_SWITCHES:
+        taker = next((f for f in _PRECISION_SWITCHES[words[0]] if f in flags), None)
+        if taker is not None:
+            return f"{taker} {words[0]}" if value is None or value.lower() == "true" else taker
+    negated = name.lstrip("-").lower().startswith("no") or "no" in _alternatives(words[0])
+    pool = [f for f in flags if not (valued and f in switches) and (negated or not f.startswith("--no-"))]
+    same = _same_meaning(name, pool)
+    if same is not None:
+        return same
     first, last = (set(_alternatives(w)) - {""} if w not in _FILLER else set() for w in (words[0], words[-1]))
     scored = []
     for f in pool:
