@@ -10,6 +10,7 @@ import pytest
 
 import mtl_lora_vl.benchmark.command as command_module
 from mtl_lora_vl.benchmark.cli import main
+from mtl_lora_vl.benchmark.grid import BenchSettings
 from mtl_lora_vl.cli.main import main as mtl_main
 
 GRID = """steps = 7
@@ -110,3 +111,35 @@ def test_config_is_one_file_and_not_empty(tmp_path, monkeypatch, capsys):
             main(argv)
         err = capsys.readouterr().err
         assert e.value.code == 2 and says in err, err
+
+
+def test_a_files_switch_is_turned_off_on_the_command_line(tmp_path, monkeypatch):
+    """bench's switches had no off flag, so a file's ``quick = true`` (or ``no_single = true``, ``overwrite``,
+    ``retry_failed``) held whatever the command line said: ``--no-quick``, ``--single``, ... now win over it."""
+    cfg = tmp_path / "grid.toml"
+    cfg.write_text(f"out = {json.dumps(str(tmp_path / 'grid'))}\nquick = true\nno_single = true\nno_matched = true\n"
+                   "no_ablations = true\noverwrite = true\nretry_failed = true\nthreads = 1\n")
+    s, _, kwargs = _settings(monkeypatch, ["--config", str(cfg)])
+    assert (s.steps, s.single_task, s.match_params, s.ablations) == (30, False, False, {})   # --quick's 30 steps
+    assert kwargs == {"overwrite": True, "retry_failed": True}
+    s, _, kwargs = _settings(monkeypatch, ["--config", str(cfg), "--no-quick", "--single", "--matched", "--ablations",
+                                           "--no-overwrite", "--no-retry-failed"])
+    full = BenchSettings()
+    assert (s.steps, s.seeds, s.single_task, s.match_params) == (full.steps, full.seeds, True, True)
+    assert s.ablations == full.ablations   # --ablations: the default ablations, not none
+    assert kwargs == {"overwrite": False, "retry_failed": False}
+    # the file's ablate stays where --ablations only undoes no_ablations; --quick on the command line still wins
+    cfg.write_text(f"out = {json.dumps(str(tmp_path / 'grid'))}\nthreads = 1\nquick = false\n[ablate]\nrank = [4]\n")
+    s, *_ = _settings(monkeypatch, ["--config", str(cfg), "--ablations", "--quick"])
+    assert (s.steps, s.ablations) == (30, {"rank": [4]})
+
+
+def test_the_off_flags_are_no_file_keys_and_get_hints(tmp_path, monkeypatch, capsys):
+    cfg = tmp_path / "grid.toml"
+    cfg.write_text("single = true\n")
+    with pytest.raises(SystemExit):
+        main(["--config", str(cfg)])
+    assert "unknown option 'single'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--no-quik"])
+    assert "--no-quik (did you mean --no-quick?)" in capsys.readouterr().err

@@ -86,6 +86,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-matched", action="store_true", help="skip the parameter-matched rank of each method")
     p.add_argument("--no-single", action="store_true", help="skip the single-task reference")
     p.add_argument("--no-ablations", action="store_true", help="skip the MTL-LoRA ablations")
+    for name in ("matched", "single", "ablations"):   # a --config file's no_X = true turned off on the command line
+        p.add_argument(f"--{name}", dest=f"no_{name}", action="store_false", default=argparse.SUPPRESS,
+                       help=f"undo a --config file's no_{name} = true")
     default_abl = " ".join(f"{k}={','.join(map(str, v))}" for k, v in DEFAULT_ABLATIONS.items())
     p.add_argument("--ablate", action="append", type=parse_ablation, metavar="OPTION=V1,V2",
                    help="ablate only these MTL-LoRA options at these values (repeat the flag for several options; "
@@ -98,21 +101,23 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=None, help=f"warm-up steps (default {d.warmup})")
     p.add_argument("--val-n", type=int, default=None, help=f"validation scenes per built-in task (default {d.val_n})")
     p.add_argument("--test-n", type=int, default=None, help=f"test scenes per built-in task (default {d.test_n})")
-    p.add_argument("--quick", action="store_true", help="a small grid (lora and mtl_lora, 2 seeds, 2 learning rates, "
-                   "30 steps at batch 16, 2 ablations): minutes on two CPU cores")
+    switch = argparse.BooleanOptionalAction   # (--no-quick: a --config file's quick = true turned off)
+    p.add_argument("--quick", action=switch, default=False, help="a small grid (lora and mtl_lora, 2 seeds, 2 "
+                   "learning rates, 30 steps at batch 16, 2 ablations): minutes on two CPU cores")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads, at most the cores this process "
                    "may use (default 1: a shared machine)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="default auto")
     p.add_argument("--workers", type=int, default=0, help="data loader workers per run (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="delete --out and start the grid afresh")
-    p.add_argument("--retry-failed", action="store_true", help="run the runs recorded as failed (failed.json) "
+    p.add_argument("--overwrite", action=switch, default=False, help="delete --out and start the grid afresh")
+    p.add_argument("--retry-failed", action=switch, default=False, help="run the runs recorded as failed (failed.json) "
                    "again; without it a resumed grid keeps them as failed")
     p.add_argument("--config", default=None, metavar="FILE",
                    help="a JSON (or TOML, by a .toml name) file of these options, its keys the long flag names "
                    "without the dashes (TOML: steps = 60, no_single = true, lr_grid = [1e-3, 3e-3], tasks = [\"vqa\", "
                    "\"retrieval\"], and an [ablate] table: rank = [4, 16]); each value is checked as its flag's, and "
-                   "flags on the command line win over the file's")
+                   "flags on the command line win over the file's (--no-quick, --single, ... turn a file's switch "
+                   "off)")
     add_logging_flags(p)
     return p
 
@@ -146,7 +151,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
 
 def _with_hints(tokens: list[str], parser: argparse.ArgumentParser) -> list[str]:
     """Unknown command-line tokens, each flag followed by the closest option's name when one is close."""
-    flags = [*("--" + name.replace("_", "-") for name in vars(parser.parse_args([]))), "--help"]
+    flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]   # (--no-quick, --single)
     switches = [s for a in parser._actions if a.nargs == 0 for s in a.option_strings]   # (store_true, --help)
     return [f"{tok} (did you mean {close}?)" if close else tok
             for tok, close in unknown_flag_hints(tokens, flags, switches)]
@@ -161,7 +166,12 @@ _COMMAND_LINE_CLEARS = {"ablate": ("no_ablations",), "no_ablations": ("ablate",)
 
 
 def _file_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    return {a.dest: a for a in parser._actions if a.option_strings and a.dest not in _NOT_IN_FILE}
+    """Each key a file may give -> the action of its flag (``no_matched``: ``--no-matched``'s, not ``--matched``'s)."""
+    out: dict[str, argparse.Action] = {}
+    for a in parser._actions:
+        if a.option_strings and a.dest not in _NOT_IN_FILE:
+            out.setdefault(a.dest, a)
+    return out
 
 
 def _on_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
@@ -281,7 +291,7 @@ def _with_config(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
     from_file = read_bench_config(parser, os.path.expanduser(args.config))
     for name in named:
         from_file.pop(name, None)   # (--ablate would add to the file's ablations, not replace them)
-        for other in _COMMAND_LINE_CLEARS.get(name, ()):
+        for other in _COMMAND_LINE_CLEARS.get(name, ()) if getattr(args, name) else ():   # (not --ablations)
             from_file.pop(other, None)
     for name, value in from_file.items():
         setattr(args, name, value)
