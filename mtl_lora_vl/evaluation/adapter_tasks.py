@@ -1,6 +1,6 @@
 """Which task spec and data folder score each task ``eval --adapter`` is asked for: a task of the adapter on its saved
-spec, or a spec file naming one of its tasks for other data (``--tasks``); and the folder each saved file-based task
-is read from (the one the adapter records, unless ``--data-root`` moves it)."""
+spec, or a spec file naming one of its tasks for other data (``--tasks``); and the folder each file-based task is read
+from (the one the adapter records for the task, for its saved spec or a spec file, unless ``--data-root`` moves it)."""
 
 from __future__ import annotations
 
@@ -66,10 +66,13 @@ def scoring_spec(item: str, lp: Pretrained, adapter: Path) -> TaskSpec:
 
 
 def saved_task_roots(lp: Pretrained, specs: list[TaskSpec], data_root: str | None) -> dict[str, str]:
-    """Where an evaluation reads each task the adapter saved: the folder it recorded, unless ``--data-root``
-    is given (the data moved), which is said when it is not the recorded folder."""
+    """Where an evaluation reads each file-based task of the adapter: the folder it recorded for the task, unless
+    ``--data-root`` is given (the data moved), which is said when it is not the recorded folder. A spec file naming
+    one of its tasks (``--tasks other.toml``, other data) is read from that folder too when ``--data-root`` is left
+    out, as the task's saved spec is (it was refused, asking for --data-root)."""
     recorded = lp.doc.get("data_roots") or {}
-    saved = [s for s in specs if lp.specs.get(s.name) is s and s.data.source == "files" and s.name in recorded]
+    files = [s for s in specs if s.data.source == "files" and recorded.get(s.name)]
+    saved = [s for s in files if lp.specs.get(s.name) is s]
     gone = [s.name for s in saved if not Path(recorded[s.name]).is_dir()]
     if data_root is None:
         if gone:
@@ -80,7 +83,17 @@ def saved_task_roots(lp: Pretrained, specs: list[TaskSpec], data_root: str | Non
                    f"them back, or score each folder's tasks on the folder it moved to, one run each: {runs}")
             raise ValueError(f"{tasks_named(gone, 'were')} trained on files under {', '.join(by_folder)}, {fix} "
                              "(--data-root is read by every task scored)")
-        return {s.name: recorded[s.name] for s in saved}
+        for s in files:
+            if s in saved:
+                continue
+            if not Path(recorded[s.name]).is_dir():
+                raise ValueError(f"--tasks {s.source_file}: task {s.name!r} was trained on files under "
+                                 f"{recorded[s.name]}, which is no longer a folder, and this spec's data paths are "
+                                 "read there unless --data-root is given; give --data-root DIR, the folder they are "
+                                 "relative to")
+            logger.info("--tasks %s: its data paths are read under the folder the adapter records for task %r (%s); "
+                        "--data-root DIR reads them elsewhere", s.source_file, s.name, recorded[s.name])
+        return {s.name: recorded[s.name] for s in files}
     for s in saved:
         if s.name in gone:
             logger.warning("task %r was trained on files under %s, which is no longer a folder; it is scored on "
