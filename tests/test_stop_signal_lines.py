@@ -36,3 +36,21 @@ def test_each_rank_names_itself_in_its_stop_line(caplog, monkeypatch):
             with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
                 StopRequest()(signal.SIGTERM, None)
         assert [r.getMessage().split(": stopping")[0] for r in caplog.records] == [start]
+
+
+@pytest.mark.parametrize("signum, says", [(signal.SIGINT, "SIGINT: stopping after this step (Ctrl-C again to stop at "
+                                                          "once, without saving)"),
+                                          (signal.SIGTERM, "SIGTERM: stopping after this step (Ctrl-C or kill -INT "
+                                                           "to stop at once, without saving)")])
+def test_the_stop_line_says_what_stops_at_once_in_the_words_of_the_signal(caplog, monkeypatch, signum, says):
+    """A SIGTERM (a scheduler's, kill's) was told "Ctrl-C again", as if a Ctrl-C had come; what stops the run at once
+    after either is a SIGINT, which is what the line names (a second SIGTERM stops at the step too)."""
+    for k in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    stop = StopRequest()
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"):
+        stop(signum, None)
+    assert [r.getMessage() for r in caplog.records] == [says]
+    stop(signal.SIGTERM, None)   # (no KeyboardInterrupt: a SIGTERM does not stop it at once)
+    with pytest.raises(KeyboardInterrupt):
+        stop(signal.SIGINT, None)

@@ -36,6 +36,11 @@ class RunStopped(Exception):
         return 128 + self.signum
 
 
+#: What stops the run at once after a first stop signal, said in that signal's words: a SIGINT (Ctrl-C) does, and
+#: only that (a repeated SIGTERM stops at the step boundary too).
+_AT_ONCE = {signal.SIGINT: "Ctrl-C again", signal.SIGTERM: "Ctrl-C or kill -INT"}
+
+
 class StopRequest:
     """Ctrl-C or SIGTERM asks the loop to stop at the next step boundary (the first signal only).
 
@@ -55,8 +60,10 @@ class StopRequest:
         self.signum = signum
         if first:   # a second SIGTERM said it again (a rank whose torchrun agent died got two)
             # each rank says the signal it got (one rank alone may get it): "rank 1: SIGTERM: ..." under torchrun
-            logger.warning("%s%s: stopping after this step (Ctrl-C again to stop at once, without saving)",
-                           rank_prefix(), signal.Signals(signum).name)
+            # what stops it at once, in the words of the signal that came: "Ctrl-C again" read wrong after a
+            # SIGTERM (a scheduler's or kill's; a second SIGTERM only stops at the step too)
+            logger.warning("%s%s: stopping after this step (%s to stop at once, without saving)",
+                           rank_prefix(), signal.Signals(signum).name, _AT_ONCE.get(signum, "Ctrl-C"))
 
 
 @contextlib.contextmanager
