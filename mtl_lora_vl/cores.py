@@ -3,12 +3,15 @@
 ranks of a torchrun run with the same rules).
 
 The cores a process may use are its affinity mask capped by its cgroup's CPU quota (``docker --cpus 2`` on a 64-core
-host leaves the mask at 64 cores), as loky, joblib and torch count them: min(mask, ceil(quota / period))."""
+host leaves the mask at 64 cores), as loky, joblib and torch count them: min(mask, ceil(quota / period)). The quota
+is read from this process's own cgroup (and those above it) where ``/proc/self/mountinfo`` says its hierarchy is
+mounted."""
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -62,31 +65,73 @@ def _own_cgroups(root: Path) -> list[tuple[str, str]]:
     return [(ctl, path) for _, ctl, path in (line.split(":", 2) for line in lines if line.count(":") >= 2)]
 
 
-def _with_ancestors(base: Path, path: str) -> list[Path]:
-    """``base/path`` and each folder above it up to ``base``: a parent's limit also binds its children. A path
-    outside this cgroup namespace (``/../x``) is read at ``base``, the top this process sees."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        parts = []
-    return [base.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+class _Mount(NamedTuple):
+    """A cgroup hierarchy mounted in this process's mount namespace: the folder of the hierarchy it shows
+    (``root``: a container's own cgroup, where the host's path to it is hidden), where it shows it, and its
+    controllers (None: cgroup v2, whose controllers every folder lists for itself)."""
+
+    root: str
+    point: Path
+    controllers: frozenset[str] | None
+
+
+def _unescape(field: str) -> str:
+    """A ``/proc/self/mountinfo`` path field as the path it names (the kernel writes a space as ``\\040``)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _mounts(root: Path) -> list[_Mount]:
+    """The cgroup mounts ``/proc/self/mountinfo`` lists (``ID PARENT DEV ROOT POINT OPTIONS [OPTIONAL...] - TYPE
+    SOURCE SUPER_OPTIONS``; a v1 mount's controllers are among its super options); where it cannot be read, v2 at
+    ``/sys/fs/cgroup`` and v1's ``cpu`` at ``/sys/fs/cgroup/cpu``, the folders loky reads."""
+    try:
+        lines = (root / "proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return [_Mount("/", root / "sys/fs/cgroup", None), _Mount("/", root / "sys/fs/cgroup/cpu", frozenset({"cpu"}))]
+    mounts = []
+    for line in lines:
+        mount, sep, fs = line.partition(" - ")
+        fields, kind = mount.split(), fs.split()
+        if not sep or len(fields) < 5 or not kind or kind[0] not in ("cgroup", "cgroup2"):
+            continue
+        controllers = None if kind[0] == "cgroup2" else frozenset(kind[2].split(",") if len(kind) > 2 else ())
+        mounts.append(_Mount(_unescape(fields[3]), root / _unescape(fields[4]).lstrip("/"), controllers))
+    return mounts
+
+
+def _below(path: str, top: str) -> list[str] | None:
+    """The folders of cgroup ``path`` below ``top`` (a mount's root), or None where ``path`` is not under it."""
+    parts, head = [p for p in path.split("/") if p not in ("", ".")], [p for p in top.split("/") if p not in ("", ".")]
+    return parts[len(head):] if parts[:len(head)] == head else None
+
+
+def _folders(mounts: list[_Mount], path: str) -> list[Path]:
+    """The folder of cgroup ``path`` in the first of ``mounts`` that shows it, and each folder above it up to that
+    mount's top: a parent's limit also binds its children. Where none shows it (a path outside this cgroup
+    namespace, ``/../x``, or under another mount root), the top of the first mount, the top this process sees."""
+    for mount in mounts:
+        parts = _below(path, mount.root)
+        if parts is not None and ".." not in parts:
+            return [mount.point.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+    return [mounts[0].point] if mounts else []
 
 
 def cpu_quota(root: str | os.PathLike[str] = "/") -> CpuQuota | None:
     """The tightest CPU quota on this process's cgroup and the cgroups above it, rounded up to whole cores
-    (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``); None where none is set or the system
-    has no cgroups. ``root`` is where ``/proc`` and ``/sys`` are read (tests give it a fake tree)."""
-    top = Path(root) / "sys/fs/cgroup"
+    (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, each read where
+    ``/proc/self/mountinfo`` says its hierarchy is mounted); None where none is set or the system has no cgroups.
+    ``root`` is where ``/proc`` and ``/sys`` are read (tests give it a fake tree)."""
+    mounts = _mounts(Path(root))
     found: list[tuple[float, Path]] = []
     for controllers, path in _own_cgroups(Path(root)):
-        names = controllers.split(",")
+        names = frozenset(controllers.split(","))
         if controllers == "":
-            folders, read = _with_ancestors(top, path), _quota_v2
+            shown, read = [m for m in mounts if m.controllers is None], _quota_v2
         elif "cpu" in names:
-            mount = next((m for m in (top / controllers, top / "cpu") if m.is_dir()), top / "cpu")
-            folders, read = _with_ancestors(mount, path), _quota_v1
+            shown, read = [m for m in mounts if m.controllers is not None and "cpu" in m.controllers], _quota_v1
         else:
             continue
-        for folder in folders:
+        for folder in _folders(shown, path):
             try:
                 cores = read(folder)
             except (OSError, ValueError):   # no such file at this level, or one this kernel writes otherwise

@@ -21,16 +21,25 @@ from mtl_lora_vl.distributed import DistInfo, node_cores
 from mtl_lora_vl.training import loading
 
 
-def _tree(root: Path, cgroup: str | None, files: dict[str, str]) -> Path:
-    """A fake root: ``/proc/self/cgroup`` (none when ``cgroup`` is None) and ``/sys/fs/cgroup/...`` files."""
-    if cgroup is not None:
-        (root / "proc/self").mkdir(parents=True)
-        (root / "proc/self/cgroup").write_text(cgroup)
+def _tree(root: Path, cgroup: str | None, files: dict[str, str], mounts: str | None = None,
+          under: str = "sys/fs/cgroup") -> Path:
+    """A fake root: ``/proc/self/cgroup`` (none when ``cgroup`` is None), ``/proc/self/mountinfo`` (none when
+    ``mounts`` is None) and files under ``/<under>``."""
+    for name, text in (("cgroup", cgroup), ("mountinfo", mounts)):
+        if text is not None:
+            (root / "proc/self").mkdir(parents=True, exist_ok=True)
+            (root / "proc/self" / name).write_text(text)
     for rel, text in files.items():
-        path = root / "sys/fs/cgroup" / rel
+        path = root / under / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n")
     return root
+
+
+def _mountinfo(*mounts: tuple[str, str, str, str]) -> str:
+    """``/proc/self/mountinfo`` lines of (mount root, mount point, fs type, super options) mounts."""
+    return "".join(f"{30 + i} 23 0:{40 + i} {top} {point} rw,nosuid,nodev,noexec,relatime shared:{9 + i} - {kind} "
+                   f"{kind} {opts}\n" for i, (top, point, kind, opts) in enumerate(mounts))
 
 
 def _cores(quota: CpuQuota | None) -> int | None:
@@ -62,15 +71,43 @@ def test_cgroup_v2_the_process_own_cgroup_not_the_top(tmp_path):
 @pytest.mark.parametrize(("quota", "cores"), [("200000", 2), ("-1", None)])
 def test_cgroup_v1_cfs_quota(tmp_path, quota, cores):
     # a docker v1 container: /proc/self/cgroup names its host path, the mount shows that cgroup at its top
+    mounts = _mountinfo(("/docker/abc", "/sys/fs/cgroup/memory", "cgroup", "rw,memory"),
+                        ("/docker/abc", "/sys/fs/cgroup/cpu,cpuacct", "cgroup", "rw,cpu,cpuacct"),
+                        ("/docker/abc", "/sys/fs/cgroup/cpuset", "cgroup", "rw,cpuset"))
     root = _tree(tmp_path, "5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n3:cpuset:/docker/abc\n",
-                 {"cpu,cpuacct/cpu.cfs_quota_us": quota, "cpu,cpuacct/cpu.cfs_period_us": "100000"})
+                 {"cpu,cpuacct/cpu.cfs_quota_us": quota, "cpu,cpuacct/cpu.cfs_period_us": "100000"}, mounts)
     assert _cores(cpu_quota(root)) == cores
 
 
+@pytest.mark.parametrize(("line", "point", "folder"), [
+    ("4:cpuacct,cpu:/batch", "/sys/fs/cgroup/cpu,cpuacct", "cpu,cpuacct/batch"),   # the names in another order
+    ("4:cpu,cpuacct:/batch", "/cgroup/cpu", "cpu/batch"),                          # mounted outside /sys/fs/cgroup
+    ("4:cpu:/batch", "/sys/fs/cgroup/my\\040cpu", "my cpu/batch")])               # a space in the mount point
+def test_cgroup_v1_read_where_mountinfo_says_it_is_mounted(tmp_path, line, point, folder):
+    """Helper 498: v1's folder was guessed from the controller names (``/sys/fs/cgroup/<names>``, else ``.../cpu``),
+    so a cpu hierarchy mounted under another name or elsewhere set no quota; it is read from the mount table."""
+    under = "cgroup" if point.startswith("/cgroup/") else "sys/fs/cgroup"
+    root = _tree(tmp_path, line + "\n", {f"{folder}/cpu.cfs_quota_us": "300000",
+                                         f"{folder}/cpu.cfs_period_us": "100000"},
+                 _mountinfo(("/", point, "cgroup", "rw,cpu,cpuacct")), under=under)
+    assert cpu_quota(root) == CpuQuota(3, str(root / under / folder))
+
+
+def test_a_mount_that_shows_a_cgroup_at_its_top(tmp_path):
+    """A v2 container without its own cgroup namespace: /proc/self/cgroup gives the host's path, the mount shows that
+    folder at its top. A folder of the same path below the top is another cgroup, not this process's."""
+    root = _tree(tmp_path, "0::/system.slice/docker-abc.scope\n",
+                 {"cpu.max": "200000 100000", "system.slice/docker-abc.scope/cpu.max": "100000 100000"},
+                 _mountinfo(("/system.slice/docker-abc.scope", "/sys/fs/cgroup", "cgroup2", "rw")))
+    assert cpu_quota(root) == CpuQuota(2, str(root / "sys/fs/cgroup"))
+
+
 def test_cgroup_v1_mounted_as_cpu(tmp_path):
-    root = _tree(tmp_path, "4:cpu,cpuacct:/batch\n", {"cpu/batch/cpu.cfs_quota_us": "250000",
-                                                      "cpu/batch/cpu.cfs_period_us": "100000"})
+    files = {"cpu/batch/cpu.cfs_quota_us": "250000", "cpu/batch/cpu.cfs_period_us": "100000"}
+    root = _tree(tmp_path / "mounts", "4:cpu,cpuacct:/batch\n", files,
+                 _mountinfo(("/", "/sys/fs/cgroup/cpu", "cgroup", "rw,cpu,cpuacct")))
     assert _cores(cpu_quota(root)) == 3
+    assert _cores(cpu_quota(_tree(tmp_path / "no-mountinfo", "4:cpu,cpuacct:/batch\n", files))) == 3   # loky's place
 
 
 def test_without_proc_the_top_files_are_read(tmp_path):
@@ -123,3 +160,4 @@ def test_ranks_pool_the_quotas_of_their_cgroups(monkeypatch):
     assert node_cores(DistInfo(world_size=2)) == (8, 2)      # two cgroups of 4 each
     monkeypatch.setattr(dist_mod.dist, "all_gather_object", partial(gather, quotas=[tuple(mine), None]))
     assert node_cores(DistInfo(world_size=2)) == (64, 2)     # a rank with no quota may use its whole mask
+
