@@ -3,24 +3,28 @@
 ranks of a torchrun run with the same rules).
 
 The cores a process may use are its affinity mask capped by its cgroup's CPU quota (``docker --cpus 2`` on a 64-core
-host leaves the mask at 64 cores), as loky, joblib and torch count them: min(mask, ceil(quota / period)). The quota
-is read from this process's own cgroup (and those above it) where ``/proc/self/mountinfo`` says its hierarchy is
-mounted."""
+host leaves the mask at 64 cores) and by ``LOKY_MAX_CPU_COUNT``, as loky and joblib count them: min(mask,
+ceil(quota / period), LOKY_MAX_CPU_COUNT). The quota is read from this process's own cgroup (and those above it)
+where ``/proc/self/mountinfo`` says its hierarchy is mounted."""
 
 from __future__ import annotations
 
 import math
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["WORKERS_PER_CORE", "CpuQuota", "affinity", "check_local_workers", "cpu_quota", "local_cores",
-           "local_ranks", "refuse_workers", "usable_cores"]
+__all__ = ["LOKY_MAX_CPU_COUNT", "WORKERS_PER_CORE", "CpuQuota", "affinity", "check_local_workers", "cpu_quota",
+           "local_cores", "local_ranks", "loky_cap", "own_limits", "refuse_workers", "usable_cores"]
 
 #: The most loader workers --workers may ask for per core this rank may use: more only compete for the cores, and
 #: --workers 1000000 forked processes (each a copy of the run) for minutes before the first step.
 WORKERS_PER_CORE = 4
+
+#: The variable loky (and so joblib) reads as the most cores a process may use, below its mask and quota.
+LOKY_MAX_CPU_COUNT = "LOKY_MAX_CPU_COUNT"
 
 
 def affinity() -> list[int]:
@@ -144,20 +148,41 @@ def cpu_quota(root: str | os.PathLike[str] = "/") -> CpuQuota | None:
     return CpuQuota(max(1, math.ceil(cores)), str(folder))
 
 
-def usable_cores(mask: list[int], quota: CpuQuota | None) -> int:
-    """How many cores a process with affinity ``mask`` under ``quota`` may use: the mask capped by the quota."""
-    return len(mask) if quota is None else max(1, min(len(mask), quota.cores))
+def loky_cap(environ: Mapping[str, str] = os.environ) -> int | None:
+    """The most cores :data:`LOKY_MAX_CPU_COUNT` lets a process use (at least 1, as loky and joblib count a 0 or a
+    negative one), None where it is not set; a value that is not a whole number is refused, as loky refuses it."""
+    text = environ.get(LOKY_MAX_CPU_COUNT)
+    if text is None:
+        return None
+    try:
+        return max(1, int(text))
+    except ValueError:
+        raise ValueError(f"{LOKY_MAX_CPU_COUNT}={text!r} is not a whole number: set it to the most cores a process "
+                         f"may use (loky and joblib read it so), or unset it") from None
 
 
-def local_ranks() -> int:
+def usable_cores(mask: list[int], quota: CpuQuota | None, cap: int | None = None) -> int:
+    """How many cores a process with affinity ``mask`` under ``quota`` may use: the mask capped by the quota and by
+    ``cap`` (:func:`loky_cap`)."""
+    return max(1, min([len(mask), *(n for n in (None if quota is None else quota.cores, cap) if n is not None)]))
+
+
+def local_ranks(environ: Mapping[str, str] = os.environ) -> int:
     """How many ranks run on this machine (torchrun's LOCAL_WORLD_SIZE; 1 outside torchrun)."""
-    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, int(environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-def local_cores(root: str | os.PathLike[str] = "/") -> tuple[int, int]:
-    """(the cores this process may use: its affinity mask capped by its CPU quota, the ranks on this machine) for a
-    process outside a distributed run, as :func:`.distributed.node_cores` counts them there."""
-    return usable_cores(affinity(), cpu_quota(root)), local_ranks()
+def own_limits(root: str | os.PathLike[str] = "/",
+               environ: Mapping[str, str] = os.environ) -> tuple[list[int], CpuQuota | None, int | None]:
+    """(this process's affinity mask, its CPU quota, its :data:`LOKY_MAX_CPU_COUNT` cap): what
+    :func:`usable_cores` takes."""
+    return affinity(), cpu_quota(root), loky_cap(environ)
+
+
+def local_cores(root: str | os.PathLike[str] = "/", environ: Mapping[str, str] = os.environ) -> tuple[int, int]:
+    """(the cores this process may use: its affinity mask capped by its CPU quota and LOKY_MAX_CPU_COUNT, the ranks
+    on this machine) for a process outside a distributed run, as :func:`.distributed.node_cores` counts them there."""
+    return usable_cores(*own_limits(root, environ)), local_ranks(environ)
 
 
 def refuse_workers(workers: int, cores: int, local: int) -> None:

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from .cores import affinity, cpu_quota, local_ranks, refuse_workers, usable_cores
+from .cores import affinity, cpu_quota, local_ranks, loky_cap, refuse_workers, usable_cores
 from .process_start import parent_died
 
 T = TypeVar("T")
@@ -280,19 +280,22 @@ def node_cores(info: DistInfo, root: str | os.PathLike[str] = "/") -> tuple[int,
     """(the cores the ranks on this machine may use between them, how many ranks run here). The cores are the
     union of those ranks' affinity masks: ranks that share one mask count it once, ranks a launcher pins to
     cores of their own (srun --cpu-bind) count each; capped, where every rank here has a CPU quota (a container's
-    ``--cpus``), by the quotas of their cgroups (ranks in one cgroup share one). Every rank calls it (a gather) when
-    the run has several; ``root`` is where the quota is read (:func:`.cores.cpu_quota`)."""
-    mask, quota = affinity(), cpu_quota(root)
+    ``--cpus``), by the quotas of their cgroups (ranks in one cgroup share one), and where every rank here has a
+    LOKY_MAX_CPU_COUNT, by their sum (it caps each process). Every rank calls it (a gather) when the run has several;
+    ``root`` is where the quota is read (:func:`.cores.cpu_quota`)."""
+    mask, quota, cap = affinity(), cpu_quota(root), loky_cap()
     if not info.enabled:
-        return usable_cores(mask, quota), local_ranks()
+        return usable_cores(mask, quota, cap), local_ranks()
     parts: list[Any] = [None] * info.world_size
     me = _machine()
-    dist.all_gather_object(parts, (me, mask, None if quota is None else tuple(quota)))
-    here = [(m, q) for machine, m, q in parts if machine == me]
-    cores = len({c for m, _ in here for c in m})
-    if all(q is not None for _, q in here):
-        cores = max(1, min(cores, sum({cgroup: n for n, cgroup in (q for _, q in here)}.values())))
-    return cores, len(here)
+    dist.all_gather_object(parts, (me, mask, None if quota is None else tuple(quota), cap))
+    here = [(m, q, c) for machine, m, q, c in parts if machine == me]
+    cores = len({c for m, _, _ in here for c in m})
+    if all(q is not None for _, q, _ in here):
+        cores = min(cores, sum({cgroup: n for n, cgroup in (q for _, q, _ in here)}.values()))
+    if all(c is not None for _, _, c in here):
+        cores = min(cores, sum(c for _, _, c in here))
+    return max(1, cores), len(here)
 
 
 def check_workers(workers: int, info: DistInfo) -> None:

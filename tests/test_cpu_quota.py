@@ -125,6 +125,7 @@ def test_no_cgroups_or_unreadable_files_set_no_quota(tmp_path):
 def test_local_cores_and_the_workers_limit_count_the_quota(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.delenv("LOKY_MAX_CPU_COUNT", raising=False)
     root = _tree(tmp_path, "0::/\n", {"cpu.max": "200000 100000"})
     assert local_cores(root) == (2, 1)                       # was (64, 1)
     assert node_cores(DistInfo(), root) == (2, 1)
@@ -137,6 +138,7 @@ def test_local_cores_and_the_workers_limit_count_the_quota(tmp_path, monkeypatch
 def test_default_workers_in_a_two_cpu_container(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.delenv("LOKY_MAX_CPU_COUNT", raising=False)
     root = _tree(tmp_path, "0::/\n", {"cpu.max": "200000 100000"})
     monkeypatch.setattr(dist_mod, "cpu_quota", lambda _="/": cpu_quota(root))
     assert loading.default_workers(DistInfo()) == 1          # 2 cores less the trainer; was 4
@@ -146,12 +148,13 @@ def test_ranks_pool_the_quotas_of_their_cgroups(monkeypatch):
     host = socket.gethostname()
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     monkeypatch.setenv("GROUP_RANK", "0")
+    monkeypatch.delenv("LOKY_MAX_CPU_COUNT", raising=False)
     mine = CpuQuota(4, "/sys/fs/cgroup")
     monkeypatch.setattr(dist_mod, "cpu_quota", lambda root="/": mine)
 
     def gather(parts, me, quotas):
-        assert me == ((host, "0"), list(range(64)), tuple(mine))
-        parts[:] = [((host, "0"), list(range(64)), q) for q in quotas]
+        assert me == ((host, "0"), list(range(64)), tuple(mine), None)
+        parts[:] = [((host, "0"), list(range(64)), q, None) for q in quotas]
 
     monkeypatch.setattr(dist_mod.dist, "all_gather_object", partial(gather, quotas=[tuple(mine)] * 2))
     assert node_cores(DistInfo(world_size=2)) == (4, 2)      # one container's 4 CPUs, shared
@@ -160,4 +163,42 @@ def test_ranks_pool_the_quotas_of_their_cgroups(monkeypatch):
     assert node_cores(DistInfo(world_size=2)) == (8, 2)      # two cgroups of 4 each
     monkeypatch.setattr(dist_mod.dist, "all_gather_object", partial(gather, quotas=[tuple(mine), None]))
     assert node_cores(DistInfo(world_size=2)) == (64, 2)     # a rank with no quota may use its whole mask
+
+
+@pytest.mark.parametrize(("value", "cores"), [("3", 3), ("100", 64), ("0", 1), ("-2", 1), (" 5\n", 5)])
+def test_loky_max_cpu_count_caps_the_cores(tmp_path, monkeypatch, value, cores):
+    """Helper 498: LOKY_MAX_CPU_COUNT, which loky and joblib take as the most cores a process may use (int() of
+    it, at least 1), was not read: the mask and the quota alone were counted."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    root = _tree(tmp_path, "0::/\n", {"cpu.max": "max 100000"})
+    assert local_cores(root, {}) == (64, 1)
+    assert local_cores(root, {"LOKY_MAX_CPU_COUNT": value}) == (cores, 1)
+    assert local_cores(_tree(tmp_path / "quota", "0::/\n", {"cpu.max": "200000 100000"}),
+                       {"LOKY_MAX_CPU_COUNT": value}) == (min(cores, 2), 1)   # the tighter of the two
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", value)
+    assert node_cores(DistInfo(), root) == (cores, 1)
+
+
+@pytest.mark.parametrize("value", ["", "two", "2.5"])
+def test_a_loky_max_cpu_count_that_is_no_whole_number_is_refused(tmp_path, value):
+    with pytest.raises(ValueError, match=rf"LOKY_MAX_CPU_COUNT={value!r} is not a whole number: set it to the most "
+                                         r"cores a process may use .*, or unset it"):
+        local_cores(tmp_path, {"LOKY_MAX_CPU_COUNT": value})
+
+
+def test_ranks_pool_their_loky_max_cpu_counts(monkeypatch):
+    host = socket.gethostname()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setenv("GROUP_RANK", "0")
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "3")
+    monkeypatch.setattr(dist_mod, "cpu_quota", lambda root="/": None)
+
+    def gather(parts, me, caps):
+        assert me == ((host, "0"), list(range(64)), None, 3)
+        parts[:] = [((host, "0"), list(range(64)), None, c) for c in caps]
+
+    monkeypatch.setattr(dist_mod.dist, "all_gather_object", partial(gather, caps=[3, 3]))
+    assert node_cores(DistInfo(world_size=2)) == (6, 2)      # each process may use 3
+    monkeypatch.setattr(dist_mod.dist, "all_gather_object", partial(gather, caps=[3, None]))
+    assert node_cores(DistInfo(world_size=2)) == (64, 2)     # a rank without it may use its whole mask
 

@@ -570,6 +570,7 @@ def test_default_workers_share_the_usable_cores_among_the_local_ranks(monkeypatc
     import mtl_lora_vl.distributed as dist_mod
 
     monkeypatch.setattr(dist_mod, "cpu_quota", lambda root="/": None)   # (no CPU quota: tests/test_cpu_quota.py)
+    monkeypatch.delenv("LOKY_MAX_CPU_COUNT", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
@@ -592,10 +593,11 @@ def test_default_workers_count_the_cores_of_ranks_pinned_to_their_own(monkeypatc
     monkeypatch.setattr(dist_mod, "cpu_quota", lambda root="/": None)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     monkeypatch.setenv("GROUP_RANK", "0")
+    monkeypatch.delenv("LOKY_MAX_CPU_COUNT", raising=False)
 
-    def gather(parts, mine, own=masks, other=("other-node", "1")):
-        assert mine == ((host, "0"), masks[0], None)
-        parts[:] = [((host, "0"), own[r], None) for r in range(4)] + [(other, list(range(64)), None)] * 4
+    def gather(parts, mine, own=masks, other=("other-node", "1")):   # (machine, mask, CPU quota, LOKY_MAX_CPU_COUNT)
+        assert mine == ((host, "0"), masks[0], None, None)
+        parts[:] = [((host, "0"), own[r], None, None) for r in range(4)] + [(other, list(range(64)), None, None)] * 4
 
     monkeypatch.setattr(dist_mod.dist, "all_gather_object", gather)
     assert loading.default_workers(DistInfo(world_size=8)) == 3          # its own 4 cores less its trainer
