@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["LOKY_MAX_CPU_COUNT", "WORKERS_PER_CORE", "CpuQuota", "affinity", "check_local_workers", "cpu_quota",
-           "local_cores", "local_ranks", "loky_cap", "own_limits", "refuse_workers", "usable_cores"]
+__all__ = ["LOKY_MAX_CPU_COUNT", "WORKERS_PER_CORE", "CpuQuota", "affinity", "check_local_workers", "cores_note",
+           "cpu_quota", "local_cores", "local_ranks", "loky_cap", "own_limits", "refuse_workers", "usable_cores"]
 
 #: The most loader workers --workers may ask for per core this rank may use: more only compete for the cores, and
 #: --workers 1000000 forked processes (each a copy of the run) for minutes before the first step.
@@ -167,6 +167,17 @@ def usable_cores(mask: list[int], quota: CpuQuota | None, cap: int | None = None
     return max(1, min([len(mask), *(n for n in (None if quota is None else quota.cores, cap) if n is not None)]))
 
 
+def cores_note(mask: list[int], quota: CpuQuota | None, cap: int | None) -> str:
+    """What capped this process's cores below its affinity mask, as a refusal says it (empty where nothing did)."""
+    usable = usable_cores(mask, quota, cap)
+    if usable >= len(mask):
+        return ""
+    if cap is not None and cap == usable:
+        return f" ({LOKY_MAX_CPU_COUNT}={cap} caps the {len(mask)} cores of its affinity mask)"
+    return (f" (the CPU quota of its cgroup {quota.cgroup} allows {usable} of the {len(mask)} cores of its affinity "
+            "mask)") if quota is not None else ""
+
+
 def local_ranks(environ: Mapping[str, str] = os.environ) -> int:
     """How many ranks run on this machine (torchrun's LOCAL_WORLD_SIZE; 1 outside torchrun)."""
     return max(1, int(environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -175,7 +186,7 @@ def local_ranks(environ: Mapping[str, str] = os.environ) -> int:
 def own_limits(root: str | os.PathLike[str] = "/",
                environ: Mapping[str, str] = os.environ) -> tuple[list[int], CpuQuota | None, int | None]:
     """(this process's affinity mask, its CPU quota, its :data:`LOKY_MAX_CPU_COUNT` cap): what
-    :func:`usable_cores` takes."""
+    :func:`usable_cores` and :func:`cores_note` take."""
     return affinity(), cpu_quota(root), loky_cap(environ)
 
 
@@ -185,18 +196,20 @@ def local_cores(root: str | os.PathLike[str] = "/", environ: Mapping[str, str] =
     return usable_cores(*own_limits(root, environ)), local_ranks(environ)
 
 
-def refuse_workers(workers: int, cores: int, local: int) -> None:
+def refuse_workers(workers: int, cores: int, local: int, note: str = "") -> None:
     """Refuse a --workers beyond :data:`WORKERS_PER_CORE` times this rank's share (``cores // local``) of its
-    machine's usable cores."""
+    machine's usable cores; ``note`` says what capped them (:func:`cores_note`)."""
     if workers <= 0:
         return
     most = WORKERS_PER_CORE * max(1, cores // local)
     if workers > most:
-        raise ValueError(f"--workers {workers}: this process may use {max(1, cores // local)} core(s) of this machine, "
-                         f"and each loader worker is a process of its own; more than {most} only compete for the "
-                         f"cores (a machine stalls forking that many); give --workers {most} or fewer")
+        raise ValueError(f"--workers {workers}: this process may use {max(1, cores // local)} core(s) of this "
+                         f"machine{note}, and each loader worker is a process of its own; more than {most} only "
+                         f"compete for the cores (a machine stalls forking that many); give --workers {most} or fewer")
 
 
-def check_local_workers(workers: int) -> None:
+def check_local_workers(workers: int, root: str | os.PathLike[str] = "/",
+                        environ: Mapping[str, str] = os.environ) -> None:
     """:func:`refuse_workers` for a process outside a distributed run (``check_workers(workers, DistInfo())``)."""
-    refuse_workers(workers, *local_cores())
+    limits = own_limits(root, environ)
+    refuse_workers(workers, usable_cores(*limits), local_ranks(environ), cores_note(*limits))

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from .cores import affinity, cpu_quota, local_ranks, loky_cap, refuse_workers, usable_cores
+from .cores import affinity, cores_note, cpu_quota, local_ranks, loky_cap, refuse_workers, usable_cores
 from .process_start import parent_died
 
 T = TypeVar("T")
@@ -303,7 +303,7 @@ def check_workers(workers: int, info: DistInfo) -> None:
     before any work (every rank calls it: :func:`node_cores` gathers under torchrun)."""
     if workers <= 0:
         return
-    refuse_workers(workers, *node_cores(info))
+    refuse_workers(workers, *node_cores(info), cores_note(affinity(), cpu_quota(), loky_cap()))
 
 
 def _machine() -> tuple[str, str]:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 import mtl_lora_vl.distributed as dist_mod
-from mtl_lora_vl.cores import CpuQuota, cpu_quota, local_cores, refuse_workers
-from mtl_lora_vl.distributed import DistInfo, node_cores
+from mtl_lora_vl.cores import CpuQuota, check_local_workers, cpu_quota, local_cores, refuse_workers
+from mtl_lora_vl.distributed import DistInfo, check_workers, node_cores
 from mtl_lora_vl.training import loading
 
 
@@ -202,3 +202,34 @@ def test_ranks_pool_their_loky_max_cpu_counts(monkeypatch):
     monkeypatch.setattr(dist_mod.dist, "all_gather_object", partial(gather, caps=[3, None]))
     assert node_cores(DistInfo(world_size=2)) == (64, 2)     # a rank without it may use its whole mask
 
+
+@pytest.mark.parametrize(("files", "env", "said"), [
+    ({"cpu.max": "200000 100000"}, {}, "the CPU quota of its cgroup {top} allows 2 of the 64 cores of its affinity "
+                                       "mask"),
+    ({"cpu.max": "200000 100000"}, {"LOKY_MAX_CPU_COUNT": "1"}, "LOKY_MAX_CPU_COUNT=1 caps the 64 cores of its "
+                                                                "affinity mask"),
+    ({"cpu.max": "max 100000"}, {"LOKY_MAX_CPU_COUNT": "2"}, "LOKY_MAX_CPU_COUNT=2 caps the 64 cores of its affinity "
+                                                             "mask")])
+def test_the_workers_refusal_says_what_capped_the_cores(tmp_path, monkeypatch, files, env, said):
+    """Helper 498: the refusal said "may use 2 core(s) of this machine" on a 64-core machine, not that a quota (or
+    LOKY_MAX_CPU_COUNT) capped them."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    root = _tree(tmp_path, "0::/\n", files)
+    want = said.format(top=root / "sys/fs/cgroup")
+    with pytest.raises(ValueError, match=r"--workers 9: this process may use \d core\(s\) of this machine \(") as e:
+        check_local_workers(9, root, env)
+    assert f"machine ({want}), and each loader worker" in str(e.value)
+    monkeypatch.setattr(dist_mod, "cpu_quota", lambda root="/": cpu_quota(tmp_path))   # (check_workers: under torchrun)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.delenv("LOKY_MAX_CPU_COUNT", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError) as e:
+        check_workers(9, DistInfo())
+    assert f"machine ({want}), and each loader worker" in str(e.value)
+
+
+def test_the_workers_refusal_says_nothing_more_where_the_mask_is_the_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    with pytest.raises(ValueError, match=r"may use 2 core\(s\) of this machine, and each loader worker"):
+        check_local_workers(9, _tree(tmp_path, "0::/\n", {"cpu.max": "400000 100000"}), {"LOKY_MAX_CPU_COUNT": "8"})
