@@ -460,7 +460,7 @@ _IN_THE_LOOP = {   # what the signals do unheld inside stop_at_step_boundary: th
 @pytest.mark.parametrize("signals", list(_IN_THE_LOOP), ids=["INT-TERM", "TERM-INT", "INT-TERM-INT", "INT-INT",
                                                              "TERM-TERM"])
 def test_signals_held_in_the_training_loop_stop_it_as_the_same_signals_unheld_would(
-        tmp_path, monkeypatch, signals, stop_signals_as_at_a_terminal):
+        tmp_path, monkeypatch, signals):
     """Review 460: inside ``stop_at_step_boundary`` (a Ctrl-C sets a flag for a clean stop at the next step, a second
     Ctrl-C after it aborts) a Ctrl-C then a SIGTERM held over the renames were delivered SIGTERM first, so the Ctrl-C
     came second and raised KeyboardInterrupt (an abort, no checkpoint) where the same signals unheld stop cleanly with
@@ -494,8 +494,7 @@ def test_signals_held_in_the_training_loop_stop_it_as_the_same_signals_unheld_wo
     assert [p.name for p in tmp_path.iterdir()] == ["t"]
 
 
-def test_a_held_signal_whose_handler_raises_does_not_lose_the_next(
-        tmp_path, monkeypatch, stop_signals_as_at_a_terminal):
+def test_a_held_signal_whose_handler_raises_does_not_lose_the_next(tmp_path, monkeypatch):
     """Outside the loop with the default Ctrl-C handler and ``terminate_raises`` (SIGTERM raises ``Terminated``): a
     Ctrl-C then a SIGTERM held over the renames end the command as the SIGTERM does (``Terminated``, exit 143), the
     Ctrl-C's KeyboardInterrupt chained under it; the SIGTERM is delivered from a ``finally`` after the first."""
