@@ -309,6 +309,30 @@ def test_plain_lora_on_a_float64_base_keeps_its_weights_in_float64(tmp_path):
         torch.testing.assert_close(fresh(x), routed, atol=1e-6, rtol=0)
 
 
+def test_float64_adapters_export_to_a_plain_lora_that_folds_as_merge_bit_for_bit(tmp_path):
+    """Helper 498: a ``.double()`` model's plain export held lora_B / lora_A rounded to fp32 (``lora_pair``), so
+    ``apply_plain_lora`` on the float64 base came out ~2e-8 off ``merged_state_dict`` / ``merge``; the file holds the
+    fp64 pair ``delta_weight`` multiplies. Folded into an fp32 base, the fp64 pair is multiplied in fp64 and the sum
+    rounded once, as ``merge`` folds float64 adapters into an fp32 weight (``_product`` multiplied in fp32)."""
+    def base():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 8))
+
+    model = mlv.attach(base(), mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, alpha=8, targets={"image": [r"^\d$"]}))
+    model.double()
+    _randomize(model)
+    path = mlv.export_lora(model, "b", tmp_path / "plain", format="plain")
+    assert {t.dtype for t in load_file(path / PLAIN_WEIGHTS).values()} == {torch.float64}
+    want = mlv.merged_state_dict(model, "b")
+    fresh = apply_plain_lora(base().double(), path)
+    for i in range(2):
+        assert torch.equal(fresh[i].weight, want[f"{i}.weight"]), (fresh[i].weight - want[f"{i}.weight"]).abs().max()
+    narrow = apply_plain_lora(base(), path)   # the fp32 weights the model had before .double()
+    layers = attach_info(model).layers
+    for i, layer in enumerate(base()):
+        assert torch.equal(narrow[i].weight, (layer.weight.double() + layers[str(i)].delta_weight(1)).float())
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_a_half_precision_base_gets_the_update_summed_in_fp32_and_rounded_once(tmp_path, dtype):
     """``merge``, ``merged_state_dict`` and ``apply_plain_lora`` add a task's fp32 update to a bf16 / fp16 weight in

@@ -268,9 +268,11 @@ class AdapterBank(nn.Module):
         """Task ``task``'s update as a plain LoRA ``(B, A)`` with ΔW_t = B @ A, scaling folded into B.
 
         B is (d_out, R) over the full base output (zero rows for slices that do not adapt), A is
-        (R, d_in); R = r for mtl_lora, lora and task_lora, n·r for multi_lora and moe_lora. fp32.
+        (R, d_in); R = r for mtl_lora, lora and task_lora, n·r for multi_lora and moe_lora. fp32, or fp64 for a
+        float64 adapter: the pair :meth:`delta_weight` multiplies (rounded to fp32, a float64 adapter's export was
+        folded ~1e-8 off ``merge``).
         """
-        return self._pair(task, torch.float32)
+        return self._pair(task, torch.promote_types(self.lora_B.dtype, torch.float32))
 
     def _pair(self, task: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         self.restore_frozen_rows()

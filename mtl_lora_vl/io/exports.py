@@ -5,7 +5,7 @@ Plain per-task LoRA (``export_lora(..., format="plain")``, the default for open_
     lora/
       lora_config.json           {"format": "mtl-lora-vl-plain-lora", "task", "rank", "scaling": 1.0,
                                   "base_model": {...}, "modules": {proj: {"base_weight", "shape", "tower"}}}
-      lora_model.safetensors     <proj>.lora_A (R × d_in), <proj>.lora_B (d_out × R), fp32
+      lora_model.safetensors     <proj>.lora_A (R × d_in), <proj>.lora_B (d_out × R), fp32 (fp64 for float64 adapters)
 
 For every entry of ``modules`` the task's weights are ``W[base_weight] + lora_B @ lora_A``: the scaling
 α/r and, for MTL-LoRA, the task's mixture Σ softmax(w_t/τ)_i B_i Λ_t are folded into ``lora_B``. An
@@ -373,8 +373,9 @@ def apply_plain_lora(base_model: nn.Module, path: str | Path, check_base_weights
 
 
 def _product(w: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-    """``B @ A`` on ``w``'s device, multiplied in the wider of fp32 and ``w``'s dtype (as merge multiplies)."""
-    acc = torch.promote_types(w.dtype, torch.float32)
+    """``B @ A`` on ``w``'s device, multiplied in the widest of fp32, ``w``'s dtype and the file's (as merge
+    multiplies: fp64 for a float64 adapter on an fp32 base too)."""
+    acc = torch.promote_types(torch.promote_types(w.dtype, B.dtype), torch.float32)
     return B.to(w.device, acc) @ A.to(w.device, acc)
 
 
