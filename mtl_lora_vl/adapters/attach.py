@@ -482,6 +482,8 @@ def merged_state_dict(model: nn.Module, task: str, *, root: nn.Module | None = N
     names = parameter_names(root)
     for bank, weight in _weight_pairs(model):
         base = bank.merge_backup if bank.merge_backup is not None else weight
+        # (.to: returns the same tensor, folded gives base's dtype, except where the backup's dtype is not the
+        # weight's: an nn.MultiheadAttention's bank, a module of its own, cast alone after a merge)
         merged = folded(base, bank.delta_weight(t, weight.dtype)).to(weight.dtype)
         for name in names[id(weight)]:   # every name of a module reachable under several
             sd[name] = merged
