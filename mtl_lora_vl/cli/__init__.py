@@ -4,11 +4,16 @@ single-command entry points ``mtl-lora-vl-train`` / ``mtl-lora-vl-eval`` and ``s
 - :mod:`.parsing`: a parser generated from an options dataclass (jsonargparse; why, in its docstring),
   with ``--config FILE`` held to the same checks as flags;
 - :mod:`.commands`: train and eval, and how every command runs (logging, one-line errors, exit status);
-- :mod:`.export`: export (merged weights, PEFT / plain LoRA);
+- :mod:`.export`: export's options (merged weights, PEFT / plain LoRA), and :mod:`.export_tasks`, what it does once
+  they are read;
+- :mod:`.flag_hints`: the did-you-mean of a mistyped flag, every command's;
 - :mod:`.main`: the ``mtl-lora-vl`` command and its subcommand table.
 
-:mod:`.export` imports the model libraries, so its names here are imported when first read (:mod:`..lazy_names`):
-``mtl-lora-vl --help`` or ``train --help`` does not wait for torch.
+The option dataclasses themselves live in :mod:`mtl_lora_vl.options`.
+
+Each command imports its torch side (the trainer, the evaluator, :mod:`.export_tasks`) only when it runs, and
+``export_command`` / ``export_main`` here are imported when first read (:mod:`..lazy_names`): ``mtl-lora-vl --help``
+or ``train --help`` does not wait for torch.
 """
 
 from typing import TYPE_CHECKING

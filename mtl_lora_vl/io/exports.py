@@ -13,7 +13,7 @@ For every entry of ``modules`` the task's weights are ``W[base_weight] + lora_B 
 ``<attn>.in_proj_weight`` (d_out = 3E, rows q, k, v; rows of slices left out by ``qkv_slices`` are zero)
 and one ``<attn>.out_proj`` on ``<attn>.out_proj.weight``. R is r (n·r for multi_lora / moe_lora).
 
-PEFT LoRA (``format="peft"``, the default for Hugging Face models: CLIP, LLaVA, PaliGemma, Qwen2-VL, Idefics3):
+PEFT LoRA (``format="peft"``, the default for Hugging Face models: CLIP and every VLM family of the table):
 a PEFT ``adapter_config.json`` (``r = lora_alpha = R``, so PEFT's scaling is 1, exact ``target_modules``)
 and ``adapter_model.safetensors`` with PEFT's key names, loadable by
 ``peft.PeftModel.from_pretrained(fresh_base_model, path)``. These two file names mean PEFT in this
