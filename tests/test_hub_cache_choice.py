@@ -5,6 +5,7 @@ environment, the model's own weights."""
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -12,8 +13,10 @@ import pytest
 import torch
 from conftest import tiny_hf_clip
 from huggingface_hub import constants as hub_constants
+from safetensors.torch import load_file, save_file
 
 import mtl_lora_vl as mlv
+from mtl_lora_vl.backbones.builtin import builtin_llava_dir
 from mtl_lora_vl.backbones.cache import hf_hub_cache, hub_caches
 
 
@@ -101,3 +104,42 @@ def test_a_hub_id_not_cached_names_each_cache_looked_in_and_cache_dir(tmp_path, 
     with pytest.raises(ValueError, match=rf"not in the local hub cache \({tmp_path / 'read'} or {tmp_path / 'env'}\)"
                                          r".*pass source_dir= .*with cache_dir=DIR, local_files_only=True"):
         mlv.save_merged(_attached(clip), "a", tmp_path / "merged")
+
+
+def _llava_cache_holding(hub, name, shift, commit):
+    """Hub cache ``hub`` holding the built-in LLaVA as model ``name``, its weights shifted by ``shift``: its file
+    names LLaVA's weights as transformers 5 writes them too (``language_model.model.*``), which the loaded model holds
+    renamed (``model.language_model.*``)."""
+    repo = hub / f"models--{name.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    snapshot = repo / "snapshots" / commit
+    shutil.copytree(builtin_llava_dir(), snapshot)
+    weights = load_file(snapshot / "model.safetensors")
+    save_file({k: v + shift for k, v in weights.items()}, snapshot / "model.safetensors", {"format": "pt"})
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_a_llava_loaded_from_another_cache_dir_is_warned_of_though_its_weights_are_renamed_on_loading(tmp_path,
+                                                                                                       monkeypatch):
+    """The comparison looked each of the snapshot's weights up under its name in the file, which no LLaVA-style model
+    loaded by transformers 5 holds (it renames ``language_model.model.*`` to ``model.language_model.*``, and so on):
+    no weight was compared, and a LLaVA loaded with cache_dir= another cache took the default cache's files silently.
+    Each is now looked up under the name from_pretrained gave it; the model's own snapshot warns of nothing."""
+    from transformers import LlavaForConditionalGeneration
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "default"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "default"))
+    _llava_cache_holding(tmp_path / "default", "org/tiny-llava", 0.0, "1" * 40)
+    _llava_cache_holding(tmp_path / "mine", "org/tiny-llava", 1.0, "2" * 40)
+    own = LlavaForConditionalGeneration.from_pretrained("org/tiny-llava", local_files_only=True)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        mlv.save_merged(_attached(own), "a", tmp_path / "own")
+    assert not [w for w in seen if "holds other values" in str(w.message)]
+    other = LlavaForConditionalGeneration.from_pretrained("org/tiny-llava", cache_dir=str(tmp_path / "mine"),
+                                                          local_files_only=True)
+    with pytest.warns(UserWarning, match=r"'org/tiny-llava', whose snapshot .*default.*1{40} .*holds other values "
+                                         r"of its weight 'model\.(language_model|vision_tower|multi_modal_projector)"
+                                         r"\.[\w.]+'"):
+        mlv.save_merged(_attached(other), "a", tmp_path / "other")

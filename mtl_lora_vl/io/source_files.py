@@ -5,6 +5,7 @@ instead, and the refusal of a copied file that links out of the folder."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -103,16 +104,19 @@ def _loaded_snapshot(model: nn.Module, name: str, out: str | Path, caches: list[
 
 def _other_weights(model: nn.Module, snapshot: Path, most: int = 256) -> str | None:
     """The name of a weight that ``model`` holds under the name and shape of one in ``snapshot``'s safetensors files
-    but with other values (the first row of each is compared, at most ``most`` weights: read from the files' headers
-    and those rows alone), else None: the same values, or none to compare (no safetensors file, names transformers
-    maps on loading, a quantized or offloaded model's)."""
+    (the name ``from_pretrained`` loads it under: :func:`_loaded_name`) but with other values (the first row of each
+    is compared, at most ``most`` weights: read from the files' headers and those rows alone), else None: the same
+    values, or none to compare (no safetensors file, weights whose values transformers converts on loading, a
+    quantized or offloaded model's)."""
     state = model.state_dict()
+    loaded_name = _loaded_name(model, state)
     compared = 0
     for f in sorted(snapshot.glob("*.safetensors")):
         try:
             with safe_open(str(f), framework="pt") as sf:
                 for key in sf.keys():
-                    own = state.get(key)
+                    name = loaded_name(key)
+                    own = state.get(name) if name is not None else None
                     if own is None or own.is_meta or not own.is_floating_point():
                         continue
                     part = sf.get_slice(key)
@@ -122,13 +126,42 @@ def _other_weights(model: nn.Module, snapshot: Path, most: int = 256) -> str | N
                     if not theirs.is_floating_point():
                         continue
                     if not torch.equal(theirs.to(own.dtype), own.detach()[:1].cpu() if own.dim() else own.cpu()):
-                        return key
+                        return name
                     compared += 1
                     if compared >= most:
                         return None
         except (OSError, RuntimeError, ValueError, SafetensorError):   # (a file not readable: nothing to judge by)
             continue
     return None
+
+
+def _loaded_name(model: nn.Module, state: dict[str, torch.Tensor]) -> Callable[[str], str | None]:
+    """The name a checkpoint's weight is loaded under in ``model``, as ``from_pretrained`` renames it (transformers'
+    conversion mapping, as its ``convert_and_load_state_dict_in_model`` applies it: LLaVA-style models' files, also
+    those transformers 5 writes, hold ``language_model.model.*`` for the model's ``model.language_model.*``; a base
+    model's prefix added or dropped), or None for a weight whose values it converts (fused, split, permuted: not
+    comparable). The name as written where that mapping cannot be read (a model not of transformers)."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+        transforms = get_model_conversion_mapping(model)
+    except Exception:  # noqa: BLE001 - not a transformers model, or internals of another version: names as written
+        return lambda key: key
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    prefix = getattr(model, "base_model_prefix", None) or None
+
+    def name(key: str) -> str | None:
+        try:
+            renamed, converted = rename_source_key(key, renamings, converters, prefix, state)
+            if renamed not in state and key in state:   # (as transformers does: the prefix alone, else as written)
+                renamed, converted = rename_source_key(key, [], [], prefix, state)
+        except Exception:  # noqa: BLE001 - another version's internals: the name as written
+            return key
+        return None if converted is not None else renamed
+
+    return name
 
 
 def _has_processor_files(snapshot: Path) -> bool:
