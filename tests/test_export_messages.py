@@ -38,7 +38,7 @@ def test_eval_names_a_wrong_backbone_as_export_does(tmp_path):
     from mtl_lora_vl.io.layout import AdapterFileError
 
     ad = _adapter(tmp_path, "builtin-llava")
-    with pytest.raises(AdapterFileError, match=r"--backbone 'builtin' given; the adapter records backbone "
+    with pytest.raises(AdapterFileError, match=r"--backbone builtin given; the adapter records backbone "
                                                r"'builtin-llava'"):
         evaluate_adapter(ad, backbone="builtin", out=tmp_path / "e", device="cpu")
     assert not (tmp_path / "e").exists()

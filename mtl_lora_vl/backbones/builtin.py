@@ -58,7 +58,8 @@ def builtin_llava_dir() -> Path:
 def builtin_files(pretrained: str | None = None, pretrained_as: str = "pretrained") -> tuple[Path, dict, Path]:
     """``(folder, open_clip config, weights file)`` of the built-in backbone; ``pretrained`` replaces the
     weights (a bad one is named as the caller gave it: ``pretrained_as``, e.g. ``--pretrained``, see
-    :func:`~mtl_lora_vl.wording.given_as`). Missing files raise FileNotFoundError saying how to build them."""
+    :func:`~mtl_lora_vl.wording.given_as`; a file's key, ``base.pretrained``, is not told to be left out). Missing
+    files raise FileNotFoundError saying how to build them."""
     folder = builtin_dir()
     config_path = folder / BUILTIN_CONFIG
     weights = Path(pretrained).expanduser() if pretrained else folder / BUILTIN_WEIGHTS
@@ -66,9 +67,10 @@ def builtin_files(pretrained: str | None = None, pretrained_as: str = "pretraine
         inside = sorted(f.name for f in weights.glob("*.safetensors")) if weights.is_dir() else []
         what = f"a folder (holding {inside}: give the file)" if inside else "a folder" if weights.is_dir() else \
             "no such file"
+        # (an adapter's record, base.pretrained, is not left out: its run trained on those weights, not the own)
+        own = "" if "." in pretrained_as else f", or leave {pretrained_as} out to use its own weights"
         raise FileNotFoundError(f"{given_as(pretrained_as, pretrained)}: {what}; give the path of a weights file "
-                                "for the built-in backbone (a model.safetensors it wrote), or leave "
-                                f"{pretrained_as} out to use its own weights")
+                                f"for the built-in backbone (a model.safetensors it wrote){own}")
     missing = next((f for f in (config_path, weights, folder / "tokenizer.json") if not f.is_file()), None)
     if missing is not None:   # (the tokenizer's: else "save it with tokenizer.save_pretrained", which none can here)
         raise FileNotFoundError(

@@ -163,7 +163,7 @@ def export(opts: ExportOptions) -> list[Path]:
     spec = opts.backbone or base.get("backbone") or ""
     dtype = _source_dtype(_source_dir(spec)) if opts.base_dtype == "source" else opts.base_dtype
     loaded = load_pretrained(opts.adapter, backbone=opts.backbone, pretrained=opts.pretrained, heads=False,
-                             base_dtype=dtype)
+                             base_dtype=dtype, backbone_as="--backbone", pretrained_as="--pretrained")
     model = loaded.backbone.model
     written = []
     with tempfile.TemporaryDirectory() as scratch:

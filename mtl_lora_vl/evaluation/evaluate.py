@@ -291,7 +291,8 @@ def _evaluate_adapter(adapter: Path, doc: dict, tasks: str | None, backbone: str
     with main_rank_logging(info.is_main):   # every rank reads the same adapter and data: said once
         own = own_folders(doc, data_root)   # state rebuilt where trained (doc: the config evaluate_adapter read)
         lp = load_pretrained(adapter, dev, backbone=backbone, pretrained=pretrained, data_root=data_root,
-                             data_roots=own, base_dtype=base_dtype)
+                             data_roots=own, base_dtype=base_dtype,
+                             backbone_as="--backbone", pretrained_as="--pretrained")
         items = items or list(lp.config.tasks)
         specs = [scoring_spec(item, lp, adapter) for item in items]
         names = [s.name for s in specs]

@@ -20,6 +20,7 @@ from ..backbones.image_reading import NativeImageReading
 from ..config import MTLLoRAConfig
 from ..log import warn_user
 from ..tasks import build_kind, load_spec
+from ..wording import given_as
 from .adapter_files import config_of, load_adapter, read_adapter_config, read_kind_state
 from .adapter_images import recorded_bounds
 from .base_check import adapted_part, check_base_class
@@ -59,6 +60,8 @@ def load_pretrained(
     is_trainable: bool = False,
     base_dtype: str = "auto",
     check_base_weights: bool = True,
+    backbone_as: str = "backbone",
+    pretrained_as: str = "pretrained",
 ) -> Pretrained:
     """Build the base model named in the adapter file, rebuild the task heads, attach and load, in one call.
 
@@ -76,15 +79,18 @@ def load_pretrained(
     built by its kind, then filled from ``heads.safetensors``.
 
     ``base_dtype`` is the base weights' dtype, as ``load_backbone`` takes it (adapters stay fp32);
-    ``check_base_weights`` as in ``load_adapter``.
+    ``check_base_weights`` as in ``load_adapter``. ``backbone_as`` / ``pretrained_as``: what messages call the
+    overrides (these arguments' names; ``--backbone`` / ``--pretrained`` where a command line gave them,
+    :func:`~mtl_lora_vl.wording.given_as`).
     As with ``load_adapter``, the model is loaded for inference unless ``is_trainable=True``: adapter
     tensors and heads frozen (``requires_grad=False``), model and heads in eval mode.
     """
     path = Path(path)
     doc = read_adapter_config(path)
     cfg = config_of(doc, path)
-    bb = _base_backbone(path, doc, backbone, pretrained, device, base_dtype)
-    with _overrides_named(doc, backbone, pretrained):
+    named = _Named(doc, backbone, pretrained, backbone_as, pretrained_as)
+    bb = _base_backbone(path, doc, named, device, base_dtype)
+    with _overrides_named(named):
         # a wrong --backbone is named as such, before the tasks are rebuilt (an inner model's adapter: on that part)
         check_base_class(adapted_part(bb.model, doc), doc, path)
     _read_images_as_trained(bb, doc.get("base") or {}, path)   # (on the right family)
@@ -125,7 +131,7 @@ def load_pretrained(
     if unbuilt:   # a head is built by its kind, from its saved spec
         warn_user(f"{path}: heads of {unbuilt} are saved but their task specs are not (save_adapter(..., "
                       "task_specs=...)), so they are not rebuilt: those tasks have no head here")
-    with _overrides_named(doc, backbone, pretrained):
+    with _overrides_named(named):
         load_adapter(bb.model, path, heads=built, is_trainable=is_trainable, check_base_weights=check_base_weights)
     built.update(free)
     for head in built.values():
@@ -135,44 +141,80 @@ def load_pretrained(
     return Pretrained(bb, built, cfg, kinds, specs, doc)
 
 
+@dataclass(frozen=True)
+class _Named:
+    """The base model an adapter records (``doc['base']``), the overrides given for it and the names they were given
+    by (the Python arguments ``backbone`` / ``pretrained``, or the command line's ``--backbone`` / ``--pretrained``):
+    what an error about the base model says, read right from either."""
+
+    doc: dict[str, Any]
+    backbone: str | None
+    pretrained: str | None
+    backbone_as: str
+    pretrained_as: str
+
+    @property
+    def base(self) -> dict[str, Any]:
+        return self.doc.get("base") or {}
+
+    def given(self) -> str:
+        """The overrides given, as given (``--backbone X and --pretrained Y``; "" for none)."""
+        return " and ".join(given_as(name, value) for name, value in ((self.backbone_as, self.backbone),
+                                                                       (self.pretrained_as, self.pretrained)) if value)
+
+    def recorded(self) -> str:
+        return f"the adapter records backbone {self.base.get('backbone')!r}, pretrained={self.base.get('pretrained')!r}"
+
+    def names(self) -> str:
+        """The overrides' names: ``--backbone / --pretrained`` flags, ``backbone= / pretrained=`` arguments."""
+        flags = self.backbone_as.startswith("-")
+        return " / ".join(name if flags else f"{name}=" for name in (self.backbone_as, self.pretrained_as))
+
+    def fix(self) -> str:
+        """How to point at the base model: the flags to give, or the arguments to pass."""
+        if self.backbone_as.startswith("-"):
+            return f"give {self.names()}"
+        return f"pass {self.backbone_as}=... / {self.pretrained_as}=..."
+
+
 @contextmanager
-def _overrides_named(doc: dict[str, Any], backbone: str | None, pretrained: str | None) -> Iterator[None]:
+def _overrides_named(named: _Named) -> Iterator[None]:
     """An error about the base model, where ``backbone`` / ``pretrained`` replaced the recorded one, names them and
     the recorded base: the override is the likely cause, the record the fix."""
     try:
         yield
     except AdapterFileError as e:
-        given = [f"--{k} {v!r}" for k, v in (("backbone", backbone), ("pretrained", pretrained)) if v]
-        if not given or "given by --backbone" in str(e) or "base model" not in str(e):
-            raise   # no override given, already named, or not about the base (a damaged adapter file, ...)
-        base = doc.get("base") or {}
-        raise AdapterFileError(f"{e} ({' and '.join(given)} given; the adapter records backbone "
-                               f"{base.get('backbone')!r}, pretrained={base.get('pretrained')!r}: leave "
-                               "--backbone / --pretrained out, or point them at that model where it now lives)") from e
+        given = named.given()
+        if not given or "base model" not in str(e):
+            raise   # no override given, or not about the base (a damaged adapter file, ...)
+        raise AdapterFileError(f"{e} ({given} given; {named.recorded()}: leave {named.names()} out, or point them "
+                               "at that model where it now lives)") from e
 
 
-def _base_backbone(path: Path, doc: dict[str, Any], backbone: str | None, pretrained: str | None,
-                   device: str | torch.device, base_dtype: str = "auto") -> Backbone:
+def _base_backbone(path: Path, doc: dict[str, Any], named: _Named, device: str | torch.device,
+                   base_dtype: str = "auto") -> Backbone:
     """The base model recorded in ``doc['base']`` (or the overrides), built by ``load_backbone``."""
-    base = doc.get("base") or {}
-    spec = backbone or base.get("backbone")
+    base = named.base
+    spec = named.backbone or base.get("backbone")
     if not spec:
+        forms = ("builtin", "open_clip:...", "hf:DIR")
+        give = (f"give {named.backbone_as} {' | '.join(forms)}" if named.backbone_as.startswith("-")
+                else f"pass {named.backbone_as}={' | '.join(map(repr, forms))}")
         raise AdapterFileError(f"{config_path(path)}: does not say which base model it was trained on "
-                               "('base.backbone'); pass backbone='builtin' | 'open_clip:...' | 'hf:DIR' (--backbone), "
-                               "or build the base model yourself and call mtl_lora_vl.load_adapter(model, path)")
-    weights = pretrained if pretrained is not None else base.get("pretrained")
+                               f"('base.backbone'); {give}, or build the base model yourself and call "
+                               "mtl_lora_vl.load_adapter(model, path)")
+    weights = named.pretrained if named.pretrained is not None else base.get("pretrained")
     if base_dtype == "auto" and base.get("base_dtype"):   # checked when the adapter file was read
         base_dtype = base["base_dtype"]   # the run's explicit --base-dtype: its scores are reproduced on that dtype
     try:   # (its image area once the family is checked: _read_images_as_trained)
         bb = load_backbone(spec, weights, device=device, base_dtype=base_dtype,   # (weights named as given)
-                           pretrained_as="pretrained" if pretrained is not None else "base.pretrained")
+                           pretrained_as=named.pretrained_as if named.pretrained is not None else "base.pretrained")
     except (ValueError, FileNotFoundError, OSError) as e:
-        given = backbone is not None and backbone != base.get("backbone")
-        which = (f"given by --backbone (the adapter was trained on {base.get('backbone')!r})" if given
-                 else "that the adapter was trained on")
-        raise AdapterFileError(f"{path}: cannot build the base model {spec!r} (pretrained={weights!r}) {which}: {e}. "
-                               "Point at it on this machine with backbone=... / pretrained=... (--backbone / "
-                               "--pretrained)") from e
+        given = named.given()
+        which = (f"({given} given; {named.recorded()})" if given
+                 else "that the adapter was trained on" + (f" (base.pretrained {weights!r})" if weights else ""))
+        raise AdapterFileError(f"{path}: cannot build the base model {spec!r} {which}: {e}. Point at it on this "
+                               f"machine: {named.fix()}") from e
     return bb
 
 

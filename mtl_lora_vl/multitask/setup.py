@@ -178,7 +178,8 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
     own = own_folders(read_adapter_config(adapter_dir, verify=False), opts.data_root)
     try:
         lp = load_pretrained(adapter_dir, device, backbone=given, pretrained=opts.pretrained,
-                             data_root=opts.data_root, data_roots=own, is_trainable=True, base_dtype=opts.base_dtype)
+                             data_root=opts.data_root, data_roots=own, is_trainable=True, base_dtype=opts.base_dtype,
+                             backbone_as="--backbone", pretrained_as="--pretrained")
     except AdapterFileError as e:
         if given is None and opts.pretrained is None:
             raise
