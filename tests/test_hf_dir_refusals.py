@@ -29,7 +29,8 @@ def test_a_directory_of_a_family_without_a_backbone_is_named_with_its_config(tmp
         load_backbone(f"hf:{folder}")
     said = str(e.value)
     assert said.startswith(f"hf:{folder}: {folder}/config.json names a model this package cannot load")
-    assert names in said and "supported: open_clip" in said and "Give --backbone a directory of one of those" in said
+    assert names in said and "supported: open_clip" in said and "Give a directory of one of those" in said
+    assert "--backbone" not in said   # (a Python call of load_backbone gave no flag)
 
 
 def test_an_hf_clip_directory_without_a_tokenizer_is_refused_before_its_weights_load(tmp_path, monkeypatch):

@@ -509,6 +509,7 @@ def test_image_max_pixels_sets_the_area_within_the_processors_own(tmp_path):
                                             "option out, or load a Qwen2-VL / Qwen2.5-VL model") as e:
         load_backbone("builtin", image_max_pixels=4096)
     assert "adapter" not in str(e.value)   # an adapter's recorded area is applied by load_pretrained, never here
+    assert "--backbone" not in str(e.value)   # (a Python call gave no flag; the spec form hf:DIR is named)
 
 
 def test_image_max_pixels_is_recorded_and_read_back(tmp_path, capsys):

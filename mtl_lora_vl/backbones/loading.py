@@ -54,7 +54,7 @@ def load_backbone(spec: str = "builtin", pretrained: str | None = None,
             backbone_cls = backbone_class_for(model_cls)
         except BackboneError as e:   # the table's refusal names the class, not where it was read
             raise BackboneError(f"{parsed.text}: {folder / 'config.json'} names a model this package cannot load as a "
-                                f"backbone: {e}. Give --backbone a directory of one of those families") from e
+                                f"backbone: {e}. Give a directory of one of those families instead") from e
         bb = backbone_cls.load(parsed, device, base_dtype=base_dtype)
     else:
         bb = OpenClipBackbone.load(parsed, device, base_dtype=base_dtype)  # builtin, open_clip:NAME, open_clip:DIR
@@ -65,7 +65,7 @@ def load_backbone(spec: str = "builtin", pretrained: str | None = None,
             raise BackboneError(f"image_max_pixels {image_max_pixels} (--image-max-pixels) applies to backbones that "
                                 "keep each image's own size (Qwen2-VL / Qwen2.5-VL); "
                                 f"{bb.name} takes {bb.image_size}x{bb.image_size} images: leave the option out, or "
-                                "load a Qwen2-VL / Qwen2.5-VL model (--backbone hf:DIR)")
+                                "load a Qwen2-VL / Qwen2.5-VL model (hf:DIR)")
         limit(int(image_max_pixels))
     if image_reading is not None:
         read_images(bb, image_reading)
