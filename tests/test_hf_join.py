@@ -142,3 +142,16 @@ def test_a_spec_names_the_image_table_and_its_bad_forms_are_refused_at_load(tmp_
                                                   "and columns maps no image_id; map the column that holds the image "
                                                   "table's 'id' values")):
         load_spec(_spec(tmp_path, 'columns = {question = "question"}\nimage_table = {path = "GQA/x", key = "id"}'))
+
+
+def test_ids_pandas_wrote_as_floats_find_their_int_keys_and_a_nan_is_no_id(tmp_path):
+    # pandas writes a column of ints with a blank cell as floats: 2.0 is the key 2, NaN no key (was: 'nan' a key,
+    # so two images without one were "also row 3's", and every row's 2.0 "not in column 'id'")
+    nan = float("nan")
+    _gqa(tmp_path / "data", image_ids=(3.0, 1.0, 2.0, nan, nan), asked=(1, 2, 1, 3))
+    assert [(e.image_id, e.image.row) for e in _read(tmp_path).examples] == [("1", 1), ("2", 2), ("1", 1), ("3", 0)]
+    _gqa(tmp_path / "data2", image_ids=(3, 1, 2), asked=(1.0, 2.0, 1.0, 3.0))
+    assert [e.image.row for e in _read(tmp_path, root=tmp_path / "data2").examples] == [1, 2, 1, 0]
+    _gqa(tmp_path / "data3", image_ids=(3, 1, 2), asked=(1.0, nan, 2.0))
+    with pytest.raises(ValueError, match=re.escape("row 1: no image id in column 'imageId' (1 of 3 rows)")):
+        _read(tmp_path, root=tmp_path / "data3")

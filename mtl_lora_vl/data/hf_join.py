@@ -23,6 +23,7 @@ from typing import Any
 
 from .common import DataFormatError, ReaderOptionError
 from .hf_table import is_image_feature
+from .row_keys import no_id
 
 __all__ = ["IMAGE_TABLE_KEYS", "check_image_table", "join_rows"]
 
@@ -68,6 +69,17 @@ def check_image_table(image_table: Any, columns: Any) -> None:
                                     f"values, e.g. {EXAMPLE}")
 
 
+def _key(value: Any) -> str | None:
+    """An id as the join compares it, a key's or a row's: None where there is none (null, blank, NaN: a pandas
+    table's blank cell); a whole float as its integer (a pandas column of ints with a blank cell is written as
+    floats, so a row's 2.0 is the image table's key 2); else its text (the rows' "1" is the key 1)."""
+    if no_id(value) or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _column(wanted: str, names: list[str], what: str, where: str) -> str:
     """``wanted``, refused with a did-you-mean where the image table has no such column."""
     if wanted not in names:
@@ -101,22 +113,23 @@ def join_rows(images_ds: Any, image_table: dict[str, str], ds: Any, mapping: dic
     key = _column(image_table["key"], list(images_ds.column_names), "key", where)
     at: dict[str, int] = {}
     for j, k in enumerate(images_ds.select_columns([key]).with_format("arrow")[:].column(0).to_pylist()):
-        if k is not None and str(k).strip():   # (an image without a key is no row's)
-            first = at.setdefault(str(k), j)
+        if _key(k) is not None:   # (an image without a key is no row's)
+            first = at.setdefault(_key(k), j)
             if first != j:
                 raise DataFormatError(f"{where} row {j}: key {k!r} of column {key!r} is also row {first}'s; an id must "
                                       "name one image of the image table (give it a column of unique ids as key)")
     col = mapping["image_id"]
     ids = ds.select_columns([col]).with_format("arrow")[:].column(0).to_pylist()
-    blank = [i for i, v in enumerate(ids) if v is None or not str(v).strip()]
+    keys = [_key(v) for v in ids]
+    blank = [i for i, k in enumerate(keys) if k is None]
     if blank:
         raise DataFormatError(f"{source} row {blank[0]}: no image id in column {col!r} ({len(blank)} of {len(ids)} "
                               "rows), which image_table looks the row's image up by; fix or remove those rows")
-    missing = [i for i, v in enumerate(ids) if str(v) not in at]
+    missing = [i for i, k in enumerate(keys) if k not in at]
     if missing:
         i = missing[0]
         raise DataFormatError(f"{source} row {i}: image id {ids[i]!r} (column {col!r}) is not in column {key!r} of "
                               f"the image table {where} ({len(missing)} of {len(ids)} rows' images missing); give the "
                               "image table of the rows' split (image_table = {..., split = \"...\"} where its split "
                               "is named otherwise), or remove those rows")
-    return image_col, [at[str(v)] for v in ids]
+    return image_col, [at[k] for k in keys]
