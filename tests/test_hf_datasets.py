@@ -255,6 +255,27 @@ def test_an_image_id_given_to_two_images_is_refused_and_shared_by_one(tmp_path):
         read_split("hf_datasets", tmp_path, path="clash", split="train", cache_dir=str(tmp_path / "c2"))
 
 
+
+def test_a_nan_image_id_is_no_id_not_the_id_nan(tmp_path):
+    """A pandas table's blank image_id cell is NaN in parquet: read as the id 'nan', every row without one was one
+    image's, refused as "image_id nan was given to another image" (the JSONL and CSV readers read NaN as no id)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def png(colour: str) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), colour).save(buf, "PNG")
+        return buf.getvalue()
+
+    (tmp_path / "nan").mkdir()
+    pq.write_table(pa.table({"image": [png("red"), png("blue"), png("red")], "caption": ["a", "b", "c"],
+                             "image_id": [float("nan"), float("nan"), 7.0]}), tmp_path / "nan" / "train-0.parquet")
+    s = read_split("hf_datasets", tmp_path, path="nan", split="train", cache_dir=str(tmp_path / "c"))
+    # the red row without an id is the image row 2 names; the blue one gets a made-up id of its own
+    by_caption = {e.text: e for e in s.examples}
+    assert {t: e.image_id for t, e in by_caption.items()} == {"a": "7.0", "b": "row 1", "c": "7.0"}
+    assert by_caption["a"].image is by_caption["c"].image
+
 def test_a_table_row_repeated_whole_with_a_nan_cell_is_refused(tmp_path):
     """A parquet row with a float NaN cell, concatenated with itself, was read twice: NaN != NaN, so the repeated row
     did not compare equal to the first (a JSONL NaN is one shared object, and was refused)."""

@@ -97,6 +97,7 @@ from .hf_table import (
     refuse_unlabelled,
 )
 from .records import Split
+from .row_keys import no_id
 from .rows import examples_from_rows
 
 FIELDS = ("image", "images", "text", "caption", "captions", "statement", "question", "answers", "label", "image_id",
@@ -364,9 +365,9 @@ def read_hf_datasets(
 
     ids = [values.get(mapping["image_id"]) if "image_id" in mapping else None for values in meta]
     named: dict[str, str] = {}   # digest -> the image_id rows give those bytes, where other rows give none
-    if any(v in (None, "") for v in ids) and any(v not in (None, "") for v in ids):
+    if any(no_id(v) for v in ids) and not all(no_id(v) for v in ids):
         for i, v in enumerate(ids):
-            if images_of[row_of(i)][0] and v not in (None, ""):
+            if images_of[row_of(i)][0] and not no_id(v):
                 named.setdefault(digest(row_of(i)), str(v))
 
     rows = []
@@ -376,7 +377,7 @@ def read_hf_datasets(
         row = {f: values[c] for f, c in others.items()}
         if by_name is not None and isinstance(row["label"], int) and 0 <= row["label"] < len(by_name):
             row["label"] = by_name[row["label"]]
-        given_id = row.get("image_id") not in (None, "")
+        given_id = not no_id(row.get("image_id"))   # (NaN: a pandas table's blank cell, no id)
         if not given_id:   # a made-up id must not collide with the column's real ones ("1"): it would share that image
             row["image_id"] = (img_path if img_path and not has_bytes
                                else f"row {i}" if "image_id" in mapping else str(i))
