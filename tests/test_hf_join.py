@@ -155,3 +155,38 @@ def test_ids_pandas_wrote_as_floats_find_their_int_keys_and_a_nan_is_no_id(tmp_p
     _gqa(tmp_path / "data3", image_ids=(3, 1, 2), asked=(1.0, nan, 2.0))
     with pytest.raises(ValueError, match=re.escape("row 1: no image id in column 'imageId' (1 of 3 rows)")):
         _read(tmp_path, root=tmp_path / "data3")
+
+
+def test_an_image_table_of_one_file_or_one_saved_dataset_is_read_whole_beside_rows_of_a_split(tmp_path):
+    # (it was read at the rows' split, which names no part of one table, and a blank split is refused: unreadable)
+    _gqa(tmp_path / "data")
+    folder = tmp_path / "data" / "GQA" / "testdev_balanced_images"
+    shard = folder / "testdev-00000-of-00001.parquet"
+    shard.rename(folder / "images.parquet")
+    one_file = {**IMAGES, "path": "GQA/testdev_balanced_images/images.parquet"}
+    assert [e.image.row for e in _read(tmp_path, image_table=one_file).examples] == [1, 2, 1, 0]
+    datasets.Dataset.from_parquet(str(folder / "images.parquet"), cache_dir=str(tmp_path / "c2")).save_to_disk(
+        str(tmp_path / "data" / "GQA" / "saved_images"))
+    saved = {**IMAGES, "path": "GQA/saved_images"}
+    assert [e.image.row for e in _read(tmp_path, image_table=saved).examples] == [1, 2, 1, 0]
+    # the folder, whose file names no split: the image table's option named, and what reads it
+    with pytest.raises(FileNotFoundError, match=re.escape("image_table 'GQA/testdev_balanced_images', read at split "
+                                                          "'testdev' (the rows' split): ") + ".*no parquet file of "
+                       "split 'testdev'.*" + re.escape('name its split as image_table = {..., split = "..."}, or give '
+                                                       'one of its files as path')):
+        _read(tmp_path)
+
+
+def test_a_saved_dataset_dict_image_table_without_the_rows_split_names_the_image_tables_split(tmp_path):
+    _gqa(tmp_path / "data")
+    images = datasets.Dataset.from_parquet(
+        str(tmp_path / "data" / "GQA" / "testdev_balanced_images" / "testdev-00000-of-00001.parquet"),
+        cache_dir=str(tmp_path / "c2"))
+    datasets.DatasetDict({"train": images, "val": images}).save_to_disk(str(tmp_path / "data" / "GQA" / "dict"))
+    with pytest.raises(ValueError, match=re.escape("image_table 'GQA/dict', read at split 'testdev' (the rows' "
+                                                   "split): ") + ".*" + re.escape(
+                                                       "split 'testdev' not found; the saved dataset has splits "
+                                                       "['train', 'val'] (name its split as image_table = {..., "
+                                                       'split = "..."}')):
+        _read(tmp_path, image_table={**IMAGES, "path": "GQA/dict"})
+    assert len(_read(tmp_path, image_table={**IMAGES, "path": "GQA/dict", "split": "val"}).examples) == 4

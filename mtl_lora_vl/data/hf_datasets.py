@@ -129,8 +129,8 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
                 split = next(iter(ds))
             if split not in ds:
                 what = "no split is given" if split is None else f"split {split!r} not found"
-                raise ValueError(f"hf_datasets {base}: {what}; the saved dataset has splits {list(ds)} (set "
-                                 "split = ... in the [data.<split>] table)")
+                raise ValueError(f"hf_datasets {base}: {what}; the saved dataset has splits {list(ds)} "
+                                 f"({_SPLIT_HINT})")
             if isinstance(ds, list):
                 _check_split_folder(base, split, ds)
         elif split is not None and ds.split is None:
@@ -153,6 +153,29 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
         raise DataFormatError(f"hf_datasets {base}: split {table.split!r} cannot be loaded from {base / table.split} "
                               f"({type(e).__name__}: {e}); its files are damaged or incomplete: save the DatasetDict "
                               "again (save_to_disk), or leave that split out (the other splits load alone)") from e
+
+
+_SPLIT_HINT = "set split = ... in the [data.<split>] table"
+
+
+def _open_images(root: Path, image_table: dict[str, str], split: str | None,
+                 cache_dir: str | None) -> tuple[DatasetTable, Any]:
+    """The table of option ``image_table`` (:mod:`.hf_join`), opened at its ``split``, else at the rows' ``split``:
+    one parquet file or one saved ``Dataset`` is one table, read whole (no split of the rows' names a part of it,
+    and a blank ``split`` is refused, so such a table beside rows of a split could not be read at all)."""
+    base = _find(root, image_table["path"])
+    whole = base.is_file() or ((base / "state.json").is_file() and not (base / "dataset_dict.json").is_file())
+    at = image_table.get("split", None if whole else split)
+    try:
+        return _open_table(root, base, at, cache_dir)
+    except (ValueError, FileNotFoundError) as e:
+        if at is None or isinstance(e, DataFormatError):   # (no split chosen; damaged files)
+            raise
+        fix = 'name its split as image_table = {..., split = "..."}, or give one of its files as path (read whole)'
+        said = str(e).replace(_SPLIT_HINT, fix)
+        which = "given there" if "split" in image_table else "the rows' split"
+        raise type(e)(f"image_table {image_table['path']!r}, read at split {at!r} ({which}): {said}"
+                      + ("" if said != str(e) else f"; {fix}")) from e
 
 
 def _plain(name: Any) -> bool:
@@ -318,8 +341,7 @@ def read_hf_datasets(
                                   one_per_image=one_per_image)
     src, src_ds, image_col, at = table, ds, mapping.get("image"), None   # at: per row, its image's row of src
     if image_table is not None:   # the images kept in another table, joined by image id (GQA's hub configs)
-        src, src_ds = _open_table(root, image_table["path"], image_table.get("split", split),
-                                  _cache_under(root, cache_dir))
+        src, src_ds = _open_images(root, image_table, split, _cache_under(root, cache_dir))
         image_col, at = join_rows(src_ds, image_table, ds, mapping, source, f"datasets {src}")
     row_of = (lambda i: i) if at is None else at.__getitem__
     image_where = repr(image_col) if at is None else f"{image_col!r} of the image table {src}"

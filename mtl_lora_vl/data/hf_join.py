@@ -11,9 +11,9 @@ as ``image_table``::
 
 Each row's ``image_id`` is looked up in the image table's ``key`` column, and the row's image is a lazy reference to
 that row of the image table (loader workers read it from its memory map, as a row's own image is read). The image
-table is read at the rows' split (``split`` in ``image_table`` where it is named otherwise), from the same data root
-and ``cache_dir``; ``image`` names its image column where it has several. Used by
-:func:`mtl_lora_vl.data.hf_datasets.read_hf_datasets`.
+table is read at the rows' split (``split`` in ``image_table`` where it is named otherwise; one parquet file or one
+saved ``Dataset`` is read whole), from the same data root and ``cache_dir``; ``image`` names its image column where it
+has several. Used by :func:`mtl_lora_vl.data.hf_datasets.read_hf_datasets`.
 """
 
 from __future__ import annotations
