@@ -190,3 +190,13 @@ def test_a_saved_dataset_dict_image_table_without_the_rows_split_names_the_image
                                                        'split = "..."}')):
         _read(tmp_path, image_table={**IMAGES, "path": "GQA/dict"})
     assert len(_read(tmp_path, image_table={**IMAGES, "path": "GQA/dict", "split": "val"}).examples) == 4
+
+
+def test_no_rows_id_among_the_keys_shows_both_and_asks_for_the_key_column(tmp_path):
+    # image_id mapped to the questions' own id column (q0, q1, ...) by mistake: every row missing, and the message
+    # told only to give another split or remove the rows
+    _gqa(tmp_path / "data")
+    with pytest.raises(ValueError, match=re.escape("(4 of 4 rows' images missing); no row's id is a key there (its "
+                                                   "keys read e.g. ['n3', 'n1', 'n2'], the rows' ids e.g. ['q0', "
+                                                   "'q1', 'q2']): is 'id' the column of the ids that 'id' gives")):
+        _read(tmp_path, columns={**COLUMNS, "image_id": "id", "question_id": "imageId"})

@@ -128,8 +128,12 @@ def join_rows(images_ds: Any, image_table: dict[str, str], ds: Any, mapping: dic
     missing = [i for i, k in enumerate(keys) if k not in at]
     if missing:
         i = missing[0]
+        # no row's id a key at all: more likely the wrong key column (or image_id column) than rows to remove
+        none = (f"; no row's id is a key there (its keys read e.g. {list(at)[:3]}, the rows' ids e.g. "
+                f"{list(dict.fromkeys(ids))[:3]}): is {key!r} the column of the ids that {col!r} gives (image_table's "
+                "key), and the image table the rows' own" if len(missing) == len(ids) and at else "")
         raise DataFormatError(f"{source} row {i}: image id {ids[i]!r} (column {col!r}) is not in column {key!r} of "
-                              f"the image table {where} ({len(missing)} of {len(ids)} rows' images missing); give the "
-                              "image table of the rows' split (image_table = {..., split = \"...\"} where its split "
-                              "is named otherwise), or remove those rows")
+                              f"the image table {where} ({len(missing)} of {len(ids)} rows' images missing){none}; "
+                              "give the image table of the rows' split (image_table = {..., split = \"...\"} where "
+                              "its split is named otherwise), or remove those rows")
     return image_col, [at[k] for k in keys]
