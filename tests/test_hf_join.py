@@ -200,3 +200,20 @@ def test_no_rows_id_among_the_keys_shows_both_and_asks_for_the_key_column(tmp_pa
                                                    "keys read e.g. ['n3', 'n1', 'n2'], the rows' ids e.g. ['q0', "
                                                    "'q1', 'q2']): is 'id' the column of the ids that 'id' gives")):
         _read(tmp_path, columns={**COLUMNS, "image_id": "id", "question_id": "imageId"})
+
+
+
+def test_a_folder_of_configs_refused_points_at_image_table_where_one_holds_images(tmp_path):
+    # (configs named without the split's name; GQA's own names, testdev_balanced_..., are read by the split rules)
+    _gqa(tmp_path / "data")
+    for config in ("images", "instructions"):
+        (tmp_path / "data" / "GQA" / f"testdev_balanced_{config}").rename(tmp_path / "data" / "GQA" / config)
+    with pytest.raises(ValueError, match=re.escape("lie in the folders ['images', 'instructions'], as the configs of a "
+                                                   "dataset do") + ".*path = \".*instructions\".*" + re.escape(
+                                                       "; where config 'images' holds the images of another's rows, "
+                                                       "read the rows' config as path and join it by image id: "
+                                                       'image_table = {path = "') + ".*" + re.escape(
+                                                       'images", key = "id"} with columns = {image_id = "..."}')):
+        _read(tmp_path, path="GQA", image_table=None, columns=None)
+    exs = _read(tmp_path, path="GQA/instructions", image_table={**IMAGES, "path": "GQA/images"}).examples
+    assert [e.image.row for e in exs] == [1, 2, 1, 0]

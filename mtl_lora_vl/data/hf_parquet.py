@@ -116,11 +116,17 @@ def _refuse_configs(base: Path, files: list[Path], split: str | None) -> None:
         if len(found) > 1:
             folders = sorted(found)
             shown = [str(Path(*c)) if c else "." for c in folders]
-            first = next((c for c in folders if c), folders[0])
+            # GQA on the hub: one config holds the images (..._images: id, image) of the other's rows (imageId)
+            images = next((c for c in folders if c and "image" in c[-1].lower()), None)
+            first = next((c for c in folders if c and c != images), folders[0])   # (the rows', where one is images)
+            join = "" if images is None else (
+                f"; where config {str(Path(*images))!r} holds the images of another's rows, read the rows' config as "
+                f"path and join it by image id: image_table = {{path = \"{base / Path(*images)}\", key = \"id\"}} "
+                "with columns = {image_id = \"...\"}, key its column of the ids the rows' image_id gives")
             raise ValueError(f"hf_datasets {base}: the parquet files of split {name!r} lie in the folders {shown}, as "
                              "the configs of a dataset do (each config's files in a folder of its own: read together, "
                              "their rows would mix in one split); pick one config by giving its folder as path, e.g. "
-                             f"path = \"{base / Path(*first)}\" (or that folder under the data root)")
+                             f"path = \"{base / Path(*first)}\" (or that folder under the data root){join}")
 
 
 #: Words after a split's name in a file's name that name no split of their own (``train_data.parquet``,
